@@ -1,0 +1,44 @@
+# The two commands of the README:  make lab  (open the course)  and  make test  (run every test).
+# Both create .venv on first use and install the course into it; a machine with an NVIDIA
+# driver also gets CuPy. Override with  make PYTHON=python3.12 ...  or  make CUPY=none ...
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# CUPY: auto (pick from nvidia-smi), none, or a pip requirement such as cupy-cuda12x.
+CUPY   ?= auto
+LAB_ARGS ?=
+TEST_ARGS ?=
+
+.PHONY: lab test exercises gpu-check clean
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10) and "Python 3.10+ is needed: make PYTHON=python3.11 ...")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[lab,test]"
+	@cupy="$(CUPY)"; \
+	if [ "$$cupy" = auto ]; then \
+	  cuda=$$(nvidia-smi 2>/dev/null | sed -n 's/.*CUDA Version: *\([0-9]*\).*/\1/p' | head -n1); \
+	  case "$$cuda" in "") cupy=none;; 1[3-9]) cupy=cupy-cuda13x;; *) cupy=cupy-cuda12x;; esac; \
+	fi; \
+	if [ "$$cupy" = none ]; then echo "No NVIDIA driver found: kernels will run on the CPU executor."; \
+	else echo "Installing $$cupy for the GPU"; \
+	  $(PY) -m pip install --quiet "$$cupy" || echo "WARNING: $$cupy did not install; the course still runs on the CPU executor."; fi
+	@touch $@
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS) notebooks/00_why_paging.ipynb
+
+test: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile --nbval notebooks solutions tests $(TEST_ARGS)
+
+exercises: $(STAMP)
+	$(PY) -m pagedattn_lab.exercises
+
+# Everything that needs a GPU, in one call (see .ci/gpu_check.sh); writes under $$OUT.
+gpu-check:
+	bash .ci/gpu_check.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache

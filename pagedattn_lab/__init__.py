@@ -1,0 +1,39 @@
+"""PagedAttention Lab: the paged KV cache behind vLLM, from the page table to fast kernels.
+
+The public names below are stable; notebooks, exercises and tests rely on them. Names
+backed by kernels load on first use, so `import pagedattn_lab` stays quick and never
+imports CuPy by itself.
+"""
+import importlib
+
+from .addressing import (Translation, element_offset, gather_kv_reference, page_offset,
+                         physical_page, physical_slot, token_slots, translate, virtual_page)
+from .backend import gpu_available, gpu_status
+from .cache import PagedKVCache
+from .gather import gather_kv
+from .paging import BlockAllocator, OutOfPagesError
+from .reference import reference_decode, reference_prefill
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "paged_attention_decode": "attention",
+    "paged_attention_prefill": "attention",
+    "PagedAttentionManager": "manager",
+    "RawKernel": "rawkernel",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    raise AttributeError(f"module 'pagedattn_lab' has no attribute {name!r}")
+
+
+__all__ = [
+    "BlockAllocator", "OutOfPagesError", "PagedAttentionManager", "PagedKVCache", "RawKernel",
+    "Translation", "element_offset", "gather_kv", "gather_kv_reference", "gpu_available",
+    "gpu_status", "page_offset", "paged_attention_decode", "paged_attention_prefill",
+    "physical_page", "physical_slot", "reference_decode", "reference_prefill", "token_slots",
+    "translate", "virtual_page",
+]

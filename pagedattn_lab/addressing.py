@@ -1,0 +1,102 @@
+"""Address translation (guide step 2): from a token's position to an element of the cache.
+
+A sequence sees its KV cache as one contiguous run of tokens (virtual positions 0, 1, 2,
+...). Physically its tokens sit in pages scattered over the cache. Four small steps map
+one to the other, exactly as a CPU's MMU maps a virtual address:
+
+    token position --(÷, %)--> (virtual page, offset in page)
+    virtual page   --(block table)--> physical page
+    (physical page, offset) --> physical slot  = physical_page * page_size + offset
+    (slot, kv_head, dim)    --> element offset = (slot * num_kv_heads + kv_head) * head_dim + dim
+
+The last line is the NHD layout [num_pages, page_size, num_kv_heads, head_dim] flattened.
+Forgetting `num_kv_heads` in it (the guide's head-stride bug) makes every head but one read
+another token's data.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .backend import to_numpy
+from .validate import check_array, check_block_tables, check_int, check_kv_cache
+
+
+def virtual_page(token: int, page_size: int) -> int:
+    """Which of the sequence's pages holds `token` (an index into its block table row)."""
+    return token // page_size
+
+
+def page_offset(token: int, page_size: int) -> int:
+    """Where inside its page `token` sits (0 .. page_size-1)."""
+    return token % page_size
+
+
+def physical_page(block_table_row, token: int, page_size: int) -> int:
+    """The physical page holding `token`: the block table entry for its virtual page."""
+    return int(block_table_row[virtual_page(token, page_size)])
+
+
+def physical_slot(block_table_row, token: int, page_size: int) -> int:
+    """The token's slot in the whole cache, counting tokens from the start of page 0."""
+    return physical_page(block_table_row, token, page_size) * page_size + page_offset(token, page_size)
+
+
+def element_offset(slot: int, kv_head: int, dim: int, num_kv_heads: int, head_dim: int) -> int:
+    """Offset of element (slot, kv_head, dim) in the flattened NHD cache."""
+    return (slot * num_kv_heads + kv_head) * head_dim + dim
+
+
+class Translation(NamedTuple):
+    """Every intermediate of one address translation, for printing and visualizing."""
+    token: int
+    virtual_page: int
+    offset: int
+    physical_page: int
+    slot: int
+    element_offset: int
+
+
+def translate(block_table_row, token: int, page_size: int, num_kv_heads: int, head_dim: int,
+              kv_head: int = 0, dim: int = 0) -> Translation:
+    """Run all four steps for one token (and one head and dimension of it)."""
+    row = np.asarray(to_numpy(block_table_row))
+    token = check_int(token, "token", minimum=0)
+    if virtual_page(token, page_size) >= row.size:
+        raise ValueError(f"token: position {token} needs virtual page "
+                         f"{virtual_page(token, page_size)}, but the block table row has "
+                         f"only {row.size} entries")
+    if not 0 <= kv_head < num_kv_heads:
+        raise ValueError(f"kv_head: expected 0..{num_kv_heads - 1}, got {kv_head}")
+    if not 0 <= dim < head_dim:
+        raise ValueError(f"dim: expected 0..{head_dim - 1}, got {dim}")
+    slot = physical_slot(row, token, page_size)
+    return Translation(token, virtual_page(token, page_size), page_offset(token, page_size),
+                       physical_page(row, token, page_size), slot,
+                       element_offset(slot, kv_head, dim, num_kv_heads, head_dim))
+
+
+def token_slots(block_table_row, seq_len: int, page_size: int) -> np.ndarray:
+    """The physical slot of every token 0..seq_len-1 of one sequence, as int64."""
+    row = np.asarray(to_numpy(block_table_row), dtype=np.int64)
+    tokens = np.arange(seq_len, dtype=np.int64)
+    return row[tokens // page_size] * page_size + tokens % page_size
+
+
+def gather_kv_reference(k_cache, v_cache, block_table_row, seq_len: int):
+    """NumPy twin of the `gather_kv` kernel: one sequence's K and V made contiguous.
+
+    Returns (k, v), each [seq_len, num_kv_heads, head_dim] NumPy arrays in the cache's dtype.
+    """
+    check_kv_cache(k_cache, v_cache)
+    check_array(block_table_row, "block_table_row", ndim=1, dtypes=[np.int32])
+    seq_len = check_int(seq_len, "seq_len", minimum=0)
+    num_pages, page_size = int(k_cache.shape[0]), int(k_cache.shape[1])
+    check_block_tables(to_numpy(block_table_row)[None, :], np.array([seq_len], np.int32),
+                       num_pages=num_pages, page_size=page_size, batch=1, min_len=0)
+    slots = token_slots(block_table_row, seq_len, page_size)
+    flat_shape = (num_pages * page_size,) + tuple(k_cache.shape[2:])
+    k = to_numpy(k_cache).reshape(flat_shape)[slots]
+    v = to_numpy(v_cache).reshape(flat_shape)[slots]
+    return k, v

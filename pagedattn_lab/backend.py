@@ -1,0 +1,79 @@
+"""Where arrays live: NumPy on the CPU, CuPy on a GPU when one is usable.
+
+The course runs everywhere. A learner without a GPU never needs CuPy; a learner with
+one gets the same code on the device. Everything that has to ask "is there a GPU?"
+asks here, so the answer and the message explaining it are the same everywhere.
+"""
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+
+
+@functools.lru_cache(maxsize=None)
+def _probe_cupy() -> tuple[object | None, str]:
+    """Import CuPy and look for a device once. Returns (module or None, reason)."""
+    try:
+        import cupy  # noqa: PLC0415 - optional dependency, imported on demand
+    except ImportError:
+        return None, ("CuPy is not installed, so kernels run on the CPU executor. "
+                      "On a GPU machine, `make lab` installs it (pip package cupy-cuda12x "
+                      "or cupy-cuda13x, matching your CUDA driver).")
+    except Exception as exc:  # a broken install: say so instead of crashing the import
+        return None, f"CuPy is installed but failed to import ({exc!r}); using the CPU executor."
+    try:
+        if not cupy.is_available():
+            return None, ("CuPy is installed but sees no usable CUDA device "
+                          "(no GPU, or no driver); kernels run on the CPU executor.")
+    except Exception as exc:
+        return None, f"CuPy could not query the CUDA driver ({exc!r}); using the CPU executor."
+    return cupy, "CuPy found a CUDA device."
+
+
+def gpu_available() -> bool:
+    """True when CuPy imports and has at least one CUDA device."""
+    return _probe_cupy()[0] is not None
+
+
+def gpu_status() -> str:
+    """One sentence saying whether the GPU is used, and if not, why."""
+    return _probe_cupy()[1]
+
+
+def cupy_module():
+    """The CuPy module; raises RuntimeError with the reason when there is no usable GPU."""
+    module, reason = _probe_cupy()
+    if module is None:
+        raise RuntimeError(reason)
+    return module
+
+
+def is_cupy_array(x) -> bool:
+    """True for a cupy.ndarray, without importing CuPy when it is not loaded."""
+    return type(x).__module__.startswith("cupy")
+
+
+def array_module(*arrays):
+    """numpy or cupy, from where the given arrays live (all must live in one place)."""
+    on_gpu = [is_cupy_array(a) for a in arrays if a is not None]
+    if any(on_gpu) and not all(on_gpu):
+        raise TypeError("arrays live in different places: some are CuPy (GPU) arrays and some "
+                        "NumPy (CPU) arrays; move them all to one device first")
+    return cupy_module() if any(on_gpu) else np
+
+
+def resolve_device(device: str) -> str:
+    """Map device="auto"|"cpu"|"gpu" to "cpu" or "gpu", refusing "gpu" without one."""
+    if device not in ("auto", "cpu", "gpu"):
+        raise ValueError(f"device: expected 'auto', 'cpu' or 'gpu', got {device!r}")
+    if device == "auto":
+        return "gpu" if gpu_available() else "cpu"
+    if device == "gpu" and not gpu_available():
+        raise RuntimeError(f"device='gpu' was asked for, but: {gpu_status()}")
+    return device
+
+
+def to_numpy(x) -> np.ndarray:
+    """A NumPy copy (or view) of a NumPy or CuPy array."""
+    return x.get() if is_cupy_array(x) else np.asarray(x)

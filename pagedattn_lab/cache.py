@@ -1,0 +1,174 @@
+"""The paged KV cache (guide step 1, done right): one block table per sequence.
+
+The guide keeps a single page table for the whole batch and a page counter that only ever
+grows. Two sequences then overwrite each other's pages, and memory is never given back.
+Here every sequence has its own block table (its list of physical pages, in order), pages
+come from a shared `BlockAllocator`, a page is taken only when the sequence's last page is
+full, and finishing a sequence returns its pages.
+
+Storage is the NHD layout used by vLLM and FlashInfer:
+    k_cache, v_cache: [num_pages, page_size, num_kv_heads, head_dim]
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .addressing import token_slots
+from .backend import cupy_module, resolve_device, to_numpy
+from .paging import BlockAllocator
+from .validate import CACHE_DTYPES, check_array, check_int
+
+PAD_PAGE = -1  # what block_tables() writes past a sequence's last page
+
+
+@dataclass
+class _Sequence:
+    pages: list[int] = field(default_factory=list)
+    length: int = 0
+
+
+class PagedKVCache:
+    """A pool of KV pages plus, per sequence, its block table and length."""
+
+    def __init__(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int,
+                 dtype=np.float32, device: str = "auto"):
+        page_size = check_int(page_size, "page_size", minimum=1)
+        num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
+        head_dim = check_int(head_dim, "head_dim", minimum=1)
+        if np.dtype(dtype) not in CACHE_DTYPES:
+            raise TypeError(f"dtype: expected float32 or float16, got {np.dtype(dtype).name}")
+        self.allocator = BlockAllocator(num_pages)
+        self.page_size, self.num_kv_heads, self.head_dim = page_size, num_kv_heads, head_dim
+        self.dtype = np.dtype(dtype)
+        self.device = resolve_device(device)
+        self.xp = cupy_module() if self.device == "gpu" else np
+        shape = (self.allocator.num_pages, page_size, num_kv_heads, head_dim)
+        self.k_cache = self.xp.zeros(shape, dtype=self.dtype)
+        self.v_cache = self.xp.zeros(shape, dtype=self.dtype)
+        self._sequences: dict[int, _Sequence] = {}
+        self._next_seq_id = 0
+
+    @property
+    def num_pages(self) -> int:
+        return self.allocator.num_pages
+
+    @property
+    def seq_ids(self) -> list[int]:
+        """Live sequences, in the order they were added."""
+        return list(self._sequences)
+
+    def add_sequence(self) -> int:
+        """Start an empty sequence (no pages yet); returns its id."""
+        seq_id = self._next_seq_id
+        self._next_seq_id += 1
+        self._sequences[seq_id] = _Sequence()
+        return seq_id
+
+    def seq_len(self, seq_id: int) -> int:
+        return self._get(seq_id).length
+
+    def block_table(self, seq_id: int) -> list[int]:
+        """A copy of one sequence's block table: its physical pages in order."""
+        return list(self._get(seq_id).pages)
+
+    def append(self, seq_id: int, k, v) -> None:
+        """Write `n_tokens` new keys and values ([n_tokens, num_kv_heads, head_dim] each).
+
+        Takes a new page only when the last one is full. All or nothing: if the pool runs
+        out, OutOfPagesError is raised and neither the cache nor the tables change.
+        """
+        seq = self._get(seq_id)
+        k, v = self._check_tokens(k, "k"), self._check_tokens(v, "v")
+        if k.shape != v.shape:
+            raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+        n_tokens = int(k.shape[0])
+        new_length = seq.length + n_tokens
+        pages_needed = -(-new_length // self.page_size) - len(seq.pages)
+        copy_tail = self._tail_is_shared(seq) and n_tokens > 0
+        new_pages = self.allocator.allocate(pages_needed + int(copy_tail))
+        if copy_tail:
+            self._copy_on_write_tail(seq, new_pages.pop())
+        seq.pages.extend(new_pages)
+        self._write(seq.pages, seq.length, k, v)
+        seq.length = new_length
+
+    def fork_sequence(self, seq_id: int) -> int:
+        """A new sequence sharing every page of `seq_id` (prefix sharing, copy on write)."""
+        parent = self._get(seq_id)
+        child_id = self.add_sequence()
+        self._sequences[child_id] = _Sequence(self.allocator.fork(parent.pages), parent.length)
+        return child_id
+
+    def free_sequence(self, seq_id: int) -> None:
+        """Finish a sequence: drop its ownership of its pages (shared pages stay for the others)."""
+        seq = self._get(seq_id)
+        self.allocator.free(seq.pages)
+        del self._sequences[seq_id]
+
+    def block_tables(self, seq_ids=None):
+        """The batch's page table: (block_tables int32 [batch, max_pages], seq_lens int32 [batch]).
+
+        Rows are padded with -1 past each sequence's last page. Arrays live on the cache's
+        device. `seq_ids` defaults to every live sequence.
+        """
+        seq_ids = self.seq_ids if seq_ids is None else list(seq_ids)
+        sequences = [self._get(s) for s in seq_ids]
+        width = max([len(s.pages) for s in sequences] + [1])
+        tables = np.full((len(sequences), width), PAD_PAGE, dtype=np.int32)
+        for row, seq in enumerate(sequences):
+            tables[row, : len(seq.pages)] = seq.pages
+        lens = np.array([s.length for s in sequences], dtype=np.int32)
+        return self.xp.asarray(tables), self.xp.asarray(lens)
+
+    def gather(self, seq_id: int):
+        """One sequence's K and V as contiguous NumPy arrays [len, num_kv_heads, head_dim]."""
+        seq = self._get(seq_id)
+        slots = token_slots(np.asarray(seq.pages, np.int64), seq.length, self.page_size)
+        flat = (-1, self.num_kv_heads, self.head_dim)
+        return (to_numpy(self.k_cache.reshape(flat)[slots]),
+                to_numpy(self.v_cache.reshape(flat)[slots]))
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _get(self, seq_id) -> _Sequence:
+        if seq_id not in self._sequences:
+            raise KeyError(f"seq_id: no live sequence {seq_id!r} (live: {self.seq_ids})")
+        return self._sequences[seq_id]
+
+    def _check_tokens(self, x, name: str):
+        check_array(x, name, ndim=3, dtypes=[np.float16, np.float32, np.float64], contiguous=False)
+        expected = (self.num_kv_heads, self.head_dim)
+        if tuple(x.shape[1:]) != expected:
+            raise ValueError(f"{name}: expected shape [n_tokens, {expected[0]}, {expected[1]}] "
+                             f"(num_kv_heads, head_dim), got {tuple(x.shape)}")
+        return x
+
+    def _tail_is_shared(self, seq: _Sequence) -> bool:
+        """True when the last page is partly filled and another sequence owns it too."""
+        partly_filled = seq.length % self.page_size != 0
+        return partly_filled and self.allocator.ref_count(seq.pages[-1]) > 1
+
+    def _copy_on_write_tail(self, seq: _Sequence, fresh_page: int) -> None:
+        """Give `seq` its own copy of its shared, partly filled last page before writing."""
+        shared = seq.pages[-1]
+        self.k_cache[fresh_page] = self.k_cache[shared]
+        self.v_cache[fresh_page] = self.v_cache[shared]
+        self.allocator.free([shared])
+        seq.pages[-1] = fresh_page
+
+    def _write(self, pages: list[int], start: int, k, v) -> None:
+        n_tokens = int(k.shape[0])
+        slots = token_slots(np.asarray(pages, np.int64), start + n_tokens, self.page_size)[start:]
+        flat = (-1, self.num_kv_heads, self.head_dim)
+        if self.device == "cpu":  # a CuPy k or v is copied to the host first
+            k, v = to_numpy(k), to_numpy(v)
+        slots = self.xp.asarray(slots)
+        self.k_cache.reshape(flat)[slots] = self.xp.asarray(k, dtype=self.dtype)
+        self.v_cache.reshape(flat)[slots] = self.xp.asarray(v, dtype=self.dtype)
+
+    def __repr__(self) -> str:
+        return (f"PagedKVCache(pages={self.num_pages}x{self.page_size} tokens, "
+                f"kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, {self.dtype.name}, "
+                f"{self.device}, sequences={len(self._sequences)}, free={self.allocator.num_free})")

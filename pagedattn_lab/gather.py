@@ -1,0 +1,39 @@
+"""Launch the page-access kernel (`kernels/page_access.cu`): gather one sequence's K and V."""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import array_module, to_numpy
+from .kernels import kernel
+from .validate import check_array, check_block_tables, check_int, check_kv_cache
+
+THREADS_PER_BLOCK = 128
+
+
+def gather_kv(k_cache, v_cache, block_table_row, seq_len: int):
+    """Copy one sequence's keys and values into contiguous [seq_len, num_kv_heads, head_dim]
+    arrays with the `gather_kv` kernel (GPU for CuPy inputs, the CPU executor for NumPy).
+
+    The result matches `addressing.gather_kv_reference` exactly: a gather is a copy.
+    """
+    check_kv_cache(k_cache, v_cache)
+    check_array(block_table_row, "block_table_row", ndim=1, dtypes=[np.int32])
+    seq_len = check_int(seq_len, "seq_len", minimum=0)
+    num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
+    check_block_tables(to_numpy(block_table_row)[None, :], np.array([seq_len], np.int32),
+                       num_pages=num_pages, page_size=page_size, batch=1, min_len=0)
+    xp = array_module(k_cache, v_cache, block_table_row)
+    k_out = xp.empty((seq_len, num_kv_heads, head_dim), dtype=k_cache.dtype)
+    v_out = xp.empty_like(k_out)
+    if seq_len == 0:
+        return k_out, v_out
+    if (num_kv_heads * head_dim * k_cache.dtype.itemsize) % 4:
+        raise ValueError(f"k_cache: a token's row of {num_kv_heads} x {head_dim} "
+                         f"{k_cache.dtype.name} values is not a whole number of 32-bit words")
+    words = lambda a: a.view(np.float32)  # noqa: E731 - the kernel copies 32-bit words
+    row_words = num_kv_heads * head_dim * k_cache.dtype.itemsize // 4
+    kernel("page_access", "gather_kv")(
+        (seq_len,), (THREADS_PER_BLOCK,),
+        (words(k_cache), words(v_cache), block_table_row, np.int32(seq_len), np.int32(page_size),
+         np.int32(row_words), words(k_out), words(v_out)))
+    return k_out, v_out

@@ -1,0 +1,142 @@
+"""The physical page pool: a free list and a reference count per page.
+
+This is the part of PagedAttention that is plain operating-systems code. The KV cache is
+carved into `num_pages` fixed-size pages; a sequence owns a list of them (its block
+table). Reference counts let two sequences share a page (a common prompt prefix, or a
+forked beam) and return it to the free list only when the last owner lets go.
+
+Every operation is all-or-nothing: it checks its whole request first and raises before
+touching any state, so a failed call leaves the allocator exactly as it was.
+"""
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterable
+
+import numpy as np
+
+
+class OutOfPagesError(RuntimeError):
+    """Raised when an allocation asks for more pages than are free (nothing is allocated)."""
+
+    def __init__(self, requested: int, free: int, total: int):
+        self.requested, self.free, self.total = requested, free, total
+        super().__init__(f"out of KV-cache pages: requested {requested}, only {free} of "
+                         f"{total} free; free a finished sequence or grow num_pages")
+
+
+def _as_page_ids(pages: Iterable[int], argname: str) -> list[int]:
+    """Page ids as Python ints, refusing floats, bools and other non-integers by name."""
+    ids = []
+    for i, page in enumerate(pages):
+        if isinstance(page, (bool, np.bool_)) or not isinstance(page, (int, np.integer)):
+            raise TypeError(f"{argname}[{i}]: expected an integer page id, got {page!r} "
+                            f"({type(page).__name__})")
+        ids.append(int(page))
+    return ids
+
+
+class BlockAllocator:
+    """Hands out physical page ids 0..num_pages-1 from a free list, with reference counts.
+
+    >>> alloc = BlockAllocator(4)
+    >>> alloc.allocate(3)
+    [0, 1, 2]
+    >>> alloc.free([1]); alloc.num_free
+    2
+    """
+
+    def __init__(self, num_pages: int):
+        if isinstance(num_pages, bool) or not isinstance(num_pages, (int, np.integer)):
+            raise TypeError(f"num_pages: expected an int, got {type(num_pages).__name__}")
+        if num_pages <= 0:
+            raise ValueError(f"num_pages: expected a positive number of pages, got {num_pages}")
+        self.num_pages = int(num_pages)
+        # FIFO: a freed page goes to the back, so the pool cycles through every page and a
+        # long run scatters sequences over the whole cache, as a real server's does.
+        self._free: deque[int] = deque(range(self.num_pages))
+        self._ref_counts = [0] * self.num_pages
+
+    @property
+    def num_free(self) -> int:
+        return len(self._free)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_pages - len(self._free)
+
+    def ref_count(self, page: int) -> int:
+        """How many owners page `page` has (0 means it is free)."""
+        (page,) = _as_page_ids([page], "page")
+        self._check_ids([page], "page")
+        return self._ref_counts[page]
+
+    def allocate(self, n: int) -> list[int]:
+        """Take `n` free pages, each with reference count 1. All or nothing."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)):
+            raise TypeError(f"n: expected an int number of pages, got {type(n).__name__}")
+        if n < 0:
+            raise ValueError(f"n: expected a number of pages >= 0, got {n}")
+        if n > len(self._free):
+            raise OutOfPagesError(int(n), len(self._free), self.num_pages)
+        pages = [self._free.popleft() for _ in range(n)]
+        for page in pages:
+            self._ref_counts[page] = 1
+        return pages
+
+    def incref(self, pages: Iterable[int]) -> None:
+        """Add an owner to each page (sharing). Every page must already be in use."""
+        ids = _as_page_ids(pages, "pages")
+        self._check_ids(ids, "pages")
+        for i, page in enumerate(ids):
+            if self._ref_counts[page] == 0:
+                raise ValueError(f"pages[{i}]: page {page} is free; only a page in use can be "
+                                 "shared (allocate it first)")
+        for page in ids:
+            self._ref_counts[page] += 1
+
+    def fork(self, pages: Iterable[int]) -> list[int]:
+        """Share a block table: every page gains an owner; returns the same ids as a new list."""
+        ids = _as_page_ids(pages, "pages")
+        self.incref(ids)
+        return list(ids)
+
+    def free(self, pages: Iterable[int]) -> None:
+        """Drop one owner from each page; a page whose count reaches 0 returns to the free list.
+
+        Raises (changing nothing) on an id out of range, a page that is already free
+        (double free), or a page listed more times than it has owners.
+        """
+        ids = _as_page_ids(pages, "pages")
+        self._check_ids(ids, "pages")
+        for page, times in Counter(ids).items():
+            owners = self._ref_counts[page]
+            if owners == 0:
+                raise ValueError(f"pages: page {page} is already free (double free?)")
+            if times > owners:
+                raise ValueError(f"pages: page {page} is listed {times} times but has only "
+                                 f"{owners} owner(s)")
+        for page in ids:
+            self._ref_counts[page] -= 1
+            if self._ref_counts[page] == 0:
+                self._free.append(page)
+
+    def check_invariants(self) -> None:
+        """Assert the allocator's bookkeeping is self-consistent (used by the tests)."""
+        free = set(self._free)
+        assert len(free) == len(self._free), "a page appears twice in the free list"
+        for page in range(self.num_pages):
+            in_free_list = page in free
+            assert (self._ref_counts[page] == 0) == in_free_list, (
+                f"page {page}: ref count {self._ref_counts[page]} but "
+                f"{'in' if in_free_list else 'not in'} the free list")
+        assert self.num_free + self.num_used == self.num_pages
+
+    def _check_ids(self, ids: list[int], argname: str) -> None:
+        for i, page in enumerate(ids):
+            if not 0 <= page < self.num_pages:
+                raise ValueError(f"{argname}[{i}]: page id {page} is not in this allocator "
+                                 f"(valid ids are 0..{self.num_pages - 1})")
+
+    def __repr__(self) -> str:
+        return f"BlockAllocator(num_pages={self.num_pages}, free={self.num_free}, used={self.num_used})"

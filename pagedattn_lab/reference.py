@@ -1,0 +1,92 @@
+"""The oracle: paged attention in float64 NumPy, written to be read, not to be fast.
+
+Every kernel, every exercise and every notebook check compares against these two
+functions. They walk the block table page by page exactly as the definition says, with no
+tricks: for each sequence, collect its keys and values by following its block table, then
+take an ordinary softmax of scaled dot products.
+
+    decode:  out[b, h]    = softmax(q[b, h] . K_b[0:len_b]^T * scale) @ V_b[0:len_b]
+    prefill: out[b, t, h] = softmax(q[b, t, h] . K_b[0:t+1]^T * scale) @ V_b[0:t+1]   (causal)
+
+Query head h reads KV head h // (num_heads // num_kv_heads) (GQA; MQA when there is one
+KV head). Prefill rows at or past seq_lens[b] are zero.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import to_numpy
+from .validate import check_attention_inputs, resolve_scale
+
+_ANY_FLOAT = [np.float16, np.float32, np.float64]
+
+
+def _sequence_kv(k_cache, v_cache, block_table_row, seq_len: int):
+    """Follow one block table row page by page: K and V of one sequence, [len, kv_heads, dim]."""
+    page_size = k_cache.shape[1]
+    keys, values = [], []
+    for virtual_page in range(-(-seq_len // page_size)):
+        page = int(block_table_row[virtual_page])
+        tokens_here = min(page_size, seq_len - virtual_page * page_size)
+        keys.append(k_cache[page, :tokens_here])
+        values.append(v_cache[page, :tokens_here])
+    head_shape = k_cache.shape[2:]
+    if not keys:
+        return np.zeros((0,) + head_shape), np.zeros((0,) + head_shape)
+    return np.concatenate(keys), np.concatenate(values)
+
+
+def _softmax_attend(q_vec, keys, values, scale: float):
+    """softmax(keys @ q * scale) @ values for one query vector, in float64."""
+    logits = keys @ q_vec * scale
+    weights = np.exp(logits - logits.max())
+    return (weights / weights.sum()) @ values
+
+
+def _as_float64_inputs(q, k_cache, v_cache, block_tables, seq_lens):
+    return (to_numpy(q).astype(np.float64), to_numpy(k_cache).astype(np.float64),
+            to_numpy(v_cache).astype(np.float64), to_numpy(block_tables), to_numpy(seq_lens))
+
+
+def reference_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=None) -> np.ndarray:
+    """One new query token per sequence attending to all its cached tokens.
+
+    q [batch, num_heads, head_dim]; caches [num_pages, page_size, num_kv_heads, head_dim];
+    block_tables int32 [batch, max_pages]; seq_lens int32 [batch] (each >= 1).
+    Returns float64 NumPy [batch, num_heads, head_dim].
+    """
+    shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, mode="decode",
+                                    q_dtypes=_ANY_FLOAT, cache_dtypes=_ANY_FLOAT)
+    scale = resolve_scale(scale, shapes.head_dim)
+    q, k_cache, v_cache, tables, lens = _as_float64_inputs(q, k_cache, v_cache, block_tables,
+                                                           seq_lens)
+    out = np.zeros(q.shape)
+    for b in range(shapes.batch):
+        keys, values = _sequence_kv(k_cache, v_cache, tables[b], int(lens[b]))
+        for h in range(shapes.num_heads):
+            kv_head = h // shapes.group_size
+            out[b, h] = _softmax_attend(q[b, h], keys[:, kv_head], values[:, kv_head], scale)
+    return out
+
+
+def reference_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None) -> np.ndarray:
+    """Causal attention for every cached token of every sequence.
+
+    q [batch, max_len, num_heads, head_dim]: query t of sequence b attends to that
+    sequence's cached tokens 0..t. Returns float64 NumPy of q's shape; rows at or past
+    seq_lens[b] are zero.
+    """
+    shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, mode="prefill",
+                                    q_dtypes=_ANY_FLOAT, cache_dtypes=_ANY_FLOAT)
+    scale = resolve_scale(scale, shapes.head_dim)
+    q, k_cache, v_cache, tables, lens = _as_float64_inputs(q, k_cache, v_cache, block_tables,
+                                                           seq_lens)
+    out = np.zeros(q.shape)
+    for b in range(shapes.batch):
+        keys, values = _sequence_kv(k_cache, v_cache, tables[b], int(lens[b]))
+        for t in range(int(lens[b])):
+            for h in range(shapes.num_heads):
+                kv_head = h // shapes.group_size
+                out[b, t, h] = _softmax_attend(q[b, t, h], keys[: t + 1, kv_head],
+                                               values[: t + 1, kv_head], scale)
+    return out

@@ -1,0 +1,160 @@
+"""Input checks shared by every public function.
+
+CuPy's RawKernel checks nothing: a float64 array passed to a `float*` parameter, or a
+page id past the end of the cache, silently produces garbage or corrupts memory. So every
+public entry point calls these checks first. Each error names the argument, what was
+expected and what came, and is raised before anything is launched or written.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .backend import is_cupy_array, to_numpy
+
+CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+
+
+def _dtype_name(dtype) -> str:
+    return np.dtype(dtype).name
+
+
+def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
+                contiguous: bool = True):
+    """Refuse anything that is not a NumPy/CuPy array of the given rank and dtype."""
+    if not (isinstance(x, np.ndarray) or is_cupy_array(x)):
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+    if ndim is not None and x.ndim != ndim:
+        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)} "
+                         f"({x.ndim} dimensions)")
+    if dtypes is not None:
+        allowed = [np.dtype(d) for d in dtypes]
+        if x.dtype not in allowed:
+            names = " or ".join(_dtype_name(d) for d in allowed)
+            raise TypeError(f"{name}: expected dtype {names}, got {x.dtype.name}")
+    if contiguous and not x.flags.c_contiguous:
+        raise ValueError(f"{name}: expected a C-contiguous array (kernels index it by "
+                         f"strides of its shape); call .copy() or ascontiguousarray first")
+    return x
+
+
+def check_int(value, name: str, *, minimum: int | None = None) -> int:
+    """A Python or NumPy integer (not bool), at least `minimum`."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    return int(value)
+
+
+@dataclass(frozen=True)
+class PagedShapes:
+    """The sizes every paged-attention call agrees on, read off validated inputs."""
+    batch: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    num_pages: int
+    page_size: int
+    max_pages_per_seq: int
+    max_len: int  # prefill: queries per sequence; decode: 1
+
+    @property
+    def group_size(self) -> int:
+        """Query heads per KV head (1 for plain multi-head attention, >1 for GQA/MQA)."""
+        return self.num_heads // self.num_kv_heads
+
+
+def check_kv_cache(k_cache, v_cache, *, dtypes=CACHE_DTYPES):
+    """k_cache and v_cache: same [num_pages, page_size, num_kv_heads, head_dim] shape and dtype."""
+    check_array(k_cache, "k_cache", ndim=4, dtypes=dtypes)
+    check_array(v_cache, "v_cache", ndim=4, dtypes=dtypes)
+    if k_cache.shape != v_cache.shape:
+        raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k_cache.shape)}, "
+                         f"got {tuple(v_cache.shape)}")
+    if k_cache.dtype != v_cache.dtype:
+        raise TypeError(f"v_cache: expected the dtype of k_cache ({k_cache.dtype.name}), "
+                        f"got {v_cache.dtype.name}")
+
+
+def check_block_tables(block_tables, seq_lens, *, num_pages: int, page_size: int,
+                       batch: int, min_len: int):
+    """Check the page table against the cache; return (block_tables, seq_lens) as NumPy.
+
+    Only the entries a sequence actually uses (its first ceil(len / page_size)) must be
+    valid page ids: the rest are padding that no kernel reads.
+    """
+    check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
+    check_array(seq_lens, "seq_lens", ndim=1, dtypes=[np.int32])
+    if block_tables.shape[0] != batch:
+        raise ValueError(f"block_tables: expected {batch} rows (one per sequence in q), got "
+                         f"shape {tuple(block_tables.shape)}")
+    if seq_lens.shape[0] != batch:
+        raise ValueError(f"seq_lens: expected {batch} entries (one per sequence in q), got "
+                         f"shape {tuple(seq_lens.shape)}")
+    tables, lens = to_numpy(block_tables), to_numpy(seq_lens)
+    capacity = tables.shape[1] * page_size
+    for b, length in enumerate(lens):
+        if length < min_len:
+            raise ValueError(f"seq_lens[{b}]: expected a length >= {min_len}, got {length}")
+        if length > capacity:
+            raise ValueError(f"seq_lens[{b}]: {length} tokens do not fit in a block table row of "
+                             f"{tables.shape[1]} pages x {page_size} tokens = {capacity}")
+        used = tables[b, : -(-int(length) // page_size)]
+        bad = np.flatnonzero((used < 0) | (used >= num_pages))
+        if bad.size:
+            j = int(bad[0])
+            raise ValueError(f"block_tables[{b}, {j}]: page id {int(used[j])} is out of range "
+                             f"for a cache of {num_pages} pages (sequence {b} has {length} "
+                             f"tokens, so its first {used.size} entries are read)")
+    return tables, lens
+
+
+def check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, *, mode: str,
+                           q_dtypes=None, cache_dtypes=CACHE_DTYPES) -> PagedShapes:
+    """Validate a decode (q [batch, heads, dim]) or prefill (q [batch, len, heads, dim]) call."""
+    if mode not in ("decode", "prefill"):
+        raise ValueError(f"mode: expected 'decode' or 'prefill', got {mode!r}")
+    check_kv_cache(k_cache, v_cache, dtypes=cache_dtypes)
+    num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
+    ndim = 3 if mode == "decode" else 4
+    layout = ("[batch, num_heads, head_dim]" if mode == "decode"
+              else "[batch, max_len, num_heads, head_dim]")
+    if not (isinstance(q, np.ndarray) or is_cupy_array(q)) or q.ndim != ndim:
+        got = tuple(q.shape) if hasattr(q, "shape") else type(q).__name__
+        raise ValueError(f"q: expected a {mode} query of shape {layout}, got {got}")
+    check_array(q, "q", ndim=ndim, dtypes=q_dtypes if q_dtypes is not None else [k_cache.dtype])
+    if is_cupy_array(q) != is_cupy_array(k_cache) or is_cupy_array(q) != is_cupy_array(v_cache):
+        raise TypeError("q, k_cache, v_cache: expected all on the CPU (NumPy) or all on the GPU "
+                        "(CuPy), got a mix")
+    num_heads, q_head_dim = int(q.shape[-2]), int(q.shape[-1])
+    if q_head_dim != head_dim:
+        raise ValueError(f"q: expected head_dim {head_dim} (the cache's last dimension), got "
+                         f"{q_head_dim} in shape {tuple(q.shape)}")
+    if num_heads % num_kv_heads:
+        raise ValueError(f"q: num_heads {num_heads} is not a multiple of the cache's "
+                         f"num_kv_heads {num_kv_heads} (GQA needs whole groups)")
+    batch = int(q.shape[0])
+    max_len = 1 if mode == "decode" else int(q.shape[1])
+    tables, lens = check_block_tables(block_tables, seq_lens, num_pages=num_pages,
+                                      page_size=page_size, batch=batch,
+                                      min_len=1 if mode == "decode" else 0)
+    if mode == "prefill" and lens.size and int(lens.max()) > max_len:
+        b = int(lens.argmax())
+        raise ValueError(f"seq_lens[{b}]: {int(lens[b])} tokens but q holds only {max_len} "
+                         f"query rows per sequence (q.shape[1])")
+    return PagedShapes(batch, num_heads, num_kv_heads, head_dim, num_pages, page_size,
+                       int(tables.shape[1]), max_len)
+
+
+def resolve_scale(scale, head_dim: int) -> float:
+    """`scale` or its default 1/sqrt(head_dim), as a finite float."""
+    if scale is None:
+        return 1.0 / float(np.sqrt(head_dim))
+    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.floating,
+                                                                      np.integer)):
+        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
+    if not np.isfinite(scale):
+        raise ValueError(f"scale: expected a finite number, got {scale}")
+    return float(scale)

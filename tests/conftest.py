@@ -1,0 +1,29 @@
+"""Shared test set-up: headless plotting, the `gpu` marker, seeded randomness."""
+import os
+
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+from pagedattn_lab.backend import gpu_available, gpu_status  # noqa: E402
+
+# Property tests run on a 2-core CI machine: no wall-clock deadline, a modest example count.
+settings.register_profile("ci", deadline=None, max_examples=60)
+settings.load_profile("ci")
+
+
+def pytest_collection_modifyitems(config, items):
+    if gpu_available():
+        return
+    skip = pytest.mark.skip(reason=f"needs a GPU: {gpu_status()}")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def rng():
+    """A fresh, seeded generator per test: failures reproduce exactly."""
+    return np.random.default_rng(20261126)
