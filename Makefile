@@ -27,8 +27,11 @@ $(STAMP): pyproject.toml
 	  $(PY) -m pip install --quiet "$$cupy" || echo "WARNING: $$cupy did not install; the course still runs on the CPU executor."; fi
 	@touch $@
 
+# Jupyter refuses to start as root unless told; containers and CI often run as root.
+ROOT_FLAG := $(shell [ "$$(id -u)" = 0 ] && echo --allow-root)
+
 lab: $(STAMP)
-	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(LAB_ARGS) notebooks/00_why_paging.ipynb
+	$(VENV)/bin/jupyter lab --ServerApp.root_dir="$(CURDIR)" $(ROOT_FLAG) $(LAB_ARGS) notebooks/00_why_paging.ipynb
 
 test: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile --nbval notebooks solutions tests $(TEST_ARGS)

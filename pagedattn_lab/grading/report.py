@@ -1,0 +1,209 @@
+"""Results of a check, how they are printed, and how the grader collects them.
+
+Every learner-facing check runs a list of cases. A case either passes or raises
+`Mismatch(message, hint)`; the harness in `run_cases` turns that, a `NotImplementedError`
+(task not attempted), a kernel fault from the CPU executor, or any other exception into a
+`CaseResult`, prints it GPU-Puzzles style, and returns a `CheckResult`.
+
+When the environment variable named by `RESULTS_ENV` is set (the grader sets it), every
+check also appends one JSON line with its result to that file.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from dataclasses import asdict, dataclass, field
+from typing import Callable, Iterable
+
+RESULTS_ENV = "PAGEDATTN_LAB_RESULTS"
+
+PASSED = "passed"
+FAILED = "failed"
+NOT_ATTEMPTED = "not attempted"
+
+
+class Mismatch(Exception):
+    """A case's result differs from the spec: what went wrong, and a hint at why."""
+
+    def __init__(self, message: str, hint: str = "", expected: str = "", got: str = ""):
+        super().__init__(message)
+        self.message, self.hint, self.expected, self.got = message, hint, expected, got
+
+
+class NotAttempted(Exception):
+    """The learner's code is still the stub (it raised NotImplementedError or wrote nothing)."""
+
+
+@dataclass
+class CaseResult:
+    name: str
+    params: dict
+    status: str
+    message: str = ""
+    hint: str = ""
+    expected: str = ""
+    got: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+
+@dataclass
+class CheckResult:
+    """What one check call found: `passed`, the per-case results and the messages printed."""
+    task: str
+    status: str
+    cases: list[CaseResult] = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return self.status == PASSED
+
+    @property
+    def summary(self) -> str:
+        """One line for a grade table: the first failure and its hint, or 'all N cases passed'."""
+        if self.status == PASSED:
+            return f"all {len(self.cases)} cases passed"
+        if self.status == NOT_ATTEMPTED:
+            return "not attempted"
+        for case in self.cases:
+            if not case.passed:
+                text = f"{case.name}: {case.message}"
+                return f"{text} Hint: {case.hint}" if case.hint else text
+        return self.messages[-1] if self.messages else self.status
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "status": self.status, "passed": self.passed,
+                "summary": self.summary, "cases": [asdict(c) for c in self.cases]}
+
+    def __repr__(self) -> str:
+        n_pass = sum(c.passed for c in self.cases)
+        return f"CheckResult(task={self.task!r}, status={self.status!r}, cases passed {n_pass}/{len(self.cases)})"
+
+
+@dataclass
+class Case:
+    """A named, parameterized test: `run()` returns None on success or raises Mismatch."""
+    name: str
+    params: dict
+    run: Callable[[], None]
+
+
+def format_params(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items())
+
+
+def _learner_frame(exc: BaseException) -> str:
+    """'line N of your cell' for the innermost frame outside this package, if any."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for frame in reversed(frames):
+        if not os.path.abspath(frame.filename).startswith(package_dir):
+            where = "your code" if frame.filename.startswith("<") or "ipykernel" in frame.filename \
+                else os.path.basename(frame.filename)
+            return f" (in {where}, line {frame.lineno}: {(frame.line or '').strip()})"
+    return ""
+
+
+def _describe_exception(exc: BaseException) -> tuple[str, str]:
+    """(message, hint) for an exception that escaped the learner's code."""
+    from .faults import describe_kernel_exception  # noqa: PLC0415 - avoid an import cycle
+    described = describe_kernel_exception(exc)
+    if described is not None:
+        return described
+    return (f"raised {type(exc).__name__}: {exc}{_learner_frame(exc)}",
+            "read the error above; the spec in the task's prompt says what each input holds.")
+
+
+def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failures: int = 3,
+              quiet: bool = False, lint: Callable[[], None] | None = None) -> CheckResult:
+    """Run `cases` in order, print the outcome of each, record and return the CheckResult."""
+    out: list[str] = []
+
+    def say(line: str = "") -> None:
+        out.append(line)
+        if not quiet:
+            print(line)
+
+    say(f"Checking {title} [{task}]")
+    results: list[CaseResult] = []
+    status = PASSED
+    if lint is not None:
+        try:
+            lint()
+        except Mismatch as mm:
+            results.append(CaseResult("source check", {}, FAILED, mm.message, mm.hint))
+            say(f"  FAIL  source check: {mm.message}")
+            say(f"        hint: {mm.hint}")
+            status = FAILED
+    failures = 0
+    for i, case in enumerate(cases if status == PASSED else [], start=1):
+        label = f"case {i} {case.name} ({format_params(case.params)})" if case.params \
+            else f"case {i} {case.name}"
+        try:
+            case.run()
+        except (NotImplementedError, NotAttempted) as exc:
+            results.append(CaseResult(case.name, case.params, NOT_ATTEMPTED, str(exc)))
+            status = NOT_ATTEMPTED
+            say(f"  ----  not attempted yet: {_not_attempted_text(exc)}")
+            break
+        except Mismatch as mm:
+            results.append(CaseResult(case.name, case.params, FAILED, mm.message, mm.hint,
+                                      mm.expected, mm.got))
+            _say_failure(say, label, mm.message, mm.hint, mm.expected, mm.got)
+            status, failures = FAILED, failures + 1
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # the learner's code crashed: report, do not propagate
+            message, hint = _describe_exception(exc)
+            results.append(CaseResult(case.name, case.params, FAILED, message, hint))
+            _say_failure(say, label, message, hint, "", "")
+            status, failures = FAILED, failures + 1
+        else:
+            results.append(CaseResult(case.name, case.params, PASSED))
+            say(f"  PASS  {label}")
+        if failures >= stop_after_failures:
+            say(f"  (stopping after {failures} failed cases)")
+            break
+    n_pass = sum(r.passed for r in results)
+    if status == PASSED:
+        say(f"All {n_pass} cases passed.")
+    elif status == NOT_ATTEMPTED:
+        say("Not attempted: replace the `raise NotImplementedError` / `// TODO` with your code.")
+    else:
+        say(f"{n_pass} of {len(results)} cases passed. Fix the first failure first.")
+    result = CheckResult(task, status, results, out)
+    record(result)
+    return result
+
+
+def _not_attempted_text(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text if text else "the code still raises NotImplementedError"
+
+
+def _say_failure(say, label, message, hint, expected, got) -> None:
+    say(f"  FAIL  {label}")
+    for line in message.splitlines():
+        say(f"        {line}")
+    if expected or got:
+        say(f"        expected: {expected}")
+        say(f"        got:      {got}")
+    if hint:
+        say(f"        hint: {hint}")
+
+
+def record(result: CheckResult) -> None:
+    """Append the result as one JSON line to $PAGEDATTN_LAB_RESULTS (set by the grader)."""
+    path = os.environ.get(RESULTS_ENV)
+    if not path:
+        return
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(result.to_json()) + "\n")
+    except OSError as exc:  # never let bookkeeping break a learner's notebook
+        print(f"(could not record the result for the grader: {exc})", file=sys.stderr)
