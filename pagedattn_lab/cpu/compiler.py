@@ -1,0 +1,303 @@
+"""Compile kernel sources with the system C++ compiler, cached on disk.
+
+A kernel source becomes a shared library: shim.h + the source (at its own line numbers,
+through #line) + one entry point per kernel, linked with the runtime objects (runtime.cpp,
+device_api.cpp, host.cpp, fiber_switch.S), which are compiled once per compiler and cached too.
+
+Cache: `cache_dir()` = $PAGEDATTN_LAB_CACHE_DIR/cpu, else $XDG_CACHE_HOME/pagedattn_lab/cpu,
+else ~/.cache/pagedattn_lab/cpu. Entries are named by a hash of (source, kernel names,
+options, shim and runtime files, compiler identity); they are written to a temporary name and
+renamed into place, so concurrent processes compiling the same kernel are safe.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+from .errors import CompilerNotFoundError, KernelCompileError
+from .source import inline_asm_lines, translation_unit
+
+HERE = Path(__file__).resolve().parent
+INCLUDE_DIR = HERE / "include"
+RUNTIME_SOURCES = ("runtime.cpp", "device_api.cpp", "host.cpp", "fiber_switch.S")
+BASE_FLAGS = ["-O2", "-fPIC", "-fno-strict-aliasing", "-fno-threadsafe-statics",
+              "-fno-exceptions", "-fno-math-errno", "-fvisibility=hidden", "-w",
+              "-fdiagnostics-color=never"]
+OPTIONAL_FLAGS = ["-fno-diagnostics-show-caret", "-fstack-clash-protection"]
+_IGNORED_OPTION_PREFIXES = (
+    "-arch", "--gpu-architecture", "-use_fast_math", "--use_fast_math", "-lineinfo",
+    "--generate-line-info", "-G", "--device-debug", "--fmad", "-fmad", "-maxrregcount",
+    "--maxrregcount", "-rdc", "--relocatable-device-code", "-dopt", "--dopt", "-ftz", "--ftz",
+    "-prec-div", "--prec-div", "-prec-sqrt", "--prec-sqrt", "--extra-device-vectorization",
+    "-default-device", "--device-as-default-execution-space", "-ewp", "--extensible-whole-program",
+    "-dlto", "--dlink-time-opt", "-ptx", "--ptx", "-lto", "--std=c++", "-std=c++")
+_HINTS = [
+    (re.compile(r"'INFINITY' (was not declared|undeclared)|undeclared identifier 'INFINITY'"),
+     "NVRTC does not define INFINITY either; use __int_as_float(0xff800000) for -infinity "
+     "(__int_as_float(0x7f800000) for +infinity), or a large finite value such as -3.4e38f"),
+    (re.compile(r"'NAN' (was not declared|undeclared)|undeclared identifier 'NAN'"),
+     "NVRTC does not define NAN either; use __int_as_float(0x7fffffff)"),
+    (re.compile(r"'(FLT_MAX|FLT_MIN|DBL_MAX)' (was not declared|undeclared)|"
+                r"undeclared identifier 'FLT_"),
+     "FLT_MAX and friends are not predefined under NVRTC; write 3.402823466e+38f or "
+     "#define the constant in the kernel source"),
+    (re.compile(r"'__shfl(_up|_down|_xor)?' (was not declared|undeclared)|identifier '__shfl"),
+     "the shuffles without _sync were removed for Volta and later GPUs; use "
+     "__shfl_sync(0xffffffff, ...) / __shfl_down_sync / __shfl_xor_sync"),
+    (re.compile(r"'std' has not been declared|is not a member of 'std'"),
+     "NVRTC kernels have no C++ standard library; use the CUDA functions (fmaxf, min, ...)"),
+    (re.compile(r"Assembler messages|no such instruction|invalid instruction mnemonic"),
+     "inline PTX assembly (asm(...)) cannot run on the CPU executor; guard it with "
+     "#ifndef __PAGEDATTN_LAB_CPU__ and give a plain C++ fallback"),
+]
+
+
+def cache_dir() -> Path:
+    """Where compiled kernels are cached (see the module docstring)."""
+    root = os.environ.get("PAGEDATTN_LAB_CACHE_DIR")
+    if root:
+        return Path(root).expanduser() / "cpu"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "pagedattn_lab" / "cpu"
+
+
+@functools.lru_cache(maxsize=None)
+def _writable_cache_dir(path: Path) -> Path:
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
+        probe.close()
+        return path
+    except OSError as exc:
+        fallback = Path(tempfile.gettempdir()) / f"pagedattn_lab-{os.getuid()}" / "cpu"
+        fallback.mkdir(parents=True, exist_ok=True)
+        warnings.warn(f"kernel cache {path} is not writable ({exc}); using {fallback}. Set "
+                      f"PAGEDATTN_LAB_CACHE_DIR to choose another place.", stacklevel=3)
+        return fallback
+
+
+def _not_found_message(tried: list[str]) -> str:
+    if sys.platform == "darwin":
+        how = "install the Xcode command line tools: xcode-select --install"
+    elif sys.platform.startswith("linux"):
+        how = ("install one: apt install g++ (Debian/Ubuntu), dnf install gcc-c++ (Fedora), "
+               "or in a conda environment: conda install -c conda-forge cxx-compiler")
+    else:
+        how = "install g++ or clang++ (conda: conda install -c conda-forge cxx-compiler)"
+    return (f"no C++ compiler found (tried {', '.join(tried)}); the CPU executor compiles "
+            f"CUDA kernels with the system C++ compiler. To run kernels without a GPU, {how}. "
+            f"Set $CXX to use a specific compiler.")
+
+
+@functools.lru_cache(maxsize=None)
+def find_compiler(cxx_env: str | None = None) -> tuple[tuple[str, ...], str, bool]:
+    """(command, identity, is_clang) of the C++ compiler: $CXX, else c++, g++, clang++."""
+    candidates = [shlex.split(cxx_env)] if cxx_env else [["c++"], ["g++"], ["clang++"]]
+    tried = []
+    for cmd in candidates:
+        tried.append(" ".join(cmd))
+        exe = shutil.which(cmd[0]) if cmd else None
+        if not exe:
+            continue
+        try:
+            out = subprocess.run([exe, *cmd[1:], "--version"], capture_output=True, text=True,
+                                 timeout=30)
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if out.returncode == 0:
+            ident = f"{exe} :: {out.stdout.strip().splitlines()[0] if out.stdout else ''}"
+            return (exe, *cmd[1:]), ident, "clang" in out.stdout.lower()
+    raise CompilerNotFoundError(_not_found_message(tried))
+
+
+def compiler() -> tuple[tuple[str, ...], str, bool]:
+    return find_compiler(os.environ.get("CXX") or None)
+
+
+def _files_hash(names) -> str:
+    h = hashlib.sha256()
+    for name in names:
+        h.update(name.encode())
+        h.update((HERE / name).read_bytes())
+    for p in sorted(INCLUDE_DIR.glob("*")):
+        h.update(p.name.encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()
+
+
+def _fiber_mode() -> str:
+    mode = os.environ.get("PAGEDATTN_LAB_CPU_FIBERS", "asm").strip().lower()
+    return "ucontext" if mode == "ucontext" else "asm"
+
+
+@functools.lru_cache(maxsize=None)
+def _supported_flags(cmd: tuple[str, ...], ident: str) -> tuple[str, ...]:
+    """The OPTIONAL_FLAGS this compiler accepts (probed once, remembered on disk)."""
+    cache = _writable_cache_dir(cache_dir()) / "flags.json"
+    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    try:
+        known = json.loads(cache.read_text())
+    except (OSError, ValueError):
+        known = {}
+    if key in known:
+        return tuple(known[key])
+    ok = []
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "probe.cpp"
+        src.write_text("int pal_probe(int x) { return x + 1; }\n")
+        for flag in OPTIONAL_FLAGS:
+            r = _run([*cmd, "-Werror", flag, "-c", str(src), "-o", str(Path(tmp) / "p.o")])
+            if r.returncode == 0:
+                ok.append(flag)
+    known[key] = ok
+    tmp_path = cache.with_name(f".flags-{os.getpid()}.json")
+    tmp_path.write_text(json.dumps(known))
+    os.replace(tmp_path, cache)
+    return tuple(ok)
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}   # plain ASCII quotes in messages
+    return subprocess.run(cmd, capture_output=True, text=True, env=env)
+
+
+@functools.lru_cache(maxsize=None)
+def runtime_objects(cmd: tuple[str, ...], ident: str, fibers: str) -> tuple[str, ...]:
+    """Compile (once) the runtime into objects in the cache; returns their paths."""
+    files = _files_hash(RUNTIME_SOURCES + ("runtime.h", "scheduler.h", "shim_types.h"))
+    key = hashlib.sha256(f"{ident}|{fibers}|{files}".encode()).hexdigest()[:24]
+    root = _writable_cache_dir(cache_dir())
+    final = root / f"runtime-{key}"
+    objs = tuple(str(final / (Path(s).stem + ".o")) for s in RUNTIME_SOURCES)
+    if all(os.path.exists(o) for o in objs):
+        return objs
+    tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=root))
+    defs = ["-DPAL_FIBER_UCONTEXT"] if fibers == "ucontext" else []
+    for src in RUNTIME_SOURCES:
+        lang = [] if src.endswith(".S") else ["-std=c++17"]
+        r = _run([*cmd, *lang, *BASE_FLAGS, *defs, "-c", str(HERE / src), "-o",
+                  str(tmp / (Path(src).stem + ".o"))])
+        if r.returncode != 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise KernelCompileError(f"the CPU executor's runtime ({src}) does not compile with "
+                                     f"{ident}:\n{r.stderr[-4000:]}", log=r.stderr)
+    try:
+        os.rename(tmp, final)
+    except OSError:          # another process finished first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return objs
+
+
+def parse_options(options) -> tuple[list[str], list[str]]:
+    """NVRTC options -> (compiler flags honoured on the CPU, options ignored here)."""
+    flags, ignored = [], []
+    opts = list(options or ())
+    i = 0
+    while i < len(opts):
+        o = str(opts[i])
+        if o in ("-D", "-U", "-I", "--define-macro", "--undefine-macro", "--include-path") \
+                and i + 1 < len(opts):
+            letter = {"--define-macro": "-D", "--undefine-macro": "-U",
+                      "--include-path": "-I"}.get(o, o)
+            flags.append(letter + str(opts[i + 1]))
+            i += 2
+            continue
+        if o.startswith(("-D", "-U", "-I")):
+            flags.append(o)
+        elif o.startswith(("--define-macro=", "--undefine-macro=", "--include-path=")):
+            letter = {"--d": "-D", "--u": "-U", "--i": "-I"}[o[:3]]
+            flags.append(letter + o.split("=", 1)[1])
+        elif o.startswith(("-std=", "--std=")):
+            flags.append("-std=" + o.split("=", 1)[1])
+        else:
+            ignored.append(o)
+        i += 1
+    return flags, ignored
+
+
+def _compile_error(kernel: str, filename: str, source: str, log: str, ident: str
+                   ) -> KernelCompileError:
+    lines = source.splitlines()
+    errors, shown, first = [], [], None
+    pat = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?:(?P<col>\d+):)? (?P<kind>fatal error|error|"
+                     r"warning|note): (?P<msg>.*)$")
+    for raw in log.splitlines():
+        line = raw.replace(str(HERE) + os.sep, "pagedattn_lab/cpu/")
+        m = pat.match(line)
+        if m and m.group("kind") in ("error", "fatal error"):
+            errors.append((m.group("file"), int(m.group("line")), int(m.group("col") or 0),
+                           m.group("msg")))
+        shown.append(line)
+        if m and m.group("file") == filename:
+            n = int(m.group("line"))
+            if first is None and m.group("kind") in ("error", "fatal error"):
+                first = n
+            if 1 <= n <= len(lines):
+                shown.append(f"{n:5d} | {lines[n - 1].rstrip()}")
+    hints = [hint for pat_, hint in _HINTS if pat_.search(log)]
+    asm = inline_asm_lines(source)
+    if asm and any("Assembler" in h or "asm(" in h for h in hints):
+        first = first or asm[0]
+    if len(shown) > 60:
+        shown = shown[:60] + [f"... ({len(shown) - 60} more lines in .log)"]
+    msg = (f"kernel source {filename!r} (kernel {kernel!r}) does not compile for the CPU executor "
+           f"({ident.split(' :: ')[-1]}):\n" + "\n".join(shown))
+    if hints:
+        msg += "\n" + "\n".join(f"hint: {h}" for h in hints)
+    return KernelCompileError(msg, kernel=kernel, filename=filename, lineno=first,
+                              errors=errors, log=log, hints=hints)
+
+
+class CompiledKernel:
+    """A compiled library: path, whether it came from the cache, and the compile time."""
+
+    def __init__(self, path: str, cached: bool, seconds: float):
+        self.path, self.cached, self.seconds = path, cached, seconds
+
+
+def compile_source(source: str, kernel_names: list[str], options=(), *, filename: str,
+                   kernel: str) -> CompiledKernel:
+    """Compile `source` into a shared library exporting __pal_entry_<name> for each name."""
+    cmd, ident, _ = compiler()
+    fibers = _fiber_mode()
+    flags, _ignored = parse_options(options)
+    std = [f for f in flags if f.startswith("-std=")]
+    flags = [f for f in flags if not f.startswith("-std=")]
+    old_std = ("-std=c++11", "-std=c++14", "-std=c++03")
+    std = ["-std=c++17"] if not std or std[-1] in old_std else std[-1:]
+    tu = translation_unit(source, kernel_names, filename, str(HERE / "shim.h"))
+    all_flags = [*std, *BASE_FLAGS, *_supported_flags(cmd, ident), "-I", str(INCLUDE_DIR), *flags]
+    shim_hash = _files_hash(("shim.h", "shim_types.h", "shim_half.h", "shim_device.h",
+                             "runtime.h", "scheduler.h") + RUNTIME_SOURCES)
+    key = hashlib.sha256("\0".join([tu, ident, fibers, shim_hash, *all_flags]).encode()).hexdigest()
+    root = _writable_cache_dir(cache_dir())
+    final = root / f"k-{key[:32]}.so"
+    if final.exists():
+        return CompiledKernel(str(final), True, 0.0)
+    objs = runtime_objects(cmd, ident, fibers)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="pagedattn_lab-") as tmp:
+        tu_path = Path(tmp) / "kernel.cpp"
+        tu_path.write_text(tu)
+        out = root / f".tmp-{os.getpid()}-{key[:12]}-{time.time_ns()}.so"
+        shared = ["-shared"]
+        if sys.platform == "darwin":
+            shared += ["-undefined", "dynamic_lookup"]
+        r = _run([*cmd, *all_flags, *shared, str(tu_path), *objs, "-o", str(out)])
+        if r.returncode != 0:
+            out.unlink(missing_ok=True)
+            raise _compile_error(kernel, filename, source, r.stderr + r.stdout, ident)
+        os.replace(out, final)
+    return CompiledKernel(str(final), False, time.perf_counter() - t0)

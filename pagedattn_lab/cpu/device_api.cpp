@@ -1,0 +1,142 @@
+// What a kernel thread calls (through the macros of shim.h): barriers, warp intrinsics,
+// printf, assert. A thread that must wait marks itself and switches to the scheduler
+// (scheduler.h); the last thread to arrive releases the others and keeps running.
+#include "scheduler.h"
+
+using namespace pal;
+
+static int barrier(int line, int pred, int kind)
+{
+    Fiber *f = cur;
+    const int g = S.gen & 1;
+    if (S.arrived == 0) S.bar_acc[g] = kind == 1 ? 1 : 0;
+    if (kind == 0) S.bar_acc[g] += pred;
+    else if (kind == 1) S.bar_acc[g] &= pred;
+    else if (kind == 2) S.bar_acc[g] |= pred;
+    if (++S.arrived == S.n) {   // everyone is here: open the barrier, keep running
+        S.arrived = 0;
+        S.gen++;
+        for (int i = 0; i < S.n; ++i)
+            if (S.fib[i].state == PAL_T_BARRIER) S.fib[i].state = PAL_T_RUN;
+        return S.bar_acc[g];
+    }
+    f->state = PAL_T_BARRIER; f->line = line; f->op = PAL_OP_SYNCTHREADS; f->mask = 0; f->gen = g;
+    suspend(f);
+    return S.bar_acc[f->gen];
+}
+
+extern "C" void __pal_syncthreads(int line) { barrier(line, 0, -1); }
+extern "C" int __pal_syncthreads_reduce(int line, int pred, int kind) { return barrier(line, pred, kind); }
+
+static void warp_release(Warp *w, int warp, unsigned mask)
+{
+    unsigned votes = 0;
+    for (unsigned m = mask; m; m &= m - 1) {
+        int l = __builtin_ctz(m);
+        if (w->val[l]) votes |= 1u << l;
+    }
+    for (unsigned m = mask; m; m &= m - 1) {
+        int l = __builtin_ctz(m);
+        Fiber *f = &S.fib[warp * 32 + l];
+        switch (f->op) {
+        case PAL_OP_BALLOT: w->res[l] = votes & mask; break;
+        case PAL_OP_ANY: w->res[l] = (votes & mask) != 0; break;
+        case PAL_OP_ALL: w->res[l] = (votes & mask) == mask; break;
+        case PAL_OP_SYNCWARP: w->res[l] = 0; break;
+        default: {
+            int s = w->want[l];   // a source lane outside the mask: the lane's own value
+            w->res[l] = (mask >> s) & 1u ? w->val[s] : w->val[l];
+        }
+        }
+        f->state = PAL_T_RUN;
+    }
+    w->waiting &= ~mask;
+}
+
+extern "C" unsigned long long __pal_warp_op(int line, int op, unsigned mask, unsigned long long val,
+                                            int arg, int width)
+{
+    Fiber *f = cur;
+    Warp *w = &S.warps[f->warp];
+    const int lane = f->lane;
+    f->line = line; f->op = op; f->mask = mask;
+    const unsigned bad = mask & (~w->exists | w->exited);
+    if (!((mask >> lane) & 1u) || bad || width <= 0 || width > 32 || (width & (width - 1))) {
+        pal_result *r = S.res;
+        r->warp = (unsigned)f->warp; r->mask = mask; r->op = (unsigned)op; r->line = line;
+        r->bad_lanes = bad;
+        if (!((mask >> lane) & 1u))
+            snprintf(r->msg, sizeof r->msg, "the calling lane %d is not in the mask", lane);
+        else if (!bad)
+            snprintf(r->msg, sizeof r->msg, "width %d is not a power of two from 1 to 32", width);
+        fail(PAL_WARP);
+    }
+    const int base = lane & ~(width - 1);
+    int src = lane;
+    switch (op) {
+    case PAL_OP_SHFL: src = base + (arg & (width - 1)); break;
+    case PAL_OP_SHFL_UP: src = (unsigned)(lane - base) >= (unsigned)arg ? lane - arg : lane; break;
+    case PAL_OP_SHFL_DOWN: src = (unsigned)(lane - base) + (unsigned)arg < (unsigned)width ? lane + arg : lane; break;
+    case PAL_OP_SHFL_XOR: src = lane ^ (arg & 31); if (src >= base + width) src = lane; break;
+    default: break;
+    }
+    w->val[lane] = val;
+    w->want[lane] = (signed char)src;
+    w->waiting |= 1u << lane;
+    if ((w->waiting & mask) == mask) {
+        warp_release(w, f->warp, mask);
+        return w->res[lane];
+    }
+    f->state = PAL_T_WARP;
+    suspend(f);
+    return w->res[lane];
+}
+
+extern "C" unsigned __pal_activemask(void)
+{
+    const Warp *w = &S.warps[cur->warp];
+    return w->exists & ~w->exited;
+}
+
+extern "C" void __pal_yield(void) { suspend(cur); }
+
+extern "C" int __pal_printf(const char *fmt, ...)
+{
+    char buf[2048];
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(buf, sizeof buf, fmt, ap);
+    va_end(ap);
+    if (n <= 0) return n;
+    size_t len = (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1;
+    pal_ctl *c = S.ctl;
+    int64_t off = __atomic_fetch_add(&c->out_len, (int64_t)len, __ATOMIC_SEQ_CST);
+    if (off >= PAL_OUT_CAP) {
+        c->out_truncated = 1;
+        return n;
+    }
+    size_t take = len < (size_t)(PAL_OUT_CAP - off) ? len : (size_t)(PAL_OUT_CAP - off);
+    memcpy(c->out + off, buf, take);
+    if (take < len) c->out_truncated = 1;
+    return n;
+}
+
+extern "C" void __pal_assert_fail(const char *expr, const char *file, int line, const char *func)
+{
+    snprintf(S.res->msg, sizeof S.res->msg, "%s:%d: %s: Assertion `%s` failed.", file, line, func, expr);
+    S.res->line = line;
+    fail(PAL_ASSERT);
+}
+
+extern "C" void __pal_trap(int line)
+{
+    S.res->line = line;
+    fail(PAL_TRAP);
+}
+
+extern "C" long long __pal_clock64(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
+}

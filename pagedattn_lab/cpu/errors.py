@@ -1,0 +1,82 @@
+"""The exceptions of the CPU executor.
+
+Every launch failure is a `KernelError` (a RuntimeError) that names the kernel and, where
+known, the block and thread (as (x, y, z) tuples) that caused it.
+"""
+from __future__ import annotations
+
+__all__ = ["KernelError", "KernelFault", "KernelDeadlock", "WarpSyncError", "KernelTimeout",
+           "KernelAssertionError", "KernelCompileError", "CompilerNotFoundError",
+           "ExecutorUnavailableError"]
+
+
+class KernelError(RuntimeError):
+    """A kernel launch failed. Attributes: kernel, block, thread (tuples or None)."""
+
+    def __init__(self, message: str, *, kernel: str | None = None, block=None, thread=None,
+                 **details):
+        super().__init__(message)
+        self.kernel = kernel
+        self.block = block
+        self.thread = thread
+        for key, value in details.items():
+            setattr(self, key, value)
+
+
+class KernelFault(KernelError):
+    """A bad memory access or another crash in a kernel thread.
+
+    Attributes: buffer (the parameter name, or None when the address is in no argument),
+    arg_index, index (element index into the NumPy array; may be negative), size (elements),
+    access ("read", "write" or None when unknown), address, signal (e.g. "SIGSEGV"),
+    region ("argument", "stack", "dynamic shared memory" or "unknown").
+    """
+
+
+class KernelDeadlock(KernelError):
+    """Threads of a block wait for each other forever (a barrier that some never reach).
+
+    Attributes: block, num_waiting, waiting_threads, exited_threads (lists of (x, y, z)),
+    lines (source lines the threads wait at).
+    """
+
+
+class WarpSyncError(KernelDeadlock):
+    """A warp intrinsic (__shfl_*_sync, __ballot_sync, __syncwarp) named lanes in its mask
+    that exited, do not exist, or never arrive. Attributes as KernelDeadlock, plus warp,
+    mask and bad_lanes (list of lane numbers)."""
+
+
+class KernelTimeout(KernelError):
+    """The launch ran longer than its time limit and was stopped. Attribute: timeout (s)."""
+
+
+class KernelAssertionError(KernelError):
+    """A device-side assert() failed. Attribute: line."""
+
+
+class KernelCompileError(RuntimeError):
+    """The kernel source does not compile.
+
+    Attributes: kernel, filename, lineno (first error line in the kernel source, or None),
+    errors (list of (filename, line, column, message)), log (the compiler's full output),
+    hints (list of strings).
+    """
+
+    def __init__(self, message: str, *, kernel=None, filename=None, lineno=None, errors=(),
+                 log="", hints=()):
+        super().__init__(message)
+        self.kernel = kernel
+        self.filename = filename
+        self.lineno = lineno
+        self.errors = list(errors)
+        self.log = log
+        self.hints = list(hints)
+
+
+class CompilerNotFoundError(KernelCompileError):
+    """No C++ compiler was found to build kernels for the CPU executor."""
+
+
+class ExecutorUnavailableError(RuntimeError):
+    """The CPU executor cannot run on this platform (e.g. native Windows)."""

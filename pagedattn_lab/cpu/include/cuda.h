@@ -1,0 +1,2 @@
+// cuda.h for the CPU executor: everything comes from shim.h, always included.
+#include "../shim.h"

@@ -1,0 +1,2 @@
+// cuda_runtime_api.h for the CPU executor: everything comes from shim.h, always included.
+#include "../shim.h"

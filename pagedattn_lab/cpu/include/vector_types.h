@@ -1,0 +1,2 @@
+// vector_types.h for the CPU executor: everything comes from shim.h, always included.
+#include "../shim.h"

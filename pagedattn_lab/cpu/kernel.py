@@ -1,0 +1,157 @@
+"""`pagedattn_lab.cpu.RawKernel`: a CUDA kernel run on the CPU, called like cupy.RawKernel."""
+from __future__ import annotations
+
+import ctypes as C
+import os
+import threading
+
+import numpy as np
+
+from ..signature import check_launch_args, collect_defines, find_kernels, parse_kernel_signature
+from . import abi, launch
+from .compiler import compile_source, parse_options
+from .errors import ExecutorUnavailableError
+from .source import has_device_variables, uses_printf
+
+DEFAULT_TIMEOUT = 30.0
+DEFAULT_STACK_KB = 256
+MAX_BLOCK = (1024, 1024, 64)
+MAX_GRID = (2**31 - 1, 65535, 65535)
+MAX_SHARED_MEM = 227 * 1024   # the most a block may opt in to (sm_90)
+_LIBS: dict[str, C.CDLL] = {}
+_LIBS_LOCK = threading.Lock()
+
+
+def _env_float(name: str, default: float) -> float:
+    try:
+        return float(os.environ[name])
+    except (KeyError, ValueError):
+        return default
+
+
+def _dims(value, what: str) -> tuple[int, int, int]:
+    """An int or a tuple of 1-3 ints, as CuPy takes grid and block, as (x, y, z)."""
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        dims = [int(value)]
+    elif isinstance(value, (tuple, list)) and 1 <= len(value) <= 3 and \
+            all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value):
+        dims = [int(v) for v in value]
+    else:
+        raise TypeError(f"{what}: expected an int or a tuple of 1 to 3 ints, got {value!r}")
+    dims += [1] * (3 - len(dims))
+    if any(d < 1 for d in dims):
+        raise ValueError(f"{what}: every dimension must be at least 1, got {tuple(dims)} (CUDA "
+                         f"rejects this launch with 'invalid configuration argument')")
+    return dims[0], dims[1], dims[2]
+
+
+def _load(path: str) -> C.CDLL:
+    with _LIBS_LOCK:
+        lib = _LIBS.get(path)
+        if lib is None:
+            lib = abi.bind(C.CDLL(path, mode=getattr(os, "RTLD_LOCAL", 0), use_errno=True))
+            _LIBS[path] = lib
+        return lib
+
+
+class RawKernel:
+    """A CUDA C kernel compiled for, and run on, the CPU.
+
+    `RawKernel(code, name, options=())` then `kern(grid, block, args, shared_mem=0)`, as with
+    cupy.RawKernel; arrays are NumPy arrays (written back in place), scalars NumPy scalars.
+
+    Extra keywords: `filename` (used in compiler messages; default "<first kernel>.cu"), `timeout`
+    (seconds, default $PAGEDATTN_LAB_CPU_TIMEOUT or 30), `checked` (default True: run in
+    worker processes, catch out-of-bounds accesses and crashes; False: in-process, faster,
+    a crash kills the process), `workers` (processes for a checked launch), `stack_kb` (per
+    CUDA thread, default $PAGEDATTN_LAB_CPU_STACK_KB or 256). The options -D, -U, -I and
+    -std are honoured; other NVRTC options are ignored on the CPU.
+    """
+
+    def __init__(self, code: str, name: str, options=(), backend: str = "nvrtc", *,
+                 filename: str | None = None, timeout: float | None = None,
+                 checked: bool = True, workers: int | None = None,
+                 stack_kb: int | None = None, translate_cucomplex: bool = False,
+                 enable_cooperative_groups: bool = False, jitify: bool = False):
+        if os.name != "posix":
+            raise ExecutorUnavailableError(
+                "the CPU executor needs Linux or macOS (it uses fork and guard pages); on "
+                "Windows, run the course in WSL")
+        if enable_cooperative_groups:
+            raise NotImplementedError("the CPU executor does not support cooperative groups")
+        self.code = code
+        self.name = name
+        self.options = tuple(options or ())
+        self.backend = backend
+        # Default file name: from the source's first kernel, so that every kernel of one
+        # source shares one compiled library.
+        self.filename = filename or f"{(find_kernels(code) or [name])[0]}.cu"
+        self.timeout = timeout
+        self.checked = checked
+        self.workers = workers
+        self.stack_kb = stack_kb
+        # Kept for cupy.RawKernel compatibility; the CPU does not need the opt-in (GPUs do
+        # above 48 KiB), it only refuses more than any GPU has.
+        self.max_dynamic_shared_size_bytes = 48 * 1024
+        self.signature = parse_kernel_signature(code, name, collect_defines(code, self.options))
+        self.compile_seconds: float | None = None
+        self.cached: bool | None = None
+        self._lib = None
+        self._entry = None
+        self._single_worker = uses_printf(code) or has_device_variables(code)
+        _flags, ignored = parse_options(self.options)
+        self.ignored_options = tuple(ignored)
+
+    def compile(self) -> "RawKernel":
+        """Compile now (otherwise the first call does). Sets compile_seconds and cached."""
+        if self._lib is None:
+            names = find_kernels(self.code, include_templates=False)
+            if self.name not in names:
+                names.append(self.name)
+            result = compile_source(self.code, names, self.options, filename=self.filename,
+                                    kernel=self.name)
+            self.compile_seconds, self.cached = result.seconds, result.cached
+            lib = _load(result.path)
+            self._entry = C.cast(getattr(lib, f"__pal_entry_{self.name}"), C.c_void_p).value
+            self._lib = lib
+        return self
+
+    @property
+    def fiber_kind(self) -> str:
+        return self.compile()._lib.pal_fiber_kind().decode()
+
+    def __call__(self, grid, block, args, shared_mem: int = 0, *, timeout: float | None = None,
+                 checked: bool | None = None, workers: int | None = None) -> None:
+        check_launch_args(self.signature, args, self.name, (np.ndarray,))
+        g = _dims(grid, "grid")
+        b = _dims(block, "block")
+        if any(v > m for v, m in zip(b, MAX_BLOCK)) or b[0] * b[1] * b[2] > 1024:
+            raise ValueError(f"block {b}: CUDA allows at most 1024 threads per block "
+                             f"(x, y <= 1024, z <= 64); got {b[0] * b[1] * b[2]}")
+        if any(v > m for v, m in zip(g, MAX_GRID)):
+            raise ValueError(f"grid {g}: CUDA allows at most {MAX_GRID}")
+        shared_mem = int(shared_mem)
+        if shared_mem < 0:
+            raise ValueError(f"shared_mem: must be >= 0, got {shared_mem}")
+        if shared_mem > MAX_SHARED_MEM:
+            raise ValueError(f"shared_mem={shared_mem} bytes: no CUDA GPU gives a block more than "
+                             f"{MAX_SHARED_MEM // 1024} KiB of shared memory")
+        self.compile()
+        checked = self.checked if checked is None else checked
+        if timeout is None:
+            timeout = self.timeout if self.timeout is not None else \
+                _env_float("PAGEDATTN_LAB_CPU_TIMEOUT", DEFAULT_TIMEOUT)
+        nblocks = g[0] * g[1] * g[2]
+        if self._single_worker:
+            nworkers = 1   # printf output in block order; __device__ globals in one process
+        else:
+            nworkers = (workers or self.workers
+                        or launch.default_workers(nblocks, b[0] * b[1] * b[2]))
+        stack_kb = self.stack_kb or int(_env_float("PAGEDATTN_LAB_CPU_STACK_KB", DEFAULT_STACK_KB))
+        launch.run(self._lib, self._entry, kernel=self.name, sig=self.signature, args=tuple(args),
+                   grid=g, block=b, shared_mem=shared_mem, checked=bool(checked),
+                   timeout=float(timeout) if timeout and timeout > 0 else None,
+                   workers=min(nworkers, nblocks), stack_bytes=max(16, stack_kb) * 1024)
+
+    def __repr__(self) -> str:
+        return f"<pagedattn_lab.cpu.RawKernel {self.name!r} ({self.filename})>"

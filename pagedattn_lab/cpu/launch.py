@@ -1,0 +1,223 @@
+"""One launch on the CPU executor: arguments in, blocks run, results (or an exception) out.
+
+Checked mode: every array argument is copied into its own shared mapping whose END touches
+a PROT_NONE guard region (max(1 MiB, its size)), with a guard before it too; worker
+processes run the blocks; a fault is decoded back to (argument, element index, thread,
+block). Arrays whose memory overlaps (the same array passed twice, or views of one array)
+share one mapping, so writes through one are seen through the other as on a GPU. On
+success the mappings are copied back into the NumPy arrays of non-const parameters.
+
+Unchecked mode: the NumPy memory is used directly and the blocks run on the calling thread.
+"""
+from __future__ import annotations
+
+import ctypes as C
+import os
+import sys
+import threading
+import time
+import warnings
+
+import numpy as np
+
+from . import abi
+from .errors import KernelError
+from .report import LaunchInfo, result_error, timeout_error, worker_died
+
+GUARD_BEFORE = 64 * 1024
+MIN_GUARD_AFTER = 1 << 20
+_UNCHECKED_LOCK = threading.Lock()   # a library's globals (static __shared__) are per process
+
+
+class _Buffer:
+    """One guarded mapping holding the host range [lo, hi) of one or more arrays."""
+
+    def __init__(self, lib, lo: int, hi: int):
+        self.lib, self.lo, self.hi = lib, lo, hi
+        nbytes = hi - lo
+        base, length = C.c_uint64(0), C.c_uint64(0)
+        guard_after = max(MIN_GUARD_AFTER, nbytes)
+        ptr = lib.pal_buffer_alloc(nbytes, GUARD_BEFORE, guard_after, C.byref(base),
+                                   C.byref(length))
+        if not ptr and nbytes:
+            raise MemoryError(f"cannot map a guarded buffer of {nbytes} bytes for a kernel "
+                              f"argument")
+        self.base, self.length = base.value, length.value
+        self.data = ptr or (self.base + GUARD_BEFORE)
+        self.members: list = []   # (param, array, device address)
+        if nbytes:
+            C.memmove(self.data, lo, nbytes)
+
+    def copy_back(self):
+        writes = [(p, a) for p, a, _ in self.members if not p.is_const]
+        if not writes or self.hi == self.lo:
+            return
+        if all(a.flags.writeable for _, a in writes):
+            C.memmove(self.lo, self.data, self.hi - self.lo)
+            return
+        n = self.hi - self.lo
+        new = np.ctypeslib.as_array((C.c_uint8 * n).from_address(self.data))
+        old = np.ctypeslib.as_array((C.c_uint8 * n).from_address(self.lo))
+        if not np.array_equal(new, old):
+            names = ", ".join(repr(p.name) for p, a in writes if not a.flags.writeable)
+            raise ValueError(f"the kernel wrote to read-only array argument(s) {names}; the "
+                             f"writes were discarded (pass a writeable copy)")
+
+    def free(self):
+        if self.base:
+            self.lib.pal_buffer_free(self.base, self.length)
+            self.base = 0
+
+
+def _group_arrays(sig, args):
+    """[(lo, hi, [(param, array)])] of pointer arguments, overlapping memory merged."""
+    items = []
+    for p, a in zip(sig, args):
+        if p.is_pointer and a is not None:
+            lo = a.__array_interface__["data"][0]
+            items.append((lo, lo + a.nbytes, p, a))
+    items.sort(key=lambda t: (t[0], t[1]))
+    groups = []
+    for lo, hi, p, a in items:
+        if groups and a.nbytes and groups[-1][2] and lo < groups[-1][1]:
+            g = groups[-1]
+            groups[-1] = (g[0], max(g[1], hi), g[2] + [(p, a)])
+        else:
+            groups.append((lo, hi, [(p, a)]))
+    return groups
+
+
+def _scalar_storage(value: np.generic):
+    raw = value.tobytes()
+    buf = (C.c_uint64 * max(1, (len(raw) + 7) // 8))()
+    C.memmove(buf, raw, len(raw))
+    return buf
+
+
+def default_workers(nblocks: int, threads_per_block: int = 1) -> int:
+    """Worker processes for a checked launch: one per core (at most 8), but no more than
+    one per 2048 CUDA threads, since each costs a fork (more in a large process)."""
+    env = os.environ.get("PAGEDATTN_LAB_CPU_WORKERS")
+    if env:
+        try:
+            return max(1, min(int(env), abi.MAX_WORKERS))
+        except ValueError:
+            pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, 8, nblocks, nblocks * threads_per_block // 2048))
+
+
+def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int, checked: bool,
+        timeout: float | None, workers: int, stack_bytes: int, poison: bool = True) -> None:
+    """Launch and wait; print the kernel's printf output; raise on any failure."""
+    buffers: list[_Buffer] = []
+    storage = []
+    handle = None
+    try:
+        device = {}
+        if checked:
+            for lo, hi, members in _group_arrays(sig, args):
+                buf = _Buffer(lib, lo, hi)
+                buffers.append(buf)
+                for p, a in members:
+                    start = a.__array_interface__["data"][0] - lo if a.nbytes else hi - lo
+                    addr = buf.data + start
+                    buf.members.append((p, a, addr))
+                    device[p.index] = addr
+        for p, a in zip(sig, args):
+            if p.is_pointer:
+                if a is None:
+                    storage.append(C.c_void_p(None))
+                else:
+                    storage.append(C.c_void_p(device[p.index] if checked
+                                              else a.__array_interface__["data"][0]))
+            else:
+                storage.append(_scalar_storage(a))
+        argv = (C.c_void_p * max(1, len(storage)))(*[C.addressof(s) for s in storage])
+        cfg = abi.Config()
+        cfg.entry = entry
+        cfg.args = C.addressof(argv)
+        cfg.grid[:] = list(grid)
+        cfg.block[:] = list(block)
+        cfg.shared_mem = shared_mem
+        cfg.stack_bytes = stack_bytes
+        cfg.nworkers = workers if checked else 1
+        cfg.checked = 1 if checked else 0
+        cfg.poison = 1 if poison else 0
+        cfg.timeout_s = int(timeout + 10) if (checked and timeout) else 0
+        info = LaunchInfo(kernel, sig, tuple(grid), tuple(block), shared_mem, stack_bytes,
+                          buffers, args)
+        if checked:
+            handle = lib.pal_launch_begin(C.byref(cfg))
+            if not handle:   # no fork (process limit?): run here rather than not at all
+                err = C.get_errno() or 0
+                warnings.warn(f"kernel {kernel!r}: could not start worker processes "
+                              f"({os.strerror(err) if err else 'fork failed'}); running this "
+                              f"launch unchecked in this process: a bad memory access will "
+                              f"crash Python, and there is no time limit", RuntimeWarning,
+                              stacklevel=3)
+                checked = False
+                cfg.checked = 0
+        if not checked:
+            with _UNCHECKED_LOCK:
+                handle = lib.pal_launch_begin(C.byref(cfg))
+        if not handle:
+            raise KernelError(f"kernel {kernel!r}: the CPU executor could not start (out of "
+                              f"memory?)", kernel=kernel)
+        deadline = time.monotonic() + timeout if (checked and timeout) else None
+        while not lib.pal_launch_wait(handle, 100):
+            if deadline is not None and time.monotonic() > deadline:
+                lib.pal_launch_interrupt(handle)   # workers note who runs, then exit
+                if not lib.pal_launch_wait(handle, 1000):
+                    lib.pal_launch_kill(handle)
+                ctl = lib.pal_launch_ctl(handle).contents
+                _print_output(ctl)
+                running = [ctl.res[w] for w in range(lib.pal_launch_nworkers(handle))
+                           if ctl.res[w].status == abi.STOPPED and ctl.res[w].has_thread]
+                raise timeout_error(info, timeout, running)
+        ctl = lib.pal_launch_ctl(handle).contents
+        _print_output(ctl)
+        _raise_failure(lib, handle, ctl, info, timeout, checked)
+        for buf in buffers:
+            buf.copy_back()
+    finally:
+        if handle:
+            lib.pal_launch_end(handle)
+        for buf in buffers:
+            buf.free()
+
+
+def _print_output(ctl) -> None:
+    n = min(ctl.out_len, abi.OUT_CAP)
+    if n <= 0:
+        return
+    text = C.string_at(C.addressof(ctl) + abi.Ctl.out.offset, n).decode("utf-8", errors="replace")
+    if ctl.out_truncated or ctl.out_len > abi.OUT_CAP:
+        text += (f"\n[pagedattn_lab: kernel printf output truncated after {abi.OUT_CAP // 1024} "
+                 f"KiB ({ctl.out_len} bytes were printed)]\n")
+    sys.stdout.write(text)
+    sys.stdout.flush()
+
+
+def _raise_failure(lib, handle, ctl, info: LaunchInfo, timeout, checked: bool) -> None:
+    n = lib.pal_launch_nworkers(handle)
+    failures = [ctl.res[w] for w in range(n) if ctl.res[w].status not in (abi.OK, abi.STOPPED)]
+    if failures:
+        first = min(failures, key=lambda r: (not r.has_thread, r.block_linear))
+        raise result_error(first, info)
+    for w in range(n if checked else 0):
+        value = C.c_int(0)
+        signaled = lib.pal_decode_status(lib.pal_launch_worker_status(handle, w), C.byref(value))
+        if signaled:
+            raise worker_died(info, value.value, timeout)
+        if value.value != 0:
+            raise KernelError(f"kernel {info.kernel!r}: a worker process exited with status "
+                              f"{value.value} without reporting why", kernel=info.kernel)
+    nblocks = info.grid[0] * info.grid[1] * info.grid[2]
+    if ctl.blocks_done != nblocks:
+        raise KernelError(f"kernel {info.kernel!r}: only {ctl.blocks_done} of {nblocks} blocks "
+                          f"ran (a worker process vanished?); the results were discarded",
+                          kernel=info.kernel)

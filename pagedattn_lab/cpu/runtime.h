@@ -1,0 +1,115 @@
+// The binary interface of the CPU executor's runtime.
+//
+// Three parties share these declarations:
+//   - shim.h (compiled into every kernel): the functions a CUDA thread calls
+//     (__syncthreads, shuffles, printf, ...) and the built-in variables;
+//   - runtime.cpp / host.cpp (the scheduler, fibers, worker processes);
+//   - pagedattn_lab/cpu/abi.py, which mirrors pal_config / pal_result / pal_ctl with ctypes.
+// Change a layout here and PAL_ABI_VERSION together with abi.py.
+#ifndef PAGEDATTN_LAB_RUNTIME_H
+#define PAGEDATTN_LAB_RUNTIME_H
+
+#include <stdint.h>
+
+#define PAL_ABI_VERSION 5
+#define PAL_MAX_THREADS 1024  // threads per block, as on every CUDA GPU
+#define PAL_MAX_WORKERS 32    // worker processes of one launch
+#define PAL_OUT_CAP (1 << 20) // bytes of printf output kept per launch
+#define PAL_MSG_CAP 1024
+
+#define PAL_HIDDEN __attribute__((visibility("hidden")))
+#define PAL_EXPORT __attribute__((visibility("default")))
+
+// Outcome of a launch (pal_result.status).
+enum {
+    PAL_OK = 0,
+    PAL_FAULT = 1,      // a signal: bad memory access, stack overflow, division by zero...
+    PAL_DEADLOCK = 2,   // every live thread of a block waits and none can go on
+    PAL_WARP = 3,       // a warp intrinsic named a lane that exited or does not exist
+    PAL_ASSERT = 4,     // a device-side assert() failed
+    PAL_TRAP = 5,       // __trap()
+    PAL_INTERNAL = 6,   // the executor itself failed (out of memory for stacks, ...)
+    PAL_STOPPED = 7,    // stopped by the parent at the time limit (records who was running)
+};
+
+// Where a faulting address lies, when the worker can tell (pal_result.region).
+enum { PAL_REGION_UNKNOWN = 0, PAL_REGION_STACK = 1, PAL_REGION_DYN_SHARED = 2 };
+
+// What a thread is doing (pal_result.tstate).
+enum { PAL_T_RUN = 0, PAL_T_BARRIER = 1, PAL_T_WARP = 2, PAL_T_EXITED = 3 };
+
+// Warp operations (pal_result.top, the op argument of __pal_warp_op).
+enum {
+    PAL_OP_SYNCTHREADS = 0, PAL_OP_SHFL = 1, PAL_OP_SHFL_UP = 2, PAL_OP_SHFL_DOWN = 3,
+    PAL_OP_SHFL_XOR = 4, PAL_OP_BALLOT = 5, PAL_OP_ANY = 6, PAL_OP_ALL = 7,
+    PAL_OP_SYNCWARP = 8,
+};
+
+typedef struct pal_config {
+    void (*entry)(void **);  // the kernel's argument-unpacking wrapper
+    void **args;             // one pointer per kernel parameter, to its value
+    uint32_t grid[3];
+    uint32_t block[3];
+    uint64_t shared_mem;     // dynamic shared memory bytes per block
+    uint64_t stack_bytes;    // per CUDA thread
+    int32_t nworkers;        // worker processes (checked) ; unchecked runs on the caller
+    int32_t checked;         // 1: run in child processes with fault capture
+    int32_t poison;          // 1: fill shared memory with 0xff bytes before each block
+    int32_t timeout_s;       // backstop alarm for the workers (the parent enforces it first)
+} pal_config;
+
+typedef struct pal_result {
+    int32_t status;
+    int32_t signo, sicode;
+    int32_t is_write;        // 1 write, 0 read, -1 unknown
+    uint64_t addr;           // faulting address
+    int32_t region;          // PAL_REGION_*
+    int32_t region_thread;   // whose stack (linear thread id) for PAL_REGION_STACK
+    int32_t has_thread;      // 1 when block/thread below are known
+    int32_t line;            // kernel source line (asserts, warp errors)
+    uint32_t block[3];
+    uint32_t thread[3];
+    uint64_t block_linear;
+    uint32_t warp, mask, bad_lanes, op;   // warp errors
+    int32_t nthreads;        // threads per block, for tstate/tline
+    int32_t pad0;
+    uint8_t tstate[PAL_MAX_THREADS];
+    uint8_t top[PAL_MAX_THREADS];
+    int32_t tline[PAL_MAX_THREADS];
+    uint32_t tmask[PAL_MAX_THREADS];
+    char msg[PAL_MSG_CAP];
+} pal_result;
+
+typedef struct pal_ctl {
+    int64_t next_block;      // blocks are handed out by an atomic counter
+    int32_t abort;           // a worker failed: the others stop taking blocks
+    int32_t nworkers;
+    int64_t out_len;         // bytes reserved in out (may exceed PAL_OUT_CAP)
+    int64_t blocks_done;     // blocks run to completion, by all workers
+    int32_t out_truncated;
+    int32_t pad0;
+    pal_result res[PAL_MAX_WORKERS];
+    char out[PAL_OUT_CAP];
+} pal_ctl;
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+// ---- called by kernel code (through the macros of shim.h) ----
+PAL_HIDDEN void __pal_syncthreads(int line);
+PAL_HIDDEN int __pal_syncthreads_reduce(int line, int pred, int kind);  // 0 count, 1 and, 2 or
+PAL_HIDDEN unsigned long long __pal_warp_op(int line, int op, unsigned mask,
+                                            unsigned long long val, int arg, int width);
+PAL_HIDDEN unsigned __pal_activemask(void);
+PAL_HIDDEN void __pal_yield(void);
+PAL_HIDDEN int __pal_printf(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+PAL_HIDDEN void __pal_assert_fail(const char *expr, const char *file, int line,
+                                  const char *func) __attribute__((noreturn));
+PAL_HIDDEN void __pal_trap(int line) __attribute__((noreturn));
+PAL_HIDDEN long long __pal_clock64(void);
+PAL_HIDDEN extern void *__pal_dyn_smem;
+#ifdef __cplusplus
+}
+#endif
+
+#endif

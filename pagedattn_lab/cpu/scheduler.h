@@ -1,0 +1,108 @@
+// Internal state of the CPU executor's block scheduler, shared by runtime.cpp (the
+// scheduler) and device_api.cpp (what kernel threads call). Not part of any interface.
+#ifndef PAGEDATTN_LAB_SCHEDULER_H
+#define PAGEDATTN_LAB_SCHEDULER_H
+
+#include "runtime.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "shim_types.h"
+
+#if defined(PAL_FIBER_UCONTEXT) || !(defined(__x86_64__) || defined(__aarch64__))
+#define PAL_UC 1
+#if defined(__APPLE__)
+#define _XOPEN_SOURCE 600
+#endif
+#include <ucontext.h>
+#endif
+
+extern "C" {
+PAL_HIDDEN extern uint3 threadIdx;
+PAL_HIDDEN extern uint3 blockIdx;
+PAL_HIDDEN extern dim3 blockDim;
+PAL_HIDDEN extern dim3 gridDim;
+PAL_HIDDEN void pal_switch(void **save_sp, void *new_sp);
+PAL_HIDDEN void pal_tramp(void);
+PAL_HIDDEN void pal_fiber_main(void);
+}
+#ifdef __ELF__
+// Static __shared__ variables live in this section (ELF only, see shim.h); the linker
+// defines these two symbols around it.
+extern "C" char __start_pal_shared[] __attribute__((weak, visibility("hidden")));
+extern "C" char __stop_pal_shared[] __attribute__((weak, visibility("hidden")));
+#endif
+
+namespace pal {
+
+struct Fiber {
+    void *sp;
+    uint3 tid;
+    int lane, warp;
+    int state, line, op;
+    unsigned mask;
+    int gen;
+#ifdef PAL_UC
+    ucontext_t uc;
+#endif
+};
+
+struct Warp {
+    unsigned exists, exited, waiting;
+    unsigned long long val[32], res[32];
+    signed char want[32];
+};
+
+struct State {
+    const pal_config *cfg;
+    pal_ctl *ctl;
+    pal_result *res;
+    int n, nwarps;
+    int live, arrived, gen, error;
+    int bar_acc[2];
+    char *stacks;
+    size_t stride, guard, stacks_len;
+    char *smem_map, *smem_end;
+    size_t smem_len;
+    void *sched_sp;
+#ifdef PAL_UC
+    ucontext_t sched_uc;
+#endif
+    Fiber fib[PAL_MAX_THREADS];
+    Warp warps[PAL_MAX_THREADS / 32];
+};
+
+extern State S;
+extern Fiber *cur;
+
+inline void resume(Fiber *f)
+{
+    cur = f;
+    threadIdx = f->tid;
+#ifdef PAL_UC
+    swapcontext(&S.sched_uc, &f->uc);
+#else
+    pal_switch(&S.sched_sp, f->sp);
+#endif
+}
+
+inline void suspend(Fiber *f)
+{
+#ifdef PAL_UC
+    swapcontext(&f->uc, &S.sched_uc);
+#else
+    pal_switch(&f->sp, S.sched_sp);
+#endif
+}
+
+// Record an error of the running fiber and never run this block again.
+[[noreturn]] void fail(int status);
+
+}  // namespace pal
+
+#endif

@@ -1,0 +1,96 @@
+// The CUDA shim of the CPU executor: included before every kernel source, which is then
+// compiled, unmodified, by the system C++ compiler.
+//
+// Each CUDA thread is a fiber; the runtime (runtime.cpp) switches between the fibers of a
+// block at __syncthreads() and at warp intrinsics. The built-in variables (threadIdx, ...)
+// are globals that the runtime sets before resuming a fiber.
+//
+// Like NVRTC, this shim defines neither INFINITY nor NAN nor FLT_MAX: a kernel that uses
+// them fails here as it fails on the GPU.
+#ifndef PAGEDATTN_LAB_SHIM_H
+#define PAGEDATTN_LAB_SHIM_H
+
+#define PAGEDATTN_LAB_SHIM_VERSION 1
+#define __PAGEDATTN_LAB_CPU__ 1
+#define __CUDACC__ 1
+#define __CUDACC_RTC__ 1
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <math.h>
+
+#include "runtime.h"
+
+#undef INFINITY
+#undef NAN
+#undef HUGE_VAL
+#undef HUGE_VALF
+#undef HUGE_VALL
+
+// ---- CUDA keywords ----
+#define __global__
+#define __device__
+#define __host__
+#define __constant__
+#define __managed__
+#define __grid_constant__
+#define __forceinline__ inline __attribute__((always_inline))
+#define __noinline__ __attribute__((noinline))
+#define __restrict__ __restrict
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+#define __cluster_dims__(...)
+#define __maxnreg__(n)
+// Static shared memory: one copy per worker process, reused by the blocks it runs one
+// after another. On ELF systems it lives in its own section so that the runtime can
+// poison it before each block (shared memory starts as garbage on a GPU too).
+// extern __shared__ declarations are rewritten by compiler.py (see there).
+#ifdef __ELF__
+#define __shared__ static __attribute__((section("pal_shared")))
+#else
+#define __shared__ static
+#endif
+
+#include "shim_types.h"
+
+// ---- built-in variables (set by the runtime for the current fiber) ----
+extern "C" {
+PAL_HIDDEN extern uint3 threadIdx;
+PAL_HIDDEN extern uint3 blockIdx;
+PAL_HIDDEN extern dim3 blockDim;
+PAL_HIDDEN extern dim3 gridDim;
+}
+static constexpr int warpSize = 32;
+
+#include "shim_half.h"
+#include "shim_device.h"
+
+// ---- printf (captured and printed by Python) and assert ----
+#define printf(...) __pal_printf(__VA_ARGS__)
+#undef assert
+#ifdef NDEBUG
+#define assert(e) ((void)0)
+#else
+#define assert(e) ((e) ? (void)0 : __pal_assert_fail(#e, __FILE__, __LINE__, __func__))
+#endif
+
+// ---- the launch wrapper: calls a kernel with arguments given as void*[] (like CUDA) ----
+template <int... I> struct __pal_seq {};
+template <int N, int... I> struct __pal_mkseq : __pal_mkseq<N - 1, N - 1, I...> {};
+template <int... I> struct __pal_mkseq<0, I...> { typedef __pal_seq<I...> type; };
+template <class T> struct __pal_noref { typedef T type; };
+template <class T> struct __pal_noref<T &> { typedef T type; };
+template <class... A, int... I>
+static inline void __pal_call(void (*f)(A...), void **a, __pal_seq<I...>)
+{
+    f(*reinterpret_cast<typename __pal_noref<A>::type *>(a[I])...);
+}
+template <class... A> static inline void __pal_invoke(void (*f)(A...), void **a)
+{
+    __pal_call(f, a, typename __pal_mkseq<(int)sizeof...(A)>::type());
+}
+
+#endif

@@ -1,0 +1,251 @@
+// Device functions for the CPU executor: math, bit tricks, atomics, loads, warp intrinsics.
+#ifndef PAGEDATTN_LAB_SHIM_DEVICE_H
+#define PAGEDATTN_LAB_SHIM_DEVICE_H
+
+#define PAL_DF static inline __attribute__((always_inline))
+
+// ---- min / max: exactly CUDA's overload set (so ambiguous calls stay ambiguous) ----
+#define PAL_MINMAX(R, A, B)                                                                  \
+    PAL_DF R max(const A a, const B b) { return (R)a > (R)b ? (R)a : (R)b; }                 \
+    PAL_DF R min(const A a, const B b) { return (R)a < (R)b ? (R)a : (R)b; }
+PAL_MINMAX(int, int, int)
+PAL_MINMAX(unsigned int, unsigned int, unsigned int)
+PAL_MINMAX(unsigned int, int, unsigned int)
+PAL_MINMAX(unsigned int, unsigned int, int)
+PAL_MINMAX(long, long, long)
+PAL_MINMAX(unsigned long, unsigned long, unsigned long)
+PAL_MINMAX(unsigned long, long, unsigned long)
+PAL_MINMAX(unsigned long, unsigned long, long)
+PAL_MINMAX(long long, long long, long long)
+PAL_MINMAX(unsigned long long, unsigned long long, unsigned long long)
+PAL_MINMAX(unsigned long long, long long, unsigned long long)
+PAL_MINMAX(unsigned long long, unsigned long long, long long)
+#undef PAL_MINMAX
+PAL_DF float max(const float a, const float b) { return fmaxf(a, b); }
+PAL_DF float min(const float a, const float b) { return fminf(a, b); }
+PAL_DF double max(const double a, const double b) { return fmax(a, b); }
+PAL_DF double min(const double a, const double b) { return fmin(a, b); }
+PAL_DF double max(const float a, const double b) { return fmax((double)a, b); }
+PAL_DF double min(const float a, const double b) { return fmin((double)a, b); }
+PAL_DF double max(const double a, const float b) { return fmax(a, (double)b); }
+PAL_DF double min(const double a, const float b) { return fmin(a, (double)b); }
+PAL_DF unsigned umin(unsigned a, unsigned b) { return a < b ? a : b; }
+PAL_DF unsigned umax(unsigned a, unsigned b) { return a > b ? a : b; }
+
+// ---- fast-math and rounding variants: the plain functions (the GPU's are approximations) ----
+// glibc declares these names itself: define ours under other names.
+#define __expf __pal_expf
+#define __exp10f __pal_exp10f
+#define __logf __pal_logf
+#define __log2f __pal_log2f
+#define __log10f __pal_log10f
+#define __powf __pal_powf
+#define __sinf __pal_sinf
+#define __cosf __pal_cosf
+#define __tanf __pal_tanf
+#define __sincosf __pal_sincosf
+PAL_DF float __pal_expf(float x) { return expf(x); }
+PAL_DF float __pal_exp10f(float x) { return powf(10.0f, x); }
+PAL_DF float __pal_logf(float x) { return logf(x); }
+PAL_DF float __pal_log2f(float x) { return log2f(x); }
+PAL_DF float __pal_log10f(float x) { return log10f(x); }
+PAL_DF float __pal_powf(float x, float y) { return powf(x, y); }
+PAL_DF float __pal_sinf(float x) { return sinf(x); }
+PAL_DF float __pal_cosf(float x) { return cosf(x); }
+PAL_DF float __pal_tanf(float x) { return tanf(x); }
+PAL_DF void __pal_sincosf(float x, float *s, float *c) { *s = sinf(x); *c = cosf(x); }
+PAL_DF float __fdividef(float a, float b) { return a / b; }
+PAL_DF float fdividef(float a, float b) { return a / b; }
+PAL_DF float rsqrtf(float x) { return 1.0f / sqrtf(x); }
+PAL_DF double rsqrt(double x) { return 1.0 / sqrt(x); }
+PAL_DF float rcbrtf(float x) { return 1.0f / cbrtf(x); }
+PAL_DF float __saturatef(float x) { return x != x ? 0.0f : fminf(fmaxf(x, 0.0f), 1.0f); }
+PAL_DF float __fadd_rn(float a, float b) { return a + b; }
+PAL_DF float __fsub_rn(float a, float b) { return a - b; }
+PAL_DF float __fmul_rn(float a, float b) { return a * b; }
+PAL_DF float __fdiv_rn(float a, float b) { return a / b; }
+PAL_DF float __frcp_rn(float a) { return 1.0f / a; }
+PAL_DF float __fsqrt_rn(float a) { return sqrtf(a); }
+PAL_DF float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
+PAL_DF double __dadd_rn(double a, double b) { return a + b; }
+PAL_DF double __dmul_rn(double a, double b) { return a * b; }
+PAL_DF double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
+PAL_DF int __float2int_rn(float x) { return (int)rintf(x); }
+PAL_DF int __float2int_rz(float x) { return (int)x; }
+PAL_DF int __float2int_rd(float x) { return (int)floorf(x); }
+PAL_DF int __float2int_ru(float x) { return (int)ceilf(x); }
+PAL_DF unsigned __float2uint_rn(float x) { return (unsigned)rintf(x); }
+PAL_DF float __int2float_rn(int x) { return (float)x; }
+PAL_DF float __uint2float_rn(unsigned x) { return (float)x; }
+PAL_DF int __double2int_rn(double x) { return (int)rint(x); }
+PAL_DF float __double2float_rn(double x) { return (float)x; }
+
+// ---- reinterpretation ----
+PAL_DF float __int_as_float(int i) { float f; memcpy(&f, &i, 4); return f; }
+PAL_DF int __float_as_int(float f) { int i; memcpy(&i, &f, 4); return i; }
+PAL_DF float __uint_as_float(unsigned u) { float f; memcpy(&f, &u, 4); return f; }
+PAL_DF unsigned __float_as_uint(float f) { unsigned u; memcpy(&u, &f, 4); return u; }
+PAL_DF double __longlong_as_double(long long i) { double d; memcpy(&d, &i, 8); return d; }
+PAL_DF long long __double_as_longlong(double d) { long long i; memcpy(&i, &d, 8); return i; }
+
+// ---- integer intrinsics ----
+PAL_DF int __popc(unsigned x) { return __builtin_popcount(x); }
+PAL_DF int __popcll(unsigned long long x) { return __builtin_popcountll(x); }
+PAL_DF int __clz(int x) { return x ? __builtin_clz((unsigned)x) : 32; }
+PAL_DF int __clzll(long long x) { return x ? __builtin_clzll((unsigned long long)x) : 64; }
+PAL_DF int __ffs(int x) { return __builtin_ffs(x); }
+PAL_DF int __ffsll(long long x) { return __builtin_ffsll(x); }
+PAL_DF unsigned __brev(unsigned x)
+{
+    unsigned r = 0;
+    for (int i = 0; i < 32; ++i) r |= ((x >> i) & 1u) << (31 - i);
+    return r;
+}
+PAL_DF int __mul24(int a, int b) { return (int)((long long)((a << 8) >> 8) * ((b << 8) >> 8)); }
+PAL_DF unsigned __umul24(unsigned a, unsigned b) { return (a & 0xffffffu) * (b & 0xffffffu); }
+PAL_DF int __mulhi(int a, int b) { return (int)(((long long)a * b) >> 32); }
+PAL_DF unsigned __umulhi(unsigned a, unsigned b)
+{ return (unsigned)(((unsigned long long)a * b) >> 32); }
+PAL_DF unsigned __byte_perm(unsigned x, unsigned y, unsigned s)
+{
+    unsigned long long v = ((unsigned long long)y << 32) | x;
+    unsigned r = 0;
+    for (int i = 0; i < 4; ++i) r |= (unsigned)((v >> (8 * ((s >> (4 * i)) & 7))) & 0xff) << (8 * i);
+    return r;
+}
+
+// ---- loads with cache hints: plain loads here ----
+template <class T> PAL_DF T __ldg(const T *p) { return *p; }
+template <class T> PAL_DF T __ldcg(const T *p) { return *p; }
+template <class T> PAL_DF T __ldca(const T *p) { return *p; }
+template <class T> PAL_DF T __ldcs(const T *p) { return *p; }
+template <class T> PAL_DF T __ldlu(const T *p) { return *p; }
+template <class T> PAL_DF T __ldcv(const T *p) { return *p; }
+template <class T> PAL_DF void __stcg(T *p, T v) { *p = v; }
+template <class T> PAL_DF void __stcs(T *p, T v) { *p = v; }
+template <class T> PAL_DF void __stwb(T *p, T v) { *p = v; }
+template <class T> PAL_DF void __stwt(T *p, T v) { *p = v; }
+
+// ---- atomics: real atomics (blocks of one launch may run in parallel processes) ----
+#define PAL_ATOMIC_INT(T)                                                                    \
+    PAL_DF T atomicAdd(T *a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }     \
+    PAL_DF T atomicSub(T *a, T v) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); }     \
+    PAL_DF T atomicAnd(T *a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST); }     \
+    PAL_DF T atomicOr(T *a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST); }       \
+    PAL_DF T atomicXor(T *a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST); }     \
+    PAL_DF T atomicExch(T *a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }   \
+    PAL_DF T atomicCAS(T *a, T cmp, T v)                                                     \
+    {                                                                                        \
+        __atomic_compare_exchange_n(a, &cmp, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);  \
+        return cmp;                                                                          \
+    }                                                                                        \
+    PAL_DF T atomicMax(T *a, T v)                                                            \
+    {                                                                                        \
+        T old = __atomic_load_n(a, __ATOMIC_SEQ_CST);                                        \
+        while (old < v && !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_SEQ_CST,   \
+                                                       __ATOMIC_SEQ_CST)) {}                \
+        return old;                                                                          \
+    }                                                                                        \
+    PAL_DF T atomicMin(T *a, T v)                                                            \
+    {                                                                                        \
+        T old = __atomic_load_n(a, __ATOMIC_SEQ_CST);                                        \
+        while (old > v && !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_SEQ_CST,   \
+                                                       __ATOMIC_SEQ_CST)) {}                \
+        return old;                                                                          \
+    }
+PAL_ATOMIC_INT(int)
+PAL_ATOMIC_INT(unsigned int)
+PAL_ATOMIC_INT(unsigned long long)
+PAL_ATOMIC_INT(long long)
+#undef PAL_ATOMIC_INT
+
+// Floating-point atomics: a compare-and-swap loop on the bit pattern.
+#define PAL_ATOMIC_FP(T, U, NAME, EXPR)                                                      \
+    PAL_DF T NAME(T *a, T v)                                                                 \
+    {                                                                                        \
+        U *p = (U *)a;                                                                       \
+        U old = __atomic_load_n(p, __ATOMIC_SEQ_CST), nw;                                    \
+        T o;                                                                                 \
+        do {                                                                                 \
+            memcpy(&o, &old, sizeof(T));                                                     \
+            T n = EXPR;                                                                      \
+            memcpy(&nw, &n, sizeof(T));                                                      \
+        } while (!__atomic_compare_exchange_n(p, &old, nw, true, __ATOMIC_SEQ_CST,           \
+                                              __ATOMIC_SEQ_CST));                            \
+        return o;                                                                            \
+    }
+PAL_ATOMIC_FP(float, unsigned int, atomicAdd, o + v)
+PAL_ATOMIC_FP(double, unsigned long long, atomicAdd, o + v)
+PAL_ATOMIC_FP(__half2, unsigned int, atomicAdd, __hadd2(o, v))
+#undef PAL_ATOMIC_FP
+PAL_DF float atomicExch(float *a, float v)
+{
+    unsigned u = __atomic_exchange_n((unsigned *)a, __float_as_uint(v), __ATOMIC_SEQ_CST);
+    return __uint_as_float(u);
+}
+PAL_DF unsigned short atomicCAS(unsigned short *a, unsigned short cmp, unsigned short v)
+{
+    __atomic_compare_exchange_n(a, &cmp, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    return cmp;
+}
+PAL_DF unsigned atomicInc(unsigned *a, unsigned limit)
+{
+    unsigned old = __atomic_load_n(a, __ATOMIC_SEQ_CST);
+    while (!__atomic_compare_exchange_n(a, &old, old >= limit ? 0u : old + 1u, true,
+                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+    return old;
+}
+PAL_DF unsigned atomicDec(unsigned *a, unsigned limit)
+{
+    unsigned old = __atomic_load_n(a, __ATOMIC_SEQ_CST);
+    while (!__atomic_compare_exchange_n(a, &old, (old == 0u || old > limit) ? limit : old - 1u,
+                                        true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+    return old;
+}
+#define atomicAdd_block atomicAdd
+#define atomicAdd_system atomicAdd
+#define atomicCAS_block atomicCAS
+#define atomicExch_block atomicExch
+#define atomicMax_block atomicMax
+#define atomicMin_block atomicMin
+PAL_DF void __threadfence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+PAL_DF void __threadfence_block(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+PAL_DF void __threadfence_system(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+// ---- warp intrinsics: every lane named in the mask must arrive (checked) ----
+template <class T>
+PAL_DF T __pal_shfl(int line, int op, unsigned mask, T var, int arg, int width = 32)
+{
+    static_assert(sizeof(T) <= 8, "warp shuffles move values of at most 8 bytes");
+    unsigned long long raw = 0;
+    memcpy(&raw, &var, sizeof(T));
+    raw = __pal_warp_op(line, op, mask, raw, arg, width);
+    T r;
+    memcpy(&r, &raw, sizeof(T));
+    return r;
+}
+#define __shfl_sync(...) __pal_shfl(__LINE__, PAL_OP_SHFL, __VA_ARGS__)
+#define __shfl_up_sync(...) __pal_shfl(__LINE__, PAL_OP_SHFL_UP, __VA_ARGS__)
+#define __shfl_down_sync(...) __pal_shfl(__LINE__, PAL_OP_SHFL_DOWN, __VA_ARGS__)
+#define __shfl_xor_sync(...) __pal_shfl(__LINE__, PAL_OP_SHFL_XOR, __VA_ARGS__)
+#define __ballot_sync(mask, pred)                                                            \
+    ((unsigned)__pal_warp_op(__LINE__, PAL_OP_BALLOT, (mask), (pred) ? 1 : 0, 0, 32))
+#define __any_sync(mask, pred) ((int)__pal_warp_op(__LINE__, PAL_OP_ANY, (mask), (pred) ? 1 : 0, 0, 32))
+#define __all_sync(mask, pred) ((int)__pal_warp_op(__LINE__, PAL_OP_ALL, (mask), (pred) ? 1 : 0, 0, 32))
+struct __pal_syncwarp_at {
+    int line;
+    void operator()(unsigned mask = 0xffffffffu) const
+    { __pal_warp_op(line, PAL_OP_SYNCWARP, mask, 0, 0, 32); }
+};
+#define __syncwarp(...) (__pal_syncwarp_at{__LINE__}(__VA_ARGS__))
+#define __activemask() __pal_activemask()
+#define __syncthreads() __pal_syncthreads(__LINE__)
+#define __syncthreads_count(p) __pal_syncthreads_reduce(__LINE__, (p) ? 1 : 0, 0)
+#define __syncthreads_and(p) __pal_syncthreads_reduce(__LINE__, (p) ? 1 : 0, 1)
+#define __syncthreads_or(p) __pal_syncthreads_reduce(__LINE__, (p) ? 1 : 0, 2)
+#define __trap() __pal_trap(__LINE__)
+#define __brkpt() ((void)0)
+#define __nanosleep(ns) __pal_yield()
+PAL_DF long long clock64(void) { return __pal_clock64(); }
+
+#endif

@@ -1,0 +1,166 @@
+// __half / __half2 (cuda_fp16.h) for the CPU executor.
+//
+// Conversions are bit-exact IEEE binary16 with round-to-nearest-even, written with integer
+// and float32 arithmetic only (no _Float16), so results match the GPU's cvt.rn.f16.f32 and
+// NumPy's float16 on every platform. NaN converts to the canonical 0x7fff, like CUDA.
+// Arithmetic on halves is done in float and rounded once, which is exact for + - * /.
+#ifndef PAGEDATTN_LAB_SHIM_HALF_H
+#define PAGEDATTN_LAB_SHIM_HALF_H
+
+static inline unsigned int __pal_f2u(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
+static inline float __pal_u2f(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
+
+static inline unsigned short __pal_float_to_half_bits(float f)
+{
+    unsigned int x = __pal_f2u(f);
+    unsigned int sign = (x >> 16) & 0x8000u;
+    unsigned int ax = x & 0x7fffffffu;
+    if (ax > 0x7f800000u) return 0x7fffu;                       // NaN -> canonical NaN
+    if (ax >= 0x477ff000u) return (unsigned short)(sign | 0x7c00u);  // rounds to inf
+    if (ax < 0x38800000u) {                                      // half subnormal or zero
+        // Adding 0.5f puts the half's smallest step (2^-24) at float's last bit: the float
+        // addition then rounds to nearest even exactly as the conversion must.
+        float t = __pal_u2f(ax) + 0.5f;
+        return (unsigned short)(sign | (__pal_f2u(t) - 0x3f000000u));
+    }
+    unsigned int odd = (ax >> 13) & 1u;
+    ax += 0xc8000fffu + odd;  // rebias exponent by -112 and round to nearest even
+    return (unsigned short)(sign | (ax >> 13));
+}
+
+static inline float __pal_half_bits_to_float(unsigned short h)
+{
+    unsigned int sign = (unsigned int)(h & 0x8000u) << 16;
+    unsigned int e = (h >> 10) & 0x1fu, m = h & 0x3ffu;
+    if (e == 0x1f) return __pal_u2f(sign | 0x7f800000u | (m << 13));  // inf / NaN
+    if (e == 0) {                                                     // zero / subnormal
+        float v = (float)m * 5.9604644775390625e-8f;                  // m * 2^-24, exact
+        return sign ? -v : v;
+    }
+    return __pal_u2f(sign | ((e + 112u) << 23) | (m << 13));
+}
+
+struct __half_raw { unsigned short x; };
+struct __half2_raw { unsigned short x, y; };
+
+struct __attribute__((aligned(2))) __half {
+    unsigned short __x;
+    __half() = default;
+    __half(const __half_raw &r) : __x(r.x) {}
+    __half(float f) : __x(__pal_float_to_half_bits(f)) {}
+    __half(double d) : __x(__pal_float_to_half_bits((float)d)) {}
+    __half(int i) : __x(__pal_float_to_half_bits((float)i)) {}
+    __half(unsigned int i) : __x(__pal_float_to_half_bits((float)i)) {}
+    __half(long long i) : __x(__pal_float_to_half_bits((float)i)) {}
+    __half(unsigned long long i) : __x(__pal_float_to_half_bits((float)i)) {}
+    __half(short i) : __x(__pal_float_to_half_bits((float)i)) {}
+    __half(unsigned short i) : __x(__pal_float_to_half_bits((float)i)) {}
+    operator float() const { return __pal_half_bits_to_float(__x); }
+    operator __half_raw() const { __half_raw r; r.x = __x; return r; }
+    __half &operator=(const __half_raw &r) { __x = r.x; return *this; }
+};
+typedef __half half;
+
+struct __attribute__((aligned(4))) __half2 {
+    __half x, y;
+    __half2() = default;
+    __half2(const __half &a, const __half &b) : x(a), y(b) {}
+    __half2(const __half2_raw &r) { x.__x = r.x; y.__x = r.y; }
+    operator __half2_raw() const { __half2_raw r; r.x = x.__x; r.y = y.__x; return r; }
+};
+typedef __half2 half2;
+
+static inline __half __pal_hraw(unsigned short b) { __half h; h.__x = b; return h; }
+
+// ---- conversions ----
+static inline __half __float2half(float a) { return __pal_hraw(__pal_float_to_half_bits(a)); }
+static inline __half __float2half_rn(float a) { return __float2half(a); }
+static inline __half __double2half(double a) { return __float2half((float)a); }
+static inline float __half2float(__half a) { return __pal_half_bits_to_float(a.__x); }
+static inline __half __int2half_rn(int i) { return __float2half((float)i); }
+static inline int __half2int_rz(__half h) { return (int)__half2float(h); }
+static inline int __half2int_rn(__half h) { return (int)rintf(__half2float(h)); }
+static inline __half2 __float2half2_rn(float a) { __half h = __float2half(a); return __half2(h, h); }
+static inline __half2 __floats2half2_rn(float a, float b) { return __half2(__float2half(a), __float2half(b)); }
+static inline __half2 __float22half2_rn(float2 f) { return __floats2half2_rn(f.x, f.y); }
+static inline float2 __half22float2(__half2 h) { return make_float2(__half2float(h.x), __half2float(h.y)); }
+static inline float __low2float(__half2 h) { return __half2float(h.x); }
+static inline float __high2float(__half2 h) { return __half2float(h.y); }
+static inline __half __low2half(__half2 h) { return h.x; }
+static inline __half __high2half(__half2 h) { return h.y; }
+static inline __half2 __halves2half2(__half lo, __half hi) { return __half2(lo, hi); }
+static inline __half2 __half2half2(__half a) { return __half2(a, a); }
+static inline __half2 __lows2half2(__half2 a, __half2 b) { return __half2(a.x, b.x); }
+static inline __half2 __highs2half2(__half2 a, __half2 b) { return __half2(a.y, b.y); }
+static inline __half2 make_half2(__half x, __half y) { return __half2(x, y); }
+static inline unsigned short __half_as_ushort(__half h) { return h.__x; }
+static inline short __half_as_short(__half h) { return (short)h.__x; }
+static inline __half __ushort_as_half(unsigned short u) { return __pal_hraw(u); }
+static inline __half __short_as_half(short s) { return __pal_hraw((unsigned short)s); }
+
+// ---- arithmetic (computed in float, rounded once) ----
+#define PAL_H(f) __float2half(f)
+#define PAL_F(h) __half2float(h)
+static inline __half __hadd(__half a, __half b) { return PAL_H(PAL_F(a) + PAL_F(b)); }
+static inline __half __hsub(__half a, __half b) { return PAL_H(PAL_F(a) - PAL_F(b)); }
+static inline __half __hmul(__half a, __half b) { return PAL_H(PAL_F(a) * PAL_F(b)); }
+static inline __half __hdiv(__half a, __half b) { return PAL_H(PAL_F(a) / PAL_F(b)); }
+static inline __half __hneg(__half a) { return __pal_hraw((unsigned short)(a.__x ^ 0x8000u)); }
+static inline __half __habs(__half a) { return __pal_hraw((unsigned short)(a.__x & 0x7fffu)); }
+static inline __half __hfma(__half a, __half b, __half c)
+{ return __float2half((float)((double)PAL_F(a) * PAL_F(b) + PAL_F(c))); }
+static inline __half __hmax(__half a, __half b) { return PAL_H(fmaxf(PAL_F(a), PAL_F(b))); }
+static inline __half __hmin(__half a, __half b) { return PAL_H(fminf(PAL_F(a), PAL_F(b))); }
+static inline bool __heq(__half a, __half b) { return PAL_F(a) == PAL_F(b); }
+static inline bool __hne(__half a, __half b) { return PAL_F(a) != PAL_F(b); }
+static inline bool __hlt(__half a, __half b) { return PAL_F(a) < PAL_F(b); }
+static inline bool __hle(__half a, __half b) { return PAL_F(a) <= PAL_F(b); }
+static inline bool __hgt(__half a, __half b) { return PAL_F(a) > PAL_F(b); }
+static inline bool __hge(__half a, __half b) { return PAL_F(a) >= PAL_F(b); }
+static inline bool __hisnan(__half a) { return (a.__x & 0x7fffu) > 0x7c00u; }
+static inline int __hisinf(__half a)
+{ return (a.__x & 0x7fffu) == 0x7c00u ? ((a.__x & 0x8000u) ? -1 : 1) : 0; }
+static inline __half hexp(__half a) { return PAL_H(expf(PAL_F(a))); }
+static inline __half hexp2(__half a) { return PAL_H(exp2f(PAL_F(a))); }
+static inline __half hlog(__half a) { return PAL_H(logf(PAL_F(a))); }
+static inline __half hsqrt(__half a) { return PAL_H(sqrtf(PAL_F(a))); }
+static inline __half hrsqrt(__half a) { return PAL_H(1.0f / sqrtf(PAL_F(a))); }
+
+#define PAL_H2(op)                                                                           \
+    static inline __half2 op##2(__half2 a, __half2 b) { return __half2(op(a.x, b.x), op(a.y, b.y)); }
+PAL_H2(__hadd) PAL_H2(__hsub) PAL_H2(__hmul) PAL_H2(__hmax) PAL_H2(__hmin)
+#undef PAL_H2
+static inline __half2 __h2div(__half2 a, __half2 b) { return __half2(__hdiv(a.x, b.x), __hdiv(a.y, b.y)); }
+static inline __half2 __hneg2(__half2 a) { return __half2(__hneg(a.x), __hneg(a.y)); }
+static inline __half2 __habs2(__half2 a) { return __half2(__habs(a.x), __habs(a.y)); }
+static inline __half2 __hfma2(__half2 a, __half2 b, __half2 c)
+{ return __half2(__hfma(a.x, b.x, c.x), __hfma(a.y, b.y, c.y)); }
+static inline __half2 h2exp(__half2 a) { return __half2(hexp(a.x), hexp(a.y)); }
+
+// Operators, as cuda_fp16.hpp defines them for device code.
+static inline __half operator+(const __half &a, const __half &b) { return __hadd(a, b); }
+static inline __half operator-(const __half &a, const __half &b) { return __hsub(a, b); }
+static inline __half operator*(const __half &a, const __half &b) { return __hmul(a, b); }
+static inline __half operator/(const __half &a, const __half &b) { return __hdiv(a, b); }
+static inline __half operator-(const __half &a) { return __hneg(a); }
+static inline __half operator+(const __half &a) { return a; }
+static inline __half &operator+=(__half &a, const __half &b) { a = __hadd(a, b); return a; }
+static inline __half &operator-=(__half &a, const __half &b) { a = __hsub(a, b); return a; }
+static inline __half &operator*=(__half &a, const __half &b) { a = __hmul(a, b); return a; }
+static inline __half &operator/=(__half &a, const __half &b) { a = __hdiv(a, b); return a; }
+static inline bool operator==(const __half &a, const __half &b) { return __heq(a, b); }
+static inline bool operator!=(const __half &a, const __half &b) { return __hne(a, b); }
+static inline bool operator<(const __half &a, const __half &b) { return __hlt(a, b); }
+static inline bool operator<=(const __half &a, const __half &b) { return __hle(a, b); }
+static inline bool operator>(const __half &a, const __half &b) { return __hgt(a, b); }
+static inline bool operator>=(const __half &a, const __half &b) { return __hge(a, b); }
+static inline __half2 operator+(const __half2 &a, const __half2 &b) { return __hadd2(a, b); }
+static inline __half2 operator-(const __half2 &a, const __half2 &b) { return __hsub2(a, b); }
+static inline __half2 operator*(const __half2 &a, const __half2 &b) { return __hmul2(a, b); }
+static inline __half2 operator/(const __half2 &a, const __half2 &b) { return __h2div(a, b); }
+static inline __half2 &operator+=(__half2 &a, const __half2 &b) { a = __hadd2(a, b); return a; }
+static inline __half2 &operator*=(__half2 &a, const __half2 &b) { a = __hmul2(a, b); return a; }
+#undef PAL_H
+#undef PAL_F
+
+#endif

@@ -1,0 +1,53 @@
+// CUDA's built-in vector types (float2, uint4, ...), dim3 and their make_* functions.
+//
+// Layouts match CUDA (same sizes and member order). Alignment matches CUDA for types of up
+// to 8 bytes; the 16-byte types (float4, int4, uint4, double2, ...) are only aligned to
+// their element here, because the executor places buffers end-aligned against a guard page
+// (so that an access one past the end faults), and a 16-byte-aligned type would let the
+// compiler emit aligned SSE loads that fault on such addresses.
+#ifndef PAGEDATTN_LAB_SHIM_TYPES_H
+#define PAGEDATTN_LAB_SHIM_TYPES_H
+
+#define PAL_VEC1(T, N, A)                                                                    \
+    struct __attribute__((aligned(A))) N##1 { T x; };                                       \
+    static inline N##1 make_##N##1(T x) { N##1 r; r.x = x; return r; }
+#define PAL_VEC2(T, N, A)                                                                    \
+    struct __attribute__((aligned(A))) N##2 { T x, y; };                                    \
+    static inline N##2 make_##N##2(T x, T y) { N##2 r; r.x = x; r.y = y; return r; }
+#define PAL_VEC3(T, N)                                                                       \
+    struct N##3 { T x, y, z; };                                                              \
+    static inline N##3 make_##N##3(T x, T y, T z) { N##3 r; r.x = x; r.y = y; r.z = z; return r; }
+#define PAL_VEC4(T, N, A)                                                                    \
+    struct __attribute__((aligned(A))) N##4 { T x, y, z, w; };                              \
+    static inline N##4 make_##N##4(T x, T y, T z, T w)                                       \
+    { N##4 r; r.x = x; r.y = y; r.z = z; r.w = w; return r; }
+
+#define PAL_VEC_ALL(T, N, A2, A4)                                                            \
+    PAL_VEC1(T, N, sizeof(T)) PAL_VEC2(T, N, A2) PAL_VEC3(T, N) PAL_VEC4(T, N, A4)
+
+PAL_VEC_ALL(signed char, char, 2, 4)
+PAL_VEC_ALL(unsigned char, uchar, 2, 4)
+PAL_VEC_ALL(short, short, 4, 8)
+PAL_VEC_ALL(unsigned short, ushort, 4, 8)
+PAL_VEC_ALL(int, int, 8, 4)
+PAL_VEC_ALL(unsigned int, uint, 8, 4)
+PAL_VEC_ALL(long long, longlong, 8, 8)
+PAL_VEC_ALL(unsigned long long, ulonglong, 8, 8)
+PAL_VEC_ALL(float, float, 8, 4)
+PAL_VEC_ALL(double, double, 8, 8)
+
+#undef PAL_VEC1
+#undef PAL_VEC2
+#undef PAL_VEC3
+#undef PAL_VEC4
+#undef PAL_VEC_ALL
+
+struct dim3 {
+    unsigned int x, y, z;
+    constexpr dim3(unsigned int vx = 1, unsigned int vy = 1, unsigned int vz = 1)
+        : x(vx), y(vy), z(vz) {}
+    constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
+    constexpr operator uint3() const { return uint3{x, y, z}; }
+};
+
+#endif

@@ -1,0 +1,131 @@
+"""`RawKernel`: a CUDA C kernel called exactly like `cupy.RawKernel`, run where its arrays live.
+
+    kern = RawKernel(source, "vector_add")
+    kern((blocks,), (threads,), (a, b, c, np.int32(n)), shared_mem=0)
+
+CuPy arrays run on the GPU (through cupy.RawKernel); NumPy arrays run on the CPU executor
+(`pagedattn_lab.cpu.RawKernel`, the same source compiled for the CPU); a mix is refused.
+With no arrays at all, the GPU is used when there is one. Either way the arguments are
+checked first against the kernel's signature (`pagedattn_lab.signature`): a float64 array
+for a `float*` or a Python int for an `int` is an error here, not silent garbage.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .signature import check_launch_args, collect_defines, parse_kernel_signature
+
+__all__ = ["RawKernel"]
+
+
+def _is_cupy(x) -> bool:
+    return type(x).__module__.split(".")[0] == "cupy"
+
+
+def _as_tuple(dims, what: str) -> tuple:
+    """grid/block as a tuple of 1-3 Python ints (cupy.RawKernel refuses a bare int)."""
+    if isinstance(dims, (int, np.integer)) and not isinstance(dims, bool):
+        return (int(dims),)
+    if isinstance(dims, (tuple, list)) and 1 <= len(dims) <= 3 and all(
+            isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
+        return tuple(int(d) for d in dims)
+    raise TypeError(f"{what}: expected an int or a tuple of 1 to 3 ints, got {dims!r}")
+
+
+class RawKernel:
+    """One kernel for both devices. See the module docstring.
+
+    `options`: NVRTC options (a tuple of strings), passed to CuPy; on the CPU, -D, -U, -I and
+    -std are honoured and the others ignored. Keywords for the CPU executor: `filename`,
+    `timeout`, `checked`, `workers`, `stack_kb` (see pagedattn_lab.cpu.RawKernel). Other
+    keywords (`backend`, `jitify`, ...) go to cupy.RawKernel.
+    """
+
+    def __init__(self, code: str, name: str, options=(), *, filename: str | None = None,
+                 timeout: float | None = None, checked: bool = True, workers: int | None = None,
+                 stack_kb: int | None = None, **cupy_kwargs):
+        self.code = code
+        self.name = name
+        self.options = tuple(options or ())
+        self.signature = parse_kernel_signature(code, name, collect_defines(code, self.options))
+        self._cpu_kwargs = dict(filename=filename, timeout=timeout, checked=checked,
+                                workers=workers, stack_kb=stack_kb)
+        self._cupy_kwargs = cupy_kwargs
+        self._cpu = None
+        self._gpu = None
+        self._max_dyn_smem: int | None = None
+
+    # -- the two executors, built on first use ------------------------------------------
+    @property
+    def cpu(self):
+        """The kernel on the CPU executor (pagedattn_lab.cpu.RawKernel)."""
+        if self._cpu is None:
+            from .cpu import RawKernel as CpuRawKernel  # noqa: PLC0415 - loaded on demand
+            self._cpu = CpuRawKernel(self.code, self.name, self.options, **self._cpu_kwargs)
+            if self._max_dyn_smem is not None:
+                self._cpu.max_dynamic_shared_size_bytes = self._max_dyn_smem
+        return self._cpu
+
+    @property
+    def gpu(self):
+        """The kernel as a cupy.RawKernel (needs CuPy and a CUDA device)."""
+        if self._gpu is None:
+            from .backend import cupy_module  # noqa: PLC0415 - never import CuPy eagerly
+            cupy = cupy_module()
+            self._gpu = cupy.RawKernel(self.code, self.name, options=self.options,
+                                       **self._cupy_kwargs)
+            if self._max_dyn_smem is not None:
+                self._gpu.max_dynamic_shared_size_bytes = self._max_dyn_smem
+        return self._gpu
+
+    @property
+    def max_dynamic_shared_size_bytes(self) -> int:
+        return self._max_dyn_smem if self._max_dyn_smem is not None else 48 * 1024
+
+    @max_dynamic_shared_size_bytes.setter
+    def max_dynamic_shared_size_bytes(self, value: int) -> None:
+        self._max_dyn_smem = int(value)
+        if self._cpu is not None:
+            self._cpu.max_dynamic_shared_size_bytes = self._max_dyn_smem
+        if self._gpu is not None:
+            self._gpu.max_dynamic_shared_size_bytes = self._max_dyn_smem
+
+    # -- launching ----------------------------------------------------------------------
+    def device_for(self, args) -> str:
+        """'gpu' or 'cpu': where a launch with these arguments runs."""
+        if not isinstance(args, (tuple, list)):
+            return "cpu"   # check_launch_args explains the mistake
+        on_gpu = [i for i, a in enumerate(args) if _is_cupy(a)]
+        on_cpu = [i for i, a in enumerate(args) if isinstance(a, np.ndarray)]
+        if on_gpu and on_cpu:
+            def names(idx):
+                return ", ".join(f"{i} ({self.signature[i].name!r})" if i < len(self.signature)
+                                 else str(i) for i in idx)
+            raise TypeError(
+                f"kernel {self.name!r}: arguments live in different places: CuPy (GPU) arrays "
+                f"at argument(s) {names(on_gpu)} and NumPy (CPU) arrays at argument(s) "
+                f"{names(on_cpu)}. Move them to one device first (cupy.asarray(x) or x.get()).")
+        if on_gpu:
+            return "gpu"
+        if on_cpu:
+            return "cpu"
+        from .backend import gpu_available  # noqa: PLC0415
+        return "gpu" if gpu_available() else "cpu"
+
+    def __call__(self, grid, block, args, shared_mem: int = 0, **cpu_options) -> None:
+        """Launch like cupy.RawKernel: kern(grid, block, args, shared_mem=0).
+
+        `cpu_options` (timeout=, checked=, workers=) apply to the CPU executor only.
+        """
+        if self.device_for(args) == "cpu":
+            self.cpu(grid, block, args, shared_mem=shared_mem, **cpu_options)
+            return
+        from .backend import cupy_module  # noqa: PLC0415
+        cupy = cupy_module()
+        check_launch_args(self.signature, args, self.name, (cupy.ndarray,))
+        # cupy.RawKernel wants tuples; an int is accepted here as in the course's examples.
+        self.gpu(_as_tuple(grid, "grid"), _as_tuple(block, "block"), tuple(args),
+                 shared_mem=int(shared_mem))
+
+    def __repr__(self) -> str:
+        return f"<pagedattn_lab.RawKernel {self.name!r}>"

@@ -1,0 +1,342 @@
+"""A kernel's parameter list, read from its CUDA C source, and the launch-argument check.
+
+CuPy's RawKernel passes whatever it is given: a float64 array to a `float*` parameter, or a
+Python int (as a 64-bit value) to an `int` parameter, and the kernel silently computes
+garbage. `check_launch_args` refuses such calls before anything runs, on the GPU and on the
+CPU executor alike, naming the kernel, the argument, what was expected and what came.
+"""
+from __future__ import annotations
+
+import functools
+import re
+from typing import NamedTuple
+
+import numpy as np
+
+__all__ = ["Param", "parse_kernel_signature", "find_kernels", "check_launch_args",
+           "strip_comments", "collect_defines"]
+
+
+class Param(NamedTuple):
+    """One kernel parameter. `dtype` is the pointee dtype for a pointer, the value dtype for
+    a scalar, or None when any dtype is accepted (`void*`, `char*`, unknown types)."""
+    name: str
+    ctype: str           # as written, normalized: "const float*", "int", "__half*"
+    is_pointer: bool
+    dtype: np.dtype | None
+    is_const: bool       # the pointee (pointer) or the value (scalar) is const
+    index: int = 0
+    base: str = ""       # the base type after resolving typedefs: "float", "unsigned int"
+    pointer_depth: int = 0
+    itemsize: int | None = None   # sizeof the base type when known
+
+
+_D = np.dtype
+_SCALARS = {
+    "float": _D("float32"), "double": _D("float64"), "__half": _D("float16"), "half": _D("float16"),
+    "int": _D("int32"), "int32_t": _D("int32"), "unsigned int": _D("uint32"),
+    "uint32_t": _D("uint32"),
+    "short": _D("int16"), "int16_t": _D("int16"), "unsigned short": _D("uint16"),
+    "uint16_t": _D("uint16"), "long long": _D("int64"), "int64_t": _D("int64"), "long": _D("int64"),
+    "ptrdiff_t": _D("int64"), "unsigned long long": _D("uint64"), "uint64_t": _D("uint64"),
+    "size_t": _D("uint64"), "unsigned long": _D("uint64"), "signed char": _D("int8"),
+    "int8_t": _D("int8"), "uint8_t": _D("uint8"), "unsigned char": _D("uint8"), "char": _D("int8"),
+    "bool": _D("bool"),
+}
+# Vector types: a pointer to them takes an array of their element type.
+_VECTORS = {"float": "float", "double": "double", "int": "int", "uint": "unsigned int",
+            "short": "short", "ushort": "unsigned short", "char": "signed char",
+            "uchar": "unsigned char", "longlong": "long long", "ulonglong": "unsigned long long"}
+_VECTOR_TYPES = {f"{v}{n}": (_VECTORS[v], n) for v in _VECTORS for n in (1, 2, 3, 4)}
+_VECTOR_TYPES.update({"__half2": ("__half", 2), "half2": ("__half", 2)})
+_ANY_POINTEE = {"void", "char", "unsigned char"}
+_NORMALIZE = {
+    "unsigned": "unsigned int", "signed": "int", "signed int": "int", "short int": "short",
+    "signed short": "short", "signed short int": "short", "unsigned short int": "unsigned short",
+    "long int": "long", "signed long": "long", "signed long int": "long",
+    "unsigned long int": "unsigned long", "long long int": "long long",
+    "signed long long": "long long", "signed long long int": "long long",
+    "unsigned long long int": "unsigned long long",
+}
+_QUALIFIERS = {"__restrict__", "__restrict", "restrict", "volatile", "__grid_constant__",
+               "register", "struct", "class", "typename"}
+_ATTR_CALLS = {"__launch_bounds__", "__attribute__", "__declspec", "alignas", "__align__",
+               "__maxnreg__", "__cluster_dims__", "__launch_bounds"}
+
+
+@functools.lru_cache(maxsize=64)
+def strip_comments(source: str) -> str:
+    """`source` with comments and string/char literals blanked, same length and lines."""
+    out = []
+    i, n = 0, len(source)
+    while i < n:
+        c = source[i]
+        if c == "/" and source.startswith("//", i):
+            j = source.find("\n", i)
+            j = n if j < 0 else j
+            out.append(" " * (j - i))
+            i = j
+        elif c == "/" and source.startswith("/*", i):
+            j = source.find("*/", i + 2)
+            j = n if j < 0 else j + 2
+            out.append(re.sub(r"[^\n]", " ", source[i:j]))
+            i = j
+        elif c in "\"'":
+            j = i + 1
+            while j < n and source[j] != c and source[j] != "\n":
+                j += 2 if source[j] == "\\" else 1
+            j = min(j + 1, n)
+            out.append(c + re.sub(r"[^\n]", " ", source[i + 1:j - 1]) + (c if j - i > 1 else ""))
+            i = j
+        else:
+            out.append(c)
+            i += 1
+    return "".join(out)
+
+
+def collect_defines(source: str, options=()) -> dict[str, str]:
+    """Simple object-like macros and typedefs of the source, plus -D options: name -> text."""
+    text = strip_comments(source)
+    found: dict[str, str] = {}
+    for m in re.finditer(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+([^\n]*?)[ \t]*$", text, re.M):
+        found[m.group(1)] = m.group(2)
+    for m in re.finditer(r"\btypedef\s+([\w\s:]+?)\s+(\w+)\s*;", text):
+        found[m.group(2)] = m.group(1)
+    for m in re.finditer(r"\busing\s+(\w+)\s*=\s*([\w\s:]+?)\s*;", text):
+        found[m.group(1)] = m.group(2)
+    opts = list(options or ())
+    for i, opt in enumerate(opts):
+        d = None
+        if opt in ("-D", "--define-macro") and i + 1 < len(opts):
+            d = opts[i + 1]
+        elif opt.startswith("--define-macro="):
+            d = opt.split("=", 1)[1]
+        elif opt.startswith("-D") and len(opt) > 2:
+            d = opt[2:]
+        if d:
+            name, _, value = d.partition("=")
+            found[name.strip()] = value.strip() if value else "1"
+    return found
+
+
+def _skip_group(text: str, i: int) -> int:
+    """Index just past the parenthesized group starting at text[i] == '('."""
+    depth = 0
+    for j in range(i, len(text)):
+        if text[j] == "(":
+            depth += 1
+        elif text[j] == ")":
+            depth -= 1
+            if depth == 0:
+                return j + 1
+    return len(text)
+
+
+_TOKEN = re.compile(r"[A-Za-z_]\w*|\(|;|\{|\S")
+
+
+def _is_template(text: str, pos: int) -> bool:
+    """Whether the declaration containing text[pos] starts with `template`."""
+    start = max(text.rfind(";", 0, pos), text.rfind("}", 0, pos), text.rfind("{", 0, pos))
+    return re.search(r"\btemplate\b", text[start + 1:pos]) is not None
+
+
+def _kernel_heads(text: str, include_templates: bool = True):
+    """(name, index of its '(') for every __global__ function in comment-free text."""
+    for m in re.finditer(r"\b__global__\b", text):
+        if not include_templates and _is_template(text, m.start()):
+            continue
+        pos = m.end()
+        last_ident = None
+        while pos < len(text):
+            t = _TOKEN.search(text, pos)
+            if t is None:
+                break
+            tok = t.group(0)
+            if tok == "(":
+                if last_ident in _ATTR_CALLS:
+                    pos = _skip_group(text, t.start())
+                    last_ident = None
+                    continue
+                if last_ident:
+                    yield last_ident, t.start()
+                break
+            if tok in (";", "{"):
+                break
+            last_ident = tok if re.match(r"[A-Za-z_]", tok) else None
+            pos = t.end()
+
+
+def find_kernels(source: str, include_templates: bool = True) -> list[str]:
+    """Names of the __global__ functions of a source, in order, without duplicates."""
+    names = []
+    for name, _ in _kernel_heads(strip_comments(source), include_templates):
+        if name not in names:
+            names.append(name)
+    return names
+
+
+def _split_params(text: str) -> list[str]:
+    parts, depth, cur = [], 0, []
+    for c in text:
+        if c in "(<[{":
+            depth += 1
+        elif c in ")>]}":
+            depth -= 1
+        if c == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(c)
+    parts.append("".join(cur))
+    return [p.strip() for p in parts if p.strip() and p.strip() != "void"]
+
+
+def _resolve(base: str, defines: dict[str, str]) -> str:
+    for _ in range(10):
+        if base in defines and defines[base] and defines[base] != base:
+            base = " ".join(defines[base].split())
+            base = " ".join(w for w in base.split() if w not in ("const", "volatile"))
+        else:
+            break
+    base = re.sub(r"^(std|::)\s*::\s*|^::", "", base).strip()
+    return _NORMALIZE.get(base, base)
+
+
+def _parse_param(text: str, index: int, defines: dict[str, str]) -> Param:
+    text = text.split("=", 1)[0]
+    for attr in _ATTR_CALLS:
+        while True:
+            m = re.search(r"\b" + attr + r"\s*\(", text)
+            if not m:
+                break
+            end = _skip_group(text, m.end() - 1)
+            text = text[:m.start()] + " " + text[end:]
+    is_array = "[" in text
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    tokens = re.findall(r"[A-Za-z_]\w*(?:\s*::\s*[A-Za-z_]\w*)*|\*|&", text)
+    tokens = [re.sub(r"\s+", "", t) for t in tokens if t not in _QUALIFIERS]
+    name = f"arg{index}"
+    words = [t for t in tokens if t not in ("*", "&", "const")]
+    type_words = {"unsigned", "signed", "int", "long", "short", "char", "float", "double",
+                  "bool", "void"}
+    if tokens and tokens[-1] not in ("*", "&", "const") and len(words) >= 2 and \
+            not (tokens[-1] in type_words and all(w in type_words for w in words)):
+        name = tokens.pop()
+    stars = tokens.count("*") + (1 if is_array else 0)
+    first_star = tokens.index("*") if "*" in tokens else len(tokens)
+    is_const = "const" in tokens[:first_star] if stars else "const" in tokens
+    base_words = [t for t in tokens[:first_star] if t not in ("const", "&")]
+    written = " ".join(base_words)
+    base = _resolve(written, defines)
+    ctype = ("const " if is_const else "") + written + "*" * stars
+    dtype, itemsize = None, None
+    if base in _SCALARS:
+        dtype = _SCALARS[base]
+        itemsize = dtype.itemsize
+    elif base in _VECTOR_TYPES:
+        elem, count = _VECTOR_TYPES[base]
+        itemsize = _SCALARS[elem].itemsize * count
+        dtype = _SCALARS[elem] if stars else None
+    if stars and (base in _ANY_POINTEE or stars > 1):
+        dtype = None
+    return Param(name, ctype, stars > 0, dtype, is_const, index, base, stars, itemsize)
+
+
+def parse_kernel_signature(source: str, name: str, defines: dict[str, str] | None = None
+                           ) -> list[Param]:
+    """The parameters of the __global__ function `name` in `source`.
+
+    `defines` (e.g. from `collect_defines(source, options)`) resolves typedefs and macros
+    used as parameter types. Raises ValueError when there is no such kernel.
+    """
+    text = strip_comments(source)
+    if defines is None:
+        defines = collect_defines(source)
+    heads = [(n, i) for n, i in _kernel_heads(text) if n == name]
+    if not heads:
+        found = find_kernels(source)
+        raise ValueError(f"kernel {name!r} not found in the source: it has no __global__ function "
+                         f"of that name (found: {', '.join(found) if found else 'none'})")
+    # Prefer a definition (followed by '{') over a declaration.
+    chosen = heads[0]
+    for head in heads:
+        end = _skip_group(text, head[1])
+        if text[end:].lstrip().startswith("{"):
+            chosen = head
+            break
+    open_paren = chosen[1]
+    inner = text[open_paren + 1:_skip_group(text, open_paren) - 1]
+    return [_parse_param(p, i, defines) for i, p in enumerate(_split_params(inner))]
+
+
+def _describe(x) -> str:
+    if isinstance(x, np.ndarray):
+        return f"a {x.dtype} NumPy array of shape {x.shape}"
+    if type(x).__module__.startswith("cupy"):
+        return f"a {getattr(x, 'dtype', '?')} CuPy array of shape {getattr(x, 'shape', '?')}"
+    if isinstance(x, np.generic):
+        return f"np.{x.dtype.name}({x.item()!r})"
+    return f"a Python {type(x).__name__} ({x!r})" if isinstance(x, (bool, int, float)) \
+        else f"a {type(x).__module__}.{type(x).__qualname__}"
+
+
+def _where(kernel_name: str, p: Param, n: int) -> str:
+    return f"kernel {kernel_name!r}, argument {p.index} of {n} ({p.name!r}, {p.ctype})"
+
+
+def check_launch_args(sig: list[Param], args, kernel_name: str, array_types: tuple) -> None:
+    """Refuse launch arguments that CuPy would pass but the kernel would misread.
+
+    `array_types`: the array classes that may stand for pointers here (numpy.ndarray on the
+    CPU executor, cupy.ndarray on the GPU). Raises TypeError or ValueError.
+    """
+    if not isinstance(args, (tuple, list)):
+        raise TypeError(f"kernel {kernel_name!r}: args must be a tuple of the kernel's arguments, "
+                        f"got {_describe(args)}")
+    if len(args) != len(sig):
+        names = ", ".join(f"{p.ctype} {p.name}" for p in sig)
+        raise TypeError(f"kernel {kernel_name!r} takes {len(sig)} argument(s) ({names}), "
+                        f"got {len(args)}")
+    kinds = " or ".join(f"{t.__module__.split('.')[0]}.{t.__name__}" for t in array_types)
+    for p, a in zip(sig, args):
+        where = _where(kernel_name, p, len(sig))
+        if p.is_pointer:
+            if a is None:
+                continue   # a null pointer, as CuPy passes it
+            if not isinstance(a, array_types):
+                hint = ""
+                if isinstance(a, np.ndarray) or type(a).__module__.startswith("cupy"):
+                    hint = " (arrays must live where the kernel runs: all NumPy or all CuPy)"
+                want = f"a {p.dtype} array" if p.dtype is not None else "an array"
+                raise TypeError(f"{where}: expected {want} ({kinds}), got {_describe(a)}{hint}")
+            if p.pointer_depth > 1 and p.dtype is None and a.dtype.itemsize != 8:
+                raise TypeError(f"{where}: a pointer-to-pointer parameter takes an array of "
+                                f"64-bit addresses, got {_describe(a)}")
+            if p.dtype is not None and a.dtype != p.dtype:
+                raise TypeError(
+                    f"{where}: expected a {p.dtype} array, got {_describe(a)}. CuPy would pass "
+                    f"it unchecked and the kernel would read the bytes as {p.base}; convert it "
+                    f"with .astype(np.{p.dtype.name})")
+            if not a.flags.c_contiguous:
+                raise ValueError(f"{where}: the array is not C-contiguous (a transposed or "
+                                 f"sliced view?); the kernel indexes it as a flat buffer. Pass "
+                                 f"an ascontiguousarray() copy")
+            continue
+        if isinstance(a, (bool, int, float, complex)) and not isinstance(a, np.generic):
+            want = f"np.{p.dtype.name}({a!r})" if p.dtype is not None else "a NumPy scalar"
+            raise TypeError(
+                f"{where}: got {_describe(a)}. CuPy would pass a Python {type(a).__name__} as a "
+                f"64-bit value, which the kernel misreads; pass {want}")
+        if isinstance(a, np.ndarray) or isinstance(a, array_types):
+            raise TypeError(f"{where}: expected a scalar ({p.dtype or p.base}), got "
+                            f"{_describe(a)}" + (" (use .item() or np." + p.dtype.name + "(x))"
+                                                 if p.dtype is not None else ""))
+        if not isinstance(a, np.generic):
+            raise TypeError(f"{where}: expected a NumPy scalar, got {_describe(a)}")
+        if p.dtype is not None and a.dtype != p.dtype:
+            raise TypeError(f"{where}: expected np.{p.dtype.name}, got {_describe(a)}; pass "
+                            f"np.{p.dtype.name}(...)")
+        if p.dtype is None and p.itemsize is not None and a.dtype.itemsize != p.itemsize:
+            raise TypeError(f"{where}: expected a {p.itemsize}-byte NumPy scalar for {p.base}, "
+                            f"got {_describe(a)}")

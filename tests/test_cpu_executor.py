@@ -1,0 +1,437 @@
+"""The CPU executor runs the course's CUDA C kernels, unmodified, and reports their bugs.
+
+Every kernel is compared with NumPy on seeded random inputs of awkward sizes; every planted
+bug must be caught with the right argument, index, thread and block named, and the test
+process must survive all of them (this file running to the end proves it).
+"""
+import functools
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pagedattn_lab.cpu import (CompilerNotFoundError, KernelAssertionError, KernelCompileError,
+                               KernelDeadlock, KernelFault, KernelTimeout, RawKernel,
+                               WarpSyncError, cache_dir)
+
+KERNELS = Path(__file__).parent / "kernels"
+
+
+@functools.lru_cache(maxsize=None)
+def kern(filename: str, name: str, **kw) -> RawKernel:
+    return RawKernel((KERNELS / filename).read_text(), name, filename=filename, **kw)
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def f32(rng, *shape):
+    return rng.standard_normal(shape).astype(np.float32)
+
+
+# ---------------------------------------------------------------- kernels against NumPy
+
+@pytest.mark.parametrize("n", [1, 1000, 4099])
+@pytest.mark.parametrize("checked, workers", [(True, 1), (True, 2), (False, 1)])
+def test_vector_add(rng, n, checked, workers):
+    a, b, c = f32(rng, n), f32(rng, n), np.full(n, np.nan, np.float32)
+    kern("vector_add.cu", "vector_add")(((n + 127) // 128,), (128,), (a, b, c, np.int32(n)),
+                                        checked=checked, workers=workers)
+    np.testing.assert_array_equal(c, a + b)
+
+
+def test_double_and_int64_scalars(rng):
+    n = 1001
+    y, x = rng.standard_normal(n), rng.standard_normal(n)
+    expect = y + 2.5 * x
+    kern("vector_add.cu", "axpy_f64")(3, 64, (y, x, np.float64(2.5), np.int64(n)))
+    np.testing.assert_allclose(y, expect, rtol=1e-15)
+
+
+def test_shared_memory_tree_reduction(rng):
+    n = 1000
+    x, nb = f32(rng, n), (n + 255) // 256
+    partial = np.zeros(nb, np.float32)
+    kern("reduce_shared.cu", "block_sum")(nb, 256, (x, partial, np.int32(n)))
+    expect = [x[i * 256:(i + 1) * 256].astype(np.float64).sum() for i in range(nb)]
+    np.testing.assert_allclose(partial, expect, atol=1e-4)
+
+
+def test_dynamic_shared_memory(rng):
+    n, blocks, threads = 3333, 5, 64
+    x, partial = f32(rng, n), np.zeros(blocks, np.float32)
+    kern("reduce_shared.cu", "block_sum_dynamic")(blocks, threads, (x, partial, np.int32(n)),
+                                                  shared_mem=threads * 4)
+    assert partial.sum() == pytest.approx(x.astype(np.float64).sum(), abs=1e-3)
+
+
+def test_syncthreads_count(rng):
+    n = 700
+    x, counts = f32(rng, n), np.zeros(3, np.int32)
+    kern("reduce_shared.cu", "count_positive")(3, 256, (x, counts, np.int32(n)))
+    assert list(counts) == [int((x[i * 256:(i + 1) * 256] > 0).sum()) for i in range(3)]
+
+
+def test_warp_shuffle_reductions(rng):
+    n = 777
+    x, nb = f32(rng, n), (n + 127) // 128
+    out_xor, out_down = np.zeros(nb, np.float32), np.zeros(nb, np.float32)
+    kern("warp_reduce.cu", "warp_sums")(nb, 128, (x, out_xor, out_down, np.int32(n)))
+    expect = [x[i * 128:(i + 1) * 128].astype(np.float64).sum() for i in range(nb)]
+    np.testing.assert_allclose(out_xor, expect, atol=1e-4)
+    np.testing.assert_allclose(out_down, expect, atol=1e-4)
+
+
+def test_shuffle_width_scan_and_ballot(rng):
+    n = 256
+    x = rng.integers(0, 100, n).astype(np.int32)
+    rotated, scan = np.zeros(n, np.int32), np.zeros(n, np.int32)
+    ballots = np.zeros(n // 32, np.uint32)
+    kern("warp_reduce.cu", "warp_misc")(2, 128, (x, rotated, scan, ballots))
+    lane = np.arange(n) % 32
+    np.testing.assert_array_equal(rotated, x[(np.arange(n) // 8) * 8 + (lane + 1) % 8])
+    np.testing.assert_array_equal(scan, np.cumsum(x.reshape(-1, 32), axis=1).ravel())
+    warps = x.reshape(-1, 32)
+    assert [int(b) for b in ballots] == [sum(int(v & 1) << i for i, v in enumerate(w))
+                                         for w in warps]
+
+
+def test_2d_grid_transpose_with_padded_shared_tile(rng):
+    rows, cols = 70, 45
+    m, out = f32(rng, rows, cols), np.zeros((cols, rows), np.float32)
+    kern("transpose.cu", "transpose")(((cols + 31) // 32, (rows + 31) // 32), (32, 8),
+                                      (m, out, np.int32(rows), np.int32(cols)))
+    np.testing.assert_array_equal(out, m.T)
+
+
+def test_3d_grid_and_block(rng):
+    nz, ny, nx = 5, 6, 7
+    a, b, out = f32(rng, nz, ny, nx), f32(rng, nz, ny, nx), np.zeros((nz, ny, nx), np.float32)
+    kern("transpose.cu", "add3d")((2, 2, 2), (4, 4, 4),
+                                  (a, b, out, np.int32(nx), np.int32(ny), np.int32(nz)))
+    np.testing.assert_allclose(out, a + 2 * b, rtol=1e-6)
+
+
+def test_half_rows_read_16_bytes_at_a_time(rng):
+    rows, cols = 37, 24
+    x, out = rng.standard_normal((rows, cols)).astype(np.float16), np.zeros(rows, np.float32)
+    kern("half_ops.cu", "row_sums_f16")(2, 32, (x, out, np.int32(rows), np.int32(cols)))
+    np.testing.assert_allclose(out, x.astype(np.float32).sum(axis=1), atol=1e-3)
+
+
+def test_half_math(rng):
+    n = 301
+    a, b = rng.standard_normal(n).astype(np.float16), rng.standard_normal(n).astype(np.float16)
+    z, w, f = np.zeros(n, np.float16), np.zeros(n, np.float16), np.zeros(n, np.float32)
+    kern("half_ops.cu", "half_math")(3, 128, (a, b, z, w, f, np.float32(3.0), np.int32(n)))
+    a32, b32 = a.astype(np.float32), b.astype(np.float32)
+    np.testing.assert_array_equal(z, (a32 + b32).astype(np.float16))
+    np.testing.assert_array_equal(w, (a.astype(np.float32) * np.float32(3)).astype(np.float16))
+    np.testing.assert_array_equal(f, a.astype(np.float32))
+
+
+def test_float_to_half_is_bit_exact(rng):
+    special = np.array([0.0, -0.0, np.inf, -np.inf, 65504, 65519.99, 65520, 1e6, 6.1e-5,
+                        5.96e-8, 2.98e-8, 2.9802322387695312e-08, 1e-9, 0.1, 1 / 3], np.float32)
+    x = np.concatenate([special, -special, f32(rng, 50000) * 1000,
+                        (rng.standard_normal(50000) * 1e-5).astype(np.float32),
+                        rng.integers(0, 2**32, 50000, dtype=np.uint64).astype(np.uint32)
+                        .view(np.float32)])
+    x = x[~np.isnan(x)]
+    y = np.zeros(x.size, np.float16)
+    kern("half_ops.cu", "to_half")((x.size + 255) // 256, 256, (x, y, np.int32(x.size)))
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(y.view(np.uint16), x.astype(np.float16).view(np.uint16))
+
+
+def test_math_functions_and_intrinsics(rng):
+    n = 333
+    x = (rng.standard_normal(n) * 3).astype(np.float32)
+    out = np.zeros((20, n), np.float32)
+    kern("math_ops.cu", "math_ops")(3, 128, (x, out, np.int32(n)))
+    v = x.astype(np.float64)
+    a = np.abs(v) + 0.5
+    c = np.clip(v, -50, 50)
+    expect = [np.exp(c), np.exp(c), np.exp2(c), np.log(a), np.log(a), np.maximum(v, 0.25),
+              np.minimum(v, 0.25), np.abs(v), np.sqrt(a), 1 / np.sqrt(a), v / a, a ** 1.5,
+              np.floor(v), np.ceil(v), np.maximum(v, -0.5),
+              np.minimum(np.trunc(x * np.float32(10)), 3), np.maximum(np.arange(n) % 7, 2), v, -v,
+              np.ones(n)]
+    np.testing.assert_allclose(out, np.array(expect), rtol=2e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_histogram_with_atomics_from_many_blocks(rng, workers):
+    n = 100003
+    values, bins = rng.integers(0, 1000, n).astype(np.int32), np.zeros(64, np.uint32)
+    kern("atomics.cu", "histogram")(40, 128, (values, bins, np.int32(n)), workers=workers)
+    np.testing.assert_array_equal(bins, np.bincount(values % 64, minlength=64))
+
+
+def test_atomic_add_max_min_cas(rng):
+    n = 5000
+    x, k = f32(rng, n), rng.integers(-10**6, 10**6, n).astype(np.int32)
+    total, kmax = np.zeros(1, np.float32), np.array([-2**31], np.int32)
+    kmin, count = np.array([2**31 - 1], np.int32), np.zeros(1, np.int32)
+    kern("atomics.cu", "atomic_misc")((n + 127) // 128, 128,
+                                      (x, k, total, kmax, kmin, count, np.int32(n)), workers=2)
+    assert total[0] == pytest.approx(x.astype(np.float64).sum(), abs=1e-2)
+    assert (kmax[0], kmin[0], count[0]) == (k.max(), k.min(), n)
+
+
+def test_printf_goes_to_python_stdout(capfd):
+    x = np.arange(300, dtype=np.int32)
+    kern("printf.cu", "hello")(3, 100, (x, np.int32(300)))
+    out, _ = capfd.readouterr()   # captured at the fd level too: nothing bypasses sys.stdout
+    assert out == ("block 0 of 3 starts with x=0\nblock 1 of 3 starts with x=100\n"
+                   "block 2 of 3 starts with x=200\nlast thread 299: 149.500\n")
+
+
+def test_printf_output_is_capped(capsys):
+    kern("printf.cu", "chatty")(1, 64, (np.int32(400),))
+    out = capsys.readouterr().out
+    assert len(out) < 1100 * 1024 and "output truncated after 1024 KiB" in out
+
+
+def test_shared_memory_starts_as_garbage():
+    src = r'''extern "C" __global__ void peek(float* f, int* i) {
+        __shared__ float s[64]; __shared__ int t[64];
+        f[threadIdx.x] = s[threadIdx.x]; i[threadIdx.x] = t[threadIdx.x]; }'''
+    f, i = np.zeros(64, np.float32), np.zeros(64, np.int32)
+    RawKernel(src, "peek")(1, 64, (f, i))
+    assert np.isnan(f).all() and (i == -1).all()
+
+
+def test_same_array_passed_twice_is_one_buffer(rng):
+    src = r'''extern "C" __global__ void shift(const float* src, float* dst, int n) {
+        int i = threadIdx.x; float v = i + 1 < n ? src[i + 1] : 0.0f;
+        __syncthreads(); if (i < n) dst[i] = v; }'''
+    x = f32(rng, 100)
+    expect = np.append(x[1:], 0)
+    RawKernel(src, "shift")(1, 128, (x, x, np.int32(100)))
+    np.testing.assert_array_equal(x, expect)
+
+
+def test_options_define_macros(rng):
+    src = r'''extern "C" __global__ void scale(float* x, int n) {
+        int i = blockIdx.x * blockDim.x + threadIdx.x; if (i < n) x[i] *= FACTOR; }'''
+    x = f32(rng, 50)
+    expect = x * 3
+    RawKernel(src, "scale", options=("-DFACTOR=3.0f", "--use_fast_math"))(1, 64, (x, np.int32(50)))
+    np.testing.assert_array_equal(x, expect)
+
+
+def test_grid_and_block_forms_and_limits(rng):
+    a, b, c = f32(rng, 10), f32(rng, 10), np.zeros(10, np.float32)
+    k = kern("vector_add.cu", "vector_add")
+    k(1, (16,), (a, b, c, np.int32(10)))
+    np.testing.assert_array_equal(c, a + b)
+    with pytest.raises(ValueError, match="at most 1024 threads"):
+        k(1, (64, 32), (a, b, c, np.int32(10)))
+    with pytest.raises(TypeError, match="grid: expected an int or a tuple"):
+        k((1, 1, 1, 1), 32, (a, b, c, np.int32(10)))
+
+
+def test_compiled_kernels_are_cached(tmp_path, monkeypatch):
+    monkeypatch.setenv("PAGEDATTN_LAB_CACHE_DIR", str(tmp_path))
+    assert cache_dir() == tmp_path / "cpu"
+    src = (KERNELS / "vector_add.cu").read_text() + "\n// cache test\n"
+    t0 = time.perf_counter()
+    first = RawKernel(src, "vector_add").compile()
+    cold = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    second = RawKernel(src, "vector_add").compile()
+    warm = time.perf_counter() - t0
+    print(f"\ncompile: cold {cold:.2f} s (compiler {first.compile_seconds:.2f} s), "
+          f"cached {warm * 1000:.1f} ms")
+    assert not first.cached and second.cached
+    assert list((tmp_path / "cpu").glob("k-*.so"))
+
+
+# ---------------------------------------------------------------- planted bugs
+
+BUGS = "bugs.cu"
+
+
+def test_off_by_one_read_names_buffer_index_and_thread():
+    n = 1000
+    a, out = np.ones(n, np.float32), np.zeros(n, np.float32)
+    with pytest.raises(KernelFault) as info:
+        kern(BUGS, "read_past_end")(8, 128, (a, out, np.int32(n)))
+    e = info.value
+    assert (e.buffer, e.arg_index, e.index, e.size, e.access) == ("a", 0, n, n, "read")
+    assert (e.thread, e.block) == ((n % 128, 0, 0), (n // 128, 0, 0))
+    assert e.kernel == "read_past_end"
+    msg = str(e)
+    assert "'a'" in msg and "element 1000" in msg and "1000 elements" in msg
+    assert "thread (104,0,0)" in msg and "block (7,0,0)" in msg
+
+
+def test_write_past_end():
+    n = 1000
+    a, out = np.ones(n, np.float32), np.zeros(n, np.float32)
+    with pytest.raises(KernelFault) as info:
+        kern(BUGS, "write_past_end")(8, 128, (a, out, np.int32(n)))
+    e = info.value
+    assert (e.buffer, e.index, e.size, e.access) == ("out", n, n, "write")
+    assert (e.thread, e.block) == (((n - 1) % 128, 0, 0), ((n - 1) // 128, 0, 0))
+    assert (out == 0).all()   # a failed launch leaves the arrays as they were
+
+
+def test_barrier_skipped_by_half_the_block_is_a_deadlock():
+    a, out = np.ones(128, np.float32), np.zeros(128, np.float32)
+    with pytest.raises(KernelDeadlock) as info:
+        kern(BUGS, "early_return")(1, 128, (a, out, np.int32(64)))
+    e = info.value
+    assert e.num_waiting == 64 and e.block == (0, 0, 0)
+    assert e.exited_threads == [(i, 0, 0) for i in range(64, 128)]
+    assert "threads 0..63 wait at __syncthreads() (line 23)" in str(e)
+    assert "threads 64..127 already exited" in str(e)
+
+
+def test_full_mask_shuffle_in_a_partial_warp():
+    a, out = np.ones(48, np.float32), np.zeros(48, np.float32)
+    with pytest.raises(WarpSyncError) as info:
+        kern(BUGS, "partial_warp")(1, 48, (a, out))
+    assert info.value.bad_lanes == list(range(16, 32)) and info.value.warp == 1
+    assert "lanes 16..31" in str(info.value) and "do not exist" in str(info.value)
+
+
+def test_shuffle_naming_lanes_that_returned():
+    a, out = np.ones(32, np.float32), np.zeros(32, np.float32)
+    with pytest.raises(WarpSyncError, match=r"lanes 16\.\.31 that already exited") as info:
+        kern(BUGS, "shuffle_after_return")(1, 32, (a, out))
+    assert info.value.bad_lanes == list(range(16, 32))
+
+
+def test_python_int_scalar_is_refused():
+    a, out = np.ones(10, np.float32), np.zeros(10, np.float32)
+    with pytest.raises(TypeError, match=r"argument 2 of 3 \('n', int\).*np\.int32\(10\)"):
+        kern(BUGS, "read_past_end")(1, 32, (a, out, 10))
+
+
+def test_float64_array_for_float_pointer_is_refused():
+    with pytest.raises(TypeError, match=r"argument 0 of 3 \('a', const float\*\): expected a "
+                                        r"float32 array, got a float64"):
+        kern(BUGS, "read_past_end")(1, 32, (np.ones(10), np.zeros(10, np.float32), np.int32(10)))
+
+
+def test_endless_loop_times_out():
+    t0 = time.perf_counter()
+    with pytest.raises(KernelTimeout) as info:
+        kern(BUGS, "spin")(1, 32, (np.zeros(1, np.int32),), timeout=0.5)
+    assert time.perf_counter() - t0 < 5
+    assert info.value.thread == (0, 0, 0) and "did not finish within 0.5 s" in str(info.value)
+
+
+def test_stack_overflow_is_reported():
+    out = np.zeros(4, np.float32)
+    with pytest.raises(KernelFault, match="stack overflow") as info:
+        kern(BUGS, "big_local")(1, 4, (out, np.int32(1 << 20)))
+    assert info.value.region == "stack"
+
+
+def test_dynamic_shared_memory_without_shared_mem():
+    with pytest.raises(KernelFault, match=r"shared_mem=0.*pass shared_mem=") as info:
+        kern(BUGS, "needs_smem")(1, 32, (np.zeros(32, np.float32),))
+    assert info.value.region == "dynamic shared memory" and info.value.thread == (0, 0, 0)
+
+
+def test_device_assert():
+    x = np.ones(100, np.int32)
+    x[70] = -5
+    with pytest.raises(KernelAssertionError,
+                       match=r"bugs\.cu:\d+: asserts: Assertion `x\[i\] >= 0`") as info:
+        kern(BUGS, "asserts")(2, 64, (x, np.int32(100)))
+    assert (info.value.thread, info.value.block) == ((6, 0, 0), (1, 0, 0))
+
+
+def test_infinity_compile_error_has_hint_and_kernel_line():
+    with pytest.raises(KernelCompileError) as info:
+        kern("infinity.cu", "running_max").compile()
+    e = info.value
+    assert e.lineno == 4 and e.filename == "infinity.cu"
+    assert "infinity.cu:4:" in str(e) and "float m = -INFINITY;" in str(e)
+    assert "NVRTC does not define INFINITY either" in str(e)
+    assert "__int_as_float(0xff800000)" in str(e)
+
+
+def test_compile_error_reports_kernel_line():
+    with pytest.raises(KernelCompileError) as info:
+        kern("syntax_error.cu", "scale").compile()
+    assert info.value.lineno == 6 and "syntax_error.cu:6:" in str(info.value)
+    assert "scael" in str(info.value)
+
+
+def test_missing_compiler(monkeypatch):
+    monkeypatch.setenv("CXX", "no-such-compiler-pagedattn")
+    with pytest.raises(CompilerNotFoundError, match="apt install g\\+\\+|xcode-select"):
+        RawKernel("extern \"C\" __global__ void k() {}\n// unique 1", "k").compile()
+
+
+def test_process_survived_and_still_works(rng):
+    test_vector_add(rng, 1000, True, 2)
+
+
+# ---------------------------------------------------------------- speed
+
+def test_speed_64_blocks_of_128_threads(rng):
+    k = kern("speed.cu", "busy").compile()
+    x, y = rng.random(64 * 128).astype(np.float32), np.zeros(64 * 128, np.float32)
+    t0 = time.perf_counter()
+    k(64, 128, (x, y, np.int32(100)))   # 100 iterations x 9 flops per thread
+    elapsed = time.perf_counter() - t0
+    print(f"\n64x128 launch, ~1k flops/thread: {elapsed * 1000:.1f} ms "
+          f"(compile {k.compile_seconds or 0:.2f} s{' (cached)' if k.cached else ''}, "
+          f"fibers: {k.fiber_kind})")
+    a, b, c = x.astype(np.float64), np.ones(x.size), np.full(x.size, 0.5)
+    for _ in range(100):
+        b = (a * 0.5 + b) * 0.75
+        c = (b * 0.25 + c) * 0.5
+        a = (c * 0.125 + a) * 0.875
+    np.testing.assert_allclose(y, a + b + c, rtol=1e-4)
+    assert elapsed < 2.0
+
+
+def test_speed_barrier_heavy(rng):
+    k = kern("speed.cu", "barrier_heavy").compile()
+    blocks, threads, rounds = 16, 256, 16
+    x, out = rng.random(blocks * threads).astype(np.float32), np.zeros(blocks, np.float32)
+    t0 = time.perf_counter()
+    k(blocks, threads, (x, out, np.int32(rounds)), shared_mem=threads * 4)
+    elapsed = time.perf_counter() - t0
+    print(f"\nbarrier-heavy launch ({blocks * threads} threads, {rounds * 10} barriers and "
+          f"{rounds * 5} shuffles each): {elapsed * 1000:.1f} ms")
+    sums = x.reshape(blocks, threads).astype(np.float64).sum(axis=1)
+    np.testing.assert_allclose(out, 32 * sums * sum(range(1, rounds + 1)), rtol=1e-4)
+    assert elapsed < 1.0
+
+
+# ---------------------------------------------------------------- pagedattn_lab.RawKernel
+
+def test_rawkernel_runs_numpy_arrays_on_the_cpu(rng, monkeypatch):
+    import pagedattn_lab.backend as backend
+    from pagedattn_lab import RawKernel as AnyRawKernel
+    monkeypatch.setattr(backend, "gpu_available", lambda: False)
+    k = AnyRawKernel((KERNELS / "vector_add.cu").read_text(), "vector_add")
+    a, b, c = f32(rng, 300), f32(rng, 300), np.zeros(300, np.float32)
+    assert k.device_for((a, b, c, np.int32(300))) == "cpu"
+    k(3, 128, (a, b, c, np.int32(300)))
+    np.testing.assert_array_equal(c, a + b)
+    assert k.device_for((np.int32(1),)) == "cpu"   # no arrays, no GPU
+
+
+def test_rawkernel_refuses_arrays_from_two_places(rng):
+    from pagedattn_lab import RawKernel as AnyRawKernel
+
+    class FakeCupyArray:   # stands for a cupy.ndarray without needing CuPy
+        pass
+    FakeCupyArray.__module__ = "cupy._core.core"
+    k = AnyRawKernel((KERNELS / "vector_add.cu").read_text(), "vector_add")
+    with pytest.raises(TypeError, match=r"CuPy \(GPU\) arrays at argument\(s\) 1 \('b'\).*"
+                                        r"NumPy \(CPU\) arrays at argument\(s\) "
+                                        r"0 \('a'\), 2 \('c'\)"):
+        k(1, 32, (f32(rng, 4), FakeCupyArray(), np.zeros(4, np.float32), np.int32(4)))

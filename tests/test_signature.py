@@ -1,0 +1,130 @@
+"""Kernel signatures parsed from CUDA C source, and the launch-argument check."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pagedattn_lab.signature import (check_launch_args, collect_defines, find_kernels,
+                                     parse_kernel_signature, strip_comments)
+
+KERNELS = Path(__file__).parent / "kernels"
+
+SOURCE = r'''
+// extern "C" __global__ void commented_out(int x) {}
+#define T float
+typedef unsigned int u32;
+/* a block comment with __global__ void fake(int y) */
+extern "C" __global__ void __launch_bounds__(256, 2)
+fancy(const T* __restrict__ a, u32 n, float out[], unsigned, const __half2 *h, void* raw,
+      long long int big, int const * c, float* const d, __half* hp, double2 v, char* bytes,
+      size_t count, unsigned char* u8)
+{
+}
+extern "C" __global__ void plain(float *x, int n) {}
+'''
+
+
+def test_find_kernels_ignores_comments():
+    assert find_kernels(SOURCE) == ["fancy", "plain"]
+
+
+def test_strip_comments_keeps_lines():
+    text = strip_comments(SOURCE)
+    assert len(text) == len(SOURCE) and text.count("\n") == SOURCE.count("\n")
+    assert "fake" not in text and "commented_out" not in text
+
+
+def test_parse_types_names_and_constness():
+    sig = parse_kernel_signature(SOURCE, "fancy")
+    by = {p.name: p for p in sig}
+    assert [p.index for p in sig] == list(range(len(sig)))
+    assert by["a"].is_pointer and by["a"].dtype == np.float32 and by["a"].is_const
+    assert not by["n"].is_pointer and by["n"].dtype == np.uint32
+    assert by["out"].is_pointer and by["out"].dtype == np.float32 and not by["out"].is_const
+    assert by["arg3"].dtype == np.uint32                       # unnamed `unsigned`
+    assert by["h"].dtype == np.float16 and by["h"].is_const    # __half2* takes fp16 arrays
+    assert by["raw"].dtype is None and by["bytes"].dtype is None  # void*/char*: anything
+    assert by["big"].dtype == np.int64
+    assert by["c"].dtype == np.int32 and by["c"].is_const      # int const *
+    assert by["d"].dtype == np.float32 and not by["d"].is_const  # float* const
+    assert by["hp"].dtype == np.float16
+    assert by["v"].dtype is None and by["v"].itemsize == 16    # double2 by value
+    assert by["count"].dtype == np.uint64
+    assert by["u8"].dtype is None
+
+
+def test_defines_from_options_resolve_types():
+    src = "extern \"C\" __global__ void k(const scalar_t* x, int n) {}"
+    sig = parse_kernel_signature(src, "k", collect_defines(src, ("-Dscalar_t=double",)))
+    assert sig[0].dtype == np.float64
+
+
+def test_missing_kernel_lists_the_ones_found():
+    with pytest.raises(ValueError, match=r"'nope' not found.*fancy, plain"):
+        parse_kernel_signature(SOURCE, "nope")
+
+
+def test_course_kernels_parse():
+    src = (KERNELS / "vector_add.cu").read_text()
+    sig = parse_kernel_signature(src, "vector_add")
+    assert [(p.name, p.ctype) for p in sig] == [
+        ("a", "const float*"), ("b", "const float*"), ("c", "float*"), ("n", "int")]
+
+
+SIG = parse_kernel_signature(SOURCE, "plain")   # (float *x, int n)
+
+
+def test_accepts_right_arguments():
+    check_launch_args(SIG, (np.zeros(3, np.float32), np.int32(3)), "plain", (np.ndarray,))
+
+
+@pytest.mark.parametrize("value, suggestion", [(3, r"np\.int32\(3\)"), (3.0, r"np\.int32\(3\.0\)"),
+                                                (True, r"np\.int32\(True\)")])
+def test_refuses_python_scalars(value, suggestion):
+    with pytest.raises(TypeError, match=r"kernel 'plain', argument 1 of 2 \('n', int\).*"
+                                        r"64-bit.*" + suggestion):
+        check_launch_args(SIG, (np.zeros(3, np.float32), value), "plain", (np.ndarray,))
+
+
+def test_refuses_wrong_numpy_scalar():
+    with pytest.raises(TypeError, match=r"argument 1 of 2 \('n', int\): expected np\.int32, "
+                                        r"got np\.int64"):
+        check_launch_args(SIG, (np.zeros(3, np.float32), np.int64(3)), "plain", (np.ndarray,))
+
+
+def test_refuses_wrong_array_dtype():
+    with pytest.raises(TypeError, match=r"argument 0 of 2 \('x', float\*\): expected a float32 "
+                                        r"array, got a float64.*astype\(np\.float32\)"):
+        check_launch_args(SIG, (np.zeros(3), np.int32(3)), "plain", (np.ndarray,))
+
+
+def test_refuses_non_contiguous_array():
+    a = np.zeros((4, 4), np.float32).T
+    with pytest.raises(ValueError, match=r"'x'.*not C-contiguous"):
+        check_launch_args(SIG, (a, np.int32(3)), "plain", (np.ndarray,))
+
+
+def test_refuses_wrong_count_and_non_tuple():
+    with pytest.raises(TypeError, match=r"takes 2 argument\(s\) \(float\* x, int n\), got 1"):
+        check_launch_args(SIG, (np.zeros(3, np.float32),), "plain", (np.ndarray,))
+    with pytest.raises(TypeError, match="must be a tuple"):
+        check_launch_args(SIG, np.zeros(3, np.float32), "plain", (np.ndarray,))
+
+
+def test_refuses_scalar_for_pointer_and_array_for_scalar():
+    with pytest.raises(TypeError, match=r"'x'.*expected a float32 array.*np\.float32"):
+        check_launch_args(SIG, (np.float32(1), np.int32(3)), "plain", (np.ndarray,))
+    with pytest.raises(TypeError, match=r"'n'.*expected a scalar"):
+        check_launch_args(SIG, (np.zeros(3, np.float32), np.zeros(1, np.int32)), "plain",
+                          (np.ndarray,))
+
+
+def test_any_dtype_for_void_and_char_pointers():
+    sig = parse_kernel_signature(SOURCE, "fancy")
+    args = [None] * len(sig)
+    for p in sig:
+        if p.is_pointer:
+            args[p.index] = np.zeros(4, p.dtype if p.dtype is not None else np.float64)
+        else:
+            args[p.index] = np.zeros((), p.dtype if p.dtype is not None else np.complex128)[()]
+    check_launch_args(sig, tuple(args), "fancy", (np.ndarray,))
