@@ -1,13 +1,14 @@
 """Shared test set-up: headless plotting, the `gpu` marker, seeded randomness."""
-import os
+import matplotlib
+import numpy as np
+import pytest
+from hypothesis import settings
 
-os.environ.setdefault("MPLBACKEND", "Agg")
+from pagedattn_lab.backend import gpu_available, gpu_status
 
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-from hypothesis import settings  # noqa: E402
-
-from pagedattn_lab.backend import gpu_available, gpu_status  # noqa: E402
+# Headless plots in this process only: an MPLBACKEND variable would leak into the notebook
+# kernels nbval starts, and their figures would then never reach the cell outputs.
+matplotlib.use("Agg")
 
 # Property tests run on a 2-core CI machine: no wall-clock deadline, a modest example count.
 settings.register_profile("ci", deadline=None, max_examples=60)

@@ -1,0 +1,283 @@
+"""A small serving simulator: why reserving KV memory for the maximum length wastes most of it.
+
+A server keeps one KV-cache entry per token of every running sequence. How it carves that
+memory up decides how many sequences run at once. This module replays a synthetic chat
+workload, one decoding step at a time, under two families of policies:
+
+* contiguous reservation (what servers did before vLLM): when a request is admitted it gets
+  one contiguous run of token slots, big enough for the longest it could become:
+    - "reserve_max":    the model's maximum context length (e.g. 2048 slots) for every request;
+    - "reserve_pow2":   prompt + the output length rounded up to a power of two;
+    - "reserve_oracle": prompt + exactly the output length (needs to know the future; a bound);
+  the runs are placed first-fit in one address space, so freed runs leave holes.
+* "paged": memory is a pool of fixed-size pages (a `BlockAllocator`); a sequence takes one
+  page at a time, only when its last page is full, and gives them all back when it ends.
+
+Every step is measured in token slots, split into five parts that add up to the capacity:
+
+    tokens    slots holding a real token's K/V right now
+    reserved  slots set aside for tokens the request will still generate (empty for now)
+    internal  slots inside an allocation that will never hold a token: over-reservation
+              (reservation policies) or the unused tail of each sequence's last page (paged)
+    external  free slots that the waiting request cannot use: every hole is too small for it
+              (external fragmentation; paging has none, since any free page will do)
+    free      other free slots (nobody is waiting, or the pool has not filled up yet)
+
+Numbers are averaged over the *saturated* steps, those where requests are still waiting:
+that is when wasted memory costs throughput.
+
+The workload (`Workload`) is synthetic but shaped like the ShareGPT conversations used in the
+vLLM paper (prompt mean ~160 tokens, output mean ~340, long tails): both lengths are drawn
+from log-normal distributions, rounded, and clipped; see `Workload` for the exact recipe.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .paging import BlockAllocator, OutOfPagesError
+
+POLICIES = ("reserve_max", "reserve_pow2", "reserve_oracle", "paged")
+CATEGORIES = ("tokens", "reserved", "internal", "external", "free")
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Synthetic chat traffic: `num_requests` requests, all waiting at step 0 (a busy server).
+
+    prompt_len = clip(round(LogNormal(ln(prompt_median), prompt_sigma)), min_len, prompt_max)
+    output_len = clip(round(LogNormal(ln(output_median), output_sigma)), min_len,
+                      max_len - prompt_len)
+
+    A log-normal with median m and shape s has mean m * exp(s^2 / 2): with the defaults the
+    prompt mean is ~160 tokens and the output mean ~340 before clipping, close to the
+    ShareGPT statistics reported in the vLLM paper (161 and 338). Every request fits in the
+    model's context `max_len`.
+    """
+    num_requests: int = 600
+    prompt_median: float = 110.0
+    prompt_sigma: float = 0.85
+    prompt_max: int = 1024
+    output_median: float = 230.0
+    output_sigma: float = 0.9
+    min_len: int = 4
+    max_len: int = 2048
+    seed: int = 0
+
+    def sample(self) -> tuple[np.ndarray, np.ndarray]:
+        """(prompt_lens, output_lens) as int64 arrays, reproducible from `seed`."""
+        rng = np.random.default_rng(self.seed)
+        prompt = rng.lognormal(math.log(self.prompt_median), self.prompt_sigma, self.num_requests)
+        output = rng.lognormal(math.log(self.output_median), self.output_sigma, self.num_requests)
+        prompt = np.clip(np.rint(prompt), self.min_len, self.prompt_max).astype(np.int64)
+        output = np.clip(np.rint(output), self.min_len, self.max_len - prompt).astype(np.int64)
+        return prompt, output
+
+
+@dataclass
+class _Request:
+    rid: int
+    prompt: int        # tokens present when admitted (grows if the request is preempted)
+    final: int         # prompt + output: the length at which the request finishes
+    length: int = 0    # tokens cached now
+    start: int = -1    # contiguous policies: first slot of the run
+    size: int = 0      # contiguous policies: slots in the run
+    pages: list = field(default_factory=list)  # paged policy: physical pages
+
+
+class _FirstFit:
+    """Contiguous runs in [0, capacity), placed at the lowest hole that fits."""
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.holes = [(0, capacity)]  # sorted (start, size), merged
+
+    def allocate(self, size: int) -> int | None:
+        for i, (start, hole) in enumerate(self.holes):
+            if hole >= size:
+                if hole == size:
+                    self.holes.pop(i)
+                else:
+                    self.holes[i] = (start + size, hole - size)
+                return start
+        return None
+
+    def free(self, start: int, size: int) -> None:
+        i = bisect.bisect(self.holes, (start, size))
+        self.holes.insert(i, (start, size))
+        merged = []
+        for s, n in self.holes:
+            if merged and merged[-1][0] + merged[-1][1] == s:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((s, n))
+        self.holes = merged
+
+    @property
+    def free_slots(self) -> int:
+        return sum(n for _, n in self.holes)
+
+
+def _reservation(policy: str, req: _Request, max_len: int) -> int:
+    if policy == "reserve_max":
+        return max_len
+    if policy == "reserve_pow2":
+        output = req.final - req.prompt
+        return min(max_len, req.prompt + (1 << max(0, output - 1).bit_length()))
+    return req.final  # reserve_oracle
+
+
+@dataclass
+class SimResult:
+    """Per-step measurements of one simulated run (all memory numbers in token slots)."""
+    policy: str
+    capacity: int
+    page_size: int
+    series: dict          # category -> int array over steps, plus "running" and "waiting"
+    finished: int
+    preemptions: int
+    steps: int
+
+    def _saturated(self) -> np.ndarray:
+        mask = self.series["waiting"] > 0
+        return mask if mask.any() else np.ones_like(mask, dtype=bool)
+
+    def breakdown(self) -> dict[str, float]:
+        """Mean fraction of the capacity in each category over the saturated steps (sums to 1)."""
+        mask = self._saturated()
+        return {c: float(self.series[c][mask].mean() / self.capacity) for c in CATEGORIES}
+
+    @property
+    def token_fraction(self) -> float:
+        """Share of KV memory that holds real tokens (what the vLLM paper calls utilization)."""
+        return self.breakdown()["tokens"]
+
+    @property
+    def waste_fraction(self) -> float:
+        return 1.0 - self.token_fraction
+
+    @property
+    def mean_running(self) -> float:
+        """Sequences decoding at once, averaged over the saturated steps: the batch size."""
+        return float(self.series["running"][self._saturated()].mean())
+
+    def summary(self) -> str:
+        b = self.breakdown()
+        return (f"{self.policy:>14}: tokens {b['tokens']:6.1%}  reserved {b['reserved']:6.1%}  "
+                f"internal {b['internal']:6.1%}  external {b['external']:6.1%}  "
+                f"free {b['free']:6.1%}  | batch {self.mean_running:6.1f} sequences")
+
+
+def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: int = 32768,
+             page_size: int = 16, max_steps: int = 4000, watermark: float = 0.01) -> SimResult:
+    """Run `workload` on a KV cache of `capacity_tokens` slots under `policy`.
+
+    Each step: every running sequence produces one token (a paged sequence takes a new page
+    when its last is full; if none is free, the most recently admitted sequence is preempted:
+    its pages are freed and it goes back to the front of the queue to be recomputed, as vLLM
+    does); finished sequences release their memory; then waiting requests are admitted in
+    arrival order while the one at the front fits (paged admission keeps `watermark` of the
+    pages free for growth). Then the memory is measured. Stops when every request is done or
+    after `max_steps` steps.
+    """
+    if policy not in POLICIES:
+        raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
+    workload = workload or Workload()
+    if capacity_tokens < workload.max_len:
+        raise ValueError(f"capacity_tokens: expected at least max_len={workload.max_len}, "
+                         f"got {capacity_tokens}")
+    prompts, outputs = workload.sample()
+    queue = deque(_Request(i, int(p), int(p + o)) for i, (p, o) in enumerate(zip(prompts, outputs)))
+    paged = policy == "paged"
+    if paged:
+        pool = BlockAllocator(capacity_tokens // page_size)
+        capacity = pool.num_pages * page_size
+        reserve_pages = max(1, int(watermark * pool.num_pages))
+    else:
+        space = _FirstFit(capacity_tokens)
+        capacity = capacity_tokens
+    running: list[_Request] = []
+    series = {k: [] for k in CATEGORIES + ("running", "waiting")}
+    finished = preemptions = 0
+
+    def release(req: _Request) -> None:
+        if paged:
+            pool.free(req.pages)
+            req.pages = []
+        else:
+            space.free(req.start, req.size)
+
+    for _ in range(max_steps):
+        if not queue and not running:
+            break
+        # 1. decode one token per running sequence (oldest first, so the newest is preempted)
+        for req in list(running):
+            if req not in running:  # preempted earlier in this step
+                continue
+            if paged and req.length == len(req.pages) * page_size:
+                while True:
+                    try:
+                        req.pages += pool.allocate(1)
+                        break
+                    except OutOfPagesError:
+                        victim = running.pop()
+                        release(victim)
+                        preemptions += 1
+                        queue.appendleft(_Request(victim.rid, victim.length, victim.final))
+                        if victim is req:
+                            break
+                if req not in running:
+                    continue
+            req.length += 1
+        # 2. finished sequences give their memory back
+        for req in [r for r in running if r.length >= r.final]:
+            running.remove(req)
+            release(req)
+            finished += 1
+        # 3. admit waiting requests in order while the first one fits (its prompt is prefilled)
+        while queue:
+            req = queue[0]
+            if paged:
+                need = -(-req.prompt // page_size)
+                if need + reserve_pages > pool.num_free:
+                    break
+                req.pages = pool.allocate(need)
+            else:
+                req.size = _reservation(policy, req, workload.max_len)
+                start = space.allocate(req.size)
+                if start is None:
+                    break
+                req.start = start
+            req.length = req.prompt
+            running.append(queue.popleft())
+        # 4. measure
+        tokens = sum(r.length for r in running)
+        if paged:
+            held = sum(len(r.pages) for r in running) * page_size
+            reserved, internal, free_slots = 0, held - tokens, pool.num_free * page_size
+            external = 0
+        else:
+            reserved = sum(r.final - r.length for r in running)
+            internal = sum(r.size - r.final for r in running)
+            free_slots = space.free_slots
+            external = free_slots if queue else 0
+        series["tokens"].append(tokens)
+        series["reserved"].append(reserved)
+        series["internal"].append(internal)
+        series["external"].append(external)
+        series["free"].append(free_slots - external)
+        series["running"].append(len(running))
+        series["waiting"].append(len(queue))
+    arrays = {k: np.asarray(v, dtype=np.int64) for k, v in series.items()}
+    return SimResult(policy, capacity, page_size if paged else 1, arrays, finished, preemptions,
+                     len(arrays["tokens"]))
+
+
+def compare_policies(workload: Workload | None = None, policies=POLICIES,
+                     **kwargs) -> dict[str, SimResult]:
+    """`simulate` every policy on the same workload: {policy: SimResult}."""
+    return {p: simulate(p, workload, **kwargs) for p in policies}

@@ -1,0 +1,37 @@
+"""Pictures and widgets for the course: page maps, memory over time, address translation,
+online softmax, and benchmark charts.
+
+Every plot function returns its matplotlib Figure (show it with `plt.show()`, save it, or
+inspect it in a test) and works headless (the Agg backend). The two widgets
+(`TranslationExplorer`, `AllocationStepper`) need ipywidgets and are loaded on first use.
+"""
+from .bench_plots import (latest_results, load_bench_results, plot_bench_bars, plot_bench_file,
+                          plot_roofline, recorded_figures)
+from .kernel_maps import plot_causal_tiles, plot_query_mapping, tile_counts
+from .memory import (MemorySnapshot, plot_fragmentation, plot_memory_timeline,
+                     plot_policy_batches, plot_sim_timeline, take_snapshot)
+from .page_table import color_map, page_cells, plot_page_map, plot_states, seq_color
+from .softmax import online_softmax_trace, plot_online_softmax
+from .state import PageMapState, as_state, demo_events, replay
+from .translation import describe_translation, plot_translation, translation_of
+
+_WIDGETS = ("AllocationStepper", "TranslationExplorer")
+
+
+def __getattr__(name):
+    # The widgets need ipywidgets; load them on first use so the plots work without it.
+    if name in _WIDGETS:
+        from . import widgets  # noqa: PLC0415
+        return getattr(widgets, name)
+    raise AttributeError(f"module 'pagedattn_lab.viz' has no attribute {name!r}")
+
+
+__all__ = [
+    "AllocationStepper", "as_state", "color_map", "demo_events", "describe_translation",
+    "latest_results", "load_bench_results", "MemorySnapshot", "online_softmax_trace",
+    "page_cells", "PageMapState", "plot_bench_bars", "plot_bench_file", "plot_causal_tiles",
+    "plot_fragmentation", "plot_memory_timeline", "plot_online_softmax", "plot_page_map",
+    "plot_policy_batches", "plot_query_mapping", "plot_roofline", "plot_sim_timeline",
+    "plot_states", "plot_translation", "recorded_figures", "replay", "seq_color",
+    "take_snapshot", "tile_counts", "translation_of", "TranslationExplorer",
+]

@@ -1,0 +1,88 @@
+"""How kernels map threads to work: the naive kernel's one-thread-per-query grid, the tiled
+kernel's query x key tiles over the causal triangle, and the decode kernel's page walk."""
+from __future__ import annotations
+
+import math
+
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
+
+
+def plot_query_mapping(seq_lens, threads_per_block: int, *, max_len: int | None = None):
+    """One row per sequence, one cell per query position: which thread block (blockIdx.x)
+    handles it. Positions at or past the sequence's length are padding (hatched): their
+    threads write zeros and stop. Threads past max_len (the grid rounds up) are dark.
+    Returns the Figure; cells carry gids "q:<b>:<t>:<block>|pad|idle"."""
+    seq_lens = [int(n) for n in seq_lens]
+    max_len = max_len or max(seq_lens)
+    blocks = math.ceil(max_len / threads_per_block)
+    width = blocks * threads_per_block
+    fig, ax = plt.subplots(figsize=(min(12, max(7.0, 2.0 + 0.2 * width)), 1.3 + 0.45 * len(seq_lens)))
+    for b, n in enumerate(seq_lens):
+        y = -b - 1
+        for t in range(width):
+            block = t // threads_per_block
+            if t >= max_len:
+                face, hatch, kind = "#444", None, "idle"
+            elif t >= n:
+                face, hatch, kind = "white", "///", "pad"
+            else:
+                face, hatch, kind = plt.get_cmap("tab10")(block % 10), None, str(block)
+            ax.add_patch(Rectangle((t, y), 0.92, 0.85, facecolor=face, hatch=hatch,
+                                   edgecolor="#999", lw=0.3, gid=f"q:{b}:{t}:{kind}"))
+        ax.text(-0.5, y + 0.42, f"seq {b} (len {n})", ha="right", va="center", fontsize=8)
+    for blk in range(1, blocks):
+        ax.axvline(blk * threads_per_block - 0.04, color="black", lw=1.2)
+    ax.set_xlim(-0.2, width)
+    ax.set_ylim(-len(seq_lens) - 0.3, 0.3)
+    ax.set_yticks([])
+    ax.set_xlabel("query position t = blockIdx.x * blockDim.x + threadIdx.x")
+    ax.set_title(f"one thread per query, blocks of {threads_per_block} threads\n"
+                 f"colour = blockIdx.x; hatched = padding row; dark = past max_len", fontsize=9)
+    for side in ("top", "right", "left"):
+        ax.spines[side].set_visible(False)
+    fig.tight_layout()
+    return fig
+
+
+def plot_causal_tiles(seq_len: int, *, tile_q: int = 64, tile_k: int = 32):
+    """The causal score matrix of one sequence cut into (tile_q queries) x (tile_k keys)
+    tiles: computed in full, masked on the diagonal, or skipped (all keys after all queries).
+    Returns the Figure; tiles carry gids "tile:<qi>:<ki>:full|diag|skip"."""
+    nq, nk = math.ceil(seq_len / tile_q), math.ceil(seq_len / tile_k)
+    fig, ax = plt.subplots(figsize=(5.5, 5.3))
+    colors = {"full": "#2f7ed8", "diag": "#f7a35c", "skip": "#eeeeee"}
+    for qi in range(nq):
+        q_lo, q_hi = qi * tile_q, min(seq_len, (qi + 1) * tile_q) - 1
+        for ki in range(nk):
+            k_lo, k_hi = ki * tile_k, min(seq_len, (ki + 1) * tile_k) - 1
+            kind = "skip" if k_lo > q_hi else "full" if k_hi <= q_lo else "diag"
+            ax.add_patch(Rectangle((k_lo, q_lo), k_hi - k_lo + 1, q_hi - q_lo + 1,
+                                   facecolor=colors[kind], edgecolor="white", lw=1,
+                                   gid=f"tile:{qi}:{ki}:{kind}"))
+    t = np.array([0, seq_len])
+    ax.plot(t, t, color="black", lw=1, label="diagonal: key = query")
+    ax.set_xlim(0, seq_len)
+    ax.set_ylim(seq_len, 0)
+    ax.set_aspect("equal")
+    ax.set_xlabel("key position")
+    ax.set_ylabel("query position")
+    handles = [Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    ax.legend(handles, ["tile computed in full", "tile on the diagonal: masked",
+                        "tile skipped (future keys)"], fontsize=7, loc="upper right")
+    ax.set_title(f"causal attention, {seq_len} tokens: {tile_q}-query x {tile_k}-key tiles",
+                 fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def tile_counts(seq_len: int, tile_q: int = 64, tile_k: int = 32) -> dict:
+    """How many tiles of each kind `plot_causal_tiles` draws: {"full", "diag", "skip"}."""
+    counts = {"full": 0, "diag": 0, "skip": 0}
+    for qi in range(math.ceil(seq_len / tile_q)):
+        q_lo, q_hi = qi * tile_q, min(seq_len, (qi + 1) * tile_q) - 1
+        for ki in range(math.ceil(seq_len / tile_k)):
+            k_lo, k_hi = ki * tile_k, min(seq_len, (ki + 1) * tile_k) - 1
+            counts["skip" if k_lo > q_hi else "full" if k_hi <= q_lo else "diag"] += 1
+    return counts
