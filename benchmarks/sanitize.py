@@ -1,0 +1,84 @@
+"""Run every attention kernel once at a small size on the GPU, for compute-sanitizer.
+
+    compute-sanitizer --tool memcheck  --error-exitcode 9 python3 benchmarks/sanitize.py
+    compute-sanitizer --tool racecheck --error-exitcode 9 python3 benchmarks/sanitize.py
+    compute-sanitizer --tool synccheck --error-exitcode 9 python3 benchmarks/sanitize.py
+
+CuPy's memory pool is switched off so that every array is its own cudaMalloc: an access
+one element past an array is then outside any allocation and memcheck sees it. Each result
+is also checked against the float64 reference (exit status 1 on a mismatch).
+Run from the repository root (it imports pagedattn_lab from there).
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cupy as cp  # noqa: E402
+
+from pagedattn_lab import reference_decode, reference_prefill  # noqa: E402
+from pagedattn_lab.attention import paged_attention_decode, paged_attention_prefill  # noqa: E402
+
+cp.cuda.set_allocator(None)
+
+
+def problem(rng, lens, page_size, heads, kv_heads, head_dim, dtype, prefill=False):
+    pages = [-(-n // page_size) for n in lens]
+    perm = rng.permutation(sum(pages)).astype(np.int32)
+    tables = np.zeros((len(lens), max(pages)), np.int32)   # exact width: no padding column
+    start = 0
+    for b, n in enumerate(pages):
+        tables[b, :n] = perm[start:start + n]
+        start += n
+    shape = (sum(pages), page_size, kv_heads, head_dim)
+    k = rng.standard_normal(shape).astype(dtype)
+    v = rng.standard_normal(shape).astype(dtype)
+    qshape = (len(lens), max(lens), heads, head_dim) if prefill else (len(lens), heads, head_dim)
+    q = rng.standard_normal(qshape).astype(dtype)
+    return q, k, v, tables, np.array(lens, np.int32)
+
+
+def check(name, host_args, fn, ref_fn, tol):
+    ref = ref_fn(*host_args)
+    out = cp.asnumpy(fn(*[cp.asarray(a) for a in host_args]))
+    err = float(np.linalg.norm(out - ref) / np.linalg.norm(ref))
+    ok = np.isfinite(out).all() and err < tol
+    print(f"{name:44s} rel err {err:.2e} {'ok' if ok else 'WRONG'}")
+    return ok
+
+
+def main():
+    rng = np.random.default_rng(7)
+    ok = True
+    f16, f32 = np.float16, np.float32
+    decode_cases = [
+        ("decode f16 MHA d128 page 16 split", [700, 33, 1], 16, 4, 4, 128, f16, {}),
+        ("decode f16 MHA d128 page 16 no split", [700, 33, 1], 16, 4, 4, 128, f16,
+         {"num_splits": 1}),
+        ("decode f32 GQA4 d64 page 8", [130, 9], 8, 8, 2, 64, f32, {}),
+        ("decode f16 GQA2 d64 page 12", [50, 25], 12, 4, 2, 64, f16, {}),
+        ("decode f16 MQA16 d64 page 256 split", [600, 5], 256, 16, 1, 64, f16, {"num_splits": 3}),
+    ]
+    for name, lens, ps, h, kvh, hd, dt, kw in decode_cases:
+        args = problem(rng, lens, ps, h, kvh, hd, dt)
+        ok &= check(name, args, lambda *a, kw=kw: paged_attention_decode(*a, **kw),
+                    reference_decode, 2e-3 if dt == f16 else 1e-5)
+    prefill_cases = [
+        ("prefill naive f32 d64", "naive", [130, 1, 64], 16, 4, 2, 64, f32),
+        ("prefill tiled f32 d64", "tiled", [130, 1, 64], 16, 4, 2, 64, f32),
+        ("prefill tiled f16 d128", "tiled", [100, 65], 32, 2, 1, 128, f16),
+        ("prefill naive f16 d128", "naive", [100, 65], 32, 2, 1, 128, f16),
+    ]
+    for name, kernel, lens, ps, h, kvh, hd, dt in prefill_cases:
+        args = problem(rng, lens, ps, h, kvh, hd, dt, prefill=True)
+        ok &= check(name, args, lambda *a, k=kernel: paged_attention_prefill(*a, kernel=k),
+                    reference_prefill, 2e-3 if dt == f16 else 1e-5)
+    cp.cuda.Device().synchronize()
+    print("all results match the reference" if ok else "MISMATCH")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,6 @@
+"""GPU benchmark of the course's kernels against PyTorch baselines: `python -m pagedattn_lab.bench`.
+
+Modules: `workloads` (what is measured), `timing` (events, L2 flush, copy bandwidth),
+`baselines` (PyTorch SDPA, gather + SDPA, FlexAttention paged), `report` (table, JSON, PNG),
+`run` (the driver behind `__main__`).
+"""

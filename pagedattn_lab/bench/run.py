@@ -1,0 +1,209 @@
+"""The benchmark driver: `python -m pagedattn_lab.bench [--quick] [--out DIR]` (GPU only).
+
+For every workload it builds one set of inputs, runs our kernel and each baseline on it,
+checks that they agree, times them (CUDA events, warm-up, L2 flushed before every
+repetition, median), and reports time, achieved bandwidth (the fewest bytes the problem
+needs / time), that bandwidth as a share of the measured device-to-device copy rate, and
+speed-ups. Writes bench.json and bench.png into --out.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import math
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from ..backend import gpu_available, gpu_status
+from . import report
+from .baselines import DECODE_BASELINES, import_torch, sdpa_prefill
+from .timing import Timer, copy_bandwidth
+from .workloads import (
+    build_decode_inputs,
+    build_prefill_inputs,
+    decode_workloads,
+    prefill_workloads,
+)
+
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(prog="python -m pagedattn_lab.bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="benchmarks/results", help="folder for bench.json/bench.png")
+    p.add_argument("--quick", action="store_true", help="a short smoke run (small workloads)")
+    p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 30; quick 5)")
+    p.add_argument("--no-baselines", action="store_true", help="time only the course's kernels")
+    p.add_argument("--prefix", default="bench", help="file name stem of the JSON and PNG")
+    return p.parse_args(argv)
+
+
+def rel_err(cp, out, ref) -> float:
+    a = cp.asarray(out).astype(cp.float32)
+    b = cp.asarray(ref).astype(cp.float32)
+    return float(cp.linalg.norm(a - b) / cp.linalg.norm(b))
+
+
+class Bench:
+    def __init__(self, cp, torch, args):
+        self.cp, self.torch, self.args = cp, torch, args
+        self.timer = Timer(cp)
+        self.reps = args.reps or (5 if args.quick else 30)
+        self.rows: list[dict] = []
+        self.timer.warm_up()
+        self.copy_bw = copy_bandwidth(cp, self.timer)
+
+    def record(self, kind, workload, kernel, fn, *, nbytes=None, flops=None, reps=None,
+               ref=None, extra=None):
+        row = {"kind": kind, "workload": workload.name, "kernel": kernel,
+               "shape": workload.describe(), **(extra or {})}
+        try:
+            out = fn()
+            if ref is not None:
+                row["rel_err_vs_ours"] = rel_err(self.cp, out, ref)
+            t = self.timer.time(fn, reps=reps or self.reps)
+            with_launch = self.timer.time(fn, reps=reps or self.reps, warmup=0,
+                                          hide_launch=False)
+            row.update(ms=t.median_ms, timing=t.as_dict(), ms_with_launch=with_launch.median_ms)
+            if nbytes:
+                row["bytes"] = nbytes
+                row["gbps"] = nbytes / (t.median_ms * 1e-3) / 1e9
+                row["pct_copy"] = 100 * nbytes / (t.median_ms * 1e-3) / self.copy_bw
+            if flops:
+                row["flops"] = flops
+                row["tflops"] = flops / (t.median_ms * 1e-3) / 1e12
+        except Exception as exc:  # a baseline that does not run here is reported, not fatal
+            row["error"] = f"{type(exc).__name__}: {exc}"
+        self.rows.append(row)
+        return row
+
+    def decode(self, w, progress):
+        from ..attention_decode import DecodePlan  # noqa: PLC0415
+        cp = self.cp
+        inp = build_decode_inputs(cp, w)
+        scale = 1.0 / math.sqrt(w.head_dim)
+        nbytes = w.bytes_moved()
+        plan = DecodePlan(**inp, scale=scale)
+        ours = plan().copy()
+        main = self.record("decode", w, "paged-decode", plan, nbytes=nbytes,
+                           extra={"part_len": plan.part_len, "max_parts": plan.max_parts})
+        progress.update()
+        if plan.max_parts > 1:
+            single = DecodePlan(**inp, scale=scale, num_splits=1)
+            self.record("decode", w, "paged-decode (no split)", single, nbytes=nbytes, ref=ours)
+        progress.update()
+        base = {}
+        for name, builder in DECODE_BASELINES.items():
+            if self.torch is None or self.args.no_baselines:
+                progress.update()
+                continue
+            try:
+                fn = builder(self.torch, inp, w, scale)
+            except Exception as exc:
+                fn = _raiser(exc)
+            row = self.record("decode", w, name, fn, nbytes=nbytes, ref=ours)
+            if "ms" in row:
+                base[name] = row["ms"]
+            progress.update()
+        if "ms" in main:
+            main["speedup"] = {k: v / main["ms"] for k, v in base.items()}
+        del inp, plan
+        self._free()
+
+    def prefill(self, w, progress):
+        from ..attention_prefill import plan_prefill  # noqa: PLC0415
+        cp = self.cp
+        inp = build_prefill_inputs(cp, w)
+        scale = 1.0 / math.sqrt(w.head_dim)
+        tiled = plan_prefill(**inp, scale=scale, kernel="tiled")
+        ours = tiled().copy()
+        t_row = self.record("prefill", w, "prefill-tiled", tiled, flops=w.flops())
+        progress.update()
+        naive = plan_prefill(**inp, scale=scale, kernel="naive")
+        n_row = self.record("prefill", w, "prefill-naive", naive, flops=w.flops(), ref=ours,
+                            reps=3)
+        progress.update()
+        base = {"prefill-naive": n_row.get("ms")}
+        if self.torch is not None and not self.args.no_baselines:
+            try:
+                fn = sdpa_prefill(self.torch, inp, w, scale)
+            except Exception as exc:
+                fn = _raiser(exc)
+            s_row = self.record("prefill", w, "torch-sdpa", fn, flops=w.flops(), ref=ours)
+            base["torch-sdpa"] = s_row.get("ms")
+        progress.update()
+        if "ms" in t_row:
+            t_row["speedup"] = {k: v / t_row["ms"] for k, v in base.items() if v}
+        del inp
+        self._free()
+
+    def _free(self):
+        self.cp.get_default_memory_pool().free_all_blocks()
+        if self.torch is not None:
+            self.torch.cuda.empty_cache()
+
+
+def _raiser(exc):
+    def fn():
+        raise exc
+    return fn
+
+
+def metadata(cp, torch, copy_bw, argv) -> dict:
+    props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
+    name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
+    return {
+        "gpu": name, "sm_count": int(props["multiProcessorCount"]),
+        "l2_bytes": int(props.get("l2CacheSize", 0)),
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "cupy": cp.__version__, "torch": getattr(torch, "__version__", None),
+        "numpy": np.__version__, "python": platform.python_version(),
+        "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
+        "copy_bandwidth_GBps": copy_bw / 1e9,
+        "command": "python -m pagedattn_lab.bench " + " ".join(argv),
+        "timing": "CUDA events per repetition, warm-up 3, L2 flushed (64 MB write) before "
+                  "each repetition, host launch time hidden behind a spin kernel (ms; "
+                  "ms_with_launch without it), median",
+    }
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = parse_args(argv)
+    if not gpu_available():
+        print(f"pagedattn_lab.bench needs a CUDA GPU: {gpu_status()}", file=sys.stderr)
+        return 2
+    import cupy as cp  # noqa: PLC0415
+    from tqdm.auto import tqdm  # noqa: PLC0415
+    try:
+        torch = import_torch()
+        torch_error = None
+    except Exception as exc:
+        torch, torch_error = None, f"{type(exc).__name__}: {exc}"
+    bench = Bench(cp, torch, args)
+    dws, pws = decode_workloads(args.quick), prefill_workloads(args.quick)
+    steps = len(dws) * (2 + len(DECODE_BASELINES)) + 3 * len(pws)
+    with tqdm(total=steps, desc="bench", file=sys.stderr) as progress:
+        for w in dws:
+            progress.set_postfix_str(w.name)
+            bench.decode(w, progress)
+        for w in pws:
+            progress.set_postfix_str(w.name)
+            bench.prefill(w, progress)
+    meta = metadata(cp, torch, bench.copy_bw, argv)
+    if torch_error:
+        meta["torch_error"] = torch_error
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report.write_json(out / f"{args.prefix}.json", meta, bench.rows)
+    try:
+        report.write_chart(out / f"{args.prefix}.png", meta, bench.rows)
+    except Exception as exc:  # the numbers matter more than the picture
+        print(f"chart not written: {exc}", file=sys.stderr)
+    print(f"\n{meta['gpu']}: device copy {meta['copy_bandwidth_GBps']:.0f} GB/s "
+          f"(read + write); torch {meta['torch']}, cupy {meta['cupy']}")
+    print(report.table(bench.rows))
+    print(f"\nwrote {out / (args.prefix + '.json')} and {out / (args.prefix + '.png')}")
+    return 0

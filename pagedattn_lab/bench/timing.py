@@ -1,0 +1,92 @@
+"""Timing on the GPU: CUDA events around each repetition, the L2 cache flushed in between,
+warm-up first, the median reported.
+
+Each repetition is: flush the L2 (a 64 MB write), then a one-thread "spin" kernel that keeps
+the GPU busy for about half a millisecond, then start event, the work, end event. The spin
+covers the host's time to issue the work (Python argument checks, PyTorch dispatch,
+torch.compile guards), so the events measure the GPU's time for the work itself, the same
+way for our kernels and for every baseline. `time(..., hide_launch=False)` leaves it out.
+
+CuPy launches go to CuPy's current stream, PyTorch's to its current stream; the benchmark
+leaves both on the legacy default stream, so one pair of events brackets either.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+L2_FLUSH_BYTES = 64 << 20    # more than the H100's and H200's 50-60 MB of L2
+SPIN_CYCLES = 1_000_000      # about 0.5 ms at 2 GHz: longer than issuing any of the work
+
+_SPIN_SOURCE = r"""
+extern "C" __global__ void spin(long long cycles)
+{
+    long long t0 = clock64();
+    while (clock64() - t0 < cycles) { }
+}
+"""
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    reps: int
+
+    def as_dict(self) -> dict:
+        return {"median_ms": self.median_ms, "min_ms": self.min_ms, "max_ms": self.max_ms,
+                "reps": self.reps}
+
+
+class Timer:
+    def __init__(self, cp):
+        self.cp = cp
+        self._flush_buf = cp.empty(L2_FLUSH_BYTES // 4, dtype=cp.float32)
+        self._spin = cp.RawKernel(_SPIN_SOURCE, "spin")
+
+    def warm_up(self, seconds: float = 1.0):
+        """Keep the GPU busy for a while so that its clocks are up before the first timing."""
+        src = self.cp.ones(256 << 20, dtype=self.cp.float32)
+        dst = self.cp.empty_like(src)
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end:
+            for _ in range(20):
+                self.cp.copyto(dst, src)
+            self.cp.cuda.Device().synchronize()
+
+    def flush_l2(self):
+        """Overwrite more than the L2 holds, so the next run reads its inputs from memory."""
+        self._flush_buf.fill(0)
+
+    def time(self, fn, reps: int = 30, warmup: int = 3, flush: bool = True,
+             hide_launch: bool = True) -> Timing:
+        cp = self.cp
+        for _ in range(warmup):
+            fn()
+        cp.cuda.Device().synchronize()
+        times = []
+        start, end = cp.cuda.Event(), cp.cuda.Event()
+        for _ in range(reps):
+            if flush:
+                self.flush_l2()
+            if hide_launch:
+                self._spin((1,), (1,), (np.int64(SPIN_CYCLES),))
+            start.record()
+            fn()
+            end.record()
+            end.synchronize()
+            times.append(cp.cuda.get_elapsed_time(start, end))
+        return Timing(statistics.median(times), min(times), max(times), reps)
+
+
+def copy_bandwidth(cp, timer: Timer, nbytes: int = 1 << 30, reps: int = 10) -> float:
+    """Device-to-device copy rate in bytes/s, counting bytes read plus bytes written."""
+    src = cp.ones(nbytes // 4, dtype=cp.float32)
+    dst = cp.empty_like(src)
+    t = timer.time(lambda: cp.copyto(dst, src), reps=reps, warmup=2, flush=False,
+                   hide_launch=False)
+    return 2 * nbytes / (t.median_ms * 1e-3)

@@ -1,0 +1,210 @@
+"""The complete system (guide step 5, done right): a KV cache plus the kernels that read it.
+
+The guide's manager kept one page table for the whole batch, handed out pages from a
+counter that never went back, and could not tell sequences apart. `PagedAttentionManager`
+owns a `PagedKVCache` (one block table per sequence, pages from a free list) and runs the
+course's kernels on it:
+
+    mgr = PagedAttentionManager(num_pages=256, page_size=16, num_heads=8, num_kv_heads=2,
+                                head_dim=64)
+    seq, out = mgr.add_sequence(k_prompt, v_prompt, q_prompt)   # prefill: stores K/V, attends
+    out = mgr.decode_step([seq], q_new, k_new, v_new)           # one token per sequence
+    mgr.finish(seq)                                             # its pages go back
+    mgr.stats()                                                 # pages used, waste, ...
+
+Every call validates its input first and is all-or-nothing: if the pool cannot hold what a
+call needs, `OutOfPagesError` is raised and neither the cache nor any table changes.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from .attention_decode import paged_attention_decode
+from .attention_prefill import paged_attention_prefill
+from .backend import is_cupy_array
+from .cache import PagedKVCache
+from .paging import OutOfPagesError
+from .validate import check_array, check_int
+
+
+class AddedSequence(NamedTuple):
+    """What `add_sequence` returns: the new sequence's id, and its prefill output
+    ([n, num_heads, head_dim]) when a query was given, else None."""
+    seq_id: int
+    out: object
+
+
+class MemoryStats(NamedTuple):
+    """A snapshot of the cache, in pages and token slots (one slot holds one token's K and V)."""
+    pages_total: int
+    pages_used: int
+    pages_free: int
+    sequences: int
+    tokens_stored: int       # sum of the live sequences' lengths
+    slots_allocated: int     # pages_used * page_size
+    internal_waste: int      # allocated slots that hold no token (unused tails of last pages)
+    bytes_per_token: int     # K and V of one token, all KV heads
+    page_size: int
+
+    @property
+    def waste_fraction(self) -> float:
+        """Share of allocated slots holding no token (0 when nothing is allocated)."""
+        return self.internal_waste / self.slots_allocated if self.slots_allocated else 0.0
+
+    @property
+    def utilization(self) -> float:
+        """Share of the whole pool holding real tokens."""
+        total = self.slots_allocated + self.pages_free * self.page_size
+        return self.tokens_stored / total if total else 0.0
+
+
+_FLOATS = [np.float16, np.float32, np.float64]
+
+
+class PagedAttentionManager:
+    """A paged KV cache and the attention kernels over it, for one attention layer."""
+
+    def __init__(self, num_pages: int, page_size: int, num_heads: int, num_kv_heads: int,
+                 head_dim: int, dtype=np.float32, device: str = "auto", scale=None,
+                 prefill_kernel: str = "tiled"):
+        num_heads = check_int(num_heads, "num_heads", minimum=1)
+        num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
+                             f"{num_kv_heads} (GQA needs whole groups)")
+        if prefill_kernel not in ("naive", "tiled"):
+            raise ValueError(f"prefill_kernel: expected 'naive' or 'tiled', got {prefill_kernel!r}")
+        self.cache = PagedKVCache(num_pages, page_size, num_kv_heads, head_dim, dtype=dtype,
+                                  device=device)
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.page_size = self.cache.page_size
+        self.scale, self.prefill_kernel = scale, prefill_kernel
+
+    @property
+    def xp(self):
+        return self.cache.xp
+
+    @property
+    def seq_ids(self) -> list[int]:
+        return self.cache.seq_ids
+
+    def seq_len(self, seq_id: int) -> int:
+        return self.cache.seq_len(seq_id)
+
+    # -- the three operations ------------------------------------------------------------
+
+    def add_sequence(self, k, v, q=None) -> AddedSequence:
+        """Store a prompt's keys and values ([n, num_kv_heads, head_dim] each) as a new
+        sequence; with q ([n, num_heads, head_dim]) also return its causal prefill output."""
+        k = self._tokens(k, "k", self.num_kv_heads)
+        v = self._tokens(v, "v", self.num_kv_heads)
+        n = int(k.shape[0])
+        if v.shape[0] != n:
+            raise ValueError(f"v: expected {n} tokens like k, got shape {tuple(v.shape)}")
+        if n == 0:
+            raise ValueError("k: expected at least one prompt token, got 0")
+        if q is not None:
+            q = self._tokens(q, "q", self.num_heads)
+            if q.shape[0] != n:
+                raise ValueError(f"q: expected {n} tokens like k, got shape {tuple(q.shape)}")
+        needed = -(-n // self.page_size)
+        if needed > self.cache.allocator.num_free:
+            raise OutOfPagesError(needed, self.cache.allocator.num_free, self.cache.num_pages)
+        seq_id = self.cache.add_sequence()
+        try:
+            self.cache.append(seq_id, k, v)
+        except Exception:
+            self.cache.free_sequence(seq_id)
+            raise
+        if q is None:
+            return AddedSequence(seq_id, None)
+        tables, lens = self.cache.block_tables([seq_id])
+        out = paged_attention_prefill(self._as_cache(q)[None], self.cache.k_cache,
+                                      self.cache.v_cache, tables, lens, self.scale,
+                                      kernel=self.prefill_kernel)
+        return AddedSequence(seq_id, out[0])
+
+    def decode_step(self, seq_ids, q, k, v):
+        """Append one token to each sequence (k, v [batch, num_kv_heads, head_dim]) and
+        return its attention over the whole sequence, itself included ([batch, num_heads,
+        head_dim]). All or nothing when pages run out."""
+        seq_ids = self._seq_ids(seq_ids)
+        batch = len(seq_ids)
+        q = self._tokens(q, "q", self.num_heads)
+        k = self._tokens(k, "k", self.num_kv_heads)
+        v = self._tokens(v, "v", self.num_kv_heads)
+        for name, x in (("q", q), ("k", k), ("v", v)):
+            if x.shape[0] != batch:
+                raise ValueError(f"{name}: expected {batch} rows (one per sequence in seq_ids), "
+                                 f"got shape {tuple(x.shape)}")
+        needed = sum(self._pages_for_next_token(s) for s in seq_ids)
+        if needed > self.cache.allocator.num_free:
+            raise OutOfPagesError(needed, self.cache.allocator.num_free, self.cache.num_pages)
+        for i, s in enumerate(seq_ids):
+            self.cache.append(s, k[i:i + 1], v[i:i + 1])
+        tables, lens = self.cache.block_tables(seq_ids)
+        return paged_attention_decode(self._as_cache(q), self.cache.k_cache, self.cache.v_cache,
+                                      tables, lens, self.scale)
+
+    def finish(self, seq_id: int) -> None:
+        """The sequence is done: its pages go back to the pool."""
+        self.cache.free_sequence(seq_id)
+
+    # -- bookkeeping -----------------------------------------------------------------------
+
+    def stats(self) -> MemoryStats:
+        alloc = self.cache.allocator
+        lens = [self.cache.seq_len(s) for s in self.cache.seq_ids]
+        waste = sum(-(-n // self.page_size) * self.page_size - n for n in lens)
+        return MemoryStats(
+            pages_total=alloc.num_pages, pages_used=alloc.num_used, pages_free=alloc.num_free,
+            sequences=len(lens), tokens_stored=sum(lens),
+            slots_allocated=alloc.num_used * self.page_size, internal_waste=waste,
+            bytes_per_token=2 * self.num_kv_heads * self.head_dim * self.cache.dtype.itemsize,
+            page_size=self.page_size)
+
+    def __repr__(self) -> str:
+        s = self.stats()
+        return (f"PagedAttentionManager(heads={self.num_heads}/{self.num_kv_heads} kv, "
+                f"head_dim={self.head_dim}, {self.cache.dtype.name}, {self.cache.device}, "
+                f"pages {s.pages_used}/{s.pages_total} used x {self.page_size} tokens, "
+                f"sequences={s.sequences}, tokens={s.tokens_stored})")
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _tokens(self, x, name: str, heads: int):
+        check_array(x, name, ndim=3, dtypes=_FLOATS, contiguous=False)
+        if tuple(x.shape[1:]) != (heads, self.head_dim):
+            what = "num_heads" if name == "q" else "num_kv_heads"
+            raise ValueError(f"{name}: expected shape [n, {heads}, {self.head_dim}] ({what}, "
+                             f"head_dim), got {tuple(x.shape)}")
+        return x
+
+    def _as_cache(self, x):
+        """x as a contiguous array of the cache's dtype, on the cache's device."""
+        if self.cache.device == "cpu" and is_cupy_array(x):
+            x = x.get()
+        return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=self.cache.dtype))
+
+    def _seq_ids(self, seq_ids) -> list[int]:
+        ids = list(seq_ids)
+        if not ids:
+            raise ValueError("seq_ids: expected at least one sequence id, got none")
+        live = set(self.cache.seq_ids)
+        for i, s in enumerate(ids):
+            if s not in live:
+                raise KeyError(f"seq_ids[{i}]: no live sequence {s!r} (live: {sorted(live)})")
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"seq_ids: a sequence appears twice in {ids}")
+        return ids
+
+    def _pages_for_next_token(self, seq_id: int) -> int:
+        """Pages one more token takes: a new page when the last is full, or a private copy
+        of a last page shared with another sequence (copy on write)."""
+        n = self.cache.seq_len(seq_id)
+        if n % self.page_size == 0:
+            return 1
+        last = self.cache.block_table(seq_id)[-1]
+        return 1 if self.cache.allocator.ref_count(last) > 1 else 0
