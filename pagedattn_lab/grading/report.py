@@ -10,10 +10,14 @@ check also appends one JSON line with its result to that file.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sys
+import threading
 import traceback
+import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
@@ -34,6 +38,34 @@ class Mismatch(Exception):
 
 class NotAttempted(Exception):
     """The learner's code is still the stub (it raised NotImplementedError or wrote nothing)."""
+
+
+class CaseTimeout(Exception):
+    """A case ran past its time limit (an endless loop in the learner's code)."""
+
+
+CASE_TIME_LIMIT = 30.0  # seconds per case
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float):
+    """Raise CaseTimeout in this thread after `seconds` (Unix main thread; else no limit)."""
+    usable = (hasattr(signal, "setitimer") and seconds and
+              threading.current_thread() is threading.main_thread())
+    if not usable:
+        yield
+        return
+
+    def expire(signum, frame):
+        raise CaseTimeout(f"the case ran longer than {seconds:g} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 @dataclass
@@ -82,7 +114,8 @@ class CheckResult:
 
     def __repr__(self) -> str:
         n_pass = sum(c.passed for c in self.cases)
-        return f"CheckResult(task={self.task!r}, status={self.status!r}, cases passed {n_pass}/{len(self.cases)})"
+        return (f"CheckResult(task={self.task!r}, status={self.status!r}, "
+                f"cases passed {n_pass}/{len(self.cases)})")
 
 
 @dataclass
@@ -145,8 +178,18 @@ def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failur
         label = f"case {i} {case.name} ({format_params(case.params)})" if case.params \
             else f"case {i} {case.name}"
         try:
-            case.run()
+            with time_limit(CASE_TIME_LIMIT), warnings.catch_warnings():
+                # NaN and overflow are diagnosed by the cases themselves, not as warnings
+                warnings.simplefilter("ignore", RuntimeWarning)
+                case.run()
         except (NotImplementedError, NotAttempted) as exc:
+            if results:  # earlier cases ran: the task is begun but not finished
+                message = f"part of the task is not written yet: {_not_attempted_text(exc)}"
+                hint = "a method or branch still raises NotImplementedError; finish it."
+                results.append(CaseResult(case.name, case.params, FAILED, message, hint))
+                _say_failure(say, label, message, hint, "", "")
+                status = FAILED
+                break
             results.append(CaseResult(case.name, case.params, NOT_ATTEMPTED, str(exc)))
             status = NOT_ATTEMPTED
             say(f"  ----  not attempted yet: {_not_attempted_text(exc)}")
@@ -156,6 +199,13 @@ def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failur
                                       mm.expected, mm.got))
             _say_failure(say, label, mm.message, mm.hint, mm.expected, mm.got)
             status, failures = FAILED, failures + 1
+        except CaseTimeout as exc:
+            message = f"{exc}: your code never returned."
+            hint = ("an endless loop: check that every loop makes progress (a queue that "
+                    "is never emptied, a condition that never changes, pages never freed).")
+            results.append(CaseResult(case.name, case.params, FAILED, message, hint))
+            _say_failure(say, label, message, hint, "", "")
+            status, failures = FAILED, failures + 1
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # the learner's code crashed: report, do not propagate
@@ -163,6 +213,9 @@ def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failur
             results.append(CaseResult(case.name, case.params, FAILED, message, hint))
             _say_failure(say, label, message, hint, "", "")
             status, failures = FAILED, failures + 1
+            if type(exc).__name__ == "KernelTimeout":  # the next cases would hang as long
+                say("  (stopping: a kernel that never finishes would stall every case)")
+                break
         else:
             results.append(CaseResult(case.name, case.params, PASSED))
             say(f"  PASS  {label}")

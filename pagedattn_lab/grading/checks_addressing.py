@@ -1,0 +1,151 @@
+"""Checks for lesson 02 in Python: address translation and a NumPy gather.
+
+The mistakes these catch are the guide's and their cousins: an off-by-one page offset,
+skipping the block table (treating the cache as contiguous), and the head stride without
+`num_kv_heads` (`slot * head_dim + kv_head * head_dim`), which is right for head 0 only.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .compare import describe_difference, diagnose
+from .report import Case, Mismatch, run_cases
+
+
+def scattered_row(rng, n_pages_used: int, num_pages: int, width: int) -> np.ndarray:
+    """A block-table row: `n_pages_used` distinct random pages, then -1 padding."""
+    row = np.full(width, -1, dtype=np.int32)
+    row[:n_pages_used] = rng.permutation(num_pages)[:n_pages_used]
+    return row
+
+
+# -- task: token -> slot ----------------------------------------------------------------
+
+def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> None:
+    rng = np.random.default_rng(seed)
+    n_used = -(-seq_len // page_size)
+    row = scattered_row(rng, n_used, num_pages, n_used + 2)
+    for t in range(seq_len):
+        page, off = int(row[t // page_size]), t % page_size
+        expected = page * page_size + off
+        got = fn(row.copy(), t, page_size)
+        if got is not None and int(got) == expected:
+            continue
+        variants = [
+            ("the offset inside the page is token % page_size, from 0 to page_size-1 "
+             "(an off-by-one here reads the next token).", page * page_size + off + 1),
+            ("the virtual page is token // page_size; (token + 1) // page_size is off by one.",
+             int(row[min((t + 1) // page_size, n_used - 1)]) * page_size + off),
+            ("you used the token position itself: the cache is not contiguous, look the page "
+             "up in the block table (row[token // page_size]).", t),
+            ("add the offset inside the page: slot = page * page_size + token % page_size.",
+             page * page_size),
+            ("a page holds page_size slots: multiply the physical page by page_size.",
+             page + off),
+        ]
+        hint = next((h for h, v in variants if got is not None and int(got) == v),
+                    "slot = row[token // page_size] * page_size + token % page_size.")
+        raise Mismatch(f"token {t}: virtual page {t // page_size} -> physical page {page}, "
+                       f"offset {off}", hint, expected=str(expected), got=repr(got))
+
+
+def slot_of(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(row, t, page_size) == row[t // page_size] * page_size + t % page_size`."""
+    cases = [
+        Case("page_size 4, 3 pages", {"page_size": 4, "seq_len": 11, "seed": 0},
+             lambda: _slot_case(fn, 0, 4, 11, 16)),
+        Case("page_size 16, long", {"page_size": 16, "seq_len": 70, "seed": 1},
+             lambda: _slot_case(fn, 1, 16, 70, 32)),
+        Case("page_size 1", {"page_size": 1, "seq_len": 6, "seed": 2},
+             lambda: _slot_case(fn, 2, 1, 6, 10)),
+    ]
+    return run_cases("slot_of", "slot_of: token position -> physical slot", cases)
+
+
+# -- task: (slot, kv_head, dim) -> element offset ----------------------------------------
+
+def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -> None:
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        slot = int(rng.integers(0, 200))
+        h = int(rng.integers(0, num_kv_heads))
+        d = int(rng.integers(0, head_dim))
+        expected = (slot * num_kv_heads + h) * head_dim + d
+        got = fn(slot, h, d, num_kv_heads, head_dim)
+        if got is not None and int(got) == expected:
+            continue
+        variants = [
+            ("the head stride is missing num_kv_heads (the guide's bug): a slot holds "
+             "num_kv_heads * head_dim values, so offset = (slot * num_kv_heads + kv_head) * "
+             "head_dim + dim. Only kv_head 0 of the first slots comes out right.",
+             slot * head_dim + h * head_dim + d),
+            ("that is the HND order (heads outer); the cache is NHD [pages, page_size, "
+             "num_kv_heads, head_dim]: (slot * num_kv_heads + kv_head) * head_dim + dim.",
+             (slot * head_dim + d) * num_kv_heads + h),
+            ("add the dim.", (slot * num_kv_heads + h) * head_dim),
+        ]
+        hint = next((t for t, v in variants if got is not None and int(got) == v),
+                    "offset = (slot * num_kv_heads + kv_head) * head_dim + dim.")
+        raise Mismatch(f"slot {slot}, kv_head {h}, dim {d} (num_kv_heads {num_kv_heads}, "
+                       f"head_dim {head_dim})", hint, expected=str(expected), got=repr(got))
+
+
+def kv_offset(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(slot, kv_head, dim, num_kv_heads, head_dim)`:
+    (slot * num_kv_heads + kv_head) * head_dim + dim."""
+    cases = [
+        Case("4 kv heads", {"num_kv_heads": 4, "head_dim": 8}, lambda: _offset_case(fn, 0, 4, 8)),
+        Case("2 kv heads", {"num_kv_heads": 2, "head_dim": 64}, lambda: _offset_case(fn, 1, 2, 64)),
+        Case("1 kv head (MQA)", {"num_kv_heads": 1, "head_dim": 16},
+             lambda: _offset_case(fn, 2, 1, 16)),
+    ]
+    return run_cases("kv_offset", "kv_offset: element offset in the NHD cache", cases)
+
+
+# -- task: gather one sequence with NumPy ------------------------------------------------
+
+def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads: int,
+                    head_dim: int, seq_len: int) -> None:
+    rng = np.random.default_rng(seed)
+    cache = rng.standard_normal((num_pages, page_size, num_kv_heads, head_dim)).astype(np.float32)
+    n_used = -(-seq_len // page_size)
+    row = scattered_row(rng, n_used, num_pages, n_used + 1)
+    flat = cache.reshape(-1, num_kv_heads, head_dim)
+    t = np.arange(seq_len)
+    expected = flat[row[t // page_size] * page_size + t % page_size]
+    got = fn(cache.copy(), row.copy(), seq_len)
+    if got is None:
+        raise Mismatch("gather returned None",
+                       "return the [seq_len, num_kv_heads, head_dim] array.")
+    got = np.asarray(got)
+    if got.shape != expected.shape:
+        hint = "return exactly seq_len tokens: [seq_len, num_kv_heads, head_dim]."
+        if got.ndim and got.shape[0] == n_used * page_size:
+            hint = ("you returned whole pages: the last page is only partly filled; keep the "
+                    "first seq_len tokens.")
+        raise Mismatch("shape of the gathered keys", hint, str(expected.shape), str(got.shape))
+    diff = describe_difference(got, expected, ("token", "kv_head", "dim"), atol=0, rtol=0)
+    if diff is None:
+        return
+    slots = row[t // page_size] * page_size + t % page_size
+    hint = diagnose(got, expected, [
+        ("an off-by-one in the page offset: token t sits at offset t % page_size.",
+         lambda: flat[np.minimum(slots + 1, flat.shape[0] - 1)]),
+        ("the cache is not contiguous: follow the block table instead of reading slot t.",
+         lambda: flat[t]),
+    ], atol=0, rtol=0) or ("slot = row[t // page_size] * page_size + t % page_size, for "
+                           "t = arange(seq_len).")
+    raise Mismatch(diff.message(), hint)
+
+
+def gather_numpy(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(k_cache, block_table_row, seq_len)` returns that sequence's keys, contiguous."""
+    cases = [
+        Case("2 kv heads", {"pages": 12, "page_size": 4, "kv_heads": 2, "head_dim": 8,
+                            "seq_len": 14}, lambda: _gather_np_case(fn, 0, 12, 4, 2, 8, 14)),
+        Case("full pages", {"pages": 8, "page_size": 8, "kv_heads": 3, "head_dim": 4,
+                            "seq_len": 24}, lambda: _gather_np_case(fn, 1, 8, 8, 3, 4, 24)),
+        Case("one token", {"pages": 5, "page_size": 16, "kv_heads": 1, "head_dim": 16,
+                           "seq_len": 1}, lambda: _gather_np_case(fn, 2, 5, 16, 1, 16, 1)),
+    ]
+    return run_cases("gather_numpy", "gather_numpy: one sequence's keys, made contiguous", cases)

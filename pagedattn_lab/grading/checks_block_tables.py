@@ -1,0 +1,165 @@
+"""Checks for lesson 01, part 2: block tables, one per sequence.
+
+The mistakes these catch: a page per token instead of per `page_size` tokens, a new page
+although the last one still has room, rounding down, several allocate calls that leave a
+table half grown when the pool runs out, and one block table shared by the whole batch
+(the guide's bug; in Python, `[[]] * n`).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..paging import BlockAllocator, OutOfPagesError
+from .report import Case, Mismatch, run_cases
+
+
+# -- task: grow one sequence's block table ----------------------------------------------
+
+def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 16) -> None:
+    alloc = BlockAllocator(num_pages)
+    table = alloc.allocate(-(-seq_len // page_size))
+    before = list(table)
+    used_before = alloc.num_used
+    result = fn(table, seq_len, n_new, page_size, alloc)
+    if result is not None and result is not table:
+        raise Mismatch("append_tokens returned a new list", "extend `table` in place (the "
+                       "caller keeps its reference) and return None.")
+    want = -(-(seq_len + n_new) // page_size)
+    taken = alloc.num_used - used_before
+    if len(table) != want or taken != want - len(before):
+        hint = "a sequence of L tokens owns ceil(L / page_size) pages."
+        if taken == n_new and n_new != want - len(before):
+            hint = ("you took one page per token: a page holds page_size tokens, so take "
+                    "ceil((seq_len + n_new) / page_size) - len(table) new pages.")
+        elif taken == -(-n_new // page_size) and seq_len % page_size:
+            hint = ("the sequence's last page still has room for "
+                    f"{page_size - seq_len % page_size} tokens: fill it before taking new pages "
+                    "(new pages = ceil((seq_len + n_new) / page_size) - len(table)).")
+        elif taken == (seq_len + n_new) // page_size - len(before):
+            hint = "round up, not down: a partly filled last page is still a page (ceil)."
+        elif taken == want - len(before) + 1:
+            hint = "one page too many: take a new page only when the last one is full."
+        raise Mismatch(f"table length after {n_new} new tokens on a sequence of {seq_len}",
+                       hint, expected=f"{want} pages ({want - len(before)} new)",
+                       got=f"{len(table)} pages ({taken} new taken from the allocator)")
+    if table[: len(before)] != before:
+        raise Mismatch("the existing entries changed", "only append new pages at the end: the "
+                       "tokens already cached stay where they are.", repr(before),
+                       repr(table[: len(before)]))
+
+
+def _append_decode_loop(fn, page_size: int, steps: int) -> None:
+    alloc = BlockAllocator(64)
+    table: list[int] = []
+    for seq_len in range(steps):
+        fn(table, seq_len, 1, page_size, alloc)
+        want = -(-(seq_len + 1) // page_size)
+        if len(table) != want or alloc.num_used != want:
+            raise Mismatch(f"decoding token {seq_len} one at a time (page_size {page_size})",
+                           "take a new page only when the last page is full "
+                           "(seq_len % page_size == 0).", f"{want} pages",
+                           f"{len(table)} in the table, {alloc.num_used} taken")
+
+
+def _append_out_of_pages(fn) -> None:
+    alloc = BlockAllocator(3)
+    table = alloc.allocate(1)
+    try:
+        fn(table, 4, 9, 4, alloc)
+    except OutOfPagesError:
+        pass
+    else:
+        raise Mismatch("13 tokens of page_size 4 need 4 pages; the pool has 3",
+                       "let OutOfPagesError propagate.", "OutOfPagesError", "no error")
+    if len(table) != 1 or alloc.num_used != 1:
+        raise Mismatch("after the failed append", "ask the allocator for all new pages in one "
+                       "allocate(n) call: it is all or nothing, so the table stays unchanged.",
+                       "table of 1 page, 1 page in use",
+                       f"table of {len(table)} pages, {alloc.num_used} in use")
+
+
+def append_tokens(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(table, seq_len, n_new, page_size, allocator)` grows `table` in place."""
+    cases = [
+        Case("prompt into an empty table", {"page_size": 4, "seq_len": 0, "n_new": 5},
+             lambda: _append_case(fn, 4, 0, 5)),
+        Case("fits in the last page", {"page_size": 4, "seq_len": 6, "n_new": 2},
+             lambda: _append_case(fn, 4, 6, 2)),
+        Case("last page full", {"page_size": 4, "seq_len": 8, "n_new": 1},
+             lambda: _append_case(fn, 4, 8, 1)),
+        Case("partly filled page then more", {"page_size": 8, "seq_len": 5, "n_new": 12},
+             lambda: _append_case(fn, 8, 5, 12)),
+        Case("no new tokens", {"page_size": 4, "seq_len": 5, "n_new": 0},
+             lambda: _append_case(fn, 4, 5, 0)),
+        Case("decode 21 tokens one by one", {"page_size": 3},
+             lambda: _append_decode_loop(fn, 3, 21)),
+        Case("out of pages", {"num_pages": 3}, lambda: _append_out_of_pages(fn)),
+    ]
+    return run_cases("append_tokens", "append_tokens: grow a block table", cases)
+
+
+# -- task: the batch's block tables -----------------------------------------------------
+
+def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) -> None:
+    alloc = BlockAllocator(num_pages)
+    result = fn(list(seq_lens), page_size, alloc)
+    if not (isinstance(result, tuple) and len(result) == 2):
+        raise Mismatch("expected a tuple (block_tables, seq_lens)",
+                       "return both arrays, as PagedKVCache.block_tables does.")
+    tables, lens = result
+    if not isinstance(tables, np.ndarray) or tables.dtype != np.int32:
+        raise Mismatch("block_tables must be an int32 NumPy array",
+                       "kernels read it through an `int*`: np.int32, not Python lists or int64.",
+                       "np.ndarray int32", f"{type(tables).__name__} "
+                       f"{getattr(tables, 'dtype', '')}")
+    if not isinstance(lens, np.ndarray) or lens.dtype != np.int32 or list(lens) != seq_lens:
+        raise Mismatch("seq_lens", "return the lengths as an int32 array, one per sequence.",
+                       repr(np.array(seq_lens, np.int32)), repr(lens))
+    need = [-(-n // page_size) for n in seq_lens]
+    width = max(need + [1])
+    if tables.shape != (len(seq_lens), width):
+        hint = "one row per sequence, as wide as the longest sequence's page count (at least 1)."
+        if tables.ndim == 2 and tables.shape[1] == sum(need) and len(seq_lens) > 1:
+            hint = ("every row holds every page: one block table for the whole batch (the "
+                    "guide's bug; `[[]] * n` makes n references to one list). Give each "
+                    "sequence its own list.")
+        elif tables.ndim == 2 and tables.shape[1] == max(seq_lens + [1]):
+            hint = "one page per token? A row needs ceil(seq_len / page_size) entries."
+        raise Mismatch("block_tables shape", hint, f"{(len(seq_lens), width)}",
+                       f"{tables.shape}")
+    rows = [tables[i, : need[i]].tolist() for i in range(len(seq_lens))]
+    flat = [p for row in rows for p in row]
+    if len(set(flat)) != len(flat):
+        dup = next(p for p in flat if flat.count(p) > 1)
+        owners = [i for i, row in enumerate(rows) if dup in row]
+        raise Mismatch(f"page {dup} appears in the rows of sequences {owners}",
+                       "each sequence needs its own pages: a shared block table lets sequences "
+                       "overwrite each other's keys and values (the guide's bug).")
+    if not all(0 <= p < num_pages for p in flat):
+        raise Mismatch(f"page ids {flat} out of range", "use ids the allocator returned.")
+    pad = np.concatenate([tables[i, need[i]:] for i in range(len(seq_lens))])
+    if pad.size and not (pad == -1).all():
+        raise Mismatch("padding entries", "fill entries past a sequence's last page with -1 "
+                       "(as PagedKVCache does), so a stray read is easy to spot.",
+                       "-1", repr(sorted(set(pad.tolist()))))
+    if alloc.num_used != sum(need):
+        raise Mismatch("pages taken from the allocator", "take exactly ceil(len / page_size) "
+                       "pages per sequence, from the allocator you were given.",
+                       str(sum(need)), str(alloc.num_used))
+
+
+def block_tables(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(seq_lens, page_size, allocator) -> (block_tables int32, seq_lens int32)`."""
+    rng = np.random.default_rng(3)
+    random_lens = [int(n) for n in rng.integers(1, 40, size=6)]
+    cases = [
+        Case("three sequences", {"seq_lens": [5, 9, 1], "page_size": 4},
+             lambda: _batch_case(fn, [5, 9, 1], 4)),
+        Case("exact multiples and an empty one", {"seq_lens": [8, 0, 4], "page_size": 4},
+             lambda: _batch_case(fn, [8, 0, 4], 4)),
+        Case("six random lengths", {"seq_lens": random_lens, "page_size": 8},
+             lambda: _batch_case(fn, random_lens, 8)),
+        Case("page_size 1", {"seq_lens": [3, 2], "page_size": 1},
+             lambda: _batch_case(fn, [3, 2], 1)),
+    ]
+    return run_cases("block_tables", "block_tables_for_batch: one block table per sequence", cases)

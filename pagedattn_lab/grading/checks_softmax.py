@@ -1,0 +1,168 @@
+"""Checks for lesson 03 in Python: online softmax, and what one thread of the naive kernel does.
+
+Online softmax keeps three things while keys stream past: the running max m, the running
+sum l of exp(score - m), and the running weighted sum acc of values. When a new score
+raises the max, both l and acc must be rescaled by exp(m_old - m_new). The cases stream
+scores that rise (every step rescales), scores near +1000 (exp overflows unless the max is
+subtracted) and scores near -1000 (starting the max at 0 instead of -inf underflows to 0/0).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cases import paged_problem
+from .compare import describe_difference, diagnose, fmt
+from .report import Case, Mismatch, run_cases
+from .variants import attention_variant
+
+
+def _softmax_average(scores, values) -> np.ndarray:
+    scores = np.asarray(scores, dtype=np.float64)
+    w = np.exp(scores - scores.max())
+    return (w / w.sum()) @ np.asarray(values, dtype=np.float64)
+
+
+def _simulate(scores, values, bug: str) -> np.ndarray:
+    """The online softmax as commonly mis-written (float64)."""
+    m, total, acc = (0.0 if bug == "max0" else -np.inf), 0.0, np.zeros(values.shape[1])
+    with np.errstate(all="ignore"):
+        for s, v in zip(scores, values):
+            if bug == "nomax":
+                total, acc = total + np.exp(s), acc + np.exp(s) * v
+                continue
+            m_new = max(m, s)
+            alpha = np.exp(m - m_new)
+            p = np.exp(s - m_new)
+            total = (total if bug == "no_rescale_l" else total * alpha) + p
+            acc = (acc if bug == "no_rescale_acc" else acc * alpha) + p * v
+            m = m_new
+        if bug == "no_normalize":
+            return acc
+        return acc / total
+
+
+_SOFTMAX_MISTAKES = [
+    ("the accumulator is not rescaled when the max grows: acc = acc * exp(m_old - m_new) + "
+     "exp(score - m_new) * value.", "no_rescale_acc"),
+    ("the running sum is not rescaled when the max grows: l = l * exp(m_old - m_new) + "
+     "exp(score - m_new).", "no_rescale_l"),
+    ("result() must divide by the running sum l: the weights have to add up to 1.",
+     "no_normalize"),
+]
+
+
+def _online_case(cls, scores, values) -> None:
+    scores = np.asarray(scores, dtype=np.float64)
+    values = np.asarray(values, dtype=np.float64)
+    expected = _softmax_average(scores, values)
+    state = cls(values.shape[1])
+    for s, v in zip(scores, values):
+        state.update(float(s), v.copy())
+    got = state.result()
+    if got is None:
+        raise Mismatch("result() returned None", "return acc / l.")
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != expected.shape:
+        raise Mismatch("result() shape", "one value per dim: [head_dim].", str(expected.shape),
+                       str(got.shape))
+    if np.allclose(got, expected, rtol=1e-6, atol=1e-9):
+        return
+    if not np.isfinite(got).all():
+        if scores.max() > 700:
+            hint = ("exp(score) overflowed to inf: always exponentiate score - running_max, "
+                    "never the raw score.")
+        elif scores.max() < -700:
+            hint = ("exp(score - m) underflowed to 0 and you divided 0 by 0: start the running "
+                    "max at -inf (not 0), so the first score becomes the max.")
+        else:
+            hint = "a NaN or inf appeared: exp of a positive number? Subtract the running max."
+    else:
+        hint = next((text for text, bug in _SOFTMAX_MISTAKES
+                     if np.allclose(got, _simulate(scores, values, bug), rtol=1e-6, atol=1e-9)),
+                    "after each update, acc / l must equal softmax(scores so far) @ values so far.")
+    d = int(np.argmax(np.abs(np.nan_to_num(got - expected, nan=np.inf))))
+    raise Mismatch(f"{len(scores)} scores from {fmt(scores.min())} to {fmt(scores.max())}; "
+                   f"first wrong dim {d}", hint, expected=fmt(expected[d]), got=fmt(got[d]))
+
+
+def online_softmax(cls) -> "CheckResult":  # noqa: F821
+    """Check `cls(head_dim)` with update(score, value) and result() == softmax(scores) @ values."""
+    rng = np.random.default_rng(5)
+    dim = 6
+    rand = rng.standard_normal(12), rng.standard_normal((12, dim))
+    rising = np.linspace(-3, 5, 9), rng.standard_normal((9, dim))
+    falling = np.linspace(4, -2, 7), rng.standard_normal((7, dim))
+    huge = 1000 + 5 * rng.standard_normal(10), rng.standard_normal((10, dim))
+    tiny = -1000 + 5 * rng.standard_normal(10), rng.standard_normal((10, dim))
+    one = np.array([0.3]), rng.standard_normal((1, dim))
+    cases = [
+        Case("random scores", {"n": 12, "head_dim": dim}, lambda: _online_case(cls, *rand)),
+        Case("rising scores (the max changes every step)", {"n": 9},
+             lambda: _online_case(cls, *rising)),
+        Case("falling scores", {"n": 7}, lambda: _online_case(cls, *falling)),
+        Case("one key", {"n": 1}, lambda: _online_case(cls, *one)),
+        Case("scores near +1000", {"n": 10}, lambda: _online_case(cls, *huge)),
+        Case("scores near -1000", {"n": 10}, lambda: _online_case(cls, *tiny)),
+    ]
+    return run_cases("online_softmax", f"{getattr(cls, '__name__', cls)}: online softmax", cases)
+
+
+# -- task: one query of the naive kernel, in Python --------------------------------------
+
+def _attend_case(fn, seed: int, **sizes) -> None:
+    prob = paged_problem(seed, mode="prefill", **sizes)
+    shape = prob.shape
+    group = shape["num_heads"] // shape["num_kv_heads"]
+    rng = np.random.default_rng(seed + 100)
+    for _ in range(6):
+        b = int(rng.integers(shape["batch"]))
+        n = int(prob.seq_lens[b])
+        t = int(rng.integers(n))
+        h = int(rng.integers(shape["num_heads"]))
+        kvh = h // group
+        expected = prob.expected[b, t, h]
+        got = fn(prob.q[b, t, h].copy(), prob.k_cache, prob.v_cache, prob.block_tables[b].copy(),
+                 n, t, kvh, prob.scale)
+        if got is None:
+            raise Mismatch("returned None", "return the [head_dim] output vector.")
+        got = np.asarray(got, dtype=np.float64)
+        if got.shape != expected.shape:
+            raise Mismatch("output shape", "[head_dim]", str(expected.shape), str(got.shape))
+        diff = describe_difference(got, expected, ("dim",))
+        if diff is None:
+            continue
+        one = slice(b, b + 1)
+
+        def variant(**bugs):
+            scale = bugs.pop("scale", prob.scale)
+            return lambda: attention_variant(prob.q[one], prob.k_cache, prob.v_cache,
+                                             prob.block_tables[one], prob.seq_lens[one], scale,
+                                             **bugs)[0, t, h]
+
+        hint = diagnose(got, expected, [
+            ("scale the scores: score = (q . k) * scale.", variant(scale=1.0)),
+            ("no causal mask: query t attends to keys 0..t only, not all seq_len keys.",
+             variant(mask="none")),
+            ("query t must attend to keys 0..t inclusive (its own token too).",
+             variant(mask="strict")),
+            ("the page offset is off by one: token j is at offset j % page_size.",
+             variant(offset_shift=1)),
+            ("translate each key position through block_table_row; the cache is not contiguous.",
+             variant(identity_pages=True)),
+        ]) or "loop j = 0..t: slot = row[j // page_size] * page_size + j % page_size; score = " \
+              "q . k_cache[slot, kv_head] * scale; online softmax over the scores."
+        raise Mismatch(f"sequence {b} (seq_len {n}), token {t}, head {h} (kv head {kvh}): "
+                       + diff.message(), hint)
+
+
+def attend_one(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(q_vec, k_cache, v_cache, row, seq_len, t, kv_head, scale)`: one causal query."""
+    cases = [
+        Case("2 sequences", {"page_size": 4, "num_kv_heads": 2, "head_dim": 8},
+             lambda: _attend_case(fn, 11, seq_lens=[13, 6], num_heads=2, num_kv_heads=2,
+                                  head_dim=8, page_size=4)),
+        Case("GQA, page_size 8", {"page_size": 8, "num_heads": 4, "num_kv_heads": 2},
+             lambda: _attend_case(fn, 12, seq_lens=[21, 17, 9], num_heads=4, num_kv_heads=2,
+                                  head_dim=16, page_size=8)),
+    ]
+    return run_cases("attend_one", "attend_one: one query token over its paged keys", cases)

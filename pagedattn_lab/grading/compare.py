@@ -1,0 +1,151 @@
+"""Compare a learner's array with the expected one and say *where* they differ.
+
+`describe_difference` names the first wrong element by its axes (sequence, token, head,
+dim), counts the wrong ones, and lists which sequences / tokens / heads are affected,
+because the pattern is usually the clue: "only head 0 is right" points at the head stride,
+"only sequence 0 is right" at a block table shared by the batch.
+
+`diagnose` compares the learner's output with the outputs of known-wrong variants of the
+reference ("what you would get if the scale were missing") and returns the hint of the
+first one that matches.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+ATOL = 2e-4
+RTOL = 2e-4
+
+
+def fmt(x) -> str:
+    """A number in 4 significant digits (nan and inf spelled out)."""
+    x = float(x)
+    if np.isnan(x):
+        return "nan"
+    if np.isinf(x):
+        return "inf" if x > 0 else "-inf"
+    return f"{x:.4g}"
+
+
+def ranges(values) -> str:
+    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
+    values = sorted(int(v) for v in values)
+    if not values:
+        return "none"
+    parts, start, prev = [], values[0], values[0]
+    for v in values[1:] + [None]:
+        if v is not None and v == prev + 1:
+            prev = v
+            continue
+        parts.append(str(start) if start == prev else f"{start}-{prev}")
+        if v is not None:
+            start = prev = v
+    return ", ".join(parts)
+
+
+def _plural(axis: str) -> str:
+    return {"sequence": "sequences", "token": "tokens", "head": "heads", "dim": "dims",
+            "kv_head": "kv heads"}.get(axis, axis + "s")
+
+
+@dataclass
+class Difference:
+    """Where `got` differs from `expected` (only over entries where `mask` is True)."""
+    bad: np.ndarray          # bool, same shape as expected
+    unwritten: np.ndarray    # bool: NaN in got where a finite value was expected
+    axes: tuple[str, ...]
+    got: np.ndarray
+    expected: np.ndarray
+
+    @property
+    def count(self) -> int:
+        return int(self.bad.sum())
+
+    def first(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in np.argwhere(self.bad)[0])
+
+    def where(self, index) -> str:
+        return ", ".join(f"{a} {i}" for a, i in zip(self.axes, index))
+
+    def affected(self, axis: str) -> tuple[list[int], int]:
+        """(indices along `axis` holding a wrong value, the axis length)."""
+        k = self.axes.index(axis)
+        other = tuple(i for i in range(self.bad.ndim) if i != k)
+        hit = self.bad.any(axis=other) if other else self.bad
+        return [int(i) for i in np.flatnonzero(hit)], self.bad.shape[k]
+
+    def pattern(self) -> str:
+        """'wrong in sequences 1-2 (right in 0); every head' style summary."""
+        parts = []
+        for axis in self.axes:
+            if axis == "dim":
+                continue
+            idx, n = self.affected(axis)
+            if n <= 1:
+                continue
+            if len(idx) == n:
+                parts.append(f"every {axis}")
+            else:
+                right = sorted(set(range(n)) - set(idx))
+                parts.append(f"{_plural(axis)} {ranges(idx)} (right: {ranges(right)})")
+        return "; ".join(parts)
+
+    def message(self, what: str = "values") -> str:
+        index = self.first()
+        total = int(self.bad.size)
+        lines = [f"{self.count} of {total} {what} differ; the first at {self.where(index)}: "
+                 f"expected {fmt(self.expected[index])}, got {fmt(self.got[index])}."]
+        n_unwritten = int(self.unwritten.sum())
+        if n_unwritten:
+            lines.append(f"{n_unwritten} of them are still NaN: the NaN poison the check filled "
+                         "the output with was never overwritten (or your code made a NaN).")
+        pattern = self.pattern()
+        if pattern:
+            lines.append(f"Wrong in: {pattern}.")
+        return "\n".join(lines)
+
+
+def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None):
+    """None when `got` matches `expected` (within tolerance, on `mask`), else a Difference."""
+    got = np.asarray(got, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if got.shape != expected.shape:
+        raise ValueError(f"shape {got.shape} differs from the expected {expected.shape}")
+    close = np.isclose(got, expected, atol=atol, rtol=rtol, equal_nan=True)
+    if mask is not None:
+        close |= ~np.broadcast_to(mask, close.shape)
+    if close.all():
+        return None
+    unwritten = np.isnan(got) & ~np.isnan(expected) & ~close
+    return Difference(~close, unwritten, tuple(axes), got, expected)
+
+
+def matches(got, candidate, *, atol=ATOL, rtol=RTOL, mask=None) -> bool:
+    got = np.asarray(got, dtype=np.float64)
+    candidate = np.asarray(candidate, dtype=np.float64)
+    if got.shape != candidate.shape:
+        return False
+    close = np.isclose(got, candidate, atol=atol, rtol=rtol, equal_nan=True)
+    if mask is not None:
+        close |= ~np.broadcast_to(mask, close.shape)
+    return bool(close.all())
+
+
+def diagnose(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None) -> str | None:
+    """The hint of the first known-wrong variant that `got` reproduces, if any.
+
+    `variants` is an iterable of (hint, array or zero-argument callable returning one). A
+    variant that happens to equal the right answer on this case is skipped.
+    """
+    for hint, candidate in variants:
+        try:
+            candidate = candidate() if callable(candidate) else candidate
+        except (IndexError, ValueError, FloatingPointError):
+            continue  # this mistake would have read out of bounds here: it cannot match
+        if candidate is None or matches(expected, candidate, atol=atol, rtol=rtol, mask=mask):
+            continue
+        if matches(got, candidate, atol=atol, rtol=rtol, mask=mask):
+            return hint
+    return None

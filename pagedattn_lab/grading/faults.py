@@ -1,0 +1,110 @@
+"""Turn an exception from a kernel launch into (message, hint) for the learner.
+
+The CPU executor (`pagedattn_lab.cpu`) reports an out-of-bounds access as `KernelFault`
+naming the buffer (the kernel parameter), the index, the buffer's size, and the thread and
+block that did it; a barrier that not every thread reaches as `KernelDeadlock`; a kernel
+that never ends as `KernelTimeout`; a compile error as `KernelCompileError` with the
+kernel's own line numbers. On the GPU, CuPy raises its own compile and driver errors.
+Anything else returns None and is reported as a plain exception.
+"""
+from __future__ import annotations
+
+import re
+
+_BUFFER_HINTS = {
+    "q": "the query index: q is [batch, max_len, num_heads, head_dim], so element (b, t, h, d) "
+         "is at ((b * max_len + t) * num_heads + h) * head_dim + d. Is the token past max_len?",
+    "block_tables": "a virtual page past the sequence's row: row b starts at b * max_pages, and "
+                    "token t lives in entry t / page_size. Do you read keys past the sequence's "
+                    "length (or past the query's own position)?",
+    "seq_lens": "seq_lens has one entry per sequence: index it with the sequence (batch) index "
+                "taken from the right blockIdx component.",
+    "out": "the output index: it has q's layout; rows at or past seq_lens[b] still belong to "
+           "out, but threads past max_len do not.",
+}
+
+_CACHE_HINT = ("element offset in the NHD cache [num_pages, page_size, num_kv_heads, head_dim] "
+               "is ((page * page_size + offset) * num_kv_heads + kv_head) * head_dim + d, with "
+               "offset = token % page_size and kv_head = h / (num_heads / num_kv_heads).")
+_PADDING_HINT = ("a negative index means a page id of -1: that is block-table padding past the "
+                 "sequence's last page. Only tokens < seq_lens[b] (and, causally, <= the query's "
+                 "own token) may be read, and sequence b must use its own row of block_tables.")
+
+
+def _get(exc, *names, default=None):
+    for name in names:
+        value = getattr(exc, name, None)
+        if value is not None:
+            return value
+    return default
+
+
+def _xyz(value) -> str:
+    if value is None:
+        return "?"
+    if isinstance(value, (tuple, list)):
+        return "(" + ", ".join(str(int(v)) for v in value) + ")"
+    return str(value)
+
+
+def buffer_hint(buffer: str, index) -> str:
+    name = (buffer or "").lower()
+    if name in _BUFFER_HINTS:
+        return _BUFFER_HINTS[name]
+    if "cache" in name:
+        try:
+            negative = int(index) < 0
+        except (TypeError, ValueError):
+            negative = False
+        return _PADDING_HINT if negative else "the offset is too big: " + _CACHE_HINT
+    if "out" in name:
+        return ("the output index: out_row = (sequence * max_len + token), then times the row "
+                "length (num_kv_heads * head_dim) plus the element.")
+    if "shared" in name or "smem" in name or "tile" in name:
+        return ("a shared-memory index past what the launch reserved (shared_mem bytes): a tile "
+                "of page_size tokens x head_dim floats for K, the same for V.")
+    return "check how that buffer's index is computed from the thread and block ids."
+
+
+def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
+    """(message, hint) for the executor's and CuPy's kernel exceptions, else None."""
+    kind = type(exc).__name__
+    text = str(exc).strip()
+    if kind == "KernelFault":
+        buffer = _get(exc, "buffer", "param", "name")
+        index = _get(exc, "index")
+        size = _get(exc, "size", "length")
+        thread = _get(exc, "thread", "thread_idx", "threadIdx")
+        block = _get(exc, "block", "block_idx", "blockIdx")
+        access = _get(exc, "access", "op", "kind", default="access")
+        if buffer is not None and thread is not None:
+            message = (f"out-of-bounds {access} of {buffer}[{index}] (it has {size} elements) by "
+                       f"thread {_xyz(thread)} of block {_xyz(block)}.")
+        else:
+            message = f"out-of-bounds access: {text}"
+        return message, buffer_hint(buffer, index)
+    if kind in ("KernelDeadlock", "WarpSyncError"):
+        text = text.split(" Every thread of a block must reach")[0]  # the advice is below
+        return (f"deadlock at __syncthreads(): {text}",
+                "every thread of a block must reach every __syncthreads(). A thread that "
+                "returns early (like the guide's `if (token >= seq_len) return;` before the "
+                "barrier) leaves the others waiting forever. Keep idle threads in the loop: "
+                "guard the work with an if, not the barrier.")
+    if kind == "KernelTimeout":
+        return (f"the kernel did not finish: {text}",
+                "a loop that never ends: check that every loop variable advances (for example "
+                "`i += blockDim.x` in a strided loop) and that its bound does not grow.")
+    if kind in ("KernelCompileError", "CompileException"):
+        hint = "fix the first error the compiler reports (line numbers are the kernel's own)."
+        if re.search(r"\bINFINITY\b", text):
+            hint = ("INFINITY is not defined under NVRTC (no <math.h>): use -FLT_MAX style "
+                    "constants such as -3.0e38f, or __int_as_float(0xff800000) for -inf.")
+        elif "math.h" in text or "cmath" in text:
+            hint = "NVRTC has no <math.h>: drop the #include; expf, fmaxf, sqrtf are built in."
+        return f"the kernel does not compile:\n{text}", hint
+    if kind in ("CUDADriverError", "CUDARuntimeError") and "ILLEGAL_ADDRESS" in text.upper():
+        return (f"the GPU reported an illegal memory access: {text}",
+                "an index past a buffer. Rerun the check with device='cpu': the CPU executor "
+                "names the buffer, the index, the thread and the block. (Restart the Jupyter "
+                "kernel afterwards: the CUDA context is unusable after this error.)")
+    return None

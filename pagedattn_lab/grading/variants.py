@@ -1,0 +1,175 @@
+"""Paged attention with the classic mistakes switched on, to recognize them in a result.
+
+`attention_variant` computes paged attention (decode or causal prefill) in float64 the
+way a kernel does it, element offsets and all, with optional bugs:
+
+    scale=1.0                  the missing 1/sqrt(head_dim)
+    mask="none" / "strict"     no causal mask / a mask that drops the query's own token
+    shared_table=True          every sequence reads row 0 of block_tables (the guide)
+    head_stride_bug=True       slot * head_dim + kv_head * head_dim (no num_kv_heads)
+    kv_map="mod" / "same"      query head h reads kv head h % num_kv_heads / h
+    offset_shift=1             the token's offset inside its page is off by one
+    identity_pages=True        the block table is ignored: token t read from slot t
+    drop_last=True             decode ignores the sequence's last cached token
+
+A read out of bounds makes the affected rows NaN (a real kernel would fault or read
+garbage there, so such a variant can only match where it stays in bounds).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_head, *,
+                  offset_shift=0, identity_pages=False, head_stride_bug=False):
+    """Flat element indices [len(positions), head_dim] of one kv head's rows, or None if any
+    page id is padding (negative)."""
+    positions = np.asarray(positions, dtype=np.int64)
+    if identity_pages:
+        slots = positions
+    else:
+        vpage = positions // page_size
+        if vpage.size and vpage.max() >= len(table_row):
+            return None
+        pages = np.asarray(table_row, dtype=np.int64)[vpage]
+        if (pages < 0).any():
+            return None
+        slots = pages * page_size + positions % page_size + offset_shift
+    if head_stride_bug:
+        base = slots * head_dim + kv_head * head_dim
+    else:
+        base = (slots * num_kv_heads + kv_head) * head_dim
+    return base[:, None] + np.arange(head_dim)
+
+
+def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mode="prefill",
+                      mask="causal", shared_table=False, head_stride_bug=False, kv_map="div",
+                      offset_shift=0, identity_pages=False, drop_last=False, online_bug=None):
+    """Paged attention with the chosen mistakes; float64 NumPy, q's shape.
+
+    online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
+    running sum when the maximum grows."""
+    q = np.asarray(q, dtype=np.float64)
+    kf = np.asarray(k_cache, dtype=np.float64).reshape(-1)
+    vf = np.asarray(v_cache, dtype=np.float64).reshape(-1)
+    _, page_size, num_kv_heads, head_dim = k_cache.shape
+    tables, lens = np.asarray(block_tables), np.asarray(seq_lens)
+    if mode == "decode":
+        q = q[:, None]  # [batch, 1, heads, dim]
+    batch, max_len, num_heads, _ = q.shape
+    group = num_heads // num_kv_heads
+    out = np.zeros(q.shape)
+    for b in range(batch):
+        n = int(lens[b]) - (1 if drop_last else 0)
+        row = tables[0 if shared_table else b]
+        if mode == "decode":
+            queries = [0]
+        else:
+            queries = list(range(int(lens[b])))
+            n = int(lens[b]) if mask == "none" else min(n, max_len)
+        for h in range(num_heads):
+            kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h}[kv_map]
+            idx = _flat_indices(row, np.arange(n), page_size, num_kv_heads, head_dim, kvh,
+                                offset_shift=offset_shift, identity_pages=identity_pages,
+                                head_stride_bug=head_stride_bug)
+            if idx is None or (idx.size and (idx.max() >= kf.size or idx.min() < 0)):
+                out[b, queries, h] = np.nan
+                continue
+            keys, values = kf[idx], vf[idx]
+            logits = q[b, queries, h] @ keys.T * scale  # [queries, n]
+            if mode == "prefill" and mask != "none":
+                t = np.arange(len(queries))[:, None]
+                j = np.arange(n)[None, :]
+                allowed = j <= t if mask == "causal" else j < t
+                logits = np.where(allowed, logits, -np.inf)
+            with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+                if online_bug:
+                    out[b, queries, h] = _online(logits, values, online_bug)
+                    continue
+                m = logits.max(axis=1, keepdims=True) if n else np.full((len(queries), 1), -np.inf)
+                w = np.exp(logits - m)
+                out[b, queries, h] = (w @ values) / w.sum(axis=1, keepdims=True)
+    return out[:, 0] if mode == "decode" else out
+
+
+def _online(logits, values, bug: str):
+    """Online softmax over the keys in order, for every query row at once, with a bug."""
+    rows = logits.shape[0]
+    m = np.full(rows, -np.inf)
+    total = np.zeros(rows)
+    acc = np.zeros((rows, values.shape[1]))
+    for j in range(logits.shape[1]):
+        s = logits[:, j]
+        live = np.isfinite(s)
+        m_new = np.where(live, np.maximum(m, s), m)
+        alpha = np.where(live, np.exp(m - m_new), 1.0)
+        p = np.where(live, np.exp(s - m_new), 0.0)
+        total = (total if bug == "sum" else total * alpha) + p
+        acc = (acc if bug == "acc" else acc * alpha[:, None]) + p[:, None] * values[j]
+        m = m_new
+    return acc / total[:, None]
+
+
+def attention_mistakes(case, *, mode="prefill"):
+    """(hint, thunk) pairs for `compare.diagnose`, most specific first."""
+    args = (case.q, case.k_cache, case.v_cache, case.block_tables, case.seq_lens)
+
+    def v(**bugs):
+        bugs.setdefault("scale", case.scale)
+        scale = bugs.pop("scale")
+        return lambda: attention_variant(*args, scale, mode=mode, **bugs)
+
+    hints = [
+        ("the scores are not scaled: multiply q.k by `scale` (1/sqrt(head_dim)) before the "
+         "softmax.", v(scale=1.0)),
+        ("the head stride is missing num_kv_heads (the guide's bug): element (slot, kv_head, "
+         "d) is at (slot * num_kv_heads + kv_head) * head_dim + d.", v(head_stride_bug=True)),
+        ("every sequence reads row 0 of block_tables: one page table for the whole batch (the "
+         "guide's bug). Sequence b's row starts at block_tables + b * max_pages.",
+         v(shared_table=True)),
+        ("the page offset is off by one: token t sits at offset t % page_size of page "
+         "block_table[t / page_size].", v(offset_shift=1)),
+        ("the block table is ignored: the cache is not contiguous; translate each token "
+         "through its sequence's row of block_tables.", v(identity_pages=True)),
+        ("query head h must read kv head h / (num_heads / num_kv_heads) (GQA groups are "
+         "consecutive query heads), not h % num_kv_heads.", v(kv_map="mod")),
+        ("query head h must read kv head h / (num_heads / num_kv_heads), not kv head h.",
+         v(kv_map="same")),
+        ("online softmax: when the max grows, rescale the accumulator too: acc[d] = acc[d] * "
+         "expf(old_max - new_max) + weight * v[d].", v(online_bug="acc")),
+        ("online softmax: when the max grows, rescale the running sum too: sum = sum * "
+         "expf(old_max - new_max) + weight.", v(online_bug="sum")),
+    ]
+    if mode == "prefill":
+        hints[1:1] = [
+            ("no causal mask: query t may only attend to keys 0..t (loop k <= t), not the "
+             "whole sequence.", v(mask="none")),
+            ("the causal loop stops one key early: query t attends to keys 0..t inclusive "
+             "(k <= t); it must see its own token.", v(mask="strict")),
+        ]
+    else:
+        hints.append(("the last cached token is skipped: attend to keys 0..seq_len-1 "
+                      "inclusive.", v(drop_last=True)))
+    return hints
+
+
+def gather_variant(cache, block_tables, seq_lens, max_len, *, shared_table=False,
+                   head_stride_bug=False, offset_shift=0, identity_pages=False):
+    """The batched gather [batch, max_len, num_kv_heads, head_dim] with the chosen mistakes;
+    rows at or past seq_lens[b] are zero, rows reading out of bounds NaN."""
+    flat = np.asarray(cache, dtype=np.float64).reshape(-1)
+    _, page_size, num_kv_heads, head_dim = cache.shape
+    tables, lens = np.asarray(block_tables), np.asarray(seq_lens)
+    out = np.zeros((len(lens), max_len, num_kv_heads, head_dim))
+    for b in range(len(lens)):
+        n = int(lens[b])
+        row = tables[0 if shared_table else b]
+        for h in range(num_kv_heads):
+            idx = _flat_indices(row, np.arange(n), page_size, num_kv_heads, head_dim, h,
+                                offset_shift=offset_shift, identity_pages=identity_pages,
+                                head_stride_bug=head_stride_bug)
+            if idx is None or (idx.size and (idx.max() >= flat.size or idx.min() < 0)):
+                out[b, :n, h] = np.nan
+            else:
+                out[b, :n, h] = flat[idx]
+    return out

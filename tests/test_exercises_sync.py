@@ -1,0 +1,92 @@
+"""exercises/ is generated from solutions/ (`make exercises`); fail when the two drift."""
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from pagedattn_lab import exercises
+from pagedattn_lab.grading.tasks import TASKS, lesson_of
+
+REPO = Path(__file__).resolve().parents[1]
+SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))
+CHECK_CALL = re.compile(r"^check\.(\w+)\(", re.M)
+
+
+def _cells(nb):
+    return [(c.cell_type, c.source, list(c.get("metadata", {}).get("tags", []))) for c in nb.cells]
+
+
+def test_there_is_a_workbook_per_lesson():
+    assert [lesson_of(p) for p in SOLUTIONS] == sorted(TASKS)
+    lessons = {p.name[:2]: p.name for p in (REPO / "notebooks").glob("*.ipynb")}
+    for path in SOLUTIONS:  # named like the lesson it belongs to, when that lesson exists
+        if path.name[:2] in lessons:
+            assert path.name == lessons[path.name[:2]]
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_committed_exercise_matches_the_generator(solution):
+    committed = REPO / "exercises" / solution.name
+    assert committed.exists(), f"{committed} is missing: run `make exercises`"
+    generated, n_regions = exercises.make_exercise(nbformat.read(solution, as_version=4))
+    assert n_regions >= 3
+    assert _cells(nbformat.read(committed, as_version=4)) == _cells(generated), (
+        f"exercises/{solution.name} is out of date with solutions/: run `make exercises`")
+
+
+def test_no_stale_exercises():
+    assert sorted(p.name for p in (REPO / "exercises").glob("*.ipynb")) == \
+        [p.name for p in SOLUTIONS]
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_exercise_hides_every_solution(solution):
+    nb = nbformat.read(REPO / "exercises" / solution.name, as_version=4)
+    text = "\n".join(c.source for c in nb.cells)
+    assert "BEGIN SOLUTION" not in text and "END SOLUTION" not in text
+    assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code")
+
+
+@pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
+def test_each_task_is_a_region_then_one_check(solution):
+    """Tasks in the registry, in order; each check cell follows a cell with a solution region."""
+    nb = nbformat.read(solution, as_version=4)
+    code = [c.source for c in nb.cells if c.cell_type == "code"]
+    calls = [m.group(1) for src in code for m in CHECK_CALL.finditer(src)
+             if m.group(1) != "backend"]
+    assert calls == TASKS[lesson_of(solution)]
+    for i, src in enumerate(code):
+        if CHECK_CALL.search(src) and "check.backend" not in src:
+            assert "### BEGIN SOLUTION" in code[i - 1], f"cell before {src!r} has no region"
+    assert 3 <= len(calls) <= 6
+
+
+def test_strip_regions_python_cuda_markdown():
+    py = "def f(x):\n    ### BEGIN SOLUTION\n    return x + 1\n    ### END SOLUTION\n"
+    out, n = exercises.strip_regions(py)
+    assert n == 1 and "return x + 1" not in out
+    assert "    raise NotImplementedError(" in out and out.startswith("def f(x):\n")
+    cu = ('S = r"""\n{\n    int a = 1;\n    // ### BEGIN SOLUTION\n    out[0] = a;\n'
+          '    // ### END SOLUTION\n}\n"""')
+    out, n = exercises.strip_regions(cu)
+    assert n == 1 and "out[0]" not in out and "    // TODO" in out
+    assert "NotImplementedError" not in out
+    md, n = exercises.strip_regions("Why?\n### BEGIN SOLUTION\nBecause.\n### END SOLUTION",
+                                    "markdown")
+    assert n == 1 and "Because" not in md and exercises.MD_STUB in md
+    with pytest.raises(exercises.RegionError):
+        exercises.strip_regions("### BEGIN SOLUTION\nx = 1\n")
+    with pytest.raises(exercises.RegionError):
+        exercises.strip_regions("x = 1\n### END SOLUTION\n")
+
+
+def test_generator_writes_then_check_mode_agrees(tmp_path):
+    out = tmp_path / "ex"
+    assert exercises.main(["--solutions", str(REPO / "solutions"), "--out", str(out),
+                           "--check"]) == 1
+    assert exercises.main(["--solutions", str(REPO / "solutions"), "--out", str(out)]) == 0
+    assert exercises.main(["--solutions", str(REPO / "solutions"), "--out", str(out),
+                           "--check"]) == 0
+    for solution in SOLUTIONS:  # byte-identical to the committed files
+        assert (out / solution.name).read_text() == (REPO / "exercises" / solution.name).read_text()
