@@ -10,40 +10,15 @@ import pytest
 
 from pagedattn_lab import reference_decode, reference_prefill
 
-pytestmark = pytest.mark.gpu
+from .test_attention import TOL, make_problem, rel_err
 
-TOL = {np.float32: 1e-5, np.float16: 2e-3}
+pytestmark = pytest.mark.gpu
 
 
 @pytest.fixture(scope="module")
 def cp():
     import cupy
     return cupy
-
-
-def make_problem(rng, lens, *, page_size=16, num_heads=4, num_kv_heads=2, head_dim=64,
-                 dtype=np.float32, mode="decode", max_len=None, spare_pages=5):
-    pages = [-(-n // page_size) for n in lens]
-    num_pages = sum(pages) + spare_pages
-    perm = rng.permutation(num_pages)
-    tables = np.full((len(lens), max(pages) + 2), -1, dtype=np.int32)
-    start = 0
-    for b, n in enumerate(pages):
-        tables[b, :n] = perm[start:start + n]
-        start += n
-    shape = (num_pages, page_size, num_kv_heads, head_dim)
-    k = rng.standard_normal(shape).astype(dtype)
-    v = rng.standard_normal(shape).astype(dtype)
-    if mode == "decode":
-        q = rng.standard_normal((len(lens), num_heads, head_dim)).astype(dtype)
-    else:
-        max_len = max(lens) if max_len is None else max_len
-        q = rng.standard_normal((len(lens), max_len, num_heads, head_dim)).astype(dtype)
-    return q, k, v, tables, np.array(lens, dtype=np.int32)
-
-
-def rel_err(out, ref):
-    return float(np.linalg.norm(np.asarray(out, np.float64) - ref) / np.linalg.norm(ref))
 
 
 def run_decode(cp, args, dtype, **kw):

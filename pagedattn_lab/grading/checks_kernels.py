@@ -13,9 +13,10 @@ import re
 
 import numpy as np
 
+from ..backend import resolve_device
 from .cases import paged_problem
 from .compare import describe_difference, diagnose
-from .kernel_runner import Kernel, poisoned, resolve, where
+from .kernel_runner import Kernel, poisoned, where
 from .report import Case, Mismatch, NotAttempted, run_cases
 from .variants import attention_mistakes, gather_variant
 
@@ -30,7 +31,7 @@ def backend(device: str = "auto") -> None:
     """Say where the CUDA C checks of this workbook run."""
     from ..backend import gpu_status  # noqa: PLC0415
     text = f"CUDA C checks run on {where(device)}."
-    if resolve(device) == "cpu":
+    if resolve_device(device) == "cpu":
         text += f" ({gpu_status()})"
     else:
         text += (" A GPU forgives some mistakes by luck (races, a return before a barrier, "

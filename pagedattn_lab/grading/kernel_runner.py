@@ -11,25 +11,15 @@ import re
 
 import numpy as np
 
-from ..backend import gpu_available, gpu_status
+from ..backend import resolve_device
 from .faults import describe_kernel_exception
 from .report import Mismatch
 
 KERNEL_TIMEOUT = 10.0  # seconds per launch on the CPU executor (checks launch small problems)
 
 
-def resolve(device: str) -> str:
-    if device not in ("auto", "cpu", "gpu"):
-        raise ValueError(f"device: expected 'auto', 'cpu' or 'gpu', got {device!r}")
-    if device == "auto":
-        return "gpu" if gpu_available() else "cpu"
-    if device == "gpu" and not gpu_available():
-        raise RuntimeError(f"device='gpu' was asked for, but: {gpu_status()}")
-    return device
-
-
 def where(device: str) -> str:
-    return ("the GPU (CuPy)" if resolve(device) == "gpu"
+    return ("the GPU (CuPy)" if resolve_device(device) == "gpu"
             else "the CPU executor (checked mode: bad accesses name their thread and block)")
 
 
@@ -72,7 +62,7 @@ class Kernel:
 
     def __init__(self, source: str, name: str, device: str = "auto"):
         from ..rawkernel import RawKernel  # noqa: PLC0415 - CuPy / executor on demand
-        self.name, self.device = name, resolve(device)
+        self.name, self.device = name, resolve_device(device)
         lint(source, name)
         try:
             self.kernel = RawKernel(source, name)
