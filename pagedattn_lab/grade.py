@@ -59,9 +59,12 @@ def find_notebooks(paths) -> list[tuple[Path, str]]:
                 if ".ipynb_checkpoints" not in nb.parts:
                     found.append((nb, str(nb.relative_to(path))))
         elif path.is_file():
-            found.append((path, path.name))
+            found.append((path, str(path)))
         else:
             raise FileNotFoundError(f"{raw}: no such file or folder")
+    names = [name for _, name in found]
+    if len(set(names)) < len(names):  # e.g. two folders holding the same file names
+        found = [(nb, str(nb)) for nb, _ in found]
     return found
 
 

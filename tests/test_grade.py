@@ -173,3 +173,15 @@ def test_sandbox_refuses_writes_outside(tmp_path):
     assert (outside / "keep.txt").read_text() == "keep"
     assert sorted(os.listdir(outside)) == ["keep.txt"]
     assert "gcc" in sandbox.ALLOWED_PROGRAMS
+
+
+def test_submissions_with_the_same_file_name_stay_apart(tmp_path):
+    from pagedattn_lab.grade import find_notebooks
+
+    for student in ("alice", "bob"):
+        (tmp_path / student).mkdir()
+        (tmp_path / student / "01_page_table.ipynb").write_text("{}")
+    names = [name for _, name in find_notebooks([tmp_path / "alice", tmp_path / "bob"])]
+    assert len(set(names)) == 2 and all(n.endswith("01_page_table.ipynb") for n in names)
+    names = [name for _, name in find_notebooks([tmp_path])]
+    assert names == ["alice/01_page_table.ipynb", "bob/01_page_table.ipynb"]
