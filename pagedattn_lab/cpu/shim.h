@@ -70,12 +70,7 @@ static constexpr int warpSize = 32;
 
 // ---- printf (captured and printed by Python) and assert ----
 #define printf(...) __pal_printf(__VA_ARGS__)
-#undef assert
-#ifdef NDEBUG
-#define assert(e) ((void)0)
-#else
-#define assert(e) ((e) ? (void)0 : __pal_assert_fail(#e, __FILE__, __LINE__, __func__))
-#endif
+#include "include/assert.h"  // device assert(): fails the launch naming thread and block
 
 // ---- the launch wrapper: calls a kernel with arguments given as void*[] (like CUDA) ----
 template <int... I> struct __pal_seq {};
