@@ -206,6 +206,8 @@ def test_fork_shares_pages_and_copies_the_tail_on_write(rng):
 class CacheMachine(RuleBasedStateMachine):
     """Random add / append / fork / free sequences keep every invariant of the cache."""
 
+    sharing = True  # fork_sequence is one of the random operations
+
     def __init__(self):
         super().__init__()
         self.cache = PagedKVCache(12, 3, 1, 2, device="cpu")
@@ -232,7 +234,7 @@ class CacheMachine(RuleBasedStateMachine):
             return  # state must be unchanged: the invariants below check it
         self.expected[seq] = np.concatenate([self.expected[seq], k])
 
-    @precondition(lambda self: self.expected)
+    @precondition(lambda self: self.expected and self.sharing)
     @rule(data=st.data())
     def fork(self, data):
         seq = data.draw(st.sampled_from(sorted(self.expected)))
@@ -272,3 +274,18 @@ class CacheMachine(RuleBasedStateMachine):
 
 
 TestCacheMachine = CacheMachine.TestCase
+
+
+class CacheWithoutSharingMachine(CacheMachine):
+    """Without fork, no page is ever owned by two live sequences."""
+
+    sharing = False
+
+    @invariant()
+    def no_page_has_two_owners(self):
+        tables = [self.cache.block_table(seq) for seq in self.cache.seq_ids]
+        pages = [page for table in tables for page in table]
+        assert len(pages) == len(set(pages)), f"a page is in two block tables: {tables}"
+
+
+TestCacheWithoutSharingMachine = CacheWithoutSharingMachine.TestCase
