@@ -1,4 +1,4 @@
-"""Run every attention kernel once at a small size on the GPU, for compute-sanitizer.
+"""Run every kernel of the package once at a small size on the GPU, for compute-sanitizer.
 
     compute-sanitizer --tool memcheck  --error-exitcode 9 python3 benchmarks/sanitize.py
     compute-sanitizer --tool racecheck --error-exitcode 9 python3 benchmarks/sanitize.py
@@ -18,7 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import cupy as cp  # noqa: E402
 
-from pagedattn_lab import reference_decode, reference_prefill  # noqa: E402
+from pagedattn_lab import (gather_kv, gather_kv_reference, reference_decode,  # noqa: E402
+                           reference_prefill)
 from pagedattn_lab.attention import paged_attention_decode, paged_attention_prefill  # noqa: E402
 
 cp.cuda.set_allocator(None)
@@ -75,6 +76,15 @@ def main():
         args = problem(rng, lens, ps, h, kvh, hd, dt, prefill=True)
         ok &= check(name, args, lambda *a, k=kernel: paged_attention_prefill(*a, kernel=k),
                     reference_prefill, 2e-3 if dt == f16 else 1e-5)
+    for dt in (f32, f16):  # the page-access kernel of step 2: an exact copy
+        _, k, v, tables, lens = problem(rng, [37, 16], 16, 2, 2, 64, dt)
+        for b in range(len(lens)):
+            got = gather_kv(cp.asarray(k), cp.asarray(v), cp.asarray(tables[b]), int(lens[b]))
+            want = gather_kv_reference(k, v, tables[b], int(lens[b]))
+            same = all(np.array_equal(cp.asnumpy(g), w) for g, w in zip(got, want))
+            print(f"{'gather_kv ' + np.dtype(dt).name + ' seq ' + str(b):44s} "
+                  f"{'exact' if same else 'WRONG'}")
+            ok &= same
     cp.cuda.Device().synchronize()
     print("all results match the reference" if ok else "MISMATCH")
     return 0 if ok else 1
