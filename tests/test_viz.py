@@ -322,3 +322,11 @@ def test_causal_tiles_match_counts():
     # tiles wholly above the diagonal are skipped; for a long sequence that is about half
     big = viz.tile_counts(4096, 64, 32)
     assert 0.45 < big["skip"] / sum(big.values()) < 0.5
+
+
+def test_committed_results_are_found_from_any_folder(tmp_path, monkeypatch):
+    """Notebooks run from notebooks/: the default must still reach benchmarks/results/."""
+    monkeypatch.chdir(tmp_path)
+    latest = viz.latest_results()
+    assert latest["source"].startswith("benchmarks/results/"), latest["source"]
+    assert any(r.get("kernel") == "paged-decode" for r in latest["results"])

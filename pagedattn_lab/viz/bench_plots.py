@@ -62,7 +62,12 @@ def recorded_figures() -> dict:
             "copy_bandwidth_GBps": H100_COPY_BANDWIDTH / 1e9, "results": rows}
 
 
-def load_bench_results(path="benchmarks/results") -> list[dict]:
+# The committed results live beside the package in a checkout (the course installs itself
+# editable), whatever folder a notebook runs from.
+RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
+
+
+def load_bench_results(path=RESULTS_DIR) -> list[dict]:
     """Every bench JSON file under `path` (a file or a folder), parsed; [] when there is none.
 
     A missing folder is not an error: a fresh checkout has no GPU results yet.
@@ -195,7 +200,7 @@ def plot_roofline(data, *, kind: str | None = None, workload: str | None = None,
     return fig
 
 
-def latest_results(path="benchmarks/results") -> dict:
+def latest_results(path=RESULTS_DIR) -> dict:
     """The newest bench JSON under `path` (by file name), or `recorded_figures()` when there
     is none. Its "source" says which."""
     docs = load_bench_results(path)
@@ -206,7 +211,7 @@ def latest_results(path="benchmarks/results") -> dict:
     return recorded_figures()
 
 
-def plot_bench_file(path="benchmarks/results", **kwargs):
+def plot_bench_file(path=RESULTS_DIR, **kwargs):
     """The bars for the newest bench JSON under `path`, or for `recorded_figures()` when
     there is none (the figure's title names the GPU and date)."""
     return plot_bench_bars(latest_results(path), **kwargs)
