@@ -1,24 +1,14 @@
-"""What the attention wrappers share: where arrays live, alignment, output checks, and
-kernel loading."""
+"""What the attention wrappers share: where arrays live, alignment, and output checks."""
 from __future__ import annotations
 
 import numpy as np
 
-from .backend import is_cupy_array
-from .kernels import kernel as _load_kernel
+from .backend import is_cupy_array, to_numpy
 from .validate import check_array
 
 LOG2E = 1.4426950408889634
 THREADS = 128          # every kernel of this module runs 128-thread blocks
 MAX_GRID_YZ = 65535    # CUDA's limit on gridDim.y and gridDim.z
-
-
-def xp_of(q):
-    """numpy or cupy: where q (and hence the whole call) lives."""
-    if is_cupy_array(q):
-        import cupy  # noqa: PLC0415 - only reached with a CuPy array in hand
-        return cupy
-    return np
 
 
 def data_pointer(x) -> int:
@@ -37,9 +27,7 @@ def aligned16(x, xp):
 
 def same_place(x, xp):
     """A small index array (block table, lengths) moved to where the computation runs."""
-    if xp is np:
-        return x.get() if is_cupy_array(x) else x
-    return xp.asarray(x)
+    return to_numpy(x) if xp is np else xp.asarray(x)
 
 
 def page_shift(page_size: int) -> int:
@@ -71,36 +59,12 @@ def check_grid(batch: int, num_heads: int):
         raise ValueError(f"q: {num_heads} heads exceed {MAX_GRID_YZ} per launch")
 
 
-def launcher(filename: str, name: str, on_gpu: bool):
-    """The compiled kernel (`pagedattn_lab.kernels.kernel`): it runs where its array
-    arguments live, on the GPU for CuPy arrays and on the CPU executor for NumPy ones."""
-    try:
-        return _load_kernel(filename, name)
-    except ImportError:   # no pagedattn_lab.rawkernel: compile with CuPy directly
-        if not on_gpu:
-            raise
-        return _cupy_kernel(filename, name)
-
-
 def fast_path(kern, on_gpu: bool):
     """For a plan that runs on the GPU: the cupy.RawKernel inside the course's checked
     `RawKernel` (its `gpu` attribute). Launching it skips the per-launch argument check,
     tens of microseconds of Python; only for plans whose arguments were checked at their
     first launch and never change. Otherwise `kern` itself."""
     return getattr(kern, "gpu", kern) if on_gpu else kern
-
-
-_CUPY_KERNELS: dict = {}
-
-
-def _cupy_kernel(filename: str, name: str):
-    key = (filename, name)
-    if key not in _CUPY_KERNELS:
-        import cupy  # noqa: PLC0415
-
-        from . import kernels  # noqa: PLC0415
-        _CUPY_KERNELS[key] = cupy.RawKernel(kernels.source(filename), name)
-    return _CUPY_KERNELS[key]
 
 
 def allow_shared_memory(kern, nbytes: int) -> None:

@@ -17,13 +17,12 @@ from .attention_common import (
     aligned16,
     check_grid,
     fast_path,
-    launcher,
     page_shift,
     prepare_out,
     same_place,
-    xp_of,
 )
-from .backend import to_numpy
+from .backend import array_module, to_numpy
+from .kernels import kernel as load_kernel
 from .validate import check_attention_inputs, check_int, resolve_scale
 
 KERNEL_FILE = "decode"
@@ -100,7 +99,7 @@ class DecodePlan:
         if num_splits is not None:
             num_splits = check_int(num_splits, "num_splits", minimum=1)
         check_grid(shapes.batch, shapes.num_heads)
-        xp = xp_of(q)
+        xp = array_module(q)
         self.on_gpu = xp is not np
         self.xp, self.shapes, self.dtype = xp, shapes, dtype
         self.out = prepare_out(out, (shapes.batch, shapes.num_heads, shapes.head_dim), dtype, xp)
@@ -128,7 +127,7 @@ class DecodePlan:
         self.shared_bytes = nwarps * self.gmax * (2 + shapes.head_dim) * 4
         s, i32 = shapes, np.int32
         self._launches = [[
-            launcher(KERNEL_FILE, f"paged_decode_{suffix}_g{self.gmax}", self.on_gpu),
+            load_kernel(KERNEL_FILE, f"paged_decode_{suffix}_g{self.gmax}"),
             (self.max_parts, self.grid_y, s.batch), (THREADS,),
             (self.q, self.k_cache, self.v_cache, self.block_tables, self.seq_lens, self.out,
              self.part_out, self.part_ml, i32(s.num_heads), i32(s.num_kv_heads),
@@ -137,7 +136,7 @@ class DecodePlan:
             self.shared_bytes]]
         if self.max_parts > 1:
             self._launches.append([
-                launcher(KERNEL_FILE, f"paged_decode_merge_{suffix}", self.on_gpu),
+                load_kernel(KERNEL_FILE, f"paged_decode_merge_{suffix}"),
                 (s.num_heads, s.batch), (max(32, min(THREADS, s.head_dim)),),
                 (self.part_out, self.part_ml, self.seq_lens, self.out, i32(s.num_heads),
                  i32(s.head_dim), i32(self.part_len), i32(self.max_parts)), 0])

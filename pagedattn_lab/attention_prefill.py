@@ -16,12 +16,12 @@ from .attention_common import (
     allow_shared_memory,
     check_grid,
     fast_path,
-    launcher,
     page_shift,
     prepare_out,
     same_place,
-    xp_of,
 )
+from .backend import array_module
+from .kernels import kernel as load_kernel
 from .validate import check_attention_inputs, resolve_scale
 
 KERNELS = ("naive", "tiled")
@@ -53,7 +53,7 @@ def plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None, kernel
     check_grid(shapes.batch, shapes.num_heads)
     if -(-shapes.max_len // TILE_Q) > 65535:
         raise ValueError(f"q: max_len {shapes.max_len} needs more than 65535 query tiles")
-    xp = xp_of(q)
+    xp = array_module(q)
     on_gpu = xp is not np
     dtype = np.dtype(k_cache.dtype)
     out = prepare_out(out, tuple(q.shape), dtype, xp)
@@ -66,14 +66,14 @@ def plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None, kernel
     if s.batch == 0 or s.max_len == 0:
         return lambda: out
     if kernel == "naive":
-        kern = launcher("prefill_naive", f"prefill_naive_{suffix}", on_gpu)
+        kern = load_kernel("prefill_naive", f"prefill_naive_{suffix}")
         grid = (-(-s.max_len // THREADS), s.num_heads, s.batch)
         args = (q, k_cache, v_cache, block_tables, seq_lens, out, i32(s.max_len),
                 i32(s.num_heads), i32(s.num_kv_heads), i32(hd), i32(s.page_size),
                 i32(s.max_pages_per_seq), np.float32(scale))
         shared = 0
     else:
-        kern = launcher("prefill_tiled", f"prefill_tiled_{suffix}_d{hd}", on_gpu)
+        kern = load_kernel("prefill_tiled", f"prefill_tiled_{suffix}_d{hd}")
         grid = (s.num_heads, s.batch, -(-s.max_len // TILE_Q))
         args = (q, k_cache, v_cache, block_tables, seq_lens, out, i32(s.max_len),
                 i32(s.num_heads), i32(s.num_kv_heads), i32(s.page_size),

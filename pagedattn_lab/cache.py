@@ -84,15 +84,23 @@ class PagedKVCache:
         if k.shape != v.shape:
             raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
         n_tokens = int(k.shape[0])
-        new_length = seq.length + n_tokens
-        pages_needed = -(-new_length // self.page_size) - len(seq.pages)
-        copy_tail = self._tail_is_shared(seq) and n_tokens > 0
-        new_pages = self.allocator.allocate(pages_needed + int(copy_tail))
+        copy_tail = n_tokens > 0 and self._tail_is_shared(seq)
+        new_pages = self.allocator.allocate(self.pages_needed(seq_id, n_tokens))
         if copy_tail:
             self._copy_on_write_tail(seq, new_pages.pop())
         seq.pages.extend(new_pages)
         self._write(seq.pages, seq.length, k, v)
-        seq.length = new_length
+        seq.length += n_tokens
+
+    def pages_needed(self, seq_id: int, n_tokens: int) -> int:
+        """Free pages that appending `n_tokens` to `seq_id` takes: new pages past the last
+        one, plus a private copy of a shared, partly filled last page (copy on write)."""
+        seq = self._get(seq_id)
+        n_tokens = check_int(n_tokens, "n_tokens", minimum=0)
+        if n_tokens == 0:
+            return 0
+        grow = -(-(seq.length + n_tokens) // self.page_size) - len(seq.pages)
+        return grow + int(self._tail_is_shared(seq))
 
     def fork_sequence(self, seq_id: int) -> int:
         """A new sequence sharing every page of `seq_id` (prefix sharing, copy on write)."""

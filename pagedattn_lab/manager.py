@@ -23,7 +23,7 @@ import numpy as np
 
 from .attention_decode import paged_attention_decode
 from .attention_prefill import paged_attention_prefill
-from .backend import is_cupy_array
+from .backend import to_numpy
 from .cache import PagedKVCache
 from .paging import OutOfPagesError
 from .validate import check_array, check_int
@@ -139,7 +139,7 @@ class PagedAttentionManager:
             if x.shape[0] != batch:
                 raise ValueError(f"{name}: expected {batch} rows (one per sequence in seq_ids), "
                                  f"got shape {tuple(x.shape)}")
-        needed = sum(self._pages_for_next_token(s) for s in seq_ids)
+        needed = sum(self.cache.pages_needed(s, 1) for s in seq_ids)
         if needed > self.cache.allocator.num_free:
             raise OutOfPagesError(needed, self.cache.allocator.num_free, self.cache.num_pages)
         for i, s in enumerate(seq_ids):
@@ -184,8 +184,8 @@ class PagedAttentionManager:
 
     def _as_cache(self, x):
         """x as a contiguous array of the cache's dtype, on the cache's device."""
-        if self.cache.device == "cpu" and is_cupy_array(x):
-            x = x.get()
+        if self.cache.device == "cpu":
+            x = to_numpy(x)
         return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=self.cache.dtype))
 
     def _seq_ids(self, seq_ids) -> list[int]:
@@ -199,12 +199,3 @@ class PagedAttentionManager:
         if len(set(ids)) != len(ids):
             raise ValueError(f"seq_ids: a sequence appears twice in {ids}")
         return ids
-
-    def _pages_for_next_token(self, seq_id: int) -> int:
-        """Pages one more token takes: a new page when the last is full, or a private copy
-        of a last page shared with another sequence (copy on write)."""
-        n = self.cache.seq_len(seq_id)
-        if n % self.page_size == 0:
-            return 1
-        last = self.cache.block_table(seq_id)[-1]
-        return 1 if self.cache.allocator.ref_count(last) > 1 else 0

@@ -158,8 +158,8 @@ def test_prefill_empty_sequence(rng):
 def no_launch(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a kernel was loaded or launched for invalid input")
-    monkeypatch.setattr(attention_decode, "launcher", refuse)
-    monkeypatch.setattr(attention_prefill, "launcher", refuse)
+    monkeypatch.setattr(attention_decode, "load_kernel", refuse)
+    monkeypatch.setattr(attention_prefill, "load_kernel", refuse)
 
 
 def _bad_cases(rng, mode):

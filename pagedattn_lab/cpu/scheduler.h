@@ -23,10 +23,6 @@
 #endif
 
 extern "C" {
-PAL_HIDDEN extern uint3 threadIdx;
-PAL_HIDDEN extern uint3 blockIdx;
-PAL_HIDDEN extern dim3 blockDim;
-PAL_HIDDEN extern dim3 gridDim;
 PAL_HIDDEN void pal_switch(void **save_sp, void *new_sp);
 PAL_HIDDEN void pal_tramp(void);
 PAL_HIDDEN void pal_fiber_main(void);

@@ -54,15 +54,7 @@
 #define __shared__ static
 #endif
 
-#include "shim_types.h"
-
-// ---- built-in variables (set by the runtime for the current fiber) ----
-extern "C" {
-PAL_HIDDEN extern uint3 threadIdx;
-PAL_HIDDEN extern uint3 blockIdx;
-PAL_HIDDEN extern dim3 blockDim;
-PAL_HIDDEN extern dim3 gridDim;
-}
+#include "shim_types.h"  // also declares threadIdx, blockIdx, blockDim, gridDim
 static constexpr int warpSize = 32;
 
 #include "shim_half.h"

@@ -1,4 +1,5 @@
-// CUDA's built-in vector types (float2, uint4, ...), dim3 and their make_* functions.
+// CUDA's built-in vector types (float2, uint4, ...), dim3, their make_* functions, and the
+// built-in variables threadIdx/blockIdx/blockDim/gridDim (defined in runtime.cpp).
 //
 // Layouts match CUDA (same sizes and member order). Alignment matches CUDA for types of up
 // to 8 bytes; the 16-byte types (float4, int4, uint4, double2, ...) are only aligned to
@@ -7,6 +8,8 @@
 // compiler emit aligned SSE loads that fault on such addresses.
 #ifndef PAGEDATTN_LAB_SHIM_TYPES_H
 #define PAGEDATTN_LAB_SHIM_TYPES_H
+
+#include "runtime.h"  // PAL_HIDDEN
 
 #define PAL_VEC1(T, N, A)                                                                    \
     struct __attribute__((aligned(A))) N##1 { T x; };                                       \
@@ -49,5 +52,13 @@ struct dim3 {
     constexpr dim3(uint3 v) : x(v.x), y(v.y), z(v.z) {}
     constexpr operator uint3() const { return uint3{x, y, z}; }
 };
+
+// The built-in variables, set by the runtime for the fiber that runs.
+extern "C" {
+PAL_HIDDEN extern uint3 threadIdx;
+PAL_HIDDEN extern uint3 blockIdx;
+PAL_HIDDEN extern dim3 blockDim;
+PAL_HIDDEN extern dim3 gridDim;
+}
 
 #endif

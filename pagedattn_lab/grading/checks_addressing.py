@@ -8,15 +8,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..addressing import element_offset, page_offset, physical_page, physical_slot, token_slots
+from .cases import block_tables_for
 from .compare import describe_difference, diagnose
 from .report import Case, Mismatch, run_cases
 
 
-def scattered_row(rng, n_pages_used: int, num_pages: int, width: int) -> np.ndarray:
-    """A block-table row: `n_pages_used` distinct random pages, then -1 padding."""
-    row = np.full(width, -1, dtype=np.int32)
-    row[:n_pages_used] = rng.permutation(num_pages)[:n_pages_used]
-    return row
+def scattered_row(rng, seq_len: int, page_size: int, num_pages: int, width: int) -> np.ndarray:
+    """One sequence's block-table row: distinct random pages, then -1 padding."""
+    return block_tables_for(rng, [seq_len], page_size, num_pages, width)[0]
 
 
 # -- task: token -> slot ----------------------------------------------------------------
@@ -24,10 +24,10 @@ def scattered_row(rng, n_pages_used: int, num_pages: int, width: int) -> np.ndar
 def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> None:
     rng = np.random.default_rng(seed)
     n_used = -(-seq_len // page_size)
-    row = scattered_row(rng, n_used, num_pages, n_used + 2)
+    row = scattered_row(rng, seq_len, page_size, num_pages, n_used + 2)
     for t in range(seq_len):
-        page, off = int(row[t // page_size]), t % page_size
-        expected = page * page_size + off
+        page, off = physical_page(row, t, page_size), page_offset(t, page_size)
+        expected = physical_slot(row, t, page_size)
         got = fn(row.copy(), t, page_size)
         if got is not None and int(got) == expected:
             continue
@@ -70,7 +70,7 @@ def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -
         slot = int(rng.integers(0, 200))
         h = int(rng.integers(0, num_kv_heads))
         d = int(rng.integers(0, head_dim))
-        expected = (slot * num_kv_heads + h) * head_dim + d
+        expected = element_offset(slot, h, d, num_kv_heads, head_dim)
         got = fn(slot, h, d, num_kv_heads, head_dim)
         if got is not None and int(got) == expected:
             continue
@@ -109,10 +109,11 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     rng = np.random.default_rng(seed)
     cache = rng.standard_normal((num_pages, page_size, num_kv_heads, head_dim)).astype(np.float32)
     n_used = -(-seq_len // page_size)
-    row = scattered_row(rng, n_used, num_pages, n_used + 1)
+    row = scattered_row(rng, seq_len, page_size, num_pages, n_used + 1)
     flat = cache.reshape(-1, num_kv_heads, head_dim)
     t = np.arange(seq_len)
-    expected = flat[row[t // page_size] * page_size + t % page_size]
+    slots = token_slots(row, seq_len, page_size)
+    expected = flat[slots]
     got = fn(cache.copy(), row.copy(), seq_len)
     if got is None:
         raise Mismatch("gather returned None",
@@ -127,7 +128,6 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     diff = describe_difference(got, expected, ("token", "kv_head", "dim"), atol=0, rtol=0)
     if diff is None:
         return
-    slots = row[t // page_size] * page_size + t % page_size
     hint = diagnose(got, expected, [
         ("an off-by-one in the page offset: token t sits at offset t % page_size.",
          lambda: flat[np.minimum(slots + 1, flat.shape[0] - 1)]),
