@@ -1,52 +1,58 @@
 """Grade submitted workbook notebooks from the command line.
 
-    python -m pagedattn_lab.grade submissions/ [more paths] --timeout 300 \
+    python -m pagedattn_lab.grade submissions/ [more paths] --timeout 300 --jobs 2 \\
         --out grades.csv --out grades.md
 
-Each notebook (a file, or every *.ipynb under a folder) is copied into its own temporary
-folder and executed there in its own Jupyter kernel (nbclient), with a time limit for the
-whole notebook. Every `check.<task>(...)` call in it reports its result to the grader;
-tasks the notebook never checked (deleted, or not reached because of a crash or the time
-limit) appear as "not run". The table (notebook, task, result, message) is printed as
-Markdown and written as CSV or Markdown for each --out, by its suffix.
-
-A submission that raises, loops forever, kills its kernel, or tries to write or delete
-files outside its folder does not stop the grading: the run happens in a separate process
-group that is killed at the deadline, the original file is never touched (only its copy
-runs), and an audit hook in the kernel refuses writes outside the copy's folder. See
-`pagedattn_lab/grading/sandbox.py` for what that hook does not cover: grade untrusted
-code in a container.
+Each notebook (a file, or every *.ipynb under a folder) runs in a sandbox of its own
+(grading/isolation.py: namespaces, a fresh uid, a private file system, resource limits,
+its whole process tree killed at the time limit), with one time limit for the whole
+notebook. The sandbox only runs the learner's code: every `check.<task>(...)` is decided
+by a judge process of the grader's (grading/judge.py), which generates the cases from
+seeds only it knows, asks the sandbox to run the learner's code on them and compares the
+answers itself. Tasks the notebook never checked are "not run". The table (notebook,
+task, result, message) is printed as Markdown, and written as CSV or Markdown for each
+--out, by its suffix, after every sandbox is gone.
 """
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import os
+import secrets
+import shlex
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .grading.report import RESULTS_ENV
+from .grading import isolation
+from .grading.report import CASE_TIME_LIMIT
+from .grading.runner import graded_tasks
+from .grading.table import NOTEBOOK_ROW, Row, rows, to_csv, to_markdown
 from .grading.tasks import expected_tasks
 
-RESULT_WORDS = {"passed": "pass", "failed": "fail", "not attempted": "not attempted"}
-NOTEBOOK_ROW = "(notebook)"
+JUDGE_GRACE = 60.0   # seconds the judge may take after its sandbox is gone
+BANNER = "#" * 78
+
+__all__ = ["Row", "find_notebooks", "grade", "main", "to_csv", "to_markdown"]
 
 
 @dataclass
-class Row:
-    notebook: str
-    task: str
-    result: str
-    message: str
+class Run:
+    """What every submission of one grading run shares."""
+    level: isolation.Level
+    timeout: float
+    limits: isolation.Limits
+    compiler: list[str] | None
+    workdir: Path
+    seed_cache: str | None = None
+    seed_ready: threading.Event | None = None
 
 
 def find_notebooks(paths) -> list[tuple[Path, str]]:
@@ -68,180 +74,133 @@ def find_notebooks(paths) -> list[tuple[Path, str]]:
     return found
 
 
-def _kernel_env(workdir: Path, results: Path) -> dict:
-    env = dict(os.environ)
-    home = workdir / ".home"
-    tmp = workdir / ".tmp"
-    home.mkdir()
-    tmp.mkdir()
-    env.update({RESULTS_ENV: str(results), "HOME": str(home), "TMPDIR": str(tmp),
-                "XDG_CACHE_HOME": str(home / ".cache"), "MPLCONFIGDIR": str(home / ".mpl"),
-                "IPYTHONDIR": str(home / ".ipython"), "PYTHONDONTWRITEBYTECODE": "1",
-                "MPLBACKEND": "Agg", "JUPYTER_PLATFORM_DIRS": "1",
-                # compiled kernels: a private cache per notebook, inside its folder
-                "PAGEDATTN_LAB_CACHE_DIR": str(home / ".cache" / "pagedattn_lab")})
-    env.pop("PYTHONSTARTUP", None)
-    return env
+def _compiler() -> list[str] | None:
+    """The instructor's C++ compiler ($CXX or the first found): the only one graded
+    kernels are built with."""
+    from .cpu.compiler import find_compiler  # noqa: PLC0415
 
-
-def _kill_group(proc: subprocess.Popen) -> None:
     try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
+        return list(find_compiler(os.environ.get("CXX") or None)[0])
+    except Exception:  # noqa: BLE001 - no compiler: kernel tasks will say so
+        return None
 
 
-def _kill_kernel(pidfile: Path) -> None:
-    """Kill the notebook's kernel (its own session, with its children) if it still runs.
-
-    jupyter_client starts kernels in a new session, so killing the runner's group does
-    not reach them; a kernel normally exits when its parent dies, but not necessarily
-    while it spins in native code. The pid is checked to still be an ipykernel first.
-    """
+def _build_seed_cache(run: Run) -> None:
+    """Compile the CPU executor's runtime once, with the graded compiler, for every sandbox
+    to start from (the runtime is the package's own code, not a submission's)."""
+    target = run.workdir / "seed-cache"
+    env = dict(os.environ, PAGEDATTN_LAB_CACHE_DIR=str(target),
+               PAGEDATTN_LAB_GRADING_CXX=shlex.join(run.compiler or []))
+    code = ("from pagedattn_lab.cpu import compiler as c\n"
+            "cmd, ident, _ = c.compiler()\n"
+            "c._supported_flags(cmd, ident)\n"
+            "c.runtime_objects(cmd, ident, c._fiber_mode())\n")
     try:
-        pid = int(pidfile.read_text().strip())
-    except (OSError, ValueError):
-        return
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    try:
-        if cmdline.exists() and b"ipykernel" not in cmdline.read_bytes():
-            return  # the pid was reused by something else
-        os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
+        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, timeout=300,
+                       check=True)
+        if (target / "cpu").is_dir():
+            run.seed_cache = str(target / "cpu")
+    except (OSError, subprocess.SubprocessError):
+        pass   # every sandbox then compiles the runtime itself
+    finally:
+        run.seed_ready.set()
 
 
-def grade_notebook(path: Path, name: str, timeout: float) -> list[Row]:
-    """Run one notebook in isolation; its rows for the table."""
-    private = Path(tempfile.mkdtemp(prefix="pagedattn-grade-"))
+def _start_judge(fd: int, private: Path, salt: int) -> subprocess.Popen:
+    judge = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.judge", str(fd)],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             stderr=open(private / "judge.log", "wb"), pass_fds=[fd],
+                             start_new_session=True)
+    settings = {"salt": salt, "tasks": graded_tasks(), "call_timeout": CASE_TIME_LIMIT + 30}
+    judge.stdin.write((json.dumps(settings) + "\n").encode())
+    judge.stdin.flush()   # kept open: closing it tells the judge its sandbox is gone
+    return judge
+
+
+def _judge_report(judge: subprocess.Popen, private: Path) -> tuple[dict | None, str]:
     try:
-        workdir = private / "work"
-        workdir.mkdir()
-        copy = workdir / path.name
-        shutil.copyfile(path, copy)
-        results, status_file = private / "results.jsonl", private / "status.json"
-        results.touch()
-        cmd = [sys.executable, "-m", "pagedattn_lab.grading.runner", str(copy), str(workdir),
-               str(results), str(status_file), "--timeout", str(timeout)]
-        start = time.monotonic()
-        proc = subprocess.Popen(cmd, cwd=workdir, env=_kernel_env(workdir, results),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                start_new_session=True)
-        timed_out = False
+        judge.stdin.close()
+        judge.stdin = None   # so that communicate() does not flush it
+        out, _ = judge.communicate(timeout=JUDGE_GRACE)
+        return json.loads(out.decode().strip().splitlines()[-1]), ""
+    except subprocess.TimeoutExpired:
+        judge.kill()
+        judge.communicate()
+        return None, f"it did not finish within {JUDGE_GRACE:g} s"
+    except (ValueError, IndexError, OSError):
+        log = (private / "judge.log").read_text(errors="replace").strip().splitlines()
+        return None, (log[-1] if log else f"exit code {judge.returncode}")
+
+
+def grade_notebook(path: Path, name: str, run: Run) -> list[Row]:
+    """Run one notebook in its sandbox with its judge; its rows for the table."""
+    private = Path(tempfile.mkdtemp(prefix="nb-", dir=run.workdir))
+    try:
+        notebook = private / "submission.ipynb"
+        shutil.copyfile(path, notebook)
+        run.seed_ready.wait()
+        judge_end, box_end = socket.socketpair()
         try:
-            _, stderr = proc.communicate(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            _kill_group(proc)
-            _kill_kernel(Path(str(status_file) + ".kernel-pid"))
-            _, stderr = proc.communicate()
+            judge = _start_judge(judge_end.fileno(), private, secrets.randbits(63))
+            box = isolation.start(run.level, private=private, notebook=notebook,
+                                  name=Path(name).name, channel_fd=box_end.fileno(),
+                                  timeout=run.timeout, limits=run.limits,
+                                  compiler=run.compiler, seed_cache=run.seed_cache)
         finally:
-            _kill_group(proc)  # anything the runner left behind in its group
-        elapsed = time.monotonic() - start
-        status = _read_json(status_file) or {}
-        checks = _read_results(results)
-        return _rows(name, path, status, checks, timed_out, timeout, elapsed,
-                     stderr.decode(errors="replace") if stderr else "", proc.returncode)
+            judge_end.close()
+            box_end.close()
+        outcome = box.wait(run.timeout)   # returns once every process of the sandbox is gone
+        report, judge_error = _judge_report(judge, private)
+        return rows(name, expected_tasks(path), outcome, report, run.timeout, judge_error)
     finally:
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _read_json(path: Path):
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
+def _warn(level: isolation.Level) -> None:
+    if level.name == "root":
+        return
+    if level.name == "user":
+        print(f"{BANNER}\nWARNING: the grader is not root: submissions run in namespaces "
+              f"under YOUR uid (no uid of their own).\n{level.reason}\n{BANNER}",
+              file=sys.stderr, flush=True)
+        return
+    print(f"{BANNER}\nWARNING: NO ISOLATION. Submissions run as YOUR user with only an audit "
+          f"hook between\nthem and your files; a submission that means harm can read the "
+          f"solutions, change\nyour files and outlive the time limit. Do not grade untrusted "
+          f"work like this.\nWhy: {level.reason}\n{BANNER}", file=sys.stderr, flush=True)
 
 
-def _read_results(path: Path) -> dict[str, dict]:
-    """Last result per task (a learner may re-run a check)."""
-    checks: dict[str, dict] = {}
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError:
-        return checks
-    for line in lines:
-        try:
-            entry = json.loads(line)
-            checks[str(entry["task"])] = entry
-        except (ValueError, KeyError, TypeError):
-            continue
-    return checks
-
-
-def _rows(name, path, status, checks, timed_out, timeout, elapsed, stderr, returncode) -> list[Row]:
-    rows = []
-    problem = None
-    if timed_out or (status.get("error") or "").startswith("a cell ran longer"):
-        problem = f"stopped: the notebook ran past the {timeout:g} s limit"
-    elif status.get("error"):
-        problem = status["error"]
-    elif not status.get("finished"):
-        tail = stderr.strip().splitlines()[-1:] if stderr.strip() else []
-        problem = "the notebook did not run to the end" + (f": {tail[0]}" if tail else
-                                                           f" (exit code {returncode})")
-    tasks = expected_tasks(path)
-    for task in list(checks):
-        if task not in tasks:
-            tasks.append(task)
-    for task in tasks:
-        entry = checks.get(task)
-        if entry is None:
-            why = problem or ("this task's check was never called (cell deleted or an error "
-                              "before it)")
-            rows.append(Row(name, task, "not run", why))
-        else:
-            rows.append(Row(name, task, RESULT_WORDS.get(entry.get("status"), "fail"),
-                            str(entry.get("summary", ""))))
-    notes = []
-    if problem:
-        notes.append(problem)
-    for err in status.get("cell_errors", []):
-        interrupted = problem and err["ename"] == "KeyboardInterrupt"
-        if err["ename"] == "NotImplementedError" or interrupted:
-            continue  # an unfinished task (reported per task), or the grader's own interrupt
-        notes.append(f"cell {err['cell'] + 1} raised {err['ename']}: {err['evalue']}")
-    if notes:
-        rows.append(Row(name, NOTEBOOK_ROW, "error", "; ".join(notes)))
-    return rows
-
-
-def to_csv(rows: list[Row]) -> str:
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["notebook", "task", "result", "message"])
-    for r in rows:
-        writer.writerow([r.notebook, r.task, r.result, r.message])
-    return buf.getvalue()
-
-
-def to_markdown(rows: list[Row]) -> str:
-    def cell(text: str) -> str:
-        return " ".join(str(text).split()).replace("|", "\\|")
-
-    lines = ["| notebook | task | result | message |", "|---|---|---|---|"]
-    lines += [f"| {cell(r.notebook)} | {cell(r.task)} | {cell(r.result)} | {cell(r.message)} |"
-              for r in rows]
-    return "\n".join(lines) + "\n"
-
-
-def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None) -> list[Row]:
+def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolation_level="auto",
+          outputs=(), limits: isolation.Limits | None = None) -> list[Row]:
     """Grade every notebook under `paths`; rows in the order of the notebooks found."""
     notebooks = find_notebooks(paths)
+    limits = limits or isolation.Limits()
+    if limits.memory_mb and any(Path("/dev").glob("nvidia*")):
+        limits.memory_mb = 0   # CUDA reserves far more address space than it uses
+    secret = isolation.secret_paths([p for p, _ in notebooks] + list(paths), outputs)
+    level = isolation.choose(isolation_level, secrets=secret, limits=limits)
+    _warn(level)
+    workdir = Path(tempfile.mkdtemp(prefix="pagedattn-grade-"))
+    run = Run(level, timeout, limits, _compiler(), workdir, seed_ready=threading.Event())
+    threading.Thread(target=_build_seed_cache, args=(run,), daemon=True).start()
 
     def one(item):
         path, name = item
         started = time.monotonic()
-        rows = grade_notebook(path, name, timeout)
+        table = grade_notebook(path, name, run)
         if progress:
-            passed = sum(r.result == "pass" for r in rows)
-            tasks = sum(r.task != NOTEBOOK_ROW for r in rows)
+            passed = sum(r.result == "pass" for r in table)
+            tasks = sum(r.task != NOTEBOOK_ROW for r in table)
             progress(f"{name}: {passed}/{tasks} tasks passed "
                      f"({time.monotonic() - started:.0f} s)")
-        return rows
+        return table
 
-    with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-        return [row for rows in pool.map(one, notebooks) for row in rows]
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+            return [row for table in pool.map(one, notebooks) for row in table]
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+        _warn(level)
 
 
 def main(argv=None) -> int:
@@ -249,20 +208,27 @@ def main(argv=None) -> int:
                                      description="Grade workbook notebooks; print a table.")
     parser.add_argument("paths", nargs="+", help="notebooks, or folders searched for *.ipynb")
     parser.add_argument("--timeout", type=float, default=300,
-                        help="wall-clock seconds allowed for each notebook, kernel start-up "
-                             "included (default 300)")
+                        help="wall-clock seconds allowed for each notebook (default 300)")
     parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at once")
     parser.add_argument("--out", action="append", default=[], type=Path,
                         help="write the table to this .csv or .md file (repeatable)")
+    parser.add_argument("--isolation", default="auto", choices=("auto", *isolation.LEVELS),
+                        help="auto (default): the best this machine allows, with a warning "
+                             "when it is not root; see grading/isolation.py")
+    parser.add_argument("--memory-mb", type=int, default=isolation.Limits.memory_mb,
+                        help="address-space limit per process of a submission (0: none)")
     args = parser.parse_args(argv)
     try:
-        rows = grade(args.paths, timeout=args.timeout, jobs=args.jobs,
-                     progress=lambda line: print(line, file=sys.stderr, flush=True))
-    except FileNotFoundError as exc:
+        table = grade(args.paths, timeout=args.timeout, jobs=args.jobs,
+                      progress=lambda line: print(line, file=sys.stderr, flush=True),
+                      isolation_level=args.isolation, outputs=args.out,
+                      limits=isolation.Limits(memory_mb=args.memory_mb))
+    except (FileNotFoundError, RuntimeError) as exc:
         parser.error(str(exc))
-    print(to_markdown(rows), end="")
+    # every sandbox is gone by now: nothing of a submission's can touch these files
+    print(to_markdown(table), end="")
     for out in args.out:
-        text = to_csv(rows) if out.suffix.lower() == ".csv" else to_markdown(rows)
+        text = to_csv(table) if out.suffix.lower() == ".csv" else to_markdown(table)
         out.write_text(text, encoding="utf-8")
         print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -1,87 +1,104 @@
-"""Execute one submitted notebook in its own folder and kernel; used by `pagedattn_lab.grade`.
+"""Run one submitted notebook inside the grader's sandbox; used by `pagedattn_lab.grade`.
 
-    python -m pagedattn_lab.grading.runner NOTEBOOK WORKDIR RESULTS STATUS --timeout S
+    python -m pagedattn_lab.grading.runner NOTEBOOK --channel-fd N [--audit DIR]
 
-NOTEBOOK is a copy already placed in WORKDIR. A first cell, added here, writes the
-kernel's pid to STATUS.kernel-pid (so the grader can kill a kernel left spinning) and
-installs the sandbox (writes only inside WORKDIR, plus RESULTS). Every check the notebook
-calls appends its result to RESULTS (the checks read the path from $PAGEDATTN_LAB_RESULTS).
-When the run ends, STATUS gets a JSON summary: whether it finished, every cell that raised.
-The grader runs this in a separate process group and kills the group at its deadline, so
-an endless loop or a dying kernel cannot take the grader down.
+The notebook's code cells run in order in one IPython shell in this process (no Jupyter
+kernel: nothing listens on a port, and the sandbox has no network). Before the first cell,
+every graded `check.<task>` is replaced by a forwarder: it hands the learner's objects to
+the grader's judge (as handles) and answers the judge's requests (remote.py) until the
+judge has run the check; the notebook gets a placeholder, never the verdict. A cell that
+raises is reported to the judge (for the table's notes) and the next cell runs.
+
+Nothing here is trusted: the submission can patch any of it. What the judge believes is
+only what it computes itself from the learner's answers to its own requests.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import socket
 import sys
-import time
 
-SANDBOX_CELL = ("import os as _os\n"
-                "with open({pidfile!r}, 'w') as _f:\n"
-                "    _f.write(str(_os.getpid()))\n"
-                "from pagedattn_lab.grading.sandbox import install as _install\n"
-                "_install({workdir!r}, allow_files=[{results!r}])\n"
-                "del _os, _f, _install")
+from . import remote, wire
+from .report import CASE_TIME_LIMIT, CheckResult, time_limit
+from .tasks import TASKS
+
+SUBMITTED = "submitted"
 
 
-def cell_errors(nb, offset: int = 1) -> list[dict]:
-    """[{cell, ename, evalue}] for every code cell whose outputs hold an error."""
-    errors = []
-    for index, cell in enumerate(nb.cells[offset:]):
-        if cell.cell_type != "code":
-            continue
-        for output in cell.get("outputs", []):
-            if output.get("output_type") == "error":
-                errors.append({"cell": index, "ename": output.get("ename", ""),
-                               "evalue": str(output.get("evalue", ""))[:300]})
-    return errors
+def graded_tasks() -> list[str]:
+    return sorted({task for tasks in TASKS.values() for task in tasks})
+
+
+def _kernel(peer, header, blobs):
+    """The judge's "kernel" request: build the learner's CUDA C here, return a handle."""
+    from .kernel_runner import Kernel  # noqa: PLC0415 - CuPy / executor on demand
+    fields = wire.decode(header.get("fields"), blobs, peer._deref())
+    return Kernel(str(fields["source"]), str(fields["name"]), str(fields.get("device", "auto")))
+
+
+def forwarder(peer: remote.Peer, task: str):
+    def check(*args, **kwargs):
+        try:
+            peer.request("check", task=task, args=list(args), kwargs=kwargs)
+        finally:
+            peer.clear_handles()
+        return CheckResult(task, SUBMITTED, [], [f"{task}: sent to the instructor's grader"])
+    check.__name__ = check.__qualname__ = task
+    check.__doc__ = f"check.{task}, graded by the instructor's grader."
+    return check
+
+
+def install_forwarders(peer: remote.Peer) -> None:
+    from .. import check  # noqa: PLC0415
+    for task in graded_tasks():
+        setattr(check, task, forwarder(peer, task))
+
+
+def code_cells(path: str) -> list[tuple[int, str]]:
+    """(index among all cells, source) of every code cell."""
+    with open(path, encoding="utf-8") as fh:
+        nb = json.load(fh)
+    cells = []
+    for index, cell in enumerate(nb.get("cells", [])):
+        if cell.get("cell_type") == "code":
+            source = cell.get("source", "")
+            cells.append((index, "".join(source) if isinstance(source, list) else str(source)))
+    return cells
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("notebook")
-    parser.add_argument("workdir")
-    parser.add_argument("results")
-    parser.add_argument("status")
-    parser.add_argument("--timeout", type=float, default=120)
+    parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--audit", default=None,
+                        help="install the audit-hook guard for this folder (no isolation)")
+    parser.add_argument("--compiler", default=None, help="the only compiler --audit allows")
     args = parser.parse_args(argv)
 
-    import nbformat  # noqa: PLC0415 - keep `--help` fast
-    from nbclient import NotebookClient  # noqa: PLC0415
-    from nbclient.exceptions import CellTimeoutError, DeadKernelError  # noqa: PLC0415
-
-    status = {"finished": False, "error": None, "cell_errors": [], "seconds": 0.0}
-    start = time.monotonic()
-
-    def write_status() -> None:
-        status["seconds"] = round(time.monotonic() - start, 1)
-        with open(args.status, "w", encoding="utf-8") as fh:
-            json.dump(status, fh)
-
+    channel = wire.Channel(socket.socket(fileno=args.channel_fd))
+    peer = remote.Peer(channel, strict=False, services={"kernel": _kernel})
+    peer.guard = lambda: time_limit(CASE_TIME_LIMIT)
     try:
-        nb = nbformat.read(args.notebook, as_version=4)
-    except Exception as exc:  # not a notebook at all
-        status["error"] = f"could not read the notebook: {type(exc).__name__}: {exc}"
-        write_status()
+        cells = code_cells(args.notebook)
+    except (OSError, ValueError) as exc:
+        peer.event("cell_error", cell=-1, ename=type(exc).__name__,
+                   evalue=f"could not read the notebook: {exc}")
         return 0
-    nb.cells.insert(0, nbformat.v4.new_code_cell(SANDBOX_CELL.format(
-        workdir=args.workdir, results=args.results, pidfile=args.status + ".kernel-pid")))
-    write_status()  # so a killed run still leaves a status behind
-    client = NotebookClient(nb, timeout=int(args.timeout), allow_errors=True,
-                            kernel_name="python3", startup_timeout=60,
-                            resources={"metadata": {"path": args.workdir}})
-    try:
-        client.execute()
-        status["finished"] = True
-    except CellTimeoutError:
-        status["error"] = f"a cell ran longer than {args.timeout:g} s"
-    except DeadKernelError as exc:
-        status["error"] = f"the notebook's kernel died ({exc})"
-    except Exception as exc:  # noqa: BLE001 - anything else is the submission's problem
-        status["error"] = f"{type(exc).__name__}: {exc}"[:300]
-    status["cell_errors"] = cell_errors(nb)
-    write_status()
+    if args.audit:
+        from .sandbox import install  # noqa: PLC0415
+        install(args.audit, compiler=json.loads(args.compiler) if args.compiler else None)
+    install_forwarders(peer)
+
+    from IPython.core.interactiveshell import InteractiveShell  # noqa: PLC0415
+    shell = InteractiveShell.instance()
+    for index, source in cells:
+        result = shell.run_cell(source, store_history=True)
+        error = result.error_before_exec or result.error_in_exec
+        if error is not None:
+            peer.event("cell_error", cell=index, ename=type(error).__name__,
+                       evalue=str(error)[:300])
+    peer.event("finished")
     return 0
 
 

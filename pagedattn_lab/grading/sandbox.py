@@ -1,23 +1,23 @@
-"""A guard rail for graded notebooks: refuse writes, deletes and shell commands outside the
-notebook's own working folder.
+"""The guard rail of the grader's last resort (`--isolation none`): an audit hook.
 
-The grader installs this in each submission's Jupyter kernel before the first cell runs:
+Where the machine allows no namespaces (isolation.py), the runner installs this in the
+submission's process before the first cell:
 
     from pagedattn_lab.grading.sandbox import install
-    install("/tmp/grade-xyz/work", allow_files=["/tmp/grade-xyz/results.jsonl"])
+    install("/tmp/pagedattn-grade-xyz/box", compiler=["/usr/bin/c++"])
 
-It uses a Python audit hook (PEP 578). Once added, a hook cannot be removed, and it sees
-every `open()` for writing, `os.remove/unlink/rmdir/rename/replace/truncate/mkdir/chmod`,
-`shutil.rmtree`, `os.system`, `subprocess.Popen`, `os.exec*`, `os.kill`... A refused
-operation raises PermissionError in the learner's cell, which the grader reports.
+It uses a Python audit hook (PEP 578): once added, a hook cannot be removed, and it sees
+every `open()` for writing, `os.remove/rename/truncate/mkdir/chmod...`, `shutil.rmtree`,
+`sqlite3.connect`, `os.system`, `subprocess.Popen`, `os.exec*`, `os.kill`... Writes are
+allowed inside the folder only; the one program that may run is the compiler the grader
+chose, with the flags the CPU executor uses (no `-wrapper`, `-B`, `-specs`, plugins or
+response files, sources and outputs inside the folder or the package). A refused
+operation raises PermissionError in the learner's cell.
 
-Limits (this is a guard against accidents and careless code, not a security sandbox):
-- native code is not audited: a C extension, `ctypes` calls or a compiled kernel can still
-  write anywhere the user can. Grade untrusted submissions in a container or a VM;
-- child processes are allowed only for C/C++ compilers (the CPU executor needs them), and
-  what those compilers write is not checked;
-- reads are not restricted, and the notebook can still use CPU and memory: the grader's
-  per-notebook time limit (and the OS) bound those.
+This is a guard against accidents, not a security boundary: native code (ctypes, a
+compiled kernel) is not audited, reads are not restricted, and a process that escapes
+its process group outlives the time limit. The grader says so, loudly, when it has to
+fall back to it; grade untrusted submissions with the namespaces of isolation.py.
 """
 from __future__ import annotations
 
@@ -25,17 +25,22 @@ import os
 import sys
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
-ALLOWED_PROGRAMS = {"c++", "g++", "gcc", "cc", "clang", "clang++", "nvcc", "ld", "as",
-                    "cicc", "ptxas", "collect2", "cc1plus", "cc1"}
 PATH_EVENTS = {  # event -> indices of the path arguments to check
     "os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.truncate": (0,),
     "os.mkdir": (0,), "os.chmod": (0,), "os.chown": (0,), "os.symlink": (1,),
     "os.link": (1,), "os.utime": (0,), "shutil.rmtree": (0,), "shutil.copyfile": (1,),
     "shutil.copytree": (1,), "shutil.move": (1,), "os.chflags": (0,), "os.lchmod": (0,),
+    "sqlite3.connect": (0,),
 }
 SHELL_EVENTS = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.startfile",
-                "pty.spawn"}
-KILL_EVENTS = {"os.kill", "os.killpg", "signal.pthread_kill"}
+                "pty.spawn", "os.fork", "os.forkpty"}
+KILL_EVENTS = {"os.kill", "os.killpg", "signal.pthread_kill", "signal.pidfd_send_signal"}
+# what the CPU executor passes to the compiler besides -D/-U/-std= options and paths
+COMPILER_FLAGS = {"-O2", "-fPIC", "-fno-strict-aliasing", "-fno-threadsafe-statics",
+                  "-fno-exceptions", "-fno-math-errno", "-fvisibility=hidden", "-w",
+                  "-fdiagnostics-color=never", "-fno-diagnostics-show-caret",
+                  "-fstack-clash-protection", "-Werror", "-c", "-o", "-I", "-shared",
+                  "--version", "-DPAL_FIBER_UCONTEXT"}
 
 _installed: dict = {}
 
@@ -55,13 +60,31 @@ def _inside(path: str, roots) -> bool:
     return any(path == root or path.startswith(root + os.sep) for root in roots)
 
 
-def install(workdir: str, allow_files=(), allow_dirs=()) -> None:
-    """Refuse, for the rest of this process, writes outside `workdir` (and `allow_*`)."""
+def compiler_call_allowed(argv, compiler, roots) -> bool:
+    """Whether `argv` runs `compiler` with only the executor's flags, on files in `roots`."""
+    argv = [os.fsdecode(a) for a in argv] if isinstance(argv, (list, tuple)) else []
+    if not compiler or len(argv) < len(compiler) or \
+            os.path.realpath(argv[0]) != os.path.realpath(compiler[0]) or \
+            argv[1:len(compiler)] != list(compiler[1:]):
+        return False
+    for arg in argv[len(compiler):]:
+        if arg in COMPILER_FLAGS or arg.startswith(("-D", "-U", "-std=")):
+            continue
+        if arg.startswith("-") or not _inside(os.path.realpath(arg), roots):
+            return False
+    return True
+
+
+def install(workdir: str, allow_files=(), allow_dirs=(), compiler=None) -> None:
+    """Refuse, for the rest of this process, writes outside `workdir` (and `allow_*`) and
+    every program but `compiler` (a command list) with the executor's flags."""
     if _installed:
         return
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     roots = [os.path.realpath(workdir)] + [os.path.realpath(d) for d in allow_dirs]
     files = {os.path.realpath(f) for f in allow_files} | {"/dev/null"}
-    _installed.update(roots=roots, files=files)
+    compiler = [str(c) for c in compiler] if compiler else None
+    _installed.update(roots=roots, files=files, compiler=compiler)
 
     def allowed(path) -> bool:
         real = _real(path)
@@ -80,15 +103,13 @@ def install(workdir: str, allow_files=(), allow_dirs=()) -> None:
                 refuse(f"opening {path!r} for writing")
         elif event in PATH_EVENTS:
             for i in PATH_EVENTS[event]:
-                if i < len(args) and not allowed(args[i]):
+                if i < len(args) and isinstance(args[i], (str, bytes, os.PathLike)) and \
+                        args[i] not in (":memory:", "") and not allowed(args[i]):
                     refuse(f"{event}({args[i]!r})")
         elif event == "subprocess.Popen":
-            executable, argv = args[0], args[1]
-            program = executable or (argv[0] if isinstance(argv, (list, tuple)) and argv
-                                     else argv)
-            name = os.path.basename(os.fsdecode(program)) if program else ""
-            if name not in ALLOWED_PROGRAMS:
-                refuse(f"running {name or program!r}")
+            if not compiler_call_allowed(args[1], compiler, roots + [package]):
+                refuse(f"running {args[1]!r} (only the course's compiler may run, with the "
+                       f"CPU executor's flags)")
         elif event in SHELL_EVENTS:
             refuse(f"{event}")
         elif event in KILL_EVENTS:

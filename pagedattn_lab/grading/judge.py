@@ -1,0 +1,162 @@
+"""The grader's judge: the checks of one submission, run in the grader's own process.
+
+    python -m pagedattn_lab.grading.judge CHANNEL_FD    (one JSON line of settings on stdin)
+
+`pagedattn_lab.grade` starts one judge per submission and gives it one end of a socket
+pair; the submission's sandbox holds the other end (runner.py). When the notebook calls
+`check.<task>(...)`, the sandbox sends a "check" request naming the task and the learner's
+objects (as handles). The judge runs that task's check from its own copy of the package,
+with every case seed salted by a number only it knows (seeds.py); each use of the learner's
+objects is a request to the sandbox, which runs the learner's code there and answers with
+plain data (remote.py). CUDA C is compiled and launched in the sandbox too
+(kernel_runner.kernels_elsewhere). The verdict never leaves the judge.
+
+The judge answers until the channel closes, or until its stdin closes (the grader saying
+the sandbox is gone), then prints one JSON object on stdout:
+
+    {"tasks": {task: {"status", "summary", "cases", "calls"}}, "running": task or null,
+     "cell_errors": [{"cell", "ename", "evalue"}], "finished": bool, "broken": str or null}
+
+`running` is the task whose check was cut short; `cell_errors` and `finished` are what the
+sandbox reported (informative only: they never change a verdict).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import socket
+import sys
+from collections import Counter
+
+from . import remote, seeds, wire
+from .kernel_runner import kernels_elsewhere
+from .report import FAILED, PASSED
+
+MAX_EVENTS = 50
+MAX_SUMMARY = 2000
+
+
+class Judge:
+    def __init__(self, peer: remote.Peer, *, salt: int, tasks):
+        self.peer, self.salt, self.allowed = peer, salt, set(tasks)
+        self.results: dict[str, dict] = {}
+        self.calls: Counter = Counter()
+        self.running: str | None = None
+        self.interrupted: str | None = None
+        self.cell_errors: list[dict] = []
+        self.finished = False
+        self.broken: str | None = None
+        peer.services["check"] = self.check
+        peer.on_event = self.event
+
+    def check(self, peer, header, blobs):
+        """Service for the sandbox's "check" request: run the task's check here."""
+        from .. import check as checks  # noqa: PLC0415 - imports every check module
+        fields = wire.decode(header.get("fields"), blobs, peer._deref())
+        task = fields.get("task") if isinstance(fields, dict) else None
+        if task not in self.allowed or not callable(getattr(checks, str(task), None)):
+            raise ValueError(f"there is no graded task named {task!r}")
+        if self.running is not None:
+            raise RuntimeError("a check cannot run inside another check")
+        args, kwargs = fields.get("args", []), fields.get("kwargs", {})
+        if not isinstance(args, list) or not isinstance(kwargs, dict) or \
+                not all(isinstance(k, str) for k in kwargs):
+            raise TypeError("bad arguments")
+        self.running, self.calls[task] = task, self.calls[task] + 1
+        try:
+            with seeds.salted(self.salt), kernels_elsewhere(self.kernel), \
+                    contextlib.redirect_stdout(io.StringIO()):
+                try:
+                    result = getattr(checks, task)(*args, **kwargs)
+                except TypeError as exc:   # e.g. check.allocator() without the class
+                    self.record(task, FAILED, f"the check was called wrongly: {exc}", 0)
+                    raise
+            cases = len(result.cases)
+            status = result.status
+            if status == PASSED and cases == 0:   # cannot happen with the package's checks
+                status = FAILED
+            self.record(task, status, result.summary if cases or status != PASSED
+                        else "no case ran", cases)
+        except wire.ChannelClosed:
+            self.interrupted = task   # the sandbox ended (time limit, crash) during the check
+            raise
+        except wire.ProtocolError as exc:
+            self.record(task, FAILED, f"the submission broke the grader's protocol: {exc}", 0)
+            raise
+        finally:
+            self.running = None
+            peer.clear_handles()
+        return {"task": task, "recorded": True}
+
+    def kernel(self, source, name, device):
+        return self.peer.request("kernel", source=source, name=name, device=device)
+
+    def record(self, task: str, status: str, summary: str, cases: int) -> None:
+        self.results[task] = {"status": str(status), "summary": str(summary)[:MAX_SUMMARY],
+                              "cases": int(cases), "calls": self.calls[task]}
+
+    def event(self, header, blobs=()) -> None:
+        try:
+            data = wire.decode(header.get("data"), blobs, remote._no_deref)
+        except wire.ProtocolError:
+            return
+        if not isinstance(data, dict):
+            return
+        if header.get("ev") == "finished":
+            self.finished = True
+        elif header.get("ev") == "cell_error" and len(self.cell_errors) < MAX_EVENTS:
+            cell = data.get("cell")
+            self.cell_errors.append({"cell": cell if type(cell) is int else -1,
+                                     "ename": str(data.get("ename", ""))[:80],
+                                     "evalue": str(data.get("evalue", ""))[:300]})
+
+    def serve(self) -> None:
+        """Answer the sandbox until it or the grader ends the conversation."""
+        channel = self.peer.channel
+        try:
+            while True:
+                header, blobs = channel.recv()
+                if header.get("t") == "req":
+                    self.peer.serve(header, blobs)
+                elif header.get("t") == "ev":
+                    self.event(header, blobs)
+        except wire.ChannelClosed:
+            pass
+        except wire.ProtocolError as exc:
+            self.broken = f"the submission broke the grader's protocol: {exc}"[:300]
+
+    def report(self) -> dict:
+        return {"tasks": self.results, "running": self.interrupted,
+                "cell_errors": self.cell_errors, "finished": self.finished,
+                "broken": self.broken}
+
+
+def _read_line(fd: int) -> bytes:
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    settings = json.loads(_read_line(0) or b"{}")
+    sock = socket.socket(fileno=int(argv[0]))
+    channel = wire.Channel(sock, abort_fd=0)   # stdin closed: the sandbox is gone
+    peer = remote.Peer(channel, strict=True, call_timeout=float(settings.get("call_timeout",
+                                                                             60)))
+    judge = Judge(peer, salt=int(settings["salt"]), tasks=settings.get("tasks", []))
+    judge.serve()
+    channel.close()
+    sys.stdout.write(json.dumps(judge.report()) + "\n")
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

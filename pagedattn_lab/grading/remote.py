@@ -1,0 +1,441 @@
+"""Objects that live on the other side of the grader's channel, and the rules for crossing.
+
+Under the grader, a check runs in the judge (the grader's own process) and the learner's
+code runs in the submission's sandbox. The check holds `Remote` proxies for the learner's
+class, function or instance; using one (getattr, call, len, iter, int, np.asarray...) asks
+the sandbox, which runs the learner's code there and answers with plain data (`wire.py`),
+or with a handle when the answer is not data (an instance of the learner's class). When a
+check hands the learner one of its own objects (a BlockAllocator, a PagedKVCache, the
+`kv_for` callback), the learner gets a proxy of it, and its calls come back to the judge.
+
+The judge is strict about what it shares (`Peer(strict=True)`): only instances of
+pagedattn_lab's classes (public attributes only), their bound methods and functions
+defined in the package cross as handles; modules, classes and everything else stay home,
+so the sandbox cannot walk from a shared object to `os` or to the check's expected values.
+Lists and arrays passed to a learner's function are copied there and, if the learner
+changed them in place, copied back, so `table.extend(...)` works as in the notebook.
+Exceptions travel as (type name, message, plain-data attributes) and come back as the
+same class when it is a builtin or one of the package's, else as a same-named subclass of
+the nearest one; an exception the judge raised keeps its identity across the round trip.
+"""
+from __future__ import annotations
+
+import builtins
+import contextlib
+import itertools
+import keyword
+import operator
+import time
+import types
+
+import numpy as np
+
+from . import wire
+from .wire import ChannelClosed, ProtocolError
+
+SPECIALS = {"len": len, "iter": list, "getitem": operator.getitem,
+            "contains": lambda obj, key: key in obj, "bool": bool, "int": int,
+            "float": float, "index": operator.index, "array": np.asarray}
+SHARED_DUNDERS = {"__name__", "__qualname__", "__module__", "__doc__"}
+MAX_HANDLES = 200_000
+MAX_TEXT = 20_000
+_BUILTIN_ERRORS = [c for c in vars(builtins).values()
+                   if isinstance(c, type) and issubclass(c, Exception)
+                   and c not in (StopIteration, StopAsyncIteration)]
+
+
+def _package_errors() -> list[type]:
+    from ..cpu import errors  # noqa: PLC0415 - pure Python, no compiler involved
+    from ..paging import OutOfPagesError  # noqa: PLC0415
+    from .report import CaseTimeout, Mismatch, NotAttempted  # noqa: PLC0415
+    return [OutOfPagesError, CaseTimeout, Mismatch, NotAttempted,
+            *(getattr(errors, name) for name in errors.__all__)]
+
+
+class RemoteError(Exception):
+    """Base of the same-named stand-ins for exception classes that only the sender knows."""
+
+
+def _text(value) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
+
+
+class Remote:
+    """An object that lives on the other side; see the module docstring."""
+
+    __slots__ = ("_peer", "_handle", "_type")
+
+    def __init__(self, peer, handle: int, type_name: str):
+        object.__setattr__(self, "_peer", peer)
+        object.__setattr__(self, "_handle", handle)
+        object.__setattr__(self, "_type", type_name)
+
+    def __getattr__(self, name: str):
+        # numpy and friends probe __array_interface__ and the like: an answer would make
+        # this process read memory at an address the other side chose
+        if name.startswith("__") and name not in SHARED_DUNDERS:
+            raise AttributeError(name)
+        return self._peer.request("getattr", target=self, name=name)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"cannot set {name!r} on an object of the other process")
+
+    def _special(self, name: str, *args):
+        return self._peer.request("special", target=self, name=name, args=list(args))
+
+    def __len__(self):
+        return self._special("len")
+
+    def __iter__(self):
+        return iter(self._special("iter"))
+
+    def __getitem__(self, key):
+        return self._special("getitem", key)
+
+    def __contains__(self, key):
+        return self._special("contains", key)
+
+    def __bool__(self):
+        return self._special("bool")
+
+    def __int__(self):
+        return self._special("int")
+
+    def __float__(self):
+        return self._special("float")
+
+    def __index__(self):
+        return self._special("index")
+
+    def __array__(self, dtype=None, copy=None):
+        arr = self._special("array")
+        return arr if dtype is None else arr.astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"<{self._type} object of the other process>"
+
+
+class RemoteCallable(Remote):
+    __slots__ = ()
+
+    def __call__(self, *args, **kwargs):
+        return self._peer.request("call", target=self, args=list(args), kwargs=kwargs)
+
+
+class Peer:
+    """One end of the conversation: answers the other end's requests, sends its own."""
+
+    def __init__(self, channel: wire.Channel, *, strict: bool, call_timeout: float | None = None,
+                 services: dict | None = None):
+        self.channel, self.strict, self.call_timeout = channel, strict, call_timeout
+        self.own_key, self.peer_key = ("$g", "$s") if strict else ("$s", "$g")
+        self.handles: dict[int, tuple[object, bool]] = {}   # handle -> (object, instance?)
+        self.services = dict(services or {})   # op -> fn(peer, header, blobs) -> value
+        self.guard = contextlib.nullcontext       # around running the other side's request
+        self.on_event = lambda header: None
+        self.queue: list = []       # requests that arrived while a call of ours was running
+        self.busy = 0
+        self._ids = itertools.count(1)
+        self._handle_ids = itertools.count(1)
+        self._raised: dict[int, BaseException] = {}
+        self._classes: dict[str, type] = {}
+        self._registry = {c.__name__: c for c in _BUILTIN_ERRORS + _package_errors()}
+
+    # -- handles ---------------------------------------------------------------------------
+    def export(self, obj, *, explicit: bool) -> dict:
+        """The handle marker for one of our objects (the judge refuses what it keeps)."""
+        instance = True
+        if self.strict:
+            kind = _shareable(obj)
+            if kind is None:
+                raise TypeError(f"the grader does not share {type(obj).__name__} objects")
+            instance = kind == "instance"
+        if len(self.handles) >= MAX_HANDLES:
+            raise ProtocolError("too many objects")
+        handle = next(self._handle_ids)
+        self.handles[handle] = (obj, instance)
+        return {self.own_key: handle, "type": type(obj).__name__[:80],
+                "callable": bool(callable(obj))}
+
+    def clear_handles(self) -> None:
+        self.handles.clear()
+        self._raised.clear()
+
+    def _own(self, marker) -> tuple[object, bool]:
+        entry = self.handles.get(marker.get(self.own_key))
+        if entry is None:   # e.g. kept from an earlier check: an error, not a broken channel
+            raise ReferenceError("that object of the other process no longer exists")
+        return entry
+
+    def _ref(self, args=()):
+        def ref(obj, early):
+            if early:
+                if isinstance(obj, Remote) and obj._peer is self:
+                    return {self.peer_key: obj._handle}
+                for i, arg in enumerate(args):
+                    if obj is arg and not isinstance(arg, (int, float, str, type(None))):
+                        return {"$arg": i}
+                return None
+            return self.export(obj, explicit=False)
+        return ref
+
+    def _deref(self, args=(), allow_remote=True):
+        def deref(marker):
+            if self.own_key in marker:
+                return self._own(marker)[0]
+            if "$arg" in marker:
+                i = marker["$arg"]
+                if type(i) is not int or not 0 <= i < len(args):
+                    raise ProtocolError("bad argument reference")
+                return args[i]
+            if not allow_remote:
+                raise ProtocolError("the grader's objects take plain data only")
+            handle = marker.get(self.peer_key)
+            if type(handle) is not int:
+                raise ProtocolError("bad handle")
+            cls = RemoteCallable if marker.get("callable") is True else Remote
+            return cls(self, handle, str(marker.get("type", "?"))[:80])
+        return deref
+
+    # -- sending ----------------------------------------------------------------------------
+    def event(self, name: str, **fields) -> None:
+        tree, blobs = wire.encode(fields, self._ref())
+        self.channel.send({"t": "ev", "ev": name, "data": tree}, blobs)
+
+    def request(self, op: str, *, target=None, **fields):
+        """Send a request and wait for its answer, serving the other side's requests."""
+        rid = next(self._ids)
+        args = tuple(fields.get("args", ()))
+        if target is not None:
+            fields["target"] = target
+        tree, blobs = wire.encode(fields, self._ref())
+        self.channel.send({"t": "req", "id": rid, "op": op, "fields": tree}, blobs,
+                          deadline=self._deadline())
+        while True:
+            while self.queue and not self.busy:
+                self.serve(*self.queue.pop(0))
+            try:
+                header, blobs = self.channel.recv(self._deadline())
+            except TimeoutError:
+                self.channel.close()
+                raise ChannelClosed("the submission stopped answering") from None
+            kind = header.get("t")
+            if kind == "rep" and header.get("id") == rid:
+                return self._answer(header, blobs, args)
+            if kind == "req":
+                if self.busy and not self.strict:
+                    self.queue.append((header, blobs))   # judge's next call: after this one
+                else:
+                    self.serve(header, blobs)
+            elif kind == "ev":
+                self.on_event(header)
+            # a reply to an older request (one a case time limit abandoned): dropped
+
+    def _deadline(self):
+        return None if self.call_timeout is None else time.monotonic() + self.call_timeout
+
+    def _answer(self, header, blobs, args):
+        if "exc" in header:
+            raise self.exception(header["exc"], blobs)
+        value = wire.decode(header.get("value"), blobs, self._deref(args))
+        for key, tree in (header.get("back") or {}).items():
+            i = int(key) if str(key).isdigit() else -1
+            if 0 <= i < len(args):
+                _copy_back(args[i], wire.decode(tree, blobs, self._deref(args)))
+        return value
+
+    # -- serving ----------------------------------------------------------------------------
+    def serve(self, header, blobs) -> None:
+        """Answer one request of the other side."""
+        rid = header.get("id")
+        self.busy += 1
+        try:
+            value, back, args = self._handle(header, blobs)
+            reply = {"t": "rep", "id": rid}
+            tree, out = wire.encode(value, self._ref(args))
+            reply["value"] = tree
+            if back:
+                reply["back"] = {}
+                for i, before in back.items():
+                    after, extra = wire.encode(args[i], self._ref())
+                    if after != before or extra:
+                        shift = len(out)
+                        out += extra
+                        reply["back"][str(i)] = _shift_blobs(after, shift)
+            self.channel.send(reply, out, deadline=self._deadline())
+        except (ChannelClosed, ProtocolError):
+            raise
+        except BaseException as exc:  # noqa: BLE001 - every failure is the answer
+            if self.strict and isinstance(exc, (KeyboardInterrupt, self._registry["CaseTimeout"])):
+                raise   # the judge's own time limit: the case ends here, not in the sandbox
+            self.channel.send({"t": "rep", "id": rid, "exc": self.describe(exc)},
+                              deadline=self._deadline())
+        finally:
+            self.busy -= 1
+
+    def _handle(self, header, blobs):
+        op = header.get("op")
+        if op in self.services:
+            with self.guard():
+                return self.services[op](self, header, blobs), {}, ()
+        if op not in ("getattr", "call", "special"):
+            raise ProtocolError(f"unknown request {op!r}")
+        fields = wire.decode(header.get("fields"), blobs,
+                             self._deref(allow_remote=not self.strict))
+        obj, instance = self._own(_target_marker(header, self.own_key))
+        with self.guard():
+            return self._run(op, obj, instance, fields)
+
+    def _run(self, op, obj, instance, fields):
+        if op == "getattr":
+            name = fields.get("name")
+            if not isinstance(name, str) or (self.strict and (name.startswith("_")
+                                                               or not instance)):
+                raise AttributeError(f"the grader does not share the attribute {name!r}")
+            return getattr(obj, name), {}, ()
+        if op == "special":
+            fn = SPECIALS.get(fields.get("name")) if not self.strict else None
+            if fn is None:
+                raise TypeError("that operation is not supported on the grader's objects")
+            return fn(obj, *fields.get("args", [])), {}, ()
+        args, kwargs = list(fields.get("args", [])), fields.get("kwargs", {})
+        if not callable(obj) or not isinstance(kwargs, dict) or \
+                not all(isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k)
+                        for k in kwargs):
+            raise TypeError("not callable with these arguments")
+        back = {}
+        if not self.strict:   # the learner may change a list or an array in place
+            for i, arg in enumerate(args):
+                if isinstance(arg, (list, np.ndarray)):
+                    back[i] = wire.encode(arg, self._ref())[0]
+        return obj(*args, **kwargs), back, tuple(args)
+
+    # -- exceptions -------------------------------------------------------------------------
+    def describe(self, exc: BaseException) -> dict:
+        attrs = {}
+        for key, value in list(vars(exc).items())[:40] if hasattr(exc, "__dict__") else []:
+            if key.startswith("_") or not key.isidentifier():
+                continue
+            try:
+                tree, blobs = wire.encode(value, _no_handles)
+            except (TypeError, ValueError, wire.ProtocolError):
+                continue
+            if not blobs:
+                attrs[key] = tree
+        token = getattr(exc, "_grader_token", None)
+        if self.strict:
+            token = id(exc)
+            self._raised[token] = exc
+        return {"type": type(exc).__name__[:80],
+                "mro": [c.__name__[:80] for c in type(exc).__mro__][:24],
+                "message": _text(exc), "attrs": attrs, "where": _where(exc),
+                "token": token if type(token) is int else None}
+
+    def exception(self, info, blobs=()) -> BaseException:
+        """The exception a reply describes, as an object of this side."""
+        if not isinstance(info, dict):
+            raise ProtocolError("bad exception")
+        if self.strict and info.get("token") in self._raised:
+            return self._raised[info["token"]]
+        name = str(info.get("type", "Exception"))
+        names = [str(n) for n in info.get("mro", [])] if isinstance(info.get("mro"), list) else []
+        cls = self._class(name, names)
+        message = _text(info.get("message", ""))
+        if info.get("where"):
+            message += str(info["where"])[:400]
+        exc = cls.__new__(cls)
+        BaseException.__init__(exc, message)
+        attrs = info.get("attrs") if isinstance(info.get("attrs"), dict) else {}
+        for key, tree in list(attrs.items())[:40]:
+            if isinstance(key, str) and key.isidentifier() and not key.startswith("_"):
+                try:
+                    setattr(exc, key, wire.decode(tree, [], _no_deref))
+                except (ProtocolError, AttributeError, TypeError):
+                    pass
+        if not self.strict and type(info.get("token")) is int:
+            exc._grader_token = info["token"]
+        return exc
+
+    def _class(self, name: str, mro: list[str]) -> type:
+        if name in self._registry:
+            return self._registry[name]
+        if not name.isidentifier():
+            name = "RemoteError"
+        if name not in self._classes:
+            base = next((self._registry[n] for n in mro if n in self._registry), Exception)
+            self._classes[name] = type(name, (base, RemoteError) if base is not Exception
+                                       else (RemoteError,), {"__module__": "submission"})
+        return self._classes[name]
+
+
+def _target_marker(header, own_key):
+    fields = header.get("fields")
+    pairs = fields.get("$dict") if isinstance(fields, dict) else None
+    for pair in pairs or []:
+        if isinstance(pair, list) and len(pair) == 2 and pair[0] == "target" and \
+                isinstance(pair[1], dict) and own_key in pair[1]:
+            return pair[1]
+    raise ProtocolError("the request names no object of this side")
+
+
+def _shareable(obj) -> str | None:
+    """'instance' or 'callable' for what the judge may hand to the sandbox, else None."""
+    def ours(module) -> bool:
+        return isinstance(module, str) and (module == "pagedattn_lab" or
+                                            module.startswith("pagedattn_lab."))
+    if isinstance(obj, (types.ModuleType, type)):
+        return None
+    if isinstance(obj, types.MethodType):
+        return "callable" if _shareable(obj.__self__) == "instance" else None
+    if isinstance(obj, types.FunctionType):
+        return "callable" if ours(obj.__module__) else None
+    if isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
+        return None
+    return "instance" if ours(type(obj).__module__) else None
+
+
+def _no_handles(obj, early):
+    if early:
+        return None
+    raise TypeError("not data")
+
+
+def _no_deref(marker):
+    raise ProtocolError("no handles here")
+
+
+def _shift_blobs(tree, shift: int):
+    if shift == 0:
+        return tree
+    if isinstance(tree, list):
+        return [_shift_blobs(v, shift) for v in tree]
+    if isinstance(tree, dict):
+        out = {}
+        for k, v in tree.items():
+            out[k] = v + shift if k in ("$nd", "$np", "$bytes") and type(v) is int \
+                else _shift_blobs(v, shift)
+        return out
+    return tree
+
+
+def _copy_back(target, value) -> None:
+    """Put what the other side's code left in a list or array into the caller's object."""
+    if isinstance(target, list) and isinstance(value, list):
+        target[:] = value
+    elif isinstance(target, np.ndarray) and isinstance(value, np.ndarray) and \
+            value.shape == target.shape and target.flags.writeable:
+        target[...] = value
+
+
+def _where(exc: BaseException) -> str:
+    """' (in your code, line N: text)' for the innermost frame outside this package."""
+    import os  # noqa: PLC0415
+    import traceback  # noqa: PLC0415
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if not os.path.abspath(frame.filename).startswith(package):
+            where = "your code" if frame.filename.startswith("<") or \
+                "ipykernel" in frame.filename else os.path.basename(frame.filename)
+            return f" (in {where}, line {frame.lineno}: {(frame.line or '').strip()[:200]})"
+    return ""

@@ -1,0 +1,363 @@
+"""The bytes between a graded submission and the grader's judge: JSON plus raw array data.
+
+No pickle anywhere: unpickling runs code chosen by the sender. A frame is
+
+    4 bytes   big-endian length of the header
+    header    UTF-8 JSON object; its "blobs" key lists the byte length of each blob
+    blobs     the raw bytes of the arrays (and bytes objects) the header refers to
+
+and every size is checked before anything is allocated. Values travel as JSON trees:
+plain JSON for None, bool, int, float (NaN and infinities too) and str; one-key objects
+("markers") for what JSON lacks: {"$tuple": [...]}, {"$nd": blob, "dtype", "shape"} for an
+array, {"$np": ...} for a NumPy scalar, and so on. Anything that is not data (a class, an
+instance, a function) is replaced by a handle marker chosen by the caller (`ref`), and a
+handle marker coming in is turned into an object by the caller too (`deref`): which objects
+may cross, and as what, is the business of `remote.py`, not of this module.
+"""
+from __future__ import annotations
+
+import collections
+import functools
+import json
+import keyword
+import select
+import signal
+import struct
+import time
+
+import numpy as np
+
+MAX_HEADER = 8 << 20          # bytes of JSON in one frame
+MAX_FRAME = 128 << 20         # bytes of blobs in one frame
+MAX_DEPTH = 48                # nesting of lists, tuples, dicts
+MAX_ITEMS = 1 << 20           # list items, dict entries... in one frame
+SIMPLE_KINDS = "biufcSU"      # dtype kinds that may travel (never object or structured)
+HANDLE_KEYS = ("$s", "$g", "$arg")
+
+
+class ProtocolError(Exception):
+    """The other side sent something that is not a valid frame or value."""
+
+
+class ChannelClosed(BaseException):
+    """The other side is gone (or must be treated as gone): EOF, a deadline, an abort.
+
+    A BaseException, so that the checks' `except Exception` does not mistake the end of a
+    submission for a failure of the learner's code."""
+
+
+def check_dtype(dtype) -> np.dtype:
+    dt = np.dtype(dtype)
+    if dt.kind not in SIMPLE_KINDS or dt.fields is not None or dt.hasobject or dt.subdtype:
+        raise ProtocolError(f"dtype {dt} may not cross")
+    return dt
+
+
+class _Encoder:
+    def __init__(self, ref):
+        self.ref, self.blobs, self.size, self.items = ref, [], 0, 0
+
+    def blob(self, data: bytes) -> int:
+        self.size += len(data)
+        if self.size > MAX_FRAME:
+            raise ValueError(f"the value is too large to send (over {MAX_FRAME >> 20} MiB)")
+        self.blobs.append(data)
+        return len(self.blobs) - 1
+
+    def __call__(self, value, depth: int = 0):
+        self.items += 1
+        if depth > MAX_DEPTH or self.items > MAX_ITEMS:
+            raise ValueError("the value is too deeply nested or too long to send")
+        marker = self.ref(value, early=True)
+        if marker is not None:
+            return marker
+        if value is None or type(value) in (bool, int, float, str):
+            return value
+        if isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__"):
+            arr = np.ascontiguousarray(value.get() if not isinstance(value, np.ndarray)
+                                       else value)
+            check_dtype(arr.dtype)
+            return {"$nd": self.blob(arr.tobytes()), "dtype": arr.dtype.str,
+                    "shape": list(arr.shape)}
+        if isinstance(value, np.generic) and value.dtype.kind in SIMPLE_KINDS:
+            return {"$np": self.blob(value.tobytes()), "dtype": value.dtype.str}
+        if isinstance(value, np.dtype):
+            return {"$dtype": check_dtype(value).str}
+        if isinstance(value, type) and issubclass(value, np.generic):
+            return {"$nptype": check_dtype(value).str}
+        if isinstance(value, bool):
+            return bool(value)
+        if isinstance(value, int):
+            return int(value)
+        if isinstance(value, float):
+            return float(value)
+        if isinstance(value, str):
+            return str(value)
+        if isinstance(value, complex):
+            return {"$complex": [value.real, value.imag]}
+        if isinstance(value, (bytes, bytearray)):
+            return {"$bytes": self.blob(bytes(value))}
+        if isinstance(value, list):
+            return [self(v, depth + 1) for v in value]
+        if isinstance(value, tuple):
+            fields = getattr(type(value), "_fields", None)
+            if isinstance(fields, tuple) and len(fields) == len(value):  # a named tuple
+                return {"$ntuple": [self(v, depth + 1) for v in value],
+                        "type": type(value).__name__, "fields": [str(f) for f in fields]}
+            return {"$tuple": [self(v, depth + 1) for v in value]}
+        if isinstance(value, (set, frozenset)):
+            key = "$set" if isinstance(value, set) else "$fset"
+            return {key: [self(v, depth + 1) for v in value]}
+        if isinstance(value, dict):
+            return {"$dict": [[self(k, depth + 1), self(v, depth + 1)] for k, v in value.items()]}
+        if isinstance(value, range):
+            return {"$range": [value.start, value.stop, value.step]}
+        if isinstance(value, slice):
+            return {"$slice": [self(value.start, depth + 1), self(value.stop, depth + 1),
+                               self(value.step, depth + 1)]}
+        return self.ref(value, early=False)
+
+
+def encode(value, ref) -> tuple[object, list[bytes]]:
+    """(JSON tree, blobs) for `value`. `ref(obj, early)` returns a marker for an object that
+    must travel as a handle (early=True: before the data types are tried; return None to go
+    on), and for early=False the marker for any non-data object (or raises TypeError)."""
+    enc = _Encoder(ref)
+    tree = enc(value)
+    return tree, enc.blobs
+
+
+class _Decoder:
+    def __init__(self, blobs, deref):
+        self.blobs, self.deref, self.items = blobs, deref, 0
+
+    def blob(self, index) -> bytes:
+        if type(index) is not int or not 0 <= index < len(self.blobs):
+            raise ProtocolError(f"bad blob index {index!r}")
+        return self.blobs[index]
+
+    def array(self, tree) -> np.ndarray:
+        dt = check_dtype(str(tree.get("dtype")))
+        shape = tree.get("shape", [])
+        if not isinstance(shape, list) or len(shape) > 32 or \
+                not all(type(n) is int and 0 <= n for n in shape):
+            raise ProtocolError(f"bad array shape {shape!r}")
+        data = self.blob(tree.get("$nd", tree.get("$np")))
+        if int(np.prod(shape, dtype=np.int64)) * dt.itemsize != len(data):
+            raise ProtocolError("array size does not match its shape")
+        return np.frombuffer(data, dtype=dt).reshape(shape).copy()
+
+    def __call__(self, tree, depth: int = 0):
+        self.items += 1
+        if depth > MAX_DEPTH or self.items > MAX_ITEMS:
+            raise ProtocolError("value too deeply nested or too long")
+        if tree is None or type(tree) in (bool, int, float, str):
+            return tree
+        if type(tree) is list:
+            return [self(v, depth + 1) for v in tree]
+        if type(tree) is not dict or len(tree) < 1:
+            raise ProtocolError(f"unexpected JSON value of type {type(tree).__name__}")
+        key = next(iter(tree))
+        if key in HANDLE_KEYS:
+            return self.deref(tree)
+        if key == "$nd":
+            return self.array(tree)
+        if key == "$np":
+            return self.array(tree)[()]
+        if key == "$dtype":
+            return check_dtype(str(tree[key]))
+        if key == "$nptype":
+            return check_dtype(str(tree[key])).type
+        inner = tree[key]
+        if key == "$bytes":
+            return self.blob(inner)
+        if key == "$complex" and isinstance(inner, list) and len(inner) == 2:
+            return complex(float(inner[0]), float(inner[1]))
+        if key == "$range" and isinstance(inner, list) and len(inner) == 3 and \
+                all(type(v) is int for v in inner) and inner[2] != 0:
+            return range(*inner)
+        if not isinstance(inner, list):
+            raise ProtocolError(f"bad {key} value")
+        if key == "$tuple":
+            return tuple(self(v, depth + 1) for v in inner)
+        if key == "$ntuple":
+            cls = _named_tuple(tree.get("type"), tree.get("fields"))
+            if len(inner) != len(cls._fields):
+                raise ProtocolError("named tuple of the wrong length")
+            return cls(*(self(v, depth + 1) for v in inner))
+        if key in ("$set", "$fset"):
+            items = [self(v, depth + 1) for v in inner]
+            try:
+                return set(items) if key == "$set" else frozenset(items)
+            except TypeError as exc:
+                raise ProtocolError(f"unhashable set member: {exc}") from None
+        if key == "$slice" and len(inner) == 3:
+            return slice(*(self(v, depth + 1) for v in inner))
+        if key == "$dict":
+            out = {}
+            for pair in inner:
+                if not isinstance(pair, list) or len(pair) != 2:
+                    raise ProtocolError("bad dict entry")
+                k = self(pair[0], depth + 1)
+                try:
+                    out[k] = self(pair[1], depth + 1)
+                except TypeError as exc:
+                    raise ProtocolError(f"unhashable dict key: {exc}") from None
+            return out
+        raise ProtocolError(f"unknown marker {key!r}")
+
+
+def _identifier(name) -> bool:
+    return isinstance(name, str) and name.isidentifier() and not keyword.iskeyword(name) \
+        and not name.startswith("_") and len(name) <= 64
+
+
+@functools.lru_cache(maxsize=256)
+def _named_tuple_class(name: str, fields: tuple[str, ...]) -> type:
+    return collections.namedtuple(name, fields)
+
+
+def _named_tuple(name, fields) -> type:
+    """A named tuple class with these (checked) names, so `.seq_id` works on the copy."""
+    if not _identifier(name) or not isinstance(fields, list) or len(fields) > 64 or \
+            not all(_identifier(f) for f in fields) or len(set(fields)) != len(fields):
+        raise ProtocolError("bad named tuple")
+    return _named_tuple_class(name, tuple(fields))
+
+
+def decode(tree, blobs: list[bytes], deref):
+    """The value `tree` stands for; `deref(marker)` turns a handle marker into an object."""
+    return _Decoder(blobs, deref)(tree)
+
+
+class Channel:
+    """Frames over a connected stream socket.
+
+    With `deadline`s and an `abort_fd` (readable or closed = stop waiting), as the judge
+    uses it, a peer that stops reading or writing cannot block it; SIGALRM (a check's case
+    time limit) may interrupt a wait, but never the middle of a frame: bytes already read
+    stay buffered and a frame is written whole or the channel is closed.
+    """
+
+    def __init__(self, sock, *, abort_fd: int | None = None):
+        self.sock, self.abort_fd = sock, abort_fd
+        self.buffer = bytearray()
+        self.closed = False
+        sock.setblocking(False)
+
+    def _wait(self, want_write: bool, deadline: float | None) -> None:
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            rl = [self.abort_fd] if self.abort_fd is not None else []
+            wl = [self.sock] if want_write else []
+            if not want_write:
+                rl.append(self.sock)
+            r, w, _ = select.select(rl, wl, [], timeout)
+            if self.sock in r or w:   # what the other side sent still counts after an abort
+                return
+            if self.abort_fd is not None and self.abort_fd in r:
+                self.close()
+                raise ChannelClosed("the grader stopped waiting for this submission")
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError("no answer in time")
+
+    def send(self, header: dict, blobs=(), deadline: float | None = None) -> None:
+        if self.closed:
+            raise ChannelClosed("the channel is closed")
+        blobs = list(blobs)
+        header = dict(header, blobs=[len(b) for b in blobs])
+        data = json.dumps(header, separators=(",", ":")).encode()
+        if len(data) > MAX_HEADER:
+            raise ValueError("the message is too large to send")
+        payload = [struct.pack(">I", len(data)), data, *blobs]
+        mask = _block_alarm()
+        try:
+            for part in payload:
+                view = memoryview(part)
+                while view:
+                    try:
+                        n = self.sock.send(view)
+                    except BlockingIOError:
+                        n = 0
+                    except OSError as exc:
+                        self.close()
+                        raise ChannelClosed(f"the other side is gone ({exc})") from None
+                    view = view[n:]
+                    if view:
+                        try:
+                            self._wait(True, deadline)
+                        except TimeoutError:
+                            self.close()   # half a frame was sent: the stream is unusable
+                            raise ChannelClosed("the other side stopped reading") from None
+        finally:
+            _restore(mask)
+
+    def _frame(self):
+        if len(self.buffer) < 4:
+            return None
+        (hlen,) = struct.unpack(">I", self.buffer[:4])
+        if hlen > MAX_HEADER:
+            raise ProtocolError(f"header of {hlen} bytes is too large")
+        if len(self.buffer) < 4 + hlen:
+            return None
+        try:
+            header = json.loads(bytes(self.buffer[4:4 + hlen]).decode())
+        except (ValueError, RecursionError) as exc:
+            raise ProtocolError(f"the header is not JSON: {exc}") from None
+        sizes = header.get("blobs", []) if isinstance(header, dict) else None
+        if not isinstance(sizes, list) or not all(type(n) is int and n >= 0 for n in sizes) \
+                or sum(sizes) > MAX_FRAME:
+            raise ProtocolError("bad blob sizes")
+        end = 4 + hlen + sum(sizes)
+        if len(self.buffer) < end:
+            return None
+        blobs, pos = [], 4 + hlen
+        for n in sizes:
+            blobs.append(bytes(self.buffer[pos:pos + n]))
+            pos += n
+        del self.buffer[:end]
+        return header, blobs
+
+    def recv(self, deadline: float | None = None) -> tuple[dict, list[bytes]]:
+        """The next frame; TimeoutError at the deadline, ChannelClosed at EOF or abort."""
+        while True:
+            frame = self._frame()
+            if frame is not None:
+                return frame
+            if self.closed:
+                raise ChannelClosed("the channel is closed")
+            self._wait(False, deadline)
+            mask = _block_alarm()
+            try:
+                try:
+                    data = self.sock.recv(1 << 20)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    data = b""
+                if not data:
+                    self.close()
+                    raise ChannelClosed("the other side closed the channel")
+                self.buffer += data
+            finally:
+                _restore(mask)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            try:
+                self.sock.close()
+            except OSError:
+                pass
+
+
+def _block_alarm():
+    try:
+        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def _restore(mask) -> None:
+    if mask is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
