@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..reference import reference_decode, reference_prefill
+from .seeds import case_rng
 
 
 @dataclass
@@ -72,7 +73,7 @@ def paged_problem(seed: int, *, mode: str, seq_lens, num_heads: int, num_kv_head
 
     negative_scores: every q.k * scale is far below -88, where expf underflows to 0 in
     float32 (a running max started at 0 then divides 0 by 0)."""
-    rng = np.random.default_rng(seed)
+    rng = case_rng(seed)
     seq_lens = np.asarray(seq_lens, dtype=np.int32)
     need = [-(-int(n) // page_size) for n in seq_lens]
     num_pages = sum(need) + extra_pages

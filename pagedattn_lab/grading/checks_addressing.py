@@ -12,6 +12,7 @@ from ..addressing import element_offset, page_offset, physical_page, physical_sl
 from .cases import block_tables_for
 from .compare import describe_difference, diagnose
 from .report import Case, Mismatch, run_cases
+from .seeds import case_rng
 
 
 def scattered_row(rng, seq_len: int, page_size: int, num_pages: int, width: int) -> np.ndarray:
@@ -22,7 +23,7 @@ def scattered_row(rng, seq_len: int, page_size: int, num_pages: int, width: int)
 # -- task: token -> slot ----------------------------------------------------------------
 
 def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> None:
-    rng = np.random.default_rng(seed)
+    rng = case_rng(seed)
     n_used = -(-seq_len // page_size)
     row = scattered_row(rng, seq_len, page_size, num_pages, n_used + 2)
     for t in range(seq_len):
@@ -65,7 +66,7 @@ def slot_of(fn) -> "CheckResult":  # noqa: F821
 # -- task: (slot, kv_head, dim) -> element offset ----------------------------------------
 
 def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -> None:
-    rng = np.random.default_rng(seed)
+    rng = case_rng(seed)
     for _ in range(n):
         slot = int(rng.integers(0, 200))
         h = int(rng.integers(0, num_kv_heads))
@@ -106,7 +107,7 @@ def kv_offset(fn) -> "CheckResult":  # noqa: F821
 
 def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads: int,
                     head_dim: int, seq_len: int) -> None:
-    rng = np.random.default_rng(seed)
+    rng = case_rng(seed)
     cache = rng.standard_normal((num_pages, page_size, num_kv_heads, head_dim)).astype(np.float32)
     n_used = -(-seq_len // page_size)
     row = scattered_row(rng, seq_len, page_size, num_pages, n_used + 1)

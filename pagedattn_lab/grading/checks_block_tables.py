@@ -11,6 +11,7 @@ import numpy as np
 
 from ..paging import BlockAllocator, OutOfPagesError
 from .report import Case, Mismatch, run_cases
+from .seeds import case_rng
 
 
 # -- task: grow one sequence's block table ----------------------------------------------
@@ -150,7 +151,7 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
 
 def block_tables(fn) -> "CheckResult":  # noqa: F821
     """Check `fn(seq_lens, page_size, allocator) -> (block_tables int32, seq_lens int32)`."""
-    rng = np.random.default_rng(3)
+    rng = case_rng(3)
     random_lens = [int(n) for n in rng.integers(1, 40, size=6)]
     cases = [
         Case("three sequences", {"seq_lens": [5, 9, 1], "page_size": 4},

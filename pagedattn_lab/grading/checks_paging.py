@@ -7,10 +7,9 @@ freed while one of them still owns it. Block tables are in checks_block_tables.p
 """
 from __future__ import annotations
 
-import numpy as np
-
 from ..paging import OutOfPagesError
 from .report import Case, Mismatch, run_cases
+from .seeds import case_rng
 
 FREE_LIST_HINT = ("freed pages must go back to the free list and be handed out again (the "
                   "guide's `next_page++` counter never frees, so a long-running server runs out).")
@@ -129,7 +128,7 @@ def _alloc_bad_free(cls, num_pages: int) -> None:
 
 
 def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
-    rng = np.random.default_rng(seed)
+    rng = case_rng(seed)
     alloc = cls(num_pages)
     owned: list[list[int]] = []
     in_use: set[int] = set()
@@ -227,7 +226,7 @@ def _fork_free_page(cls) -> None:
 
 
 def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
-    rng = np.random.default_rng(seed)
+    rng = case_rng(seed)
     alloc = cls(num_pages)
     owners: list[list[int]] = []
     counts = [0] * num_pages

@@ -14,6 +14,7 @@ import numpy as np
 
 from .compare import fmt
 from .report import Case, Mismatch, run_cases
+from .seeds import case_rng
 
 
 def _ceil_div(a, b):
@@ -41,7 +42,7 @@ def _scalar_case(fn, args: tuple, expected: float, variants: list[tuple[str, flo
 
 
 def _lens(seed: int, n: int, low: int, high: int) -> np.ndarray:
-    return np.random.default_rng(seed).integers(low, high, size=n).astype(np.int64)
+    return case_rng(seed).integers(low, high, size=n).astype(np.int64)
 
 
 # -- lesson 00 --------------------------------------------------------------------------

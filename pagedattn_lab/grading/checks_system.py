@@ -15,6 +15,7 @@ from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
 from .compare import describe_difference, diagnose
 from .report import Case, CaseTimeout, Mismatch, run_cases, time_limit
+from .seeds import case_rng
 
 
 def _dense_decode(q, keys, values, scale):
@@ -30,7 +31,7 @@ def _dense_decode(q, keys, values, scale):
 
 
 def _next_page_case(fn, page_size: int) -> None:
-    rng = np.random.default_rng(page_size)
+    rng = case_rng(page_size)
     cache = PagedKVCache(40, page_size, 1, 4, device="cpu")
 
     def tokens(n):
@@ -89,7 +90,7 @@ def _manager(cls, num_pages, page_size, num_heads, num_kv_heads, head_dim):
 
 def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
                  num_kv_heads: int, head_dim: int, steps: int, order) -> None:
-    rng = np.random.default_rng(seed)
+    rng = case_rng(seed)
     total = sum(prompt_lens) + steps * len(prompt_lens)
     mgr = _manager(cls, total // page_size + 2 * len(prompt_lens) + 2, page_size, num_heads,
                    num_kv_heads, head_dim)
@@ -162,7 +163,7 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
 
 def _decode_out_of_pages(cls) -> None:
     """Two sequences end exactly on a page boundary, one page is free: the step needs two."""
-    rng = np.random.default_rng(23)
+    rng = case_rng(23)
     mgr = _manager(cls, 5, 4, 2, 1, 8)
     ids = [mgr.add_sequence(*(rng.standard_normal((8, 1, 8)).astype(np.float32),) * 2).seq_id
            for _ in range(2)]
@@ -211,7 +212,7 @@ class _StepBudget(Exception):
 def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int) -> None:
     num_kv_heads, head_dim = 2, 4
     cache = PagedKVCache(num_pages, page_size, num_kv_heads, head_dim, device="cpu")
-    rng = np.random.default_rng(seed)
+    rng = case_rng(seed)
     tokens = [rng.standard_normal((p + n, num_kv_heads, head_dim)).astype(np.float32)
               for p, n in requests]
     calls = {"n": 0}
