@@ -39,7 +39,8 @@ MAX_SUMMARY = 2000
 
 
 class Judge:
-    def __init__(self, peer: remote.Peer, *, salt: int, tasks):
+    def __init__(self, peer: remote.Peer, *, salt: int | None, tasks):
+        """salt None: the notebook's own seeds (for tests comparing with the notebook)."""
         self.peer, self.salt, self.allowed = peer, salt, set(tasks)
         self.results: dict[str, dict] = {}
         self.calls: Counter = Counter()
@@ -66,8 +67,8 @@ class Judge:
             raise TypeError("bad arguments")
         self.running, self.calls[task] = task, self.calls[task] + 1
         try:
-            with seeds.salted(self.salt), kernels_elsewhere(self.kernel), \
-                    contextlib.redirect_stdout(io.StringIO()):
+            salted = seeds.salted(self.salt) if self.salt is not None else contextlib.nullcontext()
+            with salted, kernels_elsewhere(self.kernel), contextlib.redirect_stdout(io.StringIO()):
                 try:
                     result = getattr(checks, task)(*args, **kwargs)
                 except TypeError as exc:   # e.g. check.allocator() without the class

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import threading
 
 import numpy as np
 
@@ -18,19 +19,19 @@ from .report import Mismatch
 
 KERNEL_TIMEOUT = 10.0  # seconds per launch on the CPU executor (checks launch small problems)
 # Under the grader's judge: (source, name, device) -> the kernel, built and launched in the
-# submission's sandbox, never in the grader's process (see grading/judge.py).
-_remote_factory = None
+# submission's sandbox, never in the grader's process (see grading/judge.py). Per thread.
+_elsewhere = threading.local()
 
 
 @contextlib.contextmanager
 def kernels_elsewhere(factory):
     """Within the block, `Kernel` compiles and launches through `factory` (the grader)."""
-    global _remote_factory
-    previous, _remote_factory = _remote_factory, factory
+    previous = getattr(_elsewhere, "factory", None)
+    _elsewhere.factory = factory
     try:
         yield
     finally:
-        _remote_factory = previous
+        _elsewhere.factory = previous
 
 
 def where(device: str) -> str:
@@ -79,8 +80,9 @@ class Kernel:
         from ..rawkernel import RawKernel  # noqa: PLC0415 - CuPy / executor on demand
         lint(source, name)
         self.name, self.remote = name, None
-        if _remote_factory is not None:
-            self.remote = _remote_factory(source, name, device)
+        factory = getattr(_elsewhere, "factory", None)
+        if factory is not None:
+            self.remote = factory(source, name, device)
             self.device = str(self.remote.device)
             return
         self.device = resolve_device(device)

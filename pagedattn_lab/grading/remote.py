@@ -25,6 +25,8 @@ import contextlib
 import itertools
 import keyword
 import operator
+import signal
+import threading
 import time
 import types
 
@@ -132,7 +134,8 @@ class Peer:
         self.own_key, self.peer_key = ("$g", "$s") if strict else ("$s", "$g")
         self.handles: dict[int, tuple[object, bool]] = {}   # handle -> (object, instance?)
         self.services = dict(services or {})   # op -> fn(peer, header, blobs) -> value
-        self.guard = contextlib.nullcontext       # around running the other side's request
+        # around running the other side's request: guard(seconds the requester still waits)
+        self.guard = lambda limit: contextlib.nullcontext()
         self.on_event = lambda header: None
         self.queue: list = []       # requests that arrived while a call of ours was running
         self.busy = 0
@@ -210,8 +213,11 @@ class Peer:
         if target is not None:
             fields["target"] = target
         tree, blobs = wire.encode(fields, self._ref())
-        self.channel.send({"t": "req", "id": rid, "op": op, "fields": tree}, blobs,
-                          deadline=self._deadline())
+        header = {"t": "req", "id": rid, "op": op, "fields": tree}
+        limit = _time_left()
+        if limit:   # a case's time limit runs here: the other side stops with it
+            header["limit"] = limit
+        self.channel.send(header, blobs, deadline=self._deadline())
         while True:
             while self.queue and not self.busy:
                 self.serve(*self.queue.pop(0))
@@ -276,15 +282,17 @@ class Peer:
 
     def _handle(self, header, blobs):
         op = header.get("op")
+        limit = header.get("limit")
+        limit = float(limit) if type(limit) in (int, float) and limit > 0 else None
         if op in self.services:
-            with self.guard():
+            with self.guard(limit):
                 return self.services[op](self, header, blobs), {}, ()
         if op not in ("getattr", "call", "special"):
             raise ProtocolError(f"unknown request {op!r}")
         fields = wire.decode(header.get("fields"), blobs,
                              self._deref(allow_remote=not self.strict))
         obj, instance = self._own(_target_marker(header, self.own_key))
-        with self.guard():
+        with self.guard(limit):
             return self._run(op, obj, instance, fields)
 
     def _run(self, op, obj, instance, fields):
@@ -341,11 +349,9 @@ class Peer:
         name = str(info.get("type", "Exception"))
         names = [str(n) for n in info.get("mro", [])] if isinstance(info.get("mro"), list) else []
         cls = self._class(name, names)
-        message = _text(info.get("message", ""))
-        if info.get("where"):
-            message += str(info["where"])[:400]
         exc = cls.__new__(cls)
-        BaseException.__init__(exc, message)
+        BaseException.__init__(exc, _text(info.get("message", "")))
+        exc.remote_frame = str(info.get("where") or "")[:400]   # see report._learner_frame
         attrs = info.get("attrs") if isinstance(info.get("attrs"), dict) else {}
         for key, tree in list(attrs.items())[:40]:
             if isinstance(key, str) and key.isidentifier() and not key.startswith("_"):
@@ -377,6 +383,14 @@ def _target_marker(header, own_key):
                 isinstance(pair[1], dict) and own_key in pair[1]:
             return pair[1]
     raise ProtocolError("the request names no object of this side")
+
+
+def _time_left() -> float | None:
+    """Seconds before this thread's SIGALRM time limit (report.time_limit), if one runs."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    left = signal.getitimer(signal.ITIMER_REAL)[0]
+    return left or None
 
 
 def _shareable(obj) -> str | None:

@@ -132,6 +132,9 @@ def format_params(params: dict) -> str:
 
 def _learner_frame(exc: BaseException) -> str:
     """'line N of your cell' for the innermost frame outside this package, if any."""
+    remote = getattr(exc, "remote_frame", None)   # raised in the grader's sandbox (remote.py)
+    if isinstance(remote, str):
+        return remote
     frames = traceback.extract_tb(exc.__traceback__)
     package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     for frame in reversed(frames):

@@ -37,6 +37,15 @@ def _kernel(peer, header, blobs):
     return Kernel(str(fields["source"]), str(fields["name"]), str(fields.get("device", "auto")))
 
 
+def learner_peer(fd: int) -> remote.Peer:
+    """The submission's end of the channel to the judge, on file descriptor `fd`."""
+    peer = remote.Peer(wire.Channel(socket.socket(fileno=fd)), strict=False,
+                       services={"kernel": _kernel})
+    # the learner's code on one request stops when the judge's case time limit does
+    peer.guard = lambda limit: time_limit(min(limit or CASE_TIME_LIMIT, CASE_TIME_LIMIT))
+    return peer
+
+
 def forwarder(peer: remote.Peer, task: str):
     def check(*args, **kwargs):
         try:
@@ -76,9 +85,7 @@ def main(argv=None) -> int:
     parser.add_argument("--compiler", default=None, help="the only compiler --audit allows")
     args = parser.parse_args(argv)
 
-    channel = wire.Channel(socket.socket(fileno=args.channel_fd))
-    peer = remote.Peer(channel, strict=False, services={"kernel": _kernel})
-    peer.guard = lambda: time_limit(CASE_TIME_LIMIT)
+    peer = learner_peer(args.channel_fd)
     try:
         cells = code_cells(args.notebook)
     except (OSError, ValueError) as exc:

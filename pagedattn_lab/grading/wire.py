@@ -236,7 +236,8 @@ class Channel:
     With `deadline`s and an `abort_fd` (readable or closed = stop waiting), as the judge
     uses it, a peer that stops reading or writing cannot block it; SIGALRM (a check's case
     time limit) may interrupt a wait, but never the middle of a frame: bytes already read
-    stay buffered and a frame is written whole or the channel is closed.
+    stay buffered, and a frame is written by one sendall() with SIGALRM blocked (whole, or
+    the channel is closed).
     """
 
     def __init__(self, sock, *, abort_fd: int | None = None):
@@ -269,27 +270,20 @@ class Channel:
         data = json.dumps(header, separators=(",", ":")).encode()
         if len(data) > MAX_HEADER:
             raise ValueError("the message is too large to send")
-        payload = [struct.pack(">I", len(data)), data, *blobs]
+        frame = b"".join([struct.pack(">I", len(data)), data, *blobs])
+        # One C call with SIGALRM blocked: a Python signal handler runs before it or after
+        # it, never between two parts of a frame.
         mask = _block_alarm()
         try:
-            for part in payload:
-                view = memoryview(part)
-                while view:
-                    try:
-                        n = self.sock.send(view)
-                    except BlockingIOError:
-                        n = 0
-                    except OSError as exc:
-                        self.close()
-                        raise ChannelClosed(f"the other side is gone ({exc})") from None
-                    view = view[n:]
-                    if view:
-                        try:
-                            self._wait(True, deadline)
-                        except TimeoutError:
-                            self.close()   # half a frame was sent: the stream is unusable
-                            raise ChannelClosed("the other side stopped reading") from None
+            self.sock.settimeout(None if deadline is None
+                                 else max(0.001, deadline - time.monotonic()))
+            self.sock.sendall(frame)
+        except OSError as exc:   # the peer is gone, or stopped reading until the deadline
+            self.close()
+            raise ChannelClosed(f"the other side is gone or stopped reading ({exc})") from None
         finally:
+            if not self.closed:
+                self.sock.setblocking(False)
             _restore(mask)
 
     def _frame(self):
