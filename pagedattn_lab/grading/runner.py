@@ -98,7 +98,10 @@ def main(argv=None) -> int:
     install_forwarders(peer)
 
     from IPython.core.interactiveshell import InteractiveShell  # noqa: PLC0415
-    shell = InteractiveShell.instance()
+    from traitlets.config import Config  # noqa: PLC0415
+    config = Config()
+    config.HistoryManager.enabled = False   # no history thread, no sqlite file
+    shell = InteractiveShell.instance(config=config)
     for index, source in cells:
         result = shell.run_cell(source, store_history=True)
         error = result.error_before_exec or result.error_in_exec
