@@ -24,7 +24,7 @@ import pytest
 
 from pagedattn_lab import check
 from pagedattn_lab.cpu import compiler
-from pagedattn_lab.grading import cases, remote, runner, sandbox, seeds, table, wire
+from pagedattn_lab.grading import cases, proxies, remote, runner, sandbox, seeds, table, wire
 from pagedattn_lab.grading.judge import Judge
 from tests.test_check_mistakes import KERNEL_MISTAKES, PY_MISTAKES, mutate, solution_source
 
@@ -132,7 +132,7 @@ def test_shared_objects_do_not_lead_to_the_graders_modules():
     reached = []
 
     def pages_for_next_token(cache, seq_id):
-        assert isinstance(cache, remote.Remote)   # a stand-in: the cache stays in the judge
+        assert isinstance(cache, proxies.Remote)   # a stand-in: the cache stays in the judge
         ask = cache._peer.request   # bypass the stand-in's own refusals, as an attacker would
         for target, name in ((cache, "xp"), (cache, "_sequences"), (cache, "__class__"),
                              (cache, "__dict__"), (cache.seq_len, "__globals__"),
@@ -154,7 +154,7 @@ def test_shared_objects_do_not_lead_to_the_graders_modules():
 def test_forged_handles_and_frames_get_no_verdict():
     def forge(peer):
         with pytest.raises(ReferenceError):   # a grader object that was never shared
-            peer.request("call", target=remote.RemoteCallable(peer, 424242, "x"), args=[])
+            peer.request("call", target=proxies.RemoteCallable(peer, 424242, "x"), args=[])
         with pytest.raises(ValueError, match="no graded task"):
             peer.request("check", task="__import__", args=[], kwargs={})
         peer.channel.send({"t": "rep", "id": 1, "value": {"$dict": [["status", "passed"]]}})
@@ -200,7 +200,7 @@ def test_numpy_never_asks_a_remote_object_for_memory_addresses():
                 return np.zeros(3)
             return {"data": (8, False), "shape": (4,), "typestr": "<f8", "version": 3}
 
-    proxy = remote.RemoteCallable(Peer(), 1, "Lies")
+    proxy = proxies.RemoteCallable(Peer(), 1, "Lies")
     assert np.asarray(proxy, dtype=np.float64).tolist() == [0.0, 0.0, 0.0]
     np.isclose(proxy, 0.0)
     assert {op for op, _ in Peer.asked} == {"special"}, Peer.asked

@@ -11,5 +11,13 @@ instructors grade folders of notebooks with `python -m pagedattn_lab.grade`.
     kernel_runner.py     compile and launch a learner's CUDA C (GPU or CPU executor)
     checks_*.py          the checks, by lesson topic
     tasks.py             which tasks each workbook holds
-    sandbox.py, runner.py  the grader's per-notebook guard rail and executor
+    seeds.py             the cases' seeds (salted by the grader)
+
+The instructor's grader (`pagedattn_lab.grade`) keeps verdicts out of the submission:
+    isolation.py, isolation_init.py   the sandbox: namespaces, a private root, a fresh uid
+    runner.py            runs the notebook in the sandbox, forwards each check to the judge
+    judge.py             runs the checks in the grader's own process
+    remote.py, proxies.py, wire.py    the channel between the two: requests, stand-ins,
+                         JSON + raw array bytes
+    table.py             the grade table; sandbox.py: the audit hook of the no-isolation level
 """

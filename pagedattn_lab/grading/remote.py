@@ -1,18 +1,13 @@
-"""Objects that live on the other side of the grader's channel, and the rules for crossing.
+"""One end of the grader's channel: requests to the other process, answers to its requests.
 
 Under the grader, a check runs in the judge (the grader's own process) and the learner's
-code runs in the submission's sandbox. The check holds `Remote` proxies for the learner's
-class, function or instance; using one (getattr, call, len, iter, int, np.asarray...) asks
-the sandbox, which runs the learner's code there and answers with plain data (`wire.py`),
-or with a handle when the answer is not data (an instance of the learner's class). When a
-check hands the learner one of its own objects (a BlockAllocator, a PagedKVCache, the
-`kv_for` callback), the learner gets a proxy of it, and its calls come back to the judge.
-
-The judge is strict about what it shares (`Peer(strict=True)`): only instances of
-pagedattn_lab's classes (public attributes only), their bound methods and functions
-defined in the package cross as handles; modules, classes and everything else stay home,
-so the sandbox cannot walk from a shared object to `os` or to the check's expected values.
-Lists and arrays passed to a learner's function are copied there and, if the learner
+code runs in the submission's sandbox. The check holds `Remote` stand-ins (proxies.py) for
+the learner's class, function or instance; using one sends a request that the sandbox's
+`Peer` answers by running the learner's code there, with plain data (wire.py) or a handle
+when the answer is not data. When a check hands the learner one of its own objects (a
+BlockAllocator, a PagedKVCache, the `kv_for` callback), the learner gets a stand-in, and
+its calls come back to the judge, which shares only what `proxies.shareable` allows
+(`Peer(strict=True)`). Lists and arrays passed to a learner's function are copied there and, if the learner
 changed them in place, copied back, so `table.extend(...)` works as in the notebook.
 Exceptions travel as (type name, message, plain-data attributes) and come back as the
 same class when it is a builtin or one of the package's, else as a same-named subclass of
@@ -24,21 +19,16 @@ import builtins
 import contextlib
 import itertools
 import keyword
-import operator
 import signal
 import threading
 import time
-import types
 
 import numpy as np
 
 from . import wire
+from .proxies import SPECIALS, Remote, RemoteCallable, copy_back, shareable
 from .wire import ChannelClosed, ProtocolError
 
-SPECIALS = {"len": len, "iter": list, "getitem": operator.getitem,
-            "contains": lambda obj, key: key in obj, "bool": bool, "int": int,
-            "float": float, "index": operator.index, "array": np.asarray}
-SHARED_DUNDERS = {"__name__", "__qualname__", "__module__", "__doc__"}
 MAX_HANDLES = 200_000
 MAX_TEXT = 20_000
 _BUILTIN_ERRORS = [c for c in vars(builtins).values()
@@ -63,68 +53,6 @@ def _text(value) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
 
 
-class Remote:
-    """An object that lives on the other side; see the module docstring."""
-
-    __slots__ = ("_peer", "_handle", "_type")
-
-    def __init__(self, peer, handle: int, type_name: str):
-        object.__setattr__(self, "_peer", peer)
-        object.__setattr__(self, "_handle", handle)
-        object.__setattr__(self, "_type", type_name)
-
-    def __getattr__(self, name: str):
-        # numpy and friends probe __array_interface__ and the like: an answer would make
-        # this process read memory at an address the other side chose
-        if name.startswith("__") and name not in SHARED_DUNDERS:
-            raise AttributeError(name)
-        return self._peer.request("getattr", target=self, name=name)
-
-    def __setattr__(self, name, value):
-        raise AttributeError(f"cannot set {name!r} on an object of the other process")
-
-    def _special(self, name: str, *args):
-        return self._peer.request("special", target=self, name=name, args=list(args))
-
-    def __len__(self):
-        return self._special("len")
-
-    def __iter__(self):
-        return iter(self._special("iter"))
-
-    def __getitem__(self, key):
-        return self._special("getitem", key)
-
-    def __contains__(self, key):
-        return self._special("contains", key)
-
-    def __bool__(self):
-        return self._special("bool")
-
-    def __int__(self):
-        return self._special("int")
-
-    def __float__(self):
-        return self._special("float")
-
-    def __index__(self):
-        return self._special("index")
-
-    def __array__(self, dtype=None, copy=None):
-        arr = self._special("array")
-        return arr if dtype is None else arr.astype(dtype)
-
-    def __repr__(self) -> str:
-        return f"<{self._type} object of the other process>"
-
-
-class RemoteCallable(Remote):
-    __slots__ = ()
-
-    def __call__(self, *args, **kwargs):
-        return self._peer.request("call", target=self, args=list(args), kwargs=kwargs)
-
-
 class Peer:
     """One end of the conversation: answers the other end's requests, sends its own."""
 
@@ -136,7 +64,7 @@ class Peer:
         self.services = dict(services or {})   # op -> fn(peer, header, blobs) -> value
         # around running the other side's request: guard(seconds the requester still waits)
         self.guard = lambda limit: contextlib.nullcontext()
-        self.on_event = lambda header: None
+        self.on_event = lambda header, blobs: None
         self.queue: list = []       # requests that arrived while a call of ours was running
         self.busy = 0
         self._ids = itertools.count(1)
@@ -146,11 +74,11 @@ class Peer:
         self._registry = {c.__name__: c for c in _BUILTIN_ERRORS + _package_errors()}
 
     # -- handles ---------------------------------------------------------------------------
-    def export(self, obj, *, explicit: bool) -> dict:
+    def export(self, obj) -> dict:
         """The handle marker for one of our objects (the judge refuses what it keeps)."""
         instance = True
         if self.strict:
-            kind = _shareable(obj)
+            kind = shareable(obj)
             if kind is None:
                 raise TypeError(f"the grader does not share {type(obj).__name__} objects")
             instance = kind == "instance"
@@ -180,7 +108,7 @@ class Peer:
                     if obj is arg and not isinstance(arg, (int, float, str, type(None))):
                         return {"$arg": i}
                 return None
-            return self.export(obj, explicit=False)
+            return self.export(obj)
         return ref
 
     def _deref(self, args=(), allow_remote=True):
@@ -193,7 +121,8 @@ class Peer:
                     raise ProtocolError("bad argument reference")
                 return args[i]
             if not allow_remote:
-                raise ProtocolError("the grader's objects take plain data only")
+                raise TypeError("the grader's objects take plain data (numbers, lists, "
+                                "arrays), not objects of the notebook")
             handle = marker.get(self.peer_key)
             if type(handle) is not int:
                 raise ProtocolError("bad handle")
@@ -209,6 +138,8 @@ class Peer:
     def request(self, op: str, *, target=None, **fields):
         """Send a request and wait for its answer, serving the other side's requests."""
         rid = next(self._ids)
+        if not self.strict and "args" in fields:   # the judge's objects take plain data:
+            fields["args"] = [_plain(a) for a in fields["args"]]   # a deque goes as a list
         args = tuple(fields.get("args", ()))
         if target is not None:
             fields["target"] = target
@@ -235,7 +166,7 @@ class Peer:
                 else:
                     self.serve(header, blobs)
             elif kind == "ev":
-                self.on_event(header)
+                self.on_event(header, blobs)
             # a reply to an older request (one a case time limit abandoned): dropped
 
     def _deadline(self):
@@ -248,7 +179,7 @@ class Peer:
         for key, tree in (header.get("back") or {}).items():
             i = int(key) if str(key).isdigit() else -1
             if 0 <= i < len(args):
-                _copy_back(args[i], wire.decode(tree, blobs, self._deref(args)))
+                copy_back(args[i], wire.decode(tree, blobs, self._deref(args)))
         return value
 
     # -- serving ----------------------------------------------------------------------------
@@ -375,6 +306,15 @@ class Peer:
         return self._classes[name]
 
 
+def _plain(value):
+    """A list of the items of an iterable that is not data (a deque, a generator...)."""
+    if isinstance(value, (str, bytes, bytearray, list, tuple, dict, set, frozenset, range,
+                          np.ndarray, np.generic, Remote, type)) or \
+            not hasattr(value, "__iter__"):
+        return value
+    return list(value)
+
+
 def _target_marker(header, own_key):
     fields = header.get("fields")
     pairs = fields.get("$dict") if isinstance(fields, dict) else None
@@ -391,22 +331,6 @@ def _time_left() -> float | None:
         return None
     left = signal.getitimer(signal.ITIMER_REAL)[0]
     return left or None
-
-
-def _shareable(obj) -> str | None:
-    """'instance' or 'callable' for what the judge may hand to the sandbox, else None."""
-    def ours(module) -> bool:
-        return isinstance(module, str) and (module == "pagedattn_lab" or
-                                            module.startswith("pagedattn_lab."))
-    if isinstance(obj, (types.ModuleType, type)):
-        return None
-    if isinstance(obj, types.MethodType):
-        return "callable" if _shareable(obj.__self__) == "instance" else None
-    if isinstance(obj, types.FunctionType):
-        return "callable" if ours(obj.__module__) else None
-    if isinstance(obj, (types.BuiltinFunctionType, types.BuiltinMethodType)):
-        return None
-    return "instance" if ours(type(obj).__module__) else None
 
 
 def _no_handles(obj, early):
@@ -431,15 +355,6 @@ def _shift_blobs(tree, shift: int):
                 else _shift_blobs(v, shift)
         return out
     return tree
-
-
-def _copy_back(target, value) -> None:
-    """Put what the other side's code left in a list or array into the caller's object."""
-    if isinstance(target, list) and isinstance(value, list):
-        target[:] = value
-    elif isinstance(target, np.ndarray) and isinstance(value, np.ndarray) and \
-            value.shape == target.shape and target.flags.writeable:
-        target[...] = value
 
 
 def _where(exc: BaseException) -> str:
