@@ -3,7 +3,7 @@
 Learners call the checks through `pagedattn_lab.check` (e.g. `check.allocator(MyAllocator)`);
 instructors grade folders of notebooks with `python -m pagedattn_lab.grade`.
 
-    report.py            results, printing, the JSON line each check writes for the grader
+    report.py            results and how they are printed
     compare.py           where two arrays differ; matching known-wrong variants to hints
     faults.py            kernel faults / deadlocks / compile errors -> message and hint
     cases.py             seeded random paged-attention problems

@@ -1,12 +1,13 @@
-"""Results of a check, how they are printed, and how the grader collects them.
+"""Results of a check and how they are printed.
 
 Every learner-facing check runs a list of cases. A case either passes or raises
 `Mismatch(message, hint)`; the harness in `run_cases` turns that, a `NotImplementedError`
 (task not attempted), a kernel fault from the CPU executor, or any other exception into a
 `CaseResult`, prints it GPU-Puzzles style, and returns a `CheckResult`.
 
-When the environment variable named by `RESULTS_ENV` is set (the grader sets it), every
-check also appends one JSON line with its result to that file.
+When the environment variable named by `RESULTS_ENV` is set, every check also appends one
+JSON line with its result to that file (tests/test_exercises.py reads it). The instructor's
+grader never does: it computes every verdict itself (judge.py).
 """
 from __future__ import annotations
 
@@ -254,7 +255,7 @@ def _say_failure(say, label, message, hint, expected, got) -> None:
 
 
 def record(result: CheckResult) -> None:
-    """Append the result as one JSON line to $PAGEDATTN_LAB_RESULTS (set by the grader)."""
+    """Append the result as one JSON line to $PAGEDATTN_LAB_RESULTS, if set."""
     path = os.environ.get(RESULTS_ENV)
     if not path:
         return
