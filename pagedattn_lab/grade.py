@@ -107,10 +107,10 @@ def _build_seed_cache(run: Run) -> None:
 
 
 def _start_judge(fd: int, private: Path, salt: int) -> subprocess.Popen:
-    judge = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.judge", str(fd)],
-                             stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                             stderr=open(private / "judge.log", "wb"), pass_fds=[fd],
-                             start_new_session=True)
+    with open(private / "judge.log", "wb") as log:
+        judge = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.judge", str(fd)],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
+                                 pass_fds=[fd], start_new_session=True)
     settings = {"salt": salt, "tasks": graded_tasks(), "call_timeout": CASE_TIME_LIMIT + 30}
     judge.stdin.write((json.dumps(settings) + "\n").encode())
     judge.stdin.flush()   # kept open: closing it tells the judge its sandbox is gone

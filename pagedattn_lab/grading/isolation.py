@@ -213,9 +213,10 @@ def start(level: Level, *, private: Path, notebook: Path, name: str, channel_fd:
                 "log": str(private / "runner.log"), "argv": runner, "env": env,
                 "channel_fd": channel_fd, "rlimits": rlimits, "timeout": timeout}
     (private / "root").mkdir(exist_ok=True)
-    proc = subprocess.Popen(unshare_command(level.name), stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=open(private / "init.log", "wb"),
-                            pass_fds=[channel_fd], start_new_session=True)
+    with open(private / "init.log", "wb") as log:
+        proc = subprocess.Popen(unshare_command(level.name), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=log, pass_fds=[channel_fd],
+                                start_new_session=True)
     proc.stdin.write((json.dumps(settings) + "\n").encode())
     proc.stdin.close()
     proc.stdin = None   # so that communicate() does not flush it
@@ -224,30 +225,20 @@ def start(level: Level, *, private: Path, notebook: Path, name: str, channel_fd:
 
 def _start_unisolated(private, notebook, name, runner, env, rlimits, compiler, seed_cache,
                       channel_fd, audit) -> Sandbox:
-    import resource  # noqa: PLC0415 - POSIX only, like the rest of the grader
-
     box = private / "box"
     for sub in ("tmp", ".cache", ".config"):
         (box / sub).mkdir(parents=True, exist_ok=True)
     shutil.copyfile(notebook, box / name)
     if seed_cache:
         shutil.copytree(seed_cache, box / ".cache" / "pagedattn_lab" / "cpu")
-    if audit:
-        runner = runner + ["--audit", str(box)] + (
+    if audit:   # the runner sets the limits (NPROC would count all our processes) and the hook
+        limits = {k: v for k, v in rlimits.items() if k != "NPROC" and v is not None}
+        runner = runner + ["--audit", str(box), "--limits", json.dumps(limits)] + (
             ["--compiler", json.dumps(compiler)] if compiler else [])
-    names = {"AS": "RLIMIT_AS", "NOFILE": "RLIMIT_NOFILE", "FSIZE": "RLIMIT_FSIZE",
-             "CPU": "RLIMIT_CPU", "CORE": "RLIMIT_CORE"}   # NPROC would count all our processes
-
-    def limit() -> None:
-        for key, value in rlimits.items():
-            if value is not None and key in names:
-                resource.setrlimit(getattr(resource, names[key]), (value, value))
-
-    log = open(private / "runner.log", "wb")
-    proc = subprocess.Popen(runner, cwd=box, env=env, stdin=subprocess.DEVNULL, stdout=log,
-                            stderr=log, pass_fds=[channel_fd], start_new_session=True,
-                            preexec_fn=limit)
-    log.close()
+    with open(private / "runner.log", "wb") as log:
+        proc = subprocess.Popen(runner, cwd=box, env=env, stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=log, pass_fds=[channel_fd],
+                                start_new_session=True)
     return Sandbox(proc, "none")
 
 

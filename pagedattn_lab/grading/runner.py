@@ -64,6 +64,17 @@ def install_forwarders(peer: remote.Peer) -> None:
         setattr(check, task, forwarder(peer, task))
 
 
+def set_limits(limits: dict) -> None:
+    """Resource limits on this process, before the notebook's first cell (level none)."""
+    import resource  # noqa: PLC0415 - POSIX
+
+    for key, value in limits.items():
+        try:
+            resource.setrlimit(getattr(resource, f"RLIMIT_{key}"), (int(value), int(value)))
+        except (AttributeError, ValueError, OSError) as exc:   # e.g. RLIMIT_AS on macOS
+            print(f"grader: could not limit {key}: {exc}", file=sys.stderr)
+
+
 def code_cells(path: str) -> list[tuple[int, str]]:
     """(index among all cells, source) of every code cell."""
     with open(path, encoding="utf-8") as fh:
@@ -83,7 +94,10 @@ def main(argv=None) -> int:
     parser.add_argument("--audit", default=None,
                         help="install the audit-hook guard for this folder (no isolation)")
     parser.add_argument("--compiler", default=None, help="the only compiler --audit allows")
+    parser.add_argument("--limits", default=None, help="JSON {AS, NOFILE, ...}: set_limits()")
     args = parser.parse_args(argv)
+    if args.limits:
+        set_limits(json.loads(args.limits))
 
     peer = learner_peer(args.channel_fd)
     try:
