@@ -65,6 +65,8 @@ LESSONS: tuple[Lesson, ...] = (
     Lesson("05", "tiled_kernel", "The tiled kernel (guide step 4)", 1,
            {**_tasks("checks_tiling", "tile_pages", "tiled_launch"),
             **_tasks("checks_kernels", "tiled_kernel")}),
+    Lesson("06", "decode_kernel", "The decode kernel: memory bound, split-K", 1,
+           _tasks("checks_decode", "merge_partitions", "decode_partition", "decode_merge")),
     Lesson("07", "complete_system", "The complete system (guide step 5)", 1,
            _tasks("checks_system", "pages_for_next_token", "decode_step", "serve")),
     Lesson("08", "pitfalls_and_performance", "Pitfalls and performance", 1,
