@@ -5,7 +5,7 @@ the GPU too few blocks. Split-K (flash-decoding, vLLM's v2 kernel, `kernels/deco
 each sequence into partitions of `part_len` tokens, runs one block per partition, and merges.
 Partition p of a sequence, over its scaled scores s_j and values v_j, yields three things:
 
-    m_p = max_j s_j          l_p = sum_j exp(s_j - m_p)          o_p = sum_j exp(s_j - m_p) v_j / l_p
+    m_p = max_j s_j        l_p = sum_j exp(s_j - m_p)        o_p = sum_j exp(s_j - m_p) v_j / l_p
 
 (o_p is that partition's own softmax average). The merge puts them on one scale:
 
