@@ -43,10 +43,12 @@ def lanes_text(mask: int) -> str:
 class LaunchInfo:
     """What report needs to know about a launch."""
 
-    def __init__(self, kernel, sig, grid, block, shared_mem, stack_bytes, buffers, args):
+    def __init__(self, kernel, sig, grid, block, shared_mem, stack_bytes, buffers, args,
+                 source=None):
         self.kernel, self.sig, self.grid, self.block = kernel, sig, grid, block
         self.shared_mem, self.stack_bytes, self.buffers, self.args = (
             shared_mem, stack_bytes, buffers, args)
+        self.source = source   # (library path, file name, source text) for race reports
 
     def where(self, r) -> str:
         if not r.has_thread:
@@ -220,6 +222,9 @@ def result_error(r, info: LaunchInfo) -> KernelError:
         return deadlock_error(r, info)
     if s == abi.WARP:
         return warp_error(r, info)
+    if s == abi.RACE:
+        from .race import race_error  # noqa: PLC0415 - only for the rare failed race check
+        return race_error(r, info)
     thread = tuple(r.thread) if r.has_thread else None
     block = tuple(r.block) if r.has_thread else None
     if s == abi.ASSERT:
