@@ -9,7 +9,7 @@ MAX_WORKERS = 32
 OUT_CAP = 1 << 20
 MSG_CAP = 1024
 
-OK, FAULT, DEADLOCK, WARP, ASSERT, TRAP, INTERNAL, STOPPED, RACE = range(9)
+OK, FAULT, DEADLOCK, WARP, ASSERT, TRAP, INTERNAL, STOPPED, RACE, SYSCALL = range(10)
 REGION_UNKNOWN, REGION_STACK, REGION_DYN_SHARED, REGION_STATIC_SHARED = range(4)
 INSTR_COUNT, INSTR_RACE = 1, 2
 NCOUNT, NBUFSTAT = 8, 8   # uint32 counters per thread, uint64 counters per buffer
@@ -72,6 +72,9 @@ class Result(C.Structure):
         ("other_pc", C.c_uint64),
         ("access_size", C.c_int32),
         ("other_atomic", C.c_int32),
+        ("run_thread", C.c_int32),
+        ("pad1", C.c_int32),
+        ("run_block", C.c_uint64),
         ("msg", C.c_char * MSG_CAP),
     ]
 

@@ -30,8 +30,8 @@ from .source import inline_asm_lines, translation_unit
 
 HERE = Path(__file__).resolve().parent
 INCLUDE_DIR = HERE / "include"
-RUNTIME_SOURCES = ("runtime.cpp", "device_api.cpp", "host.cpp", "instrument.cpp", "racecheck.cpp",
-                   "tsan_hooks.cpp", "fiber_switch.S")
+RUNTIME_SOURCES = ("runtime.cpp", "device_api.cpp", "host.cpp", "sandbox.cpp", "instrument.cpp",
+                   "racecheck.cpp", "tsan_hooks.cpp", "fiber_switch.S")
 RUNTIME_HEADERS = ("runtime.h", "scheduler.h", "shim_types.h", "instrument.h")
 SHIM_HEADERS = ("shim.h", "shim_types.h", "shim_half.h", "shim_device.h")
 # Instrumented builds (access counts, race check): the compiler calls a hook before every

@@ -225,7 +225,7 @@ def _raise_failure(lib, handle, ctl, info: LaunchInfo, timeout, checked: bool) -
         value = C.c_int(0)
         signaled = lib.pal_decode_status(lib.pal_launch_worker_status(handle, w), C.byref(value))
         if signaled:
-            raise worker_died(info, value.value, timeout)
+            raise worker_died(info, value.value, timeout, ctl.res[w])
         if value.value != 0:
             raise KernelError(f"kernel {info.kernel!r}: a worker process exited with status "
                               f"{value.value} without reporting why", kernel=info.kernel)

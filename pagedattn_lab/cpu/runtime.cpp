@@ -115,6 +115,7 @@ int run_block(uint64_t b)
     blockIdx.x = (unsigned)(b % gx);
     blockIdx.y = (unsigned)((b / gx) % gy);
     blockIdx.z = (unsigned)(b / ((uint64_t)gx * gy));
+    S.res->run_block = b;
     if (S.cfg->poison) poison_shared();
     if (S.instr) instr_block_begin(b);
     const unsigned bx = blockDim.x, by = blockDim.y;
@@ -186,6 +187,7 @@ extern "C" PAL_HIDDEN void pal_fiber_main(void)
 extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, int worker)
 {
     S.cfg = cfg; S.ctl = ctl; S.res = &ctl->res[worker];
+    S.res->run_thread = -1;
     blockDim = dim3(cfg->block[0], cfg->block[1], cfg->block[2]);
     gridDim = dim3(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
     S.n = (int)(cfg->block[0] * cfg->block[1] * cfg->block[2]);
@@ -220,6 +222,7 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
         uint64_t b = (uint64_t)__atomic_fetch_add(&ctl->next_block, 1, __ATOMIC_SEQ_CST);
         if (b >= nblocks) break;
         status = run_block(b);
+        S.res->run_thread = -1;
         if (status == PAL_OK && S.instr) instr_block_end();
         if (status == PAL_OK) __atomic_fetch_add(&ctl->blocks_done, 1, __ATOMIC_SEQ_CST);
         if (status != PAL_OK) {

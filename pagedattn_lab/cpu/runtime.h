@@ -31,6 +31,7 @@ enum {
     PAL_INTERNAL = 6,   // the executor itself failed (out of memory for stacks, ...)
     PAL_STOPPED = 7,    // stopped by the parent at the time limit (records who was running)
     PAL_RACE = 8,       // racecheck: two threads touched one shared-memory byte unordered
+    PAL_SYSCALL = 9,    // the kernel made a forbidden system call (fork, exit, kill...); msg
 };
 
 // Where a faulting address lies, when the worker can tell (pal_result.region).
@@ -102,6 +103,9 @@ typedef struct pal_result {
     uint64_t offset;         // byte offset in dynamic shared memory, or in the library
     uint64_t pc, other_pc;   // code addresses (library-relative) of the two accesses
     int32_t access_size, other_atomic;
+    int32_t run_thread;      // linear id of the thread running now (-1: none), for a worker
+    int32_t pad1;            //   that dies without a report
+    uint64_t run_block;
     char msg[PAL_MSG_CAP];
 } pal_result;
 

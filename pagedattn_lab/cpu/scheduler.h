@@ -81,6 +81,7 @@ inline void resume(Fiber *f)
 {
     cur = f;
     threadIdx = f->tid;
+    S.res->run_thread = (int32_t)(f - S.fib);   // for a report if the worker dies
 #ifdef PAL_UC
     swapcontext(&S.sched_uc, &f->uc);
 #else
