@@ -52,6 +52,17 @@ PARTITION_MISTAKES = [
     ("first 32 dims only", [("if (d < head_dim) part_out", "if (d < head_dim && i == 0) part_out")],
      "dims 32 and up were never written"),
     ("o not normalized", [("= acc[i] / l;", "= acc[i];")], "divide the accumulator by l"),
+    ("every lane reads whole rows", [(
+        "        float dot = 0.0f;\n"
+        "        for (int i = 0; i < MAX_DIMS_PER_LANE; ++i) {\n"
+        "            int d = lane + 32 * i;\n"
+        "            if (d < head_dim) dot += my_q[i] * k_cache[row + d];\n"
+        "        }\n"
+        "        for (int offset = 16; offset > 0; offset /= 2)     // every lane gets the full dot\n"
+        "            dot += __shfl_xor_sync(0xffffffffu, dot, offset);",
+        "        float dot = 0.0f;\n"
+        "        for (int d = 0; d < head_dim; ++d) dot += q_row[d] * scale * k_cache[row + d];")],
+     "every lane reads whole rows"),
     ("m in base 2", [("part_ml[slot_out * 2] = m;", "part_ml[slot_out * 2] = m * 1.442695f;")],
      "log2(e) times"),
 ]

@@ -19,7 +19,8 @@ from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, fmt, ranges
 from .decode_variants import LOG2E, merge_variant, partials_variant
 from .faults import describe_kernel_exception
-from .kernel_runner import poisoned
+from .puzzle_runner import per_thread_max
+from .kernel_runner import KERNEL_TIMEOUT, poisoned
 from .report import Case, Mismatch, NotAttempted, run_cases
 
 WARP = 32   # both kernels run one warp per block
@@ -27,12 +28,21 @@ NOTHING_WRITTEN = ("the kernel wrote nothing (its outputs are still the NaN the 
                    "them with): write the kernel body where the // TODO is")
 
 
-def _launch(comp: _Compiled, grid, args, outputs):
-    """Launch with one warp per block. A lane missing from a shuffle, and a read past the
+def _launch(comp: _Compiled, grid, args, outputs, *, count: bool = False):
+    """Launch with one warp per block: (outputs, access counts or None). With `count`, the
+    kernel first runs once on the CPU executor with its accesses counted (then on the GPU
+    too, where the check runs there). A lane missing from a shuffle, and a read past the
     partition buffers, get messages of their own."""
+    from ..cpu import count_accesses  # noqa: PLC0415 - the executor on demand
     kern = comp.get()
     try:
-        return kern.launch(grid, (WARP,), args, outputs=outputs)
+        counts = None
+        if count:
+            host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+            counts = count_accesses(kern.kernel, grid, (WARP,), host, timeout=KERNEL_TIMEOUT)
+            if kern.device == "cpu":
+                return [host[i] for i in outputs], counts
+        return kern.launch(grid, (WARP,), args, outputs=outputs), counts
     except Exception as exc:
         kind = type(exc).__name__
         if kind == "KernelFault" and getattr(exc, "buffer", None) in ("part_out", "part_ml"):
@@ -216,7 +226,8 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
             np.int32(num_kv_heads), np.int32(head_dim), np.int32(prob.k_cache.shape[1]),
             np.int32(prob.block_tables.shape[1]), np.int32(part_len), np.int32(max_parts),
             np.float32(prob.scale))
-    o, ml = _launch(comp, (max_parts, num_heads, batch), args, outputs=(5, 6))
+    (o, ml), counts = _launch(comp, (max_parts, num_heads, batch), args, outputs=(5, 6),
+                              count=True)
     if np.isnan(o).all() and np.isnan(ml).all() and "TODO" in comp.source:
         raise NotAttempted(NOTHING_WRITTEN)
     m_ref, l_ref, o_ref = reference_partials(prob.q, prob.k_cache, prob.v_cache,
@@ -254,6 +265,36 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
             hint = ("part_ml[b, h, p] holds (m, l): m = max of the partition's scaled scores, "
                     "l = sum of exp(score - m).")
         raise Mismatch(f"part_ml[..., {k}] ({name}): " + diff.message(), hint)
+    _partition_budget(counts, prob, part_len)
+
+
+def _partition_budget(counts, prob, part_len) -> None:
+    """Right answer; now the prompt's condition that the lanes share each token's row: per
+    token of its partition, a lane may read 2 * ceil(head_dim / 32) cache values plus one
+    block-table entry, and once its slice of q and its sequence's length."""
+    head_dim = prob.q.shape[2]
+    per_lane = -(-head_dim // WARP)
+    budget = part_len * (2 * per_lane + 1) + per_lane + 1
+    most, who = per_thread_max(counts, "global_reads")
+    if most <= budget:
+        return
+    k_reads = counts.by_buffer["k_cache"].reads
+    needed = int(sum(min(part_len, int(n) - p * part_len)
+                     for n in prob.seq_lens for p in range(-(-int(n) // part_len)))
+                 ) * prob.q.shape[1] * head_dim
+    split = ("Split each token's K and V rows between the lanes (lane i takes dims i, "
+             "i + 32, ...) and combine their partial dot products")
+    if k_reads >= WARP * needed:
+        hint = (f"k_cache was read {k_reads} times, {k_reads // needed} times the {needed} "
+                f"values the partitions hold: every lane reads whole rows. {split}.")
+    elif k_reads > needed:
+        hint = (f"k_cache was read {k_reads} times where {needed} would do: a block reads "
+                "each K value of its partition once.")
+    else:
+        hint = f"the reads are not shared out: some lanes read whole rows. {split}."
+    raise Mismatch(f"correct, but {who} made {most} global reads for a partition of at most "
+                   f"{part_len} tokens; the budget is {budget} (per token 2 x ceil(head_dim / "
+                   "32) cache values and a block-table entry, plus q and seq_len)", hint)
 
 
 def decode_partition(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
@@ -296,7 +337,7 @@ def _merge_kernel_case(comp, seed, part_len, **sizes) -> None:
     max_parts = m.shape[-1]
     args = (part_out, part_ml, prob.seq_lens, poisoned(prob.q.shape), np.int32(num_heads),
             np.int32(head_dim), np.int32(part_len), np.int32(max_parts))
-    (got,) = _launch(comp, (num_heads, batch), args, outputs=(3,))
+    (got,), _ = _launch(comp, (num_heads, batch), args, outputs=(3,))
     if np.isnan(got).all() and "TODO" in comp.source:
         raise NotAttempted(NOTHING_WRITTEN)
     expected = prob.expected
