@@ -327,16 +327,16 @@ def test_costs_match_the_bench_workloads():
     """The plotting layer reads the bench's shape strings: a change of format fails here."""
     from pagedattn_lab.bench.workloads import decode_workloads, prefill_workloads
     for w in decode_workloads():
-        cost = viz.roofline.workload_cost({"shape": w.describe()})
+        cost = viz.costs.workload_cost({"shape": w.describe()})
         assert cost.flops == 4 * sum(w.lens) * w.num_heads * w.head_dim
         tables = w.batch * w.max_pages * 4 + w.batch * 4
         assert cost.bytes == w.bytes_moved() - tables
-        assert viz.roofline.workload_cost({"shape": w.describe(), "bytes": 123}).bytes == 123
+        assert viz.costs.workload_cost({"shape": w.describe(), "bytes": 123}).bytes == 123
     for w in prefill_workloads() + prefill_workloads(quick=True):
-        cost = viz.roofline.workload_cost({"shape": w.describe()})
+        cost = viz.costs.workload_cost({"shape": w.describe()})
         assert cost.flops == w.flops()
         assert cost.bytes == 4 * w.batch * w.seq_len * w.num_heads * w.head_dim * 4
-    assert viz.roofline.workload_cost({"shape": "something else"}) is None
+    assert viz.costs.workload_cost({"shape": "something else"}) is None
 
 
 def test_each_kernel_answers_to_the_roof_of_its_units():

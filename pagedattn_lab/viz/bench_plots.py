@@ -21,6 +21,8 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from .costs import workload_cost
+
 _TIME_KEYS = ("ms", "time_ms", "median_ms")
 _LABEL_KEYS = ("label", "name", "kernel", "impl", "method")
 
@@ -112,6 +114,18 @@ def records(data, *, kind: str | None = None, workload: str | None = None) -> li
                     "kind": row.get("kind"), "shape": row.get("shape"), "time_ms": time,
                     "bytes": nbytes, "flops": flops})
     return out
+
+
+def record_line(record: dict) -> str:
+    """One line for a record: kernel, workload shape, time, and the rate it reached (TFLOP/s,
+    with FLOPs from the shape when the record has none; TB/s when it has bytes)."""
+    line = f"{record['kernel']}: {record.get('shape') or record.get('workload')}: {record['time_ms']:.3f} ms"
+    seconds = record["time_ms"] * 1e-3
+    if record.get("bytes"):
+        return line + f", {record['bytes'] / seconds / 1e12:.2f} TB/s"
+    cost = workload_cost(record)
+    flops = record.get("flops") or (cost.flops if cost else None)
+    return line + (f", {flops / seconds / 1e12:.2f} TFLOP/s" if flops else "")
 
 
 def copy_bandwidth(data) -> float | None:
