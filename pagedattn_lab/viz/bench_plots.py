@@ -194,6 +194,8 @@ def plot_bench_bars(data, *, kind: str | None = None, workload: str | None = Non
         if r["bytes"] and bandwidth:
             achieved = r["bytes"] / (r["time_ms"] * 1e-3)
             note += f"  ({achieved / 1e12:.2f} TB/s, {achieved / bandwidth:.0%} of copy)"
+        elif cost := workload_cost(r):
+            note += f"  ({cost.flops / (r['time_ms'] * 1e-3) / 1e12:.2f} TFLOP/s)"
         ax.text(r["time_ms"], i, " " + note, va="center", fontsize=8)
     sized = [r["bytes"] for r in rows if r["bytes"]]
     if bandwidth and sized and len({round(b, -6) for b in sized}) == 1:
@@ -205,7 +207,9 @@ def plot_bench_bars(data, *, kind: str | None = None, workload: str | None = Non
     ax.invert_yaxis()
     ax.set_xlim(0, max(times) * 1.55)
     ax.set_xlabel("time per call (ms, lower is better)")
-    ax.set_title(title or f"{workload or kind or 'benchmark'} on {describe(data)}", fontsize=10)
+    shapes = {r["shape"] for r in rows}
+    shape = f": {shapes.pop()}" if len(shapes) == 1 and None not in shapes else ""
+    ax.set_title(title or f"{workload or kind or 'benchmark'}{shape}\non {describe(data)}", fontsize=10)
     fig.tight_layout()
     return fig
 
