@@ -30,6 +30,13 @@ class EngineStats:
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in self.series.items()}
 
+    def waste_fraction(self, page_size: int) -> float:
+        """Slots in held pages that hold no token (tails of last pages, predictive
+        reservations), over the whole run."""
+        s = self.arrays()
+        held = int(s["pages_used"].sum()) * page_size if self.steps else 0
+        return 1 - int(s["tokens_stored"].sum()) / held if held else 0.0
+
     def summary(self, engine) -> dict:
         """The run's totals: throughput, memory, batch size, preemption and cache figures."""
         s = self.arrays()
@@ -45,6 +52,7 @@ class EngineStats:
             "peak_pages_used": int(s["pages_used"].max()) if self.steps else 0,
             "peak_kv_bytes": (int(s["pages_used"].max()) * store.bytes_per_page
                               if self.steps else 0),
+            "kv_waste_fraction": round(self.waste_fraction(engine.config.page_size), 4),
             "mean_running": round(float(s["running"].mean()), 2) if self.steps else 0.0,
             "max_running": int(s["running"].max()) if self.steps else 0,
             "preempted_recompute": self.preempted_recompute,
