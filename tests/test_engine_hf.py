@@ -41,13 +41,14 @@ def _hf_model(tmp_path, rope_scaling, dtype=None):
     return model
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("rope", sorted(ROPES))
-def test_greedy_tokens_and_logits_match_transformers(tmp_path, rope):
+def test_greedy_tokens_and_logits_match_transformers(tmp_path, rope, device):
     hf = _hf_model(tmp_path, ROPES[rope])
     config, weights = load_checkpoint(tmp_path)
     rng = np.random.default_rng(7)
     prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in PROMPT_LENS]
-    engine = LLMEngine(LlamaModel(config, weights, device="cpu"),
+    engine = LLMEngine(LlamaModel(config, weights, device=device),
                        EngineConfig(page_size=8, num_pages=64, max_num_batched_tokens=24))
     outs = engine.generate(prompts, SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True,
                                                    return_logits=True))

@@ -17,6 +17,7 @@ from pagedattn_lab.engine.weights import read_safetensors, write_safetensors
 
 LOGIT_TOL = 1e-4   # float32 engine vs float64 dense; observed ~1e-6
 PROMPT_LENS = (1, 3, 8, 17, 30)   # one token, inside a page, a page exactly, several pages
+DEVICES = ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)]
 
 
 def _prompts(rng, vocab, lens=PROMPT_LENS):
@@ -30,10 +31,11 @@ def _prompts(rng, vocab, lens=PROMPT_LENS):
     (tiny_config(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
                  tie_word_embeddings=True), dict(page_size=5, max_num_batched_tokens=64)),
 ])
-def test_batch_matches_dense_forward(rng, config, engine_kw):
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_matches_dense_forward(rng, config, engine_kw, device):
     weights = random_weights(config, seed=1)
     prompts = _prompts(rng, config.vocab_size)
-    engine = LLMEngine(LlamaModel(config, weights, device="cpu"),
+    engine = LLMEngine(LlamaModel(config, weights, device=device),
                        EngineConfig(num_pages=64, **engine_kw))
     outs = engine.generate(prompts, SamplingParams(max_tokens=8, return_logits=True))
     assert engine.summary()["max_running"] == len(prompts), "the prompts must share batches"

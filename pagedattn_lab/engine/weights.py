@@ -51,19 +51,20 @@ def parameter_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def random_weights(config: ModelConfig, seed: int = 0, dtype=np.float32) -> dict[str, np.ndarray]:
+def random_weights(config: ModelConfig, seed: int = 0, dtype=np.float32,
+                   xp=np) -> dict[str, np.ndarray]:
     """Seeded random weights: each matrix N(0, 1/fan_in), so activations and logits stay of
     order one (sharp next-token choices, unlike a 0.02 init whose logits nearly tie);
-    norm weights 1 + N(0, 0.1^2), so a forgotten norm weight changes the result."""
-    rng = np.random.default_rng(seed)
+    norm weights 1 + N(0, 0.1^2), so a forgotten norm weight changes the result.
+    xp=cupy draws them on the GPU (other numbers than NumPy's for the same seed)."""
+    rng = xp.random.default_rng(seed)
     weights = {}
     for name, shape in parameter_shapes(config).items():
+        w = rng.standard_normal(shape, dtype=np.float32)
         if len(shape) == 1:
-            w = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
-        elif name == "model.embed_tokens.weight":
-            w = rng.standard_normal(shape, dtype=np.float32)
-        else:
-            w = rng.standard_normal(shape, dtype=np.float32) / np.float32(math.sqrt(shape[1]))
+            w = 1.0 + 0.1 * w
+        elif name != "model.embed_tokens.weight":
+            w /= np.float32(math.sqrt(shape[1]))
         weights[name] = w.astype(dtype, copy=False)
     return weights
 
