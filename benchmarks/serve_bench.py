@@ -92,13 +92,16 @@ def sync(model):
         model.xp.cuda.Device().synchronize()
 
 
-def engine_config(args, model, page_size=None, allocation=None) -> EngineConfig:
+def engine_config(args, model, page_size=None, allocation=None, preemption=None,
+                  host_gib=None) -> EngineConfig:
     page_size = page_size or args.page_size
     per_page = model.config.kv_bytes_per_token(model.dtype.itemsize) * page_size
+    host_gib = args.host_gib if host_gib is None else host_gib
     return EngineConfig(page_size=page_size, num_pages=int(args.kv_gib * GIB // per_page),
                         max_num_batched_tokens=args.budget, max_num_seqs=args.max_seqs,
-                        max_prefill_chunk=args.chunk, preemption_mode=args.preemption,
-                        num_host_pages=int(args.host_gib * GIB // per_page),
+                        max_prefill_chunk=args.chunk,
+                        preemption_mode=preemption or args.preemption,
+                        num_host_pages=int(host_gib * GIB // per_page),
                         allocation=allocation or args.allocation, seed=args.seed)
 
 
@@ -175,16 +178,7 @@ def main(argv=None) -> int:
               "page_size_choice": choose_page_size(prompt_lens, outputs)[0]}
     result["engine"] = serve(model, engine_config(args, model), prompts, outputs)
     if args.sweep:
-        result["sweep"] = []
-        for page in (8, 16, 32, 64):
-            for alloc in ("on_demand", "predictive"):
-                cfg = engine_config(args, model, page, alloc)
-                row = serve(model, cfg, prompts, outputs, progress=False)
-                row["dry_run"] = dry_run(cfg, prompt_lens, outputs).summary()
-                result["sweep"].append(row)
-                print(f"page {page:3d} {alloc:>10}: {row['tokens_per_s']:9.1f} tok/s, "
-                      f"waste {row['kv_waste_fraction']:.3f}, preemptions "
-                      f"{row['preempted_recompute'] + row['preempted_swap']}", flush=True)
+        result["sweep"] = sweep(args, model, prompts, prompt_lens, outputs)
     if not args.no_hf and model.xp is not np:
         kv_tokens = int(args.kv_gib * GIB // config.kv_bytes_per_token(model.dtype.itemsize))
         batch = args.hf_batch or max(1, kv_tokens // result["workload"]["longest"])
@@ -196,6 +190,25 @@ def main(argv=None) -> int:
         out.mkdir(parents=True, exist_ok=True)
         (out / "serve_bench.json").write_text(json.dumps(result, indent=2))
     return 0
+
+
+def sweep(args, model, prompts, prompt_lens, outputs) -> list[dict]:
+    """Page sizes x allocation policies (recompute), then preemption by swap (host memory as
+    large as the KV pool) against recompute at --page-size."""
+    configs = [engine_config(args, model, page, alloc, "recompute", 0.0)
+               for page in (8, 16, 32, 64) for alloc in ("on_demand", "predictive")]
+    configs.append(engine_config(args, model, None, "on_demand", "swap", args.kv_gib))
+    rows = []
+    for cfg in configs:
+        row = serve(model, cfg, prompts, outputs, progress=False)
+        row["dry_run"] = dry_run(cfg, prompt_lens, outputs).summary()
+        rows.append(row)
+        print(f"page {cfg.page_size:3d} {cfg.allocation:>10} {cfg.preemption_mode:>9}: "
+              f"{row['tokens_per_s']:9.1f} tok/s, {row['steps']} steps, waste "
+              f"{row['kv_waste_fraction']:.3f}, preemptions {row['preempted_recompute']}+"
+              f"{row['preempted_swap']}, recomputed {row['recomputed_tokens']} tokens, "
+              f"swapped {row['swap_bytes'] / 2**20:.1f} MiB", flush=True)
+    return rows
 
 
 def device_name(model) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from .config import ModelConfig
+from .model import rope_inv_freq   # the frequency table only (its scaling rules)
 
 
 def _rms_norm(x, weight, eps):
@@ -18,7 +19,6 @@ def _rms_norm(x, weight, eps):
 
 def _rotate(x, positions, config: ModelConfig):
     """RoPE on x [len, heads, head_dim]: dimension i pairs with i + head_dim/2."""
-    from .model import rope_inv_freq  # the frequency table only (scaling rules), in float64
     half = config.head_dim // 2
     angles = positions[:, None] * rope_inv_freq(config).astype(np.float64)[None, :]
     cos, sin = np.cos(angles)[:, None, :], np.sin(angles)[:, None, :]

@@ -133,6 +133,9 @@ class LLMEngine:
                  progress: bool = False) -> list[RequestOutput]:
         """Serve every prompt to the end; outputs in the prompts' order. params: one
         SamplingParams for all, or one per prompt. progress: a tqdm bar."""
+        if self.has_unfinished():
+            raise RuntimeError("generate: requests added with add_request are still unfinished; "
+                               "serve them with step() first (their outputs come from step)")
         prompts = list(prompts)
         per = params if isinstance(params, list) else [params] * len(prompts)
         if len(per) != len(prompts):
@@ -142,7 +145,7 @@ class LLMEngine:
         bar = None
         if progress:
             from tqdm.auto import tqdm  # noqa: PLC0415 - only when a bar is asked for
-            bar = tqdm(total=len(rids), desc="requests", unit="req")
+            bar = tqdm(total=len(rids), desc="requests", unit="req", mininterval=1.0)
         try:
             while self.has_unfinished():
                 for out in self.step():
