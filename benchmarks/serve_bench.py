@@ -187,7 +187,8 @@ def main(argv=None) -> int:
         kv_tokens = int(args.kv_gib * GIB // config.kv_bytes_per_token(model.dtype.itemsize))
         batch = args.hf_batch or max(1, kv_tokens // result["workload"]["longest"])
         result["hf"] = run_hf(config, weights, prompts, outputs, batch, args.hf_batches)
-        result["speedup"] = round(result["engine"]["tokens_per_s"] / result["hf"]["tokens_per_s"], 2)
+        ratio = result["engine"]["tokens_per_s"] / result["hf"]["tokens_per_s"]
+        result["speedup"] = round(ratio, 2)
     report(result)
     if args.out:
         out = Path(args.out)

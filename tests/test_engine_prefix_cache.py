@@ -143,7 +143,8 @@ class PrefixCacheMachine(RuleBasedStateMachine):
         want = self.store.read(req)
         self.running.remove(req)
         self.kv.swap_out(req)
-        assert not req.pages and self.store.host[req.host_pages].ravel()[:len(want)].tolist() == want
+        assert not req.pages
+        assert self.store.host[req.host_pages].ravel()[:len(want)].tolist() == want
         self.swapped.append(req)
 
     @precondition(lambda self: self.swapped)

@@ -186,6 +186,7 @@ def test_a_prompt_that_is_entirely_cached(model_and_prompts):
     first, = engine.generate([prompt], SamplingParams(max_tokens=3))
     again, = engine.generate([prompt], SamplingParams(max_tokens=3))
     assert again.num_cached_tokens == 15 and engine.kv.cow_copies == 1
+    assert engine.summary()["prompt_hit_rate"] == round(15 / 32, 4)
     assert first.output_ids == again.output_ids == dense_generate(config, weights, prompt, 3)[0]
 
 

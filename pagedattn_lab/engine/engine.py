@@ -124,6 +124,8 @@ class LLMEngine:
             reason = self._finish_reason(req, token)
             if reason:
                 self.scheduler.finish(req, reason)
+                self.stats.finished_prompt_tokens += len(req.prompt_ids)
+                self.stats.finished_cached_tokens += req.num_cached_tokens
                 finished.append(self._output(req))
         self.stats.finished += len(finished)
         self._record(step, prefill_tokens, time.perf_counter() - t0)

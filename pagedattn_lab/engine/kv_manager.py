@@ -71,6 +71,8 @@ class KVCacheManager:
 
     @property
     def hit_rate(self) -> float:
+        """Tokens found in the cache over tokens looked up, at every admission (a request
+        resumed after preemption by recompute looks its tokens up again)."""
         return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
 
     # -- pricing ------------------------------------------------------------------------

@@ -89,7 +89,8 @@ class LlamaModel:
     def rms_norm(self, x, weight):
         x32 = x.astype(np.float32)
         var = (x32 * x32).mean(axis=-1, keepdims=True)
-        return weight * (x32 / self.xp.sqrt(var + np.float32(self.config.rms_norm_eps))).astype(self.dtype)
+        normed = x32 / self.xp.sqrt(var + np.float32(self.config.rms_norm_eps))
+        return weight * normed.astype(self.dtype)
 
     def rope(self, x, cos, sin):
         """Rotate-half RoPE of x [tokens, heads, head_dim] (cos, sin: [tokens, 1, head_dim/2])."""

@@ -18,6 +18,8 @@ class EngineStats:
     prompt_tokens: int = 0
     output_tokens: int = 0
     finished: int = 0
+    finished_prompt_tokens: int = 0
+    finished_cached_tokens: int = 0   # their prompt tokens served by the prefix cache
 
     def record(self, **row) -> None:
         for key in SERIES:
@@ -63,4 +65,6 @@ class EngineStats:
             "cow_copies": kv.cow_copies,
             "evictions": kv.pool.evictions,
             "prefix_hit_rate": round(kv.hit_rate, 4),
+            "prompt_hit_rate": round(self.finished_cached_tokens / self.finished_prompt_tokens, 4)
+            if self.finished_prompt_tokens else 0.0,
         }

@@ -88,7 +88,8 @@ def read_safetensors(path, names=None) -> dict[str, np.ndarray]:
     with open(path, "rb") as f:
         raw = f.read(8)
         if len(raw) < 8:
-            raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header size)")
+            raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte "
+                             "header size)")
         (header_len,) = struct.unpack("<Q", raw)
         size = path.stat().st_size
         if header_len > min(MAX_HEADER, size - 8):
@@ -117,7 +118,8 @@ def _tensor(path, name: str, info: dict, data, start: int, size: int) -> np.ndar
                          f"file's {size - start} data bytes (truncated file?)")
     if end - begin != math.prod(shape) * dtype.itemsize:
         raise ValueError(f"{path}: tensor {name!r} of shape {shape} and dtype {code} needs "
-                         f"{math.prod(shape) * dtype.itemsize} bytes, its offsets give {end - begin}")
+                         f"{math.prod(shape) * dtype.itemsize} bytes, its offsets give "
+                         f"{end - begin}")
     if math.prod(shape) == 0:
         return np.zeros(shape, dtype=np.float32 if code == "BF16" else dtype)
     arr = np.frombuffer(data, dtype=dtype.newbyteorder("<"), count=math.prod(shape),
