@@ -49,7 +49,7 @@ def parse_args(argv):
                    help="multiply the workload's lengths (0.1 for a CPU smoke run)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--page-size", type=int, default=16)
-    p.add_argument("--kv-gib", type=float, default=2.0, help="KV memory of both systems")
+    p.add_argument("--kv-gib", type=float, default=1.0, help="KV memory of both systems")
     p.add_argument("--budget", type=int, default=2048, help="max_num_batched_tokens")
     p.add_argument("--max-seqs", type=int, default=256)
     p.add_argument("--chunk", type=int, default=None, help="max_prefill_chunk")
@@ -172,7 +172,9 @@ def main(argv=None) -> int:
     print(f"model: {config.num_parameters() / 1e9:.2f}B parameters, {model.dtype.name}, "
           f"{model.device}; {args.requests} requests, {int(prompt_lens.sum())} prompt + "
           f"{int(outputs.sum())} output tokens", flush=True)
-    serve(model, EngineConfig(page_size=16, num_pages=64), prompts[:4], [4] * 4, False)  # warm-up
+    # Warm-up: compiles the kernels, starts cuBLAS.
+    serve(model, EngineConfig(page_size=16, num_pages=64), [p[:40] for p in prompts[:4]], [4] * 4,
+          False)
     result = {"meta": {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                        "device": device_name(model), "command": " ".join(sys.argv),
                        "args": vars(args)},
