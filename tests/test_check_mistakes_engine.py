@@ -1,0 +1,192 @@
+"""Workbook 12's checks fail the classic wrong answers, with a hint that names the mistake.
+
+Each wrong version is written the way a learner gets it wrong; each case asserts that the
+check fails (not "not attempted") and that the printed hint contains the phrase that points
+at the mistake. The right answers pass (the solutions notebook runs them too).
+"""
+import pytest
+
+from pagedattn_lab.engine.prefix_cache import block_hashes as engine_block_hashes
+from pagedattn_lab.engine.prefix_cache import hash_block
+from tests.test_check_mistakes import assert_caught, run_check
+
+
+# -- task 1 -------------------------------------------------------------------------------------
+
+def _hashes(chain=True, partial=False, parent0=None):
+    def fn(tokens, page_size):
+        out, parent = [], parent0
+        stop = len(tokens) if partial else len(tokens) - page_size + 1
+        for start in range(0, max(stop, 0), page_size):
+            h = hash_block(parent if chain else parent0, tokens[start:start + page_size])
+            out.append(h)
+            parent = h
+        return out
+    return fn
+
+
+def _hash_then_join(tokens, page_size):   # the parent chained in, but the tokens of block 0
+    out, parent = [], None
+    for start in range(0, len(tokens) - page_size + 1, page_size):
+        parent = hash_block(parent, tokens[:start + page_size])   # every token so far
+        out.append(parent)
+    return out
+
+
+def _one_short(tokens, page_size):
+    return engine_block_hashes(tokens, page_size)[:-1] if len(tokens) > page_size else []
+
+
+HASH_MISTAKES = [
+    ("partial block hashed", _hashes(partial=True), "hash full blocks only"),
+    ("not chained", _hashes(chain=False), "chain"),
+    ("both", _hashes(chain=False, partial=True), "two mistakes"),
+    ("last full block dropped", _one_short, "one hash per full block"),
+]
+
+
+# -- task 2 -------------------------------------------------------------------------------------
+
+def _prefix(stop=True, cap=True, count_blocks=False):
+    def fn(hashes, cached, num_tokens, page_size):
+        pages = []
+        for h in hashes:
+            if h in cached:
+                pages.append(cached[h])
+            elif stop:
+                break
+        computed = len(pages) if count_blocks else len(pages) * page_size
+        return pages, (min(computed, num_tokens - 1) if cap else computed)
+    return fn
+
+
+def _prefix_with_none(hashes, cached, num_tokens, page_size):
+    pages = [cached.get(h) for h in hashes]
+    return pages, min(sum(p is not None for p in pages) * page_size, num_tokens - 1)
+
+
+def _prefix_pops(hashes, cached, num_tokens, page_size):
+    pages = []
+    for h in hashes:
+        if h not in cached:
+            break
+        pages.append(cached.pop(h))
+    return pages, min(len(pages) * page_size, num_tokens - 1)
+
+
+PREFIX_MISTAKES = [
+    ("past the first miss", _prefix(stop=False), "first miss"),
+    ("full hit computes nothing", _prefix(cap=False), "num_tokens - 1"),
+    ("blocks not tokens", _prefix(count_blocks=True), "counts tokens, not blocks"),
+    ("None for misses", _prefix_with_none, "stop at the first miss"),
+    ("takes the pages", _prefix_pops, "only reads"),
+]
+
+
+# -- task 3 -------------------------------------------------------------------------------------
+
+def _step(decodes_first=True, watermark_on=True, charge_running=True, chunk=True,
+          use_budget=True, fcfs=True):
+    def fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
+        batch, free = [], free_pages
+
+        def pages(t):
+            return -(-t // page_size)
+
+        def size(req):
+            n = req.num_tokens - req.num_computed
+            return min(n, budget if use_budget else n, max_chunk if chunk else n)
+
+        def run_running():
+            nonlocal budget, free
+            for req in running:
+                if budget <= 0:
+                    break
+                n = size(req)
+                if charge_running:
+                    free -= max(0, pages(req.num_computed + n) - req.num_pages)
+                batch.append((req.rid, n))
+                budget -= n
+
+        def run_waiting():
+            nonlocal budget, free
+            for req in waiting:
+                if budget <= 0:
+                    break
+                n = size(req)
+                if pages(n) + (watermark if watermark_on else 0) > free:
+                    if fcfs:
+                        break
+                    continue
+                free -= pages(n)
+                batch.append((req.rid, n))
+                budget -= n
+
+        if decodes_first:
+            run_running()
+            run_waiting()
+        else:
+            run_waiting()
+            run_running()
+        return batch
+    return fn
+
+
+def _whole_prompts(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
+    """Admits only prompts that fit the budget whole (no chunking, no budget overrun)."""
+    batch = [(r.rid, min(r.num_tokens - r.num_computed, budget, max_chunk)) for r in running]
+    budget -= sum(n for _, n in batch)
+    for req in waiting:
+        if req.num_tokens > budget:
+            break
+        batch.append((req.rid, req.num_tokens))
+        budget -= req.num_tokens
+    return batch
+
+
+def _mutates(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
+    out = _step()(running, waiting, budget, free_pages, watermark, page_size, max_chunk)
+    for req in running:
+        req.num_computed = req.num_tokens
+    return out
+
+
+STEP_MISTAKES = [
+    ("prefill first", _step(decodes_first=False), "prefill before decodes"),
+    ("watermark ignored", _step(watermark_on=False), "watermark was ignored"),
+    ("running pages not charged", _step(charge_running=False), "were not counted"),
+    ("no chunking", _step(chunk=False), "chunked prefill"),
+    ("budget exceeded", _step(use_budget=False), "more tokens than the budget"),
+    ("overtaking", _step(fcfs=False), "first come, first served"),
+    ("changes the requests", _mutates, "only plans"),
+]
+
+
+ALL = ([("block_hashes", *m) for m in HASH_MISTAKES] +
+       [("cached_prefix", *m) for m in PREFIX_MISTAKES] +
+       [("schedule_step", *m) for m in STEP_MISTAKES])
+
+
+@pytest.mark.parametrize("task, name, impl, phrase", ALL, ids=[f"{t}-{n}" for t, n, _, _ in ALL])
+def test_mistake_is_caught(task, name, impl, phrase):
+    assert_caught(task, impl, phrase)
+
+
+def test_whole_prompts_fail_without_a_false_hint():
+    result, printed = run_check("schedule_step", _whole_prompts)
+    assert result.status == "failed", printed
+
+
+@pytest.mark.parametrize("task, impl", [("block_hashes", engine_block_hashes),
+                                        ("cached_prefix", _prefix()),
+                                        ("schedule_step", _step())])
+def test_right_answer_passes(task, impl):
+    result, printed = run_check(task, impl)
+    assert result.status == "passed", printed
+
+
+def test_stub_is_not_attempted():
+    def stub(*args):
+        raise NotImplementedError
+    for task in ("block_hashes", "cached_prefix", "schedule_step"):
+        assert run_check(task, stub)[0].status == "not attempted"
