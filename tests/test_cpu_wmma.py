@@ -148,7 +148,8 @@ def test_bf16_arrays_of_the_wrong_dtype_are_refused():
         kern("bf16_convert")(1, 32, (x, np.zeros(4, np.float16), x, np.zeros(4, BF16), i32(4)))
 
 
-def test_the_same_source_compiles_for_the_gpu(tmp_path):
+@pytest.mark.parametrize("filename, mark", [("wmma.cu", "wmma.mma.sync"), ("fp8.cu", "cvt")])
+def test_the_same_source_compiles_for_the_gpu(tmp_path, filename, mark):
     """With the real CUDA headers (nvcc stands in for NVRTC; skipped without a toolkit)."""
     import shutil
     import subprocess
@@ -157,8 +158,8 @@ def test_the_same_source_compiles_for_the_gpu(tmp_path):
     nvcc = shutil.which("nvcc") or "/usr/local/cuda/bin/nvcc"
     if not Path(nvcc).is_file() or cuda_include_dir() is None:
         pytest.skip("no CUDA toolkit (nvcc and mma.h) on this machine")
-    (tmp_path / "wmma.cu").write_text(SOURCE)
-    r = subprocess.run([nvcc, "-arch=sm_90", "-ptx", "-std=c++17", "wmma.cu", "-o", "wmma.ptx"],
+    (tmp_path / filename).write_text((KERNELS / filename).read_text())
+    r = subprocess.run([nvcc, "-arch=sm_90", "-ptx", "-std=c++17", filename, "-o", "out.ptx"],
                        cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    assert "wmma.mma.sync" in (tmp_path / "wmma.ptx").read_text()
+    assert mark in (tmp_path / "out.ptx").read_text()

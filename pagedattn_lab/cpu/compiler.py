@@ -34,7 +34,7 @@ RUNTIME_SOURCES = ("runtime.cpp", "device_api.cpp", "host.cpp", "sandbox.cpp", "
                    "racecheck.cpp", "tsan_hooks.cpp", "fiber_switch.S")
 RUNTIME_HEADERS = ("runtime.h", "scheduler.h", "shim_types.h", "instrument.h")
 SHIM_HEADERS = ("shim.h", "shim_types.h", "shim_half.h", "shim_device.h", "shim_bf16.h",
-                "shim_mma.h")
+                "shim_mma.h", "shim_fp8.h")
 # Instrumented builds (access counts, race check): the compiler calls a hook before every
 # memory access (-fsanitize=thread, hooks in tsan_hooks.cpp; libtsan is not linked). No
 # vectorization, so that the counts follow the source's loads and stores; line tables, so
