@@ -44,19 +44,27 @@ _SCALARS = {
     "bool": _D("bool"),
 }
 # Types NumPy lacks: arrays from ml_dtypes, or their bits in an unsigned array (CuPy has no
-# bfloat16 or fp8 dtype, so the GPU takes uint16 / uint8 arrays for them).
-try:
-    import ml_dtypes as _ml
-except ImportError:   # the bit-pattern arrays still work
-    _ml = None
+# bfloat16 or fp8 dtype, so the GPU takes uint16 / uint8 arrays for them). ml_dtypes is
+# imported only for a kernel that has such a parameter (it makes the process bigger, and
+# every checked launch forks it).
 _EXTRA = {
     "__nv_bfloat16": ("bfloat16", _D("uint16")), "nv_bfloat16": ("bfloat16", _D("uint16")),
     "__nv_fp8_e4m3": ("float8_e4m3fn", _D("uint8")), "__nv_fp8_e5m2": ("float8_e5m2", _D("uint8")),
 }
-for _name, (_ml_name, _bits) in _EXTRA.items():
-    _SCALARS[_name] = _D(getattr(_ml, _ml_name)) if _ml is not None else _bits
-# name -> further dtypes a parameter of that base type accepts
-_ALSO = {name: (bits,) for name, (_m, bits) in _EXTRA.items() if _ml is not None}
+_ALSO: dict[str, tuple] = {}   # base type -> further dtypes it accepts (filled by _extra)
+
+
+def _extra(name: str) -> np.dtype:
+    """The dtype of a bfloat16/fp8 type: ml_dtypes' when it imports, else the bits' dtype."""
+    ml_name, bits = _EXTRA[name]
+    try:
+        import ml_dtypes  # noqa: PLC0415 - see above
+    except ImportError:
+        return bits
+    _ALSO[name] = (bits,)
+    return _D(getattr(ml_dtypes, ml_name))
+
+
 # Vector types: a pointer to them takes an array of their element type.
 _VECTORS = {"float": "float", "double": "double", "int": "int", "uint": "unsigned int",
             "short": "short", "ushort": "unsigned short", "char": "signed char",
@@ -246,7 +254,13 @@ def _parse_param(text: str, index: int, defines: dict[str, str]) -> Param:
     base = _resolve(written, defines)
     ctype = ("const " if is_const else "") + written + "*" * stars
     dtype, itemsize = None, None
-    if base in _SCALARS:
+    if base in _EXTRA or (base in _VECTOR_TYPES and _VECTOR_TYPES[base][0] in _EXTRA):
+        elem = _VECTOR_TYPES[base][0] if base in _VECTOR_TYPES else base
+        dtype = _extra(elem)
+        itemsize = dtype.itemsize * (_VECTOR_TYPES[base][1] if base in _VECTOR_TYPES else 1)
+        if base in _VECTOR_TYPES and not stars:
+            dtype = None   # a pair by value: any scalar of its size, as for __half2
+    elif base in _SCALARS:
         dtype = _SCALARS[base]
         itemsize = dtype.itemsize
     elif base in _VECTOR_TYPES:

@@ -251,27 +251,32 @@ def result_error(r, info: LaunchInfo) -> KernelError:
                        f"{r.msg.decode(errors='replace')}", kernel=info.kernel)
 
 
-_SYSCALL_HINTS = {
-    "exit": "a kernel cannot end the program; return from the kernel instead (or call "
-            "__trap() to fail the launch)",
-    "fork": "a kernel cannot start processes",
-    "clone": "a kernel cannot start processes or threads",
-    "exec": "a kernel cannot run programs",
-    "signal": "a kernel cannot signal other processes",
-}
+_SYSCALL_HINTS = [
+    (("exit", "_exit", "_Exit", "quick_exit"), "a kernel cannot end the program; return from "
+     "the kernel instead (or call __trap() to fail the launch)"),
+    (("abort",), "a kernel cannot abort the program; use assert() or __trap() to fail the "
+     "launch"),
+    (("fork", "vfork", "clone", "clone3", "daemon", "posix_spawn", "posix_spawnp", "system",
+      "popen", "execv", "execve", "execvp", "execvpe", "fexecve", "execl", "execlp", "execle",
+      "execveat"), "a kernel cannot start processes or run programs"),
+    (("pthread_create",), "a kernel cannot start threads: CUDA threads are the launch's"),
+    (("kill", "killpg", "raise", "sigqueue", "tkill", "tgkill", "rt_tgsigqueueinfo",
+      "pidfd_send_signal"), "a kernel cannot send signals"),
+]
 
 
 def syscall_error(r, info: LaunchInfo) -> KernelFault:
     call = r.msg.decode(errors="replace")
-    hint = next((h for key, h in _SYSCALL_HINTS.items() if key in call),
+    name = call.split(" ")[0]
+    hint = next((h for names, h in _SYSCALL_HINTS if name in names),
                 "a kernel may only compute and touch its arguments")
     return KernelFault(
-        f"kernel {info.kernel!r} called {call}{info.where(r)}: {hint}. The CPU executor "
+        f"kernel {info.kernel!r} called {call}(){info.where(r)}: {hint}. The CPU executor "
         f"stopped the launch; nothing it started is left running.", kernel=info.kernel,
         block=tuple(r.block) if r.has_thread else None,
-        thread=tuple(r.thread) if r.has_thread else None, signal="SIGSYS", region="unknown",
-        buffer=None, arg_index=None, index=None, size=None, access=None, address=None,
-        syscall=call.split(" ")[0])
+        thread=tuple(r.thread) if r.has_thread else None,
+        signal="SIGSYS" if r.signo else None, region="unknown", buffer=None, arg_index=None,
+        index=None, size=None, access=None, address=None, syscall=name)
 
 
 def worker_died(info: LaunchInfo, signo: int, timeout, r=None) -> KernelError:

@@ -40,6 +40,8 @@ template <> struct elements<matrix_b, __nv_bfloat16> { enum { value = 8 }; };
 template <> struct elements<accumulator, float> { enum { value = 8 }; };
 template <> struct elements<accumulator, __half> { enum { value = 8 }; };
 template <class T> struct identity { typedef T type; };
+template <class A, class B> struct same { enum { value = 0 }; };
+template <class A> struct same<A, A> { enum { value = 1 }; };
 
 inline int thread_linear()
 { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
@@ -89,14 +91,14 @@ inline void __pal_load_matrix_sync(const char *file, int line,
                                    fragment<Use, 16, 16, 16, T, L> &f,
                                    const typename __pal::identity<T>::type *p, unsigned ldm)
 {
-    static_assert(sizeof(L) && (__is_same(L, row_major) || __is_same(L, col_major)),
+    static_assert(__pal::same<L, row_major>::value || __pal::same<L, col_major>::value,
                   "matrix_a/matrix_b fragments need a row_major or col_major layout");
     __pal::check_ldm(file, line, "wmma::load_matrix_sync", ldm, sizeof(T));
     __pal::collective(file, line, PAL_OP_WMMA_LOAD);
     const int lane = __pal::thread_linear() & 31, r = __pal::row_of(lane);
     for (int i = 0; i < 8; ++i) {
         const int c = __pal::col_of(lane, i);
-        if constexpr (__is_same(L, row_major)) f.x[i] = p[(size_t)r * ldm + c];
+        if constexpr (__pal::same<L, row_major>::value) f.x[i] = p[(size_t)r * ldm + c];
         else f.x[i] = p[(size_t)c * ldm + r];
     }
     for (int i = 8; i < f.num_elements; ++i) f.x[i] = f.x[i - 8];
