@@ -64,8 +64,10 @@ def cuda_include_dir() -> str | None:
     candidates.append("/usr/local/cuda/include")
     for site in sys.path:
         candidates += sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
+    # crt/mma.h too: CUDA 13's pip wheels ship mma.h without the crt/mma.h it includes
+    # (seen on the H200 image: "cannot open source file crt/mma.h" from cuda-pathfinder's dir).
     for c in candidates:
-        if c and (Path(c) / "mma.h").is_file() and (Path(c) / "cuda_bf16.h").is_file():
+        if c and all((Path(c) / h).is_file() for h in ("mma.h", "crt/mma.h", "cuda_bf16.h")):
             return c
     return None
 
