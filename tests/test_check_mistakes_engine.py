@@ -190,3 +190,51 @@ def test_stub_is_not_attempted():
         raise NotImplementedError
     for task in ("block_hashes", "cached_prefix", "schedule_step"):
         assert run_check(task, stub)[0].status == "not attempted"
+
+
+# -- the workbook's rule is the engine's --------------------------------------------------------
+
+@pytest.mark.parametrize("seed", range(40))
+def test_schedule_step_reference_is_the_engines_scheduler(seed):
+    """Without prefix hits, preemption or swapping (and with something running, where the
+    engine applies the watermark), the engine's Scheduler picks exactly the batch the
+    workbook's rule does: the lesson's claim that Task 3 is the engine's step."""
+    import numpy as np
+
+    from pagedattn_lab.engine.config import EngineConfig
+    from pagedattn_lab.engine.kv_manager import KVCacheManager
+    from pagedattn_lab.engine.request import Request, SamplingParams, Status
+    from pagedattn_lab.engine.scheduler import Scheduler
+    from pagedattn_lab.grading.checks_engine import _reference_step, _requests
+
+    rng = np.random.default_rng(seed)
+    page_size = int(rng.choice([2, 4, 8]))
+    budget = int(rng.integers(8, 80))
+    max_chunk = int(rng.integers(4, budget + 1))
+    running, waiting = _requests(rng, page_size)
+    held = sum(r.num_pages for r in running)
+    need = sum(-(-(r.num_computed + min(r.num_tokens - r.num_computed, max_chunk, budget))
+                 // page_size) - r.num_pages for r in running)
+    num_pages = held + need + int(rng.integers(0, 16))   # tight: admission is priced
+    config = EngineConfig(page_size=page_size, num_pages=num_pages, max_num_batched_tokens=budget,
+                          max_prefill_chunk=max_chunk, max_num_seqs=64,
+                          watermark=float(rng.integers(0, 4)) / num_pages + 1e-9,
+                          enable_prefix_caching=False)
+    kv = KVCacheManager(num_pages, page_size, enable_caching=False)
+    sched = Scheduler(config, kv)
+    token = iter(range(10**6))
+    for r in running:
+        prompt = [next(token) for _ in range(r.num_tokens)]
+        req = Request(r.rid, prompt, SamplingParams(max_tokens=100))
+        req.num_computed_tokens = r.num_computed
+        req.pages = kv.pool.allocate(r.num_pages) if r.num_pages else []
+        req.status = Status.RUNNING
+        sched.running.append(req)
+    for r in waiting:
+        sched.add(Request(r.rid, [next(token) for _ in range(r.num_tokens)],
+                          SamplingParams(max_tokens=100)))
+    free = kv.pool.num_free
+    step = sched.schedule()
+    got = [(req.rid, n) for req, n in zip(step.requests, step.num_new)]
+    assert got == _reference_step(running, waiting, budget, free, config.watermark_pages,
+                                  page_size, max_chunk)
