@@ -71,8 +71,10 @@ class RawKernel:
         """The kernel as a cupy.RawKernel (needs CuPy and a CUDA device)."""
         if self._gpu is None:
             from .backend import cupy_module  # noqa: PLC0415 - never import CuPy eagerly
+            from .nvrtc_includes import extra_options  # noqa: PLC0415
             cupy = cupy_module()
-            self._gpu = cupy.RawKernel(self.code, self.name, options=self.options,
+            self._gpu = cupy.RawKernel(self.code, self.name,
+                                       options=self.options + extra_options(self.code),
                                        **self._cupy_kwargs)
             if self._max_dyn_smem is not None:
                 self._gpu.max_dynamic_shared_size_bytes = self._max_dyn_smem
