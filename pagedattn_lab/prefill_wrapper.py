@@ -69,8 +69,8 @@ def warps_for(max_q_len: int) -> int:
 
 def shared_bytes(head_dim: int, warps: int, elem_size: int = 2) -> int:
     """Dynamic shared memory of one block; mirrors `carve` in prefill_tc.cu."""
-    kv_rows = max(KV_TILE, 16 * warps // 2)
-    kv = 2 * kv_rows * (head_dim + 8) * elem_size
+    stage_rows = max(2 * KV_TILE, 16 * warps)          # K and V of a tile, or the Q tile
+    kv = 2 * stage_rows * (head_dim + 8) * elem_size    # two stages
     scratch = warps * 16 * (max(KV_TILE, 64) + 4) * 4
     p = warps * 16 * (KV_TILE + 8) * elem_size
     return kv + scratch + p + warps * 16 * 4
@@ -95,9 +95,12 @@ class BatchPrefillWrapper:
         self.planned = False
 
     def plan(self, qo_indptr, block_tables, seq_lens, num_heads: int, num_kv_heads: int,
-             head_dim: int, page_size: int, dtype, causal: bool = True):
+             head_dim: int, page_size: int, dtype, causal: bool = True,
+             warps: int | None = None):
         """All host work for one batch. The device is where `block_tables` lives (CuPy: the
-        GPU; NumPy: the CPU executor). Raises before changing the wrapper if anything is off."""
+        GPU; NumPy: the CPU executor). `warps` (1, 2, 4 or 8; query rows per block = 16 *
+        warps) overrides the automatic choice. Raises before changing the wrapper if
+        anything is off."""
         num_heads = check_int(num_heads, "num_heads", minimum=1)
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
@@ -125,7 +128,10 @@ class BatchPrefillWrapper:
                              f"in seq_lens, their K/V already in the cache)")
         on_gpu = is_cupy_array(block_tables)
         xp = array_module(block_tables)
-        warps = warps_for(int(q_lens.max(initial=0)))
+        if warps is None:
+            warps = warps_for(int(q_lens.max(initial=0)))
+        elif warps not in (1, 2, 4, 8):
+            raise ValueError(f"warps: expected 1, 2, 4 or 8, got {warps!r}")
         work = work_list(indptr, lens.astype(np.int64), 16 * warps, causal)
         pages_used = -(-lens.astype(np.int64) // page_size)
         used = tables[np.arange(tables.shape[1])[None, :] < pages_used[:, None]]

@@ -68,11 +68,11 @@ def build(cp, w: PrefillWorkload, rng):
     return dict(q=q, k=k, v=v, indptr=indptr, tables=tables, lens=np.array(w.lens, np.int32))
 
 
-def ours(cp, w, d):
+def ours(cp, w, d, warps=None):
     from ..prefill_wrapper import BatchPrefillWrapper  # noqa: PLC0415
     wrapper = BatchPrefillWrapper().plan(cp.asarray(d["indptr"]), cp.asarray(d["tables"]),
                                          cp.asarray(d["lens"]), w.num_heads, w.num_kv_heads,
-                                         w.head_dim, PAGE, np.float16)
+                                         w.head_dim, PAGE, np.float16, warps=warps)
     out = cp.empty_like(d["q"])
     return lambda: wrapper.run(d["q"], d["k"], d["v"], out=out)
 
@@ -126,6 +126,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_prefill_out"))
     parser.add_argument("--reps", type=int, default=30)
+    parser.add_argument("--warps", type=int, nargs="*", default=[],
+                        help="also time our kernel with these fixed warps per block")
     args = parser.parse_args(argv)
     import cupy as cp  # noqa: PLC0415
     timer = Timer(cp)
@@ -136,8 +138,9 @@ def main(argv=None) -> int:
         d = build(cp, w, rng)
         row = {"workload": asdict(w), "name": w.name, "tflop": w.flops() / 1e12, "results": {}}
         ref = None
-        for label, builder in (("ours", ours), ("flashinfer", flashinfer_prefill),
-                               ("sdpa-dense", sdpa_dense)):
+        variants = [(f"ours-w{n}", lambda cp, w, d, n=n: ours(cp, w, d, n)) for n in args.warps]
+        for label, builder in [("ours", ours), *variants, ("flashinfer", flashinfer_prefill),
+                               ("sdpa-dense", sdpa_dense)]:
             try:
                 fn = builder(cp, w, d)
                 result = fn()

@@ -8,9 +8,10 @@
 //
 // Thread-to-data mapping: grid = (work items, num_heads). A work item (from the wrapper's
 // plan) is one tile of 16*WARPS consecutive new tokens of one sequence; warp w owns rows
-// 16w..16w+15 of the tile. For each K/V tile, all threads copy its keys from their pages
-// into shared memory (16-byte loads, zeros past the end of the sequence: a masked key
-// times a NaN left in an unused slot would still be NaN). Each warp then computes its
+// 16w..16w+15 of the tile. All threads copy each K/V tile from its pages into shared
+// memory (16-byte copies, zeros past the end of the sequence: a masked key times a NaN
+// left in an unused slot would still be NaN), two tiles deep: the copy of tile i+1 is in
+// flight (cp.async on sm_80+) while tile i is computed. Each warp then computes its
 // 16 x KV_TILE block of S on tensor cores and stores it to its private shared scratch;
 // lane pairs (lane = 2 * row + half) run the online softmax on one row each, write P (in
 // ELEM) and the row's rescale factor alpha (a lane takes every other column, so the
@@ -69,9 +70,9 @@ typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, ELEM, wmma::row_major> FragV;
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
 
 struct Shared {                    // carved out of the dynamic shared memory
-    ELEM* k;                       // [KV_TILE][LD_KV]; with v, first holds the Q tile
-    ELEM* v;                       // [KV_TILE][LD_KV]
-    float* s;                      // per warp [16][LD_S + OUT_COLS...]: S, then output staging
+    ELEM* stage[2];                // per stage: K [KV_TILE][LD_KV], then V; stage 1 first
+                                   // holds the Q tile
+    float* s;                      // per warp [16][S_COLS + 4]: S, then output staging
     ELEM* p;                       // per warp [16][LD_P]
     float* row;                    // per warp [16]: alpha, then 1/l
 };
@@ -79,17 +80,48 @@ struct Shared {                    // carved out of the dynamic shared memory
 __device__ inline Shared carve(unsigned char* base)
 {
     Shared sh;
-    int kv_rows = KV_TILE > Q_ROWS / 2 ? KV_TILE : Q_ROWS / 2;   // Q tile fits in k + v
-    sh.k = reinterpret_cast<ELEM*>(base);
-    sh.v = sh.k + kv_rows * LD_KV;
-    sh.s = reinterpret_cast<float*>(sh.v + kv_rows * LD_KV);
+    int stage_rows = 2 * KV_TILE > Q_ROWS ? 2 * KV_TILE : Q_ROWS;   // K and V, or the Q tile
+    sh.stage[0] = reinterpret_cast<ELEM*>(base);
+    sh.stage[1] = sh.stage[0] + stage_rows * LD_KV;
+    sh.s = reinterpret_cast<float*>(sh.stage[1] + stage_rows * LD_KV);
     sh.p = reinterpret_cast<ELEM*>(sh.s + WARPS * 16 * (S_COLS + 4));
     sh.row = reinterpret_cast<float*>(sh.p + WARPS * 16 * LD_P);
     return sh;
 }
 
-// Copy `rows` rows of HEAD_DIM ELEMs to shared memory (row r at dst + r * LD_KV), 16 bytes
-// a thread at a time; src_row(r) gives a row's address or null for a row of zeros.
+// 16 bytes from global to shared memory, or 16 zero bytes when src is null. On sm_80 and
+// later the copy is asynchronous (cp.async, completed by wait_copies); elsewhere, the CPU
+// executor included, it is an ordinary copy, complete at once.
+__device__ inline void copy16(void* dst, const void* src)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned shared_addr = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(shared_addr), "l"(src ? src : dst), "r"(src ? 16 : 0));
+#else
+    uint4 value = make_uint4(0, 0, 0, 0);
+    if (src) value = *reinterpret_cast<const uint4*>(src);
+    *reinterpret_cast<uint4*>(dst) = value;
+#endif
+}
+
+__device__ inline void commit_copies()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int PENDING>   // wait until at most PENDING committed groups are still in flight
+__device__ inline void wait_copies()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(PENDING));
+#endif
+}
+
+// Copy `rows` rows of HEAD_DIM ELEMs to shared memory (row r at dst + r * LD_KV);
+// src_row(r) gives a row's address, or null for a row of zeros.
 template <typename RowFn>
 __device__ inline void stage_rows(ELEM* dst, int rows, RowFn src_row)
 {
@@ -98,9 +130,7 @@ __device__ inline void stage_rows(ELEM* dst, int rows, RowFn src_row)
     for (int idx = threadIdx.x; idx < rows * CHUNKS; idx += THREADS) {
         int r = idx / CHUNKS, c = (idx % CHUNKS) * VEC;
         const ELEM* src = src_row(r);
-        uint4 value = make_uint4(0, 0, 0, 0);
-        if (src) value = *reinterpret_cast<const uint4*>(src + c);
-        *reinterpret_cast<uint4*>(dst + r * LD_KV + c) = value;
+        copy16(dst + r * LD_KV + c, src ? src + c : nullptr);
     }
 }
 
@@ -137,17 +167,36 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
     wmma::load_matrix_sync(rows_of, s_w, LD_S, wmma::mem_row_major);
     __syncwarp();
 
-    // The Q tile (rows past the sequence's queries are zeros), then each warp's fragments.
-    stage_rows(sh.k, Q_ROWS, [&](int r) -> const ELEM* {
+    const int block_last_pos = first_pos + t0 + tile_rows - 1;
+    const int kv_end = causal ? min(seq_len, block_last_pos + 1) : seq_len;
+    auto stage_kv = [&](int k0, ELEM* dst) {   // K then V of keys k0 .. k0 + KV_TILE - 1
+        auto key_row = [&](const ELEM* cache, int r) -> const ELEM* {
+            int key = k0 + r;
+            if (key >= kv_end) return nullptr;
+            int vpage = key / page_size;
+            long long slot = (long long)table[vpage] * page_size + (key - vpage * page_size);
+            return cache + slot * row_stride + (long long)kv_head * HEAD_DIM;
+        };
+        stage_rows(dst, KV_TILE, [&](int r) { return key_row(k_cache, r); });
+        stage_rows(dst + KV_TILE * LD_KV, KV_TILE, [&](int r) { return key_row(v_cache, r); });
+        commit_copies();
+    };
+
+    // The Q tile (rows past the sequence's queries are zeros) into stage 1, the first K/V
+    // tile into stage 0; then each warp takes its Q fragments.
+    stage_rows(sh.stage[1], Q_ROWS, [&](int r) -> const ELEM* {
         return r < tile_rows ? q + ((long long)(q_begin + t0 + r) * num_heads + head) * HEAD_DIM
                              : nullptr;
     });
+    commit_copies();
+    stage_kv(0, sh.stage[0]);
+    wait_copies<1>();
     __syncthreads();
     FragA q_frag[D_FRAGS];
 #pragma unroll
     for (int d = 0; d < D_FRAGS; ++d)
-        wmma::load_matrix_sync(q_frag[d], sh.k + warp * 16 * LD_KV + d * 16, LD_KV);
-    __syncthreads();   // the Q tile's space is about to hold K and V
+        wmma::load_matrix_sync(q_frag[d], sh.stage[1] + warp * 16 * LD_KV + d * 16, LD_KV);
+    __syncthreads();   // stage 1 is about to receive the second K/V tile
 
     FragC o_frag[D_FRAGS];
 #pragma unroll
@@ -160,24 +209,17 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
     const int my_pos = first_pos + t0 + my_query;                  // its position
     float m_run = NEG_INF, l_run = 0.0f;
 
-    const int block_last_pos = first_pos + t0 + tile_rows - 1;
-    const int kv_end = causal ? min(seq_len, block_last_pos + 1) : seq_len;
     const int warp_last_pos = first_pos + t0 + min(warp * 16 + 15, tile_rows - 1);
     const bool warp_has_rows = warp * 16 < tile_rows;
 
-    for (int k0 = 0; k0 < kv_end; k0 += KV_TILE) {
-        auto key_row = [&](const ELEM* cache, int r) -> const ELEM* {
-            int key = k0 + r;
-            if (key >= kv_end) return nullptr;
-            int vpage = key / page_size;
-            long long slot = (long long)table[vpage] * page_size + (key - vpage * page_size);
-            return cache + slot * row_stride + (long long)kv_head * HEAD_DIM;
-        };
-        __syncthreads();   // everyone is done with the previous tile
-        stage_rows(sh.k, KV_TILE, [&](int r) { return key_row(k_cache, r); });
-        stage_rows(sh.v, KV_TILE, [&](int r) { return key_row(v_cache, r); });
-        __syncthreads();
-        if (!warp_has_rows || (causal && warp_last_pos < k0)) continue;   // warp-uniform
+    for (int k0 = 0, tile = 0; k0 < kv_end; k0 += KV_TILE, ++tile) {
+        if (k0 + KV_TILE < kv_end) stage_kv(k0 + KV_TILE, sh.stage[(tile + 1) & 1]);
+        else commit_copies();           // an empty group keeps the count of groups uniform
+        wait_copies<1>();               // this thread's copies of this tile have landed
+        __syncthreads();                // ... and everyone else's
+        const ELEM* k_tile = sh.stage[tile & 1];
+        const ELEM* v_tile = k_tile + KV_TILE * LD_KV;
+        if (warp_has_rows && !(causal && warp_last_pos < k0)) {   // warp-uniform
 
         // S = Q K^T for this warp's 16 rows, KV_TILE keys, into the warp's scratch.
 #pragma unroll
@@ -187,7 +229,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
 #pragma unroll
             for (int d = 0; d < D_FRAGS; ++d) {
                 FragKT k_frag;
-                wmma::load_matrix_sync(k_frag, sh.k + n * 16 * LD_KV + d * 16, LD_KV);
+                wmma::load_matrix_sync(k_frag, k_tile + n * 16 * LD_KV + d * 16, LD_KV);
                 wmma::mma_sync(acc, q_frag[d], k_frag, acc);
             }
             wmma::store_matrix_sync(s_w + n * 16, acc, LD_S, wmma::mem_row_major);
@@ -195,22 +237,24 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         __syncwarp();
 
         // Online softmax: each lane takes every other score of its row.
+        float score[KV_TILE / 2];
         float tile_max = NEG_INF;
-        for (int c = my_half; c < KV_TILE; c += 2) {
-            int key = k0 + c;
+#pragma unroll
+        for (int j = 0; j < KV_TILE / 2; ++j) {
+            int c = 2 * j + my_half, key = k0 + c;
             bool visible = row_real && key < kv_end && (!causal || key <= my_pos);
-            float x = visible ? s_w[my_row * LD_S + c] * scale_log2 : NEG_INF;
-            s_w[my_row * LD_S + c] = x;
-            tile_max = fmaxf(tile_max, x);
+            score[j] = visible ? s_w[my_row * LD_S + c] * scale_log2 : NEG_INF;
+            tile_max = fmaxf(tile_max, score[j]);
         }
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
         float m_new = fmaxf(m_run, tile_max);
         float m_use = m_new == NEG_INF ? 0.0f : m_new;             // a row with no key yet
         float alpha = exp2f(m_run - m_use);
         float sum = 0.0f;
-        for (int c = my_half; c < KV_TILE; c += 2) {
-            float p = exp2f(s_w[my_row * LD_S + c] - m_use);
-            from_float(p, p_w + my_row * LD_P + c);
+#pragma unroll
+        for (int j = 0; j < KV_TILE / 2; ++j) {
+            float p = exp2f(score[j] - m_use);
+            from_float(p, p_w + my_row * LD_P + 2 * j + my_half);
             sum += p;
         }
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
@@ -235,11 +279,13 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
 #pragma unroll
             for (int n = 0; n < K_FRAGS; ++n) {
                 FragV v_frag;
-                wmma::load_matrix_sync(v_frag, sh.v + n * 16 * LD_KV + d * 16, LD_KV);
+                wmma::load_matrix_sync(v_frag, v_tile + n * 16 * LD_KV + d * 16, LD_KV);
                 wmma::mma_sync(o_frag[d], p_frag[n], v_frag, o_frag[d]);
             }
         }
         __syncwarp();   // row_w and p_w are rewritten by the next tile
+        }
+        __syncthreads();   // this stage is refilled two tiles on: everyone is done reading it
     }
 
     if (!warp_has_rows) return;   // no barrier below
