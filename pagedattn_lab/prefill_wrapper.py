@@ -63,8 +63,12 @@ def _accepts(array_dtype, planned: np.dtype, on_gpu: bool) -> bool:
 
 
 def warps_for(max_q_len: int) -> int:
-    """Query rows per block = 16 * warps: one warp for decode-like batches, else four."""
-    return 1 if max_q_len <= 16 else 4
+    """Query rows per block = 16 * warps: one warp for decode-like batches, eight for long
+    prompts (each K/V tile then serves 128 queries: 87 against 71 TFLOP/s with four, H200,
+    benchmarks/NOTES.md), four in between."""
+    if max_q_len <= 16:
+        return 1
+    return 8 if max_q_len >= 128 else 4
 
 
 def shared_bytes(head_dim: int, warps: int, elem_size: int = 2) -> int:
