@@ -12,9 +12,9 @@ import numpy as np
 
 from .attention_common import (bfloat16_dtype, check_grid, from_torch, is_torch_tensor,
                                prepare_out, to_torch_like)
-from .backend import is_cupy_array, to_numpy
+from .backend import cupy_module, is_cupy_array, to_numpy
 from .decode_plan import choose_partitions
-from .validate import check_attention_inputs, check_int
+from .validate import check_attention_inputs, check_int, resolve_scale
 from .wrappers import BatchDecodeWrapper
 
 __all__ = ["paged_attention_decode", "choose_partitions"]
@@ -47,12 +47,13 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
                                     cache_dtypes=_cache_dtypes(bits))
     dtype = "bfloat16" if k_cache.dtype in _cache_dtypes(bits)[2:] else k_cache.dtype.name
     check_grid(shapes.batch, shapes.num_heads)
+    scale = resolve_scale(scale, shapes.head_dim)
+    if out is not None:
+        prepare_out(out, (shapes.batch, shapes.num_heads, shapes.head_dim), q.dtype,
+                    cupy_module() if on_gpu else np)
     w = BatchDecodeWrapper()
     w._plan(block_tables, seq_lens, tables_h, lens_h, shapes.num_heads, shapes.num_kv_heads,
             shapes.head_dim, shapes.page_size, dtype, kernel, num_splits, on_gpu, copy=False)
-    if out is not None:
-        prepare_out(out, (shapes.batch, shapes.num_heads, shapes.head_dim), q.dtype,
-                    w.xp)
     result = w.run(q, k_cache, v_cache, out=out, scale=scale)
     return result if like is None else to_torch_like(result, like)
 
