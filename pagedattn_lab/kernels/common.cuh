@@ -91,4 +91,13 @@ __device__ inline float load_cg(const float* p)
 #endif
 }
 
+__device__ inline float4 load_cg(const float4* p)
+{
+#ifdef __CUDA_ARCH__
+    return __ldcg(p);
+#else
+    return *p;
+#endif
+}
+
 #endif  // PAGEDATTN_LAB_COMMON_CUH

@@ -14,8 +14,8 @@
 //   blockIdx.y picks the KV head and which of its query heads are the rows of Q: up to
 //   16 * ROW_TILES of them (a group larger than that is split over row_chunks blocks). Rows
 //   past the group are zero and their results are dropped.
-//   The partition is streamed through shared memory in tiles of TILE_T tokens, STAGES tiles
-//   in flight (cp.async). For each tile:
+//   The partition is streamed through shared memory in tiles of TILE_T tokens, up to STAGES
+//   tiles in flight (cp.async; K and V of a tile are separate groups). For each tile:
 //     1. S = Q K^T: the 16x16 tiles of S are shared out over the warps; each is HEAD_DIM/16
 //        mma_sync steps; S goes to shared memory (fp32).
 //     2. online softmax, one row per TPR threads: scale, mask tokens past the end, new running
@@ -83,30 +83,42 @@ static_assert(ROWS * LO * 4 <= KV_BYTES, "O does not fit where the K/V tiles wer
 
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_frag;
 
-// Start the copies of one tile of K and V (tokens t0 .. t0 + TILE_T - 1, zeros past `end`).
+// Start the copies of one tile of K and V (tokens t0 .. t0 + TILE_T - 1, zeros past `end`),
+// as two groups: K first, then V (S = Q K^T can start while V is still on its way).
+constexpr int TILE_COPIES = (TILE_T * CHUNKS + TC_THREADS - 1) / TC_THREADS;   // per thread
 __device__ inline void load_tile(KV_T* ks, KV_T* vs, const KV_T* k_cache, const KV_T* v_cache,
                                  const int* table, int t0, int end, int page_size, int page_shift,
                                  long long page_stride, long long row_stride, long long head_off)
 {
+    long long offset[TILE_COPIES];   // element offsets in the caches; -1: past the end
 #pragma unroll
-    for (int c0 = 0; c0 < TILE_T * CHUNKS; c0 += TC_THREADS) {
-        const int c = c0 + threadIdx.x;
-        if (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS) {
-            const int r = c / CHUNKS, col = c % CHUNKS;
-            const int t = t0 + r;
-            const bool valid = t < end;
-            long long e = 0;   // a token past the end reads nothing (and is never looked up)
-            if (valid) {
-                const int vpage = page_shift >= 0 ? (t >> page_shift) : (t / page_size);
-                const long long page = table[vpage];
-                e = page * page_stride + (long long)(t - vpage * page_size) * row_stride
-                    + head_off + col * 8;
-            }
-            copy16_async(ks + r * LD + col * 8, k_cache + e, valid);
-            copy16_async(vs + r * LD + col * 8, v_cache + e, valid);
+    for (int i = 0; i < TILE_COPIES; ++i) {
+        const int c = i * TC_THREADS + threadIdx.x;
+        const int t = t0 + c / CHUNKS;
+        offset[i] = -1;   // a token past the end reads nothing (and is never looked up)
+        if (t < end && (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS)) {
+            const int vpage = page_shift >= 0 ? (t >> page_shift) : (t / page_size);
+            const long long page = table[vpage];
+            offset[i] = page * page_stride + (long long)(t - vpage * page_size) * row_stride
+                        + head_off + (c % CHUNKS) * 8;
         }
     }
+#pragma unroll
+    for (int pass = 0; pass < 2; ++pass) {
+        const KV_T* cache = pass ? v_cache : k_cache;
+        KV_T* tile = pass ? vs : ks;
+#pragma unroll
+        for (int i = 0; i < TILE_COPIES; ++i) {
+            const int c = i * TC_THREADS + threadIdx.x;
+            if (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS)
+                copy16_async(tile + (c / CHUNKS) * LD + (c % CHUNKS) * 8,
+                             cache + (offset[i] < 0 ? 0 : offset[i]), offset[i] >= 0);
+        }
+        copy_commit();
+    }
 }
+
+__device__ inline void empty_groups() { copy_commit(); copy_commit(); }   // a tile past the end
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
@@ -152,14 +164,17 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     const long long page_stride = (long long)page_size * row_stride;
     const long long head_off = (long long)kvh * HEAD_DIM;
 
-    // The first STAGES - 1 tiles start loading before anything else.
+    // The first STAGES - 1 tiles start loading before anything else. Every thread commits
+    // two groups per tile (K, V), empty ones past the last tile too, so that "wait until at
+    // most N groups are in flight" means the same tile for every thread.
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ntiles)
             load_tile(kv + s * 2 * TILE_T * LD, kv + (s * 2 + 1) * TILE_T * LD, k_cache, v_cache,
                       table, start + s * TILE_T, end, page_size, page_shift, page_stride,
                       row_stride, head_off);
-        copy_commit();   // empty groups too: every thread counts the same groups
+        else
+            empty_groups();
     }
 
     // Q: the block's query heads as rows, zero rows below them.
@@ -185,8 +200,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     float m_run = NEG_BIG, l_run = 0.0f;          // this row's running max, this thread's sum
 
     for (int i = 0; i < ntiles; ++i) {
-        copy_wait<STAGES - 2>();
-        __syncthreads();   // tile i is in shared memory; every warp is done with tile i - 1
+        copy_wait<2 * STAGES - 3>();   // K of tile i has landed (its V may still be coming)
+        __syncthreads();   // ... for every thread; and every warp is done with tile i - 1
         {
             const int nt = i + STAGES - 1;   // refill the buffer of tile i - 1
             const int buf = nt % STAGES;
@@ -194,7 +209,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
                 load_tile(kv + buf * 2 * TILE_T * LD, kv + (buf * 2 + 1) * TILE_T * LD, k_cache,
                           v_cache, table, start + nt * TILE_T, end, page_size, page_shift,
                           page_stride, row_stride, head_off);
-            copy_commit();
+            else
+                empty_groups();
         }
         const KV_T* ks = kv + (i % STAGES) * 2 * TILE_T * LD;
         const KV_T* vs = ks + TILE_T * LD;
@@ -242,6 +258,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
             l_run = l_run * alpha + sum;
             if (threadIdx.x % TPR == 0) alpha_s[row] = alpha;
         }
+        copy_wait<2 * STAGES - 2>();   // V of tile i has landed
         __syncthreads();
 
         // 3. O = alpha * O + P V
@@ -341,13 +358,26 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
         for (int p = lane; p < nparts; p += 32) w[r * nparts + p] /= sum;
     }
     __syncthreads();
-    for (int idx = threadIdx.x; idx < nh * HEAD_DIM; idx += TC_THREADS) {
-        const int r = idx / HEAD_DIM, d = idx % HEAD_DIM;
-        const float* po = part_out + (slot0 + r) * HEAD_DIM + d;
-        float acc = 0.0f;
-#pragma unroll 4
-        for (int p = 0; p < nparts; ++p)
-            acc += w[r * nparts + p] * load_cg(po + p * part_stride * HEAD_DIM);
-        store_value(out + (out_row + r) * HEAD_DIM + d, acc);
+    // out[r][4 dims] = sum_p w[r][p] O_p[r][4 dims]: 16-byte loads, 8 partitions in flight.
+    constexpr int D4 = HEAD_DIM / 4;
+    const long long part_stride4 = part_stride * D4;
+    for (int idx = threadIdx.x; idx < nh * D4; idx += TC_THREADS) {
+        const int r = idx / D4, d4 = idx % D4;
+        const float4* po = reinterpret_cast<const float4*>(part_out + (slot0 + r) * HEAD_DIM) + d4;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int p = 0; p < nparts; ++p) {
+            const float wp = w[r * nparts + p];
+            const float4 x = load_cg(po + p * part_stride4);
+            acc.x += wp * x.x;
+            acc.y += wp * x.y;
+            acc.z += wp * x.z;
+            acc.w += wp * x.w;
+        }
+        KV_T* o = out + (out_row + r) * HEAD_DIM + d4 * 4;
+        store_value(o, acc.x);
+        store_value(o + 1, acc.y);
+        store_value(o + 2, acc.z);
+        store_value(o + 3, acc.w);
     }
 }
