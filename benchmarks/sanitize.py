@@ -81,6 +81,24 @@ def main():
         ("tc f16 GQA2 d192 split", [100, 40], 16, 4, 2, 192, f16, {**tc, "num_splits": 2}),
         ("tc f16 GQA4 d112 auto split", [2000], 16, 8, 2, 112, f16, {**tc}),
     ]
+    for name, lens, ps, h, kvh, hd, dt, kw in decode_cases:
+        args = problem(rng, lens, ps, h, kvh, hd, dt)
+        ok &= check("decode " + name, args, lambda *a, kw=kw: paged_attention_decode(*a, **kw),
+                    reference_decode, 2e-3 if dt == f16 else 1e-5)
+    # bfloat16 (uint16 bits on CuPy), both kernels
+    q, k, v, tables, lens = problem(rng, [300, 17], 16, 8, 2, 128, f32)
+    bf = [a.astype(ml_dtypes.bfloat16) for a in (q, k, v)]
+    ref = reference_decode(*[a.astype(f32) for a in bf], tables, lens)
+    for kernel in ("tensor_core", "simt"):
+        out = paged_attention_decode(*[cp.asarray(a.view(np.uint16)) for a in bf],
+                                     cp.asarray(tables), cp.asarray(lens), kernel=kernel,
+                                     num_splits=2)
+        got = cp.asnumpy(out).view(ml_dtypes.bfloat16).astype(np.float64)
+        err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        good = bool(np.isfinite(got).all() and err < 1e-2)
+        print(f"{'decode bf16 ' + kernel + ' GQA4 d128 split':44s} rel err {err:.2e} "
+              f"{'ok' if good else 'WRONG'}")
+        ok &= good
     prefill_cases = [
         ("prefill naive f32 d64", "naive", [130, 1, 64], 16, 4, 2, 64, f32),
         ("prefill tiled f32 d64", "tiled", [130, 1, 64], 16, 4, 2, 64, f32),

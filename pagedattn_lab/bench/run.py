@@ -116,7 +116,7 @@ class Bench:
         scale = 1.0 / math.sqrt(w.head_dim)
         nbytes = w.bytes_moved()
         q, k, v = inp["q"], inp["k_cache"], inp["v_cache"]
-        chosen = None
+        chosen = main = ours = None
         for kernel in ("auto", "simt", "tensor_core"):
             plan = BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], w.num_heads,
                                              w.num_kv_heads, w.head_dim, w.page_size, w.dtype,
