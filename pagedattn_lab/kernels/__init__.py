@@ -51,4 +51,20 @@ def kernel(filename: str, name: str, options: tuple[str, ...] = ()):
     Returns a `pagedattn_lab.RawKernel`: the GPU when CuPy has a device, else the CPU executor.
     """
     from ..rawkernel import RawKernel  # noqa: PLC0415 - avoids importing CuPy at package import
-    return RawKernel(expanded_source(filename), name, options=options)
+    code = expanded_source(filename)
+    if "<mma.h>" in code:
+        options = (*options, *_toolkit_include())
+    return RawKernel(code, name, options=options)
+
+
+@functools.lru_cache(maxsize=None)
+def _toolkit_include() -> tuple[str, ...]:
+    """-I for the CUDA toolkit's headers on a GPU machine: NVRTC has no mma.h of its own.
+    (On the CPU executor the shim's include folder comes first, so this changes nothing.)"""
+    from ..backend import gpu_available  # noqa: PLC0415
+    if not gpu_available():
+        return ()
+    import cupy  # noqa: PLC0415
+    path = cupy.cuda.get_cuda_path()
+    include = Path(path or "/nonexistent", "include")
+    return (f"-I{include}",) if (include / "mma.h").is_file() else ()
