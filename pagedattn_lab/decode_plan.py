@@ -22,8 +22,8 @@ HEAD_DIM_MAX = 256
 
 # ---- the choice ---------------------------------------------------------------------------
 # Plain multi-head attention (group 1) on fp16/bf16: which kernel the GPU runs when not told.
-# Measured on the H200 (benchmarks/NOTES.md).
-MHA_KERNEL = "tensor_core"
+# Measured on the H200 (benchmarks/NOTES.md): the SIMT kernel reads MHA at the copy rate.
+MHA_KERNEL = "simt"
 
 
 def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:

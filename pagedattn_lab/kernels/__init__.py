@@ -59,12 +59,25 @@ def kernel(filename: str, name: str, options: tuple[str, ...] = ()):
 
 @functools.lru_cache(maxsize=None)
 def _toolkit_include() -> tuple[str, ...]:
-    """-I for the CUDA toolkit's headers on a GPU machine: NVRTC has no mma.h of its own.
-    (On the CPU executor the shim's include folder comes first, so this changes nothing.)"""
+    """-I for the CUDA toolkit's headers on a GPU machine. NVRTC has no mma.h of its own, and
+    the mma.h of the pip CUDA runtime includes "crt/mma.h", which only the toolkit (or the
+    nvidia-cuda-nvcc wheel) has. Looked for in $PAGEDATTN_LAB_CUDA_INCLUDE, $CUDA_HOME,
+    $CUDA_PATH, beside nvcc, /usr/local/cuda and the pip nvidia packages. (On the CPU
+    executor the shim's include folder comes first, so this changes nothing.)"""
+    import os  # noqa: PLC0415
+    import shutil  # noqa: PLC0415
+    import sys  # noqa: PLC0415
+
     from ..backend import gpu_available  # noqa: PLC0415
     if not gpu_available():
         return ()
-    import cupy  # noqa: PLC0415
-    path = cupy.cuda.get_cuda_path()
-    include = Path(path or "/nonexistent", "include")
-    return (f"-I{include}",) if (include / "mma.h").is_file() else ()
+    roots = [os.environ.get(v) for v in ("PAGEDATTN_LAB_CUDA_INCLUDE", "CUDA_HOME", "CUDA_PATH")]
+    nvcc = shutil.which("nvcc")
+    roots += [str(Path(nvcc).resolve().parents[1]) if nvcc else None, "/usr/local/cuda"]
+    for site in sys.path:
+        roots += [str(p.parent) for p in Path(site).glob("nvidia/*/include")] if site else []
+    for root in filter(None, roots):
+        for include in (Path(root), Path(root) / "include"):
+            if (include / "crt" / "mma.h").is_file():
+                return (f"-I{include}",)
+    return ()
