@@ -25,12 +25,10 @@ from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
 B = dp.TC_BLOCKS_PER_SM
 VARIANTS = [
     ("default", None, dp.TC_STAGES, B),
-    ("T32 S2", 32, 2, B), ("T32 S3", 32, 3, B), ("T32 S4", 32, 4, B), ("T64 S3", 64, 3, B),
+    ("T64 S3", 64, 3, B), ("T128 S2", 128, 2, B),
     ("split x0.5", None, dp.TC_STAGES, B // 2), ("split x2", None, dp.TC_STAGES, B * 2),
-    ("split x4", None, dp.TC_STAGES, B * 4),
-    ("T32 S3 x0.5", 32, 3, B // 2), ("T32 S3 x2", 32, 3, B * 2),
 ]
-DEFAULT_ONLY = "D64-gqa4,D64-gqa8,D64-mqa16,8x32k-gqa4,1x32k-gqa4,D64-gqa4-d256"
+DEFAULT_ONLY = "D64-gqa4,D64-mqa16,8x32k-gqa4,1x32k-gqa4"
 
 
 def rel(a, b):

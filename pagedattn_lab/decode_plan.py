@@ -113,39 +113,41 @@ def simt_shared_bytes(gmax: int, head_dim: int) -> int:
     return THREADS // 32 * gmax * (2 + head_dim) * 4
 
 
-# ---- the tensor-core kernel ---------------------------------------------------------------
-TC_MAX_ROW_TILES = 4        # a block multiplies at most 64 query heads
-TC_MAX_O_FRAGMENTS = 32     # row tiles x head_dim / 16: the O tiles a block keeps in registers
+# ---- the tensor-core kernel ----------------------------------------------------------------
+TC_WARPS = 4                # warps per block (decode_tc.cu's TC_THREADS / 32)
+TC_MAX_ROW_TILES = 4        # a block multiplies at most 64 query heads (one row tile per warp)
+TC_TILE_TOKENS = 64         # tokens per K/V tile: 32 KB of K and V at head_dim 128
 TC_STAGES = 2               # K/V tiles in flight per block
-TC_BLOCKS_PER_SM = 6        # automatic splitting aims for at least this many blocks per SM
+TC_BLOCKS_PER_SM = 4        # automatic splitting aims for at least this many blocks per SM
+TC_AUTO_MAX_PARTS = 64      # ... but cuts no sequence in more (the merge reads every part)
 TC_PART_LENS = (4096, 2048, 1024, 512, 256, 128)   # automatic partition lengths, longest first
 
 
 def tc_tile_tokens(head_dim: int) -> int:
-    """Tokens per K/V tile: 32 KB of K and V per tile for head_dim 128 (64 tokens)."""
-    return 64 if head_dim <= 128 else 32
+    """Tokens per K/V tile (a multiple of 64: each of the 4 warps takes 16 or more)."""
+    return TC_TILE_TOKENS
 
 
 def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
     """(rows_per_block, row_chunks, row_tiles): query heads each block takes as the rows of
-    Q, blocks per KV head, and 16-row tiles per block. A group fits in one block when its
-    O tiles (row tiles x head_dim / 16) stay within TC_MAX_O_FRAGMENTS (8 registers each
-    per warp); a larger one is split evenly over several blocks."""
-    max_tiles = max(1, min(TC_MAX_ROW_TILES, TC_MAX_O_FRAGMENTS * 16 // head_dim))
-    chunks = -(-group // (16 * max_tiles))
+    Q, blocks per KV head, and 16-row tiles per block (1, 2 or 4: the 4 warps split into
+    row tiles x token slices). A group of more than 64 heads is split evenly over blocks."""
+    chunks = -(-group // (16 * TC_MAX_ROW_TILES))
     rows = -(-group // chunks)
-    return rows, chunks, -(-rows // 16)
+    tiles = -(-rows // 16)
+    return rows, chunks, 1 << (tiles - 1).bit_length()
 
 
 def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
                     elem_bytes: int = 2) -> tuple[int, int]:
     """(total, kv) shared-memory bytes of a tensor-core block: the layout of decode_tc.cu
-    (K/V stages, Q, S, P, the row-id tile, alpha, m, l, a flag). `kv` is the K/V region,
-    reused at the end for O and for the merge weights."""
+    (K/V stages, Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a
+    flag). `kv` is the K/V region, reused at the end for O and for the merge weights."""
     rows, ld = 16 * row_tiles, head_dim + 8
+    tw = tile_t * row_tiles // TC_WARPS
     kv = stages * 2 * tile_t * ld * elem_bytes
-    total = (kv + rows * ld * elem_bytes + rows * (tile_t + 4) * 4 + rows * (tile_t + 8) * elem_bytes
-             + 16 * 16 * 4 + 3 * rows * 4 + 16)
+    total = (kv + rows * ld * elem_bytes + TC_WARPS * 16 * (tw + 4) * 4
+             + TC_WARPS * 16 * (tw + 8) * elem_bytes + 16 * 16 * 4 + 3 * TC_WARPS * 16 * 4 + 16)
     return total, kv
 
 
@@ -164,7 +166,8 @@ def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max
                        num_splits: int | None = None) -> int:
     """Tensor cores: tokens per partition. num_splits=n cuts the longest sequence into n;
     automatic: the longest of TC_PART_LENS that still gives TC_BLOCKS_PER_SM blocks per SM,
-    else the shortest; never more than `max_parts` partitions per sequence."""
+    else the shortest, and no more than TC_AUTO_MAX_PARTS partitions per sequence; never more
+    than `max_parts` (what the merge has room for)."""
     max_len = int(lens.max())
     if num_splits is not None:
         part_len = cut_longest(max_len, num_splits)
@@ -173,7 +176,7 @@ def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max
         part_len = next((p for p in TC_PART_LENS
                          if int((-(-lens // p)).sum()) * blocks_per_item >= target),
                         TC_PART_LENS[-1])
-        part_len = min(part_len, max_len)
+        part_len = max(min(part_len, max_len), -(-max_len // TC_AUTO_MAX_PARTS))
     if -(-max_len // part_len) > max_parts:
         if num_splits is not None:
             raise ValueError(f"num_splits: {num_splits} partitions exceed the {max_parts} the "

@@ -133,7 +133,7 @@ def test_kernel_choice():
 
 @pytest.mark.parametrize("group,head_dim,expected", [
     (1, 128, (1, 1, 1)), (4, 128, (4, 1, 1)), (16, 64, (16, 1, 1)), (20, 64, (20, 1, 2)),
-    (64, 128, (64, 1, 4)), (64, 256, (32, 2, 2)), (48, 192, (24, 2, 2)), (100, 64, (50, 2, 4)),
+    (40, 96, (40, 1, 4)), (64, 256, (64, 1, 4)), (100, 64, (50, 2, 4)), (130, 128, (44, 3, 4)),
 ])
 def test_tensor_core_rows(group, head_dim, expected):
     assert dp.tc_rows(group, head_dim) == expected
@@ -141,9 +141,9 @@ def test_tensor_core_rows(group, head_dim, expected):
 
 def test_tensor_core_partitions_and_work_list():
     lens = np.array([4096] * 64)
-    assert dp.choose_tc_part_len(lens, 8, 132, 1000) == 2048       # >= 6 blocks per SM
-    assert dp.choose_tc_part_len(np.array([32768]), 8, 132, 1000) == 256
-    assert dp.choose_tc_part_len(np.array([32768]), 8, 132, 64) == 512   # merge limit
+    assert dp.choose_tc_part_len(lens, 8, 132, 1000) == 2048       # >= 4 blocks per SM
+    assert dp.choose_tc_part_len(np.array([32768]), 8, 132, 1000) == 512   # <= 64 parts
+    assert dp.choose_tc_part_len(np.array([32768]), 8, 132, 32) == 1024    # merge limit
     assert dp.choose_tc_part_len(np.array([100, 7]), 1, 132, 99, num_splits=3) == 34
     with pytest.raises(ValueError, match="num_splits"):
         dp.choose_tc_part_len(np.array([1000]), 1, 132, 8, num_splits=9)

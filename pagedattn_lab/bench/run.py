@@ -236,7 +236,10 @@ class Bench:
             traceback.print_exc()
             self.rows.append({"kind": "decode", "workload": name, "kernel": "paged-decode",
                               "error": f"{type(exc).__name__}: {exc}"})
-            self._free()
+            try:
+                self._free()
+            except Exception:   # a broken CUDA context: the rows so far are still written
+                pass
 
     def _free(self):
         self.cp.get_default_memory_pool().free_all_blocks()
@@ -287,6 +290,7 @@ def main(argv=None) -> int:
         dws = [w for w in dws if w.name in args.only.split(",")]
     if args.no_prefill:
         pws = []
+    meta = metadata(cp, torch, bench.copy_bw, argv)   # before anything can break the context
     flashinfer_note = bench.start_flashinfer(dws)
     steps = len(dws) * 2 + 3 * len(pws)
     with tqdm(total=steps, desc="bench", file=sys.stderr) as progress:
@@ -297,7 +301,6 @@ def main(argv=None) -> int:
         for w in pws:
             progress.set_postfix_str(w.name)
             bench.prefill(w, progress)
-    meta = metadata(cp, torch, bench.copy_bw, argv)
     meta["flashinfer"] = flashinfer_note
     if torch_error:
         meta["torch_error"] = torch_error
