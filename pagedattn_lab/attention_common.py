@@ -1,6 +1,8 @@
 """What the attention wrappers share: where arrays live, alignment, and output checks."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .backend import is_cupy_array, to_numpy
@@ -144,4 +146,11 @@ def sm_count(on_gpu: bool, cpu_count: int = 4) -> int:
     if not on_gpu:
         return cpu_count
     from .backend import cupy_module  # noqa: PLC0415
-    return int(cupy_module().cuda.Device().attributes["MultiProcessorCount"])
+    return _sm_count(cupy_module().cuda.runtime.getDevice())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: int) -> int:
+    # Asked once per device: CuPy's Device.attributes queries every attribute (~0.1 ms).
+    from .backend import cupy_module  # noqa: PLC0415
+    return int(cupy_module().cuda.Device(device).attributes["MultiProcessorCount"])

@@ -53,7 +53,8 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
                     cupy_module() if on_gpu else np)
     w = BatchDecodeWrapper()
     w._plan(block_tables, seq_lens, tables_h, lens_h, shapes.num_heads, shapes.num_kv_heads,
-            shapes.head_dim, shapes.page_size, dtype, kernel, num_splits, on_gpu, copy=False)
+            shapes.head_dim, shapes.page_size, dtype, kernel, num_splits, on_gpu, copy=False,
+            max_page=-1)   # the pages were checked against this very cache above
     result = w.run(q, k_cache, v_cache, out=out, scale=scale)
     return result if like is None else to_torch_like(result, like)
 

@@ -21,9 +21,12 @@ KERNELS = ("simt", "tensor_core")
 HEAD_DIM_MAX = 256
 
 # ---- the choice ---------------------------------------------------------------------------
-# Plain multi-head attention (group 1) on fp16/bf16: which kernel the GPU runs when not told.
-# Measured on the H200 (benchmarks/NOTES.md): the SIMT kernel reads MHA at the copy rate.
+# What the GPU runs when not told, fp16/bf16 (measured on the H200, benchmarks/NOTES.md):
+# plain multi-head attention (group 1) on the SIMT kernel, which reads it at the copy rate;
+# GQA/MQA on tensor cores up to TC_AUTO_MAX_HEAD_DIM (head_dim 256, GQA 32/8: SIMT 0.378 ms,
+# tensor cores 0.485 ms: one 150 KB block per SM is too few to hide its latency).
 MHA_KERNEL = "simt"
+TC_AUTO_MAX_HEAD_DIM = 128
 
 
 def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
@@ -45,17 +48,20 @@ def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
 def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu: bool) -> str:
     """The kernel a plan runs. `requested` is "auto", "simt" or "tensor_core".
 
-    auto: float32 -> simt (the only one); on the GPU, GQA/MQA -> tensor_core, MHA ->
-    MHA_KERNEL. On the CPU executor auto picks simt: there WMMA is emulated lane by lane,
-    which is for learning and testing, not speed (ask for "tensor_core" to run it there).
+    auto: float32 -> simt (the only one); on the GPU, GQA/MQA with head_dim up to
+    TC_AUTO_MAX_HEAD_DIM -> tensor_core, MHA -> MHA_KERNEL, the rest simt. On the CPU
+    executor auto picks simt: there WMMA is emulated lane by lane, which is for learning and
+    testing, not speed (ask for "tensor_core" to run it there).
     """
     if requested not in ("auto", *KERNELS):
         raise ValueError(f"kernel: expected 'auto', 'simt' or 'tensor_core', got {requested!r}")
     if requested == "auto":
         if dtype == "float32" or not on_gpu:
             requested = "simt"
+        elif group == 1:
+            requested = MHA_KERNEL
         else:
-            requested = "tensor_core" if group > 1 else MHA_KERNEL
+            requested = "tensor_core" if head_dim <= TC_AUTO_MAX_HEAD_DIM else "simt"
             if supported_head_dim(requested, dtype, head_dim):
                 requested = "simt"
     reason = supported_head_dim(requested, dtype, head_dim)

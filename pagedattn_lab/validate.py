@@ -109,9 +109,9 @@ def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_si
     pages = -(-lens.astype(np.int64) // page_size)
     used = np.arange(tables.shape[1])[None, :] < pages[:, None]
     out_of_range = tables < 0 if num_pages is None else (tables < 0) | (tables >= num_pages)
-    bad = np.argwhere(used & out_of_range)
-    if bad.size:
-        b, j = (int(i) for i in bad[0])
+    bad = used & out_of_range
+    if bad.any():
+        b, j = (int(i) for i in np.argwhere(bad)[0])
         cache = "ids must be >= 0" if num_pages is None else f"for a cache of {num_pages} pages"
         raise ValueError(f"block_tables[{b}, {j}]: page id {int(tables[b, j])} is out of range "
                          f"{cache} (sequence {b} has {lens[b]} tokens, so its first "

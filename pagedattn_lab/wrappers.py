@@ -80,8 +80,10 @@ class BatchDecodeWrapper:
         return self
 
     def _plan(self, block_tables, seq_lens, tables_h, lens_h, num_heads, num_kv_heads,
-              head_dim, page_size, dtype, kernel, num_splits, on_gpu, *, copy):
-        """plan() after validation; tables_h/lens_h are host copies of the checked tables."""
+              head_dim, page_size, dtype, kernel, num_splits, on_gpu, *, copy, max_page=None):
+        """plan() after validation; tables_h/lens_h are host copies of the checked tables.
+        max_page: the largest page id read, when the caller knows it (or knows that the
+        pages were checked against the cache already: -1)."""
         group = num_heads // num_kv_heads
         self.kernel = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu)
         xp = cupy_module() if on_gpu else np
@@ -90,8 +92,11 @@ class BatchDecodeWrapper:
         self.head_dim, self.page_size = head_dim, page_size
         self._array_dtypes = array_dtypes(dtype, on_gpu)
         self._array_type = xp.ndarray
-        used = np.arange(tables_h.shape[1])[None, :] < -(-lens_h.astype(np.int64) // page_size)[:, None]
-        self.max_page = int(tables_h[used].max()) if used.any() else -1
+        if max_page is None:
+            pages = -(-lens_h.astype(np.int64) // page_size)
+            used = np.arange(tables_h.shape[1])[None, :] < pages[:, None]
+            max_page = int(tables_h[used].max()) if used.any() else -1
+        self.max_page = max_page
         self._default_scale_log2 = np.float32(LOG2E / math.sqrt(head_dim))
 
         def place(a, a_host):   # the plan's own copy (unless the caller's stays put), where it runs
