@@ -183,7 +183,7 @@ class BatchDecodeWrapper:
             how = (f"{self.rows_per_block} query heads per block as the rows of Q "
                    f"({self.row_tiles} tile{'s' * (self.row_tiles > 1)} of 16)")
         else:
-            how = f"up to {self._gmax} query heads per block"
+            how = f"up to {self._gmax} query head{'s' * (self._gmax > 1)} per block"
         return (f"{self.kernel}: {self.batch} sequences, {self.num_heads} query heads over "
                 f"{self.num_kv_heads} KV heads (group {group}), {how}; partitions of "
                 f"{self.part_len} tokens (at most {self.max_parts} per sequence); grid "
