@@ -17,6 +17,9 @@ from .reference import reference_decode, reference_prefill
 __version__ = "0.1.0"
 
 _LAZY = {
+    "BatchDecodeWrapper": "wrappers",
+    "from_csr": "wrappers",
+    "to_csr": "wrappers",
     "paged_attention_decode": "attention",
     "paged_attention_prefill": "attention",
     "PagedAttentionManager": "manager",
@@ -31,9 +34,9 @@ def __getattr__(name):
 
 
 __all__ = [
-    "BlockAllocator", "OutOfPagesError", "PagedAttentionManager", "PagedKVCache", "RawKernel",
-    "Translation", "element_offset", "gather_kv", "gather_kv_reference", "gpu_available",
-    "gpu_status", "page_offset", "paged_attention_decode", "paged_attention_prefill",
-    "physical_page", "physical_slot", "reference_decode", "reference_prefill", "token_slots",
-    "translate", "virtual_page",
+    "BatchDecodeWrapper", "BlockAllocator", "OutOfPagesError", "PagedAttentionManager",
+    "PagedKVCache", "RawKernel", "Translation", "element_offset", "from_csr", "gather_kv",
+    "gather_kv_reference", "gpu_available", "gpu_status", "page_offset", "paged_attention_decode",
+    "paged_attention_prefill", "physical_page", "physical_slot", "reference_decode",
+    "reference_prefill", "to_csr", "token_slots", "translate", "virtual_page",
 ]
