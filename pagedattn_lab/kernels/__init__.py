@@ -51,33 +51,4 @@ def kernel(filename: str, name: str, options: tuple[str, ...] = ()):
     Returns a `pagedattn_lab.RawKernel`: the GPU when CuPy has a device, else the CPU executor.
     """
     from ..rawkernel import RawKernel  # noqa: PLC0415 - avoids importing CuPy at package import
-    code = expanded_source(filename)
-    if "<mma.h>" in code:
-        options = (*options, *_toolkit_include())
-    return RawKernel(code, name, options=options)
-
-
-@functools.lru_cache(maxsize=None)
-def _toolkit_include() -> tuple[str, ...]:
-    """-I for the CUDA toolkit's headers on a GPU machine. NVRTC has no mma.h of its own, and
-    the mma.h of the pip CUDA runtime includes "crt/mma.h", which only the toolkit (or the
-    nvidia-cuda-nvcc wheel) has. Looked for in $PAGEDATTN_LAB_CUDA_INCLUDE, $CUDA_HOME,
-    $CUDA_PATH, beside nvcc, /usr/local/cuda and the pip nvidia packages. (On the CPU
-    executor the shim's include folder comes first, so this changes nothing.)"""
-    import os  # noqa: PLC0415
-    import shutil  # noqa: PLC0415
-    import sys  # noqa: PLC0415
-
-    from ..backend import gpu_available  # noqa: PLC0415
-    if not gpu_available():
-        return ()
-    roots = [os.environ.get(v) for v in ("PAGEDATTN_LAB_CUDA_INCLUDE", "CUDA_HOME", "CUDA_PATH")]
-    nvcc = shutil.which("nvcc")
-    roots += [str(Path(nvcc).resolve().parents[1]) if nvcc else None, "/usr/local/cuda"]
-    for site in sys.path:
-        roots += [str(p.parent) for p in Path(site).glob("nvidia/*/include")] if site else []
-    for root in filter(None, roots):
-        for include in (Path(root), Path(root) / "include"):
-            if (include / "crt" / "mma.h").is_file():
-                return (f"-I{include}",)
-    return ()
+    return RawKernel(expanded_source(filename), name, options=options)
