@@ -1,0 +1,111 @@
+"""Wrong answers to the Python tasks of workbooks 02, 04 and 05 (translation, softmax, tiling)."""
+
+import numpy as np
+import pytest
+
+from tests.check_helpers import as_params, assert_caught
+
+# -- lesson 02: translation -------------------------------------------------------------------
+
+def gather_whole_pages(k, row, n):
+    num_pages, p, h, d = k.shape
+    pages = np.asarray(row)[: -(-n // p)]
+    return k[pages].reshape(-1, h, d)
+
+
+MISTAKES = [
+    ("slot_of", lambda row, t, p: int(row[t // p]) * p + t % p + 1, "off-by-one"),
+    ("slot_of", lambda row, t, p: t, "look the page up in the block table"),
+    ("slot_of", lambda row, t, p: int(row[t // p]) + t % p, "multiply the physical page"),
+    ("kv_offset", lambda s, h, d, H, D: s * D + h * D + d, "missing num_kv_heads"),
+    ("kv_offset", lambda s, h, d, H, D: (s * D + d) * H + h, "HND"),
+    ("kv_offset", lambda s, h, d, H, D: (s * H + h) * D, "add the dim"),
+    ("gather_numpy", gather_whole_pages, "whole pages"),
+    ("gather_numpy", lambda k, row, n: k.reshape(-1, *k.shape[2:])[:n], "not contiguous"),
+    ("gather_numpy", lambda k, row, n: k.reshape(-1, *k.shape[2:])[
+        np.minimum(np.asarray(row)[np.arange(n) // k.shape[1]] * k.shape[1]
+                   + np.arange(n) % k.shape[1] + 1, k.shape[0] * k.shape[1] - 1)], "off-by-one"),
+]
+
+
+# -- lesson 04: online softmax, one query ----------------------------------------------------
+
+def online_class(bug):
+    class Online:
+        def __init__(self, head_dim):
+            self.m = 0.0 if bug == "max0" else -np.inf
+            self.l, self.acc = 0.0, np.zeros(head_dim)
+
+        def update(self, s, v):
+            if bug == "nomax":
+                self.l += np.exp(s)
+                self.acc = self.acc + np.exp(s) * v
+                return
+            m_new = max(self.m, s)
+            alpha = np.exp(self.m - m_new)
+            w = np.exp(s - m_new)
+            self.l = self.l * alpha + w
+            self.acc = (self.acc if bug == "acc" else self.acc * alpha) + w * v
+            self.m = m_new
+
+        def result(self):
+            return self.acc if bug == "no_norm" else self.acc / self.l
+    return Online
+
+
+def attend_factory(*, scale_on=True, stop="causal", shift=0):
+    def attend(q, kc, vc, row, n, t, kvh, scale):
+        p = kc.shape[1]
+        keys = {"causal": range(t + 1), "all": range(n), "strict": range(t)}[stop]
+        slots = [int(row[j // p]) * p + j % p + shift for j in keys]
+        flat_k = kc.reshape(-1, *kc.shape[2:])[:, kvh].astype(np.float64)
+        flat_v = vc.reshape(-1, *vc.shape[2:])[:, kvh].astype(np.float64)
+        slots = np.minimum(slots, len(flat_k) - 1)
+        s = flat_k[slots] @ q * (scale if scale_on else 1.0)
+        w = np.exp(s - s.max()) if len(s) else s
+        with np.errstate(invalid="ignore"):
+            return (w / w.sum()) @ flat_v[slots]
+    return attend
+
+
+MISTAKES += [
+    ("online_softmax", online_class("acc"), "accumulator is not rescaled"),
+    ("online_softmax", online_class("nomax"), "overflowed"),
+    ("online_softmax", online_class("max0"), "-inf"),
+    ("online_softmax", online_class("no_norm"), "divide by the running sum"),
+    ("attend_one", attend_factory(scale_on=False), "scale the scores"),
+    ("attend_one", attend_factory(stop="all"), "no causal mask"),
+    ("attend_one", attend_factory(shift=1), "off by one"),
+]
+
+
+# -- lesson 05: tiling in Python -------------------------------------------------------------
+
+def _ceil(a, b):
+    return -(-a // b)
+
+
+MISTAKES += [
+    ("tile_pages", lambda n, q0, tq, p: list(range(_ceil(n, p))) if q0 < n else [],
+     "never needed"),
+    ("tile_pages", lambda n, q0, tq, p: list(range(q0 // p, _ceil(min(n, q0 + tq), p)))
+     if q0 < n else [], "every key from 0"),
+    ("tile_pages", lambda n, q0, tq, p: list(range(min(n, q0 + tq) // p)) if q0 < n else [],
+     "round up"),
+    ("tile_pages", lambda n, q0, tq, p: list(range(_ceil(min(n, q0 + tq), p))), "no work"),
+    ("tiled_launch", lambda b, h, n, tq, p, d: ((n // tq, h, b), (tq,), 8 * p * d),
+     "round the number of query tiles up"),
+    ("tiled_launch", lambda b, h, n, tq, p, d: ((_ceil(n, tq), h, b), (tq,), 2 * p * d),
+     "in bytes"),
+    ("tiled_launch", lambda b, h, n, tq, p, d: ((_ceil(n, tq), h, b), (tq,), 4 * p * d),
+     "stage V"),
+    ("tiled_launch", lambda b, h, n, tq, p, d: ((b, h, _ceil(n, tq)), (tq,), 8 * p * d),
+     "query tiles in x"),
+]
+
+
+
+
+@pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(MISTAKES))
+def test_mistake_is_caught(task, impl, phrase, not_phrases):
+    assert_caught(task, impl, phrase, not_phrases=not_phrases)
