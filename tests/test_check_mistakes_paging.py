@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 import pagedattn_lab as pl
-from tests.check_helpers import GoodAllocator, as_params, assert_caught
+from tests.check_helpers import GoodAllocator, as_params, assert_caught, run_check
 
 # -- lesson 01: allocator, sharing, block tables --------------------------------------------
 
@@ -153,6 +153,178 @@ MISTAKES = [
 ]
 
 
+
+
+# -- lists with a bad id, fork's order, boundaries (issue 9) -----------------------------------
+
+class HalfwayFree(GoodAllocator):
+    """Checks each id inside the loop: the ids before a bad one are already freed."""
+
+    def free(self, pages):
+        for p in pages:
+            if not 0 <= p < self.num_pages or self.refs[p] == 0:
+                raise ValueError(f"page {p}")
+            self.refs[p] -= 1
+            if self.refs[p] == 0:
+                self.free_list.append(p)
+
+
+class NoRangeCheckFree(GoodAllocator):
+    """Trusts Python's list: refs[-1] is the last page, refs[num_pages] an IndexError."""
+
+    def free(self, pages):
+        for p in pages:
+            if self.refs[p] < list(pages).count(p):
+                raise ValueError(f"page {p}")
+        for p in pages:
+            self.refs[p] -= 1
+            if self.refs[p] == 0:
+                self.free_list.append(p)
+
+
+class DuplicateFree(GoodAllocator):
+    """Checks every id is in use, but not how often the list names it."""
+
+    def free(self, pages):
+        for p in pages:
+            if not 0 <= p < self.num_pages or self.refs[p] == 0:
+                raise ValueError(f"page {p}")
+        for p in pages:
+            self.refs[p] -= 1
+            if self.refs[p] == 0:
+                self.free_list.append(p)
+
+
+class IndexErrorFree(GoodAllocator):
+    def free(self, pages):
+        for p in pages:
+            if not 0 <= p < self.num_pages:
+                raise IndexError(f"page {p}")
+        super().free(pages)
+
+
+class SortedFork(GoodAllocator):
+    def fork(self, pages):
+        return sorted(super().fork(pages))
+
+
+class SetFork(GoodAllocator):
+    def fork(self, pages):
+        return list(set(super().fork(pages)))
+
+
+class HalfwayFork(GoodAllocator):
+    def fork(self, pages):
+        for p in pages:
+            if not 0 <= p < self.num_pages or self.refs[p] == 0:
+                raise ValueError(f"page {p}")
+            self.refs[p] += 1
+        return list(pages)
+
+
+class NoRangeCheckFork(GoodAllocator):
+    def fork(self, pages):
+        for p in pages:
+            if self.refs[p] == 0:
+                raise ValueError(f"page {p}")
+        for p in pages:
+            self.refs[p] += 1
+        return list(pages)
+
+
+def append_full_pages_only(table, seq_len, n_new, page_size, alloc):
+    """Takes pages only when the last page is full: tokens overflowing a partial page are lost."""
+    if seq_len % page_size == 0:
+        table.extend(alloc.allocate(-(-n_new // page_size)))
+
+
+def append_one_page(table, seq_len, n_new, page_size, alloc):
+    if seq_len + n_new > len(table) * page_size:
+        table.extend(alloc.allocate(1))
+
+
+def append_exact_fit_plus_one(table, seq_len, n_new, page_size, alloc):
+    new = (seq_len + n_new) // page_size + 1 - len(table)
+    if n_new and new > 0:
+        table.extend(alloc.allocate(new))
+
+
+def tables_batch_width(seq_lens, page_size, alloc):
+    """Each row its own pages, but as wide as the batch's page count."""
+    tables = [alloc.allocate(-(-n // page_size)) for n in seq_lens]
+    out = np.full((len(seq_lens), sum(len(t) for t in tables)), -1, dtype=np.int32)
+    for i, t in enumerate(tables):
+        out[i, :len(t)] = t
+    return out, np.asarray(seq_lens, dtype=np.int32)
+
+
+def tables_no_min_width(seq_lens, page_size, alloc):
+    tables = [alloc.allocate(-(-n // page_size)) for n in seq_lens]
+    out = np.full((len(seq_lens), max(len(t) for t in tables)), -1, dtype=np.int32)
+    for i, t in enumerate(tables):
+        out[i, :len(t)] = t
+    return out, np.asarray(seq_lens, dtype=np.int32)
+
+
+def tables_transposed(seq_lens, page_size, alloc):
+    tables, lens = _pack([alloc.allocate(-(-n // page_size)) for n in seq_lens], seq_lens)
+    return np.ascontiguousarray(tables.T), lens
+
+
+def tables_list_lens(seq_lens, page_size, alloc):
+    tables, _ = _pack([alloc.allocate(-(-n // page_size)) for n in seq_lens], seq_lens)
+    return tables, list(seq_lens)
+
+
+MISTAKES += [
+    ("allocator", HalfwayFree, "check every id of the list before changing"),
+    ("allocator", NoRangeCheckFree, "refs[-1]"),
+    ("allocator", DuplicateFree, "twice", ["never frees"]),
+    ("allocator", IndexErrorFree, "with ValueError"),
+    ("refcounts", SortedFork, "in the order it was given", ["does not copy"]),
+    ("refcounts", SetFork, "in the order it was given", ["does not copy"]),
+    ("refcounts", HalfwayFork, "check every id of the list before changing"),
+    ("refcounts", NoRangeCheckFork, "refs[-1]"),
+    ("append_tokens", append_full_pages_only, "do not fit"),
+    ("append_tokens", append_one_page, "several new pages"),
+    ("append_tokens", append_exact_fit_plus_one, "one page too many"),
+    ("block_tables", tables_batch_width, "the longest sequence's page count",
+     ["whole batch (the guide", "one page per token"]),
+    ("block_tables", tables_no_min_width, "at least 1", ["whole batch (the guide"]),
+    ("block_tables", tables_transposed, "transposed", ["whole batch (the guide"]),
+    ("block_tables", tables_list_lens, "int32 array"),
+]
+
+
+class LifoAllocator(GoodAllocator):
+    """Hands out the most recently freed page first: as right as a FIFO free list."""
+
+    def allocate(self, n):
+        if n > len(self.free_list):
+            raise pl.OutOfPagesError(n, len(self.free_list), self.num_pages)
+        pages = [self.free_list.pop() for _ in range(n)]
+        for p in pages:
+            self.refs[p] = 1
+        return pages
+
+
+def tables_one_allocate_call(seq_lens, page_size, alloc):
+    need = [-(-n // page_size) for n in seq_lens]
+    pages = alloc.allocate(sum(need))
+    rows, start = [], 0
+    for n in need:
+        rows.append(pages[start:start + n])
+        start += n
+    return _pack(rows, seq_lens)
+
+
+@pytest.mark.parametrize("task, impl", [("allocator", LifoAllocator),
+                                        ("refcounts", LifoAllocator),
+                                        ("allocator", GoodAllocator),
+                                        ("block_tables", tables_one_allocate_call)])
+def test_right_answers_in_another_style_pass(task, impl):
+    result, printed = run_check(task, impl)
+    assert result.passed, printed
 
 
 @pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(MISTAKES))

@@ -50,6 +50,45 @@ def _expect_raises(fn, exc_type, what: str, hint: str) -> None:
                    got="no error")
 
 
+def _state(alloc, num_pages: int) -> tuple[int, list[int]]:
+    return _num_free(alloc), [int(alloc.ref_count(p)) for p in range(num_pages)]
+
+
+ALL_OR_NOTHING_IDS = ("check every id of the list before changing any count: a call that "
+                      "raises halfway has already changed the pages before the bad one, and "
+                      "the caller, told it failed, will not undo that.")
+
+
+def _refused(alloc, num_pages: int, call, what: str, unrefused_hint: str) -> None:
+    """`call` must raise ValueError and leave every count and the free list as they were."""
+    before = _state(alloc, num_pages)
+    try:
+        call()
+    except NotImplementedError:
+        raise
+    except ValueError:
+        pass
+    except Exception as exc:  # the wrong kind of error (an IndexError from a list, say)
+        raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}",
+                       "refuse a bad id with ValueError, raised by your own check before "
+                       "anything changes.", expected="ValueError",
+                       got=type(exc).__name__) from exc
+    else:
+        raise Mismatch(f"{what} did not raise", unrefused_hint, expected="ValueError raised",
+                       got="no error")
+    after = _state(alloc, num_pages)
+    if after != before:
+        changed = [p for p in range(num_pages) if before[1][p] != after[1][p]]
+        raise Mismatch(f"{what} raised ValueError, but it changed the reference counts of "
+                       f"pages {changed} (num_free {before[0]} -> {after[0]})",
+                       ALL_OR_NOTHING_IDS, expected=f"counts {[before[1][p] for p in changed]}",
+                       got=f"counts {[after[1][p] for p in changed]}")
+
+
+NEGATIVE_ID_HINT = ("page ids are 0..num_pages-1, so -1 is not one; a Python list reads "
+                    "refs[-1] as the LAST page, so test 0 <= page < num_pages yourself.")
+
+
 # -- task: allocate / free -------------------------------------------------------------
 
 def _alloc_fresh(cls, num_pages: int) -> None:
@@ -128,6 +167,26 @@ def _alloc_bad_free(cls, num_pages: int) -> None:
                    f"refuse ids outside 0..{num_pages - 1} with ValueError.")
 
 
+def _alloc_bad_lists(cls, num_pages: int) -> None:
+    """Lists mixing good ids with a bad one: each call fails as a whole."""
+    alloc = cls(num_pages)
+    pages = _ids(alloc.allocate(num_pages), f"allocate({num_pages})")
+    gone, a, b = pages[2], pages[0], pages[-1]
+    alloc.free([gone])
+    _refused(alloc, num_pages, lambda: alloc.free([a, gone]), f"free([{a}, {gone}]) with page "
+             f"{gone} already free", "a list holding a page that is already free must raise "
+             "ValueError (a double free), even when the ids before it are fine.")
+    _refused(alloc, num_pages, lambda: alloc.free([b, b]), f"free([{b}, {b}]) with page {b} "
+             "owned once", f"the list frees page {b} twice but it has one owner: count each "
+             "id's occurrences against its reference count, or the page enters the free list "
+             "twice.")
+    _refused(alloc, num_pages, lambda: alloc.free([-1]), "free([-1])", NEGATIVE_ID_HINT)
+    _refused(alloc, num_pages, lambda: alloc.free([a, num_pages]),
+             f"free([{a}, {num_pages}]) ({num_pages} is past the pool)",
+             f"refuse ids outside 0..{num_pages - 1} with ValueError.")
+    _expect_free(alloc, 1, "after four refused calls", ALL_OR_NOTHING_IDS)
+
+
 def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
     rng = np.random.default_rng(seed)
     alloc = cls(num_pages)
@@ -171,6 +230,8 @@ def allocator(cls) -> "CheckResult":  # noqa: F821
         Case("out of pages is all or nothing", {"num_pages": 7},
              lambda: _alloc_out_of_pages(cls, 7)),
         Case("double free and foreign ids", {"num_pages": 5}, lambda: _alloc_bad_free(cls, 5)),
+        Case("a bad id among good ones changes nothing", {"num_pages": 6},
+             lambda: _alloc_bad_lists(cls, 6)),
         Case("150 random allocate/free", {"num_pages": 12, "seed": 1},
              lambda: _alloc_random(cls, 12, 1)),
     ]
@@ -181,17 +242,36 @@ def allocator(cls) -> "CheckResult":  # noqa: F821
 
 SHARED_FREE_HINT = ("a page owned by two sequences went back to the free list after one free: "
                     "free must decrement the count and return the page only when it reaches 0.")
+RETURN_AT_ZERO_HINT = ("a page whose count reached 0 has no owner left: it must go back to the "
+                       "free list.")
+ORDER_HINT = ("fork must return the ids in the order it was given: entry i of a block table "
+              "holds the sequence's tokens i * page_size onwards, so a reordered copy reads "
+              "the prompt's pages in the wrong order.")
+
+
+def _expect_free_shared(alloc, expected: int, when: str) -> None:
+    """num_free after frees of shared pages: too many free means a shared page was released."""
+    got = _num_free(alloc)
+    if got != expected:
+        hint = SHARED_FREE_HINT if got > expected else RETURN_AT_ZERO_HINT
+        raise Mismatch(f"num_free {when}", hint, expected=str(expected), got=str(got))
+
+
+def _expect_fork_result(pages: list[int], shared: list[int], what: str) -> None:
+    if shared == pages:
+        return
+    if sorted(shared) == sorted(pages):
+        raise Mismatch(f"{what} returned the right ids in another order", ORDER_HINT,
+                       repr(pages), repr(shared))
+    raise Mismatch(f"{what} returned different pages", "fork shares, it does not copy: it "
+                   "returns the same ids, in the same order.", repr(pages), repr(shared))
 
 
 def _fork_basic(cls) -> None:
     alloc = cls(4)
     pages = _ids(alloc.allocate(2), "allocate(2)")
     raw = alloc.fork(pages)
-    shared = _ids(raw, "fork(pages)")
-    if shared != pages:
-        raise Mismatch("fork(pages) returned different pages",
-                       "fork shares, it does not copy: it returns the same ids, in order.",
-                       repr(pages), repr(shared))
+    _expect_fork_result(pages, _ids(raw, "fork(pages)"), "fork(pages)")
     if raw is pages:
         raise Mismatch("fork returned the very list it was given",
                        "return a new list (list(pages)): the two sequences' tables must be "
@@ -208,11 +288,12 @@ def _fork_free(cls) -> None:
     pages = _ids(alloc.allocate(2), "allocate(2)")
     alloc.fork(pages)
     alloc.free(pages)
-    _expect_free(alloc, 2, "after the first owner freed the shared pages", SHARED_FREE_HINT)
+    _expect_free_shared(alloc, 2, "after the first owner freed the shared pages")
     counts = [alloc.ref_count(p) for p in pages]
     if counts != [1, 1]:
-        raise Mismatch("ref_count after one of two owners freed", SHARED_FREE_HINT,
-                       "[1, 1]", repr(counts))
+        raise Mismatch("ref_count after one of two owners freed",
+                       SHARED_FREE_HINT if counts == [0, 0] else "free takes one owner away "
+                       "from each page: 2 owners become 1.", "[1, 1]", repr(counts))
     alloc.free(pages)
     _expect_free(alloc, 4, "after both owners freed", "the last free returns the page.")
 
@@ -224,6 +305,35 @@ def _fork_free_page(cls) -> None:
     _expect_raises(lambda: alloc.fork(pages), ValueError, "fork of a free page",
                    "only pages in use can be shared: raise ValueError for a free page.")
     _expect_free(alloc, 4, "after the refused fork", "a refused call changes nothing.")
+
+
+def _fork_keeps_order(cls) -> None:
+    alloc = cls(8)
+    pages = _ids(alloc.allocate(8), "allocate(8)")
+    table = [pages[7], pages[2], pages[5], pages[0]]   # a block table is in token order
+    _expect_fork_result(table, _ids(alloc.fork(table), f"fork({table})"), f"fork({table})")
+
+
+def _fork_bad_lists(cls, num_pages: int = 6) -> None:
+    """fork and free given a list with one bad id: the call fails whole."""
+    alloc = cls(num_pages)
+    pages = _ids(alloc.allocate(num_pages), f"allocate({num_pages})")
+    gone, a, b = pages[1], pages[0], pages[-1]
+    alloc.free([gone])
+    alloc.fork([a])
+    _refused(alloc, num_pages, lambda: alloc.fork([a, b, gone]),
+             f"fork([{a}, {b}, {gone}]) with page {gone} free",
+             "only pages in use can be shared: a list holding a free page must raise "
+             "ValueError.")
+    _refused(alloc, num_pages, lambda: alloc.fork([b, -1]), f"fork([{b}, -1])",
+             NEGATIVE_ID_HINT)
+    _refused(alloc, num_pages, lambda: alloc.fork([b, num_pages]),
+             f"fork([{b}, {num_pages}]) ({num_pages} is past the pool)",
+             f"refuse ids outside 0..{num_pages - 1} with ValueError.")
+    _refused(alloc, num_pages, lambda: alloc.free([a, gone]),
+             f"free([{a}, {gone}]) with page {a} shared and page {gone} free",
+             "a list holding a page that is already free must raise ValueError (a double "
+             "free), even when the ids before it are fine.")
 
 
 def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
@@ -261,7 +371,7 @@ def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
             raise Mismatch(f"after step {step}: ref_count({page})",
                            "allocate sets 1, fork adds 1, free subtracts 1.",
                            str(counts[page]), str(got[page]))
-        _expect_free(alloc, counts.count(0), f"after step {step}", SHARED_FREE_HINT)
+        _expect_free_shared(alloc, counts.count(0), f"after step {step}")
 
 
 def refcounts(cls) -> "CheckResult":  # noqa: F821
@@ -270,6 +380,10 @@ def refcounts(cls) -> "CheckResult":  # noqa: F821
         Case("fork shares pages", {"num_pages": 4}, lambda: _fork_basic(cls)),
         Case("a shared page outlives one free", {"num_pages": 4}, lambda: _fork_free(cls)),
         Case("fork of a free page", {"num_pages": 4}, lambda: _fork_free_page(cls)),
+        Case("fork keeps the block table's order", {"table": "[7, 2, 5, 0]"},
+             lambda: _fork_keeps_order(cls)),
+        Case("a bad id among good ones changes nothing", {"num_pages": 6},
+             lambda: _fork_bad_lists(cls)),
         Case("150 random allocate/fork/free", {"num_pages": 10, "seed": 2},
              lambda: _fork_random(cls, 2)),
     ]
