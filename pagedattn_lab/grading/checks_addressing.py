@@ -42,8 +42,16 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
              page * page_size),
             ("a page holds page_size slots: multiply the physical page by page_size.",
              page + off),
+            ("t // page_size is the virtual page and t % page_size the offset inside it, not "
+             "the other way round.",
+             int(row[off]) * page_size + t // page_size if off < len(row) else None),
+            ("add the offset inside the page (t % page_size), not the token's position t.",
+             page * page_size + t),
+            ("the first virtual page is entry 0 of the row: token t is in entry "
+             "t // page_size.", int(row[t // page_size - 1]) * page_size + off),
         ]
-        hint = next((h for h, v in variants if got is not None and int(got) == v),
+        hint = next((h for h, v in variants
+                     if v is not None and v != expected and got is not None and int(got) == v),
                     "slot = row[token // page_size] * page_size + token % page_size.")
         raise Mismatch(f"token {t}: virtual page {t // page_size} -> physical page {page}, "
                        f"offset {off}", hint, expected=str(expected), got=repr(got))
@@ -66,10 +74,11 @@ def slot_of(fn) -> "CheckResult":  # noqa: F821
 
 def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -> None:
     rng = np.random.default_rng(seed)
-    for _ in range(n):
-        slot = int(rng.integers(0, 200))
-        h = int(rng.integers(0, num_kv_heads))
-        d = int(rng.integers(0, head_dim))
+    corners = [(0, 0, 0), (0, 0, head_dim - 1), (0, num_kv_heads - 1, 0),
+               (199, num_kv_heads - 1, head_dim - 1)]
+    randoms = [(int(rng.integers(0, 200)), int(rng.integers(0, num_kv_heads)),
+                int(rng.integers(0, head_dim))) for _ in range(n)]
+    for slot, h, d in corners + randoms:
         expected = element_offset(slot, h, d, num_kv_heads, head_dim)
         got = fn(slot, h, d, num_kv_heads, head_dim)
         if got is not None and int(got) == expected:
@@ -83,8 +92,12 @@ def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -
              "num_kv_heads, head_dim]: (slot * num_kv_heads + kv_head) * head_dim + dim.",
              (slot * head_dim + d) * num_kv_heads + h),
             ("add the dim.", (slot * num_kv_heads + h) * head_dim),
+            ("consecutive kv heads of a slot are head_dim values apart, not num_kv_heads.",
+             slot * num_kv_heads * head_dim + h * num_kv_heads + d),
+            ("a slot holds num_kv_heads * head_dim values: the slot stride needs both.",
+             slot * num_kv_heads + h * head_dim + d),
         ]
-        hint = next((t for t, v in variants if got is not None and int(got) == v),
+        hint = next((t for t, v in variants if v != expected and got is not None and int(got) == v),
                     "offset = (slot * num_kv_heads + kv_head) * head_dim + dim.")
         raise Mismatch(f"slot {slot}, kv_head {h}, dim {d} (num_kv_heads {num_kv_heads}, "
                        f"head_dim {head_dim})", hint, expected=str(expected), got=repr(got))
@@ -121,9 +134,13 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     got = np.asarray(got)
     if got.shape != expected.shape:
         hint = "return exactly seq_len tokens: [seq_len, num_kv_heads, head_dim]."
-        if got.ndim and got.shape[0] == n_used * page_size:
-            hint = ("you returned whole pages: the last page is only partly filled; keep the "
-                    "first seq_len tokens.")
+        if got.ndim and got.shape[0] > seq_len and got.shape[0] % page_size == 0 and \
+                got.shape[1:] == expected.shape[1:]:
+            hint = ("you returned whole pages: the last page is only partly filled (and "
+                    "entries past it are padding); keep the first seq_len tokens.")
+        elif got.shape == (num_kv_heads, seq_len, head_dim) and num_kv_heads != seq_len:
+            hint = ("keep the cache's axis order: tokens first, [seq_len, num_kv_heads, "
+                    "head_dim] (you returned the heads first).")
         raise Mismatch("shape of the gathered keys", hint, str(expected.shape), str(got.shape))
     diff = describe_difference(got, expected, ("token", "kv_head", "dim"), atol=0, rtol=0)
     if diff is None:
@@ -147,5 +164,7 @@ def gather_numpy(fn) -> "CheckResult":  # noqa: F821
                             "seq_len": 24}, lambda: _gather_np_case(fn, 1, 8, 8, 3, 4, 24)),
         Case("one token", {"pages": 5, "page_size": 16, "kv_heads": 1, "head_dim": 16,
                            "seq_len": 1}, lambda: _gather_np_case(fn, 2, 5, 16, 1, 16, 1)),
+        Case("no tokens", {"pages": 4, "page_size": 4, "kv_heads": 2, "head_dim": 8,
+                           "seq_len": 0}, lambda: _gather_np_case(fn, 3, 4, 4, 2, 8, 0)),
     ]
     return run_cases("gather_numpy", "gather_numpy: one sequence's keys, made contiguous", cases)

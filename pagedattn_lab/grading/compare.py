@@ -54,7 +54,7 @@ def _plural(axis: str) -> str:
 class Difference:
     """Where `got` differs from `expected` (only over entries where `mask` is True)."""
     bad: np.ndarray          # bool, same shape as expected
-    unwritten: np.ndarray    # bool: NaN in got where a finite value was expected
+    unwritten: np.ndarray    # bool: wrong, and never written (the kernel checks' poison)
     axes: tuple[str, ...]
     got: np.ndarray
     expected: np.ndarray
@@ -99,16 +99,24 @@ class Difference:
                  f"expected {fmt(self.expected[index])}, got {fmt(self.got[index])}."]
         n_unwritten = int(self.unwritten.sum())
         if n_unwritten:
-            lines.append(f"{n_unwritten} of them are still NaN: the NaN poison the check filled "
-                         "the output with was never overwritten (or your code made a NaN).")
+            lines.append(f"{n_unwritten} of them were never written: they still hold the NaN "
+                         "the check filled the output with.")
+        n_made = int((np.isnan(self.got) & self.bad & ~self.unwritten).sum())
+        if n_made:
+            lines.append(f"{n_made} of them are a NaN your code computed (0/0, inf - inf or "
+                         "inf * 0).")
         pattern = self.pattern()
         if pattern:
             lines.append(f"Wrong in: {pattern}.")
         return "\n".join(lines)
 
 
-def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None):
-    """None when `got` matches `expected` (within tolerance, on `mask`), else a Difference."""
+def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None,
+                        unwritten=None):
+    """None when `got` matches `expected` (within tolerance, on `mask`), else a Difference.
+
+    unwritten: bool array, True where the output was never written (the kernel checks know
+    it from their poison's bit pattern); None for Python results, which have no poison."""
     got = np.asarray(got, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if got.shape != expected.shape:
@@ -118,8 +126,8 @@ def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None)
         close |= ~np.broadcast_to(mask, close.shape)
     if close.all():
         return None
-    unwritten = np.isnan(got) & ~np.isnan(expected) & ~close
-    return Difference(~close, unwritten, tuple(axes), got, expected)
+    never = np.zeros(got.shape, bool) if unwritten is None else np.asarray(unwritten, bool)
+    return Difference(~close, never & ~close, tuple(axes), got, expected)
 
 
 def matches(got, candidate, *, atol=ATOL, rtol=RTOL, mask=None) -> bool:

@@ -2,8 +2,10 @@
 
 `device="auto"` uses the GPU when CuPy has one (`backend.gpu_available()`), else the CPU
 executor; `device="cpu"` forces the executor, whose checked mode names the thread and
-block of a bad access. Outputs are poisoned with NaN before the launch, so a kernel that
-writes nothing is recognized as "not attempted" and an unwritten element shows as NaN.
+block of a bad access. Outputs are poisoned before the launch with a NaN of a bit pattern no
+arithmetic makes (`POISON_BITS`): an element still holding it was never written (`unwritten`),
+while a NaN the kernel computed has another pattern. So a kernel that writes nothing is
+recognized as "not attempted", and an unwritten element is told apart from a 0/0.
 """
 from __future__ import annotations
 
@@ -103,5 +105,16 @@ class Kernel:
         return [cp.asnumpy(dev_args[i]) for i in outputs]
 
 
+# A signalling NaN with a payload: arithmetic never produces it (a NaN result is quiet), and
+# copies keep it bit for bit, on the GPU and through the CPU executor.
+POISON_BITS = 0x7FA5A5A5
+
+
 def poisoned(shape) -> np.ndarray:
-    return np.full(shape, np.nan, dtype=np.float32)
+    """A float32 output filled with the poison NaN."""
+    return np.full(shape, POISON_BITS, dtype=np.uint32).view(np.float32)
+
+
+def unwritten(out: np.ndarray) -> np.ndarray:
+    """True where `out` (float32, from `poisoned`) still holds the poison."""
+    return np.ascontiguousarray(out, dtype=np.float32).view(np.uint32) == POISON_BITS
