@@ -33,29 +33,40 @@ def manager(kind):
                 for i, s in enumerate(seq_ids):
                     self.cache.append(s, k[i:i + 1], v[i:i + 1])
                 return out
+            if kind == "one_page_each" and len(seq_ids) > self.cache.allocator.num_free:
+                raise pl.OutOfPagesError(len(seq_ids), self.cache.allocator.num_free,
+                                         self.cache.allocator.num_pages)
             for i, s in enumerate(seq_ids):
+                if kind == "first_seq":
+                    s = seq_ids[0]
                 self.cache.append(s, k[i] if kind == "2d" else k[i:i + 1],
-                                  v[i] if kind == "2d" else v[i:i + 1])
+                                  v[i] if kind == "2d" else k[i:i + 1] if kind == "kk"
+                                  else v[i:i + 1])
             tables, lens = (self.cache.block_tables() if kind == "all_tables"
                             else self.cache.block_tables(seq_ids))
             return pl.reference_decode(q, self.cache.k_cache, self.cache.v_cache, tables, lens)
     return Manager
 
 
-def serve_factory(*, frees=True, admits_all=False, early=False):
+def serve_factory(*, frees=True, admits_all=False, early=False, order="finish", fifo=True,
+                  ties="admitted", strict=False):
     def serve(cache, requests, kv_for):
         pages = lambda n: -(-n // cache.page_size)  # noqa: E731
         waiting, running, done = deque(range(len(requests))), {}, []
         while waiting or running:
-            while waiting and (admits_all or pages(sum(requests[waiting[0]])) <=
-                               cache.allocator.num_free - sum(
-                                   pages(sum(requests[j])) - pages(cache.seq_len(s))
-                                   for j, s in running.items())):
-                i = waiting.popleft()
-                s = cache.add_sequence()
-                cache.append(s, *kv_for(i, 0, requests[i][0]))
-                running[i] = s
-            for i, s in list(running.items()):
+            for i in list(waiting):
+                room = cache.allocator.num_free - sum(
+                    pages(sum(requests[j])) - pages(cache.seq_len(s)) for j, s in running.items())
+                need = pages(sum(requests[i]))
+                if admits_all or need < room or (need == room and not strict):
+                    waiting.remove(i)
+                    s = cache.add_sequence()
+                    cache.append(s, *kv_for(i, 0, requests[i][0]))
+                    running[i] = s
+                elif fifo:
+                    break
+            items = list(running.items())
+            for i, s in items[::-1] if ties == "reversed" else items:
                 total = sum(requests[i]) - (1 if early else 0)
                 if cache.seq_len(s) < total:
                     cache.append(s, *kv_for(i, cache.seq_len(s), 1))
@@ -64,7 +75,7 @@ def serve_factory(*, frees=True, admits_all=False, early=False):
                         cache.free_sequence(s)
                     del running[i]
                     done.append(i)
-        return done
+        return sorted(done) if order == "arrival" else done
     return serve
 
 
@@ -79,6 +90,46 @@ MISTAKES += [
 ]
 
 
+# -- copy on write of the tail, exact fits, the finish order (issue 9) ----------------------
+
+def next_first_page(cache, sid):
+    n = cache.seq_len(sid)
+    if n % cache.page_size == 0:
+        return 1
+    return int(cache.allocator.ref_count(cache.block_table(sid)[0]) > 1)
+
+
+def next_any_shared(cache, sid):
+    if cache.seq_len(sid) % cache.page_size == 0:
+        return 1
+    return int(any(cache.allocator.ref_count(p) > 1 for p in cache.block_table(sid)))
+
+
+def next_tail_first(cache, sid):
+    if cache.allocator.ref_count(cache.block_table(sid)[-1]) > 1:
+        return 1
+    return int(cache.seq_len(sid) % cache.page_size == 0)
+
+
+def next_at_least_one_owner(cache, sid):
+    if cache.seq_len(sid) % cache.page_size == 0:
+        return 1
+    return int(cache.allocator.ref_count(cache.block_table(sid)[-1]) >= 1)
+
+
+MISTAKES += [
+    ("pages_for_next_token", next_first_page, "only the page the token is written into"),
+    ("pages_for_next_token", next_any_shared, "only the page the token is written into"),
+    ("pages_for_next_token", next_tail_first, "does not exist"),
+    ("pages_for_next_token", next_at_least_one_owner, "free slot", ["copy on write"]),
+    ("decode_step", manager("kk"), "value went in as its key"),
+    ("decode_step", manager("one_page_each"), "not one page per sequence"),
+    ("decode_step", manager("first_seq"), "append exactly one token"),
+    ("serve", serve_factory(order="arrival"), "arrival order"),
+    ("serve", serve_factory(fifo=False), "first come, first served"),
+    ("serve", serve_factory(ties="reversed"), "in the order they were admitted"),
+    ("serve", serve_factory(strict=True), "refuses a request that fits"),
+]
 
 
 @pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(MISTAKES))
