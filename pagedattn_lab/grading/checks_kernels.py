@@ -9,6 +9,8 @@ deadlock or a timeout from the executor names the thread and block (faults.py).
 """
 from __future__ import annotations
 
+import textwrap
+
 import numpy as np
 
 from ..backend import resolve_device
@@ -17,7 +19,7 @@ from .compare import describe_difference, diagnose
 from .kernel_hints import (barriers, nan_hint, nothing_written, padding_hint, row_stride_hint,
                            tiled_hint, unwritten_pattern_hint)
 from .kernel_runner import Kernel, poisoned, unwritten, where
-from .report import Case, Mismatch, run_cases
+from .report import WIDTH, Case, Mismatch, run_cases
 from .variants import attention_mistakes, gather_variant
 
 GATHER_THREADS = 32
@@ -35,7 +37,7 @@ def backend(device: str = "auto") -> None:
         text += (" A GPU forgives some mistakes by luck (races, a return before a barrier, "
                  "small out-of-bounds reads): pass device='cpu' to a check to run it on the "
                  "strict CPU executor.")
-    print(text)
+    print(textwrap.fill(text, WIDTH, break_long_words=False, break_on_hyphens=False))
 
 
 class _Compiled:

@@ -91,7 +91,7 @@ def _pages_needed_case(fn, seq_len: int, page_size: int) -> None:
 
 def pages_needed(fn) -> "CheckResult":  # noqa: F821
     """Check `fn(seq_len, page_size) == ceil(seq_len / page_size)`, in integers."""
-    pairs = [(10, 4), (8, 4), (1, 16), (0, 16), (17, 1), (4095, 16), (4096, 16),
+    pairs = [(10, 4), (8, 4), (1, 16), (0, 16), (17, 1), (4095, 16), (4096, 16), (4097, 16),
              (2**53 + 1, 1), (2**60 + 1, 2**30), (3 * 2**55 + 7, 3)]
     cases = [Case("pages for one sequence", {"seq_len": n, "page_size": p},
                   lambda n=n, p=p: _pages_needed_case(fn, n, p)) for n, p in pairs]
