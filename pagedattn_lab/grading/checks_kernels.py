@@ -76,7 +76,11 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
             continue
         valid = (np.arange(max_len)[None, :] < prob.seq_lens[:, None])[:, :, None, None]
         args_v = (cache, prob.block_tables, prob.seq_lens, max_len)
+        other = prob.v_cache if name == "k_out" else prob.k_cache
         hint = diagnose(got, expected, [
+            (f"{name} holds the {'values' if name == 'k_out' else 'keys'}: copy "
+             f"{'k_cache into k_out' if name == 'k_out' else 'v_cache into v_out'}.",
+             lambda: gather_variant(other, prob.block_tables, prob.seq_lens, max_len)),
             ("the head stride is missing num_kv_heads (the guide's bug): element (slot, "
              "kv_head, d) is at (slot * num_kv_heads + kv_head) * head_dim + d.",
              lambda: gather_variant(*args_v, head_stride_bug=True)),
@@ -137,7 +141,8 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool, **si
     # barrier missing in the source, that evidence speaks first.
     hint = (nan_hint(got, valid, never, shared_tile=True, source=comp.source)
             if tiled and barriers(comp.source) < 2 else None) \
-        or diagnose(got, expected, attention_mistakes(prob, mode="prefill")) \
+        or diagnose(got, expected, attention_mistakes(prob, mode="prefill"),
+                    nan_is_evidence=not tiled) \
         or unwritten_pattern_hint(diff, threads=threads) \
         or padding_hint(got, expected, valid, never) \
         or nan_hint(got, valid, never, shared_tile=tiled, source=comp.source) \

@@ -141,11 +141,14 @@ def matches(got, candidate, *, atol=ATOL, rtol=RTOL, mask=None) -> bool:
     return bool(close.all())
 
 
-def diagnose(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None) -> str | None:
+def diagnose(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None,
+             nan_is_evidence: bool = True) -> str | None:
     """The hint of the first known-wrong variant that `got` reproduces, if any.
 
     `variants` is an iterable of (hint, array or zero-argument callable returning one). A
-    variant that happens to equal the right answer on this case is skipped.
+    variant that happens to equal the right answer on this case is skipped. With
+    `nan_is_evidence=False` (a kernel whose NaN may also come from memory it read before
+    anyone wrote it), a variant that is NaN wherever it is wrong proves nothing and is skipped.
     """
     for hint, candidate in variants:
         try:
@@ -154,6 +157,18 @@ def diagnose(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None) -> str
             continue  # this mistake would have read out of bounds here: it cannot match
         if candidate is None or matches(expected, candidate, atol=atol, rtol=rtol, mask=mask):
             continue
+        if not nan_is_evidence and _nan_where_wrong(candidate, expected, atol, rtol, mask):
+            continue
         if matches(got, candidate, atol=atol, rtol=rtol, mask=mask):
             return hint
     return None
+
+
+def _nan_where_wrong(candidate, expected, atol, rtol, mask) -> bool:
+    """True when every element where `candidate` differs from `expected` is NaN."""
+    candidate = np.asarray(candidate, dtype=np.float64)
+    wrong = ~np.isclose(candidate, np.asarray(expected, dtype=np.float64), atol=atol,
+                        rtol=rtol, equal_nan=True)
+    if mask is not None:
+        wrong &= np.broadcast_to(mask, wrong.shape)
+    return bool(np.isnan(candidate[wrong]).all())

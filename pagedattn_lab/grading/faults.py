@@ -2,7 +2,8 @@
 
 The CPU executor (`pagedattn_lab.cpu`) reports an out-of-bounds access as `KernelFault`
 naming the buffer (the kernel parameter), the index, the buffer's size, and the thread and
-block that did it; a barrier that not every thread reaches as `KernelDeadlock`; a kernel
+block that did it; two threads touching one shared-memory byte between barriers (one of
+them writing, not both atomics) as `SharedMemoryRace`, with both threads and lines; a barrier that not every thread reaches as `KernelDeadlock`; a kernel
 that never ends as `KernelTimeout`; a compile error as `KernelCompileError` with the
 kernel's own line numbers. On the GPU, CuPy raises its own compile and driver errors.
 Anything else returns None and is reported as a plain exception.
@@ -66,10 +67,40 @@ def buffer_hint(buffer: str, index) -> str:
     return "check how that buffer's index is computed from the thread and block ids."
 
 
+def _race_hint(exc, advice: str) -> str:
+    """The course's hint for a shared-memory race, from its kind, variable and lines."""
+    kind = getattr(exc, "kind", "")
+    variable = getattr(exc, "variable", None)
+    dynamic = "dynamic shared memory" in str(exc)
+    if dynamic and kind in ("read after write", "write after read"):
+        # Which barrier is missing depends on the order threads ran in: name both places.
+        return ("one thread stored into the shared tile and another read the same element "
+                "with no barrier between. Each page needs a __syncthreads() between its load "
+                "and its compute (no thread reads a part before it is stored) and another "
+                "between the compute and the next page's load (no thread overwrites a part "
+                "another still reads); every thread must reach both.")
+    if dynamic:
+        return ("two threads store the same element of the shared tile: the load loop must "
+                "give each element to one thread (start at threadIdx.x, step blockDim.x).")
+    if kind == "write after write" or (kind == "read after write" and
+                                       exc.line is not None and exc.line == exc.other_line):
+        name = f"`{variable}`" if variable else "the same shared variable"
+        return (f"every thread writes {name}: one copy for the whole block, so the threads "
+                "overwrite each other's values. A value each thread needs for itself belongs "
+                "in a register (a plain local variable or array); a value the block computes "
+                "together needs atomicAdd, or a slot per thread and a reduction after a "
+                "__syncthreads().")
+    return advice
+
+
 def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
     """(message, hint) for the executor's and CuPy's kernel exceptions, else None."""
     kind = type(exc).__name__
     text = str(exc).strip()
+    if kind == "SharedMemoryRace":
+        fact, _, advice = text.partition("with no __syncthreads() between. ")
+        fact = fact.split(": ", 1)[-1] + "with no __syncthreads() between."
+        return f"a {fact}", _race_hint(exc, advice.strip())
     if kind == "KernelFault":
         buffer = _get(exc, "buffer", "param", "name")
         index = _get(exc, "index")

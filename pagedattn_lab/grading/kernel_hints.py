@@ -52,16 +52,22 @@ def unwritten_pattern_hint(diff, *, threads: int, token_axis: str = "token") -> 
 
 
 def row_stride_hint(diff, head_dim: int, threads: int) -> str | None:
-    """Gather: only the first `threads` elements of each token row were written."""
+    """Gather: every token row was written only up to some position."""
     if not diff.unwritten.any():
         return None
     idx = np.argwhere(diff.unwritten)
     row_pos = idx[:, 2] * head_dim + idx[:, 3]
-    if row_pos.min() >= threads:
-        return (f"only the first {threads} values of each token's row were copied (one per "
-                f"thread): a row holds num_kv_heads * head_dim values, so loop with a stride: "
-                f"for (int i = threadIdx.x; i < row_len; i += blockDim.x).")
-    return None
+    row_len = diff.unwritten.shape[2] * head_dim
+    first = int(row_pos.min())
+    if first == 0:
+        return None
+    text = (f"only the first {first} values of each token's row were copied; a row holds "
+            f"num_kv_heads * head_dim = {row_len} values (every kv head of the token)")
+    if first == threads:
+        also = " (or one kv head's worth)" if first == head_dim else ""
+        return (text + f": one value per thread{also} is not enough, loop over the whole row "
+                "with a stride: for (int i = threadIdx.x; i < row_len; i += blockDim.x).")
+    return text + ": the copy loop must run over the whole row."
 
 
 def padding_hint(got, expected, valid, never) -> str | None:
@@ -99,6 +105,11 @@ def nan_hint(got, valid, never, *, shared_tile: bool, source: str) -> str | None
                 "its part reads what was there before (the CPU executor fills shared memory "
                 "with NaN). A barrier must separate the load from the compute, and another "
                 "the compute from the next load.")
+    if shared_tile:
+        return ("your kernel computed NaN. Shared memory starts as NaN on the CPU executor "
+                "(garbage on a GPU): is every element of the tile that the compute reads "
+                "loaded first? The load loop must cover all n_keys * head_dim elements of K "
+                "and of V, whatever the block size.")
     return ("your kernel computed NaN in rows that hold attention: a 0/0, inf - inf or inf * 0 "
             "in the online softmax. Start the running max at -inf, compute the rescale "
             "exp(old_max - new_max) before overwriting the max, and weigh each key with "

@@ -2,7 +2,8 @@
 
 `device="auto"` uses the GPU when CuPy has one (`backend.gpu_available()`), else the CPU
 executor; `device="cpu"` forces the executor, whose checked mode names the thread and
-block of a bad access. Outputs are poisoned before the launch with a NaN of a bit pattern no
+block of a bad access, and whose race check (on for every check launch) names two threads
+that touch one shared-memory byte between barriers, at least one writing, without atomics. Outputs are poisoned before the launch with a NaN of a bit pattern no
 arithmetic makes (`POISON_BITS`): an element still holding it was never written (`unwritten`),
 while a NaN the kernel computed has another pattern. So a kernel that writes nothing is
 recognized as "not attempted", and an unwritten element is told apart from a 0/0.
@@ -67,11 +68,11 @@ class Kernel:
         self.name, self.device = name, resolve_device(device)
         lint(source, name)
         try:
-            self.kernel = RawKernel(source, name)
+            self.kernel = RawKernel(source, name, racecheck=True)
             if self.device == "gpu":
                 self.kernel.gpu.compile()
             else:
-                self.kernel.cpu.compile()
+                self.kernel.cpu.compile(instrumented=True)   # the race check's build
         except Exception as exc:  # a compile error: report once, run no case
             described = describe_kernel_exception(exc)
             if described is None:
@@ -87,7 +88,8 @@ class Kernel:
             args = tuple(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a
                          for a in args)
             try:
-                self.kernel(grid, block, args, shared_mem=shared_mem, timeout=KERNEL_TIMEOUT)
+                self.kernel(grid, block, args, shared_mem=shared_mem, timeout=KERNEL_TIMEOUT,
+                            racecheck=True)
             except TypeError as exc:
                 raise Mismatch(f"the launch was refused: {exc}", "keep the kernel's parameter "
                                "list exactly as in the prompt (names may change, types and "
