@@ -276,7 +276,16 @@ def tables_list_lens(seq_lens, page_size, alloc):
     return tables, list(seq_lens)
 
 
+def tables_reused_pages(seq_lens, page_size, alloc):
+    """One allocation reused for every row: the rows share pages (no shared list, though)."""
+    need = [-(-n // page_size) for n in seq_lens]
+    pages = alloc.allocate(max(need + [0]))
+    return _pack([pages[:n] for n in need], seq_lens)
+
+
 MISTAKES += [
+    ("block_tables", tables_reused_pages, "take every row's pages from the allocator",
+     ["the guide", "[[]] * n"]),
     ("allocator", HalfwayFree, "check every id of the list before changing"),
     ("allocator", NoRangeCheckFree, "refs[-1]"),
     ("allocator", DuplicateFree, "twice", ["never frees"]),

@@ -77,7 +77,9 @@ def _append_out_of_pages(fn) -> None:
         pass
     else:
         raise Mismatch("13 tokens of page_size 4 need 4 pages; the pool has 3",
-                       "let OutOfPagesError propagate.", "OutOfPagesError", "no error")
+                       "the allocator raises OutOfPagesError here: let it propagate (do not "
+                       "catch it, and do not take fewer pages than the tokens need).",
+                       "OutOfPagesError", "no error")
     if len(table) != 1 or alloc.num_used != 1:
         raise Mismatch("after the failed append", "ask the allocator for all new pages in one "
                        "allocate(n) call: it is all or nothing, so the table stays unchanged.",
@@ -182,8 +184,9 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
         dup = next(p for p in flat if flat.count(p) > 1)
         owners = [i for i, row in enumerate(rows) if dup in row]
         raise Mismatch(f"page {dup} appears in the rows of sequences {owners}",
-                       "each sequence needs its own pages: a shared block table lets sequences "
-                       "overwrite each other's keys and values (the guide's bug).")
+                       "each sequence needs its own pages, or the sequences overwrite each "
+                       "other's keys and values: take every row's pages from the allocator "
+                       "(a page appears in one row only).")
     if not all(0 <= p < num_pages for p in flat):
         raise Mismatch(f"page ids {flat} out of range", "use ids the allocator returned.")
     pad = np.concatenate([tables[i, need[i]:] for i in range(len(seq_lens))] + [[-1]])

@@ -36,6 +36,16 @@ def _expect_free(alloc, expected: int, when: str, hint: str) -> None:
         raise Mismatch(f"num_free {when}", hint, expected=str(expected), got=str(got))
 
 
+def _expect_returned(alloc, expected: int, when: str) -> None:
+    """num_free after frees: too few means freed pages did not come back."""
+    got = _num_free(alloc)
+    if got != expected:
+        hint = FREE_LIST_HINT if got < expected else (
+            "more pages are free than were ever given back: a page freed once must enter "
+            "the free list once (and a page in use must not be in it).")
+        raise Mismatch(f"num_free {when}", hint, expected=str(expected), got=str(got))
+
+
 def _expect_raises(fn, exc_type, what: str, hint: str) -> None:
     try:
         fn()
@@ -125,7 +135,7 @@ def _alloc_reuse(cls, num_pages: int) -> None:
     pages = _ids(alloc.allocate(num_pages), f"allocate({num_pages})")
     giving_back = pages[1:4]
     alloc.free(giving_back)
-    _expect_free(alloc, 3, "after freeing 3 of the pages", FREE_LIST_HINT)
+    _expect_returned(alloc, 3, "after freeing 3 of the pages")
     counts = [alloc.ref_count(p) for p in giving_back]
     if counts != [0, 0, 0]:
         raise Mismatch(f"ref_count of freed pages {giving_back}", "free drops the count to 0.",
@@ -219,7 +229,7 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
                                f"n distinct ids in 0..{num_pages - 1}.")
             owned.append(pages)
             in_use.update(pages)
-        _expect_free(alloc, num_pages - len(in_use), f"after step {step}", FREE_LIST_HINT)
+        _expect_returned(alloc, num_pages - len(in_use), f"after step {step}")
 
 
 def allocator(cls) -> "CheckResult":  # noqa: F821

@@ -27,9 +27,10 @@ _BUFFER_HINTS = {
 _CACHE_HINT = ("element offset in the NHD cache [num_pages, page_size, num_kv_heads, head_dim] "
                "is ((page * page_size + offset) * num_kv_heads + kv_head) * head_dim + d, with "
                "offset = token % page_size and kv_head = h / (num_heads / num_kv_heads).")
-_PADDING_HINT = ("a negative index means a page id of -1: that is block-table padding past the "
-                 "sequence's last page. Only tokens < seq_lens[b] (and, causally, <= the query's "
-                 "own token) may be read, and sequence b must use its own row of block_tables.")
+_PADDING_HINT = ("a negative index into the cache: a page id of -1 gives one (block-table "
+                 "padding past the sequence's last page), and so does an offset below 0. Only "
+                 "tokens < seq_lens[b] (and, causally, <= the query's own token) may be read, "
+                 "and sequence b must use its own row of block_tables.")
 
 
 def _get(exc, *names, default=None):
@@ -114,13 +115,23 @@ def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
         else:
             message = f"out-of-bounds access: {text}"
         return message, buffer_hint(buffer, index)
-    if kind in ("KernelDeadlock", "WarpSyncError"):
+    if kind == "WarpSyncError":
+        return (f"a warp intrinsic waits for lanes that never come: {text}",
+                "the mask of a __shfl_*_sync / __syncwarp names every lane that takes part: "
+                "all of them must reach the call (none returned early, the block size a "
+                "multiple of 32 for a full mask).")
+    if kind == "KernelDeadlock":
         text = text.split(" Every thread of a block must reach")[0]  # the advice is below
-        return (f"deadlock at __syncthreads(): {text}",
-                "every thread of a block must reach every __syncthreads(). A thread that "
-                "returns early (like the guide's `if (token >= seq_len) return;` before the "
-                "barrier) leaves the others waiting forever. Keep idle threads in the loop: "
-                "guard the work with an if, not the barrier.")
+        if getattr(exc, "exited_threads", None):
+            hint = ("every thread of a block must reach every __syncthreads(): threads that "
+                    "returned early (like the guide's `if (token >= seq_len) return;` before "
+                    "the barrier) leave the others waiting forever. Keep idle threads in the "
+                    "loop: guard the work with an if, not the barrier.")
+        else:
+            hint = ("the threads of the block wait at different __syncthreads() (a barrier "
+                    "inside a branch, or a loop that threads run a different number of "
+                    "times): every thread must reach the same barriers in the same order.")
+        return f"deadlock at __syncthreads(): {text}", hint
     if kind == "KernelTimeout":
         return (f"the kernel did not finish: {text}",
                 "a loop that never ends: check that every loop variable advances (for example "
