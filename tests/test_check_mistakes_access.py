@@ -156,7 +156,7 @@ MISTAKES += [
     ("slot_of", lambda row, t, p: int(row[t // p - 1]) * p + t % p, "entry 0 of the row"),
     ("kv_offset", lambda s, h, d, H, D: s * H + h * D + d, "slot stride needs both"),
     ("kv_offset", lambda s, h, d, H, D: s * H * D + h * H + d, "head_dim values apart"),
-    ("kv_offset", lambda s, h, d, H, D: (s * H + h) * D + d + 1, "offset ="),
+    ("kv_offset", lambda s, h, d, H, D: (s * H + h) * D + d + 1, "offsets count from 0"),
     ("gather_numpy", gather_heads_first, "tokens first"),
     ("gather_numpy", gather_whole_row, "whole pages"),
     ("gather_numpy", gather_concat, "raised ValueError"),
