@@ -126,6 +126,24 @@ def gather_concat(k, row, n):
     return np.concatenate(parts)[:n]
 
 
+def gather_token_loop(k, row, n):
+    p = k.shape[1]
+    rows = [k[row[t // p], t % p] for t in range(n)]
+    return np.stack(rows) if rows else np.zeros((0, *k.shape[2:]), k.dtype)
+
+
+def gather_page_loop(k, row, n):
+    """A loop over pages, not tokens: allowed."""
+    p = k.shape[1]
+    pages = [k[row[i]] for i in range(-(-n // p))]
+    return np.concatenate(pages)[:n] if pages else np.zeros((0, *k.shape[2:]), k.dtype)
+
+
+def test_a_loop_over_pages_is_not_a_loop_over_tokens():
+    result, printed = run_check("gather_numpy", gather_page_loop)
+    assert result.passed, printed
+
+
 def attend_kv_head_zero(q, kc, vc, row, n, t, kvh, scale):
     return attend_factory()(q, kc, vc, row, n, t, 0, scale)
 
@@ -160,6 +178,7 @@ MISTAKES += [
     ("gather_numpy", gather_heads_first, "tokens first"),
     ("gather_numpy", gather_whole_row, "whole pages"),
     ("gather_numpy", gather_concat, "raised ValueError"),
+    ("gather_numpy", gather_token_loop, "a Python loop over the tokens"),
     ("online_softmax", online_class("no_rescale"), "before m is overwritten"),
     ("online_softmax", online_class("old_max"), "from the first key on", ["overflowed"]),
     ("online_softmax", online_class("inverted"), "from the first key on", ["overflowed"]),

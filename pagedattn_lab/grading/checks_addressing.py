@@ -121,8 +121,27 @@ def kv_offset(fn) -> "CheckResult":  # noqa: F821
 
 # -- task: gather one sequence with NumPy ------------------------------------------------
 
+class _Counted(np.ndarray):
+    """An array that counts how often it (or a view of it) is indexed: a Python loop over
+    tokens indexes once per token, a vectorized gather a few times in all."""
+
+    def __array_finalize__(self, obj):
+        self.counter = getattr(obj, "counter", None)
+
+    def __getitem__(self, key):
+        if self.counter is not None:
+            self.counter[0] += 1
+        return super().__getitem__(key)
+
+
+def _counted(array: np.ndarray, counter: list) -> np.ndarray:
+    out = array.view(_Counted)
+    out.counter = counter
+    return out
+
+
 def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads: int,
-                    head_dim: int, seq_len: int) -> None:
+                    head_dim: int, seq_len: int, count_indexing: bool = False) -> None:
     rng = np.random.default_rng(seed)
     cache = rng.standard_normal((num_pages, page_size, num_kv_heads, head_dim)).astype(np.float32)
     n_used = -(-seq_len // page_size)
@@ -131,7 +150,8 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     t = np.arange(seq_len)
     slots = token_slots(row, seq_len, page_size)
     expected = flat[slots]
-    got = fn(cache.copy(), row.copy(), seq_len)
+    counter = [0]
+    got = fn(_counted(cache.copy(), counter), _counted(row.copy(), counter), seq_len)
     if got is None:
         raise Mismatch("gather returned None",
                        "return the [seq_len, num_kv_heads, head_dim] array.")
@@ -147,6 +167,11 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
                     "head_dim] (you returned the heads first).")
         raise Mismatch("shape of the gathered keys", hint, str(expected.shape), str(got.shape))
     diff = describe_difference(got, expected, ("token", "kv_head", "dim"), atol=0, rtol=0)
+    if diff is None and count_indexing and counter[0] > 2 * n_used + 6:
+        raise Mismatch(f"right values, but k_cache and the row were indexed {counter[0]} times "
+                       f"for {seq_len} tokens in {n_used} pages: a Python loop over the tokens",
+                       "compute every token's slot at once (an array of slots), then index the "
+                       "reshaped cache with that array: one indexing for all the tokens.")
     if diff is None:
         return
     hint = diagnose(got, expected, [
@@ -170,5 +195,8 @@ def gather_numpy(fn) -> "CheckResult":  # noqa: F821
                            "seq_len": 1}, lambda: _gather_np_case(fn, 2, 5, 16, 1, 16, 1)),
         Case("no tokens", {"pages": 4, "page_size": 4, "kv_heads": 2, "head_dim": 8,
                            "seq_len": 0}, lambda: _gather_np_case(fn, 3, 4, 4, 2, 8, 0)),
+        Case("64 tokens, gathered without a loop over them",
+             {"pages": 8, "page_size": 16, "kv_heads": 2, "head_dim": 4, "seq_len": 64},
+             lambda: _gather_np_case(fn, 4, 8, 16, 2, 4, 64, count_indexing=True)),
     ]
     return run_cases("gather_numpy", "gather_numpy: one sequence's keys, made contiguous", cases)
