@@ -48,3 +48,10 @@ def test_stub_message_is_not_echoed_and_result_has_no_notebook_echo():
     assert repr(result) == "<CheckResult pages_needed: not attempted, 0/1 cases passed>"
     assert result._ipython_display_() is None  # a notebook shows nothing more
     assert result.cases and result.messages and not result.passed
+
+
+def test_quoted_code_lines_are_not_wrapped():
+    code = "   33 |         for (int d = 0; d < head_dim; ++d) score += q[row + d] * k[kv + d];"
+    _, printed = _printed([Case("code", {}, lambda: (_ for _ in ()).throw(
+        Mismatch("the kernel does not compile:\n" + code, "fix it")))])
+    assert code in printed

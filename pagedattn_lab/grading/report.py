@@ -168,11 +168,16 @@ class _Printer:
         self.hints: dict[str, str] = {}  # hint -> the case that printed it first
 
     def say(self, text: str = "", indent: str = "", hang: str = "") -> None:
-        """Print `text` after `indent`, wrapped; continuation lines get `indent` + `hang`."""
+        """Print `text` after `indent`, wrapped; continuation lines get `indent` + `hang`.
+        A line of `text` that starts with whitespace (quoted code) is printed as it is."""
         for paragraph in text.split("\n") or [""]:
-            wrapped = textwrap.wrap(paragraph, WIDTH, initial_indent=indent,
-                                    subsequent_indent=indent + hang, break_long_words=False,
-                                    break_on_hyphens=False) or [indent.rstrip()]
+            if paragraph[:1].isspace():  # quoted source or compiler output: keep it whole
+                wrapped = [indent + paragraph]
+            else:
+                wrapped = textwrap.wrap(paragraph, WIDTH, initial_indent=indent,
+                                        subsequent_indent=indent + hang,
+                                        break_long_words=False,
+                                        break_on_hyphens=False) or [indent.rstrip()]
             for line in wrapped:
                 self.lines.append(line)
                 if not self.quiet:
