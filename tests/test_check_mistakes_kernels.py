@@ -182,3 +182,21 @@ def test_compile_error_names_the_kernel_line():
     result, printed = run_check("naive_kernel", source, device="cpu")
     assert result.status == "failed" and "does not compile" in printed
     assert len(result.cases) == 1  # reported once, no case run
+
+
+def test_without_an_instrumenting_compiler_the_checks_still_run(monkeypatch):
+    """Where the compiler cannot build the race check's instrumented library, the kernel
+    checks fall back to the plain build (and say nothing false)."""
+    from pagedattn_lab.cpu import kernel as cpu_kernel
+    plain_compile = cpu_kernel.RawKernel.compile
+
+    def no_instrumentation(self, instrumented=False):
+        if instrumented:
+            raise RuntimeError("-fsanitize=thread is not supported")
+        return plain_compile(self)
+
+    monkeypatch.setattr(cpu_kernel.RawKernel, "compile", no_instrumentation)
+    result, printed = run_check("gather_kernel",
+                                solution_source("02_page_access.ipynb", "SOURCE_GATHER"),
+                                device="cpu")
+    assert result.passed, printed
