@@ -233,6 +233,8 @@ def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failur
             results.append(CaseResult(case.name, case.params, NOT_ATTEMPTED,
                                       _not_attempted_text(exc)))
             status = NOT_ATTEMPTED
+            stub = "the `// TODO`" if isinstance(exc, NotAttempted) else \
+                "the `raise NotImplementedError`"
             out.say(f"----  not attempted yet: {_not_attempted_text(exc)}", "  ", "      ")
             break
         except Mismatch as mm:
@@ -267,8 +269,7 @@ def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failur
     if status == PASSED:
         out.say(f"All {n_pass} cases passed.")
     elif status == NOT_ATTEMPTED:
-        out.say("Not attempted: replace the `raise NotImplementedError` / `// TODO` with your "
-                "code.")
+        out.say(f"Not attempted: write your code in place of {stub}.")
     else:
         out.say(f"{n_pass} of {len(results)} cases passed. Fix the first failure first.")
     result = CheckResult(task, status, results, out.lines)
