@@ -172,7 +172,7 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
         if got.shape != expected.shape:
             raise Mismatch(f"step {step}: output shape", "[batch, num_heads, head_dim], one "
                            "row per entry of seq_ids.", str(expected.shape), str(got.shape))
-        diff = describe_difference(got, expected, ("sequence", "head", "dim"))
+        diff = describe_difference(got, expected, ("sequence", "head", "dim"), unwritten=False)
         if diff is None:
             continue
         hint = diagnose(got, expected, [

@@ -58,6 +58,7 @@ class Difference:
     axes: tuple[str, ...]
     got: np.ndarray
     expected: np.ndarray
+    certain: bool = True     # False: `unwritten` is a guess from NaN (a plain-NaN poison)
 
     @property
     def count(self) -> int:
@@ -98,7 +99,10 @@ class Difference:
         lines = [f"{self.count} of {total} {what} differ; the first at {self.where(index)}: "
                  f"expected {fmt(self.expected[index])}, got {fmt(self.got[index])}."]
         n_unwritten = int(self.unwritten.sum())
-        if n_unwritten:
+        if n_unwritten and not self.certain:
+            lines.append(f"{n_unwritten} of them are still NaN: the NaN the check filled the "
+                         "output with was never overwritten (or your code made a NaN).")
+        elif n_unwritten:
             lines.append(f"{n_unwritten} of them were never written: they still hold the NaN "
                          "the check filled the output with.")
         n_made = int((np.isnan(self.got) & self.bad & ~self.unwritten).sum())
@@ -115,8 +119,11 @@ def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None,
                         unwritten=None):
     """None when `got` matches `expected` (within tolerance, on `mask`), else a Difference.
 
-    unwritten: bool array, True where the output was never written (the kernel checks know
-    it from their poison's bit pattern); None for Python results, which have no poison."""
+    unwritten: where the output was never written. A bool array: the kernel checks know it
+    from their poison's bit pattern (kernel_runner.unwritten). False: a Python result, which
+    has no poison. None: taken to be the NaN where a number was expected, for outputs
+    poisoned with a plain NaN (a NaN the code computed looks the same there, and the message
+    says so)."""
     got = np.asarray(got, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if got.shape != expected.shape:
@@ -126,8 +133,12 @@ def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None,
         close |= ~np.broadcast_to(mask, close.shape)
     if close.all():
         return None
-    never = np.zeros(got.shape, bool) if unwritten is None else np.asarray(unwritten, bool)
-    return Difference(~close, never & ~close, tuple(axes), got, expected)
+    if unwritten is None:
+        never = np.isnan(got) & ~np.isnan(expected)
+    else:
+        never = np.broadcast_to(np.asarray(unwritten, bool), got.shape)
+    return Difference(~close, never & ~close, tuple(axes), got, expected,
+                      certain=unwritten is not None)
 
 
 def matches(got, candidate, *, atol=ATOL, rtol=RTOL, mask=None) -> bool:

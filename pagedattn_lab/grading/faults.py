@@ -3,8 +3,9 @@
 The CPU executor (`pagedattn_lab.cpu`) reports an out-of-bounds access as `KernelFault`
 naming the buffer (the kernel parameter), the index, the buffer's size, and the thread and
 block that did it; two threads touching one shared-memory byte between barriers (one of
-them writing, not both atomics) as `SharedMemoryRace`, with both threads and lines; a barrier that not every thread reaches as `KernelDeadlock`; a kernel
-that never ends as `KernelTimeout`; a compile error as `KernelCompileError` with the
+them writing, not both atomics) as `SharedMemoryRace`, with both threads and lines; a
+barrier that not every thread reaches as `KernelDeadlock`; a kernel that never ends as
+`KernelTimeout`; a compile error as `KernelCompileError` with the
 kernel's own line numbers. On the GPU, CuPy raises its own compile and driver errors.
 Anything else returns None and is reported as a plain exception.
 """

@@ -3,9 +3,11 @@
 `device="auto"` uses the GPU when CuPy has one (`backend.gpu_available()`), else the CPU
 executor; `device="cpu"` forces the executor, whose checked mode names the thread and
 block of a bad access, and whose race check (on for every check launch) names two threads
-that touch one shared-memory byte between barriers, at least one writing, without atomics. Outputs are poisoned before the launch with a NaN of a bit pattern no
-arithmetic makes (`POISON_BITS`): an element still holding it was never written (`unwritten`),
-while a NaN the kernel computed has another pattern. So a kernel that writes nothing is
+that touch one shared-memory byte between barriers, at least one writing, without atomics.
+
+Outputs are poisoned before the launch with a NaN of a bit pattern no arithmetic makes
+(`POISON_BITS`): an element still holding it was never written (`unwritten`), while a NaN
+the kernel computed has another pattern. So a kernel that writes nothing is
 recognized as "not attempted", and an unwritten element is told apart from a 0/0.
 """
 from __future__ import annotations
