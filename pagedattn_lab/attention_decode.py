@@ -23,7 +23,7 @@ from .attention_common import (
 )
 from .backend import array_module, to_numpy
 from .kernels import kernel as load_kernel
-from .validate import check_attention_inputs, check_int, resolve_scale
+from .validate import check_attention_inputs, check_int, check_out, resolve_scale
 
 KERNEL_FILE = "decode"
 GROUP_SIZES = (1, 2, 4, 8)   # query heads per block: one compiled kernel each
@@ -90,6 +90,8 @@ class DecodePlan:
                  num_splits=None, out=None):
         shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens,
                                         mode="decode")
+        check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
+                  seq_lens=seq_lens)
         scale = resolve_scale(scale, shapes.head_dim)
         dtype = np.dtype(k_cache.dtype)
         if shapes.head_dim not in supported_head_dims(dtype):
