@@ -77,9 +77,9 @@ def check_cache_memory(nbytes: int, device: str, name: str = "num_pages") -> Non
     """
     total = device_memory_bytes(device)
     if total is not None and nbytes > total:
+        where = "GPU" if device == "gpu" else "machine"
         raise ValueError(f"{name}: the K and V caches would take {_gib(nbytes)}, more than the "
-                         f"{_gib(total)} of memory this {'GPU' if device == 'gpu' else 'machine'} has; use "
-                         f"fewer pages")
+                         f"{_gib(total)} of memory this {where} has; use fewer pages")
 
 
 def device_memory_bytes(device: str) -> int | None:
