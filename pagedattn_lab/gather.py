@@ -32,7 +32,7 @@ def gather_kv(k_cache, v_cache, block_table_row, seq_len: int):
     row_bytes = num_kv_heads * head_dim * k_cache.dtype.itemsize
     word, options = ((np.float32, ()) if row_bytes % 4 == 0
                      else (np.int16, ("-DWORD=short",)))
-    words = lambda a: a.view(word)  # noqa: E731
+    words = lambda a: a.reshape(-1).view(word)  # noqa: E731 - contiguous, so a flat view
     kernel("page_access", "gather_kv", options)(
         (seq_len,), (THREADS_PER_BLOCK,),
         (words(k_cache), words(v_cache), block_table_row, np.int32(seq_len), np.int32(page_size),

@@ -68,19 +68,27 @@ _FLOATS = [np.float16, np.float32, np.float64]
 
 
 class PagedAttentionManager:
-    """A paged KV cache and the attention kernels over it, for one attention layer."""
+    """A paged KV cache and the attention kernels over it, for one attention layer.
+
+    prefill_kernel: "tiled", "naive", or None for tiled where it runs (head_dim 64 or 128)
+    and naive elsewhere. A head_dim or scale the kernels cannot run is refused here.
+    """
 
     def __init__(self, num_pages: int, page_size: int, num_heads: int, num_kv_heads: int,
                  head_dim: int, dtype=np.float32, device: str = "auto", scale=None,
-                 prefill_kernel: str = "tiled"):
+                 prefill_kernel: str | None = None):
         num_heads = check_int(num_heads, "num_heads", minimum=1)
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
                              f"{num_kv_heads} (GQA needs whole groups)")
+        if prefill_kernel is None:   # the fast kernel where it runs, else the one that runs
+            prefill_kernel = "tiled" if head_dim in TILED_HEAD_DIMS else "naive"
         if prefill_kernel not in ("naive", "tiled"):
-            raise ValueError(f"prefill_kernel: expected 'naive' or 'tiled', got {prefill_kernel!r}")
+            raise ValueError(f"prefill_kernel: expected 'naive', 'tiled' or None (tiled when "
+                             f"head_dim is {' or '.join(map(str, TILED_HEAD_DIMS))}, else "
+                             f"naive), got {prefill_kernel!r}")
         if np.dtype(dtype) in CACHE_DTYPES:   # else PagedKVCache names the dtype it refuses
             _check_kernels_take(head_dim, np.dtype(dtype), prefill_kernel)
         scale = resolve_scale(scale, head_dim)
