@@ -63,7 +63,8 @@ def check_int_list(values, name: str, what: str = "id") -> list[int]:
     message about `int` or `NoneType`, or silently walk a string's characters).
     """
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        hint = f"; for one {what} write [{values!r}]" if isinstance(values, (int, np.integer)) else ""
+        one = isinstance(values, (int, np.integer)) and not isinstance(values, bool)
+        hint = f"; for one {what} write [{values!r}]" if one else ""
         raise TypeError(f"{name}: expected a list of {what}s, got {values!r} "
                         f"({type(values).__name__}){hint}")
     return [check_int(v, f"{name}[{i}]") for i, v in enumerate(values)]
