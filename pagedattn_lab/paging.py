@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .validate import MAX_PAGES
+from .validate import MAX_PAGES, check_int_list
 
 
 class OutOfPagesError(RuntimeError):
@@ -29,20 +29,8 @@ class OutOfPagesError(RuntimeError):
 
 
 def _as_page_ids(pages: Iterable[int], argname: str) -> list[int]:
-    """Page ids as Python ints, refusing floats, bools and other non-integers by name, and
-    a bare id or None where a list is expected."""
-    if isinstance(pages, (str, bytes)) or not hasattr(pages, "__iter__"):
-        hint = (f"; for one page write [{pages!r}]" if isinstance(pages, (int, np.integer))
-                and not isinstance(pages, bool) else "")
-        raise TypeError(f"{argname}: expected a list of page ids, got {pages!r} "
-                        f"({type(pages).__name__}){hint}")
-    ids = []
-    for i, page in enumerate(pages):
-        if isinstance(page, (bool, np.bool_)) or not isinstance(page, (int, np.integer)):
-            raise TypeError(f"{argname}[{i}]: expected an integer page id, got {page!r} "
-                            f"({type(page).__name__})")
-        ids.append(int(page))
-    return ids
+    """Page ids as Python ints, refusing floats, bools, None and a bare id by name."""
+    return check_int_list(pages, argname, "page id")
 
 
 class AllocatorState(NamedTuple):

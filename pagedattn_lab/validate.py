@@ -67,7 +67,13 @@ def check_int_list(values, name: str, what: str = "id") -> list[int]:
         hint = f"; for one {what} write [{values!r}]" if one else ""
         raise TypeError(f"{name}: expected a list of {what}s, got {values!r} "
                         f"({type(values).__name__}){hint}")
-    return [check_int(v, f"{name}[{i}]") for i, v in enumerate(values)]
+    ids = []
+    for i, value in enumerate(values):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name}[{i}]: expected an integer {what}, got {value!r} "
+                            f"({type(value).__name__})")
+        ids.append(int(value))
+    return ids
 
 
 def check_cache_memory(nbytes: int, device: str, name: str = "num_pages") -> None:
