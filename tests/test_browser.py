@@ -177,8 +177,8 @@ def test_lesson_01_runs_in_jupyterlab_and_its_stepper_responds(lab, playwright_a
             handle.press("ArrowRight")
         page.wait_for_function("([box, before]) => box.innerText !== before",
                                arg=[box.element_handle(), text_before], timeout=30_000)
-        page.wait_for_function("([box, before]) => box.querySelector('img') && "
-                               "box.querySelector('img').src !== before",
+        page.wait_for_function("([box, before]) => { const img = box.querySelectorAll('img'); "
+                               "return img.length && img[img.length - 1].src !== before; }",
                                arg=[box.element_handle(), image_before], timeout=30_000)
         text_after, _ = _view(box)
         assert slider.locator(".widget-readout").inner_text().strip() == "3"
