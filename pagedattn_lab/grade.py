@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .grading.report import RESULTS_ENV
-from .grading.tasks import expected_tasks
+from .lessons import expected_tasks
 
 RESULT_WORDS = {"passed": "pass", "failed": "fail", "not attempted": "not attempted"}
 NOTEBOOK_ROW = "(notebook)"

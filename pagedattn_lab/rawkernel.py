@@ -37,13 +37,13 @@ class RawKernel:
 
     `options`: NVRTC options (a tuple of strings), passed to CuPy; on the CPU, -D, -U, -I and
     -std are honoured and the others ignored. Keywords for the CPU executor: `filename`,
-    `timeout`, `checked`, `workers`, `stack_kb` (see pagedattn_lab.cpu.RawKernel). Other
-    keywords (`backend`, `jitify`, ...) go to cupy.RawKernel.
+    `timeout`, `checked`, `workers`, `stack_kb`, `racecheck` (see pagedattn_lab.cpu.RawKernel).
+    Other keywords (`backend`, `jitify`, ...) go to cupy.RawKernel.
     """
 
     def __init__(self, code: str, name: str, options=(), *, filename: str | None = None,
                  timeout: float | None = None, checked: bool = True, workers: int | None = None,
-                 stack_kb: int | None = None, **cupy_kwargs):
+                 stack_kb: int | None = None, racecheck: bool | None = None, **cupy_kwargs):
         self.code = code
         self.name = name
         self.options = tuple(options or ())
@@ -115,7 +115,8 @@ class RawKernel:
     def __call__(self, grid, block, args, shared_mem: int = 0, **cpu_options) -> None:
         """Launch like cupy.RawKernel: kern(grid, block, args, shared_mem=0).
 
-        `cpu_options` (timeout=, checked=, workers=) apply to the CPU executor only.
+        `cpu_options` (timeout=, checked=, workers=, racecheck=) apply to the CPU executor
+        only; the GPU has compute-sanitizer for races.
         """
         if self.device_for(args) == "cpu":
             self.cpu(grid, block, args, shared_mem=shared_mem, **cpu_options)

@@ -313,7 +313,7 @@ PY_MISTAKES += [
 ]
 
 
-# -- lesson 03: online softmax, one query ----------------------------------------------------
+# -- lesson 04: online softmax, one query ----------------------------------------------------
 
 def online_class(bug):
     class Online:
@@ -364,7 +364,7 @@ PY_MISTAKES += [
 ]
 
 
-# -- lesson 04: tiling in Python -------------------------------------------------------------
+# -- lesson 05: tiling in Python -------------------------------------------------------------
 
 def _ceil(a, b):
     return -(-a // b)
@@ -389,7 +389,7 @@ PY_MISTAKES += [
 ]
 
 
-# -- lesson 05: the system ---------------------------------------------------------------------
+# -- lesson 07: the system ---------------------------------------------------------------------
 
 def next_ignoring_forks(cache, sid):
     return 1 if cache.seq_len(sid) % cache.page_size == 0 else 0
@@ -469,12 +469,14 @@ def test_python_mistake_is_caught(task, impl, phrase):
 
 
 def test_every_python_task_has_three_mistakes():
-    from pagedattn_lab.grading.tasks import TASKS
+    from pagedattn_lab.lessons import LESSONS
     kernel_tasks = {"gather_kernel", "naive_kernel", "tiled_kernel"}
     counts = {}
     for task, _, _ in PY_MISTAKES:
         counts[task] = counts.get(task, 0) + 1
-    for task in (t for tasks in TASKS.values() for t in tasks if t not in kernel_tasks):
+    own_files = {"03", "06"}  # their tasks are in tests/test_check_mistakes_<topic>.py
+    for task in (t for lesson in LESSONS if lesson.number not in own_files
+                 for t in lesson.tasks if t not in kernel_tasks):
         assert counts.get(task, 0) >= 3, task
 
 
@@ -546,8 +548,8 @@ TILED_MISTAKES = [
 
 KERNEL_MISTAKES = (
     [("gather_kernel", "02_page_access.ipynb", "SOURCE_GATHER", *m) for m in GATHER_MISTAKES]
-    + [("naive_kernel", "03_naive_kernel.ipynb", "SOURCE_NAIVE", *m) for m in NAIVE_MISTAKES]
-    + [("tiled_kernel", "04_tiled_kernel.ipynb", "SOURCE_TILED", *m) for m in TILED_MISTAKES])
+    + [("naive_kernel", "04_naive_kernel.ipynb", "SOURCE_NAIVE", *m) for m in NAIVE_MISTAKES]
+    + [("tiled_kernel", "05_tiled_kernel.ipynb", "SOURCE_TILED", *m) for m in TILED_MISTAKES])
 KERNEL_IDS = [f"{m[0]}-{m[3]}" for m in KERNEL_MISTAKES]
 # Mistakes that give the same wrong numbers on a GPU. The others are caught by the CPU
 # executor's strict checks (bounds, barriers, races run deterministically) and may pass on a
@@ -561,8 +563,8 @@ DETERMINISTIC = {"gather_kernel-head stride", "gather_kernel-shared table",
                  "naive_kernel-no rescale", "naive_kernel-max starts at 0",
                  "tiled_kernel-no causal mask", "tiled_kernel-head stride", "tiled_kernel-no scale"}
 SOLUTION_KERNELS = [("gather_kernel", "02_page_access.ipynb", "SOURCE_GATHER"),
-                    ("naive_kernel", "03_naive_kernel.ipynb", "SOURCE_NAIVE"),
-                    ("tiled_kernel", "04_tiled_kernel.ipynb", "SOURCE_TILED")]
+                    ("naive_kernel", "04_naive_kernel.ipynb", "SOURCE_NAIVE"),
+                    ("tiled_kernel", "05_tiled_kernel.ipynb", "SOURCE_TILED")]
 
 
 @pytest.mark.parametrize("task, notebook, variable, name, edits, phrase", KERNEL_MISTAKES,
@@ -598,7 +600,7 @@ def test_kernel_checks_on_the_gpu(task, notebook, variable):
 def test_endless_kernel_loop_is_stopped(monkeypatch):
     from pagedattn_lab.grading import kernel_runner
     monkeypatch.setattr(kernel_runner, "KERNEL_TIMEOUT", 1.0)
-    source = mutate(solution_source("03_naive_kernel.ipynb", "SOURCE_NAIVE"),
+    source = mutate(solution_source("04_naive_kernel.ipynb", "SOURCE_NAIVE"),
                     [("for (int j = 0; j <= t; ++j)", "for (int j = 0; j <= t; )")])
     result, printed = run_check("naive_kernel", source, device="cpu")
     assert result.status == "failed" and len(result.cases) == 1
@@ -606,7 +608,7 @@ def test_endless_kernel_loop_is_stopped(monkeypatch):
 
 
 def test_compile_error_names_the_kernel_line():
-    source = mutate(solution_source("03_naive_kernel.ipynb", "SOURCE_NAIVE"),
+    source = mutate(solution_source("04_naive_kernel.ipynb", "SOURCE_NAIVE"),
                     [("float score = 0.0f;", "float score = 0.0f")])
     result, printed = run_check("naive_kernel", source, device="cpu")
     assert result.status == "failed" and "does not compile" in printed

@@ -122,7 +122,7 @@ def test_submissions_are_not_modified(graded):
 
 
 def test_rows_for_missing_checks_and_bad_paths(tmp_path):
-    rows = grade._rows("x/03_naive_kernel.ipynb", Path("03_naive_kernel.ipynb"),
+    rows = grade._rows("x/04_naive_kernel.ipynb", Path("04_naive_kernel.ipynb"),
                        {"finished": True, "cell_errors": []},
                        {"online_softmax": {"status": "passed", "summary": "all 6 cases passed"}},
                        False, 60, 1.0, "", 0)

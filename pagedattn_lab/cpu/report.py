@@ -43,10 +43,12 @@ def lanes_text(mask: int) -> str:
 class LaunchInfo:
     """What report needs to know about a launch."""
 
-    def __init__(self, kernel, sig, grid, block, shared_mem, stack_bytes, buffers, args):
+    def __init__(self, kernel, sig, grid, block, shared_mem, stack_bytes, buffers, args,
+                 source=None):
         self.kernel, self.sig, self.grid, self.block = kernel, sig, grid, block
         self.shared_mem, self.stack_bytes, self.buffers, self.args = (
             shared_mem, stack_bytes, buffers, args)
+        self.source = source   # (library path, file name, source text) for race reports
 
     def where(self, r) -> str:
         if not r.has_thread:
@@ -74,6 +76,10 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
     common = dict(kernel=k, block=block, thread=thread, address=r.addr, signal=_signame(r.signo),
                   access=_access(r), buffer=None, arg_index=None, index=None, size=None)
     acc = _access(r) or "access"
+    if r.sicode <= 0:   # SI_USER, SI_TKILL...: sent by raise()/kill(), not a memory fault
+        return KernelFault(f"kernel {info.kernel!r}: the thread sent itself "
+                           f"{_signame(r.signo)} (raise(), kill() or abort()){who}.",
+                           region="unknown", **{**common, "access": None, "address": None})
     if r.signo in (_signal.SIGSEGV, _signal.SIGBUS):
         if r.region == abi.REGION_STACK:
             kib = info.stack_bytes // 1024
@@ -220,6 +226,11 @@ def result_error(r, info: LaunchInfo) -> KernelError:
         return deadlock_error(r, info)
     if s == abi.WARP:
         return warp_error(r, info)
+    if s == abi.SYSCALL:
+        return syscall_error(r, info)
+    if s == abi.RACE:
+        from .race import race_error  # noqa: PLC0415 - only for the rare failed race check
+        return race_error(r, info)
     thread = tuple(r.thread) if r.has_thread else None
     block = tuple(r.block) if r.has_thread else None
     if s == abi.ASSERT:
@@ -236,15 +247,47 @@ def result_error(r, info: LaunchInfo) -> KernelError:
                        f"{r.msg.decode(errors='replace')}", kernel=info.kernel)
 
 
-def worker_died(info: LaunchInfo, signo: int, timeout) -> KernelError:
+_SYSCALL_HINTS = {
+    "exit": "a kernel cannot end the program; return from the kernel instead (or call "
+            "__trap() to fail the launch)",
+    "fork": "a kernel cannot start processes",
+    "clone": "a kernel cannot start processes or threads",
+    "exec": "a kernel cannot run programs",
+    "signal": "a kernel cannot signal other processes",
+}
+
+
+def syscall_error(r, info: LaunchInfo) -> KernelFault:
+    call = r.msg.decode(errors="replace")
+    hint = next((h for key, h in _SYSCALL_HINTS.items() if key in call),
+                "a kernel may only compute and touch its arguments")
+    return KernelFault(
+        f"kernel {info.kernel!r} called {call}{info.where(r)}: {hint}. The CPU executor "
+        f"stopped the launch; nothing it started is left running.", kernel=info.kernel,
+        block=tuple(r.block) if r.has_thread else None,
+        thread=tuple(r.thread) if r.has_thread else None, signal="SIGSYS", region="unknown",
+        buffer=None, arg_index=None, index=None, size=None, access=None, address=None,
+        syscall=call.split(" ")[0])
+
+
+def worker_died(info: LaunchInfo, signo: int, timeout, r=None) -> KernelError:
+    """A worker ended by a signal it could not report (r: its result, for who ran)."""
+    thread = block = None
+    if r is not None and r.run_thread >= 0:
+        thread, block = xyz(r.run_thread, info.block), xyz(r.run_block, info.grid)
+    who = f" while running thread {fmt3(thread)} of block {fmt3(block)}" if thread else ""
     if signo == _signal.SIGALRM:
         return KernelTimeout(f"kernel {info.kernel!r} did not finish within its time limit and "
-                             f"was stopped.", kernel=info.kernel, timeout=timeout)
-    hint = " (killed for using too much memory?)" if signo == _signal.SIGKILL else ""
+                             f"was stopped{who}.", kernel=info.kernel, timeout=timeout,
+                             thread=thread, block=block)
+    hint = {_signal.SIGKILL: " (killed for using too much memory, or the kernel signalled "
+                             "itself?)",
+            _signal.SIGSYS: " (a forbidden system call, such as fork, exec or system(), "
+                            "made with every signal blocked)"}.get(signo, "")
     return KernelFault(f"kernel {info.kernel!r}: a worker process died from {_signame(signo)}"
-                       f"{hint}.", kernel=info.kernel, signal=_signame(signo), region="unknown",
-                       buffer=None, arg_index=None, index=None, size=None, access=None,
-                       address=None)
+                       f"{who}{hint}.", kernel=info.kernel, thread=thread, block=block,
+                       signal=_signame(signo), region="unknown", buffer=None, arg_index=None,
+                       index=None, size=None, access=None, address=None)
 
 
 def timeout_error(info: LaunchInfo, timeout: float, running=()) -> KernelTimeout:

@@ -10,6 +10,6 @@ instructors grade folders of notebooks with `python -m pagedattn_lab.grade`.
     variants.py          paged attention with the classic mistakes switched on
     kernel_runner.py     compile and launch a learner's CUDA C (GPU or CPU executor)
     checks_*.py          the checks, by lesson topic
-    tasks.py             which tasks each workbook holds
+    (the tasks of each workbook are listed in pagedattn_lab/lessons.py, the lesson registry)
     sandbox.py, runner.py  the grader's per-notebook guard rail and executor
 """

@@ -1,7 +1,7 @@
 """Checks for the counting tasks: pages per sequence, wasted memory, bytes and page size.
 
 Lesson 00 (why paging): how many pages a sequence needs and how much of a contiguous or a
-paged reservation holds no token. Lesson 06 (performance): how many bytes a decode step
+paged reservation holds no token. Lesson 08 (performance): how many bytes a decode step
 must read, the time floor that sets, and which page size to choose given its waste.
 
 Each case compares a number with the spec and, when it is wrong, with the numbers the
@@ -132,7 +132,7 @@ def paged_waste(fn) -> "CheckResult":  # noqa: F821
     return run_cases("paged_waste", "paged_waste(seq_lens, page_size)", cases)
 
 
-# -- lesson 06 --------------------------------------------------------------------------
+# -- lesson 08 --------------------------------------------------------------------------
 
 def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
     itemsize = np.dtype(dtype).itemsize

@@ -1,4 +1,4 @@
-"""Checks for lesson 03 in Python: online softmax, and what one thread of the naive kernel does.
+"""Checks for lesson 04 in Python: online softmax, and what one thread of the naive kernel does.
 
 Online softmax keeps three things while keys stream past: the running max m, the running
 sum l of exp(score - m), and the running weighted sum acc of values. When a new score

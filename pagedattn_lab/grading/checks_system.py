@@ -1,4 +1,4 @@
-"""Checks for lesson 05: a decode step on a paged cache, and a serving loop that frees.
+"""Checks for lesson 07: a decode step on a paged cache, and a serving loop that frees.
 
 The decode step must append this step's key and value to each sequence *before*
 attending (the new token attends to itself), build the block tables for exactly the

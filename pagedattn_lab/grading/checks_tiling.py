@@ -1,4 +1,4 @@
-"""Checks for lesson 04 in Python: which pages a query tile needs, and the tiled launch.
+"""Checks for lesson 05 in Python: which pages a query tile needs, and the tiled launch.
 
 The tiled kernel gives each block `tile_q` consecutive query tokens of one (sequence,
 head). Causality decides its work: query t attends to keys 0..t, so the block needs every

@@ -1,0 +1,139 @@
+// Keeps a kernel inside its worker process (Linux): a seccomp filter makes the system calls
+// that would let kernel code escape or end the launch its own way trap with SIGSYS instead,
+// which the worker reports like a crash, naming the running thread and block:
+//   - creating processes or threads, or running programs: fork, vfork, clone, clone3,
+//     execve, execveat;
+//   - ending the process: exit_group (exit(), _exit(), returning from main...); the worker
+//     itself ends with the single-thread exit system call (pal_worker_exit);
+//   - signalling any process but itself: kill, tkill, tgkill, rt_(tg)sigqueueinfo,
+//     pidfd_send_signal (abort() and raise() signal the worker itself and stay allowed);
+//   - leaving the launch's process group, or tracing: setsid, setpgid, ptrace.
+// Where seccomp is missing (macOS, old kernels, some containers) the worker runs without the
+// filter; the parent still kills the launch's whole process group afterwards.
+#include "runtime.h"
+
+#include <stddef.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+#if defined(__linux__) && __has_include(<linux/seccomp.h>) && \
+    (defined(__x86_64__) || defined(__aarch64__))
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#define PAL_SECCOMP 1
+#endif
+
+extern "C" PAL_HIDDEN [[noreturn]] void pal_worker_exit(int code)
+{
+#ifdef PAL_SECCOMP
+    for (;;) syscall(SYS_exit, code);   // one thread: the process ends with this status
+#else
+    _exit(code);
+#endif
+}
+
+#ifdef PAL_SECCOMP
+
+namespace {
+
+#if defined(__x86_64__)
+#define PAL_AUDIT_ARCH AUDIT_ARCH_X86_64
+#else
+#define PAL_AUDIT_ARCH AUDIT_ARCH_AARCH64
+#endif
+
+#ifndef SYS_clone3
+#define SYS_clone3 435
+#endif
+#ifndef SYS_pidfd_send_signal
+#define SYS_pidfd_send_signal 424
+#endif
+
+const long always_denied[] = {
+#ifdef SYS_fork
+    SYS_fork,
+#endif
+#ifdef SYS_vfork
+    SYS_vfork,
+#endif
+    SYS_clone, SYS_clone3, SYS_execve, SYS_execveat, SYS_exit_group, SYS_setsid, SYS_setpgid,
+    SYS_ptrace, SYS_pidfd_send_signal,
+};
+// Signals: allowed when the first argument (pid or thread-group id) is the worker itself.
+const long signal_calls[] = {SYS_kill, SYS_tgkill, SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo};
+
+}  // namespace
+
+// 0 when the filter is in place.
+extern "C" PAL_HIDDEN int pal_sandbox_install(void)
+{
+    const unsigned self = (unsigned)getpid();
+    struct sock_filter f[64];
+    unsigned n = 0;
+    const unsigned nd = sizeof always_denied / sizeof *always_denied;
+    const unsigned ns = sizeof signal_calls / sizeof *signal_calls;
+    // Layout: arch and number (5); denied list; signal list; allow; trap; arg check.
+    f[n++] = BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch));
+    f[n++] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, PAL_AUDIT_ARCH, 1, 0);
+    f[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);   // another ABI (x32, ia32)
+    f[n++] = BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
+    const unsigned allow = n + 1 + nd + ns + 1, trap = allow + 1, check = trap + 1;
+    f[n] = BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, trap - n - 1, 0);   // x32 calls
+    ++n;
+    for (unsigned i = 0; i < nd; ++i, ++n)
+        f[n] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)always_denied[i], trap - n - 1, 0);
+    // SYS_tkill takes a thread id: ours equals our pid (one thread).
+    for (unsigned i = 0; i < ns; ++i, ++n)
+        f[n] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)signal_calls[i], check - n - 1, 0);
+    f[n] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)SYS_tkill, check - n - 1, 0);
+    ++n;
+    f[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);   // == allow
+    f[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);    // == trap
+    f[n++] = BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0]));
+    f[n++] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, self, 0, 1);
+    f[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+    f[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);
+    struct sock_fprog prog;
+    prog.len = (unsigned short)n;
+    prog.filter = f;
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
+    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0 ? 0 : -1;
+}
+
+// The name of a trapped system call, for the report.
+extern "C" PAL_HIDDEN const char *pal_syscall_name(long nr)
+{
+    switch (nr) {
+#ifdef SYS_fork
+    case SYS_fork: return "fork";
+#endif
+#ifdef SYS_vfork
+    case SYS_vfork: return "vfork";
+#endif
+    case SYS_clone: return "clone (a new process or thread)";
+    case SYS_clone3: return "clone3 (a new process or thread)";
+    case SYS_execve: return "execve (running a program)";
+    case SYS_execveat: return "execveat (running a program)";
+    case SYS_exit_group: return "exit";
+    case SYS_setsid: return "setsid";
+    case SYS_setpgid: return "setpgid";
+    case SYS_ptrace: return "ptrace";
+    case SYS_kill: return "kill (a signal to another process)";
+    case SYS_tkill: return "tkill (a signal to another process)";
+    case SYS_tgkill: return "tgkill (a signal to another process)";
+    case SYS_rt_sigqueueinfo: return "sigqueue (a signal to another process)";
+    case SYS_rt_tgsigqueueinfo: return "rt_tgsigqueueinfo (a signal to another process)";
+    case SYS_pidfd_send_signal: return "pidfd_send_signal (a signal to another process)";
+    default: return "a forbidden system call";
+    }
+}
+
+#else
+
+extern "C" PAL_HIDDEN int pal_sandbox_install(void) { return -1; }
+extern "C" PAL_HIDDEN const char *pal_syscall_name(long) { return "a forbidden system call"; }
+
+#endif
