@@ -218,7 +218,7 @@ def resolve_scale(scale, head_dim: int) -> float:
     The kernels multiply the scores by scale * log2(e) in float32, so a scale whose product
     overflows float32 (1e39) would make every output NaN, and one that rounds to 0 would
     silently give uniform attention: both are refused, as are NaN, inf and scale <= 0
-    (a softmax temperature is positive).
+    (the scores are scaled up or down, never flipped or zeroed).
     """
     if scale is None:
         return 1.0 / float(np.sqrt(head_dim))
