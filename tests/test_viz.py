@@ -349,6 +349,9 @@ def test_each_kernel_answers_to_the_roof_of_its_units():
     assert units("flashinfer decode (tensor cores)", "float16") == "tensor-fp16"
     assert units("flashinfer decode (CUDA cores)", "float16") == "cuda-fp32"
     assert units("mystery", "float16") is None
+    # the record's kernel_choice decides for the package's decode, whose name does not say it
+    assert units("paged-decode", "float16", "tensor_core") == "tensor-fp16"
+    assert units("paged-decode (simt, not chosen)", "float16", "simt") == "cuda-fp32"
     h100 = viz.roofline.peak_flops("NVIDIA H100 80GB HBM3")
     assert h100["cuda-fp32"] == pytest.approx(66.9e12)
     assert h100["tensor-3xtf32"] == pytest.approx(494.7e12 / 3)
@@ -363,10 +366,12 @@ def test_roofline_of_the_committed_run_gives_every_kernel_its_point():
     assert len(points) == len(timed) and all(p["units"] for p in points)
     bandwidth = viz.bench_plots.copy_bandwidth(results)
     peaks = viz.roofline.peak_flops(results["gpu"])
+    choice = {(r["kernel"], r["workload"]): r["kernel_choice"] for r in timed}
     for p in points:
         assert p["roof"] == pytest.approx(min(peaks[p["units"]], p["intensity"] * bandwidth))
-        if p["kernel"].startswith("paged-decode"):   # SIMT: never held against tensor cores
-            assert p["units"] == "cuda-fp32"
+        if p["kernel"].startswith("paged-decode"):   # SIMT never held against tensor cores
+            tc = choice[p["kernel"], p["workload"]] == "tensor_core"
+            assert p["units"] == ("tensor-fp16" if tc else "cuda-fp32")
     d64 = next(p for p in points if p["workload"] == "D64" and p["kernel"] == "paged-decode")
     assert d64["intensity"] == pytest.approx(1.0, rel=1e-3)   # fp16, no GQA: 1 FLOP per byte
     fig = viz.plot_roofline(results, workload=["D64", "prefill"])
