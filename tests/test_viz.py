@@ -323,6 +323,13 @@ def test_bench_charts(tmp_path):
     render(fig)
 
 
+def test_results_file_loads_the_named_run(tmp_path):
+    h100 = viz.results_file("2026-11-26_H100_bench.json")
+    assert h100["gpu"].startswith("NVIDIA H100") and h100["source"].endswith("2026-11-26_H100_bench.json")
+    assert any(r["kernel"] == "flex-paged" for r in h100["results"])
+    assert viz.results_file("2026-11-26_H100_bench.json", tmp_path)["source"].startswith("recorded")
+
+
 def test_costs_match_the_bench_workloads():
     """The plotting layer reads the bench's shape strings: a change of format fails here."""
     from pagedattn_lab.bench.workloads import decode_workloads, prefill_workloads
