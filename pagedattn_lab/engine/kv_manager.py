@@ -157,8 +157,8 @@ class KVCacheManager:
         self.free(req)
 
     def swap_in_cost(self, req: Request, num_new: int = 0) -> int:
-        """Free pages that bringing the request back takes, and then writing its next
-        `num_new` tokens (a request swapped out mid-prefill may need several more)."""
+        """Free pages that bringing the request back takes, plus the pages its next `num_new`
+        tokens grow into (its pages come back exactly as they left, none shared)."""
         back = len(req.host_pages)
         return back + max(0, _pages_for(req.num_computed_tokens + num_new, self.page_size) - back)
 

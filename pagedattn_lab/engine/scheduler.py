@@ -126,8 +126,7 @@ class Scheduler:
     def _schedule_swapped(self, step: ScheduledStep, budget: int) -> int:
         while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs:
             req = self.swapped[0]
-            # Its pages come back, then its next tokens (a whole chunk, when it was swapped
-            # out mid-prefill) may need more.
+            # Its pages come back, then its next chunk may need more (many with small pages).
             n = self._chunk(req, budget)
             if not self._room(self.kv.swap_in_cost(req, n)):
                 break
