@@ -7,9 +7,13 @@ exercises start from them, and the wrappers launch them through `kernel()`.
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 KERNEL_DIR = Path(__file__).resolve().parent
+# `#include "x.cuh"`: a header of this folder, pasted in so NVRTC and the CPU executor
+# (and their caches, keyed by the text) see one self-contained source.
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*"([\w.]+\.cuh)"[ \t]*$', re.M)
 
 
 def source(filename: str) -> str:
@@ -18,7 +22,7 @@ def source(filename: str) -> str:
     if not path.is_file():
         available = sorted(p.name for p in KERNEL_DIR.glob("*.cu"))
         raise FileNotFoundError(f"filename: no kernel source {path.name!r}; have {available}")
-    return path.read_text()
+    return _LOCAL_INCLUDE.sub(lambda m: (KERNEL_DIR / m.group(1)).read_text(), path.read_text())
 
 
 @functools.lru_cache(maxsize=None)
