@@ -68,7 +68,8 @@ class PagedAttentionManager:
 
     def __init__(self, num_pages: int, page_size: int, num_heads: int, num_kv_heads: int,
                  head_dim: int, dtype=np.float32, device: str = "auto", scale=None,
-                 prefill_kernel: str = "tiled"):
+                 prefill_kernel: str = "tiled", kv_dtype: str | None = None,
+                 scale_scheme: str = "static", k_scale=None, v_scale=None):
         num_heads = check_int(num_heads, "num_heads", minimum=1)
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
         if num_heads % num_kv_heads:
@@ -77,7 +78,8 @@ class PagedAttentionManager:
         if prefill_kernel not in ("naive", "tiled"):
             raise ValueError(f"prefill_kernel: expected 'naive' or 'tiled', got {prefill_kernel!r}")
         self.cache = PagedKVCache(num_pages, page_size, num_kv_heads, head_dim, dtype=dtype,
-                                  device=device)
+                                  device=device, kv_dtype=kv_dtype, scale_scheme=scale_scheme,
+                                  k_scale=k_scale, v_scale=v_scale)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.page_size = self.cache.page_size
         self.scale, self.prefill_kernel = scale, prefill_kernel
@@ -162,7 +164,7 @@ class PagedAttentionManager:
             pages_total=alloc.num_pages, pages_used=alloc.num_used, pages_free=alloc.num_free,
             sequences=len(lens), tokens_stored=sum(lens),
             slots_allocated=alloc.num_used * self.page_size, internal_waste=waste,
-            bytes_per_token=2 * self.num_kv_heads * self.head_dim * self.cache.dtype.itemsize,
+            bytes_per_token=self.cache.bytes_per_token,
             page_size=self.page_size)
 
     def __repr__(self) -> str:
