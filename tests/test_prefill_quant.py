@@ -11,15 +11,22 @@ Two bounds, both stated here:
    softmax weight moves by a factor within exp(+-2 delta) and, per output element,
    |d out| <= max_j e(V)_j + (exp(2 delta) - 1) max_j |V_j| (`attention_error_bound`).
 """
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+import pagedattn_lab.cpu
 from pagedattn_lab import quant
 from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper
 from pagedattn_lab.reference import reference_prefill_packed
 from tests.test_prefill_wrapper import packed_problem, rel_err
 
 FP16_TOL = 2e-3
+# The kernel runs on the CPU executor once its WMMA shim (branch exec) is merged.
+needs_wmma = pytest.mark.skipif(
+    "#error" in (Path(pagedattn_lab.cpu.__file__).parent / "include" / "mma.h").read_text(),
+    reason="the CPU executor has no WMMA (mma.h) shim yet (branch exec)")
 
 
 def quantize_cache(cache, kv_dtype, scheme, live):
@@ -74,12 +81,8 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
-@pytest.mark.parametrize("scheme", ["static", "per_token"])
-@pytest.mark.parametrize("case", range(len(CASES)))
-@pytest.mark.parametrize("outliers", [False, True])
-def test_prefill_on_compressed_pages(rng, kv_dtype, scheme, case, outliers):
-    lens, q_lens, page_size, num_heads, num_kv_heads, head_dim = CASES[case]
+def check_quantized(xp, rng, case, kv_dtype, scheme, outliers):
+    lens, q_lens, page_size, num_heads, num_kv_heads, head_dim = case
     q, k, v, indptr, tables, seq_lens = packed_problem(rng, lens, q_lens, page_size, num_heads,
                                                        num_kv_heads, head_dim, np.float32)
     if outliers:   # a few key channels 20x larger, as real keys have
@@ -88,11 +91,13 @@ def test_prefill_on_compressed_pages(rng, kv_dtype, scheme, case, outliers):
     q16 = q.astype(np.float16)
     (kc, ks, kd, kps), (vc, vs, vd, vps) = (quantize_cache(c, kv_dtype, scheme, live)
                                             for c in (k, v))
-    w = BatchPrefillWrapper().plan(indptr, tables, seq_lens, num_heads, num_kv_heads, head_dim,
-                                   page_size, np.float16, kv_dtype=kv_dtype, scale_scheme=scheme)
-    out = np.full(q.shape, np.nan, np.float16)
-    w.run(q16, kc, vc, out=out, k_scale=ks, v_scale=vs)
-    got = out.astype(np.float64)
+    dev = xp.asarray
+    w = BatchPrefillWrapper().plan(dev(indptr), dev(tables), dev(seq_lens), num_heads,
+                                   num_kv_heads, head_dim, page_size, np.float16,
+                                   kv_dtype=kv_dtype, scale_scheme=scheme)
+    out = xp.full(q.shape, np.nan, np.float16)
+    w.run(dev(q16), dev(kc), dev(vc), out=out, k_scale=dev(ks), v_scale=dev(vs))
+    got = (out.get() if xp is not np else out).astype(np.float64)
     assert np.isfinite(got).all(), "an output was not written, or a NaN slot leaked in"
     ref_deq = reference_prefill_packed(q16, kd, vd, indptr, tables, seq_lens)
     assert rel_err(got, ref_deq) < FP16_TOL, f"vs dequantized: {rel_err(got, ref_deq):.2e}"
@@ -107,6 +112,33 @@ def test_prefill_on_compressed_pages(rng, kv_dtype, scheme, case, outliers):
     assert rel_err(got, ref) > 1e-5   # the cache really was quantized
 
 
+@needs_wmma
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+@pytest.mark.parametrize("scheme", ["static", "per_token"])
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("outliers", [False, True])
+def test_prefill_on_compressed_pages(rng, kv_dtype, scheme, case, outliers):
+    check_quantized(np, rng, case, kv_dtype, scheme, outliers)
+
+
+GPU_CASES = [
+    ([2048, 1, 77] + [300] * 5, [2048, 1, 77] + [1] * 5, 16, 32, 8, 128),   # mixed, GQA 32/8
+    ([129, 65, 1], [129, 65, 1], 1, 16, 1, 96),                            # MQA, page 1
+    ([500, 257], [300, 257], 256, 8, 2, 256),
+    ([1000] * 4, [1] * 4, 16, 64, 64, 64),                                 # decode, D64 MHA
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+@pytest.mark.parametrize("scheme", ["static", "per_token"])
+@pytest.mark.parametrize("case", GPU_CASES)
+def test_prefill_on_compressed_pages_on_the_gpu(rng, kv_dtype, scheme, case):
+    import cupy
+    check_quantized(cupy, rng, case, kv_dtype, scheme, outliers=True)
+
+
+@needs_wmma
 def test_forgetting_a_scale_is_caught(rng):
     """The tests can see a missing scale: v_scale of ones instead of the real ones."""
     lens, q_lens, page_size, num_heads, num_kv_heads, head_dim = CASES[1]
@@ -140,7 +172,7 @@ def test_run_refuses_bad_scales_before_launching(rng, change, match):
                                    page_size, np.float16, kv_dtype="int8")
     args = dict(k_cache=kc, k_scale=ks, v_scale=ks.copy())
     args.update(change)
-    if args["k_cache"] == "fp16" if isinstance(args["k_cache"], str) else False:
+    if isinstance(args["k_cache"], str):
         args["k_cache"] = k.astype(np.float16)
     out = np.full(q.shape, np.nan, np.float16)
     with pytest.raises((ValueError, TypeError), match=match):
