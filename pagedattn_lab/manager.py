@@ -12,6 +12,10 @@ course's kernels on it:
     mgr.finish(seq)                                             # its pages go back
     mgr.stats()                                                 # pages used, waste, ...
 
+With compressed pages (`kv_dtype="int8"` or `"fp8_e4m3"`, fp16 queries) attention runs on
+the tensor-core `BatchPrefillWrapper`, which dequantizes as it reads (decode tokens are its
+q_len 1 rows).
+
 Every call validates its input first and is all-or-nothing: if the pool cannot hold what a
 call needs, `OutOfPagesError` is raised and neither the cache nor any table changes.
 """
@@ -26,6 +30,7 @@ from .attention_prefill import paged_attention_prefill
 from .backend import to_numpy
 from .cache import PagedKVCache
 from .paging import OutOfPagesError
+from .prefill_wrapper import HEAD_DIMS, BatchPrefillWrapper
 from .validate import check_array, check_int
 
 
@@ -77,6 +82,10 @@ class PagedAttentionManager:
                              f"{num_kv_heads} (GQA needs whole groups)")
         if prefill_kernel not in ("naive", "tiled"):
             raise ValueError(f"prefill_kernel: expected 'naive' or 'tiled', got {prefill_kernel!r}")
+        if kv_dtype is not None and (np.dtype(dtype) != np.float16 or head_dim not in HEAD_DIMS):
+            raise ValueError(f"kv_dtype: compressed pages are read by the tensor-core prefill "
+                             f"kernel, which needs dtype float16 and head_dim in {HEAD_DIMS}; "
+                             f"got {np.dtype(dtype).name} and {head_dim}")
         self.cache = PagedKVCache(num_pages, page_size, num_kv_heads, head_dim, dtype=dtype,
                                   device=device, kv_dtype=kv_dtype, scale_scheme=scale_scheme,
                                   k_scale=k_scale, v_scale=v_scale)
@@ -122,6 +131,8 @@ class PagedAttentionManager:
             raise
         if q is None:
             return AddedSequence(seq_id, None)
+        if self.cache.kv_dtype is not None:
+            return AddedSequence(seq_id, self._attend_compressed([seq_id], q, [n]))
         tables, lens = self.cache.block_tables([seq_id])
         out = paged_attention_prefill(self._as_cache(q)[None], self.cache.k_cache,
                                       self.cache.v_cache, tables, lens, self.scale,
@@ -146,6 +157,8 @@ class PagedAttentionManager:
             raise OutOfPagesError(needed, self.cache.allocator.num_free, self.cache.num_pages)
         for i, s in enumerate(seq_ids):
             self.cache.append(s, k[i:i + 1], v[i:i + 1])
+        if self.cache.kv_dtype is not None:
+            return self._attend_compressed(seq_ids, q, [1] * batch)
         tables, lens = self.cache.block_tables(seq_ids)
         return paged_attention_decode(self._as_cache(q), self.cache.k_cache, self.cache.v_cache,
                                       tables, lens, self.scale)
@@ -189,6 +202,17 @@ class PagedAttentionManager:
         if self.cache.device == "cpu":
             x = to_numpy(x)
         return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=self.cache.dtype))
+
+    def _attend_compressed(self, seq_ids, q, q_lens):
+        """Causal attention of each sequence's last q_lens[i] tokens over compressed pages."""
+        tables, lens = self.cache.block_tables(seq_ids)
+        indptr = self.xp.asarray(np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32))
+        w = BatchPrefillWrapper().plan(indptr, tables, lens, self.num_heads, self.num_kv_heads,
+                                       self.head_dim, self.page_size, np.float16,
+                                       kv_dtype=self.cache.kv_dtype,
+                                       scale_scheme=self.cache.scale_scheme)
+        return w.run(self._as_cache(q), self.cache.k_cache, self.cache.v_cache, scale=self.scale,
+                     k_scale=self.cache.k_scale, v_scale=self.cache.v_scale)
 
     def _seq_ids(self, seq_ids) -> list[int]:
         ids = list(seq_ids)

@@ -101,3 +101,36 @@ def test_bad_quantization_arguments_are_refused(kwargs, match):
     args.update(kwargs)
     with pytest.raises((ValueError, TypeError), match=match):
         PagedKVCache(4, 4, HEADS, DIM, device="cpu", **args)
+
+
+@pytest.mark.skipif("#error" in open(__import__("pagedattn_lab.cpu", fromlist=["x"]).__file__
+                                     .replace("__init__.py", "include/mma.h")).read(),
+                    reason="the CPU executor has no WMMA (mma.h) shim yet (branch exec)")
+@pytest.mark.parametrize("scheme", ["static", "per_token"])
+def test_manager_attends_over_compressed_pages(rng, scheme):
+    from pagedattn_lab.reference import reference_decode, reference_prefill
+    scales = np.full(HEADS, 0.01, np.float32)
+    mgr = PagedAttentionManager(16, 4, 4, HEADS, DIM, dtype=np.float16, device="cpu",
+                                kv_dtype="fp8_e4m3", scale_scheme=scheme, k_scale=scales,
+                                v_scale=scales)
+    k, v = (rng.standard_normal((9, HEADS, DIM)).astype(np.float16) for _ in range(2))
+    q = rng.standard_normal((9, 4, DIM)).astype(np.float16)
+    seq, out = mgr.add_sequence(k, v, q)
+    kd, vd = mgr.cache.gather(seq)                       # the dequantized cache
+    tables = np.array([[0]], np.int32)
+    ref = reference_prefill(q[None], kd[None].reshape(1, 9, HEADS, DIM),
+                            vd.reshape(1, 9, HEADS, DIM), tables, np.array([9], np.int32))
+    assert np.abs(out - ref[0]).max() < 5e-3 * np.abs(ref).max()
+    q1, k1, v1 = (rng.standard_normal((1, h, DIM)).astype(np.float16) for h in (4, HEADS, HEADS))
+    out1 = mgr.decode_step([seq], q1, k1, v1)
+    kd, vd = mgr.cache.gather(seq)
+    ref1 = reference_decode(q1, kd.reshape(1, 10, HEADS, DIM), vd.reshape(1, 10, HEADS, DIM),
+                            tables, np.array([10], np.int32))
+    assert np.abs(out1 - ref1).max() < 5e-3 * np.abs(ref1).max()
+
+
+def test_manager_refuses_compressed_pages_it_cannot_read():
+    with pytest.raises(ValueError, match="kv_dtype: compressed pages"):
+        PagedAttentionManager(8, 4, 4, HEADS, DIM, dtype=np.float32, device="cpu",
+                              kv_dtype="int8", k_scale=np.ones(HEADS, np.float32),
+                              v_scale=np.ones(HEADS, np.float32))
