@@ -11,22 +11,15 @@ Two bounds, both stated here:
    softmax weight moves by a factor within exp(+-2 delta) and, per output element,
    |d out| <= max_j e(V)_j + (exp(2 delta) - 1) max_j |V_j| (`attention_error_bound`).
 """
-from pathlib import Path
-
 import numpy as np
 import pytest
 
-import pagedattn_lab.cpu
 from pagedattn_lab import quant
 from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper
 from pagedattn_lab.reference import reference_prefill_packed
 from tests.test_prefill_wrapper import packed_problem, rel_err
 
 FP16_TOL = 2e-3
-# The kernel runs on the CPU executor once its WMMA shim (branch exec) is merged.
-needs_wmma = pytest.mark.skipif(
-    "#error" in (Path(pagedattn_lab.cpu.__file__).parent / "include" / "mma.h").read_text(),
-    reason="the CPU executor has no WMMA (mma.h) shim yet (branch exec)")
 
 
 def quantize_cache(cache, kv_dtype, scheme, live):
@@ -112,7 +105,6 @@ def check_quantized(xp, rng, case, kv_dtype, scheme, outliers):
     assert rel_err(got, ref) > 1e-5   # the cache really was quantized
 
 
-@needs_wmma
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
 @pytest.mark.parametrize("scheme", ["static", "per_token"])
 @pytest.mark.parametrize("case", CASES)
@@ -138,7 +130,6 @@ def test_prefill_on_compressed_pages_on_the_gpu(rng, kv_dtype, scheme, case):
     check_quantized(cupy, rng, case, kv_dtype, scheme, outliers=True)
 
 
-@needs_wmma
 def test_forgetting_a_scale_is_caught(rng):
     """The tests can see a missing scale: v_scale of ones instead of the real ones."""
     lens, q_lens, page_size, num_heads, num_kv_heads, head_dim = CASES[1]
