@@ -151,7 +151,7 @@ class BatchPrefillWrapper:
         used = tables[np.arange(tables.shape[1])[None, :] < pages_used[:, None]]
         options = (f"-DHEAD_DIM={head_dim}", f"-DELEM={elem}", f"-DWARPS={warps}",
                    f"-DKV_TILE={KV_TILE}", f"-DKV_QUANT={fmt.kernel_id if fmt else 0}",
-                   f"-DKV_T={'unsigned char' if fmt else elem}",
+                   f"-DCACHE_T={'unsigned char' if fmt else elem}",
                    f"-DPER_TOKEN_SCALES={int(fmt is not None and scale_scheme == 'per_token')}")
         kern = load_kernel("prefill_tc", "prefill_tc", options)
         smem = shared_bytes(head_dim, warps)

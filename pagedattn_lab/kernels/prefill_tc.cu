@@ -5,8 +5,8 @@
 //
 // Compile-time: HEAD_DIM (a multiple of 16), ELEM (__half or __nv_bfloat16), WARPS (query
 // rows per block = 16 * WARPS), KV_TILE (keys per K/V tile, a multiple of 32).
-// Compressed pages (kv_quant.cuh): KV_QUANT (0 none, 1 int8, 2 fp8 e4m3), KV_T (the cache
-// element: ELEM, or unsigned char for codes), PER_TOKEN_SCALES (0: k_scale/v_scale are
+// Compressed pages (kv_quant.cuh): KV_QUANT (0 none, 1 int8, 2 fp8 e4m3), CACHE_T (the
+// cache element: ELEM, or unsigned char for codes), PER_TOKEN_SCALES (0: k_scale/v_scale are
 // [num_kv_heads]; 1: [num_pages, page_size, num_kv_heads], like the pages). Codes are
 // dequantized (code * scale, rounded to ELEM) as a tile is staged into shared memory, so
 // the tensor-core loop is the same for every format; the scales are unused when KV_QUANT=0.
@@ -51,8 +51,8 @@
 #ifndef KV_TILE
 #define KV_TILE 64
 #endif
-#ifndef KV_T
-#define KV_T ELEM
+#ifndef CACHE_T
+#define CACHE_T ELEM
 #endif
 #ifndef PER_TOKEN_SCALES
 #define PER_TOKEN_SCALES 0
@@ -178,8 +178,8 @@ __device__ inline void stage_codes(ELEM* dst, int rows, const unsigned char* cac
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_DIM]
-           const KV_T* __restrict__ k_cache,      // [num_pages, page_size, kv_heads, HEAD_DIM]
-           const KV_T* __restrict__ v_cache,
+           const CACHE_T* __restrict__ k_cache,   // [num_pages, page_size, kv_heads, HEAD_DIM]
+           const CACHE_T* __restrict__ v_cache,
            const float* __restrict__ k_scale,     // compressed pages: see the header
            const float* __restrict__ v_scale,
            const int* __restrict__ qo_indptr,     // [batch + 1]
