@@ -99,3 +99,24 @@ def test_write_rounds_ties_saturates_and_keeps_subnormals_like_the_reference(kv_
                    one, one.copy())
     np.testing.assert_array_equal(k_cache.reshape(-1).view(np.uint8),
                                   quant.encode(row, kv_dtype).view(np.uint8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+@pytest.mark.parametrize("scheme", ["static", "per_token"])
+def test_write_on_the_gpu_matches_the_reference(rng, kv_dtype, scheme):
+    """NVRTC's build of the same source: bit for bit against quant.py (float32 division and
+    rintf are exact IEEE operations on the GPU too)."""
+    import cupy
+    k_cache, v_cache, k_scale, v_scale = _setup(rng, kv_dtype, scheme, n_pages=40, heads=8,
+                                                dim=128)
+    slots = rng.permutation(40 * 5)[:150].astype(np.int64)
+    k = (rng.standard_normal((150, 8, 128)) * rng.uniform(0.1, 40, (150, 8, 1))).astype(
+        np.float16)
+    dev = [cupy.asarray(a) for a in (k, k, k_cache, v_cache, slots, k_scale, v_scale)]
+    write_kv_quant(*dev[:5], kv_dtype, scheme, dev[5], dev[6])
+    codes, scales = quant.quantize_rows(k, kv_dtype, scheme, k_scale)
+    got = dev[2].get().reshape(-1, 8, 128)[slots]
+    np.testing.assert_array_equal(got.view(np.uint8), codes.view(np.uint8))
+    if scheme == "per_token":
+        np.testing.assert_array_equal(dev[5].get().reshape(-1, 8)[slots], scales)
