@@ -16,6 +16,7 @@ A page then takes `page_bytes` bytes instead of twice (fp16) or four times (fp32
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,7 +25,7 @@ from .addressing import token_slots
 from .backend import cupy_module, resolve_device, to_numpy
 from .paging import BlockAllocator
 from .quant import check_scale, check_scheme, dequantize, kv_format, quantize_rows
-from .validate import CACHE_DTYPES, check_array, check_int
+from .validate import CACHE_DTYPES, check_array, check_cache_memory, check_int, check_int_list
 
 PAD_PAGE = -1  # what block_tables() writes past a sequence's last page
 
@@ -57,6 +58,7 @@ class PagedKVCache:
         self.device = resolve_device(device)
         self.xp = cupy_module() if self.device == "gpu" else np
         shape = (self.allocator.num_pages, page_size, num_kv_heads, head_dim)
+        check_cache_memory(self.page_bytes * self.allocator.num_pages, self.device)
         self.k_cache = self.xp.zeros(shape, dtype=fmt.storage if fmt else self.dtype)
         self.v_cache = self.xp.zeros(shape, dtype=fmt.storage if fmt else self.dtype)
         self.k_scale = self.v_scale = None
@@ -67,6 +69,7 @@ class PagedKVCache:
             self.v_scale = self.xp.ones(shape[:3], dtype=np.float32)
         self._sequences: dict[int, _Sequence] = {}
         self._next_seq_id = 0
+        self._undo: list | None = None   # K/V rows overwritten inside a transaction()
 
     @property
     def num_pages(self) -> int:
@@ -130,6 +133,30 @@ class PagedKVCache:
         grow = -(-(seq.length + n_tokens) // self.page_size) - len(seq.pages)
         return grow + int(self._tail_is_shared(seq))
 
+    @contextmanager
+    def transaction(self):
+        """All or nothing for a group of calls: if the block raises, every sequence, length,
+        block table, sequence id, the allocator's free list and reference counts, and every
+        K/V element written inside it are put back as they were, and the error goes on.
+
+            with cache.transaction():
+                cache.append(a, k, v)
+                run_kernel(...)          # fails: the append above is undone
+        """
+        if self._undo is not None:   # nested: the outer transaction covers everything
+            yield
+            return
+        saved = (self.allocator.state(), self._next_seq_id,
+                 {s: (list(q.pages), q.length) for s, q in self._sequences.items()})
+        self._undo = []
+        try:
+            yield
+        except BaseException:
+            self._roll_back(*saved)
+            raise
+        finally:
+            self._undo = None
+
     def fork_sequence(self, seq_id: int) -> int:
         """A new sequence sharing every page of `seq_id` (prefix sharing, copy on write)."""
         parent = self._get(seq_id)
@@ -149,7 +176,8 @@ class PagedKVCache:
         Rows are padded with -1 past each sequence's last page. Arrays live on the cache's
         device. `seq_ids` defaults to every live sequence.
         """
-        seq_ids = self.seq_ids if seq_ids is None else list(seq_ids)
+        seq_ids = self.seq_ids if seq_ids is None else check_int_list(seq_ids, "seq_ids",
+                                                                      "sequence id")
         sequences = [self._get(s) for s in seq_ids]
         width = max([len(s.pages) for s in sequences] + [1])
         tables = np.full((len(sequences), width), PAD_PAGE, dtype=np.int32)
@@ -175,6 +203,8 @@ class PagedKVCache:
     # -- internals ---------------------------------------------------------------------
 
     def _get(self, seq_id) -> _Sequence:
+        # 1.0 == 1 and hashes alike: without this check a float id would find sequence 1.
+        check_int(seq_id, "seq_id")
         if seq_id not in self._sequences:
             raise KeyError(f"seq_id: no live sequence {seq_id!r} (live: {self.seq_ids})")
         return self._sequences[seq_id]
@@ -195,6 +225,8 @@ class PagedKVCache:
     def _copy_on_write_tail(self, seq: _Sequence, fresh_page: int) -> None:
         """Give `seq` its own copy of its shared, partly filled last page before writing."""
         shared = seq.pages[-1]
+        self._save_rows(self.xp.arange(fresh_page * self.page_size,
+                                       (fresh_page + 1) * self.page_size))
         self.k_cache[fresh_page] = self.k_cache[shared]
         self.v_cache[fresh_page] = self.v_cache[shared]
         if self.scale_scheme == "per_token":
@@ -209,25 +241,48 @@ class PagedKVCache:
         flat = (-1, self.num_kv_heads, self.head_dim)
         if self.device == "cpu":  # a CuPy k or v is copied to the host first
             k, v = to_numpy(k), to_numpy(v)
+        slots = self.xp.asarray(slots)
+        self._save_rows(slots)
         if self.kv_dtype is not None:
             self._write_quantized(slots, k, v)
             return
-        slots = self.xp.asarray(slots)
         self.k_cache.reshape(flat)[slots] = self.xp.asarray(k, dtype=self.dtype)
         self.v_cache.reshape(flat)[slots] = self.xp.asarray(v, dtype=self.dtype)
 
-    def _write_quantized(self, slots: np.ndarray, k, v) -> None:
+    def _write_quantized(self, slots, k, v) -> None:
         """Quantize on write (NumPy reference, `quant.py`; the kernel is cache_write_quant)."""
         flat = (-1, self.num_kv_heads, self.head_dim)
-        gpu_slots = self.xp.asarray(slots)
         for rows, cache, scale in ((k, self.k_cache, self.k_scale), (v, self.v_cache,
                                                                      self.v_scale)):
             rows = to_numpy(rows).astype(self.dtype)   # what an unquantized cache would store
             codes, scales = quantize_rows(rows, self.kv_dtype, self.scale_scheme,
                                           to_numpy(scale))
-            cache.reshape(flat)[gpu_slots] = self.xp.asarray(codes)
+            cache.reshape(flat)[slots] = self.xp.asarray(codes)
             if self.scale_scheme == "per_token":
-                scale.reshape(-1, self.num_kv_heads)[gpu_slots] = self.xp.asarray(scales)
+                scale.reshape(-1, self.num_kv_heads)[slots] = self.xp.asarray(scales)
+
+    def _save_rows(self, slots) -> None:
+        """Inside a transaction: keep the K/V of `slots` (token rows) as they are now."""
+        if self._undo is not None:
+            flat = (-1, self.num_kv_heads, self.head_dim)
+            scales = [None, None]
+            if self.scale_scheme == "per_token":   # per-token scales are written with the rows
+                scales = [s.reshape(-1, self.num_kv_heads)[slots]
+                          for s in (self.k_scale, self.v_scale)]
+            self._undo.append((slots, self.k_cache.reshape(flat)[slots],
+                               self.v_cache.reshape(flat)[slots], *scales))   # copies
+
+    def _roll_back(self, allocator_state, next_seq_id, sequences) -> None:
+        flat = (-1, self.num_kv_heads, self.head_dim)
+        for slots, k, v, k_scale, v_scale in reversed(self._undo):
+            self.k_cache.reshape(flat)[slots] = k
+            self.v_cache.reshape(flat)[slots] = v
+            if k_scale is not None:
+                self.k_scale.reshape(-1, self.num_kv_heads)[slots] = k_scale
+                self.v_scale.reshape(-1, self.num_kv_heads)[slots] = v_scale
+        self.allocator.restore(allocator_state)
+        self._next_seq_id = next_seq_id
+        self._sequences = {s: _Sequence(pages, length) for s, (pages, length) in sequences.items()}
 
     def __repr__(self) -> str:
         kind = self.dtype.name if self.kv_dtype is None else \

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import ml_dtypes
 import numpy as np
 
 SCHEMES = ("static", "per_token")
@@ -59,6 +58,11 @@ def check_scheme(scale_scheme: str) -> str:
 
 # -- codes ---------------------------------------------------------------------------------
 
+def _e4m3():
+    import ml_dtypes  # noqa: PLC0415 - imported on first use: it slows every import and fork
+    return ml_dtypes.float8_e4m3fn
+
+
 def encode(x, kv_dtype: str) -> np.ndarray:
     """Codes of already-scaled float32 values (x / scale): int8 or uint8 e4m3 bits."""
     fmt = kv_format(kv_dtype)
@@ -67,7 +71,7 @@ def encode(x, kv_dtype: str) -> np.ndarray:
         # np.clip keeps NaN; nan_to_num then stores it as 0. rint rounds half to even.
         return np.nan_to_num(np.rint(np.clip(x, -127.0, 127.0)), nan=0.0).astype(np.int8)
     saturated = np.clip(x, -448.0, 448.0)        # ml_dtypes itself would overflow to NaN
-    return saturated.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+    return saturated.astype(_e4m3()).view(np.uint8)
 
 
 def decode(codes, kv_dtype: str) -> np.ndarray:
@@ -78,7 +82,7 @@ def decode(codes, kv_dtype: str) -> np.ndarray:
         raise TypeError(f"codes: expected {fmt.storage} for {fmt.name}, got {codes.dtype}")
     if fmt.name == "int8":
         return codes.astype(np.float32)
-    return codes.view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    return codes.view(_e4m3()).astype(np.float32)
 
 
 # -- scales --------------------------------------------------------------------------------
