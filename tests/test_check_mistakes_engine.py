@@ -8,7 +8,7 @@ import pytest
 
 from pagedattn_lab.engine.prefix_cache import block_hashes as engine_block_hashes
 from pagedattn_lab.engine.prefix_cache import hash_block
-from tests.test_check_mistakes import assert_caught, run_check
+from tests.check_helpers import assert_caught, run_check
 
 
 # -- task 1 -------------------------------------------------------------------------------------
@@ -37,11 +37,24 @@ def _one_short(tokens, page_size):
     return engine_block_hashes(tokens, page_size)[:-1] if len(tokens) > page_size else []
 
 
+def _range_short(tokens, page_size):   # range stops one block early on page multiples
+    return engine_block_hashes(tokens[:len(tokens) - 1], page_size) if len(tokens) else []
+
+
+def _hex(tokens, page_size):
+    return [h.hex() for h in engine_block_hashes(tokens, page_size)]
+
+
 HASH_MISTAKES = [
-    ("partial block hashed", _hashes(partial=True), "hash full blocks only"),
-    ("not chained", _hashes(chain=False), "chain"),
-    ("both", _hashes(chain=False, partial=True), "two mistakes"),
-    ("last full block dropped", _one_short, "one hash per full block"),
+    ("partial block hashed", _hashes(partial=True), "hash full blocks only", ()),
+    ("not chained", _hashes(chain=False), "chain", ()),
+    ("both", _hashes(chain=False, partial=True), "two mistakes", ()),
+    ("last full block dropped", _one_short, "one hash per full block", ()),
+    ("range one short", _range_short, "one hash per full block", ("chain",)),
+    # No known mistake produces these: the check fails them without naming one.
+    ("every token so far", _hash_then_join, "the block hashes differ",
+     ("chain", "full blocks only", "two mistakes")),
+    ("hex strings", _hex, "the block hashes differ", ("chain", "full blocks only")),
 ]
 
 
@@ -74,12 +87,26 @@ def _prefix_pops(hashes, cached, num_tokens, page_size):
     return pages, min(len(pages) * page_size, num_tokens - 1)
 
 
+def _always_minus_one(hashes, cached, num_tokens, page_size):
+    pages, _ = _prefix()(hashes, cached, num_tokens, page_size)
+    return pages, max(len(pages) * page_size - 1, 0)
+
+
+def _one_block_less(hashes, cached, num_tokens, page_size):   # "keep the last block"
+    pages, _ = _prefix()(hashes, cached, num_tokens, page_size)
+    pages = pages[:-1] if len(pages) == len(hashes) else pages
+    return pages, len(pages) * page_size
+
+
 PREFIX_MISTAKES = [
-    ("past the first miss", _prefix(stop=False), "first miss"),
-    ("full hit computes nothing", _prefix(cap=False), "num_tokens - 1"),
-    ("blocks not tokens", _prefix(count_blocks=True), "counts tokens, not blocks"),
-    ("None for misses", _prefix_with_none, "stop at the first miss"),
-    ("takes the pages", _prefix_pops, "only reads"),
+    ("past the first miss", _prefix(stop=False), "first miss", ()),
+    ("full hit computes nothing", _prefix(cap=False), "num_tokens - 1", ()),
+    ("blocks not tokens", _prefix(count_blocks=True), "counts tokens, not blocks", ()),
+    ("None for misses", _prefix_with_none, "stop at the first miss", ()),
+    ("takes the pages", _prefix_pops, "only reads", ()),
+    ("always one token less", _always_minus_one, "the pages are right", ("first miss",)),
+    ("drops the last block on a full hit", _one_block_less, "the prefix differs",
+     ("first miss", "num_tokens - 1")),
 ]
 
 
@@ -152,13 +179,13 @@ def _mutates(running, waiting, budget, free_pages, watermark, page_size, max_chu
 
 
 STEP_MISTAKES = [
-    ("prefill first", _step(decodes_first=False), "prefill before decodes"),
-    ("watermark ignored", _step(watermark_on=False), "watermark was ignored"),
-    ("running pages not charged", _step(charge_running=False), "were not counted"),
-    ("no chunking", _step(chunk=False), "chunked prefill"),
-    ("budget exceeded", _step(use_budget=False), "more tokens than the budget"),
-    ("overtaking", _step(fcfs=False), "first come, first served"),
-    ("changes the requests", _mutates, "only plans"),
+    ("prefill first", _step(decodes_first=False), "prefill before decodes", ()),
+    ("watermark ignored", _step(watermark_on=False), "watermark was ignored", ()),
+    ("running pages not charged", _step(charge_running=False), "were not counted", ()),
+    ("no chunking", _step(chunk=False), "chunked prefill", ()),
+    ("budget exceeded", _step(use_budget=False), "more tokens than the budget", ()),
+    ("overtaking", _step(fcfs=False), "first come, first served", ()),
+    ("changes the requests", _mutates, "only plans", ()),
 ]
 
 
@@ -167,9 +194,15 @@ ALL = ([("block_hashes", *m) for m in HASH_MISTAKES] +
        [("schedule_step", *m) for m in STEP_MISTAKES])
 
 
-@pytest.mark.parametrize("task, name, impl, phrase", ALL, ids=[f"{t}-{n}" for t, n, _, _ in ALL])
-def test_mistake_is_caught(task, name, impl, phrase):
-    assert_caught(task, impl, phrase)
+@pytest.mark.parametrize("task, name, impl, phrase, not_phrases", ALL,
+                         ids=[f"{t}-{n}" for t, n, *_ in ALL])
+def test_mistake_is_caught(task, name, impl, phrase, not_phrases):
+    assert_caught(task, impl, phrase, not_phrases=not_phrases)
+
+
+def test_every_task_has_six_mistakes():
+    for task in ("block_hashes", "cached_prefix", "schedule_step"):
+        assert sum(t == task for t, *_ in ALL) >= 6, task
 
 
 def test_whole_prompts_fail_without_a_false_hint():

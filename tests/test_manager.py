@@ -5,7 +5,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from pagedattn_lab import OutOfPagesError, attention_decode, attention_prefill
+from pagedattn_lab import OutOfPagesError, attention_prefill, decode_plan
 from pagedattn_lab.manager import PagedAttentionManager
 
 H, KVH, D = 4, 2, 64
@@ -245,12 +245,14 @@ def test_kernel_refusing_its_input_changes_nothing(monkeypatch, call, refusal):
                 for mgr in managers:
                     m.setattr(mgr, "scale", 1e39)
             else:
-                m.setattr(attention_decode, "supported_head_dims", lambda dtype: ())
+                m.setattr(decode_plan, "supported_head_dim",
+                          lambda kernel, dtype, head_dim: "refused for this test")
                 m.setattr(attention_prefill, "TILED_HEAD_DIMS", ())
             yield
 
     err, _, _, failing, clean = run_twice(make_manager, fail, call)
-    assert isinstance(err, ValueError) and str(err).startswith(("scale", "q: head_dim")), err
+    assert isinstance(err, ValueError), err
+    assert str(err).startswith(("scale", "head_dim", "q: head_dim")), err
     assert_same(snapshot(clean), snapshot(failing))
 
 
@@ -267,7 +269,7 @@ def test_failed_add_sequence_gives_its_id_to_the_retry(monkeypatch, rng):
 
 
 @pytest.mark.parametrize("kwargs, match", [
-    (dict(head_dim=48), "head_dim: 48 is not supported by the decode kernel"),
+    (dict(head_dim=50), "head_dim: 50 is not supported by the decode kernel"),
     (dict(head_dim=32, prefill_kernel="tiled"),
      "head_dim: 32 is not supported by the tiled prefill kernel"),
     (dict(prefill_kernel="flash"), "prefill_kernel: expected 'naive', 'tiled' or None"),

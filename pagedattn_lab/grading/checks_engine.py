@@ -60,6 +60,9 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
     elif isinstance(got, list) and len(got) != len(expected):
         hint = (f"{num_tokens} tokens hold {num_tokens // page_size} full blocks of "
                 f"{page_size}: one hash per full block.")
+    else:   # no known mistake gives this: restate the spec
+        hint = ("block i's hash is hash_block(parent, token_ids[i*page_size:(i+1)*page_size]) "
+                "as returned (bytes), parent None for block 0 and block i-1's hash after.")
     raise Mismatch(f"{what}: the block hashes differ", hint, _show(expected), _show(got))
 
 
@@ -124,6 +127,9 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
         hint = "the pages are right; num_computed = min(len(pages) * page_size, num_tokens - 1)."
     elif got[0] == [snapshot.get(h) for h in hashes]:
         hint = "a block not in the cache has no page: stop at the first miss."
+    else:   # no known mistake gives this: restate the spec
+        hint = ("pages: cached[hashes[0]], cached[hashes[1]], ... for as long as the hashes "
+                "are in `cached`; every cached block of the run counts, even on a full hit.")
     raise Mismatch(f"{what}: the prefix differs", hint, f"pages {expected[0]}, computed "
                    f"{expected[1]}", f"pages {got[0]}, computed {got[1]}")
 
@@ -273,6 +279,10 @@ def _step_case(fn, seed: int, page_size: int, budget: int, max_chunk: int, water
     if not hint and sum(n for _, n in got) > budget:
         hint = (f"the step holds {sum(n for _, n in got)} tokens, more than the budget "
                 f"{budget}.")
+    elif not hint:   # no known mistake gives this: restate the spec
+        hint = ("running requests first, each min(wanted, budget left, max_chunk) tokens; then "
+                "waiting prompts while cost + watermark <= pages left; compare with the "
+                "expected batch above.")
     raise Mismatch(f"{desc}: the batch differs", hint, repr(expected), repr(got))
 
 
