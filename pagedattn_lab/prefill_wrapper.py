@@ -34,7 +34,7 @@ from .attention_common import LOG2E, aligned16, allow_shared_memory, fast_path, 
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_scale, check_scheme, kv_format
-from .validate import check_array, check_block_tables, check_int, check_out, resolve_scale
+from .validate import check_array, check_block_tables, check_out, check_plan_sizes, resolve_scale
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64
@@ -112,13 +112,8 @@ class BatchPrefillWrapper:
         GPU; NumPy: the CPU executor). `warps` (1, 2, 4 or 8; query rows per block = 16 *
         warps) overrides the automatic choice. Raises before changing the wrapper if
         anything is off."""
-        num_heads = check_int(num_heads, "num_heads", minimum=1)
-        num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
-        head_dim = check_int(head_dim, "head_dim", minimum=1)
-        page_size = check_int(page_size, "page_size", minimum=1)
-        if num_heads % num_kv_heads:
-            raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
-                             f"{num_kv_heads} (GQA needs whole groups)")
+        num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
+            num_heads, num_kv_heads, head_dim, page_size)
         if head_dim not in HEAD_DIMS:
             raise ValueError(f"head_dim: expected one of {HEAD_DIMS}, got {head_dim}")
         elem, array_dtype = element_type(dtype)
