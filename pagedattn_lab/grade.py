@@ -35,7 +35,7 @@ from .grading import isolation
 from .grading.report import CASE_TIME_LIMIT
 from .grading.runner import graded_tasks
 from .grading.table import NOTEBOOK_ROW, Row, rows, to_csv, to_markdown
-from .grading.tasks import expected_tasks
+from .lessons import expected_tasks
 
 JUDGE_GRACE = 60.0   # seconds the judge may take after its sandbox is gone
 BANNER = "#" * 78

@@ -11,6 +11,13 @@ for a `float*` or a Python int for an `int` is an error here, not silent garbage
 """
 from __future__ import annotations
 
+import functools
+import glob
+import os
+import re
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from .signature import check_launch_args, collect_defines, parse_kernel_signature
@@ -32,18 +39,62 @@ def _as_tuple(dims, what: str) -> tuple:
     raise TypeError(f"{what}: expected an int or a tuple of 1 to 3 ints, got {dims!r}")
 
 
+_CUDA_HEADERS = re.compile(r'^[ \t]*#[ \t]*include[ \t]*[<"](mma|cuda_bf16|cuda_fp16|cuda_fp8)\.h[>"]',
+                           re.M)
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_include_dir() -> str | None:
+    """A directory with the CUDA headers a kernel may include (mma.h, cuda_bf16.h,
+    cuda_fp8.h), for NVRTC: cuda-pathfinder's, $CUDA_PATH/$CUDA_HOME, CuPy's CUDA path,
+    /usr/local/cuda, or an NVIDIA pip wheel's. None when there is none."""
+    candidates = []
+    try:
+        from cuda import pathfinder  # noqa: PLC0415 - optional (cuda-pathfinder)
+        candidates.append(pathfinder.find_nvidia_header_directory("cudart"))
+    except Exception:  # noqa: BLE001 - absent or too old: try the others
+        pass
+    candidates += [os.path.join(os.environ[v], "include") for v in ("CUDA_PATH", "CUDA_HOME")
+                   if os.environ.get(v)]
+    try:
+        from cupy.cuda import get_cuda_path  # noqa: PLC0415
+        candidates.append(os.path.join(get_cuda_path() or "", "include"))
+    except Exception:  # noqa: BLE001
+        pass
+    candidates.append("/usr/local/cuda/include")
+    for site in sys.path:
+        candidates += sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
+    # crt/mma.h too: CUDA 13's pip wheels ship mma.h without the crt/mma.h it includes
+    # (seen on the H200 image: "cannot open source file crt/mma.h" from cuda-pathfinder's dir).
+    for c in candidates:
+        if c and all((Path(c) / h).is_file() for h in ("mma.h", "crt/mma.h", "cuda_bf16.h")):
+            return c
+    return None
+
+
+def gpu_options(code: str, options: tuple) -> tuple:
+    """NVRTC options for `code`: `options`, plus -I<CUDA include dir> when the source includes
+    a CUDA header that NVRTC may not find by itself (mma.h, cuda_bf16.h, ...). The CPU
+    executor has its own copies of these headers (pagedattn_lab/cpu/include)."""
+    if not _CUDA_HEADERS.search(code) or any(str(o).startswith(("-I", "--include-path"))
+                                             for o in options):
+        return options
+    found = cuda_include_dir()
+    return options + (f"-I{found}",) if found else options
+
+
 class RawKernel:
     """One kernel for both devices. See the module docstring.
 
     `options`: NVRTC options (a tuple of strings), passed to CuPy; on the CPU, -D, -U, -I and
     -std are honoured and the others ignored. Keywords for the CPU executor: `filename`,
-    `timeout`, `checked`, `workers`, `stack_kb` (see pagedattn_lab.cpu.RawKernel). Other
-    keywords (`backend`, `jitify`, ...) go to cupy.RawKernel.
+    `timeout`, `checked`, `workers`, `stack_kb`, `racecheck` (see pagedattn_lab.cpu.RawKernel).
+    Other keywords (`backend`, `jitify`, ...) go to cupy.RawKernel.
     """
 
     def __init__(self, code: str, name: str, options=(), *, filename: str | None = None,
                  timeout: float | None = None, checked: bool = True, workers: int | None = None,
-                 stack_kb: int | None = None, **cupy_kwargs):
+                 stack_kb: int | None = None, racecheck: bool | None = None, **cupy_kwargs):
         self.code = code
         self.name = name
         self.options = tuple(options or ())
@@ -72,7 +123,8 @@ class RawKernel:
         if self._gpu is None:
             from .backend import cupy_module  # noqa: PLC0415 - never import CuPy eagerly
             cupy = cupy_module()
-            self._gpu = cupy.RawKernel(self.code, self.name, options=self.options,
+            self._gpu = cupy.RawKernel(self.code, self.name,
+                                       options=gpu_options(self.code, self.options),
                                        **self._cupy_kwargs)
             if self._max_dyn_smem is not None:
                 self._gpu.max_dynamic_shared_size_bytes = self._max_dyn_smem
@@ -115,7 +167,8 @@ class RawKernel:
     def __call__(self, grid, block, args, shared_mem: int = 0, **cpu_options) -> None:
         """Launch like cupy.RawKernel: kern(grid, block, args, shared_mem=0).
 
-        `cpu_options` (timeout=, checked=, workers=) apply to the CPU executor only.
+        `cpu_options` (timeout=, checked=, workers=, racecheck=) apply to the CPU executor
+        only; the GPU has compute-sanitizer for races.
         """
         if self.device_for(args) == "cpu":
             self.cpu(grid, block, args, shared_mem=shared_mem, **cpu_options)

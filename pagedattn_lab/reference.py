@@ -16,7 +16,8 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import to_numpy
-from .validate import check_attention_inputs, resolve_scale
+from .validate import (check_array, check_attention_inputs, check_block_tables, check_kv_cache,
+                       resolve_scale)
 
 _ANY_FLOAT = [np.float16, np.float32, np.float64]
 
@@ -89,4 +90,52 @@ def reference_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None) -
                 kv_head = h // shapes.group_size
                 out[b, t, h] = _softmax_attend(q[b, t, h], keys[: t + 1, kv_head],
                                                values[: t + 1, kv_head], scale)
+    return out
+
+
+def reference_prefill_packed(q, k_cache, v_cache, qo_indptr, block_tables, seq_lens,
+                             scale=None, causal: bool = True) -> np.ndarray:
+    """Packed queries over cached prefixes: the oracle of `BatchPrefillWrapper`.
+
+    q [total_q, num_heads, head_dim]; sequence b's queries are rows
+    `qo_indptr[b]:qo_indptr[b+1]` and are its LAST q_len tokens: `seq_lens[b]` counts all its
+    cached tokens, the new ones included. With `causal`, query i of sequence b (position
+    `seq_lens[b] - q_len + i`) sees keys 0..its own position (bottom-right alignment: a chunk
+    over a cached prefix, or a decode token when q_len is 1); without, it sees all of them.
+    Returns float64 NumPy [total_q, num_heads, head_dim].
+    """
+    indptr = to_numpy(qo_indptr).astype(np.int64)
+    batch = indptr.size - 1
+    if indptr.ndim != 1 or batch < 0 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
+        raise ValueError(f"qo_indptr: expected a non-decreasing [batch + 1] array from 0, got "
+                         f"{indptr.tolist()}")
+    check_array(q, "q", ndim=3, dtypes=_ANY_FLOAT)
+    if q.shape[0] != indptr[-1]:
+        raise ValueError(f"q: expected [total_q = qo_indptr[-1] = {indptr[-1]}, num_heads, "
+                         f"head_dim], got {tuple(q.shape)}")
+    check_kv_cache(k_cache, v_cache, dtypes=_ANY_FLOAT)
+    num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
+    if q.shape[2] != head_dim or q.shape[1] % num_kv_heads:
+        raise ValueError(f"q: expected [total_q, a multiple of {num_kv_heads} heads, "
+                         f"{head_dim}], got {tuple(q.shape)}")
+    check_block_tables(block_tables, seq_lens, num_pages=num_pages, page_size=page_size,
+                       batch=batch, min_len=0)
+    group_size = q.shape[1] // num_kv_heads
+    scale = resolve_scale(scale, head_dim)
+    q, k_cache, v_cache, tables, lens = _as_float64_inputs(q, k_cache, v_cache, block_tables,
+                                                           seq_lens)
+    out = np.zeros(q.shape)
+    for b in range(batch):
+        q_len, seq_len = int(indptr[b + 1] - indptr[b]), int(lens[b])
+        if q_len > seq_len:
+            raise ValueError(f"qo_indptr: sequence {b} has {q_len} queries but seq_lens[{b}] "
+                             f"is {seq_len} (the new tokens are among its cached tokens)")
+        keys, values = _sequence_kv(k_cache, v_cache, tables[b], seq_len)
+        for i in range(q_len):
+            visible = seq_len - q_len + i + 1 if causal else seq_len
+            for h in range(q.shape[1]):
+                kv_head = h // group_size
+                out[indptr[b] + i, h] = _softmax_attend(q[indptr[b] + i, h],
+                                                        keys[:visible, kv_head],
+                                                        values[:visible, kv_head], scale)
     return out

@@ -11,7 +11,7 @@ import pytest
 from nbclient import NotebookClient
 
 from pagedattn_lab.grading.report import RESULTS_ENV
-from pagedattn_lab.grading.tasks import TASKS, lesson_of
+from pagedattn_lab.lessons import expected_tasks
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = sorted(p.name for p in (REPO / "solutions").glob("*.ipynb"))
@@ -33,7 +33,7 @@ def run_and_collect(path: Path, tmp_path: Path, monkeypatch) -> tuple[list[dict]
 def test_untouched_exercise_fails_every_task(name, tmp_path, monkeypatch):
     results, errors = run_and_collect(REPO / "exercises" / name, tmp_path, monkeypatch)
     assert not errors, f"the untouched exercise raised: {errors}"  # not a traceback
-    assert [r["task"] for r in results] == TASKS[lesson_of(name)]
+    assert [r["task"] for r in results] == expected_tasks(name)
     for r in results:
         assert r["status"] == "not attempted", r
         assert not r["passed"]
@@ -43,7 +43,7 @@ def test_untouched_exercise_fails_every_task(name, tmp_path, monkeypatch):
 def test_solution_passes_every_task(name, tmp_path, monkeypatch):
     results, errors = run_and_collect(REPO / "solutions" / name, tmp_path, monkeypatch)
     assert not errors
-    assert [r["task"] for r in results] == TASKS[lesson_of(name)]
+    assert [r["task"] for r in results] == expected_tasks(name)
     for r in results:
         assert r["passed"] and r["status"] == "passed", r
         assert r["cases"] and all(c["status"] == "passed" for c in r["cases"])

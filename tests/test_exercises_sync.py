@@ -6,7 +6,7 @@ import nbformat
 import pytest
 
 from pagedattn_lab import exercises
-from pagedattn_lab.grading.tasks import TASKS, lesson_of
+from pagedattn_lab.lessons import LESSONS, expected_tasks, lesson_of
 
 REPO = Path(__file__).resolve().parents[1]
 SOLUTIONS = sorted((REPO / "solutions").glob("*.ipynb"))
@@ -18,11 +18,13 @@ def _cells(nb):
 
 
 def test_there_is_a_workbook_per_lesson():
-    assert [lesson_of(p) for p in SOLUTIONS] == sorted(TASKS)
-    lessons = {p.name[:2]: p.name for p in (REPO / "notebooks").glob("*.ipynb")}
-    for path in SOLUTIONS:  # named like the lesson it belongs to, when that lesson exists
-        if path.name[:2] in lessons:
-            assert path.name == lessons[path.name[:2]]
+    """The registry and the folders agree: each lesson's notebook and solutions exist under
+    the registry's name, and no notebook is missing from the registry."""
+    assert [p.name for p in SOLUTIONS] == [lesson.name for lesson in LESSONS]
+    for lesson in LESSONS:
+        assert (REPO / lesson.notebook).exists(), lesson.notebook
+    for notebook in (REPO / "notebooks").glob("*.ipynb"):
+        assert lesson_of(notebook) is not None, f"{notebook.name} is not in pagedattn_lab/lessons.py"
 
 
 @pytest.mark.parametrize("solution", SOLUTIONS, ids=lambda p: p.name)
@@ -55,7 +57,7 @@ def test_each_task_is_a_region_then_one_check(solution):
     code = [c.source for c in nb.cells if c.cell_type == "code"]
     calls = [m.group(1) for src in code for m in CHECK_CALL.finditer(src)
              if m.group(1) != "backend"]
-    assert calls == TASKS[lesson_of(solution)]
+    assert calls == expected_tasks(solution)
     for i, src in enumerate(code):
         if CHECK_CALL.search(src) and "check.backend" not in src:
             assert "### BEGIN SOLUTION" in code[i - 1], f"cell before {src!r} has no region"
@@ -90,3 +92,21 @@ def test_generator_writes_then_check_mode_agrees(tmp_path):
                            "--check"]) == 0
     for solution in SOLUTIONS:  # byte-identical to the committed files
         assert (out / solution.name).read_text() == (REPO / "exercises" / solution.name).read_text()
+
+
+def test_every_registered_check_exists():
+    """`pagedattn_lab.check` offers exactly the registry's checks, each a callable."""
+    from pagedattn_lab import check
+    from pagedattn_lab.lessons import check_modules
+    for name in check_modules():
+        assert callable(getattr(check, name)), name
+    with pytest.raises(AttributeError, match="no check 'allocater'"):
+        check.allocater  # noqa: B018
+
+
+def test_lesson_of_reads_any_two_or_three_digit_number():
+    from pagedattn_lab.lessons import Lesson, lesson_of
+    assert lesson_of("alice_01_page_table (1).ipynb").number == "01"
+    assert lesson_of("bob/07_complete_system.ipynb").number == "07"
+    assert lesson_of("notes.ipynb") is None
+    assert Lesson("12", "serving_engine", "t", 2).name == "12_serving_engine.ipynb"

@@ -3,18 +3,22 @@ from __future__ import annotations
 
 import ctypes as C
 
-ABI_VERSION = 5
+ABI_VERSION = 6
 MAX_THREADS = 1024
 MAX_WORKERS = 32
 OUT_CAP = 1 << 20
 MSG_CAP = 1024
 
-OK, FAULT, DEADLOCK, WARP, ASSERT, TRAP, INTERNAL, STOPPED = range(8)
-REGION_UNKNOWN, REGION_STACK, REGION_DYN_SHARED = range(3)
+OK, FAULT, DEADLOCK, WARP, ASSERT, TRAP, INTERNAL, STOPPED, RACE, SYSCALL = range(10)
+REGION_UNKNOWN, REGION_STACK, REGION_DYN_SHARED, REGION_STATIC_SHARED = range(4)
+INSTR_COUNT, INSTR_RACE = 1, 2
+NCOUNT, NBUFSTAT = 8, 8   # uint32 counters per thread, uint64 counters per buffer
+RACE_WAW, RACE_RAW, RACE_WAR = 1, 2, 3
 T_RUN, T_BARRIER, T_WARP, T_EXITED = range(4)
 OP_NAMES = {0: "__syncthreads()", 1: "__shfl_sync", 2: "__shfl_up_sync", 3: "__shfl_down_sync",
             4: "__shfl_xor_sync", 5: "__ballot_sync", 6: "__any_sync", 7: "__all_sync",
-            8: "__syncwarp"}
+            8: "__syncwarp", 9: "wmma::load_matrix_sync", 10: "wmma::store_matrix_sync",
+            11: "wmma::mma_sync"}
 
 
 class Config(C.Structure):
@@ -29,6 +33,11 @@ class Config(C.Structure):
         ("checked", C.c_int32),
         ("poison", C.c_int32),
         ("timeout_s", C.c_int32),
+        ("instrument", C.c_uint32),
+        ("nranges", C.c_uint32),
+        ("ranges", C.c_void_p),
+        ("counts", C.c_void_p),
+        ("bufstats", C.c_void_p),
     ]
 
 
@@ -56,6 +65,16 @@ class Result(C.Structure):
         ("top", C.c_uint8 * MAX_THREADS),
         ("tline", C.c_int32 * MAX_THREADS),
         ("tmask", C.c_uint32 * MAX_THREADS),
+        ("race_kind", C.c_int32),
+        ("other_thread", C.c_int32),
+        ("offset", C.c_uint64),
+        ("pc", C.c_uint64),
+        ("other_pc", C.c_uint64),
+        ("access_size", C.c_int32),
+        ("other_atomic", C.c_int32),
+        ("run_thread", C.c_int32),
+        ("pad1", C.c_int32),
+        ("run_block", C.c_uint64),
         ("msg", C.c_char * MSG_CAP),
     ]
 

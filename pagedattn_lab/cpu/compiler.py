@@ -30,7 +30,24 @@ from .source import inline_asm_lines, translation_unit
 
 HERE = Path(__file__).resolve().parent
 INCLUDE_DIR = HERE / "include"
-RUNTIME_SOURCES = ("runtime.cpp", "device_api.cpp", "host.cpp", "fiber_switch.S")
+RUNTIME_SOURCES = ("runtime.cpp", "device_api.cpp", "host.cpp", "sandbox.cpp", "wrap.cpp",
+                   "instrument.cpp", "racecheck.cpp", "tsan_hooks.cpp", "fiber_switch.S")
+RUNTIME_HEADERS = ("runtime.h", "scheduler.h", "shim_types.h", "instrument.h", "sandbox.h")
+# Functions a kernel may not call (wrap.cpp): on Linux every reference to them in the kernel
+# library goes to a __wrap_ function that reports the call (-Wl,--wrap).
+WRAPPED = ("fork", "vfork", "execv", "execve", "execvp", "execvpe", "fexecve", "system", "popen",
+           "posix_spawn", "posix_spawnp", "daemon", "pthread_create", "exit", "_exit", "_Exit",
+           "quick_exit", "abort", "kill", "killpg", "raise", "sigqueue", "setsid", "setpgid",
+           "execl", "execlp", "execle", "clone", "ptrace", "syscall")
+WRAP = sys.platform.startswith("linux")
+SHIM_HEADERS = ("shim.h", "shim_types.h", "shim_half.h", "shim_device.h", "shim_bf16.h",
+                "shim_mma.h", "shim_fp8.h")
+# Instrumented builds (access counts, race check): the compiler calls a hook before every
+# memory access (-fsanitize=thread, hooks in tsan_hooks.cpp; libtsan is not linked). No
+# vectorization, so that the counts follow the source's loads and stores; line tables, so
+# that a race names its source lines.
+INSTRUMENT_FLAGS = ["-fsanitize=thread", "-DPAL_INSTRUMENTED=1", "-g1", "-gdwarf-4", "-fno-tree-vectorize",
+                    "-fno-tree-slp-vectorize"]
 BASE_FLAGS = ["-O2", "-fPIC", "-fno-strict-aliasing", "-fno-threadsafe-statics",
               "-fno-exceptions", "-fno-math-errno", "-fvisibility=hidden", "-w",
               "-fdiagnostics-color=never"]
@@ -178,7 +195,7 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
 @functools.lru_cache(maxsize=None)
 def runtime_objects(cmd: tuple[str, ...], ident: str, fibers: str) -> tuple[str, ...]:
     """Compile (once) the runtime into objects in the cache; returns their paths."""
-    files = _files_hash(RUNTIME_SOURCES + ("runtime.h", "scheduler.h", "shim_types.h"))
+    files = _files_hash(RUNTIME_SOURCES + RUNTIME_HEADERS)
     key = hashlib.sha256(f"{ident}|{fibers}|{files}".encode()).hexdigest()[:24]
     root = _writable_cache_dir(cache_dir())
     final = root / f"runtime-{key}"
@@ -186,7 +203,8 @@ def runtime_objects(cmd: tuple[str, ...], ident: str, fibers: str) -> tuple[str,
     if all(os.path.exists(o) for o in objs):
         return objs
     tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=root))
-    defs = ["-DPAL_FIBER_UCONTEXT"] if fibers == "ucontext" else []
+    defs = (["-DPAL_FIBER_UCONTEXT"] if fibers == "ucontext" else []) + (
+        ["-DPAL_WRAP"] if WRAP else [])
     for src in RUNTIME_SOURCES:
         lang = [] if src.endswith(".S") else ["-std=c++17"]
         r = _run([*cmd, *lang, *BASE_FLAGS, *defs, "-c", str(HERE / src), "-o",
@@ -270,8 +288,9 @@ class CompiledKernel:
 
 
 def compile_source(source: str, kernel_names: list[str], options=(), *, filename: str,
-                   kernel: str) -> CompiledKernel:
-    """Compile `source` into a shared library exporting __pal_entry_<name> for each name."""
+                   kernel: str, instrumented: bool = False) -> CompiledKernel:
+    """Compile `source` into a shared library exporting __pal_entry_<name> for each name
+    (`instrumented`: with the access hooks of counting and race checking)."""
     cmd, ident, _ = compiler()
     fibers = _fiber_mode()
     flags, _ignored = parse_options(options)
@@ -282,9 +301,9 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     old_std = ("-std=c++11", "-std=c++14", "-std=c++03")
     std = ["-std=c++17"] if not std or std[-1] in old_std else std[-1:]
     tu = translation_unit(source, kernel_names, filename, str(HERE / "shim.h"))
-    all_flags = [*std, *BASE_FLAGS, *_supported_flags(cmd, ident), "-I", str(INCLUDE_DIR), *flags]
-    shim_hash = _files_hash(("shim.h", "shim_types.h", "shim_half.h", "shim_device.h",
-                             "runtime.h", "scheduler.h") + RUNTIME_SOURCES)
+    all_flags = [*std, *BASE_FLAGS, *_supported_flags(cmd, ident), "-I", str(INCLUDE_DIR), *flags,
+                 *(INSTRUMENT_FLAGS if instrumented else [])]
+    shim_hash = _files_hash(SHIM_HEADERS + RUNTIME_HEADERS + RUNTIME_SOURCES)
     key = hashlib.sha256("\0".join([tu, ident, fibers, shim_hash, *all_flags]).encode()).hexdigest()
     root = _writable_cache_dir(cache_dir())
     final = root / f"k-{key[:32]}.so"
@@ -296,10 +315,23 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
         tu_path = Path(tmp) / "kernel.cpp"
         tu_path.write_text(tu)
         out = root / f".tmp-{os.getpid()}-{key[:12]}-{time.time_ns()}.so"
-        shared = ["-shared"]
+        shared, libs = ["-shared"], []
         if sys.platform == "darwin":
             shared += ["-undefined", "dynamic_lookup"]
-        r = _run([*cmd, *all_flags, *shared, str(tu_path), *objs, "-o", str(out)])
+        elif sys.platform.startswith("linux"):
+            libs = ["-ldl"]   # dladdr, for glibc before 2.34
+        if WRAP:
+            shared.append("-Wl," + ",".join(f"--wrap={name}" for name in WRAPPED))
+        if instrumented:
+            # Compile and link apart: linked with -fsanitize=thread, the driver would add
+            # libtsan, which cannot be loaded into a running Python; our hooks replace it.
+            obj = Path(tmp) / "kernel.o"
+            r = _run([*cmd, *all_flags, "-c", str(tu_path), "-o", str(obj)])
+            if r.returncode == 0:
+                defs = ["-Wl,-z,defs"] if sys.platform.startswith("linux") else []
+                r = _run([*cmd, *shared, *defs, str(obj), *objs, *libs, "-o", str(out)])
+        else:
+            r = _run([*cmd, *all_flags, *shared, str(tu_path), *objs, *libs, "-o", str(out)])
         if r.returncode != 0:
             out.unlink(missing_ok=True)
             raise _compile_error(kernel, filename, source, r.stderr + r.stdout, ident)

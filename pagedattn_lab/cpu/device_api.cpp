@@ -16,6 +16,7 @@ static int barrier(int line, int pred, int kind)
     if (++S.arrived == S.n) {   // everyone is here: open the barrier, keep running
         S.arrived = 0;
         S.gen++;
+        if (S.instr) instr_barrier();
         for (int i = 0; i < S.n; ++i)
             if (S.fib[i].state == PAL_T_BARRIER) S.fib[i].state = PAL_T_RUN;
         return S.bar_acc[g];
@@ -51,6 +52,7 @@ static void warp_release(Warp *w, int warp, unsigned mask)
         f->state = PAL_T_RUN;
     }
     w->waiting &= ~mask;
+    if (S.instr) instr_warp_release(warp, mask);
 }
 
 extern "C" unsigned long long __pal_warp_op(int line, int op, unsigned mask, unsigned long long val,

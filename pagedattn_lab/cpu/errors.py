@@ -5,7 +5,7 @@ known, the block and thread (as (x, y, z) tuples) that caused it.
 """
 from __future__ import annotations
 
-__all__ = ["KernelError", "KernelFault", "KernelDeadlock", "WarpSyncError", "KernelTimeout",
+__all__ = ["KernelError", "KernelFault", "SharedMemoryRace", "KernelDeadlock", "WarpSyncError", "KernelTimeout",
            "KernelAssertionError", "KernelCompileError", "CompilerNotFoundError",
            "ExecutorUnavailableError"]
 
@@ -30,6 +30,17 @@ class KernelFault(KernelError):
     arg_index, index (element index into the NumPy array; may be negative), size (elements),
     access ("read", "write" or None when unknown), address, signal (e.g. "SIGSEGV"),
     region ("argument", "stack", "dynamic shared memory" or "unknown").
+    """
+
+
+class SharedMemoryRace(KernelFault):
+    """Two threads of a block touched the same shared-memory byte between two barriers, at
+    least one of them writing, without atomics (found by the race check, `racecheck=True`).
+
+    Attributes: kind ("write after write", "read after write", "write after read"),
+    variable (the shared variable's name, or None), offset (byte offset in it), block,
+    thread (the second access), other_thread (the earlier one), line, other_line (kernel
+    source lines, or None when unknown), access ("read"/"write"/"atomic" of the second).
     """
 
 

@@ -2,10 +2,12 @@
 // guarded buffers for the kernel's array arguments, and launches.
 //
 // Checked launch: the parent forks worker processes (plain fork in C: no Python code runs
-// in the child). Each worker installs handlers for SIGSEGV/SIGBUS/SIGFPE/... on an
-// alternate stack, runs blocks, and exits with _exit. A fault is written into the shared
-// control block (pal_ctl) with the faulting address and the running thread/block; the
-// parent (Python) turns it into an exception. The parent waits with poll() on a pipe whose
+// in the child), all in one new process group. Each worker installs handlers for
+// SIGSEGV/SIGBUS/SIGFPE/SIGSYS/... on an alternate stack (and, if asked, a seccomp filter:
+// sandbox.cpp), runs blocks, and exits. A fault is written into the shared control block (pal_ctl) with
+// the faulting address and the running thread/block; the parent (Python) turns it into an
+// exception. Once the workers are done the parent kills their process group, so nothing a
+// kernel started outlives the launch. The parent waits with poll() on a pipe whose
 // write ends the workers hold, so that it can give the GIL back every few milliseconds.
 //
 // Unchecked launch: the blocks run on the calling thread; a crash kills the process.
@@ -31,6 +33,7 @@
 
 extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, int worker);
 extern "C" PAL_HIDDEN void pal_describe_fault(pal_result *r);
+#include "sandbox.h"
 
 namespace {
 
@@ -40,6 +43,7 @@ struct Launch {
     int nworkers;
     int fd;          // read end of the pipe; EOF when every worker has exited
     int done;
+    pid_t pgid;      // the launch's process group (the first worker leads it)
     pid_t pids[PAL_MAX_WORKERS];
     int wstatus[PAL_MAX_WORKERS];
 };
@@ -97,9 +101,19 @@ void on_fault(int sig, siginfo_t *si, void *uc)
     r->sicode = si ? si->si_code : 0;
     r->addr = si ? (uint64_t)(uintptr_t)si->si_addr : 0;
     r->is_write = fault_is_write(sig, uc);
+#if defined(__linux__) && defined(SIGSYS)
+    if (sig == SIGSYS && si) {   // the sandbox refused a system call (sandbox.cpp)
+        r->status = PAL_SYSCALL;
+        r->sicode = si->si_syscall;
+        const char *name = pal_syscall_name(si->si_syscall);
+        size_t i = 0;
+        for (; name[i] && i + 1 < sizeof r->msg; ++i) r->msg[i] = name[i];
+        r->msg[i] = 0;
+    }
+#endif
     pal_describe_fault(r);
     __atomic_store_n(&g_ctl->abort, 1, __ATOMIC_SEQ_CST);
-    _exit(3);
+    pal_worker_exit(3);
 }
 
 // The parent's time limit ran out: say who was running, then die.
@@ -111,19 +125,20 @@ void on_stop(int, siginfo_t *, void *)
         r->addr = 0;
         pal_describe_fault(r);
     }
-    _exit(4);
+    pal_worker_exit(4);
 }
 
-[[noreturn]] void worker_main(Launch *h, int w, pid_t parent)
+[[noreturn]] void worker_main(Launch *h, int w, pid_t parent, pid_t pgid)
 {
     g_ctl = h->ctl;
     g_worker = w;
+    PAL_REAL(setpgid)(0, pgid);   // the parent does the same (whichever runs first)
     signal(SIGINT, SIG_IGN);   // the parent decides; it kills us on Ctrl-C
     signal(SIGTERM, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
 #if defined(__linux__)
     prctl(PR_SET_PDEATHSIG, SIGKILL);
-    if (getppid() != parent) _exit(1);
+    if (getppid() != parent) pal_worker_exit(1);
 #else
     (void)parent;
 #endif
@@ -139,7 +154,7 @@ void on_stop(int, siginfo_t *, void *)
     sa.sa_sigaction = on_fault;
     sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
     sigemptyset(&sa.sa_mask);
-    const int sigs[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT};
+    const int sigs[] = {SIGSEGV, SIGBUS, SIGFPE, SIGILL, SIGTRAP, SIGABRT, SIGSYS};
     sigset_t set;
     sigemptyset(&set);
     for (int s : sigs) {
@@ -151,12 +166,31 @@ void on_stop(int, siginfo_t *, void *)
     sigaddset(&set, SIGUSR2);
     sigaddset(&set, SIGALRM);
     sigprocmask(SIG_UNBLOCK, &set, nullptr);
+    pal_sandbox_configure();
+    if (pal_sandbox_level == 2) pal_sandbox_install();   // best effort
     pal_run_blocks(&h->cfg, h->ctl, w);
-    _exit(0);
+    pal_worker_exit(0);
+}
+
+// Whether every worker has exited (without reaping them: the group id stays reserved).
+bool all_exited(Launch *h)
+{
+    for (int w = 0; w < h->nworkers; ++w) {
+        if (h->pids[w] <= 0) continue;
+        siginfo_t si;
+        memset(&si, 0, sizeof si);
+        if (waitid(P_PID, (id_t)h->pids[w], &si, WEXITED | WNOHANG | WNOWAIT) != 0 ||
+            si.si_pid == 0)
+            return false;
+    }
+    return true;
 }
 
 void reap(Launch *h)
 {
+    // Whatever the kernel started (where the sandbox could not stop it) goes with the
+    // group; the leader is not reaped yet, so the group id cannot have been reused.
+    if (h->pgid > 0) PAL_REAL(kill)(-h->pgid, SIGKILL);
     for (int w = 0; w < h->nworkers; ++w) {
         if (h->pids[w] <= 0) continue;
         int st = 0;
@@ -250,12 +284,14 @@ PAL_EXPORT void *pal_launch_begin(const pal_config *cfg)
     fcntl(fds[1], F_SETFD, FD_CLOEXEC);
     const pid_t parent = getpid();
     for (int w = 0; w < nw; ++w) {
-        pid_t pid = fork();
+        pid_t pid = PAL_REAL(fork)();
         if (pid == 0) {
             close(fds[0]);
-            worker_main(h, w, parent);
+            worker_main(h, w, parent, h->pgid);   // 0 for the first: it leads the group
         }
         if (pid < 0) break;   // run with the workers we have
+        if (!h->pgid) h->pgid = pid;
+        PAL_REAL(setpgid)(pid, h->pgid);
         h->pids[w] = pid;
         h->nworkers = w + 1;
     }
@@ -283,6 +319,10 @@ PAL_EXPORT int pal_launch_wait(void *hv, int timeout_ms)
     pfd.events = POLLIN;
     pfd.revents = 0;
     int r = poll(&pfd, 1, timeout_ms);
+    if (r == 0 && all_exited(h)) {   // something the kernel started holds the pipe open
+        reap(h);
+        return 1;
+    }
     if (r <= 0) return 0;   // timeout, or EINTR (Ctrl-C): the caller decides
     char buf[16];
     if (read(h->fd, buf, sizeof buf) > 0) return 0;   // nobody writes; be safe
@@ -294,9 +334,7 @@ PAL_EXPORT void pal_launch_kill(void *hv)
 {
     Launch *h = (Launch *)hv;
     if (h->done) return;
-    for (int w = 0; w < h->nworkers; ++w)
-        if (h->pids[w] > 0) kill(h->pids[w], SIGKILL);
-    reap(h);
+    reap(h);   // kills the launch's process group first
 }
 
 // Ask the workers to record which thread is running and exit (before a kill).
@@ -305,7 +343,7 @@ PAL_EXPORT void pal_launch_interrupt(void *hv)
     Launch *h = (Launch *)hv;
     if (h->done) return;
     for (int w = 0; w < h->nworkers; ++w)
-        if (h->pids[w] > 0) kill(h->pids[w], SIGUSR2);
+        if (h->pids[w] > 0) PAL_REAL(kill)(h->pids[w], SIGUSR2);
 }
 
 PAL_EXPORT pal_ctl *pal_launch_ctl(void *hv) { return ((Launch *)hv)->ctl; }

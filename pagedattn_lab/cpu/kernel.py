@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes as C
+import math
 import os
 import threading
 
@@ -27,6 +28,29 @@ def _env_float(name: str, default: float) -> float:
         return float(os.environ[name])
     except (KeyError, ValueError):
         return default
+
+
+def _env_timeout() -> float:
+    value = _env_float("PAGEDATTN_LAB_CPU_TIMEOUT", DEFAULT_TIMEOUT)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"timeout: $PAGEDATTN_LAB_CPU_TIMEOUT must be a finite number of "
+                         f"seconds above 0, got {os.environ.get('PAGEDATTN_LAB_CPU_TIMEOUT')!r}")
+    return value
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def check_timeout(timeout) -> float:
+    """A launch's time limit in seconds: a finite number above 0, else a ValueError."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float, np.integer,
+                                                             np.floating)):
+        raise TypeError(f"timeout: expected a number of seconds (> 0), got {timeout!r}")
+    if not math.isfinite(timeout) or timeout <= 0:
+        raise ValueError(f"timeout: expected a finite number of seconds above 0, got "
+                         f"{timeout!r} (there is no 'no limit': pass a large number)")
+    return float(timeout)
 
 
 def _dims(value, what: str) -> tuple[int, int, int]:
@@ -64,14 +88,17 @@ class RawKernel:
     (seconds, default $PAGEDATTN_LAB_CPU_TIMEOUT or 30), `checked` (default True: run in
     worker processes, catch out-of-bounds accesses and crashes; False: in-process, faster,
     a crash kills the process), `workers` (processes for a checked launch), `stack_kb` (per
-    CUDA thread, default $PAGEDATTN_LAB_CPU_STACK_KB or 256). The options -D, -U, -I and
-    -std are honoured; other NVRTC options are ignored on the CPU.
+    CUDA thread, default $PAGEDATTN_LAB_CPU_STACK_KB or 256), `racecheck` (default
+    $PAGEDATTN_LAB_CPU_RACECHECK or False: run an instrumented build that raises
+    SharedMemoryRace on unordered shared-memory accesses). The options -D, -U, -I and -std
+    are honoured; other NVRTC options are ignored on the CPU.
     """
 
     def __init__(self, code: str, name: str, options=(), backend: str = "nvrtc", *,
                  filename: str | None = None, timeout: float | None = None,
                  checked: bool = True, workers: int | None = None,
-                 stack_kb: int | None = None, translate_cucomplex: bool = False,
+                 stack_kb: int | None = None, racecheck: bool | None = None,
+                 translate_cucomplex: bool = False,
                  enable_cooperative_groups: bool = False, jitify: bool = False):
         if os.name != "posix":
             raise ExecutorUnavailableError(
@@ -86,10 +113,11 @@ class RawKernel:
         # Default file name: from the source's first kernel, so that every kernel of one
         # source shares one compiled library.
         self.filename = filename or f"{(find_kernels(code) or [name])[0]}.cu"
-        self.timeout = timeout
+        self.timeout = None if timeout is None else check_timeout(timeout)
         self.checked = checked
         self.workers = workers
         self.stack_kb = stack_kb
+        self.racecheck = racecheck
         # Kept for cupy.RawKernel compatibility; the CPU does not need the opt-in (GPUs do
         # above 48 KiB), it only refuses more than any GPU has.
         self.max_dynamic_shared_size_bytes = 48 * 1024
@@ -98,22 +126,26 @@ class RawKernel:
         self.cached: bool | None = None
         self._lib = None
         self._entry = None
+        self._builds: dict[bool, tuple] = {}   # instrumented? -> (library, entry, path)
         self._single_worker = uses_printf(code) or has_device_variables(code)
         _flags, ignored = parse_options(self.options)
         self.ignored_options = tuple(ignored)
 
-    def compile(self) -> "RawKernel":
-        """Compile now (otherwise the first call does). Sets compile_seconds and cached."""
-        if self._lib is None:
+    def compile(self, instrumented: bool = False) -> "RawKernel":
+        """Compile now (otherwise the first call does). Sets compile_seconds and cached.
+        `instrumented`: the build for access counts and the race check."""
+        if instrumented not in self._builds:
             names = find_kernels(self.code, include_templates=False)
             if self.name not in names:
                 names.append(self.name)
             result = compile_source(self.code, names, self.options, filename=self.filename,
-                                    kernel=self.name)
+                                    kernel=self.name, instrumented=instrumented)
             self.compile_seconds, self.cached = result.seconds, result.cached
             lib = _load(result.path)
-            self._entry = C.cast(getattr(lib, f"__pal_entry_{self.name}"), C.c_void_p).value
-            self._lib = lib
+            entry = C.cast(getattr(lib, f"__pal_entry_{self.name}"), C.c_void_p).value
+            self._builds[instrumented] = (lib, entry, result.path)
+            if not instrumented:
+                self._lib, self._entry = lib, entry
         return self
 
     @property
@@ -121,7 +153,14 @@ class RawKernel:
         return self.compile()._lib.pal_fiber_kind().decode()
 
     def __call__(self, grid, block, args, shared_mem: int = 0, *, timeout: float | None = None,
-                 checked: bool | None = None, workers: int | None = None) -> None:
+                 checked: bool | None = None, workers: int | None = None,
+                 racecheck: bool | None = None) -> None:
+        self._launch(grid, block, args, shared_mem, timeout=timeout, checked=checked,
+                     workers=workers, racecheck=racecheck)
+
+    def _launch(self, grid, block, args, shared_mem: int = 0, *, timeout=None, checked=None,
+                workers=None, racecheck=None, count: bool = False):
+        """One launch; with `count`, the raw access counts (see counters.Counters.read)."""
         check_launch_args(self.signature, args, self.name, (np.ndarray,))
         g = _dims(grid, "grid")
         b = _dims(block, "block")
@@ -136,11 +175,15 @@ class RawKernel:
         if shared_mem > MAX_SHARED_MEM:
             raise ValueError(f"shared_mem={shared_mem} bytes: no CUDA GPU gives a block more than "
                              f"{MAX_SHARED_MEM // 1024} KiB of shared memory")
-        self.compile()
         checked = self.checked if checked is None else checked
         if timeout is None:
-            timeout = self.timeout if self.timeout is not None else \
-                _env_float("PAGEDATTN_LAB_CPU_TIMEOUT", DEFAULT_TIMEOUT)
+            timeout = self.timeout if self.timeout is not None else _env_timeout()
+        timeout = check_timeout(timeout)
+        if racecheck is None:
+            racecheck = self.racecheck if self.racecheck is not None else _env_flag(
+                "PAGEDATTN_LAB_CPU_RACECHECK")
+        instrument = (abi.INSTR_COUNT if count else 0) | (abi.INSTR_RACE if racecheck else 0)
+        lib, entry, path = self.compile(bool(instrument))._builds[bool(instrument)]
         nblocks = g[0] * g[1] * g[2]
         if self._single_worker:
             nworkers = 1   # printf output in block order; __device__ globals in one process
@@ -148,10 +191,11 @@ class RawKernel:
             nworkers = (workers or self.workers
                         or launch.default_workers(nblocks, b[0] * b[1] * b[2]))
         stack_kb = self.stack_kb or int(_env_float("PAGEDATTN_LAB_CPU_STACK_KB", DEFAULT_STACK_KB))
-        launch.run(self._lib, self._entry, kernel=self.name, sig=self.signature, args=tuple(args),
-                   grid=g, block=b, shared_mem=shared_mem, checked=bool(checked),
-                   timeout=float(timeout) if timeout and timeout > 0 else None,
-                   workers=min(nworkers, nblocks), stack_bytes=max(16, stack_kb) * 1024)
+        return launch.run(lib, entry, kernel=self.name, sig=self.signature, args=tuple(args),
+                          grid=g, block=b, shared_mem=shared_mem, checked=bool(checked),
+                          timeout=timeout, workers=min(nworkers, nblocks),
+                          stack_bytes=max(16, stack_kb) * 1024, instrument=instrument,
+                          source=(path, self.filename, self.code))
 
     def __repr__(self) -> str:
         return f"<pagedattn_lab.cpu.RawKernel {self.name!r} ({self.filename})>"

@@ -16,12 +16,12 @@ import os
 import sys
 import threading
 import time
-import warnings
 
 import numpy as np
 
 from . import abi
-from .errors import KernelError
+from .counters import Counters
+from .errors import ExecutorUnavailableError, KernelError
 from .report import LaunchInfo, result_error, timeout_error, worker_died
 
 GUARD_BEFORE = 64 * 1024
@@ -111,11 +111,14 @@ def default_workers(nblocks: int, threads_per_block: int = 1) -> int:
 
 
 def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int, checked: bool,
-        timeout: float | None, workers: int, stack_bytes: int, poison: bool = True) -> None:
-    """Launch and wait; print the kernel's printf output; raise on any failure."""
+        timeout: float | None, workers: int, stack_bytes: int, poison: bool = True,
+        instrument: int = 0, source=None):
+    """Launch and wait; print the kernel's printf output; raise on any failure. With
+    instrument & INSTR_COUNT, returns the raw counts (see counters.Counters.read)."""
     buffers: list[_Buffer] = []
     storage = []
     handle = None
+    counters = None
     try:
         device = {}
         if checked:
@@ -148,20 +151,18 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
         cfg.checked = 1 if checked else 0
         cfg.poison = 1 if poison else 0
         cfg.timeout_s = int(timeout + 10) if (checked and timeout) else 0
+        ranges = [(p, a, device[p.index] if checked else a.__array_interface__["data"][0])
+                  for p, a in zip(sig, args) if p.is_pointer and a is not None]
+        if instrument:
+            counters = Counters(lib, ranges, grid, block, count=bool(instrument & abi.INSTR_COUNT))
+            counters.configure(cfg, instrument)
         info = LaunchInfo(kernel, sig, tuple(grid), tuple(block), shared_mem, stack_bytes,
-                          buffers, args)
+                          buffers, args, source)
         if checked:
             handle = lib.pal_launch_begin(C.byref(cfg))
-            if not handle:   # no fork (process limit?): run here rather than not at all
-                err = C.get_errno() or 0
-                warnings.warn(f"kernel {kernel!r}: could not start worker processes "
-                              f"({os.strerror(err) if err else 'fork failed'}); running this "
-                              f"launch unchecked in this process: a bad memory access will "
-                              f"crash Python, and there is no time limit", RuntimeWarning,
-                              stacklevel=3)
-                checked = False
-                cfg.checked = 0
-        if not checked:
+            if not handle:
+                raise _fork_failed(kernel, C.get_errno() or 0)
+        else:
             with _UNCHECKED_LOCK:
                 handle = lib.pal_launch_begin(C.byref(cfg))
         if not handle:
@@ -183,11 +184,23 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
         _raise_failure(lib, handle, ctl, info, timeout, checked)
         for buf in buffers:
             buf.copy_back()
+        return counters.read() if counters is not None and counters.count else None
     finally:
         if handle:
             lib.pal_launch_end(handle)
         for buf in buffers:
             buf.free()
+        if counters is not None:
+            counters.free()
+
+
+def _fork_failed(kernel: str, err: int) -> ExecutorUnavailableError:
+    why = os.strerror(err) if err else "fork failed"
+    return ExecutorUnavailableError(
+        f"kernel {kernel!r}: the CPU executor could not start its worker processes ({why}). A "
+        f"checked launch never falls back to running in this process (a bad access would then "
+        f"kill Python). Too many processes or too little memory? Close other notebooks or "
+        f"raise the limit (ulimit -u); or pass checked=False to run in-process, unprotected.")
 
 
 def _print_output(ctl) -> None:
@@ -212,7 +225,7 @@ def _raise_failure(lib, handle, ctl, info: LaunchInfo, timeout, checked: bool) -
         value = C.c_int(0)
         signaled = lib.pal_decode_status(lib.pal_launch_worker_status(handle, w), C.byref(value))
         if signaled:
-            raise worker_died(info, value.value, timeout)
+            raise worker_died(info, value.value, timeout, ctl.res[w])
         if value.value != 0:
             raise KernelError(f"kernel {info.kernel!r}: a worker process exited with status "
                               f"{value.value} without reporting why", kernel=info.kernel)

@@ -43,10 +43,12 @@ def lanes_text(mask: int) -> str:
 class LaunchInfo:
     """What report needs to know about a launch."""
 
-    def __init__(self, kernel, sig, grid, block, shared_mem, stack_bytes, buffers, args):
+    def __init__(self, kernel, sig, grid, block, shared_mem, stack_bytes, buffers, args,
+                 source=None):
         self.kernel, self.sig, self.grid, self.block = kernel, sig, grid, block
         self.shared_mem, self.stack_bytes, self.buffers, self.args = (
             shared_mem, stack_bytes, buffers, args)
+        self.source = source   # (library path, file name, source text) for race reports
 
     def where(self, r) -> str:
         if not r.has_thread:
@@ -74,6 +76,10 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
     common = dict(kernel=k, block=block, thread=thread, address=r.addr, signal=_signame(r.signo),
                   access=_access(r), buffer=None, arg_index=None, index=None, size=None)
     acc = _access(r) or "access"
+    if r.sicode <= 0:   # SI_USER, SI_TKILL...: sent by raise()/kill(), not a memory fault
+        return KernelFault(f"kernel {info.kernel!r}: the thread sent itself "
+                           f"{_signame(r.signo)} (raise(), kill() or abort()){who}.",
+                           region="unknown", **{**common, "access": None, "address": None})
     if r.signo in (_signal.SIGSEGV, _signal.SIGBUS):
         if r.region == abi.REGION_STACK:
             kib = info.stack_bytes // 1024
@@ -189,17 +195,21 @@ def warp_error(r, info: LaunchInfo) -> KernelError:
     head = (f"kernel {info.kernel!r}: {op} at line {r.line} in warp {warp} of block "
             f"{fmt3(r.block)} (thread {fmt3(r.thread)}) with mask {mask:#010x}")
     why = []
+    wmma = op.startswith("wmma::")
+    if wmma:
+        head = head.replace(f" with mask {mask:#010x}", " (warp-wide: all 32 lanes take part)")
     if missing:
+        fix = "" if wmma else " or pass a mask of the lanes that exist"
         why.append(f"names lane{'s' if len(missing) > 1 else ''} "
                    f"{lanes_text(sum(1 << i for i in missing))} "
                    f"that do{'es' if len(missing) == 1 else ''} not exist (the block has {n} "
                    f"threads, so warp {warp} has only lanes 0..{in_warp - 1}; make the block "
-                   f"size a multiple of 32 or pass a mask of the lanes that exist)")
+                   f"size a multiple of 32{fix})")
     if exited:
-        why.append(f"names lane{'s' if len(exited) > 1 else ''} "
+        why.append(f"{'needs' if wmma else 'names'} lane{'s' if len(exited) > 1 else ''} "
                    f"{lanes_text(sum(1 << i for i in exited))} "
                    f"that already exited (returned), so the intrinsic can never complete; all "
-                   f"lanes in the mask must reach it")
+                   f"lanes {'of the warp' if wmma else 'in the mask'} must reach it")
     msg = r.msg.decode(errors="replace")
     text = head + ": " + ("; ".join(why) if why else msg) + "."
     lanes = [lane for lane in range(32) if (bad >> lane) & 1]
@@ -220,6 +230,11 @@ def result_error(r, info: LaunchInfo) -> KernelError:
         return deadlock_error(r, info)
     if s == abi.WARP:
         return warp_error(r, info)
+    if s == abi.SYSCALL:
+        return syscall_error(r, info)
+    if s == abi.RACE:
+        from .race import race_error  # noqa: PLC0415 - only for the rare failed race check
+        return race_error(r, info)
     thread = tuple(r.thread) if r.has_thread else None
     block = tuple(r.block) if r.has_thread else None
     if s == abi.ASSERT:
@@ -236,15 +251,52 @@ def result_error(r, info: LaunchInfo) -> KernelError:
                        f"{r.msg.decode(errors='replace')}", kernel=info.kernel)
 
 
-def worker_died(info: LaunchInfo, signo: int, timeout) -> KernelError:
+_SYSCALL_HINTS = [
+    (("exit", "_exit", "_Exit", "quick_exit"), "a kernel cannot end the program; return from "
+     "the kernel instead (or call __trap() to fail the launch)"),
+    (("abort",), "a kernel cannot abort the program; use assert() or __trap() to fail the "
+     "launch"),
+    (("fork", "vfork", "clone", "clone3", "daemon", "posix_spawn", "posix_spawnp", "system",
+      "popen", "execv", "execve", "execvp", "execvpe", "fexecve", "execl", "execlp", "execle",
+      "execveat"), "a kernel cannot start processes or run programs"),
+    (("pthread_create",), "a kernel cannot start threads: CUDA threads are the launch's"),
+    (("kill", "killpg", "raise", "sigqueue", "tkill", "tgkill", "rt_tgsigqueueinfo",
+      "pidfd_send_signal"), "a kernel cannot send signals"),
+]
+
+
+def syscall_error(r, info: LaunchInfo) -> KernelFault:
+    call = r.msg.decode(errors="replace")
+    name = call.split(" ")[0]
+    hint = next((h for names, h in _SYSCALL_HINTS if name in names),
+                "a kernel may only compute and touch its arguments")
+    return KernelFault(
+        f"kernel {info.kernel!r} called {call}(){info.where(r)}: {hint}. The CPU executor "
+        f"stopped the launch; nothing it started is left running.", kernel=info.kernel,
+        block=tuple(r.block) if r.has_thread else None,
+        thread=tuple(r.thread) if r.has_thread else None,
+        signal="SIGSYS" if r.signo else None, region="unknown", buffer=None, arg_index=None,
+        index=None, size=None, access=None, address=None, syscall=name)
+
+
+def worker_died(info: LaunchInfo, signo: int, timeout, r=None) -> KernelError:
+    """A worker ended by a signal it could not report (r: its result, for who ran)."""
+    thread = block = None
+    if r is not None and r.run_thread >= 0:
+        thread, block = xyz(r.run_thread, info.block), xyz(r.run_block, info.grid)
+    who = f" while running thread {fmt3(thread)} of block {fmt3(block)}" if thread else ""
     if signo == _signal.SIGALRM:
         return KernelTimeout(f"kernel {info.kernel!r} did not finish within its time limit and "
-                             f"was stopped.", kernel=info.kernel, timeout=timeout)
-    hint = " (killed for using too much memory?)" if signo == _signal.SIGKILL else ""
+                             f"was stopped{who}.", kernel=info.kernel, timeout=timeout,
+                             thread=thread, block=block)
+    hint = {_signal.SIGKILL: " (killed for using too much memory, or the kernel signalled "
+                             "itself?)",
+            _signal.SIGSYS: " (a forbidden system call, such as fork, exec or system(), "
+                            "made with every signal blocked)"}.get(signo, "")
     return KernelFault(f"kernel {info.kernel!r}: a worker process died from {_signame(signo)}"
-                       f"{hint}.", kernel=info.kernel, signal=_signame(signo), region="unknown",
-                       buffer=None, arg_index=None, index=None, size=None, access=None,
-                       address=None)
+                       f"{who}{hint}.", kernel=info.kernel, thread=thread, block=block,
+                       signal=_signame(signo), region="unknown", buffer=None, arg_index=None,
+                       index=None, size=None, access=None, address=None)
 
 
 def timeout_error(info: LaunchInfo, timeout: float, running=()) -> KernelTimeout:

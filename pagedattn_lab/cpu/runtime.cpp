@@ -8,6 +8,7 @@
 // When no fiber can run while some are still alive, the block is deadlocked: the state of
 // every thread is written to the result and the launch fails (no timeout needed).
 #include "scheduler.h"
+#include "sandbox.h"
 
 extern "C" {
 PAL_HIDDEN uint3 threadIdx;
@@ -115,7 +116,9 @@ int run_block(uint64_t b)
     blockIdx.x = (unsigned)(b % gx);
     blockIdx.y = (unsigned)((b / gx) % gy);
     blockIdx.z = (unsigned)(b / ((uint64_t)gx * gy));
+    S.res->run_block = b;
     if (S.cfg->poison) poison_shared();
+    if (S.instr) instr_block_begin(b);
     const unsigned bx = blockDim.x, by = blockDim.y;
     for (int i = 0; i < S.n; ++i) {
         Fiber *f = &S.fib[i];
@@ -185,6 +188,8 @@ extern "C" PAL_HIDDEN void pal_fiber_main(void)
 extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, int worker)
 {
     S.cfg = cfg; S.ctl = ctl; S.res = &ctl->res[worker];
+    S.res->run_thread = -1;
+    pal_sandbox_configure();
     blockDim = dim3(cfg->block[0], cfg->block[1], cfg->block[2]);
     gridDim = dim3(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
     S.n = (int)(cfg->block[0] * cfg->block[1] * cfg->block[2]);
@@ -211,12 +216,16 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
     S.smem_end = S.smem_map + data;
     mprotect(S.smem_end, 64 * page, PROT_NONE);
     __pal_dyn_smem = (void *)((uintptr_t)(S.smem_end - cfg->shared_mem) & ~(uintptr_t)15);
+    S.instr = cfg->instrument;
+    if (S.instr) instr_worker_begin();
     const uint64_t nblocks = (uint64_t)cfg->grid[0] * cfg->grid[1] * cfg->grid[2];
     int status = PAL_OK;
     while (!__atomic_load_n(&ctl->abort, __ATOMIC_SEQ_CST)) {
         uint64_t b = (uint64_t)__atomic_fetch_add(&ctl->next_block, 1, __ATOMIC_SEQ_CST);
         if (b >= nblocks) break;
         status = run_block(b);
+        S.res->run_thread = -1;
+        if (status == PAL_OK && S.instr) instr_block_end();
         if (status == PAL_OK) __atomic_fetch_add(&ctl->blocks_done, 1, __ATOMIC_SEQ_CST);
         if (status != PAL_OK) {
             S.res->status = status;
@@ -224,6 +233,8 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
             break;
         }
     }
+    if (S.instr) instr_worker_end();
+    S.instr = 0;
     munmap(S.stacks, S.stacks_len);
     munmap(S.smem_map, S.smem_len);
     S.stacks = nullptr; S.smem_map = nullptr; __pal_dyn_smem = nullptr;

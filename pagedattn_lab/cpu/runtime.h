@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define PAL_ABI_VERSION 5
+#define PAL_ABI_VERSION 6
 #define PAL_MAX_THREADS 1024  // threads per block, as on every CUDA GPU
 #define PAL_MAX_WORKERS 32    // worker processes of one launch
 #define PAL_OUT_CAP (1 << 20) // bytes of printf output kept per launch
@@ -30,10 +30,13 @@ enum {
     PAL_TRAP = 5,       // __trap()
     PAL_INTERNAL = 6,   // the executor itself failed (out of memory for stacks, ...)
     PAL_STOPPED = 7,    // stopped by the parent at the time limit (records who was running)
+    PAL_RACE = 8,       // racecheck: two threads touched one shared-memory byte unordered
+    PAL_SYSCALL = 9,    // the kernel made a forbidden system call (fork, exit, kill...); msg
 };
 
 // Where a faulting address lies, when the worker can tell (pal_result.region).
-enum { PAL_REGION_UNKNOWN = 0, PAL_REGION_STACK = 1, PAL_REGION_DYN_SHARED = 2 };
+enum { PAL_REGION_UNKNOWN = 0, PAL_REGION_STACK = 1, PAL_REGION_DYN_SHARED = 2,
+       PAL_REGION_STATIC_SHARED = 3 };
 
 // What a thread is doing (pal_result.tstate).
 enum { PAL_T_RUN = 0, PAL_T_BARRIER = 1, PAL_T_WARP = 2, PAL_T_EXITED = 3 };
@@ -42,8 +45,21 @@ enum { PAL_T_RUN = 0, PAL_T_BARRIER = 1, PAL_T_WARP = 2, PAL_T_EXITED = 3 };
 enum {
     PAL_OP_SYNCTHREADS = 0, PAL_OP_SHFL = 1, PAL_OP_SHFL_UP = 2, PAL_OP_SHFL_DOWN = 3,
     PAL_OP_SHFL_XOR = 4, PAL_OP_BALLOT = 5, PAL_OP_ANY = 6, PAL_OP_ALL = 7,
-    PAL_OP_SYNCWARP = 8,
+    PAL_OP_SYNCWARP = 8, PAL_OP_WMMA_LOAD = 9, PAL_OP_WMMA_STORE = 10, PAL_OP_WMMA_MMA = 11,
 };
+
+// Instrumented launches (pal_config.instrument; the kernel is compiled with
+// -fsanitize=thread, whose hooks are in instrument.cpp).
+enum { PAL_INSTR_COUNT = 1, PAL_INSTR_RACE = 2 };
+// Per-thread counters (pal_config.counts), PAL_NCOUNT uint32 per thread.
+enum { PAL_C_GREAD, PAL_C_GREAD_B, PAL_C_GWRITE, PAL_C_GWRITE_B,
+       PAL_C_SREAD, PAL_C_SREAD_B, PAL_C_SWRITE, PAL_C_SWRITE_B, PAL_NCOUNT };
+// Per-buffer counters (pal_config.bufstats), PAL_NBUFSTAT uint64 per array argument and one
+// more for shared memory. Units: 32-byte sectors (global), wavefronts (shared).
+enum { PAL_B_READ, PAL_B_READ_B, PAL_B_WRITE, PAL_B_WRITE_B,
+       PAL_B_READ_REQ, PAL_B_READ_UNITS, PAL_B_WRITE_REQ, PAL_B_WRITE_UNITS, PAL_NBUFSTAT };
+// Kinds of shared-memory hazard (pal_result.race_kind).
+enum { PAL_RACE_WAW = 1, PAL_RACE_RAW = 2, PAL_RACE_WAR = 3 };
 
 typedef struct pal_config {
     void (*entry)(void **);  // the kernel's argument-unpacking wrapper
@@ -56,6 +72,11 @@ typedef struct pal_config {
     int32_t checked;         // 1: run in child processes with fault capture
     int32_t poison;          // 1: fill shared memory with 0xff bytes before each block
     int32_t timeout_s;       // backstop alarm for the workers (the parent enforces it first)
+    uint32_t instrument;     // PAL_INSTR_* bits; 0 for a plain launch
+    uint32_t nranges;        // array arguments, for counting
+    const uint64_t *ranges;  // nranges [lo, hi) address pairs
+    uint32_t *counts;        // shared mapping: PAL_NCOUNT per thread of the grid, or NULL
+    uint64_t *bufstats;      // shared mapping: PAL_NBUFSTAT x (nranges + 1), or NULL
 } pal_config;
 
 typedef struct pal_result {
@@ -77,6 +98,14 @@ typedef struct pal_result {
     uint8_t top[PAL_MAX_THREADS];
     int32_t tline[PAL_MAX_THREADS];
     uint32_t tmask[PAL_MAX_THREADS];
+    int32_t race_kind;       // PAL_RACE_*; region/offset say where
+    int32_t other_thread;    // linear thread id of the earlier access
+    uint64_t offset;         // byte offset in dynamic shared memory, or in the library
+    uint64_t pc, other_pc;   // code addresses (library-relative) of the two accesses
+    int32_t access_size, other_atomic;
+    int32_t run_thread;      // linear id of the thread running now (-1: none), for a worker
+    int32_t pad1;            //   that dies without a report
+    uint64_t run_block;
     char msg[PAL_MSG_CAP];
 } pal_result;
 
@@ -107,6 +136,7 @@ PAL_HIDDEN void __pal_assert_fail(const char *expr, const char *file, int line,
                                   const char *func) __attribute__((noreturn));
 PAL_HIDDEN void __pal_trap(int line) __attribute__((noreturn));
 PAL_HIDDEN long long __pal_clock64(void);
+PAL_HIDDEN void __pal_note_atomic(const volatile void *addr, unsigned size);
 PAL_HIDDEN extern void *__pal_dyn_smem;
 #ifdef __cplusplus
 }

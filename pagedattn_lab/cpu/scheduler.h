@@ -56,6 +56,7 @@ struct Warp {
 
 struct State {
     const pal_config *cfg;
+    unsigned instr;          // PAL_INSTR_* of this launch (instrumented builds only)
     pal_ctl *ctl;
     pal_result *res;
     int n, nwarps;
@@ -80,6 +81,7 @@ inline void resume(Fiber *f)
 {
     cur = f;
     threadIdx = f->tid;
+    S.res->run_thread = (int32_t)(f - S.fib);   // for a report if the worker dies
 #ifdef PAL_UC
     swapcontext(&S.sched_uc, &f->uc);
 #else
@@ -98,6 +100,14 @@ inline void suspend(Fiber *f)
 
 // Record an error of the running fiber and never run this block again.
 [[noreturn]] void fail(int status);
+
+// Instrumented launches (instrument.cpp): called by the scheduler when S.instr is set.
+void instr_worker_begin();
+void instr_block_begin(uint64_t block_linear);
+void instr_barrier();                            // a __syncthreads() opened
+void instr_warp_release(int warp, unsigned mask);  // a warp collective completed
+void instr_block_end();
+void instr_worker_end();
 
 }  // namespace pal
 

@@ -127,30 +127,38 @@ template <class T> PAL_DF void __stwb(T *p, T v) { *p = v; }
 template <class T> PAL_DF void __stwt(T *p, T v) { *p = v; }
 
 // ---- atomics: real atomics (blocks of one launch may run in parallel processes) ----
+// In an instrumented build (access counts, race check) each atomic reports itself once.
+#ifdef PAL_INSTRUMENTED
+#define PAL_NOTE_ATOMIC(a) __pal_note_atomic((a), sizeof(*(a)))
+#else
+#define PAL_NOTE_ATOMIC(a) ((void)0)
+#endif
+#define PAL_SC __ATOMIC_SEQ_CST
 #define PAL_ATOMIC_INT(T)                                                                    \
-    PAL_DF T atomicAdd(T *a, T v) { return __atomic_fetch_add(a, v, __ATOMIC_SEQ_CST); }     \
-    PAL_DF T atomicSub(T *a, T v) { return __atomic_fetch_sub(a, v, __ATOMIC_SEQ_CST); }     \
-    PAL_DF T atomicAnd(T *a, T v) { return __atomic_fetch_and(a, v, __ATOMIC_SEQ_CST); }     \
-    PAL_DF T atomicOr(T *a, T v) { return __atomic_fetch_or(a, v, __ATOMIC_SEQ_CST); }       \
-    PAL_DF T atomicXor(T *a, T v) { return __atomic_fetch_xor(a, v, __ATOMIC_SEQ_CST); }     \
-    PAL_DF T atomicExch(T *a, T v) { return __atomic_exchange_n(a, v, __ATOMIC_SEQ_CST); }   \
+    PAL_DF T atomicAdd(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_fetch_add(a, v, PAL_SC); } \
+    PAL_DF T atomicSub(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_fetch_sub(a, v, PAL_SC); } \
+    PAL_DF T atomicAnd(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_fetch_and(a, v, PAL_SC); } \
+    PAL_DF T atomicOr(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_fetch_or(a, v, PAL_SC); }   \
+    PAL_DF T atomicXor(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_fetch_xor(a, v, PAL_SC); } \
+    PAL_DF T atomicExch(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_exchange_n(a, v, PAL_SC); } \
     PAL_DF T atomicCAS(T *a, T cmp, T v)                                                     \
     {                                                                                        \
-        __atomic_compare_exchange_n(a, &cmp, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);  \
+        PAL_NOTE_ATOMIC(a);                                                                  \
+        __atomic_compare_exchange_n(a, &cmp, v, false, PAL_SC, PAL_SC);                      \
         return cmp;                                                                          \
     }                                                                                        \
     PAL_DF T atomicMax(T *a, T v)                                                            \
     {                                                                                        \
-        T old = __atomic_load_n(a, __ATOMIC_SEQ_CST);                                        \
-        while (old < v && !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_SEQ_CST,   \
-                                                       __ATOMIC_SEQ_CST)) {}                \
+        PAL_NOTE_ATOMIC(a);                                                                  \
+        T old = __atomic_load_n(a, PAL_SC);                                                  \
+        while (old < v && !__atomic_compare_exchange_n(a, &old, v, true, PAL_SC, PAL_SC)) {} \
         return old;                                                                          \
     }                                                                                        \
     PAL_DF T atomicMin(T *a, T v)                                                            \
     {                                                                                        \
-        T old = __atomic_load_n(a, __ATOMIC_SEQ_CST);                                        \
-        while (old > v && !__atomic_compare_exchange_n(a, &old, v, true, __ATOMIC_SEQ_CST,   \
-                                                       __ATOMIC_SEQ_CST)) {}                \
+        PAL_NOTE_ATOMIC(a);                                                                  \
+        T old = __atomic_load_n(a, PAL_SC);                                                  \
+        while (old > v && !__atomic_compare_exchange_n(a, &old, v, true, PAL_SC, PAL_SC)) {} \
         return old;                                                                          \
     }
 PAL_ATOMIC_INT(int)
@@ -163,15 +171,15 @@ PAL_ATOMIC_INT(long long)
 #define PAL_ATOMIC_FP(T, U, NAME, EXPR)                                                      \
     PAL_DF T NAME(T *a, T v)                                                                 \
     {                                                                                        \
+        PAL_NOTE_ATOMIC(a);                                                                  \
         U *p = (U *)a;                                                                       \
-        U old = __atomic_load_n(p, __ATOMIC_SEQ_CST), nw;                                    \
+        U old = __atomic_load_n(p, PAL_SC), nw;                                              \
         T o;                                                                                 \
         do {                                                                                 \
             memcpy(&o, &old, sizeof(T));                                                     \
             T n = EXPR;                                                                      \
             memcpy(&nw, &n, sizeof(T));                                                      \
-        } while (!__atomic_compare_exchange_n(p, &old, nw, true, __ATOMIC_SEQ_CST,           \
-                                              __ATOMIC_SEQ_CST));                            \
+        } while (!__atomic_compare_exchange_n(p, &old, nw, true, PAL_SC, PAL_SC));           \
         return o;                                                                            \
     }
 PAL_ATOMIC_FP(float, unsigned int, atomicAdd, o + v)
@@ -180,28 +188,33 @@ PAL_ATOMIC_FP(__half2, unsigned int, atomicAdd, __hadd2(o, v))
 #undef PAL_ATOMIC_FP
 PAL_DF float atomicExch(float *a, float v)
 {
-    unsigned u = __atomic_exchange_n((unsigned *)a, __float_as_uint(v), __ATOMIC_SEQ_CST);
+    PAL_NOTE_ATOMIC(a);
+    unsigned u = __atomic_exchange_n((unsigned *)a, __float_as_uint(v), PAL_SC);
     return __uint_as_float(u);
 }
 PAL_DF unsigned short atomicCAS(unsigned short *a, unsigned short cmp, unsigned short v)
 {
-    __atomic_compare_exchange_n(a, &cmp, v, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
+    PAL_NOTE_ATOMIC(a);
+    __atomic_compare_exchange_n(a, &cmp, v, false, PAL_SC, PAL_SC);
     return cmp;
 }
 PAL_DF unsigned atomicInc(unsigned *a, unsigned limit)
 {
-    unsigned old = __atomic_load_n(a, __ATOMIC_SEQ_CST);
-    while (!__atomic_compare_exchange_n(a, &old, old >= limit ? 0u : old + 1u, true,
-                                        __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+    PAL_NOTE_ATOMIC(a);
+    unsigned old = __atomic_load_n(a, PAL_SC);
+    while (!__atomic_compare_exchange_n(a, &old, old >= limit ? 0u : old + 1u, true, PAL_SC,
+                                        PAL_SC)) {}
     return old;
 }
 PAL_DF unsigned atomicDec(unsigned *a, unsigned limit)
 {
-    unsigned old = __atomic_load_n(a, __ATOMIC_SEQ_CST);
+    PAL_NOTE_ATOMIC(a);
+    unsigned old = __atomic_load_n(a, PAL_SC);
     while (!__atomic_compare_exchange_n(a, &old, (old == 0u || old > limit) ? limit : old - 1u,
-                                        true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST)) {}
+                                        true, PAL_SC, PAL_SC)) {}
     return old;
 }
+#undef PAL_SC
 #define atomicAdd_block atomicAdd
 #define atomicAdd_system atomicAdd
 #define atomicCAS_block atomicCAS

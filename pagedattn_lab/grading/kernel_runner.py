@@ -2,8 +2,13 @@
 
 `device="auto"` uses the GPU when CuPy has one (`backend.gpu_available()`), else the CPU
 executor; `device="cpu"` forces the executor, whose checked mode names the thread and
-block of a bad access. Outputs are poisoned with NaN before the launch, so a kernel that
-writes nothing is recognized as "not attempted" and an unwritten element shows as NaN.
+block of a bad access, and whose race check (on for every check launch) names two threads
+that touch one shared-memory byte between barriers, at least one writing, without atomics.
+
+Outputs are poisoned before the launch with a NaN of a bit pattern no arithmetic makes
+(`POISON_BITS`): an element still holding it was never written (`unwritten`), while a NaN
+the kernel computed has another pattern. So a kernel that writes nothing is
+recognized as "not attempted", and an unwritten element is told apart from a 0/0.
 """
 from __future__ import annotations
 
@@ -83,15 +88,16 @@ class Kernel:
         factory = getattr(_elsewhere, "factory", None)
         if factory is not None:
             self.remote = factory(source, name, device)
-            self.device = str(self.remote.device)
+            self.device, self.racecheck = str(self.remote.device), bool(self.remote.racecheck)
             return
         self.device = resolve_device(device)
+        self.racecheck = self.device == "cpu"
         try:
             self.kernel = RawKernel(source, name)
             if self.device == "gpu":
                 self.kernel.gpu.compile()
             else:
-                self.kernel.cpu.compile()
+                self._compile_cpu()
         except Exception as exc:  # a compile error: report once, run no case
             described = describe_kernel_exception(exc)
             if described is None:
@@ -100,6 +106,26 @@ class Kernel:
             hints = getattr(exc, "hints", None)
             hint = described[1] + (" " + " ".join(hints) if hints else "")
             raise Mismatch(described[0], hint) from exc
+
+    def _compile_cpu(self) -> None:
+        """The race check's (instrumented) build; if only that build fails, where the compiler
+        cannot instrument, the plain build, without the race check."""
+        try:
+            self.kernel.cpu.compile(instrumented=True)
+        except Exception:
+            self.kernel.cpu.compile()     # the learner's own compile error surfaces here
+            self.racecheck = False
+
+    def count(self, grid, block, args: list, shared_mem: int = 0, *, racecheck: bool = False,
+              timeout=None):
+        """One launch on the CPU executor with its memory accesses counted (AccessCounts);
+        `args` (a list) is written in place, as by `pagedattn_lab.cpu.count_accesses`."""
+        if self.remote is not None:   # the counts and the outputs come from the sandbox
+            return self.remote.count(grid, block, args, shared_mem, racecheck=racecheck,
+                                     timeout=timeout)
+        from ..cpu import count_accesses  # noqa: PLC0415 - the executor on demand
+        return count_accesses(self.kernel, grid, block, args, shared_mem, racecheck=racecheck,
+                              timeout=timeout)
 
     def launch(self, grid, block, args, shared_mem: int = 0, outputs=()) -> list[np.ndarray]:
         """Launch with NumPy args; return NumPy copies of the arguments at `outputs`."""
@@ -110,7 +136,8 @@ class Kernel:
             args = tuple(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a
                          for a in args)
             try:
-                self.kernel(grid, block, args, shared_mem=shared_mem, timeout=KERNEL_TIMEOUT)
+                self.kernel(grid, block, args, shared_mem=shared_mem, timeout=KERNEL_TIMEOUT,
+                            racecheck=self.racecheck)
             except TypeError as exc:
                 raise Mismatch(f"the launch was refused: {exc}", "keep the kernel's parameter "
                                "list exactly as in the prompt (names may change, types and "
@@ -128,5 +155,16 @@ class Kernel:
         return [cp.asnumpy(dev_args[i]) for i in outputs]
 
 
+# A signalling NaN with a payload: arithmetic never produces it (a NaN result is quiet), and
+# copies keep it bit for bit, on the GPU and through the CPU executor.
+POISON_BITS = 0x7FA5A5A5
+
+
 def poisoned(shape) -> np.ndarray:
-    return np.full(shape, np.nan, dtype=np.float32)
+    """A float32 output filled with the poison NaN."""
+    return np.full(shape, POISON_BITS, dtype=np.uint32).view(np.float32)
+
+
+def unwritten(out: np.ndarray) -> np.ndarray:
+    """True where `out` (float32, from `poisoned`) still holds the poison."""
+    return np.ascontiguousarray(out, dtype=np.float32).view(np.uint32) == POISON_BITS

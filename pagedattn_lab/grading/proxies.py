@@ -104,9 +104,29 @@ def shareable(obj) -> str | None:
 
 
 def copy_back(target, value) -> None:
-    """Put what the other side's code left in a list or array into the caller's object."""
+    """Put what the other side's code left in a list, array, dict or record into the
+    caller's object, keeping the identity of the items it holds (a check may compare them
+    with copies it made before the call)."""
     if isinstance(target, list) and isinstance(value, list):
-        target[:] = value
+        if len(target) == len(value):
+            for i, (old, new) in enumerate(zip(target, value)):
+                if _updatable(old, new):
+                    copy_back(old, new)
+                else:
+                    target[i] = new
+        else:
+            target[:] = value
+    elif isinstance(target, dict) and isinstance(value, dict):
+        target.clear()
+        target.update(value)
+    elif isinstance(target, types.SimpleNamespace) and isinstance(value, types.SimpleNamespace):
+        vars(target).clear()
+        vars(target).update(vars(value))
     elif isinstance(target, np.ndarray) and isinstance(value, np.ndarray) and \
             value.shape == target.shape and target.flags.writeable:
         target[...] = value
+
+
+def _updatable(old, new) -> bool:
+    return type(old) is type(new) and isinstance(old, (list, dict, types.SimpleNamespace)) or (
+        isinstance(old, np.ndarray) and isinstance(new, np.ndarray) and old.shape == new.shape)

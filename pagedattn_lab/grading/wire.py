@@ -9,7 +9,7 @@ No pickle anywhere: unpickling runs code chosen by the sender. A frame is
 and every size is checked before anything is allocated. Values travel as JSON trees:
 plain JSON for None, bool, int, float (NaN and infinities too) and str; one-key objects
 ("markers") for what JSON lacks: {"$tuple": [...]}, {"$nd": blob, "dtype", "shape"} for an
-array, {"$np": ...} for a NumPy scalar, and so on. Anything that is not data (a class, an
+array, {"$np": ...} for a NumPy scalar, named tuples, SimpleNamespace records, and so on. Anything that is not data (a class, an
 instance, a function) is replaced by a handle marker chosen by the caller (`ref`), and a
 handle marker coming in is turned into an object by the caller too (`deref`): which objects
 may cross, and as what, is the business of `remote.py`, not of this module.
@@ -24,6 +24,7 @@ import select
 import signal
 import struct
 import time
+import types
 
 import numpy as np
 
@@ -110,6 +111,8 @@ class _Encoder:
             return {key: [self(v, depth + 1) for v in value]}
         if isinstance(value, dict):
             return {"$dict": [[self(k, depth + 1), self(v, depth + 1)] for k, v in value.items()]}
+        if isinstance(value, types.SimpleNamespace):   # a record of data (the checks use them)
+            return {"$ns": [[str(k), self(v, depth + 1)] for k, v in vars(value).items()]}
         if isinstance(value, range):
             return {"$range": [value.start, value.stop, value.step]}
         if isinstance(value, slice):
@@ -193,6 +196,13 @@ class _Decoder:
                 raise ProtocolError(f"unhashable set member: {exc}") from None
         if key == "$slice" and len(inner) == 3:
             return slice(*(self(v, depth + 1) for v in inner))
+        if key == "$ns":
+            fields = {}
+            for pair in inner:
+                if not isinstance(pair, list) or len(pair) != 2 or not _identifier(pair[0]):
+                    raise ProtocolError("bad namespace entry")
+                fields[pair[0]] = self(pair[1], depth + 1)
+            return types.SimpleNamespace(**fields)
         if key == "$dict":
             out = {}
             for pair in inner:

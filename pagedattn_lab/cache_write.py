@@ -1,0 +1,111 @@
+"""Write new tokens' K and V into the paged cache through a slot mapping (`kernels/cache_write.cu`).
+
+This is vLLM's "reshape and cache" step: the model produces K and V for the new tokens as
+dense rows `[n_tokens, num_kv_heads, head_dim]`; `slot_mapping[i]` says where row i lives in
+the cache (`physical_page * page_size + offset`, -1 to skip a padding row). After the write,
+the attention kernels read the new tokens through the block tables like any cached token.
+
+    slots = slot_mapping(block_tables, seq_lens, q_lens, page_size)   # host work, once a step
+    write_kv(k, v, k_cache, v_cache, slots)                           # one launch
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import array_module, is_cupy_array, to_numpy
+from .kernels import kernel
+from .validate import check_array, check_kv_cache
+
+THREADS_PER_BLOCK = 128
+_WORDS = ((16, "uint4", np.uint32), (8, "uint2", np.uint32), (4, "unsigned int", np.uint32),
+          (2, "unsigned short", np.uint16))
+
+
+def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
+    """int64 slots of the last `q_lens[b]` tokens of each sequence b, packed in batch order.
+
+    `seq_lens[b]` counts every token of sequence b including the new ones, so the new tokens
+    are positions `seq_lens[b] - q_lens[b] .. seq_lens[b] - 1` (the prefill wrapper's
+    bottom-right convention). Vectorised: no Python loop over tokens.
+    """
+    tables = to_numpy(block_tables)
+    lens = to_numpy(seq_lens).astype(np.int64)
+    new = to_numpy(q_lens).astype(np.int64)
+    if tables.ndim != 2 or lens.shape != (tables.shape[0],) or new.shape != lens.shape:
+        raise ValueError(f"block_tables, seq_lens, q_lens: expected [batch, pages], [batch], "
+                         f"[batch]; got {tables.shape}, {lens.shape}, {new.shape}")
+    if np.any(new < 0) or np.any(new > lens):
+        b = int(np.flatnonzero((new < 0) | (new > lens))[0])
+        raise ValueError(f"q_lens[{b}]: expected 0 <= q_len <= seq_lens[{b}] = {lens[b]}, "
+                         f"got {new[b]}")
+    rows = np.repeat(np.arange(lens.size), new)
+    starts = np.repeat(lens - new, new)
+    within = np.arange(rows.size) - np.repeat(np.cumsum(new) - new, new)
+    positions = starts + within
+    pages = tables[rows, positions // page_size].astype(np.int64)
+    return pages * page_size + positions % page_size
+
+
+def _check_slots(slots: np.ndarray, n_tokens: int, num_slots: int) -> None:
+    if slots.shape != (n_tokens,):
+        raise ValueError(f"slot_mapping: expected shape ({n_tokens},) (one slot per row of k), "
+                         f"got {slots.shape}")
+    bad = np.flatnonzero((slots < -1) | (slots >= num_slots))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"slot_mapping[{i}]: slot {int(slots[i])} is out of range for a cache "
+                         f"of {num_slots} slots (use -1 to skip a row)")
+    used = slots[slots >= 0]
+    if np.unique(used).size != used.size:
+        values, counts = np.unique(used, return_counts=True)
+        dup = int(values[counts > 1][0])
+        rows = np.flatnonzero(slots == dup).tolist()
+        raise ValueError(f"slot_mapping: rows {rows} all write slot {dup}; two tokens cannot "
+                         f"share a slot")
+
+
+def _word_for(row_bytes: int, *arrays) -> tuple[str, np.dtype, int]:
+    """The widest word that divides a row and the alignment of every array."""
+    for size, ctype, dtype in _WORDS:
+        if row_bytes % size == 0 and all(_address(a) % size == 0 for a in arrays):
+            return ctype, np.dtype(dtype), size
+    raise ValueError(f"k: a row of {row_bytes} bytes cannot be moved in whole 2-byte words")
+
+
+def _address(a) -> int:
+    return a.data.ptr if is_cupy_array(a) else a.__array_interface__["data"][0]
+
+
+def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
+    """Scatter rows `k[i]`, `v[i]` ([n_tokens, num_kv_heads, head_dim]) to slot
+    `slot_mapping[i]` of `k_cache`, `v_cache` ([num_pages, page_size, num_kv_heads, head_dim]).
+
+    Everything is checked before the launch (shapes, dtypes, one device, slots in range and
+    distinct); a refused call writes nothing.
+    """
+    check_kv_cache(k_cache, v_cache)
+    num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
+    for name, rows in (("k", k), ("v", v)):
+        check_array(rows, name, ndim=3, dtypes=[k_cache.dtype])
+        if tuple(rows.shape[1:]) != (num_kv_heads, head_dim):
+            raise ValueError(f"{name}: expected [n_tokens, {num_kv_heads}, {head_dim}] (the "
+                             f"cache's heads and head_dim), got {tuple(rows.shape)}")
+    if v.shape != k.shape:
+        raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
+    check_array(slot_mapping, "slot_mapping", ndim=1, dtypes=[np.int64])
+    on_gpu = [is_cupy_array(a) for a in (k, v, k_cache, v_cache, slot_mapping)]
+    if any(on_gpu) and not all(on_gpu):
+        raise TypeError("k, v, k_cache, v_cache, slot_mapping: expected all on the CPU (NumPy) "
+                        "or all on the GPU (CuPy), got a mix")
+    n_tokens = int(k.shape[0])
+    _check_slots(to_numpy(slot_mapping), n_tokens, num_pages * page_size)
+    if n_tokens == 0:
+        return
+    array_module(k_cache)  # the arrays' device is usable (CuPy present for CuPy arrays)
+    row_bytes = num_kv_heads * head_dim * k_cache.dtype.itemsize
+    ctype, word_dtype, word_size = _word_for(row_bytes, k, v, k_cache, v_cache)
+    words = lambda a: a.reshape(-1).view(word_dtype)  # noqa: E731 - the kernel moves raw words
+    kernel("cache_write", "write_kv", (f"-DWORD_T={ctype}",))(
+        (n_tokens,), (THREADS_PER_BLOCK,),
+        (words(k), words(v), slot_mapping, np.int32(n_tokens), np.int32(row_bytes // word_size),
+         words(k_cache), words(v_cache)))

@@ -1,0 +1,188 @@
+// Access counting for instrumented launches (see instrument.h), GPU-Puzzles style:
+// global and shared reads and writes per thread, and per warp memory request the distinct
+// 32-byte sectors (global) or the shared-memory wavefronts (bank conflicts).
+//
+// A "warp request" is approximated as the accesses that the threads of one warp make from
+// the same call site (one load or store instruction of the compiled kernel) for the same
+// time since the last __syncthreads(): the k-th execution of a load by lane 0 and the k-th
+// execution of the same load by lane 5 form one request. Fibers run one after another, so
+// requests are assembled per warp and counted when a barrier opens or the block ends.
+#include "instrument.h"
+
+#include <dlfcn.h>
+
+#include <algorithm>
+#include <unordered_map>
+#include <vector>
+
+using namespace pal;
+
+namespace {
+
+uintptr_t dyn_lo, dyn_len;   // dynamic shared memory of this launch
+uintptr_t st_lo, st_len;     // static __shared__ variables (the pal_shared section)
+uint64_t block_base;         // index of this block's first thread in cfg->counts
+
+struct Occ { uintptr_t site; uint32_t n; };
+std::vector<Occ> occ[PAL_MAX_THREADS];   // per thread: executions of each site this epoch
+
+struct Key {
+    uintptr_t site;
+    uint32_t n, warp;
+    bool operator==(const Key &o) const { return site == o.site && n == o.n && warp == o.warp; }
+};
+struct KeyHash {
+    size_t operator()(const Key &k) const
+    { return (size_t)(k.site * 0x9e3779b97f4a7c15ull) ^ ((size_t)k.n << 20) ^ k.warp; }
+};
+struct Req {
+    uint32_t buf;
+    int kind;
+    std::vector<uint64_t> units;   // sector numbers (global) or word numbers (shared)
+};
+std::unordered_map<Key, Req, KeyHash> reqs;
+std::vector<uint64_t> local;       // per-buffer counters of this worker, added at the end
+
+uint32_t next_occurrence(int t, uintptr_t site)
+{
+    std::vector<Occ> &v = occ[t];
+    for (Occ &o : v)
+        if (o.site == site) return o.n++;
+    v.push_back(Occ{site, 1});
+    return 0;
+}
+
+// Wavefronts of a shared-memory request: the most distinct 4-byte words in one of the 32
+// banks (lanes reading the same word are served by one broadcast).
+uint64_t wavefronts(const std::vector<uint64_t> &words)
+{
+    unsigned per_bank[32] = {0};
+    unsigned most = 0;
+    for (uint64_t w : words) {
+        unsigned c = ++per_bank[w & 31];
+        most = c > most ? c : most;
+    }
+    return most;
+}
+
+void flush()
+{
+    for (auto &kv : reqs) {
+        Req &r = kv.second;
+        std::sort(r.units.begin(), r.units.end());
+        r.units.erase(std::unique(r.units.begin(), r.units.end()), r.units.end());
+        const bool shared = r.buf == S.cfg->nranges;
+        const uint64_t n = shared ? wavefronts(r.units) : r.units.size();
+        uint64_t *b = &local[(size_t)r.buf * PAL_NBUFSTAT];
+        const bool write = r.kind != ACC_READ;   // an atomic counts as a write request
+        b[write ? PAL_B_WRITE_REQ : PAL_B_READ_REQ] += 1;
+        b[write ? PAL_B_WRITE_UNITS : PAL_B_READ_UNITS] += n;
+    }
+    reqs.clear();
+    for (int t = 0; t < S.n; ++t) occ[t].clear();
+}
+
+void count(uint32_t buf, uintptr_t unit_addr, unsigned size, int kind, uintptr_t pc, bool shared)
+{
+    const int t = (int)(cur - S.fib);
+    uint32_t *c = S.cfg->counts + (block_base + (uint64_t)t) * PAL_NCOUNT;
+    uint64_t *b = &local[(size_t)buf * PAL_NBUFSTAT];
+    const int base = shared ? PAL_C_SREAD : PAL_C_GREAD;
+    if (kind != ACC_WRITE) {   // a read, or the read half of an atomic
+        c[base] += 1; c[base + 1] += size;
+        b[PAL_B_READ] += 1; b[PAL_B_READ_B] += size;
+    }
+    if (kind != ACC_READ) {
+        c[base + 2] += 1; c[base + 3] += size;
+        b[PAL_B_WRITE] += 1; b[PAL_B_WRITE_B] += size;
+    }
+    Req &r = reqs[Key{pc, next_occurrence(t, pc), (uint32_t)cur->warp}];
+    if (r.units.empty()) { r.buf = buf; r.kind = kind; }
+    const unsigned shift = shared ? 2 : 5;   // 4-byte banks, 32-byte sectors
+    for (uint64_t u = unit_addr >> shift; u <= (unit_addr + size - 1) >> shift; ++u)
+        r.units.push_back(u);
+}
+
+}  // namespace
+
+uint64_t pal::lib_offset(uintptr_t addr)
+{
+    Dl_info info;
+    if (dladdr((void *)addr, &info) && info.dli_fbase) return addr - (uintptr_t)info.dli_fbase;
+    return addr;
+}
+
+void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
+{
+    const unsigned f = S.instr;
+    if (!f || !size) return;
+    int region = 0;
+    uintptr_t off = 0;
+    if (a - dyn_lo < dyn_len) { region = PAL_REGION_DYN_SHARED; off = a - dyn_lo; }
+    else if (a - st_lo < st_len) { region = PAL_REGION_STATIC_SHARED; off = a - st_lo; }
+    if (region) {
+        if (f & PAL_INSTR_RACE) race_access(region, off, a, size, kind, pc);
+        // Banks from the offset in shared memory, static variables after the dynamic buffer.
+        if (f & PAL_INSTR_COUNT)
+            count(S.cfg->nranges, region == PAL_REGION_DYN_SHARED ? off : off + (1ull << 32),
+                  size, kind, pc, true);
+        return;
+    }
+    if (!(f & PAL_INSTR_COUNT)) return;
+    const uint64_t *r = S.cfg->ranges;
+    for (uint32_t i = 0; i < S.cfg->nranges; ++i)
+        if (a >= r[2 * i] && a < r[2 * i + 1]) {
+            // Sectors as if the array started on a 256-byte boundary, as cudaMalloc's do (the
+            // executor places arrays end-aligned against a guard page instead).
+            count(i, (a - r[2 * i]) + ((uint64_t)i << 48), size, kind, pc, false);
+            return;
+        }
+}
+
+void pal::instr_worker_begin()
+{
+    dyn_lo = (uintptr_t)__pal_dyn_smem;
+    dyn_len = S.cfg->shared_mem;
+#ifdef __ELF__
+    if (__start_pal_shared && __stop_pal_shared > __start_pal_shared) {
+        st_lo = (uintptr_t)__start_pal_shared;
+        st_len = (uintptr_t)(__stop_pal_shared - __start_pal_shared);
+    }
+#endif
+    if (S.instr & PAL_INSTR_COUNT) local.assign((size_t)(S.cfg->nranges + 1) * PAL_NBUFSTAT, 0);
+    if (S.instr & PAL_INSTR_RACE) race_worker_begin();
+}
+
+void pal::instr_block_begin(uint64_t b)
+{
+    block_base = b * (uint64_t)S.n;
+    if (S.instr & PAL_INSTR_COUNT) flush();
+    if (S.instr & PAL_INSTR_RACE) race_block_begin();
+}
+
+void pal::instr_barrier()
+{
+    if (S.instr & PAL_INSTR_COUNT) flush();
+    if (S.instr & PAL_INSTR_RACE) race_barrier();
+}
+
+void pal::instr_warp_release(int warp, unsigned mask)
+{
+    if (S.instr & PAL_INSTR_RACE) race_warp_release(warp, mask);
+}
+
+void pal::instr_block_end()
+{
+    if (S.instr & PAL_INSTR_COUNT) flush();
+}
+
+void pal::instr_worker_end()
+{
+    if ((S.instr & PAL_INSTR_COUNT) && S.cfg->bufstats) {
+        for (size_t i = 0; i < local.size(); ++i)
+            if (local[i]) __atomic_fetch_add(&S.cfg->bufstats[i], local[i], __ATOMIC_SEQ_CST);
+        reqs.clear();
+    }
+    if (S.instr & PAL_INSTR_RACE) race_worker_end();
+    dyn_lo = dyn_len = st_lo = st_len = 0;
+}

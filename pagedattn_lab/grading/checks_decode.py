@@ -1,0 +1,393 @@
+"""Checks for lesson 06: the split-K merge in NumPy, and a decode kernel in CUDA C.
+
+Split-K decode cuts each sequence into partitions of `part_len` tokens; one warp per
+(partition, query head, sequence) writes that partition's state (m, l, o): its max scaled
+score, its sum of exp(score - m), and its own softmax average of the values. A merge puts
+the partitions on one scale (`pagedattn_lab.split_k`). The cases use GQA and MQA, lengths
+that are not page or partition multiples, a one-token sequence, head_dim below and above
+the warp's 32 lanes, NaN in every cache slot no sequence uses (so reading past seq_len
+shows), and NaN-poisoned outputs (so an element nobody wrote shows). A wrong result is
+compared with known-wrong variants (decode_variants.py) to name the mistake.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..split_k import merge_partials, partial_state, reference_partials
+from .cases import paged_problem
+from .checks_kernels import _Compiled
+from .compare import describe_difference, diagnose, fmt, ranges
+from .decode_variants import LOG2E, merge_variant, partials_variant
+from .faults import describe_kernel_exception
+from .puzzle_runner import per_thread_max
+from .kernel_runner import KERNEL_TIMEOUT, poisoned
+from .report import Case, Mismatch, NotAttempted, run_cases
+from .seeds import case_rng
+
+WARP = 32   # both kernels run one warp per block
+NOTHING_WRITTEN = ("the kernel wrote nothing (its outputs are still the NaN the check filled "
+                   "them with): write the kernel body where the // TODO is")
+
+
+def _launch(comp: _Compiled, grid, args, outputs, *, count: bool = False):
+    """Launch with one warp per block: (outputs, access counts or None). With `count`, the
+    kernel first runs once on the CPU executor with its accesses counted (then on the GPU
+    too, where the check runs there). A lane missing from a shuffle, and a read past the
+    partition buffers, get messages of their own."""
+    kern = comp.get()
+    try:
+        counts = None
+        if count:
+            host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+            counts = kern.count(grid, (WARP,), host, timeout=KERNEL_TIMEOUT)
+            if kern.device == "cpu":
+                return [host[i] for i in outputs], counts
+        return kern.launch(grid, (WARP,), args, outputs=outputs), counts
+    except Exception as exc:
+        kind = type(exc).__name__
+        if kind == "KernelFault" and getattr(exc, "buffer", None) in ("part_out", "part_ml"):
+            message, _ = describe_kernel_exception(exc)
+            raise Mismatch(message, "each (sequence, head) row holds max_parts partition "
+                           "slots, of which only the first ceil(seq_len / part_len) exist: "
+                           "count the partitions you read.") from exc
+        if kind != "WarpSyncError":
+            raise
+        lanes = ranges(getattr(exc, "bad_lanes", None) or [])
+        exited = bool(getattr(exc, "exited_threads", None))
+        message = f"a warp shuffle can never complete: {exc}"
+        hint = (f"lanes {lanes} had left the kernel when the others reached a shuffle whose "
+                "mask (0xffffffff) names them: every lane must reach every __shfl_*_sync. A lane "
+                "with nothing to load (head_dim < 32) takes part with 0; guard the load with "
+                "an if, not a return." if exited else
+                f"lanes {lanes} wait at a different shuffle than the others: every lane of the "
+                "mask must run the same shuffles in the same order (no shuffle inside a branch "
+                "some lanes skip).")
+        raise Mismatch(message, hint) from exc
+
+
+def _nan_tails(prob):
+    """Put NaN in every cache slot that is not one of a sequence's first seq_len tokens."""
+    num_pages, page_size = prob.k_cache.shape[:2]
+    used = np.zeros(num_pages * page_size, bool)
+    for row, n in zip(prob.block_tables, prob.seq_lens):
+        t = np.arange(int(n))
+        used[row[t // page_size].astype(np.int64) * page_size + t % page_size] = True
+    for cache in (prob.k_cache, prob.v_cache):
+        cache.reshape(num_pages * page_size, -1)[~used] = np.nan
+    return prob
+
+
+def _problem(seed, **sizes):
+    sizes.setdefault("extra_pages", 2)
+    return _nan_tails(paged_problem(seed, mode="decode", **sizes))
+
+
+# -- task 1: the merge in NumPy ------------------------------------------------------------
+
+_MERGE_HINTS = {
+    "no_rescale": "each l_p is a sum measured against its own partition's max m_p: bring them "
+                  "to one scale, weight w_p = l_p * exp(m_p - m) with m = max of the m_p.",
+    "no_sum": "each o_p is already an average over its own partition, so a partition's weight "
+              "is its whole share of the softmax sum, l_p * exp(m_p - m), not exp(m_p - m) "
+              "alone (a partition of 8 tokens counts more than one of 2).",
+    "mean": "a plain average of the o_p treats every partition alike: weight each by "
+            "l_p * exp(m_p - m).",
+    "no_divide": "divide by the sum of the weights: the result is a weighted average.",
+    "o_unnormalized": "o_p is already divided by l_p (it is the partition's softmax average): "
+                      "weight it by l_p * exp(m_p - m) and divide by the sum of those weights.",
+}
+
+
+def _merge_case(fn, scores, values, cuts) -> None:
+    scores, values = np.asarray(scores, np.float64), np.asarray(values, np.float64)
+    edges = [0, *cuts, len(scores)]
+    states = [partial_state(scores[a:b], values[a:b]) for a, b in zip(edges, edges[1:])]
+    m = np.array([s[0] for s in states])
+    l = np.array([s[1] for s in states])
+    o = np.array([s[2] for s in states])
+    w = np.exp(scores - scores.max())
+    expected = w @ values / w.sum()
+    got = fn(m.copy(), l.copy(), o.copy())
+    if got is None:
+        raise Mismatch("returned None", "return the merged output, shape [head_dim].")
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != expected.shape:
+        raise Mismatch("wrong shape", "one merged value per dimension: [head_dim].",
+                       str(expected.shape), str(got.shape))
+    diff = describe_difference(got, expected, ("dim",), atol=1e-9, rtol=1e-7)
+    if diff is None:
+        return
+    sizes = [b - a for a, b in zip(edges, edges[1:])]
+    where = (f"{len(sizes)} partitions of {sizes} tokens, m = "
+             f"[{', '.join(fmt(x) for x in m)}]: ")
+    if not np.isfinite(got).all():
+        if m.max() > 700:
+            hint = ("exp overflowed (m is near 1000 here, and exp(710) is already inf in "
+                    "float64): exponentiate m_p - max_p m_p, never m_p itself.")
+        elif m.max() < -700:
+            hint = ("exp underflowed to 0 (m is near -1000 here) and 0 / 0 made NaN: "
+                    "exponentiate m_p - max_p m_p, never m_p itself.")
+        else:
+            hint = "a NaN or inf appeared: exp of a large positive number, or 0 / 0?"
+    else:
+        hint = diagnose(got, expected, [
+            (text, lambda bug=bug: merge_variant(m, l, o, len(m), bug=bug))
+            for bug, text in _MERGE_HINTS.items()], atol=1e-9, rtol=1e-7) \
+            or "the merged output must equal softmax(all scores) @ values."
+    raise Mismatch(where + diff.message(), hint)
+
+
+def merge_partitions(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(m, l, o)` -> merged output: m, l [P], o [P, head_dim]."""
+    rng = case_rng(6)
+    d = 6
+
+    def data(n, shift=0.0, spread=2.0):
+        return shift + spread * rng.standard_normal(n), rng.standard_normal((n, d))
+
+    rising = np.linspace(-4, 4, 20) + 0.3 * rng.standard_normal(20), rng.standard_normal((20, d))
+    cases = [
+        ("three partitions of different sizes", data(20), [8, 16]),
+        ("the max grows from partition to partition", rising, [5, 10, 15]),
+        ("one partition", data(7), []),
+        ("one-token partitions", data(4), [1, 2, 3]),
+        ("scores near +1000", data(12, shift=1000.0), [6]),
+        ("scores near -1000", data(12, shift=-1000.0), [3]),
+        ("one partition far below the rest", (np.r_[np.full(5, -800.0), rng.standard_normal(9)],
+                                               rng.standard_normal((14, d))), [5]),
+    ]
+    return run_cases("merge_partitions", "merge_partitions: split-K partition states, merged", [
+        Case(name, {"tokens": len(sc), "partitions": len(cuts) + 1},
+             lambda sc=sc, v=v, cuts=cuts: _merge_case(fn, sc, v, cuts))
+        for name, (sc, v), cuts in cases])
+
+
+# -- task 2: one partition per warp, in CUDA C ----------------------------------------------
+
+_PARTITION_MISTAKES = [
+    ("query head h reads kv head h / (num_heads / num_kv_heads) (GQA: a group of consecutive "
+     "query heads shares one kv head), not h % num_kv_heads.", {"kv_map": "mod"}),
+    ("query head h reads kv head h / (num_heads / num_kv_heads), not kv head h.",
+     {"kv_map": "same"}),
+    ("the scores are not scaled: multiply q . k by scale.", {"scale": 1.0}),
+    ("each partition skips its first token: partition p starts at token p * part_len.",
+     {"bounds": "skip_first"}),
+    ("online softmax: when the max grows, rescale the accumulator by exp(old_max - new_max).",
+     {"online_bug": "acc"}),
+    ("online softmax: when the max grows, rescale the running sum by exp(old_max - new_max).",
+     {"online_bug": "sum"}),
+    ("every score here is far below -88, where expf underflows to 0: start the running max at "
+     "-inf (NEG_INF), not 0, so it becomes the first score.", {"online_bug": "max0"}),
+    ("part_out holds the partition's softmax average: divide the accumulator by l.",
+     {"normalized": False}),
+]
+
+
+# Reading past a partition's end: a variant of its own when the cases tell them apart; one
+# hint naming what both show (a slot past seq_len was read) when they do not.
+_BOUND_MISTAKES = {
+    "inclusive": "a partition reads one token past its end: token min(seq_len, start + "
+                 "part_len) belongs to the next partition; the loop bound is exclusive.",
+    "unclipped": "the last partition reads past seq_len: a partition ends at min(seq_len, "
+                 "start + part_len). The slots past seq_len hold NaN in this check.",
+}
+_PAST_SEQ_LEN = ("the partition read a token at or past seq_len (those cache slots hold NaN in "
+                 "this check): partition p covers tokens p * part_len up to min(seq_len, "
+                 "(p + 1) * part_len) - 1. Check the end you compute and the loop's comparison.")
+
+
+def _bound_hint(o, o_ref, prob, part_len, used) -> str | None:
+    hits = [bug for bug in _BOUND_MISTAKES
+            if diagnose(o, o_ref, [("", lambda bug=bug: partials_variant(
+                prob, part_len, bounds=bug)[2])], mask=used[..., None]) is not None]
+    if len(hits) > 1:
+        return _PAST_SEQ_LEN
+    return _BOUND_MISTAKES[hits[0]] if hits else None
+
+
+def _written_by(prob, index, part_len) -> str:
+    b, h, p, d = index
+    start = p * part_len
+    end = min(int(prob.seq_lens[b]), start + part_len)
+    page_size = prob.k_cache.shape[1]
+    pages = [int(x) for x in prob.block_tables[b][start // page_size:(end - 1) // page_size + 1]]
+    return (f"That value is written by lane {d % WARP} of block ({p}, {h}, {b}) = (partition, "
+            f"head, sequence), which covers tokens {start}..{end - 1} on pages {pages}.")
+
+
+def _partition_case(comp, seed, part_len, **sizes) -> None:
+    prob = _problem(seed, **sizes)
+    batch, num_heads, head_dim = prob.q.shape
+    num_kv_heads = prob.k_cache.shape[2]
+    max_parts = -(-int(prob.seq_lens.max()) // part_len)
+    rows = (batch, num_heads, max_parts)
+    args = (prob.q, prob.k_cache, prob.v_cache, prob.block_tables, prob.seq_lens,
+            poisoned(rows + (head_dim,)), poisoned(rows + (2,)), np.int32(num_heads),
+            np.int32(num_kv_heads), np.int32(head_dim), np.int32(prob.k_cache.shape[1]),
+            np.int32(prob.block_tables.shape[1]), np.int32(part_len), np.int32(max_parts),
+            np.float32(prob.scale))
+    (o, ml), counts = _launch(comp, (max_parts, num_heads, batch), args, outputs=(5, 6),
+                              count=True)
+    if np.isnan(o).all() and np.isnan(ml).all() and "TODO" in comp.source:
+        raise NotAttempted(NOTHING_WRITTEN)
+    m_ref, l_ref, o_ref = reference_partials(prob.q, prob.k_cache, prob.v_cache,
+                                             prob.block_tables, prob.seq_lens, part_len,
+                                             prob.scale)
+    used = np.isfinite(m_ref)
+    diff = describe_difference(o, o_ref, ("sequence", "head", "partition", "dim"),
+                               mask=used[..., None])
+    if diff is not None:
+        hint = _bound_hint(o, o_ref, prob, part_len, used) or diagnose(o, o_ref, [
+            (text, lambda bugs=bugs: partials_variant(prob, part_len, **bugs)[2])
+            for text, bugs in _PARTITION_MISTAKES], mask=used[..., None])
+        if hint is None and diff.unwritten.any() and head_dim > WARP:
+            dims, _ = diff.affected("dim")
+            if min(dims) >= WARP:
+                hint = (f"dims {WARP} and up were never written: a warp has {WARP} lanes, so "
+                        f"lane i handles dims i, i + {WARP}, ... (head_dim is {head_dim} here).")
+        raise Mismatch("part_out: " + diff.message() + "\n" + _written_by(prob, diff.first(),
+                                                                          part_len),
+                       hint or "part_out[b, h, p] must be softmax(scores of partition p) @ its "
+                               "values, for the tokens of partition p only.")
+    for k, name, ref in ((0, "m", m_ref), (1, "l", l_ref)):
+        diff = describe_difference(ml[..., k], ref, ("sequence", "head", "partition"),
+                                   mask=used)
+        if diff is None:
+            continue
+        got_m = ml[..., 0][used]
+        if k == 0 and np.allclose(got_m, m_ref[used] * LOG2E, rtol=2e-4, atol=2e-4):
+            hint = ("m is log2(e) times the expected: store the max of the natural-log scores "
+                    "(q . k * scale), as the merge expects.")
+        elif k == 0 and np.all(got_m[diff.bad[used]] == 0) and np.all(m_ref[diff.bad] < 0):
+            hint = ("m is 0 where every score of the partition is negative: the running max "
+                    "must start at -inf (NEG_INF), not 0, so that it becomes the first score.")
+        else:
+            hint = ("part_ml[b, h, p] holds (m, l): m = max of the partition's scaled scores, "
+                    "l = sum of exp(score - m).")
+        raise Mismatch(f"part_ml[..., {k}] ({name}): " + diff.message(), hint)
+    _partition_budget(counts, prob, part_len)
+
+
+def _partition_budget(counts, prob, part_len) -> None:
+    """Right answer; now the prompt's condition that the lanes share each token's row: per
+    token of its partition, a lane may read 2 * ceil(head_dim / 32) cache values plus one
+    block-table entry, and once its slice of q and its sequence's length."""
+    head_dim = prob.q.shape[2]
+    per_lane = -(-head_dim // WARP)
+    budget = part_len * (2 * per_lane + 1) + per_lane + 1
+    most, who = per_thread_max(counts, "global_reads")
+    if most <= budget:
+        return
+    k_reads = counts.by_buffer["k_cache"].reads
+    needed = int(sum(min(part_len, int(n) - p * part_len)
+                     for n in prob.seq_lens for p in range(-(-int(n) // part_len)))
+                 ) * prob.q.shape[1] * head_dim
+    split = ("Split each token's K and V rows between the lanes (lane i takes dims i, "
+             "i + 32, ...) and combine their partial dot products")
+    if k_reads >= WARP * needed:
+        hint = (f"k_cache was read {k_reads} times, {k_reads // needed} times the {needed} "
+                f"values the partitions hold: every lane reads whole rows. {split}.")
+    elif k_reads > needed:
+        hint = (f"k_cache was read {k_reads} times where {needed} would do: a block reads "
+                "each K value of its partition once.")
+    else:
+        hint = f"the reads are not shared out: some lanes read whole rows. {split}."
+    raise Mismatch(f"correct, but {who} made {most} global reads for a partition of at most "
+                   f"{part_len} tokens; the budget is {budget} (per token 2 x ceil(head_dim / "
+                   "32) cache values and a block-table entry, plus q and seq_len)", hint)
+
+
+def decode_partition(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+    """Check `decode_partition`: grid (max_parts, num_heads, batch), block (32,)."""
+    comp = _Compiled(source, "decode_partition", device)
+    specs = [
+        ("one sequence, one partition", 60, 16,
+         dict(seq_lens=[13], num_heads=2, num_kv_heads=2, head_dim=32, page_size=4)),
+        ("GQA, three sequences, several partitions", 61, 16,
+         dict(seq_lens=[37, 21, 9], num_heads=4, num_kv_heads=2, head_dim=32, page_size=8)),
+        ("MQA, a one-token sequence, partitions not page-aligned", 62, 12,
+         dict(seq_lens=[1, 30, 45], num_heads=2, num_kv_heads=1, head_dim=64, page_size=16)),
+        ("head_dim 16: half the lanes hold no dimension", 63, 8,
+         dict(seq_lens=[20, 7], num_heads=2, num_kv_heads=2, head_dim=16, page_size=4)),
+        ("head_dim 128, GQA 8/2, long partitions", 64, 32,
+         dict(seq_lens=[70, 33], num_heads=8, num_kv_heads=2, head_dim=128, page_size=16)),
+        ("very negative scores", 65, 8,
+         dict(seq_lens=[20, 9], num_heads=2, num_kv_heads=2, head_dim=32, page_size=4,
+              negative_scores=True)),
+    ]
+    cases = [Case(name, {"part_len": part_len, **sizes},
+                  lambda seed=seed, part_len=part_len, sizes=sizes:
+                  _partition_case(comp, seed, part_len, **sizes))
+             for name, seed, part_len, sizes in specs]
+    return run_cases("decode_partition",
+                     "decode_partition kernel: one warp per (partition, head, sequence)", cases,
+                     lint=comp.get)
+
+
+# -- task 3: the merge, in CUDA C -------------------------------------------------------------
+
+def _merge_kernel_case(comp, seed, part_len, **sizes) -> None:
+    prob = _problem(seed, **sizes)
+    batch, num_heads, head_dim = prob.q.shape
+    m, l, o = reference_partials(prob.q, prob.k_cache, prob.v_cache, prob.block_tables,
+                                 prob.seq_lens, part_len, prob.scale)
+    used = np.isfinite(m)
+    part_ml = np.where(used[..., None], np.stack([m, l], axis=-1), np.nan).astype(np.float32)
+    part_out = np.where(used[..., None], o, np.nan).astype(np.float32)
+    max_parts = m.shape[-1]
+    args = (part_out, part_ml, prob.seq_lens, poisoned(prob.q.shape), np.int32(num_heads),
+            np.int32(head_dim), np.int32(part_len), np.int32(max_parts))
+    (got,), _ = _launch(comp, (num_heads, batch), args, outputs=(3,))
+    if np.isnan(got).all() and "TODO" in comp.source:
+        raise NotAttempted(NOTHING_WRITTEN)
+    expected = prob.expected
+    diff = describe_difference(got, expected, ("sequence", "head", "dim"))
+    if diff is None:
+        return
+    lens = prob.seq_lens.astype(np.int64)
+    n_parts = -(-lens // part_len)[:, None]
+    states = (part_ml[..., 0], part_ml[..., 1], part_out)
+    variants = [(text, lambda bug=bug: merge_variant(*states, n_parts, bug=bug))
+                for bug, text in _MERGE_HINTS.items()]
+    variants += [
+        ("the last, shorter partition is missing: a sequence has ceil(seq_len / part_len) "
+         "partitions.", lambda: merge_partials(*states, (lens // part_len)[:, None])),
+        ("one partition too many is read: a sequence has ceil(seq_len / part_len) partitions; "
+         "the slots after them hold NaN here.",
+         lambda: merge_variant(*states, np.minimum(n_parts + 1, max_parts), bug="none")),
+    ]
+    hint = diagnose(got, expected, variants)
+    if hint is None and diff.unwritten.any() and head_dim > WARP:
+        dims, _ = diff.affected("dim")
+        if min(dims) >= WARP:
+            hint = (f"dims {WARP} and up were never written: with {WARP} threads, thread i "
+                    f"handles dims i, i + {WARP}, ... (head_dim is {head_dim} here).")
+    if hint is None and m.max() > 80 and not np.isfinite(got).all():
+        hint = ("m is large here (up to " + fmt(m[used].max()) + "): expf(m_p) overflows "
+                "float32; exponentiate m_p minus the largest m_p.")
+    b, h, _ = diff.first()
+    raise Mismatch(diff.message() + f"\nRow (sequence {b}, head {h}) is written by block "
+                   f"({h}, {b}); it merges {int(n_parts[b, 0])} partitions.",
+                   hint or "out[b, h] = sum_p w_p o_p / sum_p w_p, w_p = l_p exp(m_p - m).")
+
+
+def decode_merge(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+    """Check `decode_merge`: grid (num_heads, batch), block (32,)."""
+    comp = _Compiled(source, "decode_merge", device)
+    specs = [
+        ("three sequences, 3, 2 and 4 partitions", 70, 16,
+         dict(seq_lens=[40, 17, 64], num_heads=2, num_kv_heads=2, head_dim=32, page_size=8)),
+        ("head_dim 64, one partition each", 71, 16,
+         dict(seq_lens=[10, 16], num_heads=2, num_kv_heads=1, head_dim=64, page_size=4)),
+        ("many short partitions, a one-token sequence", 72, 3,
+         dict(seq_lens=[1, 20, 11], num_heads=4, num_kv_heads=2, head_dim=16, page_size=4)),
+        ("large scores (m near 1000)", 73, 8,
+         dict(seq_lens=[30, 12], num_heads=2, num_kv_heads=2, head_dim=32, page_size=8,
+              scale=60.0)),
+    ]
+    cases = [Case(name, {"part_len": part_len, **sizes},
+                  lambda seed=seed, part_len=part_len, sizes=sizes:
+                  _merge_kernel_case(comp, seed, part_len, **sizes))
+             for name, seed, part_len, sizes in specs]
+    return run_cases("decode_merge", "decode_merge kernel: one warp per (head, sequence)", cases,
+                     lint=comp.get)

@@ -1,0 +1,380 @@
+"""Checks for workbook 03, the CUDA on-ramp puzzles (specs in `pagedattn_lab.puzzles`).
+
+Each case runs the learner's kernel once with its accesses counted (puzzle_runner.py) on
+seeded random inputs of awkward sizes: n not a multiple of the block, matrices that do not
+fill the last blocks, fewer keys than threads, head_dim above the block size, warps and
+blocks with no element at all. Outputs start as NaN, so an element nobody wrote shows. A
+case passes when the output equals the spec AND the counts keep to the puzzle's budget:
+most global reads and writes per thread, and every output element written exactly once.
+After the cases the check prints the counts of the last case, GPU-Puzzles style.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..puzzles import PUZZLES
+from .compare import describe_difference
+from .puzzle_runner import PuzzleKernel, count_line, per_thread_max
+from .report import Case, Mismatch, NotAttempted, run_cases
+from .seeds import case_rng
+
+NOTHING_WRITTEN = ("the kernel wrote nothing (the output is still the NaN the check filled it "
+                   "with): write the kernel body where the // TODO is")
+
+
+def _rng(seed):
+    return case_rng(seed)
+
+
+def _f32(*arrays):
+    return [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
+
+
+def _check_output(kern, got, expected, axes, counts, out_name, hints) -> None:
+    """Compare; on a difference raise a Mismatch whose hint is the first that applies:
+    `hints` are callables (diff) -> str | None, then the write counts' evidence."""
+    if np.isnan(got).all() and "TODO" in kern.source:
+        raise NotAttempted(NOTHING_WRITTEN)
+    diff = describe_difference(got, expected, axes, atol=1e-5, rtol=1e-5)
+    if diff is None:
+        return
+    hint = next((text for text in (rule(diff) for rule in hints) if text), None)
+    writes = counts.by_buffer[out_name].writes
+    written = int(np.count_nonzero(~np.isnan(got)))
+    if hint is None and writes > written:
+        hint = (f"{out_name} was written {writes} times, but only {written} of its "
+                f"{expected.size} elements hold a value: several threads wrote the same "
+                "element. Each element has one owner thread.")
+    raise Mismatch(diff.message(), hint or "compare your kernel with the spec above, element "
+                   "by element, for the thread the message names.")
+
+
+def _check_budget(counts, budget: dict, outputs: dict, read_advice: dict,
+                  advice: dict | None = None) -> None:
+    """Over the budget: name the thread, and the buffers whose totals show the extra reads
+    (or the puzzle's own `advice` for that kind of access)."""
+    for name, limit in budget.items():
+        most, who = per_thread_max(counts, name)
+        if most <= limit:
+            continue
+        what = name.replace("_", " ")
+        if advice and name in advice:
+            raise Mismatch(f"correct, but {who} made {most} {what}; the budget is {limit} per "
+                           "thread", advice[name])
+        extra = [(b, n, advice) for b, (n, advice) in read_advice.items()
+                 if name == "global_reads" and counts.by_buffer[b].reads > n]
+        hint = "; ".join(f"{b} was read {counts.by_buffer[b].reads} times, where {n} would "
+                         f"do: {advice}" for b, n, advice in extra) or \
+            (f"{what}: compute in a local variable and store the result once." if "write" in name
+             else f"{what}: keep a value you need twice in a register (a local variable) "
+                  "instead of going back to memory.")
+        raise Mismatch(f"correct, but {who} made {most} {what}; the budget is {limit} per "
+                       "thread", hint)
+    for name, size in outputs.items():
+        writes = counts.by_buffer[name].writes
+        if writes > size:
+            raise Mismatch(f"correct, but {name} was written {writes} times for its {size} "
+                           "elements; the budget is one write per element",
+                           "more than one thread stores the same element (the last store "
+                           "wins, so the result is right by luck of order): let one thread own "
+                           "each element.")
+
+
+def _run_check(task, title, kern, cases):
+    """run_cases over `cases` (name, params, fn returning (counts, budget)); when all pass,
+    print the counts of the case with the most threads, GPU-Puzzles style."""
+    runs = []
+
+    def wrap(case_fn):
+        return lambda: runs.append(case_fn())
+
+    result = run_cases(task, title, [Case(n, p, wrap(f)) for n, p, f in cases],
+                       lint=kern.get)
+    if result.passed and runs:
+        counts, budget = max(runs, key=lambda run: run[0].global_reads.size)
+        print(f"Access counts of the largest case ({counts.global_reads.size} threads, "
+              f"{kern.where_counted}):")
+        print(count_line(counts, budget))
+    return result
+
+
+# -- puzzle 1: map --------------------------------------------------------------------------
+
+def _map_case(kern, seed, n):
+    (a,) = _f32(_rng(seed).standard_normal(n))
+    out = np.full(n, np.nan, np.float32)
+    run = kern.run((1,), (n,), (a, out), outputs=(1,),
+                   locate=lambda b, t: (f"element {t[0]}", t[0] >= n))
+    counts, (got,) = run.counts, run.outputs
+    _check_output(kern, got, PUZZLES["map"].spec(a.astype(np.float64)), ("element",), counts,
+                  "out", [
+                      lambda d: ("your kernel read out (NaN before the launch) and never read "
+                                 "a: out[i] is computed from a[i]."
+                                 if counts.by_buffer["a"].reads == 0 else None),
+                      lambda d: ("element i was given a[i + 1] + 10 or a[i - 1] + 10: thread i "
+                                 "reads and writes element i." if any(
+                                     np.allclose(got[1:-1], np.roll(a, s)[1:-1] + 10)
+                                     for s in (1, -1)) and n > 2 else None)])
+    budget = {"global_reads": 1, "global_writes": 1}
+    _check_budget(counts, budget, {"out": n}, {"a": (n, "read a[i] once into a local variable.")})
+    return counts, budget
+
+
+def puzzle_map(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+    """Check `map_add_10`: out[i] = a[i] + 10, grid (1,), block (n,)."""
+    kern = PuzzleKernel(source, "map_add_10", device)
+    cases = [(f"n = {n}", {"n": n}, lambda seed=seed, n=n: _map_case(kern, seed, n))
+             for seed, n in ((1, 32), (2, 8), (3, 100), (4, 1))]
+    return _run_check("puzzle_map", "map_add_10: out[i] = a[i] + 10", kern, cases)
+
+
+# -- puzzle 2: guard ------------------------------------------------------------------------
+
+def _guard_case(kern, seed, n):
+    rng = _rng(seed)
+    a, b = _f32(rng.standard_normal(n), rng.standard_normal(n))
+    out = np.full(n, np.nan, np.float32)
+    threads = 32
+    run = kern.run((-(-n // threads),), (threads,), (a, b, out, np.int32(n)), outputs=(2,),
+                   locate=lambda blk, t: (f"element {blk[0] * threads + t[0]}",
+                                          blk[0] * threads + t[0] >= n))
+    counts, (got,) = run.counts, run.outputs
+
+    def first_block_only(diff):
+        bad, _ = diff.affected("element")
+        if diff.unwritten.all() or not diff.unwritten.any() or min(bad) < threads:
+            return None
+        return (f"only elements 0-{threads - 1} were written, by every block: a thread's "
+                "element is blockIdx.x * blockDim.x + threadIdx.x, not threadIdx.x alone.")
+
+    _check_output(kern, got, PUZZLES["guard"].spec(a.astype(np.float64), b), ("element",),
+                  counts, "out", [first_block_only])
+    budget = {"global_reads": 2, "global_writes": 1}
+    _check_budget(counts, budget, {"out": n},
+                  {"a": (n, "read a[i] once."), "b": (n, "read b[i] once.")})
+    return counts, budget
+
+
+def puzzle_guard(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+    """Check `zip_add`: out[i] = a[i] + b[i], i < n; grid (ceil(n / 32),), block (32,)."""
+    kern = PuzzleKernel(source, "zip_add", device,
+                        past_end="the grid rounds n up to whole blocks, so threads past n "
+                                 "exist; they must not read or write: guard with i < n "
+                                 "(element n itself is already one past the end)")
+    cases = [(f"n = {n}", {"n": n, "blocks": -(-n // 32)},
+              lambda seed=seed, n=n: _guard_case(kern, seed, n))
+             for seed, n in ((5, 100), (6, 31), (7, 1), (8, 64), (9, 257))]
+    return _run_check("puzzle_guard", "zip_add: out[i] = a[i] + b[i] with a guard", kern,
+                      cases)
+
+
+# -- puzzle 3: 2-D grid ---------------------------------------------------------------------
+
+BLOCK_2D = (16, 8)
+
+
+def _grid_case(kern, seed, rows, cols):
+    rng = _rng(seed)
+    x, bias = _f32(rng.standard_normal((rows, cols)), rng.standard_normal(cols))
+    out = np.full((rows, cols), np.nan, np.float32)
+    bx, by = BLOCK_2D
+    grid = (-(-cols // bx), -(-rows // by))
+
+    def locate(blk, t):
+        r, c = blk[1] * by + t[1], blk[0] * bx + t[0]
+        return f"row {r}, column {c}", r >= rows or c >= cols
+
+    run = kern.run(grid, BLOCK_2D, (x, bias, out, np.int32(rows), np.int32(cols)),
+                   outputs=(2,), locate=locate)
+    counts, (got,) = run.counts, run.outputs
+    expected = PUZZLES["grid_2d"].spec(x.astype(np.float64), bias)
+
+    def bias_by_row(diff):
+        if rows > cols:
+            return None
+        wrong = x.astype(np.float64) + bias[:rows, None]
+        return ("bias is indexed by the row: out[r, c] adds bias[c], the column's bias."
+                if np.allclose(got, wrong, atol=1e-5) else None)
+
+    def one_axis_only(diff):
+        rows_bad, _ = diff.affected("row")
+        cols_bad, _ = diff.affected("column")
+        if diff.unwritten.all() or not diff.unwritten.any():
+            return None
+        if min(rows_bad) >= by:
+            return (f"only rows 0-{by - 1} were written: row = blockIdx.y * blockDim.y + "
+                    "threadIdx.y.")
+        if min(cols_bad) >= bx:
+            return (f"only columns 0-{bx - 1} were written: column = blockIdx.x * blockDim.x "
+                    "+ threadIdx.x.")
+        return None
+
+    def swapped(diff):
+        r, c = np.indices((rows, cols))
+        # x and y exchanged (with guards to match): the threads cover (gx * bx) rows and
+        # (gy * by) columns instead of the other way round
+        covered = (r < grid[0] * bx) & (c < grid[1] * by)
+        if covered.all() or not np.array_equal(~np.isnan(got), covered):
+            return None
+        return ("x and y are exchanged: the grid is (columns, rows), so blockIdx.x / "
+                "threadIdx.x give the column and blockIdx.y / threadIdx.y the row.")
+
+    def misplaced(diff):
+        if not (diff.bad & ~diff.unwritten).any():
+            return None
+        return ("values landed on the wrong elements: element (r, c) of a row-major "
+                "[rows, cols] matrix is at r * cols + c, in x and in out.")
+
+    _check_output(kern, got, expected, ("row", "column"), counts, "out",
+                  [bias_by_row, swapped, one_axis_only, misplaced])
+    budget = {"global_reads": 2, "global_writes": 1}
+    _check_budget(counts, budget, {"out": rows * cols},
+                  {"x": (rows * cols, "read x once per element."),
+                   "bias": (rows * cols, "read bias[c] once per thread.")})
+    return counts, budget
+
+
+def puzzle_2d(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+    """Check `add_bias`: out[r, c] = x[r, c] + bias[c]; grid (ceil(cols/16), ceil(rows/8)),
+    block (16, 8)."""
+    kern = PuzzleKernel(source, "add_bias", device,
+                        past_end="the grid rounds both sides up to whole blocks: guard the row "
+                                 "AND the column before touching memory")
+    cases = [(f"{r} x {c}", {"rows": r, "cols": c},
+              lambda seed=seed, r=r, c=c: _grid_case(kern, seed, r, c))
+             for seed, r, c in ((10, 5, 19), (11, 37, 21), (12, 8, 16), (13, 1, 40), (14, 20, 3))]
+    return _run_check("puzzle_2d", "add_bias: a 2-D grid over a matrix", kern, cases)
+
+
+# -- puzzle 4: shared memory and a barrier -------------------------------------------------
+
+SHARED_THREADS = 32
+
+
+def _shared_case(kern, seed, n, head_dim):
+    rng = _rng(seed)
+    q, k = _f32(rng.standard_normal(head_dim), rng.standard_normal((n, head_dim)))
+    scores = np.full(n, np.nan, np.float32)
+    blocks = -(-n // SHARED_THREADS)
+    run = kern.run((blocks,), (SHARED_THREADS,),
+                   (q, k, scores, np.int32(n), np.int32(head_dim)), outputs=(2,),
+                   shared_mem=head_dim * 4,
+                   locate=lambda blk, t: (f"key {blk[0] * SHARED_THREADS + t[0]}",
+                                          blk[0] * SHARED_THREADS + t[0] >= n))
+    counts, (got,) = run.counts, run.outputs
+
+    def q_not_all_staged(diff):
+        stored = counts.shared_writes.sum(axis=1)    # per block
+        if not diff.unwritten.any() or stored.min() >= head_dim:
+            return None
+        return (f"a block stored only {int(stored.min())} of q's {head_dim} values in shared "
+                f"memory (NaN is what the executor leaves in the rest): with {SHARED_THREADS} "
+                f"threads and head_dim {head_dim}, some threads must load more than one.")
+
+    _check_output(kern, got, PUZZLES["shared"].spec(q.astype(np.float64), k), ("key",),
+                  counts, "scores", [q_not_all_staged])
+    budget = {"global_reads": head_dim + -(-head_dim // SHARED_THREADS), "global_writes": 1}
+    _check_budget(counts, budget, {"scores": n},
+                  {"q": (blocks * head_dim, "every key's thread reads all of q from global "
+                                            "memory; load q into shared memory once per block "
+                                            "(each thread a part), wait at a barrier, then "
+                                            "read it from there."),
+                   "k": (n * head_dim, "read each element of a key row once.")})
+    return counts, budget
+
+
+def puzzle_shared(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+    """Check `dot_scores`: scores[t] = q . k[t]; grid (ceil(n / 32),), block (32,),
+    shared_mem = head_dim * 4."""
+    kern = PuzzleKernel(source, "dot_scores", device,
+                        past_end="a thread past the last key must not read k or write "
+                                 "scores, but it must still help load q and reach the barrier")
+    cases = [(f"n = {n}, head_dim = {d}", {"n": n, "head_dim": d},
+              lambda seed=seed, n=n, d=d: _shared_case(kern, seed, n, d))
+             for seed, n, d in ((20, 45, 16), (21, 20, 48), (22, 100, 8), (23, 64, 32))]
+    return _run_check("puzzle_shared", "dot_scores: q staged in shared memory", kern, cases)
+
+
+# -- puzzles 5 and 6: reductions ------------------------------------------------------------
+
+def _sum_case(kern, seed, n, threads, group, spec, locate_word):
+    (a,) = _f32(_rng(seed).standard_normal(n))
+    out = np.full(-(-n // group), np.nan, np.float32)
+    run = kern.run((-(-n // threads),), (threads,), (a, out, np.int32(n)), outputs=(1,),
+                   locate=lambda blk, t: (f"element {blk[0] * threads + t[0]} ({locate_word} "
+                                          f"{(blk[0] * threads + t[0]) // group}, lane "
+                                          f"{t[0] % 32})", blk[0] * threads + t[0] >= n))
+    counts, (got,) = run.counts, run.outputs
+    padded = np.zeros(out.size * group)
+    padded[:n] = a
+    lanes = padded.reshape(out.size, group // 32, 32)
+
+    def partial(diff):
+        candidates = [
+            ("only lanes 0-15 of each warp were added: the first offset must reach across "
+             "the whole warp (16).", lanes[..., :16].sum(axis=(1, 2))),
+            ("only the even lanes were added: the offsets go all the way down to 1.",
+             lanes[..., ::2].sum(axis=(1, 2))),
+        ]
+        warps = group // 32
+        candidates += [(f"only warp {w}'s total reached out: the {warps} warps' totals must be "
+                        "combined (through shared memory, after a barrier).",
+                        lanes[:, w].sum(axis=-1)) for w in range(warps)]
+        candidates.append((f"every warp total was added {32 // warps} times: only lanes "
+                           f"0-{warps - 1} of the warp that adds them hold one; the other "
+                           "lanes must add 0.", lanes.sum(axis=(1, 2)) * (32 // warps)))
+        return next((text for text, wrong in candidates
+                     if not np.allclose(wrong, spec(padded)) and
+                     np.allclose(got, wrong, atol=1e-4, rtol=1e-5)), None)
+
+    def stale_shared(diff):
+        if not diff.unwritten.any() or group == 32:
+            return None
+        return ("NaN came out: a thread read a shared-memory slot that no thread wrote (the "
+                f"executor fills shared memory with NaN). A block of {threads} threads has "
+                f"{threads // 32} warps, so there are {threads // 32} warp totals.")
+
+    def reads_out(diff):
+        reads = counts.by_buffer["out"].reads
+        return (f"your kernel read out {reads} times (an atomic reads too); out holds NaN "
+                "before the launch and is only to be written: add up in registers and store "
+                "each total once." if reads else None)
+
+    _check_output(kern, got, spec(a.astype(np.float64)), (locate_word,), counts, "out",
+                  [reads_out, partial, stale_shared])
+    budget = {"global_reads": 1, "global_writes": 1, "shared_writes": 1 if group > 32 else 0}
+    _check_budget(counts, budget, {"out": out.size}, {"a": (n, "read a[i] once.")}, {
+        "shared_writes": "this puzzle needs no shared memory: shuffles move values between "
+                         "the lanes of a warp directly." if group == 32 else
+                         "one value per warp goes through shared memory: only one lane of "
+                         "each warp stores."})
+    return counts, budget
+
+
+def puzzle_warp_sum(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+    """Check `warp_sum`: out[w] = sum of warp w's 32 elements; grid (ceil(n / 128),),
+    block (128,)."""
+    kern = PuzzleKernel(source, "warp_sum", device,
+                        past_end="a thread past n has no element: it adds 0, still takes part "
+                                 "in every shuffle, and a warp with no element at all writes "
+                                 "nothing")
+    spec = PUZZLES["warp_sum"].spec
+    cases = [(f"n = {n}", {"n": n, "warps": -(-n // 32)},
+              lambda seed=seed, n=n: _sum_case(kern, seed, n, 128, 32, spec, "warp"))
+             for seed, n in ((30, 32), (31, 100), (32, 300), (33, 1), (34, 128))]
+    return _run_check("puzzle_warp_sum", "warp_sum: one total per warp, by shuffles", kern,
+                      cases)
+
+
+def puzzle_block_sum(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+    """Check `block_sum`: out[b] = sum of block b's 256 elements; grid (ceil(n / 256),),
+    block (256,)."""
+    kern = PuzzleKernel(source, "block_sum", device,
+                        past_end="a thread past n has no element: it adds 0 and still reaches "
+                                 "every shuffle and barrier")
+    spec = PUZZLES["block_sum"].spec
+    cases = [(f"n = {n}", {"n": n, "blocks": -(-n // 256)},
+              lambda seed=seed, n=n: _sum_case(kern, seed, n, 256, 256, spec, "block"))
+             for seed, n in ((40, 256), (41, 1000), (42, 5), (43, 513))]
+    return _run_check("puzzle_block_sum", "block_sum: one total per block of 8 warps", kern,
+                      cases)

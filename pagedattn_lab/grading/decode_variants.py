@@ -1,0 +1,125 @@
+"""Split-K decode with the classic mistakes switched on, to recognize them in a result.
+
+`partials_variant` computes every partition's (m, l, o) in float64 the way a kernel walks
+the tokens (through the block table, slot by slot), with optional bugs:
+
+    kv_map="mod" / "same"     query head h reads kv head h % num_kv_heads / h (GQA)
+    scale=1.0                 the missing 1/sqrt(head_dim)
+    bounds="inclusive"        a partition reads tokens start..end (one past its end)
+    bounds="unclipped"        a partition reads part_len tokens even past seq_len
+    bounds="skip_first"       a partition starts one token late
+    online_bug="acc"/"sum"    the online softmax forgets to rescale acc / the running sum
+    online_bug="max0"         the running max starts at 0 instead of -inf
+    base2=True                m stored in base-2 units (scores times log2(e))
+    normalized=False          o stored as the weighted sum, not divided by l
+
+A token whose page is block-table padding (or past the row) makes its partition NaN: a
+kernel would fault there, so such a variant only matches where it stays in bounds. Tokens
+in unused slots read whatever the cache holds there (the checks put NaN in them).
+
+`merge_variant` is the merge with its classic mistakes.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..split_k import partition_bounds
+
+LOG2E = 1.4426950408889634
+
+
+def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str) -> range:
+    if bounds == "inclusive":
+        return range(start, end + 1)
+    if bounds == "unclipped":
+        return range(start, start + part_len)
+    if bounds == "skip_first":
+        return range(start + 1, end)
+    return range(start, end)
+
+
+def _rows(prob, b: int, kv_head: int, tokens: range):
+    """K and V rows [n, head_dim] of `tokens` of sequence b, read at the flat offsets a kernel
+    computes (so a kv head past the cache's heads reads the next token's row); NaN rows for a
+    token whose page is padding or past the table, or whose row is past the buffer."""
+    _, page_size, num_kv_heads, head_dim = prob.k_cache.shape
+    k_flat = prob.k_cache.reshape(-1).astype(np.float64)
+    v_flat = prob.v_cache.reshape(-1).astype(np.float64)
+    row = prob.block_tables[b]
+    keys = np.full((len(tokens), head_dim), np.nan)
+    values = np.full((len(tokens), head_dim), np.nan)
+    for i, t in enumerate(tokens):
+        vpage = t // page_size
+        if vpage >= len(row) or row[vpage] < 0:
+            continue
+        slot = int(row[vpage]) * page_size + t % page_size
+        base = (slot * num_kv_heads + kv_head) * head_dim
+        if base + head_dim <= k_flat.size:
+            keys[i], values[i] = k_flat[base:base + head_dim], v_flat[base:base + head_dim]
+    return keys, values
+
+
+def _online(scores, values, bug):
+    m, total, acc = (0.0 if bug == "max0" else -np.inf), 0.0, np.zeros(values.shape[1])
+    for s, v in zip(scores, values):
+        m_new = max(m, s)
+        alpha = np.exp(m - m_new)
+        p = np.exp(s - m_new)
+        total = (total if bug == "sum" else total * alpha) + p
+        acc = (acc if bug == "acc" else acc * alpha) + p * v
+        m = m_new
+    return m, total, acc / total
+
+
+def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="exact",
+                     online_bug=None, base2=False, normalized=True):
+    """(m, l, o) like `split_k.reference_partials`, with the chosen mistakes."""
+    num_heads = prob.q.shape[1]
+    num_kv_heads = prob.k_cache.shape[2]
+    group = num_heads // num_kv_heads
+    scale = prob.scale if scale is None else scale
+    lens = [int(n) for n in prob.seq_lens]
+    max_parts = -(-max(lens) // part_len)
+    rows = (len(lens), num_heads, max_parts)
+    m, l = np.full(rows, -np.inf), np.zeros(rows)
+    o = np.full(rows + (prob.q.shape[2],), np.nan)
+    with np.errstate(all="ignore"):
+        for b, n in enumerate(lens):
+            for h in range(num_heads):
+                kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h}[kv_map]
+                for p, (start, end) in enumerate(partition_bounds(n, part_len)):
+                    keys, values = _rows(prob, b, kvh, _token_range(start, end, n, part_len,
+                                                                     bounds))
+                    scores = keys @ prob.q[b, h].astype(np.float64) * scale
+                    if online_bug:
+                        m_p, l_p, o_p = _online(scores, values, online_bug)
+                    else:
+                        m_p = scores.max()
+                        w = np.exp(scores - m_p)
+                        l_p, o_p = w.sum(), w @ values / w.sum()
+                    m[b, h, p] = m_p * (LOG2E if base2 else 1.0)
+                    l[b, h, p] = l_p
+                    o[b, h, p] = o_p if normalized else o_p * l_p
+    return m, l, o
+
+
+def merge_variant(m, l, o, num_parts, *, bug: str):
+    """The merge of partition states [.., P] with one classic mistake (float64).
+
+    no_rescale: weights l_p (maxima ignored); no_sum: weights exp(m_p - m) (sums ignored);
+    mean: plain average; no_divide: sum of w_p o_p, never divided; o_unnormalized: weights
+    exp(m_p - m) over the divisor sum l_p exp(m_p - m); anything else: the right merge (to
+    model a wrong partition count, pass that count as num_parts)."""
+    m, l, o = (np.asarray(x, dtype=np.float64) for x in (m, l, o))
+    used = np.arange(m.shape[-1]) < np.asarray(num_parts)[..., None]
+    with np.errstate(all="ignore"):
+        m_all = np.where(used, m, -np.inf).max(axis=-1, keepdims=True)
+        scale = np.exp(m - m_all)
+        weights = {"no_rescale": l, "no_sum": scale, "mean": np.ones_like(l),
+                   "no_divide": l * scale, "o_unnormalized": scale}.get(bug, l * scale)
+        w = np.where(used, weights, 0.0)
+        top = (w[..., None] * np.where(used[..., None], o, 0.0)).sum(axis=-2)
+        if bug == "no_divide":
+            return top
+        divisor = np.where(used, l * scale, 0.0) if bug == "o_unnormalized" else w
+        return top / divisor.sum(axis=-1)[..., None]

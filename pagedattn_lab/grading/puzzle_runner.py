@@ -1,0 +1,164 @@
+"""Run a learner's puzzle kernel (workbook 03): its outputs, its access counts, and what to
+say when it breaks.
+
+Every case runs once on the CPU executor through `pagedattn_lab.cpu.count_accesses` with the
+shared-memory race check on: one instrumented launch gives the outputs, the per-thread
+counts of global and shared reads and writes, and a `SharedMemoryRace` for a missing
+barrier. With a GPU (`device="gpu"`, or "auto" when CuPy has one) the outputs come from the
+GPU and the counts from the CPU run. Kernel failures become a `Mismatch` that says which
+element the failing thread handles (`locate`), because that is the clue a puzzle needs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..backend import resolve_device
+from .compare import ranges
+from .faults import describe_kernel_exception
+from .kernel_runner import Kernel
+from .report import Mismatch
+
+LAUNCH_TIMEOUT = 10.0   # seconds; the puzzles are tiny
+
+
+@dataclass
+class Run:
+    outputs: list
+    counts: object   # pagedattn_lab.cpu.AccessCounts
+
+
+def _xyz(v) -> str:
+    return "(" + ", ".join(str(int(x)) for x in v) + ")" if v is not None else "?"
+
+
+class PuzzleKernel:
+    """A learner's kernel, compiled on first use, run with counts (see the module docstring).
+
+    `locate(block, thread)` -> (what the thread handles, in words; True when that lies outside
+    the data, where the thread must not touch the arrays)."""
+
+    def __init__(self, source: str, name: str, device: str, *,
+                 past_end: str = "guard with an if: such a thread must not read or write"):
+        self.source, self.name, self.device = source, name, resolve_device(device)
+        self.past_end = past_end
+        self.locate: Callable[[tuple, tuple], tuple[str, bool]] = lambda b, t: ("", False)
+        self._kernel = self._gpu = None
+
+    def get(self) -> Kernel:
+        """The kernel compiled for the CPU executor (lint and compile errors raise here)."""
+        if self._kernel is None:
+            self._kernel = Kernel(self.source, self.name, "cpu")
+        return self._kernel
+
+    @property
+    def where_counted(self) -> str:
+        return ("outputs from the GPU, counts from the CPU executor" if self.device == "gpu"
+                else "counted by the CPU executor")
+
+    def run(self, grid, block, args, outputs, shared_mem: int = 0, *, locate=None) -> Run:
+        """Launch; `locate` describes a thread's element for this case's messages."""
+        if locate is not None:
+            self.locate = locate
+        kern = self.get()
+        host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+        try:
+            counts = kern.count(grid, block, host, shared_mem, racecheck=True,
+                                timeout=LAUNCH_TIMEOUT)
+        except Exception as exc:
+            raise self.explain(exc) from exc
+        if self.device == "gpu":
+            if self._gpu is None:
+                self._gpu = Kernel(self.source, self.name, "gpu")
+            got = self._gpu.launch(grid, block, args, shared_mem=shared_mem, outputs=outputs)
+        else:
+            got = [host[i] for i in outputs]
+        return Run(got, counts)
+
+    def _thread(self, exc) -> str:
+        block, thread = getattr(exc, "block", None), getattr(exc, "thread", None)
+        if block is None or thread is None:
+            return "a thread"
+        what, _ = self.locate(tuple(block), tuple(thread))
+        return f"thread {_xyz(thread)} of block {_xyz(block)} ({what})"
+
+    def explain(self, exc: BaseException) -> BaseException:
+        """A Mismatch for the executor's exceptions; anything else is returned as it came."""
+        kind = type(exc).__name__
+        if kind == "SharedMemoryRace":
+            return Mismatch(f"a race on shared memory: {exc}", _RACE_HINTS.get(
+                getattr(exc, "kind", ""), "separate the two accesses with __syncthreads()."))
+        if kind == "KernelFault" and getattr(exc, "buffer", None):
+            block, thread = getattr(exc, "block", None), getattr(exc, "thread", None)
+            outside = block is not None and thread is not None and \
+                self.locate(tuple(block), tuple(thread))[1]
+            access = getattr(exc, "access", None) or "access"
+            message = (f"out-of-bounds {access} of {exc.buffer}[{exc.index}] (it has "
+                       f"{exc.size} elements) by {self._thread(exc)}.")
+            hint = (f"that thread lies past the end of the data: {self.past_end}." if outside
+                    else f"that thread has an element, but its index into {exc.buffer} is "
+                         "wrong: work it out for this thread by hand.")
+            return Mismatch(message, hint)
+        if kind == "WarpSyncError":
+            lanes = ranges(getattr(exc, "bad_lanes", None) or [])
+            exited = bool(getattr(exc, "exited_threads", None))
+            return Mismatch(f"a warp shuffle can never complete: {exc}",
+                            f"lanes {lanes} {'had returned' if exited else 'wait elsewhere'} "
+                            "when the others reached a shuffle whose mask names them: every "
+                            "lane in the mask must reach every __shfl_*_sync. A lane with no "
+                            "element takes part with 0 instead of returning.")
+        if kind == "KernelDeadlock":
+            exited = getattr(exc, "exited_threads", None) or []
+            return Mismatch(f"deadlock: {str(exc).split(' Every thread')[0]}",
+                            f"{len(exited)} threads returned before a __syncthreads() the others "
+                            "wait at: every thread of a block must reach every barrier. Guard "
+                            "the work with an if, not the barrier." if exited else
+                            "the threads wait at different barriers: every thread must pass "
+                            "the same __syncthreads() calls in the same order.")
+        described = describe_kernel_exception(exc)
+        return Mismatch(*described) if described else exc
+
+
+_RACE_HINTS = {
+    "read after write": "a thread read shared memory that another thread wrote, with no "
+                        "__syncthreads() between the write and the read: the value it got "
+                        "depends on which thread ran first. Put a barrier between them.",
+    "write after write": "two threads wrote the same shared-memory element between two "
+                         "barriers: each element should have one writer (split the work by "
+                         "thread index).",
+    "write after read": "a thread read shared memory that another thread wrote only later, "
+                        "with no __syncthreads() between: the reader got what was there "
+                        "before. If the reads should see the writes, put a barrier between "
+                        "the stores and the loads; if the buffer is being reused, put one "
+                        "before the overwrite.",
+}
+
+
+def per_thread_max(counts, name: str) -> tuple[int, str]:
+    """(the most `name` accesses any thread made, 'thread (x,y,z) of block (x,y,z)')."""
+    a = getattr(counts, name)
+    flat = int(np.argmax(a))
+    row, col = divmod(flat, a.shape[1])
+    gx, gy, _ = counts.grid
+    bx, by, _ = counts.block
+    block = (row % gx, (row // gx) % gy, row // (gx * gy))
+    thread = (col % bx, (col // bx) % by, col // (bx * by))
+    return int(a.max()), f"thread {_xyz(thread)} of block {_xyz(block)}"
+
+
+def count_line(counts, budget: dict) -> str:
+    """The per-thread maxima, GPU-Puzzles style, with the budget beside each."""
+    parts = []
+    for name in ("global_reads", "global_writes", "shared_reads", "shared_writes"):
+        most, _ = per_thread_max(counts, name)
+        limit = f" (budget {budget[name]})" if name in budget else ""
+        parts.append(f"{name.replace('_', ' ')} {most}{limit}")
+    line = "Most accesses by one thread: " + ", ".join(parts) + "."
+    per_array = [f"{b.name} {b.sectors / b.requests:.1f}" for b in counts.by_buffer.values()
+                 if b.requests]
+    if per_array:
+        line += ("\nSectors (32 bytes) per warp request, by array (4 = 32 threads reading 32 "
+                 "consecutive floats, 1 = all reading one): " + ", ".join(per_array) + ".")
+    return line

@@ -1,0 +1,127 @@
+"""Workbook 06's checks fail the classic wrong answers, with a hint that names the mistake.
+
+merge_partitions: wrong merges written here the way a learner gets them wrong. The two
+kernels: the solution notebook's source with one mistake edited in (the edit must apply, so
+these tests follow the solutions). Each case asserts that the check fails (not "not
+attempted") and that the printed hint contains the phrase that points at the mistake.
+"""
+import numpy as np
+import pytest
+
+from tests.test_check_mistakes import assert_caught, mutate, run_check, solution_source
+
+NOTEBOOK = "06_decode_kernel.ipynb"
+
+
+def _w(m, l):
+    return l * np.exp(m - m.max())
+
+
+MERGE_MISTAKES = [
+    ("no rescale", lambda m, l, o: l @ o / l.sum(), "bring them to one scale"),
+    ("no sum weights", lambda m, l, o: np.exp(m - m.max()) @ o / np.exp(m - m.max()).sum(),
+     "not exp(m_p - m) alone"),
+    ("plain mean", lambda m, l, o: o.mean(axis=0), "treats every partition alike"),
+    ("never divided", lambda m, l, o: _w(m, l) @ o, "divide by the sum of the weights"),
+    ("o taken as unnormalized", lambda m, l, o: np.exp(m - m.max()) @ o / _w(m, l).sum(),
+     "already divided by l_p"),
+    ("exp of m itself", lambda m, l, o: (l * np.exp(m)) @ o / (l * np.exp(m)).sum(),
+     "exp overflowed"),
+]
+
+PARTITION_MISTAKES = [
+    ("GQA as modulo", [("h / (num_heads / num_kv_heads)", "h % num_kv_heads")],
+     "not h % num_kv_heads"),
+    ("GQA ignored", [("int kv_head = h / (num_heads / num_kv_heads);", "int kv_head = h;")],
+     "not kv head h"),
+    ("no scale", [("q_row[d] * scale", "q_row[d]")], "not scaled"),
+    ("reads past seq_len", [("int end = min(seq_len, start + part_len);",
+                             "int end = start + part_len;")], "past seq_len"),
+    ("inclusive end", [("t < end; ++t", "t <= end; ++t")], "one token past its end"),
+    ("starts one late", [("int start = part * part_len;", "int start = part * part_len + 1;")],
+     "skips its first token"),
+    ("acc not rescaled", [("acc[i] = acc[i] * rescale +", "acc[i] = acc[i] +")],
+     "rescale the accumulator"),
+    ("sum not rescaled", [("l = l * rescale + weight;", "l = l + weight;")],
+     "rescale the running sum"),
+    ("max starts at 0", [("float m = NEG_INF, l = 0.0f;", "float m = 0.0f, l = 0.0f;")],
+     "not 0"),
+    ("lanes return early", [("    int seq_len = seq_lens[b];",
+                             "    if (lane >= head_dim) return;\n    int seq_len = seq_lens[b];")],
+     "every lane must reach every __shfl"),
+    ("first 32 dims only", [("if (d < head_dim) part_out", "if (d < head_dim && i == 0) part_out")],
+     "dims 32 and up were never written"),
+    ("o not normalized", [("= acc[i] / l;", "= acc[i];")], "divide the accumulator by l"),
+    ("every lane reads whole rows", [(
+        "        float dot = 0.0f;\n"
+        "        for (int i = 0; i < MAX_DIMS_PER_LANE; ++i) {\n"
+        "            int d = lane + 32 * i;\n"
+        "            if (d < head_dim) dot += my_q[i] * k_cache[row + d];\n"
+        "        }\n"
+        "        for (int offset = 16; offset > 0; offset /= 2)     // every lane gets the full dot\n"
+        "            dot += __shfl_xor_sync(0xffffffffu, dot, offset);",
+        "        float dot = 0.0f;\n"
+        "        for (int d = 0; d < head_dim; ++d) dot += q_row[d] * scale * k_cache[row + d];")],
+     "every lane reads whole rows"),
+    ("m in base 2", [("part_ml[slot_out * 2] = m;", "part_ml[slot_out * 2] = m * 1.442695f;")],
+     "log2(e) times"),
+]
+
+MERGE_KERNEL_MISTAKES = [
+    ("no rescale", [("float w = ml[2 * p + 1] * expf(ml[2 * p] - m_all);",
+                     "float w = ml[2 * p + 1];")], "bring them to one scale"),
+    ("no sum weights", [("float w = ml[2 * p + 1] * expf(ml[2 * p] - m_all);",
+                         "float w = expf(ml[2 * p] - m_all);")], "not exp(m_p - m) alone"),
+    ("partitions rounded down", [("(seq_lens[b] + part_len - 1) / part_len",
+                                  "seq_lens[b] / part_len")], "last, shorter partition"),
+    ("one partition too many", [("(seq_lens[b] + part_len - 1) / part_len",
+                                 "seq_lens[b] / part_len + 1")], "count the partitions"),
+    ("no stride over dims", [("d < head_dim; d += blockDim.x", "d < 32 && d < head_dim; ++d")],
+     "dims 32 and up were never written"),
+    ("exp of m itself", [("expf(ml[2 * p] - m_all)", "expf(ml[2 * p])")], "overflows float32"),
+    ("never divided", [("out[row * head_dim + d] = o / total;", "out[row * head_dim + d] = o;")],
+     "divide by the sum of the weights"),
+]
+
+KERNELS = [("decode_partition", "SOURCE_PARTITION", m) for m in PARTITION_MISTAKES] + \
+          [("decode_merge", "SOURCE_MERGE", m) for m in MERGE_KERNEL_MISTAKES]
+
+
+@pytest.mark.parametrize("name, impl, phrase", MERGE_MISTAKES, ids=[m[0] for m in MERGE_MISTAKES])
+def test_merge_mistake_is_caught(name, impl, phrase):
+    assert_caught("merge_partitions", impl, phrase)
+
+
+@pytest.mark.parametrize("task, variable, mistake", KERNELS,
+                         ids=[f"{t}-{m[0]}" for t, _, m in KERNELS])
+def test_kernel_mistake_is_caught(task, variable, mistake):
+    _, edits, phrase = mistake
+    assert_caught(task, mutate(solution_source(NOTEBOOK, variable), edits), phrase, device="cpu")
+
+
+@pytest.mark.parametrize("task, variable", [("decode_partition", "SOURCE_PARTITION"),
+                                            ("decode_merge", "SOURCE_MERGE")])
+def test_kernel_checks_pass_the_solution_and_report_the_stub(task, variable):
+    result, printed = run_check(task, solution_source(NOTEBOOK, variable), device="cpu")
+    assert result.passed, printed
+    result, printed = run_check(task, solution_source(NOTEBOOK, variable, "exercises"),
+                                device="cpu")
+    assert result.status == "not attempted" and "Traceback" not in printed
+
+
+def test_merge_check_passes_a_correct_merge_written_differently():
+    def log_sum_exp_merge(m, l, o):
+        log_w = np.log(l) + m
+        w = np.exp(log_w - log_w.max())
+        return (w[:, None] * o).sum(axis=0) / w.sum()
+    result, printed = run_check("merge_partitions", log_sum_exp_merge)
+    assert result.passed, printed
+
+
+def test_every_task_has_three_mistakes():
+    counts = {"merge_partitions": len(MERGE_MISTAKES)}
+    for task, _, _ in KERNELS:
+        counts[task] = counts.get(task, 0) + 1
+    from pagedattn_lab.lessons import lesson
+    assert {t: counts.get(t, 0) >= 3 for t in lesson("06").tasks} == \
+        dict.fromkeys(lesson("06").tasks, True)

@@ -1,0 +1,145 @@
+"""The CPU executor's shared-memory race check (`racecheck=True`).
+
+Planted races (tests/kernels/races.cu) must be reported as SharedMemoryRace naming the
+variable, the kind of hazard, both threads, the block and the source lines; the correct
+versions, and every kernel the package ships, must run clean.
+"""
+import functools
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pagedattn_lab.cpu import KernelFault, RawKernel, SharedMemoryRace
+
+KERNELS = Path(__file__).parent / "kernels"
+RACES = "races.cu"
+SOURCE = (KERNELS / RACES).read_text().splitlines()
+
+
+def line_of(text: str) -> int:
+    """1-based line of the first source line containing `text`."""
+    return next(i + 1 for i, line in enumerate(SOURCE) if text in line)
+
+
+@functools.lru_cache(maxsize=None)
+def kern(name: str) -> RawKernel:
+    return RawKernel("\n".join(SOURCE) + "\n", name, filename=RACES)
+
+
+@pytest.fixture
+def x():
+    return np.random.default_rng(7).standard_normal(256).astype(np.float32)
+
+
+def test_every_thread_adding_into_one_shared_variable(x):
+    out = np.zeros(2, np.float32)
+    with pytest.raises(SharedMemoryRace) as info:
+        kern("shared_accumulator")(2, 64, (x, out), racecheck=True)
+    e = info.value
+    assert isinstance(e, KernelFault)
+    assert e.kind == "read after write" and e.variable == "acc" and e.offset == 0
+    assert e.block == (0, 0, 0) and e.thread != e.other_thread
+    line = line_of("acc += x[")
+    assert e.line == line and e.other_line == line
+    msg = str(e)
+    assert "shared_accumulator" in msg and "acc" in msg and f"line {line}" in msg
+    assert "atomicAdd" in msg   # the hint for a read-modify-write by every thread
+
+
+def test_racecheck_is_off_unless_asked(x, monkeypatch):
+    monkeypatch.delenv("PAGEDATTN_LAB_CPU_RACECHECK", raising=False)
+    out = np.zeros(2, np.float32)
+    kern("shared_accumulator")(2, 64, (x, out))   # runs (wrong on a GPU, not caught here)
+    monkeypatch.setenv("PAGEDATTN_LAB_CPU_RACECHECK", "1")
+    with pytest.raises(SharedMemoryRace):
+        kern("shared_accumulator")(2, 64, (x, out))
+
+
+def test_atomics_on_shared_memory_are_no_race(x):
+    out = np.zeros(2, np.float32)
+    kern("shared_accumulator_atomic")(2, 64, (x, out), racecheck=True)
+    np.testing.assert_allclose(out, x[:128].reshape(2, 64).sum(axis=1), rtol=1e-5)
+
+
+def test_reading_an_atomic_total_before_the_barrier(x):
+    with pytest.raises(SharedMemoryRace, match="atomic") as info:
+        kern("atomic_then_read")(1, 64, (x, np.zeros(64, np.float32)), racecheck=True)
+    # one thread reads the total, another's atomicAdd then changes what it read
+    e = info.value
+    assert (e.kind, e.access) == ("write after read", "atomic") and e.thread != e.other_thread
+    assert e.line == line_of("atomicAdd(&acc, x[threadIdx.x])")
+
+
+def test_missing_barrier_between_writing_a_tile_and_reading_it(x):
+    y = np.zeros(128, np.float32)
+    with pytest.raises(SharedMemoryRace) as info:
+        kern("shift_tile")(2, 64, (x, y, np.int32(0)), shared_mem=64 * 4, racecheck=True)
+    e = info.value
+    # thread 0 reads tile[1] before thread 1 writes it: thread 1's write comes after a read
+    assert e.kind == "write after read" and e.variable == "tile"
+    assert e.thread == (1, 0, 0) and e.other_thread == (0, 0, 0) and e.offset == 4
+    assert e.line == line_of("tile[t] = x[") and e.other_line == line_of("tile[(t + 1) % n]")
+    assert "dynamic shared memory `tile`" in str(e)
+    kern("shift_tile")(2, 64, (x, y, np.int32(1)), shared_mem=64 * 4, racecheck=True)
+    np.testing.assert_array_equal(y.reshape(2, 64), np.roll(x[:128].reshape(2, 64), -1, axis=1))
+
+
+def test_two_writers_named_in_the_block_that_has_them():
+    out = np.zeros(4 * 64, np.int32)
+    kern("two_writers")(4, 64, (out, np.int32(-1)), racecheck=True)
+    with pytest.raises(SharedMemoryRace) as info:
+        kern("two_writers")(4, 64, (out, np.int32(3)), racecheck=True)
+    e = info.value
+    assert e.kind == "write after write" and e.block == (3, 0, 0) and e.variable == "flag"
+    assert {e.thread, e.other_thread} == {(0, 0, 0), (33, 0, 0)}
+
+
+def test_lanes_of_a_warp_are_ordered_by_syncwarp_only(x):
+    out = np.zeros(2, np.float32)
+    kern("warp_tree")(1, 64, (x, out, np.int32(1)), racecheck=True)
+    np.testing.assert_allclose(out, x[:64].reshape(2, 32).sum(axis=1), rtol=1e-5)
+    with pytest.raises(SharedMemoryRace) as info:
+        kern("warp_tree")(1, 64, (x, out, np.int32(0)), racecheck=True)
+    assert info.value.thread[0] // 32 == info.value.other_thread[0] // 32   # within a warp
+
+
+def test_loop_without_a_barrier_at_the_end_of_each_iteration(x):
+    out = np.zeros(64, np.float32)
+    with pytest.raises(SharedMemoryRace) as info:
+        kern("loop_without_trailing_barrier")(1, 64, (x, out, np.int32(3)), racecheck=True)
+    assert info.value.kind == "write after read"
+    assert "end of each loop iteration" in str(info.value)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float16])
+def test_the_course_kernels_are_race_free(monkeypatch, dtype):
+    """Every kernel in pagedattn_lab/kernels, through the package's API, race-checked."""
+    import pagedattn_lab.backend as backend
+    from pagedattn_lab import gather_kv
+
+    from .test_attention import check_decode, check_prefill, make_problem
+    monkeypatch.setattr(backend, "gpu_available", lambda: False)
+    monkeypatch.setenv("PAGEDATTN_LAB_CPU_RACECHECK", "1")
+    rng = np.random.default_rng(0)
+    args = make_problem(rng, [1, 17, 70], page_size=16, num_heads=8, num_kv_heads=2,
+                        head_dim=32, dtype=dtype)
+    check_decode(args, dtype)
+    check_decode(make_problem(rng, [600], page_size=8, dtype=dtype), dtype)   # split-K, merge
+    args = make_problem(rng, [9, 21], page_size=4, num_heads=4, num_kv_heads=1, head_dim=64,
+                        dtype=dtype, mode="prefill")
+    for kernel in ("naive", "tiled"):
+        check_prefill(args, dtype, kernel)
+    _q, k, v, tables, lens = args
+    kk, _vv = gather_kv(k, v, tables[1], int(lens[1]))
+    assert kk.shape == (21, 1, 64)
+
+
+def test_the_executor_test_kernels_with_shared_memory_are_race_free():
+    from tests.test_cpu_executor import kern as exec_kern
+    x = np.random.default_rng(1).standard_normal(1000).astype(np.float32)
+    partial = np.zeros(4, np.float32)
+    exec_kern("reduce_shared.cu", "block_sum")(4, 256, (x, partial, np.int32(1000)),
+                                               racecheck=True)
+    np.testing.assert_allclose(partial, [x[i * 256:(i + 1) * 256].sum() for i in range(4)],
+                               atol=1e-4)

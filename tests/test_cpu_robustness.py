@@ -1,0 +1,145 @@
+"""The CPU executor holds its promise: whatever a kernel does, Python survives, the launch is
+reported with the thread and block, and no process is left behind.
+
+Every test here would kill or hang the test process if the protection it checks were gone
+(a kernel that sends SIGKILL to its parent, or calls exit()), so this file running to the
+end is part of the proof.
+"""
+import ctypes
+import errno
+import functools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import pagedattn_lab.cpu.launch as launch
+from pagedattn_lab.cpu import ExecutorUnavailableError, KernelFault, RawKernel
+
+KERNELS = Path(__file__).parent / "kernels"
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                           reason="the sandbox is Linux-only (ld --wrap, seccomp)")
+
+
+@functools.lru_cache(maxsize=None)
+def kern(name: str) -> RawKernel:
+    return RawKernel((KERNELS / "escape.cu").read_text(), name, filename="escape.cu")
+
+
+def gone(pid: int, wait: float = 5.0) -> bool:
+    """True when process `pid` no longer runs (absent, or a zombie awaiting its reaper)."""
+    deadline = time.monotonic() + wait
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@linux
+@pytest.mark.parametrize("sandbox", ["default", "seccomp"])
+@pytest.mark.parametrize("name, call, block, thread", [
+    ("calls_fork", "fork", (1, 0, 0), (3, 0, 0)),
+    ("calls_exit", "exit", (2, 0, 0), (5, 0, 0)),
+    ("calls_quick_exit", "_exit", (0, 0, 0), (7, 0, 0)),
+    ("calls_abort", "abort", (0, 0, 0), (9, 0, 0)),
+    ("signals_parent", "kill", (3, 0, 0), (1, 0, 0)),
+    ("signals_group", "kill", (0, 0, 0), (2, 0, 0)),
+    ("calls_system", "system", (0, 0, 0), (1, 0, 0)),
+])
+def test_escapes_are_reported_with_thread_and_block(monkeypatch, sandbox, name, call, block,
+                                                    thread):
+    if sandbox == "seccomp":
+        monkeypatch.setenv("PAGEDATTN_LAB_CPU_SANDBOX", "seccomp")
+    out = np.zeros(2, np.int32)
+    with pytest.raises(KernelFault) as info:
+        kern(name)(4, 32, (out,), workers=2, timeout=20)
+    e = info.value
+    assert (e.block, e.thread, e.syscall) == (block, thread, call)
+    assert f"called {call}()" in str(e) and "cannot" in str(e)
+    assert not out.any()   # a failed launch writes nothing back
+
+
+@linux
+def test_the_seccomp_filter_catches_calls_the_wrappers_do_not_see(monkeypatch):
+    victim = subprocess.Popen(["sleep", "30"])
+    try:
+        monkeypatch.setenv("PAGEDATTN_LAB_CPU_SANDBOX", "seccomp")
+        with pytest.raises(KernelFault) as info:
+            kern("signals_indirectly")(2, 32, (np.zeros(2, np.int32), np.int32(victim.pid)))
+        e = info.value
+        assert (e.syscall, e.signal, e.thread) == ("tgkill", "SIGSYS", (4, 0, 0))
+        assert victim.poll() is None   # the signal never left
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+@linux
+def test_unchecked_launches_are_protected_too():
+    """In-process: exit() or kill(getppid()) would end this test process."""
+    for name in ("calls_exit", "signals_parent", "calls_abort"):
+        with pytest.raises(KernelFault, match="called"):
+            kern(name)(4, 32, (np.zeros(2, np.int32),), checked=False)
+
+
+@linux
+def test_without_the_sandbox_the_process_group_is_killed(monkeypatch):
+    monkeypatch.setenv("PAGEDATTN_LAB_CPU_SANDBOX", "0")
+    out = np.zeros(2, np.int32)
+    t0 = time.monotonic()
+    kern("calls_fork")(4, 32, (out,), timeout=20)
+    assert time.monotonic() - t0 < 10   # not held up by the child's sleep(60)
+    child = int(out[1])
+    assert child > 0 and out[0] == child   # the fork happened...
+    assert gone(child)                     # ...and the child is gone with the launch
+
+
+def test_fork_failure_raises_instead_of_running_unprotected(monkeypatch):
+    k = kern("calls_exit").compile()
+
+    class NoFork:   # the runtime library, with pal_launch_begin failing as fork() would
+        def __init__(self, lib):
+            self._lib = lib
+
+        def __getattr__(self, name):
+            return getattr(self._lib, name)
+
+        @staticmethod
+        def pal_launch_begin(cfg):
+            ctypes.set_errno(errno.EAGAIN)
+            return None
+
+    real_run = launch.run
+    monkeypatch.setattr(launch, "run", lambda lib, *a, **kw: real_run(NoFork(lib), *a, **kw))
+    out = np.full(2, 7, np.int32)
+    with pytest.raises(ExecutorUnavailableError, match="worker processes") as info:
+        k(4, 32, (out,))
+    assert os.strerror(errno.EAGAIN) in str(info.value) and "calls_exit" in str(info.value)
+    assert (out == 7).all()
+
+
+@pytest.mark.parametrize("bad", [0, -1, 0.0, float("nan"), float("inf"), -float("inf")])
+def test_timeout_must_be_positive_and_finite(bad):
+    out = np.zeros(2, np.int32)
+    with pytest.raises(ValueError, match="timeout"):
+        kern("calls_abort")(1, 32, (out,), timeout=bad)
+    with pytest.raises(ValueError, match="timeout"):
+        RawKernel((KERNELS / "escape.cu").read_text(), "calls_abort", timeout=bad)
+
+
+def test_timeout_of_the_wrong_type_and_bad_environment(monkeypatch):
+    out = np.zeros(2, np.int32)
+    with pytest.raises(TypeError, match="timeout"):
+        kern("calls_abort")(1, 32, (out,), timeout="10")
+    monkeypatch.setenv("PAGEDATTN_LAB_CPU_TIMEOUT", "0")
+    with pytest.raises(ValueError, match="PAGEDATTN_LAB_CPU_TIMEOUT"):
+        kern("calls_abort")(1, 32, (out,))

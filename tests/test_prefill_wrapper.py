@@ -1,0 +1,146 @@
+"""BatchPrefillWrapper (tensor-core prefill over pages) against the float64 packed reference.
+
+Packed batches mixing all-new prompts, chunks over a cached prefix and decode tokens; GQA and
+MQA; scattered pages with NaN in every unused slot; lengths that are and are not tile and
+page multiples; outputs poisoned with NaN. A small grid runs on the CPU executor (CI), the
+whole grid on the GPU (`gpu` marker).
+"""
+import numpy as np
+import pytest
+
+from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper, work_list
+from pagedattn_lab.reference import reference_prefill_packed
+
+TOL = {"float16": 2e-3, "bfloat16": 1e-2}   # ||out - ref|| / ||ref||: 16-bit inputs and P, fp32 sums
+
+
+def bf16():
+    import ml_dtypes
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def packed_problem(rng, lens, q_lens, page_size, num_heads, num_kv_heads, head_dim, dtype):
+    """Pages scattered over a pool with spare pages; every slot no sequence owns is NaN."""
+    pages = [-(-n // page_size) for n in lens]
+    num_pages = sum(pages) + 3
+    order = rng.permutation(num_pages)
+    shape = (num_pages, page_size, num_kv_heads, head_dim)
+    k_cache = np.full(shape, np.nan, np.float32)
+    v_cache = np.full(shape, np.nan, np.float32)
+    tables = np.full((len(lens), max(pages + [1])), -1, np.int32)
+    nxt = 0
+    for b, n in enumerate(lens):
+        for j in range(pages[b]):
+            tables[b, j] = order[nxt]
+            rows = min(page_size, n - j * page_size)
+            k_cache[order[nxt], :rows] = rng.standard_normal((rows, num_kv_heads, head_dim))
+            v_cache[order[nxt], :rows] = rng.standard_normal((rows, num_kv_heads, head_dim))
+            nxt += 1
+    indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    q = rng.standard_normal((int(indptr[-1]), num_heads, head_dim)).astype(np.float32)
+    cast = lambda a: a.astype(dtype)  # noqa: E731
+    return cast(q), cast(k_cache), cast(v_cache), indptr, tables, np.array(lens, np.int32)
+
+
+def rel_err(got, ref):
+    return float(np.linalg.norm(got.astype(np.float64) - ref) / np.linalg.norm(ref))
+
+
+def check_wrapper(xp, rng, lens, q_lens, page_size, num_heads, num_kv_heads, head_dim,
+                  dtype=np.float16, causal=True):
+    q, k, v, indptr, tables, seq_lens = packed_problem(rng, lens, q_lens, page_size, num_heads,
+                                                       num_kv_heads, head_dim, dtype)
+    ref = reference_prefill_packed(q.astype(np.float32), k.astype(np.float32),
+                                   v.astype(np.float32), indptr, tables, seq_lens, causal=causal)
+    dev = (lambda a: xp.asarray(a)) if xp is not np else (lambda a: a)
+    if xp is not np and dtype != np.float16:   # bf16 travels to CuPy as its bits
+        dev = lambda a: xp.asarray(a.view(np.uint16) if a.dtype == bf16() else a)  # noqa: E731
+    w = BatchPrefillWrapper().plan(dev(indptr), dev(tables), dev(seq_lens), num_heads,
+                                   num_kv_heads, head_dim, page_size, dtype, causal=causal)
+    out = xp.full(q.shape, np.nan, dtype=dev(q).dtype)
+    res = w.run(dev(q), dev(k), dev(v), out=out)
+    assert res is out
+    host = res.get() if xp is not np else res
+    if host.dtype == np.uint16:
+        host = host.view(bf16())
+    host = host.astype(np.float32)
+    assert np.isfinite(host).all(), "some outputs were not written (or NaN leaked from a slot)"
+    tol = TOL["float16" if np.dtype(dtype) == np.float16 else "bfloat16"]
+    assert rel_err(host, ref) < tol, f"relative error {rel_err(host, ref):.2e}"
+
+
+CPU_CASES = [
+    # lens, q_lens, page, heads, kv heads, head_dim
+    ([70, 1, 9], [70, 1, 9], 16, 2, 1, 32),        # all-new prompts: one tile and a bit, 1, 9
+    ([40, 23], [5, 1], 7, 4, 2, 64),               # a chunk over a prefix, a decode; page 7
+    ([17], [17], 1, 2, 2, 80),                     # page size 1, head_dim 80
+]
+
+
+@pytest.mark.parametrize("lens, q_lens, page_size, num_heads, num_kv_heads, head_dim", CPU_CASES)
+def test_prefill_wrapper_on_the_cpu_executor(rng, lens, q_lens, page_size, num_heads,
+                                             num_kv_heads, head_dim):
+    check_wrapper(np, rng, lens, q_lens, page_size, num_heads, num_kv_heads, head_dim)
+
+
+def test_bf16_and_non_causal_on_the_cpu_executor(rng):
+    check_wrapper(np, rng, [30, 12], [30, 4], 8, 2, 1, 32, dtype=bf16(), causal=False)
+
+
+def test_work_list_puts_the_longest_tiles_first():
+    indptr = np.array([0, 100, 101, 131])
+    lens = np.array([100, 4000, 31])
+    work = work_list(indptr, lens, 64, causal=True)
+    assert work.tolist() == [[1, 0], [0, 64], [0, 0], [2, 0]]
+
+
+def test_run_refuses_what_does_not_match_the_plan(rng):
+    q, k, v, indptr, tables, lens = packed_problem(rng, [20], [20], 8, 2, 2, 32, np.float16)
+    w = BatchPrefillWrapper().plan(indptr, tables, lens, 2, 2, 32, 8, np.float16)
+    with pytest.raises(ValueError, match=r"q: expected shape \(20, 2, 32\)"):
+        w.run(q[:10], k, v)
+    with pytest.raises(ValueError, match="k_cache: the plan reads page"):
+        w.run(q, k[:1], v[:1])
+    with pytest.raises(TypeError, match="v_cache: expected dtype float16"):
+        w.run(q, k, v.astype(np.float32))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(head_dim=48), "head_dim: expected one of"),
+    (dict(num_heads=3), "num_heads: 3 is not a multiple"),
+    (dict(dtype=np.float32), "dtype: expected float16 or bfloat16"),
+    (dict(qo_indptr=np.array([0, 30], np.int32)), "sequence 0 has 30 queries but seq_lens"),
+    (dict(qo_indptr=np.array([1, 5], np.int32)), "qo_indptr: expected"),
+])
+def test_plan_refuses_bad_input_and_keeps_the_old_plan(rng, change, match):
+    _, _, _, indptr, tables, lens = packed_problem(rng, [20], [20], 8, 2, 2, 32, np.float16)
+    w = BatchPrefillWrapper().plan(indptr, tables, lens, 2, 2, 32, 8, np.float16)
+    before = dict(w.__dict__)
+    args = dict(qo_indptr=indptr, block_tables=tables, seq_lens=lens, num_heads=2,
+                num_kv_heads=2, head_dim=32, page_size=8, dtype=np.float16)
+    args.update(change)
+    with pytest.raises((ValueError, TypeError), match=match):
+        w.plan(**args)
+    assert w.__dict__.keys() == before.keys() and all(w.__dict__[k] is before[k] for k in before)
+
+
+GPU_CASES = [
+    ([2048, 2048], [2048, 2048], 16, 8, 8, 64),
+    ([4096 + 512, 4096 + 100, 33], [512, 100, 33], 16, 32, 8, 128),   # chunks over prefixes
+    ([2048, 1, 77] + [300] * 5, [2048, 1, 77] + [1] * 5, 16, 32, 32, 128),   # mixed
+    ([129, 65, 1], [129, 65, 1], 1, 16, 1, 96),                          # MQA, page 1
+    ([500, 257], [300, 257], 256, 8, 2, 256),
+    ([200], [200], 64, 4, 4, 112),
+    ([333, 64], [333, 64], 32, 8, 4, 192),
+    ([1000], [17], 16, 64, 8, 80),
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+@pytest.mark.parametrize("lens, q_lens, page_size, num_heads, num_kv_heads, head_dim", GPU_CASES)
+def test_prefill_wrapper_on_the_gpu(rng, dtype, lens, q_lens, page_size, num_heads,
+                                    num_kv_heads, head_dim):
+    import cupy
+    dt = np.float16 if dtype == "float16" else bf16()
+    check_wrapper(cupy, rng, lens, q_lens, page_size, num_heads, num_kv_heads, head_dim, dt)
