@@ -8,6 +8,7 @@ modules from a shared object, forged handles, frames that are not frames, object
 gets nowhere; and the checks' seeds are salted under the judge only.
 """
 import contextlib
+import importlib
 import io
 import json
 import re
@@ -22,11 +23,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pagedattn_lab import check
+from pagedattn_lab import check, lessons
 from pagedattn_lab.cpu import compiler
 from pagedattn_lab.grading import cases, proxies, remote, runner, sandbox, seeds, table, wire
 from pagedattn_lab.grading.judge import Judge
-from tests.test_check_mistakes import KERNEL_MISTAKES, PY_MISTAKES, mutate, solution_source
+from tests.check_helpers import mutate, solution_source
+from tests.test_check_mistakes_kernels import KERNEL_MISTAKES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,12 +67,33 @@ def in_notebook(task, impl, **kwargs):
         return getattr(check, task)(impl, **kwargs)
 
 
+def python_mistakes() -> list[tuple[str, object]]:
+    """(task, wrong implementation) from every list of tests/test_check_mistakes*.py whose
+    entries name a graded task and hold a callable, in a fixed order."""
+    tasks = set(runner.graded_tasks())
+    found, seen = [], set()
+    for path in sorted((REPO / "tests").glob("test_check_mistakes*.py")):
+        module = importlib.import_module(f"tests.{path.stem}")
+        for value in vars(module).values():
+            if not isinstance(value, (list, tuple)):
+                continue
+            for entry in value:
+                if not isinstance(entry, tuple):
+                    continue
+                task = next((v for v in entry if isinstance(v, str) and v in tasks), None)
+                impl = next((v for v in entry if callable(v) and not isinstance(v, str)), None)
+                if task and impl is not None and (task, id(impl)) not in seen:
+                    seen.add((task, id(impl)))
+                    found.append((task, impl))
+    return found
+
+
 LEARNER = """
 import sys
 from pagedattn_lab.grading import runner
-from tests.test_check_mistakes import PY_MISTAKES
+from tests.test_grade_protocol import python_mistakes
 peer = runner.learner_peer(int(sys.argv[1]))
-for task, impl, _ in PY_MISTAKES:
+for task, impl in python_mistakes():
     runner.forwarder(peer, task)(impl)
 """
 
@@ -84,27 +107,29 @@ def test_every_classic_mistake_gets_the_same_verdict_from_the_judge():
             super().record(task, status, summary, cases)
             log.append((task, status, summary))
 
+    mistakes = python_mistakes()
+    assert len({task for task, _ in mistakes}) >= 20, mistakes
     judge_end, learner_end = socket.socketpair()
     learner = subprocess.Popen([sys.executable, "-c", LEARNER, str(learner_end.fileno())],
                                cwd=REPO, pass_fds=[learner_end.fileno()])
     learner_end.close()
     judge = Recording(remote.Peer(wire.Channel(judge_end), strict=True, call_timeout=60),
-                      salt=None, tasks=[t for t, _, _ in PY_MISTAKES])
+                      salt=None, tasks=[task for task, _ in mistakes])
     judge.serve()
     assert learner.wait(60) == 0
-    here = [(task, r.status, r.summary) for task, impl, _ in PY_MISTAKES
+    here = [(task, r.status, r.summary) for task, impl in mistakes
             for r in [in_notebook(task, impl)]]
     assert log == here
     assert all(status == "failed" for _, status, _ in log)
 
 
-SOLUTIONS = [("01_page_table.ipynb", "MyAllocator", "allocator"),
-             ("01_page_table.ipynb", "append_tokens", "append_tokens"),
-             ("05_complete_system.ipynb", "serve", "serve")]
+SOLUTIONS = [("01", "MyAllocator", "allocator"), ("01", "append_tokens", "append_tokens"),
+             ("07", "serve", "serve"), ("12", "schedule_step", "schedule_step")]
 
 
-@pytest.mark.parametrize("notebook, name, task", SOLUTIONS)
-def test_solutions_pass_with_a_salt_and_untouched_stubs_are_not_attempted(notebook, name, task):
+@pytest.mark.parametrize("number, name, task", SOLUTIONS)
+def test_solutions_pass_with_a_salt_and_untouched_stubs_are_not_attempted(number, name, task):
+    notebook = lessons.lesson(number).name
     scope = {}
     for folder in ("solutions", "exercises"):
         cells = json.loads((REPO / folder / notebook).read_text())["cells"]
@@ -121,7 +146,7 @@ def test_solutions_pass_with_a_salt_and_untouched_stubs_are_not_attempted(notebo
 @pytest.mark.parametrize("mistake", [m for i, m in enumerate(KERNEL_MISTAKES) if i in (0, 5)],
                          ids=lambda m: f"{m[0]}-{m[3]}")
 def test_kernels_are_built_and_launched_by_the_learner_side(mistake):
-    task, notebook, variable, _name, edits, _phrase = mistake
+    task, notebook, variable, _name, edits = mistake[:5]
     source = mutate(solution_source(notebook, variable), edits)
     here = in_notebook(task, source, device="cpu")
     there = remotely(task, source, device="cpu")["tasks"][task]

@@ -124,7 +124,11 @@ def copy_back(target, value) -> None:
         vars(target).update(vars(value))
     elif isinstance(target, np.ndarray) and isinstance(value, np.ndarray) and \
             value.shape == target.shape and target.flags.writeable:
-        target[...] = value
+        np.asarray(target)[...] = value
+        for key, new in getattr(value, "__dict__", {}).items():   # e.g. an indexing counter
+            old = getattr(target, key, None)
+            if isinstance(old, list) and isinstance(new, list):
+                old[:] = new
 
 
 def _updatable(old, new) -> bool:

@@ -197,7 +197,7 @@ class Peer:
                 reply["back"] = {}
                 for i, before in back.items():
                     after, extra = wire.encode(args[i], self._ref())
-                    if after != before or extra:
+                    if (after, extra) != before:   # only what the learner's code changed
                         shift = len(out)
                         out += extra
                         reply["back"][str(i)] = _shift_blobs(after, shift)
@@ -248,7 +248,7 @@ class Peer:
         if not self.strict:   # the learner may change a list or an array in place
             for i, arg in enumerate(args):
                 if isinstance(arg, (list, dict, np.ndarray, types.SimpleNamespace)):
-                    back[i] = wire.encode(arg, self._ref())[0]
+                    back[i] = wire.encode(arg, self._ref())
         return obj(*args, **kwargs), back, tuple(args)
 
     # -- exceptions -------------------------------------------------------------------------

@@ -9,7 +9,8 @@ No pickle anywhere: unpickling runs code chosen by the sender. A frame is
 and every size is checked before anything is allocated. Values travel as JSON trees:
 plain JSON for None, bool, int, float (NaN and infinities too) and str; one-key objects
 ("markers") for what JSON lacks: {"$tuple": [...]}, {"$nd": blob, "dtype", "shape"} for an
-array, {"$np": ...} for a NumPy scalar, named tuples, SimpleNamespace records, and so on. Anything that is not data (a class, an
+array (one of the package's instrumented array classes keeps its class and attributes),
+{"$np": ...} for a NumPy scalar, named tuples, SimpleNamespace records, and so on. Anything that is not data (a class, an
 instance, a function) is replaced by a handle marker chosen by the caller (`ref`), and a
 handle marker coming in is turned into an object by the caller too (`deref`): which objects
 may cross, and as what, is the business of `remote.py`, not of this module.
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import importlib
 import json
 import keyword
 import select
@@ -57,6 +59,7 @@ def check_dtype(dtype) -> np.dtype:
 class _Encoder:
     def __init__(self, ref):
         self.ref, self.blobs, self.size, self.items = ref, [], 0, 0
+        self.shared: dict[int, int] = {}   # id of a list an instrumented array holds -> index
 
     def blob(self, data: bytes) -> int:
         self.size += len(data)
@@ -78,8 +81,12 @@ class _Encoder:
             arr = np.ascontiguousarray(value.get() if not isinstance(value, np.ndarray)
                                        else value)
             check_dtype(arr.dtype)
-            return {"$nd": self.blob(arr.tobytes()), "dtype": arr.dtype.str,
+            tree = {"$nd": self.blob(arr.tobytes()), "dtype": arr.dtype.str,
                     "shape": list(arr.shape)}
+            if type(value) is not np.ndarray and _instrumented(type(value)):
+                tree["cls"] = f"{type(value).__module__}:{type(value).__qualname__}"
+                tree["attrs"] = [[k, self.attr(v, depth)] for k, v in vars(value).items()]
+            return tree
         if isinstance(value, np.generic) and value.dtype.kind in SIMPLE_KINDS:
             return {"$np": self.blob(value.tobytes()), "dtype": value.dtype.str}
         if isinstance(value, np.dtype):
@@ -121,6 +128,23 @@ class _Encoder:
         return self.ref(value, early=False)
 
 
+    def attr(self, value, depth):
+        """An instrumented array's attribute; a list two arrays share stays shared."""
+        if not isinstance(value, list):
+            return self(value, depth + 1)
+        if id(value) in self.shared:
+            return {"$shared": self.shared[id(value)]}
+        self.shared[id(value)] = len(self.shared)
+        return {"$shared": self.shared[id(value)], "value": self(value, depth + 1)}
+
+
+def _instrumented(cls) -> bool:
+    """An ndarray subclass of the package's own (a check's array that counts its indexing):
+    it crosses with its class and attributes, so the learner's side instruments the same."""
+    module = getattr(cls, "__module__", "") or ""
+    return issubclass(cls, np.ndarray) and module.startswith("pagedattn_lab.")
+
+
 def encode(value, ref) -> tuple[object, list[bytes]]:
     """(JSON tree, blobs) for `value`. `ref(obj, early)` returns a marker for an object that
     must travel as a handle (early=True: before the data types are tried; return None to go
@@ -133,6 +157,7 @@ def encode(value, ref) -> tuple[object, list[bytes]]:
 class _Decoder:
     def __init__(self, blobs, deref):
         self.blobs, self.deref, self.items = blobs, deref, 0
+        self.shared: dict[int, list] = {}
 
     def blob(self, index) -> bytes:
         if type(index) is not int or not 0 <= index < len(self.blobs):
@@ -148,7 +173,40 @@ class _Decoder:
         data = self.blob(tree.get("$nd", tree.get("$np")))
         if int(np.prod(shape, dtype=np.int64)) * dt.itemsize != len(data):
             raise ProtocolError("array size does not match its shape")
-        return np.frombuffer(data, dtype=dt).reshape(shape).copy()
+        arr = np.frombuffer(data, dtype=dt).reshape(shape).copy()
+        if "cls" in tree:
+            arr = self.instrumented(arr, tree)
+        return arr
+
+    def instrumented(self, arr, tree) -> np.ndarray:
+        module, _, name = str(tree["cls"]).partition(":")
+        if not module.startswith("pagedattn_lab.") or not name.isidentifier():
+            raise ProtocolError(f"no array class {tree['cls']!r} here")
+        try:
+            cls = getattr(importlib.import_module(module), name)
+        except (ImportError, AttributeError):
+            raise ProtocolError(f"no array class {tree['cls']!r} here") from None
+        if not isinstance(cls, type) or not _instrumented(cls):
+            raise ProtocolError(f"{tree['cls']!r} is not an array class of the package")
+        out = arr.view(cls)
+        for pair in tree.get("attrs", []):
+            if not isinstance(pair, list) or len(pair) != 2 or not _identifier(pair[0]):
+                raise ProtocolError("bad array attribute")
+            setattr(out, pair[0], self.attr(pair[1]))
+        return out
+
+    def attr(self, tree):
+        if not (isinstance(tree, dict) and "$shared" in tree):
+            return self(tree)
+        key = tree["$shared"]
+        if key not in self.shared:
+            if type(key) is not int or "value" not in tree:
+                raise ProtocolError("bad shared attribute")
+            value = self(tree["value"])
+            if not isinstance(value, list):
+                raise ProtocolError("a shared attribute is a list")
+            self.shared[key] = value
+        return self.shared[key]
 
     def __call__(self, tree, depth: int = 0):
         self.items += 1
