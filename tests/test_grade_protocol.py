@@ -26,6 +26,7 @@ import pytest
 from pagedattn_lab import check, lessons
 from pagedattn_lab.cpu import compiler
 from pagedattn_lab.grading import cases, proxies, remote, runner, sandbox, seeds, table, wire
+from pagedattn_lab.grading.channel import Channel
 from pagedattn_lab.grading.judge import Judge
 from tests.check_helpers import mutate, solution_source
 from tests.test_check_mistakes_kernels import KERNEL_MISTAKES
@@ -36,9 +37,9 @@ REPO = Path(__file__).resolve().parents[1]
 def remotely(task, *args, salt=None, learner=None, **kwargs) -> dict:
     """The judge's record of `check.<task>(*args, **kwargs)` called in a learner thread."""
     judge_end, learner_end = socket.socketpair()
-    peer = remote.Peer(wire.Channel(judge_end), strict=True, call_timeout=60)
+    peer = remote.Peer(Channel(judge_end), strict=True, call_timeout=60)
     judge = Judge(peer, salt=salt, tasks=[task])
-    learner_peer = remote.Peer(wire.Channel(learner_end), strict=False,
+    learner_peer = remote.Peer(Channel(learner_end), strict=False,
                                services={"kernel": runner._kernel})
     failures = []
 
@@ -113,7 +114,7 @@ def test_every_classic_mistake_gets_the_same_verdict_from_the_judge():
     learner = subprocess.Popen([sys.executable, "-c", LEARNER, str(learner_end.fileno())],
                                cwd=REPO, pass_fds=[learner_end.fileno()])
     learner_end.close()
-    judge = Recording(remote.Peer(wire.Channel(judge_end), strict=True, call_timeout=60),
+    judge = Recording(remote.Peer(Channel(judge_end), strict=True, call_timeout=60),
                       salt=None, tasks=[task for task, _ in mistakes])
     judge.serve()
     assert learner.wait(60) == 0

@@ -18,7 +18,7 @@ The instructor's grader (`pagedattn_lab.grade`) keeps verdicts out of the submis
     isolation.py, isolation_init.py   the sandbox: namespaces, a private root, a fresh uid
     runner.py            runs the notebook in the sandbox, forwards each check to the judge
     judge.py             runs the checks in the grader's own process
-    remote.py, proxies.py, wire.py    the channel between the two: requests, stand-ins,
-                         JSON + raw array bytes
+    remote.py, proxies.py  the conversation between the two: requests, stand-ins
+    wire.py, channel.py  its values (JSON + raw array bytes) and frames
     table.py             the grade table; sandbox.py: the audit hook of the no-isolation level
 """

@@ -31,6 +31,7 @@ import sys
 from collections import Counter
 
 from . import remote, seeds, wire
+from .channel import Channel
 from .kernel_runner import kernels_elsewhere
 from .report import FAILED, PASSED
 
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     settings = json.loads(_read_line(0) or b"{}")
     sock = socket.socket(fileno=int(argv[0]))
-    channel = wire.Channel(sock, abort_fd=0)   # stdin closed: the sandbox is gone
+    channel = Channel(sock, abort_fd=0)   # stdin closed: the sandbox is gone
     peer = remote.Peer(channel, strict=True, call_timeout=float(settings.get("call_timeout",
                                                                              60)))
     judge = Judge(peer, salt=int(settings["salt"]), tasks=settings.get("tasks", []))

@@ -57,7 +57,7 @@ def _text(value) -> str:
 class Peer:
     """One end of the conversation: answers the other end's requests, sends its own."""
 
-    def __init__(self, channel: wire.Channel, *, strict: bool, call_timeout: float | None = None,
+    def __init__(self, channel, *, strict: bool, call_timeout: float | None = None,
                  services: dict | None = None):
         self.channel, self.strict, self.call_timeout = channel, strict, call_timeout
         self.own_key, self.peer_key = ("$g", "$s") if strict else ("$s", "$g")

@@ -20,6 +20,7 @@ import socket
 import sys
 
 from . import remote, wire
+from .channel import Channel
 from .report import CASE_TIME_LIMIT, CheckResult, time_limit
 
 SUBMITTED = "submitted"
@@ -40,7 +41,7 @@ def _kernel(peer, header, blobs):
 
 def learner_peer(fd: int) -> remote.Peer:
     """The submission's end of the channel to the judge, on file descriptor `fd`."""
-    peer = remote.Peer(wire.Channel(socket.socket(fileno=fd)), strict=False,
+    peer = remote.Peer(Channel(socket.socket(fileno=fd)), strict=False,
                        services={"kernel": _kernel})
     # the learner's code on one request stops when the judge's case time limit does
     peer.guard = lambda limit: time_limit(min(limit or CASE_TIME_LIMIT, CASE_TIME_LIMIT))
