@@ -240,7 +240,8 @@ def make_submissions(root: Path, outside: Path, outputs, canary: int, attacks: b
     save(_first(exercise(), COMPILER.format(outside=str(outside))),
          "mallory_compiler/00_why_paging.ipynb")
     save(_first(exercise(), SETSID), "mallory_setsid/00_why_paging.ipynb")
-    forged = "notebook,task,result,message\nmallory_daemon/00_why_paging.ipynb,pages_needed,pass,\n"
+    forged = ("notebook,task,result,message\n"
+              "mallory_daemon/00_why_paging.ipynb,pages_needed,pass,\n")
     save(_first(exercise(), DAEMON.format(forged=forged, csv=str(outputs[0]),
                                           md=str(outputs[1]), marker=MARKER)),
          "mallory_daemon/00_why_paging.ipynb")

@@ -68,12 +68,15 @@ class Judge:
             raise TypeError("bad arguments")
         self.running, self.calls[task] = task, self.calls[task] + 1
         try:
-            salted = seeds.salted(self.salt) if self.salt is not None else contextlib.nullcontext()
-            with salted, kernels_elsewhere(self.kernel), contextlib.redirect_stdout(io.StringIO()):
+            salted = seeds.salted(self.salt) if self.salt is not None \
+                else contextlib.nullcontext()
+            with salted, kernels_elsewhere(self.kernel), \
+                    contextlib.redirect_stdout(io.StringIO()):
                 try:
                     result = getattr(checks, task)(*args, **kwargs)
-                except TypeError as exc:   # e.g. check.allocator() without the class
-                    self.record(task, FAILED, f"the check was called wrongly: {exc}", 0)
+                except Exception as exc:   # e.g. check.allocator() without the class
+                    self.record(task, FAILED, f"the check could not run: "
+                                f"{type(exc).__name__}: {exc}", 0)
                     raise
             cases = len(result.cases)
             status = result.status

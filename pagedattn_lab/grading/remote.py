@@ -7,8 +7,9 @@ the learner's class, function or instance; using one sends a request that the sa
 when the answer is not data. When a check hands the learner one of its own objects (a
 BlockAllocator, a PagedKVCache, the `kv_for` callback), the learner gets a stand-in, and
 its calls come back to the judge, which shares only what `proxies.shareable` allows
-(`Peer(strict=True)`). Lists, dicts, records and arrays passed to a learner's function are copied there and, if
-the learner changed them in place, copied back, so `table.extend(...)` works as in the notebook.
+(`Peer(strict=True)`). Lists, dicts, records and arrays passed to a learner's function
+are copied there and, if the learner changed them in place, copied back, so
+`table.extend(...)` works as in the notebook.
 Exceptions travel as (type name, message, plain-data attributes) and come back as the
 same class when it is a builtin or one of the package's, else as a same-named subclass of
 the nearest one; an exception the judge raised keeps its identity across the round trip.

@@ -6,10 +6,11 @@ them), and every size is checked before anything is allocated. Values travel as 
 plain JSON for None, bool, int, float (NaN and infinities too) and str; one-key objects
 ("markers") for what JSON lacks: {"$tuple": [...]}, {"$nd": blob, "dtype", "shape"} for an
 array (one of the package's instrumented array classes keeps its class and attributes),
-{"$np": ...} for a NumPy scalar, named tuples, SimpleNamespace records, and so on. Anything that is not data (a class, an
-instance, a function) is replaced by a handle marker chosen by the caller (`ref`), and a
-handle marker coming in is turned into an object by the caller too (`deref`): which objects
-may cross, and as what, is the business of `remote.py`, not of this module.
+{"$np": ...} for a NumPy scalar, named tuples, SimpleNamespace records, and so on.
+Anything that is not data (a class, an instance, a function) is replaced by a handle
+marker chosen by the caller (`ref`), and a handle marker coming in is turned into an object
+by the caller too (`deref`): which objects may cross, and as what, is the business of
+`remote.py`, not of this module.
 """
 from __future__ import annotations
 
