@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
 from ..validate import check_int
@@ -25,8 +26,13 @@ class SamplingParams:
 
     def __post_init__(self):
         check_int(self.max_tokens, "max_tokens", minimum=1)
-        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
-            raise ValueError(f"temperature: expected a number >= 0, got {self.temperature!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise TypeError(f"temperature: expected a number >= 0, got {t!r} ({type(t).__name__})")
+        if not (math.isfinite(t) and t >= 0):   # inf would flatten every distribution
+            raise ValueError(f"temperature: expected a finite number >= 0, got {t!r}")
+        if self.seed is not None:   # checked now, not when the first token is sampled
+            check_int(self.seed, "seed", minimum=0)
 
 
 class Status(enum.Enum):
