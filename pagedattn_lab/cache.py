@@ -46,11 +46,11 @@ class PagedKVCache:
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
         try:
-            known = np.dtype(dtype) in CACHE_DTYPES
+            name = np.dtype(dtype).name
         except TypeError:   # np.dtype("bogus") says "data type not understood", naming nothing
-            known = False
-        if not known:
-            raise TypeError(f"dtype: expected float32 or float16, got {dtype!r}")
+            name = repr(dtype)
+        if name not in ("float32", "float16"):
+            raise TypeError(f"dtype: expected float32 or float16, got {name}")
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
         if fmt is not None and check_scheme(scale_scheme) == "static":
             k_scale = check_scale(k_scale, "k_scale", (num_kv_heads,), fmt.qmax)
