@@ -330,3 +330,16 @@ def test_load_checkpoint_refuses_integer_weights(tmp_path, weights):
                       {**weights, "model.norm.weight": np.ones(64, np.int32)})
     with pytest.raises(TypeError, match=r"^weights\['model.norm.weight'\]: expected a floating"):
         load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda w: LLMEngine(LlamaModel(tiny_config(), w), {"num_pages": 4}), TypeError,
+     r"^config: expected an EngineConfig"),
+    (lambda w: LLMEngine("model"), TypeError, r"^model: expected a LlamaModel"),
+    (lambda w: LlamaModel({"hidden_size": 64}, w), TypeError, r"^config: expected a ModelConfig"),
+    (lambda w: LlamaModel(tiny_config(), w, dtype="bogus"), TypeError,
+     r"^dtype: expected float32 or float16, got 'bogus'"),
+], ids=["engine-config-dict", "engine-model-str", "model-config-dict", "model-dtype-bogus"])
+def test_engine_and_model_constructors_refuse(weights, make, exc, match):
+    with pytest.raises(exc, match=match):
+        make(weights)

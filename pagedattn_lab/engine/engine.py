@@ -47,6 +47,11 @@ class RequestOutput:
 
 class LLMEngine:
     def __init__(self, model: LlamaModel, config: EngineConfig | None = None):
+        if not isinstance(model, LlamaModel):
+            raise TypeError(f"model: expected a LlamaModel, got {type(model).__name__}")
+        if config is not None and not isinstance(config, EngineConfig):
+            raise TypeError(f"config: expected an EngineConfig or None, got "
+                            f"{type(config).__name__}")
         self.model = model
         self.config = config = config or EngineConfig()
         mc = model.config
