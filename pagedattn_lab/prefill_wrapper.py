@@ -34,8 +34,8 @@ from .attention_common import LOG2E, aligned16, allow_shared_memory, fast_path, 
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_scale, check_scheme, kv_format
-from .validate import (check_array, check_block_tables, check_int, check_out, check_plan_sizes,
-                       resolve_scale)
+from .validate import (check_array, check_block_tables, check_bool, check_int, check_out,
+                       check_plan_sizes, resolve_scale)
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64
@@ -123,9 +123,7 @@ class BatchPrefillWrapper:
         elem, array_dtype = element_type(dtype)
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
         check_scheme(scale_scheme)
-        if not isinstance(causal, (bool, np.bool_)):
-            raise TypeError(f"causal: expected True or False, got {causal!r} "
-                            f"({type(causal).__name__})")
+        check_bool(causal, "causal")
         check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         indptr = to_numpy(qo_indptr).astype(np.int64)
         batch = indptr.size - 1

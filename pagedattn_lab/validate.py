@@ -56,6 +56,13 @@ def check_int(value, name: str, *, minimum: int | None = None,
     return int(value)
 
 
+def check_bool(value, name: str) -> bool:
+    """True or False (a NumPy bool too): "no" or None would be read as a truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def check_int_list(values, name: str, what: str = "id") -> list[int]:
     """A list, tuple, range or 1-D integer array of ints, as Python ints.
 

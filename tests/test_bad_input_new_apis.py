@@ -343,3 +343,20 @@ def test_load_checkpoint_refuses_integer_weights(tmp_path, weights):
 def test_engine_and_model_constructors_refuse(weights, make, exc, match):
     with pytest.raises(exc, match=match):
         make(weights)
+
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: EngineConfig(enable_prefix_caching="no"), TypeError,
+     r"^enable_prefix_caching: expected True or False, got 'no'"),
+    (lambda: SamplingParams(ignore_eos="yes"), TypeError, r"^ignore_eos: expected True or False"),
+    (lambda: SamplingParams(return_logits=None), TypeError,
+     r"^return_logits: expected True or False"),
+    (lambda: ModelConfig(tie_word_embeddings="false"), TypeError,
+     r"^tie_word_embeddings: expected True or False"),
+    (lambda: ModelConfig(eos_token_id=1000), ValueError, r"^eos_token_id: expected an int <= 127"),
+    (lambda: ModelConfig(bos_token_id=-1), ValueError, r"^bos_token_id: expected an int >= 0"),
+], ids=["prefix-caching-str", "ignore_eos-str", "return_logits-None", "tie-str", "eos-past-vocab",
+        "bos-negative"])
+def test_engine_flags_and_special_tokens_are_checked(make, exc, match):
+    with pytest.raises(exc, match=match):
+        make()

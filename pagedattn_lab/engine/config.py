@@ -11,7 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-from ..validate import check_int
+from ..validate import check_bool, check_int
 
 ROPE_TYPES = ("default", "linear", "llama3")
 HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -56,6 +56,10 @@ class ModelConfig:
             raise ValueError(f"num_key_value_heads: {self.num_key_value_heads} does not divide "
                              f"num_attention_heads {self.num_attention_heads} (GQA needs whole "
                              "groups)")
+        check_bool(self.tie_word_embeddings, "tie_word_embeddings")
+        for name in ("bos_token_id", "eos_token_id"):   # an eos past the vocabulary never stops
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, minimum=0, maximum=self.vocab_size - 1)
         for name in ("rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -192,6 +196,7 @@ class EngineConfig:
         if self.expected_output_len is not None:
             check_int(self.expected_output_len, "expected_output_len", minimum=0)
         check_int(self.seed, "seed", minimum=0)
+        check_bool(self.enable_prefix_caching, "enable_prefix_caching")
         if isinstance(self.watermark, bool) or not isinstance(self.watermark, (int, float)):
             raise TypeError(f"watermark: expected a fraction in [0, 1), got {self.watermark!r} "
                             f"({type(self.watermark).__name__})")

@@ -5,7 +5,7 @@ import enum
 import math
 from dataclasses import dataclass, field
 
-from ..validate import check_int
+from ..validate import check_bool, check_int
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class SamplingParams:
             raise TypeError(f"temperature: expected a number >= 0, got {t!r} ({type(t).__name__})")
         if not (math.isfinite(t) and t >= 0):   # inf would flatten every distribution
             raise ValueError(f"temperature: expected a finite number >= 0, got {t!r}")
+        check_bool(self.ignore_eos, "ignore_eos")
+        check_bool(self.return_logits, "return_logits")
         if self.seed is not None:   # checked now, not when the first token is sampled
             check_int(self.seed, "seed", minimum=0)
 
