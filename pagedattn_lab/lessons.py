@@ -74,6 +74,8 @@ LESSONS: tuple[Lesson, ...] = (
            _tasks("checks_system", "pages_for_next_token", "decode_step", "serve")),
     Lesson("08", "pitfalls_and_performance", "Pitfalls and performance", 1,
            _tasks("checks_sizing", "kv_bytes", "decode_floor_ms", "choose_page_size")),
+    Lesson("10", "tensor_core_prefill", "Prefill on tensor cores: packed, chunked, mixed", 2,
+           _tasks("checks_prefill", "chunk_mask", "visible_keys", "tile_work")),
 )
 
 # Checks a workbook may call that are not graded tasks (they report, they do not score).
