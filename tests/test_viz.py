@@ -166,6 +166,44 @@ def test_replay_and_stepper():
     assert "pages used" in stepper.info
 
 
+def test_a_sequence_keeps_its_colour_in_every_frame_and_figure():
+    events = [("add", "A", 6), ("add", "B", 3), ("add", "C", 7), ("free", "A"), ("add", "D", 10),
+              ("free", "B"), ("append", "C", 2)]
+    stepper = viz.AllocationStepper(events, num_pages=12, page_size=4)
+    strip = viz.plot_states(stepper.states, [3, 5, 7])
+    strip_fill = {p.get_gid(): p.get_facecolor()[:3] for ax in strip.axes for p in ax.patches
+                  if (p.get_gid() or "").startswith("page:") and ":fill:" in p.get_gid()}
+    seen = {}
+    for event in range(len(events) + 1):
+        stepper.slider.value = event
+        for patch in stepper.figure.axes[0].patches:
+            gid = patch.get_gid() or ""
+            if ":fill:" in gid:
+                seq = gid.split(":")[3]
+                seen.setdefault(seq, set()).add(tuple(np.round(patch.get_facecolor()[:3], 6)))
+                if gid in strip_fill:
+                    assert np.allclose(patch.get_facecolor()[:3], strip_fill[gid])
+    assert set(seen) == {"A", "B", "C", "D"}
+    assert all(len(colours) == 1 for colours in seen.values()), seen   # never recoloured
+    assert len({next(iter(c)) for c in seen.values()}) == 4           # and all different
+    assert viz.seq_color("C") == viz.seq_color(2) != viz.seq_color("D")
+    assert viz.seq_color("seq 3") == viz.seq_color(3)
+
+
+def test_widgets_display_a_picture_where_widgets_cannot_render(rng):
+    stepper = viz.AllocationStepper([("add", "A", 6), ("add", "B", 3)], 8, 4, start=2)
+    bundle = stepper._repr_mimebundle_()
+    assert "application/vnd.jupyter.widget-view+json" in bundle
+    png = __import__("base64").b64decode(bundle["image/png"])
+    assert png.startswith(b"\x89PNG")
+    assert "VBox" not in bundle["text/plain"] and "event 2/2" in bundle["text/plain"]
+    explorer = viz.TranslationExplorer(small_cache(rng))
+    bundle = explorer._repr_mimebundle_()
+    assert {"image/png", "text/plain", "application/vnd.jupyter.widget-view+json"} <= set(bundle)
+    with pytest.raises(ValueError, match="start"):
+        viz.AllocationStepper([("add", "A", 6)], 8, 4, start=2)
+
+
 def test_demo_events_are_seeded():
     assert viz.demo_events(3) == viz.demo_events(3)
     states = viz.replay(viz.demo_events(0), 16, 4)
@@ -277,12 +315,85 @@ def test_bench_charts(tmp_path):
     decode = [r for r in recorded["results"] if r["kind"] == "decode"]
     fig = viz.plot_bench_bars(recorded, kind="decode")
     assert len(fig.axes[0].patches) == len(decode)
-    fig = viz.plot_roofline(recorded, kind="decode")
+    fig = viz.plot_roofline(recorded)
     points = [line for line in fig.axes[0].lines if (line.get_gid() or "").startswith("point:")]
-    assert len(points) == len(decode) - 1  # the floor row is not a kernel
+    assert len(points) == len(recorded["results"])  # every kernel, decode and prefill
     fig = viz.plot_bench_file(tmp_path, workload="D64")  # falls back to the recorded figures
     assert "H100" in fig.axes[0].get_title()
     render(fig)
+
+
+def test_costs_match_the_bench_workloads():
+    """The plotting layer reads the bench's shape strings: a change of format fails here."""
+    from pagedattn_lab.bench.workloads import decode_workloads, prefill_workloads
+    for w in decode_workloads():
+        cost = viz.costs.workload_cost({"shape": w.describe()})
+        assert cost.flops == 4 * sum(w.lens) * w.num_heads * w.head_dim
+        tables = w.batch * w.max_pages * 4 + w.batch * 4
+        assert cost.bytes == w.bytes_moved() - tables
+        assert viz.costs.workload_cost({"shape": w.describe(), "bytes": 123}).bytes == 123
+    for w in prefill_workloads() + prefill_workloads(quick=True):
+        cost = viz.costs.workload_cost({"shape": w.describe()})
+        assert cost.flops == w.flops()
+        assert cost.bytes == 4 * w.batch * w.seq_len * w.num_heads * w.head_dim * 4
+    assert viz.costs.workload_cost({"shape": "something else"}) is None
+
+
+def test_each_kernel_answers_to_the_roof_of_its_units():
+    units = viz.roofline.kernel_units
+    assert units("paged-decode", "float16") == "cuda-fp32"
+    assert units("paged-decode (no split)", "float16") == "cuda-fp32"
+    assert units("prefill-tiled", "float32") == "cuda-fp32"
+    assert units("flex-paged", "float16") == "tensor-fp16"
+    assert units("torch-sdpa", "float32") == "tensor-3xtf32"
+    assert units("flashinfer decode (tensor cores)", "float16") == "tensor-fp16"
+    assert units("flashinfer decode (CUDA cores)", "float16") == "cuda-fp32"
+    assert units("mystery", "float16") is None
+    h100 = viz.roofline.peak_flops("NVIDIA H100 80GB HBM3")
+    assert h100["cuda-fp32"] == pytest.approx(66.9e12)
+    assert h100["tensor-3xtf32"] == pytest.approx(494.7e12 / 3)
+    assert viz.roofline.peak_flops("H100 PCIe")["cuda-fp32"] < h100["cuda-fp32"]
+    assert viz.roofline.peak_flops("Some GPU") == {}
+
+
+def test_roofline_of_the_committed_run_gives_every_kernel_its_point():
+    results = viz.latest_results()
+    timed = viz.bench_plots.records(results)
+    points = viz.roofline_points(results)
+    assert len(points) == len(timed) and all(p["units"] for p in points)
+    bandwidth = viz.bench_plots.copy_bandwidth(results)
+    peaks = viz.roofline.peak_flops(results["gpu"])
+    for p in points:
+        assert p["roof"] == pytest.approx(min(peaks[p["units"]], p["intensity"] * bandwidth))
+        if p["kernel"].startswith("paged-decode"):   # SIMT: never held against tensor cores
+            assert p["units"] == "cuda-fp32"
+    d64 = next(p for p in points if p["workload"] == "D64" and p["kernel"] == "paged-decode")
+    assert d64["intensity"] == pytest.approx(1.0, rel=1e-3)   # fp16, no GQA: 1 FLOP per byte
+    fig = viz.plot_roofline(results, workload=["D64", "prefill"])
+    gids = {line.get_gid() for line in fig.axes[0].lines}
+    assert {"roof:memory", "roof:cuda-fp32", "roof:tensor-fp16", "roof:tensor-3xtf32"} <= gids
+    drawn = [g for g in gids if (g or "").startswith("point:")]
+    assert len(drawn) == sum(r["workload"] in ("D64", "prefill") for r in timed)
+    render(fig)
+    unknown = dict(results, gpu="Some GPU")
+    fig = viz.plot_roofline(unknown, workload="D64")
+    assert "only the memory roof" in " ".join(t.get_text() for t in fig.axes[0].texts)
+
+
+def test_yardstick_is_the_one_basis_of_the_bars():
+    results = viz.latest_results()
+    ys = viz.yardstick(results, workload="D64")
+    copy = viz.bench_plots.copy_bandwidth(results)
+    assert ys["kernel"] == "paged-decode" and ys["copy_rate"] == copy
+    assert ys["yardstick_ms"] == pytest.approx(ys["bytes"] / copy * 1e3)
+    assert ys["of_copy"] == pytest.approx(ys["yardstick_ms"] / ys["time_ms"])
+    fig = viz.plot_bench_bars(results, kind="decode", workload="D64")
+    line = next(l for l in fig.axes[0].lines if l.get_gid() == "yardstick")
+    assert line.get_xdata()[0] == pytest.approx(ys["yardstick_ms"])
+    texts = " ".join(t.get_text() for t in fig.axes[0].texts)
+    assert f"{ys['of_copy']:.0%} of copy" in texts
+    with pytest.raises(ValueError, match="kernel"):
+        viz.yardstick(results, kernel="no such kernel")
 
 
 def test_bench_json_schema(tmp_path):
@@ -298,7 +409,7 @@ def test_bench_json_schema(tmp_path):
     rows = viz.bench_plots.records(latest, kind="decode")
     assert len(rows) == 1 and rows[0]["bytes"] == pytest.approx(500e9 * 2e-3)
     fig = viz.plot_bench_bars(latest, kind="decode")
-    assert "50%" in " ".join(t.get_text() for t in fig.axes[0].texts)  # 500 of 1000 GB/s
+    assert "50% of copy" in " ".join(t.get_text() for t in fig.axes[0].texts)  # 500 of 1000 GB/s
     assert "Test GPU" in fig.axes[0].get_title()
 
 

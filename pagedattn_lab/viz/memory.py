@@ -66,7 +66,7 @@ def plot_memory_timeline(snapshots, *, title: str | None = None, max_legend: int
     stack = np.array([[s.tokens.get(k, 0) for s in snapshots] for k in labels]).reshape(len(labels), -1)
     waste = np.array([s.held - s.used for s in snapshots])
     fig, ax = plt.subplots(figsize=(8, 3.6))
-    colors = [seq_color(i) for i in range(len(labels))]
+    colors = [seq_color(k) for k in labels]
     areas = ax.stackplot(steps, *stack, colors=colors, step="post", linewidth=0) if labels else []
     for area, label in zip(areas, labels):
         area.set_gid(f"seq:{label}")

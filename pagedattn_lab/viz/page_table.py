@@ -14,6 +14,9 @@ tests and curious readers can ask the figure what it shows.
 from __future__ import annotations
 
 import math
+import numbers
+import re
+import zlib
 
 import matplotlib.pyplot as plt
 from matplotlib.patches import ConnectionPatch, Rectangle
@@ -24,23 +27,36 @@ FREE_EDGE = "#9a9a9a"
 PALE = 0.30  # alpha of the empty part of a page in use
 
 
-def seq_color(index: int):
-    """The colour of the `index`-th sequence (stable across plots)."""
-    cmap = plt.get_cmap("tab10" if index < 10 else "tab20")
-    return cmap(index % cmap.N)
+# 20 colours: tab10, then tab20's light shades. Sequence k gets colour k % 20.
+_PALETTE = ([plt.get_cmap("tab10")(i) for i in range(10)]
+            + [plt.get_cmap("tab20")(2 * i + 1) for i in range(10)])
+
+
+def seq_color(label):
+    """The colour of sequence `label`: a function of the label alone, so a sequence keeps its
+    colour in every figure, every panel and every frame of a widget, whoever else is present.
+
+    Integer ids (a cache's sequence ids) pick palette entry id % 20; single letters pick by
+    their place in the alphabet ("A" -> 0, "B" -> 1, ...); other labels by their trailing
+    number ("seq 3" -> 3), or by a fixed hash of their text.
+    """
+    return _PALETTE[_color_index(label) % len(_PALETTE)]
+
+
+def _color_index(label) -> int:
+    if isinstance(label, numbers.Integral):
+        return int(label)
+    text = str(label)
+    if len(text) == 1 and text.isalpha():
+        return ord(text.upper()) - ord("A")
+    if digits := re.search(r"(\d+)$", text):
+        return int(digits.group(1))
+    return zlib.crc32(text.encode())
 
 
 def color_map(state: PageMapState) -> dict:
-    """{sequence label: colour}, in the order the sequences appear in the state."""
-    return {seq: seq_color(i) for i, seq in enumerate(_color_order(state))}
-
-
-def _color_order(state: PageMapState) -> list:
-    # Sort labels so that a sequence keeps its colour while others come and go.
-    try:
-        return sorted(state.tables)
-    except TypeError:
-        return list(state.tables)
+    """{sequence label: colour} for the sequences in the state (see `seq_color`)."""
+    return {seq: seq_color(seq) for seq in state.tables}
 
 
 def grid_shape(num_pages: int, ncols: int | None = None) -> tuple[int, int]:
@@ -195,11 +211,7 @@ def plot_states(states, indices=None, *, ncols: int | None = None, per_row: int 
     labels = []
     for i in indices:
         labels += [s for s in states[i].tables if s not in labels]
-    try:
-        labels = sorted(labels)
-    except TypeError:
-        pass
-    colors = {s: seq_color(k) for k, s in enumerate(labels)}
+    colors = {s: seq_color(s) for s in labels}
     rows, cols = grid_shape(states[indices[0]].num_pages, ncols)
     nrows = math.ceil(len(indices) / per_row)
     fig, axes = plt.subplots(nrows, per_row, squeeze=False,

@@ -1,13 +1,21 @@
 """Interactive views (ipywidgets): the address-translation explorer and the allocation stepper.
 
 Both draw with the same functions the static pictures use (`plot_translation`,
-`plot_page_map`), so a notebook read without a live kernel still shows the picture from the
-static call next to the widget. They work headless too: `update()` redraws into `.figure`
-and sets `.info`, which is what the tests check.
+`plot_page_map`). They work headless too: `update()` redraws into `.figure` and sets
+`.info`, which is what the tests check.
+
+Displayed (the last line of a cell, or `display(...)`), each offers the front end three
+forms of itself: the live widget, a PNG of the picture it shows at that moment, and a line
+of text. A live notebook shows the widget. Where widgets cannot be drawn (a notebook opened
+fresh from a clone is "untrusted", and JupyterLab then renders only safe outputs such as
+images; also GitHub and nbconvert's HTML), the committed notebook shows the picture instead
+of `VBox(children=...)`.
 """
 from __future__ import annotations
 
+import base64
 import html
+import io
 
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
@@ -44,12 +52,33 @@ class _FigureView:
         plt.close(fig)  # shown through the Output widget only, never twice
 
 
-class TranslationExplorer:
+def _png_base64(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=fig.dpi, bbox_inches="tight")
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class _Displayable:
+    """How the widgets display: the widget view, a PNG of `.figure` and a line of text (what
+    to do, then `.info`) in one bundle. Subclasses set `.widget`, `.figure`, `.info`, HOW."""
+
+    HOW = ""
+
+    def _repr_mimebundle_(self, **kwargs):
+        bundle = self.widget._repr_mimebundle_(**kwargs)
+        bundle["image/png"] = _png_base64(self.figure)
+        bundle["text/plain"] = f"{self.HOW}\n{self.info}"
+        return bundle
+
+
+class TranslationExplorer(_Displayable):
     """Pick a sequence and a token; see its virtual page, offset, physical page, slot and
     element offset, with the page cell highlighted.
 
-    >>> TranslationExplorer(cache).widget   # display this in a notebook
+    >>> TranslationExplorer(cache)   # the last line of a cell: shows the widget
     """
+
+    HOW = "Translation explorer (interactive): run this cell to pick a sequence and a token."
 
     def __init__(self, cache, *, kv_head: int = 0, dim: int = 0, ncols: int | None = None):
         self.cache, self.kv_head, self.dim, self.ncols = cache, kv_head, dim, ncols
@@ -89,26 +118,27 @@ class TranslationExplorer:
         self.view.show(plot_translation(self.cache, self.seq.value, self.token.value,
                                         kv_head=self.kv_head, dim=self.dim, ncols=self.ncols))
 
-    def _ipython_display_(self):
-        from IPython.display import display  # noqa: PLC0415
-        display(self.widget)
 
-
-class AllocationStepper:
+class AllocationStepper(_Displayable):
     """A slider over recorded allocation events (add / append / fork / free): step through
     them and watch the page map change.
 
     events: see `pagedattn_lab.viz.replay`; every state is computed up front.
+    start: the event shown first (0: the empty cache).
     """
 
+    HOW = "Allocation stepper (interactive): run this cell to step through the events."
+
     def __init__(self, events, num_pages: int, page_size: int, *, arrows: bool = False,
-                 ncols: int | None = None):
+                 ncols: int | None = None, start: int = 0):
         self.events = list(events)
         self.states = replay(self.events, num_pages, page_size)
         self.arrows, self.ncols = arrows, ncols
-        self.slider = widgets.IntSlider(value=0, min=0, max=len(self.events), description="event",
-                                        continuous_update=False)
-        self.play = widgets.Play(value=0, min=0, max=len(self.events), interval=700)
+        if not 0 <= start <= len(self.events):
+            raise ValueError(f"start: expected an event number in 0..{len(self.events)}, got {start}")
+        self.slider = widgets.IntSlider(value=start, min=0, max=len(self.events),
+                                        description="event", continuous_update=False)
+        self.play = widgets.Play(value=start, min=0, max=len(self.events), interval=700)
         widgets.jslink((self.play, "value"), (self.slider, "value"))
         self.text = widgets.HTML()
         self.view = _FigureView()
@@ -135,7 +165,3 @@ class AllocationStepper:
         self.text.value = html.escape(self.info)
         self.view.show(plot_page_map(state, arrows=self.arrows, ncols=self.ncols,
                                      title=state.note))
-
-    def _ipython_display_(self):
-        from IPython.display import display  # noqa: PLC0415
-        display(self.widget)
