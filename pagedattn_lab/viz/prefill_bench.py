@@ -42,7 +42,7 @@ def plot_tflops_bars(bars: list[tuple[str, float]], *, title: str, target: float
         ax.text(value, i, f" {value:.0f}", va="center", fontsize=8)
     if target is not None:
         ax.axvline(target, color="#c0392b", ls="--", lw=1.2, label=f"{target_label}: {target:.0f}")
-        ax.legend(fontsize=8, loc="lower right")
+        ax.legend(fontsize=8, loc="center right")
     ax.set_yticks(range(len(bars)))
     ax.set_yticklabels([label for label, _ in bars], fontsize=8)
     ax.invert_yaxis()

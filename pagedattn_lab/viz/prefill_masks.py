@@ -11,6 +11,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
+from matplotlib.ticker import MaxNLocator
 
 from ..prefill_masks import packed_masks
 from .page_table import seq_color
@@ -45,11 +46,12 @@ def plot_packed_masks(qo_indptr, seq_lens, labels=None):
         ax.set_yticklabels([str(int(indptr[b]) + i) for i in range(q_len)], fontsize=7)
         ax.set_xlabel("key position", fontsize=8)
         ax.tick_params(axis="x", labelsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         name = labels[b] if labels else f"sequence {b}"
         ax.set_title(f"{name}\nq_len {q_len}, seq_len {seq_len}", fontsize=9)
     axes[0][0].set_ylabel("packed row of q")
     handles = [Rectangle((0, 0), 1, 1, color=c) for c in ("#7a7a7a", seq_color(0), "#f2f2f2")]
-    fig.legend(handles, ["visible: cached-prefix key", "visible: key of a new token",
+    fig.legend(handles, ["visible: cached-prefix key", "visible: key of a new token (colour of its sequence)",
                          "hidden (a later position)"], loc="lower center", ncol=3, fontsize=8,
                frameon=False)
     fig.suptitle("bottom-right causal masks of one packed batch (dashed: end of the cached "
@@ -64,7 +66,7 @@ def plot_tile_work(q_len: int, seq_len: int, *, rows: int = 16, kv_tile: int = 6
     tile's last query). Tiles carry gids "tile:<qi>:<ki>:full|diag|skip". Returns the Figure."""
     prefix = seq_len - q_len
     colors = {"full": "#2f7ed8", "diag": "#f7a35c", "skip": "#eeeeee"}
-    fig, ax = plt.subplots(figsize=(7, 3.2))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     for qi in range(-(-q_len // rows)):
         lo, hi = qi * rows, min(q_len, (qi + 1) * rows) - 1     # rows of the tile
         for ki in range(-(-seq_len // kv_tile)):
@@ -81,7 +83,8 @@ def plot_tile_work(q_len: int, seq_len: int, *, rows: int = 16, kv_tile: int = 6
     ax.set_ylabel("new query i")
     handles = [Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
     ax.legend(handles, ["K/V tile loaded, no mask", "loaded, masked on the diagonal",
-                        "never loaded"], fontsize=7, loc="lower left")
+                        "never loaded"], fontsize=7, loc="upper center",
+              bbox_to_anchor=(0.5, -0.22), ncol=3, frameon=False)
     ax.set_title(f"a chunk of {q_len} new tokens over {prefix} cached ones: {rows}-row query "
                  f"tiles x {kv_tile}-key K/V tiles", fontsize=9)
     fig.tight_layout()
