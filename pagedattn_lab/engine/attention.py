@@ -1,0 +1,112 @@
+"""The engine's one door to the attention kernels: plan once per step, run in every layer.
+
+A step's batch packs every scheduled request's new tokens one after another: `q_lens[i]`
+new tokens of request i, which already has `kv_lens[i] - q_lens[i]` tokens cached. New
+tokens are the last ones of their sequence (bottom-right causal), so one batch mixes
+prompt chunks (q_len > 1), prompts whose prefix came from the prefix cache, and decodes
+(q_len = 1). `StepAttention.plan` does all the host work once per step (index arrays, block
+tables, the slot of every new token); `write_kv` and `run` are then called by each layer.
+
+Today `run` calls the course's public kernels:
+  - decodes go to `paged_attention_decode`;
+  - prefill chunks go to `paged_attention_prefill` with the chunk's queries placed at their
+    positions in a zero-padded query of the sequence's full length, and only those rows
+    read back. Correct (each row is causal over the cached tokens), but the rows before the
+    chunk are computed and thrown away: a prefill wrapper with a packed q (qo_indptr) and
+    bottom-right causal mask replaces this in one place, `_run_prefill`.
+`write_kv` scatters K/V rows to their slots with array indexing; a cache-write kernel
+replaces it in one place too.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..attention_decode import paged_attention_decode
+from ..attention_prefill import TILED_HEAD_DIMS, paged_attention_prefill
+
+SKIP_SLOT = -1   # a token whose K/V is already cached: nothing to write
+
+
+def _padded_table(tables: list[list[int]]) -> np.ndarray:
+    width = max([len(t) for t in tables] + [1])
+    out = np.full((len(tables), width), -1, dtype=np.int32)
+    for row, table in enumerate(tables):
+        out[row, :len(table)] = table
+    return out
+
+
+class StepAttention:
+    """One step's attention metadata, shared by every layer of the model."""
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
+                 dtype, xp):
+        self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
+        self.page_size, self.dtype, self.xp = page_size, np.dtype(dtype), xp
+        self.prefill_kernel = "tiled" if head_dim in TILED_HEAD_DIMS else "naive"
+
+    def plan(self, q_lens, kv_lens, block_tables: list[list[int]], slot_mapping) -> None:
+        """q_lens, kv_lens: per request (kv_len counts the new tokens too); block_tables:
+        each request's pages; slot_mapping: the cache slot of every new token (SKIP_SLOT:
+        already cached, do not write)."""
+        xp = self.xp
+        q_lens = np.asarray(q_lens, np.int64)
+        kv_lens = np.asarray(kv_lens, np.int64)
+        starts = np.concatenate([[0], np.cumsum(q_lens)[:-1]]).astype(np.int64)
+        self.total_q = int(q_lens.sum())
+        slots = np.asarray(slot_mapping, np.int64)
+        writes = np.flatnonzero(slots != SKIP_SLOT)
+        self.write_all = writes.size == slots.size
+        self.write_rows = xp.asarray(writes)
+        self.write_slots = xp.asarray(slots[writes])
+
+        decode = np.flatnonzero(q_lens == 1)
+        self.decode_rows = xp.asarray(starts[decode])
+        self.decode_tables = xp.asarray(_padded_table([block_tables[i] for i in decode]))
+        self.decode_lens = xp.asarray(kv_lens[decode].astype(np.int32))
+        self.num_decode = decode.size
+
+        prefill = np.flatnonzero(q_lens > 1)
+        self.num_prefill = prefill.size
+        if prefill.size:
+            self.max_len = int(kv_lens[prefill].max())
+            rows, padded = [], []
+            for j, i in enumerate(prefill):
+                n, length = int(q_lens[i]), int(kv_lens[i])
+                rows.append(np.arange(starts[i], starts[i] + n))
+                padded.append(j * self.max_len + np.arange(length - n, length))
+            self.prefill_rows = xp.asarray(np.concatenate(rows))
+            self.prefill_padded = xp.asarray(np.concatenate(padded))
+            self.prefill_tables = xp.asarray(_padded_table([block_tables[i] for i in prefill]))
+            self.prefill_lens = xp.asarray(kv_lens[prefill].astype(np.int32))
+
+    def write_kv(self, k_cache, v_cache, k, v) -> None:
+        """Store this step's new keys and values ([total_q, num_kv_heads, head_dim]) in
+        their slots of one layer's cache."""
+        flat = (-1, self.num_kv_heads, self.head_dim)
+        if not self.write_all:
+            k, v = k[self.write_rows], v[self.write_rows]
+        k_cache.reshape(flat)[self.write_slots] = k
+        v_cache.reshape(flat)[self.write_slots] = v
+
+    def run(self, q, k_cache, v_cache):
+        """Attention of every new token over its sequence's cached tokens (itself included):
+        q [total_q, num_heads, head_dim] -> out of the same shape."""
+        out = self.xp.empty_like(q)
+        if self.num_decode:
+            out[self.decode_rows] = paged_attention_decode(
+                self.xp.ascontiguousarray(q[self.decode_rows]), k_cache, v_cache,
+                self.decode_tables, self.decode_lens)
+        if self.num_prefill:
+            out[self.prefill_rows] = self._run_prefill(q[self.prefill_rows], k_cache, v_cache)
+        return out
+
+    def _run_prefill(self, q_chunks, k_cache, v_cache):
+        """The prefill chunks' attention (rows in packed order), through the padded kernel."""
+        shape = (self.num_prefill * self.max_len, self.num_heads, self.head_dim)
+        padded = self.xp.zeros(shape, dtype=q_chunks.dtype)
+        padded[self.prefill_padded] = q_chunks
+        out = paged_attention_prefill(padded.reshape(self.num_prefill, self.max_len,
+                                                     self.num_heads, self.head_dim),
+                                      k_cache, v_cache, self.prefill_tables, self.prefill_lens,
+                                      kernel=self.prefill_kernel)
+        return out.reshape(shape)[self.prefill_padded]

@@ -1,0 +1,188 @@
+"""The two configurations of the serving engine: the model's shape and the engine's knobs.
+
+`ModelConfig` uses Hugging Face's Llama field names, so a checkpoint's `config.json` maps onto
+it field by field (`ModelConfig.from_hf`) and back (`to_hf`). `EngineConfig` holds what a
+serving system tunes: the KV pool, the token budget of one step, prefix caching, preemption
+and allocation policies.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from ..validate import check_int
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """A Llama-architecture decoder (Llama 2/3, TinyLlama, SmolLM, ...).
+
+    head_dim defaults to hidden_size // num_attention_heads, as in transformers.
+    """
+    vocab_size: int = 128
+    hidden_size: int = 64
+    intermediate_size: int = 128
+    num_hidden_layers: int = 2
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    head_dim: int | None = None
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: dict | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | None = None
+
+    def __post_init__(self):
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                     "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
+            check_int(getattr(self, name), name, minimum=1)
+        if self.head_dim is None:
+            if self.hidden_size % self.num_attention_heads:
+                raise ValueError(f"head_dim: not given and hidden_size {self.hidden_size} is not "
+                                 f"a multiple of num_attention_heads {self.num_attention_heads}")
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
+        check_int(self.head_dim, "head_dim", minimum=2)
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim: RoPE rotates pairs of dimensions, so it must be even; "
+                             f"got {self.head_dim}")
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ValueError(f"num_key_value_heads: {self.num_key_value_heads} does not divide "
+                             f"num_attention_heads {self.num_attention_heads} (GQA needs whole "
+                             "groups)")
+        rope_type = self.rope_type
+        if rope_type not in ROPE_TYPES:
+            raise ValueError(f"rope_scaling: rope type {rope_type!r} is not supported; "
+                             f"supported: {ROPE_TYPES}")
+
+    @property
+    def rope_type(self) -> str:
+        scaling = self.rope_scaling or {}
+        return scaling.get("rope_type", scaling.get("type", "default"))
+
+    @property
+    def q_size(self) -> int:
+        return self.num_attention_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_key_value_heads * self.head_dim
+
+    def num_parameters(self) -> int:
+        h, i, v = self.hidden_size, self.intermediate_size, self.vocab_size
+        layer = h * (self.q_size + 2 * self.kv_size) + self.q_size * h + 3 * h * i + 2 * h
+        head = 0 if self.tie_word_embeddings else v * h
+        return v * h + self.num_hidden_layers * layer + h + head
+
+    def kv_bytes_per_token(self, itemsize: int) -> int:
+        """K and V of one token over every layer."""
+        return 2 * self.num_hidden_layers * self.kv_size * itemsize
+
+    @classmethod
+    def from_hf(cls, hf: dict) -> ModelConfig:
+        """From a transformers `config.json` dict (model_type "llama"; unknown keys ignored)."""
+        model_type = hf.get("model_type", "llama")
+        if model_type != "llama":
+            raise ValueError(f"config: expected model_type 'llama', got {model_type!r}")
+        if hf.get("attention_bias") or hf.get("mlp_bias"):
+            raise ValueError("config: attention_bias / mlp_bias checkpoints are not supported")
+        names = {f.name for f in dataclasses.fields(cls)}
+        kwargs = {k: v for k, v in hf.items() if k in names}
+        if kwargs.get("num_key_value_heads") is None:
+            kwargs["num_key_value_heads"] = hf["num_attention_heads"]
+        if "rope_theta" not in hf and isinstance(hf.get("rope_parameters"), dict):
+            params = hf["rope_parameters"]   # transformers 5 folds theta into rope_parameters
+            kwargs["rope_theta"] = params.get("rope_theta", cls.rope_theta)
+            if params.get("rope_type", "default") != "default":
+                kwargs["rope_scaling"] = params
+        for key in ("eos_token_id", "bos_token_id"):
+            if isinstance(kwargs.get(key), list):   # Llama 3 lists several end tokens
+                kwargs[key] = kwargs[key][0]
+        return cls(**kwargs)
+
+    def to_hf(self) -> dict:
+        """A transformers `config.json` dict for LlamaForCausalLM."""
+        out = dataclasses.asdict(self)
+        out.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu",
+                   attention_bias=False, mlp_bias=False)
+        return out
+
+
+def tiny_config(**overrides) -> ModelConfig:
+    """The tests' model: 2 layers, hidden 64, 4 query / 2 KV heads of 16, vocabulary 128."""
+    return ModelConfig(**overrides)
+
+
+def llama_1b_config(**overrides) -> ModelConfig:
+    """A ~1.1B-parameter Llama (the shape of Llama 3.2 1B with a 32k vocabulary)."""
+    base = dict(vocab_size=32000, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16,
+                num_attention_heads=32, num_key_value_heads=8, head_dim=64,
+                rope_theta=500000.0, max_position_embeddings=4096)
+    return ModelConfig(**(base | overrides))
+
+
+PREEMPTION_MODES = ("recompute", "swap")
+ALLOCATIONS = ("on_demand", "predictive")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """What the engine tunes. Lengths are in tokens, memory in pages of `page_size` tokens.
+
+    max_num_batched_tokens: the token budget of one step (decode tokens count 1 each,
+        prefill chunks their length).
+    max_prefill_chunk: at most this many prompt tokens of one request per step (None: the
+        budget); a long prompt is prefilled in chunks, mixed with other requests' decodes.
+    watermark: a new request is admitted only if this fraction of the pool stays free after
+        its prompt's pages are taken: room for the running requests to grow.
+    preemption_mode: when the pool runs dry, "recompute" drops a victim's pages (it later
+        prefills prompt + output again) and "swap" copies them to `num_host_pages` pages of
+        host memory (recompute when those are full).
+    allocation: "on_demand" takes a page when the last one is full; "predictive" reserves
+        pages for `expected_output_len` more tokens at admission (None: learn it from the
+        requests that finished; `initial_output_guess` until one has).
+    """
+    page_size: int = 16
+    num_pages: int = 256
+    max_num_batched_tokens: int = 256
+    max_num_seqs: int = 64
+    max_prefill_chunk: int | None = None
+    enable_prefix_caching: bool = True
+    watermark: float = 0.01
+    preemption_mode: str = "recompute"
+    num_host_pages: int = 0
+    allocation: str = "on_demand"
+    expected_output_len: int | None = None
+    initial_output_guess: int = 64
+    seed: int = 0
+
+    def __post_init__(self):
+        check_int(self.page_size, "page_size", minimum=1)
+        check_int(self.num_pages, "num_pages", minimum=1)
+        check_int(self.max_num_batched_tokens, "max_num_batched_tokens", minimum=1)
+        check_int(self.max_num_seqs, "max_num_seqs", minimum=1)
+        check_int(self.num_host_pages, "num_host_pages", minimum=0)
+        check_int(self.initial_output_guess, "initial_output_guess", minimum=0)
+        if self.max_prefill_chunk is not None:
+            check_int(self.max_prefill_chunk, "max_prefill_chunk", minimum=1)
+        if self.expected_output_len is not None:
+            check_int(self.expected_output_len, "expected_output_len", minimum=0)
+        if not 0.0 <= self.watermark < 1.0:
+            raise ValueError(f"watermark: expected a fraction in [0, 1), got {self.watermark}")
+        if self.preemption_mode not in PREEMPTION_MODES:
+            raise ValueError(f"preemption_mode: expected one of {PREEMPTION_MODES}, got "
+                             f"{self.preemption_mode!r}")
+        if self.allocation not in ALLOCATIONS:
+            raise ValueError(f"allocation: expected one of {ALLOCATIONS}, got "
+                             f"{self.allocation!r}")
+
+    @property
+    def watermark_pages(self) -> int:
+        return int(self.watermark * self.num_pages)
+
+    @property
+    def chunk_limit(self) -> int:
+        return self.max_prefill_chunk or self.max_num_batched_tokens

@@ -1,0 +1,216 @@
+"""The serving loop: schedule, run the model on the batch, sample, repeat.
+
+    engine = LLMEngine(LlamaModel(config, weights), EngineConfig(num_pages=256))
+    outputs = engine.generate([[1, 5, 7], [1, 2]], SamplingParams(max_tokens=32))
+
+Each `step()`:
+1. the scheduler picks the batch (continuous batching under a token budget: decodes, prompt
+   chunks, preemptions, swaps, admissions with prefix hits);
+2. the batch is packed (token ids, positions, the slot of every new token) and the attention
+   metadata is planned once for all layers;
+3. one forward pass writes the new tokens' K/V into their pages and returns the logits of
+   every request that is caught up with its tokens (prefill chunks before the last sample
+   nothing);
+4. tokens are sampled and appended; requests that hit their end-of-sequence token or
+   max_tokens finish, and their pages go back to the pool (cached ones stay reusable).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..backend import to_numpy
+from .attention import StepAttention
+from .config import EngineConfig
+from .kv_manager import KVCacheManager
+from .kv_store import KVStore
+from .model import LlamaModel
+from .request import Request, SamplingParams
+from .sampling import sample
+from .scheduler import Scheduler, ScheduledStep
+from .stats import EngineStats
+
+
+@dataclass
+class RequestOutput:
+    rid: int
+    prompt_ids: list[int]
+    output_ids: list[int]
+    finish_reason: str
+    num_preemptions: int
+    num_cached_tokens: int          # prompt tokens served by the prefix cache
+    logits: np.ndarray | None       # float32 [len(output_ids), vocab] if asked for
+
+
+class LLMEngine:
+    def __init__(self, model: LlamaModel, config: EngineConfig | None = None):
+        self.model = model
+        self.config = config = config or EngineConfig()
+        mc = model.config
+        self.store = KVStore(mc, config.num_pages, config.page_size, model.dtype, model.xp,
+                             config.num_host_pages)
+        self.kv = KVCacheManager(config.num_pages, config.page_size,
+                                 enable_caching=config.enable_prefix_caching,
+                                 num_host_pages=config.num_host_pages, store=self.store)
+        self.scheduler = Scheduler(config, self.kv)
+        self.attention = StepAttention(mc.num_attention_heads, mc.num_key_value_heads,
+                                       mc.head_dim, config.page_size, model.dtype, model.xp)
+        self.max_model_len = mc.max_position_embeddings
+        self.stats = EngineStats()
+        self._next_rid = 0
+
+    # -- requests ---------------------------------------------------------------------------
+
+    def add_request(self, prompt_ids, params: SamplingParams | None = None) -> int:
+        """Queue a prompt (a sequence of token ids); returns its request id."""
+        params = params or SamplingParams()
+        prompt = [int(t) for t in prompt_ids]
+        vocab = self.model.config.vocab_size
+        if not prompt:
+            raise ValueError("prompt_ids: expected at least one token, got none")
+        bad = [t for t in prompt if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"prompt_ids: token id {bad[0]} is outside the vocabulary "
+                             f"0..{vocab - 1}")
+        if len(prompt) >= self.max_model_len:
+            raise ValueError(f"prompt_ids: {len(prompt)} tokens leave no room to generate within "
+                             f"max_position_embeddings={self.max_model_len}")
+        longest = min(len(prompt) + params.max_tokens, self.max_model_len)
+        pages = -(-longest // self.config.page_size) + 1   # + 1: a copy-on-write page
+        if pages > self.config.num_pages:
+            raise ValueError(f"prompt_ids: {len(prompt)} prompt tokens + max_tokens "
+                             f"{params.max_tokens} may need {pages} pages, more than the whole "
+                             f"pool of {self.config.num_pages}: the request could never finish")
+        req = Request(self._next_rid, prompt, params)
+        self._next_rid += 1
+        self.scheduler.add(req)
+        self.stats.prompt_tokens += len(prompt)
+        return req.rid
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        """Run one step; returns the requests that finished in it."""
+        t0 = time.perf_counter()
+        step = self.scheduler.schedule()
+        if not step.requests:
+            if self.has_unfinished():
+                raise RuntimeError("the scheduler found nothing to run although requests wait: "
+                                   f"{self.kv.pool}")
+            return []
+        self.stats.preempted_recompute += len(step.preempted)
+        self.stats.preempted_swap += len(step.swapped_out)
+        prefill_tokens = sum(n for r, n in zip(step.requests, step.num_new)
+                             if not (n == 1 and r.output_ids))
+        token_ids, positions, samplers, sample_rows = self._pack(step)
+        xp = self.model.xp
+        logits = self.model.forward(xp.asarray(token_ids), xp.asarray(positions),
+                                    self.attention, self.store, xp.asarray(sample_rows))
+        tokens = sample(logits, samplers, self.config.seed, xp)
+        for req, n in zip(step.requests, step.num_new):
+            req.num_computed_tokens += n
+            self.kv.register_computed(req)
+        finished = []
+        for row, (req, token) in enumerate(zip(samplers, tokens)):
+            if req.params.return_logits:
+                req.logits.append(to_numpy(logits[row]))
+            req.output_ids.append(token)
+            self.stats.output_tokens += 1
+            reason = self._finish_reason(req, token)
+            if reason:
+                self.scheduler.finish(req, reason)
+                self.stats.finished_prompt_tokens += len(req.prompt_ids)
+                self.stats.finished_cached_tokens += req.num_cached_tokens
+                finished.append(self._output(req))
+        self.stats.finished += len(finished)
+        self._record(step, prefill_tokens, time.perf_counter() - t0)
+        return finished
+
+    def generate(self, prompts, params: SamplingParams | list | None = None,
+                 progress: bool = False) -> list[RequestOutput]:
+        """Serve every prompt to the end; outputs in the prompts' order. params: one
+        SamplingParams for all, or one per prompt. progress: a tqdm bar."""
+        if self.has_unfinished():
+            raise RuntimeError("generate: requests added with add_request are still unfinished; "
+                               "serve them with step() first (their outputs come from step)")
+        prompts = list(prompts)
+        per = params if isinstance(params, list) else [params] * len(prompts)
+        if len(per) != len(prompts):
+            raise ValueError(f"params: expected {len(prompts)} SamplingParams, got {len(per)}")
+        rids = [self.add_request(p, sp) for p, sp in zip(prompts, per)]
+        done: dict[int, RequestOutput] = {}
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm  # noqa: PLC0415 - only when a bar is asked for
+            bar = tqdm(total=len(rids), desc="requests", unit="req", mininterval=1.0)
+        try:
+            while self.has_unfinished():
+                for out in self.step():
+                    done[out.rid] = out
+                    if bar is not None:
+                        bar.update(1)
+                if bar is not None:
+                    s = self.stats.series
+                    bar.set_postfix(running=s["running"][-1], pages=s["pages_used"][-1],
+                                    refresh=False)
+        finally:
+            if bar is not None:
+                bar.close()
+        return [done[r] for r in rids]
+
+    def summary(self) -> dict:
+        return self.stats.summary(self)
+
+    # -- internals --------------------------------------------------------------------------
+
+    def _pack(self, step: ScheduledStep):
+        """The batch's token ids, positions and slots; plans the attention metadata."""
+        ps = self.config.page_size
+        ids, positions, slots = [], [], []
+        tables, kv_lens, samplers, sample_rows = [], [], [], []
+        row = 0
+        for req, n in zip(step.requests, step.num_new):
+            start = req.num_computed_tokens
+            pos = np.arange(start, start + n, dtype=np.int64)
+            pages = np.asarray(req.pages, dtype=np.int64)
+            ids.extend(req.tokens(start, start + n))
+            positions.append(pos)
+            slots.append(pages[pos // ps] * ps + pos % ps)
+            tables.append(req.pages)
+            kv_lens.append(start + n)
+            row += n
+            if start + n == req.num_tokens:
+                samplers.append(req)
+                sample_rows.append(row - 1)
+        self.attention.plan(step.num_new, kv_lens, tables, np.concatenate(slots))
+        return (np.asarray(ids, np.int64), np.concatenate(positions), samplers,
+                np.asarray(sample_rows, np.int64))
+
+    def _finish_reason(self, req: Request, token: int) -> str | None:
+        eos = self.model.config.eos_token_id
+        if not req.params.ignore_eos and eos is not None and token == eos:
+            return "stop"
+        if len(req.output_ids) >= req.params.max_tokens or req.num_tokens >= self.max_model_len:
+            return "length"
+        return None
+
+    @staticmethod
+    def _output(req: Request) -> RequestOutput:
+        logits = np.stack(req.logits) if req.params.return_logits else None
+        return RequestOutput(req.rid, req.prompt_ids, list(req.output_ids), req.finish_reason,
+                             req.num_preemptions, req.num_cached_tokens, logits)
+
+    def _record(self, step: ScheduledStep, prefill_tokens: int, seconds: float) -> None:
+        sched, pool = self.scheduler, self.kv.pool
+        self.stats.record(
+            running=len(sched.running), waiting=len(sched.waiting), swapped=len(sched.swapped),
+            pages_used=pool.num_used, pages_cached=len(pool.cached),
+            tokens_stored=sum(r.num_computed_tokens for r in sched.running),
+            batch_tokens=step.num_tokens, prefill_tokens=prefill_tokens,
+            decode_tokens=step.num_tokens - prefill_tokens, hit_rate=self.kv.hit_rate,
+            seconds=seconds)

@@ -1,0 +1,169 @@
+"""Pages per request: allocation, prefix hits, copy on write, swapping (vLLM's KV cache manager).
+
+The scheduler decides WHO runs and how many tokens; this module decides WHERE their K/V go.
+Every operation that can fail is priced first (`admission_cost`, `growth_cost`) and then
+done all at once, so a request never holds half of what it asked for.
+
+Copy on write: a page that another request holds, or that the prefix cache offers to future
+requests, is never written into. Writing a token there first copies the page to a fresh one
+that only this request holds. It happens when a prompt is ENTIRELY a cached prefix: the last
+prompt token must still be run through the model to get the logits of the first output
+token, and its K/V slot lies in a cached page. (nano-vllm crashed on this case: with every
+token cached there was nothing left to compute.)
+"""
+from __future__ import annotations
+
+from ..paging import BlockAllocator
+from .prefix_cache import BlockPool, hash_block
+from .request import Request
+
+
+def _pages_for(tokens: int, page_size: int) -> int:
+    return -(-tokens // page_size)
+
+
+class KVCacheManager:
+    """Device pages (a `BlockPool`), host pages for swapping, and the prefix cache's use."""
+
+    def __init__(self, num_pages: int, page_size: int, *, enable_caching: bool = True,
+                 num_host_pages: int = 0, store=None):
+        self.pool = BlockPool(num_pages)
+        self.page_size, self.enable_caching = page_size, enable_caching
+        self.host = BlockAllocator(num_host_pages) if num_host_pages else None
+        self.store = store            # a KVStore; None for bookkeeping-only use (tests)
+        self.query_tokens = 0         # tokens looked up in the prefix cache at admissions
+        self.hit_tokens = 0           # ... of which found there
+        self.cow_copies = 0
+
+    # -- the prefix cache ---------------------------------------------------------------
+
+    def hashes(self, req: Request) -> list[bytes]:
+        """The chained hashes of the request's full blocks (computed once, as it grows)."""
+        ps = self.page_size
+        while len(req.block_hashes) < req.num_tokens // ps:
+            i = len(req.block_hashes)
+            parent = req.block_hashes[-1] if i else None
+            req.block_hashes.append(hash_block(parent, req.tokens(i * ps, (i + 1) * ps)))
+        return req.block_hashes
+
+    def cached_prefix(self, req: Request) -> tuple[list[int], int]:
+        """(pages, computed): the longest cached prefix of the request's tokens, and how many
+        of its tokens need no computing. At least the last token is always computed (its
+        logits pick the next token), even when the whole prompt is cached."""
+        pages = []
+        if self.enable_caching:
+            for block_hash in self.hashes(req):
+                page = self.pool.lookup(block_hash)
+                if page is None:
+                    break
+                pages.append(page)
+        return pages, min(len(pages) * self.page_size, req.num_tokens - 1)
+
+    def register_computed(self, req: Request) -> None:
+        """Offer the request's full, computed pages to the prefix cache."""
+        if not self.enable_caching:
+            return
+        hashes = self.hashes(req)
+        full = min(req.num_computed_tokens // self.page_size, len(hashes))
+        for i in range(req.num_registered_blocks, full):
+            self.pool.register(req.pages[i], hashes[i])
+        req.num_registered_blocks = max(req.num_registered_blocks, full)
+
+    @property
+    def hit_rate(self) -> float:
+        """Tokens found in the cache over tokens looked up, at every admission (a request
+        resumed after preemption by recompute looks its tokens up again)."""
+        return self.hit_tokens / self.query_tokens if self.query_tokens else 0.0
+
+    # -- pricing ------------------------------------------------------------------------
+
+    def _write_cost(self, pages: list[int], start: int, num_new: int, lookahead: int) -> int:
+        """Free pages that writing tokens start..start+num_new-1 takes: pages past the end
+        (covering `lookahead` more tokens too), plus copies of shared or cached pages."""
+        end = start + num_new
+        grow = max(0, _pages_for(end + lookahead, self.page_size) - len(pages))
+        touched = range(start // self.page_size, min(len(pages), _pages_for(end, self.page_size)))
+        return grow + sum(self.pool.is_shared_or_cached(pages[i]) for i in touched)
+
+    def growth_cost(self, req: Request, num_new: int) -> int:
+        return self._write_cost(req.pages, req.num_computed_tokens, num_new, 0)
+
+    def admission_cost(self, hits: list[int], computed: int, num_new: int,
+                       lookahead: int = 0) -> int:
+        """Free pages that admitting a request with these prefix hits takes: hits sitting in
+        the free queue leave it, plus what writing its first chunk takes."""
+        free_hits = sum(self.pool.ref_cnt[p] == 0 for p in hits)
+        return free_hits + self._write_cost(hits, computed, num_new, lookahead)
+
+    # -- doing ----------------------------------------------------------------------------
+
+    def admit(self, req: Request, hits: list[int], computed: int, num_new: int,
+              lookahead: int = 0) -> None:
+        """Give a waiting request its prefix hits and the pages for its first `num_new`
+        tokens (and `lookahead` more). The caller checked `admission_cost`."""
+        self.pool.touch(hits)
+        req.pages = list(hits)
+        req.num_registered_blocks = len(hits)
+        req.num_computed_tokens = computed
+        self.query_tokens += req.num_tokens
+        self.hit_tokens += computed
+        self._prepare_write(req, num_new, lookahead)
+
+    def grow(self, req: Request, num_new: int) -> bool:
+        """Pages for the request's next `num_new` tokens; False (nothing changed) when the
+        pool cannot give them."""
+        if self.growth_cost(req, num_new) > self.pool.num_free:
+            return False
+        self._prepare_write(req, num_new, 0)
+        return True
+
+    def _prepare_write(self, req: Request, num_new: int, lookahead: int) -> None:
+        start, end = req.num_computed_tokens, req.num_computed_tokens + num_new
+        ps = self.page_size
+        for i in range(start // ps, min(len(req.pages), _pages_for(end, ps))):
+            if self.pool.is_shared_or_cached(req.pages[i]):
+                self._copy_on_write(req, i)
+        missing = _pages_for(end + lookahead, ps) - len(req.pages)
+        if missing > 0:
+            req.pages.extend(self.pool.allocate(missing))
+
+    def _copy_on_write(self, req: Request, i: int) -> None:
+        (fresh,) = self.pool.allocate(1)
+        if self.store is not None:
+            self.store.copy_page(req.pages[i], fresh)
+        self.pool.free([req.pages[i]])
+        req.pages[i] = fresh
+        self.cow_copies += 1
+
+    def free(self, req: Request) -> None:
+        """Give back every page of the request, last page first (evicted first)."""
+        self.pool.free(reversed(req.pages))
+        req.pages = []
+        req.num_registered_blocks = 0
+
+    # -- swapping -------------------------------------------------------------------------
+
+    def can_swap_out(self, req: Request) -> bool:
+        return (self.host is not None and
+                self.host.num_free >= _pages_for(req.num_computed_tokens, self.page_size))
+
+    def swap_out(self, req: Request) -> None:
+        """Copy the pages holding the request's computed tokens to host memory, then free
+        every page it holds on the device."""
+        keep = req.pages[:_pages_for(req.num_computed_tokens, self.page_size)]
+        req.host_pages = self.host.allocate(len(keep))
+        if self.store is not None:
+            self.store.swap_out(keep, req.host_pages)
+        self.free(req)
+
+    def swap_in_cost(self, req: Request) -> int:
+        return len(req.host_pages)
+
+    def swap_in(self, req: Request) -> None:
+        """Bring a swapped request's pages back (the caller checked `swap_in_cost`)."""
+        req.pages = self.pool.allocate(len(req.host_pages))
+        if self.store is not None:
+            self.store.swap_in(req.host_pages, req.pages)
+        self.host.free(req.host_pages)
+        req.host_pages = []
+        req.num_registered_blocks = 0

@@ -1,0 +1,139 @@
+"""Prefix caching (vLLM v1's scheme): pages named by the tokens they hold, kept until needed.
+
+Every full block of a sequence gets a hash that covers the block's tokens AND everything
+before it, by chaining:
+
+    hash(block i) = H(hash(block i-1), token ids of block i)        (block -1: empty)
+
+So two requests share block i exactly when their first (i+1) * page_size tokens are equal,
+and a prompt's cached prefix is found by hashing its blocks in order until one is unknown.
+H is SHA-256: a collision would silently serve another prompt's K/V, so a cryptographic hash
+is worth its cost (vLLM offers the same choice).
+
+`BlockPool` holds the pages: a reference count per page (how many running requests hold
+it), the table hash -> page of cached pages, and a free queue in LRU order. A page whose
+count drops to 0 goes to the BACK of the free queue but keeps its hash: a later request
+with the same prefix can still take it back ("touch"). Allocation takes pages from the
+FRONT, the least recently freed, and only then forgets (evicts) their hash. Free pages are
+thus an LRU cache of prefixes that costs no memory: they are free the moment anyone needs
+them.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+
+import numpy as np
+
+from ..paging import OutOfPagesError
+
+
+def hash_block(parent: bytes | None, token_ids) -> bytes:
+    """The chained hash of one full block: SHA-256 of the parent's hash and the token ids."""
+    h = hashlib.sha256(parent or b"")
+    h.update(np.asarray(token_ids, dtype=np.int64).tobytes())
+    return h.digest()
+
+
+def block_hashes(token_ids, page_size: int, parent: bytes | None = None) -> list[bytes]:
+    """The hashes of every full block of `token_ids` (a trailing partial block has none)."""
+    out = []
+    for start in range(0, len(token_ids) - page_size + 1, page_size):
+        parent = hash_block(parent, token_ids[start:start + page_size])
+        out.append(parent)
+    return out
+
+
+class BlockPool:
+    """Pages with reference counts, a hash -> page table, and an LRU free queue."""
+
+    def __init__(self, num_pages: int):
+        self.num_pages = num_pages
+        self.ref_cnt = [0] * num_pages
+        self.page_hash: list[bytes | None] = [None] * num_pages
+        self.cached: dict[bytes, int] = {}
+        # Ordered from least to most recently freed; O(1) removal from the middle (a hit).
+        self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_pages))
+        self.evictions = 0
+
+    @property
+    def num_free(self) -> int:
+        """Pages nobody holds: really free, or cached and evictable."""
+        return len(self.free_queue)
+
+    @property
+    def num_used(self) -> int:
+        return self.num_pages - len(self.free_queue)
+
+    @property
+    def num_cached_free(self) -> int:
+        """Free pages that still hold a cached prefix (reusable until evicted)."""
+        return sum(1 for p in self.free_queue if self.page_hash[p] is not None)
+
+    def lookup(self, block_hash: bytes) -> int | None:
+        return self.cached.get(block_hash)
+
+    def allocate(self, n: int) -> list[int]:
+        """Take n pages from the front of the free queue, evicting the hashes they held.
+        All or nothing: OutOfPagesError changes nothing."""
+        if n > len(self.free_queue):
+            raise OutOfPagesError(n, len(self.free_queue), self.num_pages)
+        pages = []
+        for _ in range(n):
+            page, _ = self.free_queue.popitem(last=False)
+            if self.page_hash[page] is not None:
+                del self.cached[self.page_hash[page]]
+                self.page_hash[page] = None
+                self.evictions += 1
+            self.ref_cnt[page] = 1
+            pages.append(page)
+        return pages
+
+    def touch(self, pages) -> None:
+        """A request takes cached pages (a prefix hit): one more owner each; a free one
+        leaves the free queue, so it cannot be evicted while held."""
+        for page in pages:
+            if self.ref_cnt[page] == 0:
+                del self.free_queue[page]
+            self.ref_cnt[page] += 1
+
+    def free(self, pages) -> None:
+        """Drop one owner of each page; at zero the page joins the back of the free queue
+        (in the order given: pass a request's pages tail first, so its last blocks, the
+        least likely to be shared, are evicted first)."""
+        for page in pages:
+            if self.ref_cnt[page] <= 0:
+                raise ValueError(f"pages: page {page} is already free (double free?)")
+            self.ref_cnt[page] -= 1
+            if self.ref_cnt[page] == 0:
+                self.free_queue[page] = None
+
+    def register(self, page: int, block_hash: bytes) -> bool:
+        """Offer a full, computed page to the cache under `block_hash`. A hash already cached
+        (another request computed the same block at the same time) keeps its page; this one
+        stays private. Returns whether the page is now cached."""
+        if block_hash in self.cached or self.page_hash[page] is not None:
+            return False
+        self.cached[block_hash] = page
+        self.page_hash[page] = block_hash
+        return True
+
+    def is_shared_or_cached(self, page: int) -> bool:
+        """Writing into such a page would change what another request, or a future prefix
+        hit, reads: it must be copied first (copy on write)."""
+        return self.ref_cnt[page] > 1 or self.page_hash[page] is not None
+
+    def check_invariants(self) -> None:
+        """Assert the pool's bookkeeping is self-consistent (the tests call it)."""
+        for page in range(self.num_pages):
+            assert self.ref_cnt[page] >= 0, f"page {page}: negative ref count"
+            assert (self.ref_cnt[page] == 0) == (page in self.free_queue), (
+                f"page {page}: ref count {self.ref_cnt[page]} but "
+                f"{'in' if page in self.free_queue else 'not in'} the free queue")
+        for block_hash, page in self.cached.items():
+            assert self.page_hash[page] == block_hash, f"page {page}: hash table disagrees"
+        assert sum(h is not None for h in self.page_hash) == len(self.cached)
+
+    def __repr__(self) -> str:
+        return (f"BlockPool(pages={self.num_pages}, used={self.num_used}, free={self.num_free} "
+                f"of which cached={self.num_cached_free}, evictions={self.evictions})")

@@ -1,0 +1,67 @@
+"""A request as the engine sees it: its tokens, how many are in the cache, and its pages."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from ..validate import check_int
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """How to pick tokens, and when to stop.
+
+    temperature 0 is greedy (argmax). max_tokens caps the output; the engine learns the real
+    length only when the request stops (end-of-sequence token, or max_tokens), never in
+    advance. seed: the sampling stream of this request (None: the engine's seed and the
+    request id), so sampled tokens do not depend on how requests were batched.
+    return_logits: keep the float32 logits of every generated token (for checks).
+    """
+    max_tokens: int = 16
+    temperature: float = 0.0
+    ignore_eos: bool = False
+    seed: int | None = None
+    return_logits: bool = False
+
+    def __post_init__(self):
+        check_int(self.max_tokens, "max_tokens", minimum=1)
+        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
+            raise ValueError(f"temperature: expected a number >= 0, got {self.temperature!r}")
+
+
+class Status(enum.Enum):
+    WAITING = "waiting"      # not started, or preempted by recompute (cache dropped)
+    RUNNING = "running"      # has pages on the device
+    SWAPPED = "swapped"      # preempted by swap: its pages are in host memory
+    FINISHED = "finished"
+
+
+@dataclass(eq=False)
+class Request:
+    rid: int
+    prompt_ids: list[int]
+    params: SamplingParams
+    output_ids: list[int] = field(default_factory=list)
+    status: Status = Status.WAITING
+    num_computed_tokens: int = 0      # tokens whose K/V are in this request's pages
+    pages: list[int] = field(default_factory=list)
+    block_hashes: list[bytes] = field(default_factory=list)  # of its full blocks, in order
+    num_registered_blocks: int = 0    # its first pages already offered to the prefix cache
+    host_pages: list[int] = field(default_factory=list)      # while swapped
+    num_preemptions: int = 0
+    num_cached_tokens: int = 0        # prompt tokens found in the prefix cache at admission
+    logits: list = field(default_factory=list)
+    finish_reason: str | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_ids) + len(self.output_ids)
+
+    def tokens(self, start: int, stop: int) -> list[int]:
+        """Tokens start..stop-1 of prompt + output, without joining the two lists."""
+        p = len(self.prompt_ids)
+        if stop <= p:
+            return self.prompt_ids[start:stop]
+        if start >= p:
+            return self.output_ids[start - p:stop - p]
+        return self.prompt_ids[start:] + self.output_ids[:stop - p]

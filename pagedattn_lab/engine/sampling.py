@@ -1,0 +1,36 @@
+"""Picking the next token from the logits: greedy, or with a temperature.
+
+Randomness is drawn per request and per output position (from the request's seed), not from
+one stream for the whole batch, so a request samples the same tokens however the scheduler
+batched, chunked or preempted it.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..backend import to_numpy
+from .request import Request
+
+
+def request_rng(req: Request, engine_seed: int) -> np.random.Generator:
+    seed = req.params.seed if req.params.seed is not None else (engine_seed, req.rid)
+    return np.random.default_rng(np.atleast_1d(seed).tolist() + [len(req.output_ids)])
+
+
+def sample(logits, requests: list[Request], engine_seed: int, xp) -> list[int]:
+    """One token per row of logits ([len(requests), vocab], float32, on the model's device)."""
+    tokens = [0] * len(requests)
+    greedy = [i for i, r in enumerate(requests) if r.params.temperature == 0]
+    if greedy:
+        rows = logits if len(greedy) == len(requests) else logits[xp.asarray(greedy)]
+        for i, t in zip(greedy, to_numpy(xp.argmax(rows, axis=-1)).tolist()):
+            tokens[i] = int(t)
+    for i, req in enumerate(requests):
+        if req.params.temperature == 0:
+            continue
+        z = to_numpy(logits[i]).astype(np.float64) / req.params.temperature
+        p = np.exp(z - z.max())
+        cdf = np.cumsum(p)
+        u = request_rng(req, engine_seed).random() * cdf[-1]
+        tokens[i] = int(min(np.searchsorted(cdf, u, side="right"), len(cdf) - 1))
+    return tokens

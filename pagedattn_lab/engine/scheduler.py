@@ -1,0 +1,171 @@
+"""Continuous batching: which requests run this step, and how many tokens each.
+
+Every step has a budget of `max_num_batched_tokens` tokens. A decoding request needs one;
+a prompt takes as many as the budget (and `max_prefill_chunk`) allows, so a long prompt is
+prefilled in chunks over several steps while the others keep decoding in the same batches
+(chunked prefill). The order, as in vLLM:
+
+1. RUNNING requests, oldest first. Each gets pages for its next tokens; when the pool is
+   dry, the newest running request is preempted, until the pages are there (or the request
+   itself was the newest). Preemption by recompute frees the victim's pages (it returns to
+   the front of the waiting queue and later prefills prompt + output again, cheaply when
+   the prefix cache still holds its pages); by swap, its pages are copied to host memory
+   first and copied back later.
+2. SWAPPED requests come back (only in a step without preemption), oldest first, while
+   their pages fit above the watermark.
+3. WAITING requests are admitted, in arrival order, while the budget, `max_num_seqs` and
+   the watermark allow: a request's cached prefix is looked up first, so only the rest of
+   its prompt costs pages and tokens.
+
+Output lengths are never known in advance: a request holds pages for the tokens it has
+(on-demand), or, with `allocation="predictive"`, also for the output length it is expected
+to reach (the mean of the outputs finished so far).
+"""
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+
+from .config import EngineConfig
+from .kv_manager import KVCacheManager
+from .request import Request, Status
+
+
+@dataclass
+class ScheduledStep:
+    """One step's plan: requests with their number of new tokens, in batch order."""
+    requests: list[Request] = field(default_factory=list)
+    num_new: list[int] = field(default_factory=list)
+    preempted: list[Request] = field(default_factory=list)   # by recompute, this step
+    swapped_out: list[Request] = field(default_factory=list)
+    swapped_in: list[Request] = field(default_factory=list)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(self.num_new)
+
+    def add(self, req: Request, n: int) -> None:
+        self.requests.append(req)
+        self.num_new.append(n)
+
+
+class Scheduler:
+    def __init__(self, config: EngineConfig, kv: KVCacheManager):
+        self.config, self.kv = config, kv
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.swapped: deque[Request] = deque()
+        self.finished_output_lens: list[int] = []
+        self.recomputed_tokens = 0    # cached tokens thrown away by preemption by recompute
+
+    def add(self, req: Request) -> None:
+        req.status = Status.WAITING
+        self.waiting.append(req)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running or self.swapped)
+
+    def expected_output_len(self) -> int:
+        if self.config.expected_output_len is not None:
+            return self.config.expected_output_len
+        lens = self.finished_output_lens
+        return round(sum(lens) / len(lens)) if lens else self.config.initial_output_guess
+
+    def _chunk(self, req: Request, budget: int) -> int:
+        return min(req.num_tokens - req.num_computed_tokens, budget, self.config.chunk_limit)
+
+    def schedule(self) -> ScheduledStep:
+        step = ScheduledStep()
+        budget = self.config.max_num_batched_tokens
+        budget = self._schedule_running(step, budget)
+        if step.preempted or step.swapped_out:
+            return step
+        budget = self._schedule_swapped(step, budget)
+        if not self.swapped:
+            self._schedule_waiting(step, budget)
+        return step
+
+    def _schedule_running(self, step: ScheduledStep, budget: int) -> int:
+        i = 0
+        while i < len(self.running) and budget > 0:
+            req = self.running[i]
+            n = self._chunk(req, budget)
+            while not self.kv.grow(req, n):
+                victim = self.running[-1]
+                self._preempt(victim, step)
+                if victim is req:
+                    return budget
+            step.add(req, n)
+            budget -= n
+            i += 1
+        return budget
+
+    def _preempt(self, req: Request, step: ScheduledStep) -> None:
+        self.running.remove(req)
+        req.num_preemptions += 1
+        if self.config.preemption_mode == "swap" and self.kv.can_swap_out(req):
+            self.kv.swap_out(req)
+            req.status = Status.SWAPPED
+            self.swapped.appendleft(req)
+            step.swapped_out.append(req)
+        else:
+            self.recomputed_tokens += req.num_computed_tokens
+            self.kv.free(req)
+            req.num_computed_tokens = 0
+            req.status = Status.WAITING
+            self.waiting.appendleft(req)
+            step.preempted.append(req)
+
+    def _room(self, cost: int) -> bool:
+        """Can `cost` pages be taken and the watermark still be free? (With nothing running,
+        any request that fits at all is let in: the watermark must not stall the engine.)"""
+        free = self.kv.pool.num_free
+        reserve = self.config.watermark_pages if self.running else 0
+        return cost + reserve <= free
+
+    def _schedule_swapped(self, step: ScheduledStep, budget: int) -> int:
+        while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            req = self.swapped[0]
+            # Its pages come back, then its next tokens may need one more page.
+            if not self._room(self.kv.swap_in_cost(req) + 1):
+                break
+            self.swapped.popleft()
+            self.kv.swap_in(req)
+            n = self._chunk(req, budget)
+            if not self.kv.grow(req, n):   # cannot happen after the check; stay consistent
+                raise RuntimeError(f"request {req.rid}: no page after swap-in")
+            req.status = Status.RUNNING
+            self.running.append(req)
+            step.swapped_in.append(req)
+            step.add(req, n)
+            budget -= n
+        return budget
+
+    def _schedule_waiting(self, step: ScheduledStep, budget: int) -> None:
+        predictive = self.config.allocation == "predictive"
+        while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
+            req = self.waiting[0]
+            hits, computed = self.kv.cached_prefix(req)
+            n = min(req.num_tokens - computed, budget, self.config.chunk_limit)
+            lookahead = 0
+            if predictive:
+                remaining = max(0, self.expected_output_len() - len(req.output_ids))
+                remaining = min(remaining, req.params.max_tokens - len(req.output_ids))
+                lookahead = req.num_tokens - computed - n + remaining
+            if not self._room(self.kv.admission_cost(hits, computed, n, lookahead)):
+                break
+            self.waiting.popleft()
+            self.kv.admit(req, hits, computed, n, lookahead)
+            if len(req.output_ids) == 0:
+                req.num_cached_tokens = computed
+            req.status = Status.RUNNING
+            self.running.append(req)
+            step.add(req, n)
+            budget -= n
+
+    def finish(self, req: Request, reason: str) -> None:
+        req.finish_reason = reason
+        req.status = Status.FINISHED
+        self.running.remove(req)
+        self.kv.free(req)
+        self.finished_output_lens.append(len(req.output_ids))

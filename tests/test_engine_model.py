@@ -1,0 +1,141 @@
+"""The engine's model against the dense float64 forward; weights and checkpoints.
+
+The dense forward (`pagedattn_lab.engine.dense`) shares no code with the paged model but the
+RoPE frequency table; transformers itself is the oracle in test_engine_hf.py (needs torch).
+"""
+import json
+import struct
+
+import numpy as np
+import pytest
+
+from pagedattn_lab.engine import (EngineConfig, LLMEngine, LlamaModel, ModelConfig,
+                                  SamplingParams, load_checkpoint, random_weights,
+                                  save_checkpoint, tiny_config)
+from pagedattn_lab.engine.dense import dense_generate, dense_logits
+from pagedattn_lab.engine.weights import read_safetensors, write_safetensors
+
+LOGIT_TOL = 1e-4   # float32 engine vs float64 dense; observed ~1e-6
+PROMPT_LENS = (1, 3, 8, 17, 30)   # one token, inside a page, a page exactly, several pages
+DEVICES = ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)]
+
+
+def _prompts(rng, vocab, lens=PROMPT_LENS):
+    return [rng.integers(0, vocab, n).tolist() for n in lens]
+
+
+@pytest.mark.parametrize("config, engine_kw", [
+    # head_dim 16: prefill chunks on the naive kernel; a budget that chunks the prompts
+    (tiny_config(), dict(page_size=8, max_num_batched_tokens=20)),
+    # head_dim 64 (tiled prefill kernel), MQA, tied embeddings, page size 5 (not a power of two)
+    (tiny_config(hidden_size=128, num_attention_heads=2, num_key_value_heads=1, head_dim=64,
+                 tie_word_embeddings=True), dict(page_size=5, max_num_batched_tokens=64)),
+])
+@pytest.mark.parametrize("device", DEVICES)
+def test_batch_matches_dense_forward(rng, config, engine_kw, device):
+    weights = random_weights(config, seed=1)
+    prompts = _prompts(rng, config.vocab_size)
+    engine = LLMEngine(LlamaModel(config, weights, device=device),
+                       EngineConfig(num_pages=64, **engine_kw))
+    outs = engine.generate(prompts, SamplingParams(max_tokens=8, return_logits=True))
+    assert engine.summary()["max_running"] == len(prompts), "the prompts must share batches"
+    for prompt, out in zip(prompts, outs):
+        tokens, logits = dense_generate(config, weights, prompt, 8)
+        assert out.output_ids == tokens, f"prompt of {len(prompt)} tokens"
+        assert np.abs(out.logits - logits).max() < LOGIT_TOL, f"prompt of {len(prompt)} tokens"
+
+
+def test_float16_model_stays_close(rng):
+    config = tiny_config()
+    weights = random_weights(config, seed=1)
+    prompts = _prompts(rng, config.vocab_size, (4, 19))
+    engine = LLMEngine(LlamaModel(config, weights, dtype=np.float16, device="cpu"),
+                       EngineConfig(num_pages=16, page_size=8))
+    for prompt, out in zip(prompts, engine.generate(prompts, SamplingParams(
+            max_tokens=1, return_logits=True))):
+        want = dense_logits(config, weights, prompt)[-1]
+        assert np.abs(out.logits[0] - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_end_of_sequence_stops_a_request(rng):
+    config = tiny_config()
+    weights = random_weights(config, seed=1)
+    prompt = _prompts(rng, config.vocab_size, (6,))[0]
+    free_run, _ = dense_generate(config, weights, prompt, 6)
+    eos = free_run[2]
+    config = tiny_config(eos_token_id=eos)
+    engine = LLMEngine(LlamaModel(config, weights, device="cpu"), EngineConfig(num_pages=8))
+    out, = engine.generate([prompt], SamplingParams(max_tokens=6))
+    assert out.output_ids == free_run[:free_run.index(eos) + 1] and out.finish_reason == "stop"
+    out, = engine.generate([prompt], SamplingParams(max_tokens=6, ignore_eos=True))
+    assert out.output_ids == free_run and out.finish_reason == "length"
+
+
+# -- weights and checkpoints ----------------------------------------------------------------
+
+def test_checkpoint_round_trip(tmp_path):
+    config = tiny_config(rope_scaling={"rope_type": "linear", "factor": 2.0}, eos_token_id=3)
+    weights = random_weights(config, seed=2)
+    save_checkpoint(tmp_path, config, weights)
+    got_config, got = load_checkpoint(tmp_path)
+    assert got_config == config
+    assert got.keys() == weights.keys()
+    for name in weights:
+        np.testing.assert_array_equal(got[name], weights[name])
+
+
+def test_sharded_checkpoint_and_bfloat16(tmp_path):
+    config = tiny_config(num_hidden_layers=1)
+    weights = random_weights(config, seed=2)
+    names = sorted(weights)
+    bf16 = {n: (weights[n].view(np.uint32) >> 16).astype(np.uint16) for n in names}
+    halves = [names[:4], names[4:]]
+    for i, part in enumerate(halves):
+        _write_bf16(tmp_path / f"part{i}.safetensors", {n: bf16[n] for n in part})
+    (tmp_path / "config.json").write_text(json.dumps(config.to_hf()))
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"weight_map": {n: f"part{i}.safetensors" for i, part in enumerate(halves) for n in part}}))
+    _, got = load_checkpoint(tmp_path)
+    for n in names:   # bfloat16 -> float32 is exact: the low 16 bits are zero
+        np.testing.assert_array_equal(got[n], (bf16[n].astype(np.uint32) << 16).view(np.float32))
+
+
+def _write_bf16(path, tensors):
+    header, blobs, offset = {}, [], 0
+    for name, arr in tensors.items():
+        blob = arr.tobytes()
+        header[name] = {"dtype": "BF16", "shape": list(arr.shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    text = json.dumps(header).encode()
+    path.write_bytes(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+
+def test_bad_checkpoints_are_named(tmp_path):
+    config = tiny_config(num_hidden_layers=1)
+    weights = random_weights(config, seed=2)
+    del weights["model.norm.weight"]
+    with pytest.raises(ValueError, match="missing 'model.norm.weight'"):
+        save_checkpoint(tmp_path, config, weights)
+    write_safetensors(tmp_path / "x.safetensors", {"a": np.arange(6, dtype=np.float32)})
+    data = (tmp_path / "x.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(data[:-4])
+    with pytest.raises(ValueError, match="outside the file"):
+        read_safetensors(tmp_path / "cut.safetensors")
+    (tmp_path / "junk.safetensors").write_bytes(b"\xff" * 16)
+    with pytest.raises(ValueError, match="not a safetensors file"):
+        read_safetensors(tmp_path / "junk.safetensors")
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        load_checkpoint(tmp_path)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_attention_heads=4, num_key_value_heads=3), "num_key_value_heads"),
+    (dict(head_dim=15), "head_dim"),
+    (dict(rope_scaling={"rope_type": "yarn", "factor": 2.0}), "rope type 'yarn'"),
+    (dict(vocab_size=0), "vocab_size"),
+])
+def test_model_config_refuses(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        ModelConfig(**kwargs)

@@ -1,0 +1,213 @@
+"""The scheduler: budgets and the pool are never exceeded, every request finishes, and the
+engine's tokens do not depend on how it scheduled them."""
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pagedattn_lab.engine import (EngineConfig, LLMEngine, LlamaModel, SamplingParams,
+                                  random_weights, tiny_config)
+from pagedattn_lab.engine.dense import dense_generate
+from pagedattn_lab.engine.kv_manager import KVCacheManager
+from pagedattn_lab.engine.request import Request, Status
+from pagedattn_lab.engine.scheduler import Scheduler
+
+from .engine_fakes import FakeStore, assert_private
+
+VOCAB = 50
+
+
+def _fake_token(req):
+    """What the fake model 'samples': a function of the request and position only."""
+    return (req.rid * 31 + len(req.output_ids) * 7) % VOCAB
+
+
+def serve_without_model(config, prompts, output_lens, max_steps=3000):
+    """The engine's loop with the model replaced by FakeStore writes; checks every step."""
+    store = FakeStore(config.num_pages, config.page_size, config.num_host_pages)
+    kv = KVCacheManager(config.num_pages, config.page_size,
+                        enable_caching=config.enable_prefix_caching,
+                        num_host_pages=config.num_host_pages, store=store)
+    sched = Scheduler(config, kv)
+    reqs = [Request(i, list(p), SamplingParams(max_tokens=64)) for i, p in enumerate(prompts)]
+    for req in reqs:
+        sched.add(req)
+    preemptions = 0
+    for _ in range(max_steps):
+        if not sched.has_unfinished():
+            break
+        step = sched.schedule()
+        preemptions += len(step.preempted) + len(step.swapped_out)
+        assert step.requests, "no progress although requests wait"
+        assert step.num_tokens <= config.max_num_batched_tokens
+        assert len(sched.running) <= config.max_num_seqs
+        assert len(set(map(id, step.requests))) == len(step.requests)
+        assert all(r.status is Status.RUNNING for r in step.requests)
+        assert kv.pool.num_used <= config.num_pages
+        for req, n in zip(step.requests, step.num_new):
+            assert 1 <= n <= config.chunk_limit
+            start = req.num_computed_tokens
+            assert start + n <= req.num_tokens
+            assert len(req.pages) * config.page_size >= start + n, "pages for every new token"
+            assert_private(kv, req, start, start + n)
+            store.write(req, start, start + n)
+            req.num_computed_tokens += n
+            kv.register_computed(req)
+        for req in list(step.requests):
+            if req.num_computed_tokens == req.num_tokens:
+                req.output_ids.append(_fake_token(req))
+                if len(req.output_ids) == output_lens[req.rid]:
+                    sched.finish(req, "stop")
+        kv.pool.check_invariants()
+        for req in sched.running:
+            assert store.read(req) == req.tokens(0, req.num_computed_tokens)
+    else:
+        pytest.fail(f"not finished after {max_steps} steps")
+    assert kv.pool.num_used == 0 and (kv.host is None or kv.host.num_used == 0)
+    for req in reqs:
+        expected = []
+        for _ in range(output_lens[req.rid]):
+            expected.append((req.rid * 31 + len(expected) * 7) % VOCAB)
+        assert req.output_ids == expected
+    return preemptions
+
+
+configs = st.builds(
+    EngineConfig, page_size=st.sampled_from([1, 2, 4, 5]), num_pages=st.integers(12, 40),
+    max_num_batched_tokens=st.integers(1, 24), max_num_seqs=st.integers(1, 6),
+    max_prefill_chunk=st.one_of(st.none(), st.integers(1, 8)),
+    enable_prefix_caching=st.booleans(), watermark=st.sampled_from([0.0, 0.05, 0.2]),
+    preemption_mode=st.sampled_from(["recompute", "swap"]),
+    num_host_pages=st.sampled_from([0, 4, 40]), allocation=st.sampled_from(
+        ["on_demand", "predictive"]), initial_output_guess=st.integers(0, 12))
+workloads = st.lists(st.tuples(st.lists(st.integers(0, 3), min_size=1, max_size=14),
+                               st.integers(1, 10)), min_size=1, max_size=8)
+
+
+@given(config=configs, workload=workloads)
+def test_scheduler_keeps_its_budgets_and_finishes_everything(config, workload):
+    # Prompts over a 4-token alphabet share prefixes often; each must fit the pool alone.
+    longest = max(len(p) + n for p, n in workload)
+    if -(-longest // config.page_size) + 1 > config.num_pages:
+        return
+    serve_without_model(config, [p for p, _ in workload], [n for _, n in workload])
+
+
+def test_a_small_pool_preempts_and_still_finishes():
+    prompts = [[1, 2, 3, 4, 5, 6]] * 6
+    for mode in ("recompute", "swap"):
+        config = EngineConfig(page_size=2, num_pages=12, max_num_batched_tokens=16,
+                              preemption_mode=mode, num_host_pages=30)
+        assert serve_without_model(config, prompts, [8] * 6) > 0
+
+
+def test_watermark_holds_back_admission():
+    kv = KVCacheManager(10, 4)
+    sched = Scheduler(EngineConfig(page_size=4, num_pages=10, watermark=0.3,
+                                   max_num_batched_tokens=64), kv)
+    for rid, n in enumerate((12, 12, 4)):
+        sched.add(Request(rid, list(range(n)), SamplingParams()))
+    step = sched.schedule()
+    # 3 + 3 + 1 pages leave 3 free: exactly the watermark (0.3 of 10 pages).
+    assert [r.rid for r in step.requests] == [0, 1, 2] and kv.pool.num_free == 3
+    sched.add(Request(3, list(range(4)), SamplingParams()))
+    assert not sched.schedule().requests[3:], "admitting would eat into the watermark"
+
+
+# -- the real model: tokens whatever the scheduler does ------------------------------------------
+
+@pytest.fixture(scope="module")
+def model_and_prompts():
+    config = tiny_config()
+    weights = random_weights(config, seed=0)
+    rng = np.random.default_rng(1)
+    shared = rng.integers(0, 128, 24).tolist()
+    prompts = ([rng.integers(0, 128, n).tolist() for n in (5, 17, 1, 33, 9)] +
+               [shared + rng.integers(0, 128, n).tolist() for n in (0, 3, 8, 0)] + [shared[:16]])
+    lens = rng.integers(4, 20, len(prompts))
+    # Even requests greedy, odd ones sampled at temperature 0.8 (seeded per request).
+    params = [SamplingParams(max_tokens=int(n), temperature=0.8 * (i % 2), ignore_eos=True)
+              for i, n in enumerate(lens)]
+    return config, weights, LlamaModel(config, weights, device="cpu"), prompts, params
+
+
+BASE = dict(page_size=8, num_pages=64, max_num_batched_tokens=32)
+SCHEDULES = {
+    "no prefix cache": dict(enable_prefix_caching=False),
+    "small pool, recompute": dict(num_pages=12, max_num_batched_tokens=16),
+    "small pool, swap": dict(num_pages=12, preemption_mode="swap", num_host_pages=40,
+                             max_num_batched_tokens=7),
+    "tiny budget, 3 sequences": dict(num_pages=10, max_num_batched_tokens=5, max_num_seqs=3),
+    "predictive": dict(allocation="predictive", num_pages=14),
+    "page 4, swap space full": dict(page_size=4, num_pages=30, preemption_mode="swap",
+                                    num_host_pages=5, max_prefill_chunk=3),
+}
+EXPECT = {  # what each schedule must have exercised, so the comparison is not vacuous
+    "no prefix cache": lambda s: s["prefix_hit_rate"] == 0,
+    "small pool, recompute": lambda s: s["preempted_recompute"] > 0,
+    "small pool, swap": lambda s: s["preempted_swap"] > 0 and s["swap_bytes"] > 0,
+    "tiny budget, 3 sequences": lambda s: s["max_running"] == 3,
+    "predictive": lambda s: s["evictions"] > 0,
+    "page 4, swap space full": lambda s: s["preempted_recompute"] > 0,
+}
+
+
+@pytest.fixture(scope="module")
+def baseline(model_and_prompts):
+    _, _, model, prompts, params = model_and_prompts
+    engine = LLMEngine(model, EngineConfig(**BASE))
+    outs = engine.generate(prompts, params)
+    summary = engine.summary()
+    assert summary["prefix_hit_rate"] > 0.3 and summary["cow_copies"] > 0
+    return [o.output_ids for o in outs]
+
+
+def test_greedy_baseline_matches_dense(model_and_prompts, baseline):
+    config, weights, _, prompts, params = model_and_prompts
+    for prompt, sp, got in zip(prompts, params, baseline):
+        if sp.temperature == 0:
+            assert got == dense_generate(config, weights, prompt, sp.max_tokens)[0]
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_tokens_do_not_depend_on_the_schedule(model_and_prompts, baseline, name):
+    _, _, model, prompts, params = model_and_prompts
+    engine = LLMEngine(model, EngineConfig(**(BASE | SCHEDULES[name])))
+    outs = engine.generate(prompts, params)
+    assert [o.output_ids for o in outs] == baseline
+    assert EXPECT[name](engine.summary()), engine.summary()
+    assert engine.kv.pool.num_used == 0
+
+
+def test_a_prompt_that_is_entirely_cached(model_and_prompts):
+    config, weights, model, _, _ = model_and_prompts
+    prompt = list(range(16))       # two full pages of 8
+    engine = LLMEngine(model, EngineConfig(page_size=8, num_pages=8))
+    first, = engine.generate([prompt], SamplingParams(max_tokens=3))
+    again, = engine.generate([prompt], SamplingParams(max_tokens=3))
+    assert again.num_cached_tokens == 15 and engine.kv.cow_copies == 1
+    assert engine.summary()["prompt_hit_rate"] == round(15 / 32, 4)
+    assert first.output_ids == again.output_ids == dense_generate(config, weights, prompt, 3)[0]
+
+
+@pytest.mark.parametrize("prompt, params, match", [
+    ([], None, "at least one token"),
+    ([1, 128], None, "token id 128 is outside the vocabulary"),
+    (list(range(100)), SamplingParams(max_tokens=200), "more than the whole pool"),
+])
+def test_add_request_refuses(model_and_prompts, prompt, params, match):
+    engine = LLMEngine(model_and_prompts[2], EngineConfig(page_size=8, num_pages=16))
+    with pytest.raises(ValueError, match=match):
+        engine.add_request(prompt, params)
+    assert not engine.has_unfinished()
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(watermark=1.0), "watermark"),
+    (dict(preemption_mode="drop"), "preemption_mode"),
+    (dict(allocation="eager"), "allocation"),
+    (dict(max_num_batched_tokens=0), "max_num_batched_tokens"),
+])
+def test_engine_config_refuses(kwargs, match):
+    with pytest.raises((ValueError, TypeError), match=match):
+        EngineConfig(**kwargs)
