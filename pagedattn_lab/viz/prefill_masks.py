@@ -51,7 +51,8 @@ def plot_packed_masks(qo_indptr, seq_lens, labels=None):
         ax.set_title(f"{name}\nq_len {q_len}, seq_len {seq_len}", fontsize=9)
     axes[0][0].set_ylabel("packed row of q")
     handles = [Rectangle((0, 0), 1, 1, color=c) for c in ("#7a7a7a", seq_color(0), "#f2f2f2")]
-    fig.legend(handles, ["visible: cached-prefix key", "visible: key of a new token (colour of its sequence)",
+    fig.legend(handles, ["visible: cached-prefix key",
+                         "visible: key of a new token (its sequence's colour)",
                          "hidden (a later position)"], loc="lower center", ncol=3, fontsize=8,
                frameon=False)
     fig.suptitle("bottom-right causal masks of one packed batch (dashed: end of the cached "
