@@ -21,11 +21,10 @@ except ImportError:  # pragma: no cover - until the grader's seeds module is mer
     case_rng = np.random.default_rng
 
 
-def _batch(rng, batch: int, max_len: int, *, empty: bool = True):
+def _batch(rng, batch: int, max_len: int):
     """(qo_indptr int32, seq_lens int32): a mix of all-new, chunk, decode and q_len 0."""
     seq_lens = rng.integers(1, max_len + 1, size=batch)
-    kinds = rng.permutation(np.resize(["new", "chunk", "decode", "none" if empty else "chunk"],
-                                      batch))
+    kinds = rng.permutation(np.resize(["new", "chunk", "decode", "none"], batch))
     q_lens = np.array([n if k == "new" else 1 if k == "decode" else 0 if k == "none" else
                        rng.integers(1, n + 1) for k, n in zip(kinds, seq_lens)], dtype=np.int64)
     indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
