@@ -11,6 +11,13 @@ for a `float*` or a Python int for an `int` is an error here, not silent garbage
 """
 from __future__ import annotations
 
+import functools
+import glob
+import os
+import re
+import sys
+from pathlib import Path
+
 import numpy as np
 
 from .signature import check_launch_args, collect_defines, parse_kernel_signature
@@ -30,6 +37,50 @@ def _as_tuple(dims, what: str) -> tuple:
             isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
         return tuple(int(d) for d in dims)
     raise TypeError(f"{what}: expected an int or a tuple of 1 to 3 ints, got {dims!r}")
+
+
+_CUDA_HEADERS = re.compile(r'^[ \t]*#[ \t]*include[ \t]*[<"](mma|cuda_bf16|cuda_fp16|cuda_fp8)\.h[>"]',
+                           re.M)
+
+
+@functools.lru_cache(maxsize=1)
+def cuda_include_dir() -> str | None:
+    """A directory with the CUDA headers a kernel may include (mma.h, cuda_bf16.h,
+    cuda_fp8.h), for NVRTC: cuda-pathfinder's, $CUDA_PATH/$CUDA_HOME, CuPy's CUDA path,
+    /usr/local/cuda, or an NVIDIA pip wheel's. None when there is none."""
+    candidates = []
+    try:
+        from cuda import pathfinder  # noqa: PLC0415 - optional (cuda-pathfinder)
+        candidates.append(pathfinder.find_nvidia_header_directory("cudart"))
+    except Exception:  # noqa: BLE001 - absent or too old: try the others
+        pass
+    candidates += [os.path.join(os.environ[v], "include") for v in ("CUDA_PATH", "CUDA_HOME")
+                   if os.environ.get(v)]
+    try:
+        from cupy.cuda import get_cuda_path  # noqa: PLC0415
+        candidates.append(os.path.join(get_cuda_path() or "", "include"))
+    except Exception:  # noqa: BLE001
+        pass
+    candidates.append("/usr/local/cuda/include")
+    for site in sys.path:
+        candidates += sorted(glob.glob(os.path.join(site, "nvidia", "*", "include")))
+    # crt/mma.h too: CUDA 13's pip wheels ship mma.h without the crt/mma.h it includes
+    # (seen on the H200 image: "cannot open source file crt/mma.h" from cuda-pathfinder's dir).
+    for c in candidates:
+        if c and all((Path(c) / h).is_file() for h in ("mma.h", "crt/mma.h", "cuda_bf16.h")):
+            return c
+    return None
+
+
+def gpu_options(code: str, options: tuple) -> tuple:
+    """NVRTC options for `code`: `options`, plus -I<CUDA include dir> when the source includes
+    a CUDA header that NVRTC may not find by itself (mma.h, cuda_bf16.h, ...). The CPU
+    executor has its own copies of these headers (pagedattn_lab/cpu/include)."""
+    if not _CUDA_HEADERS.search(code) or any(str(o).startswith(("-I", "--include-path"))
+                                             for o in options):
+        return options
+    found = cuda_include_dir()
+    return options + (f"-I{found}",) if found else options
 
 
 class RawKernel:
@@ -71,10 +122,9 @@ class RawKernel:
         """The kernel as a cupy.RawKernel (needs CuPy and a CUDA device)."""
         if self._gpu is None:
             from .backend import cupy_module  # noqa: PLC0415 - never import CuPy eagerly
-            from .nvrtc_includes import extra_options  # noqa: PLC0415
             cupy = cupy_module()
             self._gpu = cupy.RawKernel(self.code, self.name,
-                                       options=self.options + extra_options(self.code),
+                                       options=gpu_options(self.code, self.options),
                                        **self._cupy_kwargs)
             if self._max_dyn_smem is not None:
                 self._gpu.max_dynamic_shared_size_bytes = self._max_dyn_smem

@@ -43,12 +43,35 @@ _SCALARS = {
     "int8_t": _D("int8"), "uint8_t": _D("uint8"), "unsigned char": _D("uint8"), "char": _D("int8"),
     "bool": _D("bool"),
 }
+# Types NumPy lacks: arrays from ml_dtypes, or their bits in an unsigned array (CuPy has no
+# bfloat16 or fp8 dtype, so the GPU takes uint16 / uint8 arrays for them). ml_dtypes is
+# imported only for a kernel that has such a parameter (it makes the process bigger, and
+# every checked launch forks it).
+_EXTRA = {
+    "__nv_bfloat16": ("bfloat16", _D("uint16")), "nv_bfloat16": ("bfloat16", _D("uint16")),
+    "__nv_fp8_e4m3": ("float8_e4m3fn", _D("uint8")), "__nv_fp8_e5m2": ("float8_e5m2", _D("uint8")),
+}
+_ALSO: dict[str, tuple] = {}   # base type -> further dtypes it accepts (filled by _extra)
+
+
+def _extra(name: str) -> np.dtype:
+    """The dtype of a bfloat16/fp8 type: ml_dtypes' when it imports, else the bits' dtype."""
+    ml_name, bits = _EXTRA[name]
+    try:
+        import ml_dtypes  # noqa: PLC0415 - see above
+    except ImportError:
+        return bits
+    _ALSO[name] = (bits,)
+    return _D(getattr(ml_dtypes, ml_name))
+
+
 # Vector types: a pointer to them takes an array of their element type.
 _VECTORS = {"float": "float", "double": "double", "int": "int", "uint": "unsigned int",
             "short": "short", "ushort": "unsigned short", "char": "signed char",
             "uchar": "unsigned char", "longlong": "long long", "ulonglong": "unsigned long long"}
 _VECTOR_TYPES = {f"{v}{n}": (_VECTORS[v], n) for v in _VECTORS for n in (1, 2, 3, 4)}
-_VECTOR_TYPES.update({"__half2": ("__half", 2), "half2": ("__half", 2)})
+_VECTOR_TYPES.update({"__half2": ("__half", 2), "half2": ("__half", 2),
+                      "__nv_bfloat162": ("__nv_bfloat16", 2), "nv_bfloat162": ("__nv_bfloat16", 2)})
 _ANY_POINTEE = {"void", "char", "unsigned char"}
 _NORMALIZE = {
     "unsigned": "unsigned int", "signed": "int", "signed int": "int", "short int": "short",
@@ -231,7 +254,13 @@ def _parse_param(text: str, index: int, defines: dict[str, str]) -> Param:
     base = _resolve(written, defines)
     ctype = ("const " if is_const else "") + written + "*" * stars
     dtype, itemsize = None, None
-    if base in _SCALARS:
+    if base in _EXTRA or (base in _VECTOR_TYPES and _VECTOR_TYPES[base][0] in _EXTRA):
+        elem = _VECTOR_TYPES[base][0] if base in _VECTOR_TYPES else base
+        dtype = _extra(elem)
+        itemsize = dtype.itemsize * (_VECTOR_TYPES[base][1] if base in _VECTOR_TYPES else 1)
+        if base in _VECTOR_TYPES and not stars:
+            dtype = None   # a pair by value: any scalar of its size, as for __half2
+    elif base in _SCALARS:
         dtype = _SCALARS[base]
         itemsize = dtype.itemsize
     elif base in _VECTOR_TYPES:
@@ -281,6 +310,22 @@ def _describe(x) -> str:
         else f"a {type(x).__module__}.{type(x).__qualname__}"
 
 
+def _dtype_expr(dtype: np.dtype) -> str:
+    """How to write the dtype in Python: np.float32, ml_dtypes.bfloat16."""
+    return f"np.{dtype.name}" if dtype.type.__module__ == "numpy" else f"ml_dtypes.{dtype.name}"
+
+
+def _accepts(p: Param, dtype: np.dtype) -> bool:
+    return dtype == p.dtype or dtype in _ALSO.get(p.base, ()) or (
+        p.base in _VECTOR_TYPES and dtype in _ALSO.get(_VECTOR_TYPES[p.base][0], ()))
+
+
+def _wanted(p: Param) -> str:
+    also = _ALSO.get(p.base) or (_ALSO.get(_VECTOR_TYPES[p.base][0]) if p.base in _VECTOR_TYPES
+                                 else None)
+    return f"{p.dtype} (or {' / '.join(str(d) for d in also)} bits)" if also else str(p.dtype)
+
+
 def _where(kernel_name: str, p: Param, n: int) -> str:
     return f"kernel {kernel_name!r}, argument {p.index} of {n} ({p.name!r}, {p.ctype})"
 
@@ -313,11 +358,11 @@ def check_launch_args(sig: list[Param], args, kernel_name: str, array_types: tup
             if p.pointer_depth > 1 and p.dtype is None and a.dtype.itemsize != 8:
                 raise TypeError(f"{where}: a pointer-to-pointer parameter takes an array of "
                                 f"64-bit addresses, got {_describe(a)}")
-            if p.dtype is not None and a.dtype != p.dtype:
+            if p.dtype is not None and not _accepts(p, a.dtype):
                 raise TypeError(
-                    f"{where}: expected a {p.dtype} array, got {_describe(a)}. CuPy would pass "
-                    f"it unchecked and the kernel would read the bytes as {p.base}; convert it "
-                    f"with .astype(np.{p.dtype.name})")
+                    f"{where}: expected a {_wanted(p)} array, got {_describe(a)}. CuPy would "
+                    f"pass it unchecked and the kernel would read the bytes as {p.base}; convert "
+                    f"it with .astype({_dtype_expr(p.dtype)})")
             if not a.flags.c_contiguous:
                 raise ValueError(f"{where}: the array is not C-contiguous (a transposed or "
                                  f"sliced view?); the kernel indexes it as a flat buffer. Pass "
@@ -334,9 +379,9 @@ def check_launch_args(sig: list[Param], args, kernel_name: str, array_types: tup
                                                  if p.dtype is not None else ""))
         if not isinstance(a, np.generic):
             raise TypeError(f"{where}: expected a NumPy scalar, got {_describe(a)}")
-        if p.dtype is not None and a.dtype != p.dtype:
-            raise TypeError(f"{where}: expected np.{p.dtype.name}, got {_describe(a)}; pass "
-                            f"np.{p.dtype.name}(...)")
+        if p.dtype is not None and not _accepts(p, a.dtype):
+            raise TypeError(f"{where}: expected {_dtype_expr(p.dtype)}, got {_describe(a)}; "
+                            f"pass {_dtype_expr(p.dtype)}(...)")
         if p.dtype is None and p.itemsize is not None and a.dtype.itemsize != p.itemsize:
             raise TypeError(f"{where}: expected a {p.itemsize}-byte NumPy scalar for {p.base}, "
                             f"got {_describe(a)}")

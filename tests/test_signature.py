@@ -128,3 +128,25 @@ def test_any_dtype_for_void_and_char_pointers():
         else:
             args[p.index] = np.zeros((), p.dtype if p.dtype is not None else np.complex128)[()]
     check_launch_args(sig, tuple(args), "fancy", (np.ndarray,))
+
+
+def test_bfloat16_and_fp8_take_ml_dtypes_or_their_bits():
+    import ml_dtypes
+    src = ('extern "C" __global__ void k(const __nv_bfloat16* a, __nv_bfloat162* b, '
+           '__nv_fp8_e4m3* c, const __nv_fp8_e5m2* d, __nv_bfloat16 s) {}')
+    sig = parse_kernel_signature(src, "k")
+    assert [p.dtype for p in sig] == [np.dtype(ml_dtypes.bfloat16)] * 2 + [
+        np.dtype(ml_dtypes.float8_e4m3fn), np.dtype(ml_dtypes.float8_e5m2),
+        np.dtype(ml_dtypes.bfloat16)]
+    bf, e4, e5 = ml_dtypes.bfloat16, ml_dtypes.float8_e4m3fn, ml_dtypes.float8_e5m2
+    for arrays in ((bf, bf, e4, e5), (np.uint16, np.uint16, np.uint8, np.uint8)):
+        args = tuple(np.zeros(4, t) for t in arrays) + (np.uint16(0),)
+        check_launch_args(sig, args, "k", (np.ndarray,))
+    check_launch_args(sig, tuple(np.zeros(4, t) for t in (bf, bf, e4, e5)) + (bf(1.5),), "k",
+                      (np.ndarray,))
+    with pytest.raises(TypeError, match=r"'a'.*bfloat16 \(or uint16 bits\).*got a float16"):
+        check_launch_args(sig, (np.zeros(4, np.float16),) + tuple(
+            np.zeros(4, t) for t in (bf, e4, e5)) + (np.uint16(0),), "k", (np.ndarray,))
+    with pytest.raises(TypeError, match=r"'c'.*ml_dtypes\.float8_e4m3fn"):
+        check_launch_args(sig, tuple(np.zeros(4, t) for t in (bf, bf, e5, e5)) +
+                          (np.uint16(0),), "k", (np.ndarray,))

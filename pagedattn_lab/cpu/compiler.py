@@ -30,10 +30,18 @@ from .source import inline_asm_lines, translation_unit
 
 HERE = Path(__file__).resolve().parent
 INCLUDE_DIR = HERE / "include"
-RUNTIME_SOURCES = ("runtime.cpp", "device_api.cpp", "host.cpp", "sandbox.cpp", "instrument.cpp",
-                   "racecheck.cpp", "tsan_hooks.cpp", "fiber_switch.S")
-RUNTIME_HEADERS = ("runtime.h", "scheduler.h", "shim_types.h", "instrument.h")
-SHIM_HEADERS = ("shim.h", "shim_types.h", "shim_half.h", "shim_device.h")
+RUNTIME_SOURCES = ("runtime.cpp", "device_api.cpp", "host.cpp", "sandbox.cpp", "wrap.cpp",
+                   "instrument.cpp", "racecheck.cpp", "tsan_hooks.cpp", "fiber_switch.S")
+RUNTIME_HEADERS = ("runtime.h", "scheduler.h", "shim_types.h", "instrument.h", "sandbox.h")
+# Functions a kernel may not call (wrap.cpp): on Linux every reference to them in the kernel
+# library goes to a __wrap_ function that reports the call (-Wl,--wrap).
+WRAPPED = ("fork", "vfork", "execv", "execve", "execvp", "execvpe", "fexecve", "system", "popen",
+           "posix_spawn", "posix_spawnp", "daemon", "pthread_create", "exit", "_exit", "_Exit",
+           "quick_exit", "abort", "kill", "killpg", "raise", "sigqueue", "setsid", "setpgid",
+           "execl", "execlp", "execle", "clone", "ptrace", "syscall")
+WRAP = sys.platform.startswith("linux")
+SHIM_HEADERS = ("shim.h", "shim_types.h", "shim_half.h", "shim_device.h", "shim_bf16.h",
+                "shim_mma.h", "shim_fp8.h")
 # Instrumented builds (access counts, race check): the compiler calls a hook before every
 # memory access (-fsanitize=thread, hooks in tsan_hooks.cpp; libtsan is not linked). No
 # vectorization, so that the counts follow the source's loads and stores; line tables, so
@@ -193,7 +201,8 @@ def runtime_objects(cmd: tuple[str, ...], ident: str, fibers: str) -> tuple[str,
     if all(os.path.exists(o) for o in objs):
         return objs
     tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=root))
-    defs = ["-DPAL_FIBER_UCONTEXT"] if fibers == "ucontext" else []
+    defs = (["-DPAL_FIBER_UCONTEXT"] if fibers == "ucontext" else []) + (
+        ["-DPAL_WRAP"] if WRAP else [])
     for src in RUNTIME_SOURCES:
         lang = [] if src.endswith(".S") else ["-std=c++17"]
         r = _run([*cmd, *lang, *BASE_FLAGS, *defs, "-c", str(HERE / src), "-o",
@@ -307,6 +316,8 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
             shared += ["-undefined", "dynamic_lookup"]
         elif sys.platform.startswith("linux"):
             libs = ["-ldl"]   # dladdr, for glibc before 2.34
+        if WRAP:
+            shared.append("-Wl," + ",".join(f"--wrap={name}" for name in WRAPPED))
         if instrumented:
             # Compile and link apart: linked with -fsanitize=thread, the driver would add
             # libtsan, which cannot be loaded into a running Python; our hooks replace it.

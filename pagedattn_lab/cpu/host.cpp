@@ -3,8 +3,8 @@
 //
 // Checked launch: the parent forks worker processes (plain fork in C: no Python code runs
 // in the child), all in one new process group. Each worker installs handlers for
-// SIGSEGV/SIGBUS/SIGFPE/SIGSYS/... on an alternate stack, a seccomp filter (sandbox.cpp),
-// runs blocks, and exits. A fault is written into the shared control block (pal_ctl) with
+// SIGSEGV/SIGBUS/SIGFPE/SIGSYS/... on an alternate stack (and, if asked, a seccomp filter:
+// sandbox.cpp), runs blocks, and exits. A fault is written into the shared control block (pal_ctl) with
 // the faulting address and the running thread/block; the parent (Python) turns it into an
 // exception. Once the workers are done the parent kills their process group, so nothing a
 // kernel started outlives the launch. The parent waits with poll() on a pipe whose
@@ -33,9 +33,7 @@
 
 extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, int worker);
 extern "C" PAL_HIDDEN void pal_describe_fault(pal_result *r);
-extern "C" PAL_HIDDEN int pal_sandbox_install(void);
-extern "C" PAL_HIDDEN const char *pal_syscall_name(long nr);
-extern "C" PAL_HIDDEN [[noreturn]] void pal_worker_exit(int code);
+#include "sandbox.h"
 
 namespace {
 
@@ -134,7 +132,7 @@ void on_stop(int, siginfo_t *, void *)
 {
     g_ctl = h->ctl;
     g_worker = w;
-    setpgid(0, pgid);   // the parent does the same (whichever runs first)
+    PAL_REAL(setpgid)(0, pgid);   // the parent does the same (whichever runs first)
     signal(SIGINT, SIG_IGN);   // the parent decides; it kills us on Ctrl-C
     signal(SIGTERM, SIG_DFL);
     signal(SIGPIPE, SIG_DFL);
@@ -168,10 +166,8 @@ void on_stop(int, siginfo_t *, void *)
     sigaddset(&set, SIGUSR2);
     sigaddset(&set, SIGALRM);
     sigprocmask(SIG_UNBLOCK, &set, nullptr);
-    // Best effort: without it the parent still kills the group. $PAGEDATTN_LAB_CPU_SANDBOX=0
-    // turns it off (to test that).
-    const char *sandbox = getenv("PAGEDATTN_LAB_CPU_SANDBOX");
-    if (!sandbox || strcmp(sandbox, "0") != 0) pal_sandbox_install();
+    pal_sandbox_configure();
+    if (pal_sandbox_level == 2) pal_sandbox_install();   // best effort
     pal_run_blocks(&h->cfg, h->ctl, w);
     pal_worker_exit(0);
 }
@@ -194,7 +190,7 @@ void reap(Launch *h)
 {
     // Whatever the kernel started (where the sandbox could not stop it) goes with the
     // group; the leader is not reaped yet, so the group id cannot have been reused.
-    if (h->pgid > 0) kill(-h->pgid, SIGKILL);
+    if (h->pgid > 0) PAL_REAL(kill)(-h->pgid, SIGKILL);
     for (int w = 0; w < h->nworkers; ++w) {
         if (h->pids[w] <= 0) continue;
         int st = 0;
@@ -288,14 +284,14 @@ PAL_EXPORT void *pal_launch_begin(const pal_config *cfg)
     fcntl(fds[1], F_SETFD, FD_CLOEXEC);
     const pid_t parent = getpid();
     for (int w = 0; w < nw; ++w) {
-        pid_t pid = fork();
+        pid_t pid = PAL_REAL(fork)();
         if (pid == 0) {
             close(fds[0]);
             worker_main(h, w, parent, h->pgid);   // 0 for the first: it leads the group
         }
         if (pid < 0) break;   // run with the workers we have
         if (!h->pgid) h->pgid = pid;
-        setpgid(pid, h->pgid);
+        PAL_REAL(setpgid)(pid, h->pgid);
         h->pids[w] = pid;
         h->nworkers = w + 1;
     }
@@ -347,7 +343,7 @@ PAL_EXPORT void pal_launch_interrupt(void *hv)
     Launch *h = (Launch *)hv;
     if (h->done) return;
     for (int w = 0; w < h->nworkers; ++w)
-        if (h->pids[w] > 0) kill(h->pids[w], SIGUSR2);
+        if (h->pids[w] > 0) PAL_REAL(kill)(h->pids[w], SIGUSR2);
 }
 
 PAL_EXPORT pal_ctl *pal_launch_ctl(void *hv) { return ((Launch *)hv)->ctl; }

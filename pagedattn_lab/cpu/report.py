@@ -195,17 +195,21 @@ def warp_error(r, info: LaunchInfo) -> KernelError:
     head = (f"kernel {info.kernel!r}: {op} at line {r.line} in warp {warp} of block "
             f"{fmt3(r.block)} (thread {fmt3(r.thread)}) with mask {mask:#010x}")
     why = []
+    wmma = op.startswith("wmma::")
+    if wmma:
+        head = head.replace(f" with mask {mask:#010x}", " (warp-wide: all 32 lanes take part)")
     if missing:
+        fix = "" if wmma else " or pass a mask of the lanes that exist"
         why.append(f"names lane{'s' if len(missing) > 1 else ''} "
                    f"{lanes_text(sum(1 << i for i in missing))} "
                    f"that do{'es' if len(missing) == 1 else ''} not exist (the block has {n} "
                    f"threads, so warp {warp} has only lanes 0..{in_warp - 1}; make the block "
-                   f"size a multiple of 32 or pass a mask of the lanes that exist)")
+                   f"size a multiple of 32{fix})")
     if exited:
-        why.append(f"names lane{'s' if len(exited) > 1 else ''} "
+        why.append(f"{'needs' if wmma else 'names'} lane{'s' if len(exited) > 1 else ''} "
                    f"{lanes_text(sum(1 << i for i in exited))} "
                    f"that already exited (returned), so the intrinsic can never complete; all "
-                   f"lanes in the mask must reach it")
+                   f"lanes {'of the warp' if wmma else 'in the mask'} must reach it")
     msg = r.msg.decode(errors="replace")
     text = head + ": " + ("; ".join(why) if why else msg) + "."
     lanes = [lane for lane in range(32) if (bad >> lane) & 1]
@@ -247,27 +251,32 @@ def result_error(r, info: LaunchInfo) -> KernelError:
                        f"{r.msg.decode(errors='replace')}", kernel=info.kernel)
 
 
-_SYSCALL_HINTS = {
-    "exit": "a kernel cannot end the program; return from the kernel instead (or call "
-            "__trap() to fail the launch)",
-    "fork": "a kernel cannot start processes",
-    "clone": "a kernel cannot start processes or threads",
-    "exec": "a kernel cannot run programs",
-    "signal": "a kernel cannot signal other processes",
-}
+_SYSCALL_HINTS = [
+    (("exit", "_exit", "_Exit", "quick_exit"), "a kernel cannot end the program; return from "
+     "the kernel instead (or call __trap() to fail the launch)"),
+    (("abort",), "a kernel cannot abort the program; use assert() or __trap() to fail the "
+     "launch"),
+    (("fork", "vfork", "clone", "clone3", "daemon", "posix_spawn", "posix_spawnp", "system",
+      "popen", "execv", "execve", "execvp", "execvpe", "fexecve", "execl", "execlp", "execle",
+      "execveat"), "a kernel cannot start processes or run programs"),
+    (("pthread_create",), "a kernel cannot start threads: CUDA threads are the launch's"),
+    (("kill", "killpg", "raise", "sigqueue", "tkill", "tgkill", "rt_tgsigqueueinfo",
+      "pidfd_send_signal"), "a kernel cannot send signals"),
+]
 
 
 def syscall_error(r, info: LaunchInfo) -> KernelFault:
     call = r.msg.decode(errors="replace")
-    hint = next((h for key, h in _SYSCALL_HINTS.items() if key in call),
+    name = call.split(" ")[0]
+    hint = next((h for names, h in _SYSCALL_HINTS if name in names),
                 "a kernel may only compute and touch its arguments")
     return KernelFault(
-        f"kernel {info.kernel!r} called {call}{info.where(r)}: {hint}. The CPU executor "
+        f"kernel {info.kernel!r} called {call}(){info.where(r)}: {hint}. The CPU executor "
         f"stopped the launch; nothing it started is left running.", kernel=info.kernel,
         block=tuple(r.block) if r.has_thread else None,
-        thread=tuple(r.thread) if r.has_thread else None, signal="SIGSYS", region="unknown",
-        buffer=None, arg_index=None, index=None, size=None, access=None, address=None,
-        syscall=call.split(" ")[0])
+        thread=tuple(r.thread) if r.has_thread else None,
+        signal="SIGSYS" if r.signo else None, region="unknown", buffer=None, arg_index=None,
+        index=None, size=None, access=None, address=None, syscall=name)
 
 
 def worker_died(info: LaunchInfo, signo: int, timeout, r=None) -> KernelError:

@@ -8,6 +8,7 @@
 // When no fiber can run while some are still alive, the block is deadlocked: the state of
 // every thread is written to the result and the launch fails (no timeout needed).
 #include "scheduler.h"
+#include "sandbox.h"
 
 extern "C" {
 PAL_HIDDEN uint3 threadIdx;
@@ -188,6 +189,7 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
 {
     S.cfg = cfg; S.ctl = ctl; S.res = &ctl->res[worker];
     S.res->run_thread = -1;
+    pal_sandbox_configure();
     blockDim = dim3(cfg->block[0], cfg->block[1], cfg->block[2]);
     gridDim = dim3(cfg->grid[0], cfg->grid[1], cfg->grid[2]);
     S.n = (int)(cfg->block[0] * cfg->block[1] * cfg->block[2]);

@@ -1,19 +1,22 @@
-// Keeps a kernel inside its worker process (Linux): a seccomp filter makes the system calls
-// that would let kernel code escape or end the launch its own way trap with SIGSYS instead,
-// which the worker reports like a crash, naming the running thread and block:
+// The strict sandbox, $PAGEDATTN_LAB_CPU_SANDBOX=seccomp (Linux): on top of the wrapped
+// functions (wrap.cpp), a seccomp filter in each worker makes the system calls that would
+// let kernel code escape or end the launch its own way trap with SIGSYS, which the worker
+// reports like a crash, naming the running thread and block; it also catches calls made
+// through libraries and raw system calls:
 //   - creating processes or threads, or running programs: fork, vfork, clone, clone3,
 //     execve, execveat;
-//   - ending the process: exit_group (exit(), _exit(), returning from main...); the worker
-//     itself ends with the single-thread exit system call (pal_worker_exit);
+//   - ending the process: exit_group (exit(), _exit()...); the worker itself then ends with
+//     the single-thread exit system call (pal_worker_exit);
 //   - signalling any process but itself: kill, tkill, tgkill, rt_(tg)sigqueueinfo,
-//     pidfd_send_signal (abort() and raise() signal the worker itself and stay allowed);
+//     pidfd_send_signal;
 //   - leaving the launch's process group, or tracing: setsid, setpgid, ptrace.
-// Where seccomp is missing (macOS, old kernels, some containers) the worker runs without the
-// filter; the parent still kills the launch's whole process group afterwards.
-#include "runtime.h"
+// It is not the default because attaching a filter costs ~0.2 ms per worker (the kernel
+// compiles it), more than a small launch takes.
+#include "sandbox.h"
 
 #include <stddef.h>
 #include <stdlib.h>
+#include <string.h>
 #include <unistd.h>
 
 #if defined(__linux__) && __has_include(<linux/seccomp.h>) && \
@@ -26,13 +29,23 @@
 #define PAL_SECCOMP 1
 #endif
 
+namespace {
+bool filtered;   // this worker runs under the filter
+}
+
+extern "C" PAL_HIDDEN void pal_sandbox_configure(void)
+{
+    const char *v = getenv("PAGEDATTN_LAB_CPU_SANDBOX");
+    pal_sandbox_level = !v ? 1 : strcmp(v, "0") == 0 ? 0 : strcmp(v, "seccomp") == 0 ? 2 : 1;
+}
+
 extern "C" PAL_HIDDEN [[noreturn]] void pal_worker_exit(int code)
 {
 #ifdef PAL_SECCOMP
-    for (;;) syscall(SYS_exit, code);   // one thread: the process ends with this status
-#else
-    _exit(code);
+    if (filtered)
+        for (;;) PAL_REAL(syscall)(SYS_exit, code);   // one thread: the process ends with it
 #endif
+    PAL_REAL(_exit)(code);
 }
 
 #ifdef PAL_SECCOMP
@@ -100,7 +113,16 @@ extern "C" PAL_HIDDEN int pal_sandbox_install(void)
     prog.len = (unsigned short)n;
     prog.filter = f;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return -1;
-    return prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) == 0 ? 0 : -1;
+#ifdef SECCOMP_FILTER_FLAG_SPEC_ALLOW
+    // Without SPEC_ALLOW the kernel turns on its speculative-store-bypass mitigation for a
+    // filtered process, which slows the kernel's code.
+    if (PAL_REAL(syscall)(SYS_seccomp, SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_SPEC_ALLOW,
+                          &prog) == 0)
+        return (filtered = true), 0;
+#endif
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) != 0) return -1;
+    filtered = true;
+    return 0;
 }
 
 // The name of a trapped system call, for the report.
@@ -113,20 +135,20 @@ extern "C" PAL_HIDDEN const char *pal_syscall_name(long nr)
 #ifdef SYS_vfork
     case SYS_vfork: return "vfork";
 #endif
-    case SYS_clone: return "clone (a new process or thread)";
-    case SYS_clone3: return "clone3 (a new process or thread)";
-    case SYS_execve: return "execve (running a program)";
-    case SYS_execveat: return "execveat (running a program)";
+    case SYS_clone: return "clone";
+    case SYS_clone3: return "clone3";
+    case SYS_execve: return "execve";
+    case SYS_execveat: return "execveat";
     case SYS_exit_group: return "exit";
     case SYS_setsid: return "setsid";
     case SYS_setpgid: return "setpgid";
     case SYS_ptrace: return "ptrace";
-    case SYS_kill: return "kill (a signal to another process)";
-    case SYS_tkill: return "tkill (a signal to another process)";
-    case SYS_tgkill: return "tgkill (a signal to another process)";
-    case SYS_rt_sigqueueinfo: return "sigqueue (a signal to another process)";
-    case SYS_rt_tgsigqueueinfo: return "rt_tgsigqueueinfo (a signal to another process)";
-    case SYS_pidfd_send_signal: return "pidfd_send_signal (a signal to another process)";
+    case SYS_kill: return "kill";
+    case SYS_tkill: return "tkill";
+    case SYS_tgkill: return "tgkill";
+    case SYS_rt_sigqueueinfo: return "sigqueue";
+    case SYS_rt_tgsigqueueinfo: return "rt_tgsigqueueinfo";
+    case SYS_pidfd_send_signal: return "pidfd_send_signal";
     default: return "a forbidden system call";
     }
 }

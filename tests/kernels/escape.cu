@@ -46,3 +46,9 @@ extern "C" __global__ void calls_system(int* out)
 {
     if (threadIdx.x == 1) out[0] = system("sleep 60");
 }
+
+// Through a libc function that is not wrapped (tgkill): only the seccomp filter sees it.
+extern "C" __global__ void signals_indirectly(int* out, int pid)
+{
+    if (threadIdx.x == 4) tgkill(pid, pid, SIGTERM);
+}

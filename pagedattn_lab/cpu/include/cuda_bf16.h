@@ -1,2 +1,3 @@
-// cuda_bf16.h: not supported by the CPU executor.
-#error "bfloat16 (cuda_bf16.h) is not supported by the pagedattn_lab CPU executor; use __half or float"
+// cuda_bf16.h for the CPU executor: __nv_bfloat16 and __nv_bfloat162 (shim_bf16.h).
+#include "../shim.h"
+#include "../shim_bf16.h"

@@ -1,2 +1,5 @@
-// mma.h: not supported by the CPU executor.
-#error "tensor-core WMMA (mma.h) is not supported by the pagedattn_lab CPU executor"
+// mma.h for the CPU executor: nvcuda::wmma (shim_mma.h). As in CUDA, it brings __half and
+// __nv_bfloat16 along.
+#include "../shim.h"
+#include "../shim_bf16.h"
+#include "../shim_mma.h"
