@@ -12,6 +12,7 @@ Run from the repository root (it imports pagedattn_lab from there).
 import sys
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -54,18 +55,50 @@ def main():
     rng = np.random.default_rng(7)
     ok = True
     f16, f32 = np.float16, np.float32
-    decode_cases = [
-        ("decode f16 MHA d128 page 16 split", [700, 33, 1], 16, 4, 4, 128, f16, {}),
-        ("decode f16 MHA d128 page 16 no split", [700, 33, 1], 16, 4, 4, 128, f16,
+    decode_cases = [   # (name, lens, page, heads, kv heads, head_dim, dtype, keywords)
+        ("simt f16 MHA d128 page 16 split", [700, 33, 1], 16, 4, 4, 128, f16, {}),
+        ("simt f16 MHA d128 page 16 no split", [700, 33, 1], 16, 4, 4, 128, f16,
          {"num_splits": 1}),
-        ("decode f32 GQA4 d64 page 8", [130, 9], 8, 8, 2, 64, f32, {}),
-        ("decode f16 GQA2 d64 page 12", [50, 25], 12, 4, 2, 64, f16, {}),
-        ("decode f16 MQA16 d64 page 256 split", [600, 5], 256, 16, 1, 64, f16, {"num_splits": 3}),
+        ("simt f32 GQA4 d64 page 8", [130, 9], 8, 8, 2, 64, f32, {}),
+        ("simt f16 GQA2 d64 page 12", [50, 25], 12, 4, 2, 64, f16, {}),
+        ("simt f16 MQA16 d64 page 256 split", [600, 5], 256, 16, 1, 64, f16, {"num_splits": 3}),
+        ("simt f32 GQA4 d80 (padded lanes) split", [300, 5], 16, 8, 2, 80, f32, {"num_splits": 2}),
+        ("simt f32 MHA d256 (2 chunks per lane)", [70, 5], 16, 2, 2, 256, f32, {}),
+    ]
+    tc = {"kernel": "tensor_core"}
+    decode_cases += [
+        ("tc f16 MHA d128 page 16 split", [700, 33, 1], 16, 4, 4, 128, f16, {**tc}),
+        ("tc f16 GQA4 d128 page 16 no split", [700, 33, 1], 16, 8, 2, 128, f16,
+         {**tc, "num_splits": 1}),
+        ("tc f16 GQA4 d64 page 7 split 3", [130, 9, 1], 7, 8, 2, 64, f16, {**tc, "num_splits": 3}),
+        ("tc f16 MQA16 d80 page 1", [90, 5], 1, 16, 1, 80, f16, {**tc, "num_splits": 2}),
+        ("tc f16 group 20 d96 (2 row tiles) split", [200, 17], 16, 40, 2, 96, f16,
+         {**tc, "num_splits": 4}),
+        ("tc f16 group 64 d128 (4 row tiles) split", [300, 3], 32, 64, 1, 128, f16,
+         {**tc, "num_splits": 2}),
+        ("tc f16 GQA8 d256 page 256 split", [600, 5], 256, 16, 2, 256, f16,
+         {**tc, "num_splits": 3}),
+        ("tc f16 GQA2 d192 split", [100, 40], 16, 4, 2, 192, f16, {**tc, "num_splits": 2}),
+        ("tc f16 GQA4 d112 auto split", [2000], 16, 8, 2, 112, f16, {**tc}),
     ]
     for name, lens, ps, h, kvh, hd, dt, kw in decode_cases:
         args = problem(rng, lens, ps, h, kvh, hd, dt)
-        ok &= check(name, args, lambda *a, kw=kw: paged_attention_decode(*a, **kw),
+        ok &= check("decode " + name, args, lambda *a, kw=kw: paged_attention_decode(*a, **kw),
                     reference_decode, 2e-3 if dt == f16 else 1e-5)
+    # bfloat16 (uint16 bits on CuPy), both kernels
+    q, k, v, tables, lens = problem(rng, [300, 17], 16, 8, 2, 128, f32)
+    bf = [a.astype(ml_dtypes.bfloat16) for a in (q, k, v)]
+    ref = reference_decode(*[a.astype(f32) for a in bf], tables, lens)
+    for kernel in ("tensor_core", "simt"):
+        out = paged_attention_decode(*[cp.asarray(a.view(np.uint16)) for a in bf],
+                                     cp.asarray(tables), cp.asarray(lens), kernel=kernel,
+                                     num_splits=2)
+        got = cp.asnumpy(out).view(ml_dtypes.bfloat16).astype(np.float64)
+        err = float(np.linalg.norm(got - ref) / np.linalg.norm(ref))
+        good = bool(np.isfinite(got).all() and err < 1e-2)
+        print(f"{'decode bf16 ' + kernel + ' GQA4 d128 split':44s} rel err {err:.2e} "
+              f"{'ok' if good else 'WRONG'}")
+        ok &= good
     prefill_cases = [
         ("prefill naive f32 d64", "naive", [130, 1, 64], 16, 4, 2, 64, f32),
         ("prefill tiled f32 d64", "tiled", [130, 1, 64], 16, 4, 2, 64, f32),

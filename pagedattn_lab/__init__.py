@@ -12,11 +12,17 @@ from .backend import gpu_available, gpu_status
 from .cache import PagedKVCache
 from .gather import gather_kv
 from .paging import BlockAllocator, OutOfPagesError
-from .reference import reference_decode, reference_prefill
+from .reference import reference_decode, reference_prefill, reference_prefill_packed
 
 __version__ = "0.1.0"
 
 _LAZY = {
+    "BatchDecodeWrapper": "wrappers",
+    "BatchPrefillWrapper": "prefill_wrapper",
+    "slot_mapping": "cache_write",
+    "write_kv": "cache_write",
+    "from_csr": "wrappers",
+    "to_csr": "wrappers",
     "paged_attention_decode": "attention",
     "paged_attention_prefill": "attention",
     "PagedAttentionManager": "manager",
@@ -31,9 +37,10 @@ def __getattr__(name):
 
 
 __all__ = [
-    "BlockAllocator", "OutOfPagesError", "PagedAttentionManager", "PagedKVCache", "RawKernel",
-    "Translation", "element_offset", "gather_kv", "gather_kv_reference", "gpu_available",
-    "gpu_status", "page_offset", "paged_attention_decode", "paged_attention_prefill",
-    "physical_page", "physical_slot", "reference_decode", "reference_prefill", "token_slots",
-    "translate", "virtual_page",
+    "BatchDecodeWrapper", "BatchPrefillWrapper", "BlockAllocator", "OutOfPagesError", "PagedAttentionManager",
+    "PagedKVCache", "RawKernel", "Translation", "element_offset", "from_csr", "gather_kv",
+    "gather_kv_reference", "gpu_available", "gpu_status", "page_offset", "paged_attention_decode",
+    "paged_attention_prefill", "physical_page", "physical_slot", "reference_decode",
+    "reference_prefill", "reference_prefill_packed", "slot_mapping", "to_csr", "token_slots",
+    "translate", "virtual_page", "write_kv",
 ]

@@ -8,13 +8,16 @@ return CuPy. Every input is validated before anything is launched, and every err
 names the argument at fault.
 
     decode:  kernels/decode.cu         (one query token per sequence; split-K + merge)
+             kernels/decode_tc.cu      (GQA groups as matrix rows on tensor cores)
     prefill: kernels/prefill_naive.cu  (one thread per query token: guide step 3, fixed)
              kernels/prefill_tiled.cu  (query tiles reusing K/V tiles in shared memory)
 
 The two wrappers live in `attention_decode.py` and `attention_prefill.py` (what they share
 is in `attention_common.py`) and are re-exported here.
 """
-from .attention_decode import DecodePlan, choose_partitions, paged_attention_decode
+from .attention_decode import choose_partitions, paged_attention_decode
 from .attention_prefill import paged_attention_prefill
+from .wrappers import BatchDecodeWrapper, from_csr, to_csr
 
-__all__ = ["DecodePlan", "choose_partitions", "paged_attention_decode", "paged_attention_prefill"]
+__all__ = ["BatchDecodeWrapper", "choose_partitions", "from_csr", "paged_attention_decode",
+           "paged_attention_prefill", "to_csr"]

@@ -1,6 +1,8 @@
 """What the attention wrappers share: where arrays live, alignment, and output checks."""
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 
 from .backend import is_cupy_array, to_numpy
@@ -72,3 +74,83 @@ def allow_shared_memory(kern, nbytes: int) -> None:
     attribute cudaFuncAttributeMaxDynamicSharedMemorySize, as cupy.RawKernel names it)."""
     if nbytes > 48 * 1024 and kern.max_dynamic_shared_size_bytes < nbytes:
         kern.max_dynamic_shared_size_bytes = nbytes
+
+
+# ---- element types and array libraries ---------------------------------------------------
+# A cache holds float32, float16 or bfloat16. NumPy holds bfloat16 through the ml_dtypes
+# package; CuPy has no bfloat16 dtype (cupy issue 7527), so on the GPU bfloat16 data comes as
+# torch.bfloat16 tensors (through DLPack, no copy) or as CuPy uint16 arrays holding the bits.
+
+DTYPE_NAMES = ("float32", "float16", "bfloat16")
+KV_C_TYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
+
+
+def bfloat16_dtype():
+    """ml_dtypes.bfloat16 as a NumPy dtype (ml_dtypes is a dependency of the course)."""
+    import ml_dtypes  # noqa: PLC0415 - only bfloat16 callers need it
+    return np.dtype(ml_dtypes.bfloat16)
+
+
+def dtype_name(dtype) -> str:
+    """'float32', 'float16' or 'bfloat16' from a name, a NumPy/ml_dtypes/CuPy dtype or a
+    torch dtype; ValueError for anything else."""
+    name = str(dtype).replace("torch.", "")
+    if name in ("float", "half"):
+        name = {"float": "float32", "half": "float16"}[name]
+    if name not in DTYPE_NAMES:
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:
+            pass
+    if name not in DTYPE_NAMES:
+        raise ValueError(f"dtype: expected one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
+    return name
+
+
+def array_dtypes(name: str, on_gpu: bool) -> tuple:
+    """The NumPy/CuPy dtypes an array of element type `name` may have: bfloat16 is
+    ml_dtypes.bfloat16 on the CPU, or uint16 holding its bits (the only way on CuPy)."""
+    if name == "bfloat16":
+        return (np.dtype(np.uint16),) if on_gpu else (bfloat16_dtype(), np.dtype(np.uint16))
+    return (np.dtype(name),)
+
+
+def is_torch_tensor(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
+def from_torch(x):
+    """A torch tensor as a CuPy (CUDA tensor) or NumPy (CPU tensor) array sharing its memory;
+    a torch.bfloat16 tensor becomes uint16 (its bits). Anything else is returned as it is."""
+    if not is_torch_tensor(x):
+        return x
+    import torch  # noqa: PLC0415 - only reached with a torch tensor in hand
+    bits = x.view(torch.int16) if x.dtype == torch.bfloat16 else x
+    if bits.is_cuda:
+        from .backend import cupy_module  # noqa: PLC0415
+        arr = cupy_module().from_dlpack(bits)
+    else:
+        arr = bits.numpy()
+    return arr.view(np.uint16) if x.dtype == torch.bfloat16 else arr
+
+
+def to_torch_like(arr, like):
+    """`arr` (from `from_torch(like)`'s library) as a torch tensor of like's dtype, no copy."""
+    import torch  # noqa: PLC0415
+    t = torch.from_dlpack(arr) if is_cupy_array(arr) else torch.from_numpy(arr)
+    return t.view(torch.bfloat16) if like.dtype == torch.bfloat16 else t
+
+
+def sm_count(on_gpu: bool, cpu_count: int = 4) -> int:
+    """Multiprocessors of the current GPU; `cpu_count` for the CPU executor."""
+    if not on_gpu:
+        return cpu_count
+    from .backend import cupy_module  # noqa: PLC0415
+    return _sm_count(cupy_module().cuda.runtime.getDevice())
+
+
+@functools.lru_cache(maxsize=None)
+def _sm_count(device: int) -> int:
+    # Asked once per device: CuPy's Device.attributes queries every attribute (~0.1 ms).
+    from .backend import cupy_module  # noqa: PLC0415
+    return int(cupy_module().cuda.Device(device).attributes["MultiProcessorCount"])

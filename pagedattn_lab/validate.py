@@ -78,12 +78,14 @@ def check_kv_cache(k_cache, v_cache, *, dtypes=CACHE_DTYPES):
                         f"got {v_cache.dtype.name}")
 
 
-def check_block_tables(block_tables, seq_lens, *, num_pages: int, page_size: int,
+def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_size: int,
                        batch: int, min_len: int):
     """Check the page table against the cache; return (block_tables, seq_lens) as NumPy.
 
     Only the entries a sequence actually uses (its first ceil(len / page_size)) must be
-    valid page ids: the rest are padding that no kernel reads.
+    valid page ids: the rest are padding that no kernel reads. num_pages=None (a plan made
+    before any cache is at hand): ids must be >= 0; the caller checks the largest later.
+    Vectorised: one pass over the table, whatever the batch.
     """
     check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
     check_array(seq_lens, "seq_lens", ndim=1, dtypes=[np.int32])
@@ -95,19 +97,25 @@ def check_block_tables(block_tables, seq_lens, *, num_pages: int, page_size: int
                          f"shape {tuple(seq_lens.shape)}")
     tables, lens = to_numpy(block_tables), to_numpy(seq_lens)
     capacity = tables.shape[1] * page_size
-    for b, length in enumerate(lens):
-        if length < min_len:
-            raise ValueError(f"seq_lens[{b}]: expected a length >= {min_len}, got {length}")
-        if length > capacity:
-            raise ValueError(f"seq_lens[{b}]: {length} tokens do not fit in a block table row of "
-                             f"{tables.shape[1]} pages x {page_size} tokens = {capacity}")
-        used = tables[b, : -(-int(length) // page_size)]
-        bad = np.flatnonzero((used < 0) | (used >= num_pages))
-        if bad.size:
-            j = int(bad[0])
-            raise ValueError(f"block_tables[{b}, {j}]: page id {int(used[j])} is out of range "
-                             f"for a cache of {num_pages} pages (sequence {b} has {length} "
-                             f"tokens, so its first {used.size} entries are read)")
+    short = np.flatnonzero(lens < min_len)
+    if short.size:
+        b = int(short[0])
+        raise ValueError(f"seq_lens[{b}]: expected a length >= {min_len}, got {lens[b]}")
+    over = np.flatnonzero(lens > capacity)
+    if over.size:
+        b = int(over[0])
+        raise ValueError(f"seq_lens[{b}]: {lens[b]} tokens do not fit in a block table row of "
+                         f"{tables.shape[1]} pages x {page_size} tokens = {capacity}")
+    pages = -(-lens.astype(np.int64) // page_size)
+    used = np.arange(tables.shape[1])[None, :] < pages[:, None]
+    out_of_range = tables < 0 if num_pages is None else (tables < 0) | (tables >= num_pages)
+    bad = used & out_of_range
+    if bad.any():
+        b, j = (int(i) for i in np.argwhere(bad)[0])
+        cache = "ids must be >= 0" if num_pages is None else f"for a cache of {num_pages} pages"
+        raise ValueError(f"block_tables[{b}, {j}]: page id {int(tables[b, j])} is out of range "
+                         f"{cache} (sequence {b} has {lens[b]} tokens, so its first "
+                         f"{int(pages[b])} entries are read)")
     return tables, lens
 
 

@@ -8,8 +8,8 @@ scattered page ids, outputs poisoned with NaN, and bad input refused before any 
 import numpy as np
 import pytest
 
-import pagedattn_lab.attention_decode as attention_decode
 import pagedattn_lab.attention_prefill as attention_prefill
+import pagedattn_lab.wrappers as wrappers
 from pagedattn_lab import reference_decode, reference_prefill
 from pagedattn_lab.attention import (
     choose_partitions,
@@ -158,7 +158,7 @@ def test_prefill_empty_sequence(rng):
 def no_launch(monkeypatch):
     def refuse(*a, **k):
         raise AssertionError("a kernel was loaded or launched for invalid input")
-    monkeypatch.setattr(attention_decode, "load_kernel", refuse)
+    monkeypatch.setattr(wrappers, "load_kernel", refuse)
     monkeypatch.setattr(attention_prefill, "load_kernel", refuse)
 
 
@@ -182,8 +182,8 @@ def _bad_cases(rng, mode):
 @pytest.mark.usefixtures("no_launch")
 def test_decode_bad_input(rng):
     cases = list(_bad_cases(rng, "decode"))
-    q, k, v, t, lens = make_problem(rng, [5, 17], head_dim=48)
-    cases.append(("head_dim 48", (q, k, v, t, lens), {}))
+    q, k, v, t, lens = make_problem(rng, [5, 17], head_dim=260)
+    cases.append(("head_dim: 260", (q, k, v, t, lens), {}))
     q, k, v, t, lens = make_problem(rng, [5, 17])
     cases.append(("num_splits", (q, k, v, t, lens), {"num_splits": 0}))
     cases.append(("q", (q[:, :3], k, v, t, lens), {}))           # 3 heads over 2 KV heads

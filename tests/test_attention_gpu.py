@@ -1,9 +1,7 @@
-"""The attention kernels on the GPU (CuPy), against the float64 reference.
+"""The prefill kernels on the GPU (CuPy), against the float64 reference; a decode cache of
+more than 2^31 elements; the manager on the GPU. (Decode's grid: test_decode_gpu.py.)
 
-Marked `gpu`: skipped without one (tests/conftest.py). The full grid of page sizes 8..256,
-fp16/fp32, head_dim 64 and 128 (and the other supported sizes), MHA/GQA/MQA, lengths
-around the page size, long sequences that take the split-K path, scattered pages, NaN-poisoned
-outputs, a cache of more than 2^31 elements, and the manager on the GPU.
+Marked `gpu`: skipped without one (tests/conftest.py).
 """
 import numpy as np
 import pytest
@@ -21,19 +19,6 @@ def cp():
     return cupy
 
 
-def run_decode(cp, args, dtype, **kw):
-    from pagedattn_lab.attention import paged_attention_decode
-    ref = reference_decode(*args)
-    dev = [cp.asarray(a) for a in args]
-    out = cp.full(ref.shape, np.nan, dtype=dtype)
-    res = paged_attention_decode(*dev, out=out, **kw)
-    assert res is out and isinstance(res, cp.ndarray)
-    host = cp.asnumpy(res)
-    assert np.isfinite(host).all(), "some outputs were not written"
-    err = rel_err(host, ref)
-    assert err < TOL[dtype], f"relative error {err:.2e}"
-
-
 def run_prefill(cp, args, dtype, kernel):
     from pagedattn_lab.attention import paged_attention_prefill
     ref = reference_prefill(*args)
@@ -45,44 +30,6 @@ def run_prefill(cp, args, dtype, kernel):
         assert not host[b, n:].any()
     err = rel_err(host, ref)
     assert err < TOL[dtype], f"relative error {err:.2e}"
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-@pytest.mark.parametrize("page_size", [8, 16, 32, 64, 128, 256])
-@pytest.mark.parametrize("head_dim", [64, 128])
-def test_decode_page_sizes(rng, cp, dtype, page_size, head_dim):
-    lens = [1, page_size - 1, page_size, page_size + 1, 2 * page_size + 3, 1500]
-    args = make_problem(rng, lens, page_size=page_size, num_heads=8, num_kv_heads=2,
-                        head_dim=head_dim, dtype=dtype)
-    run_decode(cp, args, dtype)
-
-
-@pytest.mark.parametrize("num_heads,num_kv_heads", [(4, 4), (8, 2), (8, 1), (12, 4),
-                                                    (32, 8), (64, 8), (32, 1)])
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_decode_groups(rng, cp, num_heads, num_kv_heads, dtype):
-    args = make_problem(rng, [3, 77, 600], num_heads=num_heads, num_kv_heads=num_kv_heads,
-                        dtype=dtype)
-    run_decode(cp, args, dtype)
-
-
-@pytest.mark.parametrize("dtype,head_dim", [(np.float16, 32), (np.float16, 256),
-                                            (np.float32, 32), (np.float16, 16)])
-def test_decode_other_head_dims(rng, cp, dtype, head_dim):
-    args = make_problem(rng, [5, 300], head_dim=head_dim, dtype=dtype)
-    run_decode(cp, args, dtype)
-
-
-@pytest.mark.parametrize("num_splits", [None, 1, 2, 5, 64])
-@pytest.mark.parametrize("dtype", [np.float32, np.float16])
-def test_decode_split_k(rng, cp, num_splits, dtype):
-    args = make_problem(rng, [9000, 4097, 513, 1], page_size=16, num_heads=8, num_kv_heads=2,
-                        dtype=dtype)
-    run_decode(cp, args, dtype, num_splits=num_splits)
-
-
-def test_decode_page_size_12(rng, cp):
-    run_decode(cp, make_problem(rng, [11, 12, 13, 700], page_size=12), np.float32)
 
 
 @pytest.mark.parametrize("kernel", ["naive", "tiled"])
@@ -102,7 +49,8 @@ def test_prefill_tiled_page_sizes(rng, cp, page_size):
     run_prefill(cp, args, np.float32, "tiled")
 
 
-def test_decode_cache_over_2_to_31_elements(rng, cp):
+@pytest.mark.parametrize("kernel", ["simt", "tensor_core"])
+def test_decode_cache_over_2_to_31_elements(rng, cp, kernel):
     """Pages past element 2^31: offsets must be computed in 64 bits."""
     from pagedattn_lab.attention import paged_attention_decode
     page_size, kvh, hd = 16, 8, 128
@@ -121,7 +69,8 @@ def test_decode_cache_over_2_to_31_elements(rng, cp):
     k[cp.asarray(high)] = cp.asarray(k_small[used])
     v[cp.asarray(high)] = cp.asarray(v_small[used])
     ref = reference_decode(q, k_small, v_small, tables_small, seq_lens)
-    out = paged_attention_decode(cp.asarray(q), k, v, cp.asarray(tables), cp.asarray(seq_lens))
+    out = paged_attention_decode(cp.asarray(q), k, v, cp.asarray(tables), cp.asarray(seq_lens),
+                                 kernel=kernel, num_splits=2)
     assert rel_err(cp.asnumpy(out), ref) < 2e-3
     del k, v
     cp.get_default_memory_pool().free_all_blocks()
@@ -150,15 +99,9 @@ def test_numpy_inputs_still_run_on_cpu(rng):
     assert rel_err(out, reference_decode(*args)) < 1e-5
 
 
-def test_plans_reused_take_the_fast_path(rng, cp):
+def test_prefill_plans_reused_take_the_fast_path(rng, cp):
     """A plan's second launch skips the argument check and must give the same result."""
-    from pagedattn_lab.attention_decode import DecodePlan
     from pagedattn_lab.attention_prefill import plan_prefill
-    args = [cp.asarray(a) for a in make_problem(rng, [700, 33], dtype=np.float16)]
-    plan = DecodePlan(*args)
-    first = plan().copy()
-    second = plan()
-    assert cp.array_equal(first, second)
     args = [cp.asarray(a) for a in make_problem(rng, [130, 64], mode="prefill")]
     launch = plan_prefill(*args, kernel="tiled")
     first = launch().copy()

@@ -1,6 +1,8 @@
-"""GPU benchmark of the course's kernels against FlashInfer and PyTorch: `python -m pagedattn_lab.bench`.
+"""GPU benchmark of the course's kernels against FlashInfer and PyTorch:
+`python -m pagedattn_lab.bench`.
 
-Modules: `workloads` (what is measured), `timing` (events, L2 flush, copy bandwidth),
-`baselines` (PyTorch SDPA, gather + SDPA, FlexAttention paged), `report` (table, JSON, PNG),
-`run` (the driver behind `__main__`).
+Modules: `workloads` (what is measured), `timing` (events, L2 flush, copy bandwidth, host
+time), `flashinfer_baseline` (FlashInfer's decode, CUDA and tensor cores), `baselines`
+(PyTorch SDPA, gather + SDPA, FlexAttention paged), `report` (table, JSON, PNG, the decode
+issue's targets), `run` (the driver behind `__main__`).
 """

@@ -13,6 +13,12 @@ def table(rows: list[dict]) -> str:
     head = ["kernel", "workload", "ms", "GB/s", "% copy", "TFLOP/s", "speed-up (x baseline)"]
     lines = []
     for r in rows:
+        if r.get("kind") == "host":
+            what = (f"{r['wall_us_per_run']:.1f} us per run" if "wall_us_per_run" in r else
+                    f"{r['wall_ms_per_call']:.3f} ms per call, "
+                    f"{r.get('ratio_to_kernel', float('nan')):.2f}x the kernel")
+            lines.append([r["kernel"], r["workload"], "host", "", "", "", what])
+            continue
         if r.get("error"):
             lines.append([r["kernel"], r["workload"], "failed", "", "", "", r["error"][:60]])
             continue
@@ -54,7 +60,8 @@ def write_chart(path: Path, meta: dict, rows: list[dict]) -> None:
     copy = meta.get("copy_bandwidth_GBps")
     if copy:
         ax1.axhline(copy, color="k", linestyle="--", linewidth=1, label="device copy")
-    ax1.set_xticks([j + 0.4 - width / 2 for j in range(len(workloads))], workloads)
+    ax1.set_xticks([j + 0.4 - width / 2 for j in range(len(workloads))], workloads, rotation=30,
+                   ha="right", fontsize=8)
     ax1.set_ylabel("achieved GB/s (needed bytes / time)")
     ax1.set_title(f"Paged decode on {meta.get('gpu', '?')}")
     ax1.legend(fontsize=8)
@@ -68,3 +75,53 @@ def write_chart(path: Path, meta: dict, rows: list[dict]) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# ---- the issue's targets ------------------------------------------------------------------
+MUST_WIN = ("1x32k-gqa4",)   # besides every GQA/MQA row and head_dim 256
+
+
+def targets(rows: list[dict], copy_bw: float) -> list[dict]:
+    """Each target of the decode issue against this run's figures (pass or not)."""
+    ours = {r["workload"]: r for r in rows if r.get("kind") == "decode"
+            and r.get("kernel") == "paged-decode" and r.get("ms")}
+    fi: dict = {}
+    for r in rows:
+        if r.get("kind") == "decode" and r["kernel"].startswith("flashinfer") and r.get("ms"):
+            fi[r["workload"]] = min(fi.get(r["workload"], float("inf")), r["ms"])
+    out = []
+    for wl, r in ours.items():
+        best = fi.get(wl)
+        if best:
+            out.append({"target": "within 3% of FlashInfer's better time", "workload": wl,
+                        "ours_ms": r["ms"], "flashinfer_ms": best, "ratio": r["ms"] / best,
+                        "pass": r["ms"] <= 1.03 * best})
+            if r.get("group", 1) > 1 or wl in MUST_WIN or r.get("head_dim") == 256:
+                out.append({"target": "faster than FlashInfer (GQA/MQA, 1x32k, head_dim 256)",
+                            "workload": wl, "ours_ms": r["ms"], "flashinfer_ms": best,
+                            "ratio": r["ms"] / best, "pass": r["ms"] < best})
+        floor_ms = r["bytes"] / copy_bw * 1e3
+        if floor_ms >= 0.1:
+            out.append({"target": ">= 90% of the copy rate (floor >= 0.1 ms)", "workload": wl,
+                        "floor_ms": floor_ms, "pct_copy": r["pct_copy"],
+                        "pass": r["pct_copy"] >= 90})
+    for r in rows:
+        if r.get("kind") != "host":
+            continue
+        if r["kernel"] == "BatchDecodeWrapper.run":
+            out.append({"target": "run() host overhead <= 20 us", "workload": r["workload"],
+                        "us": r["wall_us_per_run"], "pass": r["wall_us_per_run"] <= 20})
+        elif "ratio_to_kernel" in r:
+            out.append({"target": "one-shot D64 <= 1.3x the kernel", "workload": r["workload"],
+                        "ratio": r["ratio_to_kernel"], "pass": r["ratio_to_kernel"] <= 1.3})
+    return out
+
+
+def targets_table(checks: list[dict]) -> str:
+    lines = [f"targets: {sum(c['pass'] for c in checks)} of {len(checks)} met"]
+    for c in checks:
+        figures = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                            for k, v in c.items() if k not in ("target", "workload", "pass"))
+        lines.append(f"  {'ok  ' if c['pass'] else 'MISS'} {c['workload']:<14} {c['target']}: "
+                     f"{figures}")
+    return "\n".join(lines)

@@ -1,10 +1,13 @@
 """The benchmark driver: `python -m pagedattn_lab.bench [--quick] [--out DIR]` (GPU only).
 
-For every workload it builds one set of inputs, runs our kernel and each baseline on it,
-checks that they agree, times them (CUDA events, warm-up, L2 flushed before every
-repetition, median), and reports time, achieved bandwidth (the fewest bytes the problem
-needs / time), that bandwidth as a share of the measured device-to-device copy rate, and
-speed-ups. Writes bench.json and bench.png into --out.
+For every workload it builds one set of inputs, runs our kernels (the one the plan picks and
+the other one) and each baseline on it (FlashInfer's decode on CUDA cores and on tensor
+cores, when it imports; PyTorch's), checks that they agree, times them (CUDA events, warm-up,
+L2 flushed before every repetition, median), and reports time, achieved bandwidth (the fewest
+bytes the problem needs / time), that bandwidth as a share of the measured device-to-device
+copy rate, and speed-ups. Also: the host time of `BatchDecodeWrapper.run` (100 back-to-back
+runs of a tiny problem) and of the one-shot `paged_attention_decode` on D64. Prints the
+issue's targets against the measured figures. Writes <prefix>.json and <prefix>.png.
 """
 from __future__ import annotations
 
@@ -20,7 +23,9 @@ import numpy as np
 from ..backend import gpu_available, gpu_status
 from . import report
 from .baselines import DECODE_BASELINES, import_torch, sdpa_prefill
-from .timing import Timer, copy_bandwidth
+from .flashinfer_baseline import VARIANTS as FLASHINFER_VARIANTS
+from .flashinfer_baseline import decode_runner, import_flashinfer, prebuild
+from .timing import Timer, copy_bandwidth, host_time
 from .workloads import (
     build_decode_inputs,
     build_prefill_inputs,
@@ -36,6 +41,11 @@ def parse_args(argv):
     p.add_argument("--quick", action="store_true", help="a short smoke run (small workloads)")
     p.add_argument("--reps", type=int, default=None, help="timed repetitions (default 30; quick 5)")
     p.add_argument("--no-baselines", action="store_true", help="time only the course's kernels")
+    p.add_argument("--baselines", default=",".join([*FLASHINFER_VARIANTS, *DECODE_BASELINES,
+                                                     "sdpa-prefill"]),
+                   help="comma-separated baselines to run (default: all)")
+    p.add_argument("--only", default=None, help="comma-separated decode workload names")
+    p.add_argument("--no-prefill", action="store_true", help="skip the prefill workloads")
     p.add_argument("--prefix", default="bench", help="file name stem of the JSON and PNG")
     return p.parse_args(argv)
 
@@ -52,8 +62,24 @@ class Bench:
         self.timer = Timer(cp)
         self.reps = args.reps or (5 if args.quick else 30)
         self.rows: list[dict] = []
+        self.flashinfer = None
         self.timer.warm_up()
         self.copy_bw = copy_bandwidth(cp, self.timer)
+
+    def start_flashinfer(self, workloads) -> str:
+        """Import FlashInfer and compile its kernels for `workloads`; a note for the JSON."""
+        if self.torch is None or not any(self.wanted(n) for n in FLASHINFER_VARIANTS):
+            return "not run"
+        try:
+            self.flashinfer = import_flashinfer()
+        except Exception as exc:
+            return f"not available: {type(exc).__name__}: {exc}"
+        import time  # noqa: PLC0415
+        t0 = time.perf_counter()
+        failures = prebuild(self.flashinfer, self.torch, workloads)
+        note = (f"flashinfer {self.flashinfer.__version__}; kernels ready in "
+                f"{time.perf_counter() - t0:.0f} s")
+        return note + (f"; prebuild failures: {failures}" if failures else "")
 
     def record(self, kind, workload, kernel, fn, *, nbytes=None, flops=None, reps=None,
                ref=None, extra=None):
@@ -79,25 +105,51 @@ class Bench:
         self.rows.append(row)
         return row
 
+    def wanted(self, name: str) -> bool:
+        return not self.args.no_baselines and name in self.args.baselines.split(",")
+
     def decode(self, w, progress):
-        from ..attention_decode import DecodePlan  # noqa: PLC0415
+        from ..attention_decode import paged_attention_decode  # noqa: PLC0415
+        from ..wrappers import BatchDecodeWrapper  # noqa: PLC0415
         cp = self.cp
         inp = build_decode_inputs(cp, w)
         scale = 1.0 / math.sqrt(w.head_dim)
         nbytes = w.bytes_moved()
-        plan = DecodePlan(**inp, scale=scale)
-        ours = plan().copy()
-        main = self.record("decode", w, "paged-decode", plan, nbytes=nbytes,
-                           extra={"part_len": plan.part_len, "max_parts": plan.max_parts})
+        q, k, v = inp["q"], inp["k_cache"], inp["v_cache"]
+        chosen = main = ours = None
+        for kernel in ("auto", "simt", "tensor_core"):
+            plan = BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], w.num_heads,
+                                             w.num_kv_heads, w.head_dim, w.page_size, w.dtype,
+                                             kernel=kernel)
+            if kernel != "auto" and plan.kernel == chosen.kernel:
+                continue   # the plan's own choice is timed already
+            out = cp.empty_like(q)
+            name = "paged-decode" if kernel == "auto" else f"paged-decode ({kernel}, not chosen)"
+            row = self.record("decode", w, name,
+                              lambda p=plan, o=out: p.run(q, k, v, out=o, scale=scale),
+                              nbytes=nbytes, ref=None if kernel == "auto" else ours,
+                              extra={"group": w.group, "head_dim": w.head_dim,
+                                     "kernel_choice": plan.kernel, "part_len": plan.part_len,
+                                     "max_parts": plan.max_parts, "grid": list(plan.grid),
+                                     "plan": plan.describe()})
+            if kernel == "auto":
+                chosen, main, ours = plan, row, out.copy()
         progress.update()
-        if plan.max_parts > 1:
-            single = DecodePlan(**inp, scale=scale, num_splits=1)
-            self.record("decode", w, "paged-decode (no split)", single, nbytes=nbytes, ref=ours)
-        progress.update()
+        if w.name == "D64":
+            self.one_shot(w, inp, main, paged_attention_decode, scale)
         base = {}
+        for name, tc in FLASHINFER_VARIANTS.items():
+            if self.flashinfer is None or not self.wanted(name):
+                continue
+            try:
+                fn = decode_runner(self.flashinfer, self.torch, inp, w, scale, tc)
+            except Exception as exc:
+                fn = _raiser(exc)
+            row = self.record("decode", w, name, fn, nbytes=nbytes, ref=ours)
+            if "ms" in row:
+                base[name] = row["ms"]
         for name, builder in DECODE_BASELINES.items():
-            if self.torch is None or self.args.no_baselines:
-                progress.update()
+            if self.torch is None or not self.wanted(name):
                 continue
             try:
                 fn = builder(self.torch, inp, w, scale)
@@ -106,11 +158,47 @@ class Bench:
             row = self.record("decode", w, name, fn, nbytes=nbytes, ref=ours)
             if "ms" in row:
                 base[name] = row["ms"]
-            progress.update()
+        progress.update()
         if "ms" in main:
             main["speedup"] = {k: v / main["ms"] for k, v in base.items()}
-        del inp, plan
+            main["floor_ms"] = nbytes / self.copy_bw * 1e3
+        del inp, chosen
         self._free()
+
+    def one_shot(self, w, inp, main, paged_attention_decode, scale):
+        """The one-shot call's wall time per call (host work included), back to back."""
+        out = self.cp.empty_like(inp["q"])
+        args = (inp["q"], inp["k_cache"], inp["v_cache"], inp["block_tables"], inp["seq_lens"])
+        per_call = host_time(self.cp, lambda: paged_attention_decode(*args, scale, out=out),
+                             calls=30)
+        row = {"kind": "host", "workload": w.name, "kernel": "paged_attention_decode (one-shot)",
+               "shape": w.describe(), "wall_ms_per_call": per_call * 1e3,
+               "kernel_ms": main.get("ms")}
+        if main.get("ms"):
+            row["ratio_to_kernel"] = per_call * 1e3 / main["ms"]
+        self.rows.append(row)
+
+    def host_overhead(self):
+        """run() of a tiny plan, 100 times back to back: the host's time per run."""
+        from ..wrappers import BatchDecodeWrapper  # noqa: PLC0415
+        from .workloads import DecodeWorkload  # noqa: PLC0415
+        w = DecodeWorkload("tiny", (16,), num_heads=8, num_kv_heads=8)
+        inp = build_decode_inputs(self.cp, w)
+        plan = BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], 8, 8, 128, 16,
+                                         "float16")
+        q, k, v = inp["q"], inp["k_cache"], inp["v_cache"]
+        out = self.cp.empty_like(q)
+        runs = {"BatchDecodeWrapper.run": lambda: plan.run(q, k, v, out=out)}
+        if self.flashinfer is not None and self.wanted("flashinfer-tensor-cores"):
+            try:
+                runs["flashinfer run (tensor cores)"] = decode_runner(
+                    self.flashinfer, self.torch, inp, w, 1 / math.sqrt(128), True)
+            except Exception as exc:
+                print(f"flashinfer host-overhead row failed: {exc}", file=sys.stderr)
+        for name, fn in runs.items():
+            per_run = host_time(self.cp, fn, calls=100)
+            self.rows.append({"kind": "host", "workload": "tiny", "kernel": name,
+                              "shape": w.describe(), "wall_us_per_run": per_run * 1e6})
 
     def prefill(self, w, progress):
         from ..attention_prefill import plan_prefill  # noqa: PLC0415
@@ -126,7 +214,7 @@ class Bench:
                             reps=3)
         progress.update()
         base = {"prefill-naive": n_row.get("ms")}
-        if self.torch is not None and not self.args.no_baselines:
+        if self.torch is not None and self.wanted("sdpa-prefill"):
             try:
                 fn = sdpa_prefill(self.torch, inp, w, scale)
             except Exception as exc:
@@ -138,6 +226,20 @@ class Bench:
             t_row["speedup"] = {k: v / t_row["ms"] for k, v in base.items() if v}
         del inp
         self._free()
+
+    def guarded(self, name, fn, *args):
+        """Run one workload; a failure outside the timed rows is recorded, not fatal."""
+        try:
+            fn(*args)
+        except Exception as exc:
+            import traceback  # noqa: PLC0415
+            traceback.print_exc()
+            self.rows.append({"kind": "decode", "workload": name, "kernel": "paged-decode",
+                              "error": f"{type(exc).__name__}: {exc}"})
+            try:
+                self._free()
+            except Exception:   # a broken CUDA context: the rows so far are still written
+                pass
 
     def _free(self):
         self.cp.get_default_memory_pool().free_all_blocks()
@@ -184,17 +286,25 @@ def main(argv=None) -> int:
         torch, torch_error = None, f"{type(exc).__name__}: {exc}"
     bench = Bench(cp, torch, args)
     dws, pws = decode_workloads(args.quick), prefill_workloads(args.quick)
-    steps = len(dws) * (2 + len(DECODE_BASELINES)) + 3 * len(pws)
+    if args.only:
+        dws = [w for w in dws if w.name in args.only.split(",")]
+    if args.no_prefill:
+        pws = []
+    meta = metadata(cp, torch, bench.copy_bw, argv)   # before anything can break the context
+    flashinfer_note = bench.start_flashinfer(dws)
+    steps = len(dws) * 2 + 3 * len(pws)
     with tqdm(total=steps, desc="bench", file=sys.stderr) as progress:
+        bench.guarded("host overhead", bench.host_overhead)
         for w in dws:
             progress.set_postfix_str(w.name)
-            bench.decode(w, progress)
+            bench.guarded(w.name, bench.decode, w, progress)
         for w in pws:
             progress.set_postfix_str(w.name)
             bench.prefill(w, progress)
-    meta = metadata(cp, torch, bench.copy_bw, argv)
+    meta["flashinfer"] = flashinfer_note
     if torch_error:
         meta["torch_error"] = torch_error
+    meta["targets"] = report.targets(bench.rows, bench.copy_bw)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report.write_json(out / f"{args.prefix}.json", meta, bench.rows)
@@ -205,5 +315,7 @@ def main(argv=None) -> int:
     print(f"\n{meta['gpu']}: device copy {meta['copy_bandwidth_GBps']:.0f} GB/s "
           f"(read + write); torch {meta['torch']}, cupy {meta['cupy']}")
     print(report.table(bench.rows))
+    print()
+    print(report.targets_table(meta["targets"]))
     print(f"\nwrote {out / (args.prefix + '.json')} and {out / (args.prefix + '.png')}")
     return 0

@@ -90,3 +90,16 @@ def copy_bandwidth(cp, timer: Timer, nbytes: int = 1 << 30, reps: int = 10) -> f
     t = timer.time(lambda: cp.copyto(dst, src), reps=reps, warmup=2, flush=False,
                    hide_launch=False)
     return 2 * nbytes / (t.median_ms * 1e-3)
+
+
+def host_time(cp, fn, calls: int = 100, warmup: int = 5) -> float:
+    """Seconds of wall time per call of `fn`, `calls` calls back to back (no spin kernel):
+    for a call that only launches, the host's time per call when the GPU keeps up."""
+    for _ in range(warmup):
+        fn()
+    cp.cuda.Device().synchronize()
+    t0 = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    cp.cuda.Device().synchronize()
+    return (time.perf_counter() - t0) / calls

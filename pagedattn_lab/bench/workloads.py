@@ -45,6 +45,10 @@ class DecodeWorkload:
     def max_pages(self) -> int:
         return -(-max(self.lens) // self.page_size)
 
+    @property
+    def group(self) -> int:
+        return self.num_heads // self.num_kv_heads
+
     def kv_bytes(self) -> int:
         return sum(self.lens) * 2 * self.num_kv_heads * self.head_dim * self.itemsize
 
@@ -81,16 +85,27 @@ class PrefillWorkload:
 
 
 def decode_workloads(quick: bool = False) -> list[DecodeWorkload]:
+    """The rows of ANCHORS.md's decode table (fp16, head_dim 128, page 16 unless named),
+    GQA 64/8 at page 64, head_dim 80 and 96, and D64 at pages 64 and 128 (lesson 08's chart)."""
     d64 = d64_lengths()
     if quick:
-        return [DecodeWorkload("D64", d64), DecodeWorkload("GQA", d64, num_kv_heads=8)]
+        return [DecodeWorkload("D64", d64), DecodeWorkload("D64-gqa4", d64, num_kv_heads=8)]
     return [
         DecodeWorkload("D64", d64),
         DecodeWorkload("D64-p64", d64, page_size=64),
         DecodeWorkload("D64-p128", d64, page_size=128),
-        DecodeWorkload("long", (32768,) * 8),
-        DecodeWorkload("short", (128,) * 256),
-        DecodeWorkload("GQA", d64, num_kv_heads=8),
+        DecodeWorkload("D64-gqa4", d64, num_kv_heads=8),
+        DecodeWorkload("D64-gqa8", d64, num_heads=64, num_kv_heads=8),
+        DecodeWorkload("D64-gqa8-p64", d64, num_heads=64, num_kv_heads=8, page_size=64),
+        DecodeWorkload("D64-mqa16", d64, num_heads=16, num_kv_heads=1),
+        DecodeWorkload("8x32k-gqa4", (32768,) * 8, num_kv_heads=8),
+        DecodeWorkload("8x32k", (32768,) * 8),
+        DecodeWorkload("1x32k-gqa4", (32768,), num_kv_heads=8),
+        DecodeWorkload("256x128", (128,) * 256),
+        DecodeWorkload("D64-d64", d64, head_dim=64),
+        DecodeWorkload("D64-gqa4-d256", d64, num_kv_heads=8, head_dim=256),
+        DecodeWorkload("D64-gqa4-d80", d64, num_kv_heads=8, head_dim=80),
+        DecodeWorkload("D64-gqa4-d96", d64, num_kv_heads=8, head_dim=96),
     ]
 
 

@@ -42,8 +42,16 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
              page * page_size),
             ("a page holds page_size slots: multiply the physical page by page_size.",
              page + off),
+            ("t // page_size is the virtual page and t % page_size the offset inside it, not "
+             "the other way round.",
+             int(row[off]) * page_size + t // page_size if off < len(row) else None),
+            ("add the offset inside the page (t % page_size), not the token's position t.",
+             page * page_size + t),
+            ("the first virtual page is entry 0 of the row: token t is in entry "
+             "t // page_size.", int(row[t // page_size - 1]) * page_size + off),
         ]
-        hint = next((h for h, v in variants if got is not None and int(got) == v),
+        hint = next((h for h, v in variants
+                     if v is not None and v != expected and got is not None and int(got) == v),
                     "slot = row[token // page_size] * page_size + token % page_size.")
         raise Mismatch(f"token {t}: virtual page {t // page_size} -> physical page {page}, "
                        f"offset {off}", hint, expected=str(expected), got=repr(got))
@@ -66,10 +74,11 @@ def slot_of(fn) -> "CheckResult":  # noqa: F821
 
 def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -> None:
     rng = np.random.default_rng(seed)
-    for _ in range(n):
-        slot = int(rng.integers(0, 200))
-        h = int(rng.integers(0, num_kv_heads))
-        d = int(rng.integers(0, head_dim))
+    corners = [(0, 0, 0), (0, 0, head_dim - 1), (0, num_kv_heads - 1, 0),
+               (199, num_kv_heads - 1, head_dim - 1)]
+    randoms = [(int(rng.integers(0, 200)), int(rng.integers(0, num_kv_heads)),
+                int(rng.integers(0, head_dim))) for _ in range(n)]
+    for slot, h, d in corners + randoms:
         expected = element_offset(slot, h, d, num_kv_heads, head_dim)
         got = fn(slot, h, d, num_kv_heads, head_dim)
         if got is not None and int(got) == expected:
@@ -83,8 +92,16 @@ def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -
              "num_kv_heads, head_dim]: (slot * num_kv_heads + kv_head) * head_dim + dim.",
              (slot * head_dim + d) * num_kv_heads + h),
             ("add the dim.", (slot * num_kv_heads + h) * head_dim),
+            ("one off: offsets count from 0, so element (slot 0, kv_head 0, dim 0) is at 0.",
+             expected + 1),
+            ("one off: offsets count from 0, so element (slot 0, kv_head 0, dim 0) is at 0.",
+             expected - 1),
+            ("consecutive kv heads of a slot are head_dim values apart, not num_kv_heads.",
+             slot * num_kv_heads * head_dim + h * num_kv_heads + d),
+            ("a slot holds num_kv_heads * head_dim values: the slot stride needs both.",
+             slot * num_kv_heads + h * head_dim + d),
         ]
-        hint = next((t for t, v in variants if got is not None and int(got) == v),
+        hint = next((t for t, v in variants if v != expected and got is not None and int(got) == v),
                     "offset = (slot * num_kv_heads + kv_head) * head_dim + dim.")
         raise Mismatch(f"slot {slot}, kv_head {h}, dim {d} (num_kv_heads {num_kv_heads}, "
                        f"head_dim {head_dim})", hint, expected=str(expected), got=repr(got))
@@ -104,8 +121,27 @@ def kv_offset(fn) -> "CheckResult":  # noqa: F821
 
 # -- task: gather one sequence with NumPy ------------------------------------------------
 
+class _Counted(np.ndarray):
+    """An array that counts how often it (or a view of it) is indexed: a Python loop over
+    tokens indexes once per token, a vectorized gather a few times in all."""
+
+    def __array_finalize__(self, obj):
+        self.counter = getattr(obj, "counter", None)
+
+    def __getitem__(self, key):
+        if self.counter is not None:
+            self.counter[0] += 1
+        return super().__getitem__(key)
+
+
+def _counted(array: np.ndarray, counter: list) -> np.ndarray:
+    out = array.view(_Counted)
+    out.counter = counter
+    return out
+
+
 def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads: int,
-                    head_dim: int, seq_len: int) -> None:
+                    head_dim: int, seq_len: int, count_indexing: bool = False) -> None:
     rng = np.random.default_rng(seed)
     cache = rng.standard_normal((num_pages, page_size, num_kv_heads, head_dim)).astype(np.float32)
     n_used = -(-seq_len // page_size)
@@ -114,18 +150,29 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     t = np.arange(seq_len)
     slots = token_slots(row, seq_len, page_size)
     expected = flat[slots]
-    got = fn(cache.copy(), row.copy(), seq_len)
+    counter = [0]
+    got = fn(_counted(cache.copy(), counter), _counted(row.copy(), counter), seq_len)
     if got is None:
         raise Mismatch("gather returned None",
                        "return the [seq_len, num_kv_heads, head_dim] array.")
     got = np.asarray(got)
     if got.shape != expected.shape:
         hint = "return exactly seq_len tokens: [seq_len, num_kv_heads, head_dim]."
-        if got.ndim and got.shape[0] == n_used * page_size:
-            hint = ("you returned whole pages: the last page is only partly filled; keep the "
-                    "first seq_len tokens.")
+        if got.ndim and got.shape[0] > seq_len and got.shape[0] % page_size == 0 and \
+                got.shape[1:] == expected.shape[1:]:
+            hint = ("you returned whole pages: the last page is only partly filled (and "
+                    "entries past it are padding); keep the first seq_len tokens.")
+        elif got.shape == (num_kv_heads, seq_len, head_dim) and num_kv_heads != seq_len:
+            hint = ("keep the cache's axis order: tokens first, [seq_len, num_kv_heads, "
+                    "head_dim] (you returned the heads first).")
         raise Mismatch("shape of the gathered keys", hint, str(expected.shape), str(got.shape))
-    diff = describe_difference(got, expected, ("token", "kv_head", "dim"), atol=0, rtol=0)
+    diff = describe_difference(got, expected, ("token", "kv_head", "dim"), atol=0, rtol=0,
+                               unwritten=False)
+    if diff is None and count_indexing and counter[0] > 2 * n_used + 6:
+        raise Mismatch(f"right values, but k_cache and the row were indexed {counter[0]} times "
+                       f"for {seq_len} tokens in {n_used} pages: a Python loop over the tokens",
+                       "compute every token's slot at once (an array of slots), then index the "
+                       "reshaped cache with that array: one indexing for all the tokens.")
     if diff is None:
         return
     hint = diagnose(got, expected, [
@@ -147,5 +194,10 @@ def gather_numpy(fn) -> "CheckResult":  # noqa: F821
                             "seq_len": 24}, lambda: _gather_np_case(fn, 1, 8, 8, 3, 4, 24)),
         Case("one token", {"pages": 5, "page_size": 16, "kv_heads": 1, "head_dim": 16,
                            "seq_len": 1}, lambda: _gather_np_case(fn, 2, 5, 16, 1, 16, 1)),
+        Case("no tokens", {"pages": 4, "page_size": 4, "kv_heads": 2, "head_dim": 8,
+                           "seq_len": 0}, lambda: _gather_np_case(fn, 3, 4, 4, 2, 8, 0)),
+        Case("64 tokens, gathered without a loop over them",
+             {"pages": 8, "page_size": 16, "kv_heads": 2, "head_dim": 4, "seq_len": 64},
+             lambda: _gather_np_case(fn, 4, 8, 16, 2, 4, 64, count_indexing=True)),
     ]
     return run_cases("gather_numpy", "gather_numpy: one sequence's keys, made contiguous", cases)

@@ -39,6 +39,13 @@ def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 
             hint = "round up, not down: a partly filled last page is still a page (ceil)."
         elif taken == want - len(before) + 1:
             hint = "one page too many: take a new page only when the last one is full."
+        elif taken == 1 and want - len(before) > 1:
+            hint = (f"{n_new} tokens may need several new pages: take "
+                    "ceil((seq_len + n_new) / page_size) - len(table) of them, not one.")
+        elif taken == 0:
+            hint = (f"the new tokens do not fit: the table's {len(before)} pages hold "
+                    f"{len(before) * page_size} tokens, and the sequence will hold "
+                    f"{seq_len + n_new}.")
         raise Mismatch(f"table length after {n_new} new tokens on a sequence of {seq_len}",
                        hint, expected=f"{want} pages ({want - len(before)} new)",
                        got=f"{len(table)} pages ({taken} new taken from the allocator)")
@@ -70,7 +77,9 @@ def _append_out_of_pages(fn) -> None:
         pass
     else:
         raise Mismatch("13 tokens of page_size 4 need 4 pages; the pool has 3",
-                       "let OutOfPagesError propagate.", "OutOfPagesError", "no error")
+                       "the allocator raises OutOfPagesError here: let it propagate (do not "
+                       "catch it, and do not take fewer pages than the tokens need).",
+                       "OutOfPagesError", "no error")
     if len(table) != 1 or alloc.num_used != 1:
         raise Mismatch("after the failed append", "ask the allocator for all new pages in one "
                        "allocate(n) call: it is all or nothing, so the table stays unchanged.",
@@ -91,6 +100,15 @@ def append_tokens(fn) -> "CheckResult":  # noqa: F821
              lambda: _append_case(fn, 8, 5, 12)),
         Case("no new tokens", {"page_size": 4, "seq_len": 5, "n_new": 0},
              lambda: _append_case(fn, 4, 5, 0)),
+        Case("an empty table, no tokens", {"page_size": 4, "seq_len": 0, "n_new": 0},
+             lambda: _append_case(fn, 4, 0, 0)),
+        Case("a prompt that fills its pages exactly", {"page_size": 4, "seq_len": 0,
+                                                        "n_new": 8},
+             lambda: _append_case(fn, 4, 0, 8)),
+        Case("the token that fills the last page", {"page_size": 4, "seq_len": 3, "n_new": 1},
+             lambda: _append_case(fn, 4, 3, 1)),
+        Case("many pages at once", {"page_size": 2, "seq_len": 3, "n_new": 9},
+             lambda: _append_case(fn, 2, 3, 9)),
         Case("decode 21 tokens one by one", {"page_size": 3},
              lambda: _append_decode_loop(fn, 3, 21)),
         Case("out of pages", {"num_pages": 3}, lambda: _append_out_of_pages(fn)),
@@ -100,9 +118,47 @@ def append_tokens(fn) -> "CheckResult":  # noqa: F821
 
 # -- task: the batch's block tables -----------------------------------------------------
 
+EMPTY_BATCH_HINT = ("an empty batch is still a batch: block_tables of shape (0, 1) (int32) "
+                    "and seq_lens of shape (0,); max() of an empty list raises, so give it a "
+                    "default (at least 1).")
+
+
+def _width_hint(tables: np.ndarray, seq_lens: list[int], need: list[int], num_used: int,
+                width: int) -> str:
+    """What the wrong shape shows: a shared table, a page per token, a transposed table..."""
+    hint = "one row per sequence, as wide as the longest sequence's page count (at least 1)."
+    if tables.ndim != 2:
+        return hint
+    rows, cols = tables.shape
+    filled = [int((tables[i] >= 0).sum()) for i in range(rows)] if rows == len(seq_lens) else []
+    if (rows, cols) == (width, len(seq_lens)) and rows != cols:
+        return ("the table is transposed: row i must be sequence i, [batch, max_pages], not "
+                "[max_pages, batch].")
+    if filled and len(seq_lens) > 1 and all(f == sum(need) for f in filled) and sum(need) > \
+            max(need):
+        return ("every row holds every page: one block table for the whole batch (the "
+                "guide's bug; `[[]] * n` makes n references to one list). Give each "
+                "sequence its own list.")
+    if num_used == sum(seq_lens) != sum(need):
+        return "one page per token? A row needs ceil(seq_len / page_size) entries."
+    if filled == need and cols == sum(need):
+        return ("each row holds its own pages, but the table is as wide as the whole batch's "
+                "page count: max_pages is the longest sequence's page count.")
+    if filled == need and cols == max(need) == 0:
+        return ("no sequence holds a page, but the table still needs one column: max_pages "
+                "is at least 1 (kernels take a table with max_pages >= 1).")
+    return hint
+
+
 def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) -> None:
     alloc = BlockAllocator(num_pages)
-    result = fn(list(seq_lens), page_size, alloc)
+    try:
+        result = fn(list(seq_lens), page_size, alloc)
+    except (ValueError, IndexError) as exc:
+        if seq_lens:
+            raise
+        raise Mismatch(f"an empty batch raised {type(exc).__name__}: {exc}",
+                       EMPTY_BATCH_HINT) from None
     if not (isinstance(result, tuple) and len(result) == 2):
         raise Mismatch("expected a tuple (block_tables, seq_lens)",
                        "return both arrays, as PagedKVCache.block_tables does.")
@@ -112,32 +168,28 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
                        "kernels read it through an `int*`: np.int32, not Python lists or int64.",
                        "np.ndarray int32", f"{type(tables).__name__} "
                        f"{getattr(tables, 'dtype', '')}")
-    if not isinstance(lens, np.ndarray) or lens.dtype != np.int32 or list(lens) != seq_lens:
+    if not isinstance(lens, np.ndarray) or lens.dtype != np.int32 or \
+            lens.shape != (len(seq_lens),) or list(lens) != seq_lens:
         raise Mismatch("seq_lens", "return the lengths as an int32 array, one per sequence.",
                        repr(np.array(seq_lens, np.int32)), repr(lens))
     need = [-(-n // page_size) for n in seq_lens]
     width = max(need + [1])
     if tables.shape != (len(seq_lens), width):
-        hint = "one row per sequence, as wide as the longest sequence's page count (at least 1)."
-        if tables.ndim == 2 and tables.shape[1] == sum(need) and len(seq_lens) > 1:
-            hint = ("every row holds every page: one block table for the whole batch (the "
-                    "guide's bug; `[[]] * n` makes n references to one list). Give each "
-                    "sequence its own list.")
-        elif tables.ndim == 2 and tables.shape[1] == max(seq_lens + [1]):
-            hint = "one page per token? A row needs ceil(seq_len / page_size) entries."
-        raise Mismatch("block_tables shape", hint, f"{(len(seq_lens), width)}",
-                       f"{tables.shape}")
+        raise Mismatch("block_tables shape",
+                       _width_hint(tables, seq_lens, need, alloc.num_used, width),
+                       f"{(len(seq_lens), width)}", f"{tables.shape}")
     rows = [tables[i, : need[i]].tolist() for i in range(len(seq_lens))]
     flat = [p for row in rows for p in row]
     if len(set(flat)) != len(flat):
         dup = next(p for p in flat if flat.count(p) > 1)
         owners = [i for i, row in enumerate(rows) if dup in row]
         raise Mismatch(f"page {dup} appears in the rows of sequences {owners}",
-                       "each sequence needs its own pages: a shared block table lets sequences "
-                       "overwrite each other's keys and values (the guide's bug).")
+                       "each sequence needs its own pages, or the sequences overwrite each "
+                       "other's keys and values: take every row's pages from the allocator "
+                       "(a page appears in one row only).")
     if not all(0 <= p < num_pages for p in flat):
         raise Mismatch(f"page ids {flat} out of range", "use ids the allocator returned.")
-    pad = np.concatenate([tables[i, need[i]:] for i in range(len(seq_lens))])
+    pad = np.concatenate([tables[i, need[i]:] for i in range(len(seq_lens))] + [[-1]])
     if pad.size and not (pad == -1).all():
         raise Mismatch("padding entries", "fill entries past a sequence's last page with -1 "
                        "(as PagedKVCache does), so a stray read is easy to spot.",
@@ -161,5 +213,9 @@ def block_tables(fn) -> "CheckResult":  # noqa: F821
              lambda: _batch_case(fn, random_lens, 8)),
         Case("page_size 1", {"seq_lens": [3, 2], "page_size": 1},
              lambda: _batch_case(fn, [3, 2], 1)),
+        Case("sequences with no tokens yet", {"seq_lens": [0, 0], "page_size": 4},
+             lambda: _batch_case(fn, [0, 0], 4)),
+        Case("an empty batch", {"seq_lens": [], "page_size": 4},
+             lambda: _batch_case(fn, [], 4)),
     ]
     return run_cases("block_tables", "block_tables_for_batch: one block table per sequence", cases)

@@ -2,29 +2,29 @@
 
 Each check lints the source (NVRTC has no INFINITY and no <math.h>), compiles it once, and
 runs seeded paged problems (see cases.py) on the GPU or the CPU executor. Outputs start as
-NaN: a kernel that writes nothing is "not attempted", an element nobody wrote stays NaN.
-A wrong result is compared with the known-wrong variants of the reference (variants.py)
-to name the mistake; a fault, a deadlock or a timeout from the executor names the thread
-and block (faults.py).
+a NaN poison: a kernel that writes nothing is "not attempted", an element nobody wrote keeps
+the poison's bits. A wrong result is compared with the known-wrong variants of the reference
+(variants.py) to name the mistake, then read for the patterns in kernel_hints.py; a fault, a
+deadlock or a timeout from the executor names the thread and block (faults.py).
 """
 from __future__ import annotations
 
-import re
+import textwrap
 
 import numpy as np
 
 from ..backend import resolve_device
 from .cases import paged_problem
 from .compare import describe_difference, diagnose
-from .kernel_runner import Kernel, poisoned, where
-from .report import Case, Mismatch, NotAttempted, run_cases
+from .kernel_hints import (barriers, nan_hint, nothing_written, padding_hint, row_stride_hint,
+                           tiled_hint, unwritten_pattern_hint)
+from .kernel_runner import Kernel, poisoned, unwritten, where
+from .report import WIDTH, Case, Mismatch, run_cases
 from .variants import attention_mistakes, gather_variant
 
 GATHER_THREADS = 32
 NAIVE_THREADS = 16
 TILE_Q = 16
-NOTHING_WRITTEN = ("the kernel wrote nothing to its output (it is still the NaN the check "
-                   "filled it with): write the kernel body where the // TODO is")
 
 
 def backend(device: str = "auto") -> None:
@@ -37,19 +37,7 @@ def backend(device: str = "auto") -> None:
         text += (" A GPU forgives some mistakes by luck (races, a return before a barrier, "
                  "small out-of-bounds reads): pass device='cpu' to a check to run it on the "
                  "strict CPU executor.")
-    print(text)
-
-
-def _nothing_written(source: str, tiled: bool = False) -> None:
-    """Every output is still NaN: the stub (not attempted), or a kernel that only made NaN."""
-    if "TODO" in source:
-        raise NotAttempted(NOTHING_WRITTEN)
-    hint = "every thread must store its result; check the output index and the guards."
-    if tiled:
-        hint = ("if the kernel does write, it wrote NaN everywhere: reading the shared tile "
-                "before every thread has stored its part (the executor fills shared memory "
-                "with NaN)? A __syncthreads() must separate the load from the compute.")
-    raise Mismatch("every output is NaN: nothing was written, or only NaN", hint)
+    print(textwrap.fill(text, WIDTH, break_long_words=False, break_on_hyphens=False))
 
 
 class _Compiled:
@@ -62,53 +50,6 @@ class _Compiled:
         if self._kernel is None:
             self._kernel = Kernel(self.source, self.name, self.device)
         return self._kernel
-
-
-def _unwritten_pattern_hint(diff, *, threads: int, token_axis: str = "token") -> str | None:
-    """Hints read off which entries are still NaN."""
-    if not diff.unwritten.any():
-        return None
-    nan_tokens, n_tokens = diff.affected(token_axis)
-    if nan_tokens and min(nan_tokens) >= threads and n_tokens > threads:
-        return (f"tokens from {threads} on were never written: a block has {threads} threads, "
-                f"so the token index is blockIdx.x * blockDim.x + threadIdx.x.")
-    if "dim" in diff.axes:
-        dims, n_dims = diff.affected("dim")
-        if dims and min(dims) >= threads // 2 and len(dims) < n_dims:
-            return ("only the first elements of each row were written: loop over the row with "
-                    "a stride of blockDim.x (for (i = threadIdx.x; i < n; i += blockDim.x)).")
-    return None
-
-
-def _padding_hint(got, expected, valid) -> str | None:
-    """Right on real tokens, wrong on the rows past seq_lens: they must be zeros."""
-    real = np.broadcast_to(valid, got.shape)
-    ok_real = np.allclose(np.where(real, got, 0), np.where(real, expected, 0), atol=2e-4,
-                          rtol=2e-4)
-    if not ok_real or (~real).sum() == 0:
-        return None
-    pad = got[~real]
-    if np.isnan(pad).any():
-        return ("rows at or past seq_lens[b] must be written as zeros (they are part of the "
-                "output; a thread there must not read the cache, but it must store 0).")
-    if np.any(pad != 0):
-        return ("rows at or past seq_lens[b] must be zeros, but yours hold data: a thread "
-                "past the sequence's end read the cache (through block-table padding, -1, or "
-                "another sequence's entries). Check t >= seq_lens[b] first and store zeros.")
-    return None
-
-
-def _row_stride_hint(diff, head_dim: int, threads: int) -> str | None:
-    """Gather: only the first `threads` elements of each token row were written."""
-    if not diff.unwritten.any():
-        return None
-    idx = np.argwhere(diff.unwritten)
-    row_pos = idx[:, 2] * head_dim + idx[:, 3]
-    if row_pos.min() >= threads:
-        return (f"only the first {threads} values of each token's row were copied (one per "
-                f"thread): a row holds num_kv_heads * head_dim values, so loop with a stride: "
-                f"for (int i = threadIdx.x; i < row_len; i += blockDim.x).")
-    return None
 
 
 # -- task: the gather kernel (02) ---------------------------------------------------------
@@ -124,17 +65,22 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
             poisoned(shape), np.int32(max_len), np.int32(prob.block_tables.shape[1]),
             np.int32(page_size), np.int32(num_kv_heads), np.int32(head_dim))
     k_out, v_out = kern.launch((max_len, batch), (GATHER_THREADS,), args, outputs=(4, 5))
-    if np.isnan(k_out).all() and np.isnan(v_out).all():
-        _nothing_written(comp.source)
+    if unwritten(k_out).all() and unwritten(v_out).all():
+        nothing_written(comp.source)
     axes = ("sequence", "token", "kv_head", "dim")
     for name, got, cache in (("k_out", k_out, prob.k_cache), ("v_out", v_out, prob.v_cache)):
         expected = gather_variant(cache, prob.block_tables, prob.seq_lens, max_len)
-        diff = describe_difference(got, expected, axes, atol=0, rtol=0)
+        never = unwritten(got)
+        diff = describe_difference(got, expected, axes, atol=0, rtol=0, unwritten=never)
         if diff is None:
             continue
         valid = (np.arange(max_len)[None, :] < prob.seq_lens[:, None])[:, :, None, None]
         args_v = (cache, prob.block_tables, prob.seq_lens, max_len)
+        other = prob.v_cache if name == "k_out" else prob.k_cache
         hint = diagnose(got, expected, [
+            (f"{name} holds the {'values' if name == 'k_out' else 'keys'}: copy "
+             f"{'k_cache into k_out' if name == 'k_out' else 'v_cache into v_out'}.",
+             lambda: gather_variant(other, prob.block_tables, prob.seq_lens, max_len)),
             ("the head stride is missing num_kv_heads (the guide's bug): element (slot, "
              "kv_head, d) is at (slot * num_kv_heads + kv_head) * head_dim + d.",
              lambda: gather_variant(*args_v, head_stride_bug=True)),
@@ -144,8 +90,8 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
              lambda: gather_variant(*args_v, offset_shift=1)),
             ("the cache is not contiguous: translate token t through block_tables, do not "
              "read slot t.", lambda: gather_variant(*args_v, identity_pages=True)),
-        ], atol=0, rtol=0) or _row_stride_hint(diff, head_dim, GATHER_THREADS) \
-            or _padding_hint(got, expected, valid) \
+        ], atol=0, rtol=0) or row_stride_hint(diff, head_dim, GATHER_THREADS) \
+            or padding_hint(got, expected, valid, never) \
             or ("slot = block_tables[b * max_pages + t / page_size] * page_size + t % page_size;"
                 " copy its num_kv_heads * head_dim values to row (b * max_len + t).")
         raise Mismatch(f"{name}: " + diff.message(), hint)
@@ -182,43 +128,29 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool, **si
             np.int32(s["num_kv_heads"]), np.int32(s["head_dim"]), np.int32(s["page_size"]),
             np.int32(s["max_pages"]), np.float32(prob.scale))
     (got,) = kern.launch(grid, (threads,), args, shared_mem=shared, outputs=(5,))
-    if np.isnan(got).all():
-        _nothing_written(comp.source, tiled)
+    never = unwritten(got)
+    if never.all():
+        nothing_written(comp.source)
     expected = prob.expected
-    diff = describe_difference(got, expected, ("sequence", "token", "head", "dim"))
+    diff = describe_difference(got, expected, ("sequence", "token", "head", "dim"),
+                               unwritten=never)
     if diff is None:
         return
-    hint = diagnose(got, expected, attention_mistakes(prob, mode="prefill")) \
-        or _unwritten_pattern_hint(diff, threads=threads) \
-        or _padding_hint(got, expected, prob.valid_rows()) \
-        or _nan_hint(got, prob.valid_rows()) \
-        or (_tiled_hint(comp.source) if tiled else None) \
+    valid = prob.valid_rows()
+    # NaN from a tile read before the barrier looks like the NaN of a softmax bug: with a
+    # barrier missing in the source, that evidence speaks first.
+    hint = (nan_hint(got, valid, never, shared_tile=True, source=comp.source)
+            if tiled and barriers(comp.source) < 2 else None) \
+        or diagnose(got, expected, attention_mistakes(prob, mode="prefill"),
+                    nan_is_evidence=not tiled) \
+        or unwritten_pattern_hint(diff, threads=threads) \
+        or padding_hint(got, expected, valid, never) \
+        or nan_hint(got, valid, never, shared_tile=tiled, source=comp.source) \
+        or (tiled_hint(comp.source) if tiled else None) \
         or ("follow the prompt's recipe: q row ((b * max_len + t) * num_heads + h) * head_dim, "
             "keys 0..t through block_tables row b, kv_head = h / (num_heads / num_kv_heads), "
             "online softmax, out / sum.")
     raise Mismatch(diff.message(), hint)
-
-
-def _nan_hint(got, valid) -> str | None:
-    if np.isnan(got[np.broadcast_to(valid, got.shape)]).any():
-        return ("NaN in rows that hold attention: a 0/0. Either expf underflowed (start the "
-                "running max at -inf, not 0, and always exponentiate score - running_max), or "
-                "the kernel read memory nobody wrote (the executor fills shared memory with "
-                "NaN before each block).")
-    return None
-
-
-def _tiled_hint(source: str) -> str | None:
-    code = re.sub(r"//[^\n]*", "", source)
-    barriers = len(re.findall(r"__syncthreads\s*\(", code))
-    if barriers < 2:
-        return ("a race on the shared tile: with one __syncthreads() per page, a fast thread "
-                "overwrites the tile with the next page while others still read it. Put a "
-                "barrier after the load AND one after the compute loop.")
-    return ("if every page is loaded right, look for a race: is anything in shared memory "
-            "written by one thread and read by another without a __syncthreads() between "
-            "(the guide stages every thread's query in ONE shared buffer: keep your query in "
-            "registers)?")
 
 
 def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:

@@ -10,54 +10,20 @@ from __future__ import annotations
 import numpy as np
 
 from ..paging import OutOfPagesError
+from .allocator_probes import (ALL_OR_NOTHING_IDS, FREE_LIST_HINT, NEGATIVE_ID_HINT,
+                               expect_free, expect_raises, expect_returned, ids, num_free,
+                               refused)
 from .report import Case, Mismatch, run_cases
-
-FREE_LIST_HINT = ("freed pages must go back to the free list and be handed out again (the "
-                  "guide's `next_page++` counter never frees, so a long-running server runs out).")
-
-
-def _num_free(alloc) -> int:
-    value = getattr(alloc, "num_free")
-    return int(value() if callable(value) else value)
-
-
-def _ids(pages, what: str) -> list[int]:
-    if pages is None:
-        raise Mismatch(f"{what} returned None", "return the list of page ids you took.")
-    try:
-        return [int(p) for p in pages]
-    except TypeError as exc:
-        raise Mismatch(f"{what} returned {pages!r}", "return a list of int page ids.") from exc
-
-
-def _expect_free(alloc, expected: int, when: str, hint: str) -> None:
-    got = _num_free(alloc)
-    if got != expected:
-        raise Mismatch(f"num_free {when}", hint, expected=str(expected), got=str(got))
-
-
-def _expect_raises(fn, exc_type, what: str, hint: str) -> None:
-    try:
-        fn()
-    except NotImplementedError:
-        raise
-    except exc_type:
-        return
-    except Exception as exc:  # the wrong kind of error
-        raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}", hint,
-                       expected=exc_type.__name__, got=type(exc).__name__) from exc
-    raise Mismatch(f"{what} did not raise", hint, expected=f"{exc_type.__name__} raised",
-                   got="no error")
 
 
 # -- task: allocate / free -------------------------------------------------------------
 
 def _alloc_fresh(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
-    _expect_free(alloc, num_pages, "of a new allocator", "every page starts free.")
-    if _ids(alloc.allocate(0), "allocate(0)") != []:
+    expect_free(alloc, num_pages, "of a new allocator", "every page starts free.")
+    if ids(alloc.allocate(0), "allocate(0)") != []:
         raise Mismatch("allocate(0) should return []", "zero pages is a valid request.")
-    pages = _ids(alloc.allocate(3), "allocate(3)")
+    pages = ids(alloc.allocate(3), "allocate(3)")
     if len(pages) != 3:
         raise Mismatch("allocate(3) returned the wrong number of pages",
                        "allocate(n) returns exactly n page ids.", "3 ids", repr(pages))
@@ -67,32 +33,32 @@ def _alloc_fresh(cls, num_pages: int) -> None:
     if not all(0 <= p < num_pages for p in pages):
         raise Mismatch(f"allocate(3) returned ids {pages}",
                        f"page ids are 0..num_pages-1 = 0..{num_pages - 1}: they index k_cache.")
-    _expect_free(alloc, num_pages - 3, "after allocate(3)", "num_free counts the free pages.")
+    expect_free(alloc, num_pages - 3, "after allocate(3)", "num_free counts the free pages.")
     counts = [alloc.ref_count(p) for p in pages]
     if counts != [1, 1, 1]:
         raise Mismatch("ref_count of freshly allocated pages", "allocate sets each count to 1.",
                        "[1, 1, 1]", repr(counts))
-    everything = sorted(pages + _ids(alloc.allocate(num_pages - 3),
+    everything = sorted(pages + ids(alloc.allocate(num_pages - 3),
                                      f"allocate({num_pages - 3})"))
     if everything != list(range(num_pages)):
         raise Mismatch("allocating every page", f"page ids are 0..num_pages-1 = "
                        f"0..{num_pages - 1}, each once: they index k_cache.",
                        repr(list(range(num_pages))), repr(everything))
-    _expect_free(alloc, 0, "with every page allocated", "num_free counts the free pages.")
+    expect_free(alloc, 0, "with every page allocated", "num_free counts the free pages.")
 
 
 def _alloc_reuse(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
-    pages = _ids(alloc.allocate(num_pages), f"allocate({num_pages})")
+    pages = ids(alloc.allocate(num_pages), f"allocate({num_pages})")
     giving_back = pages[1:4]
     alloc.free(giving_back)
-    _expect_free(alloc, 3, "after freeing 3 of the pages", FREE_LIST_HINT)
+    expect_returned(alloc, 3, "after freeing 3 of the pages")
     counts = [alloc.ref_count(p) for p in giving_back]
     if counts != [0, 0, 0]:
         raise Mismatch(f"ref_count of freed pages {giving_back}", "free drops the count to 0.",
                        "[0, 0, 0]", repr(counts))
     try:
-        again = _ids(alloc.allocate(3), "allocate(3) after freeing 3 pages")
+        again = ids(alloc.allocate(3), "allocate(3) after freeing 3 pages")
     except OutOfPagesError as exc:
         raise Mismatch("allocate(3) raised OutOfPagesError although 3 pages were freed",
                        FREE_LIST_HINT) from exc
@@ -104,28 +70,48 @@ def _alloc_reuse(cls, num_pages: int) -> None:
 def _alloc_out_of_pages(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
     alloc.allocate(num_pages - 2)
-    _expect_raises(lambda: alloc.allocate(3), OutOfPagesError,
+    expect_raises(lambda: alloc.allocate(3), OutOfPagesError,
                    "allocate(3) with 2 pages free",
                    "raise pagedattn_lab.OutOfPagesError when n > num_free, before taking any page.")
-    _expect_free(alloc, 2, "after the failed allocate(3)",
+    expect_free(alloc, 2, "after the failed allocate(3)",
                  "all or nothing: check n against the free list before popping pages, so a "
                  "failed call changes nothing.")
-    if len(_ids(alloc.allocate(2), "allocate(2)")) != 2:
+    if len(ids(alloc.allocate(2), "allocate(2)")) != 2:
         raise Mismatch("allocate(2) with 2 pages free", "the last two pages are still free.")
 
 
 def _alloc_bad_free(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
-    pages = _ids(alloc.allocate(2), "allocate(2)")
+    pages = ids(alloc.allocate(2), "allocate(2)")
     alloc.free([pages[0]])
-    _expect_raises(lambda: alloc.free([pages[0]]), ValueError, "freeing the same page twice",
+    expect_raises(lambda: alloc.free([pages[0]]), ValueError, "freeing the same page twice",
                    "a double free must raise ValueError: otherwise the page enters the free list "
                    "twice and two sequences get it.")
-    _expect_free(alloc, num_pages - 1, "after the refused double free",
+    expect_free(alloc, num_pages - 1, "after the refused double free",
                  "check before changing anything.")
-    _expect_raises(lambda: alloc.free([num_pages + 3]), ValueError,
+    expect_raises(lambda: alloc.free([num_pages + 3]), ValueError,
                    f"freeing page {num_pages + 3} (not in the pool)",
                    f"refuse ids outside 0..{num_pages - 1} with ValueError.")
+
+
+def _alloc_bad_lists(cls, num_pages: int) -> None:
+    """Lists mixing good ids with a bad one: each call fails as a whole."""
+    alloc = cls(num_pages)
+    pages = ids(alloc.allocate(num_pages), f"allocate({num_pages})")
+    gone, a, b = pages[2], pages[0], pages[-1]
+    alloc.free([gone])
+    refused(alloc, num_pages, lambda: alloc.free([a, gone]), f"free([{a}, {gone}]) with page "
+             f"{gone} already free", "a list holding a page that is already free must raise "
+             "ValueError (a double free), even when the ids before it are fine.")
+    refused(alloc, num_pages, lambda: alloc.free([b, b]), f"free([{b}, {b}]) with page {b} "
+             "owned once", f"the list frees page {b} twice but it has one owner: count each "
+             "id's occurrences against its reference count, or the page enters the free list "
+             "twice.")
+    refused(alloc, num_pages, lambda: alloc.free([-1]), "free([-1])", NEGATIVE_ID_HINT)
+    refused(alloc, num_pages, lambda: alloc.free([a, num_pages]),
+             f"free([{a}, {num_pages}]) ({num_pages} is past the pool)",
+             f"refuse ids outside 0..{num_pages - 1} with ValueError.")
+    expect_free(alloc, 1, "after four refused calls", ALL_OR_NOTHING_IDS)
 
 
 def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
@@ -141,12 +127,12 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
         else:
             n = int(rng.integers(0, 4))
             if n > num_pages - len(in_use):
-                _expect_raises(lambda: alloc.allocate(n), OutOfPagesError,
+                expect_raises(lambda: alloc.allocate(n), OutOfPagesError,
                                f"step {step}: allocate({n}) with {num_pages - len(in_use)} free",
                                "raise OutOfPagesError when the pool cannot satisfy the request.")
                 continue
             try:
-                pages = _ids(alloc.allocate(n), f"step {step}: allocate({n})")
+                pages = ids(alloc.allocate(n), f"step {step}: allocate({n})")
             except OutOfPagesError as exc:
                 raise Mismatch(f"step {step}: allocate({n}) raised OutOfPagesError with "
                                f"{num_pages - len(in_use)} pages free", FREE_LIST_HINT) from exc
@@ -160,7 +146,7 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
                                f"n distinct ids in 0..{num_pages - 1}.")
             owned.append(pages)
             in_use.update(pages)
-        _expect_free(alloc, num_pages - len(in_use), f"after step {step}", FREE_LIST_HINT)
+        expect_returned(alloc, num_pages - len(in_use), f"after step {step}")
 
 
 def allocator(cls) -> "CheckResult":  # noqa: F821
@@ -171,6 +157,8 @@ def allocator(cls) -> "CheckResult":  # noqa: F821
         Case("out of pages is all or nothing", {"num_pages": 7},
              lambda: _alloc_out_of_pages(cls, 7)),
         Case("double free and foreign ids", {"num_pages": 5}, lambda: _alloc_bad_free(cls, 5)),
+        Case("a bad id among good ones changes nothing", {"num_pages": 6},
+             lambda: _alloc_bad_lists(cls, 6)),
         Case("150 random allocate/free", {"num_pages": 12, "seed": 1},
              lambda: _alloc_random(cls, 12, 1)),
     ]
@@ -181,17 +169,36 @@ def allocator(cls) -> "CheckResult":  # noqa: F821
 
 SHARED_FREE_HINT = ("a page owned by two sequences went back to the free list after one free: "
                     "free must decrement the count and return the page only when it reaches 0.")
+RETURN_AT_ZERO_HINT = ("a page whose count reached 0 has no owner left: it must go back to the "
+                       "free list.")
+ORDER_HINT = ("fork must return the ids in the order it was given: entry i of a block table "
+              "holds the sequence's tokens i * page_size onwards, so a reordered copy reads "
+              "the prompt's pages in the wrong order.")
+
+
+def _expect_free_shared(alloc, expected: int, when: str) -> None:
+    """num_free after frees of shared pages: too many free means a shared page was released."""
+    got = num_free(alloc)
+    if got != expected:
+        hint = SHARED_FREE_HINT if got > expected else RETURN_AT_ZERO_HINT
+        raise Mismatch(f"num_free {when}", hint, expected=str(expected), got=str(got))
+
+
+def _expect_fork_result(pages: list[int], shared: list[int], what: str) -> None:
+    if shared == pages:
+        return
+    if sorted(shared) == sorted(pages):
+        raise Mismatch(f"{what} returned the right ids in another order", ORDER_HINT,
+                       repr(pages), repr(shared))
+    raise Mismatch(f"{what} returned different pages", "fork shares, it does not copy: it "
+                   "returns the same ids, in the same order.", repr(pages), repr(shared))
 
 
 def _fork_basic(cls) -> None:
     alloc = cls(4)
-    pages = _ids(alloc.allocate(2), "allocate(2)")
+    pages = ids(alloc.allocate(2), "allocate(2)")
     raw = alloc.fork(pages)
-    shared = _ids(raw, "fork(pages)")
-    if shared != pages:
-        raise Mismatch("fork(pages) returned different pages",
-                       "fork shares, it does not copy: it returns the same ids, in order.",
-                       repr(pages), repr(shared))
+    _expect_fork_result(pages, ids(raw, "fork(pages)"), "fork(pages)")
     if raw is pages:
         raise Mismatch("fork returned the very list it was given",
                        "return a new list (list(pages)): the two sequences' tables must be "
@@ -200,30 +207,60 @@ def _fork_basic(cls) -> None:
     if counts != [2, 2]:
         raise Mismatch("ref_count after fork", "fork adds one owner to every page.",
                        "[2, 2]", repr(counts))
-    _expect_free(alloc, 2, "after fork", "fork takes no new pages.")
+    expect_free(alloc, 2, "after fork", "fork takes no new pages.")
 
 
 def _fork_free(cls) -> None:
     alloc = cls(4)
-    pages = _ids(alloc.allocate(2), "allocate(2)")
+    pages = ids(alloc.allocate(2), "allocate(2)")
     alloc.fork(pages)
     alloc.free(pages)
-    _expect_free(alloc, 2, "after the first owner freed the shared pages", SHARED_FREE_HINT)
+    _expect_free_shared(alloc, 2, "after the first owner freed the shared pages")
     counts = [alloc.ref_count(p) for p in pages]
     if counts != [1, 1]:
-        raise Mismatch("ref_count after one of two owners freed", SHARED_FREE_HINT,
-                       "[1, 1]", repr(counts))
+        raise Mismatch("ref_count after one of two owners freed",
+                       SHARED_FREE_HINT if counts == [0, 0] else "free takes one owner away "
+                       "from each page: 2 owners become 1.", "[1, 1]", repr(counts))
     alloc.free(pages)
-    _expect_free(alloc, 4, "after both owners freed", "the last free returns the page.")
+    expect_free(alloc, 4, "after both owners freed", "the last free returns the page.")
 
 
 def _fork_free_page(cls) -> None:
     alloc = cls(4)
-    pages = _ids(alloc.allocate(1), "allocate(1)")
+    pages = ids(alloc.allocate(1), "allocate(1)")
     alloc.free(pages)
-    _expect_raises(lambda: alloc.fork(pages), ValueError, "fork of a free page",
+    expect_raises(lambda: alloc.fork(pages), ValueError, "fork of a free page",
                    "only pages in use can be shared: raise ValueError for a free page.")
-    _expect_free(alloc, 4, "after the refused fork", "a refused call changes nothing.")
+    expect_free(alloc, 4, "after the refused fork", "a refused call changes nothing.")
+
+
+def _fork_keeps_order(cls) -> None:
+    alloc = cls(8)
+    pages = ids(alloc.allocate(8), "allocate(8)")
+    table = [pages[7], pages[2], pages[5], pages[0]]   # a block table is in token order
+    _expect_fork_result(table, ids(alloc.fork(table), f"fork({table})"), f"fork({table})")
+
+
+def _fork_bad_lists(cls, num_pages: int = 6) -> None:
+    """fork and free given a list with one bad id: the call fails whole."""
+    alloc = cls(num_pages)
+    pages = ids(alloc.allocate(num_pages), f"allocate({num_pages})")
+    gone, a, b = pages[1], pages[0], pages[-1]
+    alloc.free([gone])
+    alloc.fork([a])
+    refused(alloc, num_pages, lambda: alloc.fork([a, b, gone]),
+             f"fork([{a}, {b}, {gone}]) with page {gone} free",
+             "only pages in use can be shared: a list holding a free page must raise "
+             "ValueError.")
+    refused(alloc, num_pages, lambda: alloc.fork([b, -1]), f"fork([{b}, -1])",
+             NEGATIVE_ID_HINT)
+    refused(alloc, num_pages, lambda: alloc.fork([b, num_pages]),
+             f"fork([{b}, {num_pages}]) ({num_pages} is past the pool)",
+             f"refuse ids outside 0..{num_pages - 1} with ValueError.")
+    refused(alloc, num_pages, lambda: alloc.free([a, gone]),
+             f"free([{a}, {gone}]) with page {a} shared and page {gone} free",
+             "a list holding a page that is already free must raise ValueError (a double "
+             "free), even when the ids before it are fine.")
 
 
 def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
@@ -239,7 +276,7 @@ def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
             for p in pages:
                 counts[p] -= 1
         elif owners and r < 0.6:
-            pages = _ids(alloc.fork(owners[int(rng.integers(len(owners)))]), "fork")
+            pages = ids(alloc.fork(owners[int(rng.integers(len(owners)))]), "fork")
             owners.append(pages)
             for p in pages:
                 counts[p] += 1
@@ -247,7 +284,7 @@ def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
             n = int(rng.integers(1, 3))
             if n > counts.count(0):
                 continue
-            pages = _ids(alloc.allocate(n), f"step {step}: allocate({n})")
+            pages = ids(alloc.allocate(n), f"step {step}: allocate({n})")
             if any(counts[p] for p in pages):
                 raise Mismatch(f"step {step}: allocate({n}) returned {pages}, but "
                                f"{[p for p in pages if counts[p]]} still have owners",
@@ -261,7 +298,7 @@ def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
             raise Mismatch(f"after step {step}: ref_count({page})",
                            "allocate sets 1, fork adds 1, free subtracts 1.",
                            str(counts[page]), str(got[page]))
-        _expect_free(alloc, counts.count(0), f"after step {step}", SHARED_FREE_HINT)
+        _expect_free_shared(alloc, counts.count(0), f"after step {step}")
 
 
 def refcounts(cls) -> "CheckResult":  # noqa: F821
@@ -270,6 +307,10 @@ def refcounts(cls) -> "CheckResult":  # noqa: F821
         Case("fork shares pages", {"num_pages": 4}, lambda: _fork_basic(cls)),
         Case("a shared page outlives one free", {"num_pages": 4}, lambda: _fork_free(cls)),
         Case("fork of a free page", {"num_pages": 4}, lambda: _fork_free_page(cls)),
+        Case("fork keeps the block table's order", {"table": "[7, 2, 5, 0]"},
+             lambda: _fork_keeps_order(cls)),
+        Case("a bad id among good ones changes nothing", {"num_pages": 6},
+             lambda: _fork_bad_lists(cls)),
         Case("150 random allocate/fork/free", {"num_pages": 10, "seed": 2},
              lambda: _fork_random(cls, 2)),
     ]

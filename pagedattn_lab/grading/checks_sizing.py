@@ -10,6 +10,8 @@ instead of num_kv_heads, 4 bytes assumed for fp16...), to say which mistake it w
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from .compare import fmt
@@ -20,24 +22,49 @@ def _ceil_div(a, b):
     return -(-np.asarray(a, dtype=np.int64) // b)
 
 
-def _scalar_case(fn, args: tuple, expected: float, variants: list[tuple[str, float]],
-                 what: str, *, rel: float = 1e-6, default_hint: str = "") -> None:
-    got = fn(*args)
+def _number(got, what: str) -> float:
     if got is None:
         raise Mismatch(f"{what} returned None", "return the number (a `return` is missing?).")
     try:
-        value = float(got)
+        return float(got)
     except (TypeError, ValueError) as exc:
         raise Mismatch(f"{what} returned {got!r}", "return a single number.") from exc
-    if np.isclose(value, expected, rtol=rel, atol=1e-12):
-        return
-    hint = default_hint
+
+
+def _first_variant(value, expected, variants, same) -> str:
+    """The hint of the first variant that gives `value` (and not the right answer)."""
     for text, candidate in variants:
-        if not np.isclose(candidate, expected, rtol=rel, atol=1e-12) and \
-                np.isclose(value, candidate, rtol=rel, atol=1e-12):
-            hint = text
-            break
+        if candidate is None or (isinstance(candidate, float) and np.isnan(candidate)):
+            continue
+        if not same(candidate, expected) and same(value, candidate):
+            return text
+    return ""
+
+
+def _scalar_case(fn, args: tuple, expected: float, variants: list[tuple[str, float]],
+                 what: str, *, rel: float = 1e-6, default_hint: str = "") -> None:
+    value = _number(fn(*args), what)
+
+    def same(a, b):
+        return bool(np.isclose(float(a), float(b), rtol=rel, atol=1e-12))
+
+    if same(value, expected):
+        return
+    hint = _first_variant(value, expected, variants, same) or default_hint
     raise Mismatch(what, hint, expected=fmt(expected), got=fmt(value))
+
+
+def _int_case(fn, args: tuple, expected: int, variants: list[tuple[str, float]], what: str,
+              *, default_hint: str = "") -> None:
+    """An exact integer answer (a float can only be right below 2**53)."""
+    got = fn(*args)
+    value = _number(got, what)
+    exact = int(got) if isinstance(got, (int, np.integer)) else value
+    if exact == expected:
+        return
+    hint = _first_variant(exact, expected, variants, lambda a, b: a == b) or default_hint
+    shown = str(exact) if isinstance(exact, int) else repr(value)
+    raise Mismatch(what, hint, expected=str(expected), got=shown)
 
 
 def _lens(seed: int, n: int, low: int, high: int) -> np.ndarray:
@@ -46,43 +73,77 @@ def _lens(seed: int, n: int, low: int, high: int) -> np.ndarray:
 
 # -- lesson 00 --------------------------------------------------------------------------
 
+FLOAT_HINT = ("{a} / {b} is a float, and a float holds integers exactly only up to 2**53: "
+              "above that the division rounds before the ceil sees it. Stay in integers "
+              "(//, %).")
+
+
 def _pages_needed_case(fn, seq_len: int, page_size: int) -> None:
     expected = -(-seq_len // page_size)
-    _scalar_case(fn, (seq_len, page_size), expected, [
-        ("round up: a partly filled last page is still a whole page (ceil, e.g. "
-         "-(-seq_len // page_size)).", seq_len // page_size),
+    _int_case(fn, (seq_len, page_size), expected, [
+        (FLOAT_HINT.format(a="seq_len", b="page_size"), math.ceil(seq_len / page_size)),
+        ("round up: a partly filled last page is still a whole page.", seq_len // page_size),
         ("seq_len // page_size + 1 is one page too many when seq_len is an exact multiple "
-         "of page_size (and for seq_len 0): use ceil.", seq_len // page_size + 1),
+         "of page_size (and for seq_len 0).", seq_len // page_size + 1),
         ("that is one page per token: a page holds page_size tokens.", seq_len),
     ], f"pages_needed({seq_len}, {page_size})")
 
 
 def pages_needed(fn) -> "CheckResult":  # noqa: F821
-    """Check `fn(seq_len, page_size) == ceil(seq_len / page_size)`."""
-    pairs = [(10, 4), (8, 4), (1, 16), (0, 16), (17, 1), (4095, 16), (4096, 16)]
+    """Check `fn(seq_len, page_size) == ceil(seq_len / page_size)`, in integers."""
+    pairs = [(10, 4), (8, 4), (1, 16), (0, 16), (17, 1), (4095, 16), (4096, 16), (4097, 16),
+             (2**53 + 1, 1), (2**60 + 1, 2**30), (3 * 2**55 + 7, 3)]
     cases = [Case("pages for one sequence", {"seq_len": n, "page_size": p},
                   lambda n=n, p=p: _pages_needed_case(fn, n, p)) for n, p in pairs]
     return run_cases("pages_needed", "pages_needed(seq_len, page_size)", cases)
 
 
+EMPTY_HINT = ("with nothing {what} there is nothing to waste: 0 / 0 is undefined, so return "
+              "0.0 for that case (test for it before dividing).")
+
+
+def _fraction_case(fn, args: tuple, expected: float, variants, what: str, *,
+                   empty: str | None = None) -> None:
+    """A waste fraction; `empty` names what is missing when the denominator is 0."""
+    try:
+        _scalar_case(fn, args, expected, variants, what)
+    except (ZeroDivisionError, FloatingPointError) as exc:
+        if empty is None:
+            raise
+        raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}",
+                       EMPTY_HINT.format(what=empty), expected="0.0",
+                       got=type(exc).__name__) from None
+    except Mismatch as mm:
+        if empty is not None and mm.got == "nan":
+            mm.hint = EMPTY_HINT.format(what=empty)
+        raise
+
+
 def _reserved_case(fn, lens: np.ndarray, max_len: int) -> None:
-    used, reserved = lens.sum(), len(lens) * max_len
-    expected = 1 - used / reserved
-    _scalar_case(fn, (lens.copy(), max_len), expected, [
+    used, reserved = int(lens.sum()), len(lens) * max_len
+    expected = 1 - used / reserved if reserved else 0.0
+    with np.errstate(all="ignore"):
+        longest = 1 - used / (len(lens) * lens.max()) if len(lens) else None
+    _fraction_case(fn, (lens.copy(), max_len), expected, [
         ("you reserved max(seq_lens) per sequence; the server reserves max_len for every "
-         "request because it cannot know the final length in advance.",
-         1 - used / (len(lens) * lens.max())),
+         "request because it cannot know the final length in advance.", longest),
         ("return a fraction of the reserved slots (between 0 and 1), not a count.",
          reserved - used),
         ("divide the wasted slots by the reserved slots, not by the used ones.",
-         (reserved - used) / used),
-        ("that is the used fraction; the question asks for the wasted one (1 - used/reserved).",
-         used / reserved),
-    ], f"reserved_waste(seq_lens, max_len={max_len})")
+         (reserved - used) / used if used else None),
+        ("that is the used fraction; the question asks for the wasted one.",
+         used / reserved if reserved else None),
+        ("// rounds the fraction down to a whole number: use true division (/).",
+         1 - used // reserved if reserved else None),
+        ("divide by every slot reserved for the batch (one max_len per request), not by one "
+         "max_len.", (reserved - used) / max_len),
+    ], f"reserved_waste(seq_lens, max_len={max_len})",
+        empty=None if reserved else "reserved")
 
 
 def reserved_waste(fn) -> "CheckResult":  # noqa: F821
-    """Check `fn(seq_lens, max_len) == 1 - seq_lens.sum() / (len(seq_lens) * max_len)`."""
+    """Check `fn(seq_lens, max_len)`: the share of the reserved slots that hold no token
+    (0.0 for no requests)."""
     cases = [
         Case("four requests", {"seq_lens": [100, 300, 20, 2048], "max_len": 2048},
              lambda: _reserved_case(fn, np.array([100, 300, 20, 2048]), 2048)),
@@ -90,35 +151,54 @@ def reserved_waste(fn) -> "CheckResult":  # noqa: F821
              lambda: _reserved_case(fn, _lens(0, 64, 1, 4096), 4096)),
         Case("all full", {"seq_lens": [512, 512], "max_len": 512},
              lambda: _reserved_case(fn, np.array([512, 512]), 512)),
+        Case("requests with no tokens yet", {"seq_lens": [0, 0, 7], "max_len": 64},
+             lambda: _reserved_case(fn, np.array([0, 0, 7]), 64)),
+        Case("no requests", {"seq_lens": [], "max_len": 2048},
+             lambda: _reserved_case(fn, np.array([], dtype=np.int64), 2048)),
     ]
     return run_cases("reserved_waste", "reserved_waste(seq_lens, max_len)", cases)
 
 
 def paged_waste_fraction(lens, page_size: int) -> float:
+    """The share of the allocated slots that hold no token (0.0 when nothing is allocated)."""
     lens = np.asarray(lens, dtype=np.int64)
     allocated = int(_ceil_div(lens, page_size).sum()) * page_size
-    return 1 - int(lens.sum()) / allocated
+    return 1 - int(lens.sum()) / allocated if allocated else 0.0
 
 
 def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
-    used = lens.sum()
+    used = int(lens.sum())
     pages = _ceil_div(lens, page_size)
-    allocated = pages.sum() * page_size
-    expected = 1 - used / allocated
-    floor_alloc = (lens // page_size).sum() * page_size
-    _scalar_case(fn, (lens.copy(), page_size), expected, [
+    allocated = int(pages.sum()) * page_size
+    expected = paged_waste_fraction(lens, page_size)
+    floor_alloc = int((lens // page_size).sum()) * page_size
+    plus_one = int((lens // page_size + 1).sum()) * page_size
+    with np.errstate(all="ignore"):
+        per_sequence = float(np.mean(1 - lens / (pages * page_size))) if allocated else None
+    _fraction_case(fn, (lens.copy(), page_size), expected, [
         ("round the page count up: a sequence of L tokens holds ceil(L / page_size) pages.",
-         1 - used / floor_alloc if floor_alloc else np.nan),
+         1 - used / floor_alloc if floor_alloc else None),
         ("L // page_size + 1 pages is one too many when L is a multiple of page_size.",
-         1 - used / ((lens // page_size + 1).sum() * page_size)),
+         1 - used / plus_one if plus_one else None),
         ("return a fraction of the allocated slots, not a count of slots.", allocated - used),
-        ("divide by the allocated slots, not by the used ones.", (allocated - used) / used),
-        ("that is the used fraction; return the wasted one.", used / allocated),
-    ], f"paged_waste(seq_lens, page_size={page_size})")
+        ("divide by the allocated slots, not by the used ones.",
+         (allocated - used) / used if used else None),
+        ("that is the used fraction; return the wasted one.",
+         used / allocated if allocated else None),
+        ("that is the mean of the sequences' own waste fractions, which weighs a 3-token "
+         "request like a 2048-token one: divide the batch's wasted slots by its allocated "
+         "slots.", per_sequence),
+        ("// rounds the fraction down to a whole number: use true division (/).",
+         1 - used // allocated if allocated else None),
+        ("a sequence of L tokens holds ceil(L / page_size) pages, not one.",
+         1 - used / (len(lens) * page_size) if len(lens) else None),
+    ], f"paged_waste(seq_lens, page_size={page_size})",
+        empty=None if allocated else "allocated")
 
 
 def paged_waste(fn) -> "CheckResult":  # noqa: F821
-    """Check `fn(seq_lens, page_size) == 1 - L.sum() / (ceil(L / page_size).sum() * page_size)`."""
+    """Check `fn(seq_lens, page_size)`: the share of the allocated slots that hold no token
+    (0.0 when nothing is allocated)."""
     cases = [
         Case("four requests", {"seq_lens": [100, 300, 20, 2048], "page_size": 16},
              lambda: _paged_case(fn, np.array([100, 300, 20, 2048]), 16)),
@@ -128,23 +208,42 @@ def paged_waste(fn) -> "CheckResult":  # noqa: F821
              lambda: _paged_case(fn, _lens(0, 64, 1, 4096), 64)),
         Case("short requests, big pages", {"seq_lens": [3, 5, 7], "page_size": 256},
              lambda: _paged_case(fn, np.array([3, 5, 7]), 256)),
+        Case("a request with no tokens yet", {"seq_lens": [0, 40, 9], "page_size": 8},
+             lambda: _paged_case(fn, np.array([0, 40, 9]), 8)),
+        Case("nothing allocated", {"seq_lens": [0, 0], "page_size": 16},
+             lambda: _paged_case(fn, np.array([0, 0]), 16)),
+        Case("no requests", {"seq_lens": [], "page_size": 16},
+             lambda: _paged_case(fn, np.array([], dtype=np.int64), 16)),
     ]
     return run_cases("paged_waste", "paged_waste(seq_lens, page_size)", cases)
 
 
 # -- lesson 08 --------------------------------------------------------------------------
 
+OVERFLOW_HINT = ("the product overflowed int32 (seq_lens is an int32 array, and this byte "
+                 "count passes 2**31): convert to Python int or np.int64 before multiplying.")
+
+
 def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
     itemsize = np.dtype(dtype).itemsize
-    tokens = int(np.sum(lens))
-    expected = tokens * 2 * num_kv_heads * head_dim * itemsize
-    _scalar_case(fn, (np.array(lens), num_heads, num_kv_heads, head_dim, dtype), expected, [
-        ("count both K and V: the factor 2.", expected / 2),
+    lens = np.asarray(lens, dtype=np.int32)
+    tokens = int(lens.sum(dtype=np.int64))
+    per_token = 2 * num_kv_heads * head_dim * itemsize
+    expected = tokens * per_token
+    with np.errstate(over="ignore"):
+        wrapped = int((lens * np.int32(per_token)).sum(dtype=np.int32))
+        wrapped_total = int((lens * np.int32(per_token)).sum())
+    _int_case(fn, (lens.copy(), num_heads, num_kv_heads, head_dim, dtype), expected, [
+        ("count both K and V: the factor 2.", expected // 2),
         ("the cache stores num_kv_heads heads, not num_heads: with GQA several query heads "
          "share one KV head.", tokens * 2 * num_heads * head_dim * itemsize),
         ("use the dtype's size (np.dtype(dtype).itemsize): fp16 is 2 bytes, not 4.",
          tokens * 2 * num_kv_heads * head_dim * 4),
         ("that is bits; count bytes.", expected * 8),
+        ("sum the lengths: each sequence reads its own tokens, not as many as the longest.",
+         int(lens.max()) * len(lens) * per_token if len(lens) else None),
+        (OVERFLOW_HINT, wrapped),
+        (OVERFLOW_HINT, wrapped_total),
     ], f"kv_bytes(num_heads={num_heads}, num_kv_heads={num_kv_heads}, head_dim={head_dim}, "
        f"{np.dtype(dtype).name})")
 
@@ -158,47 +257,74 @@ def kv_bytes(fn) -> "CheckResult":  # noqa: F821
              lambda: _kv_bytes_case(fn, _lens(1, 16, 512, 4096), 32, 8, 128, np.float16)),
         Case("MQA fp16", {"heads": 16, "kv_heads": 1, "head_dim": 64, "dtype": "float16"},
              lambda: _kv_bytes_case(fn, [4096], 16, 1, 64, np.float16)),
+        Case("an empty batch", {"seq_lens": [], "heads": 8, "kv_heads": 2, "head_dim": 64},
+             lambda: _kv_bytes_case(fn, [], 8, 2, 64, np.float16)),
+        Case("long contexts, more than 2**31 bytes",
+             {"seq_lens": [1_000_000, 600_000], "heads": 64, "kv_heads": 8, "head_dim": 128,
+              "dtype": "float16"},
+             lambda: _kv_bytes_case(fn, [1_000_000, 600_000], 64, 8, 128, np.float16)),
     ]
     return run_cases("kv_bytes", "kv_bytes: what one decode step must read", cases)
 
 
-def _floor_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
+def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
     expected = nbytes / (bandwidth_gbs * 1e9) * 1e3
     _scalar_case(fn, (nbytes, bandwidth_gbs), expected, [
         ("return milliseconds: seconds x 1000.", expected / 1e3),
+        ("that is microseconds: seconds x 1000 is milliseconds.", expected * 1e3),
         ("GB/s here means 1e9 bytes per second, not 2**30.",
          nbytes / (bandwidth_gbs * 2**30) * 1e3),
-        ("time = bytes / bandwidth, not bandwidth / bytes.", bandwidth_gbs * 1e9 / nbytes * 1e3),
+        ("time = bytes / bandwidth, not bandwidth / bytes.",
+         bandwidth_gbs * 1e9 / nbytes * 1e3 if nbytes else None),
+        ("a GB/s is 1e9 bytes per second: bytes / GB/s is not yet seconds.",
+         nbytes / bandwidth_gbs),
+        ("the size is in bytes and the rate in bytes per second: no factor 8.",
+         expected * 8),
     ], f"decode_floor_ms({nbytes:.4g} bytes, {bandwidth_gbs} GB/s)", rel=1e-4)
 
 
 def decode_floor_ms(fn) -> "CheckResult":  # noqa: F821
     """Check `fn(nbytes, bandwidth_gbs) == nbytes / (bandwidth_gbs * 1e9) * 1e3` (milliseconds)."""
     cases = [
-        Case("the D64 workload on an H100", {"bytes": 2.45e9, "GB/s": 2990},
-             lambda: _floor_case(fn, 2.45e9, 2990)),
-        Case("a laptop", {"bytes": 3.0e8, "GB/s": 60}, lambda: _floor_case(fn, 3.0e8, 60)),
+        Case("the D64 workload at the H100 run's copy rate", {"bytes": 2.454e9, "GB/s": 2859},
+             lambda: _yardstick_case(fn, 2.454e9, 2859)),
+        Case("a laptop", {"bytes": 3.0e8, "GB/s": 60}, lambda: _yardstick_case(fn, 3.0e8, 60)),
+        Case("nothing to read", {"bytes": 0, "GB/s": 900}, lambda: _yardstick_case(fn, 0, 900)),
     ]
-    return run_cases("decode_floor_ms", "decode_floor_ms: the memory-bandwidth floor", cases)
+    return run_cases("decode_floor_ms", "decode_floor_ms: the copy-rate yardstick", cases)
 
 
 def _choose_case(fn, lens, candidates, max_waste: float) -> None:
-    ok = [p for p in candidates if paged_waste_fraction(lens, p) <= max_waste]
+    waste = {p: paged_waste_fraction(lens, p) for p in candidates}
+    ok = [p for p in candidates if waste[p] <= max_waste]
     expected = max(ok) if ok else min(candidates)
-    got = fn(np.array(lens), list(candidates), max_waste)
-    wastes = ", ".join(f"{p}: {paged_waste_fraction(lens, p):.3f}" for p in candidates)
+    got = fn(np.array(lens, dtype=np.int64), list(candidates), max_waste)
+    wastes = ", ".join(f"{p}: {waste[p]:.4g}" for p in candidates)
     if got == expected:
         return
-    hint = ("take the largest page size whose waste fraction is <= max_waste (bigger pages "
-            "mean fewer block-table entries and longer contiguous reads); if none qualifies, "
-            "the smallest.")
-    if ok and got == min(ok):
-        hint = ("every candidate under the limit is acceptable; pick the largest of them: it "
-                "reads memory in longer runs.")
-    elif got in candidates and paged_waste_fraction(lens, got) > max_waste:
+    if got is None:
+        hint = ("return a page size; when no candidate is under the limit, the smallest "
+                "(it wastes the least).") if not ok else "return the page size you chose."
+    elif got in waste and waste[got] > max_waste:
         hint = "that page size wastes more than max_waste: compute its waste fraction first."
-    raise Mismatch(f"choose_page_size with max_waste={max_waste} (waste per page size: {wastes})",
-                   hint, expected=str(expected), got=repr(got))
+    elif got in ok and any(waste[p] > max_waste for p in candidates if got < p < expected):
+        hint = ("the waste does not always grow with the page size (here a bigger page "
+                "qualifies after a smaller one failed): test every candidate, do not stop "
+                "at the first that fails.")
+    elif got in ok and any(waste[p] == max_waste for p in candidates) and \
+            got == max((p for p in candidates if waste[p] < max_waste), default=None):
+        hint = ("a waste exactly equal to max_waste is allowed: the limit is 'at most' "
+                "(<=), not 'below' (<).")
+    elif got in ok:
+        hint = ("every candidate under the limit is acceptable; pick the largest of them: "
+                "fewer pages per sequence and longer contiguous reads.")
+    elif not isinstance(got, (float, np.floating)) and got in range(len(candidates)):
+        hint = "return the page size itself, not its position in candidates."
+    else:
+        hint = ("return one of the candidates: the largest whose waste is at most max_waste, "
+                "else the smallest.")
+    raise Mismatch(f"choose_page_size with max_waste={max_waste} (waste per page size: "
+                   f"{wastes})", hint, expected=str(expected), got=repr(got))
 
 
 def choose_page_size(fn) -> "CheckResult":  # noqa: F821
@@ -215,5 +341,10 @@ def choose_page_size(fn) -> "CheckResult":  # noqa: F821
              lambda: _choose_case(fn, [1, 2, 3], [16, 32], 0.01)),
         Case("unsorted candidates", {"requests": 64, "max_waste": 0.1},
              lambda: _choose_case(fn, long, [128, 16, 256, 64], 0.1)),
+        Case("a waste exactly at the limit", {"seq_lens": [12, 24], "max_waste": 0.25},
+             lambda: _choose_case(fn, [12, 24], [4, 8, 16, 32], 0.25)),
+        Case("page sizes that are not powers of two", {"seq_lens": [32, 64],
+                                                       "max_waste": 0.1},
+             lambda: _choose_case(fn, [32, 64], [16, 24, 32, 48], 0.1)),
     ]
     return run_cases("choose_page_size", "choose_page_size: the page-size trade-off", cases)

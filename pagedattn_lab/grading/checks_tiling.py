@@ -6,6 +6,8 @@ page from the first one up to the page of its last real query, and nothing after
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .report import Case, Mismatch, run_cases
 
 
@@ -16,16 +18,24 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
     got_list = None if got is None else [int(p) for p in got]
     if got_list == expected:
         return
+    past_end = q_start + tile_q > seq_len
     variants = [
         ("the block's queries stop at q_start + tile_q - 1: keys after that are never needed "
          "(causal). Load pages up to the one holding key min(seq_len, q_start + tile_q) - 1.",
          list(range(-(-seq_len // page_size))) if q_start < seq_len else None),
+        ("the tile runs past the sequence's end: queries at or past seq_len are padding and "
+         "keys past seq_len do not exist, so the last key is min(seq_len, q_start + tile_q) "
+         "- 1.", list(range(-(-(q_start + tile_q) // page_size)))
+         if q_start < seq_len and past_end else None),
+        ("one page too many: the last key, min(seq_len, q_start + tile_q) - 1, is on page "
+         "(that key) // page_size; stop there.",
+         list(range(last_key // page_size + 1)) if q_start < seq_len else None),
         ("causal attention needs every key from 0 up to the query: start at page 0, not at "
          "the page of q_start.",
          list(range(q_start // page_size, -(-last_key // page_size)))
          if q_start < seq_len else None),
         ("round up: a page that holds any needed key is needed (ceil).",
-         list(range(last_key // page_size))),
+         list(range(last_key // page_size)) if q_start < seq_len else None),
         ("a block whose first query is at or past seq_len has no work: return [] (it only "
          "writes zeros).", list(range(-(-min(seq_len, q_start + tile_q) // page_size)))),
     ]
@@ -37,12 +47,28 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
 
 def tile_pages(fn) -> "CheckResult":  # noqa: F821
     """Check `fn(seq_len, q_start, tile_q, page_size)` -> the virtual pages a query tile reads."""
-    params = [(37, 0, 16, 8), (37, 16, 16, 8), (37, 32, 16, 8), (37, 48, 16, 8),
-              (64, 16, 16, 16), (5, 0, 16, 4), (100, 64, 32, 16)]
-    cases = [Case("one query tile", {"seq_len": n, "q_start": s, "tile_q": t, "page_size": p},
+    params = [("the first tile", 37, 0, 16, 8), ("a middle tile", 37, 16, 16, 8),
+              ("the last tile, partly past the end", 37, 32, 16, 8),
+              ("a tile wholly past the end", 37, 48, 16, 8),
+              ("a tile that starts at seq_len", 32, 32, 16, 8),
+              ("a tile that ends exactly at seq_len", 32, 16, 16, 8),
+              ("tiles ending on a page boundary", 64, 16, 16, 16),
+              ("a sequence shorter than the tile", 5, 0, 16, 4),
+              ("an empty sequence", 0, 0, 16, 4), ("a larger tile", 100, 64, 32, 16)]
+    cases = [Case(name, {"seq_len": n, "q_start": s, "tile_q": t, "page_size": p},
                   lambda n=n, s=s, t=t, p=p: _tile_pages_case(fn, n, s, t, p))
-             for n, s, t, p in params]
+             for name, n, s, t, p in params]
     return run_cases("tile_pages", "tile_pages: the pages one query tile must stage", cases)
+
+
+def dim3(value) -> tuple[int, int, int]:
+    """A grid or block as CUDA's dim3: 16, (16,), [16, 1] and (16, 1, 1) are all (16, 1, 1)."""
+    if isinstance(value, (int, np.integer)):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not 1 <= len(value) <= 3 or \
+            not all(isinstance(v, (int, np.integer)) and v >= 0 for v in value):
+        raise ValueError(f"not a dim3: {value!r}")
+    return tuple(int(v) for v in value) + (1,) * (3 - len(value))
 
 
 def expected_launch(batch, num_heads, max_len, tile_q, page_size, head_dim):
@@ -53,28 +79,40 @@ def expected_launch(batch, num_heads, max_len, tile_q, page_size, head_dim):
 def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> None:
     grid, block, smem = expected_launch(batch, num_heads, max_len, tile_q, page_size, head_dim)
     got = fn(batch, num_heads, max_len, tile_q, page_size, head_dim)
-    if not (isinstance(got, tuple) and len(got) == 3):
+    if not (isinstance(got, (tuple, list)) and len(got) == 3):
         raise Mismatch("expected a tuple (grid, block, shared_mem_bytes)",
                        "return all three: the kernel call takes them.", "", repr(got))
-    g, b, s = got
     try:
-        g, b, s = tuple(int(x) for x in g), tuple(int(x) for x in b), int(s)
-    except TypeError as exc:
-        raise Mismatch("grid and block must be tuples of ints", "e.g. grid=(x, y, z), "
-                       "block=(tile_q,)", "", repr(got)) from exc
+        g, b = dim3(got[0]), dim3(got[1])
+    except ValueError as exc:
+        raise Mismatch(f"grid and block must be tuples of 1 to 3 ints, got {got[0]!r} and "
+                       f"{got[1]!r}", "a launch takes whole numbers: math.ceil and // give "
+                       "ints, np.ceil gives floats.", "", repr(got)) from exc
+    if not isinstance(got[2], (int, np.integer)):
+        raise Mismatch(f"shared_mem must be an int number of bytes, got {got[2]!r}",
+                       "a launch takes whole numbers of bytes (np.dtype(...).itemsize is an "
+                       "int; a product with a float is not).", str(smem), repr(got[2]))
+    s = int(got[2])
+    grid, block = dim3(grid), dim3(block)
     if g != grid:
         hint = "grid = (ceil(max_len / tile_q), num_heads, batch)."
         if g == (max_len // tile_q, num_heads, batch):
             hint = ("round the number of query tiles up: the last tile is partly filled but "
                     "its queries still need a block.")
-        elif g == (batch, num_heads, -(-max_len // tile_q)):
+        elif g == dim3((num_heads, -(-max_len // tile_q), batch)):
+            hint = ("x is the query tile: the kernels read the tile from blockIdx.x, the head "
+                    "from blockIdx.y and the sequence from blockIdx.z.")
+        elif g == dim3((-(-max_len // tile_q), batch, num_heads)):
+            hint = ("y is the head and z the sequence (the kernels read the head from "
+                    "blockIdx.y and the sequence from blockIdx.z).")
+        elif g == dim3((batch, num_heads, -(-max_len // tile_q))):
             hint = ("this course puts the query tiles in x and the sequence in z (as the "
                     "kernels read blockIdx.x for the tile and blockIdx.z for the sequence; "
                     "gridDim.x may reach 2^31-1, y and z only 65535).")
         raise Mismatch("grid", hint, repr(grid), repr(g))
     if b != block:
-        raise Mismatch("block", "one thread per query of the tile: block = (tile_q,).",
-                       repr(block), repr(b))
+        raise Mismatch("block", "one thread per query of the tile: block = (tile_q,) (the "
+                       "same as (tile_q, 1, 1)).", repr(block), repr(b))
     if s != smem:
         hint = "shared memory holds one page of K and one of V for this kv head, in float32."
         if s == smem // 4:
@@ -83,13 +121,17 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
             hint = "stage V as well as K: two page-sized tiles."
         elif s == smem * num_heads:
             hint = "a block serves one head: stage only its kv head (page_size x head_dim)."
+        elif s == 2 * tile_q * head_dim * 4 and tile_q != page_size:
+            hint = ("the tiles hold one page of keys and one of values: page_size rows each, "
+                    "not tile_q (the queries stay in registers).")
         raise Mismatch("shared_mem bytes", hint, str(smem), str(s))
 
 
 def tiled_launch(fn) -> "CheckResult":  # noqa: F821
     """Check `fn(batch, num_heads, max_len, tile_q, page_size, head_dim)`:
     (grid, block, shared_mem)."""
-    params = [(2, 4, 37, 16, 8, 16), (1, 8, 64, 16, 16, 64), (3, 2, 5, 32, 4, 32)]
+    params = [(2, 4, 37, 16, 8, 16), (1, 8, 64, 16, 16, 64), (3, 2, 5, 32, 4, 32),
+              (1, 1, 1, 16, 16, 64), (4, 3, 128, 64, 16, 128)]
     cases = [Case("launch", {"batch": b, "num_heads": h, "max_len": n, "tile_q": t,
                              "page_size": p, "head_dim": d},
                   lambda b=b, h=h, n=n, t=t, p=p, d=d: _launch_case(fn, b, h, n, t, p, d))

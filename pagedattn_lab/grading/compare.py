@@ -54,10 +54,11 @@ def _plural(axis: str) -> str:
 class Difference:
     """Where `got` differs from `expected` (only over entries where `mask` is True)."""
     bad: np.ndarray          # bool, same shape as expected
-    unwritten: np.ndarray    # bool: NaN in got where a finite value was expected
+    unwritten: np.ndarray    # bool: wrong, and never written (the kernel checks' poison)
     axes: tuple[str, ...]
     got: np.ndarray
     expected: np.ndarray
+    certain: bool = True     # False: `unwritten` is a guess from NaN (a plain-NaN poison)
 
     @property
     def count(self) -> int:
@@ -98,17 +99,31 @@ class Difference:
         lines = [f"{self.count} of {total} {what} differ; the first at {self.where(index)}: "
                  f"expected {fmt(self.expected[index])}, got {fmt(self.got[index])}."]
         n_unwritten = int(self.unwritten.sum())
-        if n_unwritten:
-            lines.append(f"{n_unwritten} of them are still NaN: the NaN poison the check filled "
-                         "the output with was never overwritten (or your code made a NaN).")
+        if n_unwritten and not self.certain:
+            lines.append(f"{n_unwritten} of them are still NaN: the NaN the check filled the "
+                         "output with was never overwritten (or your code made a NaN).")
+        elif n_unwritten:
+            lines.append(f"{n_unwritten} of them were never written: they still hold the NaN "
+                         "the check filled the output with.")
+        n_made = int((np.isnan(self.got) & self.bad & ~self.unwritten).sum())
+        if n_made:
+            lines.append(f"{n_made} of them are a NaN your code computed (0/0, inf - inf or "
+                         "inf * 0).")
         pattern = self.pattern()
         if pattern:
             lines.append(f"Wrong in: {pattern}.")
         return "\n".join(lines)
 
 
-def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None):
-    """None when `got` matches `expected` (within tolerance, on `mask`), else a Difference."""
+def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None,
+                        unwritten=None):
+    """None when `got` matches `expected` (within tolerance, on `mask`), else a Difference.
+
+    unwritten: where the output was never written. A bool array: the kernel checks know it
+    from their poison's bit pattern (kernel_runner.unwritten). False: a Python result, which
+    has no poison. None: taken to be the NaN where a number was expected, for outputs
+    poisoned with a plain NaN (a NaN the code computed looks the same there, and the message
+    says so)."""
     got = np.asarray(got, dtype=np.float64)
     expected = np.asarray(expected, dtype=np.float64)
     if got.shape != expected.shape:
@@ -118,8 +133,12 @@ def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None)
         close |= ~np.broadcast_to(mask, close.shape)
     if close.all():
         return None
-    unwritten = np.isnan(got) & ~np.isnan(expected) & ~close
-    return Difference(~close, unwritten, tuple(axes), got, expected)
+    if unwritten is None:
+        never = np.isnan(got) & ~np.isnan(expected)
+    else:
+        never = np.broadcast_to(np.asarray(unwritten, bool), got.shape)
+    return Difference(~close, never & ~close, tuple(axes), got, expected,
+                      certain=unwritten is not None)
 
 
 def matches(got, candidate, *, atol=ATOL, rtol=RTOL, mask=None) -> bool:
@@ -133,11 +152,14 @@ def matches(got, candidate, *, atol=ATOL, rtol=RTOL, mask=None) -> bool:
     return bool(close.all())
 
 
-def diagnose(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None) -> str | None:
+def diagnose(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None,
+             nan_is_evidence: bool = True) -> str | None:
     """The hint of the first known-wrong variant that `got` reproduces, if any.
 
     `variants` is an iterable of (hint, array or zero-argument callable returning one). A
-    variant that happens to equal the right answer on this case is skipped.
+    variant that happens to equal the right answer on this case is skipped. With
+    `nan_is_evidence=False` (a kernel whose NaN may also come from memory it read before
+    anyone wrote it), a variant that is NaN wherever it is wrong proves nothing and is skipped.
     """
     for hint, candidate in variants:
         try:
@@ -146,6 +168,18 @@ def diagnose(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None) -> str
             continue  # this mistake would have read out of bounds here: it cannot match
         if candidate is None or matches(expected, candidate, atol=atol, rtol=rtol, mask=mask):
             continue
+        if not nan_is_evidence and _nan_where_wrong(candidate, expected, atol, rtol, mask):
+            continue
         if matches(got, candidate, atol=atol, rtol=rtol, mask=mask):
             return hint
     return None
+
+
+def _nan_where_wrong(candidate, expected, atol, rtol, mask) -> bool:
+    """True when every element where `candidate` differs from `expected` is NaN."""
+    candidate = np.asarray(candidate, dtype=np.float64)
+    wrong = ~np.isclose(candidate, np.asarray(expected, dtype=np.float64), atol=atol,
+                        rtol=rtol, equal_nan=True)
+    if mask is not None:
+        wrong &= np.broadcast_to(mask, wrong.shape)
+    return bool(np.isnan(candidate[wrong]).all())

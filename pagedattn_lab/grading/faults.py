@@ -2,8 +2,10 @@
 
 The CPU executor (`pagedattn_lab.cpu`) reports an out-of-bounds access as `KernelFault`
 naming the buffer (the kernel parameter), the index, the buffer's size, and the thread and
-block that did it; a barrier that not every thread reaches as `KernelDeadlock`; a kernel
-that never ends as `KernelTimeout`; a compile error as `KernelCompileError` with the
+block that did it; two threads touching one shared-memory byte between barriers (one of
+them writing, not both atomics) as `SharedMemoryRace`, with both threads and lines; a
+barrier that not every thread reaches as `KernelDeadlock`; a kernel that never ends as
+`KernelTimeout`; a compile error as `KernelCompileError` with the
 kernel's own line numbers. On the GPU, CuPy raises its own compile and driver errors.
 Anything else returns None and is reported as a plain exception.
 """
@@ -26,9 +28,10 @@ _BUFFER_HINTS = {
 _CACHE_HINT = ("element offset in the NHD cache [num_pages, page_size, num_kv_heads, head_dim] "
                "is ((page * page_size + offset) * num_kv_heads + kv_head) * head_dim + d, with "
                "offset = token % page_size and kv_head = h / (num_heads / num_kv_heads).")
-_PADDING_HINT = ("a negative index means a page id of -1: that is block-table padding past the "
-                 "sequence's last page. Only tokens < seq_lens[b] (and, causally, <= the query's "
-                 "own token) may be read, and sequence b must use its own row of block_tables.")
+_PADDING_HINT = ("a negative index into the cache: a page id of -1 gives one (block-table "
+                 "padding past the sequence's last page), and so does an offset below 0. Only "
+                 "tokens < seq_lens[b] (and, causally, <= the query's own token) may be read, "
+                 "and sequence b must use its own row of block_tables.")
 
 
 def _get(exc, *names, default=None):
@@ -66,10 +69,40 @@ def buffer_hint(buffer: str, index) -> str:
     return "check how that buffer's index is computed from the thread and block ids."
 
 
+def _race_hint(exc, advice: str) -> str:
+    """The course's hint for a shared-memory race, from its kind, variable and lines."""
+    kind = getattr(exc, "kind", "")
+    variable = getattr(exc, "variable", None)
+    dynamic = "dynamic shared memory" in str(exc)
+    if dynamic and kind in ("read after write", "write after read"):
+        # Which barrier is missing depends on the order threads ran in: name both places.
+        return ("one thread stored into the shared tile and another read the same element "
+                "with no barrier between. Each page needs a __syncthreads() between its load "
+                "and its compute (no thread reads a part before it is stored) and another "
+                "between the compute and the next page's load (no thread overwrites a part "
+                "another still reads); every thread must reach both.")
+    if dynamic:
+        return ("two threads store the same element of the shared tile: the load loop must "
+                "give each element to one thread (start at threadIdx.x, step blockDim.x).")
+    if kind == "write after write" or (kind == "read after write" and
+                                       exc.line is not None and exc.line == exc.other_line):
+        name = f"`{variable}`" if variable else "the same shared variable"
+        return (f"every thread writes {name}: one copy for the whole block, so the threads "
+                "overwrite each other's values. A value each thread needs for itself belongs "
+                "in a register (a plain local variable or array); a value the block computes "
+                "together needs atomicAdd, or a slot per thread and a reduction after a "
+                "__syncthreads().")
+    return advice
+
+
 def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
     """(message, hint) for the executor's and CuPy's kernel exceptions, else None."""
     kind = type(exc).__name__
     text = str(exc).strip()
+    if kind == "SharedMemoryRace":
+        fact, _, advice = text.partition("with no __syncthreads() between. ")
+        fact = fact.split(": ", 1)[-1] + "with no __syncthreads() between."
+        return f"a {fact}", _race_hint(exc, advice.strip())
     if kind == "KernelFault":
         buffer = _get(exc, "buffer", "param", "name")
         index = _get(exc, "index")
@@ -83,13 +116,23 @@ def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
         else:
             message = f"out-of-bounds access: {text}"
         return message, buffer_hint(buffer, index)
-    if kind in ("KernelDeadlock", "WarpSyncError"):
+    if kind == "WarpSyncError":
+        return (f"a warp intrinsic waits for lanes that never come: {text}",
+                "the mask of a __shfl_*_sync / __syncwarp names every lane that takes part: "
+                "all of them must reach the call (none returned early, the block size a "
+                "multiple of 32 for a full mask).")
+    if kind == "KernelDeadlock":
         text = text.split(" Every thread of a block must reach")[0]  # the advice is below
-        return (f"deadlock at __syncthreads(): {text}",
-                "every thread of a block must reach every __syncthreads(). A thread that "
-                "returns early (like the guide's `if (token >= seq_len) return;` before the "
-                "barrier) leaves the others waiting forever. Keep idle threads in the loop: "
-                "guard the work with an if, not the barrier.")
+        if getattr(exc, "exited_threads", None):
+            hint = ("every thread of a block must reach every __syncthreads(): threads that "
+                    "returned early (like the guide's `if (token >= seq_len) return;` before "
+                    "the barrier) leave the others waiting forever. Keep idle threads in the "
+                    "loop: guard the work with an if, not the barrier.")
+        else:
+            hint = ("the threads of the block wait at different __syncthreads() (a barrier "
+                    "inside a branch, or a loop that threads run a different number of "
+                    "times): every thread must reach the same barriers in the same order.")
+        return f"deadlock at __syncthreads(): {text}", hint
     if kind == "KernelTimeout":
         return (f"the kernel did not finish: {text}",
                 "a loop that never ends: check that every loop variable advances (for example "

@@ -2,8 +2,13 @@
 
 `device="auto"` uses the GPU when CuPy has one (`backend.gpu_available()`), else the CPU
 executor; `device="cpu"` forces the executor, whose checked mode names the thread and
-block of a bad access. Outputs are poisoned with NaN before the launch, so a kernel that
-writes nothing is recognized as "not attempted" and an unwritten element shows as NaN.
+block of a bad access, and whose race check (on for every check launch) names two threads
+that touch one shared-memory byte between barriers, at least one writing, without atomics.
+
+Outputs are poisoned before the launch with a NaN of a bit pattern no arithmetic makes
+(`POISON_BITS`): an element still holding it was never written (`unwritten`), while a NaN
+the kernel computed has another pattern. So a kernel that writes nothing is
+recognized as "not attempted", and an unwritten element is told apart from a 0/0.
 """
 from __future__ import annotations
 
@@ -63,13 +68,14 @@ class Kernel:
     def __init__(self, source: str, name: str, device: str = "auto"):
         from ..rawkernel import RawKernel  # noqa: PLC0415 - CuPy / executor on demand
         self.name, self.device = name, resolve_device(device)
+        self.racecheck = self.device == "cpu"
         lint(source, name)
         try:
             self.kernel = RawKernel(source, name)
             if self.device == "gpu":
                 self.kernel.gpu.compile()
             else:
-                self.kernel.cpu.compile()
+                self._compile_cpu()
         except Exception as exc:  # a compile error: report once, run no case
             described = describe_kernel_exception(exc)
             if described is None:
@@ -79,13 +85,23 @@ class Kernel:
             hint = described[1] + (" " + " ".join(hints) if hints else "")
             raise Mismatch(described[0], hint) from exc
 
+    def _compile_cpu(self) -> None:
+        """The race check's (instrumented) build; if only that build fails, where the compiler
+        cannot instrument, the plain build, without the race check."""
+        try:
+            self.kernel.cpu.compile(instrumented=True)
+        except Exception:
+            self.kernel.cpu.compile()     # the learner's own compile error surfaces here
+            self.racecheck = False
+
     def launch(self, grid, block, args, shared_mem: int = 0, outputs=()) -> list[np.ndarray]:
         """Launch with NumPy args; return NumPy copies of the arguments at `outputs`."""
         if self.device == "cpu":
             args = tuple(np.ascontiguousarray(a) if isinstance(a, np.ndarray) else a
                          for a in args)
             try:
-                self.kernel(grid, block, args, shared_mem=shared_mem, timeout=KERNEL_TIMEOUT)
+                self.kernel(grid, block, args, shared_mem=shared_mem, timeout=KERNEL_TIMEOUT,
+                            racecheck=self.racecheck)
             except TypeError as exc:
                 raise Mismatch(f"the launch was refused: {exc}", "keep the kernel's parameter "
                                "list exactly as in the prompt (names may change, types and "
@@ -103,5 +119,16 @@ class Kernel:
         return [cp.asnumpy(dev_args[i]) for i in outputs]
 
 
+# A signalling NaN with a payload: arithmetic never produces it (a NaN result is quiet), and
+# copies keep it bit for bit, on the GPU and through the CPU executor.
+POISON_BITS = 0x7FA5A5A5
+
+
 def poisoned(shape) -> np.ndarray:
-    return np.full(shape, np.nan, dtype=np.float32)
+    """A float32 output filled with the poison NaN."""
+    return np.full(shape, POISON_BITS, dtype=np.uint32).view(np.float32)
+
+
+def unwritten(out: np.ndarray) -> np.ndarray:
+    """True where `out` (float32, from `poisoned`) still holds the poison."""
+    return np.ascontiguousarray(out, dtype=np.float32).view(np.uint32) == POISON_BITS

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import sys
+import textwrap
 import threading
 import traceback
 import warnings
@@ -114,8 +115,11 @@ class CheckResult:
 
     def __repr__(self) -> str:
         n_pass = sum(c.passed for c in self.cases)
-        return (f"CheckResult(task={self.task!r}, status={self.status!r}, "
-                f"cases passed {n_pass}/{len(self.cases)})")
+        return f"<CheckResult {self.task}: {self.status}, {n_pass}/{len(self.cases)} cases passed>"
+
+    def _ipython_display_(self) -> None:
+        """Show nothing in a notebook: the check has already printed its report, and a
+        repr echoed under it would only repeat the last line."""
 
 
 @dataclass
@@ -152,17 +156,54 @@ def _describe_exception(exc: BaseException) -> tuple[str, str]:
             "read the error above; the spec in the task's prompt says what each input holds.")
 
 
+WIDTH = 79  # printed lines are wrapped here, between words (a notebook breaks long lines anywhere)
+
+
+class _Printer:
+    """Collects and prints the report: lines wrapped between words, each distinct hint once."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self.lines: list[str] = []
+        self.hints: dict[str, str] = {}  # hint -> the case that printed it first
+
+    def say(self, text: str = "", indent: str = "", hang: str = "") -> None:
+        """Print `text` after `indent`, wrapped; continuation lines get `indent` + `hang`.
+        A line of `text` that starts with whitespace (quoted code) is printed as it is."""
+        for paragraph in text.split("\n") or [""]:
+            if paragraph[:1].isspace():  # quoted source or compiler output: keep it whole
+                wrapped = [indent + paragraph]
+            else:
+                wrapped = textwrap.wrap(paragraph, WIDTH, initial_indent=indent,
+                                        subsequent_indent=indent + hang,
+                                        break_long_words=False,
+                                        break_on_hyphens=False) or [indent.rstrip()]
+            for line in wrapped:
+                self.lines.append(line)
+                if not self.quiet:
+                    print(line)
+
+    def failure(self, label: str, message: str, hint: str, expected: str = "",
+                got: str = "") -> None:
+        self.say(f"FAIL  {label}", "  ", "      ")
+        self.say(message, " " * 8)
+        if expected or got:
+            self.say(f"expected: {expected}", " " * 8, " " * 10)
+            self.say(f"got:      {got}", " " * 8, " " * 10)
+        if not hint:
+            return
+        if hint in self.hints:
+            self.say(f"hint: as for {self.hints[hint]} above", " " * 8)
+        else:
+            self.hints[hint] = " ".join(label.split()[:2])  # "case 3"
+            self.say(f"hint: {hint}", " " * 8, " " * 6)
+
+
 def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failures: int = 3,
               quiet: bool = False, lint: Callable[[], None] | None = None) -> CheckResult:
     """Run `cases` in order, print the outcome of each, record and return the CheckResult."""
-    out: list[str] = []
-
-    def say(line: str = "") -> None:
-        out.append(line)
-        if not quiet:
-            print(line)
-
-    say(f"Checking {title} [{task}]")
+    out = _Printer(quiet)
+    out.say(f"Checking {title} [{task}]")
     results: list[CaseResult] = []
     status = PASSED
     if lint is not None:
@@ -170,8 +211,7 @@ def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failur
             lint()
         except Mismatch as mm:
             results.append(CaseResult("source check", {}, FAILED, mm.message, mm.hint))
-            say(f"  FAIL  source check: {mm.message}")
-            say(f"        hint: {mm.hint}")
+            out.failure("source check", mm.message, mm.hint)
             status = FAILED
     failures = 0
     for i, case in enumerate(cases if status == PASSED else [], start=1):
@@ -187,67 +227,62 @@ def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failur
                 message = f"part of the task is not written yet: {_not_attempted_text(exc)}"
                 hint = "a method or branch still raises NotImplementedError; finish it."
                 results.append(CaseResult(case.name, case.params, FAILED, message, hint))
-                _say_failure(say, label, message, hint, "", "")
+                out.failure(label, message, hint)
                 status = FAILED
                 break
-            results.append(CaseResult(case.name, case.params, NOT_ATTEMPTED, str(exc)))
+            results.append(CaseResult(case.name, case.params, NOT_ATTEMPTED,
+                                      _not_attempted_text(exc)))
             status = NOT_ATTEMPTED
-            say(f"  ----  not attempted yet: {_not_attempted_text(exc)}")
+            stub = "the `// TODO`" if isinstance(exc, NotAttempted) else \
+                "the `raise NotImplementedError`"
+            out.say(f"----  not attempted yet: {_not_attempted_text(exc)}", "  ", "      ")
             break
         except Mismatch as mm:
             results.append(CaseResult(case.name, case.params, FAILED, mm.message, mm.hint,
                                       mm.expected, mm.got))
-            _say_failure(say, label, mm.message, mm.hint, mm.expected, mm.got)
+            out.failure(label, mm.message, mm.hint, mm.expected, mm.got)
             status, failures = FAILED, failures + 1
         except CaseTimeout as exc:
             message = f"{exc}: your code never returned."
             hint = ("an endless loop: check that every loop makes progress (a queue that "
                     "is never emptied, a condition that never changes, pages never freed).")
             results.append(CaseResult(case.name, case.params, FAILED, message, hint))
-            _say_failure(say, label, message, hint, "", "")
+            out.failure(label, message, hint)
             status, failures = FAILED, failures + 1
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # the learner's code crashed: report, do not propagate
             message, hint = _describe_exception(exc)
             results.append(CaseResult(case.name, case.params, FAILED, message, hint))
-            _say_failure(say, label, message, hint, "", "")
+            out.failure(label, message, hint)
             status, failures = FAILED, failures + 1
             if type(exc).__name__ == "KernelTimeout":  # the next cases would hang as long
-                say("  (stopping: a kernel that never finishes would stall every case)")
+                out.say("(stopping: a kernel that never finishes would stall every case)", "  ")
                 break
         else:
             results.append(CaseResult(case.name, case.params, PASSED))
-            say(f"  PASS  {label}")
+            out.say(f"PASS  {label}", "  ", "      ")
         if failures >= stop_after_failures:
-            say(f"  (stopping after {failures} failed cases)")
+            out.say(f"(stopping after {failures} failed cases)", "  ")
             break
     n_pass = sum(r.passed for r in results)
     if status == PASSED:
-        say(f"All {n_pass} cases passed.")
+        out.say(f"All {n_pass} cases passed.")
     elif status == NOT_ATTEMPTED:
-        say("Not attempted: replace the `raise NotImplementedError` / `// TODO` with your code.")
+        out.say(f"Not attempted: write your code in place of {stub}.")
     else:
-        say(f"{n_pass} of {len(results)} cases passed. Fix the first failure first.")
-    result = CheckResult(task, status, results, out)
+        out.say(f"{n_pass} of {len(results)} cases passed. Fix the first failure first.")
+    result = CheckResult(task, status, results, out.lines)
     record(result)
     return result
 
 
 def _not_attempted_text(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text if text else "the code still raises NotImplementedError"
-
-
-def _say_failure(say, label, message, hint, expected, got) -> None:
-    say(f"  FAIL  {label}")
-    for line in message.splitlines():
-        say(f"        {line}")
-    if expected or got:
-        say(f"        expected: {expected}")
-        say(f"        got:      {got}")
-    if hint:
-        say(f"        hint: {hint}")
+    """Our own NotAttempted explains itself; a NotImplementedError is the workbook's stub
+    (or the learner's), whose message is not news to the learner."""
+    if isinstance(exc, NotAttempted) and str(exc).strip():
+        return str(exc).strip()
+    return "your code still raises NotImplementedError"
 
 
 def record(result: CheckResult) -> None:

@@ -7,7 +7,8 @@ way a kernel does it, element offsets and all, with optional bugs:
     mask="none" / "strict"     no causal mask / a mask that drops the query's own token
     shared_table=True          every sequence reads row 0 of block_tables (the guide)
     head_stride_bug=True       slot * head_dim + kv_head * head_dim (no num_kv_heads)
-    kv_map="mod" / "same"      query head h reads kv head h % num_kv_heads / h
+    kv_map="mod" / "same" / "zero"   query head h reads kv head h % num_kv_heads / h / 0
+    values_from_keys=True      the values are read from k_cache too
     offset_shift=1             the token's offset inside its page is off by one
     identity_pages=True        the block table is ignored: token t read from slot t
     drop_last=True             decode ignores the sequence's last cached token
@@ -44,14 +45,16 @@ def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_he
 
 def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mode="prefill",
                       mask="causal", shared_table=False, head_stride_bug=False, kv_map="div",
-                      offset_shift=0, identity_pages=False, drop_last=False, online_bug=None):
+                      offset_shift=0, identity_pages=False, drop_last=False, online_bug=None,
+                      values_from_keys=False):
     """Paged attention with the chosen mistakes; float64 NumPy, q's shape.
 
     online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
-    running sum when the maximum grows."""
+    running sum when the maximum grows; "max0": the running max starts at 0, not -inf;
+    "old_max": a key's weight is taken against the max before it, exp(s - m_old)."""
     q = np.asarray(q, dtype=np.float64)
     kf = np.asarray(k_cache, dtype=np.float64).reshape(-1)
-    vf = np.asarray(v_cache, dtype=np.float64).reshape(-1)
+    vf = np.asarray(k_cache if values_from_keys else v_cache, dtype=np.float64).reshape(-1)
     _, page_size, num_kv_heads, head_dim = k_cache.shape
     tables, lens = np.asarray(block_tables), np.asarray(seq_lens)
     if mode == "decode":
@@ -68,7 +71,7 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
             queries = list(range(int(lens[b])))
             n = int(lens[b]) if mask == "none" else min(n, max_len)
         for h in range(num_heads):
-            kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h}[kv_map]
+            kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h, "zero": 0}[kv_map]
             idx = _flat_indices(row, np.arange(n), page_size, num_kv_heads, head_dim, kvh,
                                 offset_shift=offset_shift, identity_pages=identity_pages,
                                 head_stride_bug=head_stride_bug)
@@ -95,7 +98,7 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
 def _online(logits, values, bug: str):
     """Online softmax over the keys in order, for every query row at once, with a bug."""
     rows = logits.shape[0]
-    m = np.full(rows, -np.inf)
+    m = np.full(rows, 0.0 if bug == "max0" else -np.inf)
     total = np.zeros(rows)
     acc = np.zeros((rows, values.shape[1]))
     for j in range(logits.shape[1]):
@@ -103,7 +106,9 @@ def _online(logits, values, bug: str):
         live = np.isfinite(s)
         m_new = np.where(live, np.maximum(m, s), m)
         alpha = np.where(live, np.exp(m - m_new), 1.0)
-        p = np.where(live, np.exp(s - m_new), 0.0)
+        p = np.where(live, np.exp(s - (m if bug == "old_max" else m_new)), 0.0)
+        if bug == "max0":  # the kernel's expf: float32 underflows to 0 below about -104
+            p = p.astype(np.float32).astype(np.float64)
         total = (total if bug == "sum" else total * alpha) + p
         acc = (acc if bug == "acc" else acc * alpha[:, None]) + p[:, None] * values[j]
         m = m_new
@@ -139,6 +144,12 @@ def attention_mistakes(case, *, mode="prefill"):
          "expf(old_max - new_max) + weight * v[d].", v(online_bug="acc")),
         ("online softmax: when the max grows, rescale the running sum too: sum = sum * "
          "expf(old_max - new_max) + weight.", v(online_bug="sum")),
+        ("the running max starts at 0: when every score is below about -88, expf(score - 0) "
+         "underflows to 0 in float32 and the output is 0/0. Start it at -inf.",
+         v(online_bug="max0")),
+        ("weigh each key against the new max, expf(score - new_max): against the old one the "
+         "first key gives expf(score + inf) = inf, and inf / inf is NaN.",
+         v(online_bug="old_max")),
     ]
     if mode == "prefill":
         hints[1:1] = [

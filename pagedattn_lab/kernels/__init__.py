@@ -3,22 +3,45 @@
 Each `.cu` file in this folder is plain CUDA C with `extern "C"` kernels, compiled by NVRTC
 through CuPy on a GPU and by the CPU executor elsewhere. Notebooks print these sources, the
 exercises start from them, and the wrappers launch them through `kernel()`.
+
+A source may include a header of this folder (`#include "common.cuh"`). `kernel()` compiles
+`expanded_source()`, in which such includes are replaced by the header's text: CuPy caches
+compiled kernels by the hash of the source it is given, so a header edit must change it.
 """
 from __future__ import annotations
 
 import functools
+import re
 from pathlib import Path
 
 KERNEL_DIR = Path(__file__).resolve().parent
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([\w.]+\.cuh)"[ \t]*$', re.M)
 
 
 def source(filename: str) -> str:
     """The text of `pagedattn_lab/kernels/<filename>` (".cu" may be left off)."""
-    path = KERNEL_DIR / (filename if filename.endswith(".cu") else filename + ".cu")
+    path = KERNEL_DIR / (filename if filename.endswith((".cu", ".cuh")) else filename + ".cu")
     if not path.is_file():
         available = sorted(p.name for p in KERNEL_DIR.glob("*.cu"))
         raise FileNotFoundError(f"filename: no kernel source {path.name!r}; have {available}")
     return path.read_text()
+
+
+def expanded_source(filename: str) -> str:
+    """`source(filename)` with each `#include "<header>.cuh"` of this folder replaced by the
+    header's text, between #line directives so that compiler messages keep each file's own
+    name and line numbers."""
+    text = source(filename)
+    name = Path(filename).name if filename.endswith((".cu", ".cuh")) else filename + ".cu"
+
+    def inline(m: re.Match) -> str:
+        line = text.count("\n", 0, m.start()) + 1
+        header = source(m.group(1))
+        if not header.endswith("\n"):
+            header += "\n"
+        return f'#line 1 "{m.group(1)}"\n{header}#line {line + 1} "{name}"'
+
+    return _LOCAL_INCLUDE.sub(inline, text)
 
 
 @functools.lru_cache(maxsize=None)
@@ -28,4 +51,4 @@ def kernel(filename: str, name: str, options: tuple[str, ...] = ()):
     Returns a `pagedattn_lab.RawKernel`: the GPU when CuPy has a device, else the CPU executor.
     """
     from ..rawkernel import RawKernel  # noqa: PLC0415 - avoids importing CuPy at package import
-    return RawKernel(source(filename), name, options=options)
+    return RawKernel(expanded_source(filename), name, options=options)

@@ -67,7 +67,9 @@ RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
 def load_bench_results(path=RESULTS_DIR) -> list[dict]:
-    """Every bench JSON file under `path` (a file or a folder), parsed; [] when there is none.
+    """Every kernel-bench JSON file under `path` (a file or a folder), parsed; [] when there
+    is none. Other JSON documents there (the prefill benchmark's rows, serving results) have
+    no "results" list and are left out.
 
     A missing folder is not an error: a fresh checkout has no GPU results yet.
     """
@@ -77,9 +79,11 @@ def load_bench_results(path=RESULTS_DIR) -> list[dict]:
     for f in files:
         with open(f) as fh:
             data = json.load(fh)
-        if isinstance(data, dict):
+        if isinstance(data, dict) and isinstance(data.get("results"), list):
             data.setdefault("file", f.name)
-        out.append(data)
+            out.append(data)
+        elif isinstance(data, list):
+            out.append(data)
     return out
 
 

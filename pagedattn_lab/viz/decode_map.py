@@ -17,7 +17,7 @@ import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
 from ..attention_common import THREADS
-from ..attention_decode import group_kernel_size
+from ..decode_plan import group_kernel_size
 from ..kernels import source
 from ..split_k import partition_bounds
 

@@ -1,0 +1,215 @@
+"""Host-side planning of a decode step: which kernel, how the sequences are cut, launch shapes.
+
+Two kernels compute decode attention:
+- "simt" (`kernels/decode.cu`): CUDA cores; the threads of a token share one K row, each
+  block handles up to 8 query heads of one KV head. fp32, fp16 and bf16.
+- "tensor_core" (`kernels/decode_tc.cu`): the query heads of a GQA group are the rows of
+  a matrix, and each K/V tile is multiplied on tensor cores (WMMA) for the whole group.
+  fp16 and bf16 (WMMA has no fp32 inputs; its tf32 mode would cost fp32's accuracy).
+
+`choose_kernel` picks one (the choice is measured, see benchmarks/NOTES.md); both split long
+sequences into partitions (split-K) so that few sequences still fill the GPU. Everything here
+is plain NumPy on the host: `BatchDecodeWrapper.plan` calls it once per decode step.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .attention_common import KV_C_TYPES, THREADS
+
+KERNELS = ("simt", "tensor_core")
+HEAD_DIM_MAX = 256
+
+# ---- the choice ---------------------------------------------------------------------------
+# What the GPU runs when not told, fp16/bf16 (measured on the H200, benchmarks/NOTES.md):
+# plain multi-head attention (group 1) on the SIMT kernel, which reads it at the copy rate;
+# GQA/MQA on tensor cores up to TC_AUTO_MAX_HEAD_DIM (head_dim 256, GQA 32/8: SIMT 0.378 ms,
+# tensor cores 0.485 ms: one 150 KB block per SM is too few to hide its latency).
+MHA_KERNEL = "simt"
+TC_AUTO_MAX_HEAD_DIM = 128
+
+
+def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
+    """None when `kernel` takes `head_dim` for `dtype` caches, else the reason it does not."""
+    if kernel == "tensor_core":
+        if dtype == "float32":
+            return ("the tensor-core kernel takes float16 or bfloat16 caches (WMMA has no fp32 "
+                    "inputs); float32 runs on the 'simt' kernel")
+        if head_dim % 16 or not 16 <= head_dim <= HEAD_DIM_MAX:
+            return f"the tensor-core kernel takes head_dim a multiple of 16 from 16 to {HEAD_DIM_MAX}"
+        return None
+    vec = 16 // (4 if dtype == "float32" else 2)
+    if head_dim % vec or not vec <= head_dim <= HEAD_DIM_MAX:
+        return (f"the simt kernel takes head_dim a multiple of {vec} (16 bytes of {dtype}) up to "
+                f"{HEAD_DIM_MAX}")
+    return None
+
+
+def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu: bool) -> str:
+    """The kernel a plan runs. `requested` is "auto", "simt" or "tensor_core".
+
+    auto: float32 -> simt (the only one); on the GPU, GQA/MQA with head_dim up to
+    TC_AUTO_MAX_HEAD_DIM -> tensor_core, MHA -> MHA_KERNEL, the rest simt. On the CPU
+    executor auto picks simt: there WMMA is emulated lane by lane, which is for learning and
+    testing, not speed (ask for "tensor_core" to run it there).
+    """
+    if requested not in ("auto", *KERNELS):
+        raise ValueError(f"kernel: expected 'auto', 'simt' or 'tensor_core', got {requested!r}")
+    if requested == "auto":
+        if dtype == "float32" or not on_gpu:
+            requested = "simt"
+        elif group == 1:
+            requested = MHA_KERNEL
+        else:
+            requested = "tensor_core" if head_dim <= TC_AUTO_MAX_HEAD_DIM else "simt"
+            if supported_head_dim(requested, dtype, head_dim):
+                requested = "simt"
+    reason = supported_head_dim(requested, dtype, head_dim)
+    if reason:
+        raise ValueError(f"head_dim: {head_dim} with {dtype} caches: {reason}")
+    return requested
+
+
+def cut_longest(max_len: int, num_splits: int) -> int:
+    """Partition length that cuts the longest sequence into `num_splits` parts."""
+    return -(-max_len // min(num_splits, max_len))
+
+
+# ---- the SIMT kernel ----------------------------------------------------------------------
+SIMT_GROUPS = (1, 2, 4, 8)   # query heads per block (GMAX): one compiled kernel each
+PART_LEN = 512               # tokens per partition when splitting (a multiple of page sizes)
+MIN_PART_LEN = 128           # automatic splitting never goes below this
+BLOCKS_PER_SM = 4            # automatic splitting aims for this many blocks per SM
+
+
+def group_kernel_size(group: int) -> int:
+    """The smallest compiled group size (GMAX) that holds `group` query heads, or 8."""
+    return next((g for g in SIMT_GROUPS if group <= g), SIMT_GROUPS[-1])
+
+
+def choose_partitions(seq_lens, blocks_per_partition: int, num_sms: int,
+                      num_splits: int | None = None) -> tuple[int, int]:
+    """SIMT: (part_len, max_parts), how to cut the sequences into partitions.
+
+    num_splits=None (automatic): partitions of PART_LEN tokens; halved (down to
+    MIN_PART_LEN) while the grid would have fewer than BLOCKS_PER_SM blocks per SM;
+    no split at all when the longest sequence fits in one partition.
+    num_splits=n: the longest sequence is cut into n partitions (1 = never split).
+    max_parts is the number of partitions of the longest sequence.
+    """
+    lens = np.asarray(seq_lens, dtype=np.int64)
+    max_len = int(lens.max())
+    if num_splits is not None:
+        part_len = cut_longest(max_len, num_splits)
+    else:
+        part_len = PART_LEN
+        while (part_len > MIN_PART_LEN and
+               int((-(-lens // part_len)).sum()) * blocks_per_partition < BLOCKS_PER_SM * num_sms):
+            part_len //= 2
+        part_len = min(part_len, max_len)
+    return part_len, -(-max_len // part_len)
+
+
+def simt_options(dtype: str, head_dim: int, gmax: int) -> tuple[str, ...]:
+    return (*_type_options(dtype), f"-DHEAD_DIM={head_dim}", f"-DGMAX={gmax}")
+
+
+def simt_shared_bytes(gmax: int, head_dim: int) -> int:
+    """The SIMT block's shared memory: per warp and head, a max, a sum and a head of floats."""
+    return THREADS // 32 * gmax * (2 + head_dim) * 4
+
+
+# ---- the tensor-core kernel ----------------------------------------------------------------
+TC_WARPS = 4                # warps per block (decode_tc.cu's TC_THREADS / 32)
+TC_MAX_ROW_TILES = 4        # a block multiplies at most 64 query heads (one row tile per warp)
+TC_TILE_TOKENS = 64         # tokens per K/V tile: 32 KB of K and V at head_dim 128
+TC_STAGES = 2               # K/V tiles in flight per block
+TC_BLOCKS_PER_SM = 4        # automatic splitting aims for at least this many blocks per SM
+TC_AUTO_MAX_PARTS = 64      # ... but cuts no sequence in more (the merge reads every part)
+TC_PART_LENS = (4096, 2048, 1024, 512, 256, 128)   # automatic partition lengths, longest first
+
+
+def tc_tile_tokens(head_dim: int) -> int:
+    """Tokens per K/V tile (a multiple of 64: each of the 4 warps takes 16 or more)."""
+    return TC_TILE_TOKENS
+
+
+def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
+    """(rows_per_block, row_chunks, row_tiles): query heads each block takes as the rows of
+    Q, blocks per KV head, and 16-row tiles per block (1, 2 or 4: the 4 warps split into
+    row tiles x token slices). A group of more than 64 heads is split evenly over blocks."""
+    chunks = -(-group // (16 * TC_MAX_ROW_TILES))
+    rows = -(-group // chunks)
+    tiles = -(-rows // 16)
+    return rows, chunks, 1 << (tiles - 1).bit_length()
+
+
+def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
+                    elem_bytes: int = 2) -> tuple[int, int]:
+    """(total, kv) shared-memory bytes of a tensor-core block: the layout of decode_tc.cu
+    (K/V stages, Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a
+    flag). `kv` is the K/V region, reused at the end for O and for the merge weights."""
+    rows, ld = 16 * row_tiles, head_dim + 8
+    tw = tile_t * row_tiles // TC_WARPS
+    kv = stages * 2 * tile_t * ld * elem_bytes
+    total = (kv + rows * ld * elem_bytes + TC_WARPS * 16 * (tw + 4) * 4
+             + TC_WARPS * 16 * (tw + 8) * elem_bytes + 16 * 16 * 4 + 3 * TC_WARPS * 16 * 4 + 16)
+    return total, kv
+
+
+def tc_max_parts(rows: int, kv_bytes: int) -> int:
+    """Most partitions per sequence: the merge keeps rows x parts weights (floats) where the
+    K/V tiles were."""
+    return kv_bytes // (4 * rows)
+
+
+def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: int):
+    return (*_type_options(dtype), f"-DHEAD_DIM={head_dim}", f"-DROW_TILES={row_tiles}",
+            f"-DTILE_T={tile_t}", f"-DSTAGES={stages}")
+
+
+def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
+                       num_splits: int | None = None) -> int:
+    """Tensor cores: tokens per partition. num_splits=n cuts the longest sequence into n;
+    automatic: the longest of TC_PART_LENS that still gives TC_BLOCKS_PER_SM blocks per SM,
+    else the shortest, and no more than TC_AUTO_MAX_PARTS partitions per sequence; never more
+    than `max_parts` (what the merge has room for)."""
+    max_len = int(lens.max())
+    if num_splits is not None:
+        part_len = cut_longest(max_len, num_splits)
+    else:
+        target = TC_BLOCKS_PER_SM * num_sms
+        part_len = next((p for p in TC_PART_LENS
+                         if int((-(-lens // p)).sum()) * blocks_per_item >= target),
+                        TC_PART_LENS[-1])
+        part_len = max(min(part_len, max_len), -(-max_len // TC_AUTO_MAX_PARTS))
+    if -(-max_len // part_len) > max_parts:
+        if num_splits is not None:
+            raise ValueError(f"num_splits: {num_splits} partitions exceed the {max_parts} the "
+                             f"tensor-core kernel merges for this group and head_dim")
+        part_len = -(-max_len // max_parts)
+    return part_len
+
+
+def tc_work_list(lens: np.ndarray, part_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(work [items, 2] int32 of (sequence, partition), slot_start [batch] int32, slots).
+
+    Items are ordered longest first, so that the short ones fill the gaps at the end.
+    A sequence of several partitions gets that many consecutive partial-state slots from
+    slot_start; a sequence of one writes its output directly and takes none.
+    """
+    lens = lens.astype(np.int64)
+    nparts = -(-lens // part_len)
+    seq = np.repeat(np.arange(lens.size), nparts)
+    first = np.cumsum(nparts) - nparts
+    part = np.arange(seq.size) - np.repeat(first, nparts)
+    length = np.minimum(part_len, lens[seq] - part * part_len)
+    order = np.argsort(-length, kind="stable")
+    work = np.stack([seq[order], part[order]], axis=1).astype(np.int32)
+    split = np.where(nparts > 1, nparts, 0)
+    slot_start = (np.cumsum(split) - split).astype(np.int32)
+    return work, slot_start, int(split.sum())
+
+
+def _type_options(dtype: str) -> tuple[str, ...]:
+    return (f"-DKV_T={KV_C_TYPES[dtype]}",) + (("-DKV_BF16",) if dtype == "bfloat16" else ())

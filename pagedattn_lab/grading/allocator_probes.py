@@ -1,0 +1,91 @@
+"""Probes of a learner's allocator for the lesson 01 checks: read its counts, demand an
+error, and demand that a refused call changed nothing."""
+from __future__ import annotations
+
+from .report import Mismatch
+
+FREE_LIST_HINT = ("freed pages must go back to the free list and be handed out again (the "
+                  "guide's `next_page++` counter never frees, so a long-running server runs out).")
+
+
+def num_free(alloc) -> int:
+    value = getattr(alloc, "num_free")
+    return int(value() if callable(value) else value)
+
+
+def ids(pages, what: str) -> list[int]:
+    if pages is None:
+        raise Mismatch(f"{what} returned None", "return the list of page ids you took.")
+    try:
+        return [int(p) for p in pages]
+    except TypeError as exc:
+        raise Mismatch(f"{what} returned {pages!r}", "return a list of int page ids.") from exc
+
+
+def expect_free(alloc, expected: int, when: str, hint: str) -> None:
+    got = num_free(alloc)
+    if got != expected:
+        raise Mismatch(f"num_free {when}", hint, expected=str(expected), got=str(got))
+
+
+def expect_returned(alloc, expected: int, when: str) -> None:
+    """num_free after frees: too few means freed pages did not come back."""
+    got = num_free(alloc)
+    if got != expected:
+        hint = FREE_LIST_HINT if got < expected else (
+            "more pages are free than were ever given back: a page freed once must enter "
+            "the free list once (and a page in use must not be in it).")
+        raise Mismatch(f"num_free {when}", hint, expected=str(expected), got=str(got))
+
+
+def expect_raises(fn, exc_type, what: str, hint: str) -> None:
+    try:
+        fn()
+    except NotImplementedError:
+        raise
+    except exc_type:
+        return
+    except Exception as exc:  # the wrong kind of error
+        raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}", hint,
+                       expected=exc_type.__name__, got=type(exc).__name__) from exc
+    raise Mismatch(f"{what} did not raise", hint, expected=f"{exc_type.__name__} raised",
+                   got="no error")
+
+
+def state(alloc, num_pages: int) -> tuple[int, list[int]]:
+    return num_free(alloc), [int(alloc.ref_count(p)) for p in range(num_pages)]
+
+
+ALL_OR_NOTHING_IDS = ("check every id of the list before changing any count: a call that "
+                      "raises halfway has already changed the pages before the bad one, and "
+                      "the caller, told it failed, will not undo that.")
+
+
+def refused(alloc, num_pages: int, call, what: str, unrefused_hint: str) -> None:
+    """`call` must raise ValueError and leave every count and the free list as they were."""
+    before = state(alloc, num_pages)
+    try:
+        call()
+    except NotImplementedError:
+        raise
+    except ValueError:
+        pass
+    except Exception as exc:  # the wrong kind of error (an IndexError from a list, say)
+        raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}",
+                       "refuse a bad id with ValueError, raised by your own check before "
+                       "anything changes.", expected="ValueError",
+                       got=type(exc).__name__) from exc
+    else:
+        raise Mismatch(f"{what} did not raise", unrefused_hint, expected="ValueError raised",
+                       got="no error")
+    after = state(alloc, num_pages)
+    if after != before:
+        changed = [p for p in range(num_pages) if before[1][p] != after[1][p]]
+        raise Mismatch(f"{what} raised ValueError, but it changed the reference counts of "
+                       f"pages {changed} (num_free {before[0]} -> {after[0]})",
+                       ALL_OR_NOTHING_IDS, expected=f"counts {[before[1][p] for p in changed]}",
+                       got=f"counts {[after[1][p] for p in changed]}")
+
+
+NEGATIVE_ID_HINT = ("page ids are 0..num_pages-1, so -1 is not one; a Python list reads "
+                    "refs[-1] as the LAST page, so test 0 <= page < num_pages yourself.")

@@ -1,0 +1,184 @@
+"""Check for lesson 07's serving loop: admit, decode, finish and free.
+
+The check watches the learner's loop through the cache it hands over: which request each
+new sequence serves, what each holds when it is freed, and in which order the requests
+finish. The order is the spec's: admit waiting requests first come, first served while the
+pool has room for a request's whole length (counting the pages the running sequences will
+still take), append one token to every running sequence, then finish (record and free)
+every sequence that holds its whole request, in the order they were admitted.
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import numpy as np
+
+from ..cache import PagedKVCache
+from ..paging import OutOfPagesError
+from .report import Case, CaseTimeout, Mismatch, run_cases, time_limit
+
+
+class _StepBudget(Exception):
+    pass
+
+
+def _pages(n_tokens: int, page_size: int) -> int:
+    return -(-n_tokens // page_size)
+
+
+def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
+                 ties: str = "admitted") -> list[int]:
+    """The order the spec's loop finishes `requests` in; `fifo=False` admits any waiting
+    request that fits (skipping the head), `ties="reversed"` records a step's finishers
+    last-admitted first (both are mistakes the hints name)."""
+    waiting, running, lens, done = deque(range(len(requests))), [], {}, []
+    while waiting or running:
+        promised = sum(_pages(sum(requests[i]), page_size) - _pages(lens[i], page_size)
+                       for i in running)
+        used = sum(_pages(lens[i], page_size) for i in running)
+        for i in list(waiting):
+            if _pages(sum(requests[i]), page_size) <= num_pages - used - promised:
+                waiting.remove(i)
+                running.append(i)
+                lens[i] = requests[i][0]
+                used += _pages(lens[i], page_size)
+                promised += _pages(sum(requests[i]), page_size) - _pages(lens[i], page_size)
+            elif fifo:
+                break
+        for i in running:
+            lens[i] = min(lens[i] + 1, sum(requests[i]))
+        finished = [i for i in running if lens[i] == sum(requests[i])]
+        done += finished[::-1] if ties == "reversed" else finished
+        running = [i for i in running if i not in finished]
+    return done
+
+
+def _order_hint(got: list[int], requests, num_pages: int, page_size: int) -> str:
+    if got == list(range(len(requests))):
+        return ("that is the arrival order; return the requests in the order they finished "
+                "(append i to the list when request i completes).")
+    if got == finish_order(requests, num_pages, page_size, fifo=False):
+        return ("admit first come, first served: when the request at the head of the queue "
+                "does not fit, the ones behind it wait too (letting a small one pass can "
+                "starve a big one).")
+    if got == finish_order(requests, num_pages, page_size, ties="reversed"):
+        return ("requests that finish in the same step are recorded in the order they were "
+                "admitted.")
+    return ("each step: admit (first come, first served, while the whole request fits), "
+            "append one token to every running sequence, then record and free every "
+            "sequence that holds prompt_len + new_tokens tokens.")
+
+
+def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int) -> None:
+    num_kv_heads, head_dim = 2, 4
+    cache = PagedKVCache(num_pages, page_size, num_kv_heads, head_dim, device="cpu")
+    rng = np.random.default_rng(seed)
+    tokens = [rng.standard_normal((p + n, num_kv_heads, head_dim)).astype(np.float32)
+              for p, n in requests]
+    calls = {"n": 0}
+    freed: list[int] = []  # request indices, in the order they were freed
+
+    def kv_for(i: int, start: int, n: int):
+        calls["n"] += 1
+        if calls["n"] > 20 * sum(n_new for _, n_new in requests) + 100:
+            raise _StepBudget()
+        block = tokens[i][start:start + n]
+        return block.copy(), (-block).copy()
+
+    def request_of(keys) -> int | None:
+        """The request a sequence serves, known by its first token (random, so unique)."""
+        return next((i for i, t in enumerate(tokens) if len(keys) and
+                     np.array_equal(keys[0], t[0])), None)
+
+    original_free = cache.free_sequence
+
+    def free_sequence(sid):
+        k, _ = cache.gather(sid)
+        i = request_of(k)
+        if i is not None:
+            if k.shape[0] != len(tokens[i]):
+                raise Mismatch(f"request {i} was freed with {k.shape[0]} cached tokens",
+                               "free a sequence once it holds prompt_len + new_tokens tokens.",
+                               str(len(tokens[i])), str(k.shape[0]))
+            if not np.array_equal(k, tokens[i]):
+                raise Mismatch(f"request {i} holds the wrong keys when it is freed",
+                               "append each request's tokens to its own sequence, in order: "
+                               "kv_for(i, start, n) gives tokens start..start+n-1.")
+            freed.append(i)
+        original_free(sid)
+
+    def complete_but_kept() -> list[int]:
+        held = [(s, request_of(cache.gather(s)[0])) for s in cache.seq_ids]
+        return [i for s, i in held if i is not None and cache.seq_len(s) == len(tokens[i])]
+
+    cache.free_sequence = free_sequence
+    try:
+        with time_limit(2):  # a right loop takes milliseconds here
+            finished = fn(cache, list(requests), kv_for)
+    except (_StepBudget, CaseTimeout):
+        kept = complete_but_kept()
+        if kept:
+            hint = (f"requests {kept} are complete but still hold their pages: free a "
+                    "finished sequence (cache.free_sequence) so that waiting requests can be "
+                    "admitted (the guide's page counter never frees).")
+        elif not cache.seq_ids and len(freed) < len(requests):
+            hint = ("the pool is empty and requests still wait: your admission test refuses "
+                    "a request that fits (it needs ceil((prompt_len + new_tokens) / "
+                    "page_size) pages).")
+        else:
+            hint = ("the loop does not make progress: every step must append one token to "
+                    "every running sequence, and the loop ends when nothing waits or runs.")
+        raise Mismatch(f"serve did not finish: {calls['n']} calls to kv_for and "
+                       f"{cache.allocator.num_free} of {num_pages} pages free", hint) from None
+    except OutOfPagesError as exc:
+        kept = complete_but_kept()
+        hint = (f"requests {kept} were complete but still held their pages: free every "
+                "finished sequence, so the next ones fit." if kept else
+                "admit a request only when the pool has room for all its tokens: "
+                "ceil((prompt_len + new_tokens) / page_size) pages free, after the pages the "
+                "running sequences will still take.")
+        raise Mismatch(f"the cache ran out of pages: {exc}", hint) from None
+    if finished is None or sorted(finished) != list(range(len(requests))):
+        raise Mismatch("serve must return the indices of the requests in the order they "
+                       "finished", "append i to a list when request i is done; every request "
+                       "must finish.", f"a permutation of 0..{len(requests) - 1}",
+                       repr(finished))
+    if cache.allocator.num_free != num_pages:
+        leaked = num_pages - cache.allocator.num_free
+        raise Mismatch(f"{leaked} pages still in use after every request finished",
+                       "free each sequence when it finishes: cache.free_sequence(seq_id) "
+                       "returns its pages (forgetting it leaks memory until the server stalls).",
+                       f"{num_pages} free", f"{cache.allocator.num_free} free")
+    if sorted(freed) != list(range(len(requests))):
+        raise Mismatch("not every request's sequence was freed exactly once",
+                       "free each finished sequence once.", "each request once", repr(freed))
+    expected = finish_order(requests, num_pages, page_size)
+    if [int(i) for i in finished] != expected:
+        raise Mismatch("the order the requests finished in",
+                       _order_hint([int(i) for i in finished], requests, num_pages, page_size),
+                       repr(expected), repr(list(finished)))
+
+
+def serve(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(cache, requests, kv_for)` runs every (prompt_len, new_tokens) request."""
+    small = [(5, 3), (9, 2), (2, 6), (4, 4), (7, 1)]
+    blocked = [(6, 2), (10, 3), (3, 1)]
+    cases = [
+        Case("room for everyone", {"requests": small, "num_pages": 32, "page_size": 4},
+             lambda: _serve_case(fn, 31, small, 32, 4)),
+        Case("a pool too small for all at once", {"requests": small, "num_pages": 6,
+                                                  "page_size": 4},
+             lambda: _serve_case(fn, 32, small, 6, 4)),
+        Case("page_size 2, long outputs", {"requests": [(3, 9), (1, 12), (6, 5)],
+                                           "num_pages": 10, "page_size": 2},
+             lambda: _serve_case(fn, 33, [(3, 9), (1, 12), (6, 5)], 10, 2)),
+        Case("a small request behind one that does not fit yet",
+             {"requests": blocked, "num_pages": 5, "page_size": 4},
+             lambda: _serve_case(fn, 34, blocked, 5, 4)),
+        Case("a request with no new tokens, exact fits", {"requests": [(4, 0), (3, 1), (8, 4)],
+                                                          "num_pages": 3, "page_size": 4},
+             lambda: _serve_case(fn, 35, [(4, 0), (3, 1), (8, 4)], 3, 4)),
+        Case("no requests", {"requests": [], "num_pages": 4, "page_size": 4},
+             lambda: _serve_case(fn, 36, [], 4, 4)),
+    ]
+    return run_cases("serve", "serve: admit, decode, finish and free", cases)

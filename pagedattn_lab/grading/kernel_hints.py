@@ -1,0 +1,128 @@
+"""Hints read off a kernel's wrong output: which elements were never written, which hold a
+NaN the kernel computed, which padding rows hold data.
+
+Each function returns a hint only when the evidence for its mistake is in the output (the
+poison's bit pattern tells "never written" from "computed NaN", see kernel_runner.py) or in
+the source, and None otherwise, so that the checks can chain them: the first that speaks wins.
+"""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+
+from .report import Mismatch, NotAttempted
+
+NOTHING_WRITTEN = ("the kernel wrote nothing to its output (it still holds the NaN the check "
+                   "filled it with): write the kernel body where the // TODO is")
+
+
+def nothing_written(source: str) -> None:
+    """Every output element still holds the poison: the stub, or a kernel that never stores."""
+    if "TODO" in source:
+        raise NotAttempted(NOTHING_WRITTEN)
+    raise Mismatch("the kernel wrote nothing: every output element still holds the check's "
+                   "NaN poison", "no thread reached a store to the output: check the guards "
+                   "before it (a `return` or an `if` that every thread takes) and the output "
+                   "pointer you write through.")
+
+
+def barriers(source: str) -> int:
+    """How many __syncthreads() calls the source makes (comments left out)."""
+    code = re.sub(r"/\*.*?\*/", " ", source, flags=re.S)
+    code = re.sub(r"//[^\n]*", " ", code)
+    return len(re.findall(r"__syncthreads\s*\(", code))
+
+
+def unwritten_pattern_hint(diff, *, threads: int, token_axis: str = "token") -> str | None:
+    """Hints read off which entries were never written (prefill: a thread owns a token row)."""
+    if not diff.unwritten.any():
+        return None
+    nan_tokens, n_tokens = diff.affected(token_axis)
+    if nan_tokens and min(nan_tokens) >= threads and n_tokens > threads:
+        return (f"tokens from {threads} on were never written: a block has {threads} threads, "
+                f"so the token index is blockIdx.x * blockDim.x + threadIdx.x.")
+    if diff.axes[-1] == "dim":
+        never = diff.unwritten.any(axis=tuple(range(diff.unwritten.ndim - 1)))
+        first = int(np.argmax(never))
+        if first > 0 and never[first:].all():
+            return (f"only dims 0..{first - 1} of each row were written: the thread's loop "
+                    f"over the row must run d = 0 .. head_dim - 1 ({never.size} here).")
+    return None
+
+
+def row_stride_hint(diff, head_dim: int, threads: int) -> str | None:
+    """Gather: every token row was written only up to some position."""
+    if not diff.unwritten.any():
+        return None
+    idx = np.argwhere(diff.unwritten)
+    row_pos = idx[:, 2] * head_dim + idx[:, 3]
+    row_len = diff.unwritten.shape[2] * head_dim
+    first = int(row_pos.min())
+    if first == 0:
+        return None
+    text = (f"only the first {first} values of each token's row were copied; a row holds "
+            f"num_kv_heads * head_dim = {row_len} values (every kv head of the token)")
+    if first == threads:
+        also = " (or one kv head's worth)" if first == head_dim else ""
+        return (text + f": one value per thread{also} is not enough, loop over the whole row "
+                "with a stride: for (int i = threadIdx.x; i < row_len; i += blockDim.x).")
+    return text + ": the copy loop must run over the whole row."
+
+
+def padding_hint(got, expected, valid, never) -> str | None:
+    """Right on real tokens, wrong on the rows past seq_lens: they must be zeros."""
+    real = np.broadcast_to(valid, got.shape)
+    ok_real = np.allclose(np.where(real, got, 0), np.where(real, expected, 0), atol=2e-4,
+                          rtol=2e-4)
+    if not ok_real or (~real).sum() == 0:
+        return None
+    pad, pad_never = got[~real], never[~real]
+    if pad_never.any():
+        return ("rows at or past seq_lens[b] were never written: they are part of the output "
+                "and must hold zeros (a thread there must not read the cache, but it must "
+                "store 0).")
+    if np.isnan(pad).any():
+        return ("rows at or past seq_lens[b] hold a NaN your kernel computed: a thread past "
+                "the sequence's end ran the softmax over no keys (0/0). Test t >= seq_lens[b] "
+                "first and store zeros.")
+    if np.any(pad != 0):
+        return ("rows at or past seq_lens[b] must be zeros, but yours hold data: a thread "
+                "past the sequence's end computed attention. Test t >= seq_lens[b] first and "
+                "store zeros.")
+    return None
+
+
+def nan_hint(got, valid, never, *, shared_tile: bool, source: str) -> str | None:
+    """NaN the kernel computed in rows that hold attention."""
+    real = np.broadcast_to(valid, got.shape)
+    made = np.isnan(got) & ~never & real
+    if not made.any():
+        return None
+    if shared_tile and barriers(source) < 2:
+        return ("your kernel computed NaN, and it has fewer than two __syncthreads() per "
+                "page: a thread that reads the shared tile before every thread has stored "
+                "its part reads what was there before (the CPU executor fills shared memory "
+                "with NaN). A barrier must separate the load from the compute, and another "
+                "the compute from the next load.")
+    if shared_tile:
+        return ("your kernel computed NaN. Shared memory starts as NaN on the CPU executor "
+                "(garbage on a GPU): is every element of the tile that the compute reads "
+                "loaded first? The load loop must cover all n_keys * head_dim elements of K "
+                "and of V, whatever the block size.")
+    return ("your kernel computed NaN in rows that hold attention: a 0/0, inf - inf or inf * 0 "
+            "in the online softmax. Start the running max at -inf, compute the rescale "
+            "exp(old_max - new_max) before overwriting the max, and weigh each key with "
+            "exp(score - new_max).")
+
+
+def tiled_hint(source: str) -> str:
+    """The last resort for the tiled kernel: name the race the barriers leave open."""
+    if barriers(source) < 2:
+        return ("a race on the shared tile: with one __syncthreads() per page, a fast thread "
+                "overwrites the tile with the next page while others still read it. Put a "
+                "barrier after the load AND one after the compute loop.")
+    return ("if every page is loaded right, look for a race: is anything in shared memory "
+            "written by one thread and read by another without a __syncthreads() between "
+            "(the guide stages every thread's query in ONE shared buffer: keep your query in "
+            "registers)?")

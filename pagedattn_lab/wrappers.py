@@ -1,0 +1,316 @@
+"""Plan/run wrappers in FlashInfer's shape, and the two forms of a page table.
+
+A serving step calls `plan` once (all host work: the tables checked once, vectorised; the
+kernel chosen; the sequences cut into partitions; buffers allocated where the tables live),
+then `run` once per layer with that layer's query and caches (only launches: no host
+synchronisation, no allocation, checks limited to shapes, dtypes and the planned largest page
+id against the cache's page count):
+
+    w = BatchDecodeWrapper()
+    w.plan(block_tables, seq_lens, num_heads, num_kv_heads, head_dim, page_size, "float16")
+    for layer in range(num_layers):
+        out = w.run(q[layer], k_caches[layer], v_caches[layer], out=outs[layer])
+
+`run(out=None)` returns the plan's own output buffer, which the next `run` overwrites: pass
+`out=` to keep one result per layer. bfloat16 data: ml_dtypes.bfloat16 NumPy arrays on the
+CPU; torch.bfloat16 tensors (any torch tensor, through DLPack, no copy) or CuPy uint16 arrays
+holding the bits on the GPU (CuPy has no bfloat16).
+
+`to_csr` / `from_csr` convert the course's padded block tables to FlashInfer's CSR page
+table (indptr, indices, last_page_len) and back.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import decode_plan as dp
+from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes, data_pointer,
+                               dtype_name, from_torch, is_torch_tensor, page_shift, sm_count,
+                               to_torch_like)
+from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
+from .kernels import kernel as load_kernel
+from .validate import check_array, check_block_tables, check_int, resolve_scale
+
+__all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]
+
+
+class BatchDecodeWrapper:
+    """Decode attention over a paged KV cache, planned once per step and run per layer.
+
+    After `plan`: `kernel` ("simt" or "tensor_core"), `part_len` (tokens per split-K
+    partition), `max_parts` (partitions of the longest sequence), `grid`, `describe()`.
+    """
+
+    def __init__(self):
+        self.kernel = None
+
+    # ---- plan -------------------------------------------------------------------------
+    def plan(self, block_tables, seq_lens, num_heads, num_kv_heads, head_dim, page_size,
+             dtype, *, kernel="auto", num_splits=None, device=None):
+        """Check the tables and prepare the launches of a decode step.
+
+        block_tables int32 [batch, max_pages] and seq_lens int32 [batch] (each >= 1), NumPy
+        or CuPy; dtype: "float32", "float16" or "bfloat16" (or a NumPy/torch dtype).
+        kernel: "auto", "simt" or "tensor_core"; num_splits: cut the longest sequence into
+        this many partitions (None: chosen from the lengths and the GPU); device: "cpu" or
+        "gpu" (default: where block_tables live).
+        """
+        num_heads = check_int(num_heads, "num_heads", minimum=1)
+        num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
+        head_dim = check_int(head_dim, "head_dim", minimum=1)
+        page_size = check_int(page_size, "page_size", minimum=1)
+        if num_heads % num_kv_heads:
+            raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
+                             f"{num_kv_heads} (GQA needs whole groups)")
+        if num_splits is not None:
+            num_splits = check_int(num_splits, "num_splits", minimum=1)
+        dtype = dtype_name(dtype)
+        block_tables, seq_lens = from_torch(block_tables), from_torch(seq_lens)
+        check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
+        batch = int(block_tables.shape[0])
+        tables_h, lens_h = check_block_tables(block_tables, seq_lens, num_pages=None,
+                                              page_size=page_size, batch=batch, min_len=1)
+        if device is None:
+            device = "gpu" if is_cupy_array(block_tables) else "cpu"
+        on_gpu = resolve_device(device) == "gpu"
+        self._plan(block_tables, seq_lens, tables_h, lens_h, num_heads, num_kv_heads, head_dim,
+                   page_size, dtype, kernel, num_splits, on_gpu, copy=True)
+        return self
+
+    def _plan(self, block_tables, seq_lens, tables_h, lens_h, num_heads, num_kv_heads,
+              head_dim, page_size, dtype, kernel, num_splits, on_gpu, *, copy, max_page=None):
+        """plan() after validation; tables_h/lens_h are host copies of the checked tables.
+        max_page: the largest page id read, when the caller knows it (or knows that the
+        pages were checked against the cache already: -1)."""
+        group = num_heads // num_kv_heads
+        self.kernel = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu)
+        xp = cupy_module() if on_gpu else np
+        self.on_gpu, self.xp, self.dtype = on_gpu, xp, dtype
+        self.batch, self.num_heads, self.num_kv_heads = int(tables_h.shape[0]), num_heads, num_kv_heads
+        self.head_dim, self.page_size = head_dim, page_size
+        self._array_dtypes = array_dtypes(dtype, on_gpu)
+        self._array_type = xp.ndarray
+        if max_page is None:
+            pages = -(-lens_h.astype(np.int64) // page_size)
+            used = np.arange(tables_h.shape[1])[None, :] < pages[:, None]
+            max_page = int(tables_h[used].max()) if used.any() else -1
+        self.max_page = max_page
+        self._default_scale_log2 = np.float32(LOG2E / math.sqrt(head_dim))
+
+        def place(a, a_host):   # the plan's own copy (unless the caller's stays put), where it runs
+            if on_gpu:
+                return (a.copy() if copy else a) if is_cupy_array(a) else xp.asarray(a_host)
+            return a_host.copy() if copy else a_host
+        self._tables, self._lens = place(block_tables, tables_h), place(seq_lens, lens_h)
+        self._out = xp.empty((self.batch, num_heads, head_dim),
+                             dtype=self._array_dtypes[0])
+        self._launches = []
+        if self.batch:
+            build = self._plan_tensor_core if self.kernel == "tensor_core" else self._plan_simt
+            build(lens_h, num_splits)
+
+    def _plan_simt(self, lens_h, num_splits):
+        gmax = dp.group_kernel_size(self.num_heads // self.num_kv_heads)
+        grid_y = self.num_kv_heads * -(-(self.num_heads // self.num_kv_heads) // gmax)
+        self.part_len, self.max_parts = dp.choose_partitions(
+            lens_h, grid_y, sm_count(self.on_gpu), num_splits)
+        xp, i32 = self.xp, np.int32
+        rows = (self.batch, self.num_heads, self.max_parts)
+        split = self.max_parts > 1
+        part_out = xp.empty(rows + (self.head_dim,) if split else 4, dtype=np.float32)
+        part_ml = xp.empty(rows + (2,) if split else 4, dtype=np.float32)
+        options = dp.simt_options(self.dtype, self.head_dim, gmax)
+        self.grid = (self.max_parts, grid_y, self.batch)
+        self._gmax = gmax
+        fixed = (self._tables, self._lens)
+        tail = (part_out, part_ml, i32(self.num_heads), i32(self.num_kv_heads),
+                i32(self.page_size), i32(page_shift(self.page_size)),
+                i32(self._tables.shape[1]), i32(self.part_len), i32(self.max_parts))
+        self._add_launch(load_kernel("decode", "paged_decode", options), self.grid,
+                         dp.simt_shared_bytes(gmax, self.head_dim),
+                         lambda q, k, v, out, s: (q, k, v, *fixed, out, *tail, s))
+        if split:
+            merge_args = (part_out, part_ml, self._lens)
+            merge_tail = (i32(self.num_heads), i32(self.part_len), i32(self.max_parts))
+            self._add_launch(load_kernel("decode", "paged_decode_merge", options),
+                             (self.num_heads, self.batch), 0,
+                             lambda q, k, v, out, s: (*merge_args, out, *merge_tail),
+                             block=max(32, min(THREADS, self.head_dim)))
+
+    def _plan_tensor_core(self, lens_h, num_splits):
+        group = self.num_heads // self.num_kv_heads
+        rows, chunks, row_tiles = dp.tc_rows(group, self.head_dim)
+        tile_t, stages = dp.tc_tile_tokens(self.head_dim), dp.TC_STAGES
+        shared, kv_bytes = dp.tc_shared_bytes(row_tiles, self.head_dim, tile_t, stages)
+        grid_y = self.num_kv_heads * chunks
+        self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sm_count(self.on_gpu),
+                                              dp.tc_max_parts(rows, kv_bytes), num_splits)
+        work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
+        self.max_parts = int(-(-lens_h.max() // self.part_len))
+        self.row_tiles, self.rows_per_block = row_tiles, rows
+        xp, i32 = self.xp, np.int32
+        # One upload: work items, slot starts, and the merge counters (zeros).
+        ints = np.concatenate([work.ravel(), slot_start, np.zeros(self.batch * grid_y, np.int32)])
+        ints = xp.asarray(ints)
+        n_work = work.size
+        work_d, slot_d = ints[:n_work], ints[n_work:n_work + self.batch]
+        counters = ints[n_work + self.batch:]
+        part_out = xp.empty((slots, self.num_heads, self.head_dim) if slots else 4, np.float32)
+        part_ml = xp.empty((slots, self.num_heads, 2) if slots else 4, np.float32)
+        self.grid = (len(work), grid_y, 1)
+        fixed = (self._tables, self._lens, work_d, slot_d)
+        tail = (part_out, part_ml, counters, i32(self.num_heads), i32(self.num_kv_heads),
+                i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]),
+                i32(self.part_len), i32(rows))
+        options = dp.tc_options(self.dtype, self.head_dim, row_tiles, tile_t, stages)
+        self._add_launch(load_kernel("decode_tc", "paged_decode_tc", options), self.grid, shared,
+                         lambda q, k, v, out, s: (q, k, v, *fixed, out, *tail, s))
+
+    def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
+        allow_shared_memory(kern, shared)
+        # On the GPU, run() launches the cupy.RawKernel inside the course's RawKernel: the
+        # argument check it would repeat is this wrapper's own (in plan and run).
+        self._launches.append((kern.gpu if self.on_gpu else kern, grid, (block,), make_args, shared))
+
+    def describe(self) -> str:
+        """One line: the kernel, its blocks and the split."""
+        if self.kernel is None:
+            return "BatchDecodeWrapper (not planned)"
+        group = self.num_heads // self.num_kv_heads
+        if self.kernel == "tensor_core":
+            how = (f"{self.rows_per_block} query heads per block as the rows of Q "
+                   f"({self.row_tiles} tile{'s' * (self.row_tiles > 1)} of 16)")
+        else:
+            how = f"up to {self._gmax} query head{'s' * (self._gmax > 1)} per block"
+        return (f"{self.kernel}: {self.batch} sequences, {self.num_heads} query heads over "
+                f"{self.num_kv_heads} KV heads (group {group}), {how}; partitions of "
+                f"{self.part_len} tokens (at most {self.max_parts} per sequence); grid "
+                f"{self.grid}")
+
+    # ---- run --------------------------------------------------------------------------
+    def run(self, q, k_cache, v_cache, out=None, scale=None):
+        """Attention of the planned step for one layer: q [batch, num_heads, head_dim],
+        caches [num_pages, page_size, num_kv_heads, head_dim]. Returns out (the plan's own
+        buffer when out is None)."""
+        if self.kernel is None:
+            raise RuntimeError("run: call plan() first")
+        like = q if is_torch_tensor(q) else None
+        if like is not None or is_torch_tensor(k_cache) or is_torch_tensor(out):
+            q, k_cache, v_cache, out = (from_torch(x) for x in (q, k_cache, v_cache, out))
+        if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)
+            out = self._out if q.dtype == self._out.dtype else self._out.view(q.dtype)
+        self._check_run(q, k_cache, v_cache, out)
+        s = (self._default_scale_log2 if scale is None
+             else np.float32(resolve_scale(scale, self.head_dim) * LOG2E))
+        for kern, grid, block, make_args, shared in self._launches:
+            kern(grid, block, make_args(q, k_cache, v_cache, out, s), shared_mem=shared)
+        return out if like is None else to_torch_like(out, like)
+
+    def _check_run(self, q, k, v, out):
+        qshape = (self.batch, self.num_heads, self.head_dim)
+        if (type(q) is self._array_type and type(k) is self._array_type
+                and type(v) is self._array_type and type(out) is self._array_type
+                and q.shape == qshape and out.shape == qshape and k.ndim == 4
+                and k.shape[1:] == (self.page_size, self.num_kv_heads, self.head_dim)
+                and v.shape == k.shape and k.shape[0] > self.max_page
+                and q.dtype in self._array_dtypes and k.dtype == q.dtype
+                and v.dtype == q.dtype and out.dtype == q.dtype
+                and q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous
+                and out.flags.c_contiguous
+                and not (data_pointer(q) | data_pointer(k) | data_pointer(v)
+                         | data_pointer(out)) % 16):
+            return
+        self._explain_run(q, k, v, out, qshape)
+
+    def _explain_run(self, q, k, v, out, qshape):
+        """Raise the error that _check_run found, naming the argument."""
+        where = "GPU: expected a CuPy" if self.on_gpu else "CPU: expected a NumPy"
+        names = " or ".join(d.name for d in self._array_dtypes)
+        for name, x in (("q", q), ("k_cache", k), ("v_cache", v), ("out", out)):
+            if type(x) is not self._array_type:
+                raise TypeError(f"{name}: the plan runs on the {where} array or a torch tensor, "
+                                f"got {type(x).__module__}.{type(x).__name__}")
+            if x.dtype not in self._array_dtypes:
+                raise TypeError(f"{name}: the plan is for {self.dtype}: expected dtype {names}, "
+                                f"got {x.dtype.name}")
+            if not x.flags.c_contiguous:
+                raise ValueError(f"{name}: expected a C-contiguous array")
+            if data_pointer(x) % 16:
+                raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
+                                 "kernels load 16 bytes at a time), not an offset view")
+        for name, x in (("q", q), ("out", out)):
+            if tuple(x.shape) != qshape:
+                raise ValueError(f"{name}: expected shape {qshape} (the plan's batch, num_heads, "
+                                 f"head_dim), got {tuple(x.shape)}")
+        page = (self.page_size, self.num_kv_heads, self.head_dim)
+        if k.ndim != 4 or tuple(k.shape[1:]) != page:
+            raise ValueError(f"k_cache: expected shape [num_pages, {', '.join(map(str, page))}] "
+                             f"(the plan's page_size, num_kv_heads, head_dim), got {tuple(k.shape)}")
+        if v.shape != k.shape:
+            raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k.shape)}, got "
+                             f"{tuple(v.shape)}")
+        if not k.shape[0] > self.max_page:
+            raise ValueError(f"k_cache: the plan reads page {self.max_page}, but the cache has "
+                             f"only {k.shape[0]} pages")
+        if not (q.dtype == k.dtype == v.dtype == out.dtype):
+            raise TypeError(f"q, k_cache, v_cache, out: expected one dtype, got {q.dtype.name}, "
+                            f"{k.dtype.name}, {v.dtype.name}, {out.dtype.name}")
+        raise AssertionError("unreachable: _check_run refused arguments _explain_run accepts")
+
+
+# ---- CSR page tables (FlashInfer's form) ----------------------------------------------------
+
+def to_csr(block_tables, seq_lens, page_size):
+    """(indptr, indices, last_page_len) of FlashInfer's CSR page table from padded tables.
+
+    Sequence i's pages are indices[indptr[i]:indptr[i+1]]: the first ceil(seq_lens[i] /
+    page_size) entries of its block-table row; last_page_len[i] is the number of tokens in
+    its last page (0 for an empty sequence). int32 arrays, where the tables live.
+    """
+    page_size = check_int(page_size, "page_size", minimum=1)
+    check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
+    batch = int(block_tables.shape[0])
+    check_block_tables(block_tables, seq_lens, num_pages=None, page_size=page_size, batch=batch,
+                       min_len=0)
+    xp = array_module(block_tables, seq_lens)
+    lens = seq_lens.astype(np.int64)
+    pages = -(-lens // page_size)
+    indptr = xp.zeros(batch + 1, dtype=np.int32)
+    indptr[1:] = xp.cumsum(pages)
+    used = xp.arange(block_tables.shape[1])[None, :] < pages[:, None]
+    indices = block_tables[used].astype(np.int32)
+    last = (lens - (pages - 1) * page_size) * (pages > 0)
+    return indptr, indices, last.astype(np.int32)
+
+
+def from_csr(indptr, indices, last_page_len, page_size):
+    """(block_tables, seq_lens) from FlashInfer's CSR page table: rows padded with -1 to the
+    longest sequence's page count. int32 arrays, where the inputs live."""
+    page_size = check_int(page_size, "page_size", minimum=1)
+    check_array(indptr, "indptr", ndim=1, dtypes=[np.int32])
+    check_array(indices, "indices", ndim=1, dtypes=[np.int32])
+    check_array(last_page_len, "last_page_len", ndim=1, dtypes=[np.int32])
+    xp = array_module(indptr, indices, last_page_len)
+    ptr, last = to_numpy(indptr).astype(np.int64), to_numpy(last_page_len).astype(np.int64)
+    if ptr.size == 0 or ptr[0] != 0 or (np.diff(ptr) < 0).any() or ptr[-1] != indices.shape[0]:
+        raise ValueError(f"indptr: expected [0, ..., {indices.shape[0]}] non-decreasing "
+                         f"(one more entry than sequences, ending at len(indices)), got "
+                         f"{ptr.tolist() if ptr.size <= 8 else ptr}")
+    pages = np.diff(ptr)
+    if last.shape[0] != pages.size:
+        raise ValueError(f"last_page_len: expected {pages.size} entries (one per sequence), "
+                         f"got {last.shape[0]}")
+    bad = np.flatnonzero(np.where(pages > 0, (last < 1) | (last > page_size), last != 0))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"last_page_len[{i}]: expected 1..{page_size} for a sequence with pages "
+                         f"(0 without), got {int(last[i])}")
+    lens = np.where(pages > 0, (pages - 1) * page_size + last, 0)
+    width = int(pages.max()) if pages.size else 0
+    rows = np.repeat(np.arange(pages.size), pages)
+    cols = np.arange(rows.size) - np.repeat(ptr[:-1], pages)
+    tables = xp.full((pages.size, width), -1, dtype=np.int32)
+    tables[xp.asarray(rows), xp.asarray(cols)] = indices
+    return tables, xp.asarray(lens.astype(np.int32))

@@ -1,0 +1,117 @@
+"""Helpers for the tests that feed wrong answers to the workbook checks."""
+import contextlib
+import io
+import json
+from collections import deque
+from pathlib import Path
+
+import pagedattn_lab as pl
+from pagedattn_lab import check
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_check(task, impl, **kwargs):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        result = getattr(check, task)(impl, **kwargs)
+    return result, out.getvalue()
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split()).lower()
+
+
+def assert_caught(task, impl, phrase, *, not_phrases=(), **kwargs):
+    """The check fails `impl` (not "not attempted"), a failed case's hint or message holds
+    `phrase`, and no hint holds any of `not_phrases` (hints name only what the evidence
+    shows)."""
+    result, printed = run_check(task, impl, **kwargs)
+    assert result.status == "failed", printed
+    failed = [c for c in result.cases if not c.passed]
+    told = _flat(" ".join(f"{c.message} {c.hint}" for c in failed))
+    assert _flat(phrase) in told, printed
+    hints = _flat(" ".join(c.hint for c in failed))
+    for wrong in not_phrases:
+        assert _flat(wrong) not in hints, printed
+    assert "FAIL" in printed and "hint:" in printed
+    return result, printed
+
+
+def solution_source(notebook: str, variable: str, folder: str = "solutions") -> str:
+    """The kernel source string a workbook cell defines (read as plain JSON)."""
+    cells = json.loads((REPO / folder / notebook).read_text(encoding="utf-8"))["cells"]
+    for cell in cells:
+        source = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
+        if cell["cell_type"] == "code" and source.startswith(f"{variable} = "):
+            scope: dict = {}
+            exec(source, scope)  # noqa: S102 - our own notebook
+            return scope[variable]
+    raise LookupError(variable)
+
+
+def mutate(source: str, edits) -> str:
+    for old, new in edits:
+        assert old in source, f"the solution no longer contains {old!r}"
+        source = source.replace(old, new)
+    return source
+
+
+class GoodAllocator:
+    """A correct allocator with reference counts: the base the wrong ones edit."""
+
+    def __init__(self, num_pages):
+        self.num_pages = num_pages
+        self.free_list = deque(range(num_pages))
+        self.refs = [0] * num_pages
+
+    @property
+    def num_free(self):
+        return len(self.free_list)
+
+    def ref_count(self, page):
+        return self.refs[page]
+
+    def allocate(self, n):
+        if n > len(self.free_list):
+            raise pl.OutOfPagesError(n, len(self.free_list), self.num_pages)
+        pages = [self.free_list.popleft() for _ in range(n)]
+        for p in pages:
+            self.refs[p] = 1
+        return pages
+
+    def _valid(self, pages):
+        for p in pages:
+            if not (isinstance(p, int) and 0 <= p < self.num_pages):
+                raise ValueError(f"page {p} is not in the pool")
+
+    def free(self, pages):
+        pages = list(pages)
+        self._valid(pages)
+        for p in pages:
+            if self.refs[p] < pages.count(p):
+                raise ValueError(f"page {p} is already free")
+        for p in pages:
+            self.refs[p] -= 1
+            if self.refs[p] == 0:
+                self.free_list.append(p)
+
+    def fork(self, pages):
+        pages = list(pages)
+        self._valid(pages)
+        for p in pages:
+            if self.refs[p] == 0:
+                raise ValueError(f"page {p} is free")
+        for p in pages:
+            self.refs[p] += 1
+        return list(pages)
+
+
+
+def as_params(mistakes):
+    """pytest params from (task, impl, phrase[, not_phrases]) entries."""
+    import pytest  # noqa: PLC0415 - only the test modules need it
+    params = []
+    for task, impl, phrase, *rest in mistakes:
+        params.append(pytest.param(task, impl, phrase, tuple(rest[0]) if rest else (),
+                                   id=f"{task}-{phrase[:28]}"))
+    return params

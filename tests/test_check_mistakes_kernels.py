@@ -1,0 +1,202 @@
+"""Every CUDA C check fails the classic wrong kernels, with a hint that names the mistake.
+
+Each wrong kernel is the solution notebook's source with one mistake edited in (the edit must
+apply, so these tests follow the solutions).
+"""
+import pytest
+
+from tests.check_helpers import assert_caught, mutate, run_check, solution_source
+
+# -- CUDA C tasks ------------------------------------------------------------------------------
+
+GATHER_MISTAKES = [
+    ("head stride", [("(slot * num_kv_heads + kv_head) * head_dim + d",
+                      "slot * head_dim + kv_head * head_dim + d")], "missing num_kv_heads"),
+    ("shared table", [("block_tables[b * max_pages + t / page_size]",
+                       "block_tables[t / page_size]")], "reads row 0 of block_tables"),
+    ("offset + 1", [("t % page_size;", "t % page_size + 1;")], "off by one"),
+    ("no stride loop", [("i < row_len; i += blockDim.x) {\n        int kv_head",
+                         "i < row_len && i < (int)blockDim.x; i += blockDim.x) {\n"
+                         "        int kv_head")],
+     "with a stride"),
+    ("no zeros", [("k_out[out_row + i] = 0.0f;\n            v_out[out_row + i] = 0.0f;", "")],
+     "past seq_lens[b] were never written"),
+    ("no length guard", [("if (t >= seq_lens[b]) {", "if (false) {")], "past the sequence's end"),
+]
+
+NAIVE_MISTAKES = [
+    ("no scale", [("        score *= scale;\n", "")], "not scaled"),
+    ("no causal mask", [("for (int j = 0; j <= t; ++j)", "for (int j = 0; j < seq_lens[b]; ++j)")],
+     "no causal mask"),
+    ("mask one short", [("for (int j = 0; j <= t; ++j)", "for (int j = 0; j < t; ++j)")],
+     "stops one key early"),
+    ("shared table", [("block_tables + (long long)b * max_pages", "block_tables")],
+     "one page table for the whole batch"),
+    ("head stride", [("(slot * num_kv_heads + kv_head) * head_dim",
+                      "slot * head_dim + kv_head * head_dim")], "missing num_kv_heads"),
+    ("GQA as modulo", [("h / (num_heads / num_kv_heads);", "h % num_kv_heads;")],
+     "not h % num_kv_heads"),
+    ("INFINITY", [("NEG_INF, running_sum", "-INFINITY, running_sum")], "NVRTC"),
+    ("padding not zeroed", [("for (int d = 0; d < head_dim; ++d) out[row + d] = 0.0f;\n", "")],
+     "past seq_lens[b] were never written"),
+    ("token index", [("int t = blockIdx.x * blockDim.x + threadIdx.x;", "int t = threadIdx.x;")],
+     "blockIdx.x * blockDim.x + threadIdx.x"),
+    ("no rescale", [("acc[d] = acc[d] * rescale + weight", "acc[d] = acc[d] + weight")],
+     "rescale the accumulator"),
+    ("max starts at 0", [("NEG_INF, running_sum", "0.0f, running_sum")],
+     "the running max starts at 0"),
+    ("kv head = h (faults)",
+     [("int kv_head = h / (num_heads / num_kv_heads);", "int kv_head = h;")],
+     "thread ("),
+]
+
+TILED_MISTAKES = [
+    ("early return",
+     [("    bool active = t < seq_len;", "    if (t >= seq_len) return;\n    bool active = true;")],
+     "must reach every __syncthreads"),
+    ("no barrier after compute", [(
+        "        __syncthreads();                         "
+        "// everyone is done before the next load\n",
+        "")], "between the compute and the next page's load"),
+    ("no barrier after load", [(
+        "        __syncthreads();                         // the tile is loaded\n", "")],
+     "between its load and its compute"),
+    ("query in one shared buffer", [("float my_q[MAX_HEAD_DIM], acc[MAX_HEAD_DIM];",
+                                     "__shared__ float my_q[MAX_HEAD_DIM]; "
+                                     "float acc[MAX_HEAD_DIM];")],
+     "belongs in a register"),
+    ("no causal mask", [("int last = min(n_keys, t - first_key + 1);", "int last = n_keys;")],
+     "no causal mask"),
+    ("head stride", [("(slot * num_kv_heads + kv_head) * head_dim + i % head_dim",
+                      "slot * head_dim + kv_head * head_dim + i % head_dim")],
+     "missing num_kv_heads"),
+    ("no scale", [("q[row + d] * scale", "q[row + d]")], "not scaled"),
+]
+
+# Issue 9: races the CPU executor shows only with its race check, and more wrong kernels.
+GATHER_MISTAKES += [
+    ("copies one head per row", [("for (int i = threadIdx.x; i < row_len; i += blockDim.x) {\n"
+                                  "        int kv_head",
+                                  "for (int i = threadIdx.x; i < head_dim; i += blockDim.x) {\n"
+                                  "        int kv_head")],
+     "every kv head of the token"),
+    ("values from k_cache", [("v_out[out_row + i] = v_cache[src];",
+                              "v_out[out_row + i] = k_cache[src];")], "v_out holds the keys"),
+    ("v padding not zeroed", [("            v_out[out_row + i] = 0.0f;\n", "")],
+     "past seq_lens[b] were never written", ["0/0"]),
+]
+NAIVE_MISTAKES += [
+    ("accumulator in shared memory", [("    float acc[MAX_HEAD_DIM];",
+                                       "    __shared__ float acc[MAX_HEAD_DIM];")],
+     "every thread writes `acc`"),
+    ("weight against the old max", [("float weight = expf(score - new_max);",
+                                     "float weight = expf(score - running_max);")],
+     "against the new max", ["nothing was written", "never written"]),
+    ("head_dim fixed at 8", [("for (int d = 0; d < head_dim; ++d) out[row + d] = acc[d] / "
+                              "running_sum;",
+                              "for (int d = 0; d < 8; ++d) out[row + d] = acc[d] / running_sum;")],
+     "only dims 0..7"),
+]
+TILED_MISTAKES += [
+    ("score in shared memory", [("                float score = 0.0f;\n",
+                                 "                __shared__ float score;\n"
+                                 "                score = 0.0f;\n")],
+     "every thread writes `score`"),
+    ("tile load without a stride", [("for (int i = threadIdx.x; i < n_keys * head_dim; "
+                                     "i += blockDim.x) {",
+                                     "for (int i = threadIdx.x; i < n_keys * head_dim && "
+                                     "i < (int)blockDim.x; i += blockDim.x) {")],
+     "is every element of the tile", ["new max", "running max starts at 0"]),
+    ("causal one short", [("int last = min(n_keys, t - first_key + 1);",
+                           "int last = min(n_keys, t - first_key);")], "stops one key early"),
+    ("kv head h in the load", [("(slot * num_kv_heads + kv_head) * head_dim + i % head_dim",
+                                "(slot * num_kv_heads + h) * head_dim + i % head_dim")],
+     "not kv head h"),
+]
+
+KERNEL_MISTAKES = (
+    [("gather_kernel", "02_page_access.ipynb", "SOURCE_GATHER", *m) for m in GATHER_MISTAKES]
+    + [("naive_kernel", "04_naive_kernel.ipynb", "SOURCE_NAIVE", *m) for m in NAIVE_MISTAKES]
+    + [("tiled_kernel", "05_tiled_kernel.ipynb", "SOURCE_TILED", *m) for m in TILED_MISTAKES])
+KERNEL_MISTAKES = [m if len(m) == 7 else (*m, ()) for m in KERNEL_MISTAKES]
+KERNEL_IDS = [f"{m[0]}-{m[3]}" for m in KERNEL_MISTAKES]
+# Mistakes that give the same wrong numbers on a GPU. The others are caught by the CPU
+# executor's strict checks (bounds, barriers, races run deterministically) and may pass on a
+# GPU by luck, which is why the checks offer device="cpu".
+DETERMINISTIC = {"gather_kernel-head stride", "gather_kernel-shared table",
+                 "gather_kernel-no stride loop", "gather_kernel-no zeros",
+                 "naive_kernel-no scale", "naive_kernel-no causal mask",
+                 "naive_kernel-mask one short", "naive_kernel-shared table",
+                 "naive_kernel-head stride", "naive_kernel-GQA as modulo", "naive_kernel-INFINITY",
+                 "naive_kernel-padding not zeroed", "naive_kernel-token index",
+                 "naive_kernel-no rescale", "naive_kernel-max starts at 0",
+                 "tiled_kernel-no causal mask", "tiled_kernel-head stride", "tiled_kernel-no scale"}
+SOLUTION_KERNELS = [("gather_kernel", "02_page_access.ipynb", "SOURCE_GATHER"),
+                    ("naive_kernel", "04_naive_kernel.ipynb", "SOURCE_NAIVE"),
+                    ("tiled_kernel", "05_tiled_kernel.ipynb", "SOURCE_TILED")]
+
+
+@pytest.mark.parametrize("task, notebook, variable, name, edits, phrase, not_phrases",
+                         KERNEL_MISTAKES, ids=KERNEL_IDS)
+def test_kernel_mistake_is_caught(task, notebook, variable, name, edits, phrase, not_phrases):
+    source = mutate(solution_source(notebook, variable), edits)
+    assert_caught(task, source, phrase, not_phrases=not_phrases, device="cpu")
+
+
+@pytest.mark.parametrize("task, notebook, variable", SOLUTION_KERNELS)
+def test_kernel_checks_pass_the_solution_and_report_the_stub(task, notebook, variable):
+    result, printed = run_check(task, solution_source(notebook, variable), device="cpu")
+    assert result.passed, printed
+    result, printed = run_check(task, solution_source(notebook, variable, "exercises"),
+                                device="cpu")
+    assert result.status == "not attempted" and "not attempted" in printed
+    assert "Traceback" not in printed
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("task, notebook, variable", SOLUTION_KERNELS)
+def test_kernel_checks_on_the_gpu(task, notebook, variable):
+    result, printed = run_check(task, solution_source(notebook, variable), device="gpu")
+    assert result.passed, printed
+    result, _ = run_check(task, solution_source(notebook, variable, "exercises"), device="gpu")
+    assert result.status == "not attempted"
+    for mistake, kid in zip(KERNEL_MISTAKES, KERNEL_IDS):
+        if mistake[0] == task and kid in DETERMINISTIC:
+            assert_caught(task, mutate(solution_source(notebook, variable), mistake[4]),
+                          mistake[5], device="gpu")
+
+
+def test_endless_kernel_loop_is_stopped(monkeypatch):
+    from pagedattn_lab.grading import kernel_runner
+    monkeypatch.setattr(kernel_runner, "KERNEL_TIMEOUT", 1.0)
+    source = mutate(solution_source("04_naive_kernel.ipynb", "SOURCE_NAIVE"),
+                    [("for (int j = 0; j <= t; ++j)", "for (int j = 0; j <= t; )")])
+    result, printed = run_check("naive_kernel", source, device="cpu")
+    assert result.status == "failed" and len(result.cases) == 1
+    assert "never ends" in printed and "did not finish" in printed
+
+
+def test_compile_error_names_the_kernel_line():
+    source = mutate(solution_source("04_naive_kernel.ipynb", "SOURCE_NAIVE"),
+                    [("float score = 0.0f;", "float score = 0.0f")])
+    result, printed = run_check("naive_kernel", source, device="cpu")
+    assert result.status == "failed" and "does not compile" in printed
+    assert len(result.cases) == 1  # reported once, no case run
+
+
+def test_without_an_instrumenting_compiler_the_checks_still_run(monkeypatch):
+    """Where the compiler cannot build the race check's instrumented library, the kernel
+    checks fall back to the plain build (and say nothing false)."""
+    from pagedattn_lab.cpu import kernel as cpu_kernel
+    plain_compile = cpu_kernel.RawKernel.compile
+
+    def no_instrumentation(self, instrumented=False):
+        if instrumented:
+            raise RuntimeError("-fsanitize=thread is not supported")
+        return plain_compile(self)
+
+    monkeypatch.setattr(cpu_kernel.RawKernel, "compile", no_instrumentation)
+    result, printed = run_check("gather_kernel",
+                                solution_source("02_page_access.ipynb", "SOURCE_GATHER"),
+                                device="cpu")
+    assert result.passed, printed

@@ -1,0 +1,137 @@
+"""Wrong answers to workbook 07 (next page, decode step, serving loop)."""
+from collections import deque
+
+import pytest
+
+import pagedattn_lab as pl
+from tests.check_helpers import as_params, assert_caught
+
+# -- lesson 07: the system ---------------------------------------------------------------------
+
+def next_ignoring_forks(cache, sid):
+    return 1 if cache.seq_len(sid) % cache.page_size == 0 else 0
+
+
+MISTAKES = [
+    ("pages_for_next_token", next_ignoring_forks, "copy on write"),
+    ("pages_for_next_token", lambda cache, sid: 1, "still has"),
+    ("pages_for_next_token",
+     lambda cache, sid: int((cache.seq_len(sid) + 1) % cache.page_size == 0),
+     "free slot"),
+    ("pages_for_next_token", lambda cache, sid: int(
+        cache.allocator.ref_count(cache.block_table(sid)[-1]) > 1), "last page is full"),
+]
+
+
+def manager(kind):
+    class Manager(pl.PagedAttentionManager):
+        def decode_step(self, seq_ids, q, k, v):
+            seq_ids = list(seq_ids)
+            if kind == "attend_first":
+                tables, lens = self.cache.block_tables(seq_ids)
+                out = pl.reference_decode(q, self.cache.k_cache, self.cache.v_cache, tables, lens)
+                for i, s in enumerate(seq_ids):
+                    self.cache.append(s, k[i:i + 1], v[i:i + 1])
+                return out
+            if kind == "one_page_each" and len(seq_ids) > self.cache.allocator.num_free:
+                raise pl.OutOfPagesError(len(seq_ids), self.cache.allocator.num_free,
+                                         self.cache.allocator.num_pages)
+            for i, s in enumerate(seq_ids):
+                if kind == "first_seq":
+                    s = seq_ids[0]
+                self.cache.append(s, k[i] if kind == "2d" else k[i:i + 1],
+                                  v[i] if kind == "2d" else k[i:i + 1] if kind == "kk"
+                                  else v[i:i + 1])
+            tables, lens = (self.cache.block_tables() if kind == "all_tables"
+                            else self.cache.block_tables(seq_ids))
+            return pl.reference_decode(q, self.cache.k_cache, self.cache.v_cache, tables, lens)
+    return Manager
+
+
+def serve_factory(*, frees=True, admits_all=False, early=False, order="finish", fifo=True,
+                  ties="admitted", strict=False):
+    def serve(cache, requests, kv_for):
+        pages = lambda n: -(-n // cache.page_size)  # noqa: E731
+        waiting, running, done = deque(range(len(requests))), {}, []
+        while waiting or running:
+            for i in list(waiting):
+                room = cache.allocator.num_free - sum(
+                    pages(sum(requests[j])) - pages(cache.seq_len(s)) for j, s in running.items())
+                need = pages(sum(requests[i]))
+                if admits_all or need < room or (need == room and not strict):
+                    waiting.remove(i)
+                    s = cache.add_sequence()
+                    cache.append(s, *kv_for(i, 0, requests[i][0]))
+                    running[i] = s
+                elif fifo:
+                    break
+            items = list(running.items())
+            for i, s in items[::-1] if ties == "reversed" else items:
+                total = sum(requests[i]) - (1 if early else 0)
+                if cache.seq_len(s) < total:
+                    cache.append(s, *kv_for(i, cache.seq_len(s), 1))
+                if cache.seq_len(s) == total:
+                    if frees:
+                        cache.free_sequence(s)
+                    del running[i]
+                    done.append(i)
+        return sorted(done) if order == "arrival" else done
+    return serve
+
+
+MISTAKES += [
+    ("decode_step", manager("attend_first"), "attend to itself"),
+    ("decode_step", manager("all_tables"), "order of seq_ids"),
+    ("decode_step", manager("2d"), "k[i:i+1]"),
+    ("decode_step", manager("no_all_or_nothing"), "all or nothing"),
+    ("serve", serve_factory(frees=False), "never frees"),
+    ("serve", serve_factory(admits_all=True), "admit a request only when"),
+    ("serve", serve_factory(early=True), "free a sequence once it holds"),
+]
+
+
+# -- copy on write of the tail, exact fits, the finish order (issue 9) ----------------------
+
+def next_first_page(cache, sid):
+    n = cache.seq_len(sid)
+    if n % cache.page_size == 0:
+        return 1
+    return int(cache.allocator.ref_count(cache.block_table(sid)[0]) > 1)
+
+
+def next_any_shared(cache, sid):
+    if cache.seq_len(sid) % cache.page_size == 0:
+        return 1
+    return int(any(cache.allocator.ref_count(p) > 1 for p in cache.block_table(sid)))
+
+
+def next_tail_first(cache, sid):
+    if cache.allocator.ref_count(cache.block_table(sid)[-1]) > 1:
+        return 1
+    return int(cache.seq_len(sid) % cache.page_size == 0)
+
+
+def next_at_least_one_owner(cache, sid):
+    if cache.seq_len(sid) % cache.page_size == 0:
+        return 1
+    return int(cache.allocator.ref_count(cache.block_table(sid)[-1]) >= 1)
+
+
+MISTAKES += [
+    ("pages_for_next_token", next_first_page, "only the page the token is written into"),
+    ("pages_for_next_token", next_any_shared, "only the page the token is written into"),
+    ("pages_for_next_token", next_tail_first, "does not exist"),
+    ("pages_for_next_token", next_at_least_one_owner, "free slot", ["copy on write"]),
+    ("decode_step", manager("kk"), "value went in as its key"),
+    ("decode_step", manager("one_page_each"), "not one page per sequence"),
+    ("decode_step", manager("first_seq"), "append exactly one token"),
+    ("serve", serve_factory(order="arrival"), "arrival order"),
+    ("serve", serve_factory(fifo=False), "first come, first served"),
+    ("serve", serve_factory(ties="reversed"), "in the order they were admitted"),
+    ("serve", serve_factory(strict=True), "refuses a request that fits"),
+]
+
+
+@pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(MISTAKES))
+def test_mistake_is_caught(task, impl, phrase, not_phrases):
+    assert_caught(task, impl, phrase, not_phrases=not_phrases)

@@ -1,0 +1,57 @@
+"""How a check prints: short lines broken between words, each hint once, no repr echo."""
+import contextlib
+import io
+
+from pagedattn_lab import check
+from pagedattn_lab.grading.report import WIDTH, Case, Mismatch, run_cases
+
+LONG_HINT = ("a hint long enough to need wrapping: " + "several plain words " * 12).strip()
+
+
+def _printed(cases, **kwargs):
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        result = run_cases("demo", "a demo check", cases, **kwargs)
+    return result, out.getvalue()
+
+
+def _fail(hint):
+    def run():
+        raise Mismatch("the value " + "is wrong " * 15, hint, expected="1", got="2")
+    return run
+
+
+def test_lines_are_wrapped_between_words():
+    result, printed = _printed([Case("long", {"param": "x" * 10}, _fail(LONG_HINT))])
+    lines = printed.splitlines()
+    assert all(len(line) <= WIDTH for line in lines), printed
+    words = " ".join(line.strip() for line in lines)
+    assert "several plain words several" in words  # no word cut in two
+    assert result.messages == lines
+
+
+def test_a_hint_is_printed_once_per_distinct_mistake():
+    cases = [Case(f"c{i}", {}, _fail("hint A")) for i in range(2)] + [Case("c2", {},
+                                                                           _fail("hint B"))]
+    _, printed = _printed(cases)
+    assert printed.count("hint A") == 1 and printed.count("hint B") == 1
+    assert "hint: as for case 1 above" in printed
+
+
+def test_stub_message_is_not_echoed_and_result_has_no_notebook_echo():
+    def stub(n, p):
+        raise NotImplementedError("write this part, then run the check below")
+    with contextlib.redirect_stdout(io.StringIO()) as out:
+        result = check.pages_needed(stub)
+    assert result.status == "not attempted"
+    assert "write this part" not in out.getvalue()
+    assert "still raises NotImplementedError" in out.getvalue()
+    assert repr(result) == "<CheckResult pages_needed: not attempted, 0/1 cases passed>"
+    assert result._ipython_display_() is None  # a notebook shows nothing more
+    assert result.cases and result.messages and not result.passed
+
+
+def test_quoted_code_lines_are_not_wrapped():
+    code = "   33 |         for (int d = 0; d < head_dim; ++d) score += q[row + d] * k[kv + d];"
+    _, printed = _printed([Case("code", {}, lambda: (_ for _ in ()).throw(
+        Mismatch("the kernel does not compile:\n" + code, "fix it")))])
+    assert code in printed
