@@ -118,6 +118,8 @@ def _visible_variants(indptr, seq_lens):
          lens[seq] - q_lens[seq] + i),
         ("i counts from the sequence's first row: i = row - qo_indptr[b], not the row's place "
          "in the packed q.", lens[seq] - q_lens[seq] + rows + 1),
+        ("i counts from the sequence's first row, qo_indptr[b] (qo_indptr[b + 1] is one past "
+         "its last row).", lens[seq] - q_lens[seq] + rows - indptr[seq + 1] + 1),
         ("a sequence with q_len 0 owns no rows but still has its seq_lens entry: row r belongs "
          "to the b with qo_indptr[b] <= r < qo_indptr[b + 1].",
          lens[shifted] - q_lens[nonempty][shifted] + i + 1 if nonempty.size else i),
