@@ -62,17 +62,25 @@ def translate(block_table_row, token: int, page_size: int, num_kv_heads: int, he
               kv_head: int = 0, dim: int = 0) -> Translation:
     """Run all four steps for one token (and one head and dimension of it)."""
     row = np.asarray(to_numpy(block_table_row))
+    if row.ndim != 1 or (row.size and not np.issubdtype(row.dtype, np.integer)):
+        raise ValueError(f"block_table_row: expected one sequence's block table, a 1-D list of "
+                         f"integer page ids, got shape {row.shape} of {row.dtype}")
     token = check_int(token, "token", minimum=0)
-    if virtual_page(token, page_size) >= row.size:
-        raise ValueError(f"token: position {token} needs virtual page "
-                         f"{virtual_page(token, page_size)}, but the block table row has "
-                         f"only {row.size} entries")
-    if not 0 <= kv_head < num_kv_heads:
-        raise ValueError(f"kv_head: expected 0..{num_kv_heads - 1}, got {kv_head}")
-    if not 0 <= dim < head_dim:
-        raise ValueError(f"dim: expected 0..{head_dim - 1}, got {dim}")
+    page_size = check_int(page_size, "page_size", minimum=1)
+    num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
+    head_dim = check_int(head_dim, "head_dim", minimum=1)
+    for name, value, size in (("kv_head", kv_head, num_kv_heads), ("dim", dim, head_dim)):
+        if not 0 <= check_int(value, name) < size:
+            raise ValueError(f"{name}: expected 0..{size - 1}, got {value}")
+    vpage = virtual_page(token, page_size)
+    if vpage >= row.size:
+        raise ValueError(f"token: position {token} needs virtual page {vpage}, but the block "
+                         f"table row has only {row.size} entries")
+    if row[vpage] < 0:
+        raise ValueError(f"block_table_row[{vpage}]: entry {int(row[vpage])} is padding, not a "
+                         f"page (token {token} is past the sequence's last page)")
     slot = physical_slot(row, token, page_size)
-    return Translation(token, virtual_page(token, page_size), page_offset(token, page_size),
+    return Translation(token, vpage, page_offset(token, page_size),
                        physical_page(row, token, page_size), slot,
                        element_offset(slot, kv_head, dim, num_kv_heads, head_dim))
 

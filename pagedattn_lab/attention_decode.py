@@ -14,7 +14,7 @@ from .attention_common import (bfloat16_dtype, check_grid, from_torch, is_torch_
                                prepare_out, to_torch_like)
 from .backend import cupy_module, is_cupy_array, to_numpy
 from .decode_plan import choose_partitions
-from .validate import check_attention_inputs, check_int, resolve_scale
+from .validate import check_attention_inputs, check_int, check_out, resolve_scale
 from .wrappers import BatchDecodeWrapper
 
 __all__ = ["paged_attention_decode", "choose_partitions"]
@@ -51,6 +51,8 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     if out is not None:
         prepare_out(out, (shapes.batch, shapes.num_heads, shapes.head_dim), q.dtype,
                     cupy_module() if on_gpu else np)
+        check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
+                  seq_lens=seq_lens)
     w = BatchDecodeWrapper()
     w._plan(block_tables, seq_lens, tables_h, lens_h, shapes.num_heads, shapes.num_kv_heads,
             shapes.head_dim, shapes.page_size, dtype, kernel, num_splits, on_gpu, copy=False,

@@ -22,7 +22,7 @@ from .attention_common import (
 )
 from .backend import array_module
 from .kernels import kernel as load_kernel
-from .validate import check_attention_inputs, resolve_scale
+from .validate import check_attention_inputs, check_out, resolve_scale
 
 KERNELS = ("naive", "tiled")
 NAIVE_MAX_HEAD_DIM = 128        # the naive kernel's per-thread accumulator array
@@ -41,6 +41,8 @@ def plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None, kernel
     if kernel not in KERNELS:
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
     shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, mode="prefill")
+    check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
+              seq_lens=seq_lens)
     scale = resolve_scale(scale, shapes.head_dim)
     hd = shapes.head_dim
     if kernel == "naive" and hd > NAIVE_MAX_HEAD_DIM:

@@ -17,9 +17,13 @@ def _probe_cupy() -> tuple[object | None, str]:
     try:
         import cupy  # noqa: PLC0415 - optional dependency, imported on demand
     except ImportError:
-        return None, ("CuPy is not installed, so kernels run on the CPU executor. "
-                      "On a GPU machine, `make lab` installs it (pip package cupy-cuda12x "
-                      "or cupy-cuda13x, matching your CUDA driver).")
+        # Said for every set-up (make, pip, a hosted notebook): %pip installs into the
+        # environment of the running notebook kernel, wherever that is.
+        return None, ("CuPy is not installed, so kernels run on the CPU executor. To use an "
+                      "NVIDIA GPU, install the CuPy build for its CUDA driver version (nvidia-smi "
+                      "prints it): run `%pip install cupy-cuda12x` (CUDA 12) or "
+                      "`%pip install cupy-cuda13x` (CUDA 13) in a notebook cell, then restart "
+                      "the kernel.")
     except Exception as exc:  # a broken install: say so instead of crashing the import
         return None, f"CuPy is installed but failed to import ({exc!r}); using the CPU executor."
     try:

@@ -11,6 +11,7 @@ Storage is the NHD layout used by vLLM and FlashInfer:
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -18,7 +19,7 @@ import numpy as np
 from .addressing import token_slots
 from .backend import cupy_module, resolve_device, to_numpy
 from .paging import BlockAllocator
-from .validate import CACHE_DTYPES, check_array, check_int
+from .validate import CACHE_DTYPES, check_array, check_cache_memory, check_int, check_int_list
 
 PAD_PAGE = -1  # what block_tables() writes past a sequence's last page
 
@@ -45,10 +46,13 @@ class PagedKVCache:
         self.device = resolve_device(device)
         self.xp = cupy_module() if self.device == "gpu" else np
         shape = (self.allocator.num_pages, page_size, num_kv_heads, head_dim)
+        check_cache_memory(2 * int(np.prod(shape, dtype=object)) * self.dtype.itemsize,
+                           self.device)
         self.k_cache = self.xp.zeros(shape, dtype=self.dtype)
         self.v_cache = self.xp.zeros(shape, dtype=self.dtype)
         self._sequences: dict[int, _Sequence] = {}
         self._next_seq_id = 0
+        self._undo: list | None = None   # K/V rows overwritten inside a transaction()
 
     @property
     def num_pages(self) -> int:
@@ -102,6 +106,30 @@ class PagedKVCache:
         grow = -(-(seq.length + n_tokens) // self.page_size) - len(seq.pages)
         return grow + int(self._tail_is_shared(seq))
 
+    @contextmanager
+    def transaction(self):
+        """All or nothing for a group of calls: if the block raises, every sequence, length,
+        block table, sequence id, the allocator's free list and reference counts, and every
+        K/V element written inside it are put back as they were, and the error goes on.
+
+            with cache.transaction():
+                cache.append(a, k, v)
+                run_kernel(...)          # fails: the append above is undone
+        """
+        if self._undo is not None:   # nested: the outer transaction covers everything
+            yield
+            return
+        saved = (self.allocator.state(), self._next_seq_id,
+                 {s: (list(q.pages), q.length) for s, q in self._sequences.items()})
+        self._undo = []
+        try:
+            yield
+        except BaseException:
+            self._roll_back(*saved)
+            raise
+        finally:
+            self._undo = None
+
     def fork_sequence(self, seq_id: int) -> int:
         """A new sequence sharing every page of `seq_id` (prefix sharing, copy on write)."""
         parent = self._get(seq_id)
@@ -121,7 +149,8 @@ class PagedKVCache:
         Rows are padded with -1 past each sequence's last page. Arrays live on the cache's
         device. `seq_ids` defaults to every live sequence.
         """
-        seq_ids = self.seq_ids if seq_ids is None else list(seq_ids)
+        seq_ids = self.seq_ids if seq_ids is None else check_int_list(seq_ids, "seq_ids",
+                                                                      "sequence id")
         sequences = [self._get(s) for s in seq_ids]
         width = max([len(s.pages) for s in sequences] + [1])
         tables = np.full((len(sequences), width), PAD_PAGE, dtype=np.int32)
@@ -141,6 +170,8 @@ class PagedKVCache:
     # -- internals ---------------------------------------------------------------------
 
     def _get(self, seq_id) -> _Sequence:
+        # 1.0 == 1 and hashes alike: without this check a float id would find sequence 1.
+        check_int(seq_id, "seq_id")
         if seq_id not in self._sequences:
             raise KeyError(f"seq_id: no live sequence {seq_id!r} (live: {self.seq_ids})")
         return self._sequences[seq_id]
@@ -161,6 +192,8 @@ class PagedKVCache:
     def _copy_on_write_tail(self, seq: _Sequence, fresh_page: int) -> None:
         """Give `seq` its own copy of its shared, partly filled last page before writing."""
         shared = seq.pages[-1]
+        self._save_rows(self.xp.arange(fresh_page * self.page_size,
+                                       (fresh_page + 1) * self.page_size))
         self.k_cache[fresh_page] = self.k_cache[shared]
         self.v_cache[fresh_page] = self.v_cache[shared]
         self.allocator.free([shared])
@@ -173,8 +206,25 @@ class PagedKVCache:
         if self.device == "cpu":  # a CuPy k or v is copied to the host first
             k, v = to_numpy(k), to_numpy(v)
         slots = self.xp.asarray(slots)
+        self._save_rows(slots)
         self.k_cache.reshape(flat)[slots] = self.xp.asarray(k, dtype=self.dtype)
         self.v_cache.reshape(flat)[slots] = self.xp.asarray(v, dtype=self.dtype)
+
+    def _save_rows(self, slots) -> None:
+        """Inside a transaction: keep the K/V of `slots` (token rows) as they are now."""
+        if self._undo is not None:
+            flat = (-1, self.num_kv_heads, self.head_dim)
+            self._undo.append((slots, self.k_cache.reshape(flat)[slots],
+                               self.v_cache.reshape(flat)[slots]))   # fancy indexing copies
+
+    def _roll_back(self, allocator_state, next_seq_id, sequences) -> None:
+        flat = (-1, self.num_kv_heads, self.head_dim)
+        for slots, k, v in reversed(self._undo):
+            self.k_cache.reshape(flat)[slots] = k
+            self.v_cache.reshape(flat)[slots] = v
+        self.allocator.restore(allocator_state)
+        self._next_seq_id = next_seq_id
+        self._sequences = {s: _Sequence(pages, length) for s, (pages, length) in sequences.items()}
 
     def __repr__(self) -> str:
         return (f"PagedKVCache(pages={self.num_pages}x{self.page_size} tokens, "

@@ -27,13 +27,14 @@ def gather_kv(k_cache, v_cache, block_table_row, seq_len: int):
     v_out = xp.empty_like(k_out)
     if seq_len == 0:
         return k_out, v_out
-    if (num_kv_heads * head_dim * k_cache.dtype.itemsize) % 4:
-        raise ValueError(f"k_cache: a token's row of {num_kv_heads} x {head_dim} "
-                         f"{k_cache.dtype.name} values is not a whole number of 32-bit words")
-    words = lambda a: a.view(np.float32)  # noqa: E731 - the kernel copies 32-bit words
-    row_words = num_kv_heads * head_dim * k_cache.dtype.itemsize // 4
-    kernel("page_access", "gather_kv")(
+    # The kernel copies 32-bit words; a token's row of an odd number of fp16 values is not
+    # whole words, so that case gets the same kernel compiled to copy 16-bit words.
+    row_bytes = num_kv_heads * head_dim * k_cache.dtype.itemsize
+    word, options = ((np.float32, ()) if row_bytes % 4 == 0
+                     else (np.int16, ("-DWORD=short",)))
+    words = lambda a: a.reshape(-1).view(word)  # noqa: E731 - contiguous, so a flat view
+    kernel("page_access", "gather_kv", options)(
         (seq_len,), (THREADS_PER_BLOCK,),
         (words(k_cache), words(v_cache), block_table_row, np.int32(seq_len), np.int32(page_size),
-         np.int32(row_words), words(k_out), words(v_out)))
+         np.int32(row_bytes // np.dtype(word).itemsize), words(k_out), words(v_out)))
     return k_out, v_out

@@ -13,7 +13,11 @@ course's kernels on it:
     mgr.stats()                                                 # pages used, waste, ...
 
 Every call validates its input first and is all-or-nothing: if the pool cannot hold what a
-call needs, `OutOfPagesError` is raised and neither the cache nor any table changes.
+call needs (`OutOfPagesError`), or a kernel refuses its input or fails to run (a CPU-executor
+`KernelTimeout`, say), the error is raised and the sequences, their lengths and block
+tables, the K/V pages and the free list are exactly as they were, so the call can simply be
+retried. What the kernels cannot run (a head_dim they were not compiled for, a scale that
+overflows float32) is refused when the manager is built, not at its first call.
 """
 from __future__ import annotations
 
@@ -22,11 +26,12 @@ from typing import NamedTuple
 import numpy as np
 
 from .attention_decode import paged_attention_decode
-from .attention_prefill import paged_attention_prefill
+from .decode_plan import supported_head_dim
+from .attention_prefill import NAIVE_MAX_HEAD_DIM, TILED_HEAD_DIMS, paged_attention_prefill
 from .backend import to_numpy
 from .cache import PagedKVCache
 from .paging import OutOfPagesError
-from .validate import check_array, check_int
+from .validate import CACHE_DTYPES, check_array, check_int, check_int_list, resolve_scale
 
 
 class AddedSequence(NamedTuple):
@@ -64,18 +69,30 @@ _FLOATS = [np.float16, np.float32, np.float64]
 
 
 class PagedAttentionManager:
-    """A paged KV cache and the attention kernels over it, for one attention layer."""
+    """A paged KV cache and the attention kernels over it, for one attention layer.
+
+    prefill_kernel: "tiled", "naive", or None for tiled where it runs (head_dim 64 or 128)
+    and naive elsewhere. A head_dim or scale the kernels cannot run is refused here.
+    """
 
     def __init__(self, num_pages: int, page_size: int, num_heads: int, num_kv_heads: int,
                  head_dim: int, dtype=np.float32, device: str = "auto", scale=None,
-                 prefill_kernel: str = "tiled"):
+                 prefill_kernel: str | None = None):
         num_heads = check_int(num_heads, "num_heads", minimum=1)
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
+        head_dim = check_int(head_dim, "head_dim", minimum=1)
         if num_heads % num_kv_heads:
             raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
                              f"{num_kv_heads} (GQA needs whole groups)")
+        if prefill_kernel is None:   # the fast kernel where it runs, else the one that runs
+            prefill_kernel = "tiled" if head_dim in TILED_HEAD_DIMS else "naive"
         if prefill_kernel not in ("naive", "tiled"):
-            raise ValueError(f"prefill_kernel: expected 'naive' or 'tiled', got {prefill_kernel!r}")
+            raise ValueError(f"prefill_kernel: expected 'naive', 'tiled' or None (tiled when "
+                             f"head_dim is {' or '.join(map(str, TILED_HEAD_DIMS))}, else "
+                             f"naive), got {prefill_kernel!r}")
+        if np.dtype(dtype) in CACHE_DTYPES:   # else PagedKVCache names the dtype it refuses
+            _check_kernels_take(head_dim, np.dtype(dtype), prefill_kernel)
+        scale = resolve_scale(scale, head_dim)
         self.cache = PagedKVCache(num_pages, page_size, num_kv_heads, head_dim, dtype=dtype,
                                   device=device)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
@@ -112,18 +129,18 @@ class PagedAttentionManager:
         needed = -(-n // self.page_size)
         if needed > self.cache.allocator.num_free:
             raise OutOfPagesError(needed, self.cache.allocator.num_free, self.cache.num_pages)
-        seq_id = self.cache.add_sequence()
-        try:
+        if q is not None:
+            q = self._as_cache(q)[None]
+        # The prefill reads the prompt's K/V from the cache, so they are written first; if
+        # the kernel then fails, the transaction takes the sequence and its pages back.
+        with self.cache.transaction():
+            seq_id = self.cache.add_sequence()
             self.cache.append(seq_id, k, v)
-        except Exception:
-            self.cache.free_sequence(seq_id)
-            raise
-        if q is None:
-            return AddedSequence(seq_id, None)
-        tables, lens = self.cache.block_tables([seq_id])
-        out = paged_attention_prefill(self._as_cache(q)[None], self.cache.k_cache,
-                                      self.cache.v_cache, tables, lens, self.scale,
-                                      kernel=self.prefill_kernel)
+            if q is None:
+                return AddedSequence(seq_id, None)
+            tables, lens = self.cache.block_tables([seq_id])
+            out = paged_attention_prefill(q, self.cache.k_cache, self.cache.v_cache, tables,
+                                          lens, self.scale, kernel=self.prefill_kernel)
         return AddedSequence(seq_id, out[0])
 
     def decode_step(self, seq_ids, q, k, v):
@@ -142,11 +159,15 @@ class PagedAttentionManager:
         needed = sum(self.cache.pages_needed(s, 1) for s in seq_ids)
         if needed > self.cache.allocator.num_free:
             raise OutOfPagesError(needed, self.cache.allocator.num_free, self.cache.num_pages)
-        for i, s in enumerate(seq_ids):
-            self.cache.append(s, k[i:i + 1], v[i:i + 1])
-        tables, lens = self.cache.block_tables(seq_ids)
-        return paged_attention_decode(self._as_cache(q), self.cache.k_cache, self.cache.v_cache,
-                                      tables, lens, self.scale)
+        q = self._as_cache(q)
+        # The new token attends to itself, so its K/V go into the cache before the kernel
+        # runs; if the kernel fails, the transaction undoes every append (a retry appends once).
+        with self.cache.transaction():
+            for i, s in enumerate(seq_ids):
+                self.cache.append(s, k[i:i + 1], v[i:i + 1])
+            tables, lens = self.cache.block_tables(seq_ids)
+            return paged_attention_decode(q, self.cache.k_cache, self.cache.v_cache, tables,
+                                          lens, self.scale)
 
     def finish(self, seq_id: int) -> None:
         """The sequence is done: its pages go back to the pool."""
@@ -189,7 +210,7 @@ class PagedAttentionManager:
         return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=self.cache.dtype))
 
     def _seq_ids(self, seq_ids) -> list[int]:
-        ids = list(seq_ids)
+        ids = check_int_list(seq_ids, "seq_ids", "sequence id")
         if not ids:
             raise ValueError("seq_ids: expected at least one sequence id, got none")
         live = set(self.cache.seq_ids)
@@ -199,3 +220,19 @@ class PagedAttentionManager:
         if len(set(ids)) != len(ids):
             raise ValueError(f"seq_ids: a sequence appears twice in {ids}")
         return ids
+
+
+def _check_kernels_take(head_dim: int, dtype: np.dtype, prefill_kernel: str) -> None:
+    """Refuse, when the manager is built, a head_dim its decode or prefill kernel cannot run
+    (else the first call would store the prompt and only then meet the kernel's refusal)."""
+    reason = supported_head_dim("simt", dtype.name, head_dim)
+    if reason:
+        raise ValueError(f"head_dim: {head_dim} is not supported by the decode kernel: {reason}")
+    if prefill_kernel == "tiled" and head_dim not in TILED_HEAD_DIMS:
+        raise ValueError(f"head_dim: {head_dim} is not supported by the tiled prefill kernel; "
+                         f"supported: {', '.join(map(str, TILED_HEAD_DIMS))} "
+                         f"(prefill_kernel='naive' takes any head_dim the decode kernel takes "
+                         f"up to {NAIVE_MAX_HEAD_DIM})")
+    if prefill_kernel == "naive" and head_dim > NAIVE_MAX_HEAD_DIM:
+        raise ValueError(f"head_dim: {head_dim} is too large for the naive prefill kernel (at "
+                         f"most {NAIVE_MAX_HEAD_DIM})")

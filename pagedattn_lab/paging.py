@@ -12,8 +12,11 @@ from __future__ import annotations
 
 from collections import Counter, deque
 from collections.abc import Iterable
+from typing import NamedTuple
 
 import numpy as np
+
+from .validate import MAX_PAGES, check_int_list
 
 
 class OutOfPagesError(RuntimeError):
@@ -26,14 +29,16 @@ class OutOfPagesError(RuntimeError):
 
 
 def _as_page_ids(pages: Iterable[int], argname: str) -> list[int]:
-    """Page ids as Python ints, refusing floats, bools and other non-integers by name."""
-    ids = []
-    for i, page in enumerate(pages):
-        if isinstance(page, (bool, np.bool_)) or not isinstance(page, (int, np.integer)):
-            raise TypeError(f"{argname}[{i}]: expected an integer page id, got {page!r} "
-                            f"({type(page).__name__})")
-        ids.append(int(page))
-    return ids
+    """Page ids as Python ints, refusing floats, bools, None and a bare id by name."""
+    return check_int_list(pages, argname, "page id")
+
+
+class AllocatorState(NamedTuple):
+    """A copy of an allocator's bookkeeping (`BlockAllocator.state()`), to put back with
+    `restore()` when a larger operation fails halfway."""
+    next_fresh: int
+    returned: tuple[int, ...]
+    owners: dict[int, int]
 
 
 class BlockAllocator:
@@ -51,25 +56,32 @@ class BlockAllocator:
             raise TypeError(f"num_pages: expected an int, got {type(num_pages).__name__}")
         if num_pages <= 0:
             raise ValueError(f"num_pages: expected a positive number of pages, got {num_pages}")
+        if num_pages > MAX_PAGES:
+            raise ValueError(f"num_pages: expected at most {MAX_PAGES} pages (block tables hold "
+                             f"page ids as int32), got {num_pages}")
         self.num_pages = int(num_pages)
-        # FIFO: a freed page goes to the back, so the pool cycles through every page and a
-        # long run scatters sequences over the whole cache, as a real server's does.
-        self._free: deque[int] = deque(range(self.num_pages))
-        self._ref_counts = [0] * self.num_pages
+        # The free list is FIFO: a freed page goes to the back, so the pool cycles through
+        # every page and a long run scatters sequences over the whole cache, as a real
+        # server's does. It is kept in two parts with the order of one queue: the pages never
+        # handed out (next_fresh .. num_pages-1, always at the front) and the queue of pages
+        # given back. So a pool of a billion pages costs nothing until its pages are used.
+        self._next_fresh = 0
+        self._returned: deque[int] = deque()
+        self._owners: dict[int, int] = {}   # page -> reference count, for pages in use only
 
     @property
     def num_free(self) -> int:
-        return len(self._free)
+        return self.num_pages - self._next_fresh + len(self._returned)
 
     @property
     def num_used(self) -> int:
-        return self.num_pages - len(self._free)
+        return len(self._owners)
 
     def ref_count(self, page: int) -> int:
         """How many owners page `page` has (0 means it is free)."""
         (page,) = _as_page_ids([page], "page")
         self._check_ids([page], "page")
-        return self._ref_counts[page]
+        return self._owners.get(page, 0)
 
     def allocate(self, n: int) -> list[int]:
         """Take `n` free pages, each with reference count 1. All or nothing."""
@@ -77,11 +89,14 @@ class BlockAllocator:
             raise TypeError(f"n: expected an int number of pages, got {type(n).__name__}")
         if n < 0:
             raise ValueError(f"n: expected a number of pages >= 0, got {n}")
-        if n > len(self._free):
-            raise OutOfPagesError(int(n), len(self._free), self.num_pages)
-        pages = [self._free.popleft() for _ in range(n)]
+        if n > self.num_free:
+            raise OutOfPagesError(int(n), self.num_free, self.num_pages)
+        fresh = min(int(n), self.num_pages - self._next_fresh)
+        pages = list(range(self._next_fresh, self._next_fresh + fresh))
+        self._next_fresh += fresh
+        pages += [self._returned.popleft() for _ in range(int(n) - fresh)]
         for page in pages:
-            self._ref_counts[page] = 1
+            self._owners[page] = 1
         return pages
 
     def incref(self, pages: Iterable[int]) -> None:
@@ -89,11 +104,11 @@ class BlockAllocator:
         ids = _as_page_ids(pages, "pages")
         self._check_ids(ids, "pages")
         for i, page in enumerate(ids):
-            if self._ref_counts[page] == 0:
+            if page not in self._owners:
                 raise ValueError(f"pages[{i}]: page {page} is free; only a page in use can be "
                                  "shared (allocate it first)")
         for page in ids:
-            self._ref_counts[page] += 1
+            self._owners[page] += 1
 
     def fork(self, pages: Iterable[int]) -> list[int]:
         """Share a block table: every page gains an owner; returns the same ids as a new list."""
@@ -110,26 +125,44 @@ class BlockAllocator:
         ids = _as_page_ids(pages, "pages")
         self._check_ids(ids, "pages")
         for page, times in Counter(ids).items():
-            owners = self._ref_counts[page]
+            owners = self._owners.get(page, 0)
             if owners == 0:
                 raise ValueError(f"pages: page {page} is already free (double free?)")
             if times > owners:
                 raise ValueError(f"pages: page {page} is listed {times} times but has only "
                                  f"{owners} owner(s)")
         for page in ids:
-            self._ref_counts[page] -= 1
-            if self._ref_counts[page] == 0:
-                self._free.append(page)
+            self._owners[page] -= 1
+            if self._owners[page] == 0:
+                del self._owners[page]
+                self._returned.append(page)
+
+    def free_list(self) -> list[int]:
+        """The free pages in the order `allocate` hands them out."""
+        return list(range(self._next_fresh, self.num_pages)) + list(self._returned)
+
+    def state(self) -> AllocatorState:
+        """A copy of the bookkeeping (free list and reference counts), for `restore`.
+        Costs time in proportion to the pages in use, not to the size of the pool."""
+        return AllocatorState(self._next_fresh, tuple(self._returned), dict(self._owners))
+
+    def restore(self, state: AllocatorState) -> None:
+        """Put back the bookkeeping saved by `state()`: every page free or owned as it was."""
+        self._next_fresh = state.next_fresh
+        self._returned = deque(state.returned)
+        self._owners = dict(state.owners)
 
     def check_invariants(self) -> None:
         """Assert the allocator's bookkeeping is self-consistent (used by the tests)."""
-        free = set(self._free)
-        assert len(free) == len(self._free), "a page appears twice in the free list"
-        for page in range(self.num_pages):
-            in_free_list = page in free
-            assert (self._ref_counts[page] == 0) == in_free_list, (
-                f"page {page}: ref count {self._ref_counts[page]} but "
-                f"{'in' if in_free_list else 'not in'} the free list")
+        returned = set(self._returned)
+        assert len(returned) == len(self._returned), "a page appears twice in the free list"
+        assert 0 <= self._next_fresh <= self.num_pages
+        assert all(page < self._next_fresh for page in returned), \
+            "a page never handed out is also in the queue of returned pages"
+        for page, owners in self._owners.items():
+            assert owners >= 1, f"page {page}: ref count {owners} but kept as in use"
+            assert page < self._next_fresh and page not in returned, (
+                f"page {page}: ref count {owners} but in the free list")
         assert self.num_free + self.num_used == self.num_pages
 
     def _check_ids(self, ids: list[int], argname: str) -> None:

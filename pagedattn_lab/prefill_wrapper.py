@@ -28,7 +28,7 @@ import numpy as np
 from .attention_common import LOG2E, aligned16, allow_shared_memory, fast_path, prepare_out
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
-from .validate import check_array, check_block_tables, check_int, resolve_scale
+from .validate import check_array, check_block_tables, check_int, check_out, resolve_scale
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64
@@ -182,6 +182,7 @@ class BatchPrefillWrapper:
         """Attention of the planned batch over this layer's cache; returns `out`."""
         self._check_run(q, k_cache, v_cache)
         scale = resolve_scale(scale, self.head_dim)
+        check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
         out = prepare_out(out, tuple(q.shape), q.dtype, self.xp)
         if self.grid[0] == 0:
             return out

@@ -7,6 +7,8 @@ expected and what came, and is raised before anything is launched or written.
 """
 from __future__ import annotations
 
+import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +16,9 @@ import numpy as np
 from .backend import is_cupy_array, to_numpy
 
 CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
+MAX_PAGES = 2**31 - 1        # block tables hold page ids as int32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+LOG2E = 1.4426950408889634   # the kernels fold scale * log2(e) into one float32 (exp2 softmax)
 
 
 def _dtype_name(dtype) -> str:
@@ -39,13 +44,64 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
     return x
 
 
-def check_int(value, name: str, *, minimum: int | None = None) -> int:
-    """A Python or NumPy integer (not bool), at least `minimum`."""
+def check_int(value, name: str, *, minimum: int | None = None,
+              maximum: int | None = None) -> int:
+    """A Python or NumPy integer (not bool, not a float that happens to be whole), in range."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
         raise TypeError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name}: expected an int <= {maximum}, got {value}")
     return int(value)
+
+
+def check_int_list(values, name: str, what: str = "id") -> list[int]:
+    """A list, tuple, range or 1-D integer array of ints, as Python ints.
+
+    A bare int, a string or None is refused by name (iterating them would fail with a
+    message about `int` or `NoneType`, or silently walk a string's characters).
+    """
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
+        one = isinstance(values, (int, np.integer)) and not isinstance(values, bool)
+        hint = f"; for one {what} write [{values!r}]" if one else ""
+        raise TypeError(f"{name}: expected a list of {what}s, got {values!r} "
+                        f"({type(values).__name__}){hint}")
+    ids = []
+    for i, value in enumerate(values):
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise TypeError(f"{name}[{i}]: expected an integer {what}, got {value!r} "
+                            f"({type(value).__name__})")
+        ids.append(int(value))
+    return ids
+
+
+def check_cache_memory(nbytes: int, device: str, name: str = "num_pages") -> None:
+    """Refuse a cache larger than the memory of the device it would live on, before allocating.
+
+    NumPy's zeros() of a few terabytes can succeed lazily and then kill the process when the
+    pages are touched; a clear error up front is better.
+    """
+    total = device_memory_bytes(device)
+    if total is not None and nbytes > total:
+        where = "GPU" if device == "gpu" else "machine"
+        raise ValueError(f"{name}: the K and V caches would take {_gib(nbytes)}, more than the "
+                         f"{_gib(total)} of memory this {where} has; use fewer pages")
+
+
+def device_memory_bytes(device: str) -> int | None:
+    """Total memory of the CPU (physical RAM) or of the current GPU; None when unknown."""
+    if device == "gpu":
+        from .backend import cupy_module  # noqa: PLC0415 - CuPy only when a GPU is asked for
+        return int(cupy_module().cuda.runtime.memGetInfo()[1])
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):   # not every OS has these names
+        return None
+
+
+def _gib(nbytes: int) -> str:
+    return f"{nbytes / 2**30:,.1f} GiB"
 
 
 @dataclass(frozen=True)
@@ -73,6 +129,12 @@ def check_kv_cache(k_cache, v_cache, *, dtypes=CACHE_DTYPES):
     if k_cache.shape != v_cache.shape:
         raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k_cache.shape)}, "
                          f"got {tuple(v_cache.shape)}")
+    dims = ("num_pages", "page_size", "num_kv_heads", "head_dim")
+    for axis, (dim, n) in enumerate(zip(dims, k_cache.shape)):
+        if n == 0:
+            raise ValueError(f"k_cache: expected shape [num_pages, page_size, num_kv_heads, "
+                             f"head_dim] with every size >= 1, got {dim} = 0 (axis {axis}) in "
+                             f"{tuple(k_cache.shape)}")
     if k_cache.dtype != v_cache.dtype:
         raise TypeError(f"v_cache: expected the dtype of k_cache ({k_cache.dtype.name}), "
                         f"got {v_cache.dtype.name}")
@@ -137,6 +199,8 @@ def check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, *, mode:
         raise TypeError("q, k_cache, v_cache: expected all on the CPU (NumPy) or all on the GPU "
                         "(CuPy), got a mix")
     num_heads, q_head_dim = int(q.shape[-2]), int(q.shape[-1])
+    if num_heads == 0:
+        raise ValueError(f"q: expected at least one query head, got shape {tuple(q.shape)}")
     if q_head_dim != head_dim:
         raise ValueError(f"q: expected head_dim {head_dim} (the cache's last dimension), got "
                          f"{q_head_dim} in shape {tuple(q.shape)}")
@@ -157,12 +221,71 @@ def check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, *, mode:
 
 
 def resolve_scale(scale, head_dim: int) -> float:
-    """`scale` or its default 1/sqrt(head_dim), as a finite float."""
+    """`scale` or its default 1/sqrt(head_dim), as a positive float the kernels can use.
+
+    The kernels multiply the scores by scale * log2(e) in float32, so a scale whose product
+    overflows float32 (1e39) would make every output NaN, and one that rounds to 0 would
+    silently give uniform attention: both are refused, as are NaN, inf and scale <= 0
+    (the scores are scaled up or down, never flipped or zeroed).
+    """
     if scale is None:
         return 1.0 / float(np.sqrt(head_dim))
     if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.floating,
                                                                       np.integer)):
-        raise TypeError(f"scale: expected a float or None, got {type(scale).__name__}")
-    if not np.isfinite(scale):
+        raise TypeError(f"scale: expected a float or None, got {scale!r} "
+                        f"({type(scale).__name__})")
+    value = float(scale)
+    if not math.isfinite(value):
         raise ValueError(f"scale: expected a finite number, got {scale}")
-    return float(scale)
+    if value <= 0:
+        raise ValueError(f"scale: expected a positive number (the factor on q . k before the "
+                         f"softmax; 1/sqrt(head_dim) by default), got {scale}")
+    if value * LOG2E > FLOAT32_MAX:
+        raise ValueError(f"scale: expected at most {FLOAT32_MAX / LOG2E:.3g} (the kernels "
+                         f"compute scale * log2(e) in float32), got {scale}")
+    if np.float32(value * LOG2E) == 0:
+        raise ValueError(f"scale: {scale} rounds to 0 in float32 (the kernels' precision); "
+                         f"expected at least {float(np.finfo(np.float32).smallest_subnormal):.3g}")
+    return value
+
+
+def check_out(out, **inputs) -> None:
+    """An `out=` array the kernel may write: writeable, and sharing no memory with any input.
+
+    The kernels read q, the caches and the tables while they write `out`; an `out` that
+    overlaps one of them (out=k_cache, a page of the cache, q itself) would be overwritten
+    halfway through and give wrong values, and corrupt the cache. Shape and dtype are
+    checked where the output is prepared.
+    """
+    if out is None:
+        return
+    if not (isinstance(out, np.ndarray) or is_cupy_array(out)):
+        raise TypeError(f"out: expected a NumPy or CuPy array, got {type(out).__name__}")
+    if isinstance(out, np.ndarray) and not out.flags.writeable:
+        raise ValueError("out: expected a writeable array, got a read-only one (pass a copy, "
+                         "or out=None for a new array)")
+    lo, hi = byte_range(out)
+    for name, x in inputs.items():
+        if not (isinstance(x, np.ndarray) or is_cupy_array(x)):
+            continue
+        if is_cupy_array(x) != is_cupy_array(out):
+            continue   # host and device memory never overlap (a mix is refused elsewhere)
+        x_lo, x_hi = byte_range(x)
+        if lo < x_hi and x_lo < hi:
+            raise ValueError(f"out: shares memory with {name} (the kernel reads {name} while "
+                             f"it writes out, so both would be corrupted); pass a separate "
+                             f"array, or out=None for a new one")
+
+
+def byte_range(x) -> tuple[int, int]:
+    """[first, last + 1) byte addresses an array's elements span (empty: (0, 0))."""
+    if x.size == 0:
+        return 0, 0
+    start = int(x.data.ptr) if is_cupy_array(x) else int(x.__array_interface__["data"][0])
+    lo = hi = start
+    for n, stride in zip(x.shape, x.strides):
+        if stride < 0:
+            lo += (n - 1) * stride
+        else:
+            hi += (n - 1) * stride
+    return lo, hi + x.itemsize

@@ -31,7 +31,7 @@ from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes
                                to_torch_like)
 from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
 from .kernels import kernel as load_kernel
-from .validate import check_array, check_block_tables, check_int, resolve_scale
+from .validate import check_array, check_block_tables, check_int, check_out, resolve_scale
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]
 
@@ -201,6 +201,8 @@ class BatchDecodeWrapper:
             q, k_cache, v_cache, out = (from_torch(x) for x in (q, k_cache, v_cache, out))
         if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)
             out = self._out if q.dtype == self._out.dtype else self._out.view(q.dtype)
+        else:
+            check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
         self._check_run(q, k_cache, v_cache, out)
         s = (self._default_scale_log2 if scale is None
              else np.float32(resolve_scale(scale, self.head_dim) * LOG2E))

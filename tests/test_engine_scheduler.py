@@ -93,6 +93,15 @@ def test_scheduler_keeps_its_budgets_and_finishes_everything(config, workload):
     serve_without_model(config, [p for p, _ in workload], [n for _, n in workload])
 
 
+def test_swap_in_prices_the_whole_next_chunk():
+    """Found by the property above: with one-token pages, a request swapped out mid-prompt
+    comes back needing a page for every token of its next chunk, not just one more."""
+    config = EngineConfig(page_size=1, num_pages=19, max_num_batched_tokens=14, max_num_seqs=3,
+                          max_prefill_chunk=None, enable_prefix_caching=False, watermark=0.0,
+                          preemption_mode="swap", num_host_pages=4, allocation="on_demand")
+    serve_without_model(config, [[0, 0], [0] * 11, [0] * 5], [3, 3, 1])
+
+
 def test_a_small_pool_preempts_and_still_finishes():
     prompts = [[1, 2, 3, 4, 5, 6]] * 6
     for mode in ("recompute", "swap"):

@@ -22,6 +22,19 @@ def test_gather_kernel_copies_every_token_exactly(rng, dtype, lens, page_size):
         np.testing.assert_array_equal(v, v_ref)
 
 
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+@pytest.mark.parametrize("num_kv_heads, head_dim", [(1, 7), (3, 5), (1, 1), (2, 3)])
+def test_gather_takes_any_row_length(rng, dtype, num_kv_heads, head_dim):
+    """fp16 rows of an odd number of halves are not whole 32-bit words: still copied exactly."""
+    k_cache, v_cache, tables, lens, dense_k, dense_v = make_paged_problem(
+        rng, [7, 1], 3, num_kv_heads, num_kv_heads, head_dim, dtype=dtype)
+    for b, n in enumerate(lens):
+        k, v = gather_kv(k_cache, v_cache, tables[b], int(n))
+        assert k.dtype == dtype
+        np.testing.assert_array_equal(k, dense_k[b])
+        np.testing.assert_array_equal(v, dense_v[b])
+
+
 def test_gather_refuses_bad_input_before_launch(rng):
     k_cache, v_cache, tables, seq_lens, _, _ = make_paged_problem(rng, [9], 4, 2, 2, 8)
     row = tables[0].copy()

@@ -1,8 +1,10 @@
 """BlockAllocator and PagedKVCache: invariants under random operations, and bad input."""
 import copy
+from collections import deque
 
 import numpy as np
 import pytest
+from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
@@ -83,6 +85,40 @@ def test_allocate_refuses_bad_counts():
     with pytest.raises(TypeError, match="n: expected an int"):
         alloc.allocate(1.5)
     assert alloc.num_free == 2
+
+
+@given(st.lists(st.tuples(st.booleans(), st.integers(0, 5)), max_size=40))
+def test_free_list_order_is_one_fifo_queue(ops):
+    """The allocator hands pages out in the order of one FIFO queue that starts 0..n-1 and
+    takes freed pages at the back (the learner's deque), however it stores that queue."""
+    alloc, model, held = BlockAllocator(6), deque(range(6)), []
+    for take, n in ops:
+        if take:
+            n = min(n, len(model))
+            pages = alloc.allocate(n)
+            assert pages == [model.popleft() for _ in range(n)]
+            held += pages
+        else:   # give back the n most recent pages, newest first
+            give = held[::-1][:n]
+            del held[len(held) - len(give):]
+            alloc.free(give)
+            model.extend(give)
+        assert alloc.free_list() == list(model)
+        alloc.check_invariants()
+
+
+def test_state_and_restore_put_back_the_free_list_and_counts():
+    alloc = BlockAllocator(5)
+    pages = alloc.allocate(3)
+    alloc.fork(pages[:1])
+    alloc.free(pages[1:2])
+    saved, free_list = alloc.state(), alloc.free_list()
+    counts = [alloc.ref_count(p) for p in range(5)]
+    alloc.allocate(3)
+    alloc.free(pages[:1] * 2)
+    alloc.restore(saved)
+    assert alloc.free_list() == free_list and [alloc.ref_count(p) for p in range(5)] == counts
+    alloc.check_invariants()
 
 
 # -- PagedKVCache ----------------------------------------------------------------------
@@ -203,6 +239,49 @@ def test_fork_shares_pages_and_copies_the_tail_on_write(rng):
     cache.allocator.check_invariants()
 
 
+class Abort(Exception):
+    """Raised inside a transaction to make it fail."""
+
+
+def cache_state(cache):
+    """Everything a failed transaction must put back, the next sequence id included."""
+    alloc = cache.allocator
+    return dict(seq_ids=cache.seq_ids, tables=[cache.block_table(s) for s in cache.seq_ids],
+                lens=[cache.seq_len(s) for s in cache.seq_ids], free_list=alloc.free_list(),
+                refs=[alloc.ref_count(p) for p in range(alloc.num_pages)],
+                next_id=cache._next_seq_id, k=cache.k_cache.copy(), v=cache.v_cache.copy())
+
+
+def assert_same_state(before, after):
+    for key, value in before.items():
+        if isinstance(value, np.ndarray):
+            np.testing.assert_array_equal(after[key], value, err_msg=key)
+        else:
+            assert after[key] == value, key
+
+
+def test_transaction_commits_on_success_and_rolls_back_on_error(rng):
+    cache = PagedKVCache(8, 2, 2, 4, device="cpu")
+    a = cache.add_sequence()
+    cache.append(a, *_tokens(rng, 3))                 # 2 pages, the second half full
+    b = cache.fork_sequence(a)                        # shares that half-full tail
+    before = cache_state(cache)
+    with pytest.raises(Abort):
+        with cache.transaction():
+            cache.append(b, *_tokens(rng, 4))         # copy on write of the tail, then growth
+            c = cache.add_sequence()
+            cache.append(c, *_tokens(rng, 1))
+            with cache.transaction():                 # nested: part of the outer one
+                cache.append(a, *_tokens(rng, 1))
+            raise Abort
+    assert_same_state(before, cache_state(cache))
+    with cache.transaction():
+        cache.append(b, *_tokens(rng, 1))
+    assert cache.seq_len(b) == 4 and cache.block_table(b)[0] == cache.block_table(a)[0]
+    assert cache.block_table(b)[1] != cache.block_table(a)[1]
+    cache.allocator.check_invariants()
+
+
 class CacheMachine(RuleBasedStateMachine):
     """Random add / append / fork / free sequences keep every invariant of the cache."""
 
@@ -246,6 +325,32 @@ class CacheMachine(RuleBasedStateMachine):
         seq = data.draw(st.sampled_from(sorted(self.expected)))
         self.cache.free_sequence(seq)
         del self.expected[seq]
+
+    @rule(data=st.data(), n_ops=st.integers(1, 4))
+    def failed_transaction(self, data, n_ops):
+        """Adds, appends (growing, copying a shared tail) and forks inside a transaction that
+        then fails: every sequence, table, length, id, page count, free-list position and
+        K/V element is as before."""
+        before = cache_state(self.cache)
+        ops = ["add", "append", "fork"] if self.sharing else ["add", "append"]
+        with pytest.raises(Abort):
+            with self.cache.transaction():
+                for _ in range(n_ops):
+                    op, live = data.draw(st.sampled_from(ops)), self.cache.seq_ids
+                    if op == "add" or not live:
+                        self.cache.add_sequence()
+                        continue
+                    seq = data.draw(st.sampled_from(live))
+                    if op == "fork":
+                        self.cache.fork_sequence(seq)
+                        continue
+                    k = self._fresh(data.draw(st.integers(0, 5)))
+                    try:
+                        self.cache.append(seq, k, -k)
+                    except OutOfPagesError:
+                        pass
+                raise Abort
+        assert_same_state(before, cache_state(self.cache))
 
     @invariant()
     def pages_are_accounted_for(self):

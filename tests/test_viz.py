@@ -323,6 +323,13 @@ def test_bench_charts(tmp_path):
     render(fig)
 
 
+def test_results_file_loads_the_named_run(tmp_path):
+    h100 = viz.results_file("2026-11-26_H100_bench.json")
+    assert h100["gpu"].startswith("NVIDIA H100") and h100["source"].endswith("2026-11-26_H100_bench.json")
+    assert any(r["kernel"] == "flex-paged" for r in h100["results"])
+    assert viz.results_file("2026-11-26_H100_bench.json", tmp_path)["source"].startswith("recorded")
+
+
 def test_costs_match_the_bench_workloads():
     """The plotting layer reads the bench's shape strings: a change of format fails here."""
     from pagedattn_lab.bench.workloads import decode_workloads, prefill_workloads
@@ -349,6 +356,9 @@ def test_each_kernel_answers_to_the_roof_of_its_units():
     assert units("flashinfer decode (tensor cores)", "float16") == "tensor-fp16"
     assert units("flashinfer decode (CUDA cores)", "float16") == "cuda-fp32"
     assert units("mystery", "float16") is None
+    # the record's kernel_choice decides for the package's decode, whose name does not say it
+    assert units("paged-decode", "float16", "tensor_core") == "tensor-fp16"
+    assert units("paged-decode (simt, not chosen)", "float16", "simt") == "cuda-fp32"
     h100 = viz.roofline.peak_flops("NVIDIA H100 80GB HBM3")
     assert h100["cuda-fp32"] == pytest.approx(66.9e12)
     assert h100["tensor-3xtf32"] == pytest.approx(494.7e12 / 3)
@@ -363,10 +373,12 @@ def test_roofline_of_the_committed_run_gives_every_kernel_its_point():
     assert len(points) == len(timed) and all(p["units"] for p in points)
     bandwidth = viz.bench_plots.copy_bandwidth(results)
     peaks = viz.roofline.peak_flops(results["gpu"])
+    choice = {(r["kernel"], r["workload"]): r["kernel_choice"] for r in timed}
     for p in points:
         assert p["roof"] == pytest.approx(min(peaks[p["units"]], p["intensity"] * bandwidth))
-        if p["kernel"].startswith("paged-decode"):   # SIMT: never held against tensor cores
-            assert p["units"] == "cuda-fp32"
+        if p["kernel"].startswith("paged-decode"):   # SIMT never held against tensor cores
+            tc = choice[p["kernel"], p["workload"]] == "tensor_core"
+            assert p["units"] == ("tensor-fp16" if tc else "cuda-fp32")
     d64 = next(p for p in points if p["workload"] == "D64" and p["kernel"] == "paged-decode")
     assert d64["intensity"] == pytest.approx(1.0, rel=1e-3)   # fp16, no GQA: 1 FLOP per byte
     fig = viz.plot_roofline(results, workload=["D64", "prefill"])

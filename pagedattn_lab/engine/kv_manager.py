@@ -156,8 +156,11 @@ class KVCacheManager:
             self.store.swap_out(keep, req.host_pages)
         self.free(req)
 
-    def swap_in_cost(self, req: Request) -> int:
-        return len(req.host_pages)
+    def swap_in_cost(self, req: Request, num_new: int = 0) -> int:
+        """Free pages that bringing the request back takes, plus the pages its next `num_new`
+        tokens grow into (its pages come back exactly as they left, none shared)."""
+        back = len(req.host_pages)
+        return back + max(0, _pages_for(req.num_computed_tokens + num_new, self.page_size) - back)
 
     def swap_in(self, req: Request) -> None:
         """Bring a swapped request's pages back (the caller checked `swap_in_cost`)."""

@@ -126,12 +126,12 @@ class Scheduler:
     def _schedule_swapped(self, step: ScheduledStep, budget: int) -> int:
         while self.swapped and budget > 0 and len(self.running) < self.config.max_num_seqs:
             req = self.swapped[0]
-            # Its pages come back, then its next tokens may need one more page.
-            if not self._room(self.kv.swap_in_cost(req) + 1):
+            # Its pages come back, then its next chunk may need more (many with small pages).
+            n = self._chunk(req, budget)
+            if not self._room(self.kv.swap_in_cost(req, n)):
                 break
             self.swapped.popleft()
             self.kv.swap_in(req)
-            n = self._chunk(req, budget)
             if not self.kv.grow(req, n):   # cannot happen after the check; stay consistent
                 raise RuntimeError(f"request {req.rid}: no page after swap-in")
             req.status = Status.RUNNING

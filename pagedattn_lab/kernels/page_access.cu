@@ -6,15 +6,20 @@
 // NHD layout [num_pages, page_size, num_kv_heads, head_dim]). Neighbouring threads copy
 // neighbouring elements, so every load and store is coalesced.
 //
-// The copy does not care what the elements mean: the wrapper passes an fp16 cache viewed as
-// 32-bit words, with row_elems counted in words.
+// The copy does not care what the elements mean: it moves 32-bit WORDs, or 16-bit ones when
+// the wrapper compiles it with -DWORD=short. An fp16 cache is passed viewed as 32-bit words
+// (row_elems counted in words), or as 16-bit words when a token's row is an odd number of
+// halves and so does not start on a 32-bit boundary.
+#ifndef WORD
+#define WORD float
+#endif
 
-extern "C" __global__ void gather_kv(const float* __restrict__ k_cache,
-                                     const float* __restrict__ v_cache,
+extern "C" __global__ void gather_kv(const WORD* __restrict__ k_cache,
+                                     const WORD* __restrict__ v_cache,
                                      const int* __restrict__ block_table,  // this sequence's row
                                      int seq_len, int page_size, int row_elems,
-                                     float* __restrict__ k_out,   // [seq_len, row_elems]
-                                     float* __restrict__ v_out)
+                                     WORD* __restrict__ k_out,   // [seq_len, row_elems]
+                                     WORD* __restrict__ v_out)
 {
     int token = blockIdx.x;
     if (token >= seq_len) return;  // safe: no barrier below
@@ -25,8 +30,8 @@ extern "C" __global__ void gather_kv(const float* __restrict__ k_cache,
     // Widen before multiplying: a cache of more than 2^31 elements overflows an int offset.
     long long slot = (long long)physical_page * page_size + offset;
 
-    const float* k_row = k_cache + slot * row_elems;
-    const float* v_row = v_cache + slot * row_elems;
+    const WORD* k_row = k_cache + slot * row_elems;
+    const WORD* v_row = v_cache + slot * row_elems;
     long long out_row = (long long)token * row_elems;
     for (int i = threadIdx.x; i < row_elems; i += blockDim.x) {
         k_out[out_row + i] = k_row[i];

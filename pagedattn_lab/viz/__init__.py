@@ -6,7 +6,7 @@ inspect it in a test) and works headless (the Agg backend). The two widgets
 (`TranslationExplorer`, `AllocationStepper`) need ipywidgets and are loaded on first use.
 """
 from .bench_plots import (latest_results, load_bench_results, plot_bench_bars, plot_bench_file,
-                          record_line, recorded_figures, yardstick)
+                          record_line, recorded_figures, results_file, yardstick)
 from .kernel_maps import plot_causal_tiles, plot_query_mapping, tile_counts
 from .memory import (MemorySnapshot, plot_fragmentation, plot_memory_timeline,
                      plot_policy_batches, plot_sim_timeline, take_snapshot)
@@ -33,6 +33,6 @@ __all__ = [
     "page_cells", "PageMapState", "plot_bench_bars", "plot_bench_file", "plot_causal_tiles",
     "plot_fragmentation", "plot_memory_timeline", "plot_online_softmax", "plot_page_map",
     "plot_policy_batches", "plot_query_mapping", "plot_roofline", "plot_sim_timeline",
-    "plot_states", "plot_translation", "record_line", "recorded_figures", "replay", "roofline_points", "seq_color",
+    "plot_states", "plot_translation", "record_line", "recorded_figures", "replay", "results_file", "roofline_points", "seq_color",
     "take_snapshot", "tile_counts", "translation_of", "TranslationExplorer", "yardstick",
 ]

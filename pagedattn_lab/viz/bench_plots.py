@@ -93,8 +93,8 @@ def _first(row, keys):
 
 def records(data, *, kind: str | None = None, workload: str | None = None) -> list[dict]:
     """Flatten a bench document (or a list of rows) into uniform records:
-    {"label", "kernel", "workload", "kind", "shape", "time_ms", "bytes", "flops"} (shape,
-    bytes and flops may be None). Rows with an error or no time are left out; `kind` ("decode"/"prefill")
+    {"label", "kernel", "workload", "kind", "shape", "time_ms", "bytes", "flops", "kernel_choice"}
+    (shape, bytes, flops and kernel_choice, the package's "simt"/"tensor_core", may be None). Rows with an error or no time are left out; `kind` ("decode"/"prefill")
     and `workload` (e.g. "D64") filter."""
     rows = data.get("results", []) if isinstance(data, dict) else list(data)
     out = []
@@ -116,7 +116,7 @@ def records(data, *, kind: str | None = None, workload: str | None = None) -> li
         kernel = str(_first(row, _LABEL_KEYS) or "?")
         out.append({"label": kernel, "kernel": kernel, "workload": row.get("workload"),
                     "kind": row.get("kind"), "shape": row.get("shape"), "time_ms": time,
-                    "bytes": nbytes, "flops": flops})
+                    "bytes": nbytes, "flops": flops, "kernel_choice": row.get("kernel_choice")})
     return out
 
 
@@ -227,6 +227,17 @@ def latest_results(path=RESULTS_DIR) -> dict:
         doc.setdefault("source", f"benchmarks/results/{doc.get('file', '?')}")
         return doc
     return recorded_figures()
+
+
+def results_file(name: str, path=RESULTS_DIR) -> dict:
+    """One committed bench JSON by file name (e.g. "2026-11-26_H100_bench.json"), for a
+    figure that needs rows only that run has; `recorded_figures()` when the folder has no
+    such file (an install without the checkout's benchmarks/). Its "source" says which."""
+    docs = load_bench_results(Path(path) / name)
+    if not docs:
+        return recorded_figures()
+    docs[0].setdefault("source", f"benchmarks/results/{name}")
+    return docs[0]
 
 
 def plot_bench_file(path=RESULTS_DIR, **kwargs):

@@ -46,15 +46,21 @@ _KERNEL_UNITS = (
     (re.compile(r"sdpa|flex", re.I), "tensor"),
 )
 
+# The package's decode plan picks its kernel ("simt" or "tensor_core") and the bench records
+# the choice beside the kernel's name, which does not say it.
+_CHOICE_UNITS = {"simt": "cuda", "tensor_core": "tensor"}
 
-def kernel_units(kernel: str, dtype: str) -> str | None:
-    """The key in UNITS whose peak bounds `kernel` on `dtype` data; None when unknown."""
-    for pattern, units in _KERNEL_UNITS:
-        if pattern.search(kernel):
-            if units == "cuda":
-                return "cuda-fp32"
-            return {"float16": "tensor-fp16", "bfloat16": "tensor-fp16",
-                    "float32": "tensor-3xtf32"}.get(dtype)
+
+def kernel_units(kernel: str, dtype: str, choice: str | None = None) -> str | None:
+    """The key in UNITS whose peak bounds `kernel` on `dtype` data; None when unknown.
+    choice: the record's "kernel_choice", when it has one, decides over the name."""
+    units = _CHOICE_UNITS.get(choice) or next(
+        (units for pattern, units in _KERNEL_UNITS if pattern.search(kernel)), None)
+    if units == "cuda":
+        return "cuda-fp32"
+    if units == "tensor":
+        return {"float16": "tensor-fp16", "bfloat16": "tensor-fp16",
+                "float32": "tensor-3xtf32"}.get(dtype)
     return None
 
 
@@ -95,7 +101,7 @@ def roofline_points(data, *, kind: str | None = None, workload=None) -> list[dic
         cost = workload_cost(r)
         if cost is None:
             continue
-        units = kernel_units(r["kernel"], cost.dtype)
+        units = kernel_units(r["kernel"], cost.dtype, r.get("kernel_choice"))
         roof = None
         if units in peaks and bandwidth:
             roof = min(peaks[units], cost.intensity * bandwidth)
