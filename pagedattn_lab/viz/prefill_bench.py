@@ -1,6 +1,6 @@
-"""The prefill benchmark's results (`python -m pagedattn_lab.bench.prefill`, one JSON per run
-under benchmarks/results/prefill/, apart from the kernel benches the other lessons read) as
-TFLOP/s per workload, and a bar chart of them (lesson 10)."""
+"""The prefill benchmark's results (`python -m pagedattn_lab.bench.prefill`, one
+`<date>_<gpu>_prefill.json` per run under benchmarks/results/) as TFLOP/s per workload, and a
+bar chart of them (lesson 10)."""
 from __future__ import annotations
 
 import json
@@ -10,11 +10,10 @@ import matplotlib.pyplot as plt
 
 from .bench_plots import RESULTS_DIR
 
-PREFILL_DIR = RESULTS_DIR / "prefill"
 PREFILL_GLOB = "*_prefill.json"
 
 
-def load_prefill_results(path=PREFILL_DIR) -> dict:
+def load_prefill_results(path=RESULTS_DIR) -> dict:
     """The newest prefill JSON under `path` (a file or a folder), with "file" added.
     Raises FileNotFoundError when there is none (a fresh clone has the committed one)."""
     path = Path(path)
