@@ -8,6 +8,11 @@ full, and finishing a sequence returns its pages.
 
 Storage is the NHD layout used by vLLM and FlashInfer:
     k_cache, v_cache: [num_pages, page_size, num_kv_heads, head_dim]
+
+Compressed pages (`kv_dtype="int8"` or `"fp8_e4m3"`, see `quant.py`) hold one-byte codes
+and float32 scales: `k_scale`/`v_scale` are [num_kv_heads] (static, given) or, with
+`scale_scheme="per_token"`, [num_pages, page_size, num_kv_heads], written with each token.
+A page then takes `page_bytes` bytes instead of twice (fp16) or four times (fp32) as many.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import numpy as np
 from .addressing import token_slots
 from .backend import cupy_module, resolve_device, to_numpy
 from .paging import BlockAllocator
+from .quant import check_scale, check_scheme, dequantize, kv_format, quantize_rows
 from .validate import CACHE_DTYPES, check_array, check_cache_memory, check_int, check_int_list
 
 PAD_PAGE = -1  # what block_tables() writes past a sequence's last page
@@ -34,22 +40,33 @@ class PagedKVCache:
     """A pool of KV pages plus, per sequence, its block table and length."""
 
     def __init__(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int,
-                 dtype=np.float32, device: str = "auto"):
+                 dtype=np.float32, device: str = "auto", kv_dtype: str | None = None,
+                 scale_scheme: str = "static", k_scale=None, v_scale=None):
         page_size = check_int(page_size, "page_size", minimum=1)
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
         if np.dtype(dtype) not in CACHE_DTYPES:
             raise TypeError(f"dtype: expected float32 or float16, got {np.dtype(dtype).name}")
+        fmt = None if kv_dtype is None else kv_format(kv_dtype)
+        if fmt is not None and check_scheme(scale_scheme) == "static":
+            k_scale = check_scale(k_scale, "k_scale", (num_kv_heads,))
+            v_scale = check_scale(v_scale, "v_scale", (num_kv_heads,))
         self.allocator = BlockAllocator(num_pages)
         self.page_size, self.num_kv_heads, self.head_dim = page_size, num_kv_heads, head_dim
-        self.dtype = np.dtype(dtype)
+        self.dtype = np.dtype(dtype)   # of what goes in and comes out (gather)
+        self.kv_dtype, self.scale_scheme = kv_dtype, scale_scheme if fmt else None
         self.device = resolve_device(device)
         self.xp = cupy_module() if self.device == "gpu" else np
         shape = (self.allocator.num_pages, page_size, num_kv_heads, head_dim)
-        check_cache_memory(2 * int(np.prod(shape, dtype=object)) * self.dtype.itemsize,
-                           self.device)
-        self.k_cache = self.xp.zeros(shape, dtype=self.dtype)
-        self.v_cache = self.xp.zeros(shape, dtype=self.dtype)
+        check_cache_memory(self.page_bytes * self.allocator.num_pages, self.device)
+        self.k_cache = self.xp.zeros(shape, dtype=fmt.storage if fmt else self.dtype)
+        self.v_cache = self.xp.zeros(shape, dtype=fmt.storage if fmt else self.dtype)
+        self.k_scale = self.v_scale = None
+        if fmt is not None and scale_scheme == "static":
+            self.k_scale, self.v_scale = self.xp.asarray(k_scale), self.xp.asarray(v_scale)
+        elif fmt is not None:
+            self.k_scale = self.xp.ones(shape[:3], dtype=np.float32)
+            self.v_scale = self.xp.ones(shape[:3], dtype=np.float32)
         self._sequences: dict[int, _Sequence] = {}
         self._next_seq_id = 0
         self._undo: list | None = None   # K/V rows overwritten inside a transaction()
@@ -57,6 +74,16 @@ class PagedKVCache:
     @property
     def num_pages(self) -> int:
         return self.allocator.num_pages
+
+    @property
+    def bytes_per_token(self) -> int:
+        """K and V of one token, all KV heads, with its per-token scales if any."""
+        return page_bytes(1, self.num_kv_heads, self.head_dim, self.dtype, self.kv_dtype,
+                          self.scale_scheme or "static")
+
+    @property
+    def page_bytes(self) -> int:
+        return self.page_size * self.bytes_per_token
 
     @property
     def seq_ids(self) -> list[int]:
@@ -164,8 +191,14 @@ class PagedKVCache:
         seq = self._get(seq_id)
         slots = token_slots(np.asarray(seq.pages, np.int64), seq.length, self.page_size)
         flat = (-1, self.num_kv_heads, self.head_dim)
-        return (to_numpy(self.k_cache.reshape(flat)[slots]),
-                to_numpy(self.v_cache.reshape(flat)[slots]))
+        k, v = (to_numpy(c.reshape(flat)[slots]) for c in (self.k_cache, self.v_cache))
+        if self.kv_dtype is None:
+            return k, v
+        per_token = self.scale_scheme == "per_token"
+        k_scale, v_scale = (to_numpy(s.reshape(-1, self.num_kv_heads)[slots] if per_token else s)
+                            for s in (self.k_scale, self.v_scale))
+        return (dequantize(k, self.kv_dtype, k_scale).astype(self.dtype),
+                dequantize(v, self.kv_dtype, v_scale).astype(self.dtype))
 
     # -- internals ---------------------------------------------------------------------
 
@@ -196,6 +229,9 @@ class PagedKVCache:
                                        (fresh_page + 1) * self.page_size))
         self.k_cache[fresh_page] = self.k_cache[shared]
         self.v_cache[fresh_page] = self.v_cache[shared]
+        if self.scale_scheme == "per_token":
+            self.k_scale[fresh_page] = self.k_scale[shared]
+            self.v_scale[fresh_page] = self.v_scale[shared]
         self.allocator.free([shared])
         seq.pages[-1] = fresh_page
 
@@ -207,26 +243,69 @@ class PagedKVCache:
             k, v = to_numpy(k), to_numpy(v)
         slots = self.xp.asarray(slots)
         self._save_rows(slots)
+        if self.kv_dtype is not None:
+            self._write_quantized(slots, k, v)
+            return
         self.k_cache.reshape(flat)[slots] = self.xp.asarray(k, dtype=self.dtype)
         self.v_cache.reshape(flat)[slots] = self.xp.asarray(v, dtype=self.dtype)
+
+    def _write_quantized(self, slots, k, v) -> None:
+        """Quantize on write (NumPy reference, `quant.py`; the kernel is cache_write_quant)."""
+        flat = (-1, self.num_kv_heads, self.head_dim)
+        for rows, cache, scale in ((k, self.k_cache, self.k_scale), (v, self.v_cache,
+                                                                     self.v_scale)):
+            rows = to_numpy(rows).astype(self.dtype)   # what an unquantized cache would store
+            codes, scales = quantize_rows(rows, self.kv_dtype, self.scale_scheme,
+                                          to_numpy(scale))
+            cache.reshape(flat)[slots] = self.xp.asarray(codes)
+            if self.scale_scheme == "per_token":
+                scale.reshape(-1, self.num_kv_heads)[slots] = self.xp.asarray(scales)
 
     def _save_rows(self, slots) -> None:
         """Inside a transaction: keep the K/V of `slots` (token rows) as they are now."""
         if self._undo is not None:
             flat = (-1, self.num_kv_heads, self.head_dim)
+            scales = [None, None]
+            if self.scale_scheme == "per_token":   # per-token scales are written with the rows
+                scales = [s.reshape(-1, self.num_kv_heads)[slots]
+                          for s in (self.k_scale, self.v_scale)]
             self._undo.append((slots, self.k_cache.reshape(flat)[slots],
-                               self.v_cache.reshape(flat)[slots]))   # fancy indexing copies
+                               self.v_cache.reshape(flat)[slots], *scales))   # copies
 
     def _roll_back(self, allocator_state, next_seq_id, sequences) -> None:
         flat = (-1, self.num_kv_heads, self.head_dim)
-        for slots, k, v in reversed(self._undo):
+        for slots, k, v, k_scale, v_scale in reversed(self._undo):
             self.k_cache.reshape(flat)[slots] = k
             self.v_cache.reshape(flat)[slots] = v
+            if k_scale is not None:
+                self.k_scale.reshape(-1, self.num_kv_heads)[slots] = k_scale
+                self.v_scale.reshape(-1, self.num_kv_heads)[slots] = v_scale
         self.allocator.restore(allocator_state)
         self._next_seq_id = next_seq_id
         self._sequences = {s: _Sequence(pages, length) for s, (pages, length) in sequences.items()}
 
     def __repr__(self) -> str:
+        kind = self.dtype.name if self.kv_dtype is None else \
+            f"{self.kv_dtype} ({self.scale_scheme} scales)"
         return (f"PagedKVCache(pages={self.num_pages}x{self.page_size} tokens, "
-                f"kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, {self.dtype.name}, "
+                f"kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, {kind}, "
                 f"{self.device}, sequences={len(self._sequences)}, free={self.allocator.num_free})")
+
+
+def page_bytes(page_size: int, num_kv_heads: int, head_dim: int, dtype=np.float16,
+               kv_dtype: str | None = None, scale_scheme: str = "static") -> int:
+    """Bytes of one page (K and V): `page_size * num_kv_heads * 2 * head_dim` elements of
+    `dtype`, or one byte each for a quantized cache plus 2 float32 per-token scales per
+    (token, KV head) with `scale_scheme="per_token"` (static scales are a few bytes per
+    layer, not per page)."""
+    tokens_heads = page_size * num_kv_heads
+    if kv_dtype is None:
+        return tokens_heads * 2 * head_dim * np.dtype(dtype).itemsize
+    kv_format(kv_dtype)
+    per_token = 2 * 4 if check_scheme(scale_scheme) == "per_token" else 0
+    return tokens_heads * (2 * head_dim + per_token)
+
+
+def pages_in(memory_bytes: int, **page) -> int:
+    """How many pages of `page_bytes(**page)` fit in `memory_bytes`."""
+    return int(memory_bytes) // page_bytes(**page)

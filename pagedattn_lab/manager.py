@@ -12,6 +12,10 @@ course's kernels on it:
     mgr.finish(seq)                                             # its pages go back
     mgr.stats()                                                 # pages used, waste, ...
 
+With compressed pages (`kv_dtype="int8"` or `"fp8_e4m3"`, fp16 queries) attention runs on
+the tensor-core `BatchPrefillWrapper`, which dequantizes as it reads (decode tokens are its
+q_len 1 rows).
+
 Every call validates its input first and is all-or-nothing: if the pool cannot hold what a
 call needs (`OutOfPagesError`), or a kernel refuses its input or fails to run (a CPU-executor
 `KernelTimeout`, say), the error is raised and the sequences, their lengths and block
@@ -31,6 +35,7 @@ from .attention_prefill import NAIVE_MAX_HEAD_DIM, TILED_HEAD_DIMS, paged_attent
 from .backend import to_numpy
 from .cache import PagedKVCache
 from .paging import OutOfPagesError
+from .prefill_wrapper import HEAD_DIMS, BatchPrefillWrapper
 from .validate import CACHE_DTYPES, check_array, check_int, check_int_list, resolve_scale
 
 
@@ -77,7 +82,8 @@ class PagedAttentionManager:
 
     def __init__(self, num_pages: int, page_size: int, num_heads: int, num_kv_heads: int,
                  head_dim: int, dtype=np.float32, device: str = "auto", scale=None,
-                 prefill_kernel: str | None = None):
+                 prefill_kernel: str | None = None, kv_dtype: str | None = None,
+                 scale_scheme: str = "static", k_scale=None, v_scale=None):
         num_heads = check_int(num_heads, "num_heads", minimum=1)
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
@@ -90,11 +96,16 @@ class PagedAttentionManager:
             raise ValueError(f"prefill_kernel: expected 'naive', 'tiled' or None (tiled when "
                              f"head_dim is {' or '.join(map(str, TILED_HEAD_DIMS))}, else "
                              f"naive), got {prefill_kernel!r}")
-        if np.dtype(dtype) in CACHE_DTYPES:   # else PagedKVCache names the dtype it refuses
-            _check_kernels_take(head_dim, np.dtype(dtype), prefill_kernel)
+        if kv_dtype is not None and (np.dtype(dtype) != np.float16 or head_dim not in HEAD_DIMS):
+            raise ValueError(f"kv_dtype: compressed pages are read by the tensor-core prefill "
+                             f"kernel, which needs dtype float16 and head_dim in {HEAD_DIMS}; "
+                             f"got {np.dtype(dtype).name} and {head_dim}")
+        if kv_dtype is None and np.dtype(dtype) in CACHE_DTYPES:   # else PagedKVCache names
+            _check_kernels_take(head_dim, np.dtype(dtype), prefill_kernel)   # what it refuses
         scale = resolve_scale(scale, head_dim)
         self.cache = PagedKVCache(num_pages, page_size, num_kv_heads, head_dim, dtype=dtype,
-                                  device=device)
+                                  device=device, kv_dtype=kv_dtype, scale_scheme=scale_scheme,
+                                  k_scale=k_scale, v_scale=v_scale)
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.page_size = self.cache.page_size
         self.scale, self.prefill_kernel = scale, prefill_kernel
@@ -138,6 +149,8 @@ class PagedAttentionManager:
             self.cache.append(seq_id, k, v)
             if q is None:
                 return AddedSequence(seq_id, None)
+            if self.cache.kv_dtype is not None:
+                return AddedSequence(seq_id, self._attend_compressed([seq_id], q[0], [n]))
             tables, lens = self.cache.block_tables([seq_id])
             out = paged_attention_prefill(q, self.cache.k_cache, self.cache.v_cache, tables,
                                           lens, self.scale, kernel=self.prefill_kernel)
@@ -165,6 +178,8 @@ class PagedAttentionManager:
         with self.cache.transaction():
             for i, s in enumerate(seq_ids):
                 self.cache.append(s, k[i:i + 1], v[i:i + 1])
+            if self.cache.kv_dtype is not None:
+                return self._attend_compressed(seq_ids, q, [1] * batch)
             tables, lens = self.cache.block_tables(seq_ids)
             return paged_attention_decode(q, self.cache.k_cache, self.cache.v_cache, tables,
                                           lens, self.scale)
@@ -183,7 +198,7 @@ class PagedAttentionManager:
             pages_total=alloc.num_pages, pages_used=alloc.num_used, pages_free=alloc.num_free,
             sequences=len(lens), tokens_stored=sum(lens),
             slots_allocated=alloc.num_used * self.page_size, internal_waste=waste,
-            bytes_per_token=2 * self.num_kv_heads * self.head_dim * self.cache.dtype.itemsize,
+            bytes_per_token=self.cache.bytes_per_token,
             page_size=self.page_size)
 
     def __repr__(self) -> str:
@@ -208,6 +223,18 @@ class PagedAttentionManager:
         if self.cache.device == "cpu":
             x = to_numpy(x)
         return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=self.cache.dtype))
+
+    def _attend_compressed(self, seq_ids, q, q_lens):
+        """Causal attention of each sequence's last q_lens[i] tokens over compressed pages
+        (q already on the cache's device in its dtype)."""
+        tables, lens = self.cache.block_tables(seq_ids)
+        indptr = self.xp.asarray(np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32))
+        w = BatchPrefillWrapper().plan(indptr, tables, lens, self.num_heads, self.num_kv_heads,
+                                       self.head_dim, self.page_size, np.float16,
+                                       kv_dtype=self.cache.kv_dtype,
+                                       scale_scheme=self.cache.scale_scheme)
+        return w.run(q, self.cache.k_cache, self.cache.v_cache, scale=self.scale,
+                     k_scale=self.cache.k_scale, v_scale=self.cache.v_scale)
 
     def _seq_ids(self, seq_ids) -> list[int]:
         ids = check_int_list(seq_ids, "seq_ids", "sequence id")

@@ -20,6 +20,11 @@ the cache holds the planned pages) and launches; with `out=` it allocates nothin
 
 Element types: fp16 everywhere; bf16 as `ml_dtypes.bfloat16` arrays on the CPU and, since
 CuPy has no bfloat16 dtype, as uint16 CuPy arrays holding the bf16 bits on the GPU.
+
+Compressed pages (`quant.py`): `plan(..., kv_dtype="int8" | "fp8_e4m3",
+scale_scheme="static" | "per_token")`, then `run(q, k_cache, v_cache, k_scale=, v_scale=)`
+with int8 / uint8 caches and float32 scales ([num_kv_heads], or [num_pages, page_size,
+num_kv_heads] per token). The kernel dequantizes as it stages each K/V tile.
 """
 from __future__ import annotations
 
@@ -28,7 +33,8 @@ import numpy as np
 from .attention_common import LOG2E, aligned16, allow_shared_memory, fast_path, prepare_out
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
-from .validate import check_array, check_block_tables, check_int, check_out, resolve_scale
+from .quant import check_scale, check_scheme, kv_format
+from .validate import check_array, check_block_tables, check_out, check_plan_sizes, resolve_scale
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64
@@ -100,21 +106,20 @@ class BatchPrefillWrapper:
 
     def plan(self, qo_indptr, block_tables, seq_lens, num_heads: int, num_kv_heads: int,
              head_dim: int, page_size: int, dtype, causal: bool = True,
-             warps: int | None = None):
+             warps: int | None = None, kv_dtype: str | None = None,
+             scale_scheme: str = "static"):
         """All host work for one batch. The device is where `block_tables` lives (CuPy: the
         GPU; NumPy: the CPU executor). `warps` (1, 2, 4 or 8; query rows per block = 16 *
         warps) overrides the automatic choice. Raises before changing the wrapper if
         anything is off."""
-        num_heads = check_int(num_heads, "num_heads", minimum=1)
-        num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
-        head_dim = check_int(head_dim, "head_dim", minimum=1)
-        page_size = check_int(page_size, "page_size", minimum=1)
-        if num_heads % num_kv_heads:
-            raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
-                             f"{num_kv_heads} (GQA needs whole groups)")
+        num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
+            num_heads, num_kv_heads, head_dim, page_size)
         if head_dim not in HEAD_DIMS:
             raise ValueError(f"head_dim: expected one of {HEAD_DIMS}, got {head_dim}")
         elem, array_dtype = element_type(dtype)
+        fmt = None if kv_dtype is None else kv_format(kv_dtype)
+        if fmt is not None:
+            check_scheme(scale_scheme)
         check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         indptr = to_numpy(qo_indptr).astype(np.int64)
         batch = indptr.size - 1
@@ -140,7 +145,9 @@ class BatchPrefillWrapper:
         pages_used = -(-lens.astype(np.int64) // page_size)
         used = tables[np.arange(tables.shape[1])[None, :] < pages_used[:, None]]
         options = (f"-DHEAD_DIM={head_dim}", f"-DELEM={elem}", f"-DWARPS={warps}",
-                   f"-DKV_TILE={KV_TILE}")
+                   f"-DKV_TILE={KV_TILE}", f"-DKV_QUANT={fmt.kernel_id if fmt else 0}",
+                   f"-DCACHE_T={'unsigned char' if fmt else elem}",
+                   f"-DPER_TOKEN_SCALES={int(fmt is not None and scale_scheme == 'per_token')}")
         kern = load_kernel("prefill_tc", "prefill_tc", options)
         smem = shared_bytes(head_dim, warps)
         allow_shared_memory(kern, smem)
@@ -148,6 +155,8 @@ class BatchPrefillWrapper:
             planned=True, on_gpu=on_gpu, xp=xp, batch=batch, num_heads=num_heads,
             num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size,
             dtype=array_dtype, causal=bool(causal), total_q=int(indptr[-1]), warps=warps,
+            kv_format=fmt, scale_scheme=scale_scheme if fmt else None,
+            _no_scale=xp.ones(1, dtype=np.float32),
             max_page=int(used.max(initial=-1)), shared_mem=smem, kernel=kern,
             kernel_name=f"prefill_tc (WMMA, {16 * warps} query rows per block)",
             grid=(int(work.shape[0]), num_heads), block=(32 * warps,),
@@ -163,7 +172,11 @@ class BatchPrefillWrapper:
             if is_cupy_array(x) != self.on_gpu:
                 raise TypeError(f"{name}: expected a {'CuPy' if self.on_gpu else 'NumPy'} "
                                 f"array (the plan's tables live there), got another kind")
-            if not _accepts(x.dtype, self.dtype, self.on_gpu):
+            if name != "q" and self.kv_format is not None:
+                if x.dtype != self.kv_format.storage:
+                    raise TypeError(f"{name}: expected dtype {self.kv_format.storage} (the codes "
+                                    f"of {self.kv_format.name}, as planned), got {x.dtype}")
+            elif not _accepts(x.dtype, self.dtype, self.on_gpu):
                 raise TypeError(f"{name}: expected dtype {self.dtype} (as planned), got {x.dtype}")
         want_q = (self.total_q, self.num_heads, self.head_dim)
         if tuple(q.shape) != want_q:
@@ -178,17 +191,47 @@ class BatchPrefillWrapper:
                 raise ValueError(f"{name}: the plan reads page {self.max_page} but the cache has "
                                  f"{cache.shape[0]} pages")
 
-    def run(self, q, k_cache, v_cache, out=None, scale=None):
-        """Attention of the planned batch over this layer's cache; returns `out`."""
+    def _check_scales(self, k_cache, k_scale, v_scale):
+        """The scale arrays a compressed cache needs (refused when given for an fp16 one).
+        Static scales are checked to be finite and > 0 (a few floats); per-token arrays,
+        written by the cache write, are checked for shape, dtype and place only."""
+        if self.kv_format is None:
+            if k_scale is not None or v_scale is not None:
+                raise ValueError("k_scale, v_scale: the plan has no kv_dtype (an fp16/bf16 "
+                                 "cache), so scales mean nothing; plan with kv_dtype=...")
+            return self._no_scale, self._no_scale
+        if self.scale_scheme == "static":
+            shape = (self.num_kv_heads,)
+        else:
+            shape = tuple(int(n) for n in k_cache.shape[:2]) + (self.num_kv_heads,)
+        for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+            if self.scale_scheme == "static":
+                check_scale(s, name, shape)
+            elif s is None:
+                raise ValueError(f"{name}: per-token scales of shape {shape} are needed, got None")
+            check_array(s, name, dtypes=[np.float32])
+            if tuple(s.shape) != shape or is_cupy_array(s) != self.on_gpu:
+                raise ValueError(f"{name}: expected a float32 {'CuPy' if self.on_gpu else 'NumPy'}"
+                                 f" array of shape {shape}, got {tuple(s.shape)} "
+                                 f"{type(s).__module__.split('.')[0]}")
+        return k_scale, v_scale
+
+    def run(self, q, k_cache, v_cache, out=None, scale=None, k_scale=None, v_scale=None):
+        """Attention of the planned batch over this layer's cache; returns `out`.
+        `k_scale`, `v_scale`: the scales of a compressed cache (see the module docstring)."""
         self._check_run(q, k_cache, v_cache)
+        k_scale, v_scale = self._check_scales(k_cache, k_scale, v_scale)
         scale = resolve_scale(scale, self.head_dim)
         check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
         out = prepare_out(out, tuple(q.shape), q.dtype, self.xp)
         if self.grid[0] == 0:
             return out
         q, k_cache, v_cache = (aligned16(a, self.xp) for a in (q, k_cache, v_cache))
+        if self.kv_format is not None:   # the kernel takes the codes as bytes
+            k_cache, v_cache = k_cache.view(np.uint8), v_cache.view(np.uint8)
         indptr, tables, lens, work = self._indexes
-        args = (q, k_cache, v_cache, indptr, tables, lens, work, out, np.int32(self.num_heads),
+        args = (q, k_cache, v_cache, k_scale, v_scale, indptr, tables, lens, work, out,
+                np.int32(self.num_heads),
                 np.int32(self.num_kv_heads), np.int32(self.page_size),
                 np.int32(tables.shape[1]), np.int32(self.causal), np.float32(scale * LOG2E))
         self.kernel(self.grid, self.block, args, shared_mem=self.shared_mem)

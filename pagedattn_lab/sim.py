@@ -173,8 +173,12 @@ class SimResult:
 
 
 def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: int = 32768,
-             page_size: int = 16, max_steps: int = 4000, watermark: float = 0.01) -> SimResult:
+             page_size: int = 16, max_steps: int = 4000, watermark: float = 0.01,
+             memory_bytes: int | None = None, bytes_per_token: int | None = None) -> SimResult:
     """Run `workload` on a KV cache of `capacity_tokens` slots under `policy`.
+
+    Or give the memory and what a token takes (`cache.page_bytes(1, ...)`: compressed pages
+    take half of fp16's): then `capacity_tokens = memory_bytes // bytes_per_token`.
 
     Each step: every running sequence produces one token (a paged sequence takes a new page
     when its last is full; if none is free, the most recently admitted sequence is preempted:
@@ -186,6 +190,13 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
     """
     if policy not in POLICIES:
         raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
+    if (memory_bytes is None) != (bytes_per_token is None):
+        raise ValueError(f"memory_bytes, bytes_per_token: give both or neither, got "
+                         f"{memory_bytes!r} and {bytes_per_token!r}")
+    if memory_bytes is not None:
+        if not (isinstance(bytes_per_token, (int, np.integer)) and bytes_per_token > 0):
+            raise ValueError(f"bytes_per_token: expected a positive int, got {bytes_per_token!r}")
+        capacity_tokens = int(memory_bytes) // int(bytes_per_token)
     workload = workload or Workload()
     if capacity_tokens < workload.max_len:
         raise ValueError(f"capacity_tokens: expected at least max_len={workload.max_len}, "

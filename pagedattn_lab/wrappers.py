@@ -31,7 +31,8 @@ from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes
                                to_torch_like)
 from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
 from .kernels import kernel as load_kernel
-from .validate import check_array, check_block_tables, check_int, check_out, resolve_scale
+from .validate import (check_array, check_block_tables, check_int, check_out,
+                       check_plan_sizes, resolve_scale)
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]
 
@@ -57,13 +58,8 @@ class BatchDecodeWrapper:
         this many partitions (None: chosen from the lengths and the GPU); device: "cpu" or
         "gpu" (default: where block_tables live).
         """
-        num_heads = check_int(num_heads, "num_heads", minimum=1)
-        num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
-        head_dim = check_int(head_dim, "head_dim", minimum=1)
-        page_size = check_int(page_size, "page_size", minimum=1)
-        if num_heads % num_kv_heads:
-            raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
-                             f"{num_kv_heads} (GQA needs whole groups)")
+        num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
+            num_heads, num_kv_heads, head_dim, page_size)
         if num_splits is not None:
             num_splits = check_int(num_splits, "num_splits", minimum=1)
         dtype = dtype_name(dtype)

@@ -139,3 +139,40 @@ def test_bad_checkpoints_are_named(tmp_path):
 def test_model_config_refuses(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         ModelConfig(**kwargs)
+
+
+def test_packed_prefill_matches_the_padded_path_and_the_oracle():
+    """float16, head_dim 32: prefill chunks go through BatchPrefillWrapper (packed queries,
+    bottom-right causal, one plan per step for both layers). Chunked prompts (budget 24),
+    a prefix hit and decodes in one batch; the padded path and the float64 oracle agree."""
+    from pagedattn_lab.engine.attention import StepAttention
+    config = tiny_config(hidden_size=128, intermediate_size=128)
+    weights = random_weights(config, seed=2)
+    model = LlamaModel(config, weights, dtype=np.float16, device="cpu")
+    rng = np.random.default_rng(5)
+    shared = rng.integers(0, 128, 16).tolist()
+    prompts = [rng.integers(0, 128, 33).tolist(), rng.integers(0, 128, 5).tolist(),
+               shared + [1, 2, 3], shared + [4], rng.integers(0, 128, 2).tolist()]
+    params = SamplingParams(max_tokens=3, return_logits=True, ignore_eos=True)
+    runs = {}
+    for packed in (True, False):
+        engine = LLMEngine(model, EngineConfig(num_pages=32, page_size=8,
+                                               max_num_batched_tokens=24))
+        assert engine.attention.packed                     # chosen by default here
+        engine.attention = StepAttention(4, 2, 32, 8, np.float16, np, packed_prefill=packed)
+        runs[packed] = engine.generate(prompts, params)
+        assert engine.summary()["prefix_hit_rate"] > 0
+    for prompt, a, b in zip(prompts, runs[True], runs[False]):
+        scale = np.abs(b.logits).max()
+        assert np.abs(a.logits - b.logits).max() < 0.01 * scale, f"prompt of {len(prompt)}"
+        want = dense_logits(config, weights, prompt)[-1]
+        assert np.abs(a.logits[0] - want).max() < 0.05 * np.abs(want).max()
+
+
+def test_packed_prefill_refuses_what_it_cannot_run():
+    from pagedattn_lab.engine.attention import StepAttention
+    with pytest.raises(ValueError, match="packed_prefill"):
+        StepAttention(4, 2, 16, 8, np.float16, np, packed_prefill=True)
+    with pytest.raises(ValueError, match="packed_prefill"):
+        StepAttention(4, 2, 32, 8, np.float32, np, packed_prefill=True)
+    assert not StepAttention(4, 2, 32, 8, np.float32, np).packed

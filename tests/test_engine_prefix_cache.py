@@ -4,7 +4,6 @@
 "every running request reads back exactly its own tokens" checks copy on write, prefix
 hits, eviction and swapping all at once, without a model.
 """
-import numpy as np
 import pytest
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule

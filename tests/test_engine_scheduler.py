@@ -150,6 +150,9 @@ SCHEDULES = {
     "predictive": dict(allocation="predictive", num_pages=14),
     "page 4, swap space full": dict(page_size=4, num_pages=30, preemption_mode="swap",
                                     num_host_pages=5, max_prefill_chunk=3),
+    # A request swapped out mid-prefill comes back needing several pages for its next chunk.
+    "page 4, swapped mid-prefill": dict(page_size=4, num_pages=14, max_num_batched_tokens=16,
+                                        preemption_mode="swap", num_host_pages=64),
 }
 EXPECT = {  # what each schedule must have exercised, so the comparison is not vacuous
     "no prefix cache": lambda s: s["prefix_hit_rate"] == 0,
@@ -158,6 +161,7 @@ EXPECT = {  # what each schedule must have exercised, so the comparison is not v
     "tiny budget, 3 sequences": lambda s: s["max_running"] == 3,
     "predictive": lambda s: s["evictions"] > 0,
     "page 4, swap space full": lambda s: s["preempted_recompute"] > 0,
+    "page 4, swapped mid-prefill": lambda s: s["preempted_swap"] > 0,
 }
 
 
@@ -168,6 +172,10 @@ def baseline(model_and_prompts):
     outs = engine.generate(prompts, params)
     summary = engine.summary()
     assert summary["prefix_hit_rate"] > 0.3 and summary["cow_copies"] > 0
+    # Shared prefix pages hold their tokens once: never more tokens than slots held.
+    s = engine.stats.arrays()
+    assert (s["tokens_stored"] <= s["pages_used"] * BASE["page_size"]).all()
+    assert 0 < summary["kv_waste_fraction"] < 0.5
     return [o.output_ids for o in outs]
 
 

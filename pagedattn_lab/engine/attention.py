@@ -7,13 +7,15 @@ prompt chunks (q_len > 1), prompts whose prefix came from the prefix cache, and 
 (q_len = 1). `StepAttention.plan` does all the host work once per step (index arrays, block
 tables, the slot of every new token); `write_kv` and `run` are then called by each layer.
 
-Today `run` calls the course's public kernels:
+`run` calls the course's public kernels:
   - decodes go to `paged_attention_decode`;
-  - prefill chunks go to `paged_attention_prefill` with the chunk's queries placed at their
-    positions in a zero-padded query of the sequence's full length, and only those rows
-    read back. Correct (each row is causal over the cached tokens), but the rows before the
-    chunk are computed and thrown away: a prefill wrapper with a packed q (qo_indptr) and
-    bottom-right causal mask replaces this in one place, `_run_prefill`.
+  - prefill chunks, in float16 with a head size the tensor-core kernel compiles for, go to
+    `BatchPrefillWrapper`: packed queries (`qo_indptr`), bottom-right causal, planned once
+    per step here and run by every layer;
+  - other prefill chunks (float32, small heads) go to `paged_attention_prefill` with the
+    chunk's queries placed at their positions in a zero-padded query of the sequence's full
+    length, and only those rows read back: correct (each row is causal over the cached
+    tokens), but the rows before the chunk are computed and thrown away.
 `write_kv` scatters K/V rows to their slots with array indexing; a cache-write kernel
 replaces it in one place too.
 """
@@ -23,6 +25,8 @@ import numpy as np
 
 from ..attention_decode import paged_attention_decode
 from ..attention_prefill import TILED_HEAD_DIMS, paged_attention_prefill
+from ..prefill_wrapper import HEAD_DIMS as PACKED_HEAD_DIMS
+from ..prefill_wrapper import BatchPrefillWrapper
 
 SKIP_SLOT = -1   # a token whose K/V is already cached: nothing to write
 
@@ -39,10 +43,18 @@ class StepAttention:
     """One step's attention metadata, shared by every layer of the model."""
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
-                 dtype, xp):
+                 dtype, xp, packed_prefill: bool | None = None):
+        """packed_prefill: run prefill chunks through `BatchPrefillWrapper` (None: whenever
+        the dtype is float16 and it compiles for head_dim)."""
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.page_size, self.dtype, self.xp = page_size, np.dtype(dtype), xp
         self.prefill_kernel = "tiled" if head_dim in TILED_HEAD_DIMS else "naive"
+        can_pack = self.dtype == np.float16 and head_dim in PACKED_HEAD_DIMS
+        if packed_prefill and not can_pack:
+            raise ValueError(f"packed_prefill: the tensor-core prefill takes float16 and head_dim "
+                             f"in {PACKED_HEAD_DIMS}; got {self.dtype} and {head_dim}")
+        self.packed = can_pack if packed_prefill is None else bool(packed_prefill)
+        self.wrapper = BatchPrefillWrapper() if self.packed else None
 
     def plan(self, q_lens, kv_lens, block_tables: list[list[int]], slot_mapping) -> None:
         """q_lens, kv_lens: per request (kv_len counts the new tokens too); block_tables:
@@ -67,7 +79,15 @@ class StepAttention:
 
         prefill = np.flatnonzero(q_lens > 1)
         self.num_prefill = prefill.size
-        if prefill.size:
+        if prefill.size and self.packed:
+            indptr = np.concatenate([[0], np.cumsum(q_lens[prefill])]).astype(np.int32)
+            self.prefill_rows = xp.asarray(np.concatenate(
+                [np.arange(starts[i], starts[i] + q_lens[i]) for i in prefill]))
+            self.wrapper.plan(indptr, xp.asarray(_padded_table([block_tables[i] for i in prefill])),
+                              xp.asarray(kv_lens[prefill].astype(np.int32)), self.num_heads,
+                              self.num_kv_heads, self.head_dim, self.page_size, self.dtype,
+                              causal=True)
+        elif prefill.size:
             self.max_len = int(kv_lens[prefill].max())
             rows, padded = [], []
             for j, i in enumerate(prefill):
@@ -101,7 +121,9 @@ class StepAttention:
         return out
 
     def _run_prefill(self, q_chunks, k_cache, v_cache):
-        """The prefill chunks' attention (rows in packed order), through the padded kernel."""
+        """The prefill chunks' attention (rows in packed order)."""
+        if self.packed:
+            return self.wrapper.run(self.xp.ascontiguousarray(q_chunks), k_cache, v_cache)
         shape = (self.num_prefill * self.max_len, self.num_heads, self.head_dim)
         padded = self.xp.zeros(shape, dtype=q_chunks.dtype)
         padded[self.prefill_padded] = q_chunks

@@ -205,12 +205,24 @@ class LLMEngine:
         return RequestOutput(req.rid, req.prompt_ids, list(req.output_ids), req.finish_reason,
                              req.num_preemptions, req.num_cached_tokens, logits)
 
+    def _slots_filled(self) -> int:
+        """Slots of the held pages that hold a computed token; a page shared by several
+        requests (a prefix hit) counts once, so this never exceeds the slots held."""
+        ps, filled = self.config.page_size, {}
+        for req in self.scheduler.running:
+            for i, page in enumerate(req.pages):
+                n = min(ps, req.num_computed_tokens - i * ps)
+                if n <= 0:
+                    break
+                filled[page] = max(filled.get(page, 0), n)
+        return sum(filled.values())
+
     def _record(self, step: ScheduledStep, prefill_tokens: int, seconds: float) -> None:
         sched, pool = self.scheduler, self.kv.pool
         self.stats.record(
             running=len(sched.running), waiting=len(sched.waiting), swapped=len(sched.swapped),
             pages_used=pool.num_used, pages_cached=len(pool.cached),
-            tokens_stored=sum(r.num_computed_tokens for r in sched.running),
+            tokens_stored=self._slots_filled(),
             batch_tokens=step.num_tokens, prefill_tokens=prefill_tokens,
             decode_tokens=step.num_tokens - prefill_tokens, hit_rate=self.kv.hit_rate,
             seconds=seconds)

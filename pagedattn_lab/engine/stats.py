@@ -5,6 +5,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+# tokens_stored: slots of held pages that hold a computed token (shared pages once).
 SERIES = ("running", "waiting", "swapped", "pages_used", "pages_cached", "tokens_stored",
           "batch_tokens", "prefill_tokens", "decode_tokens", "hit_rate", "seconds")
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..puzzles import PUZZLES
-from .compare import describe_difference, ranges
+from .compare import describe_difference
 from .puzzle_runner import PuzzleKernel, count_line, per_thread_max
 from .report import Case, Mismatch, NotAttempted, run_cases
 

@@ -5,6 +5,11 @@
 //
 // Compile-time: HEAD_DIM (a multiple of 16), ELEM (__half or __nv_bfloat16), WARPS (query
 // rows per block = 16 * WARPS), KV_TILE (keys per K/V tile, a multiple of 32).
+// Compressed pages (kv_quant.cuh): KV_QUANT (0 none, 1 int8, 2 fp8 e4m3), CACHE_T (the
+// cache element: ELEM, or unsigned char for codes), PER_TOKEN_SCALES (0: k_scale/v_scale are
+// [num_kv_heads]; 1: [num_pages, page_size, num_kv_heads], like the pages). Codes are
+// dequantized (code * scale, rounded to ELEM) as a tile is staged into shared memory, so
+// the tensor-core loop is the same for every format; the scales are unused when KV_QUANT=0.
 //
 // Thread-to-data mapping: grid = (work items, num_heads). A work item (from the wrapper's
 // plan) is one tile of 16*WARPS consecutive new tokens of one sequence; warp w owns rows
@@ -32,6 +37,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <mma.h>
+#include "kv_quant.cuh"
 
 #ifndef HEAD_DIM
 #define HEAD_DIM 128
@@ -44,6 +50,12 @@
 #endif
 #ifndef KV_TILE
 #define KV_TILE 64
+#endif
+#ifndef CACHE_T
+#define CACHE_T ELEM
+#endif
+#ifndef PER_TOKEN_SCALES
+#define PER_TOKEN_SCALES 0
 #endif
 
 using namespace nvcuda;
@@ -134,10 +146,42 @@ __device__ inline void stage_rows(ELEM* dst, int rows, RowFn src_row)
     }
 }
 
+#if KV_QUANT
+// Dequantize `rows` rows of HEAD_DIM one-byte codes into shared ELEMs (row r at
+// dst + r * LD_KV): a thread loads 16 codes at once (one 16-byte load, coalesced like the
+// unquantized copy) and writes code * scale; slot_of(r) is the row's cache slot, or -1 for
+// a row of zeros. A synchronous load: the conversion needs the codes in registers.
+template <typename SlotFn>
+__device__ inline void stage_codes(ELEM* dst, int rows, const unsigned char* cache,
+                                   const float* scales, SlotFn slot_of, int kv_head,
+                                   int num_kv_heads)
+{
+    constexpr int CHUNKS = HEAD_DIM / 16;
+    for (int idx = threadIdx.x; idx < rows * CHUNKS; idx += THREADS) {
+        int r = idx / CHUNKS, c = (idx % CHUNKS) * 16;
+        long long slot = slot_of(r);
+        ELEM* d = dst + r * LD_KV + c;
+        if (slot < 0) {
+            reinterpret_cast<uint4*>(d)[0] = make_uint4(0, 0, 0, 0);
+            reinterpret_cast<uint4*>(d)[1] = make_uint4(0, 0, 0, 0);
+            continue;
+        }
+        const float scale = scales[PER_TOKEN_SCALES ? slot * num_kv_heads + kv_head : kv_head];
+        uint4 word = *reinterpret_cast<const uint4*>(
+            cache + (slot * num_kv_heads + kv_head) * HEAD_DIM + c);
+        const unsigned char* code = reinterpret_cast<const unsigned char*>(&word);
+#pragma unroll
+        for (int j = 0; j < 16; ++j) from_float(dequantize_code(code[j]) * scale, d + j);
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(THREADS)
 prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_DIM]
-           const ELEM* __restrict__ k_cache,      // [num_pages, page_size, kv_heads, HEAD_DIM]
-           const ELEM* __restrict__ v_cache,
+           const CACHE_T* __restrict__ k_cache,   // [num_pages, page_size, kv_heads, HEAD_DIM]
+           const CACHE_T* __restrict__ v_cache,
+           const float* __restrict__ k_scale,     // compressed pages: see the header
+           const float* __restrict__ v_scale,
            const int* __restrict__ qo_indptr,     // [batch + 1]
            const int* __restrict__ block_tables,  // [batch, max_pages]
            const int* __restrict__ seq_lens,      // [batch]
@@ -170,15 +214,24 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
     const int block_last_pos = first_pos + t0 + tile_rows - 1;
     const int kv_end = causal ? min(seq_len, block_last_pos + 1) : seq_len;
     auto stage_kv = [&](int k0, ELEM* dst) {   // K then V of keys k0 .. k0 + KV_TILE - 1
-        auto key_row = [&](const ELEM* cache, int r) -> const ELEM* {
+        auto slot_of = [&](int r) -> long long {   // -1 past the keys this block reads
             int key = k0 + r;
-            if (key >= kv_end) return nullptr;
+            if (key >= kv_end) return -1;
             int vpage = key / page_size;
-            long long slot = (long long)table[vpage] * page_size + (key - vpage * page_size);
-            return cache + slot * row_stride + (long long)kv_head * HEAD_DIM;
+            return (long long)table[vpage] * page_size + (key - vpage * page_size);
+        };
+#if KV_QUANT
+        stage_codes(dst, KV_TILE, k_cache, k_scale, slot_of, kv_head, num_kv_heads);
+        stage_codes(dst + KV_TILE * LD_KV, KV_TILE, v_cache, v_scale, slot_of, kv_head,
+                    num_kv_heads);
+#else
+        auto key_row = [&](const ELEM* cache, int r) -> const ELEM* {
+            long long slot = slot_of(r);
+            return slot < 0 ? nullptr : cache + slot * row_stride + (long long)kv_head * HEAD_DIM;
         };
         stage_rows(dst, KV_TILE, [&](int r) { return key_row(k_cache, r); });
         stage_rows(dst + KV_TILE * LD_KV, KV_TILE, [&](int r) { return key_row(v_cache, r); });
+#endif
         commit_copies();
     };
 

@@ -7,6 +7,8 @@ inspect it in a test) and works headless (the Agg backend). The two widgets
 """
 from .bench_plots import (latest_results, load_bench_results, plot_bench_bars, plot_bench_file,
                           record_line, recorded_figures, results_file, yardstick)
+from .engine_plots import (PrefixSnapshot, plot_allocation_comparison, plot_engine_series,
+                           plot_page_size_waste, plot_shared_blocks, prefix_snapshot)
 from .kernel_maps import plot_causal_tiles, plot_query_mapping, tile_counts
 from .memory import (MemorySnapshot, plot_fragmentation, plot_memory_timeline,
                      plot_policy_batches, plot_sim_timeline, take_snapshot)
@@ -28,7 +30,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "AllocationStepper", "as_state", "color_map", "demo_events", "describe_translation",
+    "AllocationStepper", "as_state", "plot_allocation_comparison", "plot_engine_series",
+    "plot_page_size_waste", "plot_shared_blocks", "prefix_snapshot", "PrefixSnapshot", "color_map", "demo_events", "describe_translation",
     "latest_results", "load_bench_results", "MemorySnapshot", "online_softmax_trace",
     "page_cells", "PageMapState", "plot_bench_bars", "plot_bench_file", "plot_causal_tiles",
     "plot_fragmentation", "plot_memory_timeline", "plot_online_softmax", "plot_page_map",

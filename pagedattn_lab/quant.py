@@ -1,0 +1,149 @@
+"""Compressed KV pages: int8 and fp8 (e4m3) codes with scales, the NumPy reference.
+
+A quantized cache stores one byte per element and a float32 scale; the value is
+`code * scale`. Two formats:
+
+    int8      symmetric: code = clip(rint(x / scale), -127, 127) (round to nearest even;
+              -128 is never used, so the range is symmetric); NaN is stored as 0.
+    fp8_e4m3  e4m3fn as vLLM stores it: uint8 bits of 1 sign, 4 exponent (bias 7) and
+              3 mantissa bits; no infinities, 0x7f/0xff are NaN, the largest finite value
+              is 448. code = e4m3(x / scale), rounded to nearest even and saturated at
+              +-448 (CUDA's __NV_SATFINITE); NaN stays NaN.
+
+and two scale schemes:
+
+    static     one scale per KV head, for K and for V (vLLM's k_scale / v_scale):
+               shape [num_kv_heads]; chosen ahead (calibration), e.g. amax / qmax.
+    per_token  one scale per (token, KV head), computed when the token is written:
+               scale = amax(|x| over head_dim) / qmax (1 when the row is all zeros), stored
+               in an array laid out like the pages: [num_pages, page_size, num_kv_heads].
+
+All arithmetic is float32 (x / scale, amax / qmax), exactly as the kernels do it, so the
+kernels' codes match these bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+SCHEMES = ("static", "per_token")
+
+
+@dataclass(frozen=True)
+class KVFormat:
+    name: str             # "int8" or "fp8_e4m3"
+    storage: np.dtype     # the cache array's dtype: int8, or uint8 holding e4m3 bits
+    qmax: float           # the largest code magnitude: 127 or 448
+    kernel_id: int        # -DKV_QUANT=... in the kernels
+
+
+FORMATS = {
+    "int8": KVFormat("int8", np.dtype(np.int8), 127.0, 1),
+    "fp8_e4m3": KVFormat("fp8_e4m3", np.dtype(np.uint8), 448.0, 2),
+}
+
+
+def kv_format(kv_dtype: str) -> KVFormat:
+    if kv_dtype not in FORMATS:
+        raise ValueError(f"kv_dtype: expected one of {tuple(FORMATS)}, got {kv_dtype!r}")
+    return FORMATS[kv_dtype]
+
+
+def check_scheme(scale_scheme: str) -> str:
+    if scale_scheme not in SCHEMES:
+        raise ValueError(f"scale_scheme: expected one of {SCHEMES}, got {scale_scheme!r}")
+    return scale_scheme
+
+
+# -- codes ---------------------------------------------------------------------------------
+
+def _e4m3():
+    import ml_dtypes  # noqa: PLC0415 - imported on first use: it slows every import and fork
+    return ml_dtypes.float8_e4m3fn
+
+
+def encode(x, kv_dtype: str) -> np.ndarray:
+    """Codes of already-scaled float32 values (x / scale): int8 or uint8 e4m3 bits."""
+    fmt = kv_format(kv_dtype)
+    x = np.asarray(x, dtype=np.float32)
+    if fmt.name == "int8":
+        # np.clip keeps NaN; nan_to_num then stores it as 0. rint rounds half to even.
+        return np.nan_to_num(np.rint(np.clip(x, -127.0, 127.0)), nan=0.0).astype(np.int8)
+    saturated = np.clip(x, -448.0, 448.0)        # ml_dtypes itself would overflow to NaN
+    return saturated.astype(_e4m3()).view(np.uint8)
+
+
+def decode(codes, kv_dtype: str) -> np.ndarray:
+    """float32 values of codes (without the scale)."""
+    fmt = kv_format(kv_dtype)
+    codes = np.asarray(codes)
+    if codes.dtype != fmt.storage:
+        raise TypeError(f"codes: expected {fmt.storage} for {fmt.name}, got {codes.dtype}")
+    if fmt.name == "int8":
+        return codes.astype(np.float32)
+    return codes.view(_e4m3()).astype(np.float32)
+
+
+# -- scales --------------------------------------------------------------------------------
+
+def per_token_scales(x, kv_dtype: str) -> np.ndarray:
+    """float32 [..., num_kv_heads]: amax over the last axis (head_dim) / qmax, 1 for zero rows.
+
+    NaN is ignored in the amax (as fmaxf does in the kernel)."""
+    qmax = np.float32(kv_format(kv_dtype).qmax)
+    amax = np.abs(np.asarray(x, dtype=np.float32))
+    amax = np.fmax.reduce(amax, axis=-1, initial=np.float32(0))
+    return np.where(amax > 0, amax / qmax, np.float32(1.0)).astype(np.float32)
+
+
+def static_scales(x, kv_dtype: str) -> np.ndarray:
+    """Calibrated per-KV-head scales [num_kv_heads] from sample rows [n, num_kv_heads, dim]."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 3:
+        raise ValueError(f"x: expected [n_tokens, num_kv_heads, head_dim], got {x.shape}")
+    return per_token_scales(np.moveaxis(x, 1, 0).reshape(x.shape[1], -1), kv_dtype)
+
+
+def check_scale(scale, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float32 scale array of `shape`, finite and > 0; raises naming `name` otherwise."""
+    if scale is None:
+        raise ValueError(f"{name}: a quantized cache needs scales of shape {shape}, got None")
+    from .backend import to_numpy  # noqa: PLC0415 - CuPy scales are checked on the host
+    arr = np.asarray(to_numpy(scale))
+    if arr.dtype != np.float32:
+        raise TypeError(f"{name}: expected float32 scales, got {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
+    bad = np.flatnonzero(~(np.isfinite(arr) & (arr > 0)))
+    if bad.size:
+        i = tuple(int(j) for j in np.unravel_index(int(bad[0]), arr.shape))
+        raise ValueError(f"{name}: every scale must be finite and > 0; {name}"
+                         f"[{', '.join(map(str, i))}] is {float(arr[i])}")
+    return arr
+
+
+# -- quantize / dequantize -----------------------------------------------------------------
+
+def quantize(x, kv_dtype: str, scale) -> np.ndarray:
+    """Codes of x [..., num_kv_heads, head_dim] with `scale` broadcast over head_dim:
+    static [num_kv_heads] or per-token [..., num_kv_heads]."""
+    x = np.asarray(x, dtype=np.float32)
+    s = np.asarray(scale, dtype=np.float32)[..., None]
+    return encode(x / s, kv_dtype)
+
+
+def dequantize(codes, kv_dtype: str, scale) -> np.ndarray:
+    """float32 code * scale, scale broadcast as in `quantize`."""
+    return decode(codes, kv_dtype) * np.asarray(scale, dtype=np.float32)[..., None]
+
+
+def quantize_rows(x, kv_dtype: str, scale_scheme: str, static_scale=None):
+    """(codes, scales) for new rows x [n_tokens, num_kv_heads, head_dim]: the static scale
+    as given, or per-token scales [n_tokens, num_kv_heads] computed from x."""
+    check_scheme(scale_scheme)
+    if scale_scheme == "per_token":
+        scales = per_token_scales(x, kv_dtype)
+    else:
+        scales = np.asarray(static_scale, dtype=np.float32)
+    return quantize(x, kv_dtype, scales), scales
