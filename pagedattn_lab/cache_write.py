@@ -30,14 +30,14 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
     bottom-right convention). Vectorised: no Python loop over tokens.
     """
     page_size = check_int(page_size, "page_size", minimum=1)
-    check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
-    batch = int(block_tables.shape[0])
+    tables = _host_ints(block_tables, "block_tables", 2)
+    batch = int(tables.shape[0])
     # The used entries must be page ids >= 0: a -1 read as a page would give a negative slot,
     # and slot -1 means "skip this row" to write_kv (the token would silently vanish).
-    tables, lens = check_block_tables(block_tables, seq_lens, num_pages=None,
-                                      page_size=page_size, batch=batch, min_len=0)
-    check_array(q_lens, "q_lens", ndim=1, dtypes=[np.int32])
-    new = to_numpy(q_lens).astype(np.int64)
+    tables, lens = check_block_tables(tables, _host_ints(seq_lens, "seq_lens", 1),
+                                      num_pages=None, page_size=page_size, batch=batch,
+                                      min_len=0)
+    new = _host_ints(q_lens, "q_lens", 1).astype(np.int64)
     lens = lens.astype(np.int64)
     if new.shape != lens.shape:
         raise ValueError(f"q_lens: expected {batch} entries (one per block table row), got "
@@ -52,6 +52,21 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
     positions = starts + within
     pages = tables[rows, positions // page_size].astype(np.int64)
     return pages * page_size + positions % page_size
+
+
+def _host_ints(x, name: str, ndim: int) -> np.ndarray:
+    """A host int32 copy of an integer index array (host work only: any integer dtype will
+    do, but not floats, whose fractions would be cut, nor ids past int32)."""
+    check_array(x, name, ndim=ndim, contiguous=False)
+    a = to_numpy(x)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer dtype, got {a.dtype.name}")
+    info = np.iinfo(np.int32)
+    big = np.flatnonzero((a.ravel() < info.min) | (a.ravel() > info.max))
+    if big.size:
+        raise ValueError(f"{name}: value {a.ravel()[big[0]]} does not fit int32 (page ids and "
+                         f"lengths are int32)")
+    return np.ascontiguousarray(a, dtype=np.int32)
 
 
 def _check_slots(slots: np.ndarray, n_tokens: int, num_slots: int) -> None:

@@ -75,15 +75,17 @@ Q_LENS = np.array([2, 1], np.int32)
 @pytest.mark.parametrize("tables, lens, q_lens, page_size, exc, match", [
     (TABLES, LENS, Q_LENS, 0, ValueError, r"^page_size: expected an int >= 1, got 0"),
     (TABLES, LENS, Q_LENS, 4.0, TypeError, r"^page_size: expected an int"),
-    (TABLES.astype(np.float64), LENS, Q_LENS, 4, TypeError, r"^block_tables: expected dtype int32"),
-    (TABLES.astype(np.int64), LENS, Q_LENS, 4, TypeError, r"^block_tables: expected dtype int32"),
+    (TABLES.astype(np.float64), LENS, Q_LENS, 4, TypeError,
+     r"^block_tables: expected an integer dtype, got float64"),
+    (TABLES.astype(np.int64) + 2**32, LENS, Q_LENS, 4, ValueError,
+     r"^block_tables: value 4294967296 does not fit int32"),
     (TABLES.tolist(), LENS, Q_LENS, 4, TypeError, r"^block_tables: expected a NumPy"),
     (np.array([[-1, 1], [2, -1]], np.int32), LENS, Q_LENS, 4, ValueError,
      r"^block_tables\[0, 0\]: page id -1 is out of range"),
     (TABLES, np.array([9, 3], np.int32), Q_LENS, 4, ValueError, r"^seq_lens\[0\]: 9 tokens"),
-    (TABLES, LENS, np.array([1.5, 1.0]), 4, TypeError, r"^q_lens: expected dtype int32"),
+    (TABLES, LENS, np.array([1.5, 1.0]), 4, TypeError, r"^q_lens: expected an integer dtype"),
     (TABLES, LENS, np.array([1], np.int32), 4, ValueError, r"^q_lens: expected 2 entries"),
-], ids=["page0", "page-float", "tables-f64", "tables-i64", "tables-list", "page-minus-1",
+], ids=["page0", "page-float", "tables-f64", "tables-past-int32", "tables-list", "page-minus-1",
         "len-over-capacity", "q_lens-float", "q_lens-short"])
 def test_slot_mapping_refuses(tables, lens, q_lens, page_size, exc, match):
     inputs = [a for a in (tables, lens, q_lens) if isinstance(a, np.ndarray)]
