@@ -75,7 +75,7 @@ LESSONS: tuple[Lesson, ...] = (
     Lesson("08", "pitfalls_and_performance", "Pitfalls and performance", 1,
            _tasks("checks_sizing", "kv_bytes", "decode_floor_ms", "choose_page_size")),
     Lesson("09", "tensor_core_decode", "Tensor cores for GQA decode", 2,
-           _tasks("checks_tc_decode", "group_rows", "tc_tile_scores")),
+           _tasks("checks_tc_decode", "group_rows", "tc_tile_scores", "mask_tile")),
     Lesson("11", "kv_compression", "KV-cache compression: int8 and fp8 pages", 2,
            _tasks("checks_quant", "kv_scales", "quantize_write", "dequant_decode")),
     Lesson("12", "serving_engine", "A serving engine on the paged cache", 2,

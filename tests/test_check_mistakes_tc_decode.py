@@ -1,6 +1,6 @@
 """Workbook 09's checks fail the classic wrong answers, with a hint that names the mistake.
 
-group_rows: wrong layouts written here the way a learner gets them wrong. tc_tile_scores: the
+group_rows and mask_tile: wrong answers written here the way a learner gets them wrong. tc_tile_scores: the
 solution notebook's kernel with one mistake edited in (the edit must apply, so these tests
 follow the solutions). Each case asserts that the check fails (not "not attempted"), that the
 printed hint contains the phrase that points at the mistake and, where another hint would be
@@ -75,6 +75,67 @@ GROUP_MISTAKES = [
     ("tile transposed", transposed, "not [tiles, head_dim, 16]", ()),
 ]
 
+def _cols(tile):
+    return 16 * tile + np.arange(16)
+
+
+def mask_no_scale(s, tile, n, scale):
+    out = s.copy()
+    out[:, _cols(tile) >= n] = -np.inf
+    return out
+
+
+def mask_with_zero(s, tile, n, scale):
+    out = s * np.float32(scale)
+    out[:, _cols(tile) >= n] = 0
+    return out
+
+
+def mask_strict(s, tile, n, scale):
+    out = s * np.float32(scale)
+    out[:, _cols(tile) > n] = -np.inf
+    return out
+
+
+def mask_without_tile_offset(s, tile, n, scale):
+    out = s * np.float32(scale)
+    out[:, np.arange(16) >= n] = -np.inf
+    return out
+
+
+def mask_rows(s, tile, n, scale):
+    out = s * np.float32(scale)
+    out[_cols(tile) >= n, :] = -np.inf
+    return out
+
+
+def mask_in_place(s, tile, n, scale):
+    s *= np.float32(scale)
+    s[:, _cols(tile) >= n] = -np.inf
+    return s
+
+
+def mask_float64(s, tile, n, scale):
+    out = s.astype(np.float64) * scale
+    out[:, _cols(tile) >= n] = -np.inf
+    return out
+
+
+def mask_nothing(s, tile, n, scale):
+    return s * np.float32(scale)
+
+
+MASK_MISTAKES = [
+    ("no scale", mask_no_scale, "not scaled", ()),
+    ("masked with 0", mask_with_zero, "masked with 0", ("not scaled",)),
+    ("> instead of >=", mask_strict, ">=, not >", ()),
+    ("tile offset forgotten", mask_without_tile_offset, "add the tile's start", ()),
+    ("rows masked", mask_rows, "not rows", ()),
+    ("s changed in place", mask_in_place, "changed in place", ()),
+    ("float64 logits", mask_float64, "keep them float32", ()),
+    ("nothing masked", mask_nothing, "must come out -inf", ("not scaled",)),
+]
+
 TILE_MISTAKES = [
     ("K read row-major as B", [("__half, wmma::col_major> b", "__half, wmma::row_major> b")],
      "col_major"),
@@ -101,6 +162,12 @@ TILE_MISTAKES = [
                          ids=[m[0] for m in GROUP_MISTAKES])
 def test_group_rows_mistake_is_caught(name, impl, phrase, not_phrases):
     assert_caught("group_rows", impl, phrase, not_phrases=not_phrases)
+
+
+@pytest.mark.parametrize("name, impl, phrase, not_phrases", MASK_MISTAKES,
+                         ids=[m[0] for m in MASK_MISTAKES])
+def test_mask_tile_mistake_is_caught(name, impl, phrase, not_phrases):
+    assert_caught("mask_tile", impl, phrase, not_phrases=not_phrases)
 
 
 @pytest.mark.parametrize("name, edits, phrase", TILE_MISTAKES, ids=[m[0] for m in TILE_MISTAKES])
@@ -130,7 +197,15 @@ def test_group_rows_check_passes_a_correct_layout_written_differently():
 
 
 def test_every_task_has_its_mistakes():
-    """Six or more wrong answers for the NumPy task, three or more for the kernel."""
+    """Six or more wrong answers for each NumPy task, three or more for the kernel."""
     from pagedattn_lab.lessons import lesson
-    assert lesson("09").tasks == ["group_rows", "tc_tile_scores"]
-    assert len(GROUP_MISTAKES) >= 6 and len(TILE_MISTAKES) >= 3
+    assert lesson("09").tasks == ["group_rows", "tc_tile_scores", "mask_tile"]
+    assert len(GROUP_MISTAKES) >= 6 and len(MASK_MISTAKES) >= 6 and len(TILE_MISTAKES) >= 3
+
+
+def test_mask_tile_check_passes_a_correct_mask_written_differently():
+    def with_where(s, tile, seq_len, scale):
+        keep = (16 * tile + np.arange(16))[None, :] < seq_len
+        return np.where(keep, s * np.float32(scale), np.float32(-np.inf)).astype(np.float32)
+    result, printed = run_check("mask_tile", with_where)
+    assert result.passed, printed

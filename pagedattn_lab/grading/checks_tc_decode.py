@@ -313,3 +313,101 @@ def tc_tile_scores(source: str, device: str = "auto") -> "CheckResult":  # noqa:
              for i, (name, sizes) in enumerate(specs)]
     return run_cases("tc_tile_scores", "tc_tile_scores: S = Q K^T for one group and 16 "
                      "tokens on tensor cores", cases, lint=comp.get)
+
+
+# -- task 3: scale and mask a tile of scores (NumPy) -------------------------------------------
+
+NEG_INF = float("-inf")
+
+
+def reference_mask_tile(s, tile, seq_len, scale):
+    """The logits of a 16 x 16 score tile: s * scale, and -inf in the columns of tokens at or
+    past seq_len (token 16 * tile + c), float32."""
+    out = np.asarray(s, np.float32) * np.float32(scale)
+    out[:, TILE * tile + np.arange(TILE) >= seq_len] = NEG_INF
+    return out
+
+
+def _mask_variants(s, tile, seq_len, scale):
+    cols = TILE * tile + np.arange(TILE)
+
+    def masked(keep, fill=NEG_INF, factor=scale, rows=False):
+        out = np.asarray(s, np.float64) * factor
+        if rows:
+            out[~keep, :] = fill
+        else:
+            out[:, ~keep] = fill
+        return out
+
+    return [
+        ("the scores are not scaled: multiply by scale.", lambda: masked(cols < seq_len,
+                                                                         factor=1.0)),
+        ("masked with 0: exp(0 - m) is not 0, so a token past seq_len would still get weight. "
+         "Use -inf (np.float32('-inf')): exp(-inf) = 0.", lambda: masked(cols < seq_len, 0.0)),
+        ("token seq_len itself is not in the cache: mask columns where 16 * tile + c >= "
+         "seq_len (>=, not >).", lambda: masked(cols <= seq_len)),
+        ("column c of tile `tile` is token 16 * tile + c, not c: add the tile's start before "
+         "comparing with seq_len.", lambda: masked(np.arange(TILE) < seq_len)),
+        ("the rows are query heads and the columns are tokens: mask columns (s[:, c]), not "
+         "rows.", lambda: masked(cols < seq_len, rows=True)),
+    ]
+
+
+def _mask_case(fn, seed, tile, seq_len, scale) -> None:
+    rng = np.random.default_rng(seed)
+    s = (rng.standard_normal((TILE, TILE)) * 4).astype(np.float32)
+    given = s.copy()
+    expected = reference_mask_tile(s, tile, seq_len, scale)
+    got = fn(given, tile, seq_len, scale)
+    if got is None:
+        raise Mismatch("returned None", "return the masked logits, [16, 16].")
+    if not np.array_equal(given, s):
+        raise Mismatch("s was changed in place", "return a new array (s * scale makes one) and "
+                       "leave s as it was: the caller may still need the raw scores.")
+    got = np.asarray(got)
+    if got.shape != expected.shape:
+        raise Mismatch("wrong shape", "one logit per score: [16, 16].", str(expected.shape),
+                       str(got.shape))
+    g64, e64 = np.asarray(got, np.float64), expected.astype(np.float64)
+    same_inf = np.isneginf(g64) == np.isneginf(e64)
+    close = np.isclose(g64, e64, rtol=1e-6, atol=1e-6) | (np.isneginf(g64) & np.isneginf(e64))
+    if same_inf.all() and close.all():
+        if got.dtype != np.float32:
+            raise Mismatch(f"the logits are {got.dtype}", "keep them float32 (the kernel's "
+                           "accumulator type): np.float32 arrays, float32 scale.",
+                           "float32", str(got.dtype))
+        return
+    r, c = np.argwhere(~close)[0]
+    first = TILE * tile
+    message = (f"{int((~close).sum())} of 256 logits differ; the first at row {r}, column {c} "
+               f"(token {first + c}; seq_len {seq_len}, the tile holds tokens {first}.."
+               f"{first + 15}): expected {fmt(e64[r, c])}, got {fmt(g64[r, c])}.")
+    hint = None
+    for text, variant in _mask_variants(s, tile, seq_len, scale):
+        v = variant()
+        if np.array_equal(np.isneginf(v), np.isneginf(g64)) and np.allclose(
+                np.where(np.isneginf(v), 0, v), np.where(np.isneginf(g64), 0, g64),
+                rtol=1e-6, atol=1e-6) and not np.array_equal(v, e64):
+            hint = text
+            break
+    if hint is None and np.isfinite(g64[:, (first + np.arange(TILE)) >= seq_len]).any():
+        hint = ("every token at or past seq_len must come out -inf (its K row was zeros, so its "
+                "score is 0, and exp(0 - m) is not 0).")
+    raise Mismatch(message, hint or "logit[r][c] = s[r][c] * scale, or -inf where 16 * tile + "
+                   "c >= seq_len.")
+
+
+def mask_tile(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(s, tile, seq_len, scale)` -> logits [16, 16] float32."""
+    specs = [   # name, tile, seq_len, scale
+        ("a full tile: nothing masked", 0, 40, 0.125),
+        ("the last tile, 5 tokens cached", 2, 37, 0.125),
+        ("one token: only column 0 stays", 0, 1, 0.088),
+        ("seq_len ends exactly at the tile's end", 1, 32, 0.25),
+        ("the last tile, 15 tokens cached", 3, 63, 0.1),
+    ]
+    return run_cases("mask_tile", "mask_tile: scale a score tile and mask the tokens past "
+                     "seq_len", [
+        Case(name, {"tile": t, "seq_len": n, "scale": sc},
+             lambda i=i, t=t, n=n, sc=sc: _mask_case(fn, 99 + i, t, n, sc))
+        for i, (name, t, n, sc) in enumerate(specs)])
