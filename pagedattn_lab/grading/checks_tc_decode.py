@@ -137,10 +137,8 @@ class _TileProblem:
     def __init__(self, seed, num_heads, num_kv_heads, head_dim, page_size, seq_len):
         rng = np.random.default_rng(seed)
         n_pages = -(-seq_len // page_size)
-        num_pages = n_pages + 3
-        self.table_len = n_pages + 2        # entries past the sequence point at NaN pages
-        table = rng.permutation(num_pages)[:self.table_len].astype(np.int32)
-        self.block_table = table
+        num_pages = n_pages + 3     # table entries past the sequence point at NaN pages
+        table = self.block_table = rng.permutation(num_pages)[:n_pages + 2].astype(np.int32)
         self.k_cache = np.full((num_pages, page_size, num_kv_heads, head_dim), np.nan,
                                np.float16)
         keys = rng.standard_normal((seq_len, num_kv_heads, head_dim)).astype(np.float16)
@@ -148,8 +146,7 @@ class _TileProblem:
         self.k_cache[table[t // page_size], t % page_size] = keys
         self.q_buffer = np.full((num_heads + TILE, head_dim), np.nan, np.float16)
         self.q_buffer[:num_heads] = rng.standard_normal((num_heads, head_dim))
-        self.q = self.q_buffer[:num_heads]
-        self.keys = keys
+        self.q, self.keys = self.q_buffer[:num_heads], keys
         self.sizes = (num_heads, num_kv_heads, head_dim, page_size, seq_len)
         self.n_tiles = -(-seq_len // TILE)
 
@@ -236,9 +233,8 @@ def _launch_tile(comp, prob, out):
     num_heads, num_kv_heads, head_dim, page_size, seq_len = prob.sizes
     args = (prob.q_buffer, prob.k_cache, prob.block_table, out, np.int32(num_heads),
             np.int32(num_kv_heads), np.int32(head_dim), np.int32(page_size), np.int32(seq_len))
-    kern = comp.get()
     try:
-        return kern.launch((prob.n_tiles, num_kv_heads), (WARP,), args, outputs=(3,))[0]
+        return comp.get().launch((prob.n_tiles, num_kv_heads), (WARP,), args, outputs=(3,))[0]
     except Exception as exc:
         if type(exc).__name__ != "WarpSyncError":
             raise
@@ -317,21 +313,18 @@ def tc_tile_scores(source: str, device: str = "auto") -> "CheckResult":  # noqa:
 
 # -- task 3: scale and mask a tile of scores (NumPy) -------------------------------------------
 
-NEG_INF = float("-inf")
-
-
 def reference_mask_tile(s, tile, seq_len, scale):
     """The logits of a 16 x 16 score tile: s * scale, and -inf in the columns of tokens at or
     past seq_len (token 16 * tile + c), float32."""
     out = np.asarray(s, np.float32) * np.float32(scale)
-    out[:, TILE * tile + np.arange(TILE) >= seq_len] = NEG_INF
+    out[:, TILE * tile + np.arange(TILE) >= seq_len] = -np.inf
     return out
 
 
 def _mask_variants(s, tile, seq_len, scale):
     cols = TILE * tile + np.arange(TILE)
 
-    def masked(keep, fill=NEG_INF, factor=scale, rows=False):
+    def masked(keep, fill=-np.inf, factor=scale, rows=False):
         out = np.asarray(s, np.float64) * factor
         if rows:
             out[~keep, :] = fill
@@ -360,7 +353,7 @@ def _mask_case(fn, seed, tile, seq_len, scale) -> None:
     expected = reference_mask_tile(s, tile, seq_len, scale)
     got = fn(given, tile, seq_len, scale)
     if got is None:
-        raise Mismatch("returned None", "return the masked logits, [16, 16].")
+        raise Mismatch("returned None", "return the logits, [16, 16].")
     if not np.array_equal(given, s):
         raise Mismatch("s was changed in place", "return a new array (s * scale makes one) and "
                        "leave s as it was: the caller may still need the raw scores.")
@@ -377,14 +370,13 @@ def _mask_case(fn, seed, tile, seq_len, scale) -> None:
                            "accumulator type): np.float32 arrays, float32 scale.",
                            "float32", str(got.dtype))
         return
-    r, c = np.argwhere(~close)[0]
-    first = TILE * tile
+    (r, c), first = np.argwhere(~close)[0], TILE * tile
     message = (f"{int((~close).sum())} of 256 logits differ; the first at row {r}, column {c} "
                f"(token {first + c}; seq_len {seq_len}, the tile holds tokens {first}.."
                f"{first + 15}): expected {fmt(e64[r, c])}, got {fmt(g64[r, c])}.")
     hint = None
     for text, variant in _mask_variants(s, tile, seq_len, scale):
-        v = variant()
+        v = variant()   # the same -inf, the same finite values, and not the right answer
         if np.array_equal(np.isneginf(v), np.isneginf(g64)) and np.allclose(
                 np.where(np.isneginf(v), 0, v), np.where(np.isneginf(g64), 0, g64),
                 rtol=1e-6, atol=1e-6) and not np.array_equal(v, e64):
