@@ -76,6 +76,8 @@ LESSONS: tuple[Lesson, ...] = (
            _tasks("checks_sizing", "kv_bytes", "decode_floor_ms", "choose_page_size")),
     Lesson("09", "tensor_core_decode", "Tensor cores for GQA decode", 2,
            _tasks("checks_tc_decode", "group_rows", "tc_tile_scores", "mask_tile")),
+    Lesson("10", "tensor_core_prefill", "Prefill on tensor cores: packed, chunked, mixed", 2,
+           _tasks("checks_prefill", "chunk_mask", "visible_keys", "tile_work")),
     Lesson("11", "kv_compression", "KV-cache compression: int8 and fp8 pages", 2,
            _tasks("checks_quant", "kv_scales", "quantize_write", "dequant_decode")),
     Lesson("12", "serving_engine", "A serving engine on the paged cache", 2,
