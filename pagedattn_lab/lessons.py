@@ -74,6 +74,8 @@ LESSONS: tuple[Lesson, ...] = (
            _tasks("checks_system", "pages_for_next_token", "decode_step", "serve")),
     Lesson("08", "pitfalls_and_performance", "Pitfalls and performance", 1,
            _tasks("checks_sizing", "kv_bytes", "decode_floor_ms", "choose_page_size")),
+    Lesson("09", "tensor_core_decode", "Tensor cores for GQA decode", 2,
+           _tasks("checks_tc_decode", "group_rows", "tc_tile_scores", "mask_tile")),
     Lesson("10", "tensor_core_prefill", "Prefill on tensor cores: packed, chunked, mixed", 2,
            _tasks("checks_prefill", "chunk_mask", "visible_keys", "tile_work")),
     Lesson("11", "kv_compression", "KV-cache compression: int8 and fp8 pages", 2,
