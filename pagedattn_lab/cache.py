@@ -45,12 +45,16 @@ class PagedKVCache:
         page_size = check_int(page_size, "page_size", minimum=1)
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
-        if np.dtype(dtype) not in CACHE_DTYPES:
-            raise TypeError(f"dtype: expected float32 or float16, got {np.dtype(dtype).name}")
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:   # np.dtype("bogus") says "data type not understood", naming nothing
+            name = repr(dtype)
+        if name not in ("float32", "float16"):
+            raise TypeError(f"dtype: expected float32 or float16, got {name}")
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
         if fmt is not None and check_scheme(scale_scheme) == "static":
-            k_scale = check_scale(k_scale, "k_scale", (num_kv_heads,))
-            v_scale = check_scale(v_scale, "v_scale", (num_kv_heads,))
+            k_scale = check_scale(k_scale, "k_scale", (num_kv_heads,), fmt.qmax)
+            v_scale = check_scale(v_scale, "v_scale", (num_kv_heads,), fmt.qmax)
         self.allocator = BlockAllocator(num_pages)
         self.page_size, self.num_kv_heads, self.head_dim = page_size, num_kv_heads, head_dim
         self.dtype = np.dtype(dtype)   # of what goes in and comes out (gather)

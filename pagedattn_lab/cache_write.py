@@ -14,7 +14,8 @@ import numpy as np
 
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel
-from .validate import check_array, check_kv_cache
+from .validate import (check_array, check_block_tables, check_disjoint, check_int,
+                       check_kv_cache)
 
 THREADS_PER_BLOCK = 128
 _WORDS = ((16, "uint4", np.uint32), (8, "uint2", np.uint32), (4, "unsigned int", np.uint32),
@@ -28,12 +29,19 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
     are positions `seq_lens[b] - q_lens[b] .. seq_lens[b] - 1` (the prefill wrapper's
     bottom-right convention). Vectorised: no Python loop over tokens.
     """
-    tables = to_numpy(block_tables)
-    lens = to_numpy(seq_lens).astype(np.int64)
-    new = to_numpy(q_lens).astype(np.int64)
-    if tables.ndim != 2 or lens.shape != (tables.shape[0],) or new.shape != lens.shape:
-        raise ValueError(f"block_tables, seq_lens, q_lens: expected [batch, pages], [batch], "
-                         f"[batch]; got {tables.shape}, {lens.shape}, {new.shape}")
+    page_size = check_int(page_size, "page_size", minimum=1)
+    tables = _host_ints(block_tables, "block_tables", 2)
+    batch = int(tables.shape[0])
+    # The used entries must be page ids >= 0: a -1 read as a page would give a negative slot,
+    # and slot -1 means "skip this row" to write_kv (the token would silently vanish).
+    tables, lens = check_block_tables(tables, _host_ints(seq_lens, "seq_lens", 1),
+                                      num_pages=None, page_size=page_size, batch=batch,
+                                      min_len=0)
+    new = _host_ints(q_lens, "q_lens", 1).astype(np.int64)
+    lens = lens.astype(np.int64)
+    if new.shape != lens.shape:
+        raise ValueError(f"q_lens: expected {batch} entries (one per block table row), got "
+                         f"shape {new.shape}")
     if np.any(new < 0) or np.any(new > lens):
         b = int(np.flatnonzero((new < 0) | (new > lens))[0])
         raise ValueError(f"q_lens[{b}]: expected 0 <= q_len <= seq_lens[{b}] = {lens[b]}, "
@@ -44,6 +52,21 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
     positions = starts + within
     pages = tables[rows, positions // page_size].astype(np.int64)
     return pages * page_size + positions % page_size
+
+
+def _host_ints(x, name: str, ndim: int) -> np.ndarray:
+    """A host int32 copy of an integer index array (host work only: any integer dtype will
+    do, but not floats, whose fractions would be cut, nor ids past int32)."""
+    check_array(x, name, ndim=ndim, contiguous=False)
+    a = to_numpy(x)
+    if a.dtype.kind not in "iu":
+        raise TypeError(f"{name}: expected an integer dtype, got {a.dtype.name}")
+    info = np.iinfo(np.int32)
+    big = np.flatnonzero((a.ravel() < info.min) | (a.ravel() > info.max))
+    if big.size:
+        raise ValueError(f"{name}: value {a.ravel()[big[0]]} does not fit int32 (page ids and "
+                         f"lengths are int32)")
+    return np.ascontiguousarray(a, dtype=np.int32)
 
 
 def _check_slots(slots: np.ndarray, n_tokens: int, num_slots: int) -> None:
@@ -98,6 +121,10 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
         raise TypeError("k, v, k_cache, v_cache, slot_mapping: expected all on the CPU (NumPy) "
                         "or all on the GPU (CuPy), got a mix")
     n_tokens = int(k.shape[0])
+    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_disjoint(name, cache, "; pass copies of the new rows", k=k, v=v,
+                       slot_mapping=slot_mapping)
+    check_disjoint("v_cache", v_cache, "; K and V need separate caches", k_cache=k_cache)
     _check_slots(to_numpy(slot_mapping), n_tokens, num_pages * page_size)
     if n_tokens == 0:
         return

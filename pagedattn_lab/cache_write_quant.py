@@ -16,7 +16,7 @@ from .backend import array_module, is_cupy_array, to_numpy
 from .cache_write import _check_slots
 from .kernels import kernel
 from .quant import check_scale, check_scheme, kv_format
-from .validate import check_array
+from .validate import check_array, check_disjoint
 
 _SRC_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float16): "__half"}
 
@@ -41,7 +41,7 @@ def check_quant_cache(k_cache, v_cache, kv_dtype: str, scale_scheme: str, k_scal
     shape = scale_shape(scale_scheme, *(int(n) for n in k_cache.shape[:3]))
     for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
         if scale_scheme == "static":
-            check_scale(scale, name, shape)
+            check_scale(scale, name, shape, fmt.qmax)
         elif scale is None:
             raise ValueError(f"{name}: per-token scales need an array of shape {shape} to "
                              f"write them into, got None")
@@ -73,6 +73,13 @@ def write_kv_quant(k, v, k_cache, v_cache, slot_mapping, kv_dtype: str, scale_sc
         raise TypeError("k, v, k_cache, v_cache, slot_mapping, k_scale, v_scale: expected all "
                         "on the CPU (NumPy) or all on the GPU (CuPy), got a mix")
     n_tokens = int(k.shape[0])
+    for name, written in (("k_cache", k_cache), ("v_cache", v_cache), ("k_scale", k_scale),
+                          ("v_scale", v_scale)):
+        check_disjoint(name, written, "; pass copies of the new rows", k=k, v=v,
+                       slot_mapping=slot_mapping)
+    check_disjoint("v_cache", v_cache, "; K and V need separate caches", k_cache=k_cache)
+    if scale_scheme == "per_token":   # both written
+        check_disjoint("v_scale", v_scale, "; K and V need separate scales", k_scale=k_scale)
     _check_slots(to_numpy(slot_mapping), n_tokens, num_pages * page_size)
     if n_tokens == 0:
         return

@@ -34,7 +34,8 @@ from .attention_common import LOG2E, aligned16, allow_shared_memory, fast_path, 
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_scale, check_scheme, kv_format
-from .validate import check_array, check_block_tables, check_out, check_plan_sizes, resolve_scale
+from .validate import (check_array, check_block_tables, check_bool, check_int, check_out,
+                       check_plan_sizes, resolve_scale)
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64
@@ -53,7 +54,10 @@ def element_type(dtype) -> tuple[str, np.dtype]:
     bf16 = _bf16()
     if isinstance(dtype, str) and dtype in ("bfloat16", "bf16"):
         dtype = bf16
-    dtype = np.dtype(dtype)
+    try:
+        dtype = np.dtype(dtype)
+    except TypeError:   # NumPy's "data type not understood" would name no argument
+        raise TypeError(f"dtype: expected float16 or bfloat16, got {dtype!r}") from None
     if dtype == np.float16:
         return "__half", dtype
     if bf16 is not None and dtype == bf16:
@@ -118,8 +122,8 @@ class BatchPrefillWrapper:
             raise ValueError(f"head_dim: expected one of {HEAD_DIMS}, got {head_dim}")
         elem, array_dtype = element_type(dtype)
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
-        if fmt is not None:
-            check_scheme(scale_scheme)
+        check_scheme(scale_scheme)
+        check_bool(causal, "causal")
         check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         indptr = to_numpy(qo_indptr).astype(np.int64)
         batch = indptr.size - 1
@@ -139,7 +143,7 @@ class BatchPrefillWrapper:
         xp = array_module(block_tables)
         if warps is None:
             warps = warps_for(int(q_lens.max(initial=0)))
-        elif warps not in (1, 2, 4, 8):
+        elif check_int(warps, "warps") not in (1, 2, 4, 8):
             raise ValueError(f"warps: expected 1, 2, 4 or 8, got {warps!r}")
         work = work_list(indptr, lens.astype(np.int64), 16 * warps, causal)
         pages_used = -(-lens.astype(np.int64) // page_size)
@@ -206,7 +210,7 @@ class BatchPrefillWrapper:
             shape = tuple(int(n) for n in k_cache.shape[:2]) + (self.num_kv_heads,)
         for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
             if self.scale_scheme == "static":
-                check_scale(s, name, shape)
+                check_scale(s, name, shape, self.kv_format.qmax)
             elif s is None:
                 raise ValueError(f"{name}: per-token scales of shape {shape} are needed, got None")
             check_array(s, name, dtypes=[np.float32])

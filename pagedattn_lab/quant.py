@@ -45,13 +45,13 @@ FORMATS = {
 
 
 def kv_format(kv_dtype: str) -> KVFormat:
-    if kv_dtype not in FORMATS:
+    if not isinstance(kv_dtype, str) or kv_dtype not in FORMATS:
         raise ValueError(f"kv_dtype: expected one of {tuple(FORMATS)}, got {kv_dtype!r}")
     return FORMATS[kv_dtype]
 
 
 def check_scheme(scale_scheme: str) -> str:
-    if scale_scheme not in SCHEMES:
+    if not isinstance(scale_scheme, str) or scale_scheme not in SCHEMES:
         raise ValueError(f"scale_scheme: expected one of {SCHEMES}, got {scale_scheme!r}")
     return scale_scheme
 
@@ -105,8 +105,11 @@ def static_scales(x, kv_dtype: str) -> np.ndarray:
     return per_token_scales(np.moveaxis(x, 1, 0).reshape(x.shape[1], -1), kv_dtype)
 
 
-def check_scale(scale, name: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A float32 scale array of `shape`, finite and > 0; raises naming `name` otherwise."""
+def check_scale(scale, name: str, shape: tuple[int, ...],
+                qmax: float | None = None) -> np.ndarray:
+    """A float32 scale array of `shape`, finite and > 0; raises naming `name` otherwise.
+    qmax: the format's largest code; then qmax * scale must be a finite float32 too (a larger
+    scale turns the largest codes into inf when they are read back, and the output into NaN)."""
     if scale is None:
         raise ValueError(f"{name}: a quantized cache needs scales of shape {shape}, got None")
     from .backend import to_numpy  # noqa: PLC0415 - CuPy scales are checked on the host
@@ -120,6 +123,14 @@ def check_scale(scale, name: str, shape: tuple[int, ...]) -> np.ndarray:
         i = tuple(int(j) for j in np.unravel_index(int(bad[0]), arr.shape))
         raise ValueError(f"{name}: every scale must be finite and > 0; {name}"
                          f"[{', '.join(map(str, i))}] is {float(arr[i])}")
+    if qmax is not None:
+        limit = float(np.finfo(np.float32).max) / qmax
+        over = np.flatnonzero(arr > limit)
+        if over.size:
+            i = tuple(int(j) for j in np.unravel_index(int(over[0]), arr.shape))
+            raise ValueError(f"{name}: expected scales <= {limit:.3g} (code {qmax:g} x scale "
+                             f"must stay a finite float32); {name}[{', '.join(map(str, i))}] is "
+                             f"{float(arr[i])}")
     return arr
 
 

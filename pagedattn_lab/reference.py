@@ -104,7 +104,10 @@ def reference_prefill_packed(q, k_cache, v_cache, qo_indptr, block_tables, seq_l
     over a cached prefix, or a decode token when q_len is 1); without, it sees all of them.
     Returns float64 NumPy [total_q, num_heads, head_dim].
     """
-    indptr = to_numpy(qo_indptr).astype(np.int64)
+    indptr = np.asarray(to_numpy(qo_indptr))
+    if indptr.dtype.kind not in "iu":   # 1.5 would silently truncate to 1
+        raise TypeError(f"qo_indptr: expected integer offsets, got dtype {indptr.dtype}")
+    indptr = indptr.astype(np.int64)
     batch = indptr.size - 1
     if indptr.ndim != 1 or batch < 0 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
         raise ValueError(f"qo_indptr: expected a non-decreasing [batch + 1] array from 0, got "

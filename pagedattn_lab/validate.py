@@ -56,6 +56,13 @@ def check_int(value, name: str, *, minimum: int | None = None,
     return int(value)
 
 
+def check_bool(value, name: str) -> bool:
+    """True or False (a NumPy bool too): "no" or None would be read as a truth value."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected True or False, got {value!r} ({type(value).__name__})")
+    return bool(value)
+
+
 def check_int_list(values, name: str, what: str = "id") -> list[int]:
     """A list, tuple, range or 1-D integer array of ints, as Python ints.
 
@@ -174,7 +181,7 @@ def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_si
     bad = used & out_of_range
     if bad.any():
         b, j = (int(i) for i in np.argwhere(bad)[0])
-        cache = "ids must be >= 0" if num_pages is None else f"for a cache of {num_pages} pages"
+        cache = "(ids must be >= 0)" if num_pages is None else f"for a cache of {num_pages} pages"
         raise ValueError(f"block_tables[{b}, {j}]: page id {int(tables[b, j])} is out of range "
                          f"{cache} (sequence {b} has {lens[b]} tokens, so its first "
                          f"{int(pages[b])} entries are read)")
@@ -264,17 +271,22 @@ def check_out(out, **inputs) -> None:
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out: expected a writeable array, got a read-only one (pass a copy, "
                          "or out=None for a new array)")
-    lo, hi = byte_range(out)
+    check_disjoint("out", out, "; pass a separate array, or out=None for a new one", **inputs)
+
+
+def check_disjoint(written_name: str, written, advice: str = "", **inputs) -> None:
+    """Refuse an array a kernel writes that shares memory with one it reads (by byte range)."""
+    lo, hi = byte_range(written)
     for name, x in inputs.items():
         if not (isinstance(x, np.ndarray) or is_cupy_array(x)):
             continue
-        if is_cupy_array(x) != is_cupy_array(out):
+        if is_cupy_array(x) != is_cupy_array(written):
             continue   # host and device memory never overlap (a mix is refused elsewhere)
         x_lo, x_hi = byte_range(x)
         if lo < x_hi and x_lo < hi:
-            raise ValueError(f"out: shares memory with {name} (the kernel reads {name} while "
-                             f"it writes out, so both would be corrupted); pass a separate "
-                             f"array, or out=None for a new one")
+            raise ValueError(f"{written_name}: shares memory with {name} (the kernel reads "
+                             f"{name} while it writes {written_name}, so both would be "
+                             f"corrupted){advice}")
 
 
 def byte_range(x) -> tuple[int, int]:

@@ -196,7 +196,12 @@ class BatchDecodeWrapper:
         if like is not None or is_torch_tensor(k_cache) or is_torch_tensor(out):
             q, k_cache, v_cache, out = (from_torch(x) for x in (q, k_cache, v_cache, out))
         if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)
-            out = self._out if q.dtype == self._out.dtype else self._out.view(q.dtype)
+            # A q that is no array, or of a dtype the plan refuses, keeps the plan's buffer:
+            # _check_run then names q (a view to it would fail with NumPy's own message).
+            q_dtype = getattr(q, "dtype", None)
+            view = q_dtype is not None and q_dtype != self._out.dtype and any(
+                q_dtype == d for d in self._array_dtypes)
+            out = self._out.view(q_dtype) if view else self._out
         else:
             check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
         self._check_run(q, k_cache, v_cache, out)
@@ -292,6 +297,10 @@ def from_csr(indptr, indices, last_page_len, page_size):
     check_array(last_page_len, "last_page_len", ndim=1, dtypes=[np.int32])
     xp = array_module(indptr, indices, last_page_len)
     ptr, last = to_numpy(indptr).astype(np.int64), to_numpy(last_page_len).astype(np.int64)
+    negative = np.flatnonzero(to_numpy(indices) < 0)
+    if negative.size:
+        i = int(negative[0])
+        raise ValueError(f"indices[{i}]: expected a page id >= 0, got {int(to_numpy(indices)[i])}")
     if ptr.size == 0 or ptr[0] != 0 or (np.diff(ptr) < 0).any() or ptr[-1] != indices.shape[0]:
         raise ValueError(f"indptr: expected [0, ..., {indices.shape[0]}] non-decreasing "
                          f"(one more entry than sequences, ending at len(indices)), got "

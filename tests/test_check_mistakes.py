@@ -147,14 +147,15 @@ def test_every_python_task_has_its_mistakes():
     """At least six wrong answers per Python task: the classic three and three more."""
     from pagedattn_lab.lessons import LESSONS
     from tests import (test_check_mistakes_access, test_check_mistakes_paging,
-                       test_check_mistakes_system)
+                       test_check_mistakes_prefill, test_check_mistakes_system)
     kernel_tasks = {"gather_kernel", "naive_kernel", "tiled_kernel"}
     every = (MISTAKES + test_check_mistakes_paging.MISTAKES
-             + test_check_mistakes_access.MISTAKES + test_check_mistakes_system.MISTAKES)
+             + test_check_mistakes_access.MISTAKES + test_check_mistakes_system.MISTAKES
+             + test_check_mistakes_prefill.MISTAKES)
     counts = {}
     for task, *_ in every:
         counts[task] = counts.get(task, 0) + 1
-    own_files = {"03", "06", "11", "12"}  # their tasks are in tests/test_check_mistakes_<topic>.py
+    own_files = {"03", "06", "09", "11", "12"}  # their tasks are in tests/test_check_mistakes_<topic>.py
     for task in (t for lesson in LESSONS if lesson.number not in own_files
                  for t in lesson.tasks if t not in kernel_tasks):
         assert counts.get(task, 0) >= 6, task

@@ -102,6 +102,14 @@ def test_swap_in_prices_the_whole_next_chunk():
     serve_without_model(config, [[0, 0], [0] * 11, [0] * 5], [3, 3, 1])
 
 
+def test_a_predicted_output_larger_than_the_pool_does_not_stall():
+    """Found by the property above: predictive allocation reserving more pages than the pool
+    has must still admit a request when nothing else runs."""
+    config = EngineConfig(page_size=1, num_pages=12, allocation="predictive",
+                          initial_output_guess=12)
+    serve_without_model(config, [[0]], [1])
+
+
 def test_a_small_pool_preempts_and_still_finishes():
     prompts = [[1, 2, 3, 4, 5, 6]] * 6
     for mode in ("recompute", "swap"):

@@ -8,11 +8,14 @@ and allocation policies.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
-from ..validate import check_int
+from ..validate import check_bool, check_int
 
 ROPE_TYPES = ("default", "linear", "llama3")
+HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads")
 
 
 @dataclass(frozen=True)
@@ -53,10 +56,26 @@ class ModelConfig:
             raise ValueError(f"num_key_value_heads: {self.num_key_value_heads} does not divide "
                              f"num_attention_heads {self.num_attention_heads} (GQA needs whole "
                              "groups)")
+        check_bool(self.tie_word_embeddings, "tie_word_embeddings")
+        for name in ("bos_token_id", "eos_token_id"):   # an eos past the vocabulary never stops
+            if getattr(self, name) is not None:
+                check_int(getattr(self, name), name, minimum=0, maximum=self.vocab_size - 1)
+        for name in ("rms_norm_eps", "rope_theta"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name}: expected a positive number, got {value!r} "
+                                f"({type(value).__name__})")
+            if not (math.isfinite(value) and value > 0):
+                raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
+            raise TypeError(f"rope_scaling: expected a dict or None, got {self.rope_scaling!r}")
         rope_type = self.rope_type
         if rope_type not in ROPE_TYPES:
             raise ValueError(f"rope_scaling: rope type {rope_type!r} is not supported; "
                              f"supported: {ROPE_TYPES}")
+        if rope_type != "default" and "factor" not in self.rope_scaling:
+            raise ValueError(f"rope_scaling: rope type {rope_type!r} needs a 'factor', got "
+                             f"{self.rope_scaling!r}")
 
     @property
     def rope_type(self) -> str:
@@ -84,11 +103,17 @@ class ModelConfig:
     @classmethod
     def from_hf(cls, hf: dict) -> ModelConfig:
         """From a transformers `config.json` dict (model_type "llama"; unknown keys ignored)."""
+        if not isinstance(hf, dict):
+            raise TypeError(f"config: expected a dict (config.json), got {type(hf).__name__}")
         model_type = hf.get("model_type", "llama")
         if model_type != "llama":
             raise ValueError(f"config: expected model_type 'llama', got {model_type!r}")
         if hf.get("attention_bias") or hf.get("mlp_bias"):
             raise ValueError("config: attention_bias / mlp_bias checkpoints are not supported")
+        missing = [k for k in HF_REQUIRED if k not in hf]
+        if missing:   # the tiny defaults would silently stand in for the checkpoint's sizes
+            raise ValueError(f"config: missing {', '.join(map(repr, missing))} (a Llama "
+                             f"config.json has them all)")
         names = {f.name for f in dataclasses.fields(cls)}
         kwargs = {k: v for k, v in hf.items() if k in names}
         if kwargs.get("num_key_value_heads") is None:
@@ -170,6 +195,11 @@ class EngineConfig:
             check_int(self.max_prefill_chunk, "max_prefill_chunk", minimum=1)
         if self.expected_output_len is not None:
             check_int(self.expected_output_len, "expected_output_len", minimum=0)
+        check_int(self.seed, "seed", minimum=0)
+        check_bool(self.enable_prefix_caching, "enable_prefix_caching")
+        if isinstance(self.watermark, bool) or not isinstance(self.watermark, (int, float)):
+            raise TypeError(f"watermark: expected a fraction in [0, 1), got {self.watermark!r} "
+                            f"({type(self.watermark).__name__})")
         if not 0.0 <= self.watermark < 1.0:
             raise ValueError(f"watermark: expected a fraction in [0, 1), got {self.watermark}")
         if self.preemption_mode not in PREEMPTION_MODES:

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import to_numpy
+from ..validate import check_int_list
 from .attention import StepAttention
 from .config import EngineConfig
 from .kv_manager import KVCacheManager
@@ -46,6 +47,11 @@ class RequestOutput:
 
 class LLMEngine:
     def __init__(self, model: LlamaModel, config: EngineConfig | None = None):
+        if not isinstance(model, LlamaModel):
+            raise TypeError(f"model: expected a LlamaModel, got {type(model).__name__}")
+        if config is not None and not isinstance(config, EngineConfig):
+            raise TypeError(f"config: expected an EngineConfig or None, got "
+                            f"{type(config).__name__}")
         self.model = model
         self.config = config = config or EngineConfig()
         mc = model.config
@@ -65,24 +71,36 @@ class LLMEngine:
 
     def add_request(self, prompt_ids, params: SamplingParams | None = None) -> int:
         """Queue a prompt (a sequence of token ids); returns its request id."""
-        params = params or SamplingParams()
-        prompt = [int(t) for t in prompt_ids]
+        return self._queue(*self._check_request(prompt_ids, params))
+
+    def _check_request(self, prompt_ids, params, name: str = "prompt_ids",
+                       params_name: str = "params") -> tuple[list[int], SamplingParams]:
+        """(prompt as ints, params) or a ValueError/TypeError naming the argument."""
+        params = SamplingParams() if params is None else params
+        if not isinstance(params, SamplingParams):
+            raise TypeError(f"{params_name}: expected a SamplingParams, got {params!r} "
+                            f"({type(params).__name__})")
+        # ints only: int(1.7) or int("7") would silently serve another prompt
+        prompt = check_int_list(prompt_ids, name, "token id")
         vocab = self.model.config.vocab_size
         if not prompt:
-            raise ValueError("prompt_ids: expected at least one token, got none")
-        bad = [t for t in prompt if not 0 <= t < vocab]
+            raise ValueError(f"{name}: expected at least one token, got none")
+        bad = [i for i, t in enumerate(prompt) if not 0 <= t < vocab]
         if bad:
-            raise ValueError(f"prompt_ids: token id {bad[0]} is outside the vocabulary "
-                             f"0..{vocab - 1}")
+            raise ValueError(f"{name}[{bad[0]}]: token id {prompt[bad[0]]} is outside the "
+                             f"vocabulary 0..{vocab - 1}")
         if len(prompt) >= self.max_model_len:
-            raise ValueError(f"prompt_ids: {len(prompt)} tokens leave no room to generate within "
+            raise ValueError(f"{name}: {len(prompt)} tokens leave no room to generate within "
                              f"max_position_embeddings={self.max_model_len}")
         longest = min(len(prompt) + params.max_tokens, self.max_model_len)
         pages = -(-longest // self.config.page_size) + 1   # + 1: a copy-on-write page
         if pages > self.config.num_pages:
-            raise ValueError(f"prompt_ids: {len(prompt)} prompt tokens + max_tokens "
+            raise ValueError(f"{name}: {len(prompt)} prompt tokens + max_tokens "
                              f"{params.max_tokens} may need {pages} pages, more than the whole "
                              f"pool of {self.config.num_pages}: the request could never finish")
+        return prompt, params
+
+    def _queue(self, prompt: list[int], params: SamplingParams) -> int:
         req = Request(self._next_rid, prompt, params)
         self._next_rid += 1
         self.scheduler.add(req)
@@ -138,11 +156,19 @@ class LLMEngine:
         if self.has_unfinished():
             raise RuntimeError("generate: requests added with add_request are still unfinished; "
                                "serve them with step() first (their outputs come from step)")
+        if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
+            raise TypeError(f"prompts: expected a list of prompts (lists of token ids), got "
+                            f"{type(prompts).__name__}")
         prompts = list(prompts)
         per = params if isinstance(params, list) else [params] * len(prompts)
         if len(per) != len(prompts):
             raise ValueError(f"params: expected {len(prompts)} SamplingParams, got {len(per)}")
-        rids = [self.add_request(p, sp) for p, sp in zip(prompts, per)]
+        # Every prompt is checked before any is queued: a bad third prompt must not leave the
+        # first two waiting (the next generate() would then refuse to start).
+        checked = [self._check_request(p, sp, f"prompts[{i}]",
+                                       f"params[{i}]" if isinstance(params, list) else "params")
+                   for i, (p, sp) in enumerate(zip(prompts, per))]
+        rids = [self._queue(p, sp) for p, sp in checked]
         done: dict[int, RequestOutput] = {}
         bar = None
         if progress:

@@ -55,10 +55,16 @@ class LlamaModel:
 
     def __init__(self, config: ModelConfig, weights: dict, *, dtype=np.float32,
                  device: str = "auto"):
+        if not isinstance(config, ModelConfig):
+            raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
         check_weights(config, weights)
+        try:
+            name = np.dtype(dtype).name
+        except TypeError:   # NumPy's "data type not understood" names no argument
+            name = repr(dtype)
+        if name not in ("float32", "float16"):
+            raise TypeError(f"dtype: expected float32 or float16, got {name}")
         self.config, self.dtype = config, np.dtype(dtype)
-        if self.dtype not in (np.dtype(np.float32), np.dtype(np.float16)):
-            raise TypeError(f"dtype: expected float32 or float16, got {self.dtype.name}")
         self.device = resolve_device(device)
         self.xp = xp = cupy_module() if self.device == "gpu" else np
 

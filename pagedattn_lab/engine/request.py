@@ -2,9 +2,10 @@
 from __future__ import annotations
 
 import enum
+import math
 from dataclasses import dataclass, field
 
-from ..validate import check_int
+from ..validate import check_bool, check_int
 
 
 @dataclass(frozen=True)
@@ -25,8 +26,15 @@ class SamplingParams:
 
     def __post_init__(self):
         check_int(self.max_tokens, "max_tokens", minimum=1)
-        if not (isinstance(self.temperature, (int, float)) and self.temperature >= 0):
-            raise ValueError(f"temperature: expected a number >= 0, got {self.temperature!r}")
+        t = self.temperature
+        if isinstance(t, bool) or not isinstance(t, (int, float)):
+            raise TypeError(f"temperature: expected a number >= 0, got {t!r} ({type(t).__name__})")
+        if not (math.isfinite(t) and t >= 0):   # inf would flatten every distribution
+            raise ValueError(f"temperature: expected a finite number >= 0, got {t!r}")
+        check_bool(self.ignore_eos, "ignore_eos")
+        check_bool(self.return_logits, "return_logits")
+        if self.seed is not None:   # checked now, not when the first token is sampled
+            check_int(self.seed, "seed", minimum=0)
 
 
 class Status(enum.Enum):

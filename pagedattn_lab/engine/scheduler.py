@@ -152,6 +152,9 @@ class Scheduler:
                 remaining = max(0, self.expected_output_len() - len(req.output_ids))
                 remaining = min(remaining, req.params.max_tokens - len(req.output_ids))
                 lookahead = req.num_tokens - computed - n + remaining
+                if not self.running and not self._room(
+                        self.kv.admission_cost(hits, computed, n, lookahead)):
+                    lookahead = 0   # a guess larger than the pool must not stall an idle engine
             if not self._room(self.kv.admission_cost(hits, computed, n, lookahead)):
                 break
             self.waiting.popleft()

@@ -71,9 +71,19 @@ def random_weights(config: ModelConfig, seed: int = 0, dtype=np.float32,
 
 def check_weights(config: ModelConfig, weights: dict) -> None:
     """Every parameter present with its shape; raises naming the first missing or wrong one."""
+    if not isinstance(weights, dict):
+        raise TypeError(f"weights: expected a dict of arrays by parameter name, got "
+                        f"{type(weights).__name__}")
     for name, shape in parameter_shapes(config).items():
         if name not in weights:
             raise ValueError(f"weights: missing {name!r} (expected shape {shape})")
+        w = weights[name]
+        if not hasattr(w, "shape") or not hasattr(w, "dtype"):
+            raise TypeError(f"weights[{name!r}]: expected a NumPy or CuPy array, got "
+                            f"{type(w).__name__}")
+        if np.dtype(w.dtype).kind != "f":   # integer codes would be cast and run as numbers
+            raise TypeError(f"weights[{name!r}]: expected a floating-point array, got dtype "
+                            f"{w.dtype}")
         if tuple(weights[name].shape) != shape:
             raise ValueError(f"weights[{name!r}]: expected shape {shape}, got "
                              f"{tuple(weights[name].shape)}")
@@ -95,7 +105,14 @@ def read_safetensors(path, names=None) -> dict[str, np.ndarray]:
         if header_len > min(MAX_HEADER, size - 8):
             raise ValueError(f"{path}: header length {header_len} does not fit the file "
                              f"({size} bytes): not a safetensors file, or truncated")
-        header = json.loads(f.read(header_len))
+        try:
+            header = json.loads(f.read(header_len))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{path}: the header is not valid JSON ({e}): not a safetensors "
+                             "file, or corrupted") from None
+        if not isinstance(header, dict):
+            raise ValueError(f"{path}: the header is a JSON {type(header).__name__}, expected "
+                             "an object mapping tensor names to their dtype, shape and offsets")
         data = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size > 8 + header_len else b""
     start = 8 + header_len
     out = {}
@@ -107,7 +124,14 @@ def read_safetensors(path, names=None) -> dict[str, np.ndarray]:
 
 
 def _tensor(path, name: str, info: dict, data, start: int, size: int) -> np.ndarray:
+    fields = ("dtype", "shape", "data_offsets")
+    if not isinstance(info, dict) or any(f not in info for f in fields):
+        raise ValueError(f"{path}: tensor {name!r} has header entry {info!r}, expected the "
+                         f"keys {', '.join(fields)}")
     code, shape = info["dtype"], tuple(info["shape"])
+    if any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in shape):
+        raise ValueError(f"{path}: tensor {name!r} has shape {list(shape)}, expected sizes "
+                         "that are ints >= 0")
     if code not in _DTYPES:
         raise ValueError(f"{path}: tensor {name!r} has dtype {code}, which is not supported "
                          f"({', '.join(_DTYPES)})")

@@ -1,0 +1,263 @@
+"""Checks for lesson 10 in Python: the chunked-prefill mask, the keys each packed query row
+sees, and which K/V tiles each query tile of the tensor-core kernel loads.
+
+Packed prefill: sequence b's new tokens are rows `qo_indptr[b]:qo_indptr[b+1]` of q, and they
+are its LAST q_len tokens (`seq_lens[b]` counts them too). New query i sits at position
+`seq_len - q_len + i` and sees keys 0 .. that position (bottom-right alignment). The random
+cases mix all-new prompts (q_len == seq_len), chunks over a cached prefix, decode tokens
+(q_len 1) and sequences with no new tokens (q_len 0), with lengths that are not tile
+multiples. A wrong answer is compared with the classic wrong versions to name the mistake.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..prefill_masks import causal_mask
+from .report import Case, Mismatch, run_cases
+
+try:   # the grader salts the random cases (grading/seeds.py); plain seeds before it lands
+    from .seeds import case_rng
+except ImportError:  # pragma: no cover - until the grader's seeds module is merged
+    case_rng = np.random.default_rng
+
+
+def _batch(rng, batch: int, max_len: int):
+    """(qo_indptr int32, seq_lens int32): a mix of all-new, chunk, decode and q_len 0."""
+    seq_lens = rng.integers(1, max_len + 1, size=batch)
+    kinds = rng.permutation(np.resize(["new", "chunk", "decode", "none"], batch))
+    q_lens = np.array([n if k == "new" else 1 if k == "decode" else 0 if k == "none" else
+                       rng.integers(1, n + 1) for k, n in zip(kinds, seq_lens)], dtype=np.int64)
+    indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    return indptr, seq_lens.astype(np.int32)
+
+
+def _rows_of(indptr):
+    """(sequence of each packed row, its index i within the sequence)."""
+    q_lens = np.diff(indptr.astype(np.int64))
+    seq = np.repeat(np.arange(q_lens.size), q_lens)
+    return seq, np.arange(seq.size) - indptr[seq]
+
+
+# -- task 1: the mask of a chunk -------------------------------------------------------------
+
+def _mask_variants(q_len, seq_len):
+    i = np.arange(q_len)[:, None]
+    j = np.arange(seq_len)[None, :]
+    off = seq_len - q_len
+    return [
+        ("the mask is aligned top-left (key j <= i): the new tokens are the LAST q_len of the "
+         "sequence, so query i sits at position seq_len - q_len + i.", j <= i),
+        ("a query sees its own key: use <= (key j <= seq_len - q_len + i), not <.",
+         j < off + i),
+        ("the cached prefix (keys 0 .. seq_len - q_len - 1) is visible to every new query: it "
+         "comes before all of them.", (j >= off) & (j <= off + i)),
+        ("causal: query i must not see keys after its own position.", np.ones_like(j <= i)),
+    ]
+
+
+def _mask_case(fn, q_len: int, seq_len: int) -> None:
+    expected = causal_mask(q_len, seq_len)
+    got = fn(q_len, seq_len)
+    if got is None:
+        raise NotImplementedError("chunk_mask returned None")
+    got = np.asarray(got)
+    if got.shape != expected.shape:
+        hint = (f"one row per new query and one column per key of the sequence (cached ones "
+                f"included): [q_len, seq_len] = {expected.shape}.")
+        if got.shape == (q_len, q_len) and q_len != seq_len:
+            hint = ("the columns are ALL the sequence's keys, the cached prefix too: seq_len "
+                    "columns, not q_len.")
+        raise Mismatch(f"chunk_mask({q_len}, {seq_len}): wrong shape", hint,
+                       str(expected.shape), str(got.shape))
+    if got.dtype != np.bool_:
+        raise Mismatch(f"chunk_mask({q_len}, {seq_len}): dtype {got.dtype}",
+                       "return a boolean array (True = visible).", "bool", str(got.dtype))
+    if np.array_equal(got, expected):
+        return
+    i, j = (int(x[0]) for x in np.nonzero(got != expected))
+    hint = next((h for h, v in _mask_variants(q_len, seq_len)
+                 if not np.array_equal(v, expected) and np.array_equal(got, v)),
+                "query i sees key j exactly when j <= seq_len - q_len + i.")
+    raise Mismatch(f"chunk_mask({q_len}, {seq_len}): first wrong cell: query {i}, key {j} "
+                   f"(query {i} is at position {seq_len - q_len + i})", hint,
+                   str(bool(expected[i, j])), str(bool(got[i, j])))
+
+
+def chunk_mask(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(q_len, seq_len)` -> bool [q_len, seq_len] (True: query i sees key j)."""
+    rng = case_rng(1001)
+    fixed = [(5, 12), (1, 9), (7, 7), (0, 6), (1, 1), (0, 0), (16, 40)]
+    drawn = [(int(q), int(n)) for n in rng.integers(2, 90, size=4)
+             for q in [rng.integers(1, n + 1)]]
+    cases = [Case("one sequence", {"q_len": q, "seq_len": n},
+                  lambda q=q, n=n: _mask_case(fn, q, n)) for q, n in fixed + drawn]
+    return run_cases("chunk_mask", "chunk_mask: the causal mask of new tokens over a cache",
+                     cases)
+
+
+# -- task 2: keys seen by every packed row ---------------------------------------------------
+
+def expected_visible(indptr, seq_lens) -> np.ndarray:
+    seq, i = _rows_of(np.asarray(indptr, dtype=np.int64))
+    lens = np.asarray(seq_lens, dtype=np.int64)
+    q_lens = np.diff(np.asarray(indptr, dtype=np.int64))
+    return lens[seq] - q_lens[seq] + i + 1
+
+
+def _visible_variants(indptr, seq_lens):
+    indptr, lens = np.asarray(indptr, np.int64), np.asarray(seq_lens, np.int64)
+    seq, i = _rows_of(indptr)
+    q_lens = np.diff(indptr)
+    rows = np.arange(seq.size)
+    nonempty = np.flatnonzero(q_lens)             # the k-th sequence WITH rows taken as seq k
+    shifted = np.repeat(np.arange(nonempty.size), q_lens[nonempty])
+    return [
+        ("the mask is aligned top-left: the new tokens are the LAST q_len of their sequence, "
+         "so row i of sequence b sees seq_lens[b] - q_len + i + 1 keys.", i + 1),
+        ("a query sees its own key too: add 1 (keys 0 .. its position).",
+         lens[seq] - q_lens[seq] + i),
+        ("i counts from the sequence's first row: i = row - qo_indptr[b], not the row's place "
+         "in the packed q.", lens[seq] - q_lens[seq] + rows + 1),
+        ("i counts from the sequence's first row, qo_indptr[b] (qo_indptr[b + 1] is one past "
+         "its last row).", lens[seq] - q_lens[seq] + rows - indptr[seq + 1] + 1),
+        ("a sequence with q_len 0 owns no rows but still has its seq_lens entry: row r belongs "
+         "to the b with qo_indptr[b] <= r < qo_indptr[b + 1].",
+         lens[shifted] - q_lens[nonempty][shifted] + i + 1 if nonempty.size else i),
+        ("causal: a row sees its prefix and the new tokens up to itself, not the whole "
+         "sequence.", lens[seq]),
+    ]
+
+
+def _visible_case(fn, indptr, seq_lens) -> None:
+    expected = expected_visible(indptr, seq_lens)
+    got = fn(indptr.copy(), seq_lens.copy())
+    if got is None:
+        raise NotImplementedError("visible_keys returned None")
+    got = np.asarray(got)
+    if got.shape != expected.shape:
+        raise Mismatch("wrong shape", "one count per packed row: [qo_indptr[-1]].",
+                       str(expected.shape), str(got.shape))
+    if np.array_equal(got, expected):
+        return
+    r = int(np.flatnonzero(got != expected)[0])
+    seq, i = _rows_of(np.asarray(indptr, np.int64))
+    b = int(seq[r])
+    hint = next((h for h, v in _visible_variants(indptr, seq_lens)
+                 if v.shape == expected.shape and not np.array_equal(v, expected)
+                 and np.array_equal(got, v)),
+                "row r of sequence b (i = r - qo_indptr[b]) sees seq_lens[b] - q_len + i + 1 "
+                "keys.")
+    q_len = int(indptr[b + 1] - indptr[b])
+    raise Mismatch(f"first wrong row {r}: sequence {b} (q_len {q_len}, seq_len "
+                   f"{int(seq_lens[b])}), its query i = {int(i[r])}", hint,
+                   str(int(expected[r])), str(got[r]))
+
+
+def visible_keys(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(qo_indptr, seq_lens)` -> int [total_q]: how many keys each row sees."""
+    fixed = [([0, 4, 9, 10], [4, 20, 7]),          # new prompt, chunk, decode
+             ([0, 0, 3, 3, 4], [5, 8, 2, 1]),      # q_len 0 sequences first and between
+             ([0, 1], [1])]
+    cases = [Case("batch", {"qo_indptr": p, "seq_lens": n},
+                  lambda p=p, n=n: _visible_case(fn, np.array(p, np.int32),
+                                                 np.array(n, np.int32)))
+             for p, n in fixed]
+    rng = case_rng(1002)
+    for batch in (5, 8):
+        indptr, lens = _batch(rng, batch, 70)
+        cases.append(Case("random batch", {"qo_indptr": indptr.tolist(),
+                                           "seq_lens": lens.tolist()},
+                          lambda p=indptr, n=lens: _visible_case(fn, p, n)))
+    return run_cases("visible_keys", "visible_keys: how many keys each packed query row sees",
+                     cases)
+
+
+# -- task 3: the K/V tiles of each query tile ------------------------------------------------
+
+def expected_tiles(indptr, seq_lens, rows: int, kv_tile: int) -> list[tuple[int, int, int]]:
+    out = []
+    for b, (q_len, n) in enumerate(zip(np.diff(indptr), seq_lens)):
+        q_len, n = int(q_len), int(n)
+        for first in range(0, q_len, rows):
+            last = min(first + rows, q_len) - 1
+            out.append((b, first, -(-(n - q_len + last + 1) // kv_tile)))
+    return out
+
+
+def _tile_variants(indptr, seq_lens, rows, kv_tile):
+    def build(keys_of, tiles_of=lambda k: -(-k // kv_tile), empty=False):
+        out = []
+        for b, (q_len, n) in enumerate(zip(np.diff(indptr), seq_lens)):
+            q_len, n = int(q_len), int(n)
+            if empty and q_len == 0:
+                out.append((b, 0, tiles_of(keys_of(q_len, n, 0))))
+            for first in range(0, q_len, rows):
+                out.append((b, first, tiles_of(keys_of(q_len, n, first))))
+        return out
+
+    def last(q, first):
+        return min(first + rows, q) - 1
+
+    return [
+        ("keys after a tile's last query are never needed (causal): count K/V tiles up to "
+         "the key at that query's position, not the whole sequence.",
+         build(lambda q, n, f: n)),
+        ("the tile's LAST row sees the most keys: count up to its position, not the first "
+         "row's.", build(lambda q, n, f: n - q + f + 1)),
+        ("the last query tile of a sequence may be partial: its last row is "
+         "min(first + rows, q_len) - 1.", build(lambda q, n, f: n - q + f + rows)),
+        ("round up: a K/V tile that holds any needed key is loaded.",
+         build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile)),
+        ("a sequence with q_len 0 has no new tokens: it gets no query tile.",
+         build(lambda q, n, f: n - q + last(q, f) + 1, empty=True)),
+        ("the mask is aligned bottom-right: a tile's last row sits at position "
+         "seq_len - q_len + its index, after the cached prefix.",
+         build(lambda q, n, f: last(q, f) + 1)),
+    ]
+
+
+def _as_triples(got):
+    try:
+        return [tuple(int(x) for x in t) for t in got]
+    except (TypeError, ValueError) as exc:
+        raise Mismatch("expected a list of (sequence, first query, K/V tiles) tuples of ints",
+                       "one tuple per query tile, in batch order.", "", repr(got)[:200]) from exc
+
+
+def _tiles_case(fn, indptr, seq_lens, rows, kv_tile) -> None:
+    expected = expected_tiles(indptr, seq_lens, rows, kv_tile)
+    got = fn(indptr.copy(), seq_lens.copy(), rows, kv_tile)
+    if got is None:
+        raise NotImplementedError("tile_work returned None")
+    got = _as_triples(got)
+    if got == expected:
+        return
+    hint = next((h for h, v in _tile_variants(indptr, seq_lens, rows, kv_tile)
+                 if v != expected and got == v),
+                "one (b, first, kv_tiles) per query tile, first = 0, rows, 2*rows, ... < q_len; "
+                "kv_tiles = ceil(keys seen by the tile's last row / kv_tile).")
+    where = next((k for k, (a, e) in enumerate(zip(got, expected)) if a != e),
+                 min(len(got), len(expected)))
+    message = (f"{len(got)} tiles where there are {len(expected)}" if len(got) != len(expected)
+               else f"tile {where} differs")
+    show = slice(max(0, where - 1), where + 2)
+    raise Mismatch(message, hint, repr(expected[show]), repr(got[show]))
+
+
+def tile_work(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(qo_indptr, seq_lens, rows, kv_tile)` -> [(b, first, kv_tiles), ...]."""
+    fixed = [([0, 40, 45, 46], [40, 100, 9], 16, 32),
+             ([0, 0, 17], [30, 17], 16, 16),
+             ([0, 64], [64], 32, 64)]
+    cases = [Case("batch", {"qo_indptr": p, "seq_lens": n, "rows": r, "kv_tile": k},
+                  lambda p=p, n=n, r=r, k=k: _tiles_case(fn, np.array(p, np.int32),
+                                                         np.array(n, np.int32), r, k))
+             for p, n, r, k in fixed]
+    rng = case_rng(1003)
+    for rows, kv_tile in ((16, 64), (64, 32)):
+        indptr, lens = _batch(rng, 6, 200)
+        cases.append(Case("random batch", {"qo_indptr": indptr.tolist(),
+                                           "seq_lens": lens.tolist(), "rows": rows,
+                                           "kv_tile": kv_tile},
+                          lambda p=indptr, n=lens, r=rows, k=kv_tile: _tiles_case(fn, p, n, r, k)))
+    return run_cases("tile_work", "tile_work: the K/V tiles each query tile loads", cases)

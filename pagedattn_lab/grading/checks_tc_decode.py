@@ -1,0 +1,405 @@
+"""Checks for lesson 09: a GQA group as the rows of a tensor-core tile.
+
+Task 1 (NumPy) lays the query heads of one KV head's group out as the rows of 16-row Q
+tiles, zero-padded; groups of 1 to 64 heads, so groups above 16 need several tiles. Task 2
+(CUDA C, WMMA) computes one 16 x 16 tile of scores S = Q K^T for one group and one 16-token
+tile of a paged K cache. Its cases use fp16 caches with NaN in every slot no token uses (the
+tail of the last page, the pages the table does not point at) and a q buffer followed by NaN
+rows, so a read past the group or past seq_len shows; the output is poisoned before launch.
+A wrong result is compared with known-wrong variants to name the mistake.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .checks_kernels import _Compiled
+from .compare import describe_difference, diagnose, fmt, ranges
+from .kernel_runner import poisoned, unwritten
+from .report import Case, Mismatch, NotAttempted, run_cases
+
+TILE = 16    # rows, tokens and head_dim step of one WMMA 16x16x16 tile
+WARP = 32
+
+
+def reference_group_rows(q, kv_head, group):
+    """The Q tiles of `kv_head`'s group: [ceil(group / 16), 16, head_dim], rows past the
+    group zero, q's dtype."""
+    n_tiles = -(-group // TILE)
+    tiles = np.zeros((n_tiles * TILE, q.shape[1]), q.dtype)
+    tiles[:group] = q[kv_head * group:(kv_head + 1) * group]
+    return tiles.reshape(n_tiles, TILE, q.shape[1])
+
+
+# -- task 1: the group as the rows of Q tiles (NumPy) ----------------------------------------
+
+def _shape_hint(shape, expected, group) -> str:
+    n_tiles, _, head_dim = expected
+    if len(shape) != 3:
+        return (f"return a 3-D array [tiles, 16, head_dim] = {list(expected)}: the group's "
+                f"{group} heads padded with zero rows to {n_tiles * TILE}, cut into tiles of 16.")
+    if shape[1:] == (head_dim, TILE):
+        return "the rows of a tile are query heads: [tiles, 16, head_dim], not [tiles, head_dim, 16]."
+    if shape[0] < n_tiles:
+        return (f"a group of {group} heads needs ceil({group} / 16) = {n_tiles} tiles: heads "
+                "16 and up of the group go in the next tiles.")
+    if shape[1] != TILE:
+        return (f"every tile has 16 rows, whatever the group size: pad the {group} heads with "
+                "zero rows (the tensor core multiplies whole 16 x 16 tiles).")
+    return f"the tiles are [ceil(group / 16), 16, head_dim] = {list(expected)}."
+
+
+def _group_variants(q, kv_head, group, num_kv_heads):
+    n_tiles = -(-group // TILE)
+    d = q.shape[1]
+
+    def laid_out(rows):
+        tiles = np.zeros((n_tiles * TILE, d))
+        tiles[:group] = rows
+        return tiles.reshape(n_tiles, TILE, d)
+
+    mine = q[kv_head * group:(kv_head + 1) * group].astype(np.float64)
+    striped = np.zeros((n_tiles * TILE, d))
+    for i in range(group):
+        striped[(i % n_tiles) * TILE + i // n_tiles] = mine[i]
+    return [
+        ("a GQA group is consecutive query heads: kv head j serves query heads j * group .. "
+         "j * group + group - 1, not j, j + num_kv_heads, ...",
+         lambda: laid_out(q[kv_head::num_kv_heads][:group])),
+        ("the group of kv head j starts at query head j * group (here "
+         f"{kv_head} * {group} = {kv_head * group}), not at head 0.",
+         lambda: laid_out(q[:group])),
+        ("the group starts at query head kv_head * group, not kv_head.",
+         lambda: laid_out(q[kv_head:kv_head + group])),
+        ("tile t holds heads 16 t .. 16 t + 15 of the group, in order (row r of tile t is "
+         "head 16 t + r of the group), not every n_tiles-th head.",
+         lambda: striped.reshape(n_tiles, TILE, d)),
+    ]
+
+
+def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head) -> None:
+    rng = np.random.default_rng(seed)
+    group = num_heads // num_kv_heads
+    q = (rng.standard_normal((num_heads, head_dim)) + 3.0).astype(np.float16)  # no zero rows
+    expected = reference_group_rows(q, kv_head, group)
+    got = fn(q.copy(), kv_head, group)
+    if got is None:
+        raise Mismatch("returned None", "return the tiles: [ceil(group / 16), 16, head_dim].")
+    got = np.asarray(got)
+    if got.shape != expected.shape:
+        raise Mismatch(f"wrong shape for a group of {group}", _shape_hint(got.shape,
+                       expected.shape, group), str(expected.shape), str(got.shape))
+    n_tiles = expected.shape[0]
+    rows = np.arange(n_tiles * TILE).reshape(n_tiles, TILE) < group
+    diff = describe_difference(got, expected, ("tile", "row", "dim"), atol=0, rtol=0,
+                               mask=rows[..., None], unwritten=False)
+    if diff is not None:
+        hint = diagnose(got, expected, _group_variants(q, kv_head, group, num_kv_heads),
+                        atol=0, rtol=0, mask=rows[..., None])
+        raise Mismatch(diff.message(), hint or f"row r of tile t is query head kv_head * "
+                       f"group + 16 t + r = {kv_head * group} + 16 t + r.")
+    pad = ~rows
+    if pad.any() and not np.all(np.asarray(got, np.float64)[pad] == 0):
+        t, r = np.argwhere(pad & np.any(np.asarray(got, np.float64) != 0, axis=-1))[0]
+        raise Mismatch(f"padding row {r} of tile {t} (past the group's {group} heads) holds "
+                       f"{fmt(np.asarray(got, np.float64)[t, r, 0])}, ... instead of 0",
+                       "rows past the group must be zero: they go through the tensor core "
+                       "with the rest, and anything there (another head, a copy, NaN) becomes "
+                       "a row of scores the kernel must then ignore, or a NaN.")
+    if got.dtype != q.dtype:
+        raise Mismatch(f"the tiles are {got.dtype}; q is {q.dtype}",
+                       "keep q's dtype (np.zeros(..., dtype=q.dtype)): fp16 or bf16 is what "
+                       "the tensor core takes in.", str(q.dtype), str(got.dtype))
+
+
+def group_rows(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(q, kv_head, group)` -> Q tiles [ceil(group / 16), 16, head_dim]."""
+    specs = [   # name, (num_heads, num_kv_heads, head_dim, kv_head)
+        ("MHA: group 1, one row used", (4, 4, 16, 2)),
+        ("GQA 32/8: group 4, kv head 3", (32, 8, 32, 3)),
+        ("group 7, kv head 1", (14, 2, 16, 1)),
+        ("MQA 16/1: one full tile", (16, 1, 32, 0)),
+        ("group 17: a second tile with one row", (34, 2, 16, 1)),
+        ("group 48: three full tiles", (48, 1, 16, 0)),
+        ("group 64, kv head 1: four tiles", (128, 2, 32, 1)),
+    ]
+    return run_cases("group_rows", "group_rows: a GQA group as the rows of 16-row Q tiles", [
+        Case(name, {"num_heads": h, "num_kv_heads": kv, "head_dim": d, "kv_head": j},
+             lambda i=i, h=h, kv=kv, d=d, j=j: _group_case(fn, 90 + i, h, kv, d, j))
+        for i, (name, (h, kv, d, j)) in enumerate(specs)])
+
+
+# -- task 2: the group-as-rows tile step (CUDA C, WMMA) ----------------------------------------
+
+class _TileProblem:
+    """One sequence of a paged fp16 cache; unused slots and pages hold NaN; q is followed by
+    16 NaN rows (a read past the last group shows as NaN, not a fault)."""
+
+    def __init__(self, seed, num_heads, num_kv_heads, head_dim, page_size, seq_len):
+        rng = np.random.default_rng(seed)
+        n_pages = -(-seq_len // page_size)
+        num_pages = n_pages + 3     # table entries past the sequence point at NaN pages
+        table = self.block_table = rng.permutation(num_pages)[:n_pages + 2].astype(np.int32)
+        self.k_cache = np.full((num_pages, page_size, num_kv_heads, head_dim), np.nan,
+                               np.float16)
+        keys = rng.standard_normal((seq_len, num_kv_heads, head_dim)).astype(np.float16)
+        t = np.arange(seq_len)
+        self.k_cache[table[t // page_size], t % page_size] = keys
+        self.q_buffer = np.full((num_heads + TILE, head_dim), np.nan, np.float16)
+        self.q_buffer[:num_heads] = rng.standard_normal((num_heads, head_dim))
+        self.q, self.keys = self.q_buffer[:num_heads], keys
+        self.sizes = (num_heads, num_kv_heads, head_dim, page_size, seq_len)
+        self.n_tiles = -(-seq_len // TILE)
+
+    def expected(self, q_rows=None, k_tile=None):
+        """Scores [num_kv_heads, n_tiles, 16, 16] in float64; q_rows(kv) and k_tile(kv)
+        give the two 16-row operands (default: the spec's)."""
+        num_heads, num_kv_heads, head_dim, _, seq_len = self.sizes
+        group = num_heads // num_kv_heads
+        out = np.zeros((num_kv_heads, self.n_tiles, TILE, TILE))
+        keys = np.zeros((self.n_tiles * TILE, num_kv_heads, head_dim))
+        keys[:seq_len] = self.keys
+        for j in range(num_kv_heads):
+            qr = q_rows(j) if q_rows else reference_group_rows(
+                self.q.astype(np.float64), j, group)[0]
+            for t in range(self.n_tiles):
+                kt = k_tile(j, t) if k_tile else keys[t * TILE:(t + 1) * TILE, j]
+                out[j, t] = self.product(qr, kt)
+        return out
+
+    @staticmethod
+    def product(q_rows, k_rows, lda=None, ldb=None, b_row_major=False):
+        """S = A B over 16-column steps the way load_matrix_sync reads the shared tiles:
+        A from q_rows [16, d] with leading dimension lda, B from k_rows [16, d] (token rows)
+        read column-major with ldb (or row-major)."""
+        d = q_rows.shape[1]
+        lda, ldb = lda or d, ldb or d
+        qa, ka = np.ravel(q_rows), np.ravel(k_rows)
+        s = np.zeros((TILE, TILE))
+        r, c = np.meshgrid(np.arange(TILE), np.arange(TILE), indexing="ij")
+        for k0 in range(0, d, TILE):
+            a = qa[k0 + r * lda + c]                      # a[row, k]
+            b = ka[k0 + r * ldb + c] if b_row_major else ka[k0 + c * ldb + r]  # b[k, token]
+            s += a @ b
+        return s
+
+
+def _tile_variants(prob):
+    num_heads, num_kv_heads, head_dim, _, seq_len = prob.sizes
+    group = num_heads // num_kv_heads
+    q64 = np.zeros((num_heads + TILE, head_dim))
+    q64[:num_heads] = prob.q
+    keys = np.zeros((prob.n_tiles * TILE, num_kv_heads, head_dim))
+    keys[:seq_len] = prob.keys
+
+    def rows(heads):
+        out = np.zeros((TILE, head_dim))
+        out[:group] = q64[heads]
+        return out
+
+    def reread(**how):
+        return lambda: np.stack([np.stack([
+            prob.product(rows(np.arange(group) + j * group), keys[t * TILE:(t + 1) * TILE, j],
+                         **how) for t in range(prob.n_tiles)]) for j in range(num_kv_heads)])
+
+    variants = [
+        ("K^T is the B operand: a shared K tile of token rows [16][ldm] read as B (head_dim x "
+         "tokens) is column-major: fragment<matrix_b, 16, 16, 16, __half, wmma::col_major> "
+         "(row_major reads it as K, not K^T).", reread(b_row_major=True)),
+        ("the scores are stored transposed: store_matrix_sync(..., wmma::mem_row_major) puts "
+         "row r (query head) at r * 16 and column c (token) at c.",
+         lambda: np.swapaxes(prob.expected(), -1, -2)),
+        ("query heads j * group .. j * group + group - 1 are the rows of kv head j's tile (a "
+         "GQA group is consecutive heads), not j, j + num_kv_heads, ...",
+         lambda: prob.expected(q_rows=lambda j: rows(j + num_kv_heads * np.arange(group)))),
+        ("the Q rows of kv head j are query heads j * group + r: every block used the first "
+         "group's heads.", lambda: prob.expected(q_rows=lambda j: rows(np.arange(group)))),
+        ("the Q rows of kv head j are query heads j * group + r, not j + r.",
+         lambda: prob.expected(q_rows=lambda j: rows(j + np.arange(group)))),
+        ("the K tile of kv head j is read from kv head 0 (every block): offset the cache by "
+         "kv_head * head_dim within a token's row.",
+         lambda: prob.expected(k_tile=lambda j, t: keys[t * TILE:(t + 1) * TILE, 0])),
+    ]
+    if head_dim > TILE:
+        ld = (f"ldm is the distance between rows in elements: the shared tiles have rows of "
+              f"head_dim = {head_dim} elements here, so ldm = head_dim, not 16 (16 is the tile "
+              "width, not the row length)")
+        variants += [(ld + ".", reread(lda=TILE, ldb=TILE)),
+                     (ld + " (Q's load).", reread(lda=TILE)),
+                     (ld + " (K's load).", reread(ldb=TILE))]
+    return variants
+
+
+def _launch_tile(comp, prob, out):
+    num_heads, num_kv_heads, head_dim, page_size, seq_len = prob.sizes
+    args = (prob.q_buffer, prob.k_cache, prob.block_table, out, np.int32(num_heads),
+            np.int32(num_kv_heads), np.int32(head_dim), np.int32(page_size), np.int32(seq_len))
+    try:
+        return comp.get().launch((prob.n_tiles, num_kv_heads), (WARP,), args, outputs=(3,))[0]
+    except Exception as exc:
+        if type(exc).__name__ != "WarpSyncError":
+            raise
+        lanes = ranges(getattr(exc, "bad_lanes", None) or [])
+        raise Mismatch(f"a WMMA call can never complete: {exc}",
+                       f"lanes {lanes} did not reach it: load_matrix_sync, mma_sync and "
+                       "store_matrix_sync are warp-wide, every lane of the warp must call "
+                       "them (the lanes share the tile's elements). A lane with no row to "
+                       "load still takes part: guard its loads with an if, not a return.") \
+            from exc
+
+
+def _tile_case(comp, seed, *sizes) -> None:
+    prob = _TileProblem(seed, *sizes)
+    num_heads, num_kv_heads, head_dim, page_size, seq_len = sizes
+    group = num_heads // num_kv_heads
+    shape = (num_kv_heads, prob.n_tiles, TILE, TILE)
+    got = _launch_tile(comp, prob, poisoned(shape))
+    never = unwritten(got)
+    if never.all() and "TODO" in comp.source:
+        raise NotAttempted("the kernel wrote nothing (scores still hold the NaN the check "
+                           "filled them with): write the kernel body where the // TODO is")
+    expected = prob.expected()
+    axes = ("kv_head", "token_tile", "row", "token")
+    row_ok = np.arange(TILE) < group
+    tok_ok = (np.arange(prob.n_tiles)[:, None] * TILE + np.arange(TILE)) < seq_len
+    valid = row_ok[None, None, :, None] & tok_ok[None, :, None, :]
+    diff = describe_difference(got, expected, axes, mask=valid, unwritten=never)
+    if diff is not None:
+        j, t, _, _ = diff.first()
+        hint = diagnose(got, expected, _tile_variants(prob), mask=valid,
+                        nan_is_evidence=False)
+        raise Mismatch(diff.message() + f"\nTile (kv head {j}, tokens {t * TILE}.."
+                       f"{t * TILE + 15}) is block ({t}, {j}); its rows are query heads "
+                       f"{j * group}..{j * group + group - 1}.",
+                       hint or "S[r][c] = q[kv_head * group + r] . k(token 16 * tile + c, "
+                               "kv_head), summed over all head_dim dimensions.")
+    got64 = np.asarray(got, np.float64)
+    pad_rows = ~row_ok[None, None, :, None] & np.ones(shape, bool)
+    if (got64[pad_rows] != 0).any():
+        bad = np.argwhere(pad_rows & (got64 != 0))[0]
+        raise Mismatch(f"row {bad[2]} (past the group's {group} heads) of tile ({bad[0]}, "
+                       f"{bad[1]}) holds {fmt(got64[tuple(bad)])} instead of 0",
+                       f"zero the Q rows past the group ({group}..15) in shared memory: "
+                       "they are multiplied with the rest, and what is there (the next "
+                       "group's heads, q's NaN tail, whatever shared memory held) becomes "
+                       "their scores.")
+    past = ~tok_ok[None, :, None, :] & np.ones(shape, bool)
+    if (got64[past] != 0).any():
+        bad = np.argwhere(past & (got64 != 0))[0]
+        token = bad[1] * TILE + bad[3]
+        raise Mismatch(f"the score of token {token} (seq_len is {seq_len}) in tile "
+                       f"({bad[0]}, {bad[1]}) is {fmt(got64[tuple(bad)])} instead of 0",
+                       "tokens at or past seq_len are not in the cache (their slots and "
+                       "table entries hold NaN or other data here): load zeros into their K "
+                       "rows (and do not read block_table for them).")
+
+
+def tc_tile_scores(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+    """Check `tc_tile_scores`: grid (ceil(seq_len / 16), num_kv_heads), block (32,)."""
+    comp = _Compiled(source, "tc_tile_scores", device)
+    specs = [   # name, (num_heads, num_kv_heads, head_dim, page_size, seq_len)
+        ("group 1 (MHA), head_dim 16, one partial tile", (2, 2, 16, 4, 13)),
+        ("GQA 8/2, head_dim 64, 37 tokens on pages of 8", (8, 2, 64, 8, 37)),
+        ("MQA 16/1: all 16 rows, 17 tokens", (16, 1, 32, 16, 17)),
+        ("group 3, head_dim 128, pages of 5, one token", (12, 4, 128, 5, 1)),
+        ("GQA 24/4, head_dim 48, pages of 3", (24, 4, 48, 3, 40)),
+    ]
+    cases = [Case(name, dict(zip(("num_heads", "num_kv_heads", "head_dim", "page_size",
+                                  "seq_len"), sizes)),
+                  lambda i=i, sizes=sizes: _tile_case(comp, 95 + i, *sizes))
+             for i, (name, sizes) in enumerate(specs)]
+    return run_cases("tc_tile_scores", "tc_tile_scores: S = Q K^T for one group and 16 "
+                     "tokens on tensor cores", cases, lint=comp.get)
+
+
+# -- task 3: scale and mask a tile of scores (NumPy) -------------------------------------------
+
+def reference_mask_tile(s, tile, seq_len, scale):
+    """The logits of a 16 x 16 score tile: s * scale, and -inf in the columns of tokens at or
+    past seq_len (token 16 * tile + c), float32."""
+    out = np.asarray(s, np.float32) * np.float32(scale)
+    out[:, TILE * tile + np.arange(TILE) >= seq_len] = -np.inf
+    return out
+
+
+def _mask_variants(s, tile, seq_len, scale):
+    cols = TILE * tile + np.arange(TILE)
+
+    def masked(keep, fill=-np.inf, factor=scale, rows=False):
+        out = np.asarray(s, np.float64) * factor
+        if rows:
+            out[~keep, :] = fill
+        else:
+            out[:, ~keep] = fill
+        return out
+
+    return [
+        ("the scores are not scaled: multiply by scale.", lambda: masked(cols < seq_len,
+                                                                         factor=1.0)),
+        ("masked with 0: exp(0 - m) is not 0, so a token past seq_len would still get weight. "
+         "Use -inf (np.float32('-inf')): exp(-inf) = 0.", lambda: masked(cols < seq_len, 0.0)),
+        ("token seq_len itself is not in the cache: mask columns where 16 * tile + c >= "
+         "seq_len (>=, not >).", lambda: masked(cols <= seq_len)),
+        ("column c of tile `tile` is token 16 * tile + c, not c: add the tile's start before "
+         "comparing with seq_len.", lambda: masked(np.arange(TILE) < seq_len)),
+        ("the rows are query heads and the columns are tokens: mask columns (s[:, c]), not "
+         "rows.", lambda: masked(cols < seq_len, rows=True)),
+    ]
+
+
+def _mask_case(fn, seed, tile, seq_len, scale) -> None:
+    rng = np.random.default_rng(seed)
+    s = (rng.standard_normal((TILE, TILE)) * 4).astype(np.float32)
+    given = s.copy()
+    expected = reference_mask_tile(s, tile, seq_len, scale)
+    got = fn(given, tile, seq_len, scale)
+    if got is None:
+        raise Mismatch("returned None", "return the logits, [16, 16].")
+    if not np.array_equal(given, s):
+        raise Mismatch("s was changed in place", "return a new array (s * scale makes one) and "
+                       "leave s as it was: the caller may still need the raw scores.")
+    got = np.asarray(got)
+    if got.shape != expected.shape:
+        raise Mismatch("wrong shape", "one logit per score: [16, 16].", str(expected.shape),
+                       str(got.shape))
+    g64, e64 = np.asarray(got, np.float64), expected.astype(np.float64)
+    same_inf = np.isneginf(g64) == np.isneginf(e64)
+    close = np.isclose(g64, e64, rtol=1e-6, atol=1e-6) | (np.isneginf(g64) & np.isneginf(e64))
+    if same_inf.all() and close.all():
+        if got.dtype != np.float32:
+            raise Mismatch(f"the logits are {got.dtype}", "keep them float32 (the kernel's "
+                           "accumulator type): np.float32 arrays, float32 scale.",
+                           "float32", str(got.dtype))
+        return
+    (r, c), first = np.argwhere(~close)[0], TILE * tile
+    message = (f"{int((~close).sum())} of 256 logits differ; the first at row {r}, column {c} "
+               f"(token {first + c}; seq_len {seq_len}, the tile holds tokens {first}.."
+               f"{first + 15}): expected {fmt(e64[r, c])}, got {fmt(g64[r, c])}.")
+    hint = None
+    for text, variant in _mask_variants(s, tile, seq_len, scale):
+        v = variant()   # the same -inf, the same finite values, and not the right answer
+        if np.array_equal(np.isneginf(v), np.isneginf(g64)) and np.allclose(
+                np.where(np.isneginf(v), 0, v), np.where(np.isneginf(g64), 0, g64),
+                rtol=1e-6, atol=1e-6) and not np.array_equal(v, e64):
+            hint = text
+            break
+    if hint is None and np.isfinite(g64[:, (first + np.arange(TILE)) >= seq_len]).any():
+        hint = ("every token at or past seq_len must come out -inf (its K row was zeros, so its "
+                "score is 0, and exp(0 - m) is not 0).")
+    raise Mismatch(message, hint or "logit[r][c] = s[r][c] * scale, or -inf where 16 * tile + "
+                   "c >= seq_len.")
+
+
+def mask_tile(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(s, tile, seq_len, scale)` -> logits [16, 16] float32."""
+    specs = [   # name, tile, seq_len, scale
+        ("a full tile: nothing masked", 0, 40, 0.125),
+        ("the last tile, 5 tokens cached", 2, 37, 0.125),
+        ("one token: only column 0 stays", 0, 1, 0.088),
+        ("seq_len ends exactly at the tile's end", 1, 32, 0.25),
+        ("the last tile, 15 tokens cached", 3, 63, 0.1),
+    ]
+    return run_cases("mask_tile", "mask_tile: scale a score tile and mask the tokens past "
+                     "seq_len", [
+        Case(name, {"tile": t, "seq_len": n, "scale": sc},
+             lambda i=i, t=t, n=n, sc=sc: _mask_case(fn, 99 + i, t, n, sc))
+        for i, (name, t, n, sc) in enumerate(specs)])
