@@ -16,6 +16,7 @@ from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, fmt, ranges
 from .kernel_runner import poisoned, unwritten
 from .report import Case, Mismatch, NotAttempted, run_cases
+from .seeds import case_rng
 
 TILE = 16    # rows, tokens and head_dim step of one WMMA 16x16x16 tile
 WARP = 32
@@ -77,7 +78,7 @@ def _group_variants(q, kv_head, group, num_kv_heads):
 
 
 def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head) -> None:
-    rng = np.random.default_rng(seed)
+    rng = case_rng(seed)
     group = num_heads // num_kv_heads
     q = (rng.standard_normal((num_heads, head_dim)) + 3.0).astype(np.float16)  # no zero rows
     expected = reference_group_rows(q, kv_head, group)
@@ -135,7 +136,7 @@ class _TileProblem:
     16 NaN rows (a read past the last group shows as NaN, not a fault)."""
 
     def __init__(self, seed, num_heads, num_kv_heads, head_dim, page_size, seq_len):
-        rng = np.random.default_rng(seed)
+        rng = case_rng(seed)
         n_pages = -(-seq_len // page_size)
         num_pages = n_pages + 3     # table entries past the sequence point at NaN pages
         table = self.block_table = rng.permutation(num_pages)[:n_pages + 2].astype(np.int32)
@@ -347,7 +348,7 @@ def _mask_variants(s, tile, seq_len, scale):
 
 
 def _mask_case(fn, seed, tile, seq_len, scale) -> None:
-    rng = np.random.default_rng(seed)
+    rng = case_rng(seed)
     s = (rng.standard_normal((TILE, TILE)) * 4).astype(np.float32)
     given = s.copy()
     expected = reference_mask_tile(s, tile, seq_len, scale)
