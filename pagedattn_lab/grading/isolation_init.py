@@ -83,6 +83,13 @@ def build_root(cfg: dict) -> None:
     root = cfg["root"]
     mount(None, "/", None, MS_REC | MS_PRIVATE)
     mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=0755")
+    # The scratch folders first, the read-only binds after: a repository or environment
+    # under /tmp (a CI clone, say) must stay visible above the sandbox's own empty /tmp.
+    owner = f",uid={cfg['uid']},gid={cfg['uid']}" if cfg.get("uid") else ""
+    for path, options in (("/tmp", f"size={cfg['tmp_mb']}m,mode=1777"),
+                          ("/box", f"size={cfg['box_mb']}m,mode=0700{owner}")):
+        os.makedirs(root + path, exist_ok=True)
+        mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, options)
     for source, target in cfg["binds"]:
         bind(source, root + target)
     for target, link in cfg["symlinks"]:
@@ -96,12 +103,8 @@ def build_root(cfg: dict) -> None:
     for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
                          ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
         os.symlink(target, f"{dev}/{name}")
-    owner = f",uid={cfg['uid']},gid={cfg['uid']}" if cfg.get("uid") else ""
-    for path, options in (("/dev/shm", "size=64m,mode=1777"),
-                          ("/tmp", f"size={cfg['tmp_mb']}m,mode=1777"),
-                          ("/box", f"size={cfg['box_mb']}m,mode=0700{owner}")):
-        os.makedirs(root + path, exist_ok=True)
-        mount("tmpfs", root + path, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    os.makedirs(dev + "/shm")
+    mount("tmpfs", dev + "/shm", "tmpfs", MS_NOSUID | MS_NODEV, "size=64m,mode=1777")
     os.makedirs(root + "/proc")
     try:
         mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
