@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Every GPU check in ONE device call (CI has no GPU). Run from anywhere:
 #     bash .ci/gpu_check.sh            # results under $OUT (the device tool sets it)
-# Writes: $OUT/gpu_check.log (all steps' output), $OUT/bench/bench.json, $OUT/bench/bench.png.
+# Writes: $OUT/gpu_check.log (all steps' output), $OUT/bench/bench.json, bench.png, prefill.json
+# and the compressed-page rows.
 # The device's python3 has torch, cupy, pytest, tqdm, matplotlib; the repository is not
 # installed there, so everything runs from the repository root.
 set -uo pipefail
@@ -39,8 +40,10 @@ step pytest-gpu python3 -m pytest -m gpu tests -q -p no:cacheprovider
 # The whole suite again with a GPU present (checks and notebooks then take the GPU path).
 step pytest-all python3 -m pytest tests -q -p no:cacheprovider -n 8 --dist loadfile
 for tool in memcheck racecheck synccheck; do
-    step "sanitize-$tool" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-        python3 benchmarks/sanitize.py
+    for script in sanitize sanitize_prefill sanitize_quant; do
+        step "$script-$tool" compute-sanitizer --tool "$tool" --error-exitcode 9 \
+            python3 "benchmarks/$script.py"
+    done
 done
 
 # Lessons and solutions under nbval, kernels on the GPU. MPLBACKEND must not reach the
@@ -49,6 +52,8 @@ step notebooks-gpu env -u MPLBACKEND python3 -m pytest --nbval --nbval-current-e
     notebooks solutions -q -p no:cacheprovider -n 4 --dist loadfile
 
 step bench python3 -m pagedattn_lab.bench --out "$OUT/bench"
+step bench-prefill python3 -m pagedattn_lab.bench.prefill --warps 4 8 --out "$OUT/bench"
+step bench-quant python3 -m pagedattn_lab.bench.quant --out "$OUT/bench"
 
 echo "=== end of the log (bench table):"
 tail -n 45 "$LOG"
