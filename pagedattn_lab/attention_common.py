@@ -6,9 +6,8 @@ import functools
 import numpy as np
 
 from .backend import is_cupy_array, to_numpy
-from .validate import check_array
+from .validate import LOG2E, check_array  # noqa: F401 - LOG2E re-exported for the wrappers
 
-LOG2E = 1.4426950408889634
 THREADS = 128          # every kernel of this module runs 128-thread blocks
 MAX_GRID_YZ = 65535    # CUDA's limit on gridDim.y and gridDim.z
 

@@ -24,8 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..split_k import partition_bounds
-
-LOG2E = 1.4426950408889634
+from ..validate import LOG2E
 
 
 def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str) -> range:
