@@ -13,8 +13,10 @@ long prompts over a cached prefix, and decode tokens (q_len 1). Causal masks are
 bottom-right: query i sees keys 0 .. seq_len - q_len + i.
 
 The kernel is `kernels/prefill_tc.cu` (WMMA, FlashAttention-2 style). `plan` validates the
-tables once, cuts every sequence's queries into tiles of `16 * warps` rows (the work list,
-longest first), picks the compiled variant and moves the index arrays to the device. `run`
+tables once, splits the batch in two launches (decode-like sequences, whose query heads of one
+KV head are packed into one 16-row tile, and the longer ones, on the variant measured fastest
+for their head size: `variant_for`), cuts each sequence's rows into query tiles (the work
+lists, longest first), compiles the variants and moves the index arrays to the device. `run`
 checks only what can change between layers (the arrays' shapes, dtypes and place, and that
 the cache holds the planned pages) and launches; with `out=` it allocates nothing.
 
@@ -28,6 +30,9 @@ num_kv_heads] per token). The kernel dequantizes as it stages each K/V tile.
 """
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+
 import numpy as np
 
 from .attention_common import LOG2E, aligned16, allow_shared_memory, fast_path, prepare_out
@@ -38,7 +43,7 @@ from .validate import (check_array, check_block_tables, check_bool, check_int, c
                        check_plan_sizes, resolve_scale)
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
-KV_TILE = 64
+KV_TILE = 64        # keys per K/V tile of the default variants
 
 
 def _bf16():
@@ -72,34 +77,113 @@ def _accepts(array_dtype, planned: np.dtype, on_gpu: bool) -> bool:
     return on_gpu and planned != np.float16 and array_dtype == np.uint16   # bf16 bits
 
 
-def warps_for(max_q_len: int) -> int:
-    """Query rows per block = 16 * warps: one warp for decode-like batches, eight for long
-    prompts (each K/V tile then serves 128 queries: 87 against 71 TFLOP/s with four, H200,
-    benchmarks/NOTES.md), four in between."""
-    if max_q_len <= 16:
-        return 1
-    return 8 if max_q_len >= 128 else 4
+@dataclass(frozen=True)
+class Variant:
+    """One compiled shape of `prefill_tc.cu`: `warps` per block, `row_frags` 16-row fragments
+    per warp (a block's query tile is 16 * row_frags * warps packed rows), `kv_tile` keys per
+    K/V tile staged at a time, `s_keys` keys per softmax chunk (0: the whole tile), Q
+    fragments kept in registers or reloaded from shared memory per chunk, and the unrolling
+    of the two product loops (see the kernel's header)."""
+    warps: int
+    row_frags: int
+    kv_tile: int
+    q_in_regs: bool = False
+    unroll: int = 2
+    s_keys: int = 0
+
+    @property
+    def chunk(self) -> int:
+        return self.s_keys or self.kv_tile
+
+    @property
+    def rows(self) -> int:
+        return 16 * self.row_frags * self.warps
+
+    @property
+    def name(self) -> str:
+        return (f"w{self.warps}r{self.row_frags}k{self.kv_tile}"
+                f"{f's{self.s_keys}' if self.s_keys else ''}"
+                f"{'q' if self.q_in_regs else ''}u{self.unroll}")
+
+    @classmethod
+    def parse(cls, name: str) -> "Variant":
+        """The variant a `name` describes: "w4r2k64s32qu2" is 4 warps, 2 row fragments, K/V
+        tiles of 64 keys, softmax chunks of 32 (optional), Q in registers (optional "q"),
+        unroll 2."""
+        m = (re.fullmatch(r"w(\d)r(\d)k(\d+)(?:s(\d+))?(q?)u(\d)", name)
+             if isinstance(name, str) else None)
+        if not m:
+            raise ValueError(f"variant: expected a name like 'w4r2k32u2' (warps, row fragments, "
+                             f"K/V tile, optional s<chunk> and q, unroll), got {name!r}")
+        v = cls(int(m[1]), int(m[2]), int(m[3]), m[5] == "q", int(m[6]), int(m[4] or 0))
+        if v.warps not in (1, 2, 4, 8) or v.row_frags not in (1, 2, 4) or \
+                v.kv_tile not in (32, 64, 128) or v.unroll not in (1, 2, 4, 8) or \
+                v.chunk not in (32, 64, 128) or v.kv_tile % v.chunk:
+            raise ValueError(f"variant: {name!r} has a size the kernel does not take (warps "
+                             f"1/2/4/8, row fragments 1/2/4, K/V tile 32/64/128 cut into "
+                             f"chunks of 32/64/128, unroll 1/2/4/8)")
+        return v
+
+    def options(self, head_dim: int) -> tuple[str, ...]:
+        return (f"-DHEAD_DIM={head_dim}", f"-DWARPS={self.warps}",
+                f"-DROW_FRAGS={self.row_frags}", f"-DKV_TILE={self.kv_tile}",
+                f"-DS_KEYS={self.chunk}", f"-DQ_IN_REGS={int(self.q_in_regs)}",
+                f"-DQK_UNROLL={self.unroll}",
+                f"-DPV_UNROLL={self.unroll}")
 
 
-def shared_bytes(head_dim: int, warps: int, elem_size: int = 2) -> int:
+# Decode-like sequences (q_len * group <= 16 packed rows): one warp, all query heads of a KV
+# head in one tile, so each K/V tile read serves them all.
+DECODE_VARIANT = Variant(1, 1, 64)
+DECODE_ROWS = 16
+
+
+def variant_for(head_dim: int, max_rows: int) -> Variant:
+    """The variant for the longer sequences of a batch (`max_rows` their most packed rows):
+    measured on the H200 (benchmarks/NOTES.md, 2026-12-02)."""
+    if max_rows <= 64:
+        return Variant(2, 1, 64) if max_rows > 16 else DECODE_VARIANT
+    if head_dim <= 64:
+        return Variant(4, 2, 64)
+    if head_dim <= 128:
+        return Variant(4, 2, 32)
+    return Variant(4, 1, 32)
+
+
+def shared_bytes(head_dim: int, variant: Variant, elem_size: int = 2) -> int:
     """Dynamic shared memory of one block; mirrors `carve` in prefill_tc.cu."""
-    stage_rows = max(2 * KV_TILE, 16 * warps)          # K and V of a tile, or the Q tile
-    kv = 2 * stage_rows * (head_dim + 8) * elem_size    # two stages
-    scratch = warps * 16 * (max(KV_TILE, 64) + 4) * 4
-    p = warps * 16 * (KV_TILE + 8) * elem_size
-    return kv + scratch + p + warps * 16 * 4
+    ld = head_dim + 8
+    kv = 2 * 2 * variant.kv_tile * ld * elem_size      # two stages of K and V
+    q = variant.rows * ld * elem_size
+    p = variant.rows * (variant.chunk + 8) * elem_size
+    return kv + q + p
 
 
-def work_list(indptr: np.ndarray, lens: np.ndarray, rows: int, causal: bool) -> np.ndarray:
-    """int32 [n, 2]: (sequence, first query) of every tile, the tiles with most keys first."""
-    q_lens = np.diff(indptr)
-    tiles = -(-q_lens // rows)
-    seq = np.repeat(np.arange(q_lens.size), tiles)
+def work_list(indptr: np.ndarray, lens: np.ndarray, rows: int, causal: bool,
+              pack: int = 1) -> np.ndarray:
+    """int32 [n, 2]: (sequence, first packed row) of every query tile of `rows` packed rows
+    (row = query * pack + head within the pack), the tiles with most keys first."""
+    q_rows = np.diff(indptr) * pack
+    tiles = -(-q_rows // rows)
+    seq = np.repeat(np.arange(q_rows.size), tiles)
     first = (np.arange(seq.size) - np.repeat(np.cumsum(tiles) - tiles, tiles)) * rows
-    last_pos = lens[seq] - q_lens[seq] + np.minimum(first + rows, q_lens[seq]) - 1
-    keys = last_pos + 1 if causal else lens[seq]
+    last_query = (np.minimum(first + rows, q_rows[seq]) - 1) // pack
+    keys = lens[seq] - q_rows[seq] // pack + last_query + 1 if causal else lens[seq]
     order = np.argsort(-keys, kind="stable")
     return np.stack([seq[order], first[order]], axis=1).astype(np.int32)
+
+
+@dataclass
+class Part:
+    """One launch of a plan: its variant, pack (query heads per block), work list, kernel."""
+    variant: Variant
+    pack: int
+    sequences: int
+    work: object
+    kernel: object
+    grid: tuple
+    block: tuple
+    shared_mem: int
 
 
 class BatchPrefillWrapper:
@@ -111,11 +195,14 @@ class BatchPrefillWrapper:
     def plan(self, qo_indptr, block_tables, seq_lens, num_heads: int, num_kv_heads: int,
              head_dim: int, page_size: int, dtype, causal: bool = True,
              warps: int | None = None, kv_dtype: str | None = None,
-             scale_scheme: str = "static"):
+             scale_scheme: str = "static", variant: str | None = None):
         """All host work for one batch. The device is where `block_tables` lives (CuPy: the
-        GPU; NumPy: the CPU executor). `warps` (1, 2, 4 or 8; query rows per block = 16 *
-        warps) overrides the automatic choice. Raises before changing the wrapper if
-        anything is off."""
+        GPU; NumPy: the CPU executor). Sequences whose q_len * (num_heads / num_kv_heads)
+        fits 16 rows (decode tokens, short chunks) run in one launch with GQA packing; the
+        others in a second launch with the variant `variant_for` picks (`self.variant` names
+        what was chosen). `variant` (a `Variant` name such as "w4r2k32u2") or `warps` (1, 2, 4
+        or 8 one-fragment warps) instead runs every sequence on that variant, unpacked.
+        Raises before changing the wrapper if anything is off."""
         num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
             num_heads, num_kv_heads, head_dim, page_size)
         if head_dim not in HEAD_DIMS:
@@ -124,6 +211,13 @@ class BatchPrefillWrapper:
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
         check_scheme(scale_scheme)
         check_bool(causal, "causal")
+        fixed = None
+        if variant is not None:
+            fixed = variant if isinstance(variant, Variant) else Variant.parse(variant)
+        elif warps is not None:
+            if check_int(warps, "warps") not in (1, 2, 4, 8):
+                raise ValueError(f"warps: expected 1, 2, 4 or 8, got {warps!r}")
+            fixed = Variant(warps, 1, KV_TILE)
         check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         indptr = to_numpy(qo_indptr).astype(np.int64)
         batch = indptr.size - 1
@@ -141,30 +235,46 @@ class BatchPrefillWrapper:
                              f"in seq_lens, their K/V already in the cache)")
         on_gpu = is_cupy_array(block_tables)
         xp = array_module(block_tables)
-        if warps is None:
-            warps = warps_for(int(q_lens.max(initial=0)))
-        elif check_int(warps, "warps") not in (1, 2, 4, 8):
-            raise ValueError(f"warps: expected 1, 2, 4 or 8, got {warps!r}")
-        work = work_list(indptr, lens.astype(np.int64), 16 * warps, causal)
-        pages_used = -(-lens.astype(np.int64) // page_size)
+        group = num_heads // num_kv_heads
+        if fixed is not None:
+            groups = [(fixed, 1, q_lens > 0)]
+        else:
+            short = (q_lens > 0) & (q_lens * group <= DECODE_ROWS)
+            long = (q_lens > 0) & ~short
+            groups = [(variant_for(head_dim, int(q_lens[long].max(initial=0))), 1, long),
+                      (DECODE_VARIANT, group, short)]
+        lens64 = lens.astype(np.int64)
+        base = (f"-DELEM={elem}", f"-DKV_QUANT={fmt.kernel_id if fmt else 0}",
+                f"-DCACHE_T={'unsigned char' if fmt else elem}",
+                f"-DPER_TOKEN_SCALES={int(fmt is not None and scale_scheme == 'per_token')}")
+        parts = []
+        for var, pack, chosen in groups:
+            if not chosen.any():
+                continue
+            sub = np.concatenate([[0], np.cumsum(np.where(chosen, q_lens, 0))])
+            work = work_list(sub, lens64, var.rows, causal, pack)
+            kern = load_kernel("prefill_tc", "prefill_tc", var.options(head_dim) + base)
+            smem = shared_bytes(head_dim, var)
+            allow_shared_memory(kern, smem)
+            parts.append(Part(var, pack, int(chosen.sum()), xp.asarray(work), kern,
+                              (int(work.shape[0]), num_heads // pack), (32 * var.warps,), smem))
+        pages_used = -(-lens64 // page_size)
         used = tables[np.arange(tables.shape[1])[None, :] < pages_used[:, None]]
-        options = (f"-DHEAD_DIM={head_dim}", f"-DELEM={elem}", f"-DWARPS={warps}",
-                   f"-DKV_TILE={KV_TILE}", f"-DKV_QUANT={fmt.kernel_id if fmt else 0}",
-                   f"-DCACHE_T={'unsigned char' if fmt else elem}",
-                   f"-DPER_TOKEN_SCALES={int(fmt is not None and scale_scheme == 'per_token')}")
-        kern = load_kernel("prefill_tc", "prefill_tc", options)
-        smem = shared_bytes(head_dim, warps)
-        allow_shared_memory(kern, smem)
+        main = parts[0] if parts else None
         self.__dict__.update(
             planned=True, on_gpu=on_gpu, xp=xp, batch=batch, num_heads=num_heads,
             num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size,
-            dtype=array_dtype, causal=bool(causal), total_q=int(indptr[-1]), warps=warps,
+            dtype=array_dtype, causal=bool(causal), total_q=int(indptr[-1]),
             kv_format=fmt, scale_scheme=scale_scheme if fmt else None,
             _no_scale=xp.ones(1, dtype=np.float32),
-            max_page=int(used.max(initial=-1)), shared_mem=smem, kernel=kern,
-            kernel_name=f"prefill_tc (WMMA, {16 * warps} query rows per block)",
-            grid=(int(work.shape[0]), num_heads), block=(32 * warps,),
-            _indexes=tuple(xp.asarray(a) for a in (indptr.astype(np.int32), tables, lens, work)),
+            max_page=int(used.max(initial=-1)), parts=tuple(parts),
+            variant=" + ".join(f"{p.variant.name}{f' (GQA packed x{p.pack})' if p.pack > 1 else ''}"
+                               f" for {p.sequences} seq" for p in parts) or "nothing to do",
+            warps=main.variant.warps if main else 1, rows=main.variant.rows if main else 16,
+            kernel_name=(f"prefill_tc (WMMA, {main.variant.rows} query rows per block)"
+                         if main else "prefill_tc"),
+            grid=main.grid if main else (0, num_heads), block=main.block if main else (32,),
+            _indexes=tuple(xp.asarray(a) for a in (indptr.astype(np.int32), tables, lens)),
             _checked=False)
         return self
 
@@ -228,17 +338,20 @@ class BatchPrefillWrapper:
         scale = resolve_scale(scale, self.head_dim)
         check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
         out = prepare_out(out, tuple(q.shape), q.dtype, self.xp)
-        if self.grid[0] == 0:
+        if not self.parts:
             return out
         q, k_cache, v_cache = (aligned16(a, self.xp) for a in (q, k_cache, v_cache))
         if self.kv_format is not None:   # the kernel takes the codes as bytes
             k_cache, v_cache = k_cache.view(np.uint8), v_cache.view(np.uint8)
-        indptr, tables, lens, work = self._indexes
-        args = (q, k_cache, v_cache, k_scale, v_scale, indptr, tables, lens, work, out,
-                np.int32(self.num_heads),
-                np.int32(self.num_kv_heads), np.int32(self.page_size),
-                np.int32(tables.shape[1]), np.int32(self.causal), np.float32(scale * LOG2E))
-        self.kernel(self.grid, self.block, args, shared_mem=self.shared_mem)
+        indptr, tables, lens = self._indexes
+        for part in self.parts:
+            args = (q, k_cache, v_cache, k_scale, v_scale, indptr, tables, lens, part.work, out,
+                    np.int32(self.num_heads), np.int32(self.num_kv_heads),
+                    np.int32(self.page_size), np.int32(tables.shape[1]),
+                    np.int32(self.causal), np.int32(part.pack), np.float32(scale * LOG2E))
+            part.kernel(part.grid, part.block, args, shared_mem=part.shared_mem)
         if not self._checked:   # the first launch checked the arguments; later ones skip it
-            self.kernel, self._checked = fast_path(self.kernel, self.on_gpu), True
+            for part in self.parts:
+                part.kernel = fast_path(part.kernel, self.on_gpu)
+            self._checked = True
         return out

@@ -68,13 +68,15 @@ def build(cp, w: PrefillWorkload, rng):
     return dict(q=q, k=k, v=v, indptr=indptr, tables=tables, lens=np.array(w.lens, np.int32))
 
 
-def ours(cp, w, d, warps=None):
+def ours(cp, w, d, variant=None):
     from ..prefill_wrapper import BatchPrefillWrapper  # noqa: PLC0415
     wrapper = BatchPrefillWrapper().plan(cp.asarray(d["indptr"]), cp.asarray(d["tables"]),
                                          cp.asarray(d["lens"]), w.num_heads, w.num_kv_heads,
-                                         w.head_dim, PAGE, np.float16, warps=warps)
+                                         w.head_dim, PAGE, np.float16, variant=variant)
     out = cp.empty_like(d["q"])
-    return lambda: wrapper.run(d["q"], d["k"], d["v"], out=out)
+    run = lambda: wrapper.run(d["q"], d["k"], d["v"], out=out)  # noqa: E731
+    run.plan_variant = wrapper.variant
+    return run
 
 
 def flashinfer_prefill(cp, w, d):
@@ -122,45 +124,79 @@ def max_rel_err(cp, a, b, total_q, w):
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
+def time_entry(cp, timer, w, fn, reps):
+    result = fn()
+    t = timer.time(fn, reps=reps)
+    entry = {**t.as_dict(), "tflops": w.flops() / (t.median_ms * 1e-3) / 1e12}
+    if hasattr(fn, "plan_variant"):
+        entry["variant"] = fn.plan_variant
+    return entry, result
+
+
+def cells(row) -> str:
+    return " | ".join(f"{k} {v['tflops']:.0f} TF" if "tflops" in v else f"{k} n/a"
+                      for k, v in row["results"].items())
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path("bench_prefill_out"))
+    parser.add_argument("--name", default="prefill.json", help="the JSON file's name")
     parser.add_argument("--reps", type=int, default=30)
-    parser.add_argument("--warps", type=int, nargs="*", default=[],
-                        help="also time our kernel with these fixed warps per block")
+    parser.add_argument("--variants", nargs="*", default=[],
+                        help="also time our kernel on these fixed variants (e.g. w4r2k32u2, or "
+                             "128:w4r2k32u2 for head_dim 128 only)")
+    parser.add_argument("--rows", nargs="*", type=int, default=None,
+                        help="only these workloads (indexes)")
     args = parser.parse_args(argv)
     import cupy as cp  # noqa: PLC0415
     timer = Timer(cp)
     timer.warm_up()
     rng = np.random.default_rng(0)
-    rows = []
-    for w in workloads():
+    args.out.mkdir(parents=True, exist_ok=True)
+    meta = {"date": time.strftime("%Y-%m-%d"),
+            "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
+    chosen = [w for i, w in enumerate(workloads()) if args.rows is None or i in args.rows]
+    rows, data, refs = [], [], []
+
+    def save():
+        (args.out / args.name).write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+
+    # Ours first (every variant, every row), then the baselines: FlashInfer's first call
+    # compiles its kernels (about a minute on a fresh machine), so a run cut short still
+    # has all of ours.
+    for w in chosen:
         d = build(cp, w, rng)
         row = {"workload": asdict(w), "name": w.name, "tflop": w.flops() / 1e12, "results": {}}
         ref = None
-        variants = [(f"ours-w{n}", lambda cp, w, d, n=n: ours(cp, w, d, n)) for n in args.warps]
-        for label, builder in [("ours", ours), *variants, ("flashinfer", flashinfer_prefill),
-                               ("sdpa-dense", sdpa_dense)]:
+        fixed = [v.split(":")[-1] for v in args.variants
+                 if ":" not in v or v.split(":")[0] == str(w.head_dim)]
+        for label, variant in [("ours", None)] + [(f"ours-{v}", v) for v in fixed]:
             try:
-                fn = builder(cp, w, d)
-                result = fn()
-                t = timer.time(fn, reps=args.reps)
-                entry = {**t.as_dict(), "tflops": w.flops() / (t.median_ms * 1e-3) / 1e12}
-                if label == "ours":
+                entry, result = time_entry(cp, timer, w, ours(cp, w, d, variant), args.reps)
+                if ref is None:
                     ref = cp.asnumpy(result).astype(np.float32)
-                elif label == "flashinfer" and ref is not None:
+                else:
                     entry["rel_err_vs_ours"] = max_rel_err(cp, result, ref, ref.shape[0], w)
                 row["results"][label] = entry
             except Exception as exc:  # noqa: BLE001 - record and go on
                 row["results"][label] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
         rows.append(row)
-        cells = [f"{k} {v['median_ms']:.3f} ms {v['tflops']:.0f} TF" if "median_ms" in v
-                 else f"{k} n/a" for k, v in row["results"].items()]
-        print(f"{w.name:40s} | " + " | ".join(cells), flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"),
-            "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
-    (args.out / "prefill.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
+        data.append(d)
+        refs.append(ref)
+        save()
+        print(f"{w.name:40s} | {cells(row)}", flush=True)
+    for w, row, d, ref in zip(chosen, rows, data, refs):
+        for label, builder in [("flashinfer", flashinfer_prefill), ("sdpa-dense", sdpa_dense)]:
+            try:
+                entry, result = time_entry(cp, timer, w, builder(cp, w, d), args.reps)
+                if ref is not None:
+                    entry["rel_err_vs_ours"] = max_rel_err(cp, result, ref, ref.shape[0], w)
+                row["results"][label] = entry
+            except Exception as exc:  # noqa: BLE001 - record and go on
+                row["results"][label] = {"error": f"{type(exc).__name__}: {exc}"[:300]}
+        save()
+        print(f"{w.name:40s} | {cells(row)}", flush=True)
     return 0
 
 

@@ -3,36 +3,46 @@
 // tokens in one launch. The tile loop is the one of the step-4 tiled kernel; the two inner
 // products, S = Q K^T and O += P V, run on WMMA (16x16x16, fp16/bf16 in, fp32 accumulate).
 //
-// Compile-time: HEAD_DIM (a multiple of 16), ELEM (__half or __nv_bfloat16), WARPS (query
-// rows per block = 16 * WARPS), KV_TILE (keys per K/V tile, a multiple of 32).
+// Compile-time: HEAD_DIM (a multiple of 16), ELEM (__half or __nv_bfloat16), WARPS,
+// ROW_FRAGS (16-row fragments per warp: a warp owns 16 * ROW_FRAGS query rows, so every K or
+// V fragment it loads from shared memory feeds ROW_FRAGS products), KV_TILE (keys per K/V
+// tile, a multiple of 16), Q_IN_REGS (1: the warp's Q fragments stay in registers; 0: they
+// are reloaded from shared memory for every K/V tile, which frees registers for larger tiles).
 // Compressed pages (kv_quant.cuh): KV_QUANT (0 none, 1 int8, 2 fp8 e4m3), CACHE_T (the
 // cache element: ELEM, or unsigned char for codes), PER_TOKEN_SCALES (0: k_scale/v_scale are
 // [num_kv_heads]; 1: [num_pages, page_size, num_kv_heads], like the pages). Codes are
 // dequantized (code * scale, rounded to ELEM) as a tile is staged into shared memory, so
 // the tensor-core loop is the same for every format; the scales are unused when KV_QUANT=0.
 //
-// Thread-to-data mapping: grid = (work items, num_heads). A work item (from the wrapper's
-// plan) is one tile of 16*WARPS consecutive new tokens of one sequence; warp w owns rows
-// 16w..16w+15 of the tile. All threads copy each K/V tile from its pages into shared
-// memory (16-byte copies, zeros past the end of the sequence: a masked key times a NaN
-// left in an unused slot would still be NaN), two tiles deep: the copy of tile i+1 is in
-// flight (cp.async on sm_80+) while tile i is computed. Each warp then computes its
-// 16 x KV_TILE block of S on tensor cores and stores it to its private shared scratch;
-// lane pairs (lane = 2 * row + half) run the online softmax on one row each, write P (in
-// ELEM) and the row's rescale factor alpha (a lane takes every other column, so the
-// two lanes of a pair hit different banks); the warp scales its O fragments by alpha and
-// adds P V on tensor cores. O stays in accumulator fragments for the whole loop.
+// Thread-to-data mapping: grid = (work items, num_heads / pack). A block's rows are "packed
+// rows" rho = query * pack + h: with pack = 1 a block serves one head (blockIdx.y); with
+// pack = num_heads / num_kv_heads (GQA packing, for decode-like sequences) it serves every
+// query head of one KV head, so each K/V tile read serves them all. A work item (from the
+// wrapper's plan) is a run of Q_ROWS = 16 * ROW_FRAGS * WARPS consecutive packed rows of one
+// sequence; warp w owns 16 * ROW_FRAGS of them. All threads copy each K/V tile from its
+// pages into shared memory (16-byte copies, zeros past the keys the block reads: a masked
+// key times a NaN left in an unused slot would still be NaN), two tiles deep: the copy of
+// tile i+1 is in flight (cp.async on sm_80+) while tile i is computed.
+//
+// Per tile a warp computes its S block into accumulator fragments, runs the online softmax on
+// those fragments in registers, writes P (ELEM) to its private shared scratch, reloads it as
+// A fragments (WMMA has no accumulator-to-A conversion) and adds P V into the O fragments,
+// which stay in registers for the whole loop.
 //
 // A fragment's element-to-(row, column) mapping is unspecified by WMMA, so the kernel
-// learns it: at the start each warp loads a 16x16 matrix whose entries are their own row
-// numbers into an accumulator fragment, which tells every lane the row of each of its
-// elements. Rescaling a row of O is then "x[i] *= alpha[row_of[i]]", on any GPU and on the
-// CPU executor alike.
+// learns it: each warp loads 16x16 matrices holding their own row and column numbers into
+// accumulator fragments. From them every lane knows, for each of its elements, the row
+// (one of at most two rows a lane holds: "slot" 0 or 1) and the column, and which lanes
+// share its rows (the xor masks `share`: row maxima and sums combine over those lanes with
+// shuffles). Elements are used in pairs (2k, 2k+1) of adjacent columns of one row, so P and
+// the output are written 4 bytes at a time. The kernel checks these properties once and
+// traps if a GPU (or the CPU executor) breaks them; the same code then runs everywhere.
 //
 // Causality is bottom-right: query i of a sequence with q_len queries and seq_len cached
 // tokens (the new ones included) sees keys 0 .. seq_len - q_len + i. Tiles wholly past a
 // block's last query are never loaded; a warp whose rows all precede a tile skips its
-// arithmetic (but not the barriers, which every thread reaches).
+// arithmetic (but not the barriers, which every thread reaches); tiles every row of a warp
+// sees in full skip the mask.
 
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -48,8 +58,23 @@
 #ifndef WARPS
 #define WARPS 4
 #endif
+#ifndef ROW_FRAGS
+#define ROW_FRAGS 1
+#endif
 #ifndef KV_TILE
 #define KV_TILE 64
+#endif
+#ifndef S_KEYS
+#define S_KEYS KV_TILE
+#endif
+#ifndef Q_IN_REGS
+#define Q_IN_REGS 1
+#endif
+#ifndef QK_UNROLL
+#define QK_UNROLL 1
+#endif
+#ifndef PV_UNROLL
+#define PV_UNROLL 1
 #endif
 #ifndef CACHE_T
 #define CACHE_T ELEM
@@ -60,45 +85,135 @@
 
 using namespace nvcuda;
 
-#define Q_ROWS (16 * WARPS)
+
+#define WARP_ROWS (16 * ROW_FRAGS)
+#define Q_ROWS (WARP_ROWS * WARPS)
 #define THREADS (32 * WARPS)
 #define D_FRAGS (HEAD_DIM / 16)
-#define K_FRAGS (KV_TILE / 16)
+#define K_FRAGS (S_KEYS / 16)     // key fragments of one softmax chunk
 #define LD_KV (HEAD_DIM + 8)       // ELEMs per shared K/V/Q row: +16 bytes against conflicts
-#define LD_S (KV_TILE + 4)         // floats per row of a warp's S scratch
-#define LD_P (KV_TILE + 8)         // ELEMs per row of a warp's P
-#define OUT_COLS 64                // output columns staged through the S scratch at a time
-#define S_COLS (KV_TILE > OUT_COLS ? KV_TILE : OUT_COLS)
+#define LD_P (S_KEYS + 8)          // ELEMs per row of a warp's P
+#define FULL 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
+
+// Unrolling of the d loop of S = Q K^T and the key loop of O += P V: full unrolling lets
+// the compiler hoist every fragment load, which costs registers the O fragments need.
+// Q fragments kept in registers are indexed by d: that loop must unroll fully.
+constexpr int qk_unroll = Q_IN_REGS ? D_FRAGS : QK_UNROLL, pv_unroll = PV_UNROLL;
 
 __device__ inline float to_float(__half x) { return __half2float(x); }
 __device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ inline void from_float(float x, __half* p) { *p = __float2half(x); }
 __device__ inline void from_float(float x, __nv_bfloat16* p) { *p = __float2bfloat16(x); }
 
+// Two floats rounded to ELEM and stored as one 4-byte word (dst 4-byte aligned).
+__device__ inline void store_pair(__half* dst, float a, float b)
+{
+    *reinterpret_cast<__half2*>(dst) = __floats2half2_rn(a, b);
+}
+__device__ inline void store_pair(__nv_bfloat16* dst, float a, float b)
+{
+    *reinterpret_cast<__nv_bfloat162*>(dst) = __floats2bfloat162_rn(a, b);
+}
+
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, ELEM, wmma::row_major> FragA;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, ELEM, wmma::col_major> FragKT;
 typedef wmma::fragment<wmma::matrix_b, 16, 16, 16, ELEM, wmma::row_major> FragV;
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
+#define NE FragC::num_elements
 
 struct Shared {                    // carved out of the dynamic shared memory
-    ELEM* stage[2];                // per stage: K [KV_TILE][LD_KV], then V; stage 1 first
-                                   // holds the Q tile
-    float* s;                      // per warp [16][S_COLS + 4]: S, then output staging
-    ELEM* p;                       // per warp [16][LD_P]
-    float* row;                    // per warp [16]: alpha, then 1/l
+    ELEM* stage[2];                // per stage: K [KV_TILE][LD_KV], then V
+    ELEM* q;                       // [Q_ROWS][LD_KV]
+    ELEM* p;                       // per warp [WARP_ROWS][LD_P]; first the layout scratch
 };
 
 __device__ inline Shared carve(unsigned char* base)
 {
     Shared sh;
-    int stage_rows = 2 * KV_TILE > Q_ROWS ? 2 * KV_TILE : Q_ROWS;   // K and V, or the Q tile
     sh.stage[0] = reinterpret_cast<ELEM*>(base);
-    sh.stage[1] = sh.stage[0] + stage_rows * LD_KV;
-    sh.s = reinterpret_cast<float*>(sh.stage[1] + stage_rows * LD_KV);
-    sh.p = reinterpret_cast<ELEM*>(sh.s + WARPS * 16 * (S_COLS + 4));
-    sh.row = reinterpret_cast<float*>(sh.p + WARPS * 16 * LD_P);
+    sh.stage[1] = sh.stage[0] + 2 * KV_TILE * LD_KV;
+    sh.q = sh.stage[1] + 2 * KV_TILE * LD_KV;
+    sh.p = sh.q + Q_ROWS * LD_KV;
     return sh;
+}
+
+// What a lane knows about the accumulator layout (see the header).
+struct Layout {
+    unsigned slot1;     // bit i: element i lies in the lane's second row
+    unsigned cols;      // 4 bits per element: its column (elements 0..7)
+    int row[2];         // the lane's two rows (equal when it holds one)
+    unsigned share;     // xor masks of the lanes holding the same rows
+};
+
+__device__ inline int elem_col(const Layout& L, int i) { return (L.cols >> (4 * i)) & 15; }
+
+// pair[s] for a slot known only at run time, as a select: an array indexed by a run-time
+// value would live in local memory.
+template <typename T>
+__device__ inline T pick(int s, T slot0, T slot1) { return s ? slot1 : slot0; }
+
+__device__ inline float group_max(float x, unsigned share)
+{
+#pragma unroll
+    for (int m = 1; m < 32; m <<= 1)
+        if (share & m) x = fmaxf(x, __shfl_xor_sync(FULL, x, m));
+    return x;
+}
+
+__device__ inline float group_sum(float x, unsigned share)
+{
+#pragma unroll
+    for (int m = 1; m < 32; m <<= 1)
+        if (share & m) x += __shfl_xor_sync(FULL, x, m);
+    return x;
+}
+
+// Learn the layout through `scratch` (256 floats, warp-private); trap if it is not one this
+// kernel can use.
+__device__ inline Layout learn_layout(float* scratch, int lane)
+{
+    FragC rows, cols;
+    for (int i = lane; i < 256; i += 32) scratch[i] = (float)(i / 16);
+    __syncwarp();
+    wmma::load_matrix_sync(rows, scratch, 16, wmma::mem_row_major);
+    __syncwarp();
+    for (int i = lane; i < 256; i += 32) scratch[i] = (float)(i % 16);
+    __syncwarp();
+    wmma::load_matrix_sync(cols, scratch, 16, wmma::mem_row_major);
+    __syncwarp();
+    static_assert(NE <= 8, "the layout keeps 4 bits per element in one word");
+    Layout L;
+    L.row[0] = L.row[1] = (int)rows.x[0];
+    L.slot1 = L.cols = 0;
+#pragma unroll
+    for (int i = 0; i < NE; ++i) {
+        int r = (int)rows.x[i];
+        if (r != L.row[0]) { L.row[1] = r; L.slot1 |= 1u << i; }
+        L.cols |= (unsigned)cols.x[i] << (4 * i);
+    }
+    bool ok = true;
+    int in0 = 0, in1 = 0;
+#pragma unroll
+    for (int i = 0; i < NE; ++i) {
+        int r = (int)rows.x[i];
+        ok = ok && (r == L.row[0] || r == L.row[1]);
+        in0 += r == L.row[0];
+        in1 += r != L.row[0];
+    }
+#pragma unroll
+    for (int i = 0; i < NE; i += 2)   // pairs: one row, adjacent columns, the first even
+        ok = ok && rows.x[i] == rows.x[i + 1] && cols.x[i + 1] == cols.x[i] + 1.0f
+             && ((int)cols.x[i] & 1) == 0;
+    L.share = 0;
+    for (int m = 1; m < 32; m <<= 1)
+        if (__all_sync(FULL, __shfl_xor_sync(FULL, L.row[0], m) == L.row[0] &&
+                             __shfl_xor_sync(FULL, L.row[1], m) == L.row[1]))
+            L.share |= m;
+    const int lanes = 1 << __popc(L.share);    // the lanes of a group cover each row once
+    ok = ok && in0 * lanes == 16 && (in1 == 0 || in1 * lanes == 16);
+    if (!__all_sync(FULL, ok)) __trap();
+    return L;
 }
 
 // 16 bytes from global to shared memory, or 16 zero bytes when src is null. On sm_80 and
@@ -185,34 +300,44 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
            const int* __restrict__ qo_indptr,     // [batch + 1]
            const int* __restrict__ block_tables,  // [batch, max_pages]
            const int* __restrict__ seq_lens,      // [batch]
-           const int* __restrict__ work,          // [n_work][2]: sequence, first query of tile
+           const int* __restrict__ work,          // [n_work][2]: sequence, first packed row
            ELEM* __restrict__ out,                // like q
            int num_heads, int num_kv_heads, int page_size, int max_pages, int causal,
+           int pack,                              // query heads per block (see the header)
            float scale_log2)                      // softmax scale * log2(e)
 {
     extern __shared__ __align__(16) unsigned char smem[];
     Shared sh = carve(smem);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int b = work[2 * blockIdx.x], t0 = work[2 * blockIdx.x + 1];
-    const int head = blockIdx.y, kv_head = head / (num_heads / num_kv_heads);
+    const int b = work[2 * blockIdx.x], rho0 = work[2 * blockIdx.x + 1];
+    const int head0 = blockIdx.y * pack;                 // the block's first query head
+    const int kv_head = head0 / (num_heads / num_kv_heads);
     const int q_begin = qo_indptr[b], q_len = qo_indptr[b + 1] - q_begin;
     const int seq_len = seq_lens[b], first_pos = seq_len - q_len;   // position of query 0
-    const int tile_rows = min(Q_ROWS, q_len - t0);
+    const int rows_total = q_len * pack;                 // packed rows of the sequence
     const int* table = block_tables + (long long)b * max_pages;
     const long long row_stride = (long long)num_kv_heads * HEAD_DIM;   // one token's K row
-    float* s_w = sh.s + warp * 16 * (S_COLS + 4);
-    ELEM* p_w = sh.p + warp * 16 * LD_P;
-    float* row_w = sh.row + warp * 16;
+    ELEM* p_w = sh.p + warp * WARP_ROWS * LD_P;
 
-    // Which row of the warp's 16 each accumulator element holds (see the header).
-    FragC rows_of;
-    for (int i = lane; i < 256; i += 32) s_w[(i / 16) * LD_S + i % 16] = (float)(i / 16);
-    __syncwarp();
-    wmma::load_matrix_sync(rows_of, s_w, LD_S, wmma::mem_row_major);
-    __syncwarp();
+    const Layout L = learn_layout(reinterpret_cast<float*>(p_w), lane);
 
-    const int block_last_pos = first_pos + t0 + tile_rows - 1;
-    const int kv_end = causal ? min(seq_len, block_last_pos + 1) : seq_len;
+    // The last key a packed row may see, or -1 for a row past the sequence's queries.
+    auto key_limit = [&](int rho) {
+        if (rho >= rows_total) return -1;
+        return causal ? first_pos + rho / pack : seq_len - 1;
+    };
+    const int block_last = min(rho0 + Q_ROWS, rows_total) - 1;
+    const int kv_end = key_limit(block_last) + 1;
+    const int warp_first = rho0 + warp * WARP_ROWS;
+    const bool warp_has_rows = warp_first < rows_total;
+    const int warp_min_lim = key_limit(warp_first);      // limits grow with rho
+    const int warp_max_lim = key_limit(min(warp_first + WARP_ROWS, rows_total) - 1);
+    int lim[ROW_FRAGS][2];
+#pragma unroll
+    for (int f = 0; f < ROW_FRAGS; ++f)
+#pragma unroll
+        for (int s = 0; s < 2; ++s) lim[f][s] = key_limit(warp_first + f * 16 + L.row[s]);
+
     auto stage_kv = [&](int k0, ELEM* dst) {   // K then V of keys k0 .. k0 + KV_TILE - 1
         auto slot_of = [&](int r) -> long long {   // -1 past the keys this block reads
             int key = k0 + r;
@@ -235,137 +360,169 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         commit_copies();
     };
 
-    // The Q tile (rows past the sequence's queries are zeros) into stage 1, the first K/V
-    // tile into stage 0; then each warp takes its Q fragments.
-    stage_rows(sh.stage[1], Q_ROWS, [&](int r) -> const ELEM* {
-        return r < tile_rows ? q + ((long long)(q_begin + t0 + r) * num_heads + head) * HEAD_DIM
-                             : nullptr;
+    // The Q tile (rows past the sequence's queries are zeros), then the first K/V tile.
+    stage_rows(sh.q, Q_ROWS, [&](int r) -> const ELEM* {
+        const int rho = rho0 + r;
+        return rho < rows_total ? q + ((long long)(q_begin + rho / pack) * num_heads + head0
+                                       + rho % pack) * HEAD_DIM
+                                : nullptr;
     });
     commit_copies();
-    stage_kv(0, sh.stage[0]);
+    if (kv_end > 0) stage_kv(0, sh.stage[0]);
+    else commit_copies();
     wait_copies<1>();
     __syncthreads();
-    FragA q_frag[D_FRAGS];
+    const ELEM* q_w = sh.q + warp * WARP_ROWS * LD_KV;
+#if Q_IN_REGS
+    FragA q_frag[ROW_FRAGS][D_FRAGS];
 #pragma unroll
-    for (int d = 0; d < D_FRAGS; ++d)
-        wmma::load_matrix_sync(q_frag[d], sh.stage[1] + warp * 16 * LD_KV + d * 16, LD_KV);
-    __syncthreads();   // stage 1 is about to receive the second K/V tile
-
-    FragC o_frag[D_FRAGS];
+    for (int f = 0; f < ROW_FRAGS; ++f)
 #pragma unroll
-    for (int d = 0; d < D_FRAGS; ++d) wmma::fill_fragment(o_frag[d], 0.0f);
+        for (int d = 0; d < D_FRAGS; ++d)
+            wmma::load_matrix_sync(q_frag[f][d], q_w + f * 16 * LD_KV + d * 16, LD_KV);
+#endif
 
-    // Lane pair (2 * r, 2 * r + 1) owns row r of the warp: its running max and sum.
-    const int my_row = lane / 2, my_half = lane % 2;
-    const int my_query = warp * 16 + my_row;                       // row within the tile
-    const bool row_real = my_query < tile_rows;
-    const int my_pos = first_pos + t0 + my_query;                  // its position
-    float m_run = NEG_INF, l_run = 0.0f;
-
-    const int warp_last_pos = first_pos + t0 + min(warp * 16 + 15, tile_rows - 1);
-    const bool warp_has_rows = warp * 16 < tile_rows;
+    FragC o_frag[ROW_FRAGS][D_FRAGS];
+#pragma unroll
+    for (int f = 0; f < ROW_FRAGS; ++f)
+#pragma unroll
+        for (int d = 0; d < D_FRAGS; ++d) wmma::fill_fragment(o_frag[f][d], 0.0f);
+    // Per row (fragment f, slot s): the running max (log2 units, shared by the row's lanes)
+    // and this lane's part of the running sum (the lanes' parts are added at the end).
+    float m_run[ROW_FRAGS][2], l_run[ROW_FRAGS][2];
+#pragma unroll
+    for (int f = 0; f < ROW_FRAGS; ++f)
+#pragma unroll
+        for (int s = 0; s < 2; ++s) { m_run[f][s] = NEG_INF; l_run[f][s] = 0.0f; }
 
     for (int k0 = 0, tile = 0; k0 < kv_end; k0 += KV_TILE, ++tile) {
         if (k0 + KV_TILE < kv_end) stage_kv(k0 + KV_TILE, sh.stage[(tile + 1) & 1]);
         else commit_copies();           // an empty group keeps the count of groups uniform
         wait_copies<1>();               // this thread's copies of this tile have landed
         __syncthreads();                // ... and everyone else's
-        const ELEM* k_tile = sh.stage[tile & 1];
-        const ELEM* v_tile = k_tile + KV_TILE * LD_KV;
-        if (warp_has_rows && !(causal && warp_last_pos < k0)) {   // warp-uniform
+#pragma unroll 1
+        for (int c0 = 0; c0 < KV_TILE; c0 += S_KEYS) {   // chunks of S_KEYS keys
+        const int kc = k0 + c0;                           // the chunk's first key
+        const ELEM* k_tile = sh.stage[tile & 1] + c0 * LD_KV;
+        const ELEM* v_tile = sh.stage[tile & 1] + (KV_TILE + c0) * LD_KV;
+        if (warp_has_rows && kc <= warp_max_lim) {   // warp-uniform
 
-        // S = Q K^T for this warp's 16 rows, KV_TILE keys, into the warp's scratch.
+        // S = Q K^T: each K fragment feeds ROW_FRAGS products.
+        FragC s_frag[ROW_FRAGS][K_FRAGS];
 #pragma unroll
-        for (int n = 0; n < K_FRAGS; ++n) {
-            FragC acc;
-            wmma::fill_fragment(acc, 0.0f);
+        for (int f = 0; f < ROW_FRAGS; ++f)
 #pragma unroll
-            for (int d = 0; d < D_FRAGS; ++d) {
-                FragKT k_frag;
-                wmma::load_matrix_sync(k_frag, k_tile + n * 16 * LD_KV + d * 16, LD_KV);
-                wmma::mma_sync(acc, q_frag[d], k_frag, acc);
-            }
-            wmma::store_matrix_sync(s_w + n * 16, acc, LD_S, wmma::mem_row_major);
-        }
-        __syncwarp();
-
-        // Online softmax: each lane takes every other score of its row.
-        float score[KV_TILE / 2];
-        float tile_max = NEG_INF;
-#pragma unroll
-        for (int j = 0; j < KV_TILE / 2; ++j) {
-            int c = 2 * j + my_half, key = k0 + c;
-            bool visible = row_real && key < kv_end && (!causal || key <= my_pos);
-            score[j] = visible ? s_w[my_row * LD_S + c] * scale_log2 : NEG_INF;
-            tile_max = fmaxf(tile_max, score[j]);
-        }
-        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
-        float m_new = fmaxf(m_run, tile_max);
-        float m_use = m_new == NEG_INF ? 0.0f : m_new;             // a row with no key yet
-        float alpha = exp2f(m_run - m_use);
-        float sum = 0.0f;
-#pragma unroll
-        for (int j = 0; j < KV_TILE / 2; ++j) {
-            float p = exp2f(score[j] - m_use);
-            from_float(p, p_w + my_row * LD_P + 2 * j + my_half);
-            sum += p;
-        }
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        l_run = l_run * alpha + sum;
-        m_run = m_new;
-        if (my_half == 0) row_w[my_row] = alpha;
-        __syncwarp();
-
-        // O = alpha * O + P V.
-#pragma unroll
-        for (int i = 0; i < rows_of.num_elements; ++i) {
-            float a = row_w[(int)rows_of.x[i]];
-#pragma unroll
-            for (int d = 0; d < D_FRAGS; ++d) o_frag[d].x[i] *= a;
-        }
-        FragA p_frag[K_FRAGS];
-#pragma unroll
-        for (int n = 0; n < K_FRAGS; ++n)
-            wmma::load_matrix_sync(p_frag[n], p_w + n * 16, LD_P);
-#pragma unroll
+            for (int n = 0; n < K_FRAGS; ++n) wmma::fill_fragment(s_frag[f][n], 0.0f);
+#pragma unroll qk_unroll
         for (int d = 0; d < D_FRAGS; ++d) {
+#if !Q_IN_REGS
+            FragA q_d[ROW_FRAGS];
+#pragma unroll
+            for (int f = 0; f < ROW_FRAGS; ++f)
+                wmma::load_matrix_sync(q_d[f], q_w + f * 16 * LD_KV + d * 16, LD_KV);
+#endif
 #pragma unroll
             for (int n = 0; n < K_FRAGS; ++n) {
-                FragV v_frag;
-                wmma::load_matrix_sync(v_frag, v_tile + n * 16 * LD_KV + d * 16, LD_KV);
-                wmma::mma_sync(o_frag[d], p_frag[n], v_frag, o_frag[d]);
+                FragKT k_frag;
+                wmma::load_matrix_sync(k_frag, k_tile + n * 16 * LD_KV + d * 16, LD_KV);
+#pragma unroll
+                for (int f = 0; f < ROW_FRAGS; ++f)
+#if Q_IN_REGS
+                    wmma::mma_sync(s_frag[f][n], q_frag[f][d], k_frag, s_frag[f][n]);
+#else
+                    wmma::mma_sync(s_frag[f][n], q_d[f], k_frag, s_frag[f][n]);
+#endif
             }
         }
-        __syncwarp();   // row_w and p_w are rewritten by the next tile
+
+        // Online softmax on the fragments: scale, mask (only where some key is hidden from
+        // some row of the warp), row maxima over the lanes sharing a row, P = 2^(s - m).
+        const bool masked = kc + S_KEYS - 1 > warp_min_lim;
+#pragma unroll
+        for (int f = 0; f < ROW_FRAGS; ++f) {
+            float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+            for (int n = 0; n < K_FRAGS; ++n)
+#pragma unroll
+                for (int i = 0; i < NE; ++i) {
+                    const int s = (L.slot1 >> i) & 1;
+                    float x = s_frag[f][n].x[i] * scale_log2;
+                    if (masked && kc + n * 16 + elem_col(L, i) > pick(s, lim[f][0], lim[f][1])) x = NEG_INF;
+                    s_frag[f][n].x[i] = x;
+                    if (s) mx[1] = fmaxf(mx[1], x); else mx[0] = fmaxf(mx[0], x);
+                }
+            float m_use[2], alpha[2];
+#pragma unroll
+            for (int s = 0; s < 2; ++s) {
+                float m_new = fmaxf(m_run[f][s], group_max(mx[s], L.share));
+                m_use[s] = m_new == NEG_INF ? 0.0f : m_new;           // a row with no key yet
+                alpha[s] = exp2f(m_run[f][s] - m_use[s]);
+                m_run[f][s] = m_new;
+                l_run[f][s] *= alpha[s];
+            }
+#pragma unroll
+            for (int n = 0; n < K_FRAGS; ++n)
+#pragma unroll
+                for (int i = 0; i < NE; i += 2) {
+                    const int s = (L.slot1 >> i) & 1;
+                    float p0 = exp2f(s_frag[f][n].x[i] - pick(s, m_use[0], m_use[1]));
+                    float p1 = exp2f(s_frag[f][n].x[i + 1] - pick(s, m_use[0], m_use[1]));
+                    if (s) l_run[f][1] += p0 + p1; else l_run[f][0] += p0 + p1;
+                    store_pair(p_w + (f * 16 + pick(s, L.row[0], L.row[1])) * LD_P + n * 16 + elem_col(L, i),
+                               p0, p1);
+                }
+#pragma unroll
+            for (int d = 0; d < D_FRAGS; ++d)
+#pragma unroll
+                for (int i = 0; i < NE; ++i) o_frag[f][d].x[i] *= pick((L.slot1 >> i) & 1, alpha[0], alpha[1]);
         }
-        __syncthreads();   // this stage is refilled two tiles on: everyone is done reading it
+        __syncwarp();
+
+        // O += P V: each V fragment feeds ROW_FRAGS products.
+#pragma unroll pv_unroll
+        for (int n = 0; n < K_FRAGS; ++n) {
+            FragA p_frag[ROW_FRAGS];
+#pragma unroll
+            for (int f = 0; f < ROW_FRAGS; ++f)
+                wmma::load_matrix_sync(p_frag[f], p_w + f * 16 * LD_P + n * 16, LD_P);
+#pragma unroll
+            for (int d = 0; d < D_FRAGS; ++d) {
+                FragV v_frag;
+                wmma::load_matrix_sync(v_frag, v_tile + n * 16 * LD_KV + d * 16, LD_KV);
+#pragma unroll
+                for (int f = 0; f < ROW_FRAGS; ++f)
+                    wmma::mma_sync(o_frag[f][d], p_frag[f], v_frag, o_frag[f][d]);
+            }
+        }
+        }
+        __syncwarp();   // p_w is rewritten by the next chunk
+        }
+        __syncthreads();   // this stage is refilled two tiles on, p_w next tile: all done
     }
 
     if (!warp_has_rows) return;   // no barrier below
-    // out = O / l, written OUT_COLS columns at a time through the warp's scratch.
-    if (my_half == 0) row_w[my_row] = l_run > 0.0f ? 1.0f / l_run : 0.0f;
-    __syncwarp();
+    // out = O / l, written straight from the fragments, 4 bytes (a pair) at a time.
 #pragma unroll
-    for (int i = 0; i < rows_of.num_elements; ++i) {
-        float inv = row_w[(int)rows_of.x[i]];
+    for (int f = 0; f < ROW_FRAGS; ++f) {
+        float inv[2];
+        int rho[2];
 #pragma unroll
-        for (int d = 0; d < D_FRAGS; ++d) o_frag[d].x[i] *= inv;
-    }
-#pragma unroll
-    for (int c0 = 0; c0 < HEAD_DIM; c0 += OUT_COLS) {
-        const int cols = min(OUT_COLS, HEAD_DIM - c0);
-#pragma unroll
-        for (int d = c0 / 16; d < (c0 + cols) / 16; ++d)
-            wmma::store_matrix_sync(s_w + (d * 16 - c0), o_frag[d], S_COLS + 4,
-                                    wmma::mem_row_major);
-        __syncwarp();
-        for (int i = lane; i < 16 * cols; i += 32) {
-            int r = i / cols, c = i % cols, query = warp * 16 + r;
-            if (query < tile_rows)
-                from_float(s_w[r * (S_COLS + 4) + c],
-                           out + ((long long)(q_begin + t0 + query) * num_heads + head) * HEAD_DIM
-                               + c0 + c);
+        for (int s = 0; s < 2; ++s) {
+            float l = group_sum(l_run[f][s], L.share);
+            inv[s] = l > 0.0f ? 1.0f / l : 0.0f;
+            rho[s] = warp_first + f * 16 + L.row[s];
         }
-        __syncwarp();
+#pragma unroll
+        for (int i = 0; i < NE; i += 2) {
+            const int s = (L.slot1 >> i) & 1;
+            const int r = pick(s, rho[0], rho[1]);
+            if (r >= rows_total) continue;
+            ELEM* dst = out + ((long long)(q_begin + r / pack) * num_heads + head0 + r % pack)
+                              * HEAD_DIM + elem_col(L, i);
+#pragma unroll
+            for (int d = 0; d < D_FRAGS; ++d)
+                store_pair(dst + d * 16, o_frag[f][d].x[i] * pick(s, inv[0], inv[1]),
+                           o_frag[f][d].x[i + 1] * pick(s, inv[0], inv[1]));
+        }
     }
 }
