@@ -134,7 +134,7 @@ class Variant:
 
 # Decode-like sequences (q_len * group <= 16 packed rows): one warp, all query heads of a KV
 # head in one tile, so each K/V tile read serves them all.
-DECODE_VARIANT = Variant(1, 1, 64)
+DECODE_VARIANT = Variant(1, 1, 32)
 DECODE_ROWS = 16
 
 

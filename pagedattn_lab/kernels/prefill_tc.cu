@@ -368,8 +368,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
                                 : nullptr;
     });
     commit_copies();
-    if (kv_end > 0) stage_kv(0, sh.stage[0]);
-    else commit_copies();
+    stage_kv(0, sh.stage[0]);           // kv_end >= 1: a work item has a real row
     wait_copies<1>();
     __syncthreads();
     const ELEM* q_w = sh.q + warp * WARP_ROWS * LD_KV;
