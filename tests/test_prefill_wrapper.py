@@ -8,7 +8,7 @@ whole grid on the GPU (`gpu` marker).
 import numpy as np
 import pytest
 
-from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper, work_list
+from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper, Variant, work_list
 from pagedattn_lab.reference import reference_prefill_packed
 
 TOL = {"float16": 2e-3, "bfloat16": 1e-2}   # ||out - ref|| / ||ref||: 16-bit inputs and P, fp32 sums
@@ -47,7 +47,7 @@ def rel_err(got, ref):
 
 
 def check_wrapper(xp, rng, lens, q_lens, page_size, num_heads, num_kv_heads, head_dim,
-                  dtype=np.float16, causal=True):
+                  dtype=np.float16, causal=True, variant=None):
     q, k, v, indptr, tables, seq_lens = packed_problem(rng, lens, q_lens, page_size, num_heads,
                                                        num_kv_heads, head_dim, dtype)
     ref = reference_prefill_packed(q.astype(np.float32), k.astype(np.float32),
@@ -56,7 +56,8 @@ def check_wrapper(xp, rng, lens, q_lens, page_size, num_heads, num_kv_heads, hea
     if xp is not np and dtype != np.float16:   # bf16 travels to CuPy as its bits
         dev = lambda a: xp.asarray(a.view(np.uint16) if a.dtype == bf16() else a)  # noqa: E731
     w = BatchPrefillWrapper().plan(dev(indptr), dev(tables), dev(seq_lens), num_heads,
-                                   num_kv_heads, head_dim, page_size, dtype, causal=causal)
+                                   num_kv_heads, head_dim, page_size, dtype, causal=causal,
+                                   variant=variant)
     out = xp.full(q.shape, np.nan, dtype=dev(q).dtype)
     res = w.run(dev(q), dev(k), dev(v), out=out)
     assert res is out
@@ -67,6 +68,7 @@ def check_wrapper(xp, rng, lens, q_lens, page_size, num_heads, num_kv_heads, hea
     assert np.isfinite(host).all(), "some outputs were not written (or NaN leaked from a slot)"
     tol = TOL["float16" if np.dtype(dtype) == np.float16 else "bfloat16"]
     assert rel_err(host, ref) < tol, f"relative error {rel_err(host, ref):.2e}"
+    return w
 
 
 CPU_CASES = [
@@ -87,11 +89,47 @@ def test_bf16_and_non_causal_on_the_cpu_executor(rng):
     check_wrapper(np, rng, [30, 12], [30, 4], 8, 2, 1, 32, dtype=bf16(), causal=False)
 
 
+# Each variant family once: rows per warp 1/2/4, K/V tile 32/64/128, Q in registers,
+# partial unrolling; a batch with a long prompt, a chunk and a decode token.
+VARIANTS = ["w4r2k32u2", "w2r2k64u1", "w1r4k32u1", "w8r1k128u2", "w4r1k64qu2", "w2r1k32u8"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_on_the_cpu_executor(rng, variant):
+    check_wrapper(np, rng, [150, 40, 33], [150, 9, 1], 16, 4, 2, 64, variant=variant)
+
+
+def test_decode_tokens_of_a_kv_head_share_a_tile(rng):
+    """q_len * group <= 16: the query heads of one KV head are packed into one tile (MQA, 16
+    heads; a short chunk of 3 tokens x 4 heads with GQA)."""
+    w = check_wrapper(np, rng, [37, 5, 80], [1, 1, 80], 7, 16, 1, 32)
+    assert [(p.pack, p.sequences) for p in w.parts] == [(1, 1), (16, 2)]
+    assert w.parts[1].grid == (2, 1)   # one tile per sequence, one KV head
+    w = check_wrapper(np, rng, [20, 3], [3, 3], 4, 8, 2, 96)
+    assert [(p.pack, p.variant.rows) for p in w.parts] == [(4, 16)]
+
+
 def test_work_list_puts_the_longest_tiles_first():
     indptr = np.array([0, 100, 101, 131])
     lens = np.array([100, 4000, 31])
     work = work_list(indptr, lens, 64, causal=True)
     assert work.tolist() == [[1, 0], [0, 64], [0, 0], [2, 0]]
+
+
+def test_work_list_of_packed_rows():
+    """pack 4: query i is rows 4i..4i+3; a tile of 16 rows covers 4 queries."""
+    indptr = np.array([0, 1, 6])
+    lens = np.array([50, 9])
+    work = work_list(indptr, lens, 16, causal=True, pack=4)
+    assert work.tolist() == [[0, 0], [1, 16], [1, 0]]   # keys 50, 9 (query 4), 8 (query 3)
+
+
+def test_variant_names_round_trip_and_bad_names_are_refused():
+    for name in VARIANTS:
+        assert Variant.parse(name).name == name
+    for bad in ["w3r2k32u2", "w4r2k48u2", "w4r2k32u3", "w4r2k32", 42]:
+        with pytest.raises(ValueError, match="^variant: "):
+            Variant.parse(bad)
 
 
 def test_run_refuses_what_does_not_match_the_plan(rng):

@@ -64,11 +64,8 @@
 #ifndef KV_TILE
 #define KV_TILE 64
 #endif
-#ifndef S_KEYS
-#define S_KEYS KV_TILE
-#endif
 #ifndef Q_IN_REGS
-#define Q_IN_REGS 1
+#define Q_IN_REGS 0
 #endif
 #ifndef QK_UNROLL
 #define QK_UNROLL 1
@@ -90,16 +87,21 @@ using namespace nvcuda;
 #define Q_ROWS (WARP_ROWS * WARPS)
 #define THREADS (32 * WARPS)
 #define D_FRAGS (HEAD_DIM / 16)
-#define K_FRAGS (S_KEYS / 16)     // key fragments of one softmax chunk
+#define K_FRAGS (KV_TILE / 16)
 #define LD_KV (HEAD_DIM + 8)       // ELEMs per shared K/V/Q row: +16 bytes against conflicts
-#define LD_P (S_KEYS + 8)          // ELEMs per row of a warp's P
+#define LD_P (KV_TILE + 8)         // ELEMs per row of a warp's P
 #define FULL 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 
 // Unrolling of the d loop of S = Q K^T and the key loop of O += P V: full unrolling lets
-// the compiler hoist every fragment load, which costs registers the O fragments need.
-// Q fragments kept in registers are indexed by d: that loop must unroll fully.
-constexpr int qk_unroll = Q_IN_REGS ? D_FRAGS : QK_UNROLL, pv_unroll = PV_UNROLL;
+// the compiler hoist every fragment load, which costs registers the O fragments need. Q
+// fragments kept in registers are indexed by d: that loop must unroll fully.
+#if Q_IN_REGS
+#undef QK_UNROLL
+#define QK_UNROLL D_FRAGS
+#endif
+#define PRAGMA_(x) _Pragma(#x)
+#define UNROLL(n) PRAGMA_(unroll n)
 
 __device__ inline float to_float(__half x) { return __half2float(x); }
 __device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -399,12 +401,9 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         else commit_copies();           // an empty group keeps the count of groups uniform
         wait_copies<1>();               // this thread's copies of this tile have landed
         __syncthreads();                // ... and everyone else's
-#pragma unroll 1
-        for (int c0 = 0; c0 < KV_TILE; c0 += S_KEYS) {   // chunks of S_KEYS keys
-        const int kc = k0 + c0;                           // the chunk's first key
-        const ELEM* k_tile = sh.stage[tile & 1] + c0 * LD_KV;
-        const ELEM* v_tile = sh.stage[tile & 1] + (KV_TILE + c0) * LD_KV;
-        if (warp_has_rows && kc <= warp_max_lim) {   // warp-uniform
+        const ELEM* k_tile = sh.stage[tile & 1];
+        const ELEM* v_tile = k_tile + KV_TILE * LD_KV;
+        if (warp_has_rows && k0 <= warp_max_lim) {   // warp-uniform
 
         // S = Q K^T: each K fragment feeds ROW_FRAGS products.
         FragC s_frag[ROW_FRAGS][K_FRAGS];
@@ -412,7 +411,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         for (int f = 0; f < ROW_FRAGS; ++f)
 #pragma unroll
             for (int n = 0; n < K_FRAGS; ++n) wmma::fill_fragment(s_frag[f][n], 0.0f);
-#pragma unroll qk_unroll
+        UNROLL(QK_UNROLL)
         for (int d = 0; d < D_FRAGS; ++d) {
 #if !Q_IN_REGS
             FragA q_d[ROW_FRAGS];
@@ -434,9 +433,12 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
             }
         }
 
-        // Online softmax on the fragments: scale, mask (only where some key is hidden from
-        // some row of the warp), row maxima over the lanes sharing a row, P = 2^(s - m).
-        const bool masked = kc + S_KEYS - 1 > warp_min_lim;
+        // Online softmax on the fragments: mask (only where some key is hidden from some
+        // row of the warp), row maxima over the lanes sharing a row, then
+        // P = 2^(s * scale_log2 - m) with m in log2 units: one FFMA and one exp2 per score.
+        const bool masked = k0 + KV_TILE - 1 > warp_min_lim;
+        bool moved = false;                  // did some row's maximum move (alpha != 1)?
+        float alpha[ROW_FRAGS][2];
 #pragma unroll
         for (int f = 0; f < ROW_FRAGS; ++f) {
             float mx[2] = {NEG_INF, NEG_INF};
@@ -445,40 +447,50 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
 #pragma unroll
                 for (int i = 0; i < NE; ++i) {
                     const int s = (L.slot1 >> i) & 1;
-                    float x = s_frag[f][n].x[i] * scale_log2;
-                    if (masked && kc + n * 16 + elem_col(L, i) > pick(s, lim[f][0], lim[f][1])) x = NEG_INF;
+                    float x = s_frag[f][n].x[i];
+                    if (masked && k0 + n * 16 + elem_col(L, i) > pick(s, lim[f][0], lim[f][1]))
+                        x = NEG_INF;
                     s_frag[f][n].x[i] = x;
                     if (s) mx[1] = fmaxf(mx[1], x); else mx[0] = fmaxf(mx[0], x);
                 }
-            float m_use[2], alpha[2];
+            float m_use[2];
 #pragma unroll
             for (int s = 0; s < 2; ++s) {
-                float m_new = fmaxf(m_run[f][s], group_max(mx[s], L.share));
+                float m_new = fmaxf(m_run[f][s], group_max(mx[s], L.share) * scale_log2);
                 m_use[s] = m_new == NEG_INF ? 0.0f : m_new;           // a row with no key yet
-                alpha[s] = exp2f(m_run[f][s] - m_use[s]);
+                alpha[f][s] = exp2f(m_run[f][s] - m_use[s]);
+                moved = moved || m_new != m_run[f][s];
                 m_run[f][s] = m_new;
-                l_run[f][s] *= alpha[s];
+                l_run[f][s] *= alpha[f][s];
             }
 #pragma unroll
             for (int n = 0; n < K_FRAGS; ++n)
 #pragma unroll
                 for (int i = 0; i < NE; i += 2) {
                     const int s = (L.slot1 >> i) & 1;
-                    float p0 = exp2f(s_frag[f][n].x[i] - pick(s, m_use[0], m_use[1]));
-                    float p1 = exp2f(s_frag[f][n].x[i + 1] - pick(s, m_use[0], m_use[1]));
+                    const float m = pick(s, m_use[0], m_use[1]);
+                    float p0 = exp2f(fmaf(s_frag[f][n].x[i], scale_log2, -m));
+                    float p1 = exp2f(fmaf(s_frag[f][n].x[i + 1], scale_log2, -m));
                     if (s) l_run[f][1] += p0 + p1; else l_run[f][0] += p0 + p1;
-                    store_pair(p_w + (f * 16 + pick(s, L.row[0], L.row[1])) * LD_P + n * 16 + elem_col(L, i),
-                               p0, p1);
+                    store_pair(p_w + (f * 16 + pick(s, L.row[0], L.row[1])) * LD_P + n * 16
+                               + elem_col(L, i), p0, p1);
                 }
+        }
+        // O *= alpha, skipped (exactly: alpha is 1) when no row of the warp has a new
+        // maximum, as in most tiles of a long row.
+        if (__any_sync(FULL, moved)) {
 #pragma unroll
-            for (int d = 0; d < D_FRAGS; ++d)
+            for (int f = 0; f < ROW_FRAGS; ++f)
 #pragma unroll
-                for (int i = 0; i < NE; ++i) o_frag[f][d].x[i] *= pick((L.slot1 >> i) & 1, alpha[0], alpha[1]);
+                for (int d = 0; d < D_FRAGS; ++d)
+#pragma unroll
+                    for (int i = 0; i < NE; ++i)
+                        o_frag[f][d].x[i] *= pick((L.slot1 >> i) & 1, alpha[f][0], alpha[f][1]);
         }
         __syncwarp();
 
         // O += P V: each V fragment feeds ROW_FRAGS products.
-#pragma unroll pv_unroll
+        UNROLL(PV_UNROLL)
         for (int n = 0; n < K_FRAGS; ++n) {
             FragA p_frag[ROW_FRAGS];
 #pragma unroll
@@ -493,8 +505,6 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
                     wmma::mma_sync(o_frag[f][d], p_frag[f], v_frag, o_frag[f][d]);
             }
         }
-        }
-        __syncwarp();   // p_w is rewritten by the next chunk
         }
         __syncthreads();   // this stage is refilled two tiles on, p_w next tile: all done
     }
