@@ -182,3 +182,10 @@ def test_prefill_wrapper_on_the_gpu(rng, dtype, lens, q_lens, page_size, num_hea
     import cupy
     dt = np.float16 if dtype == "float16" else bf16()
     check_wrapper(cupy, rng, lens, q_lens, page_size, num_heads, num_kv_heads, head_dim, dt)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_variant_on_the_gpu(rng, variant):
+    import cupy
+    check_wrapper(cupy, rng, [700, 300, 33], [700, 37, 1], 16, 8, 2, 128, variant=variant)
