@@ -81,13 +81,15 @@ def _accepts(array_dtype, planned: np.dtype, on_gpu: bool) -> bool:
 class Variant:
     """One compiled shape of `prefill_tc.cu`: `warps` per block, `row_frags` 16-row fragments
     per warp (a block's query tile is 16 * row_frags * warps packed rows), `kv_tile` keys per
-    K/V tile, Q fragments kept in registers or reloaded from shared memory per K/V tile, and
-    the unrolling of the two product loops (see the kernel's header)."""
+    K/V tile, Q fragments kept in registers or reloaded from shared memory per K/V tile, the
+    unrolling of the two product loops, and `stages` K/V tiles in shared memory (see the
+    kernel's header)."""
     warps: int
     row_frags: int
     kv_tile: int
     q_in_regs: bool = False
     unroll: int = 2
+    stages: int = 2
 
     @property
     def rows(self) -> int:
@@ -96,27 +98,33 @@ class Variant:
     @property
     def name(self) -> str:
         return (f"w{self.warps}r{self.row_frags}k{self.kv_tile}"
+                f"{f'p{self.stages}' if self.stages != 2 else ''}"
                 f"{'q' if self.q_in_regs else ''}u{self.unroll}")
 
     @classmethod
     def parse(cls, name: str) -> "Variant":
-        """The variant a `name` describes: "w4r2k64qu2" is 4 warps, 2 row fragments, K/V
-        tiles of 64 keys, Q in registers (the optional "q"), unroll 2."""
-        m = re.fullmatch(r"w(\d)r(\d)k(\d+)(q?)u(\d)", name) if isinstance(name, str) else None
+        """The variant a `name` describes: "w4r2k64p3qu2" is 4 warps, 2 row fragments, K/V
+        tiles of 64 keys, 3 stages (the optional "p3"; 2 without), Q in registers (the
+        optional "q"), unroll 2."""
+        m = (re.fullmatch(r"w(\d)r(\d)k(\d+)(?:p(\d))?(q?)u(\d)", name)
+             if isinstance(name, str) else None)
         if not m:
             raise ValueError(f"variant: expected a name like 'w4r2k32u2' (warps, row fragments, "
-                             f"K/V tile, optional q, unroll), got {name!r}")
-        v = cls(int(m[1]), int(m[2]), int(m[3]), m[4] == "q", int(m[5]))
+                             f"K/V tile, optional p<stages> and q, unroll), got {name!r}")
+        v = cls(int(m[1]), int(m[2]), int(m[3]), m[5] == "q", int(m[6]), int(m[4] or 2))
         if v.warps not in (1, 2, 4, 8) or v.row_frags not in (1, 2, 4) or \
-                v.kv_tile not in (32, 64, 128) or v.unroll not in (1, 2, 4, 8):
+                v.kv_tile not in (32, 64, 128) or v.unroll not in (1, 2, 4, 8) or \
+                v.stages not in (2, 3, 4):
             raise ValueError(f"variant: {name!r} has a size the kernel does not take (warps "
-                             f"1/2/4/8, row fragments 1/2/4, K/V tile 32/64/128, unroll 1/2/4/8)")
+                             f"1/2/4/8, row fragments 1/2/4, K/V tile 32/64/128, stages 2-4, "
+                             f"unroll 1/2/4/8)")
         return v
 
     def options(self, head_dim: int) -> tuple[str, ...]:
         return (f"-DHEAD_DIM={head_dim}", f"-DWARPS={self.warps}",
                 f"-DROW_FRAGS={self.row_frags}", f"-DKV_TILE={self.kv_tile}",
-                f"-DQ_IN_REGS={int(self.q_in_regs)}", f"-DQK_UNROLL={self.unroll}",
+                f"-DSTAGES={self.stages}", f"-DQ_IN_REGS={int(self.q_in_regs)}",
+                f"-DQK_UNROLL={self.unroll}",
                 f"-DPV_UNROLL={self.unroll}")
 
 
@@ -141,7 +149,7 @@ def variant_for(head_dim: int, max_rows: int) -> Variant:
 def shared_bytes(head_dim: int, variant: Variant, elem_size: int = 2) -> int:
     """Dynamic shared memory of one block; mirrors `carve` in prefill_tc.cu."""
     ld = head_dim + 8
-    kv = 2 * 2 * variant.kv_tile * ld * elem_size      # two stages of K and V
+    kv = variant.stages * 2 * variant.kv_tile * ld * elem_size      # K and V per stage
     q = variant.rows * ld * elem_size
     p = variant.rows * (variant.kv_tile + 8) * elem_size
     return kv + q + p

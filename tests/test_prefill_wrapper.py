@@ -89,9 +89,10 @@ def test_bf16_and_non_causal_on_the_cpu_executor(rng):
     check_wrapper(np, rng, [30, 12], [30, 4], 8, 2, 1, 32, dtype=bf16(), causal=False)
 
 
-# Each variant family once: rows per warp 1/2/4, K/V tile 32/64/128, Q in registers,
-# partial unrolling; a batch with a long prompt, a chunk and a decode token.
-VARIANTS = ["w4r2k32u2", "w2r2k64u1", "w1r4k32u1", "w8r1k128u2", "w4r1k64qu2", "w2r1k32u8"]
+# Each variant family once: rows per warp 1/2/4, K/V tile 32/64/128, 2-4 stages, Q in
+# registers, partial unrolling; a batch with a long prompt, a chunk and a decode token.
+VARIANTS = ["w4r2k32u2", "w2r2k64p3u1", "w1r4k32p4u1", "w8r1k128u2", "w4r1k64p3qu2",
+            "w2r1k32u8"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -127,7 +128,7 @@ def test_work_list_of_packed_rows():
 def test_variant_names_round_trip_and_bad_names_are_refused():
     for name in VARIANTS:
         assert Variant.parse(name).name == name
-    for bad in ["w3r2k32u2", "w4r2k48u2", "w4r2k32u3", "w4r2k32", 42]:
+    for bad in ["w3r2k32u2", "w4r2k48u2", "w4r2k32u3", "w4r2k32p5u1", "w4r2k32", 42]:
         with pytest.raises(ValueError, match="^variant: "):
             Variant.parse(bad)
 

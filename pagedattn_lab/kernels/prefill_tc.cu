@@ -6,7 +6,8 @@
 // Compile-time: HEAD_DIM (a multiple of 16), ELEM (__half or __nv_bfloat16), WARPS,
 // ROW_FRAGS (16-row fragments per warp: a warp owns 16 * ROW_FRAGS query rows, so every K or
 // V fragment it loads from shared memory feeds ROW_FRAGS products), KV_TILE (keys per K/V
-// tile, a multiple of 16), Q_IN_REGS (1: the warp's Q fragments stay in registers; 0: they
+// tile, a multiple of 16), STAGES (K/V tiles in shared memory: the one computed on and
+// STAGES - 1 in flight), Q_IN_REGS (1: the warp's Q fragments stay in registers; 0: they
 // are reloaded from shared memory for every K/V tile, which frees registers for larger tiles).
 // Compressed pages (kv_quant.cuh): KV_QUANT (0 none, 1 int8, 2 fp8 e4m3), CACHE_T (the
 // cache element: ELEM, or unsigned char for codes), PER_TOKEN_SCALES (0: k_scale/v_scale are
@@ -21,8 +22,10 @@
 // wrapper's plan) is a run of Q_ROWS = 16 * ROW_FRAGS * WARPS consecutive packed rows of one
 // sequence; warp w owns 16 * ROW_FRAGS of them. All threads copy each K/V tile from its
 // pages into shared memory (16-byte copies, zeros past the keys the block reads: a masked
-// key times a NaN left in an unused slot would still be NaN), two tiles deep: the copy of
-// tile i+1 is in flight (cp.async on sm_80+) while tile i is computed.
+// key times a NaN left in an unused slot would still be NaN), STAGES tiles deep: the
+// copies of tiles i+1 .. i+STAGES-1 are in flight (cp.async on sm_80+) while tile i is
+// computed. One barrier per tile: after it, every warp is done with tile i-1, whose stage
+// then takes tile i+STAGES-1.
 //
 // Per tile a warp computes its S block into accumulator fragments, runs the online softmax on
 // those fragments in registers, writes P (ELEM) to its private shared scratch, reloads it as
@@ -64,6 +67,9 @@
 #ifndef KV_TILE
 #define KV_TILE 64
 #endif
+#ifndef STAGES
+#define STAGES 2
+#endif
 #ifndef Q_IN_REGS
 #define Q_IN_REGS 0
 #endif
@@ -90,6 +96,7 @@ using namespace nvcuda;
 #define K_FRAGS (KV_TILE / 16)
 #define LD_KV (HEAD_DIM + 8)       // ELEMs per shared K/V/Q row: +16 bytes against conflicts
 #define LD_P (KV_TILE + 8)         // ELEMs per row of a warp's P
+#define STAGE_ELEMS (2 * KV_TILE * LD_KV)
 #define FULL 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 
@@ -125,7 +132,7 @@ typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> FragC;
 #define NE FragC::num_elements
 
 struct Shared {                    // carved out of the dynamic shared memory
-    ELEM* stage[2];                // per stage: K [KV_TILE][LD_KV], then V
+    ELEM* kv;                      // STAGES stages of STAGE_ELEMS: K [KV_TILE][LD_KV], V
     ELEM* q;                       // [Q_ROWS][LD_KV]
     ELEM* p;                       // per warp [WARP_ROWS][LD_P]; first the layout scratch
 };
@@ -133,9 +140,8 @@ struct Shared {                    // carved out of the dynamic shared memory
 __device__ inline Shared carve(unsigned char* base)
 {
     Shared sh;
-    sh.stage[0] = reinterpret_cast<ELEM*>(base);
-    sh.stage[1] = sh.stage[0] + 2 * KV_TILE * LD_KV;
-    sh.q = sh.stage[1] + 2 * KV_TILE * LD_KV;
+    sh.kv = reinterpret_cast<ELEM*>(base);
+    sh.q = sh.kv + STAGES * STAGE_ELEMS;
     sh.p = sh.q + Q_ROWS * LD_KV;
     return sh;
 }
@@ -362,7 +368,8 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         commit_copies();
     };
 
-    // The Q tile (rows past the sequence's queries are zeros), then the first K/V tile.
+    // The Q tile (rows past the sequence's queries are zeros), then the first STAGES - 1
+    // K/V tiles, one group of copies each (an empty group past the block's keys).
     stage_rows(sh.q, Q_ROWS, [&](int r) -> const ELEM* {
         const int rho = rho0 + r;
         return rho < rows_total ? q + ((long long)(q_begin + rho / pack) * num_heads + head0
@@ -370,11 +377,15 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
                                 : nullptr;
     });
     commit_copies();
-    stage_kv(0, sh.stage[0]);           // kv_end >= 1: a work item has a real row
-    wait_copies<1>();
-    __syncthreads();
+#pragma unroll
+    for (int t = 0; t < STAGES - 1; ++t) {
+        if (t * KV_TILE < kv_end) stage_kv(t * KV_TILE, sh.kv + t * STAGE_ELEMS);
+        else commit_copies();
+    }
     const ELEM* q_w = sh.q + warp * WARP_ROWS * LD_KV;
 #if Q_IN_REGS
+    wait_copies<STAGES - 1>();          // the Q tile has landed
+    __syncthreads();
     FragA q_frag[ROW_FRAGS][D_FRAGS];
 #pragma unroll
     for (int f = 0; f < ROW_FRAGS; ++f)
@@ -397,11 +408,15 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         for (int s = 0; s < 2; ++s) { m_run[f][s] = NEG_INF; l_run[f][s] = 0.0f; }
 
     for (int k0 = 0, tile = 0; k0 < kv_end; k0 += KV_TILE, ++tile) {
-        if (k0 + KV_TILE < kv_end) stage_kv(k0 + KV_TILE, sh.stage[(tile + 1) & 1]);
-        else commit_copies();           // an empty group keeps the count of groups uniform
-        wait_copies<1>();               // this thread's copies of this tile have landed
-        __syncthreads();                // ... and everyone else's
-        const ELEM* k_tile = sh.stage[tile & 1];
+        wait_copies<STAGES - 2>();      // this thread's copies of this tile have landed
+        __syncthreads();                // ... and everyone else's; all are done with tile - 1
+        {   // so its stage takes tile + STAGES - 1 (an empty group keeps the count uniform)
+            const int next = k0 + (STAGES - 1) * KV_TILE;
+            if (next < kv_end)
+                stage_kv(next, sh.kv + (tile + STAGES - 1) % STAGES * STAGE_ELEMS);
+            else commit_copies();
+        }
+        const ELEM* k_tile = sh.kv + tile % STAGES * STAGE_ELEMS;
         const ELEM* v_tile = k_tile + KV_TILE * LD_KV;
         if (warp_has_rows && k0 <= warp_max_lim) {   // warp-uniform
 
@@ -506,7 +521,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
             }
         }
         }
-        __syncthreads();   // this stage is refilled two tiles on, p_w next tile: all done
+        __syncwarp();   // p_w is rewritten in the next tile
     }
 
     if (!warp_has_rows) return;   // no barrier below
