@@ -102,20 +102,20 @@ class Variant:
                 f"{'q' if self.q_in_regs else ''}u{self.unroll}")
 
     @classmethod
-    def parse(cls, name: str) -> "Variant":
+    def parse(cls, name: str, arg: str = "variant") -> "Variant":
         """The variant a `name` describes: "w4r2k64p3qu2" is 4 warps, 2 row fragments, K/V
         tiles of 64 keys, 3 stages (the optional "p3"; 2 without), Q in registers (the
         optional "q"), unroll 2."""
         m = (re.fullmatch(r"w(\d)r(\d)k(\d+)(?:p(\d))?(q?)u(\d)", name)
              if isinstance(name, str) else None)
         if not m:
-            raise ValueError(f"variant: expected a name like 'w4r2k32u2' (warps, row fragments, "
+            raise ValueError(f"{arg}: expected a name like 'w4r2k32u2' (warps, row fragments, "
                              f"K/V tile, optional p<stages> and q, unroll), got {name!r}")
         v = cls(int(m[1]), int(m[2]), int(m[3]), m[5] == "q", int(m[6]), int(m[4] or 2))
         if v.warps not in (1, 2, 4, 8) or v.row_frags not in (1, 2, 4) or \
                 v.kv_tile not in (32, 64, 128) or v.unroll not in (1, 2, 4, 8) or \
                 v.stages not in (2, 3, 4):
-            raise ValueError(f"variant: {name!r} has a size the kernel does not take (warps "
+            raise ValueError(f"{arg}: {name!r} has a size the kernel does not take (warps "
                              f"1/2/4/8, row fragments 1/2/4, K/V tile 32/64/128, stages 2-4, "
                              f"unroll 1/2/4/8)")
         return v
@@ -191,13 +191,15 @@ class BatchPrefillWrapper:
     def plan(self, qo_indptr, block_tables, seq_lens, num_heads: int, num_kv_heads: int,
              head_dim: int, page_size: int, dtype, causal: bool = True,
              warps: int | None = None, kv_dtype: str | None = None,
-             scale_scheme: str = "static", variant: str | None = None):
+             scale_scheme: str = "static", variant: str | None = None,
+             decode_variant: str | None = None):
         """All host work for one batch. The device is where `block_tables` lives (CuPy: the
         GPU; NumPy: the CPU executor). Sequences whose q_len * (num_heads / num_kv_heads)
         fits 16 rows (decode tokens, short chunks) run in one launch with GQA packing; the
         others in a second launch with the variant `variant_for` picks (`self.variant` names
         what was chosen). `variant` (a `Variant` name such as "w4r2k32u2") or `warps` (1, 2, 4
-        or 8 one-fragment warps) instead runs every sequence on that variant, unpacked.
+        or 8 one-fragment warps) instead runs every sequence on that variant, unpacked;
+        `decode_variant` replaces the packed launch's one-warp default.
         Raises before changing the wrapper if anything is off."""
         num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
             num_heads, num_kv_heads, head_dim, page_size)
@@ -208,6 +210,12 @@ class BatchPrefillWrapper:
         check_scheme(scale_scheme)
         check_bool(causal, "causal")
         fixed = None
+        packed = DECODE_VARIANT if decode_variant is None else (
+            decode_variant if isinstance(decode_variant, Variant)
+            else Variant.parse(decode_variant, "decode_variant"))
+        if packed.rows != DECODE_ROWS:
+            raise ValueError(f"decode_variant: expected a variant of {DECODE_ROWS} rows (one "
+                             f"warp, one row fragment), got {packed.name}")
         if variant is not None:
             fixed = variant if isinstance(variant, Variant) else Variant.parse(variant)
         elif warps is not None:
@@ -238,7 +246,7 @@ class BatchPrefillWrapper:
             short = (q_lens > 0) & (q_lens * group <= DECODE_ROWS)
             long = (q_lens > 0) & ~short
             groups = [(variant_for(head_dim, int(q_lens[long].max(initial=0))), 1, long),
-                      (DECODE_VARIANT, group, short)]
+                      (packed, group, short)]
         lens64 = lens.astype(np.int64)
         base = (f"-DELEM={elem}", f"-DKV_QUANT={fmt.kernel_id if fmt else 0}",
                 f"-DCACHE_T={'unsigned char' if fmt else elem}",

@@ -47,7 +47,7 @@ def rel_err(got, ref):
 
 
 def check_wrapper(xp, rng, lens, q_lens, page_size, num_heads, num_kv_heads, head_dim,
-                  dtype=np.float16, causal=True, variant=None):
+                  dtype=np.float16, causal=True, variant=None, decode_variant=None):
     q, k, v, indptr, tables, seq_lens = packed_problem(rng, lens, q_lens, page_size, num_heads,
                                                        num_kv_heads, head_dim, dtype)
     ref = reference_prefill_packed(q.astype(np.float32), k.astype(np.float32),
@@ -57,7 +57,7 @@ def check_wrapper(xp, rng, lens, q_lens, page_size, num_heads, num_kv_heads, hea
         dev = lambda a: xp.asarray(a.view(np.uint16) if a.dtype == bf16() else a)  # noqa: E731
     w = BatchPrefillWrapper().plan(dev(indptr), dev(tables), dev(seq_lens), num_heads,
                                    num_kv_heads, head_dim, page_size, dtype, causal=causal,
-                                   variant=variant)
+                                   variant=variant, decode_variant=decode_variant)
     out = xp.full(q.shape, np.nan, dtype=dev(q).dtype)
     res = w.run(dev(q), dev(k), dev(v), out=out)
     assert res is out
@@ -106,8 +106,8 @@ def test_decode_tokens_of_a_kv_head_share_a_tile(rng):
     w = check_wrapper(np, rng, [37, 5, 80], [1, 1, 80], 7, 16, 1, 32)
     assert [(p.pack, p.sequences) for p in w.parts] == [(1, 1), (16, 2)]
     assert w.parts[1].grid == (2, 1)   # one tile per sequence, one KV head
-    w = check_wrapper(np, rng, [20, 3], [3, 3], 4, 8, 2, 96)
-    assert [(p.pack, p.variant.rows) for p in w.parts] == [(4, 16)]
+    w = check_wrapper(np, rng, [20, 3], [3, 3], 4, 8, 2, 96, decode_variant="w1r1k64p3u1")
+    assert [(p.pack, p.variant.name) for p in w.parts] == [(4, "w1r1k64p3u1")]
 
 
 def test_work_list_puts_the_longest_tiles_first():
@@ -150,6 +150,8 @@ def test_run_refuses_what_does_not_match_the_plan(rng):
     (dict(dtype=np.float32), "dtype: expected float16 or bfloat16"),
     (dict(qo_indptr=np.array([0, 30], np.int32)), "sequence 0 has 30 queries but seq_lens"),
     (dict(qo_indptr=np.array([1, 5], np.int32)), "qo_indptr: expected"),
+    (dict(variant="w4r2k32"), "variant: expected a name like"),
+    (dict(decode_variant="w4r1k32u1"), "decode_variant: expected a variant of 16 rows"),
 ])
 def test_plan_refuses_bad_input_and_keeps_the_old_plan(rng, change, match):
     _, _, _, indptr, tables, lens = packed_problem(rng, [20], [20], 8, 2, 2, 32, np.float16)

@@ -68,11 +68,12 @@ def build(cp, w: PrefillWorkload, rng):
     return dict(q=q, k=k, v=v, indptr=indptr, tables=tables, lens=np.array(w.lens, np.int32))
 
 
-def ours(cp, w, d, variant=None):
+def ours(cp, w, d, variant=None, decode_variant=None):
     from ..prefill_wrapper import BatchPrefillWrapper  # noqa: PLC0415
     wrapper = BatchPrefillWrapper().plan(cp.asarray(d["indptr"]), cp.asarray(d["tables"]),
                                          cp.asarray(d["lens"]), w.num_heads, w.num_kv_heads,
-                                         w.head_dim, PAGE, np.float16, variant=variant)
+                                         w.head_dim, PAGE, np.float16, variant=variant,
+                                         decode_variant=decode_variant)
     out = cp.empty_like(d["q"])
     run = lambda: wrapper.run(d["q"], d["k"], d["v"], out=out)  # noqa: E731
     run.plan_variant = wrapper.variant
@@ -146,6 +147,8 @@ def main(argv=None) -> int:
     parser.add_argument("--variants", nargs="*", default=[],
                         help="also time our kernel on these fixed variants (e.g. w4r2k32u2, or "
                              "128:w4r2k32u2 for head_dim 128 only)")
+    parser.add_argument("--decode-variants", nargs="*", default=[],
+                        help="for rows with decode tokens: also time these packed variants")
     parser.add_argument("--rows", nargs="*", type=int, default=None,
                         help="only these workloads (indexes)")
     args = parser.parse_args(argv)
@@ -171,9 +174,12 @@ def main(argv=None) -> int:
         ref = None
         fixed = [v.split(":")[-1] for v in args.variants
                  if ":" not in v or v.split(":")[0] == str(w.head_dim)]
-        for label, variant in [("ours", None)] + [(f"ours-{v}", v) for v in fixed]:
+        group = w.num_heads // w.num_kv_heads
+        decodes = [v for v in args.decode_variants if min(w.q_lens) * group <= 16]
+        for label, variant, dec in ([("ours", None, None)] + [(f"ours-{v}", v, None) for v in fixed]
+                                    + [(f"ours-decode-{v}", None, v) for v in decodes]):
             try:
-                entry, result = time_entry(cp, timer, w, ours(cp, w, d, variant), args.reps)
+                entry, result = time_entry(cp, timer, w, ours(cp, w, d, variant, dec), args.reps)
                 if ref is None:
                     ref = cp.asnumpy(result).astype(np.float32)
                 else:
