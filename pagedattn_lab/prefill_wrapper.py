@@ -152,7 +152,8 @@ def shared_bytes(head_dim: int, variant: Variant, elem_size: int = 2) -> int:
     kv = variant.stages * 2 * variant.kv_tile * ld * elem_size      # K and V per stage
     q = variant.rows * ld * elem_size
     p = variant.rows * (variant.kv_tile + 8) * elem_size
-    return kv + q + p
+    slots = variant.stages * variant.kv_tile * 4
+    return kv + q + p + slots
 
 
 def work_list(indptr: np.ndarray, lens: np.ndarray, rows: int, causal: bool,

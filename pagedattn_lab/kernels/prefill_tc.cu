@@ -97,6 +97,7 @@ using namespace nvcuda;
 #define LD_KV (HEAD_DIM + 8)       // ELEMs per shared K/V/Q row: +16 bytes against conflicts
 #define LD_P (KV_TILE + 8)         // ELEMs per row of a warp's P
 #define STAGE_ELEMS (2 * KV_TILE * LD_KV)
+#define SLOTS_PER_THREAD ((KV_TILE + THREADS - 1) / THREADS)
 #define FULL 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 
@@ -114,6 +115,19 @@ __device__ inline float to_float(__half x) { return __half2float(x); }
 __device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ inline void from_float(float x, __half* p) { *p = __float2half(x); }
 __device__ inline void from_float(float x, __nv_bfloat16* p) { *p = __float2bfloat16(x); }
+
+// 2^x. On the GPU the bare MUFU.EX2 (ex2.approx.ftz): exp2f adds a range fix-up (a compare
+// and two multiplies) for results below 2^-126, which P, rounded to 16 bits, cannot hold.
+__device__ inline float fast_exp2(float x)
+{
+#ifdef __CUDA_ARCH__
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
+}
 
 // Two floats rounded to ELEM and stored as one 4-byte word (dst 4-byte aligned).
 __device__ inline void store_pair(__half* dst, float a, float b)
@@ -269,6 +283,27 @@ __device__ inline void stage_rows(ELEM* dst, int rows, RowFn src_row)
     }
 }
 
+// K and V of one tile into shared memory, 16 bytes at a time (K row r at dst + r * LD_KV,
+// V row r at dst + (KV_TILE + r) * LD_KV); tile_slots[r] is key r's cache slot, or -1 for a
+// row of zeros. The slots were looked up a tile ahead (see the kernel), so a copy costs a
+// shared load and an address, not a division and a dependent load of the block table.
+__device__ inline void stage_kv_rows(ELEM* dst, const int* tile_slots, const ELEM* k_head,
+                                     const ELEM* v_head, long long row_stride)
+{
+    constexpr int VEC = 16 / (int)sizeof(ELEM);
+    constexpr int CHUNKS = HEAD_DIM / VEC, TOTAL = KV_TILE * CHUNKS;
+#pragma unroll 2
+    for (int i = 0; i < (TOTAL + THREADS - 1) / THREADS; ++i) {
+        const int idx = threadIdx.x + i * THREADS;
+        if (TOTAL % THREADS != 0 && idx >= TOTAL) break;
+        const int r = idx / CHUNKS, c = (idx % CHUNKS) * VEC;
+        const int slot = tile_slots[r];
+        const long long at = (long long)slot * row_stride + c;
+        copy16(dst + r * LD_KV + c, slot < 0 ? nullptr : k_head + at);
+        copy16(dst + (KV_TILE + r) * LD_KV + c, slot < 0 ? nullptr : v_head + at);
+    }
+}
+
 #if KV_QUANT
 // Dequantize `rows` rows of HEAD_DIM one-byte codes into shared ELEMs (row r at
 // dst + r * LD_KV): a thread loads 16 codes at once (one 16-byte load, coalesced like the
@@ -346,24 +381,36 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
 #pragma unroll
         for (int s = 0; s < 2; ++s) lim[f][s] = key_limit(warp_first + f * 16 + L.row[s]);
 
-    auto stage_kv = [&](int k0, ELEM* dst) {   // K then V of keys k0 .. k0 + KV_TILE - 1
-        auto slot_of = [&](int r) -> long long {   // -1 past the keys this block reads
-            int key = k0 + r;
-            if (key >= kv_end) return -1;
-            int vpage = key / page_size;
-            return (long long)table[vpage] * page_size + (key - vpage * page_size);
-        };
+    // The cache slots of a tile's keys: each thread looks up SLOTS_PER_THREAD keys, in two
+    // halves so that the block-table load of tile t + STAGES is in flight while tile t is
+    // computed (lookup_begin before, lookup_end after).
+    int* const slots = reinterpret_cast<int*>(sh.p + WARPS * WARP_ROWS * LD_P);   // [STAGES][KV_TILE]
+    int page_of[SLOTS_PER_THREAD];       // the one register kept across the tile's compute
+    auto lookup_begin = [&](int k_first) {
+#pragma unroll
+        for (int j = 0; j < SLOTS_PER_THREAD; ++j) {
+            const int r = threadIdx.x + j * THREADS, key = k_first + r;
+            page_of[j] = -1;                  // past the keys this block reads: zeros
+            if (r < KV_TILE && key < kv_end) page_of[j] = table[key / page_size];
+        }
+    };
+    auto lookup_end = [&](int k_first, int* tile_slots) {
+#pragma unroll
+        for (int j = 0; j < SLOTS_PER_THREAD; ++j) {
+            const int r = threadIdx.x + j * THREADS, key = k_first + r;
+            if (r < KV_TILE)
+                tile_slots[r] = page_of[j] < 0 ? -1 : page_of[j] * page_size + key % page_size;
+        }
+    };
+    auto stage_kv = [&](ELEM* dst, const int* tile_slots) {   // one group of copies
 #if KV_QUANT
+        auto slot_of = [&](int r) -> long long { return tile_slots[r]; };
         stage_codes(dst, KV_TILE, k_cache, k_scale, slot_of, kv_head, num_kv_heads);
         stage_codes(dst + KV_TILE * LD_KV, KV_TILE, v_cache, v_scale, slot_of, kv_head,
                     num_kv_heads);
 #else
-        auto key_row = [&](const ELEM* cache, int r) -> const ELEM* {
-            long long slot = slot_of(r);
-            return slot < 0 ? nullptr : cache + slot * row_stride + (long long)kv_head * HEAD_DIM;
-        };
-        stage_rows(dst, KV_TILE, [&](int r) { return key_row(k_cache, r); });
-        stage_rows(dst + KV_TILE * LD_KV, KV_TILE, [&](int r) { return key_row(v_cache, r); });
+        stage_kv_rows(dst, tile_slots, k_cache + (long long)kv_head * HEAD_DIM,
+                      v_cache + (long long)kv_head * HEAD_DIM, row_stride);
 #endif
         commit_copies();
     };
@@ -378,8 +425,14 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
     });
     commit_copies();
 #pragma unroll
+    for (int t = 0; t < STAGES; ++t) {   // the slots of tiles 0 .. STAGES - 1
+        lookup_begin(t * KV_TILE);
+        lookup_end(t * KV_TILE, slots + t * KV_TILE);
+    }
+    __syncthreads();
+#pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
-        if (t * KV_TILE < kv_end) stage_kv(t * KV_TILE, sh.kv + t * STAGE_ELEMS);
+        if (t * KV_TILE < kv_end) stage_kv(sh.kv + t * STAGE_ELEMS, slots + t * KV_TILE);
         else commit_copies();
     }
     const ELEM* q_w = sh.q + warp * WARP_ROWS * LD_KV;
@@ -411,11 +464,12 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         wait_copies<STAGES - 2>();      // this thread's copies of this tile have landed
         __syncthreads();                // ... and everyone else's; all are done with tile - 1
         {   // so its stage takes tile + STAGES - 1 (an empty group keeps the count uniform)
-            const int next = k0 + (STAGES - 1) * KV_TILE;
-            if (next < kv_end)
-                stage_kv(next, sh.kv + (tile + STAGES - 1) % STAGES * STAGE_ELEMS);
+            const int ahead = (tile + STAGES - 1) % STAGES;
+            if (k0 + (STAGES - 1) * KV_TILE < kv_end)
+                stage_kv(sh.kv + ahead * STAGE_ELEMS, slots + ahead * KV_TILE);
             else commit_copies();
         }
+        lookup_begin(k0 + STAGES * KV_TILE);   // tile + STAGES, stored after this tile
         const ELEM* k_tile = sh.kv + tile % STAGES * STAGE_ELEMS;
         const ELEM* v_tile = k_tile + KV_TILE * LD_KV;
         if (warp_has_rows && k0 <= warp_max_lim) {   // warp-uniform
@@ -457,23 +511,29 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
 #pragma unroll
         for (int f = 0; f < ROW_FRAGS; ++f) {
             float mx[2] = {NEG_INF, NEG_INF};
+            if (masked) {   // a loop of its own, so that unmasked tiles branch around it
+#pragma unroll
+                for (int n = 0; n < K_FRAGS; ++n)
+#pragma unroll
+                    for (int i = 0; i < NE; ++i) {
+                        const int s = (L.slot1 >> i) & 1;
+                        if (k0 + n * 16 + elem_col(L, i) > pick(s, lim[f][0], lim[f][1]))
+                            s_frag[f][n].x[i] = NEG_INF;
+                    }
+            }
 #pragma unroll
             for (int n = 0; n < K_FRAGS; ++n)
 #pragma unroll
                 for (int i = 0; i < NE; ++i) {
-                    const int s = (L.slot1 >> i) & 1;
-                    float x = s_frag[f][n].x[i];
-                    if (masked && k0 + n * 16 + elem_col(L, i) > pick(s, lim[f][0], lim[f][1]))
-                        x = NEG_INF;
-                    s_frag[f][n].x[i] = x;
-                    if (s) mx[1] = fmaxf(mx[1], x); else mx[0] = fmaxf(mx[0], x);
+                    const float x = s_frag[f][n].x[i];
+                    if ((L.slot1 >> i) & 1) mx[1] = fmaxf(mx[1], x); else mx[0] = fmaxf(mx[0], x);
                 }
             float m_use[2];
 #pragma unroll
             for (int s = 0; s < 2; ++s) {
                 float m_new = fmaxf(m_run[f][s], group_max(mx[s], L.share) * scale_log2);
                 m_use[s] = m_new == NEG_INF ? 0.0f : m_new;           // a row with no key yet
-                alpha[f][s] = exp2f(m_run[f][s] - m_use[s]);
+                alpha[f][s] = fast_exp2(m_run[f][s] - m_use[s]);
                 moved = moved || m_new != m_run[f][s];
                 m_run[f][s] = m_new;
                 l_run[f][s] *= alpha[f][s];
@@ -484,8 +544,8 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
                 for (int i = 0; i < NE; i += 2) {
                     const int s = (L.slot1 >> i) & 1;
                     const float m = pick(s, m_use[0], m_use[1]);
-                    float p0 = exp2f(fmaf(s_frag[f][n].x[i], scale_log2, -m));
-                    float p1 = exp2f(fmaf(s_frag[f][n].x[i + 1], scale_log2, -m));
+                    float p0 = fast_exp2(fmaf(s_frag[f][n].x[i], scale_log2, -m));
+                    float p1 = fast_exp2(fmaf(s_frag[f][n].x[i + 1], scale_log2, -m));
                     if (s) l_run[f][1] += p0 + p1; else l_run[f][0] += p0 + p1;
                     store_pair(p_w + (f * 16 + pick(s, L.row[0], L.row[1])) * LD_P + n * 16
                                + elem_col(L, i), p0, p1);
@@ -521,6 +581,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
             }
         }
         }
+        lookup_end(k0 + STAGES * KV_TILE, slots + tile % STAGES * KV_TILE);   // tile's are used up
         __syncwarp();   // p_w is rewritten in the next tile
     }
 
