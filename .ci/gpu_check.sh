@@ -52,7 +52,7 @@ step notebooks-gpu env -u MPLBACKEND python3 -m pytest --nbval --nbval-current-e
     notebooks solutions -q -p no:cacheprovider -n 4 --dist loadfile
 
 step bench python3 -m pagedattn_lab.bench --out "$OUT/bench"
-step bench-prefill python3 -m pagedattn_lab.bench.prefill --warps 4 8 --out "$OUT/bench"
+step bench-prefill python3 -m pagedattn_lab.bench.prefill --out "$OUT/bench"
 step bench-quant python3 -m pagedattn_lab.bench.quant --out "$OUT/bench"
 
 echo "=== end of the log (bench table):"

@@ -23,9 +23,11 @@ for head_dim, page, heads, kv_heads, dtype in [(64, 16, 4, 2, np.float16), (128,
     if store == np.float16:
         write_kv(rows, rows, k, v, cp.asarray(slots))
     indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
-    w = BatchPrefillWrapper().plan(cp.asarray(indptr), cp.asarray(tables), cp.asarray(lens),
-                                   heads, kv_heads, head_dim, page, dtype)
     q = cp.asarray(rng.standard_normal((int(indptr[-1]), heads, head_dim)).astype(np.float16)).view(store)
-    w.run(q, k, v)
+    # the plan's own choice (a long launch and a GQA-packed one), then three-stage variants
+    for variants in ({}, dict(variant="w4r2k32p3u1"), dict(decode_variant="w1r1k32p3u2")):
+        w = BatchPrefillWrapper().plan(cp.asarray(indptr), cp.asarray(tables), cp.asarray(lens),
+                                       heads, kv_heads, head_dim, page, dtype, **variants)
+        w.run(q, k, v)
 cp.cuda.Device().synchronize()
 print("sanitize_prefill: launches done")
