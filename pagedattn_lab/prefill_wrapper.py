@@ -252,6 +252,12 @@ class BatchPrefillWrapper:
         base = (f"-DELEM={elem}", f"-DKV_QUANT={fmt.kernel_id if fmt else 0}",
                 f"-DCACHE_T={'unsigned char' if fmt else elem}",
                 f"-DPER_TOKEN_SCALES={int(fmt is not None and scale_scheme == 'per_token')}")
+        pages_used = -(-lens64 // page_size)
+        used = tables[np.arange(tables.shape[1])[None, :] < pages_used[:, None]]
+        max_page = int(used.max(initial=-1))
+        if (max_page + 1) * page_size > 2**31 - 1:   # the kernel keeps slots in int32
+            raise ValueError(f"block_tables: page {max_page} x page_size {page_size} is past "
+                             f"the kernel's int32 cache slots (2^31 - 1)")
         parts = []
         for var, pack, chosen in groups:
             if not chosen.any():
@@ -263,8 +269,6 @@ class BatchPrefillWrapper:
             allow_shared_memory(kern, smem)
             parts.append(Part(var, pack, int(chosen.sum()), xp.asarray(work), kern,
                               (int(work.shape[0]), num_heads // pack), (32 * var.warps,), smem))
-        pages_used = -(-lens64 // page_size)
-        used = tables[np.arange(tables.shape[1])[None, :] < pages_used[:, None]]
         main = parts[0] if parts else None
         self.__dict__.update(
             planned=True, on_gpu=on_gpu, xp=xp, batch=batch, num_heads=num_heads,
@@ -272,7 +276,7 @@ class BatchPrefillWrapper:
             dtype=array_dtype, causal=bool(causal), total_q=int(indptr[-1]),
             kv_format=fmt, scale_scheme=scale_scheme if fmt else None,
             _no_scale=xp.ones(1, dtype=np.float32),
-            max_page=int(used.max(initial=-1)), parts=tuple(parts),
+            max_page=max_page, parts=tuple(parts),
             variant=" + ".join(f"{p.variant.name}{f' (GQA packed x{p.pack})' if p.pack > 1 else ''}"
                                f" for {p.sequences} seq" for p in parts) or "nothing to do",
             warps=main.variant.warps if main else 1, rows=main.variant.rows if main else 16,

@@ -152,6 +152,7 @@ def test_run_refuses_what_does_not_match_the_plan(rng):
     (dict(qo_indptr=np.array([1, 5], np.int32)), "qo_indptr: expected"),
     (dict(variant="w4r2k32"), "variant: expected a name like"),
     (dict(decode_variant="w4r1k32u1"), "decode_variant: expected a variant of 16 rows"),
+    (dict(block_tables=np.full((1, 3), 2**28, np.int32)), "int32 cache slots"),
 ])
 def test_plan_refuses_bad_input_and_keeps_the_old_plan(rng, change, match):
     _, _, _, indptr, tables, lens = packed_problem(rng, [20], [20], 8, 2, 2, 32, np.float16)
