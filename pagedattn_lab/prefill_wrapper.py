@@ -134,15 +134,19 @@ DECODE_VARIANT = Variant(1, 1, 32)
 DECODE_ROWS = 16
 
 
-def variant_for(head_dim: int, max_rows: int) -> Variant:
-    """The variant for the longer sequences of a batch (`max_rows` their most packed rows):
-    measured on the H200 (benchmarks/NOTES.md, 2026-12-02)."""
+def variant_for(head_dim: int, max_rows: int, packed_too: bool = False) -> Variant:
+    """The variant for the longer sequences of a batch (`max_rows`: their most rows;
+    `packed_too`: a GQA-packed launch of decode-like sequences follows). Measured on the H200
+    (benchmarks/NOTES.md, 2026-12-02): d64 prompts w4r2k64u2 (96 TFLOP/s; three stages the
+    same); d128 prompts and chunks w8r2k32u1 (174-186, 2-5% over w4r2k32u1), mixed batches
+    w4r2k32u1 (the one measured there). Short prompts and head sizes over 128 (whose O
+    fragments leave no registers for a second row fragment) are unmeasured choices."""
     if max_rows <= 64:
         return Variant(2, 1, 64) if max_rows > 16 else DECODE_VARIANT
     if head_dim <= 64:
         return Variant(4, 2, 64)
     if head_dim <= 128:
-        return Variant(4, 2, 32, unroll=1)
+        return Variant(4 if packed_too else 8, 2, 32, unroll=1)
     return Variant(4, 1, 32, unroll=1)
 
 
@@ -246,8 +250,8 @@ class BatchPrefillWrapper:
         else:
             short = (q_lens > 0) & (q_lens * group <= DECODE_ROWS)
             long = (q_lens > 0) & ~short
-            groups = [(variant_for(head_dim, int(q_lens[long].max(initial=0))), 1, long),
-                      (packed, group, short)]
+            groups = [(variant_for(head_dim, int(q_lens[long].max(initial=0)), short.any()),
+                       1, long), (packed, group, short)]
         lens64 = lens.astype(np.int64)
         base = (f"-DELEM={elem}", f"-DKV_QUANT={fmt.kernel_id if fmt else 0}",
                 f"-DCACHE_T={'unsigned char' if fmt else elem}",

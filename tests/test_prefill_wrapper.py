@@ -92,7 +92,7 @@ def test_bf16_and_non_causal_on_the_cpu_executor(rng):
 # Each variant family once: rows per warp 1/2/4, K/V tile 32/64/128, 2-4 stages, Q in
 # registers, partial unrolling; a batch with a long prompt, a chunk and a decode token.
 VARIANTS = ["w4r2k32u2", "w2r2k64p3u1", "w1r4k32p4u1", "w8r1k128u2", "w4r1k64p3qu2",
-            "w2r1k32u8"]
+            "w2r1k32u8", "w8r2k32u1"]
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
