@@ -25,7 +25,9 @@
 // key times a NaN left in an unused slot would still be NaN), STAGES tiles deep: the
 // copies of tiles i+1 .. i+STAGES-1 are in flight (cp.async on sm_80+) while tile i is
 // computed. One barrier per tile: after it, every warp is done with tile i-1, whose stage
-// then takes tile i+STAGES-1.
+// then takes tile i+STAGES-1. Each key's cache slot is looked up once, a tile ahead (the
+// block-table load is in flight while the tile before is computed), into a small shared ring,
+// so a 16-byte copy costs a shared load and an address.
 //
 // Per tile a warp computes its S block into accumulator fragments, runs the online softmax on
 // those fragments in registers, writes P (ELEM) to its private shared scratch, reloads it as
@@ -88,7 +90,6 @@
 
 using namespace nvcuda;
 
-
 #define WARP_ROWS (16 * ROW_FRAGS)
 #define Q_ROWS (WARP_ROWS * WARPS)
 #define THREADS (32 * WARPS)
@@ -111,13 +112,12 @@ using namespace nvcuda;
 #define PRAGMA_(x) _Pragma(#x)
 #define UNROLL(n) PRAGMA_(unroll n)
 
-__device__ inline float to_float(__half x) { return __half2float(x); }
-__device__ inline float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
 __device__ inline void from_float(float x, __half* p) { *p = __float2half(x); }
 __device__ inline void from_float(float x, __nv_bfloat16* p) { *p = __float2bfloat16(x); }
 
 // 2^x. On the GPU the bare MUFU.EX2 (ex2.approx.ftz): exp2f adds a range fix-up (a compare
-// and two multiplies) for results below 2^-126, which P, rounded to 16 bits, cannot hold.
+// and two multiplies) for results below 2^-126, and a weight that small next to its row's
+// largest (which is 1) changes nothing.
 __device__ inline float fast_exp2(float x)
 {
 #ifdef __CUDA_ARCH__
@@ -170,7 +170,7 @@ struct Layout {
 
 __device__ inline int elem_col(const Layout& L, int i) { return (L.cols >> (4 * i)) & 15; }
 
-// pair[s] for a slot known only at run time, as a select: an array indexed by a run-time
+// slot0 or slot1, for a slot known only at run time, as a select: an array indexed by a run-time
 // value would live in local memory.
 template <typename T>
 __device__ inline T pick(int s, T slot0, T slot1) { return s ? slot1 : slot0; }
@@ -384,7 +384,8 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
     // The cache slots of a tile's keys: each thread looks up SLOTS_PER_THREAD keys, in two
     // halves so that the block-table load of tile t + STAGES is in flight while tile t is
     // computed (lookup_begin before, lookup_end after).
-    int* const slots = reinterpret_cast<int*>(sh.p + WARPS * WARP_ROWS * LD_P);   // [STAGES][KV_TILE]
+    // [STAGES][KV_TILE] ints after the warps' P scratch (see shared_bytes in the wrapper)
+    int* const slots = reinterpret_cast<int*>(sh.p + WARPS * WARP_ROWS * LD_P);
     int page_of[SLOTS_PER_THREAD];       // the one register kept across the tile's compute
     auto lookup_begin = [&](int k_first) {
 #pragma unroll
