@@ -257,10 +257,10 @@ def device_name(model) -> str:
 def report(result: dict) -> None:
     print(f"\n{result['meta']['device']}: {result['workload']['requests']} requests, "
           f"{result['workload']['output_tokens']} output tokens; seconds {result['seconds']}")
-    rows = [("engine, all", result["engine"])]
+    rows = [("engine:", result["engine"])]
     if "hf" in result:
         h = result["hf"]
-        rows.append(("engine, subset", result["engine_subset"]))
+        rows.append(("engine, subset:", result["engine_subset"]))
         print(f"subset: {h['requests']} requests, {h['prompt_tokens']} prompt + "
               f"{h['output_tokens']} output tokens")
     for name, e in rows:
@@ -271,7 +271,7 @@ def report(result: dict) -> None:
               f"{e['preempted_recompute']}+{e['preempted_swap']} (recompute+swap)  waste "
               f"{e['kv_waste_fraction']:.3f}")
     if "hf" in result:
-        print(f"{'generate':15s} {h['tokens_per_s']:9.1f} out tok/s {h['total_tokens_per_s']:9.1f} "
+        print(f"{'generate:':15s} {h['tokens_per_s']:9.1f} out tok/s {h['total_tokens_per_s']:9.1f} "
               f"tok/s  wall {h['wall_s']:.1f} s  batch {h['batch']} x {h['batches']}  KV "
               f"{h['kv_bytes'] / GIB:.2f} GiB  {h['generated_tokens']} generated for "
               f"{h['output_tokens']} requested")
