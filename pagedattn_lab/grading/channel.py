@@ -25,8 +25,9 @@ class Channel:
     With `deadline`s and an `abort_fd` (readable or closed = stop waiting), as the judge
     uses it, a peer that stops reading or writing cannot block it; SIGALRM (a check's case
     time limit) may interrupt a wait, but never the middle of a frame: bytes already read
-    stay buffered, and a frame is written by one sendall() with SIGALRM blocked (whole, or
-    the channel is closed).
+    stay buffered, frames are handed over by `receive` with SIGALRM blocked (filed, or
+    still in the buffer), and a frame is written by one sendall() with SIGALRM blocked
+    (whole, or the channel is closed).
     """
 
     def __init__(self, sock, *, abort_fd: int | None = None):
@@ -101,14 +102,29 @@ class Channel:
         del self.buffer[:end]
         return header, blobs
 
-    def recv(self, deadline: float | None = None) -> tuple[dict, list[bytes]]:
-        """The next frame; TimeoutError at the deadline, ChannelClosed at EOF or abort."""
+    def receive(self, file, deadline: float | None = None, limit: int | None = None) -> None:
+        """Wait for whole frames and hand each (up to `limit`) to file(header, blobs).
+
+        Parsing and filing happen with SIGALRM blocked: a time limit that ends a wait raises
+        before a frame leaves the buffer or after it is filed, never in between, so no
+        request or reply is lost to it (the caller files them where they stay: remote.Peer).
+        TimeoutError at the deadline, ChannelClosed at EOF or abort."""
         while True:
-            frame = self._frame()
-            if frame is not None:
-                return frame
-            if self.closed:
-                raise ChannelClosed("the channel is closed")
+            mask = _block_alarm()
+            try:
+                filed = 0
+                while limit is None or filed < limit:
+                    frame = self._frame()
+                    if frame is None:
+                        break
+                    file(*frame)
+                    filed += 1
+                if filed:
+                    return
+                if self.closed:
+                    raise ChannelClosed("the channel is closed")
+            finally:
+                _restore(mask)
             self._wait(False, deadline)
             mask = _block_alarm()
             try:
