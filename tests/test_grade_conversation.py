@@ -10,6 +10,7 @@ the request it is part of, a reply waits for its request however deep the curren
 every request is answered (a cancelled one with CaseTimeout), nested time limits keep the
 outer one, and every wait has a deadline that ends in a verdict, not a hang.
 """
+import signal
 import socket
 import subprocess
 import sys
@@ -183,6 +184,27 @@ def test_a_judge_with_nothing_to_do_stops_waiting_at_its_idle_deadline():
     judge.serve(idle_timeout=0.3)
     assert 0.25 < time.monotonic() - started < 5
     learner_end.close()
+
+
+def test_a_time_limit_striking_as_the_alarm_is_held_does_not_leave_it_blocked():
+    """A signal handler can raise right after a C call returns; here a profile hook raises
+    where a handler would, just after SIGALRM was blocked: it must be unblocked again (it
+    used to stay blocked, and every later time limit of the process was dead)."""
+    a, b = socket.socketpair()
+    Channel(b).send({"t": "ev"})
+
+    def strike(frame, event, arg):   # at the first return of the C pthread_sigmask (BLOCK)
+        if event == "c_return" and getattr(arg, "__name__", "") == "pthread_sigmask":
+            sys.setprofile(None)
+            raise report.CaseTimeout("the case ran longer than 1 s")
+
+    sys.setprofile(strike)
+    try:
+        with pytest.raises(report.CaseTimeout):
+            Channel(a).receive(lambda header, blobs: None, time.monotonic() + 5)
+    finally:
+        sys.setprofile(None)
+    assert signal.SIGALRM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
 
 
 def spin(seconds: float) -> None:

@@ -10,6 +10,7 @@ and every size is checked (wire.MAX_HEADER, wire.MAX_FRAME) before anything is a
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import signal
@@ -61,20 +62,20 @@ class Channel:
         if len(data) > MAX_HEADER:
             raise ValueError("the message is too large to send")
         frame = b"".join([struct.pack(">I", len(data)), data, *blobs])
-        # One C call with SIGALRM blocked: a Python signal handler runs before it or after
+        # One C call with SIGALRM held: a Python signal handler runs before it or after
         # it, never between two parts of a frame.
-        mask = _block_alarm()
-        try:
-            self.sock.settimeout(None if deadline is None
-                                 else max(0.001, deadline - time.monotonic()))
-            self.sock.sendall(frame)
-        except OSError as exc:   # the peer is gone, or stopped reading until the deadline
-            self.close()
-            raise ChannelClosed(f"the other side is gone or stopped reading ({exc})") from None
-        finally:
-            if not self.closed:
-                self.sock.setblocking(False)
-            _restore(mask)
+        with _alarm_held():
+            try:
+                self.sock.settimeout(None if deadline is None
+                                     else max(0.001, deadline - time.monotonic()))
+                self.sock.sendall(frame)
+            except OSError as exc:   # the peer is gone, or stopped reading until the deadline
+                self.close()
+                raise ChannelClosed(f"the other side is gone or stopped reading ({exc})") \
+                    from None
+            finally:
+                if not self.closed:
+                    self.sock.setblocking(False)
 
     def _frame(self):
         if len(self.buffer) < 4:
@@ -110,8 +111,7 @@ class Channel:
         request or reply is lost to it (the caller files them where they stay: remote.Peer).
         TimeoutError at the deadline, ChannelClosed at EOF or abort."""
         while True:
-            mask = _block_alarm()
-            try:
+            with _alarm_held():
                 filed = 0
                 while limit is None or filed < limit:
                     frame = self._frame()
@@ -123,11 +123,8 @@ class Channel:
                     return
                 if self.closed:
                     raise ChannelClosed("the channel is closed")
-            finally:
-                _restore(mask)
             self._wait(False, deadline)
-            mask = _block_alarm()
-            try:
+            with _alarm_held():
                 try:
                     data = self.sock.recv(1 << 20)
                 except BlockingIOError:
@@ -138,8 +135,6 @@ class Channel:
                     self.close()
                     raise ChannelClosed("the other side closed the channel")
                 self.buffer += data
-            finally:
-                _restore(mask)
 
     def close(self) -> None:
         if not self.closed:
@@ -150,13 +145,21 @@ class Channel:
                 pass
 
 
-def _block_alarm():
+@contextlib.contextmanager
+def _alarm_held():
+    """SIGALRM held back within the block: its Python handler (a case's time limit) runs
+    before the block or after it. Released even when that handler raises as the block
+    starts (a signal that arrived just before), so a time limit can never be left blocked
+    for the rest of the process."""
     try:
-        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    except (AttributeError, ValueError, OSError):
-        return None
+        _alarm_mask(signal.SIG_BLOCK)
+        yield
+    finally:
+        _alarm_mask(signal.SIG_UNBLOCK)
 
 
-def _restore(mask) -> None:
-    if mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+def _alarm_mask(how) -> None:
+    try:
+        signal.pthread_sigmask(how, {signal.SIGALRM})
+    except (AttributeError, ValueError, OSError):   # no pthread_sigmask (Windows)
+        pass
