@@ -186,25 +186,27 @@ def test_a_judge_with_nothing_to_do_stops_waiting_at_its_idle_deadline():
     learner_end.close()
 
 
-def test_a_time_limit_striking_as_the_alarm_is_held_does_not_leave_it_blocked():
-    """A signal handler can raise right after a C call returns; here a profile hook raises
-    where a handler would, just after SIGALRM was blocked: it must be unblocked again (it
-    used to stay blocked, and every later time limit of the process was dead)."""
+def test_a_time_limit_expiring_between_socket_and_wait_loses_no_frame():
+    """The time limit's handler runs just after a frame left the channel's buffer (where a
+    signal would run it, whichever thread the kernel gave the signal to): the frame still
+    reaches its wait, and the case still ends, right after."""
     a, b = socket.socketpair()
-    Channel(b).send({"t": "ev"})
+    Channel(b).send({"t": "rep", "id": 1, "value": "kept"})
+    filed = []
 
-    def strike(frame, event, arg):   # at the first return of the C pthread_sigmask (BLOCK)
-        if event == "c_return" and getattr(arg, "__name__", "") == "pthread_sigmask":
+    def strike(frame, event, arg):   # as SIGALRM would, once _frame has taken the frame
+        if event == "return" and frame.f_code.co_name == "_frame" and arg is not None:
             sys.setprofile(None)
-            raise report.CaseTimeout("the case ran longer than 1 s")
+            signal.getsignal(signal.SIGALRM)(signal.SIGALRM, frame)
 
-    sys.setprofile(strike)
-    try:
-        with pytest.raises(report.CaseTimeout):
-            Channel(a).receive(lambda header, blobs: None, time.monotonic() + 5)
-    finally:
-        sys.setprofile(None)
-    assert signal.SIGALRM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    with pytest.raises(report.CaseTimeout, match="100 s"), report.time_limit(100):
+        sys.setprofile(strike)
+        try:
+            Channel(a).receive(lambda header, blobs: filed.append(header["value"]),
+                               time.monotonic() + 5)
+        finally:
+            sys.setprofile(None)
+    assert filed == ["kept"]
 
 
 def spin(seconds: float) -> None:

@@ -120,7 +120,7 @@ def test_every_classic_mistake_gets_the_same_verdict_from_the_judge():
                       salt=None, tasks=[task for task, _ in mistakes])
     try:
         judge.serve(idle_timeout=120)   # a silent learner fails the test, never hangs it
-        assert learner.wait(60) == 0
+        assert learner.wait(60) == 0, (log[-2:], judge.report())
     finally:
         if learner.poll() is None:
             learner.kill()

@@ -10,13 +10,12 @@ and every size is checked (wire.MAX_HEADER, wire.MAX_FRAME) before anything is a
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import select
-import signal
 import struct
 import time
 
+from .report import held
 from .wire import MAX_FRAME, MAX_HEADER, ChannelClosed, ProtocolError
 
 
@@ -25,10 +24,9 @@ class Channel:
 
     With `deadline`s and an `abort_fd` (readable or closed = stop waiting), as the judge
     uses it, a peer that stops reading or writing cannot block it; SIGALRM (a check's case
-    time limit) may interrupt a wait, but never the middle of a frame: bytes already read
-    stay buffered, frames are handed over by `receive` with SIGALRM blocked (filed, or
-    still in the buffer), and a frame is written by one sendall() with SIGALRM blocked
-    (whole, or the channel is closed).
+    time limit) may interrupt a wait, but never the middle of a frame (report.held): bytes
+    already read stay buffered, frames are handed over by `receive` (filed, or still in the
+    buffer), and a frame is written by one sendall() (whole, or the channel is closed).
     """
 
     def __init__(self, sock, *, abort_fd: int | None = None):
@@ -62,9 +60,9 @@ class Channel:
         if len(data) > MAX_HEADER:
             raise ValueError("the message is too large to send")
         frame = b"".join([struct.pack(">I", len(data)), data, *blobs])
-        # One C call with SIGALRM held: a Python signal handler runs before it or after
-        # it, never between two parts of a frame.
-        with _alarm_held():
+        # One C call, the time limit held: it ends the case before the frame or after it,
+        # never between two parts of it.
+        with held():
             try:
                 self.sock.settimeout(None if deadline is None
                                      else max(0.001, deadline - time.monotonic()))
@@ -106,12 +104,12 @@ class Channel:
     def receive(self, file, deadline: float | None = None, limit: int | None = None) -> None:
         """Wait for whole frames and hand each (up to `limit`) to file(header, blobs).
 
-        Parsing and filing happen with SIGALRM blocked: a time limit that ends a wait raises
-        before a frame leaves the buffer or after it is filed, never in between, so no
+        Parsing and filing happen with the time limit held: it ends a wait before a frame
+        leaves the buffer or after the frame is filed, never in between, so no
         request or reply is lost to it (the caller files them where they stay: remote.Peer).
         TimeoutError at the deadline, ChannelClosed at EOF or abort."""
         while True:
-            with _alarm_held():
+            with held():
                 filed = 0
                 while limit is None or filed < limit:
                     frame = self._frame()
@@ -124,7 +122,7 @@ class Channel:
                 if self.closed:
                     raise ChannelClosed("the channel is closed")
             self._wait(False, deadline)
-            with _alarm_held():
+            with held():
                 try:
                     data = self.sock.recv(1 << 20)
                 except BlockingIOError:
@@ -143,23 +141,3 @@ class Channel:
                 self.sock.close()
             except OSError:
                 pass
-
-
-@contextlib.contextmanager
-def _alarm_held():
-    """SIGALRM held back within the block: its Python handler (a case's time limit) runs
-    before the block or after it. Released even when that handler raises as the block
-    starts (a signal that arrived just before), so a time limit can never be left blocked
-    for the rest of the process."""
-    try:
-        _alarm_mask(signal.SIG_BLOCK)
-        yield
-    finally:
-        _alarm_mask(signal.SIG_UNBLOCK)
-
-
-def _alarm_mask(how) -> None:
-    try:
-        signal.pthread_sigmask(how, {signal.SIGALRM})
-    except (AttributeError, ValueError, OSError):   # no pthread_sigmask (Windows)
-        pass
