@@ -7,8 +7,9 @@ and answers it; the submission, still in the inner wait, took that answer for a 
 and dropped it, then waited for ever for the answer it had thrown away, while the judge
 waited for the next check: both sides blocked on a socket read. Now every request names
 the request it is part of, a reply waits for its request however deep the current wait,
-every request is answered (a cancelled one with CaseTimeout), nested time limits keep the
-outer one, and every wait has a deadline that ends in a verdict, not a hang.
+every request is answered (a cancelled one with CaseTimeout), a time limit cannot take a
+frame between the socket and its wait, nested time limits keep the outer one, and every
+wait has a deadline that ends in a verdict, not a hang.
 """
 import signal
 import socket
@@ -57,8 +58,13 @@ def test_a_late_time_limit_in_a_nested_request_ends_in_a_verdict_not_a_hang():
     judge = Judge(remote.Peer(Channel(judge_end), strict=True, call_timeout=60), salt=None,
                   tasks=["serve", "pages_needed"])
     started = time.monotonic()
-    judge.serve(idle_timeout=60)   # the old code blocked here for ever
-    out, _ = learner.communicate(timeout=60)
+    try:
+        judge.serve(idle_timeout=60)   # the old code blocked here for ever
+        out, _ = learner.communicate(timeout=60)
+    finally:
+        if learner.poll() is None:
+            learner.kill()
+            learner.wait()
     assert learner.returncode == 0 and "both checks returned" in out
     assert time.monotonic() - started < 60
     serve, pages = judge.report()["tasks"]["serve"], judge.report()["tasks"]["pages_needed"]
