@@ -135,17 +135,18 @@ class BatchDecodeWrapper:
                              lambda q, k, v, out, s: (*merge_args, out, *merge_tail),
                              block=max(32, min(THREADS, self.head_dim)))
 
-    def _plan_tensor_core(self, lens_h, num_splits):
+    def _plan_tensor_core(self, lens_h, num_splits, tc=None):
+        """tc: a dp.TCConfig to plan with instead of the planner's (tuning runs)."""
         group = self.num_heads // self.num_kv_heads
-        rows, chunks, row_tiles = dp.tc_rows(group, self.head_dim)
-        tile_t, stages = dp.tc_tile_tokens(self.head_dim), dp.TC_STAGES
-        shared, kv_bytes = dp.tc_shared_bytes(row_tiles, self.head_dim, tile_t, stages)
-        grid_y = self.num_kv_heads * chunks
+        cfg = tc or dp.tc_config(self.dtype, self.head_dim, group,
+                                 getattr(self, "_kv_quant", 0), getattr(self, "_per_token", False))
+        rows, row_tiles = cfg.rows, cfg.row_tiles
+        grid_y = self.num_kv_heads * cfg.chunks
         self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sm_count(self.on_gpu),
-                                              dp.tc_max_parts(rows, kv_bytes), num_splits)
+                                              dp.tc_max_parts(rows, cfg.kv_bytes), num_splits)
         work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
         self.max_parts = int(-(-lens_h.max() // self.part_len))
-        self.row_tiles, self.rows_per_block = row_tiles, rows
+        self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
         # One upload: work items, slot starts, and the merge counters (zeros).
         ints = np.concatenate([work.ravel(), slot_start, np.zeros(self.batch * grid_y, np.int32)])
@@ -160,9 +161,11 @@ class BatchDecodeWrapper:
         tail = (part_out, part_ml, counters, i32(self.num_heads), i32(self.num_kv_heads),
                 i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]),
                 i32(self.part_len), i32(rows))
-        options = dp.tc_options(self.dtype, self.head_dim, row_tiles, tile_t, stages)
-        self._add_launch(load_kernel("decode_tc", "paged_decode_tc", options), self.grid, shared,
-                         lambda q, k, v, out, s: (q, k, v, *fixed, out, *tail, s))
+        no_scale = xp.ones(1, np.float32)   # k_scale/v_scale of an uncompressed cache (unread)
+        self._add_launch(load_kernel("decode_tc", "paged_decode_tc", cfg.options), self.grid,
+                         cfg.shared,
+                         lambda q, k, v, out, s, ks=no_scale, vs=no_scale:
+                         (q, k, v, ks, vs, *fixed, out, *tail, s), block=cfg.threads)
 
     def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
         allow_shared_memory(kern, shared)
