@@ -14,6 +14,7 @@ import pytest
 
 from pagedattn_lab import decode_plan as dp
 from pagedattn_lab import quant
+from pagedattn_lab.backend import to_numpy
 from pagedattn_lab.wrappers import BatchDecodeWrapper
 
 from .decode_cases import check_close, cpu_executor_has, decode_problem, poisoned, reference
@@ -28,7 +29,7 @@ def planned(args, num_heads, num_kv_heads, head_dim, page_size, dtype, splits, c
     w = BatchDecodeWrapper().plan(tables, lens, num_heads, num_kv_heads, head_dim, page_size,
                                   dtype, kernel="tensor_core", num_splits=splits)
     w._launches = []
-    w._plan_tensor_core(lens, splits, tc=cfg)
+    w._plan_tensor_core(to_numpy(lens), splits, tc=cfg)
     return w
 
 
