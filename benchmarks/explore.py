@@ -193,7 +193,9 @@ def main(argv=None):
         if row:
             results.append(row)
             if args.json:
-                Path(args.json).write_text(json.dumps(results, indent=1))
+                # a dict with "rows", not "results": viz.load_bench_results leaves it out
+                Path(args.json).write_text(json.dumps(
+                    {"kind": "decode-tc-explore", "rows": results}, indent=1))
 
     fi = None if args.no_flashinfer else FlashInfer([int(d) for d in args.fi_dims.split(",")])
     by_name = {w.name: w for w in decode_workloads()}
