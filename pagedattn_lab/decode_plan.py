@@ -212,15 +212,23 @@ def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: i
 
 def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_token: bool = False,
               *, warps: int | None = None, tile_t: int | None = None,
-              stages: int | None = None, s_chains: int = None) -> TCConfig:
-    """The tensor-core kernel a plan launches (None: the planner's choice, tc_shape)."""
+              stages: int | None = None, s_chains: int | None = None) -> TCConfig:
+    """The tensor-core kernel a plan launches. warps/tile_t/stages None: the planner's choice
+    (tc_shape), with stages dropped (down to 2) until two blocks fit on an SM."""
     rows, chunks, row_tiles = tc_rows(group, head_dim)
+    auto = warps is None and tile_t is None and stages is None
     w0, t0, s0 = tc_shape(head_dim, row_tiles, kv_quant)
     warps, tile_t, stages = warps or w0, tile_t or t0, stages or s0
-    warps = max(warps, row_tiles)
-    tile_t = max(tile_t, 16 * warps // row_tiles)   # every warp takes at least 16 tokens
-    shared, kv_bytes = tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
-                                       kv_quant=kv_quant, per_token=per_token)
+    warps = -(-warps // row_tiles) * row_tiles      # the warps split into row tiles x slices
+    unit = 16 * warps // row_tiles                  # every warp takes a multiple of 16 tokens
+    tile_t = -(-tile_t // unit) * unit
+
+    def size(stages):
+        return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
+                               kv_quant=kv_quant, per_token=per_token)
+    while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
+        stages -= 1
+    shared, kv_bytes = size(stages)
     options = tc_options(dtype, head_dim, row_tiles, tile_t, stages, warps=warps,
                          kv_quant=kv_quant, per_token=per_token,
                          s_chains=s_chains or TC_S_CHAINS)
