@@ -46,6 +46,10 @@ V = {
     "W4T64S2/b2": (4, 64, 2, 2, 2, 0, False),
     "W4T64S2/b8": (4, 64, 2, 2, 8, 0, False),
     "W1T16S8/b2": (1, 16, 8, 2, 2, 0, False),
+    "W2T32S4/w1": (2, 32, 4, 2, -1, 0, False),  # negative: TC_WAVES = -n (partitions fill n waves)
+    "W2T32S4/w2": (2, 32, 4, 2, -2, 0, False),
+    "W4T64S2/w1": (4, 64, 2, 2, -1, 0, False),
+    "W4T64S2/w2": (4, 64, 2, 2, -2, 0, False),
     "W3T48S3/b2": (3, 48, 3, 2, 2, 0, False),
     "W2T32S2": (2, 32, 2, 2, 4, 0, False),     # head_dim 256: 80 KB, 2 blocks per SM
     "W1T16S6": (1, 16, 6, 2, 4, 0, False),     # head_dim 256: 110 KB, 160 KB in flight
@@ -59,14 +63,15 @@ V = {
     "int8/tok W4T64S4": (4, 64, 4, 2, 4, 1, True),
 }
 FP16_D128 = ["W4T64S2", "W4T64S2c1", "W2T32S4", "W2T32S5", "W2T32S3", "W3T48S3", "W1T16S8"]
-SPLITS = ["W2T32S4/b2", "W2T32S4/b8", "W4T64S2/b2", "W4T64S2/b8", "W1T16S8/b2", "W3T48S3/b2"]
+SPLITS = ["W2T32S4/b2", "W2T32S4/b8", "W4T64S2/b2", "W4T64S2/b8", "W1T16S8/b2", "W3T48S3/b2",
+          "W2T32S4/w1", "W2T32S4/w2", "W4T64S2/w1", "W4T64S2/w2"]
 QUANT = ["fp8 W4T64S2", "fp8 W4T64S3", "fp8 W4T64S4", "fp8 W2T32S6", "int8 W4T64S4",
          "fp8/tok W4T64S4", "int8/tok W4T64S4"]
 ROWS = {   # row: variants (the first is the reference for the error column), most wanted first
-    "D64-gqa4": FP16_D128 + QUANT,
+    "D64-gqa4": FP16_D128 + QUANT + ["W2T32S4/w1", "W2T32S4/w2"],
     "D64-mqa16": FP16_D128 + SPLITS,
     "1x32k-gqa4": FP16_D128 + SPLITS,
-    "8x32k-gqa4": FP16_D128 + ["fp8 W4T64S4", "int8/tok W4T64S4"],
+    "8x32k-gqa4": FP16_D128 + ["fp8 W4T64S4", "int8/tok W4T64S4", "W2T32S4/w1"],
     "D64-gqa4-d256": ["W4T64S2", "W2T32S2", "W1T16S6", "W1T16S4", "W2T32S3"],
     "D64-gqa8": FP16_D128,
 }
@@ -95,9 +100,10 @@ def compile_all(workloads, names_of):
 def plan(inp, w, name):
     """Blocks per SM 8 also lets a sequence be cut into 128 partitions (not 64)."""
     per_sm = V[name][4]
-    saved = dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS
-    dp.TC_BLOCKS_PER_SM = per_sm
-    dp.TC_AUTO_MAX_PARTS = 128 if per_sm >= 8 else saved[1]
+    saved = dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS, dp.TC_WAVES
+    dp.TC_BLOCKS_PER_SM = max(per_sm, 1)
+    dp.TC_AUTO_MAX_PARTS = 128 if per_sm >= 8 or per_sm < 0 else saved[1]
+    dp.TC_WAVES = -per_sm if per_sm < 0 else None
     try:
         p = BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], w.num_heads,
                                       w.num_kv_heads, w.head_dim, w.page_size, w.dtype,
@@ -106,7 +112,7 @@ def plan(inp, w, name):
         p._plan_tensor_core(cp.asnumpy(inp["seq_lens"]), None, tc=config(w, name))
         return p
     finally:
-        dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS = saved
+        dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS, dp.TC_WAVES = saved
 
 
 def launch(p, q, k, v, out, scale, ks=None, vs=None):

@@ -133,6 +133,7 @@ TC_S_CHAINS = 2             # independent accumulators for S = Q K^T
 TC_BLOCKS_PER_SM = 4        # automatic splitting aims for at least this many blocks per SM
 TC_AUTO_MAX_PARTS = 64      # ... but cuts no sequence in more (the merge reads every part)
 TC_PART_LENS = (4096, 2048, 1024, 512, 256, 128)   # automatic partition lengths, longest first
+TC_WAVES = None             # instead: partitions sized to fill this many waves of resident blocks
 TC_SMEM_PER_SM = 227 * 1024   # what the blocks of one SM share (H100/H200: 228 KB, 1 KB each
                               # reserved by the system)
 
@@ -236,15 +237,35 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                     stages, warps)
 
 
+def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:
+    """Blocks of `cfg` an SM holds at once: by shared memory (1 KB each reserved), registers
+    (ptxas: ~168 per thread up to head_dim 128, 255 above) and warps (64 per SM)."""
+    regs = 168 if head_dim <= 128 else 255
+    return max(1, min(TC_SMEM_PER_SM // (cfg.shared + 1024), 65536 // (regs * cfg.threads),
+                      64 // cfg.warps, 32))
+
+
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
-                       num_splits: int | None = None) -> int:
+                       num_splits: int | None = None, resident: int | None = None) -> int:
     """Tensor cores: tokens per partition. num_splits=n cuts the longest sequence into n;
     automatic: the longest of TC_PART_LENS that still gives TC_BLOCKS_PER_SM blocks per SM,
     else the shortest, and no more than TC_AUTO_MAX_PARTS partitions per sequence; never more
-    than `max_parts` (what the merge has room for)."""
+    than `max_parts` (what the merge has room for). With TC_WAVES set (and `resident`, the
+    blocks an SM holds at once): the shortest multiple of 64 tokens whose blocks fit in
+    TC_WAVES waves."""
     max_len = int(lens.max())
     if num_splits is not None:
         part_len = cut_longest(max_len, num_splits)
+    elif TC_WAVES and resident:
+        budget = TC_WAVES * resident * num_sms
+        lo, hi = 1, -(-max_len // 64)   # in units of 64 tokens; hi always fits one item each
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if int((-(-lens // (64 * mid))).sum()) * blocks_per_item <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        part_len = max(min(64 * lo, max_len), -(-max_len // TC_AUTO_MAX_PARTS))
     else:
         target = TC_BLOCKS_PER_SM * num_sms
         part_len = next((p for p in TC_PART_LENS
