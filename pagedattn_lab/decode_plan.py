@@ -129,7 +129,8 @@ TC_WARPS = 4                # warps per block, unless tc_shape says otherwise
 TC_MAX_ROW_TILES = 4        # a block multiplies at most 64 query heads (one row tile per warp)
 TC_TILE_TOKENS = 64         # tokens per K/V tile: 32 KB of K and V at head_dim 128
 TC_STAGES = 2               # K/V tiles in flight per block
-TC_S_CHAINS = 2             # independent accumulators for S = Q K^T
+TC_S_CHAINS = 1             # independent accumulators for S = Q K^T
+TC_D_SPLIT = 1              # warps per (row tile, token slice), splitting O's columns
 TC_BLOCKS_PER_SM = 4        # automatic splitting aims for at least this many blocks per SM
 TC_AUTO_MAX_PARTS = 64      # ... but cuts no sequence in more (the merge reads every part)
 TC_PART_LENS = (4096, 2048, 1024, 512, 256, 128)   # automatic partition lengths, longest first
@@ -143,7 +144,7 @@ KV_QUANT_IDS = {None: 0, "int8": 1, "fp8_e4m3": 2}   # -DKV_QUANT
 class TCConfig(NamedTuple):
     """One compiled tensor-core kernel and its launch: -D options, block size, shared memory
     (bytes, and the K/V region reused by the merge), rows per block, blocks per KV head,
-    16-row tiles per block, tile tokens, stages, warps."""
+    16-row tiles per block, tile tokens, stages, warps, warps per (row tile, token slice)."""
     options: tuple
     threads: int
     shared: int
@@ -154,6 +155,7 @@ class TCConfig(NamedTuple):
     tile_t: int
     stages: int
     warps: int
+    d_split: int
 
 
 def tc_tile_tokens(head_dim: int) -> int:
@@ -161,9 +163,9 @@ def tc_tile_tokens(head_dim: int) -> int:
     return TC_TILE_TOKENS
 
 
-def tc_shape(head_dim: int, row_tiles: int, kv_quant: int) -> tuple[int, int, int]:
-    """(warps, tile tokens, stages) the planner uses by default."""
-    return TC_WARPS, tc_tile_tokens(head_dim), TC_STAGES
+def tc_shape(head_dim: int, row_tiles: int, kv_quant: int) -> tuple[int, int, int, int]:
+    """(warps, tile tokens, stages, d_split) the planner uses by default."""
+    return TC_WARPS, tc_tile_tokens(head_dim), TC_STAGES, TC_D_SPLIT
 
 
 def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
@@ -178,15 +180,15 @@ def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
 
 def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
                     elem_bytes: int = 2, *, warps: int = TC_WARPS, kv_quant: int = 0,
-                    per_token: bool = False) -> tuple[int, int]:
+                    per_token: bool = False, d_split: int = 1) -> tuple[int, int]:
     """(total, kv) shared-memory bytes of a tensor-core block: the layout of decode_tc.cu
-    (staged K/V tiles; compressed: the codes, each warp's converted tokens and the per-token
-    scales; then Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a
-    flag). `kv` is the region before Q, reused at the end for O and for the merge weights."""
+    (staged K/V tiles; compressed: the codes, the converted tile and the per-token scales;
+    then Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a flag). `kv`
+    is the region before Q, reused at the end for O and for the merge weights."""
     rows, ld = 16 * row_tiles, head_dim + 8
-    tw = tile_t * row_tiles // warps
+    tw = tile_t * row_tiles * d_split // warps
     if kv_quant:
-        kv = (stages * 2 * tile_t * head_dim + warps * 2 * tw * ld * elem_bytes
+        kv = (stages * 2 * tile_t * head_dim + 2 * tile_t * ld * elem_bytes
               + (stages * 2 * tile_t * 4 if per_token else 0))
     else:
         kv = stages * 2 * tile_t * ld * elem_bytes
@@ -203,38 +205,47 @@ def tc_max_parts(rows: int, kv_bytes: int) -> int:
 
 def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: int, *,
                warps: int = TC_WARPS, kv_quant: int = 0, per_token: bool = False,
-               s_chains: int = TC_S_CHAINS):
+               s_chains: int = TC_S_CHAINS, d_split: int = 1, min_blocks: int = 1):
     cache_t = "unsigned char" if kv_quant else KV_C_TYPES[dtype]
     return (*_type_options(dtype), f"-DHEAD_DIM={head_dim}", f"-DROW_TILES={row_tiles}",
             f"-DTILE_T={tile_t}", f"-DSTAGES={stages}", f"-DTC_WARPS={warps}",
-            f"-DS_CHAINS={s_chains}", f"-DKV_QUANT={kv_quant}", f"-DCACHE_T={cache_t}",
+            f"-DS_CHAINS={s_chains}", f"-DD_SPLIT={d_split}", f"-DTC_MIN_BLOCKS={min_blocks}",
+            f"-DKV_QUANT={kv_quant}", f"-DCACHE_T={cache_t}",
             f"-DPER_TOKEN_SCALES={int(bool(per_token))}")
 
 
 def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_token: bool = False,
               *, warps: int | None = None, tile_t: int | None = None,
-              stages: int | None = None, s_chains: int | None = None) -> TCConfig:
-    """The tensor-core kernel a plan launches. warps/tile_t/stages None: the planner's choice
-    (tc_shape), with stages dropped (down to 2) until two blocks fit on an SM."""
+              stages: int | None = None, s_chains: int | None = None,
+              d_split: int | None = None, min_blocks: int = 1) -> TCConfig:
+    """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
+    planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
+    SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
+    O's columns (more warps per SM for the same registers); min_blocks: the blocks per SM
+    the compiler must leave registers for (__launch_bounds__)."""
     rows, chunks, row_tiles = tc_rows(group, head_dim)
-    auto = warps is None and tile_t is None and stages is None
-    w0, t0, s0 = tc_shape(head_dim, row_tiles, kv_quant)
-    warps, tile_t, stages = warps or w0, tile_t or t0, stages or s0
-    warps = -(-warps // row_tiles) * row_tiles      # the warps split into row tiles x slices
-    unit = 16 * warps // row_tiles                  # every warp takes a multiple of 16 tokens
+    auto = warps is None and tile_t is None and stages is None and d_split is None
+    w0, t0, s0, d0 = tc_shape(head_dim, row_tiles, kv_quant)
+    warps, tile_t, stages, d_split = warps or w0, tile_t or t0, stages or s0, d_split or d0
+    if (head_dim // 16) % d_split:
+        d_split = 1
+    per = row_tiles * d_split
+    warps = -(-warps // per) * per                  # warps = d_split x row tiles x slices
+    unit = 16 * warps // per                        # every warp takes a multiple of 16 tokens
     tile_t = -(-tile_t // unit) * unit
 
     def size(stages):
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
-                               kv_quant=kv_quant, per_token=per_token)
+                               kv_quant=kv_quant, per_token=per_token, d_split=d_split)
     while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
         stages -= 1
     shared, kv_bytes = size(stages)
     options = tc_options(dtype, head_dim, row_tiles, tile_t, stages, warps=warps,
                          kv_quant=kv_quant, per_token=per_token,
-                         s_chains=s_chains or TC_S_CHAINS)
+                         s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
+                         min_blocks=min_blocks)
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
-                    stages, warps)
+                    stages, warps, d_split)
 
 
 def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:

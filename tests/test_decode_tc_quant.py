@@ -42,24 +42,30 @@ def launch(w, q, k, v, k_scale, v_scale, out, scale=None):
 
 
 SHAPES = [
-    # heads, kv, head_dim, page, lens, splits, warps, tile, stages
-    (8, 2, 64, 7, [1, 6, 7, 8, 50], 3, 2, 32, 4),      # 2 warps, 4 stages; split
-    (16, 1, 32, 16, [1, 15, 16, 17, 90], None, 1, 16, 6),   # 1 warp, MQA
-    (12, 3, 128, 16, [33, 100], 2, 3, 48, 3),          # 3 warps, 48-token tiles
-    (40, 2, 64, 5, [70, 3], 2, 4, 64, 3),              # two row tiles, 3 stages
-    (4, 2, 256, 16, [40, 1], None, 2, 32, 2),          # head 256, 2 warps
+    # heads, kv, head_dim, page, lens, splits, warps, tile, stages, d_split
+    (8, 2, 64, 7, [1, 6, 7, 8, 50], 3, 2, 32, 4, 1),      # 2 warps, 4 stages; split
+    (16, 1, 32, 16, [1, 15, 16, 17, 90], None, 1, 16, 6, 1),   # 1 warp, MQA
+    (12, 3, 128, 16, [33, 100], 2, 3, 48, 3, 1),          # 3 warps, 48-token tiles
+    (40, 2, 64, 5, [70, 3], 2, 4, 64, 3, 1),              # two row tiles, 3 stages
+    (4, 2, 256, 16, [40, 1], None, 2, 32, 2, 1),          # head 256, 2 warps
+    (8, 2, 128, 16, [1, 17, 100], 3, 8, 64, 2, 2),        # 8 warps in pairs sharing tokens
+    (40, 2, 64, 7, [90, 3], 2, 8, 64, 2, 2),              # pairs over two row tiles
+    (4, 1, 256, 16, [70, 2], 2, 8, 32, 2, 4),             # head 256: 4 warps per slice
+    (16, 1, 80, 16, [33, 5], None, 8, 64, 3, 5),          # head 80: 5 column tiles, 5 warps
 ]
 
 
-@pytest.mark.parametrize("heads,kv,head_dim,page,lens,splits,warps,tile,stages", SHAPES)
-def test_kernel_shapes(rng, heads, kv, head_dim, page, lens, splits, warps, tile, stages):
+@pytest.mark.parametrize("heads,kv,head_dim,page,lens,splits,warps,tile,stages,d_split", SHAPES)
+def test_kernel_shapes(rng, heads, kv, head_dim, page, lens, splits, warps, tile, stages,
+                       d_split):
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
                           head_dim=head_dim)
     for chains in (1, 2):
         cfg = dp.tc_config("float16", head_dim, heads // kv, warps=warps, tile_t=tile,
-                           stages=stages, s_chains=chains)
+                           stages=stages, s_chains=chains, d_split=d_split)
+        assert cfg.d_split == d_split
         w = planned(args, heads, kv, head_dim, page, "float16", splits, cfg)
-        assert w.tc_config.threads == 32 * warps and w.grid[0] >= len(lens)
+        assert w.tc_config.threads == cfg.warps * 32 and w.grid[0] >= len(lens)
         out = w.run(*args[:3], out=poisoned(args[0].shape, "float16"))
         check_close(out, reference(args), "float16")
 
@@ -98,7 +104,9 @@ QUANT_CASES = [
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
 @pytest.mark.parametrize("scheme", ["static", "per_token"])
 @pytest.mark.parametrize("dtype,heads,kv,head_dim,page,lens,splits", QUANT_CASES)
-def test_compressed_pages(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page, lens, splits):
+@pytest.mark.parametrize("shape", [{}, {"warps": 8, "tile_t": 64, "stages": 3, "d_split": 2}])
+def test_compressed_pages(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page, lens, splits,
+                          shape):
     if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):
         pytest.skip("the CPU executor's shim has no bfloat16 (cuda_bf16.h) yet")
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
@@ -106,7 +114,7 @@ def test_compressed_pages(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, pag
     q, k, v, tables, seq_lens = args
     kc, vc, ks, vs, kd, vd = quantized(rng, args, kv_dtype, scheme)
     cfg = dp.tc_config(dtype, head_dim, heads // kv, dp.KV_QUANT_IDS[kv_dtype],
-                       scheme == "per_token")
+                       scheme == "per_token", **shape)
     w = planned(args, heads, kv, head_dim, page, dtype, splits, cfg)
     out = launch(w, q, kc, vc, ks, vs, poisoned(q.shape, dtype))
     ref = reference((q, kd, vd, tables, seq_lens))

@@ -70,7 +70,13 @@
 #define STAGES 2
 #endif
 #ifndef S_CHAINS
-#define S_CHAINS 2
+#define S_CHAINS 1
+#endif
+#ifndef D_SPLIT
+#define D_SPLIT 1
+#endif
+#ifndef TC_MIN_BLOCKS
+#define TC_MIN_BLOCKS 1
 #endif
 #ifndef CACHE_T
 #define CACHE_T KV_T
@@ -83,19 +89,22 @@
 using namespace nvcuda;
 
 constexpr int NWARPS = TC_WARPS;
+constexpr int CWARPS = NWARPS / D_SPLIT;      // warps with a (row tile, token slice) of their own
 constexpr int ROWS = 16 * ROW_TILES;          // rows of Q (query heads, padded)
-constexpr int SLICES = NWARPS / ROW_TILES;    // warps that share a row tile
+constexpr int SLICES = CWARPS / ROW_TILES;    // token slices of a row tile
 constexpr int TW = TILE_T / SLICES;           // tokens of a tile per warp
 constexpr int LD = HEAD_DIM + 8;    // shared row of Q, K, V (elements): +16 bytes against bank conflicts
 constexpr int LSW = TW + 4;         // a warp's row of S (floats)
 constexpr int LPW = TW + 8;         // a warp's row of P (elements)
 constexpr int LO = HEAD_DIM + 4;    // a row of O at the end (floats)
 constexpr int D_TILES = HEAD_DIM / 16;
+constexpr int DT = D_TILES / D_SPLIT;         // the 16-column tiles of O a warp accumulates
 constexpr int CPL = TW / 2;                   // softmax columns per lane (two lanes per row)
 constexpr int ROW_BYTES = HEAD_DIM * (int)sizeof(CACHE_T);   // one token's K (or V) row
 constexpr int CHUNKS = ROW_BYTES / 16;        // 16-byte copies per K or V row
 constexpr int CHUNK_ELEMS = 16 / (int)sizeof(CACHE_T);
-static_assert(NWARPS % ROW_TILES == 0, "ROW_TILES must divide TC_WARPS");
+static_assert(NWARPS % D_SPLIT == 0 && CWARPS % ROW_TILES == 0 && D_TILES % D_SPLIT == 0,
+              "D_SPLIT must divide TC_WARPS and HEAD_DIM / 16; ROW_TILES, TC_WARPS / D_SPLIT");
 static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && TILE_T == TW * SLICES && STAGES >= 2,
               "bad tile sizes");
 static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
@@ -106,8 +115,8 @@ static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
 constexpr int LDC = KV_QUANT ? ROW_BYTES : LD * 2;           // a staged row, bytes
 constexpr int STAGE_BYTES = 2 * TILE_T * LDC;
 #if KV_QUANT
-constexpr int WKV_OFF = STAGES * STAGE_BYTES;                // [NWARPS][2][TW][LD] converted
-constexpr int SC_OFF = WKV_OFF + NWARPS * 2 * TW * LD * 2;   // [STAGES][2][TILE_T] scales
+constexpr int WKV_OFF = STAGES * STAGE_BYTES;                // [2][TILE_T][LD] converted tile
+constexpr int SC_OFF = WKV_OFF + 2 * TILE_T * LD * 2;        // [STAGES][2][TILE_T] scales
 constexpr int KV_BYTES = SC_OFF + (PER_TOKEN_SCALES ? STAGES * 2 * TILE_T * 4 : 0);
 #else
 constexpr int KV_BYTES = STAGES * STAGE_BYTES;
@@ -121,34 +130,28 @@ constexpr int M_OFF = ALPHA_OFF + NWARPS * 16 * 4;           // [NWARPS][16]: th
 constexpr int L_OFF = M_OFF + NWARPS * 16 * 4;               // [NWARPS][16]: the warps' l
 constexpr int FLAG_OFF = L_OFF + NWARPS * 16 * 4;
 constexpr int SMEM_BYTES = FLAG_OFF + 16;
-static_assert(NWARPS * 16 * LO * 4 <= KV_BYTES, "the warps' O do not fit where the K/V tiles were");
+static_assert(CWARPS * 16 * LO * 4 <= KV_BYTES, "the warps' O do not fit where the K/V tiles were");
 static_assert(KV_BYTES % 128 == 0, "keep Q and the rest 128-byte aligned");
 
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_frag;
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, KV_T, wmma::row_major> a_frag;
 
-// One tile of K and V (tokens t0 .. t0 + TILE_T - 1): where this thread's 16-byte chunks
-// come from (element offsets into the caches; -1 past the end: zeros, nothing read), then
-// the copies themselves. Looking the pages up first, before waiting for the previous tile,
-// keeps the block-table reads off the path between barrier and arithmetic.
+// One tile of K and V (tokens t0 .. t0 + TILE_T - 1) in two steps: the page ids of this
+// thread's 16-byte chunks (-1 past the end: zeros, nothing read), read from the block table
+// one iteration before the copies need them (an L2 round trip off the path between barrier
+// and arithmetic); then the copies.
 constexpr int TILE_COPIES = (TILE_T * CHUNKS + TC_THREADS - 1) / TC_THREADS;   // per thread
 
-__device__ inline void tile_offsets(long long (&offset)[TILE_COPIES], const int* table, int t0,
-                                    int end, int page_size, int page_shift,
-                                    long long page_stride, long long row_stride,
-                                    long long head_off)
+__device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int t0, int end,
+                                  int page_size, int page_shift)
 {
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
         const int c = i * TC_THREADS + threadIdx.x;
         const int t = t0 + c / CHUNKS;
-        offset[i] = -1;   // a token past the end is never looked up
-        if (t < end && (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS)) {
-            const int vpage = page_shift >= 0 ? (t >> page_shift) : (t / page_size);
-            const long long page = table[vpage];
-            offset[i] = page * page_stride + (long long)(t - vpage * page_size) * row_stride
-                        + head_off + (c % CHUNKS) * CHUNK_ELEMS;
-        }
+        pg[i] = -1;   // a token past the end is never looked up
+        if (t < end && (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS))
+            pg[i] = table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)];
     }
 }
 
@@ -171,22 +174,28 @@ __device__ inline void copy4_async(float* dst, const float* src, bool valid)
 // index slot * num_kv_heads + kv_head is the row's element offset / HEAD_DIM).
 __device__ inline void copy_tile(unsigned char* smem, int stage, const CACHE_T* k_cache,
                                  const CACHE_T* v_cache, const float* k_scale,
-                                 const float* v_scale, const long long (&offset)[TILE_COPIES])
+                                 const float* v_scale, const int (&pg)[TILE_COPIES], int t0,
+                                 int page_size, int page_shift, long long page_stride,
+                                 long long row_stride, long long head_off)
 {
     unsigned char* ks = smem + stage * STAGE_BYTES;
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
         const int c = i * TC_THREADS + threadIdx.x;
         if (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS) {
+            const int t = t0 + c / CHUNKS;
+            const int in_page = page_shift >= 0 ? (t & (page_size - 1)) : (t % page_size);
+            const long long e = pg[i] < 0 ? 0 : (long long)pg[i] * page_stride
+                                + (long long)in_page * row_stride + head_off
+                                + (c % CHUNKS) * CHUNK_ELEMS;
             const int at = (c / CHUNKS) * LDC + (c % CHUNKS) * 16;
-            const long long e = offset[i] < 0 ? 0 : offset[i];
-            copy16_async(ks + at, k_cache + e, offset[i] >= 0);
-            copy16_async(ks + TILE_T * LDC + at, v_cache + e, offset[i] >= 0);
+            copy16_async(ks + at, k_cache + e, pg[i] >= 0);
+            copy16_async(ks + TILE_T * LDC + at, v_cache + e, pg[i] >= 0);
 #if KV_QUANT && PER_TOKEN_SCALES
             if (c % CHUNKS == 0) {
                 float* sc = reinterpret_cast<float*>(smem + SC_OFF) + stage * 2 * TILE_T + c / CHUNKS;
-                copy4_async(sc, k_scale + e / HEAD_DIM, offset[i] >= 0);
-                copy4_async(sc + TILE_T, v_scale + e / HEAD_DIM, offset[i] >= 0);
+                copy4_async(sc, k_scale + e / HEAD_DIM, pg[i] >= 0);
+                copy4_async(sc + TILE_T, v_scale + e / HEAD_DIM, pg[i] >= 0);
             }
 #endif
         }
@@ -243,23 +252,18 @@ __device__ inline void convert_chunk(KV_T* dst, const uint4& raw)
 #endif
 }
 
-// A warp converts the TW rows of codes it multiplies (K, then V) into its own buffer.
-__device__ inline void convert_slice(KV_T* dst, const unsigned char* stage, int lane)
+// The block converts a staged tile of codes (K rows, then V rows) into KV_T rows of LD.
+__device__ inline void convert_tile(KV_T* dst, const unsigned char* stage)
 {
     constexpr int QC = HEAD_DIM / 16;   // 16-code chunks per row
-#pragma unroll
-    for (int kv = 0; kv < 2; ++kv) {
-        const unsigned char* src = stage + kv * TILE_T * LDC;
-        for (int c = lane; c < TW * QC; c += 32) {
-            const int r = c / QC, col = (c % QC) * 16;
-            convert_chunk(dst + (kv * TW + r) * LD + col,
-                          *reinterpret_cast<const uint4*>(src + r * LDC + col));
-        }
+    for (int c = threadIdx.x; c < 2 * TILE_T * QC; c += TC_THREADS) {
+        const int r = c / QC, col = (c % QC) * 16;   // rows 0 .. 2 TILE_T - 1: K then V
+        convert_chunk(dst + r * LD + col, *reinterpret_cast<const uint4*>(stage + r * LDC + col));
     }
 }
 #endif
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_tc(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
     const CACHE_T* __restrict__ k_cache,   // [num_pages, page_size, num_kv_heads, HEAD_DIM]
     const CACHE_T* __restrict__ v_cache,
@@ -282,7 +286,9 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int rt = warp % ROW_TILES, slice = warp / ROW_TILES;   // this warp's rows and tokens
+    // this warp's rows and tokens (cw), and which DT column tiles of O it accumulates
+    const int cw = warp % CWARPS, dpart = warp / CWARPS;
+    const int rt = cw % ROW_TILES, slice = cw / ROW_TILES;
     float* ss = reinterpret_cast<float*>(smem + S_OFF) + warp * 16 * LSW;
     KV_T* ps = reinterpret_cast<KV_T*>(smem + P_OFF) + warp * 16 * LPW;
     float* alpha_s = reinterpret_cast<float*>(smem + ALPHA_OFF) + warp * 16;
@@ -305,7 +311,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     const long long row_stride = (long long)num_kv_heads * HEAD_DIM;
     const long long page_stride = (long long)page_size * row_stride;
     const long long head_off = (long long)kvh * HEAD_DIM;
-    long long offset[TILE_COPIES];
+    int pg[TILE_COPIES];
 
     // The first STAGES - 1 tiles start loading before anything else. Every thread commits
     // one group per tile, an empty one past the last tile too, so that "wait until at most
@@ -313,12 +319,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ntiles) {
-            tile_offsets(offset, table, start + s * TILE_T, end, page_size, page_shift,
-                         page_stride, row_stride, head_off);
-            copy_tile(smem, s, k_cache, v_cache, k_scale, v_scale, offset);
+            tile_pages(pg, table, start + s * TILE_T, end, page_size, page_shift);
+            copy_tile(smem, s, k_cache, v_cache, k_scale, v_scale, pg, start + s * TILE_T,
+                      page_size, page_shift, page_stride, row_stride, head_off);
         }
         copy_commit();
     }
+    if (STAGES - 1 < ntiles)
+        tile_pages(pg, table, start + (STAGES - 1) * TILE_T, end, page_size, page_shift);
 #if KV_QUANT && !PER_TOKEN_SCALES
     scale_log2 *= k_scale[kvh];            // static scales: K's folds into the logits,
     const float v_mult = v_scale[kvh];     // V's into the output
@@ -341,33 +349,36 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     acc_frag rowid;   // element e of every accumulator fragment lies in row rowid.x[e]
     wmma::load_matrix_sync(rowid, rowid_s, 16, wmma::mem_row_major);
 
-    acc_frag o[D_TILES];
+    acc_frag o[DT];
 #pragma unroll
-    for (int j = 0; j < D_TILES; ++j) wmma::fill_fragment(o[j], 0.0f);
+    for (int j = 0; j < DT; ++j) wmma::fill_fragment(o[j], 0.0f);
     const int row = lane / 2, col0 = (lane % 2) * CPL;   // this lane's softmax row and columns
     float m_run = NEG_BIG, l_run = 0.0f;   // the row's running max; this lane's share of its sum
     const KV_T* q_rows = qs + rt * 16 * LD;
 
     for (int i = 0; i < ntiles; ++i) {
         const int nt = i + STAGES - 1;   // the tile to start now, into the buffer of tile i - 1
-        if (nt < ntiles)
-            tile_offsets(offset, table, start + nt * TILE_T, end, page_size, page_shift,
-                         page_stride, row_stride, head_off);
         copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
         __syncthreads();           // ... everyone's; and every warp is done with tile i - 1
-        if (nt < ntiles) copy_tile(smem, nt % STAGES, k_cache, v_cache, k_scale, v_scale, offset);
+        if (nt < ntiles)           // (its page ids were read during the last iteration)
+            copy_tile(smem, nt % STAGES, k_cache, v_cache, k_scale, v_scale, pg,
+                      start + nt * TILE_T, page_size, page_shift, page_stride, row_stride,
+                      head_off);
         copy_commit();
+        if (nt + 1 < ntiles)
+            tile_pages(pg, table, start + (nt + 1) * TILE_T, end, page_size, page_shift);
         const unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
 #if KV_QUANT
-        // this warp's tokens, converted into its own buffer: no barrier between warps
-        KV_T* ks = reinterpret_cast<KV_T*>(smem + WKV_OFF) + warp * 2 * TW * LD;
-        convert_slice(ks, stage + slice * TW * LDC, lane);
-        const KV_T* vs = ks + TW * LD;
-        __syncwarp();
+        // the block converts the tile's codes once (the warps of a row tile or a D_SPLIT
+        // pair share tokens), then every warp reads its tokens
+        KV_T* kv = reinterpret_cast<KV_T*>(smem + WKV_OFF);
+        convert_tile(kv, stage);
+        __syncthreads();
 #else
-        const KV_T* ks = reinterpret_cast<const KV_T*>(stage) + slice * TW * LD;   // this
-        const KV_T* vs = ks + TILE_T * LD;                                         // warp's tokens
+        const KV_T* kv = reinterpret_cast<const KV_T*>(stage);
 #endif
+        const KV_T* ks = kv + slice * TW * LD;     // this warp's tokens
+        const KV_T* vs = ks + TILE_T * LD;
 
         // 1. S = Q K^T for this warp's 16 rows and TW tokens (K^T is K read column-major);
         // S_CHAINS independent accumulators halve the chain of dependent products.
@@ -430,12 +441,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
         if (lane % 2 == 0) alpha_s[row] = alpha;
         __syncwarp();
 
-        // 3. O = alpha * O + P V (each element's alpha read once, for all D_TILES fragments)
+        // 3. O = alpha * O + P V (each element's alpha read once, for all DT fragments)
         float alpha_e[acc_frag::num_elements];
 #pragma unroll
         for (int e = 0; e < o[0].num_elements; ++e) alpha_e[e] = alpha_s[(int)rowid.x[e]];
 #pragma unroll
-        for (int j = 0; j < D_TILES; ++j) {
+        for (int j = 0; j < DT; ++j) {
 #pragma unroll
             for (int e = 0; e < o[j].num_elements; ++e) o[j].x[e] *= alpha_e[e];
         }
@@ -444,9 +455,9 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
             a_frag a;
             wmma::load_matrix_sync(a, ps + k * 16, LPW);
 #pragma unroll
-            for (int j = 0; j < D_TILES; ++j) {
+            for (int j = 0; j < DT; ++j) {
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, KV_T, wmma::row_major> bv;
-                wmma::load_matrix_sync(bv, vs + k * 16 * LD + j * 16, LD);
+                wmma::load_matrix_sync(bv, vs + k * 16 * LD + (dpart * DT + j) * 16, LD);
                 wmma::mma_sync(o[j], a, bv, o[j]);
             }
         }
@@ -454,16 +465,18 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     }
     copy_wait<0>();
     // Each warp's (m, l) per row and its O to shared memory (where the K/V tiles were).
+    // (The D_SPLIT warps of a (row tile, slice) have the same m and l; the first writes them.)
     const float l_row = l_run + __shfl_xor_sync(0xffffffffu, l_run, 1);
-    if (lane % 2 == 0) {
-        m_s[warp * 16 + row] = m_run;
-        l_s[warp * 16 + row] = l_row;
+    if (lane % 2 == 0 && dpart == 0) {
+        m_s[cw * 16 + row] = m_run;
+        l_s[cw * 16 + row] = l_row;
     }
     __syncthreads();   // every warp is done with the last tile
-    float* os = reinterpret_cast<float*>(smem);   // [NWARPS][16][LO]
+    float* os = reinterpret_cast<float*>(smem);   // [CWARPS][16][LO]
 #pragma unroll
-    for (int j = 0; j < D_TILES; ++j)
-        wmma::store_matrix_sync(os + warp * 16 * LO + j * 16, o[j], LO, wmma::mem_row_major);
+    for (int j = 0; j < DT; ++j)
+        wmma::store_matrix_sync(os + cw * 16 * LO + (dpart * DT + j) * 16, o[j], LO,
+                                wmma::mem_row_major);
     __syncthreads();
 
     // Merge the SLICES warps of each row tile: M = max m_w, L = sum l_w 2^(m_w - M),
