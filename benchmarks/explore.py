@@ -32,55 +32,58 @@ from pagedattn_lab.bench.workloads import build_decode_inputs, decode_workloads 
 from pagedattn_lab.kernels import kernel as load_kernel  # noqa: E402
 from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
 
-# name: (warps, tile tokens, stages, S accumulators, blocks per SM for the split, quant, per-token)
+# name -> kernel shape (tc_config keywords) and split: "split" is blocks per SM for the
+# TC_BLOCKS_PER_SM rule (8 also allows 128 partitions), or "w1"/"w2": partitions that fill
+# that many waves of resident blocks (TC_WAVES); "quant": 0, 1 (int8), 2 (fp8); "tok": per-token.
+def shape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False):
+    return dict(warps=warps, tile_t=tile, stages=stages, d_split=d_split, min_blocks=mb,
+                split=split, quant=quant, tok=tok)
+
+
 V = {
-    "W4T64S2": (4, 64, 2, 2, 4, 0, False),     # v2's shape (+ two S accumulators)
-    "W4T64S2c1": (4, 64, 2, 1, 4, 0, False),   # v2's shape as it was
-    "W2T32S4": (2, 32, 4, 2, 4, 0, False),     # 2 warps, 3 tiles in flight: 96 KB per SM
-    "W2T32S5": (2, 32, 5, 2, 4, 0, False),     # 128 KB in flight per SM
-    "W2T32S3": (2, 32, 3, 2, 4, 0, False),     # 61 KB blocks: 3 per SM
-    "W3T48S3": (3, 48, 3, 2, 4, 0, False),
-    "W1T16S8": (1, 16, 8, 2, 4, 0, False),     # one warp, no barrier partners
-    "W2T32S4/b2": (2, 32, 4, 2, 2, 0, False),  # split for one wave of 2 blocks per SM
-    "W2T32S4/b8": (2, 32, 4, 2, 8, 0, False),
-    "W4T64S2/b2": (4, 64, 2, 2, 2, 0, False),
-    "W4T64S2/b8": (4, 64, 2, 2, 8, 0, False),
-    "W1T16S8/b2": (1, 16, 8, 2, 2, 0, False),
-    "W2T32S4/w1": (2, 32, 4, 2, -1, 0, False),  # negative: TC_WAVES = -n (partitions fill n waves)
-    "W2T32S4/w2": (2, 32, 4, 2, -2, 0, False),
-    "W4T64S2/w1": (4, 64, 2, 2, -1, 0, False),
-    "W4T64S2/w2": (4, 64, 2, 2, -2, 0, False),
-    "W3T48S3/b2": (3, 48, 3, 2, 2, 0, False),
-    "W2T32S2": (2, 32, 2, 2, 4, 0, False),     # head_dim 256: 80 KB, 2 blocks per SM
-    "W1T16S6": (1, 16, 6, 2, 4, 0, False),     # head_dim 256: 110 KB, 160 KB in flight
-    "W1T16S4": (1, 16, 4, 2, 4, 0, False),
-    "fp8 W4T64S2": (4, 64, 2, 2, 4, 2, False),
-    "fp8 W4T64S3": (4, 64, 3, 2, 4, 2, False),
-    "fp8 W4T64S4": (4, 64, 4, 2, 4, 2, False),
-    "fp8 W2T32S6": (2, 32, 6, 2, 4, 2, False),
-    "int8 W4T64S4": (4, 64, 4, 2, 4, 1, False),
-    "fp8/tok W4T64S4": (4, 64, 4, 2, 4, 2, True),
-    "int8/tok W4T64S4": (4, 64, 4, 2, 4, 1, True),
+    "W4": shape(4, 64, 2),                         # v2's shape (page ids read ahead)
+    "W8D2": shape(8, 64, 2, 2, 2),                 # 16 warps per SM, pairs share tokens
+    "W4D2T32": shape(4, 32, 2, 2, 4),              # 4 small blocks per SM
+    "W4D2T32S3": shape(4, 32, 3, 2, 3),
+    "W8D4T32": shape(8, 32, 2, 4, 2),              # 4 warps per 16 tokens, 2 O tiles each
+    "W8D4T32mb3": shape(8, 32, 2, 4, 3),           # 24 warps per SM
+    "W6D2T48mb3": shape(6, 48, 2, 2, 3),           # 18 warps per SM
+    "W8D4T64": shape(8, 64, 2, 4, 2),              # 32 tokens per warp
 }
-FP16_D128 = ["W4T64S2", "W4T64S2c1", "W2T32S4", "W2T32S5", "W2T32S3", "W3T48S3", "W1T16S8"]
-SPLITS = ["W2T32S4/b2", "W2T32S4/b8", "W4T64S2/b2", "W4T64S2/b8", "W1T16S8/b2", "W3T48S3/b2",
-          "W2T32S4/w1", "W2T32S4/w2", "W4T64S2/w1", "W4T64S2/w2"]
-QUANT = ["fp8 W4T64S2", "fp8 W4T64S3", "fp8 W4T64S4", "fp8 W2T32S6", "int8 W4T64S4",
-         "fp8/tok W4T64S4", "int8/tok W4T64S4"]
+for base in ("W4", "W8D2", "W8D4T32"):
+    for split in (2, 8, "w1", "w2"):
+        V[f"{base}/{split if isinstance(split, str) else 'b' + str(split)}"] = {
+            **V[base], "split": split}
+for q, qname in ((2, "fp8"), (1, "int8")):
+    for tok in (False, True):
+        for base, st in (("W4", 3), ("W8D2", 3), ("W8D2", 2)):
+            V[f"{qname}{'/tok' if tok else ''} {base}S{st}"] = {**V[base], "stages": st,
+                                                              "quant": q, "tok": tok}
+V["d256 W4"] = shape(4, 64, 2)
+V["d256 W8D4T32"] = shape(8, 32, 2, 4, 2)
+V["d256 W4D2T32"] = shape(4, 32, 2, 2, 1)
+V["d256 W4D4T16"] = shape(4, 16, 2, 4, 4)
+V["d256 W8D4T32S3"] = shape(8, 32, 3, 4, 2)
+
+FP16_D128 = ["W4", "W8D2", "W4D2T32", "W4D2T32S3", "W8D4T32", "W8D4T32mb3", "W6D2T48mb3",
+             "W8D4T64"]
+SPLITS = [f"{b}/{s}" for b in ("W4", "W8D2", "W8D4T32") for s in ("b2", "b8", "w1", "w2")]
+QUANT = [n for n in V if n.startswith(("fp8", "int8"))]
 ROWS = {   # row: variants (the first is the reference for the error column), most wanted first
-    "D64-gqa4": FP16_D128 + QUANT + ["W2T32S4/w1", "W2T32S4/w2"],
+    "D64-gqa4": FP16_D128 + QUANT + ["W8D2/w2", "W8D4T32/w2"],
     "D64-mqa16": FP16_D128 + SPLITS,
     "1x32k-gqa4": FP16_D128 + SPLITS,
-    "8x32k-gqa4": FP16_D128 + ["fp8 W4T64S4", "int8/tok W4T64S4", "W2T32S4/w1"],
-    "D64-gqa4-d256": ["W4T64S2", "W2T32S2", "W1T16S6", "W1T16S4", "W2T32S3"],
-    "D64-gqa8": FP16_D128,
+    "8x32k-gqa4": FP16_D128 + ["fp8 W8D2S3", "int8/tok W8D2S3", "W8D2/w1", "W8D2/w2"],
+    "D64-gqa4-d256": [n for n in V if n.startswith("d256")],
+    "D64-gqa8": FP16_D128 + ["W8D2/w2"],
 }
 
 
 def config(w, name):
-    warps, tile, stages, chains, _, quant, per_token = V[name]
-    return dp.tc_config(w.dtype, w.head_dim, w.group, quant, per_token, warps=warps,
-                        tile_t=tile, stages=stages, s_chains=chains)
+    v = V[name]
+    return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], warps=v["warps"],
+                        tile_t=v["tile_t"], stages=v["stages"], d_split=v["d_split"],
+                        min_blocks=v["min_blocks"])
 
 
 def compile_all(workloads, names_of):
@@ -98,12 +101,12 @@ def compile_all(workloads, names_of):
 
 
 def plan(inp, w, name):
-    """Blocks per SM 8 also lets a sequence be cut into 128 partitions (not 64)."""
-    per_sm = V[name][4]
+    split = V[name]["split"]
     saved = dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS, dp.TC_WAVES
-    dp.TC_BLOCKS_PER_SM = max(per_sm, 1)
-    dp.TC_AUTO_MAX_PARTS = 128 if per_sm >= 8 or per_sm < 0 else saved[1]
-    dp.TC_WAVES = -per_sm if per_sm < 0 else None
+    waves = int(split[1:]) if isinstance(split, str) else None
+    dp.TC_BLOCKS_PER_SM = 4 if waves else split
+    dp.TC_AUTO_MAX_PARTS = 128 if waves or split >= 8 else saved[1]
+    dp.TC_WAVES = waves
     try:
         p = BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], w.num_heads,
                                       w.num_kv_heads, w.head_dim, w.page_size, w.dtype,
@@ -206,7 +209,7 @@ def main(argv=None):
     fi = None if args.no_flashinfer else FlashInfer([int(d) for d in args.fi_dims.split(",")])
     by_name = {w.name: w for w in decode_workloads()}
     workloads = [by_name[n] for n in args.rows.split(",")]
-    names_of = lambda w: [n for n in ROWS[w.name] if not (args.no_quant and V[n][5])]  # noqa
+    names_of = lambda w: [n for n in ROWS[w.name] if not (args.no_quant and V[n]["quant"])]  # noqa
     failed = compile_all(workloads, names_of)
     say(f"compiled {sum(len(names_of(w)) for w in workloads)} kernels, failures {failed}")
     timer = Timer(cp)
@@ -221,7 +224,7 @@ def main(argv=None):
         fp16_bytes = w.bytes_moved()
         ref, t_ref = None, None
         for name in names_of(w):
-            quant, per_token = V[name][5], V[name][6]
+            quant, per_token = V[name]["quant"], V[name]["tok"]
             try:
                 pl = plan(inp, w, name)
                 out = cp.empty_like(q)
@@ -319,6 +322,22 @@ def host_rows(say, timer):
         say(f"one-shot {w.name}: {wall * 1e3:.3f} ms per call, kernel {kernel_ms:.3f} ms, "
             f"x{wall * 1e3 / kernel_ms:.2f}", kind="one-shot", workload=w.name,
             wall_ms=wall * 1e3, kernel_ms=kernel_ms)
+        # where the host time goes: the table copy alone, and a profile of the calls
+        tables = inp["block_tables"]
+        copy_ms = host_time(cp, lambda: (tables.get(), inp["seq_lens"].get()), calls=30) * 1e3
+        say(f"one-shot {w.name}: the two device-to-host copies alone {copy_ms:.3f} ms per call")
+        import cProfile
+        import io
+        import pstats
+        prof = cProfile.Profile()
+        prof.enable()
+        for _ in range(20):
+            paged_attention_decode(*args, scale, out=out)
+        cp.cuda.Device().synchronize()
+        prof.disable()
+        text = io.StringIO()
+        pstats.Stats(prof, stream=text).sort_stats("tottime").print_stats(14)
+        print(text.getvalue()[-3500:], flush=True)
         del inp, args
         cp.get_default_memory_pool().free_all_blocks()
 

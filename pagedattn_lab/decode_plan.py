@@ -156,6 +156,7 @@ class TCConfig(NamedTuple):
     stages: int
     warps: int
     d_split: int
+    min_blocks: int
 
 
 def tc_tile_tokens(head_dim: int) -> int:
@@ -245,13 +246,15 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                          s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
                          min_blocks=min_blocks)
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
-                    stages, warps, d_split)
+                    stages, warps, d_split, min_blocks)
 
 
 def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:
     """Blocks of `cfg` an SM holds at once: by shared memory (1 KB each reserved), registers
-    (ptxas: ~168 per thread up to head_dim 128, 255 above) and warps (64 per SM)."""
-    regs = 168 if head_dim <= 128 else 255
+    (ptxas: up to ~200 per thread with one O tile per 16 columns, ~130 with half; capped by
+    the min_blocks of __launch_bounds__) and warps (64 per SM)."""
+    regs = (200 if head_dim // 16 // cfg.d_split > 4 else 130) + (head_dim > 128) * 55
+    regs = min(regs, 255, 65536 // (cfg.threads * cfg.min_blocks) // 8 * 8)
     return max(1, min(TC_SMEM_PER_SM // (cfg.shared + 1024), 65536 // (regs * cfg.threads),
                       64 // cfg.warps, 32))
 
