@@ -84,26 +84,29 @@ def main():
     rng = np.random.default_rng(11)
     cases = [   # name, lens, page, heads, kv, head_dim, splits, shape, kv_dtype, scheme
         ("tc default GQA4 d128 split 3", [300, 17, 1], 16, 8, 2, 128, 3, {}),
-        ("tc W1T16S8 MQA16 d128 page 7 split 2", [200, 9], 7, 16, 1, 128, 2,
-         {"warps": 1, "tile_t": 16, "stages": 8}),
-        ("tc W2T32S4 GQA4 d128 split 3", [300, 17, 1], 16, 8, 2, 128, 3,
-         {"warps": 2, "tile_t": 32, "stages": 4}),
-        ("tc W2T32S3 GQA8 d64 page 12", [150, 40], 12, 16, 2, 64, None,
-         {"warps": 2, "tile_t": 32, "stages": 3}),
-        ("tc W3T48S3 GQA4 d96 split 2", [200, 30], 16, 8, 2, 96, 2,
-         {"warps": 3, "tile_t": 48, "stages": 3}),
-        ("tc W2T32S2 GQA4 d256 split 2", [120, 5], 16, 8, 2, 256, 2,
-         {"warps": 2, "tile_t": 32, "stages": 2}),
-        ("tc W1T16S6 GQA4 d256 split 2", [120, 5], 16, 8, 2, 256, 2,
-         {"warps": 1, "tile_t": 16, "stages": 6}),
+        ("tc W8D2 GQA4 d128 page 7 split 3", [300, 17, 1], 7, 8, 2, 128, 3,
+         {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2, "min_blocks": 2}),
+        ("tc W8D4T32 MQA16 d128 split 2", [200, 9], 16, 16, 1, 128, 2,
+         {"warps": 8, "tile_t": 32, "stages": 2, "d_split": 4, "min_blocks": 3}),
+        ("tc W4D2T32S3 GQA8 d64 page 12", [150, 40], 12, 16, 2, 64, None,
+         {"warps": 4, "tile_t": 32, "stages": 3, "d_split": 2, "min_blocks": 3}),
+        ("tc W6D2T48 GQA4 d96 split 2", [200, 30], 16, 8, 2, 96, 2,
+         {"warps": 6, "tile_t": 48, "stages": 2, "d_split": 2, "min_blocks": 3}),
+        ("tc W8D4T32 GQA4 d256 split 2", [120, 5], 16, 8, 2, 256, 2,
+         {"warps": 8, "tile_t": 32, "stages": 2, "d_split": 4, "min_blocks": 2}),
+        ("tc W4D4T16 GQA4 d256 split 2", [120, 5], 16, 8, 2, 256, 2,
+         {"warps": 4, "tile_t": 16, "stages": 2, "d_split": 4, "min_blocks": 4}),
         ("tc group 40 (4 row tiles) d64 split 2", [90, 5], 16, 40, 1, 64, 2, {}),
+        ("tc W8D2 group 40 (4 row tiles) d64 split 2", [90, 5], 16, 40, 1, 64, 2,
+         {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2, "min_blocks": 2}),
     ]
     for kv_dtype in ("int8", "fp8_e4m3"):
         for scheme in ("static", "per_token"):
             cases.append((f"tc {kv_dtype} {scheme} GQA4 d128 page 16 split 3", [300, 17, 1], 16,
                           8, 2, 128, 3, {}, kv_dtype, scheme))
-            cases.append((f"tc {kv_dtype} {scheme} MQA16 d64 page 5 W2T32S6", [90, 3], 5, 16,
-                          1, 64, 2, {"warps": 2, "tile_t": 32, "stages": 6}, kv_dtype, scheme))
+            cases.append((f"tc {kv_dtype} {scheme} MQA16 d64 page 5 W8D2S3", [90, 3], 5, 16,
+                          1, 64, 2, {"warps": 8, "tile_t": 64, "stages": 3, "d_split": 2,
+                                     "min_blocks": 2}, kv_dtype, scheme))
     ok = all([run_case(rng, *c) for c in cases])
     print("all results match the reference" if ok else "MISMATCH")
     sys.exit(0 if ok else 1)
