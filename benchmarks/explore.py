@@ -273,7 +273,7 @@ def main(argv=None):
     for w, inp, ref in kept if fi is not None else []:
         if w.head_dim not in fi_dims:
             continue
-        fi.thread.join(timeout=max(0.0, 85 - (time.time() - t_start)))
+        fi.thread.join(timeout=max(0.0, 55 - (time.time() - t_start)))
         if fi.fi is None:
             say(f"{w.name:<14} flashinfer TC not ready: {fi.error}")
             continue
