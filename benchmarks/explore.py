@@ -65,6 +65,24 @@ V["d256 W4D2T32"] = shape(4, 32, 2, 2, 1)
 V["d256 W4D4T16"] = shape(4, 16, 2, 4, 4)
 V["d256 W8D4T32S3"] = shape(8, 32, 3, 4, 2)
 
+# the planner's own kernel and split, fp16 and on compressed pages
+V["planner"] = {**shape(None, None, None), "split": None}
+for q, qname in ((2, "fp8"), (1, "int8")):
+    for tok in (False, True):
+        V[f"planner {qname}{'/tok' if tok else ''}"] = {**V["planner"], "quant": q, "tok": tok}
+PLANNER_QUANT = [n for n in V if n.startswith("planner ")]
+FINAL = {   # --final: the rows of the report
+    "D64-gqa4": ["planner"] + PLANNER_QUANT,
+    "D64-gqa8": ["planner"],
+    "D64-gqa8-p64": ["planner"],
+    "D64-mqa16": ["planner"],
+    "1x32k-gqa4": ["planner"],
+    "8x32k-gqa4": ["planner"] + PLANNER_QUANT,
+    "D64-gqa4-d256": ["planner"],
+    "D64-gqa4-d80": ["planner"],
+    "D64-gqa4-d96": ["planner"],
+}
+
 FP16_D128 = ["W4", "W8D2", "W4D2T32", "W4D2T32S3", "W8D4T32", "W8D4T32mb3", "W6D2T48mb3",
              "W8D4T64"]
 SPLITS = [f"{b}/{s}" for b in ("W4", "W8D2", "W8D4T32") for s in ("b2", "b8", "w1", "w2")]
@@ -80,7 +98,10 @@ ROWS = {   # row: variants (the first is the reference for the error column), mo
 
 
 def config(w, name):
+    """The variant's kernel; a variant without warps is the planner's own choice."""
     v = V[name]
+    if v["warps"] is None:
+        return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"])
     return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], warps=v["warps"],
                         tile_t=v["tile_t"], stages=v["stages"], d_split=v["d_split"],
                         min_blocks=v["min_blocks"])
@@ -102,6 +123,8 @@ def compile_all(workloads, names_of):
 
 def plan(inp, w, name):
     split = V[name]["split"]
+    if split is None:   # the planner's own split
+        split = ("w" + str(dp.TC_WAVES)) if dp.TC_WAVES else dp.TC_BLOCKS_PER_SM
     saved = dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS, dp.TC_WAVES
     waves = int(split[1:]) if isinstance(split, str) else None
     dp.TC_BLOCKS_PER_SM = 4 if waves else split
@@ -187,6 +210,8 @@ class FlashInfer:
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--rows", default=",".join(ROWS))
+    p.add_argument("--final", action="store_true",
+                   help="the planner's choices (FINAL) instead of the tuning variants")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--json", default=None)
     p.add_argument("--no-flashinfer", action="store_true")
@@ -208,8 +233,11 @@ def main(argv=None):
 
     fi = None if args.no_flashinfer else FlashInfer([int(d) for d in args.fi_dims.split(",")])
     by_name = {w.name: w for w in decode_workloads()}
+    rows = FINAL if args.final else ROWS
+    if args.final and args.rows == ",".join(ROWS):
+        args.rows = ",".join(FINAL)
     workloads = [by_name[n] for n in args.rows.split(",")]
-    names_of = lambda w: [n for n in ROWS[w.name] if not (args.no_quant and V[n]["quant"])]  # noqa
+    names_of = lambda w: [n for n in rows[w.name] if not (args.no_quant and V[n]["quant"])]  # noqa
     failed = compile_all(workloads, names_of)
     say(f"compiled {sum(len(names_of(w)) for w in workloads)} kernels, failures {failed}")
     timer = Timer(cp)
