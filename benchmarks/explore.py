@@ -35,9 +35,9 @@ from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
 # name -> kernel shape (tc_config keywords) and split: "split" is blocks per SM for the
 # TC_BLOCKS_PER_SM rule (8 also allows 128 partitions), or "w1"/"w2": partitions that fill
 # that many waves of resident blocks (TC_WAVES); "quant": 0, 1 (int8), 2 (fp8); "tok": per-token.
-def shape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False):
+def shape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, pipe=False):
     return dict(warps=warps, tile_t=tile, stages=stages, d_split=d_split, min_blocks=mb,
-                split=split, quant=quant, tok=tok)
+                split=split, quant=quant, tok=tok, warp_pipe=pipe)
 
 
 V = {
@@ -49,6 +49,8 @@ V = {
     "W8D4T32mb3": shape(8, 32, 2, 4, 3),           # 24 warps per SM
     "W6D2T48mb3": shape(6, 48, 2, 2, 3),           # 18 warps per SM
     "W8D4T64": shape(8, 64, 2, 4, 2),              # 32 tokens per warp
+    "W4P": shape(4, 64, 2, pipe=True),             # warps copy and wait for their own tokens
+    "W2PT32S3": shape(2, 32, 3, pipe=True),        # ... 3 blocks per SM
 }
 for base in ("W4", "W8D2", "W8D4T32"):
     for split in (2, 8, "w1", "w2"):
@@ -56,7 +58,7 @@ for base in ("W4", "W8D2", "W8D4T32"):
             **V[base], "split": split}
 for q, qname in ((2, "fp8"), (1, "int8")):
     for tok in (False, True):
-        for base, st in (("W4", 3), ("W8D2", 3), ("W8D2", 2)):
+        for base, st in (("W4", 3), ("W8D2", 3), ("W8D2", 2), ("W4P", 3)):
             V[f"{qname}{'/tok' if tok else ''} {base}S{st}"] = {**V[base], "stages": st,
                                                               "quant": q, "tok": tok}
 V["d256 W4"] = shape(4, 64, 2)
@@ -64,6 +66,7 @@ V["d256 W8D4T32"] = shape(8, 32, 2, 4, 2)
 V["d256 W4D2T32"] = shape(4, 32, 2, 2, 1)
 V["d256 W4D4T16"] = shape(4, 16, 2, 4, 4)
 V["d256 W8D4T32S3"] = shape(8, 32, 3, 4, 2)
+V["d256 W2P"] = shape(2, 32, 2, pipe=True)
 
 # the planner's own kernel and split, fp16 and on compressed pages
 V["planner"] = {**shape(None, None, None), "split": None}
@@ -84,7 +87,7 @@ FINAL = {   # --final: the rows of the report
 }
 
 FP16_D128 = ["W4", "W8D2", "W4D2T32", "W4D2T32S3", "W8D4T32", "W8D4T32mb3", "W6D2T48mb3",
-             "W8D4T64"]
+             "W8D4T64", "W4P", "W2PT32S3"]
 SPLITS = [f"{b}/{s}" for b in ("W4", "W8D2", "W8D4T32") for s in ("b2", "b8", "w1", "w2")]
 QUANT = [n for n in V if n.startswith(("fp8", "int8"))]
 ROWS = {   # row: variants (the first is the reference for the error column), most wanted first
@@ -104,7 +107,7 @@ def config(w, name):
         return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"])
     return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], warps=v["warps"],
                         tile_t=v["tile_t"], stages=v["stages"], d_split=v["d_split"],
-                        min_blocks=v["min_blocks"])
+                        min_blocks=v["min_blocks"], warp_pipe=v["warp_pipe"])
 
 
 def compile_all(workloads, names_of):

@@ -97,6 +97,10 @@ def main():
         ("tc W4D4T16 GQA4 d256 split 2", [120, 5], 16, 8, 2, 256, 2,
          {"warps": 4, "tile_t": 16, "stages": 2, "d_split": 4, "min_blocks": 4}),
         ("tc group 40 (4 row tiles) d64 split 2", [90, 5], 16, 40, 1, 64, 2, {}),
+        ("tc W4 warp pipelines GQA4 d128 page 7 split 3", [300, 17, 1], 7, 8, 2, 128, 3,
+         {"warps": 4, "tile_t": 64, "stages": 2, "warp_pipe": True}),
+        ("tc W2 warp pipelines S3 MQA16 d64", [200, 9], 16, 16, 1, 64, 2,
+         {"warps": 2, "tile_t": 32, "stages": 3, "warp_pipe": True}),
         ("tc W8D2 group 40 (4 row tiles) d64 split 2", [90, 5], 16, 40, 1, 64, 2,
          {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2, "min_blocks": 2}),
     ]
@@ -107,6 +111,9 @@ def main():
             cases.append((f"tc {kv_dtype} {scheme} MQA16 d64 page 5 W8D2S3", [90, 3], 5, 16,
                           1, 64, 2, {"warps": 8, "tile_t": 64, "stages": 3, "d_split": 2,
                                      "min_blocks": 2}, kv_dtype, scheme))
+            cases.append((f"tc {kv_dtype} {scheme} GQA4 d128 warp pipelines S3", [200, 9], 16,
+                          8, 2, 128, 2, {"warps": 4, "tile_t": 64, "stages": 3,
+                                         "warp_pipe": True}, kv_dtype, scheme))
     ok = all([run_case(rng, *c) for c in cases])
     print("all results match the reference" if ok else "MISMATCH")
     sys.exit(0 if ok else 1)

@@ -157,6 +157,7 @@ class TCConfig(NamedTuple):
     warps: int
     d_split: int
     min_blocks: int
+    warp_pipe: bool
 
 
 def tc_tile_tokens(head_dim: int) -> int:
@@ -206,11 +207,13 @@ def tc_max_parts(rows: int, kv_bytes: int) -> int:
 
 def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: int, *,
                warps: int = TC_WARPS, kv_quant: int = 0, per_token: bool = False,
-               s_chains: int = TC_S_CHAINS, d_split: int = 1, min_blocks: int = 1):
+               s_chains: int = TC_S_CHAINS, d_split: int = 1, min_blocks: int = 1,
+               warp_pipe: bool = False):
     cache_t = "unsigned char" if kv_quant else KV_C_TYPES[dtype]
     return (*_type_options(dtype), f"-DHEAD_DIM={head_dim}", f"-DROW_TILES={row_tiles}",
             f"-DTILE_T={tile_t}", f"-DSTAGES={stages}", f"-DTC_WARPS={warps}",
             f"-DS_CHAINS={s_chains}", f"-DD_SPLIT={d_split}", f"-DTC_MIN_BLOCKS={min_blocks}",
+            f"-DWARP_PIPE={int(bool(warp_pipe))}",
             f"-DKV_QUANT={kv_quant}", f"-DCACHE_T={cache_t}",
             f"-DPER_TOKEN_SCALES={int(bool(per_token))}")
 
@@ -218,12 +221,14 @@ def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: i
 def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_token: bool = False,
               *, warps: int | None = None, tile_t: int | None = None,
               stages: int | None = None, s_chains: int | None = None,
-              d_split: int | None = None, min_blocks: int = 1) -> TCConfig:
+              d_split: int | None = None, min_blocks: int = 1,
+              warp_pipe: bool = False) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
     O's columns (more warps per SM for the same registers); min_blocks: the blocks per SM
-    the compiler must leave registers for (__launch_bounds__)."""
+    the compiler must leave registers for (__launch_bounds__); warp_pipe: each warp copies
+    and waits for its own tokens (one row tile, d_split 1 only; else ignored)."""
     rows, chunks, row_tiles = tc_rows(group, head_dim)
     auto = warps is None and tile_t is None and stages is None and d_split is None
     w0, t0, s0, d0 = tc_shape(head_dim, row_tiles, kv_quant)
@@ -238,15 +243,16 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     def size(stages):
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
+    warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
     while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
         stages -= 1
     shared, kv_bytes = size(stages)
     options = tc_options(dtype, head_dim, row_tiles, tile_t, stages, warps=warps,
                          kv_quant=kv_quant, per_token=per_token,
                          s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
-                         min_blocks=min_blocks)
+                         min_blocks=min_blocks, warp_pipe=warp_pipe)
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
-                    stages, warps, d_split, min_blocks)
+                    stages, warps, d_split, min_blocks, warp_pipe)
 
 
 def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:

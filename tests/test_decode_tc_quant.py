@@ -53,6 +53,11 @@ SHAPES = [
     (4, 1, 256, 16, [70, 2], 2, 8, 32, 2, 4),             # head 256: 4 warps per slice
     (16, 1, 80, 16, [33, 5], None, 8, 64, 3, 5),          # head 80: 5 column tiles, 5 warps
 ]
+PIPES = [   # heads, kv, head_dim, page, lens, splits, warps, tile, stages: WARP_PIPE=1
+    (8, 2, 128, 7, [1, 17, 100], 3, 4, 64, 2),            # warps copying their own tokens
+    (16, 1, 64, 16, [1, 15, 16, 17, 90], None, 2, 32, 3),
+    (4, 2, 256, 16, [40, 1], 2, 2, 32, 2),
+]
 
 
 @pytest.mark.parametrize("heads,kv,head_dim,page,lens,splits,warps,tile,stages,d_split", SHAPES)
@@ -68,6 +73,18 @@ def test_kernel_shapes(rng, heads, kv, head_dim, page, lens, splits, warps, tile
         assert w.tc_config.threads == cfg.warps * 32 and w.grid[0] >= len(lens)
         out = w.run(*args[:3], out=poisoned(args[0].shape, "float16"))
         check_close(out, reference(args), "float16")
+
+
+@pytest.mark.parametrize("heads,kv,head_dim,page,lens,splits,warps,tile,stages", PIPES)
+def test_warp_pipelines(rng, heads, kv, head_dim, page, lens, splits, warps, tile, stages):
+    args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
+                          head_dim=head_dim)
+    cfg = dp.tc_config("float16", head_dim, heads // kv, warps=warps, tile_t=tile,
+                       stages=stages, warp_pipe=True)
+    assert cfg.warp_pipe
+    w = planned(args, heads, kv, head_dim, page, "float16", splits, cfg)
+    out = w.run(*args[:3], out=poisoned(args[0].shape, "float16"))
+    check_close(out, reference(args), "float16")
 
 
 def quantized(rng, args, kv_dtype, scheme):
@@ -104,7 +121,8 @@ QUANT_CASES = [
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
 @pytest.mark.parametrize("scheme", ["static", "per_token"])
 @pytest.mark.parametrize("dtype,heads,kv,head_dim,page,lens,splits", QUANT_CASES)
-@pytest.mark.parametrize("shape", [{}, {"warps": 8, "tile_t": 64, "stages": 3, "d_split": 2}])
+@pytest.mark.parametrize("shape", [{}, {"warps": 8, "tile_t": 64, "stages": 3, "d_split": 2},
+                                   {"warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}])
 def test_compressed_pages(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page, lens, splits,
                           shape):
     if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):

@@ -78,6 +78,9 @@
 #ifndef TC_MIN_BLOCKS
 #define TC_MIN_BLOCKS 1
 #endif
+#ifndef WARP_PIPE
+#define WARP_PIPE 0
+#endif
 #ifndef CACHE_T
 #define CACHE_T KV_T
 #endif
@@ -112,14 +115,24 @@ static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
 // Shared memory, in bytes from the start (decode_plan.tc_shared_bytes computes the same).
 // Staged tiles: STAGES x (K rows, V rows) as they come from the cache: KV_T rows padded to
 // LD, or rows of codes (never read by WMMA, so unpadded).
+// WARP_PIPE=1: every warp copies, waits for and converts its own TW tokens (its own stages,
+// no barrier between warps in the loop); else the block copies whole tiles together.
+#if WARP_PIPE
+constexpr int CP_THREADS = 32, CP_TOKENS = TW;               // one copier: a warp
+static_assert(ROW_TILES == 1 && D_SPLIT == 1, "WARP_PIPE: one warp per token slice");
+#else
+constexpr int CP_THREADS = TC_THREADS, CP_TOKENS = TILE_T;   // one copier: the block
+#endif
 constexpr int LDC = KV_QUANT ? ROW_BYTES : LD * 2;           // a staged row, bytes
-constexpr int STAGE_BYTES = 2 * TILE_T * LDC;
+constexpr int STAGE_BYTES = 2 * CP_TOKENS * LDC;             // a copier's stage: K, then V rows
+// (the copiers' stages, converted tiles and scales add up to the same bytes either way)
 #if KV_QUANT
-constexpr int WKV_OFF = STAGES * STAGE_BYTES;                // [2][TILE_T][LD] converted tile
-constexpr int SC_OFF = WKV_OFF + 2 * TILE_T * LD * 2;        // [STAGES][2][TILE_T] scales
+constexpr int WKV_OFF = STAGES * 2 * TILE_T * LDC;           // [copier][2][CP_TOKENS][LD]
+constexpr int SC_OFF = WKV_OFF + 2 * TILE_T * LD * 2;        // [copier][STAGES][2][CP_TOKENS]
 constexpr int KV_BYTES = SC_OFF + (PER_TOKEN_SCALES ? STAGES * 2 * TILE_T * 4 : 0);
 #else
-constexpr int KV_BYTES = STAGES * STAGE_BYTES;
+constexpr int KV_BYTES = STAGES * 2 * TILE_T * LDC;
+constexpr int SC_OFF = KV_BYTES;                             // (no scales: never read)
 #endif
 constexpr int Q_OFF = KV_BYTES;                              // [ROWS][LD]
 constexpr int S_OFF = Q_OFF + ROWS * LD * 2;                 // [NWARPS][16][LSW] floats
@@ -140,17 +153,17 @@ typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, KV_T, wmma::row_major> a_frag
 // thread's 16-byte chunks (-1 past the end: zeros, nothing read), read from the block table
 // one iteration before the copies need them (an L2 round trip off the path between barrier
 // and arithmetic); then the copies.
-constexpr int TILE_COPIES = (TILE_T * CHUNKS + TC_THREADS - 1) / TC_THREADS;   // per thread
+constexpr int TILE_COPIES = (CP_TOKENS * CHUNKS + CP_THREADS - 1) / CP_THREADS;   // per thread
 
 __device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int t0, int end,
-                                  int page_size, int page_shift)
+                                  int page_size, int page_shift, int cid)
 {
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
-        const int c = i * TC_THREADS + threadIdx.x;
+        const int c = i * CP_THREADS + cid;
         const int t = t0 + c / CHUNKS;
         pg[i] = -1;   // a token past the end is never looked up
-        if (t < end && (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS))
+        if (t < end && (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS))
             pg[i] = table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)];
     }
 }
@@ -172,17 +185,16 @@ __device__ inline void copy4_async(float* dst, const float* src, bool valid)
 // The copies of one tile into stage buffer `stage` (K rows, then V rows); with per-token
 // scales, the thread that copies a row's first chunk also copies its two scales (the scale
 // index slot * num_kv_heads + kv_head is the row's element offset / HEAD_DIM).
-__device__ inline void copy_tile(unsigned char* smem, int stage, const CACHE_T* k_cache,
+__device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_cache,
                                  const CACHE_T* v_cache, const float* k_scale,
                                  const float* v_scale, const int (&pg)[TILE_COPIES], int t0,
                                  int page_size, int page_shift, long long page_stride,
-                                 long long row_stride, long long head_off)
+                                 long long row_stride, long long head_off, int cid)
 {
-    unsigned char* ks = smem + stage * STAGE_BYTES;
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
-        const int c = i * TC_THREADS + threadIdx.x;
-        if (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS) {
+        const int c = i * CP_THREADS + cid;
+        if (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS) {
             const int t = t0 + c / CHUNKS;
             const int in_page = page_shift >= 0 ? (t & (page_size - 1)) : (t % page_size);
             const long long e = pg[i] < 0 ? 0 : (long long)pg[i] * page_stride
@@ -190,12 +202,11 @@ __device__ inline void copy_tile(unsigned char* smem, int stage, const CACHE_T* 
                                 + (c % CHUNKS) * CHUNK_ELEMS;
             const int at = (c / CHUNKS) * LDC + (c % CHUNKS) * 16;
             copy16_async(ks + at, k_cache + e, pg[i] >= 0);
-            copy16_async(ks + TILE_T * LDC + at, v_cache + e, pg[i] >= 0);
+            copy16_async(ks + CP_TOKENS * LDC + at, v_cache + e, pg[i] >= 0);
 #if KV_QUANT && PER_TOKEN_SCALES
             if (c % CHUNKS == 0) {
-                float* sc = reinterpret_cast<float*>(smem + SC_OFF) + stage * 2 * TILE_T + c / CHUNKS;
-                copy4_async(sc, k_scale + e / HEAD_DIM, pg[i] >= 0);
-                copy4_async(sc + TILE_T, v_scale + e / HEAD_DIM, pg[i] >= 0);
+                copy4_async(sc + c / CHUNKS, k_scale + e / HEAD_DIM, pg[i] >= 0);
+                copy4_async(sc + CP_TOKENS + c / CHUNKS, v_scale + e / HEAD_DIM, pg[i] >= 0);
             }
 #endif
         }
@@ -252,11 +263,11 @@ __device__ inline void convert_chunk(KV_T* dst, const uint4& raw)
 #endif
 }
 
-// The block converts a staged tile of codes (K rows, then V rows) into KV_T rows of LD.
-__device__ inline void convert_tile(KV_T* dst, const unsigned char* stage)
+// A copier converts its staged codes (K rows, then V rows) into KV_T rows of LD.
+__device__ inline void convert_tile(KV_T* dst, const unsigned char* stage, int cid)
 {
     constexpr int QC = HEAD_DIM / 16;   // 16-code chunks per row
-    for (int c = threadIdx.x; c < 2 * TILE_T * QC; c += TC_THREADS) {
+    for (int c = cid; c < 2 * CP_TOKENS * QC; c += CP_THREADS) {
         const int r = c / QC, col = (c % QC) * 16;   // rows 0 .. 2 TILE_T - 1: K then V
         convert_chunk(dst + r * LD + col, *reinterpret_cast<const uint4*>(stage + r * LDC + col));
     }
@@ -316,17 +327,26 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     // The first STAGES - 1 tiles start loading before anything else. Every thread commits
     // one group per tile, an empty one past the last tile too, so that "wait until at most
     // N groups are in flight" means the same tile for every thread.
+#if WARP_PIPE
+    const int copier = warp, cid = lane, cp_off = slice * TW;   // the warp copies its tokens
+#else
+    const int copier = 0, cid = threadIdx.x, cp_off = 0;        // the block copies the tile
+#endif
+    unsigned char* stages = smem + copier * STAGES * STAGE_BYTES;
+    float* scales = reinterpret_cast<float*>(smem + SC_OFF) + copier * STAGES * 2 * CP_TOKENS;
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ntiles) {
-            tile_pages(pg, table, start + s * TILE_T, end, page_size, page_shift);
-            copy_tile(smem, s, k_cache, v_cache, k_scale, v_scale, pg, start + s * TILE_T,
-                      page_size, page_shift, page_stride, row_stride, head_off);
+            tile_pages(pg, table, start + s * TILE_T + cp_off, end, page_size, page_shift, cid);
+            copy_tile(stages + s * STAGE_BYTES, scales + s * 2 * CP_TOKENS, k_cache, v_cache,
+                      k_scale, v_scale, pg, start + s * TILE_T + cp_off, page_size, page_shift,
+                      page_stride, row_stride, head_off, cid);
         }
         copy_commit();
     }
     if (STAGES - 1 < ntiles)
-        tile_pages(pg, table, start + (STAGES - 1) * TILE_T, end, page_size, page_shift);
+        tile_pages(pg, table, start + (STAGES - 1) * TILE_T + cp_off, end, page_size,
+                   page_shift, cid);
 #if KV_QUANT && !PER_TOKEN_SCALES
     scale_log2 *= k_scale[kvh];            // static scales: K's folds into the logits,
     const float v_mult = v_scale[kvh];     // V's into the output
@@ -359,26 +379,35 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     for (int i = 0; i < ntiles; ++i) {
         const int nt = i + STAGES - 1;   // the tile to start now, into the buffer of tile i - 1
         copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
+#if WARP_PIPE
+        __syncwarp();              // ... the warp's; and the warp is done with tile i - 1
+#else
         __syncthreads();           // ... everyone's; and every warp is done with tile i - 1
+#endif
         if (nt < ntiles)           // (its page ids were read during the last iteration)
-            copy_tile(smem, nt % STAGES, k_cache, v_cache, k_scale, v_scale, pg,
-                      start + nt * TILE_T, page_size, page_shift, page_stride, row_stride,
-                      head_off);
+            copy_tile(stages + (nt % STAGES) * STAGE_BYTES, scales + (nt % STAGES) * 2 * CP_TOKENS,
+                      k_cache, v_cache, k_scale, v_scale, pg, start + nt * TILE_T + cp_off,
+                      page_size, page_shift, page_stride, row_stride, head_off, cid);
         copy_commit();
         if (nt + 1 < ntiles)
-            tile_pages(pg, table, start + (nt + 1) * TILE_T, end, page_size, page_shift);
-        const unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
+            tile_pages(pg, table, start + (nt + 1) * TILE_T + cp_off, end, page_size,
+                       page_shift, cid);
+        const unsigned char* stage = stages + (i % STAGES) * STAGE_BYTES;
 #if KV_QUANT
-        // the block converts the tile's codes once (the warps of a row tile or a D_SPLIT
-        // pair share tokens), then every warp reads its tokens
-        KV_T* kv = reinterpret_cast<KV_T*>(smem + WKV_OFF);
-        convert_tile(kv, stage);
+        // the copier converts its codes once (the warps of a row tile or a D_SPLIT group
+        // share tokens), then every warp reads its tokens
+        KV_T* kv = reinterpret_cast<KV_T*>(smem + WKV_OFF) + copier * 2 * CP_TOKENS * LD;
+        convert_tile(kv, stage, cid);
+#if WARP_PIPE
+        __syncwarp();
+#else
         __syncthreads();
+#endif
 #else
         const KV_T* kv = reinterpret_cast<const KV_T*>(stage);
 #endif
-        const KV_T* ks = kv + slice * TW * LD;     // this warp's tokens
-        const KV_T* vs = ks + TILE_T * LD;
+        const KV_T* ks = kv + (slice * TW - cp_off) * LD;   // this warp's tokens
+        const KV_T* vs = ks + CP_TOKENS * LD;
 
         // 1. S = Q K^T for this warp's 16 rows and TW tokens (K^T is K read column-major);
         // S_CHAINS independent accumulators halve the chain of dependent products.
@@ -407,9 +436,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         // 2. online softmax, two lanes per row
         const int t0 = start + i * TILE_T + slice * TW + col0;
 #if KV_QUANT && PER_TOKEN_SCALES
-        const float* ksc = reinterpret_cast<const float*>(smem + SC_OFF)
-                           + (i % STAGES) * 2 * TILE_T + slice * TW + col0;
-        const float* vsc = ksc + TILE_T;
+        const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + slice * TW - cp_off + col0;
+        const float* vsc = ksc + CP_TOKENS;
 #endif
         float sv[CPL];
         float mx = NEG_BIG;
