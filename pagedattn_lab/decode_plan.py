@@ -130,7 +130,6 @@ TC_MAX_ROW_TILES = 4        # a block multiplies at most 64 query heads (one row
 TC_TILE_TOKENS = 64         # tokens per K/V tile: 32 KB of K and V at head_dim 128
 TC_STAGES = 2               # K/V tiles in flight per block
 TC_S_CHAINS = 1             # independent accumulators for S = Q K^T
-TC_D_SPLIT = 1              # warps per (row tile, token slice), splitting O's columns
 TC_BLOCKS_PER_SM = 4        # automatic splitting aims for at least this many blocks per SM
 TC_AUTO_MAX_PARTS = 64      # ... but cuts no sequence in more (the merge reads every part)
 TC_PART_LENS = (4096, 2048, 1024, 512, 256, 128)   # automatic partition lengths, longest first
@@ -165,9 +164,21 @@ def tc_tile_tokens(head_dim: int) -> int:
     return TC_TILE_TOKENS
 
 
-def tc_shape(head_dim: int, row_tiles: int, kv_quant: int) -> tuple[int, int, int, int]:
-    """(warps, tile tokens, stages, d_split) the planner uses by default."""
-    return TC_WARPS, tc_tile_tokens(head_dim), TC_STAGES, TC_D_SPLIT
+# The measured shapes (benchmarks/NOTES.md, 2026-12-02): (largest head_dim, compressed) ->
+# tc_config keywords; the first row that covers the head size and format is taken.
+TC_SHAPES = [
+    (256, None, dict(warps=TC_WARPS, tile_t=TC_TILE_TOKENS, stages=TC_STAGES, d_split=1)),
+]
+
+
+def tc_shape(head_dim: int, row_tiles: int, kv_quant: int) -> dict:
+    """The tc_config keywords (warps, tile_t, stages, d_split, min_blocks, warp_pipe) the
+    planner uses for this head size and cache format (kv_quant 0: fp16/bf16 pages)."""
+    for max_dim, quant, kw in TC_SHAPES:
+        if head_dim <= max_dim and quant in (None, bool(kv_quant)):
+            return {"min_blocks": 1, "warp_pipe": False, **kw}
+    return dict(warps=TC_WARPS, tile_t=TC_TILE_TOKENS, stages=TC_STAGES, d_split=1,
+                min_blocks=1, warp_pipe=False)
 
 
 def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
@@ -221,8 +232,8 @@ def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: i
 def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_token: bool = False,
               *, warps: int | None = None, tile_t: int | None = None,
               stages: int | None = None, s_chains: int | None = None,
-              d_split: int | None = None, min_blocks: int = 1,
-              warp_pipe: bool = False) -> TCConfig:
+              d_split: int | None = None, min_blocks: int | None = None,
+              warp_pipe: bool | None = None) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -231,8 +242,14 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     and waits for its own tokens (one row tile, d_split 1 only; else ignored)."""
     rows, chunks, row_tiles = tc_rows(group, head_dim)
     auto = warps is None and tile_t is None and stages is None and d_split is None
-    w0, t0, s0, d0 = tc_shape(head_dim, row_tiles, kv_quant)
-    warps, tile_t, stages, d_split = warps or w0, tile_t or t0, stages or s0, d_split or d0
+    if auto:
+        kw = tc_shape(head_dim, row_tiles, kv_quant)
+        warps, tile_t, stages, d_split = kw["warps"], kw["tile_t"], kw["stages"], kw["d_split"]
+        min_blocks = kw["min_blocks"] if min_blocks is None else min_blocks
+        warp_pipe = kw["warp_pipe"] if warp_pipe is None else warp_pipe
+    warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
+    stages, d_split = stages or TC_STAGES, d_split or 1
+    min_blocks = min_blocks or 1
     if (head_dim // 16) % d_split:
         d_split = 1
     per = row_tiles * d_split
