@@ -43,6 +43,8 @@ from .validate import (check_array, check_block_tables, check_int, check_out,
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]
 
+QUANT_NARROW_GMAX = 4   # compressed pages: SIMT blocks of this many query heads load 8 codes
+
 
 class BatchDecodeWrapper:
     """Decode attention over a paged KV cache, planned once per step and run per layer.
@@ -137,7 +139,7 @@ class BatchDecodeWrapper:
         split = self.max_parts > 1
         part_out = xp.empty(rows + (self.head_dim,) if split else 4, dtype=np.float32)
         part_ml = xp.empty(rows + (2,) if split else 4, dtype=np.float32)
-        options = dp.simt_options(self.dtype, self.head_dim, gmax) + self._quant_options()
+        options = dp.simt_options(self.dtype, self.head_dim, gmax) + self._quant_options(gmax)
         self.grid = (self.max_parts, grid_y, self.batch)
         self._gmax = gmax
         fixed = (self._tables, self._lens)
@@ -184,13 +186,19 @@ class BatchDecodeWrapper:
         self._add_launch(load_kernel("decode_tc", "paged_decode_tc", options), self.grid, shared,
                          lambda q, k, v, ks, vs, out, s: (q, k, v, *fixed, out, *tail, s))
 
-    def _quant_options(self) -> tuple[str, ...]:
-        """The -D options of a compressed cache (kv_quant.cuh); none for an uncompressed one."""
+    def _quant_options(self, gmax: int | None = None) -> tuple[str, ...]:
+        """The -D options of a compressed cache (kv_quant.cuh); none for an uncompressed one.
+        gmax: the SIMT kernel's query heads per block; from QUANT_NARROW_GMAX on, it loads 8
+        codes at a time instead of 16 (16 floats of q and of the sum per head and thread
+        would not fit in registers: 244 registers at 4 heads, spills at 8; 158 and 242 with
+        8-byte loads, nvcc 13 -Xptxas -v, head_dim 128)."""
         fmt = self.kv_format
         if fmt is None:
             return ()
+        narrow = gmax is not None and gmax >= QUANT_NARROW_GMAX
         return (f"-DKV_QUANT={fmt.kernel_id}", "-DCACHE_T=unsigned char",
-                f"-DPER_TOKEN_SCALES={int(self.scale_scheme == 'per_token')}")
+                f"-DPER_TOKEN_SCALES={int(self.scale_scheme == 'per_token')}",
+                f"-DCHUNK_BYTES={8 if narrow else 16}")
 
     def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
         allow_shared_memory(kern, shared)

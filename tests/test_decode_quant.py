@@ -109,6 +109,7 @@ CASES = [
     ([23, 50], 8, 16, 2, 80, 0),           # group 8 per block, head_dim 80 (padded group)
     ([33], 32, 2, 1, 256, 0),              # head_dim 256
     ([5, 18], 4, 3, 3, 16, 0),             # head_dim 16: one chunk per row
+    ([31, 64], 16, 8, 2, 96, 1),           # group 4 per block (8-byte loads), a shared page
 ]
 
 

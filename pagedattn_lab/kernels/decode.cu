@@ -78,12 +78,17 @@
 #ifndef PER_TOKEN_SCALES
 #define PER_TOKEN_SCALES 0
 #endif
+// Bytes per load of codes: 16 (16 codes), or 8 for blocks of many query heads, whose
+// per-thread q slices and sums (VEC floats per head) would not fit in registers.
+#ifndef CHUNK_BYTES
+#define CHUNK_BYTES 16
+#endif
 #define DECODE_THREADS 128
 // The 4-head blocks are capped at 128 registers so that 4 blocks fit on an SM (measured:
 // 0.315 ms instead of 0.347 ms on the GQA workload); for 8 heads the cap spills and loses.
 #define DECODE_MIN_BLOCKS (GMAX == 4 && KV_QUANT == 0 ? 4 : 1)
 
-constexpr int VEC = 16 / (int)sizeof(CACHE_T);          // cache elements per 16-byte chunk
+constexpr int VEC = CHUNK_BYTES / (int)sizeof(CACHE_T);  // cache elements per chunk (load)
 constexpr int QVEC = 16 / (int)sizeof(KV_T);            // q elements per 16-byte load
 constexpr int CHUNKS = HEAD_DIM / VEC;                   // chunks in one K row of a head
 constexpr int CPT = (CHUNKS + 31) / 32;                  // chunks per thread
@@ -92,6 +97,14 @@ constexpr int TG = CHUNKS <= CPT ? 1 : CHUNKS <= 2 * CPT ? 2 : CHUNKS <= 4 * CPT
 static_assert(HEAD_DIM % VEC == 0, "head_dim must be a whole number of 16-byte chunks");
 static_assert(VEC % QVEC == 0, "a cache element is never wider than a q element");
 static_assert(KV_QUANT == 0 || sizeof(CACHE_T) == 1, "codes are bytes");
+static_assert(CHUNK_BYTES == 16 || (CHUNK_BYTES == 8 && KV_QUANT), "8-byte loads: codes only");
+#if CHUNK_BYTES == 16
+typedef uint4 chunk_t;
+__device__ inline chunk_t zero_chunk() { return make_uint4(0u, 0u, 0u, 0u); }
+#else
+typedef uint2 chunk_t;
+__device__ inline chunk_t zero_chunk() { return make_uint2(0u, 0u); }
+#endif
 
 // What one unit of an unpacked value is worth, before the scale: e4m3 codes unpack to
 // fp16 numbers 2^8 times smaller (see unpack_cache); the factor joins the scales.
@@ -101,7 +114,7 @@ static_assert(KV_QUANT == 0 || sizeof(CACHE_T) == 1, "codes are bytes");
 #define CODE_UNIT 1.0f
 #endif
 
-// 16 bytes of cache as VEC floats: KV_T values, or 16 codes without their scale (times
+// A chunk of cache as VEC floats: KV_T values, or codes without their scale (times
 // 1 / CODE_UNIT). The code conversions are integer tricks, two or three operations each,
 // none of them the GPU's slow conversion unit (which would cap decode below the copy rate):
 //   int8:  byte ^ 0x80 is code + 128; placed in the low mantissa bits of 2^23 it gives the
@@ -110,14 +123,14 @@ static_assert(KV_QUANT == 0 || sizeof(CACHE_T) == 1, "codes are bytes");
 //          code / 2^8 (fp16's exponent bias is 15, e4m3's 7), subnormals included, exactly;
 //          two codes at a time. The NaN code 0x7f reads as 480 (the cache write stores it
 //          only for a NaN input; a sequence's unused tail slots are never read).
-__device__ inline void unpack_cache(const uint4& raw, float* out)
+__device__ inline void unpack_cache(const chunk_t& raw, float* out)
 {
 #if KV_QUANT == 0
     unpack_chunk<CACHE_T>(raw, out);
 #else
-    const unsigned words[4] = {raw.x, raw.y, raw.z, raw.w};
+    const unsigned* words = reinterpret_cast<const unsigned*>(&raw);
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
+    for (int j = 0; j < CHUNK_BYTES / 4; ++j) {
 #if KV_QUANT == 1
         const unsigned biased = words[j] ^ 0x80808080u;
 #pragma unroll
@@ -149,7 +162,7 @@ __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
                                  int base, int end, int ngroups, int grp, int gl, int page_size,
                                  int page_shift, long long page_stride, long long row_stride,
                                  long long head_off, int num_kv_heads, int kvh,
-                                 uint4 (&kraw)[U][CPT], uint4 (&vraw)[U][CPT], float (&ks)[U],
+                                 chunk_t (&kraw)[U][CPT], chunk_t (&vraw)[U][CPT], float (&ks)[U],
                                  float (&vs)[U])
 {
 #pragma unroll
@@ -167,10 +180,10 @@ __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
 #pragma unroll
         for (int c = 0; c < CPT; ++c) {
             if (gl + c * TG < CHUNKS) {
-                kraw[u][c] = *reinterpret_cast<const uint4*>(k_cache + e + c * TG * VEC);
-                vraw[u][c] = *reinterpret_cast<const uint4*>(v_cache + e + c * TG * VEC);
+                kraw[u][c] = *reinterpret_cast<const chunk_t*>(k_cache + e + c * TG * VEC);
+                vraw[u][c] = *reinterpret_cast<const chunk_t*>(v_cache + e + c * TG * VEC);
             } else {
-                kraw[u][c] = vraw[u][c] = make_uint4(0u, 0u, 0u, 0u);
+                kraw[u][c] = vraw[u][c] = zero_chunk();
             }
         }
     }
@@ -264,7 +277,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     // Each step loads U tokens per group (2*U*CPT independent 16-byte loads per thread);
     // with PREFETCH the next step's loads are issued before this step's arithmetic.
     const int step = ngroups * U;
-    uint4 kraw[U][CPT], vraw[U][CPT];
+    chunk_t kraw[U][CPT], vraw[U][CPT];
     float ks[U], vs[U];   // per-token scales of the step's tokens (unused otherwise)
     if (PREFETCH)
         load_step<U>(k_cache, v_cache, k_scale, v_scale, table, start, end, ngroups, grp, gl,
