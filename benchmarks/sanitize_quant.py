@@ -35,15 +35,17 @@ for head_dim, page, heads, kv_heads in [(64, 16, 4, 2), (128, 7, 2, 1), (256, 1,
                               .astype(np.float16))
             write_kv_quant(rows, rows, k, v, cp.asarray(slot_mapping(tables, lens, lens, page)),
                            kv_dtype, scheme, ks, vs)
-            if "decode" in parts:   # one partition, and split-K with its merge
-                for splits in (1, 2):
-                    w = BatchDecodeWrapper().plan(cp.asarray(tables), cp.asarray(lens), heads,
-                                                  kv_heads, head_dim, page, "float16",
-                                                  kv_dtype=kv_dtype, scale_scheme=scheme,
-                                                  num_splits=splits)
-                    q = cp.asarray(rng.standard_normal((3, heads, head_dim)).astype(np.float16))
-                    out = w.run(q, k, v, k_scale=ks, v_scale=vs)
-                    assert bool(cp.isfinite(out).all()), (head_dim, kv_dtype, scheme, splits)
+            if "decode" in parts:   # both kernels; one partition, and split-K with its merge
+                for kernel in ("simt", "tensor_core"):
+                    for splits in (1, 2):
+                        w = BatchDecodeWrapper().plan(
+                            cp.asarray(tables), cp.asarray(lens), heads, kv_heads, head_dim,
+                            page, "float16", kernel=kernel, kv_dtype=kv_dtype,
+                            scale_scheme=scheme, num_splits=splits)
+                        q = cp.asarray(rng.standard_normal((3, heads, head_dim))
+                                       .astype(np.float16))
+                        out = w.run(q, k, v, k_scale=ks, v_scale=vs)
+                        assert bool(cp.isfinite(out).all()), (head_dim, kv_dtype, scheme, kernel)
             if "prefill" not in parts:
                 continue
             indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)

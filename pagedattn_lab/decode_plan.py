@@ -13,6 +13,8 @@ is plain NumPy on the host: `BatchDecodeWrapper.plan` calls it once per decode s
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .attention_common import KV_C_TYPES, THREADS
@@ -120,13 +122,37 @@ def simt_shared_bytes(gmax: int, head_dim: int) -> int:
 
 
 # ---- the tensor-core kernel ----------------------------------------------------------------
-TC_WARPS = 4                # warps per block (decode_tc.cu's TC_THREADS / 32)
+# A block is TC_WARPS warps; each takes 16 query heads (a row tile) and TW = TILE_T * row_tiles
+# / warps tokens of every K/V tile; STAGES tiles are in flight. The defaults are the measured
+# choice per head size and cache format (tc_shape; benchmarks/NOTES.md, 2026-12-02).
+TC_WARPS = 4                # warps per block, unless tc_shape says otherwise
 TC_MAX_ROW_TILES = 4        # a block multiplies at most 64 query heads (one row tile per warp)
 TC_TILE_TOKENS = 64         # tokens per K/V tile: 32 KB of K and V at head_dim 128
 TC_STAGES = 2               # K/V tiles in flight per block
+TC_S_CHAINS = 2             # independent accumulators for S = Q K^T
 TC_BLOCKS_PER_SM = 4        # automatic splitting aims for at least this many blocks per SM
 TC_AUTO_MAX_PARTS = 64      # ... but cuts no sequence in more (the merge reads every part)
 TC_PART_LENS = (4096, 2048, 1024, 512, 256, 128)   # automatic partition lengths, longest first
+TC_SMEM_PER_SM = 227 * 1024   # what the blocks of one SM share (H100/H200: 228 KB, 1 KB each
+                              # reserved by the system)
+
+KV_QUANT_IDS = {None: 0, "int8": 1, "fp8_e4m3": 2}   # -DKV_QUANT
+
+
+class TCConfig(NamedTuple):
+    """One compiled tensor-core kernel and its launch: -D options, block size, shared memory
+    (bytes, and the K/V region reused by the merge), rows per block, blocks per KV head,
+    16-row tiles per block, tile tokens, stages, warps."""
+    options: tuple
+    threads: int
+    shared: int
+    kv_bytes: int
+    rows: int
+    chunks: int
+    row_tiles: int
+    tile_t: int
+    stages: int
+    warps: int
 
 
 def tc_tile_tokens(head_dim: int) -> int:
@@ -134,9 +160,14 @@ def tc_tile_tokens(head_dim: int) -> int:
     return TC_TILE_TOKENS
 
 
+def tc_shape(head_dim: int, row_tiles: int, kv_quant: int) -> tuple[int, int, int]:
+    """(warps, tile tokens, stages) the planner uses by default."""
+    return TC_WARPS, tc_tile_tokens(head_dim), TC_STAGES
+
+
 def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
     """(rows_per_block, row_chunks, row_tiles): query heads each block takes as the rows of
-    Q, blocks per KV head, and 16-row tiles per block (1, 2 or 4: the 4 warps split into
+    Q, blocks per KV head, and 16-row tiles per block (1, 2 or 4: the warps split into
     row tiles x token slices). A group of more than 64 heads is split evenly over blocks."""
     chunks = -(-group // (16 * TC_MAX_ROW_TILES))
     rows = -(-group // chunks)
@@ -145,15 +176,21 @@ def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
 
 
 def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
-                    elem_bytes: int = 2) -> tuple[int, int]:
+                    elem_bytes: int = 2, *, warps: int = TC_WARPS, kv_quant: int = 0,
+                    per_token: bool = False) -> tuple[int, int]:
     """(total, kv) shared-memory bytes of a tensor-core block: the layout of decode_tc.cu
-    (K/V stages, Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a
-    flag). `kv` is the K/V region, reused at the end for O and for the merge weights."""
+    (staged K/V tiles; compressed: the codes, each warp's converted tokens and the per-token
+    scales; then Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a
+    flag). `kv` is the region before Q, reused at the end for O and for the merge weights."""
     rows, ld = 16 * row_tiles, head_dim + 8
-    tw = tile_t * row_tiles // TC_WARPS
-    kv = stages * 2 * tile_t * ld * elem_bytes
-    total = (kv + rows * ld * elem_bytes + TC_WARPS * 16 * (tw + 4) * 4
-             + TC_WARPS * 16 * (tw + 8) * elem_bytes + 16 * 16 * 4 + 3 * TC_WARPS * 16 * 4 + 16)
+    tw = tile_t * row_tiles // warps
+    if kv_quant:
+        kv = (stages * 2 * tile_t * head_dim + warps * 2 * tw * ld * elem_bytes
+              + (stages * 2 * tile_t * 4 if per_token else 0))
+    else:
+        kv = stages * 2 * tile_t * ld * elem_bytes
+    total = (kv + rows * ld * elem_bytes + warps * 16 * (tw + 4) * 4
+             + warps * 16 * (tw + 8) * elem_bytes + 16 * 16 * 4 + 3 * warps * 16 * 4 + 16)
     return total, kv
 
 
@@ -163,9 +200,32 @@ def tc_max_parts(rows: int, kv_bytes: int) -> int:
     return kv_bytes // (4 * rows)
 
 
-def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: int):
+def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: int, *,
+               warps: int = TC_WARPS, kv_quant: int = 0, per_token: bool = False,
+               s_chains: int = TC_S_CHAINS):
+    cache_t = "unsigned char" if kv_quant else KV_C_TYPES[dtype]
     return (*_type_options(dtype), f"-DHEAD_DIM={head_dim}", f"-DROW_TILES={row_tiles}",
-            f"-DTILE_T={tile_t}", f"-DSTAGES={stages}")
+            f"-DTILE_T={tile_t}", f"-DSTAGES={stages}", f"-DTC_WARPS={warps}",
+            f"-DS_CHAINS={s_chains}", f"-DKV_QUANT={kv_quant}", f"-DCACHE_T={cache_t}",
+            f"-DPER_TOKEN_SCALES={int(bool(per_token))}")
+
+
+def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_token: bool = False,
+              *, warps: int | None = None, tile_t: int | None = None,
+              stages: int | None = None, s_chains: int = None) -> TCConfig:
+    """The tensor-core kernel a plan launches (None: the planner's choice, tc_shape)."""
+    rows, chunks, row_tiles = tc_rows(group, head_dim)
+    w0, t0, s0 = tc_shape(head_dim, row_tiles, kv_quant)
+    warps, tile_t, stages = warps or w0, tile_t or t0, stages or s0
+    warps = max(warps, row_tiles)
+    tile_t = max(tile_t, 16 * warps // row_tiles)   # every warp takes at least 16 tokens
+    shared, kv_bytes = tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
+                                       kv_quant=kv_quant, per_token=per_token)
+    options = tc_options(dtype, head_dim, row_tiles, tile_t, stages, warps=warps,
+                         kv_quant=kv_quant, per_token=per_token,
+                         s_chains=s_chains or TC_S_CHAINS)
+    return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
+                    stages, warps)
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,

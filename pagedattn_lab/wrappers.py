@@ -148,26 +148,28 @@ class BatchDecodeWrapper:
                 i32(self._tables.shape[1]), i32(self.part_len), i32(self.max_parts))
         self._add_launch(load_kernel("decode", "paged_decode", options), self.grid,
                          dp.simt_shared_bytes(gmax, self.head_dim),
-                         lambda q, k, v, ks, vs, out, s: (q, k, v, ks, vs, *fixed, out, *tail, s))
+                         lambda q, k, v, out, s, ks, vs: (q, k, v, ks, vs, *fixed, out, *tail, s))
         if split:
             merge_args = (part_out, part_ml, self._lens)
             merge_tail = (i32(self.num_heads), i32(self.part_len), i32(self.max_parts))
             self._add_launch(load_kernel("decode", "paged_decode_merge", options),
                              (self.num_heads, self.batch), 0,
-                             lambda q, k, v, ks, vs, out, s: (*merge_args, out, *merge_tail),
+                             lambda q, k, v, out, s, ks, vs: (*merge_args, out, *merge_tail),
                              block=max(32, min(THREADS, self.head_dim)))
 
-    def _plan_tensor_core(self, lens_h, num_splits):
+    def _plan_tensor_core(self, lens_h, num_splits, tc=None):
+        """tc: a dp.TCConfig to plan with instead of the planner's (tuning runs)."""
         group = self.num_heads // self.num_kv_heads
-        rows, chunks, row_tiles = dp.tc_rows(group, self.head_dim)
-        tile_t, stages = dp.tc_tile_tokens(self.head_dim), dp.TC_STAGES
-        shared, kv_bytes = dp.tc_shared_bytes(row_tiles, self.head_dim, tile_t, stages)
-        grid_y = self.num_kv_heads * chunks
+        fmt = self.kv_format
+        cfg = tc or dp.tc_config(self.dtype, self.head_dim, group, fmt.kernel_id if fmt else 0,
+                                 self.scale_scheme == "per_token")
+        rows, row_tiles = cfg.rows, cfg.row_tiles
+        grid_y = self.num_kv_heads * cfg.chunks
         self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sm_count(self.on_gpu),
-                                              dp.tc_max_parts(rows, kv_bytes), num_splits)
+                                              dp.tc_max_parts(rows, cfg.kv_bytes), num_splits)
         work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
         self.max_parts = int(-(-lens_h.max() // self.part_len))
-        self.row_tiles, self.rows_per_block = row_tiles, rows
+        self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
         # One upload: work items, slot starts, and the merge counters (zeros).
         ints = np.concatenate([work.ravel(), slot_start, np.zeros(self.batch * grid_y, np.int32)])
@@ -182,9 +184,11 @@ class BatchDecodeWrapper:
         tail = (part_out, part_ml, counters, i32(self.num_heads), i32(self.num_kv_heads),
                 i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]),
                 i32(self.part_len), i32(rows))
-        options = dp.tc_options(self.dtype, self.head_dim, row_tiles, tile_t, stages)
-        self._add_launch(load_kernel("decode_tc", "paged_decode_tc", options), self.grid, shared,
-                         lambda q, k, v, ks, vs, out, s: (q, k, v, *fixed, out, *tail, s))
+        no_scale = self._no_scale
+        self._add_launch(load_kernel("decode_tc", "paged_decode_tc", cfg.options), self.grid,
+                         cfg.shared,
+                         lambda q, k, v, out, s, ks=no_scale, vs=no_scale:
+                         (q, k, v, ks, vs, *fixed, out, *tail, s), block=cfg.threads)
 
     def _quant_options(self, gmax: int | None = None) -> tuple[str, ...]:
         """The -D options of a compressed cache (kv_quant.cuh); none for an uncompressed one.
@@ -254,7 +258,7 @@ class BatchDecodeWrapper:
         s = (self._default_scale_log2 if scale is None
              else np.float32(resolve_scale(scale, self.head_dim) * LOG2E))
         for kern, grid, block, make_args, shared in self._launches:
-            kern(grid, block, make_args(q, k_cache, v_cache, k_scale, v_scale, out, s),
+            kern(grid, block, make_args(q, k_cache, v_cache, out, s, k_scale, v_scale),
                  shared_mem=shared)
         return out if like is None else to_torch_like(out, like)
 
@@ -318,15 +322,9 @@ class BatchDecodeWrapper:
 
 def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format):
     """decode_plan.choose_kernel, and for compressed pages the SIMT kernel's limit: 16 codes
-    per 16-byte load, so head_dim a multiple of 16."""
-    if kv_format is None:
-        return dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu)
-    if kernel == "tensor_core":
-        raise ValueError("kernel: the tensor-core decode kernel does not read compressed pages "
-                         "yet; use 'simt' or 'auto'")
-    chosen = dp.choose_kernel("simt" if kernel == "auto" else kernel, dtype, group, head_dim,
-                              on_gpu)
-    if head_dim % 16:
+    per 16-byte load, so head_dim a multiple of 16 (the tensor-core kernel's limit too)."""
+    chosen = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu)
+    if kv_format is not None and head_dim % 16:
         raise ValueError(f"head_dim: {head_dim} with {kv_format.name} pages: the simt kernel "
                          f"reads 16 codes at a time, so head_dim must be a multiple of 16")
     return chosen

@@ -131,6 +131,15 @@ def test_split_sequences_merge_with_their_scales(rng, kv_dtype, scheme):
     check_against_references(p, run_compressed(np, p, num_splits=3))
 
 
+@pytest.mark.parametrize("kv_dtype", FORMATS)
+@pytest.mark.parametrize("scheme", SCHEMES)
+def test_the_tensor_core_kernel_through_the_wrapper(rng, kv_dtype, scheme):
+    """The wrapper launches kernels/decode_tc.cu over codes with the same arguments."""
+    p = compressed_problem(rng, [1, 17, 70], kv_dtype, scheme, num_heads=8, num_kv_heads=2,
+                           outliers=True)
+    check_against_references(p, run_compressed(np, p, kernel="tensor_core", num_splits=2))
+
+
 @pytest.mark.parametrize("q_dtype", ["float32", "bfloat16"])
 def test_other_query_types_over_codes(rng, q_dtype):
     p = compressed_problem(rng, [50, 17], "fp8_e4m3", "per_token", q_dtype=q_dtype)
@@ -273,12 +282,13 @@ GPU_CASES = [
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("kernel", ["simt", "tensor_core"])
 @pytest.mark.parametrize("kv_dtype", FORMATS)
 @pytest.mark.parametrize("scheme", SCHEMES)
 @pytest.mark.parametrize("case", GPU_CASES, ids=lambda c: f"d{c[4]}-{c[2]}/{c[3]}-p{c[1]}")
-def test_decode_on_compressed_pages_on_the_gpu(rng, kv_dtype, scheme, case):
+def test_decode_on_compressed_pages_on_the_gpu(rng, kernel, kv_dtype, scheme, case):
     import cupy
     lens, page, heads, kv_heads, dim = case
     p = compressed_problem(rng, lens, kv_dtype, scheme, page_size=page, num_heads=heads,
                            num_kv_heads=kv_heads, head_dim=dim, outliers=True)
-    check_against_references(p, run_compressed(cupy, p))
+    check_against_references(p, run_compressed(cupy, p, kernel=kernel))

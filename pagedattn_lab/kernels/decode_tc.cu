@@ -7,7 +7,7 @@
 // V tile is read from memory once for the whole group, however many heads it has.
 //
 // Thread-to-data mapping (kernel paged_decode_tc):
-//   grid  = (work items, num_kv_heads * row_chunks); block = 4 warps (128 threads).
+//   grid  = (work items, num_kv_heads * row_chunks); block = TC_WARPS warps.
 //   A work item is one partition of one sequence: tokens [part * part_len, min(seq_len,
 //   (part + 1) * part_len)) (split-K, as in flash-decoding). The plan lists the items, so no
 //   block is launched for a partition past the end of a short sequence.
@@ -18,7 +18,7 @@
 //   flight (cp.async: the copies bypass registers, so loads stay in flight while warps
 //   compute). One barrier per tile; between barriers each warp works alone on its share:
 //   warp w takes row tile w % ROW_TILES (16 query heads) and the w / ROW_TILES-th slice of
-//   TW = TILE_T * ROW_TILES / 4 tokens of the tile, and keeps its own online softmax:
+//   TW = TILE_T * ROW_TILES / TC_WARPS tokens of the tile, and keeps its own online softmax:
 //     1. S = Q K^T for its 16 rows x TW tokens (HEAD_DIM / 16 mma_sync steps per 16 tokens),
 //        stored to the warp's own shared memory (fp32);
 //     2. softmax, two lanes per row: scale, mask tokens past the end, new running max m,
@@ -33,16 +33,32 @@
 //   writes the partial state (O / l, m, l) in fp32 instead, and the last of its blocks to
 //   finish (an atomic counter) merges them: out = sum_p w_p O_p, w_p = l_p 2^(m_p - M) / sum.
 //
+// Compressed pages (kv_quant.cuh; the same options as prefill_tc.cu): KV_QUANT (0 none,
+// 1 int8, 2 fp8 e4m3), CACHE_T (the cache element: KV_T, or unsigned char for codes),
+// PER_TOKEN_SCALES (0: k_scale/v_scale are [num_kv_heads]; 1: [num_pages * page_size *
+// num_kv_heads], index slot * num_kv_heads + kv_head with slot = page * page_size + offset).
+// The copies stay asynchronous: raw codes (16 per 16-byte copy) land in shared memory, and
+// each warp converts the tokens it multiplies to KV_T in a buffer of its own (exact: every
+// int8 and e4m3 code is a 16-bit float) with no extra barrier. The scales stay in fp32:
+// static ones fold into the logit scale (K) and the output (V); per-token ones multiply the
+// token's logit (K) and its probability in P (V), not the row sum l.
+//
 // Compile-time parameters (NVRTC -D; one source instantiated per case): KV_T (and KV_BF16),
-// HEAD_DIM (a multiple of 16), ROW_TILES (1, 2 or 4), TILE_T (a multiple of 64 / ROW_TILES *
-// 4 ... see TW below), STAGES (>= 2). Logits are in base 2 (scale_log2 = scale * log2 e);
-// cache offsets are 64-bit.
+// HEAD_DIM (a multiple of 16), TC_WARPS (warps per block), ROW_TILES (1, 2 or 4, dividing
+// TC_WARPS), TILE_T (tokens per tile: each warp takes TW = TILE_T * ROW_TILES / TC_WARPS, a
+// multiple of 16), STAGES (>= 2), S_CHAINS (1 or 2 independent accumulators for S = QK^T),
+// and the three above. Logits are in base 2 (scale_log2 = scale * log2 e); cache offsets
+// are 64-bit.
 
 #include "common.cuh"
+#include "kv_quant.cuh"
 #include <mma.h>
 
 #ifndef HEAD_DIM
 #define HEAD_DIM 128
+#endif
+#ifndef TC_WARPS
+#define TC_WARPS 4
 #endif
 #ifndef ROW_TILES
 #define ROW_TILES 1
@@ -53,11 +69,20 @@
 #ifndef STAGES
 #define STAGES 2
 #endif
-#define TC_THREADS 128
+#ifndef S_CHAINS
+#define S_CHAINS 2
+#endif
+#ifndef CACHE_T
+#define CACHE_T KV_T
+#endif
+#ifndef PER_TOKEN_SCALES
+#define PER_TOKEN_SCALES 0
+#endif
+#define TC_THREADS (32 * TC_WARPS)
 
 using namespace nvcuda;
 
-constexpr int NWARPS = TC_THREADS / 32;
+constexpr int NWARPS = TC_WARPS;
 constexpr int ROWS = 16 * ROW_TILES;          // rows of Q (query heads, padded)
 constexpr int SLICES = NWARPS / ROW_TILES;    // warps that share a row tile
 constexpr int TW = TILE_T / SLICES;           // tokens of a tile per warp
@@ -67,12 +92,26 @@ constexpr int LPW = TW + 8;         // a warp's row of P (elements)
 constexpr int LO = HEAD_DIM + 4;    // a row of O at the end (floats)
 constexpr int D_TILES = HEAD_DIM / 16;
 constexpr int CPL = TW / 2;                   // softmax columns per lane (two lanes per row)
-constexpr int CHUNKS = HEAD_DIM / 8;          // 16-byte chunks per K or V row
-static_assert(NWARPS % ROW_TILES == 0, "ROW_TILES must be 1, 2 or 4");
-static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && STAGES >= 2, "bad tile sizes");
+constexpr int ROW_BYTES = HEAD_DIM * (int)sizeof(CACHE_T);   // one token's K (or V) row
+constexpr int CHUNKS = ROW_BYTES / 16;        // 16-byte copies per K or V row
+constexpr int CHUNK_ELEMS = 16 / (int)sizeof(CACHE_T);
+static_assert(NWARPS % ROW_TILES == 0, "ROW_TILES must divide TC_WARPS");
+static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && TILE_T == TW * SLICES && STAGES >= 2,
+              "bad tile sizes");
+static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
 
 // Shared memory, in bytes from the start (decode_plan.tc_shared_bytes computes the same).
-constexpr int KV_BYTES = STAGES * 2 * TILE_T * LD * 2;
+// Staged tiles: STAGES x (K rows, V rows) as they come from the cache: KV_T rows padded to
+// LD, or rows of codes (never read by WMMA, so unpadded).
+constexpr int LDC = KV_QUANT ? ROW_BYTES : LD * 2;           // a staged row, bytes
+constexpr int STAGE_BYTES = 2 * TILE_T * LDC;
+#if KV_QUANT
+constexpr int WKV_OFF = STAGES * STAGE_BYTES;                // [NWARPS][2][TW][LD] converted
+constexpr int SC_OFF = WKV_OFF + NWARPS * 2 * TW * LD * 2;   // [STAGES][2][TILE_T] scales
+constexpr int KV_BYTES = SC_OFF + (PER_TOKEN_SCALES ? STAGES * 2 * TILE_T * 4 : 0);
+#else
+constexpr int KV_BYTES = STAGES * STAGE_BYTES;
+#endif
 constexpr int Q_OFF = KV_BYTES;                              // [ROWS][LD]
 constexpr int S_OFF = Q_OFF + ROWS * LD * 2;                 // [NWARPS][16][LSW] floats
 constexpr int P_OFF = S_OFF + NWARPS * 16 * LSW * 4;         // [NWARPS][16][LPW]
@@ -83,6 +122,7 @@ constexpr int L_OFF = M_OFF + NWARPS * 16 * 4;               // [NWARPS][16]: th
 constexpr int FLAG_OFF = L_OFF + NWARPS * 16 * 4;
 constexpr int SMEM_BYTES = FLAG_OFF + 16;
 static_assert(NWARPS * 16 * LO * 4 <= KV_BYTES, "the warps' O do not fit where the K/V tiles were");
+static_assert(KV_BYTES % 128 == 0, "keep Q and the rest 128-byte aligned");
 
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_frag;
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, KV_T, wmma::row_major> a_frag;
@@ -107,30 +147,124 @@ __device__ inline void tile_offsets(long long (&offset)[TILE_COPIES], const int*
             const int vpage = page_shift >= 0 ? (t >> page_shift) : (t / page_size);
             const long long page = table[vpage];
             offset[i] = page * page_stride + (long long)(t - vpage * page_size) * row_stride
-                        + head_off + (c % CHUNKS) * 8;
+                        + head_off + (c % CHUNKS) * CHUNK_ELEMS;
         }
     }
 }
 
-__device__ inline void copy_tile(KV_T* ks, KV_T* vs, const KV_T* k_cache, const KV_T* v_cache,
-                                 const long long (&offset)[TILE_COPIES])
+#if PER_TOKEN_SCALES
+// A 4-byte asynchronous copy (cp.async.ca: .cg takes only 16 bytes), zeros when not valid.
+__device__ inline void copy4_async(float* dst, const float* src, bool valid)
 {
+#ifdef ASYNC_COPY
+    unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
+                 :: "r"(s), "l"(src), "r"(valid ? 4 : 0));
+#else
+    *dst = valid ? *src : 0.0f;
+#endif
+}
+#endif
+
+// The copies of one tile into stage buffer `stage` (K rows, then V rows); with per-token
+// scales, the thread that copies a row's first chunk also copies its two scales (the scale
+// index slot * num_kv_heads + kv_head is the row's element offset / HEAD_DIM).
+__device__ inline void copy_tile(unsigned char* smem, int stage, const CACHE_T* k_cache,
+                                 const CACHE_T* v_cache, const float* k_scale,
+                                 const float* v_scale, const long long (&offset)[TILE_COPIES])
+{
+    unsigned char* ks = smem + stage * STAGE_BYTES;
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
         const int c = i * TC_THREADS + threadIdx.x;
         if (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS) {
-            const int at = (c / CHUNKS) * LD + (c % CHUNKS) * 8;
+            const int at = (c / CHUNKS) * LDC + (c % CHUNKS) * 16;
             const long long e = offset[i] < 0 ? 0 : offset[i];
             copy16_async(ks + at, k_cache + e, offset[i] >= 0);
-            copy16_async(vs + at, v_cache + e, offset[i] >= 0);
+            copy16_async(ks + TILE_T * LDC + at, v_cache + e, offset[i] >= 0);
+#if KV_QUANT && PER_TOKEN_SCALES
+            if (c % CHUNKS == 0) {
+                float* sc = reinterpret_cast<float*>(smem + SC_OFF) + stage * 2 * TILE_T + c / CHUNKS;
+                copy4_async(sc, k_scale + e / HEAD_DIM, offset[i] >= 0);
+                copy4_async(sc + TILE_T, v_scale + e / HEAD_DIM, offset[i] >= 0);
+            }
+#endif
         }
     }
 }
 
+#if KV_QUANT
+// 16 codes (one 16-byte chunk) to 16 KV_T values, exactly (no scale): every int8 and every
+// e4m3 value is a 16-bit float. fp16, two at a time: int8 through the 1024 + x bit trick,
+// e4m3 by moving its bits into place (x 2^8 for the exponent bias; NaN kept); sm_89+ has an
+// instruction for it. bf16: one at a time through float.
+#ifndef KV_BF16
+__device__ inline __half2 codes2_to_half2(unsigned two)   // codes in the low 16 bits
+{
+#if KV_QUANT == 1
+    const unsigned u = two ^ 0x8080u;   // x + 128, as unsigned bytes
+    const unsigned bits = (u & 0xffu) | ((u & 0xff00u) << 8) | 0x64006400u;   // 1024 + x + 128
+    return __hsub2(__halves2half2(__ushort_as_half((unsigned short)(bits & 0xffffu)),
+                                  __ushort_as_half((unsigned short)(bits >> 16))),
+                   __float2half2_rn(1152.0f));
+#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+    unsigned r;
+    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(r) : "h"((unsigned short)two));
+    return __halves2half2(__ushort_as_half((unsigned short)(r & 0xffffu)),
+                          __ushort_as_half((unsigned short)(r >> 16)));
+#else
+    const unsigned x = ((two & 0xffu) << 8) | ((two & 0xff00u) << 16);   // each code << 8
+    unsigned bits = (x & 0x80008000u) | ((x >> 1) & 0x3f803f80u);       // sign, e, m
+    if ((two & 0x7fu) == 0x7fu) bits |= 0x7fffu;                         // NaN stays NaN
+    if ((two & 0x7f00u) == 0x7f00u) bits |= 0x7fff0000u;
+    return __hmul2(__halves2half2(__ushort_as_half((unsigned short)(bits & 0xffffu)),
+                                  __ushort_as_half((unsigned short)(bits >> 16))),
+                   __float2half2_rn(256.0f));
+#endif
+}
+#endif
+
+__device__ inline void convert_chunk(KV_T* dst, const uint4& raw)
+{
+#ifndef KV_BF16
+    __align__(16) __half2 h[8];
+    const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        h[2 * i] = codes2_to_half2(w[i] & 0xffffu);
+        h[2 * i + 1] = codes2_to_half2(w[i] >> 16);
+    }
+    reinterpret_cast<uint4*>(dst)[0] = reinterpret_cast<const uint4*>(h)[0];
+    reinterpret_cast<uint4*>(dst)[1] = reinterpret_cast<const uint4*>(h)[1];
+#else
+    const unsigned char* code = reinterpret_cast<const unsigned char*>(&raw);
+#pragma unroll
+    for (int j = 0; j < 16; ++j) store_value(dst + j, dequantize_code(code[j]));
+#endif
+}
+
+// A warp converts the TW rows of codes it multiplies (K, then V) into its own buffer.
+__device__ inline void convert_slice(KV_T* dst, const unsigned char* stage, int lane)
+{
+    constexpr int QC = HEAD_DIM / 16;   // 16-code chunks per row
+#pragma unroll
+    for (int kv = 0; kv < 2; ++kv) {
+        const unsigned char* src = stage + kv * TILE_T * LDC;
+        for (int c = lane; c < TW * QC; c += 32) {
+            const int r = c / QC, col = (c % QC) * 16;
+            convert_chunk(dst + (kv * TW + r) * LD + col,
+                          *reinterpret_cast<const uint4*>(src + r * LDC + col));
+        }
+    }
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
-    const KV_T* __restrict__ k_cache,      // [num_pages, page_size, num_kv_heads, HEAD_DIM]
-    const KV_T* __restrict__ v_cache,
+    const CACHE_T* __restrict__ k_cache,   // [num_pages, page_size, num_kv_heads, HEAD_DIM]
+    const CACHE_T* __restrict__ v_cache,
+    const float* __restrict__ k_scale,     // compressed pages: see the header (else unread)
+    const float* __restrict__ v_scale,
     const int* __restrict__ block_tables,  // [batch, max_pages]
     const int* __restrict__ seq_lens,      // [batch]
     const int* __restrict__ work,          // [items, 2]: (sequence, partition)
@@ -143,7 +277,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     int part_len, int rows_per_block, float scale_log2)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    KV_T* kv = reinterpret_cast<KV_T*>(smem);
     KV_T* qs = reinterpret_cast<KV_T*>(smem + Q_OFF);
     float* rowid_s = reinterpret_cast<float*>(smem + ROWID_OFF);
     int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
@@ -182,15 +315,21 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
         if (s < ntiles) {
             tile_offsets(offset, table, start + s * TILE_T, end, page_size, page_shift,
                          page_stride, row_stride, head_off);
-            copy_tile(kv + s * 2 * TILE_T * LD, kv + (s * 2 + 1) * TILE_T * LD, k_cache, v_cache,
-                      offset);
+            copy_tile(smem, s, k_cache, v_cache, k_scale, v_scale, offset);
         }
         copy_commit();
     }
+#if KV_QUANT && !PER_TOKEN_SCALES
+    scale_log2 *= k_scale[kvh];            // static scales: K's folds into the logits,
+    const float v_mult = v_scale[kvh];     // V's into the output
+#else
+    const float v_mult = 1.0f;
+#endif
 
     // Q: the block's query heads as rows, zero rows below them.
-    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += TC_THREADS) {
-        const int r = c / CHUNKS, col = c % CHUNKS;
+    constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
+    for (int c = threadIdx.x; c < ROWS * QCHUNKS; c += TC_THREADS) {
+        const int r = c / QCHUNKS, col = c % QCHUNKS;
         uint4 v = make_uint4(0u, 0u, 0u, 0u);
         if (r < nh)
             v = *reinterpret_cast<const uint4*>(
@@ -216,37 +355,60 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
                          page_stride, row_stride, head_off);
         copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
         __syncthreads();           // ... everyone's; and every warp is done with tile i - 1
-        if (nt < ntiles)
-            copy_tile(kv + (nt % STAGES) * 2 * TILE_T * LD, kv + ((nt % STAGES) * 2 + 1) * TILE_T * LD,
-                      k_cache, v_cache, offset);
+        if (nt < ntiles) copy_tile(smem, nt % STAGES, k_cache, v_cache, k_scale, v_scale, offset);
         copy_commit();
-        const KV_T* ks = kv + (i % STAGES) * 2 * TILE_T * LD + slice * TW * LD;   // this warp's
-        const KV_T* vs = ks + TILE_T * LD;                                        // tokens
+        const unsigned char* stage = smem + (i % STAGES) * STAGE_BYTES;
+#if KV_QUANT
+        // this warp's tokens, converted into its own buffer: no barrier between warps
+        KV_T* ks = reinterpret_cast<KV_T*>(smem + WKV_OFF) + warp * 2 * TW * LD;
+        convert_slice(ks, stage + slice * TW * LDC, lane);
+        const KV_T* vs = ks + TW * LD;
+        __syncwarp();
+#else
+        const KV_T* ks = reinterpret_cast<const KV_T*>(stage) + slice * TW * LD;   // this
+        const KV_T* vs = ks + TILE_T * LD;                                         // warp's tokens
+#endif
 
-        // 1. S = Q K^T for this warp's 16 rows and TW tokens (K^T is K read column-major)
+        // 1. S = Q K^T for this warp's 16 rows and TW tokens (K^T is K read column-major);
+        // S_CHAINS independent accumulators halve the chain of dependent products.
 #pragma unroll
         for (int ct = 0; ct < TW / 16; ++ct) {
-            acc_frag s;
-            wmma::fill_fragment(s, 0.0f);
+            acc_frag s[S_CHAINS];
+#pragma unroll
+            for (int c = 0; c < S_CHAINS; ++c) wmma::fill_fragment(s[c], 0.0f);
 #pragma unroll
             for (int k = 0; k < D_TILES; ++k) {
                 a_frag a;
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, KV_T, wmma::col_major> bk;
                 wmma::load_matrix_sync(a, q_rows + k * 16, LD);
                 wmma::load_matrix_sync(bk, ks + ct * 16 * LD + k * 16, LD);
-                wmma::mma_sync(s, a, bk, s);
+                wmma::mma_sync(s[k % S_CHAINS], a, bk, s[k % S_CHAINS]);
             }
-            wmma::store_matrix_sync(ss + ct * 16, s, LSW, wmma::mem_row_major);
+#pragma unroll
+            for (int c = 1; c < S_CHAINS; ++c) {
+#pragma unroll
+                for (int e = 0; e < s[0].num_elements; ++e) s[0].x[e] += s[c].x[e];
+            }
+            wmma::store_matrix_sync(ss + ct * 16, s[0], LSW, wmma::mem_row_major);
         }
         __syncwarp();
 
         // 2. online softmax, two lanes per row
         const int t0 = start + i * TILE_T + slice * TW + col0;
+#if KV_QUANT && PER_TOKEN_SCALES
+        const float* ksc = reinterpret_cast<const float*>(smem + SC_OFF)
+                           + (i % STAGES) * 2 * TILE_T + slice * TW + col0;
+        const float* vsc = ksc + TILE_T;
+#endif
         float sv[CPL];
         float mx = NEG_BIG;
 #pragma unroll
         for (int j = 0; j < CPL; ++j) {
-            sv[j] = t0 + j < end ? ss[row * LSW + col0 + j] * scale_log2 : NEG_INF;
+            float x = ss[row * LSW + col0 + j] * scale_log2;
+#if KV_QUANT && PER_TOKEN_SCALES
+            x *= ksc[j];
+#endif
+            sv[j] = t0 + j < end ? x : NEG_INF;
             mx = fmaxf(mx, sv[j]);
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -258,17 +420,24 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
         for (int j = 0; j < CPL; ++j) {
             const float p = exp2f(sv[j] - m_new);   // 0 for a masked token
             sum += p;
+#if KV_QUANT && PER_TOKEN_SCALES
+            store_value(ps + row * LPW + col0 + j, p * vsc[j]);   // V's scale, not in l
+#else
             store_value(ps + row * LPW + col0 + j, p);
+#endif
         }
         l_run = l_run * alpha + sum;
         if (lane % 2 == 0) alpha_s[row] = alpha;
         __syncwarp();
 
-        // 3. O = alpha * O + P V
+        // 3. O = alpha * O + P V (each element's alpha read once, for all D_TILES fragments)
+        float alpha_e[acc_frag::num_elements];
+#pragma unroll
+        for (int e = 0; e < o[0].num_elements; ++e) alpha_e[e] = alpha_s[(int)rowid.x[e]];
 #pragma unroll
         for (int j = 0; j < D_TILES; ++j) {
 #pragma unroll
-            for (int e = 0; e < o[j].num_elements; ++e) o[j].x[e] *= alpha_s[(int)rowid.x[e]];
+            for (int e = 0; e < o[j].num_elements; ++e) o[j].x[e] *= alpha_e[e];
         }
 #pragma unroll
         for (int k = 0; k < TW / 16; ++k) {
@@ -284,7 +453,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
         __syncwarp();   // alpha_s and ps are rewritten by the next tile
     }
     copy_wait<0>();
-
     // Each warp's (m, l) per row and its O to shared memory (where the K/V tiles were).
     const float l_row = l_run + __shfl_xor_sync(0xffffffffu, l_run, 1);
     if (lane % 2 == 0) {
@@ -319,10 +487,10 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
             acc += os[(w * 16 + rr) * LO + d] * c;
         }
         if (single) {
-            store_value(out + (out_row + r) * HEAD_DIM + d, acc / l);
+            store_value(out + (out_row + r) * HEAD_DIM + d, acc / l * v_mult);
         } else {
             const long long slot = slot0 + (long long)part * num_heads + r;
-            part_out[slot * HEAD_DIM + d] = acc / l;
+            part_out[slot * HEAD_DIM + d] = acc / l * v_mult;
             if (d == 0) {
                 part_ml[slot * 2] = mx;
                 part_ml[slot * 2 + 1] = l;
