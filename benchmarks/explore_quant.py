@@ -24,13 +24,15 @@ from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
 VARIANTS = {
     "MHA": [("default", (), wrappers.QUANT_NARROW_GMAX, None),
             ("U2", ("-DDECODE_UNROLL=2",), 4, None), ("U8", ("-DDECODE_UNROLL=8",), 4, None),
-            ("8-byte loads", (), 1, None), ("8-byte U8", ("-DDECODE_UNROLL=8",), 1, None)],
+            ("8-byte loads", (), 1, None), ("8-byte U8", ("-DDECODE_UNROLL=8",), 1, None),
+            ("fp8 hardware cvt", ("-DFP8_CVT=1",), 4, None)],
     "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None),
             ("16-byte loads", (), 99, None),
             ("U1", ("-DDECODE_UNROLL_GQA=1",), 4, None),
             ("U4", ("-DDECODE_UNROLL_GQA=4",), 4, None),
             ("no prefetch", ("-DDECODE_PREFETCH_GROUP=16",), 4, None),
-            ("2 heads/block", (), 4, 2), ("2 heads/block 8-byte", (), 1, 2)],
+            ("2 heads/block", (), 4, 2), ("2 heads/block 8-byte", (), 1, 2),
+            ("fp8 hardware cvt", ("-DFP8_CVT=1",), 4, None)],
 }
 KINDS = [("fp8_e4m3", "static"), ("int8", "per_token")]
 

@@ -106,9 +106,15 @@ typedef uint2 chunk_t;
 __device__ inline chunk_t zero_chunk() { return make_uint2(0u, 0u); }
 #endif
 
+// -DFP8_CVT=1: e4m3 codes through the GPU's own conversion (cvt.rn.f16x2.e4m3x2, sm_89 and
+// later, two codes per instruction; the CPU executor and older GPUs take the integer path).
+#if KV_QUANT == 2 && defined(FP8_CVT) && FP8_CVT && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#define FP8_HW_CVT 1
+#endif
+
 // What one unit of an unpacked value is worth, before the scale: e4m3 codes unpack to
 // fp16 numbers 2^8 times smaller (see unpack_cache); the factor joins the scales.
-#if KV_QUANT == 2
+#if KV_QUANT == 2 && !defined(FP8_HW_CVT)
 #define CODE_UNIT 256.0f
 #else
 #define CODE_UNIT 1.0f
@@ -140,8 +146,14 @@ __device__ inline void unpack_cache(const chunk_t& raw, float* out)
 #else
 #pragma unroll
         for (int p = 0; p < 2; ++p) {   // bytes [0, code_2p, 0, code_2p+1]
+#ifdef FP8_HW_CVT
+            unsigned bits;
+            const unsigned short pair = (unsigned short)(words[j] >> (16 * p));
+            asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(bits) : "h"(pair));
+#else
             const unsigned x = __byte_perm(words[j], 0u, p ? 0x3424u : 0x1404u);
             const unsigned bits = (x & 0x80008000u) | ((x >> 1) & 0x3f803f80u);
+#endif
             const __half* h = reinterpret_cast<const __half*>(&bits);
             out[4 * j + 2 * p] = __half2float(h[0]);
             out[4 * j + 2 * p + 1] = __half2float(h[1]);
