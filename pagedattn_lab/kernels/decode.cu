@@ -86,7 +86,9 @@
 #define DECODE_THREADS 128
 // The 4-head blocks are capped at 128 registers so that 4 blocks fit on an SM (measured:
 // 0.315 ms instead of 0.347 ms on the GQA workload); for 8 heads the cap spills and loses.
+#ifndef DECODE_MIN_BLOCKS
 #define DECODE_MIN_BLOCKS (GMAX == 4 && KV_QUANT == 0 ? 4 : 1)
+#endif
 
 constexpr int VEC = CHUNK_BYTES / (int)sizeof(CACHE_T);  // cache elements per chunk (load)
 constexpr int QVEC = 16 / (int)sizeof(KV_T);            // q elements per 16-byte load
