@@ -250,8 +250,10 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
     stages, d_split = stages or TC_STAGES, d_split or 1
     min_blocks = min_blocks or 1
-    if (head_dim // 16) % d_split:
-        d_split = 1
+    if (head_dim // 16) % d_split:   # (head_dim 80, 112: 5 and 7 column tiles)
+        per_slice = warps // d_split
+        d_split = max(d for d in range(1, d_split + 1) if (head_dim // 16) % d == 0)
+        warps = per_slice * d_split
     per = row_tiles * d_split
     warps = -(-warps // per) * per                  # warps = d_split x row tiles x slices
     unit = 16 * warps // per                        # every warp takes a multiple of 16 tokens
