@@ -79,16 +79,18 @@ V["W4D2T32/w1"] = {**shape(4, 32, 2, 2, 4), "split": "w1"}
 V["W8D4T32mb3/w1"] = {**shape(8, 32, 2, 4, 3), "split": "w1"}
 V["W4/w1"] = {**shape(4, 64, 2), "split": "w1"}
 V["W4/b4"] = shape(4, 64, 2)
+V["W3T48S2mb3"] = shape(3, 48, 2, 1, 3)   # 61 KB: 3 blocks of 3 warps, 78 KB in flight
+V["fp8 W4PS4"] = shape(4, 64, 4, pipe=True, quant=2)
 for q, qname in ((2, "fp8"), (1, "int8")):
     V[f"{qname} W4PS3"] = shape(4, 64, 3, pipe=True, quant=q)
     V[f"{qname}/tok W4PS3"] = shape(4, 64, 3, pipe=True, quant=q, tok=True)
 FINAL = {   # --final: the rows of the report (the planner's choice first), and alternates
-    "D64-gqa4": ["planner", "W4P"] + PLANNER_QUANT + ["fp8 W4PS3", "int8 W4PS3",
-                                                        "fp8/tok W4PS3", "int8/tok W4PS3"],
+    "D64-gqa4": ["planner", "W4P", "W3T48S2mb3"] + PLANNER_QUANT
+    + ["fp8 W4PS3", "fp8 W4PS4", "int8 W4PS3", "fp8/tok W4PS3", "int8/tok W4PS3"],
     "D64-mqa16": ["planner", "W8D4T32mb3/w1", "W4P/w1", "W4/w1"],
     "1x32k-gqa4": ["planner", "W4D2T32/w1", "W4P/w1", "W8D2/w1"],
-    "8x32k-gqa4": ["planner", "W4/b4", "W4P/w1"] + PLANNER_QUANT[:2],
-    "D64-gqa8": ["planner", "W4P"],
+    "8x32k-gqa4": ["planner", "W4/b4", "W4P/w1", "W3T48S2mb3"] + PLANNER_QUANT[:2],
+    "D64-gqa8": ["planner", "W4P", "W3T48S2mb3"],
     "D64-gqa8-p64": ["planner"],
     "D64-gqa4-d256": ["planner", "d256 W2P", "d256 W4"],
     "D64-gqa4-d80": ["planner"],
