@@ -89,9 +89,9 @@ class TPDecode:
                            h.q_stop - h.q_start, h.kv_stop - h.kv_start, self.head_dim,
                            self.page_size, self.dtype, num_splits=self.num_splits)
 
-    def attend(self, q_local, k_shard, v_shard):
+    def attend(self, q_local, k_shard, v_shard, out=None):
         """This rank's heads: q_local [batch, H/R, D] over its cache shard."""
-        return self._timed("attend", self.wrapper.run, q_local, k_shard, v_shard)
+        return self._timed("attend", self.wrapper.run, q_local, k_shard, v_shard, out)
 
     def gather(self, out_local):
         """[batch, H, D] on every rank, from every rank's [batch, H/R, D]."""
@@ -105,8 +105,9 @@ class TPDecode:
         return reassemble(every.view(out_local.dtype), self.world, batch, self.num_heads,
                           self.head_dim)
 
-    def step(self, q_local, k_shard, v_shard, block_tables=None, seq_lens=None):
-        """A whole decode step: tables shared, planned, attended, gathered."""
+    def step(self, q_local, k_shard, v_shard, block_tables=None, seq_lens=None, out=None):
+        """A whole decode step: tables shared, planned, attended (into `out`, this rank's
+        [batch, H/R, D], when given), gathered."""
         tables, lens = self.share_tables(block_tables, seq_lens)
         self.plan(tables, lens)
-        return self.gather(self.attend(q_local, k_shard, v_shard))
+        return self.gather(self.attend(q_local, k_shard, v_shard, out))

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..paging import BlockAllocator
 from ..wrappers import BatchDecodeWrapper
-from .shard import HeadRange, head_range
+from .launch import launch
+from .shard import HeadRange, check_split, head_range
 
 
 def make_tables(seq_lens, page_size: int, num_pages: int, forks=(), seed: int = 0):
@@ -96,12 +97,25 @@ def tp_decode_rank(rank: int, world_size: int, case: dict | None = None, num_spl
     h = tp.heads
     q = make_q(c["seed"], len(lens_h), c["num_heads"], d, c["dtype"])[:, h.q_start:h.q_stop]
     q = xp.asarray(np.ascontiguousarray(q))
+    out_local = xp.full(q.shape, np.nan, q.dtype)   # poisoned: a head not written shows
     for _ in range(repeats):
-        out = tp.step(q, k, v, tables_h if rank == 0 else None, lens_h if rank == 0 else None)
+        out = tp.step(q, k, v, tables_h if rank == 0 else None, lens_h if rank == 0 else None,
+                      out_local)
     return {"rank": rank, "heads": tuple(h), "k_shape": tuple(k.shape),
             "tables": tables_h, "seq_lens": lens_h,
             "out": _host(out), "timings": dict(tp.timings),
             "k": _host(k) if k.size <= SMALL else None}   # a test's cache, not a benchmark's
+
+
+def run_tp_decode(world_size: int, case: dict | None = None, *, num_splits=None,
+                  device: str = "cpu", repeats: int = 1, timeout: float = 300.0) -> list[dict]:
+    """`tp_decode_rank` on `world_size` new processes (gloo on the CPU, NCCL on GPUs); the
+    split is checked first, so a bad one is refused before any process starts."""
+    c = {**DEFAULT_CASE, **(case or {})}
+    check_split(c["num_heads"], c["num_kv_heads"], world_size)
+    return launch(tp_decode_rank, world_size, c, num_splits=num_splits, device=device,
+                  repeats=repeats, backend="nccl" if device == "gpu" else "gloo",
+                  timeout=timeout)
 
 
 def _host(a):
