@@ -31,13 +31,14 @@ class TPDecode:
 
     device: "cpu" (NumPy arrays, gloo) or "gpu" (CuPy arrays on this rank's GPU, NCCL).
     num_splits: passed to the wrapper's plan (None: chosen from this rank's work).
-    After each `step`, `timings` holds the seconds of each phase (PHASES), the device
-    synchronised around each (so they add up to the step's time, not to a pipelined one).
+    timed: after each phase, `timings[phase]` holds its seconds, the device synchronised
+    around each (so they add up to a step's time, not to a pipelined one); timed=False runs
+    the phases back to back, as serving does.
     """
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
                  dtype, max_batch: int, max_pages: int, *, device: str = "cpu",
-                 num_splits=None):
+                 num_splits=None, timed: bool = True):
         self.torch, self.dist = require_torch()
         self.rank, self.world = self.dist.get_rank(), self.dist.get_world_size()
         self.heads = head_range(self.rank, self.world, num_heads, num_kv_heads)
@@ -51,6 +52,7 @@ class TPDecode:
         self._buf = self.xp.zeros(table_capacity(max_batch, max_pages), np.int32)
         self._buf_t = self.as_torch(self._buf)
         self.wrapper = BatchDecodeWrapper()
+        self.timed = timed
         self.timings = dict.fromkeys(PHASES, 0.0)
 
     # ---- arrays as torch tensors, no copy ----------------------------------------------
@@ -62,6 +64,8 @@ class TPDecode:
             self.xp.cuda.Device().synchronize()
 
     def _timed(self, phase, fn, *args, **kwargs):
+        if not self.timed:
+            return fn(*args, **kwargs)
         self._sync()
         t0 = time.perf_counter()
         result = fn(*args, **kwargs)

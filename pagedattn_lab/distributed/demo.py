@@ -122,16 +122,18 @@ def _host(a):
     return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
-def single_process_decode(case: dict | None = None, num_splits=None) -> dict:
-    """The same step in this process, all heads on one device (the CPU): what the ranks'
-    gathered output must equal. Returns the inputs too, for the float64 reference."""
+def single_process_decode(case: dict | None = None, num_splits=None, xp=np) -> dict:
+    """The same step in this process, all heads on one device (NumPy: the CPU executor; CuPy:
+    this process's GPU): what the ranks' gathered output must equal. Returns the inputs too
+    (NumPy), for the float64 reference."""
     c = {**DEFAULT_CASE, **(case or {})}
     ps, d = c["page_size"], c["head_dim"]
     tables, lens = make_tables(c["seq_lens"], ps, c["num_pages"], c["forks"], c["seed"])
     every = head_range(0, 1, c["num_heads"], c["num_kv_heads"])
     k, v = kv_pool(c["seed"], every, c["num_pages"], ps, d, c["dtype"], tables, lens)
     q = make_q(c["seed"], len(lens), c["num_heads"], d, c["dtype"])
-    w = BatchDecodeWrapper().plan(tables, lens, c["num_heads"], c["num_kv_heads"], d, ps,
-                                  c["dtype"], num_splits=num_splits)
-    return {"out": w.run(q, k, v).copy(), "q": q, "k_cache": k, "v_cache": v,
+    w = BatchDecodeWrapper().plan(xp.asarray(tables), xp.asarray(lens), c["num_heads"],
+                                  c["num_kv_heads"], d, ps, c["dtype"], num_splits=num_splits)
+    out = w.run(*(xp.asarray(a) for a in (q, k, v)))
+    return {"out": _host(out).copy(), "q": q, "k_cache": k, "v_cache": v,
             "block_tables": tables, "seq_lens": lens}
