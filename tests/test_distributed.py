@@ -13,8 +13,9 @@ import pytest
 from pagedattn_lab.distributed import (check_split, head_range, launch, pack_tables, reassemble,
                                        shard_cache, step_bytes, torch_missing, unpack_tables)
 from pagedattn_lab.distributed.demo import (DEFAULT_CASE, make_tables, run_tp_decode,
-                                            single_process_decode, tp_decode_rank)
-from pagedattn_lab.reference import reference_decode
+                                            run_tp_prefill, single_process_decode,
+                                            single_process_prefill, tp_decode_rank)
+from pagedattn_lab.reference import reference_decode, reference_prefill_packed
 
 needs_torch = pytest.mark.skipif(torch_missing() is not None,
                                  reason=f"torch.distributed: {torch_missing()}")
@@ -60,6 +61,21 @@ def test_fp16_group4_split_k_bitwise_equal_and_shards_hold_only_their_heads():
         assert set(r["timings"]) == {"broadcast", "plan", "attend", "gather"}
 
 
+@needs_torch
+def test_prefill_two_ranks_bitwise_equal_one_process():
+    """Packed prefill (BatchPrefillWrapper, fp16 tensor cores): a new prompt, chunks over a
+    cached prefix, decode rows, forked sequences over shared pages."""
+    ranks = run_tp_prefill(2)
+    one = single_process_prefill()
+    f32 = {name: one[name].astype(np.float32) for name in ("q", "k_cache", "v_cache")}
+    ref = reference_prefill_packed(f32["q"], f32["k_cache"], f32["v_cache"], one["qo_indptr"],
+                                   one["block_tables"], one["seq_lens"])
+    for r in ranks:
+        assert r["out"].shape == one["q"].shape and not np.isnan(r["out"]).any()
+        np.testing.assert_array_equal(r["out"], one["out"])
+    np.testing.assert_allclose(ranks[0]["out"], ref, rtol=0, atol=4e-3)
+
+
 def test_bad_split_refused_before_any_process_starts(monkeypatch):
     def no_process(*args, **kwargs):
         raise AssertionError("a process was started")
@@ -68,6 +84,8 @@ def test_bad_split_refused_before_any_process_starts(monkeypatch):
         run_tp_decode(3)
     with pytest.raises(ValueError, match="num_heads: 6 is not a multiple"):
         run_tp_decode(2, dict(num_heads=6))
+    with pytest.raises(ValueError, match="world_size: 8 ranks cannot split 4 KV heads"):
+        run_tp_prefill(8)
 
 
 def test_missing_torch_is_named_before_any_process_starts(monkeypatch):
@@ -89,8 +107,9 @@ def test_a_function_the_ranks_cannot_import_is_refused():
 
 @needs_torch
 def test_a_failing_rank_is_reported_with_its_traceback():
-    with pytest.raises(RuntimeError, match=r"(?s)rank [01] of 2 failed.*world_size: 2 ranks"):
-        launch(tp_decode_rank, 2, dict(num_kv_heads=1, num_heads=4))
+    # One rank (one process start): the wrapper refuses float64 inside it.
+    with pytest.raises(RuntimeError, match=r"(?s)rank 0 of 1 failed.*float64"):
+        launch(tp_decode_rank, 1, dict(dtype="float64"))
 
 
 # ---- the bookkeeping, no processes ----------------------------------------------------------
@@ -121,6 +140,13 @@ def test_tables_cross_in_one_fixed_size_buffer():
     got_tables, got_lens = unpack_tables(buf, max_batch=6)
     np.testing.assert_array_equal(got_tables, tables)
     np.testing.assert_array_equal(got_lens, lens)
+    indptr = np.array([0, 37, 38, 40, 41], np.int32)
+    buf = pack_tables(tables, lens, max_batch=6, max_pages=7, qo_indptr=indptr)
+    assert buf.size == 2 + 6 + 6 * 7 + 7
+    for got, want in zip(unpack_tables(buf, max_batch=6, max_pages=7), (tables, lens, indptr)):
+        np.testing.assert_array_equal(got, want)
+    with pytest.raises(ValueError, match=r"qo_indptr: expected shape \(5,\)"):
+        pack_tables(tables, lens, 6, 7, qo_indptr=indptr[:4])
     with pytest.raises(ValueError, match="at most 6 rows of 4 pages"):
         pack_tables(tables, lens, max_batch=6, max_pages=4)
     assert tables[3, :2].tolist() == tables[0, :2].tolist()    # the fork shares full pages

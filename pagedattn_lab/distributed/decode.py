@@ -28,6 +28,7 @@ PHASES = ("broadcast", "plan", "attend", "gather")
 class TPDecode:
     """Rank `dist.get_rank()`'s heads of a decode step: plan/run of the course's
     `BatchDecodeWrapper` on its KV heads, with the tables shared and the output gathered.
+    (`TPPrefill` is the same with `BatchPrefillWrapper` and packed queries.)
 
     device: "cpu" (NumPy arrays, gloo) or "gpu" (CuPy arrays on this rank's GPU, NCCL).
     num_splits: passed to the wrapper's plan (None: chosen from this rank's work).
@@ -35,6 +36,9 @@ class TPDecode:
     around each (so they add up to a step's time, not to a pipelined one); timed=False runs
     the phases back to back, as serving does.
     """
+
+    WRAPPER = BatchDecodeWrapper
+    PREFILL = False    # whether the broadcast buffer carries qo_indptr
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
                  dtype, max_batch: int, max_pages: int, *, device: str = "cpu",
@@ -49,9 +53,9 @@ class TPDecode:
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim, self.page_size, self.dtype = head_dim, page_size, dtype
         self.max_batch, self.max_pages, self.num_splits = max_batch, max_pages, num_splits
-        self._buf = self.xp.zeros(table_capacity(max_batch, max_pages), np.int32)
+        self._buf = self.xp.zeros(table_capacity(max_batch, max_pages, self.PREFILL), np.int32)
         self._buf_t = self.as_torch(self._buf)
-        self.wrapper = BatchDecodeWrapper()
+        self.wrapper = self.WRAPPER()
         self.timed = timed
         self.timings = dict.fromkeys(PHASES, 0.0)
 
@@ -102,7 +106,7 @@ class TPDecode:
         return self._timed("gather", self._gather, out_local)
 
     def _gather(self, out_local):
-        batch = out_local.shape[0]
+        batch = out_local.shape[0]   # sequences (decode) or packed query rows (prefill)
         mine = out_local.reshape(-1).view(np.uint8)
         every = self.xp.empty(mine.size * self.world, np.uint8)
         self.dist.all_gather_into_tensor(self.as_torch(every), self.as_torch(mine))

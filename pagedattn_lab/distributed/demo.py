@@ -12,6 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..paging import BlockAllocator
+from ..prefill_wrapper import BatchPrefillWrapper
 from ..wrappers import BatchDecodeWrapper
 from .launch import launch
 from .shard import HeadRange, check_split, head_range
@@ -107,6 +108,54 @@ def tp_decode_rank(rank: int, world_size: int, case: dict | None = None, num_spl
             "k": _host(k) if k.size <= SMALL else None}   # a test's cache, not a benchmark's
 
 
+PREFILL_CASE = dict(DEFAULT_CASE, q_lens=(37, 1, 16, 23, 1, 1), dtype="float16")
+
+
+def _prefill_inputs(c, heads: HeadRange, tables, lens, xp=np):
+    """(q of `heads` [total_q, ...], k, v, qo_indptr): a chunk of new tokens per sequence,
+    the last q_lens[b] of its seq_lens[b] (their K/V already in the cache)."""
+    indptr = np.concatenate([[0], np.cumsum(c["q_lens"])]).astype(np.int32)
+    k, v = kv_pool(c["seed"], heads, c["num_pages"], c["page_size"], c["head_dim"], c["dtype"],
+                   tables, lens, xp)
+    q = np.random.default_rng([c["seed"], 3]).standard_normal(
+        (int(indptr[-1]), c["num_heads"], c["head_dim"])).astype(c["dtype"])
+    return xp.asarray(np.ascontiguousarray(q[:, heads.q_start:heads.q_stop])), k, v, indptr
+
+
+def tp_prefill_rank(rank: int, world_size: int, case: dict | None = None,
+                    device: str = "cpu") -> dict:
+    """One rank of the packed prefill step of `case` (PREFILL_CASE's keys)."""
+    from .prefill import TPPrefill  # noqa: PLC0415 - needs torch, which only ranks import
+    c = {**PREFILL_CASE, **(case or {})}
+    tables = lens = None
+    if rank == 0:
+        tables, lens = make_tables(c["seq_lens"], c["page_size"], c["num_pages"], c["forks"],
+                                   c["seed"])
+    tp = TPPrefill(c["num_heads"], c["num_kv_heads"], c["head_dim"], c["page_size"],
+                   c["dtype"], len(c["seq_lens"]), -(-max(c["seq_lens"]) // c["page_size"]),
+                   device=device)
+    tables_h, lens_h, _ = (_host(a).copy() for a in tp.share_tables(
+        tables, lens, np.concatenate([[0], np.cumsum(c["q_lens"])]).astype(np.int32)))
+    q, k, v, indptr = _prefill_inputs(c, tp.heads, tables_h, lens_h, tp.xp)
+    out_local = tp.xp.full(q.shape, np.nan, q.dtype)
+    out = tp.step(q, k, v, tables_h, lens_h, indptr, out_local)
+    return {"rank": rank, "heads": tuple(tp.heads), "k_shape": tuple(k.shape),
+            "out": _host(out), "timings": dict(tp.timings)}
+
+
+def single_process_prefill(case: dict | None = None) -> dict:
+    """The prefill step of `case` in this process, every head; with its inputs (NumPy)."""
+    c = {**PREFILL_CASE, **(case or {})}
+    tables, lens = make_tables(c["seq_lens"], c["page_size"], c["num_pages"], c["forks"],
+                               c["seed"])
+    every = head_range(0, 1, c["num_heads"], c["num_kv_heads"])
+    q, k, v, indptr = _prefill_inputs(c, every, tables, lens)
+    w = BatchPrefillWrapper().plan(indptr, tables, lens, c["num_heads"], c["num_kv_heads"],
+                                   c["head_dim"], c["page_size"], c["dtype"])
+    return {"out": w.run(q, k, v).copy(), "q": q, "k_cache": k, "v_cache": v,
+            "qo_indptr": indptr, "block_tables": tables, "seq_lens": lens}
+
+
 def run_tp_decode(world_size: int, case: dict | None = None, *, num_splits=None,
                   device: str = "cpu", repeats: int = 1, timeout: float = 300.0) -> list[dict]:
     """`tp_decode_rank` on `world_size` new processes (gloo on the CPU, NCCL on GPUs); the
@@ -116,6 +165,15 @@ def run_tp_decode(world_size: int, case: dict | None = None, *, num_splits=None,
     return launch(tp_decode_rank, world_size, c, num_splits=num_splits, device=device,
                   repeats=repeats, backend="nccl" if device == "gpu" else "gloo",
                   timeout=timeout)
+
+
+def run_tp_prefill(world_size: int, case: dict | None = None, *, device: str = "cpu",
+                   timeout: float = 300.0) -> list[dict]:
+    """`tp_prefill_rank` on `world_size` new processes, the split checked first."""
+    c = {**PREFILL_CASE, **(case or {})}
+    check_split(c["num_heads"], c["num_kv_heads"], world_size)
+    return launch(tp_prefill_rank, world_size, c, device=device,
+                  backend="nccl" if device == "gpu" else "gloo", timeout=timeout)
 
 
 def _host(a):

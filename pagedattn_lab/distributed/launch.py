@@ -86,7 +86,9 @@ def launch(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 3
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     name = target_name(fn)
-    require_torch()
+    missing = torch_missing()    # checked here, but torch is imported by the ranks only
+    if missing:
+        raise ImportError(f"pagedattn_lab.distributed needs torch.distributed. {missing}")
     with tempfile.TemporaryDirectory(prefix="pagedattn_tp_") as tmp:
         job = Path(tmp, "job.pkl")
         job.write_bytes(pickle.dumps((name, args, kwargs, backend)))

@@ -72,13 +72,16 @@ def reassemble(gathered, world_size: int, batch: int, num_heads: int, head_dim: 
 HEADER = 2   # batch, pages per row
 
 
-def table_capacity(max_batch: int, max_pages: int) -> int:
-    """int32 entries of the broadcast buffer: a header, the lengths, the padded table."""
-    return HEADER + max_batch + max_batch * max_pages
+def table_capacity(max_batch: int, max_pages: int, prefill: bool = False) -> int:
+    """int32 entries of the broadcast buffer: a header, the lengths, the padded table (and,
+    for prefill, qo_indptr after it)."""
+    return HEADER + max_batch + max_batch * max_pages + (max_batch + 1) * prefill
 
 
-def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int) -> np.ndarray:
-    """One int32 buffer of `table_capacity` entries: [batch, pages, seq_lens..., table...].
+def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
+                qo_indptr=None) -> np.ndarray:
+    """One int32 buffer of `table_capacity` entries: [batch, pages, seq_lens..., table...]
+    (then qo_indptr, for a prefill step).
 
     The buffer has a fixed size so that the other ranks, which do not know this step's batch
     yet, can post their receive of the same size: one broadcast per step, no size exchange.
@@ -91,19 +94,32 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int) -> np.nd
     seq_lens = np.asarray(seq_lens, dtype=np.int32)
     if seq_lens.shape != (batch,):
         raise ValueError(f"seq_lens: expected shape ({batch},), got {seq_lens.shape}")
-    buf = np.zeros(table_capacity(max_batch, max_pages), np.int32)
+    prefill = qo_indptr is not None
+    buf = np.zeros(table_capacity(max_batch, max_pages, prefill), np.int32)
     buf[:HEADER] = batch, pages
     buf[HEADER:HEADER + batch] = seq_lens
-    buf[HEADER + max_batch:HEADER + max_batch + batch * pages] = np.asarray(block_tables).ravel()
+    start = HEADER + max_batch
+    buf[start:start + batch * pages] = np.asarray(block_tables).ravel()
+    if prefill:
+        qo_indptr = np.asarray(qo_indptr, dtype=np.int32)
+        if qo_indptr.shape != (batch + 1,):
+            raise ValueError(f"qo_indptr: expected shape ({batch + 1},), got {qo_indptr.shape}")
+        start += max_batch * max_pages
+        buf[start:start + batch + 1] = qo_indptr
     return buf
 
 
-def unpack_tables(buf, max_batch: int):
-    """(block_tables [batch, pages], seq_lens [batch]): views into `buf` (NumPy or CuPy)."""
+def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
+    """(block_tables [batch, pages], seq_lens [batch]), views into `buf` (NumPy or CuPy);
+    with max_pages (a prefill buffer), qo_indptr [batch + 1] too."""
     batch, pages = (int(n) for n in buf[:HEADER].tolist())
     lens = buf[HEADER:HEADER + batch]
-    tables = buf[HEADER + max_batch:HEADER + max_batch + batch * pages].reshape(batch, pages)
-    return tables, lens
+    start = HEADER + max_batch
+    tables = buf[start:start + batch * pages].reshape(batch, pages)
+    if max_pages is None:
+        return tables, lens
+    start += max_batch * max_pages
+    return tables, lens, buf[start:start + batch + 1]
 
 
 # ---- what crosses the wire -----------------------------------------------------------------
