@@ -115,12 +115,14 @@ def _gather_variants(gathered, world, batch, heads, dim):
         ("rank r's local head j is global head r*H/R + j (consecutive ranges), not j*R + r: "
          "the rank axis goes before the local-head axis.",
          blocks.transpose(1, 2, 0, 3).reshape(batch, heads, dim)),
+        ("each rank's block is its output [batch, H/R, head_dim]: sequences first, then its "
+         "heads.", gathered.reshape(world, heads // world, batch, dim).transpose(2, 0, 1, 3)
+         .reshape(batch, heads, dim)),
     ]
 
 
-def _gather_case(fn, world, batch, heads, dim, seed) -> None:
-    rng = np.random.default_rng(seed)
-    full = rng.standard_normal((batch, heads, dim)).astype(np.float32)
+def _gather_case(fn, world, full) -> None:
+    batch, heads, dim = full.shape
     n = heads // world
     gathered = np.concatenate([full[:, r * n:(r + 1) * n].ravel() for r in range(world)])
     got = fn(gathered.copy(), world, batch, heads, dim)
@@ -128,8 +130,11 @@ def _gather_case(fn, world, batch, heads, dim, seed) -> None:
         raise NotImplementedError("gather_heads returned None")
     got = np.asarray(got)
     if got.shape != full.shape:
-        raise Mismatch("wrong shape", "one output row per sequence, every head: [batch, "
-                       "num_heads, head_dim].", str(full.shape), str(got.shape))
+        hint = "one output row per sequence, every head: [batch, num_heads, head_dim]."
+        if got.shape == (batch, n, dim) and world > 1:
+            hint = ("that is one rank's share [batch, H/R, head_dim]: the buffer holds every "
+                    "rank's block; put all of them back.")
+        raise Mismatch("wrong shape", hint, str(full.shape), str(got.shape))
     if np.array_equal(got, full):
         return
     b, h = (int(x[0]) for x in np.nonzero((got != full).any(axis=2)))
@@ -147,8 +152,8 @@ def gather_heads(fn) -> "CheckResult":  # noqa: F821
     shapes = [(2, 3, 8, 4), (4, 5, 8, 2), (2, 1, 4, 3), (1, 2, 4, 2), (8, 3, 16, 5)]
     cases = [Case("gathered outputs", {"world_size": w, "batch": b, "num_heads": h,
                                        "head_dim": d},
-                  lambda w=w, b=b, h=h, d=d, s=int(rng.integers(1 << 30)):
-                  _gather_case(fn, w, b, h, d, s))
+                  lambda w=w, full=rng.standard_normal((b, h, d)).astype(np.float32):
+                  _gather_case(fn, w, full))
              for w, b, h, d in shapes]
     return run_cases("gather_heads", "gather_heads: the output from the all_gather buffer", cases)
 
