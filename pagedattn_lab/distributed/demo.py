@@ -143,16 +143,19 @@ def tp_prefill_rank(rank: int, world_size: int, case: dict | None = None,
             "out": _host(out), "timings": dict(tp.timings)}
 
 
-def single_process_prefill(case: dict | None = None) -> dict:
-    """The prefill step of `case` in this process, every head; with its inputs (NumPy)."""
+def single_process_prefill(case: dict | None = None, xp=np) -> dict:
+    """The prefill step of `case` in this process, every head (NumPy: the CPU executor;
+    CuPy: this process's GPU); with its inputs (NumPy)."""
     c = {**PREFILL_CASE, **(case or {})}
     tables, lens = make_tables(c["seq_lens"], c["page_size"], c["num_pages"], c["forks"],
                                c["seed"])
     every = head_range(0, 1, c["num_heads"], c["num_kv_heads"])
     q, k, v, indptr = _prefill_inputs(c, every, tables, lens)
-    w = BatchPrefillWrapper().plan(indptr, tables, lens, c["num_heads"], c["num_kv_heads"],
-                                   c["head_dim"], c["page_size"], c["dtype"])
-    return {"out": w.run(q, k, v).copy(), "q": q, "k_cache": k, "v_cache": v,
+    w = BatchPrefillWrapper().plan(*(xp.asarray(a) for a in (indptr, tables, lens)),
+                                   c["num_heads"], c["num_kv_heads"], c["head_dim"],
+                                   c["page_size"], c["dtype"])
+    out = w.run(*(xp.asarray(a) for a in (q, k, v)))
+    return {"out": _host(out).copy(), "q": q, "k_cache": k, "v_cache": v,
             "qo_indptr": indptr, "block_tables": tables, "seq_lens": lens}
 
 
