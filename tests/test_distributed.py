@@ -170,3 +170,10 @@ def test_shard_cache_and_step_bytes():
     assert b.output == 6 * 32 * 128 * 2 and b.output_share == b.output // 2
     assert b.kv_read == sum(DEFAULT_CASE["seq_lens"]) * 2 * 4 * 128 * 2
     assert b.tables == 4 * (2 + 6 + 6 * 5)
+
+
+def test_the_package_never_imports_torch_itself():
+    import sys
+    code = ("import sys, pagedattn_lab, pagedattn_lab.distributed, pagedattn_lab.check; "
+            "sys.exit('torch' in sys.modules)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
