@@ -76,6 +76,19 @@ def test_prefill_two_ranks_bitwise_equal_one_process():
     np.testing.assert_allclose(ranks[0]["out"], ref, rtol=0, atol=4e-3)
 
 
+@needs_torch
+def test_row_parallel_layer_all_reduce_equals_one_process():
+    """Column-parallel Wq, each rank's heads, row-parallel Wo, one all_reduce."""
+    from pagedattn_lab.distributed.layer import single_process_layer, tp_layer_rank
+    ranks = launch(tp_layer_rank, 2)
+    one = single_process_layer()
+    for r in ranks:
+        assert r["reduce_bytes"] == one.nbytes
+        np.testing.assert_allclose(r["out"], one, rtol=1e-5, atol=1e-5)
+    # The partial sums are not the answer: the all_reduce did the work.
+    assert np.abs(one).max() > 0.1
+
+
 def test_bad_split_refused_before_any_process_starts(monkeypatch):
     def no_process(*args, **kwargs):
         raise AssertionError("a process was started")
