@@ -5,7 +5,8 @@ the repository root, with CuPy and a torch with NCCL installed):
 
     NCCL_NVLS_ENABLE=0 python benchmarks/tp_bench.py --world 1 2 --out tp_bench.json
 
-The smoke run on one GPU (NCCL with world size 1; what the GPU rounds of 2026-12-02 ran, on an H200):
+The smoke run on one GPU (NCCL with world size 1; what the GPU rounds of 2026-12-02 ran on
+an H200, benchmarks/results/2026-12-02_H200_tp_smoke.*):
 
     python benchmarks/tp_bench.py --world 1 --quick --out tp_smoke.json
 
