@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # CUPY: auto (pick from nvidia-smi), none, or a pip requirement such as cupy-cuda12x.
 CUPY   ?= auto
+# TORCH: auto (the dist extra, torch.distributed for lesson 13, unless a torch is there) or none.
+TORCH  ?= auto
 LAB_ARGS ?=
 TEST_ARGS ?=
 
@@ -26,6 +28,9 @@ $(STAMP): pyproject.toml
 	if [ "$$cupy" = none ]; then echo "No NVIDIA driver found: kernels will run on the CPU executor."; \
 	else echo "Installing $$cupy for the GPU"; \
 	  $(PY) -m pip install --quiet "$$cupy" || echo "WARNING: $$cupy did not install; the course still runs on the CPU executor."; fi
+	@if [ "$(TORCH)" != none ] && ! $(PY) -c 'import torch' 2>/dev/null; then \
+	  $(PY) -m pip install -qq -e ".[dist]" \
+	  || echo "WARNING: torch did not install; lesson 13's processes and tests/test_distributed.py will say so and skip."; fi
 	@touch $@
 
 # Jupyter refuses to start as root unless told; containers and CI often run as root.
