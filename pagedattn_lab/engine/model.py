@@ -123,8 +123,9 @@ class LlamaModel:
             k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(n, kv_heads, d)
             v = qkv[:, cfg.q_size + cfg.kv_size:].reshape(n, kv_heads, d)
             q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
-            attention.write_kv(kv.k[layer], kv.v[layer], k, v)
-            o = attention.run(xp.ascontiguousarray(q), kv.k[layer], kv.v[layer])
+            attention.write_kv(kv.k[layer], kv.v[layer], k, v, **kv.scales(layer))
+            o = attention.run(xp.ascontiguousarray(q), kv.k[layer], kv.v[layer],
+                              **kv.scales(layer))
             x = x + o.reshape(n, heads * d) @ w["o"].T
             gate_up = self.rms_norm(x, w["ln2"]) @ w["gate_up"].T
             gate, up = gate_up[:, :cfg.intermediate_size], gate_up[:, cfg.intermediate_size:]

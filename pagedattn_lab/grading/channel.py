@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import json
 import select
-import signal
 import struct
 import time
 
+from .report import held
 from .wire import MAX_FRAME, MAX_HEADER, ChannelClosed, ProtocolError
 
 
@@ -24,9 +24,9 @@ class Channel:
 
     With `deadline`s and an `abort_fd` (readable or closed = stop waiting), as the judge
     uses it, a peer that stops reading or writing cannot block it; SIGALRM (a check's case
-    time limit) may interrupt a wait, but never the middle of a frame: bytes already read
-    stay buffered, and a frame is written by one sendall() with SIGALRM blocked (whole, or
-    the channel is closed).
+    time limit) may interrupt a wait, but never the middle of a frame (report.held): bytes
+    already read stay buffered, frames are handed over by `receive` (filed, or still in the
+    buffer), and a frame is written by one sendall() (whole, or the channel is closed).
     """
 
     def __init__(self, sock, *, abort_fd: int | None = None):
@@ -60,20 +60,20 @@ class Channel:
         if len(data) > MAX_HEADER:
             raise ValueError("the message is too large to send")
         frame = b"".join([struct.pack(">I", len(data)), data, *blobs])
-        # One C call with SIGALRM blocked: a Python signal handler runs before it or after
-        # it, never between two parts of a frame.
-        mask = _block_alarm()
-        try:
-            self.sock.settimeout(None if deadline is None
-                                 else max(0.001, deadline - time.monotonic()))
-            self.sock.sendall(frame)
-        except OSError as exc:   # the peer is gone, or stopped reading until the deadline
-            self.close()
-            raise ChannelClosed(f"the other side is gone or stopped reading ({exc})") from None
-        finally:
-            if not self.closed:
-                self.sock.setblocking(False)
-            _restore(mask)
+        # One C call, the time limit held: it ends the case before the frame or after it,
+        # never between two parts of it.
+        with held():
+            try:
+                self.sock.settimeout(None if deadline is None
+                                     else max(0.001, deadline - time.monotonic()))
+                self.sock.sendall(frame)
+            except OSError as exc:   # the peer is gone, or stopped reading until the deadline
+                self.close()
+                raise ChannelClosed(f"the other side is gone or stopped reading ({exc})") \
+                    from None
+            finally:
+                if not self.closed:
+                    self.sock.setblocking(False)
 
     def _frame(self):
         if len(self.buffer) < 4:
@@ -101,17 +101,28 @@ class Channel:
         del self.buffer[:end]
         return header, blobs
 
-    def recv(self, deadline: float | None = None) -> tuple[dict, list[bytes]]:
-        """The next frame; TimeoutError at the deadline, ChannelClosed at EOF or abort."""
+    def receive(self, file, deadline: float | None = None, limit: int | None = None) -> None:
+        """Wait for whole frames and hand each (up to `limit`) to file(header, blobs).
+
+        Parsing and filing happen with the time limit held: it ends a wait before a frame
+        leaves the buffer or after the frame is filed, never in between, so no
+        request or reply is lost to it (the caller files them where they stay: remote.Peer).
+        TimeoutError at the deadline, ChannelClosed at EOF or abort."""
         while True:
-            frame = self._frame()
-            if frame is not None:
-                return frame
-            if self.closed:
-                raise ChannelClosed("the channel is closed")
+            with held():
+                filed = 0
+                while limit is None or filed < limit:
+                    frame = self._frame()
+                    if frame is None:
+                        break
+                    file(*frame)
+                    filed += 1
+                if filed:
+                    return
+                if self.closed:
+                    raise ChannelClosed("the channel is closed")
             self._wait(False, deadline)
-            mask = _block_alarm()
-            try:
+            with held():
                 try:
                     data = self.sock.recv(1 << 20)
                 except BlockingIOError:
@@ -122,8 +133,6 @@ class Channel:
                     self.close()
                     raise ChannelClosed("the other side closed the channel")
                 self.buffer += data
-            finally:
-                _restore(mask)
 
     def close(self) -> None:
         if not self.closed:
@@ -132,15 +141,3 @@ class Channel:
                 self.sock.close()
             except OSError:
                 pass
-
-
-def _block_alarm():
-    try:
-        return signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
-    except (AttributeError, ValueError, OSError):
-        return None
-
-
-def _restore(mask) -> None:
-    if mask is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

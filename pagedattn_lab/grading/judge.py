@@ -30,7 +30,7 @@ import socket
 import sys
 from collections import Counter
 
-from . import remote, seeds, wire
+from . import remote, remote_errors, seeds, wire
 from .channel import Channel
 from .kernel_runner import kernels_elsewhere
 from .report import FAILED, PASSED
@@ -84,6 +84,11 @@ class Judge:
                 status = FAILED
             self.record(task, status, result.summary if cases or status != PASSED
                         else "no case ran", cases)
+        except wire.Unresponsive as exc:   # the channel is closed: no later task runs either
+            self.record(task, FAILED, f"time limit: your code did not answer the grader "
+                        f"({exc}); it never returned, or it kept the time limit from "
+                        f"stopping it", 0)
+            raise
         except wire.ChannelClosed:
             self.interrupted = task   # the sandbox ended (time limit, crash) during the check
             raise
@@ -104,7 +109,7 @@ class Judge:
 
     def event(self, header, blobs=()) -> None:
         try:
-            data = wire.decode(header.get("data"), blobs, remote._no_deref)
+            data = wire.decode(header.get("data"), blobs, remote_errors.no_deref)
         except wire.ProtocolError:
             return
         if not isinstance(data, dict):
@@ -117,16 +122,11 @@ class Judge:
                                      "ename": str(data.get("ename", ""))[:80],
                                      "evalue": str(data.get("evalue", ""))[:300]})
 
-    def serve(self) -> None:
-        """Answer the sandbox until it or the grader ends the conversation."""
-        channel = self.peer.channel
+    def serve(self, idle_timeout: float | None = None) -> None:
+        """Answer the sandbox until it or the grader ends the conversation (or, with
+        `idle_timeout`, until it sends nothing for that long: tests have no grader)."""
         try:
-            while True:
-                header, blobs = channel.recv()
-                if header.get("t") == "req":
-                    self.peer.serve(header, blobs)
-                elif header.get("t") == "ev":
-                    self.event(header, blobs)
+            self.peer.listen(idle_timeout)
         except wire.ChannelClosed:
             pass
         except wire.ProtocolError as exc:

@@ -10,13 +10,15 @@ its calls come back to the judge, which shares only what `proxies.shareable` all
 (`Peer(strict=True)`). Lists, dicts, records and arrays passed to a learner's function
 are copied there and, if the learner changed them in place, copied back, so
 `table.extend(...)` works as in the notebook.
-Exceptions travel as (type name, message, plain-data attributes) and come back as the
-same class when it is a builtin or one of the package's, else as a same-named subclass of
-the nearest one; an exception the judge raised keeps its identity across the round trip.
+Exceptions travel as data (remote_errors.py).
+
+Either side may be running a request of the other when a case's time limit (SIGALRM)
+ends a wait of its own, so requests nest and get cut short: `Peer.request` says how every
+message still reaches the wait it belongs to, and how every wait ends (an answer, a
+cancelled call's CaseTimeout, or a deadline's wire.Unresponsive), never in a hang.
 """
 from __future__ import annotations
 
-import builtins
 import contextlib
 import itertools
 import keyword
@@ -29,51 +31,39 @@ import numpy as np
 
 from . import wire
 from .proxies import SPECIALS, Remote, RemoteCallable, copy_back, shareable
+from .remote_errors import ErrorTranslation
+from .report import CaseTimeout
 from .wire import ChannelClosed, ProtocolError
 
 MAX_HANDLES = 200_000
-MAX_TEXT = 20_000
-_BUILTIN_ERRORS = [c for c in vars(builtins).values()
-                   if isinstance(c, type) and issubclass(c, Exception)
-                   and c not in (StopIteration, StopAsyncIteration)]
-
-
-def _package_errors() -> list[type]:
-    from ..cpu import errors  # noqa: PLC0415 - pure Python, no compiler involved
-    from ..paging import OutOfPagesError  # noqa: PLC0415
-    from .report import CaseTimeout, Mismatch, NotAttempted  # noqa: PLC0415
-    return [OutOfPagesError, CaseTimeout, Mismatch, NotAttempted,
-            *(getattr(errors, name) for name in errors.__all__)]
-
-
-class RemoteError(Exception):
-    """Base of the same-named stand-ins for exception classes that only the sender knows."""
-
-
-def _text(value) -> str:
-    text = str(value)
-    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
-
-
-class Peer:
+MAX_INBOX = 1000      # requests or events received and not yet handled
+class Peer(ErrorTranslation):
     """One end of the conversation: answers the other end's requests, sends its own."""
 
     def __init__(self, channel, *, strict: bool, call_timeout: float | None = None,
-                 services: dict | None = None):
-        self.channel, self.strict, self.call_timeout = channel, strict, call_timeout
+                 idle_timeout: float | None = None, services: dict | None = None):
+        """call_timeout: the longest one request of ours waits for its answer (the judge);
+        idle_timeout: the longest any wait of ours lasts without a frame from the other side
+        (the learner). Past either, the channel closes with wire.Unresponsive."""
+        self.channel, self.strict = channel, strict
+        self.call_timeout, self.idle_timeout = call_timeout, idle_timeout
         self.own_key, self.peer_key = ("$g", "$s") if strict else ("$s", "$g")
         self.handles: dict[int, tuple[object, bool]] = {}   # handle -> (object, instance?)
         self.services = dict(services or {})   # op -> fn(peer, header, blobs) -> value
         # around running the other side's request: guard(seconds the requester still waits)
         self.guard = lambda limit: contextlib.nullcontext()
         self.on_event = lambda header, blobs: None
-        self.queue: list = []       # requests that arrived while a call of ours was running
-        self.busy = 0
+        # The conversation (see `request`): our requests still waiting for an answer,
+        # innermost last; the other side's requests we are running, innermost last; what
+        # has arrived and waits for its turn.
+        self.pending: list[int] = []
+        self.serving: list[int] = []
+        self.replies: dict[int, tuple] = {}   # id of a pending request -> its answer
+        self.inbox: list[tuple] = []          # the other side's requests not yet run
+        self.events: list[tuple] = []
         self._ids = itertools.count(1)
         self._handle_ids = itertools.count(1)
-        self._raised: dict[int, BaseException] = {}
-        self._classes: dict[str, type] = {}
-        self._registry = {c.__name__: c for c in _BUILTIN_ERRORS + _package_errors()}
+        self.init_errors()
 
     # -- handles ---------------------------------------------------------------------------
     def export(self, obj) -> dict:
@@ -138,7 +128,19 @@ class Peer:
         self.channel.send({"t": "ev", "ev": name, "data": tree}, blobs)
 
     def request(self, op: str, *, target=None, **fields):
-        """Send a request and wait for its answer, serving the other side's requests."""
+        """Send a request and wait for its answer, running the other side's requests that
+        belong to it meanwhile.
+
+        Every request carries an id and "in": the id of the other side's request it is
+        part of (the one we are running), so each side knows which of its waits a request
+        belongs to. A request runs in the wait it belongs to; one that belongs to an outer
+        wait stays in the inbox until that wait is innermost again; one that belongs to a
+        request no longer waited for (a time limit ended it) is answered at once with
+        CaseTimeout, so code still running for an ended case stops at its next call. A
+        reply is kept for its request while that request waits, however deep the current
+        wait, and dropped once its request has ended: a time limit never leaves the two
+        sides waiting for each other.
+        """
         rid = next(self._ids)
         if not self.strict and "args" in fields:   # the judge's objects take plain data:
             fields["args"] = [_plain(a) for a in fields["args"]]   # a deque goes as a list
@@ -147,32 +149,77 @@ class Peer:
             fields["target"] = target
         tree, blobs = wire.encode(fields, self._ref())
         header = {"t": "req", "id": rid, "op": op, "fields": tree}
+        if self.serving:
+            header["in"] = self.serving[-1]
         limit = _time_left()
         if limit:   # a case's time limit runs here: the other side stops with it
             header["limit"] = limit
-        self.channel.send(header, blobs, deadline=self._deadline())
-        while True:
-            while self.queue and not self.busy:
-                self.serve(*self.queue.pop(0))
-            try:
-                header, blobs = self.channel.recv(self._deadline())
-            except TimeoutError:
-                self.channel.close()
-                raise ChannelClosed("the submission stopped answering") from None
-            kind = header.get("t")
-            if kind == "rep" and header.get("id") == rid:
-                return self._answer(header, blobs, args)
-            if kind == "req":
-                if self.busy and not self.strict:
-                    self.queue.append((header, blobs))   # judge's next call: after this one
-                else:
-                    self.serve(header, blobs)
-            elif kind == "ev":
-                self.on_event(header, blobs)
-            # a reply to an older request (one a case time limit abandoned): dropped
+        deadline = None if self.call_timeout is None else time.monotonic() + self.call_timeout
+        depth = len(self.pending)
+        self.pending.append(rid)
+        try:
+            self._send(header, blobs, deadline)
+            while rid not in self.replies:
+                self._next(rid, deadline)
+            return self._answer(*self.replies.pop(rid), args)
+        finally:   # also drops what an inner wait cut short by a signal left behind
+            for ended in self.pending[depth:]:
+                self.replies.pop(ended, None)
+            del self.pending[depth:]
 
-    def _deadline(self):
-        return None if self.call_timeout is None else time.monotonic() + self.call_timeout
+    def listen(self, idle_timeout: float | None = None) -> None:
+        """Run the other side's requests until the channel closes (the judge's main loop);
+        wire.Unresponsive after `idle_timeout` seconds without a frame."""
+        while True:
+            self._next(None, None, idle_timeout)
+
+    def _next(self, rid, deadline, idle=None) -> None:
+        """One step of a wait: run an event or a request whose turn it is, else receive."""
+        if self.events:
+            self.on_event(*self.events.pop(0))
+            return
+        for item in self.inbox:
+            parent = item[0].get("in")
+            if parent is None or parent == rid:
+                self.serve(*item, queued=item)
+                return
+            if parent not in self.pending:   # part of a call that has ended
+                self.inbox.remove(item)
+                self._send({"t": "rep", "id": item[0].get("id"), "exc": self.describe(
+                    CaseTimeout("the call this request belongs to has ended (a time limit "
+                                "passed)"))})
+                return
+        idle = self.idle_timeout if idle is None else idle
+        until = deadline if idle is None else time.monotonic() + idle if deadline is None \
+            else min(deadline, time.monotonic() + idle)
+        try:
+            self.channel.receive(self._file, until)
+        except TimeoutError:
+            self.channel.close()
+            waited = self.call_timeout if until == deadline else idle
+            raise wire.Unresponsive(f"the other side did not answer within {waited:g} s") \
+                from None
+
+    def _file(self, header, blobs) -> None:
+        """Put an arriving frame where its wait finds it (called with SIGALRM blocked)."""
+        kind, rid = header.get("t"), header.get("id")
+        if kind == "rep":
+            if type(rid) is int and rid in self.pending:
+                self.replies[rid] = (header, blobs)
+            # else: the answer to a request a time limit ended: dropped
+        elif kind == "req":
+            if len(self.inbox) >= MAX_INBOX:
+                raise ProtocolError("too many requests at once")
+            self.inbox.append((header, blobs))
+        elif kind == "ev" and len(self.events) < MAX_INBOX:
+            self.events.append((header, blobs))
+
+    def _send(self, header, blobs=(), deadline=None) -> None:
+        """Send a frame; a peer that stops reading gets at most our timeout."""
+        wait = self.call_timeout if self.call_timeout is not None else self.idle_timeout
+        if deadline is None and wait is not None:
+            deadline = time.monotonic() + wait
+        self.channel.send(header, blobs, deadline=deadline)
 
     def _answer(self, header, blobs, args):
         if "exc" in header:
@@ -185,11 +232,17 @@ class Peer:
         return value
 
     # -- serving ----------------------------------------------------------------------------
-    def serve(self, header, blobs) -> None:
-        """Answer one request of the other side."""
+    def serve(self, header, blobs, queued=None) -> None:
+        """Answer one request of the other side (taking `queued` out of the inbox first):
+        with its value, or with the exception it raised. Every request is answered, even
+        one a time limit cut short; the judge's own time limit then goes on ending its case
+        (when a request of the judge is waiting)."""
         rid = header.get("id")
-        self.busy += 1
+        depth = len(self.serving)
         try:
+            if queued is not None:   # inside the try: a signal now still gets an answer
+                self.inbox.remove(queued)
+            self.serving.append(rid)
             value, back, args = self._handle(header, blobs)
             reply = {"t": "rep", "id": rid}
             tree, out = wire.encode(value, self._ref(args))
@@ -202,16 +255,16 @@ class Peer:
                         shift = len(out)
                         out += extra
                         reply["back"][str(i)] = _shift_blobs(after, shift)
-            self.channel.send(reply, out, deadline=self._deadline())
+            self._send(reply, out)
         except (ChannelClosed, ProtocolError):
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure is the answer
-            if self.strict and isinstance(exc, (KeyboardInterrupt, self._registry["CaseTimeout"])):
-                raise   # the judge's own time limit: the case ends here, not in the sandbox
-            self.channel.send({"t": "rep", "id": rid, "exc": self.describe(exc)},
-                              deadline=self._deadline())
+            self._send({"t": "rep", "id": rid, "exc": self.describe(exc)})
+            if self.strict and (isinstance(exc, KeyboardInterrupt) or
+                                isinstance(exc, CaseTimeout) and self.pending):
+                raise   # the judge's own time limit: its case ends here, not in the sandbox
         finally:
-            self.busy -= 1
+            del self.serving[depth:]
 
     def _handle(self, header, blobs):
         op = header.get("op")
@@ -252,60 +305,6 @@ class Peer:
                     back[i] = wire.encode(arg, self._ref())
         return obj(*args, **kwargs), back, tuple(args)
 
-    # -- exceptions -------------------------------------------------------------------------
-    def describe(self, exc: BaseException) -> dict:
-        attrs = {}
-        for key, value in list(vars(exc).items())[:40] if hasattr(exc, "__dict__") else []:
-            if key.startswith("_") or not key.isidentifier():
-                continue
-            try:
-                tree, blobs = wire.encode(value, _no_handles)
-            except (TypeError, ValueError, wire.ProtocolError):
-                continue
-            if not blobs:
-                attrs[key] = tree
-        token = getattr(exc, "_grader_token", None)
-        if self.strict:
-            token = id(exc)
-            self._raised[token] = exc
-        return {"type": type(exc).__name__[:80],
-                "mro": [c.__name__[:80] for c in type(exc).__mro__][:24],
-                "message": _text(exc), "attrs": attrs, "where": _where(exc),
-                "token": token if type(token) is int else None}
-
-    def exception(self, info, blobs=()) -> BaseException:
-        """The exception a reply describes, as an object of this side."""
-        if not isinstance(info, dict):
-            raise ProtocolError("bad exception")
-        if self.strict and info.get("token") in self._raised:
-            return self._raised[info["token"]]
-        name = str(info.get("type", "Exception"))
-        names = [str(n) for n in info.get("mro", [])] if isinstance(info.get("mro"), list) else []
-        cls = self._class(name, names)
-        exc = cls.__new__(cls)
-        BaseException.__init__(exc, _text(info.get("message", "")))
-        exc.remote_frame = str(info.get("where") or "")[:400]   # see report._learner_frame
-        attrs = info.get("attrs") if isinstance(info.get("attrs"), dict) else {}
-        for key, tree in list(attrs.items())[:40]:
-            if isinstance(key, str) and key.isidentifier() and not key.startswith("_"):
-                try:
-                    setattr(exc, key, wire.decode(tree, [], _no_deref))
-                except (ProtocolError, AttributeError, TypeError):
-                    pass
-        if not self.strict and type(info.get("token")) is int:
-            exc._grader_token = info["token"]
-        return exc
-
-    def _class(self, name: str, mro: list[str]) -> type:
-        if name in self._registry:
-            return self._registry[name]
-        if not name.isidentifier():
-            name = "RemoteError"
-        if name not in self._classes:
-            base = next((self._registry[n] for n in mro if n in self._registry), Exception)
-            self._classes[name] = type(name, (base, RemoteError) if base is not Exception
-                                       else (RemoteError,), {"__module__": "submission"})
-        return self._classes[name]
 
 
 def _plain(value):
@@ -335,16 +334,6 @@ def _time_left() -> float | None:
     return left or None
 
 
-def _no_handles(obj, early):
-    if early:
-        return None
-    raise TypeError("not data")
-
-
-def _no_deref(marker):
-    raise ProtocolError("no handles here")
-
-
 def _shift_blobs(tree, shift: int):
     if shift == 0:
         return tree
@@ -357,16 +346,3 @@ def _shift_blobs(tree, shift: int):
                 else _shift_blobs(v, shift)
         return out
     return tree
-
-
-def _where(exc: BaseException) -> str:
-    """' (in your code, line N: text)' for the innermost frame outside this package."""
-    import os  # noqa: PLC0415
-    import traceback  # noqa: PLC0415
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if not os.path.abspath(frame.filename).startswith(package):
-            where = "your code" if frame.filename.startswith("<") or \
-                "ipykernel" in frame.filename else os.path.basename(frame.filename)
-            return f" (in {where}, line {frame.lineno}: {(frame.line or '').strip()[:200]})"
-    return ""

@@ -24,6 +24,9 @@ from .channel import Channel
 from .report import CASE_TIME_LIMIT, CheckResult, time_limit
 
 SUBMITTED = "submitted"
+# The longest the submission waits without a word from the judge: the judge computes at most
+# a case's time limit between two messages, so this only ends a wait on a judge that is gone.
+GRADER_SILENCE = 10 * CASE_TIME_LIMIT
 
 
 def graded_tasks() -> list[str]:
@@ -42,7 +45,7 @@ def _kernel(peer, header, blobs):
 def learner_peer(fd: int) -> remote.Peer:
     """The submission's end of the channel to the judge, on file descriptor `fd`."""
     peer = remote.Peer(Channel(socket.socket(fileno=fd)), strict=False,
-                       services={"kernel": _kernel})
+                       idle_timeout=GRADER_SILENCE, services={"kernel": _kernel})
     # the learner's code on one request stops when the judge's case time limit does
     peer.guard = lambda limit: time_limit(min(limit or CASE_TIME_LIMIT, CASE_TIME_LIMIT))
     return peer

@@ -41,6 +41,11 @@ class ChannelClosed(BaseException):
     submission for a failure of the learner's code."""
 
 
+class Unresponsive(ChannelClosed):
+    """The other side did not answer before the deadline: the channel is closed, and the
+    check that was waiting gets a "time limit" verdict instead of waiting for ever."""
+
+
 def check_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
     if dt.kind not in SIMPLE_KINDS or dt.fields is not None or dt.hasobject or dt.subdtype:

@@ -1,0 +1,124 @@
+"""How exceptions cross the grader's channel (remote.py): as data, never as objects.
+
+An exception travels as its type name, its classes' names, its message, its plain-data
+attributes and where in the learner's code it was raised. It comes back as the same class
+when that is a builtin or one of the package's, else as a same-named subclass of the
+nearest known one (of RemoteError); an exception the judge raised keeps its identity
+across the round trip (a token only the judge can resolve).
+"""
+from __future__ import annotations
+
+import builtins
+
+from . import wire
+from .wire import ProtocolError
+
+MAX_TEXT = 20_000
+_BUILTIN_ERRORS = [c for c in vars(builtins).values()
+                   if isinstance(c, type) and issubclass(c, Exception)
+                   and c not in (StopIteration, StopAsyncIteration)]
+
+
+def _package_errors() -> list[type]:
+    from ..cpu import errors  # noqa: PLC0415 - pure Python, no compiler involved
+    from ..paging import OutOfPagesError  # noqa: PLC0415
+    from .report import CaseTimeout, Mismatch, NotAttempted  # noqa: PLC0415
+    return [OutOfPagesError, CaseTimeout, Mismatch, NotAttempted,
+            *(getattr(errors, name) for name in errors.__all__)]
+
+
+class RemoteError(Exception):
+    """Base of the same-named stand-ins for exception classes that only the sender knows."""
+
+
+def _text(value) -> str:
+    text = str(value)
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
+
+
+class ErrorTranslation:
+    """The exception half of remote.Peer (which sets `strict`)."""
+
+    strict: bool
+
+    def init_errors(self) -> None:
+        self._raised: dict[int, BaseException] = {}
+        self._classes: dict[str, type] = {}
+        self._registry = {c.__name__: c for c in _BUILTIN_ERRORS + _package_errors()}
+
+    def describe(self, exc: BaseException) -> dict:
+        attrs = {}
+        for key, value in list(vars(exc).items())[:40] if hasattr(exc, "__dict__") else []:
+            if key.startswith("_") or not key.isidentifier():
+                continue
+            try:
+                tree, blobs = wire.encode(value, no_handles)
+            except (TypeError, ValueError, wire.ProtocolError):
+                continue
+            if not blobs:
+                attrs[key] = tree
+        token = getattr(exc, "_grader_token", None)
+        if self.strict:
+            token = id(exc)
+            self._raised[token] = exc
+        return {"type": type(exc).__name__[:80],
+                "mro": [c.__name__[:80] for c in type(exc).__mro__][:24],
+                "message": _text(exc), "attrs": attrs, "where": _where(exc),
+                "token": token if type(token) is int else None}
+
+    def exception(self, info, blobs=()) -> BaseException:
+        """The exception a reply describes, as an object of this side."""
+        if not isinstance(info, dict):
+            raise ProtocolError("bad exception")
+        if self.strict and info.get("token") in self._raised:
+            return self._raised[info["token"]]
+        name = str(info.get("type", "Exception"))
+        names = [str(n) for n in info.get("mro", [])] if isinstance(info.get("mro"), list) else []
+        cls = self._class(name, names)
+        exc = cls.__new__(cls)
+        BaseException.__init__(exc, _text(info.get("message", "")))
+        exc.remote_frame = str(info.get("where") or "")[:400]   # see report._learner_frame
+        attrs = info.get("attrs") if isinstance(info.get("attrs"), dict) else {}
+        for key, tree in list(attrs.items())[:40]:
+            if isinstance(key, str) and key.isidentifier() and not key.startswith("_"):
+                try:
+                    setattr(exc, key, wire.decode(tree, [], no_deref))
+                except (ProtocolError, AttributeError, TypeError):
+                    pass
+        if not self.strict and type(info.get("token")) is int:
+            exc._grader_token = info["token"]
+        return exc
+
+    def _class(self, name: str, mro: list[str]) -> type:
+        if name in self._registry:
+            return self._registry[name]
+        if not name.isidentifier():
+            name = "RemoteError"
+        if name not in self._classes:
+            base = next((self._registry[n] for n in mro if n in self._registry), Exception)
+            self._classes[name] = type(name, (base, RemoteError) if base is not Exception
+                                       else (RemoteError,), {"__module__": "submission"})
+        return self._classes[name]
+
+
+def no_handles(obj, early):
+    if early:
+        return None
+    raise TypeError("not data")
+
+
+def no_deref(marker):
+    raise ProtocolError("no handles here")
+
+
+def _where(exc: BaseException) -> str:
+    """' (in your code, line N: text)' for the innermost frame outside this package."""
+    import os  # noqa: PLC0415
+    import traceback  # noqa: PLC0415
+    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if not os.path.abspath(frame.filename).startswith(package):
+            where = "your code" if frame.filename.startswith("<") or \
+                "ipykernel" in frame.filename else os.path.basename(frame.filename)
+            return f" (in {where}, line {frame.lineno}: {(frame.line or '').strip()[:200]})"
+    return ""
