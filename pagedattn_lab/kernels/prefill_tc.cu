@@ -35,7 +35,7 @@
 // which stay in registers for the whole loop.
 //
 // A fragment's element-to-(row, column) mapping is unspecified by WMMA, so the kernel
-// learns it: each warp loads 16x16 matrices holding their own row and column numbers into
+// learns it (fragment_layout.cuh): each warp loads 16x16 matrices holding their own row and column numbers into
 // accumulator fragments. From them every lane knows, for each of its elements, the row
 // (one of at most two rows a lane holds: "slot" 0 or 1) and the column, and which lanes
 // share its rows (the xor masks `share`: row maxima and sums combine over those lanes with
@@ -53,6 +53,7 @@
 #include <cuda_bf16.h>
 #include <mma.h>
 #include "kv_quant.cuh"
+#include "fragment_layout.cuh"
 
 #ifndef HEAD_DIM
 #define HEAD_DIM 128
@@ -99,7 +100,6 @@ using namespace nvcuda;
 #define LD_P (KV_TILE + 8)         // ELEMs per row of a warp's P
 #define STAGE_ELEMS (2 * KV_TILE * LD_KV)
 #define SLOTS_PER_THREAD ((KV_TILE + THREADS - 1) / THREADS)
-#define FULL 0xffffffffu
 #define NEG_INF __int_as_float(0xff800000)
 
 // Unrolling of the d loop of S = Q K^T and the key loop of O += P V: full unrolling lets
@@ -158,84 +158,6 @@ __device__ inline Shared carve(unsigned char* base)
     sh.q = sh.kv + STAGES * STAGE_ELEMS;
     sh.p = sh.q + Q_ROWS * LD_KV;
     return sh;
-}
-
-// What a lane knows about the accumulator layout (see the header).
-struct Layout {
-    unsigned slot1;     // bit i: element i lies in the lane's second row
-    unsigned cols;      // 4 bits per element: its column (elements 0..7)
-    int row[2];         // the lane's two rows (equal when it holds one)
-    unsigned share;     // xor masks of the lanes holding the same rows
-};
-
-__device__ inline int elem_col(const Layout& L, int i) { return (L.cols >> (4 * i)) & 15; }
-
-// slot0 or slot1, for a slot known only at run time, as a select: an array indexed by a run-time
-// value would live in local memory.
-template <typename T>
-__device__ inline T pick(int s, T slot0, T slot1) { return s ? slot1 : slot0; }
-
-__device__ inline float group_max(float x, unsigned share)
-{
-#pragma unroll
-    for (int m = 1; m < 32; m <<= 1)
-        if (share & m) x = fmaxf(x, __shfl_xor_sync(FULL, x, m));
-    return x;
-}
-
-__device__ inline float group_sum(float x, unsigned share)
-{
-#pragma unroll
-    for (int m = 1; m < 32; m <<= 1)
-        if (share & m) x += __shfl_xor_sync(FULL, x, m);
-    return x;
-}
-
-// Learn the layout through `scratch` (256 floats, warp-private); trap if it is not one this
-// kernel can use.
-__device__ inline Layout learn_layout(float* scratch, int lane)
-{
-    FragC rows, cols;
-    for (int i = lane; i < 256; i += 32) scratch[i] = (float)(i / 16);
-    __syncwarp();
-    wmma::load_matrix_sync(rows, scratch, 16, wmma::mem_row_major);
-    __syncwarp();
-    for (int i = lane; i < 256; i += 32) scratch[i] = (float)(i % 16);
-    __syncwarp();
-    wmma::load_matrix_sync(cols, scratch, 16, wmma::mem_row_major);
-    __syncwarp();
-    static_assert(NE <= 8, "the layout keeps 4 bits per element in one word");
-    Layout L;
-    L.row[0] = L.row[1] = (int)rows.x[0];
-    L.slot1 = L.cols = 0;
-#pragma unroll
-    for (int i = 0; i < NE; ++i) {
-        int r = (int)rows.x[i];
-        if (r != L.row[0]) { L.row[1] = r; L.slot1 |= 1u << i; }
-        L.cols |= (unsigned)cols.x[i] << (4 * i);
-    }
-    bool ok = true;
-    int in0 = 0, in1 = 0;
-#pragma unroll
-    for (int i = 0; i < NE; ++i) {
-        int r = (int)rows.x[i];
-        ok = ok && (r == L.row[0] || r == L.row[1]);
-        in0 += r == L.row[0];
-        in1 += r != L.row[0];
-    }
-#pragma unroll
-    for (int i = 0; i < NE; i += 2)   // pairs: one row, adjacent columns, the first even
-        ok = ok && rows.x[i] == rows.x[i + 1] && cols.x[i + 1] == cols.x[i] + 1.0f
-             && ((int)cols.x[i] & 1) == 0;
-    L.share = 0;
-    for (int m = 1; m < 32; m <<= 1)
-        if (__all_sync(FULL, __shfl_xor_sync(FULL, L.row[0], m) == L.row[0] &&
-                             __shfl_xor_sync(FULL, L.row[1], m) == L.row[1]))
-            L.share |= m;
-    const int lanes = 1 << __popc(L.share);    // the lanes of a group cover each row once
-    ok = ok && in0 * lanes == 16 && (in1 == 0 || in1 * lanes == 16);
-    if (!__all_sync(FULL, ok)) __trap();
-    return L;
 }
 
 // 16 bytes from global to shared memory, or 16 zero bytes when src is null. On sm_80 and
@@ -554,7 +476,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         }
         // O *= alpha, skipped (exactly: alpha is 1) when no row of the warp has a new
         // maximum, as in most tiles of a long row.
-        if (__any_sync(FULL, moved)) {
+        if (__any_sync(LAYOUT_FULL, moved)) {
 #pragma unroll
             for (int f = 0; f < ROW_FRAGS; ++f)
 #pragma unroll
