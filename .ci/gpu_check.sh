@@ -1,27 +1,59 @@
 #!/usr/bin/env bash
-# Every GPU check in ONE device call (CI has no GPU). Run from anywhere:
-#     bash .ci/gpu_check.sh            # results under $OUT (the device tool sets it)
-# Writes: $OUT/gpu_check.log (all steps' output), $OUT/bench/bench.json, bench.png, prefill.json
-# and the compressed-page rows.
-# The device's python3 has torch, cupy, pytest, tqdm, matplotlib; the repository is not
-# installed there, so everything runs from the repository root.
+# Every GPU check in ONE device call (CI has no GPU). Run from the repository root's parent
+# or anywhere:
+#     bash .ci/gpu_check.sh          # everything (about 15 minutes on an H200)
+#     bash .ci/gpu_check.sh lean     # what fits one 10-minute call: GPU tests and memcheck,
+#                                    # then the benchmarks (serving, decode, prefill, compressed)
+# Writes under $OUT: gpu_check.log (every step's output) and results.tgz (each step's full
+# log in logs/, the benchmarks' JSON/PNG in bench/ and serve/). GPU_CHECK_DEADLINE (seconds,
+# default 540 in lean mode) skips the timing steps that would start after it, so a call with
+# a time limit still brings its log and results back.
+# Phase 1 checks correctness and times nothing, so its steps run side by side, and FlashInfer's
+# JIT builds (a minute of CPU) run beside them. Phase 2 times, one step at a time, GPU alone.
+# The device's python3 has torch, cupy, pytest, tqdm, matplotlib, transformers; the
+# repository is not installed there, so everything runs from the repository root.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+MODE=${1:-full}
 OUT=${OUT:-$PWD/gpu_check_out}
-mkdir -p "$OUT"
+RES="$OUT/results"
+mkdir -p "$RES/logs"
+DEADLINE=${GPU_CHECK_DEADLINE:-$([ "$MODE" = lean ] && echo 540 || echo 100000)}
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
-export PYTHONUNBUFFERED=1 MPLBACKEND=Agg
+export PYTHONUNBUFFERED=1
 failed=()
 
 step() {   # step NAME COMMAND...: run, log, remember failures, keep going
     local name=$1; shift
+    if [ $SECONDS -ge "$DEADLINE" ]; then
+        echo "--- $name: skipped (past GPU_CHECK_DEADLINE=$DEADLINE s)" | tee -a "$LOG"
+        failed+=("$name(skipped)"); return
+    fi
     echo "=== $name: $*" | tee -a "$LOG"
     local t0=$SECONDS
     "$@" >> "$LOG" 2>&1
     local rc=$?
     echo "--- $name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$LOG"
     [ $rc -eq 0 ] || failed+=("$name")
+}
+
+side_by_side() {   # side_by_side "NAME|COMMAND" ...: run together, log each, then report
+    local pids=() names=() spec
+    for spec in "$@"; do
+        names+=("${spec%%|*}")
+        bash -c "${spec#*|}" > "$RES/logs/${spec%%|*}.log" 2>&1 &
+        pids+=($!)
+    done
+    local i
+    for i in "${!pids[@]}"; do
+        wait "${pids[$i]}"
+        local rc=$?
+        { echo "=== ${names[$i]}"; tail -n 25 "$RES/logs/${names[$i]}.log"
+          echo "--- ${names[$i]}: rc=$rc"; } >> "$LOG"
+        echo "--- ${names[$i]}: rc=$rc"
+        [ $rc -eq 0 ] || failed+=("${names[$i]}")
+    done
 }
 
 # The device image has no Jupyter stack: the wheels travel in .whl/ (see README, "GPU
@@ -32,31 +64,47 @@ if ls .whl/*.whl > /dev/null 2>&1; then
     export PYTHONPATH=/tmp/site:$PWD
 else
     export PYTHONPATH=$PWD
-    echo "no .whl/ carried: notebook steps will fail to import nbval" | tee -a "$LOG"
+    echo "no .whl/ carried: FlashInfer baselines and notebook steps will be missing" | tee -a "$LOG"
 fi
-
 step nvidia-smi nvidia-smi
-step pytest-gpu python3 -m pytest -m gpu tests -q -p no:cacheprovider
-# The whole suite again with a GPU present (checks and notebooks then take the GPU path).
-step pytest-all python3 -m pytest tests -q -p no:cacheprovider -n 8 --dist loadfile
-for tool in memcheck racecheck synccheck; do
-    for script in sanitize sanitize_prefill sanitize_quant; do
-        step "$script-$tool" compute-sanitizer --tool "$tool" --error-exitcode 9 \
-            python3 "benchmarks/$script.py"
+
+# Phase 1: correctness (nothing timed). compute-sanitizer on every kernel's launch script.
+checks=("pytest-gpu|timeout 300 python3 -m pytest -m gpu tests -q -p no:cacheprovider -n 8 -rf"
+        "flashinfer-jit|timeout 300 python3 benchmarks/prebuild_flashinfer.py")
+tools="memcheck"
+[ "$MODE" = lean ] || tools="memcheck racecheck synccheck"
+for tool in $tools; do
+    for script in sanitize sanitize_tc sanitize_prefill sanitize_quant; do
+        checks+=("$script-$tool|timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/$script.py")
     done
 done
+side_by_side "${checks[@]}"
+if [ "$MODE" != lean ]; then
+    # The whole suite with a GPU present (checks and notebooks then take the GPU path), and
+    # the lessons under nbval. MPLBACKEND must not reach the notebook kernels, or their
+    # figures never reach the cell outputs nbval compares.
+    step pytest-all python3 -m pytest tests -q -p no:cacheprovider -n 8 --dist loadfile
+    step notebooks-gpu python3 -m pytest --nbval --nbval-current-env \
+        notebooks solutions -q -p no:cacheprovider -n 4 --dist loadfile
+fi
 
-# Lessons and solutions under nbval, kernels on the GPU. MPLBACKEND must not reach the
-# notebook kernels, or their figures never reach the cell outputs nbval compares.
-step notebooks-gpu env -u MPLBACKEND python3 -m pytest --nbval --nbval-current-env \
-    notebooks solutions -q -p no:cacheprovider -n 4 --dist loadfile
+# Phase 2: timings, one at a time. Head sizes 80 and 96 in processes of their own: FlashInfer
+# 0.6.6 makes an illegal address there, which takes the CUDA context along.
+export MPLBACKEND=Agg
+lean_flags=(); [ "$MODE" = lean ] && lean_flags=(--no-prefill)
+step serve timeout 200 python3 benchmarks/serve_bench.py --kv-gib 1.0 --out "$RES/serve"
+step bench timeout 200 python3 -m pagedattn_lab.bench --out "$RES/bench" "${lean_flags[@]}" \
+    --only D64,D64-p64,D64-p128,D64-gqa4,D64-gqa8,D64-gqa8-p64,D64-mqa16,8x32k-gqa4,8x32k,1x32k-gqa4,256x128,D64-d64,D64-gqa4-d256
+# (In lean mode without FlashInfer there: it fails on these rows and its JIT costs a minute.)
+[ "$MODE" = lean ] && lean_flags+=(--no-baselines)
+for d in 80 96; do
+    step "bench-d$d" timeout 90 python3 -m pagedattn_lab.bench --out "$RES/bench" \
+        --prefix "bench-d$d" --only "D64-gqa4-d$d" --no-prefill "${lean_flags[@]}"
+done
+step bench-prefill timeout 200 python3 -m pagedattn_lab.bench.prefill --out "$RES/bench"
+step bench-quant timeout 150 python3 -m pagedattn_lab.bench.quant --out "$RES/bench"
+tar -czf "$OUT/results.tgz" -C "$OUT" results && rm -rf "$RES"
 
-step bench python3 -m pagedattn_lab.bench --out "$OUT/bench"
-step bench-prefill python3 -m pagedattn_lab.bench.prefill --out "$OUT/bench"
-step bench-quant python3 -m pagedattn_lab.bench.quant --out "$OUT/bench"
-
-echo "=== end of the log (bench table):"
-tail -n 45 "$LOG"
 echo "=== steps:"
 grep -- "^--- " "$LOG"
 if [ ${#failed[@]} -eq 0 ]; then
