@@ -74,14 +74,25 @@ for q, qname in ((2, "fp8"), (1, "int8")):
     for tok in (False, True):
         V[f"planner {qname}{'/tok' if tok else ''}"] = {**V["planner"], "quant": q, "tok": tok}
 PLANNER_QUANT = [n for n in V if n.startswith("planner ")]
-FINAL = {   # --final: the rows of the report
-    "D64-gqa4": ["planner"] + PLANNER_QUANT,
-    "D64-gqa8": ["planner"],
+V["W4P/w1"] = {**shape(4, 64, 2, pipe=True), "split": "w1"}
+V["W4D2T32/w1"] = {**shape(4, 32, 2, 2, 4), "split": "w1"}
+V["W8D4T32mb3/w1"] = {**shape(8, 32, 2, 4, 3), "split": "w1"}
+V["W4/w1"] = {**shape(4, 64, 2), "split": "w1"}
+V["W4/b4"] = shape(4, 64, 2)
+V["W3T48S2mb3"] = shape(3, 48, 2, 1, 3)   # 61 KB: 3 blocks of 3 warps, 78 KB in flight
+V["fp8 W4PS4"] = shape(4, 64, 4, pipe=True, quant=2)
+for q, qname in ((2, "fp8"), (1, "int8")):
+    V[f"{qname} W4PS3"] = shape(4, 64, 3, pipe=True, quant=q)
+    V[f"{qname}/tok W4PS3"] = shape(4, 64, 3, pipe=True, quant=q, tok=True)
+FINAL = {   # --final: the rows of the report (the planner's choice first), and alternates
+    "D64-gqa4": ["planner", "W4P", "W3T48S2mb3"] + PLANNER_QUANT
+    + ["fp8 W4PS3", "fp8 W4PS4", "int8 W4PS3", "fp8/tok W4PS3", "int8/tok W4PS3"],
+    "D64-mqa16": ["planner", "W8D4T32mb3/w1", "W4P/w1", "W4/w1"],
+    "1x32k-gqa4": ["planner", "W4D2T32/w1", "W4P/w1", "W8D2/w1"],
+    "8x32k-gqa4": ["planner", "W4/b4", "W4P/w1", "W3T48S2mb3"] + PLANNER_QUANT[:2],
+    "D64-gqa8": ["planner", "W4P", "W3T48S2mb3"],
     "D64-gqa8-p64": ["planner"],
-    "D64-mqa16": ["planner"],
-    "1x32k-gqa4": ["planner"],
-    "8x32k-gqa4": ["planner"] + PLANNER_QUANT,
-    "D64-gqa4-d256": ["planner"],
+    "D64-gqa4-d256": ["planner", "d256 W2P", "d256 W4"],
     "D64-gqa4-d80": ["planner"],
     "D64-gqa4-d96": ["planner"],
 }
@@ -126,22 +137,26 @@ def compile_all(workloads, names_of):
 
 def plan(inp, w, name):
     split = V[name]["split"]
-    if split is None:   # the planner's own split
-        split = ("w" + str(dp.TC_WAVES)) if dp.TC_WAVES else dp.TC_BLOCKS_PER_SM
+    if split is None:   # the planner's own split and kernel
+        return plan_with(inp, w, name)
     saved = dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS, dp.TC_WAVES
     waves = int(split[1:]) if isinstance(split, str) else None
     dp.TC_BLOCKS_PER_SM = 4 if waves else split
     dp.TC_AUTO_MAX_PARTS = 128 if waves or split >= 8 else saved[1]
     dp.TC_WAVES = waves
     try:
-        p = BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], w.num_heads,
-                                      w.num_kv_heads, w.head_dim, w.page_size, w.dtype,
-                                      kernel="simt")
-        p.kernel, p._launches = "tensor_core", []
-        p._plan_tensor_core(cp.asnumpy(inp["seq_lens"]), None, tc=config(w, name))
-        return p
+        return plan_with(inp, w, name)
     finally:
         dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS, dp.TC_WAVES = saved
+
+
+def plan_with(inp, w, name):
+    p = BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], w.num_heads,
+                                  w.num_kv_heads, w.head_dim, w.page_size, w.dtype,
+                                  kernel="simt")
+    p.kernel, p._launches = "tensor_core", []
+    p._plan_tensor_core(cp.asnumpy(inp["seq_lens"]), None, tc=config(w, name))
+    return p
 
 
 def launch(p, q, k, v, out, scale, ks=None, vs=None):

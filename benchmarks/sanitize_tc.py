@@ -84,6 +84,9 @@ def main():
     rng = np.random.default_rng(11)
     cases = [   # name, lens, page, heads, kv, head_dim, splits, shape, kv_dtype, scheme
         ("tc default GQA4 d128 split 3", [300, 17, 1], 16, 8, 2, 128, 3, {}),
+        ("tc default MQA16 d128 (8 warps in pairs) auto split", [900, 17, 1], 16, 16, 1, 128,
+         None, {}),
+        ("tc default GQA4 d256 (pairs, 32-token tiles) split 2", [120, 5], 16, 8, 2, 256, 2, {}),
         ("tc W8D2 GQA4 d128 page 7 split 3", [300, 17, 1], 7, 8, 2, 128, 3,
          {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2, "min_blocks": 2}),
         ("tc W8D4T32 MQA16 d128 split 2", [200, 9], 16, 16, 1, 128, 2,

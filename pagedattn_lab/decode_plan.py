@@ -25,10 +25,10 @@ HEAD_DIM_MAX = 256
 # ---- the choice ---------------------------------------------------------------------------
 # What the GPU runs when not told, fp16/bf16 (measured on the H200, benchmarks/NOTES.md):
 # plain multi-head attention (group 1) on the SIMT kernel, which reads it at the copy rate;
-# GQA/MQA on tensor cores up to TC_AUTO_MAX_HEAD_DIM (head_dim 256, GQA 32/8: SIMT 0.378 ms,
-# tensor cores 0.485 ms: one 150 KB block per SM is too few to hide its latency).
+# GQA/MQA on tensor cores up to TC_AUTO_MAX_HEAD_DIM (head_dim 256, GQA 32/8, 2026-12-02:
+# tensor cores 0.365 ms with 4 warps over 32-token tiles in pairs, SIMT 0.375 ms).
 MHA_KERNEL = "simt"
-TC_AUTO_MAX_HEAD_DIM = 128
+TC_AUTO_MAX_HEAD_DIM = 256
 
 
 def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
@@ -133,7 +133,8 @@ TC_S_CHAINS = 1             # independent accumulators for S = Q K^T
 TC_BLOCKS_PER_SM = 4        # automatic splitting aims for at least this many blocks per SM
 TC_AUTO_MAX_PARTS = 64      # ... but cuts no sequence in more (the merge reads every part)
 TC_PART_LENS = (4096, 2048, 1024, 512, 256, 128)   # automatic partition lengths, longest first
-TC_WAVES = None             # instead: partitions sized to fill this many waves of resident blocks
+TC_WAVES = 1                # partitions sized to fill this many waves of resident blocks, when
+                            # the sequences allow (at most that many blocks without a split)
 TC_SMEM_PER_SM = 227 * 1024   # what the blocks of one SM share (H100/H200: 228 KB, 1 KB each
                               # reserved by the system)
 
@@ -164,18 +165,28 @@ def tc_tile_tokens(head_dim: int) -> int:
     return TC_TILE_TOKENS
 
 
-# The measured shapes (benchmarks/NOTES.md, 2026-12-02): (largest head_dim, compressed) ->
-# tc_config keywords; the first row that covers the head size and format is taken.
+# The measured shapes (benchmarks/NOTES.md, H200, 2026-12-02, round 1b): (largest head_dim,
+# smallest group, compressed or None for either) -> tc_config keywords; the first row that
+# covers the case is taken.
 TC_SHAPES = [
-    (256, None, dict(warps=TC_WARPS, tile_t=TC_TILE_TOKENS, stages=TC_STAGES, d_split=1)),
+    # D64 MQA 16/1: 8 warps in pairs 0.044 ms, 4 warps 0.047 (one wave); GQA 32/8 and 64/8
+    # the other way round: 4 warps 0.189 / 0.194 ms, 8 in pairs 0.206 / 0.209
+    (128, 9, False, dict(warps=8, tile_t=64, stages=2, d_split=2, min_blocks=2)),
+    (128, 1, False, dict(warps=4, tile_t=64, stages=2, d_split=1)),
+    (128, 1, True, dict(warps=4, tile_t=64, stages=3, d_split=1)),
+    # head_dim 256: 4 warps in pairs over 32-token tiles (84 KB, 2 blocks per SM) 0.365 ms;
+    # 4 warps over 64 tokens (150 KB, 1 block) 0.450, 8 warps in fours 0.442
+    (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 
 
-def tc_shape(head_dim: int, row_tiles: int, kv_quant: int) -> dict:
+def tc_shape(head_dim: int, row_tiles: int, kv_quant: int, group: int = 1) -> dict:
     """The tc_config keywords (warps, tile_t, stages, d_split, min_blocks, warp_pipe) the
-    planner uses for this head size and cache format (kv_quant 0: fp16/bf16 pages)."""
-    for max_dim, quant, kw in TC_SHAPES:
-        if head_dim <= max_dim and quant in (None, bool(kv_quant)):
+    planner uses for this head size, group and cache format (kv_quant 0: fp16/bf16 pages).
+    Groups of more than 16 heads (several row tiles) take the 4-warp shape."""
+    for max_dim, min_group, quant, kw in TC_SHAPES:
+        if (head_dim <= max_dim and (min_group <= group <= 16 or min_group == 1)
+                and quant in (None, bool(kv_quant))):
             return {"min_blocks": 1, "warp_pipe": False, **kw}
     return dict(warps=TC_WARPS, tile_t=TC_TILE_TOKENS, stages=TC_STAGES, d_split=1,
                 min_blocks=1, warp_pipe=False)
@@ -243,15 +254,17 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     rows, chunks, row_tiles = tc_rows(group, head_dim)
     auto = warps is None and tile_t is None and stages is None and d_split is None
     if auto:
-        kw = tc_shape(head_dim, row_tiles, kv_quant)
+        kw = tc_shape(head_dim, row_tiles, kv_quant, group)
         warps, tile_t, stages, d_split = kw["warps"], kw["tile_t"], kw["stages"], kw["d_split"]
         min_blocks = kw["min_blocks"] if min_blocks is None else min_blocks
         warp_pipe = kw["warp_pipe"] if warp_pipe is None else warp_pipe
     warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
     stages, d_split = stages or TC_STAGES, d_split or 1
     min_blocks = min_blocks or 1
-    if (head_dim // 16) % d_split:
-        d_split = 1
+    if (head_dim // 16) % d_split:   # (head_dim 80, 112: 5 and 7 column tiles)
+        per_slice = warps // d_split
+        d_split = max(d for d in range(1, d_split + 1) if (head_dim // 16) % d == 0)
+        warps = per_slice * d_split
     per = row_tiles * d_split
     warps = -(-warps // per) * per                  # warps = d_split x row tiles x slices
     unit = 16 * warps // per                        # every warp takes a multiple of 16 tokens
@@ -287,13 +300,16 @@ def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max
     """Tensor cores: tokens per partition. num_splits=n cuts the longest sequence into n;
     automatic: the longest of TC_PART_LENS that still gives TC_BLOCKS_PER_SM blocks per SM,
     else the shortest, and no more than TC_AUTO_MAX_PARTS partitions per sequence; never more
-    than `max_parts` (what the merge has room for). With TC_WAVES set (and `resident`, the
-    blocks an SM holds at once): the shortest multiple of 64 tokens whose blocks fit in
-    TC_WAVES waves."""
+    than `max_parts` (what the merge has room for). With TC_WAVES set and `resident` (the
+    blocks an SM holds at once), when the unsplit sequences need no more blocks than that
+    many waves hold: the shortest multiple of 64 tokens whose blocks fit in TC_WAVES waves
+    (measured: D64 MQA 16/1 0.066 -> 0.047 ms, 1 x 32k 0.058 -> 0.053; D64 GQA 32/8, 512
+    blocks unsplit, keeps the blocks-per-SM rule)."""
     max_len = int(lens.max())
+    waves = TC_WAVES and resident and lens.size * blocks_per_item <= TC_WAVES * resident * num_sms
     if num_splits is not None:
         part_len = cut_longest(max_len, num_splits)
-    elif TC_WAVES and resident:
+    elif waves:
         budget = TC_WAVES * resident * num_sms
         lo, hi = 1, -(-max_len // 64)   # in units of 64 tokens; hi always fits one item each
         while lo < hi:

@@ -16,15 +16,20 @@
 //   group are zero and their results are dropped.
 //   The partition streams through shared memory in tiles of TILE_T tokens, STAGES tiles in
 //   flight (cp.async: the copies bypass registers, so loads stay in flight while warps
-//   compute). One barrier per tile; between barriers each warp works alone on its share:
-//   warp w takes row tile w % ROW_TILES (16 query heads) and the w / ROW_TILES-th slice of
-//   TW = TILE_T * ROW_TILES / TC_WARPS tokens of the tile, and keeps its own online softmax:
+//   compute; the block-table entries of a tile are read one iteration before its copies).
+//   One barrier per tile; between barriers each warp works alone on its share: warp w
+//   (cw = w % (TC_WARPS / D_SPLIT)) takes row tile cw % ROW_TILES (16 query heads) and the
+//   cw / ROW_TILES-th slice of TW tokens of the tile, and keeps its own online softmax:
 //     1. S = Q K^T for its 16 rows x TW tokens (HEAD_DIM / 16 mma_sync steps per 16 tokens),
 //        stored to the warp's own shared memory (fp32);
 //     2. softmax, two lanes per row: scale, mask tokens past the end, new running max m,
 //        alpha = 2^(m_old - m_new), P = 2^(S - m) in fp16/bf16, the row sums;
-//     3. O = alpha * O + P V: the 16 x HEAD_DIM accumulator fragments of the warp stay in
-//        registers for the whole partition.
+//     3. O = alpha * O + P V: the warp's 16 x (HEAD_DIM / D_SPLIT) accumulator fragments
+//        stay in registers for the whole partition. D_SPLIT > 1: that many warps share a
+//        (row tile, slice), each computes S and the softmax (the same values) and keeps
+//        its own 1/D_SPLIT of O's columns: fewer registers per warp, more warps per SM.
+//   WARP_PIPE=1 (one row tile, D_SPLIT 1): no barrier in the loop at all; each warp copies,
+//   waits for (and converts) only its own tokens, in stages of its own.
 //   WMMA does not say which element of a fragment a thread holds. To scale row r of O by its
 //   alpha, the kernel loads, once, an accumulator fragment from a matrix whose every element
 //   is its own row number: element e of any accumulator fragment is then in row rowid.x[e].
@@ -38,17 +43,20 @@
 // PER_TOKEN_SCALES (0: k_scale/v_scale are [num_kv_heads]; 1: [num_pages * page_size *
 // num_kv_heads], index slot * num_kv_heads + kv_head with slot = page * page_size + offset).
 // The copies stay asynchronous: raw codes (16 per 16-byte copy) land in shared memory, and
-// each warp converts the tokens it multiplies to KV_T in a buffer of its own (exact: every
-// int8 and e4m3 code is a 16-bit float) with no extra barrier. The scales stay in fp32:
+// whoever copied them (the block, or the warp with WARP_PIPE) converts them once to KV_T
+// (exact: every int8 and e4m3 code is a 16-bit float), a second barrier per tile. The
+// scales stay in fp32:
 // static ones fold into the logit scale (K) and the output (V); per-token ones multiply the
 // token's logit (K) and its probability in P (V), not the row sum l.
 //
 // Compile-time parameters (NVRTC -D; one source instantiated per case): KV_T (and KV_BF16),
-// HEAD_DIM (a multiple of 16), TC_WARPS (warps per block), ROW_TILES (1, 2 or 4, dividing
-// TC_WARPS), TILE_T (tokens per tile: each warp takes TW = TILE_T * ROW_TILES / TC_WARPS, a
-// multiple of 16), STAGES (>= 2), S_CHAINS (1 or 2 independent accumulators for S = QK^T),
-// and the three above. Logits are in base 2 (scale_log2 = scale * log2 e); cache offsets
-// are 64-bit.
+// HEAD_DIM (a multiple of 16), TC_WARPS (warps per block), D_SPLIT (warps per row tile and
+// slice, dividing HEAD_DIM / 16), ROW_TILES (1, 2 or 4), TILE_T (tokens per tile: each warp
+// takes TW = TILE_T * ROW_TILES * D_SPLIT / TC_WARPS, a multiple of 16), STAGES (>= 2),
+// S_CHAINS (1 or 2 independent accumulators for S = QK^T), TC_MIN_BLOCKS (blocks per SM the
+// register allocation must allow), WARP_PIPE, and the three above (decode_plan.tc_config
+// makes a consistent set). Logits are in base 2 (scale_log2 = scale * log2 e); cache
+// offsets are 64-bit.
 
 #include "common.cuh"
 #include "kv_quant.cuh"
