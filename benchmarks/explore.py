@@ -2,15 +2,19 @@
 FlashInfer's tensor-core decode on the same pages (tuning runs; the results go to NOTES.md).
 
     python3 benchmarks/explore.py [--rows D64-gqa4,...] [--reps 15] [--json out.json]
+                                  [--final] [--fi-dims 128,256]
                                   [--no-flashinfer] [--no-quant] [--no-host]
 
-A variant is one compiled shape of kernels/decode_tc.cu (warps per block, tokens per K/V
-tile, tiles in flight, accumulators of the S chain: -D options through
-`decode_plan.tc_config`) and the split-K target (blocks per SM). Each variant's output is
-compared with the first's; compressed-page variants (int8 / fp8 codes, static or per-token
-scales) with the fp16 kernel run on the dequantized cache. Kernels are compiled in a thread
-pool while FlashInfer builds its own in the background (the first tens of seconds of a fresh
-machine). Every line is printed as soon as it is measured.
+A variant is one compiled shape of kernels/decode_tc.cu (warps per block, warps per token
+slice (D_SPLIT), tokens per K/V tile, tiles in flight, warp pipelines: -D options through
+`decode_plan.tc_config`) and the split-K rule (blocks per SM, or one/two waves of resident
+blocks); "planner" is what `BatchDecodeWrapper.plan` picks. ROWS are the tuning sweep, FINAL
+(--final) the report's rows with a few alternates. Each variant's output is compared with
+the row's first; compressed-page variants (int8 / fp8 codes, static or per-token scales)
+with the fp16 kernel run on the dequantized cache. Kernels are compiled in a thread pool
+while FlashInfer builds its own in the background; every line is printed as soon as it is
+measured. Then the host rows: `run()` on a tiny plan, the one-shot call on D64 against its
+kernel, and a profile of that call.
 """
 import argparse
 import json

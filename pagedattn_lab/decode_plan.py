@@ -165,7 +165,7 @@ def tc_tile_tokens(head_dim: int) -> int:
     return TC_TILE_TOKENS
 
 
-# The measured shapes (benchmarks/NOTES.md, H200, 2026-12-02, round 1b): (largest head_dim,
+# The measured shapes (benchmarks/NOTES.md, H200, 2026-12-02, rounds 1b and 2): (largest head_dim,
 # smallest group, compressed or None for either) -> tc_config keywords; the first row that
 # covers the case is taken.
 TC_SHAPES = [
@@ -173,7 +173,9 @@ TC_SHAPES = [
     # the other way round: 4 warps 0.189 / 0.194 ms, 8 in pairs 0.206 / 0.209
     (128, 9, False, dict(warps=8, tile_t=64, stages=2, d_split=2, min_blocks=2)),
     (128, 1, False, dict(warps=4, tile_t=64, stages=2, d_split=1)),
-    (128, 1, True, dict(warps=4, tile_t=64, stages=3, d_split=1)),
+    # compressed pages, D64 GQA 32/8 (round 2): each warp copying and converting its own
+    # tokens (WARP_PIPE) fp8 0.199 / int8 0.252 ms, the block converting tiles 0.213 / 0.265
+    (128, 1, True, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True)),
     # head_dim 256: 4 warps in pairs over 32-token tiles (84 KB, 2 blocks per SM) 0.365 ms;
     # 4 warps over 64 tokens (150 KB, 1 block) 0.450, 8 warps in fours 0.442
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),

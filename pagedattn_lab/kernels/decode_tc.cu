@@ -60,6 +60,7 @@
 
 #include "common.cuh"
 #include "kv_quant.cuh"
+#include "kv_convert.cuh"
 #include <mma.h>
 
 #ifndef HEAD_DIM
@@ -151,6 +152,7 @@ constexpr int M_OFF = ALPHA_OFF + NWARPS * 16 * 4;           // [NWARPS][16]: th
 constexpr int L_OFF = M_OFF + NWARPS * 16 * 4;               // [NWARPS][16]: the warps' l
 constexpr int FLAG_OFF = L_OFF + NWARPS * 16 * 4;
 constexpr int SMEM_BYTES = FLAG_OFF + 16;
+static_assert(SMEM_BYTES <= 227 * 1024, "a block may have at most 227 KB of shared memory");
 static_assert(CWARPS * 16 * LO * 4 <= KV_BYTES, "the warps' O do not fit where the K/V tiles were");
 static_assert(KV_BYTES % 128 == 0, "keep Q and the rest 128-byte aligned");
 
@@ -175,20 +177,6 @@ __device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int 
             pg[i] = table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)];
     }
 }
-
-#if PER_TOKEN_SCALES
-// A 4-byte asynchronous copy (cp.async.ca: .cg takes only 16 bytes), zeros when not valid.
-__device__ inline void copy4_async(float* dst, const float* src, bool valid)
-{
-#ifdef ASYNC_COPY
-    unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
-                 :: "r"(s), "l"(src), "r"(valid ? 4 : 0));
-#else
-    *dst = valid ? *src : 0.0f;
-#endif
-}
-#endif
 
 // The copies of one tile into stage buffer `stage` (K rows, then V rows); with per-token
 // scales, the thread that copies a row's first chunk also copies its two scales (the scale
@@ -222,55 +210,6 @@ __device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_
 }
 
 #if KV_QUANT
-// 16 codes (one 16-byte chunk) to 16 KV_T values, exactly (no scale): every int8 and every
-// e4m3 value is a 16-bit float. fp16, two at a time: int8 through the 1024 + x bit trick,
-// e4m3 by moving its bits into place (x 2^8 for the exponent bias; NaN kept); sm_89+ has an
-// instruction for it. bf16: one at a time through float.
-#ifndef KV_BF16
-__device__ inline __half2 codes2_to_half2(unsigned two)   // codes in the low 16 bits
-{
-#if KV_QUANT == 1
-    const unsigned u = two ^ 0x8080u;   // x + 128, as unsigned bytes
-    const unsigned bits = (u & 0xffu) | ((u & 0xff00u) << 8) | 0x64006400u;   // 1024 + x + 128
-    return __hsub2(__halves2half2(__ushort_as_half((unsigned short)(bits & 0xffffu)),
-                                  __ushort_as_half((unsigned short)(bits >> 16))),
-                   __float2half2_rn(1152.0f));
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
-    unsigned r;
-    asm("cvt.rn.f16x2.e4m3x2 %0, %1;\n" : "=r"(r) : "h"((unsigned short)two));
-    return __halves2half2(__ushort_as_half((unsigned short)(r & 0xffffu)),
-                          __ushort_as_half((unsigned short)(r >> 16)));
-#else
-    const unsigned x = ((two & 0xffu) << 8) | ((two & 0xff00u) << 16);   // each code << 8
-    unsigned bits = (x & 0x80008000u) | ((x >> 1) & 0x3f803f80u);       // sign, e, m
-    if ((two & 0x7fu) == 0x7fu) bits |= 0x7fffu;                         // NaN stays NaN
-    if ((two & 0x7f00u) == 0x7f00u) bits |= 0x7fff0000u;
-    return __hmul2(__halves2half2(__ushort_as_half((unsigned short)(bits & 0xffffu)),
-                                  __ushort_as_half((unsigned short)(bits >> 16))),
-                   __float2half2_rn(256.0f));
-#endif
-}
-#endif
-
-__device__ inline void convert_chunk(KV_T* dst, const uint4& raw)
-{
-#ifndef KV_BF16
-    __align__(16) __half2 h[8];
-    const unsigned w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        h[2 * i] = codes2_to_half2(w[i] & 0xffffu);
-        h[2 * i + 1] = codes2_to_half2(w[i] >> 16);
-    }
-    reinterpret_cast<uint4*>(dst)[0] = reinterpret_cast<const uint4*>(h)[0];
-    reinterpret_cast<uint4*>(dst)[1] = reinterpret_cast<const uint4*>(h)[1];
-#else
-    const unsigned char* code = reinterpret_cast<const unsigned char*>(&raw);
-#pragma unroll
-    for (int j = 0; j < 16; ++j) store_value(dst + j, dequantize_code(code[j]));
-#endif
-}
-
 // A copier converts its staged codes (K rows, then V rows) into KV_T rows of LD.
 __device__ inline void convert_tile(KV_T* dst, const unsigned char* stage, int cid)
 {
