@@ -136,8 +136,9 @@ __device__ inline chunk_t zero_chunk() { return make_uint2(0u, 0u); }
 #endif
 
 // A chunk of cache as VEC floats: KV_T values, or codes without their scale (times
-// 1 / CODE_UNIT). The code conversions are integer tricks, two or three operations each,
-// none of them the GPU's slow conversion unit (which would cap decode below the copy rate):
+// 1 / CODE_UNIT). Integer tricks of two or three operations per code stand in for
+// int-to-float conversions (which NVIDIA's tables rate at a fraction of integer and float
+// arithmetic); e4m3 takes the GPU's two-codes-per-instruction conversion where it has one:
 //   int8:  byte ^ 0x80 is code + 128; placed in the low mantissa bits of 2^23 it gives the
 //          float 2^23 + 128 + code, exactly, and one subtraction leaves the code.
 //   e4m3:  the sign moved to bit 15 and the other 7 bits to bits 13..7 are the fp16 number
