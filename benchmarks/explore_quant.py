@@ -23,20 +23,18 @@ from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
 # (name, extra -D options, 8-byte loads from this many heads per block, heads per block)
 VARIANTS = {
     "MHA": [("default", (), wrappers.QUANT_NARROW_GMAX, None),
-            ("U2", ("-DDECODE_UNROLL=2",), 4, None), ("U8", ("-DDECODE_UNROLL=8",), 4, None),
-            ("8-byte loads", (), 1, None), ("8-byte U8", ("-DDECODE_UNROLL=8",), 1, None),
-            ("fp8 hardware cvt", ("-DFP8_CVT=1",), 4, None),
-            ("5 blocks/SM", ("-DDECODE_MIN_BLOCKS=5",), 4, None),
-            ("6 blocks/SM U2", ("-DDECODE_MIN_BLOCKS=6", "-DDECODE_UNROLL=2"), 4, None)],
+            ("fp8 integer path", ("-DFP8_CVT=0",), 8, None),
+            ("4 blocks/SM", ("-DDECODE_MIN_BLOCKS=4",), 8, None),
+            ("5 blocks/SM", ("-DDECODE_MIN_BLOCKS=5",), 8, None),
+            ("6 blocks/SM", ("-DDECODE_MIN_BLOCKS=6",), 8, None),
+            ("7 blocks/SM", ("-DDECODE_MIN_BLOCKS=7",), 8, None),
+            ("6 blocks/SM U3", ("-DDECODE_MIN_BLOCKS=6", "-DDECODE_UNROLL=3"), 8, None)],
     "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None),
-            ("16-byte loads", (), 99, None),
-            ("U1", ("-DDECODE_UNROLL_GQA=1",), 4, None),
-            ("U4", ("-DDECODE_UNROLL_GQA=4",), 4, None),
-            ("no prefetch", ("-DDECODE_PREFETCH_GROUP=16",), 4, None),
-            ("2 heads/block", (), 4, 2), ("2 heads/block 8-byte", (), 1, 2),
-            ("fp8 hardware cvt", ("-DFP8_CVT=1",), 4, None)],
+            ("8-byte loads", (), 4, None),
+            ("fp8 integer path", ("-DFP8_CVT=0",), 8, None)],
 }
-KINDS = [("fp8_e4m3", "static"), ("int8", "per_token")]
+KINDS = [("fp8_e4m3", "static"), ("int8", "per_token"), ("int8", "static"),
+         ("fp8_e4m3", "per_token")]
 
 
 def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax):

@@ -43,7 +43,7 @@ from .validate import (check_array, check_block_tables, check_int, check_out,
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]
 
-QUANT_NARROW_GMAX = 4   # compressed pages: SIMT blocks of this many query heads load 8 codes
+QUANT_NARROW_GMAX = 8   # compressed pages: SIMT blocks of this many query heads load 8 codes
 
 
 class BatchDecodeWrapper:
@@ -195,8 +195,9 @@ class BatchDecodeWrapper:
         """The -D options of a compressed cache (kv_quant.cuh); none for an uncompressed one.
         gmax: the SIMT kernel's query heads per block; from QUANT_NARROW_GMAX on, it loads 8
         codes at a time instead of 16 (16 floats of q and of the sum per head and thread
-        would not fit in registers: 244 registers at 4 heads, spills at 8; 158 and 242 with
-        8-byte loads, nvcc 13 -Xptxas -v, head_dim 128)."""
+        spill at 8 heads: 255 registers + 700 bytes; 242 and none with 8-byte loads, nvcc 13
+        -Xptxas -v, head_dim 128). At 4 heads 16-byte loads won (H200, D64 GQA 32/8: 0.206
+        against 0.221 ms, fp8; benchmarks/NOTES.md)."""
         fmt = self.kv_format
         if fmt is None:
             return ()

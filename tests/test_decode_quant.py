@@ -104,12 +104,12 @@ def check_against_references(p, got):
 CASES = [
     # lens, page, heads, kv heads, head_dim, shared pages
     ([1, 15, 16, 17], 16, 4, 2, 64, 0),    # lengths 1, page - 1, page, page + 1; GQA 2
-    ([40, 37, 33], 16, 8, 1, 32, 2),       # MQA (group 8), two pages shared by all
+    ([40, 37, 33], 16, 8, 1, 32, 2),       # MQA (group 8: 8-byte loads), two shared pages
     ([70, 9], 7, 2, 2, 128, 0),            # MHA, a page size that is no power of two
     ([23, 50], 8, 16, 2, 80, 0),           # group 8 per block, head_dim 80 (padded group)
     ([33], 32, 2, 1, 256, 0),              # head_dim 256
     ([5, 18], 4, 3, 3, 16, 0),             # head_dim 16: one chunk per row
-    ([31, 64], 16, 8, 2, 96, 1),           # group 4 per block (8-byte loads), a shared page
+    ([31, 64], 16, 8, 2, 96, 1),           # group 4 per block, a shared page
 ]
 
 

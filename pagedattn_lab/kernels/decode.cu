@@ -86,8 +86,17 @@
 #define DECODE_THREADS 128
 // The 4-head blocks are capped at 128 registers so that 4 blocks fit on an SM (measured:
 // 0.315 ms instead of 0.347 ms on the GQA workload); for 8 heads the cap spills and loses.
+// One head over codes: 6 blocks per SM (80 registers, no spill), 5 with per-token scales (96),
+// instead of the 4 that 128 registers allow (H200, D64 MHA: 0.347 against 0.370 ms with fp8
+// codes, 0.357 against 0.439 with int8 and per-token scales; benchmarks/NOTES.md).
 #ifndef DECODE_MIN_BLOCKS
-#define DECODE_MIN_BLOCKS (GMAX == 4 && KV_QUANT == 0 ? 4 : 1)
+#if GMAX == 4 && KV_QUANT == 0
+#define DECODE_MIN_BLOCKS 4
+#elif GMAX == 1 && KV_QUANT
+#define DECODE_MIN_BLOCKS (PER_TOKEN_SCALES ? 5 : 6)
+#else
+#define DECODE_MIN_BLOCKS 1
+#endif
 #endif
 
 constexpr int VEC = CHUNK_BYTES / (int)sizeof(CACHE_T);  // cache elements per chunk (load)
@@ -108,9 +117,13 @@ typedef uint2 chunk_t;
 __device__ inline chunk_t zero_chunk() { return make_uint2(0u, 0u); }
 #endif
 
-// -DFP8_CVT=1: e4m3 codes through the GPU's own conversion (cvt.rn.f16x2.e4m3x2, sm_89 and
-// later, two codes per instruction; the CPU executor and older GPUs take the integer path).
-#if KV_QUANT == 2 && defined(FP8_CVT) && FP8_CVT && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+// e4m3 codes go through the GPU's own conversion where it has one (cvt.rn.f16x2.e4m3x2, sm_89
+// and later: two codes per instruction, exact; H200, D64 MHA: 0.342 against 0.370 ms for the
+// integer path); the CPU executor and older GPUs (or -DFP8_CVT=0) take the integer path.
+#ifndef FP8_CVT
+#define FP8_CVT 1
+#endif
+#if KV_QUANT == 2 && FP8_CVT && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
 #define FP8_HW_CVT 1
 #endif
 
@@ -123,14 +136,16 @@ __device__ inline chunk_t zero_chunk() { return make_uint2(0u, 0u); }
 #endif
 
 // A chunk of cache as VEC floats: KV_T values, or codes without their scale (times
-// 1 / CODE_UNIT). The code conversions are integer tricks, two or three operations each,
-// none of them the GPU's slow conversion unit (which would cap decode below the copy rate):
+// 1 / CODE_UNIT). Integer tricks of two or three operations per code stand in for
+// int-to-float conversions (which NVIDIA's tables rate at a fraction of integer and float
+// arithmetic); e4m3 takes the GPU's two-codes-per-instruction conversion where it has one:
 //   int8:  byte ^ 0x80 is code + 128; placed in the low mantissa bits of 2^23 it gives the
 //          float 2^23 + 128 + code, exactly, and one subtraction leaves the code.
 //   e4m3:  the sign moved to bit 15 and the other 7 bits to bits 13..7 are the fp16 number
 //          code / 2^8 (fp16's exponent bias is 15, e4m3's 7), subnormals included, exactly;
-//          two codes at a time. The NaN code 0x7f reads as 480 (the cache write stores it
-//          only for a NaN input; a sequence's unused tail slots are never read).
+//          two codes at a time. The NaN code 0x7f reads as 480 here (as NaN through the GPU's
+//          conversion; the cache write stores it only for a NaN input, and a sequence's
+//          unused tail slots are never read).
 __device__ inline void unpack_cache(const chunk_t& raw, float* out)
 {
 #if KV_QUANT == 0
