@@ -234,14 +234,16 @@ class LLMEngine:
     def _slots_filled(self) -> int:
         """Slots of the held pages that hold a computed token; a page shared by several
         requests (a prefix hit) counts once, so this never exceeds the slots held."""
-        ps, filled = self.config.page_size, {}
+        ps, full, partial = self.config.page_size, set(), {}
+        # Once per step over every running request: a page full for any request counts ps,
+        # else the most any request filled of it (sets and slices, no loop over pages).
         for req in self.scheduler.running:
-            for i, page in enumerate(req.pages):
-                n = min(ps, req.num_computed_tokens - i * ps)
-                if n <= 0:
-                    break
-                filled[page] = max(filled.get(page, 0), n)
-        return sum(filled.values())
+            pages, rest = divmod(req.num_computed_tokens, ps)
+            full.update(req.pages[:pages])
+            if rest:
+                page = req.pages[pages]
+                partial[page] = max(partial.get(page, 0), rest)
+        return ps * len(full) + sum(n for page, n in partial.items() if page not in full)
 
     def _record(self, step: ScheduledStep, prefill_tokens: int, seconds: float) -> None:
         sched, pool = self.scheduler, self.kv.pool
