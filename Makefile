@@ -7,6 +7,8 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 # CUPY: auto (pick from nvidia-smi), none, or a pip requirement such as cupy-cuda12x.
 CUPY   ?= auto
+# TORCH: auto (the dist extra, torch.distributed for lesson 13, unless a torch is there) or none.
+TORCH  ?= auto
 LAB_ARGS ?=
 TEST_ARGS ?=
 
@@ -26,6 +28,16 @@ $(STAMP): pyproject.toml
 	if [ "$$cupy" = none ]; then echo "No NVIDIA driver found: kernels will run on the CPU executor."; \
 	else echo "Installing $$cupy for the GPU"; \
 	  $(PY) -m pip install --quiet "$$cupy" || echo "WARNING: $$cupy did not install; the course still runs on the CPU executor."; fi
+# Without an NVIDIA driver on Linux, PyTorch's CPU index (where it can be reached) gives the
+# 0.2 GB CPU build instead of PyPI's several-GB CUDA build (lesson 13 runs gloo on CPUs).
+	@if [ "$(TORCH)" != none ] && ! $(PY) -c 'import torch' 2>/dev/null; then \
+	  cpu_index=""; \
+	  url=https://download.pytorch.org/whl/cpu; \
+	  if [ "$$(uname -s)" = Linux ] && ! nvidia-smi > /dev/null 2>&1 \
+	     && $(PY) -c "import urllib.request as u; u.urlopen('$$url/', timeout=10)" 2>/dev/null; then \
+	    cpu_index="--extra-index-url $$url"; fi; \
+	  $(PY) -m pip install -qq $$cpu_index -e ".[dist]" \
+	  || echo "WARNING: torch did not install; lesson 13's processes and tests/test_distributed.py will say so and skip."; fi
 	@touch $@
 
 # Jupyter refuses to start as root unless told; containers and CI often run as root.

@@ -1,5 +1,8 @@
-"""Small launches of the quantizing cache write and of the prefill kernel over int8 / fp8
-pages, for compute-sanitizer (GPU only): `compute-sanitizer python benchmarks/sanitize_quant.py`."""
+"""Small launches of the quantizing cache write and of the prefill and decode kernels over
+int8 / fp8 pages, for compute-sanitizer (GPU only):
+`compute-sanitizer python benchmarks/sanitize_quant.py [prefill] [decode]` (default: both)."""
+import sys
+
 import cupy as cp
 import numpy as np
 
@@ -7,6 +10,9 @@ from pagedattn_lab.cache_write import slot_mapping
 from pagedattn_lab.cache_write_quant import scale_shape, write_kv_quant
 from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper
 from pagedattn_lab.quant import kv_format
+from pagedattn_lab.wrappers import BatchDecodeWrapper
+
+parts = sys.argv[1:] or ["prefill", "decode"]
 
 rng = np.random.default_rng(0)
 for head_dim, page, heads, kv_heads in [(64, 16, 4, 2), (128, 7, 2, 1), (256, 1, 2, 2),
@@ -29,6 +35,19 @@ for head_dim, page, heads, kv_heads in [(64, 16, 4, 2), (128, 7, 2, 1), (256, 1,
                               .astype(np.float16))
             write_kv_quant(rows, rows, k, v, cp.asarray(slot_mapping(tables, lens, lens, page)),
                            kv_dtype, scheme, ks, vs)
+            if "decode" in parts:   # both kernels; one partition, and split-K with its merge
+                for kernel in ("simt", "tensor_core"):
+                    for splits in (1, 2):
+                        w = BatchDecodeWrapper().plan(
+                            cp.asarray(tables), cp.asarray(lens), heads, kv_heads, head_dim,
+                            page, "float16", kernel=kernel, kv_dtype=kv_dtype,
+                            scale_scheme=scheme, num_splits=splits)
+                        q = cp.asarray(rng.standard_normal((3, heads, head_dim))
+                                       .astype(np.float16))
+                        out = w.run(q, k, v, k_scale=ks, v_scale=vs)
+                        assert bool(cp.isfinite(out).all()), (head_dim, kv_dtype, scheme, kernel)
+            if "prefill" not in parts:
+                continue
             indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
             w = BatchPrefillWrapper().plan(cp.asarray(indptr), cp.asarray(tables),
                                            cp.asarray(lens), heads, kv_heads, head_dim, page,

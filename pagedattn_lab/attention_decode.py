@@ -4,9 +4,15 @@ One new query token per sequence attends to every cached token of that sequence.
 is `BatchDecodeWrapper().plan(...)` then `.run(...)` (see `wrappers.py`): the kernel
 (`kernels/decode.cu` on CUDA cores, `kernels/decode_tc.cu` on tensor cores) and the split-K
 partitioning are chosen in `decode_plan.py`. A serving loop that runs many layers per step
-should plan once and run per layer instead; this form plans on every call.
+should plan once and run per layer instead. On the GPU this form keeps its last few plans
+(the CPU executor's kernel time dwarfs the planning, so there it plans every call): a call whose
+tables and lengths hold the same values as a cached plan's (compared on the host, after the
+one copy of the tables that checking them needs anyway), for arrays of the same shapes and
+dtypes, skips the table checks and the planning and only launches.
 """
 from __future__ import annotations
+
+from collections import OrderedDict
 
 import numpy as np
 
@@ -18,6 +24,9 @@ from .validate import check_attention_inputs, check_int, check_out, resolve_scal
 from .wrappers import BatchDecodeWrapper
 
 __all__ = ["paged_attention_decode", "choose_partitions"]
+
+PLAN_CACHE_SIZE = 4   # plans kept by paged_attention_decode (a few layers' shapes)
+_plans: OrderedDict = OrderedDict()   # key -> (tables, lens, BatchDecodeWrapper)
 
 
 def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=None, *,
@@ -43,22 +52,57 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
         num_splits = check_int(num_splits, "num_splits", minimum=1)
     # One copy of the tables to the host, checked once (vectorised) with the arrays.
     tables_h, lens_h = to_numpy(block_tables), to_numpy(seq_lens)
-    shapes = check_attention_inputs(q, k_cache, v_cache, tables_h, lens_h, mode="decode",
-                                    cache_dtypes=_cache_dtypes(bits))
-    dtype = "bfloat16" if k_cache.dtype in _cache_dtypes(bits)[2:] else k_cache.dtype.name
-    check_grid(shapes.batch, shapes.num_heads)
-    scale = resolve_scale(scale, shapes.head_dim)
+    key = _plan_key(q, k_cache, v_cache, block_tables, seq_lens, kernel, num_splits, on_gpu)
+    w = _cached_plan(key, tables_h, lens_h) if on_gpu else None
+    if w is None:
+        shapes = check_attention_inputs(q, k_cache, v_cache, tables_h, lens_h, mode="decode",
+                                        cache_dtypes=_cache_dtypes(bits))
+        check_grid(shapes.batch, shapes.num_heads)
+        qshape = (shapes.batch, shapes.num_heads, shapes.head_dim)
+    else:   # the same values were checked against a cache of the same shape; run checks
+        qshape = (w.batch, w.num_heads, w.head_dim)   # the arrays themselves
+    scale = resolve_scale(scale, qshape[2])
+    xp = cupy_module() if on_gpu else np
     if out is not None:
-        prepare_out(out, (shapes.batch, shapes.num_heads, shapes.head_dim), q.dtype,
-                    cupy_module() if on_gpu else np)
+        prepare_out(out, qshape, q.dtype, xp)
         check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
                   seq_lens=seq_lens)
-    w = BatchDecodeWrapper()
-    w._plan(block_tables, seq_lens, tables_h, lens_h, shapes.num_heads, shapes.num_kv_heads,
-            shapes.head_dim, shapes.page_size, dtype, kernel, num_splits, on_gpu, copy=False,
-            max_page=-1)   # the pages were checked against this very cache above
+    else:   # a new array: the plan's own buffer would be overwritten by the next call
+        out = xp.empty(qshape, dtype=q.dtype)
+    if w is None:
+        dtype = "bfloat16" if k_cache.dtype in _cache_dtypes(bits)[2:] else k_cache.dtype.name
+        w = BatchDecodeWrapper()
+        w._plan(block_tables, seq_lens, tables_h, lens_h, shapes.num_heads,
+                shapes.num_kv_heads, shapes.head_dim, shapes.page_size, dtype, kernel,
+                num_splits, on_gpu, copy=True,
+                max_page=-1)   # the pages were checked against this very cache above
+        if on_gpu:
+            _keep_plan(key, tables_h, lens_h, w)
     result = w.run(q, k_cache, v_cache, out=out, scale=scale)
     return result if like is None else to_torch_like(result, like)
+
+
+def _plan_key(q, k, v, tables, lens, kernel, num_splits, on_gpu):
+    def sig(x):
+        return (type(x), tuple(x.shape), str(x.dtype)) if hasattr(x, "shape") else (type(x),)
+    device = int(k.device.id) if on_gpu and hasattr(k, "device") else -1
+    return (on_gpu, device, repr(kernel), num_splits, sig(q), sig(k), sig(v), sig(tables),
+            sig(lens))
+
+
+def _cached_plan(key, tables_h, lens_h):
+    hit = _plans.get(key)
+    if hit is None or not (np.array_equal(hit[0], tables_h) and np.array_equal(hit[1], lens_h)):
+        return None
+    _plans.move_to_end(key)
+    return hit[2]
+
+
+def _keep_plan(key, tables_h, lens_h, w):
+    _plans[key] = (np.array(tables_h, copy=True), np.array(lens_h, copy=True), w)
+    _plans.move_to_end(key)
+    while len(_plans) > PLAN_CACHE_SIZE:
+        _plans.popitem(last=False)
 
 
 def _cache_dtypes(bits: bool) -> tuple:

@@ -15,17 +15,10 @@ import numpy as np
 from .backend import array_module, is_cupy_array, to_numpy
 from .cache_write import _check_slots
 from .kernels import kernel
-from .quant import check_scale, check_scheme, kv_format
+from .quant import check_scale, kv_format, scale_shape
 from .validate import check_array, check_disjoint
 
 _SRC_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float16): "__half"}
-
-
-def scale_shape(scale_scheme: str, num_pages: int, page_size: int, num_kv_heads: int) -> tuple:
-    """The shape of k_scale / v_scale: [num_kv_heads] or laid out like the pages."""
-    if check_scheme(scale_scheme) == "static":
-        return (num_kv_heads,)
-    return (num_pages, page_size, num_kv_heads)
 
 
 def check_quant_cache(k_cache, v_cache, kv_dtype: str, scale_scheme: str, k_scale, v_scale):

@@ -13,6 +13,8 @@ is plain NumPy on the host: `BatchDecodeWrapper.plan` calls it once per decode s
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .attention_common import KV_C_TYPES, THREADS
@@ -23,10 +25,10 @@ HEAD_DIM_MAX = 256
 # ---- the choice ---------------------------------------------------------------------------
 # What the GPU runs when not told, fp16/bf16 (measured on the H200, benchmarks/NOTES.md):
 # plain multi-head attention (group 1) on the SIMT kernel, which reads it at the copy rate;
-# GQA/MQA on tensor cores up to TC_AUTO_MAX_HEAD_DIM (head_dim 256, GQA 32/8: SIMT 0.378 ms,
-# tensor cores 0.485 ms: one 150 KB block per SM is too few to hide its latency).
+# GQA/MQA on tensor cores up to TC_AUTO_MAX_HEAD_DIM (head_dim 256, GQA 32/8, 2026-12-02:
+# tensor cores 0.365 ms with 4 warps over 32-token tiles in pairs, SIMT 0.375 ms).
 MHA_KERNEL = "simt"
-TC_AUTO_MAX_HEAD_DIM = 128
+TC_AUTO_MAX_HEAD_DIM = 256
 
 
 def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
@@ -120,13 +122,42 @@ def simt_shared_bytes(gmax: int, head_dim: int) -> int:
 
 
 # ---- the tensor-core kernel ----------------------------------------------------------------
-TC_WARPS = 4                # warps per block (decode_tc.cu's TC_THREADS / 32)
+# A block is TC_WARPS warps; each takes 16 query heads (a row tile) and TW = TILE_T * row_tiles
+# / warps tokens of every K/V tile; STAGES tiles are in flight. The defaults are the measured
+# choice per head size and cache format (tc_shape; benchmarks/NOTES.md, 2026-12-02).
+TC_WARPS = 4                # warps per block, unless tc_shape says otherwise
 TC_MAX_ROW_TILES = 4        # a block multiplies at most 64 query heads (one row tile per warp)
 TC_TILE_TOKENS = 64         # tokens per K/V tile: 32 KB of K and V at head_dim 128
 TC_STAGES = 2               # K/V tiles in flight per block
+TC_S_CHAINS = 1             # independent accumulators for S = Q K^T
 TC_BLOCKS_PER_SM = 4        # automatic splitting aims for at least this many blocks per SM
 TC_AUTO_MAX_PARTS = 64      # ... but cuts no sequence in more (the merge reads every part)
 TC_PART_LENS = (4096, 2048, 1024, 512, 256, 128)   # automatic partition lengths, longest first
+TC_WAVES = 1                # partitions sized to fill this many waves of resident blocks, when
+                            # the sequences allow (at most that many blocks without a split)
+TC_SMEM_PER_SM = 227 * 1024   # what the blocks of one SM share (H100/H200: 228 KB, 1 KB each
+                              # reserved by the system)
+
+KV_QUANT_IDS = {None: 0, "int8": 1, "fp8_e4m3": 2}   # -DKV_QUANT
+
+
+class TCConfig(NamedTuple):
+    """One compiled tensor-core kernel and its launch: -D options, block size, shared memory
+    (bytes, and the K/V region reused by the merge), rows per block, blocks per KV head,
+    16-row tiles per block, tile tokens, stages, warps, warps per (row tile, token slice)."""
+    options: tuple
+    threads: int
+    shared: int
+    kv_bytes: int
+    rows: int
+    chunks: int
+    row_tiles: int
+    tile_t: int
+    stages: int
+    warps: int
+    d_split: int
+    min_blocks: int
+    warp_pipe: bool
 
 
 def tc_tile_tokens(head_dim: int) -> int:
@@ -134,9 +165,38 @@ def tc_tile_tokens(head_dim: int) -> int:
     return TC_TILE_TOKENS
 
 
+# The measured shapes (benchmarks/NOTES.md, H200, 2026-12-02, rounds 1b and 2): (largest head_dim,
+# smallest group, compressed or None for either) -> tc_config keywords; the first row that
+# covers the case is taken.
+TC_SHAPES = [
+    # D64 MQA 16/1: 8 warps in pairs 0.044 ms, 4 warps 0.047 (one wave); GQA 32/8 and 64/8
+    # the other way round: 4 warps 0.189 / 0.194 ms, 8 in pairs 0.206 / 0.209
+    (128, 9, False, dict(warps=8, tile_t=64, stages=2, d_split=2, min_blocks=2)),
+    (128, 1, False, dict(warps=4, tile_t=64, stages=2, d_split=1)),
+    # compressed pages, D64 GQA 32/8 (round 2): each warp copying and converting its own
+    # tokens (WARP_PIPE) fp8 0.199 / int8 0.252 ms, the block converting tiles 0.213 / 0.265
+    (128, 1, True, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True)),
+    # head_dim 256: 4 warps in pairs over 32-token tiles (84 KB, 2 blocks per SM) 0.365 ms;
+    # 4 warps over 64 tokens (150 KB, 1 block) 0.450, 8 warps in fours 0.442
+    (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
+]
+
+
+def tc_shape(head_dim: int, row_tiles: int, kv_quant: int, group: int = 1) -> dict:
+    """The tc_config keywords (warps, tile_t, stages, d_split, min_blocks, warp_pipe) the
+    planner uses for this head size, group and cache format (kv_quant 0: fp16/bf16 pages).
+    Groups of more than 16 heads (several row tiles) take the 4-warp shape."""
+    for max_dim, min_group, quant, kw in TC_SHAPES:
+        if (head_dim <= max_dim and (min_group <= group <= 16 or min_group == 1)
+                and quant in (None, bool(kv_quant))):
+            return {"min_blocks": 1, "warp_pipe": False, **kw}
+    return dict(warps=TC_WARPS, tile_t=TC_TILE_TOKENS, stages=TC_STAGES, d_split=1,
+                min_blocks=1, warp_pipe=False)
+
+
 def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
     """(rows_per_block, row_chunks, row_tiles): query heads each block takes as the rows of
-    Q, blocks per KV head, and 16-row tiles per block (1, 2 or 4: the 4 warps split into
+    Q, blocks per KV head, and 16-row tiles per block (1, 2 or 4: the warps split into
     row tiles x token slices). A group of more than 64 heads is split evenly over blocks."""
     chunks = -(-group // (16 * TC_MAX_ROW_TILES))
     rows = -(-group // chunks)
@@ -145,15 +205,21 @@ def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
 
 
 def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
-                    elem_bytes: int = 2) -> tuple[int, int]:
+                    elem_bytes: int = 2, *, warps: int = TC_WARPS, kv_quant: int = 0,
+                    per_token: bool = False, d_split: int = 1) -> tuple[int, int]:
     """(total, kv) shared-memory bytes of a tensor-core block: the layout of decode_tc.cu
-    (K/V stages, Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a
-    flag). `kv` is the K/V region, reused at the end for O and for the merge weights."""
+    (staged K/V tiles; compressed: the codes, the converted tile and the per-token scales;
+    then Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a flag). `kv`
+    is the region before Q, reused at the end for O and for the merge weights."""
     rows, ld = 16 * row_tiles, head_dim + 8
-    tw = tile_t * row_tiles // TC_WARPS
-    kv = stages * 2 * tile_t * ld * elem_bytes
-    total = (kv + rows * ld * elem_bytes + TC_WARPS * 16 * (tw + 4) * 4
-             + TC_WARPS * 16 * (tw + 8) * elem_bytes + 16 * 16 * 4 + 3 * TC_WARPS * 16 * 4 + 16)
+    tw = tile_t * row_tiles * d_split // warps
+    if kv_quant:
+        kv = (stages * 2 * tile_t * head_dim + 2 * tile_t * ld * elem_bytes
+              + (stages * 2 * tile_t * 4 if per_token else 0))
+    else:
+        kv = stages * 2 * tile_t * ld * elem_bytes
+    total = (kv + rows * ld * elem_bytes + warps * 16 * (tw + 4) * 4
+             + warps * 16 * (tw + 8) * elem_bytes + 16 * 16 * 4 + 3 * warps * 16 * 4 + 16)
     return total, kv
 
 
@@ -163,20 +229,98 @@ def tc_max_parts(rows: int, kv_bytes: int) -> int:
     return kv_bytes // (4 * rows)
 
 
-def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: int):
+def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: int, *,
+               warps: int = TC_WARPS, kv_quant: int = 0, per_token: bool = False,
+               s_chains: int = TC_S_CHAINS, d_split: int = 1, min_blocks: int = 1,
+               warp_pipe: bool = False):
+    cache_t = "unsigned char" if kv_quant else KV_C_TYPES[dtype]
     return (*_type_options(dtype), f"-DHEAD_DIM={head_dim}", f"-DROW_TILES={row_tiles}",
-            f"-DTILE_T={tile_t}", f"-DSTAGES={stages}")
+            f"-DTILE_T={tile_t}", f"-DSTAGES={stages}", f"-DTC_WARPS={warps}",
+            f"-DS_CHAINS={s_chains}", f"-DD_SPLIT={d_split}", f"-DTC_MIN_BLOCKS={min_blocks}",
+            f"-DWARP_PIPE={int(bool(warp_pipe))}",
+            f"-DKV_QUANT={kv_quant}", f"-DCACHE_T={cache_t}",
+            f"-DPER_TOKEN_SCALES={int(bool(per_token))}")
+
+
+def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_token: bool = False,
+              *, warps: int | None = None, tile_t: int | None = None,
+              stages: int | None = None, s_chains: int | None = None,
+              d_split: int | None = None, min_blocks: int | None = None,
+              warp_pipe: bool | None = None) -> TCConfig:
+    """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
+    planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
+    SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
+    O's columns (more warps per SM for the same registers); min_blocks: the blocks per SM
+    the compiler must leave registers for (__launch_bounds__); warp_pipe: each warp copies
+    and waits for its own tokens (one row tile, d_split 1 only; else ignored)."""
+    rows, chunks, row_tiles = tc_rows(group, head_dim)
+    auto = warps is None and tile_t is None and stages is None and d_split is None
+    if auto:
+        kw = tc_shape(head_dim, row_tiles, kv_quant, group)
+        warps, tile_t, stages, d_split = kw["warps"], kw["tile_t"], kw["stages"], kw["d_split"]
+        min_blocks = kw["min_blocks"] if min_blocks is None else min_blocks
+        warp_pipe = kw["warp_pipe"] if warp_pipe is None else warp_pipe
+    warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
+    stages, d_split = stages or TC_STAGES, d_split or 1
+    min_blocks = min_blocks or 1
+    if (head_dim // 16) % d_split:   # (head_dim 80, 112: 5 and 7 column tiles)
+        per_slice = warps // d_split
+        d_split = max(d for d in range(1, d_split + 1) if (head_dim // 16) % d == 0)
+        warps = per_slice * d_split
+    per = row_tiles * d_split
+    warps = -(-warps // per) * per                  # warps = d_split x row tiles x slices
+    unit = 16 * warps // per                        # every warp takes a multiple of 16 tokens
+    tile_t = -(-tile_t // unit) * unit
+
+    def size(stages):
+        return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
+                               kv_quant=kv_quant, per_token=per_token, d_split=d_split)
+    warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
+    while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
+        stages -= 1
+    shared, kv_bytes = size(stages)
+    options = tc_options(dtype, head_dim, row_tiles, tile_t, stages, warps=warps,
+                         kv_quant=kv_quant, per_token=per_token,
+                         s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
+                         min_blocks=min_blocks, warp_pipe=warp_pipe)
+    return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
+                    stages, warps, d_split, min_blocks, warp_pipe)
+
+
+def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:
+    """Blocks of `cfg` an SM holds at once: by shared memory (1 KB each reserved), registers
+    (ptxas: up to ~200 per thread with one O tile per 16 columns, ~130 with half; capped by
+    the min_blocks of __launch_bounds__) and warps (64 per SM)."""
+    regs = (200 if head_dim // 16 // cfg.d_split > 4 else 130) + (head_dim > 128) * 55
+    regs = min(regs, 255, 65536 // (cfg.threads * cfg.min_blocks) // 8 * 8)
+    return max(1, min(TC_SMEM_PER_SM // (cfg.shared + 1024), 65536 // (regs * cfg.threads),
+                      64 // cfg.warps, 32))
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
-                       num_splits: int | None = None) -> int:
+                       num_splits: int | None = None, resident: int | None = None) -> int:
     """Tensor cores: tokens per partition. num_splits=n cuts the longest sequence into n;
     automatic: the longest of TC_PART_LENS that still gives TC_BLOCKS_PER_SM blocks per SM,
     else the shortest, and no more than TC_AUTO_MAX_PARTS partitions per sequence; never more
-    than `max_parts` (what the merge has room for)."""
+    than `max_parts` (what the merge has room for). With TC_WAVES set and `resident` (the
+    blocks an SM holds at once), when the unsplit sequences need no more blocks than that
+    many waves hold: the shortest multiple of 64 tokens whose blocks fit in TC_WAVES waves
+    (measured: D64 MQA 16/1 0.066 -> 0.047 ms, 1 x 32k 0.058 -> 0.053; D64 GQA 32/8, 512
+    blocks unsplit, keeps the blocks-per-SM rule)."""
     max_len = int(lens.max())
+    waves = TC_WAVES and resident and lens.size * blocks_per_item <= TC_WAVES * resident * num_sms
     if num_splits is not None:
         part_len = cut_longest(max_len, num_splits)
+    elif waves:
+        budget = TC_WAVES * resident * num_sms
+        lo, hi = 1, -(-max_len // 64)   # in units of 64 tokens; hi always fits one item each
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if int((-(-lens // (64 * mid))).sum()) * blocks_per_item <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        part_len = max(min(64 * lo, max_len), -(-max_len // TC_AUTO_MAX_PARTS))
     else:
         target = TC_BLOCKS_PER_SM * num_sms
         part_len = next((p for p in TC_PART_LENS

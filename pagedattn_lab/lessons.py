@@ -82,6 +82,8 @@ LESSONS: tuple[Lesson, ...] = (
            _tasks("checks_quant", "kv_scales", "quantize_write", "dequant_decode")),
     Lesson("12", "serving_engine", "A serving engine on the paged cache", 2,
            _tasks("checks_engine", "block_hashes", "cached_prefix", "schedule_step")),
+    Lesson("13", "multi_gpu", "Multi-GPU: attention heads over GPUs", 2,
+           _tasks("checks_tp", "head_split", "gather_heads", "wire_bytes")),
 )
 
 # Checks a workbook may call that are not graded tasks (they report, they do not score).

@@ -33,7 +33,7 @@ import numpy as np
 from .attention_common import LOG2E, aligned16, allow_shared_memory, fast_path, prepare_out
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
-from .quant import check_scale, check_scheme, kv_format
+from .quant import check_run_scales, check_scheme, kv_format
 from .validate import (check_array, check_block_tables, check_bool, check_int, check_out,
                        check_plan_sizes, resolve_scale)
 
@@ -107,6 +107,7 @@ class BatchPrefillWrapper:
 
     def __init__(self):
         self.planned = False
+        self._seen_scales = set()   # CuPy static scales already checked (quant.check_run_scales)
 
     def plan(self, qo_indptr, block_tables, seq_lens, num_heads: int, num_kv_heads: int,
              head_dim: int, page_size: int, dtype, causal: bool = True,
@@ -196,28 +197,12 @@ class BatchPrefillWrapper:
                                  f"{cache.shape[0]} pages")
 
     def _check_scales(self, k_cache, k_scale, v_scale):
-        """The scale arrays a compressed cache needs (refused when given for an fp16 one).
-        Static scales are checked to be finite and > 0 (a few floats); per-token arrays,
-        written by the cache write, are checked for shape, dtype and place only."""
+        """The scale arrays of a compressed cache (quant.check_run_scales), or the dummy the
+        kernel takes for an uncompressed one."""
+        check_run_scales(self.kv_format, self.scale_scheme, k_cache.shape, k_scale, v_scale,
+                         self.on_gpu, self._seen_scales)
         if self.kv_format is None:
-            if k_scale is not None or v_scale is not None:
-                raise ValueError("k_scale, v_scale: the plan has no kv_dtype (an fp16/bf16 "
-                                 "cache), so scales mean nothing; plan with kv_dtype=...")
             return self._no_scale, self._no_scale
-        if self.scale_scheme == "static":
-            shape = (self.num_kv_heads,)
-        else:
-            shape = tuple(int(n) for n in k_cache.shape[:2]) + (self.num_kv_heads,)
-        for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
-            if self.scale_scheme == "static":
-                check_scale(s, name, shape, self.kv_format.qmax)
-            elif s is None:
-                raise ValueError(f"{name}: per-token scales of shape {shape} are needed, got None")
-            check_array(s, name, dtypes=[np.float32])
-            if tuple(s.shape) != shape or is_cupy_array(s) != self.on_gpu:
-                raise ValueError(f"{name}: expected a float32 {'CuPy' if self.on_gpu else 'NumPy'}"
-                                 f" array of shape {shape}, got {tuple(s.shape)} "
-                                 f"{type(s).__module__.split('.')[0]}")
         return k_scale, v_scale
 
     def run(self, q, k_cache, v_cache, out=None, scale=None, k_scale=None, v_scale=None):

@@ -158,3 +158,51 @@ def quantize_rows(x, kv_dtype: str, scale_scheme: str, static_scale=None):
     else:
         scales = np.asarray(static_scale, dtype=np.float32)
     return quantize(x, kv_dtype, scales), scales
+
+
+# -- the scales a kernel reads ---------------------------------------------------------------
+
+def scale_shape(scale_scheme: str, num_pages: int, page_size: int, num_kv_heads: int) -> tuple:
+    """The shape of k_scale / v_scale: [num_kv_heads] or laid out like the pages."""
+    if check_scheme(scale_scheme) == "static":
+        return (num_kv_heads,)
+    return (num_pages, page_size, num_kv_heads)
+
+
+def check_run_scales(fmt: KVFormat | None, scale_scheme: str | None, cache_shape, k_scale,
+                     v_scale, on_gpu: bool, seen: set | None = None) -> None:
+    """The scales an attention wrapper's `run` is given for a cache of `cache_shape`
+    ([num_pages, page_size, num_kv_heads, head_dim]), planned for `fmt` (None: an fp16 /
+    bf16 / fp32 cache, which takes no scales) and `scale_scheme`. Raises naming the argument.
+
+    Static scales ([num_kv_heads]) must be finite, > 0 and small enough that code * scale
+    stays finite: NumPy ones are checked on every call; a CuPy one is read back the first
+    time its (id, address) is met (`seen` remembers it), not on every run, which would stall
+    the GPU at every layer (scales are set once, when a model is loaded). Per-token arrays
+    ([num_pages, page_size, num_kv_heads]) are outputs of the cache write: checked for
+    dtype, shape and place only."""
+    if fmt is None:
+        if k_scale is not None or v_scale is not None:
+            raise ValueError("k_scale, v_scale: the plan has no kv_dtype (an uncompressed "
+                             "cache), so scales mean nothing; plan with kv_dtype=...")
+        return
+    from .backend import is_cupy_array  # noqa: PLC0415
+    from .validate import check_array  # noqa: PLC0415
+    num_pages, page_size, num_kv_heads = (int(n) for n in cache_shape[:3])
+    shape = scale_shape(scale_scheme, num_pages, page_size, num_kv_heads)
+    where = "CuPy" if on_gpu else "NumPy"
+    for name, s in (("k_scale", k_scale), ("v_scale", v_scale)):
+        if s is None:
+            raise ValueError(f"{name}: a quantized cache needs {scale_scheme} scales "
+                             f"({fmt.name}), a float32 {where} array of shape {shape}; got None")
+        check_array(s, name, dtypes=[np.float32])
+        if tuple(s.shape) != shape or is_cupy_array(s) != on_gpu:
+            raise ValueError(f"{name}: expected shape {shape} ({scale_scheme} scales, a float32 "
+                             f"{where} array), got {tuple(s.shape)} "
+                             f"{type(s).__module__.split('.')[0]}")
+        if scale_scheme == "static":
+            key = (id(s), int(s.data.ptr)) if on_gpu else None
+            if key is None or seen is None or key not in seen:
+                check_scale(s, name, shape, fmt.qmax)
+                if key is not None and seen is not None:
+                    seen.add(key)

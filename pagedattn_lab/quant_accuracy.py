@@ -94,3 +94,50 @@ def format_table(rows) -> str:
         lines.append(f"{r.kv_dtype:>9} {r.scheme:>9} {r.data:>8} {r.bytes_per_elem:>10.3f} "
                      f"{r.rel_error:>10.1e} {r.max_error:>10.1e}")
     return "\n".join(lines)
+
+
+# -- the serving engine: greedy tokens over a compressed cache -------------------------------
+
+class Agreement(NamedTuple):
+    kv_dtype: str
+    scheme: str
+    identical: float     # fraction of requests whose greedy tokens all equal the fp16 cache's
+    prefix: float        # mean fraction of tokens before the first difference
+    positions: float     # fraction of token positions that agree
+
+
+def calibrate_kv_scales(model, prompts, kv_dtype: str, max_tokens: int = 8, **engine_kw):
+    """Static scales (k, v), each float32 [num_layers, num_kv_heads]: amax / qmax of what
+    an uncompressed cache holds after generating from `prompts` (calibration prompts: use
+    other ones than those you then measure)."""
+    from .backend import to_numpy  # noqa: PLC0415
+    from .engine import EngineConfig, LLMEngine, SamplingParams  # noqa: PLC0415
+    from .quant import kv_format  # noqa: PLC0415
+    engine = LLMEngine(model, EngineConfig(**engine_kw))
+    engine.generate(prompts, SamplingParams(max_tokens=max_tokens))
+    qmax = np.float32(kv_format(kv_dtype).qmax)
+
+    def scales(caches):   # never-written slots hold zeros: they do not move the amax
+        amax = np.stack([np.abs(to_numpy(c).astype(np.float32)).max(axis=(0, 1, 3))
+                         for c in caches])
+        return np.where(amax > 0, amax / qmax, np.float32(1)).astype(np.float32)
+    return scales(engine.store.k), scales(engine.store.v)
+
+
+def greedy_agreement(model, prompts, kv_dtype: str, scheme: str = "per_token",
+                     max_tokens: int = 32, kv_scales=None, **engine_kw) -> Agreement:
+    """Generate greedily from `prompts` with `model` over an uncompressed cache and over a
+    `kv_dtype` cache (static scales: `kv_scales`, see calibrate_kv_scales), and compare the
+    tokens. engine_kw: EngineConfig fields (num_pages, page_size, ...)."""
+    from .engine import EngineConfig, LLMEngine, SamplingParams  # noqa: PLC0415
+    params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
+    runs = []
+    for config in (EngineConfig(**engine_kw),
+                   EngineConfig(**engine_kw, kv_dtype=kv_dtype, kv_scale_scheme=scheme)):
+        engine = LLMEngine(model, config, kv_scales=kv_scales if config.kv_dtype else None)
+        runs.append([out.output_ids for out in engine.generate(prompts, params)])
+    same = [np.asarray(a) == np.asarray(b) for a, b in zip(*runs)]
+    first_diff = [int(np.argmin(s)) if not s.all() else s.size for s in same]
+    return Agreement(kv_dtype, scheme, float(np.mean([s.all() for s in same])),
+                     float(np.mean([n / s.size for n, s in zip(first_diff, same)])),
+                     float(np.mean(np.concatenate(same))))

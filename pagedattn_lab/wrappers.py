@@ -16,6 +16,12 @@ id against the cache's page count):
 CPU; torch.bfloat16 tensors (any torch tensor, through DLPack, no copy) or CuPy uint16 arrays
 holding the bits on the GPU (CuPy has no bfloat16).
 
+Compressed pages (`quant.py`): `plan(..., kv_dtype="int8" | "fp8_e4m3",
+scale_scheme="static" | "per_token")`, then `run(q, k_cache, v_cache, k_scale=, v_scale=)`
+with int8 / uint8 caches of codes and float32 scales ([num_kv_heads], or [num_pages,
+page_size, num_kv_heads] per token); q and out keep the plan's `dtype`. The kernels read 16
+codes per 16-byte load and fold the scales into the arithmetic (kernels/decode.cu).
+
 `to_csr` / `from_csr` convert the course's padded block tables to FlashInfer's CSR page
 table (indptr, indices, last_page_len) and back.
 """
@@ -31,10 +37,13 @@ from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes
                                to_torch_like)
 from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
 from .kernels import kernel as load_kernel
+from .quant import check_run_scales, check_scheme, kv_format
 from .validate import (check_array, check_block_tables, check_int, check_out,
                        check_plan_sizes, resolve_scale)
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]
+
+QUANT_NARROW_GMAX = 4   # compressed pages: SIMT blocks of this many query heads load 8 codes
 
 
 class BatchDecodeWrapper:
@@ -46,23 +55,29 @@ class BatchDecodeWrapper:
 
     def __init__(self):
         self.kernel = None
+        self._seen_scales = set()   # CuPy static scales already checked (quant.check_run_scales)
 
     # ---- plan -------------------------------------------------------------------------
     def plan(self, block_tables, seq_lens, num_heads, num_kv_heads, head_dim, page_size,
-             dtype, *, kernel="auto", num_splits=None, device=None):
+             dtype, *, kernel="auto", num_splits=None, device=None, kv_dtype=None,
+             scale_scheme="static"):
         """Check the tables and prepare the launches of a decode step.
 
         block_tables int32 [batch, max_pages] and seq_lens int32 [batch] (each >= 1), NumPy
         or CuPy; dtype: "float32", "float16" or "bfloat16" (or a NumPy/torch dtype).
         kernel: "auto", "simt" or "tensor_core"; num_splits: cut the longest sequence into
         this many partitions (None: chosen from the lengths and the GPU); device: "cpu" or
-        "gpu" (default: where block_tables live).
+        "gpu" (default: where block_tables live). kv_dtype: None (caches of `dtype`),
+        "int8" or "fp8_e4m3" (one-byte codes; `dtype` is then q's and out's), with
+        scale_scheme "static" or "per_token" (see the module docstring).
         """
         num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
             num_heads, num_kv_heads, head_dim, page_size)
         if num_splits is not None:
             num_splits = check_int(num_splits, "num_splits", minimum=1)
         dtype = dtype_name(dtype)
+        fmt = None if kv_dtype is None else kv_format(kv_dtype)
+        check_scheme(scale_scheme)
         block_tables, seq_lens = from_torch(block_tables), from_torch(seq_lens)
         check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
         batch = int(block_tables.shape[0])
@@ -72,18 +87,25 @@ class BatchDecodeWrapper:
             device = "gpu" if is_cupy_array(block_tables) else "cpu"
         on_gpu = resolve_device(device) == "gpu"
         self._plan(block_tables, seq_lens, tables_h, lens_h, num_heads, num_kv_heads, head_dim,
-                   page_size, dtype, kernel, num_splits, on_gpu, copy=True)
+                   page_size, dtype, kernel, num_splits, on_gpu, copy=True, kv_format=fmt,
+                   scale_scheme=scale_scheme)
         return self
 
     def _plan(self, block_tables, seq_lens, tables_h, lens_h, num_heads, num_kv_heads,
-              head_dim, page_size, dtype, kernel, num_splits, on_gpu, *, copy, max_page=None):
+              head_dim, page_size, dtype, kernel, num_splits, on_gpu, *, copy, max_page=None,
+              kv_format=None, scale_scheme="static"):
         """plan() after validation; tables_h/lens_h are host copies of the checked tables.
         max_page: the largest page id read, when the caller knows it (or knows that the
-        pages were checked against the cache already: -1)."""
+        pages were checked against the cache already: -1). kv_format: quant.KVFormat of a
+        compressed cache, or None."""
         group = num_heads // num_kv_heads
-        self.kernel = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu)
+        chosen = _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format)
         xp = cupy_module() if on_gpu else np
+        self.kernel = chosen
         self.on_gpu, self.xp, self.dtype = on_gpu, xp, dtype
+        self.kv_format = kv_format
+        self.scale_scheme = scale_scheme if kv_format is not None else None
+        self._no_scale = xp.ones(1, dtype=np.float32)   # the kernels' scale arguments, unused
         self.batch, self.num_heads, self.num_kv_heads = int(tables_h.shape[0]), num_heads, num_kv_heads
         self.head_dim, self.page_size = head_dim, page_size
         self._array_dtypes = array_dtypes(dtype, on_gpu)
@@ -117,7 +139,7 @@ class BatchDecodeWrapper:
         split = self.max_parts > 1
         part_out = xp.empty(rows + (self.head_dim,) if split else 4, dtype=np.float32)
         part_ml = xp.empty(rows + (2,) if split else 4, dtype=np.float32)
-        options = dp.simt_options(self.dtype, self.head_dim, gmax)
+        options = dp.simt_options(self.dtype, self.head_dim, gmax) + self._quant_options(gmax)
         self.grid = (self.max_parts, grid_y, self.batch)
         self._gmax = gmax
         fixed = (self._tables, self._lens)
@@ -126,26 +148,29 @@ class BatchDecodeWrapper:
                 i32(self._tables.shape[1]), i32(self.part_len), i32(self.max_parts))
         self._add_launch(load_kernel("decode", "paged_decode", options), self.grid,
                          dp.simt_shared_bytes(gmax, self.head_dim),
-                         lambda q, k, v, out, s: (q, k, v, *fixed, out, *tail, s))
+                         lambda q, k, v, out, s, ks, vs: (q, k, v, ks, vs, *fixed, out, *tail, s))
         if split:
             merge_args = (part_out, part_ml, self._lens)
             merge_tail = (i32(self.num_heads), i32(self.part_len), i32(self.max_parts))
             self._add_launch(load_kernel("decode", "paged_decode_merge", options),
                              (self.num_heads, self.batch), 0,
-                             lambda q, k, v, out, s: (*merge_args, out, *merge_tail),
+                             lambda q, k, v, out, s, ks, vs: (*merge_args, out, *merge_tail),
                              block=max(32, min(THREADS, self.head_dim)))
 
-    def _plan_tensor_core(self, lens_h, num_splits):
+    def _plan_tensor_core(self, lens_h, num_splits, tc=None):
+        """tc: a dp.TCConfig to plan with instead of the planner's (tuning runs)."""
         group = self.num_heads // self.num_kv_heads
-        rows, chunks, row_tiles = dp.tc_rows(group, self.head_dim)
-        tile_t, stages = dp.tc_tile_tokens(self.head_dim), dp.TC_STAGES
-        shared, kv_bytes = dp.tc_shared_bytes(row_tiles, self.head_dim, tile_t, stages)
-        grid_y = self.num_kv_heads * chunks
+        fmt = self.kv_format
+        cfg = tc or dp.tc_config(self.dtype, self.head_dim, group, fmt.kernel_id if fmt else 0,
+                                 self.scale_scheme == "per_token")
+        rows, row_tiles = cfg.rows, cfg.row_tiles
+        grid_y = self.num_kv_heads * cfg.chunks
         self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sm_count(self.on_gpu),
-                                              dp.tc_max_parts(rows, kv_bytes), num_splits)
+                                              dp.tc_max_parts(rows, cfg.kv_bytes), num_splits,
+                                              dp.tc_resident_blocks(cfg, self.head_dim))
         work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
         self.max_parts = int(-(-lens_h.max() // self.part_len))
-        self.row_tiles, self.rows_per_block = row_tiles, rows
+        self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
         # One upload: work items, slot starts, and the merge counters (zeros).
         ints = np.concatenate([work.ravel(), slot_start, np.zeros(self.batch * grid_y, np.int32)])
@@ -160,9 +185,25 @@ class BatchDecodeWrapper:
         tail = (part_out, part_ml, counters, i32(self.num_heads), i32(self.num_kv_heads),
                 i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]),
                 i32(self.part_len), i32(rows))
-        options = dp.tc_options(self.dtype, self.head_dim, row_tiles, tile_t, stages)
-        self._add_launch(load_kernel("decode_tc", "paged_decode_tc", options), self.grid, shared,
-                         lambda q, k, v, out, s: (q, k, v, *fixed, out, *tail, s))
+        no_scale = self._no_scale
+        self._add_launch(load_kernel("decode_tc", "paged_decode_tc", cfg.options), self.grid,
+                         cfg.shared,
+                         lambda q, k, v, out, s, ks=no_scale, vs=no_scale:
+                         (q, k, v, ks, vs, *fixed, out, *tail, s), block=cfg.threads)
+
+    def _quant_options(self, gmax: int | None = None) -> tuple[str, ...]:
+        """The -D options of a compressed cache (kv_quant.cuh); none for an uncompressed one.
+        gmax: the SIMT kernel's query heads per block; from QUANT_NARROW_GMAX on, it loads 8
+        codes at a time instead of 16 (16 floats of q and of the sum per head and thread
+        would not fit in registers: 244 registers at 4 heads, spills at 8; 158 and 242 with
+        8-byte loads, nvcc 13 -Xptxas -v, head_dim 128)."""
+        fmt = self.kv_format
+        if fmt is None:
+            return ()
+        narrow = gmax is not None and gmax >= QUANT_NARROW_GMAX
+        return (f"-DKV_QUANT={fmt.kernel_id}", "-DCACHE_T=unsigned char",
+                f"-DPER_TOKEN_SCALES={int(self.scale_scheme == 'per_token')}",
+                f"-DCHUNK_BYTES={8 if narrow else 16}")
 
     def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
         allow_shared_memory(kern, shared)
@@ -180,21 +221,25 @@ class BatchDecodeWrapper:
                    f"({self.row_tiles} tile{'s' * (self.row_tiles > 1)} of 16)")
         else:
             how = f"up to {self._gmax} query head{'s' * (self._gmax > 1)} per block"
-        return (f"{self.kernel}: {self.batch} sequences, {self.num_heads} query heads over "
+        pages = "" if self.kv_format is None else \
+            f" over {self.kv_format.name} pages ({self.scale_scheme} scales)"
+        return (f"{self.kernel}{pages}: {self.batch} sequences, {self.num_heads} query heads over "
                 f"{self.num_kv_heads} KV heads (group {group}), {how}; partitions of "
                 f"{self.part_len} tokens (at most {self.max_parts} per sequence); grid "
                 f"{self.grid}")
 
     # ---- run --------------------------------------------------------------------------
-    def run(self, q, k_cache, v_cache, out=None, scale=None):
+    def run(self, q, k_cache, v_cache, out=None, scale=None, k_scale=None, v_scale=None):
         """Attention of the planned step for one layer: q [batch, num_heads, head_dim],
         caches [num_pages, page_size, num_kv_heads, head_dim]. Returns out (the plan's own
-        buffer when out is None)."""
+        buffer when out is None). k_scale, v_scale: the scales of a compressed cache (see
+        the module docstring); None for an uncompressed one."""
         if self.kernel is None:
             raise RuntimeError("run: call plan() first")
         like = q if is_torch_tensor(q) else None
-        if like is not None or is_torch_tensor(k_cache) or is_torch_tensor(out):
-            q, k_cache, v_cache, out = (from_torch(x) for x in (q, k_cache, v_cache, out))
+        if like is not None or any(is_torch_tensor(x) for x in (k_cache, out, k_scale, v_scale)):
+            q, k_cache, v_cache, out, k_scale, v_scale = (
+                from_torch(x) for x in (q, k_cache, v_cache, out, k_scale, v_scale))
         if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)
             # A q that is no array, or of a dtype the plan refuses, keeps the plan's buffer:
             # _check_run then names q (a view to it would fail with NumPy's own message).
@@ -205,10 +250,17 @@ class BatchDecodeWrapper:
         else:
             check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
         self._check_run(q, k_cache, v_cache, out)
+        check_run_scales(self.kv_format, self.scale_scheme, k_cache.shape, k_scale, v_scale,
+                         self.on_gpu, self._seen_scales)
+        if self.kv_format is None:
+            k_scale = v_scale = self._no_scale
+        else:   # the kernels take the codes as bytes
+            k_cache, v_cache = k_cache.view(np.uint8), v_cache.view(np.uint8)
         s = (self._default_scale_log2 if scale is None
              else np.float32(resolve_scale(scale, self.head_dim) * LOG2E))
         for kern, grid, block, make_args, shared in self._launches:
-            kern(grid, block, make_args(q, k_cache, v_cache, out, s), shared_mem=shared)
+            kern(grid, block, make_args(q, k_cache, v_cache, out, s, k_scale, v_scale),
+                 shared_mem=shared)
         return out if like is None else to_torch_like(out, like)
 
     def _check_run(self, q, k, v, out):
@@ -218,8 +270,9 @@ class BatchDecodeWrapper:
                 and q.shape == qshape and out.shape == qshape and k.ndim == 4
                 and k.shape[1:] == (self.page_size, self.num_kv_heads, self.head_dim)
                 and v.shape == k.shape and k.shape[0] > self.max_page
-                and q.dtype in self._array_dtypes and k.dtype == q.dtype
-                and v.dtype == q.dtype and out.dtype == q.dtype
+                and q.dtype in self._array_dtypes and out.dtype == q.dtype
+                and k.dtype == v.dtype == (q.dtype if self.kv_format is None
+                                           else self.kv_format.storage)
                 and q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous
                 and out.flags.c_contiguous
                 and not (data_pointer(q) | data_pointer(k) | data_pointer(v)
@@ -231,11 +284,16 @@ class BatchDecodeWrapper:
         """Raise the error that _check_run found, naming the argument."""
         where = "GPU: expected a CuPy" if self.on_gpu else "CPU: expected a NumPy"
         names = " or ".join(d.name for d in self._array_dtypes)
+        fmt = self.kv_format
         for name, x in (("q", q), ("k_cache", k), ("v_cache", v), ("out", out)):
             if type(x) is not self._array_type:
                 raise TypeError(f"{name}: the plan runs on the {where} array or a torch tensor, "
                                 f"got {type(x).__module__}.{type(x).__name__}")
-            if x.dtype not in self._array_dtypes:
+            if fmt is not None and name in ("k_cache", "v_cache"):
+                if x.dtype != fmt.storage:
+                    raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
+                                    f"{fmt.storage.name} (the codes), got {x.dtype.name}")
+            elif x.dtype not in self._array_dtypes:
                 raise TypeError(f"{name}: the plan is for {self.dtype}: expected dtype {names}, "
                                 f"got {x.dtype.name}")
             if not x.flags.c_contiguous:
@@ -257,10 +315,20 @@ class BatchDecodeWrapper:
         if not k.shape[0] > self.max_page:
             raise ValueError(f"k_cache: the plan reads page {self.max_page}, but the cache has "
                              f"only {k.shape[0]} pages")
-        if not (q.dtype == k.dtype == v.dtype == out.dtype):
+        if not (q.dtype == out.dtype and (fmt is not None or q.dtype == k.dtype == v.dtype)):
             raise TypeError(f"q, k_cache, v_cache, out: expected one dtype, got {q.dtype.name}, "
                             f"{k.dtype.name}, {v.dtype.name}, {out.dtype.name}")
         raise AssertionError("unreachable: _check_run refused arguments _explain_run accepts")
+
+
+def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format):
+    """decode_plan.choose_kernel, and for compressed pages the SIMT kernel's limit: 16 codes
+    per 16-byte load, so head_dim a multiple of 16 (the tensor-core kernel's limit too)."""
+    chosen = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu)
+    if kv_format is not None and head_dim % 16:
+        raise ValueError(f"head_dim: {head_dim} with {kv_format.name} pages: the simt kernel "
+                         f"reads 16 codes at a time, so head_dim must be a multiple of 16")
+    return chosen
 
 
 # ---- CSR page tables (FlashInfer's form) ----------------------------------------------------

@@ -126,7 +126,7 @@ def test_kernel_choice():
     assert dp.choose_kernel("auto", "bfloat16", 1, 128, on_gpu=True) == dp.MHA_KERNEL
     assert dp.choose_kernel("auto", "float16", 4, 128, on_gpu=False) == "simt"
     assert dp.choose_kernel("auto", "float16", 4, 40, on_gpu=True) == "simt"   # not 16 x n
-    assert dp.choose_kernel("auto", "float16", 4, 256, on_gpu=True) == "simt"  # measured
+    assert dp.choose_kernel("auto", "float16", 4, 256, on_gpu=True) == "tensor_core"  # measured
     assert dp.choose_kernel("tensor_core", "bfloat16", 64, 256, on_gpu=False) == "tensor_core"
     with pytest.raises(ValueError, match="kernel"):
         dp.choose_kernel("fast", "float16", 1, 64, on_gpu=True)

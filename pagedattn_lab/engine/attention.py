@@ -19,13 +19,22 @@ tables, the slot of every new token); `write_kv` and `run` are then called by ea
     tokens), but the rows before the chunk are computed and thrown away.
 `write_kv` scatters K/V rows to their slots with array indexing; the model's fused path
 writes them in its RoPE kernel instead, through `slot_mapping` (every new token's slot on the
-device, SKIP_SLOT for those already cached).
+device, SKIP_SLOT for those already cached), except into a compressed cache.
+
+A compressed cache (kv_dtype "int8" / "fp8_e4m3", quant.py) is written by the quantizing
+cache-write kernel (`cache_write_quant.write_kv_quant`), and every new token, prefill chunks
+included, is read through `BatchDecodeWrapper` over the codes: query token t of a sequence is a
+decode over the sequence's first t + 1 tokens (same block table), which is exactly causal
+attention. One kernel then reads codes for every head size and dtype (the packed prefill takes
+fp16/bf16 and a few head sizes); a prompt's tokens each re-read their prefix, which a teaching
+engine can afford.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..attention_prefill import TILED_HEAD_DIMS, paged_attention_prefill
+from ..cache_write_quant import write_kv_quant
 from ..prefill_wrapper import HEAD_DIMS as PACKED_HEAD_DIMS
 from ..prefill_wrapper import BatchPrefillWrapper
 from ..validate import resolve_scale
@@ -46,9 +55,11 @@ class StepAttention:
     """One step's attention metadata, shared by every layer of the model."""
 
     def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
-                 dtype, xp, packed_prefill: bool | None = None):
+                 dtype, xp, packed_prefill: bool | None = None, kv_dtype: str | None = None,
+                 scale_scheme: str = "per_token"):
         """packed_prefill: run prefill chunks through `BatchPrefillWrapper` (None: whenever
-        the dtype is float16 and it compiles for head_dim)."""
+        the dtype is float16 and it compiles for head_dim). kv_dtype, scale_scheme: a
+        compressed cache (see the module docstring)."""
         self.num_heads, self.num_kv_heads, self.head_dim = num_heads, num_kv_heads, head_dim
         self.page_size, self.dtype, self.xp = page_size, np.dtype(dtype), xp
         self.prefill_kernel = "tiled" if head_dim in TILED_HEAD_DIMS else "naive"
@@ -61,6 +72,8 @@ class StepAttention:
         self.decode = BatchDecodeWrapper()
         # The scale paged_attention_decode passes to its wrapper: the same float32 bits.
         self.scale = resolve_scale(None, head_dim)
+        self.kv_dtype, self.scale_scheme = kv_dtype, scale_scheme
+        self.compressed = BatchDecodeWrapper() if kv_dtype is not None else None
 
     def plan(self, q_lens, kv_lens, block_tables: list[list[int]], slot_mapping) -> None:
         """q_lens, kv_lens: per request (kv_len counts the new tokens too); block_tables:
@@ -79,6 +92,9 @@ class StepAttention:
         self.slot_mapping = index[:slots.size]
         self.write_rows = index[slots.size:slots.size + writes.size]
         self.write_slots = index[slots.size + writes.size:]
+        if self.compressed is not None:
+            self._plan_compressed(q_lens, kv_lens, block_tables)
+            return
 
         decode = np.flatnonzero(q_lens == 1)
         self.num_decode = decode.size
@@ -112,19 +128,36 @@ class StepAttention:
             self.prefill_tables = xp.asarray(_padded_table([block_tables[i] for i in prefill]))
             self.prefill_lens = xp.asarray(kv_lens[prefill].astype(np.int32))
 
-    def write_kv(self, k_cache, v_cache, k, v) -> None:
+    def _plan_compressed(self, q_lens, kv_lens, block_tables) -> None:
+        """Every new token as a decode over its sequence's tokens up to itself."""
+        request = np.repeat(np.arange(q_lens.size), q_lens)
+        lens = np.concatenate([np.arange(kv - n + 1, kv + 1) for n, kv in zip(q_lens, kv_lens)])
+        tables = _padded_table(block_tables)[request]
+        self.compressed.plan(self.xp.asarray(tables), self.xp.asarray(lens.astype(np.int32)),
+                             self.num_heads, self.num_kv_heads, self.head_dim, self.page_size,
+                             self.dtype, kv_dtype=self.kv_dtype, scale_scheme=self.scale_scheme)
+
+    def write_kv(self, k_cache, v_cache, k, v, k_scale=None, v_scale=None) -> None:
         """Store this step's new keys and values ([total_q, num_kv_heads, head_dim]) in
-        their slots of one layer's cache."""
+        their slots of one layer's cache (quantized, with their scales, when compressed)."""
         flat = (-1, self.num_kv_heads, self.head_dim)
         if not self.write_all:
             k, v = k[self.write_rows], v[self.write_rows]
+        if self.compressed is not None:
+            xp = self.xp
+            write_kv_quant(xp.ascontiguousarray(k), xp.ascontiguousarray(v), k_cache, v_cache,
+                           self.write_slots, self.kv_dtype, self.scale_scheme, k_scale, v_scale)
+            return
         k_cache.reshape(flat)[self.write_slots] = k
         v_cache.reshape(flat)[self.write_slots] = v
 
-    def run(self, q, k_cache, v_cache):
+    def run(self, q, k_cache, v_cache, k_scale=None, v_scale=None):
         """Attention of every new token over its sequence's cached tokens (itself included):
         q [total_q, num_heads, head_dim] -> out of the same shape. A batch of decodes only
         gets the decode plan's own buffer, which the next layer's run overwrites."""
+        if self.compressed is not None:
+            return self.compressed.run(q, k_cache, v_cache, out=self.xp.empty_like(q),
+                                       k_scale=k_scale, v_scale=v_scale)
         if self.all_decode:
             return self.decode.run(q, k_cache, v_cache, scale=self.scale)
         out = self.xp.empty_like(q)

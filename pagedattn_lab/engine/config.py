@@ -11,6 +11,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ..quant import check_scheme, kv_format
 from ..validate import check_bool, check_int
 
 ROPE_TYPES = ("default", "linear", "llama3")
@@ -169,6 +170,9 @@ class EngineConfig:
     allocation: "on_demand" takes a page when the last one is full; "predictive" reserves
         pages for `expected_output_len` more tokens at admission (None: learn it from the
         requests that finished; `initial_output_guess` until one has).
+    kv_dtype: None (pages of the model's dtype), "int8" or "fp8_e4m3" (one-byte codes with
+        scales, quant.py); kv_scale_scheme "per_token" (computed as each token is written) or
+        "static" (per layer and KV head, given to LLMEngine as `kv_scales`).
     """
     page_size: int = 16
     num_pages: int = 256
@@ -183,6 +187,8 @@ class EngineConfig:
     expected_output_len: int | None = None
     initial_output_guess: int = 64
     seed: int = 0
+    kv_dtype: str | None = None
+    kv_scale_scheme: str = "per_token"
 
     def __post_init__(self):
         check_int(self.page_size, "page_size", minimum=1)
@@ -205,6 +211,9 @@ class EngineConfig:
         if self.preemption_mode not in PREEMPTION_MODES:
             raise ValueError(f"preemption_mode: expected one of {PREEMPTION_MODES}, got "
                              f"{self.preemption_mode!r}")
+        if self.kv_dtype is not None:
+            kv_format(self.kv_dtype)
+        check_scheme(self.kv_scale_scheme)
         if self.allocation not in ALLOCATIONS:
             raise ValueError(f"allocation: expected one of {ALLOCATIONS}, got "
                              f"{self.allocation!r}")

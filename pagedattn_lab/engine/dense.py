@@ -26,8 +26,10 @@ def _rotate(x, positions, config: ModelConfig):
     return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
 
 
-def dense_logits(config: ModelConfig, weights: dict, token_ids) -> np.ndarray:
-    """float64 logits [len(token_ids), vocab] of one sequence, causal."""
+def dense_logits(config: ModelConfig, weights: dict, token_ids, kv_round_trip=None) -> np.ndarray:
+    """float64 logits [len(token_ids), vocab] of one sequence, causal. kv_round_trip(k, v)
+    -> (k, v): what a cache gives back ([len, kv_heads, head_dim] each; e.g. quantized and
+    dequantized), applied in every layer."""
     w = {k: np.asarray(v.get() if hasattr(v, "get") else v, dtype=np.float64)
          for k, v in weights.items()}
     ids = np.asarray(token_ids, dtype=np.int64)
@@ -43,6 +45,8 @@ def dense_logits(config: ModelConfig, weights: dict, token_ids) -> np.ndarray:
         k = (h @ w[p + "self_attn.k_proj.weight"].T).reshape(n, kv_heads, d)
         v = (h @ w[p + "self_attn.v_proj.weight"].T).reshape(n, kv_heads, d)
         q, k = _rotate(q, positions, config), _rotate(k, positions, config)
+        if kv_round_trip is not None:
+            k, v = (np.asarray(a, np.float64) for a in kv_round_trip(k, v))
         out = np.empty_like(q)
         for head in range(heads):
             kv = head // (heads // kv_heads)
@@ -59,12 +63,13 @@ def dense_logits(config: ModelConfig, weights: dict, token_ids) -> np.ndarray:
     return _rms_norm(x, w["model.norm.weight"], config.rms_norm_eps) @ head.T
 
 
-def dense_generate(config: ModelConfig, weights: dict, prompt_ids, max_tokens: int):
+def dense_generate(config: ModelConfig, weights: dict, prompt_ids, max_tokens: int,
+                   kv_round_trip=None):
     """Greedy decoding by recomputing the whole sequence each token: (tokens, logits
     [max_tokens, vocab]), stopping early at config.eos_token_id."""
     ids, rows = list(prompt_ids), []
     for _ in range(max_tokens):
-        logits = dense_logits(config, weights, ids)[-1]
+        logits = dense_logits(config, weights, ids, kv_round_trip)[-1]
         rows.append(logits)
         ids.append(int(np.argmax(logits)))
         if ids[-1] == config.eos_token_id:

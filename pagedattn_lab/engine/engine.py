@@ -46,7 +46,9 @@ class RequestOutput:
 
 
 class LLMEngine:
-    def __init__(self, model: LlamaModel, config: EngineConfig | None = None):
+    def __init__(self, model: LlamaModel, config: EngineConfig | None = None, kv_scales=None):
+        """kv_scales: (k_scales, v_scales), each float32 [num_layers, num_kv_heads], for a
+        compressed cache with static scales (config.kv_scale_scheme == "static")."""
         if not isinstance(model, LlamaModel):
             raise TypeError(f"model: expected a LlamaModel, got {type(model).__name__}")
         if config is not None and not isinstance(config, EngineConfig):
@@ -56,13 +58,16 @@ class LLMEngine:
         self.config = config = config or EngineConfig()
         mc = model.config
         self.store = KVStore(mc, config.num_pages, config.page_size, model.dtype, model.xp,
-                             config.num_host_pages)
+                             config.num_host_pages, config.kv_dtype, config.kv_scale_scheme,
+                             kv_scales)
         self.kv = KVCacheManager(config.num_pages, config.page_size,
                                  enable_caching=config.enable_prefix_caching,
                                  num_host_pages=config.num_host_pages, store=self.store)
         self.scheduler = Scheduler(config, self.kv)
         self.attention = StepAttention(mc.num_attention_heads, mc.num_key_value_heads,
-                                       mc.head_dim, config.page_size, model.dtype, model.xp)
+                                       mc.head_dim, config.page_size, model.dtype, model.xp,
+                                       kv_dtype=config.kv_dtype,
+                                       scale_scheme=config.kv_scale_scheme)
         self.max_model_len = mc.max_position_embeddings
         self.stats = EngineStats()
         self._next_rid = 0

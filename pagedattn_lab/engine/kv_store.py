@@ -4,30 +4,60 @@ Every layer has its own `k_cache`/`v_cache` of shape [num_pages, page_size, num_
 head_dim] (the course's NHD layout), and all layers share one block table per sequence: page
 p of a sequence holds that sequence's tokens in every layer (vLLM does the same). So copying
 a page (copy on write) or moving it to host memory (swap) touches all layers at once.
+Compressed caches (int8 / fp8 codes) keep their per-token scales beside the pages.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..backend import to_numpy
+from ..cache import page_bytes
+from ..quant import check_scale, check_scheme, kv_format
 from .config import ModelConfig
 
 
 class KVStore:
-    """The device's KV pages for every layer, plus `num_host_pages` pages of host memory."""
+    """The device's KV pages for every layer, plus `num_host_pages` pages of host memory.
+
+    kv_dtype "int8" / "fp8_e4m3" (quant.py): the pages hold one-byte codes; with
+    scale_scheme "per_token" each layer also has k_scale / v_scale arrays laid out like the
+    pages ([num_pages, page_size, num_kv_heads], written with each token, copied and swapped
+    with their pages); with "static", `static_scales` = (k, v), each [num_layers,
+    num_kv_heads] (e.g. from `quant_accuracy.calibrate_kv_scales`)."""
 
     def __init__(self, config: ModelConfig, num_pages: int, page_size: int, dtype, xp,
-                 num_host_pages: int = 0):
+                 num_host_pages: int = 0, kv_dtype: str | None = None,
+                 scale_scheme: str = "per_token", static_scales=None):
         self.xp, self.dtype = xp, np.dtype(dtype)
         self.num_pages, self.page_size = num_pages, page_size
-        shape = (num_pages, page_size, config.num_key_value_heads, config.head_dim)
-        self.k = [xp.zeros(shape, self.dtype) for _ in range(config.num_hidden_layers)]
-        self.v = [xp.zeros(shape, self.dtype) for _ in range(config.num_hidden_layers)]
-        host_shape = (num_host_pages,) + shape[1:]
+        layers, heads = config.num_hidden_layers, config.num_key_value_heads
+        self.kv_dtype = kv_dtype
+        self.scale_scheme = check_scheme(scale_scheme) if kv_dtype else None
+        fmt = kv_format(kv_dtype) if kv_dtype else None
+        storage = fmt.storage if fmt else self.dtype
+        shape = (num_pages, page_size, heads, config.head_dim)
+        self.k = [xp.zeros(shape, storage) for _ in range(layers)]
+        self.v = [xp.zeros(shape, storage) for _ in range(layers)]
+        self.k_scale = self.v_scale = None
+        self._paged = [self.k, self.v]       # per-layer arrays indexed by page
+        if self.scale_scheme == "per_token":
+            self.k_scale = [xp.ones(shape[:3], np.float32) for _ in range(layers)]
+            self.v_scale = [xp.ones(shape[:3], np.float32) for _ in range(layers)]
+            self._paged += [self.k_scale, self.v_scale]
+        elif self.scale_scheme == "static":
+            if static_scales is None or len(static_scales) != 2:
+                raise ValueError("static_scales: static scales need (k_scales, v_scales), each "
+                                 f"[{layers}, {heads}] (quant_accuracy.calibrate_kv_scales)")
+            k_s, v_s = (check_scale(s, name, (layers, heads), fmt.qmax)
+                        for name, s in zip(("static_scales[0]", "static_scales[1]"),
+                                           static_scales))
+            self.k_scale = [xp.asarray(k_s[i]) for i in range(layers)]
+            self.v_scale = [xp.asarray(v_s[i]) for i in range(layers)]
         # Host pages are allocated lazily: a run that never swaps never pays for them.
-        self._host_shape = host_shape
-        self._host_k = self._host_v = None
-        self.bytes_per_page = 2 * len(self.k) * int(np.prod(shape[1:])) * self.dtype.itemsize
+        self._host_shapes = [(num_host_pages,) + a[0].shape[1:] for a in self._paged]
+        self._host = None
+        self.bytes_per_page = layers * page_bytes(page_size, heads, config.head_dim, self.dtype,
+                                                  kv_dtype, self.scale_scheme or "static")
         self.copied_pages = 0       # copy-on-write copies
         self.swapped_out_pages = 0
         self.swapped_in_pages = 0
@@ -36,28 +66,34 @@ class KVStore:
     def num_layers(self) -> int:
         return len(self.k)
 
+    def scales(self, layer: int) -> dict:
+        """The k_scale / v_scale arguments of one layer's kernels ({} when uncompressed)."""
+        if self.kv_dtype is None:
+            return {}
+        return {"k_scale": self.k_scale[layer], "v_scale": self.v_scale[layer]}
+
     def copy_page(self, src: int, dst: int) -> None:
-        """Copy one page in every layer (copy on write)."""
-        for layer in range(self.num_layers):
-            self.k[layer][dst] = self.k[layer][src]
-            self.v[layer][dst] = self.v[layer][src]
+        """Copy one page in every layer (copy on write), with its per-token scales."""
+        for arrays in self._paged:
+            for layer in range(self.num_layers):
+                arrays[layer][dst] = arrays[layer][src]
         self.copied_pages += 1
 
     def swap_out(self, pages: list[int], host_pages: list[int]) -> None:
         """Copy device `pages` to `host_pages`, every layer."""
-        if self._host_k is None:
-            self._host_k = [np.empty(self._host_shape, self.dtype) for _ in self.k]
-            self._host_v = [np.empty(self._host_shape, self.dtype) for _ in self.k]
+        if self._host is None:
+            self._host = [[np.empty(shape, a[0].dtype) for _ in a]
+                          for shape, a in zip(self._host_shapes, self._paged)]
         src, dst = self.xp.asarray(pages), np.asarray(host_pages)
-        for layer in range(self.num_layers):
-            self._host_k[layer][dst] = to_numpy(self.k[layer][src])
-            self._host_v[layer][dst] = to_numpy(self.v[layer][src])
+        for arrays, host in zip(self._paged, self._host):
+            for layer in range(self.num_layers):
+                host[layer][dst] = to_numpy(arrays[layer][src])
         self.swapped_out_pages += len(pages)
 
     def swap_in(self, host_pages: list[int], pages: list[int]) -> None:
         """Copy `host_pages` back to device `pages`, every layer."""
         src, dst = np.asarray(host_pages), self.xp.asarray(pages)
-        for layer in range(self.num_layers):
-            self.k[layer][dst] = self.xp.asarray(self._host_k[layer][src])
-            self.v[layer][dst] = self.xp.asarray(self._host_v[layer][src])
+        for arrays, host in zip(self._paged, self._host):
+            for layer in range(self.num_layers):
+                arrays[layer][dst] = self.xp.asarray(host[layer][src])
         self.swapped_in_pages += len(pages)

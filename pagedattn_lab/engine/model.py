@@ -17,7 +17,8 @@ the attention kernels on the CPU executor, and on the GPU.
 `fused=True` (the default on the GPU) runs the elementwise work through `fused.LlamaOps`
 (one launch each for the residual add with RMSNorm, RoPE with the cache write, and SiLU
 times up) instead of array ops: the same arithmetic rounded the same way, a fraction of the
-launches. The array-op forward stays as the readable form and the CPU's default.
+launches. The array-op forward stays as the readable form, the CPU's default, and the path
+of a compressed (int8/fp8) cache, whose cache write quantizes.
 """
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ class LlamaModel:
         attention: a planned `StepAttention`; kv: the `KVStore`; sample_rows: which rows
         need logits (the last new token of each request that samples this step).
         """
-        if self.fused:
+        if self.fused and attention.compressed is None:   # a compressed cache's write quantizes
             return self._forward_fused(token_ids, positions, attention, kv, sample_rows)
         cfg, xp = self.config, self.xp
         n = int(token_ids.shape[0])
@@ -136,8 +137,9 @@ class LlamaModel:
             k = qkv[:, cfg.q_size:cfg.q_size + cfg.kv_size].reshape(n, kv_heads, d)
             v = qkv[:, cfg.q_size + cfg.kv_size:].reshape(n, kv_heads, d)
             q, k = self.rope(q, cos, sin), self.rope(k, cos, sin)
-            attention.write_kv(kv.k[layer], kv.v[layer], k, v)
-            o = attention.run(xp.ascontiguousarray(q), kv.k[layer], kv.v[layer])
+            attention.write_kv(kv.k[layer], kv.v[layer], k, v, **kv.scales(layer))
+            o = attention.run(xp.ascontiguousarray(q), kv.k[layer], kv.v[layer],
+                              **kv.scales(layer))
             x = x + o.reshape(n, heads * d) @ w["o"].T
             gate_up = self.rms_norm(x, w["ln2"]) @ w["gate_up"].T
             gate, up = gate_up[:, :cfg.intermediate_size], gate_up[:, cfg.intermediate_size:]

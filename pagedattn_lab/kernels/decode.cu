@@ -28,11 +28,26 @@
 //
 // Logits are kept in base 2: q is pre-multiplied by scale * log2(e), so exp2f replaces expf.
 // Offsets into the cache are computed in 64-bit: a large cache has more than 2^31 elements.
+//
+// Compressed pages (kv_quant.cuh, pagedattn_lab/quant.py): one byte per element, value =
+// code * scale. A 16-byte load then brings 16 codes, so a token's row takes half the threads
+// and half the bytes of fp16. The scales are applied where they cost least:
+//   static scales (k_scale, v_scale [num_kv_heads]): K's folds into q's pre-scaling (one
+//     multiply per block), V's into the final 1 / l;
+//   per-token scales ([num_pages, page_size, num_kv_heads], index slot * num_kv_heads +
+//     kv_head, slot = page * page_size + offset): each score is multiplied by its token's K
+//     scale, and each softmax weight p by its token's V scale as it weighs V (l sums the p
+//     alone: the V scale belongs to the value, not to the weight).
 
 #include "common.cuh"
+#include "kv_quant.cuh"
 
 // One source, compiled per case with NVRTC -D options (the wrapper picks them):
-//   -DKV_T=float|__half|__nv_bfloat16   element type          -DHEAD_DIM=32..256  head size
+//   -DKV_T=float|__half|__nv_bfloat16   element type of q, out (and of an uncompressed cache)
+//   -DHEAD_DIM=32..256                  head size
+//   -DKV_QUANT=0|1|2                    cache of KV_T values, int8 codes or fp8 e4m3 codes
+//   -DCACHE_T=KV_T|unsigned char        the cache's element (codes are bytes; int8 viewed as uint8)
+//   -DPER_TOKEN_SCALES=0|1              static (per KV head) or per-(token, KV head) scales
 //   -DGMAX=1|2|4|8                      query heads per block (the smallest that holds the group;
 //                                       8 when the group is larger, then ceil(group / 8) blocks
 //                                       share a KV head)
@@ -57,27 +72,112 @@
 #ifndef GMAX
 #define GMAX 1
 #endif
+#ifndef CACHE_T
+#define CACHE_T KV_T
+#endif
+#ifndef PER_TOKEN_SCALES
+#define PER_TOKEN_SCALES 0
+#endif
+// Bytes per load of codes: 16 (16 codes), or 8 for blocks of many query heads, whose
+// per-thread q slices and sums (VEC floats per head) would not fit in registers.
+#ifndef CHUNK_BYTES
+#define CHUNK_BYTES 16
+#endif
 #define DECODE_THREADS 128
 // The 4-head blocks are capped at 128 registers so that 4 blocks fit on an SM (measured:
 // 0.315 ms instead of 0.347 ms on the GQA workload); for 8 heads the cap spills and loses.
-#define DECODE_MIN_BLOCKS (GMAX == 4 ? 4 : 1)
+#ifndef DECODE_MIN_BLOCKS
+#define DECODE_MIN_BLOCKS (GMAX == 4 && KV_QUANT == 0 ? 4 : 1)
+#endif
 
-constexpr int VEC = 16 / (int)sizeof(KV_T);             // elements per 16-byte chunk
+constexpr int VEC = CHUNK_BYTES / (int)sizeof(CACHE_T);  // cache elements per chunk (load)
+constexpr int QVEC = 16 / (int)sizeof(KV_T);            // q elements per 16-byte load
 constexpr int CHUNKS = HEAD_DIM / VEC;                   // chunks in one K row of a head
 constexpr int CPT = (CHUNKS + 31) / 32;                  // chunks per thread
 constexpr int TG = CHUNKS <= CPT ? 1 : CHUNKS <= 2 * CPT ? 2 : CHUNKS <= 4 * CPT ? 4
                  : CHUNKS <= 8 * CPT ? 8 : CHUNKS <= 16 * CPT ? 16 : 32;   // threads per token
 static_assert(HEAD_DIM % VEC == 0, "head_dim must be a whole number of 16-byte chunks");
+static_assert(VEC % QVEC == 0, "a cache element is never wider than a q element");
+static_assert(KV_QUANT == 0 || sizeof(CACHE_T) == 1, "codes are bytes");
+static_assert(CHUNK_BYTES == 16 || (CHUNK_BYTES == 8 && KV_QUANT), "8-byte loads: codes only");
+#if CHUNK_BYTES == 16
+typedef uint4 chunk_t;
+__device__ inline chunk_t zero_chunk() { return make_uint4(0u, 0u, 0u, 0u); }
+#else
+typedef uint2 chunk_t;
+__device__ inline chunk_t zero_chunk() { return make_uint2(0u, 0u); }
+#endif
+
+// -DFP8_CVT=1: e4m3 codes through the GPU's own conversion (cvt.rn.f16x2.e4m3x2, sm_89 and
+// later, two codes per instruction; the CPU executor and older GPUs take the integer path).
+#if KV_QUANT == 2 && defined(FP8_CVT) && FP8_CVT && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
+#define FP8_HW_CVT 1
+#endif
+
+// What one unit of an unpacked value is worth, before the scale: e4m3 codes unpack to
+// fp16 numbers 2^8 times smaller (see unpack_cache); the factor joins the scales.
+#if KV_QUANT == 2 && !defined(FP8_HW_CVT)
+#define CODE_UNIT 256.0f
+#else
+#define CODE_UNIT 1.0f
+#endif
+
+// A chunk of cache as VEC floats: KV_T values, or codes without their scale (times
+// 1 / CODE_UNIT). The code conversions are integer tricks, two or three operations each,
+// none of them the GPU's slow conversion unit (which would cap decode below the copy rate):
+//   int8:  byte ^ 0x80 is code + 128; placed in the low mantissa bits of 2^23 it gives the
+//          float 2^23 + 128 + code, exactly, and one subtraction leaves the code.
+//   e4m3:  the sign moved to bit 15 and the other 7 bits to bits 13..7 are the fp16 number
+//          code / 2^8 (fp16's exponent bias is 15, e4m3's 7), subnormals included, exactly;
+//          two codes at a time. The NaN code 0x7f reads as 480 (the cache write stores it
+//          only for a NaN input; a sequence's unused tail slots are never read).
+__device__ inline void unpack_cache(const chunk_t& raw, float* out)
+{
+#if KV_QUANT == 0
+    unpack_chunk<CACHE_T>(raw, out);
+#else
+    const unsigned* words = reinterpret_cast<const unsigned*>(&raw);
+#pragma unroll
+    for (int j = 0; j < CHUNK_BYTES / 4; ++j) {
+#if KV_QUANT == 1
+        const unsigned biased = words[j] ^ 0x80808080u;
+#pragma unroll
+        for (int i = 0; i < 4; ++i)   // bytes [code_i + 128, 0, 0, 0x4b]
+            out[4 * j + i] = __uint_as_float(__byte_perm(biased, 0x4b000000u, 0x7440u | i))
+                             - 8388736.0f;
+#else
+#pragma unroll
+        for (int p = 0; p < 2; ++p) {   // bytes [0, code_2p, 0, code_2p+1]
+#ifdef FP8_HW_CVT
+            unsigned bits;
+            const unsigned short pair = (unsigned short)(words[j] >> (16 * p));
+            asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(bits) : "h"(pair));
+#else
+            const unsigned x = __byte_perm(words[j], 0u, p ? 0x3424u : 0x1404u);
+            const unsigned bits = (x & 0x80008000u) | ((x >> 1) & 0x3f803f80u);
+#endif
+            const __half* h = reinterpret_cast<const __half*>(&bits);
+            out[4 * j + 2 * p] = __half2float(h[0]);
+            out[4 * j + 2 * p + 1] = __half2float(h[1]);
+        }
+#endif
+    }
+#endif
+}
 
 // Issue the K and V loads of one step: token base + u * ngroups + grp for u < U (a token
 // past the end is replaced by the last one, so every load is valid; it is masked later).
 // Chunk c of this thread is chunk gl + c * TG of the row (neighbouring lanes, neighbouring
 // bytes); a chunk past the row's end is not loaded.
+// With per-token scales it also loads each token's K and V scale (ks, vs).
 template <int U>
-__device__ inline void load_step(const KV_T* k_cache, const KV_T* v_cache, const int* table,
+__device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
+                                 const float* k_scale, const float* v_scale, const int* table,
                                  int base, int end, int ngroups, int grp, int gl, int page_size,
                                  int page_shift, long long page_stride, long long row_stride,
-                                 long long head_off, uint4 (&kraw)[U][CPT], uint4 (&vraw)[U][CPT])
+                                 long long head_off, int num_kv_heads, int kvh,
+                                 chunk_t (&kraw)[U][CPT], chunk_t (&vraw)[U][CPT], float (&ks)[U],
+                                 float (&vs)[U])
 {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -86,13 +186,18 @@ __device__ inline void load_step(const KV_T* k_cache, const KV_T* v_cache, const
         int offset = t - vpage * page_size;
         long long page = table[vpage];      // widen before multiplying by the strides
         long long e = page * page_stride + offset * row_stride + head_off;
+#if PER_TOKEN_SCALES
+        const long long si = (page * page_size + offset) * num_kv_heads + kvh;
+        ks[u] = k_scale[si];
+        vs[u] = v_scale[si];
+#endif
 #pragma unroll
         for (int c = 0; c < CPT; ++c) {
             if (gl + c * TG < CHUNKS) {
-                kraw[u][c] = *reinterpret_cast<const uint4*>(k_cache + e + c * TG * VEC);
-                vraw[u][c] = *reinterpret_cast<const uint4*>(v_cache + e + c * TG * VEC);
+                kraw[u][c] = *reinterpret_cast<const chunk_t*>(k_cache + e + c * TG * VEC);
+                vraw[u][c] = *reinterpret_cast<const chunk_t*>(v_cache + e + c * TG * VEC);
             } else {
-                kraw[u][c] = vraw[u][c] = make_uint4(0u, 0u, 0u, 0u);
+                kraw[u][c] = vraw[u][c] = zero_chunk();
             }
         }
     }
@@ -102,8 +207,10 @@ __device__ inline void load_step(const KV_T* k_cache, const KV_T* v_cache, const
 
 extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) paged_decode(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
-    const KV_T* __restrict__ k_cache,      // [num_pages, page_size, num_kv_heads, HEAD_DIM]
-    const KV_T* __restrict__ v_cache,
+    const CACHE_T* __restrict__ k_cache,   // [num_pages, page_size, num_kv_heads, HEAD_DIM]
+    const CACHE_T* __restrict__ v_cache,
+    const float* __restrict__ k_scale,     // compressed pages: see the top; else 1 unused float
+    const float* __restrict__ v_scale,
     const int* __restrict__ block_tables,  // [batch, max_pages]
     const int* __restrict__ seq_lens,      // [batch]
     KV_T* __restrict__ out,                // [batch, num_heads, HEAD_DIM]  (max_parts == 1)
@@ -134,6 +241,15 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     const int ngroups = blockDim.x / TG;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
 
+    // Scale folding (see the top): q_mult pre-scales q, v_mult multiplies the output.
+#if KV_QUANT && !PER_TOKEN_SCALES
+    const float q_mult = scale_log2 * k_scale[kvh] * CODE_UNIT;
+    const float v_mult = v_scale[kvh] * CODE_UNIT;
+#else
+    const float q_mult = scale_log2 * CODE_UNIT;
+    const float v_mult = CODE_UNIT;
+#endif
+
     // This thread's slices of each query head, pre-scaled into base-2 logits (0 past the row).
     float qr[GMAX][CPT][VEC];
 #pragma unroll
@@ -141,13 +257,17 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
 #pragma unroll
         for (int c = 0; c < CPT; ++c) {
             const int chunk = gl + c * TG;
-            uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-            if (g < nh && chunk < CHUNKS)
-                raw = *reinterpret_cast<const uint4*>(
-                    q + ((long long)b * num_heads + h0 + g) * HEAD_DIM + chunk * VEC);
-            unpack_chunk<KV_T>(raw, qr[g][c]);
 #pragma unroll
-            for (int i = 0; i < VEC; ++i) qr[g][c][i] *= scale_log2;
+            for (int r = 0; r < VEC / QVEC; ++r) {   // a chunk of codes: several q loads
+                uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+                if (g < nh && chunk < CHUNKS)
+                    raw = *reinterpret_cast<const uint4*>(
+                        q + ((long long)b * num_heads + h0 + g) * HEAD_DIM + chunk * VEC
+                        + r * QVEC);
+                unpack_chunk<KV_T>(raw, qr[g][c] + r * QVEC);
+            }
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) qr[g][c][i] *= q_mult;
         }
     }
 
@@ -171,28 +291,39 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     // Each step loads U tokens per group (2*U*CPT independent 16-byte loads per thread);
     // with PREFETCH the next step's loads are issued before this step's arithmetic.
     const int step = ngroups * U;
-    uint4 kraw[U][CPT], vraw[U][CPT];
+    chunk_t kraw[U][CPT], vraw[U][CPT];
+    float ks[U], vs[U];   // per-token scales of the step's tokens (unused otherwise)
     if (PREFETCH)
-        load_step<U>(k_cache, v_cache, table, start, end, ngroups, grp, gl, page_size,
-                     page_shift, page_stride, row_stride, head_off, kraw, vraw);
+        load_step<U>(k_cache, v_cache, k_scale, v_scale, table, start, end, ngroups, grp, gl,
+                     page_size, page_shift, page_stride, row_stride, head_off, num_kv_heads,
+                     kvh, kraw, vraw, ks, vs);
     for (int base = start; base < end; base += step) {
         if (!PREFETCH)
-            load_step<U>(k_cache, v_cache, table, base, end, ngroups, grp, gl, page_size,
-                         page_shift, page_stride, row_stride, head_off, kraw, vraw);
+            load_step<U>(k_cache, v_cache, k_scale, v_scale, table, base, end, ngroups, grp, gl,
+                         page_size, page_shift, page_stride, row_stride, head_off, num_kv_heads,
+                         kvh, kraw, vraw, ks, vs);
         float kf[U][CPT][VEC], vf[U][CPT][VEC];
+        float k_mult[U], p_mult[U];   // per-token scales: of each score, of each weight
         bool valid[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
             valid[u] = base + u * ngroups + grp < end;   // neighbouring groups: neighbouring tokens
+#if PER_TOKEN_SCALES
+            k_mult[u] = ks[u];
+            p_mult[u] = vs[u];
+#else
+            k_mult[u] = p_mult[u] = 1.0f;
+#endif
 #pragma unroll
             for (int c = 0; c < CPT; ++c) {
-                unpack_chunk<KV_T>(kraw[u][c], kf[u][c]);
-                unpack_chunk<KV_T>(vraw[u][c], vf[u][c]);
+                unpack_cache(kraw[u][c], kf[u][c]);
+                unpack_cache(vraw[u][c], vf[u][c]);
             }
         }
         if (PREFETCH && base + step < end)   // block-uniform
-            load_step<U>(k_cache, v_cache, table, base + step, end, ngroups, grp, gl, page_size,
-                         page_shift, page_stride, row_stride, head_off, kraw, vraw);
+            load_step<U>(k_cache, v_cache, k_scale, v_scale, table, base + step, end, ngroups,
+                         grp, gl, page_size, page_shift, page_stride, row_stride, head_off,
+                         num_kv_heads, kvh, kraw, vraw, ks, vs);
 #pragma unroll
         for (int g = 0; g < GMAX; ++g) {
             float s[U];
@@ -206,7 +337,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
 #pragma unroll
                 for (int off = TG >> 1; off > 0; off >>= 1)   // sum over the group
                     dot += __shfl_xor_sync(0xffffffffu, dot, off);
-                s[u] = valid[u] ? dot : NEG_INF;
+                s[u] = valid[u] ? dot * k_mult[u] : NEG_INF;
             }
             float m_new = m[g];
 #pragma unroll
@@ -222,10 +353,11 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             for (int u = 0; u < U; ++u) {
                 float p = exp2f(s[u] - m_new);   // 0 for a masked token
                 l[g] += p;
+                const float pv = p * p_mult[u];
 #pragma unroll
                 for (int c = 0; c < CPT; ++c)
 #pragma unroll
-                    for (int i = 0; i < VEC; ++i) acc[g][c][i] += p * vf[u][c][i];
+                    for (int i = 0; i < VEC; ++i) acc[g][c][i] += pv * vf[u][c][i];
             }
         }
     }
@@ -285,11 +417,12 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             o += s_acc[(w * GMAX + g) * HEAD_DIM + d] * c;
         }
         long long row = (long long)b * num_heads + h0 + g;
+        const float result = o / l_all * v_mult;
         if (max_parts == 1) {
-            store_value(out + row * HEAD_DIM + d, o / l_all);
+            store_value(out + row * HEAD_DIM + d, result);
         } else {
             long long slot = row * max_parts + part;
-            part_out[slot * HEAD_DIM + d] = o / l_all;
+            part_out[slot * HEAD_DIM + d] = result;
             if (d == 0) {
                 part_ml[slot * 2] = m_all;
                 part_ml[slot * 2 + 1] = l_all;

@@ -7,7 +7,7 @@
 // V tile is read from memory once for the whole group, however many heads it has.
 //
 // Thread-to-data mapping (kernel paged_decode_tc):
-//   grid  = (work items, num_kv_heads * row_chunks); block = 4 warps (128 threads).
+//   grid  = (work items, num_kv_heads * row_chunks); block = TC_WARPS warps.
 //   A work item is one partition of one sequence: tokens [part * part_len, min(seq_len,
 //   (part + 1) * part_len)) (split-K, as in flash-decoding). The plan lists the items, so no
 //   block is launched for a partition past the end of a short sequence.
@@ -16,15 +16,20 @@
 //   group are zero and their results are dropped.
 //   The partition streams through shared memory in tiles of TILE_T tokens, STAGES tiles in
 //   flight (cp.async: the copies bypass registers, so loads stay in flight while warps
-//   compute). One barrier per tile; between barriers each warp works alone on its share:
-//   warp w takes row tile w % ROW_TILES (16 query heads) and the w / ROW_TILES-th slice of
-//   TW = TILE_T * ROW_TILES / 4 tokens of the tile, and keeps its own online softmax:
+//   compute; the block-table entries of a tile are read one iteration before its copies).
+//   One barrier per tile; between barriers each warp works alone on its share: warp w
+//   (cw = w % (TC_WARPS / D_SPLIT)) takes row tile cw % ROW_TILES (16 query heads) and the
+//   cw / ROW_TILES-th slice of TW tokens of the tile, and keeps its own online softmax:
 //     1. S = Q K^T for its 16 rows x TW tokens (HEAD_DIM / 16 mma_sync steps per 16 tokens),
 //        stored to the warp's own shared memory (fp32);
 //     2. softmax, two lanes per row: scale, mask tokens past the end, new running max m,
 //        alpha = 2^(m_old - m_new), P = 2^(S - m) in fp16/bf16, the row sums;
-//     3. O = alpha * O + P V: the 16 x HEAD_DIM accumulator fragments of the warp stay in
-//        registers for the whole partition.
+//     3. O = alpha * O + P V: the warp's 16 x (HEAD_DIM / D_SPLIT) accumulator fragments
+//        stay in registers for the whole partition. D_SPLIT > 1: that many warps share a
+//        (row tile, slice), each computes S and the softmax (the same values) and keeps
+//        its own 1/D_SPLIT of O's columns: fewer registers per warp, more warps per SM.
+//   WARP_PIPE=1 (one row tile, D_SPLIT 1): no barrier in the loop at all; each warp copies,
+//   waits for (and converts) only its own tokens, in stages of its own.
 //   WMMA does not say which element of a fragment a thread holds. To scale row r of O by its
 //   alpha, the kernel loads, once, an accumulator fragment from a matrix whose every element
 //   is its own row number: element e of any accumulator fragment is then in row rowid.x[e].
@@ -33,16 +38,36 @@
 //   writes the partial state (O / l, m, l) in fp32 instead, and the last of its blocks to
 //   finish (an atomic counter) merges them: out = sum_p w_p O_p, w_p = l_p 2^(m_p - M) / sum.
 //
+// Compressed pages (kv_quant.cuh; the same options as prefill_tc.cu): KV_QUANT (0 none,
+// 1 int8, 2 fp8 e4m3), CACHE_T (the cache element: KV_T, or unsigned char for codes),
+// PER_TOKEN_SCALES (0: k_scale/v_scale are [num_kv_heads]; 1: [num_pages * page_size *
+// num_kv_heads], index slot * num_kv_heads + kv_head with slot = page * page_size + offset).
+// The copies stay asynchronous: raw codes (16 per 16-byte copy) land in shared memory, and
+// whoever copied them (the block, or the warp with WARP_PIPE) converts them once to KV_T
+// (exact: every int8 and e4m3 code is a 16-bit float), a second barrier per tile. The
+// scales stay in fp32:
+// static ones fold into the logit scale (K) and the output (V); per-token ones multiply the
+// token's logit (K) and its probability in P (V), not the row sum l.
+//
 // Compile-time parameters (NVRTC -D; one source instantiated per case): KV_T (and KV_BF16),
-// HEAD_DIM (a multiple of 16), ROW_TILES (1, 2 or 4), TILE_T (a multiple of 64 / ROW_TILES *
-// 4 ... see TW below), STAGES (>= 2). Logits are in base 2 (scale_log2 = scale * log2 e);
-// cache offsets are 64-bit.
+// HEAD_DIM (a multiple of 16), TC_WARPS (warps per block), D_SPLIT (warps per row tile and
+// slice, dividing HEAD_DIM / 16), ROW_TILES (1, 2 or 4), TILE_T (tokens per tile: each warp
+// takes TW = TILE_T * ROW_TILES * D_SPLIT / TC_WARPS, a multiple of 16), STAGES (>= 2),
+// S_CHAINS (1 or 2 independent accumulators for S = QK^T), TC_MIN_BLOCKS (blocks per SM the
+// register allocation must allow), WARP_PIPE, and the three above (decode_plan.tc_config
+// makes a consistent set). Logits are in base 2 (scale_log2 = scale * log2 e); cache
+// offsets are 64-bit.
 
 #include "common.cuh"
+#include "kv_quant.cuh"
+#include "kv_convert.cuh"
 #include <mma.h>
 
 #ifndef HEAD_DIM
 #define HEAD_DIM 128
+#endif
+#ifndef TC_WARPS
+#define TC_WARPS 4
 #endif
 #ifndef ROW_TILES
 #define ROW_TILES 1
@@ -53,26 +78,71 @@
 #ifndef STAGES
 #define STAGES 2
 #endif
-#define TC_THREADS 128
+#ifndef S_CHAINS
+#define S_CHAINS 1
+#endif
+#ifndef D_SPLIT
+#define D_SPLIT 1
+#endif
+#ifndef TC_MIN_BLOCKS
+#define TC_MIN_BLOCKS 1
+#endif
+#ifndef WARP_PIPE
+#define WARP_PIPE 0
+#endif
+#ifndef CACHE_T
+#define CACHE_T KV_T
+#endif
+#ifndef PER_TOKEN_SCALES
+#define PER_TOKEN_SCALES 0
+#endif
+#define TC_THREADS (32 * TC_WARPS)
 
 using namespace nvcuda;
 
-constexpr int NWARPS = TC_THREADS / 32;
+constexpr int NWARPS = TC_WARPS;
+constexpr int CWARPS = NWARPS / D_SPLIT;      // warps with a (row tile, token slice) of their own
 constexpr int ROWS = 16 * ROW_TILES;          // rows of Q (query heads, padded)
-constexpr int SLICES = NWARPS / ROW_TILES;    // warps that share a row tile
+constexpr int SLICES = CWARPS / ROW_TILES;    // token slices of a row tile
 constexpr int TW = TILE_T / SLICES;           // tokens of a tile per warp
 constexpr int LD = HEAD_DIM + 8;    // shared row of Q, K, V (elements): +16 bytes against bank conflicts
 constexpr int LSW = TW + 4;         // a warp's row of S (floats)
 constexpr int LPW = TW + 8;         // a warp's row of P (elements)
 constexpr int LO = HEAD_DIM + 4;    // a row of O at the end (floats)
 constexpr int D_TILES = HEAD_DIM / 16;
+constexpr int DT = D_TILES / D_SPLIT;         // the 16-column tiles of O a warp accumulates
 constexpr int CPL = TW / 2;                   // softmax columns per lane (two lanes per row)
-constexpr int CHUNKS = HEAD_DIM / 8;          // 16-byte chunks per K or V row
-static_assert(NWARPS % ROW_TILES == 0, "ROW_TILES must be 1, 2 or 4");
-static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && STAGES >= 2, "bad tile sizes");
+constexpr int ROW_BYTES = HEAD_DIM * (int)sizeof(CACHE_T);   // one token's K (or V) row
+constexpr int CHUNKS = ROW_BYTES / 16;        // 16-byte copies per K or V row
+constexpr int CHUNK_ELEMS = 16 / (int)sizeof(CACHE_T);
+static_assert(NWARPS % D_SPLIT == 0 && CWARPS % ROW_TILES == 0 && D_TILES % D_SPLIT == 0,
+              "D_SPLIT must divide TC_WARPS and HEAD_DIM / 16; ROW_TILES, TC_WARPS / D_SPLIT");
+static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && TILE_T == TW * SLICES && STAGES >= 2,
+              "bad tile sizes");
+static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
 
 // Shared memory, in bytes from the start (decode_plan.tc_shared_bytes computes the same).
-constexpr int KV_BYTES = STAGES * 2 * TILE_T * LD * 2;
+// Staged tiles: STAGES x (K rows, V rows) as they come from the cache: KV_T rows padded to
+// LD, or rows of codes (never read by WMMA, so unpadded).
+// WARP_PIPE=1: every warp copies, waits for and converts its own TW tokens (its own stages,
+// no barrier between warps in the loop); else the block copies whole tiles together.
+#if WARP_PIPE
+constexpr int CP_THREADS = 32, CP_TOKENS = TW;               // one copier: a warp
+static_assert(ROW_TILES == 1 && D_SPLIT == 1, "WARP_PIPE: one warp per token slice");
+#else
+constexpr int CP_THREADS = TC_THREADS, CP_TOKENS = TILE_T;   // one copier: the block
+#endif
+constexpr int LDC = KV_QUANT ? ROW_BYTES : LD * 2;           // a staged row, bytes
+constexpr int STAGE_BYTES = 2 * CP_TOKENS * LDC;             // a copier's stage: K, then V rows
+// (the copiers' stages, converted tiles and scales add up to the same bytes either way)
+#if KV_QUANT
+constexpr int WKV_OFF = STAGES * 2 * TILE_T * LDC;           // [copier][2][CP_TOKENS][LD]
+constexpr int SC_OFF = WKV_OFF + 2 * TILE_T * LD * 2;        // [copier][STAGES][2][CP_TOKENS]
+constexpr int KV_BYTES = SC_OFF + (PER_TOKEN_SCALES ? STAGES * 2 * TILE_T * 4 : 0);
+#else
+constexpr int KV_BYTES = STAGES * 2 * TILE_T * LDC;
+constexpr int SC_OFF = KV_BYTES;                             // (no scales: never read)
+#endif
 constexpr int Q_OFF = KV_BYTES;                              // [ROWS][LD]
 constexpr int S_OFF = Q_OFF + ROWS * LD * 2;                 // [NWARPS][16][LSW] floats
 constexpr int P_OFF = S_OFF + NWARPS * 16 * LSW * 4;         // [NWARPS][16][LPW]
@@ -82,55 +152,81 @@ constexpr int M_OFF = ALPHA_OFF + NWARPS * 16 * 4;           // [NWARPS][16]: th
 constexpr int L_OFF = M_OFF + NWARPS * 16 * 4;               // [NWARPS][16]: the warps' l
 constexpr int FLAG_OFF = L_OFF + NWARPS * 16 * 4;
 constexpr int SMEM_BYTES = FLAG_OFF + 16;
-static_assert(NWARPS * 16 * LO * 4 <= KV_BYTES, "the warps' O do not fit where the K/V tiles were");
+static_assert(SMEM_BYTES <= 227 * 1024, "a block may have at most 227 KB of shared memory");
+static_assert(CWARPS * 16 * LO * 4 <= KV_BYTES, "the warps' O do not fit where the K/V tiles were");
+static_assert(KV_BYTES % 128 == 0, "keep Q and the rest 128-byte aligned");
 
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc_frag;
 typedef wmma::fragment<wmma::matrix_a, 16, 16, 16, KV_T, wmma::row_major> a_frag;
 
-// One tile of K and V (tokens t0 .. t0 + TILE_T - 1): where this thread's 16-byte chunks
-// come from (element offsets into the caches; -1 past the end: zeros, nothing read), then
-// the copies themselves. Looking the pages up first, before waiting for the previous tile,
-// keeps the block-table reads off the path between barrier and arithmetic.
-constexpr int TILE_COPIES = (TILE_T * CHUNKS + TC_THREADS - 1) / TC_THREADS;   // per thread
+// One tile of K and V (tokens t0 .. t0 + TILE_T - 1) in two steps: the page ids of this
+// thread's 16-byte chunks (-1 past the end: zeros, nothing read), read from the block table
+// one iteration before the copies need them (an L2 round trip off the path between barrier
+// and arithmetic); then the copies.
+constexpr int TILE_COPIES = (CP_TOKENS * CHUNKS + CP_THREADS - 1) / CP_THREADS;   // per thread
 
-__device__ inline void tile_offsets(long long (&offset)[TILE_COPIES], const int* table, int t0,
-                                    int end, int page_size, int page_shift,
-                                    long long page_stride, long long row_stride,
-                                    long long head_off)
+__device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int t0, int end,
+                                  int page_size, int page_shift, int cid)
 {
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
-        const int c = i * TC_THREADS + threadIdx.x;
+        const int c = i * CP_THREADS + cid;
         const int t = t0 + c / CHUNKS;
-        offset[i] = -1;   // a token past the end is never looked up
-        if (t < end && (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS)) {
-            const int vpage = page_shift >= 0 ? (t >> page_shift) : (t / page_size);
-            const long long page = table[vpage];
-            offset[i] = page * page_stride + (long long)(t - vpage * page_size) * row_stride
-                        + head_off + (c % CHUNKS) * 8;
-        }
+        pg[i] = -1;   // a token past the end is never looked up
+        if (t < end && (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS))
+            pg[i] = table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)];
     }
 }
 
-__device__ inline void copy_tile(KV_T* ks, KV_T* vs, const KV_T* k_cache, const KV_T* v_cache,
-                                 const long long (&offset)[TILE_COPIES])
+// The copies of one tile into stage buffer `stage` (K rows, then V rows); with per-token
+// scales, the thread that copies a row's first chunk also copies its two scales (the scale
+// index slot * num_kv_heads + kv_head is the row's element offset / HEAD_DIM).
+__device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_cache,
+                                 const CACHE_T* v_cache, const float* k_scale,
+                                 const float* v_scale, const int (&pg)[TILE_COPIES], int t0,
+                                 int page_size, int page_shift, long long page_stride,
+                                 long long row_stride, long long head_off, int cid)
 {
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
-        const int c = i * TC_THREADS + threadIdx.x;
-        if (TILE_T * CHUNKS % TC_THREADS == 0 || c < TILE_T * CHUNKS) {
-            const int at = (c / CHUNKS) * LD + (c % CHUNKS) * 8;
-            const long long e = offset[i] < 0 ? 0 : offset[i];
-            copy16_async(ks + at, k_cache + e, offset[i] >= 0);
-            copy16_async(vs + at, v_cache + e, offset[i] >= 0);
+        const int c = i * CP_THREADS + cid;
+        if (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS) {
+            const int t = t0 + c / CHUNKS;
+            const int in_page = page_shift >= 0 ? (t & (page_size - 1)) : (t % page_size);
+            const long long e = pg[i] < 0 ? 0 : (long long)pg[i] * page_stride
+                                + (long long)in_page * row_stride + head_off
+                                + (c % CHUNKS) * CHUNK_ELEMS;
+            const int at = (c / CHUNKS) * LDC + (c % CHUNKS) * 16;
+            copy16_async(ks + at, k_cache + e, pg[i] >= 0);
+            copy16_async(ks + CP_TOKENS * LDC + at, v_cache + e, pg[i] >= 0);
+#if KV_QUANT && PER_TOKEN_SCALES
+            if (c % CHUNKS == 0) {
+                copy4_async(sc + c / CHUNKS, k_scale + e / HEAD_DIM, pg[i] >= 0);
+                copy4_async(sc + CP_TOKENS + c / CHUNKS, v_scale + e / HEAD_DIM, pg[i] >= 0);
+            }
+#endif
         }
     }
 }
 
-extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
+#if KV_QUANT
+// A copier converts its staged codes (K rows, then V rows) into KV_T rows of LD.
+__device__ inline void convert_tile(KV_T* dst, const unsigned char* stage, int cid)
+{
+    constexpr int QC = HEAD_DIM / 16;   // 16-code chunks per row
+    for (int c = cid; c < 2 * CP_TOKENS * QC; c += CP_THREADS) {
+        const int r = c / QC, col = (c % QC) * 16;   // rows 0 .. 2 TILE_T - 1: K then V
+        convert_chunk(dst + r * LD + col, *reinterpret_cast<const uint4*>(stage + r * LDC + col));
+    }
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_tc(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
-    const KV_T* __restrict__ k_cache,      // [num_pages, page_size, num_kv_heads, HEAD_DIM]
-    const KV_T* __restrict__ v_cache,
+    const CACHE_T* __restrict__ k_cache,   // [num_pages, page_size, num_kv_heads, HEAD_DIM]
+    const CACHE_T* __restrict__ v_cache,
+    const float* __restrict__ k_scale,     // compressed pages: see the header (else unread)
+    const float* __restrict__ v_scale,
     const int* __restrict__ block_tables,  // [batch, max_pages]
     const int* __restrict__ seq_lens,      // [batch]
     const int* __restrict__ work,          // [items, 2]: (sequence, partition)
@@ -143,13 +239,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     int part_len, int rows_per_block, float scale_log2)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    KV_T* kv = reinterpret_cast<KV_T*>(smem);
     KV_T* qs = reinterpret_cast<KV_T*>(smem + Q_OFF);
     float* rowid_s = reinterpret_cast<float*>(smem + ROWID_OFF);
     int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int rt = warp % ROW_TILES, slice = warp / ROW_TILES;   // this warp's rows and tokens
+    // this warp's rows and tokens (cw), and which DT column tiles of O it accumulates
+    const int cw = warp % CWARPS, dpart = warp / CWARPS;
+    const int rt = cw % ROW_TILES, slice = cw / ROW_TILES;
     float* ss = reinterpret_cast<float*>(smem + S_OFF) + warp * 16 * LSW;
     KV_T* ps = reinterpret_cast<KV_T*>(smem + P_OFF) + warp * 16 * LPW;
     float* alpha_s = reinterpret_cast<float*>(smem + ALPHA_OFF) + warp * 16;
@@ -172,25 +269,42 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     const long long row_stride = (long long)num_kv_heads * HEAD_DIM;
     const long long page_stride = (long long)page_size * row_stride;
     const long long head_off = (long long)kvh * HEAD_DIM;
-    long long offset[TILE_COPIES];
+    int pg[TILE_COPIES];
 
     // The first STAGES - 1 tiles start loading before anything else. Every thread commits
     // one group per tile, an empty one past the last tile too, so that "wait until at most
     // N groups are in flight" means the same tile for every thread.
+#if WARP_PIPE
+    const int copier = warp, cid = lane, cp_off = slice * TW;   // the warp copies its tokens
+#else
+    const int copier = 0, cid = threadIdx.x, cp_off = 0;        // the block copies the tile
+#endif
+    unsigned char* stages = smem + copier * STAGES * STAGE_BYTES;
+    float* scales = reinterpret_cast<float*>(smem + SC_OFF) + copier * STAGES * 2 * CP_TOKENS;
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ntiles) {
-            tile_offsets(offset, table, start + s * TILE_T, end, page_size, page_shift,
-                         page_stride, row_stride, head_off);
-            copy_tile(kv + s * 2 * TILE_T * LD, kv + (s * 2 + 1) * TILE_T * LD, k_cache, v_cache,
-                      offset);
+            tile_pages(pg, table, start + s * TILE_T + cp_off, end, page_size, page_shift, cid);
+            copy_tile(stages + s * STAGE_BYTES, scales + s * 2 * CP_TOKENS, k_cache, v_cache,
+                      k_scale, v_scale, pg, start + s * TILE_T + cp_off, page_size, page_shift,
+                      page_stride, row_stride, head_off, cid);
         }
         copy_commit();
     }
+    if (STAGES - 1 < ntiles)
+        tile_pages(pg, table, start + (STAGES - 1) * TILE_T + cp_off, end, page_size,
+                   page_shift, cid);
+#if KV_QUANT && !PER_TOKEN_SCALES
+    scale_log2 *= k_scale[kvh];            // static scales: K's folds into the logits,
+    const float v_mult = v_scale[kvh];     // V's into the output
+#else
+    const float v_mult = 1.0f;
+#endif
 
     // Q: the block's query heads as rows, zero rows below them.
-    for (int c = threadIdx.x; c < ROWS * CHUNKS; c += TC_THREADS) {
-        const int r = c / CHUNKS, col = c % CHUNKS;
+    constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
+    for (int c = threadIdx.x; c < ROWS * QCHUNKS; c += TC_THREADS) {
+        const int r = c / QCHUNKS, col = c % QCHUNKS;
         uint4 v = make_uint4(0u, 0u, 0u, 0u);
         if (r < nh)
             v = *reinterpret_cast<const uint4*>(
@@ -202,51 +316,85 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
     acc_frag rowid;   // element e of every accumulator fragment lies in row rowid.x[e]
     wmma::load_matrix_sync(rowid, rowid_s, 16, wmma::mem_row_major);
 
-    acc_frag o[D_TILES];
+    acc_frag o[DT];
 #pragma unroll
-    for (int j = 0; j < D_TILES; ++j) wmma::fill_fragment(o[j], 0.0f);
+    for (int j = 0; j < DT; ++j) wmma::fill_fragment(o[j], 0.0f);
     const int row = lane / 2, col0 = (lane % 2) * CPL;   // this lane's softmax row and columns
     float m_run = NEG_BIG, l_run = 0.0f;   // the row's running max; this lane's share of its sum
     const KV_T* q_rows = qs + rt * 16 * LD;
 
     for (int i = 0; i < ntiles; ++i) {
         const int nt = i + STAGES - 1;   // the tile to start now, into the buffer of tile i - 1
-        if (nt < ntiles)
-            tile_offsets(offset, table, start + nt * TILE_T, end, page_size, page_shift,
-                         page_stride, row_stride, head_off);
         copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
+#if WARP_PIPE
+        __syncwarp();              // ... the warp's; and the warp is done with tile i - 1
+#else
         __syncthreads();           // ... everyone's; and every warp is done with tile i - 1
-        if (nt < ntiles)
-            copy_tile(kv + (nt % STAGES) * 2 * TILE_T * LD, kv + ((nt % STAGES) * 2 + 1) * TILE_T * LD,
-                      k_cache, v_cache, offset);
+#endif
+        if (nt < ntiles)           // (its page ids were read during the last iteration)
+            copy_tile(stages + (nt % STAGES) * STAGE_BYTES, scales + (nt % STAGES) * 2 * CP_TOKENS,
+                      k_cache, v_cache, k_scale, v_scale, pg, start + nt * TILE_T + cp_off,
+                      page_size, page_shift, page_stride, row_stride, head_off, cid);
         copy_commit();
-        const KV_T* ks = kv + (i % STAGES) * 2 * TILE_T * LD + slice * TW * LD;   // this warp's
-        const KV_T* vs = ks + TILE_T * LD;                                        // tokens
+        if (nt + 1 < ntiles)
+            tile_pages(pg, table, start + (nt + 1) * TILE_T + cp_off, end, page_size,
+                       page_shift, cid);
+        const unsigned char* stage = stages + (i % STAGES) * STAGE_BYTES;
+#if KV_QUANT
+        // the copier converts its codes once (the warps of a row tile or a D_SPLIT group
+        // share tokens), then every warp reads its tokens
+        KV_T* kv = reinterpret_cast<KV_T*>(smem + WKV_OFF) + copier * 2 * CP_TOKENS * LD;
+        convert_tile(kv, stage, cid);
+#if WARP_PIPE
+        __syncwarp();
+#else
+        __syncthreads();
+#endif
+#else
+        const KV_T* kv = reinterpret_cast<const KV_T*>(stage);
+#endif
+        const KV_T* ks = kv + (slice * TW - cp_off) * LD;   // this warp's tokens
+        const KV_T* vs = ks + CP_TOKENS * LD;
 
-        // 1. S = Q K^T for this warp's 16 rows and TW tokens (K^T is K read column-major)
+        // 1. S = Q K^T for this warp's 16 rows and TW tokens (K^T is K read column-major);
+        // S_CHAINS independent accumulators halve the chain of dependent products.
 #pragma unroll
         for (int ct = 0; ct < TW / 16; ++ct) {
-            acc_frag s;
-            wmma::fill_fragment(s, 0.0f);
+            acc_frag s[S_CHAINS];
+#pragma unroll
+            for (int c = 0; c < S_CHAINS; ++c) wmma::fill_fragment(s[c], 0.0f);
 #pragma unroll
             for (int k = 0; k < D_TILES; ++k) {
                 a_frag a;
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, KV_T, wmma::col_major> bk;
                 wmma::load_matrix_sync(a, q_rows + k * 16, LD);
                 wmma::load_matrix_sync(bk, ks + ct * 16 * LD + k * 16, LD);
-                wmma::mma_sync(s, a, bk, s);
+                wmma::mma_sync(s[k % S_CHAINS], a, bk, s[k % S_CHAINS]);
             }
-            wmma::store_matrix_sync(ss + ct * 16, s, LSW, wmma::mem_row_major);
+#pragma unroll
+            for (int c = 1; c < S_CHAINS; ++c) {
+#pragma unroll
+                for (int e = 0; e < s[0].num_elements; ++e) s[0].x[e] += s[c].x[e];
+            }
+            wmma::store_matrix_sync(ss + ct * 16, s[0], LSW, wmma::mem_row_major);
         }
         __syncwarp();
 
         // 2. online softmax, two lanes per row
         const int t0 = start + i * TILE_T + slice * TW + col0;
+#if KV_QUANT && PER_TOKEN_SCALES
+        const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + slice * TW - cp_off + col0;
+        const float* vsc = ksc + CP_TOKENS;
+#endif
         float sv[CPL];
         float mx = NEG_BIG;
 #pragma unroll
         for (int j = 0; j < CPL; ++j) {
-            sv[j] = t0 + j < end ? ss[row * LSW + col0 + j] * scale_log2 : NEG_INF;
+            float x = ss[row * LSW + col0 + j] * scale_log2;
+#if KV_QUANT && PER_TOKEN_SCALES
+            x *= ksc[j];
+#endif
+            sv[j] = t0 + j < end ? x : NEG_INF;
             mx = fmaxf(mx, sv[j]);
         }
         mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
@@ -258,44 +406,52 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
         for (int j = 0; j < CPL; ++j) {
             const float p = exp2f(sv[j] - m_new);   // 0 for a masked token
             sum += p;
+#if KV_QUANT && PER_TOKEN_SCALES
+            store_value(ps + row * LPW + col0 + j, p * vsc[j]);   // V's scale, not in l
+#else
             store_value(ps + row * LPW + col0 + j, p);
+#endif
         }
         l_run = l_run * alpha + sum;
         if (lane % 2 == 0) alpha_s[row] = alpha;
         __syncwarp();
 
-        // 3. O = alpha * O + P V
+        // 3. O = alpha * O + P V (each element's alpha read once, for all DT fragments)
+        float alpha_e[acc_frag::num_elements];
 #pragma unroll
-        for (int j = 0; j < D_TILES; ++j) {
+        for (int e = 0; e < o[0].num_elements; ++e) alpha_e[e] = alpha_s[(int)rowid.x[e]];
 #pragma unroll
-            for (int e = 0; e < o[j].num_elements; ++e) o[j].x[e] *= alpha_s[(int)rowid.x[e]];
+        for (int j = 0; j < DT; ++j) {
+#pragma unroll
+            for (int e = 0; e < o[j].num_elements; ++e) o[j].x[e] *= alpha_e[e];
         }
 #pragma unroll
         for (int k = 0; k < TW / 16; ++k) {
             a_frag a;
             wmma::load_matrix_sync(a, ps + k * 16, LPW);
 #pragma unroll
-            for (int j = 0; j < D_TILES; ++j) {
+            for (int j = 0; j < DT; ++j) {
                 wmma::fragment<wmma::matrix_b, 16, 16, 16, KV_T, wmma::row_major> bv;
-                wmma::load_matrix_sync(bv, vs + k * 16 * LD + j * 16, LD);
+                wmma::load_matrix_sync(bv, vs + k * 16 * LD + (dpart * DT + j) * 16, LD);
                 wmma::mma_sync(o[j], a, bv, o[j]);
             }
         }
         __syncwarp();   // alpha_s and ps are rewritten by the next tile
     }
     copy_wait<0>();
-
     // Each warp's (m, l) per row and its O to shared memory (where the K/V tiles were).
+    // (The D_SPLIT warps of a (row tile, slice) have the same m and l; the first writes them.)
     const float l_row = l_run + __shfl_xor_sync(0xffffffffu, l_run, 1);
-    if (lane % 2 == 0) {
-        m_s[warp * 16 + row] = m_run;
-        l_s[warp * 16 + row] = l_row;
+    if (lane % 2 == 0 && dpart == 0) {
+        m_s[cw * 16 + row] = m_run;
+        l_s[cw * 16 + row] = l_row;
     }
     __syncthreads();   // every warp is done with the last tile
-    float* os = reinterpret_cast<float*>(smem);   // [NWARPS][16][LO]
+    float* os = reinterpret_cast<float*>(smem);   // [CWARPS][16][LO]
 #pragma unroll
-    for (int j = 0; j < D_TILES; ++j)
-        wmma::store_matrix_sync(os + warp * 16 * LO + j * 16, o[j], LO, wmma::mem_row_major);
+    for (int j = 0; j < DT; ++j)
+        wmma::store_matrix_sync(os + cw * 16 * LO + (dpart * DT + j) * 16, o[j], LO,
+                                wmma::mem_row_major);
     __syncthreads();
 
     // Merge the SLICES warps of each row tile: M = max m_w, L = sum l_w 2^(m_w - M),
@@ -319,10 +475,10 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_tc(
             acc += os[(w * 16 + rr) * LO + d] * c;
         }
         if (single) {
-            store_value(out + (out_row + r) * HEAD_DIM + d, acc / l);
+            store_value(out + (out_row + r) * HEAD_DIM + d, acc / l * v_mult);
         } else {
             const long long slot = slot0 + (long long)part * num_heads + r;
-            part_out[slot * HEAD_DIM + d] = acc / l;
+            part_out[slot * HEAD_DIM + d] = acc / l * v_mult;
             if (d == 0) {
                 part_ml[slot * 2] = mx;
                 part_ml[slot * 2 + 1] = l;

@@ -1,0 +1,90 @@
+"""Time variants of the SIMT decode kernel over compressed pages on the GPU in one go (tuning
+runs; the results go to NOTES.md).
+
+    python3 benchmarks/explore_quant.py [--reps 20] [--only MHA,GQA]
+
+Variants are compile-time knobs of kernels/decode.cu (tokens in flight per thread group,
+bytes per load of codes) and the query heads per block; each variant's output is compared
+with the default's.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cupy as cp  # noqa: E402
+
+from pagedattn_lab import decode_plan as dp  # noqa: E402
+from pagedattn_lab import wrappers  # noqa: E402
+from pagedattn_lab.bench import quant as bq  # noqa: E402
+from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
+
+# (name, extra -D options, 8-byte loads from this many heads per block, heads per block)
+VARIANTS = {
+    "MHA": [("default", (), wrappers.QUANT_NARROW_GMAX, None),
+            ("U2", ("-DDECODE_UNROLL=2",), 4, None), ("U8", ("-DDECODE_UNROLL=8",), 4, None),
+            ("8-byte loads", (), 1, None), ("8-byte U8", ("-DDECODE_UNROLL=8",), 1, None),
+            ("fp8 hardware cvt", ("-DFP8_CVT=1",), 4, None),
+            ("5 blocks/SM", ("-DDECODE_MIN_BLOCKS=5",), 4, None),
+            ("6 blocks/SM U2", ("-DDECODE_MIN_BLOCKS=6", "-DDECODE_UNROLL=2"), 4, None)],
+    "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None),
+            ("16-byte loads", (), 99, None),
+            ("U1", ("-DDECODE_UNROLL_GQA=1",), 4, None),
+            ("U4", ("-DDECODE_UNROLL_GQA=4",), 4, None),
+            ("no prefetch", ("-DDECODE_PREFETCH_GROUP=16",), 4, None),
+            ("2 heads/block", (), 4, 2), ("2 heads/block 8-byte", (), 1, 2),
+            ("fp8 hardware cvt", ("-DFP8_CVT=1",), 4, None)],
+}
+KINDS = [("fp8_e4m3", "static"), ("int8", "per_token")]
+
+
+def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax):
+    saved = (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size)
+    base_options = dp.simt_options
+    dp.simt_options = lambda *a: base_options(*a) + tuple(extra)
+    wrappers.QUANT_NARROW_GMAX = narrow
+    if gmax:
+        dp.group_kernel_size = lambda group: gmax
+    try:
+        return bq.ours(cp, w, d, kv_dtype, scheme, kernel="simt")
+    finally:
+        dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size = saved
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser()
+    p.add_argument("--reps", type=int, default=20)
+    p.add_argument("--only", default="MHA,GQA")
+    args = p.parse_args(argv)
+    timer = Timer(cp)
+    timer.warm_up(0.5)
+    copy_rate = copy_bandwidth(cp, timer)
+    print(f"copy rate {copy_rate / 1e12:.2f} TB/s", flush=True)
+    for kv_dtype, scheme in KINDS:   # the most telling rows first: a time limit may cut the rest
+        for w in bq.workloads():
+            key = "MHA" if w.num_heads == w.num_kv_heads else "GQA"
+            if key not in args.only.split(","):
+                continue
+            d = bq.build(cp, w, kv_dtype, scheme, seed=1)
+            nbytes = bq.bytes_read(w, kv_dtype, scheme)
+            ref = None
+            for name, extra, narrow, gmax in VARIANTS[key]:
+                try:
+                    fn = plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax)
+                    t = timer.time(fn, reps=args.reps)
+                    out = fn().copy()
+                    ref = out if ref is None else ref
+                    diff = bq.rel_diff(cp, out, ref)
+                    print(f"{w.name:14s} {kv_dtype:>8s} {scheme:>9s} {name:22s} "
+                          f"{t.median_ms:.3f} ms  {nbytes / (t.median_ms * 1e-3) / copy_rate:4.0%}"
+                          f" of copy  diff {diff:.1e}", flush=True)
+                except Exception as exc:  # noqa: BLE001 - report and go on
+                    print(f"{w.name:14s} {kv_dtype:>8s} {scheme:>9s} {name:22s} failed: "
+                          f"{type(exc).__name__}: {str(exc)[:150]}", flush=True)
+            del d
+            cp.get_default_memory_pool().free_all_blocks()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,33 @@
+"""Launch a few tensor-core decode variants once each on D64 GQA 32/8, for Nsight Compute:
+
+    ncu --kernel-name paged_decode_tc --launch-count 4 --section SpeedOfLight \
+        --section SchedulerStats --section WarpStateStats python3 benchmarks/ncu_tc.py W4 W8D2
+
+Variant names are those of benchmarks/explore.py. Run from the repository root.
+"""
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cupy as cp  # noqa: E402
+
+import explore  # noqa: E402
+from pagedattn_lab.bench.workloads import build_decode_inputs, decode_workloads  # noqa: E402
+
+
+def main(names):
+    w = {w.name: w for w in decode_workloads()}["D64-gqa4"]
+    inp = build_decode_inputs(cp, w)
+    q, k, v = inp["q"], inp["k_cache"], inp["v_cache"]
+    for name in names:
+        p = explore.plan(inp, w, name)
+        explore.launch(p, q, k, v, cp.empty_like(q), 1 / math.sqrt(w.head_dim))
+        cp.cuda.Device().synchronize()
+        print(name, p.tc_config.options, flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or ["W4", "W8D2"])

@@ -1,0 +1,126 @@
+"""The tensor-core decode kernel's shapes and compressed-page variants once each at a small
+size on the GPU, for compute-sanitizer (memcheck, racecheck, synccheck):
+
+    compute-sanitizer --tool racecheck --error-exitcode 9 python3 benchmarks/sanitize_tc.py
+
+Every array is its own cudaMalloc (no memory pool), outputs are poisoned with NaN, and each
+result is checked against the float64 reference (exit status 1 on a mismatch). Run from the
+repository root.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import cupy as cp  # noqa: E402
+
+from pagedattn_lab import decode_plan as dp  # noqa: E402
+from pagedattn_lab import quant  # noqa: E402
+from pagedattn_lab.reference import reference_decode  # noqa: E402
+from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
+
+cp.cuda.set_allocator(None)
+LOG2E = 1.4426950408889634
+
+
+def problem(rng, lens, page_size, heads, kv_heads, head_dim):
+    pages = [-(-n // page_size) for n in lens]
+    perm = rng.permutation(sum(pages)).astype(np.int32)
+    tables = np.zeros((len(lens), max(pages)), np.int32)   # exact width: no padding column
+    start = 0
+    for b, n in enumerate(pages):
+        tables[b, :n] = perm[start:start + n]
+        start += n
+    shape = (sum(pages), page_size, kv_heads, head_dim)
+    k = rng.standard_normal(shape).astype(np.float32)
+    v = rng.standard_normal(shape).astype(np.float32)
+    q = rng.standard_normal((len(lens), heads, head_dim)).astype(np.float16)
+    return q, k, v, tables, np.array(lens, np.int32)
+
+
+def run_case(rng, name, lens, page, heads, kv, d, splits, cfg_kw, kv_dtype=None, scheme=None):
+    q, k, v, tables, lens = problem(rng, lens, page, heads, kv, d)
+    cfg = dp.tc_config("float16", d, heads // kv,
+                       dp.KV_QUANT_IDS[kv_dtype], scheme == "per_token", **cfg_kw)
+    if kv_dtype:
+        codes, scales, deq = [], [], []
+        for x in (k, v):
+            s = (quant.per_token_scales(x, kv_dtype) if scheme == "per_token"
+                 else quant.static_scales(x.reshape(-1, kv, d), kv_dtype))
+            per_slot = s if scheme == "per_token" else np.broadcast_to(s, x.shape[:3])
+            c = quant.quantize(x, kv_dtype, per_slot)
+            codes.append(c.view(np.uint8))
+            scales.append(np.ascontiguousarray(s, np.float32))
+            deq.append(quant.dequantize(c, kv_dtype, per_slot))
+        kd, vd = deq
+    else:
+        k, v = k.astype(np.float16), v.astype(np.float16)
+        codes, scales, (kd, vd) = [k, v], [None, None], (k, v)
+    dev_t, dev_l = cp.asarray(tables), cp.asarray(lens)
+    w = BatchDecodeWrapper().plan(dev_t, dev_l, heads, kv, d, page, "float16",
+                                  kernel="tensor_core", num_splits=splits)
+    w._launches = []
+    w._plan_tensor_core(lens, splits, tc=cfg)
+    out = cp.full(q.shape, np.nan, np.float16)
+    dq, dk, dv = cp.asarray(q), cp.asarray(codes[0]), cp.asarray(codes[1])
+    s = np.float32(LOG2E / np.sqrt(d))
+    for _ in range(2):   # twice: the merge counters must be reset by the first launch
+        for kern, grid, block, make_args, shared in w._launches:
+            a = (make_args(dq, dk, dv, out, s) if kv_dtype is None else
+                 make_args(dq, dk, dv, out, s, cp.asarray(scales[0]), cp.asarray(scales[1])))
+            kern(grid, block, a, shared_mem=shared)
+    ref = reference_decode(q.astype(np.float32), kd.astype(np.float32), vd.astype(np.float32),
+                           tables, lens)
+    res = cp.asnumpy(out).astype(np.float64)
+    err = float(np.linalg.norm(res - ref) / np.linalg.norm(ref))
+    ok = bool(np.isfinite(res).all() and err < 2e-3)
+    print(f"{name:52s} rel err {err:.2e} {'ok' if ok else 'WRONG'}", flush=True)
+    return ok
+
+
+def main():
+    rng = np.random.default_rng(11)
+    cases = [   # name, lens, page, heads, kv, head_dim, splits, shape, kv_dtype, scheme
+        ("tc default GQA4 d128 split 3", [300, 17, 1], 16, 8, 2, 128, 3, {}),
+        ("tc default MQA16 d128 (8 warps in pairs) auto split", [900, 17, 1], 16, 16, 1, 128,
+         None, {}),
+        ("tc default GQA4 d256 (pairs, 32-token tiles) split 2", [120, 5], 16, 8, 2, 256, 2, {}),
+        ("tc W8D2 GQA4 d128 page 7 split 3", [300, 17, 1], 7, 8, 2, 128, 3,
+         {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2, "min_blocks": 2}),
+        ("tc W8D4T32 MQA16 d128 split 2", [200, 9], 16, 16, 1, 128, 2,
+         {"warps": 8, "tile_t": 32, "stages": 2, "d_split": 4, "min_blocks": 3}),
+        ("tc W4D2T32S3 GQA8 d64 page 12", [150, 40], 12, 16, 2, 64, None,
+         {"warps": 4, "tile_t": 32, "stages": 3, "d_split": 2, "min_blocks": 3}),
+        ("tc W6D2T48 GQA4 d96 split 2", [200, 30], 16, 8, 2, 96, 2,
+         {"warps": 6, "tile_t": 48, "stages": 2, "d_split": 2, "min_blocks": 3}),
+        ("tc W8D4T32 GQA4 d256 split 2", [120, 5], 16, 8, 2, 256, 2,
+         {"warps": 8, "tile_t": 32, "stages": 2, "d_split": 4, "min_blocks": 2}),
+        ("tc W4D4T16 GQA4 d256 split 2", [120, 5], 16, 8, 2, 256, 2,
+         {"warps": 4, "tile_t": 16, "stages": 2, "d_split": 4, "min_blocks": 4}),
+        ("tc group 40 (4 row tiles) d64 split 2", [90, 5], 16, 40, 1, 64, 2, {}),
+        ("tc W4 warp pipelines GQA4 d128 page 7 split 3", [300, 17, 1], 7, 8, 2, 128, 3,
+         {"warps": 4, "tile_t": 64, "stages": 2, "warp_pipe": True}),
+        ("tc W2 warp pipelines S3 MQA16 d64", [200, 9], 16, 16, 1, 64, 2,
+         {"warps": 2, "tile_t": 32, "stages": 3, "warp_pipe": True}),
+        ("tc W8D2 group 40 (4 row tiles) d64 split 2", [90, 5], 16, 40, 1, 64, 2,
+         {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2, "min_blocks": 2}),
+    ]
+    for kv_dtype in ("int8", "fp8_e4m3"):
+        for scheme in ("static", "per_token"):
+            cases.append((f"tc {kv_dtype} {scheme} GQA4 d128 page 16 split 3", [300, 17, 1], 16,
+                          8, 2, 128, 3, {}, kv_dtype, scheme))
+            cases.append((f"tc {kv_dtype} {scheme} MQA16 d64 page 5 W8D2S3", [90, 3], 5, 16,
+                          1, 64, 2, {"warps": 8, "tile_t": 64, "stages": 3, "d_split": 2,
+                                     "min_blocks": 2}, kv_dtype, scheme))
+            cases.append((f"tc {kv_dtype} {scheme} GQA4 d128 warp pipelines S3", [200, 9], 16,
+                          8, 2, 128, 2, {"warps": 4, "tile_t": 64, "stages": 3,
+                                         "warp_pipe": True}, kv_dtype, scheme))
+    ok = all([run_case(rng, *c) for c in cases])
+    print("all results match the reference" if ok else "MISMATCH")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

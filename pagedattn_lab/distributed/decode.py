@@ -1,0 +1,121 @@
+"""One rank's share of a tensor-parallel decode step (runs inside a `launch`ed process).
+
+    tp = TPDecode(num_heads=32, num_kv_heads=8, head_dim=128, page_size=16,
+                  dtype="float16", max_batch=64, max_pages=256)
+    tables, lens = tp.share_tables(tables, lens)   # rank 0 passes its allocator's; others None
+    out = tp.step(q_local, k_shard, v_shard)       # [batch, num_heads, head_dim] on every rank
+
+Per step, exactly two things cross the wire: the block tables and lengths (one broadcast of
+one fixed-size int32 buffer from rank 0) and the attention output (one all_gather of each
+rank's heads). The K/V pages never do: each rank reads its own heads from its own memory.
+Arrays stay NumPy (CPU, gloo) or CuPy (GPU, NCCL); torch sees them through zero-copy views
+(`torch.from_numpy`, DLPack), as bytes, so every dtype crosses the same way.
+"""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..backend import cupy_module
+from ..wrappers import BatchDecodeWrapper
+from .launch import require_torch
+from .shard import head_range, pack_tables, reassemble, table_capacity, unpack_tables
+
+PHASES = ("broadcast", "plan", "attend", "gather")
+
+
+class TPDecode:
+    """Rank `dist.get_rank()`'s heads of a decode step: plan/run of the course's
+    `BatchDecodeWrapper` on its KV heads, with the tables shared and the output gathered.
+    (`TPPrefill` is the same with `BatchPrefillWrapper` and packed queries.)
+
+    device: "cpu" (NumPy arrays, gloo) or "gpu" (CuPy arrays on this rank's GPU, NCCL).
+    num_splits: passed to the wrapper's plan (None: chosen from this rank's work).
+    timed: after each phase, `timings[phase]` holds its seconds, the device synchronised
+    around each (so they add up to a step's time, not to a pipelined one); timed=False runs
+    the phases back to back, as serving does.
+    """
+
+    WRAPPER = BatchDecodeWrapper
+    PREFILL = False    # whether the broadcast buffer carries qo_indptr
+
+    def __init__(self, num_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
+                 dtype, max_batch: int, max_pages: int, *, device: str = "cpu",
+                 num_splits=None, timed: bool = True):
+        self.torch, self.dist = require_torch()
+        self.rank, self.world = self.dist.get_rank(), self.dist.get_world_size()
+        self.heads = head_range(self.rank, self.world, num_heads, num_kv_heads)
+        if device not in ("cpu", "gpu"):
+            raise ValueError(f"device: expected 'cpu' or 'gpu', got {device!r}")
+        self.on_gpu = device == "gpu"
+        self.xp = cupy_module() if self.on_gpu else np
+        self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
+        self.head_dim, self.page_size, self.dtype = head_dim, page_size, dtype
+        self.max_batch, self.max_pages, self.num_splits = max_batch, max_pages, num_splits
+        self._buf = self.xp.zeros(table_capacity(max_batch, max_pages, self.PREFILL), np.int32)
+        self._buf_t = self.as_torch(self._buf)
+        self.wrapper = self.WRAPPER()
+        self.timed = timed
+        self.timings = dict.fromkeys(PHASES, 0.0)
+
+    # ---- arrays as torch tensors, no copy ----------------------------------------------
+    def as_torch(self, a):
+        return self.torch.from_dlpack(a) if self.on_gpu else self.torch.from_numpy(a)
+
+    def _sync(self):
+        if self.on_gpu:
+            self.xp.cuda.Device().synchronize()
+
+    def _timed(self, phase, fn, *args, **kwargs):
+        if not self.timed:
+            return fn(*args, **kwargs)
+        self._sync()
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        self._sync()
+        self.timings[phase] = time.perf_counter() - t0
+        return result
+
+    # ---- the step ------------------------------------------------------------------------
+    def share_tables(self, block_tables=None, seq_lens=None):
+        """Rank 0 gives this step's (block_tables, seq_lens), made by its allocator; every
+        rank returns them (views into the received buffer, where this rank computes)."""
+        return self._timed("broadcast", self._broadcast, block_tables, seq_lens)
+
+    def _broadcast(self, block_tables, seq_lens):
+        if self.rank == 0:
+            packed = pack_tables(block_tables, seq_lens, self.max_batch, self.max_pages)
+            self._buf[...] = self.xp.asarray(packed)
+        self.dist.broadcast(self._buf_t, src=0)
+        return unpack_tables(self._buf, self.max_batch)
+
+    def plan(self, block_tables, seq_lens):
+        """Plan the wrapper for this rank's heads (host work, once per step)."""
+        h = self.heads
+        return self._timed("plan", self.wrapper.plan, block_tables, seq_lens,
+                           h.q_stop - h.q_start, h.kv_stop - h.kv_start, self.head_dim,
+                           self.page_size, self.dtype, num_splits=self.num_splits)
+
+    def attend(self, q_local, k_shard, v_shard, out=None):
+        """This rank's heads: q_local [batch, H/R, D] over its cache shard."""
+        return self._timed("attend", self.wrapper.run, q_local, k_shard, v_shard, out)
+
+    def gather(self, out_local):
+        """[batch, H, D] on every rank, from every rank's [batch, H/R, D]."""
+        return self._timed("gather", self._gather, out_local)
+
+    def _gather(self, out_local):
+        batch = out_local.shape[0]   # sequences (decode) or packed query rows (prefill)
+        mine = out_local.reshape(-1).view(np.uint8)
+        every = self.xp.empty(mine.size * self.world, np.uint8)
+        self.dist.all_gather_into_tensor(self.as_torch(every), self.as_torch(mine))
+        return reassemble(every.view(out_local.dtype), self.world, batch, self.num_heads,
+                          self.head_dim)
+
+    def step(self, q_local, k_shard, v_shard, block_tables=None, seq_lens=None, out=None):
+        """A whole decode step: tables shared, planned, attended (into `out`, this rank's
+        [batch, H/R, D], when given), gathered."""
+        tables, lens = self.share_tables(block_tables, seq_lens)
+        self.plan(tables, lens)
+        return self.gather(self.attend(q_local, k_shard, v_shard, out))

@@ -1,0 +1,147 @@
+"""Start R processes, one per rank, with `torch.distributed` set up in each, and collect
+what each returns, from a script, a test or a notebook cell:
+
+    from pagedattn_lab.distributed import launch
+    results = launch(my_module.rank_fn, 2, arg1, backend="gloo")   # [rank 0's, rank 1's]
+
+Each rank is a fresh Python (`python -m pagedattn_lab.distributed.worker`) that finds the
+others through MASTER_ADDR/MASTER_PORT (a free port on this host), calls
+`rank_fn(rank, world_size, *args, **kwargs)` and sends its result back pickled. The function
+must live in a module (or in the script run as __main__), not in a notebook cell: the rank
+processes import it by name. A rank that fails stops the others; its traceback is raised
+here. gloo runs on CPUs, nccl on GPUs (rank r on GPU r); NVLink multicast stays off
+(NCCL_NVLS_ENABLE=0, as the machines this course is tested on need).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..validate import check_int
+
+INSTALL_HINT = ("pip install 'pagedattn-lab[dist]'  (from a clone: pip install -e '.[dist]'; "
+                "on a GPU machine any torch with NCCL will do)")
+BACKENDS = ("gloo", "nccl")
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
+
+
+def torch_missing() -> str | None:
+    """Why torch.distributed cannot be used here, or None when it can (imports nothing)."""
+    if importlib.util.find_spec("torch") is None:
+        return f"PyTorch is not installed: {INSTALL_HINT}"
+    return None
+
+
+def require_torch():
+    """(torch, torch.distributed), or an ImportError that says what to install."""
+    reason = torch_missing()
+    if reason:
+        raise ImportError(f"pagedattn_lab.distributed needs torch.distributed. {reason}")
+    import torch  # noqa: PLC0415 - torch is optional: imported only where it is used
+    import torch.distributed as dist  # noqa: PLC0415
+    if not dist.is_available():
+        raise ImportError(f"this torch ({torch.__version__}) was built without "
+                          f"torch.distributed. {INSTALL_HINT}")
+    return torch, dist
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def target_name(fn) -> str:
+    """'module:function' (or '/path/script.py:function') the rank processes import."""
+    if not callable(fn):
+        raise TypeError(f"fn: expected a function, got {type(fn).__name__}")
+    qualname, module = getattr(fn, "__qualname__", ""), getattr(fn, "__module__", None)
+    if not qualname or "<" in qualname:
+        raise TypeError(f"fn: {qualname or fn!r} is defined inside another function; the rank "
+                        "processes import it by name: define it at a module's top level")
+    if module == "__main__":
+        module = getattr(sys.modules["__main__"], "__file__", None)
+        if module is None:
+            raise TypeError(f"fn: {qualname} is defined in a notebook or an interactive "
+                            "session; the rank processes import it by name: put it in a "
+                            "module (a .py file) and import it from there")
+        module = str(Path(module).resolve())
+    return f"{module}:{qualname}"
+
+
+def launch(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 300.0,
+           **kwargs) -> list:
+    """Run `fn(rank, world_size, *args, **kwargs)` in `world_size` new processes; return the
+    results in rank order. Raises before any process starts on a bad argument or when torch
+    is missing; RuntimeError with the failing rank's traceback; TimeoutError after
+    `timeout` seconds (every rank stopped)."""
+    world_size = check_int(world_size, "world_size", minimum=1)
+    if backend not in BACKENDS:
+        raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
+    name = target_name(fn)
+    missing = torch_missing()    # checked here, but torch is imported by the ranks only
+    if missing:
+        raise ImportError(f"pagedattn_lab.distributed needs torch.distributed. {missing}")
+    with tempfile.TemporaryDirectory(prefix="pagedattn_tp_") as tmp:
+        job = Path(tmp, "job.pkl")
+        job.write_bytes(pickle.dumps((name, args, kwargs, backend)))
+        env = _rank_env(free_port(), world_size)
+        procs = [_start(r, env, job, Path(tmp)) for r in range(world_size)]
+        try:
+            _wait(procs, timeout, Path(tmp))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        return [pickle.loads(Path(tmp, f"result{r}.pkl").read_bytes()) for r in range(world_size)]
+
+
+def _rank_env(port: int, world_size: int) -> dict:
+    env = dict(os.environ)
+    env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world_size),
+               NCCL_NVLS_ENABLE="0")
+    # Each rank is one of several processes on this machine: one math thread each.
+    env.setdefault("OMP_NUM_THREADS", "1")
+    # The ranks import the package from where this process found it.
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (_PACKAGE_ROOT, env.get("PYTHONPATH")) if p)
+    return env
+
+
+def _start(rank: int, env: dict, job: Path, tmp: Path) -> subprocess.Popen:
+    env = dict(env, RANK=str(rank), LOCAL_RANK=str(rank))
+    log = open(tmp / f"log{rank}.txt", "wb")   # a file, not a pipe: a chatty rank never blocks
+    with log:
+        return subprocess.Popen([sys.executable, "-m", "pagedattn_lab.distributed.worker",
+                                 str(job), str(tmp / f"result{rank}.pkl")],
+                                env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def _wait(procs, timeout: float, tmp: Path) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        codes = [p.poll() for p in procs]
+        failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
+        if failed:
+            r = failed[0]
+            raise RuntimeError(f"rank {r} of {len(procs)} failed (exit code {codes[r]}); its "
+                               f"output:\n{_tail(tmp / f'log{r}.txt')}")
+        if all(c == 0 for c in codes):
+            return
+        if time.monotonic() > deadline:
+            late = [r for r, c in enumerate(codes) if c is None]
+            raise TimeoutError(f"ranks {late} still running after {timeout:.0f} s (stopped); "
+                               f"rank {late[0]}'s output:\n{_tail(tmp / f'log{late[0]}.txt')}")
+        time.sleep(0.02)
+
+
+def _tail(path: Path, chars: int = 4000) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return text[-chars:] or "(nothing)"

@@ -1,0 +1,47 @@
+"""One rank's share of a tensor-parallel prefill step: `TPDecode`'s pattern with the course's
+`BatchPrefillWrapper` (tensor cores; fp16 or bf16), queries packed `[total_q, H/R, D]`.
+
+    tp = TPPrefill(num_heads, num_kv_heads, head_dim, page_size, "float16", max_batch,
+                   max_pages)
+    out = tp.step(q_local, k_shard, v_shard, tables, lens, qo_indptr)   # rank 0's tables
+
+The broadcast buffer carries qo_indptr after the tables (still one broadcast per step); the
+gathered output is `[total_q, num_heads, head_dim]` on every rank.
+"""
+from __future__ import annotations
+
+from ..prefill_wrapper import BatchPrefillWrapper
+from .decode import TPDecode
+from .shard import pack_tables, unpack_tables
+
+
+class TPPrefill(TPDecode):
+    """Rank `dist.get_rank()`'s heads of a packed prefill step (see `TPDecode`)."""
+
+    WRAPPER = BatchPrefillWrapper
+    PREFILL = True
+
+    def share_tables(self, block_tables=None, seq_lens=None, qo_indptr=None):
+        """Rank 0 gives (block_tables, seq_lens, qo_indptr); every rank returns them."""
+        return self._timed("broadcast", self._broadcast, block_tables, seq_lens, qo_indptr)
+
+    def _broadcast(self, block_tables, seq_lens, qo_indptr=None):
+        if self.rank == 0:
+            packed = pack_tables(block_tables, seq_lens, self.max_batch, self.max_pages,
+                                 qo_indptr)
+            self._buf[...] = self.xp.asarray(packed)
+        self.dist.broadcast(self._buf_t, src=0)
+        return unpack_tables(self._buf, self.max_batch, self.max_pages)
+
+    def plan(self, block_tables, seq_lens, qo_indptr):
+        h = self.heads
+        return self._timed("plan", self.wrapper.plan, qo_indptr, block_tables, seq_lens,
+                           h.q_stop - h.q_start, h.kv_stop - h.kv_start, self.head_dim,
+                           self.page_size, self.dtype)
+
+    def step(self, q_local, k_shard, v_shard, block_tables=None, seq_lens=None,
+             qo_indptr=None, out=None):
+        """A whole prefill step: tables shared, planned, attended, gathered."""
+        tables, lens, indptr = self.share_tables(block_tables, seq_lens, qo_indptr)
+        self.plan(tables, lens, indptr)
+        return self.gather(self.attend(q_local, k_shard, v_shard, out))

@@ -1,0 +1,146 @@
+"""Tensor parallelism's bookkeeping, in NumPy (no torch): which heads a rank owns, its shard of
+the cache, the one buffer that carries a step's block tables, and the gathered output.
+
+With R ranks and Hkv KV heads, rank r owns KV heads [r*Hkv/R, (r+1)*Hkv/R) and the query
+heads that read them: with group = H/Hkv query heads per KV head, query heads
+[r*H/R, (r+1)*H/R). Its cache holds only those KV heads, in every page: the page ids (the
+block table) are the same on every rank, the bytes behind them are not.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..validate import check_array, check_int
+
+
+class HeadRange(NamedTuple):
+    """Rank `rank`'s heads: KV heads kv_start..kv_stop-1 and query heads q_start..q_stop-1."""
+    kv_start: int
+    kv_stop: int
+    q_start: int
+    q_stop: int
+
+
+def check_split(num_heads: int, num_kv_heads: int, world_size: int) -> None:
+    """Refuse a split that does not give every rank whole KV heads with their query heads."""
+    num_heads = check_int(num_heads, "num_heads", minimum=1)
+    num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
+    world_size = check_int(world_size, "world_size", minimum=1)
+    if num_heads % num_kv_heads:
+        raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
+                         f"{num_kv_heads} (GQA needs whole groups)")
+    if num_kv_heads % world_size:
+        raise ValueError(f"world_size: {world_size} ranks cannot split {num_kv_heads} KV heads "
+                         f"evenly (each rank owns whole KV heads and their query heads); use a "
+                         f"world_size that divides num_kv_heads "
+                         f"({', '.join(str(d) for d in _divisors(num_kv_heads))})")
+
+
+def _divisors(n: int) -> list[int]:
+    return [d for d in range(1, n + 1) if n % d == 0]
+
+
+def head_range(rank: int, world_size: int, num_heads: int, num_kv_heads: int) -> HeadRange:
+    """The heads rank `rank` of `world_size` owns (see the module's docstring)."""
+    check_split(num_heads, num_kv_heads, world_size)
+    rank = check_int(rank, "rank", minimum=0, maximum=world_size - 1)
+    kv_per_rank = num_kv_heads // world_size
+    q_per_rank = num_heads // world_size     # = kv_per_rank * group: whole groups
+    return HeadRange(rank * kv_per_rank, (rank + 1) * kv_per_rank,
+                     rank * q_per_rank, (rank + 1) * q_per_rank)
+
+
+def shard_cache(cache, heads: HeadRange):
+    """The rank's own cache: every page, only its KV heads (a contiguous copy, as the kernels
+    read). cache: [num_pages, page_size, num_kv_heads, head_dim], NumPy or CuPy."""
+    return cache[:, :, heads.kv_start:heads.kv_stop].copy()
+
+
+def reassemble(gathered, world_size: int, batch: int, num_heads: int, head_dim: int):
+    """The full output [batch, num_heads, head_dim] from what an all_gather into one buffer
+    leaves: rank after rank, each rank's [batch, num_heads/R, head_dim] block whole. The
+    ranks' head ranges are consecutive, so rank r's block goes to heads r*H/R ... (a plain
+    reshape would interleave the ranks' sequences)."""
+    blocks = gathered.reshape(world_size, batch, num_heads // world_size, head_dim)
+    return blocks.transpose(1, 0, 2, 3).reshape(batch, num_heads, head_dim)
+
+
+# ---- the step's tables in one buffer -------------------------------------------------------
+
+HEADER = 2   # batch, pages per row
+
+
+def table_capacity(max_batch: int, max_pages: int, prefill: bool = False) -> int:
+    """int32 entries of the broadcast buffer: a header, the lengths, the padded table (and,
+    for prefill, qo_indptr after it)."""
+    return HEADER + max_batch + max_batch * max_pages + (max_batch + 1) * prefill
+
+
+def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
+                qo_indptr=None) -> np.ndarray:
+    """One int32 buffer of `table_capacity` entries: [batch, pages, seq_lens..., table...]
+    (then qo_indptr, for a prefill step).
+
+    The buffer has a fixed size so that the other ranks, which do not know this step's batch
+    yet, can post their receive of the same size: one broadcast per step, no size exchange.
+    """
+    check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
+    batch, pages = (int(n) for n in block_tables.shape)
+    if batch > max_batch or pages > max_pages:
+        raise ValueError(f"block_tables: the buffer holds at most {max_batch} rows of "
+                         f"{max_pages} pages, got shape {(batch, pages)}")
+    seq_lens = np.asarray(seq_lens, dtype=np.int32)
+    if seq_lens.shape != (batch,):
+        raise ValueError(f"seq_lens: expected shape ({batch},), got {seq_lens.shape}")
+    prefill = qo_indptr is not None
+    buf = np.zeros(table_capacity(max_batch, max_pages, prefill), np.int32)
+    buf[:HEADER] = batch, pages
+    buf[HEADER:HEADER + batch] = seq_lens
+    start = HEADER + max_batch
+    buf[start:start + batch * pages] = np.asarray(block_tables).ravel()
+    if prefill:
+        qo_indptr = np.asarray(qo_indptr, dtype=np.int32)
+        if qo_indptr.shape != (batch + 1,):
+            raise ValueError(f"qo_indptr: expected shape ({batch + 1},), got {qo_indptr.shape}")
+        start += max_batch * max_pages
+        buf[start:start + batch + 1] = qo_indptr
+    return buf
+
+
+def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
+    """(block_tables [batch, pages], seq_lens [batch]), views into `buf` (NumPy or CuPy);
+    with max_pages (a prefill buffer), qo_indptr [batch + 1] too."""
+    batch, pages = (int(n) for n in buf[:HEADER].tolist())
+    lens = buf[HEADER:HEADER + batch]
+    start = HEADER + max_batch
+    tables = buf[start:start + batch * pages].reshape(batch, pages)
+    if max_pages is None:
+        return tables, lens
+    start += max_batch * max_pages
+    return tables, lens, buf[start:start + batch + 1]
+
+
+# ---- what crosses the wire -----------------------------------------------------------------
+
+class StepBytes(NamedTuple):
+    """Bytes of one decode step of one attention layer (`step_bytes`)."""
+    tables: int        # the broadcast buffer, once per step (all layers share it)
+    output_share: int  # one rank's part of the output, sent to every other rank
+    output: int        # the whole gathered output every rank ends with
+    kv_read: int       # K and V one rank reads from its own memory: never on the wire
+
+
+def step_bytes(seq_lens, num_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
+               world_size: int, itemsize: int = 2, max_batch: int | None = None,
+               max_pages: int | None = None) -> StepBytes:
+    """What one decode step moves, for a batch of sequences of lengths `seq_lens`."""
+    check_split(num_heads, num_kv_heads, world_size)
+    lens = np.asarray(seq_lens, dtype=np.int64)
+    batch = lens.size
+    max_batch = batch if max_batch is None else max_batch
+    max_pages = int(-(-lens.max() // page_size)) if max_pages is None else max_pages
+    out = batch * num_heads * head_dim * itemsize
+    kv = int(lens.sum()) * 2 * (num_kv_heads // world_size) * head_dim * itemsize
+    return StepBytes(4 * table_capacity(max_batch, max_pages), out // world_size, out, kv)

@@ -1,0 +1,223 @@
+"""Checks for lesson 13 in Python: which heads a rank owns, the output put back together from
+what an all_gather leaves, and the bytes one decode step sends and reads.
+
+Rank r of R owns KV heads [r*Hkv/R, (r+1)*Hkv/R) and the query heads that read them, query
+head h reading KV head h // (H/Hkv): query heads [r*H/R, (r+1)*H/R). The all_gather into one
+buffer leaves the ranks' outputs rank after rank, each [batch, H/R, head_dim] whole. The cases
+are GQA, MQA-like and MHA shapes with 1 to 8 ranks, and batches of awkward sizes; a wrong
+answer is compared with the classic wrong versions to name the mistake.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..distributed.shard import head_range, reassemble
+from .report import Case, Mismatch, run_cases
+from .seeds import case_rng   # the grader salts the random cases
+
+
+# -- task 1: the heads of a rank -------------------------------------------------------------
+
+def _as_ranges(got):
+    try:
+        (a, b), (c, d) = got
+        return (int(a), int(b)), (int(c), int(d))
+    except (TypeError, ValueError) as exc:
+        raise Mismatch("expected ((kv_start, kv_stop), (q_start, q_stop)), two pairs of ints",
+                       "return the KV head range first, then the query head range.", "",
+                       repr(got)[:200]) from exc
+
+
+def _split_variants(rank, world, heads, kv):
+    n_kv, n_q = kv // world, heads // world
+    right = ((rank * n_kv, (rank + 1) * n_kv), (rank * n_q, (rank + 1) * n_q))
+    (ks, ke), (qs, qe) = right
+    return [
+        ("stop is one past the rank's last head (Python ranges): start + count, not "
+         "start + count - 1.", ((ks, ke - 1), (qs, qe - 1))),
+        ("a KV head serves group = num_heads / num_kv_heads query heads: a rank owns "
+         "num_heads / world_size query heads, not as many as its KV heads.", ((ks, ke), (ks, ke))),
+        ("a rank holds only the KV heads its own query heads read (num_kv_heads / world_size "
+         "of them), not every KV head: the cache is split, not copied.", ((0, kv), (qs, qe))),
+        ("query head h reads KV head h // group (group = num_heads / num_kv_heads), not "
+         "h % num_kv_heads: the rank's query heads read KV heads q_start // group ... "
+         "q_stop // group - 1, which must be its own.", ((qs % kv, qs % kv + n_kv), (qs, qe))),
+        ("ranks count from 0: rank 0 owns the first heads.",
+         (((rank + 1) * n_kv, (rank + 2) * n_kv), ((rank + 1) * n_q, (rank + 2) * n_q))),
+    ]
+
+
+def _split_case(fn, rank, world, heads, kv) -> None:
+    expected = tuple(tuple(p) for p in (head_range(rank, world, heads, kv)[:2],
+                                        head_range(rank, world, heads, kv)[2:]))
+    got = fn(rank, world, heads, kv)
+    if got is None:
+        raise NotImplementedError("head_split returned None")
+    got = _as_ranges(got)
+    if got == expected:
+        return
+    hint = next((h for h, v in _split_variants(rank, world, heads, kv)
+                 if v != expected and got == v),
+                "KV heads [r*Hkv/R, (r+1)*Hkv/R), query heads [r*H/R, (r+1)*H/R).")
+    raise Mismatch(f"rank {rank} of {world}, {heads} query heads over {kv} KV heads (group "
+                   f"{heads // kv})", hint, str(expected), str(got))
+
+
+def _refuse_case(fn, world, heads, kv) -> None:
+    try:
+        got = fn(0, world, heads, kv)
+    except ValueError:
+        return
+    except NotImplementedError:
+        raise
+    except Exception as exc:   # noqa: BLE001 - any other error is the wrong kind
+        raise Mismatch(f"{world} ranks over {kv} KV heads raised {type(exc).__name__}",
+                       "raise ValueError (a bad argument value), naming world_size.",
+                       "ValueError", type(exc).__name__) from exc
+    if got is None:
+        raise NotImplementedError("head_split returned None")
+    raise Mismatch(f"{world} ranks cannot share {kv} KV heads evenly, yet head_split returned "
+                   "ranges", f"refuse a split where num_kv_heads % world_size != 0 with a "
+                   f"ValueError: some rank would get a part of a KV head, or none.",
+                   "ValueError", repr(got))
+
+
+def head_split(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(rank, world_size, num_heads, num_kv_heads)` ->
+    ((kv_start, kv_stop), (q_start, q_stop))."""
+    shapes = [(1, 2, 8, 4), (0, 2, 8, 4), (3, 4, 32, 8), (1, 2, 4, 4), (2, 3, 12, 6),
+              (5, 8, 64, 8), (0, 1, 8, 2)]
+    rng = case_rng(1301)
+    for _ in range(3):
+        world = int(rng.choice([2, 4, 8]))
+        kv = world * int(rng.integers(1, 4))
+        heads = kv * int(rng.choice([1, 2, 4, 8]))
+        shapes.append((int(rng.integers(1, world)), world, heads, kv))
+    cases = [Case("split", {"rank": r, "world_size": w, "num_heads": h, "num_kv_heads": k},
+                  lambda r=r, w=w, h=h, k=k: _split_case(fn, r, w, h, k))
+             for r, w, h, k in shapes]
+    cases += [Case("bad split", {"world_size": w, "num_heads": h, "num_kv_heads": k},
+                   lambda w=w, h=h, k=k: _refuse_case(fn, w, h, k))
+              for w, h, k in ((3, 8, 4), (4, 12, 6))]
+    return run_cases("head_split", "head_split: the heads rank r owns", cases)
+
+
+# -- task 2: the gathered output -------------------------------------------------------------
+
+def _gather_variants(gathered, world, batch, heads, dim):
+    blocks = gathered.reshape(world, batch, heads // world, dim)
+    return [
+        ("the buffer is rank after rank (rank 0's whole [batch, H/R, D] block first), so a "
+         "plain reshape to [batch, H, D] mixes the ranks' sequences: reshape to [R, batch, "
+         "H/R, D] and move the rank axis next to the heads.", gathered.reshape(batch, heads, dim)),
+        ("rank r's block holds heads r*H/R ... (r+1)*H/R - 1: rank 0's heads come first.",
+         blocks[::-1].transpose(1, 0, 2, 3).reshape(batch, heads, dim)),
+        ("rank r's local head j is global head r*H/R + j (consecutive ranges), not j*R + r: "
+         "the rank axis goes before the local-head axis.",
+         blocks.transpose(1, 2, 0, 3).reshape(batch, heads, dim)),
+        ("each rank's block is its output [batch, H/R, head_dim]: sequences first, then its "
+         "heads.", gathered.reshape(world, heads // world, batch, dim).transpose(2, 0, 1, 3)
+         .reshape(batch, heads, dim)),
+    ]
+
+
+def _gather_case(fn, world, full) -> None:
+    batch, heads, dim = full.shape
+    n = heads // world
+    gathered = np.concatenate([full[:, r * n:(r + 1) * n].ravel() for r in range(world)])
+    got = fn(gathered.copy(), world, batch, heads, dim)
+    if got is None:
+        raise NotImplementedError("gather_heads returned None")
+    got = np.asarray(got)
+    if got.shape != full.shape:
+        hint = "one output row per sequence, every head: [batch, num_heads, head_dim]."
+        if got.shape == (batch, n, dim) and world > 1:
+            hint = ("that is one rank's share [batch, H/R, head_dim]: the buffer holds every "
+                    "rank's block; put all of them back.")
+        raise Mismatch("wrong shape", hint, str(full.shape), str(got.shape))
+    if np.array_equal(got, full):
+        return
+    b, h = (int(x[0]) for x in np.nonzero((got != full).any(axis=2)))
+    hint = next((t for t, v in _gather_variants(gathered, world, batch, heads, dim)
+                 if not np.array_equal(v, full) and np.array_equal(got, v)),
+                "rank r's block [batch, H/R, D] goes to heads r*H/R ... (r+1)*H/R - 1.")
+    raise Mismatch(f"first wrong row: sequence {b}, head {h} (computed by rank {h // n}, its "
+                   f"local head {h % n})", hint, str(np.round(full[b, h, :3], 4)),
+                   str(np.round(got[b, h, :3], 4)))
+
+
+def gather_heads(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(gathered, world_size, batch, num_heads, head_dim)` -> [batch, H, D]."""
+    rng = case_rng(1302)
+    shapes = [(2, 3, 8, 4), (4, 5, 8, 2), (2, 1, 4, 3), (1, 2, 4, 2), (8, 3, 16, 5)]
+    cases = [Case("gathered outputs", {"world_size": w, "batch": b, "num_heads": h,
+                                       "head_dim": d},
+                  lambda w=w, full=rng.standard_normal((b, h, d)).astype(np.float32):
+                  _gather_case(fn, w, full))
+             for w, b, h, d in shapes]
+    return run_cases("gather_heads", "gather_heads: the output from the all_gather buffer", cases)
+
+
+# -- task 3: the bytes of a step -------------------------------------------------------------
+
+def _bytes_variants(lens, heads, kv, dim, ps, world, size):
+    batch, n = len(lens), int(np.sum(lens))
+    pages = -(-max(lens) // ps)
+    tables = 4 * (2 + batch + batch * pages)
+    share = batch * heads // world * dim * size
+    kv_read = n * 2 * kv // world * dim * size
+    return [
+        ("round up: a sequence's partial last page is still a page of its table (pages per "
+         "row = ceil(max(seq_lens) / page_size)).",
+         (4 * (2 + batch + batch * (max(lens) // ps)), share, kv_read)),
+        ("the buffer also carries its header (batch, pages per row) and the seq_lens: "
+         "2 + batch + batch * pages int32 values.", (4 * batch * pages, share, kv_read)),
+        ("a rank sends only its own heads' output, num_heads / world_size of them.",
+         (tables, share * world, kv_read)),
+        ("K and V: a token's cache is two arrays of num_kv_heads * head_dim values.",
+         (tables, share, kv_read // 2)),
+        ("a rank reads only its own KV heads, num_kv_heads / world_size of them.",
+         (tables, share, kv_read * world)),
+        ("the cache holds KV heads, not query heads: with GQA, num_kv_heads per token.",
+         (tables, share, n * 2 * heads // world * dim * size)),
+        ("every value is itemsize bytes (and a table entry 4: int32).",
+         (tables // 4, share // size, kv_read // size)),
+    ]
+
+
+def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
+    from ..distributed.shard import step_bytes  # noqa: PLC0415
+    b = step_bytes(lens, heads, kv, dim, ps, world, size)
+    expected = (b.tables, b.output_share, b.kv_read)
+    got = fn(np.array(lens, np.int32), heads, kv, dim, ps, world, size)
+    if got is None:
+        raise NotImplementedError("wire_bytes returned None")
+    try:
+        got = tuple(int(x) for x in got)
+    except (TypeError, ValueError) as exc:
+        raise Mismatch("expected (tables, output_share, kv_read), three ints", "return a "
+                       "tuple of three byte counts.", "", repr(got)[:200]) from exc
+    if got == expected:
+        return
+    hint = next((h for h, v in _bytes_variants(lens, heads, kv, dim, ps, world, size)
+                 if v != expected and got == v),
+                "tables: 4 * (2 + batch + batch * pages); output share: batch * H/R * head_dim"
+                " * itemsize; K/V read: tokens * 2 * Hkv/R * head_dim * itemsize.")
+    names = ("tables", "output_share", "kv_read")
+    wrong = ", ".join(n for n, e, g in zip(names, expected, got) if e != g)
+    raise Mismatch(f"wrong: {wrong}", hint, str(expected), str(got))
+
+
+def wire_bytes(fn) -> "CheckResult":  # noqa: F821
+    """Check `fn(seq_lens, num_heads, num_kv_heads, head_dim, page_size, world_size,
+    itemsize)` -> (tables, output_share, kv_read) bytes of one decode step, one layer."""
+    fixed = [((37, 1, 16, 70), 8, 4, 64, 16, 2, 4), ((17,), 32, 8, 128, 16, 4, 2),
+             ((100, 3, 64, 65, 9), 16, 2, 64, 8, 2, 2), ((5, 6), 4, 4, 32, 4, 1, 4)]
+    rng = case_rng(1303)
+    lens = tuple(int(n) for n in rng.integers(1, 300, size=6))
+    fixed.append((lens, 32, 8, 128, 16, 8, 2))
+    cases = [Case("step", {"seq_lens": list(s), "num_heads": h, "num_kv_heads": k,
+                           "head_dim": d, "page_size": p, "world_size": w, "itemsize": i},
+                  lambda s=s, h=h, k=k, d=d, p=p, w=w, i=i: _bytes_case(fn, s, h, k, d, p, w, i))
+             for s, h, k, d, p, w, i in fixed]
+    return run_cases("wire_bytes", "wire_bytes: what one decode step sends and reads", cases)

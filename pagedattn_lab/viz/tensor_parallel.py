@@ -1,0 +1,78 @@
+"""Pictures for lesson 13: attention heads over GPUs, and what crosses the wire per step.
+
+`plot_head_split` draws one panel per rank: the query and KV heads it owns (the others
+greyed), which KV head each query head reads, and its cache: the SAME page ids as every other
+rank (one block table), holding only its own KV heads. `plot_step_bytes` compares, per
+decode step, the bytes sent between GPUs with the K/V bytes each GPU reads from its own
+memory.
+"""
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+from matplotlib.patches import Rectangle
+
+from ..distributed.shard import head_range
+
+_GREY = (0.88, 0.88, 0.88)
+
+
+def _box(ax, x, y, w, h, color, text, text_color="black"):
+    ax.add_patch(Rectangle((x, y), w, h, facecolor=color, edgecolor="white", linewidth=1.5))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8, color=text_color)
+
+
+def plot_head_split(num_heads: int, num_kv_heads: int, world_size: int, pages):
+    """One panel per rank: its heads and its cache over the shared block-table row `pages`."""
+    group = num_heads // num_kv_heads
+    colors = [plt.get_cmap("tab10")(r) for r in range(world_size)]
+    width = max(num_heads, 1) + 2 + len(pages) + 1
+    fig, axes = plt.subplots(world_size, 1, figsize=(min(14, 0.55 * width + 2),
+                                                     1.9 * world_size + 0.6), squeeze=False)
+    for rank, ax in enumerate(axes[:, 0]):
+        h = head_range(rank, world_size, num_heads, num_kv_heads)
+        mine = colors[rank]
+        for q in range(num_heads):
+            own = h.q_start <= q < h.q_stop
+            _box(ax, q, 2.2, 1, 0.8, mine if own else _GREY, f"q{q}")
+        kv_w = num_heads / num_kv_heads          # KV boxes under their query groups
+        for kv in range(num_kv_heads):
+            own = h.kv_start <= kv < h.kv_stop
+            _box(ax, kv * kv_w, 0.6, kv_w, 0.8, mine if own else _GREY, f"kv{kv}")
+        for q in range(h.q_start, h.q_stop):
+            ax.plot([q + 0.5, (q // group + 0.5) * kv_w], [2.2, 1.4], color=mine, lw=1)
+        x0 = num_heads + 2                      # its cache: every page id, its heads only
+        n_own = h.kv_stop - h.kv_start
+        for i, page in enumerate(pages):
+            _box(ax, x0 + i, 3.0, 1, 0.5, "white", str(page))
+            for j in range(n_own):
+                _box(ax, x0 + i, 2.2 - 1.6 * j / max(n_own, 1), 1, 1.6 / max(n_own, 1) * 0.95,
+                     mine, f"kv{h.kv_start + j}", "white")
+        ax.text(x0, 3.75, "block table (the same on every rank)", fontsize=8)
+        ax.text(-0.2, 3.3, f"GPU {rank}: query heads {h.q_start}-{h.q_stop - 1}, KV heads "
+                f"{h.kv_start}-{h.kv_stop - 1}", fontsize=9, weight="bold")
+        ax.set_xlim(-0.5, x0 + len(pages) + 0.5)
+        ax.set_ylim(0.4, 4.1)
+        ax.set_axis_off()
+    fig.suptitle(f"{num_heads} query heads, {num_kv_heads} KV heads over {world_size} GPUs: "
+                 "each GPU's pages hold only its KV heads", fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def plot_step_bytes(rows):
+    """rows: [(label, StepBytes-like with .tables, .output, .kv_read)]: a log-scale bar
+    chart of the bytes of one step (for a whole model: pass totals over its layers)."""
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    kinds = [("tables", "block tables (broadcast)"), ("output", "outputs (gathered)"),
+             ("kv_read", "K/V read locally, per GPU")]
+    width = 0.8 / len(kinds)
+    for i, (field, label) in enumerate(kinds):
+        ax.bar([x + i * width for x in range(len(rows))], [getattr(b, field) for _, b in rows],
+               width, label=label)
+    ax.set_xticks([x + width for x in range(len(rows))], [label for label, _ in rows])
+    ax.set_yscale("log")
+    ax.set_ylabel("bytes per decode step")
+    ax.legend(fontsize=8)
+    ax.set_title("What crosses the wire vs what stays on each GPU")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,127 @@
+"""Workbook 13's checks fail the classic wrong answers, with a hint that names the mistake.
+
+Each wrong version is written the way a learner gets it wrong; each case asserts that the
+check fails (not "not attempted") and that the printed hint names the mistake. The correct
+versions pass (so the checks are not simply strict).
+"""
+import numpy as np
+import pytest
+
+from tests.check_helpers import as_params, assert_caught, run_check
+
+
+def split(inclusive=False, q_like_kv=False, all_kv=False, modulo=False, from_one=False,
+          refuse=True):
+    def fn(rank, world_size, num_heads, num_kv_heads):
+        if refuse and num_kv_heads % world_size:
+            raise ValueError("world_size must divide num_kv_heads")
+        n_kv, n_q = num_kv_heads // world_size, num_heads // world_size
+        r = rank + 1 if from_one else rank
+        kv = (r * n_kv, (r + 1) * n_kv)
+        q = (r * n_q, (r + 1) * n_q)
+        if q_like_kv:
+            q = kv
+        if all_kv:
+            kv = (0, num_kv_heads)
+        if modulo:
+            kv = (q[0] % num_kv_heads, q[0] % num_kv_heads + n_kv)
+        if inclusive:
+            kv, q = (kv[0], kv[1] - 1), (q[0], q[1] - 1)
+        return kv, q
+    return fn
+
+
+def gather(how="right"):
+    def fn(gathered, world_size, batch, num_heads, head_dim):
+        if how == "reshape":
+            return gathered.reshape(batch, num_heads, head_dim)
+        blocks = gathered.reshape(world_size, batch, num_heads // world_size, head_dim)
+        if how == "reversed":
+            blocks = blocks[::-1]
+        if how == "interleaved":
+            return blocks.transpose(1, 2, 0, 3).reshape(batch, num_heads, head_dim)
+        if how == "batch_axis":
+            return np.concatenate(list(blocks), axis=0)
+        if how == "heads_first":     # each block read as [H/R, batch, D]
+            return gathered.reshape(world_size, num_heads // world_size, batch, head_dim) \
+                .transpose(2, 0, 1, 3).reshape(batch, num_heads, head_dim)
+        if how == "own_block":
+            return blocks[0]
+        if how == "world_from_size":   # R from the buffer's size: always 1
+            world = gathered.size // (batch * num_heads * head_dim)
+            blocks = gathered.reshape(world, batch, num_heads // world, head_dim)
+        return blocks.transpose(1, 0, 2, 3).reshape(batch, num_heads, head_dim)
+    return fn
+
+
+def wire(floor=False, no_header=False, whole_output=False, no_v=False, all_kv=False,
+         q_heads=False, elements=False):
+    def fn(seq_lens, num_heads, num_kv_heads, head_dim, page_size, world_size, itemsize):
+        batch = len(seq_lens)
+        longest = int(max(seq_lens))
+        pages = longest // page_size if floor else -(-longest // page_size)
+        tables = 4 * batch * pages if no_header else 4 * (2 + batch + batch * pages)
+        heads_out = num_heads if whole_output else num_heads // world_size
+        kv_heads = num_heads if q_heads else num_kv_heads
+        kv_heads = kv_heads if all_kv else kv_heads // world_size
+        size = 1 if elements else itemsize
+        share = batch * heads_out * head_dim * size
+        kv = int(np.sum(seq_lens)) * (1 if no_v else 2) * kv_heads * head_dim * size
+        return (tables // 4 if elements else tables), share, kv
+    return fn
+
+
+MISTAKES = [
+    ("head_split", split(inclusive=True), "one past"),
+    ("head_split", split(q_like_kv=True), "not as many as its KV heads", ["one past"]),
+    ("head_split", split(all_kv=True), "not every KV head"),
+    ("head_split", split(modulo=True), "not h % num_kv_heads"),
+    ("head_split", split(from_one=True), "count from 0"),
+    ("head_split", split(refuse=False), "ValueError"),
+    ("head_split", lambda r, w, h, k: (r, w), "two pairs"),
+    ("gather_heads", gather("reshape"), "plain reshape", ["rank 0's heads come first"]),
+    ("gather_heads", gather("reversed"), "rank 0's heads come first"),
+    ("gather_heads", gather("interleaved"), "not j*R + r"),
+    ("gather_heads", gather("batch_axis"), "[batch, num_heads, head_dim]"),
+    ("gather_heads", gather("heads_first"), "sequences first"),
+    ("gather_heads", gather("own_block"), "one rank's share"),
+    ("gather_heads", gather("world_from_size"), "plain reshape"),
+    ("wire_bytes", wire(floor=True), "round up"),
+    ("wire_bytes", wire(no_header=True), "header"),
+    ("wire_bytes", wire(whole_output=True), "only its own heads' output"),
+    ("wire_bytes", wire(no_v=True), "K and V"),
+    ("wire_bytes", wire(all_kv=True), "only its own KV heads"),
+    ("wire_bytes", wire(q_heads=True), "not query heads"),
+    ("wire_bytes", wire(elements=True), "itemsize bytes"),
+    ("wire_bytes", lambda *a: 7, "three ints"),
+]
+
+
+@pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(MISTAKES))
+def test_mistake_is_caught(task, impl, phrase, not_phrases):
+    assert_caught(task, impl, phrase, not_phrases=not_phrases)
+
+
+@pytest.mark.parametrize("task, impl", [("head_split", split()), ("gather_heads", gather())])
+def test_correct_versions_pass(task, impl):
+    result, printed = run_check(task, impl)
+    assert result.passed, printed
+
+
+def test_stub_is_not_attempted():
+    def stub(*args):
+        raise NotImplementedError
+    for task in ("head_split", "gather_heads", "wire_bytes"):
+        result, _ = run_check(task, stub)
+        assert result.status == "not attempted"
+
+
+def test_every_task_has_six_mistakes():
+    from pagedattn_lab.lessons import lesson
+    for task in lesson("13").tasks:
+        assert sum(t == task for t, *_ in MISTAKES) >= 6, task
+
+
+def test_correct_wire_bytes_passes():
+    result, printed = run_check("wire_bytes", wire())
+    assert result.passed, printed
