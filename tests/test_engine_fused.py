@@ -244,3 +244,19 @@ def test_kernels_on_gpu(dtype):
     ids=["gqa16", "mqa64", "1b-width"])
 def test_fused_forward_matches_array_ops_on_gpu(dtype, config):
     compare_engines("gpu", dtype, config)
+
+
+def test_compressed_cache_takes_the_array_op_forward():
+    """An int8 cache's write quantizes, which the fused RoPE kernel does not: a fused model
+    serves it through the array-op forward, with the same tokens and logits."""
+    config = tiny_config()
+    rng = np.random.default_rng(3)
+    prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in (4, 13)]
+    outs = []
+    for fused in (False, True):
+        engine = LLMEngine(_model(config, np.float32, fused),
+                           EngineConfig(num_pages=32, page_size=8, kv_dtype="int8"))
+        outs.append(engine.generate(prompts, SamplingParams(max_tokens=4, return_logits=True)))
+    for plain, fused in zip(*outs):
+        assert fused.output_ids == plain.output_ids
+        np.testing.assert_array_equal(fused.logits, plain.logits)
