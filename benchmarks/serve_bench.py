@@ -59,6 +59,8 @@ def parse_args(argv):
     p.add_argument("--preemption", choices=["recompute", "swap"], default="recompute")
     p.add_argument("--host-gib", type=float, default=0.0, help="swap space")
     p.add_argument("--allocation", choices=["on_demand", "predictive"], default="on_demand")
+    p.add_argument("--unfused", action="store_true",
+                   help="the model's array-op forward (default on the GPU: the fused kernels)")
     p.add_argument("--no-hf", action="store_true", help="skip transformers' generate")
     p.add_argument("--hf-batch", type=int, default=None,
                    help="generate's batch (default: the largest that fits the GPU)")
@@ -94,7 +96,8 @@ def build_model(args):
     if on_gpu:
         import cupy as xp  # noqa: PLC0415
     weights = random_weights(config, seed=args.seed, dtype=dtype, xp=xp)
-    model = LlamaModel(config, weights, dtype=dtype, device="gpu" if on_gpu else "cpu")
+    model = LlamaModel(config, weights, dtype=dtype, device="gpu" if on_gpu else "cpu",
+                       fused=False if args.unfused else None)
     return config, weights, model
 
 
@@ -144,7 +147,7 @@ def main(argv=None) -> int:
     config, weights, model = build_model(args)
     prompts = [rng.integers(0, config.vocab_size, int(n)).tolist() for n in prompt_lens]
     print(f"model: {config.num_parameters() / 1e9:.2f}B parameters, {model.dtype.name}, "
-          f"{model.device}; {args.requests} requests, {int(prompt_lens.sum())} prompt + "
+          f"{model.device}, {'fused' if model.fused else 'array-op'} forward; {args.requests} requests, {int(prompt_lens.sum())} prompt + "
           f"{int(outputs.sum())} output tokens", flush=True)
     # Warm-up: compiles the kernels, starts cuBLAS.
     serve(model, EngineConfig(page_size=16, num_pages=64), [p[:40] for p in prompts[:4]], [4] * 4,

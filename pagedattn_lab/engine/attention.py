@@ -8,7 +8,8 @@ prompt chunks (q_len > 1), prompts whose prefix came from the prefix cache, and 
 tables, the slot of every new token); `write_kv` and `run` are then called by each layer.
 
 `run` calls the course's public kernels:
-  - decodes go to `paged_attention_decode`;
+  - decodes go to `BatchDecodeWrapper` (the kernel `paged_attention_decode` picks), planned
+    once per step here and run by every layer;
   - prefill chunks, in float16 with a head size the tensor-core kernel compiles for, go to
     `BatchPrefillWrapper`: packed queries (`qo_indptr`), bottom-right causal, planned once
     per step here and run by every layer;
@@ -16,8 +17,9 @@ tables, the slot of every new token); `write_kv` and `run` are then called by ea
     chunk's queries placed at their positions in a zero-padded query of the sequence's full
     length, and only those rows read back: correct (each row is causal over the cached
     tokens), but the rows before the chunk are computed and thrown away.
-`write_kv` scatters K/V rows to their slots with array indexing; a cache-write kernel
-replaces it in one place too.
+`write_kv` scatters K/V rows to their slots with array indexing; the model's fused path
+writes them in its RoPE kernel instead, through `slot_mapping` (every new token's slot on the
+device, SKIP_SLOT for those already cached), except into a compressed cache.
 
 A compressed cache (kv_dtype "int8" / "fp8_e4m3", quant.py) is written by the quantizing
 cache-write kernel (`cache_write_quant.write_kv_quant`), and every new token, prefill chunks
@@ -31,11 +33,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..attention_decode import paged_attention_decode
 from ..attention_prefill import TILED_HEAD_DIMS, paged_attention_prefill
 from ..cache_write_quant import write_kv_quant
 from ..prefill_wrapper import HEAD_DIMS as PACKED_HEAD_DIMS
 from ..prefill_wrapper import BatchPrefillWrapper
+from ..validate import resolve_scale
 from ..wrappers import BatchDecodeWrapper
 
 SKIP_SLOT = -1   # a token whose K/V is already cached: nothing to write
@@ -67,6 +69,9 @@ class StepAttention:
                              f"in {PACKED_HEAD_DIMS}; got {self.dtype} and {head_dim}")
         self.packed = can_pack if packed_prefill is None else bool(packed_prefill)
         self.wrapper = BatchPrefillWrapper() if self.packed else None
+        self.decode = BatchDecodeWrapper()
+        # The scale paged_attention_decode passes to its wrapper: the same float32 bits.
+        self.scale = resolve_scale(None, head_dim)
         self.kv_dtype, self.scale_scheme = kv_dtype, scale_scheme
         self.compressed = BatchDecodeWrapper() if kv_dtype is not None else None
 
@@ -82,17 +87,24 @@ class StepAttention:
         slots = np.asarray(slot_mapping, np.int64)
         writes = np.flatnonzero(slots != SKIP_SLOT)
         self.write_all = writes.size == slots.size
-        self.write_rows = xp.asarray(writes)
-        self.write_slots = xp.asarray(slots[writes])
+        # One upload for the slot mapping and the rows to write (views of it).
+        index = xp.asarray(np.concatenate([slots, writes, slots[writes]]))
+        self.slot_mapping = index[:slots.size]
+        self.write_rows = index[slots.size:slots.size + writes.size]
+        self.write_slots = index[slots.size + writes.size:]
         if self.compressed is not None:
             self._plan_compressed(q_lens, kv_lens, block_tables)
             return
 
         decode = np.flatnonzero(q_lens == 1)
-        self.decode_rows = xp.asarray(starts[decode])
-        self.decode_tables = xp.asarray(_padded_table([block_tables[i] for i in decode]))
-        self.decode_lens = xp.asarray(kv_lens[decode].astype(np.int32))
         self.num_decode = decode.size
+        self.all_decode = decode.size == q_lens.size
+        self.decode_rows = None if self.all_decode else xp.asarray(starts[decode])
+        if decode.size:
+            self.decode.plan(_padded_table([block_tables[i] for i in decode]),
+                             kv_lens[decode].astype(np.int32), self.num_heads,
+                             self.num_kv_heads, self.head_dim, self.page_size, self.dtype.name,
+                             device="cpu" if xp is np else "gpu")
 
         prefill = np.flatnonzero(q_lens > 1)
         self.num_prefill = prefill.size
@@ -141,15 +153,18 @@ class StepAttention:
 
     def run(self, q, k_cache, v_cache, k_scale=None, v_scale=None):
         """Attention of every new token over its sequence's cached tokens (itself included):
-        q [total_q, num_heads, head_dim] -> out of the same shape."""
-        out = self.xp.empty_like(q)
+        q [total_q, num_heads, head_dim] -> out of the same shape. A batch of decodes only
+        gets the decode plan's own buffer, which the next layer's run overwrites."""
         if self.compressed is not None:
-            return self.compressed.run(q, k_cache, v_cache, out=out, k_scale=k_scale,
-                                       v_scale=v_scale)
+            return self.compressed.run(q, k_cache, v_cache, out=self.xp.empty_like(q),
+                                       k_scale=k_scale, v_scale=v_scale)
+        if self.all_decode:
+            return self.decode.run(q, k_cache, v_cache, scale=self.scale)
+        out = self.xp.empty_like(q)
         if self.num_decode:
-            out[self.decode_rows] = paged_attention_decode(
+            out[self.decode_rows] = self.decode.run(
                 self.xp.ascontiguousarray(q[self.decode_rows]), k_cache, v_cache,
-                self.decode_tables, self.decode_lens)
+                scale=self.scale)
         if self.num_prefill:
             out[self.prefill_rows] = self._run_prefill(q[self.prefill_rows], k_cache, v_cache)
         return out

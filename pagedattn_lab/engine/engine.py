@@ -131,10 +131,12 @@ class LLMEngine:
         prefill_tokens = sum(n for r, n in zip(step.requests, step.num_new)
                              if not (n == 1 and r.output_ids))
         token_ids, positions, samplers, sample_rows = self._pack(step)
-        xp = self.model.xp
-        logits = self.model.forward(xp.asarray(token_ids), xp.asarray(positions),
-                                    self.attention, self.store, xp.asarray(sample_rows))
-        tokens = sample(logits, samplers, self.config.seed, xp)
+        # One upload for the three index arrays (the forward gets views of it).
+        ints = self.model.xp.asarray(np.concatenate([token_ids, positions, sample_rows]))
+        n = token_ids.size
+        logits = self.model.forward(ints[:n], ints[n:2 * n], self.attention, self.store,
+                                    ints[2 * n:])
+        tokens = sample(logits, samplers, self.config.seed, self.model.xp)
         for req, n in zip(step.requests, step.num_new):
             req.num_computed_tokens += n
             self.kv.register_computed(req)
@@ -202,24 +204,30 @@ class LLMEngine:
     def _pack(self, step: ScheduledStep):
         """The batch's token ids, positions and slots; plans the attention metadata."""
         ps = self.config.page_size
-        ids, positions, slots = [], [], []
-        tables, kv_lens, samplers, sample_rows = [], [], [], []
+        ids, starts, tables, samplers, sample_rows = [], [], [], [], []
         row = 0
         for req, n in zip(step.requests, step.num_new):
             start = req.num_computed_tokens
-            pos = np.arange(start, start + n, dtype=np.int64)
-            pages = np.asarray(req.pages, dtype=np.int64)
             ids.extend(req.tokens(start, start + n))
-            positions.append(pos)
-            slots.append(pages[pos // ps] * ps + pos % ps)
+            starts.append(start)
             tables.append(req.pages)
-            kv_lens.append(start + n)
             row += n
             if start + n == req.num_tokens:
                 samplers.append(req)
                 sample_rows.append(row - 1)
-        self.attention.plan(step.num_new, kv_lens, tables, np.concatenate(slots))
-        return (np.asarray(ids, np.int64), np.concatenate(positions), samplers,
+        # Positions and slots of every new token at once (no per-request arrays).
+        new = np.asarray(step.num_new, np.int64)
+        starts = np.asarray(starts, np.int64)
+        first_row = np.cumsum(new) - new
+        positions = np.repeat(starts - first_row, new) + np.arange(row, dtype=np.int64)
+        owner = np.repeat(np.arange(new.size), new)
+        width = max(len(t) for t in tables)
+        pages = np.zeros((new.size, width), np.int64)
+        for i, table in enumerate(tables):
+            pages[i, :len(table)] = table
+        slots = pages[owner, positions // ps] * ps + positions % ps
+        self.attention.plan(step.num_new, starts + new, tables, slots)
+        return (np.asarray(ids, np.int64), positions, samplers,
                 np.asarray(sample_rows, np.int64))
 
     def _finish_reason(self, req: Request, token: int) -> str | None:
@@ -239,14 +247,16 @@ class LLMEngine:
     def _slots_filled(self) -> int:
         """Slots of the held pages that hold a computed token; a page shared by several
         requests (a prefix hit) counts once, so this never exceeds the slots held."""
-        ps, filled = self.config.page_size, {}
+        ps, full, partial = self.config.page_size, set(), {}
+        # Once per step over every running request: a page full for any request counts ps,
+        # else the most any request filled of it (sets and slices, no loop over pages).
         for req in self.scheduler.running:
-            for i, page in enumerate(req.pages):
-                n = min(ps, req.num_computed_tokens - i * ps)
-                if n <= 0:
-                    break
-                filled[page] = max(filled.get(page, 0), n)
-        return sum(filled.values())
+            pages, rest = divmod(req.num_computed_tokens, ps)
+            full.update(req.pages[:pages])
+            if rest:
+                page = req.pages[pages]
+                partial[page] = max(partial.get(page, 0), rest)
+        return ps * len(full) + sum(n for page, n in partial.items() if page not in full)
 
     def _record(self, step: ScheduledStep, prefill_tokens: int, seconds: float) -> None:
         sched, pool = self.scheduler, self.kv.pool

@@ -13,6 +13,12 @@ Arithmetic follows transformers' LlamaForCausalLM (RMSNorm in float32 then the w
 model's dtype, rotate-half RoPE with float32 angles, GQA by repeating KV heads), so greedy
 tokens match it. Arrays are NumPy or CuPy (`xp`), so the same code runs on the CPU, with
 the attention kernels on the CPU executor, and on the GPU.
+
+`fused=True` (the default on the GPU) runs the elementwise work through `fused.LlamaOps`
+(one launch each for the residual add with RMSNorm, RoPE with the cache write, and SiLU
+times up) instead of array ops: the same arithmetic rounded the same way, a fraction of the
+launches. The array-op forward stays as the readable form, the CPU's default, and the path
+of a compressed (int8/fp8) cache, whose cache write quantizes.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ import numpy as np
 
 from ..backend import cupy_module, resolve_device, to_numpy
 from .config import ModelConfig
+from .fused import LlamaOps
 from .weights import check_weights
 
 
@@ -50,11 +57,12 @@ class LlamaModel:
     """LlamaForCausalLM's forward over a paged KV cache.
 
     weights: Hugging Face parameter names -> arrays (see `weights.py`); they are copied to
-    `device` in `dtype` (float32 or float16).
+    `device` in `dtype` (float32 or float16). fused: the fused elementwise kernels (None: on
+    the GPU only; on the CPU they run on the CPU executor, slowly: for testing).
     """
 
     def __init__(self, config: ModelConfig, weights: dict, *, dtype=np.float32,
-                 device: str = "auto"):
+                 device: str = "auto", fused: bool | None = None):
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
         check_weights(config, weights)
@@ -64,8 +72,12 @@ class LlamaModel:
             name = repr(dtype)
         if name not in ("float32", "float16"):
             raise TypeError(f"dtype: expected float32 or float16, got {name}")
+        if fused is not None and not isinstance(fused, bool):
+            raise TypeError(f"fused: expected True, False or None, got {fused!r}")
         self.config, self.dtype = config, np.dtype(dtype)
         self.device = resolve_device(device)
+        self.fused = self.device == "gpu" if fused is None else fused
+        self.ops = LlamaOps(self.dtype) if self.fused else None
         self.xp = xp = cupy_module() if self.device == "gpu" else np
 
         def put(name):
@@ -111,6 +123,8 @@ class LlamaModel:
         attention: a planned `StepAttention`; kv: the `KVStore`; sample_rows: which rows
         need logits (the last new token of each request that samples this step).
         """
+        if self.fused and attention.compressed is None:   # a compressed cache's write quantizes
+            return self._forward_fused(token_ids, positions, attention, kv, sample_rows)
         cfg, xp = self.config, self.xp
         n = int(token_ids.shape[0])
         heads, kv_heads, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
@@ -132,3 +146,22 @@ class LlamaModel:
             x = x + (gate / (1 + xp.exp(-gate)) * up) @ w["down"].T
         h = self.rms_norm(x[sample_rows], self.norm)
         return (h @ self.lm_head.T).astype(np.float32)
+
+    def _forward_fused(self, token_ids, positions, attention, kv, sample_rows):
+        """`forward` with the fused kernels: per layer two norms (each with the residual add
+        before it), four matmuls, RoPE with the cache write, attention, SiLU times up. Each
+        residual add is deferred into the next norm, the last one into the final norm (run
+        on every row: a norm is per row, so the sampled rows come out the same)."""
+        cfg, ops, eps = self.config, self.ops, self.config.rms_norm_eps
+        n = int(token_ids.shape[0])
+        heads, kv_heads, d = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        x, delta = self.embed[token_ids], None
+        for layer, w in enumerate(self.layers):
+            x, h = ops.rms_norm(x, w["ln1"], eps, delta)
+            q = ops.rope_qkv(h @ w["qkv"].T, positions, self.cos, self.sin,
+                             attention.slot_mapping, kv.k[layer], kv.v[layer], heads, kv_heads)
+            o = attention.run(q, kv.k[layer], kv.v[layer])
+            x, h = ops.rms_norm(x, w["ln2"], eps, o.reshape(n, heads * d) @ w["o"].T)
+            delta = ops.silu_mul(h @ w["gate_up"].T) @ w["down"].T
+        _, h = ops.rms_norm(x, self.norm, eps, delta)
+        return (h[sample_rows] @ self.lm_head.T).astype(np.float32)
