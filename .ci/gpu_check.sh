@@ -74,7 +74,7 @@ checks=("pytest-gpu|timeout 300 python3 -m pytest -m gpu tests -q -p no:cachepro
 tools="memcheck"
 [ "$MODE" = lean ] || tools="memcheck racecheck synccheck"
 for tool in $tools; do
-    for script in sanitize sanitize_tc sanitize_prefill sanitize_quant; do
+    for script in sanitize sanitize_tc sanitize_prefill sanitize_quant sanitize_engine; do
         checks+=("$script-$tool|timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/$script.py")
     done
 done
