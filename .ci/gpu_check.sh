@@ -18,7 +18,8 @@ MODE=${1:-full}
 OUT=${OUT:-$PWD/gpu_check_out}
 RES="$OUT/results"
 mkdir -p "$RES/logs"
-DEADLINE=${GPU_CHECK_DEADLINE:-$([ "$MODE" = lean ] && echo 540 || echo 100000)}
+DEADLINE=${GPU_CHECK_DEADLINE:-$([ "$MODE" = lean ] && echo 500 || echo 100000)}
+HARD_STOP=$((DEADLINE + 80))   # a timing step still running then is stopped
 LOG="$OUT/gpu_check.log"
 : > "$LOG"
 export PYTHONUNBUFFERED=1
@@ -32,7 +33,7 @@ step() {   # step NAME COMMAND...: run, log, remember failures, keep going
     fi
     echo "=== $name: $*" | tee -a "$LOG"
     local t0=$SECONDS
-    "$@" >> "$LOG" 2>&1
+    timeout $((HARD_STOP - SECONDS)) "$@" >> "$LOG" 2>&1
     local rc=$?
     echo "--- $name: rc=$rc, $((SECONDS - t0)) s" | tee -a "$LOG"
     [ $rc -eq 0 ] || failed+=("$name")
@@ -69,13 +70,13 @@ fi
 step nvidia-smi nvidia-smi
 
 # Phase 1: correctness (nothing timed). compute-sanitizer on every kernel's launch script.
-checks=("pytest-gpu|timeout 300 python3 -m pytest -m gpu tests -q -p no:cacheprovider -n 8 -rf"
+checks=("pytest-gpu|timeout 200 python3 -m pytest -m gpu tests -q -p no:cacheprovider -n 8 -rf"
         "flashinfer-jit|timeout 300 python3 benchmarks/prebuild_flashinfer.py")
 tools="memcheck"
 [ "$MODE" = lean ] || tools="memcheck racecheck synccheck"
 for tool in $tools; do
     for script in sanitize sanitize_tc sanitize_prefill sanitize_quant sanitize_engine; do
-        checks+=("$script-$tool|timeout 300 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/$script.py")
+        checks+=("$script-$tool|timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/$script.py")
     done
 done
 side_by_side "${checks[@]}"
@@ -88,21 +89,22 @@ if [ "$MODE" != lean ]; then
         notebooks solutions -q -p no:cacheprovider -n 4 --dist loadfile
 fi
 
-# Phase 2: timings, one at a time. Head sizes 80 and 96 in processes of their own: FlashInfer
-# 0.6.6 makes an illegal address there, which takes the CUDA context along.
+# Phase 2: timings, one at a time, most wanted first.
 export MPLBACKEND=Agg
 lean_flags=(); [ "$MODE" = lean ] && lean_flags=(--no-prefill)
 step serve timeout 200 python3 benchmarks/serve_bench.py --kv-gib 1.0 --out "$RES/serve"
+step bench-quant timeout 150 python3 -m pagedattn_lab.bench.quant --out "$RES/bench"
 step bench timeout 200 python3 -m pagedattn_lab.bench --out "$RES/bench" "${lean_flags[@]}" \
     --only D64,D64-p64,D64-p128,D64-gqa4,D64-gqa8,D64-gqa8-p64,D64-mqa16,8x32k-gqa4,8x32k,1x32k-gqa4,256x128,D64-d64,D64-gqa4-d256
-# (In lean mode without FlashInfer there: it fails on these rows and its JIT costs a minute.)
+step bench-prefill timeout 200 python3 -m pagedattn_lab.bench.prefill --out "$RES/bench"
+# Head sizes 80 and 96 in processes of their own: FlashInfer 0.6.6 makes an illegal address
+# there, which takes the CUDA context along (in lean mode without it: it fails on these rows
+# anyway and its JIT costs a minute).
 [ "$MODE" = lean ] && lean_flags+=(--no-baselines)
 for d in 80 96; do
     step "bench-d$d" timeout 90 python3 -m pagedattn_lab.bench --out "$RES/bench" \
         --prefix "bench-d$d" --only "D64-gqa4-d$d" --no-prefill "${lean_flags[@]}"
 done
-step bench-prefill timeout 200 python3 -m pagedattn_lab.bench.prefill --out "$RES/bench"
-step bench-quant timeout 150 python3 -m pagedattn_lab.bench.quant --out "$RES/bench"
 tar -czf "$OUT/results.tgz" -C "$OUT" results && rm -rf "$RES"
 
 echo "=== steps:"
