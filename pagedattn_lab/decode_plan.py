@@ -29,6 +29,11 @@ HEAD_DIM_MAX = 256
 # tensor cores 0.365 ms with 4 warps over 32-token tiles in pairs, SIMT 0.375 ms).
 MHA_KERNEL = "simt"
 TC_AUTO_MAX_HEAD_DIM = 256
+# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT: over
+# codes the tensor-core kernel gains nothing from the halved bytes (D64 GQA 32/8, H200,
+# 2026-12-02, results/2026-12-02_H200_quant.txt: SIMT 0.192-0.203 ms on the four formats,
+# tensor cores 0.199-0.291 ms; fp16 pages on tensor cores 0.191 ms).
+COMPRESSED_SIMT_MAX_GROUP = 4
 
 
 def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
@@ -47,11 +52,13 @@ def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
     return None
 
 
-def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu: bool) -> str:
+def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu: bool,
+                  compressed: bool = False) -> str:
     """The kernel a plan runs. `requested` is "auto", "simt" or "tensor_core".
 
     auto: float32 -> simt (the only one); on the GPU, GQA/MQA with head_dim up to
-    TC_AUTO_MAX_HEAD_DIM -> tensor_core, MHA -> MHA_KERNEL, the rest simt. On the CPU
+    TC_AUTO_MAX_HEAD_DIM -> tensor_core (but simt for compressed pages up to
+    COMPRESSED_SIMT_MAX_GROUP heads per KV head), MHA -> MHA_KERNEL, the rest simt. On the CPU
     executor auto picks simt: there WMMA is emulated lane by lane, which is for learning and
     testing, not speed (ask for "tensor_core" to run it there).
     """
@@ -62,6 +69,8 @@ def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu:
             requested = "simt"
         elif group == 1:
             requested = MHA_KERNEL
+        elif compressed and group <= COMPRESSED_SIMT_MAX_GROUP:
+            requested = "simt"
         else:
             requested = "tensor_core" if head_dim <= TC_AUTO_MAX_HEAD_DIM else "simt"
             if supported_head_dim(requested, dtype, head_dim):

@@ -325,7 +325,7 @@ class BatchDecodeWrapper:
 def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format):
     """decode_plan.choose_kernel, and for compressed pages the SIMT kernel's limit: 16 codes
     per 16-byte load, so head_dim a multiple of 16 (the tensor-core kernel's limit too)."""
-    chosen = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu)
+    chosen = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format is not None)
     if kv_format is not None and head_dim % 16:
         raise ValueError(f"head_dim: {head_dim} with {kv_format.name} pages: the simt kernel "
                          f"reads 16 codes at a time, so head_dim must be a multiple of 16")
