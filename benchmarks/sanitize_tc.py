@@ -19,25 +19,18 @@ import cupy as cp  # noqa: E402
 from pagedattn_lab import decode_plan as dp  # noqa: E402
 from pagedattn_lab import quant  # noqa: E402
 from pagedattn_lab.reference import reference_decode  # noqa: E402
+from pagedattn_lab.validate import LOG2E  # noqa: E402
 from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
+from sanitize import problem as sanitize_problem  # noqa: E402 - benchmarks/ is the script's folder
 
 cp.cuda.set_allocator(None)
-LOG2E = 1.4426950408889634
 
 
-def problem(rng, lens, page_size, heads, kv_heads, head_dim):
-    pages = [-(-n // page_size) for n in lens]
-    perm = rng.permutation(sum(pages)).astype(np.int32)
-    tables = np.zeros((len(lens), max(pages)), np.int32)   # exact width: no padding column
-    start = 0
-    for b, n in enumerate(pages):
-        tables[b, :n] = perm[start:start + n]
-        start += n
-    shape = (sum(pages), page_size, kv_heads, head_dim)
-    k = rng.standard_normal(shape).astype(np.float32)
-    v = rng.standard_normal(shape).astype(np.float32)
-    q = rng.standard_normal((len(lens), heads, head_dim)).astype(np.float16)
-    return q, k, v, tables, np.array(lens, np.int32)
+def problem(rng, lens, page, heads, kv_heads, head_dim):
+    """sanitize.py's problem with float32 K/V (quantized or cast per case) and fp16 q."""
+    q, k, v, tables, lens = sanitize_problem(rng, lens, page, heads, kv_heads, head_dim,
+                                             np.float32)
+    return q.astype(np.float16), k, v, tables, lens
 
 
 def run_case(rng, name, lens, page, heads, kv, d, splits, cfg_kw, kv_dtype=None, scheme=None):

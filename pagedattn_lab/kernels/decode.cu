@@ -75,9 +75,6 @@
 #ifndef CACHE_T
 #define CACHE_T KV_T
 #endif
-#ifndef PER_TOKEN_SCALES
-#define PER_TOKEN_SCALES 0
-#endif
 // Bytes per load of codes: 16 (16 codes), or 8 for blocks of many query heads, whose
 // per-thread q slices and sums (VEC floats per head) would not fit in registers.
 #ifndef CHUNK_BYTES

@@ -93,9 +93,6 @@
 #ifndef CACHE_T
 #define CACHE_T KV_T
 #endif
-#ifndef PER_TOKEN_SCALES
-#define PER_TOKEN_SCALES 0
-#endif
 #define TC_THREADS (32 * TC_WARPS)
 
 using namespace nvcuda;

@@ -14,6 +14,10 @@
 #ifndef KV_QUANT
 #define KV_QUANT 0
 #endif
+// 1: one scale per (token, KV head), index slot * num_kv_heads + kv_head; 0: one per KV head.
+#ifndef PER_TOKEN_SCALES
+#define PER_TOKEN_SCALES 0
+#endif
 #if KV_QUANT == 1
 #define KV_QMAX 127.0f
 #elif KV_QUANT == 2

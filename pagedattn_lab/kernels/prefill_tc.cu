@@ -85,9 +85,6 @@
 #ifndef CACHE_T
 #define CACHE_T ELEM
 #endif
-#ifndef PER_TOKEN_SCALES
-#define PER_TOKEN_SCALES 0
-#endif
 
 using namespace nvcuda;
 
