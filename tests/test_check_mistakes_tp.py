@@ -55,18 +55,24 @@ def gather(how="right"):
 
 
 def wire(floor=False, no_header=False, whole_output=False, no_v=False, all_kv=False,
-         q_heads=False, elements=False):
+         q_heads=False, elements=False, ragged=False, int64=False, whole_pages=False,
+         share_elements=False):
     def fn(seq_lens, num_heads, num_kv_heads, head_dim, page_size, world_size, itemsize):
         batch = len(seq_lens)
         longest = int(max(seq_lens))
         pages = longest // page_size if floor else -(-longest // page_size)
-        tables = 4 * batch * pages if no_header else 4 * (2 + batch + batch * pages)
+        entries = (sum(-(-int(n) // page_size) for n in seq_lens) if ragged
+                   else batch * pages)
+        tables = 4 * batch * pages if no_header else 4 * (2 + batch + entries)
+        tables = tables * 2 if int64 else tables
         heads_out = num_heads if whole_output else num_heads // world_size
         kv_heads = num_heads if q_heads else num_kv_heads
         kv_heads = kv_heads if all_kv else kv_heads // world_size
         size = 1 if elements else itemsize
-        share = batch * heads_out * head_dim * size
-        kv = int(np.sum(seq_lens)) * (1 if no_v else 2) * kv_heads * head_dim * size
+        share = batch * heads_out * head_dim * (1 if share_elements else size)
+        tokens = (sum(-(-int(n) // page_size) * page_size for n in seq_lens) if whole_pages
+                  else int(np.sum(seq_lens)))
+        kv = tokens * (1 if no_v else 2) * kv_heads * head_dim * size
         return (tables // 4 if elements else tables), share, kv
     return fn
 
@@ -79,6 +85,7 @@ MISTAKES = [
     ("head_split", split(from_one=True), "count from 0"),
     ("head_split", split(refuse=False), "ValueError"),
     ("head_split", lambda r, w, h, k: (r, w), "two pairs"),
+    ("head_split", lambda r, w, h, k: split()(r, w, h, k)[::-1], "KV head range first"),
     ("gather_heads", gather("reshape"), "plain reshape", ["rank 0's heads come first"]),
     ("gather_heads", gather("reversed"), "rank 0's heads come first"),
     ("gather_heads", gather("interleaved"), "not j*R + r"),
@@ -94,6 +101,11 @@ MISTAKES = [
     ("wire_bytes", wire(q_heads=True), "not query heads"),
     ("wire_bytes", wire(elements=True), "itemsize bytes"),
     ("wire_bytes", lambda *a: 7, "three ints"),
+    ("wire_bytes", wire(ragged=True), "LONGEST sequence"),
+    ("wire_bytes", wire(int64=True), "int32: 4 bytes"),
+    ("wire_bytes", wire(whole_pages=True), "unused tail"),
+    ("wire_bytes", wire(share_elements=True), "output is itemsize bytes"),
+    ("wire_bytes", wire(floor=True, no_v=True), "round up"),   # two mistakes: the first named
 ]
 
 

@@ -42,6 +42,8 @@ def _split_variants(rank, world, heads, kv):
         ("query head h reads KV head h // group (group = num_heads / num_kv_heads), not "
          "h % num_kv_heads: the rank's query heads read KV heads q_start // group ... "
          "q_stop // group - 1, which must be its own.", ((qs % kv, qs % kv + n_kv), (qs, qe))),
+        ("return the KV head range first, then the query head range: "
+         "((kv_start, kv_stop), (q_start, q_stop)).", ((qs, qe), (ks, ke))),
         ("ranks count from 0: rank 0 owns the first heads.",
          (((rank + 1) * n_kv, (rank + 2) * n_kv), ((rank + 1) * n_q, (rank + 2) * n_q))),
     ]
@@ -170,6 +172,11 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("round up: a sequence's partial last page is still a page of its table (pages per "
          "row = ceil(max(seq_lens) / page_size)).",
          (4 * (2 + batch + batch * (max(lens) // ps)), share, kv_read)),
+        ("the table is padded: every row has as many entries as the LONGEST sequence has "
+         "pages (batch * pages), not each sequence its own count.",
+         (4 * (2 + batch + sum(-(-int(x) // ps) for x in lens)), share, kv_read)),
+        ("a table entry is an int32: 4 bytes, whatever itemsize is.", (tables * 2, share,
+                                                                        kv_read)),
         ("the buffer also carries its header (batch, pages per row) and the seq_lens: "
          "2 + batch + batch * pages int32 values.", (4 * batch * pages, share, kv_read)),
         ("a rank sends only its own heads' output, num_heads / world_size of them.",
@@ -180,8 +187,14 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          (tables, share, kv_read * world)),
         ("the cache holds KV heads, not query heads: with GQA, num_kv_heads per token.",
          (tables, share, n * 2 * heads // world * dim * size)),
+        ("the kernel reads only a sequence's seq_len cached tokens, not the unused tail "
+         "slots of its last page.",
+         (tables, share, sum(-(-int(x) // ps) * ps for x in lens) * 2 * kv // world * dim
+          * size)),
         ("every value is itemsize bytes (and a table entry 4: int32).",
          (tables // 4, share // size, kv_read // size)),
+        ("the output is itemsize bytes per value too: batch * H/R * head_dim * itemsize.",
+         (tables, share // size, kv_read)),
     ]
 
 
@@ -199,8 +212,11 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
                        "tuple of three byte counts.", "", repr(got)[:200]) from exc
     if got == expected:
         return
+    # a variant names its mistake when `got` has the variant's wrong value in every field the
+    # variant gets wrong (the other fields may carry a second, separate mistake)
     hint = next((h for h, v in _bytes_variants(lens, heads, kv, dim, ps, world, size)
-                 if v != expected and got == v),
+                 if v != expected and all(g == w for g, w, e in zip(got, v, expected)
+                                          if w != e)),
                 "tables: 4 * (2 + batch + batch * pages); output share: batch * H/R * head_dim"
                 " * itemsize; K/V read: tokens * 2 * Hkv/R * head_dim * itemsize.")
     names = ("tables", "output_share", "kv_read")
