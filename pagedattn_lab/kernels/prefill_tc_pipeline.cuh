@@ -1,0 +1,102 @@
+// prefill_tc's (prefill_tc.cu) copies into shared memory: 16-byte asynchronous copies, their
+// groups, K/V tile staging and the dequantizing staging of codes. Included after from_float.
+#ifndef PREFILL_TC_PIPELINE_CUH
+#define PREFILL_TC_PIPELINE_CUH
+
+// 16 bytes from global to shared memory, or 16 zero bytes when src is null. On sm_80 and
+// later the copy is asynchronous (cp.async, completed by wait_copies); elsewhere, the CPU
+// executor included, it is an ordinary copy, complete at once.
+__device__ inline void copy16(void* dst, const void* src)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    unsigned shared_addr = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(shared_addr), "l"(src ? src : dst), "r"(src ? 16 : 0));
+#else
+    uint4 value = make_uint4(0, 0, 0, 0);
+    if (src) value = *reinterpret_cast<const uint4*>(src);
+    *reinterpret_cast<uint4*>(dst) = value;
+#endif
+}
+
+__device__ inline void commit_copies()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int PENDING>   // wait until at most PENDING committed groups are still in flight
+__device__ inline void wait_copies()
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(PENDING));
+#endif
+}
+
+// Copy `rows` rows of HEAD_DIM ELEMs to shared memory (row r at dst + r * LD_KV);
+// src_row(r) gives a row's address, or null for a row of zeros.
+template <typename RowFn>
+__device__ inline void stage_rows(ELEM* dst, int rows, RowFn src_row)
+{
+    constexpr int VEC = 16 / (int)sizeof(ELEM);
+    constexpr int CHUNKS = HEAD_DIM / VEC;
+    for (int idx = threadIdx.x; idx < rows * CHUNKS; idx += THREADS) {
+        int r = idx / CHUNKS, c = (idx % CHUNKS) * VEC;
+        const ELEM* src = src_row(r);
+        copy16(dst + r * LD_KV + c, src ? src + c : nullptr);
+    }
+}
+
+// K and V of one tile into shared memory, 16 bytes at a time (K row r at dst + r * LD_KV,
+// V row r at dst + (KV_TILE + r) * LD_KV); tile_slots[r] is key r's cache slot, or -1 for a
+// row of zeros. The slots were looked up a tile ahead (see the kernel), so a copy costs a
+// shared load and an address, not a division and a dependent load of the block table.
+__device__ inline void stage_kv_rows(ELEM* dst, const int* tile_slots, const ELEM* k_head,
+                                     const ELEM* v_head, long long row_stride)
+{
+    constexpr int VEC = 16 / (int)sizeof(ELEM);
+    constexpr int CHUNKS = HEAD_DIM / VEC, TOTAL = KV_TILE * CHUNKS;
+#pragma unroll 2
+    for (int i = 0; i < (TOTAL + THREADS - 1) / THREADS; ++i) {
+        const int idx = threadIdx.x + i * THREADS;
+        if (TOTAL % THREADS != 0 && idx >= TOTAL) break;
+        const int r = idx / CHUNKS, c = (idx % CHUNKS) * VEC;
+        const int slot = tile_slots[r];
+        const long long at = (long long)slot * row_stride + c;
+        copy16(dst + r * LD_KV + c, slot < 0 ? nullptr : k_head + at);
+        copy16(dst + (KV_TILE + r) * LD_KV + c, slot < 0 ? nullptr : v_head + at);
+    }
+}
+
+#if KV_QUANT
+// Dequantize `rows` rows of HEAD_DIM one-byte codes into shared ELEMs (row r at
+// dst + r * LD_KV): a thread loads 16 codes at once (one 16-byte load, coalesced like the
+// unquantized copy) and writes code * scale; slot_of(r) is the row's cache slot, or -1 for
+// a row of zeros. A synchronous load: the conversion needs the codes in registers.
+template <typename SlotFn>
+__device__ inline void stage_codes(ELEM* dst, int rows, const unsigned char* cache,
+                                   const float* scales, SlotFn slot_of, int kv_head,
+                                   int num_kv_heads)
+{
+    constexpr int CHUNKS = HEAD_DIM / 16;
+    for (int idx = threadIdx.x; idx < rows * CHUNKS; idx += THREADS) {
+        int r = idx / CHUNKS, c = (idx % CHUNKS) * 16;
+        long long slot = slot_of(r);
+        ELEM* d = dst + r * LD_KV + c;
+        if (slot < 0) {
+            reinterpret_cast<uint4*>(d)[0] = make_uint4(0, 0, 0, 0);
+            reinterpret_cast<uint4*>(d)[1] = make_uint4(0, 0, 0, 0);
+            continue;
+        }
+        const float scale = scales[PER_TOKEN_SCALES ? slot * num_kv_heads + kv_head : kv_head];
+        uint4 word = *reinterpret_cast<const uint4*>(
+            cache + (slot * num_kv_heads + kv_head) * HEAD_DIM + c);
+        const unsigned char* code = reinterpret_cast<const unsigned char*>(&word);
+#pragma unroll
+        for (int j = 0; j < 16; ++j) from_float(dequantize_code(code[j]) * scale, d + j);
+    }
+}
+#endif
+
+#endif  // PREFILL_TC_PIPELINE_CUH
