@@ -36,7 +36,8 @@ from .backend import to_numpy
 from .cache import PagedKVCache
 from .paging import OutOfPagesError
 from .prefill_wrapper import HEAD_DIMS, BatchPrefillWrapper
-from .validate import CACHE_DTYPES, check_array, check_int, check_int_list, resolve_scale
+from .validate import (CACHE_DTYPES, check_array, check_gqa_heads, check_int, check_int_list,
+                       resolve_scale)
 
 
 class AddedSequence(NamedTuple):
@@ -84,12 +85,8 @@ class PagedAttentionManager:
                  head_dim: int, dtype=np.float32, device: str = "auto", scale=None,
                  prefill_kernel: str | None = None, kv_dtype: str | None = None,
                  scale_scheme: str = "static", k_scale=None, v_scale=None):
-        num_heads = check_int(num_heads, "num_heads", minimum=1)
-        num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
+        num_heads, num_kv_heads = check_gqa_heads(num_heads, num_kv_heads)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
-        if num_heads % num_kv_heads:
-            raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
-                             f"{num_kv_heads} (GQA needs whole groups)")
         if prefill_kernel is None:   # the fast kernel where it runs, else the one that runs
             prefill_kernel = "tiled" if head_dim in TILED_HEAD_DIMS else "naive"
         if prefill_kernel not in ("naive", "tiled"):

@@ -303,13 +303,19 @@ def byte_range(x) -> tuple[int, int]:
     return lo, hi + x.itemsize
 
 
-def check_plan_sizes(num_heads, num_kv_heads, head_dim, page_size) -> tuple[int, int, int, int]:
-    """The sizes a plan/run wrapper is planned for: positive ints, whole GQA groups."""
+def check_gqa_heads(num_heads, num_kv_heads) -> tuple[int, int]:
+    """Positive head counts in whole GQA groups (num_heads a multiple of num_kv_heads)."""
     num_heads = check_int(num_heads, "num_heads", minimum=1)
     num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
-    head_dim = check_int(head_dim, "head_dim", minimum=1)
-    page_size = check_int(page_size, "page_size", minimum=1)
     if num_heads % num_kv_heads:
         raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
                          f"{num_kv_heads} (GQA needs whole groups)")
+    return num_heads, num_kv_heads
+
+
+def check_plan_sizes(num_heads, num_kv_heads, head_dim, page_size) -> tuple[int, int, int, int]:
+    """The sizes a plan/run wrapper is planned for: positive ints, whole GQA groups."""
+    num_heads, num_kv_heads = check_gqa_heads(num_heads, num_kv_heads)
+    head_dim = check_int(head_dim, "head_dim", minimum=1)
+    page_size = check_int(page_size, "page_size", minimum=1)
     return num_heads, num_kv_heads, head_dim, page_size

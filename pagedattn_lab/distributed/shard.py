@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..validate import check_array, check_int
+from ..validate import check_array, check_gqa_heads, check_int
 
 
 class HeadRange(NamedTuple):
@@ -25,12 +25,8 @@ class HeadRange(NamedTuple):
 
 def check_split(num_heads: int, num_kv_heads: int, world_size: int) -> None:
     """Refuse a split that does not give every rank whole KV heads with their query heads."""
-    num_heads = check_int(num_heads, "num_heads", minimum=1)
-    num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
+    num_heads, num_kv_heads = check_gqa_heads(num_heads, num_kv_heads)
     world_size = check_int(world_size, "world_size", minimum=1)
-    if num_heads % num_kv_heads:
-        raise ValueError(f"num_heads: {num_heads} is not a multiple of num_kv_heads "
-                         f"{num_kv_heads} (GQA needs whole groups)")
     if num_kv_heads % world_size:
         raise ValueError(f"world_size: {world_size} ranks cannot split {num_kv_heads} KV heads "
                          f"evenly (each rank owns whole KV heads and their query heads); use a "
