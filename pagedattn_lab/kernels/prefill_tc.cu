@@ -52,6 +52,7 @@
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
 #include <mma.h>
+#include "common.cuh"
 #include "kv_quant.cuh"
 #include "fragment_layout.cuh"
 
@@ -186,7 +187,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         stage_kv_rows(dst, tile_slots, k_cache + (long long)kv_head * HEAD_DIM,
                       v_cache + (long long)kv_head * HEAD_DIM, row_stride);
 #endif
-        commit_copies();
+        copy_commit();
     };
 
     // The Q tile (rows past the sequence's queries are zeros), then the first STAGES - 1
@@ -197,7 +198,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
                                        + rho % pack) * HEAD_DIM
                                 : nullptr;
     });
-    commit_copies();
+    copy_commit();
 #pragma unroll
     for (int t = 0; t < STAGES; ++t) {   // the slots of tiles 0 .. STAGES - 1
         lookup_begin(t * KV_TILE);
@@ -207,11 +208,11 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
 #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) {
         if (t * KV_TILE < kv_end) stage_kv(sh.kv + t * STAGE_ELEMS, slots + t * KV_TILE);
-        else commit_copies();
+        else copy_commit();
     }
     const ELEM* q_w = sh.q + warp * WARP_ROWS * LD_KV;
 #if Q_IN_REGS
-    wait_copies<STAGES - 1>();          // the Q tile has landed
+    copy_wait<STAGES - 1>();          // the Q tile has landed
     __syncthreads();
     FragA q_frag[ROW_FRAGS][D_FRAGS];
 #pragma unroll
@@ -235,13 +236,13 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         for (int s = 0; s < 2; ++s) { m_run[f][s] = NEG_INF; l_run[f][s] = 0.0f; }
 
     for (int k0 = 0, tile = 0; k0 < kv_end; k0 += KV_TILE, ++tile) {
-        wait_copies<STAGES - 2>();      // this thread's copies of this tile have landed
+        copy_wait<STAGES - 2>();      // this thread's copies of this tile have landed
         __syncthreads();                // ... and everyone else's; all are done with tile - 1
         {   // so its stage takes tile + STAGES - 1 (an empty group keeps the count uniform)
             const int ahead = (tile + STAGES - 1) % STAGES;
             if (k0 + (STAGES - 1) * KV_TILE < kv_end)
                 stage_kv(sh.kv + ahead * STAGE_ELEMS, slots + ahead * KV_TILE);
-            else commit_copies();
+            else copy_commit();
         }
         lookup_begin(k0 + STAGES * KV_TILE);   // tile + STAGES, stored after this tile
         const ELEM* k_tile = sh.kv + tile % STAGES * STAGE_ELEMS;

@@ -1,37 +1,14 @@
-// prefill_tc's (prefill_tc.cu) copies into shared memory: 16-byte asynchronous copies, their
-// groups, K/V tile staging and the dequantizing staging of codes. Included after from_float.
+// prefill_tc's (prefill_tc.cu) copies into shared memory: K/V tile staging over 16-byte
+// copies and the dequantizing staging of codes. Included after common.cuh and from_float.
 #ifndef PREFILL_TC_PIPELINE_CUH
 #define PREFILL_TC_PIPELINE_CUH
 
-// 16 bytes from global to shared memory, or 16 zero bytes when src is null. On sm_80 and
-// later the copy is asynchronous (cp.async, completed by wait_copies); elsewhere, the CPU
-// executor included, it is an ordinary copy, complete at once.
+// 16 bytes from global to shared memory, or 16 zero bytes when src is null: common.cuh's
+// copy16_async (asynchronous on sm_80 and later, completed by copy_wait; an ordinary copy
+// elsewhere, the CPU executor included).
 __device__ inline void copy16(void* dst, const void* src)
 {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    unsigned shared_addr = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
-                 :: "r"(shared_addr), "l"(src ? src : dst), "r"(src ? 16 : 0));
-#else
-    uint4 value = make_uint4(0, 0, 0, 0);
-    if (src) value = *reinterpret_cast<const uint4*>(src);
-    *reinterpret_cast<uint4*>(dst) = value;
-#endif
-}
-
-__device__ inline void commit_copies()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-template <int PENDING>   // wait until at most PENDING committed groups are still in flight
-__device__ inline void wait_copies()
-{
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" :: "n"(PENDING));
-#endif
+    copy16_async(dst, src ? src : dst, src != nullptr);
 }
 
 // Copy `rows` rows of HEAD_DIM ELEMs to shared memory (row r at dst + r * LD_KV);
