@@ -11,18 +11,12 @@
 // over the heads). A warp's lanes stride over head_dim, so loads and stores are coalesced;
 // for per-token scales the warp reduces its row's amax with shuffles (no shared memory).
 
-#include <cuda_fp16.h>
+#include "common.cuh"
 #include "kv_quant.cuh"
 
 #ifndef SRC
 #define SRC float
 #endif
-#ifndef PER_TOKEN_SCALES
-#define PER_TOKEN_SCALES 0
-#endif
-
-__device__ inline float load_float(const float* p) { return *p; }
-__device__ inline float load_float(const __half* p) { return __half2float(*p); }
 
 // One warp writes one head's row of one token; scales: see the header.
 __device__ inline void quantize_row(const SRC* x, unsigned char* dst, float* scales,
@@ -30,7 +24,7 @@ __device__ inline void quantize_row(const SRC* x, unsigned char* dst, float* sca
 {
 #if PER_TOKEN_SCALES
     float amax = 0.0f;
-    for (int i = lane; i < head_dim; i += 32) amax = fmaxf(amax, fabsf(load_float(x + i)));
+    for (int i = lane; i < head_dim; i += 32) amax = fmaxf(amax, fabsf(to_float(x[i])));
     for (int offset = 16; offset > 0; offset >>= 1)
         amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
     const float scale = amax > 0.0f ? amax / KV_QMAX : 1.0f;   // an all-zero row: any scale
@@ -38,7 +32,7 @@ __device__ inline void quantize_row(const SRC* x, unsigned char* dst, float* sca
 #else
     const float scale = scales[scale_index];
 #endif
-    for (int i = lane; i < head_dim; i += 32) dst[i] = quantize_code(load_float(x + i) / scale);
+    for (int i = lane; i < head_dim; i += 32) dst[i] = quantize_code(to_float(x[i]) / scale);
 }
 
 extern "C" __global__ void write_kv_quant(const SRC* __restrict__ k,   // [n_tokens, heads, dim]
