@@ -260,14 +260,18 @@ def attention_case():
     return q, k, v
 
 
+def attention_want(q, k, v):
+    s = (q.astype(np.float64) @ k.astype(np.float64).T).astype(np.float16)   # |s| <= 144: exact
+    return (s.astype(np.float64) @ v.astype(np.float64)).astype(f32)
+
+
 def test_attention_step_through_registers():
     """S = Q K^T, P = S as __half in registers, O = P V: ldmatrix (plain and .trans), mma and
     pack2 composed as the tensor-core kernels compose them (integers: exact)."""
     q, k, v = attention_case()
     o = np.full((16, 16), np.nan, f32)
     kern("attention_step")(1, 32, (q.view(u16), k.view(u16), v.view(u16), o))
-    s = (q.astype(np.float64) @ k.astype(np.float64).T).astype(np.float16)   # |s| <= 144
-    np.testing.assert_array_equal(o, s.astype(np.float64) @ v.astype(np.float64))
+    np.testing.assert_array_equal(o, attention_want(q, k, v))
 
 
 @pytest.mark.parametrize("which, name", [(0, "ldmatrix_x4"), (1, "mma_m16n8k16")])
@@ -334,6 +338,7 @@ def test_gpu_mma_matches_cpu(cp, dtype, alias):
     a, b, c = mma_case(np.random.default_rng(1 + alias), dtype, small=True)
     regs = mma_inputs(a, b, c, dtype)
     gpu = run_mma(*regs, dtype is BF16, alias, xp=cp)
+    np.testing.assert_array_equal(gpu, mma_want(a, b, c)[0].astype(f32))   # the tables
     np.testing.assert_array_equal(gpu, run_mma(*regs, dtype is BF16, alias))
     a, b, c = mma_case(np.random.default_rng(5 + alias), dtype, small=False)
     regs = mma_inputs(a, b, c, dtype)
@@ -347,12 +352,18 @@ def test_gpu_mma_matches_cpu(cp, dtype, alias):
 @pytest.mark.gpu
 def test_gpu_pack2_and_attention_step_match_cpu(cp):
     x = pack_inputs()
-    for gpu, cpu in zip(run_pack(x, xp=cp), run_pack(x)):
+    gpu_h, gpu_b = run_pack(x, xp=cp)
+    with np.errstate(over="ignore"):
+        np.testing.assert_array_equal(gpu_h, reg(bits(x[0::2], np.float16),
+                                                 bits(x[1::2], np.float16)))
+    np.testing.assert_array_equal(gpu_b, reg(bits(x[0::2], BF16), bits(x[1::2], BF16)))
+    for gpu, cpu in zip((gpu_h, gpu_b), run_pack(x)):
         np.testing.assert_array_equal(gpu, cpu)
     q, k, v = attention_case()
     o = cp.full((16, 16), np.nan, f32)
     kern("attention_step")(1, 32, (cp.asarray(q.view(u16)), cp.asarray(k.view(u16)),
                                    cp.asarray(v.view(u16)), o))
+    np.testing.assert_array_equal(cp.asnumpy(o), attention_want(q, k, v))
     o_cpu = np.full((16, 16), np.nan, f32)
     kern("attention_step")(1, 32, (q.view(u16), k.view(u16), v.view(u16), o_cpu))
     np.testing.assert_array_equal(cp.asnumpy(o), o_cpu)
