@@ -16,7 +16,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from pagedattn_lab.cpu import KernelAssertionError, WarpSyncError
+from pagedattn_lab.cpu import KernelAssertionError, KernelCompileError, WarpSyncError
+from pagedattn_lab.cpu import RawKernel as CpuRawKernel
 from pagedattn_lab.kernels import KERNEL_DIR
 from pagedattn_lab.rawkernel import RawKernel
 
@@ -291,6 +292,19 @@ def test_a_warp_with_missing_lanes_is_reported():
     with pytest.raises(WarpSyncError, match="do not exist") as info:
         kern("lane_skips").cpu(1, 40, (np.zeros(40, u32), i32(-1), i32(0)))
     assert info.value.bad_lanes == list(range(8, 32))
+
+
+@pytest.mark.parametrize("constraint", ["f", "r"])
+def test_raw_mma_asm_is_refused_with_a_hint_to_the_header(constraint):
+    """Raw PTX still does not run on the CPU ("f" operands fail in the C++ compiler, "r"
+    ones in the assembler): the error points to mma_ptx.cuh."""
+    src = ('extern "C" __global__ void raw(float* d) {\n'
+           '    unsigned a = 0u;\n'
+           '    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0}, {%1}, {%1}, '
+           f'{{%1}};" : "={constraint}"(d[0]) : "r"(a));\n}}\n')
+    with pytest.raises(KernelCompileError) as info:
+        CpuRawKernel(src, "raw", filename="raw.cu").compile()
+    assert info.value.lineno == 3 and any("mma_ptx.cuh" in h for h in info.value.hints)
 
 
 def test_the_gpu_branch_compiles(tmp_path):

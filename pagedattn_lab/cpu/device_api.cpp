@@ -150,33 +150,34 @@ extern "C" void __pal_check_ldmatrix_row(int line, const char *func, const void 
 {
     const uintptr_t a = (uintptr_t)row, dyn = (uintptr_t)__pal_dyn_smem;
     const uintptr_t dyn_len = (uintptr_t)S.cfg->shared_mem;
-    char where[200];
-    bool in_shared = false;
-    if (a - dyn < dyn_len) {
-        in_shared = a + 16 - dyn <= dyn_len;
+#ifdef __ELF__
+    const uintptr_t st = (uintptr_t)__start_pal_shared;
+    const uintptr_t st_len = st ? (uintptr_t)(__stop_pal_shared - __start_pal_shared) : 0u;
+#endif
+    bool in_shared;
+    if (a - dyn < dyn_len) in_shared = a + 16 - dyn <= dyn_len;
+#ifdef __ELF__
+    else if (a - st < st_len) in_shared = a + 16 - st <= st_len;
+    else in_shared = false;
+#else
+    else in_shared = true;   // static __shared__ has no section of its own here: cannot tell
+#endif
+    const char *problem = a % 16 ? "is not 16-byte aligned"
+                          : !in_shared ? "is not the start of 16 bytes inside shared memory"
+                          : nullptr;
+    if (!problem) return;
+    char where[160];
+    if (a - dyn < dyn_len)
         snprintf(where, sizeof where, "byte %lu of the %lu bytes of dynamic shared memory",
                  (unsigned long)(a - dyn), (unsigned long)dyn_len);
-    } else {
 #ifdef __ELF__
-        const uintptr_t st = (uintptr_t)__start_pal_shared;
-        const uintptr_t st_len = __start_pal_shared ? (uintptr_t)(__stop_pal_shared - __start_pal_shared) : 0;
-        if (a - st < st_len) {
-            in_shared = a + 16 - st <= st_len;
-            snprintf(where, sizeof where, "byte %lu of the %lu bytes of static __shared__ "
-                     "variables", (unsigned long)(a - st), (unsigned long)st_len);
-        } else {
-            snprintf(where, sizeof where, "not in this block's shared memory: a global, local "
-                     "or stack address?");
-        }
-#else
-        in_shared = true;   // static __shared__ has no section of its own here: cannot tell
-        snprintf(where, sizeof where, "not in dynamic shared memory");
+    else if (a - st < st_len)
+        snprintf(where, sizeof where, "byte %lu of the %lu bytes of static __shared__ variables",
+                 (unsigned long)(a - st), (unsigned long)st_len);
 #endif
-    }
-    const char *problem = nullptr;
-    if (a % 16) problem = "is not 16-byte aligned";
-    else if (!in_shared) problem = "is not the start of 16 bytes inside shared memory";
-    if (!problem) return;
+    else
+        snprintf(where, sizeof where, "not in this block's shared memory: a global, local or "
+                 "stack address?");
     const Fiber *f = cur;
     snprintf(S.res->msg, sizeof S.res->msg,
              "%s at line %d: lane %d (thread (%u,%u,%u)) gave the row address %p, which %s "

@@ -7,7 +7,7 @@
 // Like WMMA (shim_mma.h), ldmatrix and mma are warp-collective: every lane of the warp must
 // reach the call (a lane that exited or does not exist is reported like a shuffle with a bad
 // mask, naming the function and its line). Each lane publishes what it brings (ldmatrix: the
-// 16-byte row it read; mma: its A and B registers) on its own stack, all lanes meet, each
+// 16-byte row it read; mma: its A and B values as floats) on its own stack, all lanes meet, each
 // lane takes its result from the others', and all meet again before any lane's stack frame
 // goes away.
 //
@@ -28,10 +28,10 @@
 
 namespace __pal_ptx {
 
-// Rows (ldmatrix) and registers (mma) published by each lane, by linear thread id (per worker
-// process; blocks of one worker run one after another).
+// What each lane publishes, by linear thread id: its row (ldmatrix), its A and B values as
+// floats (mma). Per worker process; blocks of one worker run one after another.
 static const unsigned short *published_row[PAL_MAX_THREADS];
-static const unsigned *published_a[PAL_MAX_THREADS], *published_b[PAL_MAX_THREADS];
+static const float *published_fa[PAL_MAX_THREADS], *published_fb[PAL_MAX_THREADS];
 
 inline int thread_linear()
 { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
@@ -72,35 +72,40 @@ inline void __pal_mma_m16n8k16(int line, int op, float *d, const unsigned *a, co
 {
     using namespace __pal_ptx;
     const int t = thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
-    published_a[t] = a;
-    published_b[t] = b;
+    float fa[8], fb[4];   // fa[2 * i + h]: half h of a[i]; fb likewise
+    for (int i = 0; i < 8; ++i) {
+        const unsigned short h = (unsigned short)(a[i >> 1] >> (16 * (i & 1)));
+        fa[i] = bf16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
+    }
+    for (int i = 0; i < 4; ++i) {
+        const unsigned short h = (unsigned short)(b[i >> 1] >> (16 * (i & 1)));
+        fb[i] = bf16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
+    }
+    published_fa[t] = fa;
+    published_fb[t] = fb;
     collective(line, op);   // every lane has published
-    // A[m][k] is in lane 4m' + k%8/2 (m' = m % 8), register (m >= 8) + 2 (k >= 8), half k % 2;
-    // B[k][n] is in lane 4n + k%8/2, register (k >= 8), half k % 2.
-    auto elem = [bf16](unsigned reg, int k) {
-        const unsigned short h = (unsigned short)(reg >> (16 * (k & 1)));
-        return bf16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
-    };
+    // A[m][k] is in lane 4 (m % 8) + k % 8 / 2, register (m >= 8) + 2 (k >= 8), half k % 2;
+    // B[k][n] is in lane 4n + k % 8 / 2, register (k >= 8), half k % 2.
     float out[4];
     for (int j = 0; j < 4; ++j) {
-        const int m = g + 8 * (j >> 1), nn = 2 * q + (j & 1);
+        const int m = g + 8 * (j >> 1), n = 2 * q + (j & 1);
         float acc = c[j];
         for (int k = 0; k < 16; ++k) {
-            const int src = (k & 7) >> 1;
-            const float x = elem(published_a[w0 + 4 * (m & 7) + src][(m >> 3) + 2 * (k >> 3)], k);
-            const float y = elem(published_b[w0 + 4 * nn + src][k >> 3], k);
-            acc += x * y;
+            const int src = (k & 7) >> 1, half = k & 1;
+            acc += published_fa[w0 + 4 * (m & 7) + src][2 * ((m >> 3) + 2 * (k >> 3)) + half] *
+                   published_fb[w0 + 4 * n + src][2 * (k >> 3) + half];
         }
         out[j] = acc;
     }
-    collective(line, op);   // no lane changes (or frees) a or b before all have read them
+    collective(line, op);   // no lane leaves (and frees fa, fb) before all have read them
     for (int j = 0; j < 4; ++j) d[j] = out[j];   // d may be c: written last
 }
 
 // cvt.rn.f16x2.f32 / cvt.rn.bf16x2.f32: round to nearest even, lo in the low 16 bits.
 inline unsigned __pal_pack2_half(float lo, float hi)
 {
-    return __pal_ptx::pair(__half_as_ushort(__float2half_rn(lo)), __half_as_ushort(__float2half_rn(hi)));
+    return __pal_ptx::pair(__half_as_ushort(__float2half_rn(lo)),
+                           __half_as_ushort(__float2half_rn(hi)));
 }
 inline unsigned __pal_pack2_bf16(float lo, float hi)
 {
