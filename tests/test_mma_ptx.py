@@ -16,7 +16,8 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from pagedattn_lab.cpu import KernelAssertionError, KernelCompileError, WarpSyncError
+from pagedattn_lab.cpu import (KernelAssertionError, KernelCompileError, SharedMemoryRace,
+                               WarpSyncError)
 from pagedattn_lab.cpu import RawKernel as CpuRawKernel
 from pagedattn_lab.kernels import KERNEL_DIR
 from pagedattn_lab.rawkernel import RawKernel
@@ -139,14 +140,16 @@ def test_ldmatrix_ignores_the_addresses_of_unused_lanes(variant):
     np.testing.assert_array_equal(got, ldmatrix_expected(tile, rows, variant, 1))
 
 
-def test_ldmatrix_races_are_checked_per_lane():
-    """Run under the race check: the rows are read by the lanes that named them, after the
-    barrier that follows the stores, so there is no race to report."""
-    tile, nrows, rows = ldmatrix_case(2)
-    out = np.zeros((64, 4), u32)
-    kern("ldmatrix_probe").cpu(1, 64, (tile, i32(nrows), (rows * 8).astype(i32), out, i32(2)),
-                               shared_mem=nrows * 16, racecheck=True)
-    np.testing.assert_array_equal(out, ldmatrix_expected(tile, rows, 2, 2))
+def test_ldmatrix_reads_are_race_checked_by_the_lane_that_named_the_row():
+    out = np.zeros(32, u32)
+    kern("rows_of_neighbours").cpu(1, 32, (out, i32(1)), racecheck=True)   # __syncwarp: fine
+    m, named = np.arange(32 * 8, dtype=u16).reshape(32, 8), (LANE + 31) % 32
+    np.testing.assert_array_equal(out, ldmatrix_regs([m[named[:8]]], False)[:, 0])   # r[0]
+    with pytest.raises(SharedMemoryRace) as info:
+        kern("rows_of_neighbours").cpu(1, 32, (out, i32(0)), racecheck=True)
+    e = info.value   # lanes run in order: lane 1 is the first to read a row written before it
+    assert e.kind == "read after write" and e.thread == (1, 0, 0) and e.other_thread == (0, 0, 0)
+    assert e.line == call_line("rows_of_neighbours", "ldmatrix_x4(")
 
 
 @pytest.mark.parametrize("global_, what", [(0, "not 16-byte aligned"),

@@ -11,12 +11,14 @@
 // On the GPU (#ifndef __PAGEDATTN_LAB_CPU__) each function is one inline-asm instruction
 // (sm_80 and later). On the CPU executor the same calls run a warp-collective emulation with
 // the same layouts (pagedattn_lab/cpu/shim_mma_ptx.h), so a kernel written with them is tested
-// on machines without a GPU. Results match the GPU's exactly except for the order in which a
-// tensor core adds the 16 products (the CPU adds them to C in k order, in float).
+// on machines without a GPU. Results match the GPU's exactly, except that a tensor core sums
+// the 16 products in its own order and precision (the CPU adds them to C in k order, in
+// float), so the last bits of a sum that is not exact may differ.
 //
 // Every lane of the warp must reach each call (all 32, converged): they are warp-collective.
 // The CPU executor reports a lane that does not as a WarpSyncError, like a shuffle whose mask
-// names a lane that exited.
+// names a lane that exited. Include this header from the kernel's .cu file: pagedattn_lab.
+// kernels inlines the local headers that a .cu includes (not those included by a header).
 //
 // ---- Notation --------------------------------------------------------------------------
 // lane = threadIdx.x % 32, g = lane >> 2 (the "group", 0..7), t = lane & 3 (0..3).
@@ -43,9 +45,10 @@
 // aligned. Lanes 0-7 give the 8 rows of matrix 0, lanes 8-15 of matrix 1, 16-23 of matrix 2,
 // 24-31 of matrix 3 (x1 uses lanes 0-7's addresses, x2 lanes 0-15's; the other lanes'
 // addresses are ignored, but every lane must call). Matrix i lands in r[i]:
-//   non-trans: r[i] = M_i[g][2t, 2t+1]                  (row g, as an A or C fragment row)
-//   trans:     r[i] = M_i[2t][g] (low), M_i[2t+1][g] (high)   (column g: a B fragment from
-//              a row-major k x n tile, e.g. V[token][dim] for P V)
+//   non-trans: r[i] = M_i[g][2t, 2t+1]   (A from a row-major m x k tile; B from a row-major
+//              n x k tile, e.g. K[key][dim] for Q K^T: b[0] from K's dims 0-7, b[1] 8-15)
+//   trans:     r[i] = M_i[2t][g] (low), M_i[2t+1][g] (high)   (B from a row-major k x n
+//              tile, e.g. V[key][dim] for P V: b[0] from keys 0-7, b[1] from keys 8-15)
 // Example: A (16x16, row-major in shared, `lda` values per row) for mma's a[0..3]:
 //   ldmatrix_x4(a, &A_s[(lane % 16) * lda + (lane / 16) * 8]);
 // matrices 0..3 = rows 0-7/cols 0-7, rows 8-15/cols 0-7, rows 0-7/cols 8-15, rows 8-15/cols

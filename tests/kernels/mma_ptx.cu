@@ -127,3 +127,15 @@ extern "C" __global__ void bad_row(const unsigned short* tile, unsigned* out, in
     ldmatrix_x4(r, row);
     out[threadIdx.x] = r[0];
 }
+
+// Each lane writes its own row, then names the previous lane's: without the __syncwarp() the
+// reads race with the writes (the CPU executor's race check names the reading lane).
+extern "C" __global__ void rows_of_neighbours(unsigned* out, int sync)
+{
+    __shared__ __align__(16) unsigned short rows[32 * 8];
+    for (int i = 0; i < 8; ++i) rows[LANE * 8 + i] = (unsigned short)(LANE * 8 + i);
+    if (sync) __syncwarp();
+    unsigned r[4];
+    ldmatrix_x4(r, &rows[((LANE + 31) % 32) * 8]);
+    out[threadIdx.x] = r[0];
+}
