@@ -81,13 +81,38 @@
 #define CHUNK_BYTES 16
 #endif
 #define DECODE_THREADS 128
+// Packed fp16 arithmetic over compressed pages (decode_half2.cuh says how and what it costs
+// in accuracy): HALF2_MATH for q.k, the reduce-scatter of the scores and the owners' softmax;
+// PV_HALF2 for p*v (static scales only); RESCALE_SLACK: how far (log2) the running maximum may
+// lag behind the scores before the sums are rescaled.
+#ifndef HALF2_MATH
+#define HALF2_MATH (KV_QUANT != 0)
+#endif
+#ifndef PV_HALF2
+#define PV_HALF2 (HALF2_MATH && !PER_TOKEN_SCALES)
+#endif
+#ifndef PV_FLUSH
+#define PV_FLUSH 4            // steps summed in fp16 before they join the fp32 sums
+#endif
+#ifndef RESCALE_SLACK
+#define RESCALE_SLACK (-1)    // -1: the largest the fp16 sums allow (decode_half2.cuh), 8 in fp32
+#endif
+#define DECODE_STEP_TOKENS (GMAX >= 4 ? DECODE_UNROLL_GQA : DECODE_UNROLL)
+static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages only");
 // The 4-head blocks are capped at 128 registers so that 4 blocks fit on an SM (measured:
-// 0.315 ms instead of 0.347 ms on the GQA workload); for 8 heads the cap spills and loses.
+// 0.315 ms instead of 0.347 ms on the GQA workload; over codes with ACC_SMEM, which frees the
+// 64 registers of the sums); for 8 heads the cap spills and loses.
 // One head over codes: 6 blocks per SM (80 registers, no spill), 5 with per-token scales (96),
 // instead of the 4 that 128 registers allow (H200, D64 MHA: 0.347 against 0.370 ms with fp8
 // codes, 0.357 against 0.439 with int8 and per-token scales; benchmarks/NOTES.md).
+// ACC_SMEM: the fp32 sums of V in shared memory (decode_half2.cuh), 32 KB per 4-head block,
+// which with the merge's dynamic shared memory must stay within the 48 KB a launch gets
+// without asking (head_dim <= 192).
+#ifndef ACC_SMEM
+#define ACC_SMEM (PV_HALF2 && GMAX == 4 && HEAD_DIM <= 192)
+#endif
 #ifndef DECODE_MIN_BLOCKS
-#if GMAX == 4 && KV_QUANT == 0
+#if GMAX == 4 && (KV_QUANT == 0 || ACC_SMEM)
 #define DECODE_MIN_BLOCKS 4
 #elif GMAX == 1 && KV_QUANT
 #define DECODE_MIN_BLOCKS (PER_TOKEN_SCALES ? 5 : 6)
@@ -97,6 +122,9 @@
 #endif
 
 #include "decode_chunks.cuh"
+#if HALF2_MATH
+#include "decode_half2.cuh"
+#endif
 
 // Issue the K and V loads of one step: token base + u * ngroups + grp for u < U (a token
 // past the end is replaced by the last one, so every load is valid; it is masked later).
@@ -107,8 +135,8 @@ template <int U>
 __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
                                  const float* k_scale, const float* v_scale, const int* table,
                                  int base, int end, int ngroups, int grp, int gl, int page_size,
-                                 int page_shift, long long page_stride, long long row_stride,
-                                 long long head_off, int num_kv_heads, int kvh,
+                                 int page_shift, int page_stride, int row_stride,
+                                 int head_off, int num_kv_heads, int kvh,
                                  chunk_t (&kraw)[U][CPT], chunk_t (&vraw)[U][CPT], float (&ks)[U],
                                  float (&vs)[U])
 {
@@ -118,7 +146,7 @@ __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
         int vpage = page_shift >= 0 ? (t >> page_shift) : (t / page_size);
         int offset = t - vpage * page_size;
         long long page = table[vpage];      // widen before multiplying by the strides
-        long long e = page * page_stride + offset * row_stride + head_off;
+        long long e = page * page_stride + (offset * row_stride + head_off);
 #if PER_TOKEN_SCALES
         const long long si = (page * page_size + offset) * num_kv_heads + kvh;
         ks[u] = k_scale[si];
@@ -152,7 +180,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     int num_heads, int num_kv_heads, int page_size, int page_shift, int max_pages,
     int part_len, int max_parts, float scale_log2)
 {
-    constexpr int U = GMAX >= 4 ? DECODE_UNROLL_GQA : DECODE_UNROLL;   // loads in flight
+    constexpr int U = DECODE_STEP_TOKENS;   // loads in flight
     constexpr bool PREFETCH = GMAX >= DECODE_PREFETCH_GROUP;
     extern __shared__ float smem[];
 
@@ -204,6 +232,37 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
         }
     }
 
+#if HALF2_MATH
+    __half2 qh[GMAX][CPT][HV];
+    float q_unit[GMAX], q_unit_own[HPL], m_own[HPL], l_own[HPL];
+    q_to_half2(qr, qh, q_unit);
+    const int hb = head_base(gl);
+#pragma unroll
+    for (int j = 0; j < HPL; ++j) {
+        q_unit_own[j] = q_unit[0];
+#pragma unroll
+        for (int g = 1; g < GMAX; ++g)   // q_unit[hb + j] without a dynamic index
+            if (g == hb + j) q_unit_own[j] = q_unit[g];
+        m_own[j] = NEG_BIG;
+        l_own[j] = 0.0f;
+    }
+    __half2 acc_h[GMAX][CPT][HV];   // PV_HALF2: the fp16 sums of V since the last flush
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+        for (int c = 0; c < CPT; ++c)
+#pragma unroll
+            for (int i = 0; i < HV; ++i) acc_h[g][c][i] = __float2half2_rn(0.0f);
+    int flush_in = 1;   // steps until the next flush, counting this one
+#if ACC_SMEM
+    __shared__ float4 acc_smem[ACC4 * DECODE_THREADS];
+    float4* acc_s = acc_smem + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < ACC4; ++k) acc_s[k * DECODE_THREADS] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#else
+    float4* acc_s = nullptr;
+#endif
+#endif
     float m[GMAX], l[GMAX], acc[GMAX][CPT][VEC];
 #pragma unroll
     for (int g = 0; g < GMAX; ++g) {
@@ -216,9 +275,11 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     }
 
     const int* table = block_tables + (long long)b * max_pages;
-    const long long row_stride = (long long)num_kv_heads * HEAD_DIM;   // one token
-    const long long page_stride = (long long)page_size * row_stride;  // one page
-    const long long head_off = (long long)kvh * HEAD_DIM + gl * VEC;
+    // Offsets inside one page fit in 32 bits (a page of one layer holds far fewer than 2^31
+    // elements); the page's own offset is 64-bit (page * page_stride, widened in load_step).
+    const int row_stride = num_kv_heads * HEAD_DIM;   // one token
+    const int page_stride = page_size * row_stride;  // one page
+    const int head_off = kvh * HEAD_DIM + gl * VEC;
 
     // Block-uniform loop: every thread runs the same number of steps (shuffles need all).
     // Each step loads U tokens per group (2*U*CPT independent 16-byte loads per thread);
@@ -235,7 +296,6 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             load_step<U>(k_cache, v_cache, k_scale, v_scale, table, base, end, ngroups, grp, gl,
                          page_size, page_shift, page_stride, row_stride, head_off, num_kv_heads,
                          kvh, kraw, vraw, ks, vs);
-        float kf[U][CPT][VEC], vf[U][CPT][VEC];
         float k_mult[U], p_mult[U];   // per-token scales: of each score, of each weight
         bool valid[U];
 #pragma unroll
@@ -247,16 +307,32 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
 #else
             k_mult[u] = p_mult[u] = 1.0f;
 #endif
+        }
+#if HALF2_MATH
+        chunk_t kcur[U][CPT], vcur[U][CPT];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int c = 0; c < CPT; ++c) kcur[u][c] = kraw[u][c], vcur[u][c] = vraw[u][c];
+#else
+        float kf[U][CPT][VEC], vf[U][CPT][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
 #pragma unroll
             for (int c = 0; c < CPT; ++c) {
                 unpack_cache(kraw[u][c], kf[u][c]);
                 unpack_cache(vraw[u][c], vf[u][c]);
             }
-        }
+#endif
         if (PREFETCH && base + step < end)   // block-uniform
             load_step<U>(k_cache, v_cache, k_scale, v_scale, table, base + step, end, ngroups,
                          grp, gl, page_size, page_shift, page_stride, row_stride, head_off,
                          num_kv_heads, kvh, kraw, vraw, ks, vs);
+#if HALF2_MATH
+        flush_in = flush_in == 1 ? PV_FLUSH : flush_in - 1;   // block-uniform
+        half2_step<U>(kcur, vcur, k_mult, p_mult, valid, qh, q_unit_own, m_own, l_own, acc,
+                      acc_s, acc_h, flush_in == 1, gl, lane);
+#else
 #pragma unroll
         for (int g = 0; g < GMAX; ++g) {
             float s[U];
@@ -293,7 +369,32 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
                     for (int i = 0; i < VEC; ++i) acc[g][c][i] += pv * vf[u][c][i];
             }
         }
+#endif
     }
+#if HALF2_MATH
+#if PV_HALF2
+    flush_half2(acc, acc_s, acc_h);
+#endif
+#if ACC_SMEM
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+        for (int c = 0; c < CPT; ++c)
+#pragma unroll
+            for (int i = 0; i < VEC; i += 4) {
+                const float4 x = acc_s[((g * CPT + c) * VEC + i) / 4 * DECODE_THREADS];
+                acc[g][c][i] = x.x, acc[g][c][i + 1] = x.y;
+                acc[g][c][i + 2] = x.z, acc[g][c][i + 3] = x.w;
+            }
+#endif
+    // Every lane of a token's group takes its heads' maxima and sums from their owners, so
+    // that the merges below see the state of the fp32 path.
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g) {
+        m[g] = from_owner(m_own, g, lane);
+        l[g] = from_owner(l_own, g, lane);
+    }
+#endif
 
     // Merge the groups of each warp (butterfly: every lane ends with the warp's result).
 #pragma unroll
