@@ -50,13 +50,6 @@ __device__ inline chunk_t zero_chunk() { return make_uint2(0u, 0u); }
 //          two codes at a time. The NaN code 0x7f reads as 480 here (as NaN through the GPU's
 //          conversion; the cache write stores it only for a NaN input, and a sequence's
 //          unused tail slots are never read).
-// Codes 2p and 2p + 1 of a word of e4m3 codes as the fp16 pair (code / 2^8) (see below).
-__device__ inline unsigned e4m3_pair_bits(unsigned word, int p)
-{
-    const unsigned x = __byte_perm(word, 0u, p ? 0x3424u : 0x1404u);   // [0, c_2p, 0, c_2p+1]
-    return (x & 0x80008000u) | ((x >> 1) & 0x3f803f80u);
-}
-
 __device__ inline void unpack_cache(const chunk_t& raw, float* out)
 {
 #if KV_QUANT == 0
@@ -79,7 +72,8 @@ __device__ inline void unpack_cache(const chunk_t& raw, float* out)
             const unsigned short pair = (unsigned short)(words[j] >> (16 * p));
             asm("cvt.rn.f16x2.e4m3x2 %0, %1;" : "=r"(bits) : "h"(pair));
 #else
-            const unsigned bits = e4m3_pair_bits(words[j], p);
+            const unsigned x = __byte_perm(words[j], 0u, p ? 0x3424u : 0x1404u);
+            const unsigned bits = (x & 0x80008000u) | ((x >> 1) & 0x3f803f80u);
 #endif
             const __half* h = reinterpret_cast<const __half*>(&bits);
             out[4 * j + 2 * p] = __half2float(h[0]);

@@ -85,8 +85,11 @@ __device__ inline void codes_half2(const chunk_t& raw, __half2* out)
 #else
 #pragma unroll
         for (int p = 0; p < 2; ++p)
-            out[2 * j + p] = __hmul2(bits_half2(e4m3_pair_bits(words[j], p)),
+        {   // unpack_cache's bits (code / 2^8), the sign added rather than or-ed (the same)
+            const unsigned x = __byte_perm(words[j], 0u, p ? 0x3424u : 0x1404u);
+            out[2 * j + p] = __hmul2(bits_half2((x & 0x80008000u) + ((x >> 1) & 0x3f803f80u)),
                                      __float2half2_rn(256.0f));
+        }
 #endif
 #endif
     }
