@@ -4,10 +4,10 @@
 Two bounds, derived from the formats (the derivation is tests/test_prefill_quant.py's):
 1. Against the float64 reference on the DEQUANTIZED cache (code * scale in float32): the
    kernel reads every code exactly and folds the scale into its arithmetic. With fp32
-   arithmetic (-DHALF2_MATH=0) only q's and out's fp16 rounding and fp32 sums remain:
-   ||out - ref|| / ||ref|| < 2e-3, the fp16 path's tolerance. With packed fp16 arithmetic (the
-   default over codes, kernels/decode_half2.cuh), with u = 2^-11 and gamma_n = n u / (1 - n u):
-   q is rounded to fp16 after an exact power-of-two scaling (u) and each lane sums n = VEC/2
+   arithmetic (-DHALF2_MATH=0; the default for float32 q) only q's and out's fp16 rounding
+   and fp32 sums remain: ||out - ref|| / ||ref|| < 2e-3, the fp16 path's tolerance. With
+   packed fp16 arithmetic (the default over codes for fp16 / bf16 q, kernels/decode_half2.cuh)
+   and u = 2^-11, gamma_n = n u / (1 - n u): q is rounded to fp16 after an exact power-of-two scaling (u) and each lane sums n = VEC/2
    products per fp16 half (gamma_n), so a score moves by at most
    (gamma_n + u) softmax_scale sum_d |q_d k_d|: the K error e(K)_d = (gamma_n + u) |k_d|;
    with V in fp16 (static scales) each weight is rounded once (u), each fp16 sum holds
@@ -103,7 +103,7 @@ def arithmetic_error(p, options=()):
     1.) for problem p compiled with the extra -D `options` of kernels/decode.cu; (0, 0) for
     fp32 arithmetic."""
     opts = dict(o[2:].split("=", 1) for o in options)
-    if opts.get("HALF2_MATH", "1") == "0":
+    if opts.get("HALF2_MATH", "0" if p["q_dtype"] == "float32" else "1") == "0":
         return 0.0, 0.0
     gmax = decode_plan.group_kernel_size(p["q"].shape[1] // p["k"].shape[2])
     vec = 8 if gmax >= wrappers.QUANT_NARROW_GMAX else 16   # codes per load

@@ -85,8 +85,19 @@
 // in accuracy): HALF2_MATH for q.k, the reduce-scatter of the scores and the owners' softmax;
 // PV_HALF2 for p*v (static scales only); RESCALE_SLACK: how far (log2) the running maximum may
 // lag behind the scores before the sums are rescaled.
+// By default for q of 16-bit floats only: an fp32 model keeps fp32 arithmetic (its attention
+// is checked to ~1e-6 against a float64 forward over the same codes, tests/test_engine_quant.py).
+// (KV_T's name pasted onto Q_IS_FLOAT_: 1 for float, an undefined name, i.e. 0, otherwise.)
+#define Q_IS_FLOAT_float 1
+#define DECODE_PASTE(a, b) a##b
+#define DECODE_XPASTE(a, b) DECODE_PASTE(a, b)
+#if DECODE_XPASTE(Q_IS_FLOAT_, KV_T)
+#define Q_IS_FLOAT 1
+#else
+#define Q_IS_FLOAT 0
+#endif
 #ifndef HALF2_MATH
-#define HALF2_MATH (KV_QUANT != 0)
+#define HALF2_MATH (KV_QUANT != 0 && !Q_IS_FLOAT)
 #endif
 #ifndef PV_HALF2
 #define PV_HALF2 (HALF2_MATH && !PER_TOKEN_SCALES)
