@@ -61,8 +61,8 @@
 #define DECODE_UNROLL 4        // tokens per thread group per step, blocks of 1-2 query heads
 #endif
 #ifndef DECODE_UNROLL_GQA
-#define DECODE_UNROLL_GQA 2    // the same for blocks of 4-8 query heads (more registers each)
-#endif
+#define DECODE_UNROLL_GQA (ACC_SMEM ? 4 : 2)   // the same for blocks of 4-8 query heads (more
+#endif                                         // registers each; 4 with the sums in shared memory)
 #ifndef DECODE_PREFETCH_GROUP
 #define DECODE_PREFETCH_GROUP 4    // blocks of at least this many heads prefetch the next step
 #endif
@@ -106,7 +106,7 @@
 #define PV_FLUSH 4            // steps summed in fp16 before they join the fp32 sums
 #endif
 #ifndef RESCALE_SLACK
-#define RESCALE_SLACK (-1)    // -1: the largest the fp16 sums allow (decode_half2.cuh), 8 in fp32
+#define RESCALE_SLACK 8       // log2: the running maximum lags the scores by at most this much
 #endif
 #define DECODE_STEP_TOKENS (GMAX >= 4 ? DECODE_UNROLL_GQA : DECODE_UNROLL)
 static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages only");
@@ -122,8 +122,13 @@ static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages
 #ifndef ACC_SMEM
 #define ACC_SMEM (PV_HALF2 && GMAX == 4 && HEAD_DIM <= 192)
 #endif
+// 4 heads over codes (H200, D64 GQA 32/8, round r3): the sums in shared memory and 4 tokens per
+// step at 3 blocks per SM 0.132 ms (2 tokens, 4 blocks: 0.136; the sums in registers, 2 blocks:
+// 0.178); per-token scales (fp32 sums of V in registers) 3 blocks 0.153, 2 blocks 0.182.
 #ifndef DECODE_MIN_BLOCKS
-#if GMAX == 4 && (KV_QUANT == 0 || ACC_SMEM)
+#if GMAX == 4 && KV_QUANT && HALF2_MATH && (ACC_SMEM ? DECODE_UNROLL_GQA >= 4 : HEAD_DIM <= 128)
+#define DECODE_MIN_BLOCKS 3
+#elif GMAX == 4 && (KV_QUANT == 0 || ACC_SMEM)
 #define DECODE_MIN_BLOCKS 4
 #elif GMAX == 1 && KV_QUANT
 #define DECODE_MIN_BLOCKS (PER_TOKEN_SCALES ? 5 : 6)
@@ -136,6 +141,24 @@ static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages
 #if HALF2_MATH
 #include "decode_half2.cuh"
 #endif
+
+// A chunk of the cache. CODE_L2_256 (codes, sm_80+): with a hint that L2 fetch the 256-byte
+// block around it (a KV head's row of codes is 128 bytes, its neighbour head's row the other
+// half, read by the neighbour block at about the same time).
+#ifndef CODE_L2_256
+#define CODE_L2_256 0
+#endif
+__device__ inline chunk_t load_chunk(const CACHE_T* p)
+{
+#if CODE_L2_256 && KV_QUANT && CHUNK_BYTES == 16 && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    chunk_t r;
+    asm("ld.global.nc.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+#else
+    return *reinterpret_cast<const chunk_t*>(p);
+#endif
+}
 
 // Issue the K and V loads of one step: token base + u * ngroups + grp for u < U (a token
 // past the end is replaced by the last one, so every load is valid; it is masked later).
@@ -166,8 +189,8 @@ __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
 #pragma unroll
         for (int c = 0; c < CPT; ++c) {
             if (gl + c * TG < CHUNKS) {
-                kraw[u][c] = *reinterpret_cast<const chunk_t*>(k_cache + e + c * TG * VEC);
-                vraw[u][c] = *reinterpret_cast<const chunk_t*>(v_cache + e + c * TG * VEC);
+                kraw[u][c] = load_chunk(k_cache + e + c * TG * VEC);
+                vraw[u][c] = load_chunk(v_cache + e + c * TG * VEC);
             } else {
                 kraw[u][c] = vraw[u][c] = zero_chunk();
             }

@@ -16,14 +16,18 @@
 //   rescaling: the running maximum m moves only when a score exceeds it by more than
 //         RESCALE_SLACK (log2 units), so the weights stay <= 2^RESCALE_SLACK and the O(head_dim)
 //         rescale of the sums runs only when a warp's lane needs it (rare after the first
-//         tokens). o / l is unchanged by where m sits.
-//   p*v (PV_HALF2, static scales): the U tokens of a step are summed in fp16 pairs and added to
-//         the fp32 sums once per step. Per-token V scales make p*scale too small for fp16 (its
-//         subnormals), so with them V stays in fp32.
+//         tokens; H200, D64 GQA 32/8: an exact maximum, rescaling whenever it moves, took
+//         0.164 ms against 0.136 with a slack of 4). o / l is unchanged by where m sits.
+//   p*v (PV_HALF2, static scales): the weighted V rows are summed in fp16 pairs and added to
+//         the fp32 sums every PV_FLUSH steps (ACC_SMEM: those live in shared memory). Per-token
+//         V scales make p*scale too small for fp16 (its subnormals), so with them V stays in
+//         fp32.
 // Error, from the format (tests/test_decode_quant.py states it as a bound): with u = 2^-11
 // (fp16's unit roundoff) a score moves by at most (gamma_{VEC/2} + u) * sum_d |q_d k_d| (q's
 // rounding, then VEC/2 fused multiply-adds per half), gamma_n = n u / (1 - n u); each output
-// element by at most gamma_{U+1} * max |v| (p's rounding, U products summed) with PV_HALF2.
+// element by at most gamma_{U*PV_FLUSH+PV_FLUSH+1} * max |v| + n 2^(PV_SHIFT-24) max |v| with
+// PV_HALF2 (p's rounding, U * PV_FLUSH products and PV_FLUSH rescales per fp16 sum; n tokens'
+// subnormal weights).
 // The fp8 format's own bound is 2^-4 |k| per element: 16 times the score term at VEC = 16.
 #ifndef DECODE_HALF2_CUH
 #define DECODE_HALF2_CUH
@@ -36,22 +40,20 @@ constexpr int ilog2(int x) { return x <= 1 ? 0 : 1 + ilog2(x / 2); }
 constexpr int SCATTER = ilog2(GMAX) < ilog2(TG) ? ilog2(GMAX) : ilog2(TG);
 constexpr int HPL = GMAX >> SCATTER;   // heads per lane after the exchanges
 
-// PV_HALF2: the fp16 sums of V hold PV_FLUSH steps of U tokens, each weight <= 2^SLACK, each
-// code <= KV_QMAX: SLACK is the largest that keeps them finite (RESCALE_SLACK if given).
-constexpr int PV_TERMS = DECODE_STEP_TOKENS * PV_FLUSH;
-constexpr int slack_fits(int s)
-{
-    return s >= 8 || PV_TERMS * (float)(2 << s) * KV_QMAX >= 60000.0f ? s : slack_fits(s + 1);
-}
-#if RESCALE_SLACK >= 0
+// PV_HALF2: the fp16 sums of V hold PV_FLUSH steps of U tokens, each code <= KV_QMAX, each
+// weight <= 2^(SLACK - PV_SHIFT): the weights are computed as exp2(s - m - PV_SHIFT) (l and
+// the sums alike, so o / l is unchanged), PV_SHIFT the smallest that keeps the sums finite.
+// Weights below 2^-14 are fp16 subnormals: an absolute error of at most 2^-25 each.
 constexpr int SLACK = RESCALE_SLACK;
-#elif PV_HALF2
-constexpr int SLACK = slack_fits(0);
-#else
-constexpr int SLACK = 8;
-#endif
-static_assert(!PV_HALF2 || PV_TERMS * (float)(1 << SLACK) * KV_QMAX < 60000.0f,
-              "the fp16 sums of V could overflow: lower RESCALE_SLACK, PV_FLUSH or the unroll");
+constexpr int PV_TERMS = DECODE_STEP_TOKENS * PV_FLUSH;
+constexpr int shift_fits(int k)
+{
+    return k >= SLACK || PV_TERMS * KV_QMAX * (float)(1 << (SLACK - k)) < 60000.0f
+               ? k : shift_fits(k + 1);
+}
+constexpr int PV_SHIFT = PV_HALF2 ? shift_fits(0) : 0;
+static_assert(!PV_HALF2 || PV_TERMS * KV_QMAX * (float)(1 << (SLACK - PV_SHIFT)) < 60000.0f,
+              "the fp16 sums of V could overflow: lower PV_FLUSH or the unroll");
 
 // The bits of a register as an fp16 pair and back (the low half first; no instruction).
 __device__ inline __half2 bits_half2(unsigned b) { return *reinterpret_cast<const __half2*>(&b); }
@@ -284,7 +286,7 @@ __device__ inline void half2_step(const chunk_t (&kraw)[U][CPT], const chunk_t (
         l_own[j] *= alpha[j];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
-            p[j][u] = exp2f(s[u] - m_new);   // 0 for a masked token
+            p[j][u] = exp2f(s[u] - (m_new + (float)PV_SHIFT));   // 0 for a masked token
             l_own[j] += p[j][u];
             p[j][u] *= p_mult[u];   // the V scale weighs the value, not the weight (l)
         }
