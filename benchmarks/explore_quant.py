@@ -31,7 +31,7 @@ VARIANTS = {
             ("fp32 arithmetic", ("-DHALF2_MATH=0",), 8, None, STATIC)],
     "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
             ("L2 256-byte fetch", ("-DCODE_L2_256=1",), 8, None, BOTH),
-            ("U2 4 blocks/SM", ("-DDECODE_UNROLL_GQA=2", "-DDECODE_MIN_BLOCKS=4"), 8, None,
+            ("U2 4 blocks/SM", ("-DDECODE_UNROLL_CODES=2", "-DDECODE_MIN_BLOCKS=4"), 8, None,
              STATIC),
             ("slack 4", ("-DRESCALE_SLACK=4",), 8, None, STATIC),
             ("flush 2", ("-DPV_FLUSH=2",), 8, None, STATIC),

@@ -117,7 +117,8 @@ def arithmetic_error(p, options=()):
         return k_err, 0.0, 0.0
     acc_smem = opts.get("ACC_SMEM", str(int(gmax == 4 and head_dim <= 192))) == "1"
     if gmax >= 4:
-        unroll = int(opts.get("DECODE_UNROLL_GQA", 4 if acc_smem else 2))
+        unroll = int(opts.get("DECODE_UNROLL_CODES", 4) if acc_smem else
+                     opts.get("DECODE_UNROLL_GQA", 2))
     else:
         unroll = int(opts.get("DECODE_UNROLL", 4))
     flush = int(opts.get("PV_FLUSH", 4))
@@ -269,7 +270,7 @@ def test_a_planted_mistake_fails_the_checks(rng, monkeypatch, what, old, new, kv
 
 # The kernel's variants (kernels/decode.cu -D options) against the same bounds.
 VARIANTS = [FP32, ("-DPV_HALF2=0",), ("-DACC_SMEM=0",), ("-DRESCALE_SLACK=0",),
-            ("-DPV_FLUSH=1", "-DDECODE_UNROLL_GQA=2", "-DDECODE_UNROLL=2"),
+            ("-DPV_FLUSH=1", "-DDECODE_UNROLL_CODES=2", "-DDECODE_UNROLL=2"),
             ("-DDECODE_PREFETCH_GROUP=8", "-DDECODE_MIN_BLOCKS=4", "-DCODE_L2_256=1")]
 VARIANT_CASES = [
     ([1, 15, 16, 17, 300], 16, 8, 2, 96),   # group 4 per block, long enough for rescales

@@ -61,8 +61,11 @@
 #define DECODE_UNROLL 4        // tokens per thread group per step, blocks of 1-2 query heads
 #endif
 #ifndef DECODE_UNROLL_GQA
-#define DECODE_UNROLL_GQA (ACC_SMEM ? 4 : 2)   // the same for blocks of 4-8 query heads (more
-#endif                                         // registers each; 4 with the sums in shared memory)
+#define DECODE_UNROLL_GQA 2    // the same for blocks of 4-8 query heads (more registers each)
+#endif
+#ifndef DECODE_UNROLL_CODES
+#define DECODE_UNROLL_CODES 4  // 4-head blocks over codes whose sums live in shared memory
+#endif
 #ifndef DECODE_PREFETCH_GROUP
 #define DECODE_PREFETCH_GROUP 4    // blocks of at least this many heads prefetch the next step
 #endif
@@ -108,7 +111,8 @@
 #ifndef RESCALE_SLACK
 #define RESCALE_SLACK 8       // log2: the running maximum lags the scores by at most this much
 #endif
-#define DECODE_STEP_TOKENS (GMAX >= 4 ? DECODE_UNROLL_GQA : DECODE_UNROLL)
+#define DECODE_STEP_TOKENS \
+    (GMAX >= 4 ? (ACC_SMEM ? DECODE_UNROLL_CODES : DECODE_UNROLL_GQA) : DECODE_UNROLL)
 static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages only");
 // The 4-head blocks are capped at 128 registers so that 4 blocks fit on an SM (measured:
 // 0.315 ms instead of 0.347 ms on the GQA workload; over codes with ACC_SMEM, which frees the
@@ -126,7 +130,8 @@ static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages
 // step at 3 blocks per SM 0.132 ms (2 tokens, 4 blocks: 0.136; the sums in registers, 2 blocks:
 // 0.178); per-token scales (fp32 sums of V in registers) 3 blocks 0.153, 2 blocks 0.182.
 #ifndef DECODE_MIN_BLOCKS
-#if GMAX == 4 && KV_QUANT && HALF2_MATH && (ACC_SMEM ? DECODE_UNROLL_GQA >= 4 : HEAD_DIM <= 128)
+#if GMAX == 4 && KV_QUANT && HALF2_MATH \
+    && (ACC_SMEM ? DECODE_UNROLL_CODES >= 4 : HEAD_DIM <= 128)
 #define DECODE_MIN_BLOCKS 3
 #elif GMAX == 4 && (KV_QUANT == 0 || ACC_SMEM)
 #define DECODE_MIN_BLOCKS 4
