@@ -86,8 +86,7 @@ __device__ inline void codes_half2(const chunk_t& raw, __half2* out)
         out[2 * j + 1] = bits_half2(hi);
 #else
 #pragma unroll
-        for (int p = 0; p < 2; ++p)
-        {   // unpack_cache's bits (code / 2^8), the sign added rather than or-ed (the same)
+        for (int p = 0; p < 2; ++p) {   // code / 2^8 as in unpack_cache (sign added, not or-ed)
             const unsigned x = __byte_perm(words[j], 0u, p ? 0x3424u : 0x1404u);
             out[2 * j + p] = __hmul2(bits_half2((x & 0x80008000u) + ((x >> 1) & 0x3f803f80u)),
                                      __float2half2_rn(256.0f));
