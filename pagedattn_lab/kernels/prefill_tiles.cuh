@@ -96,7 +96,7 @@ struct KvPipeline {
         stage_codes(dst + KV_TILE * LD_KV, KV_TILE, v_cache, v_scale, slot_of, kv_head,
                     num_kv_heads);
 #else
-        const long long row_stride = (long long)num_kv_heads * HEAD_DIM;   // one token's K row
+        const int row_stride = num_kv_heads * HEAD_DIM;   // one token's K row
         stage_kv_rows(dst, tile_slots, k_cache + (long long)kv_head * HEAD_DIM,
                       v_cache + (long long)kv_head * HEAD_DIM, row_stride);
 #endif
