@@ -142,22 +142,27 @@ class Variant:
 
 # Decode-like sequences (q_len * group <= 16 packed rows): one warp, all query heads of a KV
 # head in one tile, so each K/V tile read serves them all.
-DECODE_VARIANT = Variant(1, 1, 32)
+DECODE_VARIANT = Variant(1, 1, 32, mma=True)
 DECODE_ROWS = 16
 
 
 def variant_for(head_dim: int, max_rows: int) -> Variant:
     """The variant for the longer sequences of a batch (`max_rows`: their most rows; the
-    decode-like ones go to a GQA-packed launch of their own). Sequences of more
-    than 64 rows run on the mma.sync kernel (prefill_mma.cu), 4 warps of 32 rows, 64-key
-    tiles (FlashAttention-2's shape for causal prefill), the largest that compile without
-    spills (nvcc 13 -Xptxas -v, sm_90): Q in registers at head_dim 32 and 64, reloaded per
-    tile above, one row fragment over 128. Shorter ones stay on the WMMA kernel (measured:
-    benchmarks/NOTES.md)."""
+    decode-like ones go to a GQA-packed launch of their own). Everything runs on the mma.sync
+    kernel (prefill_mma.cu; the WMMA kernel of lesson 10 is there by variant name). Measured
+    on the H200 (benchmarks/NOTES.md, round r3 of 2026-12-02): long prompts and chunks, 4 warps
+    of 32 rows, 64-key tiles (d128: 295-308 TFLOP/s; 32-key tiles and 8 warps 4-14% slower;
+    d64 with Q in registers: 149, and 157 with 128-key tiles, which spill a register, so not
+    taken); the packed decode launch on one warp of 16 rows (132 TFLOP/s on the mixed row
+    against WMMA's 119). The other head sizes take the largest shape that compiles without
+    spills (nvcc 13 -Xptxas -v, sm_90): Q in registers at d32, one row fragment above 128;
+    short prompts (17-64 rows) two warps of 16."""
     if max_rows <= 64:
-        return Variant(2, 1, 64) if max_rows > 16 else DECODE_VARIANT
+        return Variant(2, 1, 64, mma=True) if max_rows > 16 else DECODE_VARIANT
+    if head_dim <= 32:
+        return Variant(4, 2, 32, q_in_regs=True, mma=True)
     if head_dim <= 64:
-        return Variant(4, 2, 32 if head_dim <= 32 else 64, q_in_regs=True, mma=True)
+        return Variant(4, 2, 64, q_in_regs=True, mma=True)
     if head_dim <= 128:
         return Variant(4, 2, 64, mma=True)
     return Variant(4, 1, 64, mma=True)
