@@ -27,7 +27,9 @@
 // computed. One barrier per tile: after it, every warp is done with tile i-1, whose stage
 // then takes tile i+STAGES-1. Each key's cache slot is looked up once, a tile ahead (the
 // block-table load is in flight while the tile before is computed), into a small shared ring,
-// so a 16-byte copy costs a shared load and an address.
+// so a 16-byte copy costs a shared load and an address. This tile loop (work items, key
+// limits, the slot ring and the copies) is in prefill_tiles.cuh, shared with prefill_mma.cu,
+// the same algorithm on mma.sync (what BatchPrefillWrapper runs; see its header for why).
 //
 // Per tile a warp computes its S block into accumulator fragments, runs the online softmax on
 // those fragments in registers, writes P (ELEM) to its private shared scratch, reloads it as
