@@ -24,8 +24,11 @@ for head_dim, page, heads, kv_heads, dtype in [(64, 16, 4, 2, np.float16), (128,
         write_kv(rows, rows, k, v, cp.asarray(slots))
     indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
     q = cp.asarray(rng.standard_normal((int(indptr[-1]), heads, head_dim)).astype(np.float16)).view(store)
-    # the plan's own choice (a long launch and a GQA-packed one), then three-stage variants
-    for variants in ({}, dict(variant="w4r2k32p3u1"), dict(decode_variant="w1r1k32p3u2")):
+    # the plan's own choice (a long launch on the mma kernel and a GQA-packed one), then
+    # three-stage variants of both kernels and the mma kernel's Q in registers
+    for variants in ({}, dict(variant="w4r2k32p3u1"), dict(decode_variant="w1r1k32p3u2"),
+                     dict(variant="mw4r2k32p3"), dict(variant="mw2r1k64q"),
+                     dict(decode_variant="mw1r1k32")):
         w = BatchPrefillWrapper().plan(cp.asarray(indptr), cp.asarray(tables), cp.asarray(lens),
                                        heads, kv_heads, head_dim, page, dtype, **variants)
         w.run(q, k, v)

@@ -12,11 +12,14 @@ cached token, the new ones included, whose K/V are already written, e.g. by
 long prompts over a cached prefix, and decode tokens (q_len 1). Causal masks are aligned
 bottom-right: query i sees keys 0 .. seq_len - q_len + i.
 
-The kernel is `kernels/prefill_tc.cu` (WMMA, FlashAttention-2 style). `plan` validates the
-tables once, splits the batch in two launches (decode-like sequences, whose query heads of one
-KV head are packed into one 16-row tile, and the longer ones, on the variant measured fastest
-for their head size: `variant_for`), cuts each sequence's rows into query tiles (the work
-lists, longest first), compiles the variants and moves the index arrays to the device. `run`
+Two kernels, one tile loop (FlashAttention-2 style; `kernels/prefill_tiles.cuh`):
+`kernels/prefill_mma.cu` (PTX mma.sync, P kept in registers: the fast one) and
+`kernels/prefill_tc.cu` (WMMA: lesson 10's). `plan` validates the tables once, splits the batch
+in two launches (decode-like sequences, whose query heads of one KV head are packed into one
+16-row tile, and the longer ones, on the variant measured fastest for their head size:
+`variant_for`), cuts each sequence's rows into query tiles (the work lists, longest first),
+compiles the variants and moves the index arrays to the device; `kernel_name` and `variant`
+say what it chose. `run`
 checks only what can change between layers (the arrays' shapes, dtypes and place, and that
 the cache holds the planned pages) and launches; with `out=` it allocates nothing.
 
@@ -79,39 +82,48 @@ def _accepts(array_dtype, planned: np.dtype, on_gpu: bool) -> bool:
 
 @dataclass(frozen=True)
 class Variant:
-    """One compiled shape of `prefill_tc.cu`: `warps` per block, `row_frags` 16-row fragments
-    per warp (a block's query tile is 16 * row_frags * warps packed rows), `kv_tile` keys per
-    K/V tile, Q fragments kept in registers or reloaded from shared memory per K/V tile, the
-    unrolling of the two product loops, and `stages` K/V tiles in shared memory (see the
-    kernel's header)."""
+    """One compiled shape of a tensor-core prefill kernel: `mma` picks `prefill_mma.cu`
+    (mma.sync, the fast one) over `prefill_tc.cu` (WMMA, the lesson's); `warps` per block,
+    `row_frags` 16-row fragments per warp (a block's query tile is 16 * row_frags * warps
+    packed rows), `kv_tile` keys per K/V tile, Q fragments kept in registers or reloaded from
+    shared memory per K/V tile, `stages` K/V tiles in shared memory, and (WMMA only; the mma
+    kernel unrolls fully) the unrolling of the two product loops (see the kernels' headers)."""
     warps: int
     row_frags: int
     kv_tile: int
     q_in_regs: bool = False
     unroll: int = 2
     stages: int = 2
+    mma: bool = False
 
     @property
     def rows(self) -> int:
         return 16 * self.row_frags * self.warps
 
     @property
+    def source(self) -> str:
+        """The kernel's source file (without .cu) and its entry point's name."""
+        return "prefill_mma" if self.mma else "prefill_tc"
+
+    @property
     def name(self) -> str:
-        return (f"w{self.warps}r{self.row_frags}k{self.kv_tile}"
+        return (f"{'m' if self.mma else ''}w{self.warps}r{self.row_frags}k{self.kv_tile}"
                 f"{f'p{self.stages}' if self.stages != 2 else ''}"
-                f"{'q' if self.q_in_regs else ''}u{self.unroll}")
+                f"{'q' if self.q_in_regs else ''}{'' if self.mma else f'u{self.unroll}'}")
 
     @classmethod
     def parse(cls, name: str, arg: str = "variant") -> "Variant":
-        """The variant a `name` describes: "w4r2k64p3qu2" is 4 warps, 2 row fragments, K/V
-        tiles of 64 keys, 3 stages (the optional "p3"; 2 without), Q in registers (the
-        optional "q"), unroll 2."""
-        m = (re.fullmatch(r"w(\d)r(\d)k(\d+)(?:p(\d))?(q?)u(\d)", name)
+        """The variant a `name` describes: "w4r2k64p3qu2" is the WMMA kernel with 4 warps,
+        2 row fragments, K/V tiles of 64 keys, 3 stages (the optional "p3"; 2 without), Q in
+        registers (the optional "q"), unroll 2; "mw4r2k64" the mma kernel (no unroll)."""
+        m = (re.fullmatch(r"(m?)w(\d)r(\d)k(\d+)(?:p(\d))?(q?)(?:u(\d))?", name)
              if isinstance(name, str) else None)
-        if not m:
-            raise ValueError(f"{arg}: expected a name like 'w4r2k32u2' (warps, row fragments, "
-                             f"K/V tile, optional p<stages> and q, unroll), got {name!r}")
-        v = cls(int(m[1]), int(m[2]), int(m[3]), m[5] == "q", int(m[6]), int(m[4] or 2))
+        if not m or bool(m[1]) == bool(m[7]):
+            raise ValueError(f"{arg}: expected a name like 'w4r2k32u2' (WMMA: warps, row "
+                             f"fragments, K/V tile, optional p<stages> and q, unroll) or "
+                             f"'mw4r2k64' (mma.sync: the same without unroll), got {name!r}")
+        v = cls(int(m[2]), int(m[3]), int(m[4]), m[6] == "q", int(m[7] or 2), int(m[5] or 2),
+                m[1] == "m")
         if v.warps not in (1, 2, 4, 8) or v.row_frags not in (1, 2, 4) or \
                 v.kv_tile not in (32, 64, 128) or v.unroll not in (1, 2, 4, 8) or \
                 v.stages not in (2, 3, 4):
@@ -121,41 +133,48 @@ class Variant:
         return v
 
     def options(self, head_dim: int) -> tuple[str, ...]:
+        unroll = () if self.mma else (f"-DQK_UNROLL={self.unroll}",
+                                      f"-DPV_UNROLL={self.unroll}")
         return (f"-DHEAD_DIM={head_dim}", f"-DWARPS={self.warps}",
                 f"-DROW_FRAGS={self.row_frags}", f"-DKV_TILE={self.kv_tile}",
-                f"-DSTAGES={self.stages}", f"-DQ_IN_REGS={int(self.q_in_regs)}",
-                f"-DQK_UNROLL={self.unroll}",
-                f"-DPV_UNROLL={self.unroll}")
+                f"-DSTAGES={self.stages}", f"-DQ_IN_REGS={int(self.q_in_regs)}") + unroll
 
 
 # Decode-like sequences (q_len * group <= 16 packed rows): one warp, all query heads of a KV
 # head in one tile, so each K/V tile read serves them all.
-DECODE_VARIANT = Variant(1, 1, 32)
+DECODE_VARIANT = Variant(1, 1, 32, mma=True)
 DECODE_ROWS = 16
 
 
-def variant_for(head_dim: int, max_rows: int, packed_too: bool = False) -> Variant:
-    """The variant for the longer sequences of a batch (`max_rows`: their most rows;
-    `packed_too`: a GQA-packed launch of decode-like sequences follows). Measured on the H200
-    (benchmarks/NOTES.md, 2026-12-02): d64 prompts w4r2k64u2 (96 TFLOP/s; three stages the
-    same); d128 prompts and chunks w8r2k32u1 (174-186, 2-5% over w4r2k32u1), mixed batches
-    w4r2k32u1 (the one measured there). Short prompts and head sizes over 128 (whose O
-    fragments leave no registers for a second row fragment) are unmeasured choices."""
+def variant_for(head_dim: int, max_rows: int) -> Variant:
+    """The variant for the longer sequences of a batch (`max_rows`: their most rows; the
+    decode-like ones go to a GQA-packed launch of their own). Everything runs on the mma.sync
+    kernel (prefill_mma.cu; the WMMA kernel of lesson 10 is there by variant name). Measured
+    on the H200 (benchmarks/NOTES.md, round r3 of 2026-12-02): long prompts and chunks, 4 warps
+    of 32 rows, 64-key tiles (d128: 295-308 TFLOP/s; 32-key tiles and 8 warps 4-14% slower;
+    d64 with Q in registers: 149, and 157 with 128-key tiles, which spill a register, so not
+    taken); the packed decode launch on one warp of 16 rows (132 TFLOP/s on the mixed row
+    against WMMA's 119). The other head sizes take the largest shape that compiles without
+    spills (nvcc 13 -Xptxas -v, sm_90): Q in registers at d32, one row fragment above 128;
+    short prompts (17-64 rows) two warps of 16."""
     if max_rows <= 64:
-        return Variant(2, 1, 64) if max_rows > 16 else DECODE_VARIANT
+        return Variant(2, 1, 64, mma=True) if max_rows > 16 else DECODE_VARIANT
+    if head_dim <= 32:
+        return Variant(4, 2, 32, q_in_regs=True, mma=True)
     if head_dim <= 64:
-        return Variant(4, 2, 64)
+        return Variant(4, 2, 64, q_in_regs=True, mma=True)
     if head_dim <= 128:
-        return Variant(4 if packed_too else 8, 2, 32, unroll=1)
-    return Variant(4, 1, 32, unroll=1)
+        return Variant(4, 2, 64, mma=True)
+    return Variant(4, 1, 64, mma=True)
 
 
 def shared_bytes(head_dim: int, variant: Variant, elem_size: int = 2) -> int:
-    """Dynamic shared memory of one block; mirrors `carve` in prefill_tc.cu."""
+    """Dynamic shared memory of one block; mirrors `carve` in prefill_tc.cu and the layout at
+    the top of prefill_mma.cu (which keeps P in registers: no P scratch)."""
     ld = head_dim + 8
     kv = variant.stages * 2 * variant.kv_tile * ld * elem_size      # K and V per stage
     q = variant.rows * ld * elem_size
-    p = variant.rows * (variant.kv_tile + 8) * elem_size
+    p = 0 if variant.mma else variant.rows * (variant.kv_tile + 8) * elem_size
     slots = variant.stages * variant.kv_tile * 4
     return kv + q + p + slots
 
@@ -251,7 +270,7 @@ class BatchPrefillWrapper:
         else:
             short = (q_lens > 0) & (q_lens * group <= DECODE_ROWS)
             long = (q_lens > 0) & ~short
-            groups = [(variant_for(head_dim, int(q_lens[long].max(initial=0)), short.any()),
+            groups = [(variant_for(head_dim, int(q_lens[long].max(initial=0))),
                        1, long), (packed, group, short)]
         lens64 = lens.astype(np.int64)
         base = (f"-DELEM={elem}", f"-DKV_QUANT={fmt.kernel_id if fmt else 0}",
@@ -269,7 +288,7 @@ class BatchPrefillWrapper:
                 continue
             sub = np.concatenate([[0], np.cumsum(np.where(chosen, q_lens, 0))])
             work = work_list(sub, lens64, var.rows, causal, pack)
-            kern = load_kernel("prefill_tc", "prefill_tc", var.options(head_dim) + base)
+            kern = load_kernel(var.source, var.source, var.options(head_dim) + base)
             smem = shared_bytes(head_dim, var)
             allow_shared_memory(kern, smem)
             parts.append(Part(var, pack, int(chosen.sum()), xp.asarray(work), kern,
@@ -285,8 +304,8 @@ class BatchPrefillWrapper:
             variant=" + ".join(f"{p.variant.name}{f' (GQA packed x{p.pack})' if p.pack > 1 else ''}"
                                f" for {p.sequences} seq" for p in parts) or "nothing to do",
             warps=main.variant.warps if main else 1, rows=main.variant.rows if main else 16,
-            kernel_name=(f"prefill_tc (WMMA, {main.variant.rows} query rows per block)"
-                         if main else "prefill_tc"),
+            kernel_name=(f"{main.variant.source} ({'mma.sync' if main.variant.mma else 'WMMA'}, "
+                         f"{main.variant.rows} query rows per block)" if main else "prefill_tc"),
             grid=main.grid if main else (0, num_heads), block=main.block if main else (32,),
             _indexes=tuple(xp.asarray(a) for a in (indptr.astype(np.int32), tables, lens)),
             _checked=False)

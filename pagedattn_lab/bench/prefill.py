@@ -145,8 +145,9 @@ def main(argv=None) -> int:
     parser.add_argument("--name", default="prefill.json", help="the JSON file's name")
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--variants", nargs="*", default=[],
-                        help="also time our kernel on these fixed variants (e.g. w4r2k32u2, or "
-                             "128:w4r2k32u2 for head_dim 128 only)")
+                        help="also time our kernels on these fixed variants (e.g. mw4r2k64 on "
+                             "prefill_mma.cu, w4r2k32u2 on the WMMA kernel, or 128:mw4r2k64 for "
+                             "head_dim 128 only)")
     parser.add_argument("--decode-variants", nargs="*", default=[],
                         help="for rows with decode tokens: also time these packed variants")
     parser.add_argument("--rows", nargs="*", type=int, default=None,

@@ -27,7 +27,9 @@
 // computed. One barrier per tile: after it, every warp is done with tile i-1, whose stage
 // then takes tile i+STAGES-1. Each key's cache slot is looked up once, a tile ahead (the
 // block-table load is in flight while the tile before is computed), into a small shared ring,
-// so a 16-byte copy costs a shared load and an address.
+// so a 16-byte copy costs a shared load and an address. This tile loop (work items, key
+// limits, the slot ring and the copies) is in prefill_tiles.cuh, shared with prefill_mma.cu,
+// the same algorithm on mma.sync (what BatchPrefillWrapper runs; see its header for why).
 //
 // Per tile a warp computes its S block into accumulator fragments, runs the online softmax on
 // those fragments in registers, writes P (ELEM) to its private shared scratch, reloads it as
@@ -57,6 +59,8 @@
 #include "fragment_layout.cuh"
 
 #include "prefill_tc_params.cuh"
+
+using namespace nvcuda;
 
 __device__ inline void from_float(float x, __half* p) { *p = __float2half(x); }
 __device__ inline void from_float(float x, __nv_bfloat16* p) { *p = __float2bfloat16(x); }
@@ -107,6 +111,7 @@ __device__ inline Shared carve(unsigned char* base)
 }
 
 #include "prefill_tc_pipeline.cuh"
+#include "prefill_tiles.cuh"
 
 extern "C" __global__ void __launch_bounds__(THREADS)
 prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_DIM]
@@ -126,90 +131,31 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
     extern __shared__ __align__(16) unsigned char smem[];
     Shared sh = carve(smem);
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-    const int b = work[2 * blockIdx.x], rho0 = work[2 * blockIdx.x + 1];
-    const int head0 = blockIdx.y * pack;                 // the block's first query head
-    const int kv_head = head0 / (num_heads / num_kv_heads);
-    const int q_begin = qo_indptr[b], q_len = qo_indptr[b + 1] - q_begin;
-    const int seq_len = seq_lens[b], first_pos = seq_len - q_len;   // position of query 0
-    const int rows_total = q_len * pack;                 // packed rows of the sequence
-    const int* table = block_tables + (long long)b * max_pages;
-    const long long row_stride = (long long)num_kv_heads * HEAD_DIM;   // one token's K row
     ELEM* p_w = sh.p + warp * WARP_ROWS * LD_P;
 
     const Layout L = learn_layout(reinterpret_cast<float*>(p_w), lane);
 
-    // The last key a packed row may see, or -1 for a row past the sequence's queries.
-    auto key_limit = [&](int rho) {
-        if (rho >= rows_total) return -1;
-        return causal ? first_pos + rho / pack : seq_len - 1;
-    };
-    const int block_last = min(rho0 + Q_ROWS, rows_total) - 1;
-    const int kv_end = key_limit(block_last) + 1;
-    const int warp_first = rho0 + warp * WARP_ROWS;
-    const bool warp_has_rows = warp_first < rows_total;
-    const int warp_min_lim = key_limit(warp_first);      // limits grow with rho
-    const int warp_max_lim = key_limit(min(warp_first + WARP_ROWS, rows_total) - 1);
+    const PrefillJob job = prefill_job(work, qo_indptr, seq_lens, block_tables, max_pages,
+                                       num_heads, num_kv_heads, pack, causal);
+    const int block_last = min(job.rho0 + Q_ROWS, job.rows_total) - 1;
+    const int kv_end = job.key_limit(block_last) + 1;
+    const int warp_first = job.rho0 + warp * WARP_ROWS;
+    const bool warp_has_rows = warp_first < job.rows_total;
+    const int warp_min_lim = job.key_limit(warp_first);      // limits grow with rho
+    const int warp_max_lim = job.key_limit(min(warp_first + WARP_ROWS, job.rows_total) - 1);
     int lim[ROW_FRAGS][2];
 #pragma unroll
     for (int f = 0; f < ROW_FRAGS; ++f)
 #pragma unroll
-        for (int s = 0; s < 2; ++s) lim[f][s] = key_limit(warp_first + f * 16 + L.row[s]);
+        for (int s = 0; s < 2; ++s) lim[f][s] = job.key_limit(warp_first + f * 16 + L.row[s]);
 
-    // The cache slots of a tile's keys: each thread looks up SLOTS_PER_THREAD keys, in two
-    // halves so that the block-table load of tile t + STAGES is in flight while tile t is
-    // computed (lookup_begin before, lookup_end after).
-    // [STAGES][KV_TILE] ints after the warps' P scratch (see shared_bytes in the wrapper)
-    int* const slots = reinterpret_cast<int*>(sh.p + WARPS * WARP_ROWS * LD_P);
-    int page_of[SLOTS_PER_THREAD];       // the one register kept across the tile's compute
-    auto lookup_begin = [&](int k_first) {
-#pragma unroll
-        for (int j = 0; j < SLOTS_PER_THREAD; ++j) {
-            const int r = threadIdx.x + j * THREADS, key = k_first + r;
-            page_of[j] = -1;                  // past the keys this block reads: zeros
-            if (r < KV_TILE && key < kv_end) page_of[j] = table[key / page_size];
-        }
-    };
-    auto lookup_end = [&](int k_first, int* tile_slots) {
-#pragma unroll
-        for (int j = 0; j < SLOTS_PER_THREAD; ++j) {
-            const int r = threadIdx.x + j * THREADS, key = k_first + r;
-            if (r < KV_TILE)
-                tile_slots[r] = page_of[j] < 0 ? -1 : page_of[j] * page_size + key % page_size;
-        }
-    };
-    auto stage_kv = [&](ELEM* dst, const int* tile_slots) {   // one group of copies
-#if KV_QUANT
-        auto slot_of = [&](int r) -> long long { return tile_slots[r]; };
-        stage_codes(dst, KV_TILE, k_cache, k_scale, slot_of, kv_head, num_kv_heads);
-        stage_codes(dst + KV_TILE * LD_KV, KV_TILE, v_cache, v_scale, slot_of, kv_head,
-                    num_kv_heads);
-#else
-        stage_kv_rows(dst, tile_slots, k_cache + (long long)kv_head * HEAD_DIM,
-                      v_cache + (long long)kv_head * HEAD_DIM, row_stride);
-#endif
-        copy_commit();
-    };
-
-    // The Q tile (rows past the sequence's queries are zeros), then the first STAGES - 1
-    // K/V tiles, one group of copies each (an empty group past the block's keys).
-    stage_rows(sh.q, Q_ROWS, [&](int r) -> const ELEM* {
-        const int rho = rho0 + r;
-        return rho < rows_total ? q + ((long long)(q_begin + rho / pack) * num_heads + head0
-                                       + rho % pack) * HEAD_DIM
-                                : nullptr;
-    });
-    copy_commit();
-#pragma unroll
-    for (int t = 0; t < STAGES; ++t) {   // the slots of tiles 0 .. STAGES - 1
-        lookup_begin(t * KV_TILE);
-        lookup_end(t * KV_TILE, slots + t * KV_TILE);
-    }
-    __syncthreads();
-#pragma unroll
-    for (int t = 0; t < STAGES - 1; ++t) {
-        if (t * KV_TILE < kv_end) stage_kv(sh.kv + t * STAGE_ELEMS, slots + t * KV_TILE);
-        else copy_commit();
-    }
+    // The Q tile, then the K/V pipeline (prefill_tiles.cuh): the slot ring after the warps'
+    // P scratch (see shared_bytes in the wrapper).
+    KvPipeline kv = kv_pipeline(sh.kv, reinterpret_cast<int*>(sh.p + WARPS * WARP_ROWS * LD_P),
+                                job, page_size, kv_end, k_cache, v_cache, k_scale, v_scale,
+                                num_kv_heads);
+    stage_q(sh.q, q, job);
+    kv.start();
     const ELEM* q_w = sh.q + warp * WARP_ROWS * LD_KV;
 #if Q_IN_REGS
     copy_wait<STAGES - 1>();          // the Q tile has landed
@@ -236,16 +182,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         for (int s = 0; s < 2; ++s) { m_run[f][s] = NEG_INF; l_run[f][s] = 0.0f; }
 
     for (int k0 = 0, tile = 0; k0 < kv_end; k0 += KV_TILE, ++tile) {
-        copy_wait<STAGES - 2>();      // this thread's copies of this tile have landed
-        __syncthreads();                // ... and everyone else's; all are done with tile - 1
-        {   // so its stage takes tile + STAGES - 1 (an empty group keeps the count uniform)
-            const int ahead = (tile + STAGES - 1) % STAGES;
-            if (k0 + (STAGES - 1) * KV_TILE < kv_end)
-                stage_kv(sh.kv + ahead * STAGE_ELEMS, slots + ahead * KV_TILE);
-            else copy_commit();
-        }
-        lookup_begin(k0 + STAGES * KV_TILE);   // tile + STAGES, stored after this tile
-        const ELEM* k_tile = sh.kv + tile % STAGES * STAGE_ELEMS;
+        const ELEM* k_tile = kv.begin_tile(tile, k0);
         const ELEM* v_tile = k_tile + KV_TILE * LD_KV;
         if (warp_has_rows && k0 <= warp_max_lim) {   // warp-uniform
 
@@ -356,7 +293,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
             }
         }
         }
-        lookup_end(k0 + STAGES * KV_TILE, slots + tile % STAGES * KV_TILE);   // tile's are used up
+        kv.end_tile(tile, k0);
         __syncwarp();   // p_w is rewritten in the next tile
     }
 
@@ -376,9 +313,8 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         for (int i = 0; i < NE; i += 2) {
             const int s = (L.slot1 >> i) & 1;
             const int r = pick(s, rho[0], rho[1]);
-            if (r >= rows_total) continue;
-            ELEM* dst = out + ((long long)(q_begin + r / pack) * num_heads + head0 + r % pack)
-                              * HEAD_DIM + elem_col(L, i);
+            if (r >= job.rows_total) continue;
+            ELEM* dst = out + job.row_offset(r) + elem_col(L, i);
 #pragma unroll
             for (int d = 0; d < D_FRAGS; ++d)
                 store_pair(dst + d * 16, o_frag[f][d].x[i] * pick(s, inv[0], inv[1]),

@@ -1,5 +1,5 @@
 // prefill_tc's (prefill_tc.cu) compile-time parameters, their defaults, the sizes derived
-// from them and the unroll macros. Include after kv_quant.cuh and <mma.h>.
+// from them and the unroll macros. Include after kv_quant.cuh.
 #ifndef PREFILL_TC_PARAMS_CUH
 #define PREFILL_TC_PARAMS_CUH
 
@@ -33,8 +33,6 @@
 #ifndef CACHE_T
 #define CACHE_T ELEM
 #endif
-
-using namespace nvcuda;
 
 #define WARP_ROWS (16 * ROW_FRAGS)
 #define Q_ROWS (WARP_ROWS * WARPS)

@@ -27,22 +27,29 @@ __device__ inline void stage_rows(ELEM* dst, int rows, RowFn src_row)
 
 // K and V of one tile into shared memory, 16 bytes at a time (K row r at dst + r * LD_KV,
 // V row r at dst + (KV_TILE + r) * LD_KV); tile_slots[r] is key r's cache slot, or -1 for a
-// row of zeros. The slots were looked up a tile ahead (see the kernel), so a copy costs a
-// shared load and an address, not a division and a dependent load of the block table.
+// row of zeros. The slots were looked up a tile ahead (see prefill_tiles.cuh), so a copy
+// costs a shared load and an address, not a division and a dependent load of the block
+// table. When the threads are a multiple of a row's chunks (head sizes 32, 64, 128, 256),
+// each thread keeps one chunk column and steps over rows, so no division is left; a row of
+// zeros is a copy of 0 bytes from a valid address (the head's first row), not a select
+// between pointers.
 __device__ inline void stage_kv_rows(ELEM* dst, const int* tile_slots, const ELEM* k_head,
-                                     const ELEM* v_head, long long row_stride)
+                                     const ELEM* v_head, int row_stride)
 {
     constexpr int VEC = 16 / (int)sizeof(ELEM);
     constexpr int CHUNKS = HEAD_DIM / VEC, TOTAL = KV_TILE * CHUNKS;
-#pragma unroll 2
+    constexpr bool COLUMNS = THREADS % CHUNKS == 0;     // a thread's chunk column is fixed
+#pragma unroll 4
     for (int i = 0; i < (TOTAL + THREADS - 1) / THREADS; ++i) {
         const int idx = threadIdx.x + i * THREADS;
         if (TOTAL % THREADS != 0 && idx >= TOTAL) break;
-        const int r = idx / CHUNKS, c = (idx % CHUNKS) * VEC;
+        const int r = COLUMNS ? (int)threadIdx.x / CHUNKS + i * (THREADS / CHUNKS) : idx / CHUNKS;
+        const int c = (COLUMNS ? (int)threadIdx.x % CHUNKS : idx % CHUNKS) * VEC;
         const int slot = tile_slots[r];
-        const long long at = (long long)slot * row_stride + c;
-        copy16(dst + r * LD_KV + c, slot < 0 ? nullptr : k_head + at);
-        copy16(dst + (KV_TILE + r) * LD_KV + c, slot < 0 ? nullptr : v_head + at);
+        const long long at = (long long)(unsigned)max(slot, 0) * (unsigned)row_stride + c;
+        ELEM* const d = dst + r * LD_KV + c;
+        copy16_async(d, k_head + at, slot >= 0);
+        copy16_async(d + KV_TILE * LD_KV, v_head + at, slot >= 0);
     }
 }
 
