@@ -148,6 +148,11 @@ TC_SMEM_PER_SM = 227 * 1024   # what the blocks of one SM share (H100/H200: 228 
                               # reserved by the system)
 
 KV_QUANT_IDS = {None: 0, "int8": 1, "fp8_e4m3": 2}   # -DKV_QUANT
+# Two sources of the tensor-core algorithm: "wmma" (kernels/decode_tc.cu, lesson 09's: S and P
+# through shared memory, WMMA's layout being unspecified) and "mma" (kernels/decode_mma.cu:
+# PTX mma.sync with the softmax in registers; fp16/bf16 pages). TC_IMPL: what plans take.
+TC_IMPLS = ("wmma", "mma")
+TC_IMPL = "mma"
 
 
 class TCConfig(NamedTuple):
@@ -167,6 +172,16 @@ class TCConfig(NamedTuple):
     d_split: int
     min_blocks: int
     warp_pipe: bool
+    impl: str = "wmma"
+
+    @property
+    def source(self) -> str:
+        """The kernel source (kernels/NAME.cu) and its function: paged_decode_tc / _mma."""
+        return "decode_mma" if self.impl == "mma" else "decode_tc"
+
+    @property
+    def function(self) -> str:
+        return "paged_decode_mma" if self.impl == "mma" else "paged_decode_tc"
 
 
 def tc_tile_tokens(head_dim: int) -> int:
@@ -232,6 +247,22 @@ def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
     return total, kv
 
 
+def mma_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
+                     elem_bytes: int = 2, *, warps: int = TC_WARPS, d_split: int = 1,
+                     swizzle: bool = True) -> tuple[int, int]:
+    """(total, region) shared-memory bytes of a block of kernels/decode_mma.cu (its layout:
+    decode_mma_layout.cuh): the staged K/V tiles (rows of a multiple of 128 bytes swizzled,
+    the others padded by 16 bytes), reused at the end for the warps' O and the merge (the
+    region is the larger of the two), then Q, the warps' m and l and a flag."""
+    row = head_dim * elem_bytes
+    ldc = row if swizzle and (row // 16) % 8 == 0 else row + 16
+    kv = stages * 2 * tile_t * ldc
+    o = warps // d_split * 16 * (head_dim + 8) * 4
+    region = -(-max(kv, o) // 128) * 128
+    total = region + 16 * row_tiles * (head_dim + 8) * elem_bytes + 2 * warps * 16 * 4 + 16
+    return total, region
+
+
 def tc_max_parts(rows: int, kv_bytes: int) -> int:
     """Most partitions per sequence: the merge keeps rows x parts weights (floats) where the
     K/V tiles were."""
@@ -255,13 +286,19 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               *, warps: int | None = None, tile_t: int | None = None,
               stages: int | None = None, s_chains: int | None = None,
               d_split: int | None = None, min_blocks: int | None = None,
-              warp_pipe: bool | None = None) -> TCConfig:
+              warp_pipe: bool | None = None, impl: str | None = None,
+              swizzle: bool = True, q_regs: bool | None = None) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
     O's columns (more warps per SM for the same registers); min_blocks: the blocks per SM
     the compiler must leave registers for (__launch_bounds__); warp_pipe: each warp copies
-    and waits for its own tokens (one row tile, d_split 1 only; else ignored)."""
+    and waits for its own tokens (one row tile, d_split 1 only; else ignored). impl: "mma"
+    or "wmma" (None: TC_IMPL; compressed pages always "wmma"); swizzle and q_regs (Q's
+    fragments in registers; None: up to head_dim 128) are the "mma" kernel's."""
+    if impl not in (None, *TC_IMPLS):
+        raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
+    impl = "wmma" if kv_quant else (impl or TC_IMPL)
     rows, chunks, row_tiles = tc_rows(group, head_dim)
     auto = warps is None and tile_t is None and stages is None and d_split is None
     if auto:
@@ -282,9 +319,12 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     tile_t = -(-tile_t // unit) * unit
 
     def size(stages):
+        if impl == "mma":
+            return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
+                                    d_split=d_split, swizzle=swizzle)
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
-    warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
+    warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1 and impl == "wmma"
     while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
         stages -= 1
     shared, kv_bytes = size(stages)
@@ -292,8 +332,11 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                          kv_quant=kv_quant, per_token=per_token,
                          s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
                          min_blocks=min_blocks, warp_pipe=warp_pipe)
+    if impl == "mma":
+        options += (f"-DSWIZZLE={int(swizzle)}",) + (
+            () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
-                    stages, warps, d_split, min_blocks, warp_pipe)
+                    stages, warps, d_split, min_blocks, warp_pipe, impl)
 
 
 def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:

@@ -186,7 +186,7 @@ class BatchDecodeWrapper:
                 i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]),
                 i32(self.part_len), i32(rows))
         no_scale = self._no_scale
-        self._add_launch(load_kernel("decode_tc", "paged_decode_tc", cfg.options), self.grid,
+        self._add_launch(load_kernel(cfg.source, cfg.function, cfg.options), self.grid,
                          cfg.shared,
                          lambda q, k, v, out, s, ks=no_scale, vs=no_scale:
                          (q, k, v, ks, vs, *fixed, out, *tail, s), block=cfg.threads)

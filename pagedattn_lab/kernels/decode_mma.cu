@@ -1,0 +1,293 @@
+// Grouped decode on tensor cores with the softmax in registers: the algorithm of decode_tc.cu
+// (the group's query heads as the rows of Q, S = Q K^T and O = softmax(S) V per K/V tile,
+// split-K with a partial-state merge), written on PTX mma.sync.m16n8k16 and ldmatrix
+// (mma_ptx.cuh) instead of WMMA.
+//
+// Why a second source: WMMA does not say which element of a fragment a thread holds, so
+// decode_tc.cu (lesson 09's kernel) stores S to shared memory, lets lanes do the softmax
+// there and reloads P as a fragment, with __syncwarp()s between: a chain per 16 tokens that
+// is latency, not bandwidth (benchmarks/NOTES.md: 77-79% of the copy rate on D64 GQA). The
+// PTX instruction's layout is specified, so here S stays in the accumulators, the softmax is
+// done in registers (the 4 lanes of a quad hold one row), and P is packed straight into the
+// A operand of P V. This is what FlashAttention-2 and FlashInfer do (FlashInfer's tensor-core
+// decode is its prefill kernel with the group's heads as rows).
+//
+// Fragment layout (MMA_PTX_API.md; lane = 4 g + t): S accumulator of 8 tokens, s[0..1] =
+// S[row g][tokens 2t, 2t+1], s[2..3] = S[row g + 8][tokens 2t, 2t+1]. Two such accumulators
+// (16 tokens) are exactly the A operand of P V for those 16 tokens once packed in pairs.
+// K tiles are read with ldmatrix (non-transposed: a K row is a column of B = K^T, and its
+// 16-byte pieces are what B's "col" layout wants), V tiles with ldmatrix.trans.
+//
+// Thread-to-data mapping (as decode_tc.cu): grid = (work items, num_kv_heads * row_chunks),
+// block = TC_WARPS warps; warp w (cw = w % (TC_WARPS / D_SPLIT)) takes row tile
+// cw % ROW_TILES and the cw / ROW_TILES-th slice of TW tokens of every tile, keeps its own
+// (m, l, O) for its 16 rows in registers, and the warps merge at the end (decode_tc_merge.cuh).
+// D_SPLIT > 1: that many warps share a (row tile, slice), each computes S and the softmax
+// and accumulates 1/D_SPLIT of O's columns (head_dim 256: fewer registers per warp).
+// The tiles stream through shared memory as in decode_tc.cu (decode_tc_tiles.cuh: page ids
+// read one tile ahead, cp.async, STAGES in flight, one barrier per tile), rows swizzled
+// (decode_mma_layout.cuh).
+//
+// Compile-time parameters (NVRTC -D; decode_plan.tc_config makes a consistent set): KV_T
+// (and KV_BF16), HEAD_DIM, TC_WARPS, ROW_TILES, TILE_T, STAGES, D_SPLIT, S_CHAINS (1 or 2
+// independent accumulator chains for S), TC_MIN_BLOCKS, SWIZZLE, Q_REGS.
+
+#include "common.cuh"
+#include "kv_quant.cuh"
+#include "kv_convert.cuh"
+#include "mma_ptx.cuh"
+
+#include "decode_mma_layout.cuh"
+#include "decode_tc_tiles.cuh"
+#include "decode_tc_merge.cuh"
+
+// d += a b for the cache's element type
+__device__ inline void mma_acc(float d[4], const unsigned a[4], const unsigned b[2])
+{
+#ifdef KV_BF16
+    mma_m16n8k16_bf16(d, a, b, d);
+#else
+    mma_m16n8k16(d, a, b, d);
+#endif
+}
+
+__device__ inline unsigned pack2(float lo, float hi)
+{
+#ifdef KV_BF16
+    return pack2_bf16(lo, hi);
+#else
+    return pack2_half(lo, hi);
+#endif
+}
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_mma(
+    const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
+    const CACHE_T* __restrict__ k_cache,   // [num_pages, page_size, num_kv_heads, HEAD_DIM]
+    const CACHE_T* __restrict__ v_cache,
+    const float* __restrict__ k_scale,     // (compressed pages: not taken yet; unread)
+    const float* __restrict__ v_scale,
+    const int* __restrict__ block_tables,  // [batch, max_pages]
+    const int* __restrict__ seq_lens,      // [batch]
+    const int* __restrict__ work,          // [items, 2]: (sequence, partition)
+    const int* __restrict__ slot_start,    // [batch]: the sequence's first partial-state slot
+    KV_T* __restrict__ out,                // [batch, num_heads, HEAD_DIM]
+    float* __restrict__ part_out,          // [slots, num_heads, HEAD_DIM]  (O / l)
+    float* __restrict__ part_ml,           // [slots, num_heads, 2]         (m, l)
+    int* __restrict__ counters,            // [batch, gridDim.y]: 0 between launches
+    int num_heads, int num_kv_heads, int page_size, int page_shift, int max_pages,
+    int part_len, int rows_per_block, float scale_log2)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    KV_T* qs = reinterpret_cast<KV_T*>(smem + Q_OFF);
+    float* m_s = reinterpret_cast<float*>(smem + M_OFF);
+    float* l_s = reinterpret_cast<float*>(smem + L_OFF);
+    int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;           // the fragments' row and column pair
+    const int cw = warp % CWARPS, dpart = warp / CWARPS;
+    const int rt = cw % ROW_TILES, slice = cw / ROW_TILES;
+
+    const int b = work[2 * blockIdx.x], part = work[2 * blockIdx.x + 1];
+    const int seq_len = seq_lens[b];
+    const int start = part * part_len;
+    const int end = min(seq_len, start + part_len);
+    const int nparts = (seq_len + part_len - 1) / part_len;
+    const int ntiles = (end - start + TILE_T - 1) / TILE_T;
+    const int group = num_heads / num_kv_heads;
+    const int chunks = gridDim.y / num_kv_heads;
+    const int kvh = blockIdx.y / chunks;
+    const int h0 = kvh * group + (blockIdx.y % chunks) * rows_per_block;   // first query head
+    const int nh = min(rows_per_block, kvh * group + group - h0);          // query heads here
+
+    const int* table = block_tables + (long long)b * max_pages;
+    const long long row_stride = (long long)num_kv_heads * HEAD_DIM;
+    const long long page_stride = (long long)page_size * row_stride;
+    const long long head_off = (long long)kvh * HEAD_DIM;
+    int pg[TILE_COPIES];
+
+    // The first STAGES - 1 tiles start loading before anything else; every thread commits
+    // one group per tile, an empty one past the last tile too (see decode_tc.cu).
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ntiles) {
+            tile_pages(pg, table, start + s * TILE_T, end, page_size, page_shift, threadIdx.x);
+            copy_tile(smem + s * STAGE_BYTES, nullptr, k_cache, v_cache, k_scale, v_scale, pg,
+                      start + s * TILE_T, page_size, page_shift, page_stride, row_stride,
+                      head_off, threadIdx.x);
+        }
+        copy_commit();
+    }
+    if (STAGES - 1 < ntiles)
+        tile_pages(pg, table, start + (STAGES - 1) * TILE_T, end, page_size, page_shift,
+                   threadIdx.x);
+
+    // Q: the block's query heads as rows, zero rows below them.
+    constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
+    for (int c = threadIdx.x; c < ROWS * QCHUNKS; c += TC_THREADS) {
+        const int r = c / QCHUNKS, col = c % QCHUNKS;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (r < nh)
+            v = *reinterpret_cast<const uint4*>(
+                q + ((long long)b * num_heads + h0 + r) * HEAD_DIM + col * 8);
+        *reinterpret_cast<uint4*>(qs + r * LD + col * 8) = v;
+    }
+    __syncthreads();
+
+    // ldmatrix x4: lane l gives row l % 8 of matrix l / 8.
+    //   Q (A operand, 16 x 16 at k step k): matrix m = rows 8 (m % 2), columns 8 (m / 2).
+    //   K (B of S, 16 tokens x 16 dims): matrix m = tokens 8 (m / 2), dims 8 (m % 2):
+    //     registers 0, 1 are b of tokens 0-7, 2, 3 of tokens 8-15.
+    //   V (B of P V, trans, 16 tokens x 16 dims): matrix m = tokens 8 (m % 2), dims 8 (m / 2):
+    //     registers 0, 1 are b of dims 0-7, 2, 3 of dims 8-15.
+    const int lm = lane / 8, lr = lane % 8;
+    const KV_T* q_lane = qs + (rt * 16 + (lm % 2) * 8 + lr) * LD + (lm / 2) * 8;
+#if Q_REGS
+    unsigned qf[D_TILES][4];
+#pragma unroll
+    for (int k = 0; k < D_TILES; ++k) ldmatrix_x4(qf[k], q_lane + k * 16);
+#endif
+    const int k_row = slice * TW + (lm / 2) * 8 + lr, k_chunk = lm % 2;   // + 16 j tokens, 2 k chunks
+    const int v_row = slice * TW + (lm % 2) * 8 + lr, v_chunk = lm / 2;   // + 16 j tokens, 2 d chunks
+
+    float o[DP * 2][4];   // O[row g, g + 8][dims 8 n + 2t, +1] of this warp's columns
+#pragma unroll
+    for (int n = 0; n < DP * 2; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m_run[2] = {NEG_BIG, NEG_BIG};   // rows g and g + 8: running max (base 2)
+    float l_run[2] = {0.0f, 0.0f};         // ... and this lane's share of the row sums
+
+    for (int i = 0; i < ntiles; ++i) {
+        const int nt = i + STAGES - 1;   // the tile to start now, into the buffer of tile i - 1
+        copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
+        __syncthreads();           // ... everyone's; and every warp is done with tile i - 1
+        if (nt < ntiles)
+            copy_tile(smem + (nt % STAGES) * STAGE_BYTES, nullptr, k_cache, v_cache, k_scale,
+                      v_scale, pg, start + nt * TILE_T, page_size, page_shift, page_stride,
+                      row_stride, head_off, threadIdx.x);
+        copy_commit();
+        if (nt + 1 < ntiles)
+            tile_pages(pg, table, start + (nt + 1) * TILE_T, end, page_size, page_shift,
+                       threadIdx.x);
+        const unsigned char* ks = smem + (i % STAGES) * STAGE_BYTES;
+        const unsigned char* vs = ks + CP_TOKENS * LDC;
+
+        // 1. S = Q K^T: 8 tokens per accumulator, S_CHAINS independent chains over k.
+        float s[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#if S_CHAINS == 2
+        float s2[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) s2[n][0] = s2[n][1] = s2[n][2] = s2[n][3] = 0.0f;
+#endif
+#pragma unroll
+        for (int k = 0; k < D_TILES; ++k) {
+#if Q_REGS
+            const unsigned* a = qf[k];
+#else
+            unsigned a[4];
+            ldmatrix_x4(a, q_lane + k * 16);
+#endif
+#pragma unroll
+            for (int j = 0; j < TW / 16; ++j) {
+                unsigned kb[4];
+                ldmatrix_x4(kb, ks + stage_at(k_row + 16 * j, 2 * k + k_chunk));
+#if S_CHAINS == 2
+                float (*acc)[4] = k % 2 ? s2 : s;
+#else
+                float (*acc)[4] = s;
+#endif
+                mma_acc(acc[2 * j], a, kb);
+                mma_acc(acc[2 * j + 1], a, kb + 2);
+            }
+        }
+#if S_CHAINS == 2
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[n][e] += s2[n][e];
+        }
+#endif
+
+        // 2. online softmax in registers: the 4 lanes of a quad hold a row (xor 1, 2)
+        const int t0 = start + i * TILE_T + slice * TW + 2 * t;
+        const bool tail = start + i * TILE_T + (slice + 1) * TW > end;   // warp-uniform
+        float mx[2] = {NEG_BIG, NEG_BIG};
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = s[n][e] * scale_log2;
+                if (tail && t0 + 8 * n + (e % 2) >= end) x = NEG_INF;
+                s[n][e] = x;
+                mx[e / 2] = fmaxf(mx[e / 2], x);
+            }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+            const float m_new = fmaxf(m_run[h], mx[h]);
+            alpha[h] = exp2f(m_run[h] - m_new);
+            m_run[h] = m_new;
+            l_run[h] *= alpha[h];
+        }
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[n][e] = exp2f(s[n][e] - m_run[e / 2]);   // 0 for a masked token
+                l_run[e / 2] += s[n][e];
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < DP * 2; ++n) {
+            o[n][0] *= alpha[0];
+            o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1];
+            o[n][3] *= alpha[1];
+        }
+
+        // 3. O += P V: the accumulators of tokens 16 j .. 16 j + 15, packed, are the A operand
+#pragma unroll
+        for (int j = 0; j < TW / 16; ++j) {
+            const unsigned pa[4] = {pack2(s[2 * j][0], s[2 * j][1]), pack2(s[2 * j][2], s[2 * j][3]),
+                                    pack2(s[2 * j + 1][0], s[2 * j + 1][1]),
+                                    pack2(s[2 * j + 1][2], s[2 * j + 1][3])};
+#pragma unroll
+            for (int d = 0; d < DP; ++d) {
+                unsigned vb[4];
+                ldmatrix_x4_trans(vb, vs + stage_at(v_row + 16 * j, 2 * (dpart * DP + d) + v_chunk));
+                mma_acc(o[2 * d], pa, vb);
+                mma_acc(o[2 * d + 1], pa, vb + 2);
+            }
+        }
+    }
+    copy_wait<0>();
+    // Each warp's (m, l) per row and its O to shared memory (where the K/V tiles were).
+    // (The D_SPLIT warps of a (row tile, slice) have the same m and l; the first writes them.)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+        l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+    }
+    if (t == 0 && dpart == 0) {
+        m_s[cw * 16 + g] = m_run[0];
+        m_s[cw * 16 + g + 8] = m_run[1];
+        l_s[cw * 16 + g] = l_run[0];
+        l_s[cw * 16 + g + 8] = l_run[1];
+    }
+    __syncthreads();   // every warp is done with the last tile
+    float* os = reinterpret_cast<float*>(smem);   // [CWARPS][16][LO]
+#pragma unroll
+    for (int n = 0; n < DP * 2; ++n) {
+        float* o0 = os + (cw * 16 + g) * LO + dpart * DP * 16 + 8 * n + 2 * t;
+        *reinterpret_cast<float2*>(o0) = make_float2(o[n][0], o[n][1]);
+        *reinterpret_cast<float2*>(o0 + 8 * LO) = make_float2(o[n][2], o[n][3]);
+    }
+    __syncthreads();
+
+    finish_block(m_s, l_s, os, flag_s, out, part_out, part_ml, counters, slot_start, b, part,
+                 nparts, num_heads, h0, nh, 1.0f);
+}
