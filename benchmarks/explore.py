@@ -39,9 +39,15 @@ from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
 # name -> kernel shape (tc_config keywords) and split: "split" is blocks per SM for the
 # TC_BLOCKS_PER_SM rule (8 also allows 128 partitions), or "w1"/"w2": partitions that fill
 # that many waves of resident blocks (TC_WAVES); "quant": 0, 1 (int8), 2 (fp8); "tok": per-token.
-def shape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, pipe=False):
+def shape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, pipe=False,
+          impl="wmma", **mma):
     return dict(warps=warps, tile_t=tile, stages=stages, d_split=d_split, min_blocks=mb,
-                split=split, quant=quant, tok=tok, warp_pipe=pipe)
+                split=split, quant=quant, tok=tok, warp_pipe=pipe, impl=impl, mma=mma)
+
+
+def mshape(warps, tile, stages, d_split=1, mb=1, split=4, **mma):
+    """A shape of kernels/decode_mma.cu (mma keywords: s_chains, swizzle, q_regs)."""
+    return shape(warps, tile, stages, d_split, mb, split, impl="mma", **mma)
 
 
 V = {
@@ -72,8 +78,29 @@ V["d256 W4D4T16"] = shape(4, 16, 2, 4, 4)
 V["d256 W8D4T32S3"] = shape(8, 32, 3, 4, 2)
 V["d256 W2P"] = shape(2, 32, 2, pipe=True)
 
+# decode_mma.cu ("M..."): PTX mma.sync, softmax in registers
+V["M W4"] = mshape(4, 64, 2)                     # 16 tokens per warp and tile
+V["M W4 S3"] = mshape(4, 64, 3)
+V["M W4 C2"] = mshape(4, 64, 2, s_chains=2)      # two accumulator chains for S
+V["M W4 pad"] = mshape(4, 64, 2, swizzle=False)  # rows padded by 16 bytes, not swizzled
+V["M W4 T128"] = mshape(4, 128, 2)               # 32 tokens per warp and tile
+V["M W8 T128"] = mshape(8, 128, 2)               # 8 warps, 16 tokens each
+V["M W8 T128 S3"] = mshape(8, 128, 3)
+V["M W2 T32 S4"] = mshape(2, 32, 4, mb=4)        # small blocks, many per SM
+V["M W4 T64 mb3"] = mshape(4, 64, 2, mb=3)
+V["M W8D2"] = mshape(8, 64, 2, 2, 2)
+for base in ("M W4", "M W8 T128", "M W8D2"):
+    V[f"{base}/w1"] = {**V[base], "split": "w1"}
+    V[f"{base}/b8"] = {**V[base], "split": 8}
+V["M d256 W4D2T32"] = mshape(4, 32, 2, 2)
+V["M d256 W4T32"] = mshape(4, 32, 2)              # Q reloaded per tile (q_regs 0 at 256)
+V["M d256 W8D2T64"] = mshape(8, 64, 2, 2)
+V["M d256 W4D2T64"] = mshape(4, 64, 2, 2)
+V["M d256 W8D4T32"] = mshape(8, 32, 2, 4, 2)
+
 # the planner's own kernel and split, fp16 and on compressed pages
-V["planner"] = {**shape(None, None, None), "split": None}
+V["planner"] = {**shape(None, None, None, impl=None), "split": None}
+V["planner wmma"] = {**shape(None, None, None), "split": None}   # lesson 09's kernel
 for q, qname in ((2, "fp8"), (1, "int8")):
     for tok in (False, True):
         V[f"planner {qname}{'/tok' if tok else ''}"] = {**V["planner"], "quant": q, "tok": tok}
@@ -89,16 +116,19 @@ for q, qname in ((2, "fp8"), (1, "int8")):
     V[f"{qname} W4PS3"] = shape(4, 64, 3, pipe=True, quant=q)
     V[f"{qname}/tok W4PS3"] = shape(4, 64, 3, pipe=True, quant=q, tok=True)
 FINAL = {   # --final: the rows of the report (the planner's choice first), and alternates
-    "D64-gqa4": ["planner", "W4P", "W3T48S2mb3"] + PLANNER_QUANT
-    + ["fp8 W4PS3", "fp8 W4PS4", "int8 W4PS3", "fp8/tok W4PS3", "int8/tok W4PS3"],
-    "D64-mqa16": ["planner", "W8D4T32mb3/w1", "W4P/w1", "W4/w1"],
-    "1x32k-gqa4": ["planner", "W4D2T32/w1", "W4P/w1", "W8D2/w1"],
-    "8x32k-gqa4": ["planner", "W4/b4", "W4P/w1", "W3T48S2mb3"] + PLANNER_QUANT[:2],
-    "D64-gqa8": ["planner", "W4P", "W3T48S2mb3"],
-    "D64-gqa8-p64": ["planner"],
-    "D64-gqa4-d256": ["planner", "d256 W2P", "d256 W4"],
-    "D64-gqa4-d80": ["planner"],
-    "D64-gqa4-d96": ["planner"],
+    "D64-gqa4": ["planner", "planner wmma", "M W4 S3", "M W4 C2", "M W4 pad", "M W4 T128",
+                 "M W8 T128", "M W8 T128 S3", "M W2 T32 S4", "M W4 T64 mb3", "M W8D2"],
+    "D64-mqa16": ["planner", "planner wmma", "M W4/w1", "M W8 T128/w1", "M W8D2/w1", "M W8D2",
+                  "M W4/b8"],
+    "1x32k-gqa4": ["planner", "planner wmma", "M W4/w1", "M W4/b8", "M W8 T128/w1",
+                   "M W8D2/w1"],
+    "8x32k-gqa4": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 T128", "M W4/w1"],
+    "D64-gqa8": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 C2"],
+    "D64-gqa8-p64": ["planner", "planner wmma"],
+    "D64-gqa4-d256": ["planner", "planner wmma", "M d256 W4T32", "M d256 W8D2T64",
+                      "M d256 W4D2T64", "M d256 W8D4T32"],
+    "D64-gqa4-d80": ["planner", "planner wmma"],
+    "D64-gqa4-d96": ["planner", "planner wmma"],
 }
 
 FP16_D128 = ["W4", "W8D2", "W4D2T32", "W4D2T32S3", "W8D4T32", "W8D4T32mb3", "W6D2T48mb3",
@@ -119,10 +149,11 @@ def config(w, name):
     """The variant's kernel; a variant without warps is the planner's own choice."""
     v = V[name]
     if v["warps"] is None:
-        return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"])
+        return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], impl=v["impl"])
     return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], warps=v["warps"],
                         tile_t=v["tile_t"], stages=v["stages"], d_split=v["d_split"],
-                        min_blocks=v["min_blocks"], warp_pipe=v["warp_pipe"])
+                        min_blocks=v["min_blocks"], warp_pipe=v["warp_pipe"],
+                        impl=v["impl"], **v["mma"])
 
 
 def compile_all(workloads, names_of):
@@ -131,7 +162,7 @@ def compile_all(workloads, names_of):
 
     def build(cfg):
         try:
-            load_kernel("decode_tc", "paged_decode_tc", cfg.options).gpu.compile()
+            load_kernel(cfg.source, cfg.function, cfg.options).gpu.compile()
             return None
         except Exception as exc:
             return f"{type(exc).__name__}: {str(exc)[-400:]}"

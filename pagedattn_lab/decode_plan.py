@@ -206,11 +206,19 @@ TC_SHAPES = [
 ]
 
 
-def tc_shape(head_dim: int, row_tiles: int, kv_quant: int, group: int = 1) -> dict:
+# The same for kernels/decode_mma.cu (fp16/bf16 pages only).
+MMA_SHAPES = [
+    (128, 1, False, dict(warps=4, tile_t=64, stages=2, d_split=1)),
+    (256, 1, False, dict(warps=4, tile_t=32, stages=2, d_split=2)),
+]
+
+
+def tc_shape(head_dim: int, row_tiles: int, kv_quant: int, group: int = 1,
+             impl: str = "wmma") -> dict:
     """The tc_config keywords (warps, tile_t, stages, d_split, min_blocks, warp_pipe) the
-    planner uses for this head size, group and cache format (kv_quant 0: fp16/bf16 pages).
-    Groups of more than 16 heads (several row tiles) take the 4-warp shape."""
-    for max_dim, min_group, quant, kw in TC_SHAPES:
+    planner uses for this head size, group, cache format (kv_quant 0: fp16/bf16 pages) and
+    kernel source. Groups of more than 16 heads (several row tiles) take the 4-warp shape."""
+    for max_dim, min_group, quant, kw in (MMA_SHAPES if impl == "mma" else TC_SHAPES):
         if (head_dim <= max_dim and (min_group <= group <= 16 or min_group == 1)
                 and quant in (None, bool(kv_quant))):
             return {"min_blocks": 1, "warp_pipe": False, **kw}
@@ -302,7 +310,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     rows, chunks, row_tiles = tc_rows(group, head_dim)
     auto = warps is None and tile_t is None and stages is None and d_split is None
     if auto:
-        kw = tc_shape(head_dim, row_tiles, kv_quant, group)
+        kw = tc_shape(head_dim, row_tiles, kv_quant, group, impl)
         warps, tile_t, stages, d_split = kw["warps"], kw["tile_t"], kw["stages"], kw["d_split"]
         min_blocks = kw["min_blocks"] if min_blocks is None else min_blocks
         warp_pipe = kw["warp_pipe"] if warp_pipe is None else warp_pipe
