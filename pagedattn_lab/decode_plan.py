@@ -206,10 +206,11 @@ TC_SHAPES = [
 ]
 
 
-# The same for kernels/decode_mma.cu (fp16/bf16 pages only).
+# The same for kernels/decode_mma.cu (not measured yet: first guesses).
 MMA_SHAPES = [
     (128, 1, False, dict(warps=4, tile_t=64, stages=2, d_split=1)),
-    (256, 1, False, dict(warps=4, tile_t=32, stages=2, d_split=2)),
+    (128, 1, True, dict(warps=4, tile_t=64, stages=4, d_split=1)),
+    (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 
 
@@ -257,14 +258,16 @@ def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
 
 def mma_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
                      elem_bytes: int = 2, *, warps: int = TC_WARPS, d_split: int = 1,
-                     swizzle: bool = True) -> tuple[int, int]:
+                     swizzle: bool = True, kv_quant: int = 0,
+                     per_token: bool = False) -> tuple[int, int]:
     """(total, region) shared-memory bytes of a block of kernels/decode_mma.cu (its layout:
     decode_mma_layout.cuh): the staged K/V tiles (rows of a multiple of 128 bytes swizzled,
-    the others padded by 16 bytes), reused at the end for the warps' O and the merge (the
-    region is the larger of the two), then Q, the warps' m and l and a flag."""
-    row = head_dim * elem_bytes
-    ldc = row if swizzle and (row // 16) % 8 == 0 else row + 16
-    kv = stages * 2 * tile_t * ldc
+    the others padded by 16 bytes; codes: one byte each, always swizzled) and per-token
+    scales, reused at the end for the warps' O and the merge (the region is the larger of
+    the two), then Q, the warps' m and l and a flag."""
+    row = head_dim * (1 if kv_quant else elem_bytes)
+    ldc = row if (swizzle or kv_quant) and (row // 16) % 8 == 0 else row + 16
+    kv = stages * 2 * tile_t * ldc + (stages * 2 * tile_t * 4 if kv_quant and per_token else 0)
     o = warps // d_split * 16 * (head_dim + 8) * 4
     region = -(-max(kv, o) // 128) * 128
     total = region + 16 * row_tiles * (head_dim + 8) * elem_bytes + 2 * warps * 16 * 4 + 16
@@ -306,7 +309,9 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     fragments in registers; None: up to head_dim 128) are the "mma" kernel's."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
-    impl = "wmma" if kv_quant else (impl or TC_IMPL)
+    impl = impl or TC_IMPL
+    if kv_quant and head_dim % 128:   # decode_mma.cu reads codes at head_dim 128 and 256
+        impl = "wmma"
     rows, chunks, row_tiles = tc_rows(group, head_dim)
     auto = warps is None and tile_t is None and stages is None and d_split is None
     if auto:
@@ -317,9 +322,12 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
     stages, d_split = stages or TC_STAGES, d_split or 1
     min_blocks = min_blocks or 1
-    if (head_dim // 16) % d_split:   # (head_dim 80, 112: 5 and 7 column tiles)
+    # the warps of a D_SPLIT group share O's 16-column tiles (decode_mma.cu over codes: its
+    # 128-column passes over V)
+    cols = head_dim // (128 if impl == "mma" and kv_quant else 16)
+    if cols % d_split:   # (head_dim 80, 112: 5 and 7 column tiles)
         per_slice = warps // d_split
-        d_split = max(d for d in range(1, d_split + 1) if (head_dim // 16) % d == 0)
+        d_split = max(d for d in range(1, d_split + 1) if cols % d == 0)
         warps = per_slice * d_split
     per = row_tiles * d_split
     warps = -(-warps // per) * per                  # warps = d_split x row tiles x slices
@@ -329,7 +337,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     def size(stages):
         if impl == "mma":
             return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
-                                    d_split=d_split, swizzle=swizzle)
+                                    d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
+                                    per_token=per_token)
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
     warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1 and impl == "wmma"

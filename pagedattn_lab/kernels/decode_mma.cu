@@ -60,11 +60,32 @@ __device__ inline unsigned pack2(float lo, float hi)
 #endif
 }
 
+#if KV_QUANT
+// Two codes (low 16 bits of `two`, the lower one first) to two KV_T values in one register:
+// exact (every int8 and e4m3 value is a 16-bit float), no scale.
+__device__ inline unsigned codes2_to_kv2(unsigned two)
+{
+#ifdef KV_BF16
+    return pack2_bf16(dequantize_code((unsigned char)(two & 0xffu)),
+                      dequantize_code((unsigned char)((two >> 8) & 0xffu)));
+#else
+    const __half2 h = codes2_to_half2(two);
+    return (unsigned)__half_as_ushort(__low2half(h)) |
+           ((unsigned)__half_as_ushort(__high2half(h)) << 16);
+#endif
+}
+
+__device__ inline unsigned word_of(const uint4& x, int i)
+{
+    return i == 0 ? x.x : i == 1 ? x.y : i == 2 ? x.z : x.w;
+}
+#endif
+
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_mma(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
     const CACHE_T* __restrict__ k_cache,   // [num_pages, page_size, num_kv_heads, HEAD_DIM]
     const CACHE_T* __restrict__ v_cache,
-    const float* __restrict__ k_scale,     // (compressed pages: not taken yet; unread)
+    const float* __restrict__ k_scale,     // compressed pages: as decode_tc.cu (else unread)
     const float* __restrict__ v_scale,
     const int* __restrict__ block_tables,  // [batch, max_pages]
     const int* __restrict__ seq_lens,      // [batch]
@@ -105,6 +126,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const long long page_stride = (long long)page_size * row_stride;
     const long long head_off = (long long)kvh * HEAD_DIM;
     int pg[TILE_COPIES];
+    float* scales = reinterpret_cast<float*>(smem + SC_OFF);   // per-token: [STAGES][2][TILE_T]
 
     // The first STAGES - 1 tiles start loading before anything else; every thread commits
     // one group per tile, an empty one past the last tile too (see decode_tc.cu).
@@ -112,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ntiles) {
             tile_pages(pg, table, start + s * TILE_T, end, page_size, page_shift, threadIdx.x);
-            copy_tile(smem + s * STAGE_BYTES, nullptr, k_cache, v_cache, k_scale, v_scale, pg,
+            copy_tile(smem + s * STAGE_BYTES, scales + s * 2 * TILE_T, k_cache, v_cache, k_scale, v_scale, pg,
                       start + s * TILE_T, page_size, page_shift, page_stride, row_stride,
                       head_off, threadIdx.x);
         }
@@ -121,6 +143,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     if (STAGES - 1 < ntiles)
         tile_pages(pg, table, start + (STAGES - 1) * TILE_T, end, page_size, page_shift,
                    threadIdx.x);
+#if KV_QUANT && !PER_TOKEN_SCALES
+    scale_log2 *= k_scale[kvh];            // static scales: K's folds into the logits,
+    const float v_mult = v_scale[kvh];     // V's into the output
+#else
+    const float v_mult = 1.0f;
+#endif
 
     // Q: the block's query heads as rows, zero rows below them.
     constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
@@ -141,11 +169,25 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     //   V (B of P V, trans, 16 tokens x 16 dims): matrix m = tokens 8 (m % 2), dims 8 (m / 2):
     //     registers 0, 1 are b of dims 0-7, 2, 3 of dims 8-15.
     const int lm = lane / 8, lr = lane % 8;
+#if KV_QUANT
+    // Codes: the dims of a k step are permuted (S = sum over dims, in any order, as long as
+    // Q and K agree): lane t's K load gives dims 64 b + 16 t .. + 15 of its token, of which
+    // k step 4 b + j takes dims 64 b + 16 t + 4 j .. + 3 (k slots 2t, 2t+1, 2t+8, 2t+9).
+    const KV_T* q_lane = qs + (rt * 16 + g) * LD + 16 * t;
+    auto q_frag = [&](unsigned (&a)[4], int k) {
+        const int col = (k / 4) * 64 + (k % 4) * 4;
+        const uint2 lo = *reinterpret_cast<const uint2*>(q_lane + col);
+        const uint2 hi = *reinterpret_cast<const uint2*>(q_lane + 8 * LD + col);
+        a[0] = lo.x; a[1] = hi.x; a[2] = lo.y; a[3] = hi.y;
+    };
+#else
     const KV_T* q_lane = qs + (rt * 16 + (lm % 2) * 8 + lr) * LD + (lm / 2) * 8;
+    auto q_frag = [&](unsigned (&a)[4], int k) { ldmatrix_x4(a, q_lane + k * 16); };
+#endif
 #if Q_REGS
     unsigned qf[D_TILES][4];
 #pragma unroll
-    for (int k = 0; k < D_TILES; ++k) ldmatrix_x4(qf[k], q_lane + k * 16);
+    for (int k = 0; k < D_TILES; ++k) q_frag(qf[k], k);
 #endif
     const int k_row = slice * TW + (lm / 2) * 8 + lr, k_chunk = lm % 2;   // + 16 j tokens, 2 k chunks
     const int v_row = slice * TW + (lm % 2) * 8 + lr, v_chunk = lm / 2;   // + 16 j tokens, 2 d chunks
@@ -161,8 +203,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
         __syncthreads();           // ... everyone's; and every warp is done with tile i - 1
         if (nt < ntiles)
-            copy_tile(smem + (nt % STAGES) * STAGE_BYTES, nullptr, k_cache, v_cache, k_scale,
-                      v_scale, pg, start + nt * TILE_T, page_size, page_shift, page_stride,
+            copy_tile(smem + (nt % STAGES) * STAGE_BYTES, scales + (nt % STAGES) * 2 * TILE_T,
+                      k_cache, v_cache, k_scale, v_scale, pg, start + nt * TILE_T, page_size, page_shift, page_stride,
                       row_stride, head_off, threadIdx.x);
         copy_commit();
         if (nt + 1 < ntiles)
@@ -180,13 +222,41 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #pragma unroll
         for (int n = 0; n < NT; ++n) s2[n][0] = s2[n][1] = s2[n][2] = s2[n][3] = 0.0f;
 #endif
+#if KV_QUANT
+        // 16 codes of one token per lane and load: K row g of each 8 tokens, dims 64 b + 16 t
+#pragma unroll
+        for (int blk = 0; blk < HEAD_DIM / 64; ++blk) {
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+                const uint4 raw = *reinterpret_cast<const uint4*>(
+                    ks + stage_at(slice * TW + 8 * n + g, 4 * blk + t));
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int k = 4 * blk + j;
+#if Q_REGS
+                    const unsigned* a = qf[k];
+#else
+                    unsigned a[4];
+                    q_frag(a, k);
+#endif
+                    const unsigned w = word_of(raw, j);
+                    const unsigned kb[2] = {codes2_to_kv2(w & 0xffffu), codes2_to_kv2(w >> 16)};
+#if S_CHAINS == 2
+                    mma_acc(j % 2 ? s2[n] : s[n], a, kb);
+#else
+                    mma_acc(s[n], a, kb);
+#endif
+                }
+            }
+        }
+#else
 #pragma unroll
         for (int k = 0; k < D_TILES; ++k) {
 #if Q_REGS
             const unsigned* a = qf[k];
 #else
             unsigned a[4];
-            ldmatrix_x4(a, q_lane + k * 16);
+            q_frag(a, k);
 #endif
 #pragma unroll
             for (int j = 0; j < TW / 16; ++j) {
@@ -201,6 +271,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 mma_acc(acc[2 * j + 1], a, kb + 2);
             }
         }
+#endif
 #if S_CHAINS == 2
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
@@ -213,11 +284,18 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         const int t0 = start + i * TILE_T + slice * TW + 2 * t;
         const bool tail = start + i * TILE_T + (slice + 1) * TW > end;   // warp-uniform
         float mx[2] = {NEG_BIG, NEG_BIG};
+#if KV_QUANT && PER_TOKEN_SCALES   // the token's scales: K's on its logit, V's on its P entry
+        const float* ksc = scales + (i % STAGES) * 2 * TILE_T + slice * TW + 2 * t;
+        const float* vsc = ksc + TILE_T;
+#endif
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
                 float x = s[n][e] * scale_log2;
+#if KV_QUANT && PER_TOKEN_SCALES
+                x *= ksc[8 * n + e % 2];
+#endif
                 if (tail && t0 + 8 * n + (e % 2) >= end) x = NEG_INF;
                 s[n][e] = x;
                 mx[e / 2] = fmaxf(mx[e / 2], x);
@@ -250,11 +328,49 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         }
 
         // 3. O += P V: the accumulators of tokens 16 j .. 16 j + 15, packed, are the A operand
+#if KV_QUANT && PER_TOKEN_SCALES
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[n][e] *= vsc[8 * n + e % 2];   // not in l
+        }
+#endif
 #pragma unroll
         for (int j = 0; j < TW / 16; ++j) {
             const unsigned pa[4] = {pack2(s[2 * j][0], s[2 * j][1]), pack2(s[2 * j][2], s[2 * j][3]),
                                     pack2(s[2 * j + 1][0], s[2 * j + 1][1]),
                                     pack2(s[2 * j + 1][2], s[2 * j + 1][3])};
+#if KV_QUANT
+            // B = V (k: tokens 2t, 2t+1 and 2t+8, 2t+9; n: dims). Lane g loads 16 codes (dims
+            // 128 p + 16 g .. + 15) of each of its 4 tokens; byte c of them is column g of
+            // O's n tile 16 p + c, i.e. n tile 16 p + c, column g holds dim 128 p + 16 g + c.
+            const int r0 = slice * TW + 16 * j + 2 * t;
+#pragma unroll
+            for (int pp = 0; pp < V_PASSES / D_SPLIT; ++pp) {
+                const int pass = dpart * (V_PASSES / D_SPLIT) + pp;
+                uint4 raw[4];   // tokens 2t, 2t+1, 2t+8, 2t+9
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+                    raw[r] = *reinterpret_cast<const uint4*>(
+                        vs + stage_at(r0 + (r % 2) + 8 * (r / 2), 8 * pass + g));
+#pragma unroll
+                for (int w = 0; w < 4; ++w) {
+                    const unsigned lo01 = __byte_perm(word_of(raw[0], w), word_of(raw[1], w), 0x5140);
+                    const unsigned hi01 = __byte_perm(word_of(raw[0], w), word_of(raw[1], w), 0x7362);
+                    const unsigned lo89 = __byte_perm(word_of(raw[2], w), word_of(raw[3], w), 0x5140);
+                    const unsigned hi89 = __byte_perm(word_of(raw[2], w), word_of(raw[3], w), 0x7362);
+                    const unsigned pairs[4][2] = {{lo01 & 0xffffu, lo89 & 0xffffu},
+                                                  {lo01 >> 16, lo89 >> 16},
+                                                  {hi01 & 0xffffu, hi89 & 0xffffu},
+                                                  {hi01 >> 16, hi89 >> 16}};
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        const unsigned vb[2] = {codes2_to_kv2(pairs[c][0]), codes2_to_kv2(pairs[c][1])};
+                        mma_acc(o[16 * pp + 4 * w + c], pa, vb);
+                    }
+                }
+            }
+#else
 #pragma unroll
             for (int d = 0; d < DP; ++d) {
                 unsigned vb[4];
@@ -262,6 +378,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 mma_acc(o[2 * d], pa, vb);
                 mma_acc(o[2 * d + 1], pa, vb + 2);
             }
+#endif
         }
     }
     copy_wait<0>();
@@ -282,12 +399,20 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     float* os = reinterpret_cast<float*>(smem);   // [CWARPS][16][LO]
 #pragma unroll
     for (int n = 0; n < DP * 2; ++n) {
+#if KV_QUANT   // n tile 16 p + c, column 2t (+1): dim 128 p + 16 (2t (+1)) + c
+        float* o0 = os + (cw * 16 + g) * LO + dpart * DP * 16 + 128 * (n / 16) + 32 * t + n % 16;
+        o0[0] = o[n][0];
+        o0[16] = o[n][1];
+        o0[8 * LO] = o[n][2];
+        o0[8 * LO + 16] = o[n][3];
+#else
         float* o0 = os + (cw * 16 + g) * LO + dpart * DP * 16 + 8 * n + 2 * t;
         *reinterpret_cast<float2*>(o0) = make_float2(o[n][0], o[n][1]);
         *reinterpret_cast<float2*>(o0 + 8 * LO) = make_float2(o[n][2], o[n][3]);
+#endif
     }
     __syncthreads();
 
     finish_block(m_s, l_s, os, flag_s, out, part_out, part_ml, counters, slot_start, b, part,
-                 nparts, num_heads, h0, nh, 1.0f);
+                 nparts, num_heads, h0, nh, v_mult);
 }

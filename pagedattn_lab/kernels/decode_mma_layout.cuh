@@ -57,22 +57,36 @@ static_assert(NWARPS % D_SPLIT == 0 && CWARPS % ROW_TILES == 0 && D_TILES % D_SP
 static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && TILE_T == TW * SLICES && STAGES >= 2,
               "bad tile sizes");
 static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
-static_assert(KV_QUANT == 0, "decode_mma.cu reads fp16/bf16 pages");
+#if KV_QUANT   // codes are converted in registers: 16 codes per lane and load (see decode_mma.cu)
+static_assert(HEAD_DIM % 128 == 0, "decode_mma.cu reads codes at head_dim 128 and 256");
+static_assert((HEAD_DIM / 128) % D_SPLIT == 0, "D_SPLIT divides HEAD_DIM / 128 with codes");
+#endif
+constexpr int V_PASSES = HEAD_DIM / 128;      // codes: 128 columns of O per pass over V
 
-// Staged K/V rows: the block copies whole tiles (STAGES in flight), K rows then V rows. The
-// 8 rows an ldmatrix reads must lie in 8 different 16-byte bank groups: rows of a multiple
-// of 128 bytes (head_dim 64, 128, 192, 256 in fp16) are XOR-swizzled (chunk c of row r is
-// stored at chunk c ^ (r % 8): no padding), the others padded by 16 bytes.
+// Staged K/V rows: the block copies whole tiles (STAGES in flight), K rows then V rows,
+// chunk c of row r at chunk c ^ swz(r) of its 128-byte line (no padding) where the rows are a
+// multiple of 128 bytes, else padded by 16 bytes. The swizzle puts what one phase of a
+// shared load reads into different 16-byte bank groups:
+//   fp16/bf16: an ldmatrix reads one chunk of 8 consecutive rows: swz(r) = r % 8;
+//   codes: a K load reads chunks 4b .. 4b + 3 of rows 2p, 2p + 1 (bit 2 of swz must differ)
+//   and a V load the same pair of chunks of rows 2p, 2p + 2, 2p + 4, 2p + 6 (bits 1, 2 must
+//   all differ): swz(r) = (r & 6) ^ 4 (r & 1).
 constexpr int CP_THREADS = TC_THREADS, CP_TOKENS = TILE_T;
-constexpr bool SWZ = SWIZZLE && CHUNKS % 8 == 0;
+constexpr bool SWZ = (SWIZZLE || KV_QUANT) && CHUNKS % 8 == 0;
 constexpr int LDC = SWZ ? ROW_BYTES : ROW_BYTES + 16;       // a staged row, bytes
 constexpr int STAGE_BYTES = 2 * CP_TOKENS * LDC;             // one stage: K, then V rows
 // where 16-byte chunk c of staged row r lands (bytes from the stage's start)
-__device__ inline int stage_at(int r, int c) { return r * LDC + (SWZ ? c ^ (r & 7) : c) * 16; }
+__device__ inline int stage_at(int r, int c)
+{
+    const int swz = KV_QUANT ? (r & 6) ^ ((r & 1) << 2) : r & 7;
+    return r * LDC + (SWZ ? c ^ swz : c) * 16;
+}
 
 // Shared memory, in bytes from the start (decode_plan.mma_shared_bytes computes the same).
-// The region of the staged tiles is reused at the end for the warps' O and the merge.
-constexpr int KV_BYTES = STAGES * STAGE_BYTES;
+// The region of the staged tiles (and per-token scales: [STAGES][2][TILE_T] floats) is
+// reused at the end for the warps' O and the merge.
+constexpr int SC_OFF = STAGES * STAGE_BYTES;
+constexpr int KV_BYTES = SC_OFF + (KV_QUANT && PER_TOKEN_SCALES ? STAGES * 2 * TILE_T * 4 : 0);
 constexpr int O_BYTES = CWARPS * 16 * LO * 4;
 constexpr int REGION = ((KV_BYTES > O_BYTES ? KV_BYTES : O_BYTES) + 127) / 128 * 128;
 constexpr int Q_OFF = REGION;                                // [ROWS][LD]
