@@ -45,9 +45,9 @@ def shape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, pip
                 split=split, quant=quant, tok=tok, warp_pipe=pipe, impl=impl, mma=mma)
 
 
-def mshape(warps, tile, stages, d_split=1, mb=1, split=4, **mma):
+def mshape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, **mma):
     """A shape of kernels/decode_mma.cu (mma keywords: s_chains, swizzle, q_regs)."""
-    return shape(warps, tile, stages, d_split, mb, split, impl="mma", **mma)
+    return shape(warps, tile, stages, d_split, mb, split, quant, tok, impl="mma", **mma)
 
 
 V = {
@@ -92,6 +92,11 @@ V["M W8D2"] = mshape(8, 64, 2, 2, 2)
 for base in ("M W4", "M W8 T128", "M W8D2"):
     V[f"{base}/w1"] = {**V[base], "split": "w1"}
     V[f"{base}/b8"] = {**V[base], "split": 8}
+for q, qname in ((2, "fp8"), (1, "int8")):   # codes converted in registers
+    for tok in (False, True):
+        for wtag, w_, t_, st in (("W4S2", 4, 64, 2), ("W4S3", 4, 64, 3), ("W4T128S2", 4, 128, 2),
+                                 ("W4T128S3", 4, 128, 3), ("W8T128S3", 8, 128, 3)):
+            V[f"M {qname}{'/tok' if tok else ''} {wtag}"] = mshape(w_, t_, st, quant=q, tok=tok)
 V["M d256 W4D2T32"] = mshape(4, 32, 2, 2)
 V["M d256 W4T32"] = mshape(4, 32, 2)              # Q reloaded per tile (q_regs 0 at 256)
 V["M d256 W8D2T64"] = mshape(8, 64, 2, 2)
@@ -102,9 +107,11 @@ V["M d256 W8D4T32"] = mshape(8, 32, 2, 4, 2)
 V["planner"] = {**shape(None, None, None, impl=None), "split": None}
 V["planner wmma"] = {**shape(None, None, None), "split": None}   # lesson 09's kernel
 for q, qname in ((2, "fp8"), (1, "int8")):
+    V[f"planner wmma {qname}"] = {**V["planner wmma"], "quant": q}
+for q, qname in ((2, "fp8"), (1, "int8")):
     for tok in (False, True):
         V[f"planner {qname}{'/tok' if tok else ''}"] = {**V["planner"], "quant": q, "tok": tok}
-PLANNER_QUANT = [n for n in V if n.startswith("planner ")]
+PLANNER_QUANT = [n for n in V if n.startswith("planner ") and "wmma" not in n]
 V["W4P/w1"] = {**shape(4, 64, 2, pipe=True), "split": "w1"}
 V["W4D2T32/w1"] = {**shape(4, 32, 2, 2, 4), "split": "w1"}
 V["W8D4T32mb3/w1"] = {**shape(8, 32, 2, 4, 3), "split": "w1"}
@@ -117,12 +124,15 @@ for q, qname in ((2, "fp8"), (1, "int8")):
     V[f"{qname}/tok W4PS3"] = shape(4, 64, 3, pipe=True, quant=q, tok=True)
 FINAL = {   # --final: the rows of the report (the planner's choice first), and alternates
     "D64-gqa4": ["planner", "planner wmma", "M W4 S3", "M W4 C2", "M W4 pad", "M W4 T128",
-                 "M W8 T128", "M W8 T128 S3", "M W2 T32 S4", "M W4 T64 mb3", "M W8D2"],
+                 "M W8 T128", "M W8 T128 S3", "M W2 T32 S4", "M W4 T64 mb3", "M W8D2"]
+    + PLANNER_QUANT + ["planner wmma fp8", "planner wmma int8"]
+    + [n for n in V if n.startswith(("M fp8", "M int8"))],
     "D64-mqa16": ["planner", "planner wmma", "M W4/w1", "M W8 T128/w1", "M W8D2/w1", "M W8D2",
                   "M W4/b8"],
     "1x32k-gqa4": ["planner", "planner wmma", "M W4/w1", "M W4/b8", "M W8 T128/w1",
                    "M W8D2/w1"],
-    "8x32k-gqa4": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 T128", "M W4/w1"],
+    "8x32k-gqa4": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 T128", "M W4/w1"]
+    + PLANNER_QUANT + ["M fp8 W4T128S3", "M int8 W4T128S3"],
     "D64-gqa8": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 C2"],
     "D64-gqa8-p64": ["planner", "planner wmma"],
     "D64-gqa4-d256": ["planner", "planner wmma", "M d256 W4T32", "M d256 W8D2T64",
