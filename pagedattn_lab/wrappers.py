@@ -219,7 +219,8 @@ class BatchDecodeWrapper:
         group = self.num_heads // self.num_kv_heads
         if self.kernel == "tensor_core":
             how = (f"{self.rows_per_block} query heads per block as the rows of Q "
-                   f"({self.row_tiles} tile{'s' * (self.row_tiles > 1)} of 16)")
+                   f"({self.row_tiles} tile{'s' * (self.row_tiles > 1)} of 16, "
+                   f"kernels/{self.tc_config.source}.cu)")
         else:
             how = f"up to {self._gmax} query head{'s' * (self._gmax > 1)} per block"
         pages = "" if self.kv_format is None else \
