@@ -45,9 +45,10 @@ def shape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, pip
                 split=split, quant=quant, tok=tok, warp_pipe=pipe, impl=impl, mma=mma)
 
 
-def mshape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, **mma):
+def mshape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, pipe=False,
+           **mma):
     """A shape of kernels/decode_mma.cu (mma keywords: s_chains, swizzle, q_regs)."""
-    return shape(warps, tile, stages, d_split, mb, split, quant, tok, impl="mma", **mma)
+    return shape(warps, tile, stages, d_split, mb, split, quant, tok, pipe, impl="mma", **mma)
 
 
 V = {
@@ -89,14 +90,20 @@ V["M W8 T128 S3"] = mshape(8, 128, 3)
 V["M W2 T32 S4"] = mshape(2, 32, 4, mb=4)        # small blocks, many per SM
 V["M W4 T64 mb3"] = mshape(4, 64, 2, mb=3)
 V["M W8D2"] = mshape(8, 64, 2, 2, 2)
+V["M W4P"] = mshape(4, 64, 2, pipe=True)          # warps copy and wait for their own tokens
+V["M W4P S3"] = mshape(4, 64, 3, pipe=True)
+V["M W4P T128"] = mshape(4, 128, 2, pipe=True)
 for base in ("M W4", "M W8 T128", "M W8D2"):
     V[f"{base}/w1"] = {**V[base], "split": "w1"}
     V[f"{base}/b8"] = {**V[base], "split": 8}
 for q, qname in ((2, "fp8"), (1, "int8")):   # codes converted in registers
     for tok in (False, True):
-        for wtag, w_, t_, st in (("W4S2", 4, 64, 2), ("W4S3", 4, 64, 3), ("W4T128S2", 4, 128, 2),
-                                 ("W4T128S3", 4, 128, 3), ("W8T128S3", 8, 128, 3)):
-            V[f"M {qname}{'/tok' if tok else ''} {wtag}"] = mshape(w_, t_, st, quant=q, tok=tok)
+        for wtag, w_, t_, st, pp in (("W4S2", 4, 64, 2, 0), ("W4S3", 4, 64, 3, 0),
+                                     ("W4T128S2", 4, 128, 2, 0), ("W4T128S3", 4, 128, 3, 0),
+                                     ("W8T128S3", 8, 128, 3, 0), ("W4PS4", 4, 64, 4, 1),
+                                     ("W4PT128S3", 4, 128, 3, 1)):
+            V[f"M {qname}{'/tok' if tok else ''} {wtag}"] = mshape(w_, t_, st, quant=q, tok=tok,
+                                                                   pipe=bool(pp))
 V["M d256 W4D2T32"] = mshape(4, 32, 2, 2)
 V["M d256 W4T32"] = mshape(4, 32, 2)              # Q reloaded per tile (q_regs 0 at 256)
 V["M d256 W8D2T64"] = mshape(8, 64, 2, 2)
@@ -124,16 +131,20 @@ for q, qname in ((2, "fp8"), (1, "int8")):
     V[f"{qname}/tok W4PS3"] = shape(4, 64, 3, pipe=True, quant=q, tok=True)
 FINAL = {   # --final: the rows of the report (the planner's choice first), and alternates
     "D64-gqa4": ["planner", "planner wmma", "M W4 S3", "M W4 C2", "M W4 pad", "M W4 T128",
-                 "M W8 T128", "M W8 T128 S3", "M W2 T32 S4", "M W4 T64 mb3", "M W8D2"]
+                 "M W8 T128", "M W8 T128 S3", "M W2 T32 S4", "M W4 T64 mb3", "M W8D2", "M W4P",
+                 "M W4P S3", "M W4P T128"]
     + PLANNER_QUANT + ["planner wmma fp8", "planner wmma int8"]
-    + [n for n in V if n.startswith(("M fp8", "M int8"))],
+    + [f"M fp8 {t}" for t in ("W4S2", "W4S3", "W4T128S2", "W4T128S3", "W8T128S3", "W4PS4",
+                              "W4PT128S3")]
+    + [f"M {f} {t}" for f in ("int8", "fp8/tok", "int8/tok") for t in ("W4T128S3", "W4PS4")],
     "D64-mqa16": ["planner", "planner wmma", "M W4/w1", "M W8 T128/w1", "M W8D2/w1", "M W8D2",
                   "M W4/b8"],
     "1x32k-gqa4": ["planner", "planner wmma", "M W4/w1", "M W4/b8", "M W8 T128/w1",
                    "M W8D2/w1"],
-    "8x32k-gqa4": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 T128", "M W4/w1"]
+    "8x32k-gqa4": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 T128", "M W4/w1",
+                   "M W4P", "M W4P S3"]
     + PLANNER_QUANT + ["M fp8 W4T128S3", "M int8 W4T128S3"],
-    "D64-gqa8": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 C2"],
+    "D64-gqa8": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 C2", "M W4P"],
     "D64-gqa8-p64": ["planner", "planner wmma"],
     "D64-gqa4-d256": ["planner", "planner wmma", "M d256 W4T32", "M d256 W8D2T64",
                       "M d256 W4D2T64", "M d256 W8D4T32"],

@@ -113,6 +113,8 @@ def main():
          {"warps": 4, "tile_t": 32, "stages": 2, "impl": "mma"}),
         ("mma W2 T32 S4 GQA4 d80 page 3 split 2", [100, 9], 3, 8, 2, 80, 2,
          {"warps": 2, "tile_t": 32, "stages": 4, "min_blocks": 4, "impl": "mma"}),
+        ("mma W4 warp pipelines S3 GQA4 d128 page 7 split 3", [300, 17, 1], 7, 8, 2, 128, 3,
+         {"warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True, "impl": "mma"}),
         ("wmma default GQA4 d128 split 3", [300, 17, 1], 16, 8, 2, 128, 3, {"impl": "wmma"}),
         ("wmma default MQA16 d128 auto split", [900, 17, 1], 16, 16, 1, 128, None,
          {"impl": "wmma"}),
@@ -121,6 +123,11 @@ def main():
     ]
     for kv_dtype in ("int8", "fp8_e4m3"):
         for scheme in ("static", "per_token"):
+            cases.append((f"mma {kv_dtype} {scheme} GQA4 d128 W4P S3 page 7 split 3", [300, 17, 1],
+                          7, 8, 2, 128, 3, {"warps": 4, "tile_t": 64, "stages": 3,
+                                            "warp_pipe": True, "impl": "mma"}, kv_dtype, scheme))
+            cases.append((f"mma {kv_dtype} {scheme} GQA4 d256 pairs T32 split 2", [120, 5], 16,
+                          8, 2, 256, 2, {"impl": "mma"}, kv_dtype, scheme))
             cases.append((f"tc {kv_dtype} {scheme} GQA4 d128 page 16 split 3", [300, 17, 1], 16,
                           8, 2, 128, 3, {}, kv_dtype, scheme))
             cases.append((f"tc {kv_dtype} {scheme} MQA16 d64 page 5 W8D2S3", [90, 3], 5, 16,

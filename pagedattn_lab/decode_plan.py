@@ -341,7 +341,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                                     per_token=per_token)
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
-    warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1 and impl == "wmma"
+    warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
     while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
         stages -= 1
     shared, kv_bytes = size(stages)

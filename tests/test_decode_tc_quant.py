@@ -78,13 +78,14 @@ def test_kernel_shapes(rng, heads, kv, head_dim, page, lens, splits, warps, tile
         check_close(out, reference(args), "float16")
 
 
+@pytest.mark.parametrize("impl", dp.TC_IMPLS)
 @pytest.mark.parametrize("heads,kv,head_dim,page,lens,splits,warps,tile,stages", PIPES)
-def test_warp_pipelines(rng, heads, kv, head_dim, page, lens, splits, warps, tile, stages):
+def test_warp_pipelines(rng, heads, kv, head_dim, page, lens, splits, warps, tile, stages, impl):
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
                           head_dim=head_dim)
     cfg = dp.tc_config("float16", head_dim, heads // kv, warps=warps, tile_t=tile,
-                       stages=stages, warp_pipe=True, impl="wmma")
-    assert cfg.warp_pipe
+                       stages=stages, warp_pipe=True, impl=impl)
+    assert cfg.warp_pipe and cfg.impl == impl
     w = planned(args, heads, kv, head_dim, page, "float16", splits, cfg)
     out = w.run(*args[:3], out=poisoned(args[0].shape, "float16"))
     check_close(out, reference(args), "float16")
@@ -145,6 +146,8 @@ MMA_QUANT_CASES = [
      {"warps": 4, "tile_t": 64, "stages": 2, "d_split": 1}),
     ("bfloat16", 8, 2, 128, 12, [25, 12, 1], 2,               # bf16 queries
      {"warps": 8, "tile_t": 128, "stages": 2, "s_chains": 2}),
+    ("float16", 8, 2, 128, 7, [1, 100, 33], 2,                # warps copying their own tokens
+     {"warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}),
 ]
 
 

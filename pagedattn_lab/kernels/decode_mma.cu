@@ -25,12 +25,13 @@
 // D_SPLIT > 1: that many warps share a (row tile, slice), each computes S and the softmax
 // and accumulates 1/D_SPLIT of O's columns (head_dim 256: fewer registers per warp).
 // The tiles stream through shared memory as in decode_tc.cu (decode_tc_tiles.cuh: page ids
-// read one tile ahead, cp.async, STAGES in flight, one barrier per tile), rows swizzled
-// (decode_mma_layout.cuh).
+// read one tile ahead, cp.async, STAGES in flight, one barrier per tile; WARP_PIPE=1: each
+// warp copies and waits for its own tokens, no barrier), rows swizzled (decode_mma_layout.cuh).
 //
 // Compile-time parameters (NVRTC -D; decode_plan.tc_config makes a consistent set): KV_T
 // (and KV_BF16), HEAD_DIM, TC_WARPS, ROW_TILES, TILE_T, STAGES, D_SPLIT, S_CHAINS (1 or 2
-// independent accumulator chains for S), TC_MIN_BLOCKS, SWIZZLE, Q_REGS.
+// independent accumulator chains for S), TC_MIN_BLOCKS, SWIZZLE, Q_REGS, WARP_PIPE; compressed
+// pages: KV_QUANT, CACHE_T, PER_TOKEN_SCALES (kv_quant.cuh, as decode_tc.cu).
 
 #include "common.cuh"
 #include "kv_quant.cuh"
@@ -126,23 +127,31 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const long long page_stride = (long long)page_size * row_stride;
     const long long head_off = (long long)kvh * HEAD_DIM;
     int pg[TILE_COPIES];
-    float* scales = reinterpret_cast<float*>(smem + SC_OFF);   // per-token: [STAGES][2][TILE_T]
+#if WARP_PIPE
+    const int cid = lane, cp_off = slice * TW;     // the warp copies its own tokens
+#else
+    const int cid = threadIdx.x, cp_off = 0;       // the block copies whole tiles
+#endif
+    const int copier = WARP_PIPE ? warp : 0;
+    unsigned char* stages = smem + copier * STAGES * STAGE_BYTES;
+    float* scales = reinterpret_cast<float*>(smem + SC_OFF) + copier * STAGES * 2 * CP_TOKENS;
+    const int row0 = slice * TW - cp_off;          // this warp's first row in a stage
 
     // The first STAGES - 1 tiles start loading before anything else; every thread commits
     // one group per tile, an empty one past the last tile too (see decode_tc.cu).
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (s < ntiles) {
-            tile_pages(pg, table, start + s * TILE_T, end, page_size, page_shift, threadIdx.x);
-            copy_tile(smem + s * STAGE_BYTES, scales + s * 2 * TILE_T, k_cache, v_cache, k_scale, v_scale, pg,
-                      start + s * TILE_T, page_size, page_shift, page_stride, row_stride,
-                      head_off, threadIdx.x);
+            tile_pages(pg, table, start + s * TILE_T + cp_off, end, page_size, page_shift, cid);
+            copy_tile(stages + s * STAGE_BYTES, scales + s * 2 * CP_TOKENS, k_cache, v_cache,
+                      k_scale, v_scale, pg, start + s * TILE_T + cp_off, page_size, page_shift,
+                      page_stride, row_stride, head_off, cid);
         }
         copy_commit();
     }
     if (STAGES - 1 < ntiles)
-        tile_pages(pg, table, start + (STAGES - 1) * TILE_T, end, page_size, page_shift,
-                   threadIdx.x);
+        tile_pages(pg, table, start + (STAGES - 1) * TILE_T + cp_off, end, page_size,
+                   page_shift, cid);
 #if KV_QUANT && !PER_TOKEN_SCALES
     scale_log2 *= k_scale[kvh];            // static scales: K's folds into the logits,
     const float v_mult = v_scale[kvh];     // V's into the output
@@ -189,8 +198,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #pragma unroll
     for (int k = 0; k < D_TILES; ++k) q_frag(qf[k], k);
 #endif
-    const int k_row = slice * TW + (lm / 2) * 8 + lr, k_chunk = lm % 2;   // + 16 j tokens, 2 k chunks
-    const int v_row = slice * TW + (lm % 2) * 8 + lr, v_chunk = lm / 2;   // + 16 j tokens, 2 d chunks
+    const int k_row = row0 + (lm / 2) * 8 + lr, k_chunk = lm % 2;   // + 16 j tokens, 2 k chunks
+    const int v_row = row0 + (lm % 2) * 8 + lr, v_chunk = lm / 2;   // + 16 j tokens, 2 d chunks
 
     float o[DP * 2][4];   // O[row g, g + 8][dims 8 n + 2t, +1] of this warp's columns
 #pragma unroll
@@ -201,16 +210,20 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     for (int i = 0; i < ntiles; ++i) {
         const int nt = i + STAGES - 1;   // the tile to start now, into the buffer of tile i - 1
         copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
+#if WARP_PIPE
+        __syncwarp();              // ... the warp's; and the warp is done with tile i - 1
+#else
         __syncthreads();           // ... everyone's; and every warp is done with tile i - 1
+#endif
         if (nt < ntiles)
-            copy_tile(smem + (nt % STAGES) * STAGE_BYTES, scales + (nt % STAGES) * 2 * TILE_T,
-                      k_cache, v_cache, k_scale, v_scale, pg, start + nt * TILE_T, page_size, page_shift, page_stride,
-                      row_stride, head_off, threadIdx.x);
+            copy_tile(stages + (nt % STAGES) * STAGE_BYTES, scales + (nt % STAGES) * 2 * CP_TOKENS,
+                      k_cache, v_cache, k_scale, v_scale, pg, start + nt * TILE_T + cp_off,
+                      page_size, page_shift, page_stride, row_stride, head_off, cid);
         copy_commit();
         if (nt + 1 < ntiles)
-            tile_pages(pg, table, start + (nt + 1) * TILE_T, end, page_size, page_shift,
-                       threadIdx.x);
-        const unsigned char* ks = smem + (i % STAGES) * STAGE_BYTES;
+            tile_pages(pg, table, start + (nt + 1) * TILE_T + cp_off, end, page_size,
+                       page_shift, cid);
+        const unsigned char* ks = stages + (i % STAGES) * STAGE_BYTES;
         const unsigned char* vs = ks + CP_TOKENS * LDC;
 
         // 1. S = Q K^T: 8 tokens per accumulator, S_CHAINS independent chains over k.
@@ -229,7 +242,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #pragma unroll
             for (int n = 0; n < NT; ++n) {
                 const uint4 raw = *reinterpret_cast<const uint4*>(
-                    ks + stage_at(slice * TW + 8 * n + g, 4 * blk + t));
+                    ks + stage_at(row0 + 8 * n + g, 4 * blk + t));
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const int k = 4 * blk + j;
@@ -285,8 +298,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         const bool tail = start + i * TILE_T + (slice + 1) * TW > end;   // warp-uniform
         float mx[2] = {NEG_BIG, NEG_BIG};
 #if KV_QUANT && PER_TOKEN_SCALES   // the token's scales: K's on its logit, V's on its P entry
-        const float* ksc = scales + (i % STAGES) * 2 * TILE_T + slice * TW + 2 * t;
-        const float* vsc = ksc + TILE_T;
+        const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + row0 + 2 * t;
+        const float* vsc = ksc + CP_TOKENS;
 #endif
 #pragma unroll
         for (int n = 0; n < NT; ++n) {
@@ -344,7 +357,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
             // B = V (k: tokens 2t, 2t+1 and 2t+8, 2t+9; n: dims). Lane g loads 16 codes (dims
             // 128 p + 16 g .. + 15) of each of its 4 tokens; byte c of them is column g of
             // O's n tile 16 p + c, i.e. n tile 16 p + c, column g holds dim 128 p + 16 g + c.
-            const int r0 = slice * TW + 16 * j + 2 * t;
+            const int r0 = row0 + 16 * j + 2 * t;
 #pragma unroll
             for (int pp = 0; pp < V_PASSES / D_SPLIT; ++pp) {
                 const int pass = dpart * (V_PASSES / D_SPLIT) + pp;

@@ -30,6 +30,9 @@
 #ifndef SWIZZLE
 #define SWIZZLE 1
 #endif
+#ifndef WARP_PIPE   // each warp copies and waits for its own tokens: no barrier in the loop
+#define WARP_PIPE 0
+#endif
 #ifndef Q_REGS   // Q's fragments held in registers for the whole partition (else reloaded per tile)
 #define Q_REGS (HEAD_DIM <= 128)
 #endif
@@ -71,10 +74,15 @@ constexpr int V_PASSES = HEAD_DIM / 128;      // codes: 128 columns of O per pas
 //   codes: a K load reads chunks 4b .. 4b + 3 of rows 2p, 2p + 1 (bit 2 of swz must differ)
 //   and a V load the same pair of chunks of rows 2p, 2p + 2, 2p + 4, 2p + 6 (bits 1, 2 must
 //   all differ): swz(r) = (r & 6) ^ 4 (r & 1).
-constexpr int CP_THREADS = TC_THREADS, CP_TOKENS = TILE_T;
+#if WARP_PIPE
+constexpr int CP_THREADS = 32, CP_TOKENS = TW, COPIERS = NWARPS;   // a copier: a warp
+static_assert(ROW_TILES == 1 && D_SPLIT == 1, "WARP_PIPE: one warp per token slice");
+#else
+constexpr int CP_THREADS = TC_THREADS, CP_TOKENS = TILE_T, COPIERS = 1;   // the block
+#endif
 constexpr bool SWZ = (SWIZZLE || KV_QUANT) && CHUNKS % 8 == 0;
 constexpr int LDC = SWZ ? ROW_BYTES : ROW_BYTES + 16;       // a staged row, bytes
-constexpr int STAGE_BYTES = 2 * CP_TOKENS * LDC;             // one stage: K, then V rows
+constexpr int STAGE_BYTES = 2 * CP_TOKENS * LDC;             // a copier's stage: K, then V rows
 // where 16-byte chunk c of staged row r lands (bytes from the stage's start)
 __device__ inline int stage_at(int r, int c)
 {
@@ -84,8 +92,9 @@ __device__ inline int stage_at(int r, int c)
 
 // Shared memory, in bytes from the start (decode_plan.mma_shared_bytes computes the same).
 // The region of the staged tiles (and per-token scales: [STAGES][2][TILE_T] floats) is
-// reused at the end for the warps' O and the merge.
-constexpr int SC_OFF = STAGES * STAGE_BYTES;
+// reused at the end for the warps' O and the merge. Copier c's stages start at
+// c * STAGES * STAGE_BYTES, its scales at SC_OFF + c * STAGES * 2 * CP_TOKENS * 4.
+constexpr int SC_OFF = COPIERS * STAGES * STAGE_BYTES;
 constexpr int KV_BYTES = SC_OFF + (KV_QUANT && PER_TOKEN_SCALES ? STAGES * 2 * TILE_T * 4 : 0);
 constexpr int O_BYTES = CWARPS * 16 * LO * 4;
 constexpr int REGION = ((KV_BYTES > O_BYTES ? KV_BYTES : O_BYTES) + 127) / 128 * 128;
