@@ -358,9 +358,13 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
 
 def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:
     """Blocks of `cfg` an SM holds at once: by shared memory (1 KB each reserved), registers
-    (ptxas: up to ~200 per thread with one O tile per 16 columns, ~130 with half; capped by
-    the min_blocks of __launch_bounds__) and warps (64 per SM)."""
-    regs = (200 if head_dim // 16 // cfg.d_split > 4 else 130) + (head_dim > 128) * 55
+    (ptxas, WMMA: up to ~200 per thread with one O tile per 16 columns, ~130 with half; mma:
+    about 80 + head_dim / d_split; capped by the min_blocks of __launch_bounds__) and warps
+    (64 per SM)."""
+    if cfg.impl == "mma":   # ptxas (nvcc 13, sm_90): 210 at head_dim 128, 128 in pairs, 136 at 64
+        regs = 80 + head_dim // cfg.d_split
+    else:
+        regs = (200 if head_dim // 16 // cfg.d_split > 4 else 130) + (head_dim > 128) * 55
     regs = min(regs, 255, 65536 // (cfg.threads * cfg.min_blocks) // 8 * 8)
     return max(1, min(TC_SMEM_PER_SM // (cfg.shared + 1024), 65536 // (regs * cfg.threads),
                       64 // cfg.warps, 32))
