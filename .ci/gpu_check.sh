@@ -7,7 +7,9 @@
 # Writes under $OUT: gpu_check.log (every step's output) and results.tgz (each step's full
 # log in logs/, the benchmarks' JSON/PNG in bench/ and serve/). GPU_CHECK_DEADLINE (seconds,
 # default 540 in lean mode) skips the timing steps that would start after it, so a call with
-# a time limit still brings its log and results back.
+# a time limit still brings its log and results back. GPU_CHECK_SKIP (step names, e.g.
+# "serve bench-d80") leaves steps out; GPU_CHECK_TOOLS (e.g. "memcheck racecheck") sets the
+# sanitizer tools.
 # Phase 1 checks correctness and times nothing, so its steps run side by side, and FlashInfer's
 # JIT builds (a minute of CPU) run beside them. Phase 2 times, one step at a time, GPU alone.
 # The device's python3 has torch, cupy, pytest, tqdm, matplotlib, transformers; the
@@ -27,6 +29,9 @@ failed=()
 
 step() {   # step NAME COMMAND...: run, log, remember failures, keep going
     local name=$1; shift
+    if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
+        echo "--- $name: left out (GPU_CHECK_SKIP)" | tee -a "$LOG"; return
+    fi
     if [ $SECONDS -ge "$DEADLINE" ]; then
         echo "--- $name: skipped (past GPU_CHECK_DEADLINE=$DEADLINE s)" | tee -a "$LOG"
         failed+=("$name(skipped)"); return
@@ -74,6 +79,7 @@ checks=("pytest-gpu|timeout 200 python3 -m pytest -m gpu tests -q -p no:cachepro
         "flashinfer-jit|timeout 300 python3 benchmarks/prebuild_flashinfer.py")
 tools="memcheck"
 [ "$MODE" = lean ] || tools="memcheck racecheck synccheck"
+tools=${GPU_CHECK_TOOLS:-$tools}
 for tool in $tools; do
     for script in sanitize sanitize_tc sanitize_prefill sanitize_quant sanitize_engine; do
         checks+=("$script-$tool|timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/$script.py")

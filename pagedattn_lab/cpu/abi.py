@@ -18,7 +18,11 @@ T_RUN, T_BARRIER, T_WARP, T_EXITED = range(4)
 OP_NAMES = {0: "__syncthreads()", 1: "__shfl_sync", 2: "__shfl_up_sync", 3: "__shfl_down_sync",
             4: "__shfl_xor_sync", 5: "__ballot_sync", 6: "__any_sync", 7: "__all_sync",
             8: "__syncwarp", 9: "wmma::load_matrix_sync", 10: "wmma::store_matrix_sync",
-            11: "wmma::mma_sync"}
+            11: "wmma::mma_sync", 12: "ldmatrix_x1", 13: "ldmatrix_x2", 14: "ldmatrix_x4",
+            15: "ldmatrix_x1_trans", 16: "ldmatrix_x2_trans", 17: "ldmatrix_x4_trans",
+            18: "mma_m16n8k16", 19: "mma_m16n8k16_bf16"}
+# Warp-wide collectives (WMMA, kernels/mma_ptx.cuh): no mask, all 32 lanes take part.
+WARP_WIDE_OPS = frozenset(range(9, 20))
 
 
 class Config(C.Structure):

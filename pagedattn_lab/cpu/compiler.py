@@ -41,7 +41,7 @@ WRAPPED = ("fork", "vfork", "execv", "execve", "execvp", "execvpe", "fexecve", "
            "execl", "execlp", "execle", "clone", "ptrace", "syscall")
 WRAP = sys.platform.startswith("linux")
 SHIM_HEADERS = ("shim.h", "shim_types.h", "shim_half.h", "shim_device.h", "shim_bf16.h",
-                "shim_mma.h", "shim_fp8.h")
+                "shim_mma.h", "shim_mma_ptx.h", "shim_fp8.h")
 # Instrumented builds (access counts, race check): the compiler calls a hook before every
 # memory access (-fsanitize=thread, hooks in tsan_hooks.cpp; libtsan is not linked). No
 # vectorization, so that the counts follow the source's loads and stores; line tables, so
@@ -79,6 +79,14 @@ _HINTS = [
      "inline PTX assembly (asm(...)) cannot run on the CPU executor; guard it with "
      "#ifndef __PAGEDATTN_LAB_CPU__ and give a plain C++ fallback"),
 ]
+# asm() operands the C++ compiler rejects before the assembler sees them ("f": x87 registers)
+_ASM_CONSTRAINT = re.compile(r"impossible constraint in .asm.|constraint \d+ must specify a single "
+                             r"register|must use '&' constraint")
+_ASM_HINT = _HINTS[-1][1]
+_MMA_PTX = re.compile(r"\b(mma|ldmatrix)\.sync\b")
+_MMA_PTX_HINT = ("for mma.sync and ldmatrix, call the functions of kernels/mma_ptx.cuh "
+                 "(#include \"mma_ptx.cuh\": mma_m16n8k16, ldmatrix_x4, ...) instead of writing "
+                 "the asm: the CPU executor runs those")
 
 
 def cache_dir() -> Path:
@@ -268,6 +276,10 @@ def _compile_error(kernel: str, filename: str, source: str, log: str, ident: str
                 shown.append(f"{n:5d} | {lines[n - 1].rstrip()}")
     hints = [hint for pat_, hint in _HINTS if pat_.search(log)]
     asm = inline_asm_lines(source)
+    if asm and _ASM_HINT not in hints and _ASM_CONSTRAINT.search(log):
+        hints.append(_ASM_HINT)
+    if _ASM_HINT in hints and _MMA_PTX.search(source):
+        hints.append(_MMA_PTX_HINT)
     if asm and any("Assembler" in h or "asm(" in h for h in hints):
         first = first or asm[0]
     if len(shown) > 60:

@@ -142,3 +142,49 @@ extern "C" long long __pal_clock64(void)
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
+
+// ldmatrix reads 16 bytes of shared memory at each row address; on the GPU a misaligned or
+// non-shared address faults (misaligned address / illegal address). Here the lane that gave
+// it is named, with where the address points.
+extern "C" void __pal_check_ldmatrix_row(int line, const char *func, const void *row)
+{
+    const uintptr_t a = (uintptr_t)row, dyn = (uintptr_t)__pal_dyn_smem;
+    const uintptr_t dyn_len = (uintptr_t)S.cfg->shared_mem;
+#ifdef __ELF__
+    const uintptr_t st = (uintptr_t)__start_pal_shared;
+    const uintptr_t st_len = st ? (uintptr_t)(__stop_pal_shared - __start_pal_shared) : 0u;
+#endif
+    bool in_shared;
+    if (a - dyn < dyn_len) in_shared = a + 16 - dyn <= dyn_len;
+#ifdef __ELF__
+    else if (a - st < st_len) in_shared = a + 16 - st <= st_len;
+    else in_shared = false;
+#else
+    else in_shared = true;   // static __shared__ has no section of its own here: cannot tell
+#endif
+    const char *problem = a % 16 ? "is not 16-byte aligned"
+                          : !in_shared ? "is not the start of 16 bytes inside shared memory"
+                          : nullptr;
+    if (!problem) return;
+    char where[160];
+    if (a - dyn < dyn_len)
+        snprintf(where, sizeof where, "byte %lu of the %lu bytes of dynamic shared memory",
+                 (unsigned long)(a - dyn), (unsigned long)dyn_len);
+#ifdef __ELF__
+    else if (a - st < st_len)
+        snprintf(where, sizeof where, "byte %lu of the %lu bytes of static __shared__ variables",
+                 (unsigned long)(a - st), (unsigned long)st_len);
+#endif
+    else
+        snprintf(where, sizeof where, "not in this block's shared memory: a global, local or "
+                 "stack address?");
+    const Fiber *f = cur;
+    snprintf(S.res->msg, sizeof S.res->msg,
+             "%s at line %d: lane %d (thread (%u,%u,%u)) gave the row address %p, which %s "
+             "(%s). Each lane whose address is used (lanes 0-7 for x1, 0-15 for x2, all 32 "
+             "for x4) must give the 16-byte-aligned address of a 16-byte row in __shared__ "
+             "memory; the GPU faults on this.",
+             func, line, f->lane, f->tid.x, f->tid.y, f->tid.z, row, problem, where);
+    S.res->line = line;
+    fail(PAL_ASSERT);
+}

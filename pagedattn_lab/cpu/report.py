@@ -195,21 +195,21 @@ def warp_error(r, info: LaunchInfo) -> KernelError:
     head = (f"kernel {info.kernel!r}: {op} at line {r.line} in warp {warp} of block "
             f"{fmt3(r.block)} (thread {fmt3(r.thread)}) with mask {mask:#010x}")
     why = []
-    wmma = op.startswith("wmma::")
-    if wmma:
+    warp_wide = r.op in abi.WARP_WIDE_OPS
+    if warp_wide:
         head = head.replace(f" with mask {mask:#010x}", " (warp-wide: all 32 lanes take part)")
     if missing:
-        fix = "" if wmma else " or pass a mask of the lanes that exist"
+        fix = "" if warp_wide else " or pass a mask of the lanes that exist"
         why.append(f"names lane{'s' if len(missing) > 1 else ''} "
                    f"{lanes_text(sum(1 << i for i in missing))} "
                    f"that do{'es' if len(missing) == 1 else ''} not exist (the block has {n} "
                    f"threads, so warp {warp} has only lanes 0..{in_warp - 1}; make the block "
                    f"size a multiple of 32{fix})")
     if exited:
-        why.append(f"{'needs' if wmma else 'names'} lane{'s' if len(exited) > 1 else ''} "
+        why.append(f"{'needs' if warp_wide else 'names'} lane{'s' if len(exited) > 1 else ''} "
                    f"{lanes_text(sum(1 << i for i in exited))} "
                    f"that already exited (returned), so the intrinsic can never complete; all "
-                   f"lanes {'of the warp' if wmma else 'in the mask'} must reach it")
+                   f"lanes {'of the warp' if warp_wide else 'in the mask'} must reach it")
     msg = r.msg.decode(errors="replace")
     text = head + ": " + ("; ".join(why) if why else msg) + "."
     lanes = [lane for lane in range(32) if (bad >> lane) & 1]

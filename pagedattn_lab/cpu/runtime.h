@@ -46,6 +46,10 @@ enum {
     PAL_OP_SYNCTHREADS = 0, PAL_OP_SHFL = 1, PAL_OP_SHFL_UP = 2, PAL_OP_SHFL_DOWN = 3,
     PAL_OP_SHFL_XOR = 4, PAL_OP_BALLOT = 5, PAL_OP_ANY = 6, PAL_OP_ALL = 7,
     PAL_OP_SYNCWARP = 8, PAL_OP_WMMA_LOAD = 9, PAL_OP_WMMA_STORE = 10, PAL_OP_WMMA_MMA = 11,
+    // kernels/mma_ptx.cuh (shim_mma_ptx.h): one op per function, so that reports name it
+    PAL_OP_LDMATRIX_X1 = 12, PAL_OP_LDMATRIX_X2 = 13, PAL_OP_LDMATRIX_X4 = 14,
+    PAL_OP_LDMATRIX_X1_TRANS = 15, PAL_OP_LDMATRIX_X2_TRANS = 16, PAL_OP_LDMATRIX_X4_TRANS = 17,
+    PAL_OP_MMA_F16 = 18, PAL_OP_MMA_BF16 = 19,
 };
 
 // Instrumented launches (pal_config.instrument; the kernel is compiled with
@@ -137,6 +141,9 @@ PAL_HIDDEN void __pal_assert_fail(const char *expr, const char *file, int line,
 PAL_HIDDEN void __pal_trap(int line) __attribute__((noreturn));
 PAL_HIDDEN long long __pal_clock64(void);
 PAL_HIDDEN void __pal_note_atomic(const volatile void *addr, unsigned size);
+// ldmatrix's row addresses (shim_mma_ptx.h): fails the launch, naming the calling lane, when
+// [row, row + 16) is not 16-byte aligned or not inside this block's shared memory.
+PAL_HIDDEN void __pal_check_ldmatrix_row(int line, const char *func, const void *row);
 PAL_HIDDEN extern void *__pal_dyn_smem;
 #ifdef __cplusplus
 }

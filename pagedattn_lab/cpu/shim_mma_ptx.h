@@ -1,0 +1,116 @@
+// The PTX tensor-core instructions of pagedattn_lab/kernels/mma_ptx.cuh for the CPU executor:
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16, mma.sync.aligned.m16n8k16.row.col
+// .f32.{f16,bf16}.{f16,bf16}.f32 and cvt.rn.{f16x2,bf16x2}.f32, with exactly the PTX ISA's
+// fragment layouts (mma_ptx.cuh writes them out). Included by include/pagedattn_lab_mma_ptx.h,
+// which mma_ptx.cuh includes on the CPU; kernels call the header's functions, never these.
+//
+// Like WMMA (shim_mma.h), ldmatrix and mma are warp-collective: every lane of the warp must
+// reach the call (a lane that exited or does not exist is reported like a shuffle with a bad
+// mask, naming the function and its line). Each lane publishes what it brings (ldmatrix: the
+// 16-byte row it read; mma: its A and B values as floats) on its own stack, all lanes meet, each
+// lane takes its result from the others', and all meet again before any lane's stack frame
+// goes away.
+//
+// ldmatrix: each lane whose address is used (lanes 0-7 of x1, 0-15 of x2, all of x4) checks
+// its address (16-byte aligned, 16 bytes inside shared memory: otherwise the launch fails
+// naming the lane) and reads its row itself, so the race check, the access counts and an
+// out-of-bounds report attribute the read to the lane whose address it was. The race check
+// treats each call as a warp barrier.
+//
+// mma: products of two f16 or two bf16 values are exact in float (11 + 11 and 8 + 8
+// significant bits), unless a bf16 product leaves float's range. Each of a lane's four
+// outputs starts from its C value and adds the 16 products in k order (k = 0, 1, ..., 15),
+// rounding each sum to float. A tensor core adds in another order and precision, so random
+// inputs may differ from the GPU in the last bits; sums that are exact (small integers) are
+// identical.
+#ifndef PAGEDATTN_LAB_SHIM_MMA_PTX_H
+#define PAGEDATTN_LAB_SHIM_MMA_PTX_H
+
+namespace __pal_ptx {
+
+// What each lane publishes, by linear thread id: its row (ldmatrix), its A and B values as
+// floats (mma). Per worker process; blocks of one worker run one after another.
+static const unsigned short *published_row[PAL_MAX_THREADS];
+static const float *published_fa[PAL_MAX_THREADS], *published_fb[PAL_MAX_THREADS];
+
+inline int thread_linear()
+{ return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
+
+inline void collective(int line, int op) { __pal_warp_op(line, op, 0xffffffffu, 0, 0, 32); }
+
+inline unsigned pair(unsigned short lo, unsigned short hi) { return lo | (unsigned)hi << 16; }
+
+inline float f16_bits_to_float(unsigned short h) { return __half2float(__ushort_as_half(h)); }
+inline float bf16_bits_to_float(unsigned short h) { return __uint_as_float((unsigned)h << 16); }
+
+}  // namespace __pal_ptx
+
+// n = 1, 2, 4 matrices of 8x8 16-bit elements; r[i] gets matrix i's elements (see mma_ptx.cuh).
+inline void __pal_ldmatrix(int line, int op, const char *func, unsigned *r, int n, bool trans,
+                           const void *row)
+{
+    using namespace __pal_ptx;
+    const int t = thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
+    unsigned short mine[8];
+    if (lane < 8 * n) {
+        __pal_check_ldmatrix_row(line, func, row);
+        memcpy(mine, row, 16);   // this lane's row, read by this lane
+    }
+    published_row[t] = mine;
+    collective(line, op);   // every lane has read and published its row
+    for (int i = 0; i < n; ++i) {
+        const unsigned short *const *m = &published_row[w0 + 8 * i];   // matrix i's 8 rows
+        r[i] = trans ? pair(m[2 * q][g], m[2 * q + 1][g])       // [2t][g], [2t+1][g]
+                     : pair(m[g][2 * q], m[g][2 * q + 1]);      // [g][2t], [g][2t+1]
+    }
+    collective(line, op);   // no lane leaves (and frees its row) before all have read
+}
+
+// D = A B + C for one m16n8k16 tile; bf16 selects the element type of A and B.
+inline void __pal_mma_m16n8k16(int line, int op, float *d, const unsigned *a, const unsigned *b,
+                               const float *c, bool bf16)
+{
+    using namespace __pal_ptx;
+    const int t = thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
+    float fa[8], fb[4];   // fa[2 * i + h]: half h of a[i]; fb likewise
+    for (int i = 0; i < 8; ++i) {
+        const unsigned short h = (unsigned short)(a[i >> 1] >> (16 * (i & 1)));
+        fa[i] = bf16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
+    }
+    for (int i = 0; i < 4; ++i) {
+        const unsigned short h = (unsigned short)(b[i >> 1] >> (16 * (i & 1)));
+        fb[i] = bf16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
+    }
+    published_fa[t] = fa;
+    published_fb[t] = fb;
+    collective(line, op);   // every lane has published
+    // A[m][k] is in lane 4 (m % 8) + k % 8 / 2, register (m >= 8) + 2 (k >= 8), half k % 2;
+    // B[k][n] is in lane 4n + k % 8 / 2, register (k >= 8), half k % 2.
+    float out[4];
+    for (int j = 0; j < 4; ++j) {
+        const int m = g + 8 * (j >> 1), n = 2 * q + (j & 1);
+        float acc = c[j];
+        for (int k = 0; k < 16; ++k) {
+            const int src = (k & 7) >> 1, half = k & 1;
+            acc += published_fa[w0 + 4 * (m & 7) + src][2 * ((m >> 3) + 2 * (k >> 3)) + half] *
+                   published_fb[w0 + 4 * n + src][2 * (k >> 3) + half];
+        }
+        out[j] = acc;
+    }
+    collective(line, op);   // no lane leaves (and frees fa, fb) before all have read them
+    for (int j = 0; j < 4; ++j) d[j] = out[j];   // d may be c: written last
+}
+
+// cvt.rn.f16x2.f32 / cvt.rn.bf16x2.f32: round to nearest even, lo in the low 16 bits.
+inline unsigned __pal_pack2_half(float lo, float hi)
+{
+    return __pal_ptx::pair(__half_as_ushort(__float2half_rn(lo)),
+                           __half_as_ushort(__float2half_rn(hi)));
+}
+inline unsigned __pal_pack2_bf16(float lo, float hi)
+{
+    return __pal_ptx::pair(__bfloat16_as_ushort(__float2bfloat16_rn(lo)),
+                           __bfloat16_as_ushort(__float2bfloat16_rn(hi)));
+}
+
+#endif
