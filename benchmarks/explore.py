@@ -93,6 +93,23 @@ V["M W8D2"] = mshape(8, 64, 2, 2, 2)
 V["M W4P"] = mshape(4, 64, 2, pipe=True)          # warps copy and wait for their own tokens
 V["M W4P S3"] = mshape(4, 64, 3, pipe=True)
 V["M W4P T128"] = mshape(4, 128, 2, pipe=True)
+V["M W4P q0 mb3"] = mshape(4, 64, 2, 1, 3, pipe=True, q_regs=False)   # 3 blocks of 4 warps
+V["M W4 q0 mb3"] = mshape(4, 64, 2, 1, 3, q_regs=False)
+V["M W8D2 S3"] = mshape(8, 64, 3, 2, 2)
+for base in ("M W4P S3", "M W4 S3"):
+    for split in ("b2", "b8", "w2"):
+        V[f"{base}/{split}"] = {**V[base], "split": split if split[0] == "w" else int(split[1:])}
+for base in ("M W8D2 S3", "M W4P S3", "M W4P q0 mb3"):
+    V[f"{base}/w1"] = {**V[base], "split": "w1"}
+V["M W8D2/w2"] = {**V["M W8D2"], "split": "w2"}
+for q, qname in ((2, "fp8"), (1, "int8")):
+    V[f"M {qname} W4T128 q0 mb3"] = mshape(4, 128, 2, 1, 3, quant=q, q_regs=False)
+    V[f"M {qname} W4 q0 mb3"] = mshape(4, 64, 3, 1, 3, quant=q, q_regs=False)
+    V[f"M {qname} W4PT128S2"] = mshape(4, 128, 2, quant=q, pipe=True)
+V["M d256 W4D2T32S3"] = mshape(4, 32, 3, 2)
+V["M d256 W4D2T32S4"] = mshape(4, 32, 4, 2)
+V["M d256 W8D2T64S3"] = mshape(8, 64, 3, 2)
+V["M d256 W4D2T32 mb2"] = mshape(4, 32, 2, 2, 2)
 for base in ("M W4", "M W8 T128", "M W8D2"):
     V[f"{base}/w1"] = {**V[base], "split": "w1"}
     V[f"{base}/b8"] = {**V[base], "split": 8}
@@ -130,24 +147,22 @@ for q, qname in ((2, "fp8"), (1, "int8")):
     V[f"{qname} W4PS3"] = shape(4, 64, 3, pipe=True, quant=q)
     V[f"{qname}/tok W4PS3"] = shape(4, 64, 3, pipe=True, quant=q, tok=True)
 FINAL = {   # --final: the rows of the report (the planner's choice first), and alternates
-    "D64-gqa4": ["planner", "planner wmma", "M W4 S3", "M W4 C2", "M W4 pad", "M W4 T128",
-                 "M W8 T128", "M W8 T128 S3", "M W2 T32 S4", "M W4 T64 mb3", "M W8D2", "M W4P",
-                 "M W4P S3", "M W4P T128"]
-    + PLANNER_QUANT + ["planner wmma fp8", "planner wmma int8"]
-    + [f"M fp8 {t}" for t in ("W4S2", "W4S3", "W4T128S2", "W4T128S3", "W8T128S3", "W4PS4",
-                              "W4PT128S3")]
-    + [f"M {f} {t}" for f in ("int8", "fp8/tok", "int8/tok") for t in ("W4T128S3", "W4PS4")],
-    "D64-mqa16": ["planner", "planner wmma", "M W4/w1", "M W8 T128/w1", "M W8D2/w1", "M W8D2",
-                  "M W4/b8"],
-    "1x32k-gqa4": ["planner", "planner wmma", "M W4/w1", "M W4/b8", "M W8 T128/w1",
-                   "M W8D2/w1"],
-    "8x32k-gqa4": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 T128", "M W4/w1",
-                   "M W4P", "M W4P S3"]
-    + PLANNER_QUANT + ["M fp8 W4T128S3", "M int8 W4T128S3"],
-    "D64-gqa8": ["planner", "planner wmma", "M W4 S3", "M W8 T128", "M W4 C2", "M W4P"],
-    "D64-gqa8-p64": ["planner", "planner wmma"],
-    "D64-gqa4-d256": ["planner", "planner wmma", "M d256 W4T32", "M d256 W8D2T64",
-                      "M d256 W4D2T64", "M d256 W8D4T32"],
+    "D64-gqa4": ["planner", "planner wmma", "M W4 S3", "M W4P", "M W4P q0 mb3", "M W4 q0 mb3",
+                 "M W4P S3/b2", "M W4P S3/b8", "M W4P S3/w2", "M W4 S3/b8", "M W8 T128 S3"]
+    + PLANNER_QUANT + ["planner wmma fp8"]
+    + [f"M {f} {t}" for f in ("fp8", "int8") for t in ("W4PT128S2", "W4PT128S3", "W4T128 q0 mb3",
+                                                     "W4 q0 mb3")]
+    + ["M fp8/tok W4PT128S3", "M int8/tok W4PT128S3"],
+    "D64-mqa16": ["planner", "planner wmma", "M W8D2 S3/w1", "M W4P S3/w1", "M W4P q0 mb3/w1",
+                  "M W8D2/w2", "M W4/w1"],
+    "1x32k-gqa4": ["planner", "planner wmma", "M W4/w1", "M W8D2/w1", "M W4P q0 mb3/w1"],
+    "8x32k-gqa4": ["planner", "planner wmma", "M W4 S3", "M W4/w1", "M W4P", "M W4P q0 mb3",
+                   "M W4P S3/b8"]
+    + PLANNER_QUANT + ["M fp8 W4PT128S3", "M int8 W4PT128S3"],
+    "D64-gqa8": ["planner", "planner wmma", "M W4 S3", "M W4P", "M W4P q0 mb3", "M W4P S3/b8"],
+    "D64-gqa8-p64": ["planner", "planner wmma", "M W4 S3", "M W4P q0 mb3", "M W4P S3/b8"],
+    "D64-gqa4-d256": ["planner", "planner wmma", "M d256 W4D2T32S3", "M d256 W4D2T32S4",
+                      "M d256 W8D2T64S3", "M d256 W8D2T64", "M d256 W4D2T32 mb2"],
     "D64-gqa4-d80": ["planner", "planner wmma"],
     "D64-gqa4-d96": ["planner", "planner wmma"],
 }

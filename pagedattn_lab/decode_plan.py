@@ -206,10 +206,14 @@ TC_SHAPES = [
 ]
 
 
-# The same for kernels/decode_mma.cu (not measured yet: first guesses).
+# The same for kernels/decode_mma.cu (H200, round r3, 2026-12-02, benchmarks/NOTES.md:
+# D64 GQA 32/8 W4 warp pipelines S3 0.175 ms, S2 0.177, one barrier per tile S2 0.179; MQA
+# 16/1 8 warps in pairs 0.039, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.346; fp8
+# pages 128-token tiles 0.135, 64-token S4 0.143).
 MMA_SHAPES = [
-    (128, 1, False, dict(warps=4, tile_t=64, stages=2, d_split=1)),
-    (128, 1, True, dict(warps=4, tile_t=64, stages=4, d_split=1)),
+    (128, 9, False, dict(warps=8, tile_t=64, stages=2, d_split=2, min_blocks=2)),
+    (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True)),
+    (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1)),
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 

@@ -62,17 +62,34 @@ __device__ inline unsigned pack2(float lo, float hi)
 }
 
 #if KV_QUANT
-// Two codes (low 16 bits of `two`, the lower one first) to two KV_T values in one register:
-// exact (every int8 and e4m3 value is a 16-bit float), no scale.
-__device__ inline unsigned codes2_to_kv2(unsigned two)
+// Four codes (c0 in the low byte) to two registers of two KV_T values: (c0, c1) and (c2, c3),
+// exactly (every int8 and e4m3 value is a 16-bit float), no scale. fp16: int8 as 1024 + 128
+// + c with the code as the low mantissa byte (two byte permutes and two half2 subtractions
+// for four codes), e4m3 by the sm_89+ instruction (kv_convert.cuh's software form before).
+// bf16: one code at a time through float.
+__device__ inline void codes4_to_kv(unsigned four, unsigned& lo, unsigned& hi)
 {
 #ifdef KV_BF16
-    return pack2_bf16(dequantize_code((unsigned char)(two & 0xffu)),
-                      dequantize_code((unsigned char)((two >> 8) & 0xffu)));
+    lo = pack2_bf16(dequantize_code((unsigned char)(four & 0xffu)),
+                    dequantize_code((unsigned char)((four >> 8) & 0xffu)));
+    hi = pack2_bf16(dequantize_code((unsigned char)((four >> 16) & 0xffu)),
+                    dequantize_code((unsigned char)(four >> 24)));
 #else
-    const __half2 h = codes2_to_half2(two);
-    return (unsigned)__half_as_ushort(__low2half(h)) |
-           ((unsigned)__half_as_ushort(__high2half(h)) << 16);
+    __half2 h0, h1;
+#if KV_QUANT == 1
+    const unsigned x = four ^ 0x80808080u;   // c + 128, as unsigned bytes
+    const __half2 bias = __float2half2_rn(1152.0f);
+    const unsigned b0 = __byte_perm(x, 0x64646464u, 0x4140), b1 = __byte_perm(x, 0x64646464u, 0x4342);
+    h0 = __hsub2(__halves2half2(__ushort_as_half((unsigned short)(b0 & 0xffffu)),
+                                __ushort_as_half((unsigned short)(b0 >> 16))), bias);
+    h1 = __hsub2(__halves2half2(__ushort_as_half((unsigned short)(b1 & 0xffffu)),
+                                __ushort_as_half((unsigned short)(b1 >> 16))), bias);
+#else
+    h0 = codes2_to_half2(four & 0xffffu);
+    h1 = codes2_to_half2(four >> 16);
+#endif
+    lo = (unsigned)__half_as_ushort(__low2half(h0)) | ((unsigned)__half_as_ushort(__high2half(h0)) << 16);
+    hi = (unsigned)__half_as_ushort(__low2half(h1)) | ((unsigned)__half_as_ushort(__high2half(h1)) << 16);
 #endif
 }
 
@@ -252,8 +269,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                     unsigned a[4];
                     q_frag(a, k);
 #endif
-                    const unsigned w = word_of(raw, j);
-                    const unsigned kb[2] = {codes2_to_kv2(w & 0xffffu), codes2_to_kv2(w >> 16)};
+                    unsigned kb[2];
+                    codes4_to_kv(word_of(raw, j), kb[0], kb[1]);
 #if S_CHAINS == 2
                     mma_acc(j % 2 ? s2[n] : s[n], a, kb);
 #else
@@ -367,18 +384,18 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                     raw[r] = *reinterpret_cast<const uint4*>(
                         vs + stage_at(r0 + (r % 2) + 8 * (r / 2), 8 * pass + g));
 #pragma unroll
-                for (int w = 0; w < 4; ++w) {
-                    const unsigned lo01 = __byte_perm(word_of(raw[0], w), word_of(raw[1], w), 0x5140);
-                    const unsigned hi01 = __byte_perm(word_of(raw[0], w), word_of(raw[1], w), 0x7362);
-                    const unsigned lo89 = __byte_perm(word_of(raw[2], w), word_of(raw[3], w), 0x5140);
-                    const unsigned hi89 = __byte_perm(word_of(raw[2], w), word_of(raw[3], w), 0x7362);
-                    const unsigned pairs[4][2] = {{lo01 & 0xffffu, lo89 & 0xffffu},
-                                                  {lo01 >> 16, lo89 >> 16},
-                                                  {hi01 & 0xffffu, hi89 & 0xffffu},
-                                                  {hi01 >> 16, hi89 >> 16}};
+                for (int w = 0; w < 4; ++w) {   // bytes 4w .. 4w + 3: n tiles 16 pp + 4w + c
+                    // byte c of tokens (2t, 2t+1) and of (2t+8, 2t+9) side by side
+                    const unsigned a0 = word_of(raw[0], w), a1 = word_of(raw[1], w);
+                    const unsigned a8 = word_of(raw[2], w), a9 = word_of(raw[3], w);
+                    unsigned b01[4], b89[4];   // [c]: the B register of n tile 4w + c
+                    codes4_to_kv(__byte_perm(a0, a1, 0x5140), b01[0], b01[1]);
+                    codes4_to_kv(__byte_perm(a0, a1, 0x7362), b01[2], b01[3]);
+                    codes4_to_kv(__byte_perm(a8, a9, 0x5140), b89[0], b89[1]);
+                    codes4_to_kv(__byte_perm(a8, a9, 0x7362), b89[2], b89[3]);
 #pragma unroll
                     for (int c = 0; c < 4; ++c) {
-                        const unsigned vb[2] = {codes2_to_kv2(pairs[c][0]), codes2_to_kv2(pairs[c][1])};
+                        const unsigned vb[2] = {b01[c], b89[c]};
                         mma_acc(o[16 * pp + 4 * w + c], pa, vb);
                     }
                 }
