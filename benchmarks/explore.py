@@ -96,8 +96,9 @@ V["M W4P T128"] = mshape(4, 128, 2, pipe=True)
 V["M W4P q0 mb3"] = mshape(4, 64, 2, 1, 3, pipe=True, q_regs=False)   # 3 blocks of 4 warps
 V["M W4 q0 mb3"] = mshape(4, 64, 2, 1, 3, q_regs=False)
 V["M W8D2 S3"] = mshape(8, 64, 3, 2, 2)
+V["M d256 W4D2T32 C2"] = mshape(4, 32, 2, 2, s_chains=2)   # 16 k steps: two chains of 8
 for base in ("M W4P S3", "M W4 S3"):
-    for split in ("b2", "b8", "w2"):
+    for split in ("b2", "b8", "b16", "w2"):
         V[f"{base}/{split}"] = {**V[base], "split": split if split[0] == "w" else int(split[1:])}
 for base in ("M W8D2 S3", "M W4P S3", "M W4P q0 mb3"):
     V[f"{base}/w1"] = {**V[base], "split": "w1"}
@@ -148,7 +149,8 @@ for q, qname in ((2, "fp8"), (1, "int8")):
     V[f"{qname}/tok W4PS3"] = shape(4, 64, 3, pipe=True, quant=q, tok=True)
 FINAL = {   # --final: the rows of the report (the planner's choice first), and alternates
     "D64-gqa4": ["planner", "planner wmma", "M W4 S3", "M W4P", "M W4P q0 mb3", "M W4 q0 mb3",
-                 "M W4P S3/b2", "M W4P S3/b8", "M W4P S3/w2", "M W4 S3/b8", "M W8 T128 S3"]
+                 "M W4P S3/b2", "M W4P S3/b8", "M W4P S3/b16", "M W4P S3/w2", "M W4 S3/b8",
+                 "M W8 T128 S3"]
     + PLANNER_QUANT + ["planner wmma fp8"]
     + [f"M {f} {t}" for f in ("fp8", "int8") for t in ("W4PT128S2", "W4PT128S3", "W4T128 q0 mb3",
                                                      "W4 q0 mb3")]
@@ -160,9 +162,11 @@ FINAL = {   # --final: the rows of the report (the planner's choice first), and 
                    "M W4P S3/b8"]
     + PLANNER_QUANT + ["M fp8 W4PT128S3", "M int8 W4PT128S3"],
     "D64-gqa8": ["planner", "planner wmma", "M W4 S3", "M W4P", "M W4P q0 mb3", "M W4P S3/b8"],
-    "D64-gqa8-p64": ["planner", "planner wmma", "M W4 S3", "M W4P q0 mb3", "M W4P S3/b8"],
+    "D64-gqa8-p64": ["planner", "planner wmma", "M W4 S3", "M W4P q0 mb3", "M W4P S3/b8",
+                     "M W4P S3/b16"],
     "D64-gqa4-d256": ["planner", "planner wmma", "M d256 W4D2T32S3", "M d256 W4D2T32S4",
-                      "M d256 W8D2T64S3", "M d256 W8D2T64", "M d256 W4D2T32 mb2"],
+                      "M d256 W8D2T64S3", "M d256 W8D2T64", "M d256 W4D2T32 mb2",
+                      "M d256 W4D2T32 C2"],
     "D64-gqa4-d80": ["planner", "planner wmma"],
     "D64-gqa4-d96": ["planner", "planner wmma"],
 }
