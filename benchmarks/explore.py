@@ -107,6 +107,11 @@ for q, qname in ((2, "fp8"), (1, "int8")):
     V[f"M {qname} W4T128 q0 mb3"] = mshape(4, 128, 2, 1, 3, quant=q, q_regs=False)
     V[f"M {qname} W4 q0 mb3"] = mshape(4, 64, 3, 1, 3, quant=q, q_regs=False)
     V[f"M {qname} W4PT128S2"] = mshape(4, 128, 2, quant=q, pipe=True)
+for tok in (False, True):   # e4m3 by moving bits instead of the conversion instruction
+    t_ = "/tok" if tok else ""
+    V[f"M fp8b{t_} W4T128S2"] = mshape(4, 128, 2, quant=2, tok=tok, fp8_bits=True)
+    V[f"M fp8b{t_} W4PT128S3"] = mshape(4, 128, 3, quant=2, tok=tok, pipe=True, fp8_bits=True)
+V["M fp8b W4T128 q0 mb3"] = mshape(4, 128, 2, 1, 3, quant=2, q_regs=False, fp8_bits=True)
 V["M d256 W4D2T32S3"] = mshape(4, 32, 3, 2)
 V["M d256 W4D2T32S4"] = mshape(4, 32, 4, 2)
 V["M d256 W8D2T64S3"] = mshape(8, 64, 3, 2)
@@ -154,13 +159,14 @@ FINAL = {   # --final: the rows of the report (the planner's choice first), and 
     + PLANNER_QUANT + ["planner wmma fp8"]
     + [f"M {f} {t}" for f in ("fp8", "int8") for t in ("W4PT128S2", "W4PT128S3", "W4T128 q0 mb3",
                                                      "W4 q0 mb3")]
-    + ["M fp8/tok W4PT128S3", "M int8/tok W4PT128S3"],
+    + ["M fp8/tok W4PT128S3", "M int8/tok W4PT128S3", "M fp8b W4T128S2", "M fp8b W4PT128S3",
+       "M fp8b/tok W4T128S2", "M fp8b/tok W4PT128S3", "M fp8b W4T128 q0 mb3"],
     "D64-mqa16": ["planner", "planner wmma", "M W8D2 S3/w1", "M W4P S3/w1", "M W4P q0 mb3/w1",
                   "M W8D2/w2", "M W4/w1"],
     "1x32k-gqa4": ["planner", "planner wmma", "M W4/w1", "M W8D2/w1", "M W4P q0 mb3/w1"],
     "8x32k-gqa4": ["planner", "planner wmma", "M W4 S3", "M W4/w1", "M W4P", "M W4P q0 mb3",
                    "M W4P S3/b8"]
-    + PLANNER_QUANT + ["M fp8 W4PT128S3", "M int8 W4PT128S3"],
+    + PLANNER_QUANT + ["M fp8 W4PT128S3", "M int8 W4PT128S3", "M fp8b W4T128S2"],
     "D64-gqa8": ["planner", "planner wmma", "M W4 S3", "M W4P", "M W4P q0 mb3", "M W4P S3/b8"],
     "D64-gqa8-p64": ["planner", "planner wmma", "M W4 S3", "M W4P q0 mb3", "M W4P S3/b8",
                      "M W4P S3/b16"],

@@ -128,6 +128,10 @@ def main():
                                             "warp_pipe": True, "impl": "mma"}, kv_dtype, scheme))
             cases.append((f"mma {kv_dtype} {scheme} GQA4 d256 pairs T32 split 2", [120, 5], 16,
                           8, 2, 256, 2, {"impl": "mma"}, kv_dtype, scheme))
+            cases.append((f"mma {kv_dtype} {scheme} GQA4 d128 T128 e4m3 bits split 2",
+                          [300, 5], 16, 8, 2, 128, 2, {"warps": 4, "tile_t": 128, "stages": 2,
+                                                       "fp8_bits": True, "impl": "mma"},
+                          kv_dtype, scheme))
             cases.append((f"tc {kv_dtype} {scheme} GQA4 d128 page 16 split 3", [300, 17, 1], 16,
                           8, 2, 128, 3, {}, kv_dtype, scheme))
             cases.append((f"tc {kv_dtype} {scheme} MQA16 d64 page 5 W8D2S3", [90, 3], 5, 16,

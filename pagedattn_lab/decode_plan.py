@@ -302,7 +302,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               stages: int | None = None, s_chains: int | None = None,
               d_split: int | None = None, min_blocks: int | None = None,
               warp_pipe: bool | None = None, impl: str | None = None,
-              swizzle: bool = True, q_regs: bool | None = None) -> TCConfig:
+              swizzle: bool = True, q_regs: bool | None = None,
+              fp8_bits: bool = False) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -310,7 +311,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     the compiler must leave registers for (__launch_bounds__); warp_pipe: each warp copies
     and waits for its own tokens (one row tile, d_split 1 only; else ignored). impl: "mma"
     or "wmma" (None: TC_IMPL; compressed pages always "wmma"); swizzle and q_regs (Q's
-    fragments in registers; None: up to head_dim 128) are the "mma" kernel's."""
+    fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes converted by
+    moving bits instead of the conversion instruction) are the "mma" kernel's."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     impl = impl or TC_IMPL
@@ -354,7 +356,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                          s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
                          min_blocks=min_blocks, warp_pipe=warp_pipe)
     if impl == "mma":
-        options += (f"-DSWIZZLE={int(swizzle)}",) + (
+        options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}") + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl)

@@ -148,6 +148,8 @@ MMA_QUANT_CASES = [
      {"warps": 8, "tile_t": 128, "stages": 2, "s_chains": 2}),
     ("float16", 8, 2, 128, 7, [1, 100, 33], 2,                # warps copying their own tokens
      {"warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}),
+    ("float16", 8, 2, 256, 16, [1, 70, 17], 2,                # e4m3 by moving bits (int8: same)
+     {"fp8_bits": True}),
 ]
 
 
@@ -180,9 +182,10 @@ def check_compressed(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page, le
     check_close(out, reference((q, kd, vd, tables, seq_lens), 0.05), dtype)
 
 
-@pytest.mark.parametrize("impl,head_dim", [("wmma", 64), ("mma", 128)])
+@pytest.mark.parametrize("impl,head_dim,bits", [("wmma", 64, False), ("mma", 128, False),
+                                               ("mma", 128, True)])
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
-def test_every_code_is_read_exactly(rng, kv_dtype, impl, head_dim):
+def test_every_code_is_read_exactly(rng, kv_dtype, impl, head_dim, bits):
     """Random codes over the whole format (every e4m3 code but NaN: subnormals, 448, -0) with
     random per-token scales: a conversion that drops a bit, a sign or the subnormals fails."""
     heads, kv, page = 8, 2, 16
@@ -200,7 +203,7 @@ def test_every_code_is_read_exactly(rng, kv_dtype, impl, head_dim):
                             kv_dtype, scales[i]) for i in range(2)]
     assert dp_qmax * scales.max() < 5   # logits stay moderate: no one-hot softmax
     cfg = dp.tc_config("float16", head_dim, heads // kv, dp.KV_QUANT_IDS[kv_dtype], True,
-                       impl=impl)
+                       impl=impl, **({"fp8_bits": True} if bits else {}))
     assert cfg.impl == impl
     w = planned(args, heads, kv, head_dim, page, "float16", 2, cfg)
     out = launch(w, q, codes[0], codes[1], scales[0], scales[1], poisoned(q.shape, "float16"))

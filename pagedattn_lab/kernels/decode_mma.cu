@@ -61,14 +61,38 @@ __device__ inline unsigned pack2(float lo, float hi)
 #endif
 }
 
+#ifndef FP8_BITS   // e4m3 codes to fp16 by moving bits (1 = yes, 0 = the conversion instruction)
+#define FP8_BITS 0
+#endif
+#if KV_QUANT == 2 && FP8_BITS && !defined(KV_BF16)
+constexpr float CODE_UNIT = 256.0f;   // the converted codes are value / 256 (see codes4_to_kv)
+#else
+constexpr float CODE_UNIT = 1.0f;
+#endif
+
 #if KV_QUANT
+// Two e4m3 codes, placed in bytes 1 and 3, to two fp16 of value / 256, by moving bits: the
+// code's 4 exponent and 3 mantissa bits under fp16's (a bias 8 smaller: x 2^-8, exact, also
+// for subnormals); the NaN codes (s1111111, which would come out as +-480 / 256, above every
+// finite code) get fp16's exponent bits set: NaN stays NaN.
+__device__ inline unsigned e4m3x2_bits(unsigned t)
+{
+    const unsigned h = (t & 0x80008000u) | ((t >> 1) & 0x3f803f80u);
+    return h | (((h & 0x7fff7fffu) + 0x00800080u) & 0x40004000u);
+}
+
 // Four codes (c0 in the low byte) to two registers of two KV_T values: (c0, c1) and (c2, c3),
-// exactly (every int8 and e4m3 value is a 16-bit float), no scale. fp16: int8 as 1024 + 128
-// + c with the code as the low mantissa byte (two byte permutes and two half2 subtractions
-// for four codes), e4m3 by the sm_89+ instruction (kv_convert.cuh's software form before).
-// bf16: one code at a time through float.
+// exactly (every int8 and e4m3 value is a 16-bit float), no scale (but CODE_UNIT). fp16: int8
+// as 1024 + 128 + c with the code as the low mantissa byte (two byte permutes and two half2
+// subtractions for four codes); e4m3 by the sm_89+ instruction (kv_convert.cuh) or, with
+// FP8_BITS, by moving bits (e4m3x2_bits). bf16: one code at a time through float.
 __device__ inline void codes4_to_kv(unsigned four, unsigned& lo, unsigned& hi)
 {
+#if KV_QUANT == 2 && FP8_BITS && !defined(KV_BF16)
+    lo = e4m3x2_bits(__byte_perm(four, 0u, 0x1404));   // c0, c1 into bytes 1, 3
+    hi = e4m3x2_bits(__byte_perm(four, 0u, 0x3424));   // c2, c3
+    return;
+#endif
 #ifdef KV_BF16
     lo = pack2_bf16(dequantize_code((unsigned char)(four & 0xffu)),
                     dequantize_code((unsigned char)((four >> 8) & 0xffu)));
@@ -170,10 +194,11 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         tile_pages(pg, table, start + (STAGES - 1) * TILE_T + cp_off, end, page_size,
                    page_shift, cid);
 #if KV_QUANT && !PER_TOKEN_SCALES
-    scale_log2 *= k_scale[kvh];            // static scales: K's folds into the logits,
-    const float v_mult = v_scale[kvh];     // V's into the output
+    scale_log2 *= k_scale[kvh] * CODE_UNIT;   // static scales: K's folds into the logits,
+    const float v_mult = v_scale[kvh] * CODE_UNIT;   // V's into the output
 #else
-    const float v_mult = 1.0f;
+    scale_log2 *= CODE_UNIT;
+    const float v_mult = CODE_UNIT;
 #endif
 
     // Q: the block's query heads as rows, zero rows below them.
