@@ -173,6 +173,7 @@ class TCConfig(NamedTuple):
     min_blocks: int
     warp_pipe: bool
     impl: str = "wmma"
+    blocks_per_sm: int | None = None   # the split rule's target (None: TC_BLOCKS_PER_SM)
 
     @property
     def source(self) -> str:
@@ -206,13 +207,16 @@ TC_SHAPES = [
 ]
 
 
-# The same for kernels/decode_mma.cu (H200, round r3, 2026-12-02, benchmarks/NOTES.md:
-# D64 GQA 32/8 W4 warp pipelines S3 0.175 ms, S2 0.177, one barrier per tile S2 0.179; MQA
-# 16/1 8 warps in pairs 0.039, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.346; fp8
-# pages 128-token tiles 0.135, 64-token S4 0.143).
+# The same for kernels/decode_mma.cu (H200, rounds r3 and r4, 2026-12-02, benchmarks/NOTES.md:
+# D64 GQA 32/8 W4 warp pipelines S3 0.172 ms, S2 0.175, one barrier per tile S3 0.173, and
+# 0.169 with partitions cut for 8 blocks per SM instead of 4 (1024 tokens, not 2048); MQA 16/1
+# 8 warps in pairs 0.039, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.344; codes over
+# 128-token tiles fp8 0.133, int8 0.136 (64-token tiles S4 0.143)). "blocks_per_sm": the split
+# rule's target (choose_tc_part_len) where the shape sets one.
 MMA_SHAPES = [
     (128, 9, False, dict(warps=8, tile_t=64, stages=2, d_split=2, min_blocks=2)),
-    (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True)),
+    (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
+                         blocks_per_sm=8)),
     (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1)),
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
@@ -325,6 +329,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
         warps, tile_t, stages, d_split = kw["warps"], kw["tile_t"], kw["stages"], kw["d_split"]
         min_blocks = kw["min_blocks"] if min_blocks is None else min_blocks
         warp_pipe = kw["warp_pipe"] if warp_pipe is None else warp_pipe
+    blocks_per_sm = kw.get("blocks_per_sm") if auto else None
     warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
     stages, d_split = stages or TC_STAGES, d_split or 1
     min_blocks = min_blocks or 1
@@ -359,7 +364,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
         options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}") + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
-                    stages, warps, d_split, min_blocks, warp_pipe, impl)
+                    stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm)
 
 
 def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:
@@ -377,9 +382,11 @@ def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
-                       num_splits: int | None = None, resident: int | None = None) -> int:
+                       num_splits: int | None = None, resident: int | None = None,
+                       blocks_per_sm: int | None = None) -> int:
     """Tensor cores: tokens per partition. num_splits=n cuts the longest sequence into n;
-    automatic: the longest of TC_PART_LENS that still gives TC_BLOCKS_PER_SM blocks per SM,
+    automatic: the longest of TC_PART_LENS that still gives `blocks_per_sm` (None:
+    TC_BLOCKS_PER_SM) blocks per SM,
     else the shortest, and no more than TC_AUTO_MAX_PARTS partitions per sequence; never more
     than `max_parts` (what the merge has room for). With TC_WAVES set and `resident` (the
     blocks an SM holds at once), when the unsplit sequences need no more blocks than that
@@ -401,7 +408,7 @@ def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max
                 lo = mid + 1
         part_len = max(min(64 * lo, max_len), -(-max_len // TC_AUTO_MAX_PARTS))
     else:
-        target = TC_BLOCKS_PER_SM * num_sms
+        target = (blocks_per_sm or TC_BLOCKS_PER_SM) * num_sms
         part_len = next((p for p in TC_PART_LENS
                          if int((-(-lens // p)).sum()) * blocks_per_item >= target),
                         TC_PART_LENS[-1])

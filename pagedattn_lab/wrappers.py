@@ -167,7 +167,8 @@ class BatchDecodeWrapper:
         grid_y = self.num_kv_heads * cfg.chunks
         self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sm_count(self.on_gpu),
                                               dp.tc_max_parts(rows, cfg.kv_bytes), num_splits,
-                                              dp.tc_resident_blocks(cfg, self.head_dim))
+                                              dp.tc_resident_blocks(cfg, self.head_dim),
+                                              cfg.blocks_per_sm)
         work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
         self.max_parts = int(-(-lens_h.max() // self.part_len))
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
