@@ -210,11 +210,11 @@ TC_SHAPES = [
 # The same for kernels/decode_mma.cu (H200, rounds r3 and r4, 2026-12-02, benchmarks/NOTES.md:
 # D64 GQA 32/8 W4 warp pipelines S3 0.172 ms, S2 0.175, one barrier per tile S3 0.173, and
 # 0.169 with partitions cut for 8 blocks per SM instead of 4 (1024 tokens, not 2048); MQA 16/1
-# 8 warps in pairs 0.039, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.344; codes over
+# 8 warps in pairs S3 0.0390, S2 0.0394, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.344; codes over
 # 128-token tiles fp8 0.133, int8 0.136 (64-token tiles S4 0.143)). "blocks_per_sm": the split
 # rule's target (choose_tc_part_len) where the shape sets one.
 MMA_SHAPES = [
-    (128, 9, False, dict(warps=8, tile_t=64, stages=2, d_split=2, min_blocks=2)),
+    (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2)),
     (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
                          blocks_per_sm=8)),
     (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1)),
