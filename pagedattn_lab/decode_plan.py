@@ -3,9 +3,11 @@
 Two kernels compute decode attention:
 - "simt" (`kernels/decode.cu`): CUDA cores; the threads of a token share one K row, each
   block handles up to 8 query heads of one KV head. fp32, fp16 and bf16.
-- "tensor_core" (`kernels/decode_tc.cu`): the query heads of a GQA group are the rows of
-  a matrix, and each K/V tile is multiplied on tensor cores (WMMA) for the whole group.
-  fp16 and bf16 (WMMA has no fp32 inputs; its tf32 mode would cost fp32's accuracy).
+- "tensor_core": the query heads of a GQA group are the rows of a matrix, and each K/V tile
+  is multiplied on tensor cores for the whole group. fp16 and bf16 (no fp32 inputs; tf32
+  would cost fp32's accuracy). Two sources of that algorithm (TC_IMPL): `kernels/decode_mma.cu`
+  (PTX mma.sync, the softmax in registers: what plans take) and lesson 09's
+  `kernels/decode_tc.cu` (WMMA). Block sizes: decode_tc_sizes.py.
 
 `choose_kernel` picks one (the choice is measured, see benchmarks/NOTES.md); both split long
 sequences into partitions (split-K) so that few sequences still fill the GPU. Everything here
@@ -18,6 +20,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .attention_common import KV_C_TYPES, THREADS
+from .decode_tc_sizes import (TC_SMEM_PER_SM, mma_shared_bytes, tc_max_parts,  # noqa: F401
+                              tc_resident_blocks, tc_shared_bytes)
 
 KERNELS = ("simt", "tensor_core")
 HEAD_DIM_MAX = 256
@@ -144,9 +148,6 @@ TC_AUTO_MAX_PARTS = 64      # ... but cuts no sequence in more (the merge reads 
 TC_PART_LENS = (4096, 2048, 1024, 512, 256, 128)   # automatic partition lengths, longest first
 TC_WAVES = 1                # partitions sized to fill this many waves of resident blocks, when
                             # the sequences allow (at most that many blocks without a split)
-TC_SMEM_PER_SM = 227 * 1024   # what the blocks of one SM share (H100/H200: 228 KB, 1 KB each
-                              # reserved by the system)
-
 KV_QUANT_IDS = {None: 0, "int8": 1, "fp8_e4m3": 2}   # -DKV_QUANT
 # Two sources of the tensor-core algorithm: "wmma" (kernels/decode_tc.cu, lesson 09's: S and P
 # through shared memory, WMMA's layout being unspecified) and "mma" (kernels/decode_mma.cu:
@@ -183,11 +184,6 @@ class TCConfig(NamedTuple):
     @property
     def function(self) -> str:
         return "paged_decode_mma" if self.impl == "mma" else "paged_decode_tc"
-
-
-def tc_tile_tokens(head_dim: int) -> int:
-    """Tokens per K/V tile (a multiple of 64: each of the 4 warps takes 16 or more)."""
-    return TC_TILE_TOKENS
 
 
 # The measured shapes (benchmarks/NOTES.md, H200, 2026-12-02, rounds 1b and 2): (largest head_dim,
@@ -243,49 +239,6 @@ def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
     rows = -(-group // chunks)
     tiles = -(-rows // 16)
     return rows, chunks, 1 << (tiles - 1).bit_length()
-
-
-def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
-                    elem_bytes: int = 2, *, warps: int = TC_WARPS, kv_quant: int = 0,
-                    per_token: bool = False, d_split: int = 1) -> tuple[int, int]:
-    """(total, kv) shared-memory bytes of a tensor-core block: the layout of decode_tc.cu
-    (staged K/V tiles; compressed: the codes, the converted tile and the per-token scales;
-    then Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a flag). `kv`
-    is the region before Q, reused at the end for O and for the merge weights."""
-    rows, ld = 16 * row_tiles, head_dim + 8
-    tw = tile_t * row_tiles * d_split // warps
-    if kv_quant:
-        kv = (stages * 2 * tile_t * head_dim + 2 * tile_t * ld * elem_bytes
-              + (stages * 2 * tile_t * 4 if per_token else 0))
-    else:
-        kv = stages * 2 * tile_t * ld * elem_bytes
-    total = (kv + rows * ld * elem_bytes + warps * 16 * (tw + 4) * 4
-             + warps * 16 * (tw + 8) * elem_bytes + 16 * 16 * 4 + 3 * warps * 16 * 4 + 16)
-    return total, kv
-
-
-def mma_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
-                     elem_bytes: int = 2, *, warps: int = TC_WARPS, d_split: int = 1,
-                     swizzle: bool = True, kv_quant: int = 0,
-                     per_token: bool = False) -> tuple[int, int]:
-    """(total, region) shared-memory bytes of a block of kernels/decode_mma.cu (its layout:
-    decode_mma_layout.cuh): the staged K/V tiles (rows of a multiple of 128 bytes swizzled,
-    the others padded by 16 bytes; codes: one byte each, always swizzled) and per-token
-    scales, reused at the end for the warps' O and the merge (the region is the larger of
-    the two), then Q, the warps' m and l and a flag."""
-    row = head_dim * (1 if kv_quant else elem_bytes)
-    ldc = row if (swizzle or kv_quant) and (row // 16) % 8 == 0 else row + 16
-    kv = stages * 2 * tile_t * ldc + (stages * 2 * tile_t * 4 if kv_quant and per_token else 0)
-    o = warps // d_split * 16 * (head_dim + 8) * 4
-    region = -(-max(kv, o) // 128) * 128
-    total = region + 16 * row_tiles * (head_dim + 8) * elem_bytes + 2 * warps * 16 * 4 + 16
-    return total, region
-
-
-def tc_max_parts(rows: int, kv_bytes: int) -> int:
-    """Most partitions per sequence: the merge keeps rows x parts weights (floats) where the
-    K/V tiles were."""
-    return kv_bytes // (4 * rows)
 
 
 def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: int, *,
@@ -365,20 +318,6 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm)
-
-
-def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:
-    """Blocks of `cfg` an SM holds at once: by shared memory (1 KB each reserved), registers
-    (ptxas, WMMA: up to ~200 per thread with one O tile per 16 columns, ~130 with half; mma:
-    about 80 + head_dim / d_split; capped by the min_blocks of __launch_bounds__) and warps
-    (64 per SM)."""
-    if cfg.impl == "mma":   # ptxas (nvcc 13, sm_90): 210 at head_dim 128, 128 in pairs, 136 at 64
-        regs = 80 + head_dim // cfg.d_split
-    else:
-        regs = (200 if head_dim // 16 // cfg.d_split > 4 else 130) + (head_dim > 128) * 55
-    regs = min(regs, 255, 65536 // (cfg.threads * cfg.min_blocks) // 8 * 8)
-    return max(1, min(TC_SMEM_PER_SM // (cfg.shared + 1024), 65536 // (regs * cfg.threads),
-                      64 // cfg.warps, 32))
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
