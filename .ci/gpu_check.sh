@@ -81,7 +81,7 @@ tools="memcheck"
 [ "$MODE" = lean ] || tools="memcheck racecheck synccheck"
 tools=${GPU_CHECK_TOOLS:-$tools}
 for tool in $tools; do
-    for script in sanitize sanitize_tc sanitize_prefill sanitize_quant sanitize_engine; do
+    for script in sanitize sanitize_tc sanitize_prefill sanitize_quant sanitize_engine sanitize_mma_ptx; do
         checks+=("$script-$tool|timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/$script.py")
     done
 done

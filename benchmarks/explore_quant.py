@@ -3,9 +3,10 @@ runs; the results go to NOTES.md).
 
     python3 benchmarks/explore_quant.py [--reps 20] [--only MHA,GQA]
 
-Variants are compile-time knobs of kernels/decode.cu (tokens in flight per thread group,
-bytes per load of codes) and the query heads per block; each variant's output is compared
-with the default's.
+Variants are compile-time knobs of kernels/decode.cu (packed fp16 arithmetic, tokens in
+flight per thread group, blocks per SM, bytes per load of codes) and the query heads per
+block; each variant's output is compared with the default's, its time with the fp16 cache's
+(the planner's kernel) in the same process.
 """
 import argparse
 import sys
@@ -20,21 +21,24 @@ from pagedattn_lab import wrappers  # noqa: E402
 from pagedattn_lab.bench import quant as bq  # noqa: E402
 from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
 
-# (name, extra -D options, 8-byte loads from this many heads per block, heads per block)
+# (name, extra -D options, 8-byte loads from this many heads per block, heads per block,
+#  the scale schemes it is timed with)
+BOTH, STATIC, PER_TOKEN = ("static", "per_token"), ("static",), ("per_token",)
 VARIANTS = {
-    "MHA": [("default", (), wrappers.QUANT_NARROW_GMAX, None),
-            ("fp8 integer path", ("-DFP8_CVT=0",), 8, None),
-            ("4 blocks/SM", ("-DDECODE_MIN_BLOCKS=4",), 8, None),
-            ("5 blocks/SM", ("-DDECODE_MIN_BLOCKS=5",), 8, None),
-            ("6 blocks/SM", ("-DDECODE_MIN_BLOCKS=6",), 8, None),
-            ("7 blocks/SM", ("-DDECODE_MIN_BLOCKS=7",), 8, None),
-            ("6 blocks/SM U3", ("-DDECODE_MIN_BLOCKS=6", "-DDECODE_UNROLL=3"), 8, None)],
-    "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None),
-            ("8-byte loads", (), 4, None),
-            ("fp8 integer path", ("-DFP8_CVT=0",), 8, None)],
+    "MHA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
+            ("L2 256-byte fetch", ("-DCODE_L2_256=1",), 8, None, BOTH),
+            ("slack 3 (round r3)", ("-DRESCALE_SLACK=3",), 8, None, STATIC),
+            ("fp32 arithmetic", ("-DHALF2_MATH=0",), 8, None, STATIC)],
+    "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
+            ("L2 256-byte fetch", ("-DCODE_L2_256=1",), 8, None, BOTH),
+            ("U2 4 blocks/SM", ("-DDECODE_UNROLL_CODES=2", "-DDECODE_MIN_BLOCKS=4"), 8, None,
+             STATIC),
+            ("slack 4", ("-DRESCALE_SLACK=4",), 8, None, STATIC),
+            ("flush 2", ("-DPV_FLUSH=2",), 8, None, STATIC),
+            ("fp32 arithmetic", ("-DHALF2_MATH=0",), 8, None, STATIC)],
 }
-KINDS = [("fp8_e4m3", "static"), ("int8", "per_token"), ("int8", "static"),
-         ("fp8_e4m3", "per_token")]
+KINDS = [("fp8_e4m3", "static"), ("int8", "static"), ("fp8_e4m3", "per_token"),
+         ("int8", "per_token")]
 
 
 def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax):
@@ -59,6 +63,12 @@ def main(argv=None):
     timer.warm_up(0.5)
     copy_rate = copy_bandwidth(cp, timer)
     print(f"copy rate {copy_rate / 1e12:.2f} TB/s", flush=True)
+    fp16_ms = {}
+    for w in bq.workloads():   # the fp16 time of each workload (the planner's kernel)
+        d = bq.build(cp, w, "float16", None, seed=1)
+        fp16_ms[w.name] = timer.time(bq.ours(cp, w, d, "float16", None), reps=args.reps).median_ms
+        print(f"{w.name:14s}  float16  (plan's kernel) {fp16_ms[w.name]:.3f} ms", flush=True)
+        del d
     for kv_dtype, scheme in KINDS:   # the most telling rows first: a time limit may cut the rest
         for w in bq.workloads():
             key = "MHA" if w.num_heads == w.num_kv_heads else "GQA"
@@ -67,7 +77,9 @@ def main(argv=None):
             d = bq.build(cp, w, kv_dtype, scheme, seed=1)
             nbytes = bq.bytes_read(w, kv_dtype, scheme)
             ref = None
-            for name, extra, narrow, gmax in VARIANTS[key]:
+            for name, extra, narrow, gmax, schemes in VARIANTS[key]:
+                if scheme not in schemes:
+                    continue
                 try:
                     fn = plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax)
                     t = timer.time(fn, reps=args.reps)
@@ -76,7 +88,8 @@ def main(argv=None):
                     diff = bq.rel_diff(cp, out, ref)
                     print(f"{w.name:14s} {kv_dtype:>8s} {scheme:>9s} {name:22s} "
                           f"{t.median_ms:.3f} ms  {nbytes / (t.median_ms * 1e-3) / copy_rate:4.0%}"
-                          f" of copy  diff {diff:.1e}", flush=True)
+                          f" of copy  x{t.median_ms / fp16_ms[w.name]:.3f} of fp16  "
+                          f"diff {diff:.1e}", flush=True)
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     print(f"{w.name:14s} {kv_dtype:>8s} {scheme:>9s} {name:22s} failed: "
                           f"{type(exc).__name__}: {str(exc)[:150]}", flush=True)

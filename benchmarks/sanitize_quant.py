@@ -15,7 +15,7 @@ from pagedattn_lab.wrappers import BatchDecodeWrapper
 parts = sys.argv[1:] or ["prefill", "decode"]
 
 rng = np.random.default_rng(0)
-for head_dim, page, heads, kv_heads in [(64, 16, 4, 2), (128, 7, 2, 1), (256, 1, 2, 2),
+for head_dim, page, heads, kv_heads in [(64, 16, 8, 2), (128, 7, 2, 1), (256, 1, 2, 2),
                                         (80, 32, 8, 8)]:
     for kv_dtype in ("int8", "fp8_e4m3"):
         for scheme in ("static", "per_token"):

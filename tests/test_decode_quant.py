@@ -3,22 +3,33 @@
 
 Two bounds, derived from the formats (the derivation is tests/test_prefill_quant.py's):
 1. Against the float64 reference on the DEQUANTIZED cache (code * scale in float32): the
-   kernel reads every code exactly and folds the scale into its fp32 arithmetic, so only q's
-   and out's fp16 rounding and fp32 sums remain: ||out - ref|| / ||ref|| < 2e-3, the fp16
-   path's tolerance.
+   kernel reads every code exactly and folds the scale into its arithmetic. With fp32
+   arithmetic (-DHALF2_MATH=0; the default for float32 q) only q's and out's fp16 rounding
+   and fp32 sums remain: ||out - ref|| / ||ref|| < 2e-3, the fp16 path's tolerance. With
+   packed fp16 arithmetic (the default over codes for fp16 / bf16 q, kernels/decode_half2.cuh)
+   and u = 2^-11, gamma_n = n u / (1 - n u): q is rounded to fp16 after an exact power-of-two scaling (u) and each lane sums n = VEC/2
+   products per fp16 half (gamma_n), so a score moves by at most
+   (gamma_n + u) softmax_scale sum_d |q_d k_d|: the K error e(K)_d = (gamma_n + u) |k_d|;
+   with V in fp16 (static scales) each weight is rounded once (u), each fp16 sum holds
+   U * PV_FLUSH products and takes up to PV_FLUSH rescales (one rounding each), so
+   e(V)_d = gamma_{U * PV_FLUSH + PV_FLUSH + 1} |v_d|; and a weight (in units where the
+   largest is >= 2^-PV_SHIFT) below fp16's normal range is off by up to 2^-25, which moves an
+   output element by at most n 2^(PV_SHIFT - 24) max |v| over n tokens. The bound of 2. below
+   with these e(K), e(V), plus the fp16 tolerance times max |ref|, bounds every output element.
 2. Against the reference on the ORIGINAL cache, per element |dx| <= e(x) with
    int8: e = scale / 2 (the step is the scale; rounding to nearest is off by half a step);
    e4m3: e = |x| 2^-4 + scale 2^-10 (3 mantissa bits: half an ulp is 2^-4 of the value; the
    subnormal step is scale 2^-9). A logit moves by at most delta = softmax_scale *
    sum_d |q_d| e(K)_d, each softmax weight by a factor within exp(+-2 delta), so per output
-   element |d out| <= max_j e(V)_j + (exp(2 delta) - 1) max_j |V_j|.
+   element |d out| <= max_j e(V)_j + (exp(2 delta) - 1) max_j |V_j|. With packed fp16
+   arithmetic e(x) grows by the terms of 1. applied to |x| + e(x).
 Unused slots hold the NaN codes 0x7f / 0xff (e4m3) or -128 (int8, never written), and NaN
 per-token scales: a kernel that reads them, or weighs them by zero, fails.
 """
 import numpy as np
 import pytest
 
-from pagedattn_lab import quant, wrappers
+from pagedattn_lab import decode_plan, quant, wrappers
 from pagedattn_lab.kernels import expanded_source
 from pagedattn_lab.reference import reference_decode
 from pagedattn_lab.wrappers import BatchDecodeWrapper
@@ -82,19 +93,67 @@ def run_compressed(xp, p, **plan_kw):
     return (out.get() if xp is not np else out).astype(np.float64)
 
 
-def check_against_references(p, got):
+U_ROUND = 2.0 ** -11   # fp16's unit roundoff
+
+
+def gamma(n):
+    return n * U_ROUND / (1 - n * U_ROUND)
+
+
+def arithmetic_error(p, options=()):
+    """(K, V, V_abs) error factors of the kernel's packed fp16 arithmetic (module docstring, 1.)
+    for problem p compiled with the extra -D `options` of kernels/decode.cu: e(K) = K |k|,
+    e(V) = V |v| + V_abs max |v|; (0, 0, 0) for fp32 arithmetic. The defaults mirror
+    decode.cu's and decode_half2.cuh's."""
+    opts = dict(o[2:].split("=", 1) for o in options)
+    num_heads, head_dim = p["q"].shape[1:]
+    if opts.get("HALF2_MATH", "0" if p["q_dtype"] == "float32" else "1") == "0":
+        return 0.0, 0.0, 0.0
+    gmax = decode_plan.group_kernel_size(num_heads // p["k"].shape[2])
+    vec = 8 if gmax >= wrappers.QUANT_NARROW_GMAX else 16   # codes per load
+    k_err = gamma(vec // 2) + U_ROUND
+    pv_half = opts.get("PV_HALF2", "1" if p["scheme"] == "static" else "0") == "1"
+    if not pv_half:
+        return k_err, 0.0, 0.0
+    acc_smem = opts.get("ACC_SMEM", str(int(gmax == 4 and head_dim <= 192))) == "1"
+    if gmax >= 4:
+        unroll = int(opts.get("DECODE_UNROLL_CODES", 4) if acc_smem else
+                     opts.get("DECODE_UNROLL_GQA", 2))
+    else:
+        unroll = int(opts.get("DECODE_UNROLL", 4))
+    flush = int(opts.get("PV_FLUSH", 4))
+    slack = int(opts.get("RESCALE_SLACK", 8))
+    qmax = 127.0 if p["kv_dtype"] == "int8" else 448.0
+    shift = next(k for k in range(slack + 1)
+                 if k == slack or unroll * flush * qmax * 2.0 ** (slack - k) < 60000)
+    n = int(max(p["lens"]))
+    return k_err, gamma(unroll * flush + flush + 1), n * 2.0 ** (shift - 24)
+
+
+def check_against_references(p, got, options=()):
     assert np.isfinite(got).all(), "an output was not written, or an unused slot leaked in"
     q = p["q"].astype(np.float32)
+    q64, batch = q.astype(np.float64), len(p["lens"])
+    where = (np.arange(batch + 1), p["tables"], p["lens"], p["page_size"])
+    k_arith, v_arith, v_abs = arithmetic_error(p, options)
     ref_deq = reference_decode(q, p["kd"], p["vd"], p["tables"], p["lens"])
-    assert rel_err(got, ref_deq) < FP16_TOL, f"vs dequantized: {rel_err(got, ref_deq):.2e}"
+    if k_arith == 0:
+        assert rel_err(got, ref_deq) < FP16_TOL, f"vs dequantized: {rel_err(got, ref_deq):.2e}"
+    else:
+        kd, vd = np.nan_to_num(p["kd"]), np.nan_to_num(p["vd"])
+        bound = attention_error_bound(q64, kd, vd, k_arith * np.abs(kd), v_arith * np.abs(vd),
+                                      *where) + v_abs * np.abs(vd).max()
+        worst = float((np.abs(got - ref_deq) - bound).max())
+        assert worst <= FP16_TOL * np.abs(ref_deq).max(), \
+            f"vs dequantized: beyond the fp16 arithmetic's bound by {worst:.3g}"
     ref = reference_decode(q, p["k"], p["v"], p["tables"], p["lens"])
     k0, v0 = np.nan_to_num(p["k"]), np.nan_to_num(p["v"])
     per_slot = [np.nan_to_num(p[x], nan=1.0) for x in ("kps", "vps")]
-    batch = len(p["lens"])
-    bound = attention_error_bound(q.astype(np.float64), k0, v0,
-                                  element_bound(k0, per_slot[0], p["kv_dtype"]),
-                                  element_bound(v0, per_slot[1], p["kv_dtype"]),
-                                  np.arange(batch + 1), p["tables"], p["lens"], p["page_size"])
+    ek = element_bound(k0, per_slot[0], p["kv_dtype"])
+    ev = element_bound(v0, per_slot[1], p["kv_dtype"])
+    bound = attention_error_bound(q64, k0, v0, ek + k_arith * (np.abs(k0) + ek),
+                                  ev + v_arith * (np.abs(v0) + ev), *where) \
+        + v_abs * (np.abs(v0) + ev).max()
     slack = FP16_TOL * np.abs(ref).max()
     worst = float((np.abs(got - ref) - bound).max())
     assert worst <= slack, f"error beyond the format's bound by {worst:.3g}"
@@ -148,42 +207,86 @@ def test_other_query_types_over_codes(rng, q_dtype):
 
 # ---- mistakes the checks above must catch ---------------------------------------------------
 
+FP32 = ("-DHALF2_MATH=0",)   # the fp32 arithmetic path over codes
 MISTAKES = [
-    # (what the kernel gets wrong, text replaced, its replacement, kv_dtype, scheme)
+    # (what the kernel gets wrong, text replaced, its replacement, kv_dtype, scheme, options)
     ("V's static scale forgotten", "v_mult = v_scale[kvh] * CODE_UNIT", "v_mult = CODE_UNIT",
-     "int8", "static"),
+     "int8", "static", ()),
     ("K's static scale forgotten", "q_mult = scale_log2 * k_scale[kvh] * CODE_UNIT",
-     "q_mult = scale_log2 * CODE_UNIT", "fp8_e4m3", "static"),
-    ("per-token K scale forgotten", "dot * k_mult[u]", "dot", "int8", "per_token"),
-    ("per-token V scale forgotten", "p * p_mult[u]", "p", "fp8_e4m3", "per_token"),
+     "q_mult = scale_log2 * CODE_UNIT", "fp8_e4m3", "static", ()),
+    ("per-token K scale forgotten", "dot[j][u] * q_unit_own[j] * k_mult[u]",
+     "dot[j][u] * q_unit_own[j]", "int8", "per_token", ()),
+    ("per-token V scale forgotten", "p[j][u] *= p_mult[u];", "p[j][u] *= 1.0f;",
+     "fp8_e4m3", "per_token", ()),
     ("per-token scale of the wrong KV head", "* num_kv_heads + kvh;", "* num_kv_heads;",
-     "int8", "per_token"),
-    ("e4m3 sign dropped", "(x & 0x80008000u) | ", "", "fp8_e4m3", "static"),
-    ("e4m3 exponent bias ignored", "#define CODE_UNIT 256.0f", "#define CODE_UNIT 1.0f",
-     "fp8_e4m3", "static"),
-    ("int8 offset off by 128", "- 8388736.0f", "- 8388608.0f", "int8", "static"),
+     "int8", "per_token", ()),
+    ("e4m3 sign dropped", "(x & 0x80008000u) + ", "", "fp8_e4m3", "static", ()),
+    ("fp32: e4m3 sign dropped", "(x & 0x80008000u) | ", "", "fp8_e4m3", "static", FP32),
+    ("e4m3 exponent bias ignored", "__float2half2_rn(256.0f)", "__float2half2_rn(1.0f)",
+     "fp8_e4m3", "static", ()),
+    ("int8 offset off by 128", "__float2half2_rn(1152.0f)", "__float2half2_rn(1024.0f)",
+     "int8", "static", ()),
     ("tokens past the end read", "int t = min(base + u * ngroups + grp, end - 1);",
-     "int t = base + u * ngroups + grp;", "fp8_e4m3", "per_token"),
+     "int t = base + u * ngroups + grp;", "fp8_e4m3", "per_token", ()),
+    ("q's power-of-two scaling not undone", "q_unit[g] = 1.0f / mult;", "q_unit[g] = 1.0f;",
+     "int8", "static", ()),
+    ("reduce-scatter sends the half it keeps", "const float send = upper ? v[j][u]",
+     "const float send = upper ? v[j + half][u]", "fp8_e4m3", "static", ()),
+    ("weights taken from the wrong owner lane", "if (g & (GMAX >> (k + 1))) l += TG >> (k + 1);",
+     "if (g & (GMAX >> (k + 1))) l += TG >> k;", "int8", "per_token", ()),
+    # the fp32 path (-DHALF2_MATH=0)
+    ("fp32: per-token K scale forgotten", "dot * k_mult[u]", "dot", "int8", "per_token", FP32),
+    ("fp32: per-token V scale forgotten", "p * p_mult[u]", "p", "fp8_e4m3", "per_token", FP32),
+    ("fp32: e4m3 exponent bias ignored", "#define CODE_UNIT 256.0f", "#define CODE_UNIT 1.0f",
+     "fp8_e4m3", "static", FP32),
+    ("fp32: int8 offset off by 128", "- 8388736.0f", "- 8388608.0f", "int8", "static", FP32),
 ]
 
 
-@pytest.mark.parametrize("what, old, new, kv_dtype, scheme", MISTAKES,
-                         ids=[m[0] for m in MISTAKES])
-def test_a_planted_mistake_fails_the_checks(rng, monkeypatch, what, old, new, kv_dtype, scheme):
+def with_options(monkeypatch, options, old="", new=""):
+    """Make the wrappers compile kernels/decode.cu with extra -D options (and a text edit)."""
     from pagedattn_lab.cpu import RawKernel as CpuRawKernel
 
-    assert expanded_source("decode").count(old) == 1, "the mistake's text is not in decode.cu"
+    def load(filename, name, opts=()):
+        return CpuRawKernel(expanded_source(filename).replace(old, new), name,
+                            options=tuple(opts) + (tuple(options) if filename == "decode" else ()))
+    monkeypatch.setattr(wrappers, "load_kernel", load)
 
-    def load_mutated(filename, name, options=()):
-        return CpuRawKernel(expanded_source(filename).replace(old, new), name, options=options)
-    monkeypatch.setattr(wrappers, "load_kernel", load_mutated)
-    p = compressed_problem(rng, [1, 15, 16, 17, 40], kv_dtype, scheme, num_heads=4,
+
+@pytest.mark.parametrize("what, old, new, kv_dtype, scheme, options", MISTAKES,
+                         ids=[m[0] for m in MISTAKES])
+def test_a_planted_mistake_fails_the_checks(rng, monkeypatch, what, old, new, kv_dtype, scheme,
+                                            options):
+    assert expanded_source("decode").count(old) == 1, "the mistake's text is not in decode.cu"
+    with_options(monkeypatch, options, old, new)
+    p = compressed_problem(rng, [1, 15, 16, 17, 40], kv_dtype, scheme, num_heads=8,
                            num_kv_heads=2)
     # A wrong value or a NaN fails the checks; a read past the block table is the CPU
     # executor's out-of-bounds error, which names the buffer.
     with pytest.raises((AssertionError, IndexError, RuntimeError),
                        match="vs dequantized|not written|beyond|k_cache|v_cache|block_tables"):
-        check_against_references(p, run_compressed(np, p))
+        check_against_references(p, run_compressed(np, p), options)
+
+
+# The kernel's variants (kernels/decode.cu -D options) against the same bounds.
+VARIANTS = [FP32, ("-DPV_HALF2=0",), ("-DACC_SMEM=0",), ("-DRESCALE_SLACK=0",),
+            ("-DPV_FLUSH=1", "-DDECODE_UNROLL_CODES=2", "-DDECODE_UNROLL=2"),
+            ("-DDECODE_PREFETCH_GROUP=8", "-DDECODE_MIN_BLOCKS=4", "-DCODE_L2_256=1")]
+VARIANT_CASES = [
+    ([1, 15, 16, 17, 300], 16, 8, 2, 96),   # group 4 per block, long enough for rescales
+    ([70, 9], 7, 2, 2, 128),                # MHA
+    ([23, 50], 8, 16, 2, 80),               # group 8 (8-byte loads)
+]
+
+
+@pytest.mark.parametrize("options", VARIANTS, ids=lambda o: " ".join(x[2:] for x in o))
+@pytest.mark.parametrize("kv_dtype, scheme", [("int8", "static"), ("fp8_e4m3", "per_token")])
+def test_kernel_variants_keep_the_bounds(rng, monkeypatch, options, kv_dtype, scheme):
+    with_options(monkeypatch, options)
+    for lens, page, heads, kv_heads, dim in VARIANT_CASES:
+        p = compressed_problem(rng, lens, kv_dtype, scheme, page_size=page, num_heads=heads,
+                               num_kv_heads=kv_heads, head_dim=dim, outliers=True)
+        check_against_references(p, run_compressed(np, p, num_splits=2), options)
 
 
 # ---- bad input: refused before anything launches, nothing changed ---------------------------

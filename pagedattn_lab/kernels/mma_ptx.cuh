@@ -13,7 +13,7 @@
 // the same layouts (pagedattn_lab/cpu/shim_mma_ptx.h), so a kernel written with them is tested
 // on machines without a GPU. Results match the GPU's exactly, except that a tensor core sums
 // the 16 products in its own order and precision (the CPU adds them to C in k order, in
-// float), so the last bits of a sum that is not exact may differ.
+// float), so a sum that is not exact may differ by float32 rounding errors.
 //
 // Every lane of the warp must reach each call (all 32, converged): they are warp-collective.
 // The CPU executor reports a lane that does not as a WarpSyncError, like a shuffle whose mask
