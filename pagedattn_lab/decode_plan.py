@@ -33,10 +33,10 @@ HEAD_DIM_MAX = 256
 # tensor cores 0.365 ms with 4 warps over 32-token tiles in pairs, SIMT 0.375 ms).
 MHA_KERNEL = "simt"
 TC_AUTO_MAX_HEAD_DIM = 256
-# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT: over
-# codes the tensor-core kernel gains nothing from the halved bytes (D64 GQA 32/8, H200,
-# 2026-12-02, results/2026-12-02_H200_quant.txt: SIMT 0.192-0.203 ms on the four formats,
-# tensor cores 0.199-0.291 ms; fp16 pages on tensor cores 0.191 ms).
+# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT: there
+# it is at or ahead of the tensor-core kernel (D64 GQA 32/8, H200, 2026-12-02, round r4, codes
+# converted in registers by decode_mma.cu: SIMT fp8 0.129-0.130 ms, int8 0.135-0.136,
+# per-token 0.152-0.157; tensor cores fp8 0.133, int8 0.135-0.136, per-token 0.154-0.157).
 COMPRESSED_SIMT_MAX_GROUP = 4
 
 
