@@ -39,9 +39,16 @@ from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
 # name -> kernel shape (tc_config keywords) and split: "split" is blocks per SM for the
 # TC_BLOCKS_PER_SM rule (8 also allows 128 partitions), or "w1"/"w2": partitions that fill
 # that many waves of resident blocks (TC_WAVES); "quant": 0, 1 (int8), 2 (fp8); "tok": per-token.
-def shape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, pipe=False):
+def shape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, pipe=False,
+          impl="wmma", **mma):
     return dict(warps=warps, tile_t=tile, stages=stages, d_split=d_split, min_blocks=mb,
-                split=split, quant=quant, tok=tok, warp_pipe=pipe)
+                split=split, quant=quant, tok=tok, warp_pipe=pipe, impl=impl, mma=mma)
+
+
+def mshape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, pipe=False,
+           **mma):
+    """A shape of kernels/decode_mma.cu (mma keywords: s_chains, swizzle, q_regs)."""
+    return shape(warps, tile, stages, d_split, mb, split, quant, tok, pipe, impl="mma", **mma)
 
 
 V = {
@@ -72,12 +79,69 @@ V["d256 W4D4T16"] = shape(4, 16, 2, 4, 4)
 V["d256 W8D4T32S3"] = shape(8, 32, 3, 4, 2)
 V["d256 W2P"] = shape(2, 32, 2, pipe=True)
 
+# decode_mma.cu ("M..."): PTX mma.sync, softmax in registers
+V["M W4"] = mshape(4, 64, 2)                     # 16 tokens per warp and tile
+V["M W4 S3"] = mshape(4, 64, 3)
+V["M W4 C2"] = mshape(4, 64, 2, s_chains=2)      # two accumulator chains for S
+V["M W4 pad"] = mshape(4, 64, 2, swizzle=False)  # rows padded by 16 bytes, not swizzled
+V["M W4 T128"] = mshape(4, 128, 2)               # 32 tokens per warp and tile
+V["M W8 T128"] = mshape(8, 128, 2)               # 8 warps, 16 tokens each
+V["M W8 T128 S3"] = mshape(8, 128, 3)
+V["M W2 T32 S4"] = mshape(2, 32, 4, mb=4)        # small blocks, many per SM
+V["M W4 T64 mb3"] = mshape(4, 64, 2, mb=3)
+V["M W8D2"] = mshape(8, 64, 2, 2, 2)
+V["M W4P"] = mshape(4, 64, 2, pipe=True)          # warps copy and wait for their own tokens
+V["M W4P S3"] = mshape(4, 64, 3, pipe=True)
+V["M W4P T128"] = mshape(4, 128, 2, pipe=True)
+V["M W4P q0 mb3"] = mshape(4, 64, 2, 1, 3, pipe=True, q_regs=False)   # 3 blocks of 4 warps
+V["M W4 q0 mb3"] = mshape(4, 64, 2, 1, 3, q_regs=False)
+V["M W8D2 S3"] = mshape(8, 64, 3, 2, 2)
+V["M d256 W4D2T32 C2"] = mshape(4, 32, 2, 2, s_chains=2)   # 16 k steps: two chains of 8
+for base in ("M W4P S3", "M W4 S3"):
+    for split in ("b2", "b8", "b16", "w2"):
+        V[f"{base}/{split}"] = {**V[base], "split": split if split[0] == "w" else int(split[1:])}
+for base in ("M W8D2 S3", "M W4P S3", "M W4P q0 mb3"):
+    V[f"{base}/w1"] = {**V[base], "split": "w1"}
+V["M W8D2/w2"] = {**V["M W8D2"], "split": "w2"}
+for q, qname in ((2, "fp8"), (1, "int8")):
+    V[f"M {qname} W4T128 q0 mb3"] = mshape(4, 128, 2, 1, 3, quant=q, q_regs=False)
+    V[f"M {qname} W4 q0 mb3"] = mshape(4, 64, 3, 1, 3, quant=q, q_regs=False)
+    V[f"M {qname} W4PT128S2"] = mshape(4, 128, 2, quant=q, pipe=True)
+for tok in (False, True):   # e4m3 by moving bits instead of the conversion instruction
+    t_ = "/tok" if tok else ""
+    V[f"M fp8b{t_} W4T128S2"] = mshape(4, 128, 2, quant=2, tok=tok, fp8_bits=True)
+    V[f"M fp8b{t_} W4PT128S3"] = mshape(4, 128, 3, quant=2, tok=tok, pipe=True, fp8_bits=True)
+V["M fp8b W4T128 q0 mb3"] = mshape(4, 128, 2, 1, 3, quant=2, q_regs=False, fp8_bits=True)
+V["M d256 W4D2T32S3"] = mshape(4, 32, 3, 2)
+V["M d256 W4D2T32S4"] = mshape(4, 32, 4, 2)
+V["M d256 W8D2T64S3"] = mshape(8, 64, 3, 2)
+V["M d256 W4D2T32 mb2"] = mshape(4, 32, 2, 2, 2)
+for base in ("M W4", "M W8 T128", "M W8D2"):
+    V[f"{base}/w1"] = {**V[base], "split": "w1"}
+    V[f"{base}/b8"] = {**V[base], "split": 8}
+for q, qname in ((2, "fp8"), (1, "int8")):   # codes converted in registers
+    for tok in (False, True):
+        for wtag, w_, t_, st, pp in (("W4S2", 4, 64, 2, 0), ("W4S3", 4, 64, 3, 0),
+                                     ("W4T128S2", 4, 128, 2, 0), ("W4T128S3", 4, 128, 3, 0),
+                                     ("W8T128S3", 8, 128, 3, 0), ("W4PS4", 4, 64, 4, 1),
+                                     ("W4PT128S3", 4, 128, 3, 1)):
+            V[f"M {qname}{'/tok' if tok else ''} {wtag}"] = mshape(w_, t_, st, quant=q, tok=tok,
+                                                                   pipe=bool(pp))
+V["M d256 W4D2T32"] = mshape(4, 32, 2, 2)
+V["M d256 W4T32"] = mshape(4, 32, 2)              # Q reloaded per tile (q_regs 0 at 256)
+V["M d256 W8D2T64"] = mshape(8, 64, 2, 2)
+V["M d256 W4D2T64"] = mshape(4, 64, 2, 2)
+V["M d256 W8D4T32"] = mshape(8, 32, 2, 4, 2)
+
 # the planner's own kernel and split, fp16 and on compressed pages
-V["planner"] = {**shape(None, None, None), "split": None}
+V["planner"] = {**shape(None, None, None, impl=None), "split": None}
+V["planner wmma"] = {**shape(None, None, None), "split": None}   # lesson 09's kernel
+for q, qname in ((2, "fp8"), (1, "int8")):
+    V[f"planner wmma {qname}"] = {**V["planner wmma"], "quant": q}
 for q, qname in ((2, "fp8"), (1, "int8")):
     for tok in (False, True):
         V[f"planner {qname}{'/tok' if tok else ''}"] = {**V["planner"], "quant": q, "tok": tok}
-PLANNER_QUANT = [n for n in V if n.startswith("planner ")]
+PLANNER_QUANT = [n for n in V if n.startswith("planner ") and "wmma" not in n]
 V["W4P/w1"] = {**shape(4, 64, 2, pipe=True), "split": "w1"}
 V["W4D2T32/w1"] = {**shape(4, 32, 2, 2, 4), "split": "w1"}
 V["W8D4T32mb3/w1"] = {**shape(8, 32, 2, 4, 3), "split": "w1"}
@@ -89,16 +153,28 @@ for q, qname in ((2, "fp8"), (1, "int8")):
     V[f"{qname} W4PS3"] = shape(4, 64, 3, pipe=True, quant=q)
     V[f"{qname}/tok W4PS3"] = shape(4, 64, 3, pipe=True, quant=q, tok=True)
 FINAL = {   # --final: the rows of the report (the planner's choice first), and alternates
-    "D64-gqa4": ["planner", "W4P", "W3T48S2mb3"] + PLANNER_QUANT
-    + ["fp8 W4PS3", "fp8 W4PS4", "int8 W4PS3", "fp8/tok W4PS3", "int8/tok W4PS3"],
-    "D64-mqa16": ["planner", "W8D4T32mb3/w1", "W4P/w1", "W4/w1"],
-    "1x32k-gqa4": ["planner", "W4D2T32/w1", "W4P/w1", "W8D2/w1"],
-    "8x32k-gqa4": ["planner", "W4/b4", "W4P/w1", "W3T48S2mb3"] + PLANNER_QUANT[:2],
-    "D64-gqa8": ["planner", "W4P", "W3T48S2mb3"],
-    "D64-gqa8-p64": ["planner"],
-    "D64-gqa4-d256": ["planner", "d256 W2P", "d256 W4"],
-    "D64-gqa4-d80": ["planner"],
-    "D64-gqa4-d96": ["planner"],
+    "D64-gqa4": ["planner", "planner wmma", "M W4 S3", "M W4P", "M W4P q0 mb3", "M W4 q0 mb3",
+                 "M W4P S3/b2", "M W4P S3/b8", "M W4P S3/b16", "M W4P S3/w2", "M W4 S3/b8",
+                 "M W8 T128 S3"]
+    + PLANNER_QUANT + ["planner wmma fp8"]
+    + [f"M {f} {t}" for f in ("fp8", "int8") for t in ("W4PT128S2", "W4PT128S3", "W4T128 q0 mb3",
+                                                     "W4 q0 mb3")]
+    + ["M fp8/tok W4PT128S3", "M int8/tok W4PT128S3", "M fp8b W4T128S2", "M fp8b W4PT128S3",
+       "M fp8b/tok W4T128S2", "M fp8b/tok W4PT128S3", "M fp8b W4T128 q0 mb3"],
+    "D64-mqa16": ["planner", "planner wmma", "M W8D2 S3/w1", "M W4P S3/w1", "M W4P q0 mb3/w1",
+                  "M W8D2/w2", "M W4/w1"],
+    "1x32k-gqa4": ["planner", "planner wmma", "M W4/w1", "M W8D2/w1", "M W4P q0 mb3/w1"],
+    "8x32k-gqa4": ["planner", "planner wmma", "M W4 S3", "M W4/w1", "M W4P", "M W4P q0 mb3",
+                   "M W4P S3/b8"]
+    + PLANNER_QUANT + ["M fp8 W4PT128S3", "M int8 W4PT128S3", "M fp8b W4T128S2"],
+    "D64-gqa8": ["planner", "planner wmma", "M W4 S3", "M W4P", "M W4P q0 mb3", "M W4P S3/b8"],
+    "D64-gqa8-p64": ["planner", "planner wmma", "M W4 S3", "M W4P q0 mb3", "M W4P S3/b8",
+                     "M W4P S3/b16"],
+    "D64-gqa4-d256": ["planner", "planner wmma", "M d256 W4D2T32S3", "M d256 W4D2T32S4",
+                      "M d256 W8D2T64S3", "M d256 W8D2T64", "M d256 W4D2T32 mb2",
+                      "M d256 W4D2T32 C2"],
+    "D64-gqa4-d80": ["planner", "planner wmma"],
+    "D64-gqa4-d96": ["planner", "planner wmma"],
 }
 
 FP16_D128 = ["W4", "W8D2", "W4D2T32", "W4D2T32S3", "W8D4T32", "W8D4T32mb3", "W6D2T48mb3",
@@ -119,10 +195,11 @@ def config(w, name):
     """The variant's kernel; a variant without warps is the planner's own choice."""
     v = V[name]
     if v["warps"] is None:
-        return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"])
+        return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], impl=v["impl"])
     return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], warps=v["warps"],
                         tile_t=v["tile_t"], stages=v["stages"], d_split=v["d_split"],
-                        min_blocks=v["min_blocks"], warp_pipe=v["warp_pipe"])
+                        min_blocks=v["min_blocks"], warp_pipe=v["warp_pipe"],
+                        impl=v["impl"], **v["mma"])
 
 
 def compile_all(workloads, names_of):
@@ -131,7 +208,7 @@ def compile_all(workloads, names_of):
 
     def build(cfg):
         try:
-            load_kernel("decode_tc", "paged_decode_tc", cfg.options).gpu.compile()
+            load_kernel(cfg.source, cfg.function, cfg.options).gpu.compile()
             return None
         except Exception as exc:
             return f"{type(exc).__name__}: {str(exc)[-400:]}"

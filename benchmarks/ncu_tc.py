@@ -1,9 +1,10 @@
 """Launch a few tensor-core decode variants once each on D64 GQA 32/8, for Nsight Compute:
 
-    ncu --kernel-name paged_decode_tc --launch-count 4 --section SpeedOfLight \
-        --section SchedulerStats --section WarpStateStats python3 benchmarks/ncu_tc.py W4 W8D2
+    ncu --kernel-name regex:paged_decode_ --launch-count 4 --section SpeedOfLight \
+        --section SchedulerStats --section WarpStateStats python3 benchmarks/ncu_tc.py W4 "M W4P S3"
 
-Variant names are those of benchmarks/explore.py. Run from the repository root.
+Variant names are those of benchmarks/explore.py (paged_decode_tc: lesson 09's WMMA source;
+"M ..." and the planner's: paged_decode_mma). Run from the repository root.
 """
 import math
 import sys

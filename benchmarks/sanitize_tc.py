@@ -1,5 +1,7 @@
-"""The tensor-core decode kernel's shapes and compressed-page variants once each at a small
-size on the GPU, for compute-sanitizer (memcheck, racecheck, synccheck):
+"""The tensor-core decode kernels' shapes (kernels/decode_mma.cu, the planner's for fp16/bf16
+pages, and lesson 09's kernels/decode_tc.cu: "wmma" cases and compressed pages) and
+compressed-page variants once each at a small size on the GPU, for compute-sanitizer
+(memcheck, racecheck, synccheck):
 
     compute-sanitizer --tool racecheck --error-exitcode 9 python3 benchmarks/sanitize_tc.py
 
@@ -100,8 +102,36 @@ def main():
         ("tc W8D2 group 40 (4 row tiles) d64 split 2", [90, 5], 16, 40, 1, 64, 2,
          {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2, "min_blocks": 2}),
     ]
+    cases += [   # decode_mma.cu's variants (explore.py) and lesson 09's WMMA kernel
+        ("mma W4 S3 two S chains GQA4 d64 page 7 split 3", [300, 17, 1], 7, 8, 2, 64, 3,
+         {"warps": 4, "tile_t": 64, "stages": 3, "s_chains": 2, "impl": "mma"}),
+        ("mma W8 T128 GQA8 d128 split 2", [300, 9], 16, 16, 2, 128, 2,
+         {"warps": 8, "tile_t": 128, "stages": 2, "impl": "mma"}),
+        ("mma W4 padded rows GQA4 d128 page 5", [100, 9], 5, 8, 2, 128, None,
+         {"warps": 4, "tile_t": 64, "stages": 2, "swizzle": False, "impl": "mma"}),
+        ("mma W4 T32 Q reloaded GQA4 d256 split 2", [120, 5], 16, 8, 2, 256, 2,
+         {"warps": 4, "tile_t": 32, "stages": 2, "impl": "mma"}),
+        ("mma W2 T32 S4 GQA4 d80 page 3 split 2", [100, 9], 3, 8, 2, 80, 2,
+         {"warps": 2, "tile_t": 32, "stages": 4, "min_blocks": 4, "impl": "mma"}),
+        ("mma W4 warp pipelines S3 GQA4 d128 page 7 split 3", [300, 17, 1], 7, 8, 2, 128, 3,
+         {"warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True, "impl": "mma"}),
+        ("wmma default GQA4 d128 split 3", [300, 17, 1], 16, 8, 2, 128, 3, {"impl": "wmma"}),
+        ("wmma default MQA16 d128 auto split", [900, 17, 1], 16, 16, 1, 128, None,
+         {"impl": "wmma"}),
+        ("wmma W4 warp pipelines GQA4 d128 page 7 split 3", [300, 17, 1], 7, 8, 2, 128, 3,
+         {"warps": 4, "tile_t": 64, "stages": 2, "warp_pipe": True, "impl": "wmma"}),
+    ]
     for kv_dtype in ("int8", "fp8_e4m3"):
         for scheme in ("static", "per_token"):
+            cases.append((f"mma {kv_dtype} {scheme} GQA4 d128 W4P S3 page 7 split 3", [300, 17, 1],
+                          7, 8, 2, 128, 3, {"warps": 4, "tile_t": 64, "stages": 3,
+                                            "warp_pipe": True, "impl": "mma"}, kv_dtype, scheme))
+            cases.append((f"mma {kv_dtype} {scheme} GQA4 d256 pairs T32 split 2", [120, 5], 16,
+                          8, 2, 256, 2, {"impl": "mma"}, kv_dtype, scheme))
+            cases.append((f"mma {kv_dtype} {scheme} GQA4 d128 T128 e4m3 bits split 2",
+                          [300, 5], 16, 8, 2, 128, 2, {"warps": 4, "tile_t": 128, "stages": 2,
+                                                       "fp8_bits": True, "impl": "mma"},
+                          kv_dtype, scheme))
             cases.append((f"tc {kv_dtype} {scheme} GQA4 d128 page 16 split 3", [300, 17, 1], 16,
                           8, 2, 128, 3, {}, kv_dtype, scheme))
             cases.append((f"tc {kv_dtype} {scheme} MQA16 d64 page 5 W8D2S3", [90, 3], 5, 16,

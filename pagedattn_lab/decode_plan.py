@@ -3,9 +3,11 @@
 Two kernels compute decode attention:
 - "simt" (`kernels/decode.cu`): CUDA cores; the threads of a token share one K row, each
   block handles up to 8 query heads of one KV head. fp32, fp16 and bf16.
-- "tensor_core" (`kernels/decode_tc.cu`): the query heads of a GQA group are the rows of
-  a matrix, and each K/V tile is multiplied on tensor cores (WMMA) for the whole group.
-  fp16 and bf16 (WMMA has no fp32 inputs; its tf32 mode would cost fp32's accuracy).
+- "tensor_core": the query heads of a GQA group are the rows of a matrix, and each K/V tile
+  is multiplied on tensor cores for the whole group. fp16 and bf16 (no fp32 inputs; tf32
+  would cost fp32's accuracy). Two sources of that algorithm (TC_IMPL): `kernels/decode_mma.cu`
+  (PTX mma.sync, the softmax in registers: what plans take) and lesson 09's
+  `kernels/decode_tc.cu` (WMMA). Block sizes: decode_tc_sizes.py.
 
 `choose_kernel` picks one (the choice is measured, see benchmarks/NOTES.md); both split long
 sequences into partitions (split-K) so that few sequences still fill the GPU. Everything here
@@ -18,6 +20,8 @@ from typing import NamedTuple
 import numpy as np
 
 from .attention_common import KV_C_TYPES, THREADS
+from .decode_tc_sizes import (TC_SMEM_PER_SM, mma_shared_bytes, tc_max_parts,  # noqa: F401
+                              tc_resident_blocks, tc_shared_bytes)
 
 KERNELS = ("simt", "tensor_core")
 HEAD_DIM_MAX = 256
@@ -29,10 +33,10 @@ HEAD_DIM_MAX = 256
 # tensor cores 0.365 ms with 4 warps over 32-token tiles in pairs, SIMT 0.375 ms).
 MHA_KERNEL = "simt"
 TC_AUTO_MAX_HEAD_DIM = 256
-# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT: over
-# codes the tensor-core kernel gains nothing from the halved bytes (D64 GQA 32/8, H200,
-# 2026-12-02, results/2026-12-02_H200_quant.txt: SIMT 0.192-0.203 ms on the four formats,
-# tensor cores 0.199-0.291 ms; fp16 pages on tensor cores 0.191 ms).
+# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT: there
+# it is at or ahead of the tensor-core kernel (D64 GQA 32/8, H200, 2026-12-02, round r4, codes
+# converted in registers by decode_mma.cu: SIMT fp8 0.129-0.130 ms, int8 0.135-0.136,
+# per-token 0.152-0.157; tensor cores fp8 0.133, int8 0.135-0.136, per-token 0.154-0.157).
 COMPRESSED_SIMT_MAX_GROUP = 4
 
 
@@ -144,10 +148,12 @@ TC_AUTO_MAX_PARTS = 64      # ... but cuts no sequence in more (the merge reads 
 TC_PART_LENS = (4096, 2048, 1024, 512, 256, 128)   # automatic partition lengths, longest first
 TC_WAVES = 1                # partitions sized to fill this many waves of resident blocks, when
                             # the sequences allow (at most that many blocks without a split)
-TC_SMEM_PER_SM = 227 * 1024   # what the blocks of one SM share (H100/H200: 228 KB, 1 KB each
-                              # reserved by the system)
-
 KV_QUANT_IDS = {None: 0, "int8": 1, "fp8_e4m3": 2}   # -DKV_QUANT
+# Two sources of the tensor-core algorithm: "wmma" (kernels/decode_tc.cu, lesson 09's: S and P
+# through shared memory, WMMA's layout being unspecified) and "mma" (kernels/decode_mma.cu:
+# PTX mma.sync with the softmax in registers; fp16/bf16 pages). TC_IMPL: what plans take.
+TC_IMPLS = ("wmma", "mma")
+TC_IMPL = "mma"
 
 
 class TCConfig(NamedTuple):
@@ -167,11 +173,17 @@ class TCConfig(NamedTuple):
     d_split: int
     min_blocks: int
     warp_pipe: bool
+    impl: str = "wmma"
+    blocks_per_sm: int | None = None   # the split rule's target (None: TC_BLOCKS_PER_SM)
 
+    @property
+    def source(self) -> str:
+        """The kernel source (kernels/NAME.cu) and its function: paged_decode_tc / _mma."""
+        return "decode_mma" if self.impl == "mma" else "decode_tc"
 
-def tc_tile_tokens(head_dim: int) -> int:
-    """Tokens per K/V tile (a multiple of 64: each of the 4 warps takes 16 or more)."""
-    return TC_TILE_TOKENS
+    @property
+    def function(self) -> str:
+        return "paged_decode_mma" if self.impl == "mma" else "paged_decode_tc"
 
 
 # The measured shapes (benchmarks/NOTES.md, H200, 2026-12-02, rounds 1b and 2): (largest head_dim,
@@ -191,11 +203,27 @@ TC_SHAPES = [
 ]
 
 
-def tc_shape(head_dim: int, row_tiles: int, kv_quant: int, group: int = 1) -> dict:
+# The same for kernels/decode_mma.cu (H200, rounds r3 and r4, 2026-12-02, benchmarks/NOTES.md:
+# D64 GQA 32/8 W4 warp pipelines S3 0.172 ms, S2 0.175, one barrier per tile S3 0.173, and
+# 0.169 with partitions cut for 8 blocks per SM instead of 4 (1024 tokens, not 2048); MQA 16/1
+# 8 warps in pairs S3 0.0390, S2 0.0394, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.344; codes over
+# 128-token tiles fp8 0.133, int8 0.136 (64-token tiles S4 0.143)). "blocks_per_sm": the split
+# rule's target (choose_tc_part_len) where the shape sets one.
+MMA_SHAPES = [
+    (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2)),
+    (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
+                         blocks_per_sm=8)),
+    (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1)),
+    (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
+]
+
+
+def tc_shape(head_dim: int, row_tiles: int, kv_quant: int, group: int = 1,
+             impl: str = "wmma") -> dict:
     """The tc_config keywords (warps, tile_t, stages, d_split, min_blocks, warp_pipe) the
-    planner uses for this head size, group and cache format (kv_quant 0: fp16/bf16 pages).
-    Groups of more than 16 heads (several row tiles) take the 4-warp shape."""
-    for max_dim, min_group, quant, kw in TC_SHAPES:
+    planner uses for this head size, group, cache format (kv_quant 0: fp16/bf16 pages) and
+    kernel source. Groups of more than 16 heads (several row tiles) take the 4-warp shape."""
+    for max_dim, min_group, quant, kw in (MMA_SHAPES if impl == "mma" else TC_SHAPES):
         if (head_dim <= max_dim and (min_group <= group <= 16 or min_group == 1)
                 and quant in (None, bool(kv_quant))):
             return {"min_blocks": 1, "warp_pipe": False, **kw}
@@ -211,31 +239,6 @@ def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
     rows = -(-group // chunks)
     tiles = -(-rows // 16)
     return rows, chunks, 1 << (tiles - 1).bit_length()
-
-
-def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
-                    elem_bytes: int = 2, *, warps: int = TC_WARPS, kv_quant: int = 0,
-                    per_token: bool = False, d_split: int = 1) -> tuple[int, int]:
-    """(total, kv) shared-memory bytes of a tensor-core block: the layout of decode_tc.cu
-    (staged K/V tiles; compressed: the codes, the converted tile and the per-token scales;
-    then Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a flag). `kv`
-    is the region before Q, reused at the end for O and for the merge weights."""
-    rows, ld = 16 * row_tiles, head_dim + 8
-    tw = tile_t * row_tiles * d_split // warps
-    if kv_quant:
-        kv = (stages * 2 * tile_t * head_dim + 2 * tile_t * ld * elem_bytes
-              + (stages * 2 * tile_t * 4 if per_token else 0))
-    else:
-        kv = stages * 2 * tile_t * ld * elem_bytes
-    total = (kv + rows * ld * elem_bytes + warps * 16 * (tw + 4) * 4
-             + warps * 16 * (tw + 8) * elem_bytes + 16 * 16 * 4 + 3 * warps * 16 * 4 + 16)
-    return total, kv
-
-
-def tc_max_parts(rows: int, kv_bytes: int) -> int:
-    """Most partitions per sequence: the merge keeps rows x parts weights (floats) where the
-    K/V tiles were."""
-    return kv_bytes // (4 * rows)
 
 
 def tc_options(dtype: str, head_dim: int, row_tiles: int, tile_t: int, stages: int, *,
@@ -255,26 +258,40 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               *, warps: int | None = None, tile_t: int | None = None,
               stages: int | None = None, s_chains: int | None = None,
               d_split: int | None = None, min_blocks: int | None = None,
-              warp_pipe: bool | None = None) -> TCConfig:
+              warp_pipe: bool | None = None, impl: str | None = None,
+              swizzle: bool = True, q_regs: bool | None = None,
+              fp8_bits: bool = False) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
     O's columns (more warps per SM for the same registers); min_blocks: the blocks per SM
     the compiler must leave registers for (__launch_bounds__); warp_pipe: each warp copies
-    and waits for its own tokens (one row tile, d_split 1 only; else ignored)."""
+    and waits for its own tokens (one row tile, d_split 1 only; else ignored). impl: "mma"
+    or "wmma" (None: TC_IMPL; compressed pages always "wmma"); swizzle and q_regs (Q's
+    fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes converted by
+    moving bits instead of the conversion instruction) are the "mma" kernel's."""
+    if impl not in (None, *TC_IMPLS):
+        raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
+    impl = impl or TC_IMPL
+    if kv_quant and head_dim % 128:   # decode_mma.cu reads codes at head_dim 128 and 256
+        impl = "wmma"
     rows, chunks, row_tiles = tc_rows(group, head_dim)
     auto = warps is None and tile_t is None and stages is None and d_split is None
     if auto:
-        kw = tc_shape(head_dim, row_tiles, kv_quant, group)
+        kw = tc_shape(head_dim, row_tiles, kv_quant, group, impl)
         warps, tile_t, stages, d_split = kw["warps"], kw["tile_t"], kw["stages"], kw["d_split"]
         min_blocks = kw["min_blocks"] if min_blocks is None else min_blocks
         warp_pipe = kw["warp_pipe"] if warp_pipe is None else warp_pipe
+    blocks_per_sm = kw.get("blocks_per_sm") if auto else None
     warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
     stages, d_split = stages or TC_STAGES, d_split or 1
     min_blocks = min_blocks or 1
-    if (head_dim // 16) % d_split:   # (head_dim 80, 112: 5 and 7 column tiles)
+    # the warps of a D_SPLIT group share O's 16-column tiles (decode_mma.cu over codes: its
+    # 128-column passes over V)
+    cols = head_dim // (128 if impl == "mma" and kv_quant else 16)
+    if cols % d_split:   # (head_dim 80, 112: 5 and 7 column tiles)
         per_slice = warps // d_split
-        d_split = max(d for d in range(1, d_split + 1) if (head_dim // 16) % d == 0)
+        d_split = max(d for d in range(1, d_split + 1) if cols % d == 0)
         warps = per_slice * d_split
     per = row_tiles * d_split
     warps = -(-warps // per) * per                  # warps = d_split x row tiles x slices
@@ -282,6 +299,10 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     tile_t = -(-tile_t // unit) * unit
 
     def size(stages):
+        if impl == "mma":
+            return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
+                                    d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
+                                    per_token=per_token)
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
     warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
@@ -292,24 +313,19 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                          kv_quant=kv_quant, per_token=per_token,
                          s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
                          min_blocks=min_blocks, warp_pipe=warp_pipe)
+    if impl == "mma":
+        options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}") + (
+            () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
-                    stages, warps, d_split, min_blocks, warp_pipe)
-
-
-def tc_resident_blocks(cfg: TCConfig, head_dim: int) -> int:
-    """Blocks of `cfg` an SM holds at once: by shared memory (1 KB each reserved), registers
-    (ptxas: up to ~200 per thread with one O tile per 16 columns, ~130 with half; capped by
-    the min_blocks of __launch_bounds__) and warps (64 per SM)."""
-    regs = (200 if head_dim // 16 // cfg.d_split > 4 else 130) + (head_dim > 128) * 55
-    regs = min(regs, 255, 65536 // (cfg.threads * cfg.min_blocks) // 8 * 8)
-    return max(1, min(TC_SMEM_PER_SM // (cfg.shared + 1024), 65536 // (regs * cfg.threads),
-                      64 // cfg.warps, 32))
+                    stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm)
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
-                       num_splits: int | None = None, resident: int | None = None) -> int:
+                       num_splits: int | None = None, resident: int | None = None,
+                       blocks_per_sm: int | None = None) -> int:
     """Tensor cores: tokens per partition. num_splits=n cuts the longest sequence into n;
-    automatic: the longest of TC_PART_LENS that still gives TC_BLOCKS_PER_SM blocks per SM,
+    automatic: the longest of TC_PART_LENS that still gives `blocks_per_sm` (None:
+    TC_BLOCKS_PER_SM) blocks per SM,
     else the shortest, and no more than TC_AUTO_MAX_PARTS partitions per sequence; never more
     than `max_parts` (what the merge has room for). With TC_WAVES set and `resident` (the
     blocks an SM holds at once), when the unsplit sequences need no more blocks than that
@@ -331,7 +347,7 @@ def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max
                 lo = mid + 1
         part_len = max(min(64 * lo, max_len), -(-max_len // TC_AUTO_MAX_PARTS))
     else:
-        target = TC_BLOCKS_PER_SM * num_sms
+        target = (blocks_per_sm or TC_BLOCKS_PER_SM) * num_sms
         part_len = next((p for p in TC_PART_LENS
                          if int((-(-lens // p)).sum()) * blocks_per_item >= target),
                         TC_PART_LENS[-1])

@@ -167,7 +167,8 @@ class BatchDecodeWrapper:
         grid_y = self.num_kv_heads * cfg.chunks
         self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sm_count(self.on_gpu),
                                               dp.tc_max_parts(rows, cfg.kv_bytes), num_splits,
-                                              dp.tc_resident_blocks(cfg, self.head_dim))
+                                              dp.tc_resident_blocks(cfg, self.head_dim),
+                                              cfg.blocks_per_sm)
         work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
         self.max_parts = int(-(-lens_h.max() // self.part_len))
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
@@ -186,7 +187,7 @@ class BatchDecodeWrapper:
                 i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]),
                 i32(self.part_len), i32(rows))
         no_scale = self._no_scale
-        self._add_launch(load_kernel("decode_tc", "paged_decode_tc", cfg.options), self.grid,
+        self._add_launch(load_kernel(cfg.source, cfg.function, cfg.options), self.grid,
                          cfg.shared,
                          lambda q, k, v, out, s, ks=no_scale, vs=no_scale:
                          (q, k, v, ks, vs, *fixed, out, *tail, s), block=cfg.threads)
@@ -219,7 +220,8 @@ class BatchDecodeWrapper:
         group = self.num_heads // self.num_kv_heads
         if self.kernel == "tensor_core":
             how = (f"{self.rows_per_block} query heads per block as the rows of Q "
-                   f"({self.row_tiles} tile{'s' * (self.row_tiles > 1)} of 16)")
+                   f"({self.row_tiles} tile{'s' * (self.row_tiles > 1)} of 16, "
+                   f"kernels/{self.tc_config.source}.cu)")
         else:
             how = f"up to {self._gmax} query head{'s' * (self._gmax > 1)} per block"
         pages = "" if self.kv_format is None else \

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import pagedattn_lab as pl
+from pagedattn_lab import decode_plan as dp
 
 from .decode_cases import check_close, decode_problem, reference
 
@@ -29,11 +30,16 @@ def on_gpu(cp, args, dtype):
             for i, a in enumerate(args)]
 
 
-def run_gpu(cp, args, dtype, kernel="auto", **kw):
-    dev = on_gpu(cp, args, dtype)
+def poisoned_out(cp, dev, dtype):
     out = cp.full(dev[0].shape, np.nan, dtype=np.float32).astype(dev[0].dtype)
     if dtype == "bfloat16":
         out[...] = 0x7fc0   # a bfloat16 NaN
+    return out
+
+
+def run_gpu(cp, args, dtype, kernel="auto", **kw):
+    dev = on_gpu(cp, args, dtype)
+    out = poisoned_out(cp, dev, dtype)
     res = pl.paged_attention_decode(*dev, out=out, kernel=kernel, **kw)
     assert res is out and isinstance(res, cp.ndarray)
     host = cp.asnumpy(res)
@@ -50,6 +56,25 @@ def test_tensor_core_grid(rng, cp, dtype, head_dim, group):
     args = decode_problem(rng, [1, 15, 16, 17, 300], num_heads=group * kv, num_kv_heads=kv,
                           head_dim=head_dim, dtype=dtype)
     run_gpu(cp, args, dtype, "tensor_core", num_splits=2)
+
+
+@pytest.mark.parametrize("group", [4, 16, 40])
+@pytest.mark.parametrize("head_dim", HEAD_DIMS)
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_wmma_source_grid(rng, cp, monkeypatch, dtype, head_dim, group):
+    """Lesson 09's WMMA source (kernels/decode_tc.cu), which plans take when
+    decode_plan.TC_IMPL is "wmma" (the grid above runs the planner's, decode_mma.cu)."""
+    monkeypatch.setattr(dp, "TC_IMPL", "wmma")
+    kv = 2 if group <= 16 else 1
+    args = decode_problem(rng, [1, 15, 16, 17, 300], num_heads=group * kv, num_kv_heads=kv,
+                          head_dim=head_dim, dtype=dtype)
+    dev = on_gpu(cp, args, dtype)
+    w = pl.BatchDecodeWrapper().plan(dev[3], dev[4], group * kv, kv, head_dim, 16, dtype,
+                                     kernel="tensor_core", num_splits=2)
+    assert w.tc_config.source == "decode_tc"
+    host = cp.asnumpy(w.run(*dev[:3], out=poisoned_out(cp, dev, dtype)))
+    check_close(host.view(args[0].dtype) if dtype == "bfloat16" else host, reference(args),
+                dtype)
 
 
 @pytest.mark.parametrize("group", [1, 3, 8, 16])

@@ -1,5 +1,5 @@
-"""The tensor-core decode kernel (kernels/decode_tc.cu) and bfloat16, on the CPU executor,
-against the float64 reference.
+"""The tensor-core decode kernels (kernels/decode_mma.cu, the planner's, and lesson 09's WMMA
+source kernels/decode_tc.cu) and bfloat16, on the CPU executor, against the float64 reference.
 
 A representative grid at small sizes (CI has two cores; every case compiles its own
 instantiation): each head size of the course, group sizes from 1 (MHA) to 64 (several row
@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 import pagedattn_lab as pl
+from pagedattn_lab import decode_plan as dp
 
 from .decode_cases import check_close, cpu_executor_has, decode_problem, poisoned, reference
 
@@ -49,8 +50,11 @@ CASES = [
 
 
 @needs_wmma
+@pytest.mark.parametrize("impl", dp.TC_IMPLS)
 @pytest.mark.parametrize("dtype,heads,kv,head_dim,page,lens,splits", CASES)
-def test_tensor_core_decode(rng, dtype, heads, kv, head_dim, page, lens, splits):
+def test_tensor_core_decode(rng, monkeypatch, dtype, heads, kv, head_dim, page, lens, splits,
+                            impl):
+    monkeypatch.setattr(dp, "TC_IMPL", impl)
     if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):
         pytest.skip("the CPU executor's shim has no bfloat16 (cuda_bf16.h) yet")
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,

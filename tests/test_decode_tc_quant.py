@@ -1,6 +1,8 @@
-"""The tensor-core decode kernel's compile-time shapes (warps, tile, stages) and its reading
+"""The tensor-core decode kernels' compile-time shapes (warps, tile, stages) and their reading
 of compressed pages (int8 / fp8 e4m3 codes with static or per-token scales), on the CPU
-executor against the float64 reference.
+executor against the float64 reference: lesson 09's WMMA source (kernels/decode_tc.cu, codes
+converted in shared memory) and kernels/decode_mma.cu (PTX mma.sync; codes converted in
+registers at head_dim 128 and 256).
 
 The compressed path is launched through the plan's own launcher (`BatchDecodeWrapper`'s
 tensor-core launch with a `decode_plan.tc_config(..., kv_quant=, per_token=)`), with the
@@ -60,28 +62,30 @@ PIPES = [   # heads, kv, head_dim, page, lens, splits, warps, tile, stages: WARP
 ]
 
 
+@pytest.mark.parametrize("impl", dp.TC_IMPLS)
 @pytest.mark.parametrize("heads,kv,head_dim,page,lens,splits,warps,tile,stages,d_split", SHAPES)
 def test_kernel_shapes(rng, heads, kv, head_dim, page, lens, splits, warps, tile, stages,
-                       d_split):
+                       d_split, impl):
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
                           head_dim=head_dim)
     for chains in (1, 2):
         cfg = dp.tc_config("float16", head_dim, heads // kv, warps=warps, tile_t=tile,
-                           stages=stages, s_chains=chains, d_split=d_split)
-        assert cfg.d_split == d_split
+                           stages=stages, s_chains=chains, d_split=d_split, impl=impl)
+        assert cfg.d_split == d_split and cfg.impl == impl
         w = planned(args, heads, kv, head_dim, page, "float16", splits, cfg)
         assert w.tc_config.threads == cfg.warps * 32 and w.grid[0] >= len(lens)
         out = w.run(*args[:3], out=poisoned(args[0].shape, "float16"))
         check_close(out, reference(args), "float16")
 
 
+@pytest.mark.parametrize("impl", dp.TC_IMPLS)
 @pytest.mark.parametrize("heads,kv,head_dim,page,lens,splits,warps,tile,stages", PIPES)
-def test_warp_pipelines(rng, heads, kv, head_dim, page, lens, splits, warps, tile, stages):
+def test_warp_pipelines(rng, heads, kv, head_dim, page, lens, splits, warps, tile, stages, impl):
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
                           head_dim=head_dim)
     cfg = dp.tc_config("float16", head_dim, heads // kv, warps=warps, tile_t=tile,
-                       stages=stages, warp_pipe=True)
-    assert cfg.warp_pipe
+                       stages=stages, warp_pipe=True, impl=impl)
+    assert cfg.warp_pipe and cfg.impl == impl
     w = planned(args, heads, kv, head_dim, page, "float16", splits, cfg)
     out = w.run(*args[:3], out=poisoned(args[0].shape, "float16"))
     check_close(out, reference(args), "float16")
@@ -121,10 +125,45 @@ QUANT_CASES = [
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
 @pytest.mark.parametrize("scheme", ["static", "per_token"])
 @pytest.mark.parametrize("dtype,heads,kv,head_dim,page,lens,splits", QUANT_CASES)
-@pytest.mark.parametrize("shape", [{}, {"warps": 8, "tile_t": 64, "stages": 3, "d_split": 2},
-                                   {"warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}])
+@pytest.mark.parametrize("shape", [{"impl": "wmma"},
+                                   {"warps": 8, "tile_t": 64, "stages": 3, "d_split": 2,
+                                    "impl": "wmma"},
+                                   {"warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True,
+                                    "impl": "wmma"}])
 def test_compressed_pages(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page, lens, splits,
                           shape):
+    check_compressed(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page, lens, splits,
+                     shape)
+
+
+MMA_QUANT_CASES = [
+    # dtype, heads, kv, head_dim, page, lens, splits, shape
+    ("float16", 8, 2, 128, 7, [1, 6, 7, 8, 130], 3, {}),     # the planner's shape; split
+    ("float16", 16, 1, 128, 16, [1, 15, 16, 17, 200], None,   # MQA 16, 128-token tiles
+     {"warps": 4, "tile_t": 128, "stages": 3}),
+    ("float16", 40, 1, 256, 16, [70, 3], 2, {}),              # head 256 in pairs; 3 row tiles
+    ("float16", 8, 2, 256, 5, [40, 9], None,                   # head 256, one warp per slice
+     {"warps": 4, "tile_t": 64, "stages": 2, "d_split": 1}),
+    ("bfloat16", 8, 2, 128, 12, [25, 12, 1], 2,               # bf16 queries
+     {"warps": 8, "tile_t": 128, "stages": 2, "s_chains": 2}),
+    ("float16", 8, 2, 128, 7, [1, 100, 33], 2,                # warps copying their own tokens
+     {"warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}),
+    ("float16", 8, 2, 256, 16, [1, 70, 17], 2,                # e4m3 by moving bits (int8: same)
+     {"fp8_bits": True}),
+]
+
+
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+@pytest.mark.parametrize("scheme", ["static", "per_token"])
+@pytest.mark.parametrize("dtype,heads,kv,head_dim,page,lens,splits,shape", MMA_QUANT_CASES)
+def test_compressed_pages_in_registers(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page,
+                                       lens, splits, shape):
+    check_compressed(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page, lens, splits,
+                     {**shape, "impl": "mma"})
+
+
+def check_compressed(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page, lens, splits,
+                     shape):
     if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):
         pytest.skip("the CPU executor's shim has no bfloat16 (cuda_bf16.h) yet")
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
@@ -133,6 +172,7 @@ def test_compressed_pages(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, pag
     kc, vc, ks, vs, kd, vd = quantized(rng, args, kv_dtype, scheme)
     cfg = dp.tc_config(dtype, head_dim, heads // kv, dp.KV_QUANT_IDS[kv_dtype],
                        scheme == "per_token", **shape)
+    assert cfg.impl == shape["impl"]
     w = planned(args, heads, kv, head_dim, page, dtype, splits, cfg)
     out = launch(w, q, kc, vc, ks, vs, poisoned(q.shape, dtype))
     ref = reference((q, kd, vd, tables, seq_lens))
@@ -142,12 +182,15 @@ def test_compressed_pages(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, pag
     check_close(out, reference((q, kd, vd, tables, seq_lens), 0.05), dtype)
 
 
+@pytest.mark.parametrize("impl,head_dim,bits", [("wmma", 64, False), ("mma", 128, False),
+                                               ("mma", 128, True)])
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
-def test_every_code_is_read_exactly(rng, kv_dtype):
+def test_every_code_is_read_exactly(rng, kv_dtype, impl, head_dim, bits):
     """Random codes over the whole format (every e4m3 code but NaN: subnormals, 448, -0) with
     random per-token scales: a conversion that drops a bit, a sign or the subnormals fails."""
-    heads, kv, head_dim, page = 8, 2, 64, 16
-    args = decode_problem(rng, [40, 17], page_size=page, num_heads=heads, num_kv_heads=kv)
+    heads, kv, page = 8, 2, 16
+    args = decode_problem(rng, [40, 17], page_size=page, num_heads=heads, num_kv_heads=kv,
+                          head_dim=head_dim)
     q, k, v, tables, lens = args
     if kv_dtype == "int8":
         codes = rng.integers(-127, 128, size=(2, *k.shape)).astype(np.int8).view(np.uint8)
@@ -159,7 +202,9 @@ def test_every_code_is_read_exactly(rng, kv_dtype):
     deq = [quant.dequantize(codes[i].view(np.int8) if kv_dtype == "int8" else codes[i],
                             kv_dtype, scales[i]) for i in range(2)]
     assert dp_qmax * scales.max() < 5   # logits stay moderate: no one-hot softmax
-    cfg = dp.tc_config("float16", head_dim, heads // kv, dp.KV_QUANT_IDS[kv_dtype], True)
+    cfg = dp.tc_config("float16", head_dim, heads // kv, dp.KV_QUANT_IDS[kv_dtype], True,
+                       impl=impl, **({"fp8_bits": True} if bits else {}))
+    assert cfg.impl == impl
     w = planned(args, heads, kv, head_dim, page, "float16", 2, cfg)
     out = launch(w, q, codes[0], codes[1], scales[0], scales[1], poisoned(q.shape, "float16"))
     check_close(out, reference((q, deq[0], deq[1], tables, lens)), "float16")

@@ -71,6 +71,8 @@ constexpr int CP_THREADS = TC_THREADS, CP_TOKENS = TILE_T;   // one copier: the 
 #endif
 constexpr int LDC = KV_QUANT ? ROW_BYTES : LD * 2;           // a staged row, bytes
 constexpr int STAGE_BYTES = 2 * CP_TOKENS * LDC;             // a copier's stage: K, then V rows
+// where 16-byte chunk c of staged row r lands (bytes from the stage's start)
+__device__ inline int stage_at(int r, int c) { return r * LDC + c * 16; }
 // (the copiers' stages, converted tiles and scales add up to the same bytes either way)
 #if KV_QUANT
 constexpr int WKV_OFF = STAGES * 2 * TILE_T * LDC;           // [copier][2][CP_TOKENS][LD]

@@ -1,5 +1,7 @@
-// paged_decode_tc's (decode_tc.cu) tile staging: block-table lookups, asynchronous K/V copies
-// and the conversion of staged codes. Include after decode_tc_layout.cuh and kv_convert.cuh.
+// The tensor-core decode kernels' (decode_tc.cu, decode_mma.cu) tile staging: block-table
+// lookups, asynchronous K/V copies and the conversion of staged codes. Include after the
+// kernel's layout header (which says where chunk c of staged row r goes: stage_at) and
+// kv_convert.cuh.
 #ifndef DECODE_TC_TILES_CUH
 #define DECODE_TC_TILES_CUH
 
@@ -40,7 +42,7 @@ __device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_
             const long long e = pg[i] < 0 ? 0 : (long long)pg[i] * page_stride
                                 + (long long)in_page * row_stride + head_off
                                 + (c % CHUNKS) * CHUNK_ELEMS;
-            const int at = (c / CHUNKS) * LDC + (c % CHUNKS) * 16;
+            const int at = stage_at(c / CHUNKS, c % CHUNKS);
             copy16_async(ks + at, k_cache + e, pg[i] >= 0);
             copy16_async(ks + CP_TOKENS * LDC + at, v_cache + e, pg[i] >= 0);
 #if KV_QUANT && PER_TOKEN_SCALES

@@ -1,0 +1,65 @@
+"""Shared memory and occupancy of the tensor-core decode kernels' blocks, as their layout
+headers lay them out (kernels/decode_tc_layout.cuh for decode_tc.cu, decode_mma_layout.cuh for
+decode_mma.cu): what `decode_plan.tc_config` allocates and how many blocks an SM holds, which
+the split rule counts with."""
+from __future__ import annotations
+
+TC_SMEM_PER_SM = 227 * 1024   # what the blocks of one SM share (H100/H200: 228 KB, 1 KB each
+                              # reserved by the system)
+
+
+def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
+                    elem_bytes: int = 2, *, warps: int = 4, kv_quant: int = 0,
+                    per_token: bool = False, d_split: int = 1) -> tuple[int, int]:
+    """(total, kv) shared-memory bytes of a tensor-core block: the layout of decode_tc.cu
+    (staged K/V tiles; compressed: the codes, the converted tile and the per-token scales;
+    then Q, each warp's S and P, the row-id tile, each warp's alpha, m and l, a flag). `kv`
+    is the region before Q, reused at the end for O and for the merge weights."""
+    rows, ld = 16 * row_tiles, head_dim + 8
+    tw = tile_t * row_tiles * d_split // warps
+    if kv_quant:
+        kv = (stages * 2 * tile_t * head_dim + 2 * tile_t * ld * elem_bytes
+              + (stages * 2 * tile_t * 4 if per_token else 0))
+    else:
+        kv = stages * 2 * tile_t * ld * elem_bytes
+    total = (kv + rows * ld * elem_bytes + warps * 16 * (tw + 4) * 4
+             + warps * 16 * (tw + 8) * elem_bytes + 16 * 16 * 4 + 3 * warps * 16 * 4 + 16)
+    return total, kv
+
+
+def mma_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
+                     elem_bytes: int = 2, *, warps: int = 4, d_split: int = 1,
+                     swizzle: bool = True, kv_quant: int = 0,
+                     per_token: bool = False) -> tuple[int, int]:
+    """(total, region) shared-memory bytes of a block of kernels/decode_mma.cu (its layout:
+    decode_mma_layout.cuh): the staged K/V tiles (rows of a multiple of 128 bytes swizzled,
+    the others padded by 16 bytes; codes: one byte each, always swizzled) and per-token
+    scales, reused at the end for the warps' O and the merge (the region is the larger of
+    the two), then Q, the warps' m and l and a flag."""
+    row = head_dim * (1 if kv_quant else elem_bytes)
+    ldc = row if (swizzle or kv_quant) and (row // 16) % 8 == 0 else row + 16
+    kv = stages * 2 * tile_t * ldc + (stages * 2 * tile_t * 4 if kv_quant and per_token else 0)
+    o = warps // d_split * 16 * (head_dim + 8) * 4
+    region = -(-max(kv, o) // 128) * 128
+    total = region + 16 * row_tiles * (head_dim + 8) * elem_bytes + 2 * warps * 16 * 4 + 16
+    return total, region
+
+
+def tc_max_parts(rows: int, kv_bytes: int) -> int:
+    """Most partitions per sequence: the merge keeps rows x parts weights (floats) where the
+    K/V tiles were."""
+    return kv_bytes // (4 * rows)
+
+
+def tc_resident_blocks(cfg, head_dim: int) -> int:
+    """Blocks of `cfg` an SM holds at once: by shared memory (1 KB each reserved), registers
+    (ptxas, WMMA: up to ~200 per thread with one O tile per 16 columns, ~130 with half; mma:
+    about 80 + head_dim / d_split; capped by the min_blocks of __launch_bounds__) and warps
+    (64 per SM)."""
+    if cfg.impl == "mma":   # ptxas (nvcc 13, sm_90): 210 at head_dim 128, 128 in pairs, 136 at 64
+        regs = 80 + head_dim // cfg.d_split
+    else:
+        regs = (200 if head_dim // 16 // cfg.d_split > 4 else 130) + (head_dim > 128) * 55
+    regs = min(regs, 255, 65536 // (cfg.threads * cfg.min_blocks) // 8 * 8)
+    return max(1, min(TC_SMEM_PER_SM // (cfg.shared + 1024), 65536 // (regs * cfg.threads),
+                      64 // cfg.warps, 32))

@@ -1,0 +1,473 @@
+// Grouped decode on tensor cores with the softmax in registers: the algorithm of decode_tc.cu
+// (the group's query heads as the rows of Q, S = Q K^T and O = softmax(S) V per K/V tile,
+// split-K with a partial-state merge), written on PTX mma.sync.m16n8k16 and ldmatrix
+// (mma_ptx.cuh) instead of WMMA.
+//
+// Why a second source: WMMA does not say which element of a fragment a thread holds, so
+// decode_tc.cu (lesson 09's kernel) stores S to shared memory, lets lanes do the softmax
+// there and reloads P as a fragment, with __syncwarp()s between: a chain per 16 tokens that
+// is latency, not bandwidth (benchmarks/NOTES.md: 77-79% of the copy rate on D64 GQA). The
+// PTX instruction's layout is specified, so here S stays in the accumulators, the softmax is
+// done in registers (the 4 lanes of a quad hold one row), and P is packed straight into the
+// A operand of P V. This is what FlashAttention-2 and FlashInfer do (FlashInfer's tensor-core
+// decode is its prefill kernel with the group's heads as rows).
+//
+// Fragment layout (MMA_PTX_API.md; lane = 4 g + t): S accumulator of 8 tokens, s[0..1] =
+// S[row g][tokens 2t, 2t+1], s[2..3] = S[row g + 8][tokens 2t, 2t+1]. Two such accumulators
+// (16 tokens) are exactly the A operand of P V for those 16 tokens once packed in pairs.
+// K tiles are read with ldmatrix (non-transposed: a K row is a column of B = K^T, and its
+// 16-byte pieces are what B's "col" layout wants), V tiles with ldmatrix.trans.
+//
+// Thread-to-data mapping (as decode_tc.cu): grid = (work items, num_kv_heads * row_chunks),
+// block = TC_WARPS warps; warp w (cw = w % (TC_WARPS / D_SPLIT)) takes row tile
+// cw % ROW_TILES and the cw / ROW_TILES-th slice of TW tokens of every tile, keeps its own
+// (m, l, O) for its 16 rows in registers, and the warps merge at the end (decode_tc_merge.cuh).
+// D_SPLIT > 1: that many warps share a (row tile, slice), each computes S and the softmax
+// and accumulates 1/D_SPLIT of O's columns (head_dim 256: fewer registers per warp).
+// The tiles stream through shared memory as in decode_tc.cu (decode_tc_tiles.cuh: page ids
+// read one tile ahead, cp.async, STAGES in flight, one barrier per tile; WARP_PIPE=1: each
+// warp copies and waits for its own tokens, no barrier), rows swizzled (decode_mma_layout.cuh).
+//
+// Compile-time parameters (NVRTC -D; decode_plan.tc_config makes a consistent set): KV_T
+// (and KV_BF16), HEAD_DIM, TC_WARPS, ROW_TILES, TILE_T, STAGES, D_SPLIT, S_CHAINS (1 or 2
+// independent accumulator chains for S), TC_MIN_BLOCKS, SWIZZLE, Q_REGS, WARP_PIPE; compressed
+// pages: KV_QUANT, CACHE_T, PER_TOKEN_SCALES (kv_quant.cuh, as decode_tc.cu).
+
+#include "common.cuh"
+#include "kv_quant.cuh"
+#include "kv_convert.cuh"
+#include "mma_ptx.cuh"
+
+#include "decode_mma_layout.cuh"
+#include "decode_tc_tiles.cuh"
+#include "decode_tc_merge.cuh"
+
+// d += a b for the cache's element type
+__device__ inline void mma_acc(float d[4], const unsigned a[4], const unsigned b[2])
+{
+#ifdef KV_BF16
+    mma_m16n8k16_bf16(d, a, b, d);
+#else
+    mma_m16n8k16(d, a, b, d);
+#endif
+}
+
+__device__ inline unsigned pack2(float lo, float hi)
+{
+#ifdef KV_BF16
+    return pack2_bf16(lo, hi);
+#else
+    return pack2_half(lo, hi);
+#endif
+}
+
+#ifndef FP8_BITS   // e4m3 codes to fp16 by moving bits (1 = yes, 0 = the conversion instruction)
+#define FP8_BITS 0
+#endif
+#if KV_QUANT == 2 && FP8_BITS && !defined(KV_BF16)
+constexpr float CODE_UNIT = 256.0f;   // the converted codes are value / 256 (see codes4_to_kv)
+#else
+constexpr float CODE_UNIT = 1.0f;
+#endif
+
+#if KV_QUANT
+// Two e4m3 codes, placed in bytes 1 and 3, to two fp16 of value / 256, by moving bits: the
+// code's 4 exponent and 3 mantissa bits under fp16's (a bias 8 smaller: x 2^-8, exact, also
+// for subnormals); the NaN codes (s1111111, which would come out as +-480 / 256, above every
+// finite code) get fp16's exponent bits set: NaN stays NaN.
+__device__ inline unsigned e4m3x2_bits(unsigned t)
+{
+    const unsigned h = (t & 0x80008000u) | ((t >> 1) & 0x3f803f80u);
+    return h | (((h & 0x7fff7fffu) + 0x00800080u) & 0x40004000u);
+}
+
+// Four codes (c0 in the low byte) to two registers of two KV_T values: (c0, c1) and (c2, c3),
+// exactly (every int8 and e4m3 value is a 16-bit float), no scale (but CODE_UNIT). fp16: int8
+// as 1024 + 128 + c with the code as the low mantissa byte (two byte permutes and two half2
+// subtractions for four codes); e4m3 by the sm_89+ instruction (kv_convert.cuh) or, with
+// FP8_BITS, by moving bits (e4m3x2_bits). bf16: one code at a time through float.
+__device__ inline void codes4_to_kv(unsigned four, unsigned& lo, unsigned& hi)
+{
+#if KV_QUANT == 2 && FP8_BITS && !defined(KV_BF16)
+    lo = e4m3x2_bits(__byte_perm(four, 0u, 0x1404));   // c0, c1 into bytes 1, 3
+    hi = e4m3x2_bits(__byte_perm(four, 0u, 0x3424));   // c2, c3
+    return;
+#endif
+#ifdef KV_BF16
+    lo = pack2_bf16(dequantize_code((unsigned char)(four & 0xffu)),
+                    dequantize_code((unsigned char)((four >> 8) & 0xffu)));
+    hi = pack2_bf16(dequantize_code((unsigned char)((four >> 16) & 0xffu)),
+                    dequantize_code((unsigned char)(four >> 24)));
+#else
+    __half2 h0, h1;
+#if KV_QUANT == 1
+    const unsigned x = four ^ 0x80808080u;   // c + 128, as unsigned bytes
+    const __half2 bias = __float2half2_rn(1152.0f);
+    const unsigned b0 = __byte_perm(x, 0x64646464u, 0x4140), b1 = __byte_perm(x, 0x64646464u, 0x4342);
+    h0 = __hsub2(__halves2half2(__ushort_as_half((unsigned short)(b0 & 0xffffu)),
+                                __ushort_as_half((unsigned short)(b0 >> 16))), bias);
+    h1 = __hsub2(__halves2half2(__ushort_as_half((unsigned short)(b1 & 0xffffu)),
+                                __ushort_as_half((unsigned short)(b1 >> 16))), bias);
+#else
+    h0 = codes2_to_half2(four & 0xffffu);
+    h1 = codes2_to_half2(four >> 16);
+#endif
+    lo = (unsigned)__half_as_ushort(__low2half(h0)) | ((unsigned)__half_as_ushort(__high2half(h0)) << 16);
+    hi = (unsigned)__half_as_ushort(__low2half(h1)) | ((unsigned)__half_as_ushort(__high2half(h1)) << 16);
+#endif
+}
+
+__device__ inline unsigned word_of(const uint4& x, int i)
+{
+    return i == 0 ? x.x : i == 1 ? x.y : i == 2 ? x.z : x.w;
+}
+#endif
+
+extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_mma(
+    const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
+    const CACHE_T* __restrict__ k_cache,   // [num_pages, page_size, num_kv_heads, HEAD_DIM]
+    const CACHE_T* __restrict__ v_cache,
+    const float* __restrict__ k_scale,     // compressed pages: as decode_tc.cu (else unread)
+    const float* __restrict__ v_scale,
+    const int* __restrict__ block_tables,  // [batch, max_pages]
+    const int* __restrict__ seq_lens,      // [batch]
+    const int* __restrict__ work,          // [items, 2]: (sequence, partition)
+    const int* __restrict__ slot_start,    // [batch]: the sequence's first partial-state slot
+    KV_T* __restrict__ out,                // [batch, num_heads, HEAD_DIM]
+    float* __restrict__ part_out,          // [slots, num_heads, HEAD_DIM]  (O / l)
+    float* __restrict__ part_ml,           // [slots, num_heads, 2]         (m, l)
+    int* __restrict__ counters,            // [batch, gridDim.y]: 0 between launches
+    int num_heads, int num_kv_heads, int page_size, int page_shift, int max_pages,
+    int part_len, int rows_per_block, float scale_log2)
+{
+    extern __shared__ __align__(128) unsigned char smem[];
+    KV_T* qs = reinterpret_cast<KV_T*>(smem + Q_OFF);
+    float* m_s = reinterpret_cast<float*>(smem + M_OFF);
+    float* l_s = reinterpret_cast<float*>(smem + L_OFF);
+    int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
+
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    const int g = lane / 4, t = lane % 4;           // the fragments' row and column pair
+    const int cw = warp % CWARPS, dpart = warp / CWARPS;
+    const int rt = cw % ROW_TILES, slice = cw / ROW_TILES;
+
+    const int b = work[2 * blockIdx.x], part = work[2 * blockIdx.x + 1];
+    const int seq_len = seq_lens[b];
+    const int start = part * part_len;
+    const int end = min(seq_len, start + part_len);
+    const int nparts = (seq_len + part_len - 1) / part_len;
+    const int ntiles = (end - start + TILE_T - 1) / TILE_T;
+    const int group = num_heads / num_kv_heads;
+    const int chunks = gridDim.y / num_kv_heads;
+    const int kvh = blockIdx.y / chunks;
+    const int h0 = kvh * group + (blockIdx.y % chunks) * rows_per_block;   // first query head
+    const int nh = min(rows_per_block, kvh * group + group - h0);          // query heads here
+
+    const int* table = block_tables + (long long)b * max_pages;
+    const long long row_stride = (long long)num_kv_heads * HEAD_DIM;
+    const long long page_stride = (long long)page_size * row_stride;
+    const long long head_off = (long long)kvh * HEAD_DIM;
+    int pg[TILE_COPIES];
+#if WARP_PIPE
+    const int cid = lane, cp_off = slice * TW;     // the warp copies its own tokens
+#else
+    const int cid = threadIdx.x, cp_off = 0;       // the block copies whole tiles
+#endif
+    const int copier = WARP_PIPE ? warp : 0;
+    unsigned char* stages = smem + copier * STAGES * STAGE_BYTES;
+    float* scales = reinterpret_cast<float*>(smem + SC_OFF) + copier * STAGES * 2 * CP_TOKENS;
+    const int row0 = slice * TW - cp_off;          // this warp's first row in a stage
+
+    // The first STAGES - 1 tiles start loading before anything else; every thread commits
+    // one group per tile, an empty one past the last tile too (see decode_tc.cu).
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (s < ntiles) {
+            tile_pages(pg, table, start + s * TILE_T + cp_off, end, page_size, page_shift, cid);
+            copy_tile(stages + s * STAGE_BYTES, scales + s * 2 * CP_TOKENS, k_cache, v_cache,
+                      k_scale, v_scale, pg, start + s * TILE_T + cp_off, page_size, page_shift,
+                      page_stride, row_stride, head_off, cid);
+        }
+        copy_commit();
+    }
+    if (STAGES - 1 < ntiles)
+        tile_pages(pg, table, start + (STAGES - 1) * TILE_T + cp_off, end, page_size,
+                   page_shift, cid);
+#if KV_QUANT && !PER_TOKEN_SCALES
+    scale_log2 *= k_scale[kvh] * CODE_UNIT;   // static scales: K's folds into the logits,
+    const float v_mult = v_scale[kvh] * CODE_UNIT;   // V's into the output
+#else
+    scale_log2 *= CODE_UNIT;
+    const float v_mult = CODE_UNIT;
+#endif
+
+    // Q: the block's query heads as rows, zero rows below them.
+    constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
+    for (int c = threadIdx.x; c < ROWS * QCHUNKS; c += TC_THREADS) {
+        const int r = c / QCHUNKS, col = c % QCHUNKS;
+        uint4 v = make_uint4(0u, 0u, 0u, 0u);
+        if (r < nh)
+            v = *reinterpret_cast<const uint4*>(
+                q + ((long long)b * num_heads + h0 + r) * HEAD_DIM + col * 8);
+        *reinterpret_cast<uint4*>(qs + r * LD + col * 8) = v;
+    }
+    __syncthreads();
+
+    // ldmatrix x4: lane l gives row l % 8 of matrix l / 8.
+    //   Q (A operand, 16 x 16 at k step k): matrix m = rows 8 (m % 2), columns 8 (m / 2).
+    //   K (B of S, 16 tokens x 16 dims): matrix m = tokens 8 (m / 2), dims 8 (m % 2):
+    //     registers 0, 1 are b of tokens 0-7, 2, 3 of tokens 8-15.
+    //   V (B of P V, trans, 16 tokens x 16 dims): matrix m = tokens 8 (m % 2), dims 8 (m / 2):
+    //     registers 0, 1 are b of dims 0-7, 2, 3 of dims 8-15.
+    const int lm = lane / 8, lr = lane % 8;
+#if KV_QUANT
+    // Codes: the dims of a k step are permuted (S = sum over dims, in any order, as long as
+    // Q and K agree): lane t's K load gives dims 64 b + 16 t .. + 15 of its token, of which
+    // k step 4 b + j takes dims 64 b + 16 t + 4 j .. + 3 (k slots 2t, 2t+1, 2t+8, 2t+9).
+    const KV_T* q_lane = qs + (rt * 16 + g) * LD + 16 * t;
+    auto q_frag = [&](unsigned (&a)[4], int k) {
+        const int col = (k / 4) * 64 + (k % 4) * 4;
+        const uint2 lo = *reinterpret_cast<const uint2*>(q_lane + col);
+        const uint2 hi = *reinterpret_cast<const uint2*>(q_lane + 8 * LD + col);
+        a[0] = lo.x; a[1] = hi.x; a[2] = lo.y; a[3] = hi.y;
+    };
+#else
+    const KV_T* q_lane = qs + (rt * 16 + (lm % 2) * 8 + lr) * LD + (lm / 2) * 8;
+    auto q_frag = [&](unsigned (&a)[4], int k) { ldmatrix_x4(a, q_lane + k * 16); };
+#endif
+#if Q_REGS
+    unsigned qf[D_TILES][4];
+#pragma unroll
+    for (int k = 0; k < D_TILES; ++k) q_frag(qf[k], k);
+#endif
+    const int k_row = row0 + (lm / 2) * 8 + lr, k_chunk = lm % 2;   // + 16 j tokens, 2 k chunks
+    const int v_row = row0 + (lm % 2) * 8 + lr, v_chunk = lm / 2;   // + 16 j tokens, 2 d chunks
+
+    float o[DP * 2][4];   // O[row g, g + 8][dims 8 n + 2t, +1] of this warp's columns
+#pragma unroll
+    for (int n = 0; n < DP * 2; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    float m_run[2] = {NEG_BIG, NEG_BIG};   // rows g and g + 8: running max (base 2)
+    float l_run[2] = {0.0f, 0.0f};         // ... and this lane's share of the row sums
+
+    for (int i = 0; i < ntiles; ++i) {
+        const int nt = i + STAGES - 1;   // the tile to start now, into the buffer of tile i - 1
+        copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
+#if WARP_PIPE
+        __syncwarp();              // ... the warp's; and the warp is done with tile i - 1
+#else
+        __syncthreads();           // ... everyone's; and every warp is done with tile i - 1
+#endif
+        if (nt < ntiles)
+            copy_tile(stages + (nt % STAGES) * STAGE_BYTES, scales + (nt % STAGES) * 2 * CP_TOKENS,
+                      k_cache, v_cache, k_scale, v_scale, pg, start + nt * TILE_T + cp_off,
+                      page_size, page_shift, page_stride, row_stride, head_off, cid);
+        copy_commit();
+        if (nt + 1 < ntiles)
+            tile_pages(pg, table, start + (nt + 1) * TILE_T + cp_off, end, page_size,
+                       page_shift, cid);
+        const unsigned char* ks = stages + (i % STAGES) * STAGE_BYTES;
+        const unsigned char* vs = ks + CP_TOKENS * LDC;
+
+        // 1. S = Q K^T: 8 tokens per accumulator, S_CHAINS independent chains over k.
+        float s[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+#if S_CHAINS == 2
+        float s2[NT][4];
+#pragma unroll
+        for (int n = 0; n < NT; ++n) s2[n][0] = s2[n][1] = s2[n][2] = s2[n][3] = 0.0f;
+#endif
+#if KV_QUANT
+        // 16 codes of one token per lane and load: K row g of each 8 tokens, dims 64 b + 16 t
+#pragma unroll
+        for (int blk = 0; blk < HEAD_DIM / 64; ++blk) {
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+                const uint4 raw = *reinterpret_cast<const uint4*>(
+                    ks + stage_at(row0 + 8 * n + g, 4 * blk + t));
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const int k = 4 * blk + j;
+#if Q_REGS
+                    const unsigned* a = qf[k];
+#else
+                    unsigned a[4];
+                    q_frag(a, k);
+#endif
+                    unsigned kb[2];
+                    codes4_to_kv(word_of(raw, j), kb[0], kb[1]);
+#if S_CHAINS == 2
+                    mma_acc(j % 2 ? s2[n] : s[n], a, kb);
+#else
+                    mma_acc(s[n], a, kb);
+#endif
+                }
+            }
+        }
+#else
+#pragma unroll
+        for (int k = 0; k < D_TILES; ++k) {
+#if Q_REGS
+            const unsigned* a = qf[k];
+#else
+            unsigned a[4];
+            q_frag(a, k);
+#endif
+#pragma unroll
+            for (int j = 0; j < TW / 16; ++j) {
+                unsigned kb[4];
+                ldmatrix_x4(kb, ks + stage_at(k_row + 16 * j, 2 * k + k_chunk));
+#if S_CHAINS == 2
+                float (*acc)[4] = k % 2 ? s2 : s;
+#else
+                float (*acc)[4] = s;
+#endif
+                mma_acc(acc[2 * j], a, kb);
+                mma_acc(acc[2 * j + 1], a, kb + 2);
+            }
+        }
+#endif
+#if S_CHAINS == 2
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[n][e] += s2[n][e];
+        }
+#endif
+
+        // 2. online softmax in registers: the 4 lanes of a quad hold a row (xor 1, 2)
+        const int t0 = start + i * TILE_T + slice * TW + 2 * t;
+        const bool tail = start + i * TILE_T + (slice + 1) * TW > end;   // warp-uniform
+        float mx[2] = {NEG_BIG, NEG_BIG};
+#if KV_QUANT && PER_TOKEN_SCALES   // the token's scales: K's on its logit, V's on its P entry
+        const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + row0 + 2 * t;
+        const float* vsc = ksc + CP_TOKENS;
+#endif
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                float x = s[n][e] * scale_log2;
+#if KV_QUANT && PER_TOKEN_SCALES
+                x *= ksc[8 * n + e % 2];
+#endif
+                if (tail && t0 + 8 * n + (e % 2) >= end) x = NEG_INF;
+                s[n][e] = x;
+                mx[e / 2] = fmaxf(mx[e / 2], x);
+            }
+        }
+        float alpha[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+            const float m_new = fmaxf(m_run[h], mx[h]);
+            alpha[h] = exp2f(m_run[h] - m_new);
+            m_run[h] = m_new;
+            l_run[h] *= alpha[h];
+        }
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                s[n][e] = exp2f(s[n][e] - m_run[e / 2]);   // 0 for a masked token
+                l_run[e / 2] += s[n][e];
+            }
+        }
+#pragma unroll
+        for (int n = 0; n < DP * 2; ++n) {
+            o[n][0] *= alpha[0];
+            o[n][1] *= alpha[0];
+            o[n][2] *= alpha[1];
+            o[n][3] *= alpha[1];
+        }
+
+        // 3. O += P V: the accumulators of tokens 16 j .. 16 j + 15, packed, are the A operand
+#if KV_QUANT && PER_TOKEN_SCALES
+#pragma unroll
+        for (int n = 0; n < NT; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[n][e] *= vsc[8 * n + e % 2];   // not in l
+        }
+#endif
+#pragma unroll
+        for (int j = 0; j < TW / 16; ++j) {
+            const unsigned pa[4] = {pack2(s[2 * j][0], s[2 * j][1]), pack2(s[2 * j][2], s[2 * j][3]),
+                                    pack2(s[2 * j + 1][0], s[2 * j + 1][1]),
+                                    pack2(s[2 * j + 1][2], s[2 * j + 1][3])};
+#if KV_QUANT
+            // B = V (k: tokens 2t, 2t+1 and 2t+8, 2t+9; n: dims). Lane g loads 16 codes (dims
+            // 128 p + 16 g .. + 15) of each of its 4 tokens; byte c of them is column g of
+            // O's n tile 16 p + c, i.e. n tile 16 p + c, column g holds dim 128 p + 16 g + c.
+            const int r0 = row0 + 16 * j + 2 * t;
+#pragma unroll
+            for (int pp = 0; pp < V_PASSES / D_SPLIT; ++pp) {
+                const int pass = dpart * (V_PASSES / D_SPLIT) + pp;
+                uint4 raw[4];   // tokens 2t, 2t+1, 2t+8, 2t+9
+#pragma unroll
+                for (int r = 0; r < 4; ++r)
+                    raw[r] = *reinterpret_cast<const uint4*>(
+                        vs + stage_at(r0 + (r % 2) + 8 * (r / 2), 8 * pass + g));
+#pragma unroll
+                for (int w = 0; w < 4; ++w) {   // bytes 4w .. 4w + 3: n tiles 16 pp + 4w + c
+                    // byte c of tokens (2t, 2t+1) and of (2t+8, 2t+9) side by side
+                    const unsigned a0 = word_of(raw[0], w), a1 = word_of(raw[1], w);
+                    const unsigned a8 = word_of(raw[2], w), a9 = word_of(raw[3], w);
+                    unsigned b01[4], b89[4];   // [c]: the B register of n tile 4w + c
+                    codes4_to_kv(__byte_perm(a0, a1, 0x5140), b01[0], b01[1]);
+                    codes4_to_kv(__byte_perm(a0, a1, 0x7362), b01[2], b01[3]);
+                    codes4_to_kv(__byte_perm(a8, a9, 0x5140), b89[0], b89[1]);
+                    codes4_to_kv(__byte_perm(a8, a9, 0x7362), b89[2], b89[3]);
+#pragma unroll
+                    for (int c = 0; c < 4; ++c) {
+                        const unsigned vb[2] = {b01[c], b89[c]};
+                        mma_acc(o[16 * pp + 4 * w + c], pa, vb);
+                    }
+                }
+            }
+#else
+#pragma unroll
+            for (int d = 0; d < DP; ++d) {
+                unsigned vb[4];
+                ldmatrix_x4_trans(vb, vs + stage_at(v_row + 16 * j, 2 * (dpart * DP + d) + v_chunk));
+                mma_acc(o[2 * d], pa, vb);
+                mma_acc(o[2 * d + 1], pa, vb + 2);
+            }
+#endif
+        }
+    }
+    copy_wait<0>();
+    // Each warp's (m, l) per row and its O to shared memory (where the K/V tiles were).
+    // (The D_SPLIT warps of a (row tile, slice) have the same m and l; the first writes them.)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+        l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+    }
+    if (t == 0 && dpart == 0) {
+        m_s[cw * 16 + g] = m_run[0];
+        m_s[cw * 16 + g + 8] = m_run[1];
+        l_s[cw * 16 + g] = l_run[0];
+        l_s[cw * 16 + g + 8] = l_run[1];
+    }
+    __syncthreads();   // every warp is done with the last tile
+    float* os = reinterpret_cast<float*>(smem);   // [CWARPS][16][LO]
+#pragma unroll
+    for (int n = 0; n < DP * 2; ++n) {
+#if KV_QUANT   // n tile 16 p + c, column 2t (+1): dim 128 p + 16 (2t (+1)) + c
+        float* o0 = os + (cw * 16 + g) * LO + dpart * DP * 16 + 128 * (n / 16) + 32 * t + n % 16;
+        o0[0] = o[n][0];
+        o0[16] = o[n][1];
+        o0[8 * LO] = o[n][2];
+        o0[8 * LO + 16] = o[n][3];
+#else
+        float* o0 = os + (cw * 16 + g) * LO + dpart * DP * 16 + 8 * n + 2 * t;
+        *reinterpret_cast<float2*>(o0) = make_float2(o[n][0], o[n][1]);
+        *reinterpret_cast<float2*>(o0 + 8 * LO) = make_float2(o[n][2], o[n][3]);
+#endif
+    }
+    __syncthreads();
+
+    finish_block(m_s, l_s, os, flag_s, out, part_out, part_ml, counters, slot_start, b, part,
+                 nparts, num_heads, h0, nh, v_mult);
+}

@@ -1,0 +1,108 @@
+// The end of a tensor-core decode block (decode_tc.cu and decode_mma.cu): the warps' online-
+// softmax states (m, l and O per row, in shared memory) merged into the block's, written as
+// the output (a sequence of one partition) or as a partial state that the last block of the
+// sequence to finish merges (split-K). Include after the kernel's layout header (HEAD_DIM,
+// SLICES, ROW_TILES, LO, TC_THREADS, NWARPS).
+#ifndef DECODE_TC_MERGE_CUH
+#define DECODE_TC_MERGE_CUH
+
+// m_s, l_s: [warps][16] (warp w's m and l of row r of its row tile at w * 16 + r); os:
+// [warps][16][LO] the warps' O, reused as the merge's weights; flag_s: one int.
+__device__ inline void finish_block(const float* m_s, const float* l_s, float* os, int* flag_s,
+                                    KV_T* out, float* part_out, float* part_ml, int* counters,
+                                    const int* slot_start, int b, int part, int nparts,
+                                    int num_heads, int h0, int nh, float v_mult)
+{
+    // Merge the SLICES warps of each row tile: M = max m_w, L = sum l_w 2^(m_w - M),
+    // O = sum O_w 2^(m_w - M) / L. Row r of the block is row r % 16 of row tile r / 16, held
+    // by warps r / 16 + ROW_TILES * s.
+    const long long out_row = (long long)b * num_heads + h0;
+    const long long slot0 = (long long)slot_start[b] * num_heads + h0;   // + part * num_heads
+    const bool single = nparts == 1;   // block-uniform: the whole sequence was this block's
+    for (int idx = threadIdx.x; idx < nh * HEAD_DIM; idx += TC_THREADS) {
+        const int r = idx / HEAD_DIM, d = idx % HEAD_DIM;
+        const int w0 = r / 16, rr = r % 16;
+        float mx = NEG_BIG;
+#pragma unroll
+        for (int s = 0; s < SLICES; ++s) mx = fmaxf(mx, m_s[(w0 + ROW_TILES * s) * 16 + rr]);
+        float l = 0.0f, acc = 0.0f;
+#pragma unroll
+        for (int s = 0; s < SLICES; ++s) {
+            const int w = w0 + ROW_TILES * s;
+            const float c = exp2f(m_s[w * 16 + rr] - mx);
+            l += l_s[w * 16 + rr] * c;
+            acc += os[(w * 16 + rr) * LO + d] * c;
+        }
+        if (single) {
+            store_value(out + (out_row + r) * HEAD_DIM + d, acc / l * v_mult);
+        } else {
+            const long long slot = slot0 + (long long)part * num_heads + r;
+            part_out[slot * HEAD_DIM + d] = acc / l * v_mult;
+            if (d == 0) {
+                part_ml[slot * 2] = mx;
+                part_ml[slot * 2 + 1] = l;
+            }
+        }
+    }
+    if (single) return;
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+
+    // The last block of this (sequence, row chunk) to finish merges the partitions.
+    __threadfence();   // this block's partial state is visible to the whole GPU...
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* counter = counters + (long long)b * gridDim.y + blockIdx.y;
+        const int done = atomicAdd(counter, 1);   // ...before it is counted
+        flag_s[0] = done == nparts - 1;
+        if (flag_s[0]) *counter = 0;   // ready for the next launch
+    }
+    __syncthreads();
+    if (!flag_s[0]) return;
+    __threadfence();
+
+    // Weights w[r][p] = l_p 2^(m_p - M_r) / sum_p (...), one warp per row, in shared memory.
+    float* w = os;   // [nh][nparts]; the warps' O are merged already
+    const long long part_stride = num_heads;     // slots of one partition are num_heads apart
+    for (int r = warp; r < nh; r += NWARPS) {
+        const float* ml = part_ml + (slot0 + r) * 2;
+        float mx = NEG_BIG;
+        for (int p = lane; p < nparts; p += 32) mx = fmaxf(mx, load_cg(ml + p * part_stride * 2));
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        float sum = 0.0f;
+        for (int p = lane; p < nparts; p += 32) {
+            const float wp = load_cg(ml + p * part_stride * 2 + 1)
+                             * exp2f(load_cg(ml + p * part_stride * 2) - mx);
+            w[r * nparts + p] = wp;
+            sum += wp;
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        for (int p = lane; p < nparts; p += 32) w[r * nparts + p] /= sum;
+    }
+    __syncthreads();
+    // out[r][4 dims] = sum_p w[r][p] O_p[r][4 dims]: 16-byte loads, 8 partitions in flight.
+    constexpr int D4 = HEAD_DIM / 4;
+    const long long part_stride4 = part_stride * D4;
+    for (int idx = threadIdx.x; idx < nh * D4; idx += TC_THREADS) {
+        const int r = idx / D4, d4 = idx % D4;
+        const float4* po = reinterpret_cast<const float4*>(part_out + (slot0 + r) * HEAD_DIM) + d4;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int p = 0; p < nparts; ++p) {
+            const float wp = w[r * nparts + p];
+            const float4 x = load_cg(po + p * part_stride4);
+            acc.x += wp * x.x;
+            acc.y += wp * x.y;
+            acc.z += wp * x.z;
+            acc.w += wp * x.w;
+        }
+        KV_T* o_out = out + (out_row + r) * HEAD_DIM + d4 * 4;
+        store_value(o_out, acc.x);
+        store_value(o_out + 1, acc.y);
+        store_value(o_out + 2, acc.z);
+        store_value(o_out + 3, acc.w);
+    }
+}
+
+#endif  // DECODE_TC_MERGE_CUH
