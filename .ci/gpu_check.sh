@@ -8,7 +8,7 @@
 # log in logs/, the benchmarks' JSON/PNG in bench/ and serve/). GPU_CHECK_DEADLINE (seconds,
 # default 540 in lean mode) skips the timing steps that would start after it, so a call with
 # a time limit still brings its log and results back. GPU_CHECK_SKIP (step names, e.g.
-# "serve bench-d80") leaves steps out; GPU_CHECK_TOOLS (e.g. "memcheck racecheck") sets the
+# "serve bench-d80") leaves steps out; GPU_CHECK_EXTRA ("tool:script" pairs) adds sanitizer runs; GPU_CHECK_TOOLS (e.g. "memcheck racecheck") sets the
 # sanitizer tools.
 # Phase 1 checks correctness and times nothing, so its steps run side by side, and FlashInfer's
 # JIT builds (a minute of CPU) run beside them. Phase 2 times, one step at a time, GPU alone.
@@ -80,6 +80,9 @@ checks=("pytest-gpu|timeout 200 python3 -m pytest -m gpu tests -q -p no:cachepro
 tools="memcheck"
 [ "$MODE" = lean ] || tools="memcheck racecheck synccheck"
 tools=${GPU_CHECK_TOOLS:-$tools}
+for extra in ${GPU_CHECK_EXTRA:-}; do   # "tool:script" pairs on top, e.g. "synccheck:sanitize_tc"
+    checks+=("${extra#*:}-${extra%%:*}|timeout 200 compute-sanitizer --tool ${extra%%:*} --error-exitcode 9 python3 benchmarks/${extra#*:}.py")
+done
 for tool in $tools; do
     for script in sanitize sanitize_tc sanitize_prefill sanitize_quant sanitize_engine sanitize_mma_ptx; do
         checks+=("$script-$tool|timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/$script.py")
@@ -98,11 +101,11 @@ fi
 # Phase 2: timings, one at a time, most wanted first.
 export MPLBACKEND=Agg
 lean_flags=(); [ "$MODE" = lean ] && lean_flags=(--no-prefill)
-step serve timeout 200 python3 benchmarks/serve_bench.py --kv-gib 1.0 --out "$RES/serve"
-step bench-quant timeout 150 python3 -m pagedattn_lab.bench.quant --out "$RES/bench"
 step bench timeout 200 python3 -m pagedattn_lab.bench --out "$RES/bench" "${lean_flags[@]}" \
     --only D64,D64-p64,D64-p128,D64-gqa4,D64-gqa8,D64-gqa8-p64,D64-mqa16,8x32k-gqa4,8x32k,1x32k-gqa4,256x128,D64-d64,D64-gqa4-d256
 step bench-prefill timeout 200 python3 -m pagedattn_lab.bench.prefill --out "$RES/bench"
+step bench-quant timeout 150 python3 -m pagedattn_lab.bench.quant --out "$RES/bench"
+step serve timeout 200 python3 benchmarks/serve_bench.py --kv-gib 1.0 --out "$RES/serve"
 # Head sizes 80 and 96 in processes of their own: FlashInfer 0.6.6 makes an illegal address
 # there, which takes the CUDA context along (in lean mode without it: it fails on these rows
 # anyway and its JIT costs a minute).
