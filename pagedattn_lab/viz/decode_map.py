@@ -18,7 +18,7 @@ from matplotlib.patches import Patch, Rectangle
 
 from ..attention_common import THREADS
 from ..decode_plan import group_kernel_size
-from ..kernels import source
+from ..kernels import expanded_source
 from ..split_k import partition_bounds
 
 WARP_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
@@ -26,9 +26,9 @@ WARP_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948",
 
 
 def _kernel_define(name: str) -> int:
-    match = re.search(rf"#define\s+{name}\s+(\d+)", source("decode"))
+    match = re.search(rf"#define\s+{name}\s+(\d+)", expanded_source("decode.cu"))
     if match is None:
-        raise LookupError(f"kernels/decode.cu no longer defines {name}")
+        raise LookupError(f"kernels/decode.cu and its headers no longer define {name}")
     return int(match.group(1))
 
 
