@@ -75,7 +75,7 @@ fi
 step nvidia-smi nvidia-smi
 
 # Phase 1: correctness (nothing timed). compute-sanitizer on every kernel's launch script.
-checks=("pytest-gpu|timeout 200 python3 -m pytest -m gpu tests -q -p no:cacheprovider -n 8 -rf"
+checks=("pytest-gpu|timeout 400 python3 -m pytest -m gpu tests -q -p no:cacheprovider -n 8 -rf"
         "flashinfer-jit|timeout 300 python3 benchmarks/prebuild_flashinfer.py")
 tools="memcheck"
 [ "$MODE" = lean ] || tools="memcheck racecheck synccheck"
