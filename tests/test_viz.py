@@ -425,6 +425,23 @@ def test_bench_json_schema(tmp_path):
     assert "Test GPU" in fig.axes[0].get_title()
 
 
+def test_latest_results_prefers_the_newest_complete_run(tmp_path):
+    """A newer run that timed decode only (a lean GPU check) does not replace the newest run
+    with decode and prefill rows; with no complete run the newest of any is taken."""
+    import json
+    def run(name, kinds):
+        rows = [{"kernel": k, "workload": "W", "kind": k, "ms": 1.0} for k in kinds]
+        (tmp_path / name).write_text(json.dumps({"gpu": name, "results": rows}))
+    run("2026-01-01_bench.json", ["decode", "prefill"])
+    run("2026-01-02_bench.json", ["decode", "host"])
+    assert viz.latest_results(tmp_path)["gpu"] == "2026-01-01_bench.json"
+    run("2026-01-03_bench.json", ["decode", "prefill", "host"])
+    assert viz.latest_results(tmp_path)["gpu"] == "2026-01-03_bench.json"
+    (tmp_path / "2026-01-01_bench.json").unlink()
+    (tmp_path / "2026-01-03_bench.json").unlink()
+    assert viz.latest_results(tmp_path)["gpu"] == "2026-01-02_bench.json"
+
+
 # -- kernel mappings ---------------------------------------------------------------------
 
 def test_query_mapping_marks_padding_and_idle_threads():

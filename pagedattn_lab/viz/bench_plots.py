@@ -218,12 +218,22 @@ def plot_bench_bars(data, *, kind: str | None = None, workload: str | None = Non
     return fig
 
 
+def _is_complete_run(doc) -> bool:
+    """Whether a bench JSON has decode and prefill rows: a run that left a kind out (a GPU
+    check that timed only decode, say) is not what a lesson's "newest run" figure means."""
+    rows = doc.get("results", []) if isinstance(doc, dict) else doc
+    kinds = {row.get("kind") for row in rows if isinstance(row, dict)}
+    return {"decode", "prefill"} <= kinds
+
+
 def latest_results(path=RESULTS_DIR) -> dict:
-    """The newest bench JSON under `path` (by file name), or `recorded_figures()` when there
-    is none. Its "source" says which."""
+    """The newest complete bench JSON under `path` (by file name; complete: it has decode and
+    prefill rows; the newest of any when none is), or `recorded_figures()` when there is none.
+    Its "source" says which."""
     docs = load_bench_results(path)
     if docs:
-        doc = docs[-1]
+        complete = [d for d in docs if _is_complete_run(d)]
+        doc = (complete or docs)[-1]
         doc.setdefault("source", f"benchmarks/results/{doc.get('file', '?')}")
         return doc
     return recorded_figures()
