@@ -38,6 +38,7 @@
 #include "kv_convert.cuh"
 #include "mma_ptx.cuh"
 
+#include "decode_tc_sizes.cuh"
 #include "decode_mma_layout.cuh"
 #include "decode_tc_tiles.cuh"
 #include "decode_tc_merge.cuh"
@@ -151,66 +152,31 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const int cw = warp % CWARPS, dpart = warp / CWARPS;
     const int rt = cw % ROW_TILES, slice = cw / ROW_TILES;
 
-    const int b = work[2 * blockIdx.x], part = work[2 * blockIdx.x + 1];
-    const int seq_len = seq_lens[b];
-    const int start = part * part_len;
-    const int end = min(seq_len, start + part_len);
-    const int nparts = (seq_len + part_len - 1) / part_len;
-    const int ntiles = (end - start + TILE_T - 1) / TILE_T;
-    const int group = num_heads / num_kv_heads;
-    const int chunks = gridDim.y / num_kv_heads;
-    const int kvh = blockIdx.y / chunks;
-    const int h0 = kvh * group + (blockIdx.y % chunks) * rows_per_block;   // first query head
-    const int nh = min(rows_per_block, kvh * group + group - h0);          // query heads here
-
-    const int* table = block_tables + (long long)b * max_pages;
+    const DecodeItem it = decode_item(work, seq_lens, part_len, num_heads, num_kv_heads,
+                                      rows_per_block);
+    const int* table = block_tables + (long long)it.b * max_pages;
     const long long row_stride = (long long)num_kv_heads * HEAD_DIM;
     const long long page_stride = (long long)page_size * row_stride;
-    const long long head_off = (long long)kvh * HEAD_DIM;
+    const long long head_off = (long long)it.kvh * HEAD_DIM;
     int pg[TILE_COPIES];
 #if WARP_PIPE
-    const int cid = lane, cp_off = slice * TW;     // the warp copies its own tokens
+    const int copier = warp, cid = lane, cp_off = slice * TW;   // the warp copies its tokens
 #else
-    const int cid = threadIdx.x, cp_off = 0;       // the block copies whole tiles
+    const int copier = 0, cid = threadIdx.x, cp_off = 0;        // the block copies the tile
 #endif
-    const int copier = WARP_PIPE ? warp : 0;
     unsigned char* stages = smem + copier * STAGES * STAGE_BYTES;
     float* scales = reinterpret_cast<float*>(smem + SC_OFF) + copier * STAGES * 2 * CP_TOKENS;
-    const int row0 = slice * TW - cp_off;          // this warp's first row in a stage
-
-    // The first STAGES - 1 tiles start loading before anything else; every thread commits
-    // one group per tile, an empty one past the last tile too (see decode_tc.cu).
-#pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < ntiles) {
-            tile_pages(pg, table, start + s * TILE_T + cp_off, end, page_size, page_shift, cid);
-            copy_tile(stages + s * STAGE_BYTES, scales + s * 2 * CP_TOKENS, k_cache, v_cache,
-                      k_scale, v_scale, pg, start + s * TILE_T + cp_off, page_size, page_shift,
-                      page_stride, row_stride, head_off, cid);
-        }
-        copy_commit();
-    }
-    if (STAGES - 1 < ntiles)
-        tile_pages(pg, table, start + (STAGES - 1) * TILE_T + cp_off, end, page_size,
-                   page_shift, cid);
+    const int row0 = slice * TW - cp_off;       // this warp's first row in a stage
+    start_tiles(stages, scales, pg, table, k_cache, v_cache, k_scale, v_scale, it.start, it.end,
+                it.ntiles, page_size, page_shift, page_stride, row_stride, head_off, cid, cp_off);
 #if KV_QUANT && !PER_TOKEN_SCALES
-    scale_log2 *= k_scale[kvh] * CODE_UNIT;   // static scales: K's folds into the logits,
-    const float v_mult = v_scale[kvh] * CODE_UNIT;   // V's into the output
+    scale_log2 *= k_scale[it.kvh] * CODE_UNIT;   // static scales: K's folds into the logits,
+    const float v_mult = v_scale[it.kvh] * CODE_UNIT;   // V's into the output
 #else
     scale_log2 *= CODE_UNIT;
     const float v_mult = CODE_UNIT;
 #endif
-
-    // Q: the block's query heads as rows, zero rows below them.
-    constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
-    for (int c = threadIdx.x; c < ROWS * QCHUNKS; c += TC_THREADS) {
-        const int r = c / QCHUNKS, col = c % QCHUNKS;
-        uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (r < nh)
-            v = *reinterpret_cast<const uint4*>(
-                q + ((long long)b * num_heads + h0 + r) * HEAD_DIM + col * 8);
-        *reinterpret_cast<uint4*>(qs + r * LD + col * 8) = v;
-    }
+    stage_q_rows(qs, q, it, num_heads);
     __syncthreads();
 
     // ldmatrix x4: lane l gives row l % 8 of matrix l / 8.
@@ -240,6 +206,15 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #pragma unroll
     for (int k = 0; k < D_TILES; ++k) q_frag(qf[k], k);
 #endif
+    // Q's A operand of k step k: held in registers (Q_REGS), else loaded into buf
+    auto q_operand = [&](unsigned (&buf)[4], int k) -> const unsigned* {
+#if Q_REGS
+        return qf[k];
+#else
+        q_frag(buf, k);
+        return buf;
+#endif
+    };
     const int k_row = row0 + (lm / 2) * 8 + lr, k_chunk = lm % 2;   // + 16 j tokens, 2 k chunks
     const int v_row = row0 + (lm % 2) * 8 + lr, v_chunk = lm / 2;   // + 16 j tokens, 2 d chunks
 
@@ -249,22 +224,10 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     float m_run[2] = {NEG_BIG, NEG_BIG};   // rows g and g + 8: running max (base 2)
     float l_run[2] = {0.0f, 0.0f};         // ... and this lane's share of the row sums
 
-    for (int i = 0; i < ntiles; ++i) {
-        const int nt = i + STAGES - 1;   // the tile to start now, into the buffer of tile i - 1
-        copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
-#if WARP_PIPE
-        __syncwarp();              // ... the warp's; and the warp is done with tile i - 1
-#else
-        __syncthreads();           // ... everyone's; and every warp is done with tile i - 1
-#endif
-        if (nt < ntiles)
-            copy_tile(stages + (nt % STAGES) * STAGE_BYTES, scales + (nt % STAGES) * 2 * CP_TOKENS,
-                      k_cache, v_cache, k_scale, v_scale, pg, start + nt * TILE_T + cp_off,
-                      page_size, page_shift, page_stride, row_stride, head_off, cid);
-        copy_commit();
-        if (nt + 1 < ntiles)
-            tile_pages(pg, table, start + (nt + 1) * TILE_T + cp_off, end, page_size,
-                       page_shift, cid);
+    for (int i = 0; i < it.ntiles; ++i) {
+        next_tile(i, stages, scales, pg, table, k_cache, v_cache, k_scale, v_scale, it.start,
+                  it.end, it.ntiles, page_size, page_shift, page_stride, row_stride, head_off,
+                  cid, cp_off);
         const unsigned char* ks = stages + (i % STAGES) * STAGE_BYTES;
         const unsigned char* vs = ks + CP_TOKENS * LDC;
 
@@ -288,12 +251,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #pragma unroll
                 for (int j = 0; j < 4; ++j) {
                     const int k = 4 * blk + j;
-#if Q_REGS
-                    const unsigned* a = qf[k];
-#else
-                    unsigned a[4];
-                    q_frag(a, k);
-#endif
+                    unsigned a_buf[4];
+                    const unsigned* a = q_operand(a_buf, k);
                     unsigned kb[2];
                     codes4_to_kv(word_of(raw, j), kb[0], kb[1]);
 #if S_CHAINS == 2
@@ -307,12 +266,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #else
 #pragma unroll
         for (int k = 0; k < D_TILES; ++k) {
-#if Q_REGS
-            const unsigned* a = qf[k];
-#else
-            unsigned a[4];
-            q_frag(a, k);
-#endif
+            unsigned a_buf[4];
+            const unsigned* a = q_operand(a_buf, k);
 #pragma unroll
             for (int j = 0; j < TW / 16; ++j) {
                 unsigned kb[4];
@@ -336,8 +291,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #endif
 
         // 2. online softmax in registers: the 4 lanes of a quad hold a row (xor 1, 2)
-        const int t0 = start + i * TILE_T + slice * TW + 2 * t;
-        const bool tail = start + i * TILE_T + (slice + 1) * TW > end;   // warp-uniform
+        const int t0 = it.start + i * TILE_T + slice * TW + 2 * t;
+        const bool tail = it.start + i * TILE_T + (slice + 1) * TW > it.end;   // warp-uniform
         float mx[2] = {NEG_BIG, NEG_BIG};
 #if KV_QUANT && PER_TOKEN_SCALES   // the token's scales: K's on its logit, V's on its P entry
         const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + row0 + 2 * t;
@@ -351,7 +306,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #if KV_QUANT && PER_TOKEN_SCALES
                 x *= ksc[8 * n + e % 2];
 #endif
-                if (tail && t0 + 8 * n + (e % 2) >= end) x = NEG_INF;
+                if (tail && t0 + 8 * n + (e % 2) >= it.end) x = NEG_INF;
                 s[n][e] = x;
                 mx[e / 2] = fmaxf(mx[e / 2], x);
             }
@@ -468,6 +423,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     }
     __syncthreads();
 
-    finish_block(m_s, l_s, os, flag_s, out, part_out, part_ml, counters, slot_start, b, part,
-                 nparts, num_heads, h0, nh, v_mult);
+    finish_block(m_s, l_s, os, flag_s, out, part_out, part_ml, counters, slot_start, it.b,
+                 it.part, it.nparts, num_heads, it.h0, it.nh, v_mult);
 }

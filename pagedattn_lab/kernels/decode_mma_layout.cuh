@@ -1,65 +1,21 @@
-// paged_decode_mma's (decode_mma.cu) compile-time defaults, warp and tile sizes and
-// shared-memory layout. Include after common.cuh and kv_quant.cuh.
+// paged_decode_mma's (decode_mma.cu) own compile-time defaults and sizes and its shared-memory
+// layout. Include after common.cuh, kv_quant.cuh and decode_tc_sizes.cuh (the defaults and
+// sizes it shares with decode_tc.cu).
 #ifndef DECODE_MMA_LAYOUT_CUH
 #define DECODE_MMA_LAYOUT_CUH
 
-#ifndef HEAD_DIM
-#define HEAD_DIM 128
-#endif
-#ifndef TC_WARPS
-#define TC_WARPS 4
-#endif
-#ifndef ROW_TILES
-#define ROW_TILES 1
-#endif
-#ifndef TILE_T
-#define TILE_T 64
-#endif
-#ifndef STAGES
-#define STAGES 2
-#endif
-#ifndef D_SPLIT
-#define D_SPLIT 1
-#endif
-#ifndef S_CHAINS
-#define S_CHAINS 1
-#endif
-#ifndef TC_MIN_BLOCKS
-#define TC_MIN_BLOCKS 1
-#endif
 #ifndef SWIZZLE
 #define SWIZZLE 1
-#endif
-#ifndef WARP_PIPE   // each warp copies and waits for its own tokens: no barrier in the loop
-#define WARP_PIPE 0
 #endif
 #ifndef Q_REGS   // Q's fragments held in registers for the whole partition (else reloaded per tile)
 #define Q_REGS (HEAD_DIM <= 128)
 #endif
-#ifndef CACHE_T
-#define CACHE_T KV_T
-#endif
-#define TC_THREADS (32 * TC_WARPS)
 
-constexpr int NWARPS = TC_WARPS;
-constexpr int CWARPS = NWARPS / D_SPLIT;      // warps with a (row tile, token slice) of their own
-constexpr int ROWS = 16 * ROW_TILES;          // rows of Q (query heads, padded)
-constexpr int SLICES = CWARPS / ROW_TILES;    // token slices of a row tile
-constexpr int TW = TILE_T / SLICES;           // tokens of a tile per warp
-constexpr int D_TILES = HEAD_DIM / 16;        // k steps of S = Q K^T; 16-column pairs of O
 constexpr int DP = D_TILES / D_SPLIT;         // the 16-column pairs of O one warp accumulates
 constexpr int NT = TW / 8;                    // S accumulators (8 tokens each) per warp and tile
 constexpr int LD = HEAD_DIM + 8;    // a row of Q in shared memory (elements): +16 bytes, so the
                                     // 8 rows of an ldmatrix fall in 8 different bank groups
 constexpr int LO = HEAD_DIM + 8;    // a row of O at the end (floats)
-constexpr int ROW_BYTES = HEAD_DIM * (int)sizeof(CACHE_T);   // one token's K (or V) row
-constexpr int CHUNKS = ROW_BYTES / 16;        // 16-byte copies per K or V row
-constexpr int CHUNK_ELEMS = 16 / (int)sizeof(CACHE_T);
-static_assert(NWARPS % D_SPLIT == 0 && CWARPS % ROW_TILES == 0 && D_TILES % D_SPLIT == 0,
-              "D_SPLIT must divide TC_WARPS and HEAD_DIM / 16; ROW_TILES, TC_WARPS / D_SPLIT");
-static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && TILE_T == TW * SLICES && STAGES >= 2,
-              "bad tile sizes");
-static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
 #if KV_QUANT   // codes are converted in registers: 16 codes per lane and load (see decode_mma.cu)
 static_assert(HEAD_DIM % 128 == 0, "decode_mma.cu reads codes at head_dim 128 and 256");
 static_assert((HEAD_DIM / 128) % D_SPLIT == 0, "D_SPLIT divides HEAD_DIM / 128 with codes");

@@ -63,6 +63,7 @@
 #include "kv_convert.cuh"
 #include <mma.h>
 
+#include "decode_tc_sizes.cuh"
 #include "decode_tc_layout.cuh"
 #include "decode_tc_tiles.cuh"
 #include "decode_tc_merge.cuh"

@@ -1,62 +1,17 @@
-// paged_decode_tc's (decode_tc.cu) compile-time defaults, warp and tile sizes, shared-memory
-// layout and fragment types. Include after common.cuh, kv_quant.cuh and <mma.h>.
+// paged_decode_tc's (decode_tc.cu) own sizes, shared-memory layout and fragment types.
+// Include after common.cuh, kv_quant.cuh, <mma.h> and decode_tc_sizes.cuh (the defaults and
+// sizes it shares with decode_mma.cu).
 #ifndef DECODE_TC_LAYOUT_CUH
 #define DECODE_TC_LAYOUT_CUH
 
-#ifndef HEAD_DIM
-#define HEAD_DIM 128
-#endif
-#ifndef TC_WARPS
-#define TC_WARPS 4
-#endif
-#ifndef ROW_TILES
-#define ROW_TILES 1
-#endif
-#ifndef TILE_T
-#define TILE_T 64
-#endif
-#ifndef STAGES
-#define STAGES 2
-#endif
-#ifndef S_CHAINS
-#define S_CHAINS 1
-#endif
-#ifndef D_SPLIT
-#define D_SPLIT 1
-#endif
-#ifndef TC_MIN_BLOCKS
-#define TC_MIN_BLOCKS 1
-#endif
-#ifndef WARP_PIPE
-#define WARP_PIPE 0
-#endif
-#ifndef CACHE_T
-#define CACHE_T KV_T
-#endif
-#define TC_THREADS (32 * TC_WARPS)
-
 using namespace nvcuda;
 
-constexpr int NWARPS = TC_WARPS;
-constexpr int CWARPS = NWARPS / D_SPLIT;      // warps with a (row tile, token slice) of their own
-constexpr int ROWS = 16 * ROW_TILES;          // rows of Q (query heads, padded)
-constexpr int SLICES = CWARPS / ROW_TILES;    // token slices of a row tile
-constexpr int TW = TILE_T / SLICES;           // tokens of a tile per warp
 constexpr int LD = HEAD_DIM + 8;    // shared row of Q, K, V (elements): +16 bytes against bank conflicts
 constexpr int LSW = TW + 4;         // a warp's row of S (floats)
 constexpr int LPW = TW + 8;         // a warp's row of P (elements)
 constexpr int LO = HEAD_DIM + 4;    // a row of O at the end (floats)
-constexpr int D_TILES = HEAD_DIM / 16;
 constexpr int DT = D_TILES / D_SPLIT;         // the 16-column tiles of O a warp accumulates
 constexpr int CPL = TW / 2;                   // softmax columns per lane (two lanes per row)
-constexpr int ROW_BYTES = HEAD_DIM * (int)sizeof(CACHE_T);   // one token's K (or V) row
-constexpr int CHUNKS = ROW_BYTES / 16;        // 16-byte copies per K or V row
-constexpr int CHUNK_ELEMS = 16 / (int)sizeof(CACHE_T);
-static_assert(NWARPS % D_SPLIT == 0 && CWARPS % ROW_TILES == 0 && D_TILES % D_SPLIT == 0,
-              "D_SPLIT must divide TC_WARPS and HEAD_DIM / 16; ROW_TILES, TC_WARPS / D_SPLIT");
-static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && TILE_T == TW * SLICES && STAGES >= 2,
-              "bad tile sizes");
-static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
 
 // Shared memory, in bytes from the start (decode_plan.tc_shared_bytes computes the same).
 // Staged tiles: STAGES x (K rows, V rows) as they come from the cache: KV_T rows padded to

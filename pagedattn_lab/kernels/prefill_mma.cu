@@ -60,18 +60,6 @@ __device__ inline void mma(float acc[4], const unsigned a[4], const unsigned b[2
 __device__ inline unsigned pack2(float lo, float hi, __half) { return pack2_half(lo, hi); }
 __device__ inline unsigned pack2(float lo, float hi, __nv_bfloat16) { return pack2_bf16(lo, hi); }
 
-// 2^x: the bare MUFU.EX2 on the GPU (see prefill_tc.cu).
-__device__ inline float fast_exp2(float x)
-{
-#ifdef __CUDA_ARCH__
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#else
-    return exp2f(x);
-#endif
-}
-
 __device__ inline float quad_max(float x)
 {
     x = fmaxf(x, __shfl_xor_sync(FULL, x, 1));
@@ -109,19 +97,14 @@ prefill_mma(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_
 
     const PrefillJob job = prefill_job(work, qo_indptr, seq_lens, block_tables, max_pages,
                                        num_heads, num_kv_heads, pack, causal);
-    const int block_last = min(job.rho0 + Q_ROWS, job.rows_total) - 1;
-    const int kv_end = job.key_limit(block_last) + 1;
-    const int warp_first = job.rho0 + warp * WARP_ROWS;
-    const bool warp_has_rows = warp_first < job.rows_total;
-    const int warp_min_lim = job.key_limit(warp_first);      // limits grow with rho
-    const int warp_max_lim = job.key_limit(min(warp_first + WARP_ROWS, job.rows_total) - 1);
+    const WarpKeys wk = warp_keys(job, warp);
     int lim[ROW_FRAGS][2];          // the key limits of this lane's rows g, g + 8
 #pragma unroll
     for (int f = 0; f < ROW_FRAGS; ++f)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) lim[f][h] = job.key_limit(warp_first + f * 16 + g + 8 * h);
+        for (int h = 0; h < 2; ++h) lim[f][h] = job.key_limit(wk.first + f * 16 + g + 8 * h);
 
-    KvPipeline kv = kv_pipeline(sh_kv, sh_slots, job, page_size, kv_end, k_cache, v_cache,
+    KvPipeline kv = kv_pipeline(sh_kv, sh_slots, job, page_size, wk.kv_end, k_cache, v_cache,
                                 k_scale, v_scale, num_kv_heads);
     stage_q(sh_q, q, job);
     kv.start();
@@ -162,10 +145,10 @@ prefill_mma(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_
 #pragma unroll
         for (int h = 0; h < 2; ++h) { m_run[f][h] = NEG_INF; l_run[f][h] = 0.0f; }
 
-    for (int k0 = 0, tile = 0; k0 < kv_end; k0 += KV_TILE, ++tile) {
+    for (int k0 = 0, tile = 0; k0 < wk.kv_end; k0 += KV_TILE, ++tile) {
         const ELEM* const k_tile = kv.begin_tile(tile, k0);
         const ELEM* const v_tile = k_tile + KV_TILE * LD_KV;
-        if (warp_has_rows && k0 <= warp_max_lim) {   // warp-uniform
+        if (wk.has_rows && k0 <= wk.max_lim) {   // warp-uniform
 
         // S = Q K^T: each K fragment (two 8-key tiles) feeds 2 * ROW_FRAGS products.
         float s[ROW_FRAGS][N8][4];
@@ -201,7 +184,7 @@ prefill_mma(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_
 
         // Online softmax on the accumulators. Element i of tile n is row g + 8 * (i / 2),
         // key k0 + 8n + 2t + i % 2.
-        if (k0 + KV_TILE - 1 > warp_min_lim) {   // some key of the tile is hidden from some row
+        if (k0 + KV_TILE - 1 > wk.min_lim) {   // some key of the tile is hidden from some row
 #pragma unroll
             for (int f = 0; f < ROW_FRAGS; ++f)
 #pragma unroll
@@ -268,13 +251,13 @@ prefill_mma(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_
         kv.end_tile(tile, k0);
     }
 
-    if (!warp_has_rows) return;   // no barrier below
+    if (!wk.has_rows) return;   // no barrier below
     // out = O / l, straight from the accumulators, 4 bytes (a column pair) at a time.
 #pragma unroll
     for (int f = 0; f < ROW_FRAGS; ++f)
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
-            const int rho = warp_first + f * 16 + g + 8 * h;
+            const int rho = wk.first + f * 16 + g + 8 * h;
             const float l = quad_sum(l_run[f][h]);
             const float inv = l > 0.0f ? 1.0f / l : 0.0f;
             if (rho >= job.rows_total) continue;

@@ -65,20 +65,6 @@ using namespace nvcuda;
 __device__ inline void from_float(float x, __half* p) { *p = __float2half(x); }
 __device__ inline void from_float(float x, __nv_bfloat16* p) { *p = __float2bfloat16(x); }
 
-// 2^x. On the GPU the bare MUFU.EX2 (ex2.approx.ftz): exp2f adds a range fix-up (a compare
-// and two multiplies) for results below 2^-126, and a weight that small next to its row's
-// largest (which is 1) changes nothing.
-__device__ inline float fast_exp2(float x)
-{
-#ifdef __CUDA_ARCH__
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#else
-    return exp2f(x);
-#endif
-}
-
 // Two floats rounded to ELEM and stored as one 4-byte word (dst 4-byte aligned).
 __device__ inline void store_pair(__half* dst, float a, float b)
 {
@@ -137,22 +123,17 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
 
     const PrefillJob job = prefill_job(work, qo_indptr, seq_lens, block_tables, max_pages,
                                        num_heads, num_kv_heads, pack, causal);
-    const int block_last = min(job.rho0 + Q_ROWS, job.rows_total) - 1;
-    const int kv_end = job.key_limit(block_last) + 1;
-    const int warp_first = job.rho0 + warp * WARP_ROWS;
-    const bool warp_has_rows = warp_first < job.rows_total;
-    const int warp_min_lim = job.key_limit(warp_first);      // limits grow with rho
-    const int warp_max_lim = job.key_limit(min(warp_first + WARP_ROWS, job.rows_total) - 1);
+    const WarpKeys wk = warp_keys(job, warp);
     int lim[ROW_FRAGS][2];
 #pragma unroll
     for (int f = 0; f < ROW_FRAGS; ++f)
 #pragma unroll
-        for (int s = 0; s < 2; ++s) lim[f][s] = job.key_limit(warp_first + f * 16 + L.row[s]);
+        for (int s = 0; s < 2; ++s) lim[f][s] = job.key_limit(wk.first + f * 16 + L.row[s]);
 
     // The Q tile, then the K/V pipeline (prefill_tiles.cuh): the slot ring after the warps'
     // P scratch (see shared_bytes in the wrapper).
     KvPipeline kv = kv_pipeline(sh.kv, reinterpret_cast<int*>(sh.p + WARPS * WARP_ROWS * LD_P),
-                                job, page_size, kv_end, k_cache, v_cache, k_scale, v_scale,
+                                job, page_size, wk.kv_end, k_cache, v_cache, k_scale, v_scale,
                                 num_kv_heads);
     stage_q(sh.q, q, job);
     kv.start();
@@ -181,10 +162,10 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
 #pragma unroll
         for (int s = 0; s < 2; ++s) { m_run[f][s] = NEG_INF; l_run[f][s] = 0.0f; }
 
-    for (int k0 = 0, tile = 0; k0 < kv_end; k0 += KV_TILE, ++tile) {
+    for (int k0 = 0, tile = 0; k0 < wk.kv_end; k0 += KV_TILE, ++tile) {
         const ELEM* k_tile = kv.begin_tile(tile, k0);
         const ELEM* v_tile = k_tile + KV_TILE * LD_KV;
-        if (warp_has_rows && k0 <= warp_max_lim) {   // warp-uniform
+        if (wk.has_rows && k0 <= wk.max_lim) {   // warp-uniform
 
         // S = Q K^T: each K fragment feeds ROW_FRAGS products.
         FragC s_frag[ROW_FRAGS][K_FRAGS];
@@ -217,7 +198,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         // Online softmax on the fragments: mask (only where some key is hidden from some
         // row of the warp), row maxima over the lanes sharing a row, then
         // P = 2^(s * scale_log2 - m) with m in log2 units: one FFMA and one exp2 per score.
-        const bool masked = k0 + KV_TILE - 1 > warp_min_lim;
+        const bool masked = k0 + KV_TILE - 1 > wk.min_lim;
         bool moved = false;                  // did some row's maximum move (alpha != 1)?
         float alpha[ROW_FRAGS][2];
 #pragma unroll
@@ -297,7 +278,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         __syncwarp();   // p_w is rewritten in the next tile
     }
 
-    if (!warp_has_rows) return;   // no barrier below
+    if (!wk.has_rows) return;   // no barrier below
     // out = O / l, written straight from the fragments, 4 bytes (a pair) at a time.
 #pragma unroll
     for (int f = 0; f < ROW_FRAGS; ++f) {
@@ -307,7 +288,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         for (int s = 0; s < 2; ++s) {
             float l = group_sum(l_run[f][s], L.share);
             inv[s] = l > 0.0f ? 1.0f / l : 0.0f;
-            rho[s] = warp_first + f * 16 + L.row[s];
+            rho[s] = wk.first + f * 16 + L.row[s];
         }
 #pragma unroll
         for (int i = 0; i < NE; i += 2) {

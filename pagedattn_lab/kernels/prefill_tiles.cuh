@@ -1,7 +1,8 @@
 // The tile loop around the inner products, shared by the two tensor-core prefill kernels
 // (prefill_tc.cu on WMMA, prefill_mma.cu on mma.sync): what a block computes (its work
-// item), which keys each packed row sees, and the pipeline that stages K/V tiles from their
-// pages into shared memory. Included after prefill_tc_params.cuh and prefill_tc_pipeline.cuh.
+// item), which keys each packed row and warp sees, the pipeline that stages K/V tiles from
+// their pages into shared memory, and the softmax's 2^x. Included after prefill_tc_params.cuh
+// and prefill_tc_pipeline.cuh.
 #ifndef PREFILL_TILES_CUH
 #define PREFILL_TILES_CUH
 
@@ -44,6 +45,40 @@ __device__ inline PrefillJob prefill_job(const int* work, const int* qo_indptr,
     j.causal = causal;
     j.table = block_tables + (long long)b * max_pages;
     return j;
+}
+
+// A warp's share of the block's rows and keys: the block's key count kv_end, the warp's first
+// packed row, whether it has any row, and the key limits of its first and last rows (limits
+// grow with rho).
+struct WarpKeys {
+    int kv_end, first, min_lim, max_lim;
+    bool has_rows;
+};
+
+__device__ inline WarpKeys warp_keys(const PrefillJob& job, int warp)
+{
+    WarpKeys wk;
+    const int block_last = min(job.rho0 + Q_ROWS, job.rows_total) - 1;
+    wk.kv_end = job.key_limit(block_last) + 1;
+    wk.first = job.rho0 + warp * WARP_ROWS;
+    wk.has_rows = wk.first < job.rows_total;
+    wk.min_lim = job.key_limit(wk.first);
+    wk.max_lim = job.key_limit(min(wk.first + WARP_ROWS, job.rows_total) - 1);
+    return wk;
+}
+
+// 2^x. On the GPU the bare MUFU.EX2 (ex2.approx.ftz): exp2f adds a range fix-up (a compare
+// and two multiplies) for results below 2^-126, and a weight that small next to its row's
+// largest (which is 1) changes nothing.
+__device__ inline float fast_exp2(float x)
+{
+#ifdef __CUDA_ARCH__
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return exp2f(x);
+#endif
 }
 
 // K/V tiles from their pages into STAGES stages of shared memory (K rows at stage + r * LD_KV,

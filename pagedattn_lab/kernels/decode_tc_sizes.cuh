@@ -1,0 +1,54 @@
+// The tensor-core decode kernels' (decode_tc.cu, decode_mma.cu) compile-time defaults and
+// warp and tile sizes, the same for both. Include after common.cuh and kv_quant.cuh, before
+// the kernel's layout header (which adds its own sizes and the shared-memory layout).
+#ifndef DECODE_TC_SIZES_CUH
+#define DECODE_TC_SIZES_CUH
+
+#ifndef HEAD_DIM
+#define HEAD_DIM 128
+#endif
+#ifndef TC_WARPS
+#define TC_WARPS 4
+#endif
+#ifndef ROW_TILES
+#define ROW_TILES 1
+#endif
+#ifndef TILE_T
+#define TILE_T 64
+#endif
+#ifndef STAGES
+#define STAGES 2
+#endif
+#ifndef D_SPLIT
+#define D_SPLIT 1
+#endif
+#ifndef S_CHAINS
+#define S_CHAINS 1
+#endif
+#ifndef TC_MIN_BLOCKS
+#define TC_MIN_BLOCKS 1
+#endif
+#ifndef WARP_PIPE   // each warp copies and waits for its own tokens: no barrier in the loop
+#define WARP_PIPE 0
+#endif
+#ifndef CACHE_T
+#define CACHE_T KV_T
+#endif
+#define TC_THREADS (32 * TC_WARPS)
+
+constexpr int NWARPS = TC_WARPS;
+constexpr int CWARPS = NWARPS / D_SPLIT;      // warps with a (row tile, token slice) of their own
+constexpr int ROWS = 16 * ROW_TILES;          // rows of Q (query heads, padded)
+constexpr int SLICES = CWARPS / ROW_TILES;    // token slices of a row tile
+constexpr int TW = TILE_T / SLICES;           // tokens of a tile per warp
+constexpr int D_TILES = HEAD_DIM / 16;        // k steps of S = Q K^T
+constexpr int ROW_BYTES = HEAD_DIM * (int)sizeof(CACHE_T);   // one token's K (or V) row
+constexpr int CHUNKS = ROW_BYTES / 16;        // 16-byte copies per K or V row
+constexpr int CHUNK_ELEMS = 16 / (int)sizeof(CACHE_T);
+static_assert(NWARPS % D_SPLIT == 0 && CWARPS % ROW_TILES == 0 && D_TILES % D_SPLIT == 0,
+              "D_SPLIT must divide TC_WARPS and HEAD_DIM / 16; ROW_TILES, TC_WARPS / D_SPLIT");
+static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && TILE_T == TW * SLICES && STAGES >= 2,
+              "bad tile sizes");
+static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
+
+#endif  // DECODE_TC_SIZES_CUH
