@@ -20,8 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .attention_common import KV_C_TYPES, THREADS
-from .decode_tc_sizes import (TC_SMEM_PER_SM, mma_shared_bytes, tc_max_parts,  # noqa: F401
-                              tc_resident_blocks, tc_shared_bytes)
+from .decode_tc_sizes import TC_SMEM_PER_SM, mma_shared_bytes, tc_shared_bytes
 
 KERNELS = ("simt", "tensor_core")
 HEAD_DIM_MAX = 256
@@ -267,7 +266,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     O's columns (more warps per SM for the same registers); min_blocks: the blocks per SM
     the compiler must leave registers for (__launch_bounds__); warp_pipe: each warp copies
     and waits for its own tokens (one row tile, d_split 1 only; else ignored). impl: "mma"
-    or "wmma" (None: TC_IMPL; compressed pages always "wmma"); swizzle and q_regs (Q's
+    or "wmma" (None: TC_IMPL; compressed pages at a head_dim that is not a multiple of 128
+    always "wmma"); swizzle and q_regs (Q's
     fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes converted by
     moving bits instead of the conversion instruction) are the "mma" kernel's."""
     if impl not in (None, *TC_IMPLS):

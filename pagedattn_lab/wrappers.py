@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from . import decode_plan as dp
+from .decode_tc_sizes import tc_max_parts, tc_resident_blocks
 from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes, data_pointer,
                                dtype_name, from_torch, is_torch_tensor, page_shift, sm_count,
                                to_torch_like)
@@ -166,8 +167,8 @@ class BatchDecodeWrapper:
         rows, row_tiles = cfg.rows, cfg.row_tiles
         grid_y = self.num_kv_heads * cfg.chunks
         self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sm_count(self.on_gpu),
-                                              dp.tc_max_parts(rows, cfg.kv_bytes), num_splits,
-                                              dp.tc_resident_blocks(cfg, self.head_dim),
+                                              tc_max_parts(rows, cfg.kv_bytes), num_splits,
+                                              tc_resident_blocks(cfg, self.head_dim),
                                               cfg.blocks_per_sm)
         work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
         self.max_parts = int(-(-lens_h.max() // self.part_len))
