@@ -33,21 +33,21 @@ import numpy as np
 
 from . import decode_plan as dp
 from .decode_tc_sizes import tc_max_parts, tc_resident_blocks
-from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes, data_pointer,
-                               dtype_name, from_torch, is_torch_tensor, page_shift, sm_count,
-                               to_torch_like)
+from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes,
+                               dtype_name, from_torch, page_shift, sm_count)
 from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
+from .decode_run import DecodeRun
 from .kernels import kernel as load_kernel
-from .quant import check_run_scales, check_scheme, kv_format
-from .validate import (check_array, check_block_tables, check_int, check_out,
-                       check_plan_sizes, resolve_scale)
+from .quant import check_scheme, kv_format
+from .rawkernel import PackedLaunch
+from .validate import check_array, check_block_tables, check_int, check_plan_sizes
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]
 
 QUANT_NARROW_GMAX = 8   # compressed pages: SIMT blocks of this many query heads load 8 codes
 
 
-class BatchDecodeWrapper:
+class BatchDecodeWrapper(DecodeRun):
     """Decode attention over a paged KV cache, planned once per step and run per layer.
 
     After `plan`: `kernel` ("simt" or "tensor_core"), `part_len` (tokens per split-K
@@ -125,6 +125,7 @@ class BatchDecodeWrapper:
         self._tables, self._lens = place(block_tables, tables_h), place(seq_lens, lens_h)
         self._out = xp.empty((self.batch, num_heads, head_dim),
                              dtype=self._array_dtypes[0])
+        self._prepare_run()
         self._launches = []
         if self.batch:
             build = self._plan_tensor_core if self.kernel == "tensor_core" else self._plan_simt
@@ -210,9 +211,12 @@ class BatchDecodeWrapper:
 
     def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
         allow_shared_memory(kern, shared)
-        # On the GPU, run() launches the cupy.RawKernel inside the course's RawKernel: the
-        # argument check it would repeat is this wrapper's own (in plan and run).
-        self._launches.append((kern.gpu if self.on_gpu else kern, grid, (block,), make_args, shared))
+        # On the GPU, run() launches the cupy.RawKernel inside the course's RawKernel with
+        # its arguments packed here (rawkernel.PackedLaunch): the argument check it would
+        # repeat is this wrapper's own (in plan and run).
+        if self.on_gpu:
+            kern = PackedLaunch(kern.gpu, grid, (block,), shared, make_args, n_varying=7)
+        self._launches.append((kern, grid, (block,), make_args, shared))
 
     def describe(self) -> str:
         """One line: the kernel, its blocks and the split."""
@@ -231,98 +235,6 @@ class BatchDecodeWrapper:
                 f"{self.num_kv_heads} KV heads (group {group}), {how}; partitions of "
                 f"{self.part_len} tokens (at most {self.max_parts} per sequence); grid "
                 f"{self.grid}")
-
-    # ---- run --------------------------------------------------------------------------
-    def run(self, q, k_cache, v_cache, out=None, scale=None, k_scale=None, v_scale=None):
-        """Attention of the planned step for one layer: q [batch, num_heads, head_dim],
-        caches [num_pages, page_size, num_kv_heads, head_dim]. Returns out (the plan's own
-        buffer when out is None). k_scale, v_scale: the scales of a compressed cache (see
-        the module docstring); None for an uncompressed one."""
-        if self.kernel is None:
-            raise RuntimeError("run: call plan() first")
-        like = q if is_torch_tensor(q) else None
-        if like is not None or any(is_torch_tensor(x) for x in (k_cache, out, k_scale, v_scale)):
-            q, k_cache, v_cache, out, k_scale, v_scale = (
-                from_torch(x) for x in (q, k_cache, v_cache, out, k_scale, v_scale))
-        if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)
-            # A q that is no array, or of a dtype the plan refuses, keeps the plan's buffer:
-            # _check_run then names q (a view to it would fail with NumPy's own message).
-            q_dtype = getattr(q, "dtype", None)
-            view = q_dtype is not None and q_dtype != self._out.dtype and any(
-                q_dtype == d for d in self._array_dtypes)
-            out = self._out.view(q_dtype) if view else self._out
-        else:
-            check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
-        self._check_run(q, k_cache, v_cache, out)
-        check_run_scales(self.kv_format, self.scale_scheme, k_cache.shape, k_scale, v_scale,
-                         self.on_gpu, self._seen_scales)
-        if self.kv_format is None:
-            k_scale = v_scale = self._no_scale
-        else:   # the kernels take the codes as bytes
-            k_cache, v_cache = k_cache.view(np.uint8), v_cache.view(np.uint8)
-        s = (self._default_scale_log2 if scale is None
-             else np.float32(resolve_scale(scale, self.head_dim) * LOG2E))
-        for kern, grid, block, make_args, shared in self._launches:
-            kern(grid, block, make_args(q, k_cache, v_cache, out, s, k_scale, v_scale),
-                 shared_mem=shared)
-        return out if like is None else to_torch_like(out, like)
-
-    def _check_run(self, q, k, v, out):
-        qshape = (self.batch, self.num_heads, self.head_dim)
-        if (type(q) is self._array_type and type(k) is self._array_type
-                and type(v) is self._array_type and type(out) is self._array_type
-                and q.shape == qshape and out.shape == qshape and k.ndim == 4
-                and k.shape[1:] == (self.page_size, self.num_kv_heads, self.head_dim)
-                and v.shape == k.shape and k.shape[0] > self.max_page
-                and q.dtype in self._array_dtypes and out.dtype == q.dtype
-                and k.dtype == v.dtype == (q.dtype if self.kv_format is None
-                                           else self.kv_format.storage)
-                and q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous
-                and out.flags.c_contiguous
-                and not (data_pointer(q) | data_pointer(k) | data_pointer(v)
-                         | data_pointer(out)) % 16):
-            return
-        self._explain_run(q, k, v, out, qshape)
-
-    def _explain_run(self, q, k, v, out, qshape):
-        """Raise the error that _check_run found, naming the argument."""
-        where = "GPU: expected a CuPy" if self.on_gpu else "CPU: expected a NumPy"
-        names = " or ".join(d.name for d in self._array_dtypes)
-        fmt = self.kv_format
-        for name, x in (("q", q), ("k_cache", k), ("v_cache", v), ("out", out)):
-            if type(x) is not self._array_type:
-                raise TypeError(f"{name}: the plan runs on the {where} array or a torch tensor, "
-                                f"got {type(x).__module__}.{type(x).__name__}")
-            if fmt is not None and name in ("k_cache", "v_cache"):
-                if x.dtype != fmt.storage:
-                    raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
-                                    f"{fmt.storage.name} (the codes), got {x.dtype.name}")
-            elif x.dtype not in self._array_dtypes:
-                raise TypeError(f"{name}: the plan is for {self.dtype}: expected dtype {names}, "
-                                f"got {x.dtype.name}")
-            if not x.flags.c_contiguous:
-                raise ValueError(f"{name}: expected a C-contiguous array")
-            if data_pointer(x) % 16:
-                raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
-                                 "kernels load 16 bytes at a time), not an offset view")
-        for name, x in (("q", q), ("out", out)):
-            if tuple(x.shape) != qshape:
-                raise ValueError(f"{name}: expected shape {qshape} (the plan's batch, num_heads, "
-                                 f"head_dim), got {tuple(x.shape)}")
-        page = (self.page_size, self.num_kv_heads, self.head_dim)
-        if k.ndim != 4 or tuple(k.shape[1:]) != page:
-            raise ValueError(f"k_cache: expected shape [num_pages, {', '.join(map(str, page))}] "
-                             f"(the plan's page_size, num_kv_heads, head_dim), got {tuple(k.shape)}")
-        if v.shape != k.shape:
-            raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k.shape)}, got "
-                             f"{tuple(v.shape)}")
-        if not k.shape[0] > self.max_page:
-            raise ValueError(f"k_cache: the plan reads page {self.max_page}, but the cache has "
-                             f"only {k.shape[0]} pages")
-        if not (q.dtype == out.dtype and (fmt is not None or q.dtype == k.dtype == v.dtype)):
-            raise TypeError(f"q, k_cache, v_cache, out: expected one dtype, got {q.dtype.name}, "
-                            f"{k.dtype.name}, {v.dtype.name}, {out.dtype.name}")
-        raise AssertionError("unreachable: _check_run refused arguments _explain_run accepts")
 
 
 def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format):
