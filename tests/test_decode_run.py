@@ -217,3 +217,57 @@ def test_pack_arguments_places_each_argument():
     for bad in (3, 0.5, np.zeros(2, np.float32), np.complex128(1)):
         with pytest.raises(TypeError, match="kernel 'k': argument 1 .* cannot be packed"):
             pack_arguments(lambda a, bad=bad: (a, bad), 1, "k")
+
+
+class FakeCupy:
+    """What PackedLaunch asks of CuPy: the current device and CPointer."""
+    class cuda:
+        class runtime:
+            @staticmethod
+            def getDevice():
+                return 0
+
+        class function:
+            class CPointer:
+                def __init__(self, p):
+                    self.ptr = p
+
+
+class RecordingKernel:
+    """A cupy.RawKernel stand-in whose function reads each argument slot when launched."""
+    name = "recording"
+
+    def __init__(self):
+        self.launched = []
+
+    @property
+    def kernel(self):
+        def function(grid, block, args, shared):
+            import ctypes
+            self.launched.append((grid, block, shared,
+                                  [ctypes.c_uint64.from_address(a.ptr).value for a in args]))
+        return function
+
+
+def test_packed_launches_pass_each_run_its_own_values(rng, monkeypatch):
+    """The GPU branch of run(), on stand-ins: every launch gets q, k, v, out, the scale's bits
+    and the scale arrays where make_args puts them, and the plan's fixed values elsewhere."""
+    from pagedattn_lab import backend
+    from pagedattn_lab.rawkernel import PackedLaunch
+    monkeypatch.setattr(backend, "cupy_module", lambda: FakeCupy)
+    args = decode_problem(rng, [40, 9], dtype="float32")
+    q, k, v = args[:3]
+    w = planned(args, num_splits=2)
+    kern = RecordingKernel()
+    w._launches = [(PackedLaunch(kern, (3, 2, 1), (128,), 64, lambda q, k, v, out, s, ks, vs:
+                                 (np.int32(7), out, q, s, k, v, np.float32(2.0), ks, vs), 7),)
+                   + entry[1:] for entry in w._launches[:1]]
+    w.on_gpu, w._current_device, w._device = True, lambda: 0, 0
+    ptr = w._layout.pointer
+    for scale in (None, 0.5):
+        out = np.empty_like(q)
+        w.run(q, k, v, out=out, scale=scale)
+        s = np.float32((1 / 8 if scale is None else scale) * 1.4426950408889634)
+        assert kern.launched[-1] == ((3, 2, 1), (128,), 64, [
+            7, ptr(out), ptr(q), int(s.view(np.uint32)), ptr(k), ptr(v), 0x4000_0000,
+            ptr(w._no_scale), ptr(w._no_scale)])
