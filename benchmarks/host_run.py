@@ -8,8 +8,9 @@ wall time, no spin kernel: `bench.timing.host_time`), and the one-shot D64 call 
 its kernel. Every figure is taken `reps` times (the lent machine's host is noisy): run() as
 the benchmark times it and with out=None / an explicit scale; its parts (the fast check alone,
 the packed launches alone, the general check with the packed launches, the general check with
-cupy.RawKernel's own argument conversion as run() launched before `rawkernel.PackedLaunch`),
-an empty kernel's launch (CuPy's floor), FlashInfer's run on the same tiny problem when its
+cupy.RawKernel's own argument conversion as run() launched before `rawkernel.PackedLaunch`,
+CuPy's Function called with the packed arguments, the device query), an empty kernel's
+launch (CuPy's floor), FlashInfer's run on the same tiny problem when its
 JIT-built module is already on the machine (PAGEDATTN_FLASHINFER_PREBUILT=1 with
 FLASHINFER_DISABLE_JIT=1: it is not built here), a cProfile of run(), and the one-shot D64
 call against its kernel (CUDA events, L2 flushed, spin kernel: `bench.timing.Timer`).
@@ -55,6 +56,11 @@ def parts(plan, q, k, v, out):
             kern.kern(grid, block, make_args(q, k, v, out, s, no_scale, no_scale),
                       shared_mem=shared)
 
+    def function_only():
+        for entry in plan._launches:
+            p = entry[0]
+            p._function(p._grid, p._block, p._args, p._shared)
+
     def general_unpacked():   # what run() did before the fast check and the packed launches
         plan._launch = lambda *a: launch_unpacked()
         try:
@@ -73,6 +79,8 @@ def parts(plan, q, k, v, out):
         "general check + packed launches": lambda: plan._run_general(q, k, v, out, None, None,
                                                                      None),
         "general check + cupy.RawKernel (before)": general_unpacked,
+        "CuPy Function calls only (no slots, no lock)": function_only,
+        "cupy.cuda.runtime.getDevice()": cp.cuda.runtime.getDevice,
         "empty kernel, cupy.RawKernel": lambda: empty((1,), (1,), ()),
     }
 
