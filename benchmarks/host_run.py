@@ -9,7 +9,8 @@ its kernel. Every figure is taken `reps` times (the lent machine's host is noisy
 the benchmark times it and with out=None / an explicit scale; its parts (the fast check alone,
 the packed launches alone, the general check with the packed launches, the general check with
 cupy.RawKernel's own argument conversion as run() launched before `rawkernel.PackedLaunch`,
-CuPy's Function called with the packed arguments, the device query), an empty kernel's
+CuPy's Function called with the packed arguments, cuLaunchKernel through CuPy's driver
+binding without Function (a variant), the device query), an empty kernel's
 launch (CuPy's floor), FlashInfer's run on the same tiny problem when its
 JIT-built module is already on the machine (PAGEDATTN_FLASHINFER_PREBUILT=1 with
 FLASHINFER_DISABLE_JIT=1: it is not built here), a cProfile of run(), and the one-shot D64
@@ -17,6 +18,7 @@ call against its kernel (CUDA events, L2 flushed, spin kernel: `bench.timing.Tim
 """
 import argparse
 import cProfile
+import ctypes
 import io
 import json
 import math
@@ -61,6 +63,20 @@ def parts(plan, q, k, v, out):
             p = entry[0]
             p._function(p._grid, p._block, p._args, p._shared)
 
+    from cupy_backends.cuda.api import driver  # noqa: PLC0415 - a variant measured only here
+    direct = []
+    for entry in plan._launches:
+        p = entry[0]
+        params = (ctypes.c_void_p * len(p._args))(*[a.ptr for a in p._args])
+        direct.append((p._function.ptr, *(p._grid + (1, 1))[:3], *(p._block + (1, 1))[:3],
+                       p._shared, params))
+
+    def driver_direct():   # cuLaunchKernel through CuPy's driver binding, no Function
+        stream = cp.cuda.get_current_stream().ptr
+        for f, gx, gy, gz, bx, by, bz, shared, params in direct:
+            driver.launchKernel(f, gx, gy, gz, bx, by, bz, shared, stream,
+                                ctypes.addressof(params), 0)
+
     def general_unpacked():   # what run() did before the fast check and the packed launches
         plan._launch = lambda *a: launch_unpacked()
         try:
@@ -80,6 +96,7 @@ def parts(plan, q, k, v, out):
                                                                      None),
         "general check + cupy.RawKernel (before)": general_unpacked,
         "CuPy Function calls only (no slots, no lock)": function_only,
+        "driver.launchKernel direct (variant)": driver_direct,
         "cupy.cuda.runtime.getDevice()": cp.cuda.runtime.getDevice,
         "empty kernel, cupy.RawKernel": lambda: empty((1,), (1,), ()),
     }
