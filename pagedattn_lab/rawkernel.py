@@ -198,7 +198,7 @@ class PackedLaunch:
     CuPy hands to cuLaunchKernel as they are. `launch(values)` writes the changing arguments
     into the first slots and launches; cuLaunchKernel copies the values when it is called, so
     the next launch may rewrite them at once, and a lock keeps two threads that run one plan
-    from interleaving. The launch goes to the device current at construction (`device`).
+    from interleaving. The launch goes to the device current at construction.
     Called like a cupy.RawKernel (`(grid, block, args, shared_mem=...)`), it launches unpacked.
     """
 
@@ -206,7 +206,6 @@ class PackedLaunch:
         from .backend import cupy_module  # noqa: PLC0415 - never import CuPy eagerly
         cupy = cupy_module()
         self.kern = kern
-        self.device = cupy.cuda.runtime.getDevice()
         self._function = kern.kernel   # compiled (or found in CuPy's cache) for this device
         self._grid, self._block = _as_tuple(grid, "grid"), _as_tuple(block, "block")
         self._shared = int(shared_mem)

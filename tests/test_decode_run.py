@@ -220,13 +220,8 @@ def test_pack_arguments_places_each_argument():
 
 
 class FakeCupy:
-    """What PackedLaunch asks of CuPy: the current device and CPointer."""
+    """What PackedLaunch asks of CuPy: CPointer."""
     class cuda:
-        class runtime:
-            @staticmethod
-            def getDevice():
-                return 0
-
         class function:
             class CPointer:
                 def __init__(self, p):
