@@ -49,8 +49,9 @@ class RunLayout:
         self.seen = seen
 
     def fast(self, q, k, v, out, k_scale, v_scale):
-        """(out, q, k, v, out, k_scale, v_scale data pointers) of a call this layout accepts
-        as it is; None sends the call to the general check. `out` None: the plan's buffer."""
+        """(out, then the data pointers of q, k, v, out, k_scale and v_scale) for a call
+        this layout accepts as it is; None sends the call to the general check. out=None:
+        the plan's buffer; the scales of an uncompressed cache: the kernels' unused one."""
         t, d, kd = self.array_type, self.dtype, self.cache_dtype
         if not (type(q) is t and type(k) is t and type(v) is t and q.dtype is d
                 and k.dtype is kd and v.dtype is kd and q.shape == self.qshape):
