@@ -20,9 +20,6 @@ from operator import attrgetter
 
 import numpy as np
 
-from .attention_common import LOG2E, data_pointer, from_torch, is_torch_tensor, to_torch_like
-from .quant import check_run_scales
-from .validate import check_out, resolve_scale
 
 F32 = np.dtype(np.float32)
 
@@ -99,10 +96,12 @@ class RunLayout:
 
 
 class DecodeRun:
-    """The run side of `wrappers.BatchDecodeWrapper` (its base class): run() and its checks.
-    Reads what the wrapper's plan sets (the plan's sizes, `kv_format`, `scale_scheme`,
-    `on_gpu`, `xp`, `_out`, `_no_scale`, `_array_type`, `_array_dtypes`, `_launches`,
-    `_seen_scales`, `_default_scale_log2`); plan calls `_prepare_run` once the sizes are set.
+    """The fast side of `wrappers.BatchDecodeWrapper.run` (this is its base class): run(),
+    the layout it checks against, the launches. Reads what the wrapper's plan sets (the
+    plan's sizes, `kv_format`, `scale_scheme`, `on_gpu`, `xp`, `_out`, `_no_scale`,
+    `_array_type`, `_launches`, `_seen_scales`, `_default_scale_log2`; plan calls
+    `_prepare_run` at its end) and uses the wrapper's general path (`_run_general`: every call
+    the fast check does not accept, checked in full by `_check_run`) and `_scale`.
     """
 
     def _prepare_run(self):
@@ -133,29 +132,6 @@ class DecodeRun:
         self._launch(q, k_cache, v_cache, checked[0], scale, k_scale, v_scale, checked[1:])
         return checked[0]
 
-    def _run_general(self, q, k_cache, v_cache, out, scale, k_scale, v_scale):
-        """run() of torch tensors, bfloat16 bits, and every call the fast check refused."""
-        like = q if is_torch_tensor(q) else None
-        if like is not None or any(is_torch_tensor(x) for x in (k_cache, out, k_scale, v_scale)):
-            q, k_cache, v_cache, out, k_scale, v_scale = (
-                from_torch(x) for x in (q, k_cache, v_cache, out, k_scale, v_scale))
-        if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)
-            # A q that is no array, or of a dtype the plan refuses, keeps the plan's buffer:
-            # _check_run then names q (a view to it would fail with NumPy's own message).
-            q_dtype = getattr(q, "dtype", None)
-            view = q_dtype is not None and q_dtype != self._out.dtype and any(
-                q_dtype == d for d in self._array_dtypes)
-            out = self._out.view(q_dtype) if view else self._out
-        else:
-            check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
-        self._check_run(q, k_cache, v_cache, out)
-        check_run_scales(self.kv_format, self.scale_scheme, k_cache.shape, k_scale, v_scale,
-                         self.on_gpu, self._seen_scales)
-        scales = (k_scale, v_scale) if self.kv_format is not None else (self._no_scale,) * 2
-        pointers = tuple(data_pointer(x) for x in (q, k_cache, v_cache, out, *scales))
-        self._launch(q, k_cache, v_cache, out, scale, k_scale, v_scale, pointers)
-        return out if like is None else to_torch_like(out, like)
-
     def _launch(self, q, k_cache, v_cache, out, scale, k_scale, v_scale, pointers):
         """The plan's launches, the arguments checked; pointers: the data addresses of q,
         k_cache, v_cache, out and the two scale arrays (all the GPU's launches take)."""
@@ -176,71 +152,3 @@ class DecodeRun:
         for kern, grid, block, make_args, shared in self._launches:
             kern(grid, block, make_args(q, k_cache, v_cache, out, s, k_scale, v_scale),
                  shared_mem=shared)
-
-    def _scale(self, scale):
-        """(scale * log2(e) as a float32, its bits): the default's, or the last scale's,
-        computed once (a serving loop passes the same scale at every layer)."""
-        if scale is None:
-            return self._default_scale
-        last = self._last_scale
-        if last is None or (type(scale), scale) != last[0]:
-            s = np.float32(resolve_scale(scale, self.head_dim) * LOG2E)
-            last = self._last_scale = ((type(scale), scale), s, int(s.view(np.uint32)))
-        return last[1:]
-
-    def _check_run(self, q, k, v, out):
-        qshape = (self.batch, self.num_heads, self.head_dim)
-        if (type(q) is self._array_type and type(k) is self._array_type
-                and type(v) is self._array_type and type(out) is self._array_type
-                and q.shape == qshape and out.shape == qshape and k.ndim == 4
-                and k.shape[1:] == (self.page_size, self.num_kv_heads, self.head_dim)
-                and v.shape == k.shape and k.shape[0] > self.max_page
-                and q.dtype in self._array_dtypes and out.dtype == q.dtype
-                and k.dtype == v.dtype == (q.dtype if self.kv_format is None
-                                           else self.kv_format.storage)
-                and q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous
-                and out.flags.c_contiguous
-                and not (data_pointer(q) | data_pointer(k) | data_pointer(v)
-                         | data_pointer(out)) % 16):
-            return
-        self._explain_run(q, k, v, out, qshape)
-
-    def _explain_run(self, q, k, v, out, qshape):
-        """Raise the error that _check_run found, naming the argument."""
-        where = "GPU: expected a CuPy" if self.on_gpu else "CPU: expected a NumPy"
-        names = " or ".join(d.name for d in self._array_dtypes)
-        fmt = self.kv_format
-        for name, x in (("q", q), ("k_cache", k), ("v_cache", v), ("out", out)):
-            if type(x) is not self._array_type:
-                raise TypeError(f"{name}: the plan runs on the {where} array or a torch tensor, "
-                                f"got {type(x).__module__}.{type(x).__name__}")
-            if fmt is not None and name in ("k_cache", "v_cache"):
-                if x.dtype != fmt.storage:
-                    raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
-                                    f"{fmt.storage.name} (the codes), got {x.dtype.name}")
-            elif x.dtype not in self._array_dtypes:
-                raise TypeError(f"{name}: the plan is for {self.dtype}: expected dtype {names}, "
-                                f"got {x.dtype.name}")
-            if not x.flags.c_contiguous:
-                raise ValueError(f"{name}: expected a C-contiguous array")
-            if data_pointer(x) % 16:
-                raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
-                                 "kernels load 16 bytes at a time), not an offset view")
-        for name, x in (("q", q), ("out", out)):
-            if tuple(x.shape) != qshape:
-                raise ValueError(f"{name}: expected shape {qshape} (the plan's batch, num_heads, "
-                                 f"head_dim), got {tuple(x.shape)}")
-        page = (self.page_size, self.num_kv_heads, self.head_dim)
-        if k.ndim != 4 or tuple(k.shape[1:]) != page:
-            raise ValueError(f"k_cache: expected shape [num_pages, {', '.join(map(str, page))}] "
-                             f"(the plan's page_size, num_kv_heads, head_dim), got {tuple(k.shape)}")
-        if v.shape != k.shape:
-            raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k.shape)}, got "
-                             f"{tuple(v.shape)}")
-        if not k.shape[0] > self.max_page:
-            raise ValueError(f"k_cache: the plan reads page {self.max_page}, but the cache has "
-                             f"only {k.shape[0]} pages")
-        if not (q.dtype == out.dtype and (fmt is not None or q.dtype == k.dtype == v.dtype)):
-            raise TypeError(f"q, k_cache, v_cache, out: expected one dtype, got {q.dtype.name}, "
-                            f"{k.dtype.name}, {v.dtype.name}, {out.dtype.name}")
-        raise AssertionError("unreachable: _check_run refused arguments _explain_run accepts")

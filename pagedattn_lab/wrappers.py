@@ -33,14 +33,16 @@ import numpy as np
 
 from . import decode_plan as dp
 from .decode_tc_sizes import tc_max_parts, tc_resident_blocks
-from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes,
-                               dtype_name, from_torch, page_shift, sm_count)
+from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes, data_pointer,
+                               dtype_name, from_torch, is_torch_tensor, page_shift, sm_count,
+                               to_torch_like)
 from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
 from .decode_run import DecodeRun
-from .kernels import kernel as load_kernel
-from .quant import check_scheme, kv_format
 from .rawkernel import PackedLaunch
-from .validate import check_array, check_block_tables, check_int, check_plan_sizes
+from .kernels import kernel as load_kernel
+from .quant import check_run_scales, check_scheme, kv_format
+from .validate import (check_array, check_block_tables, check_int, check_out,
+                       check_plan_sizes, resolve_scale)
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]
 
@@ -125,11 +127,11 @@ class BatchDecodeWrapper(DecodeRun):
         self._tables, self._lens = place(block_tables, tables_h), place(seq_lens, lens_h)
         self._out = xp.empty((self.batch, num_heads, head_dim),
                              dtype=self._array_dtypes[0])
-        self._prepare_run()
         self._launches = []
         if self.batch:
             build = self._plan_tensor_core if self.kernel == "tensor_core" else self._plan_simt
             build(lens_h, num_splits)
+        self._prepare_run()
 
     def _plan_simt(self, lens_h, num_splits):
         gmax = dp.group_kernel_size(self.num_heads // self.num_kv_heads)
@@ -211,9 +213,8 @@ class BatchDecodeWrapper(DecodeRun):
 
     def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
         allow_shared_memory(kern, shared)
-        # On the GPU, run() launches the cupy.RawKernel inside the course's RawKernel with
-        # its arguments packed here (rawkernel.PackedLaunch): the argument check it would
-        # repeat is this wrapper's own (in plan and run).
+        # On the GPU, run() launches the cupy.RawKernel inside the course's RawKernel, its
+        # arguments packed here (rawkernel.PackedLaunch); the checks are the wrapper's own.
         if self.on_gpu:
             kern = PackedLaunch(kern.gpu, grid, (block,), shared, make_args, n_varying=7)
         self._launches.append((kern, grid, (block,), make_args, shared))
@@ -235,6 +236,98 @@ class BatchDecodeWrapper(DecodeRun):
                 f"{self.num_kv_heads} KV heads (group {group}), {how}; partitions of "
                 f"{self.part_len} tokens (at most {self.max_parts} per sequence); grid "
                 f"{self.grid}")
+
+    # ---- run: the general path (decode_run.DecodeRun has run() and its fast path) ---------
+    def _run_general(self, q, k_cache, v_cache, out, scale, k_scale, v_scale):
+        """run() of torch tensors, bfloat16 bits, and every call the fast check refused."""
+        like = q if is_torch_tensor(q) else None
+        if like is not None or any(is_torch_tensor(x) for x in (k_cache, out, k_scale, v_scale)):
+            q, k_cache, v_cache, out, k_scale, v_scale = (
+                from_torch(x) for x in (q, k_cache, v_cache, out, k_scale, v_scale))
+        if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)
+            # A q that is no array, or of a dtype the plan refuses, keeps the plan's buffer:
+            # _check_run then names q (a view to it would fail with NumPy's own message).
+            q_dtype = getattr(q, "dtype", None)
+            view = q_dtype is not None and q_dtype != self._out.dtype and any(
+                q_dtype == d for d in self._array_dtypes)
+            out = self._out.view(q_dtype) if view else self._out
+        else:
+            check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
+        self._check_run(q, k_cache, v_cache, out)
+        check_run_scales(self.kv_format, self.scale_scheme, k_cache.shape, k_scale, v_scale,
+                         self.on_gpu, self._seen_scales)
+        scales = (k_scale, v_scale) if self.kv_format is not None else (self._no_scale,) * 2
+        pointers = tuple(data_pointer(x) for x in (q, k_cache, v_cache, out, *scales))
+        self._launch(q, k_cache, v_cache, out, scale, k_scale, v_scale, pointers)
+        return out if like is None else to_torch_like(out, like)
+
+    def _scale(self, scale):
+        """(scale * log2(e) as a float32, its bits): the default's, or the last scale's,
+        computed once (a serving loop passes the same scale at every layer)."""
+        if scale is None:
+            return self._default_scale
+        last = self._last_scale
+        if last is None or (type(scale), scale) != last[0]:
+            s = np.float32(resolve_scale(scale, self.head_dim) * LOG2E)
+            last = self._last_scale = ((type(scale), scale), s, int(s.view(np.uint32)))
+        return last[1:]
+
+    def _check_run(self, q, k, v, out):
+        qshape = (self.batch, self.num_heads, self.head_dim)
+        if (type(q) is self._array_type and type(k) is self._array_type
+                and type(v) is self._array_type and type(out) is self._array_type
+                and q.shape == qshape and out.shape == qshape and k.ndim == 4
+                and k.shape[1:] == (self.page_size, self.num_kv_heads, self.head_dim)
+                and v.shape == k.shape and k.shape[0] > self.max_page
+                and q.dtype in self._array_dtypes and out.dtype == q.dtype
+                and k.dtype == v.dtype == (q.dtype if self.kv_format is None
+                                           else self.kv_format.storage)
+                and q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous
+                and out.flags.c_contiguous
+                and not (data_pointer(q) | data_pointer(k) | data_pointer(v)
+                         | data_pointer(out)) % 16):
+            return
+        self._explain_run(q, k, v, out, qshape)
+
+    def _explain_run(self, q, k, v, out, qshape):
+        """Raise the error that _check_run found, naming the argument."""
+        where = "GPU: expected a CuPy" if self.on_gpu else "CPU: expected a NumPy"
+        names = " or ".join(d.name for d in self._array_dtypes)
+        fmt = self.kv_format
+        for name, x in (("q", q), ("k_cache", k), ("v_cache", v), ("out", out)):
+            if type(x) is not self._array_type:
+                raise TypeError(f"{name}: the plan runs on the {where} array or a torch tensor, "
+                                f"got {type(x).__module__}.{type(x).__name__}")
+            if fmt is not None and name in ("k_cache", "v_cache"):
+                if x.dtype != fmt.storage:
+                    raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
+                                    f"{fmt.storage.name} (the codes), got {x.dtype.name}")
+            elif x.dtype not in self._array_dtypes:
+                raise TypeError(f"{name}: the plan is for {self.dtype}: expected dtype {names}, "
+                                f"got {x.dtype.name}")
+            if not x.flags.c_contiguous:
+                raise ValueError(f"{name}: expected a C-contiguous array")
+            if data_pointer(x) % 16:
+                raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
+                                 "kernels load 16 bytes at a time), not an offset view")
+        for name, x in (("q", q), ("out", out)):
+            if tuple(x.shape) != qshape:
+                raise ValueError(f"{name}: expected shape {qshape} (the plan's batch, num_heads, "
+                                 f"head_dim), got {tuple(x.shape)}")
+        page = (self.page_size, self.num_kv_heads, self.head_dim)
+        if k.ndim != 4 or tuple(k.shape[1:]) != page:
+            raise ValueError(f"k_cache: expected shape [num_pages, {', '.join(map(str, page))}] "
+                             f"(the plan's page_size, num_kv_heads, head_dim), got {tuple(k.shape)}")
+        if v.shape != k.shape:
+            raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k.shape)}, got "
+                             f"{tuple(v.shape)}")
+        if not k.shape[0] > self.max_page:
+            raise ValueError(f"k_cache: the plan reads page {self.max_page}, but the cache has "
+                             f"only {k.shape[0]} pages")
+        if not (q.dtype == out.dtype and (fmt is not None or q.dtype == k.dtype == v.dtype)):
+            raise TypeError(f"q, k_cache, v_cache, out: expected one dtype, got {q.dtype.name}, "
+                            f"{k.dtype.name}, {v.dtype.name}, {out.dtype.name}")
+        raise AssertionError("unreachable: _check_run refused arguments _explain_run accepts")
 
 
 def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format):
