@@ -97,7 +97,7 @@ def to_numpy_together(*arrays) -> tuple:
     for a in arrays:
         if is_cupy_array(a):
             host = cupyx.empty_pinned(a.shape, a.dtype)
-            a.get(out=host, blocking=False)
+            cp.ascontiguousarray(a).get(out=host, blocking=False)   # a view: one copy first
             out.append(host)
         else:
             out.append(np.asarray(a))

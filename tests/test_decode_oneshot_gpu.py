@@ -63,3 +63,5 @@ def test_tables_reach_the_host_after_the_work_queued_before_them(cp):
         np.testing.assert_array_equal(t_h, cp.asnumpy(tables))
         np.testing.assert_array_equal(l_h, np.arange(64, dtype=np.int32) * (step + 2))
         assert t_h.dtype == np.int32 and t_h.shape == (64, 300) and l_h.shape == (64,)
+    sliced, = to_numpy_together(tables[:, ::3])   # a strided view comes back in its shape
+    np.testing.assert_array_equal(sliced, cp.asnumpy(tables)[:, ::3])
