@@ -20,7 +20,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .attention_common import KV_C_TYPES, THREADS
-from .decode_tc_sizes import TC_SMEM_PER_SM, mma_shared_bytes, tc_shared_bytes
+from .decode_tc_sizes import TC_SMEM_PER_SM, mma_o_fits, mma_shared_bytes, tc_shared_bytes
 
 KERNELS = ("simt", "tensor_core")
 HEAD_DIM_MAX = 256
@@ -297,15 +297,19 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     warps = -(-warps // per) * per                  # warps = d_split x row tiles x slices
     unit = 16 * warps // per                        # every warp takes a multiple of 16 tokens
     tile_t = -(-tile_t // unit) * unit
+    warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
+    while impl == "mma" and not mma_o_fits(row_tiles, head_dim, tile_t, warps=warps,
+                                           d_split=d_split, swizzle=swizzle,
+                                           kv_quant=kv_quant, warp_pipe=warp_pipe):
+        tile_t += unit   # (decode_mma.cu puts the warps' O in a stage buffer)
 
     def size(stages):
         if impl == "mma":
             return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                     d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
-                                    per_token=per_token)
+                                    per_token=per_token, warp_pipe=warp_pipe)
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
-    warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
     while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
         stages -= 1
     shared, kv_bytes = size(stages)
@@ -378,6 +382,79 @@ def tc_work_list(lens: np.ndarray, part_len: int) -> tuple[np.ndarray, np.ndarra
     split = np.where(nparts > 1, nparts, 0)
     slot_start = (np.cumsum(split) - split).astype(np.int32)
     return work, slot_start, int(split.sum())
+
+
+# ---- decode_mma.cu's work: segments ------------------------------------------------------
+# kernels/decode_mma.cu streams a list of segments per block (blockIdx.x; the same for every
+# KV head x row chunk, blockIdx.y): pieces of sequences whose tiles it computes back to back,
+# its copies running on across the boundaries. Two ways to make the list (TC_SCHEME):
+# "items": one partition per block, as decode_tc.cu (choose_tc_part_len, tc_work_list);
+# "balanced": the (sequence, tile) space cut into equal contiguous ranges, one per resident
+# block slot x TC_RANGES_PER_SLOT, so that every block streams the same number of tiles and
+# all of them finish together (stream-K). Measured: benchmarks/NOTES.md.
+TC_SCHEMES = ("balanced", "items")
+TC_SCHEME = "balanced"
+TC_RANGES_PER_SLOT = 1
+
+
+class Segments(NamedTuple):
+    """segs [n, 4] int32 (sequence, first token, end token, part | parts << 16), seg_ptr
+    [blocks + 1] int32 (block x's segments), slot_start [batch] int32 (a split sequence's
+    first partial-state slot), slots, the most parts of one sequence, tokens per block (the
+    longest range)."""
+    segs: np.ndarray
+    seg_ptr: np.ndarray
+    slot_start: np.ndarray
+    slots: int
+    max_parts: int
+    range_tokens: int
+
+
+def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int) -> Segments:
+    """The tiles of all sequences (tile_t tokens from each sequence's start), in order, cut
+    into `ranges` contiguous ranges of equal tile counts (+-1), one per block; a range is cut
+    again where a sequence ends. Fewer ranges while a sequence would be cut into more than
+    `max_parts` parts (what the merge has room for)."""
+    lens = lens.astype(np.int64)
+    tiles = -(-lens // tile_t)
+    cum = np.cumsum(tiles)
+    total, seq_first = int(cum[-1]), cum - tiles
+    ranges = max(1, min(ranges, total))
+    while True:
+        cuts = np.arange(ranges, dtype=np.int64) * total // ranges   # range starts (tiles)
+        bounds = np.union1d(seq_first, cuts)                          # segment starts
+        seq = np.searchsorted(cum, bounds, side="right")
+        parts = np.bincount(seq, minlength=lens.size)
+        if parts.max() <= max_parts or ranges == 1:
+            break
+        ranges = max(1, ranges * max_parts // int(parts.max()))
+    nxt = np.append(bounds[1:], total)
+    start = (bounds - seq_first[seq]) * tile_t
+    end = np.minimum(lens[seq], (nxt - seq_first[seq]) * tile_t)
+    block = np.searchsorted(cuts, bounds, side="right") - 1
+    seg_ptr = np.searchsorted(block, np.arange(ranges + 1))
+    return _segments(seq, start, end, seg_ptr, lens.size, -(-total // ranges) * tile_t)
+
+
+def item_segments(lens: np.ndarray, part_len: int) -> Segments:
+    """One segment per block: tc_work_list's partitions (longest first)."""
+    work, _, _ = tc_work_list(lens, part_len)
+    seq, part = work[:, 0].astype(np.int64), work[:, 1].astype(np.int64)
+    start = part * part_len
+    end = np.minimum(lens.astype(np.int64)[seq], start + part_len)
+    return _segments(seq, start, end, np.arange(seq.size + 1), lens.size, part_len)
+
+
+def _segments(seq, start, end, seg_ptr, batch, range_tokens) -> Segments:
+    """Segments numbered within their sequence (in list order) and the partial-state slots."""
+    order = np.argsort(seq, kind="stable")
+    counts = np.bincount(seq, minlength=batch)
+    part = np.empty(seq.size, np.int64)
+    part[order] = np.arange(seq.size) - np.repeat(np.cumsum(counts) - counts, counts)
+    split = np.where(counts > 1, counts, 0)
+    segs = np.stack([seq, start, end, part | (counts[seq] << 16)], axis=1).astype(np.int32)
+    return Segments(segs, seg_ptr.astype(np.int32), (np.cumsum(split) - split).astype(np.int32),
+                    int(split.sum()), int(counts.max()), int(range_tokens))
 
 
 def _type_options(dtype: str) -> tuple[str, ...]:

@@ -50,8 +50,10 @@ QUANT_NARROW_GMAX = 8   # compressed pages: SIMT blocks of this many query heads
 class BatchDecodeWrapper:
     """Decode attention over a paged KV cache, planned once per step and run per layer.
 
-    After `plan`: `kernel` ("simt" or "tensor_core"), `part_len` (tokens per split-K
-    partition), `max_parts` (partitions of the longest sequence), `grid`, `describe()`.
+    After `plan`: `kernel` ("simt" or "tensor_core"), `scheme` (how the tensor-core kernel's
+    work is cut: "balanced" ranges across sequences or "items", one partition per block;
+    None on simt), `part_len` (tokens per split-K partition; balanced: per block, at most),
+    `max_parts` (partitions of the longest sequence), `grid`, `describe()`.
     """
 
     def __init__(self):
@@ -126,6 +128,7 @@ class BatchDecodeWrapper:
         self._out = xp.empty((self.batch, num_heads, head_dim),
                              dtype=self._array_dtypes[0])
         self._launches = []
+        self.scheme = None
         if self.batch:
             build = self._plan_tensor_core if self.kernel == "tensor_core" else self._plan_simt
             build(lens_h, num_splits)
@@ -158,35 +161,55 @@ class BatchDecodeWrapper:
                              lambda q, k, v, out, s, ks, vs: (*merge_args, out, *merge_tail),
                              block=max(32, min(THREADS, self.head_dim)))
 
-    def _plan_tensor_core(self, lens_h, num_splits, tc=None):
-        """tc: a dp.TCConfig to plan with instead of the planner's (tuning runs)."""
+    def _plan_tensor_core(self, lens_h, num_splits, tc=None, scheme=None, ranges=None):
+        """tc: a dp.TCConfig to plan with instead of the planner's; scheme: decode_mma.cu's
+        work ("balanced" or "items"; None: dp.TC_SCHEME, "items" with num_splits); ranges:
+        balanced ranges per KV head x row chunk (None: one per resident block slot x
+        dp.TC_RANGES_PER_SLOT) (tuning runs and tests)."""
         group = self.num_heads // self.num_kv_heads
         fmt = self.kv_format
         cfg = tc or dp.tc_config(self.dtype, self.head_dim, group, fmt.kernel_id if fmt else 0,
                                  self.scale_scheme == "per_token")
         rows, row_tiles = cfg.rows, cfg.row_tiles
         grid_y = self.num_kv_heads * cfg.chunks
-        self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sm_count(self.on_gpu),
-                                              tc_max_parts(rows, cfg.kv_bytes), num_splits,
-                                              tc_resident_blocks(cfg, self.head_dim),
-                                              cfg.blocks_per_sm)
-        work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
-        self.max_parts = int(-(-lens_h.max() // self.part_len))
+        sms, resident = sm_count(self.on_gpu), tc_resident_blocks(cfg, self.head_dim)
+        max_parts = tc_max_parts(rows, cfg.kv_bytes)
+        self.scheme = "items"
+        if cfg.impl == "mma":
+            self.scheme = scheme or (dp.TC_SCHEME if num_splits is None else "items")
+        if self.scheme == "balanced":
+            ranges = ranges or max(1, round(dp.TC_RANGES_PER_SLOT * resident * sms / grid_y))
+            segments = dp.balanced_segments(lens_h, cfg.tile_t, ranges, max_parts)
+            self.part_len, self.max_parts = segments.range_tokens, segments.max_parts
+        else:
+            self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sms, max_parts, num_splits,
+                                                  resident, cfg.blocks_per_sm)
+            self.max_parts = int(-(-lens_h.max() // self.part_len))
+            segments = dp.item_segments(lens_h, self.part_len)
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
-        # One upload: work items, slot starts, and the merge counters (zeros).
-        ints = np.concatenate([work.ravel(), slot_start, np.zeros(self.batch * grid_y, np.int32)])
-        ints = xp.asarray(ints)
+        if cfg.impl == "mma":   # the segments of each block
+            work, slots = np.concatenate([segments.segs.ravel(), segments.seg_ptr]), segments.slots
+            blocks, slot_start = segments.seg_ptr.size - 1, segments.slot_start
+        else:                   # (sequence, partition) per block
+            work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
+            blocks, work = len(work), work.ravel()
+        # One upload: the work, slot starts, and the merge counters (zeros).
+        ints = xp.asarray(np.concatenate([work, slot_start,
+                                          np.zeros(self.batch * grid_y, np.int32)]))
         n_work = work.size
-        work_d, slot_d = ints[:n_work], ints[n_work:n_work + self.batch]
-        counters = ints[n_work + self.batch:]
+        slot_d, counters = ints[n_work:n_work + self.batch], ints[n_work + self.batch:]
         part_out = xp.empty((slots, self.num_heads, self.head_dim) if slots else 4, np.float32)
         part_ml = xp.empty((slots, self.num_heads, 2) if slots else 4, np.float32)
-        self.grid = (len(work), grid_y, 1)
-        fixed = (self._tables, self._lens, work_d, slot_d)
+        self.grid = (blocks, grid_y, 1)
+        if cfg.impl == "mma":
+            n_segs = segments.segs.size
+            fixed = (self._tables, ints[:n_segs], ints[n_segs:n_work], slot_d)
+        else:
+            fixed = (self._tables, self._lens, ints[:n_work], slot_d)
         tail = (part_out, part_ml, counters, i32(self.num_heads), i32(self.num_kv_heads),
-                i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]),
-                i32(self.part_len), i32(rows))
+                i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]))
+        tail += (i32(rows),) if cfg.impl == "mma" else (i32(self.part_len), i32(rows))
         no_scale = self._no_scale
         self._add_launch(load_kernel(cfg.source, cfg.function, cfg.options), self.grid,
                          cfg.shared,
@@ -227,10 +250,14 @@ class BatchDecodeWrapper:
             how = f"up to {self._gmax} query head{'s' * (self._gmax > 1)} per block"
         pages = "" if self.kv_format is None else \
             f" over {self.kv_format.name} pages ({self.scale_scheme} scales)"
+        if self.kernel == "tensor_core" and self.scheme == "balanced":
+            work = (f"balanced ranges: each block streams up to {self.part_len} tokens across "
+                    f"sequences (at most {self.max_parts} blocks per sequence)")
+        else:
+            work = (f"partitions of {self.part_len} tokens (at most {self.max_parts} per "
+                    f"sequence)")
         return (f"{self.kernel}{pages}: {self.batch} sequences, {self.num_heads} query heads over "
-                f"{self.num_kv_heads} KV heads (group {group}), {how}; partitions of "
-                f"{self.part_len} tokens (at most {self.max_parts} per sequence); grid "
-                f"{self.grid}")
+                f"{self.num_kv_heads} KV heads (group {group}), {how}; {work}; grid {self.grid}")
 
     # ---- run --------------------------------------------------------------------------
     def run(self, q, k_cache, v_cache, out=None, scale=None, k_scale=None, v_scale=None):

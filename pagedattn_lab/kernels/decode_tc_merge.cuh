@@ -2,16 +2,20 @@
 // softmax states (m, l and O per row, in shared memory) merged into the block's, written as
 // the output (a sequence of one partition) or as a partial state that the last block of the
 // sequence to finish merges (split-K). Include after the kernel's layout header (HEAD_DIM,
-// SLICES, ROW_TILES, LO, TC_THREADS, NWARPS).
+// SLICES, ROW_TILES, TC_THREADS, NWARPS; LO for finish_block).
 #ifndef DECODE_TC_MERGE_CUH
 #define DECODE_TC_MERGE_CUH
 
-// m_s, l_s: [warps][16] (warp w's m and l of row r of its row tile at w * 16 + r); os:
-// [warps][16][LO] the warps' O, reused as the merge's weights; flag_s: one int.
-__device__ inline void finish_block(const float* m_s, const float* l_s, float* os, int* flag_s,
-                                    KV_T* out, float* part_out, float* part_ml, int* counters,
-                                    const int* slot_start, int b, int part, int nparts,
-                                    int num_heads, int h0, int nh, float v_mult)
+// m_s, l_s: [warps][16] (warp w's m and l of row r of its row tile at w * 16 + r); os: the
+// warps' O, row r of warp w at os + w * O_WSTRIDE + r * O_LD (floats), reused as the merge's
+// weights (nh x nparts floats from os); flag_s: one int. decode_mma.cu calls it at the end of
+// every segment of its range (O in the stage buffer just computed), decode_tc.cu through
+// finish_block at its block's end.
+template <int O_LD, int O_WSTRIDE>
+__device__ inline void finish_rows(const float* m_s, const float* l_s, float* os, int* flag_s,
+                                   KV_T* out, float* part_out, float* part_ml, int* counters,
+                                   const int* slot_start, int b, int part, int nparts,
+                                   int num_heads, int h0, int nh, float v_mult)
 {
     // Merge the SLICES warps of each row tile: M = max m_w, L = sum l_w 2^(m_w - M),
     // O = sum O_w 2^(m_w - M) / L. Row r of the block is row r % 16 of row tile r / 16, held
@@ -31,7 +35,7 @@ __device__ inline void finish_block(const float* m_s, const float* l_s, float* o
             const int w = w0 + ROW_TILES * s;
             const float c = exp2f(m_s[w * 16 + rr] - mx);
             l += l_s[w * 16 + rr] * c;
-            acc += os[(w * 16 + rr) * LO + d] * c;
+            acc += os[w * O_WSTRIDE + rr * O_LD + d] * c;
         }
         if (single) {
             store_value(out + (out_row + r) * HEAD_DIM + d, acc / l * v_mult);
@@ -103,6 +107,16 @@ __device__ inline void finish_block(const float* m_s, const float* l_s, float* o
         store_value(o_out + 2, acc.z);
         store_value(o_out + 3, acc.w);
     }
+}
+
+// decode_tc.cu's end of block: the warps' O as [warps][16][LO] at os
+__device__ inline void finish_block(const float* m_s, const float* l_s, float* os, int* flag_s,
+                                    KV_T* out, float* part_out, float* part_ml, int* counters,
+                                    const int* slot_start, int b, int part, int nparts,
+                                    int num_heads, int h0, int nh, float v_mult)
+{
+    finish_rows<LO, 16 * LO>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters, slot_start,
+                             b, part, nparts, num_heads, h0, nh, v_mult);
 }
 
 #endif  // DECODE_TC_MERGE_CUH
