@@ -140,6 +140,8 @@ for base in ("M W4P S3", "M W4 S3", "M W4P", "M W8D2 S3", "M W4P q0 mb3", "M d25
              "M fp8 W4T128S2", "M fp8 W4PT128S3"):
     for r in ("r1", "r2", "r0.5"):
         V[f"{base}/{r}"] = {**V[base], "split": r}
+V["M W4P S3 sm/r1"] = {**mshape(4, 64, 3, pipe=True, separate_merge=True), "split": "r1"}
+V["M W8D2 S3 sm/r1"] = {**mshape(8, 64, 3, 2, 2, separate_merge=True), "split": "r1"}
 V["M W4P S4/r1"] = {**mshape(4, 64, 4, pipe=True), "split": "r1"}   # one block per SM, 4 stages
 V["M W4P S2/r1"] = {**mshape(4, 64, 2, pipe=True), "split": "r1"}
 V["M W4P T128 S2/r1"] = {**mshape(4, 128, 2, pipe=True), "split": "r1"}
@@ -192,15 +194,17 @@ FINAL = {   # --final: the rows of the report (the planner's choice first), and 
 
 BALANCED = {   # --balanced: decode_mma.cu's balanced ranges (stream-K) against one item per block
     "D64-gqa4": ["planner", "planner items", "M W4P S3/b8", "M W4P S3/r2", "M W4P S3/r0.5",
-                 "M W4 S3/r1", "M W4P S2/r1", "M W4P S4/r1", "M W4P q0 mb3/r1",
+                 "M W4P S3 sm/r1", "M W4 S3/r1", "M W4P S2/r1", "M W4P S4/r1", "M W4P q0 mb3/r1",
                  "M W4P T128 S2/r1", "planner fp8", "M fp8 W4T128S2", "M fp8 W4T128S2/r2",
                  "M fp8 W4PT128S3/r1"],
     "D64-gqa8": ["planner", "planner items", "M W4P S3/b8", "M W4P S3/r2", "M W4 S3/r1"],
     "D64-gqa8-p64": ["planner", "planner items", "M W4P S3/b8", "M W4P S3/r2", "M W4 S3/r1"],
     "D64-mqa16": ["planner", "planner items", "M W8D2 S3/w1", "M W8D2 S3/r2", "M W8D2 S3/r0.5",
+                  "M W8D2 S3 sm/r1",
                   "M W4P S3/r1", "M W4P q0 mb3/r1"],
     "8x32k-gqa4": ["planner", "planner items", "M W4/w1", "M W4P S3/r2", "M W4 S3/r1"],
     "1x32k-gqa4": ["planner", "planner items", "M W8D2/w1", "M W4P S3/r2", "M W8D2 S3/r1",
+                   "M W4P S3 sm/r1",
                    "M W4 S3/r1"],
     "D64-gqa4-d256": ["planner", "planner items", "M d256 W4D2T32 mb2", "M d256 W4D2T32/r2",
                       "M d256 W4D2T32S3/r1", "M d256 W4T32/r1", "M d256 W8D2T64/r1",

@@ -163,6 +163,8 @@ def main():
          None, 4),
         ("mma balanced group 40 d64 3 ranges", [90, 5, 33], 16, 40, 1, 64, None, {}, None,
          None, 3),
+        ("mma balanced separate merge launch GQA4 d128", [300, 17, 1, 64, 129], 16, 8, 2, 128,
+         None, {"separate_merge": True}, None, None, 5),
         ("mma balanced more ranges than tiles d128", [300, 1, 70], 16, 8, 2, 128, None, {},
          None, None, 100),
         ("mma balanced fp8 static T128 d128 4 ranges", [300, 17, 1, 129], 16, 8, 2, 128, None,

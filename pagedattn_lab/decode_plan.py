@@ -174,6 +174,7 @@ class TCConfig(NamedTuple):
     warp_pipe: bool
     impl: str = "wmma"
     blocks_per_sm: int | None = None   # the split rule's target (None: TC_BLOCKS_PER_SM)
+    separate_merge: bool = False       # "mma": split sequences merged by a second launch
 
     @property
     def source(self) -> str:
@@ -259,7 +260,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               d_split: int | None = None, min_blocks: int | None = None,
               warp_pipe: bool | None = None, impl: str | None = None,
               swizzle: bool = True, q_regs: bool | None = None,
-              fp8_bits: bool = False) -> TCConfig:
+              fp8_bits: bool = False, separate_merge: bool = False) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -269,7 +270,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     or "wmma" (None: TC_IMPL; compressed pages at a head_dim that is not a multiple of 128
     always "wmma"); swizzle and q_regs (Q's
     fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes converted by
-    moving bits instead of the conversion instruction) are the "mma" kernel's."""
+    moving bits instead of the conversion instruction) and separate_merge (split sequences
+    merged by a second launch instead of their last block) are the "mma" kernel's."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     impl = impl or TC_IMPL
@@ -318,10 +320,12 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                          s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
                          min_blocks=min_blocks, warp_pipe=warp_pipe)
     if impl == "mma":
-        options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}") + (
+        options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}",
+                    f"-DSEPARATE_MERGE={int(bool(separate_merge))}") + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
-                    stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm)
+                    stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,
+                    impl == "mma" and bool(separate_merge))
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
@@ -400,11 +404,12 @@ TC_RANGES_PER_SLOT = 1
 class Segments(NamedTuple):
     """segs [n, 4] int32 (sequence, first token, end token, part | parts << 16), seg_ptr
     [blocks + 1] int32 (block x's segments), slot_start [batch] int32 (a split sequence's
-    first partial-state slot), slots, the most parts of one sequence, tokens per block (the
+    first partial-state slot), parts [batch] (segments per sequence), slots, the most parts of one sequence, tokens per block (the
     longest range)."""
     segs: np.ndarray
     seg_ptr: np.ndarray
     slot_start: np.ndarray
+    parts: np.ndarray
     slots: int
     max_parts: int
     range_tokens: int
@@ -454,7 +459,7 @@ def _segments(seq, start, end, seg_ptr, batch, range_tokens) -> Segments:
     split = np.where(counts > 1, counts, 0)
     segs = np.stack([seq, start, end, part | (counts[seq] << 16)], axis=1).astype(np.int32)
     return Segments(segs, seg_ptr.astype(np.int32), (np.cumsum(split) - split).astype(np.int32),
-                    int(split.sum()), int(counts.max()), int(range_tokens))
+                    counts, int(split.sum()), int(counts.max()), int(range_tokens))
 
 
 def _type_options(dtype: str) -> tuple[str, ...]:

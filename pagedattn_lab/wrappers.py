@@ -215,6 +215,15 @@ class BatchDecodeWrapper:
                          cfg.shared,
                          lambda q, k, v, out, s, ks=no_scale, vs=no_scale:
                          (q, k, v, ks, vs, *fixed, out, *tail, s), block=cfg.threads)
+        split = np.flatnonzero(segments.parts > 1)
+        if cfg.separate_merge and split.size:   # the split sequences' merge, launched after
+            merges = xp.asarray(np.stack([split, segments.parts[split]], 1).astype(np.int32))
+            args = (merges, slot_d)
+            m_tail = (part_out, part_ml, i32(self.num_heads), i32(self.num_kv_heads), i32(rows))
+            self._add_launch(load_kernel(cfg.source, "paged_decode_mma_merge", cfg.options),
+                             (split.size, grid_y, 1), rows * self.max_parts * 4,
+                             lambda q, k, v, out, s, ks=None, vs=None: (*args, out, *m_tail),
+                             block=cfg.threads)
 
     def _quant_options(self, gmax: int | None = None) -> tuple[str, ...]:
         """The -D options of a compressed cache (kv_quant.cuh); none for an uncompressed one.

@@ -121,6 +121,9 @@ CASES = [
     ("float16", 16, 1, 80, 16, [33, 5, 64], 4, dict(warps=8, tile_t=64, stages=3, d_split=5)),
     ("bfloat16", 8, 2, 64, 16, [1, 17, 100], 3, {}),
     ("float16", 8, 2, 64, 16, [300], 40, {}),                        # more ranges than tiles
+    ("float16", 8, 2, 64, 16, [1, 15, 16, 17, 200, 3, 70], 5,        # merged by a second launch
+     dict(separate_merge=True)),
+    ("float16", 40, 2, 64, 16, [130, 3, 64], 4, dict(separate_merge=True)),
 ]
 
 
@@ -135,6 +138,7 @@ def test_balanced_ranges_against_the_reference(rng, dtype, heads, kv, head_dim, 
     q = args[0]
     cfg = dp.tc_config(dtype, head_dim, heads // kv, impl="mma", **shape)
     w = planned(args, heads, kv, head_dim, page, dtype, cfg, ranges)
+    assert len(w._launches) == 1 + cfg.separate_merge
     assert w.grid[0] == min(ranges, sum(-(-n // cfg.tile_t) for n in lens))
     for scale in (None, 0.05):   # twice: the merge counters were reset by the first launch
         out = launch(w, *args[:3], None, None, poisoned(q.shape, dtype), scale)

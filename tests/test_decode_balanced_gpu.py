@@ -36,10 +36,12 @@ def test_balanced_grid(rng, cp, dtype, head_dim, group):
 
 SHAPES = [None, dict(warps=4, tile_t=64, stages=3), dict(warps=2, tile_t=32, stages=4,
                                                          warp_pipe=True),
-          dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2)]
+          dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2),
+          dict(separate_merge=True)]
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=["planner", "W4S3", "W2PT32S4", "W8D2S3"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["planner", "W4S3", "W2PT32S4", "W8D2S3",
+                                               "separate-merge"])
 @pytest.mark.parametrize("ranges", [3, 7, 33, 1000])
 def test_balanced_ranges_cut_many_sequences(rng, cp, shape, ranges):
     lens = list(rng.integers(1, 3000, 20)) + [1, 1, 1, 64, 65]

@@ -365,3 +365,18 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         }
     }
 }
+
+// The split sequences' merge as a second launch (-DSEPARATE_MERGE=1): block (i, y) merges
+// sequence merges[2 i] (of merges[2 i + 1] parts) for the query heads of y; shared memory:
+// rows_per_block x parts floats.
+extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_mma_merge(
+    const int* __restrict__ merges, const int* __restrict__ slot_start, KV_T* __restrict__ out,
+    const float* __restrict__ part_out, const float* __restrict__ part_ml, int num_heads,
+    int num_kv_heads, int rows_per_block)
+{
+    extern __shared__ float w[];
+    const int b = merges[2 * blockIdx.x], nparts = merges[2 * blockIdx.x + 1];
+    const DecodeRows rows = decode_rows(num_heads, num_kv_heads, rows_per_block);
+    merge_parts(w, out, part_out, part_ml, (long long)b * num_heads + rows.h0,
+                (long long)slot_start[b] * num_heads + rows.h0, nparts, num_heads, rows.nh);
+}

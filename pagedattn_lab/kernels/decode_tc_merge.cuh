@@ -6,6 +6,59 @@
 #ifndef DECODE_TC_MERGE_CUH
 #define DECODE_TC_MERGE_CUH
 
+// The merge of a split sequence's parts (rows h0 .. h0 + nh - 1 of sequence `out_row /
+// num_heads`; part p of row r at slot slot0 + p * num_heads + r), by the whole block: the
+// weights w[r][p] = l_p 2^(m_p - M_r) / sum_p (...) (nh x nparts floats of shared memory at
+// w), then out = sum_p w_p O_p.
+__device__ inline void merge_parts(float* w, KV_T* out, const float* part_out,
+                                   const float* part_ml, long long out_row, long long slot0,
+                                   int nparts, int num_heads, int nh)
+{
+    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    // the weights: one warp per row
+    const long long part_stride = num_heads;     // slots of one partition are num_heads apart
+    for (int r = warp; r < nh; r += NWARPS) {
+        const float* ml = part_ml + (slot0 + r) * 2;
+        float mx = NEG_BIG;
+        for (int p = lane; p < nparts; p += 32) mx = fmaxf(mx, load_cg(ml + p * part_stride * 2));
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
+        float sum = 0.0f;
+        for (int p = lane; p < nparts; p += 32) {
+            const float wp = load_cg(ml + p * part_stride * 2 + 1)
+                             * exp2f(load_cg(ml + p * part_stride * 2) - mx);
+            w[r * nparts + p] = wp;
+            sum += wp;
+        }
+#pragma unroll
+        for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
+        for (int p = lane; p < nparts; p += 32) w[r * nparts + p] /= sum;
+    }
+    __syncthreads();
+    // out[r][4 dims] = sum_p w[r][p] O_p[r][4 dims]: 16-byte loads, 8 partitions in flight.
+    constexpr int D4 = HEAD_DIM / 4;
+    const long long part_stride4 = part_stride * D4;
+    for (int idx = threadIdx.x; idx < nh * D4; idx += TC_THREADS) {
+        const int r = idx / D4, d4 = idx % D4;
+        const float4* po = reinterpret_cast<const float4*>(part_out + (slot0 + r) * HEAD_DIM) + d4;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+#pragma unroll 8
+        for (int p = 0; p < nparts; ++p) {
+            const float wp = w[r * nparts + p];
+            const float4 x = load_cg(po + p * part_stride4);
+            acc.x += wp * x.x;
+            acc.y += wp * x.y;
+            acc.z += wp * x.z;
+            acc.w += wp * x.w;
+        }
+        KV_T* o_out = out + (out_row + r) * HEAD_DIM + d4 * 4;
+        store_value(o_out, acc.x);
+        store_value(o_out + 1, acc.y);
+        store_value(o_out + 2, acc.z);
+        store_value(o_out + 3, acc.w);
+    }
+}
+
 // m_s, l_s: [warps][16] (warp w's m and l of row r of its row tile at w * 16 + r); os: the
 // warps' O, row r of warp w at os + w * O_WSTRIDE + r * O_LD (floats), reused as the merge's
 // weights (nh x nparts floats from os); flag_s: one int. decode_mma.cu calls it at the end of
@@ -48,8 +101,7 @@ __device__ inline void finish_rows(const float* m_s, const float* l_s, float* os
             }
         }
     }
-    if (single) return;
-    const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (single || SEPARATE_MERGE) return;   // (SEPARATE_MERGE: a second launch merges)
 
     // The last block of this (sequence, row chunk) to finish merges the partitions.
     __threadfence();   // this block's partial state is visible to the whole GPU...
@@ -64,49 +116,7 @@ __device__ inline void finish_rows(const float* m_s, const float* l_s, float* os
     if (!flag_s[0]) return;
     __threadfence();
 
-    // Weights w[r][p] = l_p 2^(m_p - M_r) / sum_p (...), one warp per row, in shared memory.
-    float* w = os;   // [nh][nparts]; the warps' O are merged already
-    const long long part_stride = num_heads;     // slots of one partition are num_heads apart
-    for (int r = warp; r < nh; r += NWARPS) {
-        const float* ml = part_ml + (slot0 + r) * 2;
-        float mx = NEG_BIG;
-        for (int p = lane; p < nparts; p += 32) mx = fmaxf(mx, load_cg(ml + p * part_stride * 2));
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, off));
-        float sum = 0.0f;
-        for (int p = lane; p < nparts; p += 32) {
-            const float wp = load_cg(ml + p * part_stride * 2 + 1)
-                             * exp2f(load_cg(ml + p * part_stride * 2) - mx);
-            w[r * nparts + p] = wp;
-            sum += wp;
-        }
-#pragma unroll
-        for (int off = 16; off > 0; off >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, off);
-        for (int p = lane; p < nparts; p += 32) w[r * nparts + p] /= sum;
-    }
-    __syncthreads();
-    // out[r][4 dims] = sum_p w[r][p] O_p[r][4 dims]: 16-byte loads, 8 partitions in flight.
-    constexpr int D4 = HEAD_DIM / 4;
-    const long long part_stride4 = part_stride * D4;
-    for (int idx = threadIdx.x; idx < nh * D4; idx += TC_THREADS) {
-        const int r = idx / D4, d4 = idx % D4;
-        const float4* po = reinterpret_cast<const float4*>(part_out + (slot0 + r) * HEAD_DIM) + d4;
-        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-#pragma unroll 8
-        for (int p = 0; p < nparts; ++p) {
-            const float wp = w[r * nparts + p];
-            const float4 x = load_cg(po + p * part_stride4);
-            acc.x += wp * x.x;
-            acc.y += wp * x.y;
-            acc.z += wp * x.z;
-            acc.w += wp * x.w;
-        }
-        KV_T* o_out = out + (out_row + r) * HEAD_DIM + d4 * 4;
-        store_value(o_out, acc.x);
-        store_value(o_out + 1, acc.y);
-        store_value(o_out + 2, acc.z);
-        store_value(o_out + 3, acc.w);
-    }
+    merge_parts(os, out, part_out, part_ml, out_row, slot0, nparts, num_heads, nh);
 }
 
 // decode_tc.cu's end of block: the warps' O as [warps][16][LO] at os

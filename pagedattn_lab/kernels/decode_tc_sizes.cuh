@@ -31,6 +31,9 @@
 #ifndef WARP_PIPE   // each warp copies and waits for its own tokens: no barrier in the loop
 #define WARP_PIPE 0
 #endif
+#ifndef SEPARATE_MERGE   // split sequences merged by a second launch, not by their last block
+#define SEPARATE_MERGE 0
+#endif
 #ifndef CACHE_T
 #define CACHE_T KV_T
 #endif
