@@ -31,6 +31,7 @@ import cupy as cp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pagedattn_lab import decode_plan as dp  # noqa: E402
+from pagedattn_lab import decode_work as dw  # noqa: E402
 from pagedattn_lab.bench.timing import Timer, copy_bandwidth, host_time  # noqa: E402
 from pagedattn_lab.bench.workloads import build_decode_inputs, decode_workloads  # noqa: E402
 from pagedattn_lab.kernels import kernel as load_kernel  # noqa: E402
@@ -257,12 +258,12 @@ def plan(inp, w, name):
     if split == "items":   # ... with one partition per block, by the planner's rule
         return plan_with(inp, w, name, "items")
     if split[0] == "r":   # balanced ranges, that many per resident block slot
-        saved = dp.TC_RANGES_PER_SLOT
-        dp.TC_RANGES_PER_SLOT = float(split[1:])
+        saved = dw.TC_RANGES_PER_SLOT
+        dw.TC_RANGES_PER_SLOT = float(split[1:])
         try:
             return plan_with(inp, w, name, "balanced")
         finally:
-            dp.TC_RANGES_PER_SLOT = saved
+            dw.TC_RANGES_PER_SLOT = saved
     saved = dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS, dp.TC_WAVES
     waves = int(split[1:]) if isinstance(split, str) else None
     dp.TC_BLOCKS_PER_SM = 4 if waves else split

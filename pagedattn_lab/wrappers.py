@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from . import decode_plan as dp
+from . import decode_work as dw
 from .decode_tc_sizes import tc_max_parts, tc_resident_blocks
 from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes, data_pointer,
                                dtype_name, from_torch, is_torch_tensor, page_shift, sm_count,
@@ -39,6 +40,7 @@ from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes
 from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
+from .run_checks import explain_run
 from .validate import (check_array, check_block_tables, check_int, check_out,
                        check_plan_sizes, resolve_scale)
 
@@ -162,10 +164,8 @@ class BatchDecodeWrapper:
                              block=max(32, min(THREADS, self.head_dim)))
 
     def _plan_tensor_core(self, lens_h, num_splits, tc=None, scheme=None, ranges=None):
-        """tc: a dp.TCConfig to plan with instead of the planner's; scheme: decode_mma.cu's
-        work ("balanced" or "items"; None: dp.TC_SCHEME, "items" with num_splits); ranges:
-        balanced ranges per KV head x row chunk (None: one per resident block slot x
-        dp.TC_RANGES_PER_SLOT) (tuning runs and tests)."""
+        """tc: a dp.TCConfig to plan with instead of the planner's; scheme, ranges: the work
+        of decode_mma.cu (decode_work.tc_work; None: the planner's) (tuning runs, tests)."""
         group = self.num_heads // self.num_kv_heads
         fmt = self.kv_format
         cfg = tc or dp.tc_config(self.dtype, self.head_dim, group, fmt.kernel_id if fmt else 0,
@@ -173,19 +173,10 @@ class BatchDecodeWrapper:
         rows, row_tiles = cfg.rows, cfg.row_tiles
         grid_y = self.num_kv_heads * cfg.chunks
         sms, resident = sm_count(self.on_gpu), tc_resident_blocks(cfg, self.head_dim)
-        max_parts = tc_max_parts(rows, cfg.kv_bytes)
-        self.scheme = "items"
-        if cfg.impl == "mma":
-            self.scheme = scheme or (dp.TC_SCHEME if num_splits is None else "items")
-        if self.scheme == "balanced":
-            ranges = ranges or max(1, round(dp.TC_RANGES_PER_SLOT * resident * sms / grid_y))
-            segments = dp.balanced_segments(lens_h, cfg.tile_t, ranges, max_parts)
-            self.part_len, self.max_parts = segments.range_tokens, segments.max_parts
-        else:
-            self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sms, max_parts, num_splits,
-                                                  resident, cfg.blocks_per_sm)
-            self.max_parts = int(-(-lens_h.max() // self.part_len))
-            segments = dp.item_segments(lens_h, self.part_len)
+        self.scheme, segments = dw.tc_work(lens_h, cfg, grid_y, sms, resident,
+                                           tc_max_parts(rows, cfg.kv_bytes), num_splits,
+                                           scheme, ranges)
+        self.part_len, self.max_parts = segments.range_tokens, segments.max_parts
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
         if cfg.impl == "mma":   # the segments of each block
@@ -318,47 +309,7 @@ class BatchDecodeWrapper:
                 and not (data_pointer(q) | data_pointer(k) | data_pointer(v)
                          | data_pointer(out)) % 16):
             return
-        self._explain_run(q, k, v, out, qshape)
-
-    def _explain_run(self, q, k, v, out, qshape):
-        """Raise the error that _check_run found, naming the argument."""
-        where = "GPU: expected a CuPy" if self.on_gpu else "CPU: expected a NumPy"
-        names = " or ".join(d.name for d in self._array_dtypes)
-        fmt = self.kv_format
-        for name, x in (("q", q), ("k_cache", k), ("v_cache", v), ("out", out)):
-            if type(x) is not self._array_type:
-                raise TypeError(f"{name}: the plan runs on the {where} array or a torch tensor, "
-                                f"got {type(x).__module__}.{type(x).__name__}")
-            if fmt is not None and name in ("k_cache", "v_cache"):
-                if x.dtype != fmt.storage:
-                    raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
-                                    f"{fmt.storage.name} (the codes), got {x.dtype.name}")
-            elif x.dtype not in self._array_dtypes:
-                raise TypeError(f"{name}: the plan is for {self.dtype}: expected dtype {names}, "
-                                f"got {x.dtype.name}")
-            if not x.flags.c_contiguous:
-                raise ValueError(f"{name}: expected a C-contiguous array")
-            if data_pointer(x) % 16:
-                raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
-                                 "kernels load 16 bytes at a time), not an offset view")
-        for name, x in (("q", q), ("out", out)):
-            if tuple(x.shape) != qshape:
-                raise ValueError(f"{name}: expected shape {qshape} (the plan's batch, num_heads, "
-                                 f"head_dim), got {tuple(x.shape)}")
-        page = (self.page_size, self.num_kv_heads, self.head_dim)
-        if k.ndim != 4 or tuple(k.shape[1:]) != page:
-            raise ValueError(f"k_cache: expected shape [num_pages, {', '.join(map(str, page))}] "
-                             f"(the plan's page_size, num_kv_heads, head_dim), got {tuple(k.shape)}")
-        if v.shape != k.shape:
-            raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k.shape)}, got "
-                             f"{tuple(v.shape)}")
-        if not k.shape[0] > self.max_page:
-            raise ValueError(f"k_cache: the plan reads page {self.max_page}, but the cache has "
-                             f"only {k.shape[0]} pages")
-        if not (q.dtype == out.dtype and (fmt is not None or q.dtype == k.dtype == v.dtype)):
-            raise TypeError(f"q, k_cache, v_cache, out: expected one dtype, got {q.dtype.name}, "
-                            f"{k.dtype.name}, {v.dtype.name}, {out.dtype.name}")
-        raise AssertionError("unreachable: _check_run refused arguments _explain_run accepts")
+        explain_run(self, q, k, v, out, qshape)
 
 
 def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format):

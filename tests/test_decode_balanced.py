@@ -1,4 +1,4 @@
-"""kernels/decode_mma.cu's balanced work (stream-K): the plan's segments (decode_plan.
+"""kernels/decode_mma.cu's balanced work (stream-K): the plan's segments (decode_work.
 balanced_segments, pure NumPy) and the kernel streaming them across sequence boundaries on
 the CPU executor, against the float64 reference.
 
@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab import decode_plan as dp
+from pagedattn_lab import decode_work as dw
 from pagedattn_lab.wrappers import BatchDecodeWrapper
 
 from .decode_cases import check_close, cpu_executor_has, decode_problem, poisoned, reference
@@ -40,7 +41,7 @@ def covered(lens, tile_t, seg):
     ([5000, 17], 64, 11), ([100] * 40, 16, 7), ([33, 4096, 512], 32, 264)])
 def test_balanced_segments_cover_every_token_once_in_equal_ranges(lens, tile_t, ranges):
     lens = np.array(lens)
-    seg = dp.balanced_segments(lens, tile_t, ranges, max_parts=10_000)
+    seg = dw.balanced_segments(lens, tile_t, ranges, max_parts=10_000)
     assert all((h == 1).all() for h in covered(lens, tile_t, seg))
     b, start, end, packed = seg.segs.T
     assert (start % tile_t == 0).all() and (end > start).all()   # tiles from each start
@@ -62,7 +63,7 @@ def test_balanced_segments_cover_every_token_once_in_equal_ranges(lens, tile_t, 
 
 def test_balanced_segments_example():
     """Tiles of 4 tokens: lengths 9, 2, 4, 13 are 3 + 1 + 1 + 4 = 9 tiles; 3 ranges of 3."""
-    seg = dp.balanced_segments(np.array([9, 2, 4, 13]), 4, 3, max_parts=99)
+    seg = dw.balanced_segments(np.array([9, 2, 4, 13]), 4, 3, max_parts=99)
     rows = [(b, s, e, p & 0xffff, p >> 16) for b, s, e, p in seg.segs.tolist()]
     assert rows == [(0, 0, 9, 0, 1),                                  # range 0: sequence 0
                     (1, 0, 2, 0, 1), (2, 0, 4, 0, 1), (3, 0, 4, 0, 2),   # range 1: three
@@ -73,12 +74,12 @@ def test_balanced_segments_example():
 
 def test_balanced_segments_respect_the_merge_limit():
     """A sequence is never cut into more parts than the merge has room for: fewer ranges."""
-    seg = dp.balanced_segments(np.array([64 * 1000]), 64, 264, max_parts=100)
+    seg = dw.balanced_segments(np.array([64 * 1000]), 64, 264, max_parts=100)
     assert seg.max_parts <= 100 and len(seg.seg_ptr) - 1 <= 100
 
 
 def test_item_segments_are_the_partitions():
-    seg = dp.item_segments(np.array([5, 12, 1, 9]), 4)
+    seg = dw.item_segments(np.array([5, 12, 1, 9]), 4)
     assert (np.diff(seg.seg_ptr) == 1).all()
     got = sorted((b, s, e) for b, s, e, _ in seg.segs.tolist())
     assert got == [(0, 0, 4), (0, 4, 5), (1, 0, 4), (1, 4, 8), (1, 8, 12), (2, 0, 1),
@@ -173,7 +174,7 @@ def test_the_planner_balances_and_says_so(rng):
     """Automatic plans on decode_mma.cu take balanced ranges; num_splits asks for partitions."""
     q, k, v, tables, lens = decode_problem(rng, [70, 33, 5, 300], num_heads=8, num_kv_heads=2)
     w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core")
-    assert w.scheme == dp.TC_SCHEME == "balanced" and "balanced ranges" in w.describe()
+    assert w.scheme == dw.TC_SCHEME == "balanced" and "balanced ranges" in w.describe()
     check_rows(w.run(q, k, v, out=poisoned(q.shape, "float16")), reference((q, k, v, tables, lens)),
                "float16")
     w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core",

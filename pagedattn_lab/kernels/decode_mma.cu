@@ -20,7 +20,7 @@
 //
 // Thread-to-data mapping: grid = (ranges, num_kv_heads * row_chunks), block = TC_WARPS
 // warps. Block (x, y) streams the segments of range x (decode_tc_tiles.cuh; the plan's list,
-// decode_plan.balanced_segments or item_segments): pieces of sequences, their tiles back to
+// decode_work.balanced_segments or item_segments): pieces of sequences, their tiles back to
 // back, the copies running on across segment boundaries (no drain, no cold start per piece),
 // for the query heads of y. Warp w (cw = w % (TC_WARPS / D_SPLIT)) takes row tile
 // cw % ROW_TILES and the cw / ROW_TILES-th slice of TW tokens of every tile and keeps its own

@@ -27,7 +27,7 @@ __device__ inline DecodeRows decode_rows(int num_heads, int num_kv_heads, int ro
 }
 
 // The work of block x (the same for every blockIdx.y): segments seg_ptr[x] .. seg_ptr[x + 1]
-// - 1 of the plan's list (decode_plan.tc_segments), each a piece of one sequence, int4 (b,
+// - 1 of the plan's list (decode_work.py), each a piece of one sequence, int4 (b,
 // first token, end token, part | parts << 16), its tiles starting at its first token. A
 // block streams its segments' tiles back to back: balanced ranges cross sequences, one work
 // item per block is a range of one segment. Part p of the sequence's `parts` (1: the block
