@@ -141,6 +141,7 @@ for base in ("M W4P S3", "M W4 S3", "M W4P", "M W8D2 S3", "M W4P q0 mb3", "M d25
              "M fp8 W4T128S2", "M fp8 W4PT128S3"):
     for r in ("r1", "r2", "r0.5"):
         V[f"{base}/{r}"] = {**V[base], "split": r}
+V["M fp8 W4T128 q0 mb3/r1"] = {**V["M fp8 W4T128 q0 mb3"], "split": "r1"}
 V["M W4P S3 sm/r1"] = {**mshape(4, 64, 3, pipe=True, separate_merge=True), "split": "r1"}
 V["M W8D2 S3 sm/r1"] = {**mshape(8, 64, 3, 2, 2, separate_merge=True), "split": "r1"}
 V["M W4P S4/r1"] = {**mshape(4, 64, 4, pipe=True), "split": "r1"}   # one block per SM, 4 stages
@@ -151,13 +152,18 @@ V["M W8D2 S3/w1"] = {**V["M W8D2 S3"], "split": "w1"}
 # the planner's own kernel and split, fp16 and on compressed pages
 V["planner"] = {**shape(None, None, None, impl=None), "split": None}
 V["planner items"] = {**V["planner"], "split": "items"}   # its kernel, one partition per block
+V["planner balanced"] = {**V["planner"], "split": "balanced"}
 V["planner wmma"] = {**shape(None, None, None), "split": None}   # lesson 09's kernel
 for q, qname in ((2, "fp8"), (1, "int8")):
     V[f"planner wmma {qname}"] = {**V["planner wmma"], "quant": q}
 for q, qname in ((2, "fp8"), (1, "int8")):
     for tok in (False, True):
         V[f"planner {qname}{'/tok' if tok else ''}"] = {**V["planner"], "quant": q, "tok": tok}
-PLANNER_QUANT = [n for n in V if n.startswith("planner ") and "wmma" not in n]
+PLANNER_QUANT = [n for n in V if n.startswith("planner ") and "wmma" not in n
+                 and n not in ("planner items", "planner balanced")]
+for n in PLANNER_QUANT:   # the compressed-page planner shapes on either work scheme
+    for scheme in ("items", "balanced"):
+        V[f"{n} {scheme}"] = {**V[n], "split": scheme}
 V["W4P/w1"] = {**shape(4, 64, 2, pipe=True), "split": "w1"}
 V["W4D2T32/w1"] = {**shape(4, 32, 2, 2, 4), "split": "w1"}
 V["W8D4T32mb3/w1"] = {**shape(8, 32, 2, 4, 3), "split": "w1"}
@@ -194,22 +200,17 @@ FINAL = {   # --final: the rows of the report (the planner's choice first), and 
 }
 
 BALANCED = {   # --balanced: decode_mma.cu's balanced ranges (stream-K) against one item per block
-    "D64-gqa4": ["planner", "planner items", "M W4P S3/b8", "M W4P S3/r2", "M W4P S3/r0.5",
-                 "M W4P S3 sm/r1", "M W4 S3/r1", "M W4P S2/r1", "M W4P S4/r1", "M W4P q0 mb3/r1",
-                 "M W4P T128 S2/r1", "planner fp8", "M fp8 W4T128S2", "M fp8 W4T128S2/r2",
-                 "M fp8 W4PT128S3/r1"],
-    "D64-gqa8": ["planner", "planner items", "M W4P S3/b8", "M W4P S3/r2", "M W4 S3/r1"],
-    "D64-gqa8-p64": ["planner", "planner items", "M W4P S3/b8", "M W4P S3/r2", "M W4 S3/r1"],
-    "D64-mqa16": ["planner", "planner items", "M W8D2 S3/w1", "M W8D2 S3/r2", "M W8D2 S3/r0.5",
-                  "M W8D2 S3 sm/r1",
-                  "M W4P S3/r1", "M W4P q0 mb3/r1"],
-    "8x32k-gqa4": ["planner", "planner items", "M W4/w1", "M W4P S3/r2", "M W4 S3/r1"],
-    "1x32k-gqa4": ["planner", "planner items", "M W8D2/w1", "M W4P S3/r2", "M W8D2 S3/r1",
-                   "M W4P S3 sm/r1",
-                   "M W4 S3/r1"],
-    "D64-gqa4-d256": ["planner", "planner items", "M d256 W4D2T32 mb2", "M d256 W4D2T32/r2",
-                      "M d256 W4D2T32S3/r1", "M d256 W4T32/r1", "M d256 W8D2T64/r1",
-                      "M d256 W4D2T64/r1"],
+    "D64-gqa4": ["planner", "planner items", "M W4 S3/r1", "M W4P S2/r1", "M W4P S3 sm/r1",
+                 "planner fp8 balanced", "planner fp8 items", "planner int8 balanced",
+                 "planner int8 items", "planner fp8/tok balanced", "planner fp8/tok items",
+                 "M fp8 W4PT128S3/r1", "M fp8 W4T128 q0 mb3/r1"],
+    "D64-gqa8": ["planner", "planner items"],
+    "D64-gqa8-p64": ["planner", "planner items"],
+    "D64-mqa16": ["planner", "planner balanced", "M W8D2 S3 sm/r1", "M W8D2 S3/r0.5"],
+    "8x32k-gqa4": ["planner", "planner items", "planner fp8 balanced", "planner fp8 items"],
+    "1x32k-gqa4": ["planner", "planner items", "M W4P S3 sm/r1"],
+    "D64-gqa4-d256": ["planner", "planner items", "M d256 W8D2T64/r1", "M d256 W4D2T32/r2"],
+    "D64-gqa4-d80": ["planner", "planner items"],
 }
 
 FP16_D128 = ["W4", "W8D2", "W4D2T32", "W4D2T32S3", "W8D4T32", "W8D4T32mb3", "W6D2T48mb3",
@@ -255,9 +256,9 @@ def plan(inp, w, name):
     split = V[name]["split"]
     if split is None:   # the planner's own split and kernel
         return plan_with(inp, w, name)
-    if split == "items":   # ... with one partition per block, by the planner's rule
-        return plan_with(inp, w, name, "items")
-    if split[0] == "r":   # balanced ranges, that many per resident block slot
+    if split in dw.TC_SCHEMES:   # ... with its work cut that way (items: the planner's rule)
+        return plan_with(inp, w, name, split)
+    if isinstance(split, str) and split[0] == "r":   # balanced ranges, that many per slot
         saved = dw.TC_RANGES_PER_SLOT
         dw.TC_RANGES_PER_SLOT = float(split[1:])
         try:

@@ -87,11 +87,13 @@ def _segments(seq, start, end, seg_ptr, batch, range_tokens) -> Segments:
 def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_parts: int,
             num_splits: int | None, scheme: str | None = None, ranges: int | None = None):
     """(scheme, Segments) of a plan on `cfg` (a decode_plan.TCConfig): decode_mma.cu takes
-    TC_SCHEME (scheme=None) or `scheme`, and "items" when num_splits is given; decode_tc.cu
-    always "items". Balanced: `ranges` per KV head x row chunk (None: one per resident
+    `scheme`, else the shape's (cfg.scheme, decode_plan.MMA_SHAPES), else TC_SCHEME, and
+    "items" when num_splits is given; decode_tc.cu always "items". Balanced: `ranges` per KV head x row chunk (None: one per resident
     block slot x TC_RANGES_PER_SLOT); items: partitions by decode_plan.choose_tc_part_len."""
-    scheme = (scheme or (TC_SCHEME if num_splits is None else "items")) if cfg.impl == "mma" \
-        else "items"
+    if cfg.impl != "mma":
+        scheme = "items"
+    elif not scheme:
+        scheme = cfg.scheme or TC_SCHEME if num_splits is None else "items"
     if scheme == "balanced":
         ranges = ranges or max(1, round(TC_RANGES_PER_SLOT * resident * sms / grid_y))
         return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)

@@ -334,7 +334,9 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
                 l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
             }
-#if !WARP_PIPE
+#if WARP_PIPE
+            __syncwarp();      // every lane is done with this tile's buffer (the warp's own)
+#else
             __syncthreads();   // every warp is done with this tile's buffer
 #endif
             // (The D_SPLIT warps of a (row tile, slice) have the same m and l; the first
@@ -349,7 +351,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
             store_warp_o(os + cw * O_WSTRIDE, o, g, t, dpart);
             copy_wait<STAGES - 2>();   // the next tile, with the next segment's Q, has landed
             __syncthreads();
-            finish_rows<LO, O_WSTRIDE>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters,
+            finish_rows<LO, O_WSTRIDE, O_SWZ>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters,
                                        slot_start, cur.b, segment_part(cur),
                                        segment_parts(cur), num_heads, rows.h0, rows.nh, v_mult);
             __syncthreads();   // the buffer, m_s and l_s are free again

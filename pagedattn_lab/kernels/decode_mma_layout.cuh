@@ -51,6 +51,10 @@ __device__ inline int stage_at(int r, int c)
 // buffer holds the O of its warps (the block's: warp w at w * 16 rows; WARP_PIPE: warp w's
 // own buffer, O_WSTRIDE floats apart), and then the merge's weights (decode_tc_merge.cuh).
 constexpr int O_WSTRIDE = WARP_PIPE ? STAGES * STAGE_BYTES / 4 : 16 * LO;   // floats
+// Codes: O's columns come out permuted (column 32 t + c of lane 4 g + t, see store_warp_o),
+// so that the 32 lanes of a store would hit one bank: column c of row r goes to c ^ o_swz
+// (bits 0-3, within its 16; every read of a row's 32 columns is still conflict-free).
+constexpr bool O_SWZ = KV_QUANT != 0;
 static_assert((WARP_PIPE ? 1 : CWARPS) * 16 * LO * 4 <= STAGE_BYTES,
               "the warps' O do not fit in a stage buffer: more tokens per warp (tc_config)");
 
@@ -76,11 +80,11 @@ __device__ inline void store_warp_o(float* ow, const float (&o)[DP * 2][4], int 
 #pragma unroll
     for (int n = 0; n < DP * 2; ++n) {
 #if KV_QUANT
-        float* o0 = ow + g * LO + dpart * DP * 16 + 128 * (n / 16) + 32 * t + n % 16;
-        o0[0] = o[n][0];
-        o0[16] = o[n][1];
-        o0[8 * LO] = o[n][2];
-        o0[8 * LO + 16] = o[n][3];
+        const int col = dpart * DP * 16 + 128 * (n / 16) + 32 * t + n % 16;
+        ow[g * LO + (col ^ o_swz(g, col))] = o[n][0];
+        ow[g * LO + ((col + 16) ^ o_swz(g, col + 16))] = o[n][1];
+        ow[(g + 8) * LO + (col ^ o_swz(g + 8, col))] = o[n][2];
+        ow[(g + 8) * LO + ((col + 16) ^ o_swz(g + 8, col + 16))] = o[n][3];
 #else
         float* o0 = ow + g * LO + dpart * DP * 16 + 8 * n + 2 * t;
         *reinterpret_cast<float2*>(o0) = make_float2(o[n][0], o[n][1]);

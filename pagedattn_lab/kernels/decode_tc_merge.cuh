@@ -60,11 +60,12 @@ __device__ inline void merge_parts(float* w, KV_T* out, const float* part_out,
 }
 
 // m_s, l_s: [warps][16] (warp w's m and l of row r of its row tile at w * 16 + r); os: the
-// warps' O, row r of warp w at os + w * O_WSTRIDE + r * O_LD (floats), reused as the merge's
+// warps' O, row r of warp w at os + w * O_WSTRIDE + r * O_LD (floats; column d at d ^
+// o_swz(r, d) with O_SWZ), reused as the merge's
 // weights (nh x nparts floats from os); flag_s: one int. decode_mma.cu calls it at the end of
 // every segment of its range (O in the stage buffer just computed), decode_tc.cu through
 // finish_block at its block's end.
-template <int O_LD, int O_WSTRIDE>
+template <int O_LD, int O_WSTRIDE, bool O_SWZ = false>
 __device__ inline void finish_rows(const float* m_s, const float* l_s, float* os, int* flag_s,
                                    KV_T* out, float* part_out, float* part_ml, int* counters,
                                    const int* slot_start, int b, int part, int nparts,
@@ -88,7 +89,7 @@ __device__ inline void finish_rows(const float* m_s, const float* l_s, float* os
             const int w = w0 + ROW_TILES * s;
             const float c = exp2f(m_s[w * 16 + rr] - mx);
             l += l_s[w * 16 + rr] * c;
-            acc += os[w * O_WSTRIDE + rr * O_LD + d] * c;
+            acc += os[w * O_WSTRIDE + rr * O_LD + (O_SWZ ? d ^ o_swz(rr, d) : d)] * c;
         }
         if (single) {
             store_value(out + (out_row + r) * HEAD_DIM + d, acc / l * v_mult);

@@ -54,4 +54,8 @@ static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && TILE_T == TW * SLICES && STA
               "bad tile sizes");
 static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
 
+// The column swizzle of decode_mma.cu's O over codes (O_SWZ, decode_mma_layout.cuh; read by
+// decode_tc_merge.cuh): column c of row r is stored at c ^ o_swz(r, c), within its 16.
+__device__ inline int o_swz(int r, int c) { return (2 * r + (c >> 5)) & 15; }
+
 #endif  // DECODE_TC_SIZES_CUH
