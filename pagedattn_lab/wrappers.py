@@ -252,7 +252,8 @@ class BatchDecodeWrapper:
             f" over {self.kv_format.name} pages ({self.scale_scheme} scales)"
         if self.kernel == "tensor_core" and self.scheme == "balanced":
             work = (f"balanced ranges: each block streams up to {self.part_len} tokens across "
-                    f"sequences (at most {self.max_parts} blocks per sequence)")
+                    f"sequences (a sequence in at most {self.max_parts} "
+                    f"part{'s' * (self.max_parts > 1)})")
         else:
             work = (f"partitions of {self.part_len} tokens (at most {self.max_parts} per "
                     f"sequence)")
