@@ -175,7 +175,6 @@ class TCConfig(NamedTuple):
     impl: str = "wmma"
     blocks_per_sm: int | None = None   # the split rule's target (None: TC_BLOCKS_PER_SM)
     separate_merge: bool = False       # "mma": split sequences merged by a second launch
-    scheme: str | None = None          # "mma": its work (decode_work; None: TC_SCHEME)
 
     @property
     def source(self) -> str:
@@ -211,8 +210,7 @@ TC_SHAPES = [
 # 128-token tiles fp8 0.133, int8 0.136 (64-token tiles S4 0.143)). "blocks_per_sm": the split
 # rule's target (choose_tc_part_len) where the shape sets one.
 MMA_SHAPES = [
-    (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2,
-                         scheme="items")),
+    (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2)),
     (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
                          blocks_per_sm=8)),
     (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1)),
@@ -287,7 +285,6 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
         min_blocks = kw["min_blocks"] if min_blocks is None else min_blocks
         warp_pipe = kw["warp_pipe"] if warp_pipe is None else warp_pipe
     blocks_per_sm = kw.get("blocks_per_sm") if auto else None
-    scheme = kw.get("scheme") if auto and impl == "mma" else None
     warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
     stages, d_split = stages or TC_STAGES, d_split or 1
     min_blocks = min_blocks or 1
@@ -328,7 +325,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,
-                    impl == "mma" and bool(separate_merge), scheme)
+                    impl == "mma" and bool(separate_merge))
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,

@@ -171,12 +171,18 @@ def test_balanced_ranges_over_compressed_pages(rng, kv_dtype, scheme):
 
 @needs_wmma
 def test_the_planner_balances_and_says_so(rng):
-    """Automatic plans on decode_mma.cu take balanced ranges; num_splits asks for partitions."""
-    q, k, v, tables, lens = decode_problem(rng, [70, 33, 5, 300], num_heads=8, num_kv_heads=2)
+    """Automatic plans on decode_mma.cu take balanced ranges when the sequences need more
+    blocks than one wave holds (the CPU executor counts 4 SMs x 2 blocks); one partition per
+    block when they fit in one wave, or when num_splits asks for partitions."""
+    lens = [70, 33, 5, 300, 17, 1, 129]
+    q, k, v, tables, lens = decode_problem(rng, lens, num_heads=8, num_kv_heads=2)
     w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core")
     assert w.scheme == dw.TC_SCHEME == "balanced" and "balanced ranges" in w.describe()
     check_rows(w.run(q, k, v, out=poisoned(q.shape, "float16")), reference((q, k, v, tables, lens)),
                "float16")
+    few = BatchDecodeWrapper().plan(tables[:4], lens[:4], 8, 2, 64, 16, "float16",
+                                    kernel="tensor_core")
+    assert few.scheme == "items" and "partitions of" in few.describe()
     w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core",
                                   num_splits=3)
-    assert w.scheme == "items" and w.max_parts == 3 and "partitions of" in w.describe()
+    assert w.scheme == "items" and w.max_parts == 3

@@ -10,7 +10,7 @@ from pagedattn_lab import decode_plan as dp
 from pagedattn_lab.wrappers import BatchDecodeWrapper
 
 from .decode_cases import check_close, decode_problem, reference
-from .test_decode_gpu import HEAD_DIMS, on_gpu, poisoned_out, run_gpu
+from .test_decode_gpu import HEAD_DIMS, on_gpu, poisoned_out
 from .test_decode_tc_quant import launch, quantized
 
 pytestmark = pytest.mark.gpu
@@ -26,12 +26,29 @@ def cp():
 @pytest.mark.parametrize("head_dim", HEAD_DIMS)
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
 def test_balanced_grid(rng, cp, dtype, head_dim, group):
-    """No num_splits: the plan's balanced ranges (here more ranges than tiles: every tile a
-    block, every sequence past one tile split and merged)."""
+    """The plan's balanced ranges, one per resident slot (here more ranges than tiles: every
+    tile a block, every sequence past one tile split and merged)."""
     kv = 2 if group <= 16 else 1
     args = decode_problem(rng, [1, 15, 16, 17, 300, 129], num_heads=group * kv, num_kv_heads=kv,
                           head_dim=head_dim, dtype=dtype)
-    run_gpu(cp, args, dtype, "tensor_core")
+    dev = on_gpu(cp, args, dtype)
+    w = BatchDecodeWrapper().plan(dev[3], dev[4], group * kv, kv, head_dim, 16, dtype,
+                                  kernel="tensor_core")
+    w._launches = []
+    w._plan_tensor_core(args[4], None, scheme="balanced")
+    host = cp.asnumpy(w.run(*dev[:3], out=poisoned_out(cp, dev, dtype)))
+    check_close(host.view(args[0].dtype) if dtype == "bfloat16" else host, reference(args),
+                dtype)
+
+
+def test_the_planner_balances_many_sequences(rng, cp):
+    """Automatic: balanced where the sequences need more than one wave of blocks."""
+    lens = list(rng.integers(1, 2000, 120))
+    args = decode_problem(rng, lens, num_heads=32, num_kv_heads=8, head_dim=128)
+    dev = on_gpu(cp, args, "float16")
+    w = BatchDecodeWrapper().plan(dev[3], dev[4], 32, 8, 128, 16, "float16")
+    assert w.kernel == "tensor_core" and w.scheme == "balanced", w.describe()
+    check_close(cp.asnumpy(w.run(*dev[:3])), reference(args), "float16")
 
 
 SHAPES = [None, dict(warps=4, tile_t=64, stages=3), dict(warps=2, tile_t=32, stages=4,
@@ -72,7 +89,9 @@ def test_balanced_ranges_over_compressed_pages(rng, cp, kv_dtype, scheme, head_d
     w = BatchDecodeWrapper().plan(cp.asarray(tables), cp.asarray(lens), 8, 2, head_dim, 16,
                                   "float16", kernel="tensor_core", kv_dtype=kv_dtype,
                                   scale_scheme=scheme)
-    assert w.scheme == "balanced" and w.tc_config.impl == "mma"
+    assert w.tc_config.impl == "mma"
+    w._launches = []
+    w._plan_tensor_core(lens, None, scheme="balanced", ranges=3)
     dev = [cp.asarray(a) for a in (q, kc, vc, ks, vs)]
     out = launch(w, *dev, cp.full(q.shape, np.nan, np.float16))
     check_close(cp.asnumpy(out), reference((q, kd, vd, tables, lens)), "float16")
