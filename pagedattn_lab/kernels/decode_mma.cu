@@ -56,7 +56,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const float* __restrict__ k_scale,     // compressed pages: as decode_tc.cu (else unread)
     const float* __restrict__ v_scale,
     const int* __restrict__ block_tables,  // [batch, max_pages]
-    const int* __restrict__ segs,          // [segments, 4]: (sequence, start, end, part | parts << 16)
+    const int* __restrict__ segs,          // [segments, 4]: (sequence, start, end, part|parts<<16)
     const int* __restrict__ seg_ptr,       // [gridDim.x + 1]: block x's segments
     const int* __restrict__ slot_start,    // [batch]: the sequence's first partial-state slot
     KV_T* __restrict__ out,                // [batch, num_heads, HEAD_DIM]
@@ -138,9 +138,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     auto q_frag = [&](unsigned (&a)[4], int k) { ldmatrix_x4(a, q_lane + k * 16); };
 #endif
 #if Q_REGS
-    unsigned qf[D_TILES][4];
-#pragma unroll
-    for (int k = 0; k < D_TILES; ++k) q_frag(qf[k], k);
+    unsigned qf[D_TILES][4];   // (loaded at each segment's start)
 #endif
     // Q's A operand of k step k: held in registers (Q_REGS), else loaded into buf
     auto q_operand = [&](unsigned (&buf)[4], int k) -> const unsigned* {
@@ -154,217 +152,219 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const int k_row = row0 + (lm / 2) * 8 + lr, k_chunk = lm % 2;   // + 16 j tokens, 2 k chunks
     const int v_row = row0 + (lm % 2) * 8 + lr, v_chunk = lm / 2;   // + 16 j tokens, 2 d chunks
 
-    float o[DP * 2][4];   // O[row g, g + 8][dims 8 n + 2t, +1] of this warp's columns
+    int i = 0;   // the block's tiles so far (tile i is in stage buffer i % STAGES)
+    while (tile_valid(cur)) {   // a segment: a fresh state, and the segment's Q
+        q_lane = qbufs + (cur.seg % STAGES) * ROWS * LD + q_at;
+#if Q_REGS
 #pragma unroll
-    for (int n = 0; n < DP * 2; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m_run[2] = {NEG_BIG, NEG_BIG};   // rows g and g + 8: running max (base 2)
-    float l_run[2] = {0.0f, 0.0f};         // ... and this lane's share of the row sums
-
-    for (int i = 0; tile_valid(cur); ++i) {
-        next_stream_tile(i, stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache,
-                         v_cache, k_scale, v_scale, q, geo, rows, num_heads);
-        const unsigned char* ks = stages + (i % STAGES) * STAGE_BYTES;
-        const unsigned char* vs = ks + CP_TOKENS * LDC;
-
-        // 1. S = Q K^T: 8 tokens per accumulator, S_CHAINS independent chains over k.
-        float s[NT][4];
+        for (int k = 0; k < D_TILES; ++k) q_frag(qf[k], k);
+#endif
+        float o[DP * 2][4];   // O[row g, g + 8][dims 8 n + 2t, +1] of this warp's columns
 #pragma unroll
-        for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int n = 0; n < DP * 2; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+        float m_run[2] = {NEG_BIG, NEG_BIG};   // rows g and g + 8: running max (base 2)
+        float l_run[2] = {0.0f, 0.0f};         // ... and this lane's share of the row sums
+
+        for (;; ++i) {   // its tiles
+            next_stream_tile(i, stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache,
+                             v_cache, k_scale, v_scale, q, geo, rows, num_heads);
+            const unsigned char* ks = stages + (i % STAGES) * STAGE_BYTES;
+            const unsigned char* vs = ks + CP_TOKENS * LDC;
+
+            // 1. S = Q K^T: 8 tokens per accumulator, S_CHAINS independent chains over k.
+            float s[NT][4];
+#pragma unroll
+            for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #if S_CHAINS == 2
-        float s2[NT][4];
+            float s2[NT][4];
 #pragma unroll
-        for (int n = 0; n < NT; ++n) s2[n][0] = s2[n][1] = s2[n][2] = s2[n][3] = 0.0f;
+            for (int n = 0; n < NT; ++n) s2[n][0] = s2[n][1] = s2[n][2] = s2[n][3] = 0.0f;
 #endif
 #if KV_QUANT
-        // 16 codes of one token per lane and load: K row g of each 8 tokens, dims 64 b + 16 t
+            // 16 codes of one token per lane and load: K row g of each 8 tokens, dims 64 b + 16 t
 #pragma unroll
-        for (int blk = 0; blk < HEAD_DIM / 64; ++blk) {
+            for (int blk = 0; blk < HEAD_DIM / 64; ++blk) {
 #pragma unroll
-            for (int n = 0; n < NT; ++n) {
-                const uint4 raw = *reinterpret_cast<const uint4*>(
-                    ks + stage_at(row0 + 8 * n + g, 4 * blk + t));
+                for (int n = 0; n < NT; ++n) {
+                    const uint4 raw = *reinterpret_cast<const uint4*>(
+                        ks + stage_at(row0 + 8 * n + g, 4 * blk + t));
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int k = 4 * blk + j;
-                    unsigned a_buf[4];
-                    const unsigned* a = q_operand(a_buf, k);
-                    unsigned kb[2];
-                    codes4_to_kv(word_of(raw, j), kb[0], kb[1]);
+                    for (int j = 0; j < 4; ++j) {
+                        const int k = 4 * blk + j;
+                        unsigned a_buf[4];
+                        const unsigned* a = q_operand(a_buf, k);
+                        unsigned kb[2];
+                        codes4_to_kv(word_of(raw, j), kb[0], kb[1]);
 #if S_CHAINS == 2
-                    mma_acc(j % 2 ? s2[n] : s[n], a, kb);
+                        mma_acc(j % 2 ? s2[n] : s[n], a, kb);
 #else
-                    mma_acc(s[n], a, kb);
+                        mma_acc(s[n], a, kb);
 #endif
-                }
-            }
-        }
-#else
-#pragma unroll
-        for (int k = 0; k < D_TILES; ++k) {
-            unsigned a_buf[4];
-            const unsigned* a = q_operand(a_buf, k);
-#pragma unroll
-            for (int j = 0; j < TW / 16; ++j) {
-                unsigned kb[4];
-                ldmatrix_x4(kb, ks + stage_at(k_row + 16 * j, 2 * k + k_chunk));
-#if S_CHAINS == 2
-                float (*acc)[4] = k % 2 ? s2 : s;
-#else
-                float (*acc)[4] = s;
-#endif
-                mma_acc(acc[2 * j], a, kb);
-                mma_acc(acc[2 * j + 1], a, kb + 2);
-            }
-        }
-#endif
-#if S_CHAINS == 2
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[n][e] += s2[n][e];
-        }
-#endif
-
-        // 2. online softmax in registers: the 4 lanes of a quad hold a row (xor 1, 2)
-        const int t0 = cur.t0 + slice * TW + 2 * t;
-        const bool tail = cur.t0 + (slice + 1) * TW > cur.end;   // warp-uniform
-        float mx[2] = {NEG_BIG, NEG_BIG};
-#if KV_QUANT && PER_TOKEN_SCALES   // the token's scales: K's on its logit, V's on its P entry
-        const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + row0 + 2 * t;
-        const float* vsc = ksc + CP_TOKENS;
-#endif
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[n][e] * scale_log2;
-#if KV_QUANT && PER_TOKEN_SCALES
-                x *= ksc[8 * n + e % 2];
-#endif
-                if (tail && t0 + 8 * n + (e % 2) >= cur.end) x = NEG_INF;
-                s[n][e] = x;
-                mx[e / 2] = fmaxf(mx[e / 2], x);
-            }
-        }
-        float alpha[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-            const float m_new = fmaxf(m_run[h], mx[h]);
-            alpha[h] = exp2f(m_run[h] - m_new);
-            m_run[h] = m_new;
-            l_run[h] *= alpha[h];
-        }
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[n][e] = exp2f(s[n][e] - m_run[e / 2]);   // 0 for a masked token
-                l_run[e / 2] += s[n][e];
-            }
-        }
-#pragma unroll
-        for (int n = 0; n < DP * 2; ++n) {
-            o[n][0] *= alpha[0];
-            o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1];
-            o[n][3] *= alpha[1];
-        }
-
-        // 3. O += P V: the accumulators of tokens 16 j .. 16 j + 15, packed, are the A operand
-#if KV_QUANT && PER_TOKEN_SCALES
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[n][e] *= vsc[8 * n + e % 2];   // not in l
-        }
-#endif
-#pragma unroll
-        for (int j = 0; j < TW / 16; ++j) {
-            const unsigned pa[4] = {pack2(s[2 * j][0], s[2 * j][1]), pack2(s[2 * j][2], s[2 * j][3]),
-                                    pack2(s[2 * j + 1][0], s[2 * j + 1][1]),
-                                    pack2(s[2 * j + 1][2], s[2 * j + 1][3])};
-#if KV_QUANT
-            // B = V (k: tokens 2t, 2t+1 and 2t+8, 2t+9; n: dims). Lane g loads 16 codes (dims
-            // 128 p + 16 g .. + 15) of each of its 4 tokens; byte c of them is column g of
-            // O's n tile 16 p + c, i.e. n tile 16 p + c, column g holds dim 128 p + 16 g + c.
-            const int r0 = row0 + 16 * j + 2 * t;
-#pragma unroll
-            for (int pp = 0; pp < V_PASSES / D_SPLIT; ++pp) {
-                const int pass = dpart * (V_PASSES / D_SPLIT) + pp;
-                uint4 raw[4];   // tokens 2t, 2t+1, 2t+8, 2t+9
-#pragma unroll
-                for (int r = 0; r < 4; ++r)
-                    raw[r] = *reinterpret_cast<const uint4*>(
-                        vs + stage_at(r0 + (r % 2) + 8 * (r / 2), 8 * pass + g));
-#pragma unroll
-                for (int w = 0; w < 4; ++w) {   // bytes 4w .. 4w + 3: n tiles 16 pp + 4w + c
-                    // byte c of tokens (2t, 2t+1) and of (2t+8, 2t+9) side by side
-                    const unsigned a0 = word_of(raw[0], w), a1 = word_of(raw[1], w);
-                    const unsigned a8 = word_of(raw[2], w), a9 = word_of(raw[3], w);
-                    unsigned b01[4], b89[4];   // [c]: the B register of n tile 4w + c
-                    codes4_to_kv(__byte_perm(a0, a1, 0x5140), b01[0], b01[1]);
-                    codes4_to_kv(__byte_perm(a0, a1, 0x7362), b01[2], b01[3]);
-                    codes4_to_kv(__byte_perm(a8, a9, 0x5140), b89[0], b89[1]);
-                    codes4_to_kv(__byte_perm(a8, a9, 0x7362), b89[2], b89[3]);
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) {
-                        const unsigned vb[2] = {b01[c], b89[c]};
-                        mma_acc(o[16 * pp + 4 * w + c], pa, vb);
                     }
                 }
             }
 #else
 #pragma unroll
-            for (int d = 0; d < DP; ++d) {
-                unsigned vb[4];
-                ldmatrix_x4_trans(vb, vs + stage_at(v_row + 16 * j, 2 * (dpart * DP + d) + v_chunk));
-                mma_acc(o[2 * d], pa, vb);
-                mma_acc(o[2 * d + 1], pa, vb + 2);
+            for (int k = 0; k < D_TILES; ++k) {
+                unsigned a_buf[4];
+                const unsigned* a = q_operand(a_buf, k);
+#pragma unroll
+                for (int j = 0; j < TW / 16; ++j) {
+                    unsigned kb[4];
+                    ldmatrix_x4(kb, ks + stage_at(k_row + 16 * j, 2 * k + k_chunk));
+#if S_CHAINS == 2
+                    float (*acc)[4] = k % 2 ? s2 : s;
+#else
+                    float (*acc)[4] = s;
+#endif
+                    mma_acc(acc[2 * j], a, kb);
+                    mma_acc(acc[2 * j + 1], a, kb + 2);
+                }
             }
 #endif
-        }
-        // 4. the end of a segment (block-uniform): the warps' states merged into its output
-        // or partial state, then a fresh state (and Q) for the next segment
-        const bool seg_end = last_of_segment(cur);
-        if (seg_end) {
+#if S_CHAINS == 2
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[n][e] += s2[n][e];
+            }
+#endif
+
+            // 2. online softmax in registers: the 4 lanes of a quad hold a row (xor 1, 2)
+            const int t0 = cur.t0 + slice * TW + 2 * t;
+            const bool tail = cur.t0 + (slice + 1) * TW > cur.end;   // warp-uniform
+            float mx[2] = {NEG_BIG, NEG_BIG};
+#if KV_QUANT && PER_TOKEN_SCALES   // the token's scales: K's on its logit, V's on its P entry
+            const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + row0 + 2 * t;
+            const float* vsc = ksc + CP_TOKENS;
+#endif
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float x = s[n][e] * scale_log2;
+#if KV_QUANT && PER_TOKEN_SCALES
+                    x *= ksc[8 * n + e % 2];
+#endif
+                    if (tail && t0 + 8 * n + (e % 2) >= cur.end) x = NEG_INF;
+                    s[n][e] = x;
+                    mx[e / 2] = fmaxf(mx[e / 2], x);
+                }
+            }
+            float alpha[2];
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
-                l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+                const float m_new = fmaxf(m_run[h], mx[h]);
+                alpha[h] = exp2f(m_run[h] - m_new);
+                m_run[h] = m_new;
+                l_run[h] *= alpha[h];
             }
-#if WARP_PIPE
-            __syncwarp();      // every lane is done with this tile's buffer (the warp's own)
-#else
-            __syncthreads();   // every warp is done with this tile's buffer
-#endif
-            // (The D_SPLIT warps of a (row tile, slice) have the same m and l; the first
-            // writes them.)
-            if (t == 0 && dpart == 0) {
-                m_s[cw * 16 + g] = m_run[0];
-                m_s[cw * 16 + g + 8] = m_run[1];
-                l_s[cw * 16 + g] = l_run[0];
-                l_s[cw * 16 + g + 8] = l_run[1];
-            }
-            float* os = reinterpret_cast<float*>(smem + (i % STAGES) * STAGE_BYTES);
-            store_warp_o(os + cw * O_WSTRIDE, o, g, t, dpart);
-            copy_wait<STAGES - 2>();   // the next tile, with the next segment's Q, has landed
-            __syncthreads();
-            finish_rows<LO, O_WSTRIDE, O_SWZ>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters,
-                                       slot_start, cur.b, segment_part(cur),
-                                       segment_parts(cur), num_heads, rows.h0, rows.nh, v_mult);
-            __syncthreads();   // the buffer, m_s and l_s are free again
-            m_run[0] = m_run[1] = NEG_BIG;   // (then alpha = 0 on the next tile clears l and O)
-        }
-        advance_tile(cur, segs);
-        if (seg_end && tile_valid(cur)) {
-            q_lane = qbufs + (cur.seg % STAGES) * ROWS * LD + q_at;
-#if Q_REGS
 #pragma unroll
-            for (int k = 0; k < D_TILES; ++k) q_frag(qf[k], k);
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[n][e] = exp2f(s[n][e] - m_run[e / 2]);   // 0 for a masked token
+                    l_run[e / 2] += s[n][e];
+                }
+            }
+#pragma unroll
+            for (int n = 0; n < DP * 2; ++n) {
+                o[n][0] *= alpha[0];
+                o[n][1] *= alpha[0];
+                o[n][2] *= alpha[1];
+                o[n][3] *= alpha[1];
+            }
+
+            // 3. O += P V: the accumulators of tokens 16 j .. 16 j + 15, packed, are the A operand
+#if KV_QUANT && PER_TOKEN_SCALES
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[n][e] *= vsc[8 * n + e % 2];   // not in l
+            }
 #endif
+#pragma unroll
+            for (int j = 0; j < TW / 16; ++j) {
+                const unsigned pa[4] = {pack2(s[2 * j][0], s[2 * j][1]),
+                                        pack2(s[2 * j][2], s[2 * j][3]),
+                                        pack2(s[2 * j + 1][0], s[2 * j + 1][1]),
+                                        pack2(s[2 * j + 1][2], s[2 * j + 1][3])};
+#if KV_QUANT
+                // B = V (k: tokens 2t, 2t+1 and 2t+8, 2t+9; n: dims). Lane g loads 16 codes (dims
+                // 128 p + 16 g .. + 15) of each of its 4 tokens; byte c of them is column g of
+                // O's n tile 16 p + c, i.e. n tile 16 p + c, column g holds dim 128 p + 16 g + c.
+                const int r0 = row0 + 16 * j + 2 * t;
+#pragma unroll
+                for (int pp = 0; pp < V_PASSES / D_SPLIT; ++pp) {
+                    const int pass = dpart * (V_PASSES / D_SPLIT) + pp;
+                    uint4 raw[4];   // tokens 2t, 2t+1, 2t+8, 2t+9
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                        raw[r] = *reinterpret_cast<const uint4*>(
+                            vs + stage_at(r0 + (r % 2) + 8 * (r / 2), 8 * pass + g));
+#pragma unroll
+                    for (int w = 0; w < 4; ++w) {   // bytes 4w .. 4w + 3: n tiles 16 pp + 4w + c
+                        // byte c of tokens (2t, 2t+1) and of (2t+8, 2t+9) side by side
+                        const unsigned a0 = word_of(raw[0], w), a1 = word_of(raw[1], w);
+                        const unsigned a8 = word_of(raw[2], w), a9 = word_of(raw[3], w);
+                        unsigned b01[4], b89[4];   // [c]: the B register of n tile 4w + c
+                        codes4_to_kv(__byte_perm(a0, a1, 0x5140), b01[0], b01[1]);
+                        codes4_to_kv(__byte_perm(a0, a1, 0x7362), b01[2], b01[3]);
+                        codes4_to_kv(__byte_perm(a8, a9, 0x5140), b89[0], b89[1]);
+                        codes4_to_kv(__byte_perm(a8, a9, 0x7362), b89[2], b89[3]);
+#pragma unroll
+                        for (int c = 0; c < 4; ++c) {
+                            const unsigned vb[2] = {b01[c], b89[c]};
+                            mma_acc(o[16 * pp + 4 * w + c], pa, vb);
+                        }
+                    }
+                }
+#else
+#pragma unroll
+                for (int d = 0; d < DP; ++d) {
+                    unsigned vb[4];
+                    ldmatrix_x4_trans(vb, vs + stage_at(v_row + 16 * j,
+                                                        2 * (dpart * DP + d) + v_chunk));
+                    mma_acc(o[2 * d], pa, vb);
+                    mma_acc(o[2 * d + 1], pa, vb + 2);
+                }
+#endif
+            }
+            if (last_of_segment(cur)) break;   // (block-uniform)
+            advance_tile(cur, segs);
         }
+
+        // 4. the end of the segment: the warps' states merged into its output or partial state
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+            l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+        }
+#if WARP_PIPE
+        __syncwarp();      // every lane is done with this tile's buffer (the warp's own)
+#else
+        __syncthreads();   // every warp is done with this tile's buffer
+#endif
+        // (The D_SPLIT warps of a (row tile, slice) have the same m and l; the first writes them.)
+        if (t == 0 && dpart == 0) {
+            m_s[cw * 16 + g] = m_run[0];
+            m_s[cw * 16 + g + 8] = m_run[1];
+            l_s[cw * 16 + g] = l_run[0];
+            l_s[cw * 16 + g + 8] = l_run[1];
+        }
+        float* os = reinterpret_cast<float*>(smem + (i % STAGES) * STAGE_BYTES);
+        store_warp_o(os + cw * O_WSTRIDE, o, g, t, dpart);
+        copy_wait<STAGES - 2>();   // the next tile, with the next segment's Q, has landed
+        __syncthreads();
+        finish_rows<LO, O_WSTRIDE, O_SWZ>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters,
+                                          slot_start, cur.b, segment_part(cur),
+                                          segment_parts(cur), num_heads, rows.h0, rows.nh,
+                                          v_mult);
+        __syncthreads();   // the buffer, m_s and l_s are free again
+        advance_tile(cur, segs);
+        ++i;
     }
 }
 
