@@ -199,18 +199,15 @@ FINAL = {   # --final: the rows of the report (the planner's choice first), and 
     "D64-gqa4-d96": ["planner", "planner wmma"],
 }
 
-BALANCED = {   # --balanced: decode_mma.cu's balanced ranges (stream-K) against one item per block
-    "D64-gqa4": ["planner", "planner items", "M W4 S3/r1", "M W4P S2/r1", "M W4P S3 sm/r1",
-                 "planner fp8 balanced", "planner fp8 items", "planner int8 balanced",
-                 "planner int8 items", "planner fp8/tok balanced", "planner fp8/tok items",
-                 "M fp8 W4PT128S3/r1", "M fp8 W4T128 q0 mb3/r1"],
+BALANCED = {   # --balanced: decode_mma.cu's balanced ranges (stream-K) and one item per block
+    "D64-gqa4": ["planner", "planner items", "M W4 S3/r1", "planner fp8", "planner fp8 items",
+                 "planner int8", "planner fp8/tok"],
     "D64-gqa8": ["planner", "planner items"],
     "D64-gqa8-p64": ["planner", "planner items"],
-    "D64-mqa16": ["planner", "planner balanced", "M W8D2 S3 sm/r1", "M W8D2 S3/r0.5"],
-    "8x32k-gqa4": ["planner", "planner items", "planner fp8 balanced", "planner fp8 items"],
-    "1x32k-gqa4": ["planner", "planner items", "M W4P S3 sm/r1"],
-    "D64-gqa4-d256": ["planner", "planner items", "M d256 W8D2T64/r1", "M d256 W4D2T32/r2"],
-    "D64-gqa4-d80": ["planner", "planner items"],
+    "D64-mqa16": ["planner", "planner balanced"],
+    "8x32k-gqa4": ["planner", "planner balanced"],
+    "1x32k-gqa4": ["planner", "planner balanced"],
+    "D64-gqa4-d256": ["planner", "planner items"],
 }
 
 FP16_D128 = ["W4", "W8D2", "W4D2T32", "W4D2T32S3", "W8D4T32", "W8D4T32mb3", "W6D2T48mb3",
