@@ -10,8 +10,9 @@ Two kernels compute decode attention:
   `kernels/decode_tc.cu` (WMMA). Block sizes: decode_tc_sizes.py.
 
 `choose_kernel` picks one (the choice is measured, see benchmarks/NOTES.md); both split long
-sequences into partitions (split-K) so that few sequences still fill the GPU. Everything here
-is plain NumPy on the host: `BatchDecodeWrapper.plan` calls it once per decode step.
+sequences into partitions (split-K) so that few sequences still fill the GPU; decode_mma.cu
+also takes balanced ranges across sequences (decode_work.py). Everything here is plain NumPy
+on the host: `BatchDecodeWrapper.plan` calls it once per decode step.
 """
 from __future__ import annotations
 
@@ -203,12 +204,15 @@ TC_SHAPES = [
 ]
 
 
-# The same for kernels/decode_mma.cu (H200, rounds r3 and r4, 2026-12-02, benchmarks/NOTES.md:
-# D64 GQA 32/8 W4 warp pipelines S3 0.172 ms, S2 0.175, one barrier per tile S3 0.173, and
-# 0.169 with partitions cut for 8 blocks per SM instead of 4 (1024 tokens, not 2048); MQA 16/1
-# 8 warps in pairs S3 0.0390, S2 0.0394, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.344; codes over
-# 128-token tiles fp8 0.133, int8 0.136 (64-token tiles S4 0.143)). "blocks_per_sm": the split
-# rule's target (choose_tc_part_len) where the shape sets one.
+# The same for kernels/decode_mma.cu (H200, 2026-12-02, benchmarks/NOTES.md). Items (one
+# partition per block; rounds r3, r4): D64 GQA 32/8 W4 warp pipelines S3 0.172 ms, S2 0.175,
+# one barrier per tile S3 0.173, and 0.169 with partitions cut for 8 blocks per SM; MQA 16/1 8
+# warps in pairs S3 0.0390, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.344; codes over
+# 128-token tiles fp8 0.133, int8 0.136. Balanced ranges (decode_work; rounds r5, r6): the
+# same shapes win again (D64 GQA 32/8 warp pipes S3 0.161-0.164, the block's pipeline 0.162,
+# S2 0.163, 3 blocks per SM 0.217; head_dim 256 pairs over 32 tokens 0.310-0.314, 8 warps over
+# 64 0.331; fp8 128-token tiles S2 0.127). "blocks_per_sm": the items split rule's target
+# (choose_tc_part_len) where the shape sets one.
 MMA_SHAPES = [
     (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2)),
     (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
