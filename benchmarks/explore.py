@@ -2,7 +2,7 @@
 FlashInfer's tensor-core decode on the same pages (tuning runs; the results go to NOTES.md).
 
     python3 benchmarks/explore.py [--rows D64-gqa4,...] [--reps 15] [--json out.json]
-                                  [--final] [--fi-dims 128,256]
+                                  [--final | --balanced] [--fi-dims 128,256]
                                   [--no-flashinfer] [--no-quant] [--no-host]
 
 A variant is one compiled shape of kernels/decode_tc.cu (warps per block, warps per token
@@ -31,6 +31,7 @@ import cupy as cp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from pagedattn_lab import decode_plan as dp  # noqa: E402
+from pagedattn_lab import decode_work as dw  # noqa: E402
 from pagedattn_lab.bench.timing import Timer, copy_bandwidth, host_time  # noqa: E402
 from pagedattn_lab.bench.workloads import build_decode_inputs, decode_workloads  # noqa: E402
 from pagedattn_lab.kernels import kernel as load_kernel  # noqa: E402
@@ -38,7 +39,9 @@ from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
 
 # name -> kernel shape (tc_config keywords) and split: "split" is blocks per SM for the
 # TC_BLOCKS_PER_SM rule (8 also allows 128 partitions), or "w1"/"w2": partitions that fill
-# that many waves of resident blocks (TC_WAVES); "quant": 0, 1 (int8), 2 (fp8); "tok": per-token.
+# that many waves of resident blocks (TC_WAVES) -- one work item per block ("items"); or
+# "r1", "r2", "r0.5": decode_mma.cu's balanced ranges (stream-K), that many per resident
+# block slot (TC_RANGES_PER_SLOT); "quant": 0, 1 (int8), 2 (fp8); "tok": per-token.
 def shape(warps, tile, stages, d_split=1, mb=1, split=4, quant=0, tok=False, pipe=False,
           impl="wmma", **mma):
     return dict(warps=warps, tile_t=tile, stages=stages, d_split=d_split, min_blocks=mb,
@@ -132,16 +135,35 @@ V["M d256 W4T32"] = mshape(4, 32, 2)              # Q reloaded per tile (q_regs 
 V["M d256 W8D2T64"] = mshape(8, 64, 2, 2)
 V["M d256 W4D2T64"] = mshape(4, 64, 2, 2)
 V["M d256 W8D4T32"] = mshape(8, 32, 2, 4, 2)
+# balanced ranges (stream-K) on decode_mma.cu: "/rN" = N ranges per resident block slot
+for base in ("M W4P S3", "M W4 S3", "M W4P", "M W8D2 S3", "M W4P q0 mb3", "M d256 W4D2T32",
+             "M d256 W4D2T32S3", "M d256 W4T32", "M d256 W8D2T64", "M d256 W4D2T64",
+             "M fp8 W4T128S2", "M fp8 W4PT128S3"):
+    for r in ("r1", "r2", "r0.5"):
+        V[f"{base}/{r}"] = {**V[base], "split": r}
+V["M fp8 W4T128 q0 mb3/r1"] = {**V["M fp8 W4T128 q0 mb3"], "split": "r1"}
+V["M W4P S3 sm/r1"] = {**mshape(4, 64, 3, pipe=True, separate_merge=True), "split": "r1"}
+V["M W8D2 S3 sm/r1"] = {**mshape(8, 64, 3, 2, 2, separate_merge=True), "split": "r1"}
+V["M W4P S4/r1"] = {**mshape(4, 64, 4, pipe=True), "split": "r1"}   # one block per SM, 4 stages
+V["M W4P S2/r1"] = {**mshape(4, 64, 2, pipe=True), "split": "r1"}
+V["M W4P T128 S2/r1"] = {**mshape(4, 128, 2, pipe=True), "split": "r1"}
+V["M W8D2 S3/w1"] = {**V["M W8D2 S3"], "split": "w1"}
 
 # the planner's own kernel and split, fp16 and on compressed pages
 V["planner"] = {**shape(None, None, None, impl=None), "split": None}
+V["planner items"] = {**V["planner"], "split": "items"}   # its kernel, one partition per block
+V["planner balanced"] = {**V["planner"], "split": "balanced"}
 V["planner wmma"] = {**shape(None, None, None), "split": None}   # lesson 09's kernel
 for q, qname in ((2, "fp8"), (1, "int8")):
     V[f"planner wmma {qname}"] = {**V["planner wmma"], "quant": q}
 for q, qname in ((2, "fp8"), (1, "int8")):
     for tok in (False, True):
         V[f"planner {qname}{'/tok' if tok else ''}"] = {**V["planner"], "quant": q, "tok": tok}
-PLANNER_QUANT = [n for n in V if n.startswith("planner ") and "wmma" not in n]
+PLANNER_QUANT = [n for n in V if n.startswith("planner ") and "wmma" not in n
+                 and n not in ("planner items", "planner balanced")]
+for n in PLANNER_QUANT:   # the compressed-page planner shapes on either work scheme
+    for scheme in ("items", "balanced"):
+        V[f"{n} {scheme}"] = {**V[n], "split": scheme}
 V["W4P/w1"] = {**shape(4, 64, 2, pipe=True), "split": "w1"}
 V["W4D2T32/w1"] = {**shape(4, 32, 2, 2, 4), "split": "w1"}
 V["W8D4T32mb3/w1"] = {**shape(8, 32, 2, 4, 3), "split": "w1"}
@@ -175,6 +197,17 @@ FINAL = {   # --final: the rows of the report (the planner's choice first), and 
                       "M d256 W4D2T32 C2"],
     "D64-gqa4-d80": ["planner", "planner wmma"],
     "D64-gqa4-d96": ["planner", "planner wmma"],
+}
+
+BALANCED = {   # --balanced: decode_mma.cu's balanced ranges (stream-K) and one item per block
+    "D64-gqa4": ["planner", "planner items", "M W4 S3/r1", "planner fp8", "planner fp8 items",
+                 "planner int8", "planner fp8/tok"],
+    "D64-gqa8": ["planner", "planner items"],
+    "D64-gqa8-p64": ["planner", "planner items"],
+    "D64-mqa16": ["planner", "planner balanced"],
+    "8x32k-gqa4": ["planner", "planner balanced"],
+    "1x32k-gqa4": ["planner", "planner balanced"],
+    "D64-gqa4-d256": ["planner", "planner items"],
 }
 
 FP16_D128 = ["W4", "W8D2", "W4D2T32", "W4D2T32S3", "W8D4T32", "W8D4T32mb3", "W6D2T48mb3",
@@ -220,23 +253,32 @@ def plan(inp, w, name):
     split = V[name]["split"]
     if split is None:   # the planner's own split and kernel
         return plan_with(inp, w, name)
+    if split in dw.TC_SCHEMES:   # ... with its work cut that way (items: the planner's rule)
+        return plan_with(inp, w, name, split)
+    if isinstance(split, str) and split[0] == "r":   # balanced ranges, that many per slot
+        saved = dw.TC_RANGES_PER_SLOT
+        dw.TC_RANGES_PER_SLOT = float(split[1:])
+        try:
+            return plan_with(inp, w, name, "balanced")
+        finally:
+            dw.TC_RANGES_PER_SLOT = saved
     saved = dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS, dp.TC_WAVES
     waves = int(split[1:]) if isinstance(split, str) else None
     dp.TC_BLOCKS_PER_SM = 4 if waves else split
     dp.TC_AUTO_MAX_PARTS = 128 if waves or split >= 8 else saved[1]
     dp.TC_WAVES = waves
     try:
-        return plan_with(inp, w, name)
+        return plan_with(inp, w, name, "items")
     finally:
         dp.TC_BLOCKS_PER_SM, dp.TC_AUTO_MAX_PARTS, dp.TC_WAVES = saved
 
 
-def plan_with(inp, w, name):
+def plan_with(inp, w, name, scheme=None):
     p = BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], w.num_heads,
                                   w.num_kv_heads, w.head_dim, w.page_size, w.dtype,
                                   kernel="simt")
     p.kernel, p._launches = "tensor_core", []
-    p._plan_tensor_core(cp.asnumpy(inp["seq_lens"]), None, tc=config(w, name))
+    p._plan_tensor_core(cp.asnumpy(inp["seq_lens"]), None, tc=config(w, name), scheme=scheme)
     return p
 
 
@@ -311,6 +353,8 @@ def main(argv=None):
     p.add_argument("--rows", default=",".join(ROWS))
     p.add_argument("--final", action="store_true",
                    help="the planner's choices (FINAL) instead of the tuning variants")
+    p.add_argument("--balanced", action="store_true",
+                   help="balanced ranges against one item per block (BALANCED)")
     p.add_argument("--reps", type=int, default=15)
     p.add_argument("--json", default=None)
     p.add_argument("--no-flashinfer", action="store_true")
@@ -332,9 +376,9 @@ def main(argv=None):
 
     fi = None if args.no_flashinfer else FlashInfer([int(d) for d in args.fi_dims.split(",")])
     by_name = {w.name: w for w in decode_workloads()}
-    rows = FINAL if args.final else ROWS
-    if args.final and args.rows == ",".join(ROWS):
-        args.rows = ",".join(FINAL)
+    rows = FINAL if args.final else BALANCED if args.balanced else ROWS
+    if rows is not ROWS and args.rows == ",".join(ROWS):
+        args.rows = ",".join(rows)
     workloads = [by_name[n] for n in args.rows.split(",")]
     names_of = lambda w: [n for n in rows[w.name] if not (args.no_quant and V[n]["quant"])]  # noqa
     failed = compile_all(workloads, names_of)
@@ -376,12 +420,12 @@ def main(argv=None):
                 t_ref = t_ref or t
                 pct = 100 * nbytes / (t * 1e-3) / copy_bw
                 cfg = pl.tc_config
-                say(f"{w.name:<14} {name:<17} {t:7.3f} ms {pct:6.1f}% copy  x{t / t_ref:5.2f} "
-                    f"part {pl.part_len:5d} x{pl.max_parts:<3d} grid {pl.grid} smem "
-                    f"{cfg.shared // 1024} KB err {err:.1e}",
+                say(f"{w.name:<14} {name:<22} {t:7.3f} ms {pct:6.1f}% copy  x{t / t_ref:5.2f} "
+                    f"{pl.scheme[:3]} part {pl.part_len:5d} x{pl.max_parts:<3d} grid {pl.grid} "
+                    f"smem {cfg.shared // 1024} KB err {err:.1e}",
                     kind="variant", workload=w.name, variant=name, ms=t, pct_copy=pct,
                     part_len=pl.part_len, grid=list(pl.grid), shared=cfg.shared, err=err,
-                    bytes=nbytes)
+                    bytes=nbytes, scheme=pl.scheme)
                 if quant:
                     del kc, vc, ks, vs, kd, vd
             except Exception as exc:

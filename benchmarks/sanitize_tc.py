@@ -4,6 +4,9 @@ compressed-page variants once each at a small size on the GPU, for compute-sanit
 (memcheck, racecheck, synccheck):
 
     compute-sanitizer --tool racecheck --error-exitcode 9 python3 benchmarks/sanitize_tc.py
+                                                                         [--balanced]
+
+(--balanced: only decode_mma.cu's balanced-range cases.)
 
 Every array is its own cudaMalloc (no memory pool), outputs are poisoned with NaN, and each
 result is checked against the float64 reference (exit status 1 on a mismatch). Run from the
@@ -35,7 +38,10 @@ def problem(rng, lens, page, heads, kv_heads, head_dim):
     return q.astype(np.float16), k, v, tables, lens
 
 
-def run_case(rng, name, lens, page, heads, kv, d, splits, cfg_kw, kv_dtype=None, scheme=None):
+def run_case(rng, name, lens, page, heads, kv, d, splits, cfg_kw, kv_dtype=None, scheme=None,
+             ranges=None):
+    """ranges: decode_mma.cu's balanced ranges, that many (None: the plan's; with splits,
+    one partition per block)."""
     q, k, v, tables, lens = problem(rng, lens, page, heads, kv, d)
     cfg = dp.tc_config("float16", d, heads // kv,
                        dp.KV_QUANT_IDS[kv_dtype], scheme == "per_token", **cfg_kw)
@@ -57,7 +63,7 @@ def run_case(rng, name, lens, page, heads, kv, d, splits, cfg_kw, kv_dtype=None,
     w = BatchDecodeWrapper().plan(dev_t, dev_l, heads, kv, d, page, "float16",
                                   kernel="tensor_core", num_splits=splits)
     w._launches = []
-    w._plan_tensor_core(lens, splits, tc=cfg)
+    w._plan_tensor_core(lens, splits, tc=cfg, ranges=ranges)
     out = cp.full(q.shape, np.nan, np.float16)
     dq, dk, dv = cp.asarray(q), cp.asarray(codes[0]), cp.asarray(codes[1])
     s = np.float32(LOG2E / np.sqrt(d))
@@ -140,7 +146,35 @@ def main():
             cases.append((f"tc {kv_dtype} {scheme} GQA4 d128 warp pipelines S3", [200, 9], 16,
                           8, 2, 128, 2, {"warps": 4, "tile_t": 64, "stages": 3,
                                          "warp_pipe": True}, kv_dtype, scheme))
-    ok = all([run_case(rng, *c) for c in cases])
+    ones = [1] * 9 + [50, 1, 1, 1, 30]   # one-tile segments in a row: Q buffers rotate
+    balanced = [   # decode_mma.cu's balanced ranges across sequences (stream-K)
+        ("mma balanced planner GQA4 d128 7 ranges", [300, 17, 1, 1, 1, 64, 129], 16, 8, 2,
+         128, None, {}, None, None, 7),
+        ("mma balanced W4 S3 block pipeline GQA4 d128 page 7", [300, 17, 1, 64, 129], 7, 8, 2,
+         128, None, {"warps": 4, "tile_t": 64, "stages": 3, "impl": "mma"}, None, None, 5),
+        ("mma balanced W2P T32 S4 one-token sequences d64", ones, 16, 8, 2, 64, None,
+         {"warps": 2, "tile_t": 32, "stages": 4, "warp_pipe": True, "impl": "mma"}, None, None,
+         3),
+        ("mma balanced W1 T16 S3 one-token sequences d64", ones, 16, 8, 2, 64, None,
+         {"warps": 1, "tile_t": 16, "stages": 3, "impl": "mma"}, None, None, 4),
+        ("mma balanced MQA16 W8D2 S3 d128 9 ranges", [900, 17, 1], 16, 16, 1, 128, None, {},
+         None, None, 9),
+        ("mma balanced GQA4 d256 pairs 4 ranges", [120, 5, 33], 16, 8, 2, 256, None, {}, None,
+         None, 4),
+        ("mma balanced group 40 d64 3 ranges", [90, 5, 33], 16, 40, 1, 64, None, {}, None,
+         None, 3),
+        ("mma balanced separate merge launch GQA4 d128", [300, 17, 1, 64, 129], 16, 8, 2, 128,
+         None, {"separate_merge": True}, None, None, 5),
+        ("mma balanced more ranges than tiles d128", [300, 1, 70], 16, 8, 2, 128, None, {},
+         None, None, 100),
+        ("mma balanced fp8 static T128 d128 4 ranges", [300, 17, 1, 129], 16, 8, 2, 128, None,
+         {}, "fp8_e4m3", "static", 4),
+        ("mma balanced int8 per-token W4P T128 S3 d128", [300, 17, 1, 129], 16, 8, 2, 128, None,
+         {"warps": 4, "tile_t": 128, "stages": 3, "warp_pipe": True, "impl": "mma"}, "int8",
+         "per_token", 4),
+    ]
+    only = sys.argv[1:] == ["--balanced"]   # the balanced cases alone
+    ok = all([run_case(rng, *c) for c in (balanced if only else cases + balanced)])
     print("all results match the reference" if ok else "MISMATCH")
     sys.exit(0 if ok else 1)
 

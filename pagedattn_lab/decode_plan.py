@@ -10,8 +10,9 @@ Two kernels compute decode attention:
   `kernels/decode_tc.cu` (WMMA). Block sizes: decode_tc_sizes.py.
 
 `choose_kernel` picks one (the choice is measured, see benchmarks/NOTES.md); both split long
-sequences into partitions (split-K) so that few sequences still fill the GPU. Everything here
-is plain NumPy on the host: `BatchDecodeWrapper.plan` calls it once per decode step.
+sequences into partitions (split-K) so that few sequences still fill the GPU; decode_mma.cu
+also takes balanced ranges across sequences (decode_work.py). Everything here is plain NumPy
+on the host: `BatchDecodeWrapper.plan` calls it once per decode step.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .attention_common import KV_C_TYPES, THREADS
-from .decode_tc_sizes import TC_SMEM_PER_SM, mma_shared_bytes, tc_shared_bytes
+from .decode_tc_sizes import TC_SMEM_PER_SM, mma_o_fits, mma_shared_bytes, tc_shared_bytes
 
 KERNELS = ("simt", "tensor_core")
 HEAD_DIM_MAX = 256
@@ -174,6 +175,7 @@ class TCConfig(NamedTuple):
     warp_pipe: bool
     impl: str = "wmma"
     blocks_per_sm: int | None = None   # the split rule's target (None: TC_BLOCKS_PER_SM)
+    separate_merge: bool = False       # "mma": split sequences merged by a second launch
 
     @property
     def source(self) -> str:
@@ -202,12 +204,15 @@ TC_SHAPES = [
 ]
 
 
-# The same for kernels/decode_mma.cu (H200, rounds r3 and r4, 2026-12-02, benchmarks/NOTES.md:
-# D64 GQA 32/8 W4 warp pipelines S3 0.172 ms, S2 0.175, one barrier per tile S3 0.173, and
-# 0.169 with partitions cut for 8 blocks per SM instead of 4 (1024 tokens, not 2048); MQA 16/1
-# 8 warps in pairs S3 0.0390, S2 0.0394, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.344; codes over
-# 128-token tiles fp8 0.133, int8 0.136 (64-token tiles S4 0.143)). "blocks_per_sm": the split
-# rule's target (choose_tc_part_len) where the shape sets one.
+# The same for kernels/decode_mma.cu (H200, 2026-12-02, benchmarks/NOTES.md). Items (one
+# partition per block; rounds r3, r4): D64 GQA 32/8 W4 warp pipelines S3 0.172 ms, S2 0.175,
+# one barrier per tile S3 0.173, and 0.169 with partitions cut for 8 blocks per SM; MQA 16/1 8
+# warps in pairs S3 0.0390, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.344; codes over
+# 128-token tiles fp8 0.133, int8 0.136. Balanced ranges (decode_work; rounds r5, r6): the
+# same shapes win again (D64 GQA 32/8 warp pipes S3 0.161-0.164, the block's pipeline 0.162,
+# S2 0.163, 3 blocks per SM 0.217; head_dim 256 pairs over 32 tokens 0.310-0.314, 8 warps over
+# 64 0.331; fp8 128-token tiles S2 0.127). "blocks_per_sm": the items split rule's target
+# (choose_tc_part_len) where the shape sets one.
 MMA_SHAPES = [
     (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2)),
     (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
@@ -259,7 +264,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               d_split: int | None = None, min_blocks: int | None = None,
               warp_pipe: bool | None = None, impl: str | None = None,
               swizzle: bool = True, q_regs: bool | None = None,
-              fp8_bits: bool = False) -> TCConfig:
+              fp8_bits: bool = False, separate_merge: bool = False) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -269,7 +274,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     or "wmma" (None: TC_IMPL; compressed pages at a head_dim that is not a multiple of 128
     always "wmma"); swizzle and q_regs (Q's
     fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes converted by
-    moving bits instead of the conversion instruction) are the "mma" kernel's."""
+    moving bits instead of the conversion instruction) and separate_merge (split sequences
+    merged by a second launch instead of their last block) are the "mma" kernel's."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     impl = impl or TC_IMPL
@@ -297,15 +303,19 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     warps = -(-warps // per) * per                  # warps = d_split x row tiles x slices
     unit = 16 * warps // per                        # every warp takes a multiple of 16 tokens
     tile_t = -(-tile_t // unit) * unit
+    warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
+    while impl == "mma" and not mma_o_fits(row_tiles, head_dim, tile_t, warps=warps,
+                                           d_split=d_split, swizzle=swizzle,
+                                           kv_quant=kv_quant, warp_pipe=warp_pipe):
+        tile_t += unit   # (decode_mma.cu puts the warps' O in a stage buffer)
 
     def size(stages):
         if impl == "mma":
             return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                     d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
-                                    per_token=per_token)
+                                    per_token=per_token, warp_pipe=warp_pipe)
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
-    warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
     while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
         stages -= 1
     shared, kv_bytes = size(stages)
@@ -314,10 +324,12 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                          s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
                          min_blocks=min_blocks, warp_pipe=warp_pipe)
     if impl == "mma":
-        options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}") + (
+        options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}",
+                    f"-DSEPARATE_MERGE={int(bool(separate_merge))}") + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
-                    stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm)
+                    stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,
+                    impl == "mma" and bool(separate_merge))
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,

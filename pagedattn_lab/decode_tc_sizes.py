@@ -29,25 +29,41 @@ def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
 
 def mma_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
                      elem_bytes: int = 2, *, warps: int = 4, d_split: int = 1,
-                     swizzle: bool = True, kv_quant: int = 0,
-                     per_token: bool = False) -> tuple[int, int]:
-    """(total, region) shared-memory bytes of a block of kernels/decode_mma.cu (its layout:
+                     swizzle: bool = True, kv_quant: int = 0, per_token: bool = False,
+                     warp_pipe: bool = False) -> tuple[int, int]:
+    """(total, stage) shared-memory bytes of a block of kernels/decode_mma.cu (its layout:
     decode_mma_layout.cuh): the staged K/V tiles (rows of a multiple of 128 bytes swizzled,
     the others padded by 16 bytes; codes: one byte each, always swizzled) and per-token
-    scales, reused at the end for the warps' O and the merge (the region is the larger of
-    the two), then Q, the warps' m and l and a flag."""
-    row = head_dim * (1 if kv_quant else elem_bytes)
-    ldc = row if (swizzle or kv_quant) and (row // 16) % 8 == 0 else row + 16
+    scales, then `stages` buffers of Q (one per live segment), the warps' m and l and a flag.
+    `stage`: one copier's stage buffer (the block's, or with warp_pipe a warp's), where the
+    warps' O and the merge's weights go at the end of a segment."""
+    ldc = _mma_ldc(head_dim, elem_bytes, swizzle, kv_quant)
     kv = stages * 2 * tile_t * ldc + (stages * 2 * tile_t * 4 if kv_quant and per_token else 0)
-    o = warps // d_split * 16 * (head_dim + 8) * 4
-    region = -(-max(kv, o) // 128) * 128
-    total = region + 16 * row_tiles * (head_dim + 8) * elem_bytes + 2 * warps * 16 * 4 + 16
-    return total, region
+    copiers = warps if warp_pipe else 1
+    total = (-(-kv // 128) * 128 + stages * 16 * row_tiles * (head_dim + 8) * elem_bytes
+             + 2 * warps * 16 * 4 + 16)
+    return total, 2 * (tile_t // copiers) * ldc
+
+
+def mma_o_fits(row_tiles: int, head_dim: int, tile_t: int, elem_bytes: int = 2, *,
+               warps: int = 4, d_split: int = 1, swizzle: bool = True, kv_quant: int = 0,
+               warp_pipe: bool = False) -> bool:
+    """Whether the warps' O (16 rows of head_dim floats per warp with a token slice) fit in
+    one copier's stage buffer, where decode_mma.cu puts them at the end of a segment."""
+    stage = mma_shared_bytes(row_tiles, head_dim, tile_t, 2, elem_bytes, warps=warps,
+                             d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
+                             warp_pipe=warp_pipe)[1]
+    return (1 if warp_pipe else warps // d_split) * 16 * head_dim * 4 <= stage
+
+
+def _mma_ldc(head_dim, elem_bytes, swizzle, kv_quant):
+    row = head_dim * (1 if kv_quant else elem_bytes)
+    return row if (swizzle or kv_quant) and (row // 16) % 8 == 0 else row + 16
 
 
 def tc_max_parts(rows: int, kv_bytes: int) -> int:
-    """Most partitions per sequence: the merge keeps rows x parts weights (floats) where the
-    K/V tiles were."""
+    """Most partitions per sequence: the merge keeps rows x parts weights (floats) in the
+    K/V tiles' region (decode_tc.cu) or one stage buffer (decode_mma.cu): kv_bytes."""
     return kv_bytes // (4 * rows)
 
 

@@ -32,6 +32,7 @@ import math
 import numpy as np
 
 from . import decode_plan as dp
+from . import decode_work as dw
 from .decode_tc_sizes import tc_max_parts, tc_resident_blocks
 from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes, data_pointer,
                                dtype_name, from_torch, is_torch_tensor, page_shift, sm_count,
@@ -41,6 +42,7 @@ from .decode_run import DecodeRun
 from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
+from .run_checks import explain_run
 from .validate import (check_array, check_block_tables, check_int, check_out,
                        check_plan_sizes, resolve_scale)
 
@@ -52,8 +54,10 @@ QUANT_NARROW_GMAX = 8   # compressed pages: SIMT blocks of this many query heads
 class BatchDecodeWrapper(DecodeRun):
     """Decode attention over a paged KV cache, planned once per step and run per layer.
 
-    After `plan`: `kernel` ("simt" or "tensor_core"), `part_len` (tokens per split-K
-    partition), `max_parts` (partitions of the longest sequence), `grid`, `describe()`.
+    After `plan`: `kernel` ("simt" or "tensor_core"), `scheme` (how the tensor-core kernel's
+    work is cut: "balanced" ranges across sequences or "items", one partition per block;
+    None on simt), `part_len` (tokens per split-K partition; balanced: per block, at most),
+    `max_parts` (partitions of the longest sequence), `grid`, `describe()`.
     """
 
     def __init__(self):
@@ -128,6 +132,7 @@ class BatchDecodeWrapper(DecodeRun):
         self._out = xp.empty((self.batch, num_heads, head_dim),
                              dtype=self._array_dtypes[0])
         self._launches = []
+        self.scheme = None
         if self.batch:
             build = self._plan_tensor_core if self.kernel == "tensor_core" else self._plan_simt
             build(lens_h, num_splits)
@@ -161,40 +166,58 @@ class BatchDecodeWrapper(DecodeRun):
                              lambda q, k, v, out, s, ks, vs: (*merge_args, out, *merge_tail),
                              block=max(32, min(THREADS, self.head_dim)))
 
-    def _plan_tensor_core(self, lens_h, num_splits, tc=None):
-        """tc: a dp.TCConfig to plan with instead of the planner's (tuning runs)."""
+    def _plan_tensor_core(self, lens_h, num_splits, tc=None, scheme=None, ranges=None):
+        """tc: a dp.TCConfig to plan with instead of the planner's; scheme, ranges: the work
+        of decode_mma.cu (decode_work.tc_work; None: the planner's) (tuning runs, tests)."""
         group = self.num_heads // self.num_kv_heads
         fmt = self.kv_format
         cfg = tc or dp.tc_config(self.dtype, self.head_dim, group, fmt.kernel_id if fmt else 0,
                                  self.scale_scheme == "per_token")
         rows, row_tiles = cfg.rows, cfg.row_tiles
         grid_y = self.num_kv_heads * cfg.chunks
-        self.part_len = dp.choose_tc_part_len(lens_h, grid_y, sm_count(self.on_gpu),
-                                              tc_max_parts(rows, cfg.kv_bytes), num_splits,
-                                              tc_resident_blocks(cfg, self.head_dim),
-                                              cfg.blocks_per_sm)
-        work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
-        self.max_parts = int(-(-lens_h.max() // self.part_len))
+        sms, resident = sm_count(self.on_gpu), tc_resident_blocks(cfg, self.head_dim)
+        self.scheme, segments = dw.tc_work(lens_h, cfg, grid_y, sms, resident,
+                                           tc_max_parts(rows, cfg.kv_bytes), num_splits,
+                                           scheme, ranges)
+        self.part_len, self.max_parts = segments.range_tokens, segments.max_parts
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
-        # One upload: work items, slot starts, and the merge counters (zeros).
-        ints = np.concatenate([work.ravel(), slot_start, np.zeros(self.batch * grid_y, np.int32)])
-        ints = xp.asarray(ints)
+        if cfg.impl == "mma":   # the segments of each block
+            work, slots = np.concatenate([segments.segs.ravel(), segments.seg_ptr]), segments.slots
+            blocks, slot_start = segments.seg_ptr.size - 1, segments.slot_start
+        else:                   # (sequence, partition) per block
+            work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
+            blocks, work = len(work), work.ravel()
+        # One upload: the work, slot starts, and the merge counters (zeros).
+        ints = xp.asarray(np.concatenate([work, slot_start,
+                                          np.zeros(self.batch * grid_y, np.int32)]))
         n_work = work.size
-        work_d, slot_d = ints[:n_work], ints[n_work:n_work + self.batch]
-        counters = ints[n_work + self.batch:]
+        slot_d, counters = ints[n_work:n_work + self.batch], ints[n_work + self.batch:]
         part_out = xp.empty((slots, self.num_heads, self.head_dim) if slots else 4, np.float32)
         part_ml = xp.empty((slots, self.num_heads, 2) if slots else 4, np.float32)
-        self.grid = (len(work), grid_y, 1)
-        fixed = (self._tables, self._lens, work_d, slot_d)
+        self.grid = (blocks, grid_y, 1)
+        if cfg.impl == "mma":
+            n_segs = segments.segs.size
+            fixed = (self._tables, ints[:n_segs], ints[n_segs:n_work], slot_d)
+        else:
+            fixed = (self._tables, self._lens, ints[:n_work], slot_d)
         tail = (part_out, part_ml, counters, i32(self.num_heads), i32(self.num_kv_heads),
-                i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]),
-                i32(self.part_len), i32(rows))
+                i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]))
+        tail += (i32(rows),) if cfg.impl == "mma" else (i32(self.part_len), i32(rows))
         no_scale = self._no_scale
         self._add_launch(load_kernel(cfg.source, cfg.function, cfg.options), self.grid,
                          cfg.shared,
                          lambda q, k, v, out, s, ks=no_scale, vs=no_scale:
                          (q, k, v, ks, vs, *fixed, out, *tail, s), block=cfg.threads)
+        split = np.flatnonzero(segments.parts > 1)
+        if cfg.separate_merge and split.size:   # the split sequences' merge, launched after
+            merges = xp.asarray(np.stack([split, segments.parts[split]], 1).astype(np.int32))
+            args = (merges, slot_d)
+            m_tail = (part_out, part_ml, i32(self.num_heads), i32(self.num_kv_heads), i32(rows))
+            self._add_launch(load_kernel(cfg.source, "paged_decode_mma_merge", cfg.options),
+                             (split.size, grid_y, 1), rows * self.max_parts * 4,
+                             lambda q, k, v, out, s, ks=None, vs=None: (*args, out, *m_tail),
+                             block=cfg.threads)
 
     def _quant_options(self, gmax: int | None = None) -> tuple[str, ...]:
         """The -D options of a compressed cache (kv_quant.cuh); none for an uncompressed one.
@@ -232,10 +255,15 @@ class BatchDecodeWrapper(DecodeRun):
             how = f"up to {self._gmax} query head{'s' * (self._gmax > 1)} per block"
         pages = "" if self.kv_format is None else \
             f" over {self.kv_format.name} pages ({self.scale_scheme} scales)"
+        if self.kernel == "tensor_core" and self.scheme == "balanced":
+            work = (f"balanced ranges: each block streams up to {self.part_len} tokens across "
+                    f"sequences (a sequence in at most {self.max_parts} "
+                    f"part{'s' * (self.max_parts > 1)})")
+        else:
+            work = (f"partitions of {self.part_len} tokens (at most {self.max_parts} per "
+                    f"sequence)")
         return (f"{self.kernel}{pages}: {self.batch} sequences, {self.num_heads} query heads over "
-                f"{self.num_kv_heads} KV heads (group {group}), {how}; partitions of "
-                f"{self.part_len} tokens (at most {self.max_parts} per sequence); grid "
-                f"{self.grid}")
+                f"{self.num_kv_heads} KV heads (group {group}), {how}; {work}; grid {self.grid}")
 
     # ---- run: the general path (decode_run.DecodeRun has run() and its fast path) ---------
     def _run_general(self, q, k_cache, v_cache, out, scale, k_scale, v_scale):
@@ -287,47 +315,7 @@ class BatchDecodeWrapper(DecodeRun):
                 and not (data_pointer(q) | data_pointer(k) | data_pointer(v)
                          | data_pointer(out)) % 16):
             return
-        self._explain_run(q, k, v, out, qshape)
-
-    def _explain_run(self, q, k, v, out, qshape):
-        """Raise the error that _check_run found, naming the argument."""
-        where = "GPU: expected a CuPy" if self.on_gpu else "CPU: expected a NumPy"
-        names = " or ".join(d.name for d in self._array_dtypes)
-        fmt = self.kv_format
-        for name, x in (("q", q), ("k_cache", k), ("v_cache", v), ("out", out)):
-            if type(x) is not self._array_type:
-                raise TypeError(f"{name}: the plan runs on the {where} array or a torch tensor, "
-                                f"got {type(x).__module__}.{type(x).__name__}")
-            if fmt is not None and name in ("k_cache", "v_cache"):
-                if x.dtype != fmt.storage:
-                    raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
-                                    f"{fmt.storage.name} (the codes), got {x.dtype.name}")
-            elif x.dtype not in self._array_dtypes:
-                raise TypeError(f"{name}: the plan is for {self.dtype}: expected dtype {names}, "
-                                f"got {x.dtype.name}")
-            if not x.flags.c_contiguous:
-                raise ValueError(f"{name}: expected a C-contiguous array")
-            if data_pointer(x) % 16:
-                raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
-                                 "kernels load 16 bytes at a time), not an offset view")
-        for name, x in (("q", q), ("out", out)):
-            if tuple(x.shape) != qshape:
-                raise ValueError(f"{name}: expected shape {qshape} (the plan's batch, num_heads, "
-                                 f"head_dim), got {tuple(x.shape)}")
-        page = (self.page_size, self.num_kv_heads, self.head_dim)
-        if k.ndim != 4 or tuple(k.shape[1:]) != page:
-            raise ValueError(f"k_cache: expected shape [num_pages, {', '.join(map(str, page))}] "
-                             f"(the plan's page_size, num_kv_heads, head_dim), got {tuple(k.shape)}")
-        if v.shape != k.shape:
-            raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k.shape)}, got "
-                             f"{tuple(v.shape)}")
-        if not k.shape[0] > self.max_page:
-            raise ValueError(f"k_cache: the plan reads page {self.max_page}, but the cache has "
-                             f"only {k.shape[0]} pages")
-        if not (q.dtype == out.dtype and (fmt is not None or q.dtype == k.dtype == v.dtype)):
-            raise TypeError(f"q, k_cache, v_cache, out: expected one dtype, got {q.dtype.name}, "
-                            f"{k.dtype.name}, {v.dtype.name}, {out.dtype.name}")
-        raise AssertionError("unreachable: _check_run refused arguments _explain_run accepts")
+        explain_run(self, q, k, v, out, qshape)
 
 
 def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format):

@@ -18,15 +18,20 @@
 // K tiles are read with ldmatrix (non-transposed: a K row is a column of B = K^T, and its
 // 16-byte pieces are what B's "col" layout wants), V tiles with ldmatrix.trans.
 //
-// Thread-to-data mapping (as decode_tc.cu): grid = (work items, num_kv_heads * row_chunks),
-// block = TC_WARPS warps; warp w (cw = w % (TC_WARPS / D_SPLIT)) takes row tile
-// cw % ROW_TILES and the cw / ROW_TILES-th slice of TW tokens of every tile, keeps its own
-// (m, l, O) for its 16 rows in registers, and the warps merge at the end (decode_tc_merge.cuh).
-// D_SPLIT > 1: that many warps share a (row tile, slice), each computes S and the softmax
-// and accumulates 1/D_SPLIT of O's columns (head_dim 256: fewer registers per warp).
-// The tiles stream through shared memory as in decode_tc.cu (decode_tc_tiles.cuh: page ids
-// read one tile ahead, cp.async, STAGES in flight, one barrier per tile; WARP_PIPE=1: each
-// warp copies and waits for its own tokens, no barrier), rows swizzled (decode_mma_layout.cuh).
+// Thread-to-data mapping: grid = (ranges, num_kv_heads * row_chunks), block = TC_WARPS
+// warps. Block (x, y) streams the segments of range x (decode_tc_tiles.cuh; the plan's list,
+// decode_work.balanced_segments or item_segments): pieces of sequences, their tiles back to
+// back, the copies running on across segment boundaries (no drain, no cold start per piece),
+// for the query heads of y. Warp w (cw = w % (TC_WARPS / D_SPLIT)) takes row tile
+// cw % ROW_TILES and the cw / ROW_TILES-th slice of TW tokens of every tile and keeps its own
+// (m, l, O) for its 16 rows in registers; at the end of each segment the warps merge into
+// its output or partial state (decode_tc_merge.cuh: the last block of a split sequence
+// merges the parts). D_SPLIT > 1: that many warps share a (row tile, slice), each computes
+// S and the softmax and accumulates 1/D_SPLIT of O's columns (head_dim 256: fewer registers
+// per warp). The tiles stream through shared memory (page ids read one tile ahead, cp.async,
+// STAGES in flight, one barrier per tile; WARP_PIPE=1: each warp copies and waits for its own
+// tokens, no barrier), rows swizzled (decode_mma_layout.cuh); each segment's Q comes with
+// its first tile into one of STAGES Q buffers.
 //
 // Compile-time parameters (NVRTC -D; decode_plan.tc_config makes a consistent set): KV_T
 // (and KV_BF16), HEAD_DIM, TC_WARPS, ROW_TILES, TILE_T, STAGES, D_SPLIT, S_CHAINS (1 or 2
@@ -42,87 +47,7 @@
 #include "decode_mma_layout.cuh"
 #include "decode_tc_tiles.cuh"
 #include "decode_tc_merge.cuh"
-
-// d += a b for the cache's element type
-__device__ inline void mma_acc(float d[4], const unsigned a[4], const unsigned b[2])
-{
-#ifdef KV_BF16
-    mma_m16n8k16_bf16(d, a, b, d);
-#else
-    mma_m16n8k16(d, a, b, d);
-#endif
-}
-
-__device__ inline unsigned pack2(float lo, float hi)
-{
-#ifdef KV_BF16
-    return pack2_bf16(lo, hi);
-#else
-    return pack2_half(lo, hi);
-#endif
-}
-
-#ifndef FP8_BITS   // e4m3 codes to fp16 by moving bits (1 = yes, 0 = the conversion instruction)
-#define FP8_BITS 0
-#endif
-#if KV_QUANT == 2 && FP8_BITS && !defined(KV_BF16)
-constexpr float CODE_UNIT = 256.0f;   // the converted codes are value / 256 (see codes4_to_kv)
-#else
-constexpr float CODE_UNIT = 1.0f;
-#endif
-
-#if KV_QUANT
-// Two e4m3 codes, placed in bytes 1 and 3, to two fp16 of value / 256, by moving bits: the
-// code's 4 exponent and 3 mantissa bits under fp16's (a bias 8 smaller: x 2^-8, exact, also
-// for subnormals); the NaN codes (s1111111, which would come out as +-480 / 256, above every
-// finite code) get fp16's exponent bits set: NaN stays NaN.
-__device__ inline unsigned e4m3x2_bits(unsigned t)
-{
-    const unsigned h = (t & 0x80008000u) | ((t >> 1) & 0x3f803f80u);
-    return h | (((h & 0x7fff7fffu) + 0x00800080u) & 0x40004000u);
-}
-
-// Four codes (c0 in the low byte) to two registers of two KV_T values: (c0, c1) and (c2, c3),
-// exactly (every int8 and e4m3 value is a 16-bit float), no scale (but CODE_UNIT). fp16: int8
-// as 1024 + 128 + c with the code as the low mantissa byte (two byte permutes and two half2
-// subtractions for four codes); e4m3 by the sm_89+ instruction (kv_convert.cuh) or, with
-// FP8_BITS, by moving bits (e4m3x2_bits). bf16: one code at a time through float.
-__device__ inline void codes4_to_kv(unsigned four, unsigned& lo, unsigned& hi)
-{
-#if KV_QUANT == 2 && FP8_BITS && !defined(KV_BF16)
-    lo = e4m3x2_bits(__byte_perm(four, 0u, 0x1404));   // c0, c1 into bytes 1, 3
-    hi = e4m3x2_bits(__byte_perm(four, 0u, 0x3424));   // c2, c3
-    return;
-#endif
-#ifdef KV_BF16
-    lo = pack2_bf16(dequantize_code((unsigned char)(four & 0xffu)),
-                    dequantize_code((unsigned char)((four >> 8) & 0xffu)));
-    hi = pack2_bf16(dequantize_code((unsigned char)((four >> 16) & 0xffu)),
-                    dequantize_code((unsigned char)(four >> 24)));
-#else
-    __half2 h0, h1;
-#if KV_QUANT == 1
-    const unsigned x = four ^ 0x80808080u;   // c + 128, as unsigned bytes
-    const __half2 bias = __float2half2_rn(1152.0f);
-    const unsigned b0 = __byte_perm(x, 0x64646464u, 0x4140), b1 = __byte_perm(x, 0x64646464u, 0x4342);
-    h0 = __hsub2(__halves2half2(__ushort_as_half((unsigned short)(b0 & 0xffffu)),
-                                __ushort_as_half((unsigned short)(b0 >> 16))), bias);
-    h1 = __hsub2(__halves2half2(__ushort_as_half((unsigned short)(b1 & 0xffffu)),
-                                __ushort_as_half((unsigned short)(b1 >> 16))), bias);
-#else
-    h0 = codes2_to_half2(four & 0xffffu);
-    h1 = codes2_to_half2(four >> 16);
-#endif
-    lo = (unsigned)__half_as_ushort(__low2half(h0)) | ((unsigned)__half_as_ushort(__high2half(h0)) << 16);
-    hi = (unsigned)__half_as_ushort(__low2half(h1)) | ((unsigned)__half_as_ushort(__high2half(h1)) << 16);
-#endif
-}
-
-__device__ inline unsigned word_of(const uint4& x, int i)
-{
-    return i == 0 ? x.x : i == 1 ? x.y : i == 2 ? x.z : x.w;
-}
-#endif
+#include "decode_mma_codes.cuh"
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_mma(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
@@ -131,18 +56,18 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const float* __restrict__ k_scale,     // compressed pages: as decode_tc.cu (else unread)
     const float* __restrict__ v_scale,
     const int* __restrict__ block_tables,  // [batch, max_pages]
-    const int* __restrict__ seq_lens,      // [batch]
-    const int* __restrict__ work,          // [items, 2]: (sequence, partition)
+    const int* __restrict__ segs,          // [segments, 4]: (sequence, start, end, part|parts<<16)
+    const int* __restrict__ seg_ptr,       // [gridDim.x + 1]: block x's segments
     const int* __restrict__ slot_start,    // [batch]: the sequence's first partial-state slot
     KV_T* __restrict__ out,                // [batch, num_heads, HEAD_DIM]
     float* __restrict__ part_out,          // [slots, num_heads, HEAD_DIM]  (O / l)
     float* __restrict__ part_ml,           // [slots, num_heads, 2]         (m, l)
     int* __restrict__ counters,            // [batch, gridDim.y]: 0 between launches
     int num_heads, int num_kv_heads, int page_size, int page_shift, int max_pages,
-    int part_len, int rows_per_block, float scale_log2)
+    int rows_per_block, float scale_log2)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    KV_T* qs = reinterpret_cast<KV_T*>(smem + Q_OFF);
+    KV_T* qbufs = reinterpret_cast<KV_T*>(smem + Q_OFF);   // [STAGES][ROWS][LD]
     float* m_s = reinterpret_cast<float*>(smem + M_OFF);
     float* l_s = reinterpret_cast<float*>(smem + L_OFF);
     int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
@@ -152,31 +77,40 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const int cw = warp % CWARPS, dpart = warp / CWARPS;
     const int rt = cw % ROW_TILES, slice = cw / ROW_TILES;
 
-    const DecodeItem it = decode_item(work, seq_lens, part_len, num_heads, num_kv_heads,
-                                      rows_per_block);
-    const int* table = block_tables + (long long)it.b * max_pages;
-    const long long row_stride = (long long)num_kv_heads * HEAD_DIM;
-    const long long page_stride = (long long)page_size * row_stride;
-    const long long head_off = (long long)it.kvh * HEAD_DIM;
+    const DecodeRows rows = decode_rows(num_heads, num_kv_heads, rows_per_block);
+    TileCursor cur = first_tile(segs, seg_ptr);   // the tile computed
+    TileCursor ahead = cur;                       // the next tile copied
+    TileGeom geo;
+    geo.max_pages = max_pages;
+    geo.page_size = page_size;
+    geo.page_shift = page_shift;
+    geo.row_stride = (long long)num_kv_heads * HEAD_DIM;
+    geo.page_stride = (long long)page_size * geo.row_stride;
+    geo.head_off = (long long)rows.kvh * HEAD_DIM;
     int pg[TILE_COPIES];
 #if WARP_PIPE
-    const int copier = warp, cid = lane, cp_off = slice * TW;   // the warp copies its tokens
+    const int copier = warp;                    // the warp copies its tokens
+    geo.cid = lane;
+    geo.cp_off = slice * TW;
 #else
-    const int copier = 0, cid = threadIdx.x, cp_off = 0;        // the block copies the tile
+    const int copier = 0;                       // the block copies the tile
+    geo.cid = threadIdx.x;
+    geo.cp_off = 0;
 #endif
     unsigned char* stages = smem + copier * STAGES * STAGE_BYTES;
     float* scales = reinterpret_cast<float*>(smem + SC_OFF) + copier * STAGES * 2 * CP_TOKENS;
-    const int row0 = slice * TW - cp_off;       // this warp's first row in a stage
-    start_tiles(stages, scales, pg, table, k_cache, v_cache, k_scale, v_scale, it.start, it.end,
-                it.ntiles, page_size, page_shift, page_stride, row_stride, head_off, cid, cp_off);
+    const int row0 = slice * TW - geo.cp_off;   // this warp's first row in a stage
+    zero_q_pad(qbufs, STAGES, rows.nh);
+    start_stream(stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache, v_cache, k_scale,
+                 v_scale, q, geo, rows, num_heads);
 #if KV_QUANT && !PER_TOKEN_SCALES
-    scale_log2 *= k_scale[it.kvh] * CODE_UNIT;   // static scales: K's folds into the logits,
-    const float v_mult = v_scale[it.kvh] * CODE_UNIT;   // V's into the output
+    scale_log2 *= k_scale[rows.kvh] * CODE_UNIT;   // static scales: K's folds into the logits,
+    const float v_mult = v_scale[rows.kvh] * CODE_UNIT;   // V's into the output
 #else
     scale_log2 *= CODE_UNIT;
     const float v_mult = CODE_UNIT;
 #endif
-    stage_q_rows(qs, q, it, num_heads);
+    copy_wait<STAGES - 2>();   // the first tile's group holds the first segment's Q
     __syncthreads();
 
     // ldmatrix x4: lane l gives row l % 8 of matrix l / 8.
@@ -190,7 +124,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     // Codes: the dims of a k step are permuted (S = sum over dims, in any order, as long as
     // Q and K agree): lane t's K load gives dims 64 b + 16 t .. + 15 of its token, of which
     // k step 4 b + j takes dims 64 b + 16 t + 4 j .. + 3 (k slots 2t, 2t+1, 2t+8, 2t+9).
-    const KV_T* q_lane = qs + (rt * 16 + g) * LD + 16 * t;
+    const int q_at = (rt * 16 + g) * LD + 16 * t;
+    const KV_T* q_lane = qbufs + (cur.seg % STAGES) * ROWS * LD + q_at;   // this segment's Q
     auto q_frag = [&](unsigned (&a)[4], int k) {
         const int col = (k / 4) * 64 + (k % 4) * 4;
         const uint2 lo = *reinterpret_cast<const uint2*>(q_lane + col);
@@ -198,13 +133,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         a[0] = lo.x; a[1] = hi.x; a[2] = lo.y; a[3] = hi.y;
     };
 #else
-    const KV_T* q_lane = qs + (rt * 16 + (lm % 2) * 8 + lr) * LD + (lm / 2) * 8;
+    const int q_at = (rt * 16 + (lm % 2) * 8 + lr) * LD + (lm / 2) * 8;
+    const KV_T* q_lane = qbufs + (cur.seg % STAGES) * ROWS * LD + q_at;   // this segment's Q
     auto q_frag = [&](unsigned (&a)[4], int k) { ldmatrix_x4(a, q_lane + k * 16); };
 #endif
 #if Q_REGS
-    unsigned qf[D_TILES][4];
-#pragma unroll
-    for (int k = 0; k < D_TILES; ++k) q_frag(qf[k], k);
+    unsigned qf[D_TILES][4];   // (loaded at each segment's start)
 #endif
     // Q's A operand of k step k: held in registers (Q_REGS), else loaded into buf
     auto q_operand = [&](unsigned (&buf)[4], int k) -> const unsigned* {
@@ -218,211 +152,233 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const int k_row = row0 + (lm / 2) * 8 + lr, k_chunk = lm % 2;   // + 16 j tokens, 2 k chunks
     const int v_row = row0 + (lm % 2) * 8 + lr, v_chunk = lm / 2;   // + 16 j tokens, 2 d chunks
 
-    float o[DP * 2][4];   // O[row g, g + 8][dims 8 n + 2t, +1] of this warp's columns
+    int i = 0;   // the block's tiles so far (tile i is in stage buffer i % STAGES)
+    while (tile_valid(cur)) {   // a segment: a fresh state, and the segment's Q
+        q_lane = qbufs + (cur.seg % STAGES) * ROWS * LD + q_at;
+#if Q_REGS
 #pragma unroll
-    for (int n = 0; n < DP * 2; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    float m_run[2] = {NEG_BIG, NEG_BIG};   // rows g and g + 8: running max (base 2)
-    float l_run[2] = {0.0f, 0.0f};         // ... and this lane's share of the row sums
-
-    for (int i = 0; i < it.ntiles; ++i) {
-        next_tile(i, stages, scales, pg, table, k_cache, v_cache, k_scale, v_scale, it.start,
-                  it.end, it.ntiles, page_size, page_shift, page_stride, row_stride, head_off,
-                  cid, cp_off);
-        const unsigned char* ks = stages + (i % STAGES) * STAGE_BYTES;
-        const unsigned char* vs = ks + CP_TOKENS * LDC;
-
-        // 1. S = Q K^T: 8 tokens per accumulator, S_CHAINS independent chains over k.
-        float s[NT][4];
+        for (int k = 0; k < D_TILES; ++k) q_frag(qf[k], k);
+#endif
+        float o[DP * 2][4];   // O[row g, g + 8][dims 8 n + 2t, +1] of this warp's columns
 #pragma unroll
-        for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
+        for (int n = 0; n < DP * 2; ++n) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+        float m_run[2] = {NEG_BIG, NEG_BIG};   // rows g and g + 8: running max (base 2)
+        float l_run[2] = {0.0f, 0.0f};         // ... and this lane's share of the row sums
+
+        for (;; ++i) {   // its tiles
+            next_stream_tile(i, stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache,
+                             v_cache, k_scale, v_scale, q, geo, rows, num_heads);
+            const unsigned char* ks = stages + (i % STAGES) * STAGE_BYTES;
+            const unsigned char* vs = ks + CP_TOKENS * LDC;
+
+            // 1. S = Q K^T: 8 tokens per accumulator, S_CHAINS independent chains over k.
+            float s[NT][4];
+#pragma unroll
+            for (int n = 0; n < NT; ++n) s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.0f;
 #if S_CHAINS == 2
-        float s2[NT][4];
+            float s2[NT][4];
 #pragma unroll
-        for (int n = 0; n < NT; ++n) s2[n][0] = s2[n][1] = s2[n][2] = s2[n][3] = 0.0f;
+            for (int n = 0; n < NT; ++n) s2[n][0] = s2[n][1] = s2[n][2] = s2[n][3] = 0.0f;
 #endif
 #if KV_QUANT
-        // 16 codes of one token per lane and load: K row g of each 8 tokens, dims 64 b + 16 t
+            // 16 codes of one token per lane and load: K row g of each 8 tokens, dims 64 b + 16 t
 #pragma unroll
-        for (int blk = 0; blk < HEAD_DIM / 64; ++blk) {
+            for (int blk = 0; blk < HEAD_DIM / 64; ++blk) {
 #pragma unroll
-            for (int n = 0; n < NT; ++n) {
-                const uint4 raw = *reinterpret_cast<const uint4*>(
-                    ks + stage_at(row0 + 8 * n + g, 4 * blk + t));
+                for (int n = 0; n < NT; ++n) {
+                    const uint4 raw = *reinterpret_cast<const uint4*>(
+                        ks + stage_at(row0 + 8 * n + g, 4 * blk + t));
 #pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const int k = 4 * blk + j;
-                    unsigned a_buf[4];
-                    const unsigned* a = q_operand(a_buf, k);
-                    unsigned kb[2];
-                    codes4_to_kv(word_of(raw, j), kb[0], kb[1]);
+                    for (int j = 0; j < 4; ++j) {
+                        const int k = 4 * blk + j;
+                        unsigned a_buf[4];
+                        const unsigned* a = q_operand(a_buf, k);
+                        unsigned kb[2];
+                        codes4_to_kv(word_of(raw, j), kb[0], kb[1]);
 #if S_CHAINS == 2
-                    mma_acc(j % 2 ? s2[n] : s[n], a, kb);
+                        mma_acc(j % 2 ? s2[n] : s[n], a, kb);
 #else
-                    mma_acc(s[n], a, kb);
+                        mma_acc(s[n], a, kb);
 #endif
-                }
-            }
-        }
-#else
-#pragma unroll
-        for (int k = 0; k < D_TILES; ++k) {
-            unsigned a_buf[4];
-            const unsigned* a = q_operand(a_buf, k);
-#pragma unroll
-            for (int j = 0; j < TW / 16; ++j) {
-                unsigned kb[4];
-                ldmatrix_x4(kb, ks + stage_at(k_row + 16 * j, 2 * k + k_chunk));
-#if S_CHAINS == 2
-                float (*acc)[4] = k % 2 ? s2 : s;
-#else
-                float (*acc)[4] = s;
-#endif
-                mma_acc(acc[2 * j], a, kb);
-                mma_acc(acc[2 * j + 1], a, kb + 2);
-            }
-        }
-#endif
-#if S_CHAINS == 2
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[n][e] += s2[n][e];
-        }
-#endif
-
-        // 2. online softmax in registers: the 4 lanes of a quad hold a row (xor 1, 2)
-        const int t0 = it.start + i * TILE_T + slice * TW + 2 * t;
-        const bool tail = it.start + i * TILE_T + (slice + 1) * TW > it.end;   // warp-uniform
-        float mx[2] = {NEG_BIG, NEG_BIG};
-#if KV_QUANT && PER_TOKEN_SCALES   // the token's scales: K's on its logit, V's on its P entry
-        const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + row0 + 2 * t;
-        const float* vsc = ksc + CP_TOKENS;
-#endif
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                float x = s[n][e] * scale_log2;
-#if KV_QUANT && PER_TOKEN_SCALES
-                x *= ksc[8 * n + e % 2];
-#endif
-                if (tail && t0 + 8 * n + (e % 2) >= it.end) x = NEG_INF;
-                s[n][e] = x;
-                mx[e / 2] = fmaxf(mx[e / 2], x);
-            }
-        }
-        float alpha[2];
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
-            const float m_new = fmaxf(m_run[h], mx[h]);
-            alpha[h] = exp2f(m_run[h] - m_new);
-            m_run[h] = m_new;
-            l_run[h] *= alpha[h];
-        }
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                s[n][e] = exp2f(s[n][e] - m_run[e / 2]);   // 0 for a masked token
-                l_run[e / 2] += s[n][e];
-            }
-        }
-#pragma unroll
-        for (int n = 0; n < DP * 2; ++n) {
-            o[n][0] *= alpha[0];
-            o[n][1] *= alpha[0];
-            o[n][2] *= alpha[1];
-            o[n][3] *= alpha[1];
-        }
-
-        // 3. O += P V: the accumulators of tokens 16 j .. 16 j + 15, packed, are the A operand
-#if KV_QUANT && PER_TOKEN_SCALES
-#pragma unroll
-        for (int n = 0; n < NT; ++n) {
-#pragma unroll
-            for (int e = 0; e < 4; ++e) s[n][e] *= vsc[8 * n + e % 2];   // not in l
-        }
-#endif
-#pragma unroll
-        for (int j = 0; j < TW / 16; ++j) {
-            const unsigned pa[4] = {pack2(s[2 * j][0], s[2 * j][1]), pack2(s[2 * j][2], s[2 * j][3]),
-                                    pack2(s[2 * j + 1][0], s[2 * j + 1][1]),
-                                    pack2(s[2 * j + 1][2], s[2 * j + 1][3])};
-#if KV_QUANT
-            // B = V (k: tokens 2t, 2t+1 and 2t+8, 2t+9; n: dims). Lane g loads 16 codes (dims
-            // 128 p + 16 g .. + 15) of each of its 4 tokens; byte c of them is column g of
-            // O's n tile 16 p + c, i.e. n tile 16 p + c, column g holds dim 128 p + 16 g + c.
-            const int r0 = row0 + 16 * j + 2 * t;
-#pragma unroll
-            for (int pp = 0; pp < V_PASSES / D_SPLIT; ++pp) {
-                const int pass = dpart * (V_PASSES / D_SPLIT) + pp;
-                uint4 raw[4];   // tokens 2t, 2t+1, 2t+8, 2t+9
-#pragma unroll
-                for (int r = 0; r < 4; ++r)
-                    raw[r] = *reinterpret_cast<const uint4*>(
-                        vs + stage_at(r0 + (r % 2) + 8 * (r / 2), 8 * pass + g));
-#pragma unroll
-                for (int w = 0; w < 4; ++w) {   // bytes 4w .. 4w + 3: n tiles 16 pp + 4w + c
-                    // byte c of tokens (2t, 2t+1) and of (2t+8, 2t+9) side by side
-                    const unsigned a0 = word_of(raw[0], w), a1 = word_of(raw[1], w);
-                    const unsigned a8 = word_of(raw[2], w), a9 = word_of(raw[3], w);
-                    unsigned b01[4], b89[4];   // [c]: the B register of n tile 4w + c
-                    codes4_to_kv(__byte_perm(a0, a1, 0x5140), b01[0], b01[1]);
-                    codes4_to_kv(__byte_perm(a0, a1, 0x7362), b01[2], b01[3]);
-                    codes4_to_kv(__byte_perm(a8, a9, 0x5140), b89[0], b89[1]);
-                    codes4_to_kv(__byte_perm(a8, a9, 0x7362), b89[2], b89[3]);
-#pragma unroll
-                    for (int c = 0; c < 4; ++c) {
-                        const unsigned vb[2] = {b01[c], b89[c]};
-                        mma_acc(o[16 * pp + 4 * w + c], pa, vb);
                     }
                 }
             }
 #else
 #pragma unroll
-            for (int d = 0; d < DP; ++d) {
-                unsigned vb[4];
-                ldmatrix_x4_trans(vb, vs + stage_at(v_row + 16 * j, 2 * (dpart * DP + d) + v_chunk));
-                mma_acc(o[2 * d], pa, vb);
-                mma_acc(o[2 * d + 1], pa, vb + 2);
+            for (int k = 0; k < D_TILES; ++k) {
+                unsigned a_buf[4];
+                const unsigned* a = q_operand(a_buf, k);
+#pragma unroll
+                for (int j = 0; j < TW / 16; ++j) {
+                    unsigned kb[4];
+                    ldmatrix_x4(kb, ks + stage_at(k_row + 16 * j, 2 * k + k_chunk));
+#if S_CHAINS == 2
+                    float (*acc)[4] = k % 2 ? s2 : s;
+#else
+                    float (*acc)[4] = s;
+#endif
+                    mma_acc(acc[2 * j], a, kb);
+                    mma_acc(acc[2 * j + 1], a, kb + 2);
+                }
             }
 #endif
-        }
-    }
-    copy_wait<0>();
-    // Each warp's (m, l) per row and its O to shared memory (where the K/V tiles were).
-    // (The D_SPLIT warps of a (row tile, slice) have the same m and l; the first writes them.)
+#if S_CHAINS == 2
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
-        l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
-    }
-    if (t == 0 && dpart == 0) {
-        m_s[cw * 16 + g] = m_run[0];
-        m_s[cw * 16 + g + 8] = m_run[1];
-        l_s[cw * 16 + g] = l_run[0];
-        l_s[cw * 16 + g + 8] = l_run[1];
-    }
-    __syncthreads();   // every warp is done with the last tile
-    float* os = reinterpret_cast<float*>(smem);   // [CWARPS][16][LO]
+            for (int n = 0; n < NT; ++n) {
 #pragma unroll
-    for (int n = 0; n < DP * 2; ++n) {
-#if KV_QUANT   // n tile 16 p + c, column 2t (+1): dim 128 p + 16 (2t (+1)) + c
-        float* o0 = os + (cw * 16 + g) * LO + dpart * DP * 16 + 128 * (n / 16) + 32 * t + n % 16;
-        o0[0] = o[n][0];
-        o0[16] = o[n][1];
-        o0[8 * LO] = o[n][2];
-        o0[8 * LO + 16] = o[n][3];
-#else
-        float* o0 = os + (cw * 16 + g) * LO + dpart * DP * 16 + 8 * n + 2 * t;
-        *reinterpret_cast<float2*>(o0) = make_float2(o[n][0], o[n][1]);
-        *reinterpret_cast<float2*>(o0 + 8 * LO) = make_float2(o[n][2], o[n][3]);
+                for (int e = 0; e < 4; ++e) s[n][e] += s2[n][e];
+            }
 #endif
-    }
-    __syncthreads();
 
-    finish_block(m_s, l_s, os, flag_s, out, part_out, part_ml, counters, slot_start, it.b,
-                 it.part, it.nparts, num_heads, it.h0, it.nh, v_mult);
+            // 2. online softmax in registers: the 4 lanes of a quad hold a row (xor 1, 2)
+            const int t0 = cur.t0 + slice * TW + 2 * t;
+            const bool tail = cur.t0 + (slice + 1) * TW > cur.end;   // warp-uniform
+            float mx[2] = {NEG_BIG, NEG_BIG};
+#if KV_QUANT && PER_TOKEN_SCALES   // the token's scales: K's on its logit, V's on its P entry
+            const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + row0 + 2 * t;
+            const float* vsc = ksc + CP_TOKENS;
+#endif
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    float x = s[n][e] * scale_log2;
+#if KV_QUANT && PER_TOKEN_SCALES
+                    x *= ksc[8 * n + e % 2];
+#endif
+                    if (tail && t0 + 8 * n + (e % 2) >= cur.end) x = NEG_INF;
+                    s[n][e] = x;
+                    mx[e / 2] = fmaxf(mx[e / 2], x);
+                }
+            }
+            float alpha[2];
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
+                mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
+                const float m_new = fmaxf(m_run[h], mx[h]);
+                alpha[h] = exp2f(m_run[h] - m_new);
+                m_run[h] = m_new;
+                l_run[h] *= alpha[h];
+            }
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) {
+                    s[n][e] = exp2f(s[n][e] - m_run[e / 2]);   // 0 for a masked token
+                    l_run[e / 2] += s[n][e];
+                }
+            }
+#pragma unroll
+            for (int n = 0; n < DP * 2; ++n) {
+                o[n][0] *= alpha[0];
+                o[n][1] *= alpha[0];
+                o[n][2] *= alpha[1];
+                o[n][3] *= alpha[1];
+            }
+
+            // 3. O += P V: the accumulators of tokens 16 j .. 16 j + 15, packed, are the A operand
+#if KV_QUANT && PER_TOKEN_SCALES
+#pragma unroll
+            for (int n = 0; n < NT; ++n) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[n][e] *= vsc[8 * n + e % 2];   // not in l
+            }
+#endif
+#pragma unroll
+            for (int j = 0; j < TW / 16; ++j) {
+                const unsigned pa[4] = {pack2(s[2 * j][0], s[2 * j][1]),
+                                        pack2(s[2 * j][2], s[2 * j][3]),
+                                        pack2(s[2 * j + 1][0], s[2 * j + 1][1]),
+                                        pack2(s[2 * j + 1][2], s[2 * j + 1][3])};
+#if KV_QUANT
+                // B = V (k: tokens 2t, 2t+1 and 2t+8, 2t+9; n: dims). Lane g loads 16 codes (dims
+                // 128 p + 16 g .. + 15) of each of its 4 tokens; byte c of them is column g of
+                // O's n tile 16 p + c, i.e. n tile 16 p + c, column g holds dim 128 p + 16 g + c.
+                const int r0 = row0 + 16 * j + 2 * t;
+#pragma unroll
+                for (int pp = 0; pp < V_PASSES / D_SPLIT; ++pp) {
+                    const int pass = dpart * (V_PASSES / D_SPLIT) + pp;
+                    uint4 raw[4];   // tokens 2t, 2t+1, 2t+8, 2t+9
+#pragma unroll
+                    for (int r = 0; r < 4; ++r)
+                        raw[r] = *reinterpret_cast<const uint4*>(
+                            vs + stage_at(r0 + (r % 2) + 8 * (r / 2), 8 * pass + g));
+#pragma unroll
+                    for (int w = 0; w < 4; ++w) {   // bytes 4w .. 4w + 3: n tiles 16 pp + 4w + c
+                        // byte c of tokens (2t, 2t+1) and of (2t+8, 2t+9) side by side
+                        const unsigned a0 = word_of(raw[0], w), a1 = word_of(raw[1], w);
+                        const unsigned a8 = word_of(raw[2], w), a9 = word_of(raw[3], w);
+                        unsigned b01[4], b89[4];   // [c]: the B register of n tile 4w + c
+                        codes4_to_kv(__byte_perm(a0, a1, 0x5140), b01[0], b01[1]);
+                        codes4_to_kv(__byte_perm(a0, a1, 0x7362), b01[2], b01[3]);
+                        codes4_to_kv(__byte_perm(a8, a9, 0x5140), b89[0], b89[1]);
+                        codes4_to_kv(__byte_perm(a8, a9, 0x7362), b89[2], b89[3]);
+#pragma unroll
+                        for (int c = 0; c < 4; ++c) {
+                            const unsigned vb[2] = {b01[c], b89[c]};
+                            mma_acc(o[16 * pp + 4 * w + c], pa, vb);
+                        }
+                    }
+                }
+#else
+#pragma unroll
+                for (int d = 0; d < DP; ++d) {
+                    unsigned vb[4];
+                    ldmatrix_x4_trans(vb, vs + stage_at(v_row + 16 * j,
+                                                        2 * (dpart * DP + d) + v_chunk));
+                    mma_acc(o[2 * d], pa, vb);
+                    mma_acc(o[2 * d + 1], pa, vb + 2);
+                }
+#endif
+            }
+            if (last_of_segment(cur)) break;   // (block-uniform)
+            advance_tile(cur, segs);
+        }
+
+        // 4. the end of the segment: the warps' states merged into its output or partial state
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 1);
+            l_run[h] += __shfl_xor_sync(0xffffffffu, l_run[h], 2);
+        }
+#if WARP_PIPE
+        __syncwarp();      // every lane is done with this tile's buffer (the warp's own)
+#else
+        __syncthreads();   // every warp is done with this tile's buffer
+#endif
+        // (The D_SPLIT warps of a (row tile, slice) have the same m and l; the first writes them.)
+        if (t == 0 && dpart == 0) {
+            m_s[cw * 16 + g] = m_run[0];
+            m_s[cw * 16 + g + 8] = m_run[1];
+            l_s[cw * 16 + g] = l_run[0];
+            l_s[cw * 16 + g + 8] = l_run[1];
+        }
+        float* os = reinterpret_cast<float*>(smem + (i % STAGES) * STAGE_BYTES);
+        store_warp_o(os + cw * O_WSTRIDE, o, g, t, dpart);
+        copy_wait<STAGES - 2>();   // the next tile, with the next segment's Q, has landed
+        __syncthreads();
+        finish_rows<LO, O_WSTRIDE, O_SWZ>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters,
+                                          slot_start, cur.b, segment_part(cur),
+                                          segment_parts(cur), num_heads, rows.h0, rows.nh,
+                                          v_mult);
+        __syncthreads();   // the buffer, m_s and l_s are free again
+        advance_tile(cur, segs);
+        ++i;
+    }
+}
+
+// The split sequences' merge as a second launch (-DSEPARATE_MERGE=1): block (i, y) merges
+// sequence merges[2 i] (of merges[2 i + 1] parts) for the query heads of y; shared memory:
+// rows_per_block x parts floats.
+extern "C" __global__ void __launch_bounds__(TC_THREADS) paged_decode_mma_merge(
+    const int* __restrict__ merges, const int* __restrict__ slot_start, KV_T* __restrict__ out,
+    const float* __restrict__ part_out, const float* __restrict__ part_ml, int num_heads,
+    int num_kv_heads, int rows_per_block)
+{
+    extern __shared__ float w[];
+    const int b = merges[2 * blockIdx.x], nparts = merges[2 * blockIdx.x + 1];
+    const DecodeRows rows = decode_rows(num_heads, num_kv_heads, rows_per_block);
+    merge_parts(w, out, part_out, part_ml, (long long)b * num_heads + rows.h0,
+                (long long)slot_start[b] * num_heads + rows.h0, nparts, num_heads, rows.nh);
 }

@@ -15,7 +15,7 @@ constexpr int DP = D_TILES / D_SPLIT;         // the 16-column pairs of O one wa
 constexpr int NT = TW / 8;                    // S accumulators (8 tokens each) per warp and tile
 constexpr int LD = HEAD_DIM + 8;    // a row of Q in shared memory (elements): +16 bytes, so the
                                     // 8 rows of an ldmatrix fall in 8 different bank groups
-constexpr int LO = HEAD_DIM + 8;    // a row of O at the end (floats)
+constexpr int LO = HEAD_DIM;        // a row of a warp's O at a segment's end (floats)
 #if KV_QUANT   // codes are converted in registers: 16 codes per lane and load (see decode_mma.cu)
 static_assert(HEAD_DIM % 128 == 0, "decode_mma.cu reads codes at head_dim 128 and 256");
 static_assert((HEAD_DIM / 128) % D_SPLIT == 0, "D_SPLIT divides HEAD_DIM / 128 with codes");
@@ -46,19 +46,51 @@ __device__ inline int stage_at(int r, int c)
     return r * LDC + (SWZ ? c ^ swz : c) * 16;
 }
 
-// Shared memory, in bytes from the start (decode_plan.mma_shared_bytes computes the same).
-// The region of the staged tiles (and per-token scales: [STAGES][2][TILE_T] floats) is
-// reused at the end for the warps' O and the merge. Copier c's stages start at
+// At the end of a segment the warps' O go to the stage buffer of the tile just computed (free
+// until the next tile's copies are issued; the others hold tiles in flight): a copier's
+// buffer holds the O of its warps (the block's: warp w at w * 16 rows; WARP_PIPE: warp w's
+// own buffer, O_WSTRIDE floats apart), and then the merge's weights (decode_tc_merge.cuh).
+constexpr int O_WSTRIDE = WARP_PIPE ? STAGES * STAGE_BYTES / 4 : 16 * LO;   // floats
+// Codes: O's columns come out permuted (column 32 t + c of lane 4 g + t, see store_warp_o),
+// so that the 32 lanes of a store would hit one bank: column c of row r goes to c ^ o_swz
+// (bits 0-3, within its 16; every read of a row's 32 columns is still conflict-free).
+constexpr bool O_SWZ = KV_QUANT != 0;
+static_assert((WARP_PIPE ? 1 : CWARPS) * 16 * LO * 4 <= STAGE_BYTES,
+              "the warps' O do not fit in a stage buffer: more tokens per warp (tc_config)");
+
+// Shared memory, in bytes from the start (decode_plan.mma_shared_bytes computes the same):
+// the staged tiles (and per-token scales: [STAGES][2][TILE_T] floats), then STAGES buffers
+// of Q (one per live segment), the warps' m and l and a flag. Copier c's stages start at
 // c * STAGES * STAGE_BYTES, its scales at SC_OFF + c * STAGES * 2 * CP_TOKENS * 4.
 constexpr int SC_OFF = COPIERS * STAGES * STAGE_BYTES;
 constexpr int KV_BYTES = SC_OFF + (KV_QUANT && PER_TOKEN_SCALES ? STAGES * 2 * TILE_T * 4 : 0);
-constexpr int O_BYTES = CWARPS * 16 * LO * 4;
-constexpr int REGION = ((KV_BYTES > O_BYTES ? KV_BYTES : O_BYTES) + 127) / 128 * 128;
-constexpr int Q_OFF = REGION;                                // [ROWS][LD]
-constexpr int M_OFF = Q_OFF + ROWS * LD * 2;                 // [NWARPS][16]: the warps' m
+constexpr int Q_OFF = (KV_BYTES + 127) / 128 * 128;          // [STAGES][ROWS][LD]
+constexpr int M_OFF = Q_OFF + STAGES * ROWS * LD * 2;        // [NWARPS][16]: the warps' m
 constexpr int L_OFF = M_OFF + NWARPS * 16 * 4;               // [NWARPS][16]: the warps' l
 constexpr int FLAG_OFF = L_OFF + NWARPS * 16 * 4;
 constexpr int SMEM_BYTES = FLAG_OFF + 16;
 static_assert(SMEM_BYTES <= 227 * 1024, "a block may have at most 227 KB of shared memory");
+
+// A warp's O accumulators (rows g, g + 8; its 1/D_SPLIT of the columns) into its rows of ow
+// (row stride LO floats). Codes: n tile 16 p + c, column 2t (+1) is dim 128 p + 16 (2t (+1))
+// + c (decode_mma.cu's V loads); else n tile n holds dims 8 n + 2t, + 1.
+__device__ inline void store_warp_o(float* ow, const float (&o)[DP * 2][4], int g, int t,
+                                    int dpart)
+{
+#pragma unroll
+    for (int n = 0; n < DP * 2; ++n) {
+#if KV_QUANT
+        const int col = dpart * DP * 16 + 128 * (n / 16) + 32 * t + n % 16;
+        ow[g * LO + (col ^ o_swz(g, col))] = o[n][0];
+        ow[g * LO + ((col + 16) ^ o_swz(g, col + 16))] = o[n][1];
+        ow[(g + 8) * LO + (col ^ o_swz(g + 8, col))] = o[n][2];
+        ow[(g + 8) * LO + ((col + 16) ^ o_swz(g + 8, col + 16))] = o[n][3];
+#else
+        float* o0 = ow + g * LO + dpart * DP * 16 + 8 * n + 2 * t;
+        *reinterpret_cast<float2*>(o0) = make_float2(o[n][0], o[n][1]);
+        *reinterpret_cast<float2*>(o0 + 8 * LO) = make_float2(o[n][2], o[n][3]);
+#endif
+    }
+}
 
 #endif  // DECODE_MMA_LAYOUT_CUH

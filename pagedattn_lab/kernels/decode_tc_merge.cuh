@@ -2,66 +2,20 @@
 // softmax states (m, l and O per row, in shared memory) merged into the block's, written as
 // the output (a sequence of one partition) or as a partial state that the last block of the
 // sequence to finish merges (split-K). Include after the kernel's layout header (HEAD_DIM,
-// SLICES, ROW_TILES, LO, TC_THREADS, NWARPS).
+// SLICES, ROW_TILES, TC_THREADS, NWARPS; LO for finish_block).
 #ifndef DECODE_TC_MERGE_CUH
 #define DECODE_TC_MERGE_CUH
 
-// m_s, l_s: [warps][16] (warp w's m and l of row r of its row tile at w * 16 + r); os:
-// [warps][16][LO] the warps' O, reused as the merge's weights; flag_s: one int.
-__device__ inline void finish_block(const float* m_s, const float* l_s, float* os, int* flag_s,
-                                    KV_T* out, float* part_out, float* part_ml, int* counters,
-                                    const int* slot_start, int b, int part, int nparts,
-                                    int num_heads, int h0, int nh, float v_mult)
+// The merge of a split sequence's parts (rows h0 .. h0 + nh - 1 of sequence `out_row /
+// num_heads`; part p of row r at slot slot0 + p * num_heads + r), by the whole block: the
+// weights w[r][p] = l_p 2^(m_p - M_r) / sum_p (...) (nh x nparts floats of shared memory at
+// w), then out = sum_p w_p O_p.
+__device__ inline void merge_parts(float* w, KV_T* out, const float* part_out,
+                                   const float* part_ml, long long out_row, long long slot0,
+                                   int nparts, int num_heads, int nh)
 {
-    // Merge the SLICES warps of each row tile: M = max m_w, L = sum l_w 2^(m_w - M),
-    // O = sum O_w 2^(m_w - M) / L. Row r of the block is row r % 16 of row tile r / 16, held
-    // by warps r / 16 + ROW_TILES * s.
-    const long long out_row = (long long)b * num_heads + h0;
-    const long long slot0 = (long long)slot_start[b] * num_heads + h0;   // + part * num_heads
-    const bool single = nparts == 1;   // block-uniform: the whole sequence was this block's
-    for (int idx = threadIdx.x; idx < nh * HEAD_DIM; idx += TC_THREADS) {
-        const int r = idx / HEAD_DIM, d = idx % HEAD_DIM;
-        const int w0 = r / 16, rr = r % 16;
-        float mx = NEG_BIG;
-#pragma unroll
-        for (int s = 0; s < SLICES; ++s) mx = fmaxf(mx, m_s[(w0 + ROW_TILES * s) * 16 + rr]);
-        float l = 0.0f, acc = 0.0f;
-#pragma unroll
-        for (int s = 0; s < SLICES; ++s) {
-            const int w = w0 + ROW_TILES * s;
-            const float c = exp2f(m_s[w * 16 + rr] - mx);
-            l += l_s[w * 16 + rr] * c;
-            acc += os[(w * 16 + rr) * LO + d] * c;
-        }
-        if (single) {
-            store_value(out + (out_row + r) * HEAD_DIM + d, acc / l * v_mult);
-        } else {
-            const long long slot = slot0 + (long long)part * num_heads + r;
-            part_out[slot * HEAD_DIM + d] = acc / l * v_mult;
-            if (d == 0) {
-                part_ml[slot * 2] = mx;
-                part_ml[slot * 2 + 1] = l;
-            }
-        }
-    }
-    if (single) return;
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-
-    // The last block of this (sequence, row chunk) to finish merges the partitions.
-    __threadfence();   // this block's partial state is visible to the whole GPU...
-    __syncthreads();
-    if (threadIdx.x == 0) {
-        int* counter = counters + (long long)b * gridDim.y + blockIdx.y;
-        const int done = atomicAdd(counter, 1);   // ...before it is counted
-        flag_s[0] = done == nparts - 1;
-        if (flag_s[0]) *counter = 0;   // ready for the next launch
-    }
-    __syncthreads();
-    if (!flag_s[0]) return;
-    __threadfence();
-
-    // Weights w[r][p] = l_p 2^(m_p - M_r) / sum_p (...), one warp per row, in shared memory.
-    float* w = os;   // [nh][nparts]; the warps' O are merged already
+    // the weights: one warp per row
     const long long part_stride = num_heads;     // slots of one partition are num_heads apart
     for (int r = warp; r < nh; r += NWARPS) {
         const float* ml = part_ml + (slot0 + r) * 2;
@@ -103,6 +57,77 @@ __device__ inline void finish_block(const float* m_s, const float* l_s, float* o
         store_value(o_out + 2, acc.z);
         store_value(o_out + 3, acc.w);
     }
+}
+
+// m_s, l_s: [warps][16] (warp w's m and l of row r of its row tile at w * 16 + r); os: the
+// warps' O, row r of warp w at os + w * O_WSTRIDE + r * O_LD (floats; column d at d ^
+// o_swz(r, d) with O_SWZ), reused as the merge's
+// weights (nh x nparts floats from os); flag_s: one int. decode_mma.cu calls it at the end of
+// every segment of its range (O in the stage buffer just computed), decode_tc.cu through
+// finish_block at its block's end.
+template <int O_LD, int O_WSTRIDE, bool O_SWZ = false>
+__device__ inline void finish_rows(const float* m_s, const float* l_s, float* os, int* flag_s,
+                                   KV_T* out, float* part_out, float* part_ml, int* counters,
+                                   const int* slot_start, int b, int part, int nparts,
+                                   int num_heads, int h0, int nh, float v_mult)
+{
+    // Merge the SLICES warps of each row tile: M = max m_w, L = sum l_w 2^(m_w - M),
+    // O = sum O_w 2^(m_w - M) / L. Row r of the block is row r % 16 of row tile r / 16, held
+    // by warps r / 16 + ROW_TILES * s.
+    const long long out_row = (long long)b * num_heads + h0;
+    const long long slot0 = (long long)slot_start[b] * num_heads + h0;   // + part * num_heads
+    const bool single = nparts == 1;   // block-uniform: the whole sequence was this block's
+    for (int idx = threadIdx.x; idx < nh * HEAD_DIM; idx += TC_THREADS) {
+        const int r = idx / HEAD_DIM, d = idx % HEAD_DIM;
+        const int w0 = r / 16, rr = r % 16;
+        float mx = NEG_BIG;
+#pragma unroll
+        for (int s = 0; s < SLICES; ++s) mx = fmaxf(mx, m_s[(w0 + ROW_TILES * s) * 16 + rr]);
+        float l = 0.0f, acc = 0.0f;
+#pragma unroll
+        for (int s = 0; s < SLICES; ++s) {
+            const int w = w0 + ROW_TILES * s;
+            const float c = exp2f(m_s[w * 16 + rr] - mx);
+            l += l_s[w * 16 + rr] * c;
+            acc += os[w * O_WSTRIDE + rr * O_LD + (O_SWZ ? d ^ o_swz(rr, d) : d)] * c;
+        }
+        if (single) {
+            store_value(out + (out_row + r) * HEAD_DIM + d, acc / l * v_mult);
+        } else {
+            const long long slot = slot0 + (long long)part * num_heads + r;
+            part_out[slot * HEAD_DIM + d] = acc / l * v_mult;
+            if (d == 0) {
+                part_ml[slot * 2] = mx;
+                part_ml[slot * 2 + 1] = l;
+            }
+        }
+    }
+    if (single || SEPARATE_MERGE) return;   // (SEPARATE_MERGE: a second launch merges)
+
+    // The last block of this (sequence, row chunk) to finish merges the partitions.
+    __threadfence();   // this block's partial state is visible to the whole GPU...
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int* counter = counters + (long long)b * gridDim.y + blockIdx.y;
+        const int done = atomicAdd(counter, 1);   // ...before it is counted
+        flag_s[0] = done == nparts - 1;
+        if (flag_s[0]) *counter = 0;   // ready for the next launch
+    }
+    __syncthreads();
+    if (!flag_s[0]) return;
+    __threadfence();
+
+    merge_parts(os, out, part_out, part_ml, out_row, slot0, nparts, num_heads, nh);
+}
+
+// decode_tc.cu's end of block: the warps' O as [warps][16][LO] at os
+__device__ inline void finish_block(const float* m_s, const float* l_s, float* os, int* flag_s,
+                                    KV_T* out, float* part_out, float* part_ml, int* counters,
+                                    const int* slot_start, int b, int part, int nparts,
+                                    int num_heads, int h0, int nh, float v_mult)
+{
+    finish_rows<LO, 16 * LO>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters, slot_start,
+                             b, part, nparts, num_heads, h0, nh, v_mult);
 }
 
 #endif  // DECODE_TC_MERGE_CUH

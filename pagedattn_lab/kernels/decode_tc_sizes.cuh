@@ -31,6 +31,9 @@
 #ifndef WARP_PIPE   // each warp copies and waits for its own tokens: no barrier in the loop
 #define WARP_PIPE 0
 #endif
+#ifndef SEPARATE_MERGE   // split sequences merged by a second launch, not by their last block
+#define SEPARATE_MERGE 0
+#endif
 #ifndef CACHE_T
 #define CACHE_T KV_T
 #endif
@@ -50,5 +53,9 @@ static_assert(NWARPS % D_SPLIT == 0 && CWARPS % ROW_TILES == 0 && D_TILES % D_SP
 static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && TILE_T == TW * SLICES && STAGES >= 2,
               "bad tile sizes");
 static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
+
+// The column swizzle of decode_mma.cu's O over codes (O_SWZ, decode_mma_layout.cuh; read by
+// decode_tc_merge.cuh): column c of row r is stored at c ^ o_swz(r, c), within its 16.
+__device__ inline int o_swz(int r, int c) { return (2 * r + (c >> 5)) & 15; }
 
 #endif  // DECODE_TC_SIZES_CUH

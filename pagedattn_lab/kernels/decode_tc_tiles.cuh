@@ -1,52 +1,71 @@
-// The tensor-core decode kernels' (decode_tc.cu, decode_mma.cu) work items and tile staging:
-// which tokens and query heads a block takes, block-table lookups, asynchronous K/V copies in
-// a STAGES-deep pipeline and the conversion of staged codes. Include after the kernel's layout
+// The tensor-core decode kernels' (decode_tc.cu, decode_mma.cu) work and tile staging: which
+// tokens and query heads a block takes, block-table lookups, asynchronous K/V copies in a
+// STAGES-deep pipeline and the conversion of staged codes. Include after the kernel's layout
 // header (which says where chunk c of staged row r goes: stage_at) and kv_convert.cuh.
-// decode_mma.cu calls decode_item, stage_q_rows, start_tiles and next_tile; decode_tc.cu
-// (lesson 09's kernel) still spells those steps out, because calling them changed its
-// compiled code for some compressed-page shapes (nvcc 13, sm_90), and this move was to leave
-// every kernel's machine code as it was.
+// decode_mma.cu streams a range of segments (decode_rows, TileCursor, start_stream,
+// next_stream_tile); decode_tc.cu (lesson 09's kernel) takes one work item per block and
+// spells its pipeline out with tile_pages, copy_tile and convert_tile, because calling shared
+// steps changed its compiled code for some compressed-page shapes (nvcc 13, sm_90).
 #ifndef DECODE_TC_TILES_CUH
 #define DECODE_TC_TILES_CUH
 
-// A block's work item (the plan's work list; blockIdx.y = KV head x row chunk): tokens
-// [start, end) of sequence b, partition part of its nparts, in ntiles tiles; KV head kvh and
-// its query heads h0 .. h0 + nh - 1, the rows of Q.
-struct DecodeItem {
-    int b, part, start, end, nparts, ntiles, kvh, h0, nh;
+// A block's rows (blockIdx.y = KV head x row chunk): KV head kvh and its query heads
+// h0 .. h0 + nh - 1, the rows of Q.
+struct DecodeRows {
+    int kvh, h0, nh;
 };
 
-__device__ inline DecodeItem decode_item(const int* work, const int* seq_lens, int part_len,
-                                         int num_heads, int num_kv_heads, int rows_per_block)
+__device__ inline DecodeRows decode_rows(int num_heads, int num_kv_heads, int rows_per_block)
 {
-    DecodeItem it;
-    it.b = work[2 * blockIdx.x];
-    it.part = work[2 * blockIdx.x + 1];
-    const int seq_len = seq_lens[it.b];
-    it.start = it.part * part_len;
-    it.end = min(seq_len, it.start + part_len);
-    it.nparts = (seq_len + part_len - 1) / part_len;
-    it.ntiles = (it.end - it.start + TILE_T - 1) / TILE_T;
+    DecodeRows r;
     const int group = num_heads / num_kv_heads;
     const int chunks = gridDim.y / num_kv_heads;
-    it.kvh = blockIdx.y / chunks;
-    it.h0 = it.kvh * group + (blockIdx.y % chunks) * rows_per_block;   // first query head
-    it.nh = min(rows_per_block, it.kvh * group + group - it.h0);       // query heads here
-    return it;
+    r.kvh = blockIdx.y / chunks;
+    r.h0 = r.kvh * group + (blockIdx.y % chunks) * rows_per_block;   // first query head
+    r.nh = min(rows_per_block, r.kvh * group + group - r.h0);        // query heads here
+    return r;
 }
 
-// Q: the block's query heads as rows of qs (row stride LD), zero rows below them.
-__device__ inline void stage_q_rows(KV_T* qs, const KV_T* q, const DecodeItem& it, int num_heads)
+// The work of block x (the same for every blockIdx.y): segments seg_ptr[x] .. seg_ptr[x + 1]
+// - 1 of the plan's list (decode_work.py), each a piece of one sequence, int4 (b,
+// first token, end token, part | parts << 16), its tiles starting at its first token. A
+// block streams its segments' tiles back to back: balanced ranges cross sequences, one work
+// item per block is a range of one segment. Part p of the sequence's `parts` (1: the block
+// writes the output itself) names its partial-state slot.
+// A cursor over those tiles: the tile at token t0 of segment seg, of sequence b (seg == last:
+// past the range; every field uniform over the block).
+struct TileCursor {
+    int seg, last, b, start, t0, end, parts;
+};
+
+__device__ inline void open_segment(TileCursor& c, const int* segs)
 {
-    constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
-    for (int c = threadIdx.x; c < ROWS * QCHUNKS; c += TC_THREADS) {
-        const int r = c / QCHUNKS, col = c % QCHUNKS;
-        uint4 v = make_uint4(0u, 0u, 0u, 0u);
-        if (r < it.nh)
-            v = *reinterpret_cast<const uint4*>(
-                q + ((long long)it.b * num_heads + it.h0 + r) * HEAD_DIM + col * 8);
-        *reinterpret_cast<uint4*>(qs + r * LD + col * 8) = v;
-    }
+    const int4 s = reinterpret_cast<const int4*>(segs)[c.seg];
+    c.b = s.x;
+    c.start = c.t0 = s.y;
+    c.end = s.z;
+    c.parts = s.w;
+}
+
+__device__ inline TileCursor first_tile(const int* segs, const int* seg_ptr)
+{
+    TileCursor c;
+    c.seg = seg_ptr[blockIdx.x];
+    c.last = seg_ptr[blockIdx.x + 1];
+    c.b = c.start = c.t0 = c.end = c.parts = 0;
+    if (c.seg < c.last) open_segment(c, segs);
+    return c;
+}
+
+__device__ inline bool tile_valid(const TileCursor& c) { return c.seg < c.last; }
+__device__ inline bool last_of_segment(const TileCursor& c) { return c.t0 + TILE_T >= c.end; }
+__device__ inline int segment_part(const TileCursor& c) { return c.parts & 0xffff; }
+__device__ inline int segment_parts(const TileCursor& c) { return c.parts >> 16; }
+
+__device__ inline void advance_tile(TileCursor& c, const int* segs)
+{
+    c.t0 += TILE_T;
+    if (c.t0 >= c.end && ++c.seg < c.last) open_segment(c, segs);
 }
 
 // One tile of K and V (tokens t0 .. t0 + TILE_T - 1) in two steps: the page ids of this
@@ -111,62 +130,109 @@ __device__ inline void convert_tile(KV_T* dst, const unsigned char* stage, int c
 }
 #endif
 
-// The pipeline of a copier's tiles (the block's, or with WARP_PIPE the warp's: cid is this
-// thread's place among its CP_THREADS, cp_off its first token of a tile) into its STAGES
-// stage buffers `stages` and per-token scales `scales`; pg: the page ids of the next tile.
-// (Scalar arguments, not a struct: the kernel's __restrict__ pointers would lose that
-// qualifier in a struct, and the compiled code would change.)
-// The first STAGES - 1 tiles start loading before anything else. Every thread commits one
-// group per tile, an empty one past the last tile too, so that "wait until at most N groups
-// are in flight" means the same tile for every thread.
-__device__ inline void start_tiles(unsigned char* stages, float* scales, int (&pg)[TILE_COPIES],
-                                   const int* table, const CACHE_T* k_cache,
-                                   const CACHE_T* v_cache, const float* k_scale,
-                                   const float* v_scale, int start, int end, int ntiles,
-                                   int page_size, int page_shift, long long page_stride,
-                                   long long row_stride, long long head_off, int cid, int cp_off)
+// Q of sequence b: the block's query heads as rows 0 .. nh - 1 of qs (row stride LD), copied
+// asynchronously by every thread of the block (in the group of the segment's first tile);
+// the rows below them are zeroed once for all Q buffers (zero_q_pad).
+__device__ inline void copy_q_rows(KV_T* qs, const KV_T* q, int b, const DecodeRows& r,
+                                   int num_heads)
+{
+    constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
+    for (int c = threadIdx.x; c < r.nh * QCHUNKS; c += TC_THREADS)
+        copy16_async(qs + (c / QCHUNKS) * LD + (c % QCHUNKS) * 8,
+                     q + ((long long)b * num_heads + r.h0 + c / QCHUNKS) * HEAD_DIM
+                     + (c % QCHUNKS) * 8, true);
+}
+
+__device__ inline void zero_q_pad(KV_T* qbufs, int nbufs, int nh)
+{
+    constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
+    const int pad = ROWS - nh;
+    for (int c = threadIdx.x; c < nbufs * pad * QCHUNKS; c += TC_THREADS) {
+        const int buf = c / (pad * QCHUNKS), r = nh + c / QCHUNKS % pad;
+        *reinterpret_cast<uint4*>(qbufs + (buf * ROWS + r) * LD + (c % QCHUNKS) * 8) =
+            make_uint4(0u, 0u, 0u, 0u);
+    }
+}
+
+// The pipeline of a copier's tiles (the block's, or with WARP_PIPE the warp's) along a
+// block's range. TileGeom: where the tiles are (cid: this thread's place among the copier's
+// CP_THREADS, cp_off: the copier's first token of a tile). The cursor `ahead` is the next
+// tile to copy, its page ids in pg (read one iteration before the copies need them). The
+// first STAGES - 1 tiles start loading before anything else. Every thread commits one group
+// per tile, an empty one past the last tile too, so that "wait until at most N groups are in
+// flight" means the same tile for every thread. The Q of a segment is copied into Q buffer
+// seg % STAGES in the group of the segment's first tile: at most STAGES segments are live
+// (the one computed and those of the tiles in flight), and each segment ends with a block
+// barrier, so a buffer is free again when it is reused.
+struct TileGeom {
+    int max_pages, page_size, page_shift;
+    long long page_stride, row_stride, head_off;
+    int cid, cp_off;
+};
+
+__device__ inline void lookup_tile(int (&pg)[TILE_COPIES], const int* tables,
+                                   const TileCursor& c, const TileGeom& g)
+{
+    tile_pages(pg, tables + (long long)c.b * g.max_pages, c.t0 + g.cp_off, c.end, g.page_size,
+               g.page_shift, g.cid);
+}
+
+__device__ inline void issue_tile(int slot, unsigned char* stages, float* scales, KV_T* qbufs,
+                                  const int (&pg)[TILE_COPIES], const TileCursor& c,
+                                  const CACHE_T* k_cache, const CACHE_T* v_cache,
+                                  const float* k_scale, const float* v_scale, const KV_T* q,
+                                  const TileGeom& g, const DecodeRows& rows, int num_heads)
+{
+    copy_tile(stages + slot * STAGE_BYTES, scales + slot * 2 * CP_TOKENS, k_cache, v_cache,
+              k_scale, v_scale, pg, c.t0 + g.cp_off, g.page_size, g.page_shift, g.page_stride,
+              g.row_stride, g.head_off, g.cid);
+    if (c.t0 == c.start)
+        copy_q_rows(qbufs + (c.seg % STAGES) * ROWS * LD, q, c.b, rows, num_heads);
+}
+
+__device__ inline void start_stream(unsigned char* stages, float* scales, KV_T* qbufs,
+                                    int (&pg)[TILE_COPIES], TileCursor& ahead, const int* segs,
+                                    const int* tables, const CACHE_T* k_cache,
+                                    const CACHE_T* v_cache, const float* k_scale,
+                                    const float* v_scale, const KV_T* q, const TileGeom& g,
+                                    const DecodeRows& rows, int num_heads)
 {
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < ntiles) {
-            tile_pages(pg, table, start + s * TILE_T + cp_off, end, page_size, page_shift, cid);
-            copy_tile(stages + s * STAGE_BYTES, scales + s * 2 * CP_TOKENS, k_cache, v_cache,
-                      k_scale, v_scale, pg, start + s * TILE_T + cp_off, page_size, page_shift,
-                      page_stride, row_stride, head_off, cid);
+        if (tile_valid(ahead)) {
+            lookup_tile(pg, tables, ahead, g);
+            issue_tile(s, stages, scales, qbufs, pg, ahead, k_cache, v_cache, k_scale, v_scale,
+                       q, g, rows, num_heads);
+            advance_tile(ahead, segs);
         }
         copy_commit();
     }
-    if (STAGES - 1 < ntiles)
-        tile_pages(pg, table, start + (STAGES - 1) * TILE_T + cp_off, end, page_size,
-                   page_shift, cid);
+    if (tile_valid(ahead)) lookup_tile(pg, tables, ahead, g);
 }
 
-// Before tile i is computed: wait for it, then start tile i + STAGES - 1 into the buffer of
-// tile i - 1 (its page ids were read during the last iteration) and read the page ids of the
-// tile after. (A template, instantiated only where a kernel calls it: decode_tc.cu does
-// not, and a plain inline definition here changed decode_tc.cu's compiled code.)
-template <int IN_FLIGHT = STAGES - 2>
-__device__ inline void next_tile(int i, unsigned char* stages, float* scales,
-                                 int (&pg)[TILE_COPIES], const int* table,
-                                 const CACHE_T* k_cache, const CACHE_T* v_cache,
-                                 const float* k_scale, const float* v_scale, int start, int end,
-                                 int ntiles, int page_size, int page_shift, long long page_stride,
-                                 long long row_stride, long long head_off, int cid, int cp_off)
+// Before tile i is computed: wait for it, then start the tile `ahead` (tile i + STAGES - 1)
+// into the buffer of tile i - 1 and read the page ids of the tile after.
+__device__ inline void next_stream_tile(int i, unsigned char* stages, float* scales,
+                                        KV_T* qbufs, int (&pg)[TILE_COPIES], TileCursor& ahead,
+                                        const int* segs, const int* tables,
+                                        const CACHE_T* k_cache, const CACHE_T* v_cache,
+                                        const float* k_scale, const float* v_scale,
+                                        const KV_T* q, const TileGeom& g,
+                                        const DecodeRows& rows, int num_heads)
 {
-    const int nt = i + STAGES - 1;
-    copy_wait<IN_FLIGHT>();   // tile i has landed (this thread's copies) ...
+    copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
 #if WARP_PIPE
     __syncwarp();              // ... the warp's; and the warp is done with tile i - 1
 #else
     __syncthreads();           // ... everyone's; and every warp is done with tile i - 1
 #endif
-    if (nt < ntiles)
-        copy_tile(stages + (nt % STAGES) * STAGE_BYTES, scales + (nt % STAGES) * 2 * CP_TOKENS,
-                  k_cache, v_cache, k_scale, v_scale, pg, start + nt * TILE_T + cp_off,
-                  page_size, page_shift, page_stride, row_stride, head_off, cid);
+    if (tile_valid(ahead)) {
+        issue_tile((i + STAGES - 1) % STAGES, stages, scales, qbufs, pg, ahead, k_cache,
+                   v_cache, k_scale, v_scale, q, g, rows, num_heads);
+        advance_tile(ahead, segs);
+    }
     copy_commit();
-    if (nt + 1 < ntiles)
-        tile_pages(pg, table, start + (nt + 1) * TILE_T + cp_off, end, page_size, page_shift, cid);
+    if (tile_valid(ahead)) lookup_tile(pg, tables, ahead, g);
 }
 
 #endif  // DECODE_TC_TILES_CUH

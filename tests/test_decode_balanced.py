@@ -1,0 +1,188 @@
+"""kernels/decode_mma.cu's balanced work (stream-K): the plan's segments (decode_work.
+balanced_segments, pure NumPy) and the kernel streaming them across sequence boundaries on
+the CPU executor, against the float64 reference.
+
+A block streams the tiles of its range back to back: its copies run on into the next
+segment, whose Q is copied in the group of its first tile into one of STAGES Q buffers, and
+each segment ends with the warps' merge into its output or partial state (the last block of
+a split sequence merges). The awkward cases: sequences of one token (one-tile segments, many
+in a row: the Q buffers rotate faster than the pipeline drains), lengths around the page
+and the tile, ranges that end mid-page and mid-tile, a sequence shorter than one range, a
+range spanning three or more sequences, more ranges than tiles, shared pages, NaN in unused
+tail slots, outputs poisoned; every compile-time shape family (warp pipelines or the block's,
+pairs of warps, several row tiles, stages 2-4, head sizes 64-256, bf16, compressed pages).
+"""
+import numpy as np
+import pytest
+
+from pagedattn_lab import decode_plan as dp
+from pagedattn_lab import decode_work as dw
+from pagedattn_lab.wrappers import BatchDecodeWrapper
+
+from .decode_cases import check_close, cpu_executor_has, decode_problem, poisoned, reference
+from .test_decode_tc_quant import launch, quantized
+
+needs_wmma = pytest.mark.skipif(not cpu_executor_has("mma.h"),
+                                reason="the CPU executor's shim has no WMMA (mma.h) yet")
+
+
+# ---- the plan ------------------------------------------------------------------------------
+def covered(lens, tile_t, seg):
+    """Per sequence, how many times each token is covered by the segments."""
+    hits = [np.zeros(n, np.int64) for n in lens]
+    for b, start, end, _ in seg.segs:
+        hits[b][start:end] += 1
+    return hits
+
+
+@pytest.mark.parametrize("lens,tile_t,ranges", [
+    ([1], 64, 1), ([1], 64, 5),                          # more ranges than tiles
+    ([1, 63, 64, 65, 300, 2, 7], 64, 3),                 # ranges spanning 3+ sequences
+    ([5000, 17], 64, 11), ([100] * 40, 16, 7), ([33, 4096, 512], 32, 264)])
+def test_balanced_segments_cover_every_token_once_in_equal_ranges(lens, tile_t, ranges):
+    lens = np.array(lens)
+    seg = dw.balanced_segments(lens, tile_t, ranges, max_parts=10_000)
+    assert all((h == 1).all() for h in covered(lens, tile_t, seg))
+    b, start, end, packed = seg.segs.T
+    assert (start % tile_t == 0).all() and (end > start).all()   # tiles from each start
+    tiles = -(-(end - start) // tile_t)
+    per_block = np.add.reduceat(tiles, seg.seg_ptr[:-1])
+    total = int((-(-lens // tile_t)).sum())
+    assert seg.seg_ptr[0] == 0 and seg.seg_ptr[-1] == len(seg.segs)
+    assert len(per_block) == min(ranges, total) and (np.diff(seg.seg_ptr) > 0).all()
+    assert per_block.max() - per_block.min() <= 1 and per_block.sum() == total
+    # parts: numbered 0 .. parts - 1 within each sequence; slots only for split sequences
+    part, parts = packed & 0xffff, packed >> 16
+    for s in range(lens.size):
+        mine = b == s
+        assert sorted(part[mine]) == list(range(mine.sum())) and (parts[mine] == mine.sum()).all()
+    split = np.bincount(b, minlength=lens.size) > 1
+    assert seg.slots == int(np.bincount(b)[split].sum())
+    assert seg.max_parts == int(np.bincount(b).max())
+
+
+def test_balanced_segments_example():
+    """Tiles of 4 tokens: lengths 9, 2, 4, 13 are 3 + 1 + 1 + 4 = 9 tiles; 3 ranges of 3."""
+    seg = dw.balanced_segments(np.array([9, 2, 4, 13]), 4, 3, max_parts=99)
+    rows = [(b, s, e, p & 0xffff, p >> 16) for b, s, e, p in seg.segs.tolist()]
+    assert rows == [(0, 0, 9, 0, 1),                                  # range 0: sequence 0
+                    (1, 0, 2, 0, 1), (2, 0, 4, 0, 1), (3, 0, 4, 0, 2),   # range 1: three
+                    (3, 4, 13, 1, 2)]                                 # range 2: the rest of 3
+    assert seg.seg_ptr.tolist() == [0, 1, 4, 5]
+    assert seg.slot_start.tolist() == [0, 0, 0, 0] and seg.slots == 2
+
+
+def test_balanced_segments_respect_the_merge_limit():
+    """A sequence is never cut into more parts than the merge has room for: fewer ranges."""
+    seg = dw.balanced_segments(np.array([64 * 1000]), 64, 264, max_parts=100)
+    assert seg.max_parts <= 100 and len(seg.seg_ptr) - 1 <= 100
+
+
+def test_item_segments_are_the_partitions():
+    seg = dw.item_segments(np.array([5, 12, 1, 9]), 4)
+    assert (np.diff(seg.seg_ptr) == 1).all()
+    got = sorted((b, s, e) for b, s, e, _ in seg.segs.tolist())
+    assert got == [(0, 0, 4), (0, 4, 5), (1, 0, 4), (1, 4, 8), (1, 8, 12), (2, 0, 1),
+                   (3, 0, 4), (3, 4, 8), (3, 8, 9)]
+
+
+# ---- the kernel on the CPU executor -------------------------------------------------------
+def planned(args, heads, kv, head_dim, page, dtype, cfg, ranges, scheme="balanced"):
+    q, k, v, tables, lens = args
+    w = BatchDecodeWrapper().plan(tables, lens, heads, kv, head_dim, page, dtype,
+                                  kernel="tensor_core")
+    w._launches = []
+    w._plan_tensor_core(lens, None, tc=cfg, scheme=scheme, ranges=ranges)
+    assert w.scheme == scheme
+    return w
+
+
+def check_rows(out, ref, dtype):
+    """check_close, and each sequence on its own (a wrong short sequence among long ones)."""
+    check_close(out, ref, dtype)
+    for b in range(ref.shape[0]):
+        check_close(out[b], ref[b], dtype)
+
+
+CASES = [
+    # dtype, heads, kv, head_dim, page, lens, ranges, shape (tc_config keywords)
+    ("float16", 8, 2, 64, 16, [1, 15, 16, 17, 200, 3, 70], 5, {}),   # planner's (warp pipes)
+    ("float16", 8, 2, 64, 16, [1, 15, 16, 17, 200, 3, 70], 5,
+     dict(warps=4, tile_t=64, stages=3)),                           # the block's pipeline
+    ("float16", 8, 2, 128, 256, [255, 257, 3, 600], 7,               # ranges end mid-page
+     dict(warps=4, tile_t=64, stages=3, warp_pipe=True)),
+    ("float16", 4, 1, 64, 1, [1, 2, 40, 9], 3, dict(warps=2, tile_t=32, stages=2)),   # page 1
+    ("float16", 8, 2, 64, 7, [1] * 9 + [50, 1, 1, 1, 30], 3,         # one-tile segments in a row
+     dict(warps=2, tile_t=32, stages=4, warp_pipe=True)),
+    ("float16", 8, 2, 64, 7, [1] * 9 + [50, 1, 1, 1, 30], 4, dict(warps=1, tile_t=16, stages=3)),
+    ("float16", 16, 1, 128, 16, [1, 90, 17, 33], 6, {}),             # MQA: 8 warps in pairs
+    ("float16", 40, 2, 64, 16, [130, 3, 64], 4, {}),                 # group 20: two row tiles
+    ("float16", 64, 1, 32, 8, [20, 9, 70], 3, {}),                   # group 64: four row tiles
+    ("float16", 4, 2, 256, 16, [70, 1, 40], 5, {}),                  # head 256: pairs
+    ("float16", 16, 1, 80, 16, [33, 5, 64], 4, dict(warps=8, tile_t=64, stages=3, d_split=5)),
+    ("bfloat16", 8, 2, 64, 16, [1, 17, 100], 3, {}),
+    ("float16", 8, 2, 64, 16, [300], 40, {}),                        # more ranges than tiles
+    ("float16", 8, 2, 64, 16, [1, 15, 16, 17, 200, 3, 70], 5,        # merged by a second launch
+     dict(separate_merge=True)),
+    ("float16", 40, 2, 64, 16, [130, 3, 64], 4, dict(separate_merge=True)),
+]
+
+
+@needs_wmma
+@pytest.mark.parametrize("dtype,heads,kv,head_dim,page,lens,ranges,shape", CASES)
+def test_balanced_ranges_against_the_reference(rng, dtype, heads, kv, head_dim, page, lens,
+                                               ranges, shape):
+    if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):
+        pytest.skip("the CPU executor's shim has no bfloat16 (cuda_bf16.h) yet")
+    args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
+                          head_dim=head_dim, dtype=dtype)
+    q = args[0]
+    cfg = dp.tc_config(dtype, head_dim, heads // kv, impl="mma", **shape)
+    w = planned(args, heads, kv, head_dim, page, dtype, cfg, ranges)
+    assert len(w._launches) == 1 + cfg.separate_merge
+    assert w.grid[0] == min(ranges, sum(-(-n // cfg.tile_t) for n in lens))
+    for scale in (None, 0.05):   # twice: the merge counters were reset by the first launch
+        out = launch(w, *args[:3], None, None, poisoned(q.shape, dtype), scale)
+        check_rows(out, reference(args, scale), dtype)
+
+
+@needs_wmma
+def test_balanced_ranges_over_shared_pages(rng):
+    args = decode_problem(rng, [40, 50, 37, 90], page_size=16, num_heads=8, num_kv_heads=2,
+                          shared_prefix=2)
+    w = planned(args, 8, 2, 64, 16, "float16", dp.tc_config("float16", 64, 4, impl="mma"), 5)
+    out = launch(w, *args[:3], None, None, poisoned(args[0].shape, "float16"))
+    check_rows(out, reference(args), "float16")
+
+
+@needs_wmma
+@pytest.mark.parametrize("kv_dtype,scheme", [("int8", "static"), ("fp8_e4m3", "per_token")])
+def test_balanced_ranges_over_compressed_pages(rng, kv_dtype, scheme):
+    args = decode_problem(rng, [1, 130, 17, 64, 3], page_size=16, num_heads=8, num_kv_heads=2,
+                          head_dim=128)
+    q, k, v, tables, lens = args
+    kc, vc, ks, vs, kd, vd = quantized(rng, args, kv_dtype, scheme)
+    cfg = dp.tc_config("float16", 128, 4, dp.KV_QUANT_IDS[kv_dtype], scheme == "per_token",
+                       impl="mma")
+    w = planned(args, 8, 2, 128, 16, "float16", cfg, 3)
+    out = launch(w, q, kc, vc, ks, vs, poisoned(q.shape, "float16"))
+    check_rows(out, reference((q, kd, vd, tables, lens)), "float16")
+
+
+@needs_wmma
+def test_the_planner_balances_and_says_so(rng):
+    """Automatic plans on decode_mma.cu take balanced ranges when the sequences need more
+    blocks than one wave holds (the CPU executor counts 4 SMs x 2 blocks); one partition per
+    block when they fit in one wave, or when num_splits asks for partitions."""
+    lens = [70, 33, 5, 300, 17, 1, 129]
+    q, k, v, tables, lens = decode_problem(rng, lens, num_heads=8, num_kv_heads=2)
+    w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core")
+    assert w.scheme == dw.TC_SCHEME == "balanced" and "balanced ranges" in w.describe()
+    check_rows(w.run(q, k, v, out=poisoned(q.shape, "float16")), reference((q, k, v, tables, lens)),
+               "float16")
+    few = BatchDecodeWrapper().plan(tables[:4], lens[:4], 8, 2, 64, 16, "float16",
+                                    kernel="tensor_core")
+    assert few.scheme == "items" and "partitions of" in few.describe()
+    w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core",
+                                  num_splits=3)
+    assert w.scheme == "items" and w.max_parts == 3
