@@ -150,8 +150,12 @@ TC_WAVES = 1                # partitions sized to fill this many waves of reside
 KV_QUANT_IDS = {None: 0, "int8": 1, "fp8_e4m3": 2}   # -DKV_QUANT
 # Two sources of the tensor-core algorithm: "wmma" (kernels/decode_tc.cu, lesson 09's: S and P
 # through shared memory, WMMA's layout being unspecified) and "mma" (kernels/decode_mma.cu:
-# PTX mma.sync with the softmax in registers; fp16/bf16 pages). TC_IMPL: what plans take.
-TC_IMPLS = ("wmma", "mma")
+# PTX mma.sync with the softmax in registers; fp16/bf16 pages) and "rows"
+# (kernels/decode_mma_rows.cu: the same on S^T = K Q^T, 16 tokens as the rows of the tile and
+# the group's heads as the n = 8 columns: groups up to 16, larger ones take "mma").
+# TC_IMPL: what plans take.
+TC_IMPLS = ("wmma", "mma", "rows")
+ROWS_MAX_GROUP = 16
 TC_IMPL = "mma"
 
 
@@ -178,11 +182,11 @@ class TCConfig(NamedTuple):
     @property
     def source(self) -> str:
         """The kernel source (kernels/NAME.cu) and its function: paged_decode_tc / _mma."""
-        return "decode_mma" if self.impl == "mma" else "decode_tc"
+        return {"mma": "decode_mma", "rows": "decode_mma_rows"}.get(self.impl, "decode_tc")
 
     @property
     def function(self) -> str:
-        return "paged_decode_mma" if self.impl == "mma" else "paged_decode_tc"
+        return "paged_" + {"decode_tc": "decode_tc"}.get(self.source, self.source)
 
 
 # The measured shapes (benchmarks/NOTES.md, H200, 2026-12-02, rounds 1b and 2): (largest head_dim,
@@ -216,13 +220,22 @@ MMA_SHAPES = [
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 
+# kernels/decode_mma_rows.cu (groups up to 16): not measured yet, decode_mma's shapes with
+# 128-token tiles (two m tiles of 16 tokens per warp and tile)
+ROWS_SHAPES = [
+    (128, 1, False, dict(warps=4, tile_t=128, stages=2, d_split=1)),
+    (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1)),
+    (256, 1, None, dict(warps=4, tile_t=64, stages=2, d_split=1)),
+]
+
 
 def tc_shape(head_dim: int, row_tiles: int, kv_quant: int, group: int = 1,
              impl: str = "wmma") -> dict:
     """The tc_config keywords (warps, tile_t, stages, d_split, min_blocks, warp_pipe) the
     planner uses for this head size, group, cache format (kv_quant 0: fp16/bf16 pages) and
     kernel source. Groups of more than 16 heads (several row tiles) take the 4-warp shape."""
-    for max_dim, min_group, quant, kw in (MMA_SHAPES if impl == "mma" else TC_SHAPES):
+    shapes = {"mma": MMA_SHAPES, "rows": ROWS_SHAPES}.get(impl, TC_SHAPES)
+    for max_dim, min_group, quant, kw in shapes:
         if (head_dim <= max_dim and (min_group <= group <= 16 or min_group == 1)
                 and quant in (None, bool(kv_quant))):
             return {"min_blocks": 1, "warp_pipe": False, **kw}
@@ -273,7 +286,9 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     impl = impl or TC_IMPL
-    if kv_quant and head_dim % 128:   # decode_mma.cu reads codes at head_dim 128 and 256
+    if impl == "rows" and group > ROWS_MAX_GROUP:
+        impl = "mma"
+    if kv_quant and head_dim % 128:   # decode_mma(_rows).cu read codes at head_dim 128 and 256
         impl = "wmma"
     rows, chunks, row_tiles = tc_rows(group, head_dim)
     auto = warps is None and tile_t is None and stages is None and d_split is None
@@ -288,7 +303,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     min_blocks = min_blocks or 1
     # the warps of a D_SPLIT group share O's 16-column tiles (decode_mma.cu over codes: its
     # 128-column passes over V)
-    cols = head_dim // (128 if impl == "mma" and kv_quant else 16)
+    cols = head_dim // (128 if impl != "wmma" and kv_quant else 16)
     if cols % d_split:   # (head_dim 80, 112: 5 and 7 column tiles)
         per_slice = warps // d_split
         d_split = max(d for d in range(1, d_split + 1) if cols % d == 0)
@@ -299,7 +314,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     tile_t = -(-tile_t // unit) * unit
 
     def size(stages):
-        if impl == "mma":
+        if impl != "wmma":
             return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                     d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
                                     per_token=per_token)
@@ -313,9 +328,11 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                          kv_quant=kv_quant, per_token=per_token,
                          s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
                          min_blocks=min_blocks, warp_pipe=warp_pipe)
-    if impl == "mma":
+    if impl != "wmma":
         options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}") + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
+    if impl == "rows":
+        options += (f"-DHEAD_TILES={-(-rows // 8)}",)
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm)
 
