@@ -220,10 +220,11 @@ MMA_SHAPES = [
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 
-# kernels/decode_mma_rows.cu (groups up to 16): not measured yet, decode_mma's shapes with
-# 128-token tiles (two m tiles of 16 tokens per warp and tile)
+# kernels/decode_mma_rows.cu (groups up to 16): not measured yet; fp16 pages over 64-token
+# tiles in 3 stages (100 KB at head_dim 128: 2 blocks per SM), codes over 128-token tiles
+# (68 KB: 3 blocks), head_dim 256 over 64-token tiles (136 KB)
 ROWS_SHAPES = [
-    (128, 1, False, dict(warps=4, tile_t=128, stages=2, d_split=1)),
+    (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1)),
     (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1)),
     (256, 1, None, dict(warps=4, tile_t=64, stages=2, d_split=1)),
 ]
