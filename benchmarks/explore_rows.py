@@ -40,13 +40,15 @@ R_FP16 = {   # D128 fp16: 68 KB per block at T64 S2, 100 KB at T64 S3, 132 KB at
     "R W4 T64 S3/b8": rshape(4, 64, 3, split=8),
     "R W4P T64 S3/b8": rshape(4, 64, 3, pipe=True, split=8),
 }
-R_QUANT_SHAPES = {"W4T128S2": (4, 128, 2, False), "W4PT128S3": (4, 128, 3, True),
-                  "W4T64S3": (4, 64, 3, False)}
+R_QUANT_SHAPES = {   # codes at head_dim 128: 168-178 registers, 128 (no spill) with mb4 at T64
+    "W4T128S2": (4, 128, 2, 1, False), "W4T128S2mb3": (4, 128, 2, 3, False),
+    "W4T64S3mb4": (4, 64, 3, 4, False), "W4PT128S3": (4, 128, 3, 1, True),
+    "W8T128S2mb2": (8, 128, 2, 2, False)}
 V.update(R_FP16)
 for qname, q, tok in QUANTS:
     t_ = "/tok" if tok else ""
-    for tag, (w_, t, st, pp) in R_QUANT_SHAPES.items():
-        V[f"R {qname}{t_} {tag}"] = rshape(w_, t, st, quant=q, tok=tok, pipe=pp)
+    for tag, (w_, t, st, mb, pp) in R_QUANT_SHAPES.items():
+        V[f"R {qname}{t_} {tag}"] = rshape(w_, t, st, mb=mb, quant=q, tok=tok, pipe=pp)
     V[f"simt {qname}{t_}"] = {**V["planner"], "quant": q, "tok": tok, "simt": True}
 V["R d256 W2T32"] = rshape(2, 32, 2)          # 64 KB: 3 blocks per SM
 V["R d256 W2T32S3"] = rshape(2, 32, 3)
@@ -59,15 +61,16 @@ for base in ("R W4 T128", "R W4 T64 S3", "R W4 T64 S2", "R W8 T128", "R mqa W8D2
 QROWS = (ex.PLANNER_QUANT
          + [f"R {q}{'/tok' if tok else ''} {tag}" for q, _, tok in QUANTS for tag in R_QUANT_SHAPES]
          + [f"simt {q}{'/tok' if tok else ''}" for q, _, tok in QUANTS])
-FP16 = ["planner", "M W4P S3/b8"] + list(R_FP16)
+FP16 = ["planner"] + list(R_FP16)
 ROWS = {
     "D64-gqa4": FP16 + QROWS,
-    "D64-gqa8": FP16,
-    "D64-gqa8-p64": FP16,
+    "D64-gqa8": FP16[:7],
+    "D64-gqa8-p64": FP16[:7],
     "1x32k-gqa4": ["planner", "M W4/w1", "R W4 T128/w1", "R W4 T64 S3/w1", "R W4 T64 S2/w1",
                    "R W8 T128/w1"],
     "8x32k-gqa4": ["planner", "M W4 S3", "R W4 T64 S2", "R W4 T64 S3", "R W4P T64 S3",
-                   "R W4 T128", "R W8 T128"],
+                   "R W4 T128", "planner fp8", "R fp8 W4T128S2mb3", "R fp8 W4T64S3mb4",
+                   "simt fp8"],
     "D64-gqa4-d256": ["planner", "M d256 W4D2T32", "R d256 W2T32", "R d256 W2T32S3",
                       "R d256 W4D2T32", "R d256 W4T64"],
     "D64-mqa16": ["planner", "M W8D2 S3/w1", "R W4 T128/w1", "R W8 T128/w1",
