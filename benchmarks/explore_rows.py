@@ -50,6 +50,8 @@ for qname, q, tok in QUANTS:
     for tag, (w_, t, st, mb, pp) in R_QUANT_SHAPES.items():
         V[f"R {qname}{t_} {tag}"] = rshape(w_, t, st, mb=mb, quant=q, tok=tok, pipe=pp)
     V[f"simt {qname}{t_}"] = {**V["planner"], "quant": q, "tok": tok, "simt": True}
+    for tag in ("W4T128S2mb3", "W4T64S3mb4"):   # partitions for 8 blocks per SM
+        V[f"R {qname}{t_} {tag}/b8"] = {**V[f"R {qname}{t_} {tag}"], "split": 8}
 V["R d256 W2T32"] = rshape(2, 32, 2)          # 64 KB: 3 blocks per SM
 V["R d256 W2T32S3"] = rshape(2, 32, 3)
 V["R d256 W4D2T32"] = rshape(4, 32, 2, 2)      # pairs share 16 tokens, half of O^T each
@@ -60,6 +62,7 @@ for base in ("R W4 T128", "R W4 T64 S3", "R W4 T64 S2", "R W8 T128", "R mqa W8D2
 
 QROWS = (ex.PLANNER_QUANT
          + [f"R {q}{'/tok' if tok else ''} {tag}" for q, _, tok in QUANTS for tag in R_QUANT_SHAPES]
+         + [f"R {q} {tag}/b8" for q in ("fp8", "int8") for tag in ("W4T128S2mb3", "W4T64S3mb4")]
          + [f"simt {q}{'/tok' if tok else ''}" for q, _, tok in QUANTS])
 FP16 = ["planner"] + list(R_FP16)
 ROWS = {
