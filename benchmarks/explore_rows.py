@@ -37,6 +37,7 @@ R_FP16 = {   # D128 fp16: 68 KB per block at T64 S2, 100 KB at T64 S3, 132 KB at
     "R W4 T128": rshape(4, 128, 2),
     "R W8 T128": rshape(8, 128, 2),
     "R W4 T64 mb3": rshape(4, 64, 2, mb=3),
+    "R W4 T64 S3 C2": rshape(4, 64, 3, s_chains=2),   # two accumulator chains for S^T
     "R W4 T64 S3/b8": rshape(4, 64, 3, split=8),
     "R W4P T64 S3/b8": rshape(4, 64, 3, pipe=True, split=8),
 }
@@ -52,6 +53,7 @@ for qname, q, tok in QUANTS:
     V[f"simt {qname}{t_}"] = {**V["planner"], "quant": q, "tok": tok, "simt": True}
     for tag in ("W4T128S2mb3", "W4T64S3mb4"):   # partitions for 8 blocks per SM
         V[f"R {qname}{t_} {tag}/b8"] = {**V[f"R {qname}{t_} {tag}"], "split": 8}
+    V[f"R {qname}{t_} W4T64S3mb4 C2"] = rshape(4, 64, 3, mb=4, quant=q, tok=tok, s_chains=2)
 V["R d256 W2T32"] = rshape(2, 32, 2)          # 64 KB: 3 blocks per SM
 V["R d256 W2T32S3"] = rshape(2, 32, 3)
 V["R d256 W4D2T32"] = rshape(4, 32, 2, 2)      # pairs share 16 tokens, half of O^T each
@@ -63,6 +65,7 @@ for base in ("R W4 T128", "R W4 T64 S3", "R W4 T64 S2", "R W8 T128", "R mqa W8D2
 QROWS = (ex.PLANNER_QUANT
          + [f"R {q}{'/tok' if tok else ''} {tag}" for q, _, tok in QUANTS for tag in R_QUANT_SHAPES]
          + [f"R {q} {tag}/b8" for q in ("fp8", "int8") for tag in ("W4T128S2mb3", "W4T64S3mb4")]
+         + [f"R {q} W4T64S3mb4 C2" for q in ("fp8", "int8")]
          + [f"simt {q}{'/tok' if tok else ''}" for q, _, tok in QUANTS])
 FP16 = ["planner"] + list(R_FP16)
 ROWS = {

@@ -69,6 +69,7 @@ SHAPES = [   # the block shapes: warps, tile tokens (m tiles per warp), stages, 
     {"warps": 2, "tile_t": 64, "stages": 2},
     {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2},
     {"warps": 4, "tile_t": 128, "stages": 2, "q_regs": False},
+    {"warps": 4, "tile_t": 128, "stages": 2, "s_chains": 2},   # two accumulator chains
 ]
 
 
@@ -99,6 +100,8 @@ ROWS_QUANT_CASES = [
      {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2}),
     ("bfloat16", 8, 2, 128, 12, [25, 12, 1], 2, {}),                # bf16 queries
     ("float16", 12, 3, 128, 16, [1, 70, 17], 2, {"fp8_bits": True}),   # e4m3 by moving bits
+    ("float16", 8, 2, 128, 16, [1, 33, 130], 2,                     # two S chains, mb4
+     {"warps": 4, "tile_t": 64, "stages": 3, "s_chains": 2, "min_blocks": 4}),
 ]
 
 

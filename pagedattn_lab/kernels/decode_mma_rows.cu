@@ -32,8 +32,8 @@
 // registers; the warps merge at the end (decode_tc_merge.cuh). D_SPLIT > 1: that many warps
 // share a slice, each accumulating 1/D_SPLIT of O^T's dims.
 //
-// Compile-time parameters (decode_plan.tc_config, impl "rows"): decode_mma.cu's (ROW_TILES 1,
-// S_CHAINS unused) and HEAD_TILES (1: up to 8 heads per KV head, 2: up to 16).
+// Compile-time parameters (decode_plan.tc_config, impl "rows"): decode_mma.cu's (ROW_TILES 1;
+// S_CHAINS 2: odd and even k steps in two accumulators) and HEAD_TILES (1: up to 8 heads per KV head, 2: up to 16).
 
 #include "common.cuh"
 #include "kv_quant.cuh"
@@ -174,12 +174,20 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         const unsigned char* vs = ks + CP_TOKENS * LDC;
 
         // 1. S^T = K Q^T: one accumulator per (m tile, n tile), MT x HEAD_TILES chains
-        float s[MT][HEAD_TILES][4];
+        float s[MT][HEAD_TILES][4], s2[S_CHAINS > 1 ? MT : 1][HEAD_TILES][4];
 #pragma unroll
         for (int j = 0; j < MT; ++j) {
 #pragma unroll
-            for (int h = 0; h < HEAD_TILES; ++h) s[j][h][0] = s[j][h][1] = s[j][h][2] = s[j][h][3] = 0.0f;
+            for (int h = 0; h < HEAD_TILES; ++h) {
+                s[j][h][0] = s[j][h][1] = s[j][h][2] = s[j][h][3] = 0.0f;
+                if (S_CHAINS > 1) s2[j][h][0] = s2[j][h][1] = s2[j][h][2] = s2[j][h][3] = 0.0f;
+            }
         }
+        // k step k's accumulator: S_CHAINS = 2 splits each chain of HEAD_DIM / 16 dependent
+        // mma into two (odd and even k), summed before the softmax
+        auto acc = [&](int j, int h, int k) -> float* {
+            return S_CHAINS > 1 && k % 2 ? s2[S_CHAINS > 1 ? j : 0][h] : s[j][h];
+        };
 #if KV_QUANT
 #pragma unroll
         for (int blk = 0; blk < HEAD_DIM / 64; ++blk) {
@@ -197,7 +205,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #pragma unroll
                     for (int h = 0; h < HEAD_TILES; ++h) {
                         unsigned q_buf[2];
-                        mma_acc(s[j][h], a, q_operand(q_buf, h, 4 * blk + jj));
+                        mma_acc(acc(j, h, jj), a, q_operand(q_buf, h, 4 * blk + jj));
                     }
                 }
             }
@@ -212,8 +220,19 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #pragma unroll
                 for (int h = 0; h < HEAD_TILES; ++h) {
                     unsigned q_buf[2];
-                    mma_acc(s[j][h], a, q_operand(q_buf, h, k));
+                    mma_acc(acc(j, h, k), a, q_operand(q_buf, h, k));
                 }
+            }
+        }
+#endif
+
+#if S_CHAINS > 1
+#pragma unroll
+        for (int j = 0; j < MT; ++j) {
+#pragma unroll
+            for (int h = 0; h < HEAD_TILES; ++h) {
+#pragma unroll
+                for (int e = 0; e < 4; ++e) s[j][h][e] += s2[j][h][e];
             }
         }
 #endif
