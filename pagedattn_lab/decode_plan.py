@@ -5,9 +5,11 @@ Two kernels compute decode attention:
   block handles up to 8 query heads of one KV head. fp32, fp16 and bf16.
 - "tensor_core": the query heads of a GQA group are the rows of a matrix, and each K/V tile
   is multiplied on tensor cores for the whole group. fp16 and bf16 (no fp32 inputs; tf32
-  would cost fp32's accuracy). Two sources of that algorithm (TC_IMPL): `kernels/decode_mma.cu`
-  (PTX mma.sync, the softmax in registers: what plans take) and lesson 09's
-  `kernels/decode_tc.cu` (WMMA). Block sizes: decode_tc_sizes.py.
+  would cost fp32's accuracy). Three sources of that algorithm (TC_IMPL, planner_impl):
+  `kernels/decode_mma.cu` (PTX mma.sync, the softmax in registers, the heads as the rows of
+  the tile), `kernels/decode_mma_rows.cu` (the same transposed: 16 tokens as the rows, the
+  heads as the columns, for groups up to 16) and lesson 09's `kernels/decode_tc.cu` (WMMA).
+  Block sizes: decode_tc_sizes.py.
 
 `choose_kernel` picks one (the choice is measured, see benchmarks/NOTES.md); both split long
 sequences into partitions (split-K) so that few sequences still fill the GPU. Everything here
@@ -153,10 +155,12 @@ KV_QUANT_IDS = {None: 0, "int8": 1, "fp8_e4m3": 2}   # -DKV_QUANT
 # PTX mma.sync with the softmax in registers; fp16/bf16 pages) and "rows"
 # (kernels/decode_mma_rows.cu: the same on S^T = K Q^T, 16 tokens as the rows of the tile and
 # the group's heads as the n = 8 columns: groups up to 16, larger ones take "mma").
-# TC_IMPL: what plans take.
+# TC_IMPL: what plans take ("auto": planner_impl's measured choice per shape).
 TC_IMPLS = ("wmma", "mma", "rows")
 ROWS_MAX_GROUP = 16
-TC_IMPL = "mma"
+TC_IMPL = "auto"
+# Where "auto" takes "rows": (compressed pages, largest group, largest head_dim); the rest "mma".
+ROWS_AUTO: list[tuple[bool, int, int]] = []
 
 
 class TCConfig(NamedTuple):
@@ -230,6 +234,16 @@ ROWS_SHAPES = [
 ]
 
 
+def planner_impl(group: int, head_dim: int, kv_quant: int) -> str:
+    """The source a plan takes when not told: TC_IMPL, or with "auto" the measured choice
+    (ROWS_AUTO: "rows" for those shapes, else "mma")."""
+    if TC_IMPL != "auto":
+        return TC_IMPL
+    rows = any(quant == bool(kv_quant) and group <= max_group and head_dim <= max_dim
+               for quant, max_group, max_dim in ROWS_AUTO)
+    return "rows" if rows else "mma"
+
+
 def tc_shape(head_dim: int, row_tiles: int, kv_quant: int, group: int = 1,
              impl: str = "wmma") -> dict:
     """The tc_config keywords (warps, tile_t, stages, d_split, min_blocks, warp_pipe) the
@@ -279,14 +293,14 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
     O's columns (more warps per SM for the same registers); min_blocks: the blocks per SM
     the compiler must leave registers for (__launch_bounds__); warp_pipe: each warp copies
-    and waits for its own tokens (one row tile, d_split 1 only; else ignored). impl: "mma"
-    or "wmma" (None: TC_IMPL; compressed pages at a head_dim that is not a multiple of 128
-    always "wmma"); swizzle and q_regs (Q's
-    fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes converted by
-    moving bits instead of the conversion instruction) are the "mma" kernel's."""
+    and waits for its own tokens (one row tile, d_split 1 only; else ignored). impl: "mma",
+    "rows" (groups up to ROWS_MAX_GROUP, else "mma") or "wmma" (None: planner_impl;
+    compressed pages at a head_dim that is not a multiple of 128 always "wmma"); swizzle and
+    q_regs (Q's fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes
+    converted by moving bits instead of the conversion instruction) are the PTX kernels'."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
-    impl = impl or TC_IMPL
+    impl = impl or planner_impl(group, head_dim, kv_quant)
     if impl == "rows" and group > ROWS_MAX_GROUP:
         impl = "mma"
     if kv_quant and head_dim % 128:   # decode_mma(_rows).cu read codes at head_dim 128 and 256
