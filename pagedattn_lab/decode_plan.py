@@ -34,11 +34,12 @@ HEAD_DIM_MAX = 256
 # tensor cores 0.365 ms with 4 warps over 32-token tiles in pairs, SIMT 0.375 ms).
 MHA_KERNEL = "simt"
 TC_AUTO_MAX_HEAD_DIM = 256
-# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT: there
-# it is at or ahead of the tensor-core kernel (D64 GQA 32/8, H200, 2026-12-02, round r4, codes
-# converted in registers by decode_mma.cu: SIMT fp8 0.129-0.130 ms, int8 0.135-0.136,
-# per-token 0.152-0.157; tensor cores fp8 0.133, int8 0.135-0.136, per-token 0.154-0.157).
-COMPRESSED_SIMT_MAX_GROUP = 4
+# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT. At
+# group 4 (D64 GQA 32/8, H200, 2026-12-02, round r5) the tensor cores with the tokens as rows
+# (decode_mma_rows.cu) are ahead: fp8 0.125 ms against SIMT 0.129, int8 0.127 / 0.135,
+# per-token 0.138-0.140 / 0.154-0.156 (round r4, heads as rows: level with SIMT, so it was 4);
+# groups 2 and 3 were not measured and stay on SIMT.
+COMPRESSED_SIMT_MAX_GROUP = 2
 
 
 def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
@@ -159,8 +160,12 @@ KV_QUANT_IDS = {None: 0, "int8": 1, "fp8_e4m3": 2}   # -DKV_QUANT
 TC_IMPLS = ("wmma", "mma", "rows")
 ROWS_MAX_GROUP = 16
 TC_IMPL = "auto"
-# Where "auto" takes "rows": (compressed pages, largest group, largest head_dim); the rest "mma".
-ROWS_AUTO: list[tuple[bool, int, int]] = []
+# Where "auto" takes "rows": (compressed pages, head sizes, largest group); the rest "mma".
+# Measured (H200, round r5, 2026-12-02, benchmarks/NOTES.md "Tensor-core decode v5"): D64
+# GQA 32/8 codes fp8 0.125 ms (decode_mma 0.134, SIMT 0.129), int8 0.127 (0.136, 0.135),
+# per-token 0.138-0.140 (0.155-0.157, 0.154-0.156); fp16 0.167 (0.170), GQA 64/8 0.173
+# (0.176); head_dim 256 0.329 (0.345). MQA 16/1 stays on decode_mma (0.042 against 0.039).
+ROWS_AUTO: list[tuple[bool, tuple[int, ...], int]] = [(True, (128,), 8), (False, (128, 256), 8)]
 
 
 class TCConfig(NamedTuple):
@@ -224,13 +229,17 @@ MMA_SHAPES = [
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 
-# kernels/decode_mma_rows.cu (groups up to 16): not measured yet; fp16 pages over 64-token
-# tiles in 3 stages (100 KB at head_dim 128: 2 blocks per SM), codes over 128-token tiles
-# (68 KB: 3 blocks), head_dim 256 over 64-token tiles (136 KB)
+# kernels/decode_mma_rows.cu (groups up to 16; H200, round r5, D64 GQA 32/8): fp16 warp
+# pipelines over 64-token tiles S3 with partitions for 8 blocks per SM 0.167 ms (S2 0.169,
+# 128-token tiles 0.197: one block per SM); codes over 64-token tiles S3 with 4 blocks per SM
+# (128 registers, no spill) fp8 0.125 / int8 0.127 / per-token 0.138-0.140, 128-token tiles
+# with 3 blocks 0.123 / 0.125 / 0.141-0.145; head_dim 256 pairs over 32-token tiles 0.329
+# (2 warps without pairs 0.359, 4 over 64 tokens 0.360).
 ROWS_SHAPES = [
-    (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1)),
-    (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1)),
-    (256, 1, None, dict(warps=4, tile_t=64, stages=2, d_split=1)),
+    (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
+                         blocks_per_sm=8)),
+    (128, 1, True, dict(warps=4, tile_t=64, stages=3, d_split=1, min_blocks=4)),
+    (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 
 
@@ -239,8 +248,8 @@ def planner_impl(group: int, head_dim: int, kv_quant: int) -> str:
     (ROWS_AUTO: "rows" for those shapes, else "mma")."""
     if TC_IMPL != "auto":
         return TC_IMPL
-    rows = any(quant == bool(kv_quant) and group <= max_group and head_dim <= max_dim
-               for quant, max_group, max_dim in ROWS_AUTO)
+    rows = any(quant == bool(kv_quant) and head_dim in dims and group <= max_group
+               for quant, dims, max_group in ROWS_AUTO)
     return "rows" if rows else "mma"
 
 

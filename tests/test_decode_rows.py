@@ -116,10 +116,12 @@ def test_rows_kernel_compressed_pages(rng, kv_dtype, scheme, dtype, heads, kv, h
 
 def test_the_planner_takes_rows_where_the_table_says(monkeypatch):
     monkeypatch.setattr(dp, "TC_IMPL", "auto")
-    monkeypatch.setattr(dp, "ROWS_AUTO", [(True, 8, 256)])
+    monkeypatch.setattr(dp, "ROWS_AUTO", [(True, (128, 256), 8)])
     assert dp.tc_config("float16", 128, 4, dp.KV_QUANT_IDS["fp8_e4m3"]).impl == "rows"
     assert dp.tc_config("float16", 128, 16, dp.KV_QUANT_IDS["int8"]).impl == "mma"   # group 16
     assert dp.tc_config("float16", 128, 4).impl == "mma"                              # fp16 pages
     assert dp.tc_config("float16", 96, 4, dp.KV_QUANT_IDS["int8"]).impl == "wmma"     # codes at 96
+    monkeypatch.setattr(dp, "ROWS_AUTO", [])
+    assert dp.tc_config("float16", 128, 4, dp.KV_QUANT_IDS["fp8_e4m3"]).impl == "mma"
     monkeypatch.setattr(dp, "TC_IMPL", "rows")                                        # forced
     assert dp.tc_config("float16", 128, 4).impl == "rows"
