@@ -33,7 +33,7 @@ def main():
     ]
     for kv_dtype in ("int8", "fp8_e4m3"):
         for scheme in ("static", "per_token"):
-            cases.append((f"rows {kv_dtype} {scheme} GQA4 d128 T128 page 7 split 3",
+            cases.append((f"rows {kv_dtype} {scheme} GQA4 d128 planner shape page 7 split 3",
                           [300, 17, 1], 7, 8, 2, 128, 3, rows, kv_dtype, scheme))
             cases.append((f"rows {kv_dtype} {scheme} MQA16 d256 W4P S3 split 2", [120, 5], 16,
                           16, 1, 256, 2, {**rows, "warps": 4, "tile_t": 64, "stages": 3,
