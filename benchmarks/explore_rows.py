@@ -2,7 +2,10 @@
 rows), the SIMT kernel (over codes too) and FlashInfer's tensor-core decode, in one process
 on the GPU: explore.py's machinery with this comparison's rows (tuning runs; NOTES.md).
 
-    python3 benchmarks/explore_rows.py [--rows D64-gqa4,...] [--reps 15] [--json out.json]
+    python3 benchmarks/explore_rows.py [--final] [--rows D64-gqa4,...] [--reps 15] [--json out.json]
+
+ROWS: the tuning sweep of round r5; --final (FINAL): the planner's choice against v4's shapes,
+SIMT and FlashInfer.
 
 Variants: "planner" (what plan picks), "R ..." shapes of decode_mma_rows.cu (W warps, P warp
 pipelines, T tile tokens, S stages, D d_split, q0: Q^T reloaded per tile, mb min blocks), with
@@ -83,6 +86,20 @@ ROWS = {
                   "R W4 T64 S2/w1", "R mqa W8D2T128/w1"],
 }
 
+FINAL = {   # --final: the planner (now "rows" where ROWS_AUTO says) against v4 and SIMT
+    "D64-gqa4": ["planner", "M W4P S3/b8", "R W4 T64 S2", "R W4 T64 S3 C2"] + ex.PLANNER_QUANT
+    + [f"M {q}{'/tok' if tok else ''} W4T128S2" for q, _, tok in QUANTS]
+    + [f"R {q} {tag}" for q in ("fp8", "int8")
+       for tag in ("W4T128S2mb3/b8", "W4T64S3mb4/b8", "W4T64S3mb4 C2")]
+    + [f"simt {q}{'/tok' if tok else ''}" for q, _, tok in QUANTS],
+    "D64-gqa8": ["planner", "M W4P S3/b8", "R W4 T64 S2"],
+    "D64-gqa8-p64": ["planner", "M W4P S3/b8", "R W4 T64 S2"],
+    "D64-mqa16": ["planner"],
+    "1x32k-gqa4": ["planner", "M W4/w1"],
+    "8x32k-gqa4": ["planner", "M W4 S3", "planner fp8", "simt fp8"],
+    "D64-gqa4-d256": ["planner", "M d256 W4D2T32"],
+}
+
 _plan_with = ex.plan_with
 
 
@@ -100,16 +117,17 @@ def plan_with(inp, w, name):
 
 
 def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    rows = FINAL if "--final" in argv else ROWS
     ex.plan_with = plan_with
-    ex.FINAL = ROWS
+    ex.FINAL = rows
     real_compile = ex.compile_all
     # SIMT variants have no tc_config to precompile
     ex.compile_all = lambda workloads, names_of: real_compile(
         workloads, lambda w: [n for n in names_of(w) if not V[n].get("simt")])
-    argv = list(sys.argv[1:] if argv is None else argv)
     if "--rows" not in argv:
-        argv += ["--rows", ",".join(ROWS)]
-    ex.main(["--final", "--no-host", "--fi-dims", "128,256"] + argv)
+        argv += ["--rows", ",".join(rows)]
+    ex.main(["--final", "--no-host", "--fi-dims", "128,256"] + [a for a in argv if a != "--final"])
 
 
 if __name__ == "__main__":
