@@ -190,12 +190,12 @@ class TCConfig(NamedTuple):
 
     @property
     def source(self) -> str:
-        """The kernel source (kernels/NAME.cu) and its function: paged_decode_tc / _mma."""
+        """The kernel source (kernels/NAME.cu) and its function: paged_NAME."""
         return {"mma": "decode_mma", "rows": "decode_mma_rows"}.get(self.impl, "decode_tc")
 
     @property
     def function(self) -> str:
-        return "paged_" + {"decode_tc": "decode_tc"}.get(self.source, self.source)
+        return "paged_" + self.source
 
 
 # The measured shapes (benchmarks/NOTES.md, H200, 2026-12-02, rounds 1b and 2): (largest head_dim,

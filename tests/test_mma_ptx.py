@@ -1,4 +1,5 @@
-"""kernels/mma_ptx.cuh (mma.sync m16n8k16, ldmatrix, movmatrix, pack2) against the PTX ISA's layout tables.
+"""kernels/mma_ptx.cuh (mma.sync m16n8k16, ldmatrix, movmatrix, pack2) against the PTX ISA's
+layout tables.
 
 The expected registers are built here, in NumPy, from the tables of the PTX ISA ("Matrix
 fragments for mma.m16n8k16 with floating point type", "ldmatrix"), not from the CPU

@@ -7,8 +7,8 @@
 // at head_dim 128 it issues 16 mma for S and 16 for P V, and O takes 64 fp32 registers per
 // lane. Here the 16 rows are 16 tokens (A = a K tile, 16 tokens x 16 dims) and the heads are
 // the n = 8 columns (B = Q^T; groups up to 8 in one n tile, 16 in two): 8 + 8 mma per 16
-// tokens, O^T (head_dim x 8 heads) 32 registers per lane, Q^T's fragments 16. The same idea
-// as FlashInfer's and FlashDecoding++'s "swap AB" for small groups.
+// tokens, O^T (head_dim x 8 heads) 32 registers per lane, Q^T's fragments 16 (the "swap AB"
+// of GEMM kernels whose M is smaller than the instruction's).
 //
 // Fragment layout (MMA_PTX_API.md; lane = 4 g + t): the S^T accumulator of an m tile of 16
 // tokens holds s[0..1] = S^T[token g][heads 2t, 2t+1], s[2..3] = S^T[token g + 8][...]. So
@@ -33,7 +33,9 @@
 // share a slice, each accumulating 1/D_SPLIT of O^T's dims.
 //
 // Compile-time parameters (decode_plan.tc_config, impl "rows"): decode_mma.cu's (ROW_TILES 1;
-// S_CHAINS 2: odd and even k steps in two accumulators) and HEAD_TILES (1: up to 8 heads per KV head, 2: up to 16).
+// S_CHAINS 2: odd and even k steps in two accumulators) and HEAD_TILES (1: up to 8 heads per
+// KV head, 2: up to 16). On the H200 it is the planner's choice for groups up to 8 at head_dim
+// 128 (codes too) and 256 (benchmarks/NOTES.md, "Tensor-core decode v5").
 
 #include "common.cuh"
 #include "kv_quant.cuh"
