@@ -87,13 +87,13 @@ def _segments(seq, start, end, seg_ptr, batch, range_tokens) -> Segments:
 def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_parts: int,
             num_splits: int | None, scheme: str | None = None, ranges: int | None = None):
     """(scheme, Segments) of a plan on `cfg` (a decode_plan.TCConfig): decode_mma.cu takes
-    `scheme`, else TC_SCHEME, but "items" when num_splits is given or when the sequences
+    (and decode_mma_rows.cu) take `scheme`, else TC_SCHEME, but "items" when num_splits is given or when the sequences
     unsplit need no more blocks than one wave holds (then choose_tc_part_len cuts them into
     one wave of equal partitions: already even; measured, H200: MQA 16/1 0.0398 against
     0.0438 balanced, 8 x 32k 0.263 / 0.266, 1 x 32k 0.0516 / 0.0524); decode_tc.cu always
     "items". Balanced: `ranges` per KV head x row chunk (None: one per resident
     block slot x TC_RANGES_PER_SLOT); items: partitions by decode_plan.choose_tc_part_len."""
-    if cfg.impl != "mma":
+    if cfg.impl == "wmma":
         scheme = "items"
     elif not scheme:
         one_wave = lens.size * grid_y <= resident * sms   # unsplit sequences fit in one wave

@@ -129,8 +129,8 @@ def test_kernel_choice():
     assert dp.choose_kernel("auto", "float16", 4, 256, on_gpu=True) == "tensor_core"  # measured
     assert dp.choose_kernel("tensor_core", "bfloat16", 64, 256, on_gpu=False) == "tensor_core"
     # compressed pages: SIMT up to COMPRESSED_SIMT_MAX_GROUP heads per KV head (measured)
-    assert dp.choose_kernel("auto", "float16", 4, 128, on_gpu=True, compressed=True) == "simt"
-    assert dp.choose_kernel("auto", "float16", 8, 128, on_gpu=True, compressed=True) == "tensor_core"
+    assert dp.choose_kernel("auto", "float16", 2, 128, on_gpu=True, compressed=True) == "simt"
+    assert dp.choose_kernel("auto", "float16", 4, 128, on_gpu=True, compressed=True) == "tensor_core"
     assert dp.choose_kernel("tensor_core", "float16", 4, 128, True, compressed=True) == "tensor_core"
     with pytest.raises(ValueError, match="kernel"):
         dp.choose_kernel("fast", "float16", 1, 64, on_gpu=True)

@@ -1,0 +1,47 @@
+"""kernels/decode_mma_rows.cu (tokens as the rows of the tile) once per shape and cache format
+at a small size on the GPU, for compute-sanitizer (memcheck, racecheck, synccheck):
+
+    compute-sanitizer --tool racecheck --error-exitcode 9 python3 benchmarks/sanitize_rows.py
+
+sanitize_tc.py's harness (each array its own cudaMalloc, outputs poisoned with NaN, launched
+twice so the merge counters must reset, checked against the float64 reference; exit status 1
+on a mismatch). Run from the repository root.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sanitize_tc import run_case  # noqa: E402 - benchmarks/ is the script's folder
+
+
+def main():
+    rng = np.random.default_rng(12)
+    rows = {"impl": "rows"}
+    cases = [   # name, lens, page, heads, kv, head_dim, splits, shape, kv_dtype, scheme
+        ("rows default GQA4 d128 split 3", [300, 17, 1], 16, 8, 2, 128, 3, rows),
+        ("rows MQA16 (two n tiles) d128 auto split", [900, 17, 1], 16, 16, 1, 128, None, rows),
+        ("rows GQA4 d256 page 7 split 2", [120, 5], 7, 8, 2, 256, 2, rows),
+        ("rows W4 warp pipelines S3 GQA8 d128 page 7", [300, 17, 1], 7, 16, 2, 128, 3,
+         {**rows, "warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}),
+        ("rows W8D2 T128 GQA4 d128 split 2", [300, 9], 16, 8, 2, 128, 2,
+         {**rows, "warps": 8, "tile_t": 128, "stages": 2, "d_split": 2}),
+        ("rows W2 T64 (two m tiles) MHA d64", [200, 9], 16, 4, 4, 64, 2,
+         {**rows, "warps": 2, "tile_t": 64, "stages": 3}),
+    ]
+    for kv_dtype in ("int8", "fp8_e4m3"):
+        for scheme in ("static", "per_token"):
+            cases.append((f"rows {kv_dtype} {scheme} GQA4 d128 planner shape page 7 split 3",
+                          [300, 17, 1], 7, 8, 2, 128, 3, rows, kv_dtype, scheme))
+            cases.append((f"rows {kv_dtype} {scheme} MQA16 d256 W4P S3 split 2", [120, 5], 16,
+                          16, 1, 256, 2, {**rows, "warps": 4, "tile_t": 64, "stages": 3,
+                                          "warp_pipe": True}, kv_dtype, scheme))
+    ok = all([run_case(rng, *c) for c in cases])
+    print("all results match the reference" if ok else "MISMATCH")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()
