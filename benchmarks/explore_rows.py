@@ -2,12 +2,15 @@
 rows), the SIMT kernel (over codes too) and FlashInfer's tensor-core decode, in one process
 on the GPU: explore.py's machinery with this comparison's rows (tuning runs; NOTES.md).
 
-    python3 benchmarks/explore_rows.py [--final] [--rows D64-gqa4,...] [--reps 15] [--json out.json]
+    python3 benchmarks/explore_rows.py [--final | --balanced] [--rows D64-gqa4,...] [--reps 15]
+                                       [--json out.json]
 
 ROWS: the tuning sweep of round r5; --final (FINAL): the planner's choice against v4's shapes,
-SIMT and FlashInfer.
+SIMT and FlashInfer; --balanced (BALANCED, round r7): both PTX kernels on balanced ranges and
+on one item per block, fp16 and codes, SIMT over codes and FlashInfer.
 
-Variants: "planner" (what plan picks), "R ..." shapes of decode_mma_rows.cu (W warps, P warp
+Variants: "planner" (what plan picks), "R"/"M" + "bal"/"items" (decode_mma_rows.cu /
+decode_mma.cu in the planner's shape for that kernel, on balanced ranges or items), "R ..." shapes of decode_mma_rows.cu (W warps, P warp
 pipelines, T tile tokens, S stages, D d_split, q0: Q^T reloaded per tile, mb min blocks), with
 "fp8"/"int8" codes and "/tok" per-token scales, and "simt fp8..." the SIMT kernel
 (kernels/decode.cu) over the same codes. Every compressed variant is compared with the first
@@ -100,25 +103,52 @@ FINAL = {   # --final: the planner (now "rows" where ROWS_AUTO says) against v4 
     "D64-gqa4-d256": ["planner", "M d256 W4D2T32"],
 }
 
+# --balanced: each PTX kernel in its planner shape on either work scheme
+for impl, tag in (("rows", "R"), ("mma", "M")):
+    for q_, qname, tok in [(0, "", False)] + [(q, f"{n} ", t) for n, q, t in QUANTS]:
+        t_ = "/tok " if tok else ""
+        qn = f"{qname.strip()}{t_.rstrip()} " if q_ else ""
+        for scheme, stag in (("balanced", "bal"), ("items", "items")):
+            V[f"{tag} {qn}{stag}"] = {**ex.shape(None, None, None, impl=impl), "split": scheme,
+                                      "quant": q_, "tok": tok}
+for base in ("R W4 T64 S2", "R W4 T64 S3", "R W4 T64 S3 C2", "R d256 W2T32S3",
+             "R fp8 W4T128S2", "R fp8 W4PT128S3", "R fp8 W4T128S2mb3"):
+    V[f"{base}/bal"] = {**V[base], "split": "balanced"}
+CODES = [f"{tag} {q}{'/tok' if tok else ''} {s_}" for q, _, tok in QUANTS
+         for tag in ("R", "M") for s_ in ("bal", "items")]
+BALANCED = {   # the first variant is the err column's reference
+    "D64-gqa4": ["M items", "M bal", "R bal", "R items", "R W4 T64 S2/bal", "R W4 T64 S3/bal",
+                 "R W4 T64 S3 C2/bal"] + CODES
+    + ["R fp8 W4T128S2/bal", "R fp8 W4PT128S3/bal"]
+    + [f"simt {q}{'/tok' if tok else ''}" for q, _, tok in QUANTS],
+    "D64-gqa8": ["M items", "M bal", "R bal", "R items"],
+    "D64-gqa8-p64": ["M items", "M bal", "R bal", "R items"],
+    "D64-gqa4-d256": ["M items", "M bal", "R bal", "R items", "R d256 W2T32S3/bal"],
+    "8x32k-gqa4": ["M items", "R items", "R bal", "M fp8 items", "R fp8 items", "R fp8 bal",
+                   "simt fp8"],
+    "1x32k-gqa4": ["M items", "R items"],
+}
+
 _plan_with = ex.plan_with
 
 
-def plan_with(inp, w, name):
+def plan_with(inp, w, name, scheme=None):
     """The SIMT variants: the planner's SIMT kernel reading the codes; the rest: explore's."""
     v = V[name]
     if not v.get("simt"):
-        return _plan_with(inp, w, name)
+        return _plan_with(inp, w, name, scheme)
     p = BatchDecodeWrapper().plan(
         inp["block_tables"], inp["seq_lens"], w.num_heads, w.num_kv_heads, w.head_dim,
         w.page_size, w.dtype, kernel="simt", kv_dtype="int8" if v["quant"] == 1 else "fp8_e4m3",
         scale_scheme="per_token" if v["tok"] else "static")
     p.tc_config = SimpleNamespace(shared=p._launches[0][4])   # the line's smem column
+    p.scheme = "simt"
     return p
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    rows = FINAL if "--final" in argv else ROWS
+    rows = FINAL if "--final" in argv else BALANCED if "--balanced" in argv else ROWS
     ex.plan_with = plan_with
     ex.FINAL = rows
     real_compile = ex.compile_all
@@ -127,7 +157,8 @@ def main(argv=None):
         workloads, lambda w: [n for n in names_of(w) if not V[n].get("simt")])
     if "--rows" not in argv:
         argv += ["--rows", ",".join(rows)]
-    ex.main(["--final", "--no-host", "--fi-dims", "128,256"] + [a for a in argv if a != "--final"])
+    ex.main(["--final", "--no-host", "--fi-dims", "128,256"]
+            + [a for a in argv if a not in ("--final", "--balanced")])
 
 
 if __name__ == "__main__":
