@@ -10,8 +10,9 @@ SIMT and FlashInfer; --balanced (BALANCED, round r7): both PTX kernels on balanc
 on one item per block, fp16 and codes, SIMT over codes and FlashInfer.
 
 Variants: "planner" (what plan picks), "R"/"M" + "bal"/"items" (decode_mma_rows.cu /
-decode_mma.cu in the planner's shape for that kernel, on balanced ranges or items), "R ..." shapes of decode_mma_rows.cu (W warps, P warp
-pipelines, T tile tokens, S stages, D d_split, q0: Q^T reloaded per tile, mb min blocks), with
+decode_mma.cu in the planner's shape for that kernel, on balanced ranges or items), "R ..."
+shapes of decode_mma_rows.cu (W warps, P warp pipelines, T tile tokens, S stages, D d_split,
+q0: Q^T reloaded per tile, mb min blocks; "/bal": on balanced ranges), with
 "fp8"/"int8" codes and "/tok" per-token scales, and "simt fp8..." the SIMT kernel
 (kernels/decode.cu) over the same codes. Every compressed variant is compared with the first
 variant run on the dequantized cache (err column)."""

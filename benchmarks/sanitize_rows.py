@@ -1,7 +1,8 @@
 """kernels/decode_mma_rows.cu (tokens as the rows of the tile) once per shape and cache format
 at a small size on the GPU, for compute-sanitizer (memcheck, racecheck, synccheck):
 
-    compute-sanitizer --tool racecheck --error-exitcode 9 python3 benchmarks/sanitize_rows.py [--balanced]
+    compute-sanitizer --tool racecheck --error-exitcode 9 \
+        python3 benchmarks/sanitize_rows.py [--balanced]
 
 sanitize_tc.py's harness (each array its own cudaMalloc, outputs poisoned with NaN, launched
 twice so the merge counters must reset, checked against the float64 reference; exit status 1

@@ -183,7 +183,7 @@ class BatchDecodeWrapper:
             work, slots = np.concatenate([segments.segs.ravel(), segments.seg_ptr]), segments.slots
             blocks, slot_start = segments.seg_ptr.size - 1, segments.slot_start
         else:                   # (sequence, partition) per block
-            work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
+            work, slot_start, slots = dw.tc_work_list(lens_h, self.part_len)
             blocks, work = len(work), work.ravel()
         # One upload: the work, slot starts, and the merge counters (zeros).
         ints = xp.asarray(np.concatenate([work, slot_start,

@@ -6,6 +6,7 @@ import pytest
 import pagedattn_lab as pl
 import pagedattn_lab.wrappers as wrappers
 from pagedattn_lab import decode_plan as dp
+from pagedattn_lab import decode_work as dw
 
 from .decode_cases import check_close, decode_problem, poisoned, reference
 
@@ -146,13 +147,13 @@ def test_tensor_core_rows(group, head_dim, expected):
 
 def test_tensor_core_partitions_and_work_list():
     lens = np.array([4096] * 64)
-    assert dp.choose_tc_part_len(lens, 8, 132, 1000) == 2048       # >= 4 blocks per SM
-    assert dp.choose_tc_part_len(np.array([32768]), 8, 132, 1000) == 512   # <= 64 parts
-    assert dp.choose_tc_part_len(np.array([32768]), 8, 132, 32) == 1024    # merge limit
-    assert dp.choose_tc_part_len(np.array([100, 7]), 1, 132, 99, num_splits=3) == 34
+    assert dw.choose_tc_part_len(lens, 8, 132, 1000) == 2048       # >= 4 blocks per SM
+    assert dw.choose_tc_part_len(np.array([32768]), 8, 132, 1000) == 512   # <= 64 parts
+    assert dw.choose_tc_part_len(np.array([32768]), 8, 132, 32) == 1024    # merge limit
+    assert dw.choose_tc_part_len(np.array([100, 7]), 1, 132, 99, num_splits=3) == 34
     with pytest.raises(ValueError, match="num_splits"):
-        dp.choose_tc_part_len(np.array([1000]), 1, 132, 8, num_splits=9)
-    work, slot_start, slots = dp.tc_work_list(np.array([5, 12, 1, 9]), 4)
+        dw.choose_tc_part_len(np.array([1000]), 1, 132, 8, num_splits=9)
+    work, slot_start, slots = dw.tc_work_list(np.array([5, 12, 1, 9]), 4)
     # partitions: seq 0: 4+1, seq 1: 4+4+4, seq 2: 1, seq 3: 4+4+1; longest first
     assert sorted(map(tuple, work.tolist())) == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2),
                                                  (2, 0), (3, 0), (3, 1), (3, 2)]

@@ -175,7 +175,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
             for (int k = 0; k < D_TILES; ++k) q_frag(qf[h][k], h, k);
         }
 #endif
-        float o[HEAD_TILES][OM][4];   // O^T[dims of m tile (row g, g + 8)][heads 2t, 2t+1 of n tile]
+        float o[HEAD_TILES][OM][4];   // O^T[dims of m tile (rows g, g + 8)][heads 2t, 2t+1]
 #pragma unroll
         for (int h = 0; h < HEAD_TILES; ++h) {
 #pragma unroll
@@ -357,7 +357,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #pragma unroll
                 for (int d = 0; d < DP; ++d) {
                     unsigned a[4];
-                    ldmatrix_x4_trans(a, vs + stage_at(v_row + 16 * j, 2 * (dpart * DP + d) + v_chunk));
+                    ldmatrix_x4_trans(a, vs + stage_at(v_row + 16 * j,
+                                                       2 * (dpart * DP + d) + v_chunk));
 #pragma unroll
                     for (int h = 0; h < HEAD_TILES; ++h) mma_acc(o[h][d], a, pb[h]);
                 }
