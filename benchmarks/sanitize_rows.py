@@ -42,28 +42,29 @@ def main():
                           16, 1, 256, 2, {**rows, "warps": 4, "tile_t": 64, "stages": 3,
                                           "warp_pipe": True}, kv_dtype, scheme))
     ones = [1] * 9 + [50, 1, 1, 1, 30]   # one-tile segments in a row: Q buffers rotate
-    bal = [   # ... the same with balanced ranges (the last field: how many)
+    bal = [   # ... the same with balanced ranges (the last field: how many), planner's first
         ("rows balanced planner GQA4 d128 7 ranges", [300, 17, 1, 1, 1, 64, 129], 16, 8, 2,
          128, None, rows, None, None, 7),
-        ("rows balanced W4 S3 block pipeline GQA4 d128 page 7", [300, 17, 1, 64, 129], 7, 8, 2,
-         128, None, {**rows, "warps": 4, "tile_t": 64, "stages": 3}, None, None, 5),
-        ("rows balanced W2P T32 S4 one-token sequences d64", ones, 16, 8, 2, 64, None,
-         {**rows, "warps": 2, "tile_t": 32, "stages": 4, "warp_pipe": True}, None, None, 3),
-        ("rows balanced W1 T16 S3 one-token sequences d64", ones, 16, 8, 2, 64, None,
-         {**rows, "warps": 1, "tile_t": 16, "stages": 3}, None, None, 4),
-        ("rows balanced group 16 (two n tiles) d128 9 ranges", [900, 17, 1], 16, 16, 1, 128,
-         None, rows, None, None, 9),
+        ("rows balanced fp8_e4m3 static planner shape d128 page 7", [300, 17, 1, 129, 1], 7, 8,
+         2, 128, None, rows, "fp8_e4m3", "static", 4),
         ("rows balanced GQA4 d256 pairs 4 ranges page 7", [120, 5, 33], 7, 8, 2, 256, None, rows,
          None, None, 4),
+        ("rows balanced W4 S3 block pipeline GQA4 d128 page 7", [300, 17, 1, 64, 129], 7, 8, 2,
+         128, None, {**rows, "warps": 4, "tile_t": 64, "stages": 3}, None, None, 5),
+        ("rows balanced int8 per_token planner shape d128 page 7", [300, 17, 1, 129, 1], 7, 8,
+         2, 128, None, rows, "int8", "per_token", 4),
+        ("rows balanced group 16 (two n tiles) d128 9 ranges", [900, 17, 1], 16, 16, 1, 128,
+         None, rows, None, None, 9),
+        ("rows balanced W1 T16 S3 one-token sequences d64", ones, 16, 8, 2, 64, None,
+         {**rows, "warps": 1, "tile_t": 16, "stages": 3}, None, None, 4),
+        ("rows balanced W2P T32 S4 one-token sequences d64", ones, 16, 8, 2, 64, None,
+         {**rows, "warps": 2, "tile_t": 32, "stages": 4, "warp_pipe": True}, None, None, 3),
+        ("rows balanced fp8 per-token d256 W4P S3", [120, 5, 1, 64], 16, 8, 2, 256, None,
+         {**rows, "warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}, "fp8_e4m3",
+         "per_token", 3),
         ("rows balanced more ranges than tiles d128", [300, 1, 70], 16, 8, 2, 128, None, rows,
          None, None, 100),
     ]
-    for kv_dtype, scheme in (("fp8_e4m3", "static"), ("int8", "per_token")):
-        bal.append((f"rows balanced {kv_dtype} {scheme} planner shape d128 page 7",
-                    [300, 17, 1, 129, 1], 7, 8, 2, 128, None, rows, kv_dtype, scheme, 4))
-    bal.append(("rows balanced fp8 per-token d256 W4P S3", [120, 5, 1, 64], 16, 8, 2, 256, None,
-                {**rows, "warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}, "fp8_e4m3",
-                "per_token", 3))
     only = sys.argv[1:] == ["--balanced"]
     ok = all([run_case(rng, *c) for c in (bal if only else cases + bal)])
     print("all results match the reference" if ok else "MISMATCH")
