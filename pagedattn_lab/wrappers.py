@@ -246,6 +246,9 @@ class BatchDecodeWrapper:
             how = (f"{self.rows_per_block} query heads per block as the rows of Q "
                    f"({self.row_tiles} tile{'s' * (self.row_tiles > 1)} of 16, "
                    f"kernels/{self.tc_config.source}.cu)")
+            if self.tc_config.impl == "rows":
+                how = (f"{self.rows_per_block} query heads per block as the columns of K Q^T, "
+                       f"16 tokens as its rows (kernels/{self.tc_config.source}.cu)")
         else:
             how = f"up to {self._gmax} query head{'s' * (self._gmax > 1)} per block"
         pages = "" if self.kv_format is None else \

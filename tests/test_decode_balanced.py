@@ -201,3 +201,18 @@ def test_the_planner_balances_and_says_so(rng):
     w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core",
                                   num_splits=3)
     assert w.scheme == "items" and w.max_parts == 3
+
+
+@needs_wmma
+def test_the_planner_balances_rows_too(rng, monkeypatch):
+    """decode_mma_rows.cu takes the same work rules: balanced ranges past one wave, and says
+    which kernel and layout it runs."""
+    monkeypatch.setattr(dp, "TC_IMPL", "rows")
+    lens = [70, 33, 5, 300, 17, 1, 129] * 3   # more blocks than one wave (CPU: 4 SMs)
+    q, k, v, tables, lens = decode_problem(rng, lens, num_heads=8, num_kv_heads=2)
+    w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core")
+    text = w.describe()
+    assert w.scheme == "balanced" and "balanced ranges" in text
+    assert "16 tokens as its rows (kernels/decode_mma_rows.cu)" in text
+    check_rows(w.run(q, k, v, out=poisoned(q.shape, "float16")), reference((q, k, v, tables, lens)),
+               "float16")
