@@ -18,7 +18,7 @@ import numpy as np
 
 from .attention_common import (bfloat16_dtype, check_grid, from_torch, is_torch_tensor,
                                prepare_out, to_torch_like)
-from .backend import cupy_module, is_cupy_array, to_numpy
+from .backend import cupy_module, is_cupy_array, to_numpy_together
 from .decode_plan import choose_partitions
 from .validate import check_attention_inputs, check_int, check_out, resolve_scale
 from .wrappers import BatchDecodeWrapper
@@ -50,8 +50,8 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     bits = on_gpu or like is not None   # where uint16 arrays hold bfloat16
     if num_splits is not None:
         num_splits = check_int(num_splits, "num_splits", minimum=1)
-    # One copy of the tables to the host, checked once (vectorised) with the arrays.
-    tables_h, lens_h = to_numpy(block_tables), to_numpy(seq_lens)
+    # One copy of the tables to the host (both arrays, one wait), checked once (vectorised).
+    tables_h, lens_h = to_numpy_together(block_tables, seq_lens)
     key = _plan_key(q, k_cache, v_cache, block_tables, seq_lens, kernel, num_splits, on_gpu)
     w = _cached_plan(key, tables_h, lens_h) if on_gpu else None
     if w is None:

@@ -81,3 +81,25 @@ def resolve_device(device: str) -> str:
 def to_numpy(x) -> np.ndarray:
     """A NumPy copy (or view) of a NumPy or CuPy array."""
     return x.get() if is_cupy_array(x) else np.asarray(x)
+
+
+def to_numpy_together(*arrays) -> tuple:
+    """NumPy copies of several arrays with one wait for the GPU instead of one per array: the
+    CuPy ones are copied asynchronously into page-locked host memory (CuPy's pinned pool) on
+    the current stream, which is then synchronised once. NumPy arrays come back as they are."""
+    on_gpu = [a for a in arrays if is_cupy_array(a)]
+    if not on_gpu:
+        return tuple(np.asarray(a) for a in arrays)
+    cp = cupy_module()
+    import cupyx  # noqa: PLC0415 - ships with CuPy
+
+    out = []
+    for a in arrays:
+        if is_cupy_array(a):
+            host = cupyx.empty_pinned(a.shape, a.dtype)
+            cp.ascontiguousarray(a).get(out=host, blocking=False)   # a view: one copy first
+            out.append(host)
+        else:
+            out.append(np.asarray(a))
+    cp.cuda.get_current_stream().synchronize()
+    return tuple(out)

@@ -27,6 +27,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .backend import is_cupy_array
+from .validate import check_array
+
 SCHEMES = ("static", "per_token")
 
 
@@ -186,8 +189,6 @@ def check_run_scales(fmt: KVFormat | None, scale_scheme: str | None, cache_shape
             raise ValueError("k_scale, v_scale: the plan has no kv_dtype (an uncompressed "
                              "cache), so scales mean nothing; plan with kv_dtype=...")
         return
-    from .backend import is_cupy_array  # noqa: PLC0415
-    from .validate import check_array  # noqa: PLC0415
     num_pages, page_size, num_kv_heads = (int(n) for n in cache_shape[:3])
     shape = scale_shape(scale_scheme, num_pages, page_size, num_kv_heads)
     where = "CuPy" if on_gpu else "NumPy"

@@ -11,18 +11,20 @@ for a `float*` or a Python int for an `int` is an error here, not silent garbage
 """
 from __future__ import annotations
 
+import ctypes
 import functools
 import glob
 import os
 import re
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 
 from .signature import check_launch_args, collect_defines, parse_kernel_signature
 
-__all__ = ["RawKernel"]
+__all__ = ["RawKernel", "PackedLaunch"]
 
 
 def _is_cupy(x) -> bool:
@@ -182,3 +184,79 @@ class RawKernel:
 
     def __repr__(self) -> str:
         return f"<pagedattn_lab.RawKernel {self.name!r}>"
+
+
+class PackedLaunch:
+    """One planned launch of a `cupy.RawKernel` whose arguments are packed once, on the host.
+
+    `cupy.RawKernel` converts every argument at every call (an ndarray into a C struct of its
+    pointer, size, shape and strides; a NumPy scalar into a typed C value) and looks up the
+    compiled function of the current device: microseconds for a kernel of ~20 arguments, at
+    every layer of every step. A plan's launches repeat with the same arguments but a few,
+    so here every argument value sits in an 8-byte slot of a host buffer filled once
+    (`pack_arguments`), and the kernel gets `cupy.cuda.function.CPointer`s to the slots, which
+    CuPy hands to cuLaunchKernel as they are. `launch(values)` writes the changing arguments
+    into the first slots and launches; cuLaunchKernel copies the values when it is called, so
+    the next launch may rewrite them at once, and a lock keeps two threads that run one plan
+    from interleaving. The launch goes to the device current at construction.
+    Called like a cupy.RawKernel (`(grid, block, args, shared_mem=...)`), it launches unpacked.
+    """
+
+    def __init__(self, kern, grid, block, shared_mem: int, make_args, n_varying: int):
+        from .backend import cupy_module  # noqa: PLC0415 - never import CuPy eagerly
+        cupy = cupy_module()
+        self.kern = kern
+        self._function = kern.kernel   # compiled (or found in CuPy's cache) for this device
+        self._grid, self._block = _as_tuple(grid, "grid"), _as_tuple(block, "block")
+        self._shared = int(shared_mem)
+        values, arg_slots = pack_arguments(make_args, n_varying, kern.name)
+        self._slots = (ctypes.c_uint64 * len(values))(*values)
+        base = ctypes.addressof(self._slots)
+        self._args = tuple(cupy.cuda.function.CPointer(base + 8 * i) for i in arg_slots)
+        self._make_args = make_args   # keeps the packed arrays alive
+        self._n_varying = n_varying
+        self._lock = threading.Lock()
+
+    def launch(self, values: tuple) -> None:
+        """Launch with `values`: the changing arguments in make_args' order, each as the
+        integer its slot holds (an address; a float32's bits)."""
+        with self._lock:
+            self._slots[:self._n_varying] = values
+            self._function(self._grid, self._block, self._args, self._shared)
+
+    def __call__(self, grid, block, args, shared_mem: int = 0) -> None:
+        self.kern(grid, block, args, shared_mem=shared_mem)
+
+
+def pack_arguments(make_args, n_varying: int, name: str = "kernel") -> tuple[list, list]:
+    """(slot values, the slot of each argument) of a kernel's arguments, 8 bytes a slot.
+
+    `make_args(*varying)` returns the argument tuple with the `n_varying` changing arguments
+    placed where they go; it is called once, with markers, to find their places: they take
+    slots 0 .. n_varying-1 (value 0 until launched). Every other argument gets the next
+    slot: a CuPy array its data pointer, a NumPy scalar of at most 8 bytes its bytes
+    (little-endian, zero-padded: the kernel reads as many as its parameter's type has)."""
+    markers = [_Varying(i) for i in range(n_varying)]
+    values, arg_slots = [0] * n_varying, []
+    for position, arg in enumerate(make_args(*markers)):
+        if isinstance(arg, _Varying):
+            arg_slots.append(arg.index)
+            continue
+        if _is_cupy(arg):
+            values.append(int(arg.data.ptr))
+        elif isinstance(arg, np.generic) and arg.dtype.itemsize <= 8:
+            values.append(int.from_bytes(arg.tobytes().ljust(8, b"\0"), "little"))
+        else:
+            raise TypeError(f"kernel {name!r}: argument {position} ({type(arg).__name__}) "
+                            f"cannot be packed: expected a CuPy array or a NumPy scalar of "
+                            f"at most 8 bytes")
+        arg_slots.append(len(values) - 1)
+    return values, arg_slots
+
+
+class _Varying:
+    """Marks the place of a changing argument in pack_arguments' call of make_args."""
+    __slots__ = ("index",)
+
+    def __init__(self, index: int):
+        self.index = index

@@ -38,6 +38,8 @@ from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes
                                dtype_name, from_torch, is_torch_tensor, page_shift, sm_count,
                                to_torch_like)
 from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
+from .decode_run import DecodeRun
+from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
@@ -49,7 +51,7 @@ __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]
 QUANT_NARROW_GMAX = 8   # compressed pages: SIMT blocks of this many query heads load 8 codes
 
 
-class BatchDecodeWrapper:
+class BatchDecodeWrapper(DecodeRun):
     """Decode attention over a paged KV cache, planned once per step and run per layer.
 
     After `plan`: `kernel` ("simt" or "tensor_core"), `scheme` (how the tensor-core kernel's
@@ -134,6 +136,7 @@ class BatchDecodeWrapper:
         if self.batch:
             build = self._plan_tensor_core if self.kernel == "tensor_core" else self._plan_simt
             build(lens_h, num_splits)
+        self._prepare_run()
 
     def _plan_simt(self, lens_h, num_splits):
         gmax = dp.group_kernel_size(self.num_heads // self.num_kv_heads)
@@ -233,9 +236,11 @@ class BatchDecodeWrapper:
 
     def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
         allow_shared_memory(kern, shared)
-        # On the GPU, run() launches the cupy.RawKernel inside the course's RawKernel: the
-        # argument check it would repeat is this wrapper's own (in plan and run).
-        self._launches.append((kern.gpu if self.on_gpu else kern, grid, (block,), make_args, shared))
+        # On the GPU, run() launches the cupy.RawKernel inside the course's RawKernel, its
+        # arguments packed here (rawkernel.PackedLaunch); the checks are the wrapper's own.
+        if self.on_gpu:
+            kern = PackedLaunch(kern.gpu, grid, (block,), shared, make_args, n_varying=7)
+        self._launches.append((kern, grid, (block,), make_args, shared))
 
     def describe(self) -> str:
         """One line: the kernel, its blocks and the split."""
@@ -263,14 +268,9 @@ class BatchDecodeWrapper:
         return (f"{self.kernel}{pages}: {self.batch} sequences, {self.num_heads} query heads over "
                 f"{self.num_kv_heads} KV heads (group {group}), {how}; {work}; grid {self.grid}")
 
-    # ---- run --------------------------------------------------------------------------
-    def run(self, q, k_cache, v_cache, out=None, scale=None, k_scale=None, v_scale=None):
-        """Attention of the planned step for one layer: q [batch, num_heads, head_dim],
-        caches [num_pages, page_size, num_kv_heads, head_dim]. Returns out (the plan's own
-        buffer when out is None). k_scale, v_scale: the scales of a compressed cache (see
-        the module docstring); None for an uncompressed one."""
-        if self.kernel is None:
-            raise RuntimeError("run: call plan() first")
+    # ---- run: the general path (decode_run.DecodeRun has run() and its fast path) ---------
+    def _run_general(self, q, k_cache, v_cache, out, scale, k_scale, v_scale):
+        """run() of torch tensors, bfloat16 bits, and every call the fast check refused."""
         like = q if is_torch_tensor(q) else None
         if like is not None or any(is_torch_tensor(x) for x in (k_cache, out, k_scale, v_scale)):
             q, k_cache, v_cache, out, k_scale, v_scale = (
@@ -287,16 +287,21 @@ class BatchDecodeWrapper:
         self._check_run(q, k_cache, v_cache, out)
         check_run_scales(self.kv_format, self.scale_scheme, k_cache.shape, k_scale, v_scale,
                          self.on_gpu, self._seen_scales)
-        if self.kv_format is None:
-            k_scale = v_scale = self._no_scale
-        else:   # the kernels take the codes as bytes
-            k_cache, v_cache = k_cache.view(np.uint8), v_cache.view(np.uint8)
-        s = (self._default_scale_log2 if scale is None
-             else np.float32(resolve_scale(scale, self.head_dim) * LOG2E))
-        for kern, grid, block, make_args, shared in self._launches:
-            kern(grid, block, make_args(q, k_cache, v_cache, out, s, k_scale, v_scale),
-                 shared_mem=shared)
+        scales = (k_scale, v_scale) if self.kv_format is not None else (self._no_scale,) * 2
+        pointers = tuple(data_pointer(x) for x in (q, k_cache, v_cache, out, *scales))
+        self._launch(q, k_cache, v_cache, out, scale, k_scale, v_scale, pointers)
         return out if like is None else to_torch_like(out, like)
+
+    def _scale(self, scale):
+        """(scale * log2(e) as a float32, its bits): the default's, or the last scale's,
+        computed once (a serving loop passes the same scale at every layer)."""
+        if scale is None:
+            return self._default_scale
+        last = self._last_scale
+        if last is None or (type(scale), scale) != last[0]:
+            s = np.float32(resolve_scale(scale, self.head_dim) * LOG2E)
+            last = self._last_scale = ((type(scale), scale), s, int(s.view(np.uint32)))
+        return last[1:]
 
     def _check_run(self, q, k, v, out):
         qshape = (self.batch, self.num_heads, self.head_dim)

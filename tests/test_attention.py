@@ -217,3 +217,10 @@ def test_cache_is_not_modified(rng):
     paged_attention_decode(*args, num_splits=2)
     for a, b in zip(args, before):
         np.testing.assert_array_equal(a, b)
+
+
+def test_to_numpy_together_returns_numpy_arrays_as_they_are():
+    from pagedattn_lab.backend import to_numpy_together
+    a, b = np.arange(6, dtype=np.int32).reshape(2, 3), np.ones(4, np.int32)
+    got = to_numpy_together(a, b)
+    assert got[0] is a and got[1] is b

@@ -48,3 +48,20 @@ def test_plans_are_reused_only_for_the_same_values(rng, cp, heads, kv):
     with pytest.raises(ValueError, match="k_cache"):
         dev[3][0, 1] = spare
         paged_attention_decode(dev[0], cp.asfortranarray(dev[1]), *dev[2:], num_splits=2)
+
+
+def test_tables_reach_the_host_after_the_work_queued_before_them(cp):
+    """to_numpy_together copies asynchronously and waits once: what a kernel queued before the
+    copy wrote is what comes back, for every array, in its shape and dtype."""
+    from pagedattn_lab.backend import to_numpy_together
+    tables = cp.zeros((64, 300), cp.int32)
+    lens = cp.zeros(64, cp.int32)
+    for step in range(3):   # each step's writes are queued right before the copies
+        tables += cp.arange(64 * 300, dtype=cp.int32).reshape(64, 300) + step
+        lens[...] = cp.arange(64, dtype=cp.int32) * (step + 2)
+        t_h, l_h = to_numpy_together(tables, lens)
+        np.testing.assert_array_equal(t_h, cp.asnumpy(tables))
+        np.testing.assert_array_equal(l_h, np.arange(64, dtype=np.int32) * (step + 2))
+        assert t_h.dtype == np.int32 and t_h.shape == (64, 300) and l_h.shape == (64,)
+    sliced, = to_numpy_together(tables[:, ::3])   # a strided view comes back in its shape
+    np.testing.assert_array_equal(sliced, cp.asnumpy(tables)[:, ::3])
