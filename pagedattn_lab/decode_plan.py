@@ -36,10 +36,11 @@ HEAD_DIM_MAX = 256
 MHA_KERNEL = "simt"
 TC_AUTO_MAX_HEAD_DIM = 256
 # Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT. At
-# group 4 (D64 GQA 32/8, H200, 2026-12-02, round r5) the tensor cores with the tokens as rows
-# (decode_mma_rows.cu) are ahead: fp8 0.125 ms against SIMT 0.129, int8 0.127 / 0.135,
-# per-token 0.138-0.140 / 0.154-0.156 (round r4, heads as rows: level with SIMT, so it was 4);
-# groups 2 and 3 were not measured and stay on SIMT.
+# group 4 (D64 GQA 32/8, H200, 2026-12-02, round r7) the tensor cores are ahead of this
+# branch's SIMT kernel: fp8 0.125-0.127 ms against 0.130, int8 0.126-0.130 / 0.136, per-token
+# 0.140-0.142 / 0.154-0.156 (round r4, heads as rows: level with SIMT, so it was 4); groups 2
+# and 3 were not measured and stay on SIMT. Branch qsimt2's SIMT kernel (r7, its own process):
+# static fp8 0.115, int8 0.122 -- ahead of both for static scales; per-token 0.154 / 0.157.
 COMPRESSED_SIMT_MAX_GROUP = 2
 
 
@@ -162,11 +163,17 @@ TC_IMPLS = ("wmma", "mma", "rows")
 ROWS_MAX_GROUP = 16
 TC_IMPL = "auto"
 # Where "auto" takes "rows": (compressed pages, head sizes, largest group); the rest "mma".
-# Measured (H200, round r5, 2026-12-02, benchmarks/NOTES.md "Tensor-core decode v5"): D64
-# GQA 32/8 codes fp8 0.125 ms (decode_mma 0.134, SIMT 0.129), int8 0.127 (0.136, 0.135),
-# per-token 0.138-0.140 (0.155-0.157, 0.154-0.156); fp16 0.167 (0.170), GQA 64/8 0.173
-# (0.176); head_dim 256 0.329 (0.345). MQA 16/1 stays on decode_mma (0.042 against 0.039).
+# Measured (H200, round r7, 2026-12-02, benchmarks/NOTES.md "Tensor-core decode v6"; both
+# kernels in their best scheme, ms): D64 GQA 32/8 fp16 0.161 (decode_mma 0.163), GQA 64/8
+# 0.166 (0.169), page 64 0.166 (0.169), head_dim 256 0.305 (0.312), 1 x 32k 0.050 (0.052);
+# codes per-token fp8 0.140 / int8 0.142 (0.142 / 0.143), static fp8 0.127 / int8 0.130
+# (0.125 / 0.126: rows 2% behind on D64) but 8 x 32k fp8 0.174 (0.194). MQA 16/1 stays on
+# decode_mma (r5: 0.042 against 0.039).
 ROWS_AUTO: list[tuple[bool, tuple[int, ...], int]] = [(True, (128,), 8), (False, (128, 256), 8)]
+# rows over codes with static scales take one partition per block ("items"): on balanced
+# ranges that shape (3 blocks per SM by the sizes) measured 0.147 against 0.127 on items (r7;
+# every balanced plan that counts 3 resident blocks per SM measured slow, NOTES.md).
+ROWS_STATIC_CODES_SCHEME = "items"
 
 
 class TCConfig(NamedTuple):
@@ -189,6 +196,7 @@ class TCConfig(NamedTuple):
     impl: str = "wmma"
     blocks_per_sm: int | None = None   # the split rule's target (None: TC_BLOCKS_PER_SM)
     separate_merge: bool = False       # "mma": split sequences merged by a second launch
+    scheme: str | None = None          # the work scheme it takes (None: decode_work's rule)
 
     @property
     def source(self) -> str:
@@ -234,12 +242,12 @@ MMA_SHAPES = [
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 
-# kernels/decode_mma_rows.cu (groups up to 16; H200, round r5, D64 GQA 32/8): fp16 warp
-# pipelines over 64-token tiles S3 with partitions for 8 blocks per SM 0.167 ms (S2 0.169,
-# 128-token tiles 0.197: one block per SM); codes over 64-token tiles S3 with 4 blocks per SM
-# (128 registers, no spill) fp8 0.125 / int8 0.127 / per-token 0.138-0.140, 128-token tiles
-# with 3 blocks 0.123 / 0.125 / 0.141-0.145; head_dim 256 pairs over 32-token tiles 0.329
-# (2 warps without pairs 0.359, 4 over 64 tokens 0.360).
+# kernels/decode_mma_rows.cu (groups up to 16; H200, D64 GQA 32/8). Items (round r5): fp16
+# warp pipelines over 64-token tiles S3 with partitions for 8 blocks per SM 0.167 ms (S2
+# 0.169, 128-token tiles 0.197: one block per SM); codes over 128-token tiles with 3 blocks
+# 0.123 / 0.125 / per-token 0.141-0.145; head_dim 256 pairs over 32-token tiles 0.329.
+# Balanced (round r7): fp16 0.161 (the block's pipeline 0.162, S2 0.214), head_dim 256 0.305
+# (2 warps S3 0.596); codes per-token 0.140 / 0.142 (2 blocks per SM there).
 ROWS_SHAPES = [
     (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
                          blocks_per_sm=8)),
@@ -370,9 +378,10 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     if impl == "rows":
         options += (f"-DHEAD_TILES={-(-rows // 8)}",)
+    scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,
-                    impl == "mma" and bool(separate_merge))
+                    impl == "mma" and bool(separate_merge), scheme)
 
 
 def _type_options(dtype: str) -> tuple[str, ...]:

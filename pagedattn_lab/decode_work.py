@@ -153,14 +153,15 @@ def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_par
     num_splits is given or when the sequences unsplit need no more blocks than one wave
     holds (then choose_tc_part_len cuts them into one wave of equal partitions: already
     even; measured, H200: MQA 16/1 0.0398 against 0.0438 balanced, 8 x 32k 0.263 / 0.266,
-    1 x 32k 0.0516 / 0.0524); decode_tc.cu always "items". Balanced: `ranges` per KV head x
+    1 x 32k 0.0516 / 0.0524), or where cfg.scheme says (decode_plan.ROWS_STATIC_CODES_SCHEME);
+    decode_tc.cu always "items". Balanced: `ranges` per KV head x
     row chunk (None: one per resident block slot x TC_RANGES_PER_SLOT); items: partitions by
     choose_tc_part_len."""
     if cfg.impl == "wmma":
         scheme = "items"
     elif not scheme:
         one_wave = lens.size * grid_y <= resident * sms   # unsplit sequences fit in one wave
-        scheme = "items" if num_splits is not None or one_wave else TC_SCHEME
+        scheme = "items" if num_splits is not None or one_wave else cfg.scheme or TC_SCHEME
     if scheme == "balanced":
         ranges = ranges or max(1, round(TC_RANGES_PER_SLOT * resident * sms / grid_y))
         return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)

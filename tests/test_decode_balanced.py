@@ -216,3 +216,24 @@ def test_the_planner_balances_rows_too(rng, monkeypatch):
     assert "16 tokens as its rows (kernels/decode_mma_rows.cu)" in text
     check_rows(w.run(q, k, v, out=poisoned(q.shape, "float16")), reference((q, k, v, tables, lens)),
                "float16")
+
+
+@needs_wmma
+@pytest.mark.parametrize("kv_dtype,scheme,work", [("int8", "static", "items"),
+                                                  ("fp8_e4m3", "per_token", "balanced")])
+def test_rows_over_codes_take_the_measured_scheme(rng, monkeypatch, kv_dtype, scheme, work):
+    """decode_mma_rows.cu over codes: static scales on one partition per block
+    (ROWS_STATIC_CODES_SCHEME, measured), per-token on balanced ranges past one wave."""
+    monkeypatch.setattr(dp, "TC_IMPL", "rows")
+    args = decode_problem(rng, [70, 33, 5, 300, 17, 1, 129] * 3, num_heads=8, num_kv_heads=2,
+                          head_dim=128)
+    q, k, v, tables, lens = args
+    kc, vc, ks, vs, kd, vd = quantized(rng, args, kv_dtype, scheme)
+    cfg = dp.tc_config("float16", 128, 4, dp.KV_QUANT_IDS[kv_dtype], scheme == "per_token")
+    assert cfg.impl == "rows" and cfg.scheme == (None if work == "balanced" else work)
+    w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 128, 16, "float16", kernel="tensor_core")
+    w._launches = []
+    w._plan_tensor_core(lens, None, tc=cfg)
+    assert w.scheme == work
+    out = launch(w, q, kc, vc, ks, vs, poisoned(q.shape, "float16"))
+    check_rows(out, reference((q, kd, vd, tables, lens)), "float16")
