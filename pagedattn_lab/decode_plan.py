@@ -233,7 +233,7 @@ TC_SHAPES = [
 # same shapes win again (D64 GQA 32/8 warp pipes S3 0.161-0.164, the block's pipeline 0.162,
 # S2 0.163, 3 blocks per SM 0.217; head_dim 256 pairs over 32 tokens 0.310-0.314, 8 warps over
 # 64 0.331; fp8 128-token tiles S2 0.127). "blocks_per_sm": the items split rule's target
-# (choose_tc_part_len) where the shape sets one.
+# (decode_work.choose_tc_part_len) where the shape sets one.
 MMA_SHAPES = [
     (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2)),
     (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
