@@ -5,9 +5,11 @@ Two kernels compute decode attention:
   block handles up to 8 query heads of one KV head. fp32, fp16 and bf16.
 - "tensor_core": the query heads of a GQA group are the rows of a matrix, and each K/V tile
   is multiplied on tensor cores for the whole group. fp16 and bf16 (no fp32 inputs; tf32
-  would cost fp32's accuracy). Two sources of that algorithm (TC_IMPL): `kernels/decode_mma.cu`
-  (PTX mma.sync, the softmax in registers: what plans take) and lesson 09's
-  `kernels/decode_tc.cu` (WMMA). Block sizes: decode_tc_sizes.py.
+  would cost fp32's accuracy). Three sources of that algorithm (TC_IMPL, planner_impl):
+  `kernels/decode_mma.cu` (PTX mma.sync, the softmax in registers, the heads as the rows of
+  the tile), `kernels/decode_mma_rows.cu` (the same transposed: 16 tokens as the rows, the
+  heads as the columns, for groups up to 16) and lesson 09's `kernels/decode_tc.cu` (WMMA).
+  Block sizes: decode_tc_sizes.py.
 
 `choose_kernel` picks one (the choice is measured, see benchmarks/NOTES.md); both split long
 sequences into partitions (split-K) so that few sequences still fill the GPU; decode_mma.cu
@@ -33,11 +35,13 @@ HEAD_DIM_MAX = 256
 # tensor cores 0.365 ms with 4 warps over 32-token tiles in pairs, SIMT 0.375 ms).
 MHA_KERNEL = "simt"
 TC_AUTO_MAX_HEAD_DIM = 256
-# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT: there
-# it is at or ahead of the tensor-core kernel (D64 GQA 32/8, H200, 2026-12-02, round r4, codes
-# converted in registers by decode_mma.cu: SIMT fp8 0.129-0.130 ms, int8 0.135-0.136,
-# per-token 0.152-0.157; tensor cores fp8 0.133, int8 0.135-0.136, per-token 0.154-0.157).
-COMPRESSED_SIMT_MAX_GROUP = 4
+# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT. At
+# group 4 (D64 GQA 32/8, H200, 2026-12-02, round r7) the tensor cores are ahead of this
+# branch's SIMT kernel: fp8 0.125-0.127 ms against 0.130, int8 0.126-0.130 / 0.136, per-token
+# 0.140-0.142 / 0.154-0.156 (round r4, heads as rows: level with SIMT, so it was 4); groups 2
+# and 3 were not measured and stay on SIMT. Branch qsimt2's SIMT kernel (r7, its own process):
+# static fp8 0.115, int8 0.122 -- ahead of both for static scales; per-token 0.154 / 0.157.
+COMPRESSED_SIMT_MAX_GROUP = 2
 
 
 def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
@@ -151,9 +155,25 @@ TC_WAVES = 1                # partitions sized to fill this many waves of reside
 KV_QUANT_IDS = {None: 0, "int8": 1, "fp8_e4m3": 2}   # -DKV_QUANT
 # Two sources of the tensor-core algorithm: "wmma" (kernels/decode_tc.cu, lesson 09's: S and P
 # through shared memory, WMMA's layout being unspecified) and "mma" (kernels/decode_mma.cu:
-# PTX mma.sync with the softmax in registers; fp16/bf16 pages). TC_IMPL: what plans take.
-TC_IMPLS = ("wmma", "mma")
-TC_IMPL = "mma"
+# PTX mma.sync with the softmax in registers; fp16/bf16 pages) and "rows"
+# (kernels/decode_mma_rows.cu: the same on S^T = K Q^T, 16 tokens as the rows of the tile and
+# the group's heads as the n = 8 columns: groups up to 16, larger ones take "mma").
+# TC_IMPL: what plans take ("auto": planner_impl's measured choice per shape).
+TC_IMPLS = ("wmma", "mma", "rows")
+ROWS_MAX_GROUP = 16
+TC_IMPL = "auto"
+# Where "auto" takes "rows": (compressed pages, head sizes, largest group); the rest "mma".
+# Measured (H200, round r7, 2026-12-02, benchmarks/NOTES.md "Tensor-core decode v6"; both
+# kernels in their best scheme, ms): D64 GQA 32/8 fp16 0.161 (decode_mma 0.163), GQA 64/8
+# 0.166 (0.169), page 64 0.166 (0.169), head_dim 256 0.305 (0.312), 1 x 32k 0.050 (0.052);
+# codes per-token fp8 0.140 / int8 0.142 (0.142 / 0.143), static fp8 0.127 / int8 0.130
+# (0.125 / 0.126: rows 2% behind on D64) but 8 x 32k fp8 0.174 (0.194). MQA 16/1 stays on
+# decode_mma (r5: 0.042 against 0.039).
+ROWS_AUTO: list[tuple[bool, tuple[int, ...], int]] = [(True, (128,), 8), (False, (128, 256), 8)]
+# rows over codes with static scales take one partition per block ("items"): on balanced
+# ranges that shape (3 blocks per SM by the sizes) measured 0.147 against 0.127 on items (r7;
+# every balanced plan that counts 3 resident blocks per SM measured slow, NOTES.md).
+ROWS_STATIC_CODES_SCHEME = "items"
 
 
 class TCConfig(NamedTuple):
@@ -176,15 +196,16 @@ class TCConfig(NamedTuple):
     impl: str = "wmma"
     blocks_per_sm: int | None = None   # the split rule's target (None: TC_BLOCKS_PER_SM)
     separate_merge: bool = False       # "mma": split sequences merged by a second launch
+    scheme: str | None = None          # the work scheme it takes (None: decode_work's rule)
 
     @property
     def source(self) -> str:
-        """The kernel source (kernels/NAME.cu) and its function: paged_decode_tc / _mma."""
-        return "decode_mma" if self.impl == "mma" else "decode_tc"
+        """The kernel source (kernels/NAME.cu) and its function: paged_NAME."""
+        return {"mma": "decode_mma", "rows": "decode_mma_rows"}.get(self.impl, "decode_tc")
 
     @property
     def function(self) -> str:
-        return "paged_decode_mma" if self.impl == "mma" else "paged_decode_tc"
+        return "paged_" + self.source
 
 
 # The measured shapes (benchmarks/NOTES.md, H200, 2026-12-02, rounds 1b and 2): (largest head_dim,
@@ -212,7 +233,7 @@ TC_SHAPES = [
 # same shapes win again (D64 GQA 32/8 warp pipes S3 0.161-0.164, the block's pipeline 0.162,
 # S2 0.163, 3 blocks per SM 0.217; head_dim 256 pairs over 32 tokens 0.310-0.314, 8 warps over
 # 64 0.331; fp8 128-token tiles S2 0.127). "blocks_per_sm": the items split rule's target
-# (choose_tc_part_len) where the shape sets one.
+# (decode_work.choose_tc_part_len) where the shape sets one.
 MMA_SHAPES = [
     (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2)),
     (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
@@ -221,13 +242,38 @@ MMA_SHAPES = [
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 
+# kernels/decode_mma_rows.cu (groups up to 16; H200, D64 GQA 32/8). Items (round r5): fp16
+# warp pipelines over 64-token tiles S3 with partitions for 8 blocks per SM 0.167 ms (S2
+# 0.169, 128-token tiles 0.197: one block per SM); codes over 128-token tiles with 3 blocks
+# 0.123 / 0.125 / per-token 0.141-0.145; head_dim 256 pairs over 32-token tiles 0.329.
+# Balanced (round r7): fp16 0.161 (the block's pipeline 0.162, S2 0.214), head_dim 256 0.305
+# (2 warps S3 0.596); codes per-token 0.140 / 0.142 (2 blocks per SM there).
+ROWS_SHAPES = [
+    (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
+                         blocks_per_sm=8)),
+    (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1, min_blocks=3,
+                        blocks_per_sm=8)),
+    (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
+]
+
+
+def planner_impl(group: int, head_dim: int, kv_quant: int) -> str:
+    """The source a plan takes when not told: TC_IMPL, or with "auto" the measured choice
+    (ROWS_AUTO: "rows" for those shapes, else "mma")."""
+    if TC_IMPL != "auto":
+        return TC_IMPL
+    rows = any(quant == bool(kv_quant) and head_dim in dims and group <= max_group
+               for quant, dims, max_group in ROWS_AUTO)
+    return "rows" if rows else "mma"
+
 
 def tc_shape(head_dim: int, row_tiles: int, kv_quant: int, group: int = 1,
              impl: str = "wmma") -> dict:
     """The tc_config keywords (warps, tile_t, stages, d_split, min_blocks, warp_pipe) the
     planner uses for this head size, group, cache format (kv_quant 0: fp16/bf16 pages) and
     kernel source. Groups of more than 16 heads (several row tiles) take the 4-warp shape."""
-    for max_dim, min_group, quant, kw in (MMA_SHAPES if impl == "mma" else TC_SHAPES):
+    shapes = {"mma": MMA_SHAPES, "rows": ROWS_SHAPES}.get(impl, TC_SHAPES)
+    for max_dim, min_group, quant, kw in shapes:
         if (head_dim <= max_dim and (min_group <= group <= 16 or min_group == 1)
                 and quant in (None, bool(kv_quant))):
             return {"min_blocks": 1, "warp_pipe": False, **kw}
@@ -270,16 +316,19 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
     O's columns (more warps per SM for the same registers); min_blocks: the blocks per SM
     the compiler must leave registers for (__launch_bounds__); warp_pipe: each warp copies
-    and waits for its own tokens (one row tile, d_split 1 only; else ignored). impl: "mma"
-    or "wmma" (None: TC_IMPL; compressed pages at a head_dim that is not a multiple of 128
-    always "wmma"); swizzle and q_regs (Q's
-    fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes converted by
-    moving bits instead of the conversion instruction) and separate_merge (split sequences
-    merged by a second launch instead of their last block) are the "mma" kernel's."""
+    and waits for its own tokens (one row tile, d_split 1 only; else ignored). impl: "mma",
+    "rows" (groups up to ROWS_MAX_GROUP, else "mma") or "wmma" (None: planner_impl;
+    compressed pages at a head_dim that is not a multiple of 128 always "wmma"); swizzle and
+    q_regs (Q's fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes
+    converted by moving bits instead of the conversion instruction) are the PTX kernels';
+    separate_merge (split sequences merged by a second launch instead of their last block)
+    is the "mma" kernel's."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
-    impl = impl or TC_IMPL
-    if kv_quant and head_dim % 128:   # decode_mma.cu reads codes at head_dim 128 and 256
+    impl = impl or planner_impl(group, head_dim, kv_quant)
+    if impl == "rows" and group > ROWS_MAX_GROUP:
+        impl = "mma"
+    if kv_quant and head_dim % 128:   # decode_mma(_rows).cu read codes at head_dim 128 and 256
         impl = "wmma"
     rows, chunks, row_tiles = tc_rows(group, head_dim)
     auto = warps is None and tile_t is None and stages is None and d_split is None
@@ -294,7 +343,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     min_blocks = min_blocks or 1
     # the warps of a D_SPLIT group share O's 16-column tiles (decode_mma.cu over codes: its
     # 128-column passes over V)
-    cols = head_dim // (128 if impl == "mma" and kv_quant else 16)
+    cols = head_dim // (128 if impl != "wmma" and kv_quant else 16)
     if cols % d_split:   # (head_dim 80, 112: 5 and 7 column tiles)
         per_slice = warps // d_split
         d_split = max(d for d in range(1, d_split + 1) if cols % d == 0)
@@ -304,13 +353,13 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     unit = 16 * warps // per                        # every warp takes a multiple of 16 tokens
     tile_t = -(-tile_t // unit) * unit
     warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
-    while impl == "mma" and not mma_o_fits(row_tiles, head_dim, tile_t, warps=warps,
+    while impl != "wmma" and not mma_o_fits(row_tiles, head_dim, tile_t, warps=warps,
                                            d_split=d_split, swizzle=swizzle,
                                            kv_quant=kv_quant, warp_pipe=warp_pipe):
-        tile_t += unit   # (decode_mma.cu puts the warps' O in a stage buffer)
+        tile_t += unit   # (the PTX kernels put the warps' O in a stage buffer)
 
     def size(stages):
-        if impl == "mma":
+        if impl != "wmma":
             return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                     d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
                                     per_token=per_token, warp_pipe=warp_pipe)
@@ -323,73 +372,16 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                          kv_quant=kv_quant, per_token=per_token,
                          s_chains=s_chains or TC_S_CHAINS, d_split=d_split,
                          min_blocks=min_blocks, warp_pipe=warp_pipe)
-    if impl == "mma":
+    if impl != "wmma":
         options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}",
-                    f"-DSEPARATE_MERGE={int(bool(separate_merge))}") + (
+                    f"-DSEPARATE_MERGE={int(impl == 'mma' and bool(separate_merge))}") + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
+    if impl == "rows":
+        options += (f"-DHEAD_TILES={-(-rows // 8)}",)
+    scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,
-                    impl == "mma" and bool(separate_merge))
-
-
-def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
-                       num_splits: int | None = None, resident: int | None = None,
-                       blocks_per_sm: int | None = None) -> int:
-    """Tensor cores: tokens per partition. num_splits=n cuts the longest sequence into n;
-    automatic: the longest of TC_PART_LENS that still gives `blocks_per_sm` (None:
-    TC_BLOCKS_PER_SM) blocks per SM,
-    else the shortest, and no more than TC_AUTO_MAX_PARTS partitions per sequence; never more
-    than `max_parts` (what the merge has room for). With TC_WAVES set and `resident` (the
-    blocks an SM holds at once), when the unsplit sequences need no more blocks than that
-    many waves hold: the shortest multiple of 64 tokens whose blocks fit in TC_WAVES waves
-    (measured: D64 MQA 16/1 0.066 -> 0.047 ms, 1 x 32k 0.058 -> 0.053; D64 GQA 32/8, 512
-    blocks unsplit, keeps the blocks-per-SM rule)."""
-    max_len = int(lens.max())
-    waves = TC_WAVES and resident and lens.size * blocks_per_item <= TC_WAVES * resident * num_sms
-    if num_splits is not None:
-        part_len = cut_longest(max_len, num_splits)
-    elif waves:
-        budget = TC_WAVES * resident * num_sms
-        lo, hi = 1, -(-max_len // 64)   # in units of 64 tokens; hi always fits one item each
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if int((-(-lens // (64 * mid))).sum()) * blocks_per_item <= budget:
-                hi = mid
-            else:
-                lo = mid + 1
-        part_len = max(min(64 * lo, max_len), -(-max_len // TC_AUTO_MAX_PARTS))
-    else:
-        target = (blocks_per_sm or TC_BLOCKS_PER_SM) * num_sms
-        part_len = next((p for p in TC_PART_LENS
-                         if int((-(-lens // p)).sum()) * blocks_per_item >= target),
-                        TC_PART_LENS[-1])
-        part_len = max(min(part_len, max_len), -(-max_len // TC_AUTO_MAX_PARTS))
-    if -(-max_len // part_len) > max_parts:
-        if num_splits is not None:
-            raise ValueError(f"num_splits: {num_splits} partitions exceed the {max_parts} the "
-                             f"tensor-core kernel merges for this group and head_dim")
-        part_len = -(-max_len // max_parts)
-    return part_len
-
-
-def tc_work_list(lens: np.ndarray, part_len: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(work [items, 2] int32 of (sequence, partition), slot_start [batch] int32, slots).
-
-    Items are ordered longest first, so that the short ones fill the gaps at the end.
-    A sequence of several partitions gets that many consecutive partial-state slots from
-    slot_start; a sequence of one writes its output directly and takes none.
-    """
-    lens = lens.astype(np.int64)
-    nparts = -(-lens // part_len)
-    seq = np.repeat(np.arange(lens.size), nparts)
-    first = np.cumsum(nparts) - nparts
-    part = np.arange(seq.size) - np.repeat(first, nparts)
-    length = np.minimum(part_len, lens[seq] - part * part_len)
-    order = np.argsort(-length, kind="stable")
-    work = np.stack([seq[order], part[order]], axis=1).astype(np.int32)
-    split = np.where(nparts > 1, nparts, 0)
-    slot_start = (np.cumsum(split) - split).astype(np.int32)
-    return work, slot_start, int(split.sum())
+                    impl == "mma" and bool(separate_merge), scheme)
 
 
 def _type_options(dtype: str) -> tuple[str, ...]:

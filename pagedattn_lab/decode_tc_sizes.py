@@ -74,6 +74,8 @@ def tc_resident_blocks(cfg, head_dim: int) -> int:
     (64 per SM)."""
     if cfg.impl == "mma":   # ptxas (nvcc 13, sm_90): 210 at head_dim 128, 128 in pairs, 136 at 64
         regs = 80 + head_dim // cfg.d_split
+    elif cfg.impl == "rows":   # decode_mma_rows.cu (ptxas, nvcc 13, segments): 139 at head_dim
+        regs = max(150, 40 + head_dim // cfg.d_split)   # 128 (168 codes), 151 at 64 and 256 pairs
     else:
         regs = (200 if head_dim // 16 // cfg.d_split > 4 else 130) + (head_dim > 128) * 55
     regs = min(regs, 255, 65536 // (cfg.threads * cfg.min_blocks) // 8 * 8)

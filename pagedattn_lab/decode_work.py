@@ -1,14 +1,14 @@
 """The tensor-core decode's work: which tokens each block takes (host-side, vectorised NumPy;
 `BatchDecodeWrapper.plan` calls `tc_work` once per decode step).
 
-kernels/decode_mma.cu streams a list of segments per block (blockIdx.x; the same for every
-KV head x row chunk, blockIdx.y): pieces of sequences whose tiles it computes back to back,
-its copies running on across the boundaries. Two ways to make the list (TC_SCHEME):
-"items": one partition per block, as decode_tc.cu (choose_tc_part_len, tc_work_list);
-"balanced": the (sequence, tile) space cut into equal contiguous ranges, one per resident
-block slot x TC_RANGES_PER_SLOT, so that every block streams the same number of tiles and
-all of them finish together (stream-K). Measured: benchmarks/NOTES.md, "Tensor-core decode
-v5".
+kernels/decode_mma.cu and decode_mma_rows.cu stream a list of segments per block
+(blockIdx.x; the same for every KV head x row chunk, blockIdx.y): pieces of sequences whose
+tiles they compute back to back, the copies running on across the boundaries. Two ways to
+make the list (TC_SCHEME): "items": one partition per block, as decode_tc.cu
+(choose_tc_part_len, tc_work_list); "balanced": the (sequence, tile) space cut into equal
+contiguous ranges, one per resident block slot x TC_RANGES_PER_SLOT, so that every block
+streams the same number of tiles and all of them finish together (stream-K). Measured:
+benchmarks/NOTES.md, "Tensor-core decode v5" and "v6".
 """
 from __future__ import annotations
 
@@ -16,11 +16,73 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .decode_plan import choose_tc_part_len, tc_work_list
+from . import decode_plan as dp   # its TC_* split constants (benchmarks set them)
 
 TC_SCHEMES = ("balanced", "items")
-TC_SCHEME = "balanced"    # what plans on decode_mma.cu take (measured: NOTES.md)
+TC_SCHEME = "balanced"    # what plans on the PTX kernels take (measured: NOTES.md)
 TC_RANGES_PER_SLOT = 1    # balanced ranges per resident block slot
+
+
+def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
+                       num_splits: int | None = None, resident: int | None = None,
+                       blocks_per_sm: int | None = None) -> int:
+    """Tensor cores: tokens per partition. num_splits=n cuts the longest sequence into n;
+    automatic: the longest of TC_PART_LENS (decode_plan's constants, as below) that still
+    gives `blocks_per_sm` (None: TC_BLOCKS_PER_SM) blocks per SM, else the shortest, and no
+    more than TC_AUTO_MAX_PARTS partitions per sequence; never more than `max_parts` (what
+    the merge has room for). With TC_WAVES set and `resident` (the
+    blocks an SM holds at once), when the unsplit sequences need no more blocks than that
+    many waves hold: the shortest multiple of 64 tokens whose blocks fit in TC_WAVES waves
+    (measured: D64 MQA 16/1 0.066 -> 0.047 ms, 1 x 32k 0.058 -> 0.053; D64 GQA 32/8, 512
+    blocks unsplit, keeps the blocks-per-SM rule)."""
+    max_len = int(lens.max())
+    waves = (dp.TC_WAVES and resident
+             and lens.size * blocks_per_item <= dp.TC_WAVES * resident * num_sms)
+    if num_splits is not None:
+        part_len = dp.cut_longest(max_len, num_splits)
+    elif waves:
+        budget = dp.TC_WAVES * resident * num_sms
+        lo, hi = 1, -(-max_len // 64)   # in units of 64 tokens; hi always fits one item each
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if int((-(-lens // (64 * mid))).sum()) * blocks_per_item <= budget:
+                hi = mid
+            else:
+                lo = mid + 1
+        part_len = max(min(64 * lo, max_len), -(-max_len // dp.TC_AUTO_MAX_PARTS))
+    else:
+        target = (blocks_per_sm or dp.TC_BLOCKS_PER_SM) * num_sms
+        part_len = next((p for p in dp.TC_PART_LENS
+                         if int((-(-lens // p)).sum()) * blocks_per_item >= target),
+                        dp.TC_PART_LENS[-1])
+        part_len = max(min(part_len, max_len), -(-max_len // dp.TC_AUTO_MAX_PARTS))
+    if -(-max_len // part_len) > max_parts:
+        if num_splits is not None:
+            raise ValueError(f"num_splits: {num_splits} partitions exceed the {max_parts} the "
+                             f"tensor-core kernel merges for this group and head_dim")
+        part_len = -(-max_len // max_parts)
+    return part_len
+
+
+def tc_work_list(lens: np.ndarray, part_len: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """(work [items, 2] int32 of (sequence, partition), slot_start [batch] int32, slots).
+
+    Items are ordered longest first, so that the short ones fill the gaps at the end.
+    A sequence of several partitions gets that many consecutive partial-state slots from
+    slot_start; a sequence of one writes its output directly and takes none.
+    """
+    lens = lens.astype(np.int64)
+    nparts = -(-lens // part_len)
+    seq = np.repeat(np.arange(lens.size), nparts)
+    first = np.cumsum(nparts) - nparts
+    part = np.arange(seq.size) - np.repeat(first, nparts)
+    length = np.minimum(part_len, lens[seq] - part * part_len)
+    order = np.argsort(-length, kind="stable")
+    work = np.stack([seq[order], part[order]], axis=1).astype(np.int32)
+    split = np.where(nparts > 1, nparts, 0)
+    slot_start = (np.cumsum(split) - split).astype(np.int32)
+    return work, slot_start, int(split.sum())
+
 
 
 class Segments(NamedTuple):
@@ -86,18 +148,20 @@ def _segments(seq, start, end, seg_ptr, batch, range_tokens) -> Segments:
 
 def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_parts: int,
             num_splits: int | None, scheme: str | None = None, ranges: int | None = None):
-    """(scheme, Segments) of a plan on `cfg` (a decode_plan.TCConfig): decode_mma.cu takes
-    `scheme`, else TC_SCHEME, but "items" when num_splits is given or when the sequences
-    unsplit need no more blocks than one wave holds (then choose_tc_part_len cuts them into
-    one wave of equal partitions: already even; measured, H200: MQA 16/1 0.0398 against
-    0.0438 balanced, 8 x 32k 0.263 / 0.266, 1 x 32k 0.0516 / 0.0524); decode_tc.cu always
-    "items". Balanced: `ranges` per KV head x row chunk (None: one per resident
-    block slot x TC_RANGES_PER_SLOT); items: partitions by decode_plan.choose_tc_part_len."""
-    if cfg.impl != "mma":
+    """(scheme, Segments) of a plan on `cfg` (a decode_plan.TCConfig): the PTX kernels
+    (decode_mma.cu, decode_mma_rows.cu) take `scheme`, else TC_SCHEME, but "items" when
+    num_splits is given or when the sequences unsplit need no more blocks than one wave
+    holds (then choose_tc_part_len cuts them into one wave of equal partitions: already
+    even; measured, H200: MQA 16/1 0.0398 against 0.0438 balanced, 8 x 32k 0.263 / 0.266,
+    1 x 32k 0.0516 / 0.0524), or where cfg.scheme says (decode_plan.ROWS_STATIC_CODES_SCHEME);
+    decode_tc.cu always "items". Balanced: `ranges` per KV head x
+    row chunk (None: one per resident block slot x TC_RANGES_PER_SLOT); items: partitions by
+    choose_tc_part_len."""
+    if cfg.impl == "wmma":
         scheme = "items"
     elif not scheme:
         one_wave = lens.size * grid_y <= resident * sms   # unsplit sequences fit in one wave
-        scheme = "items" if num_splits is not None or one_wave else TC_SCHEME
+        scheme = "items" if num_splits is not None or one_wave else cfg.scheme or TC_SCHEME
     if scheme == "balanced":
         ranges = ranges or max(1, round(TC_RANGES_PER_SLOT * resident * sms / grid_y))
         return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)

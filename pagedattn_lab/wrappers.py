@@ -182,11 +182,11 @@ class BatchDecodeWrapper(DecodeRun):
         self.part_len, self.max_parts = segments.range_tokens, segments.max_parts
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
-        if cfg.impl == "mma":   # the segments of each block
+        if cfg.impl != "wmma":   # the segments of each block (the PTX kernels)
             work, slots = np.concatenate([segments.segs.ravel(), segments.seg_ptr]), segments.slots
             blocks, slot_start = segments.seg_ptr.size - 1, segments.slot_start
         else:                   # (sequence, partition) per block
-            work, slot_start, slots = dp.tc_work_list(lens_h, self.part_len)
+            work, slot_start, slots = dw.tc_work_list(lens_h, self.part_len)
             blocks, work = len(work), work.ravel()
         # One upload: the work, slot starts, and the merge counters (zeros).
         ints = xp.asarray(np.concatenate([work, slot_start,
@@ -196,14 +196,14 @@ class BatchDecodeWrapper(DecodeRun):
         part_out = xp.empty((slots, self.num_heads, self.head_dim) if slots else 4, np.float32)
         part_ml = xp.empty((slots, self.num_heads, 2) if slots else 4, np.float32)
         self.grid = (blocks, grid_y, 1)
-        if cfg.impl == "mma":
+        if cfg.impl != "wmma":
             n_segs = segments.segs.size
             fixed = (self._tables, ints[:n_segs], ints[n_segs:n_work], slot_d)
         else:
             fixed = (self._tables, self._lens, ints[:n_work], slot_d)
         tail = (part_out, part_ml, counters, i32(self.num_heads), i32(self.num_kv_heads),
                 i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]))
-        tail += (i32(rows),) if cfg.impl == "mma" else (i32(self.part_len), i32(rows))
+        tail += (i32(rows),) if cfg.impl != "wmma" else (i32(self.part_len), i32(rows))
         no_scale = self._no_scale
         self._add_launch(load_kernel(cfg.source, cfg.function, cfg.options), self.grid,
                          cfg.shared,
@@ -251,6 +251,9 @@ class BatchDecodeWrapper(DecodeRun):
             how = (f"{self.rows_per_block} query heads per block as the rows of Q "
                    f"({self.row_tiles} tile{'s' * (self.row_tiles > 1)} of 16, "
                    f"kernels/{self.tc_config.source}.cu)")
+            if self.tc_config.impl == "rows":
+                how = (f"{self.rows_per_block} query heads per block as the columns of K Q^T, "
+                       f"16 tokens as its rows (kernels/{self.tc_config.source}.cu)")
         else:
             how = f"up to {self._gmax} query head{'s' * (self._gmax > 1)} per block"
         pages = "" if self.kv_format is None else \

@@ -1,6 +1,7 @@
-"""kernels/decode_mma.cu's balanced work (stream-K): the plan's segments (decode_work.
-balanced_segments, pure NumPy) and the kernel streaming them across sequence boundaries on
-the CPU executor, against the float64 reference.
+"""The PTX tensor-core decodes' balanced work (stream-K): the plan's segments (decode_work.
+balanced_segments, pure NumPy) and both kernels streaming them across sequence boundaries on
+the CPU executor, against the float64 reference: decode_mma.cu (the heads as the rows of the
+tile) and decode_mma_rows.cu (the tokens as the rows, groups up to 16).
 
 A block streams the tiles of its range back to back: its copies run on into the next
 segment, whose Q is copied in the group of its first tile into one of STAGES Q buffers, and
@@ -128,16 +129,23 @@ CASES = [
 ]
 
 
+IMPLS = ("mma", "rows")
+
+
 @needs_wmma
+@pytest.mark.parametrize("impl", IMPLS)
 @pytest.mark.parametrize("dtype,heads,kv,head_dim,page,lens,ranges,shape", CASES)
-def test_balanced_ranges_against_the_reference(rng, dtype, heads, kv, head_dim, page, lens,
-                                               ranges, shape):
+def test_balanced_ranges_against_the_reference(rng, impl, dtype, heads, kv, head_dim, page,
+                                               lens, ranges, shape):
     if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):
         pytest.skip("the CPU executor's shim has no bfloat16 (cuda_bf16.h) yet")
+    if impl == "rows" and (heads // kv > dp.ROWS_MAX_GROUP or "separate_merge" in shape):
+        pytest.skip("decode_mma_rows.cu: groups up to 16, merged by the last block")
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
                           head_dim=head_dim, dtype=dtype)
     q = args[0]
-    cfg = dp.tc_config(dtype, head_dim, heads // kv, impl="mma", **shape)
+    cfg = dp.tc_config(dtype, head_dim, heads // kv, impl=impl, **shape)
+    assert cfg.impl == impl
     w = planned(args, heads, kv, head_dim, page, dtype, cfg, ranges)
     assert len(w._launches) == 1 + cfg.separate_merge
     assert w.grid[0] == min(ranges, sum(-(-n // cfg.tile_t) for n in lens))
@@ -147,24 +155,31 @@ def test_balanced_ranges_against_the_reference(rng, dtype, heads, kv, head_dim, 
 
 
 @needs_wmma
-def test_balanced_ranges_over_shared_pages(rng):
+@pytest.mark.parametrize("impl", IMPLS)
+def test_balanced_ranges_over_shared_pages(rng, impl):
     args = decode_problem(rng, [40, 50, 37, 90], page_size=16, num_heads=8, num_kv_heads=2,
                           shared_prefix=2)
-    w = planned(args, 8, 2, 64, 16, "float16", dp.tc_config("float16", 64, 4, impl="mma"), 5)
+    w = planned(args, 8, 2, 64, 16, "float16", dp.tc_config("float16", 64, 4, impl=impl), 5)
     out = launch(w, *args[:3], None, None, poisoned(args[0].shape, "float16"))
     check_rows(out, reference(args), "float16")
 
 
+COMPRESSED = [("mma", "int8", "static", 128), ("mma", "fp8_e4m3", "per_token", 128),
+              ("rows", "int8", "static", 128), ("rows", "fp8_e4m3", "static", 128),
+              ("rows", "int8", "per_token", 256), ("rows", "fp8_e4m3", "per_token", 128)]
+
+
 @needs_wmma
-@pytest.mark.parametrize("kv_dtype,scheme", [("int8", "static"), ("fp8_e4m3", "per_token")])
-def test_balanced_ranges_over_compressed_pages(rng, kv_dtype, scheme):
-    args = decode_problem(rng, [1, 130, 17, 64, 3], page_size=16, num_heads=8, num_kv_heads=2,
-                          head_dim=128)
+@pytest.mark.parametrize("impl,kv_dtype,scheme,head_dim", COMPRESSED)
+def test_balanced_ranges_over_compressed_pages(rng, impl, kv_dtype, scheme, head_dim):
+    """Ranges ending mid-page and mid-tile (7 ranges over 128-token tiles of 6 sequences)."""
+    args = decode_problem(rng, [1, 130, 17, 64, 3, 300], page_size=16, num_heads=8,
+                          num_kv_heads=2, head_dim=head_dim)
     q, k, v, tables, lens = args
     kc, vc, ks, vs, kd, vd = quantized(rng, args, kv_dtype, scheme)
-    cfg = dp.tc_config("float16", 128, 4, dp.KV_QUANT_IDS[kv_dtype], scheme == "per_token",
-                       impl="mma")
-    w = planned(args, 8, 2, 128, 16, "float16", cfg, 3)
+    cfg = dp.tc_config("float16", head_dim, 4, dp.KV_QUANT_IDS[kv_dtype], scheme == "per_token",
+                       impl=impl)
+    w = planned(args, 8, 2, head_dim, 16, "float16", cfg, 7)
     out = launch(w, q, kc, vc, ks, vs, poisoned(q.shape, "float16"))
     check_rows(out, reference((q, kd, vd, tables, lens)), "float16")
 
@@ -186,3 +201,39 @@ def test_the_planner_balances_and_says_so(rng):
     w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core",
                                   num_splits=3)
     assert w.scheme == "items" and w.max_parts == 3
+
+
+@needs_wmma
+def test_the_planner_balances_rows_too(rng, monkeypatch):
+    """decode_mma_rows.cu takes the same work rules: balanced ranges past one wave, and says
+    which kernel and layout it runs."""
+    monkeypatch.setattr(dp, "TC_IMPL", "rows")
+    lens = [70, 33, 5, 300, 17, 1, 129] * 3   # more blocks than one wave (CPU: 4 SMs)
+    q, k, v, tables, lens = decode_problem(rng, lens, num_heads=8, num_kv_heads=2)
+    w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core")
+    text = w.describe()
+    assert w.scheme == "balanced" and "balanced ranges" in text
+    assert "16 tokens as its rows (kernels/decode_mma_rows.cu)" in text
+    check_rows(w.run(q, k, v, out=poisoned(q.shape, "float16")), reference((q, k, v, tables, lens)),
+               "float16")
+
+
+@needs_wmma
+@pytest.mark.parametrize("kv_dtype,scheme,work", [("int8", "static", "items"),
+                                                  ("fp8_e4m3", "per_token", "balanced")])
+def test_rows_over_codes_take_the_measured_scheme(rng, monkeypatch, kv_dtype, scheme, work):
+    """decode_mma_rows.cu over codes: static scales on one partition per block
+    (ROWS_STATIC_CODES_SCHEME, measured), per-token on balanced ranges past one wave."""
+    monkeypatch.setattr(dp, "TC_IMPL", "rows")
+    args = decode_problem(rng, [70, 33, 5, 300, 17, 1, 129] * 3, num_heads=8, num_kv_heads=2,
+                          head_dim=128)
+    q, k, v, tables, lens = args
+    kc, vc, ks, vs, kd, vd = quantized(rng, args, kv_dtype, scheme)
+    cfg = dp.tc_config("float16", 128, 4, dp.KV_QUANT_IDS[kv_dtype], scheme == "per_token")
+    assert cfg.impl == "rows" and cfg.scheme == (None if work == "balanced" else work)
+    w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 128, 16, "float16", kernel="tensor_core")
+    w._launches = []
+    w._plan_tensor_core(lens, None, tc=cfg)
+    assert w.scheme == work
+    out = launch(w, q, kc, vc, ks, vs, poisoned(q.shape, "float16"))
+    check_rows(out, reference((q, kd, vd, tables, lens)), "float16")

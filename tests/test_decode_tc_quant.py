@@ -35,6 +35,11 @@ def planned(args, num_heads, num_kv_heads, head_dim, page_size, dtype, splits, c
     return w
 
 
+def planned_impl(impl, group):
+    """The source tc_config takes for `impl`: "rows" holds up to 16 heads, more take "mma"."""
+    return "mma" if impl == "rows" and group > dp.ROWS_MAX_GROUP else impl
+
+
 def launch(w, q, k, v, k_scale, v_scale, out, scale=None):
     """What run() does once it has checked its arguments, with the scales passed on."""
     s = np.float32(w._default_scale_log2 if scale is None else scale * 1.4426950408889634)
@@ -71,7 +76,7 @@ def test_kernel_shapes(rng, heads, kv, head_dim, page, lens, splits, warps, tile
     for chains in (1, 2):
         cfg = dp.tc_config("float16", head_dim, heads // kv, warps=warps, tile_t=tile,
                            stages=stages, s_chains=chains, d_split=d_split, impl=impl)
-        assert cfg.d_split == d_split and cfg.impl == impl
+        assert cfg.d_split == d_split and cfg.impl == planned_impl(impl, heads // kv)
         w = planned(args, heads, kv, head_dim, page, "float16", splits, cfg)
         assert w.tc_config.threads == cfg.warps * 32 and w.grid[0] >= len(lens)
         out = w.run(*args[:3], out=poisoned(args[0].shape, "float16"))
@@ -85,7 +90,7 @@ def test_warp_pipelines(rng, heads, kv, head_dim, page, lens, splits, warps, til
                           head_dim=head_dim)
     cfg = dp.tc_config("float16", head_dim, heads // kv, warps=warps, tile_t=tile,
                        stages=stages, warp_pipe=True, impl=impl)
-    assert cfg.warp_pipe and cfg.impl == impl
+    assert cfg.warp_pipe and cfg.impl == planned_impl(impl, heads // kv)
     w = planned(args, heads, kv, head_dim, page, "float16", splits, cfg)
     out = w.run(*args[:3], out=poisoned(args[0].shape, "float16"))
     check_close(out, reference(args), "float16")
@@ -183,7 +188,8 @@ def check_compressed(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page, le
 
 
 @pytest.mark.parametrize("impl,head_dim,bits", [("wmma", 64, False), ("mma", 128, False),
-                                               ("mma", 128, True)])
+                                               ("mma", 128, True), ("rows", 128, False),
+                                               ("rows", 128, True)])
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
 def test_every_code_is_read_exactly(rng, kv_dtype, impl, head_dim, bits):
     """Random codes over the whole format (every e4m3 code but NaN: subnormals, 448, -0) with

@@ -6,6 +6,7 @@ import pytest
 import pagedattn_lab as pl
 import pagedattn_lab.wrappers as wrappers
 from pagedattn_lab import decode_plan as dp
+from pagedattn_lab import decode_work as dw
 
 from .decode_cases import check_close, decode_problem, poisoned, reference
 
@@ -129,8 +130,8 @@ def test_kernel_choice():
     assert dp.choose_kernel("auto", "float16", 4, 256, on_gpu=True) == "tensor_core"  # measured
     assert dp.choose_kernel("tensor_core", "bfloat16", 64, 256, on_gpu=False) == "tensor_core"
     # compressed pages: SIMT up to COMPRESSED_SIMT_MAX_GROUP heads per KV head (measured)
-    assert dp.choose_kernel("auto", "float16", 4, 128, on_gpu=True, compressed=True) == "simt"
-    assert dp.choose_kernel("auto", "float16", 8, 128, on_gpu=True, compressed=True) == "tensor_core"
+    assert dp.choose_kernel("auto", "float16", 2, 128, on_gpu=True, compressed=True) == "simt"
+    assert dp.choose_kernel("auto", "float16", 4, 128, on_gpu=True, compressed=True) == "tensor_core"
     assert dp.choose_kernel("tensor_core", "float16", 4, 128, True, compressed=True) == "tensor_core"
     with pytest.raises(ValueError, match="kernel"):
         dp.choose_kernel("fast", "float16", 1, 64, on_gpu=True)
@@ -146,13 +147,13 @@ def test_tensor_core_rows(group, head_dim, expected):
 
 def test_tensor_core_partitions_and_work_list():
     lens = np.array([4096] * 64)
-    assert dp.choose_tc_part_len(lens, 8, 132, 1000) == 2048       # >= 4 blocks per SM
-    assert dp.choose_tc_part_len(np.array([32768]), 8, 132, 1000) == 512   # <= 64 parts
-    assert dp.choose_tc_part_len(np.array([32768]), 8, 132, 32) == 1024    # merge limit
-    assert dp.choose_tc_part_len(np.array([100, 7]), 1, 132, 99, num_splits=3) == 34
+    assert dw.choose_tc_part_len(lens, 8, 132, 1000) == 2048       # >= 4 blocks per SM
+    assert dw.choose_tc_part_len(np.array([32768]), 8, 132, 1000) == 512   # <= 64 parts
+    assert dw.choose_tc_part_len(np.array([32768]), 8, 132, 32) == 1024    # merge limit
+    assert dw.choose_tc_part_len(np.array([100, 7]), 1, 132, 99, num_splits=3) == 34
     with pytest.raises(ValueError, match="num_splits"):
-        dp.choose_tc_part_len(np.array([1000]), 1, 132, 8, num_splits=9)
-    work, slot_start, slots = dp.tc_work_list(np.array([5, 12, 1, 9]), 4)
+        dw.choose_tc_part_len(np.array([1000]), 1, 132, 8, num_splits=9)
+    work, slot_start, slots = dw.tc_work_list(np.array([5, 12, 1, 9]), 4)
     # partitions: seq 0: 4+1, seq 1: 4+4+4, seq 2: 1, seq 3: 4+4+1; longest first
     assert sorted(map(tuple, work.tolist())) == [(0, 0), (0, 1), (1, 0), (1, 1), (1, 2),
                                                  (2, 0), (3, 0), (3, 1), (3, 2)]

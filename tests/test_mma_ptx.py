@@ -1,4 +1,5 @@
-"""kernels/mma_ptx.cuh (mma.sync m16n8k16, ldmatrix, pack2) against the PTX ISA's layout tables.
+"""kernels/mma_ptx.cuh (mma.sync m16n8k16, ldmatrix, movmatrix, pack2) against the PTX ISA's
+layout tables.
 
 The expected registers are built here, in NumPy, from the tables of the PTX ISA ("Matrix
 fragments for mma.m16n8k16 with floating point type", "ldmatrix"), not from the CPU
@@ -284,7 +285,50 @@ def test_attention_step_through_registers():
     np.testing.assert_array_equal(o, attention_want(q, k, v))
 
 
-@pytest.mark.parametrize("which, name", [(0, "ldmatrix_x4"), (1, "mma_m16n8k16")])
+# ---- movmatrix.trans ----------------------------------------------------------------------
+
+def movmatrix_case(warps=2, seed=3):
+    """Per warp an 8x8 matrix of distinct 16-bit values (their position and the warp), and
+    each lane's register of it in the non-transposed fragment layout, built from the table."""
+    mats = (np.arange(warps * 64, dtype=u16).reshape(warps, 8, 8) * u16(5) + u16(3))
+    mats = np.random.default_rng(seed).permutation(mats.ravel()).reshape(warps, 8, 8)
+    x = np.concatenate([reg(m[G, 2 * T], m[G, 2 * T + 1]) for m in mats])
+    return mats, x
+
+
+def movmatrix_expected(mats):
+    """The PTX ISA ("movmatrix"): lane 4g + t gets row g of M^T, columns 2t, 2t + 1, i.e.
+    M[2t][g] (low half) and M[2t + 1][g] (high half)."""
+    return np.concatenate([reg(m[2 * T, G], m[2 * T + 1, G]) for m in mats])
+
+
+def run_movmatrix(x, xp=np):
+    out = xp.zeros(x.size, u32)
+    kern("movmatrix_probe")(1, x.size, (xp.asarray(x), out))
+    return out if xp is np else xp.asnumpy(out)
+
+
+def test_movmatrix_transposes_each_warps_matrix():
+    mats, x = movmatrix_case()
+    np.testing.assert_array_equal(run_movmatrix(x), movmatrix_expected(mats))
+
+
+@pytest.mark.parametrize("bug", ["{ return __pal_movmatrix_trans(line, (x >> 16) | (x << 16)); }",
+                                 "{ (void)line; return x; }"], ids=["halves", "no_transpose"])
+def test_the_movmatrix_test_fails_on_a_planted_bug(bug):
+    """A movmatrix that swapped the halves of its input, or did not transpose, fails the
+    comparison with the table (the probe built with that bug planted in the header)."""
+    good = "{ return __pal_movmatrix_trans(line, x); }"
+    assert good in source()
+    buggy = RawKernel(source().replace(good, bug, 1), "movmatrix_probe", filename="mma_ptx.cu")
+    mats, x = movmatrix_case()
+    out = np.zeros(x.size, u32)
+    buggy(1, x.size, (x, out))
+    assert (out != movmatrix_expected(mats)).sum() >= 32
+
+
+@pytest.mark.parametrize("which, name", [(0, "ldmatrix_x4"), (1, "mma_m16n8k16"),
+                                         (2, "movmatrix_trans")])
 def test_a_lane_that_skips_the_call_is_reported(which, name):
     out = np.zeros(32, u32)
     with pytest.raises(WarpSyncError) as info:
@@ -292,7 +336,7 @@ def test_a_lane_that_skips_the_call_is_reported(which, name):
     e = info.value
     assert e.bad_lanes == [5] and e.warp == 0
     assert name in str(e) and "all 32 lanes" in str(e) and "already exited" in str(e)
-    call = "ldmatrix_x4(" if which == 0 else "else mma_m16n8k16("
+    call = ["ldmatrix_x4(", "if (which == 1) mma_m16n8k16(", "movmatrix_trans("][which]
     assert e.lines == [call_line("lane_skips", call)]
     kern("lane_skips").cpu(1, 32, (out, i32(-1), i32(which)))   # everyone calls: fine
 
@@ -329,7 +373,8 @@ def test_the_gpu_branch_compiles(tmp_path):
     ptx = (tmp_path / "out.ptx").read_text()
     for mark in ["mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
                  "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
-                 "cvt.rn.f16x2.f32", "cvt.rn.bf16x2.f32"] + [
+                 "cvt.rn.f16x2.f32", "cvt.rn.bf16x2.f32",
+                 "movmatrix.sync.aligned.m8n8.trans.b16"] + [
             f"ldmatrix.sync.aligned.m8n8.x{n}{'.trans' if tr else ''}.shared.b16"
             for n, tr in VARIANTS]:
         assert re.search(re.escape(mark) + r"\s", ptx), mark
@@ -370,6 +415,14 @@ def test_gpu_mma_matches_cpu(cp, dtype, alias):
     assert (np.abs(gpu - want) <= 17 * 2.0**-24 * size).all()
     ulps = np.abs(gpu.view(i32).astype(np.int64) - cpu.view(i32).astype(np.int64)).max()
     print(f"mma {np.dtype(dtype).name} random: GPU vs CPU at most {ulps} float32 ulps apart")
+
+
+@pytest.mark.gpu
+def test_gpu_movmatrix_matches_cpu_bit_for_bit(cp):
+    mats, x = movmatrix_case()
+    gpu = run_movmatrix(x, xp=cp)
+    np.testing.assert_array_equal(gpu, movmatrix_expected(mats))
+    np.testing.assert_array_equal(gpu, run_movmatrix(x))
 
 
 @pytest.mark.gpu

@@ -1,5 +1,6 @@
 // The PTX tensor-core instructions of pagedattn_lab/kernels/mma_ptx.cuh for the CPU executor:
-// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16, mma.sync.aligned.m16n8k16.row.col
+// ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16, movmatrix.sync.aligned.m8n8.trans
+// .b16, mma.sync.aligned.m16n8k16.row.col
 // .f32.{f16,bf16}.{f16,bf16}.f32 and cvt.rn.{f16x2,bf16x2}.f32, with exactly the PTX ISA's
 // fragment layouts (mma_ptx.cuh writes them out). Included by include/pagedattn_lab_mma_ptx.h,
 // which mma_ptx.cuh includes on the CPU; kernels call the header's functions, never these.
@@ -32,6 +33,7 @@ namespace __pal_ptx {
 // floats (mma). Per worker process; blocks of one worker run one after another.
 static const unsigned short *published_row[PAL_MAX_THREADS];
 static const float *published_fa[PAL_MAX_THREADS], *published_fb[PAL_MAX_THREADS];
+static unsigned published_word[PAL_MAX_THREADS];   // movmatrix: the lane's register
 
 inline int thread_linear()
 { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
@@ -99,6 +101,21 @@ inline void __pal_mma_m16n8k16(int line, int op, float *d, const unsigned *a, co
     }
     collective(line, op);   // no lane leaves (and frees fa, fb) before all have read them
     for (int j = 0; j < 4; ++j) d[j] = out[j];   // d may be c: written last
+}
+
+// movmatrix.sync.aligned.m8n8.trans.b16: lane 4g + t brings M[g][2t, 2t+1] (one register)
+// and gets M[2t][g], M[2t+1][g]. M[r][c] is in lane 4r + c / 2, half c % 2.
+inline unsigned __pal_movmatrix_trans(int line, unsigned x)
+{
+    using namespace __pal_ptx;
+    const int t = thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
+    published_word[t] = x;
+    collective(line, PAL_OP_MOVMATRIX_TRANS);   // every lane has published its register
+    const int shift = 16 * (g & 1);
+    const unsigned r = pair((unsigned short)(published_word[w0 + 8 * q + g / 2] >> shift),
+                            (unsigned short)(published_word[w0 + 8 * q + 4 + g / 2] >> shift));
+    collective(line, PAL_OP_MOVMATRIX_TRANS);   // all have read before anyone publishes again
+    return r;
 }
 
 // cvt.rn.f16x2.f32 / cvt.rn.bf16x2.f32: round to nearest even, lo in the low 16 bits.

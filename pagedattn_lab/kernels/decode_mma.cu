@@ -47,7 +47,7 @@
 #include "decode_mma_layout.cuh"
 #include "decode_tc_tiles.cuh"
 #include "decode_tc_merge.cuh"
-#include "decode_mma_codes.cuh"
+#include "decode_mma_ops.cuh"
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_mma(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]

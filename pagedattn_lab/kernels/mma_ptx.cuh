@@ -1,4 +1,4 @@
-// Tensor-core instructions at the PTX level: mma.sync m16n8k16, ldmatrix, and the packing of
+// Tensor-core instructions at the PTX level: mma.sync m16n8k16, ldmatrix, movmatrix, and the packing of
 // two floats into one register of two 16-bit values.
 //
 // Why PTX and not WMMA: a WMMA fragment's element-to-lane mapping is unspecified, so a
@@ -55,6 +55,12 @@
 // 8-15: exactly a[0], a[1], a[2], a[3] above. The 8 rows of one matrix are read together:
 // rows whose 16 bytes fall in the same banks (a row stride that is a multiple of 128 bytes)
 // conflict, up to 8-way; pad or swizzle the rows.
+//
+// ---- movmatrix_trans: an 8x8 matrix of 16-bit values transposed in registers -------------
+// movmatrix.sync.aligned.m8n8.trans.b16 (sm_75 and later). Lane 4g + t brings x = M[g][2t, 2t+1]
+// (the layout of an accumulator pair packed with pack2, or of ldmatrix's non-trans result)
+// and gets M[2t][g] (low), M[2t+1][g] (high): the same layout of M^T. Used to turn the packed
+// accumulator of C = A B (rows: m) into the B operand of a next mma whose k is C's m.
 //
 // ---- pack2_half, pack2_bf16 ----------------------------------------------------------------
 // Two floats to one register of two 16-bit values, each rounded to nearest even: lo -> low
@@ -129,6 +135,13 @@ __device__ inline void ldmatrix_x4_trans(unsigned r[4], const void* row)
 
 #undef MMA_PTX_SMEM
 
+__device__ inline unsigned movmatrix_trans(unsigned x)
+{
+    unsigned r;
+    asm volatile("movmatrix.sync.aligned.m8n8.trans.b16 %0, %1;\n" : "=r"(r) : "r"(x));
+    return r;
+}
+
 // cvt.rn.f16x2.f32 d, a, b puts a in the HIGH half and b in the low half.
 __device__ inline unsigned pack2_half(float lo, float hi)
 {
@@ -177,6 +190,9 @@ __device__ inline void ldmatrix_x2_trans(unsigned r[2], const void* row,
 __device__ inline void ldmatrix_x4_trans(unsigned r[4], const void* row,
                                          int line = __builtin_LINE())
 { __pal_ldmatrix(line, PAL_OP_LDMATRIX_X4_TRANS, "ldmatrix_x4_trans", r, 4, true, row); }
+
+__device__ inline unsigned movmatrix_trans(unsigned x, int line = __builtin_LINE())
+{ return __pal_movmatrix_trans(line, x); }
 
 __device__ inline unsigned pack2_half(float lo, float hi) { return __pal_pack2_half(lo, hi); }
 __device__ inline unsigned pack2_bf16(float lo, float hi) { return __pal_pack2_bf16(lo, hi); }

@@ -53,6 +53,12 @@ extern "C" __global__ void mma_probe(const unsigned* a, const unsigned* b, const
     for (int i = 0; i < 4; ++i) d[t * 4 + i] = rd[i];
 }
 
+// out[thread] = movmatrix_trans(x[thread]): each warp transposes its own 8x8 matrix.
+extern "C" __global__ void movmatrix_probe(const unsigned* x, unsigned* out)
+{
+    out[threadIdx.x] = movmatrix_trans(x[threadIdx.x]);
+}
+
 // out_h[i] = pack2_half(x[2i], x[2i+1]), out_b[i] = pack2_bf16(x[2i], x[2i+1]).
 extern "C" __global__ void pack2_probe(const float* x, unsigned* out_h, unsigned* out_b, int n)
 {
@@ -98,7 +104,8 @@ extern "C" __global__ void attention_step(const unsigned short* q, const unsigne
     }
 }
 
-// Lane `skip` does not call (`which`: 0 ldmatrix_x4, 1 mma_m16n8k16): an error on the CPU.
+// Lane `skip` does not call (`which`: 0 ldmatrix_x4, 1 mma_m16n8k16, 2 movmatrix_trans): an
+// error on the CPU.
 extern "C" __global__ void lane_skips(unsigned* out, int skip, int which)
 {
     __shared__ __align__(16) unsigned short tile[32 * 8];
@@ -109,7 +116,8 @@ extern "C" __global__ void lane_skips(unsigned* out, int skip, int which)
     float acc[4] = {0.0f, 0.0f, 0.0f, 0.0f};
     if ((int)LANE != skip) {
         if (which == 0) ldmatrix_x4(r, &tile[LANE * 8]);
-        else mma_m16n8k16(acc, r, b, acc);
+        else if (which == 1) mma_m16n8k16(acc, r, b, acc);
+        else r[0] = movmatrix_trans(b[0]);
     }
     out[threadIdx.x] = r[0] + (unsigned)acc[0];
 }

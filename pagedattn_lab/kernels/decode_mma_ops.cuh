@@ -1,8 +1,10 @@
-// paged_decode_mma's (decode_mma.cu) arithmetic helpers: mma.sync for the cache's element
-// type, packing P into an A operand, and compressed codes converted in registers (four at a
-// time, exactly). Include after common.cuh, kv_quant.cuh, kv_convert.cuh and mma_ptx.cuh.
-#ifndef DECODE_MMA_CODES_CUH
-#define DECODE_MMA_CODES_CUH
+// The register-level helpers of the PTX tensor-core decode kernels over KV_T (fp16/bf16)
+// and compressed pages: one mma for the cache's element type, the pack of two floats, and
+// the in-register conversion of int8 / fp8 e4m3 codes (four per 32-bit word), shared by
+// decode_mma.cu and decode_mma_rows.cu. Include after common.cuh, kv_quant.cuh,
+// kv_convert.cuh and mma_ptx.cuh.
+#ifndef DECODE_MMA_OPS_CUH
+#define DECODE_MMA_OPS_CUH
 
 // d += a b for the cache's element type
 __device__ inline void mma_acc(float d[4], const unsigned a[4], const unsigned b[2])
@@ -85,4 +87,4 @@ __device__ inline unsigned word_of(const uint4& x, int i)
 }
 #endif
 
-#endif  // DECODE_MMA_CODES_CUH
+#endif  // DECODE_MMA_OPS_CUH

@@ -1,0 +1,75 @@
+"""kernels/decode_mma_rows.cu (tokens as the rows of the tile) once per shape and cache format
+at a small size on the GPU, for compute-sanitizer (memcheck, racecheck, synccheck):
+
+    compute-sanitizer --tool racecheck --error-exitcode 9 \
+        python3 benchmarks/sanitize_rows.py [--balanced]
+
+sanitize_tc.py's harness (each array its own cudaMalloc, outputs poisoned with NaN, launched
+twice so the merge counters must reset, checked against the float64 reference; exit status 1
+on a mismatch). --balanced: only the balanced-range cases (segments across sequences: one-token
+sequences in a row, ranges ending mid-page, more ranges than tiles). Run from the repository
+root.
+"""
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sanitize_tc import run_case  # noqa: E402 - benchmarks/ is the script's folder
+
+
+def main():
+    rng = np.random.default_rng(12)
+    rows = {"impl": "rows"}
+    cases = [   # name, lens, page, heads, kv, head_dim, splits, shape, kv_dtype, scheme
+        ("rows default GQA4 d128 split 3", [300, 17, 1], 16, 8, 2, 128, 3, rows),
+        ("rows MQA16 (two n tiles) d128 auto split", [900, 17, 1], 16, 16, 1, 128, None, rows),
+        ("rows GQA4 d256 page 7 split 2", [120, 5], 7, 8, 2, 256, 2, rows),
+        ("rows W4 warp pipelines S3 GQA8 d128 page 7", [300, 17, 1], 7, 16, 2, 128, 3,
+         {**rows, "warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}),
+        ("rows W8D2 T128 GQA4 d128 split 2", [300, 9], 16, 8, 2, 128, 2,
+         {**rows, "warps": 8, "tile_t": 128, "stages": 2, "d_split": 2}),
+        ("rows W2 T64 (two m tiles) MHA d64", [200, 9], 16, 4, 4, 64, 2,
+         {**rows, "warps": 2, "tile_t": 64, "stages": 3}),
+    ]
+    for kv_dtype in ("int8", "fp8_e4m3"):
+        for scheme in ("static", "per_token"):
+            cases.append((f"rows {kv_dtype} {scheme} GQA4 d128 planner shape page 7 split 3",
+                          [300, 17, 1], 7, 8, 2, 128, 3, rows, kv_dtype, scheme))
+            cases.append((f"rows {kv_dtype} {scheme} MQA16 d256 W4P S3 split 2", [120, 5], 16,
+                          16, 1, 256, 2, {**rows, "warps": 4, "tile_t": 64, "stages": 3,
+                                          "warp_pipe": True}, kv_dtype, scheme))
+    ones = [1] * 9 + [50, 1, 1, 1, 30]   # one-tile segments in a row: Q buffers rotate
+    bal = [   # ... the same with balanced ranges (the last field: how many), planner's first
+        ("rows balanced planner GQA4 d128 7 ranges", [300, 17, 1, 1, 1, 64, 129], 16, 8, 2,
+         128, None, rows, None, None, 7),
+        ("rows balanced fp8_e4m3 static planner shape d128 page 7", [300, 17, 1, 129, 1], 7, 8,
+         2, 128, None, rows, "fp8_e4m3", "static", 4),
+        ("rows balanced GQA4 d256 pairs 4 ranges page 7", [120, 5, 33], 7, 8, 2, 256, None, rows,
+         None, None, 4),
+        ("rows balanced W4 S3 block pipeline GQA4 d128 page 7", [300, 17, 1, 64, 129], 7, 8, 2,
+         128, None, {**rows, "warps": 4, "tile_t": 64, "stages": 3}, None, None, 5),
+        ("rows balanced int8 per_token planner shape d128 page 7", [300, 17, 1, 129, 1], 7, 8,
+         2, 128, None, rows, "int8", "per_token", 4),
+        ("rows balanced group 16 (two n tiles) d128 9 ranges", [900, 17, 1], 16, 16, 1, 128,
+         None, rows, None, None, 9),
+        ("rows balanced W1 T16 S3 one-token sequences d64", ones, 16, 8, 2, 64, None,
+         {**rows, "warps": 1, "tile_t": 16, "stages": 3}, None, None, 4),
+        ("rows balanced W2P T32 S4 one-token sequences d64", ones, 16, 8, 2, 64, None,
+         {**rows, "warps": 2, "tile_t": 32, "stages": 4, "warp_pipe": True}, None, None, 3),
+        ("rows balanced fp8 per-token d256 W4P S3", [120, 5, 1, 64], 16, 8, 2, 256, None,
+         {**rows, "warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}, "fp8_e4m3",
+         "per_token", 3),
+        ("rows balanced more ranges than tiles d128", [300, 1, 70], 16, 8, 2, 128, None, rows,
+         None, None, 100),
+    ]
+    only = sys.argv[1:] == ["--balanced"]
+    ok = all([run_case(rng, *c) for c in (bal if only else cases + bal)])
+    print("all results match the reference" if ok else "MISMATCH")
+    sys.exit(0 if ok else 1)
+
+
+if __name__ == "__main__":
+    main()

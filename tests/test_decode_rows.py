@@ -1,0 +1,127 @@
+"""kernels/decode_mma_rows.cu (tokens as the rows of the tile: S^T = K Q^T, O^T = V^T P^T, P^T
+transposed in registers by movmatrix) on the CPU executor against the float64 reference:
+every head size the PTX kernels take, groups 1 to 16 (one and two n tiles of 8 heads),
+fp16/bf16 pages and int8 / fp8 e4m3 codes with static and per-token scales; lengths 1,
+page-1, page, page+1, tile-1, tile, tile+1; split-K; shared pages; NaN in the unused tail
+slots (decode_cases.decode_problem) and outputs poisoned with NaN."""
+import numpy as np
+import pytest
+
+import pagedattn_lab as pl
+from pagedattn_lab import decode_plan as dp
+
+from .decode_cases import check_close, cpu_executor_has, decode_problem, poisoned, reference
+from .test_decode_tc_quant import check_compressed
+
+pytestmark = pytest.mark.skipif(not cpu_executor_has("mma.h"),
+                                reason="the CPU executor's shim has no WMMA (mma.h) yet")
+
+
+def run_rows(rng, dtype, heads, kv, head_dim, page, lens, splits, shape=None, prefix=0):
+    args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
+                          head_dim=head_dim, dtype=dtype, shared_prefix=prefix)
+    q, k, v, tables, seq_lens = args
+    w = pl.BatchDecodeWrapper().plan(tables, seq_lens, heads, kv, head_dim, page, dtype,
+                                     kernel="tensor_core", num_splits=splits)
+    if shape is not None:
+        w._launches = []
+        w._plan_tensor_core(np.asarray(seq_lens), splits,
+                            tc=dp.tc_config(dtype, head_dim, heads // kv, impl="rows", **shape))
+    assert w.tc_config.impl == "rows" and w.tc_config.source == "decode_mma_rows"
+    out = w.run(q, k, v, out=poisoned(q.shape, dtype))
+    check_close(out, reference(args), dtype)
+
+
+CASES = [
+    # dtype, heads, kv, head_dim, page, lens, splits
+    ("float16", 4, 4, 16, 16, [1, 15, 16, 17], None),       # MHA, head 16
+    ("float16", 8, 4, 32, 7, [1, 6, 7, 8, 50], 3),          # group 2, page 7, split
+    ("float16", 8, 2, 48, 1, [1, 2, 40], None),             # page 1
+    ("float16", 8, 2, 64, 16, [127, 128, 129, 1], 2),       # tile-1, tile, tile+1
+    ("float16", 24, 3, 80, 16, [33, 200], 1),               # group 8, one partition
+    ("float16", 16, 1, 96, 32, [31, 65], None),             # group 16: two n tiles
+    ("float16", 12, 1, 112, 16, [70, 3], 3),                # group 12: the second tile part-used
+    ("float16", 6, 2, 128, 256, [255, 257, 3], 2),          # page 256, group 3
+    ("float16", 4, 1, 144, 16, [40, 17], None),
+    ("float16", 10, 2, 160, 12, [50, 9], 2),                # group 5
+    ("float16", 7, 1, 176, 16, [20, 33], None),             # group 7
+    ("float16", 6, 3, 192, 16, [40, 17], None),
+    ("float16", 16, 2, 208, 16, [30, 1], 2),
+    ("float16", 8, 1, 224, 8, [25, 16], None),
+    ("float16", 4, 2, 240, 16, [17, 2], None),
+    ("float16", 16, 1, 256, 16, [70, 1], 3),                # head 256, group 16
+    ("bfloat16", 8, 2, 64, 16, [1, 17, 100], 2),
+    ("bfloat16", 16, 1, 128, 12, [25, 12], None),
+    ("bfloat16", 8, 8, 256, 16, [33, 2], 2),                # MHA, head 256
+]
+
+
+@pytest.mark.parametrize("dtype,heads,kv,head_dim,page,lens,splits", CASES)
+def test_rows_kernel(rng, dtype, heads, kv, head_dim, page, lens, splits, monkeypatch):
+    if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):
+        pytest.skip("the CPU executor's shim has no bfloat16 (cuda_bf16.h) yet")
+    monkeypatch.setattr(dp, "TC_IMPL", "rows")
+    run_rows(rng, dtype, heads, kv, head_dim, page, lens, splits)
+
+
+SHAPES = [   # the block shapes: warps, tile tokens (m tiles per warp), stages, pipes, d_split
+    {"warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True},
+    {"warps": 2, "tile_t": 64, "stages": 2},
+    {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2},
+    {"warps": 4, "tile_t": 128, "stages": 2, "q_regs": False},
+    {"warps": 4, "tile_t": 128, "stages": 2, "s_chains": 2},   # two accumulator chains
+]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rows_kernel_shapes(rng, shape):
+    run_rows(rng, "float16", 8, 2, 128, 16, [1, 63, 64, 65, 300], 2, shape)
+
+
+def test_rows_kernel_shared_pages(rng, monkeypatch):
+    monkeypatch.setattr(dp, "TC_IMPL", "rows")
+    run_rows(rng, "float16", 8, 2, 64, 16, [40, 50, 37], 9, prefix=2)
+
+
+def test_groups_past_16_take_the_heads_as_rows():
+    assert dp.tc_config("float16", 128, 16, impl="rows").impl == "rows"
+    assert dp.tc_config("float16", 128, 17, impl="rows").impl == "mma"
+    assert "-DHEAD_TILES=2" in dp.tc_config("float16", 128, 9, impl="rows").options
+    assert "-DHEAD_TILES=1" in dp.tc_config("float16", 128, 8, impl="rows").options
+
+
+ROWS_QUANT_CASES = [
+    # dtype, heads, kv, head_dim, page, lens, splits, shape
+    ("float16", 8, 2, 128, 7, [1, 6, 7, 8, 127, 129], 3, {}),      # the planner's shape; split
+    ("float16", 16, 1, 128, 16, [1, 15, 16, 17, 200], None,         # group 16, warp pipes
+     {"warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}),
+    ("float16", 2, 2, 256, 16, [70, 3], 2, {}),                     # MHA, head 256
+    ("float16", 16, 2, 256, 5, [40, 9], None,                       # group 8, head 256, pairs
+     {"warps": 8, "tile_t": 64, "stages": 2, "d_split": 2}),
+    ("bfloat16", 8, 2, 128, 12, [25, 12, 1], 2, {}),                # bf16 queries
+    ("float16", 12, 3, 128, 16, [1, 70, 17], 2, {"fp8_bits": True}),   # e4m3 by moving bits
+    ("float16", 8, 2, 128, 16, [1, 33, 130], 2,                     # two S chains, mb4
+     {"warps": 4, "tile_t": 64, "stages": 3, "s_chains": 2, "min_blocks": 4}),
+]
+
+
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+@pytest.mark.parametrize("scheme", ["static", "per_token"])
+@pytest.mark.parametrize("dtype,heads,kv,head_dim,page,lens,splits,shape", ROWS_QUANT_CASES)
+def test_rows_kernel_compressed_pages(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page,
+                                      lens, splits, shape):
+    check_compressed(rng, kv_dtype, scheme, dtype, heads, kv, head_dim, page, lens, splits,
+                     {**shape, "impl": "rows"})
+
+
+def test_the_planner_takes_rows_where_the_table_says(monkeypatch):
+    monkeypatch.setattr(dp, "TC_IMPL", "auto")
+    monkeypatch.setattr(dp, "ROWS_AUTO", [(True, (128, 256), 8)])
+    assert dp.tc_config("float16", 128, 4, dp.KV_QUANT_IDS["fp8_e4m3"]).impl == "rows"
+    assert dp.tc_config("float16", 128, 16, dp.KV_QUANT_IDS["int8"]).impl == "mma"   # group 16
+    assert dp.tc_config("float16", 128, 4).impl == "mma"                              # fp16 pages
+    assert dp.tc_config("float16", 96, 4, dp.KV_QUANT_IDS["int8"]).impl == "wmma"     # codes at 96
+    monkeypatch.setattr(dp, "ROWS_AUTO", [])
+    assert dp.tc_config("float16", 128, 4, dp.KV_QUANT_IDS["fp8_e4m3"]).impl == "mma"
+    monkeypatch.setattr(dp, "TC_IMPL", "rows")                                        # forced
+    assert dp.tc_config("float16", 128, 4).impl == "rows"
