@@ -22,7 +22,7 @@ from pagedattn_lab.bench import quant as bq  # noqa: E402
 from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
 
 # (name, extra -D options, 8-byte loads from this many heads per block, heads per block,
-#  the scale schemes it is timed with)
+#  the scale schemes it is timed with[, tokens per partition instead of the plan's])
 BOTH, STATIC, PER_TOKEN = ("static", "per_token"), ("static",), ("per_token",)
 VARIANTS = {
     "MHA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
@@ -30,58 +30,71 @@ VARIANTS = {
             ("slack 3 (round r3)", ("-DRESCALE_SLACK=3",), 8, None, STATIC),
             ("fp32 arithmetic", ("-DHALF2_MATH=0",), 8, None, STATIC)],
     "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
-            ("L2 256-byte fetch", ("-DCODE_L2_256=1",), 8, None, BOTH),
+            ("partitions of 1024", (), 8, None, BOTH, 1024),
+            ("partitions of 2048", (), 8, None, BOTH, 2048),
+            ("partitions of 256", (), 8, None, STATIC, 256),
+            ("4 blocks/SM (spills)", ("-DDECODE_MIN_BLOCKS=4",), 8, None, BOTH),
             ("U2 4 blocks/SM", ("-DDECODE_UNROLL_CODES=2", "-DDECODE_MIN_BLOCKS=4"), 8, None,
-             STATIC),
-            ("slack 4", ("-DRESCALE_SLACK=4",), 8, None, STATIC),
-            ("flush 2", ("-DPV_FLUSH=2",), 8, None, STATIC),
-            ("fp32 arithmetic", ("-DHALF2_MATH=0",), 8, None, STATIC)],
+             STATIC)],
 }
 KINDS = [("fp8_e4m3", "static"), ("int8", "static"), ("fp8_e4m3", "per_token"),
          ("int8", "per_token")]
 
 
-def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax):
-    saved = (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size)
+def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, part_len=None):
+    saved = (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size, dp.PART_LEN)
     base_options = dp.simt_options
     dp.simt_options = lambda *a: base_options(*a) + tuple(extra)
     wrappers.QUANT_NARROW_GMAX = narrow
     if gmax:
         dp.group_kernel_size = lambda group: gmax
+    if part_len:
+        dp.PART_LEN = part_len
     try:
         return bq.ours(cp, w, d, kv_dtype, scheme, kernel="simt")
     finally:
-        dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size = saved
+        (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size,
+         dp.PART_LEN) = saved
+
+
+def key_of(w):
+    return "MHA" if w.num_heads == w.num_kv_heads else "GQA"
 
 
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--reps", type=int, default=20)
     p.add_argument("--only", default="MHA,GQA")
+    p.add_argument("--kinds", default=",".join(f"{k}/{s}" for k, s in KINDS),
+                   help="format/scheme pairs, in this order")
     args = p.parse_args(argv)
+    only = args.only.split(",")
+    kinds = [tuple(k.split("/")) for k in args.kinds.split(",")]
     timer = Timer(cp)
     timer.warm_up(0.5)
     copy_rate = copy_bandwidth(cp, timer)
     print(f"copy rate {copy_rate / 1e12:.2f} TB/s", flush=True)
     fp16_ms = {}
     for w in bq.workloads():   # the fp16 time of each workload (the planner's kernel)
+        if key_of(w) not in only:
+            continue
         d = bq.build(cp, w, "float16", None, seed=1)
         fp16_ms[w.name] = timer.time(bq.ours(cp, w, d, "float16", None), reps=args.reps).median_ms
         print(f"{w.name:14s}  float16  (plan's kernel) {fp16_ms[w.name]:.3f} ms", flush=True)
         del d
-    for kv_dtype, scheme in KINDS:   # the most telling rows first: a time limit may cut the rest
+    for kv_dtype, scheme in kinds:   # the most telling rows first: a time limit may cut the rest
         for w in bq.workloads():
-            key = "MHA" if w.num_heads == w.num_kv_heads else "GQA"
-            if key not in args.only.split(","):
+            key = key_of(w)
+            if key not in only:
                 continue
             d = bq.build(cp, w, kv_dtype, scheme, seed=1)
             nbytes = bq.bytes_read(w, kv_dtype, scheme)
             ref = None
-            for name, extra, narrow, gmax, schemes in VARIANTS[key]:
+            for name, extra, narrow, gmax, schemes, *part_len in VARIANTS[key]:
                 if scheme not in schemes:
                     continue
                 try:
-                    fn = plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax)
+                    fn = plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, *part_len)
                     t = timer.time(fn, reps=args.reps)
                     out = fn().copy()
                     ref = out if ref is None else ref
