@@ -1,7 +1,8 @@
 """Time variants of the SIMT decode kernel over compressed pages on the GPU in one go (tuning
 runs; the results go to NOTES.md).
 
-    python3 benchmarks/explore_quant.py [--reps 20] [--only MHA,GQA]
+    python3 benchmarks/explore_quant.py [--reps 20] [--only MHA,GQA] [--kinds fp8_e4m3/static,...]
+                                        [--baseline EXPANDED_DECODE_CU]
 
 Variants are compile-time knobs of kernels/decode.cu (packed fp16 arithmetic, tokens in
 flight per thread group, blocks per SM, bytes per load of codes) and the query heads per
@@ -20,6 +21,7 @@ from pagedattn_lab import decode_plan as dp  # noqa: E402
 from pagedattn_lab import wrappers  # noqa: E402
 from pagedattn_lab.bench import quant as bq  # noqa: E402
 from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
+from pagedattn_lab.rawkernel import RawKernel  # noqa: E402
 
 # (name, extra -D options, 8-byte loads from this many heads per block, heads per block,
 #  the scale schemes it is timed with[, tokens per partition instead of the plan's])
@@ -30,19 +32,23 @@ VARIANTS = {
             ("slack 3 (round r3)", ("-DRESCALE_SLACK=3",), 8, None, STATIC),
             ("fp32 arithmetic", ("-DHALF2_MATH=0",), 8, None, STATIC)],
     "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
+            ("4 blocks/SM", ("-DDECODE_MIN_BLOCKS=4",), 8, None, BOTH),
+            ("q in registers", ("-DQ_SMEM=0",), 8, None, BOTH),
             ("partitions of 1024", (), 8, None, BOTH, 1024),
-            ("partitions of 2048", (), 8, None, BOTH, 2048),
-            ("partitions of 256", (), 8, None, STATIC, 256),
-            ("4 blocks/SM (spills)", ("-DDECODE_MIN_BLOCKS=4",), 8, None, BOTH),
-            ("U2 4 blocks/SM", ("-DDECODE_UNROLL_CODES=2", "-DDECODE_MIN_BLOCKS=4"), 8, None,
-             STATIC)],
+            ("4 blocks, parts 1024", ("-DDECODE_MIN_BLOCKS=4",), 8, None, BOTH, 1024),
+            ("partitions of 256", (), 8, None, STATIC, 256)],
 }
+BASELINE = "baseline source"   # the variant that times --baseline's kernel source
 KINDS = [("fp8_e4m3", "static"), ("int8", "static"), ("fp8_e4m3", "per_token"),
          ("int8", "per_token")]
 
 
-def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, part_len=None):
-    saved = (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size, dp.PART_LEN)
+def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, part_len=None, source=None):
+    """A plan of the SIMT kernel with extra -D options, 8-byte loads from `narrow` heads per
+    block, `gmax` heads per block, partitions of `part_len` tokens, compiled from `source`
+    (an expanded decode.cu, e.g. another commit's) instead of the package's kernels/decode.cu."""
+    saved = (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size, dp.PART_LEN,
+             wrappers.load_kernel)
     base_options = dp.simt_options
     dp.simt_options = lambda *a: base_options(*a) + tuple(extra)
     wrappers.QUANT_NARROW_GMAX = narrow
@@ -50,11 +56,16 @@ def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, part_len=None):
         dp.group_kernel_size = lambda group: gmax
     if part_len:
         dp.PART_LEN = part_len
+    if source:
+        load = saved[-1]
+        wrappers.load_kernel = lambda filename, name, options=(): (
+            RawKernel(source, name, options=options) if filename == "decode"
+            else load(filename, name, options))
     try:
         return bq.ours(cp, w, d, kv_dtype, scheme, kernel="simt")
     finally:
-        (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size,
-         dp.PART_LEN) = saved
+        (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size, dp.PART_LEN,
+         wrappers.load_kernel) = saved
 
 
 def key_of(w):
@@ -67,7 +78,10 @@ def main(argv=None):
     p.add_argument("--only", default="MHA,GQA")
     p.add_argument("--kinds", default=",".join(f"{k}/{s}" for k, s in KINDS),
                    help="format/scheme pairs, in this order")
+    p.add_argument("--baseline", help="an expanded decode.cu (kernels.expanded_source, e.g. "
+                   "of another commit) timed as a variant after the default")
     args = p.parse_args(argv)
+    baseline = Path(args.baseline).read_text() if args.baseline else None
     only = args.only.split(",")
     kinds = [tuple(k.split("/")) for k in args.kinds.split(",")]
     timer = Timer(cp)
@@ -90,11 +104,15 @@ def main(argv=None):
             d = bq.build(cp, w, kv_dtype, scheme, seed=1)
             nbytes = bq.bytes_read(w, kv_dtype, scheme)
             ref = None
-            for name, extra, narrow, gmax, schemes, *part_len in VARIANTS[key]:
+            variants = list(VARIANTS[key])
+            if baseline:
+                variants.insert(1, (BASELINE, (), wrappers.QUANT_NARROW_GMAX, None, BOTH, None,
+                                    baseline))
+            for name, extra, narrow, gmax, schemes, *more in variants:
                 if scheme not in schemes:
                     continue
                 try:
-                    fn = plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, *part_len)
+                    fn = plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, *more)
                     t = timer.time(fn, reps=args.reps)
                     out = fn().copy()
                     ref = out if ref is None else ref

@@ -45,9 +45,6 @@
 #include "decode_params.cuh"
 
 #include "decode_chunks.cuh"
-#if HALF2_MATH
-#include "decode_half2.cuh"
-#endif
 
 // A chunk of the cache. CODE_L2_256 (codes, sm_80+): with a hint that L2 fetch the 256-byte
 // block around it (a KV head's row of codes is 128 bytes, its neighbour head's row the other
@@ -105,6 +102,52 @@ __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
     }
 }
 
+// One output element of row `row` (batch * num_heads + head), dimension d: the final value, or
+// with several partitions this partition's normalized value and (once per row) its max and sum.
+__device__ inline void store_result(KV_T* out, float* part_out, float* part_ml, long long row,
+                                    int d, float result, float m_all, float l_all, int part,
+                                    int max_parts)
+{
+    if (max_parts == 1) {
+        store_value(out + row * HEAD_DIM + d, result);
+    } else {
+        long long slot = row * max_parts + part;
+        part_out[slot * HEAD_DIM + d] = result;
+        if (d == 0) {
+            part_ml[slot * 2] = m_all;
+            part_ml[slot * 2 + 1] = l_all;
+        }
+    }
+}
+
+#if HALF2_MATH
+#include "decode_half2.cuh"
+#endif
+
+// This thread's slices of query heads row0 .. row0 + nh (rows of q), pre-scaled by q_mult
+// into base-2 logits (0 past the row or past the block's heads).
+__device__ inline void load_q(const KV_T* q, long long row0, int nh, int gl, float q_mult,
+                              float (&qr)[GMAX][CPT][VEC])
+{
+#pragma unroll
+    for (int g = 0; g < GMAX; ++g) {
+#pragma unroll
+        for (int c = 0; c < CPT; ++c) {
+            const int chunk = gl + c * TG;
+#pragma unroll
+            for (int r = 0; r < VEC / QVEC; ++r) {   // a chunk of codes: several q loads
+                uint4 raw = make_uint4(0u, 0u, 0u, 0u);
+                if (g < nh && chunk < CHUNKS)
+                    raw = *reinterpret_cast<const uint4*>(
+                        q + (row0 + g) * HEAD_DIM + chunk * VEC + r * QVEC);
+                unpack_chunk<KV_T>(raw, qr[g][c] + r * QVEC);
+            }
+#pragma unroll
+            for (int i = 0; i < VEC; ++i) qr[g][c][i] *= q_mult;
+        }
+    }
+}
+
 // ---- the partition kernel ----------------------------------------------------------------
 
 extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) paged_decode(
@@ -143,6 +186,21 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     const int ngroups = blockDim.x / TG;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
 
+    const int* table = block_tables + (long long)b * max_pages;
+    // Offsets inside one page fit in 32 bits (a page of one layer holds far fewer than 2^31
+    // elements); the page's own offset is 64-bit (page * page_stride, widened in load_step).
+    const int row_stride = num_kv_heads * HEAD_DIM;   // one token
+    const int page_stride = page_size * row_stride;  // one page
+    const int head_off = kvh * HEAD_DIM + gl * VEC;
+    const int step = ngroups * U;
+    chunk_t kraw[U][CPT], vraw[U][CPT];
+    float ks[U], vs[U];   // per-token scales of the step's tokens (unused otherwise)
+    // The first step's loads go out before q is prepared: their latency and q's overlap.
+    if (PREFETCH)
+        load_step<U>(k_cache, v_cache, k_scale, v_scale, table, start, end, ngroups, grp, gl,
+                     page_size, page_shift, page_stride, row_stride, head_off, num_kv_heads,
+                     kvh, kraw, vraw, ks, vs);
+
     // Scale folding (see the top): q_mult pre-scales q, v_mult multiplies the output.
 #if KV_QUANT && !PER_TOKEN_SCALES
     const float q_mult = scale_log2 * k_scale[kvh] * CODE_UNIT;
@@ -152,38 +210,57 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     const float v_mult = CODE_UNIT;
 #endif
 
+#if Q_SMEM
+    // One warp prepares q's pairs and units in shared memory (the same for every group).
+    __shared__ uint4 q_smem[GMAX * CPT * NQ4 * TG];
+    __shared__ float q_unit_s[GMAX];
+    if (warp == 0) {   // warp-uniform (q_to_half2 shuffles)
+        float qr[GMAX][CPT][VEC];
+        load_q(q, (long long)b * num_heads + h0, nh, gl, q_mult, qr);
+        __half2 qh_r[GMAX][CPT][HV];
+        float q_unit[GMAX];
+        q_to_half2(qr, qh_r, q_unit);
+        if (grp == 0)
+#pragma unroll
+            for (int g = 0; g < GMAX; ++g)
+#pragma unroll
+                for (int c = 0; c < CPT; ++c)
+#pragma unroll
+                    for (int h = 0; h < NQ4; ++h)
+                        q_smem[((g * CPT + c) * NQ4 + h) * TG + gl] = make_uint4(
+                            half2_bits(qh_r[g][c][4 * h]), half2_bits(qh_r[g][c][4 * h + 1]),
+                            half2_bits(qh_r[g][c][4 * h + 2]), half2_bits(qh_r[g][c][4 * h + 3]));
+        if (lane == 0)
+#pragma unroll
+            for (int g = 0; g < GMAX; ++g) q_unit_s[g] = q_unit[g];
+    }
+    __syncthreads();   // block-uniform: the blocks past every sequence's end have left
+    QPairs qh;
+    qh.s = q_smem + gl;
+#else
     // This thread's slices of each query head, pre-scaled into base-2 logits (0 past the row).
     float qr[GMAX][CPT][VEC];
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g) {
-#pragma unroll
-        for (int c = 0; c < CPT; ++c) {
-            const int chunk = gl + c * TG;
-#pragma unroll
-            for (int r = 0; r < VEC / QVEC; ++r) {   // a chunk of codes: several q loads
-                uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-                if (g < nh && chunk < CHUNKS)
-                    raw = *reinterpret_cast<const uint4*>(
-                        q + ((long long)b * num_heads + h0 + g) * HEAD_DIM + chunk * VEC
-                        + r * QVEC);
-                unpack_chunk<KV_T>(raw, qr[g][c] + r * QVEC);
-            }
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) qr[g][c][i] *= q_mult;
-        }
-    }
+    load_q(q, (long long)b * num_heads + h0, nh, gl, q_mult, qr);
+#if HALF2_MATH
+    QPairs qh;
+    float q_unit[GMAX];
+    q_to_half2(qr, qh.r, q_unit);
+#endif
+#endif
 
 #if HALF2_MATH
-    __half2 qh[GMAX][CPT][HV];
-    float q_unit[GMAX], q_unit_own[HPL], m_own[HPL], l_own[HPL];
-    q_to_half2(qr, qh, q_unit);
+    float q_unit_own[HPL], m_own[HPL], l_own[HPL];
     const int hb = head_base(gl);
 #pragma unroll
     for (int j = 0; j < HPL; ++j) {
+#if Q_SMEM
+        q_unit_own[j] = q_unit_s[hb + j];
+#else
         q_unit_own[j] = q_unit[0];
 #pragma unroll
         for (int g = 1; g < GMAX; ++g)   // q_unit[hb + j] without a dynamic index
             if (g == hb + j) q_unit_own[j] = q_unit[g];
+#endif
         m_own[j] = NEG_BIG;
         l_own[j] = 0.0f;
     }
@@ -215,23 +292,9 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             for (int i = 0; i < VEC; ++i) acc[g][c][i] = 0.0f;
     }
 
-    const int* table = block_tables + (long long)b * max_pages;
-    // Offsets inside one page fit in 32 bits (a page of one layer holds far fewer than 2^31
-    // elements); the page's own offset is 64-bit (page * page_stride, widened in load_step).
-    const int row_stride = num_kv_heads * HEAD_DIM;   // one token
-    const int page_stride = page_size * row_stride;  // one page
-    const int head_off = kvh * HEAD_DIM + gl * VEC;
-
     // Block-uniform loop: every thread runs the same number of steps (shuffles need all).
     // Each step loads U tokens per group (2*U*CPT independent 16-byte loads per thread);
     // with PREFETCH the next step's loads are issued before this step's arithmetic.
-    const int step = ngroups * U;
-    chunk_t kraw[U][CPT], vraw[U][CPT];
-    float ks[U], vs[U];   // per-token scales of the step's tokens (unused otherwise)
-    if (PREFETCH)
-        load_step<U>(k_cache, v_cache, k_scale, v_scale, table, start, end, ngroups, grp, gl,
-                     page_size, page_shift, page_stride, row_stride, head_off, num_kv_heads,
-                     kvh, kraw, vraw, ks, vs);
     for (int base = start; base < end; base += step) {
         if (!PREFETCH)
             load_step<U>(k_cache, v_cache, k_scale, v_scale, table, base, end, ngroups, grp, gl,
@@ -316,18 +379,6 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
 #if PV_HALF2
     flush_half2(acc, acc_s, acc_h);
 #endif
-#if ACC_SMEM
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g)
-#pragma unroll
-        for (int c = 0; c < CPT; ++c)
-#pragma unroll
-            for (int i = 0; i < VEC; i += 4) {
-                const float4 x = acc_s[((g * CPT + c) * VEC + i) / 4 * DECODE_THREADS];
-                acc[g][c][i] = x.x, acc[g][c][i + 1] = x.y;
-                acc[g][c][i + 2] = x.z, acc[g][c][i + 3] = x.w;
-            }
-#endif
     // Every lane of a token's group takes its heads' maxima and sums from their owners, so
     // that the merges below see the state of the fp32 path.
 #pragma unroll
@@ -336,6 +387,13 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
         l[g] = from_owner(l_own, g, lane);
     }
 #endif
+#if ACC_SMEM
+    // The groups' sums are in shared memory already: merge them there (decode_half2.cuh).
+    __shared__ float s_ml[DECODE_THREADS / TG][GMAX][2];   // each group's max and sum
+    merge_groups_smem(m, l, acc_smem, s_ml, out, part_out, part_ml,
+                      (long long)b * num_heads + h0, nh, gl, grp, ngroups, part, max_parts,
+                      v_mult);
+#else
 
     // Merge the groups of each warp (butterfly: every lane ends with the warp's result).
 #pragma unroll
@@ -391,19 +449,10 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             l_all += s_l[w * GMAX + g] * c;
             o += s_acc[(w * GMAX + g) * HEAD_DIM + d] * c;
         }
-        long long row = (long long)b * num_heads + h0 + g;
-        const float result = o / l_all * v_mult;
-        if (max_parts == 1) {
-            store_value(out + row * HEAD_DIM + d, result);
-        } else {
-            long long slot = row * max_parts + part;
-            part_out[slot * HEAD_DIM + d] = result;
-            if (d == 0) {
-                part_ml[slot * 2] = m_all;
-                part_ml[slot * 2 + 1] = l_all;
-            }
-        }
+        store_result(out, part_out, part_ml, (long long)b * num_heads + h0 + g, d,
+                     o / l_all * v_mult, m_all, l_all, part, max_parts);
     }
+#endif  // ACC_SMEM
 }
 
 // ---- the merge kernel --------------------------------------------------------------------

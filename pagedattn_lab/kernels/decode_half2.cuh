@@ -125,6 +125,55 @@ __device__ inline void q_to_half2(const float (&qr)[GMAX][CPT][VEC],
     }
 }
 
+// Q_SMEM: q's pairs live in shared memory, read as HFMA2 operands where each token meets them
+// (two 16-byte loads per head and token), instead of GMAX * CPT * HV registers: the 4-head
+// kernel drops from 168 registers (3 blocks per SM) to 128 (4), and the register copies
+// ptxas made of the loop-invariant q pairs around the HFMA2s (~90 MOV per step) go.
+// Layout: 16-byte piece h of chunk c of head g, lane gl of the token's group, at
+// q_s[((g * CPT + c) * NQ4 + h) * TG + gl]: a group's lanes read 16 consecutive bytes each
+// (no bank conflict), the other groups of the warp the same addresses (a broadcast).
+constexpr int NQ4 = HV / 4;   // 16-byte pieces of q pairs per chunk
+static_assert(!Q_SMEM || HV % 4 == 0, "Q_SMEM: whole 16-byte pieces of q pairs");
+
+struct QPairs {   // the q pairs of this lane: in registers, or where they are in shared memory
+#if Q_SMEM
+    const uint4* s;
+#else
+    __half2 r[GMAX][CPT][HV];
+#endif
+};
+
+// A 16-byte shared-memory load that the compiler may not hoist out of the loop (it would
+// bring q back into registers): volatile on the GPU; a plain read in the CPU executor.
+__device__ inline uint4 lds16(const uint4* p)
+{
+#if defined(__CUDA_ARCH__)
+    uint4 r;
+    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
+    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(a));
+    return r;
+#else
+    return *p;
+#endif
+}
+
+// Head g's pairs of chunk c (this lane's).
+__device__ inline void q_pairs(const QPairs& q, int g, int c, __half2 (&out)[HV])
+{
+#if Q_SMEM
+#pragma unroll
+    for (int h = 0; h < NQ4; ++h) {
+        const uint4 x = lds16(q.s + ((g * CPT + c) * NQ4 + h) * TG);
+        out[4 * h] = bits_half2(x.x), out[4 * h + 1] = bits_half2(x.y);
+        out[4 * h + 2] = bits_half2(x.z), out[4 * h + 3] = bits_half2(x.w);
+    }
+#else
+#pragma unroll
+    for (int i = 0; i < HV; ++i) out[i] = q.r[g][c][i];
+#endif
+}
+
 // Sum v over the TG lanes of a token while scattering the heads: on return v[0 .. HPL) hold
 // the full sums of heads head_base(gl) .. + HPL (v[HPL ..) are left undefined).
 template <int U>
@@ -193,6 +242,50 @@ static_assert(!ACC_SMEM || (ACC4 * DECODE_THREADS * 16
                             + DECODE_THREADS / 32 * GMAX * (2 + HEAD_DIM) * 4 <= 48 * 1024),
               "ACC_SMEM: the sums and the merge's shared memory exceed 48 KB");
 
+// ACC_SMEM, after the loop: the block's output straight from the groups' sums in shared
+// memory (no shuffles of the sums between a warp's groups, no copy to a second buffer). Every
+// group's maximum and sum per head (m, l: each lane holds its group's) go to shared memory;
+// then a thread takes 4 dimensions of one head and adds up the groups' float4s of them, each
+// weighed by 2^(m_group - m_all) (the weights of the butterfly merge, in one pass).
+// s_ml: shared memory for [DECODE_THREADS / TG][GMAX][2] floats.
+__device__ inline void merge_groups_smem(const float (&m)[GMAX], const float (&l)[GMAX],
+                                         const float4* acc_smem, float (*s_ml)[GMAX][2],
+                                         KV_T* out, float* part_out, float* part_ml,
+                                         long long row0, int nh, int gl, int grp, int ngroups,
+                                         int part, int max_parts, float v_mult)
+{
+    if (gl == 0)
+#pragma unroll
+        for (int g = 0; g < GMAX; ++g) s_ml[grp][g][0] = m[g], s_ml[grp][g][1] = l[g];
+    __syncthreads();   // also orders every thread's last flush before the reads below
+    for (int idx = threadIdx.x; idx < nh * HEAD_DIM / 4; idx += blockDim.x) {
+        const int g = idx / (HEAD_DIM / 4), d = idx % (HEAD_DIM / 4) * 4;
+        const int chunk = d / VEC, i = d % VEC;
+        // chunk = lane + c * TG of a group; its float4 (g, c, i) in that lane's column
+        const float4* col = acc_smem + (chunk % TG)
+                            + ((g * CPT + chunk / TG) * VEC + i) / 4 * DECODE_THREADS;
+        float m_all = NEG_BIG;
+        for (int w = 0; w < ngroups; ++w) m_all = fmaxf(m_all, s_ml[w][g][0]);
+        float l_all = 0.0f;
+        float4 o = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int w = 0; w < ngroups; ++w) {
+            const float c = exp2f(s_ml[w][g][0] - m_all);
+            const float4 x = col[w * TG];
+            l_all += s_ml[w][g][1] * c;
+            o.x += x.x * c, o.y += x.y * c, o.z += x.z * c, o.w += x.w * c;
+        }
+        const float f = v_mult / l_all;
+        store_result(out, part_out, part_ml, row0 + g, d, o.x * f, m_all, l_all, part,
+                     max_parts);
+        store_result(out, part_out, part_ml, row0 + g, d + 1, o.y * f, m_all, l_all, part,
+                     max_parts);
+        store_result(out, part_out, part_ml, row0 + g, d + 2, o.z * f, m_all, l_all, part,
+                     max_parts);
+        store_result(out, part_out, part_ml, row0 + g, d + 3, o.w * f, m_all, l_all, part,
+                     max_parts);
+    }
+}
+
 // The fp32 sums of head g times a (a rescale).
 __device__ inline void scale_sums(float (&acc)[GMAX][CPT][VEC], float4* acc_s, int g, float a)
 {
@@ -244,7 +337,7 @@ __device__ inline void flush_half2(float (&acc)[GMAX][CPT][VEC], float4* acc_s,
 template <int U>
 __device__ inline void half2_step(const chunk_t (&kraw)[U][CPT], const chunk_t (&vraw)[U][CPT],
                                   const float (&k_mult)[U], const float (&p_mult)[U],
-                                  const bool (&valid)[U], const __half2 (&qh)[GMAX][CPT][HV],
+                                  const bool (&valid)[U], const QPairs& qh,
                                   const float (&q_unit_own)[HPL], float (&m_own)[HPL],
                                   float (&l_own)[HPL], float (&acc)[GMAX][CPT][VEC],
                                   float4* acc_s, __half2 (&acc_h)[GMAX][CPT][HV], bool flush,
@@ -260,9 +353,12 @@ __device__ inline void half2_step(const chunk_t (&kraw)[U][CPT], const chunk_t (
         for (int g = 0; g < GMAX; ++g) {
             __half2 a = __float2half2_rn(0.0f);
 #pragma unroll
-            for (int c = 0; c < CPT; ++c)
+            for (int c = 0; c < CPT; ++c) {
+                __half2 qp[HV];
+                q_pairs(qh, g, c, qp);
 #pragma unroll
-                for (int i = 0; i < HV; ++i) a = __hfma2(qh[g][c][i], kh[c][i], a);
+                for (int i = 0; i < HV; ++i) a = __hfma2(qp[i], kh[c][i], a);
+            }
             dot[g][u] = __low2float(a) + __high2float(a);
         }
     }

@@ -88,6 +88,12 @@ static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages
 #ifndef ACC_SMEM
 #define ACC_SMEM (PV_HALF2 && GMAX == 4 && HEAD_DIM <= 192)
 #endif
+// Q_SMEM (decode_half2.cuh): q's fp16 pairs in shared memory, read where they are used, for
+// blocks of 4+ heads over codes in packed fp16 (their GMAX * 32 registers of q pairs decide the
+// blocks per SM).
+#ifndef Q_SMEM
+#define Q_SMEM (HALF2_MATH && GMAX >= 4)
+#endif
 // 4 heads over codes (H200, D64 GQA 32/8, round r3): the sums in shared memory and 4 tokens per
 // step at 3 blocks per SM 0.132 ms (2 tokens, 4 blocks: 0.136; the sums in registers, 2 blocks:
 // 0.178); per-token scales (fp32 sums of V in registers) 3 blocks 0.153, 2 blocks 0.182.
