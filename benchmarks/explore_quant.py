@@ -32,11 +32,11 @@ VARIANTS = {
             ("slack 3 (round r3)", ("-DRESCALE_SLACK=3",), 8, None, STATIC),
             ("fp32 arithmetic", ("-DHALF2_MATH=0",), 8, None, STATIC)],
     "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
+            ("dots in fp32 lanes", ("-DDOT_PACK=0",), 8, None, BOTH),
             ("4 blocks/SM", ("-DDECODE_MIN_BLOCKS=4",), 8, None, BOTH),
-            ("q in registers", ("-DQ_SMEM=0",), 8, None, BOTH),
-            ("partitions of 1024", (), 8, None, BOTH, 1024),
-            ("4 blocks, parts 1024", ("-DDECODE_MIN_BLOCKS=4",), 8, None, BOTH, 1024),
-            ("partitions of 256", (), 8, None, STATIC, 256)],
+            ("split prefetch 4 blocks", ("-DSPLIT_PREFETCH=1", "-DDECODE_MIN_BLOCKS=4"), 8,
+             None, BOTH),
+            ("partitions of 1024", (), 8, None, BOTH, 1024)],
 }
 BASELINE = "baseline source"   # the variant that times --baseline's kernel source
 KINDS = [("fp8_e4m3", "static"), ("int8", "static"), ("fp8_e4m3", "per_token"),

@@ -64,11 +64,63 @@ __device__ inline chunk_t load_chunk(const CACHE_T* p)
 #endif
 }
 
-// Issue the K and V loads of one step: token base + u * ngroups + grp for u < U (a token
-// past the end is replaced by the last one, so every load is valid; it is masked later).
-// Chunk c of this thread is chunk gl + c * TG of the row (neighbouring lanes, neighbouring
-// bytes); a chunk past the row's end is not loaded.
-// With per-token scales it also loads each token's K and V scale (ks, vs).
+// Token u of this thread's group in the step from `base` (a token past the end is replaced by
+// the last one, so every load is valid; it is masked later).
+__device__ inline int step_token(int base, int u, int ngroups, int grp, int end)
+{
+    return min(base + u * ngroups + grp, end - 1);
+}
+
+// Where token t is: e, the offset of this thread's first chunk in a cache, and si, the index
+// of its per-token scales. step_offsets: the same for the U tokens of a step (step_token).
+__device__ inline void token_offsets(const int* table, int t, int page_size, int page_shift,
+                                     int page_stride, int row_stride, int head_off,
+                                     int num_kv_heads, int kvh, long long& e, long long& si)
+{
+    int vpage = page_shift >= 0 ? (t >> page_shift) : (t / page_size);
+    int offset = t - vpage * page_size;
+    long long page = table[vpage];      // widen before multiplying by the strides
+    e = page * page_stride + (offset * row_stride + head_off);
+    si = (page * page_size + offset) * num_kv_heads + kvh;
+}
+
+template <int U>
+__device__ inline void step_offsets(const int* table, int base, int end, int ngroups, int grp,
+                                    int page_size, int page_shift, int page_stride,
+                                    int row_stride, int head_off, int num_kv_heads, int kvh,
+                                    long long (&e)[U], long long (&si)[U])
+{
+#pragma unroll
+    for (int u = 0; u < U; ++u)
+        token_offsets(table, step_token(base, u, ngroups, grp, end), page_size, page_shift,
+                      page_stride, row_stride, head_off, num_kv_heads, kvh, e[u], si[u]);
+}
+
+// Issue the loads of one token's row of one cache (K or V) at offset e (and its scale).
+__device__ inline void load_row(const CACHE_T* cache, const float* scale, long long e,
+                                long long si, int gl, chunk_t (&raw)[CPT], float& sc)
+{
+#if PER_TOKEN_SCALES
+    sc = scale[si];
+#endif
+#pragma unroll
+    for (int c = 0; c < CPT; ++c)
+        raw[c] = gl + c * TG < CHUNKS ? load_chunk(cache + e + c * TG * VEC) : zero_chunk();
+}
+
+// Issue the loads of one cache (K or V) at those offsets. Chunk c of this thread is chunk
+// gl + c * TG of the row (neighbouring lanes, neighbouring bytes); a chunk past the row's end
+// is not loaded. With per-token scales it also loads each token's scale.
+template <int U>
+__device__ inline void load_rows(const CACHE_T* cache, const float* scale,
+                                 const long long (&e)[U], const long long (&si)[U], int gl,
+                                 chunk_t (&raw)[U][CPT], float (&sc)[U])
+{
+#pragma unroll
+    for (int u = 0; u < U; ++u) load_row(cache, scale, e[u], si[u], gl, raw[u], sc[u]);
+}
+
+// Issue the K and V loads of one step (and with per-token scales each token's K and V scale).
 template <int U>
 __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
                                  const float* k_scale, const float* v_scale, const int* table,
@@ -80,25 +132,11 @@ __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
 {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-        int t = min(base + u * ngroups + grp, end - 1);
-        int vpage = page_shift >= 0 ? (t >> page_shift) : (t / page_size);
-        int offset = t - vpage * page_size;
-        long long page = table[vpage];      // widen before multiplying by the strides
-        long long e = page * page_stride + (offset * row_stride + head_off);
-#if PER_TOKEN_SCALES
-        const long long si = (page * page_size + offset) * num_kv_heads + kvh;
-        ks[u] = k_scale[si];
-        vs[u] = v_scale[si];
-#endif
-#pragma unroll
-        for (int c = 0; c < CPT; ++c) {
-            if (gl + c * TG < CHUNKS) {
-                kraw[u][c] = load_chunk(k_cache + e + c * TG * VEC);
-                vraw[u][c] = load_chunk(v_cache + e + c * TG * VEC);
-            } else {
-                kraw[u][c] = vraw[u][c] = zero_chunk();
-            }
-        }
+        long long e, si;
+        token_offsets(table, step_token(base, u, ngroups, grp, end), page_size, page_shift,
+                      page_stride, row_stride, head_off, num_kv_heads, kvh, e, si);
+        load_row(k_cache, k_scale, e, si, gl, kraw[u], ks[u]);
+        load_row(v_cache, v_scale, e, si, gl, vraw[u], vs[u]);
     }
 }
 
@@ -220,14 +258,14 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
         __half2 qh_r[GMAX][CPT][HV];
         float q_unit[GMAX];
         q_to_half2(qr, qh_r, q_unit);
-        if (grp == 0)
+        if (grp == 0)   // lane gl's slot g ^ head_base(gl) holds head g (see reduce_scatter)
 #pragma unroll
             for (int g = 0; g < GMAX; ++g)
 #pragma unroll
                 for (int c = 0; c < CPT; ++c)
 #pragma unroll
                     for (int h = 0; h < NQ4; ++h)
-                        q_smem[((g * CPT + c) * NQ4 + h) * TG + gl] = make_uint4(
+                        q_smem[(((g ^ head_base(gl)) * CPT + c) * NQ4 + h) * TG + gl] = make_uint4(
                             half2_bits(qh_r[g][c][4 * h]), half2_bits(qh_r[g][c][4 * h + 1]),
                             half2_bits(qh_r[g][c][4 * h + 2]), half2_bits(qh_r[g][c][4 * h + 3]));
         if (lane == 0)
@@ -312,6 +350,23 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             k_mult[u] = p_mult[u] = 1.0f;
 #endif
         }
+#if HALF2_MATH && SPLIT_PREFETCH
+        // The next step's K loads go out once this step's dots are done with kraw, its V loads
+        // once the weights are done with vraw: no copies, half the registers of a prefetch.
+        float dot[GMAX][U];
+        half2_dots<U>(kraw, qh, gl, dot);
+        long long e[U], si[U];
+        const bool more = PREFETCH && base + step < end;   // block-uniform
+        if (more) {
+            step_offsets<U>(table, base + step, end, ngroups, grp, page_size, page_shift,
+                            page_stride, row_stride, head_off, num_kv_heads, kvh, e, si);
+            load_rows<U>(k_cache, k_scale, e, si, gl, kraw, ks);
+        }
+        flush_in = flush_in == 1 ? PV_FLUSH : flush_in - 1;   // block-uniform
+        half2_softmax_pv<U>(dot, vraw, k_mult, p_mult, valid, q_unit_own, m_own, l_own, acc,
+                            acc_s, acc_h, flush_in == 1, lane);
+        if (more) load_rows<U>(v_cache, v_scale, e, si, gl, vraw, vs);
+#else
 #if HALF2_MATH
         chunk_t kcur[U][CPT], vcur[U][CPT];
 #pragma unroll
@@ -334,8 +389,10 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
                          num_kv_heads, kvh, kraw, vraw, ks, vs);
 #if HALF2_MATH
         flush_in = flush_in == 1 ? PV_FLUSH : flush_in - 1;   // block-uniform
-        half2_step<U>(kcur, vcur, k_mult, p_mult, valid, qh, q_unit_own, m_own, l_own, acc,
-                      acc_s, acc_h, flush_in == 1, gl, lane);
+        float dot[GMAX][U];
+        half2_dots<U>(kcur, qh, gl, dot);
+        half2_softmax_pv<U>(dot, vcur, k_mult, p_mult, valid, q_unit_own, m_own, l_own, acc,
+                            acc_s, acc_h, flush_in == 1, lane);
 #else
 #pragma unroll
         for (int g = 0; g < GMAX; ++g) {
@@ -374,6 +431,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             }
         }
 #endif
+#endif  // SPLIT_PREFETCH
     }
 #if HALF2_MATH
 #if PV_HALF2

@@ -150,7 +150,7 @@ __device__ inline uint4 lds16(const uint4* p)
 #if defined(__CUDA_ARCH__)
     uint4 r;
     const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-    asm volatile("ld.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
+    asm volatile("ld.volatile.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
                  : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(a));
     return r;
 #else
@@ -174,22 +174,42 @@ __device__ inline void q_pairs(const QPairs& q, int g, int c, __half2 (&out)[HV]
 #endif
 }
 
+// The adds and exchanges of reduce_scatter, for fp32 scores and (DOT_PACK) fp16 pairs of them.
+__device__ inline float add_score(float a, float b) { return a + b; }
+__device__ inline __half2 add_score(__half2 a, __half2 b) { return __hadd2(a, b); }
+__device__ inline float shfl_score(float x, int off)
+{
+    return __shfl_xor_sync(0xffffffffu, x, off);
+}
+__device__ inline __half2 shfl_score(__half2 x, int off)
+{
+    return bits_half2(__shfl_xor_sync(0xffffffffu, half2_bits(x), off));
+}
+
 // Sum v over the TG lanes of a token while scattering the heads: on return v[0 .. HPL) hold
 // the full sums of heads head_base(gl) .. + HPL (v[HPL ..) are left undefined).
-template <int U>
-__device__ inline void reduce_scatter(float (&v)[GMAX][U], int gl)
+// With Q_SMEM the heads arrive permuted per lane (v[j] is head j ^ head_base(gl), q_smem's
+// layout): at each exchange every lane keeps its lower half of the heads and sends its upper
+// half, which are the partner's lower half, without selecting by lane.
+template <int U, typename T>
+__device__ inline void reduce_scatter(T (&v)[GMAX][U], int gl)
 {
 #pragma unroll
     for (int k = 0; k < SCATTER; ++k) {
         const int off = TG >> (k + 1), half = GMAX >> (k + 1);
-        const bool upper = gl & off;
 #pragma unroll
         for (int j = 0; j < half; ++j)
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-                const float send = upper ? v[j][u] : v[j + half][u];
-                const float keep = upper ? v[j + half][u] : v[j][u];
-                v[j][u] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+#if Q_SMEM
+                const T sent = v[j + half][u];   // the partner's heads j .. of this exchange
+                v[j][u] = add_score(v[j][u], shfl_score(sent, off));
+#else
+                const bool upper = gl & off;
+                const T send = upper ? v[j][u] : v[j + half][u];
+                const T keep = upper ? v[j + half][u] : v[j][u];
+                v[j][u] = add_score(keep, shfl_score(send, off));
+#endif
             }
     }
 #pragma unroll
@@ -197,7 +217,7 @@ __device__ inline void reduce_scatter(float (&v)[GMAX][U], int gl)
 #pragma unroll
         for (int j = 0; j < HPL; ++j)
 #pragma unroll
-            for (int u = 0; u < U; ++u) v[j][u] += __shfl_xor_sync(0xffffffffu, v[j][u], off);
+            for (int u = 0; u < U; ++u) v[j][u] = add_score(v[j][u], shfl_score(v[j][u], off));
 }
 
 // The first head a lane holds after reduce_scatter, and a lane of the token's group that holds
@@ -332,18 +352,20 @@ __device__ inline void flush_half2(float (&acc)[GMAX][CPT][VEC], float4* acc_s,
             }
 }
 
-// One step of U tokens per thread group (see the top): scores, the owners' online softmax,
-// the rescale when some maximum moved, and the weighted V rows added to acc.
+// One step of U tokens per thread group (see the top), in two halves (SPLIT_PREFETCH issues
+// the next step's K loads between them, into the registers the first has finished with).
+// The first: q.k of the U tokens summed over the token's lanes; dot[0 .. HPL) are this
+// lane's heads' (head_base(gl) + j) scores, unscaled.
 template <int U>
-__device__ inline void half2_step(const chunk_t (&kraw)[U][CPT], const chunk_t (&vraw)[U][CPT],
-                                  const float (&k_mult)[U], const float (&p_mult)[U],
-                                  const bool (&valid)[U], const QPairs& qh,
-                                  const float (&q_unit_own)[HPL], float (&m_own)[HPL],
-                                  float (&l_own)[HPL], float (&acc)[GMAX][CPT][VEC],
-                                  float4* acc_s, __half2 (&acc_h)[GMAX][CPT][HV], bool flush,
-                                  int gl, int lane)
+__device__ inline void half2_dots(const chunk_t (&kraw)[U][CPT], const QPairs& qh, int gl,
+                                  float (&dot)[GMAX][U])
 {
-    float dot[GMAX][U];
+    // q.k: the halves of each lane's fp16 dot, then the token's lanes (reduce_scatter); g is
+    // the slot of q's pairs (with Q_SMEM head g ^ head_base(gl), see reduce_scatter).
+#if DOT_PACK
+    constexpr int UP = (U + 1) / 2;
+    __half2 dp[GMAX][UP];   // tokens 2w and 2w + 1 in the halves
+#endif
 #pragma unroll
     for (int u = 0; u < U; ++u) {
         __half2 kh[CPT][HV];
@@ -359,11 +381,41 @@ __device__ inline void half2_step(const chunk_t (&kraw)[U][CPT], const chunk_t (
 #pragma unroll
                 for (int i = 0; i < HV; ++i) a = __hfma2(qp[i], kh[c][i], a);
             }
+#if DOT_PACK
+            // (a.x, b.x) + (a.y, b.y): token 2w's dot in the low half, 2w + 1's in the high
+            // (an odd U's last token: b = 0); dp holds token 2w's a until 2w + 1's comes
+            const __half2 b = u % 2 ? a : __float2half2_rn(0.0f);
+            const __half2 first = u % 2 ? dp[g][u / 2] : a;
+            dp[g][u / 2] = u % 2 || u == U - 1
+                               ? __hadd2(__lows2half2(first, b), __highs2half2(first, b)) : a;
+#else
             dot[g][u] = __low2float(a) + __high2float(a);
+#endif
         }
     }
+#if DOT_PACK
+    reduce_scatter<UP>(dp, gl);
+#pragma unroll
+    for (int j = 0; j < HPL; ++j)
+#pragma unroll
+        for (int u = 0; u < U; ++u)
+            dot[j][u] = u % 2 ? __high2float(dp[j][u / 2]) : __low2float(dp[j][u / 2]);
+#else
     reduce_scatter<U>(dot, gl);
+#endif
+}
 
+// The owners' online softmax of the scores, the rescale when some maximum moved, and the
+// weighted V rows added to the sums (flushed to acc when `flush`).
+template <int U>
+__device__ inline void half2_softmax_pv(const float (&dot)[GMAX][U],
+                                        const chunk_t (&vraw)[U][CPT],
+                                        const float (&k_mult)[U], const float (&p_mult)[U],
+                                        const bool (&valid)[U], const float (&q_unit_own)[HPL],
+                                        float (&m_own)[HPL], float (&l_own)[HPL],
+                                        float (&acc)[GMAX][CPT][VEC], float4* acc_s,
+                                        __half2 (&acc_h)[GMAX][CPT][HV], bool flush, int lane)
+{
     // The owners' online softmax: p of each token, and whether a maximum moved.
     float p[HPL][U], alpha[HPL];
     bool moved = false;

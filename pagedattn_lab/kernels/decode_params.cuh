@@ -94,6 +94,24 @@ static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages
 #ifndef Q_SMEM
 #define Q_SMEM (HALF2_MATH && GMAX >= 4)
 #endif
+static_assert(!Q_SMEM || HALF2_MATH, "Q_SMEM: q's fp16 pairs, for packed fp16 arithmetic");
+// DOT_PACK (decode_half2.cuh): the lanes' q.k sums exchanged and added as fp16 pairs of two
+// tokens (half the shuffles and adds; 1 + log2(TG) more fp16 roundings of a score), where no
+// sum can leave fp16's range: |q| <= 1, so |dot| <= HEAD_DIM * KV_QMAX < 65504.
+#if KV_QUANT == 1
+#define DECODE_QMAX_INT 127   // KV_QMAX as an integer, for #if
+#else
+#define DECODE_QMAX_INT 448
+#endif
+#ifndef DOT_PACK
+#define DOT_PACK (Q_SMEM && HEAD_DIM * DECODE_QMAX_INT < 65504)
+#endif
+// SPLIT_PREFETCH (packed fp16 with PREFETCH): the next step's K loads issued after this
+// step's dots, its V loads after this step's weights, into the same registers (instead of a
+// second set of 2 * U * CPT chunks): half a step of latency to hide instead of a step.
+#ifndef SPLIT_PREFETCH
+#define SPLIT_PREFETCH 0
+#endif
 // 4 heads over codes (H200, D64 GQA 32/8, round r3): the sums in shared memory and 4 tokens per
 // step at 3 blocks per SM 0.132 ms (2 tokens, 4 blocks: 0.136; the sums in registers, 2 blocks:
 // 0.178); per-token scales (fp32 sums of V in registers) 3 blocks 0.153, 2 blocks 0.182.
