@@ -32,11 +32,14 @@ VARIANTS = {
             ("slack 3 (round r3)", ("-DRESCALE_SLACK=3",), 8, None, STATIC),
             ("fp32 arithmetic", ("-DHALF2_MATH=0",), 8, None, STATIC)],
     "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
+            ("partitions of 512", (), 8, None, BOTH, 512),
             ("dots in fp32 lanes", ("-DDOT_PACK=0",), 8, None, BOTH),
-            ("4 blocks/SM", ("-DDECODE_MIN_BLOCKS=4",), 8, None, BOTH),
-            ("split prefetch 4 blocks", ("-DSPLIT_PREFETCH=1", "-DDECODE_MIN_BLOCKS=4"), 8,
-             None, BOTH),
-            ("partitions of 1024", (), 8, None, BOTH, 1024)],
+            ("q in shared memory", ("-DQ_SMEM=1",), 8, None, STATIC),
+            ("q in registers 3 blocks", ("-DQ_SMEM=0", "-DDECODE_MIN_BLOCKS=3"), 8, None,
+             PER_TOKEN),
+            ("q smem, 4 blocks/SM", ("-DQ_SMEM=1", "-DDECODE_MIN_BLOCKS=4"), 8, None, STATIC),
+            ("q smem, split prefetch 4 blocks", ("-DQ_SMEM=1", "-DSPLIT_PREFETCH=1",
+                                                 "-DDECODE_MIN_BLOCKS=4"), 8, None, BOTH)],
 }
 BASELINE = "baseline source"   # the variant that times --baseline's kernel source
 KINDS = [("fp8_e4m3", "static"), ("int8", "static"), ("fp8_e4m3", "per_token"),
@@ -45,17 +48,18 @@ KINDS = [("fp8_e4m3", "static"), ("int8", "static"), ("fp8_e4m3", "per_token"),
 
 def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, part_len=None, source=None):
     """A plan of the SIMT kernel with extra -D options, 8-byte loads from `narrow` heads per
-    block, `gmax` heads per block, partitions of `part_len` tokens, compiled from `source`
+    block, `gmax` heads per block, partitions of `part_len` tokens (compressed pages, 4+ heads
+    per block: decode_plan.COMPRESSED_SIMT_PART_LEN), compiled from `source`
     (an expanded decode.cu, e.g. another commit's) instead of the package's kernels/decode.cu."""
-    saved = (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size, dp.PART_LEN,
-             wrappers.load_kernel)
+    saved = (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size,
+             dp.COMPRESSED_SIMT_PART_LEN, wrappers.load_kernel)
     base_options = dp.simt_options
     dp.simt_options = lambda *a: base_options(*a) + tuple(extra)
     wrappers.QUANT_NARROW_GMAX = narrow
     if gmax:
         dp.group_kernel_size = lambda group: gmax
     if part_len:
-        dp.PART_LEN = part_len
+        dp.COMPRESSED_SIMT_PART_LEN = part_len
     if source:
         load = saved[-1]
         wrappers.load_kernel = lambda filename, name, options=(): (
@@ -64,8 +68,8 @@ def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, part_len=None, sou
     try:
         return bq.ours(cp, w, d, kv_dtype, scheme, kernel="simt")
     finally:
-        (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size, dp.PART_LEN,
-         wrappers.load_kernel) = saved
+        (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size,
+         dp.COMPRESSED_SIMT_PART_LEN, wrappers.load_kernel) = saved
 
 
 def key_of(w):

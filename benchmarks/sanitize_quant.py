@@ -1,9 +1,9 @@
 """Small launches of the quantizing cache write and of the prefill and decode kernels over
 int8 / fp8 pages, for compute-sanitizer (GPU only):
-`compute-sanitizer python benchmarks/sanitize_quant.py [prefill] [decode] [simt_gqa]` (default:
-prefill and decode). simt_gqa: the SIMT decode's 4-head blocks over codes (q pairs and the
-groups' merge in shared memory, kernels/decode_half2.cuh), each launch checked against the
-float64 reference on the dequantized pages (printed " ok" or "WRONG")."""
+`compute-sanitizer python benchmarks/sanitize_quant.py [prefill] [decode] [simt_gqa] [-DX=N ...]`
+(default: prefill and decode). simt_gqa: the SIMT decode's 4-head blocks over codes (q pairs
+and the groups' merge in shared memory, kernels/decode_half2.cuh; -D options: a variant),
+each launch checked against the float64 reference on the dequantized pages (" ok"/"WRONG")."""
 import sys
 
 import cupy as cp
@@ -15,7 +15,9 @@ from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper
 from pagedattn_lab.quant import kv_format
 from pagedattn_lab.wrappers import BatchDecodeWrapper
 
-parts = sys.argv[1:] or ["prefill", "decode"]
+parts = [a for a in sys.argv[1:] if not a.startswith("-D")] or ["prefill", "decode"]
+# extra -D options of kernels/decode.cu for simt_gqa (a variant of the defaults)
+SIMT_EXTRA = tuple(a for a in sys.argv[1:] if a.startswith("-D"))
 
 rng = np.random.default_rng(0)
 
@@ -66,7 +68,11 @@ def simt_gqa_cases():
 
 
 if "simt_gqa" in parts:
+    from pagedattn_lab import decode_plan
+    base_options = decode_plan.simt_options
+    decode_plan.simt_options = lambda *a: base_options(*a) + SIMT_EXTRA
     simt_gqa_cases()
+    decode_plan.simt_options = base_options
 for head_dim, page, heads, kv_heads in [(64, 16, 8, 2), (128, 7, 2, 1), (256, 1, 2, 2),
                                         (80, 32, 8, 8)]:
     for kv_dtype in ("int8", "fp8_e4m3"):

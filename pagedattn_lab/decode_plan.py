@@ -37,6 +37,10 @@ TC_AUTO_MAX_HEAD_DIM = 256
 # converted in registers by decode_mma.cu: SIMT fp8 0.129-0.130 ms, int8 0.135-0.136,
 # per-token 0.152-0.157; tensor cores fp8 0.133, int8 0.135-0.136, per-token 0.154-0.157).
 COMPRESSED_SIMT_MAX_GROUP = 4
+# ... in partitions of this many tokens when 4+ query heads share a block (the SIMT kernel's
+# per-block work, q's preparation and the groups' merge, weighs more there; D64 GQA 32/8,
+# H200, round r6: 1024 0.118 ms fp8 static against 0.124 with PART_LEN's 512).
+COMPRESSED_SIMT_PART_LEN = 1024
 
 
 def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
@@ -102,10 +106,10 @@ def group_kernel_size(group: int) -> int:
 
 
 def choose_partitions(seq_lens, blocks_per_partition: int, num_sms: int,
-                      num_splits: int | None = None) -> tuple[int, int]:
+                      num_splits: int | None = None, longest: int = PART_LEN) -> tuple[int, int]:
     """SIMT: (part_len, max_parts), how to cut the sequences into partitions.
 
-    num_splits=None (automatic): partitions of PART_LEN tokens; halved (down to
+    num_splits=None (automatic): partitions of `longest` (PART_LEN) tokens; halved (down to
     MIN_PART_LEN) while the grid would have fewer than BLOCKS_PER_SM blocks per SM;
     no split at all when the longest sequence fits in one partition.
     num_splits=n: the longest sequence is cut into n partitions (1 = never split).
@@ -116,7 +120,7 @@ def choose_partitions(seq_lens, blocks_per_partition: int, num_sms: int,
     if num_splits is not None:
         part_len = cut_longest(max_len, num_splits)
     else:
-        part_len = PART_LEN
+        part_len = longest
         while (part_len > MIN_PART_LEN and
                int((-(-lens // part_len)).sum()) * blocks_per_partition < BLOCKS_PER_SM * num_sms):
             part_len //= 2

@@ -134,7 +134,8 @@ class BatchDecodeWrapper:
         gmax = dp.group_kernel_size(self.num_heads // self.num_kv_heads)
         grid_y = self.num_kv_heads * -(-(self.num_heads // self.num_kv_heads) // gmax)
         self.part_len, self.max_parts = dp.choose_partitions(
-            lens_h, grid_y, sm_count(self.on_gpu), num_splits)
+            lens_h, grid_y, sm_count(self.on_gpu), num_splits,
+            dp.COMPRESSED_SIMT_PART_LEN if self.kv_format and gmax >= 4 else dp.PART_LEN)
         xp, i32 = self.xp, np.int32
         rows = (self.batch, self.num_heads, self.max_parts)
         split = self.max_parts > 1

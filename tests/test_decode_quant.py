@@ -118,8 +118,7 @@ def arithmetic_error(p, options=()):
     chunks = head_dim // vec
     cpt = -(-chunks // 32)
     tg = next(t for t in (1, 2, 4, 8, 16, 32) if chunks <= t * cpt)   # lanes per token
-    q_smem = opts.get("Q_SMEM", str(int(gmax >= 4))) == "1"
-    dot_pack = opts.get("DOT_PACK", str(int(q_smem and head_dim * qmax < 65504))) == "1"
+    dot_pack = opts.get("DOT_PACK", str(int(gmax >= 4 and head_dim * qmax < 65504))) == "1"
     # DOT_PACK: the lane's two halves and the tg lanes added in fp16 too
     k_err = gamma(vec // 2 + (1 + int(np.log2(tg)) if dot_pack else 0)) + U_ROUND
     pv_half = opts.get("PV_HALF2", "1" if p["scheme"] == "static" else "0") == "1"
@@ -242,11 +241,11 @@ MISTAKES = [
     ("reduce-scatter sends the half it keeps", "const T send = upper ? v[j][u]",
      "const T send = upper ? v[j + half][u]", "fp8_e4m3", "static", ("-DQ_SMEM=0",)),
     ("permuted reduce-scatter sends the half it keeps", "const T sent = v[j + half][u];",
-     "const T sent = v[j][u];", "fp8_e4m3", "static", ()),
+     "const T sent = v[j][u];", "fp8_e4m3", "static", ("-DQ_SMEM=1",)),
     ("q's slots not permuted per lane", "(((g ^ head_base(gl)) * CPT", "(((g) * CPT",
      "int8", "per_token", ()),
     ("every lane reads lane 0's q pairs", "qh.s = q_smem + gl;", "qh.s = q_smem;",
-     "fp8_e4m3", "static", ()),
+     "fp8_e4m3", "static", ("-DQ_SMEM=1",)),
     ("packed dots: the pair's tokens swapped",
      "u % 2 ? __high2float(dp[j][u / 2]) : __low2float(dp[j][u / 2])",
      "u % 2 ? __low2float(dp[j][u / 2]) : __high2float(dp[j][u / 2])", "int8", "static", ()),
@@ -290,7 +289,8 @@ def test_a_planted_mistake_fails_the_checks(rng, monkeypatch, what, old, new, kv
 
 # The kernel's variants (kernels/decode.cu -D options) against the same bounds.
 VARIANTS = [FP32, ("-DPV_HALF2=0",), ("-DACC_SMEM=0",), ("-DRESCALE_SLACK=0",),
-            ("-DQ_SMEM=0",), ("-DDOT_PACK=0",), ("-DSPLIT_PREFETCH=1", "-DDECODE_MIN_BLOCKS=4"),
+            ("-DQ_SMEM=0",), ("-DQ_SMEM=1",), ("-DDOT_PACK=0",),
+            ("-DQ_SMEM=1", "-DSPLIT_PREFETCH=1", "-DDECODE_MIN_BLOCKS=4"),
             ("-DPV_FLUSH=1", "-DDECODE_UNROLL_CODES=2", "-DDECODE_UNROLL=2"),
             ("-DDECODE_PREFETCH_GROUP=8", "-DDECODE_MIN_BLOCKS=4", "-DCODE_L2_256=1")]
 VARIANT_CASES = [
@@ -416,3 +416,16 @@ def test_decode_on_compressed_pages_on_the_gpu(rng, kernel, kv_dtype, scheme, ca
     p = compressed_problem(rng, lens, kv_dtype, scheme, page_size=page, num_heads=heads,
                            num_kv_heads=kv_heads, head_dim=dim, outliers=True)
     check_against_references(p, run_compressed(cupy, p, kernel=kernel))
+
+
+def test_four_head_blocks_over_codes_take_longer_partitions():
+    """decode_plan.COMPRESSED_SIMT_PART_LEN for 4+ heads per block over codes (their per-block
+    work weighs more), PART_LEN otherwise."""
+    lens = np.full(64, 3000, np.int32)
+    tables = np.arange(64 * 188, dtype=np.int32).reshape(64, 188)
+    plan = lambda heads, **kw: BatchDecodeWrapper().plan(  # noqa: E731
+        tables, lens, heads, 8, 128, 16, "float16", kernel="simt", **kw)
+    assert plan(32, kv_dtype="fp8_e4m3").part_len == decode_plan.COMPRESSED_SIMT_PART_LEN
+    assert plan(32).part_len == decode_plan.PART_LEN
+    assert plan(8, kv_dtype="int8").part_len == decode_plan.PART_LEN
+    assert decode_plan.COMPRESSED_SIMT_PART_LEN != decode_plan.PART_LEN

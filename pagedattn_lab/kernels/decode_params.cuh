@@ -92,7 +92,7 @@ static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages
 // blocks of 4+ heads over codes in packed fp16 (their GMAX * 32 registers of q pairs decide the
 // blocks per SM).
 #ifndef Q_SMEM
-#define Q_SMEM (HALF2_MATH && GMAX >= 4)
+#define Q_SMEM (HALF2_MATH && GMAX >= 4 && PER_TOKEN_SCALES)
 #endif
 static_assert(!Q_SMEM || HALF2_MATH, "Q_SMEM: q's fp16 pairs, for packed fp16 arithmetic");
 // DOT_PACK (decode_half2.cuh): the lanes' q.k sums exchanged and added as fp16 pairs of two
@@ -104,7 +104,7 @@ static_assert(!Q_SMEM || HALF2_MATH, "Q_SMEM: q's fp16 pairs, for packed fp16 ar
 #define DECODE_QMAX_INT 448
 #endif
 #ifndef DOT_PACK
-#define DOT_PACK (Q_SMEM && HEAD_DIM * DECODE_QMAX_INT < 65504)
+#define DOT_PACK (HALF2_MATH && GMAX >= 4 && HEAD_DIM * DECODE_QMAX_INT < 65504)
 #endif
 // SPLIT_PREFETCH (packed fp16 with PREFETCH): the next step's K loads issued after this
 // step's dots, its V loads after this step's weights, into the same registers (instead of a
@@ -116,7 +116,9 @@ static_assert(!Q_SMEM || HALF2_MATH, "Q_SMEM: q's fp16 pairs, for packed fp16 ar
 // step at 3 blocks per SM 0.132 ms (2 tokens, 4 blocks: 0.136; the sums in registers, 2 blocks:
 // 0.178); per-token scales (fp32 sums of V in registers) 3 blocks 0.153, 2 blocks 0.182.
 #ifndef DECODE_MIN_BLOCKS
-#if GMAX == 4 && KV_QUANT && HALF2_MATH \
+#if GMAX == 4 && KV_QUANT && HALF2_MATH && Q_SMEM && !ACC_SMEM && HEAD_DIM <= 128
+#define DECODE_MIN_BLOCKS 4
+#elif GMAX == 4 && KV_QUANT && HALF2_MATH \
     && (ACC_SMEM ? DECODE_UNROLL_CODES >= 4 : HEAD_DIM <= 128)
 #define DECODE_MIN_BLOCKS 3
 #elif GMAX == 4 && (KV_QUANT == 0 || ACC_SMEM)
