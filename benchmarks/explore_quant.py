@@ -24,7 +24,7 @@ from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
 from pagedattn_lab.rawkernel import RawKernel  # noqa: E402
 
 # (name, extra -D options, 8-byte loads from this many heads per block, heads per block,
-#  the scale schemes it is timed with[, tokens per partition instead of the plan's])
+#  the scale schemes it is timed with[, decode_plan constants set for the variant])
 BOTH, STATIC, PER_TOKEN = ("static", "per_token"), ("static",), ("per_token",)
 VARIANTS = {
     "MHA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
@@ -32,9 +32,9 @@ VARIANTS = {
             ("slack 3 (round r3)", ("-DRESCALE_SLACK=3",), 8, None, STATIC),
             ("fp32 arithmetic", ("-DHALF2_MATH=0",), 8, None, STATIC)],
     "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
-            ("partitions of 512", (), 8, None, BOTH, 512),
-            ("dots in fp32 lanes", ("-DDOT_PACK=0",), 8, None, BOTH),
-            ("q in shared memory", ("-DQ_SMEM=1",), 8, None, STATIC),
+            ("partitions of 512", (), 8, None, BOTH, {"COMPRESSED_SIMT_PART_LEN": 512}),
+            ("grid order (no list)", (), 8, None, BOTH, {"COMPRESSED_SIMT_LONGEST_FIRST": False}),
+            ("dots in fp32 lanes", ("-DDOT_PACK=0",), 8, None, STATIC),
             ("q in registers 3 blocks", ("-DQ_SMEM=0", "-DDECODE_MIN_BLOCKS=3"), 8, None,
              PER_TOKEN),
             ("q smem, 4 blocks/SM", ("-DQ_SMEM=1", "-DDECODE_MIN_BLOCKS=4"), 8, None, STATIC),
@@ -46,20 +46,22 @@ KINDS = [("fp8_e4m3", "static"), ("int8", "static"), ("fp8_e4m3", "per_token"),
          ("int8", "per_token")]
 
 
-def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, part_len=None, source=None):
+def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, plan=None, source=None):
     """A plan of the SIMT kernel with extra -D options, 8-byte loads from `narrow` heads per
-    block, `gmax` heads per block, partitions of `part_len` tokens (compressed pages, 4+ heads
-    per block: decode_plan.COMPRESSED_SIMT_PART_LEN), compiled from `source`
-    (an expanded decode.cu, e.g. another commit's) instead of the package's kernels/decode.cu."""
+    block, `gmax` heads per block, the decode_plan constants in `plan` (a dict) set, compiled
+    from `source` (an expanded decode.cu, e.g. another commit's) instead of the package's
+    kernels/decode.cu."""
+    plan = plan or {}
     saved = (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size,
-             dp.COMPRESSED_SIMT_PART_LEN, wrappers.load_kernel)
+             wrappers.load_kernel)
+    saved_plan = {name: getattr(dp, name) for name in plan}
     base_options = dp.simt_options
     dp.simt_options = lambda *a: base_options(*a) + tuple(extra)
     wrappers.QUANT_NARROW_GMAX = narrow
     if gmax:
         dp.group_kernel_size = lambda group: gmax
-    if part_len:
-        dp.COMPRESSED_SIMT_PART_LEN = part_len
+    for name, value in plan.items():
+        setattr(dp, name, value)
     if source:
         load = saved[-1]
         wrappers.load_kernel = lambda filename, name, options=(): (
@@ -68,8 +70,10 @@ def plan_variant(w, d, kv_dtype, scheme, extra, narrow, gmax, part_len=None, sou
     try:
         return bq.ours(cp, w, d, kv_dtype, scheme, kernel="simt")
     finally:
-        (dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size,
-         dp.COMPRESSED_SIMT_PART_LEN, wrappers.load_kernel) = saved
+        dp.simt_options, wrappers.QUANT_NARROW_GMAX, dp.group_kernel_size, wrappers.load_kernel \
+            = saved
+        for name, value in saved_plan.items():
+            setattr(dp, name, value)
 
 
 def key_of(w):
@@ -110,8 +114,10 @@ def main(argv=None):
             ref = None
             variants = list(VARIANTS[key])
             if baseline:
-                variants.insert(1, (BASELINE, (), wrappers.QUANT_NARROW_GMAX, None, BOTH, None,
-                                    baseline))
+                # main's kernel takes neither the work list nor the longer partitions
+                variants.insert(1, (BASELINE, (), wrappers.QUANT_NARROW_GMAX, None, BOTH,
+                                    {"COMPRESSED_SIMT_LONGEST_FIRST": False,
+                                     "COMPRESSED_SIMT_PART_LEN": dp.PART_LEN}, baseline))
             for name, extra, narrow, gmax, schemes, *more in variants:
                 if scheme not in schemes:
                     continue

@@ -41,6 +41,9 @@ COMPRESSED_SIMT_MAX_GROUP = 4
 # per-block work, q's preparation and the groups' merge, weighs more there; D64 GQA 32/8,
 # H200, round r6: 1024 0.118 ms fp8 static against 0.124 with PART_LEN's 512).
 COMPRESSED_SIMT_PART_LEN = 1024
+# ... launched as a work list of partitions, longest first (tc_work_list; kernels/decode.cu
+# -DWORK_LIST): the sequences' short last partitions fill the last wave's gaps.
+COMPRESSED_SIMT_LONGEST_FIRST = True
 
 
 def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:

@@ -143,8 +143,16 @@ class BatchDecodeWrapper:
         part_ml = xp.empty(rows + (2,) if split else 4, dtype=np.float32)
         options = dp.simt_options(self.dtype, self.head_dim, gmax) + self._quant_options(gmax)
         self.grid = (self.max_parts, grid_y, self.batch)
+        lens = self._lens
+        fixed = (self._tables, lens)
+        if self.kv_format and gmax >= 4 and dp.COMPRESSED_SIMT_LONGEST_FIRST:
+            # the partitions as a list, longest first, in front of the lengths (decode.cu)
+            work = dp.tc_work_list(lens_h, self.part_len)[0]
+            fixed = (self._tables, xp.asarray(np.concatenate([work.ravel(), lens_h])))
+            lens = fixed[1][work.size:]
+            options += ("-DWORK_LIST=1",)
+            self.grid = (len(work), grid_y, 1)
         self._gmax = gmax
-        fixed = (self._tables, self._lens)
         tail = (part_out, part_ml, i32(self.num_heads), i32(self.num_kv_heads),
                 i32(self.page_size), i32(page_shift(self.page_size)),
                 i32(self._tables.shape[1]), i32(self.part_len), i32(self.max_parts))
@@ -152,7 +160,7 @@ class BatchDecodeWrapper:
                          dp.simt_shared_bytes(gmax, self.head_dim),
                          lambda q, k, v, out, s, ks, vs: (q, k, v, ks, vs, *fixed, out, *tail, s))
         if split:
-            merge_args = (part_out, part_ml, self._lens)
+            merge_args = (part_out, part_ml, lens)
             merge_tail = (i32(self.num_heads), i32(self.part_len), i32(self.max_parts))
             self._add_launch(load_kernel("decode", "paged_decode_merge", options),
                              (self.num_heads, self.batch), 0,

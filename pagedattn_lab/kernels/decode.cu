@@ -8,6 +8,11 @@
 //
 // Thread-to-data mapping (kernel paged_decode_*):
 //   grid  = (partitions, num_kv_heads * head_chunks, batch); block = 128 threads.
+//   (-DWORK_LIST: grid = (items, num_kv_heads * head_chunks, 1), item x = the partition
+//   work[x] of a list the plan sorts longest first, so that the short partitions, the
+//   sequences' last ones, run at the end and fill the gaps of the last wave. The list
+//   [items, 2] of (sequence, partition) comes in front of the lengths in seq_lens' buffer,
+//   so that the kernel's arguments stay the same.)
 //   One block handles one sequence b, one KV head, and one partition of the sequence's
 //   tokens [part * part_len, min(seq_len, (part + 1) * part_len)) ("split-K", as in
 //   flash-decoding / vLLM v2). It computes ALL the query heads that share this KV head
@@ -195,7 +200,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     const float* __restrict__ k_scale,     // compressed pages: see the top; else 1 unused float
     const float* __restrict__ v_scale,
     const int* __restrict__ block_tables,  // [batch, max_pages]
-    const int* __restrict__ seq_lens,      // [batch]
+    const int* __restrict__ seq_lens,      // [batch] (WORK_LIST: after the work list)
     KV_T* __restrict__ out,                // [batch, num_heads, HEAD_DIM]  (max_parts == 1)
     float* __restrict__ part_out,          // [batch, num_heads, max_parts, HEAD_DIM]
     float* __restrict__ part_ml,           // [batch, num_heads, max_parts, 2]  (max, sum)
@@ -206,8 +211,14 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     constexpr bool PREFETCH = GMAX >= DECODE_PREFETCH_GROUP;
     extern __shared__ float smem[];
 
+#if WORK_LIST   // grid (items, KV heads x head chunks, 1); seq_lens: [items, 2] work, then lens
+    const int b = seq_lens[2 * blockIdx.x];
+    const int part = seq_lens[2 * blockIdx.x + 1];
+    seq_lens += 2 * gridDim.x;
+#else
     const int b = blockIdx.z;
     const int part = blockIdx.x;
+#endif
     const int group = num_heads / num_kv_heads;       // query heads per KV head
     const int chunks = (group + GMAX - 1) / GMAX;     // blocks per KV head when group > GMAX
     const int kvh = blockIdx.y / chunks;

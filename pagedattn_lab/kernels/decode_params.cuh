@@ -18,6 +18,11 @@
 // two, and its lanes past the end load nothing. A head of more than 32 chunks gives each
 // thread CPT = 2 chunks (fp32, head_dim 192 and 256).
 
+//   -DWORK_LIST=0|1                     partitions from a work list (see decode.cu's top)
+#ifndef WORK_LIST
+#define WORK_LIST 0
+#endif
+
 // Tuning knobs (NVRTC -D options; the defaults won on an H100, see benchmarks/NOTES.md).
 #ifndef DECODE_UNROLL
 #define DECODE_UNROLL 4        // tokens per thread group per step, blocks of 1-2 query heads
