@@ -24,24 +24,27 @@ def test_four_head_blocks_over_codes_take_longer_partitions():
     assert decode_plan.COMPRESSED_SIMT_PART_LEN != decode_plan.PART_LEN
 
 
-@pytest.mark.parametrize("old, new", [
-    ("const int part = seq_lens[2 * blockIdx.x + 1];", "const int part = 0;"),
-    ("seq_lens += 2 * gridDim.x;", "seq_lens += 2;"),
+@pytest.mark.parametrize("seed, old, new", [
+    # the sequence read from the partition's column: the 1-token sequence is never computed
+    # (its output stays poisoned)
+    (1, "const int b = seq_lens[2 * blockIdx.x];", "const int b = seq_lens[2 * blockIdx.x + 1];"),
+    (2, "seq_lens += 2 * gridDim.x;", "seq_lens += 2;"),
 ])
-def test_the_work_list_of_four_head_blocks(rng, monkeypatch, old, new):
+def test_the_work_list_of_four_head_blocks(monkeypatch, seed, old, new):
     """Compressed 4-head blocks run their partitions from a list, longest first (-DWORK_LIST):
-    right with split sequences, and wrong when the kernel misreads the list (planted)."""
-    p = compressed_problem(rng, [300, 129, 1, 77], "fp8_e4m3", "static", num_heads=8,
-                           num_kv_heads=2)
+    right with split sequences, and wrong when the kernel misreads the list (planted). Inputs
+    of their own per case (seed): a case's correct partial results, left in memory, must not
+    stand in for the slots another case's mistake never writes."""
+    p = compressed_problem(np.random.default_rng(seed), [300, 129, 1, 77], "fp8_e4m3", "static",
+                           num_heads=8, num_kv_heads=2)
     w = BatchDecodeWrapper().plan(p["tables"], p["lens"], 8, 2, 64, 16, "float16",
                                   kv_dtype="fp8_e4m3", num_splits=3)
     assert w.grid == (1 + 3 + 2 + 1, 2, 1)   # 300 and 129 in parts of 100 and 43
-    check_against_references(p, run_compressed(np, p, num_splits=3))
+    # The planted mistake first: no correct partial results of these inputs are left in
+    # memory that a plan's partial-result buffer could reuse for the slots it never writes.
     assert expanded_source("decode").count(old) == 1
-    with_options(monkeypatch, (), old, new)
-    # new data: the partial results of the run above, left in memory a new plan may reuse,
-    # must not stand in for the partitions the mistake never computes
-    p = compressed_problem(rng, [300, 129, 1, 77], "fp8_e4m3", "static", num_heads=8,
-                           num_kv_heads=2)
-    with pytest.raises(AssertionError, match="vs dequantized|not written|beyond"):
-        check_against_references(p, run_compressed(np, p, num_splits=3))
+    with monkeypatch.context() as m:
+        with_options(m, (), old, new)
+        with pytest.raises(AssertionError, match="vs dequantized|not written|beyond"):
+            check_against_references(p, run_compressed(np, p, num_splits=3))
+    check_against_references(p, run_compressed(np, p, num_splits=3))
