@@ -34,12 +34,7 @@ VARIANTS = {
     "GQA": [("default", (), wrappers.QUANT_NARROW_GMAX, None, BOTH),
             ("partitions of 512", (), 8, None, BOTH, {"COMPRESSED_SIMT_PART_LEN": 512}),
             ("grid order (no list)", (), 8, None, BOTH, {"COMPRESSED_SIMT_LONGEST_FIRST": False}),
-            ("dots in fp32 lanes", ("-DDOT_PACK=0",), 8, None, STATIC),
-            ("q in registers 3 blocks", ("-DQ_SMEM=0", "-DDECODE_MIN_BLOCKS=3"), 8, None,
-             PER_TOKEN),
-            ("q smem, 4 blocks/SM", ("-DQ_SMEM=1", "-DDECODE_MIN_BLOCKS=4"), 8, None, STATIC),
-            ("q smem, split prefetch 4 blocks", ("-DQ_SMEM=1", "-DSPLIT_PREFETCH=1",
-                                                 "-DDECODE_MIN_BLOCKS=4"), 8, None, BOTH)],
+            ("dots in fp32 lanes", ("-DDOT_PACK=0",), 8, None, STATIC)],
 }
 BASELINE = "baseline source"   # the variant that times --baseline's kernel source
 KINDS = [("fp8_e4m3", "static"), ("int8", "static"), ("fp8_e4m3", "per_token"),

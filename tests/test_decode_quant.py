@@ -239,13 +239,7 @@ MISTAKES = [
     ("q's power-of-two scaling not undone", "q_unit[g] = 1.0f / mult;", "q_unit[g] = 1.0f;",
      "int8", "static", ()),
     ("reduce-scatter sends the half it keeps", "const T send = upper ? v[j][u]",
-     "const T send = upper ? v[j + half][u]", "fp8_e4m3", "static", ("-DQ_SMEM=0",)),
-    ("permuted reduce-scatter sends the half it keeps", "const T sent = v[j + half][u];",
-     "const T sent = v[j][u];", "fp8_e4m3", "static", ("-DQ_SMEM=1",)),
-    ("q's slots not permuted per lane", "(((g ^ head_base(gl)) * CPT", "(((g) * CPT",
-     "int8", "per_token", ()),
-    ("every lane reads lane 0's q pairs", "qh.s = q_smem + gl;", "qh.s = q_smem;",
-     "fp8_e4m3", "static", ("-DQ_SMEM=1",)),
+     "const T send = upper ? v[j + half][u]", "fp8_e4m3", "static", ()),
     ("packed dots: the pair's tokens swapped",
      "u % 2 ? __high2float(dp[j][u / 2]) : __low2float(dp[j][u / 2])",
      "u % 2 ? __low2float(dp[j][u / 2]) : __high2float(dp[j][u / 2])", "int8", "static", ()),
@@ -289,8 +283,7 @@ def test_a_planted_mistake_fails_the_checks(rng, monkeypatch, what, old, new, kv
 
 # The kernel's variants (kernels/decode.cu -D options) against the same bounds.
 VARIANTS = [FP32, ("-DPV_HALF2=0",), ("-DACC_SMEM=0",), ("-DRESCALE_SLACK=0",),
-            ("-DQ_SMEM=0",), ("-DQ_SMEM=1",), ("-DDOT_PACK=0",),
-            ("-DQ_SMEM=1", "-DSPLIT_PREFETCH=1", "-DDECODE_MIN_BLOCKS=4"),
+            ("-DDOT_PACK=0",),
             ("-DPV_FLUSH=1", "-DDECODE_UNROLL_CODES=2", "-DDECODE_UNROLL=2"),
             ("-DDECODE_PREFETCH_GROUP=8", "-DDECODE_MIN_BLOCKS=4", "-DCODE_L2_256=1")]
 VARIANT_CASES = [

@@ -124,42 +124,13 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     const float v_mult = CODE_UNIT;
 #endif
 
-#if Q_SMEM
-    // One warp prepares q's pairs and units in shared memory (the same for every group).
-    __shared__ uint4 q_smem[GMAX * CPT * NQ4 * TG];
-    __shared__ float q_unit_s[GMAX];
-    if (warp == 0) {   // warp-uniform (q_to_half2 shuffles)
-        float qr[GMAX][CPT][VEC];
-        load_q(q, (long long)b * num_heads + h0, nh, gl, q_mult, qr);
-        __half2 qh_r[GMAX][CPT][HV];
-        float q_unit[GMAX];
-        q_to_half2(qr, qh_r, q_unit);
-        if (grp == 0)   // lane gl's slot g ^ head_base(gl) holds head g (see reduce_scatter)
-#pragma unroll
-            for (int g = 0; g < GMAX; ++g)
-#pragma unroll
-                for (int c = 0; c < CPT; ++c)
-#pragma unroll
-                    for (int h = 0; h < NQ4; ++h)
-                        q_smem[(((g ^ head_base(gl)) * CPT + c) * NQ4 + h) * TG + gl] = make_uint4(
-                            half2_bits(qh_r[g][c][4 * h]), half2_bits(qh_r[g][c][4 * h + 1]),
-                            half2_bits(qh_r[g][c][4 * h + 2]), half2_bits(qh_r[g][c][4 * h + 3]));
-        if (lane == 0)
-#pragma unroll
-            for (int g = 0; g < GMAX; ++g) q_unit_s[g] = q_unit[g];
-    }
-    __syncthreads();   // block-uniform: the blocks past every sequence's end have left
-    QPairs qh;
-    qh.s = q_smem + gl;
-#else
     // This thread's slices of each query head, pre-scaled into base-2 logits (0 past the row).
     float qr[GMAX][CPT][VEC];
     load_q(q, (long long)b * num_heads + h0, nh, gl, q_mult, qr);
 #if HALF2_MATH
-    QPairs qh;
+    __half2 qh[GMAX][CPT][HV];
     float q_unit[GMAX];
-    q_to_half2(qr, qh.r, q_unit);
-#endif
+    q_to_half2(qr, qh, q_unit);
 #endif
 
 #if HALF2_MATH
@@ -167,14 +138,10 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     const int hb = head_base(gl);
 #pragma unroll
     for (int j = 0; j < HPL; ++j) {
-#if Q_SMEM
-        q_unit_own[j] = q_unit_s[hb + j];
-#else
         q_unit_own[j] = q_unit[0];
 #pragma unroll
         for (int g = 1; g < GMAX; ++g)   // q_unit[hb + j] without a dynamic index
             if (g == hb + j) q_unit_own[j] = q_unit[g];
-#endif
         m_own[j] = NEG_BIG;
         l_own[j] = 0.0f;
     }
@@ -226,23 +193,6 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             k_mult[u] = p_mult[u] = 1.0f;
 #endif
         }
-#if HALF2_MATH && SPLIT_PREFETCH
-        // The next step's K loads go out once this step's dots are done with kraw, its V loads
-        // once the weights are done with vraw: no copies, half the registers of a prefetch.
-        float dot[GMAX][U];
-        half2_dots<U>(kraw, qh, gl, dot);
-        long long e[U], si[U];
-        const bool more = PREFETCH && base + step < end;   // block-uniform
-        if (more) {
-            step_offsets<U>(table, base + step, end, ngroups, grp, page_size, page_shift,
-                            page_stride, row_stride, head_off, num_kv_heads, kvh, e, si);
-            load_rows<U>(k_cache, k_scale, e, si, gl, kraw, ks);
-        }
-        flush_in = flush_in == 1 ? PV_FLUSH : flush_in - 1;   // block-uniform
-        half2_softmax_pv<U>(dot, vraw, k_mult, p_mult, valid, q_unit_own, m_own, l_own, acc,
-                            acc_s, acc_h, flush_in == 1, lane);
-        if (more) load_rows<U>(v_cache, v_scale, e, si, gl, vraw, vs);
-#else
 #if HALF2_MATH
         chunk_t kcur[U][CPT], vcur[U][CPT];
 #pragma unroll
@@ -307,7 +257,6 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             }
         }
 #endif
-#endif  // SPLIT_PREFETCH
     }
 #if HALF2_MATH
 #if PV_HALF2

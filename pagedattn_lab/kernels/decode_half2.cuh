@@ -126,55 +126,6 @@ __device__ inline void q_to_half2(const float (&qr)[GMAX][CPT][VEC],
     }
 }
 
-// Q_SMEM: q's pairs live in shared memory, read as HFMA2 operands where each token meets them
-// (two 16-byte loads per head and token), instead of GMAX * CPT * HV registers: the 4-head
-// kernel drops from 168 registers (3 blocks per SM) to 128 (4), and the register copies
-// ptxas made of the loop-invariant q pairs around the HFMA2s (~90 MOV per step) go.
-// Layout: 16-byte piece h of chunk c of head g, lane gl of the token's group, at
-// q_s[((g * CPT + c) * NQ4 + h) * TG + gl]: a group's lanes read 16 consecutive bytes each
-// (no bank conflict), the other groups of the warp the same addresses (a broadcast).
-constexpr int NQ4 = HV / 4;   // 16-byte pieces of q pairs per chunk
-static_assert(!Q_SMEM || HV % 4 == 0, "Q_SMEM: whole 16-byte pieces of q pairs");
-
-struct QPairs {   // the q pairs of this lane: in registers, or where they are in shared memory
-#if Q_SMEM
-    const uint4* s;
-#else
-    __half2 r[GMAX][CPT][HV];
-#endif
-};
-
-// A 16-byte shared-memory load that the compiler may not hoist out of the loop (it would
-// bring q back into registers): volatile on the GPU; a plain read in the CPU executor.
-__device__ inline uint4 lds16(const uint4* p)
-{
-#if defined(__CUDA_ARCH__)
-    uint4 r;
-    const unsigned a = static_cast<unsigned>(__cvta_generic_to_shared(p));
-    asm volatile("ld.volatile.shared.v4.u32 {%0, %1, %2, %3}, [%4];"
-                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "r"(a));
-    return r;
-#else
-    return *p;
-#endif
-}
-
-// Head g's pairs of chunk c (this lane's).
-__device__ inline void q_pairs(const QPairs& q, int g, int c, __half2 (&out)[HV])
-{
-#if Q_SMEM
-#pragma unroll
-    for (int h = 0; h < NQ4; ++h) {
-        const uint4 x = lds16(q.s + ((g * CPT + c) * NQ4 + h) * TG);
-        out[4 * h] = bits_half2(x.x), out[4 * h + 1] = bits_half2(x.y);
-        out[4 * h + 2] = bits_half2(x.z), out[4 * h + 3] = bits_half2(x.w);
-    }
-#else
-#pragma unroll
-    for (int i = 0; i < HV; ++i) out[i] = q.r[g][c][i];
-#endif
-}
-
 // The adds and exchanges of reduce_scatter, for fp32 scores and (DOT_PACK) fp16 pairs of them.
 __device__ inline float add_score(float a, float b) { return a + b; }
 __device__ inline __half2 add_score(__half2 a, __half2 b) { return __hadd2(a, b); }
@@ -189,9 +140,6 @@ __device__ inline __half2 shfl_score(__half2 x, int off)
 
 // Sum v over the TG lanes of a token while scattering the heads: on return v[0 .. HPL) hold
 // the full sums of heads head_base(gl) .. + HPL (v[HPL ..) are left undefined).
-// With Q_SMEM the heads arrive permuted per lane (v[j] is head j ^ head_base(gl), q_smem's
-// layout): at each exchange every lane keeps its lower half of the heads and sends its upper
-// half, which are the partner's lower half, without selecting by lane.
 template <int U, typename T>
 __device__ inline void reduce_scatter(T (&v)[GMAX][U], int gl)
 {
@@ -202,15 +150,10 @@ __device__ inline void reduce_scatter(T (&v)[GMAX][U], int gl)
         for (int j = 0; j < half; ++j)
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-#if Q_SMEM
-                const T sent = v[j + half][u];   // the partner's heads j .. of this exchange
-                v[j][u] = add_score(v[j][u], shfl_score(sent, off));
-#else
                 const bool upper = gl & off;
                 const T send = upper ? v[j][u] : v[j + half][u];
                 const T keep = upper ? v[j + half][u] : v[j][u];
                 v[j][u] = add_score(keep, shfl_score(send, off));
-#endif
             }
     }
 #pragma unroll

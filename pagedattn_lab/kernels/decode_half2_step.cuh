@@ -104,16 +104,15 @@ __device__ inline void flush_half2(float (&acc)[GMAX][CPT][VEC], float4* acc_s,
             }
 }
 
-// One step of U tokens per thread group (see the top), in two halves (SPLIT_PREFETCH issues
-// the next step's K loads between them, into the registers the first has finished with).
-// The first: q.k of the U tokens summed over the token's lanes; dot[0 .. HPL) are this
-// lane's heads' (head_base(gl) + j) scores, unscaled.
+// One step of U tokens per thread group (see the top), in two halves. The first: q.k of the
+// U tokens summed over the token's lanes; dot[0 .. HPL) are this lane's heads'
+// (head_base(gl) + j) scores, unscaled.
 template <int U>
-__device__ inline void half2_dots(const chunk_t (&kraw)[U][CPT], const QPairs& qh, int gl,
+__device__ inline void half2_dots(const chunk_t (&kraw)[U][CPT],
+                                  const __half2 (&qh)[GMAX][CPT][HV], int gl,
                                   float (&dot)[GMAX][U])
 {
-    // q.k: the halves of each lane's fp16 dot, then the token's lanes (reduce_scatter); g is
-    // the slot of q's pairs (with Q_SMEM head g ^ head_base(gl), see reduce_scatter).
+    // q.k: the halves of each lane's fp16 dot, then the token's lanes (reduce_scatter).
 #if DOT_PACK
     constexpr int UP = (U + 1) / 2;
     __half2 dp[GMAX][UP];   // tokens 2w and 2w + 1 in the halves
@@ -127,12 +126,9 @@ __device__ inline void half2_dots(const chunk_t (&kraw)[U][CPT], const QPairs& q
         for (int g = 0; g < GMAX; ++g) {
             __half2 a = __float2half2_rn(0.0f);
 #pragma unroll
-            for (int c = 0; c < CPT; ++c) {
-                __half2 qp[HV];
-                q_pairs(qh, g, c, qp);
+            for (int c = 0; c < CPT; ++c)
 #pragma unroll
-                for (int i = 0; i < HV; ++i) a = __hfma2(qp[i], kh[c][i], a);
-            }
+                for (int i = 0; i < HV; ++i) a = __hfma2(qh[g][c][i], kh[c][i], a);
 #if DOT_PACK
             // (a.x, b.x) + (a.y, b.y): token 2w's dot in the low half, 2w + 1's in the high
             // (an odd U's last token: b = 0); dp holds token 2w's a until 2w + 1's comes

@@ -30,7 +30,7 @@ __device__ inline int step_token(int base, int u, int ngroups, int grp, int end)
 }
 
 // Where token t is: e, the offset of this thread's first chunk in a cache, and si, the index
-// of its per-token scales. step_offsets: the same for the U tokens of a step (step_token).
+// of its per-token scales.
 __device__ inline void token_offsets(const int* table, int t, int page_size, int page_shift,
                                      int page_stride, int row_stride, int head_off,
                                      int num_kv_heads, int kvh, long long& e, long long& si)
@@ -40,18 +40,6 @@ __device__ inline void token_offsets(const int* table, int t, int page_size, int
     long long page = table[vpage];      // widen before multiplying by the strides
     e = page * page_stride + (offset * row_stride + head_off);
     si = (page * page_size + offset) * num_kv_heads + kvh;
-}
-
-template <int U>
-__device__ inline void step_offsets(const int* table, int base, int end, int ngroups, int grp,
-                                    int page_size, int page_shift, int page_stride,
-                                    int row_stride, int head_off, int num_kv_heads, int kvh,
-                                    long long (&e)[U], long long (&si)[U])
-{
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-        token_offsets(table, step_token(base, u, ngroups, grp, end), page_size, page_shift,
-                      page_stride, row_stride, head_off, num_kv_heads, kvh, e[u], si[u]);
 }
 
 // Issue the loads of one token's row of one cache (K or V) at offset e (and its scale).
@@ -69,15 +57,6 @@ __device__ inline void load_row(const CACHE_T* cache, const float* scale, long l
 // Issue the loads of one cache (K or V) at those offsets. Chunk c of this thread is chunk
 // gl + c * TG of the row (neighbouring lanes, neighbouring bytes); a chunk past the row's end
 // is not loaded. With per-token scales it also loads each token's scale.
-template <int U>
-__device__ inline void load_rows(const CACHE_T* cache, const float* scale,
-                                 const long long (&e)[U], const long long (&si)[U], int gl,
-                                 chunk_t (&raw)[U][CPT], float (&sc)[U])
-{
-#pragma unroll
-    for (int u = 0; u < U; ++u) load_row(cache, scale, e[u], si[u], gl, raw[u], sc[u]);
-}
-
 // Issue the K and V loads of one step (and with per-token scales each token's K and V scale).
 template <int U>
 __device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,

@@ -93,13 +93,6 @@ static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages
 #ifndef ACC_SMEM
 #define ACC_SMEM (PV_HALF2 && GMAX == 4 && HEAD_DIM <= 192)
 #endif
-// Q_SMEM (decode_half2.cuh): q's fp16 pairs in shared memory, read where they are used, for
-// blocks of 4+ heads over codes in packed fp16 (their GMAX * 32 registers of q pairs decide the
-// blocks per SM).
-#ifndef Q_SMEM
-#define Q_SMEM (HALF2_MATH && GMAX >= 4 && PER_TOKEN_SCALES)
-#endif
-static_assert(!Q_SMEM || HALF2_MATH, "Q_SMEM: q's fp16 pairs, for packed fp16 arithmetic");
 // DOT_PACK (decode_half2.cuh): the lanes' q.k sums exchanged and added as fp16 pairs of two
 // tokens (half the shuffles and adds; 1 + log2(TG) more fp16 roundings of a score), where no
 // sum can leave fp16's range: |q| <= 1, so |dot| <= HEAD_DIM * KV_QMAX < 65504.
@@ -111,19 +104,11 @@ static_assert(!Q_SMEM || HALF2_MATH, "Q_SMEM: q's fp16 pairs, for packed fp16 ar
 #ifndef DOT_PACK
 #define DOT_PACK (HALF2_MATH && GMAX >= 4 && HEAD_DIM * DECODE_QMAX_INT < 65504)
 #endif
-// SPLIT_PREFETCH (packed fp16 with PREFETCH): the next step's K loads issued after this
-// step's dots, its V loads after this step's weights, into the same registers (instead of a
-// second set of 2 * U * CPT chunks): half a step of latency to hide instead of a step.
-#ifndef SPLIT_PREFETCH
-#define SPLIT_PREFETCH 0
-#endif
 // 4 heads over codes (H200, D64 GQA 32/8, round r3): the sums in shared memory and 4 tokens per
 // step at 3 blocks per SM 0.132 ms (2 tokens, 4 blocks: 0.136; the sums in registers, 2 blocks:
 // 0.178); per-token scales (fp32 sums of V in registers) 3 blocks 0.153, 2 blocks 0.182.
 #ifndef DECODE_MIN_BLOCKS
-#if GMAX == 4 && KV_QUANT && HALF2_MATH && Q_SMEM && !ACC_SMEM && HEAD_DIM <= 128
-#define DECODE_MIN_BLOCKS 4
-#elif GMAX == 4 && KV_QUANT && HALF2_MATH \
+#if GMAX == 4 && KV_QUANT && HALF2_MATH \
     && (ACC_SMEM ? DECODE_UNROLL_CODES >= 4 : HEAD_DIM <= 128)
 #define DECODE_MIN_BLOCKS 3
 #elif GMAX == 4 && (KV_QUANT == 0 || ACC_SMEM)
