@@ -4,13 +4,14 @@
 //
 // Why: with a group of query heads per block, decode over one-byte codes is bound by the
 // instructions it issues, not by the bytes (H200, D64 GQA 32/8 in fp32 arithmetic: ~0.19 ms,
-// 2.5x the memory floor; with this path 0.129 ms fp8 / 0.135 int8, static scales; MHA fp8
-// 0.315 -> 0.303; benchmarks/NOTES.md, round r4). Per code of K the fp32 path converts to float (1.5 instructions) and does one FMA per
-// head; here codes become fp16 pairs (every int8 and e4m3 value is an fp16 number) and each
+// 2.5x the memory floor; with this path 0.115 ms fp8 / 0.122 int8, static scales, round r7;
+// MHA fp8 0.315 -> 0.303, round r4; benchmarks/NOTES.md). Per code of K the fp32 path
+// converts to float (1.5 instructions) and does one FMA per head; here codes become fp16 pairs (every int8 and e4m3 value is an fp16 number) and each
 // HFMA2 multiplies two codes by two query elements. The rest of the step is cut the same way:
 //   q.k:  q is scaled by a power of two into [-1, 1] (exact) and rounded to fp16; each lane
 //         sums its VEC products in fp16 (two chains of VEC/2 in the halves of an HFMA2),
-//         then in fp32 across its halves and the token's lanes.
+//         then in fp32 across its halves and the token's lanes; DOT_PACK (4+ heads): in
+//         fp16, two tokens' dots per pair (half the shuffles and adds).
 //   the lanes' sums: a reduce-scatter (each exchange halves the heads a lane holds), so that
 //         a lane ends with the full dot of one head (GMAX/TG heads when TG < GMAX) instead of
 //         every lane holding every head: fewer shuffles, and the online softmax of a head is
@@ -26,7 +27,8 @@
 //         fp32.
 // Error, from the format (tests/test_decode_quant.py states it as a bound): with u = 2^-11
 // (fp16's unit roundoff) a score moves by at most (gamma_{VEC/2} + u) * sum_d |q_d k_d| (q's
-// rounding, then VEC/2 fused multiply-adds per half), gamma_n = n u / (1 - n u); each output
+// rounding, then VEC/2 fused multiply-adds per half; DOT_PACK: gamma_{VEC/2 + 1 + log2 TG},
+// the halves and the lanes added in fp16 too), gamma_n = n u / (1 - n u); each output
 // element by at most gamma_{U*PV_FLUSH+PV_FLUSH+1} * max |v| + n 2^(PV_SHIFT-24) max |v| with
 // PV_HALF2 (p's rounding, U * PV_FLUSH products and PV_FLUSH rescales per fp16 sum; n tokens'
 // subnormal weights).
