@@ -1,9 +1,10 @@
 """Small launches of the quantizing cache write and of the prefill and decode kernels over
 int8 / fp8 pages, for compute-sanitizer (GPU only):
 `compute-sanitizer python benchmarks/sanitize_quant.py [prefill] [decode] [simt_gqa] [-DX=N ...]`
-(default: prefill and decode). simt_gqa: the SIMT decode's 4-head blocks over codes (q pairs
-and the groups' merge in shared memory, kernels/decode_half2.cuh; -D options: a variant),
-each launch checked against the float64 reference on the dequantized pages (" ok"/"WRONG")."""
+(default: prefill and decode). simt_gqa: the SIMT decode's 4-head blocks over codes (their
+work list, the groups' merge in shared memory, kernels/decode_half2_step.cuh; -D options: a
+variant), each launch checked against the float64 reference on the dequantized pages
+(" ok"/"WRONG")."""
 import sys
 
 import cupy as cp

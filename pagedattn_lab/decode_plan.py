@@ -39,10 +39,10 @@ TC_AUTO_MAX_HEAD_DIM = 256
 COMPRESSED_SIMT_MAX_GROUP = 4
 # ... in partitions of this many tokens when 4+ query heads share a block (the SIMT kernel's
 # per-block work, q's preparation and the groups' merge, weighs more there; D64 GQA 32/8,
-# H200, round r6: 1024 0.118 ms fp8 static against 0.124 with PART_LEN's 512).
+# H200, round r7: 1024 0.115 ms fp8 static against 0.121 with PART_LEN's 512).
 COMPRESSED_SIMT_PART_LEN = 1024
 # ... launched as a work list of partitions, longest first (tc_work_list; kernels/decode.cu
-# -DWORK_LIST): the sequences' short last partitions fill the last wave's gaps.
+# -DWORK_LIST): the sequences' short last partitions fill the last wave's gaps (r7: 0-2%).
 COMPRESSED_SIMT_LONGEST_FIRST = True
 
 
