@@ -35,13 +35,20 @@ HEAD_DIM_MAX = 256
 # tensor cores 0.365 ms with 4 warps over 32-token tiles in pairs, SIMT 0.375 ms).
 MHA_KERNEL = "simt"
 TC_AUTO_MAX_HEAD_DIM = 256
-# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT. At
-# group 4 (D64 GQA 32/8, H200, 2026-12-02, round r7) the tensor cores are ahead of this
-# branch's SIMT kernel: fp8 0.125-0.127 ms against 0.130, int8 0.126-0.130 / 0.136, per-token
-# 0.140-0.142 / 0.154-0.156 (round r4, heads as rows: level with SIMT, so it was 4); groups 2
-# and 3 were not measured and stay on SIMT. Branch qsimt2's SIMT kernel (r7, its own process):
-# static fp8 0.115, int8 0.122 -- ahead of both for static scales; per-token 0.154 / 0.157.
-COMPRESSED_SIMT_MAX_GROUP = 2
+# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT, per
+# scale scheme (D64 GQA 32/8, H200, 2026-12-02, round r7, group 4): static scales on SIMT
+# (fp8 0.115 ms, int8 0.122, branch qsimt2) ahead of the tensor cores (tokens as rows, one
+# item per block: 0.127 / 0.130; heads as rows, balanced: 0.125 / 0.126); per-token scales on
+# the tensor cores (rows, balanced: 0.140 / 0.142) ahead of SIMT (0.148 / 0.153). Groups 2
+# and 3 were not measured on the tensor cores and stay on SIMT.
+COMPRESSED_SIMT_MAX_GROUP = {"static": 4, "per_token": 2}
+# ... in partitions of this many tokens when 4+ query heads share a block (the SIMT kernel's
+# per-block work, q's preparation and the groups' merge, weighs more there; D64 GQA 32/8,
+# H200, round r7: 1024 0.115 ms fp8 static against 0.121 with PART_LEN's 512).
+COMPRESSED_SIMT_PART_LEN = 1024
+# ... launched as a work list of partitions, longest first (tc_work_list; kernels/decode.cu
+# -DWORK_LIST): the sequences' short last partitions fill the last wave's gaps (r7: 0-2%).
+COMPRESSED_SIMT_LONGEST_FIRST = True
 
 
 def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
@@ -61,12 +68,13 @@ def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
 
 
 def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu: bool,
-                  compressed: bool = False) -> str:
+                  scale_scheme: str | None = None) -> str:
     """The kernel a plan runs. `requested` is "auto", "simt" or "tensor_core".
 
     auto: float32 -> simt (the only one); on the GPU, GQA/MQA with head_dim up to
-    TC_AUTO_MAX_HEAD_DIM -> tensor_core (but simt for compressed pages up to
-    COMPRESSED_SIMT_MAX_GROUP heads per KV head), MHA -> MHA_KERNEL, the rest simt. On the CPU
+    TC_AUTO_MAX_HEAD_DIM -> tensor_core (but simt for compressed pages, scale_scheme "static"
+    or "per_token", up to COMPRESSED_SIMT_MAX_GROUP[scale_scheme] heads per KV head), MHA ->
+    MHA_KERNEL, the rest simt. On the CPU
     executor auto picks simt: there WMMA is emulated lane by lane, which is for learning and
     testing, not speed (ask for "tensor_core" to run it there).
     """
@@ -77,7 +85,7 @@ def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu:
             requested = "simt"
         elif group == 1:
             requested = MHA_KERNEL
-        elif compressed and group <= COMPRESSED_SIMT_MAX_GROUP:
+        elif scale_scheme is not None and group <= COMPRESSED_SIMT_MAX_GROUP[scale_scheme]:
             requested = "simt"
         else:
             requested = "tensor_core" if head_dim <= TC_AUTO_MAX_HEAD_DIM else "simt"
@@ -107,10 +115,10 @@ def group_kernel_size(group: int) -> int:
 
 
 def choose_partitions(seq_lens, blocks_per_partition: int, num_sms: int,
-                      num_splits: int | None = None) -> tuple[int, int]:
+                      num_splits: int | None = None, longest: int = PART_LEN) -> tuple[int, int]:
     """SIMT: (part_len, max_parts), how to cut the sequences into partitions.
 
-    num_splits=None (automatic): partitions of PART_LEN tokens; halved (down to
+    num_splits=None (automatic): partitions of `longest` (PART_LEN) tokens; halved (down to
     MIN_PART_LEN) while the grid would have fewer than BLOCKS_PER_SM blocks per SM;
     no split at all when the longest sequence fits in one partition.
     num_splits=n: the longest sequence is cut into n partitions (1 = never split).
@@ -121,7 +129,7 @@ def choose_partitions(seq_lens, blocks_per_partition: int, num_sms: int,
     if num_splits is not None:
         part_len = cut_longest(max_len, num_splits)
     else:
-        part_len = PART_LEN
+        part_len = longest
         while (part_len > MIN_PART_LEN and
                int((-(-lens // part_len)).sum()) * blocks_per_partition < BLOCKS_PER_SM * num_sms):
             part_len //= 2

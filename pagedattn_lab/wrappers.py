@@ -106,7 +106,7 @@ class BatchDecodeWrapper(DecodeRun):
         pages were checked against the cache already: -1). kv_format: quant.KVFormat of a
         compressed cache, or None."""
         group = num_heads // num_kv_heads
-        chosen = _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format)
+        chosen = _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme)
         xp = cupy_module() if on_gpu else np
         self.kernel = chosen
         self.on_gpu, self.xp, self.dtype = on_gpu, xp, dtype
@@ -142,7 +142,8 @@ class BatchDecodeWrapper(DecodeRun):
         gmax = dp.group_kernel_size(self.num_heads // self.num_kv_heads)
         grid_y = self.num_kv_heads * -(-(self.num_heads // self.num_kv_heads) // gmax)
         self.part_len, self.max_parts = dp.choose_partitions(
-            lens_h, grid_y, sm_count(self.on_gpu), num_splits)
+            lens_h, grid_y, sm_count(self.on_gpu), num_splits,
+            dp.COMPRESSED_SIMT_PART_LEN if self.kv_format and gmax >= 4 else dp.PART_LEN)
         xp, i32 = self.xp, np.int32
         rows = (self.batch, self.num_heads, self.max_parts)
         split = self.max_parts > 1
@@ -150,8 +151,16 @@ class BatchDecodeWrapper(DecodeRun):
         part_ml = xp.empty(rows + (2,) if split else 4, dtype=np.float32)
         options = dp.simt_options(self.dtype, self.head_dim, gmax) + self._quant_options(gmax)
         self.grid = (self.max_parts, grid_y, self.batch)
+        lens = self._lens
+        fixed = (self._tables, lens)
+        if self.kv_format and gmax >= 4 and dp.COMPRESSED_SIMT_LONGEST_FIRST:
+            # the partitions as a list, longest first, in front of the lengths (decode.cu)
+            work = dp.tc_work_list(lens_h, self.part_len)[0]
+            fixed = (self._tables, xp.asarray(np.concatenate([work.ravel(), lens_h])))
+            lens = fixed[1][work.size:]
+            options += ("-DWORK_LIST=1",)
+            self.grid = (len(work), grid_y, 1)
         self._gmax = gmax
-        fixed = (self._tables, self._lens)
         tail = (part_out, part_ml, i32(self.num_heads), i32(self.num_kv_heads),
                 i32(self.page_size), i32(page_shift(self.page_size)),
                 i32(self._tables.shape[1]), i32(self.part_len), i32(self.max_parts))
@@ -159,7 +168,7 @@ class BatchDecodeWrapper(DecodeRun):
                          dp.simt_shared_bytes(gmax, self.head_dim),
                          lambda q, k, v, out, s, ks, vs: (q, k, v, ks, vs, *fixed, out, *tail, s))
         if split:
-            merge_args = (part_out, part_ml, self._lens)
+            merge_args = (part_out, part_ml, lens)
             merge_tail = (i32(self.num_heads), i32(self.part_len), i32(self.max_parts))
             self._add_launch(load_kernel("decode", "paged_decode_merge", options),
                              (self.num_heads, self.batch), 0,
@@ -321,10 +330,11 @@ class BatchDecodeWrapper(DecodeRun):
         explain_run(self, q, k, v, out, qshape)
 
 
-def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format):
+def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme):
     """decode_plan.choose_kernel, and for compressed pages the SIMT kernel's limit: 16 codes
     per 16-byte load, so head_dim a multiple of 16 (the tensor-core kernel's limit too)."""
-    chosen = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format is not None)
+    chosen = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu,
+                              scale_scheme if kv_format is not None else None)
     if kv_format is not None and head_dim % 16:
         raise ValueError(f"head_dim: {head_dim} with {kv_format.name} pages: the simt kernel "
                          f"reads 16 codes at a time, so head_dim must be a multiple of 16")

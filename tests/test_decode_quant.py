@@ -10,6 +10,9 @@ Two bounds, derived from the formats (the derivation is tests/test_prefill_quant
    and u = 2^-11, gamma_n = n u / (1 - n u): q is rounded to fp16 after an exact power-of-two scaling (u) and each lane sums n = VEC/2
    products per fp16 half (gamma_n), so a score moves by at most
    (gamma_n + u) softmax_scale sum_d |q_d k_d|: the K error e(K)_d = (gamma_n + u) |k_d|;
+   with DOT_PACK (the default for blocks of 4+ heads, where |q.k| stays in fp16's range) the
+   lane's two halves and then the TG lanes of a token are added in fp16 as well:
+   n = VEC/2 + 1 + log2(TG) (a sum tree of that depth);
    with V in fp16 (static scales) each weight is rounded once (u), each fp16 sum holds
    U * PV_FLUSH products and takes up to PV_FLUSH rescales (one rounding each), so
    e(V)_d = gamma_{U * PV_FLUSH + PV_FLUSH + 1} |v_d|; and a weight (in units where the
@@ -111,7 +114,13 @@ def arithmetic_error(p, options=()):
         return 0.0, 0.0, 0.0
     gmax = decode_plan.group_kernel_size(num_heads // p["k"].shape[2])
     vec = 8 if gmax >= wrappers.QUANT_NARROW_GMAX else 16   # codes per load
-    k_err = gamma(vec // 2) + U_ROUND
+    qmax = 127.0 if p["kv_dtype"] == "int8" else 448.0
+    chunks = head_dim // vec
+    cpt = -(-chunks // 32)
+    tg = next(t for t in (1, 2, 4, 8, 16, 32) if chunks <= t * cpt)   # lanes per token
+    dot_pack = opts.get("DOT_PACK", str(int(gmax >= 4 and head_dim * qmax < 65504))) == "1"
+    # DOT_PACK: the lane's two halves and the tg lanes added in fp16 too
+    k_err = gamma(vec // 2 + (1 + int(np.log2(tg)) if dot_pack else 0)) + U_ROUND
     pv_half = opts.get("PV_HALF2", "1" if p["scheme"] == "static" else "0") == "1"
     if not pv_half:
         return k_err, 0.0, 0.0
@@ -123,7 +132,6 @@ def arithmetic_error(p, options=()):
         unroll = int(opts.get("DECODE_UNROLL", 4))
     flush = int(opts.get("PV_FLUSH", 4))
     slack = int(opts.get("RESCALE_SLACK", 8))
-    qmax = 127.0 if p["kv_dtype"] == "int8" else 448.0
     shift = next(k for k in range(slack + 1)
                  if k == slack or unroll * flush * qmax * 2.0 ** (slack - k) < 60000)
     n = int(max(p["lens"]))
@@ -226,12 +234,17 @@ MISTAKES = [
      "fp8_e4m3", "static", ()),
     ("int8 offset off by 128", "__float2half2_rn(1152.0f)", "__float2half2_rn(1024.0f)",
      "int8", "static", ()),
-    ("tokens past the end read", "int t = min(base + u * ngroups + grp, end - 1);",
-     "int t = base + u * ngroups + grp;", "fp8_e4m3", "per_token", ()),
+    ("tokens past the end read", "return min(base + u * ngroups + grp, end - 1);",
+     "return base + u * ngroups + grp;", "fp8_e4m3", "per_token", ()),
     ("q's power-of-two scaling not undone", "q_unit[g] = 1.0f / mult;", "q_unit[g] = 1.0f;",
      "int8", "static", ()),
-    ("reduce-scatter sends the half it keeps", "const float send = upper ? v[j][u]",
-     "const float send = upper ? v[j + half][u]", "fp8_e4m3", "static", ()),
+    ("reduce-scatter sends the half it keeps", "const T send = upper ? v[j][u]",
+     "const T send = upper ? v[j + half][u]", "fp8_e4m3", "static", ()),
+    ("packed dots: the pair's tokens swapped",
+     "u % 2 ? __high2float(dp[j][u / 2]) : __low2float(dp[j][u / 2])",
+     "u % 2 ? __low2float(dp[j][u / 2]) : __high2float(dp[j][u / 2])", "int8", "static", ()),
+    ("groups merged without their maxima", "const float c = exp2f(s_ml[w][g][0] - m_all);",
+     "const float c = 1.0f;", "fp8_e4m3", "static", ()),
     ("weights taken from the wrong owner lane", "if (g & (GMAX >> (k + 1))) l += TG >> (k + 1);",
      "if (g & (GMAX >> (k + 1))) l += TG >> k;", "int8", "per_token", ()),
     # the fp32 path (-DHALF2_MATH=0)
@@ -270,6 +283,7 @@ def test_a_planted_mistake_fails_the_checks(rng, monkeypatch, what, old, new, kv
 
 # The kernel's variants (kernels/decode.cu -D options) against the same bounds.
 VARIANTS = [FP32, ("-DPV_HALF2=0",), ("-DACC_SMEM=0",), ("-DRESCALE_SLACK=0",),
+            ("-DDOT_PACK=0",),
             ("-DPV_FLUSH=1", "-DDECODE_UNROLL_CODES=2", "-DDECODE_UNROLL=2"),
             ("-DDECODE_PREFETCH_GROUP=8", "-DDECODE_MIN_BLOCKS=4", "-DCODE_L2_256=1")]
 VARIANT_CASES = [
@@ -395,3 +409,4 @@ def test_decode_on_compressed_pages_on_the_gpu(rng, kernel, kv_dtype, scheme, ca
     p = compressed_problem(rng, lens, kv_dtype, scheme, page_size=page, num_heads=heads,
                            num_kv_heads=kv_heads, head_dim=dim, outliers=True)
     check_against_references(p, run_compressed(cupy, p, kernel=kernel))
+

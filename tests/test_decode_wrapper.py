@@ -129,10 +129,14 @@ def test_kernel_choice():
     assert dp.choose_kernel("auto", "float16", 4, 40, on_gpu=True) == "simt"   # not 16 x n
     assert dp.choose_kernel("auto", "float16", 4, 256, on_gpu=True) == "tensor_core"  # measured
     assert dp.choose_kernel("tensor_core", "bfloat16", 64, 256, on_gpu=False) == "tensor_core"
-    # compressed pages: SIMT up to COMPRESSED_SIMT_MAX_GROUP heads per KV head (measured)
-    assert dp.choose_kernel("auto", "float16", 2, 128, on_gpu=True, compressed=True) == "simt"
-    assert dp.choose_kernel("auto", "float16", 4, 128, on_gpu=True, compressed=True) == "tensor_core"
-    assert dp.choose_kernel("tensor_core", "float16", 4, 128, True, compressed=True) == "tensor_core"
+    # compressed pages: SIMT up to COMPRESSED_SIMT_MAX_GROUP[scheme] heads per KV head (measured)
+    for scheme in ("static", "per_token"):
+        limit = dp.COMPRESSED_SIMT_MAX_GROUP[scheme]
+        assert dp.choose_kernel("auto", "float16", limit, 128, True, scheme) == "simt"
+        assert dp.choose_kernel("auto", "float16", limit + 1, 128, True, scheme) == "tensor_core"
+        assert dp.choose_kernel("tensor_core", "float16", 2, 128, True, scheme) == "tensor_core"
+    assert dp.choose_kernel("auto", "float16", 4, 128, True, "static") == "simt"
+    assert dp.choose_kernel("auto", "float16", 4, 128, True, "per_token") == "tensor_core"
     with pytest.raises(ValueError, match="kernel"):
         dp.choose_kernel("fast", "float16", 1, 64, on_gpu=True)
 

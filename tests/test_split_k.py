@@ -62,7 +62,7 @@ def test_merge_ignores_partitions_past_num_parts():
 def test_layout_is_the_kernels():
     source = pl.kernels.expanded_source("decode.cu")
     # the token a group loads, and the unroll factors, as decode.cu (and its headers) write them
-    assert "int t = min(base + u * ngroups + grp, end - 1);" in source
+    assert "return min(base + u * ngroups + grp, end - 1);" in source
     unroll = int(re.search(r"#define DECODE_UNROLL (\d+)", source).group(1))
     layout = decode_map.decode_layout(128, np.float16, part_len=512)
     assert (layout.vec, layout.tg, layout.ngroups, layout.unroll) == (8, 16, 8, unroll)

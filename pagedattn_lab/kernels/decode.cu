@@ -45,65 +45,11 @@
 #include "decode_params.cuh"
 
 #include "decode_chunks.cuh"
+#include "decode_io.cuh"
 #if HALF2_MATH
 #include "decode_half2.cuh"
+#include "decode_half2_step.cuh"
 #endif
-
-// A chunk of the cache. CODE_L2_256 (codes, sm_80+): with a hint that L2 fetch the 256-byte
-// block around it (a KV head's row of codes is 128 bytes, its neighbour head's row the other
-// half, read by the neighbour block at about the same time).
-#ifndef CODE_L2_256
-#define CODE_L2_256 0
-#endif
-__device__ inline chunk_t load_chunk(const CACHE_T* p)
-{
-#if CODE_L2_256 && KV_QUANT && CHUNK_BYTES == 16 && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    chunk_t r;
-    asm("ld.global.nc.L2::256B.v4.u32 {%0, %1, %2, %3}, [%4];"
-        : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w) : "l"(p));
-    return r;
-#else
-    return *reinterpret_cast<const chunk_t*>(p);
-#endif
-}
-
-// Issue the K and V loads of one step: token base + u * ngroups + grp for u < U (a token
-// past the end is replaced by the last one, so every load is valid; it is masked later).
-// Chunk c of this thread is chunk gl + c * TG of the row (neighbouring lanes, neighbouring
-// bytes); a chunk past the row's end is not loaded.
-// With per-token scales it also loads each token's K and V scale (ks, vs).
-template <int U>
-__device__ inline void load_step(const CACHE_T* k_cache, const CACHE_T* v_cache,
-                                 const float* k_scale, const float* v_scale, const int* table,
-                                 int base, int end, int ngroups, int grp, int gl, int page_size,
-                                 int page_shift, int page_stride, int row_stride,
-                                 int head_off, int num_kv_heads, int kvh,
-                                 chunk_t (&kraw)[U][CPT], chunk_t (&vraw)[U][CPT], float (&ks)[U],
-                                 float (&vs)[U])
-{
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        int t = min(base + u * ngroups + grp, end - 1);
-        int vpage = page_shift >= 0 ? (t >> page_shift) : (t / page_size);
-        int offset = t - vpage * page_size;
-        long long page = table[vpage];      // widen before multiplying by the strides
-        long long e = page * page_stride + (offset * row_stride + head_off);
-#if PER_TOKEN_SCALES
-        const long long si = (page * page_size + offset) * num_kv_heads + kvh;
-        ks[u] = k_scale[si];
-        vs[u] = v_scale[si];
-#endif
-#pragma unroll
-        for (int c = 0; c < CPT; ++c) {
-            if (gl + c * TG < CHUNKS) {
-                kraw[u][c] = load_chunk(k_cache + e + c * TG * VEC);
-                vraw[u][c] = load_chunk(v_cache + e + c * TG * VEC);
-            } else {
-                kraw[u][c] = vraw[u][c] = zero_chunk();
-            }
-        }
-    }
-}
 
 // ---- the partition kernel ----------------------------------------------------------------
 
@@ -114,7 +60,7 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     const float* __restrict__ k_scale,     // compressed pages: see the top; else 1 unused float
     const float* __restrict__ v_scale,
     const int* __restrict__ block_tables,  // [batch, max_pages]
-    const int* __restrict__ seq_lens,      // [batch]
+    const int* __restrict__ seq_lens,      // [batch] (WORK_LIST: after the work list)
     KV_T* __restrict__ out,                // [batch, num_heads, HEAD_DIM]  (max_parts == 1)
     float* __restrict__ part_out,          // [batch, num_heads, max_parts, HEAD_DIM]
     float* __restrict__ part_ml,           // [batch, num_heads, max_parts, 2]  (max, sum)
@@ -125,8 +71,19 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     constexpr bool PREFETCH = GMAX >= DECODE_PREFETCH_GROUP;
     extern __shared__ float smem[];
 
+    // -DWORK_LIST: grid = (items, num_kv_heads * head_chunks, 1), item x = the partition work[x]
+    // of a list the plan sorts longest first, so that the short partitions, the sequences'
+    // last ones, run at the end and fill the gaps of the last wave. The list [items, 2] of
+    // (sequence, partition) comes in front of the lengths in seq_lens' buffer (the kernel's
+    // arguments stay the same).
+#if WORK_LIST
+    const int b = seq_lens[2 * blockIdx.x];
+    const int part = seq_lens[2 * blockIdx.x + 1];
+    seq_lens += 2 * gridDim.x;
+#else
     const int b = blockIdx.z;
     const int part = blockIdx.x;
+#endif
     const int group = num_heads / num_kv_heads;       // query heads per KV head
     const int chunks = (group + GMAX - 1) / GMAX;     // blocks per KV head when group > GMAX
     const int kvh = blockIdx.y / chunks;
@@ -143,6 +100,21 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
     const int ngroups = blockDim.x / TG;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nwarps = blockDim.x / 32;
 
+    const int* table = block_tables + (long long)b * max_pages;
+    // Offsets inside one page fit in 32 bits (a page of one layer holds far fewer than 2^31
+    // elements); the page's own offset is 64-bit (page * page_stride, widened in load_step).
+    const int row_stride = num_kv_heads * HEAD_DIM;   // one token
+    const int page_stride = page_size * row_stride;  // one page
+    const int head_off = kvh * HEAD_DIM + gl * VEC;
+    const int step = ngroups * U;
+    chunk_t kraw[U][CPT], vraw[U][CPT];
+    float ks[U], vs[U];   // per-token scales of the step's tokens (unused otherwise)
+    // The first step's loads go out before q is prepared: their latency and q's overlap.
+    if (PREFETCH)
+        load_step<U>(k_cache, v_cache, k_scale, v_scale, table, start, end, ngroups, grp, gl,
+                     page_size, page_shift, page_stride, row_stride, head_off, num_kv_heads,
+                     kvh, kraw, vraw, ks, vs);
+
     // Scale folding (see the top): q_mult pre-scales q, v_mult multiplies the output.
 #if KV_QUANT && !PER_TOKEN_SCALES
     const float q_mult = scale_log2 * k_scale[kvh] * CODE_UNIT;
@@ -154,29 +126,15 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
 
     // This thread's slices of each query head, pre-scaled into base-2 logits (0 past the row).
     float qr[GMAX][CPT][VEC];
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g) {
-#pragma unroll
-        for (int c = 0; c < CPT; ++c) {
-            const int chunk = gl + c * TG;
-#pragma unroll
-            for (int r = 0; r < VEC / QVEC; ++r) {   // a chunk of codes: several q loads
-                uint4 raw = make_uint4(0u, 0u, 0u, 0u);
-                if (g < nh && chunk < CHUNKS)
-                    raw = *reinterpret_cast<const uint4*>(
-                        q + ((long long)b * num_heads + h0 + g) * HEAD_DIM + chunk * VEC
-                        + r * QVEC);
-                unpack_chunk<KV_T>(raw, qr[g][c] + r * QVEC);
-            }
-#pragma unroll
-            for (int i = 0; i < VEC; ++i) qr[g][c][i] *= q_mult;
-        }
-    }
-
+    load_q(q, (long long)b * num_heads + h0, nh, gl, q_mult, qr);
 #if HALF2_MATH
     __half2 qh[GMAX][CPT][HV];
-    float q_unit[GMAX], q_unit_own[HPL], m_own[HPL], l_own[HPL];
+    float q_unit[GMAX];
     q_to_half2(qr, qh, q_unit);
+#endif
+
+#if HALF2_MATH
+    float q_unit_own[HPL], m_own[HPL], l_own[HPL];
     const int hb = head_base(gl);
 #pragma unroll
     for (int j = 0; j < HPL; ++j) {
@@ -215,23 +173,9 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             for (int i = 0; i < VEC; ++i) acc[g][c][i] = 0.0f;
     }
 
-    const int* table = block_tables + (long long)b * max_pages;
-    // Offsets inside one page fit in 32 bits (a page of one layer holds far fewer than 2^31
-    // elements); the page's own offset is 64-bit (page * page_stride, widened in load_step).
-    const int row_stride = num_kv_heads * HEAD_DIM;   // one token
-    const int page_stride = page_size * row_stride;  // one page
-    const int head_off = kvh * HEAD_DIM + gl * VEC;
-
     // Block-uniform loop: every thread runs the same number of steps (shuffles need all).
     // Each step loads U tokens per group (2*U*CPT independent 16-byte loads per thread);
     // with PREFETCH the next step's loads are issued before this step's arithmetic.
-    const int step = ngroups * U;
-    chunk_t kraw[U][CPT], vraw[U][CPT];
-    float ks[U], vs[U];   // per-token scales of the step's tokens (unused otherwise)
-    if (PREFETCH)
-        load_step<U>(k_cache, v_cache, k_scale, v_scale, table, start, end, ngroups, grp, gl,
-                     page_size, page_shift, page_stride, row_stride, head_off, num_kv_heads,
-                     kvh, kraw, vraw, ks, vs);
     for (int base = start; base < end; base += step) {
         if (!PREFETCH)
             load_step<U>(k_cache, v_cache, k_scale, v_scale, table, base, end, ngroups, grp, gl,
@@ -271,8 +215,10 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
                          num_kv_heads, kvh, kraw, vraw, ks, vs);
 #if HALF2_MATH
         flush_in = flush_in == 1 ? PV_FLUSH : flush_in - 1;   // block-uniform
-        half2_step<U>(kcur, vcur, k_mult, p_mult, valid, qh, q_unit_own, m_own, l_own, acc,
-                      acc_s, acc_h, flush_in == 1, gl, lane);
+        float dot[GMAX][U];
+        half2_dots<U>(kcur, qh, gl, dot);
+        half2_softmax_pv<U>(dot, vcur, k_mult, p_mult, valid, q_unit_own, m_own, l_own, acc,
+                            acc_s, acc_h, flush_in == 1, lane);
 #else
 #pragma unroll
         for (int g = 0; g < GMAX; ++g) {
@@ -316,18 +262,6 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
 #if PV_HALF2
     flush_half2(acc, acc_s, acc_h);
 #endif
-#if ACC_SMEM
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g)
-#pragma unroll
-        for (int c = 0; c < CPT; ++c)
-#pragma unroll
-            for (int i = 0; i < VEC; i += 4) {
-                const float4 x = acc_s[((g * CPT + c) * VEC + i) / 4 * DECODE_THREADS];
-                acc[g][c][i] = x.x, acc[g][c][i + 1] = x.y;
-                acc[g][c][i + 2] = x.z, acc[g][c][i + 3] = x.w;
-            }
-#endif
     // Every lane of a token's group takes its heads' maxima and sums from their owners, so
     // that the merges below see the state of the fp32 path.
 #pragma unroll
@@ -336,6 +270,13 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
         l[g] = from_owner(l_own, g, lane);
     }
 #endif
+#if ACC_SMEM
+    // The groups' sums are in shared memory already: merge them there (decode_half2.cuh).
+    __shared__ float s_ml[DECODE_THREADS / TG][GMAX][2];   // each group's max and sum
+    merge_groups_smem(m, l, acc_smem, s_ml, out, part_out, part_ml,
+                      (long long)b * num_heads + h0, nh, gl, grp, ngroups, part, max_parts,
+                      v_mult);
+#else
 
     // Merge the groups of each warp (butterfly: every lane ends with the warp's result).
 #pragma unroll
@@ -391,19 +332,10 @@ extern "C" __global__ void __launch_bounds__(DECODE_THREADS, DECODE_MIN_BLOCKS) 
             l_all += s_l[w * GMAX + g] * c;
             o += s_acc[(w * GMAX + g) * HEAD_DIM + d] * c;
         }
-        long long row = (long long)b * num_heads + h0 + g;
-        const float result = o / l_all * v_mult;
-        if (max_parts == 1) {
-            store_value(out + row * HEAD_DIM + d, result);
-        } else {
-            long long slot = row * max_parts + part;
-            part_out[slot * HEAD_DIM + d] = result;
-            if (d == 0) {
-                part_ml[slot * 2] = m_all;
-                part_ml[slot * 2 + 1] = l_all;
-            }
-        }
+        store_result(out, part_out, part_ml, (long long)b * num_heads + h0 + g, d,
+                     o / l_all * v_mult, m_all, l_all, part, max_parts);
     }
+#endif  // ACC_SMEM
 }
 
 // ---- the merge kernel --------------------------------------------------------------------

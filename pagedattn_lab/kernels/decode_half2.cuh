@@ -1,15 +1,17 @@
 // paged_decode (decode.cu) over compressed pages with packed fp16 arithmetic (HALF2_MATH):
-// the step of the main loop and the pieces it needs. Include after decode_chunks.cuh.
+// the pieces of the main loop's step (codes to fp16 pairs, q's pairs, the lanes' reduce-scatter);
+// the step itself is in decode_half2_step.cuh. Include after decode_chunks.cuh.
 //
 // Why: with a group of query heads per block, decode over one-byte codes is bound by the
 // instructions it issues, not by the bytes (H200, D64 GQA 32/8 in fp32 arithmetic: ~0.19 ms,
-// 2.5x the memory floor; with this path 0.129 ms fp8 / 0.135 int8, static scales; MHA fp8
-// 0.315 -> 0.303; benchmarks/NOTES.md, round r4). Per code of K the fp32 path converts to float (1.5 instructions) and does one FMA per
-// head; here codes become fp16 pairs (every int8 and e4m3 value is an fp16 number) and each
+// 2.5x the memory floor; with this path 0.115 ms fp8 / 0.122 int8, static scales, round r7;
+// MHA fp8 0.315 -> 0.303, round r4; benchmarks/NOTES.md). Per code of K the fp32 path
+// converts to float (1.5 instructions) and does one FMA per head; here codes become fp16 pairs (every int8 and e4m3 value is an fp16 number) and each
 // HFMA2 multiplies two codes by two query elements. The rest of the step is cut the same way:
 //   q.k:  q is scaled by a power of two into [-1, 1] (exact) and rounded to fp16; each lane
 //         sums its VEC products in fp16 (two chains of VEC/2 in the halves of an HFMA2),
-//         then in fp32 across its halves and the token's lanes.
+//         then in fp32 across its halves and the token's lanes; DOT_PACK (4+ heads): in
+//         fp16, two tokens' dots per pair (half the shuffles and adds).
 //   the lanes' sums: a reduce-scatter (each exchange halves the heads a lane holds), so that
 //         a lane ends with the full dot of one head (GMAX/TG heads when TG < GMAX) instead of
 //         every lane holding every head: fewer shuffles, and the online softmax of a head is
@@ -25,7 +27,8 @@
 //         fp32.
 // Error, from the format (tests/test_decode_quant.py states it as a bound): with u = 2^-11
 // (fp16's unit roundoff) a score moves by at most (gamma_{VEC/2} + u) * sum_d |q_d k_d| (q's
-// rounding, then VEC/2 fused multiply-adds per half), gamma_n = n u / (1 - n u); each output
+// rounding, then VEC/2 fused multiply-adds per half; DOT_PACK: gamma_{VEC/2 + 1 + log2 TG},
+// the halves and the lanes added in fp16 too), gamma_n = n u / (1 - n u); each output
 // element by at most gamma_{U*PV_FLUSH+PV_FLUSH+1} * max |v| + n 2^(PV_SHIFT-24) max |v| with
 // PV_HALF2 (p's rounding, U * PV_FLUSH products and PV_FLUSH rescales per fp16 sum; n tokens'
 // subnormal weights).
@@ -125,22 +128,34 @@ __device__ inline void q_to_half2(const float (&qr)[GMAX][CPT][VEC],
     }
 }
 
+// The adds and exchanges of reduce_scatter, for fp32 scores and (DOT_PACK) fp16 pairs of them.
+__device__ inline float add_score(float a, float b) { return a + b; }
+__device__ inline __half2 add_score(__half2 a, __half2 b) { return __hadd2(a, b); }
+__device__ inline float shfl_score(float x, int off)
+{
+    return __shfl_xor_sync(0xffffffffu, x, off);
+}
+__device__ inline __half2 shfl_score(__half2 x, int off)
+{
+    return bits_half2(__shfl_xor_sync(0xffffffffu, half2_bits(x), off));
+}
+
 // Sum v over the TG lanes of a token while scattering the heads: on return v[0 .. HPL) hold
 // the full sums of heads head_base(gl) .. + HPL (v[HPL ..) are left undefined).
-template <int U>
-__device__ inline void reduce_scatter(float (&v)[GMAX][U], int gl)
+template <int U, typename T>
+__device__ inline void reduce_scatter(T (&v)[GMAX][U], int gl)
 {
 #pragma unroll
     for (int k = 0; k < SCATTER; ++k) {
         const int off = TG >> (k + 1), half = GMAX >> (k + 1);
-        const bool upper = gl & off;
 #pragma unroll
         for (int j = 0; j < half; ++j)
 #pragma unroll
             for (int u = 0; u < U; ++u) {
-                const float send = upper ? v[j][u] : v[j + half][u];
-                const float keep = upper ? v[j + half][u] : v[j][u];
-                v[j][u] = keep + __shfl_xor_sync(0xffffffffu, send, off);
+                const bool upper = gl & off;
+                const T send = upper ? v[j][u] : v[j + half][u];
+                const T keep = upper ? v[j + half][u] : v[j][u];
+                v[j][u] = add_score(keep, shfl_score(send, off));
             }
     }
 #pragma unroll
@@ -148,7 +163,7 @@ __device__ inline void reduce_scatter(float (&v)[GMAX][U], int gl)
 #pragma unroll
         for (int j = 0; j < HPL; ++j)
 #pragma unroll
-            for (int u = 0; u < U; ++u) v[j][u] += __shfl_xor_sync(0xffffffffu, v[j][u], off);
+            for (int u = 0; u < U; ++u) v[j][u] = add_score(v[j][u], shfl_score(v[j][u], off));
 }
 
 // The first head a lane holds after reduce_scatter, and a lane of the token's group that holds
@@ -182,192 +197,6 @@ __device__ inline unsigned from_owner_bits(const unsigned (&x)[HPL], int g, int 
 {
     if (SCATTER == 0) return x[g];
     return __shfl_sync(0xffffffffu, x[g % HPL], (lane & ~(TG - 1)) | owner_lane(g));
-}
-
-// ACC_SMEM: the fp32 sums of V live in shared memory while the fp16 ones take the registers
-// (4 heads: 64 floats per thread fewer, ~130 registers, 4 blocks per SM instead of 2). Each
-// thread owns a column: its float4 number k at acc_s[k * DECODE_THREADS] (neighbouring threads,
-// neighbouring 16 bytes: no bank conflicts).
-constexpr int ACC4 = GMAX * CPT * VEC / 4;   // float4s of sums per thread
-static_assert(!ACC_SMEM || (ACC4 * DECODE_THREADS * 16
-                            + DECODE_THREADS / 32 * GMAX * (2 + HEAD_DIM) * 4 <= 48 * 1024),
-              "ACC_SMEM: the sums and the merge's shared memory exceed 48 KB");
-
-// The fp32 sums of head g times a (a rescale).
-__device__ inline void scale_sums(float (&acc)[GMAX][CPT][VEC], float4* acc_s, int g, float a)
-{
-#if ACC_SMEM
-#pragma unroll
-    for (int k = 0; k < CPT * VEC / 4; ++k) {
-        float4 x = acc_s[(g * CPT * VEC / 4 + k) * DECODE_THREADS];
-        x.x *= a, x.y *= a, x.z *= a, x.w *= a;
-        acc_s[(g * CPT * VEC / 4 + k) * DECODE_THREADS] = x;
-    }
-#else
-#pragma unroll
-    for (int c = 0; c < CPT; ++c)
-#pragma unroll
-        for (int i = 0; i < VEC; ++i) acc[g][c][i] *= a;
-#endif
-}
-
-// The fp16 sums of V added to the fp32 ones, and cleared.
-__device__ inline void flush_half2(float (&acc)[GMAX][CPT][VEC], float4* acc_s,
-                                   __half2 (&acc_h)[GMAX][CPT][HV])
-{
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g)
-#pragma unroll
-        for (int c = 0; c < CPT; ++c)
-#pragma unroll
-            for (int i = 0; i < HV; i += 2) {   // VEC is a multiple of 4 for codes
-#if ACC_SMEM
-                float4& x = acc_s[((g * CPT + c) * VEC / 4 + i / 2) * DECODE_THREADS];
-                float4 y = x;
-                y.x += __low2float(acc_h[g][c][i]);
-                y.y += __high2float(acc_h[g][c][i]);
-                y.z += __low2float(acc_h[g][c][i + 1]);
-                y.w += __high2float(acc_h[g][c][i + 1]);
-                x = y;
-#else
-                acc[g][c][2 * i] += __low2float(acc_h[g][c][i]);
-                acc[g][c][2 * i + 1] += __high2float(acc_h[g][c][i]);
-                acc[g][c][2 * i + 2] += __low2float(acc_h[g][c][i + 1]);
-                acc[g][c][2 * i + 3] += __high2float(acc_h[g][c][i + 1]);
-#endif
-                acc_h[g][c][i] = acc_h[g][c][i + 1] = __float2half2_rn(0.0f);
-            }
-}
-
-// One step of U tokens per thread group (see the top): scores, the owners' online softmax,
-// the rescale when some maximum moved, and the weighted V rows added to acc.
-template <int U>
-__device__ inline void half2_step(const chunk_t (&kraw)[U][CPT], const chunk_t (&vraw)[U][CPT],
-                                  const float (&k_mult)[U], const float (&p_mult)[U],
-                                  const bool (&valid)[U], const __half2 (&qh)[GMAX][CPT][HV],
-                                  const float (&q_unit_own)[HPL], float (&m_own)[HPL],
-                                  float (&l_own)[HPL], float (&acc)[GMAX][CPT][VEC],
-                                  float4* acc_s, __half2 (&acc_h)[GMAX][CPT][HV], bool flush,
-                                  int gl, int lane)
-{
-    float dot[GMAX][U];
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        __half2 kh[CPT][HV];
-#pragma unroll
-        for (int c = 0; c < CPT; ++c) codes_half2(kraw[u][c], kh[c]);
-#pragma unroll
-        for (int g = 0; g < GMAX; ++g) {
-            __half2 a = __float2half2_rn(0.0f);
-#pragma unroll
-            for (int c = 0; c < CPT; ++c)
-#pragma unroll
-                for (int i = 0; i < HV; ++i) a = __hfma2(qh[g][c][i], kh[c][i], a);
-            dot[g][u] = __low2float(a) + __high2float(a);
-        }
-    }
-    reduce_scatter<U>(dot, gl);
-
-    // The owners' online softmax: p of each token, and whether a maximum moved.
-    float p[HPL][U], alpha[HPL];
-    bool moved = false;
-#pragma unroll
-    for (int j = 0; j < HPL; ++j) {
-        float s[U], mx = m_own[j];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            s[u] = valid[u] ? dot[j][u] * q_unit_own[j] * k_mult[u] : NEG_INF;
-            mx = fmaxf(mx, s[u]);
-        }
-        const float m_new = mx > m_own[j] + (float)SLACK ? mx : m_own[j];
-        alpha[j] = exp2f(m_own[j] - m_new);   // 0 at the first token (m was NEG_BIG, acc 0)
-        moved |= m_new != m_own[j] && m_own[j] != NEG_BIG;
-        m_own[j] = m_new;
-        l_own[j] *= alpha[j];
-#pragma unroll
-        for (int u = 0; u < U; ++u) {
-            p[j][u] = exp2f(s[u] - (m_new + (float)PV_SHIFT));   // 0 for a masked token
-            l_own[j] += p[j][u];
-            p[j][u] *= p_mult[u];   // the V scale weighs the value, not the weight (l)
-        }
-    }
-    if (__any_sync(0xffffffffu, moved)) {   // warp-uniform: the rescale is rare
-#pragma unroll
-        for (int g = 0; g < GMAX; ++g) {
-            const float a = from_owner(alpha, g, lane);
-            scale_sums(acc, acc_s, g, a);
-#if PV_HALF2
-#pragma unroll
-            for (int c = 0; c < CPT; ++c)
-#pragma unroll
-                for (int i = 0; i < HV; ++i)
-                    acc_h[g][c][i] = __hmul2(acc_h[g][c][i], __float2half2_rn(a));
-#endif
-        }
-    }
-
-#if PV_HALF2
-    // Weights as fp16 pairs (two tokens per shuffle), V summed in fp16 over PV_FLUSH steps.
-    constexpr int U2 = (U + 1) / 2;
-    unsigned pb[HPL][U2];
-#pragma unroll
-    for (int j = 0; j < HPL; ++j)
-#pragma unroll
-        for (int w = 0; w < U2; ++w)
-            pb[j][w] = half2_bits(__floats2half2_rn(p[j][2 * w],
-                                                    2 * w + 1 < U ? p[j][2 * w + 1] : 0.0f));
-    __half2 vh[U][CPT][HV];
-#pragma unroll
-    for (int u = 0; u < U; ++u)
-#pragma unroll
-        for (int c = 0; c < CPT; ++c) codes_half2(vraw[u][c], vh[u][c]);
-#pragma unroll
-    for (int g = 0; g < GMAX; ++g) {
-#pragma unroll
-        for (int w = 0; w < U2; ++w) {
-            unsigned send[HPL];
-#pragma unroll
-            for (int j = 0; j < HPL; ++j) send[j] = pb[j][w];
-            const __half2 pp = bits_half2(from_owner_bits(send, g, lane));
-#pragma unroll
-            for (int t = 0; t < 2 && 2 * w + t < U; ++t) {
-                const __half2 pu = __half2half2(t ? __high2half(pp) : __low2half(pp));
-#pragma unroll
-                for (int c = 0; c < CPT; ++c)
-#pragma unroll
-                    for (int i = 0; i < HV; ++i)
-                        acc_h[g][c][i] = __hfma2(pu, vh[2 * w + t][c][i], acc_h[g][c][i]);
-            }
-        }
-    }
-    if (flush) flush_half2(acc, acc_s, acc_h);
-#else
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-        float vf[CPT][VEC];
-#pragma unroll
-        for (int c = 0; c < CPT; ++c) {
-            __half2 vh[HV];
-            codes_half2(vraw[u][c], vh);
-#pragma unroll
-            for (int i = 0; i < HV; ++i) {
-                vf[c][2 * i] = __low2float(vh[i]);
-                vf[c][2 * i + 1] = __high2float(vh[i]);
-            }
-        }
-#pragma unroll
-        for (int g = 0; g < GMAX; ++g) {
-            float send[HPL];
-#pragma unroll
-            for (int j = 0; j < HPL; ++j) send[j] = p[j][u];
-            const float pv = from_owner(send, g, lane);
-#pragma unroll
-            for (int c = 0; c < CPT; ++c)
-#pragma unroll
-                for (int i = 0; i < VEC; ++i) acc[g][c][i] += pv * vf[c][i];
-        }
-    }
-#endif
 }
 
 #endif  // DECODE_HALF2_CUH

@@ -18,6 +18,11 @@
 // two, and its lanes past the end load nothing. A head of more than 32 chunks gives each
 // thread CPT = 2 chunks (fp32, head_dim 192 and 256).
 
+//   -DWORK_LIST=0|1                     partitions from a work list (see decode.cu's top)
+#ifndef WORK_LIST
+#define WORK_LIST 0
+#endif
+
 // Tuning knobs (NVRTC -D options; the defaults won on an H100, see benchmarks/NOTES.md).
 #ifndef DECODE_UNROLL
 #define DECODE_UNROLL 4        // tokens per thread group per step, blocks of 1-2 query heads
@@ -87,6 +92,17 @@ static_assert(!HALF2_MATH || KV_QUANT, "packed fp16 arithmetic: compressed pages
 // without asking (head_dim <= 192).
 #ifndef ACC_SMEM
 #define ACC_SMEM (PV_HALF2 && GMAX == 4 && HEAD_DIM <= 192)
+#endif
+// DOT_PACK (decode_half2.cuh): the lanes' q.k sums exchanged and added as fp16 pairs of two
+// tokens (half the shuffles and adds; 1 + log2(TG) more fp16 roundings of a score), where no
+// sum can leave fp16's range: |q| <= 1, so |dot| <= HEAD_DIM * KV_QMAX < 65504.
+#if KV_QUANT == 1
+#define DECODE_QMAX_INT 127   // KV_QMAX as an integer, for #if
+#else
+#define DECODE_QMAX_INT 448
+#endif
+#ifndef DOT_PACK
+#define DOT_PACK (HALF2_MATH && GMAX >= 4 && HEAD_DIM * DECODE_QMAX_INT < 65504)
 #endif
 // 4 heads over codes (H200, D64 GQA 32/8, round r3): the sums in shared memory and 4 tokens per
 // step at 3 blocks per SM 0.132 ms (2 tokens, 4 blocks: 0.136; the sums in registers, 2 blocks:
