@@ -8,7 +8,8 @@
 # log in logs/, the benchmarks' JSON/PNG in bench/ and serve/). GPU_CHECK_DEADLINE (seconds,
 # default 540 in lean mode) skips the timing steps that would start after it, so a call with
 # a time limit still brings its log and results back. GPU_CHECK_SKIP (step names, e.g.
-# "serve bench-d80") leaves steps out; GPU_CHECK_EXTRA ("tool:script" pairs) adds sanitizer runs; GPU_CHECK_TOOLS (e.g. "memcheck racecheck") sets the
+# "serve bench-d80") leaves steps out; GPU_CHECK_PYTEST_LIMIT (seconds, default 400) and
+# GPU_CHECK_WORKERS (default 8) bound the GPU tests; GPU_CHECK_EXTRA ("tool:script" pairs) adds sanitizer runs; GPU_CHECK_TOOLS (e.g. "memcheck racecheck") sets the
 # sanitizer tools.
 # Phase 1 checks correctness and times nothing, so its steps run side by side, and FlashInfer's
 # JIT builds (a minute of CPU) run beside them. Phase 2 times, one step at a time, GPU alone.
@@ -75,7 +76,7 @@ fi
 step nvidia-smi nvidia-smi
 
 # Phase 1: correctness (nothing timed). compute-sanitizer on every kernel's launch script.
-checks=("pytest-gpu|timeout 400 python3 -m pytest -m gpu tests -q -p no:cacheprovider -n 8 -rf"
+checks=("pytest-gpu|timeout ${GPU_CHECK_PYTEST_LIMIT:-400} python3 -m pytest -m gpu tests -q -p no:cacheprovider -n ${GPU_CHECK_WORKERS:-8} -rf"
         "flashinfer-jit|timeout 300 python3 benchmarks/prebuild_flashinfer.py")
 tools="memcheck"
 [ "$MODE" = lean ] || tools="memcheck racecheck synccheck"
@@ -84,7 +85,7 @@ for extra in ${GPU_CHECK_EXTRA:-}; do   # "tool:script" pairs on top, e.g. "sync
     checks+=("${extra#*:}-${extra%%:*}|timeout 200 compute-sanitizer --tool ${extra%%:*} --error-exitcode 9 python3 benchmarks/${extra#*:}.py")
 done
 for tool in $tools; do
-    for script in sanitize sanitize_tc sanitize_prefill sanitize_quant sanitize_engine sanitize_mma_ptx; do
+    for script in sanitize sanitize_tc sanitize_rows sanitize_prefill sanitize_quant sanitize_engine sanitize_mma_ptx; do
         checks+=("$script-$tool|timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/$script.py")
     done
 done
