@@ -155,7 +155,7 @@ class BatchDecodeWrapper(DecodeRun):
         fixed = (self._tables, lens)
         if self.kv_format and gmax >= 4 and dp.COMPRESSED_SIMT_LONGEST_FIRST:
             # the partitions as a list, longest first, in front of the lengths (decode.cu)
-            work = dp.tc_work_list(lens_h, self.part_len)[0]
+            work = dw.tc_work_list(lens_h, self.part_len)[0]
             fixed = (self._tables, xp.asarray(np.concatenate([work.ravel(), lens_h])))
             lens = fixed[1][work.size:]
             options += ("-DWORK_LIST=1",)
