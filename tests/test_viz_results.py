@@ -28,7 +28,8 @@ def test_named_file_first_then_newest_with_the_workload(tmp_path):
 
 
 def test_head_to_head_ratio_and_copy_share(tmp_path):
-    _bench(tmp_path, "a_bench.json", [("W", "paged-decode", 0.09), ("W", "flashinfer-tensor-cores", 0.1),
+    _bench(tmp_path, "a_bench.json", [("W", "paged-decode", 0.09),
+                                      ("W", "flashinfer-tensor-cores", 0.1),
                                       ("V", "paged-decode", 1.0)])
     doc = results_file_or_newest("a_bench.json", workload="W", path=tmp_path)
     rows = head_to_head(doc, ["W", "V"])
