@@ -89,9 +89,13 @@ def test_balanced_ranges_over_compressed_pages(rng, cp, kv_dtype, scheme, head_d
     w = BatchDecodeWrapper().plan(cp.asarray(tables), cp.asarray(lens), 8, 2, head_dim, 16,
                                   "float16", kernel="tensor_core", kv_dtype=kv_dtype,
                                   scale_scheme=scheme)
-    assert w.tc_config.impl == "mma"
+    # decode_mma.cu itself (the planner takes decode_mma_rows.cu at head_dim 128; its balanced
+    # ranges over codes: test_decode_rows_gpu.py)
+    cfg = dp.tc_config("float16", head_dim, 4, dp.KV_QUANT_IDS[kv_dtype], scheme == "per_token",
+                       impl="mma")
     w._launches = []
-    w._plan_tensor_core(lens, None, scheme="balanced", ranges=3)
+    w._plan_tensor_core(lens, None, tc=cfg, scheme="balanced", ranges=3)
+    assert w.tc_config.impl == "mma" and w.scheme == "balanced"
     dev = [cp.asarray(a) for a in (q, kc, vc, ks, vs)]
     out = launch(w, *dev, cp.full(q.shape, np.nan, np.float16))
     check_close(cp.asnumpy(out), reference((q, kd, vd, tables, lens)), "float16")
