@@ -90,13 +90,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     zero_q_pad(qbufs, STAGES, rows.nh);
     start_stream(stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache, v_cache, k_scale,
                  v_scale, q, geo, rows, num_heads);
-#if KV_QUANT && !PER_TOKEN_SCALES
-    scale_log2 *= k_scale[rows.kvh] * CODE_UNIT;   // static scales: K's folds into the logits,
-    const float v_mult = v_scale[rows.kvh] * CODE_UNIT;   // V's into the output
-#else
-    scale_log2 *= CODE_UNIT;
-    const float v_mult = CODE_UNIT;
-#endif
+    const float v_mult = fold_head_scales(scale_log2, k_scale, v_scale, rows.kvh);
     copy_wait<STAGES - 2>();   // the first tile's group holds the first segment's Q
     __syncthreads();
 
