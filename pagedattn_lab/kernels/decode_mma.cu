@@ -80,36 +80,17 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const DecodeRows rows = decode_rows(num_heads, num_kv_heads, rows_per_block);
     TileCursor cur = first_tile(segs, seg_ptr);   // the tile computed
     TileCursor ahead = cur;                       // the next tile copied
-    TileGeom geo;
-    geo.max_pages = max_pages;
-    geo.page_size = page_size;
-    geo.page_shift = page_shift;
-    geo.row_stride = (long long)num_kv_heads * HEAD_DIM;
-    geo.page_stride = (long long)page_size * geo.row_stride;
-    geo.head_off = (long long)rows.kvh * HEAD_DIM;
+    const TileGeom geo = tile_geom(max_pages, page_size, page_shift, num_kv_heads, rows.kvh,
+                                   slice);
     int pg[TILE_COPIES];
-#if WARP_PIPE
-    const int copier = warp;                    // the warp copies its tokens
-    geo.cid = lane;
-    geo.cp_off = slice * TW;
-#else
-    const int copier = 0;                       // the block copies the tile
-    geo.cid = threadIdx.x;
-    geo.cp_off = 0;
-#endif
+    const int copier = WARP_PIPE ? warp : 0;    // whose stage buffers: the warp's or the block's
     unsigned char* stages = smem + copier * STAGES * STAGE_BYTES;
     float* scales = reinterpret_cast<float*>(smem + SC_OFF) + copier * STAGES * 2 * CP_TOKENS;
     const int row0 = slice * TW - geo.cp_off;   // this warp's first row in a stage
     zero_q_pad(qbufs, STAGES, rows.nh);
     start_stream(stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache, v_cache, k_scale,
                  v_scale, q, geo, rows, num_heads);
-#if KV_QUANT && !PER_TOKEN_SCALES
-    scale_log2 *= k_scale[rows.kvh] * CODE_UNIT;   // static scales: K's folds into the logits,
-    const float v_mult = v_scale[rows.kvh] * CODE_UNIT;   // V's into the output
-#else
-    scale_log2 *= CODE_UNIT;
-    const float v_mult = CODE_UNIT;
-#endif
+    const float v_mult = fold_head_scales(scale_log2, k_scale, v_scale, rows.kvh);
     copy_wait<STAGES - 2>();   // the first tile's group holds the first segment's Q
     __syncthreads();
 

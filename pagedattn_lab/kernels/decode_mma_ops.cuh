@@ -87,4 +87,19 @@ __device__ inline unsigned word_of(const uint4& x, int i)
 }
 #endif
 
+// The scales that apply to a whole KV head: with static scales K's folds into the logits'
+// scale and V's into the output's multiplier (returned); per-token scales are applied token
+// by token, so only the converted codes' unit remains.
+__device__ inline float fold_head_scales(float& scale_log2, const float* k_scale,
+                                         const float* v_scale, int kvh)
+{
+#if KV_QUANT && !PER_TOKEN_SCALES
+    scale_log2 *= k_scale[kvh] * CODE_UNIT;
+    return v_scale[kvh] * CODE_UNIT;
+#else
+    scale_log2 *= CODE_UNIT;
+    return CODE_UNIT;
+#endif
+}
+
 #endif  // DECODE_MMA_OPS_CUH

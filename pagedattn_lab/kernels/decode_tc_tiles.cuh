@@ -170,6 +170,29 @@ struct TileGeom {
     int cid, cp_off;
 };
 
+// A block's tile geometry for KV head kvh; `slice`: the calling warp's slice of TW tokens.
+// WARP_PIPE: each warp copies its own tokens of a tile (cid = its lane), else the whole block
+// copies the tile (cid = the thread).
+__device__ inline TileGeom tile_geom(int max_pages, int page_size, int page_shift,
+                                     int num_kv_heads, int kvh, int slice)
+{
+    TileGeom geo;
+    geo.max_pages = max_pages;
+    geo.page_size = page_size;
+    geo.page_shift = page_shift;
+    geo.row_stride = (long long)num_kv_heads * HEAD_DIM;
+    geo.page_stride = (long long)page_size * geo.row_stride;
+    geo.head_off = (long long)kvh * HEAD_DIM;
+#if WARP_PIPE
+    geo.cid = threadIdx.x % 32;
+    geo.cp_off = slice * TW;
+#else
+    geo.cid = threadIdx.x;
+    geo.cp_off = 0;
+#endif
+    return geo;
+}
+
 __device__ inline void lookup_tile(int (&pg)[TILE_COPIES], const int* tables,
                                    const TileCursor& c, const TileGeom& g)
 {
