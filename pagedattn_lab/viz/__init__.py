@@ -5,14 +5,16 @@ Every plot function returns its matplotlib Figure (show it with `plt.show()`, sa
 inspect it in a test) and works headless (the Agg backend). The two widgets
 (`TranslationExplorer`, `AllocationStepper`) need ipywidgets and are loaded on first use.
 """
-from .bench_plots import (latest_results, load_bench_results, plot_bench_bars, plot_bench_file,
-                          record_line, recorded_figures, results_file, yardstick)
+from .bench_plots import (head_to_head, latest_results, load_bench_results, plot_bench_bars,
+                          plot_bench_file, record_line, recorded_figures, results_file,
+                          results_file_or_newest, yardstick)
 from .engine_plots import (PrefixSnapshot, plot_allocation_comparison, plot_engine_series,
                            plot_page_size_waste, plot_shared_blocks, prefix_snapshot)
 from .kernel_maps import plot_causal_tiles, plot_query_mapping, tile_counts
 from .memory import (MemorySnapshot, plot_fragmentation, plot_memory_timeline,
                      plot_policy_batches, plot_sim_timeline, take_snapshot)
 from .page_table import color_map, page_cells, plot_page_map, plot_states, seq_color
+from .quant_bench import load_quant_results, quant_rows
 from .roofline import plot_roofline, roofline_points
 from .softmax import online_softmax_trace, plot_online_softmax
 from .state import PageMapState, as_state, demo_events, replay
@@ -30,7 +32,8 @@ def __getattr__(name):
 
 
 __all__ = [
-    "AllocationStepper", "as_state", "plot_allocation_comparison", "plot_engine_series",
+    "AllocationStepper", "as_state", "head_to_head", "load_quant_results", "quant_rows",
+    "results_file_or_newest", "plot_allocation_comparison", "plot_engine_series",
     "plot_page_size_waste", "plot_shared_blocks", "prefix_snapshot", "PrefixSnapshot", "color_map", "demo_events", "describe_translation",
     "latest_results", "load_bench_results", "MemorySnapshot", "online_softmax_trace",
     "page_cells", "PageMapState", "plot_bench_bars", "plot_bench_file", "plot_causal_tiles",

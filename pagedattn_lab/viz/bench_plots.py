@@ -250,6 +250,42 @@ def results_file(name: str, path=RESULTS_DIR) -> dict:
     return docs[0]
 
 
+def results_file_or_newest(name: str, *, workload: str, path=RESULTS_DIR) -> dict:
+    """The bench JSON `name` (see `results_file`) when the folder has it, else the newest one
+    (by file name) with a timed decode row for `workload`, decode-only runs included (a GPU
+    check times no prefill), else `recorded_figures()`. Its "source" says which."""
+    path = Path(path)
+    if (path / name).is_file():
+        return results_file(name, path)
+    docs = [d for d in load_bench_results(path)
+            if isinstance(d, dict) and records(d, kind="decode", workload=workload)]
+    if not docs:
+        return recorded_figures()
+    docs[-1].setdefault("source", f"benchmarks/results/{docs[-1].get('file', '?')}")
+    return docs[-1]
+
+
+def head_to_head(data, workloads, *, ours: str = "paged-decode",
+                 theirs: str = "flashinfer-tensor-cores") -> list[dict]:
+    """One row per workload of `workloads` that has both kernels timed: {"workload", "shape",
+    "ours_ms", "theirs_ms", "ratio" (ours / theirs: below 1, ours faster), "kernel_choice",
+    "of_copy" (ours' bytes / time / the run's copy rate; None without both)}."""
+    copy = copy_bandwidth(data)
+    out = []
+    for workload in workloads:
+        rows = {r["kernel"]: r for r in records(data, kind="decode", workload=workload)}
+        if ours not in rows or theirs not in rows:
+            continue
+        mine = rows[ours]
+        of_copy = (mine["bytes"] / (mine["time_ms"] * 1e-3) / copy
+                   if mine["bytes"] and copy else None)
+        out.append({"workload": workload, "shape": mine["shape"], "ours_ms": mine["time_ms"],
+                    "theirs_ms": rows[theirs]["time_ms"],
+                    "ratio": mine["time_ms"] / rows[theirs]["time_ms"],
+                    "kernel_choice": mine["kernel_choice"], "of_copy": of_copy})
+    return out
+
+
 def plot_bench_file(path=RESULTS_DIR, **kwargs):
     """The bars for the newest bench JSON under `path`, or for `recorded_figures()` when
     there is none (the figure's title names the GPU and date)."""
