@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import is_cupy_array, to_numpy
+from .backend import is_cupy_array, to_numpy_together
 
 CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 MAX_PAGES = 2**31 - 1        # block tables hold page ids as int32
@@ -164,7 +164,7 @@ def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_si
     if seq_lens.shape[0] != batch:
         raise ValueError(f"seq_lens: expected {batch} entries (one per sequence in q), got "
                          f"shape {tuple(seq_lens.shape)}")
-    tables, lens = to_numpy(block_tables), to_numpy(seq_lens)
+    tables, lens = to_numpy_together(block_tables, seq_lens)   # one wait for both copies
     capacity = tables.shape[1] * page_size
     short = np.flatnonzero(lens < min_len)
     if short.size:

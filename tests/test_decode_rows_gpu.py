@@ -9,7 +9,8 @@ import pagedattn_lab as pl
 from pagedattn_lab import decode_plan as dp
 
 from .decode_cases import check_close, decode_problem, reference
-from .test_decode_tc_quant import launch, planned, quantized
+from .test_decode_tc_quant import launch, quantized
+from .test_decode_tc_quant_gpu import check_compressed_gpu
 
 pytestmark = pytest.mark.gpu
 
@@ -40,20 +41,7 @@ def test_rows_kernel(rng, cp, monkeypatch, head_dim, group):
 @pytest.mark.parametrize("head_dim", [128, 256])
 @pytest.mark.parametrize("group", [1, 4, 16])
 def test_rows_kernel_compressed_pages(rng, cp, kv_dtype, scheme, head_dim, group):
-    kv = 2
-    args = decode_problem(rng, [1, 15, 16, 17, 300], num_heads=group * kv, num_kv_heads=kv,
-                          head_dim=head_dim)
-    q, k, v, tables, lens = args
-    kc, vc, ks, vs, kd, vd = quantized(rng, args, kv_dtype, scheme)
-    cfg = dp.tc_config("float16", head_dim, group, dp.KV_QUANT_IDS[kv_dtype],
-                       scheme == "per_token", impl="rows")
-    assert cfg.impl == "rows"
-    dev = [cp.asarray(a) for a in (q, kc, vc, ks, vs, tables, lens)]
-    w = planned((dev[0], None, None, dev[5], dev[6]), group * kv, kv, head_dim, 16, "float16",
-                2, cfg)
-    out = launch(w, dev[0], dev[1], dev[2], dev[3], dev[4],
-                 cp.full(q.shape, np.nan, np.float16))
-    check_close(cp.asnumpy(out), reference((q, kd, vd, tables, lens)), "float16")
+    check_compressed_gpu(rng, cp, kv_dtype, scheme, head_dim, group, "rows")
 
 
 @pytest.mark.parametrize("head_dim", [64, 128, 256])

@@ -30,6 +30,12 @@ def nan_out(cp, shape):
                          + [("mma", 128), ("mma", 256)])
 @pytest.mark.parametrize("group", [4, 16])
 def test_compressed_pages(rng, cp, kv_dtype, scheme, head_dim, group, impl):
+    check_compressed_gpu(rng, cp, kv_dtype, scheme, head_dim, group, impl)
+
+
+def check_compressed_gpu(rng, cp, kv_dtype, scheme, head_dim, group, impl):
+    """Source `impl` ("wmma", "mma", "rows") over int8/fp8 pages on the GPU, 2 KV heads,
+    lengths around the page, NaN-poisoned output, against the float64 reference."""
     kv = 2
     args = decode_problem(rng, [1, 15, 16, 17, 300], num_heads=group * kv, num_kv_heads=kv,
                           head_dim=head_dim)

@@ -232,11 +232,15 @@ def latest_results(path=RESULTS_DIR) -> dict:
     Its "source" says which."""
     docs = load_bench_results(path)
     if docs:
-        complete = [d for d in docs if _is_complete_run(d)]
-        doc = (complete or docs)[-1]
-        doc.setdefault("source", f"benchmarks/results/{doc.get('file', '?')}")
-        return doc
+        return _newest([d for d in docs if _is_complete_run(d)] or docs)
     return recorded_figures()
+
+
+def _newest(docs: list) -> dict:
+    """The last of `docs` (sorted by file name), its "source" set to its file."""
+    doc = docs[-1]
+    doc.setdefault("source", f"benchmarks/results/{doc.get('file', '?')}")
+    return doc
 
 
 def results_file(name: str, path=RESULTS_DIR) -> dict:
@@ -259,10 +263,7 @@ def results_file_or_newest(name: str, *, workload: str, path=RESULTS_DIR) -> dic
         return results_file(name, path)
     docs = [d for d in load_bench_results(path)
             if isinstance(d, dict) and records(d, kind="decode", workload=workload)]
-    if not docs:
-        return recorded_figures()
-    docs[-1].setdefault("source", f"benchmarks/results/{docs[-1].get('file', '?')}")
-    return docs[-1]
+    return _newest(docs) if docs else recorded_figures()
 
 
 def head_to_head(data, workloads, *, ours: str = "paged-decode",
