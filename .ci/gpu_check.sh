@@ -3,14 +3,16 @@
 # or anywhere:
 #     bash .ci/gpu_check.sh          # everything (about 15 minutes on an H200)
 #     bash .ci/gpu_check.sh lean     # what fits one 10-minute call: GPU tests and memcheck,
-#                                    # then the benchmarks (serving, decode, prefill, compressed)
+#                                    # then the benchmarks (decode, compressed, prefill, serving)
 # Writes under $OUT: gpu_check.log (every step's output) and results.tgz (each step's full
 # log in logs/, the benchmarks' JSON/PNG in bench/ and serve/). GPU_CHECK_DEADLINE (seconds,
-# default 540 in lean mode) skips the timing steps that would start after it, so a call with
+# default 500 in lean mode) skips the timing steps that would start after it, so a call with
 # a time limit still brings its log and results back. GPU_CHECK_SKIP (step names, e.g.
 # "serve bench-d80") leaves steps out; GPU_CHECK_PYTEST_LIMIT (seconds, default 400) and
-# GPU_CHECK_WORKERS (default 8) bound the GPU tests; GPU_CHECK_EXTRA ("tool:script" pairs) adds sanitizer runs; GPU_CHECK_TOOLS (e.g. "memcheck racecheck") sets the
-# sanitizer tools.
+# GPU_CHECK_WORKERS (default 8) bound the GPU tests, GPU_CHECK_TESTS (default "tests") picks
+# them (verbose: a test the limit cut off has no PASSED line in logs/pytest-gpu.log);
+# GPU_CHECK_EXTRA ("tool:script" pairs) adds sanitizer runs; GPU_CHECK_TOOLS (e.g. "memcheck
+# racecheck") sets the sanitizer tools.
 # Phase 1 checks correctness and times nothing, so its steps run side by side, and FlashInfer's
 # JIT builds (a minute of CPU) run beside them. Phase 2 times, one step at a time, GPU alone.
 # The device's python3 has torch, cupy, pytest, tqdm, matplotlib, transformers; the
@@ -76,7 +78,7 @@ fi
 step nvidia-smi nvidia-smi
 
 # Phase 1: correctness (nothing timed). compute-sanitizer on every kernel's launch script.
-checks=("pytest-gpu|timeout ${GPU_CHECK_PYTEST_LIMIT:-400} python3 -m pytest -m gpu tests -q -p no:cacheprovider -n ${GPU_CHECK_WORKERS:-8} -rf"
+checks=("pytest-gpu|timeout ${GPU_CHECK_PYTEST_LIMIT:-400} python3 -m pytest -m gpu ${GPU_CHECK_TESTS:-tests} -v -p no:cacheprovider -n ${GPU_CHECK_WORKERS:-8} -rf --durations=25"
         "flashinfer-jit|timeout 300 python3 benchmarks/prebuild_flashinfer.py")
 tools="memcheck"
 [ "$MODE" = lean ] || tools="memcheck racecheck synccheck"
@@ -104,8 +106,8 @@ export MPLBACKEND=Agg
 lean_flags=(); [ "$MODE" = lean ] && lean_flags=(--no-prefill)
 step bench timeout 200 python3 -m pagedattn_lab.bench --out "$RES/bench" "${lean_flags[@]}" \
     --only D64,D64-p64,D64-p128,D64-gqa4,D64-gqa8,D64-gqa8-p64,D64-mqa16,8x32k-gqa4,8x32k,1x32k-gqa4,256x128,D64-d64,D64-gqa4-d256
-step bench-prefill timeout 200 python3 -m pagedattn_lab.bench.prefill --out "$RES/bench"
 step bench-quant timeout 150 python3 -m pagedattn_lab.bench.quant --out "$RES/bench"
+step bench-prefill timeout 200 python3 -m pagedattn_lab.bench.prefill --out "$RES/bench"
 step serve timeout 200 python3 benchmarks/serve_bench.py --kv-gib 1.0 --out "$RES/serve"
 # Head sizes 80 and 96 in processes of their own: FlashInfer 0.6.6 makes an illegal address
 # there, which takes the CUDA context along (in lean mode without it: it fails on these rows
