@@ -35,6 +35,8 @@ import explore_rows  # noqa: E402,F401  (its "R ..." variants into ex.V)
 from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
 from pagedattn_lab.bench.workloads import (DecodeWorkload, build_decode_inputs,  # noqa: E402
                                            decode_workloads)
+from pagedattn_lab import decode_work as dw  # noqa: E402
+from pagedattn_lab.attention_common import gpu_resident_blocks  # noqa: E402
 from pagedattn_lab.decode_tc_sizes import tc_resident_blocks  # noqa: E402
 from pagedattn_lab.kernels import expanded_source  # noqa: E402
 from pagedattn_lab.kernels import kernel as load_kernel  # noqa: E402
@@ -55,22 +57,52 @@ V["R W4P T64 S3 C2/items"] = {**explore_rows.rshape(4, 64, 3, pipe=True, s_chain
                               "split": "items"}
 V["R W4P T128 S2/items"] = {**explore_rows.rshape(4, 128, 2, pipe=True), "split": "items"}
 V["R W8 T128 S2/items"] = {**V["R W8 T128"], "split": "items"}
+# round s4b: 3 blocks per SM (73 KB, two stages) on either scheme, with the ranges rounded down
+for tag, kw in (("R W4 T64 S2", {}), ("R W4P T64 S2", dict(pipe=True)),
+                ("R W4 T64 S2 C2", dict(s_chains=2)),
+                ("R W4P T64 S2 C2", dict(pipe=True, s_chains=2)),
+                ("R W4 T64 S2 mb3", dict(mb=3)), ("R W4P T64 S2 mb3", dict(mb=3, pipe=True)),
+                ("R W2 T32 S2", {}), ("R W2 T32 S3", {}), ("R W2P T32 S3", dict(pipe=True))):
+    w_, t_, st = (2, 32, int(tag.split(" S")[1][0])) if "W2" in tag else (4, 64, 2)
+    for sch, stag in (("items", "items"), ("balanced", "bal")):
+        V[f"{tag}/{stag}"] = {**explore_rows.rshape(w_, t_, st, **kw), "split": sch}
+# the pool (POOL): "/pF tT": fraction F of the tiles in entries of T tiles, on balanced ranges
+for tag, (w_, t_, st, kw) in (("R W4P T64 S3", (4, 64, 3, dict(pipe=True))),
+                              ("R W4 T64 S2", (4, 64, 2, {})),
+                              ("R W4P T64 S2", (4, 64, 2, dict(pipe=True)))):
+    for f, t in ((0.1, 4), (0.15, 4), (0.1, 8), (0.2, 2), (0.05, 4)):
+        V[f"{tag} pool/p{f} t{t}"] = {**explore_rows.rshape(w_, t_, st, pool=True, **kw),
+                                     "split": "balanced", "pool": (f, t)}
+
+
+def plan(inp, w, name):
+    """explore.plan, with the pool's fraction and entry size set for the variants that say."""
+    if "pool" not in V[name]:
+        return ex.plan(inp, w, name)
+    saved = dw.TC_POOL, dw.TC_POOL_TILES
+    dw.TC_POOL, dw.TC_POOL_TILES = V[name]["pool"]
+    try:
+        return ex.plan(inp, w, name)
+    finally:
+        dw.TC_POOL, dw.TC_POOL_TILES = saved
+
+
 V["R fp8 W4T128S2mb3/bal"] = {**V["R fp8 W4T128S2mb3"], "split": "balanced"}
 V["R fp8 W4T128S2mb3/items"] = {**V["R fp8 W4T128S2mb3"], "split": "items"}
 
 # occ: shapes whose residency is asked (name -> workload); the r7 puzzle's three first
-OCC = {"R W4 T64 S2/bal": "D64-gqa4", "R fp8 W4T128S2mb3/bal": "D64-gqa4",
+OCC_S4A = {"R W4 T64 S2/bal": "D64-gqa4", "R fp8 W4T128S2mb3/bal": "D64-gqa4",
        "M W4P q0 mb3/r1": "D64-gqa4", "R W4P T64 S2 mb3/bal": "D64-gqa4",
        "R W4P T64 S3/r1": "D64-gqa4", "R W4P T64 S2/bal": "D64-gqa4",
        "M W4P S3/r1": "D64-gqa4", "R d256 W4D2T32": "D64-gqa4-d256",
        "R W8 T128 S2/items": "8x32k-gqa4"}
 # times: (workload, variant, carveout) clock-probed
-TIMES = [("8x32k-gqa4", "R W4P T64 S3/items", False), ("8x32k-gqa4", "R W4P T64 S3/r1", False),
+TIMES_S4A = [("8x32k-gqa4", "R W4P T64 S3/items", False), ("8x32k-gqa4", "R W4P T64 S3/r1", False),
          ("D64-gqa4", "R W4 T64 S2/bal", False), ("D64-gqa4", "R W4 T64 S2/bal", True),
          ("D64-gqa4", "R fp8 W4T128S2mb3/bal", False), ("D64-gqa4", "R fp8 W4T128S2mb3/bal", True),
          ("D64-gqa4", "R W4P T64 S3/r1", False)]
 # bench: 8 x 32k variants ("+c": carveout 100), then D64 GQA 32/8's 3-block shapes with it
-BENCH = {
+BENCH_S4A = {
     "8x32k-gqa4": ["R W4P T64 S3/items", "R W4P T64 S3/items+c", "R W4P T64 S3/r1",
                    "R W4P T64 S3/r2", "R W4P T64 S3/r3", "R W4P T64 S3/b8", "R W4P T64 S3/b16",
                    "R W4P T64 S3 C2/items", "R W4 T64 S3", "R W4 T64 S2/items",
@@ -86,7 +118,40 @@ BENCH = {
                  "M W4P q0 mb3/r1", "M W4P q0 mb3/r1+c"],
 }
 # ncu: (workload, variant) launched once each
-NCU = [("8x32k-gqa4", "R W4P T64 S3/items"), ("D64-gqa4", "R W4 T64 S2/bal")]
+NCU_S4A = [("8x32k-gqa4", "R W4P T64 S3/items"), ("D64-gqa4", "R W4 T64 S2/bal")]
+# round s4b: the ranges rounded down, the driver's count of resident blocks in the plan
+S2 = ["R W4 T64 S2", "R W4P T64 S2", "R W4 T64 S2 C2", "R W4P T64 S2 C2", "R W4P T64 S2 mb3"]
+OCC_S4B = {f"{n}/bal": "D64-gqa4" for n in S2 + ["R W2 T32 S2", "R W2 T32 S3"]}
+OCC_S4B["R W4P T64 S3/r1"] = "D64-gqa4"
+OCC_S4B.update({"R fp8 W4T128S2mb3/bal": "D64-gqa4", "M W4P q0 mb3/r1": "D64-gqa4",
+                "M W4P S3/r1": "D64-gqa4", "R d256 W4D2T32": "D64-gqa4-d256"})
+POOLS = [f"R W4P T64 S3 pool/p{f} t{t}" for f, t in ((0.1, 4), (0.15, 4), (0.1, 8), (0.2, 2),
+                                                    (0.05, 4))]
+POOLS += ["R W4 T64 S2 pool/p0.1 t4", "R W4P T64 S2 pool/p0.1 t4", "R W4 T64 S2 pool/p0.15 t4"]
+TIMES_S4B = [("8x32k-gqa4", "R W4P T64 S3/items", False),
+             ("8x32k-gqa4", "R W4 T64 S2/items", False),
+             ("8x32k-gqa4", "R W4P T64 S3 pool/p0.1 t4", False),
+             ("8x32k-gqa4", "R W4 T64 S2 pool/p0.1 t4", False),
+             ("8x32k-gqa4", "R W4 T64 S2/bal", False), ("D64-gqa4", "R W4 T64 S2/bal", False),
+             ("D64-gqa4", "R W4P T64 S3/r1", False)]
+BENCH_S4B = {
+    "8x32k-gqa4": ["planner", "R W4P T64 S3/items"] + [f"{n}/{s_}" for n in S2
+                                                      for s_ in ("items", "bal")]
+    + ["R W2 T32 S2/items", "R W2 T32 S3/items", "R W2P T32 S3/items", "M W4P q0 mb3/r1"]
+    + POOLS,
+    "D64-gqa4": ["planner", "R W4P T64 S3/r1"] + [f"{n}/bal" for n in S2] + POOLS[:2] + POOLS[5:7]
+    + ["R W2 T32 S3/bal", "M W4P q0 mb3/r1", "R fp8 W4T128S2mb3/bal", "R fp8 W4T128S2mb3/items"],
+    "D64-gqa8": ["planner", "R W4 T64 S2/bal", "R W4P T64 S2/bal", "R W4 T64 S2 C2/bal"],
+    "D64-gqa8-p64": ["planner", "R W4 T64 S2/bal", "R W4P T64 S2/bal"],
+    "1x32k-gqa4": ["planner", "R W4 T64 S2/items", "R W4P T64 S2/items", "R W4 T64 S2 C2/items",
+                   POOLS[0], POOLS[5]],
+    "8x16k-gqa4": ["planner", "R W4 T64 S2/items", POOLS[0], POOLS[5]],
+    "8x64k-gqa4": ["planner", "R W4 T64 S2/items", POOLS[0], POOLS[5]],
+    "D64-gqa4-d256": ["planner"],
+}
+ROUNDS = {"s4a": (OCC_S4A, TIMES_S4A, BENCH_S4A, NCU_S4A),
+          "s4b": (OCC_S4B, TIMES_S4B, BENCH_S4B, [("8x32k-gqa4", "R W4 T64 S2/items")])}
+OCC, TIMES, BENCH, NCU = ROUNDS["s4b"]
 CARVEOUT_ATTR = 9   # CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT
 
 
@@ -105,10 +170,6 @@ def fptr(func):
 def set_carveout(func, on):
     """The carveout preference of a compiled cupy function: 100 % or the default (-1)."""
     cp.cuda.driver.funcSetAttribute(fptr(func), CARVEOUT_ATTR, 100 if on else -1)
-
-
-def occupancy(func, threads, shared):
-    return cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(fptr(func), threads, shared)
 
 
 PROBE = r"""
@@ -172,7 +233,7 @@ def probe_report(p, fn, mod, q, k, v, scale, sms, quant=0, per_token=False):
                 end_max=float(end.max()), dur_min=float((end - start).min()),
                 dur_max=float((end - start).max()), max_concurrent=int(conc),
                 sms_used=int((per_sm > 0).sum()), max_blocks_per_sm=int(per_sm.max()),
-                late_starts=late)
+                late_starts=late), np.stack([sm, start, end], 1)
 
 
 def main(argv=None):
@@ -181,7 +242,11 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-flashinfer", action="store_true")
+    ap.add_argument("--round", default="s4b", choices=sorted(ROUNDS))
+    ap.add_argument("--raw", default=None, help="the clock probe's per-block times (.npz)")
     args = ap.parse_args(argv)
+    global OCC, TIMES, BENCH, NCU
+    OCC, TIMES, BENCH, NCU = ROUNDS[args.round]
     parts = args.parts.split(",")
     t_start = time.time()
     results = []
@@ -194,7 +259,7 @@ def main(argv=None):
                 Path(args.json).write_text(json.dumps({"kind": "long-explore", "rows": results},
                                                       indent=1))
 
-    fi = None if args.no_flashinfer or "bench" not in parts else ex.FlashInfer([128])
+    fi = None if args.no_flashinfer or "bench" not in parts else ex.FlashInfer([128, 256])
     by_name = {w.name: w for w in decode_workloads()}
     for n in (16, 64):
         by_name[f"8x{n}k-gqa4"] = DecodeWorkload(f"8x{n}k-gqa4", (1024 * n,) * 8, num_kv_heads=8)
@@ -218,35 +283,27 @@ def main(argv=None):
         f"per block optin {at.get('MaxSharedMemoryPerBlockOptin')} B, "
         f"registers per SM {at.get('MaxRegistersPerMultiprocessor')}")
 
-    if "occ" in parts:
+    timer = Timer(cp)
+    timer.warm_up(0.3)
+    copy_bw = copy_bandwidth(cp, timer)
+    say(f"copy bandwidth {copy_bw / 1e9:.0f} GB/s", kind="copy", gbps=copy_bw / 1e9)
+    if "occ" in parts:   # (after the timer's allocations: a context is current)
         for name, wname in OCC.items():
             try:
                 w = by_name[wname]
                 cfg = ex.config(w, base(name))
                 kern = load_kernel(cfg.source, cfg.function, cfg.options)
-                if cfg.shared > 48 * 1024:
-                    kern.max_dynamic_shared_size_bytes = cfg.shared
-                g = kern.gpu
-                func = g.kernel
-                regs = g.num_regs
-                occ0 = occupancy(func, cfg.threads, cfg.shared)
-                set_carveout(func, True)
-                occ1 = occupancy(func, cfg.threads, cfg.shared)
-                set_carveout(func, False)
-                occ2 = occupancy(func, cfg.threads, cfg.shared)
+                api = gpu_resident_blocks(kern, cfg.threads, cfg.shared)
+                regs = kern.gpu.num_regs
+                sizes = tc_resident_blocks(cfg, w.head_dim)
                 say(f"occ {name:<26} {wname:<14} regs {regs:3d} smem {cfg.shared:6d} threads "
-                    f"{cfg.threads:3d} planner {tc_resident_blocks(cfg, w.head_dim)} api {occ0} "
-                    f"api+carveout100 {occ1} api after reset {occ2}",
+                    f"{cfg.threads:3d} sizes' count {sizes} driver's {api}"
+                    + ("" if api == sizes else "  DIFFERENT"),
                     kind="occ", variant=name, workload=wname, regs=regs, shared=cfg.shared,
-                    threads=cfg.threads, planner=tc_resident_blocks(cfg, w.head_dim),
-                    api=occ0, api_carveout100=occ1, api_reset=occ2)
+                    threads=cfg.threads, sizes=sizes, api=api)
             except Exception as exc:
                 say(f"occ {name} failed: {type(exc).__name__}: {str(exc)[-300:]}")
 
-    timer = Timer(cp)
-    timer.warm_up(0.3)
-    copy_bw = copy_bandwidth(cp, timer)
-    say(f"copy bandwidth {copy_bw / 1e9:.0f} GB/s", kind="copy", gbps=copy_bw / 1e9)
     inputs = {}
 
     def inputs_of(wname):
@@ -267,16 +324,20 @@ def main(argv=None):
                 except Exception as exc:
                     say(f"probe {vname} failed to compile: {str(exc)[-300:]}")
         say("probes compiled")
+        raws = {}
         for wname, vname, carve in sorted(TIMES, key=lambda x: x[0]):
             w = by_name[wname]
             inp = inputs_of(wname)
             try:
-                p = ex.plan(inp, w, vname)
+                p = plan(inp, w, vname)
                 fn, mod = probes[vname]
                 set_carveout(fn, carve)
-                r = probe_report(p, fn, mod, inp["q"], inp["k_cache"], inp["v_cache"],
+                r, raw = probe_report(p, fn, mod, inp["q"], inp["k_cache"], inp["v_cache"],
                                  1 / math.sqrt(w.head_dim), sms, V[vname]["quant"],
                                  V[vname]["tok"])
+                raws[f"{wname} {vname} c{int(carve)}"] = raw
+                if args.raw:
+                    np.savez_compressed(args.raw, **raws)
                 say(f"times {wname:<12} {vname:<24} c{int(carve)} " + " ".join(
                     f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in r.items()),
                     kind="times", workload=wname, variant=vname, carveout=carve, **r)
@@ -287,7 +348,7 @@ def main(argv=None):
         for wname, vname in NCU:
             w = by_name[wname]
             inp = inputs_of(wname)
-            p = ex.plan(inp, w, vname)
+            p = plan(inp, w, vname)
             ex.launch(p, inp["q"], inp["k_cache"], inp["v_cache"], cp.empty_like(inp["q"]),
                       1 / math.sqrt(w.head_dim))
             cp.cuda.Device().synchronize()
@@ -303,7 +364,7 @@ def main(argv=None):
             for name in variants:
                 vb = V[base(name)]
                 try:
-                    pl = ex.plan(inp, w, base(name))
+                    pl = plan(inp, w, base(name))
                     carve = name.endswith("+c")
                     cfun = load_kernel(pl.tc_config.source, pl.tc_config.function,
                                        pl.tc_config.options).gpu.kernel
@@ -335,7 +396,7 @@ def main(argv=None):
                 except Exception as exc:
                     say(f"{wname} {name} failed: {type(exc).__name__}: {str(exc)[-300:]}",
                         kind="variant", workload=wname, variant=name, error=str(exc)[-300:])
-        for wname in ("8x32k-gqa4", "8x16k-gqa4", "8x64k-gqa4", "D64-gqa4"):
+        for wname in BENCH:
             if fi is None:
                 break
             w = by_name[wname]

@@ -205,6 +205,7 @@ class TCConfig(NamedTuple):
     blocks_per_sm: int | None = None   # the split rule's target (None: TC_BLOCKS_PER_SM)
     separate_merge: bool = False       # "mma": split sequences merged by a second launch
     scheme: str | None = None          # the work scheme it takes (None: decode_work's rule)
+    pool: bool = False                 # "rows": blocks take pool entries after their range
 
     @property
     def source(self) -> str:
@@ -318,7 +319,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               d_split: int | None = None, min_blocks: int | None = None,
               warp_pipe: bool | None = None, impl: str | None = None,
               swizzle: bool = True, q_regs: bool | None = None,
-              fp8_bits: bool = False, separate_merge: bool = False) -> TCConfig:
+              fp8_bits: bool = False, separate_merge: bool = False,
+              pool: bool = False) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -330,7 +332,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     q_regs (Q's fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes
     converted by moving bits instead of the conversion instruction) are the PTX kernels';
     separate_merge (split sequences merged by a second launch instead of their last block)
-    is the "mma" kernel's."""
+    is the "mma" kernel's, pool (the blocks take entries of a pool of the last tiles when
+    their own range is done: decode_work.TC_POOL) the "rows" kernel's."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     impl = impl or planner_impl(group, head_dim, kv_quant)
@@ -384,12 +387,13 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
         options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}",
                     f"-DSEPARATE_MERGE={int(impl == 'mma' and bool(separate_merge))}") + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
+    pool = impl == "rows" and bool(pool)
     if impl == "rows":
-        options += (f"-DHEAD_TILES={-(-rows // 8)}",)
+        options += (f"-DHEAD_TILES={-(-rows // 8)}", f"-DPOOL={int(pool)}")
     scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,
-                    impl == "mma" and bool(separate_merge), scheme)
+                    impl == "mma" and bool(separate_merge), scheme, pool)
 
 
 def _type_options(dtype: str) -> tuple[str, ...]:

@@ -35,8 +35,8 @@ from . import decode_plan as dp
 from . import decode_work as dw
 from .decode_tc_sizes import tc_max_parts, tc_resident_blocks
 from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes, data_pointer,
-                               dtype_name, from_torch, is_torch_tensor, page_shift, sm_count,
-                               to_torch_like)
+                               dtype_name, from_torch, gpu_resident_blocks, is_torch_tensor,
+                               page_shift, sm_count, to_torch_like)
 from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
 from .decode_run import DecodeRun
 from .rawkernel import PackedLaunch
@@ -184,7 +184,11 @@ class BatchDecodeWrapper(DecodeRun):
                                  self.scale_scheme == "per_token")
         rows, row_tiles = cfg.rows, cfg.row_tiles
         grid_y = self.num_kv_heads * cfg.chunks
-        sms, resident = sm_count(self.on_gpu), tc_resident_blocks(cfg, self.head_dim)
+        kern = load_kernel(cfg.source, cfg.function, cfg.options)
+        # blocks per SM: the driver's count on the GPU, the sizes' on the CPU executor
+        resident = (gpu_resident_blocks(kern, cfg.threads, cfg.shared) if self.on_gpu
+                    else tc_resident_blocks(cfg, self.head_dim))
+        sms = sm_count(self.on_gpu)
         self.scheme, segments = dw.tc_work(lens_h, cfg, grid_y, sms, resident,
                                            tc_max_parts(rows, cfg.kv_bytes), num_splits,
                                            scheme, ranges)
@@ -192,14 +196,16 @@ class BatchDecodeWrapper(DecodeRun):
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
         if cfg.impl != "wmma":   # the segments of each block (the PTX kernels)
-            work, slots = np.concatenate([segments.segs.ravel(), segments.seg_ptr]), segments.slots
-            blocks, slot_start = segments.seg_ptr.size - 1, segments.slot_start
+            ptr = (segments.kernel_ptr(self.batch * grid_y) if cfg.pool  # (its counters last)
+                   else segments.seg_ptr)
+            work, slots = np.concatenate([segments.segs.ravel(), ptr]), segments.slots
+            blocks, slot_start = segments.blocks, segments.slot_start
         else:                   # (sequence, partition) per block
             work, slot_start, slots = dw.tc_work_list(lens_h, self.part_len)
             blocks, work = len(work), work.ravel()
         # One upload: the work, slot starts, and the merge counters (zeros).
-        ints = xp.asarray(np.concatenate([work, slot_start,
-                                          np.zeros(self.batch * grid_y, np.int32)]))
+        ints = xp.asarray(np.concatenate([work, slot_start, np.zeros(
+            (self.batch + cfg.pool) * grid_y, np.int32)]))
         n_work = work.size
         slot_d, counters = ints[n_work:n_work + self.batch], ints[n_work + self.batch:]
         part_out = xp.empty((slots, self.num_heads, self.head_dim) if slots else 4, np.float32)
@@ -214,8 +220,7 @@ class BatchDecodeWrapper(DecodeRun):
                 i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]))
         tail += (i32(rows),) if cfg.impl != "wmma" else (i32(self.part_len), i32(rows))
         no_scale = self._no_scale
-        self._add_launch(load_kernel(cfg.source, cfg.function, cfg.options), self.grid,
-                         cfg.shared,
+        self._add_launch(kern, self.grid, cfg.shared,
                          lambda q, k, v, out, s, ks=no_scale, vs=no_scale:
                          (q, k, v, ks, vs, *fixed, out, *tail, s), block=cfg.threads)
         split = np.flatnonzero(segments.parts > 1)

@@ -79,6 +79,21 @@ def test_balanced_segments_respect_the_merge_limit():
     assert seg.max_parts <= 100 and len(seg.seg_ptr) - 1 <= 100
 
 
+@pytest.mark.parametrize("resident,sms,grid_y", [(3, 132, 8), (2, 132, 8), (3, 132, 5),
+                                                (1, 4, 3), (2, 4, 16)])
+def test_balanced_ranges_fit_in_one_wave(resident, sms, grid_y):
+    """One range per resident slot, rounded down: a range more than the slots hold waits for
+    a second wave (3 blocks per SM, 132 SMs, 8 KV heads: 49.5 slots per KV head; 50 ranges
+    each were 400 blocks for 396 slots and ran 1.35x slower on the H200)."""
+    cfg = dp.tc_config("float16", 128, 4, impl="rows")
+    lens = np.full(64, 4096)
+    _, seg = dw.tc_work(lens, cfg, grid_y, sms, resident, max_parts=10_000, num_splits=None,
+                        scheme="balanced")
+    blocks = (seg.seg_ptr.size - 1) * grid_y
+    assert blocks <= max(resident * sms, grid_y)   # (one range per KV head at the least)
+    assert blocks > resident * sms - grid_y        # and no more than a range's slots idle
+
+
 def test_item_segments_are_the_partitions():
     seg = dw.item_segments(np.array([5, 12, 1, 9]), 4)
     assert (np.diff(seg.seg_ptr) == 1).all()

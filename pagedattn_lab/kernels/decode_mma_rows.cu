@@ -37,8 +37,9 @@
 // a slice, each accumulating 1/D_SPLIT of O^T's dims.
 //
 // Compile-time parameters (decode_plan.tc_config, impl "rows"): decode_mma.cu's (ROW_TILES 1;
-// S_CHAINS 2: odd and even k steps in two accumulators) and HEAD_TILES (1: up to 8 heads per
-// KV head, 2: up to 16). On the H200 it is the planner's choice for groups up to 8 at head_dim
+// S_CHAINS 2: odd and even k steps in two accumulators), HEAD_TILES (1: up to 8 heads per
+// KV head, 2: up to 16) and POOL (1: the blocks take pool entries when their range is
+// done). On the H200 it is the planner's choice for groups up to 8 at head_dim
 // 128 (codes too) and 256 (benchmarks/NOTES.md, "Tensor-core decode v5").
 
 #include "common.cuh"
@@ -54,6 +55,9 @@
 
 #ifndef HEAD_TILES
 #define HEAD_TILES 1
+#endif
+#ifndef POOL   // blocks take the plan's pool entries after their own range (decode_work.py)
+#define POOL 0
 #endif
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");
@@ -147,7 +151,42 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const int v_row = row0 + (lm / 2) * 8 + lr, v_chunk = lm % 2;   // + 16 j tokens
 
     int i = 0;   // the block's tiles so far (tile i is in stage buffer i % STAGES)
-    while (tile_valid(cur)) {   // a segment: a fresh state, and the segment's Q
+    // POOL: once its own range is done, the block takes entries of the plan's pool (ranges
+    // gridDim.x .. of the list: the last tiles cut small) until none is left, so that the
+    // blocks that streamed faster take more and all finish within about one entry of each
+    // other. seg_ptr[gridDim.x + 1] is the pool's size, [gridDim.x + 2] where its counters
+    // (one per blockIdx.y) are in `counters`, then the entries' first segments. Every block
+    // ends with exactly one take past the pool, so the launch's last take (number pool +
+    // gridDim.x - 1) knows that no other will come and zeroes the counter for the next launch.
+    // The pipeline restarts at an entry (block-uniform: one thread takes, a barrier tells).
+    auto next_pool_range = [&]() -> bool {
+#if POOL
+        const int n_pool = seg_ptr[gridDim.x + 1];
+        if (threadIdx.x == 0) {
+            int* counter = counters + seg_ptr[gridDim.x + 2] + blockIdx.y;
+            const int e = atomicAdd(counter, 1);
+            if (e == n_pool + (int)gridDim.x - 1) *counter = 0;
+            flag_s[1] = e;
+        }
+        __syncthreads();
+        const int e = flag_s[1];
+        if (e >= n_pool) return false;
+        const int* pool_ptr = seg_ptr + gridDim.x + 3;
+        cur.seg = pool_ptr[e];
+        cur.last = pool_ptr[e + 1];
+        open_segment(cur, segs);
+        ahead = cur;
+        i = 0;
+        start_stream(stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache, v_cache,
+                     k_scale, v_scale, q, geo, rows, num_heads);
+        copy_wait<STAGES - 2>();
+        __syncthreads();
+        return true;
+#else
+        return false;
+#endif
+    };
+    while (tile_valid(cur) || next_pool_range()) {   // a segment: a fresh state, and its Q
         qs = qbufs + (cur.seg % STAGES) * ROWS * LD;
 #if Q_REGS
 #pragma unroll
