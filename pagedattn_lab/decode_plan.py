@@ -320,7 +320,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               warp_pipe: bool | None = None, impl: str | None = None,
               swizzle: bool = True, q_regs: bool | None = None,
               fp8_bits: bool = False, separate_merge: bool = False,
-              pool: bool = False) -> TCConfig:
+              pool: bool | None = None) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -333,7 +333,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     converted by moving bits instead of the conversion instruction) are the PTX kernels';
     separate_merge (split sequences merged by a second launch instead of their last block)
     is the "mma" kernel's, pool (the blocks take entries of a pool of the last tiles when
-    their own range is done: decode_work.TC_POOL) the "rows" kernel's."""
+    their own range is done: decode_work.TC_POOL; None: the shape's) the "rows" kernel's."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     impl = impl or planner_impl(group, head_dim, kv_quant)
@@ -349,6 +349,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
         min_blocks = kw["min_blocks"] if min_blocks is None else min_blocks
         warp_pipe = kw["warp_pipe"] if warp_pipe is None else warp_pipe
     blocks_per_sm = kw.get("blocks_per_sm") if auto else None
+    pool = kw.get("pool", False) if auto and pool is None else bool(pool)
     warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
     stages, d_split = stages or TC_STAGES, d_split or 1
     min_blocks = min_blocks or 1
