@@ -192,6 +192,10 @@ class BatchDecodeWrapper(DecodeRun):
         self.scheme, segments = dw.tc_work(lens_h, cfg, grid_y, sms, resident,
                                            tc_max_parts(rows, cfg.kv_bytes), num_splits,
                                            scheme, ranges)
+        short = tc is None and fmt is None and dp.short_items_config(
+            self.dtype, self.head_dim, group, self.scheme, segments.range_tokens)
+        if short:   # one wave of short items: the planner's shape for them (decode_plan)
+            return self._plan_tensor_core(lens_h, num_splits, short, scheme, ranges)
         self.part_len, self.max_parts = segments.range_tokens, segments.max_parts
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32

@@ -252,3 +252,21 @@ def test_rows_over_codes_take_the_measured_scheme(rng, monkeypatch, kv_dtype, sc
     assert w.scheme == work
     out = launch(w, q, kc, vc, ks, vs, poisoned(q.shape, "float16"))
     check_rows(out, reference((q, kd, vd, tables, lens)), "float16")
+
+
+@pytest.mark.parametrize("lens,scheme,stages", [
+    ([20000, 20000], "items", 2),     # one wave of long items (8 x 32k on the H200)
+    ([3000], "items", 3),              # one wave of short items (1 x 32k): warp pipes S3
+    ([300] * 40, "balanced", 2)])      # past one wave: balanced ranges
+def test_rows_planner_shape_follows_the_work(lens, scheme, stages):
+    """decode_mma_rows.cu, fp16 at head_dim 128 (measured, decode_plan.ROWS_SHAPES and
+    ROWS_SHORT_ITEMS): two stages of the block's pipeline (3 blocks per SM) for balanced
+    ranges and long items, warp pipelines over three stages for one wave of short items."""
+    tables = np.arange(len(lens) * 1250, dtype=np.int32).reshape(len(lens), 1250)
+    w = BatchDecodeWrapper().plan(tables, np.array(lens, np.int32), 8, 2, 128, 16, "float16",
+                                  kernel="tensor_core")
+    cfg = w.tc_config
+    assert (w.scheme, cfg.impl, cfg.stages, cfg.warp_pipe) == (scheme, "rows", stages,
+                                                                stages == 3)
+    if scheme == "items":
+        assert (w.part_len < dp.ROWS_SHORT_ITEMS) == (stages == 3)
