@@ -41,6 +41,7 @@ from pagedattn_lab.decode_tc_sizes import tc_resident_blocks  # noqa: E402
 from pagedattn_lab.kernels import expanded_source  # noqa: E402
 from pagedattn_lab.kernels import kernel as load_kernel  # noqa: E402
 from pagedattn_lab.rawkernel import gpu_options  # noqa: E402
+from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
 
 V = ex.V
 V["R W4 T64 S2/bal"] = {**V["R W4 T64 S2"], "split": "balanced"}
@@ -75,14 +76,31 @@ for tag, (w_, t_, st, kw) in (("R W4P T64 S3", (4, 64, 3, dict(pipe=True))),
                                      "split": "balanced", "pool": (f, t)}
 
 
+# round s4c: the pool on the two-stage shape over ranges of whole items ("/r48": 48 ranges per
+# KV head, 6 per sequence of 8 x 32k, where balanced ranges would cut 49 across sequences)
+for f, t in ((0.05, 4), (0.05, 8), (0.03, 8), (0.1, 8)):
+    V[f"R W4 T64 S2 pool/p{f} t{t}/r48"] = {**explore_rows.rshape(4, 64, 2, pool=True),
+                                          "split": "balanced", "pool": (f, t), "ranges": 48}
+
+
 def plan(inp, w, name):
-    """explore.plan, with the pool's fraction and entry size set for the variants that say."""
-    if "pool" not in V[name]:
+    """explore.plan, with the pool's fraction and entry size set for the variants that say
+    (and their ranges per KV head, "ranges")."""
+    v = V[name]
+    if "pool" not in v:
         return ex.plan(inp, w, name)
     saved = dw.TC_POOL, dw.TC_POOL_TILES
-    dw.TC_POOL, dw.TC_POOL_TILES = V[name]["pool"]
+    dw.TC_POOL, dw.TC_POOL_TILES = v["pool"]
     try:
-        return ex.plan(inp, w, name)
+        if "ranges" not in v:
+            return ex.plan(inp, w, name)
+        p = BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], w.num_heads,
+                                      w.num_kv_heads, w.head_dim, w.page_size, w.dtype,
+                                      kernel="simt")
+        p.kernel, p._launches = "tensor_core", []
+        p._plan_tensor_core(cp.asnumpy(inp["seq_lens"]), None, tc=ex.config(w, name),
+                            scheme="balanced", ranges=v["ranges"])
+        return p
     finally:
         dw.TC_POOL, dw.TC_POOL_TILES = saved
 
@@ -149,7 +167,15 @@ BENCH_S4B = {
     "8x64k-gqa4": ["planner", "R W4 T64 S2/items", POOLS[0], POOLS[5]],
     "D64-gqa4-d256": ["planner"],
 }
+# round s4c: the planner (two stages, 3 blocks per SM) against FlashInfer again, and the pool
+# on that shape over whole items
+POOLS_S4C = [f"R W4 T64 S2 pool/p{f} t{t}/r48" for f, t in ((0.05, 4), (0.05, 8), (0.03, 8),
+                                                             (0.1, 8))]
+TIMES_S4C = [("8x32k-gqa4", "R W4 T64 S2 pool/p0.05 t8/r48", False)]
+BENCH_S4C = {"8x32k-gqa4": ["planner", "R W4P T64 S3/items"] + POOLS_S4C
+             + ["R W4P T64 S3 pool/p0.05 t4", "planner"]}
 ROUNDS = {"s4a": (OCC_S4A, TIMES_S4A, BENCH_S4A, NCU_S4A),
+          "s4c": ({}, TIMES_S4C, BENCH_S4C, []),
           "s4b": (OCC_S4B, TIMES_S4B, BENCH_S4B, [("8x32k-gqa4", "R W4 T64 S2/items")])}
 OCC, TIMES, BENCH, NCU = ROUNDS["s4b"]
 CARVEOUT_ATTR = 9   # CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT
@@ -244,6 +270,8 @@ def main(argv=None):
     ap.add_argument("--no-flashinfer", action="store_true")
     ap.add_argument("--round", default="s4b", choices=sorted(ROUNDS))
     ap.add_argument("--raw", default=None, help="the clock probe's per-block times (.npz)")
+    ap.add_argument("--alternate", type=int, default=0,
+                    help="then time the planner and FlashInfer in turn, that many times each")
     args = ap.parse_args(argv)
     global OCC, TIMES, BENCH, NCU
     OCC, TIMES, BENCH, NCU = ROUNDS[args.round]
@@ -413,6 +441,17 @@ def main(argv=None):
             say(f"{wname:<12} {'flashinfer TC':<26} {t.median_ms:7.4f} ms (min {t.min_ms:.4f}) "
                 f"{pct:6.1f}% copy err {err:.1e}", kind="flashinfer", workload=wname,
                 ms=t.median_ms, min_ms=t.min_ms, pct_copy=pct, err=err)
+            if args.alternate:   # the planner and FlashInfer in turn, for the run-to-run spread
+                pl = plan(inp, w, "planner")
+                out = cp.empty_like(inp["q"])
+                ours = lambda: ex.launch(pl, inp["q"], inp["k_cache"], inp["v_cache"],  # noqa
+                                         out, 1 / math.sqrt(w.head_dim))
+                for k in range(args.alternate):
+                    for who, fn in (("planner", ours), ("flashinfer TC", run)):
+                        t = timer.time(fn, reps=args.reps)
+                        say(f"{wname:<12} alternate {k} {who:<16} {t.median_ms:7.4f} ms (min "
+                            f"{t.min_ms:.4f})", kind="alternate", workload=wname, who=who,
+                            turn=k, ms=t.median_ms, min_ms=t.min_ms)
 
 
 if __name__ == "__main__":
