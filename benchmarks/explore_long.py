@@ -68,9 +68,7 @@ for tag, kw in (("R W4 T64 S2", {}), ("R W4P T64 S2", dict(pipe=True)),
     for sch, stag in (("items", "items"), ("balanced", "bal")):
         V[f"{tag}/{stag}"] = {**explore_rows.rshape(w_, t_, st, **kw), "split": sch}
 # the pool (POOL): "/pF tT": fraction F of the tiles in entries of T tiles, on balanced ranges
-for tag, (w_, t_, st, kw) in (("R W4P T64 S3", (4, 64, 3, dict(pipe=True))),
-                              ("R W4 T64 S2", (4, 64, 2, {})),
-                              ("R W4P T64 S2", (4, 64, 2, dict(pipe=True)))):
+for tag, (w_, t_, st, kw) in (("R W4 T64 S2", (4, 64, 2, {})),):
     for f, t in ((0.1, 4), (0.15, 4), (0.1, 8), (0.2, 2), (0.05, 4)):
         V[f"{tag} pool/p{f} t{t}"] = {**explore_rows.rshape(w_, t_, st, pool=True, **kw),
                                      "split": "balanced", "pool": (f, t)}
@@ -143,12 +141,12 @@ OCC_S4B = {f"{n}/bal": "D64-gqa4" for n in S2 + ["R W2 T32 S2", "R W2 T32 S3"]}
 OCC_S4B["R W4P T64 S3/r1"] = "D64-gqa4"
 OCC_S4B.update({"R fp8 W4T128S2mb3/bal": "D64-gqa4", "M W4P q0 mb3/r1": "D64-gqa4",
                 "M W4P S3/r1": "D64-gqa4", "R d256 W4D2T32": "D64-gqa4-d256"})
-POOLS = [f"R W4P T64 S3 pool/p{f} t{t}" for f, t in ((0.1, 4), (0.15, 4), (0.1, 8), (0.2, 2),
-                                                    (0.05, 4))]
-POOLS += ["R W4 T64 S2 pool/p0.1 t4", "R W4P T64 S2 pool/p0.1 t4", "R W4 T64 S2 pool/p0.15 t4"]
+# (round s4b's pool drained and restarted the pipeline per entry, and ran on warp pipelines S3
+# and S2 too: "R W4P T64 S3 pool/p0.1 t4" etc. in its results; that code is gone)
+POOLS = [f"R W4 T64 S2 pool/p{f} t{t}" for f, t in ((0.1, 4), (0.15, 4), (0.1, 8), (0.2, 2),
+                                                   (0.05, 4))]
 TIMES_S4B = [("8x32k-gqa4", "R W4P T64 S3/items", False),
              ("8x32k-gqa4", "R W4 T64 S2/items", False),
-             ("8x32k-gqa4", "R W4P T64 S3 pool/p0.1 t4", False),
              ("8x32k-gqa4", "R W4 T64 S2 pool/p0.1 t4", False),
              ("8x32k-gqa4", "R W4 T64 S2/bal", False), ("D64-gqa4", "R W4 T64 S2/bal", False),
              ("D64-gqa4", "R W4P T64 S3/r1", False)]
@@ -157,14 +155,14 @@ BENCH_S4B = {
                                                       for s_ in ("items", "bal")]
     + ["R W2 T32 S2/items", "R W2 T32 S3/items", "R W2P T32 S3/items", "M W4P q0 mb3/r1"]
     + POOLS,
-    "D64-gqa4": ["planner", "R W4P T64 S3/r1"] + [f"{n}/bal" for n in S2] + POOLS[:2] + POOLS[5:7]
+    "D64-gqa4": ["planner", "R W4P T64 S3/r1"] + [f"{n}/bal" for n in S2] + POOLS[:2]
     + ["R W2 T32 S3/bal", "M W4P q0 mb3/r1", "R fp8 W4T128S2mb3/bal", "R fp8 W4T128S2mb3/items"],
     "D64-gqa8": ["planner", "R W4 T64 S2/bal", "R W4P T64 S2/bal", "R W4 T64 S2 C2/bal"],
     "D64-gqa8-p64": ["planner", "R W4 T64 S2/bal", "R W4P T64 S2/bal"],
     "1x32k-gqa4": ["planner", "R W4 T64 S2/items", "R W4P T64 S2/items", "R W4 T64 S2 C2/items",
-                   POOLS[0], POOLS[5]],
-    "8x16k-gqa4": ["planner", "R W4 T64 S2/items", POOLS[0], POOLS[5]],
-    "8x64k-gqa4": ["planner", "R W4 T64 S2/items", POOLS[0], POOLS[5]],
+                   POOLS[0]],
+    "8x16k-gqa4": ["planner", "R W4 T64 S2/items", POOLS[0]],
+    "8x64k-gqa4": ["planner", "R W4 T64 S2/items", POOLS[0]],
     "D64-gqa4-d256": ["planner"],
 }
 # round s4c: the planner (two stages, 3 blocks per SM) against FlashInfer again, and the pool
@@ -173,7 +171,7 @@ POOLS_S4C = [f"R W4 T64 S2 pool/p{f} t{t}/r48" for f, t in ((0.05, 4), (0.05, 8)
                                                              (0.1, 8))]
 TIMES_S4C = [("8x32k-gqa4", "R W4 T64 S2 pool/p0.05 t8/r48", False)]
 BENCH_S4C = {"8x32k-gqa4": ["planner", "R W4P T64 S3/items"] + POOLS_S4C
-             + ["R W4P T64 S3 pool/p0.05 t4", "planner"]}
+             + ["planner"]}
 ROUNDS = {"s4a": (OCC_S4A, TIMES_S4A, BENCH_S4A, NCU_S4A),
           "s4c": ({}, TIMES_S4C, BENCH_S4C, []),
           "s4b": (OCC_S4B, TIMES_S4B, BENCH_S4B, [("8x32k-gqa4", "R W4 T64 S2/items")])}

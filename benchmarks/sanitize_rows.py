@@ -71,11 +71,11 @@ def main():
     # race (one atomic counter per KV head); launched twice: the last take zeroes the counter
     dw.TC_POOL, dw.TC_POOL_TILES = 0.5, 1
     pool = [
-        ("rows pool W4P S3 GQA4 d128 3 ranges", [300, 17, 1, 129, 64], 16, 8, 2, 128, None,
-         {**rows, "warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True, "pool": True},
-         None, None, 3),
-        ("rows pool W4 S2 block pipeline GQA8 d128 page 7", [300, 17, 1, 129], 7, 16, 2, 128,
-         None, {**rows, "warps": 4, "tile_t": 64, "stages": 2, "pool": True}, None, None, 4),
+        ("rows pool W4 S2 GQA4 d128 3 ranges", [300, 17, 1, 129, 64], 16, 8, 2, 128, None,
+         {**rows, "warps": 4, "tile_t": 64, "stages": 2, "pool": True}, None, None, 3),
+        ("rows pool W2 T32 S2 GQA8 d128 page 7 one-tile runs", [1, 1, 1, 40, 1, 1, 90, 1], 7,
+         16, 2, 128, None, {**rows, "warps": 2, "tile_t": 32, "stages": 2, "pool": True}, None,
+         None, 5),
         ("rows pool fp8 static W4 T128 S2 d128", [300, 17, 1, 129], 16, 8, 2, 128, None,
          {**rows, "warps": 4, "tile_t": 128, "stages": 2, "pool": True}, "fp8_e4m3", "static",
          2),

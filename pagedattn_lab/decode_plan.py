@@ -412,6 +412,9 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                     f"-DSEPARATE_MERGE={int(impl == 'mma' and bool(separate_merge))}") + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     pool = impl == "rows" and bool(pool)
+    if pool and (warp_pipe or stages != 2):
+        raise ValueError(f"pool: the rows kernel's pool runs on the block's pipeline over two "
+                         f"stages, got warp_pipe={warp_pipe}, stages={stages}")
     if impl == "rows":
         options += (f"-DHEAD_TILES={-(-rows // 8)}", f"-DPOOL={int(pool)}")
     scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None

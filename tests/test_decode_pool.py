@@ -54,17 +54,20 @@ def test_pool_falls_back_when_its_entries_cut_a_sequence_too_often(monkeypatch):
     assert seg.pool == 0 and seg.max_parts <= 6
 
 
-SHAPES = [dict(warps=4, tile_t=64, stages=3, warp_pipe=True), dict(warps=4, tile_t=64, stages=2),
-          dict(warps=2, tile_t=32, stages=3)]
+SHAPES = [dict(warps=4, tile_t=64, stages=2), dict(warps=2, tile_t=32, stages=2),
+          dict(warps=1, tile_t=16, stages=2, q_regs=False)]   # (Q read from its buffer per tile)
 
 
 @needs_wmma
-@pytest.mark.parametrize("shape", SHAPES, ids=["W4P T64 S3", "W4 T64 S2", "W2 T32 S3"])
+@pytest.mark.parametrize("shape", SHAPES, ids=["W4 T64", "W2 T32", "W1 T16 Q in smem"])
 @pytest.mark.parametrize("lens,pool,tiles", [
     ([1, 15, 16, 17, 200, 3, 70], 0.4, 1),     # entries of one tile, across sequence ends
     ([300, 2, 129], 0.9, 2),                   # most of it pooled: whole sequences in the pool
-    ([40], 0.5, 1)])                           # one sequence, more blocks than entries
+    ([260], 0.5, 1),                           # one sequence, more blocks than entries (T64)
+    ([1, 1, 1, 1, 1, 30, 1, 1, 1, 90], 0.6, 1)])   # one-tile ranges and entries in a row
 def test_pool_against_the_reference(rng, monkeypatch, shape, lens, pool, tiles):
+    """The copies run on from a block's range into the entries it takes (no drain), each
+    segment's Q in the buffer of its place along the block's stream."""
     monkeypatch.setattr(dw, "TC_POOL", pool)
     monkeypatch.setattr(dw, "TC_POOL_TILES", tiles)
     args = decode_problem(rng, lens, num_heads=8, num_kv_heads=2, head_dim=64)
@@ -74,7 +77,7 @@ def test_pool_against_the_reference(rng, monkeypatch, shape, lens, pool, tiles):
     w = BatchDecodeWrapper().plan(tables, lens, 8, 2, 64, 16, "float16", kernel="tensor_core")
     w._launches = []
     w._plan_tensor_core(lens, None, tc=cfg, ranges=3)
-    assert w.scheme == "balanced" and 1 <= w.grid[0] <= 3
+    assert w.scheme == "balanced" and 1 <= w.grid[0] <= 3 and w.max_parts > 1
     ref = reference(args)
     for _ in range(2):   # the second launch needs the pool counters back at zero
         check_close(w.run(q, k, v, out=poisoned(q.shape, "float16")), ref, "float16")
@@ -93,3 +96,11 @@ def test_pool_kernel_on_one_partition_per_block(rng):
     assert w.scheme == "items"
     for _ in range(2):
         check_close(w.run(q, k, v, out=poisoned(q.shape, "float16")), reference(args), "float16")
+
+
+def test_pool_wants_the_block_pipeline_over_two_stages():
+    with pytest.raises(ValueError, match="pool"):
+        dp.tc_config("float16", 128, 4, impl="rows", pool=True, warps=4, tile_t=64, stages=3)
+    with pytest.raises(ValueError, match="pool"):
+        dp.tc_config("float16", 128, 4, impl="rows", pool=True, warps=4, tile_t=64, stages=2,
+                     warp_pipe=True)

@@ -107,8 +107,76 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     float* scales = reinterpret_cast<float*>(smem + SC_OFF) + copier * STAGES * 2 * CP_TOKENS;
     const int row0 = slice * TW - geo.cp_off;   // this warp's first row in a stage
     zero_q_pad(qbufs, STAGES, rows.nh);
+#if POOL
+    // POOL: once its own range is done, the block goes on with entries of the plan's pool (the
+    // ranges after the blocks': each sequence's last tiles, cut small), taken one at a time
+    // from a counter per blockIdx.y, so that the blocks that streamed faster take more and all
+    // finish within about one entry of each other. seg_ptr[gridDim.x + 1] is the pool's size,
+    // [gridDim.x + 2] where its counters are in `counters`, then the entries' first segments.
+    // Thread 0 takes the next entry when the copy cursor `ahead` reaches the last tile of its
+    // range and puts it in one of 3 slots (flag_s[1 + k % 3], take k); the barrier of the next
+    // tile tells every thread, so `ahead` runs on into the entry without draining the
+    // pipeline, and `cur` reads the same slot when it gets there (a tile later). Every block ends with exactly one take past the pool, so the launch's last take
+    // (number pool + gridDim.x - 1) knows that no other will come and zeroes the counter. The
+    // Q buffer of a segment is picked by its place along the block's stream (ahead_ord,
+    // cur_ord), not its number in the list. Needs the block's pipeline (a barrier per tile)
+    // and two stages (at most 2 takes between a take and its last reader: 3 slots).
+    static_assert(!WARP_PIPE && STAGES == 2, "POOL: the block's pipeline over two stages");
+    const int n_pool = seg_ptr[gridDim.x + 1];
+    const int* pool_ptr = seg_ptr + gridDim.x + 3;
+    int takes = 0, cur_takes = 0;
+    auto take = [&]() {
+        if (threadIdx.x == 0) {
+            int* counter = counters + seg_ptr[gridDim.x + 2] + blockIdx.y;
+            const int e = atomicAdd(counter, 1);
+            if (e == n_pool + (int)gridDim.x - 1) *counter = 0;
+            flag_s[1 + takes % 3] = e;
+        }
+        ++takes;
+    };
+    auto enter = [&](TileCursor& c, int k) {   // c past its range: into the entry of take k
+        const int e = flag_s[1 + k % 3];
+        if (e < n_pool) {
+            c.seg = pool_ptr[e];
+            c.last = pool_ptr[e + 1];
+            open_segment(c, segs);
+        }
+    };
+    int ahead_ord = ahead.seg;   // its place along the stream (Q buffers)
+    // Issue `ahead`'s tile into stage buffer `slot` and move it on: into the entry of the last
+    // take when it leaves its range, a take when it reaches a range's last tile.
+    auto ahead_step = [&](int slot) {
+        if (tile_valid(ahead)) {
+            TileCursor tagged = ahead;
+            tagged.seg = ahead_ord;
+            issue_tile(slot, stages, scales, qbufs, pg, tagged, k_cache, v_cache, k_scale, v_scale,
+                       q, geo, rows, num_heads);
+            const int seg0 = ahead.seg;
+            advance_tile(ahead, segs);
+            ahead_ord += ahead.seg != seg0;
+            if (!tile_valid(ahead)) enter(ahead, takes - 1);
+        }
+        copy_commit();
+        if (tile_valid(ahead)) {
+            lookup_tile(pg, block_tables, ahead, geo);
+            if (ahead.seg == ahead.last - 1 && last_of_segment(ahead)) take();
+        }
+    };
+    if (tile_valid(ahead)) lookup_tile(pg, block_tables, ahead, geo);
+    if (tile_valid(ahead) && ahead.seg == ahead.last - 1 && last_of_segment(ahead)) {
+        take();            // a range of one tile
+        __syncthreads();
+    }
+    for (int s = 0; s < STAGES - 1; ++s) {
+        const int before = takes;
+        ahead_step(s);
+        if (takes != before) __syncthreads();   // (block-uniform) the take, before it is read
+    }
+#else
     start_stream(stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache, v_cache, k_scale,
                  v_scale, q, geo, rows, num_heads);
+#endif
+    int cur_ord = cur.seg;   // the computed segment's place along the stream (its Q buffer)
     const float v_mult = fold_head_scales(scale_log2, k_scale, v_scale, rows.kvh);
     copy_wait<STAGES - 2>();   // the first tile's group holds the first segment's Q
     __syncthreads();
@@ -151,43 +219,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const int v_row = row0 + (lm / 2) * 8 + lr, v_chunk = lm % 2;   // + 16 j tokens
 
     int i = 0;   // the block's tiles so far (tile i is in stage buffer i % STAGES)
-    // POOL: once its own range is done, the block takes entries of the plan's pool (ranges
-    // gridDim.x .. of the list: the last tiles cut small) until none is left, so that the
-    // blocks that streamed faster take more and all finish within about one entry of each
-    // other. seg_ptr[gridDim.x + 1] is the pool's size, [gridDim.x + 2] where its counters
-    // (one per blockIdx.y) are in `counters`, then the entries' first segments. Every block
-    // ends with exactly one take past the pool, so the launch's last take (number pool +
-    // gridDim.x - 1) knows that no other will come and zeroes the counter for the next launch.
-    // The pipeline restarts at an entry (block-uniform: one thread takes, a barrier tells).
-    auto next_pool_range = [&]() -> bool {
-#if POOL
-        const int n_pool = seg_ptr[gridDim.x + 1];
-        if (threadIdx.x == 0) {
-            int* counter = counters + seg_ptr[gridDim.x + 2] + blockIdx.y;
-            const int e = atomicAdd(counter, 1);
-            if (e == n_pool + (int)gridDim.x - 1) *counter = 0;
-            flag_s[1] = e;
-        }
-        __syncthreads();
-        const int e = flag_s[1];
-        if (e >= n_pool) return false;
-        const int* pool_ptr = seg_ptr + gridDim.x + 3;
-        cur.seg = pool_ptr[e];
-        cur.last = pool_ptr[e + 1];
-        open_segment(cur, segs);
-        ahead = cur;
-        i = 0;
-        start_stream(stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache, v_cache,
-                     k_scale, v_scale, q, geo, rows, num_heads);
-        copy_wait<STAGES - 2>();
-        __syncthreads();
-        return true;
-#else
-        return false;
-#endif
-    };
-    while (tile_valid(cur) || next_pool_range()) {   // a segment: a fresh state, and its Q
-        qs = qbufs + (cur.seg % STAGES) * ROWS * LD;
+    while (tile_valid(cur)) {   // a segment: a fresh state, and the segment's Q
+        qs = qbufs + (cur_ord % STAGES) * ROWS * LD;
 #if Q_REGS
 #pragma unroll
         for (int h = 0; h < HEAD_TILES; ++h) {
@@ -209,8 +242,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         }
 
         for (;; ++i) {   // its tiles
+#if POOL
+            copy_wait<STAGES - 2>();   // tile i has landed, and every warp is done with i - 1
+            __syncthreads();
+            ahead_step((i + STAGES - 1) % STAGES);
+#else
             next_stream_tile(i, stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache,
                              v_cache, k_scale, v_scale, q, geo, rows, num_heads);
+#endif
             const unsigned char* ks = stages + (i % STAGES) * STAGE_BYTES;
             const unsigned char* vs = ks + CP_TOKENS * LDC;
 
@@ -441,6 +480,10 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                                    num_heads, rows.h0, rows.nh, v_mult);
         __syncthreads();   // the buffer, m_s and l_s are free again
         advance_tile(cur, segs);
+        ++cur_ord;
+#if POOL
+        if (!tile_valid(cur)) enter(cur, cur_takes++);
+#endif
         ++i;
     }
 }
