@@ -2,18 +2,24 @@
 decode's blocks, and where the 8 x 32k row's time goes, on the GPU in one process (tuning
 runs; the results go to NOTES.md, "8 x 32k GQA and resident blocks").
 
-    python3 benchmarks/explore_long.py [--parts occ,times,bench] [--reps 20] [--json out.json]
+    python3 benchmarks/explore_long.py [--round s4a|s4b|s4c] [--parts occ,times,bench,ncu]
+                                       [--reps 20] [--json out.json] [--raw probe.npz]
+                                       [--no-flashinfer] [--alternate N]
 
-occ: per compiled shape, the planner's count of resident blocks (decode_tc_sizes) against the
-occupancy API (cuOccupancyMaxActiveBlocksPerMultiprocessor with the launch's dynamic shared
-memory), with the driver's default shared-memory carveout and with the carveout preference
-at its maximum (100 %, cudaFuncAttributePreferredSharedMemoryCarveout).
+occ: per compiled shape, the plan's count of resident blocks from the sizes
+(decode_tc_sizes) against the driver's (attention_common.gpu_resident_blocks: the occupancy
+API on the compiled kernel with the launch's dynamic shared memory); round s4a asked it with
+the default shared-memory carveout and with the preference at 100 %.
 times: the kernel recompiled with a clock probe (each block's first thread writes its SM, its
 start and end on %globaltimer into a __device__ array; the source is instrumented here, not in
 the repository): blocks per SM that actually ran at the same time, the spread of start and end
-times, and how long the last blocks ran alone (the tail), with the carveout off and on.
-bench: 8 x 32k variants (explore.py's names, "+c": carveout preference 100) and FlashInfer's
-tensor-core decode on the same pages, last.
+times, blocks that waited for a slot (--raw: every block's SM, start and end). The probe adds
+registers: a shape at the edge of a residency limit may hold fewer blocks with it.
+bench: each round's variants (explore.py's and explore_rows.py's names; "+c": carveout
+preference 100) and FlashInfer's tensor-core decode on the same pages, last (--alternate N:
+then the planner and FlashInfer in turn, N times). ncu: one launch per NCU variant.
+Rounds s4b and s4c also timed a pool of entries taken by the blocks after their ranges
+(commit ec0bb8d; measured no gain, removed: NOTES.md).
 """
 import argparse
 import json
@@ -35,13 +41,11 @@ import explore_rows  # noqa: E402,F401  (its "R ..." variants into ex.V)
 from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
 from pagedattn_lab.bench.workloads import (DecodeWorkload, build_decode_inputs,  # noqa: E402
                                            decode_workloads)
-from pagedattn_lab import decode_work as dw  # noqa: E402
 from pagedattn_lab.attention_common import gpu_resident_blocks  # noqa: E402
 from pagedattn_lab.decode_tc_sizes import tc_resident_blocks  # noqa: E402
 from pagedattn_lab.kernels import expanded_source  # noqa: E402
 from pagedattn_lab.kernels import kernel as load_kernel  # noqa: E402
 from pagedattn_lab.rawkernel import gpu_options  # noqa: E402
-from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
 
 V = ex.V
 V["R W4 T64 S2/bal"] = {**V["R W4 T64 S2"], "split": "balanced"}
@@ -67,42 +71,6 @@ for tag, kw in (("R W4 T64 S2", {}), ("R W4P T64 S2", dict(pipe=True)),
     w_, t_, st = (2, 32, int(tag.split(" S")[1][0])) if "W2" in tag else (4, 64, 2)
     for sch, stag in (("items", "items"), ("balanced", "bal")):
         V[f"{tag}/{stag}"] = {**explore_rows.rshape(w_, t_, st, **kw), "split": sch}
-# the pool (POOL): "/pF tT": fraction F of the tiles in entries of T tiles, on balanced ranges
-for tag, (w_, t_, st, kw) in (("R W4 T64 S2", (4, 64, 2, {})),):
-    for f, t in ((0.1, 4), (0.15, 4), (0.1, 8), (0.2, 2), (0.05, 4)):
-        V[f"{tag} pool/p{f} t{t}"] = {**explore_rows.rshape(w_, t_, st, pool=True, **kw),
-                                     "split": "balanced", "pool": (f, t)}
-
-
-# round s4c: the pool on the two-stage shape over ranges of whole items ("/r48": 48 ranges per
-# KV head, 6 per sequence of 8 x 32k, where balanced ranges would cut 49 across sequences)
-for f, t in ((0.05, 4), (0.05, 8), (0.03, 8), (0.1, 8)):
-    V[f"R W4 T64 S2 pool/p{f} t{t}/r48"] = {**explore_rows.rshape(4, 64, 2, pool=True),
-                                          "split": "balanced", "pool": (f, t), "ranges": 48}
-
-
-def plan(inp, w, name):
-    """explore.plan, with the pool's fraction and entry size set for the variants that say
-    (and their ranges per KV head, "ranges")."""
-    v = V[name]
-    if "pool" not in v:
-        return ex.plan(inp, w, name)
-    saved = dw.TC_POOL, dw.TC_POOL_TILES
-    dw.TC_POOL, dw.TC_POOL_TILES = v["pool"]
-    try:
-        if "ranges" not in v:
-            return ex.plan(inp, w, name)
-        p = BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], w.num_heads,
-                                      w.num_kv_heads, w.head_dim, w.page_size, w.dtype,
-                                      kernel="simt")
-        p.kernel, p._launches = "tensor_core", []
-        p._plan_tensor_core(cp.asnumpy(inp["seq_lens"]), None, tc=ex.config(w, name),
-                            scheme="balanced", ranges=v["ranges"])
-        return p
-    finally:
-        dw.TC_POOL, dw.TC_POOL_TILES = saved
-
-
 V["R fp8 W4T128S2mb3/bal"] = {**V["R fp8 W4T128S2mb3"], "split": "balanced"}
 V["R fp8 W4T128S2mb3/items"] = {**V["R fp8 W4T128S2mb3"], "split": "items"}
 
@@ -141,39 +109,27 @@ OCC_S4B = {f"{n}/bal": "D64-gqa4" for n in S2 + ["R W2 T32 S2", "R W2 T32 S3"]}
 OCC_S4B["R W4P T64 S3/r1"] = "D64-gqa4"
 OCC_S4B.update({"R fp8 W4T128S2mb3/bal": "D64-gqa4", "M W4P q0 mb3/r1": "D64-gqa4",
                 "M W4P S3/r1": "D64-gqa4", "R d256 W4D2T32": "D64-gqa4-d256"})
-# (round s4b's pool drained and restarted the pipeline per entry, and ran on warp pipelines S3
-# and S2 too: "R W4P T64 S3 pool/p0.1 t4" etc. in its results; that code is gone)
-POOLS = [f"R W4 T64 S2 pool/p{f} t{t}" for f, t in ((0.1, 4), (0.15, 4), (0.1, 8), (0.2, 2),
-                                                   (0.05, 4))]
 TIMES_S4B = [("8x32k-gqa4", "R W4P T64 S3/items", False),
              ("8x32k-gqa4", "R W4 T64 S2/items", False),
-             ("8x32k-gqa4", "R W4 T64 S2 pool/p0.1 t4", False),
              ("8x32k-gqa4", "R W4 T64 S2/bal", False), ("D64-gqa4", "R W4 T64 S2/bal", False),
              ("D64-gqa4", "R W4P T64 S3/r1", False)]
 BENCH_S4B = {
     "8x32k-gqa4": ["planner", "R W4P T64 S3/items"] + [f"{n}/{s_}" for n in S2
                                                       for s_ in ("items", "bal")]
-    + ["R W2 T32 S2/items", "R W2 T32 S3/items", "R W2P T32 S3/items", "M W4P q0 mb3/r1"]
-    + POOLS,
-    "D64-gqa4": ["planner", "R W4P T64 S3/r1"] + [f"{n}/bal" for n in S2] + POOLS[:2]
+    + ["R W2 T32 S2/items", "R W2 T32 S3/items", "R W2P T32 S3/items", "M W4P q0 mb3/r1"],
+    "D64-gqa4": ["planner", "R W4P T64 S3/r1"] + [f"{n}/bal" for n in S2]
     + ["R W2 T32 S3/bal", "M W4P q0 mb3/r1", "R fp8 W4T128S2mb3/bal", "R fp8 W4T128S2mb3/items"],
     "D64-gqa8": ["planner", "R W4 T64 S2/bal", "R W4P T64 S2/bal", "R W4 T64 S2 C2/bal"],
     "D64-gqa8-p64": ["planner", "R W4 T64 S2/bal", "R W4P T64 S2/bal"],
-    "1x32k-gqa4": ["planner", "R W4 T64 S2/items", "R W4P T64 S2/items", "R W4 T64 S2 C2/items",
-                   POOLS[0]],
-    "8x16k-gqa4": ["planner", "R W4 T64 S2/items", POOLS[0]],
-    "8x64k-gqa4": ["planner", "R W4 T64 S2/items", POOLS[0]],
+    "1x32k-gqa4": ["planner", "R W4 T64 S2/items", "R W4P T64 S2/items", "R W4 T64 S2 C2/items"],
+    "8x16k-gqa4": ["planner", "R W4 T64 S2/items"],
+    "8x64k-gqa4": ["planner", "R W4 T64 S2/items"],
     "D64-gqa4-d256": ["planner"],
 }
-# round s4c: the planner (two stages, 3 blocks per SM) against FlashInfer again, and the pool
-# on that shape over whole items
-POOLS_S4C = [f"R W4 T64 S2 pool/p{f} t{t}/r48" for f, t in ((0.05, 4), (0.05, 8), (0.03, 8),
-                                                             (0.1, 8))]
-TIMES_S4C = [("8x32k-gqa4", "R W4 T64 S2 pool/p0.05 t8/r48", False)]
-BENCH_S4C = {"8x32k-gqa4": ["planner", "R W4P T64 S3/items"] + POOLS_S4C
-             + ["planner"]}
+# round s4c: the planner (two stages, 3 blocks per SM), twice, against the earlier shape
+BENCH_S4C = {"8x32k-gqa4": ["planner", "R W4P T64 S3/items", "planner"]}
 ROUNDS = {"s4a": (OCC_S4A, TIMES_S4A, BENCH_S4A, NCU_S4A),
-          "s4c": ({}, TIMES_S4C, BENCH_S4C, []),
+          "s4c": ({}, [], BENCH_S4C, []),
           "s4b": (OCC_S4B, TIMES_S4B, BENCH_S4B, [("8x32k-gqa4", "R W4 T64 S2/items")])}
 OCC, TIMES, BENCH, NCU = ROUNDS["s4b"]
 CARVEOUT_ATTR = 9   # CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT
@@ -355,7 +311,7 @@ def main(argv=None):
             w = by_name[wname]
             inp = inputs_of(wname)
             try:
-                p = plan(inp, w, vname)
+                p = ex.plan(inp, w, vname)
                 fn, mod = probes[vname]
                 set_carveout(fn, carve)
                 r, raw = probe_report(p, fn, mod, inp["q"], inp["k_cache"], inp["v_cache"],
@@ -374,7 +330,7 @@ def main(argv=None):
         for wname, vname in NCU:
             w = by_name[wname]
             inp = inputs_of(wname)
-            p = plan(inp, w, vname)
+            p = ex.plan(inp, w, vname)
             ex.launch(p, inp["q"], inp["k_cache"], inp["v_cache"], cp.empty_like(inp["q"]),
                       1 / math.sqrt(w.head_dim))
             cp.cuda.Device().synchronize()
@@ -390,7 +346,7 @@ def main(argv=None):
             for name in variants:
                 vb = V[base(name)]
                 try:
-                    pl = plan(inp, w, base(name))
+                    pl = ex.plan(inp, w, base(name))
                     carve = name.endswith("+c")
                     cfun = load_kernel(pl.tc_config.source, pl.tc_config.function,
                                        pl.tc_config.options).gpu.kernel
@@ -440,7 +396,7 @@ def main(argv=None):
                 f"{pct:6.1f}% copy err {err:.1e}", kind="flashinfer", workload=wname,
                 ms=t.median_ms, min_ms=t.min_ms, pct_copy=pct, err=err)
             if args.alternate:   # the planner and FlashInfer in turn, for the run-to-run spread
-                pl = plan(inp, w, "planner")
+                pl = ex.plan(inp, w, "planner")
                 out = cp.empty_like(inp["q"])
                 ours = lambda: ex.launch(pl, inp["q"], inp["k_cache"], inp["v_cache"],  # noqa
                                          out, 1 / math.sqrt(w.head_dim))

@@ -2,13 +2,13 @@
 at a small size on the GPU, for compute-sanitizer (memcheck, racecheck, synccheck):
 
     compute-sanitizer --tool racecheck --error-exitcode 9 \
-        python3 benchmarks/sanitize_rows.py [--balanced] [--pool]
+        python3 benchmarks/sanitize_rows.py [--balanced]
 
 sanitize_tc.py's harness (each array its own cudaMalloc, outputs poisoned with NaN, launched
 twice so the merge counters must reset, checked against the float64 reference; exit status 1
 on a mismatch). --balanced: only the balanced-range cases (segments across sequences: one-token
-sequences in a row, ranges ending mid-page, more ranges than tiles); --pool: only the POOL
-cases (blocks taking pool entries after their ranges). Run from the repository root.
+sequences in a row, ranges ending mid-page, more ranges than tiles). Run from the repository
+root.
 """
 import sys
 from pathlib import Path
@@ -18,8 +18,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from sanitize_tc import run_case  # noqa: E402 - benchmarks/ is the script's folder
-
-from pagedattn_lab import decode_work as dw  # noqa: E402
 
 
 def main():
@@ -67,22 +65,8 @@ def main():
         ("rows balanced more ranges than tiles d128", [300, 1, 70], 16, 8, 2, 128, None, rows,
          None, None, 100),
     ]
-    # POOL: half of each sequence's tiles in entries of one tile, taken by the blocks in a
-    # race (one atomic counter per KV head); launched twice: the last take zeroes the counter
-    dw.TC_POOL, dw.TC_POOL_TILES = 0.5, 1
-    pool = [
-        ("rows pool W4 S2 GQA4 d128 3 ranges", [300, 17, 1, 129, 64], 16, 8, 2, 128, None,
-         {**rows, "warps": 4, "tile_t": 64, "stages": 2, "pool": True}, None, None, 3),
-        ("rows pool W2 T32 S2 GQA8 d128 page 7 one-tile runs", [1, 1, 1, 40, 1, 1, 90, 1], 7,
-         16, 2, 128, None, {**rows, "warps": 2, "tile_t": 32, "stages": 2, "pool": True}, None,
-         None, 5),
-        ("rows pool fp8 static W4 T128 S2 d128", [300, 17, 1, 129], 16, 8, 2, 128, None,
-         {**rows, "warps": 4, "tile_t": 128, "stages": 2, "pool": True}, "fp8_e4m3", "static",
-         2),
-    ]
-    only = [c for flag, group in (("--balanced", bal), ("--pool", pool)) if flag in sys.argv
-            for c in group]
-    ok = all([run_case(rng, *c) for c in (only or cases + bal + pool)])
+    only = sys.argv[1:] == ["--balanced"]
+    ok = all([run_case(rng, *c) for c in (bal if only else cases + bal)])
     print("all results match the reference" if ok else "MISMATCH")
     sys.exit(0 if ok else 1)
 

@@ -205,7 +205,6 @@ class TCConfig(NamedTuple):
     blocks_per_sm: int | None = None   # the split rule's target (None: TC_BLOCKS_PER_SM)
     separate_merge: bool = False       # "mma": split sequences merged by a second launch
     scheme: str | None = None          # the work scheme it takes (None: decode_work's rule)
-    pool: bool = False                 # "rows": blocks take pool entries after their range
 
     @property
     def source(self) -> str:
@@ -342,8 +341,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               d_split: int | None = None, min_blocks: int | None = None,
               warp_pipe: bool | None = None, impl: str | None = None,
               swizzle: bool = True, q_regs: bool | None = None,
-              fp8_bits: bool = False, separate_merge: bool = False,
-              pool: bool | None = None) -> TCConfig:
+              fp8_bits: bool = False, separate_merge: bool = False) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -355,8 +353,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     q_regs (Q's fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes
     converted by moving bits instead of the conversion instruction) are the PTX kernels';
     separate_merge (split sequences merged by a second launch instead of their last block)
-    is the "mma" kernel's, pool (the blocks take entries of a pool of the last tiles when
-    their own range is done: decode_work.TC_POOL; None: the shape's) the "rows" kernel's."""
+    is the "mma" kernel's."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     impl = impl or planner_impl(group, head_dim, kv_quant)
@@ -372,7 +369,6 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
         min_blocks = kw["min_blocks"] if min_blocks is None else min_blocks
         warp_pipe = kw["warp_pipe"] if warp_pipe is None else warp_pipe
     blocks_per_sm = kw.get("blocks_per_sm") if auto else None
-    pool = kw.get("pool", False) if auto and pool is None else bool(pool)
     warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
     stages, d_split = stages or TC_STAGES, d_split or 1
     min_blocks = min_blocks or 1
@@ -411,16 +407,12 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
         options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}",
                     f"-DSEPARATE_MERGE={int(impl == 'mma' and bool(separate_merge))}") + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
-    pool = impl == "rows" and bool(pool)
-    if pool and (warp_pipe or stages != 2):
-        raise ValueError(f"pool: the rows kernel's pool runs on the block's pipeline over two "
-                         f"stages, got warp_pipe={warp_pipe}, stages={stages}")
     if impl == "rows":
-        options += (f"-DHEAD_TILES={-(-rows // 8)}", f"-DPOOL={int(pool)}")
+        options += (f"-DHEAD_TILES={-(-rows // 8)}",)
     scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,
-                    impl == "mma" and bool(separate_merge), scheme, pool)
+                    impl == "mma" and bool(separate_merge), scheme)
 
 
 def _type_options(dtype: str) -> tuple[str, ...]:

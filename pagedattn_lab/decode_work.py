@@ -21,10 +21,6 @@ from . import decode_plan as dp   # its TC_* split constants (benchmarks set the
 TC_SCHEMES = ("balanced", "items")
 TC_SCHEME = "balanced"    # what plans on the PTX kernels take (measured: NOTES.md)
 TC_RANGES_PER_SLOT = 1    # balanced ranges per resident block slot
-# POOL kernels (decode_plan.tc_config(pool=True)): this fraction of the tiles goes to the pool,
-# in entries of TC_POOL_TILES tiles, that the blocks take when their own range is done
-TC_POOL = 0.1
-TC_POOL_TILES = 4
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
@@ -91,10 +87,9 @@ def tc_work_list(lens: np.ndarray, part_len: int) -> tuple[np.ndarray, np.ndarra
 
 class Segments(NamedTuple):
     """segs [n, 4] int32 (sequence, first token, end token, part | parts << 16), seg_ptr
-    [ranges + 1] int32 (range x's segments: block x's, then the pool's entries), slot_start
-    [batch] int32 (a split sequence's first partial-state slot), parts [batch] (segments per
-    sequence), slots, the most parts of one sequence, tokens per block (the longest range),
-    pool (the ranges past the blocks': entries that blocks take when theirs is done)."""
+    [blocks + 1] int32 (block x's segments), slot_start [batch] int32 (a split sequence's
+    first partial-state slot), parts [batch] (segments per sequence), slots, the most parts
+    of one sequence, tokens per block (the longest range)."""
     segs: np.ndarray
     seg_ptr: np.ndarray
     slot_start: np.ndarray
@@ -102,51 +97,23 @@ class Segments(NamedTuple):
     slots: int
     max_parts: int
     range_tokens: int
-    pool: int = 0
-
-    @property
-    def blocks(self) -> int:
-        return self.seg_ptr.size - 1 - self.pool
-
-    def kernel_ptr(self, counter_at: int) -> np.ndarray:
-        """seg_ptr as a POOL kernel reads it: the blocks' range starts and end, the pool's
-        size, where its counters are (`counter_at`, in the counters array), its entries'
-        starts and end."""
-        b = self.blocks
-        return np.concatenate([self.seg_ptr[:b + 1], [self.pool, counter_at],
-                               self.seg_ptr[b:]]).astype(np.int32)
 
 
-def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int,
-                      pool: float = 0.0, pool_tiles: int = 1) -> Segments:
+def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int) -> Segments:
     """The tiles of all sequences (tile_t tokens from each sequence's start), in order, cut
     into `ranges` contiguous ranges of equal tile counts (+-1), one per block; a range is cut
     again where a sequence ends. Fewer ranges while a sequence would be cut into more than
-    `max_parts` parts (what the merge has room for). pool > 0 (POOL kernels): about that
-    fraction of each sequence's tiles, its last, whole entries of `pool_tiles` tiles (at
-    least one tile left to the ranges), stays out of the ranges: the entries, listed round
-    robin over the sequences, are the ranges after the blocks', which the blocks take one at
-    a time when their own is done (each sequence's merge gets a few parts, not the pool)."""
+    `max_parts` parts (what the merge has room for)."""
     lens = lens.astype(np.int64)
     tiles = -(-lens // tile_t)
-    pooled = np.minimum(np.floor(pool * tiles).astype(np.int64), tiles - 1)
-    pooled -= pooled % pool_tiles
-    per = pooled // pool_tiles                              # entries per sequence
-    eb = np.repeat(np.arange(lens.size), per)
-    ej = np.arange(eb.size) - np.repeat(np.cumsum(per) - per, per)
-    order = np.lexsort((eb, ej))                            # entry j of every sequence, then j + 1
-    eb, ej = eb[order], ej[order]
-    e_start = (tiles - pooled)[eb] * tile_t + ej * pool_tiles * tile_t
-    e_end = np.minimum(lens[eb], e_start + pool_tiles * tile_t)
-    stat = tiles - pooled                                   # the ranges' tiles per sequence
-    cum = np.cumsum(stat)
-    total, seq_first = int(cum[-1]), cum - stat
+    cum = np.cumsum(tiles)
+    total, seq_first = int(cum[-1]), cum - tiles
     ranges = max(1, min(ranges, total))
     while True:
         cuts = np.arange(ranges, dtype=np.int64) * total // ranges   # range starts (tiles)
         bounds = np.union1d(seq_first, cuts)                          # segment starts
         seq = np.searchsorted(cum, bounds, side="right")
-        parts = np.bincount(seq, minlength=lens.size) + per
+        parts = np.bincount(seq, minlength=lens.size)
         if parts.max() <= max_parts or ranges == 1:
             break
         ranges = max(1, ranges * max_parts // int(parts.max()))
@@ -154,10 +121,8 @@ def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int
     start = (bounds - seq_first[seq]) * tile_t
     end = np.minimum(lens[seq], (nxt - seq_first[seq]) * tile_t)
     block = np.searchsorted(cuts, bounds, side="right") - 1
-    seg_ptr = np.append(np.searchsorted(block, np.arange(ranges + 1)),
-                        seq.size + np.arange(1, eb.size + 1))
-    return _segments(np.append(seq, eb), np.append(start, e_start), np.append(end, e_end),
-                     seg_ptr, lens.size, -(-total // ranges) * tile_t, eb.size)
+    seg_ptr = np.searchsorted(block, np.arange(ranges + 1))
+    return _segments(seq, start, end, seg_ptr, lens.size, -(-total // ranges) * tile_t)
 
 
 def item_segments(lens: np.ndarray, part_len: int) -> Segments:
@@ -169,7 +134,7 @@ def item_segments(lens: np.ndarray, part_len: int) -> Segments:
     return _segments(seq, start, end, np.arange(seq.size + 1), lens.size, part_len)
 
 
-def _segments(seq, start, end, seg_ptr, batch, range_tokens, pool=0) -> Segments:
+def _segments(seq, start, end, seg_ptr, batch, range_tokens) -> Segments:
     """Segments numbered within their sequence (in list order) and the partial-state slots."""
     order = np.argsort(seq, kind="stable")
     counts = np.bincount(seq, minlength=batch)
@@ -178,7 +143,7 @@ def _segments(seq, start, end, seg_ptr, batch, range_tokens, pool=0) -> Segments
     split = np.where(counts > 1, counts, 0)
     segs = np.stack([seq, start, end, part | (counts[seq] << 16)], axis=1).astype(np.int32)
     return Segments(segs, seg_ptr.astype(np.int32), (np.cumsum(split) - split).astype(np.int32),
-                    counts, int(split.sum()), int(counts.max()), int(range_tokens), int(pool))
+                    counts, int(split.sum()), int(counts.max()), int(range_tokens))
 
 
 def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_parts: int,
@@ -192,23 +157,17 @@ def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_par
     decode_tc.cu always "items". Balanced: `ranges` per KV head x
     row chunk (None: one per resident block slot x TC_RANGES_PER_SLOT); items: partitions by
     choose_tc_part_len."""
-    pool = getattr(cfg, "pool", False)
     if cfg.impl == "wmma":
         scheme = "items"
     elif not scheme:
         one_wave = lens.size * grid_y <= resident * sms   # unsplit sequences fit in one wave
-        scheme = ("items" if num_splits is not None or (one_wave and not pool)
-                  else cfg.scheme or TC_SCHEME)
+        scheme = "items" if num_splits is not None or one_wave else cfg.scheme or TC_SCHEME
     if scheme == "balanced":
         # rounded down: one range more than the slots hold is a second wave of one range
         # (D64 GQA 32/8, 3 blocks per SM: 50 x 8 ranges for 396 slots ran 0.214 ms, the
         # 4 blocks of the second wave starting at 132 us; NOTES.md, session 4)
         ranges = ranges or max(1, int(TC_RANGES_PER_SLOT * resident * sms // grid_y))
-        seg = balanced_segments(lens, cfg.tile_t, ranges, max_parts,
-                                TC_POOL if pool else 0.0, TC_POOL_TILES)
-        if seg.max_parts > max_parts:   # the pool's entries cut a sequence too often
-            seg = balanced_segments(lens, cfg.tile_t, ranges, max_parts)
-        return scheme, seg
+        return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)
     part_len = choose_tc_part_len(lens, grid_y, sms, max_parts, num_splits, resident,
                                   cfg.blocks_per_sm)
     return scheme, item_segments(lens, part_len)

@@ -200,16 +200,14 @@ class BatchDecodeWrapper(DecodeRun):
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
         if cfg.impl != "wmma":   # the segments of each block (the PTX kernels)
-            ptr = (segments.kernel_ptr(self.batch * grid_y) if cfg.pool  # (its counters last)
-                   else segments.seg_ptr)
-            work, slots = np.concatenate([segments.segs.ravel(), ptr]), segments.slots
-            blocks, slot_start = segments.blocks, segments.slot_start
+            work, slots = np.concatenate([segments.segs.ravel(), segments.seg_ptr]), segments.slots
+            blocks, slot_start = segments.seg_ptr.size - 1, segments.slot_start
         else:                   # (sequence, partition) per block
             work, slot_start, slots = dw.tc_work_list(lens_h, self.part_len)
             blocks, work = len(work), work.ravel()
         # One upload: the work, slot starts, and the merge counters (zeros).
-        ints = xp.asarray(np.concatenate([work, slot_start, np.zeros(
-            (self.batch + cfg.pool) * grid_y, np.int32)]))
+        ints = xp.asarray(np.concatenate([work, slot_start,
+                                          np.zeros(self.batch * grid_y, np.int32)]))
         n_work = work.size
         slot_d, counters = ints[n_work:n_work + self.batch], ints[n_work + self.batch:]
         part_out = xp.empty((slots, self.num_heads, self.head_dim) if slots else 4, np.float32)

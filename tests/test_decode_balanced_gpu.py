@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 
 from pagedattn_lab import decode_plan as dp
-from pagedattn_lab import decode_work as dw
 from pagedattn_lab.kernels import kernel as load_kernel
 from pagedattn_lab.wrappers import BatchDecodeWrapper
 
@@ -126,26 +125,3 @@ def test_balanced_ranges_fill_one_wave_of_the_drivers_count(rng, cp, shape):
     assert resident * sms - w.grid[1] < blocks <= resident * sms, (resident, w.grid)
     check_close(cp.asnumpy(w.run(*dev[:3], out=poisoned_out(cp, dev, "float16"))),
                 reference(args), "float16")
-
-
-@pytest.mark.parametrize("shape", [dict(warps=4, tile_t=64, stages=2),
-                                   dict(warps=2, tile_t=32, stages=2)], ids=["W4 T64", "W2 T32"])
-@pytest.mark.parametrize("pool,tiles", [(0.1, 4), (0.6, 1)])
-def test_pool_on_the_gpu(rng, cp, monkeypatch, shape, pool, tiles):
-    """decode_mma_rows.cu's pool (POOL): the blocks race for the entries through one atomic
-    counter per KV head, their copies running on into the entries they take; right on every
-    launch (the last take zeroes the counter)."""
-    monkeypatch.setattr(dw, "TC_POOL", pool)
-    monkeypatch.setattr(dw, "TC_POOL_TILES", tiles)
-    lens = [9000, 1, 17, 5000] + list(rng.integers(1, 3000, 30))
-    args = decode_problem(rng, lens, num_heads=32, num_kv_heads=8, head_dim=128)
-    dev = on_gpu(cp, args, "float16")
-    cfg = dp.tc_config("float16", 128, 4, impl="rows", pool=True, **shape)
-    w = BatchDecodeWrapper().plan(dev[3], dev[4], 32, 8, 128, 16, "float16",
-                                  kernel="tensor_core")
-    w._launches = []
-    w._plan_tensor_core(args[4], None, tc=cfg, scheme="balanced")
-    ref = reference(args)
-    for _ in range(3):
-        check_close(cp.asnumpy(w.run(*dev[:3], out=poisoned_out(cp, dev, "float16"))), ref,
-                    "float16")

@@ -37,9 +37,8 @@
 // a slice, each accumulating 1/D_SPLIT of O^T's dims.
 //
 // Compile-time parameters (decode_plan.tc_config, impl "rows"): decode_mma.cu's (ROW_TILES 1;
-// S_CHAINS 2: odd and even k steps in two accumulators), HEAD_TILES (1: up to 8 heads per
-// KV head, 2: up to 16) and POOL (1: the blocks take pool entries when their range is
-// done). On the H200 it is the planner's choice for groups up to 8 at head_dim
+// S_CHAINS 2: odd and even k steps in two accumulators) and HEAD_TILES (1: up to 8 heads per
+// KV head, 2: up to 16). On the H200 it is the planner's choice for groups up to 8 at head_dim
 // 128 (codes too) and 256 (benchmarks/NOTES.md, "Tensor-core decode v5").
 
 #include "common.cuh"
@@ -55,9 +54,6 @@
 
 #ifndef HEAD_TILES
 #define HEAD_TILES 1
-#endif
-#ifndef POOL   // blocks take the plan's pool entries after their own range (decode_work.py)
-#define POOL 0
 #endif
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");
@@ -107,76 +103,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     float* scales = reinterpret_cast<float*>(smem + SC_OFF) + copier * STAGES * 2 * CP_TOKENS;
     const int row0 = slice * TW - geo.cp_off;   // this warp's first row in a stage
     zero_q_pad(qbufs, STAGES, rows.nh);
-#if POOL
-    // POOL: once its own range is done, the block goes on with entries of the plan's pool (the
-    // ranges after the blocks': each sequence's last tiles, cut small), taken one at a time
-    // from a counter per blockIdx.y, so that the blocks that streamed faster take more and all
-    // finish within about one entry of each other. seg_ptr[gridDim.x + 1] is the pool's size,
-    // [gridDim.x + 2] where its counters are in `counters`, then the entries' first segments.
-    // Thread 0 takes the next entry when the copy cursor `ahead` reaches the last tile of its
-    // range and puts it in one of 3 slots (flag_s[1 + k % 3], take k); the barrier of the next
-    // tile tells every thread, so `ahead` runs on into the entry without draining the
-    // pipeline, and `cur` reads the same slot when it gets there (a tile later). Every block ends with exactly one take past the pool, so the launch's last take
-    // (number pool + gridDim.x - 1) knows that no other will come and zeroes the counter. The
-    // Q buffer of a segment is picked by its place along the block's stream (ahead_ord,
-    // cur_ord), not its number in the list. Needs the block's pipeline (a barrier per tile)
-    // and two stages (at most 2 takes between a take and its last reader: 3 slots).
-    static_assert(!WARP_PIPE && STAGES == 2, "POOL: the block's pipeline over two stages");
-    const int n_pool = seg_ptr[gridDim.x + 1];
-    const int* pool_ptr = seg_ptr + gridDim.x + 3;
-    int takes = 0, cur_takes = 0;
-    auto take = [&]() {
-        if (threadIdx.x == 0) {
-            int* counter = counters + seg_ptr[gridDim.x + 2] + blockIdx.y;
-            const int e = atomicAdd(counter, 1);
-            if (e == n_pool + (int)gridDim.x - 1) *counter = 0;
-            flag_s[1 + takes % 3] = e;
-        }
-        ++takes;
-    };
-    auto enter = [&](TileCursor& c, int k) {   // c past its range: into the entry of take k
-        const int e = flag_s[1 + k % 3];
-        if (e < n_pool) {
-            c.seg = pool_ptr[e];
-            c.last = pool_ptr[e + 1];
-            open_segment(c, segs);
-        }
-    };
-    int ahead_ord = ahead.seg;   // its place along the stream (Q buffers)
-    // Issue `ahead`'s tile into stage buffer `slot` and move it on: into the entry of the last
-    // take when it leaves its range, a take when it reaches a range's last tile.
-    auto ahead_step = [&](int slot) {
-        if (tile_valid(ahead)) {
-            TileCursor tagged = ahead;
-            tagged.seg = ahead_ord;
-            issue_tile(slot, stages, scales, qbufs, pg, tagged, k_cache, v_cache, k_scale, v_scale,
-                       q, geo, rows, num_heads);
-            const int seg0 = ahead.seg;
-            advance_tile(ahead, segs);
-            ahead_ord += ahead.seg != seg0;
-            if (!tile_valid(ahead)) enter(ahead, takes - 1);
-        }
-        copy_commit();
-        if (tile_valid(ahead)) {
-            lookup_tile(pg, block_tables, ahead, geo);
-            if (ahead.seg == ahead.last - 1 && last_of_segment(ahead)) take();
-        }
-    };
-    if (tile_valid(ahead)) lookup_tile(pg, block_tables, ahead, geo);
-    if (tile_valid(ahead) && ahead.seg == ahead.last - 1 && last_of_segment(ahead)) {
-        take();            // a range of one tile
-        __syncthreads();
-    }
-    for (int s = 0; s < STAGES - 1; ++s) {
-        const int before = takes;
-        ahead_step(s);
-        if (takes != before) __syncthreads();   // (block-uniform) the take, before it is read
-    }
-#else
     start_stream(stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache, v_cache, k_scale,
                  v_scale, q, geo, rows, num_heads);
-#endif
-    int cur_ord = cur.seg;   // the computed segment's place along the stream (its Q buffer)
     const float v_mult = fold_head_scales(scale_log2, k_scale, v_scale, rows.kvh);
     copy_wait<STAGES - 2>();   // the first tile's group holds the first segment's Q
     __syncthreads();
@@ -220,7 +148,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 
     int i = 0;   // the block's tiles so far (tile i is in stage buffer i % STAGES)
     while (tile_valid(cur)) {   // a segment: a fresh state, and the segment's Q
-        qs = qbufs + (cur_ord % STAGES) * ROWS * LD;
+        qs = qbufs + (cur.seg % STAGES) * ROWS * LD;
 #if Q_REGS
 #pragma unroll
         for (int h = 0; h < HEAD_TILES; ++h) {
@@ -242,14 +170,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         }
 
         for (;; ++i) {   // its tiles
-#if POOL
-            copy_wait<STAGES - 2>();   // tile i has landed, and every warp is done with i - 1
-            __syncthreads();
-            ahead_step((i + STAGES - 1) % STAGES);
-#else
             next_stream_tile(i, stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache,
                              v_cache, k_scale, v_scale, q, geo, rows, num_heads);
-#endif
             const unsigned char* ks = stages + (i % STAGES) * STAGE_BYTES;
             const unsigned char* vs = ks + CP_TOKENS * LDC;
 
@@ -480,10 +402,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                                    num_heads, rows.h0, rows.nh, v_mult);
         __syncthreads();   // the buffer, m_s and l_s are free again
         advance_tile(cur, segs);
-        ++cur_ord;
-#if POOL
-        if (!tile_valid(cur)) enter(cur, cur_takes++);
-#endif
         ++i;
     }
 }
