@@ -75,6 +75,30 @@ def allow_shared_memory(kern, nbytes: int) -> None:
         kern.max_dynamic_shared_size_bytes = nbytes
 
 
+def gpu_resident_blocks(kern, threads: int, nbytes: int) -> int:
+    """Blocks of `kern` (a course RawKernel) one multiprocessor of the current GPU holds at
+    once with `threads` threads and `nbytes` of dynamic shared memory, as the driver counts
+    them (cuOccupancyMaxActiveBlocksPerMultiprocessor: the compiled registers, not an
+    estimate). Measured on the H200 (benchmarks/NOTES.md, session 4): the count is what runs
+    (a clock probe saw 3 blocks of 73 KB at once per SM, with or without the largest
+    shared-memory carveout preference). Asked once per kernel, shape and device, at plan
+    time (never in run); compiles the kernel if need be."""
+    from .backend import cupy_module  # noqa: PLC0415
+    runtime = cupy_module().cuda.runtime
+    return _gpu_resident_blocks(kern, threads, nbytes, runtime.getDevice())
+
+
+@functools.lru_cache(maxsize=None)
+def _gpu_resident_blocks(kern, threads: int, nbytes: int, device: int) -> int:
+    from .backend import cupy_module  # noqa: PLC0415
+    cuda = cupy_module().cuda
+    cuda.runtime.setDevice(device)   # the driver call wants the device's context current
+    allow_shared_memory(kern, nbytes)
+    function = kern.gpu.kernel.ptr   # this device's compiled function
+    return max(1, int(cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(function, threads,
+                                                                            nbytes)))
+
+
 # ---- element types and array libraries ---------------------------------------------------
 # A cache holds float32, float16 or bfloat16. NumPy holds bfloat16 through the ml_dtypes
 # package; CuPy has no bfloat16 dtype (cupy issue 7527), so on the GPU bfloat16 data comes as

@@ -254,15 +254,38 @@ MMA_SHAPES = [
 # warp pipelines over 64-token tiles S3 with partitions for 8 blocks per SM 0.167 ms (S2
 # 0.169, 128-token tiles 0.197: one block per SM); codes over 128-token tiles with 3 blocks
 # 0.123 / 0.125 / per-token 0.141-0.145; head_dim 256 pairs over 32-token tiles 0.329.
-# Balanced (round r7): fp16 0.161 (the block's pipeline 0.162, S2 0.214), head_dim 256 0.305
-# (2 warps S3 0.596); codes per-token 0.140 / 0.142 (2 blocks per SM there).
+# Balanced (round r7): fp16 0.161 (the block's pipeline 0.162), head_dim 256 0.305 (2 warps
+# S3 0.596); codes per-token 0.140 / 0.142 (2 blocks per SM there). Session 4 (rounds s4a,
+# s4b; NOTES.md "8 x 32k GQA and resident blocks"): fp16 two stages, the block's pipeline
+# (73 KB, 158 registers: 3 blocks per SM; r7's 0.214 was 400 blocks for 396 slots) D64 GQA
+# 32/8 0.157 (S3 warp pipes 0.159), 64/8 0.162 (0.164), page 64 0.161 (0.164), 8 x 32k
+# 0.2547-0.2584 (0.2610-0.2652; FlashInfer 0.2586-0.2630), 8 x 16k / 64k 0.138 / 0.489
+# (0.141 / 0.503); but 1 x 32k 0.0517 (0.0496): ROWS_SHORT_ITEMS.
 ROWS_SHAPES = [
-    (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
-                         blocks_per_sm=8)),
+    (128, 1, False, dict(warps=4, tile_t=64, stages=2, d_split=1, blocks_per_sm=8)),
     (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1, min_blocks=3,
                         blocks_per_sm=8)),
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
+
+
+# ... one wave of items shorter than ROWS_SHORT_ITEMS tokens (1 x 32k: 8 KV heads x 47 items of
+# 704 tokens at 3 blocks per SM, 0.0517 ms) keep the earlier shape: warp pipelines S3, 2 blocks
+# per SM (32 items of 1024 tokens, 0.0496; FlashInfer 0.0530; H200, round s4b)
+ROWS_SHORT_ITEMS = 2048
+ROWS_SHORT_ITEMS_SHAPE = dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True)
+
+
+def short_items_config(dtype: str, head_dim: int, group: int, scheme: str,
+                       item_tokens: int) -> TCConfig | None:
+    """For a plan on the planner's own choice for uncompressed pages: the shape of one wave of
+    short items (ROWS_SHORT_ITEMS_SHAPE) where that choice is decode_mma_rows.cu's fp16 shape
+    at head_dim 128 and the plan's items are shorter than ROWS_SHORT_ITEMS tokens; else None
+    (the choice stays)."""
+    if (scheme != "items" or item_tokens >= ROWS_SHORT_ITEMS or head_dim > 128
+            or tc_config(dtype, head_dim, group).impl != "rows"):
+        return None
+    return tc_config(dtype, head_dim, group, impl="rows", **ROWS_SHORT_ITEMS_SHAPE)
 
 
 def planner_impl(group: int, head_dim: int, kv_quant: int) -> str:

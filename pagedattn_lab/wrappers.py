@@ -35,8 +35,8 @@ from . import decode_plan as dp
 from . import decode_work as dw
 from .decode_tc_sizes import tc_max_parts, tc_resident_blocks
 from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes, data_pointer,
-                               dtype_name, from_torch, is_torch_tensor, page_shift, sm_count,
-                               to_torch_like)
+                               dtype_name, from_torch, gpu_resident_blocks, is_torch_tensor,
+                               page_shift, sm_count, to_torch_like)
 from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
 from .decode_run import DecodeRun
 from .rawkernel import PackedLaunch
@@ -184,10 +184,18 @@ class BatchDecodeWrapper(DecodeRun):
                                  self.scale_scheme == "per_token")
         rows, row_tiles = cfg.rows, cfg.row_tiles
         grid_y = self.num_kv_heads * cfg.chunks
-        sms, resident = sm_count(self.on_gpu), tc_resident_blocks(cfg, self.head_dim)
+        kern = load_kernel(cfg.source, cfg.function, cfg.options)
+        # blocks per SM: the driver's count on the GPU, the sizes' on the CPU executor
+        resident = (gpu_resident_blocks(kern, cfg.threads, cfg.shared) if self.on_gpu
+                    else tc_resident_blocks(cfg, self.head_dim))
+        sms = sm_count(self.on_gpu)
         self.scheme, segments = dw.tc_work(lens_h, cfg, grid_y, sms, resident,
                                            tc_max_parts(rows, cfg.kv_bytes), num_splits,
                                            scheme, ranges)
+        short = tc is None and fmt is None and dp.short_items_config(
+            self.dtype, self.head_dim, group, self.scheme, segments.range_tokens)
+        if short:   # one wave of short items: the planner's shape for them (decode_plan)
+            return self._plan_tensor_core(lens_h, num_splits, short, scheme, ranges)
         self.part_len, self.max_parts = segments.range_tokens, segments.max_parts
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
@@ -214,8 +222,7 @@ class BatchDecodeWrapper(DecodeRun):
                 i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]))
         tail += (i32(rows),) if cfg.impl != "wmma" else (i32(self.part_len), i32(rows))
         no_scale = self._no_scale
-        self._add_launch(load_kernel(cfg.source, cfg.function, cfg.options), self.grid,
-                         cfg.shared,
+        self._add_launch(kern, self.grid, cfg.shared,
                          lambda q, k, v, out, s, ks=no_scale, vs=no_scale:
                          (q, k, v, ks, vs, *fixed, out, *tail, s), block=cfg.threads)
         split = np.flatnonzero(segments.parts > 1)

@@ -79,6 +79,21 @@ def test_balanced_segments_respect_the_merge_limit():
     assert seg.max_parts <= 100 and len(seg.seg_ptr) - 1 <= 100
 
 
+@pytest.mark.parametrize("resident,sms,grid_y", [(3, 132, 8), (2, 132, 8), (3, 132, 5),
+                                                (1, 4, 3), (2, 4, 16)])
+def test_balanced_ranges_fit_in_one_wave(resident, sms, grid_y):
+    """One range per resident slot, rounded down: a range more than the slots hold waits for
+    a second wave (3 blocks per SM, 132 SMs, 8 KV heads: 49.5 slots per KV head; 50 ranges
+    each were 400 blocks for 396 slots and ran 1.35x slower on the H200)."""
+    cfg = dp.tc_config("float16", 128, 4, impl="rows")
+    lens = np.full(64, 4096)
+    _, seg = dw.tc_work(lens, cfg, grid_y, sms, resident, max_parts=10_000, num_splits=None,
+                        scheme="balanced")
+    blocks = (seg.seg_ptr.size - 1) * grid_y
+    assert blocks <= max(resident * sms, grid_y)   # (one range per KV head at the least)
+    assert blocks > resident * sms - grid_y        # and no more than a range's slots idle
+
+
 def test_item_segments_are_the_partitions():
     seg = dw.item_segments(np.array([5, 12, 1, 9]), 4)
     assert (np.diff(seg.seg_ptr) == 1).all()
@@ -237,3 +252,21 @@ def test_rows_over_codes_take_the_measured_scheme(rng, monkeypatch, kv_dtype, sc
     assert w.scheme == work
     out = launch(w, q, kc, vc, ks, vs, poisoned(q.shape, "float16"))
     check_rows(out, reference((q, kd, vd, tables, lens)), "float16")
+
+
+@pytest.mark.parametrize("lens,scheme,stages", [
+    ([20000, 20000], "items", 2),     # one wave of long items (8 x 32k on the H200)
+    ([3000], "items", 3),              # one wave of short items (1 x 32k): warp pipes S3
+    ([300] * 40, "balanced", 2)])      # past one wave: balanced ranges
+def test_rows_planner_shape_follows_the_work(lens, scheme, stages):
+    """decode_mma_rows.cu, fp16 at head_dim 128 (measured, decode_plan.ROWS_SHAPES and
+    ROWS_SHORT_ITEMS): two stages of the block's pipeline (3 blocks per SM) for balanced
+    ranges and long items, warp pipelines over three stages for one wave of short items."""
+    tables = np.arange(len(lens) * 1250, dtype=np.int32).reshape(len(lens), 1250)
+    w = BatchDecodeWrapper().plan(tables, np.array(lens, np.int32), 8, 2, 128, 16, "float16",
+                                  kernel="tensor_core")
+    cfg = w.tc_config
+    assert (w.scheme, cfg.impl, cfg.stages, cfg.warp_pipe) == (scheme, "rows", stages,
+                                                                stages == 3)
+    if scheme == "items":
+        assert (w.part_len < dp.ROWS_SHORT_ITEMS) == (stages == 3)

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab import decode_plan as dp
+from pagedattn_lab.kernels import kernel as load_kernel
 from pagedattn_lab.wrappers import BatchDecodeWrapper
 
 from .decode_cases import check_close, decode_problem, reference
@@ -99,3 +100,28 @@ def test_balanced_ranges_over_compressed_pages(rng, cp, kv_dtype, scheme, head_d
     dev = [cp.asarray(a) for a in (q, kc, vc, ks, vs)]
     out = launch(w, *dev, cp.full(q.shape, np.nan, np.float16))
     check_close(cp.asnumpy(out), reference((q, kd, vd, tables, lens)), "float16")
+
+
+@pytest.mark.parametrize("shape", [None, dict(warps=4, tile_t=64, stages=2, impl="rows")],
+                         ids=["planner", "R W4 T64 S2"])
+def test_balanced_ranges_fill_one_wave_of_the_drivers_count(rng, cp, shape):
+    """On the GPU a plan counts the blocks an SM holds as the driver does (the occupancy API
+    on the compiled kernel), and cuts one range per slot, rounded down, so that every block
+    starts at once: the two-stage rows shape (73 KB) holds 3 per SM on the H200, where
+    50 x 8 ranges (rounded up) left 4 blocks for a second wave."""
+    lens = list(rng.integers(1, 3000, 100))
+    args = decode_problem(rng, lens, num_heads=32, num_kv_heads=8, head_dim=128)
+    dev = on_gpu(cp, args, "float16")
+    cfg = dp.tc_config("float16", 128, 4, **(shape or {}))
+    w = BatchDecodeWrapper().plan(dev[3], dev[4], 32, 8, 128, 16, "float16",
+                                  kernel="tensor_core")
+    w._launches = []
+    w._plan_tensor_core(args[4], None, tc=cfg, scheme="balanced")
+    kern = load_kernel(cfg.source, cfg.function, cfg.options)
+    resident = cp.cuda.driver.occupancyMaxActiveBlocksPerMultiprocessor(
+        kern.gpu.kernel.ptr, cfg.threads, cfg.shared)
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    blocks = w.grid[0] * w.grid[1]
+    assert resident * sms - w.grid[1] < blocks <= resident * sms, (resident, w.grid)
+    check_close(cp.asnumpy(w.run(*dev[:3], out=poisoned_out(cp, dev, "float16"))),
+                reference(args), "float16")
