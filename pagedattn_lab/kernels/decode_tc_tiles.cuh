@@ -72,6 +72,9 @@ __device__ inline void advance_tile(TileCursor& c, const int* segs)
 // thread's 16-byte chunks (-1 past the end: zeros, nothing read), read from the block table
 // one iteration before the copies need them (an L2 round trip off the path between barrier
 // and arithmetic); then the copies.
+#ifndef COPY_OFF32   // compressed pages: cheaper copy addresses (copy_tile), measured there
+#define COPY_OFF32 (KV_QUANT != 0)
+#endif
 constexpr int TILE_COPIES = (CP_TOKENS * CHUNKS + CP_THREADS - 1) / CP_THREADS;   // per thread
 
 __device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int t0, int end,
@@ -102,9 +105,19 @@ __device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_
         if (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS) {
             const int t = t0 + c / CHUNKS;
             const int in_page = page_shift >= 0 ? (t & (page_size - 1)) : (t % page_size);
+#if COPY_OFF32
+            // the offset inside a page in 32 bits (less than page_stride elements), the page
+            // itself in one wide multiply; a page id of -1 (nothing read) addresses page 0
+            const long long e = (long long)((unsigned long long)(unsigned)max(pg[i], 0)
+                                            * (unsigned long long)page_stride
+                                            + (unsigned)(in_page * (int)row_stride
+                                                         + (int)head_off
+                                                         + (c % CHUNKS) * CHUNK_ELEMS));
+#else
             const long long e = pg[i] < 0 ? 0 : (long long)pg[i] * page_stride
                                 + (long long)in_page * row_stride + head_off
                                 + (c % CHUNKS) * CHUNK_ELEMS;
+#endif
             const int at = stage_at(c / CHUNKS, c % CHUNKS);
             copy16_async(ks + at, k_cache + e, pg[i] >= 0);
             copy16_async(ks + CP_TOKENS * LDC + at, v_cache + e, pg[i] >= 0);
