@@ -57,6 +57,9 @@
 #endif
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");
+#ifndef LAZY_RESCALE   // O rescaled only when a maximum grew (default: compressed pages)
+#define LAZY_RESCALE (KV_QUANT != 0)
+#endif
 constexpr int MT = TW / 16;                   // m tiles (16 tokens) per warp and tile
 #if KV_QUANT
 constexpr int OM = 8 * V_PASSES / D_SPLIT;    // m tiles of O^T (16 dims) per warp
@@ -270,7 +273,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                     mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 8));
                     mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 16));
                     const float m_new = fmaxf(m_run[h][c], mx[c]);
-                    alpha[c] = exp2f(m_run[h][c] - m_new);
+                    alpha[c] = softmax_exp2(m_run[h][c] - m_new);
                     m_run[h][c] = m_new;
                     l_run[h][c] *= alpha[c];
                 }
@@ -278,13 +281,16 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 for (int j = 0; j < MT; ++j) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        s[j][h][e] = exp2f(s[j][h][e] - m_run[h][e % 2]);   // 0 for a masked token
+                        s[j][h][e] = softmax_exp2(s[j][h][e] - m_run[h][e % 2]);   // 0: masked
                         l_run[h][e % 2] += s[j][h][e];
 #if KV_QUANT && PER_TOKEN_SCALES
                         s[j][h][e] *= vsc[16 * j + 8 * (e / 2)];   // not in l
 #endif
                     }
                 }
+#if LAZY_RESCALE   // (a warp whose maxima all stayed has nothing to rescale: alpha = 1)
+                if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f))
+#endif
 #pragma unroll
                 for (int n = 0; n < OM; ++n) {
                     o[h][n][0] *= alpha[0];

@@ -72,8 +72,14 @@ __device__ inline void advance_tile(TileCursor& c, const int* segs)
 // thread's 16-byte chunks (-1 past the end: zeros, nothing read), read from the block table
 // one iteration before the copies need them (an L2 round trip off the path between barrier
 // and arithmetic); then the copies.
-#ifndef COPY_OFF32   // compressed pages: cheaper copy addresses (copy_tile), measured there
-#define COPY_OFF32 (KV_QUANT != 0)
+// COPY_SLOTS (default: compressed pages): tile_pages keeps each chunk's token slot (page id x
+// page_size + place in the page, unsigned 32 bits; ~0u: past the end) instead of its page
+// id, so that copy_tile's address is one wide multiply by the row stride: per chunk ~10
+// instructions fewer (the 64-bit page multiply-add chain, its sign extensions and the branch
+// around it for page id -1). Slots fit in 32 bits: the caches hold at least 64 bytes per slot
+// and KV head (codes at head_dim 64 and more), 256 GB at 2^32 slots.
+#ifndef COPY_SLOTS
+#define COPY_SLOTS (KV_QUANT != 0)
 #endif
 constexpr int TILE_COPIES = (CP_TOKENS * CHUNKS + CP_THREADS - 1) / CP_THREADS;   // per thread
 
@@ -85,9 +91,30 @@ __device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int 
         const int c = i * CP_THREADS + cid;
         const int t = t0 + c / CHUNKS;
         pg[i] = -1;   // a token past the end is never looked up
-        if (t < end && (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS))
+        if (t < end && (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS)) {
+#if COPY_SLOTS
+            const int in_page = page_shift >= 0 ? (t & (page_size - 1)) : (t % page_size);
+            pg[i] = (int)((unsigned)table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)]
+                          * (unsigned)page_size + (unsigned)in_page);
+#else
             pg[i] = table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)];
+#endif
+        }
     }
+}
+
+// base + slot x bytes in one wide multiply-add (mad.wide.u32: the compiler otherwise adds
+// the base pointer separately, two more instructions per address)
+__device__ inline const void* slot_address(const void* base, unsigned slot, unsigned bytes)
+{
+#ifdef __CUDA_ARCH__
+    unsigned long long a;
+    asm("mad.wide.u32 %0, %1, %2, %3;\n"
+        : "=l"(a) : "r"(slot), "r"(bytes), "l"(reinterpret_cast<unsigned long long>(base)));
+    return reinterpret_cast<const void*>(a);
+#else
+    return static_cast<const unsigned char*>(base) + (unsigned long long)slot * bytes;
+#endif
 }
 
 // The copies of one tile into stage buffer `stage` (K rows, then V rows); with per-token
@@ -99,25 +126,48 @@ __device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_
                                  int page_size, int page_shift, long long page_stride,
                                  long long row_stride, long long head_off, int cid)
 {
+#if COPY_SLOTS
+    // pg: each chunk's token slot (~0u: nothing read, from slot 0's address). A chunk's
+    // address is its column's address in slot 0 + slot x the slot's bytes: one wide
+    // multiply-add each for K and V. Where the threads divide into whole rows (EVEN), a
+    // thread copies one chunk column, in rows cid / CHUNKS + i x (CP_THREADS / CHUNKS), so
+    // that its column addresses and stage offsets are the same (+ a constant) every copy.
+    constexpr bool EVEN = CP_THREADS % CHUNKS == 0;
+    const unsigned slot_bytes = (unsigned)(row_stride * (long long)sizeof(CACHE_T));
+    const unsigned u = (unsigned)cid;
+#pragma unroll
+    for (int i = 0; i < TILE_COPIES; ++i) {
+        const unsigned c = i * CP_THREADS + u;
+        const unsigned r = EVEN ? i * (CP_THREADS / CHUNKS) + u / CHUNKS : c / CHUNKS;
+        const unsigned ch = EVEN ? u % CHUNKS : c % CHUNKS;
+        if (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS) {
+            const bool valid = pg[i] != -1;
+            const unsigned slot = valid ? (unsigned)pg[i] : 0u;
+            const long long col = head_off + ch * CHUNK_ELEMS;
+            const int at = stage_at(r, ch);
+            copy16_async(ks + at, slot_address(k_cache + col, slot, slot_bytes), valid);
+            copy16_async(ks + CP_TOKENS * LDC + at, slot_address(v_cache + col, slot, slot_bytes),
+                         valid);
+#if KV_QUANT && PER_TOKEN_SCALES   // scale index: slot x num_kv_heads + kv_head
+            if (ch == 0) {
+                const long long si = (long long)slot * (row_stride / HEAD_DIM)
+                                     + head_off / HEAD_DIM;
+                copy4_async(sc + r, k_scale + si, valid);
+                copy4_async(sc + CP_TOKENS + r, v_scale + si, valid);
+            }
+#endif
+        }
+    }
+#else
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
         const int c = i * CP_THREADS + cid;
         if (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS) {
             const int t = t0 + c / CHUNKS;
             const int in_page = page_shift >= 0 ? (t & (page_size - 1)) : (t % page_size);
-#if COPY_OFF32
-            // the offset inside a page in 32 bits (less than page_stride elements), the page
-            // itself in one wide multiply; a page id of -1 (nothing read) addresses page 0
-            const long long e = (long long)((unsigned long long)(unsigned)max(pg[i], 0)
-                                            * (unsigned long long)page_stride
-                                            + (unsigned)(in_page * (int)row_stride
-                                                         + (int)head_off
-                                                         + (c % CHUNKS) * CHUNK_ELEMS));
-#else
             const long long e = pg[i] < 0 ? 0 : (long long)pg[i] * page_stride
                                 + (long long)in_page * row_stride + head_off
                                 + (c % CHUNKS) * CHUNK_ELEMS;
-#endif
             const int at = stage_at(c / CHUNKS, c % CHUNKS);
             copy16_async(ks + at, k_cache + e, pg[i] >= 0);
             copy16_async(ks + CP_TOKENS * LDC + at, v_cache + e, pg[i] >= 0);
@@ -129,6 +179,7 @@ __device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_
 #endif
         }
     }
+#endif
 }
 
 #if KV_QUANT
