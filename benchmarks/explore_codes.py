@@ -8,8 +8,8 @@ without them, the fp16 planner and the SIMT kernel over the same codes, in one p
 
 Variant names: "R"/"M" (decode_mma_rows.cu / decode_mma.cu) + codes + "bal"/"items" (the
 planner's shape on that work scheme, explore_rows.py), then a tag: "old" = the codes paths as
-they were before session 4 (-DCVT_DIRECT=0 -DCOPY_SLOTS=0), "cvt" = only the conversions
-changed (-DCOPY_SLOTS=0); no tag = this tree's defaults. "simt ..." = kernels/decode.cu."""
+they were before session 4 (OLD: the four knobs off), "cvt" = only the conversions changed;
+no tag = this tree's defaults. "simt ..." = kernels/decode.cu."""
 import math
 import sys
 from pathlib import Path
@@ -23,7 +23,8 @@ import explore as ex  # noqa: E402
 import explore_rows as er  # noqa: E402
 
 V = ex.V
-TAGS = {"": (), " old": ("-DCVT_DIRECT=0", "-DCOPY_SLOTS=0"), " cvt": ("-DCOPY_SLOTS=0",)}
+OLD = ("-DCVT_DIRECT=0", "-DCOPY_SLOTS=0", "-DSOFTMAX_EX2=0", "-DLAZY_RESCALE=0")
+TAGS = {"": (), " old": OLD, " cvt": OLD[1:]}
 for base in [n for n in list(V) if n.startswith(("R ", "M ")) and n.endswith((" bal", " items"))
              and V[n]["quant"]]:
     for tag, extra in TAGS.items():

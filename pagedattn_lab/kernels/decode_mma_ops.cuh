@@ -115,9 +115,12 @@ __device__ inline unsigned word_of(const uint4& x, int i)
 // three instructions more per weight, for weights that change no sum); its error, ~2^-22
 // relative, is far below the fp16 rounding of P. fp16/bf16 pages keep exp2f (their cubins
 // unchanged); the CPU executor runs exp2f.
+#ifndef SOFTMAX_EX2
+#define SOFTMAX_EX2 (KV_QUANT != 0)
+#endif
 __device__ inline float softmax_exp2(float x)
 {
-#if KV_QUANT && defined(__CUDA_ARCH__)
+#if SOFTMAX_EX2 && defined(__CUDA_ARCH__)
     float y;
     asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
     return y;
