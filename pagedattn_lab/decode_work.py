@@ -163,7 +163,9 @@ def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_par
         one_wave = lens.size * grid_y <= resident * sms   # unsplit sequences fit in one wave
         scheme = "items" if num_splits is not None or one_wave else cfg.scheme or TC_SCHEME
     if scheme == "balanced":
-        ranges = ranges or max(1, round(TC_RANGES_PER_SLOT * resident * sms / grid_y))
+        # (rounded down: 3 blocks per SM x 132 SMs / 8 KV heads is 49.5, and 50 ranges are
+        # 400 blocks for 396 slots: 4 in a second wave, each as long as the first wave)
+        ranges = ranges or max(1, int(TC_RANGES_PER_SLOT * resident * sms // grid_y))
         return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)
     part_len = choose_tc_part_len(lens, grid_y, sms, max_parts, num_splits, resident,
                                   cfg.blocks_per_sm)
