@@ -57,9 +57,6 @@
 #endif
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");
-#ifndef LAZY_RESCALE   // O rescaled only when a maximum grew (default: compressed pages)
-#define LAZY_RESCALE (KV_QUANT != 0)
-#endif
 constexpr int MT = TW / 16;                   // m tiles (16 tokens) per warp and tile
 #if KV_QUANT
 constexpr int OM = 8 * V_PASSES / D_SPLIT;    // m tiles of O^T (16 dims) per warp
