@@ -30,19 +30,23 @@ for base in [n for n in list(V) if n.startswith(("R ", "M ")) and n.endswith((" 
     for tag, extra in TAGS.items():
         if tag:
             V[base + tag] = {**V[base], "extra": extra}
-for q in ("fp8", "int8"):   # the shared-memory carveout set to its maximum (run these last:
-    # the attribute stays on the compiled kernel, which later variants of the same shape share)
-    V[f"R {q} bal carve"] = {**V[f"R {q} bal"], "carve": 100}
+for q, qn in ((2, "fp8"), (1, "int8")):   # alternates on balanced ranges, 3 blocks per SM
+    V[f"R {qn} C2/bal"] = {**er.rshape(4, 128, 2, mb=3, quant=q, s_chains=2), "split": "balanced"}
+    V[f"R {qn} W4P/bal"] = {**er.rshape(4, 128, 2, mb=3, quant=q, pipe=True), "split": "balanced"}
+    V[f"M {qn} mb3/bal"] = {**ex.mshape(4, 128, 2, mb=3, quant=q), "split": "balanced"}
 
 CODES = {   # the first variant is the err column's reference (fp16 on the dequantized cache)
     "D64-gqa4": ["planner"]
-    + [f"R {q} items{t}" for q in ("fp8", "int8") for t in ("", " old", " cvt")]
-    + [f"M {q} bal{t}" for q in ("fp8", "int8") for t in ("", " old")]
     + [f"R {q} bal{t}" for q in ("fp8", "int8") for t in ("", " old")]
+    + [f"R {q} items{t}" for q in ("fp8", "int8") for t in ("", " old")]
+    + [f"M {q} bal{t}" for q in ("fp8", "int8") for t in ("", " old")]
     + [f"R {q}/tok bal{t}" for q in ("fp8", "int8") for t in ("", " old")]
-    + [f"simt {q}{t}" for q in ("fp8", "int8") for t in ("", "/tok")]
-    + ["R fp8 bal carve", "R int8 bal carve"],
-    "8x32k-gqa4": ["planner", "R fp8 items", "R fp8 items old", "simt fp8"],
+    + [f"M {q}/tok bal" for q in ("fp8", "int8")]
+    + [f"{k} {q} {v}/bal" for q in ("fp8", "int8") for k, v in (("R", "C2"), ("R", "W4P"),
+                                                                 ("M", "mb3"))]
+    + [f"simt {q}{t}" for q in ("fp8", "int8") for t in ("", "/tok")],
+    "8x32k-gqa4": ["planner", "R fp8 items", "R fp8 bal", "M fp8 bal", "R fp8 items old",
+                   "simt fp8"],
 }
 
 _config = ex.config
@@ -53,18 +57,6 @@ def config(w, name):
     cfg = _config(w, name)
     extra = V[name].get("extra", ())
     return cfg._replace(options=cfg.options + tuple(extra)) if extra else cfg
-
-
-_plan = ex.plan
-
-
-def plan(inp, w, name):
-    """explore's plan; "carve": the kernel's preferred shared-memory carveout (percent)."""
-    p = _plan(inp, w, name)
-    if "carve" in V[name]:
-        for launch in p._launches:
-            launch[0].gpu.preferred_shared_memory_carveout = V[name]["carve"]
-    return p
 
 
 def ncu(names):
@@ -87,7 +79,7 @@ def ncu(names):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    ex.config, ex.plan = config, plan
+    ex.config = config
     if "--ncu" in argv:
         ex.plan_with = er.plan_with
         return ncu([a for a in argv if a != "--ncu"])
