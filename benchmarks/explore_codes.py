@@ -8,8 +8,8 @@ without them, the fp16 planner and the SIMT kernel over the same codes, in one p
 
 Variant names: "R"/"M" (decode_mma_rows.cu / decode_mma.cu) + codes + "bal"/"items" (the
 planner's shape on that work scheme, explore_rows.py), then a tag: "old" = the codes paths as
-they were before session 4 (OLD: the four knobs off), "cvt" = only the conversions changed;
-no tag = this tree's defaults. "simt ..." = kernels/decode.cu."""
+they were before session 4 (OLD: the three knobs off: main's cubins), "slots0" / "ex2off" =
+one knob off; no tag = this tree's defaults. "planner fp8" etc.: the plan's own choice. "simt ..." = kernels/decode.cu."""
 import math
 import sys
 from pathlib import Path
@@ -23,30 +23,27 @@ import explore as ex  # noqa: E402
 import explore_rows as er  # noqa: E402
 
 V = ex.V
-OLD = ("-DCVT_DIRECT=0", "-DCOPY_SLOTS=0", "-DSOFTMAX_EX2=0", "-DLAZY_RESCALE=0")
-TAGS = {"": (), " old": OLD, " cvt": OLD[1:]}
+OLD = ("-DCVT_DIRECT=0", "-DCOPY_SLOTS=0", "-DSOFTMAX_EX2=0")
+TAGS = {"": (), " old": OLD, " slots0": ("-DCOPY_SLOTS=0",), " ex2off": ("-DSOFTMAX_EX2=0",)}
 for base in [n for n in list(V) if n.startswith(("R ", "M ")) and n.endswith((" bal", " items"))
              and V[n]["quant"]]:
     for tag, extra in TAGS.items():
         if tag:
             V[base + tag] = {**V[base], "extra": extra}
 for q, qn in ((2, "fp8"), (1, "int8")):   # alternates on balanced ranges, 3 blocks per SM
-    V[f"R {qn} C2/bal"] = {**er.rshape(4, 128, 2, mb=3, quant=q, s_chains=2), "split": "balanced"}
     V[f"R {qn} W4P/bal"] = {**er.rshape(4, 128, 2, mb=3, quant=q, pipe=True), "split": "balanced"}
     V[f"M {qn} mb3/bal"] = {**ex.mshape(4, 128, 2, mb=3, quant=q), "split": "balanced"}
 
 CODES = {   # the first variant is the err column's reference (fp16 on the dequantized cache)
     "D64-gqa4": ["planner"]
-    + [f"R {q} bal{t}" for q in ("fp8", "int8") for t in ("", " old")]
-    + [f"R {q} items{t}" for q in ("fp8", "int8") for t in ("", " old")]
-    + [f"M {q} bal{t}" for q in ("fp8", "int8") for t in ("", " old")]
+    + [f"planner {q}{t}" for q in ("fp8", "int8") for t in ("", "/tok")]
+    + [f"R fp8 bal{t}" for t in ("", " slots0", " ex2off", " old")]
+    + ["R int8 bal", "R int8 bal old", "R fp8 items", "R fp8 W4P/bal"]
+    + [f"M fp8 bal{t}" for t in ("", " slots0", " old")] + ["M fp8 mb3/bal", "M int8 bal"]
     + [f"R {q}/tok bal{t}" for q in ("fp8", "int8") for t in ("", " old")]
-    + [f"M {q}/tok bal" for q in ("fp8", "int8")]
-    + [f"{k} {q} {v}/bal" for q in ("fp8", "int8") for k, v in (("R", "C2"), ("R", "W4P"),
-                                                                 ("M", "mb3"))]
-    + [f"simt {q}{t}" for q in ("fp8", "int8") for t in ("", "/tok")],
-    "8x32k-gqa4": ["planner", "R fp8 items", "R fp8 bal", "M fp8 bal", "R fp8 items old",
-                   "simt fp8"],
+    + [f"simt {q}{t}" for q in ("fp8", "int8") for t in ("", "/tok")]
+    + ["planner", "planner fp8", "R fp8 bal"],   # again: the run's spread
+    "8x32k-gqa4": ["planner", "planner fp8", "R fp8 items", "simt fp8"],
 }
 
 _config = ex.config

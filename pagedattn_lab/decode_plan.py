@@ -36,12 +36,12 @@ HEAD_DIM_MAX = 256
 MHA_KERNEL = "simt"
 TC_AUTO_MAX_HEAD_DIM = 256
 # Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT, per
-# scale scheme (D64 GQA 32/8, H200, 2026-12-02, round r7, group 4): static scales on SIMT
-# (fp8 0.115 ms, int8 0.122, branch qsimt2) ahead of the tensor cores (tokens as rows, one
-# item per block: 0.127 / 0.130; heads as rows, balanced: 0.125 / 0.126); per-token scales on
-# the tensor cores (rows, balanced: 0.140 / 0.142) ahead of SIMT (0.148 / 0.153). Groups 2
-# and 3 were not measured on the tensor cores and stay on SIMT.
-COMPRESSED_SIMT_MAX_GROUP = {"static": 4, "per_token": 2}
+# scale scheme (D64 GQA 32/8, H200, group 4, benchmarks/NOTES.md "Compressed GQA on tensor
+# cores (session 4)", round s4b): the tensor cores lead for both schemes since the codes are
+# converted on whole registers (rows, balanced ranges: static fp8 0.101 ms / int8 0.105,
+# per-token 0.112 / 0.115) against SIMT (0.114 / 0.120; 0.149 / 0.153). Groups 2 and 3 were
+# not measured on the tensor cores and stay on SIMT.
+COMPRESSED_SIMT_MAX_GROUP = {"static": 2, "per_token": 2}
 # ... in partitions of this many tokens when 4+ query heads share a block (the SIMT kernel's
 # per-block work, q's preparation and the groups' merge, weighs more there; D64 GQA 32/8,
 # H200, round r7: 1024 0.115 ms fp8 static against 0.121 with PART_LEN's 512).
@@ -178,10 +178,11 @@ TC_IMPL = "auto"
 # (0.125 / 0.126: rows 2% behind on D64) but 8 x 32k fp8 0.174 (0.194). MQA 16/1 stays on
 # decode_mma (r5: 0.042 against 0.039).
 ROWS_AUTO: list[tuple[bool, tuple[int, ...], int]] = [(True, (128,), 8), (False, (128, 256), 8)]
-# rows over codes with static scales take one partition per block ("items"): on balanced
-# ranges that shape (3 blocks per SM by the sizes) measured 0.147 against 0.127 on items (r7;
-# every balanced plan that counts 3 resident blocks per SM measured slow, NOTES.md).
-ROWS_STATIC_CODES_SCHEME = "items"
+# The work scheme rows over codes with static scales take (None: decode_work's rule, balanced
+# ranges past one wave). r7 and s4a measured them on items (0.127 against 0.147 balanced):
+# that balanced plan was 50 ranges x 8 KV heads for 396 resident slots, a 4-block second wave;
+# at 49 ranges (s4b) balanced 0.101 against items 0.108.
+ROWS_STATIC_CODES_SCHEME: str | None = None
 
 
 class TCConfig(NamedTuple):

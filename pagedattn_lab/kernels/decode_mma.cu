@@ -250,9 +250,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                     l_run[e / 2] += s[n][e];
                 }
             }
-#if LAZY_RESCALE   // (a warp whose maxima all stayed has nothing to rescale: alpha = 1)
-            if (__any_sync(0xffffffffu, alpha[0] != 1.0f || alpha[1] != 1.0f))
-#endif
 #pragma unroll
             for (int n = 0; n < DP * 2; ++n) {
                 o[n][0] *= alpha[0];

@@ -129,12 +129,6 @@ __device__ inline float softmax_exp2(float x)
 #endif
 }
 
-// The online softmax's O rescaled only when a warp's running maximum grew (alpha != 1 for
-// some lane; decoding, the maxima settle within a few tiles): default for compressed pages
-#ifndef LAZY_RESCALE
-#define LAZY_RESCALE (KV_QUANT != 0)
-#endif
-
 // The scales that apply to a whole KV head: with static scales K's folds into the logits'
 // scale and V's into the output's multiplier (returned); per-token scales are applied token
 // by token, so only the converted codes' unit remains.

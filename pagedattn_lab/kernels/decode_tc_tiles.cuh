@@ -72,12 +72,12 @@ __device__ inline void advance_tile(TileCursor& c, const int* segs)
 // thread's 16-byte chunks (-1 past the end: zeros, nothing read), read from the block table
 // one iteration before the copies need them (an L2 round trip off the path between barrier
 // and arithmetic); then the copies.
-// COPY_SLOTS (default: compressed pages): tile_pages keeps each chunk's token slot (page id x
-// page_size + place in the page, unsigned 32 bits; ~0u: past the end) instead of its page
-// id, so that copy_tile's address is one wide multiply by the row stride: per chunk ~10
-// instructions fewer (the 64-bit page multiply-add chain, its sign extensions and the branch
-// around it for page id -1). Slots fit in 32 bits: the caches hold at least 64 bytes per slot
-// and KV head (codes at head_dim 64 and more), 256 GB at 2^32 slots.
+// COPY_SLOTS (default: compressed pages): copy_tile addresses a chunk by its token slot (page
+// id x page_size + place in the page, 32 bits unsigned) times the slot's bytes, one wide
+// multiply-add, instead of a 64-bit multiply-add chain with sign extensions and a branch
+// around it for page id -1. Slots fit in 32 bits: the caches hold at least 64 bytes per slot
+// and KV head (codes at head_dim 64 and more), 256 GB at 2^32 slots. The page ids stay as
+// loaded until the copies use them: arithmetic on them here would wait for the table's load.
 #ifndef COPY_SLOTS
 #define COPY_SLOTS (KV_QUANT != 0)
 #endif
@@ -91,15 +91,8 @@ __device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int 
         const int c = i * CP_THREADS + cid;
         const int t = t0 + c / CHUNKS;
         pg[i] = -1;   // a token past the end is never looked up
-        if (t < end && (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS)) {
-#if COPY_SLOTS
-            const int in_page = page_shift >= 0 ? (t & (page_size - 1)) : (t % page_size);
-            pg[i] = (int)((unsigned)table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)]
-                          * (unsigned)page_size + (unsigned)in_page);
-#else
+        if (t < end && (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS))
             pg[i] = table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)];
-#endif
-        }
     }
 }
 
@@ -127,11 +120,11 @@ __device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_
                                  long long row_stride, long long head_off, int cid)
 {
 #if COPY_SLOTS
-    // pg: each chunk's token slot (~0u: nothing read, from slot 0's address). A chunk's
-    // address is its column's address in slot 0 + slot x the slot's bytes: one wide
-    // multiply-add each for K and V. Where the threads divide into whole rows (EVEN), a
-    // thread copies one chunk column, in rows cid / CHUNKS + i x (CP_THREADS / CHUNKS), so
-    // that its column addresses and stage offsets are the same (+ a constant) every copy.
+    // A chunk's address: its column's address in slot 0 + slot x the slot's bytes, one wide
+    // multiply-add each for K and V (page id -1: nothing read, from slot 0's address). Where
+    // the threads divide into whole rows (EVEN), a thread copies one chunk column, in rows
+    // cid / CHUNKS + i x (CP_THREADS / CHUNKS), so that its column addresses and stage
+    // offsets are the same (+ a constant) every copy.
     constexpr bool EVEN = CP_THREADS % CHUNKS == 0;
     const unsigned slot_bytes = (unsigned)(row_stride * (long long)sizeof(CACHE_T));
     const unsigned u = (unsigned)cid;
@@ -141,8 +134,11 @@ __device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_
         const unsigned r = EVEN ? i * (CP_THREADS / CHUNKS) + u / CHUNKS : c / CHUNKS;
         const unsigned ch = EVEN ? u % CHUNKS : c % CHUNKS;
         if (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS) {
-            const bool valid = pg[i] != -1;
-            const unsigned slot = valid ? (unsigned)pg[i] : 0u;
+            const bool valid = pg[i] >= 0;
+            const int t = t0 + (int)r;
+            const int in_page = page_shift >= 0 ? (t & (page_size - 1)) : (t % page_size);
+            const unsigned slot = valid ? (unsigned)pg[i] * (unsigned)page_size + (unsigned)in_page
+                                        : 0u;
             const long long col = head_off + ch * CHUNK_ELEMS;
             const int at = stage_at(r, ch);
             copy16_async(ks + at, slot_address(k_cache + col, slot, slot_bytes), valid);
