@@ -163,8 +163,9 @@ def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_par
         one_wave = lens.size * grid_y <= resident * sms   # unsplit sequences fit in one wave
         scheme = "items" if num_splits is not None or one_wave else cfg.scheme or TC_SCHEME
     if scheme == "balanced":
-        # (rounded down: 3 blocks per SM x 132 SMs / 8 KV heads is 49.5, and 50 ranges are
-        # 400 blocks for 396 slots: 4 in a second wave, each as long as the first wave)
+        # rounded down: one range more than the slots hold is a second wave of one range
+        # (D64 GQA 32/8, 3 blocks per SM: 50 x 8 ranges for 396 slots ran 0.214 ms, the
+        # 4 blocks of the second wave starting at 132 us; NOTES.md, session 4)
         ranges = ranges or max(1, int(TC_RANGES_PER_SLOT * resident * sms // grid_y))
         return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)
     part_len = choose_tc_part_len(lens, grid_y, sms, max_parts, num_splits, resident,
