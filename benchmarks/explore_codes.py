@@ -9,7 +9,8 @@ without them, the fp16 planner and the SIMT kernel over the same codes, in one p
 Variant names: "R"/"M" (decode_mma_rows.cu / decode_mma.cu) + codes + "bal"/"items" (the
 planner's shape on that work scheme, explore_rows.py), then a tag: "old" = the codes paths as
 they were before session 4 (OLD: the three knobs off: main's cubins), "slots0" / "ex2off" =
-one knob off; no tag = this tree's defaults. "planner fp8" etc.: the plan's own choice. "simt ..." = kernels/decode.cu."""
+one knob off; no tag = this tree's defaults. "planner fp8" etc.: the plan's own choice;
+"simt ...": kernels/decode.cu over the same codes."""
 import math
 import sys
 from pathlib import Path

@@ -28,7 +28,7 @@ __device__ inline unsigned pack2(float lo, float hi)
 #ifndef FP8_BITS   // e4m3 codes to fp16 by moving bits (1 = yes, 0 = the conversion instruction)
 #define FP8_BITS 0
 #endif
-#ifndef CVT_DIRECT   // codes to fp16 pairs in PTX on whole registers (codes4_to_kv; 0: the __half2 form)
+#ifndef CVT_DIRECT   // codes4_to_kv in PTX on whole registers (0: the __half2 form)
 #define CVT_DIRECT 1
 #endif
 #if KV_QUANT == 2 && FP8_BITS && !defined(KV_BF16)
