@@ -36,12 +36,12 @@ HEAD_DIM_MAX = 256
 MHA_KERNEL = "simt"
 TC_AUTO_MAX_HEAD_DIM = 256
 # Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT, per
-# scale scheme (D64 GQA 32/8, H200, 2026-12-02, round r7, group 4): static scales on SIMT
-# (fp8 0.115 ms, int8 0.122, branch qsimt2) ahead of the tensor cores (tokens as rows, one
-# item per block: 0.127 / 0.130; heads as rows, balanced: 0.125 / 0.126); per-token scales on
-# the tensor cores (rows, balanced: 0.140 / 0.142) ahead of SIMT (0.148 / 0.153). Groups 2
-# and 3 were not measured on the tensor cores and stay on SIMT.
-COMPRESSED_SIMT_MAX_GROUP = {"static": 4, "per_token": 2}
+# scale scheme (D64 GQA 32/8, H200, group 4, benchmarks/NOTES.md "Compressed GQA on tensor
+# cores (session 4)", round s4c): the tensor cores lead for both schemes since the codes are
+# converted on whole registers (rows, balanced ranges: static fp8 0.098 ms / int8 0.100,
+# per-token 0.110 / 0.116) against SIMT (0.115 / 0.120; 0.148 / 0.152). Groups 2 and 3 were
+# not measured on the tensor cores and stay on SIMT.
+COMPRESSED_SIMT_MAX_GROUP = {"static": 2, "per_token": 2}
 # ... in partitions of this many tokens when 4+ query heads share a block (the SIMT kernel's
 # per-block work, q's preparation and the groups' merge, weighs more there; D64 GQA 32/8,
 # H200, round r7: 1024 0.115 ms fp8 static against 0.121 with PART_LEN's 512).
@@ -174,14 +174,15 @@ TC_IMPL = "auto"
 # Measured (H200, round r7, 2026-12-02, benchmarks/NOTES.md "Tensor-core decode v6"; both
 # kernels in their best scheme, ms): D64 GQA 32/8 fp16 0.161 (decode_mma 0.163), GQA 64/8
 # 0.166 (0.169), page 64 0.166 (0.169), head_dim 256 0.305 (0.312), 1 x 32k 0.050 (0.052);
-# codes per-token fp8 0.140 / int8 0.142 (0.142 / 0.143), static fp8 0.127 / int8 0.130
-# (0.125 / 0.126: rows 2% behind on D64) but 8 x 32k fp8 0.174 (0.194). MQA 16/1 stays on
-# decode_mma (r5: 0.042 against 0.039).
+# codes (round s4c, NOTES.md "Compressed GQA on tensor cores (session 4)") static fp8 0.098 /
+# int8 0.100 (decode_mma 0.098 / 0.104), per-token fp8 0.110 / int8 0.116, 8 x 32k fp8 0.147
+# (r7: 0.174 against 0.194). MQA 16/1 stays on decode_mma (r5: 0.042 against 0.039).
 ROWS_AUTO: list[tuple[bool, tuple[int, ...], int]] = [(True, (128,), 8), (False, (128, 256), 8)]
-# rows over codes with static scales take one partition per block ("items"): on balanced
-# ranges that shape (3 blocks per SM by the sizes) measured 0.147 against 0.127 on items (r7;
-# every balanced plan that counts 3 resident blocks per SM measured slow, NOTES.md).
-ROWS_STATIC_CODES_SCHEME = "items"
+# The work scheme rows over codes with static scales take (None: decode_work's rule, balanced
+# ranges past one wave). r7 and s4a measured them on items (0.127 against 0.147 balanced):
+# that balanced plan was 50 ranges x 8 KV heads for 396 resident slots, a 4-block second wave;
+# at 49 ranges (s4c) balanced 0.098 against items 0.105.
+ROWS_STATIC_CODES_SCHEME: str | None = None
 
 
 class TCConfig(NamedTuple):

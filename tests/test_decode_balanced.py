@@ -234,11 +234,11 @@ def test_the_planner_balances_rows_too(rng, monkeypatch):
 
 
 @needs_wmma
-@pytest.mark.parametrize("kv_dtype,scheme,work", [("int8", "static", "items"),
+@pytest.mark.parametrize("kv_dtype,scheme,work", [("int8", "static", "balanced"),
                                                   ("fp8_e4m3", "per_token", "balanced")])
 def test_rows_over_codes_take_the_measured_scheme(rng, monkeypatch, kv_dtype, scheme, work):
-    """decode_mma_rows.cu over codes: static scales on one partition per block
-    (ROWS_STATIC_CODES_SCHEME, measured), per-token on balanced ranges past one wave."""
+    """decode_mma_rows.cu over codes: both scale schemes on balanced ranges past one wave
+    (ROWS_STATIC_CODES_SCHEME None since the ranges fit the resident slots; measured)."""
     monkeypatch.setattr(dp, "TC_IMPL", "rows")
     args = decode_problem(rng, [70, 33, 5, 300, 17, 1, 129] * 3, num_heads=8, num_kv_heads=2,
                           head_dim=128)

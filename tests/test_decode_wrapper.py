@@ -135,8 +135,9 @@ def test_kernel_choice():
         assert dp.choose_kernel("auto", "float16", limit, 128, True, scheme) == "simt"
         assert dp.choose_kernel("auto", "float16", limit + 1, 128, True, scheme) == "tensor_core"
         assert dp.choose_kernel("tensor_core", "float16", 2, 128, True, scheme) == "tensor_core"
-    assert dp.choose_kernel("auto", "float16", 4, 128, True, "static") == "simt"
+    assert dp.choose_kernel("auto", "float16", 4, 128, True, "static") == "tensor_core"
     assert dp.choose_kernel("auto", "float16", 4, 128, True, "per_token") == "tensor_core"
+    assert dp.choose_kernel("auto", "float16", 2, 128, True, "static") == "simt"
     with pytest.raises(ValueError, match="kernel"):
         dp.choose_kernel("fast", "float16", 1, 64, on_gpu=True)
 

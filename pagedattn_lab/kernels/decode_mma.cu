@@ -238,7 +238,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 1));
                 mx[h] = fmaxf(mx[h], __shfl_xor_sync(0xffffffffu, mx[h], 2));
                 const float m_new = fmaxf(m_run[h], mx[h]);
-                alpha[h] = exp2f(m_run[h] - m_new);
+                alpha[h] = softmax_exp2(m_run[h] - m_new);
                 m_run[h] = m_new;
                 l_run[h] *= alpha[h];
             }
@@ -246,7 +246,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
             for (int n = 0; n < NT; ++n) {
 #pragma unroll
                 for (int e = 0; e < 4; ++e) {
-                    s[n][e] = exp2f(s[n][e] - m_run[e / 2]);   // 0 for a masked token
+                    s[n][e] = softmax_exp2(s[n][e] - m_run[e / 2]);   // 0 for a masked token
                     l_run[e / 2] += s[n][e];
                 }
             }

@@ -270,7 +270,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                     mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 8));
                     mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 16));
                     const float m_new = fmaxf(m_run[h][c], mx[c]);
-                    alpha[c] = exp2f(m_run[h][c] - m_new);
+                    alpha[c] = softmax_exp2(m_run[h][c] - m_new);
                     m_run[h][c] = m_new;
                     l_run[h][c] *= alpha[c];
                 }
@@ -278,7 +278,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 for (int j = 0; j < MT; ++j) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-                        s[j][h][e] = exp2f(s[j][h][e] - m_run[h][e % 2]);   // 0 for a masked token
+                        s[j][h][e] = softmax_exp2(s[j][h][e] - m_run[h][e % 2]);   // 0: masked
                         l_run[h][e % 2] += s[j][h][e];
 #if KV_QUANT && PER_TOKEN_SCALES
                         s[j][h][e] *= vsc[16 * j + 8 * (e / 2)];   // not in l

@@ -72,6 +72,15 @@ __device__ inline void advance_tile(TileCursor& c, const int* segs)
 // thread's 16-byte chunks (-1 past the end: zeros, nothing read), read from the block table
 // one iteration before the copies need them (an L2 round trip off the path between barrier
 // and arithmetic); then the copies.
+// COPY_SLOTS (default: compressed pages): copy_tile addresses a chunk by its token slot (page
+// id x page_size + place in the page, 32 bits unsigned) times the slot's bytes, one wide
+// multiply-add, instead of a 64-bit multiply-add chain with sign extensions and a branch
+// around it for page id -1. Slots fit in 32 bits: the caches hold at least 64 bytes per slot
+// and KV head (codes at head_dim 64 and more), 256 GB at 2^32 slots. The page ids stay as
+// loaded until the copies use them: arithmetic on them here would wait for the table's load.
+#ifndef COPY_SLOTS
+#define COPY_SLOTS (KV_QUANT != 0)
+#endif
 constexpr int TILE_COPIES = (CP_TOKENS * CHUNKS + CP_THREADS - 1) / CP_THREADS;   // per thread
 
 __device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int t0, int end,
@@ -87,6 +96,20 @@ __device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int 
     }
 }
 
+// base + slot x bytes in one wide multiply-add (mad.wide.u32: the compiler otherwise adds
+// the base pointer separately, two more instructions per address)
+__device__ inline const void* slot_address(const void* base, unsigned slot, unsigned bytes)
+{
+#ifdef __CUDA_ARCH__
+    unsigned long long a;
+    asm("mad.wide.u32 %0, %1, %2, %3;\n"
+        : "=l"(a) : "r"(slot), "r"(bytes), "l"(reinterpret_cast<unsigned long long>(base)));
+    return reinterpret_cast<const void*>(a);
+#else
+    return static_cast<const unsigned char*>(base) + (unsigned long long)slot * bytes;
+#endif
+}
+
 // The copies of one tile into stage buffer `stage` (K rows, then V rows); with per-token
 // scales, the thread that copies a row's first chunk also copies its two scales (the scale
 // index slot * num_kv_heads + kv_head is the row's element offset / HEAD_DIM).
@@ -96,6 +119,42 @@ __device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_
                                  int page_size, int page_shift, long long page_stride,
                                  long long row_stride, long long head_off, int cid)
 {
+#if COPY_SLOTS
+    // A chunk's address: its column's address in slot 0 + slot x the slot's bytes, one wide
+    // multiply-add each for K and V (page id -1: nothing read, from slot 0's address). Where
+    // the threads divide into whole rows (EVEN), a thread copies one chunk column, in rows
+    // cid / CHUNKS + i x (CP_THREADS / CHUNKS), so that its column addresses and stage
+    // offsets are the same (+ a constant) every copy.
+    constexpr bool EVEN = CP_THREADS % CHUNKS == 0;
+    const unsigned slot_bytes = (unsigned)(row_stride * (long long)sizeof(CACHE_T));
+    const unsigned u = (unsigned)cid;
+#pragma unroll
+    for (int i = 0; i < TILE_COPIES; ++i) {
+        const unsigned c = i * CP_THREADS + u;
+        const unsigned r = EVEN ? i * (CP_THREADS / CHUNKS) + u / CHUNKS : c / CHUNKS;
+        const unsigned ch = EVEN ? u % CHUNKS : c % CHUNKS;
+        if (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS) {
+            const bool valid = pg[i] >= 0;
+            const int t = t0 + (int)r;
+            const int in_page = page_shift >= 0 ? (t & (page_size - 1)) : (t % page_size);
+            const unsigned slot = valid ? (unsigned)pg[i] * (unsigned)page_size + (unsigned)in_page
+                                        : 0u;
+            const long long col = head_off + ch * CHUNK_ELEMS;
+            const int at = stage_at(r, ch);
+            copy16_async(ks + at, slot_address(k_cache + col, slot, slot_bytes), valid);
+            copy16_async(ks + CP_TOKENS * LDC + at, slot_address(v_cache + col, slot, slot_bytes),
+                         valid);
+#if KV_QUANT && PER_TOKEN_SCALES   // scale index: slot x num_kv_heads + kv_head
+            if (ch == 0) {
+                const long long si = (long long)slot * (row_stride / HEAD_DIM)
+                                     + head_off / HEAD_DIM;
+                copy4_async(sc + r, k_scale + si, valid);
+                copy4_async(sc + CP_TOKENS + r, v_scale + si, valid);
+            }
+#endif
+        }
+    }
+#else
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
         const int c = i * CP_THREADS + cid;
@@ -116,6 +175,7 @@ __device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_
 #endif
         }
     }
+#endif
 }
 
 #if KV_QUANT
