@@ -55,8 +55,18 @@ MQA = {   # name -> variant (explore.V's form); "part": forced tokens per partit
 PLANNER = M(8, 64, 3, 2, 2)   # the planner's MQA shape, with -D options of decode_mma.cu
 for tag, extra in (("direct", ("-DSEG_DIRECT=1",)), ("pf2", ("-DSLOT_PREFETCH=1",)),
                    ("pf1", ("-DSLOT_PREFETCH=2",)),
-                   ("direct pf2", ("-DSEG_DIRECT=1", "-DSLOT_PREFETCH=1"))):
+                   ("direct pf2", ("-DSEG_DIRECT=1", "-DSLOT_PREFETCH=1")),
+                   ("m1", ("-DMERGE_ONE_PASS=1",)),
+                   ("m1 pf2", ("-DMERGE_ONE_PASS=1", "-DSLOT_PREFETCH=1")),
+                   ("m1c4", ("-DMERGE_ONE_PASS=1", "-DMERGE_CHUNK=4")),
+                   ("tl", ("-DTIMELINE=1",))):
     MQA[f"M W8D2 S3 {tag}/w1"] = {**PLANNER, "split": "w1", "extra": extra}
+for tag, flags in (("even", ("even",)), ("snake", ("snake",)), ("even snake", ("even", "snake"))):
+    MQA[f"M W8D2 S3 {tag}/w1"] = {**PLANNER, "split": "w1", "items": flags}
+    MQA[f"M W8D2 S3 m1 {tag}/w1"] = {**PLANNER, "split": "w1", "items": flags,
+                                     "extra": ("-DMERGE_ONE_PASS=1",)}
+MQA["M W8D2 S3 tl even snake/w1"] = {**PLANNER, "split": "w1", "items": ("even", "snake"),
+                                     "extra": ("-DTIMELINE=1",)}
 V.update(MQA)
 CARVEOUT = ["planner", "M W4D2T32 S3 mb3/w1", "M W4D2T32 S2 mb4/w1", "R W4 T64 S2 mb3/w1"]
 
@@ -69,9 +79,18 @@ def config(w, name, _base=ex.config):
 
 
 ex.config = config   # (explore.plan_with and compile_all look it up at call time)
-VARIANTS = ["planner", "planner balanced", *MQA]
-PARTS = [384, 448, 512, 576, 704, 768, 1024, 1280]
-FIXED_LENS = [64, 320, 640, 1280]
+ROUND_A = ["planner", "planner balanced", "M W8D2 S2/w1", "M W8D2 S3 C2/w1", "M W8D2 S3 q0/w1",
+           "M W8D2 S3 sm/w1", "M W8D2 S3/w2", "M W8D2 S3/b4", "M W4D2T32 S3 mb3/w1",
+           "M W4D2T32 S3 mb4/w1", "M W4D2T32 S2 mb4/w1", "M W4 S3/w1", "R W4 T64 S3/w1",
+           "R W4P T64 S3/w1", "R W4 T64 S2 mb3/w1", "M W8D2 S3 direct/w1", "M W8D2 S3 pf2/w1",
+           "M W8D2 S3 pf1/w1", "M W8D2 S3 direct pf2/w1"]   # round s4a's sweep
+VARIANTS = ["planner", "M W8D2 S3 even/w1", "M W8D2 S3 snake/w1", "M W8D2 S3 even snake/w1",
+            "M W8D2 S3 m1/w1", "M W8D2 S3 m1c4/w1", "M W8D2 S3 m1 pf2/w1",
+            "M W8D2 S3 m1 even snake/w1", "M W8D2 S3 pf2/w1", "M W8D2 S3 sm/w1",
+            "M W8D2 S3 tl/w1", "M W8D2 S3 tl even snake/w1", "planner"]
+PARTS = [(1024, ()), (1024, ("even", "snake")), (896, ("even", "snake")),
+         (768, ("even", "snake"))]   # round s4a: 384-1280 without the items options
+FIXED_LENS = [64, 640]               # round s4a: also 320, 1280
 
 FLOOR_SRC = r"""
 extern "C" __global__ void read_all(const uint4* __restrict__ a, const uint4* __restrict__ b,
@@ -86,6 +105,18 @@ extern "C" __global__ void read_all(const uint4* __restrict__ a, const uint4* __
     if (acc == 0x12345678u) sink[0] = acc;   // never true on random data: keeps the loads
 }
 """
+
+
+def plan(inp, w, name):
+    """explore.plan, with decode_work's items options of the variant ("items": "even",
+    "snake") set while it plans."""
+    flags = V[name].get("items", ())
+    saved = dw.TC_ITEMS_EVEN, dw.TC_ITEMS_SNAKE
+    dw.TC_ITEMS_EVEN, dw.TC_ITEMS_SNAKE = "even" in flags, "snake" in flags
+    try:
+        return ex.plan(inp, w, name)
+    finally:
+        dw.TC_ITEMS_EVEN, dw.TC_ITEMS_SNAKE = saved
 
 
 def cupy_kernel(p):
@@ -115,13 +146,50 @@ def occupancy(p):
         return None, f"{type(exc).__name__}: {exc}"[:120]
 
 
-def plan_part(inp, w, name, part_len):
-    saved = dw.choose_tc_part_len
+def timeline(say, timer, args, w, data, scale, name="M W8D2 S3 tl/w1"):
+    """The planner's shape compiled with -DTIMELINE=1: per block, %globaltimer at entry (0),
+    when its first tile has landed (1), after its last tile (2) and at its end (3), its SM,
+    whether it merged its sequence and its tiles; timed like the rest (the marks cost a few
+    stores), then one launch read back: the spread of each phase over the blocks."""
+    p = plan(data, w, name)
+    q, k, v = data["q"], data["k_cache"], data["v_cache"]
+    out = cp.empty_like(q)
+    tl = cp.zeros(p.grid[0] * 16 * 2, cp.float32)   # [block][16] u64 through k_scale
+    fn = lambda: ex.launch(p, q, k, v, out, scale, tl, tl)  # noqa: E731
+    t = timer.time(fn, reps=args.reps).median_ms
+    timer.flush_l2()
+    fn()
+    cp.cuda.Device().synchronize()
+    m = cp.asnumpy(tl.view(cp.uint64)).reshape(-1, 16).astype(np.int64)
+    t0 = m[:, 0].min()
+    start, first, last, end = (m[:, j] - t0 for j in range(4))
+    merged = m[:, 5] == 1
+    q_ = lambda x: "/".join(f"{np.percentile(x, pc) / 1e3:.1f}" for pc in (0, 50, 90, 100))  # noqa: E731
+    say(f"timeline {w.name}: {t * 1e3:.1f} us timed; one launch, us from the first block's "
+        f"start (min/median/p90/max over {len(m)} blocks): start {q_(start)}; first tile "
+        f"landed {q_(first)}; last tile done {q_(last)}; end {q_(end)}",
+        kind="timeline", workload=w.name, ms=t, marks=m[:, :8].tolist())
+    say(f"timeline {w.name}: per block (us): to first tile {q_(first - start)}; tiles "
+        f"{q_(last - first)}; end {q_(end - last)}; merging blocks' end "
+        f"{q_((end - last)[merged]) if merged.any() else '-'} ({merged.sum()} merged); "
+        f"clock64 kcycles to first tile {q_(m[:, 9] - m[:, 8])}")
+    sm_end = np.zeros(m[:, 4].max() + 1, np.int64)
+    np.maximum.at(sm_end, m[:, 4], end)
+    n = min(p.grid[0] // 2, 132)
+    same = float(np.mean(m[:n, 4] == m[n:2 * n, 4])) if p.grid[0] >= 2 * n else float("nan")
+    say(f"timeline {w.name}: blocks j and j + {n} on one SM: {same:.2f} of them; "
+        f"SMs' last block ends {q_(sm_end)}; globaltimer steps seen "
+        f"{np.unique(np.diff(np.sort(m[:, 0])))[:6].tolist()} ns")
+
+
+def plan_part(inp, w, name, part_len, flags=()):
+    saved = dw.choose_tc_part_len, dw.TC_ITEMS_EVEN, dw.TC_ITEMS_SNAKE
     dw.choose_tc_part_len = lambda *a, **k: part_len
+    dw.TC_ITEMS_EVEN, dw.TC_ITEMS_SNAKE = "even" in flags, "snake" in flags
     try:
         return ex.plan_with(inp, w, name, "items")
     finally:
-        dw.choose_tc_part_len = saved
+        dw.choose_tc_part_len, dw.TC_ITEMS_EVEN, dw.TC_ITEMS_SNAKE = saved
 
 
 def main(argv=None):
@@ -129,7 +197,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-flashinfer", action="store_true")
-    ap.add_argument("--steps", default="floor,variants,parts,fixed")
+    ap.add_argument("--steps", default="floor,variants,parts,fixed,timeline,probes")
     ap.add_argument("--variants", default=None, help="comma-separated names (default: all)")
     ap.add_argument("--ncu", action="store_true", help="launch a few kernels once each")
     args = ap.parse_args(argv)
@@ -147,7 +215,8 @@ def main(argv=None):
     steps = args.steps.split(",")
     w = {x.name: x for x in decode_workloads()}["D64-mqa16"]
     fi = None if args.no_flashinfer else ex.FlashInfer([128])
-    names = args.variants.split(",") if args.variants else VARIANTS
+    names = (ROUND_A if args.variants == "a" else args.variants.split(",") if args.variants
+             else VARIANTS)
     if args.ncu:
         names = ["planner", "R W4 T64 S3/w1"]
     failed = ex.compile_all([w], lambda _: names)
@@ -196,7 +265,7 @@ def main(argv=None):
         for name in names:
             for carve in ((None, 100) if name in CARVEOUT else (None,)):
                 try:
-                    p = ex.plan(inp, w, name)
+                    p = plan(inp, w, name)
                     if carve is not None:
                         cupy_kernel(p).preferred_shared_memory_carveout = carve
                     regs, occ = occupancy(p)
@@ -223,19 +292,55 @@ def main(argv=None):
                     say(f"{name:<24} failed: {type(exc).__name__}: {str(exc)[-300:]}")
 
     if "parts" in steps:
-        for part in PARTS:
+        for part, flags in PARTS:
             try:
-                p = plan_part(inp, w, "planner", part)
+                p = plan_part(inp, w, "planner", part, flags)
                 out = cp.empty_like(q)
                 fn = lambda p=p, out=out: ex.launch(p, q, k, v, out, scale)  # noqa: E731
                 fn()
                 err = 0.0 if ref is None else ex.rel(out, ref)
                 t = timer.time(fn, reps=args.reps).median_ms
-                say(f"planner part {part:5d}: {t * 1e3:6.1f} us grid {p.grid[0]:4d} "
-                    f"x{p.max_parts} err {err:.1e}", kind="part", part_len=part, ms=t,
-                    grid=list(p.grid), err=err)
+                say(f"planner part {part:5d} {' '.join(flags):<10}: {t * 1e3:6.1f} us grid "
+                    f"{p.grid[0]:4d} x{p.max_parts} err {err:.1e}", kind="part",
+                    part_len=part, items=list(flags), ms=t, grid=list(p.grid), err=err)
             except Exception as exc:   # noqa: BLE001
                 say(f"part {part} failed: {type(exc).__name__}: {str(exc)[-300:]}")
+
+    if "timeline" in steps:   # where a block's time goes: %globaltimer marks per block
+        for wl, data in [(w, inp)] + [(DecodeWorkload("264x640", (640,) * 264, num_heads=16,
+                                                      num_kv_heads=1), None)]:
+            try:
+                data = data or build_decode_inputs(cp, wl)
+                timeline(say, timer, args, wl, data, scale)
+                if wl is w:
+                    timeline(say, timer, args, wl, data, scale, "M W8D2 S3 tl even snake/w1")
+                del data
+            except Exception as exc:   # noqa: BLE001
+                say(f"timeline {wl.name} failed: {type(exc).__name__}: {str(exc)[-300:]}")
+
+    if "probes" in steps:   # the split merge's cost: the separate-merge plan without its merge
+        try:
+            p = ex.plan(inp, w, "M W8D2 S3 sm/w1")
+            out = cp.empty_like(q)
+            s_ = np.float32(scale * ex.dp_log2e())
+            kern, grid, block, make_args, shared = p._launches[0]
+            fn = lambda: kern(grid, block, make_args(q, k, v, out, s_), shared_mem=shared)  # noqa: E731
+            t = timer.time(fn, reps=args.reps).median_ms
+            say(f"probe: main kernel of the separate-merge plan, no merge: {t * 1e3:6.1f} us",
+                kind="probe", what="no merge", ms=t)
+            kern2, grid2, block2, make2, shared2 = p._launches[1]
+            fn2 = lambda: kern2(grid2, block2, make2(q, k, v, out, s_), shared_mem=shared2)  # noqa: E731
+            t = timer.time(fn2, reps=args.reps).median_ms
+            say(f"probe: the merge launch alone ({grid2[0]} blocks): {t * 1e3:6.1f} us",
+                kind="probe", what="merge alone", ms=t)
+            empty = cp.RawKernel('extern "C" __global__ void empty(int x) {}', "empty")
+            for blocks in (1, 264):
+                t = timer.time(lambda b=blocks: empty((b,), (256,), (np.int32(0),)),
+                               reps=args.reps).median_ms
+                say(f"probe: an empty kernel of {blocks} blocks: {t * 1e3:6.1f} us",
+                    kind="probe", what=f"empty {blocks}", ms=t)
+        except Exception as exc:   # noqa: BLE001
+            say(f"probes failed: {type(exc).__name__}: {str(exc)[-300:]}")
 
     fixed = []
     if "fixed" in steps:   # 264 equal unsplit sequences: one block each, one wave

@@ -52,6 +52,30 @@
 #ifndef SEG_DIRECT      // items plans (segment x is block x's only one): no seg_ptr read
 #define SEG_DIRECT 0
 #endif
+#ifndef TIMELINE   // diagnostics (benchmarks/explore_mqa.py): per block, thread 0 writes
+#define TIMELINE 0  // %globaltimer / clock64 marks as u64 [block][16] through k_scale (fp16 only)
+#endif
+#if TIMELINE
+__device__ inline unsigned long long tl_now()
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ inline unsigned tl_smid()
+{
+    unsigned s;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
+    return s;
+}
+#define TL_MARK(k, v) do { if (threadIdx.x == 0 && blockIdx.y == 0) \
+    reinterpret_cast<unsigned long long*>(const_cast<float*>(k_scale))[blockIdx.x * 16 + (k)] = \
+        (unsigned long long)(v); } while (0)
+#define TL_TIME(k) do { TL_MARK(k, tl_now()); TL_MARK((k) + 8, clock64()); } while (0)
+#else
+#define TL_MARK(k, v) do {} while (0)
+#define TL_TIME(k) do {} while (0)
+#endif
 #ifndef SLOT_PREFETCH   // a split segment's slot_start entry prefetched at its start (1: L2, 2: L1)
 #define SLOT_PREFETCH 0
 #endif
@@ -73,6 +97,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     int num_heads, int num_kv_heads, int page_size, int page_shift, int max_pages,
     int rows_per_block, float scale_log2)
 {
+    TL_TIME(0);
     extern __shared__ __align__(128) unsigned char smem[];
     KV_T* qbufs = reinterpret_cast<KV_T*>(smem + Q_OFF);   // [STAGES][ROWS][LD]
     float* m_s = reinterpret_cast<float*>(smem + M_OFF);
@@ -107,6 +132,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const float v_mult = fold_head_scales(scale_log2, k_scale, v_scale, rows.kvh);
     copy_wait<STAGES - 2>();   // the first tile's group holds the first segment's Q
     __syncthreads();
+    TL_TIME(1);
 
     // ldmatrix x4: lane l gives row l % 8 of matrix l / 8.
     //   Q (A operand, 16 x 16 at k step k): matrix m = rows 8 (m % 2), columns 8 (m / 2).
@@ -338,6 +364,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
             advance_tile(cur, segs);
         }
 
+        TL_TIME(2);
         // 4. the end of the segment: the warps' states merged into its output or partial state
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -365,6 +392,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                                           segment_parts(cur), num_heads, rows.h0, rows.nh,
                                           v_mult);
         __syncthreads();   // the buffer, m_s and l_s are free again
+        TL_TIME(3);
+#if TIMELINE
+        TL_MARK(4, tl_smid());
+        TL_MARK(5, segment_parts(cur) > 1 ? flag_s[0] : 2);
+        TL_MARK(6, i + 1);
+#endif
         advance_tile(cur, segs);
         ++i;
     }

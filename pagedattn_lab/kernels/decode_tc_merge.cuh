@@ -59,6 +59,62 @@ __device__ inline void merge_parts(float* w, KV_T* out, const float* part_out,
     }
 }
 
+#ifndef MERGE_ONE_PASS   // the last block's merge reads every part's (m, l) and O together
+#define MERGE_ONE_PASS 0  // (one round trip per MERGE_CHUNK parts, online rescaling), not weights first
+#endif
+
+#if MERGE_ONE_PASS
+#ifndef MERGE_CHUNK
+#define MERGE_CHUNK 2
+#endif
+// merge_parts in one pass: thread (row r, 4 dims) loads MERGE_CHUNK parts' m, l and O at a time and
+// folds them in with a running max: M' = max(M, m_p), acc = acc 2^(M - M') + l_p 2^(m_p - M') O_p.
+__device__ inline void merge_parts_one_pass(KV_T* out, const float* part_out,
+                                            const float* part_ml, long long out_row,
+                                            long long slot0, int nparts, int num_heads, int nh)
+{
+    constexpr int D4 = HEAD_DIM / 4;
+    for (int idx = threadIdx.x; idx < nh * D4; idx += TC_THREADS) {
+        const int r = idx / D4, d4 = idx % D4;
+        const float* ml = part_ml + (slot0 + r) * 2;
+        const float4* po = reinterpret_cast<const float4*>(part_out + (slot0 + r) * HEAD_DIM) + d4;
+        float mx = NEG_BIG, l_sum = 0.0f;
+        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        for (int p0 = 0; p0 < nparts; p0 += MERGE_CHUNK) {
+            float m[MERGE_CHUNK], l[MERGE_CHUNK];
+            float4 x[MERGE_CHUNK];
+#pragma unroll
+            for (int j = 0; j < MERGE_CHUNK; ++j) {
+                if (p0 + j < nparts) {
+                    const long long p = p0 + j;
+                    m[j] = load_cg(ml + p * num_heads * 2);
+                    l[j] = load_cg(ml + p * num_heads * 2 + 1);
+                    x[j] = load_cg(po + p * num_heads * D4);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < MERGE_CHUNK; ++j) {
+                if (p0 + j < nparts) {
+                    const float mn = fmaxf(mx, m[j]);
+                    const float co = exp2f(mx - mn), cp = l[j] * exp2f(m[j] - mn);
+                    l_sum = l_sum * co + cp;
+                    acc.x = acc.x * co + cp * x[j].x;
+                    acc.y = acc.y * co + cp * x[j].y;
+                    acc.z = acc.z * co + cp * x[j].z;
+                    acc.w = acc.w * co + cp * x[j].w;
+                    mx = mn;
+                }
+            }
+        }
+        KV_T* o_out = out + (out_row + r) * HEAD_DIM + d4 * 4;
+        store_value(o_out, acc.x / l_sum);
+        store_value(o_out + 1, acc.y / l_sum);
+        store_value(o_out + 2, acc.z / l_sum);
+        store_value(o_out + 3, acc.w / l_sum);
+    }
+}
+#endif
+
 // m_s, l_s: [warps][16] (warp w's m and l of row r of its row tile at w * 16 + r); os: the
 // warps' O, row r of warp w at os + w * O_WSTRIDE + r * O_LD (floats; column d at d ^
 // o_swz(r, d) with O_SWZ), reused as the merge's
@@ -117,7 +173,11 @@ __device__ inline void finish_rows(const float* m_s, const float* l_s, float* os
     if (!flag_s[0]) return;
     __threadfence();
 
+#if MERGE_ONE_PASS
+    merge_parts_one_pass(out, part_out, part_ml, out_row, slot0, nparts, num_heads, nh);
+#else
     merge_parts(os, out, part_out, part_ml, out_row, slot0, nparts, num_heads, nh);
+#endif
 }
 
 // decode_tc.cu's end of block: the warps' O as [warps][16][LO] at os
