@@ -34,6 +34,7 @@ from pagedattn_lab import decode_work as dw  # noqa: E402
 from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
 from pagedattn_lab.bench.workloads import (DecodeWorkload, build_decode_inputs,  # noqa: E402
                                            decode_workloads)
+from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
 
 V = ex.V
 M, R = ex.mshape, explore_rows.rshape
@@ -59,6 +60,8 @@ for tag, extra in (("direct", ("-DSEG_DIRECT=1",)), ("pf2", ("-DSLOT_PREFETCH=1"
                    ("m1", ("-DMERGE_ONE_PASS=1",)),
                    ("m1 pf2", ("-DMERGE_ONE_PASS=1", "-DSLOT_PREFETCH=1")),
                    ("m1c4", ("-DMERGE_ONE_PASS=1", "-DMERGE_CHUNK=4")),
+                   ("m2", ("-DMERGE_ONE_PASS=2",)),
+                   ("m2 i1", ("-DMERGE_ONE_PASS=2", "-DMERGE_ITEMS=1")),
                    ("tl", ("-DTIMELINE=1",))):
     MQA[f"M W8D2 S3 {tag}/w1"] = {**PLANNER, "split": "w1", "extra": extra}
 for tag, flags in (("even", ("even",)), ("snake", ("snake",)), ("even snake", ("even", "snake"))):
@@ -67,6 +70,11 @@ for tag, flags in (("even", ("even",)), ("snake", ("snake",)), ("even snake", ("
                                      "extra": ("-DMERGE_ONE_PASS=1",)}
 MQA["M W8D2 S3 tl even snake/w1"] = {**PLANNER, "split": "w1", "items": ("even", "snake"),
                                      "extra": ("-DTIMELINE=1",)}
+MQA["M W8D2 S3 tl m2 even snake/w1"] = {**PLANNER, "split": "w1", "items": ("even", "snake"),
+                                        "extra": ("-DTIMELINE=1", "-DMERGE_ONE_PASS=2")}
+MQA["before"] = {**PLANNER, "split": "w1", "items": ()}   # session 3's planner: plain items
+MQA["M W8D2 S3 m2 items/w1"] = {**PLANNER, "split": "w1", "items": (),
+                                "extra": ("-DMERGE_ONE_PASS=2",)}
 V.update(MQA)
 CARVEOUT = ["planner", "M W4D2T32 S3 mb3/w1", "M W4D2T32 S2 mb4/w1", "R W4 T64 S2 mb3/w1"]
 
@@ -84,10 +92,16 @@ ROUND_A = ["planner", "planner balanced", "M W8D2 S2/w1", "M W8D2 S3 C2/w1", "M 
            "M W4D2T32 S3 mb4/w1", "M W4D2T32 S2 mb4/w1", "M W4 S3/w1", "R W4 T64 S3/w1",
            "R W4P T64 S3/w1", "R W4 T64 S2 mb3/w1", "M W8D2 S3 direct/w1", "M W8D2 S3 pf2/w1",
            "M W8D2 S3 pf1/w1", "M W8D2 S3 direct pf2/w1"]   # round s4a's sweep
-VARIANTS = ["planner", "M W8D2 S3 even/w1", "M W8D2 S3 snake/w1", "M W8D2 S3 even snake/w1",
-            "M W8D2 S3 m1/w1", "M W8D2 S3 m1c4/w1", "M W8D2 S3 m1 pf2/w1",
-            "M W8D2 S3 m1 even snake/w1", "M W8D2 S3 pf2/w1", "M W8D2 S3 sm/w1", "planner"]
-TIMELINE_VARIANTS = ["M W8D2 S3 tl/w1", "M W8D2 S3 tl even snake/w1"]   # (timeline() only:
+ROUND_B = ["planner", "M W8D2 S3 even/w1", "M W8D2 S3 snake/w1", "M W8D2 S3 even snake/w1",
+           "M W8D2 S3 m1/w1", "M W8D2 S3 m1c4/w1", "M W8D2 S3 m1 pf2/w1",
+           "M W8D2 S3 m1 even snake/w1", "M W8D2 S3 pf2/w1", "M W8D2 S3 sm/w1", "planner"]
+# round s4c: the planner (merge 2 after the loop, equal-tile items, snake order) against
+# session 3's planner and the alternatives, then alternated with FlashInfer ("duel")
+VARIANTS = ["planner", "before", "M W8D2 S3 m1 even snake/w1", "M W8D2 S3 m2 items/w1",
+            "M W8D2 S3 m1/w1", "M W8D2 S3 even snake/w1", "planner", "before"]
+DUEL = ["planner", "flashinfer", "before", "M W8D2 S3 m1 even snake/w1"]
+OTHER_ROWS = ["D64-gqa4", "D64-gqa8"]   # the planner against FlashInfer: unchanged plans
+TIMELINE_VARIANTS = ["M W8D2 S3 tl m2 even snake/w1"]   # (timeline() only:
 # they write through k_scale, which must then be a buffer of [blocks][16] u64)
 PARTS = [(1024, ()), (1024, ("even", "snake")), (896, ("even", "snake")),
          (768, ("even", "snake"))]   # round s4a: 384-1280 without the items options
@@ -110,10 +124,12 @@ extern "C" __global__ void read_all(const uint4* __restrict__ a, const uint4* __
 
 def plan(inp, w, name):
     """explore.plan, with decode_work's items options of the variant ("items": "even",
-    "snake") set while it plans."""
-    flags = V[name].get("items", ())
+    "snake"; without the key: none for this script's MQA variants, decode_work's own for
+    explore.py's, such as "planner") set while it plans."""
+    flags = V[name].get("items", () if name in MQA else None)
     saved = dw.TC_ITEMS_EVEN, dw.TC_ITEMS_SNAKE
-    dw.TC_ITEMS_EVEN, dw.TC_ITEMS_SNAKE = "even" in flags, "snake" in flags
+    if flags is not None:   # (else decode_work's own)
+        dw.TC_ITEMS_EVEN, dw.TC_ITEMS_SNAKE = "even" in flags, "snake" in flags
     try:
         return ex.plan(inp, w, name)
     finally:
@@ -147,7 +163,7 @@ def occupancy(p):
         return None, f"{type(exc).__name__}: {exc}"[:120]
 
 
-def timeline(say, timer, args, w, data, scale, name="M W8D2 S3 tl/w1"):
+def timeline(say, timer, args, w, data, scale, name="M W8D2 S3 tl m2 even snake/w1"):
     """The planner's shape compiled with -DTIMELINE=1: per block, %globaltimer at entry (0),
     when its first tile has landed (1), after its last tile (2) and at its end (3), its SM,
     whether it merged its sequence and its tiles; timed like the rest (the marks cost a few
@@ -183,6 +199,53 @@ def timeline(say, timer, args, w, data, scale, name="M W8D2 S3 tl/w1"):
         f"{np.unique(np.diff(np.sort(m[:, 0])))[:6].tolist()} ns")
 
 
+def duel(say, timer, args, fi, w, inp, ref, scale, rounds=3):
+    """DUEL's variants and FlashInfer's tensor-core decode alternated, `rounds` times, on D64
+    MQA 16/1; then OTHER_ROWS' planner and FlashInfer twice each (their plans are unchanged)."""
+    q, k, v = inp["q"], inp["k_cache"], inp["v_cache"]
+    fns = {}
+    for name in DUEL:
+        if name == "flashinfer":
+            run = fi.runner(inp, w)
+            err = ex.rel(cp.from_dlpack(run()), ref)
+            fns[name] = (run, err)
+        else:
+            p, out = plan(inp, w, name), cp.empty_like(q)
+            fn = lambda p=p, out=out: ex.launch(p, q, k, v, out, scale)  # noqa: E731
+            fn()
+            fns[name] = (fn, ex.rel(out, ref))
+    times = {name: [] for name in DUEL}
+    for r in range(rounds):
+        for name in DUEL:
+            times[name].append(timer.time(fns[name][0], reps=args.reps).median_ms)
+    for name in DUEL:
+        say(f"duel D64-mqa16 {name:<28} {' '.join(f'{t * 1e3:5.1f}' for t in times[name])} us"
+            f" (median {np.median(times[name]) * 1e3:.1f}) err {fns[name][1]:.1e}",
+            kind="duel", workload=w.name, variant=name, ms=times[name], err=fns[name][1])
+    by_name = {x.name: x for x in decode_workloads()}
+    for row in OTHER_ROWS:
+        wl = by_name[row]
+        data = build_decode_inputs(cp, wl)
+        pl = BatchDecodeWrapper().plan(data["block_tables"], data["seq_lens"], wl.num_heads,
+                                       wl.num_kv_heads, wl.head_dim, wl.page_size, wl.dtype)
+        out = cp.empty_like(data["q"])
+        s = 1 / math.sqrt(wl.head_dim)
+        ours = lambda: pl.run(data["q"], data["k_cache"], data["v_cache"], out=out, scale=s)  # noqa: E731,E501
+        theirs = fi.runner(data, wl)
+        err = ex.rel(cp.from_dlpack(theirs()), ours())
+        t = {"ours": [], "flashinfer": []}
+        for r in range(2):
+            t["ours"].append(timer.time(ours, reps=args.reps).median_ms)
+            t["flashinfer"].append(timer.time(theirs, reps=args.reps).median_ms)
+        say(f"duel {row:<10} planner ({pl.tc_config.source}, {pl.scheme}) "
+            f"{' '.join(f'{x * 1e3:6.1f}' for x in t['ours'])} us, flashinfer "
+            f"{' '.join(f'{x * 1e3:6.1f}' for x in t['flashinfer'])} us, err {err:.1e}",
+            kind="duel-row", workload=row, ours_ms=t["ours"], flashinfer_ms=t["flashinfer"],
+            err=err)
+        del data, pl, out
+        cp.get_default_memory_pool().free_all_blocks()
+
+
 def plan_part(inp, w, name, part_len, flags=()):
     saved = dw.choose_tc_part_len, dw.TC_ITEMS_EVEN, dw.TC_ITEMS_SNAKE
     dw.choose_tc_part_len = lambda *a, **k: part_len
@@ -198,7 +261,7 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=15)
     ap.add_argument("--json", default=None)
     ap.add_argument("--no-flashinfer", action="store_true")
-    ap.add_argument("--steps", default="floor,variants,parts,fixed,timeline,probes")
+    ap.add_argument("--steps", default="variants,timeline,duel")
     ap.add_argument("--variants", default=None, help="comma-separated names (default: all)")
     ap.add_argument("--ncu", action="store_true", help="launch a few kernels once each")
     args = ap.parse_args(argv)
@@ -216,11 +279,13 @@ def main(argv=None):
     steps = args.steps.split(",")
     w = {x.name: x for x in decode_workloads()}["D64-mqa16"]
     fi = None if args.no_flashinfer else ex.FlashInfer([128])
-    names = (ROUND_A if args.variants == "a" else args.variants.split(",") if args.variants
-             else VARIANTS)
+    names = ({"a": ROUND_A, "b": ROUND_B}.get(args.variants) or
+             (args.variants.split(",") if args.variants else VARIANTS))
     if args.ncu:
         names = ["planner", "R W4 T64 S3/w1"]
-    failed = ex.compile_all([w], lambda _: names + TIMELINE_VARIANTS * ("timeline" in steps))
+    others = [x for x in decode_workloads() if x.name in OTHER_ROWS and "duel" in steps]
+    failed = ex.compile_all([w] + others, lambda x: ["planner"] if x is not w else list(
+        dict.fromkeys(names + TIMELINE_VARIANTS * ("timeline" in steps))))
     say(f"compiled {len(names)} kernels, failures {failed}")
     inp = build_decode_inputs(cp, w)
     q, k, v = inp["q"], inp["k_cache"], inp["v_cache"]
@@ -308,13 +373,10 @@ def main(argv=None):
                 say(f"part {part} failed: {type(exc).__name__}: {str(exc)[-300:]}")
 
     if "timeline" in steps:   # where a block's time goes: %globaltimer marks per block
-        for wl, data in [(w, inp)] + [(DecodeWorkload("264x640", (640,) * 264, num_heads=16,
-                                                      num_kv_heads=1), None)]:
+        for wl, data in [(w, inp)]:
             try:
                 data = data or build_decode_inputs(cp, wl)
                 timeline(say, timer, args, wl, data, scale)
-                if wl is w:
-                    timeline(say, timer, args, wl, data, scale, "M W8D2 S3 tl even snake/w1")
                 del data
             except Exception as exc:   # noqa: BLE001
                 say(f"timeline {wl.name} failed: {type(exc).__name__}: {str(exc)[-300:]}")
@@ -366,6 +428,8 @@ def main(argv=None):
         fi.thread.join(timeout=max(0.0, 50 - (time.time() - t0)))
         if fi.fi is None:
             say(f"flashinfer TC not ready: {fi.error}")
+        elif "duel" in steps:
+            duel(say, timer, args, fi, w, inp, ref, scale)
         else:
             for wl, data, r in [(w, inp, ref)] + [(wf, fin, None) for wf, fin in fixed]:
                 try:

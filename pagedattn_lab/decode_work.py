@@ -21,12 +21,13 @@ from . import decode_plan as dp   # its TC_* split constants (benchmarks set the
 TC_SCHEMES = ("balanced", "items")
 TC_SCHEME = "balanced"    # what plans on the PTX kernels take (measured: NOTES.md)
 TC_RANGES_PER_SLOT = 1    # balanced ranges per resident block slot
-# Items: each sequence cut into its parts' count of equal pieces (whole tiles; the count is
-# choose_tc_part_len's, so no more blocks), instead of full partitions and a remainder; and
-# the blocks ordered so that an SM's blocks pair a long item with a short one (snake order
-# over rounds of one block per SM). Measured: NOTES.md, "MQA 16/1 (session 4)".
-TC_ITEMS_EVEN = False
-TC_ITEMS_SNAKE = False
+# Automatic items: each sequence cut into its parts' count of equal pieces (whole tiles; the
+# count is choose_tc_part_len's, so no more blocks), instead of full partitions and a
+# remainder; and the blocks ordered so that an SM's blocks pair a long item with a short one
+# (snake order over rounds of one block per SM). Measured (D64 MQA 16/1, H200, round s4b):
+# 38.8 us against 39.1-39.6; NOTES.md, "MQA 16/1 (session 4)".
+TC_ITEMS_EVEN = True
+TC_ITEMS_SNAKE = True
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
@@ -197,5 +198,7 @@ def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_par
         return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)
     part_len = choose_tc_part_len(lens, grid_y, sms, max_parts, num_splits, resident,
                                   cfg.blocks_per_sm)
-    return scheme, item_segments(lens, part_len, tile_t=cfg.tile_t if TC_ITEMS_EVEN else None,
-                                 sms=sms if TC_ITEMS_SNAKE else None)
+    auto = num_splits is None   # (num_splits=n: the longest sequence in exactly n parts)
+    return scheme, item_segments(lens, part_len,
+                                 tile_t=cfg.tile_t if TC_ITEMS_EVEN and auto else None,
+                                 sms=sms if TC_ITEMS_SNAKE and auto else None)

@@ -52,6 +52,10 @@
 #ifndef SEG_DIRECT      // items plans (segment x is block x's only one): no seg_ptr read
 #define SEG_DIRECT 0
 #endif
+// MERGE_ONE_PASS 2 (decode_tc_merge.cuh): a split sequence's last block merges it after its
+// tile loop, where the loop's registers are free for the merge's loads in flight (only the
+// block's last segment waits: a segment in mid-range merges at once, as before).
+#define DEFER_MERGE (MERGE_ONE_PASS == 2 && !SEPARATE_MERGE)
 #ifndef TIMELINE   // diagnostics (benchmarks/explore_mqa.py): per block, thread 0 writes
 #define TIMELINE 0  // %globaltimer / clock64 marks as u64 [block][16] through k_scale (fp16 only)
 #endif
@@ -103,6 +107,9 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     float* m_s = reinterpret_cast<float*>(smem + M_OFF);
     float* l_s = reinterpret_cast<float*>(smem + L_OFF);
     int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
+#if DEFER_MERGE
+    if (threadIdx.x == 0) flag_s[1] = -1;   // the sequence whose merge waits for the loop's end
+#endif
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;           // the fragments' row and column pair
@@ -390,7 +397,13 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         finish_rows<LO, O_WSTRIDE, O_SWZ>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters,
                                           slot_start, cur.b, segment_part(cur),
                                           segment_parts(cur), num_heads, rows.h0, rows.nh,
-                                          v_mult);
+                                          v_mult, DEFER_MERGE && cur.seg + 1 >= cur.last);
+#if DEFER_MERGE   // the block's last segment: if it is the last part, merge after the loop
+        if (threadIdx.x == 0 && cur.seg + 1 >= cur.last && segment_parts(cur) > 1 && flag_s[0]) {
+            flag_s[1] = cur.b;
+            flag_s[2] = segment_parts(cur);
+        }
+#endif
         __syncthreads();   // the buffer, m_s and l_s are free again
         TL_TIME(3);
 #if TIMELINE
@@ -401,6 +414,17 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         advance_tile(cur, segs);
         ++i;
     }
+#if DEFER_MERGE
+    const int pend_b = flag_s[1], pend_parts = flag_s[2];   // (after the segment's barrier)
+    if (pend_b >= 0) {   // (block-uniform) every stage buffer is free now
+        copy_wait<0>();
+        __threadfence();
+        merge_parts_together(reinterpret_cast<float*>(smem), out, part_out, part_ml,
+                             (long long)pend_b * num_heads + rows.h0,
+                             (long long)slot_start[pend_b] * num_heads + rows.h0, pend_parts,
+                             num_heads, rows.nh);
+    }
+#endif
 }
 
 // The split sequences' merge as a second launch (-DSEPARATE_MERGE=1): block (i, y) merges
