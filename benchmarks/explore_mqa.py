@@ -3,17 +3,21 @@ process on the GPU next to FlashInfer's tensor-core decode (tuning runs; NOTES.m
 (session 4)"). explore.py's machinery (variants by name, its plan and launch).
 
     python3 benchmarks/explore_mqa.py [--reps 15] [--json out.json] [--no-flashinfer]
-                                      [--steps floor,variants,parts,fixed]
+                                      [--steps variants,timeline,duel] [--variants a|b|N,..]
     python3 benchmarks/explore_mqa.py --ncu      (one launch each, for Nsight Compute)
 
-Steps: "floor": a read-only kernel over the row's K/V pool (what one launch that only reads
+Steps: "floor": a read-only kernel over the row's K/V pools (what one launch that only reads
 those bytes takes: the real floor of a short kernel, launch and ramp included); "variants":
 kernel shapes and work splits of decode_mma.cu / decode_mma_rows.cu on D64 MQA 16/1, with
 each compiled kernel's registers and the blocks per SM the driver says it holds (occupancy
 API, at the variant's dynamic shared memory; "/c100": the maximum shared-memory carveout
 asked for); "parts": the planner's kernel on one partition per block of a forced length;
 "fixed": 264 equal sequences of L tokens (one unsplit block each, one wave), ours and
-FlashInfer's, whose slope and intercept in L are the per-tile and the fixed per-launch cost.
+FlashInfer's: the per-tile and the fixed per-launch cost; "timeline": %globaltimer marks per
+block (-DTIMELINE=1): when each block starts, gets its first tile, ends its tiles and ends;
+"probes": the split merge's cost (the separate-merge plan without its merge) and an empty
+kernel; "duel": the planner, FlashInfer and alternatives alternated, then D64 GQA 32/8 and
+64/8's planner against FlashInfer. --variants a / b: rounds s4a's / s4b's sweeps.
 """
 import argparse
 import json
@@ -53,28 +57,19 @@ MQA = {   # name -> variant (explore.V's form); "part": forced tokens per partit
     "R W4P T64 S3/w1": {**R(4, 64, 3, pipe=True), "split": "w1"},
     "R W4 T64 S2 mb3/w1": {**R(4, 64, 2, mb=3), "split": "w1"},
 }
-PLANNER = M(8, 64, 3, 2, 2)   # the planner's MQA shape, with -D options of decode_mma.cu
-for tag, extra in (("direct", ("-DSEG_DIRECT=1",)), ("pf2", ("-DSLOT_PREFETCH=1",)),
-                   ("pf1", ("-DSLOT_PREFETCH=2",)),
-                   ("direct pf2", ("-DSEG_DIRECT=1", "-DSLOT_PREFETCH=1")),
-                   ("m1", ("-DMERGE_ONE_PASS=1",)),
-                   ("m1 pf2", ("-DMERGE_ONE_PASS=1", "-DSLOT_PREFETCH=1")),
-                   ("m1c4", ("-DMERGE_ONE_PASS=1", "-DMERGE_CHUNK=4")),
-                   ("m2", ("-DMERGE_ONE_PASS=2",)),
-                   ("m2 i1", ("-DMERGE_ONE_PASS=2", "-DMERGE_ITEMS=1")),
-                   ("tl", ("-DTIMELINE=1",))):
-    MQA[f"M W8D2 S3 {tag}/w1"] = {**PLANNER, "split": "w1", "extra": extra}
-for tag, flags in (("even", ("even",)), ("snake", ("snake",)), ("even snake", ("even", "snake"))):
-    MQA[f"M W8D2 S3 {tag}/w1"] = {**PLANNER, "split": "w1", "items": flags}
-    MQA[f"M W8D2 S3 m1 {tag}/w1"] = {**PLANNER, "split": "w1", "items": flags,
-                                     "extra": ("-DMERGE_ONE_PASS=1",)}
-MQA["M W8D2 S3 tl even snake/w1"] = {**PLANNER, "split": "w1", "items": ("even", "snake"),
-                                     "extra": ("-DTIMELINE=1",)}
-MQA["M W8D2 S3 tl m2 even snake/w1"] = {**PLANNER, "split": "w1", "items": ("even", "snake"),
-                                        "extra": ("-DTIMELINE=1", "-DMERGE_ONE_PASS=2")}
-MQA["before"] = {**PLANNER, "split": "w1", "items": ()}   # session 3's planner: plain items
-MQA["M W8D2 S3 m2 items/w1"] = {**PLANNER, "split": "w1", "items": (),
-                                "extra": ("-DMERGE_ONE_PASS=2",)}
+PLANNER = M(8, 64, 3, 2, 2)   # session 3's MQA shape, with -D options of decode_mma.cu
+# ("extra"; the rounds' other flags -- SEG_DIRECT, SLOT_PREFETCH, the merge two parts at a
+# time -- were measured, gained nothing over this, and are gone: NOTES.md)
+AFTER = ("-DMERGE_AFTER_LOOP=1",)
+for tag, items, extra in (("before", (), ()),   # session 3's planner: plain items
+                          ("even", ("even",), ()), ("snake", ("snake",), ()),
+                          ("even snake", ("even", "snake"), ()),
+                          ("after items", (), AFTER),   # the merge after the loop alone
+                          ("tl", (), ("-DTIMELINE=1",)),
+                          ("tl even snake", ("even", "snake"), ("-DTIMELINE=1",)),
+                          ("tl after even snake", ("even", "snake"), ("-DTIMELINE=1",) + AFTER)):
+    MQA["before" if tag == "before" else f"M W8D2 S3 {tag}/w1"] = {
+        **PLANNER, "split": "w1", "items": items, "extra": extra}
 V.update(MQA)
 CARVEOUT = ["planner", "M W4D2T32 S3 mb3/w1", "M W4D2T32 S2 mb4/w1", "R W4 T64 S2 mb3/w1"]
 
@@ -90,18 +85,16 @@ ex.config = config   # (explore.plan_with and compile_all look it up at call tim
 ROUND_A = ["planner", "planner balanced", "M W8D2 S2/w1", "M W8D2 S3 C2/w1", "M W8D2 S3 q0/w1",
            "M W8D2 S3 sm/w1", "M W8D2 S3/w2", "M W8D2 S3/b4", "M W4D2T32 S3 mb3/w1",
            "M W4D2T32 S3 mb4/w1", "M W4D2T32 S2 mb4/w1", "M W4 S3/w1", "R W4 T64 S3/w1",
-           "R W4P T64 S3/w1", "R W4 T64 S2 mb3/w1", "M W8D2 S3 direct/w1", "M W8D2 S3 pf2/w1",
-           "M W8D2 S3 pf1/w1", "M W8D2 S3 direct pf2/w1"]   # round s4a's sweep
-ROUND_B = ["planner", "M W8D2 S3 even/w1", "M W8D2 S3 snake/w1", "M W8D2 S3 even snake/w1",
-           "M W8D2 S3 m1/w1", "M W8D2 S3 m1c4/w1", "M W8D2 S3 m1 pf2/w1",
-           "M W8D2 S3 m1 even snake/w1", "M W8D2 S3 pf2/w1", "M W8D2 S3 sm/w1", "planner"]
-# round s4c: the planner (merge 2 after the loop, equal-tile items, snake order) against
+           "R W4P T64 S3/w1", "R W4 T64 S2 mb3/w1"]   # round s4a's sweep (and 4 flags gone)
+ROUND_B = ["before", "M W8D2 S3 even/w1", "M W8D2 S3 snake/w1", "M W8D2 S3 even snake/w1",
+           "M W8D2 S3 sm/w1", "before"]   # round s4b's (and 6 variants of flags gone)
+# round s4c: the planner (the merge after the loop, equal-tile items, snake order) against
 # session 3's planner and the alternatives, then alternated with FlashInfer ("duel")
-VARIANTS = ["planner", "before", "M W8D2 S3 m1 even snake/w1", "M W8D2 S3 m2 items/w1",
-            "M W8D2 S3 m1/w1", "M W8D2 S3 even snake/w1", "planner", "before"]
-DUEL = ["planner", "flashinfer", "before", "M W8D2 S3 m1 even snake/w1"]
+VARIANTS = ["planner", "before", "M W8D2 S3 after items/w1", "M W8D2 S3 even snake/w1",
+            "planner", "before"]
+DUEL = ["planner", "flashinfer", "before", "M W8D2 S3 after items/w1"]
 OTHER_ROWS = ["D64-gqa4", "D64-gqa8"]   # the planner against FlashInfer: unchanged plans
-TIMELINE_VARIANTS = ["M W8D2 S3 tl m2 even snake/w1"]   # (timeline() only:
+TIMELINE_VARIANTS = ["M W8D2 S3 tl after even snake/w1"]   # (timeline() only:
 # they write through k_scale, which must then be a buffer of [blocks][16] u64)
 PARTS = [(1024, ()), (1024, ("even", "snake")), (896, ("even", "snake")),
          (768, ("even", "snake"))]   # round s4a: 384-1280 without the items options
@@ -163,7 +156,7 @@ def occupancy(p):
         return None, f"{type(exc).__name__}: {exc}"[:120]
 
 
-def timeline(say, timer, args, w, data, scale, name="M W8D2 S3 tl m2 even snake/w1"):
+def timeline(say, timer, args, w, data, scale, name="M W8D2 S3 tl after even snake/w1"):
     """The planner's shape compiled with -DTIMELINE=1: per block, %globaltimer at entry (0),
     when its first tile has landed (1), after its last tile (2) and at its end (3), its SM,
     whether it merged its sequence and its tiles; timed like the rest (the marks cost a few

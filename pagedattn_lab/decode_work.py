@@ -24,8 +24,10 @@ TC_RANGES_PER_SLOT = 1    # balanced ranges per resident block slot
 # Automatic items: each sequence cut into its parts' count of equal pieces (whole tiles; the
 # count is choose_tc_part_len's, so no more blocks), instead of full partitions and a
 # remainder; and the blocks ordered so that an SM's blocks pair a long item with a short one
-# (snake order over rounds of one block per SM). Measured (D64 MQA 16/1, H200, round s4b):
-# 38.8 us against 39.1-39.6; NOTES.md, "MQA 16/1 (session 4)".
+# (snake order over rounds of one block per SM). Measured (D64 MQA 16/1, H200, rounds s4b,
+# s4c; NOTES.md, "MQA 16/1 (session 4)"): 38.8 us against 39.1-39.6 on session 3's kernel,
+# 37.5 against 37.7 with the merge after the loop: small, never slower. Equal-length items
+# (the 32k rows) are cut the same either way. Not with num_splits (its exact part count).
 TC_ITEMS_EVEN = True
 TC_ITEMS_SNAKE = True
 
@@ -136,9 +138,9 @@ def item_segments(lens: np.ndarray, part_len: int, *, tile_t: int | None = None,
                   sms: int | None = None) -> Segments:
     """One segment per block: tc_work_list's partitions (longest first). tile_t: each
     sequence's ceil(len / part_len) parts of equal whole-tile counts instead (the last part
-    of a sequence ends at its length; no more parts than tiles); sms: the blocks in snake order, the longest `sms`
-    first, then the next `sms` shortest first, and so on (a block per SM per round: an SM's
-    second block is short where its first is long)."""
+    of a sequence ends at its length; no more parts than tiles); sms: the blocks in snake
+    order, the longest `sms` first, then the next `sms` shortest first, and so on (a block
+    per SM per round: an SM's second block is short where its first is long)."""
     lens = lens.astype(np.int64)
     if tile_t is None:
         work, _, _ = tc_work_list(lens, part_len)
@@ -162,7 +164,7 @@ def item_segments(lens: np.ndarray, part_len: int, *, tile_t: int | None = None,
             order[r0:r0 + sms] = order[r0:r0 + sms][::-1]
         seq, start, end = seq[order], start[order], end[order]
     return _segments(seq, start, end, np.arange(seq.size + 1), lens.size,
-                     int((end - start).max()))
+                     part_len if tile_t is None else int((end - start).max()))
 
 
 def _segments(seq, start, end, seg_ptr, batch, range_tokens) -> Segments:

@@ -92,29 +92,27 @@ def test_even_snake_items_against_the_reference(rng, monkeypatch, heads, kv, hea
 
 
 @needs_wmma
-@pytest.mark.parametrize("merge,heads,kv,head_dim,lens,shape,part_len,scheme", [
-    # merge 2 (after the loop): more parts than MERGE_PARTS (two passes over the parts)
-    (2, 16, 1, 128, [1, 300, 17, 33, 200, 64, 65], {}, 16, "items"),
-    # ... 128 threads and 12 heads: items in two rounds, rows below 16 padded
-    (2, 12, 1, 128, [1, 300, 17, 33, 200], dict(warps=4, tile_t=64, stages=3), 16, "items"),
-    (2, 8, 2, 64, [1, 15, 16, 17, 200, 3, 70], {}, 32, "items"),          # warp pipelines
-    (2, 16, 1, 128, [1, 90, 17, 33, 200, 64, 65], {}, None, "balanced"),  # mid-range merges too
-    (2, 40, 2, 64, [130, 3, 64], {}, None, "balanced"),                   # two row tiles
-    (2, 4, 2, 256, [70, 1, 40], {}, None, "balanced"),                    # head 256 pairs
-    (1, 16, 1, 128, [1, 90, 17, 33, 200, 64, 65], {}, 40, "items"),       # two parts at a time
-    (1, 16, 1, 128, [1, 300, 17], {}, None, "balanced"),
+@pytest.mark.parametrize("heads,kv,head_dim,lens,shape,part_len,scheme", [
+    (16, 1, 128, [1, 300, 17, 33, 200, 64, 65], {}, 16, "items"),   # more parts than MERGE_PARTS
+    # 128 threads and 12 heads: the items in two rounds, the rows below 16 padded
+    (12, 1, 128, [1, 300, 17, 33, 200], dict(warps=4, tile_t=64, stages=3), 16, "items"),
+    (8, 2, 64, [1, 15, 16, 17, 200, 3, 70], {}, 32, "items"),           # warp pipelines
+    (16, 1, 128, [1, 90, 17, 33, 200, 64, 65], {}, None, "balanced"),   # mid-range merges too
+    (40, 2, 64, [130, 3, 64], {}, None, "balanced"),                    # two row tiles
+    (4, 2, 256, [70, 1, 40], {}, None, "balanced"),                     # head 256 pairs
 ])
-def test_merges_against_the_reference(rng, monkeypatch, merge, heads, kv, head_dim, lens,
-                                      shape, part_len, scheme):
-    """decode_mma.cu's split merges other than the weights-first one (tc_config's merge):
-    1 reads every part's (m, l) and O two parts at a time; 2 merges after the tile loop,
-    with every load in flight at once."""
+def test_the_merge_after_the_loop_against_the_reference(rng, monkeypatch, heads, kv, head_dim,
+                                                        lens, shape, part_len, scheme):
+    """decode_mma.cu with merge_after_loop (the MQA 16/1 shape's): a split sequence's last
+    block merges it after its tile loop, with every load in flight (merge_parts_together);
+    a segment in mid-range (balanced ranges) merges at once, as without it."""
     args = decode_problem(rng, lens, num_heads=heads, num_kv_heads=kv, head_dim=head_dim)
     q = args[0]
     if part_len:
         monkeypatch.setattr(dw, "choose_tc_part_len", lambda *a, **k: part_len)
-    cfg = dp.tc_config("float16", head_dim, heads // kv, impl="mma", merge=merge, **shape)
-    assert f"-DMERGE_ONE_PASS={merge}" in cfg.options
+    cfg = dp.tc_config("float16", head_dim, heads // kv, impl="mma", merge_after_loop=True,
+                       **shape)
+    assert "-DMERGE_AFTER_LOOP=1" in cfg.options
     w = planned(args, heads, kv, head_dim, 16, "float16", cfg, None if part_len else 5,
                 scheme=scheme)
     assert w.max_parts > 1
@@ -124,11 +122,11 @@ def test_merges_against_the_reference(rng, monkeypatch, merge, heads, kv, head_d
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("merge", [None, 1, 0])
-def test_mqa_planner_on_the_gpu(rng, merge):
+@pytest.mark.parametrize("merge_after_loop", [None, False])
+def test_mqa_planner_on_the_gpu(rng, merge_after_loop):
     """D64-like MQA 16/1 on the GPU: the automatic plan (one wave of equal-tile items in snake
-    order, the split sequences merged by their last block after its tile loop: merge 2), and
-    the other two merges on the same plan, against the float64 reference, twice per plan."""
+    order, the split sequences merged by their last block after its tile loop), and the same
+    plan merging in the loop, against the float64 reference, twice per plan."""
     import cupy as cp
 
     from pagedattn_lab.wrappers import BatchDecodeWrapper
@@ -138,9 +136,9 @@ def test_mqa_planner_on_the_gpu(rng, merge):
     dev = [cp.asarray(a) for a in (q, k, v, tables, lens)]
     w = BatchDecodeWrapper().plan(dev[3], dev[4], 16, 1, 128, 16, "float16")
     assert w.kernel == "tensor_core" and w.scheme == "items" and w.max_parts > 1
-    assert "-DMERGE_ONE_PASS=2" in w.tc_config.options
-    if merge is not None:
-        cfg = dp.tc_config("float16", 128, 16, merge=merge)
+    assert "-DMERGE_AFTER_LOOP=1" in w.tc_config.options
+    if merge_after_loop is not None:
+        cfg = dp.tc_config("float16", 128, 16, merge_after_loop=merge_after_loop)
         w._launches = []
         w._plan_tensor_core(np.asarray(lens), None, tc=cfg)
         w._prepare_run()

@@ -49,13 +49,10 @@
 #include "decode_tc_merge.cuh"
 #include "decode_mma_ops.cuh"
 
-#ifndef SEG_DIRECT      // items plans (segment x is block x's only one): no seg_ptr read
-#define SEG_DIRECT 0
-#endif
-// MERGE_ONE_PASS 2 (decode_tc_merge.cuh): a split sequence's last block merges it after its
+// MERGE_AFTER_LOOP (decode_tc_merge.cuh): a split sequence's last block merges it after its
 // tile loop, where the loop's registers are free for the merge's loads in flight (only the
 // block's last segment waits: a segment in mid-range merges at once, as before).
-#define DEFER_MERGE (MERGE_ONE_PASS == 2 && !SEPARATE_MERGE)
+#define DEFER_MERGE (MERGE_AFTER_LOOP && !SEPARATE_MERGE)
 #ifndef TIMELINE   // diagnostics (benchmarks/explore_mqa.py): per block, thread 0 writes
 #define TIMELINE 0  // %globaltimer / clock64 marks as u64 [block][16] through k_scale (fp16 only)
 #endif
@@ -79,9 +76,6 @@ __device__ inline unsigned tl_smid()
 #else
 #define TL_MARK(k, v) do {} while (0)
 #define TL_TIME(k) do {} while (0)
-#endif
-#ifndef SLOT_PREFETCH   // a split segment's slot_start entry prefetched at its start (1: L2, 2: L1)
-#define SLOT_PREFETCH 0
 #endif
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_mma(
@@ -117,14 +111,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const int rt = cw % ROW_TILES, slice = cw / ROW_TILES;
 
     const DecodeRows rows = decode_rows(num_heads, num_kv_heads, rows_per_block);
-#if SEG_DIRECT
-    TileCursor cur;   // the tile computed
-    cur.seg = blockIdx.x;
-    cur.last = blockIdx.x + 1;
-    open_segment(cur, segs);
-#else
     TileCursor cur = first_tile(segs, seg_ptr);   // the tile computed
-#endif
     TileCursor ahead = cur;                       // the next tile copied
     const TileGeom geo = tile_geom(max_pages, page_size, page_shift, num_kv_heads, rows.kvh,
                                    slice);
@@ -183,13 +170,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     int i = 0;   // the block's tiles so far (tile i is in stage buffer i % STAGES)
     while (tile_valid(cur)) {   // a segment: a fresh state, and the segment's Q
         q_lane = qbufs + (cur.seg % STAGES) * ROWS * LD + q_at;
-#if SLOT_PREFETCH == 1
-        if (segment_parts(cur) > 1)
-            asm volatile("prefetch.global.L2 [%0];" :: "l"(slot_start + cur.b));
-#elif SLOT_PREFETCH == 2
-        if (segment_parts(cur) > 1)
-            asm volatile("prefetch.global.L1 [%0];" :: "l"(slot_start + cur.b));
-#endif
 #if Q_REGS
 #pragma unroll
         for (int k = 0; k < D_TILES; ++k) q_frag(qf[k], k);

@@ -59,70 +59,18 @@ __device__ inline void merge_parts(float* w, KV_T* out, const float* part_out,
     }
 }
 
-#ifndef MERGE_ONE_PASS   // the last block's merge: 0 the weights, then O (merge_parts); 1
-#define MERGE_ONE_PASS 0  // every part's (m, l) and O read together, MERGE_CHUNK parts at a
-#endif                    // time, online rescaling; 2 merge_parts_together (after the loop)
-
-#if MERGE_ONE_PASS == 1
-#ifndef MERGE_CHUNK
-#define MERGE_CHUNK 2
-#endif
-// merge_parts in one pass: thread (row r, 4 dims) loads MERGE_CHUNK parts' m, l and O at a time and
-// folds them in with a running max: M' = max(M, m_p), acc = acc 2^(M - M') + l_p 2^(m_p - M') O_p.
-__device__ inline void merge_parts_one_pass(KV_T* out, const float* part_out,
-                                            const float* part_ml, long long out_row,
-                                            long long slot0, int nparts, int num_heads, int nh)
-{
-    constexpr int D4 = HEAD_DIM / 4;
-    for (int idx = threadIdx.x; idx < nh * D4; idx += TC_THREADS) {
-        const int r = idx / D4, d4 = idx % D4;
-        const float* ml = part_ml + (slot0 + r) * 2;
-        const float4* po = reinterpret_cast<const float4*>(part_out + (slot0 + r) * HEAD_DIM) + d4;
-        float mx = NEG_BIG, l_sum = 0.0f;
-        float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
-        for (int p0 = 0; p0 < nparts; p0 += MERGE_CHUNK) {
-            float m[MERGE_CHUNK], l[MERGE_CHUNK];
-            float4 x[MERGE_CHUNK];
-#pragma unroll
-            for (int j = 0; j < MERGE_CHUNK; ++j) {
-                if (p0 + j < nparts) {
-                    const long long p = p0 + j;
-                    m[j] = load_cg(ml + p * num_heads * 2);
-                    l[j] = load_cg(ml + p * num_heads * 2 + 1);
-                    x[j] = load_cg(po + p * num_heads * D4);
-                }
-            }
-#pragma unroll
-            for (int j = 0; j < MERGE_CHUNK; ++j) {
-                if (p0 + j < nparts) {
-                    const float mn = fmaxf(mx, m[j]);
-                    const float co = exp2f(mx - mn), cp = l[j] * exp2f(m[j] - mn);
-                    l_sum = l_sum * co + cp;
-                    acc.x = acc.x * co + cp * x[j].x;
-                    acc.y = acc.y * co + cp * x[j].y;
-                    acc.z = acc.z * co + cp * x[j].z;
-                    acc.w = acc.w * co + cp * x[j].w;
-                    mx = mn;
-                }
-            }
-        }
-        KV_T* o_out = out + (out_row + r) * HEAD_DIM + d4 * 4;
-        store_value(o_out, acc.x / l_sum);
-        store_value(o_out + 1, acc.y / l_sum);
-        store_value(o_out + 2, acc.z / l_sum);
-        store_value(o_out + 3, acc.w / l_sum);
-    }
-}
-#endif
-
-#if MERGE_ONE_PASS == 2
-// MERGE_ONE_PASS 2: the merge with its loads in flight together, for a kernel that merges
-// after its tile loop (decode_mma.cu, MERGE_DEFER: there the loop's registers are free; in
-// the loop, even 16 more registers spilled the loop's: 53 us instead of 38 on D64 MQA 16/1).
+#ifndef MERGE_AFTER_LOOP   // decode_mma.cu: a split sequence's last block merges it after
+#define MERGE_AFTER_LOOP 0  // its tile loop, with merge_parts_together (tc_config's
+#endif                      // merge_after_loop)
+#if MERGE_AFTER_LOOP
+// The merge with its loads in flight together, for a kernel that merges after its tile loop,
+// where the loop's registers are free (inside the loop, even 16 more registers for loads in
+// flight spilled the loop's: 53 us instead of 38 on D64 MQA 16/1, benchmarks/NOTES.md).
 // Every thread loads the O of its first MERGE_ITEMS (row, 4 dims) items for up to MERGE_PARTS
 // parts, and meanwhile the block loads every part's (m, l) into shared memory (nh x nparts
-// float pairs at w); after one barrier the weights come from shared memory: one round trip
-// for a sequence of up to MERGE_PARTS parts whose items the block holds in one go.
+// float pairs at w); after one barrier the weights come from shared memory: one L2 round trip
+// for a sequence of up to MERGE_PARTS parts whose items the block holds in one go, where
+// merge_parts takes ~6 (a max pass and a sum pass per row, two rows per warp, then O).
 #ifndef MERGE_ITEMS
 #define MERGE_ITEMS 2
 #endif
@@ -261,11 +209,7 @@ __device__ inline void finish_rows(const float* m_s, const float* l_s, float* os
     if (!flag_s[0] || defer_merge) return;   // (defer_merge: the caller merges if flag_s[0])
     __threadfence();
 
-#if MERGE_ONE_PASS == 1
-    merge_parts_one_pass(out, part_out, part_ml, out_row, slot0, nparts, num_heads, nh);
-#else
     merge_parts(os, out, part_out, part_ml, out_row, slot0, nparts, num_heads, nh);
-#endif
 }
 
 // decode_tc.cu's end of block: the warps' O as [warps][16][LO] at os
