@@ -244,7 +244,11 @@ TC_SHAPES = [
 # 64 0.331; fp8 128-token tiles S2 0.127). "blocks_per_sm": the items split rule's target
 # (decode_work.choose_tc_part_len) where the shape sets one.
 MMA_SHAPES = [
-    (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2)),
+    # MQA 16/1, session 4 (rounds s4a-s4c, NOTES.md "MQA 16/1 (session 4)"): the same shape,
+    # the split sequences' last block merging after its tile loop with every load in flight
+    # (D64 37.5-37.7 us against 39.3-39.5 merging in the loop; FlashInfer 39.2-40.1)
+    (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2,
+                         merge_after_loop=True)),
     (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
                          blocks_per_sm=8)),
     (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1)),
@@ -308,9 +312,9 @@ def tc_shape(head_dim: int, row_tiles: int, kv_quant: int, group: int = 1,
     for max_dim, min_group, quant, kw in shapes:
         if (head_dim <= max_dim and (min_group <= group <= 16 or min_group == 1)
                 and quant in (None, bool(kv_quant))):
-            return {"min_blocks": 1, "warp_pipe": False, **kw}
+            return {"min_blocks": 1, "warp_pipe": False, "merge_after_loop": False, **kw}
     return dict(warps=TC_WARPS, tile_t=TC_TILE_TOKENS, stages=TC_STAGES, d_split=1,
-                min_blocks=1, warp_pipe=False)
+                min_blocks=1, warp_pipe=False, merge_after_loop=False)
 
 
 def tc_rows(group: int, head_dim: int) -> tuple[int, int, int]:
@@ -342,7 +346,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               d_split: int | None = None, min_blocks: int | None = None,
               warp_pipe: bool | None = None, impl: str | None = None,
               swizzle: bool = True, q_regs: bool | None = None,
-              fp8_bits: bool = False, separate_merge: bool = False) -> TCConfig:
+              fp8_bits: bool = False, separate_merge: bool = False,
+              merge_after_loop: bool | None = None) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -354,7 +359,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     q_regs (Q's fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes
     converted by moving bits instead of the conversion instruction) are the PTX kernels';
     separate_merge (split sequences merged by a second launch instead of their last block)
-    is the "mma" kernel's."""
+    and merge_after_loop (their last block merges after its tile loop, every load in flight
+    at once; None: the planner's shape's) are the "mma" kernel's."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     impl = impl or planner_impl(group, head_dim, kv_quant)
@@ -369,6 +375,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
         warps, tile_t, stages, d_split = kw["warps"], kw["tile_t"], kw["stages"], kw["d_split"]
         min_blocks = kw["min_blocks"] if min_blocks is None else min_blocks
         warp_pipe = kw["warp_pipe"] if warp_pipe is None else warp_pipe
+        merge_after_loop = (kw["merge_after_loop"] if merge_after_loop is None
+                            else merge_after_loop)
     blocks_per_sm = kw.get("blocks_per_sm") if auto else None
     warps, tile_t = warps or TC_WARPS, tile_t or TC_TILE_TOKENS
     stages, d_split = stages or TC_STAGES, d_split or 1
@@ -407,6 +415,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     if impl != "wmma":
         options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}",
                     f"-DSEPARATE_MERGE={int(impl == 'mma' and bool(separate_merge))}") + (
+            ("-DMERGE_AFTER_LOOP=1",) if impl == "mma" and merge_after_loop else ()) + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     if impl == "rows":
         options += (f"-DHEAD_TILES={-(-rows // 8)}",)

@@ -21,6 +21,15 @@ from . import decode_plan as dp   # its TC_* split constants (benchmarks set the
 TC_SCHEMES = ("balanced", "items")
 TC_SCHEME = "balanced"    # what plans on the PTX kernels take (measured: NOTES.md)
 TC_RANGES_PER_SLOT = 1    # balanced ranges per resident block slot
+# Automatic items: each sequence cut into its parts' count of equal pieces (whole tiles; the
+# count is choose_tc_part_len's, so no more blocks), instead of full partitions and a
+# remainder; and the blocks ordered so that an SM's blocks pair a long item with a short one
+# (snake order over rounds of one block per SM). Measured (D64 MQA 16/1, H200, rounds s4b,
+# s4c; NOTES.md, "MQA 16/1 (session 4)"): 38.8 us against 39.1-39.6 on session 3's kernel,
+# 37.5 against 37.7 with the merge after the loop: small, never slower. Equal-length items
+# (the 32k rows) are cut the same either way. Not with num_splits (its exact part count).
+TC_ITEMS_EVEN = True
+TC_ITEMS_SNAKE = True
 
 
 def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max_parts: int,
@@ -125,13 +134,37 @@ def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int
     return _segments(seq, start, end, seg_ptr, lens.size, -(-total // ranges) * tile_t)
 
 
-def item_segments(lens: np.ndarray, part_len: int) -> Segments:
-    """One segment per block: tc_work_list's partitions (longest first)."""
-    work, _, _ = tc_work_list(lens, part_len)
-    seq, part = work[:, 0].astype(np.int64), work[:, 1].astype(np.int64)
-    start = part * part_len
-    end = np.minimum(lens.astype(np.int64)[seq], start + part_len)
-    return _segments(seq, start, end, np.arange(seq.size + 1), lens.size, part_len)
+def item_segments(lens: np.ndarray, part_len: int, *, tile_t: int | None = None,
+                  sms: int | None = None) -> Segments:
+    """One segment per block: tc_work_list's partitions (longest first). tile_t: each
+    sequence's ceil(len / part_len) parts of equal whole-tile counts instead (the last part
+    of a sequence ends at its length; no more parts than tiles); sms: the blocks in snake
+    order, the longest `sms` first, then the next `sms` shortest first, and so on (a block
+    per SM per round: an SM's second block is short where its first is long)."""
+    lens = lens.astype(np.int64)
+    if tile_t is None:
+        work, _, _ = tc_work_list(lens, part_len)
+        seq, part = work[:, 0].astype(np.int64), work[:, 1].astype(np.int64)
+        start = part * part_len
+        end = np.minimum(lens[seq], start + part_len)
+    else:
+        tiles = -(-lens // tile_t)
+        nparts = np.minimum(-(-lens // part_len), tiles)   # (no empty part)
+        seq = np.repeat(np.arange(lens.size), nparts)
+        part = np.arange(seq.size) - np.repeat(np.cumsum(nparts) - nparts, nparts)
+        base, extra = tiles[seq] // nparts[seq], tiles[seq] % nparts[seq]
+        first_tile = part * base + np.minimum(part, extra)   # the first `extra` parts: +1 tile
+        start = first_tile * tile_t
+        end = np.minimum(lens[seq], (first_tile + base + (part < extra)) * tile_t)
+        order = np.argsort(-(end - start), kind="stable")
+        seq, start, end = seq[order], start[order], end[order]
+    if sms:
+        order = np.arange(seq.size)
+        for r0 in range(sms, seq.size, 2 * sms):   # every other round, shortest first
+            order[r0:r0 + sms] = order[r0:r0 + sms][::-1]
+        seq, start, end = seq[order], start[order], end[order]
+    return _segments(seq, start, end, np.arange(seq.size + 1), lens.size,
+                     part_len if tile_t is None else int((end - start).max()))
 
 
 def _segments(seq, start, end, seg_ptr, batch, range_tokens) -> Segments:
@@ -170,4 +203,7 @@ def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_par
         return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)
     part_len = choose_tc_part_len(lens, grid_y, sms, max_parts, num_splits, resident,
                                   cfg.blocks_per_sm)
-    return scheme, item_segments(lens, part_len)
+    auto = num_splits is None   # (num_splits=n: the longest sequence in exactly n parts)
+    return scheme, item_segments(lens, part_len,
+                                 tile_t=cfg.tile_t if TC_ITEMS_EVEN and auto else None,
+                                 sms=sms if TC_ITEMS_SNAKE and auto else None)

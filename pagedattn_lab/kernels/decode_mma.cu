@@ -49,6 +49,35 @@
 #include "decode_tc_merge.cuh"
 #include "decode_mma_ops.cuh"
 
+// MERGE_AFTER_LOOP (decode_tc_merge.cuh): a split sequence's last block merges it after its
+// tile loop, where the loop's registers are free for the merge's loads in flight (only the
+// block's last segment waits: a segment in mid-range merges at once, as before).
+#define DEFER_MERGE (MERGE_AFTER_LOOP && !SEPARATE_MERGE)
+#ifndef TIMELINE   // diagnostics (benchmarks/explore_mqa.py): per block, thread 0 writes
+#define TIMELINE 0  // %globaltimer / clock64 marks as u64 [block][16] through k_scale (fp16 only)
+#endif
+#if TIMELINE
+__device__ inline unsigned long long tl_now()
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ inline unsigned tl_smid()
+{
+    unsigned s;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
+    return s;
+}
+#define TL_MARK(k, v) do { if (threadIdx.x == 0 && blockIdx.y == 0) \
+    reinterpret_cast<unsigned long long*>(const_cast<float*>(k_scale))[blockIdx.x * 16 + (k)] = \
+        (unsigned long long)(v); } while (0)
+#define TL_TIME(k) do { TL_MARK(k, tl_now()); TL_MARK((k) + 8, clock64()); } while (0)
+#else
+#define TL_MARK(k, v) do {} while (0)
+#define TL_TIME(k) do {} while (0)
+#endif
+
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_mma(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
     const CACHE_T* __restrict__ k_cache,   // [num_pages, page_size, num_kv_heads, HEAD_DIM]
@@ -66,11 +95,15 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     int num_heads, int num_kv_heads, int page_size, int page_shift, int max_pages,
     int rows_per_block, float scale_log2)
 {
+    TL_TIME(0);
     extern __shared__ __align__(128) unsigned char smem[];
     KV_T* qbufs = reinterpret_cast<KV_T*>(smem + Q_OFF);   // [STAGES][ROWS][LD]
     float* m_s = reinterpret_cast<float*>(smem + M_OFF);
     float* l_s = reinterpret_cast<float*>(smem + L_OFF);
     int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
+#if DEFER_MERGE
+    if (threadIdx.x == 0) flag_s[1] = -1;   // the sequence whose merge waits for the loop's end
+#endif
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;           // the fragments' row and column pair
@@ -93,6 +126,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const float v_mult = fold_head_scales(scale_log2, k_scale, v_scale, rows.kvh);
     copy_wait<STAGES - 2>();   // the first tile's group holds the first segment's Q
     __syncthreads();
+    TL_TIME(1);
 
     // ldmatrix x4: lane l gives row l % 8 of matrix l / 8.
     //   Q (A operand, 16 x 16 at k step k): matrix m = rows 8 (m % 2), columns 8 (m / 2).
@@ -317,6 +351,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
             advance_tile(cur, segs);
         }
 
+        TL_TIME(2);
         // 4. the end of the segment: the warps' states merged into its output or partial state
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
@@ -342,11 +377,34 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         finish_rows<LO, O_WSTRIDE, O_SWZ>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters,
                                           slot_start, cur.b, segment_part(cur),
                                           segment_parts(cur), num_heads, rows.h0, rows.nh,
-                                          v_mult);
+                                          v_mult, DEFER_MERGE && cur.seg + 1 >= cur.last);
+#if DEFER_MERGE   // the block's last segment: if it is the last part, merge after the loop
+        if (threadIdx.x == 0 && cur.seg + 1 >= cur.last && segment_parts(cur) > 1 && flag_s[0]) {
+            flag_s[1] = cur.b;
+            flag_s[2] = segment_parts(cur);
+        }
+#endif
         __syncthreads();   // the buffer, m_s and l_s are free again
+        TL_TIME(3);
+#if TIMELINE
+        TL_MARK(4, tl_smid());
+        TL_MARK(5, segment_parts(cur) > 1 ? flag_s[0] : 2);
+        TL_MARK(6, i + 1);
+#endif
         advance_tile(cur, segs);
         ++i;
     }
+#if DEFER_MERGE
+    const int pend_b = flag_s[1], pend_parts = flag_s[2];   // (after the segment's barrier)
+    if (pend_b >= 0) {   // (block-uniform) every stage buffer is free now
+        copy_wait<0>();
+        __threadfence();
+        merge_parts_together(reinterpret_cast<float*>(smem), out, part_out, part_ml,
+                             (long long)pend_b * num_heads + rows.h0,
+                             (long long)slot_start[pend_b] * num_heads + rows.h0, pend_parts,
+                             num_heads, rows.nh);
+    }
+#endif
 }
 
 // The split sequences' merge as a second launch (-DSEPARATE_MERGE=1): block (i, y) merges

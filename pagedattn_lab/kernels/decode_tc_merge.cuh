@@ -59,6 +59,97 @@ __device__ inline void merge_parts(float* w, KV_T* out, const float* part_out,
     }
 }
 
+#ifndef MERGE_AFTER_LOOP   // decode_mma.cu: a split sequence's last block merges it after
+#define MERGE_AFTER_LOOP 0  // its tile loop, with merge_parts_together (tc_config's
+#endif                      // merge_after_loop)
+#if MERGE_AFTER_LOOP
+// The merge with its loads in flight together, for a kernel that merges after its tile loop,
+// where the loop's registers are free (inside the loop, even 16 more registers for loads in
+// flight spilled the loop's: 53 us instead of 38 on D64 MQA 16/1, benchmarks/NOTES.md).
+// Every thread loads the O of its first MERGE_ITEMS (row, 4 dims) items for up to MERGE_PARTS
+// parts, and meanwhile the block loads every part's (m, l) into shared memory (nh x nparts
+// float pairs at w); after one barrier the weights come from shared memory: one L2 round trip
+// for a sequence of up to MERGE_PARTS parts whose items the block holds in one go, where
+// merge_parts takes ~6 (a max pass and a sum pass per row, two rows per warp, then O).
+#ifndef MERGE_ITEMS
+#define MERGE_ITEMS 2
+#endif
+#ifndef MERGE_PARTS
+#define MERGE_PARTS 8
+#endif
+__device__ inline void merge_parts_together(float* w, KV_T* out, const float* part_out,
+                                            const float* part_ml, long long out_row,
+                                            long long slot0, int nparts, int num_heads, int nh)
+{
+    constexpr int D4 = HEAD_DIM / 4;
+    const int items = nh * D4;
+    const float4* po = reinterpret_cast<const float4*>(part_out);
+    float4 x[MERGE_ITEMS][MERGE_PARTS];
+    auto load_o = [&](int base, int p0) {   // items base + TC_THREADS i, parts p0 + j
+#pragma unroll
+        for (int i = 0; i < MERGE_ITEMS; ++i) {
+            const int idx = base + TC_THREADS * i;
+#pragma unroll
+            for (int j = 0; j < MERGE_PARTS; ++j) {
+                if (idx < items && p0 + j < nparts)
+                    x[i][j] = load_cg(po + (slot0 + idx / D4 + (long long)(p0 + j) * num_heads)
+                                      * D4 + idx % D4);
+            }
+        }
+    };
+    load_o(threadIdx.x, 0);
+    for (int rp = threadIdx.x; rp < nh * nparts; rp += TC_THREADS) {
+        const float* ml = part_ml + (slot0 + rp / nparts + (long long)(rp % nparts) * num_heads) * 2;
+        w[2 * rp] = load_cg(ml);
+        w[2 * rp + 1] = load_cg(ml + 1);
+    }
+    __syncthreads();
+    for (int base = threadIdx.x; base < items; base += MERGE_ITEMS * TC_THREADS) {
+        if (base != threadIdx.x) load_o(base, 0);
+        float mx[MERGE_ITEMS], l_sum[MERGE_ITEMS];
+        float4 acc[MERGE_ITEMS];
+#pragma unroll
+        for (int i = 0; i < MERGE_ITEMS; ++i) {   // the row's largest m, from shared memory
+            const int r = min(base + TC_THREADS * i, items - 1) / D4;
+            mx[i] = NEG_BIG;
+            for (int p = 0; p < nparts; ++p) mx[i] = fmaxf(mx[i], w[2 * (r * nparts + p)]);
+            l_sum[i] = 0.0f;
+            acc[i] = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+        }
+        for (int p0 = 0; p0 < nparts; p0 += MERGE_PARTS) {
+            if (p0) load_o(base, p0);
+#pragma unroll
+            for (int i = 0; i < MERGE_ITEMS; ++i) {
+                const int r = min(base + TC_THREADS * i, items - 1) / D4;
+#pragma unroll
+                for (int j = 0; j < MERGE_PARTS; ++j) {
+                    if (p0 + j < nparts) {
+                        const float* mlp = w + 2 * (r * nparts + p0 + j);
+                        const float c = mlp[1] * exp2f(mlp[0] - mx[i]);
+                        l_sum[i] += c;
+                        acc[i].x += c * x[i][j].x;
+                        acc[i].y += c * x[i][j].y;
+                        acc[i].z += c * x[i][j].z;
+                        acc[i].w += c * x[i][j].w;
+                    }
+                }
+            }
+        }
+#pragma unroll
+        for (int i = 0; i < MERGE_ITEMS; ++i) {
+            const int idx = base + TC_THREADS * i;
+            if (idx < items) {
+                KV_T* o_out = out + (out_row + idx / D4) * HEAD_DIM + (idx % D4) * 4;
+                store_value(o_out, acc[i].x / l_sum[i]);
+                store_value(o_out + 1, acc[i].y / l_sum[i]);
+                store_value(o_out + 2, acc[i].z / l_sum[i]);
+                store_value(o_out + 3, acc[i].w / l_sum[i]);
+            }
+        }
+    }
+}
+#endif
+
 // m_s, l_s: [warps][16] (warp w's m and l of row r of its row tile at w * 16 + r); os: the
 // warps' O, row r of warp w at os + w * O_WSTRIDE + r * O_LD (floats; column d at d ^
 // o_swz(r, d) with O_SWZ), reused as the merge's
@@ -69,7 +160,8 @@ template <int O_LD, int O_WSTRIDE, bool O_SWZ = false>
 __device__ inline void finish_rows(const float* m_s, const float* l_s, float* os, int* flag_s,
                                    KV_T* out, float* part_out, float* part_ml, int* counters,
                                    const int* slot_start, int b, int part, int nparts,
-                                   int num_heads, int h0, int nh, float v_mult)
+                                   int num_heads, int h0, int nh, float v_mult,
+                                   bool defer_merge = false)
 {
     // Merge the SLICES warps of each row tile: M = max m_w, L = sum l_w 2^(m_w - M),
     // O = sum O_w 2^(m_w - M) / L. Row r of the block is row r % 16 of row tile r / 16, held
@@ -114,7 +206,7 @@ __device__ inline void finish_rows(const float* m_s, const float* l_s, float* os
         if (flag_s[0]) *counter = 0;   // ready for the next launch
     }
     __syncthreads();
-    if (!flag_s[0]) return;
+    if (!flag_s[0] || defer_merge) return;   // (defer_merge: the caller merges if flag_s[0])
     __threadfence();
 
     merge_parts(os, out, part_out, part_ml, out_row, slot0, nparts, num_heads, nh);
