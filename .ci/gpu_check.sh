@@ -87,7 +87,7 @@ for extra in ${GPU_CHECK_EXTRA:-}; do   # "tool:script" pairs on top, e.g. "sync
     checks+=("${extra#*:}-${extra%%:*}|timeout 200 compute-sanitizer --tool ${extra%%:*} --error-exitcode 9 python3 benchmarks/${extra#*:}.py")
 done
 for tool in $tools; do
-    for script in sanitize sanitize_tc sanitize_rows sanitize_prefill sanitize_quant sanitize_engine sanitize_mma_ptx; do
+    for script in sanitize sanitize_tc sanitize_rows sanitize_mqa sanitize_prefill sanitize_quant sanitize_engine sanitize_mma_ptx; do
         checks+=("$script-$tool|timeout 200 compute-sanitizer --tool $tool --error-exitcode 9 python3 benchmarks/$script.py")
     done
 done
