@@ -9,7 +9,7 @@ Two kernels compute decode attention:
   `kernels/decode_mma.cu` (PTX mma.sync, the softmax in registers, the heads as the rows of
   the tile), `kernels/decode_mma_rows.cu` (the same transposed: 16 tokens as the rows, the
   heads as the columns, for groups up to 16) and lesson 09's `kernels/decode_tc.cu` (WMMA).
-  Block sizes: decode_tc_sizes.py.
+  Block sizes: decode_tc_sizes.py; the measured shapes: decode_tc_shapes.py.
 
 `choose_kernel` picks one (the choice is measured, see benchmarks/NOTES.md); both split long
 sequences into partitions (split-K) so that few sequences still fill the GPU; decode_mma.cu
@@ -24,6 +24,8 @@ import numpy as np
 
 from .attention_common import KV_C_TYPES, THREADS
 from .decode_tc_sizes import TC_SMEM_PER_SM, mma_o_fits, mma_shared_bytes, tc_shared_bytes
+from .decode_tc_shapes import (MMA_SHAPES, ROWS_SHAPES, ROWS_SHORT_ITEMS,
+                               ROWS_SHORT_ITEMS_SHAPE, TC_SHAPES)
 
 KERNELS = ("simt", "tensor_core")
 HEAD_DIM_MAX = 256
@@ -215,70 +217,6 @@ class TCConfig(NamedTuple):
     @property
     def function(self) -> str:
         return "paged_" + self.source
-
-
-# The measured shapes (benchmarks/NOTES.md, H200, 2026-12-02, rounds 1b and 2): (largest head_dim,
-# smallest group, compressed or None for either) -> tc_config keywords; the first row that
-# covers the case is taken.
-TC_SHAPES = [
-    # D64 MQA 16/1: 8 warps in pairs 0.044 ms, 4 warps 0.047 (one wave); GQA 32/8 and 64/8
-    # the other way round: 4 warps 0.189 / 0.194 ms, 8 in pairs 0.206 / 0.209
-    (128, 9, False, dict(warps=8, tile_t=64, stages=2, d_split=2, min_blocks=2)),
-    (128, 1, False, dict(warps=4, tile_t=64, stages=2, d_split=1)),
-    # compressed pages, D64 GQA 32/8 (round 2): each warp copying and converting its own
-    # tokens (WARP_PIPE) fp8 0.199 / int8 0.252 ms, the block converting tiles 0.213 / 0.265
-    (128, 1, True, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True)),
-    # head_dim 256: 4 warps in pairs over 32-token tiles (84 KB, 2 blocks per SM) 0.365 ms;
-    # 4 warps over 64 tokens (150 KB, 1 block) 0.450, 8 warps in fours 0.442
-    (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
-]
-
-
-# The same for kernels/decode_mma.cu (H200, 2026-12-02, benchmarks/NOTES.md). Items (one
-# partition per block; rounds r3, r4): D64 GQA 32/8 W4 warp pipelines S3 0.172 ms, S2 0.175,
-# one barrier per tile S3 0.173, and 0.169 with partitions cut for 8 blocks per SM; MQA 16/1 8
-# warps in pairs S3 0.0390, 4 warps 0.044; head_dim 256 pairs over 32 tokens 0.344; codes over
-# 128-token tiles fp8 0.133, int8 0.136. Balanced ranges (decode_work; rounds r5, r6): the
-# same shapes win again (D64 GQA 32/8 warp pipes S3 0.161-0.164, the block's pipeline 0.162,
-# S2 0.163, 3 blocks per SM 0.217; head_dim 256 pairs over 32 tokens 0.310-0.314, 8 warps over
-# 64 0.331; fp8 128-token tiles S2 0.127). "blocks_per_sm": the items split rule's target
-# (decode_work.choose_tc_part_len) where the shape sets one.
-MMA_SHAPES = [
-    # MQA 16/1, session 4 (rounds s4a-s4c, NOTES.md "MQA 16/1 (session 4)"): the same shape,
-    # the split sequences' last block merging after its tile loop with every load in flight
-    # (D64 37.5-37.7 us against 39.3-39.5 merging in the loop; FlashInfer 39.2-40.1)
-    (128, 9, False, dict(warps=8, tile_t=64, stages=3, d_split=2, min_blocks=2,
-                         merge_after_loop=True)),
-    (128, 1, False, dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True,
-                         blocks_per_sm=8)),
-    (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1)),
-    (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
-]
-
-# kernels/decode_mma_rows.cu (groups up to 16; H200, D64 GQA 32/8). Items (round r5): fp16
-# warp pipelines over 64-token tiles S3 with partitions for 8 blocks per SM 0.167 ms (S2
-# 0.169, 128-token tiles 0.197: one block per SM); codes over 128-token tiles with 3 blocks
-# 0.123 / 0.125 / per-token 0.141-0.145; head_dim 256 pairs over 32-token tiles 0.329.
-# Balanced (round r7): fp16 0.161 (the block's pipeline 0.162), head_dim 256 0.305 (2 warps
-# S3 0.596); codes per-token 0.140 / 0.142 (2 blocks per SM there). Session 4 (rounds s4a,
-# s4b; NOTES.md "8 x 32k GQA and resident blocks"): fp16 two stages, the block's pipeline
-# (73 KB, 158 registers: 3 blocks per SM; r7's 0.214 was 400 blocks for 396 slots) D64 GQA
-# 32/8 0.157 (S3 warp pipes 0.159), 64/8 0.162 (0.164), page 64 0.161 (0.164), 8 x 32k
-# 0.2547-0.2584 (0.2610-0.2652; FlashInfer 0.2586-0.2630), 8 x 16k / 64k 0.138 / 0.489
-# (0.141 / 0.503); but 1 x 32k 0.0517 (0.0496): ROWS_SHORT_ITEMS.
-ROWS_SHAPES = [
-    (128, 1, False, dict(warps=4, tile_t=64, stages=2, d_split=1, blocks_per_sm=8)),
-    (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1, min_blocks=3,
-                        blocks_per_sm=8)),
-    (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
-]
-
-
-# ... one wave of items shorter than ROWS_SHORT_ITEMS tokens (1 x 32k: 8 KV heads x 47 items of
-# 704 tokens at 3 blocks per SM, 0.0517 ms) keep the earlier shape: warp pipelines S3, 2 blocks
-# per SM (32 items of 1024 tokens, 0.0496; FlashInfer 0.0530; H200, round s4b)
-ROWS_SHORT_ITEMS = 2048
-ROWS_SHORT_ITEMS_SHAPE = dict(warps=4, tile_t=64, stages=3, d_split=1, warp_pipe=True)
 
 
 def short_items_config(dtype: str, head_dim: int, group: int, scheme: str,
