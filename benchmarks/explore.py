@@ -348,6 +348,26 @@ class FlashInfer:
         return decode_runner(self.fi, self.torch, inp, w, 1 / math.sqrt(w.head_dim), True)
 
 
+class Say:
+    """say(line, **row): print the line with the seconds since the start; a row also goes to
+    the JSON file `json_path` (a dict with "rows", not "results": viz.load_bench_results leaves
+    it out). The exploration scripts' one logger."""
+
+    def __init__(self, json_path: str | None, kind: str):
+        self.start, self.rows, self.json_path, self.kind = time.time(), [], json_path, kind
+
+    def elapsed(self) -> float:
+        return time.time() - self.start
+
+    def __call__(self, line: str, **row) -> None:
+        print(f"[{self.elapsed():5.1f}s] {line}", flush=True)
+        if row:
+            self.rows.append(row)
+            if self.json_path:
+                Path(self.json_path).write_text(json.dumps(
+                    {"kind": self.kind, "rows": self.rows}, indent=1))
+
+
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--rows", default=",".join(ROWS))
@@ -362,17 +382,7 @@ def main(argv=None):
     p.add_argument("--no-host", action="store_true")
     p.add_argument("--fi-dims", default="128")
     args = p.parse_args(argv)
-    t_start = time.time()
-    results = []
-
-    def say(line, **row):
-        print(f"[{time.time() - t_start:5.1f}s] {line}", flush=True)
-        if row:
-            results.append(row)
-            if args.json:
-                # a dict with "rows", not "results": viz.load_bench_results leaves it out
-                Path(args.json).write_text(json.dumps(
-                    {"kind": "decode-tc-explore", "rows": results}, indent=1))
+    say = Say(args.json, "decode-tc-explore")
 
     fi = None if args.no_flashinfer else FlashInfer([int(d) for d in args.fi_dims.split(",")])
     by_name = {w.name: w for w in decode_workloads()}
@@ -444,7 +454,7 @@ def main(argv=None):
     for w, inp, ref in kept if fi is not None else []:
         if w.head_dim not in fi_dims:
             continue
-        fi.thread.join(timeout=max(0.0, 55 - (time.time() - t_start)))
+        fi.thread.join(timeout=max(0.0, 55 - say.elapsed()))
         if fi.fi is None:
             say(f"{w.name:<14} flashinfer TC not ready: {fi.error}")
             continue

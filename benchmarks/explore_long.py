@@ -22,11 +22,9 @@ Rounds s4b and s4c also timed a pool of entries taken by the blocks after their 
 (commit ec0bb8d; measured no gain, removed: NOTES.md).
 """
 import argparse
-import json
 import math
 import re
 import sys
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -230,16 +228,7 @@ def main(argv=None):
     global OCC, TIMES, BENCH, NCU
     OCC, TIMES, BENCH, NCU = ROUNDS[args.round]
     parts = args.parts.split(",")
-    t_start = time.time()
-    results = []
-
-    def say(line, **row):
-        print(f"[{time.time() - t_start:5.1f}s] {line}", flush=True)
-        if row:
-            results.append(row)
-            if args.json:
-                Path(args.json).write_text(json.dumps({"kind": "long-explore", "rows": results},
-                                                      indent=1))
+    say = ex.Say(args.json, "long-explore")
 
     fi = None if args.no_flashinfer or "bench" not in parts else ex.FlashInfer([128, 256])
     by_name = {w.name: w for w in decode_workloads()}
@@ -383,7 +372,7 @@ def main(argv=None):
                 break
             w = by_name[wname]
             inp = inputs_of(wname)
-            fi.thread.join(timeout=max(0.0, 60 - (time.time() - t_start)))
+            fi.thread.join(timeout=max(0.0, 60 - say.elapsed()))
             if fi.fi is None:
                 say(f"{wname} flashinfer TC not ready: {fi.error}")
                 break

@@ -20,10 +20,8 @@ kernel; "duel": the planner, FlashInfer and alternatives alternated, then D64 GQ
 64/8's planner against FlashInfer. --variants a / b: rounds s4a's / s4b's sweeps.
 """
 import argparse
-import json
 import math
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -258,16 +256,7 @@ def main(argv=None):
     ap.add_argument("--variants", default=None, help="comma-separated names (default: all)")
     ap.add_argument("--ncu", action="store_true", help="launch a few kernels once each")
     args = ap.parse_args(argv)
-    t0 = time.time()
-    results = []
-
-    def say(line, **row):
-        print(f"[{time.time() - t0:5.1f}s] {line}", flush=True)
-        if row:
-            results.append(row)
-            if args.json:
-                Path(args.json).write_text(json.dumps({"kind": "decode-mqa-explore",
-                                                       "rows": results}, indent=1))
+    say = ex.Say(args.json, "decode-mqa-explore")
 
     steps = args.steps.split(",")
     w = {x.name: x for x in decode_workloads()}["D64-mqa16"]
@@ -418,7 +407,7 @@ def main(argv=None):
                 say(f"fixed {n} failed: {type(exc).__name__}: {str(exc)[-300:]}")
 
     if fi is not None:   # FlashInfer last (its JIT build ran in the background)
-        fi.thread.join(timeout=max(0.0, 50 - (time.time() - t0)))
+        fi.thread.join(timeout=max(0.0, 50 - say.elapsed()))
         if fi.fi is None:
             say(f"flashinfer TC not ready: {fi.error}")
         elif "duel" in steps:
