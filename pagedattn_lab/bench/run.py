@@ -6,8 +6,9 @@ cores, when it imports; PyTorch's), checks that they agree, times them (CUDA eve
 L2 flushed before every repetition, median), and reports time, achieved bandwidth (the fewest
 bytes the problem needs / time), that bandwidth as a share of the measured device-to-device
 copy rate, and speed-ups. Also: the host time of `BatchDecodeWrapper.run` (100 back-to-back
-runs of a tiny problem) and of the one-shot `paged_attention_decode` on D64. Prints the
-issue's targets against the measured figures. Writes <prefix>.json and <prefix>.png.
+runs of a tiny problem) and of the one-shot `paged_attention_decode` on D64 (30 back-to-back
+calls), each the median of 5 such batches. Prints the issue's targets against the measured
+figures. Writes <prefix>.json and <prefix>.png.
 """
 from __future__ import annotations
 
@@ -166,11 +167,12 @@ class Bench:
         self._free()
 
     def one_shot(self, w, inp, main, paged_attention_decode, scale):
-        """The one-shot call's wall time per call (host work included), back to back."""
+        """The one-shot call's wall time per call (host work included), back to back (the median
+        of 5 batches of 30 calls)."""
         out = self.cp.empty_like(inp["q"])
         args = (inp["q"], inp["k_cache"], inp["v_cache"], inp["block_tables"], inp["seq_lens"])
         per_call = host_time(self.cp, lambda: paged_attention_decode(*args, scale, out=out),
-                             calls=30)
+                             calls=30, batches=5)
         row = {"kind": "host", "workload": w.name, "kernel": "paged_attention_decode (one-shot)",
                "shape": w.describe(), "wall_ms_per_call": per_call * 1e3,
                "kernel_ms": main.get("ms")}
@@ -179,7 +181,8 @@ class Bench:
         self.rows.append(row)
 
     def host_overhead(self):
-        """run() of a tiny plan, 100 times back to back: the host's time per run."""
+        """run() of a tiny plan, 100 times back to back: the host's time per run (the median of 5
+        batches)."""
         from ..wrappers import BatchDecodeWrapper  # noqa: PLC0415
         from .workloads import DecodeWorkload  # noqa: PLC0415
         w = DecodeWorkload("tiny", (16,), num_heads=8, num_kv_heads=8)
@@ -196,7 +199,7 @@ class Bench:
             except Exception as exc:
                 print(f"flashinfer host-overhead row failed: {exc}", file=sys.stderr)
         for name, fn in runs.items():
-            per_run = host_time(self.cp, fn, calls=100)
+            per_run = host_time(self.cp, fn, calls=100, batches=5)
             self.rows.append({"kind": "host", "workload": "tiny", "kernel": name,
                               "shape": w.describe(), "wall_us_per_run": per_run * 1e6})
 

@@ -92,14 +92,19 @@ def copy_bandwidth(cp, timer: Timer, nbytes: int = 1 << 30, reps: int = 10) -> f
     return 2 * nbytes / (t.median_ms * 1e-3)
 
 
-def host_time(cp, fn, calls: int = 100, warmup: int = 5) -> float:
+def host_time(cp, fn, calls: int = 100, warmup: int = 5, batches: int = 1) -> float:
     """Seconds of wall time per call of `fn`, `calls` calls back to back (no spin kernel):
-    for a call that only launches, the host's time per call when the GPU keeps up."""
+    for a call that only launches, the host's time per call when the GPU keeps up. With
+    `batches` > 1 the median over that many batches of `calls` (one busy moment of the
+    host moves one batch, not the result)."""
     for _ in range(warmup):
         fn()
-    cp.cuda.Device().synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    cp.cuda.Device().synchronize()
-    return (time.perf_counter() - t0) / calls
+    per_call = []
+    for _ in range(batches):
+        cp.cuda.Device().synchronize()
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        cp.cuda.Device().synchronize()
+        per_call.append((time.perf_counter() - t0) / calls)
+    return statistics.median(per_call)

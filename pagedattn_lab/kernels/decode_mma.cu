@@ -48,35 +48,12 @@
 #include "decode_tc_tiles.cuh"
 #include "decode_tc_merge.cuh"
 #include "decode_mma_ops.cuh"
+#include "decode_timeline.cuh"
 
 // MERGE_AFTER_LOOP (decode_tc_merge.cuh): a split sequence's last block merges it after its
 // tile loop, where the loop's registers are free for the merge's loads in flight (only the
 // block's last segment waits: a segment in mid-range merges at once, as before).
 #define DEFER_MERGE (MERGE_AFTER_LOOP && !SEPARATE_MERGE)
-#ifndef TIMELINE   // diagnostics (benchmarks/explore_mqa.py): per block, thread 0 writes
-#define TIMELINE 0  // %globaltimer / clock64 marks as u64 [block][16] through k_scale (fp16 only)
-#endif
-#if TIMELINE
-__device__ inline unsigned long long tl_now()
-{
-    unsigned long long t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    return t;
-}
-__device__ inline unsigned tl_smid()
-{
-    unsigned s;
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
-    return s;
-}
-#define TL_MARK(k, v) do { if (threadIdx.x == 0 && blockIdx.y == 0) \
-    reinterpret_cast<unsigned long long*>(const_cast<float*>(k_scale))[blockIdx.x * 16 + (k)] = \
-        (unsigned long long)(v); } while (0)
-#define TL_TIME(k) do { TL_MARK(k, tl_now()); TL_MARK((k) + 8, clock64()); } while (0)
-#else
-#define TL_MARK(k, v) do {} while (0)
-#define TL_TIME(k) do {} while (0)
-#endif
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_mma(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]

@@ -1,0 +1,33 @@
+// Per-block timeline marks for diagnosis (benchmarks/explore_mqa.py compiles decode_mma.cu
+// with -DTIMELINE=1): thread 0 of each block (blockIdx.y == 0) writes %globaltimer and clock64
+// marks as u64 [block][16] through the kernel's k_scale argument (fp16 pages only, where the
+// kernel never reads it). Off (the default), the marks compile to nothing.
+#ifndef DECODE_TIMELINE_CUH
+#define DECODE_TIMELINE_CUH
+
+#ifndef TIMELINE
+#define TIMELINE 0
+#endif
+#if TIMELINE
+__device__ inline unsigned long long tl_now()
+{
+    unsigned long long t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+__device__ inline unsigned tl_smid()
+{
+    unsigned s;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
+    return s;
+}
+#define TL_MARK(k, v) do { if (threadIdx.x == 0 && blockIdx.y == 0) \
+    reinterpret_cast<unsigned long long*>(const_cast<float*>(k_scale))[blockIdx.x * 16 + (k)] = \
+        (unsigned long long)(v); } while (0)
+#define TL_TIME(k) do { TL_MARK(k, tl_now()); TL_MARK((k) + 8, clock64()); } while (0)
+#else
+#define TL_MARK(k, v) do {} while (0)
+#define TL_TIME(k) do {} while (0)
+#endif
+
+#endif  // DECODE_TIMELINE_CUH
