@@ -1,6 +1,6 @@
-"""D64 MQA 16/1 (issue 10's last decode row behind FlashInfer): where its ~39 us go, in one
-process on the GPU next to FlashInfer's tensor-core decode (tuning runs; NOTES.md, "MQA 16/1
-(session 4)"). explore.py's machinery (variants by name, its plan and launch).
+"""D64 MQA 16/1 (the decode row of issue 10 that was behind FlashInfer until session 4): where
+its ~39 us went, in one process on the GPU next to FlashInfer's tensor-core decode (tuning runs;
+NOTES.md, "MQA 16/1 (session 4)"). explore.py's machinery (variants by name, its plan and launch).
 
     python3 benchmarks/explore_mqa.py [--reps 15] [--json out.json] [--no-flashinfer]
                                       [--steps variants,timeline,duel] [--variants a|b|N,..]
