@@ -97,7 +97,6 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     unsigned char* stages = smem + copier * STAGES * STAGE_BYTES;
     float* scales = reinterpret_cast<float*>(smem + SC_OFF) + copier * STAGES * 2 * CP_TOKENS;
     const int row0 = slice * TW - geo.cp_off;   // this warp's first row in a stage
-    zero_q_pad(qbufs, STAGES, rows.nh);
     start_stream(stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache, v_cache, k_scale,
                  v_scale, q, geo, rows, num_heads);
     const float v_mult = fold_head_scales(scale_log2, k_scale, v_scale, rows.kvh);
@@ -292,10 +291,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 for (int pp = 0; pp < V_PASSES / D_SPLIT; ++pp) {
                     const int pass = dpart * (V_PASSES / D_SPLIT) + pp;
                     uint4 raw[4];   // tokens 2t, 2t+1, 2t+8, 2t+9
-#pragma unroll
-                    for (int r = 0; r < 4; ++r)
-                        raw[r] = *reinterpret_cast<const uint4*>(
-                            vs + stage_at(r0 + (r % 2) + 8 * (r / 2), 8 * pass + g));
+                    load_code_quad(raw, vs, r0, 8 * pass + g);
 #pragma unroll
                     for (int w = 0; w < 4; ++w) {   // bytes 4w .. 4w + 3: n tiles 16 pp + 4w + c
                         // byte c of tokens (2t, 2t+1) and of (2t+8, 2t+9) side by side

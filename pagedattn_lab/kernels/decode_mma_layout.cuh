@@ -46,6 +46,15 @@ __device__ inline int stage_at(int r, int c)
     return r * LDC + (SWZ ? c ^ swz : c) * 16;
 }
 
+// Codes: chunk c (16 codes) of the staged rows r0, r0 + 1, r0 + 8, r0 + 9, a lane's tokens 2t,
+// 2t + 1, 2t + 8, 2t + 9 of a 16-token tile of V (its operand of P V: r0 = the tile's row + 2t)
+__device__ inline void load_code_quad(uint4 (&raw)[4], const unsigned char* vs, int r0, int c)
+{
+#pragma unroll
+    for (int r = 0; r < 4; ++r)
+        raw[r] = *reinterpret_cast<const uint4*>(vs + stage_at(r0 + (r % 2) + 8 * (r / 2), c));
+}
+
 // At the end of a segment the warps' O go to the stage buffer of the tile just computed (free
 // until the next tile's copies are issued; the others hold tiles in flight): a copier's
 // buffer holds the O of its warps (the block's: warp w at w * 16 rows; WARP_PIPE: warp w's

@@ -273,6 +273,8 @@ __device__ inline void issue_tile(int slot, unsigned char* stages, float* scales
         copy_q_rows(qbufs + (c.seg % STAGES) * ROWS * LD, q, c.b, rows, num_heads);
 }
 
+// The stream's start: the Q buffers' pad rows zeroed, the first STAGES - 1 tiles issued (each
+// its group), the page ids of the next one read.
 __device__ inline void start_stream(unsigned char* stages, float* scales, KV_T* qbufs,
                                     int (&pg)[TILE_COPIES], TileCursor& ahead, const int* segs,
                                     const int* tables, const CACHE_T* k_cache,
@@ -280,6 +282,7 @@ __device__ inline void start_stream(unsigned char* stages, float* scales, KV_T* 
                                     const float* v_scale, const KV_T* q, const TileGeom& g,
                                     const DecodeRows& rows, int num_heads)
 {
+    zero_q_pad(qbufs, STAGES, rows.nh);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (tile_valid(ahead)) {
