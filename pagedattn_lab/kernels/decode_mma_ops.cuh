@@ -110,20 +110,16 @@ __device__ inline unsigned word_of(const uint4& x, int i)
 }
 #endif
 
-// 2^x for the online softmax of the kernels over codes: ex2.approx.ftz, one MUFU instruction
-// (exp2f adds a range test and a rescale so that results below 2^-126 come out subnormal:
-// three instructions more per weight, for weights that change no sum); its error, ~2^-22
-// relative, is far below the fp16 rounding of P. fp16/bf16 pages keep exp2f (their cubins
-// unchanged); the CPU executor runs exp2f.
+// 2^x for the online softmax: over codes common.cuh's fast_exp2 (one MUFU instruction; its
+// error, ~2^-22 relative, is far below the fp16 rounding of P); fp16/bf16 pages keep exp2f
+// (their cubins unchanged).
 #ifndef SOFTMAX_EX2
 #define SOFTMAX_EX2 (KV_QUANT != 0)
 #endif
 __device__ inline float softmax_exp2(float x)
 {
-#if SOFTMAX_EX2 && defined(__CUDA_ARCH__)
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
+#if SOFTMAX_EX2
+    return fast_exp2(x);
 #else
     return exp2f(x);
 #endif

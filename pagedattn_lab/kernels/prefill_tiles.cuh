@@ -67,20 +67,6 @@ __device__ inline WarpKeys warp_keys(const PrefillJob& job, int warp)
     return wk;
 }
 
-// 2^x. On the GPU the bare MUFU.EX2 (ex2.approx.ftz): exp2f adds a range fix-up (a compare
-// and two multiplies) for results below 2^-126, and a weight that small next to its row's
-// largest (which is 1) changes nothing.
-__device__ inline float fast_exp2(float x)
-{
-#ifdef __CUDA_ARCH__
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#else
-    return exp2f(x);
-#endif
-}
-
 // K/V tiles from their pages into STAGES stages of shared memory (K rows at stage + r * LD_KV,
 // V rows KV_TILE * LD_KV after), one group of copies per tile. Each key's cache slot is
 // looked up once, a tile ahead, into a ring of STAGES * KV_TILE ints, in two halves so that
