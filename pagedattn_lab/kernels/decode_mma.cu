@@ -294,14 +294,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                     load_code_quad(raw, vs, r0, 8 * pass + g);
 #pragma unroll
                     for (int w = 0; w < 4; ++w) {   // bytes 4w .. 4w + 3: n tiles 16 pp + 4w + c
-                        // byte c of tokens (2t, 2t+1) and of (2t+8, 2t+9) side by side
-                        const unsigned a0 = word_of(raw[0], w), a1 = word_of(raw[1], w);
-                        const unsigned a8 = word_of(raw[2], w), a9 = word_of(raw[3], w);
-                        unsigned b01[4], b89[4];   // [c]: the B register of n tile 4w + c
-                        codes4_to_kv(__byte_perm(a0, a1, 0x5140), b01[0], b01[1]);
-                        codes4_to_kv(__byte_perm(a0, a1, 0x7362), b01[2], b01[3]);
-                        codes4_to_kv(__byte_perm(a8, a9, 0x5140), b89[0], b89[1]);
-                        codes4_to_kv(__byte_perm(a8, a9, 0x7362), b89[2], b89[3]);
+                        unsigned b01[4], b89[4];   // [c]: the B registers of n tile 4w + c
+                        token_pairs(raw, w, b01, b89);
 #pragma unroll
                         for (int c = 0; c < 4; ++c) {
                             const unsigned vb[2] = {b01[c], b89[c]};

@@ -108,6 +108,20 @@ __device__ inline unsigned word_of(const uint4& x, int i)
 {
     return i == 0 ? x.x : i == 1 ? x.y : i == 2 ? x.z : x.w;
 }
+
+// Word w (bytes 4w .. 4w + 3) of a lane's four V rows of codes (load_code_quad: tokens 2t,
+// 2t + 1, 2t + 8, 2t + 9) as token pairs converted: p01[c] holds byte 4w + c of tokens 2t and
+// 2t + 1, p89[c] of tokens 2t + 8 and 2t + 9 (the k pairs of P V's operand over tokens)
+__device__ inline void token_pairs(const uint4 (&raw)[4], int w, unsigned (&p01)[4],
+                                   unsigned (&p89)[4])
+{
+    const unsigned a0 = word_of(raw[0], w), a1 = word_of(raw[1], w);
+    const unsigned a8 = word_of(raw[2], w), a9 = word_of(raw[3], w);
+    codes4_to_kv(__byte_perm(a0, a1, 0x5140), p01[0], p01[1]);
+    codes4_to_kv(__byte_perm(a0, a1, 0x7362), p01[2], p01[3]);
+    codes4_to_kv(__byte_perm(a8, a9, 0x5140), p89[0], p89[1]);
+    codes4_to_kv(__byte_perm(a8, a9, 0x7362), p89[2], p89[3]);
+}
 #endif
 
 // 2^x for the online softmax: over codes common.cuh's fast_exp2 (one MUFU instruction; its

@@ -313,13 +313,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                     load_code_quad(raw, vs, r0, 8 * pass + g);
 #pragma unroll
                     for (int w = 0; w < 4; ++w) {   // bytes 4w .. 4w + 3: m tiles 2w, 2w + 1
-                        const unsigned a0 = word_of(raw[0], w), a1 = word_of(raw[1], w);
-                        const unsigned a8 = word_of(raw[2], w), a9 = word_of(raw[3], w);
                         unsigned v01[4], v89[4];   // [c]: byte c of tokens (2t, 2t+1), (2t+8, 2t+9)
-                        codes4_to_kv(__byte_perm(a0, a1, 0x5140), v01[0], v01[1]);
-                        codes4_to_kv(__byte_perm(a0, a1, 0x7362), v01[2], v01[3]);
-                        codes4_to_kv(__byte_perm(a8, a9, 0x5140), v89[0], v89[1]);
-                        codes4_to_kv(__byte_perm(a8, a9, 0x7362), v89[2], v89[3]);
+                        token_pairs(raw, w, v01, v89);
 #pragma unroll
                         for (int half = 0; half < 2; ++half) {   // rows g, g + 8: bytes 2 half, +1
                             const unsigned a[4] = {v01[2 * half], v01[2 * half + 1],
