@@ -18,7 +18,7 @@ import numpy as np
 
 from .attention_common import (bfloat16_dtype, check_grid, from_torch, is_torch_tensor,
                                prepare_out, to_torch_like)
-from .backend import cupy_module, is_cupy_array, to_numpy_together
+from .backend import cupy_module, is_cupy_array, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
 from .validate import check_attention_inputs, check_int, check_out, resolve_scale
 from .wrappers import BatchDecodeWrapper
@@ -27,6 +27,7 @@ __all__ = ["paged_attention_decode", "choose_partitions"]
 
 PLAN_CACHE_SIZE = 4   # plans kept by paged_attention_decode (a few layers' shapes)
 _plans: OrderedDict = OrderedDict()   # key -> (tables, lens, BatchDecodeWrapper)
+_pinned: OrderedDict = OrderedDict()  # key -> page-locked host arrays the tables are copied to
 
 
 def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=None, *,
@@ -51,8 +52,9 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     if num_splits is not None:
         num_splits = check_int(num_splits, "num_splits", minimum=1)
     # One copy of the tables to the host (both arrays, one wait), checked once (vectorised).
-    tables_h, lens_h = to_numpy_together(block_tables, seq_lens)
     key = _plan_key(q, k_cache, v_cache, block_tables, seq_lens, kernel, num_splits, on_gpu)
+    tables_h, lens_h = to_numpy_together(block_tables, seq_lens,
+                                         into=_pinned_for(key, block_tables, seq_lens, on_gpu))
     w = _cached_plan(key, tables_h, lens_h) if on_gpu else None
     if w is None:
         shapes = check_attention_inputs(q, k_cache, v_cache, tables_h, lens_h, mode="decode",
@@ -84,10 +86,25 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
 
 def _plan_key(q, k, v, tables, lens, kernel, num_splits, on_gpu):
     def sig(x):
-        return (type(x), tuple(x.shape), str(x.dtype)) if hasattr(x, "shape") else (type(x),)
-    device = int(k.device.id) if on_gpu and hasattr(k, "device") else -1
+        return (type(x), x.shape, x.dtype) if hasattr(x, "shape") else (type(x),)
+    device = k.device.id if on_gpu and hasattr(k, "device") else -1
     return (on_gpu, device, repr(kernel), num_splits, sig(q), sig(k), sig(v), sig(tables),
             sig(lens))
+
+
+def _pinned_for(key, tables, lens, on_gpu):
+    """The page-locked arrays this call's tables are copied into, kept per plan key: the
+    calls of a serving loop copy into the same memory instead of taking it from CuPy's pool
+    each time (None where the tables are not CuPy arrays). Each call waits for its copy
+    before it reads the values, so one pair per key is enough."""
+    if not (on_gpu and is_cupy_array(tables) and is_cupy_array(lens)):
+        return None
+    bufs = _pinned.get(key)
+    if bufs is None:
+        bufs = _pinned[key] = pinned_like(tables, lens)
+        while len(_pinned) > PLAN_CACHE_SIZE:
+            _pinned.popitem(last=False)
+    return bufs
 
 
 def _cached_plan(key, tables_h, lens_h):

@@ -83,10 +83,12 @@ def to_numpy(x) -> np.ndarray:
     return x.get() if is_cupy_array(x) else np.asarray(x)
 
 
-def to_numpy_together(*arrays) -> tuple:
+def to_numpy_together(*arrays, into=None) -> tuple:
     """NumPy copies of several arrays with one wait for the GPU instead of one per array: the
-    CuPy ones are copied asynchronously into page-locked host memory (CuPy's pinned pool) on
-    the current stream, which is then synchronised once. NumPy arrays come back as they are."""
+    CuPy ones are copied asynchronously into page-locked host memory (CuPy's pinned pool, or
+    `into`: one page-locked array per array, of its shape and dtype, that a caller calling
+    again and again keeps) on the current stream, which is then synchronised once. NumPy
+    arrays come back as they are."""
     on_gpu = [a for a in arrays if is_cupy_array(a)]
     if not on_gpu:
         return tuple(np.asarray(a) for a in arrays)
@@ -94,12 +96,20 @@ def to_numpy_together(*arrays) -> tuple:
     import cupyx  # noqa: PLC0415 - ships with CuPy
 
     out = []
-    for a in arrays:
+    for i, a in enumerate(arrays):
         if is_cupy_array(a):
-            host = cupyx.empty_pinned(a.shape, a.dtype)
-            cp.ascontiguousarray(a).get(out=host, blocking=False)   # a view: one copy first
+            host = into[i] if into is not None else cupyx.empty_pinned(a.shape, a.dtype)
+            if not a.flags.c_contiguous:
+                a = cp.ascontiguousarray(a)   # a view: one copy on the GPU first
+            a.get(out=host, blocking=False)
             out.append(host)
         else:
             out.append(np.asarray(a))
     cp.cuda.get_current_stream().synchronize()
     return tuple(out)
+
+
+def pinned_like(*arrays) -> tuple:
+    """Page-locked host arrays of these CuPy arrays' shapes and dtypes (`into=` above)."""
+    import cupyx  # noqa: PLC0415 - ships with CuPy
+    return tuple(cupyx.empty_pinned(a.shape, a.dtype) for a in arrays)
