@@ -13,6 +13,8 @@
 # them (verbose: a test the limit cut off has no PASSED line in logs/pytest-gpu.log);
 # GPU_CHECK_EXTRA ("tool:script" pairs) adds sanitizer runs; GPU_CHECK_TOOLS (e.g. "memcheck
 # racecheck") sets the sanitizer tools.
+# The GPU tests' workers each run NumPy's BLAS (the float64 oracle): two threads each, not one
+# per core each (8 workers x 16 threads made the long prefill oracles crawl).
 # Phase 1 checks correctness and times nothing, so its steps run side by side, and FlashInfer's
 # JIT builds (a minute of CPU) run beside them. Phase 2 times, one step at a time, GPU alone.
 # The device's python3 has torch, cupy, pytest, tqdm, matplotlib, transformers; the
@@ -78,7 +80,7 @@ fi
 step nvidia-smi nvidia-smi
 
 # Phase 1: correctness (nothing timed). compute-sanitizer on every kernel's launch script.
-checks=("pytest-gpu|timeout ${GPU_CHECK_PYTEST_LIMIT:-400} python3 -m pytest -m gpu ${GPU_CHECK_TESTS:-tests} -v -p no:cacheprovider -n ${GPU_CHECK_WORKERS:-8} -rf --durations=25"
+checks=("pytest-gpu|timeout ${GPU_CHECK_PYTEST_LIMIT:-400} env OMP_NUM_THREADS=2 OPENBLAS_NUM_THREADS=2 python3 -m pytest -m gpu ${GPU_CHECK_TESTS:-tests} -v -p no:cacheprovider -n ${GPU_CHECK_WORKERS:-8} -rf --durations=25"
         "flashinfer-jit|timeout 300 python3 benchmarks/prebuild_flashinfer.py")
 tools="memcheck"
 [ "$MODE" = lean ] || tools="memcheck racecheck synccheck"

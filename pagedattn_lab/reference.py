@@ -37,11 +37,34 @@ def _sequence_kv(k_cache, v_cache, block_table_row, seq_len: int):
     return np.concatenate(keys), np.concatenate(values)
 
 
-def _softmax_attend(q_vec, keys, values, scale: float):
-    """softmax(keys @ q * scale) @ values for one query vector, in float64."""
-    logits = keys @ q_vec * scale
-    weights = np.exp(logits - logits.max())
-    return (weights / weights.sum()) @ values
+def _softmax_attend(q_rows, keys, values, scale: float, visible=None):
+    """softmax(K @ q * scale) @ V for query tokens and all their heads, in float64.
+
+    q_rows [n, num_heads, dim]; keys, values [len, num_kv_heads, dim]; query row i sees
+    keys[:visible[i]] (all of them when `visible` is None), the rest are masked out of its
+    softmax. Query head h reads KV head h // group: each KV head's queries (n rows x group
+    heads) are one matrix product with its keys, a few hundred rows at a time.
+    """
+    n, num_heads, dim = q_rows.shape
+    length, num_kv_heads = keys.shape[:2]
+    group = num_heads // num_kv_heads
+    keys_t = np.ascontiguousarray(keys.transpose(1, 2, 0))       # [kv, dim, len]
+    values_t = np.ascontiguousarray(values.transpose(1, 0, 2))   # [kv, len, dim]
+    out = np.empty((n, num_heads, dim))
+    step = max(1, (1 << 22) // max(1, num_heads * length))       # <= 32 MB of logits
+    for lo in range(0, n, step):
+        rows = q_rows[lo:lo + step]                               # [r, heads, dim]
+        r = rows.shape[0]
+        grouped = rows.reshape(r, num_kv_heads, group, dim).transpose(1, 0, 2, 3)
+        logits = grouped.reshape(num_kv_heads, r * group, dim) @ keys_t * scale
+        if visible is not None:   # [r * group, len]: True where the key is in the future
+            limit = np.repeat(np.asarray(visible[lo:lo + step]), group)
+            logits[:, np.arange(length)[None, :] >= limit[:, None]] = -np.inf
+        weights = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        weights /= weights.sum(axis=-1, keepdims=True)
+        attended = (weights @ values_t).reshape(num_kv_heads, r, group, dim)
+        out[lo:lo + r] = attended.transpose(1, 0, 2, 3).reshape(r, num_heads, dim)
+    return out
 
 
 def _as_float64_inputs(q, k_cache, v_cache, block_tables, seq_lens):
@@ -64,9 +87,7 @@ def reference_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=None) ->
     out = np.zeros(q.shape)
     for b in range(shapes.batch):
         keys, values = _sequence_kv(k_cache, v_cache, tables[b], int(lens[b]))
-        for h in range(shapes.num_heads):
-            kv_head = h // shapes.group_size
-            out[b, h] = _softmax_attend(q[b, h], keys[:, kv_head], values[:, kv_head], scale)
+        out[b] = _softmax_attend(q[b][None], keys, values, scale)[0]
     return out
 
 
@@ -85,11 +106,8 @@ def reference_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None) -
     out = np.zeros(q.shape)
     for b in range(shapes.batch):
         keys, values = _sequence_kv(k_cache, v_cache, tables[b], int(lens[b]))
-        for t in range(int(lens[b])):
-            for h in range(shapes.num_heads):
-                kv_head = h // shapes.group_size
-                out[b, t, h] = _softmax_attend(q[b, t, h], keys[: t + 1, kv_head],
-                                               values[: t + 1, kv_head], scale)
+        n = int(lens[b])   # query t sees keys 0..t
+        out[b, :n] = _softmax_attend(q[b, :n], keys, values, scale, visible=np.arange(1, n + 1))
     return out
 
 
@@ -123,7 +141,6 @@ def reference_prefill_packed(q, k_cache, v_cache, qo_indptr, block_tables, seq_l
                          f"{head_dim}], got {tuple(q.shape)}")
     check_block_tables(block_tables, seq_lens, num_pages=num_pages, page_size=page_size,
                        batch=batch, min_len=0)
-    group_size = q.shape[1] // num_kv_heads
     scale = resolve_scale(scale, head_dim)
     q, k_cache, v_cache, tables, lens = _as_float64_inputs(q, k_cache, v_cache, block_tables,
                                                            seq_lens)
@@ -134,11 +151,8 @@ def reference_prefill_packed(q, k_cache, v_cache, qo_indptr, block_tables, seq_l
             raise ValueError(f"qo_indptr: sequence {b} has {q_len} queries but seq_lens[{b}] "
                              f"is {seq_len} (the new tokens are among its cached tokens)")
         keys, values = _sequence_kv(k_cache, v_cache, tables[b], seq_len)
-        for i in range(q_len):
-            visible = seq_len - q_len + i + 1 if causal else seq_len
-            for h in range(q.shape[1]):
-                kv_head = h // group_size
-                out[indptr[b] + i, h] = _softmax_attend(q[indptr[b] + i, h],
-                                                        keys[:visible, kv_head],
-                                                        values[:visible, kv_head], scale)
+        first = seq_len - q_len   # query i sits at position first + i
+        visible = first + np.arange(1, q_len + 1) if causal else None
+        out[indptr[b]:indptr[b + 1]] = _softmax_attend(q[indptr[b]:indptr[b + 1]], keys,
+                                                       values, scale, visible)
     return out

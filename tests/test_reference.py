@@ -60,6 +60,7 @@ CASES = [
     ([5, 1, 12], 1, 8, 1, 4),           # page size 1; MQA
     ([300, 257, 3], 256, 4, 2, 8),      # page size 256, lengths around it
     ([7, 40], 8, 6, 3, 12),             # odd head_dim, GQA
+    ([2100, 5], 32, 2, 1, 8),           # more queries than the oracle takes at once (chunks)
 ]
 
 
