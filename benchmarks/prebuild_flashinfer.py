@@ -45,7 +45,8 @@ def main() -> int:
         fp8 = quant.prebuild_flashinfer(cp, ["fp8_e4m3"], quant.workloads()[0].head_dim)
         for name, job in jobs.items():
             print(f"prebuild {name}: failures {job.result()}")
-        print(f"prebuild fp8 decode: {fp8['fp8_e4m3'].result()}")
+        for (kv_dtype, tensor_cores), job in fp8.items():
+            print(f"prebuild {kv_dtype} decode (tensor cores {tensor_cores}): {job.result()}")
     torch.cuda.synchronize()
     print(f"prebuild: done in {time.perf_counter() - t0:.0f} s")
     return 0

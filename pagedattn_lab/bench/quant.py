@@ -1,6 +1,6 @@
 """Compressed-KV decode benchmark on the GPU: `BatchDecodeWrapper` over fp16, int8 and fp8
-(e4m3) pages, static and per-token scales, with FlashInfer's fp8 KV decode as a baseline in
-the same process when its JIT builds it. (The cache write is not timed here: its Python
+(e4m3) pages, static and per-token scales, with FlashInfer's fp8 KV decode (CUDA cores, and
+tensor cores on the grouped rows) as a baseline in the same process when its JIT builds it. (The cache write is not timed here: its Python
 checks copy the slot mapping to the host, which the spin kernel of `Timer` cannot hide.)
 
     python -m pagedattn_lab.bench.quant --out DIR [--flashinfer fp8_e4m3,float16] [--reps 30]
@@ -137,23 +137,30 @@ def flashinfer_decode(cp, w, d, kv_dtype, use_tensor_cores=False):
     return run
 
 
+FLASHINFER_VARIANTS = {"flashinfer-cuda-cores": False, "flashinfer-tensor-cores": True}
+
+
 def prebuild_flashinfer(cp, kinds, head_dim: int):
     """Start FlashInfer's JIT builds (about a minute each on a fresh machine) in threads, so
-    they overlap our rows; returns {kv_dtype: future} (a future's result is None or the error)."""
-    def build(kv_dtype):
-        tiny = QuantWorkload("tiny", (17,), 1, 1, head_dim)
+    they overlap our rows; returns {(kv_dtype, use_tensor_cores): future} (a future's result
+    is None or the error). Tensor cores are built for a grouped shape (4 query heads per KV
+    head), where the benchmark times them."""
+    def build(kv_dtype, tensor_cores):
+        group = 4 if tensor_cores else 1
+        tiny = QuantWorkload("tiny", (17,), group, 1, head_dim)
         storage = cp.float16 if kv_dtype == "float16" else cp.uint8
         d = {"tables": np.array([[0, 1]], np.int32), "lens": np.array([17], np.int32),
-             "q": cp.zeros((1, 1, head_dim), cp.float16), "static_scale": 1.0,
+             "q": cp.zeros((1, group, head_dim), cp.float16), "static_scale": 1.0,
              "k": cp.zeros((2, PAGE, 1, head_dim), storage)}
         d["v"] = d["k"]
         try:
-            flashinfer_decode(cp, tiny, d, kv_dtype)()
+            flashinfer_decode(cp, tiny, d, kv_dtype, use_tensor_cores=tensor_cores)()
             return None
         except Exception as exc:  # noqa: BLE001 - the timed row reports it
             return f"{type(exc).__name__}: {exc}"[:300]
-    pool = ThreadPoolExecutor(max_workers=max(1, len(kinds)))
-    return {k: pool.submit(build, k) for k in kinds}
+    builds = [(k, tc) for k in kinds for tc in FLASHINFER_VARIANTS.values()]
+    pool = ThreadPoolExecutor(max_workers=max(1, len(builds)))
+    return {b: pool.submit(build, *b) for b in builds}
 
 
 def bytes_read(w, kv_dtype, scheme) -> int:
@@ -178,13 +185,18 @@ def measure_row(cp, timer, w, kv_dtype, scheme, copy_rate, fp16_ms, args) -> dic
     makers = [("ours", lambda: ours(cp, w, d, kv_dtype, scheme))]
     if w.num_heads != w.num_kv_heads:
         makers.append(("ours-simt", lambda: ours(cp, w, d, kv_dtype, scheme, kernel="simt")))
-    if kv_dtype in args.fi_builds and scheme != "per_token":
-        def make_fi():
-            failed = args.fi_builds[kv_dtype].result()
+    for label, tensor_cores in FLASHINFER_VARIANTS.items():
+        build_key = (kv_dtype, tensor_cores)
+        if (build_key not in args.fi_builds or scheme == "per_token"
+                or (tensor_cores and w.num_heads == w.num_kv_heads)):
+            continue   # FlashInfer has no per-token scales; its tensor cores serve groups
+
+        def make_fi(build_key=build_key):
+            failed = args.fi_builds[build_key].result()
             if failed:
                 raise RuntimeError(f"FlashInfer's JIT build failed: {failed}")
-            return flashinfer_decode(cp, w, d, kv_dtype)
-        makers.append(("flashinfer-cuda-cores", make_fi))
+            return flashinfer_decode(cp, w, d, kv_dtype, use_tensor_cores=build_key[1])
+        makers.append((label, make_fi))
     outputs = {}
     for label, make in makers:
         try:
