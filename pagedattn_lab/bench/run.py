@@ -7,14 +7,15 @@ L2 flushed before every repetition, median), and reports time, achieved bandwidt
 bytes the problem needs / time), that bandwidth as a share of the measured device-to-device
 copy rate, and speed-ups. Also: the host time of `BatchDecodeWrapper.run` (100 back-to-back
 runs of a tiny problem) and of the one-shot `paged_attention_decode` on D64 (30 back-to-back
-calls), each the median of 5 such batches. Prints the issue's targets against the measured
-figures. Writes <prefix>.json and <prefix>.png.
+calls), each the median of 5 such batches, with the host's 1-minute load average. Prints
+the issue's targets against the measured figures. Writes <prefix>.json and <prefix>.png.
 """
 from __future__ import annotations
 
 import argparse
 import datetime as dt
 import math
+import os
 import platform
 import sys
 from pathlib import Path
@@ -175,7 +176,7 @@ class Bench:
                              calls=30, batches=5)
         row = {"kind": "host", "workload": w.name, "kernel": "paged_attention_decode (one-shot)",
                "shape": w.describe(), "wall_ms_per_call": per_call * 1e3,
-               "kernel_ms": main.get("ms")}
+               "kernel_ms": main.get("ms"), "host_load_1min": os.getloadavg()[0]}
         if main.get("ms"):
             row["ratio_to_kernel"] = per_call * 1e3 / main["ms"]
         self.rows.append(row)
@@ -201,7 +202,8 @@ class Bench:
         for name, fn in runs.items():
             per_run = host_time(self.cp, fn, calls=100, batches=5)
             self.rows.append({"kind": "host", "workload": "tiny", "kernel": name,
-                              "shape": w.describe(), "wall_us_per_run": per_run * 1e6})
+                              "shape": w.describe(), "wall_us_per_run": per_run * 1e6,
+                              "host_load_1min": os.getloadavg()[0]})
 
     def prefill(self, w, progress):
         from ..attention_prefill import plan_prefill  # noqa: PLC0415
