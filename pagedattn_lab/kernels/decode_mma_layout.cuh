@@ -29,7 +29,12 @@ constexpr int V_PASSES = HEAD_DIM / 128;      // codes: 128 columns of O per pas
 //   fp16/bf16: an ldmatrix reads one chunk of 8 consecutive rows: swz(r) = r % 8;
 //   codes: a K load reads chunks 4b .. 4b + 3 of rows 2p, 2p + 1 (bit 2 of swz must differ)
 //   and a V load the same pair of chunks of rows 2p, 2p + 2, 2p + 4, 2p + 6 (bits 1, 2 must
-//   all differ): swz(r) = (r & 6) ^ 4 (r & 1).
+//   all differ): swz(r) = (r & 6) ^ 4 (r & 1);
+//   codes with QK_MMA8 (decode_mma_rows.cu: K's codes are mma operands as they are, read by
+//   ldmatrix like fp16 K): swz(r) = r % 8, under which the V loads do not conflict either.
+#ifndef QK_MMA8   // S on 8-bit tensor cores from the K codes (decode_mma_ops.cuh)
+#define QK_MMA8 0
+#endif
 #if WARP_PIPE
 constexpr int CP_THREADS = 32, CP_TOKENS = TW, COPIERS = NWARPS;   // a copier: a warp
 static_assert(ROW_TILES == 1 && D_SPLIT == 1, "WARP_PIPE: one warp per token slice");
@@ -42,7 +47,7 @@ constexpr int STAGE_BYTES = 2 * CP_TOKENS * LDC;             // a copier's stage
 // where 16-byte chunk c of staged row r lands (bytes from the stage's start)
 __device__ inline int stage_at(int r, int c)
 {
-    const int swz = KV_QUANT ? (r & 6) ^ ((r & 1) << 2) : r & 7;
+    const int swz = KV_QUANT && !QK_MMA8 ? (r & 6) ^ ((r & 1) << 2) : r & 7;
     return r * LDC + (SWZ ? c ^ swz : c) * 16;
 }
 

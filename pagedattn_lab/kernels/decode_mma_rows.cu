@@ -37,9 +37,12 @@
 // a slice, each accumulating 1/D_SPLIT of O^T's dims.
 //
 // Compile-time parameters (decode_plan.tc_config, impl "rows"): decode_mma.cu's (ROW_TILES 1;
-// S_CHAINS 2: odd and even k steps in two accumulators) and HEAD_TILES (1: up to 8 heads per
-// KV head, 2: up to 16). On the H200 it is the planner's choice for groups up to 8 at head_dim
-// 128 (codes too) and 256 (benchmarks/NOTES.md, "Tensor-core decode v5").
+// S_CHAINS 2: odd and even k steps in two accumulators), HEAD_TILES (1: up to 8 heads per
+// KV head, 2: up to 16) and, over codes with up to 4 heads, QK_MMA8 (S^T on 8-bit tensor
+// cores from the K codes as staged, read by ldmatrix; q split into two 8-bit codes per
+// element, hi in columns 0-3, lo in 4-7: decode_mma_ops.cuh). On the H200 it is the
+// planner's choice for groups up to 8 at head_dim 128 (codes too) and 256
+// (benchmarks/NOTES.md, "Tensor-core decode v5").
 
 #include "common.cuh"
 #include "kv_quant.cuh"
@@ -57,6 +60,7 @@
 #endif
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");
+static_assert(!QK_MMA8 || HEAD_TILES == 1, "QK_MMA8: up to 4 heads (hi and lo in one n tile)");
 constexpr int MT = TW / 16;                   // m tiles (16 tokens) per warp and tile
 #if KV_QUANT
 constexpr int OM = 8 * V_PASSES / D_SPLIT;    // m tiles of O^T (16 dims) per warp
@@ -127,11 +131,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         bq[1] = *reinterpret_cast<const unsigned*>(row + 8);
     };
 #endif
-#if Q_REGS
+#if QK_MMA8
+    unsigned q8[HEAD_DIM / 32][2];   // q split in 8-bit codes (at each segment's start)
+    float qw[2][2];                  // the accumulators' weights (decode_mma_ops.cuh)
+#elif Q_REGS
     unsigned qf[HEAD_TILES][D_TILES][2];   // (loaded at each segment's start)
 #endif
     auto q_operand = [&](unsigned (&buf)[2], int h, int k) -> const unsigned* {
-#if Q_REGS
+#if Q_REGS && !QK_MMA8
         return qf[h][k];
 #else
         q_frag(buf, h, k);
@@ -148,7 +155,9 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     int i = 0;   // the block's tiles so far (tile i is in stage buffer i % STAGES)
     while (tile_valid(cur)) {   // a segment: a fresh state, and the segment's Q
         qs = qbufs + (cur.seg % STAGES) * ROWS * LD;
-#if Q_REGS
+#if QK_MMA8
+        qk8_operands<LD>(q8, qw, qs, g, t, scale_log2);
+#elif Q_REGS
 #pragma unroll
         for (int h = 0; h < HEAD_TILES; ++h) {
 #pragma unroll
@@ -175,7 +184,32 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
             const unsigned char* vs = ks + CP_TOKENS * LDC;
 
             // 1. S^T = K Q^T: one accumulator per (m tile, n tile), MT x HEAD_TILES chains
-            float s[MT][HEAD_TILES][4], s2[S_CHAINS > 1 ? MT : 1][HEAD_TILES][4];
+            float s[MT][HEAD_TILES][4];
+#if QK_MMA8
+            // on 8-bit tensor cores from the K codes: k step k (32 dims: chunks 2k, 2k + 1) by
+            // the fp16 path's ldmatrix (matrix m: tokens 8 (m % 2), chunk 2k + m / 2);
+            // S_CHAINS 2: odd and even k steps in two accumulators
+            constexpr int QC = S_CHAINS > 1 ? 2 : 1;
+            qk_acc_t sa[MT][QC][4] = {};
+#pragma unroll
+            for (int k = 0; k < HEAD_DIM / 32; ++k) {
+#pragma unroll
+                for (int j = 0; j < MT; ++j) {
+                    unsigned a[4];
+                    ldmatrix_x4(a, ks + stage_at(k_row + 16 * j, 2 * k + k_chunk));
+                    mma_qk8(sa[j][k % QC], a, q8[k]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < MT; ++j) {
+                qk_acc_t sum[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    sum[e] = QC > 1 ? sa[j][0][e] + sa[j][QC - 1][e] : sa[j][0][e];
+                qk8_logits(s[j][0], sum, qw);   // already times scale_log2
+            }
+#else
+            float s2[S_CHAINS > 1 ? MT : 1][HEAD_TILES][4];
 #pragma unroll
             for (int j = 0; j < MT; ++j) {
 #pragma unroll
@@ -237,6 +271,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 }
             }
 #endif
+#endif   // QK_MMA8
 
             // 2. online softmax per head (column): a lane's tokens g, g + 8 of each m tile, then
             // the 8 lanes of its column pair (xor 4, 8, 16)
@@ -253,7 +288,11 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 for (int j = 0; j < MT; ++j) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
+#if QK_MMA8
+                        float x = s[j][h][e];
+#else
                         float x = s[j][h][e] * scale_log2;
+#endif
 #if KV_QUANT && PER_TOKEN_SCALES
                         x *= ksc[16 * j + 8 * (e / 2)];
 #endif
