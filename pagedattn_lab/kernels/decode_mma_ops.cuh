@@ -130,8 +130,10 @@ __device__ inline void token_pairs(const uint4 (&raw)[4], int w, unsigned (&p01)
 // codes 4t .. 4t + 3 of matrix i, mma_m16n8k32's A layout with k doubled; no conversion),
 // B = q quantized to the cache's 8-bit format. A plain 8-bit q would add an error as large as
 // the cache's own, so q is split: q' = q f (f per head, a power of two putting max|q'| at most
-// QK_TOP), hi = Q8(q'), lo = Q8((q' - hi) / QK_LO), and q' ~ hi + QK_LO lo. Columns 0-3 of the
-// n = 8 tile are the 4 heads' hi, columns 4-7 their lo: one mma for both. |q' - hi - QK_LO lo|
+// QK_TOP), hi = Q8(q'), lo = Q8((q' - hi) / QK_LO), and q' ~ hi + QK_LO lo. Column 2h of the
+// n = 8 tile is head h's hi, column 2h + 1 its lo: one mma for both, and lane 4g + t holds
+// both halves of head t's scores (its two accumulator columns), so it combines them itself
+// (no shuffle) and the softmax has one column per lane, not two. |q' - hi - QK_LO lo|
 // per element: int8 <= QK_LO / 2 = 2^-8 with max|q'| >= 63.5 (2^-14 of the head's largest
 // |q|); e4m3 <= 2^-8 |q'| + 2^-14 (each rounding 2^-4 relative, subnormals 2^-10 absolute) with
 // max|q'| >= 224. The cache's own rounding of K is 2^-4 relative (e4m3) or half a step (int8).
@@ -188,16 +190,15 @@ __device__ inline unsigned qk_codes4(const float (&x)[4], float (&v)[4])
 }
 
 // B of k step k for lane 4g + t (once per segment, from the segment's Q in shared memory,
-// row stride LDQ): column g of head g % 4, k 4t .. 4t + 3 and 4t + 16 .. 4t + 19 = dims
-// 32k + 4t .. + 3 and 32k + 16 + 4t .. + 3, hi for g < 4, lo for g >= 4. w: the weights of
-// the lane's accumulators for its columns 2t, 2t + 1 (c = 0, 1), [0] its own, [1] its
-// partner's (lane ^ 2: the other half of the split, same heads), with 1/f and the logits'
-// scale in them: logit = w[0][c] own + w[1][c] partner's.
+// row stride LDQ): column g = head g / 2's hi (g even) or lo (g odd), k 4t .. 4t + 3 and
+// 4t + 16 .. 4t + 19 = dims 32k + 4t .. + 3 and 32k + 16 + 4t .. + 3. w: the weights of the
+// lane's accumulator columns 2t (hi) and 2t + 1 (lo) of head t, with 1/f and the logits'
+// scale in them.
 template <int LDQ>
-__device__ inline void qk8_operands(unsigned (&qb)[HEAD_DIM / 32][2], float (&w)[2][2],
+__device__ inline void qk8_operands(unsigned (&qb)[HEAD_DIM / 32][2], float (&w)[2],
                                     const KV_T* qs, int g, int t, float scale_log2)
 {
-    const KV_T* row = qs + (g & 3) * LDQ + 4 * t;   // + 32k + 16r + i: B[4t + 16r + i][g]
+    const KV_T* row = qs + (g >> 1) * LDQ + 4 * t;   // + 32k + 16r + i: B[4t + 16r + i][g]
     float m = 0.0f;
 #pragma unroll
     for (int k = 0; k < HEAD_DIM / 32; ++k) {
@@ -216,31 +217,23 @@ __device__ inline void qk8_operands(unsigned (&qb)[HEAD_DIM / 32][2], float (&w)
 #pragma unroll
             for (int i = 0; i < 4; ++i) x[i] = to_float(row[32 * k + 16 * r + i]) * f;
             qb[k][r] = qk_codes4(x, v);
-            if (g >= 4) {
+            if (g & 1) {
 #pragma unroll
                 for (int i = 0; i < 4; ++i) x[i] = (x[i] - v[i]) * (1.0f / QK_LO);   // exact
                 qb[k][r] = qk_codes4(x, v);
             }
         }
     }
-#pragma unroll
-    for (int c = 0; c < 2; ++c) {   // the lane's columns hold heads 2 (t % 2) + c
-        const float fi = scale_log2 / __shfl_sync(0xffffffffu, f, 4 * (2 * (t & 1) + c));
-        w[0][c] = t < 2 ? fi : fi * QK_LO;
-        w[1][c] = t < 2 ? fi * QK_LO : fi;
-    }
+    w[0] = scale_log2 / __shfl_sync(0xffffffffu, f, 8 * t);   // head t's f (lanes 8t ..)
+    w[1] = w[0] * QK_LO;
 }
 
-// An m tile's logits (base 2, per-token K scales not yet applied) from its accumulators
-__device__ inline void qk8_logits(float (&s)[4], const qk_acc_t (&acc)[4],
-                                  const float (&w)[2][2])
+// An m tile's logits of head t (base 2, per-token K scales not yet applied) from its
+// accumulators: tokens g (s[0]) and g + 8 (s[2]); s[1], s[3] are not written
+__device__ inline void qk8_logits(float (&s)[4], const qk_acc_t (&acc)[4], const float (&w)[2])
 {
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-        const float own = (float)acc[e];
-        const float other = __shfl_xor_sync(0xffffffffu, own, 2);
-        s[e] = fmaf(other, w[1][e % 2], own * w[0][e % 2]);
-    }
+    s[0] = fmaf((float)acc[1], w[1], (float)acc[0] * w[0]);
+    s[2] = fmaf((float)acc[3], w[1], (float)acc[2] * w[0]);
 }
 #endif
 

@@ -40,7 +40,8 @@
 // S_CHAINS 2: odd and even k steps in two accumulators), HEAD_TILES (1: up to 8 heads per
 // KV head, 2: up to 16) and, over codes with up to 4 heads, QK_MMA8 (S^T on 8-bit tensor
 // cores from the K codes as staged, read by ldmatrix; q split into two 8-bit codes per
-// element, hi in columns 0-3, lo in 4-7: decode_mma_ops.cuh). On the H200 it is the
+// element, head h's hi in column 2h, lo in 2h + 1: decode_mma_ops.cuh). Then lane t's first
+// column is head t and its second holds nothing (P 0): the softmax takes one column. On the H200 it is the
 // planner's choice for groups up to 8 at head_dim 128 (codes too) and 256
 // (benchmarks/NOTES.md, "Tensor-core decode v5").
 
@@ -133,7 +134,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #endif
 #if QK_MMA8
     unsigned q8[HEAD_DIM / 32][2];   // q split in 8-bit codes (at each segment's start)
-    float qw[2][2];                  // the accumulators' weights (decode_mma_ops.cuh)
+    float qw[2];                     // the accumulators' weights (decode_mma_ops.cuh)
 #elif Q_REGS
     unsigned qf[HEAD_TILES][D_TILES][2];   // (loaded at each segment's start)
 #endif
@@ -206,7 +207,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #pragma unroll
                 for (int e = 0; e < 4; ++e)
                     sum[e] = QC > 1 ? sa[j][0][e] + sa[j][QC - 1][e] : sa[j][0][e];
-                qk8_logits(s[j][0], sum, qw);   // already times scale_log2
+                qk8_logits(s[j][0], sum, qw);   // head t, already times scale_log2
             }
 #else
             float s2[S_CHAINS > 1 ? MT : 1][HEAD_TILES][4];
@@ -289,6 +290,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
 #if QK_MMA8
+                        if (e % 2) continue;   // (column 2t + 1: no head)
                         float x = s[j][h][e];
 #else
                         float x = s[j][h][e] * scale_log2;
@@ -302,8 +304,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                     }
                 }
                 float alpha[2];
+#if QK_MMA8
+                alpha[1] = 1.0f;
+#pragma unroll
+                for (int c = 0; c < 1; ++c) {
+#else
 #pragma unroll
                 for (int c = 0; c < 2; ++c) {
+#endif
                     mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 4));
                     mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 8));
                     mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 16));
@@ -316,6 +324,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 for (int j = 0; j < MT; ++j) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
+#if QK_MMA8
+                        if (e % 2) {
+                            s[j][h][e] = 0.0f;
+                            continue;
+                        }
+#endif
                         s[j][h][e] = softmax_exp2(s[j][h][e] - m_run[h][e % 2]);   // 0: masked
                         l_run[h][e % 2] += s[j][h][e];
 #if KV_QUANT && PER_TOKEN_SCALES
@@ -399,12 +413,19 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #endif
 #pragma unroll
         for (int h = 0; h < HEAD_TILES; ++h) {
+#if QK_MMA8   // column 0 is head t
+            if (g == 0 && dpart == 0) {
+                m_s[cw * 16 + t] = m_run[h][0];
+                l_s[cw * 16 + t] = l_run[h][0];
+            }
+#else
             if (g == 0 && dpart == 0) {
                 m_s[cw * 16 + 8 * h + 2 * t] = m_run[h][0];
                 m_s[cw * 16 + 8 * h + 2 * t + 1] = m_run[h][1];
                 l_s[cw * 16 + 8 * h + 2 * t] = l_run[h][0];
                 l_s[cw * 16 + 8 * h + 2 * t + 1] = l_run[h][1];
             }
+#endif
         }
         float* os = reinterpret_cast<float*>(smem + (i % STAGES) * STAGE_BYTES);
         float* ow = os + cw * O_WSTRIDE;   // this warp's [16][LO]
@@ -418,11 +439,17 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #else
                 const int d0 = (dpart * DP + n) * 16 + g, d1 = d0 + 8;
 #endif
+#if QK_MMA8
+                float* o0 = ow + t * LO;
+                o0[d0] = o[h][n][0];
+                o0[d1] = o[h][n][2];
+#else
                 float* o0 = ow + (8 * h + 2 * t) * LO;
                 o0[d0] = o[h][n][0];
                 o0[LO + d0] = o[h][n][1];
                 o0[d1] = o[h][n][2];
                 o0[LO + d1] = o[h][n][3];
+#endif
             }
         }
         copy_wait<STAGES - 2>();   // the next tile, with the next segment's Q, has landed
