@@ -11,7 +11,8 @@ Variant names: "R"/"M" (decode_mma_rows.cu / decode_mma.cu) + codes + "bal"/"ite
 planner's shape on that work scheme, explore_rows.py), then a tag: "old" = the codes paths as
 they were before session 4 (OLD: the three knobs off: main's cubins), "slots0" / "ex2off" =
 one knob off; no tag = this tree's defaults; " qk8" / " qk16" = S on 8-bit tensor cores from
-the K codes (decode_mma_rows.cu -DQK_MMA8, session 5) on / off whatever the planner's default.
+the K codes (decode_mma_rows.cu -DQK_MMA8, session 5) on / off whatever the planner's default,
+" pairs" = its head pairs' layout without it (-DHEAD_PAIRS).
 "planner fp8" etc.: the plan's own choice; "simt ...": kernels/decode.cu over the same codes."""
 import math
 import sys
@@ -42,15 +43,16 @@ for q, qn in ((2, "fp8"), (1, "int8")):   # alternates on balanced ranges, 3 blo
 for base in [n for n in list(V) if n.startswith("R ") and n.endswith((" bal", " items"))
              and V[n]["quant"]]:
     V[base + " qk8"] = {**V[base], "qk8": True}
-    V[base + " qk16"] = {**V[base], "qk8": False}
+    V[base + " qk16"] = {**V[base], "qk8": False, "pairs": False}
+    V[base + " pairs"] = {**V[base], "qk8": False, "pairs": True}
 
 QK8 = {   # session 5: QK_MMA8 on and off, both formats and scale schemes, fp16 planner first
     "D64-gqa4": ["planner"] + [f"planner {q}{t}" for q in ("int8", "fp8") for t in ("", "/tok")]
     + [f"R {q}{t} bal{k}" for q in ("int8", "fp8") for t in ("", "/tok")
-       for k in (" qk8", " qk16")]
+       for k in (" qk8", " pairs", " qk16")]
     + ["planner", "R int8 bal qk8", "R int8 bal qk16"],   # again: the run's spread
     "8x32k-gqa4": ["planner", "planner int8", "R int8 items qk8", "R int8 items qk16",
-                   "R fp8 items qk8", "R fp8 items qk16"],
+                   "R fp8 items qk8", "R fp8 items pairs", "R fp8 items qk16"],
 }
 
 CODES = {   # the first variant is the err column's reference (fp16 on the dequantized cache)
@@ -69,14 +71,17 @@ _config = ex.config
 
 
 def config(w, name):
-    """explore's config (with QK_MMA8 as the variant's "qk8" says) plus its extra -D options."""
-    saved = dp.QK_MMA8_AUTO
-    if "qk8" in V[name]:
-        dp.QK_MMA8_AUTO = frozenset(dp.KV_QUANT_IDS.values()) if V[name]["qk8"] else frozenset()
+    """explore's config (QK_MMA8 and HEAD_PAIRS as the variant's "qk8" and "pairs" say) plus
+    its extra -D options."""
+    saved = dp.QK_MMA8_AUTO, dp.HEAD_PAIRS_AUTO
+    every = frozenset(dp.KV_QUANT_IDS.values())
+    for attr, key in (("QK_MMA8_AUTO", "qk8"), ("HEAD_PAIRS_AUTO", "pairs")):
+        if key in V[name]:
+            setattr(dp, attr, every if V[name][key] else frozenset())
     try:
         cfg = _config(w, name)
     finally:
-        dp.QK_MMA8_AUTO = saved
+        dp.QK_MMA8_AUTO, dp.HEAD_PAIRS_AUTO = saved
     extra = V[name].get("extra", ())
     return cfg._replace(options=cfg.options + tuple(extra)) if extra else cfg
 

@@ -23,7 +23,7 @@ import pytest
 from pagedattn_lab import decode_plan as dp
 
 from .decode_cases import TOL, check_close, cpu_executor_has, decode_problem, poisoned, reference
-from .test_decode_tc_quant import launch, planned, quantized
+from .test_decode_tc_quant import check_compressed, launch, planned, quantized
 
 E4M3 = ml_dtypes.float8_e4m3fn
 TOP = {"int8": 127.0, "fp8_e4m3": 448.0}
@@ -117,6 +117,17 @@ def test_qk8_kernel_shared_pages(rng):
 
 
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+@pytest.mark.parametrize("scheme", ["static", "per_token"])
+@pytest.mark.parametrize("dtype,heads,kv,lens,page,splits,shape", CASES)
+def test_head_pairs_without_qk8(rng, kv_dtype, scheme, dtype, heads, kv, lens, page, splits,
+                                shape):
+    """-DHEAD_PAIRS alone (S on fp16 tensor cores from converted codes, head h in column 2h,
+    2h + 1 unused): the reference on q itself, the fp16 tolerance."""
+    check_compressed(rng, kv_dtype, scheme, dtype, heads, kv, 128, page, lens, splits,
+                     {**shape, "impl": "rows", "head_pairs": True})
+
+
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
 @pytest.mark.parametrize("outliers", [False, True], ids=["normal", "outlier_channels"])
 def test_the_split_is_within_its_bound_and_far_below_the_cache_rounding(rng, kv_dtype, outliers):
     """NumPy alone: |q_eff - q| within BOUND (which q's hi code alone exceeds: the bound is not
@@ -152,14 +163,21 @@ def test_the_planner_takes_qk8_only_where_it_can():
     assert "-DQK_MMA8=1" in dp.tc_config("float16", 128, 4, int8, impl="rows", qk_mma8=True).options
     assert "-DQK_MMA8=1" not in dp.tc_config("float16", 128, 4, fp8, impl="rows",
                                               qk_mma8=False).options
-    for kw in [dict(group=5, kv_quant=int8), dict(group=4, kv_quant=0),
-               dict(group=4, kv_quant=fp8, impl="mma")]:
-        with pytest.raises(ValueError, match="qk_mma8"):
-            dp.tc_config("float16", 128, kw.pop("group"), kw.pop("kv_quant"), qk_mma8=True,
-                         **{"impl": "rows", **kw})
+    assert "-DHEAD_PAIRS=1" in dp.tc_config("float16", 128, 2, fp8, impl="rows",
+                                            head_pairs=True).options
+    for name in ("qk_mma8", "head_pairs"):
+        for kw in [dict(group=5, kv_quant=int8), dict(group=4, kv_quant=0),
+                   dict(group=4, kv_quant=fp8, impl="mma")]:
+            with pytest.raises(ValueError, match=name):
+                dp.tc_config("float16", 128, kw.pop("group"), kw.pop("kv_quant"),
+                             **{name: True, "impl": "rows", **kw})
+    with pytest.raises(ValueError, match="head_pairs"):
+        dp.tc_config("float16", 128, 4, int8, impl="rows", qk_mma8=True, head_pairs=False)
     auto = dp.tc_config("float16", 128, 4, int8, impl="rows").options
     assert ("-DQK_MMA8=1" in auto) == (int8 in dp.QK_MMA8_AUTO)
-    assert "-DQK_MMA8=1" not in dp.tc_config("float16", 128, 8, int8, impl="rows").options
+    assert ("-DHEAD_PAIRS=1" in auto) == (int8 in dp.HEAD_PAIRS_AUTO - dp.QK_MMA8_AUTO)
+    for opt in ("-DQK_MMA8=1", "-DHEAD_PAIRS=1"):
+        assert opt not in dp.tc_config("float16", 128, 8, int8, impl="rows").options
 
 
 # ---- the GPU ----------------------------------------------------------------------------------

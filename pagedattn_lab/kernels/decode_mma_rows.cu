@@ -40,8 +40,10 @@
 // S_CHAINS 2: odd and even k steps in two accumulators), HEAD_TILES (1: up to 8 heads per
 // KV head, 2: up to 16) and, over codes with up to 4 heads, QK_MMA8 (S^T on 8-bit tensor
 // cores from the K codes as staged, read by ldmatrix; q split into two 8-bit codes per
-// element, head h's hi in column 2h, lo in 2h + 1: decode_mma_ops.cuh). Then lane t's first
-// column is head t and its second holds nothing (P 0): the softmax takes one column. On the H200 it is the
+// element, head h's hi in column 2h, lo in 2h + 1: decode_mma_ops.cuh) and HEAD_PAIRS (1
+// with QK_MMA8; over codes with up to 4 heads also without: head h in columns 2h and 2h + 1,
+// the second unused): lane t's first column is head t, its second holds nothing (P 0), so
+// the softmax takes one column instead of two. On the H200 it is the
 // planner's choice for groups up to 8 at head_dim 128 (codes too) and 256
 // (benchmarks/NOTES.md, "Tensor-core decode v5").
 
@@ -61,7 +63,12 @@
 #endif
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");
-static_assert(!QK_MMA8 || HEAD_TILES == 1, "QK_MMA8: up to 4 heads (hi and lo in one n tile)");
+#ifndef HEAD_PAIRS   // codes, up to 4 heads: head h in column 2h of S^T (2h + 1: lo or nothing)
+#define HEAD_PAIRS QK_MMA8
+#endif
+static_assert(!QK_MMA8 || HEAD_PAIRS, "QK_MMA8 takes the head pairs' layout");
+static_assert(!HEAD_PAIRS || (KV_QUANT && HEAD_TILES == 1),
+              "HEAD_PAIRS: over codes, up to 4 heads (two columns each in one n tile)");
 constexpr int MT = TW / 16;                   // m tiles (16 tokens) per warp and tile
 #if KV_QUANT
 constexpr int OM = 8 * V_PASSES / D_SPLIT;    // m tiles of O^T (16 dims) per warp
@@ -119,9 +126,15 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const KV_T* qs = qbufs;
 #if KV_QUANT
     // k step 4 b + j: slots 2t, 2t+1 = dims 64 b + 16 t + 4 j, +1; slots 2t+8, 2t+9 = +2, +3
+    // (HEAD_PAIRS: column g is head g / 2; the odd columns' scores are not used)
+#if HEAD_PAIRS
+    const int q_row = g / 2;
+#else
+    const int q_row = g;
+#endif
     auto q_frag = [&](unsigned (&bq)[2], int h, int k) {
         const uint2 x = *reinterpret_cast<const uint2*>(
-            qs + (8 * h + g) * LD + 16 * t + (k / 4) * 64 + (k % 4) * 4);
+            qs + (8 * h + q_row) * LD + 16 * t + (k / 4) * 64 + (k % 4) * 4);
         bq[0] = x.x;
         bq[1] = x.y;
     };
@@ -289,8 +302,10 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 for (int j = 0; j < MT; ++j) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-#if QK_MMA8
+#if HEAD_PAIRS
                         if (e % 2) continue;   // (column 2t + 1: no head)
+#endif
+#if QK_MMA8
                         float x = s[j][h][e];
 #else
                         float x = s[j][h][e] * scale_log2;
@@ -304,7 +319,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                     }
                 }
                 float alpha[2];
-#if QK_MMA8
+#if HEAD_PAIRS
                 alpha[1] = 1.0f;
 #pragma unroll
                 for (int c = 0; c < 1; ++c) {
@@ -324,7 +339,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 for (int j = 0; j < MT; ++j) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
-#if QK_MMA8
+#if HEAD_PAIRS
                         if (e % 2) {
                             s[j][h][e] = 0.0f;
                             continue;
@@ -413,7 +428,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #endif
 #pragma unroll
         for (int h = 0; h < HEAD_TILES; ++h) {
-#if QK_MMA8   // column 0 is head t
+#if HEAD_PAIRS   // column 0 is head t
             if (g == 0 && dpart == 0) {
                 m_s[cw * 16 + t] = m_run[h][0];
                 l_s[cw * 16 + t] = l_run[h][0];
@@ -439,7 +454,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #else
                 const int d0 = (dpart * DP + n) * 16 + g, d1 = d0 + 8;
 #endif
-#if QK_MMA8
+#if HEAD_PAIRS
                 float* o0 = ow + t * LO;
                 o0[d0] = o[h][n][0];
                 o0[d1] = o[h][n][2];
