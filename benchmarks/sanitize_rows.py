@@ -8,7 +8,8 @@ sanitize_tc.py's harness (each array its own cudaMalloc, outputs poisoned with N
 twice so the merge counters must reset, checked against the float64 reference; exit status 1
 on a mismatch). --balanced: only the balanced-range cases (segments across sequences: one-token
 sequences in a row, ranges ending mid-page, more ranges than tiles). Run from the repository
-root. --qk8: only the cases of S on 8-bit tensor cores from the K codes (-DQK_MMA8).
+root. --qk8: only the cases of S on 8-bit tensor cores from the K codes (-DQK_MMA8) and of
+its head pairs' layout alone (-DHEAD_PAIRS).
 """
 import sys
 from pathlib import Path
@@ -78,6 +79,10 @@ def main():
          128, None, qk8, "int8", "static", 4),
         ("rows balanced qk8 fp8_e4m3 static planner shape", [300, 17, 1, 129, 1], 16, 8, 2,
          128, None, qk8, "fp8_e4m3", "static", 5),
+        ("rows balanced head pairs fp8_e4m3 static planner shape page 7", [300, 17, 1, 129, 1],
+         7, 8, 2, 128, None, {**rows, "head_pairs": True}, "fp8_e4m3", "static", 4),
+        ("rows head pairs fp8_e4m3 per_token GQA3 split 2", [200, 9, 1], 16, 6, 2, 128, 2,
+         {**rows, "head_pairs": True}, "fp8_e4m3", "per_token"),
     ]
     todo = {"--balanced": bal, "--qk8": qk8_cases}.get(" ".join(sys.argv[1:]),
                                                        cases + bal + qk8_cases)

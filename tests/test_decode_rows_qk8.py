@@ -23,7 +23,7 @@ import pytest
 from pagedattn_lab import decode_plan as dp
 
 from .decode_cases import TOL, check_close, cpu_executor_has, decode_problem, poisoned, reference
-from .test_decode_tc_quant import check_compressed, launch, planned, quantized
+from .test_decode_tc_quant import launch, planned, quantized
 
 E4M3 = ml_dtypes.float8_e4m3fn
 TOP = {"int8": 127.0, "fp8_e4m3": 448.0}
@@ -71,20 +71,25 @@ def output_bound(q, f, kd, vd, tables, lens, kv_dtype, scale):
     return np.sqrt(sq) / np.linalg.norm(reference((q, kd, vd, tables, lens)))
 
 
-def run_qk8(xp, rng, kv_dtype, scheme, dtype, heads, kv, lens, page, splits, shape, prefix=0):
-    """The kernel with QK_MMA8 on a problem of head_dim 128, checked both ways."""
+def run_qk8(xp, rng, kv_dtype, scheme, dtype, heads, kv, lens, page, splits, shape, prefix=0,
+            qk8=True):
+    """The kernel with QK_MMA8 on a problem of head_dim 128, checked both ways (qk8 False:
+    HEAD_PAIRS alone, against the reference on q within the fp16 tolerance)."""
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
                           head_dim=128, dtype=dtype, shared_prefix=prefix)
     q, k, v, tables, seq_lens = args
     kc, vc, ks, vs, kd, vd = quantized(rng, args, kv_dtype, scheme)
     cfg = dp.tc_config(dtype, 128, heads // kv, dp.KV_QUANT_IDS[kv_dtype], scheme == "per_token",
-                       impl="rows", qk_mma8=True, **shape)
-    assert "-DQK_MMA8=1" in cfg.options
+                       impl="rows", qk_mma8=qk8, head_pairs=True, **shape)
+    assert ("-DQK_MMA8=1" if qk8 else "-DHEAD_PAIRS=1") in cfg.options
     raw = (lambda a: a.view(np.uint16)) if xp is not np and dtype == "bfloat16" else np.asarray
     dev = [xp.asarray(a) for a in (raw(q), kc, vc, ks, vs, tables, seq_lens)]
     w = planned((dev[0], None, None, dev[5], dev[6]), heads, kv, 128, page, dtype, splits, cfg)
     out = launch(w, *dev[:5], xp.asarray(raw(poisoned(q.shape, dtype))))
     out = (out if xp is np else xp.asnumpy(out)).view(q.dtype)
+    if not qk8:
+        check_close(out, reference((q, kd, vd, tables, seq_lens)), dtype)
+        return
     q_eff, f = split_q(q, kv_dtype)
     check_close(out, reference((q_eff, kd, vd, tables, seq_lens)), dtype)
     tol = TOL[dtype] + output_bound(q, f, kd, vd, tables, seq_lens, kv_dtype, 128**-0.5)
@@ -123,8 +128,9 @@ def test_head_pairs_without_qk8(rng, kv_dtype, scheme, dtype, heads, kv, lens, p
                                 shape):
     """-DHEAD_PAIRS alone (S on fp16 tensor cores from converted codes, head h in column 2h,
     2h + 1 unused): the reference on q itself, the fp16 tolerance."""
-    check_compressed(rng, kv_dtype, scheme, dtype, heads, kv, 128, page, lens, splits,
-                     {**shape, "impl": "rows", "head_pairs": True})
+    if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):
+        pytest.skip("the CPU executor's shim has no bfloat16 (cuda_bf16.h) yet")
+    run_qk8(np, rng, kv_dtype, scheme, dtype, heads, kv, lens, page, splits, shape, qk8=False)
 
 
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
@@ -196,6 +202,16 @@ GPU_CASES = CASES + [
 def test_gpu_qk8_kernel(rng, kv_dtype, scheme, dtype, heads, kv, lens, page, splits, shape):
     cp = pytest.importorskip("cupy")
     run_qk8(cp, rng, kv_dtype, scheme, dtype, heads, kv, lens, page, splits, shape)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+@pytest.mark.parametrize("scheme", ["static", "per_token"])
+@pytest.mark.parametrize("dtype,heads,kv,lens,page,splits,shape", [CASES[0], GPU_CASES[3]])
+def test_gpu_head_pairs_without_qk8(rng, kv_dtype, scheme, dtype, heads, kv, lens, page, splits,
+                                    shape):
+    cp = pytest.importorskip("cupy")
+    run_qk8(cp, rng, kv_dtype, scheme, dtype, heads, kv, lens, page, splits, shape, qk8=False)
 
 
 @pytest.mark.gpu
