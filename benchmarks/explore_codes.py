@@ -46,13 +46,17 @@ for base in [n for n in list(V) if n.startswith("R ") and n.endswith((" bal", " 
     V[base + " qk16"] = {**V[base], "qk8": False, "pairs": False}
     V[base + " pairs"] = {**V[base], "qk8": False, "pairs": True}
 
-QK8 = {   # session 5: QK_MMA8 on and off, both formats and scale schemes, fp16 planner first
+for q, qn in ((2, "fp8"), (1, "int8")):   # session 5: the planner's shape with two S chains
+    V[f"R {qn} C2/bal"] = {**er.rshape(4, 128, 2, mb=3, quant=q, s_chains=2), "split": "balanced"}
+
+QK8 = {   # session 5: QK_MMA8 on and off ("planner" codes: the head pairs' layout), fp16 first
     "D64-gqa4": ["planner"] + [f"planner {q}{t}" for q in ("int8", "fp8") for t in ("", "/tok")]
     + [f"R {q}{t} bal{k}" for q in ("int8", "fp8") for t in ("", "/tok")
-       for k in (" qk8", " pairs", " qk16")]
-    + ["planner", "R int8 bal qk8", "R int8 bal qk16"],   # again: the run's spread
-    "8x32k-gqa4": ["planner", "planner int8", "R int8 items qk8", "R int8 items qk16",
-                   "R fp8 items qk8", "R fp8 items pairs", "R fp8 items qk16"],
+       for k in (" qk8", " qk16")]
+    + [f"R {q} {s_}/bal" for q in ("fp8", "int8") for s_ in ("W4P", "C2")]
+    + ["planner", "planner fp8", "planner int8"],   # again: the run's spread
+    "8x32k-gqa4": ["planner", "planner int8", "planner fp8", "R int8 items qk8",
+                   "R int8 items qk16", "R fp8 items qk16"],
 }
 
 CODES = {   # the first variant is the err column's reference (fp16 on the dequantized cache)
