@@ -352,11 +352,14 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                                            kv_quant=kv_quant, warp_pipe=warp_pipe):
         tile_t += unit   # (the PTX kernels put the warps' O in a stage buffer)
 
+    pairs = _pairs_options(impl, kv_quant, rows, qk_mma8, head_pairs)
+
     def size(stages):
         if impl != "wmma":
             return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                     d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
-                                    per_token=per_token, warp_pipe=warp_pipe)
+                                    per_token=per_token, warp_pipe=warp_pipe,
+                                    q_rows=4 if pairs else None)
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
     while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
@@ -373,7 +376,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     if impl == "rows":
         options += (f"-DHEAD_TILES={-(-rows // 8)}",)
-    options += _pairs_options(impl, kv_quant, rows, qk_mma8, head_pairs)
+    options += pairs
     scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,

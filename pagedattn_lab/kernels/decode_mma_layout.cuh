@@ -32,9 +32,6 @@ constexpr int V_PASSES = HEAD_DIM / 128;      // codes: 128 columns of O per pas
 //   all differ): swz(r) = (r & 6) ^ 4 (r & 1);
 //   codes with QK_MMA8 (decode_mma_rows.cu: K's codes are mma operands as they are, read by
 //   ldmatrix like fp16 K): swz(r) = r % 8, under which the V loads do not conflict either.
-#ifndef QK_MMA8   // S on 8-bit tensor cores from the K codes (decode_mma_ops.cuh)
-#define QK_MMA8 0
-#endif
 #if WARP_PIPE
 constexpr int CP_THREADS = 32, CP_TOKENS = TW, COPIERS = NWARPS;   // a copier: a warp
 static_assert(ROW_TILES == 1 && D_SPLIT == 1, "WARP_PIPE: one warp per token slice");
@@ -78,8 +75,8 @@ static_assert((WARP_PIPE ? 1 : CWARPS) * 16 * LO * 4 <= STAGE_BYTES,
 // c * STAGES * STAGE_BYTES, its scales at SC_OFF + c * STAGES * 2 * CP_TOKENS * 4.
 constexpr int SC_OFF = COPIERS * STAGES * STAGE_BYTES;
 constexpr int KV_BYTES = SC_OFF + (KV_QUANT && PER_TOKEN_SCALES ? STAGES * 2 * TILE_T * 4 : 0);
-constexpr int Q_OFF = (KV_BYTES + 127) / 128 * 128;          // [STAGES][ROWS][LD]
-constexpr int M_OFF = Q_OFF + STAGES * ROWS * LD * 2;        // [NWARPS][16]: the warps' m
+constexpr int Q_OFF = (KV_BYTES + 127) / 128 * 128;          // [STAGES][QROWS][LD]
+constexpr int M_OFF = Q_OFF + STAGES * QROWS * LD * 2;       // [NWARPS][16]: the warps' m
 constexpr int L_OFF = M_OFF + NWARPS * 16 * 4;               // [NWARPS][16]: the warps' l
 constexpr int FLAG_OFF = L_OFF + NWARPS * 16 * 4;
 constexpr int SMEM_BYTES = FLAG_OFF + 16;

@@ -43,7 +43,7 @@
 // element, head h's hi in column 2h, lo in 2h + 1: decode_mma_ops.cuh) and HEAD_PAIRS (1
 // with QK_MMA8; over codes with up to 4 heads also without: head h in columns 2h and 2h + 1,
 // the second unused): lane t's first column is head t, its second holds nothing (P 0), so
-// the softmax takes one column instead of two. On the H200 it is the
+// the softmax takes one column instead of two, and Q buffers have 4 rows, not 16. On the H200 it is the
 // planner's choice for groups up to 8 at head_dim 128 (codes too) and 256
 // (benchmarks/NOTES.md, "Tensor-core decode v5").
 
@@ -63,9 +63,6 @@
 #endif
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");
-#ifndef HEAD_PAIRS   // codes, up to 4 heads: head h in column 2h of S^T (2h + 1: lo or nothing)
-#define HEAD_PAIRS QK_MMA8
-#endif
 static_assert(!QK_MMA8 || HEAD_PAIRS, "QK_MMA8 takes the head pairs' layout");
 static_assert(!HEAD_PAIRS || (KV_QUANT && HEAD_TILES == 1),
               "HEAD_PAIRS: over codes, up to 4 heads (two columns each in one n tile)");
@@ -94,7 +91,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     int rows_per_block, float scale_log2)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    KV_T* qbufs = reinterpret_cast<KV_T*>(smem + Q_OFF);   // [STAGES][ROWS][LD]
+    KV_T* qbufs = reinterpret_cast<KV_T*>(smem + Q_OFF);   // [STAGES][QROWS][LD]
     float* m_s = reinterpret_cast<float*>(smem + M_OFF);
     float* l_s = reinterpret_cast<float*>(smem + L_OFF);
     int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
@@ -168,7 +165,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 
     int i = 0;   // the block's tiles so far (tile i is in stage buffer i % STAGES)
     while (tile_valid(cur)) {   // a segment: a fresh state, and the segment's Q
-        qs = qbufs + (cur.seg % STAGES) * ROWS * LD;
+        qs = qbufs + (cur.seg % STAGES) * QROWS * LD;
 #if QK_MMA8
         qk8_operands<LD>(q8, qw, qs, g, t, scale_log2);
 #elif Q_REGS
