@@ -38,13 +38,14 @@
 //
 // Compile-time parameters (decode_plan.tc_config, impl "rows"): decode_mma.cu's (ROW_TILES 1;
 // S_CHAINS 2: odd and even k steps in two accumulators), HEAD_TILES (1: up to 8 heads per
-// KV head, 2: up to 16) and, over codes with up to 4 heads, QK_MMA8 (S^T on 8-bit tensor
-// cores from the K codes as staged, read by ldmatrix; q split into two 8-bit codes per
-// element, head h's hi in column 2h, lo in 2h + 1: decode_mma_ops.cuh) and HEAD_PAIRS (1
-// with QK_MMA8; over codes with up to 4 heads also without: head h in columns 2h and 2h + 1,
-// the second unused): lane t's first column is head t, its second holds nothing (P 0), so
-// the softmax takes one column instead of two, and Q buffers have 4 rows, not 16. On the H200 it is the
-// planner's choice for groups up to 8 at head_dim 128 (codes too) and 256
+// KV head, 2: up to 16) and, over codes with up to 4 heads: HEAD_PAIRS (head h in columns
+// 2h and 2h + 1 of S^T, the second unused: lane t's first column is head t and its second
+// holds nothing, P 0, so the softmax takes one column instead of two, and Q buffers have 4
+// rows, not 16; the planner's choice over codes, benchmarks/NOTES.md "Compressed GQA: 8-bit
+// mma for S (session 5)") and QK_MMA8 (implies HEAD_PAIRS: S^T on 8-bit tensor cores from
+// the K codes as staged, read by ldmatrix; q split into two 8-bit codes per element, head
+// h's hi in column 2h, lo in 2h + 1: decode_mma_ops.cuh; measured, off). On the H200 it is
+// the planner's choice for groups up to 8 at head_dim 128 (codes too) and 256
 // (benchmarks/NOTES.md, "Tensor-core decode v5").
 
 #include "common.cuh"
