@@ -189,11 +189,12 @@ ROWS_STATIC_CODES_SCHEME: str | None = None
 # tensor cores straight from the K codes, q split in two codes (-DQK_MMA8, kernels/
 # decode_mma_ops.cuh), and the head pairs' layout (-DHEAD_PAIRS: head h in column 2h of S^T,
 # one softmax column per lane; QK_MMA8 implies it). The cache formats (KV_QUANT ids) plans
-# take each for when not told. Measured (H200, round s5b, benchmarks/NOTES.md "Compressed GQA:
-# 8-bit mma for S (session 5)"; D64 GQA 32/8, ms, static / per-token scales): int8 pairs
-# 0.094 / 0.104, QK_MMA8 0.095 / 0.104, neither 0.100 / 0.115; fp8 pairs 0.093 / 0.100,
-# QK_MMA8 0.116 / 0.132 (no fp8 mma.sync on sm_90: emulated), neither 0.099 / 0.110. So the
-# pairs' layout for both formats, QK_MMA8 for neither (no faster than its layout alone).
+# take each for when not told. Measured (H200, rounds s5b-s5b3, benchmarks/NOTES.md
+# "Compressed GQA: 8-bit mma for S (session 5)"; D64 GQA 32/8, ms, static / per-token scales,
+# s5b2): int8 pairs 0.094 / 0.104, QK_MMA8 0.094 / 0.103, neither 0.099 / 0.115; fp8 pairs
+# 0.093 / 0.100, QK_MMA8 0.114 / 0.131 (no fp8 mma.sync on sm_90: emulated), neither 0.098 /
+# 0.110. So the pairs' layout for both formats, QK_MMA8 for neither (within 0-2% of its
+# layout alone for int8 in three rounds: the spread of repeated rows).
 QK_MMA8_MAX_GROUP = 4
 QK_MMA8_AUTO: frozenset[int] = frozenset()
 HEAD_PAIRS_AUTO: frozenset[int] = frozenset({KV_QUANT_IDS["int8"], KV_QUANT_IDS["fp8_e4m3"]})
