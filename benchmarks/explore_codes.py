@@ -4,13 +4,16 @@ without them, the fp16 planner and the SIMT kernel over the same codes, in one p
 (explore_rows.py's machinery; NOTES.md, "Compressed GQA on tensor cores (session 4)").
 
     python3 benchmarks/explore_codes.py [--rows D64-gqa4] [--reps 15] [--json out.json]
+    python3 benchmarks/explore_codes.py --qk8 [...]   # session 5: QK8's rows instead of CODES
     python3 benchmarks/explore_codes.py --ncu NAME [NAME ...]   # one launch each, for ncu
 
 Variant names: "R"/"M" (decode_mma_rows.cu / decode_mma.cu) + codes + "bal"/"items" (the
 planner's shape on that work scheme, explore_rows.py), then a tag: "old" = the codes paths as
 they were before session 4 (OLD: the three knobs off: main's cubins), "slots0" / "ex2off" =
-one knob off; no tag = this tree's defaults. "planner fp8" etc.: the plan's own choice;
-"simt ...": kernels/decode.cu over the same codes."""
+one knob off; no tag = this tree's defaults; " qk8" / " qk16" = S on 8-bit tensor cores from
+the K codes (decode_mma_rows.cu -DQK_MMA8, session 5) on / off whatever the planner's default,
+" pairs" = its head pairs' layout without it (-DHEAD_PAIRS).
+"planner fp8" etc.: the plan's own choice; "simt ...": kernels/decode.cu over the same codes."""
 import math
 import sys
 from pathlib import Path
@@ -23,6 +26,8 @@ import cupy as cp  # noqa: E402
 import explore as ex  # noqa: E402
 import explore_rows as er  # noqa: E402
 
+from pagedattn_lab import decode_plan as dp  # noqa: E402
+
 V = ex.V
 OLD = ("-DCVT_DIRECT=0", "-DCOPY_SLOTS=0", "-DSOFTMAX_EX2=0")
 TAGS = {"": (), " old": OLD, " slots0": ("-DCOPY_SLOTS=0",), " ex2off": ("-DSOFTMAX_EX2=0",)}
@@ -34,6 +39,25 @@ for base in [n for n in list(V) if n.startswith(("R ", "M ")) and n.endswith((" 
 for q, qn in ((2, "fp8"), (1, "int8")):   # alternates on balanced ranges, 3 blocks per SM
     V[f"R {qn} W4P/bal"] = {**er.rshape(4, 128, 2, mb=3, quant=q, pipe=True), "split": "balanced"}
     V[f"M {qn} mb3/bal"] = {**ex.mshape(4, 128, 2, mb=3, quant=q), "split": "balanced"}
+
+for base in [n for n in list(V) if n.startswith("R ") and n.endswith((" bal", " items"))
+             and V[n]["quant"]]:
+    V[base + " qk8"] = {**V[base], "qk8": True}
+    V[base + " qk16"] = {**V[base], "qk8": False, "pairs": False}
+    V[base + " pairs"] = {**V[base], "qk8": False, "pairs": True}
+
+for q, qn in ((2, "fp8"), (1, "int8")):   # session 5: the planner's shape with two S chains
+    V[f"R {qn} C2/bal"] = {**er.rshape(4, 128, 2, mb=3, quant=q, s_chains=2), "split": "balanced"}
+
+QK8 = {   # session 5: QK_MMA8 on and off ("planner" codes: the head pairs' layout), fp16 first
+    "D64-gqa4": ["planner"] + [f"planner {q}{t}" for q in ("int8", "fp8") for t in ("", "/tok")]
+    + [f"R {q}{t} bal{k}" for q in ("int8", "fp8") for t in ("", "/tok")
+       for k in (" qk8", " qk16")]
+    + [f"R {q} {s_}/bal" for q in ("fp8", "int8") for s_ in ("W4P", "C2")]
+    + ["planner", "planner fp8", "planner int8"],   # again: the run's spread
+    "8x32k-gqa4": ["planner", "planner int8", "planner fp8", "R int8 items qk8",
+                   "R int8 items qk16", "R fp8 items qk16"],
+}
 
 CODES = {   # the first variant is the err column's reference (fp16 on the dequantized cache)
     "D64-gqa4": ["planner"]
@@ -51,8 +75,17 @@ _config = ex.config
 
 
 def config(w, name):
-    """explore's config plus the variant's extra -D options."""
-    cfg = _config(w, name)
+    """explore's config (QK_MMA8 and HEAD_PAIRS as the variant's "qk8" and "pairs" say) plus
+    its extra -D options."""
+    saved = dp.QK_MMA8_AUTO, dp.HEAD_PAIRS_AUTO
+    every = frozenset(dp.KV_QUANT_IDS.values())
+    for attr, key in (("QK_MMA8_AUTO", "qk8"), ("HEAD_PAIRS_AUTO", "pairs")):
+        if key in V[name]:
+            setattr(dp, attr, every if V[name][key] else frozenset())
+    try:
+        cfg = _config(w, name)
+    finally:
+        dp.QK_MMA8_AUTO, dp.HEAD_PAIRS_AUTO = saved
     extra = V[name].get("extra", ())
     return cfg._replace(options=cfg.options + tuple(extra)) if extra else cfg
 
@@ -82,8 +115,8 @@ def main(argv=None):
         ex.plan_with = er.plan_with
         return ncu([a for a in argv if a != "--ncu"])
     er.BALANCED.clear()
-    er.BALANCED.update(CODES)
-    er.main(["--balanced", "--no-flashinfer"] + argv)
+    er.BALANCED.update(QK8 if "--qk8" in argv else CODES)
+    er.main(["--balanced", "--no-flashinfer"] + [a for a in argv if a != "--qk8"])
 
 
 if __name__ == "__main__":

@@ -2,13 +2,14 @@
 at a small size on the GPU, for compute-sanitizer (memcheck, racecheck, synccheck):
 
     compute-sanitizer --tool racecheck --error-exitcode 9 \
-        python3 benchmarks/sanitize_rows.py [--balanced]
+        python3 benchmarks/sanitize_rows.py [--balanced | --qk8]
 
 sanitize_tc.py's harness (each array its own cudaMalloc, outputs poisoned with NaN, launched
 twice so the merge counters must reset, checked against the float64 reference; exit status 1
 on a mismatch). --balanced: only the balanced-range cases (segments across sequences: one-token
 sequences in a row, ranges ending mid-page, more ranges than tiles). Run from the repository
-root.
+root. --qk8: only the cases of S on 8-bit tensor cores from the K codes (-DQK_MMA8) and of
+its head pairs' layout alone (-DHEAD_PAIRS).
 """
 import sys
 from pathlib import Path
@@ -65,8 +66,27 @@ def main():
         ("rows balanced more ranges than tiles d128", [300, 1, 70], 16, 8, 2, 128, None, rows,
          None, None, 100),
     ]
-    only = sys.argv[1:] == ["--balanced"]
-    ok = all([run_case(rng, *c) for c in (bal if only else cases + bal)])
+    qk8 = {**rows, "qk_mma8": True}
+    qk8_cases = [   # groups up to 4; items and balanced ranges
+        ("rows qk8 int8 static GQA4 d128 page 7 split 3", [300, 17, 1], 7, 8, 2, 128, 3, qk8,
+         "int8", "static"),
+        ("rows qk8 fp8_e4m3 per_token GQA4 d128 split 2", [300, 17, 1], 16, 8, 2, 128, 2, qk8,
+         "fp8_e4m3", "per_token"),
+        ("rows qk8 int8 per_token GQA2 W4P S3 two chains", [200, 9, 64], 7, 4, 2, 128, 2,
+         {**qk8, "warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True, "s_chains": 2},
+         "int8", "per_token"),
+        ("rows balanced qk8 int8 static planner shape page 7", [300, 17, 1, 129, 1], 7, 8, 2,
+         128, None, qk8, "int8", "static", 4),
+        ("rows balanced qk8 fp8_e4m3 static planner shape", [300, 17, 1, 129, 1], 16, 8, 2,
+         128, None, qk8, "fp8_e4m3", "static", 5),
+        ("rows balanced head pairs fp8_e4m3 static planner shape page 7", [300, 17, 1, 129, 1],
+         7, 8, 2, 128, None, {**rows, "head_pairs": True}, "fp8_e4m3", "static", 4),
+        ("rows head pairs fp8_e4m3 per_token GQA3 split 2", [200, 9, 1], 16, 6, 2, 128, 2,
+         {**rows, "head_pairs": True}, "fp8_e4m3", "per_token"),
+    ]
+    todo = {"--balanced": bal, "--qk8": qk8_cases}.get(" ".join(sys.argv[1:]),
+                                                       cases + bal + qk8_cases)
+    ok = all([run_case(rng, *c) for c in todo])
     print("all results match the reference" if ok else "MISMATCH")
     sys.exit(0 if ok else 1)
 

@@ -185,6 +185,19 @@ ROWS_AUTO: list[tuple[bool, tuple[int, ...], int]] = [(True, (128,), 8), (False,
 # that balanced plan was 50 ranges x 8 KV heads for 396 resident slots, a 4-block second wave;
 # at 49 ranges (s4c) balanced 0.098 against items 0.105.
 ROWS_STATIC_CODES_SCHEME: str | None = None
+# decode_mma_rows.cu over codes with up to QK_MMA8_MAX_GROUP heads per KV head: S on 8-bit
+# tensor cores straight from the K codes, q split in two codes (-DQK_MMA8, kernels/
+# decode_mma_ops.cuh), and the head pairs' layout (-DHEAD_PAIRS: head h in column 2h of S^T,
+# one softmax column per lane; QK_MMA8 implies it). The cache formats (KV_QUANT ids) plans
+# take each for when not told. Measured (H200, rounds s5b-s5b3, benchmarks/NOTES.md
+# "Compressed GQA: 8-bit mma for S (session 5)"; D64 GQA 32/8, ms, static / per-token scales,
+# s5b2): int8 pairs 0.094 / 0.104, QK_MMA8 0.094 / 0.103, neither 0.099 / 0.115; fp8 pairs
+# 0.093 / 0.100, QK_MMA8 0.114 / 0.131 (no fp8 mma.sync on sm_90: emulated), neither 0.098 /
+# 0.110. So the pairs' layout for both formats, QK_MMA8 for neither (within 0-2% of its
+# layout alone for int8 in three rounds: the spread of repeated rows).
+QK_MMA8_MAX_GROUP = 4
+QK_MMA8_AUTO: frozenset[int] = frozenset()
+HEAD_PAIRS_AUTO: frozenset[int] = frozenset({KV_QUANT_IDS["int8"], KV_QUANT_IDS["fp8_e4m3"]})
 
 
 class TCConfig(NamedTuple):
@@ -285,7 +298,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               warp_pipe: bool | None = None, impl: str | None = None,
               swizzle: bool = True, q_regs: bool | None = None,
               fp8_bits: bool = False, separate_merge: bool = False,
-              merge_after_loop: bool | None = None) -> TCConfig:
+              merge_after_loop: bool | None = None, qk_mma8: bool | None = None,
+              head_pairs: bool | None = None) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -298,7 +312,10 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     converted by moving bits instead of the conversion instruction) are the PTX kernels';
     separate_merge (split sequences merged by a second launch instead of their last block)
     and merge_after_loop (their last block merges after its tile loop, every load in flight
-    at once; None: the planner's shape's) are the "mma" kernel's."""
+    at once; None: the planner's shape's) are the "mma" kernel's. qk_mma8 and head_pairs
+    ("rows" over codes, groups up to QK_MMA8_MAX_GROUP): S on 8-bit tensor cores from the K
+    codes, the head pairs' layout (implied by qk_mma8); None: where QK_MMA8_AUTO /
+    HEAD_PAIRS_AUTO have the format."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     impl = impl or planner_impl(group, head_dim, kv_quant)
@@ -336,11 +353,14 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
                                            kv_quant=kv_quant, warp_pipe=warp_pipe):
         tile_t += unit   # (the PTX kernels put the warps' O in a stage buffer)
 
+    pairs = _pairs_options(impl, kv_quant, rows, qk_mma8, head_pairs)
+
     def size(stages):
         if impl != "wmma":
             return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                     d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
-                                    per_token=per_token, warp_pipe=warp_pipe)
+                                    per_token=per_token, warp_pipe=warp_pipe,
+                                    q_rows=4 if pairs else None)
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
     while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
@@ -357,10 +377,27 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     if impl == "rows":
         options += (f"-DHEAD_TILES={-(-rows // 8)}",)
+    options += pairs
     scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,
                     impl == "mma" and bool(separate_merge), scheme)
+
+
+def _pairs_options(impl: str, kv_quant: int, rows: int, qk_mma8: bool | None,
+                   head_pairs: bool | None) -> tuple[str, ...]:
+    """tc_config's -DQK_MMA8 / -DHEAD_PAIRS (the kernel's default: HEAD_PAIRS = QK_MMA8)."""
+    takes = impl == "rows" and bool(kv_quant) and rows <= QK_MMA8_MAX_GROUP
+    for name, value in (("qk_mma8", qk_mma8), ("head_pairs", head_pairs)):
+        if value and not takes:
+            raise ValueError(f"{name}: expected compressed pages (kv_quant 1 or 2) on the "
+                             f"'rows' kernel with up to {QK_MMA8_MAX_GROUP} heads per KV head, "
+                             f"got kv_quant {kv_quant}, impl {impl!r}, {rows} heads")
+    if qk_mma8 and head_pairs is False:
+        raise ValueError("head_pairs: qk_mma8 takes the head pairs' layout, got False")
+    qk8 = qk_mma8 if qk_mma8 is not None else takes and kv_quant in QK_MMA8_AUTO
+    pairs = head_pairs if head_pairs is not None else takes and kv_quant in HEAD_PAIRS_AUTO
+    return ("-DQK_MMA8=1",) if qk8 else ("-DHEAD_PAIRS=1",) if pairs else ()
 
 
 def _type_options(dtype: str) -> tuple[str, ...]:

@@ -30,17 +30,19 @@ def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
 def mma_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
                      elem_bytes: int = 2, *, warps: int = 4, d_split: int = 1,
                      swizzle: bool = True, kv_quant: int = 0, per_token: bool = False,
-                     warp_pipe: bool = False) -> tuple[int, int]:
+                     warp_pipe: bool = False, q_rows: int | None = None) -> tuple[int, int]:
     """(total, stage) shared-memory bytes of a block of kernels/decode_mma.cu (its layout:
     decode_mma_layout.cuh): the staged K/V tiles (rows of a multiple of 128 bytes swizzled,
     the others padded by 16 bytes; codes: one byte each, always swizzled) and per-token
     scales, then `stages` buffers of Q (one per live segment), the warps' m and l and a flag.
     `stage`: one copier's stage buffer (the block's, or with warp_pipe a warp's), where the
-    warps' O and the merge's weights go at the end of a segment."""
+    warps' O and the merge's weights go at the end of a segment. q_rows: rows of a Q buffer
+    (None: 16 per row tile; decode_mma_rows.cu's head pairs: 4)."""
     ldc = _mma_ldc(head_dim, elem_bytes, swizzle, kv_quant)
     kv = stages * 2 * tile_t * ldc + (stages * 2 * tile_t * 4 if kv_quant and per_token else 0)
     copiers = warps if warp_pipe else 1
-    total = (-(-kv // 128) * 128 + stages * 16 * row_tiles * (head_dim + 8) * elem_bytes
+    q_rows = 16 * row_tiles if q_rows is None else q_rows
+    total = (-(-kv // 128) * 128 + stages * q_rows * (head_dim + 8) * elem_bytes
              + 2 * warps * 16 * 4 + 16)
     return total, 2 * (tile_t // copiers) * ldc
 

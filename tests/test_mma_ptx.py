@@ -373,6 +373,8 @@ def test_the_gpu_branch_compiles(tmp_path):
     ptx = (tmp_path / "out.ptx").read_text()
     for mark in ["mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32",
                  "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32",
+                 "mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32",
+                 "mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32",
                  "cvt.rn.f16x2.f32", "cvt.rn.bf16x2.f32",
                  "movmatrix.sync.aligned.m8n8.trans.b16"] + [
             f"ldmatrix.sync.aligned.m8n8.x{n}{'.trans' if tr else ''}.shared.b16"

@@ -20,9 +20,10 @@ OP_NAMES = {0: "__syncthreads()", 1: "__shfl_sync", 2: "__shfl_up_sync", 3: "__s
             8: "__syncwarp", 9: "wmma::load_matrix_sync", 10: "wmma::store_matrix_sync",
             11: "wmma::mma_sync", 12: "ldmatrix_x1", 13: "ldmatrix_x2", 14: "ldmatrix_x4",
             15: "ldmatrix_x1_trans", 16: "ldmatrix_x2_trans", 17: "ldmatrix_x4_trans",
-            18: "mma_m16n8k16", 19: "mma_m16n8k16_bf16", 20: "movmatrix_trans"}
+            18: "mma_m16n8k16", 19: "mma_m16n8k16_bf16", 20: "movmatrix_trans",
+            21: "mma_m16n8k32_e4m3", 22: "mma_m16n8k32_s8"}
 # Warp-wide collectives (WMMA, kernels/mma_ptx.cuh): no mask, all 32 lanes take part.
-WARP_WIDE_OPS = frozenset(range(9, 21))
+WARP_WIDE_OPS = frozenset(range(9, 23))
 
 
 class Config(C.Structure):

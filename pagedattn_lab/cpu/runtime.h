@@ -50,6 +50,7 @@ enum {
     PAL_OP_LDMATRIX_X1 = 12, PAL_OP_LDMATRIX_X2 = 13, PAL_OP_LDMATRIX_X4 = 14,
     PAL_OP_LDMATRIX_X1_TRANS = 15, PAL_OP_LDMATRIX_X2_TRANS = 16, PAL_OP_LDMATRIX_X4_TRANS = 17,
     PAL_OP_MMA_F16 = 18, PAL_OP_MMA_BF16 = 19, PAL_OP_MOVMATRIX_TRANS = 20,
+    PAL_OP_MMA_E4M3 = 21, PAL_OP_MMA_S8 = 22,
 };
 
 // Instrumented launches (pal_config.instrument; the kernel is compiled with

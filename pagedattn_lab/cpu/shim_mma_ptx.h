@@ -1,7 +1,8 @@
 // The PTX tensor-core instructions of pagedattn_lab/kernels/mma_ptx.cuh for the CPU executor:
 // ldmatrix.sync.aligned.m8n8.{x1,x2,x4}[.trans].shared.b16, movmatrix.sync.aligned.m8n8.trans
-// .b16, mma.sync.aligned.m16n8k16.row.col
-// .f32.{f16,bf16}.{f16,bf16}.f32 and cvt.rn.{f16x2,bf16x2}.f32, with exactly the PTX ISA's
+// .b16, mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16}.{f16,bf16}.f32,
+// mma.sync.aligned.m16n8k32.row.col.{f32.e4m3.e4m3.f32,s32.s8.s8.s32} and
+// cvt.rn.{f16x2,bf16x2}.f32, with exactly the PTX ISA's
 // fragment layouts (mma_ptx.cuh writes them out). Included by include/pagedattn_lab_mma_ptx.h,
 // which mma_ptx.cuh includes on the CPU; kernels call the header's functions, never these.
 //
@@ -24,6 +25,9 @@
 // rounding each sum to float. A tensor core adds in another order and precision, so random
 // inputs differ from the GPU by float32 rounding errors (up to 56 ulps of a result made small
 // by cancellation, measured on an H200); sums that are exact (small integers) are identical.
+// m16n8k32: e4m3 products are exact in float too (4 + 4 significant bits), added to C in k
+// order (k = 0, ..., 31) in float; s8 sums are exact integers (int32, wrapping like the GPU's
+// .s32 accumulation without .satfinite), identical to the GPU's.
 #ifndef PAGEDATTN_LAB_SHIM_MMA_PTX_H
 #define PAGEDATTN_LAB_SHIM_MMA_PTX_H
 
@@ -34,6 +38,7 @@ namespace __pal_ptx {
 static const unsigned short *published_row[PAL_MAX_THREADS];
 static const float *published_fa[PAL_MAX_THREADS], *published_fb[PAL_MAX_THREADS];
 static unsigned published_word[PAL_MAX_THREADS];   // movmatrix: the lane's register
+static const unsigned *published_a8[PAL_MAX_THREADS], *published_b8[PAL_MAX_THREADS];   // k32
 
 inline int thread_linear()
 { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
@@ -101,6 +106,51 @@ inline void __pal_mma_m16n8k16(int line, int op, float *d, const unsigned *a, co
     }
     collective(line, op);   // no lane leaves (and frees fa, fb) before all have read them
     for (int j = 0; j < 4; ++j) d[j] = out[j];   // d may be c: written last
+}
+
+// One m16n8k32 tile over 8-bit values: out[j] = the sum over k of A[m][k] B[k][n] for lane's
+// output j (m = g + 8 (j / 2), n = 2t + j % 2), in k order, each element read through `value`
+// (its byte as a float or an int). A[m][k] is byte k % 4 of register (m >= 8) + 2 (k >= 16) of
+// lane 4 (m % 8) + k % 16 / 4; B[k][n] is byte k % 4 of register (k >= 16) of lane 4n + k % 16 / 4.
+template <typename Acc, typename Value>
+inline void __pal_mma_k32(int line, int op, Acc *d, const unsigned *a, const unsigned *b,
+                          const Acc *c, Value value)
+{
+    using namespace __pal_ptx;
+    const int t = thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
+    published_a8[t] = a;
+    published_b8[t] = b;
+    collective(line, op);   // every lane has published
+    Acc out[4];
+    for (int j = 0; j < 4; ++j) {
+        const int m = g + 8 * (j >> 1), n = 2 * q + (j & 1);
+        Acc acc = c[j];
+        for (int k = 0; k < 32; ++k) {
+            const int src = (k & 15) >> 2, shift = 8 * (k & 3);
+            const unsigned ab = published_a8[w0 + 4 * (m & 7) + src][(m >> 3) + 2 * (k >> 4)];
+            const unsigned bb = published_b8[w0 + 4 * n + src][k >> 4];
+            acc = acc + value((unsigned char)(ab >> shift)) * value((unsigned char)(bb >> shift));
+        }
+        out[j] = acc;
+    }
+    collective(line, op);   // no lane leaves (and frees a, b) before all have read them
+    for (int j = 0; j < 4; ++j) d[j] = out[j];   // d may be c: written last
+}
+
+inline void __pal_mma_m16n8k32_e4m3(int line, float *d, const unsigned *a, const unsigned *b,
+                                    const float *c)
+{
+    __pal_mma_k32(line, PAL_OP_MMA_E4M3, d, a, b, c,
+                  [](unsigned char x) { return __pal_fp8_to_float(x, __NV_E4M3); });
+}
+
+inline void __pal_mma_m16n8k32_s8(int line, int *d, const unsigned *a, const unsigned *b,
+                                  const int *c)
+{   // int32 products and sums, wrapping as unsigned (the GPU's .s32 without .satfinite)
+    unsigned ud[4], uc[4] = {(unsigned)c[0], (unsigned)c[1], (unsigned)c[2], (unsigned)c[3]};
+    __pal_mma_k32(line, PAL_OP_MMA_S8, ud, a, b, uc,
+                  [](unsigned char x) { return (unsigned)(int)(signed char)x; });
+    for (int j = 0; j < 4; ++j) d[j] = (int)ud[j];
 }
 
 // movmatrix.sync.aligned.m8n8.trans.b16: lane 4g + t brings M[g][2t, 2t+1] (one register)

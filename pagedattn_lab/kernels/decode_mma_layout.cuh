@@ -29,7 +29,9 @@ constexpr int V_PASSES = HEAD_DIM / 128;      // codes: 128 columns of O per pas
 //   fp16/bf16: an ldmatrix reads one chunk of 8 consecutive rows: swz(r) = r % 8;
 //   codes: a K load reads chunks 4b .. 4b + 3 of rows 2p, 2p + 1 (bit 2 of swz must differ)
 //   and a V load the same pair of chunks of rows 2p, 2p + 2, 2p + 4, 2p + 6 (bits 1, 2 must
-//   all differ): swz(r) = (r & 6) ^ 4 (r & 1).
+//   all differ): swz(r) = (r & 6) ^ 4 (r & 1);
+//   codes with QK_MMA8 (decode_mma_rows.cu: K's codes are mma operands as they are, read by
+//   ldmatrix like fp16 K): swz(r) = r % 8, under which the V loads do not conflict either.
 #if WARP_PIPE
 constexpr int CP_THREADS = 32, CP_TOKENS = TW, COPIERS = NWARPS;   // a copier: a warp
 static_assert(ROW_TILES == 1 && D_SPLIT == 1, "WARP_PIPE: one warp per token slice");
@@ -42,7 +44,7 @@ constexpr int STAGE_BYTES = 2 * CP_TOKENS * LDC;             // a copier's stage
 // where 16-byte chunk c of staged row r lands (bytes from the stage's start)
 __device__ inline int stage_at(int r, int c)
 {
-    const int swz = KV_QUANT ? (r & 6) ^ ((r & 1) << 2) : r & 7;
+    const int swz = KV_QUANT && !QK_MMA8 ? (r & 6) ^ ((r & 1) << 2) : r & 7;
     return r * LDC + (SWZ ? c ^ swz : c) * 16;
 }
 
@@ -73,8 +75,8 @@ static_assert((WARP_PIPE ? 1 : CWARPS) * 16 * LO * 4 <= STAGE_BYTES,
 // c * STAGES * STAGE_BYTES, its scales at SC_OFF + c * STAGES * 2 * CP_TOKENS * 4.
 constexpr int SC_OFF = COPIERS * STAGES * STAGE_BYTES;
 constexpr int KV_BYTES = SC_OFF + (KV_QUANT && PER_TOKEN_SCALES ? STAGES * 2 * TILE_T * 4 : 0);
-constexpr int Q_OFF = (KV_BYTES + 127) / 128 * 128;          // [STAGES][ROWS][LD]
-constexpr int M_OFF = Q_OFF + STAGES * ROWS * LD * 2;        // [NWARPS][16]: the warps' m
+constexpr int Q_OFF = (KV_BYTES + 127) / 128 * 128;          // [STAGES][QROWS][LD]
+constexpr int M_OFF = Q_OFF + STAGES * QROWS * LD * 2;       // [NWARPS][16]: the warps' m
 constexpr int L_OFF = M_OFF + NWARPS * 16 * 4;               // [NWARPS][16]: the warps' l
 constexpr int FLAG_OFF = L_OFF + NWARPS * 16 * 4;
 constexpr int SMEM_BYTES = FLAG_OFF + 16;

@@ -124,6 +124,119 @@ __device__ inline void token_pairs(const uint4 (&raw)[4], int w, unsigned (&p01)
 }
 #endif
 
+// ---- -DQK_MMA8=1: S^T = K Q^T on 8-bit tensor cores straight from the K codes ----------
+// (decode_mma_rows.cu over codes, groups up to 4.) A = the K codes as staged, by ldmatrix (an
+// 8x8 matrix of 16-bit values is 8 rows of 16 codes: register i of lane 4g + t = row g,
+// codes 4t .. 4t + 3 of matrix i, mma_m16n8k32's A layout with k doubled; no conversion),
+// B = q quantized to the cache's 8-bit format. A plain 8-bit q would add an error as large as
+// the cache's own, so q is split: q' = q f (f per head, a power of two putting max|q'| at most
+// QK_TOP), hi = Q8(q'), lo = Q8((q' - hi) / QK_LO), and q' ~ hi + QK_LO lo. Column 2h of the
+// n = 8 tile is head h's hi, column 2h + 1 its lo: one mma for both, and lane 4g + t holds
+// both halves of head t's scores (its two accumulator columns), so it combines them itself
+// (no shuffle) and the softmax has one column per lane, not two. |q' - hi - QK_LO lo|
+// per element: int8 <= QK_LO / 2 = 2^-8 with max|q'| >= 63.5 (2^-14 of the head's largest
+// |q|); e4m3 <= 2^-8 |q'| + 2^-14 (each rounding 2^-4 relative, subnormals 2^-10 absolute) with
+// max|q'| >= 224. The cache's own rounding of K is 2^-4 relative (e4m3) or half a step (int8).
+// int8 sums are exact integers (s32); e4m3's are float. On sm_90 e4m3 runs as conversions and
+// HMMA (mma_ptx.cuh), s8 on IMMA.
+#if QK_MMA8
+static_assert(KV_QUANT != 0, "QK_MMA8: S over compressed pages (the K codes are A)");
+#if KV_QUANT == 1
+typedef int qk_acc_t;
+constexpr float QK_TOP = 127.0f, QK_LO = 1.0f / 128;   // |q' - hi| <= 1/2: |lo| <= 64
+constexpr int QK_EXP = 7;                               // 2^7 > 127 >= 2^6
+#else
+typedef float qk_acc_t;
+constexpr float QK_TOP = 448.0f, QK_LO = 1.0f / 16;    // |q' - hi| <= 16: |lo| <= 256
+constexpr int QK_EXP = 9;                               // 2^9 > 448 >= 2^8
+#endif
+
+__device__ inline void mma_qk8(qk_acc_t d[4], const unsigned a[4], const unsigned b[2])
+{
+#if KV_QUANT == 1
+    mma_m16n8k32_s8(d, a, b, d);
+#else
+    mma_m16n8k32_e4m3(d, a, b, d);
+#endif
+}
+
+// The largest power of two f with m f <= QK_TOP (1 for m = 0; 2^-126 .. 2^126)
+__device__ inline float qk_pow2(float m)
+{
+    if (!(m > 0.0f)) return 1.0f;
+    int e;
+    const float fr = frexpf(m, &e);   // m = fr 2^e, 1/2 <= fr < 1
+    const int k = QK_EXP - e - (fr * (float)(1 << QK_EXP) > QK_TOP ? 1 : 0);
+    return ldexpf(1.0f, k < -126 ? -126 : k > 126 ? 126 : k);
+}
+
+// Four values (x0 in the low byte) to their codes; v gets the codes' values
+__device__ inline unsigned qk_codes4(const float (&x)[4], float (&v)[4])
+{
+    unsigned r = 0;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+#if KV_QUANT == 1
+        const int c = __float2int_rn(x[i]);   // |x| <= 127 (hi) and 64 (lo): no clamp
+        v[i] = (float)c;
+        r |= ((unsigned)c & 0xffu) << (8 * i);
+#else
+        const unsigned char c = float_to_e4m3(x[i]);
+        v[i] = e4m3_to_float(c);
+        r |= (unsigned)c << (8 * i);
+#endif
+    }
+    return r;
+}
+
+// B of k step k for lane 4g + t (once per segment, from the segment's Q in shared memory,
+// row stride LDQ): column g = head g / 2's hi (g even) or lo (g odd), k 4t .. 4t + 3 and
+// 4t + 16 .. 4t + 19 = dims 32k + 4t .. + 3 and 32k + 16 + 4t .. + 3. w: the weights of the
+// lane's accumulator columns 2t (hi) and 2t + 1 (lo) of head t, with 1/f and the logits'
+// scale in them.
+template <int LDQ>
+__device__ inline void qk8_operands(unsigned (&qb)[HEAD_DIM / 32][2], float (&w)[2],
+                                    const KV_T* qs, int g, int t, float scale_log2)
+{
+    const KV_T* row = qs + (g >> 1) * LDQ + 4 * t;   // + 32k + 16r + i: B[4t + 16r + i][g]
+    float m = 0.0f;
+#pragma unroll
+    for (int k = 0; k < HEAD_DIM / 32; ++k) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i)
+            m = fmaxf(m, fabsf(to_float(row[32 * k + 16 * (i / 4) + i % 4])));
+    }
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 2));   // the head's max |q|
+    const float f = qk_pow2(m);
+#pragma unroll
+    for (int k = 0; k < HEAD_DIM / 32; ++k) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+            float x[4], v[4];
+#pragma unroll
+            for (int i = 0; i < 4; ++i) x[i] = to_float(row[32 * k + 16 * r + i]) * f;
+            qb[k][r] = qk_codes4(x, v);
+            if (g & 1) {
+#pragma unroll
+                for (int i = 0; i < 4; ++i) x[i] = (x[i] - v[i]) * (1.0f / QK_LO);   // exact
+                qb[k][r] = qk_codes4(x, v);
+            }
+        }
+    }
+    w[0] = scale_log2 / __shfl_sync(0xffffffffu, f, 8 * t);   // head t's f (lanes 8t ..)
+    w[1] = w[0] * QK_LO;
+}
+
+// An m tile's logits of head t (base 2, per-token K scales not yet applied) from its
+// accumulators: tokens g (s[0]) and g + 8 (s[2]); s[1], s[3] are not written
+__device__ inline void qk8_logits(float (&s)[4], const qk_acc_t (&acc)[4], const float (&w)[2])
+{
+    s[0] = fmaf((float)acc[1], w[1], (float)acc[0] * w[0]);
+    s[2] = fmaf((float)acc[3], w[1], (float)acc[2] * w[0]);
+}
+#endif
+
 // 2^x for the online softmax: over codes common.cuh's fast_exp2 (one MUFU instruction; its
 // error, ~2^-22 relative, is far below the fp16 rounding of P); fp16/bf16 pages keep exp2f
 // (their cubins unchanged).

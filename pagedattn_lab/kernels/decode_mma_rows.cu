@@ -37,9 +37,16 @@
 // a slice, each accumulating 1/D_SPLIT of O^T's dims.
 //
 // Compile-time parameters (decode_plan.tc_config, impl "rows"): decode_mma.cu's (ROW_TILES 1;
-// S_CHAINS 2: odd and even k steps in two accumulators) and HEAD_TILES (1: up to 8 heads per
-// KV head, 2: up to 16). On the H200 it is the planner's choice for groups up to 8 at head_dim
-// 128 (codes too) and 256 (benchmarks/NOTES.md, "Tensor-core decode v5").
+// S_CHAINS 2: odd and even k steps in two accumulators), HEAD_TILES (1: up to 8 heads per
+// KV head, 2: up to 16) and, over codes with up to 4 heads: HEAD_PAIRS (head h in columns
+// 2h and 2h + 1 of S^T, the second unused: lane t's first column is head t and its second
+// holds nothing, P 0, so the softmax takes one column instead of two, and Q buffers have 4
+// rows, not 16; the planner's choice over codes, benchmarks/NOTES.md "Compressed GQA: 8-bit
+// mma for S (session 5)") and QK_MMA8 (implies HEAD_PAIRS: S^T on 8-bit tensor cores from
+// the K codes as staged, read by ldmatrix; q split into two 8-bit codes per element, head
+// h's hi in column 2h, lo in 2h + 1: decode_mma_ops.cuh; measured, off). On the H200 it is
+// the planner's choice for groups up to 8 at head_dim 128 (codes too) and 256
+// (benchmarks/NOTES.md, "Tensor-core decode v5").
 
 #include "common.cuh"
 #include "kv_quant.cuh"
@@ -57,6 +64,9 @@
 #endif
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");
+static_assert(!QK_MMA8 || HEAD_PAIRS, "QK_MMA8 takes the head pairs' layout");
+static_assert(!HEAD_PAIRS || (KV_QUANT && HEAD_TILES == 1),
+              "HEAD_PAIRS: over codes, up to 4 heads (two columns each in one n tile)");
 constexpr int MT = TW / 16;                   // m tiles (16 tokens) per warp and tile
 #if KV_QUANT
 constexpr int OM = 8 * V_PASSES / D_SPLIT;    // m tiles of O^T (16 dims) per warp
@@ -82,7 +92,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     int rows_per_block, float scale_log2)
 {
     extern __shared__ __align__(128) unsigned char smem[];
-    KV_T* qbufs = reinterpret_cast<KV_T*>(smem + Q_OFF);   // [STAGES][ROWS][LD]
+    KV_T* qbufs = reinterpret_cast<KV_T*>(smem + Q_OFF);   // [STAGES][QROWS][LD]
     float* m_s = reinterpret_cast<float*>(smem + M_OFF);
     float* l_s = reinterpret_cast<float*>(smem + L_OFF);
     int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
@@ -114,9 +124,15 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const KV_T* qs = qbufs;
 #if KV_QUANT
     // k step 4 b + j: slots 2t, 2t+1 = dims 64 b + 16 t + 4 j, +1; slots 2t+8, 2t+9 = +2, +3
+    // (HEAD_PAIRS: column g is head g / 2; the odd columns' scores are not used)
+#if HEAD_PAIRS
+    const int q_row = g / 2;
+#else
+    const int q_row = g;
+#endif
     auto q_frag = [&](unsigned (&bq)[2], int h, int k) {
         const uint2 x = *reinterpret_cast<const uint2*>(
-            qs + (8 * h + g) * LD + 16 * t + (k / 4) * 64 + (k % 4) * 4);
+            qs + (8 * h + q_row) * LD + 16 * t + (k / 4) * 64 + (k % 4) * 4);
         bq[0] = x.x;
         bq[1] = x.y;
     };
@@ -127,11 +143,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         bq[1] = *reinterpret_cast<const unsigned*>(row + 8);
     };
 #endif
-#if Q_REGS
+#if QK_MMA8
+    unsigned q8[HEAD_DIM / 32][2];   // q split in 8-bit codes (at each segment's start)
+    float qw[2];                     // the accumulators' weights (decode_mma_ops.cuh)
+#elif Q_REGS
     unsigned qf[HEAD_TILES][D_TILES][2];   // (loaded at each segment's start)
 #endif
     auto q_operand = [&](unsigned (&buf)[2], int h, int k) -> const unsigned* {
-#if Q_REGS
+#if Q_REGS && !QK_MMA8
         return qf[h][k];
 #else
         q_frag(buf, h, k);
@@ -147,8 +166,10 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 
     int i = 0;   // the block's tiles so far (tile i is in stage buffer i % STAGES)
     while (tile_valid(cur)) {   // a segment: a fresh state, and the segment's Q
-        qs = qbufs + (cur.seg % STAGES) * ROWS * LD;
-#if Q_REGS
+        qs = qbufs + (cur.seg % STAGES) * QROWS * LD;
+#if QK_MMA8
+        qk8_operands<LD>(q8, qw, qs, g, t, scale_log2);
+#elif Q_REGS
 #pragma unroll
         for (int h = 0; h < HEAD_TILES; ++h) {
 #pragma unroll
@@ -175,7 +196,32 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
             const unsigned char* vs = ks + CP_TOKENS * LDC;
 
             // 1. S^T = K Q^T: one accumulator per (m tile, n tile), MT x HEAD_TILES chains
-            float s[MT][HEAD_TILES][4], s2[S_CHAINS > 1 ? MT : 1][HEAD_TILES][4];
+            float s[MT][HEAD_TILES][4];
+#if QK_MMA8
+            // on 8-bit tensor cores from the K codes: k step k (32 dims: chunks 2k, 2k + 1) by
+            // the fp16 path's ldmatrix (matrix m: tokens 8 (m % 2), chunk 2k + m / 2);
+            // S_CHAINS 2: odd and even k steps in two accumulators
+            constexpr int QC = S_CHAINS > 1 ? 2 : 1;
+            qk_acc_t sa[MT][QC][4] = {};
+#pragma unroll
+            for (int k = 0; k < HEAD_DIM / 32; ++k) {
+#pragma unroll
+                for (int j = 0; j < MT; ++j) {
+                    unsigned a[4];
+                    ldmatrix_x4(a, ks + stage_at(k_row + 16 * j, 2 * k + k_chunk));
+                    mma_qk8(sa[j][k % QC], a, q8[k]);
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < MT; ++j) {
+                qk_acc_t sum[4];
+#pragma unroll
+                for (int e = 0; e < 4; ++e)
+                    sum[e] = QC > 1 ? sa[j][0][e] + sa[j][QC - 1][e] : sa[j][0][e];
+                qk8_logits(s[j][0], sum, qw);   // head t, already times scale_log2
+            }
+#else
+            float s2[S_CHAINS > 1 ? MT : 1][HEAD_TILES][4];
 #pragma unroll
             for (int j = 0; j < MT; ++j) {
 #pragma unroll
@@ -237,6 +283,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 }
             }
 #endif
+#endif   // QK_MMA8
 
             // 2. online softmax per head (column): a lane's tokens g, g + 8 of each m tile, then
             // the 8 lanes of its column pair (xor 4, 8, 16)
@@ -253,7 +300,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 for (int j = 0; j < MT; ++j) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
+#if HEAD_PAIRS
+                        if (e % 2) continue;   // (column 2t + 1: no head)
+#endif
+#if QK_MMA8
+                        float x = s[j][h][e];
+#else
                         float x = s[j][h][e] * scale_log2;
+#endif
 #if KV_QUANT && PER_TOKEN_SCALES
                         x *= ksc[16 * j + 8 * (e / 2)];
 #endif
@@ -263,8 +317,14 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                     }
                 }
                 float alpha[2];
+#if HEAD_PAIRS
+                alpha[1] = 1.0f;
+#pragma unroll
+                for (int c = 0; c < 1; ++c) {
+#else
 #pragma unroll
                 for (int c = 0; c < 2; ++c) {
+#endif
                     mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 4));
                     mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 8));
                     mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 16));
@@ -277,6 +337,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                 for (int j = 0; j < MT; ++j) {
 #pragma unroll
                     for (int e = 0; e < 4; ++e) {
+#if HEAD_PAIRS
+                        if (e % 2) {
+                            s[j][h][e] = 0.0f;
+                            continue;
+                        }
+#endif
                         s[j][h][e] = softmax_exp2(s[j][h][e] - m_run[h][e % 2]);   // 0: masked
                         l_run[h][e % 2] += s[j][h][e];
 #if KV_QUANT && PER_TOKEN_SCALES
@@ -360,12 +426,19 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #endif
 #pragma unroll
         for (int h = 0; h < HEAD_TILES; ++h) {
+#if HEAD_PAIRS   // column 0 is head t
+            if (g == 0 && dpart == 0) {
+                m_s[cw * 16 + t] = m_run[h][0];
+                l_s[cw * 16 + t] = l_run[h][0];
+            }
+#else
             if (g == 0 && dpart == 0) {
                 m_s[cw * 16 + 8 * h + 2 * t] = m_run[h][0];
                 m_s[cw * 16 + 8 * h + 2 * t + 1] = m_run[h][1];
                 l_s[cw * 16 + 8 * h + 2 * t] = l_run[h][0];
                 l_s[cw * 16 + 8 * h + 2 * t + 1] = l_run[h][1];
             }
+#endif
         }
         float* os = reinterpret_cast<float*>(smem + (i % STAGES) * STAGE_BYTES);
         float* ow = os + cw * O_WSTRIDE;   // this warp's [16][LO]
@@ -379,11 +452,17 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #else
                 const int d0 = (dpart * DP + n) * 16 + g, d1 = d0 + 8;
 #endif
+#if HEAD_PAIRS
+                float* o0 = ow + t * LO;
+                o0[d0] = o[h][n][0];
+                o0[d1] = o[h][n][2];
+#else
                 float* o0 = ow + (8 * h + 2 * t) * LO;
                 o0[d0] = o[h][n][0];
                 o0[LO + d0] = o[h][n][1];
                 o0[d1] = o[h][n][2];
                 o0[LO + d1] = o[h][n][3];
+#endif
             }
         }
         copy_wait<STAGES - 2>();   // the next tile, with the next segment's Q, has landed

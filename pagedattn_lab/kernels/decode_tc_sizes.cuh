@@ -42,6 +42,13 @@
 constexpr int NWARPS = TC_WARPS;
 constexpr int CWARPS = NWARPS / D_SPLIT;      // warps with a (row tile, token slice) of their own
 constexpr int ROWS = 16 * ROW_TILES;          // rows of Q (query heads, padded)
+#ifndef QK_MMA8   // decode_mma_rows.cu over codes: S on 8-bit tensor cores (decode_mma_ops.cuh)
+#define QK_MMA8 0
+#endif
+#ifndef HEAD_PAIRS   // decode_mma_rows.cu over codes, up to 4 heads: the head pairs' layout
+#define HEAD_PAIRS QK_MMA8
+#endif
+constexpr int QROWS = HEAD_PAIRS ? 4 : ROWS;  // rows of a Q buffer (the pairs read heads 0-3)
 constexpr int SLICES = CWARPS / ROW_TILES;    // token slices of a row tile
 constexpr int TW = TILE_T / SLICES;           // tokens of a tile per warp
 constexpr int D_TILES = HEAD_DIM / 16;        // k steps of S = Q K^T

@@ -206,10 +206,10 @@ __device__ inline void copy_q_rows(KV_T* qs, const KV_T* q, int b, const DecodeR
 __device__ inline void zero_q_pad(KV_T* qbufs, int nbufs, int nh)
 {
     constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
-    const int pad = ROWS - nh;
+    const int pad = QROWS - nh;
     for (int c = threadIdx.x; c < nbufs * pad * QCHUNKS; c += TC_THREADS) {
         const int buf = c / (pad * QCHUNKS), r = nh + c / QCHUNKS % pad;
-        *reinterpret_cast<uint4*>(qbufs + (buf * ROWS + r) * LD + (c % QCHUNKS) * 8) =
+        *reinterpret_cast<uint4*>(qbufs + (buf * QROWS + r) * LD + (c % QCHUNKS) * 8) =
             make_uint4(0u, 0u, 0u, 0u);
     }
 }
@@ -270,7 +270,7 @@ __device__ inline void issue_tile(int slot, unsigned char* stages, float* scales
               k_scale, v_scale, pg, c.t0 + g.cp_off, g.page_size, g.page_shift, g.page_stride,
               g.row_stride, g.head_off, g.cid);
     if (c.t0 == c.start)
-        copy_q_rows(qbufs + (c.seg % STAGES) * ROWS * LD, q, c.b, rows, num_heads);
+        copy_q_rows(qbufs + (c.seg % STAGES) * QROWS * LD, q, c.b, rows, num_heads);
 }
 
 // The stream's start: the Q buffers' pad rows zeroed, the first STAGES - 1 tiles issued (each

@@ -1,5 +1,5 @@
-// Tensor-core instructions at the PTX level: mma.sync m16n8k16, ldmatrix, movmatrix, and the packing of
-// two floats into one register of two 16-bit values.
+// Tensor-core instructions at the PTX level: mma.sync m16n8k16 (and m16n8k32 over 8-bit codes),
+// ldmatrix, movmatrix, and the packing of two floats into one register of two 16-bit values.
 //
 // Why PTX and not WMMA: a WMMA fragment's element-to-lane mapping is unspecified, so a
 // kernel cannot do per-row work (the online softmax's row maxima and sums) on accumulators
@@ -39,6 +39,18 @@
 //   a[0] = pack2(s[0], s[1])   a[1] = pack2(s[2], s[3])   a[2] = pack2(u[0], u[1])
 //   a[3] = pack2(u[2], u[3])
 // d may be the same array as c.
+//
+// ---- mma_m16n8k32_e4m3, mma_m16n8k32_s8: D = A * B + C over 8-bit values -------------------
+// A is 16x32 (m x k, row-major), B is 32x8 (k x n, "col"); a register holds FOUR 8-bit values
+// (fp8 e4m3 bits, or int8), the lowest k in its lowest byte. Per lane:
+//   a[0]: A[g][4t .. 4t+3]        a[1]: A[g+8][4t .. 4t+3]
+//   a[2]: A[g][4t+16 .. 4t+19]    a[3]: A[g+8][4t+16 .. 4t+19]
+//   b[0]: B[4t .. 4t+3][g]        b[1]: B[4t+16 .. 4t+19][g]
+//   c, d: as m16n8k16's (float for e4m3, int for s8: exact integer sums)
+// So a lane's 16-byte row of codes (16 consecutive k of one row of A) is four A registers as
+// they are: no conversion. e4m3 needs sm_89 or later; on sm_90 (Hopper has fp8 only in wgmma)
+// ptxas emits it as conversions of A and B to f16 and two HMMA.16816 (checked with cuobjdump),
+// s8 is one IMMA.16832 from sm_80 on.
 //
 // ---- ldmatrix: four (or one, two) 8x8 matrices of 16-bit values from shared memory -------
 // `row` is THIS lane's row address in __shared__ memory: 16 bytes (8 values), 16-byte
@@ -95,6 +107,26 @@ __device__ inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const 
                  : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
                    "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+__device__ inline void mma_m16n8k32_e4m3(float d[4], const unsigned a[4], const unsigned b[2],
+                                         const float c[4])
+{
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.f32.e4m3.e4m3.f32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+                 : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+                   "f"(c[0]), "f"(c[1]), "f"(c[2]), "f"(c[3]));
+}
+
+__device__ inline void mma_m16n8k32_s8(int d[4], const unsigned a[4], const unsigned b[2],
+                                       const int c[4])
+{
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
+                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %11, %12, %13};\n"
+                 : "=r"(d[0]), "=r"(d[1]), "=r"(d[2]), "=r"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]),
+                   "r"(c[0]), "r"(c[1]), "r"(c[2]), "r"(c[3]));
 }
 
 __device__ inline void ldmatrix_x1(unsigned r[1], const void* row)
@@ -169,6 +201,14 @@ __device__ inline void mma_m16n8k16(float d[4], const unsigned a[4], const unsig
 __device__ inline void mma_m16n8k16_bf16(float d[4], const unsigned a[4], const unsigned b[2],
                                          const float c[4], int line = __builtin_LINE())
 { __pal_mma_m16n8k16(line, PAL_OP_MMA_BF16, d, a, b, c, true); }
+
+__device__ inline void mma_m16n8k32_e4m3(float d[4], const unsigned a[4], const unsigned b[2],
+                                         const float c[4], int line = __builtin_LINE())
+{ __pal_mma_m16n8k32_e4m3(line, d, a, b, c); }
+
+__device__ inline void mma_m16n8k32_s8(int d[4], const unsigned a[4], const unsigned b[2],
+                                       const int c[4], int line = __builtin_LINE())
+{ __pal_mma_m16n8k32_s8(line, d, a, b, c); }
 
 __device__ inline void ldmatrix_x1(unsigned r[1], const void* row, int line = __builtin_LINE())
 { __pal_ldmatrix(line, PAL_OP_LDMATRIX_X1, "ldmatrix_x1", r, 1, false, row); }

@@ -53,6 +53,29 @@ extern "C" __global__ void mma_probe(const unsigned* a, const unsigned* b, const
     for (int i = 0; i < 4; ++i) d[t * 4 + i] = rd[i];
 }
 
+// One m16n8k32 mma per warp over 8-bit values from registers given per lane (as mma_probe):
+// s8 = 0: mma_m16n8k32_e4m3 (float c, d), 1: mma_m16n8k32_s8 (int c, d: the same 32-bit words,
+// read and written as int).
+extern "C" __global__ void mma8_probe(const unsigned* a, const unsigned* b, const unsigned* c,
+                                      unsigned* d, int s8)
+{
+    const int t = threadIdx.x;
+    unsigned ra[4], rb[2];
+    for (int i = 0; i < 4; ++i) ra[i] = a[t * 4 + i];
+    for (int i = 0; i < 2; ++i) rb[i] = b[t * 2 + i];
+    if (s8) {
+        int rc[4], rd[4];
+        for (int i = 0; i < 4; ++i) rc[i] = (int)c[t * 4 + i];
+        mma_m16n8k32_s8(rd, ra, rb, rc);
+        for (int i = 0; i < 4; ++i) d[t * 4 + i] = (unsigned)rd[i];
+    } else {
+        float rc[4], rd[4];
+        for (int i = 0; i < 4; ++i) rc[i] = __uint_as_float(c[t * 4 + i]);
+        mma_m16n8k32_e4m3(rd, ra, rb, rc);
+        for (int i = 0; i < 4; ++i) d[t * 4 + i] = __float_as_uint(rd[i]);
+    }
+}
+
 // out[thread] = movmatrix_trans(x[thread]): each warp transposes its own 8x8 matrix.
 extern "C" __global__ void movmatrix_probe(const unsigned* x, unsigned* out)
 {

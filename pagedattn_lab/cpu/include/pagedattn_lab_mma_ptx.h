@@ -2,4 +2,5 @@
 // (shim_mma_ptx.h), which includes this header on the CPU only. No CUDA header has this name.
 #include "../shim.h"
 #include "../shim_bf16.h"
+#include "../shim_fp8.h"
 #include "../shim_mma_ptx.h"
