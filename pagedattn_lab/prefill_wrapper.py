@@ -307,7 +307,8 @@ class BatchPrefillWrapper:
             kernel_name=(f"{main.variant.source} ({'mma.sync' if main.variant.mma else 'WMMA'}, "
                          f"{main.variant.rows} query rows per block)" if main else "prefill_tc"),
             grid=main.grid if main else (0, num_heads), block=main.block if main else (32,),
-            _indexes=tuple(xp.asarray(a) for a in (indptr.astype(np.int32), tables, lens)),
+            # copies: on the CPU tables and lens are the caller's arrays, which may change
+            _indexes=tuple(xp.array(a) for a in (indptr.astype(np.int32), tables, lens)),
             _checked=False)
         return self
 
@@ -353,7 +354,7 @@ class BatchPrefillWrapper:
         self._check_run(q, k_cache, v_cache)
         k_scale, v_scale = self._check_scales(k_cache, k_scale, v_scale)
         scale = resolve_scale(scale, self.head_dim)
-        check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
+        check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale, v_scale=v_scale)
         out = prepare_out(out, tuple(q.shape), q.dtype, self.xp)
         if not self.parts:
             return out

@@ -1,0 +1,200 @@
+"""Attacks on the public API that got through once, on the CPU executor: each call here was
+accepted (or failed with the wrong kind of error, or halfway) before its fix. Bad input must
+raise a ValueError/TypeError naming the argument before anything launches, and a call that
+fails must leave the plan, the tables and the caches as they were."""
+import numpy as np
+import pytest
+
+import pagedattn_lab as pl
+from pagedattn_lab import wrappers
+from pagedattn_lab.cache_write import write_kv
+from pagedattn_lab.cache_write_quant import write_kv_quant
+from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper
+from pagedattn_lab.reference import reference_prefill_packed
+
+from .decode_cases import check_close, decode_problem, poisoned, reference
+from .test_decode_quant import compressed_problem
+from .test_decode_run import no_general_path, planned, refuse_launches
+from .test_prefill_wrapper import packed_problem
+
+
+def at_byte_offset(x, offset=1):
+    """A copy of x whose data starts `offset` bytes past an aligned address (a view of a
+    uint8 buffer: NumPy allows it, the GPU faults on its loads)."""
+    buf = np.empty(x.nbytes + 16, np.uint8)
+    start = (-buf.ctypes.data) % 16 + offset
+    y = buf[start:start + x.nbytes].view(x.dtype).reshape(x.shape)
+    y[...] = x
+    return y
+
+
+# ---- BatchDecodeWrapper.run -----------------------------------------------------------------
+
+@pytest.mark.parametrize("warm", [False, True], ids=["first call", "after a good call"])
+def test_q_that_is_the_plans_own_output_buffer_is_refused(rng, monkeypatch, warm):
+    """run(out=None) returns the plan's buffer; feeding it back as q (h = w.run(h, ...))
+    would have the kernels write the array they read."""
+    args = decode_problem(rng, [40, 9], dtype="float32")
+    q, k, v = args[:3]
+    w = planned(args)
+    h = w.run(q, k, v)
+    if warm:
+        w.run(q, k, v, out=poisoned(q.shape, "float32"))
+    before = h.copy()
+    refuse_launches(w, monkeypatch)
+    for q_bad in (h, h[:]):   # the buffer itself, or a view of it
+        with pytest.raises(ValueError, match="out: shares memory with q.*plan's own buffer"):
+            w.run(q_bad, k, v)
+    np.testing.assert_array_equal(h, before)
+    monkeypatch.undo()
+    check_close(w.run(h.copy(), k, v), reference((before, *args[1:])), "float32")
+
+
+@pytest.mark.parametrize("scheme", ["static", "per_token"])
+def test_out_sharing_memory_with_a_scale_array_is_refused(rng, monkeypatch, scheme):
+    p = compressed_problem(rng, [40, 9], "int8", scheme, q_dtype="float32")
+    w = pl.BatchDecodeWrapper().plan(p["tables"], p["lens"], 4, 2, 64, 16, "float32",
+                                     kv_dtype="int8", scale_scheme=scheme)
+    w.run(p["q"], p["kc"], p["vc"], k_scale=p["ks"], v_scale=p["vs"])
+    buf = np.zeros(p["vs"].size + p["q"].size, np.float32)   # v_scale, then out over it
+    vs = buf[:p["vs"].size].reshape(p["vs"].shape)
+    vs[...] = p["vs"]
+    start = 0 if scheme == "static" else vs.size - 4   # out's first 16 bytes: v_scale's
+    out = buf[start:start + p["q"].size].reshape(p["q"].shape)
+    before = buf.copy()
+    refuse_launches(w, monkeypatch)
+    with pytest.raises(ValueError, match="out: shares memory with v_scale"):
+        w.run(p["q"], p["kc"], p["vc"], out=out, k_scale=p["ks"], v_scale=vs)
+    np.testing.assert_array_equal(buf, before)
+
+
+@pytest.mark.parametrize("name", ["k_scale", "v_scale"])
+def test_scales_at_a_byte_offset_are_refused(rng, monkeypatch, name):
+    p = compressed_problem(rng, [40, 9], "fp8_e4m3", "per_token")
+    w = pl.BatchDecodeWrapper().plan(p["tables"], p["lens"], 4, 2, 64, 16, "float16",
+                                     kv_dtype="fp8_e4m3", scale_scheme="per_token")
+    scales = dict(k_scale=p["ks"], v_scale=p["vs"])
+    w.run(p["q"], p["kc"], p["vc"], **scales)   # warm: the fast path takes per-token scales
+    scales[name] = at_byte_offset(scales[name])
+    refuse_launches(w, monkeypatch)
+    with pytest.raises(ValueError, match=f"{name}: expected data aligned to its 4-byte"):
+        w.run(p["q"], p["kc"], p["vc"], **scales)
+
+
+def test_a_huge_integer_scale_is_a_value_error(rng):
+    args = decode_problem(rng, [9], dtype="float32")
+    w = planned(args)
+    with pytest.raises(ValueError, match="scale: expected a finite number"):
+        w.run(*args[:3], scale=10**400)   # float() of it raises OverflowError
+
+
+# ---- BatchDecodeWrapper.plan ----------------------------------------------------------------
+
+@pytest.mark.parametrize("size", ["num_heads", "head_dim", "page_size"])
+def test_plan_refuses_sizes_past_int32(rng, size):
+    args = decode_problem(rng, [40, 9], dtype="float16")
+    sizes = dict(num_heads=4, num_kv_heads=2, head_dim=64, page_size=16) | {size: 2**31}
+    with pytest.raises(ValueError, match=f"{size}: expected an int <= 2147483647"):
+        pl.BatchDecodeWrapper().plan(args[3], args[4], sizes["num_heads"],
+                                     sizes["num_kv_heads"], sizes["head_dim"],
+                                     sizes["page_size"], "float16")
+
+
+@pytest.mark.parametrize("batch, kv_heads", [(65536, 2), (1, 65536)])
+def test_plan_refuses_a_grid_past_cudas_limits(batch, kv_heads):
+    """The simt kernel's grid is (partitions, KV heads x head groups, sequences): CUDA takes
+    at most 65535 in y and z, so the GPU would refuse run()'s launch."""
+    tables, lens = np.zeros((batch, 1), np.int32), np.ones(batch, np.int32)
+    with pytest.raises(ValueError, match="block_tables, num_kv_heads: .* CUDA's limit of 65535"):
+        pl.BatchDecodeWrapper().plan(tables, lens, kv_heads, kv_heads, 64, 16, "float16",
+                                     kernel="simt")
+
+
+@pytest.mark.parametrize("failure", ["grid", "memory"])
+def test_a_plan_that_fails_halfway_keeps_the_previous_plan(rng, monkeypatch, failure):
+    """plan() sets its attributes as it goes; one that failed after the first ones left the
+    new sizes with no launches, and run() then returned a stale buffer without launching."""
+    args = decode_problem(rng, [40, 9], dtype="float32")
+    q, k, v = args[:3]
+    w = planned(args, num_splits=2)
+    w.run(q, k, v)
+    if failure == "grid":
+        tables, lens = np.zeros((65536, 1), np.int32), np.ones(65536, np.int32)
+        exc = ValueError
+    else:
+        tables, lens = args[3][:1].copy(), args[4][:1].copy()
+        exc = MemoryError
+
+        def out_of_memory(*a, **kw):
+            raise MemoryError("no memory for the partitions")
+        monkeypatch.setattr(wrappers.dp, "choose_partitions", out_of_memory)
+    with pytest.raises(exc):
+        w.plan(tables, lens, 4, 2, 64, 32, "float32", kernel="simt")
+    monkeypatch.undo()
+    assert (w.batch, w.page_size, w.max_parts) == (2, 16, 2)
+    no_general_path(w, monkeypatch)
+    q2 = 3 * q
+    out = poisoned(q.shape, "float32")
+    assert w.run(q2, k, v, out=out) is out
+    check_close(out, reference((q2, *args[1:])), "float32")
+
+
+# ---- CSR tables -----------------------------------------------------------------------------
+
+def test_from_csr_refuses_lengths_past_int32():
+    """3 pages of 2^30 tokens: 3 * 2^30 wrapped around to a negative int32 length."""
+    with pytest.raises(ValueError, match=r"indptr, last_page_len: sequence 0 .* past int32"):
+        pl.from_csr(np.array([0, 3], np.int32), np.array([0, 1, 2], np.int32),
+                    np.array([2**30], np.int32), 2**30)
+
+
+# ---- BatchPrefillWrapper --------------------------------------------------------------------
+
+def test_prefill_plan_keeps_its_own_copy_of_the_tables(rng):
+    """On the CPU the plan kept the caller's tables and lengths: changed in place after plan
+    (a serving loop reusing its arrays), run() read pages and lengths never checked."""
+    q, k, v, indptr, tables, lens = packed_problem(rng, [20, 9], [5, 9], 8, 2, 2, 32,
+                                                   np.float16)
+    ref = reference_prefill_packed(*(a.astype(np.float32) for a in (q, k, v)), indptr,
+                                   tables, lens)
+    w = BatchPrefillWrapper().plan(indptr, tables, lens, 2, 2, 32, 8, np.float16)
+    spare = np.setdiff1d(np.arange(k.shape[0]), tables)[0]   # a page of NaN
+    tables[0, 0], lens[1] = spare, 1
+    out = w.run(q, k, v)
+    assert np.isfinite(out).all()
+    assert float(np.abs(out.astype(np.float64) - ref).max()) < 2e-3
+
+
+def test_prefill_run_refuses_out_sharing_memory_with_a_scale_array(rng):
+    q, k, v, indptr, tables, lens = packed_problem(rng, [20, 9], [5, 9], 8, 2, 2, 32,
+                                                   np.float16)
+    w = BatchPrefillWrapper().plan(indptr, tables, lens, 2, 2, 32, 8, np.float16,
+                                   kv_dtype="int8", scale_scheme="per_token")
+    codes = np.zeros(k.shape, np.int8)
+    buf = np.ones(k.shape[0] * 8 * 2 + q.size, np.float32)
+    ks = buf[:k.shape[0] * 8 * 2].reshape(k.shape[0], 8, 2)
+    out = buf.view(np.float16)[:q.size].reshape(q.shape)
+    with pytest.raises(ValueError, match="out: shares memory with k_scale"):
+        w.run(q, codes, codes.copy(), out=out, k_scale=ks, v_scale=ks.copy())
+
+
+# ---- cache writes ---------------------------------------------------------------------------
+
+def test_write_kv_names_the_cache_at_a_byte_offset(rng):
+    """A cache at an odd address was refused as 'k: a row ... cannot be moved', naming k."""
+    k_cache = np.zeros((4, 8, 2, 32), np.float16)
+    rows = rng.standard_normal((3, 2, 32)).astype(np.float16)
+    v_cache = at_byte_offset(k_cache)
+    with pytest.raises(ValueError, match="v_cache: expected data aligned to its 2-byte"):
+        write_kv(rows, rows.copy(), k_cache, v_cache, np.array([0, 5, 9], np.int64))
+    assert not v_cache.any() and not k_cache.any()
+
+
+def test_write_kv_quant_refuses_static_scales_at_a_byte_offset(rng):
+    k_cache = np.zeros((4, 8, 2, 32), np.int8)
+    rows = rng.standard_normal((3, 2, 32)).astype(np.float32)
+    ks = at_byte_offset(np.full(2, 0.05, np.float32), 3)
+    with pytest.raises(ValueError, match="k_scale: expected data aligned to its 4-byte"):
+        write_kv_quant(rows, rows.copy(), k_cache, k_cache.copy(), np.array([0, 5, 9], np.int64),
+                       "int8", "static", k_scale=ks, v_scale=np.full(2, 0.05, np.float32))
+    assert not k_cache.any()
