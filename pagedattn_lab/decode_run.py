@@ -26,7 +26,7 @@ F32 = np.dtype(np.float32)
 
 class RunLayout:
     """The arguments of a good run() of a plan; see the module docstring. `out` is the plan's
-    own output buffer (run's out=None); `seen` the set of CuPy static scales already read back
+    own output buffer (run's out=None); `seen` the CuPy static scales already read back
     and checked (quant.check_run_scales)."""
 
     def __init__(self, *, array_type, on_gpu, batch, num_heads, num_kv_heads, head_dim,

@@ -211,7 +211,7 @@ class BatchPrefillWrapper:
 
     def __init__(self):
         self.planned = False
-        self._seen_scales = set()   # CuPy static scales already checked (quant.check_run_scales)
+        self._seen_scales = {}   # CuPy static scales already checked (quant.check_run_scales)
 
     def plan(self, qo_indptr, block_tables, seq_lens, num_heads: int, num_kv_heads: int,
              head_dim: int, page_size: int, dtype, causal: bool = True,

@@ -62,7 +62,7 @@ class BatchDecodeWrapper(DecodeRun):
 
     def __init__(self):
         self.kernel = None
-        self._seen_scales = set()   # CuPy static scales already checked (quant.check_run_scales)
+        self._seen_scales = {}   # CuPy static scales already checked (quant.check_run_scales)
 
     # ---- plan -------------------------------------------------------------------------
     def plan(self, block_tables, seq_lens, num_heads, num_kv_heads, head_dim, page_size,
