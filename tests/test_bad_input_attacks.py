@@ -198,3 +198,32 @@ def test_write_kv_quant_refuses_static_scales_at_a_byte_offset(rng):
         write_kv_quant(rows, rows.copy(), k_cache, k_cache.copy(), np.array([0, 5, 9], np.int64),
                        "int8", "static", k_scale=ks, v_scale=np.full(2, 0.05, np.float32))
     assert not k_cache.any()
+
+
+# ---- gather_kv ------------------------------------------------------------------------------
+
+def test_gather_kv_moves_words_its_caches_are_aligned_to(rng, monkeypatch):
+    """An fp16 cache 2 bytes past a word (an element offset view) was copied as 4-byte words:
+    right on the CPU, a misaligned-address fault on the GPU. Every array the kernel gets must
+    start on a multiple of its element size."""
+    from pagedattn_lab import gather
+    real = gather.kernel
+
+    def spy(*args, **kwargs):
+        kern = real(*args, **kwargs)
+
+        def launch(grid, block, kernel_args, **kw):
+            for a in kernel_args:
+                if isinstance(a, np.ndarray):
+                    assert a.ctypes.data % a.dtype.itemsize == 0, (a.dtype, a.ctypes.data % 8)
+            return kern(grid, block, kernel_args, **kw)
+        return launch
+    monkeypatch.setattr(gather, "kernel", spy)
+    shape = (6, 4, 2, 8)
+    n = int(np.prod(shape))
+    k = np.zeros(n + 8, np.float16)[1:1 + n].reshape(shape)
+    k[...] = rng.standard_normal(shape)
+    v = -k
+    row = np.array([3, 1, 4, -1], np.int32)
+    for got, want in zip(pl.gather_kv(k, v, row, 10), pl.gather_kv_reference(k, v, row, 10)):
+        np.testing.assert_array_equal(got, want)

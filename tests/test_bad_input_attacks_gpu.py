@@ -150,3 +150,18 @@ def test_cache_writes_refuse_arrays_at_a_byte_offset(rng, cp):
         write_kv_quant(at_byte_offset(cp, rows, 1), cp.asarray(rows), codes, codes.copy(),
                        slots, "int8", "static", k_scale=scales, v_scale=scales.copy())
     assert not bool(k_cache.any()) and not bool(codes.any())
+
+
+def test_gather_kv_of_an_fp16_cache_two_bytes_past_a_word(rng, cp):
+    """4-byte word copies from a cache at an address 2 mod 4 faulted (misaligned address)."""
+    from pagedattn_lab import gather_kv, gather_kv_reference
+    shape = (6, 4, 2, 8)
+    n = int(np.prod(shape))
+    k_h = rng.standard_normal(shape).astype(np.float16)
+    k = cp.zeros(n + 8, cp.float16)[1:1 + n].reshape(shape)
+    k[...] = cp.asarray(k_h)
+    assert k.data.ptr % 4 == 2
+    row = np.array([3, 1, 4, -1], np.int32)
+    got = gather_kv(k, cp.asarray(-k_h), cp.asarray(row), 10)
+    for g, want in zip(got, gather_kv_reference(k_h, -k_h, row, 10)):
+        np.testing.assert_array_equal(cp.asnumpy(g), want)
