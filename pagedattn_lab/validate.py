@@ -295,6 +295,14 @@ def check_out(out, **inputs) -> None:
     check_disjoint("out", out, "; pass a separate array, or out=None for a new one", **inputs)
 
 
+def check_writeable(x, name: str) -> None:
+    """An array a kernel writes: a read-only NumPy one would be refused by the CPU executor
+    only after the launch, with the kernel's other outputs already written."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array (the kernel writes it), got a "
+                         f"read-only one; pass a writeable copy")
+
+
 def check_disjoint(written_name: str, written, advice: str = "", **inputs) -> None:
     """Refuse an array a kernel writes that shares memory with one it reads (by byte range)."""
     lo, hi = byte_range(written)

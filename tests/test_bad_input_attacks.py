@@ -227,3 +227,40 @@ def test_gather_kv_moves_words_its_caches_are_aligned_to(rng, monkeypatch):
     row = np.array([3, 1, 4, -1], np.int32)
     for got, want in zip(pl.gather_kv(k, v, row, 10), pl.gather_kv_reference(k, v, row, 10)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("name", ["k_cache", "v_cache", "k_scale", "v_scale"])
+def test_write_kv_quant_with_a_read_only_output_writes_nothing(rng, name):
+    """A read-only output was refused by the CPU executor after the launch, the others
+    already written: codes without their per-token scales."""
+    arrays = dict(k_cache=np.zeros((4, 4, 2, 8), np.int8), v_cache=np.zeros((4, 4, 2, 8), np.int8),
+                  k_scale=np.ones((4, 4, 2), np.float32), v_scale=np.ones((4, 4, 2), np.float32))
+    arrays[name].setflags(write=False)
+    before = {n: a.copy() for n, a in arrays.items()}
+    rows = 3 * rng.standard_normal((3, 2, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match=f"{name}: expected a writeable array"):
+        write_kv_quant(rows, rows.copy(), arrays["k_cache"], arrays["v_cache"],
+                       np.array([0, 5, 9], np.int64), "int8", "per_token",
+                       k_scale=arrays["k_scale"], v_scale=arrays["v_scale"])
+    for n, a in arrays.items():
+        np.testing.assert_array_equal(a, before[n], err_msg=n)
+
+
+def test_write_kv_refuses_a_read_only_cache_before_the_launch(rng, monkeypatch):
+    from pagedattn_lab import cache_write
+    monkeypatch.setattr(cache_write, "kernel", lambda *a: pytest.fail("launched"))
+    k_cache, v_cache = np.zeros((4, 4, 2, 8), np.float32), np.zeros((4, 4, 2, 8), np.float32)
+    v_cache.setflags(write=False)
+    rows = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="v_cache: expected a writeable array"):
+        write_kv(rows, rows.copy(), k_cache, v_cache, np.array([0, 5, 9], np.int64))
+
+
+def test_write_kv_quant_refuses_per_token_scales_over_the_codes(rng):
+    k_cache, v_cache = np.zeros((4, 4, 2, 8), np.int8), np.zeros((4, 4, 2, 8), np.int8)
+    k_scale = k_cache.reshape(-1).view(np.float32)[:32].reshape(4, 4, 2)   # the codes' bytes
+    rows = rng.standard_normal((3, 2, 8)).astype(np.float32)
+    with pytest.raises(ValueError, match="k_scale: shares memory with k_cache"):
+        write_kv_quant(rows, rows.copy(), k_cache, v_cache, np.array([0, 5, 9], np.int64),
+                       "int8", "per_token", k_scale=k_scale, v_scale=np.ones((4, 4, 2), np.float32))
+    assert not k_cache.any()
