@@ -183,12 +183,11 @@ def check_run_scales(fmt: KVFormat | None, scale_scheme: str | None, cache_shape
 
     Static scales ([num_kv_heads]) must be finite, > 0 and small enough that code * scale
     stays finite: NumPy ones are checked on every call; a CuPy one is read back the first
-    time its (id, address) is met (`seen` remembers it, and holds the array: else a
-    temporary's id and pool memory pass to the next temporary, whose values were then never
-    read), not on every run, which would stall the GPU at every layer (scales are set once,
-    when a model is loaded). Per-token arrays
-    ([num_pages, page_size, num_kv_heads]) are outputs of the cache write: checked for
-    dtype, shape and place only."""
+    time its (id, address) is met, not on every run, which would stall the GPU at every
+    layer (scales are set once, when a model is loaded). `seen` remembers it and holds the
+    array: else a temporary's id and pool memory pass to the next temporary, whose values
+    would never be read. Per-token arrays ([num_pages, page_size, num_kv_heads]) are
+    outputs of the cache write: checked for dtype, shape and place only."""
     if fmt is None:
         if k_scale is not None or v_scale is not None:
             raise ValueError("k_scale, v_scale: the plan has no kv_dtype (an uncompressed "
