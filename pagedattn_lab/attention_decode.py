@@ -46,7 +46,9 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     """
     like = q if is_torch_tensor(q) else None
     q, k_cache, v_cache, block_tables, seq_lens, out = (
-        from_torch(x) for x in (q, k_cache, v_cache, block_tables, seq_lens, out))
+        from_torch(x, n) for x, n in zip((q, k_cache, v_cache, block_tables, seq_lens, out),
+                                         ("q", "k_cache", "v_cache", "block_tables", "seq_lens",
+                                          "out")))
     on_gpu = is_cupy_array(k_cache)
     bits = on_gpu or like is not None   # where uint16 arrays hold bfloat16
     if num_splits is not None:

@@ -85,7 +85,8 @@ class BatchDecodeWrapper(DecodeRun):
         dtype = dtype_name(dtype)
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
         check_scheme(scale_scheme)
-        block_tables, seq_lens = from_torch(block_tables), from_torch(seq_lens)
+        block_tables = from_torch(block_tables, "block_tables")
+        seq_lens = from_torch(seq_lens, "seq_lens")
         check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
         batch = int(block_tables.shape[0])
         tables_h, lens_h = check_block_tables(block_tables, seq_lens, num_pages=None,
@@ -299,9 +300,12 @@ class BatchDecodeWrapper(DecodeRun):
     def _run_general(self, q, k_cache, v_cache, out, scale, k_scale, v_scale):
         """run() of torch tensors, bfloat16 bits, and every call the fast check refused."""
         like = q if is_torch_tensor(q) else None
-        if like is not None or any(is_torch_tensor(x) for x in (k_cache, out, k_scale, v_scale)):
+        if like is not None or any(is_torch_tensor(x) for x in (k_cache, v_cache, out, k_scale,
+                                                                v_scale)):
             q, k_cache, v_cache, out, k_scale, v_scale = (
-                from_torch(x) for x in (q, k_cache, v_cache, out, k_scale, v_scale))
+                from_torch(x, n) for x, n in zip((q, k_cache, v_cache, out, k_scale, v_scale),
+                                                 ("q", "k_cache", "v_cache", "out", "k_scale",
+                                                  "v_scale")))
         if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)
             # A q that is no array, or of a dtype the plan refuses, keeps the plan's buffer:
             # _check_run then names q (a view to it would fail with NumPy's own message).

@@ -264,3 +264,32 @@ def test_write_kv_quant_refuses_per_token_scales_over_the_codes(rng):
         write_kv_quant(rows, rows.copy(), k_cache, v_cache, np.array([0, 5, 9], np.int64),
                        "int8", "per_token", k_scale=k_scale, v_scale=np.ones((4, 4, 2), np.float32))
     assert not k_cache.any()
+
+
+# ---- torch tensors --------------------------------------------------------------------------
+
+def test_run_takes_a_torch_v_cache_beside_numpy_arrays(rng):
+    """Only a torch v_cache: refused as 'expected a NumPy array or a torch tensor, got
+    torch.Tensor' (the conversion looked at every argument but v_cache)."""
+    torch = pytest.importorskip("torch")
+    args = decode_problem(rng, [40, 9], dtype="float32")
+    w = planned(args)
+    q, k, v = args[:3]
+    check_close(w.run(q, k, torch.from_numpy(v)), reference(args), "float32")
+
+
+@pytest.mark.parametrize("name", ["q", "k_cache", "out"])
+def test_a_tensor_that_requires_grad_is_a_type_error_naming_it(rng, name):
+    """torch refused it with a RuntimeError naming no argument (.numpy() of such a tensor)."""
+    torch = pytest.importorskip("torch")
+    args = decode_problem(rng, [40, 9], dtype="float32")
+    w = planned(args)
+    call = dict(q=torch.from_numpy(args[0]), k_cache=torch.from_numpy(args[1]),
+                v_cache=torch.from_numpy(args[2]), out=torch.empty(args[0].shape))
+    call[name] = call[name].requires_grad_()
+    with pytest.raises(TypeError, match=f"{name}: a torch tensor that requires grad"):
+        w.run(call["q"], call["k_cache"], call["v_cache"], out=call["out"])
+    with pytest.raises(TypeError, match=f"{name}: a torch tensor that requires grad"):
+        pl.paged_attention_decode(call["q"], call["k_cache"], call["v_cache"],
+                                  torch.from_numpy(args[3]), torch.from_numpy(args[4]),
+                                  out=call["out"])
