@@ -293,3 +293,15 @@ def test_a_tensor_that_requires_grad_is_a_type_error_naming_it(rng, name):
         pl.paged_attention_decode(call["q"], call["k_cache"], call["v_cache"],
                                   torch.from_numpy(args[3]), torch.from_numpy(args[4]),
                                   out=call["out"])
+
+
+@pytest.mark.parametrize("name", ["block_tables", "seq_lens"])
+def test_one_shot_decode_names_tables_that_are_no_array(rng, name):
+    """A list was turned into an int64 array first, then refused as 'expected dtype int32,
+    got int64'; None as 'expected 2 dimensions, got shape ()'."""
+    q, k, v, tables, lens = decode_problem(rng, [40, 9], dtype="float32")
+    good = dict(block_tables=tables, seq_lens=lens)
+    for bad in (good[name].tolist(), None):
+        call = good | {name: bad}
+        with pytest.raises(TypeError, match=f"{name}: expected a NumPy or CuPy array, got"):
+            pl.paged_attention_decode(q, k, v, call["block_tables"], call["seq_lens"])
