@@ -305,3 +305,18 @@ def test_one_shot_decode_names_tables_that_are_no_array(rng, name):
         call = good | {name: bad}
         with pytest.raises(TypeError, match=f"{name}: expected a NumPy or CuPy array, got"):
             pl.paged_attention_decode(q, k, v, call["block_tables"], call["seq_lens"])
+
+
+# ---- token_slots ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("row, seq_len, page_size, exc, match", [
+    ([2, -1], 6, 4, ValueError, r"block_table_row\[1\]: entry -1 is padding"),   # slots -4, -3
+    ([2], 6, 4, ValueError, "6 tokens need 2 pages, but the row has only 1"),     # IndexError
+    ([2, 1], 6.7, 4, TypeError, "seq_len: expected an int"),                      # 7 slots
+    ([2, 1], -3, 4, ValueError, "seq_len: expected an int >= 0"),                 # no slots
+    ([2, 1], 5, 0, ValueError, "page_size: expected an int >= 1"),                # zeros
+    ([2.0, 1.0], 5, 4, ValueError, "block_table_row: expected a 1-D list of integer"),
+])
+def test_token_slots_refuses_what_gave_wrong_slots(row, seq_len, page_size, exc, match):
+    with pytest.raises(exc, match=match):
+        pl.token_slots(np.array(row), seq_len, page_size)
