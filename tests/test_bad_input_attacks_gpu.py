@@ -165,3 +165,16 @@ def test_gather_kv_of_an_fp16_cache_two_bytes_past_a_word(rng, cp):
     got = gather_kv(k, cp.asarray(-k_h), cp.asarray(row), 10)
     for g, want in zip(got, gather_kv_reference(k_h, -k_h, row, 10)):
         np.testing.assert_array_equal(cp.asnumpy(g), want)
+
+
+def test_cuda_tensors_that_require_grad_or_come_alone_as_v(rng, cp):
+    """DLPack refused a tensor that requires grad with a RuntimeError naming nothing; a torch
+    v_cache beside CuPy q and k_cache was refused as 'expected ... a torch tensor'."""
+    torch = pytest.importorskip("torch")
+    args = decode_problem(rng, [40, 9])
+    q, k, v, tables, lens = (cp.asarray(a) for a in args)
+    w = BatchDecodeWrapper().plan(tables, lens, 4, 2, 64, 16, "float16")
+    check_close(cp.asnumpy(w.run(q, k, torch.from_dlpack(v))), reference(args), "float16")
+    grad_q = torch.from_dlpack(q).float().requires_grad_().half()   # a non-leaf that requires grad
+    with pytest.raises(TypeError, match="q: a torch tensor that requires grad"):
+        w.run(grad_q, k, v)
