@@ -55,7 +55,7 @@ def element_misalignment(x) -> int:
     """Bytes by which x's data address misses a multiple of its element size (0: aligned).
     A NumPy or CuPy view made at a byte offset (a uint8 buffer viewed as float32 from byte 1)
     has one; the GPU raises a sticky "misaligned address" fault on it, the CPU reads it."""
-    if x.size == 0:
+    if x.size == 0 or (isinstance(x, np.ndarray) and x.flags.aligned):   # NumPy's own flag
         return 0
     address = int(x.data.ptr) if is_cupy_array(x) else int(x.__array_interface__["data"][0])
     return address % x.dtype.itemsize
