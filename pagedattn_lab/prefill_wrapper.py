@@ -38,7 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attention_common import LOG2E, aligned16, allow_shared_memory, fast_path, prepare_out
+from .attention_common import (LOG2E, MAX_GRID_YZ, aligned16, allow_shared_memory, fast_path,
+                               prepare_out)
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
@@ -288,6 +289,10 @@ class BatchPrefillWrapper:
                 continue
             sub = np.concatenate([[0], np.cumsum(np.where(chosen, q_lens, 0))])
             work = work_list(sub, lens64, var.rows, causal, pack)
+            if num_heads // pack > MAX_GRID_YZ:   # the GPU would refuse run()'s launch
+                raise ValueError(f"num_heads: {num_heads} query heads ({pack} per block) need "
+                                 f"{num_heads // pack} blocks in grid y, past CUDA's limit of "
+                                 f"{MAX_GRID_YZ}")
             kern = load_kernel(var.source, var.source, var.options(head_dim) + base)
             smem = shared_bytes(head_dim, var)
             allow_shared_memory(kern, smem)

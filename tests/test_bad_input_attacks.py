@@ -320,3 +320,13 @@ def test_one_shot_decode_names_tables_that_are_no_array(rng, name):
 def test_token_slots_refuses_what_gave_wrong_slots(row, seq_len, page_size, exc, match):
     with pytest.raises(exc, match=match):
         pl.token_slots(np.array(row), seq_len, page_size)
+
+
+def test_prefill_plan_refuses_a_grid_past_cudas_limits(rng):
+    """One block per query head (group 1): 65536 heads are 65536 blocks in grid y, which the
+    GPU refuses at the launch; the plan took them."""
+    w = BatchPrefillWrapper()
+    with pytest.raises(ValueError, match="num_heads: 65536 query heads .* CUDA's limit of 65535"):
+        w.plan(np.array([0, 1], np.int32), np.zeros((1, 1), np.int32), np.ones(1, np.int32),
+               65536, 65536, 32, 8, np.float16)
+    assert not w.planned
