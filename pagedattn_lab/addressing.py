@@ -87,7 +87,22 @@ def translate(block_table_row, token: int, page_size: int, num_kv_heads: int, he
 
 def token_slots(block_table_row, seq_len: int, page_size: int) -> np.ndarray:
     """The physical slot of every token 0..seq_len-1 of one sequence, as int64."""
-    row = np.asarray(to_numpy(block_table_row), dtype=np.int64)
+    seq_len = check_int(seq_len, "seq_len", minimum=0)
+    page_size = check_int(page_size, "page_size", minimum=1)
+    row = np.asarray(to_numpy(block_table_row))
+    if row.ndim != 1 or (row.size and not np.issubdtype(row.dtype, np.integer)):
+        raise ValueError(f"block_table_row: expected a 1-D list of integer page ids, got shape "
+                         f"{row.shape} of {row.dtype}")
+    pages = -(-seq_len // page_size)
+    if pages > row.size:
+        raise ValueError(f"block_table_row: {seq_len} tokens need {pages} pages, but the row "
+                         f"has only {row.size} entries")
+    bad = np.flatnonzero(row[:pages] < 0)
+    if bad.size:   # a slot computed from it would be negative: another page's tokens
+        j = int(bad[0])
+        raise ValueError(f"block_table_row[{j}]: entry {int(row[j])} is padding, not a page "
+                         f"(a sequence of {seq_len} tokens reads its first {pages} entries)")
+    row = row.astype(np.int64)
     tokens = np.arange(seq_len, dtype=np.int64)
     return row[tokens // page_size] * page_size + tokens % page_size
 

@@ -142,11 +142,15 @@ def is_torch_tensor(x) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
-def from_torch(x):
+def from_torch(x, name: str = "tensor"):
     """A torch tensor as a CuPy (CUDA tensor) or NumPy (CPU tensor) array sharing its memory;
-    a torch.bfloat16 tensor becomes uint16 (its bits). Anything else is returned as it is."""
+    a torch.bfloat16 tensor becomes uint16 (its bits). Anything else is returned as it is.
+    name: the argument, for the error on a tensor that requires grad."""
     if not is_torch_tensor(x):
         return x
+    if x.requires_grad:   # .numpy() and DLPack refuse it with a RuntimeError naming nothing
+        raise TypeError(f"{name}: a torch tensor that requires grad; the kernels compute no "
+                        f"gradient: pass {name}.detach()")
     import torch  # noqa: PLC0415 - only reached with a torch tensor in hand
     bits = x.view(torch.int16) if x.dtype == torch.bfloat16 else x
     if bits.is_cuda:

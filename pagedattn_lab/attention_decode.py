@@ -20,7 +20,7 @@ from .attention_common import (bfloat16_dtype, check_grid, from_torch, is_torch_
                                prepare_out, to_torch_like)
 from .backend import cupy_module, is_cupy_array, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
-from .validate import check_attention_inputs, check_int, check_out, resolve_scale
+from .validate import check_array, check_attention_inputs, check_int, check_out, resolve_scale
 from .wrappers import BatchDecodeWrapper
 
 __all__ = ["paged_attention_decode", "choose_partitions"]
@@ -46,7 +46,11 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     """
     like = q if is_torch_tensor(q) else None
     q, k_cache, v_cache, block_tables, seq_lens, out = (
-        from_torch(x) for x in (q, k_cache, v_cache, block_tables, seq_lens, out))
+        from_torch(x, n) for x, n in zip((q, k_cache, v_cache, block_tables, seq_lens, out),
+                                         ("q", "k_cache", "v_cache", "block_tables", "seq_lens",
+                                          "out")))
+    for name, x in (("block_tables", block_tables), ("seq_lens", seq_lens)):
+        check_array(x, name, contiguous=False)   # a list: named here, not as int64 later
     on_gpu = is_cupy_array(k_cache)
     bits = on_gpu or like is not None   # where uint16 arrays hold bfloat16
     if num_splits is not None:

@@ -15,7 +15,7 @@ import numpy as np
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel
 from .validate import (check_array, check_block_tables, check_disjoint, check_int,
-                       check_kv_cache)
+                       check_kv_cache, check_writeable)
 
 THREADS_PER_BLOCK = 128
 _WORDS = ((16, "uint4", np.uint32), (8, "uint2", np.uint32), (4, "unsigned int", np.uint32),
@@ -122,6 +122,7 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
                         "or all on the GPU (CuPy), got a mix")
     n_tokens = int(k.shape[0])
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
+        check_writeable(cache, name)
         check_disjoint(name, cache, "; pass copies of the new rows", k=k, v=v,
                        slot_mapping=slot_mapping)
     check_disjoint("v_cache", v_cache, "; K and V need separate caches", k_cache=k_cache)

@@ -16,7 +16,7 @@ from .backend import array_module, is_cupy_array, to_numpy
 from .cache_write import _check_slots
 from .kernels import kernel
 from .quant import check_scale, kv_format, scale_shape
-from .validate import check_array, check_disjoint
+from .validate import check_array, check_disjoint, check_writeable
 
 _SRC_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float16): "__half"}
 
@@ -71,8 +71,15 @@ def write_kv_quant(k, v, k_cache, v_cache, slot_mapping, kv_dtype: str, scale_sc
         check_disjoint(name, written, "; pass copies of the new rows", k=k, v=v,
                        slot_mapping=slot_mapping)
     check_disjoint("v_cache", v_cache, "; K and V need separate caches", k_cache=k_cache)
-    if scale_scheme == "per_token":   # both written
+    written = (("k_cache", k_cache), ("v_cache", v_cache))
+    if scale_scheme == "per_token":   # the scales are written too, beside the codes
+        written += (("k_scale", k_scale), ("v_scale", v_scale))
         check_disjoint("v_scale", v_scale, "; K and V need separate scales", k_scale=k_scale)
+        for name, scale in written[2:]:
+            check_disjoint(name, scale, "; the scales need arrays of their own",
+                           k_cache=k_cache, v_cache=v_cache)
+    for name, x in written:   # all before the launch: nothing half written
+        check_writeable(x, name)
     _check_slots(to_numpy(slot_mapping), n_tokens, num_pages * page_size)
     if n_tokens == 0:
         return

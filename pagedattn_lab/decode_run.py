@@ -26,7 +26,7 @@ F32 = np.dtype(np.float32)
 
 class RunLayout:
     """The arguments of a good run() of a plan; see the module docstring. `out` is the plan's
-    own output buffer (run's out=None); `seen` the set of CuPy static scales already read back
+    own output buffer (run's out=None); `seen` the CuPy static scales already read back
     and checked (quant.check_run_scales)."""
 
     def __init__(self, *, array_type, on_gpu, batch, num_heads, num_kv_heads, head_dim,
@@ -59,17 +59,18 @@ class RunLayout:
             return None
         ptr = self.pointer
         p_q, p_k, p_v = ptr(q), ptr(k), ptr(v)
-        if out is None:
+        if out is None:   # the plan's buffer, which an earlier run returned: q may be it
             out, p_out = self.out, self.out_pointer
         elif not (type(out) is t and out.dtype is d and out.shape == self.qshape
                   and out.flags.c_contiguous and (self.on_gpu or out.flags.writeable)):
             return None
         else:
-            p_out, q_end, k_end = ptr(out), self.q_bytes, kshape[0] * self.page_bytes
-            o_end = p_out + q_end
-            if ((p_out < p_q + q_end and p_q < o_end) or (p_out < p_k + k_end and p_k < o_end)
-                    or (p_out < p_v + k_end and p_v < o_end)):
-                return None   # out overlaps an input: check_out names it
+            p_out = ptr(out)
+        q_end, k_end = self.q_bytes, kshape[0] * self.page_bytes
+        o_end = p_out + q_end
+        if ((p_out < p_q + q_end and p_q < o_end) or (p_out < p_k + k_end and p_k < o_end)
+                or (p_out < p_v + k_end and p_v < o_end)):
+            return None   # out overlaps an input: check_out names it
         if (p_q | p_k | p_v | p_out) % 16:
             return None
         if self.scale_scheme is None:
@@ -79,20 +80,26 @@ class RunLayout:
         p_ks, p_vs = self._scales(k_scale, kshape[0]), self._scales(v_scale, kshape[0])
         if p_ks is None or p_vs is None:
             return None
+        s_end = k_scale.nbytes
+        if (p_out < p_ks + s_end and p_ks < o_end) or (p_out < p_vs + s_end and p_vs < o_end):
+            return None   # out overlaps a scale array: check_out names it
         return out, p_q, p_k, p_v, p_out, p_ks, p_vs
 
     def _scales(self, s, num_pages):
         """The data pointer of a compressed cache's scale array that needs no more checks:
-        float32, C-contiguous, of the scheme's shape; a static one only on the GPU once read
-        back and checked (a NumPy one is checked on every call: quant.check_run_scales)."""
+        float32, C-contiguous, 4-byte aligned, of the scheme's shape; a static one only on
+        the GPU once read back and checked (a NumPy one is checked on every call:
+        quant.check_run_scales)."""
         if not (type(s) is self.array_type and s.dtype is F32 and s.flags.c_contiguous):
+            return None
+        p = self.pointer(s)
+        if p % 4:
             return None
         if self.scale_scheme == "static":
             if not (self.on_gpu and s.shape == self.static_shape):
                 return None
-            p = self.pointer(s)
             return p if (id(s), p) in self.seen else None
-        return self.pointer(s) if s.shape == (num_pages, *self.token_scales) else None
+        return p if s.shape == (num_pages, *self.token_scales) else None
 
 
 class DecodeRun:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .attention_common import data_pointer
 from .backend import array_module, to_numpy
 from .kernels import kernel
 from .validate import check_array, check_block_tables, check_int, check_kv_cache
@@ -28,10 +29,11 @@ def gather_kv(k_cache, v_cache, block_table_row, seq_len: int):
     if seq_len == 0:
         return k_out, v_out
     # The kernel copies 32-bit words; a token's row of an odd number of fp16 values is not
-    # whole words, so that case gets the same kernel compiled to copy 16-bit words.
+    # whole words, nor is an fp16 cache starting 2 bytes past a word (an offset view: the GPU
+    # faults on a misaligned word), so those get the same kernel compiled to copy 16-bit words.
     row_bytes = num_kv_heads * head_dim * k_cache.dtype.itemsize
-    word, options = ((np.float32, ()) if row_bytes % 4 == 0
-                     else (np.int16, ("-DWORD=short",)))
+    whole_words = row_bytes % 4 == 0 and not (data_pointer(k_cache) | data_pointer(v_cache)) % 4
+    word, options = (np.float32, ()) if whole_words else (np.int16, ("-DWORD=short",))
     words = lambda a: a.reshape(-1).view(word)  # noqa: E731 - contiguous, so a flat view
     kernel("page_access", "gather_kv", options)(
         (seq_len,), (THREADS_PER_BLOCK,),

@@ -38,7 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attention_common import LOG2E, aligned16, allow_shared_memory, fast_path, prepare_out
+from .attention_common import (LOG2E, MAX_GRID_YZ, aligned16, allow_shared_memory, fast_path,
+                               prepare_out)
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
@@ -211,7 +212,7 @@ class BatchPrefillWrapper:
 
     def __init__(self):
         self.planned = False
-        self._seen_scales = set()   # CuPy static scales already checked (quant.check_run_scales)
+        self._seen_scales = {}   # CuPy static scales already checked (quant.check_run_scales)
 
     def plan(self, qo_indptr, block_tables, seq_lens, num_heads: int, num_kv_heads: int,
              head_dim: int, page_size: int, dtype, causal: bool = True,
@@ -288,6 +289,10 @@ class BatchPrefillWrapper:
                 continue
             sub = np.concatenate([[0], np.cumsum(np.where(chosen, q_lens, 0))])
             work = work_list(sub, lens64, var.rows, causal, pack)
+            if num_heads // pack > MAX_GRID_YZ:   # the GPU would refuse run()'s launch
+                raise ValueError(f"num_heads: {num_heads} query heads ({pack} per block) need "
+                                 f"{num_heads // pack} blocks in grid y, past CUDA's limit of "
+                                 f"{MAX_GRID_YZ}")
             kern = load_kernel(var.source, var.source, var.options(head_dim) + base)
             smem = shared_bytes(head_dim, var)
             allow_shared_memory(kern, smem)
@@ -307,7 +312,8 @@ class BatchPrefillWrapper:
             kernel_name=(f"{main.variant.source} ({'mma.sync' if main.variant.mma else 'WMMA'}, "
                          f"{main.variant.rows} query rows per block)" if main else "prefill_tc"),
             grid=main.grid if main else (0, num_heads), block=main.block if main else (32,),
-            _indexes=tuple(xp.asarray(a) for a in (indptr.astype(np.int32), tables, lens)),
+            # copies: on the CPU tables and lens are the caller's arrays, which may change
+            _indexes=tuple(xp.array(a) for a in (indptr.astype(np.int32), tables, lens)),
             _checked=False)
         return self
 
@@ -353,7 +359,7 @@ class BatchPrefillWrapper:
         self._check_run(q, k_cache, v_cache)
         k_scale, v_scale = self._check_scales(k_cache, k_scale, v_scale)
         scale = resolve_scale(scale, self.head_dim)
-        check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
+        check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale, v_scale=v_scale)
         out = prepare_out(out, tuple(q.shape), q.dtype, self.xp)
         if not self.parts:
             return out

@@ -172,18 +172,22 @@ def scale_shape(scale_scheme: str, num_pages: int, page_size: int, num_kv_heads:
     return (num_pages, page_size, num_kv_heads)
 
 
+SEEN_SCALES = 64   # CuPy static scale arrays a wrapper remembers as checked (layers x 2)
+
+
 def check_run_scales(fmt: KVFormat | None, scale_scheme: str | None, cache_shape, k_scale,
-                     v_scale, on_gpu: bool, seen: set | None = None) -> None:
+                     v_scale, on_gpu: bool, seen: dict | None = None) -> None:
     """The scales an attention wrapper's `run` is given for a cache of `cache_shape`
     ([num_pages, page_size, num_kv_heads, head_dim]), planned for `fmt` (None: an fp16 /
     bf16 / fp32 cache, which takes no scales) and `scale_scheme`. Raises naming the argument.
 
     Static scales ([num_kv_heads]) must be finite, > 0 and small enough that code * scale
     stays finite: NumPy ones are checked on every call; a CuPy one is read back the first
-    time its (id, address) is met (`seen` remembers it), not on every run, which would stall
-    the GPU at every layer (scales are set once, when a model is loaded). Per-token arrays
-    ([num_pages, page_size, num_kv_heads]) are outputs of the cache write: checked for
-    dtype, shape and place only."""
+    time its (id, address) is met, not on every run, which would stall the GPU at every
+    layer (scales are set once, when a model is loaded). `seen` remembers it and holds the
+    array: else a temporary's id and pool memory pass to the next temporary, whose values
+    would never be read. Per-token arrays ([num_pages, page_size, num_kv_heads]) are
+    outputs of the cache write: checked for dtype, shape and place only."""
     if fmt is None:
         if k_scale is not None or v_scale is not None:
             raise ValueError("k_scale, v_scale: the plan has no kv_dtype (an uncompressed "
@@ -206,4 +210,6 @@ def check_run_scales(fmt: KVFormat | None, scale_scheme: str | None, cache_shape
             if key is None or seen is None or key not in seen:
                 check_scale(s, name, shape, fmt.qmax)
                 if key is not None and seen is not None:
-                    seen.add(key)
+                    seen[key] = s
+                    if len(seen) > SEEN_SCALES:   # the oldest goes (and is checked again)
+                        del seen[next(iter(seen))]

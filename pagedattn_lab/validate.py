@@ -17,6 +17,7 @@ from .backend import is_cupy_array, to_numpy_together
 
 CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 MAX_PAGES = 2**31 - 1        # block tables hold page ids as int32
+INT32_MAX = 2**31 - 1        # sizes the kernels take as int arguments
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 LOG2E = 1.4426950408889634   # the kernels fold scale * log2(e) into one float32 (exp2 softmax)
 
@@ -41,7 +42,23 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
     if contiguous and not x.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array (kernels index it by "
                          f"strides of its shape); call .copy() or ascontiguousarray first")
+    misaligned = element_misalignment(x)
+    if misaligned:
+        raise ValueError(f"{name}: expected data aligned to its {x.dtype.itemsize}-byte "
+                         f"elements, got an address {misaligned} bytes past such a boundary "
+                         f"(a view at a byte offset: the GPU faults on a misaligned load); "
+                         f"pass a copy")
     return x
+
+
+def element_misalignment(x) -> int:
+    """Bytes by which x's data address misses a multiple of its element size (0: aligned).
+    A NumPy or CuPy view made at a byte offset (a uint8 buffer viewed as float32 from byte 1)
+    has one; the GPU raises a sticky "misaligned address" fault on it, the CPU reads it."""
+    if x.size == 0 or (isinstance(x, np.ndarray) and x.flags.aligned):   # NumPy's own flag
+        return 0
+    address = int(x.data.ptr) if is_cupy_array(x) else int(x.__array_interface__["data"][0])
+    return address % x.dtype.itemsize
 
 
 def check_int(value, name: str, *, minimum: int | None = None,
@@ -241,7 +258,11 @@ def resolve_scale(scale, head_dim: int) -> float:
                                                                       np.integer)):
         raise TypeError(f"scale: expected a float or None, got {scale!r} "
                         f"({type(scale).__name__})")
-    value = float(scale)
+    try:
+        value = float(scale)
+    except OverflowError:   # an int past float64's range (10**400)
+        raise ValueError(f"scale: expected a finite number, got an int of "
+                         f"{int(scale).bit_length()} bits") from None
     if not math.isfinite(value):
         raise ValueError(f"scale: expected a finite number, got {scale}")
     if value <= 0:
@@ -272,6 +293,14 @@ def check_out(out, **inputs) -> None:
         raise ValueError("out: expected a writeable array, got a read-only one (pass a copy, "
                          "or out=None for a new array)")
     check_disjoint("out", out, "; pass a separate array, or out=None for a new one", **inputs)
+
+
+def check_writeable(x, name: str) -> None:
+    """An array a kernel writes: a read-only NumPy one would be refused by the CPU executor
+    only after the launch, with the kernel's other outputs already written."""
+    if isinstance(x, np.ndarray) and not x.flags.writeable:
+        raise ValueError(f"{name}: expected a writeable array (the kernel writes it), got a "
+                         f"read-only one; pass a writeable copy")
 
 
 def check_disjoint(written_name: str, written, advice: str = "", **inputs) -> None:
@@ -316,6 +345,9 @@ def check_gqa_heads(num_heads, num_kv_heads) -> tuple[int, int]:
 def check_plan_sizes(num_heads, num_kv_heads, head_dim, page_size) -> tuple[int, int, int, int]:
     """The sizes a plan/run wrapper is planned for: positive ints, whole GQA groups."""
     num_heads, num_kv_heads = check_gqa_heads(num_heads, num_kv_heads)
-    head_dim = check_int(head_dim, "head_dim", minimum=1)
-    page_size = check_int(page_size, "page_size", minimum=1)
+    # The kernels take these sizes as int32 arguments: a larger one would fail halfway
+    # through planning (NumPy's OverflowError), not here.
+    check_int(num_heads, "num_heads", maximum=INT32_MAX)   # num_kv_heads divides it
+    head_dim = check_int(head_dim, "head_dim", minimum=1, maximum=INT32_MAX)
+    page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
     return num_heads, num_kv_heads, head_dim, page_size

@@ -34,17 +34,17 @@ import numpy as np
 from . import decode_plan as dp
 from . import decode_work as dw
 from .decode_tc_sizes import tc_max_parts, tc_resident_blocks
-from .attention_common import (LOG2E, THREADS, allow_shared_memory, array_dtypes, data_pointer,
-                               dtype_name, from_torch, gpu_resident_blocks, is_torch_tensor,
-                               page_shift, sm_count, to_torch_like)
+from .attention_common import (LOG2E, MAX_GRID_YZ, THREADS, allow_shared_memory, array_dtypes,
+                               data_pointer, dtype_name, from_torch, gpu_resident_blocks,
+                               is_torch_tensor, page_shift, sm_count, to_torch_like)
 from .backend import array_module, cupy_module, is_cupy_array, resolve_device, to_numpy
 from .decode_run import DecodeRun
 from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
-from .validate import (check_array, check_block_tables, check_int, check_out,
-                       check_plan_sizes, resolve_scale)
+from .validate import (INT32_MAX, check_array, check_block_tables, check_disjoint, check_int,
+                       check_out, check_plan_sizes, resolve_scale)
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]
 
@@ -62,7 +62,7 @@ class BatchDecodeWrapper(DecodeRun):
 
     def __init__(self):
         self.kernel = None
-        self._seen_scales = set()   # CuPy static scales already checked (quant.check_run_scales)
+        self._seen_scales = {}   # CuPy static scales already checked (quant.check_run_scales)
 
     # ---- plan -------------------------------------------------------------------------
     def plan(self, block_tables, seq_lens, num_heads, num_kv_heads, head_dim, page_size,
@@ -85,7 +85,8 @@ class BatchDecodeWrapper(DecodeRun):
         dtype = dtype_name(dtype)
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
         check_scheme(scale_scheme)
-        block_tables, seq_lens = from_torch(block_tables), from_torch(seq_lens)
+        block_tables = from_torch(block_tables, "block_tables")
+        seq_lens = from_torch(seq_lens, "seq_lens")
         check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
         batch = int(block_tables.shape[0])
         tables_h, lens_h = check_block_tables(block_tables, seq_lens, num_pages=None,
@@ -93,9 +94,16 @@ class BatchDecodeWrapper(DecodeRun):
         if device is None:
             device = "gpu" if is_cupy_array(block_tables) else "cpu"
         on_gpu = resolve_device(device) == "gpu"
-        self._plan(block_tables, seq_lens, tables_h, lens_h, num_heads, num_kv_heads, head_dim,
-                   page_size, dtype, kernel, num_splits, on_gpu, copy=True, kv_format=fmt,
-                   scale_scheme=scale_scheme)
+        previous = dict(self.__dict__)
+        try:
+            self._plan(block_tables, seq_lens, tables_h, lens_h, num_heads, num_kv_heads,
+                       head_dim, page_size, dtype, kernel, num_splits, on_gpu, copy=True,
+                       kv_format=fmt, scale_scheme=scale_scheme)
+        except BaseException:   # _plan sets attributes as it goes: a failure halfway (grid
+            # limits, memory) leaves the previous plan whole, not new sizes with no launches
+            self.__dict__.clear()
+            self.__dict__.update(previous)
+            raise
         return self
 
     def _plan(self, block_tables, seq_lens, tables_h, lens_h, num_heads, num_kv_heads,
@@ -251,6 +259,10 @@ class BatchDecodeWrapper(DecodeRun):
                 f"-DCHUNK_BYTES={8 if narrow else 16}")
 
     def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
+        if max(grid[1:]) > MAX_GRID_YZ:   # the GPU would refuse the launch in run()
+            raise ValueError(f"block_tables, num_kv_heads: {self.batch} sequences and "
+                             f"{self.num_kv_heads} KV heads need a launch grid {grid}, past "
+                             f"CUDA's limit of {MAX_GRID_YZ} blocks in y and z; split the batch")
         allow_shared_memory(kern, shared)
         # On the GPU, run() launches the cupy.RawKernel inside the course's RawKernel, its
         # arguments packed here (rawkernel.PackedLaunch); the checks are the wrapper's own.
@@ -288,9 +300,12 @@ class BatchDecodeWrapper(DecodeRun):
     def _run_general(self, q, k_cache, v_cache, out, scale, k_scale, v_scale):
         """run() of torch tensors, bfloat16 bits, and every call the fast check refused."""
         like = q if is_torch_tensor(q) else None
-        if like is not None or any(is_torch_tensor(x) for x in (k_cache, out, k_scale, v_scale)):
+        if like is not None or any(is_torch_tensor(x) for x in (k_cache, v_cache, out, k_scale,
+                                                                v_scale)):
             q, k_cache, v_cache, out, k_scale, v_scale = (
-                from_torch(x) for x in (q, k_cache, v_cache, out, k_scale, v_scale))
+                from_torch(x, n) for x, n in zip((q, k_cache, v_cache, out, k_scale, v_scale),
+                                                 ("q", "k_cache", "v_cache", "out", "k_scale",
+                                                  "v_scale")))
         if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)
             # A q that is no array, or of a dtype the plan refuses, keeps the plan's buffer:
             # _check_run then names q (a view to it would fail with NumPy's own message).
@@ -298,8 +313,13 @@ class BatchDecodeWrapper(DecodeRun):
             view = q_dtype is not None and q_dtype != self._out.dtype and any(
                 q_dtype == d for d in self._array_dtypes)
             out = self._out.view(q_dtype) if view else self._out
+            check_disjoint("out", out, "; out=None writes the plan's own buffer, which an "
+                           "earlier run returned: pass a copy, or out= a separate array",
+                           q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
+                           v_scale=v_scale)
         else:
-            check_out(out, q=q, k_cache=k_cache, v_cache=v_cache)
+            check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
+                      v_scale=v_scale)
         self._check_run(q, k_cache, v_cache, out)
         check_run_scales(self.kv_format, self.scale_scheme, k_cache.shape, k_scale, v_scale,
                          self.on_gpu, self._seen_scales)
@@ -400,6 +420,11 @@ def from_csr(indptr, indices, last_page_len, page_size):
         raise ValueError(f"last_page_len[{i}]: expected 1..{page_size} for a sequence with pages "
                          f"(0 without), got {int(last[i])}")
     lens = np.where(pages > 0, (pages - 1) * page_size + last, 0)
+    too_long = np.flatnonzero(lens > INT32_MAX)
+    if too_long.size:   # int32 seq_lens would wrap around to a wrong (negative) length
+        i = int(too_long[0])
+        raise ValueError(f"indptr, last_page_len: sequence {i} has {int(pages[i])} pages of "
+                         f"{page_size} tokens, {int(lens[i])} in all, past int32 seq_lens")
     width = int(pages.max()) if pages.size else 0
     rows = np.repeat(np.arange(pages.size), pages)
     cols = np.arange(rows.size) - np.repeat(ptr[:-1], pages)

@@ -135,6 +135,12 @@ MISTAKES += [
     ("choose_page_size", choose_stop_at_first_failure, "does not always grow"),
     ("choose_page_size", choose_index, "not its position"),
     ("choose_page_size", choose_none_when_nothing_fits, "smallest"),
+    # a NaN or inf answer: no known mistake gives it, the hint says where such numbers come from
+    ("pages_needed", lambda n, p: float("nan"), "0 / 0"),
+    ("reserved_waste", lambda L, m: float("nan") if len(L) else 0.0, "0 / 0"),
+    ("paged_waste", lambda L, p: np.float64("inf") if len(L) else 0.0, "dividing by 0"),
+    ("kv_bytes", lambda L, h, kv, d, dt: float("nan"), "0 / 0"),
+    ("decode_floor_ms", lambda b, bw: b / (bw * 1e9) * 1e3 if b else float("nan"), "0 / 0"),
 ]
 
 

@@ -200,6 +200,25 @@ MISTAKES += [
 ]
 
 
+# -- results of the wrong kind: NaN, a narrower dtype, a shape that would broadcast ----------
+
+def gather_right(k, row, n):
+    p = k.shape[1]
+    t = np.arange(n)
+    return k.reshape(-1, *k.shape[2:])[np.asarray(row)[t // p] * p + t % p]
+
+
+MISTAKES += [
+    ("gather_numpy", lambda k, row, n: gather_right(k, row, n).astype(np.float16),
+     "keep the cache's dtype"),
+    ("gather_numpy", lambda k, row, n: np.full((n, *k.shape[2:]), np.nan),
+     "a nan your code computed"),
+    ("gather_numpy", lambda k, row, n: gather_right(k, row, n)[:, :1], "exactly seq_len tokens"),
+    ("attend_one", lambda *a: np.full(a[0].shape, np.nan), "(zeros or 0/0)"),
+    ("attend_one", lambda *a: attend_factory()(*a)[None], "[head_dim]"),
+]
+
+
 @pytest.mark.parametrize("launch", [
     lambda b, h, n, tq, p, d: ((_ceil(n, tq), h, b), (tq, 1, 1), 8 * p * d),
     lambda b, h, n, tq, p, d: ([_ceil(n, tq), h, b], [tq], 8 * p * d),

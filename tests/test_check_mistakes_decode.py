@@ -27,6 +27,9 @@ MERGE_MISTAKES = [
      "already divided by l_p"),
     ("exp of m itself", lambda m, l, o: (l * np.exp(m)) @ o / (l * np.exp(m)).sum(),
      "exp overflowed"),
+    ("returns NaN", lambda m, l, o: np.full(o.shape[1], np.nan), "a nan your code computed"),
+    ("keeps the partition axis", lambda m, l, o: (_w(m, l) @ o / _w(m, l).sum())[None],
+     "one merged value per dimension"),
 ]
 
 PARTITION_MISTAKES = [

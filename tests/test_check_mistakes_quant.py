@@ -26,6 +26,9 @@ SCALE_MISTAKES = [
     ("over the heads", lambda x, q: _guard(np.abs(x).max(1), q), "over the heads"),
     ("over the whole token", lambda x, q: np.repeat(_guard(np.abs(x).max((1, 2)), q)[:, None],
                                                     x.shape[1], 1), "mixes heads"),
+    ("NaN", lambda x, q: np.full(x.shape[:2], np.nan, np.float32), "a nan your code computed"),
+    ("one per token, broadcastable", lambda x, q: _guard(np.abs(x).max((1, 2)), q)[:, None],
+     "one scale per (token, kv head)"),
 ]
 
 WRITE_MISTAKES = [

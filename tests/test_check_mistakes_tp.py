@@ -93,6 +93,8 @@ MISTAKES = [
     ("gather_heads", gather("heads_first"), "sequences first"),
     ("gather_heads", gather("own_block"), "one rank's share"),
     ("gather_heads", gather("world_from_size"), "plain reshape"),
+    ("gather_heads", lambda g, w, b, h, d: np.full((b, h, d), np.nan), "first wrong row"),
+    ("gather_heads", lambda *a: gather()(*a)[None], "[batch, num_heads, head_dim]"),
     ("wire_bytes", wire(floor=True), "round up"),
     ("wire_bytes", wire(no_header=True), "header"),
     ("wire_bytes", wire(whole_output=True), "only its own heads' output"),

@@ -181,6 +181,9 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
          lambda: flat[np.minimum(slots + 1, flat.shape[0] - 1)]),
         ("the cache is not contiguous: follow the block table instead of reading slot t.",
          lambda: flat[t]),
+        (f"a gather copies exactly: keep the cache's dtype ({expected.dtype}); yours, "
+         f"{got.dtype}, rounded the values.",
+         lambda: expected.astype(got.dtype) if got.dtype.kind in "fiu" else None),
     ], atol=0, rtol=0) or ("slot = row[t // page_size] * page_size + t % page_size, for "
                            "t = arange(seq_len).")
     raise Mismatch(diff.message(), hint)

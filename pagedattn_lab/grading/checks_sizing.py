@@ -51,8 +51,18 @@ def _scalar_case(fn, args: tuple, expected: float, variants: list[tuple[str, flo
 
     if same(value, expected):
         return
-    hint = _first_variant(value, expected, variants, same) or default_hint
+    hint = _first_variant(value, expected, variants, same) or _unknown(value, default_hint)
     raise Mismatch(what, hint, expected=fmt(expected), got=fmt(value))
+
+
+NON_FINITE_HINT = ("a count, a fraction or a time is a finite number: NaN comes from 0 / 0 or "
+                   "inf - inf, inf from dividing by 0.")
+
+
+def _unknown(value, default_hint: str) -> str:
+    """The hint for a wrong number no known mistake gives: a NaN or inf shows what went
+    wrong by itself; any other number shows nothing more than expected vs got."""
+    return default_hint if math.isfinite(value) else NON_FINITE_HINT
 
 
 def _int_case(fn, args: tuple, expected: int, variants: list[tuple[str, float]], what: str,
@@ -63,7 +73,8 @@ def _int_case(fn, args: tuple, expected: int, variants: list[tuple[str, float]],
     exact = int(got) if isinstance(got, (int, np.integer)) else value
     if exact == expected:
         return
-    hint = _first_variant(exact, expected, variants, lambda a, b: a == b) or default_hint
+    hint = (_first_variant(exact, expected, variants, lambda a, b: a == b)
+            or _unknown(value, default_hint))
     shown = str(exact) if isinstance(exact, int) else repr(value)
     raise Mismatch(what, hint, expected=str(expected), got=shown)
 
