@@ -35,7 +35,7 @@ def import_flashinfer():
 
 
 def _csr(torch, inp, w):
-    from ..wrappers import to_csr  # noqa: PLC0415
+    from ..csr import to_csr  # noqa: PLC0415
     indptr, indices, last = to_csr(inp["block_tables"], inp["seq_lens"], w.page_size)
     return tuple(torch.from_dlpack(a) for a in (indptr, indices, last))
 

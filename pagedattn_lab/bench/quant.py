@@ -112,7 +112,7 @@ def flashinfer_decode(cp, w, d, kv_dtype, use_tensor_cores=False):
     the same for every head here)."""
     import flashinfer  # noqa: PLC0415 - optional baseline
     import torch  # noqa: PLC0415
-    from ..wrappers import to_csr  # noqa: PLC0415
+    from ..csr import to_csr  # noqa: PLC0415
     if kv_dtype not in ("float16", "fp8_e4m3"):
         raise ValueError("FlashInfer decodes fp16 and fp8 KV caches, not int8")
     indptr, indices, last = (torch.from_dlpack(a) for a in to_csr(

@@ -1,0 +1,74 @@
+"""The two forms of a page table: the course's padded block tables and FlashInfer's CSR page
+table (indptr, indices, last_page_len), the form FlashInfer's `plan` takes and the field's
+most asked conversion. `to_csr` and `from_csr` convert either way, where the arrays live."""
+from __future__ import annotations
+
+import numpy as np
+
+from .backend import array_module, to_numpy
+from .validate import INT32_MAX, check_array, check_block_tables, check_int
+
+__all__ = ["to_csr", "from_csr"]
+
+
+def to_csr(block_tables, seq_lens, page_size):
+    """(indptr, indices, last_page_len) of FlashInfer's CSR page table from padded tables.
+
+    Sequence i's pages are indices[indptr[i]:indptr[i+1]]: the first ceil(seq_lens[i] /
+    page_size) entries of its block-table row; last_page_len[i] is the number of tokens in
+    its last page (0 for an empty sequence). int32 arrays, where the tables live.
+    """
+    page_size = check_int(page_size, "page_size", minimum=1)
+    check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
+    batch = int(block_tables.shape[0])
+    check_block_tables(block_tables, seq_lens, num_pages=None, page_size=page_size, batch=batch,
+                       min_len=0)
+    xp = array_module(block_tables, seq_lens)
+    lens = seq_lens.astype(np.int64)
+    pages = -(-lens // page_size)
+    indptr = xp.zeros(batch + 1, dtype=np.int32)
+    indptr[1:] = xp.cumsum(pages)
+    used = xp.arange(block_tables.shape[1])[None, :] < pages[:, None]
+    indices = block_tables[used].astype(np.int32)
+    last = (lens - (pages - 1) * page_size) * (pages > 0)
+    return indptr, indices, last.astype(np.int32)
+
+
+def from_csr(indptr, indices, last_page_len, page_size):
+    """(block_tables, seq_lens) from FlashInfer's CSR page table: rows padded with -1 to the
+    longest sequence's page count. int32 arrays, where the inputs live."""
+    page_size = check_int(page_size, "page_size", minimum=1)
+    check_array(indptr, "indptr", ndim=1, dtypes=[np.int32])
+    check_array(indices, "indices", ndim=1, dtypes=[np.int32])
+    check_array(last_page_len, "last_page_len", ndim=1, dtypes=[np.int32])
+    xp = array_module(indptr, indices, last_page_len)
+    ptr, last = to_numpy(indptr).astype(np.int64), to_numpy(last_page_len).astype(np.int64)
+    negative = np.flatnonzero(to_numpy(indices) < 0)
+    if negative.size:
+        i = int(negative[0])
+        raise ValueError(f"indices[{i}]: expected a page id >= 0, got {int(to_numpy(indices)[i])}")
+    if ptr.size == 0 or ptr[0] != 0 or (np.diff(ptr) < 0).any() or ptr[-1] != indices.shape[0]:
+        raise ValueError(f"indptr: expected [0, ..., {indices.shape[0]}] non-decreasing "
+                         f"(one more entry than sequences, ending at len(indices)), got "
+                         f"{ptr.tolist() if ptr.size <= 8 else ptr}")
+    pages = np.diff(ptr)
+    if last.shape[0] != pages.size:
+        raise ValueError(f"last_page_len: expected {pages.size} entries (one per sequence), "
+                         f"got {last.shape[0]}")
+    bad = np.flatnonzero(np.where(pages > 0, (last < 1) | (last > page_size), last != 0))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"last_page_len[{i}]: expected 1..{page_size} for a sequence with pages "
+                         f"(0 without), got {int(last[i])}")
+    lens = np.where(pages > 0, (pages - 1) * page_size + last, 0)
+    too_long = np.flatnonzero(lens > INT32_MAX)
+    if too_long.size:   # int32 seq_lens would wrap around to a wrong (negative) length
+        i = int(too_long[0])
+        raise ValueError(f"indptr, last_page_len: sequence {i} has {int(pages[i])} pages of "
+                         f"{page_size} tokens, {int(lens[i])} in all, past int32 seq_lens")
+    width = int(pages.max()) if pages.size else 0
+    rows = np.repeat(np.arange(pages.size), pages)
+    cols = np.arange(rows.size) - np.repeat(ptr[:-1], pages)
+    tables = xp.full((pages.size, width), -1, dtype=np.int32)
+    tables[xp.asarray(rows), xp.asarray(cols)] = indices
+    return tables, xp.asarray(lens.astype(np.int32))
