@@ -106,8 +106,9 @@ fi
 # Phase 2: timings, one at a time, most wanted first. The host rows (run(), the one-shot call)
 # time the host too, so nothing may compile beside them: a FlashInfer JIT build that its step's
 # timeout cut off leaves its compilers running (timeout stops python, not ninja's children;
-# session 4's one-shot row read 1.33x its kernel, 1.15x on a quiet host). Stop them.
-if pkill -f -e 'ninja|nvcc|cicc|ptxas' >> "$LOG" 2>&1; then
+# session 4's one-shot row read 1.33x its kernel, 1.15x on a quiet host). Stop them, and a
+# prebuild still running (it starts the next build when one is stopped).
+if pkill -f -e 'prebuild_flashinfer|ninja|nvcc|cicc|ptxas' >> "$LOG" 2>&1; then
     echo "stopped compilers left running by phase 1" | tee -a "$LOG"; sleep 2
 fi
 export MPLBACKEND=Agg
