@@ -225,10 +225,12 @@ ROWS = {   # row: variants (the first is the reference for the error column), mo
 
 
 def config(w, name):
-    """The variant's kernel; a variant without warps is the planner's own choice."""
+    """The variant's kernel; a variant without warps is the planner's own shape (with its
+    mma keywords, e.g. qk_mma8)."""
     v = V[name]
     if v["warps"] is None:
-        return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], impl=v["impl"])
+        return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], impl=v["impl"],
+                            **v["mma"])
     return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], warps=v["warps"],
                         tile_t=v["tile_t"], stages=v["stages"], d_split=v["d_split"],
                         min_blocks=v["min_blocks"], warp_pipe=v["warp_pipe"],

@@ -26,8 +26,6 @@ import cupy as cp  # noqa: E402
 import explore as ex  # noqa: E402
 import explore_rows as er  # noqa: E402
 
-from pagedattn_lab import decode_plan as dp  # noqa: E402
-
 V = ex.V
 OLD = ("-DCVT_DIRECT=0", "-DCOPY_SLOTS=0", "-DSOFTMAX_EX2=0")
 TAGS = {"": (), " old": OLD, " slots0": ("-DCOPY_SLOTS=0",), " ex2off": ("-DSOFTMAX_EX2=0",)}
@@ -42,9 +40,10 @@ for q, qn in ((2, "fp8"), (1, "int8")):   # alternates on balanced ranges, 3 blo
 
 for base in [n for n in list(V) if n.startswith("R ") and n.endswith((" bal", " items"))
              and V[n]["quant"]]:
-    V[base + " qk8"] = {**V[base], "qk8": True}
-    V[base + " qk16"] = {**V[base], "qk8": False, "pairs": False}
-    V[base + " pairs"] = {**V[base], "qk8": False, "pairs": True}
+    for tag, options in ((" qk8", dict(qk_mma8=True)),
+                         (" qk16", dict(qk_mma8=False, head_pairs=False)),
+                         (" pairs", dict(qk_mma8=False, head_pairs=True))):
+        V[base + tag] = {**V[base], "mma": {**V[base]["mma"], **options}}
 
 for q, qn in ((2, "fp8"), (1, "int8")):   # session 5: the planner's shape with two S chains
     V[f"R {qn} C2/bal"] = {**er.rshape(4, 128, 2, mb=3, quant=q, s_chains=2), "split": "balanced"}
@@ -75,17 +74,8 @@ _config = ex.config
 
 
 def config(w, name):
-    """explore's config (QK_MMA8 and HEAD_PAIRS as the variant's "qk8" and "pairs" say) plus
-    its extra -D options."""
-    saved = dp.QK_MMA8_AUTO, dp.HEAD_PAIRS_AUTO
-    every = frozenset(dp.KV_QUANT_IDS.values())
-    for attr, key in (("QK_MMA8_AUTO", "qk8"), ("HEAD_PAIRS_AUTO", "pairs")):
-        if key in V[name]:
-            setattr(dp, attr, every if V[name][key] else frozenset())
-    try:
-        cfg = _config(w, name)
-    finally:
-        dp.QK_MMA8_AUTO, dp.HEAD_PAIRS_AUTO = saved
+    """explore's config plus the variant's extra -D options."""
+    cfg = _config(w, name)
     extra = V[name].get("extra", ())
     return cfg._replace(options=cfg.options + tuple(extra)) if extra else cfg
 

@@ -5,15 +5,11 @@ import functools
 
 import numpy as np
 
-from .backend import is_cupy_array, to_numpy
+from .backend import data_pointer, is_cupy_array, to_numpy
 from .validate import LOG2E, check_array  # noqa: F401 - LOG2E re-exported for the wrappers
 
 THREADS = 128          # every kernel of this module runs 128-thread blocks
 MAX_GRID_YZ = 65535    # CUDA's limit on gridDim.y and gridDim.z
-
-
-def data_pointer(x) -> int:
-    return int(x.data.ptr) if is_cupy_array(x) else int(x.ctypes.data)
 
 
 def aligned16(x, xp):

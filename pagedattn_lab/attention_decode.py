@@ -104,11 +104,7 @@ def _pinned_for(key, tables, lens, on_gpu):
     if not (on_gpu and is_cupy_array(tables) and is_cupy_array(lens)):
         return None
     bufs = _pinned.get(key)
-    if bufs is None:
-        bufs = _pinned[key] = pinned_like(tables, lens)
-        while len(_pinned) > PLAN_CACHE_SIZE:
-            _pinned.popitem(last=False)
-    return bufs
+    return bufs if bufs is not None else _remember(_pinned, key, pinned_like(tables, lens))
 
 
 def _cached_plan(key, tables_h, lens_h):
@@ -120,10 +116,16 @@ def _cached_plan(key, tables_h, lens_h):
 
 
 def _keep_plan(key, tables_h, lens_h, w):
-    _plans[key] = (np.array(tables_h, copy=True), np.array(lens_h, copy=True), w)
-    _plans.move_to_end(key)
-    while len(_plans) > PLAN_CACHE_SIZE:
-        _plans.popitem(last=False)
+    _remember(_plans, key, (np.array(tables_h, copy=True), np.array(lens_h, copy=True), w))
+
+
+def _remember(cache: OrderedDict, key, value):
+    """value under key, the newest of at most PLAN_CACHE_SIZE entries (the oldest goes)."""
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > PLAN_CACHE_SIZE:
+        cache.popitem(last=False)
+    return value
 
 
 def _cache_dtypes(bits: bool) -> tuple:

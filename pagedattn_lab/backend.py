@@ -78,6 +78,11 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def data_pointer(x) -> int:
+    """The address of an array's first element (NumPy or CuPy)."""
+    return int(x.data.ptr) if is_cupy_array(x) else int(x.ctypes.data)
+
+
 def to_numpy(x) -> np.ndarray:
     """A NumPy copy (or view) of a NumPy or CuPy array."""
     return x.get() if is_cupy_array(x) else np.asarray(x)

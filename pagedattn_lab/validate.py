@@ -13,11 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import is_cupy_array, to_numpy_together
+from .backend import data_pointer, is_cupy_array, to_numpy_together
 
 CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
-MAX_PAGES = 2**31 - 1        # block tables hold page ids as int32
 INT32_MAX = 2**31 - 1        # sizes the kernels take as int arguments
+MAX_PAGES = INT32_MAX        # block tables hold page ids as int32
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 LOG2E = 1.4426950408889634   # the kernels fold scale * log2(e) into one float32 (exp2 softmax)
 
@@ -57,8 +57,7 @@ def element_misalignment(x) -> int:
     has one; the GPU raises a sticky "misaligned address" fault on it, the CPU reads it."""
     if x.size == 0 or (isinstance(x, np.ndarray) and x.flags.aligned):   # NumPy's own flag
         return 0
-    address = int(x.data.ptr) if is_cupy_array(x) else int(x.__array_interface__["data"][0])
-    return address % x.dtype.itemsize
+    return data_pointer(x) % x.dtype.itemsize
 
 
 def check_int(value, name: str, *, minimum: int | None = None,
@@ -322,8 +321,7 @@ def byte_range(x) -> tuple[int, int]:
     """[first, last + 1) byte addresses an array's elements span (empty: (0, 0))."""
     if x.size == 0:
         return 0, 0
-    start = int(x.data.ptr) if is_cupy_array(x) else int(x.__array_interface__["data"][0])
-    lo = hi = start
+    lo = hi = data_pointer(x)
     for n, stride in zip(x.shape, x.strides):
         if stride < 0:
             lo += (n - 1) * stride
