@@ -112,7 +112,15 @@ for impl, tag in (("rows", "R"), ("mma", "M")):
         for scheme, stag in (("balanced", "bal"), ("items", "items")):
             V[f"{tag} {qn}{stag}"] = {**ex.shape(None, None, None, impl=impl), "split": scheme,
                                       "quant": q_, "tok": tok}
+# head sizes 80 / 96 (session 6): more tiles in flight per SM in the same shared memory, since
+# T64 S2 keeps one 20-24 KB tile per block in flight (3 blocks: 60-72 KB per SM, 93% of copy
+# at 128 with 96 KB): smaller tiles, more stages
+V["R W2 T32 S4"] = rshape(2, 32, 4)
+V["R W2 T32 S5"] = rshape(2, 32, 5)
+V["R W4 T32 S4 D2"] = rshape(4, 32, 4, 2)
+V["R W4 T32 S5 D2"] = rshape(4, 32, 5, 2)
 for base in ("R W4 T64 S2", "R W4 T64 S3", "R W4 T64 S3 C2", "R d256 W2T32S3",
+             "R W2 T32 S4", "R W2 T32 S5", "R W4 T32 S4 D2", "R W4 T32 S5 D2", "R W4P T64 S3",
              "R fp8 W4T128S2", "R fp8 W4PT128S3", "R fp8 W4T128S2mb3"):
     V[f"{base}/bal"] = {**V[base], "split": "balanced"}
 CODES = [f"{tag} {q}{'/tok' if tok else ''} {s_}" for q, _, tok in QUANTS
@@ -130,8 +138,11 @@ BALANCED = {   # the first variant is the err column's reference
     "1x32k-gqa4": ["M items", "R items"],
     # head sizes 80 / 96 (issue 10's copy target at 96, NOTES.md "Final check of session 5"):
     # the plan's decode_mma.cu against the rows kernel, 3 blocks per SM there (141-145 registers)
-    "D64-gqa4-d80": ["planner", "M bal", "R bal", "M items", "R items"],
-    "D64-gqa4-d96": ["planner", "M bal", "R bal", "M items", "R items"],
+    # (session 6: more tiles in flight did not help, 0.99-1.14x the planner's time)
+    "D64-gqa4-d80": ["planner", "M bal", "R W4 T64 S3/bal", "R W2 T32 S4/bal", "R W2 T32 S5/bal",
+                     "R W4P T64 S3/bal"],
+    "D64-gqa4-d96": ["planner", "M bal", "R W4 T64 S3/bal", "R W2 T32 S4/bal", "R W2 T32 S5/bal",
+                     "R W4 T32 S4 D2/bal", "R W4 T32 S5 D2/bal", "R W4P T64 S3/bal"],
 }
 
 _plan_with = ex.plan_with

@@ -3,8 +3,11 @@
     ncu --kernel-name regex:paged_decode_ --launch-count 4 --section SpeedOfLight \
         --section SchedulerStats --section WarpStateStats python3 benchmarks/ncu_tc.py W4 "M W4P S3"
 
-Variant names are those of benchmarks/explore.py (paged_decode_tc: lesson 09's WMMA source;
-"M ..." and the planner's: paged_decode_mma). Run from the repository root.
+--workload NAME (first) takes another row of the bench than D64-gqa4 (e.g. D64-gqa4-d96).
+
+Variant names are those of benchmarks/explore.py and explore_rows.py (paged_decode_tc: lesson
+09's WMMA source; "M ...": paged_decode_mma; "R ...": paged_decode_mma_rows). Run from the
+repository root.
 """
 import math
 import sys
@@ -16,11 +19,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cupy as cp  # noqa: E402
 
 import explore  # noqa: E402
+import explore_rows  # noqa: E402,F401 - its variants ("R ...") join explore.V
 from pagedattn_lab.bench.workloads import build_decode_inputs, decode_workloads  # noqa: E402
 
 
-def main(names):
-    w = {w.name: w for w in decode_workloads()}["D64-gqa4"]
+def main(names, workload="D64-gqa4"):
+    w = {w.name: w for w in decode_workloads()}[workload]
     inp = build_decode_inputs(cp, w)
     q, k, v = inp["q"], inp["k_cache"], inp["v_cache"]
     for name in names:
@@ -31,4 +35,8 @@ def main(names):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["W4", "W8D2"])
+    args = sys.argv[1:]
+    workload = "D64-gqa4"
+    if args[:1] == ["--workload"]:
+        workload, args = args[1], args[2:]
+    main(args or ["W4", "W8D2"], workload)

@@ -28,6 +28,9 @@ def main():
         ("rows default GQA4 d128 split 3", [300, 17, 1], 16, 8, 2, 128, 3, rows),
         ("rows MQA16 (two n tiles) d128 auto split", [900, 17, 1], 16, 16, 1, 128, None, rows),
         ("rows GQA4 d256 page 7 split 2", [120, 5], 7, 8, 2, 256, 2, rows),
+        ("rows GQA4 d96 page 7 split 3", [300, 17, 1], 7, 8, 2, 96, 3, rows),
+        ("rows short items W4P S3 GQA8 d80 split 2", [200, 9], 16, 16, 2, 80, 2,
+         {**rows, "warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}),
         ("rows W4 warp pipelines S3 GQA8 d128 page 7", [300, 17, 1], 7, 16, 2, 128, 3,
          {**rows, "warps": 4, "tile_t": 64, "stages": 3, "warp_pipe": True}),
         ("rows W8D2 T128 GQA4 d128 split 2", [300, 9], 16, 8, 2, 128, 2,
@@ -65,6 +68,10 @@ def main():
          "per_token", 3),
         ("rows balanced more ranges than tiles d128", [300, 1, 70], 16, 8, 2, 128, None, rows,
          None, None, 100),
+        ("rows balanced planner GQA4 d80 page 7", [300, 17, 1, 129, 1], 7, 8, 2, 80, None, rows,
+         None, None, 5),
+        ("rows balanced planner GQA4 d96 6 ranges", [300, 17, 1, 64, 129], 16, 8, 2, 96, None,
+         rows, None, None, 6),
     ]
     qk8 = {**rows, "qk_mma8": True}
     qk8_cases = [   # groups up to 4; items and balanced ranges

@@ -178,8 +178,11 @@ TC_IMPL = "auto"
 # 0.166 (0.169), page 64 0.166 (0.169), head_dim 256 0.305 (0.312), 1 x 32k 0.050 (0.052);
 # codes (round s4c, NOTES.md "Compressed GQA on tensor cores (session 4)") static fp8 0.098 /
 # int8 0.100 (decode_mma 0.098 / 0.104), per-token fp8 0.110 / int8 0.116, 8 x 32k fp8 0.147
-# (r7: 0.174 against 0.194). MQA 16/1 stays on decode_mma (r5: 0.042 against 0.039).
-ROWS_AUTO: list[tuple[bool, tuple[int, ...], int]] = [(True, (128,), 8), (False, (128, 256), 8)]
+# (r7: 0.174 against 0.194). MQA 16/1 stays on decode_mma (r5: 0.042 against 0.039). Head sizes
+# 80 / 96 (session 6, NOTES.md "Head sizes 80 and 96 (session 6)"): 0.128 / 0.142 (decode_mma
+# 0.130 / 0.145).
+ROWS_AUTO: list[tuple[bool, tuple[int, ...], int]] = [(True, (128,), 8),
+                                                     (False, (80, 96, 128, 256), 8)]
 # The work scheme rows over codes with static scales take (None: decode_work's rule, balanced
 # ranges past one wave). r7 and s4a measured them on items (0.127 against 0.147 balanced):
 # that balanced plan was 50 ranges x 8 KV heads for 396 resident slots, a 4-block second wave;
