@@ -9,7 +9,7 @@
 // Like WMMA (shim_mma.h), ldmatrix and mma are warp-collective: every lane of the warp must
 // reach the call (a lane that exited or does not exist is reported like a shuffle with a bad
 // mask, naming the function and its line). Each lane publishes what it brings (ldmatrix: the
-// 16-byte row it read; mma: its A and B values as floats) on its own stack, all lanes meet, each
+// 16-byte row it read; mma: its A and B registers) on its own stack, all lanes meet, each
 // lane takes its result from the others', and all meet again before any lane's stack frame
 // goes away.
 //
@@ -33,12 +33,12 @@
 
 namespace __pal_ptx {
 
-// What each lane publishes, by linear thread id: its row (ldmatrix), its A and B values as
-// floats (mma). Per worker process; blocks of one worker run one after another.
+// What each lane publishes, by linear thread id: its row (ldmatrix), its A and B registers
+// (mma), its register (movmatrix). Per worker process; blocks of one worker run one after
+// another.
 static const unsigned short *published_row[PAL_MAX_THREADS];
-static const float *published_fa[PAL_MAX_THREADS], *published_fb[PAL_MAX_THREADS];
-static unsigned published_word[PAL_MAX_THREADS];   // movmatrix: the lane's register
-static const unsigned *published_a8[PAL_MAX_THREADS], *published_b8[PAL_MAX_THREADS];   // k32
+static const unsigned *published_a[PAL_MAX_THREADS], *published_b[PAL_MAX_THREADS];
+static unsigned published_word[PAL_MAX_THREADS];
 
 inline int thread_linear()
 { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
@@ -73,63 +73,32 @@ inline void __pal_ldmatrix(int line, int op, const char *func, unsigned *r, int 
     collective(line, op);   // no lane leaves (and frees its row) before all have read
 }
 
-// D = A B + C for one m16n8k16 tile; bf16 selects the element type of A and B.
-inline void __pal_mma_m16n8k16(int line, int op, float *d, const unsigned *a, const unsigned *b,
-                               const float *c, bool bf16)
+// One m16n8 tile of D = A B + C over K = 8 E elements, E of them packed in each 32-bit
+// register (E = 2: m16n8k16 over 16-bit values; E = 4: m16n8k32 over bytes). out[j] for the
+// lane's output j (m = g + 8 (j / 2), n = 2t + j % 2) is the sum over k, in k order, of
+// A[m][k] B[k][n], each element's bits read through `value` (as a float or an int). A[m][k] is
+// element k % E of register (m >= 8) + 2 (k >= 4 E) of lane 4 (m % 8) + k % (4 E) / E; B[k][n]
+// is element k % E of register (k >= 4 E) of lane 4n + k % (4 E) / E.
+template <int E, typename Acc, typename Value>
+inline void __pal_mma_tile(int line, int op, Acc *d, const unsigned *a, const unsigned *b,
+                           const Acc *c, Value value)
 {
     using namespace __pal_ptx;
+    constexpr int BITS = 32 / E, SPAN = 4 * E;   // element bits; k per register of a lane row
+    constexpr unsigned MASK = (1u << BITS) - 1;
     const int t = thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
-    float fa[8], fb[4];   // fa[2 * i + h]: half h of a[i]; fb likewise
-    for (int i = 0; i < 8; ++i) {
-        const unsigned short h = (unsigned short)(a[i >> 1] >> (16 * (i & 1)));
-        fa[i] = bf16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
-    }
-    for (int i = 0; i < 4; ++i) {
-        const unsigned short h = (unsigned short)(b[i >> 1] >> (16 * (i & 1)));
-        fb[i] = bf16 ? bf16_bits_to_float(h) : f16_bits_to_float(h);
-    }
-    published_fa[t] = fa;
-    published_fb[t] = fb;
-    collective(line, op);   // every lane has published
-    // A[m][k] is in lane 4 (m % 8) + k % 8 / 2, register (m >= 8) + 2 (k >= 8), half k % 2;
-    // B[k][n] is in lane 4n + k % 8 / 2, register (k >= 8), half k % 2.
-    float out[4];
-    for (int j = 0; j < 4; ++j) {
-        const int m = g + 8 * (j >> 1), n = 2 * q + (j & 1);
-        float acc = c[j];
-        for (int k = 0; k < 16; ++k) {
-            const int src = (k & 7) >> 1, half = k & 1;
-            acc += published_fa[w0 + 4 * (m & 7) + src][2 * ((m >> 3) + 2 * (k >> 3)) + half] *
-                   published_fb[w0 + 4 * n + src][2 * (k >> 3) + half];
-        }
-        out[j] = acc;
-    }
-    collective(line, op);   // no lane leaves (and frees fa, fb) before all have read them
-    for (int j = 0; j < 4; ++j) d[j] = out[j];   // d may be c: written last
-}
-
-// One m16n8k32 tile over 8-bit values: out[j] = the sum over k of A[m][k] B[k][n] for lane's
-// output j (m = g + 8 (j / 2), n = 2t + j % 2), in k order, each element read through `value`
-// (its byte as a float or an int). A[m][k] is byte k % 4 of register (m >= 8) + 2 (k >= 16) of
-// lane 4 (m % 8) + k % 16 / 4; B[k][n] is byte k % 4 of register (k >= 16) of lane 4n + k % 16 / 4.
-template <typename Acc, typename Value>
-inline void __pal_mma_k32(int line, int op, Acc *d, const unsigned *a, const unsigned *b,
-                          const Acc *c, Value value)
-{
-    using namespace __pal_ptx;
-    const int t = thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
-    published_a8[t] = a;
-    published_b8[t] = b;
+    published_a[t] = a;
+    published_b[t] = b;
     collective(line, op);   // every lane has published
     Acc out[4];
     for (int j = 0; j < 4; ++j) {
         const int m = g + 8 * (j >> 1), n = 2 * q + (j & 1);
         Acc acc = c[j];
-        for (int k = 0; k < 32; ++k) {
-            const int src = (k & 15) >> 2, shift = 8 * (k & 3);
-            const unsigned ab = published_a8[w0 + 4 * (m & 7) + src][(m >> 3) + 2 * (k >> 4)];
-            const unsigned bb = published_b8[w0 + 4 * n + src][k >> 4];
-            acc = acc + value((unsigned char)(ab >> shift)) * value((unsigned char)(bb >> shift));
+        for (int k = 0; k < 8 * E; ++k) {
+            const int src = k % SPAN / E, shift = BITS * (k % E);
+            const unsigned ab = published_a[w0 + 4 * (m & 7) + src][(m >> 3) + 2 * (k / SPAN)];
+            const unsigned bb = published_b[w0 + 4 * n + src][k / SPAN];
+            acc = acc + value(ab >> shift & MASK) * value(bb >> shift & MASK);
         }
         out[j] = acc;
     }
@@ -137,19 +106,29 @@ inline void __pal_mma_k32(int line, int op, Acc *d, const unsigned *a, const uns
     for (int j = 0; j < 4; ++j) d[j] = out[j];   // d may be c: written last
 }
 
+// D = A B + C for one m16n8k16 tile; bf16 selects the element type of A and B.
+inline void __pal_mma_m16n8k16(int line, int op, float *d, const unsigned *a, const unsigned *b,
+                               const float *c, bool bf16)
+{
+    __pal_mma_tile<2>(line, op, d, a, b, c, [bf16](unsigned h) {
+        return bf16 ? __pal_ptx::bf16_bits_to_float((unsigned short)h)
+                    : __pal_ptx::f16_bits_to_float((unsigned short)h);
+    });
+}
+
 inline void __pal_mma_m16n8k32_e4m3(int line, float *d, const unsigned *a, const unsigned *b,
                                     const float *c)
 {
-    __pal_mma_k32(line, PAL_OP_MMA_E4M3, d, a, b, c,
-                  [](unsigned char x) { return __pal_fp8_to_float(x, __NV_E4M3); });
+    __pal_mma_tile<4>(line, PAL_OP_MMA_E4M3, d, a, b, c,
+                      [](unsigned x) { return __pal_fp8_to_float((unsigned char)x, __NV_E4M3); });
 }
 
 inline void __pal_mma_m16n8k32_s8(int line, int *d, const unsigned *a, const unsigned *b,
                                   const int *c)
 {   // int32 products and sums, wrapping as unsigned (the GPU's .s32 without .satfinite)
     unsigned ud[4], uc[4] = {(unsigned)c[0], (unsigned)c[1], (unsigned)c[2], (unsigned)c[3]};
-    __pal_mma_k32(line, PAL_OP_MMA_S8, ud, a, b, uc,
-                  [](unsigned char x) { return (unsigned)(int)(signed char)x; });
+    __pal_mma_tile<4>(line, PAL_OP_MMA_S8, ud, a, b, uc,
+                      [](unsigned x) { return (unsigned)(int)(signed char)x; });
     for (int j = 0; j < 4; ++j) d[j] = (int)ud[j];
 }
 
