@@ -136,9 +136,9 @@ BALANCED = {   # the first variant is the err column's reference
     "8x32k-gqa4": ["M items", "R items", "R bal", "M fp8 items", "R fp8 items", "R fp8 bal",
                    "simt fp8"],
     "1x32k-gqa4": ["M items", "R items"],
-    # head sizes 80 / 96 (issue 10's copy target at 96, NOTES.md "Final check of session 5"):
-    # the plan's decode_mma.cu against the rows kernel, 3 blocks per SM there (141-145 registers)
-    # (session 6: more tiles in flight did not help, 0.99-1.14x the planner's time)
+    # head sizes 80 / 96 (issue 10's copy target at 96; NOTES.md "Head sizes 80 and 96 (session
+    # 6)"): the plan's rows kernel (3 blocks per SM) against decode_mma.cu and shapes with more
+    # tiles in flight (those measured 0.99-1.14x the planner's time)
     "D64-gqa4-d80": ["planner", "M bal", "R W4 T64 S3/bal", "R W2 T32 S4/bal", "R W2 T32 S5/bal",
                      "R W4P T64 S3/bal"],
     "D64-gqa4-d96": ["planner", "M bal", "R W4 T64 S3/bal", "R W2 T32 S4/bal", "R W2 T32 S5/bal",
