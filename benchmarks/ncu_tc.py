@@ -29,7 +29,14 @@ def main(names, workload="D64-gqa4"):
     q, k, v = inp["q"], inp["k_cache"], inp["v_cache"]
     for name in names:
         p = explore.plan(inp, w, name)
-        explore.launch(p, q, k, v, cp.empty_like(q), 1 / math.sqrt(w.head_dim))
+        quant, per_token = explore.V[name]["quant"], explore.V[name]["tok"]
+        if quant:   # a variant over codes ("planner fp8", "R int8 bal"): quantized caches
+            import torch
+            kc, ks, _ = explore.quantize(torch, k, quant, per_token)
+            vc, vs, _ = explore.quantize(torch, v, quant, per_token)
+            explore.launch(p, q, kc, vc, cp.empty_like(q), 1 / math.sqrt(w.head_dim), ks, vs)
+        else:
+            explore.launch(p, q, k, v, cp.empty_like(q), 1 / math.sqrt(w.head_dim))
         cp.cuda.Device().synchronize()
         print(name, p.tc_config.options, flush=True)
 
