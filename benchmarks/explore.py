@@ -226,15 +226,21 @@ ROWS = {   # row: variants (the first is the reference for the error column), mo
 
 def config(w, name):
     """The variant's kernel; a variant without warps is the planner's own shape (with its
-    mma keywords, e.g. qk_mma8)."""
+    mma keywords, e.g. qk_mma8), its KV heads fused as the planner fuses them unless the
+    variant says (mma keyword kv_fuse)."""
     v = V[name]
+    mma = dict(v["mma"])
+    fuse = mma.pop("kv_fuse", None)
+    if fuse is None:
+        planner_shape = v["warps"] is None and v["impl"] in (None, "rows")
+        fuse = dp.kv_fuse(w.dtype, w.head_dim, w.group, w.num_kv_heads, v["quant"]) \
+            if planner_shape else 1
+    dims = (w.dtype, w.head_dim * fuse, w.group * fuse, v["quant"], v["tok"])
     if v["warps"] is None:
-        return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], impl=v["impl"],
-                            **v["mma"])
-    return dp.tc_config(w.dtype, w.head_dim, w.group, v["quant"], v["tok"], warps=v["warps"],
-                        tile_t=v["tile_t"], stages=v["stages"], d_split=v["d_split"],
-                        min_blocks=v["min_blocks"], warp_pipe=v["warp_pipe"],
-                        impl=v["impl"], **v["mma"])
+        return dp.tc_config(*dims, impl=v["impl"], kv_fuse=fuse, **mma)
+    return dp.tc_config(*dims, warps=v["warps"], tile_t=v["tile_t"], stages=v["stages"],
+                        d_split=v["d_split"], min_blocks=v["min_blocks"],
+                        warp_pipe=v["warp_pipe"], impl=v["impl"], kv_fuse=fuse, **mma)
 
 
 def compile_all(workloads, names_of):

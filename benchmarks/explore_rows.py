@@ -123,6 +123,13 @@ for base in ("R W4 T64 S2", "R W4 T64 S3", "R W4 T64 S3 C2", "R d256 W2T32S3",
              "R W2 T32 S4", "R W2 T32 S5", "R W4 T32 S4 D2", "R W4 T32 S5 D2", "R W4P T64 S3",
              "R fp8 W4T128S2", "R fp8 W4PT128S3", "R fp8 W4T128S2mb3"):
     V[f"{base}/bal"] = {**V[base], "split": "balanced"}
+for base in ("R bal", "M bal", "R items", "R W4P T64 S3/bal", "R W4 T64 S3/bal"):
+    for tag, l1 in (("l1", True), ("cg", False)):   # K/V copies through L1 / the L2 only
+        V[f"{base} {tag}"] = {**V[base], "mma": {**V[base]["mma"], "copy_l1": l1, "kv_fuse": 1}}
+# two KV heads per block (head_dim 96: 192-dim fused heads of 8 query heads, whole lines)
+for w_, t_, s_, d_ in ((8, 64, 2, 2), (4, 64, 2, 1), (4, 32, 3, 2), (8, 64, 3, 2), (8, 32, 3, 2)):
+    V[f"R fuse W{w_} T{t_} S{s_} D{d_}/bal"] = {**rshape(w_, t_, s_, d_), "split": "balanced",
+                                                "mma": {"kv_fuse": 2}}
 CODES = [f"{tag} {q}{'/tok' if tok else ''} {s_}" for q, _, tok in QUANTS
          for tag in ("R", "M") for s_ in ("bal", "items")]
 BALANCED = {   # the first variant is the err column's reference
@@ -136,13 +143,15 @@ BALANCED = {   # the first variant is the err column's reference
     "8x32k-gqa4": ["M items", "R items", "R bal", "M fp8 items", "R fp8 items", "R fp8 bal",
                    "simt fp8"],
     "1x32k-gqa4": ["M items", "R items"],
-    # head sizes 80 / 96 (issue 10's copy target at 96; NOTES.md "Head sizes 80 and 96 (session
-    # 6)"): the plan's rows kernel (3 blocks per SM) against decode_mma.cu and shapes with more
-    # tiles in flight (those measured 0.99-1.14x the planner's time)
-    "D64-gqa4-d80": ["planner", "M bal", "R W4 T64 S3/bal", "R W2 T32 S4/bal", "R W2 T32 S5/bal",
-                     "R W4P T64 S3/bal"],
-    "D64-gqa4-d96": ["planner", "M bal", "R W4 T64 S3/bal", "R W2 T32 S4/bal", "R W2 T32 S5/bal",
-                     "R W4 T32 S4 D2/bal", "R W4 T32 S5 D2/bal", "R W4P T64 S3/bal"],
+    # head sizes 80 / 96 (issue 10's copy target at 96; NOTES.md "Lines and fused KV heads
+    # (session 7)"): at 80 the plan's rows shape copying through L1 ("planner", "R bal l1") against
+    # through the L2 only ("R bal cg"), and a shape with more shared memory per SM (less L1);
+    # at 96 the plan's two KV heads per block ("planner") against one, and other fused shapes
+    "D64-gqa4-d80": ["planner", "R bal cg", "R bal l1", "M bal", "R W4 T64 S3/bal l1",
+                     "R items l1", "R items cg"],
+    "D64-gqa4-d96": ["planner", "R bal l1", "R bal cg", "M bal", "R fuse W8 T64 S2 D2/bal",
+                     "R fuse W4 T64 S2 D1/bal", "R fuse W4 T32 S3 D2/bal",
+                     "R fuse W8 T64 S3 D2/bal", "R fuse W8 T32 S3 D2/bal", "R items l1"],
 }
 
 _plan_with = ex.plan_with

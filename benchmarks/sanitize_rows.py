@@ -72,6 +72,10 @@ def main():
          None, None, 5),
         ("rows balanced planner GQA4 d96 6 ranges", [300, 17, 1, 64, 129], 16, 8, 2, 96, None,
          rows, None, None, 6),
+        ("rows fused KV heads GQA4 d96 page 7 split 3", [300, 17, 1], 7, 8, 2, 96, 3,
+         {**rows, "kv_fuse": 2}),
+        ("rows fused KV heads balanced GQA2 d96 5 ranges", [300, 17, 1, 64, 129], 16, 8, 4, 96,
+         None, {**rows, "kv_fuse": 2}, None, None, 5),
     ]
     qk8 = {**rows, "qk_mma8": True}
     qk8_cases = [   # groups up to 4; items and balanced ranges

@@ -201,6 +201,30 @@ ROWS_STATIC_CODES_SCHEME: str | None = None
 QK_MMA8_MAX_GROUP = 4
 QK_MMA8_AUTO: frozenset[int] = frozenset()
 HEAD_PAIRS_AUTO: frozenset[int] = frozenset({KV_QUANT_IDS["int8"], KV_QUANT_IDS["fp8_e4m3"]})
+# Copies through L1 (-DCOPY_L1, kernels/common.cuh) in the planner's rows shape over 16-bit
+# pages whose rows are not whole 128-byte lines (head_dim 80, 96, 112). Measured (H200,
+# benchmarks/NOTES.md "Lines and fused KV heads (session 7)", D64 GQA 32/8, ms, .cg / .ca):
+# head_dim 96 0.146 / 0.139, 80 0.132 / 0.123; L2 sectors at 96: 20.3 M / 14.5 M (the data:
+# 14.4 M). Not elsewhere: whole lines lose (128: 0.160 / 0.172), and shapes with more shared
+# memory per SM leave L1 too little (80, rows T64 S3: 0.133 / 0.164).
+COPY_L1_AUTO = True
+# KV heads a rows block takes at once (-DKV_FUSE, decode_tc_sizes.cuh) per head size, over
+# 16-bit pages: two heads of 96 dims are 384-byte rows, three whole lines (a host-side
+# prototype, session 7: 0.128 ms against 0.139 through L1 and 0.146 through the L2 only).
+KV_FUSE_AUTO: dict[int, int] = {96: 2}
+KV_FUSE_MAX_ROWS = 8   # query heads of the fused group (one n tile of S^T)
+
+
+def kv_fuse(dtype: str, head_dim: int, group: int, num_kv_heads: int, kv_quant: int) -> int:
+    """KV heads per block the planner fuses (1: none): KV_FUSE_AUTO's count where the rows
+    kernel is the plan's choice, the pages hold 16-bit values, the fused group fits one n tile
+    and the KV heads divide evenly."""
+    fuse = KV_FUSE_AUTO.get(head_dim, 1)
+    if (fuse == 1 or kv_quant or dtype not in ("float16", "bfloat16")
+            or num_kv_heads % fuse or group * fuse > KV_FUSE_MAX_ROWS
+            or planner_impl(group, head_dim, kv_quant) != "rows"):
+        return 1
+    return fuse
 
 
 class TCConfig(NamedTuple):
@@ -224,6 +248,7 @@ class TCConfig(NamedTuple):
     blocks_per_sm: int | None = None   # the split rule's target (None: TC_BLOCKS_PER_SM)
     separate_merge: bool = False       # "mma": split sequences merged by a second launch
     scheme: str | None = None          # the work scheme it takes (None: decode_work's rule)
+    kv_fuse: int = 1                   # KV heads per block ("rows", KV_FUSE)
 
     @property
     def source(self) -> str:
@@ -302,7 +327,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               swizzle: bool = True, q_regs: bool | None = None,
               fp8_bits: bool = False, separate_merge: bool = False,
               merge_after_loop: bool | None = None, qk_mma8: bool | None = None,
-              head_pairs: bool | None = None) -> TCConfig:
+              head_pairs: bool | None = None, copy_l1: bool | None = None,
+              kv_fuse: int = 1) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -318,10 +344,13 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     at once; None: the planner's shape's) are the "mma" kernel's. qk_mma8 and head_pairs
     ("rows" over codes, groups up to QK_MMA8_MAX_GROUP): S on 8-bit tensor cores from the K
     codes, the head pairs' layout (implied by qk_mma8); None: where QK_MMA8_AUTO /
-    HEAD_PAIRS_AUTO have the format."""
+    HEAD_PAIRS_AUTO have the format. copy_l1: K/V copies through L1 (cp.async.ca); None:
+    COPY_L1_AUTO's rule (the planner's rows shape over 16-bit rows that are not whole lines).
+    kv_fuse: KV heads per block ("rows" over 16-bit pages); head_dim and group are then the
+    fused head's (kv_fuse x each head's), as the kernel sees them."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
-    impl = impl or planner_impl(group, head_dim, kv_quant)
+    impl = impl or ("rows" if kv_fuse != 1 else planner_impl(group, head_dim, kv_quant))
     if impl == "rows" and group > ROWS_MAX_GROUP:
         impl = "mma"
     if kv_quant and head_dim % 128:   # decode_mma(_rows).cu read codes at head_dim 128 and 256
@@ -380,11 +409,20 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     if impl == "rows":
         options += (f"-DHEAD_TILES={-(-rows // 8)}",)
-    options += pairs
+    if kv_fuse != 1:
+        if impl != "rows" or kv_quant or head_dim % (8 * kv_fuse) or group % kv_fuse:
+            raise ValueError(f"kv_fuse: expected 16-bit pages on the 'rows' kernel with head_dim "
+                             f"and group multiples of {kv_fuse} (x8 dims), got impl {impl!r}, "
+                             f"kv_quant {kv_quant}, head_dim {head_dim}, group {group}")
+        options += (f"-DKV_FUSE={kv_fuse}",)
+    if copy_l1 is None:
+        copy_l1 = (COPY_L1_AUTO and auto and impl == "rows" and not kv_quant
+                   and head_dim * 2 % 128 != 0)   # 2-byte elements: fp16 / bf16 pages
+    options += pairs + (("-DCOPY_L1=1",) if copy_l1 else ())
     scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,
-                    impl == "mma" and bool(separate_merge), scheme)
+                    impl == "mma" and bool(separate_merge), scheme, kv_fuse)
 
 
 def _pairs_options(impl: str, kv_quant: int, rows: int, qk_mma8: bool | None,

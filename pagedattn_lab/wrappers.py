@@ -189,19 +189,23 @@ class BatchDecodeWrapper(DecodeRun):
         of decode_mma.cu (decode_work.tc_work; None: the planner's) (tuning runs, tests)."""
         group = self.num_heads // self.num_kv_heads
         fmt = self.kv_format
-        cfg = tc or dp.tc_config(self.dtype, self.head_dim, group, fmt.kernel_id if fmt else 0,
-                                 self.scale_scheme == "per_token")
+        quant = fmt.kernel_id if fmt else 0
+        fuse = dp.kv_fuse(self.dtype, self.head_dim, group, self.num_kv_heads, quant)
+        cfg = tc or dp.tc_config(self.dtype, self.head_dim * fuse, group * fuse, quant,
+                                 self.scale_scheme == "per_token", kv_fuse=fuse)
+        # the kernel's KV heads: kv_fuse of ours at a time, kv_fuse x head_dim dims each
+        kv_heads, kernel_dim = self.num_kv_heads // cfg.kv_fuse, self.head_dim * cfg.kv_fuse
         rows, row_tiles = cfg.rows, cfg.row_tiles
-        grid_y = self.num_kv_heads * cfg.chunks
+        grid_y = kv_heads * cfg.chunks
         kern = load_kernel(cfg.source, cfg.function, cfg.options)
         # blocks per SM: the driver's count on the GPU, the sizes' on the CPU executor
         resident = (gpu_resident_blocks(kern, cfg.threads, cfg.shared) if self.on_gpu
-                    else tc_resident_blocks(cfg, self.head_dim))
+                    else tc_resident_blocks(cfg, kernel_dim))
         sms = sm_count(self.on_gpu)
         self.scheme, segments = dw.tc_work(lens_h, cfg, grid_y, sms, resident,
                                            tc_max_parts(rows, cfg.kv_bytes), num_splits,
                                            scheme, ranges)
-        short = tc is None and fmt is None and dp.short_items_config(
+        short = tc is None and fmt is None and cfg.kv_fuse == 1 and dp.short_items_config(
             self.dtype, self.head_dim, group, self.scheme, segments.range_tokens)
         if short:   # one wave of short items: the planner's shape for them (decode_plan)
             return self._plan_tensor_core(lens_h, num_splits, short, scheme, ranges)
@@ -219,7 +223,7 @@ class BatchDecodeWrapper(DecodeRun):
                                           np.zeros(self.batch * grid_y, np.int32)]))
         n_work = work.size
         slot_d, counters = ints[n_work:n_work + self.batch], ints[n_work + self.batch:]
-        part_out = xp.empty((slots, self.num_heads, self.head_dim) if slots else 4, np.float32)
+        part_out = xp.empty((slots, self.num_heads, kernel_dim) if slots else 4, np.float32)
         part_ml = xp.empty((slots, self.num_heads, 2) if slots else 4, np.float32)
         self.grid = (blocks, grid_y, 1)
         if cfg.impl != "wmma":
@@ -227,7 +231,7 @@ class BatchDecodeWrapper(DecodeRun):
             fixed = (self._tables, ints[:n_segs], ints[n_segs:n_work], slot_d)
         else:
             fixed = (self._tables, self._lens, ints[:n_work], slot_d)
-        tail = (part_out, part_ml, counters, i32(self.num_heads), i32(self.num_kv_heads),
+        tail = (part_out, part_ml, counters, i32(self.num_heads), i32(kv_heads),
                 i32(self.page_size), i32(page_shift(self.page_size)), i32(self._tables.shape[1]))
         tail += (i32(rows),) if cfg.impl != "wmma" else (i32(self.part_len), i32(rows))
         no_scale = self._no_scale

@@ -90,6 +90,68 @@ def test_groups_past_16_take_the_heads_as_rows():
     assert "-DHEAD_TILES=1" in dp.tc_config("float16", 128, 8, impl="rows").options
 
 
+def test_copies_through_l1_where_rows_are_not_whole_lines(monkeypatch):
+    monkeypatch.setattr(dp, "TC_IMPL", "auto")
+    def l1(*args, **kw):
+        return "-DCOPY_L1=1" in dp.tc_config(*args, **kw).options
+    assert l1("float16", 96, 4) and l1("bfloat16", 80, 4)                 # 192 / 160-byte rows
+    assert not l1("float16", 128, 4) and not l1("float16", 256, 4)        # whole lines
+    assert not l1("float16", 96, 4, dp.KV_QUANT_IDS["int8"])              # codes (wmma at 96)
+    assert not l1("float16", 96, 4, warps=4, tile_t=64, stages=3)         # a shape of its own
+    assert not l1("float16", 96, 32)                                      # group 32: "mma"
+    assert l1("float16", 128, 4, copy_l1=True) and not l1("float16", 96, 4, copy_l1=False)
+    monkeypatch.setattr(dp, "COPY_L1_AUTO", False)
+    assert not l1("float16", 96, 4)
+
+
+FUSED_CASES = [
+    # dtype, heads, kv, page, lens, splits, scheme (head_dim 96: two KV heads per block)
+    ("float16", 8, 2, 7, [1, 6, 7, 8, 127, 129], 3, None),     # split: the merge's writes
+    ("float16", 8, 2, 16, [300, 17, 1], 1, None),              # one part: finish_rows' writes
+    ("float16", 8, 4, 16, [200, 64, 1, 65], None, "balanced"), # two fused blocks, ranges
+    ("float16", 8, 4, 5, [90, 33], 2, "items"),                # group 2: 4 rows per block
+    ("float16", 4, 4, 16, [40, 1, 17], 2, None),               # MHA: group 1, 2 rows
+    ("bfloat16", 8, 2, 16, [70, 3, 129], None, "balanced"),
+]
+
+
+@pytest.mark.parametrize("dtype,heads,kv,page,lens,splits,scheme", FUSED_CASES)
+def test_fused_kv_heads(rng, dtype, heads, kv, page, lens, splits, scheme, monkeypatch):
+    if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):
+        pytest.skip("the CPU executor's shim has no bfloat16 (cuda_bf16.h) yet")
+    monkeypatch.setattr(dp, "TC_IMPL", "rows")
+    args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
+                          head_dim=96, dtype=dtype)
+    q, k, v, tables, seq_lens = args
+    w = pl.BatchDecodeWrapper().plan(tables, seq_lens, heads, kv, 96, page, dtype,
+                                     kernel="tensor_core", num_splits=splits)
+    if scheme is not None:
+        w._launches = []
+        w._plan_tensor_core(np.asarray(seq_lens), splits, scheme=scheme)
+    assert w.tc_config.kv_fuse == 2 and "-DKV_FUSE=2" in w.tc_config.options
+    assert w.grid[1] == kv // 2
+    out = w.run(q, k, v, out=poisoned(q.shape, dtype))
+    check_close(out, reference(args), dtype)
+
+
+def test_which_kv_heads_fuse(monkeypatch):
+    monkeypatch.setattr(dp, "TC_IMPL", "auto")
+    int8 = dp.KV_QUANT_IDS["int8"]
+    assert dp.kv_fuse("float16", 96, 4, 8, 0) == 2 and dp.kv_fuse("bfloat16", 96, 1, 2, 0) == 2
+    assert dp.kv_fuse("float16", 96, 4, 7, 0) == 1          # an odd number of KV heads
+    assert dp.kv_fuse("float16", 96, 8, 4, 0) == 1          # 16 rows: past one n tile
+    assert dp.kv_fuse("float16", 96, 4, 8, int8) == 1       # codes
+    assert dp.kv_fuse("float32", 96, 4, 8, 0) == 1
+    assert dp.kv_fuse("float16", 128, 4, 8, 0) == 1         # whole lines already
+    assert dp.kv_fuse("float16", 96, 32, 2, 0) == 1         # group 32: "mma"
+    monkeypatch.setattr(dp, "KV_FUSE_AUTO", {})
+    assert dp.kv_fuse("float16", 96, 4, 8, 0) == 1
+    with pytest.raises(ValueError, match="kv_fuse"):
+        dp.tc_config("float16", 192, 8, kv_fuse=2, impl="mma")
+    with pytest.raises(ValueError, match="kv_fuse"):
+        dp.tc_config("float16", 256, 8, int8, kv_fuse=2)
+
+
 ROWS_QUANT_CASES = [
     # dtype, heads, kv, head_dim, page, lens, splits, shape
     ("float16", 8, 2, 128, 7, [1, 6, 7, 8, 127, 129], 3, {}),      # the planner's shape; split

@@ -63,16 +63,28 @@ __device__ inline void unpack_chunk(const uint4& raw, float* out)
 // and copy_wait<N>() waits until at most N groups are still in flight. A copy that is not
 // `valid` writes 16 zero bytes and reads nothing. The CPU executor runs no PTX: there the copy
 // is synchronous, which is what an asynchronous copy amounts to once it has been waited for.
+// COPY_L1 (1: cp.async.ca, through L1; 0: .cg, L2 only): rows that are not whole 128-byte
+// lines (head_dim 80, 96 at 2 bytes) share lines with the next KV head's rows, and the .cg path
+// then asked the L2 for whole lines: 1.4x the sectors the data holds at head_dim 96, against
+// 1.0x through L1 (benchmarks/NOTES.md "Lines and fused KV heads (session 7)").
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 #define ASYNC_COPY 1
+#endif
+#ifndef COPY_L1
+#define COPY_L1 0
 #endif
 
 __device__ inline void copy16_async(void* dst, const void* src, bool valid)
 {
 #ifdef ASYNC_COPY
     unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
+#if COPY_L1
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(s), "l"(src), "r"(valid ? 16 : 0));
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                  :: "r"(s), "l"(src), "r"(valid ? 16 : 0));
+#endif
 #else
     *reinterpret_cast<uint4*>(dst) =
         valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);

@@ -6,6 +6,15 @@
 #ifndef DECODE_TC_MERGE_CUH
 #define DECODE_TC_MERGE_CUH
 
+// Where dim d of row r of the block's output goes (rows out_row + r of [.., QD]); KV_FUSE:
+// nullptr for the dims of another fused head, which the row does not keep.
+__device__ inline KV_T* out_at(KV_T* out, long long out_row, int r, int d, int nh)
+{
+    if (KV_FUSE == 1) return out + (out_row + r) * HEAD_DIM + d;
+    if (d / QD != fused_part(r, nh)) return nullptr;
+    return out + (out_row + r) * QD + d % QD;
+}
+
 // The merge of a split sequence's parts (rows h0 .. h0 + nh - 1 of sequence `out_row /
 // num_heads`; part p of row r at slot slot0 + p * num_heads + r), by the whole block: the
 // weights w[r][p] = l_p 2^(m_p - M_r) / sum_p (...) (nh x nparts floats of shared memory at
@@ -40,6 +49,8 @@ __device__ inline void merge_parts(float* w, KV_T* out, const float* part_out,
     const long long part_stride4 = part_stride * D4;
     for (int idx = threadIdx.x; idx < nh * D4; idx += TC_THREADS) {
         const int r = idx / D4, d4 = idx % D4;
+        KV_T* o_out = out_at(out, out_row, r, d4 * 4, nh);   // (QD % 4 == 0: 4 dims of one head)
+        if (!o_out) continue;
         const float4* po = reinterpret_cast<const float4*>(part_out + (slot0 + r) * HEAD_DIM) + d4;
         float4 acc = make_float4(0.0f, 0.0f, 0.0f, 0.0f);
 #pragma unroll 8
@@ -51,7 +62,6 @@ __device__ inline void merge_parts(float* w, KV_T* out, const float* part_out,
             acc.z += wp * x.z;
             acc.w += wp * x.w;
         }
-        KV_T* o_out = out + (out_row + r) * HEAD_DIM + d4 * 4;
         store_value(o_out, acc.x);
         store_value(o_out + 1, acc.y);
         store_value(o_out + 2, acc.z);
@@ -138,8 +148,8 @@ __device__ inline void merge_parts_together(float* w, KV_T* out, const float* pa
 #pragma unroll
         for (int i = 0; i < MERGE_ITEMS; ++i) {
             const int idx = base + TC_THREADS * i;
-            if (idx < items) {
-                KV_T* o_out = out + (out_row + idx / D4) * HEAD_DIM + (idx % D4) * 4;
+            KV_T* o_out = idx < items ? out_at(out, out_row, idx / D4, idx % D4 * 4, nh) : nullptr;
+            if (o_out) {
                 store_value(o_out, acc[i].x / l_sum[i]);
                 store_value(o_out + 1, acc[i].y / l_sum[i]);
                 store_value(o_out + 2, acc[i].z / l_sum[i]);
@@ -184,7 +194,8 @@ __device__ inline void finish_rows(const float* m_s, const float* l_s, float* os
             acc += os[w * O_WSTRIDE + rr * O_LD + (O_SWZ ? d ^ o_swz(rr, d) : d)] * c;
         }
         if (single) {
-            store_value(out + (out_row + r) * HEAD_DIM + d, acc / l * v_mult);
+            KV_T* o = out_at(out, out_row, r, d, nh);
+            if (o) store_value(o, acc / l * v_mult);
         } else {
             const long long slot = slot0 + (long long)part * num_heads + r;
             part_out[slot * HEAD_DIM + d] = acc / l * v_mult;

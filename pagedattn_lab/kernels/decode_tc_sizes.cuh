@@ -61,6 +61,21 @@ static_assert(HEAD_DIM % 16 == 0 && TW % 16 == 0 && TILE_T == TW * SLICES && STA
               "bad tile sizes");
 static_assert(S_CHAINS == 1 || S_CHAINS == 2, "S_CHAINS is 1 or 2");
 
+// KV_FUSE > 1 (decode_mma_rows.cu over 16-bit pages): a block takes KV_FUSE adjacent KV heads
+// as one of HEAD_DIM = KV_FUSE x QD dims, whose rows are whole 128-byte lines where each
+// head's are not (head_dim 96: 192 bytes; two heads 384, three lines). The K/V addressing is
+// that of num_kv_heads / KV_FUSE heads of HEAD_DIM; query head r of the block (the group of
+// fused head r / (nh / KV_FUSE)) is its QD dims at that place, zeros elsewhere, and keeps only
+// those dims of O (benchmarks/NOTES.md "Lines and fused KV heads (session 7)").
+#ifndef KV_FUSE
+#define KV_FUSE 1
+#endif
+constexpr int QD = HEAD_DIM / KV_FUSE;         // the dims of a query, of an output row
+static_assert(KV_FUSE == 1 || (QD % 8 == 0 && !KV_QUANT), "KV_FUSE: 16-bit pages, QD % 8 == 0");
+
+// The fused head (0 .. KV_FUSE - 1) whose dims row r of a block of nh query heads holds
+__device__ inline int fused_part(int r, int nh) { return KV_FUSE == 1 ? 0 : r / (nh / KV_FUSE); }
+
 // The column swizzle of decode_mma.cu's O over codes (O_SWZ, decode_mma_layout.cuh; read by
 // decode_tc_merge.cuh): column c of row r is stored at c ^ o_swz(r, c), within its 16.
 __device__ inline int o_swz(int r, int c) { return (2 * r + (c >> 5)) & 15; }

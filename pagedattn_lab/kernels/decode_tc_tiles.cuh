@@ -192,15 +192,19 @@ __device__ inline void convert_tile(KV_T* dst, const unsigned char* stage, int c
 
 // Q of sequence b: the block's query heads as rows 0 .. nh - 1 of qs (row stride LD), copied
 // asynchronously by every thread of the block (in the group of the segment's first tile);
-// the rows below them are zeroed once for all Q buffers (zero_q_pad).
+// the rows below them are zeroed once for all Q buffers (zero_q_pad). KV_FUSE: a row's QD
+// dims at its fused head's place, zeros (copies of nothing) elsewhere.
 __device__ inline void copy_q_rows(KV_T* qs, const KV_T* q, int b, const DecodeRows& r,
                                    int num_heads)
 {
-    constexpr int QCHUNKS = HEAD_DIM * 2 / 16;
-    for (int c = threadIdx.x; c < r.nh * QCHUNKS; c += TC_THREADS)
-        copy16_async(qs + (c / QCHUNKS) * LD + (c % QCHUNKS) * 8,
-                     q + ((long long)b * num_heads + r.h0 + c / QCHUNKS) * HEAD_DIM
-                     + (c % QCHUNKS) * 8, true);
+    constexpr int QCHUNKS = HEAD_DIM * 2 / 16, OWN = QCHUNKS / KV_FUSE;
+    for (int c = threadIdx.x; c < r.nh * QCHUNKS; c += TC_THREADS) {
+        const int row = c / QCHUNKS, ch = c % QCHUNKS;
+        copy16_async(qs + row * LD + ch * 8,
+                     q + ((long long)b * num_heads + r.h0 + row) * QD
+                     + (KV_FUSE == 1 ? ch : ch % OWN) * 8,
+                     KV_FUSE == 1 || ch / OWN == fused_part(row, r.nh));
+    }
 }
 
 __device__ inline void zero_q_pad(KV_T* qbufs, int nbufs, int nh)
