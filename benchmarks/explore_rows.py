@@ -127,9 +127,11 @@ for base in ("R bal", "M bal", "R items", "R W4P T64 S3/bal", "R W4 T64 S3/bal")
     for tag, l1 in (("l1", True), ("cg", False)):   # K/V copies through L1 / the L2 only
         V[f"{base} {tag}"] = {**V[base], "mma": {**V[base]["mma"], "copy_l1": l1, "kv_fuse": 1}}
 # two KV heads per block (head_dim 96: 192-dim fused heads of 8 query heads, whole lines)
-for w_, t_, s_, d_ in ((8, 64, 2, 2), (4, 64, 2, 1), (4, 32, 3, 2), (8, 64, 3, 2), (8, 32, 3, 2)):
-    V[f"R fuse W{w_} T{t_} S{s_} D{d_}/bal"] = {**rshape(w_, t_, s_, d_), "split": "balanced",
-                                                "mma": {"kv_fuse": 2}}
+for w_, t_, s_, d_, mb in ((8, 64, 2, 2, 1), (4, 64, 2, 1, 1), (4, 32, 3, 2, 1), (8, 64, 3, 2, 1),
+                          (8, 32, 3, 2, 1), (8, 64, 2, 2, 2), (4, 64, 2, 1, 2), (4, 64, 2, 2, 2),
+                          (4, 32, 2, 2, 3)):
+    V[f"R fuse W{w_} T{t_} S{s_} D{d_}{f' mb{mb}' if mb > 1 else ''}/bal"] = {
+        **rshape(w_, t_, s_, d_, mb), "split": "balanced", "mma": {"kv_fuse": 2}}
 CODES = [f"{tag} {q}{'/tok' if tok else ''} {s_}" for q, _, tok in QUANTS
          for tag in ("R", "M") for s_ in ("bal", "items")]
 BALANCED = {   # the first variant is the err column's reference
@@ -146,12 +148,14 @@ BALANCED = {   # the first variant is the err column's reference
     # head sizes 80 / 96 (issue 10's copy target at 96; NOTES.md "Lines and fused KV heads
     # (session 7)"): at 80 the plan's rows shape copying through L1 ("planner", "R bal l1") against
     # through the L2 only ("R bal cg"), and a shape with more shared memory per SM (less L1);
-    # at 96 the plan's two KV heads per block ("planner") against one, and other fused shapes
+    # at 96 the same, and two KV heads per block (fused: "R fuse ...", KV_FUSE_AUTO off)
     "D64-gqa4-d80": ["planner", "R bal cg", "R bal l1", "M bal", "R W4 T64 S3/bal l1",
                      "R items l1", "R items cg"],
     "D64-gqa4-d96": ["planner", "R bal l1", "R bal cg", "M bal", "R fuse W8 T64 S2 D2/bal",
                      "R fuse W4 T64 S2 D1/bal", "R fuse W4 T32 S3 D2/bal",
-                     "R fuse W8 T64 S3 D2/bal", "R fuse W8 T32 S3 D2/bal", "R items l1"],
+                     "R fuse W8 T64 S3 D2/bal", "R fuse W8 T32 S3 D2/bal", "R items l1",
+                     "R fuse W8 T64 S2 D2 mb2/bal", "R fuse W4 T64 S2 D1 mb2/bal",
+                     "R fuse W4 T64 S2 D2 mb2/bal", "R fuse W4 T32 S2 D2 mb3/bal"],
 }
 
 _plan_with = ex.plan_with

@@ -180,7 +180,7 @@ TC_IMPL = "auto"
 # int8 0.100 (decode_mma 0.098 / 0.104), per-token fp8 0.110 / int8 0.116, 8 x 32k fp8 0.147
 # (r7: 0.174 against 0.194). MQA 16/1 stays on decode_mma (r5: 0.042 against 0.039). Head sizes
 # 80 / 96 (session 6, NOTES.md "Head sizes 80 and 96 (session 6)"): 0.128 / 0.142 (decode_mma
-# 0.130 / 0.145).
+# 0.130 / 0.145); copying through L1 (COPY_L1_AUTO, session 7) 0.122 / 0.140 in the bench.
 ROWS_AUTO: list[tuple[bool, tuple[int, ...], int]] = [(True, (128,), 8),
                                                      (False, (80, 96, 128, 256), 8)]
 # The work scheme rows over codes with static scales take (None: decode_work's rule, balanced
@@ -209,9 +209,12 @@ HEAD_PAIRS_AUTO: frozenset[int] = frozenset({KV_QUANT_IDS["int8"], KV_QUANT_IDS[
 # memory per SM leave L1 too little (80, rows T64 S3: 0.133 / 0.164).
 COPY_L1_AUTO = True
 # KV heads a rows block takes at once (-DKV_FUSE, decode_tc_sizes.cuh) per head size, over
-# 16-bit pages: two heads of 96 dims are 384-byte rows, three whole lines (a host-side
-# prototype, session 7: 0.128 ms against 0.139 through L1 and 0.146 through the L2 only).
-KV_FUSE_AUTO: dict[int, int] = {96: 2}
+# 16-bit pages: two heads of 96 dims are 384-byte rows, three whole lines. Measured, off
+# (H200, session 7, NOTES.md "Lines and fused KV heads (session 7)", D64 GQA 32/8): on
+# balanced ranges 4 warps over 64 tokens 0.134-0.137 ms against 0.139-0.140 unfused through
+# L1, but the plan's own fused plan ran 0.162 in the bench (8 warps in pairs: 0.144), and the
+# host-side prototype's 0.128 was not reached in the kernel.
+KV_FUSE_AUTO: dict[int, int] = {}
 KV_FUSE_MAX_ROWS = 8   # query heads of the fused group (one n tile of S^T)
 
 

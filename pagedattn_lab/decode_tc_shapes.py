@@ -55,9 +55,10 @@ ROWS_SHAPES = [
     (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1, min_blocks=3,
                         blocks_per_sm=8)),
     # fused KV heads (head_dim 96 two at a time: 192 dims, 8 heads; NOTES.md "Lines and fused
-    # KV heads (session 7)", item 4, the host-side prototype): 8 warps in pairs over 64 tokens
-    # 0.128 ms, 4 warps 0.131, 4 warps in pairs over 32 tokens S3 0.134, the 256 row's 0.147
-    (192, 5, False, dict(warps=8, tile_t=64, stages=2, d_split=2)),
+    # KV heads (session 7)"): 4 warps over 64 tokens 0.134-0.137 ms (2 blocks per SM), 4 warps
+    # in pairs over 32 tokens S3 0.139, 8 warps in pairs 0.144-0.246 (one block per SM: over
+    # 128 registers; capped at 128, 0.179)
+    (192, 5, False, dict(warps=4, tile_t=64, stages=2, d_split=1)),
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 

@@ -120,6 +120,7 @@ def test_fused_kv_heads(rng, dtype, heads, kv, page, lens, splits, scheme, monke
     if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):
         pytest.skip("the CPU executor's shim has no bfloat16 (cuda_bf16.h) yet")
     monkeypatch.setattr(dp, "TC_IMPL", "rows")
+    monkeypatch.setattr(dp, "KV_FUSE_AUTO", {96: 2})   # (measured, off by default)
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
                           head_dim=96, dtype=dtype)
     q, k, v, tables, seq_lens = args
@@ -136,6 +137,7 @@ def test_fused_kv_heads(rng, dtype, heads, kv, page, lens, splits, scheme, monke
 
 def test_which_kv_heads_fuse(monkeypatch):
     monkeypatch.setattr(dp, "TC_IMPL", "auto")
+    monkeypatch.setattr(dp, "KV_FUSE_AUTO", {96: 2})
     int8 = dp.KV_QUANT_IDS["int8"]
     assert dp.kv_fuse("float16", 96, 4, 8, 0) == 2 and dp.kv_fuse("bfloat16", 96, 1, 2, 0) == 2
     assert dp.kv_fuse("float16", 96, 4, 7, 0) == 1          # an odd number of KV heads

@@ -44,6 +44,22 @@ def test_rows_kernel_compressed_pages(rng, cp, kv_dtype, scheme, head_dim, group
     check_compressed_gpu(rng, cp, kv_dtype, scheme, head_dim, group, "rows")
 
 
+@pytest.mark.parametrize("scheme", ["balanced", "items"])
+@pytest.mark.parametrize("group,kv", [(4, 2), (2, 4), (1, 8)])
+def test_rows_kernel_fused_kv_heads(rng, cp, monkeypatch, scheme, group, kv):
+    monkeypatch.setattr(dp, "KV_FUSE_AUTO", {96: 2})   # (measured, off by default)
+    args = decode_problem(rng, [1, 15, 16, 17, 127, 129, 700], num_heads=group * kv,
+                          num_kv_heads=kv, head_dim=96)
+    dev = [cp.asarray(a) for a in args]
+    w = pl.BatchDecodeWrapper().plan(dev[3], dev[4], group * kv, kv, 96, 16, "float16",
+                                     kernel="tensor_core", num_splits=3)
+    w._launches = []
+    w._plan_tensor_core(np.asarray(args[4]), 3, scheme=scheme)
+    assert w.tc_config.kv_fuse == 2 and w.grid[1] == kv // 2
+    out = w.run(*dev[:3], out=cp.full(args[0].shape, np.nan, np.float16))
+    check_close(cp.asnumpy(out), reference(args), "float16")
+
+
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
 def test_rows_kernel_bfloat16(rng, cp, monkeypatch, head_dim):
     monkeypatch.setattr(dp, "TC_IMPL", "rows")
