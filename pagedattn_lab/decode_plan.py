@@ -213,8 +213,9 @@ COPY_L1_AUTO = True
 # (H200, session 7, NOTES.md "Lines and fused KV heads (session 7)", D64 GQA 32/8): on
 # balanced ranges 4 warps over 64 tokens 0.134-0.137 ms against 0.139-0.140 unfused through
 # L1, but the plan's own fused plan ran 0.162 in the bench (half the KV heads: D64's unsplit
-# sequences fit one wave, so decode_work took items of up to 4028 tokens), and the host-side
-# prototype's 0.128 was not reached in the kernel.
+# sequences fit one wave, so decode_work took items of up to 4028 tokens, which its one-wave
+# rule no longer does: to measure again), and the host-side prototype's 0.128 was not reached
+# in the kernel.
 KV_FUSE_AUTO: dict[int, int] = {}
 KV_FUSE_MAX_ROWS = 8   # query heads of the fused group (one n tile of S^T)
 

@@ -21,6 +21,11 @@ from . import decode_plan as dp   # its TC_* split constants (benchmarks set the
 TC_SCHEMES = ("balanced", "items")
 TC_SCHEME = "balanced"    # what plans on the PTX kernels take (measured: NOTES.md)
 TC_RANGES_PER_SLOT = 1    # balanced ranges per resident block slot
+# One wave of items (the unsplit sequences fit the resident slots) only while its longest item
+# is at most this many times a balanced range: equal lengths make both the same (MQA 16/1, 8 x
+# 32k, 1 x 32k: items measured faster), uneven ones leave the longest sequence whole (D64 with
+# two fused KV heads per block: items of 4028 tokens 0.162 ms, ranges of 2304 0.134-0.137).
+ONE_WAVE_ITEMS_MAX = 1.5
 # Automatic items: each sequence cut into its parts' count of equal pieces (whole tiles; the
 # count is choose_tc_part_len's, so no more blocks), instead of full partitions and a
 # remainder; and the blocks ordered so that an SM's blocks pair a long item with a short one
@@ -108,6 +113,13 @@ class Segments(NamedTuple):
     range_tokens: int
 
 
+def balanced_range_tokens(lens: np.ndarray, tile_t: int, ranges: int) -> int:
+    """The longest of `ranges` balanced ranges, in tokens (balanced_segments' cut, before any
+    limit on parts per sequence)."""
+    tiles = int((-(-lens.astype(np.int64) // tile_t)).sum())
+    return -(-tiles // max(1, min(ranges, tiles))) * tile_t
+
+
 def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int) -> Segments:
     """The tiles of all sequences (tile_t tokens from each sequence's start), in order, cut
     into `ranges` contiguous ranges of equal tile counts (+-1), one per block; a range is cut
@@ -131,7 +143,8 @@ def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int
     end = np.minimum(lens[seq], (nxt - seq_first[seq]) * tile_t)
     block = np.searchsorted(cuts, bounds, side="right") - 1
     seg_ptr = np.searchsorted(block, np.arange(ranges + 1))
-    return _segments(seq, start, end, seg_ptr, lens.size, -(-total // ranges) * tile_t)
+    return _segments(seq, start, end, seg_ptr, lens.size,
+                     balanced_range_tokens(lens, tile_t, ranges))
 
 
 def item_segments(lens: np.ndarray, part_len: int, *, tile_t: int | None = None,
@@ -184,25 +197,29 @@ def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_par
     """(scheme, Segments) of a plan on `cfg` (a decode_plan.TCConfig): the PTX kernels
     (decode_mma.cu, decode_mma_rows.cu) take `scheme`, else TC_SCHEME, but "items" when
     num_splits is given or when the sequences unsplit need no more blocks than one wave
-    holds (then choose_tc_part_len cuts them into one wave of equal partitions: already
-    even; measured, H200: MQA 16/1 0.0398 against 0.0438 balanced, 8 x 32k 0.263 / 0.266,
-    1 x 32k 0.0516 / 0.0524), or where cfg.scheme says (decode_plan.ROWS_STATIC_CODES_SCHEME);
+    holds and that wave is even: its longest partition at most ONE_WAVE_ITEMS_MAX balanced
+    ranges (then choose_tc_part_len cuts them into one wave of equal partitions; measured,
+    H200: MQA 16/1 0.0398 against 0.0438 balanced, 8 x 32k 0.263 / 0.266, 1 x 32k 0.0516 /
+    0.0524), or where cfg.scheme says (decode_plan.ROWS_STATIC_CODES_SCHEME);
     decode_tc.cu always "items". Balanced: `ranges` per KV head x
     row chunk (None: one per resident block slot x TC_RANGES_PER_SLOT); items: partitions by
     choose_tc_part_len."""
     if cfg.impl == "wmma":
         scheme = "items"
-    elif not scheme:
-        one_wave = lens.size * grid_y <= resident * sms   # unsplit sequences fit in one wave
-        scheme = "items" if num_splits is not None or one_wave else cfg.scheme or TC_SCHEME
-    if scheme == "balanced":
-        # rounded down: one range more than the slots hold is a second wave of one range
-        # (D64 GQA 32/8, 3 blocks per SM: 50 x 8 ranges for 396 slots ran 0.214 ms, the
-        # 4 blocks of the second wave starting at 132 us; NOTES.md, session 4)
-        ranges = ranges or max(1, int(TC_RANGES_PER_SLOT * resident * sms // grid_y))
-        return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)
+    # rounded down: one range more than the slots hold is a second wave of one range (D64 GQA
+    # 32/8, 3 blocks per SM: 50 x 8 ranges for 396 slots ran 0.214 ms, the 4 blocks of the
+    # second wave starting at 132 us; NOTES.md, session 4)
+    ranges = ranges or max(1, int(TC_RANGES_PER_SLOT * resident * sms // grid_y))
     part_len = choose_tc_part_len(lens, grid_y, sms, max_parts, num_splits, resident,
                                   cfg.blocks_per_sm)
+    if cfg.impl != "wmma" and not scheme:
+        one_wave = lens.size * grid_y <= resident * sms   # unsplit sequences fit in one wave
+        even = min(part_len, int(lens.max())) <= ONE_WAVE_ITEMS_MAX * balanced_range_tokens(
+            lens, cfg.tile_t, ranges)
+        scheme = ("items" if num_splits is not None or (one_wave and even)
+                  else cfg.scheme or TC_SCHEME)
+    if scheme == "balanced":
+        return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)
     auto = num_splits is None   # (num_splits=n: the longest sequence in exactly n parts)
     return scheme, item_segments(lens, part_len,
                                  tile_t=cfg.tile_t if TC_ITEMS_EVEN and auto else None,

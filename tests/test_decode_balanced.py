@@ -270,3 +270,18 @@ def test_rows_planner_shape_follows_the_work(lens, scheme, stages):
                                                                 stages == 3)
     if scheme == "items":
         assert (w.part_len < dp.ROWS_SHORT_ITEMS) == (stages == 3)
+
+
+@pytest.mark.parametrize("lens,grid_y,scheme", [
+    ([4096, 3000] + [512] * 62, 4, "balanced"),   # uneven: items would keep 4096 whole
+    ([32768] * 8, 8, "items"),                    # equal lengths (8 x 32k)
+    ([3000], 8, "items"),                         # one sequence (1 x 32k's shape)
+    ([700, 650, 600, 640], 8, "items")])          # near-equal: within ONE_WAVE_ITEMS_MAX
+def test_one_wave_of_items_only_where_it_is_even(lens, grid_y, scheme):
+    """Sequences that fit one wave unsplit take one partition per block only while the
+    longest partition is at most ONE_WAVE_ITEMS_MAX times a balanced range (H200 counts:
+    132 SMs, 2 resident blocks)."""
+    cfg = dp.tc_config("float16", 128, 4, impl="rows")
+    lens = np.array(lens, np.int64)
+    got, segs = dw.tc_work(lens, cfg, grid_y, 132, 2, 64, None)
+    assert got == scheme, (got, segs.range_tokens)
