@@ -9,7 +9,8 @@ Two kernels compute decode attention:
   `kernels/decode_mma.cu` (PTX mma.sync, the softmax in registers, the heads as the rows of
   the tile), `kernels/decode_mma_rows.cu` (the same transposed: 16 tokens as the rows, the
   heads as the columns, for groups up to 16) and lesson 09's `kernels/decode_tc.cu` (WMMA).
-  Block sizes: decode_tc_sizes.py; the measured shapes: decode_tc_shapes.py.
+  Block sizes: decode_tc_sizes.py; the measured shapes: decode_tc_shapes.py; the SIMT
+  kernel's partitions: decode_simt_plan.py (its names re-exported here).
 
 `choose_kernel` picks one (the choice is measured, see benchmarks/NOTES.md); both split long
 sequences into partitions (split-K) so that few sequences still fill the GPU; decode_mma.cu
@@ -20,9 +21,10 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
-
-from .attention_common import KV_C_TYPES, THREADS
+from .attention_common import KV_C_TYPES
+from .decode_simt_plan import (BLOCKS_PER_SM, MIN_PART_LEN, PART_LEN,  # noqa: F401 - re-exported
+                               SIMT_GROUPS, choose_partitions, cut_longest, group_kernel_size,
+                               simt_shared_bytes)
 from .decode_tc_sizes import TC_SMEM_PER_SM, mma_o_fits, mma_shared_bytes, tc_shared_bytes
 from .decode_tc_shapes import (MMA_SHAPES, ROWS_SHAPES, ROWS_SHORT_ITEMS,
                                ROWS_SHORT_ITEMS_SHAPE, TC_SHAPES)
@@ -99,53 +101,9 @@ def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu:
     return requested
 
 
-def cut_longest(max_len: int, num_splits: int) -> int:
-    """Partition length that cuts the longest sequence into `num_splits` parts."""
-    return -(-max_len // min(num_splits, max_len))
-
-
-# ---- the SIMT kernel ----------------------------------------------------------------------
-SIMT_GROUPS = (1, 2, 4, 8)   # query heads per block (GMAX): one compiled kernel each
-PART_LEN = 512               # tokens per partition when splitting (a multiple of page sizes)
-MIN_PART_LEN = 128           # automatic splitting never goes below this
-BLOCKS_PER_SM = 4            # automatic splitting aims for this many blocks per SM
-
-
-def group_kernel_size(group: int) -> int:
-    """The smallest compiled group size (GMAX) that holds `group` query heads, or 8."""
-    return next((g for g in SIMT_GROUPS if group <= g), SIMT_GROUPS[-1])
-
-
-def choose_partitions(seq_lens, blocks_per_partition: int, num_sms: int,
-                      num_splits: int | None = None, longest: int = PART_LEN) -> tuple[int, int]:
-    """SIMT: (part_len, max_parts), how to cut the sequences into partitions.
-
-    num_splits=None (automatic): partitions of `longest` (PART_LEN) tokens; halved (down to
-    MIN_PART_LEN) while the grid would have fewer than BLOCKS_PER_SM blocks per SM;
-    no split at all when the longest sequence fits in one partition.
-    num_splits=n: the longest sequence is cut into n partitions (1 = never split).
-    max_parts is the number of partitions of the longest sequence.
-    """
-    lens = np.asarray(seq_lens, dtype=np.int64)
-    max_len = int(lens.max())
-    if num_splits is not None:
-        part_len = cut_longest(max_len, num_splits)
-    else:
-        part_len = longest
-        while (part_len > MIN_PART_LEN and
-               int((-(-lens // part_len)).sum()) * blocks_per_partition < BLOCKS_PER_SM * num_sms):
-            part_len //= 2
-        part_len = min(part_len, max_len)
-    return part_len, -(-max_len // part_len)
-
-
+# ---- the SIMT kernel (its partitions and sizes: decode_simt_plan.py) ----------------------
 def simt_options(dtype: str, head_dim: int, gmax: int) -> tuple[str, ...]:
     return (*_type_options(dtype), f"-DHEAD_DIM={head_dim}", f"-DGMAX={gmax}")
-
-
-def simt_shared_bytes(gmax: int, head_dim: int) -> int:
-    """The SIMT block's shared memory: per warp and head, a max, a sum and a head of floats."""
-    return THREADS // 32 * gmax * (2 + head_dim) * 4
 
 
 # ---- the tensor-core kernel ----------------------------------------------------------------
