@@ -235,7 +235,7 @@ def config(w, name):
         planner_shape = v["warps"] is None and v["impl"] in (None, "rows")
         fuse = dp.kv_fuse(w.dtype, w.head_dim, w.group, w.num_kv_heads, v["quant"]) \
             if planner_shape else 1
-    dims = (w.dtype, w.head_dim * fuse, w.group * fuse, v["quant"], v["tok"])
+    dims = (w.dtype, w.head_dim, w.group, v["quant"], v["tok"])
     if v["warps"] is None:
         return dp.tc_config(*dims, impl=v["impl"], kv_fuse=fuse, **mma)
     return dp.tc_config(*dims, warps=v["warps"], tile_t=v["tile_t"], stages=v["stages"],

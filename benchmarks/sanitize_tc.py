@@ -43,8 +43,7 @@ def run_case(rng, name, lens, page, heads, kv, d, splits, cfg_kw, kv_dtype=None,
     """ranges: decode_mma.cu's balanced ranges, that many (None: the plan's; with splits,
     one partition per block)."""
     q, k, v, tables, lens = problem(rng, lens, page, heads, kv, d)
-    fuse = cfg_kw.get("kv_fuse", 1)   # (fused KV heads: the kernel's head_dim and group)
-    cfg = dp.tc_config("float16", d * fuse, heads // kv * fuse,
+    cfg = dp.tc_config("float16", d, heads // kv,
                        dp.KV_QUANT_IDS[kv_dtype], scheme == "per_token", **cfg_kw)
     if kv_dtype:
         codes, scales, deq = [], [], []

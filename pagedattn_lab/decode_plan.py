@@ -309,10 +309,18 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     codes, the head pairs' layout (implied by qk_mma8); None: where QK_MMA8_AUTO /
     HEAD_PAIRS_AUTO have the format. copy_l1: K/V copies through L1 (cp.async.ca); None:
     COPY_L1_AUTO's rule (the planner's rows shape over 16-bit rows that are not whole lines).
-    kv_fuse: KV heads per block ("rows" over 16-bit pages); head_dim and group are then the
-    fused head's (kv_fuse x each head's), as the kernel sees them."""
+    kv_fuse: KV heads per block ("rows" over 16-bit pages; head_dim and group are each
+    head's, the kernel's fused head kv_fuse times both)."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
+    if kv_fuse != 1:
+        if (impl not in (None, "rows") or kv_quant or head_dim % 8
+                or group * kv_fuse > ROWS_MAX_GROUP):
+            raise ValueError(f"kv_fuse: expected 16-bit pages on the 'rows' kernel, head_dim a "
+                             f"multiple of 8 and up to {ROWS_MAX_GROUP} fused heads' rows, got "
+                             f"impl {impl!r}, kv_quant {kv_quant}, head_dim {head_dim}, "
+                             f"group {group} x {kv_fuse}")
+        head_dim, group = head_dim * kv_fuse, group * kv_fuse   # the fused head, as the kernel
     impl = impl or ("rows" if kv_fuse != 1 else planner_impl(group, head_dim, kv_quant))
     if impl == "rows" and group > ROWS_MAX_GROUP:
         impl = "mma"
@@ -373,10 +381,6 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     if impl == "rows":
         options += (f"-DHEAD_TILES={-(-rows // 8)}",)
     if kv_fuse != 1:
-        if impl != "rows" or kv_quant or head_dim % (8 * kv_fuse) or group % kv_fuse:
-            raise ValueError(f"kv_fuse: expected 16-bit pages on the 'rows' kernel with head_dim "
-                             f"and group multiples of {kv_fuse} (x8 dims), got impl {impl!r}, "
-                             f"kv_quant {kv_quant}, head_dim {head_dim}, group {group}")
         options += (f"-DKV_FUSE={kv_fuse}",)
     if copy_l1 is None:
         copy_l1 = (COPY_L1_AUTO and auto and impl == "rows" and not kv_quant

@@ -204,22 +204,26 @@ def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_par
     decode_tc.cu always "items". Balanced: `ranges` per KV head x
     row chunk (None: one per resident block slot x TC_RANGES_PER_SLOT); items: partitions by
     choose_tc_part_len."""
-    if cfg.impl == "wmma":
-        scheme = "items"
     # rounded down: one range more than the slots hold is a second wave of one range (D64 GQA
     # 32/8, 3 blocks per SM: 50 x 8 ranges for 396 slots ran 0.214 ms, the 4 blocks of the
     # second wave starting at 132 us; NOTES.md, session 4)
     ranges = ranges or max(1, int(TC_RANGES_PER_SLOT * resident * sms // grid_y))
-    part_len = choose_tc_part_len(lens, grid_y, sms, max_parts, num_splits, resident,
-                                  cfg.blocks_per_sm)
-    if cfg.impl != "wmma" and not scheme:
-        one_wave = lens.size * grid_y <= resident * sms   # unsplit sequences fit in one wave
-        even = min(part_len, int(lens.max())) <= ONE_WAVE_ITEMS_MAX * balanced_range_tokens(
-            lens, cfg.tile_t, ranges)
-        scheme = ("items" if num_splits is not None or (one_wave and even)
+    part_len = None   # (items' partitions: computed once, where needed)
+    if cfg.impl == "wmma":
+        scheme = "items"
+    elif not scheme:
+        even_wave = False
+        if num_splits is None and lens.size * grid_y <= resident * sms:   # unsplit: one wave
+            part_len = choose_tc_part_len(lens, grid_y, sms, max_parts, None, resident,
+                                          cfg.blocks_per_sm)
+            even_wave = min(part_len, int(lens.max())) <= (
+                ONE_WAVE_ITEMS_MAX * balanced_range_tokens(lens, cfg.tile_t, ranges))
+        scheme = ("items" if num_splits is not None or even_wave
                   else cfg.scheme or TC_SCHEME)
     if scheme == "balanced":
         return scheme, balanced_segments(lens, cfg.tile_t, ranges, max_parts)
+    part_len = part_len or choose_tc_part_len(lens, grid_y, sms, max_parts, num_splits, resident,
+                                              cfg.blocks_per_sm)
     auto = num_splits is None   # (num_splits=n: the longest sequence in exactly n parts)
     return scheme, item_segments(lens, part_len,
                                  tile_t=cfg.tile_t if TC_ITEMS_EVEN and auto else None,

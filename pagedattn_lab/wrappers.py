@@ -191,7 +191,7 @@ class BatchDecodeWrapper(DecodeRun):
         fmt = self.kv_format
         quant = fmt.kernel_id if fmt else 0
         fuse = dp.kv_fuse(self.dtype, self.head_dim, group, self.num_kv_heads, quant)
-        cfg = tc or dp.tc_config(self.dtype, self.head_dim * fuse, group * fuse, quant,
+        cfg = tc or dp.tc_config(self.dtype, self.head_dim, group, quant,
                                  self.scale_scheme == "per_token", kv_fuse=fuse)
         # the kernel's KV heads: kv_fuse of ours at a time, kv_fuse x head_dim dims each
         kv_heads, kernel_dim = self.num_kv_heads // cfg.kv_fuse, self.head_dim * cfg.kv_fuse
