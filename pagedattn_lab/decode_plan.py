@@ -291,7 +291,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               fp8_bits: bool = False, separate_merge: bool = False,
               merge_after_loop: bool | None = None, qk_mma8: bool | None = None,
               head_pairs: bool | None = None, copy_l1: bool | None = None,
-              kv_fuse: int = 1) -> TCConfig:
+              kv_fuse: int = 1, bulk_copy: bool = False) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -310,7 +310,9 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     HEAD_PAIRS_AUTO have the format. copy_l1: K/V copies through L1 (cp.async.ca); None:
     COPY_L1_AUTO's rule (the planner's rows shape over 16-bit rows that are not whole lines).
     kv_fuse: KV heads per block ("rows" over 16-bit pages; head_dim and group are each
-    head's, the kernel's fused head kv_fuse times both)."""
+    head's, the kernel's fused head kv_fuse times both). bulk_copy: K/V rows copied whole by
+    bulk copies on stage barriers (-DBULK_COPY, kernels/bulk_copy.cuh; the PTX kernels without
+    warp pipelines)."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     if kv_fuse != 1:
@@ -351,19 +353,24 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     unit = 16 * warps // per                        # every warp takes a multiple of 16 tokens
     tile_t = -(-tile_t // unit) * unit
     warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
+    if bulk_copy and (impl == "wmma" or warp_pipe):
+        raise ValueError(f"bulk_copy: expected the 'mma' or 'rows' kernel without warp "
+                         f"pipelines, got impl {impl!r}, warp_pipe {warp_pipe}")
+    pairs = _pairs_options(impl, kv_quant, rows, qk_mma8, head_pairs)
+    # rows of a warp's O (decode_mma_rows.cu's WARP_O_ROWS: its heads; decode_mma.cu: 16)
+    o_rows = 16 if impl != "rows" else 4 if pairs else 8 * -(-rows // 8)
     while impl != "wmma" and not mma_o_fits(row_tiles, head_dim, tile_t, warps=warps,
                                            d_split=d_split, swizzle=swizzle,
-                                           kv_quant=kv_quant, warp_pipe=warp_pipe):
+                                           kv_quant=kv_quant, warp_pipe=warp_pipe,
+                                           o_rows=o_rows, bulk=bulk_copy):
         tile_t += unit   # (the PTX kernels put the warps' O in a stage buffer)
-
-    pairs = _pairs_options(impl, kv_quant, rows, qk_mma8, head_pairs)
 
     def size(stages):
         if impl != "wmma":
             return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                     d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
                                     per_token=per_token, warp_pipe=warp_pipe,
-                                    q_rows=4 if pairs else None)
+                                    q_rows=4 if pairs else None, bulk=bulk_copy)
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
     while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
@@ -385,7 +392,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     if copy_l1 is None:
         copy_l1 = (COPY_L1_AUTO and auto and impl == "rows" and not kv_quant
                    and head_dim * 2 % 128 != 0)   # 2-byte elements: fp16 / bf16 pages
-    options += pairs + (("-DCOPY_L1=1",) if copy_l1 else ())
+    options += pairs + (("-DCOPY_L1=1",) if copy_l1 else ()) + (
+        ("-DBULK_COPY=1",) if bulk_copy else ())
     scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,

@@ -166,7 +166,23 @@ ROWS_QUANT_CASES = [
     ("float16", 12, 3, 128, 16, [1, 70, 17], 2, {"fp8_bits": True}),   # e4m3 by moving bits
     ("float16", 8, 2, 128, 16, [1, 33, 130], 2,                     # two S chains, mb4
      {"warps": 4, "tile_t": 64, "stages": 3, "s_chains": 2, "min_blocks": 4}),
+    ("float16", 6, 2, 128, 8, [1, 31, 32, 33, 90], 3,               # 2 warps x 16 tokens
+     {"warps": 2, "tile_t": 32, "stages": 4}),
 ]
+
+
+def test_warps_o_take_their_heads_rows_only():
+    """decode_mma_rows.cu puts a warp's O (WARP_O_ROWS: its heads' rows, 4 in the head pairs'
+    layout) in the stage buffer just computed: small tiles of codes keep their size there,
+    while decode_mma.cu's O (16 rows per warp) needs 128 tokens at head_dim 128. (Over 16-bit
+    pages a warp's 16 tokens of K and V hold as many bytes as 16 rows of its O in floats.)"""
+    fp8 = dp.KV_QUANT_IDS["fp8_e4m3"]
+    for warps, tile, group in ((4, 64, 4), (2, 32, 3), (8, 128, 2)):
+        cfg = dp.tc_config("float16", 128, group, fp8, warps=warps, tile_t=tile, stages=3,
+                           impl="rows")
+        assert (cfg.tile_t, "-DHEAD_PAIRS=1" in cfg.options) == (tile, True)
+    assert dp.tc_config("float16", 128, 4, fp8, warps=4, tile_t=64, stages=3,
+                        impl="mma").tile_t == 128
 
 
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])

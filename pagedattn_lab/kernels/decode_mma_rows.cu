@@ -48,6 +48,13 @@
 // the planner's choice for groups up to 8 at head_dim 128 (codes too) and 256
 // (benchmarks/NOTES.md, "Tensor-core decode v5").
 
+#ifndef HEAD_TILES
+#define HEAD_TILES 1
+#endif
+// a warp's O at a segment's end: its heads' rows only (decode_mma_layout.cuh; HEAD_PAIRS is
+// decode_tc_sizes.cuh's, expanded where the layout uses it)
+#define WARP_O_ROWS (HEAD_PAIRS ? 4 : 8 * HEAD_TILES)
+
 #include "common.cuh"
 #include "kv_quant.cuh"
 #include "kv_convert.cuh"
@@ -55,13 +62,11 @@
 
 #include "decode_tc_sizes.cuh"
 #include "decode_mma_layout.cuh"
+#include "bulk_copy.cuh"
 #include "decode_tc_tiles.cuh"
 #include "decode_tc_merge.cuh"
 #include "decode_mma_ops.cuh"
 
-#ifndef HEAD_TILES
-#define HEAD_TILES 1
-#endif
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");
 static_assert(!QK_MMA8 || HEAD_PAIRS, "QK_MMA8 takes the head pairs' layout");
@@ -441,7 +446,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #endif
         }
         float* os = reinterpret_cast<float*>(smem + (i % STAGES) * STAGE_BYTES);
-        float* ow = os + cw * O_WSTRIDE;   // this warp's [16][LO]
+        float* ow = os + cw * O_WSTRIDE;   // this warp's [WARP_O_ROWS][LO]
 #pragma unroll
         for (int h = 0; h < HEAD_TILES; ++h) {
 #pragma unroll
