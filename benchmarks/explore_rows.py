@@ -2,14 +2,14 @@
 rows), the SIMT kernel (over codes too) and FlashInfer's tensor-core decode, in one process
 on the GPU: explore.py's machinery with this comparison's rows (tuning runs; NOTES.md).
 
-    python3 benchmarks/explore_rows.py [--final | --balanced | --small | --bulk]
+    python3 benchmarks/explore_rows.py [--final | --balanced | --small]
                                        [--rows D64-gqa4,...] [--reps 15] [--json out.json]
 
 ROWS: the tuning sweep of round r5; --final (FINAL): the planner's choice against v4's shapes,
 SIMT and FlashInfer; --balanced (BALANCED, round r7): both PTX kernels on balanced ranges and
 on one item per block, fp16 and codes, SIMT over codes and FlashInfer; --small (SMALL,
-session 8): codes in small tiles on balanced ranges against the planner's; --bulk (BULK,
-session 8): K/V rows by bulk copies.
+session 8): codes in small tiles on balanced ranges against the planner's (--bulk, bulk
+copies of K/V rows, is in commit 0500878 only: measured slower, removed).
 
 Variants: "planner" (what plan picks), "R"/"M" + "bal"/"items" (decode_mma_rows.cu /
 decode_mma.cu in the planner's shape for that kernel, on balanced ranges or items), "R ..."
@@ -154,33 +154,6 @@ SMALL = {"D64-gqa4": ["planner", "planner fp8", "planner int8"]
          + ["planner fp8/tok"] + [f"R fp8/tok {tag}/bal" for tag in list(SMALL_TILES)[:4]]
          + ["planner fp8", "planner"],   # again: the run's spread; fp16 last
          "8x32k-gqa4": ["planner", "planner fp8"] + [f"R fp8 {tag}/bal" for tag in SMALL_TILES]}
-# session 8: K/V rows by bulk copies (-DBULK_COPY: one instruction a row, on stage barriers;
-# rows padded by 16 bytes, not swizzled), "/bal" on balanced ranges
-BULK_SHAPES = {"": None, " W4T64S2": (4, 64, 2, 1), " W4T64S3": (4, 64, 3, 1),
-               " W4T64S2mb4": (4, 64, 2, 4), " W4T64S3mb3": (4, 64, 3, 3),
-               " W8T128S2mb2": (8, 128, 2, 2), " W4T128S2": (4, 128, 2, 1)}
-for qname, q, tok in [("", 0, False)] + QUANTS:
-    for tag, sh in BULK_SHAPES.items():
-        q_ = f" {qname}{'/tok' if tok else ''}" if q else ""
-        base = ({**ex.shape(None, None, None, impl="rows"), "quant": q, "tok": tok} if sh is None
-                else rshape(*sh[:3], mb=sh[3], quant=q, tok=tok))
-        V[f"R bulk{q_}{tag}/bal"] = {**base, "split": "balanced",
-                                     "mma": {**base["mma"], "bulk_copy": True}}
-V["R fuse bulk W4 T64 S2 D1/bal"] = {**V["R fuse W4 T64 S2 D1/bal"],
-                                     "mma": {"kv_fuse": 2, "bulk_copy": True}}
-BULK = {   # the first variant is the err column's reference (fp16: codes against dequantized)
-    "D64-gqa4": ["planner", "R bulk/bal", "R bulk W4T64S3/bal", "R bulk W4T128S2/bal",
-                 "planner fp8"] + [f"R bulk fp8{t}/bal" for t in BULK_SHAPES]
-    + ["planner int8", "R bulk int8/bal", "R bulk int8 W4T64S2mb4/bal",
-       "planner fp8/tok", "R bulk fp8/tok/bal", "R bulk fp8/tok W4T64S2mb4/bal",
-       "planner fp8", "planner"],   # again: the run's spread
-    "D64-gqa4-d96": ["planner", "R bulk/bal", "R bulk W4T64S3/bal", "R bulk W4T64S2mb4/bal",
-                     "R bulk W4T128S2/bal", "R fuse W4 T64 S2 D1/bal",
-                     "R fuse bulk W4 T64 S2 D1/bal", "planner"],
-    "D64-gqa4-d80": ["planner", "R bulk/bal", "R bulk W4T64S3/bal"],
-    "8x32k-gqa4": ["planner", "R bulk/bal", "planner fp8", "R bulk fp8/bal",
-                   "R bulk fp8 W4T64S2mb4/bal"],
-}
 CODES = [f"{tag} {q}{'/tok' if tok else ''} {s_}" for q, _, tok in QUANTS
          for tag in ("R", "M") for s_ in ("bal", "items")]
 BALANCED = {   # the first variant is the err column's reference
@@ -227,7 +200,7 @@ def plan_with(inp, w, name, scheme=None):
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     rows = (FINAL if "--final" in argv else BALANCED if "--balanced" in argv
-            else SMALL if "--small" in argv else BULK if "--bulk" in argv else ROWS)
+            else SMALL if "--small" in argv else ROWS)
     ex.plan_with = plan_with
     ex.FINAL = rows
     real_compile = ex.compile_all
@@ -237,7 +210,7 @@ def main(argv=None):
     if "--rows" not in argv:
         argv += ["--rows", ",".join(rows)]
     ex.main(["--final", "--no-host", "--fi-dims", "128,256"]
-            + [a for a in argv if a not in ("--final", "--balanced", "--small", "--bulk")])
+            + [a for a in argv if a not in ("--final", "--balanced", "--small")])
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ sanitize_tc.py's harness (each array its own cudaMalloc, outputs poisoned with N
 twice so the merge counters must reset, checked against the float64 reference; exit status 1
 on a mismatch). --balanced: only the balanced-range cases (segments across sequences: one-token
 sequences in a row, ranges ending mid-page, more ranges than tiles), the fused KV heads, small
-tiles of codes and the bulk copies (-DBULK_COPY). Run from the repository
+tiles of codes. Run from the repository
 root. --qk8: only the cases of S on 8-bit tensor cores from the K codes (-DQK_MMA8) and of
 its head pairs' layout alone (-DHEAD_PAIRS).
 """
@@ -83,16 +83,6 @@ def main():
          "fp8_e4m3", "static", 5),
         ("rows balanced int8 per_token W2 T32 S4 GQA3", [300, 17, 1, 64, 33], 16, 6, 2, 128, None,
          {**rows, "warps": 2, "tile_t": 32, "stages": 4}, "int8", "per_token", 4),
-        # K/V rows by bulk copies on stage barriers
-        ("rows bulk balanced GQA4 d96 page 7 5 ranges", [300, 17, 1, 64, 129], 7, 8, 2, 96, None,
-         {**rows, "bulk_copy": True}, None, None, 5),
-        ("rows bulk GQA8 d128 W4 T64 S3 split 3", [300, 17, 1], 16, 16, 2, 128, 3,
-         {**rows, "bulk_copy": True, "warps": 4, "tile_t": 64, "stages": 3}),
-        ("rows bulk balanced fp8_e4m3 static W4 T64 S2 mb4", [300, 17, 1, 129, 1], 16, 8, 2, 128,
-         None, {**rows, "bulk_copy": True, "warps": 4, "tile_t": 64, "stages": 2,
-                "min_blocks": 4}, "fp8_e4m3", "static", 5),
-        ("rows bulk int8 per_token planner shape page 5 split 2", [300, 17, 1], 5, 8, 2, 128, 2,
-         {**rows, "bulk_copy": True}, "int8", "per_token"),
     ]
     qk8 = {**rows, "qk_mma8": True}
     qk8_cases = [   # groups up to 4; items and balanced ranges

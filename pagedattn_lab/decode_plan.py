@@ -167,14 +167,14 @@ HEAD_PAIRS_AUTO: frozenset[int] = frozenset({KV_QUANT_IDS["int8"], KV_QUANT_IDS[
 # memory per SM leave L1 too little (80, rows T64 S3: 0.133 / 0.164).
 COPY_L1_AUTO = True
 # KV heads a rows block takes at once (-DKV_FUSE, decode_tc_sizes.cuh) per head size, over
-# 16-bit pages: two heads of 96 dims are 384-byte rows, three whole lines. Measured, off
-# (H200, session 7, NOTES.md "Lines and fused KV heads (session 7)", D64 GQA 32/8): on
-# balanced ranges 4 warps over 64 tokens 0.134-0.137 ms against 0.139-0.140 unfused through
-# L1, but the plan's own fused plan ran 0.162 in the bench (half the KV heads: D64's unsplit
-# sequences fit one wave, so decode_work took items of up to 4028 tokens, which its one-wave
-# rule no longer does: to measure again), and the host-side prototype's 0.128 was not reached
-# in the kernel.
-KV_FUSE_AUTO: dict[int, int] = {}
+# 16-bit pages: two heads of 96 dims are 384-byte rows, three whole lines. Measured (H200,
+# D64 GQA 32/8, ms; NOTES.md "Lines and fused KV heads (session 7)" and "Small tiles of
+# codes, fused pairs in the bench, bulk copies (session 8)"): fused on balanced ranges
+# 0.134-0.137 against 0.139-0.140 unfused through L1 (session 7, one process), the bench
+# 0.134 / 0.135 against 0.136 / 0.136 (session 8, four processes in turn), one process
+# 0.134 against 0.139. (Session 7's fused plan ran 0.162 on one wave of long items, which
+# decode_work's one-wave rule no longer takes.)
+KV_FUSE_AUTO: dict[int, int] = {96: 2}
 KV_FUSE_MAX_ROWS = 8   # query heads of the fused group (one n tile of S^T)
 
 
@@ -291,7 +291,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               fp8_bits: bool = False, separate_merge: bool = False,
               merge_after_loop: bool | None = None, qk_mma8: bool | None = None,
               head_pairs: bool | None = None, copy_l1: bool | None = None,
-              kv_fuse: int = 1, bulk_copy: bool = False) -> TCConfig:
+              kv_fuse: int = 1) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -310,9 +310,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     HEAD_PAIRS_AUTO have the format. copy_l1: K/V copies through L1 (cp.async.ca); None:
     COPY_L1_AUTO's rule (the planner's rows shape over 16-bit rows that are not whole lines).
     kv_fuse: KV heads per block ("rows" over 16-bit pages; head_dim and group are each
-    head's, the kernel's fused head kv_fuse times both). bulk_copy: K/V rows copied whole by
-    bulk copies on stage barriers (-DBULK_COPY, kernels/bulk_copy.cuh; the PTX kernels without
-    warp pipelines)."""
+    head's, the kernel's fused head kv_fuse times both)."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     if kv_fuse != 1:
@@ -353,16 +351,13 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     unit = 16 * warps // per                        # every warp takes a multiple of 16 tokens
     tile_t = -(-tile_t // unit) * unit
     warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
-    if bulk_copy and (impl == "wmma" or warp_pipe):
-        raise ValueError(f"bulk_copy: expected the 'mma' or 'rows' kernel without warp "
-                         f"pipelines, got impl {impl!r}, warp_pipe {warp_pipe}")
     pairs = _pairs_options(impl, kv_quant, rows, qk_mma8, head_pairs)
     # rows of a warp's O (decode_mma_rows.cu's WARP_O_ROWS: its heads; decode_mma.cu: 16)
     o_rows = 16 if impl != "rows" else 4 if pairs else 8 * -(-rows // 8)
     while impl != "wmma" and not mma_o_fits(row_tiles, head_dim, tile_t, warps=warps,
                                            d_split=d_split, swizzle=swizzle,
                                            kv_quant=kv_quant, warp_pipe=warp_pipe,
-                                           o_rows=o_rows, bulk=bulk_copy):
+                                           o_rows=o_rows):
         tile_t += unit   # (the PTX kernels put the warps' O in a stage buffer)
 
     def size(stages):
@@ -370,7 +365,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
             return mma_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                     d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
                                     per_token=per_token, warp_pipe=warp_pipe,
-                                    q_rows=4 if pairs else None, bulk=bulk_copy)
+                                    q_rows=4 if pairs else None)
         return tc_shared_bytes(row_tiles, head_dim, tile_t, stages, warps=warps,
                                kv_quant=kv_quant, per_token=per_token, d_split=d_split)
     while auto and stages > 2 and size(stages)[0] + 1024 > TC_SMEM_PER_SM // 2:
@@ -392,8 +387,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     if copy_l1 is None:
         copy_l1 = (COPY_L1_AUTO and auto and impl == "rows" and not kv_quant
                    and head_dim * 2 % 128 != 0)   # 2-byte elements: fp16 / bf16 pages
-    options += pairs + (("-DCOPY_L1=1",) if copy_l1 else ()) + (
-        ("-DBULK_COPY=1",) if bulk_copy else ())
+    options += pairs + (("-DCOPY_L1=1",) if copy_l1 else ())
     scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,

@@ -30,40 +30,38 @@ def tc_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
 def mma_shared_bytes(row_tiles: int, head_dim: int, tile_t: int, stages: int,
                      elem_bytes: int = 2, *, warps: int = 4, d_split: int = 1,
                      swizzle: bool = True, kv_quant: int = 0, per_token: bool = False,
-                     warp_pipe: bool = False, q_rows: int | None = None,
-                     bulk: bool = False) -> tuple[int, int]:
+                     warp_pipe: bool = False, q_rows: int | None = None) -> tuple[int, int]:
     """(total, stage) shared-memory bytes of a block of kernels/decode_mma.cu (its layout:
     decode_mma_layout.cuh): the staged K/V tiles (rows of a multiple of 128 bytes swizzled,
     the others padded by 16 bytes; codes: one byte each, always swizzled) and per-token
     scales, then `stages` buffers of Q (one per live segment), the warps' m and l and a flag.
     `stage`: one copier's stage buffer (the block's, or with warp_pipe a warp's), where the
     warps' O and the merge's weights go at the end of a segment. q_rows: rows of a Q buffer
-    (None: 16 per row tile; decode_mma_rows.cu's head pairs: 4). bulk (BULK_COPY): rows padded,
-    not swizzled, and a barrier (8 bytes) per stage at the end."""
-    ldc = _mma_ldc(head_dim, elem_bytes, swizzle, kv_quant, bulk)
+    (None: 16 per row tile; decode_mma_rows.cu's head pairs: 4)."""
+    ldc = _mma_ldc(head_dim, elem_bytes, swizzle, kv_quant)
     kv = stages * 2 * tile_t * ldc + (stages * 2 * tile_t * 4 if kv_quant and per_token else 0)
     copiers = warps if warp_pipe else 1
     q_rows = 16 * row_tiles if q_rows is None else q_rows
     total = (-(-kv // 128) * 128 + stages * q_rows * (head_dim + 8) * elem_bytes
-             + 2 * warps * 16 * 4 + 16 + (8 * stages if bulk else 0))
+             + 2 * warps * 16 * 4 + 16)
     return total, 2 * (tile_t // copiers) * ldc
 
 
 def mma_o_fits(row_tiles: int, head_dim: int, tile_t: int, elem_bytes: int = 2, *,
                warps: int = 4, d_split: int = 1, swizzle: bool = True, kv_quant: int = 0,
-               warp_pipe: bool = False, o_rows: int = 16, bulk: bool = False) -> bool:
+               warp_pipe: bool = False, o_rows: int = 16) -> bool:
     """Whether the warps' O (o_rows rows of head_dim floats per warp with a token slice: 16, a
     row tile; decode_mma_rows.cu: its heads' rows, WARP_O_ROWS) fit in one copier's stage
     buffer, where the PTX kernels put them at the end of a segment."""
     stage = mma_shared_bytes(row_tiles, head_dim, tile_t, 2, elem_bytes, warps=warps,
                              d_split=d_split, swizzle=swizzle, kv_quant=kv_quant,
-                             warp_pipe=warp_pipe, bulk=bulk)[1]
+                             warp_pipe=warp_pipe)[1]
     return (1 if warp_pipe else warps // d_split) * o_rows * head_dim * 4 <= stage
 
 
-def _mma_ldc(head_dim, elem_bytes, swizzle, kv_quant, bulk=False):
+def _mma_ldc(head_dim, elem_bytes, swizzle, kv_quant):
     row = head_dim * (1 if kv_quant else elem_bytes)
-    return row if (swizzle or kv_quant) and (row // 16) % 8 == 0 and not bulk else row + 16
+    return row if (swizzle or kv_quant) and (row // 16) % 8 == 0 else row + 16
 
 
 def tc_max_parts(rows: int, kv_bytes: int) -> int:

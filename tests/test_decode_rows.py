@@ -120,7 +120,7 @@ def test_fused_kv_heads(rng, dtype, heads, kv, page, lens, splits, scheme, monke
     if dtype == "bfloat16" and not cpu_executor_has("cuda_bf16.h"):
         pytest.skip("the CPU executor's shim has no bfloat16 (cuda_bf16.h) yet")
     monkeypatch.setattr(dp, "TC_IMPL", "rows")
-    monkeypatch.setattr(dp, "KV_FUSE_AUTO", {96: 2})   # (measured, off by default)
+    monkeypatch.setattr(dp, "KV_FUSE_AUTO", {96: 2})   # (the default, pinned)
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
                           head_dim=96, dtype=dtype)
     q, k, v, tables, seq_lens = args

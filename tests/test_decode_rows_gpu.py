@@ -47,7 +47,7 @@ def test_rows_kernel_compressed_pages(rng, cp, kv_dtype, scheme, head_dim, group
 @pytest.mark.parametrize("scheme", ["balanced", "items"])
 @pytest.mark.parametrize("group,kv", [(4, 2), (2, 4), (1, 8)])
 def test_rows_kernel_fused_kv_heads(rng, cp, monkeypatch, scheme, group, kv):
-    monkeypatch.setattr(dp, "KV_FUSE_AUTO", {96: 2})   # (measured, off by default)
+    monkeypatch.setattr(dp, "KV_FUSE_AUTO", {96: 2})   # (the default, pinned)
     args = decode_problem(rng, [1, 15, 16, 17, 127, 129, 700], num_heads=group * kv,
                           num_kv_heads=kv, head_dim=96)
     dev = [cp.asarray(a) for a in args]
@@ -127,49 +127,3 @@ def test_rows_kernel_balanced_compressed_pages(rng, cp, kv_dtype, scheme, head_d
                  cp.full(q.shape, np.nan, np.float16))
     check_close(cp.asnumpy(out), reference((q, kd, vd, tables, lens)), "float16")
 
-
-BULK_CASES = [   # head_dim, group, kv_dtype (None: fp16 pages), scheme, page, shape
-    (64, 4, None, None, 16, {}), (96, 4, None, None, 7, {}), (128, 4, None, None, 16, {}),
-    (128, 16, None, None, 5, {}), (256, 8, None, None, 16, {}), (80, 1, None, None, 16, {}),
-    (96, 4, None, None, 16, {"kv_fuse": 2}),
-    (128, 4, None, None, 16, {"warps": 4, "tile_t": 64, "stages": 3}),
-    (128, 4, "fp8_e4m3", "static", 7, {}), (128, 4, "int8", "per_token", 16, {}),
-    (128, 3, "fp8_e4m3", "per_token", 16, {"warps": 4, "tile_t": 64, "stages": 2,
-                                           "min_blocks": 4}),
-    (256, 4, "int8", "static", 16, {}),
-]
-
-
-@pytest.mark.parametrize("work", ["balanced", "items"])
-@pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("head_dim,group,kv_dtype,scheme,page,shape", BULK_CASES)
-def test_rows_kernel_bulk_copies(rng, cp, work, shared, head_dim, group, kv_dtype, scheme, page,
-                                 shape):
-    """K/V rows by bulk copies on stage barriers (-DBULK_COPY): fp16 pages and codes, page
-    sizes that are and are not powers of two, lengths 1, page-1, page, page+1 and long ones,
-    or a first page shared by every sequence; NaN in the unused tail slots, output poisoned."""
-    kv = 2
-    lens = ([2 * page + 3, page + 1, 2 * page, 300, 129, page + 2] if shared
-            else [1, max(page - 1, 1), page, page + 1, 300, 129, 64, 2])
-    args = decode_problem(rng, lens, page_size=page, num_heads=group * kv, num_kv_heads=kv,
-                          head_dim=head_dim, shared_prefix=int(shared))
-    q, k, v, tables, seq_lens = args
-    shape = dict(shape)
-    fuse = shape.pop("kv_fuse", 1)
-    quant = dp.KV_QUANT_IDS[kv_dtype] if kv_dtype else 0
-    cfg = dp.tc_config("float16", head_dim, group, quant, scheme == "per_token", impl="rows",
-                       bulk_copy=True, kv_fuse=fuse, **shape)
-    assert "-DBULK_COPY=1" in cfg.options
-    w = pl.BatchDecodeWrapper().plan(cp.asarray(tables), cp.asarray(seq_lens), group * kv, kv,
-                                     head_dim, page, "float16", kernel="tensor_core")
-    w._launches = []
-    w._plan_tensor_core(np.asarray(seq_lens), None, tc=cfg, scheme=work)
-    out = cp.full(q.shape, np.nan, np.float16)
-    if kv_dtype is None:
-        out = w.run(cp.asarray(q), cp.asarray(k), cp.asarray(v), out=out)
-        check_close(cp.asnumpy(out), reference(args), "float16")
-    else:
-        kc, vc, ks, vs, kd, vd = quantized(rng, args, kv_dtype, scheme)
-        out = launch(w, cp.asarray(q), cp.asarray(kc), cp.asarray(vc), cp.asarray(ks),
-                     cp.asarray(vs), out)
-        check_close(cp.asnumpy(out), reference((q, kd, vd, tables, seq_lens)), "float16")

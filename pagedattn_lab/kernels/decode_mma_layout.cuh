@@ -38,9 +38,7 @@ static_assert(ROW_TILES == 1 && D_SPLIT == 1, "WARP_PIPE: one warp per token sli
 #else
 constexpr int CP_THREADS = TC_THREADS, CP_TOKENS = TILE_T, COPIERS = 1;   // the block
 #endif
-// (BULK_COPY: a bulk copy lands a row as it is, so rows are padded, never swizzled)
-constexpr bool SWZ = (SWIZZLE || KV_QUANT) && CHUNKS % 8 == 0 && !BULK_COPY;
-static_assert(!BULK_COPY || !WARP_PIPE, "BULK_COPY: the block copies (one barrier a stage)");
+constexpr bool SWZ = (SWIZZLE || KV_QUANT) && CHUNKS % 8 == 0;
 constexpr int LDC = SWZ ? ROW_BYTES : ROW_BYTES + 16;       // a staged row, bytes
 constexpr int STAGE_BYTES = 2 * CP_TOKENS * LDC;             // a copier's stage: K, then V rows
 // where 16-byte chunk c of staged row r lands (bytes from the stage's start)
@@ -77,17 +75,15 @@ static_assert((WARP_PIPE ? 1 : CWARPS) * WARP_O_ROWS * LO * 4 <= STAGE_BYTES,
 
 // Shared memory, in bytes from the start (decode_plan.mma_shared_bytes computes the same):
 // the staged tiles (and per-token scales: [STAGES][2][TILE_T] floats), then STAGES buffers
-// of Q (one per live segment), the warps' m and l, a flag and (BULK_COPY) a barrier per
-// stage. Copier c's stages start at c * STAGES * STAGE_BYTES, its scales at SC_OFF + c *
-// STAGES * 2 * CP_TOKENS * 4.
+// of Q (one per live segment), the warps' m and l and a flag. Copier c's stages start at
+// c * STAGES * STAGE_BYTES, its scales at SC_OFF + c * STAGES * 2 * CP_TOKENS * 4.
 constexpr int SC_OFF = COPIERS * STAGES * STAGE_BYTES;
 constexpr int KV_BYTES = SC_OFF + (KV_QUANT && PER_TOKEN_SCALES ? STAGES * 2 * TILE_T * 4 : 0);
 constexpr int Q_OFF = (KV_BYTES + 127) / 128 * 128;          // [STAGES][QROWS][LD]
 constexpr int M_OFF = Q_OFF + STAGES * QROWS * LD * 2;       // [NWARPS][16]: the warps' m
 constexpr int L_OFF = M_OFF + NWARPS * 16 * 4;               // [NWARPS][16]: the warps' l
 constexpr int FLAG_OFF = L_OFF + NWARPS * 16 * 4;
-constexpr int BAR_OFF = FLAG_OFF + 16;                       // BULK_COPY: [STAGES] barriers
-constexpr int SMEM_BYTES = BAR_OFF + (BULK_COPY ? STAGES * 8 : 0);
+constexpr int SMEM_BYTES = FLAG_OFF + 16;
 static_assert(SMEM_BYTES <= 227 * 1024, "a block may have at most 227 KB of shared memory");
 
 // A warp's O accumulators (rows g, g + 8; its 1/D_SPLIT of the columns) into its rows of ow

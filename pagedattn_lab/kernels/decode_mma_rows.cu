@@ -62,7 +62,6 @@
 
 #include "decode_tc_sizes.cuh"
 #include "decode_mma_layout.cuh"
-#include "bulk_copy.cuh"
 #include "decode_tc_tiles.cuh"
 #include "decode_tc_merge.cuh"
 #include "decode_mma_ops.cuh"

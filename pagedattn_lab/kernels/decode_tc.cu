@@ -65,7 +65,6 @@
 
 #include "decode_tc_sizes.cuh"
 #include "decode_tc_layout.cuh"
-#include "bulk_copy.cuh"
 #include "decode_tc_tiles.cuh"
 #include "decode_tc_merge.cuh"
 

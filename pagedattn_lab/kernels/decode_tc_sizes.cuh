@@ -34,9 +34,6 @@
 #ifndef SEPARATE_MERGE   // split sequences merged by a second launch, not by their last block
 #define SEPARATE_MERGE 0
 #endif
-#ifndef BULK_COPY   // K/V rows copied whole by bulk copies on stage barriers (bulk_copy.cuh;
-#define BULK_COPY 0  // decode_mma.cu and decode_mma_rows.cu, block copiers): else cp.async
-#endif               // 16 bytes at a time
 #ifndef CACHE_T
 #define CACHE_T KV_T
 #endif

@@ -1,8 +1,7 @@
 // The tensor-core decode kernels' (decode_tc.cu, decode_mma.cu) work and tile staging: which
 // tokens and query heads a block takes, block-table lookups, asynchronous K/V copies in a
 // STAGES-deep pipeline and the conversion of staged codes. Include after the kernel's layout
-// header (which says where chunk c of staged row r goes: stage_at), kv_convert.cuh and
-// bulk_copy.cuh.
+// header (which says where chunk c of staged row r goes: stage_at) and kv_convert.cuh.
 // decode_mma.cu streams a range of segments (decode_rows, TileCursor, start_stream,
 // next_stream_tile); decode_tc.cu (lesson 09's kernel) takes one work item per block and
 // spells its pipeline out with tile_pages, copy_tile and convert_tile, because calling shared
@@ -82,9 +81,7 @@ __device__ inline void advance_tile(TileCursor& c, const int* segs)
 #ifndef COPY_SLOTS
 #define COPY_SLOTS (KV_QUANT != 0)
 #endif
-// A thread's copies per tile: of 16-byte chunks, or (BULK_COPY) of whole K and V rows
-constexpr int ROW_UNITS = BULK_COPY ? 1 : CHUNKS;   // copies per row
-constexpr int TILE_COPIES = (CP_TOKENS * ROW_UNITS + CP_THREADS - 1) / CP_THREADS;
+constexpr int TILE_COPIES = (CP_TOKENS * CHUNKS + CP_THREADS - 1) / CP_THREADS;   // per thread
 
 __device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int t0, int end,
                                   int page_size, int page_shift, int cid)
@@ -92,9 +89,9 @@ __device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int 
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
         const int c = i * CP_THREADS + cid;
-        const int t = t0 + c / ROW_UNITS;
+        const int t = t0 + c / CHUNKS;
         pg[i] = -1;   // a token past the end is never looked up
-        if (t < end && (CP_TOKENS * ROW_UNITS % CP_THREADS == 0 || c < CP_TOKENS * ROW_UNITS))
+        if (t < end && (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS))
             pg[i] = table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)];
     }
 }
@@ -115,54 +112,14 @@ __device__ inline const void* slot_address(const void* base, unsigned slot, unsi
 
 // The copies of one tile into stage buffer `stage` (K rows, then V rows); with per-token
 // scales, the thread that copies a row's first chunk also copies its two scales (the scale
-// index slot * num_kv_heads + kv_head is the row's element offset / HEAD_DIM). BULK_COPY:
-// thread cid copies rows cid, cid + CP_THREADS, ... whole, on the stage's barrier `bar`
-// (every thread arrives, announcing its bytes; a row past the end is zeroed by stores).
+// index slot * num_kv_heads + kv_head is the row's element offset / HEAD_DIM).
 __device__ inline void copy_tile(unsigned char* ks, float* sc, const CACHE_T* k_cache,
                                  const CACHE_T* v_cache, const float* k_scale,
                                  const float* v_scale, const int (&pg)[TILE_COPIES], int t0,
                                  int page_size, int page_shift, long long page_stride,
-                                 long long row_stride, long long head_off, int cid,
-                                 unsigned long long* bar = nullptr)
+                                 long long row_stride, long long head_off, int cid)
 {
-#if BULK_COPY
-    unsigned bytes = 0;
-#pragma unroll
-    for (int i = 0; i < TILE_COPIES; ++i) {
-        const int r = i * CP_THREADS + cid;
-        if ((CP_TOKENS % CP_THREADS == 0 || r < CP_TOKENS) && pg[i] >= 0) bytes += 2 * ROW_BYTES;
-    }
-    bar_expect_bytes(bar, bytes);
-    const unsigned slot_bytes = (unsigned)(row_stride * (long long)sizeof(CACHE_T));
-#pragma unroll
-    for (int i = 0; i < TILE_COPIES; ++i) {
-        const int r = i * CP_THREADS + cid;
-        if (CP_TOKENS % CP_THREADS == 0 || r < CP_TOKENS) {
-            const bool valid = pg[i] >= 0;
-            const int t = t0 + r;
-            const int in_page = page_shift >= 0 ? (t & (page_size - 1)) : (t % page_size);
-            const unsigned slot = valid ? (unsigned)pg[i] * (unsigned)page_size
-                                          + (unsigned)in_page : 0u;
-            unsigned char* kd = ks + r * LDC;
-            unsigned char* vd = kd + CP_TOKENS * LDC;
-            if (valid) {
-                bulk_copy(kd, slot_address(k_cache + head_off, slot, slot_bytes), ROW_BYTES, bar);
-                bulk_copy(vd, slot_address(v_cache + head_off, slot, slot_bytes), ROW_BYTES, bar);
-            } else {
-#pragma unroll
-                for (int c = 0; c < CHUNKS; ++c) {
-                    reinterpret_cast<uint4*>(kd)[c] = make_uint4(0u, 0u, 0u, 0u);
-                    reinterpret_cast<uint4*>(vd)[c] = make_uint4(0u, 0u, 0u, 0u);
-                }
-            }
-#if KV_QUANT && PER_TOKEN_SCALES
-            const long long si = (long long)slot * (row_stride / HEAD_DIM) + head_off / HEAD_DIM;
-            copy4_async(sc + r, k_scale + si, valid);
-            copy4_async(sc + CP_TOKENS + r, v_scale + si, valid);
-#endif
-        }
-    }
-#elif COPY_SLOTS
+#if COPY_SLOTS
     // A chunk's address: its column's address in slot 0 + slot x the slot's bytes, one wide
     // multiply-add each for K and V (page id -1: nothing read, from slot 0's address). Where
     // the threads divide into whole rows (EVEN), a thread copies one chunk column, in rows
@@ -307,17 +264,6 @@ __device__ inline void lookup_tile(int (&pg)[TILE_COPIES], const int* tables,
                g.page_shift, g.cid);
 }
 
-// BULK_COPY: the stage buffers' barriers (at BAR_OFF of the block's shared memory, whose
-// start is the block copier's stages), else none
-__device__ inline unsigned long long* stage_bars(unsigned char* stages)
-{
-#if BULK_COPY
-    return reinterpret_cast<unsigned long long*>(stages + BAR_OFF);
-#else
-    return nullptr;
-#endif
-}
-
 __device__ inline void issue_tile(int slot, unsigned char* stages, float* scales, KV_T* qbufs,
                                   const int (&pg)[TILE_COPIES], const TileCursor& c,
                                   const CACHE_T* k_cache, const CACHE_T* v_cache,
@@ -326,13 +272,13 @@ __device__ inline void issue_tile(int slot, unsigned char* stages, float* scales
 {
     copy_tile(stages + slot * STAGE_BYTES, scales + slot * 2 * CP_TOKENS, k_cache, v_cache,
               k_scale, v_scale, pg, c.t0 + g.cp_off, g.page_size, g.page_shift, g.page_stride,
-              g.row_stride, g.head_off, g.cid, stage_bars(stages) + slot);
+              g.row_stride, g.head_off, g.cid);
     if (c.t0 == c.start)
         copy_q_rows(qbufs + (c.seg % STAGES) * QROWS * LD, q, c.b, rows, num_heads);
 }
 
-// The stream's start: the Q buffers' pad rows zeroed, (BULK_COPY) the stage barriers set up,
-// the first STAGES - 1 tiles issued (each its group), the page ids of the next one read.
+// The stream's start: the Q buffers' pad rows zeroed, the first STAGES - 1 tiles issued (each
+// its group), the page ids of the next one read.
 __device__ inline void start_stream(unsigned char* stages, float* scales, KV_T* qbufs,
                                     int (&pg)[TILE_COPIES], TileCursor& ahead, const int* segs,
                                     const int* tables, const CACHE_T* k_cache,
@@ -341,13 +287,6 @@ __device__ inline void start_stream(unsigned char* stages, float* scales, KV_T* 
                                     const DecodeRows& rows, int num_heads)
 {
     zero_q_pad(qbufs, STAGES, rows.nh);
-#if BULK_COPY
-    if (threadIdx.x == 0) {
-#pragma unroll
-        for (int s = 0; s < STAGES; ++s) bar_init(stage_bars(stages) + s, CP_THREADS);
-    }
-    __syncthreads();   // the barriers are set up before anyone arrives
-#endif
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (tile_valid(ahead)) {
@@ -362,9 +301,7 @@ __device__ inline void start_stream(unsigned char* stages, float* scales, KV_T* 
 }
 
 // Before tile i is computed: wait for it, then start the tile `ahead` (tile i + STAGES - 1)
-// into the buffer of tile i - 1 and read the page ids of the tile after. BULK_COPY: tile i's
-// barrier completes its phase i / STAGES; every thread orders its stores to shared memory
-// (O, merge weights, zeroed rows) before the bulk copies that overwrite them.
+// into the buffer of tile i - 1 and read the page ids of the tile after.
 __device__ inline void next_stream_tile(int i, unsigned char* stages, float* scales,
                                         KV_T* qbufs, int (&pg)[TILE_COPIES], TileCursor& ahead,
                                         const int* segs, const int* tables,
@@ -374,10 +311,6 @@ __device__ inline void next_stream_tile(int i, unsigned char* stages, float* sca
                                         const DecodeRows& rows, int num_heads)
 {
     copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
-#if BULK_COPY
-    bar_wait(stage_bars(stages) + i % STAGES, (unsigned)(i / STAGES) & 1u);
-    fence_async_writes();
-#endif
 #if WARP_PIPE
     __syncwarp();              // ... the warp's; and the warp is done with tile i - 1
 #else
