@@ -8,9 +8,8 @@ sanitize_tc.py's harness (each array its own cudaMalloc, outputs poisoned with N
 twice so the merge counters must reset, checked against the float64 reference; exit status 1
 on a mismatch). --balanced: only the balanced-range cases (segments across sequences: one-token
 sequences in a row, ranges ending mid-page, more ranges than tiles), the fused KV heads, small
-tiles of codes. Run from the repository
-root. --qk8: only the cases of S on 8-bit tensor cores from the K codes (-DQK_MMA8) and of
-its head pairs' layout alone (-DHEAD_PAIRS).
+tiles of codes. Run from the repository root. --qk8: only the cases of S on 8-bit tensor cores
+from the K codes (-DQK_MMA8) and of its head pairs' layout alone (-DHEAD_PAIRS).
 """
 import sys
 from pathlib import Path

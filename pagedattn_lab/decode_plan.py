@@ -352,8 +352,9 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     tile_t = -(-tile_t // unit) * unit
     warp_pipe = bool(warp_pipe) and row_tiles == 1 and d_split == 1
     pairs = _pairs_options(impl, kv_quant, rows, qk_mma8, head_pairs)
+    head_tiles = -(-rows // 8)   # decode_mma_rows.cu's n tiles of 8 heads
     # rows of a warp's O (decode_mma_rows.cu's WARP_O_ROWS: its heads; decode_mma.cu: 16)
-    o_rows = 16 if impl != "rows" else 4 if pairs else 8 * -(-rows // 8)
+    o_rows = 16 if impl != "rows" else 4 if pairs else 8 * head_tiles
     while impl != "wmma" and not mma_o_fits(row_tiles, head_dim, tile_t, warps=warps,
                                            d_split=d_split, swizzle=swizzle,
                                            kv_quant=kv_quant, warp_pipe=warp_pipe,
@@ -381,7 +382,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
             ("-DMERGE_AFTER_LOOP=1",) if impl == "mma" and merge_after_loop else ()) + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     if impl == "rows":
-        options += (f"-DHEAD_TILES={-(-rows // 8)}",)
+        options += (f"-DHEAD_TILES={head_tiles}",)
     if kv_fuse != 1:
         options += (f"-DKV_FUSE={kv_fuse}",)
     if copy_l1 is None:

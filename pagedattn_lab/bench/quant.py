@@ -145,8 +145,9 @@ def prebuild_flashinfer(cp, kinds, head_dim: int):
     by side; returns {(kv_dtype, use_tensor_cores): future} (a future's result is None or the
     error). main waits for them all before it times anything: loading them beside a timed
     row holds the interpreter between the spin kernel and the kernel timed (H200, session 8:
-    the copy rate read 1.86 TB/s and the first fp16 row 0.814 ms, against 4.21 and 0.563). Tensor cores are built for a grouped shape (4 query heads per KV
-    head), where the benchmark times them."""
+    the copy rate read 1.86 TB/s and the first fp16 row 0.814 ms, against 4.21 and 0.563).
+    Tensor cores are built for a grouped shape (4 query heads per KV head), where the
+    benchmark times them."""
     def build(kv_dtype, tensor_cores):
         group = 4 if tensor_cores else 1
         tiny = QuantWorkload("tiny", (17,), group, 1, head_dim)
