@@ -37,6 +37,8 @@ def main():
          {**rows, "warps": 8, "tile_t": 128, "stages": 2, "d_split": 2}),
         ("rows W2 T64 (two m tiles) MHA d64", [200, 9], 16, 4, 4, 64, 2,
          {**rows, "warps": 2, "tile_t": 64, "stages": 3}),
+        ("rows heads on x GQA4 d64 page 7 split 3", [300, 17, 1], 7, 8, 2, 64, 3,
+         {**rows, "heads_on_x": True}),
     ]
     for kv_dtype in ("int8", "fp8_e4m3"):
         for scheme in ("static", "per_token"):

@@ -12,9 +12,10 @@ Two kernels compute decode attention:
   Block sizes: decode_tc_sizes.py; the measured shapes: decode_tc_shapes.py; the SIMT
   kernel's partitions: decode_simt_plan.py (its names re-exported here).
 
-`choose_kernel` picks one (the choice is measured, see benchmarks/NOTES.md); both split long
-sequences into partitions (split-K) so that few sequences still fill the GPU; decode_mma.cu
-also takes balanced ranges across sequences (decode_work.py). Everything here is plain NumPy
+`choose_kernel` (decode_choice.py, re-exported) picks one (the choice is measured, see
+benchmarks/NOTES.md); both split long sequences into partitions (split-K) so that few
+sequences still fill the GPU; the PTX kernels also take balanced ranges across sequences
+(decode_work.py). Everything here is plain NumPy
 on the host: `BatchDecodeWrapper.plan` calls it once per decode step.
 """
 from __future__ import annotations
@@ -22,6 +23,9 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from .attention_common import KV_C_TYPES
+from .decode_choice import (COMPRESSED_SIMT_MAX_GROUP, HEAD_DIM_MAX,  # noqa: F401 - re-exported
+                            KERNELS, MHA_KERNEL, TC_AUTO_MAX_HEAD_DIM, choose_kernel,
+                            supported_head_dim)
 from .decode_simt_plan import (BLOCKS_PER_SM, MIN_PART_LEN, PART_LEN,  # noqa: F401 - re-exported
                                SIMT_GROUPS, choose_partitions, cut_longest, group_kernel_size,
                                simt_shared_bytes)
@@ -29,24 +33,8 @@ from .decode_tc_sizes import TC_SMEM_PER_SM, mma_o_fits, mma_shared_bytes, tc_sh
 from .decode_tc_shapes import (MMA_SHAPES, ROWS_SHAPES, ROWS_SHORT_ITEMS,
                                ROWS_SHORT_ITEMS_SHAPE, TC_SHAPES)
 
-KERNELS = ("simt", "tensor_core")
-HEAD_DIM_MAX = 256
-
-# ---- the choice ---------------------------------------------------------------------------
-# What the GPU runs when not told, fp16/bf16 (measured on the H200, benchmarks/NOTES.md):
-# plain multi-head attention (group 1) on the SIMT kernel, which reads it at the copy rate;
-# GQA/MQA on tensor cores up to TC_AUTO_MAX_HEAD_DIM (head_dim 256, GQA 32/8, 2026-12-02:
-# tensor cores 0.365 ms with 4 warps over 32-token tiles in pairs, SIMT 0.375 ms).
-MHA_KERNEL = "simt"
-TC_AUTO_MAX_HEAD_DIM = 256
-# Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT, per
-# scale scheme (D64 GQA 32/8, H200, group 4, benchmarks/NOTES.md "Compressed GQA on tensor
-# cores (session 4)", round s4c): the tensor cores lead for both schemes since the codes are
-# converted on whole registers (rows, balanced ranges: static fp8 0.098 ms / int8 0.100,
-# per-token 0.110 / 0.116) against SIMT (0.115 / 0.120; 0.148 / 0.152). Groups 2 and 3 were
-# not measured on the tensor cores and stay on SIMT.
-COMPRESSED_SIMT_MAX_GROUP = {"static": 2, "per_token": 2}
-# ... in partitions of this many tokens when 4+ query heads share a block (the SIMT kernel's
+# Compressed pages on the SIMT kernel (decode_choice.COMPRESSED_SIMT_MAX_GROUP) run in
+# partitions of this many tokens when 4+ query heads share a block (the SIMT kernel's
 # per-block work, q's preparation and the groups' merge, weighs more there; D64 GQA 32/8,
 # H200, round r7: 1024 0.115 ms fp8 static against 0.121 with PART_LEN's 512).
 COMPRESSED_SIMT_PART_LEN = 1024
@@ -54,51 +42,6 @@ COMPRESSED_SIMT_PART_LEN = 1024
 # -DWORK_LIST): the sequences' short last partitions fill the last wave's gaps (r7: 0-2%).
 COMPRESSED_SIMT_LONGEST_FIRST = True
 
-
-def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
-    """None when `kernel` takes `head_dim` for `dtype` caches, else the reason it does not."""
-    if kernel == "tensor_core":
-        if dtype == "float32":
-            return ("the tensor-core kernel takes float16 or bfloat16 caches (WMMA has no fp32 "
-                    "inputs); float32 runs on the 'simt' kernel")
-        if head_dim % 16 or not 16 <= head_dim <= HEAD_DIM_MAX:
-            return f"the tensor-core kernel takes head_dim a multiple of 16 from 16 to {HEAD_DIM_MAX}"
-        return None
-    vec = 16 // (4 if dtype == "float32" else 2)
-    if head_dim % vec or not vec <= head_dim <= HEAD_DIM_MAX:
-        return (f"the simt kernel takes head_dim a multiple of {vec} (16 bytes of {dtype}) up to "
-                f"{HEAD_DIM_MAX}")
-    return None
-
-
-def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu: bool,
-                  scale_scheme: str | None = None) -> str:
-    """The kernel a plan runs. `requested` is "auto", "simt" or "tensor_core".
-
-    auto: float32 -> simt (the only one); on the GPU, GQA/MQA with head_dim up to
-    TC_AUTO_MAX_HEAD_DIM -> tensor_core (but simt for compressed pages, scale_scheme "static"
-    or "per_token", up to COMPRESSED_SIMT_MAX_GROUP[scale_scheme] heads per KV head), MHA ->
-    MHA_KERNEL, the rest simt. On the CPU
-    executor auto picks simt: there WMMA is emulated lane by lane, which is for learning and
-    testing, not speed (ask for "tensor_core" to run it there).
-    """
-    if requested not in ("auto", *KERNELS):
-        raise ValueError(f"kernel: expected 'auto', 'simt' or 'tensor_core', got {requested!r}")
-    if requested == "auto":
-        if dtype == "float32" or not on_gpu:
-            requested = "simt"
-        elif group == 1:
-            requested = MHA_KERNEL
-        elif scale_scheme is not None and group <= COMPRESSED_SIMT_MAX_GROUP[scale_scheme]:
-            requested = "simt"
-        else:
-            requested = "tensor_core" if head_dim <= TC_AUTO_MAX_HEAD_DIM else "simt"
-            if supported_head_dim(requested, dtype, head_dim):
-                requested = "simt"
-    reason = supported_head_dim(requested, dtype, head_dim)
-    if reason:
-        raise ValueError(f"head_dim: {head_dim} with {dtype} caches: {reason}")
-    return requested
 
 
 # ---- the SIMT kernel (its partitions and sizes: decode_simt_plan.py) ----------------------
@@ -166,6 +109,15 @@ HEAD_PAIRS_AUTO: frozenset[int] = frozenset({KV_QUANT_IDS["int8"], KV_QUANT_IDS[
 # 14.4 M). Not elsewhere: whole lines lose (128: 0.160 / 0.172), and shapes with more shared
 # memory per SM leave L1 too little (80, rows T64 S3: 0.133 / 0.164).
 COPY_L1_AUTO = True
+# The grid as (row blocks, work) (-DHEADS_ON_X, decode_tc_sizes.cuh): blocks launched one after
+# another take the same range for different KV heads, so they start together and read the same
+# pages at the same time. Where plans take it: the rows kernel over codes. Measured (H200, one
+# process, NOTES.md "Read ceilings (session 9)"; ms, work on x / heads on x): D64 GQA 32/8
+# fp8 0.095 / 0.091, int8 0.096 / 0.093, 8 x 32k fp8 0.150 / 0.142; fp16 0.159 / 0.160, 64/8
+# 0.164 / 0.163-0.164 (level: not taken); the bench over fp8 0.091 (session 8: 0.093). The
+# grid's y holds GRID_Y_MAX blocks: a plan with more keeps the work on x.
+HEADS_ON_X_CODES = True
+GRID_Y_MAX = 65535
 # KV heads a rows block takes at once (-DKV_FUSE, decode_tc_sizes.cuh) per head size, over
 # 16-bit pages: two heads of 96 dims are 384-byte rows, three whole lines. Measured (H200,
 # D64 GQA 32/8, ms; NOTES.md "Lines and fused KV heads (session 7)" and "Small tiles of
@@ -212,6 +164,7 @@ class TCConfig(NamedTuple):
     separate_merge: bool = False       # "mma": split sequences merged by a second launch
     scheme: str | None = None          # the work scheme it takes (None: decode_work's rule)
     kv_fuse: int = 1                   # KV heads per block ("rows", KV_FUSE)
+    heads_on_x: bool = False           # grid (row blocks, work) (HEADS_ON_X)
 
     @property
     def source(self) -> str:
@@ -291,7 +244,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
               fp8_bits: bool = False, separate_merge: bool = False,
               merge_after_loop: bool | None = None, qk_mma8: bool | None = None,
               head_pairs: bool | None = None, copy_l1: bool | None = None,
-              kv_fuse: int = 1) -> TCConfig:
+              kv_fuse: int = 1, heads_on_x: bool | None = None) -> TCConfig:
     """The tensor-core kernel a plan launches. warps/tile_t/stages/d_split None: the
     planner's choice (tc_shape), with stages dropped (down to 2) until two blocks fit on an
     SM. d_split: warps that share a (row tile, token slice), each accumulating 1/d_split of
@@ -310,7 +263,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     HEAD_PAIRS_AUTO have the format. copy_l1: K/V copies through L1 (cp.async.ca); None:
     COPY_L1_AUTO's rule (the planner's rows shape over 16-bit rows that are not whole lines).
     kv_fuse: KV heads per block ("rows" over 16-bit pages; head_dim and group are each
-    head's, the kernel's fused head kv_fuse times both)."""
+    head's, the kernel's fused head kv_fuse times both). heads_on_x: the grid as (row blocks,
+    work), the PTX kernels' (None: HEADS_ON_X_CODES's rule, the rows kernel over codes)."""
     if impl not in (None, *TC_IMPLS):
         raise ValueError(f"impl: expected one of {TC_IMPLS} or None, got {impl!r}")
     if kv_fuse != 1:
@@ -389,10 +343,23 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
         copy_l1 = (COPY_L1_AUTO and auto and impl == "rows" and not kv_quant
                    and head_dim * 2 % 128 != 0)   # 2-byte elements: fp16 / bf16 pages
     options += pairs + (("-DCOPY_L1=1",) if copy_l1 else ())
+    separate_merge = impl == "mma" and bool(separate_merge)
+    if heads_on_x is None:
+        heads_on_x = HEADS_ON_X_CODES and impl == "rows" and bool(kv_quant)
+    elif heads_on_x and (impl == "wmma" or separate_merge):
+        raise ValueError(f"heads_on_x: the PTX kernels merging in their last block, got impl "
+                         f"{impl!r}, separate_merge {separate_merge}")
+    options += ("-DHEADS_ON_X=1",) if heads_on_x else ()
     scheme = ROWS_STATIC_CODES_SCHEME if impl == "rows" and kv_quant and not per_token else None
     return TCConfig(options, 32 * warps, shared, kv_bytes, rows, chunks, row_tiles, tile_t,
                     stages, warps, d_split, min_blocks, warp_pipe, impl, blocks_per_sm,
-                    impl == "mma" and bool(separate_merge), scheme, kv_fuse)
+                    separate_merge, scheme, kv_fuse, bool(heads_on_x))
+
+
+def work_on_x(cfg: TCConfig) -> TCConfig:
+    """cfg with the grid as (work, row blocks): for plans of more than GRID_Y_MAX blocks."""
+    return cfg._replace(heads_on_x=False,
+                        options=tuple(o for o in cfg.options if o != "-DHEADS_ON_X=1"))
 
 
 def _pairs_options(impl: str, kv_quant: int, rows: int, qk_mma8: bool | None,

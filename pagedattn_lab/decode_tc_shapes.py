@@ -55,10 +55,11 @@ ROWS_SHAPES = [
     (128, 1, True, dict(warps=4, tile_t=128, stages=2, d_split=1, min_blocks=3,
                         blocks_per_sm=8)),
     # fused KV heads (head_dim 96 two at a time: 192 dims, 8 heads; NOTES.md "Lines and fused
-    # KV heads (session 7)"): 4 warps over 64 tokens 0.134-0.137 ms (2 blocks per SM), 4 warps
-    # in pairs over 32 tokens S3 0.139, 8 warps in pairs 0.144-0.246 (one block per SM: over
-    # 128 registers; capped at 128, 0.179)
-    (192, 5, False, dict(warps=4, tile_t=64, stages=2, d_split=1)),
+    # KV heads (session 7)", "Read ceilings (session 9)"): 8 warps in pairs over 64 tokens, 2
+    # blocks per SM (128 registers, no spill since a warp's O holds its heads' rows only)
+    # 0.131 ms three times against 4 warps over 64 tokens 0.133-0.134 in the same process;
+    # one block per SM of 8 or 16 warps over 128 tokens 0.133, 3 stages 0.146-0.150
+    (192, 5, False, dict(warps=8, tile_t=64, stages=2, d_split=2, min_blocks=2)),
     (256, 1, None, dict(warps=4, tile_t=32, stages=2, d_split=2)),
 ]
 

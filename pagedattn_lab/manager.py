@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .attention_decode import paged_attention_decode
-from .decode_plan import supported_head_dim
+from .decode_choice import supported_head_dim
 from .attention_prefill import NAIVE_MAX_HEAD_DIM, TILED_HEAD_DIMS, paged_attention_prefill
 from .backend import to_numpy
 from .cache import PagedKVCache

@@ -209,6 +209,8 @@ class BatchDecodeWrapper(DecodeRun):
             self.dtype, self.head_dim, group, self.scheme, segments.range_tokens)
         if short:   # one wave of short items: the planner's shape for them (decode_plan)
             return self._plan_tensor_core(lens_h, num_splits, short, scheme, ranges)
+        if cfg.heads_on_x and segments.seg_ptr.size - 1 > dp.GRID_Y_MAX:   # (grid y's limit)
+            return self._plan_tensor_core(lens_h, num_splits, dp.work_on_x(cfg), scheme, ranges)
         self.part_len, self.max_parts = segments.range_tokens, segments.max_parts
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
@@ -225,7 +227,7 @@ class BatchDecodeWrapper(DecodeRun):
         slot_d, counters = ints[n_work:n_work + self.batch], ints[n_work + self.batch:]
         part_out = xp.empty((slots, self.num_heads, kernel_dim) if slots else 4, np.float32)
         part_ml = xp.empty((slots, self.num_heads, 2) if slots else 4, np.float32)
-        self.grid = (blocks, grid_y, 1)
+        self.grid = (grid_y, blocks, 1) if cfg.heads_on_x else (blocks, grid_y, 1)
         if cfg.impl != "wmma":
             n_segs = segments.segs.size
             fixed = (self._tables, ints[:n_segs], ints[n_segs:n_work], slot_d)

@@ -127,3 +127,25 @@ def test_rows_kernel_balanced_compressed_pages(rng, cp, kv_dtype, scheme, head_d
                  cp.full(q.shape, np.nan, np.float16))
     check_close(cp.asnumpy(out), reference((q, kd, vd, tables, lens)), "float16")
 
+
+
+@pytest.mark.parametrize("impl,group", [("rows", 4), ("rows", 8), ("mma", 16)])
+@pytest.mark.parametrize("scheme", ["balanced", "items"])
+def test_heads_on_x(rng, cp, monkeypatch, impl, group, scheme):
+    """The grid as (row blocks, work) (-DHEADS_ON_X; the planner's over codes) on 16-bit pages,
+    and its fallback to the work on x past the grid's y limit."""
+    kv = 2
+    args = decode_problem(rng, [1, 15, 16, 17, 127, 129, 700], num_heads=group * kv,
+                          num_kv_heads=kv, head_dim=128)
+    dev = [cp.asarray(a) for a in args]
+    cfg = dp.tc_config("float16", 128, group, impl=impl, heads_on_x=True)
+    w = pl.BatchDecodeWrapper().plan(dev[3], dev[4], group * kv, kv, 128, 16, "float16",
+                                     kernel="tensor_core", num_splits=3)
+    for grid_y_max, on_x in ((dp.GRID_Y_MAX, True), (1, False)):
+        monkeypatch.setattr(dp, "GRID_Y_MAX", grid_y_max)
+        w._launches = []
+        w._plan_tensor_core(np.asarray(args[4]), 3, tc=cfg, scheme=scheme)
+        assert w.tc_config.heads_on_x == on_x and w.grid[0 if on_x else 1] == kv
+        for _ in range(2):   # twice: the merge counters were reset by the first launch
+            out = w.run(*dev[:3], out=cp.full(args[0].shape, np.nan, np.float16))
+            check_close(cp.asnumpy(out), reference(args), "float16")

@@ -5,7 +5,7 @@ import contextlib
 import numpy as np
 import pytest
 
-from pagedattn_lab import OutOfPagesError, attention_prefill, decode_plan
+from pagedattn_lab import OutOfPagesError, attention_prefill, decode_choice
 from pagedattn_lab.manager import PagedAttentionManager
 
 H, KVH, D = 4, 2, 64
@@ -245,7 +245,7 @@ def test_kernel_refusing_its_input_changes_nothing(monkeypatch, call, refusal):
                 for mgr in managers:
                     m.setattr(mgr, "scale", 1e39)
             else:
-                m.setattr(decode_plan, "supported_head_dim",
+                m.setattr(decode_choice, "supported_head_dim",
                           lambda kernel, dtype, head_dim: "refused for this test")
                 m.setattr(attention_prefill, "TILED_HEAD_DIMS", ())
             yield

@@ -374,6 +374,8 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #endif
 }
 
+static_assert(!(HEADS_ON_X && SEPARATE_MERGE), "the merge launch's grid is (merges, row blocks)");
+
 // The split sequences' merge as a second launch (-DSEPARATE_MERGE=1): block (i, y) merges
 // sequence merges[2 i] (of merges[2 i + 1] parts) for the query heads of y; shared memory:
 // rows_per_block x parts floats.

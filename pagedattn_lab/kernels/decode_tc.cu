@@ -67,6 +67,7 @@
 #include "decode_tc_layout.cuh"
 #include "decode_tc_tiles.cuh"
 #include "decode_tc_merge.cuh"
+static_assert(!HEADS_ON_X, "decode_tc.cu reads its work from blockIdx.x, its rows from y");
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_tc(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]

@@ -211,7 +211,7 @@ __device__ inline void finish_rows(const float* m_s, const float* l_s, float* os
     __threadfence();   // this block's partial state is visible to the whole GPU...
     __syncthreads();
     if (threadIdx.x == 0) {
-        int* counter = counters + (long long)b * gridDim.y + blockIdx.y;
+        int* counter = counters + (long long)b * grid_rows() + block_rows();
         const int done = atomicAdd(counter, 1);   // ...before it is counted
         flag_s[0] = done == nparts - 1;
         if (flag_s[0]) *counter = 0;   // ready for the next launch

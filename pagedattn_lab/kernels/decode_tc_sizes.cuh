@@ -76,6 +76,15 @@ static_assert(KV_FUSE == 1 || (QD % 8 == 0 && !KV_QUANT), "KV_FUSE: 16-bit pages
 // The fused head (0 .. KV_FUSE - 1) whose dims row r of a block of nh query heads holds
 __device__ inline int fused_part(int r, int nh) { return KV_FUSE == 1 ? 0 : r / (nh / KV_FUSE); }
 
+// HEADS_ON_X (1): the grid is (row blocks, work) instead of (work, row blocks), so blocks
+// launched one after another take the same work (pages) for different KV heads.
+#ifndef HEADS_ON_X
+#define HEADS_ON_X 0
+#endif
+__device__ inline unsigned block_work() { return HEADS_ON_X ? blockIdx.y : blockIdx.x; }
+__device__ inline unsigned block_rows() { return HEADS_ON_X ? blockIdx.x : blockIdx.y; }
+__device__ inline unsigned grid_rows() { return HEADS_ON_X ? gridDim.x : gridDim.y; }
+
 // The column swizzle of decode_mma.cu's O over codes (O_SWZ, decode_mma_layout.cuh; read by
 // decode_tc_merge.cuh): column c of row r is stored at c ^ o_swz(r, c), within its 16.
 __device__ inline int o_swz(int r, int c) { return (2 * r + (c >> 5)) & 15; }

@@ -19,9 +19,9 @@ __device__ inline DecodeRows decode_rows(int num_heads, int num_kv_heads, int ro
 {
     DecodeRows r;
     const int group = num_heads / num_kv_heads;
-    const int chunks = gridDim.y / num_kv_heads;
-    r.kvh = blockIdx.y / chunks;
-    r.h0 = r.kvh * group + (blockIdx.y % chunks) * rows_per_block;   // first query head
+    const int chunks = grid_rows() / num_kv_heads;
+    r.kvh = block_rows() / chunks;
+    r.h0 = r.kvh * group + (block_rows() % chunks) * rows_per_block;   // first query head
     r.nh = min(rows_per_block, r.kvh * group + group - r.h0);        // query heads here
     return r;
 }
@@ -50,8 +50,8 @@ __device__ inline void open_segment(TileCursor& c, const int* segs)
 __device__ inline TileCursor first_tile(const int* segs, const int* seg_ptr)
 {
     TileCursor c;
-    c.seg = seg_ptr[blockIdx.x];
-    c.last = seg_ptr[blockIdx.x + 1];
+    c.seg = seg_ptr[block_work()];
+    c.last = seg_ptr[block_work() + 1];
     c.b = c.start = c.t0 = c.end = c.parts = 0;
     if (c.seg < c.last) open_segment(c, segs);
     return c;
