@@ -33,7 +33,8 @@ def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
             return ("the tensor-core kernel takes float16 or bfloat16 caches (WMMA has no fp32 "
                     "inputs); float32 runs on the 'simt' kernel")
         if head_dim % 16 or not 16 <= head_dim <= HEAD_DIM_MAX:
-            return f"the tensor-core kernel takes head_dim a multiple of 16 from 16 to {HEAD_DIM_MAX}"
+            return ("the tensor-core kernel takes head_dim a multiple of 16 from 16 to "
+                    f"{HEAD_DIM_MAX}")
         return None
     vec = 16 // (4 if dtype == "float32" else 2)
     if head_dim % vec or not vec <= head_dim <= HEAD_DIM_MAX:

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from .attention_common import KV_C_TYPES
+from .attention_common import KV_C_TYPES, MAX_GRID_YZ
 from .decode_choice import (COMPRESSED_SIMT_MAX_GROUP, HEAD_DIM_MAX,  # noqa: F401 - re-exported
                             KERNELS, MHA_KERNEL, TC_AUTO_MAX_HEAD_DIM, choose_kernel,
                             supported_head_dim)
@@ -41,7 +41,6 @@ COMPRESSED_SIMT_PART_LEN = 1024
 # ... launched as a work list of partitions, longest first (tc_work_list; kernels/decode.cu
 # -DWORK_LIST): the sequences' short last partitions fill the last wave's gaps (r7: 0-2%).
 COMPRESSED_SIMT_LONGEST_FIRST = True
-
 
 
 # ---- the SIMT kernel (its partitions and sizes: decode_simt_plan.py) ----------------------
@@ -113,11 +112,12 @@ COPY_L1_AUTO = True
 # another take the same range for different KV heads, so they start together and read the same
 # pages at the same time. Where plans take it: the rows kernel over codes. Measured (H200, one
 # process, NOTES.md "Read ceilings (session 9)"; ms, work on x / heads on x): D64 GQA 32/8
-# fp8 0.095 / 0.091, int8 0.096 / 0.093, 8 x 32k fp8 0.150 / 0.142; fp16 0.159 / 0.160, 64/8
-# 0.164 / 0.163-0.164 (level: not taken); the bench over fp8 0.091 (session 8: 0.093). The
-# grid's y holds GRID_Y_MAX blocks: a plan with more keeps the work on x.
+# fp8 0.095 / 0.091, int8 0.096 / 0.093, 8 x 32k fp8 on balanced ranges 0.150 / 0.142 (its
+# plan's items not timed heads on x); fp16 0.159 / 0.160, 64/8 0.164 / 0.163-0.164 (level: not
+# taken); the bench over fp8 0.091 (session 8: 0.093). The grid's y holds GRID_Y_MAX blocks: a
+# plan with more keeps the work on x.
 HEADS_ON_X_CODES = True
-GRID_Y_MAX = 65535
+GRID_Y_MAX = MAX_GRID_YZ
 # KV heads a rows block takes at once (-DKV_FUSE, decode_tc_sizes.cuh) per head size, over
 # 16-bit pages: two heads of 96 dims are 384-byte rows, three whole lines. Measured (H200,
 # D64 GQA 32/8, ms; NOTES.md "Lines and fused KV heads (session 7)" and "Small tiles of

@@ -209,32 +209,39 @@ def test_the_planner_takes_rows_where_the_table_says(monkeypatch):
 
 
 GRID_ORDER_CASES = [
-    # dtype, heads, kv, head_dim, page, lens, splits, impl
+    # dtype, heads, kv, head_dim, page, lens, splits, impl (grids never square: a swap shows)
     ("float16", 8, 2, 64, 7, [1, 6, 7, 8, 127, 129], 3, "rows"),   # split: the merge's counters
-    ("float16", 12, 3, 32, 16, [40, 17, 1], None, "rows"),
+    ("float16", 12, 3, 32, 16, [40, 17, 1, 90], None, "rows"),
     ("float16", 24, 3, 64, 5, [90, 3, 33], 2, "rows"),             # group 8
     ("float16", 32, 1, 64, 16, [70, 2, 17], 3, "mma"),             # two row tiles
 ]
 
 
+@pytest.mark.parametrize("scheme", ["items", "balanced"])
 @pytest.mark.parametrize("dtype,heads,kv,head_dim,page,lens,splits,impl", GRID_ORDER_CASES)
-def test_heads_on_x(rng, dtype, heads, kv, head_dim, page, lens, splits, impl, monkeypatch):
+def test_heads_on_x(rng, dtype, heads, kv, head_dim, page, lens, splits, impl, scheme,
+                    monkeypatch):
     """The grid as (row blocks, work) (-DHEADS_ON_X) gives the same outputs; a plan of more
-    blocks than the grid's y holds keeps the work on x."""
+    blocks than the grid's y holds keeps the work on x (exactly as many still fit)."""
     args = decode_problem(rng, lens, page_size=page, num_heads=heads, num_kv_heads=kv,
                           head_dim=head_dim, dtype=dtype)
     q, k, v, tables, seq_lens = args
     cfg = dp.tc_config(dtype, head_dim, heads // kv, impl=impl, heads_on_x=True)
     w = pl.BatchDecodeWrapper().plan(tables, seq_lens, heads, kv, head_dim, page, dtype,
                                      kernel="tensor_core", num_splits=splits)
-    for grid_y_max, on_x in ((dp.GRID_Y_MAX, True), (1, False)):
+
+    def plan_with_grid_y_max(grid_y_max):
         monkeypatch.setattr(dp, "GRID_Y_MAX", grid_y_max)
         w._launches = []
-        w._plan_tensor_core(np.asarray(seq_lens), splits, tc=cfg)
-        rows = kv * w.tc_config.chunks
+        w._plan_tensor_core(np.asarray(seq_lens), splits, tc=cfg, scheme=scheme)
+        return w.grid
+    rows, blocks = plan_with_grid_y_max(dp.GRID_Y_MAX)[:2]
+    assert rows == kv * w.tc_config.chunks and rows != blocks
+    for grid_y_max, on_x in ((dp.GRID_Y_MAX, True), (blocks, True), (blocks - 1, False)):
+        grid = plan_with_grid_y_max(grid_y_max)
         assert w.tc_config.heads_on_x == on_x
         assert ("-DHEADS_ON_X=1" in w.tc_config.options) == on_x
-        assert w.grid[0 if on_x else 1] == rows and w.grid[1 if on_x else 0] > 1
+        assert grid[:2] == ((rows, blocks) if on_x else (blocks, rows))
         check_close(w.run(q, k, v, out=poisoned(q.shape, dtype)), reference(args), dtype)
 
 
@@ -247,6 +254,8 @@ def test_where_plans_put_the_heads_on_x(monkeypatch):
     assert not dp.tc_config("float16", 128, 16, fp8).heads_on_x       # "mma" over codes
     assert not dp.tc_config("float16", 96, 4, int8).heads_on_x        # "wmma" at 96
     assert dp.tc_config("float16", 128, 16, heads_on_x=True).heads_on_x
+    off = dp.tc_config("float16", 128, 4, fp8, heads_on_x=False)             # asked: off
+    assert not off.heads_on_x and "-DHEADS_ON_X=1" not in off.options
     for bad in ({"impl": "wmma"}, {"impl": "mma", "separate_merge": True}):
         with pytest.raises(ValueError, match="heads_on_x"):
             dp.tc_config("float16", 128, 4, heads_on_x=True, **bad)

@@ -128,7 +128,6 @@ def test_rows_kernel_balanced_compressed_pages(rng, cp, kv_dtype, scheme, head_d
     check_close(cp.asnumpy(out), reference((q, kd, vd, tables, lens)), "float16")
 
 
-
 @pytest.mark.parametrize("impl,group", [("rows", 4), ("rows", 8), ("mma", 16)])
 @pytest.mark.parametrize("scheme", ["balanced", "items"])
 def test_heads_on_x(rng, cp, monkeypatch, impl, group, scheme):

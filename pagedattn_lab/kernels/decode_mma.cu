@@ -18,8 +18,8 @@
 // K tiles are read with ldmatrix (non-transposed: a K row is a column of B = K^T, and its
 // 16-byte pieces are what B's "col" layout wants), V tiles with ldmatrix.trans.
 //
-// Thread-to-data mapping: grid = (ranges, num_kv_heads * row_chunks), block = TC_WARPS
-// warps. Block (x, y) streams the segments of range x (decode_tc_tiles.cuh; the plan's list,
+// Thread-to-data mapping: grid = (ranges, num_kv_heads * row_chunks) (swapped with
+// -DHEADS_ON_X: block_work(), block_rows()), block = TC_WARPS warps. Block (x, y) streams the segments of range x (decode_tc_tiles.cuh; the plan's list,
 // decode_work.balanced_segments or item_segments): pieces of sequences, their tiles back to
 // back, the copies running on across segment boundaries (no drain, no cold start per piece),
 // for the query heads of y. Warp w (cw = w % (TC_WARPS / D_SPLIT)) takes row tile
@@ -63,12 +63,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const float* __restrict__ v_scale,
     const int* __restrict__ block_tables,  // [batch, max_pages]
     const int* __restrict__ segs,          // [segments, 4]: (sequence, start, end, part|parts<<16)
-    const int* __restrict__ seg_ptr,       // [gridDim.x + 1]: block x's segments
+    const int* __restrict__ seg_ptr,       // [work blocks + 1]: work block x's segments
     const int* __restrict__ slot_start,    // [batch]: the sequence's first partial-state slot
     KV_T* __restrict__ out,                // [batch, num_heads, HEAD_DIM]
     float* __restrict__ part_out,          // [slots, num_heads, HEAD_DIM]  (O / l)
     float* __restrict__ part_ml,           // [slots, num_heads, 2]         (m, l)
-    int* __restrict__ counters,            // [batch, gridDim.y]: 0 between launches
+    int* __restrict__ counters,            // [batch, row blocks]: 0 between launches
     int num_heads, int num_kv_heads, int page_size, int page_shift, int max_pages,
     int rows_per_block, float scale_log2)
 {

@@ -28,7 +28,8 @@
 // (+ 1). Static scales fold into the logit scale and the output; per-token K scales multiply
 // S^T's rows, V scales P^T's entries before the pack (not l).
 //
-// Thread-to-data mapping: grid = (ranges, num_kv_heads); block = TC_WARPS warps streaming the
+// Thread-to-data mapping: grid = (ranges, num_kv_heads) ((num_kv_heads, ranges) with
+// -DHEADS_ON_X); block = TC_WARPS warps streaming the
 // segments of range x (decode_mma.cu's loop over segments around the loop over their tiles);
 // warp w (cw = w % CWARPS) takes the cw-th slice of TW tokens of every tile (TW / 16 m tiles
 // at a time: independent chains, one max reduction per tile), keeps (m, l, O^T) of its heads
@@ -86,12 +87,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     const float* __restrict__ v_scale,
     const int* __restrict__ block_tables,  // [batch, max_pages]
     const int* __restrict__ segs,          // [segments, 4]: (sequence, start, end, part|parts<<16)
-    const int* __restrict__ seg_ptr,       // [gridDim.x + 1]: block x's segments
+    const int* __restrict__ seg_ptr,       // [work blocks + 1]: work block x's segments
     const int* __restrict__ slot_start,    // [batch]: the sequence's first partial-state slot
     KV_T* __restrict__ out,                // [batch, num_heads, HEAD_DIM]
     float* __restrict__ part_out,          // [slots, num_heads, HEAD_DIM]  (O / l)
     float* __restrict__ part_ml,           // [slots, num_heads, 2]         (m, l)
-    int* __restrict__ counters,            // [batch, gridDim.y]: 0 between launches
+    int* __restrict__ counters,            // [batch, row blocks]: 0 between launches
     int num_heads, int num_kv_heads, int page_size, int page_shift, int max_pages,
     int rows_per_block, float scale_log2)
 {

@@ -9,7 +9,7 @@
 #ifndef DECODE_TC_TILES_CUH
 #define DECODE_TC_TILES_CUH
 
-// A block's rows (blockIdx.y = KV head x row chunk): KV head kvh and its query heads
+// A block's rows (block_rows() = KV head x row chunk): KV head kvh and its query heads
 // h0 .. h0 + nh - 1, the rows of Q.
 struct DecodeRows {
     int kvh, h0, nh;
@@ -26,7 +26,7 @@ __device__ inline DecodeRows decode_rows(int num_heads, int num_kv_heads, int ro
     return r;
 }
 
-// The work of block x (the same for every blockIdx.y): segments seg_ptr[x] .. seg_ptr[x + 1]
+// The work of block x = block_work() (the same for every row block): segments seg_ptr[x] .. seg_ptr[x + 1]
 // - 1 of the plan's list (decode_work.py), each a piece of one sequence, int4 (b,
 // first token, end token, part | parts << 16), its tiles starting at its first token. A
 // block streams its segments' tiles back to back: balanced ranges cross sequences, one work

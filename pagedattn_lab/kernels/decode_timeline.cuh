@@ -1,7 +1,8 @@
 // Per-block timeline marks for diagnosis (benchmarks/explore_mqa.py compiles decode_mma.cu
-// with -DTIMELINE=1): thread 0 of each block (blockIdx.y == 0) writes %globaltimer and clock64
-// marks as u64 [block][16] through the kernel's k_scale argument (fp16 pages only, where the
-// kernel never reads it). Off (the default), the marks compile to nothing.
+// with -DTIMELINE=1): thread 0 of the blocks of the first rows (block_rows() == 0) writes
+// %globaltimer and clock64 marks as u64 [work block][16] through the kernel's k_scale argument
+// (fp16 pages only, where the kernel never reads it). Off (the default), the marks compile to
+// nothing.
 #ifndef DECODE_TIMELINE_CUH
 #define DECODE_TIMELINE_CUH
 
@@ -21,8 +22,8 @@ __device__ inline unsigned tl_smid()
     asm volatile("mov.u32 %0, %%smid;" : "=r"(s));
     return s;
 }
-#define TL_MARK(k, v) do { if (threadIdx.x == 0 && blockIdx.y == 0) \
-    reinterpret_cast<unsigned long long*>(const_cast<float*>(k_scale))[blockIdx.x * 16 + (k)] = \
+#define TL_MARK(k, v) do { if (threadIdx.x == 0 && block_rows() == 0) \
+    reinterpret_cast<unsigned long long*>(const_cast<float*>(k_scale))[block_work() * 16 + (k)] = \
         (unsigned long long)(v); } while (0)
 #define TL_TIME(k) do { TL_MARK(k, tl_now()); TL_MARK((k) + 8, clock64()); } while (0)
 #else
