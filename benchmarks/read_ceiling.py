@@ -7,7 +7,8 @@ Three readers, CUDA events, L2 flushed, median (pagedattn_lab.bench.timing), eac
 bytes of the K and V of one D64 GQA 32/8 row (149,713 tokens: e4m3 codes at head_dim 128,
 fp16 at 96 and 128):
   contiguous  one flat buffer of those bytes, grid-stride 16-byte loads: the rate the size
-              allows at all (launch, ramp and tail included, as in every timed decode);
+              allows at all (launch, ramp and tail included, as in every timed decode;
+              explore_mqa.py's read-only floor of session 4, with loads in flight per thread);
   one wave    a paged pool, pages in random order, one block per (range, KV head) as the
               decode plans cut the work (the plan's range count: every block resident at
               once), each reading its KV head's rows of its range: the decode kernels' reads

@@ -15,8 +15,8 @@ Two kernels compute decode attention:
 `choose_kernel` (decode_choice.py, re-exported) picks one (the choice is measured, see
 benchmarks/NOTES.md); both split long sequences into partitions (split-K) so that few
 sequences still fill the GPU; the PTX kernels also take balanced ranges across sequences
-(decode_work.py). Everything here is plain NumPy
-on the host: `BatchDecodeWrapper.plan` calls it once per decode step.
+(decode_work.py). Everything here is plain NumPy on the host: `BatchDecodeWrapper.plan`
+calls it once per decode step.
 """
 from __future__ import annotations
 

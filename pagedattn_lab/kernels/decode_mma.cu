@@ -19,7 +19,8 @@
 // 16-byte pieces are what B's "col" layout wants), V tiles with ldmatrix.trans.
 //
 // Thread-to-data mapping: grid = (ranges, num_kv_heads * row_chunks) (swapped with
-// -DHEADS_ON_X: block_work(), block_rows()), block = TC_WARPS warps. Block (x, y) streams the segments of range x (decode_tc_tiles.cuh; the plan's list,
+// -DHEADS_ON_X: block_work(), block_rows()), block = TC_WARPS warps. Block (x, y) streams
+// the segments of range x (decode_tc_tiles.cuh; the plan's list,
 // decode_work.balanced_segments or item_segments): pieces of sequences, their tiles back to
 // back, the copies running on across segment boundaries (no drain, no cold start per piece),
 // for the query heads of y. Warp w (cw = w % (TC_WARPS / D_SPLIT)) takes row tile

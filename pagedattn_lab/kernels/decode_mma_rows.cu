@@ -29,13 +29,13 @@
 // S^T's rows, V scales P^T's entries before the pack (not l).
 //
 // Thread-to-data mapping: grid = (ranges, num_kv_heads) ((num_kv_heads, ranges) with
-// -DHEADS_ON_X); block = TC_WARPS warps streaming the
-// segments of range x (decode_mma.cu's loop over segments around the loop over their tiles);
-// warp w (cw = w % CWARPS) takes the cw-th slice of TW tokens of every tile (TW / 16 m tiles
-// at a time: independent chains, one max reduction per tile), keeps (m, l, O^T) of its heads
-// in registers for the segment; at the segment's end the warps' O go to the stage buffer of
-// the tile just computed and merge (decode_tc_merge.cuh). D_SPLIT > 1: that many warps share
-// a slice, each accumulating 1/D_SPLIT of O^T's dims.
+// -DHEADS_ON_X); block = TC_WARPS warps streaming the segments of range x (decode_mma.cu's
+// loop over segments around the loop over their tiles); warp w (cw = w % CWARPS) takes the
+// cw-th slice of TW tokens of every tile (TW / 16 m tiles at a time: independent chains, one
+// max reduction per tile), keeps (m, l, O^T) of its heads in registers for the segment; at the
+// segment's end the warps' O go to the stage buffer of the tile just computed and merge
+// (decode_tc_merge.cuh). D_SPLIT > 1: that many warps share a slice, each accumulating
+// 1/D_SPLIT of O^T's dims.
 //
 // Compile-time parameters (decode_plan.tc_config, impl "rows"): decode_mma.cu's (ROW_TILES 1;
 // S_CHAINS 2: odd and even k steps in two accumulators), HEAD_TILES (1: up to 8 heads per

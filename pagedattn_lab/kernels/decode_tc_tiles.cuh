@@ -26,8 +26,8 @@ __device__ inline DecodeRows decode_rows(int num_heads, int num_kv_heads, int ro
     return r;
 }
 
-// The work of block x = block_work() (the same for every row block): segments seg_ptr[x] .. seg_ptr[x + 1]
-// - 1 of the plan's list (decode_work.py), each a piece of one sequence, int4 (b,
+// The work of block x = block_work() (the same for every row block): segments seg_ptr[x]
+// .. seg_ptr[x + 1] - 1 of the plan's list (decode_work.py), each a piece of one sequence, int4 (b,
 // first token, end token, part | parts << 16), its tiles starting at its first token. A
 // block streams its segments' tiles back to back: balanced ranges cross sequences, one work
 // item per block is a range of one segment. Part p of the sequence's `parts` (1: the block
