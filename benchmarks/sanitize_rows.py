@@ -8,8 +8,9 @@ sanitize_tc.py's harness (each array its own cudaMalloc, outputs poisoned with N
 twice so the merge counters must reset, checked against the float64 reference; exit status 1
 on a mismatch). --balanced: only the balanced-range cases (segments across sequences: one-token
 sequences in a row, ranges ending mid-page, more ranges than tiles), the fused KV heads, small
-tiles of codes. Run from the repository root. --qk8: only the cases of S on 8-bit tensor cores
-from the K codes (-DQK_MMA8) and of its head pairs' layout alone (-DHEAD_PAIRS).
+tiles of codes, the merge after the tile loop and in it. Run from the repository root. --qk8:
+only the cases of S on 8-bit tensor cores from the K codes (-DQK_MMA8) and of its head pairs'
+layout alone (-DHEAD_PAIRS).
 """
 import sys
 from pathlib import Path
@@ -84,6 +85,15 @@ def main():
          "fp8_e4m3", "static", 5),
         ("rows balanced int8 per_token W2 T32 S4 GQA3", [300, 17, 1, 64, 33], 16, 6, 2, 128, None,
          {**rows, "warps": 2, "tile_t": 32, "stages": 4}, "int8", "per_token", 4),
+        # the split sequences' last block merging after its tile loop, and in it
+        ("rows balanced merge after the loop GQA8 d128 page 7", [300, 17, 1, 129, 1], 7, 16, 2,
+         128, None, {**rows, "merge_after_loop": True}, None, None, 5),
+        ("rows balanced merge after the loop fp8_e4m3 static", [300, 17, 1, 129, 1], 16, 8, 2,
+         128, None, {**rows, "merge_after_loop": True}, "fp8_e4m3", "static", 4),
+        ("rows merge after the loop fused d96 split 3", [300, 17, 1], 7, 8, 2, 96, 3,
+         {**rows, "kv_fuse": 2, "merge_after_loop": True}),
+        ("rows balanced merge in the loop GQA4 d128", [300, 17, 1, 129, 1], 16, 8, 2, 128, None,
+         {**rows, "merge_after_loop": False}, None, None, 4),
     ]
     qk8 = {**rows, "qk_mma8": True}
     qk8_cases = [   # groups up to 4; items and balanced ranges

@@ -256,8 +256,8 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     q_regs (Q's fragments in registers; None: up to head_dim 128) and fp8_bits (e4m3 codes
     converted by moving bits instead of the conversion instruction) are the PTX kernels';
     separate_merge (split sequences merged by a second launch instead of their last block)
-    and merge_after_loop (their last block merges after its tile loop, every load in flight
-    at once; None: the planner's shape's) are the "mma" kernel's. qk_mma8 and head_pairs
+    is the "mma" kernel's; merge_after_loop (their last block merges after its tile loop,
+    every load in flight at once; None: the planner's shape's) the PTX kernels'. qk_mma8 and head_pairs
     ("rows" over codes, groups up to QK_MMA8_MAX_GROUP): S on 8-bit tensor cores from the K
     codes, the head pairs' layout (implied by qk_mma8); None: where QK_MMA8_AUTO /
     HEAD_PAIRS_AUTO have the format. copy_l1: K/V copies through L1 (cp.async.ca); None:
@@ -333,7 +333,7 @@ def tc_config(dtype: str, head_dim: int, group: int, kv_quant: int = 0, per_toke
     if impl != "wmma":
         options += (f"-DSWIZZLE={int(swizzle)}", f"-DFP8_BITS={int(fp8_bits)}",
                     f"-DSEPARATE_MERGE={int(impl == 'mma' and bool(separate_merge))}") + (
-            ("-DMERGE_AFTER_LOOP=1",) if impl == "mma" and merge_after_loop else ()) + (
+            ("-DMERGE_AFTER_LOOP=1",) if merge_after_loop else ()) + (
             () if q_regs is None else (f"-DQ_REGS={int(q_regs)}",))
     if impl == "rows":
         options += (f"-DHEAD_TILES={head_tiles}",)

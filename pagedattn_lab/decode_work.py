@@ -7,7 +7,8 @@ tiles they compute back to back, the copies running on across the boundaries. Tw
 make the list (TC_SCHEME): "items": one partition per block, as decode_tc.cu
 (choose_tc_part_len, tc_work_list); "balanced": the (sequence, tile) space cut into equal
 contiguous ranges, one per resident block slot x TC_RANGES_PER_SLOT, so that every block
-streams the same number of tiles and all of them finish together (stream-K). Measured:
+streams the same work (its tiles, and TC_SEGMENT_COST per segment) and all of them finish
+together (stream-K). Measured:
 benchmarks/NOTES.md, "Tensor-core decode v5" and "v6".
 """
 from __future__ import annotations
@@ -21,6 +22,14 @@ from . import decode_plan as dp   # its TC_* split constants (benchmarks set the
 TC_SCHEMES = ("balanced", "items")
 TC_SCHEME = "balanced"    # what plans on the PTX kernels take (measured: NOTES.md)
 TC_RANGES_PER_SLOT = 1    # balanced ranges per resident block slot
+# What a segment's end costs a block, in tiles: balanced ranges are cut at equal tiles plus this
+# per sequence that starts inside them (the state merged through shared memory, the output or
+# partial state written, a fence and the counter's atomic, while the block's copies wait).
+# Measured (H200, session 10; NOTES.md, "Fixed costs (session 10)"), against equal tile counts
+# in one process: 1 tile 0.5-1.5% faster on every D64 row on balanced ranges (GQA 64/8 0.164 ->
+# 0.162 ms, head_dim 96 0.131 -> 0.130, 256 0.307 -> 0.305, fp8 0.091 -> 0.090); 0.5 and 2
+# between; 3 level or slower.
+TC_SEGMENT_COST = 1.0
 # One wave of items (the unsplit sequences fit the resident slots) only while its longest item
 # is at most this many times a balanced range: equal lengths make both the same (MQA 16/1, 8 x
 # 32k, 1 x 32k: items measured faster), uneven ones leave the longest sequence whole (D64 with
@@ -120,18 +129,28 @@ def balanced_range_tokens(lens: np.ndarray, tile_t: int, ranges: int) -> int:
     return -(-tiles // max(1, min(ranges, tiles))) * tile_t
 
 
-def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int) -> Segments:
+def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int,
+                      segment_cost: float | None = None) -> Segments:
     """The tiles of all sequences (tile_t tokens from each sequence's start), in order, cut
-    into `ranges` contiguous ranges of equal tile counts (+-1), one per block; a range is cut
-    again where a sequence ends. Fewer ranges while a sequence would be cut into more than
-    `max_parts` parts (what the merge has room for)."""
+    into `ranges` contiguous ranges of equal cost, one per block: a tile costs 1 and the start
+    of a sequence `segment_cost` (None: TC_SEGMENT_COST; 0: equal tile counts, +-1); a range
+    is cut again where a sequence ends. Fewer ranges while a sequence would be cut into more
+    than `max_parts` parts (what the merge has room for)."""
     lens = lens.astype(np.int64)
     tiles = -(-lens // tile_t)
     cum = np.cumsum(tiles)
     total, seq_first = int(cum[-1]), cum - tiles
     ranges = max(1, min(ranges, total))
+    cost = TC_SEGMENT_COST if segment_cost is None else segment_cost
+    # tile j's place on the cost axis: j plus the cost of the sequence starts up to its own
+    place = np.arange(total) + cost * np.repeat(np.arange(1, lens.size + 1), tiles)
     while True:
-        cuts = np.arange(ranges, dtype=np.int64) * total // ranges   # range starts (tiles)
+        if cost:   # range k starts at the first tile placed at or past k / ranges of the cost
+            cuts = np.searchsorted(place, np.arange(ranges) * (total + cost * lens.size) / ranges)
+            k = np.arange(ranges)   # strictly increasing, each range at least a tile
+            cuts = np.minimum(np.maximum.accumulate(cuts - k) + k, total - ranges + k)
+        else:
+            cuts = np.arange(ranges, dtype=np.int64) * total // ranges   # range starts (tiles)
         bounds = np.union1d(seq_first, cuts)                          # segment starts
         seq = np.searchsorted(cum, bounds, side="right")
         parts = np.bincount(seq, minlength=lens.size)

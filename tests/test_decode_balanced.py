@@ -36,13 +36,18 @@ def covered(lens, tile_t, seg):
     return hits
 
 
+@pytest.mark.parametrize("cost", [0, 1, 2.5])
 @pytest.mark.parametrize("lens,tile_t,ranges", [
     ([1], 64, 1), ([1], 64, 5),                          # more ranges than tiles
     ([1, 63, 64, 65, 300, 2, 7], 64, 3),                 # ranges spanning 3+ sequences
-    ([5000, 17], 64, 11), ([100] * 40, 16, 7), ([33, 4096, 512], 32, 264)])
-def test_balanced_segments_cover_every_token_once_in_equal_ranges(lens, tile_t, ranges):
+    ([5000, 17], 64, 11), ([100] * 40, 16, 7), ([33, 4096, 512], 32, 264),
+    ([1] * 30 + [70, 1, 1, 900], 16, 9)])                # one-tile sequences in a row
+def test_balanced_segments_cover_every_token_once_in_equal_ranges(lens, tile_t, ranges, cost):
+    """Every token once, tiles from each segment's start, every range at least a tile; the
+    ranges' costs (tiles + `cost` per segment) equal up to a tile and a segment's cost on
+    either side of a cut (equal tile counts, +-1, at cost 0)."""
     lens = np.array(lens)
-    seg = dw.balanced_segments(lens, tile_t, ranges, max_parts=10_000)
+    seg = dw.balanced_segments(lens, tile_t, ranges, max_parts=10_000, segment_cost=cost)
     assert all((h == 1).all() for h in covered(lens, tile_t, seg))
     b, start, end, packed = seg.segs.T
     assert (start % tile_t == 0).all() and (end > start).all()   # tiles from each start
@@ -51,7 +56,9 @@ def test_balanced_segments_cover_every_token_once_in_equal_ranges(lens, tile_t, 
     total = int((-(-lens // tile_t)).sum())
     assert seg.seg_ptr[0] == 0 and seg.seg_ptr[-1] == len(seg.segs)
     assert len(per_block) == min(ranges, total) and (np.diff(seg.seg_ptr) > 0).all()
-    assert per_block.max() - per_block.min() <= 1 and per_block.sum() == total
+    assert per_block.sum() == total
+    block_cost = per_block + cost * np.diff(seg.seg_ptr)
+    assert block_cost.max() - block_cost.min() <= 1 + (2 * (1 + cost) + cost if cost else 0)
     # parts: numbered 0 .. parts - 1 within each sequence; slots only for split sequences
     part, parts = packed & 0xffff, packed >> 16
     for s in range(lens.size):
@@ -64,13 +71,33 @@ def test_balanced_segments_cover_every_token_once_in_equal_ranges(lens, tile_t, 
 
 def test_balanced_segments_example():
     """Tiles of 4 tokens: lengths 9, 2, 4, 13 are 3 + 1 + 1 + 4 = 9 tiles; 3 ranges of 3."""
-    seg = dw.balanced_segments(np.array([9, 2, 4, 13]), 4, 3, max_parts=99)
+    seg = dw.balanced_segments(np.array([9, 2, 4, 13]), 4, 3, max_parts=99, segment_cost=0)
     rows = [(b, s, e, p & 0xffff, p >> 16) for b, s, e, p in seg.segs.tolist()]
     assert rows == [(0, 0, 9, 0, 1),                                  # range 0: sequence 0
                     (1, 0, 2, 0, 1), (2, 0, 4, 0, 1), (3, 0, 4, 0, 2),   # range 1: three
                     (3, 4, 13, 1, 2)]                                 # range 2: the rest of 3
     assert seg.seg_ptr.tolist() == [0, 1, 4, 5]
     assert seg.slot_start.tolist() == [0, 0, 0, 0] and seg.slots == 2
+
+
+def test_segment_costs_move_tiles_to_blocks_with_fewer_segments():
+    """The same example with a sequence start costing 2 tiles: 9 tiles + 4 starts x 2 = 17,
+    5.67 a range; range 1 (three segments, cost 9 at equal tiles) now ends before sequence
+    3, whose 4 tiles go to range 2 whole: costs 5, 6, 6 and no sequence split. On D64's
+    lengths (the bench) the heaviest block by tiles + segments gets lighter than with equal
+    tile counts."""
+    seg = dw.balanced_segments(np.array([9, 2, 4, 13]), 4, 3, max_parts=99, segment_cost=2)
+    rows = [(b, s, e, p >> 16) for b, s, e, p in seg.segs.tolist()]
+    assert rows == [(0, 0, 9, 1), (1, 0, 2, 1), (2, 0, 4, 1), (3, 0, 13, 1)]
+    assert seg.seg_ptr.tolist() == [0, 1, 3, 4] and seg.slots == 0
+    lens = np.random.default_rng(0).integers(512, 4097, 64)
+    heaviest = {}
+    for cost in (0, 1):
+        s = dw.balanced_segments(lens, 64, 49, 64, segment_cost=cost)
+        tiles = -(-(s.segs[:, 2] - s.segs[:, 1]) // 64)
+        heaviest[cost] = (np.add.reduceat(tiles, s.seg_ptr[:-1]) + np.diff(s.seg_ptr)).max()
+    assert heaviest[1] < heaviest[0]
+    assert dw.balanced_segments(lens, 64, 49, 64).segs.tolist() == s.segs.tolist()   # default
 
 
 def test_balanced_segments_respect_the_merge_limit():

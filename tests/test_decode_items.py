@@ -92,26 +92,32 @@ def test_even_snake_items_against_the_reference(rng, monkeypatch, heads, kv, hea
 
 
 @needs_wmma
-@pytest.mark.parametrize("heads,kv,head_dim,lens,shape,part_len,scheme", [
-    (16, 1, 128, [1, 300, 17, 33, 200, 64, 65], {}, 16, "items"),   # more parts than MERGE_PARTS
+@pytest.mark.parametrize("impl,heads,kv,head_dim,lens,shape,part_len,scheme", [
+    ("mma", 16, 1, 128, [1, 300, 17, 33, 200, 64, 65], {}, 16, "items"),   # > MERGE_PARTS parts
     # 128 threads and 12 heads: the items in two rounds, the rows below 16 padded
-    (12, 1, 128, [1, 300, 17, 33, 200], dict(warps=4, tile_t=64, stages=3), 16, "items"),
-    (8, 2, 64, [1, 15, 16, 17, 200, 3, 70], {}, 32, "items"),           # warp pipelines
-    (16, 1, 128, [1, 90, 17, 33, 200, 64, 65], {}, None, "balanced"),   # mid-range merges too
-    (40, 2, 64, [130, 3, 64], {}, None, "balanced"),                    # two row tiles
-    (4, 2, 256, [70, 1, 40], {}, None, "balanced"),                     # head 256 pairs
+    ("mma", 12, 1, 128, [1, 300, 17, 33, 200], dict(warps=4, tile_t=64, stages=3), 16, "items"),
+    ("mma", 8, 2, 64, [1, 15, 16, 17, 200, 3, 70], {}, 32, "items"),           # warp pipelines
+    ("mma", 16, 1, 128, [1, 90, 17, 33, 200, 64, 65], {}, None, "balanced"),   # mid-range too
+    ("mma", 40, 2, 64, [130, 3, 64], {}, None, "balanced"),                    # two row tiles
+    ("mma", 4, 2, 256, [70, 1, 40], {}, None, "balanced"),                     # head 256 pairs
+    # decode_mma_rows.cu: tokens as rows (GQA), heads on x or not, two n tiles, fused KV heads
+    ("rows", 8, 2, 64, [1, 300, 17, 33, 200, 64, 65], {}, 16, "items"),
+    ("rows", 8, 2, 64, [1, 90, 17, 33, 200, 64, 65], {"heads_on_x": True}, None, "balanced"),
+    ("rows", 24, 2, 32, [130, 3, 64, 1], {}, None, "balanced"),                # 12 heads
+    ("rows", 8, 4, 48, [70, 1, 40, 18], {"kv_fuse": 2}, None, "balanced"),     # fused pairs
 ])
-def test_the_merge_after_the_loop_against_the_reference(rng, monkeypatch, heads, kv, head_dim,
-                                                        lens, shape, part_len, scheme):
-    """decode_mma.cu with merge_after_loop (the MQA 16/1 shape's): a split sequence's last
+def test_the_merge_after_the_loop_against_the_reference(rng, monkeypatch, impl, heads, kv,
+                                                        head_dim, lens, shape, part_len, scheme):
+    """decode_mma.cu and decode_mma_rows.cu with merge_after_loop: a split sequence's last
     block merges it after its tile loop, with every load in flight (merge_parts_together);
     a segment in mid-range (balanced ranges) merges at once, as without it."""
     args = decode_problem(rng, lens, num_heads=heads, num_kv_heads=kv, head_dim=head_dim)
     q = args[0]
     if part_len:
         monkeypatch.setattr(dw, "choose_tc_part_len", lambda *a, **k: part_len)
-    cfg = dp.tc_config("float16", head_dim, heads // kv, impl="mma", merge_after_loop=True,
+    cfg = dp.tc_config("float16", head_dim, heads // kv, impl=impl, merge_after_loop=True,
                        **shape)
+    assert cfg.impl == impl
     assert "-DMERGE_AFTER_LOOP=1" in cfg.options
     w = planned(args, heads, kv, head_dim, 16, "float16", cfg, None if part_len else 5,
                 scheme=scheme)

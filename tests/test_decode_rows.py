@@ -169,6 +169,7 @@ ROWS_QUANT_CASES = [
     ("float16", 6, 2, 128, 8, [1, 31, 32, 33, 90], 3,               # 2 warps x 16 tokens
      {"warps": 2, "tile_t": 32, "stages": 4}),
     ("float16", 8, 2, 128, 7, [1, 100, 129], 2, {"heads_on_x": False}),   # the work on x
+    ("float16", 8, 2, 128, 7, [1, 6, 7, 8, 127, 129], 3, {"merge_after_loop": True}),
 ]
 
 

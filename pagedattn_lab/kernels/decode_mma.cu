@@ -101,7 +101,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     start_stream(stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache, v_cache, k_scale,
                  v_scale, q, geo, rows, num_heads);
     const float v_mult = fold_head_scales(scale_log2, k_scale, v_scale, rows.kvh);
-    copy_wait<STAGES - 2>();   // the first tile's group holds the first segment's Q
+    copy_wait<STREAM_PRIMED - 1>();   // the first tile's group holds the first segment's Q
     __syncthreads();
     TL_TIME(1);
 

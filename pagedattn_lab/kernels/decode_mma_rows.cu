@@ -66,6 +66,13 @@
 #include "decode_tc_tiles.cuh"
 #include "decode_tc_merge.cuh"
 #include "decode_mma_ops.cuh"
+#include "decode_timeline.cuh"
+
+// MERGE_AFTER_LOOP (decode_tc_merge.cuh, as decode_mma.cu): a split sequence's last block
+// merges it after its tile loop, every part's loads in flight at once (one L2 round trip
+// where merge_parts takes ~6); only the block's last segment waits, mid-range ones merge at
+// once. The last segments of the one wave end together, so their merges are the kernel's tail.
+#define DEFER_MERGE MERGE_AFTER_LOOP
 
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");
@@ -96,11 +103,15 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     int num_heads, int num_kv_heads, int page_size, int page_shift, int max_pages,
     int rows_per_block, float scale_log2)
 {
+    TL_TIME(0);
     extern __shared__ __align__(128) unsigned char smem[];
     KV_T* qbufs = reinterpret_cast<KV_T*>(smem + Q_OFF);   // [STAGES][QROWS][LD]
     float* m_s = reinterpret_cast<float*>(smem + M_OFF);
     float* l_s = reinterpret_cast<float*>(smem + L_OFF);
     int* flag_s = reinterpret_cast<int*>(smem + FLAG_OFF);
+#if DEFER_MERGE
+    if (threadIdx.x == 0) flag_s[1] = -1;   // the sequence whose merge waits for the loop's end
+#endif
 
     const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     const int g = lane / 4, t = lane % 4;           // the fragments' row and column pair
@@ -120,8 +131,9 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
     start_stream(stages, scales, qbufs, pg, ahead, segs, block_tables, k_cache, v_cache, k_scale,
                  v_scale, q, geo, rows, num_heads);
     const float v_mult = fold_head_scales(scale_log2, k_scale, v_scale, rows.kvh);
-    copy_wait<STAGES - 2>();   // the first tile's group holds the first segment's Q
+    copy_wait<STREAM_PRIMED - 1>();   // the first tile's group holds the first segment's Q
     __syncthreads();
+    TL_TIME(1);
 
     // Q^T (B of S^T, k: dims, n: heads): b[0] = Q[head g][k 2t, 2t+1], b[1] = [k 2t+8, 2t+9]
     // of n tile h (heads 8 h + g; heads past the group are the zero rows of the segment's Q
@@ -410,6 +422,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
             if (last_of_segment(cur)) break;   // (block-uniform)
             advance_tile(cur, segs);
         }
+        TL_TIME(2);
 
         // 4. the end of the segment: each warp's (m, l) per head and its O (untransposed:
         // [head][dim]) into the stage buffer of the tile just computed, then the merge into
@@ -474,9 +487,35 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         __syncthreads();
         finish_rows<LO, O_WSTRIDE>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters,
                                    slot_start, cur.b, segment_part(cur), segment_parts(cur),
-                                   num_heads, rows.h0, rows.nh, v_mult);
+                                   num_heads, rows.h0, rows.nh, v_mult,
+                                   DEFER_MERGE && cur.seg + 1 >= cur.last);
+#if DEFER_MERGE   // the block's last segment: if it is the last part, merge after the loop
+        if (threadIdx.x == 0 && cur.seg + 1 >= cur.last && segment_parts(cur) > 1 && flag_s[0]) {
+            flag_s[1] = cur.b;
+            flag_s[2] = segment_parts(cur);
+        }
+#endif
         __syncthreads();   // the buffer, m_s and l_s are free again
+        TL_TIME(3);
+#if TIMELINE
+        TL_MARK(4, tl_smid());
+        TL_MARK(5, segment_parts(cur) > 1 ? flag_s[0] : 2);
+        TL_MARK(6, i + 1);
+        TL_MARK(7, cur.seg - seg_ptr[block_work()] + 1);   // segments so far
+        if (cur.seg == seg_ptr[block_work()]) TL_MARK(12, tl_now());   // the first one's end
+#endif
         advance_tile(cur, segs);
         ++i;
     }
+#if DEFER_MERGE
+    const int pend_b = flag_s[1], pend_parts = flag_s[2];   // (after the segment's barrier)
+    if (pend_b >= 0) {   // (block-uniform) every stage buffer is free now
+        copy_wait<0>();
+        __threadfence();
+        merge_parts_together(reinterpret_cast<float*>(smem), out, part_out, part_ml,
+                             (long long)pend_b * num_heads + rows.h0,
+                             (long long)slot_start[pend_b] * num_heads + rows.h0, pend_parts,
+                             num_heads, rows.nh);
+    }
+#endif
 }

@@ -277,8 +277,18 @@ __device__ inline void issue_tile(int slot, unsigned char* stages, float* scales
         copy_q_rows(qbufs + (c.seg % STAGES) * QROWS * LD, q, c.b, rows, num_heads);
 }
 
-// The stream's start: the Q buffers' pad rows zeroed, the first STAGES - 1 tiles issued (each
-// its group), the page ids of the next one read.
+// PRIME_STAGES (1, the default; 0 to compare): the stream's start fills every stage buffer
+// (STAGES tiles in flight, not STAGES - 1), and the first step waits for tile 0 alone and
+// issues nothing, so the wave's first requests are twice the bytes at two stages and the memory
+// is not idle while the first tiles land (~6 us of every launch: benchmarks/NOTES.md, "Fixed
+// costs (session 10)").
+#ifndef PRIME_STAGES
+#define PRIME_STAGES 1
+#endif
+constexpr int STREAM_PRIMED = PRIME_STAGES ? STAGES : STAGES - 1;   // tiles issued at the start
+
+// The stream's start: the Q buffers' pad rows zeroed, the first STREAM_PRIMED tiles issued
+// (each its group), the page ids of the next one read.
 __device__ inline void start_stream(unsigned char* stages, float* scales, KV_T* qbufs,
                                     int (&pg)[TILE_COPIES], TileCursor& ahead, const int* segs,
                                     const int* tables, const CACHE_T* k_cache,
@@ -288,7 +298,7 @@ __device__ inline void start_stream(unsigned char* stages, float* scales, KV_T* 
 {
     zero_q_pad(qbufs, STAGES, rows.nh);
 #pragma unroll
-    for (int s = 0; s < STAGES - 1; ++s) {
+    for (int s = 0; s < STREAM_PRIMED; ++s) {
         if (tile_valid(ahead)) {
             lookup_tile(pg, tables, ahead, g);
             issue_tile(s, stages, scales, qbufs, pg, ahead, k_cache, v_cache, k_scale, v_scale,
@@ -310,6 +320,15 @@ __device__ inline void next_stream_tile(int i, unsigned char* stages, float* sca
                                         const KV_T* q, const TileGeom& g,
                                         const DecodeRows& rows, int num_heads)
 {
+    if (PRIME_STAGES && i == 0) {   // tile STAGES - 1 is in flight already: wait for tile 0
+        copy_wait<STAGES - 1>();
+#if WARP_PIPE
+        __syncwarp();
+#else
+        __syncthreads();
+#endif
+        return;
+    }
     copy_wait<STAGES - 2>();   // tile i has landed (this thread's copies) ...
 #if WARP_PIPE
     __syncwarp();              // ... the warp's; and the warp is done with tile i - 1

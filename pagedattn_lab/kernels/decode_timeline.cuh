@@ -1,8 +1,11 @@
-// Per-block timeline marks for diagnosis (benchmarks/explore_mqa.py compiles decode_mma.cu
-// with -DTIMELINE=1): thread 0 of the blocks of the first rows (block_rows() == 0) writes
-// %globaltimer and clock64 marks as u64 [work block][16] through the kernel's k_scale argument
-// (fp16 pages only, where the kernel never reads it). Off (the default), the marks compile to
-// nothing.
+// Per-block timeline marks for diagnosis (decode_mma.cu and decode_mma_rows.cu compiled with
+// -DTIMELINE=1; benchmarks/explore_mqa.py, NOTES.md "Fixed costs (session 10)"): thread 0 of
+// the blocks of the first rows (block_rows() == 0) writes %globaltimer and clock64 marks as u64
+// [work block][16] through the kernel's k_scale argument (fp16 pages only, where the kernel
+// never reads it): times at entry (0), first tile landed (1), the last segment's last tile
+// done (2) and end (3), their clocks at 8-11; the SM (4), merged (5), tiles (6); the rows kernel
+// also its segments (7) and its first segment's end (12). Off (the default), the marks compile
+// to nothing.
 #ifndef DECODE_TIMELINE_CUH
 #define DECODE_TIMELINE_CUH
 
