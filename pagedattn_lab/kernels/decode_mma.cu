@@ -347,10 +347,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
                                           segment_parts(cur), num_heads, rows.h0, rows.nh,
                                           v_mult, DEFER_MERGE && cur.seg + 1 >= cur.last);
 #if DEFER_MERGE   // the block's last segment: if it is the last part, merge after the loop
-        if (threadIdx.x == 0 && cur.seg + 1 >= cur.last && segment_parts(cur) > 1 && flag_s[0]) {
-            flag_s[1] = cur.b;
-            flag_s[2] = segment_parts(cur);
-        }
+        defer_merge_of(flag_s, cur.seg + 1 >= cur.last, cur.b, segment_parts(cur));
 #endif
         __syncthreads();   // the buffer, m_s and l_s are free again
         TL_TIME(3);
@@ -363,15 +360,7 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         ++i;
     }
 #if DEFER_MERGE
-    const int pend_b = flag_s[1], pend_parts = flag_s[2];   // (after the segment's barrier)
-    if (pend_b >= 0) {   // (block-uniform) every stage buffer is free now
-        copy_wait<0>();
-        __threadfence();
-        merge_parts_together(reinterpret_cast<float*>(smem), out, part_out, part_ml,
-                             (long long)pend_b * num_heads + rows.h0,
-                             (long long)slot_start[pend_b] * num_heads + rows.h0, pend_parts,
-                             num_heads, rows.nh);
-    }
+    merge_deferred(flag_s, smem, out, part_out, part_ml, slot_start, num_heads, rows.h0, rows.nh);
 #endif
 }
 

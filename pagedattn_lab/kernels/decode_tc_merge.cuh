@@ -69,7 +69,7 @@ __device__ inline void merge_parts(float* w, KV_T* out, const float* part_out,
     }
 }
 
-#ifndef MERGE_AFTER_LOOP   // decode_mma.cu: a split sequence's last block merges it after
+#ifndef MERGE_AFTER_LOOP   // the PTX kernels: a split sequence's last block merges it after
 #define MERGE_AFTER_LOOP 0  // its tile loop, with merge_parts_together (tc_config's
 #endif                      // merge_after_loop)
 #if MERGE_AFTER_LOOP
@@ -156,6 +156,32 @@ __device__ inline void merge_parts_together(float* w, KV_T* out, const float* pa
                 store_value(o_out + 3, acc[i].w / l_sum[i]);
             }
         }
+    }
+}
+// The kernels' side of the merge after the loop (flag_s[1]: the sequence left to merge, -1
+// none; flag_s[2]: its parts). At the end of a block's last segment, after finish_rows with
+// defer_merge: remember the sequence if this block is the one to merge it (flag_s[0]).
+__device__ inline void defer_merge_of(int* flag_s, bool last_segment, int b, int nparts)
+{
+    if (threadIdx.x == 0 && last_segment && nparts > 1 && flag_s[0]) {
+        flag_s[1] = b;
+        flag_s[2] = nparts;
+    }
+}
+// After the tile loop (and the segment's barrier): the remembered merge, if any, with every
+// stage buffer free for its weights (rows h0 .. h0 + nh - 1 of the sequence).
+__device__ inline void merge_deferred(const int* flag_s, unsigned char* smem, KV_T* out,
+                                      const float* part_out, const float* part_ml,
+                                      const int* slot_start, int num_heads, int h0, int nh)
+{
+    const int pend_b = flag_s[1], pend_parts = flag_s[2];
+    if (pend_b >= 0) {   // (block-uniform)
+        copy_wait<0>();
+        __threadfence();
+        merge_parts_together(reinterpret_cast<float*>(smem), out, part_out, part_ml,
+                             (long long)pend_b * num_heads + h0,
+                             (long long)slot_start[pend_b] * num_heads + h0, pend_parts,
+                             num_heads, nh);
     }
 }
 #endif
