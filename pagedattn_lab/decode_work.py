@@ -26,9 +26,10 @@ TC_RANGES_PER_SLOT = 1    # balanced ranges per resident block slot
 # per sequence that starts inside them (the state merged through shared memory, the output or
 # partial state written, a fence and the counter's atomic, while the block's copies wait).
 # Measured (H200, session 10; NOTES.md, "Fixed costs (session 10)"), against equal tile counts
-# in one process: 1 tile 0.5-1.5% faster on every D64 row on balanced ranges (GQA 64/8 0.164 ->
-# 0.162 ms, head_dim 96 0.131 -> 0.130, 256 0.307 -> 0.305, fp8 0.091 -> 0.090); 0.5 and 2
-# between; 3 level or slower.
+# in one process: 1 tile 0.5-1.5% faster on every 16-bit D64 row on balanced ranges (GQA 64/8
+# 0.164 -> 0.162 ms, head_dim 96 0.131 -> 0.130, 256 0.307 -> 0.305), level over codes (fp8
+# 0.091 -> 0.090, int8 0.092 both, per-token fp8 0.098 -> 0.099); 0.5 and 2 between; 3 level or
+# slower. Meant for costs well under a range's tiles (the plans' ranges hold 20-50).
 TC_SEGMENT_COST = 1.0
 # One wave of items (the unsplit sequences fit the resident slots) only while its longest item
 # is at most this many times a balanced range: equal lengths make both the same (MQA 16/1, 8 x
@@ -142,7 +143,10 @@ def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int
     total, seq_first = int(cum[-1]), cum - tiles
     ranges = max(1, min(ranges, total))
     cost = TC_SEGMENT_COST if segment_cost is None else segment_cost
-    # tile j's place on the cost axis: j plus the cost of the sequence starts up to its own
+    if not 0 <= cost < float("inf"):
+        raise ValueError(f"segment_cost: expected a finite cost >= 0 (tiles), got {cost!r}")
+    # tile j's place on the cost axis: j plus the cost of the sequence starts up to its own (the
+    # first sequence's too: a constant that moves the first cuts by at most `cost` tiles)
     place = np.arange(total) + cost * np.repeat(np.arange(1, lens.size + 1), tiles)
     while True:
         if cost:   # range k starts at the first tile placed at or past k / ranges of the cost
@@ -162,8 +166,8 @@ def balanced_segments(lens: np.ndarray, tile_t: int, ranges: int, max_parts: int
     end = np.minimum(lens[seq], (nxt - seq_first[seq]) * tile_t)
     block = np.searchsorted(cuts, bounds, side="right") - 1
     seg_ptr = np.searchsorted(block, np.arange(ranges + 1))
-    return _segments(seq, start, end, seg_ptr, lens.size,
-                     balanced_range_tokens(lens, tile_t, ranges))
+    longest = int(np.diff(np.append(cuts, total)).max())   # (balanced_range_tokens' at cost 0)
+    return _segments(seq, start, end, seg_ptr, lens.size, longest * tile_t)
 
 
 def item_segments(lens: np.ndarray, part_len: int, *, tile_t: int | None = None,

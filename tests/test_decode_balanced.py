@@ -56,7 +56,7 @@ def test_balanced_segments_cover_every_token_once_in_equal_ranges(lens, tile_t, 
     total = int((-(-lens // tile_t)).sum())
     assert seg.seg_ptr[0] == 0 and seg.seg_ptr[-1] == len(seg.segs)
     assert len(per_block) == min(ranges, total) and (np.diff(seg.seg_ptr) > 0).all()
-    assert per_block.sum() == total
+    assert per_block.sum() == total and seg.range_tokens == per_block.max() * tile_t
     block_cost = per_block + cost * np.diff(seg.seg_ptr)
     assert block_cost.max() - block_cost.min() <= 1 + (2 * (1 + cost) + cost if cost else 0)
     # parts: numbered 0 .. parts - 1 within each sequence; slots only for split sequences
@@ -98,6 +98,9 @@ def test_segment_costs_move_tiles_to_blocks_with_fewer_segments():
         heaviest[cost] = (np.add.reduceat(tiles, s.seg_ptr[:-1]) + np.diff(s.seg_ptr)).max()
     assert heaviest[1] < heaviest[0]
     assert dw.balanced_segments(lens, 64, 49, 64).segs.tolist() == s.segs.tolist()   # default
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="segment_cost"):
+            dw.balanced_segments(lens, 64, 49, 64, segment_cost=bad)
 
 
 def test_balanced_segments_respect_the_merge_limit():

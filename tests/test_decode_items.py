@@ -102,7 +102,7 @@ def test_even_snake_items_against_the_reference(rng, monkeypatch, heads, kv, hea
     ("mma", 4, 2, 256, [70, 1, 40], {}, None, "balanced"),                     # head 256 pairs
     # decode_mma_rows.cu: tokens as rows (GQA), heads on x or not, two n tiles, fused KV heads
     ("rows", 8, 2, 64, [1, 300, 17, 33, 200, 64, 65], {}, 16, "items"),
-    ("rows", 8, 2, 64, [1, 90, 17, 33, 200, 64, 65], {"heads_on_x": True}, None, "balanced"),
+    ("rows", 8, 2, 64, [1, 90, 17, 33, 64, 65, 200], {"heads_on_x": True}, None, "balanced"),
     ("rows", 24, 2, 32, [130, 3, 64, 1], {}, None, "balanced"),                # 12 heads
     ("rows", 8, 4, 48, [70, 1, 40, 18], {"kv_fuse": 2}, None, "balanced"),     # fused pairs
 ])
@@ -119,12 +119,27 @@ def test_the_merge_after_the_loop_against_the_reference(rng, monkeypatch, impl, 
                        **shape)
     assert cfg.impl == impl
     assert "-DMERGE_AFTER_LOOP=1" in cfg.options
+    plans = []
+    real_tc_work = dw.tc_work
+    monkeypatch.setattr(dw, "tc_work", lambda *a, **k: plans.append(real_tc_work(*a, **k))
+                        or plans[-1])
     w = planned(args, heads, kv, head_dim, 16, "float16", cfg, None if part_len else 5,
                 scheme=scheme)
     assert w.max_parts > 1
+    assert impl == "mma" or merges_after_the_loop(plans[-1][1])
     for scale in (None, 0.05):
         out = launch(w, *args[:3], None, None, poisoned(q.shape, "float16"), scale)
         check_rows(out, reference(args, scale), "float16")
+
+
+def merges_after_the_loop(seg):
+    """Whether some block's last segment is the last part of a split sequence in block order
+    (the CPU executor runs a KV head's blocks in that order, so that block finishes the
+    sequence last and merges it after its loop)."""
+    seq, parts, ptr = seg.segs[:, 0], seg.segs[:, 3] >> 16, seg.seg_ptr
+    last_block = {int(b): k for k in range(len(ptr) - 1) for b in seq[ptr[k]:ptr[k + 1]]}
+    return any(parts[ptr[k + 1] - 1] > 1 and last_block[int(seq[ptr[k + 1] - 1])] == k
+               for k in range(len(ptr) - 1))
 
 
 @pytest.mark.gpu

@@ -72,7 +72,7 @@
 // merges it after its tile loop, every part's loads in flight at once (one L2 round trip
 // where merge_parts takes ~6); only the block's last segment waits, mid-range ones merge at
 // once. The last segments of the one wave end together, so their merges are the kernel's tail.
-#define DEFER_MERGE MERGE_AFTER_LOOP
+#define DEFER_MERGE (MERGE_AFTER_LOOP && !SEPARATE_MERGE)
 
 static_assert(ROW_TILES == 1 && (HEAD_TILES == 1 || HEAD_TILES == 2),
               "decode_mma_rows.cu: up to 16 heads per block, in one or two n tiles of 8");

@@ -279,9 +279,9 @@ __device__ inline void issue_tile(int slot, unsigned char* stages, float* scales
 
 // PRIME_STAGES (1, the default; 0 to compare): the stream's start fills every stage buffer
 // (STAGES tiles in flight, not STAGES - 1), and the first step waits for tile 0 alone and
-// issues nothing, so the wave's first requests are twice the bytes at two stages and the memory
-// is not idle while the first tiles land (~6 us of every launch: benchmarks/NOTES.md, "Fixed
-// costs (session 10)").
+// issues nothing: the wave's first request is twice the bytes at two stages. Meant to keep the
+// memory busy while the first tiles land (~6 us of every launch); measured level within 1%
+// (benchmarks/NOTES.md, "Fixed costs (session 10)"), and on since the GPU check ran so.
 #ifndef PRIME_STAGES
 #define PRIME_STAGES 1
 #endif
