@@ -124,8 +124,9 @@ class Segments(NamedTuple):
 
 
 def balanced_range_tokens(lens: np.ndarray, tile_t: int, ranges: int) -> int:
-    """The longest of `ranges` balanced ranges, in tokens (balanced_segments' cut, before any
-    limit on parts per sequence)."""
+    """The longest of `ranges` ranges of equal tile counts, in tokens (balanced_segments' cut
+    at segment cost 0, before any limit on parts per sequence): tc_work's measure of a range
+    when it weighs one wave of items against balanced ranges."""
     tiles = int((-(-lens.astype(np.int64) // tile_t)).sum())
     return -(-tiles // max(1, min(ranges, tiles))) * tile_t
 
