@@ -85,6 +85,8 @@ constexpr int OM = 8 * V_PASSES / D_SPLIT;    // m tiles of O^T (16 dims) per wa
 #else
 constexpr int OM = DP;
 #endif
+// steps 2 and 4 of the loop below (after MT and OM, which they use)
+#include "decode_mma_rows_steps.cuh"
 
 extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_decode_mma_rows(
     const KV_T* __restrict__ q,            // [batch, num_heads, HEAD_DIM]
@@ -302,79 +304,12 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
 #endif
 #endif   // QK_MMA8
 
-            // 2. online softmax per head (column): a lane's tokens g, g + 8 of each m tile, then
-            // the 8 lanes of its column pair (xor 4, 8, 16)
+            // 2. online softmax per head (column): rows_softmax (decode_mma_rows_steps.cuh)
             const int tok0 = cur.t0 + slice * TW + g;   // token of row g, m tile 0
             const bool tail = cur.t0 + (slice + 1) * TW > cur.end;   // warp-uniform
-#if KV_QUANT && PER_TOKEN_SCALES   // the token's scales: K's on its logit, V's on its P entry
-            const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + row0 + g;
-            const float* vsc = ksc + CP_TOKENS;
-#endif
-#pragma unroll
-            for (int h = 0; h < HEAD_TILES; ++h) {
-                float mx[2] = {NEG_BIG, NEG_BIG};
-#pragma unroll
-                for (int j = 0; j < MT; ++j) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-#if HEAD_PAIRS
-                        if (e % 2) continue;   // (column 2t + 1: no head)
-#endif
-#if QK_MMA8
-                        float x = s[j][h][e];
-#else
-                        float x = s[j][h][e] * scale_log2;
-#endif
-#if KV_QUANT && PER_TOKEN_SCALES
-                        x *= ksc[16 * j + 8 * (e / 2)];
-#endif
-                        if (tail && tok0 + 16 * j + 8 * (e / 2) >= cur.end) x = NEG_INF;
-                        s[j][h][e] = x;
-                        mx[e % 2] = fmaxf(mx[e % 2], x);
-                    }
-                }
-                float alpha[2];
-#if HEAD_PAIRS
-                alpha[1] = 1.0f;
-#pragma unroll
-                for (int c = 0; c < 1; ++c) {
-#else
-#pragma unroll
-                for (int c = 0; c < 2; ++c) {
-#endif
-                    mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 4));
-                    mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 8));
-                    mx[c] = fmaxf(mx[c], __shfl_xor_sync(0xffffffffu, mx[c], 16));
-                    const float m_new = fmaxf(m_run[h][c], mx[c]);
-                    alpha[c] = softmax_exp2(m_run[h][c] - m_new);
-                    m_run[h][c] = m_new;
-                    l_run[h][c] *= alpha[c];
-                }
-#pragma unroll
-                for (int j = 0; j < MT; ++j) {
-#pragma unroll
-                    for (int e = 0; e < 4; ++e) {
-#if HEAD_PAIRS
-                        if (e % 2) {
-                            s[j][h][e] = 0.0f;
-                            continue;
-                        }
-#endif
-                        s[j][h][e] = softmax_exp2(s[j][h][e] - m_run[h][e % 2]);   // 0: masked
-                        l_run[h][e % 2] += s[j][h][e];
-#if KV_QUANT && PER_TOKEN_SCALES
-                        s[j][h][e] *= vsc[16 * j + 8 * (e / 2)];   // not in l
-#endif
-                    }
-                }
-#pragma unroll
-                for (int n = 0; n < OM; ++n) {
-                    o[h][n][0] *= alpha[0];
-                    o[h][n][1] *= alpha[1];
-                    o[h][n][2] *= alpha[0];
-                    o[h][n][3] *= alpha[1];
-                }
-            }
+            const float* ksc = scales + (i % STAGES) * 2 * CP_TOKENS + row0 + g;   // (per token)
+            rows_softmax(s, m_run, l_run, o, scale_log2, tok0, tail, cur.end, ksc,
+                         ksc + CP_TOKENS);
 
             // 3. O^T += V^T P^T per m tile of 16 tokens: P^T's B operand from the packed
             // accumulators, transposed in registers
@@ -424,65 +359,11 @@ extern "C" __global__ void __launch_bounds__(TC_THREADS, TC_MIN_BLOCKS) paged_de
         }
         TL_TIME(2);
 
-        // 4. the end of the segment: each warp's (m, l) per head and its O (untransposed:
-        // [head][dim]) into the stage buffer of the tile just computed, then the merge into
-        // the segment's output or partial state. The D_SPLIT warps of a slice have the same
-        // m and l.
-#pragma unroll
-        for (int h = 0; h < HEAD_TILES; ++h) {
-#pragma unroll
-            for (int c = 0; c < 2; ++c) {
-                l_run[h][c] += __shfl_xor_sync(0xffffffffu, l_run[h][c], 4);
-                l_run[h][c] += __shfl_xor_sync(0xffffffffu, l_run[h][c], 8);
-                l_run[h][c] += __shfl_xor_sync(0xffffffffu, l_run[h][c], 16);
-            }
-        }
-#if WARP_PIPE
-        __syncwarp();      // every lane is done with this tile's buffer (the warp's own)
-#else
-        __syncthreads();   // every warp is done with this tile's buffer
-#endif
-#pragma unroll
-        for (int h = 0; h < HEAD_TILES; ++h) {
-#if HEAD_PAIRS   // column 0 is head t
-            if (g == 0 && dpart == 0) {
-                m_s[cw * 16 + t] = m_run[h][0];
-                l_s[cw * 16 + t] = l_run[h][0];
-            }
-#else
-            if (g == 0 && dpart == 0) {
-                m_s[cw * 16 + 8 * h + 2 * t] = m_run[h][0];
-                m_s[cw * 16 + 8 * h + 2 * t + 1] = m_run[h][1];
-                l_s[cw * 16 + 8 * h + 2 * t] = l_run[h][0];
-                l_s[cw * 16 + 8 * h + 2 * t + 1] = l_run[h][1];
-            }
-#endif
-        }
+        // 4. the end of the segment: the warps' states into the stage buffer of the tile just
+        // computed (decode_mma_rows_steps.cuh), then the merge into the segment's output or
+        // partial state
         float* os = reinterpret_cast<float*>(smem + (i % STAGES) * STAGE_BYTES);
-        float* ow = os + cw * O_WSTRIDE;   // this warp's [WARP_O_ROWS][LO]
-#pragma unroll
-        for (int h = 0; h < HEAD_TILES; ++h) {
-#pragma unroll
-            for (int n = 0; n < OM; ++n) {
-#if KV_QUANT   // m tile 8 p + mt, row g (g + 8): dim 128 p + 16 g + 2 mt (+ 1)
-                const int d0 = dpart * (HEAD_DIM / D_SPLIT) + 128 * (n / 8) + 16 * g + 2 * (n % 8);
-                const int d1 = d0 + 1;
-#else
-                const int d0 = (dpart * DP + n) * 16 + g, d1 = d0 + 8;
-#endif
-#if HEAD_PAIRS
-                float* o0 = ow + t * LO;
-                o0[d0] = o[h][n][0];
-                o0[d1] = o[h][n][2];
-#else
-                float* o0 = ow + (8 * h + 2 * t) * LO;
-                o0[d0] = o[h][n][0];
-                o0[LO + d0] = o[h][n][1];
-                o0[d1] = o[h][n][2];
-                o0[LO + d1] = o[h][n][3];
-#endif
-            }
-        }
+        rows_states_to_stage(m_run, l_run, o, m_s, l_s, os + cw * O_WSTRIDE, cw, dpart, g, t);
         copy_wait<STAGES - 2>();   // the next tile, with the next segment's Q, has landed
         __syncthreads();
         finish_rows<LO, O_WSTRIDE>(m_s, l_s, os, flag_s, out, part_out, part_ml, counters,
