@@ -1,4 +1,6 @@
 """Shared test set-up: headless plotting, the `gpu` marker, seeded randomness."""
+import sys
+
 import matplotlib
 import numpy as np
 import pytest
@@ -28,3 +30,12 @@ def pytest_collection_modifyitems(config, items):
 def rng():
     """A fresh, seeded generator per test: failures reproduce exactly."""
     return np.random.default_rng(20261126)
+
+
+@pytest.fixture(autouse=True)
+def _close_figures():
+    """Every figure a test made closed after it (pyplot keeps them open, and memory grows)."""
+    yield
+    pyplot = sys.modules.get("matplotlib.pyplot")   # (imported only where a test plots)
+    if pyplot is not None:
+        pyplot.close("all")

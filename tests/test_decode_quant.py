@@ -32,7 +32,7 @@ per-token scales: a kernel that reads them, or weighs them by zero, fails.
 import numpy as np
 import pytest
 
-from pagedattn_lab import decode_plan, quant, wrappers
+from pagedattn_lab import decode_plan, wrappers
 from pagedattn_lab.kernels import expanded_source
 from pagedattn_lab.reference import reference_decode
 from pagedattn_lab.wrappers import BatchDecodeWrapper

@@ -6,7 +6,7 @@ The test builds each sequence's K/V densely first, scatters it into shuffled pag
 import numpy as np
 import pytest
 
-from pagedattn_lab import (gather_kv, gather_kv_reference, reference_decode, reference_prefill,
+from pagedattn_lab import (gather_kv_reference, reference_decode, reference_prefill,
                            translate)
 
 

@@ -4,8 +4,6 @@ Plots are rendered to PNG (Agg) and read back: pixels at page-cell centres, and 
 plot functions put on their patches. (The benchmark charts and kernel mappings:
 test_viz_bench.py.)
 """
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 from matplotlib.patches import ConnectionPatch
@@ -16,14 +14,6 @@ from pagedattn_lab.sim import CATEGORIES, Workload, compare_policies, simulate
 from pagedattn_lab.viz.page_table import cell_xy, grid_shape
 
 from .viz_helpers import is_white, pixel_at, render, small_cache
-
-matplotlib.use("Agg")
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 # -- page map ----------------------------------------------------------------------------

@@ -1,21 +1,11 @@
 """The benchmark charts and the roofline read the committed results right; the online-softmax
 trace and the kernel-mapping pictures show what the kernels do."""
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from pagedattn_lab import viz
 
 from .viz_helpers import render
-
-matplotlib.use("Agg")
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 # -- online softmax and benchmarks -------------------------------------------------------

@@ -1,20 +1,10 @@
 """Lesson 10's pictures and numbers: the bottom-right mask, the packed-mask plot, the tile-work
 plot, and the committed prefill benchmark (read through the gids the plots put on patches)."""
-import matplotlib
-import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 
 from pagedattn_lab.prefill_masks import causal_mask, packed_masks
 from pagedattn_lab.viz import prefill_bench, prefill_masks
-
-matplotlib.use("Agg")
-
-
-@pytest.fixture(autouse=True)
-def _close_figures():
-    yield
-    plt.close("all")
 
 
 def gids(fig, prefix):

@@ -11,7 +11,7 @@ import numpy as np
 from ..addressing import element_offset, page_offset, physical_page, physical_slot, token_slots
 from .cases import block_tables_for
 from .compare import describe_difference, diagnose
-from .report import Case, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 
@@ -58,7 +58,7 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
                        f"offset {off}", hint, expected=str(expected), got=repr(got))
 
 
-def slot_of(fn) -> "CheckResult":  # noqa: F821
+def slot_of(fn) -> CheckResult:
     """Check `fn(row, t, page_size) == row[t // page_size] * page_size + t % page_size`."""
     cases = [
         Case("page_size 4, 3 pages", {"page_size": 4, "seq_len": 11, "seed": 0},
@@ -108,7 +108,7 @@ def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -
                        f"head_dim {head_dim})", hint, expected=str(expected), got=repr(got))
 
 
-def kv_offset(fn) -> "CheckResult":  # noqa: F821
+def kv_offset(fn) -> CheckResult:
     """Check `fn(slot, kv_head, dim, num_kv_heads, head_dim)`:
     (slot * num_kv_heads + kv_head) * head_dim + dim."""
     cases = [
@@ -189,7 +189,7 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     raise Mismatch(diff.message(), hint)
 
 
-def gather_numpy(fn) -> "CheckResult":  # noqa: F821
+def gather_numpy(fn) -> CheckResult:
     """Check `fn(k_cache, block_table_row, seq_len)` returns that sequence's keys, contiguous."""
     cases = [
         Case("2 kv heads", {"pages": 12, "page_size": 4, "kv_heads": 2, "head_dim": 8,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..paging import BlockAllocator, OutOfPagesError
-from .report import Case, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 
@@ -88,7 +88,7 @@ def _append_out_of_pages(fn) -> None:
                        f"table of {len(table)} pages, {alloc.num_used} in use")
 
 
-def append_tokens(fn) -> "CheckResult":  # noqa: F821
+def append_tokens(fn) -> CheckResult:
     """Check `fn(table, seq_len, n_new, page_size, allocator)` grows `table` in place."""
     cases = [
         Case("prompt into an empty table", {"page_size": 4, "seq_len": 0, "n_new": 5},
@@ -201,7 +201,7 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
                        str(sum(need)), str(alloc.num_used))
 
 
-def block_tables(fn) -> "CheckResult":  # noqa: F821
+def block_tables(fn) -> CheckResult:
     """Check `fn(seq_lens, page_size, allocator) -> (block_tables int32, seq_lens int32)`."""
     rng = case_rng(3)
     random_lens = [int(n) for n in rng.integers(1, 40, size=6)]

@@ -21,7 +21,7 @@ from .decode_variants import LOG2E, merge_variant, partials_variant
 from .faults import describe_kernel_exception
 from .puzzle_runner import per_thread_max
 from .kernel_runner import KERNEL_TIMEOUT, poisoned
-from .report import Case, Mismatch, NotAttempted, run_cases
+from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
 WARP = 32   # both kernels run one warp per block
@@ -137,7 +137,7 @@ def _merge_case(fn, scores, values, cuts) -> None:
     raise Mismatch(where + diff.message(), hint)
 
 
-def merge_partitions(fn) -> "CheckResult":  # noqa: F821
+def merge_partitions(fn) -> CheckResult:
     """Check `fn(m, l, o)` -> merged output: m, l [P], o [P, head_dim]."""
     rng = case_rng(6)
     d = 6
@@ -297,7 +297,7 @@ def _partition_budget(counts, prob, part_len) -> None:
                    "32) cache values and a block-table entry, plus q and seq_len)", hint)
 
 
-def decode_partition(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def decode_partition(source: str, device: str = "auto") -> CheckResult:
     """Check `decode_partition`: grid (max_parts, num_heads, batch), block (32,)."""
     comp = _Compiled(source, "decode_partition", device)
     specs = [
@@ -371,7 +371,7 @@ def _merge_kernel_case(comp, seed, part_len, **sizes) -> None:
                    hint or "out[b, h] = sum_p w_p o_p / sum_p w_p, w_p = l_p exp(m_p - m).")
 
 
-def decode_merge(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def decode_merge(source: str, device: str = "auto") -> CheckResult:
     """Check `decode_merge`: grid (num_heads, batch), block (32,)."""
     comp = _Compiled(source, "decode_merge", device)
     specs = [

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import numpy as np
 
 from ..engine.prefix_cache import hash_block
-from .report import Case, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 
@@ -67,7 +67,7 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
     raise Mismatch(f"{what}: the block hashes differ", hint, _show(expected), _show(got))
 
 
-def block_hashes(fn) -> "CheckResult":  # noqa: F821
+def block_hashes(fn) -> CheckResult:
     """Check `fn(token_ids, page_size)`: the chained hashes of the full blocks."""
     sizes = [(4, 12), (4, 13), (16, 15), (16, 16), (8, 41), (1, 5), (32, 100)]
     cases = [Case("random tokens", {"page_size": p, "num_tokens": n},
@@ -135,7 +135,7 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
                    f"{expected[1]}", f"pages {got[0]}, computed {got[1]}")
 
 
-def cached_prefix(fn) -> "CheckResult":  # noqa: F821
+def cached_prefix(fn) -> CheckResult:
     """Check `fn(hashes, cached, num_tokens, page_size)`: (pages, tokens needing no compute)."""
     specs = [(4, 14, "part"), (4, 16, "all"), (8, 29, "all"), (4, 13, "none"),
              (16, 70, "gap"), (4, 20, "part"), (2, 12, "all")]
@@ -287,7 +287,7 @@ def _step_case(fn, seed: int, page_size: int, budget: int, max_chunk: int, water
     raise Mismatch(f"{desc}: the batch differs", hint, repr(expected), repr(got))
 
 
-def schedule_step(fn) -> "CheckResult":  # noqa: F821
+def schedule_step(fn) -> CheckResult:
     """Check `fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk)`."""
     specs = [  # page_size, budget, max_chunk, watermark; the rule the case cannot do without
         (4, 64, 64, 0, "decodes_first"), (4, 32, 16, 0, "chunk"), (8, 48, 12, 2, "use_watermark"),

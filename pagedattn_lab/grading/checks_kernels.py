@@ -19,7 +19,7 @@ from .compare import describe_difference, diagnose
 from .kernel_hints import (barriers, nan_hint, nothing_written, padding_hint, row_stride_hint,
                            tiled_hint, unwritten_pattern_hint)
 from .kernel_runner import Kernel, poisoned, unwritten, where
-from .report import WIDTH, Case, Mismatch, run_cases
+from .report import WIDTH, Case, CheckResult, Mismatch, run_cases
 from .variants import attention_mistakes, gather_variant
 
 GATHER_THREADS = 32
@@ -97,7 +97,7 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
         raise Mismatch(f"{name}: " + diff.message(), hint)
 
 
-def gather_kernel(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def gather_kernel(source: str, device: str = "auto") -> CheckResult:
     """Check the batched `gather_kv` kernel: grid (max_len, batch), block (32,)."""
     comp = _Compiled(source, "gather_kv", device)
     cases = [
@@ -175,7 +175,7 @@ def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:
     return cases
 
 
-def naive_kernel(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def naive_kernel(source: str, device: str = "auto") -> CheckResult:
     """Check `prefill_naive`: grid (ceil(max_len / 16), num_heads, batch), block (16,)."""
     comp = _Compiled(source, "prefill_naive", device)
     return run_cases("naive_kernel", "prefill_naive kernel: one thread per query token",
@@ -183,7 +183,7 @@ def naive_kernel(source: str, device: str = "auto") -> "CheckResult":  # noqa: F
                      lint=comp.get)
 
 
-def tiled_kernel(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def tiled_kernel(source: str, device: str = "auto") -> CheckResult:
     """Check `prefill_tiled`: grid (ceil(max_len / 16), num_heads, batch), block (16,),
     shared_mem = 2 * page_size * head_dim * 4 bytes."""
     comp = _Compiled(source, "prefill_tiled", device)

@@ -15,7 +15,7 @@ import numpy as np
 from ..puzzles import PUZZLES
 from .compare import describe_difference
 from .puzzle_runner import PuzzleKernel, count_line, per_thread_max
-from .report import Case, Mismatch, NotAttempted, run_cases
+from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
 NOTHING_WRITTEN = ("the kernel wrote nothing (the output is still the NaN the check filled it "
@@ -120,7 +120,7 @@ def _map_case(kern, seed, n):
     return counts, budget
 
 
-def puzzle_map(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def puzzle_map(source: str, device: str = "auto") -> CheckResult:
     """Check `map_add_10`: out[i] = a[i] + 10, grid (1,), block (n,)."""
     kern = PuzzleKernel(source, "map_add_10", device)
     cases = [(f"n = {n}", {"n": n}, lambda seed=seed, n=n: _map_case(kern, seed, n))
@@ -155,7 +155,7 @@ def _guard_case(kern, seed, n):
     return counts, budget
 
 
-def puzzle_guard(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def puzzle_guard(source: str, device: str = "auto") -> CheckResult:
     """Check `zip_add`: out[i] = a[i] + b[i], i < n; grid (ceil(n / 32),), block (32,)."""
     kern = PuzzleKernel(source, "zip_add", device,
                         past_end="the grid rounds n up to whole blocks, so threads past n "
@@ -234,7 +234,7 @@ def _grid_case(kern, seed, rows, cols):
     return counts, budget
 
 
-def puzzle_2d(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def puzzle_2d(source: str, device: str = "auto") -> CheckResult:
     """Check `add_bias`: out[r, c] = x[r, c] + bias[c]; grid (ceil(cols/16), ceil(rows/8)),
     block (16, 8)."""
     kern = PuzzleKernel(source, "add_bias", device,
@@ -283,7 +283,7 @@ def _shared_case(kern, seed, n, head_dim):
     return counts, budget
 
 
-def puzzle_shared(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def puzzle_shared(source: str, device: str = "auto") -> CheckResult:
     """Check `dot_scores`: scores[t] = q . k[t]; grid (ceil(n / 32),), block (32,),
     shared_mem = head_dim * 4."""
     kern = PuzzleKernel(source, "dot_scores", device,
@@ -351,7 +351,7 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
     return counts, budget
 
 
-def puzzle_warp_sum(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def puzzle_warp_sum(source: str, device: str = "auto") -> CheckResult:
     """Check `warp_sum`: out[w] = sum of warp w's 32 elements; grid (ceil(n / 128),),
     block (128,)."""
     kern = PuzzleKernel(source, "warp_sum", device,
@@ -366,7 +366,7 @@ def puzzle_warp_sum(source: str, device: str = "auto") -> "CheckResult":  # noqa
                       cases)
 
 
-def puzzle_block_sum(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def puzzle_block_sum(source: str, device: str = "auto") -> CheckResult:
     """Check `block_sum`: out[b] = sum of block b's 256 elements; grid (ceil(n / 256),),
     block (256,)."""
     kern = PuzzleKernel(source, "block_sum", device,

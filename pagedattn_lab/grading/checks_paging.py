@@ -11,7 +11,7 @@ from ..paging import OutOfPagesError
 from .allocator_probes import (ALL_OR_NOTHING_IDS, FREE_LIST_HINT, NEGATIVE_ID_HINT,
                                expect_free, expect_raises, expect_returned, ids, num_free,
                                refused)
-from .report import Case, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 
@@ -148,7 +148,7 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
         expect_returned(alloc, num_pages - len(in_use), f"after step {step}")
 
 
-def allocator(cls) -> "CheckResult":  # noqa: F821
+def allocator(cls) -> CheckResult:
     """Check `cls(num_pages)` with allocate(n), free(pages), num_free and ref_count(page)."""
     cases = [
         Case("a fresh pool", {"num_pages": 8}, lambda: _alloc_fresh(cls, 8)),
@@ -300,7 +300,7 @@ def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
         _expect_free_shared(alloc, counts.count(0), f"after step {step}")
 
 
-def refcounts(cls) -> "CheckResult":  # noqa: F821
+def refcounts(cls) -> CheckResult:
     """Check sharing: `fork(pages)` adds an owner; `free` releases a page at count 0."""
     cases = [
         Case("fork shares pages", {"num_pages": 4}, lambda: _fork_basic(cls)),

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..prefill_masks import causal_mask
-from .report import Case, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
 
@@ -79,7 +79,7 @@ def _mask_case(fn, q_len: int, seq_len: int) -> None:
                    str(bool(expected[i, j])), str(bool(got[i, j])))
 
 
-def chunk_mask(fn) -> "CheckResult":  # noqa: F821
+def chunk_mask(fn) -> CheckResult:
     """Check `fn(q_len, seq_len)` -> bool [q_len, seq_len] (True: query i sees key j)."""
     rng = case_rng(1001)
     fixed = [(5, 12), (1, 9), (7, 7), (0, 6), (1, 1), (0, 0), (16, 40)]
@@ -149,7 +149,7 @@ def _visible_case(fn, indptr, seq_lens) -> None:
                    str(int(expected[r])), str(got[r]))
 
 
-def visible_keys(fn) -> "CheckResult":  # noqa: F821
+def visible_keys(fn) -> CheckResult:
     """Check `fn(qo_indptr, seq_lens)` -> int [total_q]: how many keys each row sees."""
     fixed = [([0, 4, 9, 10], [4, 20, 7]),          # new prompt, chunk, decode
              ([0, 0, 3, 3, 4], [5, 8, 2, 1]),      # q_len 0 sequences first and between
@@ -240,7 +240,7 @@ def _tiles_case(fn, indptr, seq_lens, rows, kv_tile) -> None:
     raise Mismatch(message, hint, repr(expected[show]), repr(got[show]))
 
 
-def tile_work(fn) -> "CheckResult":  # noqa: F821
+def tile_work(fn) -> CheckResult:
     """Check `fn(qo_indptr, seq_lens, rows, kv_tile)` -> [(b, first, kv_tiles), ...]."""
     fixed = [([0, 40, 45, 46], [40, 100, 9], 16, 32),
              ([0, 0, 17], [30, 17], 16, 16),

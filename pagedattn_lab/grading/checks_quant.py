@@ -22,7 +22,7 @@ from .cases import paged_problem
 from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose
 from .kernel_runner import poisoned
-from .report import Case, Mismatch, NotAttempted, run_cases
+from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
 WARP = 32
@@ -79,7 +79,7 @@ def _scales_case(fn, x, qmax) -> None:
     raise Mismatch(diff.message("scales"), hint)
 
 
-def kv_scales(fn) -> "CheckResult":  # noqa: F821
+def kv_scales(fn) -> CheckResult:
     """Check `fn(x, qmax)` -> per-token scales [n_tokens, num_kv_heads]."""
     rng = case_rng(11)
 
@@ -195,7 +195,7 @@ def _write_case(comp, per_token, n, heads, dim, page_size, seed, ties=False, out
             "+ head) * head_dim + d]; a slot of -1 is skipped."))
 
 
-def quantize_write(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def quantize_write(source: str, device: str = "auto") -> CheckResult:
     """Check the quantize-on-write kernel (grid (n_tokens, num_kv_heads), 32 threads)."""
     comp = _Compiled(source, "quantize_write", device)
     cases = [
@@ -281,7 +281,7 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed)
         "scale is k_scale[kv_head] (static) or k_scale[slot * num_kv_heads + kv_head]."))
 
 
-def dequant_decode(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def dequant_decode(source: str, device: str = "auto") -> CheckResult:
     """Check the decode kernel over int8 pages (grid (num_heads, batch), one thread)."""
     comp = _Compiled(source, "dequant_decode", device)
     cases = [

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
-from .report import Case, CaseTimeout, Mismatch, run_cases, time_limit
+from .report import Case, CaseTimeout, CheckResult, Mismatch, run_cases, time_limit
 from .seeds import case_rng
 
 
@@ -160,7 +160,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int) -> None
                        repr(expected), repr(list(finished)))
 
 
-def serve(fn) -> "CheckResult":  # noqa: F821
+def serve(fn) -> CheckResult:
     """Check `fn(cache, requests, kv_for)` runs every (prompt_len, new_tokens) request."""
     small = [(5, 3), (9, 2), (2, 6), (4, 4), (7, 1)]
     blocked = [(6, 2), (10, 3), (3, 1)]

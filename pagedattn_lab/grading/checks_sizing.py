@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from .compare import fmt
-from .report import Case, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 
@@ -101,7 +101,7 @@ def _pages_needed_case(fn, seq_len: int, page_size: int) -> None:
     ], f"pages_needed({seq_len}, {page_size})")
 
 
-def pages_needed(fn) -> "CheckResult":  # noqa: F821
+def pages_needed(fn) -> CheckResult:
     """Check `fn(seq_len, page_size) == ceil(seq_len / page_size)`, in integers."""
     pairs = [(10, 4), (8, 4), (1, 16), (0, 16), (17, 1), (4095, 16), (4096, 16), (4097, 16),
              (2**53 + 1, 1), (2**60 + 1, 2**30), (3 * 2**55 + 7, 3)]
@@ -153,7 +153,7 @@ def _reserved_case(fn, lens: np.ndarray, max_len: int) -> None:
         empty=None if reserved else "reserved")
 
 
-def reserved_waste(fn) -> "CheckResult":  # noqa: F821
+def reserved_waste(fn) -> CheckResult:
     """Check `fn(seq_lens, max_len)`: the share of the reserved slots that hold no token
     (0.0 for no requests)."""
     cases = [
@@ -208,7 +208,7 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
         empty=None if allocated else "allocated")
 
 
-def paged_waste(fn) -> "CheckResult":  # noqa: F821
+def paged_waste(fn) -> CheckResult:
     """Check `fn(seq_lens, page_size)`: the share of the allocated slots that hold no token
     (0.0 when nothing is allocated)."""
     cases = [
@@ -260,7 +260,7 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
        f"{np.dtype(dtype).name})")
 
 
-def kv_bytes(fn) -> "CheckResult":  # noqa: F821
+def kv_bytes(fn) -> CheckResult:
     """Check `fn(seq_lens, num_heads, num_kv_heads, head_dim, dtype)`: K+V bytes of a step."""
     cases = [
         Case("multi-head fp32", {"heads": 8, "kv_heads": 8, "head_dim": 64, "dtype": "float32"},
@@ -295,7 +295,7 @@ def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
     ], f"decode_floor_ms({nbytes:.4g} bytes, {bandwidth_gbs} GB/s)", rel=1e-4)
 
 
-def decode_floor_ms(fn) -> "CheckResult":  # noqa: F821
+def decode_floor_ms(fn) -> CheckResult:
     """Check `fn(nbytes, bandwidth_gbs) == nbytes / (bandwidth_gbs * 1e9) * 1e3` (milliseconds)."""
     cases = [
         Case("the D64 workload at the H100 run's copy rate", {"bytes": 2.454e9, "GB/s": 2859},
@@ -339,7 +339,7 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
                    f"{wastes})", hint, expected=str(expected), got=repr(got))
 
 
-def choose_page_size(fn) -> "CheckResult":  # noqa: F821
+def choose_page_size(fn) -> CheckResult:
     """Check `fn(seq_lens, candidates, max_waste)`: the largest page size wasting <= max_waste."""
     chat = [int(n) for n in _lens(4, 200, 20, 600)]
     long = [int(n) for n in _lens(5, 64, 512, 4096)]

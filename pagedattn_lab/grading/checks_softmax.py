@@ -12,7 +12,7 @@ import numpy as np
 
 from .cases import paged_problem
 from .compare import describe_difference, diagnose, fmt
-from .report import Case, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 from .variants import attention_variant
 
@@ -109,7 +109,7 @@ def _online_case(cls, scores, values) -> None:
                    f"first wrong dim {d}", hint, expected=fmt(expected[d]), got=fmt(got[d]))
 
 
-def online_softmax(cls) -> "CheckResult":  # noqa: F821
+def online_softmax(cls) -> CheckResult:
     """Check `cls(head_dim)` with update(score, value) and result() == softmax(scores) @ values."""
     rng = case_rng(5)
     dim = 6
@@ -194,7 +194,7 @@ def _attend_case(fn, seed: int, **sizes) -> None:
                        + diff.message(), hint)
 
 
-def attend_one(fn) -> "CheckResult":  # noqa: F821
+def attend_one(fn) -> CheckResult:
     """Check `fn(q_vec, k_cache, v_cache, row, seq_len, t, kv_head, scale)`: one causal query."""
     cases = [
         Case("2 sequences", {"page_size": 4, "num_kv_heads": 2, "head_dim": 8},

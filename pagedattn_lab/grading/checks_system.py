@@ -15,7 +15,7 @@ from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
 from .compare import describe_difference, diagnose
 from .checks_serve import serve  # noqa: F401 - the lesson registry finds serve here
-from .report import Case, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 
@@ -105,7 +105,7 @@ def _next_page_case(fn, page_size: int) -> None:
         raise Mismatch(f"{what} (page_size {page_size})", hint, str(expected), repr(got))
 
 
-def pages_for_next_token(fn) -> "CheckResult":  # noqa: F821
+def pages_for_next_token(fn) -> CheckResult:
     """Check `fn(cache, seq_id)`: pages one more token of that sequence takes (0 or 1)."""
     cases = [Case("lengths around page boundaries, and forks", {"page_size": p},
                   lambda p=p: _next_page_case(fn, p)) for p in (4, 16)]
@@ -251,7 +251,7 @@ def _decode_exact_fit(cls) -> None:
                        f"lengths {lens}, {mgr.cache.allocator.num_free} free")
 
 
-def decode_step(cls) -> "CheckResult":  # noqa: F821
+def decode_step(cls) -> CheckResult:
     """Check `cls` (a PagedAttentionManager subclass): decode_step(seq_ids, q, k, v)."""
     cases = [
         Case("three sequences, 5 steps", {"prompt_lens": [7, 8, 1], "page_size": 4,

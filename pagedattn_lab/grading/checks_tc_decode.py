@@ -15,7 +15,7 @@ import numpy as np
 from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, fmt, ranges
 from .kernel_runner import poisoned, unwritten
-from .report import Case, Mismatch, NotAttempted, run_cases
+from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
 TILE = 16    # rows, tokens and head_dim step of one WMMA 16x16x16 tile
@@ -112,7 +112,7 @@ def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head) -> None:
                        "the tensor core takes in.", str(q.dtype), str(got.dtype))
 
 
-def group_rows(fn) -> "CheckResult":  # noqa: F821
+def group_rows(fn) -> CheckResult:
     """Check `fn(q, kv_head, group)` -> Q tiles [ceil(group / 16), 16, head_dim]."""
     specs = [   # name, (num_heads, num_kv_heads, head_dim, kv_head)
         ("MHA: group 1, one row used", (4, 4, 16, 2)),
@@ -294,7 +294,7 @@ def _tile_case(comp, seed, *sizes) -> None:
                        "rows (and do not read block_table for them).")
 
 
-def tc_tile_scores(source: str, device: str = "auto") -> "CheckResult":  # noqa: F821
+def tc_tile_scores(source: str, device: str = "auto") -> CheckResult:
     """Check `tc_tile_scores`: grid (ceil(seq_len / 16), num_kv_heads), block (32,)."""
     comp = _Compiled(source, "tc_tile_scores", device)
     specs = [   # name, (num_heads, num_kv_heads, head_dim, page_size, seq_len)
@@ -390,7 +390,7 @@ def _mask_case(fn, seed, tile, seq_len, scale) -> None:
                    "c >= seq_len.")
 
 
-def mask_tile(fn) -> "CheckResult":  # noqa: F821
+def mask_tile(fn) -> CheckResult:
     """Check `fn(s, tile, seq_len, scale)` -> logits [16, 16] float32."""
     specs = [   # name, tile, seq_len, scale
         ("a full tile: nothing masked", 0, 40, 0.125),

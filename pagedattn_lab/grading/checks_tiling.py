@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .report import Case, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 
 
 def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int) -> None:
@@ -45,7 +45,7 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
                    f"page_size={page_size})", hint, expected=repr(expected), got=repr(got))
 
 
-def tile_pages(fn) -> "CheckResult":  # noqa: F821
+def tile_pages(fn) -> CheckResult:
     """Check `fn(seq_len, q_start, tile_q, page_size)` -> the virtual pages a query tile reads."""
     params = [("the first tile", 37, 0, 16, 8), ("a middle tile", 37, 16, 16, 8),
               ("the last tile, partly past the end", 37, 32, 16, 8),
@@ -127,7 +127,7 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
         raise Mismatch("shared_mem bytes", hint, str(smem), str(s))
 
 
-def tiled_launch(fn) -> "CheckResult":  # noqa: F821
+def tiled_launch(fn) -> CheckResult:
     """Check `fn(batch, num_heads, max_len, tile_q, page_size, head_dim)`:
     (grid, block, shared_mem)."""
     params = [(2, 4, 37, 16, 8, 16), (1, 8, 64, 16, 16, 64), (3, 2, 5, 32, 4, 32),

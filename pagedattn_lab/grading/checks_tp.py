@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..distributed.shard import head_range, reassemble
-from .report import Case, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
 
@@ -79,12 +79,12 @@ def _refuse_case(fn, world, heads, kv) -> None:
     if got is None:
         raise NotImplementedError("head_split returned None")
     raise Mismatch(f"{world} ranks cannot share {kv} KV heads evenly, yet head_split returned "
-                   "ranges", f"refuse a split where num_kv_heads % world_size != 0 with a "
-                   f"ValueError: some rank would get a part of a KV head, or none.",
+                   "ranges", "refuse a split where num_kv_heads % world_size != 0 with a "
+                   "ValueError: some rank would get a part of a KV head, or none.",
                    "ValueError", repr(got))
 
 
-def head_split(fn) -> "CheckResult":  # noqa: F821
+def head_split(fn) -> CheckResult:
     """Check `fn(rank, world_size, num_heads, num_kv_heads)` ->
     ((kv_start, kv_stop), (q_start, q_stop))."""
     shapes = [(1, 2, 8, 4), (0, 2, 8, 4), (3, 4, 32, 8), (1, 2, 4, 4), (2, 3, 12, 6),
@@ -148,7 +148,7 @@ def _gather_case(fn, world, full) -> None:
                    str(np.round(got[b, h, :3], 4)))
 
 
-def gather_heads(fn) -> "CheckResult":  # noqa: F821
+def gather_heads(fn) -> CheckResult:
     """Check `fn(gathered, world_size, batch, num_heads, head_dim)` -> [batch, H, D]."""
     rng = case_rng(1302)
     shapes = [(2, 3, 8, 4), (4, 5, 8, 2), (2, 1, 4, 3), (1, 2, 4, 2), (8, 3, 16, 5)]
@@ -224,7 +224,7 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
     raise Mismatch(f"wrong: {wrong}", hint, str(expected), str(got))
 
 
-def wire_bytes(fn) -> "CheckResult":  # noqa: F821
+def wire_bytes(fn) -> CheckResult:
     """Check `fn(seq_lens, num_heads, num_kv_heads, head_dim, page_size, world_size,
     itemsize)` -> (tables, output_share, kv_read) bytes of one decode step, one layer."""
     fixed = [((37, 1, 16, 70), 8, 4, 64, 16, 2, 4), ((17,), 32, 8, 128, 16, 4, 2),
