@@ -1,19 +1,21 @@
 """The decode kernels of this tree against another version's, in one process, on the same pages,
 alternating: the A/B of a kernel change (benchmarks/NOTES.md, "The end of a block (session 11)").
 
-    git archive <rev> pagedattn_lab/kernels | tar -x -C .stage/old    # (an ignored folder)
+    mkdir -p .stage/old && git archive <rev> pagedattn_lab/kernels | tar -x -C .stage/old
     python3 benchmarks/ab_kernels.py --old .stage/old/pagedattn_lab/kernels [--rows ...]
                                      [--rounds 3] [--reps 30] [--json ab.json]
 
-Both sides plan with this tree's `BatchDecodeWrapper` (the same plan, the same launch
-arguments); the old side's kernels are compiled from the old folder's sources, so a change
-may touch kernel text only. Each row: the two outputs compared (max |difference|; the same
+Both sides plan with this tree's `BatchDecodeWrapper` (the same plan unless a change alters
+the blocks resident per SM, which the plan reads from the kernel); the old side's kernels
+are compiled from the old folder's sources, so a change may touch kernel text only. Each row: the two outputs compared (max |difference|; the same
 kernel code gives 0), then `--rounds` alternations of old and new (CUDA events, L2 flushed,
 median of `--reps`: pagedattn_lab.bench.timing), then the new side run again (the merge
 counters must be back to 0: the repeat gives the same output). Rows: the decode bench's
 tensor-core rows and MHA D64 (pagedattn_lab.bench.workloads) and the compressed rows of
-pagedattn_lab.bench.quant (`--rows` picks by name; "fp8:D64 GQA 32/8:static" for a
-compressed one). Every line is printed as it is measured.
+pagedattn_lab.bench.quant (`--rows` picks by name; "fp8_e4m3:D64 GQA 32/8:static" for a
+compressed one). Every line is printed as it is measured. The order within a round is fixed
+(old, then new): an A/A run (both sides this tree) read steady offsets of up to 0.4 us on the
+tensor-core rows and 0.9 us on the SIMT rows, the floor under any verdict of "level".
 """
 import argparse
 import json
@@ -125,6 +127,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if not (args.old / "decode_mma_rows.cu").is_file():
         parser.error(f"--old: {args.old} holds no decode_mma_rows.cu")
+    if args.rounds < 1 or args.reps < 1:
+        parser.error("--rounds and --reps: at least 1")
     wanted = args.rows.split(",")
     unknown = [r for r in wanted if r not in DECODE_ROWS + QUANT_ROWS]
     if unknown:

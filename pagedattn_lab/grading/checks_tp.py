@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..distributed.shard import head_range, reassemble
+from ..distributed.shard import head_range
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
