@@ -9,8 +9,9 @@ Both sides plan with this tree's `BatchDecodeWrapper` (the same plan unless a ch
 the blocks resident per SM, which the plan reads from the kernel); the old side's kernels
 are compiled from the old folder's sources, so a change may touch kernel text only. Each
 row: the two outputs compared (max |difference|; the same kernel code gives 0), then
-`--rounds` alternations of old and new (CUDA events, L2 flushed, median of `--reps`: pagedattn_lab.bench.timing), then the new side run again (the merge
-counters must be back to 0: the repeat gives the same output). Rows: the decode bench's
+`--rounds` alternations of old and new (CUDA events, L2 flushed, median of `--reps`:
+pagedattn_lab.bench.timing), then the new side run again (the merge counters must be back
+to 0: the repeat gives the same output). Rows: the decode bench's
 tensor-core rows and MHA D64 (pagedattn_lab.bench.workloads) and the compressed rows of
 pagedattn_lab.bench.quant (`--rows` picks by name; "fp8_e4m3:D64 GQA 32/8:static" for a
 compressed one). Every line is printed as it is measured. The order within a round is fixed
