@@ -20,7 +20,6 @@ tensor-core rows and 0.9 us on the SIMT rows, the floor under any verdict of "le
 """
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -40,27 +39,22 @@ DECODE_ROWS = ("D64", "D64-gqa4", "D64-gqa8", "D64-gqa8-p64", "D64-mqa16", "8x32
                "1x32k-gqa4", "D64-gqa4-d256", "D64-gqa4-d80", "D64-gqa4-d96")
 QUANT_ROWS = ("fp8_e4m3:D64 GQA 32/8:static", "int8:D64 GQA 32/8:static",
               "fp8_e4m3:D64 GQA 32/8:per_token", "fp8_e4m3:D64 MHA 32/32:static")
-_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([\w.]+\.cuh)"[ \t]*$', re.M)
 
 
 class Kernels:
     """The kernels of both sides: "new" through pagedattn_lab.kernels, "old" compiled from the
-    old folder's text (its headers inlined as kernels.expanded_source does)."""
+    old folder's text (kernels.expanded_source on that folder)."""
 
     def __init__(self, old_dir: Path):
         self.old_dir = old_dir
         self.built = {}
 
-    def old_source(self, filename: str) -> str:
-        name = filename if filename.endswith((".cu", ".cuh")) else filename + ".cu"
-        text = (self.old_dir / name).read_text()
-        return _INCLUDE.sub(lambda m: (self.old_dir / m.group(1)).read_text() + "\n", text)
-
     def get(self, side: str, filename: str, name: str, options=()):
         key = (side, filename, name, tuple(options))
         if key not in self.built:
             self.built[key] = (pk.kernel(filename, name, tuple(options)) if side == "new" else
-                               RawKernel(self.old_source(filename), name, options=tuple(options)))
+                               RawKernel(pk.expanded_source(filename, self.old_dir), name,
+                                         options=tuple(options)))
         return self.built[key]
 
     def plan(self, side: str, make):
@@ -103,8 +97,7 @@ def decode_row(timer, kernels, w, copy_rate, args) -> dict:
         runs[side] = lambda wrapper=wrapper, out=out: wrapper.run(
             inp["q"], inp["k_cache"], inp["v_cache"], out=out)
         kernel = wrapper.kernel
-    nbytes = 2 * sum(w.lens) * w.num_kv_heads * w.head_dim * w.itemsize
-    return compare(timer, f"{w.name} [{kernel}]", runs, nbytes, copy_rate, args)
+    return compare(timer, f"{w.name} [{kernel}]", runs, w.kv_bytes(), copy_rate, args)
 
 
 def quant_row(timer, kernels, spec, copy_rate, args) -> dict:

@@ -18,25 +18,26 @@ KERNEL_DIR = Path(__file__).resolve().parent
 _LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([\w.]+\.cuh)"[ \t]*$', re.M)
 
 
-def source(filename: str) -> str:
-    """The text of `pagedattn_lab/kernels/<filename>` (".cu" may be left off)."""
-    path = KERNEL_DIR / (filename if filename.endswith((".cu", ".cuh")) else filename + ".cu")
+def source(filename: str, directory: Path = KERNEL_DIR) -> str:
+    """The text of `pagedattn_lab/kernels/<filename>` (".cu" may be left off); `directory`:
+    another folder of kernel sources (an older version's, for an A/B)."""
+    path = directory / (filename if filename.endswith((".cu", ".cuh")) else filename + ".cu")
     if not path.is_file():
-        available = sorted(p.name for p in KERNEL_DIR.glob("*.cu"))
+        available = sorted(p.name for p in directory.glob("*.cu"))
         raise FileNotFoundError(f"filename: no kernel source {path.name!r}; have {available}")
     return path.read_text()
 
 
-def expanded_source(filename: str) -> str:
+def expanded_source(filename: str, directory: Path = KERNEL_DIR) -> str:
     """`source(filename)` with each `#include "<header>.cuh"` of this folder replaced by the
     header's text, between #line directives so that compiler messages keep each file's own
     name and line numbers."""
-    text = source(filename)
+    text = source(filename, directory)
     name = Path(filename).name if filename.endswith((".cu", ".cuh")) else filename + ".cu"
 
     def inline(m: re.Match) -> str:
         line = text.count("\n", 0, m.start()) + 1
-        header = source(m.group(1))
+        header = source(m.group(1), directory)
         if not header.endswith("\n"):
             header += "\n"
         return f'#line 1 "{m.group(1)}"\n{header}#line {line + 1} "{name}"'
