@@ -3,20 +3,22 @@ alternating: the A/B of a kernel change (benchmarks/NOTES.md, "The end of a bloc
 
     mkdir -p .stage/old && git archive <rev> pagedattn_lab/kernels | tar -x -C .stage/old
     python3 benchmarks/ab_kernels.py --old .stage/old/pagedattn_lab/kernels [--rows ...]
-                                     [--rounds 3] [--reps 30] [--json ab.json]
+                                     [--rounds 4] [--reps 30] [--json ab.json]
 
-Both sides plan with this tree's `BatchDecodeWrapper` (the same plan unless a change alters
-the blocks resident per SM, which the plan reads from the kernel); the old side's kernels
-are compiled from the old folder's sources, so a change may touch kernel text only. Each
-row: the two outputs compared (max |difference|; the same kernel code gives 0), then
-`--rounds` alternations of old and new (CUDA events, L2 flushed, median of `--reps`:
-pagedattn_lab.bench.timing), then the new side run again (the merge counters must be back
-to 0: the repeat gives the same output). Rows: the decode bench's
-tensor-core rows and MHA D64 (pagedattn_lab.bench.workloads) and the compressed rows of
-pagedattn_lab.bench.quant (`--rows` picks by name; "fp8_e4m3:D64 GQA 32/8:static" for a
-compressed one). Every line is printed as it is measured. The order within a round is fixed
-(old, then new): an A/A run (both sides this tree) read steady offsets of up to 0.4 us on the
-tensor-core rows and 0.9 us on the SIMT rows, the floor under any verdict of "level".
+Both sides plan with this tree's `BatchDecodeWrapper` (the same plan unless a change alters the
+blocks resident per SM, which the plan reads from the kernel); the old side's kernels are compiled
+from the old folder's sources, so a change may touch kernel text only. Each row: the two outputs
+compared (max |difference|; the same kernel code gives 0), then `--rounds` alternations of old and
+new (CUDA events, L2 flushed, median of `--reps`: pagedattn_lab.bench.timing), then the new side
+run again (the merge counters must be back to 0: the repeat gives the same output); the new side's
+share of the copy rate counts the benches' bytes (DecodeWorkload.bytes_moved,
+bench.quant.bytes_read), so it reads as theirs. Rows: the decode bench's tensor-core rows and MHA
+D64 (pagedattn_lab.bench.workloads) and the compressed rows of pagedattn_lab.bench.quant (`--rows`
+picks by name; "fp8_e4m3:D64 GQA 32/8:static" for a compressed one). Every line is printed as it is
+measured. The order flips every round (old, new; then new, old): with a fixed order an A/A run
+(both sides this tree, `--old pagedattn_lab/kernels`) read steady offsets of up to 0.4 us on the
+tensor-core rows and 0.9 us on the SIMT rows, which an even number of rounds now spreads over both
+sides; that A/A run is the floor under any verdict of "level".
 """
 import argparse
 import json
@@ -31,7 +33,7 @@ import cupy as cp  # noqa: E402
 from pagedattn_lab import kernels as pk  # noqa: E402
 from pagedattn_lab import wrappers as pw  # noqa: E402
 from pagedattn_lab.bench import quant as bq  # noqa: E402
-from pagedattn_lab.bench.timing import Timer, copy_bandwidth  # noqa: E402
+from pagedattn_lab.bench.timing import Timer, add_l2_flush_argument, copy_bandwidth  # noqa: E402
 from pagedattn_lab.bench.workloads import build_decode_inputs, decode_workloads  # noqa: E402
 from pagedattn_lab.rawkernel import RawKernel  # noqa: E402
 
@@ -71,8 +73,8 @@ def compare(timer, name, runs, nbytes, copy_rate, args) -> dict:
     first = {side: cp.asarray(fn()).astype(cp.float32) for side, fn in runs.items()}
     diff = float(cp.max(cp.abs(first["old"] - first["new"])))
     times = {"old": [], "new": []}
-    for _ in range(args.rounds):
-        for side in ("old", "new"):
+    for r in range(args.rounds):
+        for side in ("old", "new") if r % 2 == 0 else ("new", "old"):
             times[side].append(timer.time(runs[side], reps=args.reps).median_ms)
     repeat = float(cp.max(cp.abs(cp.asarray(runs["new"]()).astype(cp.float32) - first["new"])))
     best = {side: min(t) for side, t in times.items()}
@@ -97,7 +99,7 @@ def decode_row(timer, kernels, w, copy_rate, args) -> dict:
         runs[side] = lambda wrapper=wrapper, out=out: wrapper.run(
             inp["q"], inp["k_cache"], inp["v_cache"], out=out)
         kernel = wrapper.kernel
-    return compare(timer, f"{w.name} [{kernel}]", runs, w.kv_bytes(), copy_rate, args)
+    return compare(timer, f"{w.name} [{kernel}]", runs, w.bytes_moved(), copy_rate, args)
 
 
 def quant_row(timer, kernels, spec, copy_rate, args) -> dict:
@@ -115,9 +117,10 @@ def main(argv=None) -> int:
     parser.add_argument("--old", type=Path, required=True,
                         help="a folder holding the other version's kernels/*.cu and *.cuh")
     parser.add_argument("--rows", default=",".join(DECODE_ROWS + QUANT_ROWS))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--json", type=Path)
+    add_l2_flush_argument(parser)
     args = parser.parse_args(argv)
     if not (args.old / "decode_mma_rows.cu").is_file():
         parser.error(f"--old: {args.old} holds no decode_mma_rows.cu")
@@ -129,7 +132,7 @@ def main(argv=None) -> int:
         parser.error(f"--rows: unknown {unknown}; have {list(DECODE_ROWS + QUANT_ROWS)}")
     t0 = time.time()
     kernels = Kernels(args.old)
-    timer = Timer(cp)
+    timer = Timer(cp, l2_flush=args.l2_flush)
     timer.warm_up()
     copy_rate = copy_bandwidth(cp, timer)
     print(f"copy rate {copy_rate / 1e12:.2f} TB/s (read + write)", flush=True)
@@ -141,7 +144,8 @@ def main(argv=None) -> int:
         rows.append(row)
         cp.get_default_memory_pool().free_all_blocks()
         if args.json:   # after every row: a time limit keeps them
-            args.json.write_text(json.dumps(dict(copy_rate=copy_rate, rows=rows), indent=1))
+            args.json.write_text(json.dumps(dict(copy_rate=copy_rate, l2_flush=args.l2_flush,
+                                                 rows=rows), indent=1))
     print(f"done in {time.time() - t0:.0f} s", flush=True)
     return 0
 

@@ -1,10 +1,12 @@
-"""bench.timing.host_time on the CPU, with a stand-in for CuPy's device synchronisation: the
-wall time per call, and with batches the median over them (one busy moment of the host moves
-one batch, not the figure)."""
+"""bench.timing on the CPU, with stand-ins for CuPy: host_time's wall time per call, and with
+batches the median over them (one busy moment of the host moves one batch, not the figure);
+Timer's two L2 flushes (a write, or a read of twice the L2 that leaves no dirty lines)."""
 import time
 from types import SimpleNamespace
 
-from pagedattn_lab.bench.timing import host_time
+import pytest
+
+from pagedattn_lab.bench.timing import Timer, host_time
 
 FAKE_CP = SimpleNamespace(cuda=SimpleNamespace(
     Device=lambda: SimpleNamespace(synchronize=lambda: None)))
@@ -25,3 +27,43 @@ def test_one_slow_batch_does_not_move_the_median():
     per_call = host_time(FAKE_CP, fn, calls=4, warmup=1, batches=5)
     assert calls["n"] == 1 + 5 * 4
     assert per_call < 0.01, f"median {per_call * 1e3:.1f} ms per call: the slow batch counted"
+
+
+class _FakeArray:
+    def __init__(self, n, dtype):
+        self.nbytes, self.filled = n * 4, []   # (float32 / uint32: 4 bytes an element)
+
+    def fill(self, value):
+        self.filled.append(value)
+
+
+def _fake_cupy(launches, l2_bytes=60 << 20, sms=132):
+    def raw_kernel(source, name):
+        return lambda grid, block, args: launches.append((name, grid, block, args))
+    device = SimpleNamespace(attributes={"L2CacheSize": l2_bytes, "MultiProcessorCount": sms},
+                             synchronize=lambda: None)
+    return SimpleNamespace(empty=_FakeArray, zeros=_FakeArray, float32="float32",
+                           uint32="uint32", RawKernel=raw_kernel,
+                           cuda=SimpleNamespace(Device=lambda: device))
+
+
+def test_l2_flush_by_a_write_fills_the_buffer():
+    launches = []
+    timer = Timer(_fake_cupy(launches))
+    timer.flush_l2()
+    assert timer._flush_buf.filled == [0] and launches == []
+
+
+def test_l2_flush_by_a_read_reads_twice_the_l2_and_writes_nothing():
+    launches = []
+    timer = Timer(_fake_cupy(launches, l2_bytes=60 << 20), l2_flush="read")
+    timer.flush_l2()
+    assert timer._flush_buf.filled == []
+    (name, grid, block, (buf, n16, sink)), = launches
+    assert name == "read_all" and buf is timer._flush_buf
+    assert int(n16) * 16 == buf.nbytes >= 2 * (60 << 20), "a read flush must evict the whole L2"
+
+
+def test_unknown_l2_flush_is_refused_by_name():
+    with pytest.raises(ValueError, match="l2_flush.*'clean'"):
+        Timer(_fake_cupy([]), l2_flush="clean")

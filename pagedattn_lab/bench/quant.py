@@ -4,6 +4,7 @@ tensor cores on the grouped rows) as a baseline in the same process when its JIT
 checks copy the slot mapping to the host, which the spin kernel of `Timer` cannot hide.)
 
     python -m pagedattn_lab.bench.quant --out DIR [--flashinfer fp8_e4m3,float16] [--reps 30]
+                                      [--l2-flush write|read]
 
 Workloads: ANCHORS.md's D64 (64 sequences, lengths uniform in [512, 4096], 149,713 tokens;
 head_dim 128, page 16, pages scattered), MHA 32/32 and GQA 32/8. Issue 12's targets (H200,
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import page_bytes
-from .timing import Timer, copy_bandwidth
+from .timing import Timer, add_l2_flush_argument, copy_bandwidth
 from .workloads import d64_lengths
 
 PAGE = 16
@@ -261,16 +262,18 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=30)
     parser.add_argument("--flashinfer", default="fp8_e4m3,float16",
                         help="kv dtypes to time FlashInfer's decode on ('' for none)")
+    add_l2_flush_argument(parser)
     args = parser.parse_args(argv)
     import cupy as cp  # noqa: PLC0415
     kinds = [k for k in args.flashinfer.split(",") if k]
     args.fi_builds = prebuild_flashinfer(cp, kinds, workloads()[0].head_dim) if kinds else {}
     for build in args.fi_builds.values():
         build.result()   # nothing is timed beside a build (prebuild_flashinfer)
-    timer = Timer(cp)
+    timer = Timer(cp, l2_flush=args.l2_flush)
     timer.warm_up()
     copy_rate = copy_bandwidth(cp, timer)
-    print(f"copy rate {copy_rate / 1e12:.2f} TB/s (read + write)", flush=True)
+    print(f"copy rate {copy_rate / 1e12:.2f} TB/s (read + write); L2 flushed by a "
+          f"{args.l2_flush}", flush=True)
     rows = []
     for w in workloads():
         fp16_ms = None
@@ -285,15 +288,17 @@ def main(argv=None) -> int:
             rows.append(row)
             print(line(row), flush=True)
             cp.get_default_memory_pool().free_all_blocks()
-            save(args.out, cp, copy_rate, rows)   # after every row: a time limit keeps them
+            # after every row: a time limit keeps them
+            save(args.out, cp, copy_rate, rows, args.l2_flush)
     print("\n".join(targets(rows)), flush=True)
     return 0
 
 
-def save(out: Path, cp, copy_rate: float, rows: list[dict]) -> None:
+def save(out: Path, cp, copy_rate: float, rows: list[dict], l2_flush: str) -> None:
     checks = targets(rows)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "copy_bytes_per_s": copy_rate,
+            "l2_flush": l2_flush,
             "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
             "targets": checks}
     (out / "quant.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))

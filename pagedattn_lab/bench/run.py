@@ -3,7 +3,8 @@
 For every workload it builds one set of inputs, runs our kernels (the one the plan picks and
 the other one) and each baseline on it (FlashInfer's decode on CUDA cores and on tensor
 cores, when it imports; PyTorch's), checks that they agree, times them (CUDA events, warm-up,
-L2 flushed before every repetition, median), and reports time, achieved bandwidth (the fewest
+L2 flushed before every repetition by a 64 MB write, or with `--l2-flush read` by a read that
+leaves no dirty lines: bench.timing, median), and reports time, achieved bandwidth (the fewest
 bytes the problem needs / time), that bandwidth as a share of the measured device-to-device
 copy rate, and speed-ups. Also: the host time of `BatchDecodeWrapper.run` (100 back-to-back
 runs of a tiny problem) and of the one-shot `paged_attention_decode` on D64 (30 back-to-back
@@ -27,7 +28,7 @@ from . import report
 from .baselines import DECODE_BASELINES, import_torch, sdpa_prefill
 from .flashinfer_baseline import VARIANTS as FLASHINFER_VARIANTS
 from .flashinfer_baseline import decode_runner, import_flashinfer, prebuild
-from .timing import Timer, copy_bandwidth, host_time
+from .timing import L2_FLUSH_WHAT, Timer, add_l2_flush_argument, copy_bandwidth, host_time
 from .workloads import (
     build_decode_inputs,
     build_prefill_inputs,
@@ -49,6 +50,7 @@ def parse_args(argv):
     p.add_argument("--only", default=None, help="comma-separated decode workload names")
     p.add_argument("--no-prefill", action="store_true", help="skip the prefill workloads")
     p.add_argument("--prefix", default="bench", help="file name stem of the JSON and PNG")
+    add_l2_flush_argument(p)
     return p.parse_args(argv)
 
 
@@ -61,7 +63,7 @@ def rel_err(cp, out, ref) -> float:
 class Bench:
     def __init__(self, cp, torch, args):
         self.cp, self.torch, self.args = cp, torch, args
-        self.timer = Timer(cp)
+        self.timer = Timer(cp, l2_flush=args.l2_flush)
         self.reps = args.reps or (5 if args.quick else 30)
         self.rows: list[dict] = []
         self.flashinfer = None
@@ -258,7 +260,7 @@ def _raiser(exc):
     return fn
 
 
-def metadata(cp, torch, copy_bw, argv) -> dict:
+def metadata(cp, torch, copy_bw, argv, l2_flush: str = "write") -> dict:
     props = cp.cuda.runtime.getDeviceProperties(cp.cuda.Device().id)
     name = props["name"].decode() if isinstance(props["name"], bytes) else str(props["name"])
     return {
@@ -270,9 +272,10 @@ def metadata(cp, torch, copy_bw, argv) -> dict:
         "cuda_runtime": cp.cuda.runtime.runtimeGetVersion(),
         "copy_bandwidth_GBps": copy_bw / 1e9,
         "command": "python -m pagedattn_lab.bench " + " ".join(argv),
-        "timing": "CUDA events per repetition, warm-up 3, L2 flushed (64 MB write) before "
-                  "each repetition, host launch time hidden behind a spin kernel (ms; "
+        "timing": f"CUDA events per repetition, warm-up 3, L2 flushed ({L2_FLUSH_WHAT[l2_flush]}) "
+                  "before each repetition, host launch time hidden behind a spin kernel (ms; "
                   "ms_with_launch without it), median",
+        "l2_flush": l2_flush,
     }
 
 
@@ -295,7 +298,8 @@ def main(argv=None) -> int:
         dws = [w for w in dws if w.name in args.only.split(",")]
     if args.no_prefill:
         pws = []
-    meta = metadata(cp, torch, bench.copy_bw, argv)   # before anything can break the context
+    # before anything can break the context
+    meta = metadata(cp, torch, bench.copy_bw, argv, args.l2_flush)
     flashinfer_note = bench.start_flashinfer(dws)
     steps = len(dws) * 2 + 3 * len(pws)
     with tqdm(total=steps, desc="bench", file=sys.stderr) as progress:

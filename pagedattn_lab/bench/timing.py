@@ -7,6 +7,13 @@ covers the host's time to issue the work (Python argument checks, PyTorch dispat
 torch.compile guards), so the events measure the GPU's time for the work itself, the same
 way for our kernels and for every baseline. `time(..., hide_launch=False)` leaves it out.
 
+The flush by a write is what Triton's `do_bench` and NVBench do, and the benches' default (what
+ANCHORS.md's figures and every earlier result used). It leaves the L2 full of dirty lines, whose
+write-back the timed work pays as it evicts them: 7-10 us on every decode row on the H200, a
+contiguous read included (benchmarks/NOTES.md, "The flush's write-back (session 12)").
+`Timer(cp, l2_flush="read")` flushes by reading twice the L2's size instead: the inputs are
+evicted all the same, and dirty lines are written back during the flush, not the timing.
+
 CuPy launches go to CuPy's current stream, PyTorch's to its current stream; the benchmark
 leaves both on the legacy default stream, so one pair of events brackets either.
 """
@@ -19,6 +26,8 @@ from dataclasses import dataclass
 import numpy as np
 
 L2_FLUSH_BYTES = 64 << 20    # more than the H100's and H200's 50-60 MB of L2
+L2_FLUSH_WHAT = {"write": "64 MB written", "read": "twice the L2 read"}
+L2_FLUSH_MODES = tuple(L2_FLUSH_WHAT)
 SPIN_CYCLES = 1_000_000      # about 0.5 ms at 2 GHz: longer than issuing any of the work
 
 _SPIN_SOURCE = r"""
@@ -26,6 +35,18 @@ extern "C" __global__ void spin(long long cycles)
 {
     long long t0 = clock64();
     while (clock64() - t0 < cycles) { }
+}
+// every 16 bytes of a[0, n16) read once; the loads are kept by a fold stored only on a value
+// that all-zero data cannot give
+extern "C" __global__ void read_all(const uint4* a, long long n16, unsigned* sink)
+{
+    unsigned acc = 0;
+    for (long long j = blockIdx.x * (long long)blockDim.x + threadIdx.x; j < n16;
+         j += (long long)gridDim.x * blockDim.x) {
+        const uint4 v = a[j];
+        acc ^= v.x ^ v.y ^ v.z ^ v.w;
+    }
+    if (acc == 0x9e3779b9u) *sink = acc;
 }
 """
 
@@ -43,9 +64,18 @@ class Timing:
 
 
 class Timer:
-    def __init__(self, cp):
-        self.cp = cp
-        self._flush_buf = cp.empty(L2_FLUSH_BYTES // 4, dtype=cp.float32)
+    def __init__(self, cp, l2_flush: str = "write"):
+        if l2_flush not in L2_FLUSH_MODES:
+            raise ValueError(f"l2_flush: expected one of {L2_FLUSH_MODES}, got {l2_flush!r}")
+        self.cp, self.l2_flush = cp, l2_flush
+        if l2_flush == "write":
+            self._flush_buf = cp.empty(L2_FLUSH_BYTES // 4, dtype=cp.float32)
+        else:   # (zeros: the fold in read_all never stores)
+            l2_bytes = cp.cuda.Device().attributes["L2CacheSize"]
+            self._flush_buf = cp.zeros(max(2 * l2_bytes, L2_FLUSH_BYTES) // 4, dtype=cp.float32)
+            self._read_all = cp.RawKernel(_SPIN_SOURCE, "read_all")
+            self._sink = cp.zeros(1, dtype=cp.uint32)
+            self._read_grid = 4 * cp.cuda.Device().attributes["MultiProcessorCount"]
         self._spin = cp.RawKernel(_SPIN_SOURCE, "spin")
 
     def warm_up(self, seconds: float = 1.0):
@@ -59,8 +89,13 @@ class Timer:
             self.cp.cuda.Device().synchronize()
 
     def flush_l2(self):
-        """Overwrite more than the L2 holds, so the next run reads its inputs from memory."""
-        self._flush_buf.fill(0)
+        """Overwrite (or read) more than the L2 holds, so the next run reads its inputs from
+        memory."""
+        if self.l2_flush == "write":
+            self._flush_buf.fill(0)
+        else:
+            self._read_all((self._read_grid,), (512,),
+                           (self._flush_buf, np.int64(self._flush_buf.nbytes // 16), self._sink))
 
     def time(self, fn, reps: int = 30, warmup: int = 3, flush: bool = True,
              hide_launch: bool = True) -> Timing:
@@ -81,6 +116,14 @@ class Timer:
             end.synchronize()
             times.append(cp.cuda.get_elapsed_time(start, end))
         return Timing(statistics.median(times), min(times), max(times), reps)
+
+
+def add_l2_flush_argument(parser) -> None:
+    """--l2-flush for a benchmark's command line (Timer's l2_flush)."""
+    parser.add_argument("--l2-flush", choices=L2_FLUSH_MODES, default="write",
+                        help="flush the L2 before each repetition by a 64 MB write (default: "
+                             "as Triton's do_bench and earlier results) or by reading twice "
+                             "the L2 (no dirty lines left for the timed work to write back)")
 
 
 def copy_bandwidth(cp, timer: Timer, nbytes: int = 1 << 30, reps: int = 10,
