@@ -19,8 +19,9 @@ def table(rows: list[dict]) -> str:
                     f"{r.get('ratio_to_kernel', float('nan')):.2f}x the kernel")
             lines.append([r["kernel"], r["workload"], "host", "", "", "", what])
             continue
-        if r.get("error"):
-            lines.append([r["kernel"], r["workload"], "failed", "", "", "", r["error"][:60]])
+        if r.get("error") or r.get("skipped"):
+            lines.append([r["kernel"], r["workload"], "failed" if r.get("error") else "not run",
+                          "", "", "", (r.get("error") or r["skipped"])[:60]])
             continue
         ups = ", ".join(f"{v:.2f}x {k}" for k, v in r.get("speedup", {}).items())
         lines.append([r["kernel"], r["workload"], _fmt(r.get("ms"), ".3f"),
@@ -42,8 +43,8 @@ def write_chart(path: Path, meta: dict, rows: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    decode = [r for r in rows if r.get("kind") == "decode" and not r.get("error")]
-    prefill = [r for r in rows if r.get("kind") == "prefill" and not r.get("error")]
+    decode = [r for r in rows if r.get("kind") == "decode" and "ms" in r]   # (not failed, run)
+    prefill = [r for r in rows if r.get("kind") == "prefill" and "ms" in r]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(14, 5), gridspec_kw={"width_ratios": [3, 1]})
 
     workloads = list(dict.fromkeys(r["workload"] for r in decode))

@@ -27,7 +27,7 @@ from ..backend import gpu_available, gpu_status
 from . import report
 from .baselines import DECODE_BASELINES, import_torch, sdpa_prefill
 from .flashinfer_baseline import VARIANTS as FLASHINFER_VARIANTS
-from .flashinfer_baseline import decode_runner, import_flashinfer, prebuild
+from .flashinfer_baseline import decode_runner, import_flashinfer, prebuild, skip_reason
 from .timing import L2_FLUSH_WHAT, Timer, add_l2_flush_argument, copy_bandwidth, host_time
 from .workloads import (
     build_decode_inputs,
@@ -144,6 +144,11 @@ class Bench:
         base = {}
         for name, tc in FLASHINFER_VARIANTS.items():
             if self.flashinfer is None or not self.wanted(name):
+                continue
+            skipped = skip_reason(self.flashinfer, w.head_dim)
+            if skipped:
+                self.rows.append({"kind": "decode", "workload": w.name, "kernel": name,
+                                  "shape": w.describe(), "skipped": skipped})
                 continue
             try:
                 fn = decode_runner(self.flashinfer, self.torch, inp, w, scale, tc)
