@@ -2,8 +2,10 @@
 
 kv_scales: wrong scale functions written here. The two kernels: the solution notebook's
 source with one mistake edited in (the edit must apply, so these tests follow the
-solutions). Each case asserts that the check fails (not "not attempted") and that the
-printed hint contains the phrase that points at the mistake.
+solutions). Each case asserts that the check fails (not "not attempted"), that the
+printed hint contains the phrase that points at the mistake and, where a wrong hint would be
+tempting, that no hint names a mistake the evidence does not show. Other right answers
+(edited the same way) must pass.
 """
 import numpy as np
 import pytest
@@ -29,21 +31,99 @@ SCALE_MISTAKES = [
     ("NaN", lambda x, q: np.full(x.shape[:2], np.nan, np.float32), "a nan your code computed"),
     ("one per token, broadcastable", lambda x, q: _guard(np.abs(x).max((1, 2)), q)[:, None],
      "one scale per (token, kv head)"),
+    ("static: per head over every token", lambda x, q: np.broadcast_to(
+        _guard(np.abs(x).max((0, 2)), q), x.shape[:2]), "a static scale"),
+    ("the whole tensor", lambda x, q: np.full(x.shape[:2], _guard(np.abs(x).max(), q)),
+     "amax of the whole tensor"),
+    ("int8's 127 for fp8", lambda x, q: _guard(np.abs(x).max(-1), 127), "not int8's 127"),
+    ("e4m3fnuz's 240", lambda x, q: _guard(np.abs(x).max(-1), 240 if q == 448 else q),
+     "e4m3fnuz"),
+    ("e5m2's 57344", lambda x, q: _guard(np.abs(x).max(-1), 57344 if q == 448 else q), "e5m2"),
+    ("the number of levels", lambda x, q: _guard(np.abs(x).max(-1), 2 * q + 1),
+     "not the number of levels"),
+    ("inverse", lambda x, q: _guard(q / np.maximum(np.abs(x).max(-1), 1e-30), 1),
+     "not its inverse"),
+    ("NaN for a zero row", lambda x, q: np.where(np.abs(x).max(-1) > 0, np.abs(x).max(-1) / q,
+                                                 np.nan), "yours is nan there"),
+    ("float16", lambda x, q: _guard(np.abs(x).max(-1), q).astype(np.float16), "float32"),
 ]
+
+# Other right answers: a zero row may get any finite positive scale (it stores zeros).
+SCALE_ALTERNATIVES = [
+    ("times 1 / qmax", lambda x, q: _guard(np.abs(x).max(-1), 1 / np.float32(1 / q))),
+    ("epsilon floor", lambda x, q: (np.maximum(np.abs(x).max(-1), 1e-8) / q).astype(np.float32)),
+    ("max(max, -min) in float64", lambda x, q: np.where(
+        np.abs(x).max(-1) > 0, np.maximum(x.max(-1), -x.min(-1)).astype(np.float64) / q, 1.0)),
+]
+
+CLAMP = "(signed char)fminf(fmaxf(rintf(row[d] / scale), -127.0f), 127.0f)"
+NAN_TEST = ("row[d] != row[d] ? 0            // NaN: code 0 (the clamp would give -127)\n"
+            "                 : ")
+LOOP = "for (int d = lane; d < head_dim; d += 32)\n        dst[d]"
 
 WRITE_MISTAKES = [
     ("truncation", [("rintf(row[d] / scale)", "(float)(int)(row[d] / scale)")], "truncates"),
     ("roundf", [("rintf(row[d] / scale)", "roundf(row[d] / scale)")], "halves to even"),
-    ("no saturation", [("(signed char)fminf(fmaxf(rintf(row[d] / scale), -127.0f), 127.0f)",
-                        "(signed char)(int)rintf(row[d] / scale)")], "saturate"),
+    ("no saturation", [(CLAMP, "(signed char)(int)rintf(row[d] / scale)")], "saturate"),
     ("multiplied", [("rintf(row[d] / scale)", "rintf(row[d] * scale)")], "not x * scale"),
     ("no abs", [("fmaxf(amax, fabsf(row[d]))", "fmaxf(amax, row[d])")], "largest magnitude"),
     ("token for slot", [("k_scale[slot * num_kv_heads + head] = scale",
-                         "k_scale[token * num_kv_heads + head] = scale")], "laid out like the pages"),
-    ("no lane stride", [("for (int d = lane; d < head_dim; d += 32)\n        dst[d]",
-                         "for (int d = lane; d < head_dim && d < 32; d += 32)\n        dst[d]")],
+                         "k_scale[token * num_kv_heads + head] = scale")],
+     "laid out like the pages"),
+    ("no lane stride", [(LOOP, LOOP.replace("d < head_dim;", "d < head_dim && d < 32;"))],
      "never written"),
+    ("clamp to -128", [(CLAMP, CLAMP.replace("-127.0f", "-128.0f"))], "symmetric"),
+    ("amax / 128", [("amax / 127.0f", "amax / 128.0f")], "not / 128"),
+    ("no zero guard", [("amax > 0.0f ? amax / 127.0f : 1.0f", "amax / 127.0f")],
+     "give it scale 1"),
+    ("padding row written", [("if (slot < 0) return;", "")], "padding row"),
+    ("NaN through the clamp", [(NAN_TEST, "")], "nan input is stored as code 0"),
+    ("scale twice", [("rintf(row[d] / scale)", "rintf(row[d] / scale / scale)")],
+     "divide by the scale once"),
+    ("no scale", [("rintf(row[d] / scale)", "rintf(row[d])")], "rintf(x) itself"),
+    ("floorf(x + 0.5)", [("rintf(row[d] / scale)", "floorf(row[d] / scale + 0.5f)")],
+     "rounds halves up"),
+    ("codes at the token's row", [("(slot * num_kv_heads + head) * head_dim",
+                                   "((long long)token * num_kv_heads + head) * head_dim")],
+     "not to its row in k"),
+    ("no warp reduction", [("int offset = 16;", "int offset = 0;")], "reduce it over the warp"),
+    ("shfl_down, no broadcast", [("__shfl_xor_sync(0xffffffffu, amax, offset)",
+                                  "__shfl_down_sync(0xffffffffu, amax, offset)")],
+     "broadcast it"),
+    ("inverse scale stored", [("k_scale[slot * num_kv_heads + head] = scale",
+                               "k_scale[slot * num_kv_heads + head] = 1.0f / scale")],
+     "not its inverse"),
+    ("static scale read per token", [("scale = k_scale[head];",
+                                      "scale = k_scale[slot * num_kv_heads + head];")],
+     "one static scale per head"),
+    ("last dim skipped", [(LOOP, LOOP.replace("d < head_dim", "d < head_dim - 1"))],
+     "every d from 0 to head_dim - 1", ["stride"]),
+    ("floorf", [("rintf(row[d] / scale)", "floorf(row[d] / scale)")], "rintf",
+     ["never written"]),   # a computed code can equal the fill value: no evidence of that
 ]
+
+# Other right answers: float rounding of the scale, another clamp or rounding call, an
+# epsilon floor, another reduction or loop order.
+WRITE_ALTERNATIVES = [
+    ("times 1 / 127", [("amax / 127.0f", "amax * (1.0f / 127.0f)")]),
+    ("times 1 / scale", [("rintf(row[d] / scale)", "rintf(row[d] * (1.0f / scale))")]),
+    ("int clamp", [(CLAMP, "(signed char)max(-127, min(127, __float2int_rn(row[d] / "
+                           "scale)))")]),
+    ("clamp, then rint", [(CLAMP, "(signed char)rintf(fminf(fmaxf(row[d] / scale, -127.0f), "
+                                  "127.0f))")]),
+    ("epsilon floor", [("amax > 0.0f ? amax / 127.0f : 1.0f", "fmaxf(amax, 1e-8f) / 127.0f")]),
+    ("shfl_down, then broadcast", [("__shfl_xor_sync(0xffffffffu, amax, offset)",
+                                    "__shfl_down_sync(0xffffffffu, amax, offset)"),
+                                   ("scale = amax > 0.0f", "amax = __shfl_sync(0xffffffffu, "
+                                    "amax, 0);\n        scale = amax > 0.0f")]),
+    ("lanes from the end", [(LOOP, LOOP.replace("int d = lane; d < head_dim; d += 32",
+                                                "int d = head_dim - 1 - lane; d >= 0; d -= 32"))]),
+    ("isnan", [(NAN_TEST, "isnan(row[d]) ? 0 : ")]),
+]
+
+K_READ = "((float)k_cache[row + d] * ks)"
+V_READ = "((float)v_cache[row + d] * vs)"
+AT = "per_token ? slot * num_kv_heads + kv_head : kv_head"
 
 READ_MISTAKES = [
     ("V scale forgotten", [("((float)v_cache[row + d] * vs)", "((float)v_cache[row + d])")],
@@ -55,6 +135,31 @@ READ_MISTAKES = [
                          "((float)(unsigned char)k_cache[row + d] * ks)"),
                         ("((float)v_cache[row + d] * vs)",
                          "((float)(unsigned char)v_cache[row + d] * vs)")], "signed"),
+    ("K scale forgotten", [(K_READ, "((float)k_cache[row + d])")],
+     "multiply each K code by its scale"),
+    ("divided by the scales", [(K_READ, K_READ.replace("*", "/")),
+                               (V_READ, V_READ.replace("*", "/"))], "do not divide"),
+    ("scales applied twice", [(K_READ, "((float)k_cache[row + d] * ks * ks)"),
+                              (V_READ, "((float)v_cache[row + d] * vs * vs)")],
+     "multiplied by the scale twice"),
+    ("K with V's scale", [("float ks = k_scale[at]", "float ks = v_scale[at]")], "not v_scale"),
+    ("scales swapped", [("ks = k_scale[at], vs = v_scale[at]",
+                         "ks = v_scale[at], vs = k_scale[at]")], "swapped"),
+    ("position for slot", [(AT, "per_token ? (long long)t * num_kv_heads + kv_head : kv_head")],
+     "not to its position t"),
+    ("slot without the head", [(AT, "per_token ? slot : kv_head")], "not k_scale[slot]"),
+    ("query head for kv head", [(AT, "per_token ? slot * num_kv_heads + h : h")],
+     "not the query head h"),
+    ("no softmax scale", [("float s = dot * scale;", "float s = dot;")], "softmax scale"),
+]
+
+# Other right answers: the scales applied per score and per weight instead of per element.
+READ_ALTERNATIVES = [
+    ("K scale on the dot", [("dot += q_row[d] * ((float)k_cache[row + d] * ks);",
+                             "dot += q_row[d] * (float)k_cache[row + d];"),
+                            ("float s = dot * scale;", "float s = dot * ks * scale;")]),
+    ("V scale on the weight", [("w * ((float)v_cache[row + d] * vs)",
+                                "(w * vs) * (float)v_cache[row + d]")]),
 ]
 
 KERNELS = [("quantize_write", "SOURCE_WRITE", m) for m in WRITE_MISTAKES] + \
@@ -69,8 +174,28 @@ def test_scale_mistake_is_caught(name, impl, phrase):
 @pytest.mark.parametrize("task, variable, mistake", KERNELS,
                          ids=[f"{t}-{m[0]}" for t, _, m in KERNELS])
 def test_kernel_mistake_is_caught(task, variable, mistake):
-    _, edits, phrase = mistake
-    assert_caught(task, mutate(solution_source(NOTEBOOK, variable), edits), phrase, device="cpu")
+    _, edits, phrase, *not_phrases = mistake
+    assert_caught(task, mutate(solution_source(NOTEBOOK, variable), edits), phrase,
+                  not_phrases=not_phrases[0] if not_phrases else (), device="cpu")
+
+
+@pytest.mark.parametrize("name, impl", SCALE_ALTERNATIVES, ids=[a[0] for a in SCALE_ALTERNATIVES])
+def test_scale_alternative_passes(name, impl):
+    result, printed = run_check("kv_scales", impl)
+    assert result.passed, printed
+
+
+ALTERNATIVES = [("quantize_write", "SOURCE_WRITE", a) for a in WRITE_ALTERNATIVES] + \
+               [("dequant_decode", "SOURCE_READ", a) for a in READ_ALTERNATIVES]
+
+
+@pytest.mark.parametrize("task, variable, alternative", ALTERNATIVES,
+                         ids=[f"{t}-{a[0]}" for t, _, a in ALTERNATIVES])
+def test_kernel_alternative_passes(task, variable, alternative):
+    _, edits = alternative
+    result, printed = run_check(task, mutate(solution_source(NOTEBOOK, variable), edits),
+                                device="cpu")
+    assert result.passed, printed
 
 
 @pytest.mark.parametrize("task, variable", [("quantize_write", "SOURCE_WRITE"),

@@ -3,54 +3,83 @@
 
 kv_scales: amax over head_dim / qmax per (token, KV head), 1 for an all-zero row.
 quantize_write: one warp per (token, KV head) stores int8 codes rint(x / scale), clamped to
-+-127, at the token's slot; per-token scales are computed and written to
++-127 (a NaN input as 0), at the token's slot; per-token scales are computed and written to
 k_scale[slot][kv_head], static ones read from k_scale[kv_head].
 dequant_decode: one thread per (query head, sequence) attends over int8 pages, reading
 code * scale for K and for V.
 
 The cases hold values that tell the classic mistakes apart: exact halves (rounding),
-values far past 127 scales (saturation), rows whose largest magnitude is negative (abs),
-an all-zero row, scattered slots and a -1 padding row, GQA, and V scales unlike K's.
+values far past 127 scales of either sign (saturation, symmetric range), rows whose largest
+magnitude is negative (abs), all-zero rows, NaN inputs, scattered slots and a -1 padding row,
+GQA, and V scales unlike K's. A row of zeros is stored exactly whatever its scale, so any
+finite positive scale passes there (1, or an epsilon floor as vLLM's).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..quant import per_token_scales
-from ..reference import reference_decode
 from .cases import paged_problem
 from .checks_kernels import _Compiled
-from .compare import describe_difference, diagnose
+from .compare import describe_difference, diagnose, ranges
+from .faults import describe_kernel_exception
 from .kernel_runner import poisoned
+from .quant_variants import (FILL, READ_MISTAKES, WARP, WRITE_MISTAKES, quantize_reference,
+                             read_reference)
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
-WARP = 32
-FILL = 85   # what the check writes into k_cache first: an unwritten code shows as 85
 NOTHING_WRITTEN = ("the kernel wrote nothing (its outputs still hold what the check filled "
                    "them with): write the kernel body where the // TODO is")
+
+
+def _any_scale_for_zeros(got, expected, zero):
+    """`expected` with the learner's own scale where the row is all zeros, if finite and > 0."""
+    return np.where(zero & np.isfinite(got) & (got > 0), got, expected)
 
 
 # -- task 1: the scales, in NumPy ----------------------------------------------------------
 
 def _scale_variants(x, qmax):
     ax = np.abs(x)
+    amax = ax.max(-1)
+    fp8 = qmax == 448
+
+    def per_row(a, q=qmax):
+        return np.broadcast_to(np.where(a > 0, a / q, 1.0), x.shape[:2])
+
     with np.errstate(all="ignore"):
         return [
             ("the scale comes from the largest MAGNITUDE: amax = max |x| (a row whose biggest "
              "value is negative, like here, needs abs).",
              np.where(x.max(-1) > 0, x.max(-1) / qmax, 1.0)),
             ("scale = amax / qmax (a code times the scale gives the value back), not amax * qmax.",
-             np.where(ax.max(-1) > 0, ax.max(-1) * qmax, 1.0)),
+             np.where(amax > 0, amax * qmax, 1.0)),
+            ("scale = amax / qmax (x = code * scale), not its inverse qmax / amax.",
+             np.where(amax > 0, qmax / amax, 1.0)),
             ("the range of int8 here is +-127 (symmetric: -128 is not used), of e4m3 +-448: "
-             "divide by the qmax you are given.",
-             np.where(ax.max(-1) > 0, ax.max(-1) / (qmax + 1), 1.0)),
+             "divide by the qmax you are given.", per_row(amax, qmax + 1)),
+            ("divide by the qmax you are given: 448 for fp8 e4m3 here, not int8's 127.",
+             per_row(amax, 127) if fp8 else None),
+            ("e4m3fn (the format here) reaches 448; 240 is the largest e4m3fnuz value: divide "
+             "by the qmax you are given.", per_row(amax, 240) if fp8 else None),
+            ("57344 is the largest e5m2 value; this cache is e4m3 (448): divide by the qmax "
+             "you are given.", per_row(amax, 57344) if fp8 else None),
             ("a row of zeros has amax 0 and would get scale 0 (then 0 / 0 = NaN codes): give "
-             "it scale 1.", ax.max(-1) / qmax),
+             "it scale 1.", amax / qmax),
+            ("a row of zeros needs a finite scale: yours is NaN there (0 / 0); give it scale 1.",
+             np.where(amax > 0, amax / qmax, np.nan)),
+            ("scale = amax / qmax: the largest magnitude becomes code qmax (the codes run from "
+             "-qmax to qmax), not the number of levels 2 * qmax + 1.",
+             per_row(amax, 2 * qmax + 1)),
             ("one scale per (token, KV head): the amax over the whole token (all heads) mixes "
-             "heads whose ranges differ.",
-             np.broadcast_to(np.where(ax.max((-1, -2)) > 0, ax.max((-1, -2)) / qmax, 1.0)[:, None],
-                             x.shape[:2])),
+             "heads whose ranges differ.", per_row(ax.max((-1, -2))[:, None])),
+            ("one scale per (token, KV head): these are one amax per head over every token (a "
+             "static scale); reduce over head_dim only.", per_row(ax.max((0, 2))[None, :])),
+            ("one scale per (token, KV head): this is the amax of the whole tensor for every "
+             "row; reduce over head_dim only.", per_row(ax.max())),
+            ("return float32 scales: float16 keeps only 11 significant bits of each.",
+             per_token_scales(x, "fp8_e4m3" if fp8 else "int8").astype(np.float16)),
         ]
 
 
@@ -70,6 +99,7 @@ def _scales_case(fn, x, qmax) -> None:
                     "last axis only."}.get(got.shape, "one scale per (token, KV head): shape "
                                                       "[n_tokens, num_kv_heads].")
         raise Mismatch("wrong shape", hint, str(expected.shape), str(got.shape))
+    expected = _any_scale_for_zeros(got, expected, np.abs(x).max(-1) == 0)
     diff = describe_difference(got, expected, ("token", "head"), atol=0, rtol=1e-6,
                                unwritten=False)   # a Python result: no poison to leave
     if diff is None:
@@ -103,142 +133,169 @@ def kv_scales(fn) -> CheckResult:
 
 # -- task 2: quantize on write, in CUDA C --------------------------------------------------
 
-def quantize_reference(k, slots, cache_shape, per_token, k_scale, bug=None):
-    """(codes, scales) the kernel must leave, for `bug` None; else a known-wrong variant."""
-    cache = np.full(cache_shape, FILL, np.int8)
-    scales = k_scale.copy()
-    n, heads, dim = k.shape
-    live = np.flatnonzero(slots >= 0)
-    if per_token:
-        amax = (k.max(-1) if bug == "no_abs" else np.abs(k).max(-1))[live]
-        s = np.where(amax > 0, amax / np.float32(127), np.float32(1)).astype(np.float32)
-        where = live if bug == "token_index" else slots[live]
-        scales.reshape(-1, heads)[where] = s
-        per_row = s
-    else:
-        per_row = np.broadcast_to(k_scale, (live.size, heads))
-    with np.errstate(all="ignore"):
-        v = (k[live] * per_row[..., None] if bug == "multiply"
-             else k[live] / per_row[..., None]).astype(np.float32)
-        r = {"trunc": np.trunc(v), "half_away": np.sign(v) * np.floor(np.abs(v) + 0.5)}.get(
-            bug, np.rint(v))
-        codes = np.clip(r, -127, 127)
-        if bug == "wrap":
-            codes = ((r.astype(np.int64) + 128) % 256) - 128
-    cache.reshape(-1, heads, dim)[slots[live]] = codes.astype(np.int8)
-    return cache, scales
+def _padding_block(exc, slots):
+    """The padding row (slot -1) whose block made the fault `exc`, if it was one."""
+    block = getattr(exc, "block", None)
+    padding = np.flatnonzero(slots < 0).tolist()
+    return block[0] if isinstance(block, (tuple, list)) and block and block[0] in padding \
+        else None
 
 
-_WRITE_MISTAKES = [
-    ("trunc", "a cast (int)(x / scale) truncates toward zero: round to nearest with rintf "
-              "(ties to even) before converting."),
-    ("half_away", "roundf rounds halves away from zero (2.5 -> 3); the format rounds halves to "
-                  "even like rintf (2.5 -> 2), as the NumPy reference and vLLM do."),
-    ("wrap", "saturate: clamp x / scale to [-127, 127] before the cast. Past the range the "
-             "int8 conversion wraps (300 becomes 44) instead of stopping at 127."),
-    ("multiply", "the code is x / scale (and the value comes back as code * scale), not "
-                 "x * scale."),
-    ("no_abs", "the scale comes from the largest magnitude: fmaxf of fabsf(x) (a row whose "
-               "biggest value is negative needs the abs)."),
-    ("token_index", "per-token scales are laid out like the pages: write k_scale[slot * "
-                    "num_kv_heads + head] (the token's slot), not its row in k."),
-]
+def _launch_write(comp, k, slots, heads, dim, per_token, k_scale, cache):
+    """(k_scale, k_cache) after the launch; a fault in a padding row's block, or in k_scale,
+    gets its own hint."""
+    try:
+        return comp.get().launch((len(slots), heads), (WARP,), (
+            k, slots, np.int32(heads), np.int32(dim), np.int32(per_token), k_scale.copy(),
+            cache), outputs=(5, 6))
+    except Exception as exc:
+        if type(exc).__name__ != "KernelFault":
+            raise
+        message, _ = describe_kernel_exception(exc)
+        token = _padding_block(exc, slots)
+        if token is not None:
+            raise Mismatch(message, f"slot_mapping[{token}] = -1 marks a padding row: return "
+                           "before writing anything for it (slot -1 indexes before the "
+                           "cache).") from exc
+        if getattr(exc, "buffer", None) == "k_scale":
+            raise Mismatch(message, "k_scale holds one static scale per head, [num_kv_heads], "
+                           "when per_token = 0 (read k_scale[head], write nothing), and "
+                           "per-token scales laid out like the pages when per_token = 1 "
+                           "(k_scale[slot * num_kv_heads + head]).") from exc
+        raise
 
 
-def _write_case(comp, per_token, n, heads, dim, page_size, seed, ties=False, outliers=False):
-    rng = case_rng(seed)
-    num_pages = -(-n // page_size) + 2
-    slots = rng.permutation(num_pages * page_size)[:n].astype(np.int64)
-    slots[n // 2] = -1                                           # a padding row
+def _write_inputs(rng, n, heads, dim, ties, outliers, special):
     k = (rng.standard_normal((n, heads, dim)) * rng.uniform(0.2, 5, (n, heads, 1)))
     k = k.astype(np.float32)
     k[0, 0, 1] = -3 * np.abs(k[0, 0]).max()                      # negative largest magnitude
-    static = np.full(heads, 0.03125, np.float32) * (1 + np.arange(heads, dtype=np.float32))
     if ties:   # exact halves of the (power of two) scale: rounding decides
         k = ((rng.integers(-60, 60, k.shape) + 0.5) * 0.03125).astype(np.float32)
-    if outliers:
-        k[1::3, :, 2] = 40.0                                     # 40 / 0.03125 = 1280 > 127
+    if outliers:   # 40 / 0.03125 = 1280 > 127, on both sides
+        k[1::3, :, 2] = 40.0
+        k[2::3, :, 3] = -40.0
+    if special == "zero":
+        k[2, -1] = 0.0
+    if special == "nan":
+        k[1, 0, 5] = k[5, -1, 0] = np.nan
+    return k
+
+
+def _nan_hint(k, slots, diff, cache_shape):
+    """The hint when the only wrong codes are those of NaN inputs."""
+    live = np.flatnonzero(slots >= 0)
+    nan = np.zeros(cache_shape, bool)
+    nan.reshape(-1, *k.shape[1:])[slots[live]] = np.isnan(k[live])
+    if not nan.any() or not (diff.bad <= nan).all():
+        return None
+    return ("a NaN input is stored as code 0, as quant.encode does: test x != x before the "
+            "clamp (fminf / fmaxf turn a NaN into -127 or 127, and a cast of NaN is undefined).")
+
+
+def _unwritten_hint(got_cache, diff):
+    """When every wrong code still holds the fill value: which dims were never written."""
+    if not (got_cache[diff.bad] == FILL).all():
+        return None   # (a computed code may equal the fill value: no evidence then)
+    dims, head_dim = diff.affected("dim")
+    fix = ("the warp's lanes stride over head_dim, d += 32."   # each lane stored one element
+           if dims == list(range(WARP, head_dim)) else "store every d from 0 to head_dim - 1.")
+    return (f"some codes were never written (they still hold the check's fill value {FILL}), "
+            f"at dims {ranges(dims)}: {fix}")
+
+
+def _check_scales(got, want, k, slots, variants) -> None:
+    """Per-token scales: a zero row may hold any finite positive scale (it stores zeros)."""
+    live = slots >= 0
+    zero = np.zeros(want.shape, bool)
+    zero.reshape(-1, k.shape[1])[slots[live]] = np.fmax.reduce(np.abs(k[live]), -1) == 0
+    want = _any_scale_for_zeros(got, want, zero)
+    diff = describe_difference(got, want, ("page", "offset", "head"), atol=0, rtol=1e-6)
+    if diff is None:
+        return
+    hint = diagnose(got, want, [(h, lambda f=f: f()[1]) for h, f in variants], atol=0,
+                    rtol=1e-6)
+    raise Mismatch("k_scale: " + diff.message("scales"), hint or (
+        "scale = max |x| over the row's head_dim / 127 (1 for a zero row), written by one lane "
+        "at k_scale[slot * num_kv_heads + head]."))
+
+
+def _check_codes(got, want, k, slots, variants) -> None:
+    diff = describe_difference(got, want, ("page", "offset", "head", "dim"), atol=0, rtol=0)
+    if diff is None:
+        return
+    hint = _nan_hint(k, slots, diff, want.shape) or diagnose(
+        got, want, [(h, lambda f=f: f()[0]) for h, f in variants], atol=0, rtol=0)
+    raise Mismatch("k_cache: " + diff.message("codes"), hint or _unwritten_hint(got, diff) or (
+        "code = rintf(x / scale) clamped to [-127, 127], at k_cache[(slot * num_kv_heads + "
+        "head) * head_dim + d]; a slot of -1 is skipped."))
+
+
+def _write_case(comp, per_token, n, heads, dim, page_size, seed, ties=False, outliers=False,
+                special=None, num_pages=None):
+    rng = case_rng(seed)
+    num_pages = num_pages or -(-n // page_size) + 2
+    slots = rng.permutation(num_pages * page_size)[:n].astype(np.int64)
+    slots[n // 2] = -1                                           # a padding row
+    k = _write_inputs(rng, n, heads, dim, ties, outliers, special)
+    static = np.full(heads, 0.03125, np.float32) * (1 + np.arange(heads, dtype=np.float32))
     cache_shape = (num_pages, page_size, heads, dim)
     k_scale = poisoned((num_pages, page_size, heads)) if per_token else static
-    cache = np.full(cache_shape, FILL, np.int8)
-    got_scale, got_cache = comp.get().launch(
-        (n, heads), (WARP,), (k, slots, np.int32(heads), np.int32(dim), np.int32(per_token),
-                              k_scale.copy(), cache), outputs=(5, 6))
-    want_cache, want_scale = quantize_reference(k, slots, cache_shape, per_token, k_scale)
+    got_scale, got_cache = _launch_write(comp, k, slots, heads, dim, per_token, k_scale,
+                                         np.full(cache_shape, FILL, np.int8))
     if (got_cache == FILL).all() and (not per_token or np.isnan(got_scale).all()):
         if "TODO" in comp.source:
             raise NotAttempted(NOTHING_WRITTEN)
         raise Mismatch("nothing was written", "store every code at its slot: k_cache[(slot * "
                        "num_kv_heads + head) * head_dim + d].")
+    want_cache, want_scale = quantize_reference(k, slots, cache_shape, per_token, k_scale)
     variants = [(hint, lambda bug=bug: quantize_reference(k, slots, cache_shape, per_token,
                                                           k_scale, bug))
-                for bug, hint in _WRITE_MISTAKES]
+                for bug, hint in WRITE_MISTAKES]
     if per_token:
-        diff = describe_difference(got_scale, want_scale, ("page", "offset", "head"), atol=0,
-                                   rtol=1e-6)
-        if diff is not None:
-            hint = diagnose(got_scale, want_scale, [(h, lambda f=f: f()[1]) for h, f in variants],
-                            atol=0, rtol=1e-6)
-            raise Mismatch("k_scale: " + diff.message("scales"), hint or (
-                "scale = max |x| over the row's head_dim / 127 (1 for a zero row), written by "
-                "one lane at k_scale[slot * num_kv_heads + head]."))
-    diff = describe_difference(got_cache, want_cache, ("page", "offset", "head", "dim"), atol=0,
-                               rtol=0)
-    if diff is not None:
-        hint = diagnose(got_cache, want_cache, [(h, lambda f=f: f()[0]) for h, f in variants],
-                        atol=0, rtol=0)
-        if hint is None and (got_cache == FILL).sum() > (want_cache == FILL).sum():
-            hint = ("some codes were never written (they still hold the check's fill value "
-                    f"{FILL}): the warp's lanes stride over head_dim, d += 32.")
-        raise Mismatch("k_cache: " + diff.message("codes"), hint or (
-            "code = rintf(x / scale) clamped to [-127, 127], at k_cache[(slot * num_kv_heads "
-            "+ head) * head_dim + d]; a slot of -1 is skipped."))
+        _check_scales(got_scale, want_scale, k, slots, variants)
+    _check_codes(got_cache, want_cache, k, slots, variants)
 
 
 def quantize_write(source: str, device: str = "auto") -> CheckResult:
     """Check the quantize-on-write kernel (grid (n_tokens, num_kv_heads), 32 threads)."""
     comp = _Compiled(source, "quantize_write", device)
     cases = [
-        ("per-token scales, scattered slots, a padding row", dict(per_token=1, n=9, heads=2,
-                                                                  dim=40, page_size=4, seed=1)),
+        ("per-token scales, scattered slots, a padding row, a zero row",
+         dict(per_token=1, n=9, heads=2, dim=40, page_size=4, seed=1, special="zero")),
+        # 64 KiB of codes: the CPU executor's cache then starts on a page boundary behind a
+        # guard, so a write for the padding row (slot -1, before the cache) faults there
         ("static scales, exact halves (rounding)", dict(per_token=0, n=6, heads=2, dim=32,
-                                                        page_size=3, seed=2, ties=True)),
+                                                        page_size=4, seed=2, ties=True,
+                                                        num_pages=256)),
         ("static scales, values past the range (saturation)", dict(per_token=0, n=8, heads=3,
                                                                    dim=24, page_size=5, seed=3,
                                                                    outliers=True)),
         ("per-token scales, head_dim 80 (more than a warp)", dict(per_token=1, n=5, heads=3,
                                                                   dim=80, page_size=2, seed=4)),
+        ("per-token scales, NaN inputs (stored as 0)", dict(per_token=1, n=7, heads=2, dim=36,
+                                                             page_size=4, seed=8, special="nan")),
     ]
+    hidden = ("seed", "ties", "outliers", "special", "num_pages")
     return run_cases("quantize_write", "quantize_write: int8 codes and scales on write", [
-        Case(name, {k: v for k, v in p.items() if k not in ("seed", "ties", "outliers")},
+        Case(name, {k: v for k, v in p.items() if k not in hidden},
              lambda p=p: _write_case(comp, **p)) for name, p in cases])
 
 
 # -- task 3: dequantize on read, in CUDA C -------------------------------------------------
 
-def dequantized(codes, scales, per_token, bug=None, which="k"):
-    """float64 cache values: code * scale (per slot or per head), or a known-wrong variant."""
-    heads = codes.shape[2]
-    c = codes.astype(np.float64)
-    if bug == "unsigned":
-        c = codes.view(np.uint8).astype(np.float64)
-    if bug == "no_v_scale" and which == "v":
-        return c
-    if per_token and bug != "static_index":
-        s = scales.astype(np.float64)
-    else:
-        s = np.broadcast_to(scales.reshape(-1)[:heads].astype(np.float64), codes.shape[:3])
-    return c * s[..., None]
-
-
-_READ_MISTAKES = [
-    ("no_v_scale", "the values are codes too: multiply each V code by its scale (v_scale), "
-                   "as you did for K."),
-    ("v_with_k_scale", "V has scales of its own: read v_scale for V, not k_scale."),
-    ("static_index", "with per-token scales (per_token = 1) a row's scale is k_scale[slot * "
-                     "num_kv_heads + kv_head], laid out like the pages, not k_scale[kv_head]."),
-    ("unsigned", "the codes are signed (-127..127): read them as signed char, not unsigned."),
-]
+def _launch_read(comp, grid, args):
+    """The output after the launch; a fault in a scale array gets its own hint."""
+    try:
+        return comp.get().launch(grid, (1,), args, outputs=(7,))[0]
+    except Exception as exc:
+        if type(exc).__name__ != "KernelFault" or \
+                getattr(exc, "buffer", None) not in ("k_scale", "v_scale"):
+            raise
+        message, _ = describe_kernel_exception(exc)
+        raise Mismatch(message, "k_scale and v_scale hold one scale per KV head when per_token "
+                       "= 0 (index kv_head = h / (num_heads / num_kv_heads), not the query head "
+                       "h) and are laid out like the pages when per_token = 1 (slot * "
+                       "num_kv_heads + kv_head).") from exc
 
 
 def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed):
@@ -246,24 +303,18 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed)
                          num_kv_heads=kv_heads, head_dim=dim, page_size=page_size)
     rng = case_rng(seed)
     shape = prob.k_cache.shape
-    k_codes = rng.integers(-127, 128, shape).astype(np.int8)
-    v_codes = rng.integers(-127, 128, shape).astype(np.int8)
+    codes = [rng.integers(-127, 128, shape).astype(np.int8) for _ in "kv"]
     sshape = shape[:3] if per_token else (kv_heads,)
-    k_scale = rng.uniform(0.002, 0.01, sshape).astype(np.float32)
-    v_scale = rng.uniform(0.02, 0.05, sshape).astype(np.float32)   # unlike K's
-    out = poisoned(prob.q.shape)
+    scales = [rng.uniform(0.002, 0.01, sshape).astype(np.float32),
+              rng.uniform(0.02, 0.05, sshape).astype(np.float32)]   # V's unlike K's
     scale = np.float32(1 / np.sqrt(dim))
-    (got,) = comp.get().launch(
-        (heads, len(seq_lens)), (1,),
-        (prob.q, k_codes, v_codes, k_scale, v_scale, prob.block_tables, prob.seq_lens, out,
-         np.int32(heads), np.int32(kv_heads), np.int32(dim), np.int32(page_size),
-         np.int32(prob.block_tables.shape[1]), np.int32(per_token), scale), outputs=(7,))
+    got = _launch_read(comp, (heads, len(seq_lens)), (
+        prob.q, codes[0], codes[1], scales[0], scales[1], prob.block_tables, prob.seq_lens,
+        poisoned(prob.q.shape), np.int32(heads), np.int32(kv_heads), np.int32(dim),
+        np.int32(page_size), np.int32(prob.block_tables.shape[1]), np.int32(per_token), scale))
 
     def ref(bug=None):
-        ks = dequantized(k_codes, k_scale, per_token, bug, "k")
-        vs = dequantized(v_codes, k_scale if bug == "v_with_k_scale" else v_scale, per_token,
-                         bug, "v")
-        return reference_decode(prob.q, ks, vs, prob.block_tables, prob.seq_lens, scale)
+        return read_reference(prob, codes, scales, per_token, scale, bug)
 
     expected = ref()
     if np.isnan(got).all():
@@ -274,7 +325,7 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed)
     diff = describe_difference(got, expected, ("sequence", "head", "dim"), atol=1e-4, rtol=1e-3)
     if diff is None:
         return
-    hint = diagnose(got, expected, [(h, lambda bug=bug: ref(bug)) for bug, h in _READ_MISTAKES],
+    hint = diagnose(got, expected, [(h, lambda bug=bug: ref(bug)) for bug, h in READ_MISTAKES],
                     atol=1e-4, rtol=1e-3)
     raise Mismatch(diff.message(), hint or (
         "K element d of a token is k_cache[row + d] * its scale, V likewise with v_scale; the "

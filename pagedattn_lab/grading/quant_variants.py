@@ -1,0 +1,200 @@
+"""Workbook 11's kernels done right and with the classic mistakes switched on (checks_quant).
+
+`quantize_reference(..., bug)` is what the quantize-on-write kernel leaves in k_cache and
+k_scale: the spec's codes for `bug` None, else a known-wrong variant; `WRITE_MISTAKES` pairs
+each bug with its hint. The warp's lanes are modelled: lane L reduces the amax of elements
+d = L, L + 32, ... and then the shuffle tree runs, so a missing or one-way reduction gives the
+scales each lane really divides by.
+
+`read_reference(..., bug)` is the decode output over int8 pages read with the codes turned
+into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scale, the code
+alone, code / scale or code * scale * scale, from its own or the other's scale array, at
+[slot][kv_head], [kv_head], [slot] or [position in the sequence][kv_head].
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..reference import reference_decode
+
+WARP = 32
+FILL = 85   # what the check writes into k_cache first: an unwritten code shows as 85
+
+
+# -- quantize on write ---------------------------------------------------------------------
+
+WRITE_MISTAKES = [
+    ("trunc", "a cast (int)(x / scale) truncates toward zero: round to nearest with rintf "
+              "(ties to even) before converting."),
+    ("half_away", "roundf rounds halves away from zero (2.5 -> 3); the format rounds halves to "
+                  "even like rintf (2.5 -> 2), as the NumPy reference and vLLM do."),
+    ("half_up", "floorf(x + 0.5f) rounds halves up (2.5 -> 3, -2.5 -> -2); the format rounds "
+                "them to even like rintf (2.5 -> 2, -2.5 -> -2)."),
+    ("wrap", "saturate: clamp x / scale to [-127, 127] before the cast. Past the range the "
+             "int8 conversion wraps (300 becomes 44) instead of stopping at 127."),
+    ("clamp_128", "the int8 format is symmetric: clamp to [-127, 127]; -128 is never used "
+                  "(its negation would not fit)."),
+    ("unsigned", "the codes are signed: convert to signed char. A conversion to unsigned char "
+                 "turns every negative code into 0 (it saturates at 0 on the GPU)."),
+    ("multiply", "the code is x / scale (and the value comes back as code * scale), not "
+                 "x * scale."),
+    ("twice", "divide by the scale once: these codes are x / scale / scale."),
+    ("no_scale", "divide by the scale: these codes are rintf(x) itself."),
+    ("no_abs", "the scale comes from the largest magnitude: fmaxf of fabsf(x) (a row whose "
+               "biggest value is negative needs the abs)."),
+    ("div128", "scale = amax / 127 (the largest code of the symmetric range), not / 128."),
+    ("no_zero_guard", "a row of zeros has amax 0, so scale 0 and 0 / 0 = NaN codes: give it "
+                      "scale 1 (any positive scale stores zeros exactly)."),
+    ("no_reduce", "each lane kept the amax of its own elements: reduce it over the warp (a "
+                  "__shfl_xor_sync tree) so that lane 0 writes, and every lane divides by, the "
+                  "row's amax."),
+    ("reduce_down", "after a __shfl_down_sync tree only lane 0 holds the row's amax (lane L "
+                    "holds that of lanes L..31): broadcast it with __shfl_sync(mask, amax, 0), "
+                    "or reduce with __shfl_xor_sync, before the other lanes divide by it."),
+    ("inverse", "store the scale, amax / 127 (a code times it gives the value back), not its "
+                "inverse 127 / amax."),
+    ("token_index", "per-token scales are laid out like the pages: write k_scale[slot * "
+                    "num_kv_heads + head] (the token's slot), not its row in k."),
+    ("codes_token_index", "the codes go to the token's slot: k_cache[(slot * num_kv_heads + "
+                          "head) * head_dim + d], not to its row in k (token)."),
+]
+
+
+def _lane_amax(x, bug):
+    """float32 [rows, heads, 32]: the amax each lane holds after the warp's reduction."""
+    rows, heads, dim = x.shape
+    mags = x if bug == "no_abs" else np.abs(x)
+    padded = np.zeros((rows, heads, -(-dim // WARP) * WARP), np.float32)
+    padded[..., :dim] = mags
+    lanes = np.fmax.reduce(padded.reshape(rows, heads, -1, WARP), axis=2)  # fmaxf skips NaN
+    lane = np.arange(WARP)
+    for offset in () if bug == "no_reduce" else (16, 8, 4, 2, 1):
+        # __shfl_down_sync reads lane L + offset, or its own value past lane 31
+        source = np.where(lane + offset < WARP, lane + offset, lane) if bug == "reduce_down" \
+            else lane ^ offset
+        lanes = np.fmax(lanes, lanes[..., source])
+    return lanes
+
+
+def _scale_of(amax, bug):
+    with np.errstate(all="ignore"):
+        if bug == "no_zero_guard":
+            return (amax / np.float32(127)).astype(np.float32)
+        qmax = np.float32(128 if bug == "div128" else 127)
+        return np.where(amax > 0, amax / qmax, np.float32(1)).astype(np.float32)
+
+
+def _codes(x, scale, bug):
+    """int8 codes of rows `x` divided by `scale` (per element), the way `bug` rounds and clamps."""
+    with np.errstate(all="ignore"):
+        v = {"multiply": x * scale, "twice": x / scale / scale, "no_scale": x}.get(
+            bug, x / scale).astype(np.float32)
+        r = np.nan_to_num({"trunc": np.trunc(v), "half_up": np.floor(v + 0.5),
+                           "half_away": np.sign(v) * np.floor(np.abs(v) + 0.5)}.get(
+                               bug, np.rint(v)), nan=0.0)
+        low = {"clamp_128": -128, "unsigned": 0}.get(bug, -127)
+        codes = (r.astype(np.int64) + 128) % 256 - 128 if bug == "wrap" else \
+            np.clip(r, low, 127)
+    return np.where(np.isnan(x), 0, codes).astype(np.int8)   # a NaN input is stored as 0
+
+
+def quantize_reference(k, slots, cache_shape, per_token, k_scale, bug=None):
+    """(codes, scales) the kernel must leave, for `bug` None; else a known-wrong variant."""
+    cache = np.full(cache_shape, FILL, np.int8)
+    scales = k_scale.copy()
+    heads, dim = k.shape[1:]
+    live = np.flatnonzero(slots >= 0)
+    x = k[live]
+    if per_token:
+        lane_scale = _scale_of(_lane_amax(x, bug), bug)
+        where = live if bug == "token_index" else slots[live]
+        written = 1 / lane_scale[..., 0] if bug == "inverse" else lane_scale[..., 0]
+        scales.reshape(-1, heads)[where] = written                # lane 0 writes it
+        divisor = lane_scale[..., np.arange(dim) % WARP]           # lane d % 32 divides
+    else:
+        divisor = np.broadcast_to(k_scale[:, None], x.shape)
+    rows = live if bug == "codes_token_index" else slots[live]
+    cache.reshape(-1, heads, dim)[rows] = _codes(x, divisor, bug)
+    return cache, scales
+
+
+# -- dequantize on read --------------------------------------------------------------------
+
+_RIGHT = ("times", "own", "slot")   # code * its own scale array at [slot][kv_head]
+_HOW = {"none": "multiply each {X} code by its scale ({s}): a code alone is not a value.",
+        "divide": "a code's value is code * scale: multiply the {X} codes by {s}; do not "
+                  "divide.",
+        "twice": "apply {s} once: these {X} values were multiplied by the scale twice."}
+
+
+def _read_mistakes():
+    """(bug, hint) pairs; a bug is ((how, scales, index) for K, the same for V, softmax)."""
+    out = [((_RIGHT, ("times", "other", "slot"), True),
+            "V has scales of its own: read v_scale for V, not k_scale."),
+           ((("times", "other", "slot"), _RIGHT, True),
+            "K has scales of its own: read k_scale for K, not v_scale."),
+           ((("times", "other", "slot"), ("times", "other", "slot"), True),
+            "the scales are swapped: K codes take k_scale, V codes v_scale."),
+           ((("times", "own", "head"), ("times", "own", "head"), True),
+            "with per-token scales (per_token = 1) a row's scale is k_scale[slot * "
+            "num_kv_heads + kv_head], laid out like the pages, not k_scale[kv_head]."),
+           ((("times", "own", "position"), ("times", "own", "position"), True),
+            "a per-token scale belongs to the token's slot: k_scale[slot * num_kv_heads + "
+            "kv_head], not to its position t in the sequence."),
+           ((("times", "own", "no_head"), ("times", "own", "no_head"), True),
+            "one per-token scale per (slot, KV head): k_scale[slot * num_kv_heads + kv_head], "
+            "not k_scale[slot]."),
+           ((("unsigned", "own", "slot"), ("unsigned", "own", "slot"), True),
+            "the codes are signed (-127..127): read them as signed char, not unsigned."),
+           ((_RIGHT, _RIGHT, False),
+            "the score is q . k times the softmax scale (1 / sqrt(head_dim), the kernel's "
+            "`scale`): it is still needed with dequantized keys.")]
+    for how, text in _HOW.items():
+        out += [(((how, "own", "slot"), _RIGHT, True), text.format(X="K", s="k_scale")),
+                ((_RIGHT, (how, "own", "slot"), True), text.format(X="V", s="v_scale")),
+                (((how, "own", "slot"), (how, "own", "slot"), True),
+                 text.format(X="K and V", s="k_scale and v_scale"))]
+    return out
+
+
+READ_MISTAKES = _read_mistakes()
+
+
+def _positions(prob, num_slots):
+    """int [num_slots]: each used slot's token position in its sequence (0 where unused)."""
+    page_size = prob.k_cache.shape[1]
+    at = np.zeros(num_slots, np.int64)
+    for row, n in zip(prob.block_tables, prob.seq_lens):
+        t = np.arange(int(n))
+        at[row[t // page_size].astype(np.int64) * page_size + t % page_size] = t
+    return at
+
+
+def _scales_at(scales, per_token, index, prob):
+    """float64 [num_pages, page_size, num_kv_heads]: the scale read for each cache row."""
+    shape = prob.k_cache.shape[:3]
+    heads, flat = shape[2], scales.reshape(-1).astype(np.float64)
+    if not per_token or index == "head":
+        return np.broadcast_to(flat[:heads], shape)
+    slots = np.arange(shape[0] * shape[1])
+    where = {"position": _positions(prob, slots.size)[:, None] * heads + np.arange(heads),
+             "no_head": np.repeat(slots[:, None], heads, 1)}.get(index)
+    return flat.reshape(shape) if where is None else flat[where].reshape(shape)
+
+
+def _values(codes, scales, how):
+    c = (codes.view(np.uint8) if how == "unsigned" else codes).astype(np.float64)
+    return {"none": c, "divide": c / scales[..., None],
+            "twice": c * scales[..., None] ** 2}.get(how, c * scales[..., None])
+
+
+def read_reference(prob, codes, scales, per_token, softmax_scale, bug=None):
+    """Decode output over the int8 pages `codes` (K, V) with `scales` (K's, V's), read the way
+    `bug` reads them (None: code * scale, the spec)."""
+    k_read, v_read, scaled = bug or (_RIGHT, _RIGHT, True)
+    caches = []
+    for i, (how, which, index) in enumerate((k_read, v_read)):
+        s = scales[i if which == "own" else 1 - i]
+        caches.append(_values(codes[i], _scales_at(s, per_token, index, prob), how))
+    return reference_decode(prob.q, caches[0], caches[1], prob.block_tables, prob.seq_lens,
+                            softmax_scale if scaled else 1.0)
