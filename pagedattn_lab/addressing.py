@@ -19,8 +19,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .backend import to_numpy
-from .validate import check_array, check_block_tables, check_int, check_kv_cache
+from .backend import is_cupy_array, to_numpy
+from .validate import (INT32_MAX, MAX_PAGES, check_array, check_block_tables, check_int,
+                       check_kv_cache, check_memory)
 
 
 def virtual_page(token: int, page_size: int) -> int:
@@ -34,8 +35,11 @@ def page_offset(token: int, page_size: int) -> int:
 
 
 def physical_page(block_table_row, token: int, page_size: int) -> int:
-    """The physical page holding `token`: the block table entry for its virtual page."""
-    return int(block_table_row[virtual_page(token, page_size)])
+    """The physical page holding `token`: the block table entry for its virtual page.
+    (The one step that looks something up, so the one that checks: a negative token would
+    read the row from its end, a padding entry give a negative slot.)"""
+    token, page_size = _position(token, page_size)
+    return _entry(_row(block_table_row), token, virtual_page(token, page_size))
 
 
 def physical_slot(block_table_row, token: int, page_size: int) -> int:
@@ -61,50 +65,77 @@ class Translation(NamedTuple):
 def translate(block_table_row, token: int, page_size: int, num_kv_heads: int, head_dim: int,
               kv_head: int = 0, dim: int = 0) -> Translation:
     """Run all four steps for one token (and one head and dimension of it)."""
-    row = np.asarray(to_numpy(block_table_row))
-    if row.ndim != 1 or (row.size and not np.issubdtype(row.dtype, np.integer)):
-        raise ValueError(f"block_table_row: expected one sequence's block table, a 1-D list of "
-                         f"integer page ids, got shape {row.shape} of {row.dtype}")
-    token = check_int(token, "token", minimum=0)
-    page_size = check_int(page_size, "page_size", minimum=1)
+    row = _row(block_table_row)
+    token, page_size = _position(token, page_size)
     num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
     head_dim = check_int(head_dim, "head_dim", minimum=1)
     for name, value, size in (("kv_head", kv_head, num_kv_heads), ("dim", dim, head_dim)):
         if not 0 <= check_int(value, name) < size:
             raise ValueError(f"{name}: expected 0..{size - 1}, got {value}")
-    vpage = virtual_page(token, page_size)
-    if vpage >= row.size:
-        raise ValueError(f"token: position {token} needs virtual page {vpage}, but the block "
-                         f"table row has only {row.size} entries")
-    if row[vpage] < 0:
-        raise ValueError(f"block_table_row[{vpage}]: entry {int(row[vpage])} is padding, not a "
-                         f"page (token {token} is past the sequence's last page)")
     slot = physical_slot(row, token, page_size)
-    return Translation(token, vpage, page_offset(token, page_size),
+    return Translation(token, virtual_page(token, page_size), page_offset(token, page_size),
                        physical_page(row, token, page_size), slot,
                        element_offset(slot, kv_head, dim, num_kv_heads, head_dim))
 
 
 def token_slots(block_table_row, seq_len: int, page_size: int) -> np.ndarray:
     """The physical slot of every token 0..seq_len-1 of one sequence, as int64."""
-    seq_len = check_int(seq_len, "seq_len", minimum=0)
-    page_size = check_int(page_size, "page_size", minimum=1)
-    row = np.asarray(to_numpy(block_table_row))
-    if row.ndim != 1 or (row.size and not np.issubdtype(row.dtype, np.integer)):
-        raise ValueError(f"block_table_row: expected a 1-D list of integer page ids, got shape "
-                         f"{row.shape} of {row.dtype}")
+    seq_len = check_int(seq_len, "seq_len", minimum=0, maximum=INT32_MAX)
+    page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
+    row = _row(block_table_row)
     pages = -(-seq_len // page_size)
     if pages > row.size:
         raise ValueError(f"block_table_row: {seq_len} tokens need {pages} pages, but the row "
                          f"has only {row.size} entries")
-    bad = np.flatnonzero(row[:pages] < 0)
-    if bad.size:   # a slot computed from it would be negative: another page's tokens
+    bad = np.flatnonzero((row[:pages] < 0) | (row[:pages] > MAX_PAGES))
+    if bad.size:   # a slot computed from it would be another page's (or wrap around int64)
         j = int(bad[0])
-        raise ValueError(f"block_table_row[{j}]: entry {int(row[j])} is padding, not a page "
-                         f"(a sequence of {seq_len} tokens reads its first {pages} entries)")
+        raise ValueError(f"block_table_row[{j}]: {_not_a_page(int(row[j]))} (a sequence of "
+                         f"{seq_len} tokens reads its first {pages} entries)")
+    # NumPy holds three int64 arrays of seq_len at once (tracemalloc); a row listing one page
+    # many times can ask for more than the host has (check_memory says why that is refused)
+    check_memory(3 * 8 * seq_len, "cpu", "seq_len", f"the slots of {seq_len} tokens")
     row = row.astype(np.int64)
     tokens = np.arange(seq_len, dtype=np.int64)
     return row[tokens // page_size] * page_size + tokens % page_size
+
+
+def _position(token, page_size) -> tuple[int, int]:
+    """(token, page_size) as ints: token >= 0 (a negative one would index the block table
+    row from its end, another page), page_size >= 1."""
+    return (check_int(token, "token", minimum=0),
+            check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX))
+
+
+def _row(block_table_row) -> np.ndarray:
+    """One sequence's block table row as a 1-D integer NumPy array (a list will do)."""
+    try:
+        row = np.asarray(to_numpy(block_table_row))
+    except (ValueError, TypeError):   # a ragged list: NumPy's message names no argument
+        row = None
+    if row is None or row.ndim != 1 or (row.size and not np.issubdtype(row.dtype, np.integer)):
+        got = "a ragged list" if row is None else f"shape {row.shape} of {row.dtype}"
+        raise ValueError(f"block_table_row: expected a 1-D list of integer page ids (one "
+                         f"sequence's block table row), got {got}")
+    return row
+
+
+def _entry(row: np.ndarray, token: int, vpage: int) -> int:
+    """The page id at entry `vpage` of the row, for `token`; padding or no entry refused."""
+    if vpage >= row.size:
+        raise ValueError(f"token: position {token} needs virtual page {vpage}, but the block "
+                         f"table row has only {row.size} entries")
+    page = int(row[vpage])
+    if not 0 <= page <= MAX_PAGES:
+        raise ValueError(f"block_table_row[{vpage}]: {_not_a_page(page)} (token {token} reads "
+                         f"it)")
+    return page
+
+
+def _not_a_page(entry: int) -> str:
+    if entry < 0:
+        return f"entry {entry} is padding, not a page"
+    return f"page id {entry} is past int32 (block tables hold page ids as int32)"
 
 
 def gather_kv_reference(k_cache, v_cache, block_table_row, seq_len: int):
@@ -112,14 +143,26 @@ def gather_kv_reference(k_cache, v_cache, block_table_row, seq_len: int):
 
     Returns (k, v), each [seq_len, num_kv_heads, head_dim] NumPy arrays in the cache's dtype.
     """
-    check_kv_cache(k_cache, v_cache)
-    check_array(block_table_row, "block_table_row", ndim=1, dtypes=[np.int32])
-    seq_len = check_int(seq_len, "seq_len", minimum=0)
+    seq_len = check_gather(k_cache, v_cache, block_table_row, seq_len)
     num_pages, page_size = int(k_cache.shape[0]), int(k_cache.shape[1])
-    check_block_tables(to_numpy(block_table_row)[None, :], np.array([seq_len], np.int32),
-                       num_pages=num_pages, page_size=page_size, batch=1, min_len=0)
     slots = token_slots(block_table_row, seq_len, page_size)
     flat_shape = (num_pages * page_size,) + tuple(k_cache.shape[2:])
     k = to_numpy(k_cache).reshape(flat_shape)[slots]
     v = to_numpy(v_cache).reshape(flat_shape)[slots]
     return k, v
+
+
+def check_gather(k_cache, v_cache, block_table_row, seq_len) -> int:
+    """The checks of a gather (`gather_kv`, `gather_kv_reference`); returns seq_len as an int."""
+    check_kv_cache(k_cache, v_cache)
+    check_array(block_table_row, "block_table_row", ndim=1, dtypes=[np.int32])
+    seq_len = check_int(seq_len, "seq_len", minimum=0, maximum=INT32_MAX)   # an int32 length
+    num_pages, page_size = int(k_cache.shape[0]), int(k_cache.shape[1])
+    check_block_tables(to_numpy(block_table_row)[None, :], np.array([seq_len], np.int32),
+                       num_pages=num_pages, page_size=page_size, batch=1, min_len=0)
+    # A row that lists one page many times reads more tokens than the cache holds: outputs
+    # that together outgrow the memory would get the process killed as they are written.
+    row_bytes = int(np.prod(k_cache.shape[2:])) * k_cache.dtype.itemsize
+    check_memory(2 * seq_len * row_bytes, "gpu" if is_cupy_array(k_cache) else "cpu",
+                 "seq_len", f"the K and V of {seq_len} tokens")
+    return seq_len

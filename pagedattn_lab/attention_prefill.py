@@ -38,7 +38,8 @@ def tiled_shared_bytes(head_dim: int) -> int:
 def plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None, kernel="tiled", *,
                  out=None):
     """Validate a prefill call; return a function that launches it and returns `out`."""
-    if kernel not in KERNELS:
+    if not isinstance(kernel, str) or kernel not in KERNELS:   # (an array of names would
+        # compare element-wise: NumPy's "truth value is ambiguous", or pass as its one name)
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
     shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, mode="prefill")
     check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,

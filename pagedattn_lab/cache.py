@@ -25,7 +25,8 @@ from .addressing import token_slots
 from .backend import cupy_module, resolve_device, to_numpy
 from .paging import BlockAllocator
 from .quant import check_scale, check_scheme, dequantize, kv_format, quantize_rows
-from .validate import CACHE_DTYPES, check_array, check_cache_memory, check_int, check_int_list
+from .validate import (check_array, check_cache_dtype, check_cache_memory, check_int,
+                       check_int_list)
 
 PAD_PAGE = -1  # what block_tables() writes past a sequence's last page
 
@@ -45,19 +46,17 @@ class PagedKVCache:
         page_size = check_int(page_size, "page_size", minimum=1)
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:   # np.dtype("bogus") says "data type not understood", naming nothing
-            name = repr(dtype)
-        if name not in ("float32", "float16"):
-            raise TypeError(f"dtype: expected float32 or float16, got {name}")
+        dtype = check_cache_dtype(dtype)
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
-        if fmt is not None and check_scheme(scale_scheme) == "static":
+        # The scheme is checked whatever kv_dtype (else a misspelt one passes unseen); the
+        # scales are read for static compressed pages only, ignored elsewhere (lesson 11
+        # passes one set whatever kv_dtype).
+        if check_scheme(scale_scheme) == "static" and fmt is not None:
             k_scale = check_scale(k_scale, "k_scale", (num_kv_heads,), fmt.qmax)
             v_scale = check_scale(v_scale, "v_scale", (num_kv_heads,), fmt.qmax)
         self.allocator = BlockAllocator(num_pages)
         self.page_size, self.num_kv_heads, self.head_dim = page_size, num_kv_heads, head_dim
-        self.dtype = np.dtype(dtype)   # of what goes in and comes out (gather)
+        self.dtype = dtype   # of what goes in and comes out (gather)
         self.kv_dtype, self.scale_scheme = kv_dtype, scale_scheme if fmt else None
         self.device = resolve_device(device)
         self.xp = cupy_module() if self.device == "gpu" else np
@@ -67,7 +66,9 @@ class PagedKVCache:
         self.v_cache = self.xp.zeros(shape, dtype=fmt.storage if fmt else self.dtype)
         self.k_scale = self.v_scale = None
         if fmt is not None and scale_scheme == "static":
-            self.k_scale, self.v_scale = self.xp.asarray(k_scale), self.xp.asarray(v_scale)
+            # copies: the caller's arrays may change after they were checked (a NaN put in
+            # later would reach every read of the pages)
+            self.k_scale, self.v_scale = self.xp.array(k_scale), self.xp.array(v_scale)
         elif fmt is not None:
             self.k_scale = self.xp.ones(shape[:3], dtype=np.float32)
             self.v_scale = self.xp.ones(shape[:3], dtype=np.float32)

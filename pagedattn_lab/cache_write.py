@@ -14,10 +14,11 @@ import numpy as np
 
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel
-from .validate import (check_array, check_block_tables, check_disjoint, check_int,
-                       check_kv_cache, check_writeable)
+from .validate import (INT32_MAX, check_array, check_block_tables, check_disjoint, check_int,
+                       check_kv_cache, check_memory, check_writeable)
 
 THREADS_PER_BLOCK = 128
+SLOT_MAPPING_PEAK = 7   # int64 arrays of the new tokens' count slot_mapping holds at once
 _WORDS = ((16, "uint4", np.uint32), (8, "uint2", np.uint32), (4, "unsigned int", np.uint32),
           (2, "unsigned short", np.uint16))
 
@@ -46,12 +47,25 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
         b = int(np.flatnonzero((new < 0) | (new > lens))[0])
         raise ValueError(f"q_lens[{b}]: expected 0 <= q_len <= seq_lens[{b}] = {lens[b]}, "
                          f"got {new[b]}")
+    _check_token_count(int(new.sum()))
     rows = np.repeat(np.arange(lens.size), new)
     starts = np.repeat(lens - new, new)
     within = np.arange(rows.size) - np.repeat(np.cumsum(new) - new, new)
     positions = starts + within
     pages = tables[rows, positions // page_size].astype(np.int64)
     return pages * page_size + positions % page_size
+
+
+def _check_token_count(total: int) -> None:
+    """The new tokens of a slot mapping: no more than write_kv takes (an int32 count), nor
+    than the host holds the slots of (slot_mapping's NumPy temporaries peak at
+    SLOT_MAPPING_PEAK int64 arrays of them, measured with tracemalloc): past that, arrays
+    each smaller than the memory would get the process killed as they are filled."""
+    if total > INT32_MAX:
+        raise ValueError(f"q_lens: {total} new tokens in all, more than the {INT32_MAX} "
+                         f"write_kv takes in one call (an int32 count)")
+    check_memory(SLOT_MAPPING_PEAK * 8 * total, "cpu", "q_lens",
+                 f"the slots of {total} new tokens")
 
 
 def _host_ints(x, name: str, ndim: int) -> np.ndarray:

@@ -78,6 +78,10 @@ def write_kv_quant(k, v, k_cache, v_cache, slot_mapping, kv_dtype: str, scale_sc
         for name, scale in written[2:]:
             check_disjoint(name, scale, "; the scales need arrays of their own",
                            k_cache=k_cache, v_cache=v_cache)
+    else:   # static scales are read while the codes are written
+        for name, cache in written:
+            check_disjoint(name, cache, "; the scales need arrays of their own",
+                           k_scale=k_scale, v_scale=v_scale)
     for name, x in written:   # all before the launch: nothing half written
         check_writeable(x, name)
     _check_slots(to_numpy(slot_mapping), n_tokens, num_pages * page_size)

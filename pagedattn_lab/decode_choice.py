@@ -54,7 +54,8 @@ def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu:
     executor auto picks simt: there WMMA is emulated lane by lane, which is for learning and
     testing, not speed (ask for "tensor_core" to run it there).
     """
-    if requested not in ("auto", *KERNELS):
+    if not isinstance(requested, str) or requested not in ("auto", *KERNELS):   # (an array
+        # of names would compare element-wise: NumPy's "truth value is ambiguous")
         raise ValueError(f"kernel: expected 'auto', 'simt' or 'tensor_core', got {requested!r}")
     if requested == "auto":
         if dtype == "float32" or not on_gpu:

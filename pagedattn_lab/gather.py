@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .addressing import check_gather
 from .attention_common import data_pointer
-from .backend import array_module, to_numpy
+from .backend import array_module
 from .kernels import kernel
-from .validate import check_array, check_block_tables, check_int, check_kv_cache
 
 THREADS_PER_BLOCK = 128
 
@@ -17,12 +17,8 @@ def gather_kv(k_cache, v_cache, block_table_row, seq_len: int):
 
     The result matches `addressing.gather_kv_reference` exactly: a gather is a copy.
     """
-    check_kv_cache(k_cache, v_cache)
-    check_array(block_table_row, "block_table_row", ndim=1, dtypes=[np.int32])
-    seq_len = check_int(seq_len, "seq_len", minimum=0)
-    num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
-    check_block_tables(to_numpy(block_table_row)[None, :], np.array([seq_len], np.int32),
-                       num_pages=num_pages, page_size=page_size, batch=1, min_len=0)
+    seq_len = check_gather(k_cache, v_cache, block_table_row, seq_len)
+    _, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
     xp = array_module(k_cache, v_cache, block_table_row)
     k_out = xp.empty((seq_len, num_kv_heads, head_dim), dtype=k_cache.dtype)
     v_out = xp.empty_like(k_out)

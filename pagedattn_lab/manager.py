@@ -36,8 +36,8 @@ from .backend import to_numpy
 from .cache import PagedKVCache
 from .paging import OutOfPagesError
 from .prefill_wrapper import HEAD_DIMS, BatchPrefillWrapper
-from .validate import (CACHE_DTYPES, check_array, check_gqa_heads, check_int, check_int_list,
-                       resolve_scale)
+from .validate import (check_array, check_cache_dtype, check_gqa_heads, check_int,
+                       check_int_list, resolve_scale)
 
 
 class AddedSequence(NamedTuple):
@@ -89,16 +89,17 @@ class PagedAttentionManager:
         head_dim = check_int(head_dim, "head_dim", minimum=1)
         if prefill_kernel is None:   # the fast kernel where it runs, else the one that runs
             prefill_kernel = "tiled" if head_dim in TILED_HEAD_DIMS else "naive"
-        if prefill_kernel not in ("naive", "tiled"):
+        if not isinstance(prefill_kernel, str) or prefill_kernel not in ("naive", "tiled"):
             raise ValueError(f"prefill_kernel: expected 'naive', 'tiled' or None (tiled when "
                              f"head_dim is {' or '.join(map(str, TILED_HEAD_DIMS))}, else "
                              f"naive), got {prefill_kernel!r}")
-        if kv_dtype is not None and (np.dtype(dtype) != np.float16 or head_dim not in HEAD_DIMS):
+        dtype = check_cache_dtype(dtype)
+        if kv_dtype is not None and (dtype != np.float16 or head_dim not in HEAD_DIMS):
             raise ValueError(f"kv_dtype: compressed pages are read by the tensor-core prefill "
                              f"kernel, which needs dtype float16 and head_dim in {HEAD_DIMS}; "
-                             f"got {np.dtype(dtype).name} and {head_dim}")
-        if kv_dtype is None and np.dtype(dtype) in CACHE_DTYPES:   # else PagedKVCache names
-            _check_kernels_take(head_dim, np.dtype(dtype), prefill_kernel)   # what it refuses
+                             f"got {dtype.name} and {head_dim}")
+        if kv_dtype is None:
+            _check_kernels_take(head_dim, dtype, prefill_kernel)
         scale = resolve_scale(scale, head_dim)
         self.cache = PagedKVCache(num_pages, page_size, num_kv_heads, head_dim, dtype=dtype,
                                   device=device, kv_dtype=kv_dtype, scale_scheme=scale_scheme,

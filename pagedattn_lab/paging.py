@@ -16,7 +16,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .validate import MAX_PAGES, check_int_list
+from .validate import MAX_PAGES, check_int_list, check_memory
+
+
+# A page handed out costs ~200 bytes of Python objects (its id in the list returned, its
+# reference count; measured: ru_maxrss over 2^21 pages). A pool of 2^31 pages is free until
+# used, but allocate(2^31 - 1) would take ~400 GB and get the process killed, no error raised.
+BOOKKEEPING_BYTES = 200
+BIG_ALLOCATION = 2**16   # pages: 13 MB of bookkeeping, below any machine's memory
 
 
 class OutOfPagesError(RuntimeError):
@@ -91,6 +98,8 @@ class BlockAllocator:
             raise ValueError(f"n: expected a number of pages >= 0, got {n}")
         if n > self.num_free:
             raise OutOfPagesError(int(n), self.num_free, self.num_pages)
+        if n > BIG_ALLOCATION:   # (small ones skip the check: it would cost each call ~20%)
+            check_memory(n * BOOKKEEPING_BYTES, "cpu", "n", f"the bookkeeping of {n} pages")
         fresh = min(int(n), self.num_pages - self._next_fresh)
         pages = list(range(self._next_fresh, self._next_fresh + fresh))
         self._next_fresh += fresh
@@ -148,6 +157,9 @@ class BlockAllocator:
 
     def restore(self, state: AllocatorState) -> None:
         """Put back the bookkeeping saved by `state()`: every page free or owned as it was."""
+        if not isinstance(state, AllocatorState):
+            raise TypeError(f"state: expected what state() returns (an AllocatorState), got "
+                            f"{type(state).__name__}")
         self._next_fresh = state.next_fresh
         self._returned = deque(state.returned)
         self._owners = dict(state.owners)

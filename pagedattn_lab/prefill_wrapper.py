@@ -64,6 +64,8 @@ def element_type(dtype) -> tuple[str, np.dtype]:
     if isinstance(dtype, str) and dtype in ("bfloat16", "bf16"):
         dtype = bf16
     try:
+        if dtype is None:   # NumPy reads None as float64, which the error would then name
+            raise TypeError
         dtype = np.dtype(dtype)
     except TypeError:   # NumPy's "data type not understood" would name no argument
         raise TypeError(f"dtype: expected float16 or bfloat16, got {dtype!r}") from None
@@ -254,7 +256,7 @@ class BatchPrefillWrapper:
         if batch < 0 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
             raise ValueError(f"qo_indptr: expected [batch + 1] non-decreasing offsets from 0, "
                              f"got {indptr.tolist()[:8]}")
-        tables, lens = check_block_tables(block_tables, seq_lens, num_pages=2**31 - 1,
+        tables, lens = check_block_tables(block_tables, seq_lens, num_pages=None,
                                           page_size=page_size, batch=batch, min_len=0)
         q_lens = np.diff(indptr)
         too_many = np.flatnonzero(q_lens > lens)
@@ -335,6 +337,9 @@ class BatchPrefillWrapper:
         if tuple(q.shape) != want_q:
             raise ValueError(f"q: expected shape {want_q} (total_q, num_heads, head_dim as "
                              f"planned), got {tuple(q.shape)}")
+        if v_cache.shape != k_cache.shape:   # the scales are checked against k_cache's pages
+            raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k_cache.shape)}, "
+                             f"got {tuple(v_cache.shape)}")
         want_cache = (self.page_size, self.num_kv_heads, self.head_dim)
         for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
             if tuple(cache.shape[1:]) != want_cache:

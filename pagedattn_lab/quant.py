@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import is_cupy_array
-from .validate import check_array
+from .validate import check_array, dtype_label
 
 SCHEMES = ("static", "per_token")
 
@@ -117,8 +117,10 @@ def check_scale(scale, name: str, shape: tuple[int, ...],
         raise ValueError(f"{name}: a quantized cache needs scales of shape {shape}, got None")
     from .backend import to_numpy  # noqa: PLC0415 - CuPy scales are checked on the host
     arr = np.asarray(to_numpy(scale))
-    if arr.dtype != np.float32:
-        raise TypeError(f"{name}: expected float32 scales, got {arr.dtype}")
+    if arr.dtype != np.float32:   # (a list or a float reads as float64: say what it was)
+        got = dtype_label(arr.dtype) if hasattr(scale, "dtype") else \
+            f"a {type(scale).__name__} ({arr.dtype}); pass np.array(..., np.float32)"
+        raise TypeError(f"{name}: expected float32 scales, got {got}")
     if arr.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
     bad = np.flatnonzero(~(np.isfinite(arr) & (arr > 0)))

@@ -4,6 +4,7 @@ and says what was expected and what came."""
 from __future__ import annotations
 
 from .attention_common import data_pointer
+from .validate import dtype_label
 
 
 def explain_run(plan, q, k, v, out, qshape):
@@ -19,10 +20,10 @@ def explain_run(plan, q, k, v, out, qshape):
         if fmt is not None and name in ("k_cache", "v_cache"):
             if x.dtype != fmt.storage:
                 raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
-                                f"{fmt.storage.name} (the codes), got {x.dtype.name}")
+                                f"{fmt.storage.name} (the codes), got {dtype_label(x.dtype)}")
         elif x.dtype not in plan._array_dtypes:
             raise TypeError(f"{name}: the plan is for {plan.dtype}: expected dtype {names}, "
-                            f"got {x.dtype.name}")
+                            f"got {dtype_label(x.dtype)}")
         if not x.flags.c_contiguous:
             raise ValueError(f"{name}: expected a C-contiguous array")
         if data_pointer(x) % 16:

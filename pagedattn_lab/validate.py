@@ -26,6 +26,17 @@ def _dtype_name(dtype) -> str:
     return np.dtype(dtype).name
 
 
+def dtype_label(dtype) -> str:
+    """A dtype's name, with its byte order where it is not the machine's: an int32 array of
+    swapped bytes (">i4") is refused as int32 is expected, and "expected int32, got int32"
+    would not say why."""
+    dtype = np.dtype(dtype)
+    if dtype.isnative:
+        return dtype.name
+    return (f"{dtype.name} in non-native byte order ({dtype.str}; convert with "
+            f".astype({dtype.newbyteorder('=').str!r}))")
+
+
 def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
                 contiguous: bool = True):
     """Refuse anything that is not a NumPy/CuPy array of the given rank and dtype."""
@@ -38,7 +49,7 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
         allowed = [np.dtype(d) for d in dtypes]
         if x.dtype not in allowed:
             names = " or ".join(_dtype_name(d) for d in allowed)
-            raise TypeError(f"{name}: expected dtype {names}, got {x.dtype.name}")
+            raise TypeError(f"{name}: expected dtype {names}, got {dtype_label(x.dtype)}")
     if contiguous and not x.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array (kernels index it by "
                          f"strides of its shape); call .copy() or ascontiguousarray first")
@@ -58,6 +69,20 @@ def element_misalignment(x) -> int:
     if x.size == 0 or (isinstance(x, np.ndarray) and x.flags.aligned):   # NumPy's own flag
         return 0
     return data_pointer(x) % x.dtype.itemsize
+
+
+def check_cache_dtype(dtype, name: str = "dtype") -> np.dtype:
+    """float32 or float16 as a NumPy dtype. None is named as None (NumPy reads it as float64),
+    and what NumPy cannot read is refused naming the argument ("data type not understood"
+    names none)."""
+    try:
+        dt = None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
+        dt = None
+    if dt not in CACHE_DTYPES:
+        got = repr(dtype) if dt is None else dtype_label(dt)
+        raise TypeError(f"{name}: expected float32 or float16, got {got}")
+    return dt
 
 
 def check_int(value, name: str, *, minimum: int | None = None,
@@ -105,11 +130,18 @@ def check_cache_memory(nbytes: int, device: str, name: str = "num_pages") -> Non
     NumPy's zeros() of a few terabytes can succeed lazily and then kill the process when the
     pages are touched; a clear error up front is better.
     """
+    check_memory(nbytes, device, name, "the K and V caches", "; use fewer pages")
+
+
+def check_memory(nbytes: int, device: str, name: str, what: str, advice: str = "") -> None:
+    """Refuse, naming `name`, work whose arrays (`what`, nbytes in all) exceed the device's
+    memory. Arrays each smaller than the memory are allocated lazily and together get the
+    process killed (Linux's out-of-memory killer) when they are written, with no error at all."""
     total = device_memory_bytes(device)
     if total is not None and nbytes > total:
         where = "GPU" if device == "gpu" else "machine"
-        raise ValueError(f"{name}: the K and V caches would take {_gib(nbytes)}, more than the "
-                         f"{_gib(total)} of memory this {where} has; use fewer pages")
+        raise ValueError(f"{name}: {what} would take {_gib(nbytes)}, more than the "
+                         f"{_gib(total)} of memory this {where} has{advice}")
 
 
 def device_memory_bytes(device: str) -> int | None:

@@ -259,3 +259,70 @@ def test_a_pool_of_the_most_pages_costs_nothing_until_used():
         print(pages, alloc.num_free, alloc.num_used, alloc.ref_count(2**31 - 2))
     """, cap_gib=1.0)
     assert out.startswith(f"[0, 1, 2] {2**31 - 3} 2 0"), out
+
+
+def test_allocating_more_pages_than_the_memory_holds_is_refused(monkeypatch):
+    """allocate(2**31 - 1) of the largest pool took ~400 GB of bookkeeping and got the
+    process killed; now a ValueError names n (machine memory capped at 1 GiB here)."""
+    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 2**30)
+    alloc = pal.BlockAllocator(2**31 - 1)
+    alloc.free(alloc.allocate(3)[1:2])
+    before = alloc.state()
+    with pytest.raises(ValueError, match=r"^n: the bookkeeping of 2147483645 pages would take"):
+        alloc.allocate(alloc.num_free)
+    assert alloc.state() == before
+    with pytest.raises(TypeError, match=r"^state: expected what state\(\) returns"):
+        alloc.restore((0, (), {}))   # a tuple read field by field: no AttributeError later
+    assert alloc.state() == before
+
+
+# -- what names the argument at fault ------------------------------------------------------------
+
+def _swapped(a):
+    return a.astype(a.dtype.newbyteorder())
+
+
+@pytest.mark.parametrize("call", ["decode q", "decode seq_lens", "plan block_tables",
+                                  "run q", "write_kv slot_mapping"])
+def test_arrays_of_swapped_bytes_are_refused_by_their_byte_order(problem, call):
+    """A '>i4' array is not int32 to the kernels; the error said 'expected int32, got int32'."""
+    p = problem
+    tables, lens, q = p["block_tables"], p["seq_lens"], p["q_decode"]
+    w = pal.BatchDecodeWrapper().plan(tables, lens, H, KVH, D, PAGE, "float32")
+    calls = {
+        "decode q": lambda: pal.paged_attention_decode(_swapped(q), p["k_cache"], p["v_cache"],
+                                                       tables, lens),
+        "decode seq_lens": lambda: pal.paged_attention_decode(q, p["k_cache"], p["v_cache"],
+                                                              tables, _swapped(lens)),
+        "plan block_tables": lambda: pal.BatchDecodeWrapper().plan(_swapped(tables), lens, H,
+                                                                   KVH, D, PAGE, "float32"),
+        "run q": lambda: w.run(_swapped(q), p["k_cache"], p["v_cache"]),
+        "write_kv slot_mapping": lambda: pal.write_kv(
+            p["k_cache"][0], p["v_cache"][0], p["k_cache"], p["v_cache"],
+            _swapped(np.arange(PAGE, dtype=np.int64))),
+    }
+    with pytest.raises(TypeError, match=r"got (int|float)\d+ in non-native byte order \(>"):
+        calls[call]()
+    assert_inputs_untouched(p)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda p: pal.BatchDecodeWrapper().plan(p["block_tables"], p["seq_lens"], H, KVH, D, PAGE,
+                                             "float32", kernel=np.array(["simt", "simt"])),
+     "^kernel: expected 'auto', 'simt' or 'tensor_core', got array"),
+    (lambda p: pal.paged_attention_prefill(p["q_prefill"], p["k_cache"], p["v_cache"],
+                                           p["block_tables"], p["seq_lens"],
+                                           kernel=np.array(["naive", "tiled"])),
+     "^kernel: expected one of"),
+    (lambda p: pal.PagedKVCache(8, PAGE, KVH, D, device=np.array(["cpu", "gpu"])),
+     "^device: expected 'auto', 'cpu' or 'gpu', got array"),
+    (lambda p: pal.PagedAttentionManager(8, PAGE, H, KVH, 64, prefill_kernel=np.array(["naive"])),
+     "^prefill_kernel: expected 'naive', 'tiled' or None"),
+], ids=["plan kernel", "prefill kernel", "cache device", "manager prefill_kernel"])
+def test_a_name_given_as_an_array_is_refused_by_name(problem, monkeypatch, call, match):
+    """An array of names compared element-wise: NumPy's 'truth value of an array is
+    ambiguous' named nothing, and a one-element array passed as the name it held."""
+    no_launch(monkeypatch)
+    with pytest.raises(ValueError, match=match):
+        call(problem)
+    assert_inputs_untouched(problem)

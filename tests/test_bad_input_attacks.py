@@ -316,10 +316,31 @@ def test_one_shot_decode_names_tables_that_are_no_array(rng, name):
     ([2, 1], -3, 4, ValueError, "seq_len: expected an int >= 0"),                 # no slots
     ([2, 1], 5, 0, ValueError, "page_size: expected an int >= 1"),                # zeros
     ([2.0, 1.0], 5, 4, ValueError, "block_table_row: expected a 1-D list of integer"),
+    (np.array([2**63], np.uint64), 3, 4, ValueError,                             # -2**63 * 4
+     r"block_table_row\[0\]: page id 9223372036854775808 is past int32"),
 ])
 def test_token_slots_refuses_what_gave_wrong_slots(row, seq_len, page_size, exc, match):
     with pytest.raises(exc, match=match):
         pl.token_slots(np.array(row), seq_len, page_size)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: pl.physical_page([5, 7], -1, 4), ValueError, "^token: expected an int >= 0"),
+    (lambda: pl.physical_slot([5, 7], 9, 4), ValueError,
+     "^token: position 9 needs virtual page 2, but the block table row has only 2 entries"),
+    (lambda: pl.physical_slot([5, -1], 4, 4), ValueError, r"^block_table_row\[1\]: entry -1 is"),
+    (lambda: pl.physical_slot([5, 7], 3, 0), ValueError, "^page_size: expected an int >= 1"),
+    (lambda: pl.physical_page([5, 7], 3.5, 4), TypeError, "^token: expected an int"),
+    (lambda: pl.token_slots([[1], 2], 3, 4), ValueError,
+     "^block_table_row: expected a 1-D list of integer page ids .* got a ragged list"),
+], ids=["negative-token", "past-the-row", "padding", "page_size-0", "float-token", "ragged-row"])
+def test_address_lookups_refuse_what_they_answered_wrongly(call, exc, match):
+    """physical_page / physical_slot checked nothing: token -1 read the row's last entry (a
+    page of another part of the sequence) and a padding entry gave a negative slot, silently;
+    page_size 0 divided by zero, a row past its end raised IndexError, and a ragged list
+    NumPy's message, none naming the argument."""
+    with pytest.raises(exc, match=match):
+        call()
 
 
 def test_prefill_plan_refuses_a_grid_past_cudas_limits(rng):

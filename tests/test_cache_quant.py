@@ -131,3 +131,34 @@ def test_manager_refuses_compressed_pages_it_cannot_read():
         PagedAttentionManager(8, 4, 4, HEADS, DIM, dtype=np.float32, device="cpu",
                               kv_dtype="int8", k_scale=np.ones(HEADS, np.float32),
                               v_scale=np.ones(HEADS, np.float32))
+
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(scale_scheme="per_tensor"), ValueError, r"^scale_scheme: expected one of"),
+    (dict(dtype=None), TypeError, r"^dtype: expected float32 or float16, got None$"),
+    (dict(kv_dtype="int8", k_scale=[1.0, 1.0], v_scale=np.ones(HEADS, np.float32)), TypeError,
+     r"^k_scale: expected float32 scales, got a list \(float64\); pass np.array"),
+], ids=["scheme-without-kv_dtype", "dtype-None", "scales-list"])
+def test_cache_refuses_what_it_used_to_drop_or_misname(kwargs, exc, match):
+    """A misspelt scheme without kv_dtype was dropped without a word; dtype=None was named
+    float64 (NumPy's reading of it), and a list of scales 'float64'."""
+    with pytest.raises(exc, match=match):
+        PagedKVCache(4, 4, HEADS, DIM, device="cpu", **kwargs)
+    with pytest.raises(exc, match=match):
+        PagedAttentionManager(4, 4, 4, HEADS, DIM, device="cpu",
+                              **dict(kwargs, dtype=kwargs.get("dtype", np.float16)))
+
+
+def test_cache_keeps_its_own_copy_of_the_static_scales(rng):
+    """The cache kept the caller's scale arrays: a NaN put in after they were checked reached
+    every page read."""
+    scales = np.array([0.02, 0.05], np.float32)
+    cache = PagedKVCache(4, 4, HEADS, DIM, device="cpu", kv_dtype="int8", k_scale=scales,
+                         v_scale=scales)
+    scales[0] = np.nan
+    seq = cache.add_sequence()
+    k = rng.standard_normal((3, HEADS, DIM)).astype(np.float32)
+    cache.append(seq, k, k)
+    assert np.isfinite(cache.gather(seq)[0]).all()
+    np.testing.assert_array_equal(cache.k_scale, np.array([0.02, 0.05], np.float32))

@@ -45,6 +45,22 @@ def test_slot_mapping_points_at_the_last_q_len_tokens():
         slot_mapping(tables, np.array([9, 5], np.int32), np.array([3, 6], np.int32), 4)
 
 
+@pytest.mark.parametrize("lens, match", [
+    ([2**31 - 1, 2**31 - 1], r"^q_lens: 4294967294 new tokens in all, more than the 2147483647"),
+    ([2**27], r"^q_lens: the slots of 134217728 new tokens would take 7.0 GiB, more than the "
+              r"1.0 GiB"),
+])
+def test_slot_mapping_refuses_more_new_tokens_than_it_can_hold(monkeypatch, lens, match):
+    """Two pages of 2**30 tokens cover an int32 length: 2**31 - 1 new tokens made NumPy
+    arrays of 16 GiB each, which got the process killed, no error raised (the machine's
+    memory is set to 1 GiB here, so the refusal does not depend on the machine's)."""
+    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 2**30)
+    tables = np.array([[0, 1]] * len(lens), np.int32)
+    lens = np.array(lens, np.int32)
+    with pytest.raises(ValueError, match=match):
+        slot_mapping(tables, lens, lens, 2**30)
+
+
 @pytest.mark.parametrize("bad, match", [
     (lambda s: s.astype(np.int32), "slot_mapping: expected dtype int64"),
     (lambda s: np.where(np.arange(s.size) == 3, 35, s), r"slot_mapping\[3\]: slot 35"),

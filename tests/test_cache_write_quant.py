@@ -53,7 +53,16 @@ def test_write_matches_the_reference_bit_for_bit(rng, kv_dtype, scheme, src):
     assert not np.array_equal(k_cache, before[0])         # the test can see a write
 
 
+def _scales_inside_k_cache(args):
+    """Static scales that are the first bytes of k_cache (slot 0, which the write fills):
+    accepted, the kernel read them as it overwrote them (0.05 came back as 4e-37, 3e38)."""
+    scales = args["k_cache"].reshape(-1)[:12].view(np.float32)
+    scales[...] = 0.05
+    args.update(k_scale=scales)
+
+
 @pytest.mark.parametrize("change, match", [
+    (_scales_inside_k_cache, "^k_cache: shares memory with k_scale"),
     (lambda a: a.update(k_scale=None), "k_scale: a quantized cache needs"),
     (lambda a: a.update(v_scale=np.ones(4, np.float32)), r"v_scale: expected shape \(3,\)"),
     (lambda a: a.update(k_scale=np.array([1, np.inf, 1], np.float32)), "finite"),

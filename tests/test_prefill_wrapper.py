@@ -143,6 +143,8 @@ def test_run_refuses_what_does_not_match_the_plan(rng):
         w.run(q, k[:1], v[:1])
     with pytest.raises(TypeError, match="v_cache: expected dtype float16"):
         w.run(q, k, v.astype(np.float32))
+    with pytest.raises(ValueError, match=r"^v_cache: expected the shape of k_cache"):
+        w.run(q, k, np.concatenate([v, v]))   # was accepted: K and V of two page pools
 
 
 @pytest.mark.parametrize("change, match", [
@@ -154,6 +156,9 @@ def test_run_refuses_what_does_not_match_the_plan(rng):
     (dict(variant="w4r2k32"), "variant: expected a name like"),
     (dict(decode_variant="w4r1k32u1"), "decode_variant: expected a variant of 16 rows"),
     (dict(block_tables=np.full((1, 3), 2**28, np.int32)), "int32 cache slots"),
+    (dict(block_tables=np.full((1, 3), 2**31 - 1, np.int32)), "^block_tables: page 2147483647 "
+     "x page_size 8 is past"),   # was 'out of range for a cache of 2147483647 pages'
+    (dict(dtype=None), "^dtype: expected float16 or bfloat16, got None$"),   # was 'float64'
 ])
 def test_plan_refuses_bad_input_and_keeps_the_old_plan(rng, change, match):
     _, _, _, indptr, tables, lens = packed_problem(rng, [20], [20], 8, 2, 2, 32, np.float16)

@@ -100,7 +100,8 @@ def test_per_token_scales_come_from_each_rows_head_dim():
 @pytest.mark.parametrize("scale, match", [
     (None, "needs scales"), (np.ones(3, np.float32), r"shape \(2,\)"),
     (np.ones(2, np.float64), "float32"), (np.array([1, np.inf], np.float32), "finite"),
-    (np.array([1, 0], np.float32), r"k_scale\[1\] is 0.0"), (np.array([np.nan, 1], np.float32), "> 0")])
+    (np.array([1, 0], np.float32), r"k_scale\[1\] is 0.0"), (np.array([np.nan, 1], np.float32), "> 0"),
+    ([1.0, 1.0], r"got a list \(float64\)"), (np.ones(2, ">f4"), "non-native byte order")])
 def test_bad_scales_are_refused_by_name(scale, match):
     with pytest.raises((ValueError, TypeError), match=match):
         quant.check_scale(scale, "k_scale", (2,))
