@@ -118,9 +118,9 @@ step bench timeout 200 python3 -m pagedattn_lab.bench --out "$RES/bench" "${lean
 step bench-quant timeout 150 python3 -m pagedattn_lab.bench.quant --out "$RES/bench"
 step bench-prefill timeout 200 python3 -m pagedattn_lab.bench.prefill --out "$RES/bench"
 step serve timeout 200 python3 benchmarks/serve_bench.py --kv-gib 1.0 --out "$RES/serve"
-# Head sizes 80 and 96 in processes of their own: FlashInfer 0.6.6 makes an illegal address
-# there, which takes the CUDA context along (in lean mode without it: it fails on these rows
-# anyway and its JIT costs a minute).
+# Head sizes 80 and 96 in processes of their own, as before the bench skipped FlashInfer 0.6
+# there (its kernels make an illegal address that takes the CUDA context along); in lean mode
+# without baselines (none runs on these rows, and FlashInfer's JIT costs a minute).
 [ "$MODE" = lean ] && lean_flags+=(--no-baselines)
 for d in 80 96; do
     step "bench-d$d" timeout 90 python3 -m pagedattn_lab.bench --out "$RES/bench" \

@@ -143,7 +143,7 @@ def gather_kv_reference(k_cache, v_cache, block_table_row, seq_len: int):
 
     Returns (k, v), each [seq_len, num_kv_heads, head_dim] NumPy arrays in the cache's dtype.
     """
-    seq_len = check_gather(k_cache, v_cache, block_table_row, seq_len)
+    seq_len = check_gather(k_cache, v_cache, block_table_row, seq_len, on_host=True)
     num_pages, page_size = int(k_cache.shape[0]), int(k_cache.shape[1])
     slots = token_slots(block_table_row, seq_len, page_size)
     flat_shape = (num_pages * page_size,) + tuple(k_cache.shape[2:])
@@ -152,8 +152,9 @@ def gather_kv_reference(k_cache, v_cache, block_table_row, seq_len: int):
     return k, v
 
 
-def check_gather(k_cache, v_cache, block_table_row, seq_len) -> int:
-    """The checks of a gather (`gather_kv`, `gather_kv_reference`); returns seq_len as an int."""
+def check_gather(k_cache, v_cache, block_table_row, seq_len, on_host: bool = False) -> int:
+    """The checks of a gather (`gather_kv`, `gather_kv_reference`: on_host, its outputs are
+    NumPy's whatever the cache); returns seq_len as an int."""
     check_kv_cache(k_cache, v_cache)
     check_array(block_table_row, "block_table_row", ndim=1, dtypes=[np.int32])
     seq_len = check_int(seq_len, "seq_len", minimum=0, maximum=INT32_MAX)   # an int32 length
@@ -163,6 +164,6 @@ def check_gather(k_cache, v_cache, block_table_row, seq_len) -> int:
     # A row that lists one page many times reads more tokens than the cache holds: outputs
     # that together outgrow the memory would get the process killed as they are written.
     row_bytes = int(np.prod(k_cache.shape[2:])) * k_cache.dtype.itemsize
-    check_memory(2 * seq_len * row_bytes, "gpu" if is_cupy_array(k_cache) else "cpu",
-                 "seq_len", f"the K and V of {seq_len} tokens")
+    device = "gpu" if is_cupy_array(k_cache) and not on_host else "cpu"
+    check_memory(2 * seq_len * row_bytes, device, "seq_len", f"the K and V of {seq_len} tokens")
     return seq_len

@@ -119,6 +119,10 @@ WRITE_ALTERNATIVES = [
     ("lanes from the end", [(LOOP, LOOP.replace("int d = lane; d < head_dim; d += 32",
                                                 "int d = head_dim - 1 - lane; d >= 0; d -= 32"))]),
     ("isnan", [(NAN_TEST, "isnan(row[d]) ? 0 : ")]),
+    # PTX's cvt turns NaN into 0, so this needs no NaN test on the GPU, nor on the CPU executor
+    ("int clamp, NaN left to the conversion", [
+        (NAN_TEST, ""), (CLAMP, "(signed char)max(-127, min(127, __float2int_rn(row[d] / "
+                                "scale)))")]),
 ]
 
 K_READ = "((float)k_cache[row + d] * ks)"
@@ -150,6 +154,7 @@ READ_MISTAKES = [
     ("slot without the head", [(AT, "per_token ? slot : kv_head")], "not k_scale[slot]"),
     ("query head for kv head", [(AT, "per_token ? slot * num_kv_heads + h : h")],
      "not the query head h"),
+    ("per_token ignored", [(AT, "slot * num_kv_heads + kv_head")], "index kv_head alone"),
     ("no softmax scale", [("float s = dot * scale;", "float s = dot;")], "softmax scale"),
 ]
 

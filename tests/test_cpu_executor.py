@@ -163,6 +163,40 @@ def test_math_functions_and_intrinsics(rng):
     np.testing.assert_allclose(out, np.array(expect), rtol=2e-6, atol=1e-6)
 
 
+FLOAT_TO_INT_SRC = r"""
+extern "C" __global__ void to_int(const float* x, int* out, unsigned* uout, int n)
+{
+    int i = threadIdx.x;
+    if (i >= n) return;
+    out[i] = __float2int_rn(x[i]);
+    out[n + i] = __float2int_rz(x[i]);
+    out[2 * n + i] = __float2int_rd(x[i]);
+    out[3 * n + i] = __float2int_ru(x[i]);
+    out[4 * n + i] = __double2int_rn((double)x[i]);
+    uout[i] = __float2uint_rn(x[i]);
+}
+"""
+
+
+def test_float_to_int_intrinsics_follow_ptx():
+    """As cvt.rni/rzi/rmi/rpi on the GPU: NaN gives 0 and out-of-range values saturate, where a
+    C cast is undefined (x86 gives INT_MIN): a kernel that leaves NaN to __float2int_rn stores
+    0 on the GPU and must here too (workbook 11's NaN inputs)."""
+    x = np.array([np.nan, np.inf, -np.inf, 3e9, -3e9, 2.5, -2.5, 1.7, -1.7, 0.0],
+                 np.float32)
+    n = x.size
+    out, uout = np.zeros(5 * n, np.int32), np.zeros(n, np.uint32)
+    RawKernel(FLOAT_TO_INT_SRC, "to_int")(1, 32, (x, out, uout, np.int32(n)))
+    big, small = 2**31 - 1, -2**31
+    expect = [[0, big, small, big, small, 2, -2, 2, -2, 0],     # nearest, ties to even
+              [0, big, small, big, small, 2, -2, 1, -1, 0],     # toward zero
+              [0, big, small, big, small, 2, -3, 1, -2, 0],     # down
+              [0, big, small, big, small, 3, -2, 2, -1, 0],     # up
+              [0, big, small, big, small, 2, -2, 2, -2, 0]]     # double, nearest
+    np.testing.assert_array_equal(out.reshape(5, n), np.array(expect))
+    np.testing.assert_array_equal(uout, [0, 2**32 - 1, 0, 3000000000, 0, 2, 0, 2, 0, 0])
+
+
 @pytest.mark.parametrize("workers", [1, 2])
 def test_histogram_with_atomics_from_many_blocks(rng, workers):
     n = 100003

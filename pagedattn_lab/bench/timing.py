@@ -30,7 +30,7 @@ L2_FLUSH_WHAT = {"write": "64 MB written", "read": "twice the L2 read"}
 L2_FLUSH_MODES = tuple(L2_FLUSH_WHAT)
 SPIN_CYCLES = 1_000_000      # about 0.5 ms at 2 GHz: longer than issuing any of the work
 
-_SPIN_SOURCE = r"""
+_TIMER_SOURCE = r"""
 extern "C" __global__ void spin(long long cycles)
 {
     long long t0 = clock64();
@@ -73,10 +73,10 @@ class Timer:
         else:   # (zeros: the fold in read_all never stores)
             l2_bytes = cp.cuda.Device().attributes["L2CacheSize"]
             self._flush_buf = cp.zeros(max(2 * l2_bytes, L2_FLUSH_BYTES) // 4, dtype=cp.float32)
-            self._read_all = cp.RawKernel(_SPIN_SOURCE, "read_all")
+            self._read_all = cp.RawKernel(_TIMER_SOURCE, "read_all")
             self._sink = cp.zeros(1, dtype=cp.uint32)
             self._read_grid = 4 * cp.cuda.Device().attributes["MultiProcessorCount"]
-        self._spin = cp.RawKernel(_SPIN_SOURCE, "spin")
+        self._spin = cp.RawKernel(_TIMER_SOURCE, "spin")
 
     def warm_up(self, seconds: float = 1.0):
         """Keep the GPU busy for a while so that its clocks are up before the first timing."""

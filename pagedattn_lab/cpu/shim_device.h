@@ -70,14 +70,26 @@ PAL_DF float __fmaf_rn(float a, float b, float c) { return fmaf(a, b, c); }
 PAL_DF double __dadd_rn(double a, double b) { return a + b; }
 PAL_DF double __dmul_rn(double a, double b) { return a * b; }
 PAL_DF double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
-PAL_DF int __float2int_rn(float x) { return (int)rintf(x); }
-PAL_DF int __float2int_rz(float x) { return (int)x; }
-PAL_DF int __float2int_rd(float x) { return (int)floorf(x); }
-PAL_DF int __float2int_ru(float x) { return (int)ceilf(x); }
-PAL_DF unsigned __float2uint_rn(float x) { return (unsigned)rintf(x); }
+// PTX's float-to-integer conversions (cvt.rni / rzi / rmi / rpi): NaN gives 0 and values past
+// the integer's range saturate, where a C cast is undefined (x86 gives INT_MIN for NaN, so a
+// kernel that leaves NaN to the conversion would read as wrong here and right on the GPU)
+PAL_DF int pal_saturate_int(double r)
+{
+    return r != r ? 0 : r >= 2147483647.0 ? 2147483647 : r <= -2147483648.0 ? -2147483647 - 1
+                                                                             : (int)r;
+}
+PAL_DF unsigned pal_saturate_uint(double r)
+{
+    return r != r || r <= 0.0 ? 0u : r >= 4294967295.0 ? 4294967295u : (unsigned)r;
+}
+PAL_DF int __float2int_rn(float x) { return pal_saturate_int(rintf(x)); }
+PAL_DF int __float2int_rz(float x) { return pal_saturate_int(truncf(x)); }
+PAL_DF int __float2int_rd(float x) { return pal_saturate_int(floorf(x)); }
+PAL_DF int __float2int_ru(float x) { return pal_saturate_int(ceilf(x)); }
+PAL_DF unsigned __float2uint_rn(float x) { return pal_saturate_uint(rintf(x)); }
 PAL_DF float __int2float_rn(int x) { return (float)x; }
 PAL_DF float __uint2float_rn(unsigned x) { return (float)x; }
-PAL_DF int __double2int_rn(double x) { return (int)rint(x); }
+PAL_DF int __double2int_rn(double x) { return pal_saturate_int(rint(x)); }
 PAL_DF float __double2float_rn(double x) { return (float)x; }
 
 // ---- reinterpretation ----

@@ -283,8 +283,8 @@ def quantize_write(source: str, device: str = "auto") -> CheckResult:
 
 # -- task 3: dequantize on read, in CUDA C -------------------------------------------------
 
-def _launch_read(comp, grid, args):
-    """The output after the launch; a fault in a scale array gets its own hint."""
+def _launch_read(comp, grid, args, per_token: int, heads: int):
+    """The output after the launch; a fault in a scale array gets a hint from the index read."""
     try:
         return comp.get().launch(grid, (1,), args, outputs=(7,))[0]
     except Exception as exc:
@@ -292,10 +292,20 @@ def _launch_read(comp, grid, args):
                 getattr(exc, "buffer", None) not in ("k_scale", "v_scale"):
             raise
         message, _ = describe_kernel_exception(exc)
-        raise Mismatch(message, "k_scale and v_scale hold one scale per KV head when per_token "
-                       "= 0 (index kv_head = h / (num_heads / num_kv_heads), not the query head "
-                       "h) and are laid out like the pages when per_token = 1 (slot * "
-                       "num_kv_heads + kv_head).") from exc
+        raise Mismatch(message, _scale_fault_hint(exc.buffer, exc.index, per_token, heads)) \
+            from exc
+
+
+def _scale_fault_hint(name: str, index: int, per_token: int, heads: int) -> str:
+    if per_token:
+        return (f"per_token = 1: {name} is laid out like the pages, one scale per (slot, KV "
+                f"head): index slot * num_kv_heads + kv_head, with the slot the block table "
+                f"gives (element {index} is past the end).")
+    if 0 <= index < heads:
+        return (f"per_token = 0: {name} holds one scale per KV head: index kv_head = h / "
+                f"(num_heads / num_kv_heads), not the query head h (element {index} read).")
+    return (f"per_token = 0: {name} holds one scale per KV head, index kv_head alone (the "
+            f"slot term belongs to per-token scales; element {index} read).")
 
 
 def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed):
@@ -311,7 +321,8 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed)
     got = _launch_read(comp, (heads, len(seq_lens)), (
         prob.q, codes[0], codes[1], scales[0], scales[1], prob.block_tables, prob.seq_lens,
         poisoned(prob.q.shape), np.int32(heads), np.int32(kv_heads), np.int32(dim),
-        np.int32(page_size), np.int32(prob.block_tables.shape[1]), np.int32(per_token), scale))
+        np.int32(page_size), np.int32(prob.block_tables.shape[1]), np.int32(per_token), scale),
+        per_token, heads)
 
     def ref(bug=None):
         return read_reference(prob, codes, scales, per_token, scale, bug)
