@@ -3,8 +3,10 @@
 Each wrong kernel is the solution notebook's source with one mistake edited in (the edit must
 apply, so these tests follow the solutions).
 """
+import numpy as np
 import pytest
 
+from pagedattn_lab.grading import kernel_runner as kr
 from tests.check_helpers import assert_caught, mutate, run_check, solution_source
 
 # -- CUDA C tasks ------------------------------------------------------------------------------
@@ -200,3 +202,33 @@ def test_without_an_instrumenting_compiler_the_checks_still_run(monkeypatch):
                                 solution_source("02_page_access.ipynb", "SOURCE_GATHER"),
                                 device="cpu")
     assert result.passed, printed
+
+
+# The GPU's guard bands (kernel_runner.GUARD_BYTES): the bands after a launch, as bytes.
+def _bands(before_hit=None, after_hit=None):
+    before = np.full(kr.GUARD_BYTES, kr.GUARD_FILL, np.uint8)
+    after = before.copy()
+    if before_hit is not None:
+        before[before_hit] = 0
+    if after_hit is not None:
+        after[after_hit] = 0
+    return before, after
+
+
+@pytest.mark.parametrize("before_hit, after_hit, index", [
+    (None, None, None),                       # nothing outside the array
+    (kr.GUARD_BYTES - 1, None, -1),           # the last byte before it: element -1
+    (kr.GUARD_BYTES - 80, None, -20),         # a row of 20 float32 before it (slot -1)
+    (None, 0, 25),                            # the first byte after 100 bytes of float32
+    (None, 7, 26),
+    (kr.GUARD_BYTES - 4, 3, -1),              # both: the first one before the start is told
+])
+def test_a_write_outside_an_array_is_found_in_its_bands(before_hit, after_hit, index):
+    assert kr.band_write(*_bands(before_hit, after_hit), nbytes=100, itemsize=4) == index
+
+
+def test_an_out_of_bounds_write_names_the_argument_and_the_side():
+    exc = kr.OutOfBoundsWrite("k_cache", 6, -40)
+    assert "before its start" in exc.message and "k_cache[-40]" in exc.message
+    assert "below 0" in exc.hint
+    assert "past its end" in kr.OutOfBoundsWrite("out", 2, 12).message

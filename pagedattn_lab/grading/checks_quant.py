@@ -23,7 +23,7 @@ from .cases import paged_problem
 from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, ranges
 from .faults import describe_kernel_exception
-from .kernel_runner import poisoned
+from .kernel_runner import OutOfBoundsWrite, poisoned
 from .quant_variants import (FILL, READ_MISTAKES, WARP, WRITE_MISTAKES, quantize_reference,
                              read_reference)
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
@@ -148,6 +148,15 @@ def _launch_write(comp, k, slots, heads, dim, per_token, k_scale, cache):
         return comp.get().launch((len(slots), heads), (WARP,), (
             k, slots, np.int32(heads), np.int32(dim), np.int32(per_token), k_scale.copy(),
             cache), outputs=(5, 6))
+    except OutOfBoundsWrite as exc:   # (the GPU: a write into the bands around an argument)
+        padding = np.flatnonzero(slots < 0)
+        if exc.arg_index == 6 and exc.index < 0 and padding.size:
+            raise Mismatch(exc.message, f"slot_mapping[{int(padding[0])}] = -1 marks a padding "
+                           "row: return before writing anything for it (slot -1 indexes before "
+                           "the cache).") from exc
+        if exc.arg_index == 5:
+            raise Mismatch(exc.message, K_SCALE_LAYOUT) from exc
+        raise
     except Exception as exc:
         if type(exc).__name__ != "KernelFault":
             raise
@@ -158,11 +167,13 @@ def _launch_write(comp, k, slots, heads, dim, per_token, k_scale, cache):
                            "before writing anything for it (slot -1 indexes before the "
                            "cache).") from exc
         if getattr(exc, "buffer", None) == "k_scale":
-            raise Mismatch(message, "k_scale holds one static scale per head, [num_kv_heads], "
-                           "when per_token = 0 (read k_scale[head], write nothing), and "
-                           "per-token scales laid out like the pages when per_token = 1 "
-                           "(k_scale[slot * num_kv_heads + head]).") from exc
+            raise Mismatch(message, K_SCALE_LAYOUT) from exc
         raise
+
+
+K_SCALE_LAYOUT = ("k_scale holds one static scale per head, [num_kv_heads], when per_token = 0 "
+                  "(read k_scale[head], write nothing), and per-token scales laid out like the "
+                  "pages when per_token = 1 (k_scale[slot * num_kv_heads + head]).")
 
 
 def _write_inputs(rng, n, heads, dim, ties, outliers, special):

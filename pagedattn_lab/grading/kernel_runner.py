@@ -19,10 +19,38 @@ import threading
 import numpy as np
 
 from ..backend import resolve_device
+from ..signature import parse_kernel_signature
 from .faults import describe_kernel_exception
 from .report import Mismatch
 
 KERNEL_TIMEOUT = 10.0  # seconds per launch on the CPU executor (checks launch small problems)
+# On the GPU every array argument lies between two bands of GUARD_BYTES bytes of GUARD_FILL:
+# the GPU does not fault on a write just outside an allocation (the CPU executor's guard pages
+# do), so such a write would go unseen; in a band it shows after the launch.
+GUARD_BYTES = 4096
+GUARD_FILL = 0xA5
+
+
+class OutOfBoundsWrite(Mismatch):
+    """A GPU launch wrote into the band before or after argument `arg_index` (`buffer`, its
+    parameter's name); `index` is the first element written there, negative before its start."""
+
+    def __init__(self, buffer: str, arg_index: int, index: int):
+        self.buffer, self.arg_index, self.index = buffer, arg_index, index
+        where = "before its start" if index < 0 else "past its end"
+        super().__init__(f"the kernel wrote {where}: {buffer}[{index}]",
+                         "an index " + ("below 0" if index < 0 else "past the last element") +
+                         f" reached a write to {buffer}: check the index before writing.")
+
+
+def band_write(before: np.ndarray, after: np.ndarray, nbytes: int, itemsize: int):
+    """The element index of the first byte a launch changed in the bands around an array of
+    nbytes (before / after: the bands' bytes after the launch), or None."""
+    hit = np.flatnonzero(before != GUARD_FILL)
+    if hit.size:
+        return (int(hit[0]) - before.size) // itemsize   # (negative: before element 0)
+    hit = np.flatnonzero(after != GUARD_FILL)
+    return None if not hit.size else (nbytes + int(hit[0])) // itemsize
 # Under the grader's judge: (source, name, device) -> the kernel, built and launched in the
 # submission's sandbox, never in the grader's process (see grading/judge.py). Per thread.
 _elsewhere = threading.local()
@@ -84,7 +112,7 @@ class Kernel:
     def __init__(self, source: str, name: str, device: str = "auto"):
         from ..rawkernel import RawKernel  # noqa: PLC0415 - CuPy / executor on demand
         lint(source, name)
-        self.name, self.remote = name, None
+        self.name, self.source, self.remote = name, source, None
         factory = getattr(_elsewhere, "factory", None)
         if factory is not None:
             self.remote = factory(source, name, device)
@@ -145,19 +173,40 @@ class Kernel:
             return [args[i].copy() for i in outputs]
         from ..backend import cupy_module  # noqa: PLC0415
         cp = cupy_module()
-        dev_args = tuple(cp.asarray(a) if isinstance(a, np.ndarray) else a for a in args)
+        guarded = {i: _guarded(cp, a) for i, a in enumerate(args) if isinstance(a, np.ndarray)}
+        dev_args = tuple(guarded[i][1] if i in guarded else a for i, a in enumerate(args))
         try:
             self.kernel(grid, block, dev_args, shared_mem=shared_mem)
         except TypeError as exc:
             raise Mismatch(f"the launch was refused: {exc}", "keep the kernel's parameter "
                            "list exactly as in the prompt.") from exc
         cp.cuda.runtime.deviceSynchronize()
+        for i, (buf, arr) in guarded.items():
+            index = band_write(cp.asnumpy(buf[:GUARD_BYTES]), cp.asnumpy(buf[-GUARD_BYTES:]),
+                               arr.nbytes, arr.itemsize)
+            if index is not None:
+                raise OutOfBoundsWrite(self._param_name(i), i, index)
         return [cp.asnumpy(dev_args[i]) for i in outputs]
+
+    def _param_name(self, i: int) -> str:
+        try:
+            return parse_kernel_signature(self.source, self.name)[i].name
+        except Exception:   # (a signature the parser does not read: the position will do)
+            return f"argument {i}"
 
 
 # A signalling NaN with a payload: arithmetic never produces it (a NaN result is quiet), and
 # copies keep it bit for bit, on the GPU and through the CPU executor.
 POISON_BITS = 0x7FA5A5A5
+
+
+def _guarded(cp, a: np.ndarray):
+    """(the band-framed device buffer, a's copy in it): see GUARD_BYTES."""
+    a = np.ascontiguousarray(a)
+    buf = cp.full(a.nbytes + 2 * GUARD_BYTES, GUARD_FILL, dtype=cp.uint8)
+    view = cp.ndarray(a.shape, a.dtype, memptr=buf.data + GUARD_BYTES)
+    view.set(a)
+    return buf, view
 
 
 def poisoned(shape) -> np.ndarray:
