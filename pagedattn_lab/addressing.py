@@ -72,9 +72,10 @@ def translate(block_table_row, token: int, page_size: int, num_kv_heads: int, he
     for name, value, size in (("kv_head", kv_head, num_kv_heads), ("dim", dim, head_dim)):
         if not 0 <= check_int(value, name) < size:
             raise ValueError(f"{name}: expected 0..{size - 1}, got {value}")
-    slot = physical_slot(row, token, page_size)
-    return Translation(token, virtual_page(token, page_size), page_offset(token, page_size),
-                       physical_page(row, token, page_size), slot,
+    vpage, offset = virtual_page(token, page_size), page_offset(token, page_size)
+    page = _entry(row, token, vpage)   # (checked once, not again by physical_page/_slot)
+    slot = page * page_size + offset
+    return Translation(token, vpage, offset, page, slot,
                        element_offset(slot, kv_head, dim, num_kv_heads, head_dim))
 
 
