@@ -86,6 +86,19 @@ def test_static_scales_are_used_and_required(rng):
         EngineConfig(kv_dtype="fp4")
 
 
+def test_static_scales_are_copied_when_checked():
+    """A NaN the caller puts into its scale arrays after the check must not reach the pages'
+    reads (the store keeps copies, as PagedKVCache does)."""
+    config = tiny_config()
+    model = LlamaModel(config, random_weights(config, seed=1), device="cpu")
+    shape = (config.num_hidden_layers, config.num_key_value_heads)
+    scales = (np.full(shape, 0.02, np.float32), np.full(shape, 0.03, np.float32))
+    engine = LLMEngine(model, EngineConfig(num_pages=8, page_size=8, kv_dtype="int8",
+                                           kv_scale_scheme="static"), kv_scales=scales)
+    scales[0][:] = np.nan
+    assert all(np.isfinite(np.asarray(s)).all() for s in engine.store.k_scale)
+
+
 def test_swapped_and_shared_pages_keep_their_scales(rng):
     """Preemption by swap and copy on write (prefix caching) move the per-token scales with
     the codes: the tokens equal those of a run that never swaps."""

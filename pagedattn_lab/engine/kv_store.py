@@ -51,8 +51,9 @@ class KVStore:
             k_s, v_s = (check_scale(s, name, (layers, heads), fmt.qmax)
                         for name, s in zip(("static_scales[0]", "static_scales[1]"),
                                            static_scales))
-            self.k_scale = [xp.asarray(k_s[i]) for i in range(layers)]
-            self.v_scale = [xp.asarray(v_s[i]) for i in range(layers)]
+            # copies: the caller's arrays may change after they were checked
+            self.k_scale = [xp.array(k_s[i]) for i in range(layers)]
+            self.v_scale = [xp.array(v_s[i]) for i in range(layers)]
         # Host pages are allocated lazily: a run that never swaps never pays for them.
         self._host_shapes = [(num_host_pages,) + a[0].shape[1:] for a in self._paged]
         self._host = None
