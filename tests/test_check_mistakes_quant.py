@@ -223,3 +223,34 @@ def test_scale_check_passes_the_reference_and_reports_the_stub():
         raise NotImplementedError
     result, printed = run_check("kv_scales", stub)
     assert result.status == "not attempted"
+
+
+# On the GPU (the same wrong and right answers; tests/test_check_mistakes_kernels.py does the
+# same for the other workbooks). Out-of-bounds reads of a scale array: the CPU executor's
+# guard pages name them, the GPU reads on without a fault, so there they fail with the general
+# hint. A float converted to unsigned char: x86 wraps -5.0f to 0xFB, the right byte, where the
+# GPU saturates it to 0, so that mistake shows on the GPU only.
+OUT_OF_BOUNDS_READS = {"static scale read per token", "query head for kv head", "per_token ignored"}
+GPU_ONLY_WRITE_MISTAKES = [
+    ("unsigned char", [(CLAMP, CLAMP.replace("(signed char)", "(unsigned char)"))],
+     "the codes are signed"),
+]
+
+
+@pytest.mark.gpu
+def test_kernel_checks_on_the_gpu():
+    for task, variable in (("quantize_write", "SOURCE_WRITE"), ("dequant_decode", "SOURCE_READ")):
+        result, printed = run_check(task, solution_source(NOTEBOOK, variable), device="gpu")
+        assert result.passed, printed
+    mistakes = KERNELS + [("quantize_write", "SOURCE_WRITE", m) for m in GPU_ONLY_WRITE_MISTAKES]
+    for task, variable, (name, edits, phrase, *_) in mistakes:
+        impl = mutate(solution_source(NOTEBOOK, variable), edits)
+        if name in OUT_OF_BOUNDS_READS:
+            result, printed = run_check(task, impl, device="gpu")
+            assert result.status == "failed", f"{name}: {printed}"
+        else:
+            assert_caught(task, impl, phrase, device="gpu")
+    for task, variable, (name, edits) in ALTERNATIVES:
+        result, printed = run_check(task, mutate(solution_source(NOTEBOOK, variable), edits),
+                                    device="gpu")
+        assert result.passed, f"{name}: {printed}"
