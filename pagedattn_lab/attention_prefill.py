@@ -22,7 +22,7 @@ from .attention_common import (
 )
 from .backend import array_module
 from .kernels import kernel as load_kernel
-from .validate import check_attention_inputs, check_out, resolve_scale
+from .validate import check_attention_inputs, check_out, is_one_of, resolve_scale
 
 KERNELS = ("naive", "tiled")
 NAIVE_MAX_HEAD_DIM = 128        # the naive kernel's per-thread accumulator array
@@ -38,8 +38,7 @@ def tiled_shared_bytes(head_dim: int) -> int:
 def plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None, kernel="tiled", *,
                  out=None):
     """Validate a prefill call; return a function that launches it and returns `out`."""
-    if not isinstance(kernel, str) or kernel not in KERNELS:   # (an array of names would
-        # compare element-wise: NumPy's "truth value is ambiguous", or pass as its one name)
+    if not is_one_of(kernel, KERNELS):
         raise ValueError(f"kernel: expected one of {KERNELS}, got {kernel!r}")
     shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, mode="prefill")
     check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,

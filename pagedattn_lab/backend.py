@@ -69,8 +69,8 @@ def array_module(*arrays):
 
 def resolve_device(device: str) -> str:
     """Map device="auto"|"cpu"|"gpu" to "cpu" or "gpu", refusing "gpu" without one."""
-    if not isinstance(device, str) or device not in ("auto", "cpu", "gpu"):   # (an array
-        # of names would compare element-wise: NumPy's "truth value is ambiguous")
+    from .validate import is_one_of  # noqa: PLC0415 - validate imports this module
+    if not is_one_of(device, ("auto", "cpu", "gpu")):
         raise ValueError(f"device: expected 'auto', 'cpu' or 'gpu', got {device!r}")
     if device == "auto":
         return "gpu" if gpu_available() else "cpu"

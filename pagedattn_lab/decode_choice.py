@@ -7,6 +7,8 @@ asks `supported_head_dim` when it is built. Names re-exported by decode_plan.
 """
 from __future__ import annotations
 
+from .validate import is_one_of
+
 KERNELS = ("simt", "tensor_core")
 HEAD_DIM_MAX = 256
 
@@ -54,8 +56,7 @@ def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu:
     executor auto picks simt: there WMMA is emulated lane by lane, which is for learning and
     testing, not speed (ask for "tensor_core" to run it there).
     """
-    if not isinstance(requested, str) or requested not in ("auto", *KERNELS):   # (an array
-        # of names would compare element-wise: NumPy's "truth value is ambiguous")
+    if not is_one_of(requested, ("auto", *KERNELS)):
         raise ValueError(f"kernel: expected 'auto', 'simt' or 'tensor_core', got {requested!r}")
     if requested == "auto":
         if dtype == "float32" or not on_gpu:

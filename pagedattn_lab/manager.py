@@ -37,7 +37,7 @@ from .cache import PagedKVCache
 from .paging import OutOfPagesError
 from .prefill_wrapper import HEAD_DIMS, BatchPrefillWrapper
 from .validate import (check_array, check_cache_dtype, check_gqa_heads, check_int,
-                       check_int_list, resolve_scale)
+                       check_int_list, is_one_of, resolve_scale)
 
 
 class AddedSequence(NamedTuple):
@@ -89,7 +89,7 @@ class PagedAttentionManager:
         head_dim = check_int(head_dim, "head_dim", minimum=1)
         if prefill_kernel is None:   # the fast kernel where it runs, else the one that runs
             prefill_kernel = "tiled" if head_dim in TILED_HEAD_DIMS else "naive"
-        if not isinstance(prefill_kernel, str) or prefill_kernel not in ("naive", "tiled"):
+        if not is_one_of(prefill_kernel, ("naive", "tiled")):
             raise ValueError(f"prefill_kernel: expected 'naive', 'tiled' or None (tiled when "
                              f"head_dim is {' or '.join(map(str, TILED_HEAD_DIMS))}, else "
                              f"naive), got {prefill_kernel!r}")

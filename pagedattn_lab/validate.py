@@ -71,6 +71,12 @@ def element_misalignment(x) -> int:
     return data_pointer(x) % x.dtype.itemsize
 
 
+def is_one_of(value, names) -> bool:
+    """value is one of the strings `names` (a name argument's test: an array of names would
+    compare element-wise, NumPy's "truth value is ambiguous", or pass as its one name)."""
+    return isinstance(value, str) and value in names
+
+
 def check_cache_dtype(dtype, name: str = "dtype") -> np.dtype:
     """float32 or float16 as a NumPy dtype. None is named as None (NumPy reads it as float64),
     and what NumPy cannot read is refused naming the argument ("data type not understood"

@@ -232,3 +232,9 @@ def test_an_out_of_bounds_write_names_the_argument_and_the_side():
     assert "before its start" in exc.message and "k_cache[-40]" in exc.message
     assert "below 0" in exc.hint
     assert "past its end" in kr.OutOfBoundsWrite("out", 2, 12).message
+
+
+def test_an_argument_is_named_from_the_kernels_signature():
+    k = kr.Kernel('extern "C" __global__ void copy(const float* src, float* dst, int n)\n'
+                  '{ int i = threadIdx.x; if (i < n) dst[i] = src[i]; }\n', "copy", device="cpu")
+    assert [k._param_name(i) for i in range(4)] == ["src", "dst", "n", "argument 3"]

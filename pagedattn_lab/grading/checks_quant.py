@@ -151,9 +151,7 @@ def _launch_write(comp, k, slots, heads, dim, per_token, k_scale, cache):
     except OutOfBoundsWrite as exc:   # (the GPU: a write into the bands around an argument)
         padding = np.flatnonzero(slots < 0)
         if exc.arg_index == 6 and exc.index < 0 and padding.size:
-            raise Mismatch(exc.message, f"slot_mapping[{int(padding[0])}] = -1 marks a padding "
-                           "row: return before writing anything for it (slot -1 indexes before "
-                           "the cache).") from exc
+            raise Mismatch(exc.message, _padding_hint(int(padding[0]))) from exc
         if exc.arg_index == 5:
             raise Mismatch(exc.message, K_SCALE_LAYOUT) from exc
         raise
@@ -163,12 +161,15 @@ def _launch_write(comp, k, slots, heads, dim, per_token, k_scale, cache):
         message, _ = describe_kernel_exception(exc)
         token = _padding_block(exc, slots)
         if token is not None:
-            raise Mismatch(message, f"slot_mapping[{token}] = -1 marks a padding row: return "
-                           "before writing anything for it (slot -1 indexes before the "
-                           "cache).") from exc
+            raise Mismatch(message, _padding_hint(token)) from exc
         if getattr(exc, "buffer", None) == "k_scale":
             raise Mismatch(message, K_SCALE_LAYOUT) from exc
         raise
+
+
+def _padding_hint(token: int) -> str:
+    return (f"slot_mapping[{token}] = -1 marks a padding row: return before writing anything "
+            f"for it (slot -1 indexes before the cache).")
 
 
 K_SCALE_LAYOUT = ("k_scale holds one static scale per head, [num_kv_heads], when per_token = 0 "

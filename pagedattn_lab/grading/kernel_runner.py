@@ -19,7 +19,6 @@ import threading
 import numpy as np
 
 from ..backend import resolve_device
-from ..signature import parse_kernel_signature
 from .faults import describe_kernel_exception
 from .report import Mismatch
 
@@ -112,7 +111,7 @@ class Kernel:
     def __init__(self, source: str, name: str, device: str = "auto"):
         from ..rawkernel import RawKernel  # noqa: PLC0415 - CuPy / executor on demand
         lint(source, name)
-        self.name, self.source, self.remote = name, source, None
+        self.name, self.remote = name, None
         factory = getattr(_elsewhere, "factory", None)
         if factory is not None:
             self.remote = factory(source, name, device)
@@ -189,10 +188,8 @@ class Kernel:
         return [cp.asnumpy(dev_args[i]) for i in outputs]
 
     def _param_name(self, i: int) -> str:
-        try:
-            return parse_kernel_signature(self.source, self.name)[i].name
-        except Exception:   # (a signature the parser does not read: the position will do)
-            return f"argument {i}"
+        signature = self.kernel.signature   # (RawKernel's, read from the source)
+        return signature[i].name if i < len(signature) else f"argument {i}"
 
 
 # A signalling NaN with a payload: arithmetic never produces it (a NaN result is quiet), and

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..addressing import token_slots
 from ..reference import reference_decode
 
 WARP = 32
@@ -162,11 +163,9 @@ READ_MISTAKES = _read_mistakes()
 
 def _positions(prob, num_slots):
     """int [num_slots]: each used slot's token position in its sequence (0 where unused)."""
-    page_size = prob.k_cache.shape[1]
     at = np.zeros(num_slots, np.int64)
     for row, n in zip(prob.block_tables, prob.seq_lens):
-        t = np.arange(int(n))
-        at[row[t // page_size].astype(np.int64) * page_size + t % page_size] = t
+        at[token_slots(row, int(n), prob.k_cache.shape[1])] = np.arange(int(n))
     return at
 
 
