@@ -43,19 +43,32 @@ def visible(top_left=False, plus=1, global_rows=False, from_end=False, skip_empt
     return fn
 
 
-def tiles(keys="last", ceil=True, empty=False, top_left=False, clip=True):
+def tiles(keys="last", ceil=True, empty=False, top_left=False, clip=True, extra=1,
+          rounding=None):
+    """`extra`: the keys a row at position p sees (p + 1; 0 counts the position, 2 one too
+    many); `clip="off"`: the partial tile's last row taken as min(first + rows - 1, q_len)."""
     def fn(indptr, seq_lens, rows, kv_tile):
         out = []
         for b, (q_len, n) in enumerate(zip(np.diff(indptr), seq_lens)):
             q_len, n = int(q_len), int(n)
             starts = list(range(0, q_len, rows)) or ([0] if empty else [])
             for first in starts:
-                row = first if keys == "first" else (min(first + rows, q_len) if clip
-                                                     else first + rows) - 1
-                k = n if keys == "all" else (0 if top_left else n - q_len) + row + 1
-                out.append((b, first, -(-k // kv_tile) if ceil else k // kv_tile))
+                end = {True: min(first + rows, q_len), False: first + rows,
+                       "off": min(first + rows - 1, q_len) + 1}[clip]
+                row = first if keys == "first" else end - 1
+                k = n if keys == "all" else (0 if top_left else n - q_len) + row + extra
+                tiles_ = rounding(k, kv_tile) if rounding else \
+                    -(-k // kv_tile) if ceil else k // kv_tile
+                out.append((b, first, tiles_))
         return out
     return fn
+
+
+def clamped(indptr, seq_lens, rows, kv_tile):
+    """Right too: the unclipped last row's keys, capped at the sequence's length."""
+    return [(b, first, -(-min(n - q_len + first + rows, n) // kv_tile))
+            for b, (q_len, n) in enumerate(zip(np.diff(indptr).tolist(), seq_lens.tolist()))
+            for first in range(0, q_len, rows)]
 
 
 MISTAKES = [
@@ -65,6 +78,10 @@ MISTAKES = [
     ("chunk_mask", mask(width=lambda q, n: q), "the cached prefix too"),
     ("chunk_mask", lambda q, n: np.ones((q, n), bool), "must not see keys after"),
     ("chunk_mask", lambda q, n: mask()(q, n).astype(int), "boolean"),
+    ("chunk_mask", mask(op=np.greater), "inverted"),                    # True = masked out
+    ("chunk_mask", mask(op=np.greater_equal), "j <= seq_len - q_len + i",   # triu, not tril
+     ["cached prefix (keys"]),
+    ("chunk_mask", lambda q, n: [[bool(x) for x in r] for r in mask()(q, n)], "Python list"),
     ("visible_keys", visible(top_left=True), "aligned top-left"),
     ("visible_keys", visible(plus=0), "its own key"),
     ("visible_keys", visible(global_rows=True), "i = row - qo_indptr[b]",
@@ -72,12 +89,21 @@ MISTAKES = [
     ("visible_keys", visible(from_end=True), "one past its last row"),
     ("visible_keys", visible(skip_empty=True), "q_len 0"),
     ("visible_keys", lambda p, n: np.asarray(n, np.int64)[_rows(p)[0]], "not the whole"),
+    ("visible_keys", lambda p, n: visible()(p, n).astype(float), "integer array"),
+    ("visible_keys", lambda p, n: visible()(p, n) + _rows(p)[2][_rows(p)[0]],
+     "counts the new tokens too"),                                     # seq_lens = cached only
     ("tile_work", tiles(keys="all"), "never needed"),
     ("tile_work", tiles(keys="first"), "LAST row"),
     ("tile_work", tiles(clip=False), "may be partial"),
     ("tile_work", tiles(ceil=False), "round up"),
     ("tile_work", tiles(empty=True), "no query tile", ["round up", "LAST row"]),
     ("tile_work", tiles(top_left=True), "bottom-right"),
+    ("tile_work", tiles(clip="off"), "off by one in a partial last tile"),
+    ("tile_work", tiles(extra=0), "p + 1 keys", ["round up"]),
+    ("tile_work", tiles(extra=2), "one K/V tile too many", ["whole sequence"]),
+    ("tile_work", tiles(rounding=lambda k, t: k // t + 1), "one K/V tile too many",
+     ["whole sequence"]),
+    ("tile_work", tiles(rounding=lambda k, t: k / t), "loaded whole"),
 ]
 
 
@@ -86,8 +112,12 @@ def test_mistake_is_caught(task, impl, phrase, not_phrases):
     assert_caught(task, impl, phrase, not_phrases=not_phrases)
 
 
-@pytest.mark.parametrize("task, impl", [("chunk_mask", mask()), ("visible_keys", visible()),
-                                        ("tile_work", tiles())])
+@pytest.mark.parametrize("task, impl", [
+    ("chunk_mask", mask()), ("visible_keys", visible()), ("tile_work", tiles()),
+    ("chunk_mask", lambda q, n: np.tri(q, n, k=n - q, dtype=bool)),
+    ("visible_keys", lambda p, n: visible()(p, n).astype(np.int32)),
+    ("tile_work", tiles(rounding=lambda k, t: np.ceil(k / t))),          # whole floats
+    ("tile_work", clamped)])
 def test_correct_versions_pass(task, impl):
     result, printed = run_check(task, impl)
     assert result.passed, printed

@@ -6,14 +6,17 @@ are its LAST q_len tokens (`seq_lens[b]` counts them too). New query i sits at p
 `seq_len - q_len + i` and sees keys 0 .. that position (bottom-right alignment). The random
 cases mix all-new prompts (q_len == seq_len), chunks over a cached prefix, decode tokens
 (q_len 1) and sequences with no new tokens (q_len 0), with lengths that are not tile
-multiples. A wrong answer is compared with the classic wrong versions to name the mistake.
+multiples. A wrong answer is compared with the classic wrong versions to name the mistake;
+a mistake is named only if the answer makes it on every fixed case too, since one small case
+can match a mistake by coincidence (two tiles of 16 and 17 keys cannot tell a floor from a
+lost + 1).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..prefill_masks import causal_mask
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CaseTimeout, CheckResult, Mismatch, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
 
@@ -34,6 +37,30 @@ def _rows_of(indptr):
     return seq, np.arange(seq.size) - indptr[seq]
 
 
+def _answer(fn, *args):
+    """`fn(*args)`, or None if it raises (a time limit still ends the case)."""
+    try:
+        return fn(*args)
+    except CaseTimeout:
+        raise
+    except Exception:   # noqa: BLE001 - a probe that crashes simply confirms no mistake
+        return None
+
+
+def _named(variants, got, expected, same, confirmed, default: str) -> str:
+    """The hint of the first classic mistake that `got` matches and that `confirmed(k)` (the
+    learner's answer is mistake k on every fixed case too) confirms; else `default`."""
+    for k, (hint, v) in enumerate(variants):
+        if not same(v, expected) and same(got, v) and confirmed(k):
+            return hint
+    return default
+
+
+def _same_array(a, b) -> bool:
+    a, b = np.asarray(a), np.asarray(b)
+    return a.shape == b.shape and np.array_equal(a, b)
+
+
 # -- task 1: the mask of a chunk -------------------------------------------------------------
 
 def _mask_variants(q_len, seq_len):
@@ -48,7 +75,12 @@ def _mask_variants(q_len, seq_len):
         ("the cached prefix (keys 0 .. seq_len - q_len - 1) is visible to every new query: it "
          "comes before all of them.", (j >= off) & (j <= off + i)),
         ("causal: query i must not see keys after its own position.", np.ones_like(j <= i)),
+        ("the mask is inverted: True means query i MAY attend to key j (visible), not that "
+         "key j is masked out.", j > off + i),
     ]
+
+
+_MASK_FIXED = [(5, 12), (1, 9), (7, 7), (0, 6), (1, 1), (0, 0), (16, 40)]
 
 
 def _mask_case(fn, q_len: int, seq_len: int) -> None:
@@ -56,13 +88,17 @@ def _mask_case(fn, q_len: int, seq_len: int) -> None:
     got = fn(q_len, seq_len)
     if got is None:
         raise NotImplementedError("chunk_mask returned None")
-    got = np.asarray(got)
+    listed, got = not isinstance(got, np.ndarray), np.asarray(got)
     if got.shape != expected.shape:
         hint = (f"one row per new query and one column per key of the sequence (cached ones "
                 f"included): [q_len, seq_len] = {expected.shape}.")
         if got.shape == (q_len, q_len) and q_len != seq_len:
             hint = ("the columns are ALL the sequence's keys, the cached prefix too: seq_len "
                     "columns, not q_len.")
+        elif listed and got.size == 0:
+            hint = (f"a Python list with no rows has no columns either: return a NumPy array, "
+                    f"here of shape {expected.shape} (np.zeros((q_len, seq_len), bool) keeps "
+                    f"both).")
         raise Mismatch(f"chunk_mask({q_len}, {seq_len}): wrong shape", hint,
                        str(expected.shape), str(got.shape))
     if got.dtype != np.bool_:
@@ -71,9 +107,10 @@ def _mask_case(fn, q_len: int, seq_len: int) -> None:
     if np.array_equal(got, expected):
         return
     i, j = (int(x[0]) for x in np.nonzero(got != expected))
-    hint = next((h for h, v in _mask_variants(q_len, seq_len)
-                 if not np.array_equal(v, expected) and np.array_equal(got, v)),
-                "query i sees key j exactly when j <= seq_len - q_len + i.")
+    hint = _named(_mask_variants(q_len, seq_len), got, expected, _same_array,
+                  lambda k: all(_same_array(_answer(fn, q, n), _mask_variants(q, n)[k][1])
+                                for q, n in _MASK_FIXED),
+                  "query i sees key j exactly when j <= seq_len - q_len + i.")
     raise Mismatch(f"chunk_mask({q_len}, {seq_len}): first wrong cell: query {i}, key {j} "
                    f"(query {i} is at position {seq_len - q_len + i})", hint,
                    str(bool(expected[i, j])), str(bool(got[i, j])))
@@ -82,11 +119,10 @@ def _mask_case(fn, q_len: int, seq_len: int) -> None:
 def chunk_mask(fn) -> CheckResult:
     """Check `fn(q_len, seq_len)` -> bool [q_len, seq_len] (True: query i sees key j)."""
     rng = case_rng(1001)
-    fixed = [(5, 12), (1, 9), (7, 7), (0, 6), (1, 1), (0, 0), (16, 40)]
     drawn = [(int(q), int(n)) for n in rng.integers(2, 90, size=4)
              for q in [rng.integers(1, n + 1)]]
     cases = [Case("one sequence", {"q_len": q, "seq_len": n},
-                  lambda q=q, n=n: _mask_case(fn, q, n)) for q, n in fixed + drawn]
+                  lambda q=q, n=n: _mask_case(fn, q, n)) for q, n in _MASK_FIXED + drawn]
     return run_cases("chunk_mask", "chunk_mask: the causal mask of new tokens over a cache",
                      cases)
 
@@ -112,6 +148,8 @@ def _visible_variants(indptr, seq_lens):
          "so row i of sequence b sees seq_lens[b] - q_len + i + 1 keys.", i + 1),
         ("a query sees its own key too: add 1 (keys 0 .. its position).",
          lens[seq] - q_lens[seq] + i),
+        ("seq_lens[b] counts the new tokens too: the cached prefix is seq_lens[b] - q_len "
+         "keys, not seq_lens[b].", lens[seq] + i + 1),
         ("i counts from the sequence's first row: i = row - qo_indptr[b], not the row's place "
          "in the packed q.", lens[seq] - q_lens[seq] + rows + 1),
         ("i counts from the sequence's first row, qo_indptr[b] (qo_indptr[b + 1] is one past "
@@ -124,6 +162,15 @@ def _visible_variants(indptr, seq_lens):
     ]
 
 
+_VISIBLE_FIXED = [([0, 4, 9, 10], [4, 20, 7]),          # new prompt, chunk, decode
+                  ([0, 0, 3, 3, 4], [5, 8, 2, 1]),      # q_len 0 sequences first and between
+                  ([0, 1], [1])]
+
+
+def _visible_of(fn, indptr, seq_lens):
+    return _answer(fn, np.array(indptr, np.int32), np.array(seq_lens, np.int32))
+
+
 def _visible_case(fn, indptr, seq_lens) -> None:
     expected = expected_visible(indptr, seq_lens)
     got = fn(indptr.copy(), seq_lens.copy())
@@ -133,16 +180,20 @@ def _visible_case(fn, indptr, seq_lens) -> None:
     if got.shape != expected.shape:
         raise Mismatch("wrong shape", "one count per packed row: [qo_indptr[-1]].",
                        str(expected.shape), str(got.shape))
+    if got.size and not np.issubdtype(got.dtype, np.integer):
+        raise Mismatch(f"dtype {got.dtype}", "key counts are whole numbers: return an integer "
+                       "array (np.zeros and np.empty make float64 unless given dtype=np.int64).",
+                       "an integer dtype", str(got.dtype))
     if np.array_equal(got, expected):
         return
     r = int(np.flatnonzero(got != expected)[0])
     seq, i = _rows_of(np.asarray(indptr, np.int64))
     b = int(seq[r])
-    hint = next((h for h, v in _visible_variants(indptr, seq_lens)
-                 if v.shape == expected.shape and not np.array_equal(v, expected)
-                 and np.array_equal(got, v)),
-                "row r of sequence b (i = r - qo_indptr[b]) sees seq_lens[b] - q_len + i + 1 "
-                "keys.")
+    hint = _named(_visible_variants(indptr, seq_lens), got, expected, _same_array,
+                  lambda k: all(_same_array(_visible_of(fn, p, n), _visible_variants(p, n)[k][1])
+                                for p, n in _VISIBLE_FIXED),
+                  "row r of sequence b (i = r - qo_indptr[b]) sees seq_lens[b] - q_len + i + 1 "
+                  "keys.")
     q_len = int(indptr[b + 1] - indptr[b])
     raise Mismatch(f"first wrong row {r}: sequence {b} (q_len {q_len}, seq_len "
                    f"{int(seq_lens[b])}), its query i = {int(i[r])}", hint,
@@ -151,13 +202,10 @@ def _visible_case(fn, indptr, seq_lens) -> None:
 
 def visible_keys(fn) -> CheckResult:
     """Check `fn(qo_indptr, seq_lens)` -> int [total_q]: how many keys each row sees."""
-    fixed = [([0, 4, 9, 10], [4, 20, 7]),          # new prompt, chunk, decode
-             ([0, 0, 3, 3, 4], [5, 8, 2, 1]),      # q_len 0 sequences first and between
-             ([0, 1], [1])]
     cases = [Case("batch", {"qo_indptr": p, "seq_lens": n},
                   lambda p=p, n=n: _visible_case(fn, np.array(p, np.int32),
                                                  np.array(n, np.int32)))
-             for p, n in fixed]
+             for p, n in _VISIBLE_FIXED]
     rng = case_rng(1002)
     for batch in (5, 8):
         indptr, lens = _batch(rng, batch, 70)
@@ -202,8 +250,18 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
          "row's.", build(lambda q, n, f: n - q + f + 1)),
         ("the last query tile of a sequence may be partial: its last row is "
          "min(first + rows, q_len) - 1.", build(lambda q, n, f: n - q + f + rows)),
+        ("off by one in a partial last tile: its last row is q_len - 1 "
+         "(min(first + rows, q_len) - 1, not min(first + rows - 1, q_len)), so it sees "
+         "seq_len keys, not seq_len + 1.",
+         build(lambda q, n, f: n - q + min(f + rows - 1, q) + 1)),
+        ("a row at position p sees p + 1 keys (0 .. p): divide that count by kv_tile, not "
+         "the position.", build(lambda q, n, f: n - q + last(q, f))),
         ("round up: a K/V tile that holds any needed key is loaded.",
          build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile)),
+        ("one K/V tile too many when the keys fill whole tiles (a multiple of kv_tile): "
+         "kv_tiles = ceil(keys / kv_tile) = -(-keys // kv_tile), not keys // kv_tile + 1 "
+         "(nor a count of keys one too high).",
+         build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile + 1)),
         ("a sequence with q_len 0 has no new tokens: it gets no query tile.",
          build(lambda q, n, f: n - q + last(q, f) + 1, empty=True)),
         ("the mask is aligned bottom-right: a tile's last row sits at position "
@@ -214,10 +272,29 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
 
 def _as_triples(got):
     try:
-        return [tuple(int(x) for x in t) for t in got]
+        raw = [tuple(t) for t in got]
+        ints = [tuple(int(x) for x in t) for t in raw]
+        bad = next((t for t, i in zip(raw, ints) if any(float(x) != y for x, y in zip(t, i))),
+                   None)
     except (TypeError, ValueError) as exc:
         raise Mismatch("expected a list of (sequence, first query, K/V tiles) tuples of ints",
                        "one tuple per query tile, in batch order.", "", repr(got)[:200]) from exc
+    if bad is not None:
+        raise Mismatch(f"the tuple {bad!r} holds a number that is not whole",
+                       "K/V tiles are loaded whole: round keys / kv_tile up "
+                       "(-(-keys // kv_tile)).", "whole numbers", repr(bad))
+    return ints
+
+
+_TILES_FIXED = [([0, 40, 45, 46], [40, 100, 9], 16, 32),
+                ([0, 0, 17], [30, 17], 16, 16),
+                ([0, 64], [64], 32, 64),
+                ([0, 96, 116], [96, 64], 64, 32)]    # partial last tiles, seq_len % kv == 0
+
+
+def _tiles_of(fn, indptr, seq_lens, rows, kv_tile):
+    return _answer(lambda: _as_triples(fn(np.array(indptr, np.int32),
+                                          np.array(seq_lens, np.int32), rows, kv_tile)))
 
 
 def _tiles_case(fn, indptr, seq_lens, rows, kv_tile) -> None:
@@ -228,10 +305,13 @@ def _tiles_case(fn, indptr, seq_lens, rows, kv_tile) -> None:
     got = _as_triples(got)
     if got == expected:
         return
-    hint = next((h for h, v in _tile_variants(indptr, seq_lens, rows, kv_tile)
-                 if v != expected and got == v),
-                "one (b, first, kv_tiles) per query tile, first = 0, rows, 2*rows, ... < q_len; "
-                "kv_tiles = ceil(keys seen by the tile's last row / kv_tile).")
+    hint = _named(_tile_variants(indptr, seq_lens, rows, kv_tile), got, expected,
+                  lambda a, b: a == b,
+                  lambda k: all(_tiles_of(fn, p, n, r, t) == _tile_variants(p, n, r, t)[k][1]
+                                for p, n, r, t in _TILES_FIXED),
+                  "one (b, first, kv_tiles) per query tile, first = 0, rows, 2*rows, ... < q_len; "
+                  "kv_tiles = ceil(keys seen by the tile's last row / kv_tile), that row being "
+                  "min(first + rows, q_len) - 1.")
     where = next((k for k, (a, e) in enumerate(zip(got, expected)) if a != e),
                  min(len(got), len(expected)))
     message = (f"{len(got)} tiles where there are {len(expected)}" if len(got) != len(expected)
@@ -242,13 +322,10 @@ def _tiles_case(fn, indptr, seq_lens, rows, kv_tile) -> None:
 
 def tile_work(fn) -> CheckResult:
     """Check `fn(qo_indptr, seq_lens, rows, kv_tile)` -> [(b, first, kv_tiles), ...]."""
-    fixed = [([0, 40, 45, 46], [40, 100, 9], 16, 32),
-             ([0, 0, 17], [30, 17], 16, 16),
-             ([0, 64], [64], 32, 64)]
     cases = [Case("batch", {"qo_indptr": p, "seq_lens": n, "rows": r, "kv_tile": k},
                   lambda p=p, n=n, r=r, k=k: _tiles_case(fn, np.array(p, np.int32),
                                                          np.array(n, np.int32), r, k))
-             for p, n, r, k in fixed]
+             for p, n, r, k in _TILES_FIXED]
     rng = case_rng(1003)
     for rows, kv_tile in ((16, 64), (64, 32)):
         indptr, lens = _batch(rng, 6, 200)
