@@ -81,7 +81,8 @@ LESSONS: tuple[Lesson, ...] = (
     Lesson("11", "kv_compression", "KV-cache compression: int8 and fp8 pages", 2,
            _tasks("checks_quant", "kv_scales", "quantize_write", "dequant_decode")),
     Lesson("12", "serving_engine", "A serving engine on the paged cache", 2,
-           _tasks("checks_engine", "block_hashes", "cached_prefix", "schedule_step")),
+           {**_tasks("checks_engine", "block_hashes", "cached_prefix"),
+            **_tasks("checks_engine_step", "schedule_step")}),
     Lesson("13", "multi_gpu", "Multi-GPU: attention heads over GPUs", 2,
            _tasks("checks_tp", "head_split", "gather_heads", "wire_bytes")),
 )

@@ -4,6 +4,7 @@ Each wrong version is written the way a learner gets it wrong; each case asserts
 check fails (not "not attempted") and that the printed hint contains the phrase that points
 at the mistake. The right answers pass (the solutions notebook runs them too).
 """
+import numpy as np
 import pytest
 
 from pagedattn_lab.engine.prefix_cache import block_hashes as engine_block_hashes
@@ -45,6 +46,10 @@ def _hex(tokens, page_size):
     return [h.hex() for h in engine_block_hashes(tokens, page_size)]
 
 
+def _array(tokens, page_size):   # an array of bytes drops trailing zero bytes
+    return np.array(engine_block_hashes(tokens, page_size))
+
+
 HASH_MISTAKES = [
     ("partial block hashed", _hashes(partial=True), "hash full blocks only", ()),
     ("not chained", _hashes(chain=False), "chain", ()),
@@ -55,6 +60,7 @@ HASH_MISTAKES = [
     ("every token so far", _hash_then_join, "the block hashes differ",
      ("chain", "full blocks only", "two mistakes")),
     ("hex strings", _hex, "the block hashes differ", ("chain", "full blocks only")),
+    ("a numpy array", _array, "expected a list of hashes", ("read the error above",)),
 ]
 
 
@@ -92,6 +98,33 @@ def _always_minus_one(hashes, cached, num_tokens, page_size):
     return pages, max(len(pages) * page_size - 1, 0)
 
 
+def _truthy_page(hashes, cached, num_tokens, page_size):   # page 0 reads as a miss
+    pages = []
+    for h in hashes:
+        page = cached.get(h)
+        if not page:
+            break
+        pages.append(page)
+    return pages, min(len(pages) * page_size, num_tokens - 1)
+
+
+def _two_misses(hashes, cached, num_tokens, page_size):   # skips one missing block
+    pages, missed = [], 0
+    for h in hashes:
+        if h not in cached:
+            missed += 1
+            if missed == 2:
+                break
+            continue
+        pages.append(cached[h])
+    return pages, min(len(pages) * page_size, num_tokens - 1)
+
+
+def _swapped(hashes, cached, num_tokens, page_size):
+    pages, computed = _prefix()(hashes, cached, num_tokens, page_size)
+    return computed, pages
+
+
 def _one_block_less(hashes, cached, num_tokens, page_size):   # "keep the last block"
     pages, _ = _prefix()(hashes, cached, num_tokens, page_size)
     pages = pages[:-1] if len(pages) == len(hashes) else pages
@@ -106,30 +139,40 @@ PREFIX_MISTAKES = [
     ("takes the pages", _prefix_pops, "only reads", ()),
     ("always one token less", _always_minus_one, "the pages are right", ("first miss",)),
     ("drops the last block on a full hit", _one_block_less, "the prefix differs",
-     ("first miss", "num_tokens - 1")),
+     ("first miss", "num_tokens - 1", "page 0")),
+    ("page 0 is falsy", _truthy_page, "page 0 is a page like any other", ("first miss",)),
+    ("one missing block skipped", _two_misses, "past the first block not in the cache",
+     ("page 0",)),
+    ("(num_computed, pages)", _swapped, "expected a pair", ("read the error above",)),
 ]
 
 
 # -- task 3 -------------------------------------------------------------------------------------
 
 def _step(decodes_first=True, watermark_on=True, charge_running=True, chunk=True,
-          use_budget=True, fcfs=True):
+          use_budget=True, fcfs=True, strict=False, floor_cost=False, charge_waiting=True,
+          budget_waiting=True, chunk_running=True, budget_running=True, stop_at=0):
     def fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
         batch, free = [], free_pages
 
         def pages(t):
             return -(-t // page_size)
 
-        def size(req):
+        def size(req, is_running=False):
             n = req.num_tokens - req.num_computed
-            return min(n, budget if use_budget else n, max_chunk if chunk else n)
+            budget_on = use_budget and (budget_running or not is_running)
+            chunk_on = chunk and (chunk_running or not is_running)
+            return min(n, budget if budget_on else n, max_chunk if chunk_on else n)
+
+        def cost(n):
+            return n // page_size if floor_cost else pages(n)
 
         def run_running():
             nonlocal budget, free
             for req in running:
-                if budget <= 0:
+                if budget <= stop_at:
                     break
-                n = size(req)
+                n = size(req, is_running=True)
                 if charge_running:
                     free -= max(0, pages(req.num_computed + n) - req.num_pages)
                 batch.append((req.rid, n))
@@ -138,16 +181,17 @@ def _step(decodes_first=True, watermark_on=True, charge_running=True, chunk=True
         def run_waiting():
             nonlocal budget, free
             for req in waiting:
-                if budget <= 0:
+                if budget <= stop_at:
                     break
                 n = size(req)
-                if pages(n) + (watermark if watermark_on else 0) > free:
+                need = cost(n) + (watermark if watermark_on else 0)
+                if need > free or (strict and need == free):
                     if fcfs:
                         break
                     continue
-                free -= pages(n)
+                free -= cost(n) if charge_waiting else 0
                 batch.append((req.rid, n))
-                budget -= n
+                budget -= n if budget_waiting else 0
 
         if decodes_first:
             run_running()
@@ -171,6 +215,28 @@ def _whole_prompts(running, waiting, budget, free_pages, watermark, page_size, m
     return batch
 
 
+def _charges_whole_rest(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
+    """Charges a running request the pages of all it still wants, not of this step's chunk."""
+    batch, free = [], free_pages
+    for req in running:
+        if budget <= 0:
+            break
+        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
+        free -= max(0, -(-req.num_tokens // page_size) - req.num_pages)
+        batch.append((req.rid, n))
+        budget -= n
+    for req in waiting:
+        if budget <= 0:
+            break
+        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
+        if -(-n // page_size) + watermark > free:
+            break
+        free -= -(-n // page_size)
+        batch.append((req.rid, n))
+        budget -= n
+    return batch
+
+
 def _mutates(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
     out = _step()(running, waiting, budget, free_pages, watermark, page_size, max_chunk)
     for req in running:
@@ -186,6 +252,21 @@ STEP_MISTAKES = [
     ("budget exceeded", _step(use_budget=False), "more tokens than the budget", ()),
     ("overtaking", _step(fcfs=False), "first come, first served", ()),
     ("changes the requests", _mutates, "only plans", ()),
+    ("refuses an exact fit", _step(strict=True), "fits exactly", ("watermark was ignored",)),
+    ("cost rounded down", _step(floor_cost=True), "rounded down", ("fits exactly",)),
+    ("admitted pages kept", _step(charge_waiting=False), "not taken from the pages left", ()),
+    ("admitted tokens kept", _step(budget_waiting=False), "not taken from the budget", ()),
+    ("running not chunked", _step(chunk_running=False), "running request got more than",
+     ("watermark",)),
+    ("running over the budget", _step(budget_running=False), "more tokens than the budget",
+     ("max_chunk",)),
+    ("(rid, 0) once the budget is spent", _step(stop_at=-1), "got 0 tokens", ()),
+    ("stops with one token left", _step(stop_at=1), "the batch differs",
+     ("more tokens than the budget", "0 tokens")),
+    # No known mistake produces this one: the check fails it without naming one.
+    ("running charged for the whole rest", _charges_whole_rest, "the batch differs",
+     ("were not counted", "watermark was ignored", "longer than max_chunk",
+      "more tokens than the budget")),
 ]
 
 
@@ -238,7 +319,7 @@ def test_schedule_step_reference_is_the_engines_scheduler(seed):
     from pagedattn_lab.engine.kv_manager import KVCacheManager
     from pagedattn_lab.engine.request import Request, SamplingParams, Status
     from pagedattn_lab.engine.scheduler import Scheduler
-    from pagedattn_lab.grading.checks_engine import _reference_step, _requests
+    from pagedattn_lab.grading.checks_engine_step import _reference_step, _requests
 
     rng = np.random.default_rng(seed)
     page_size = int(rng.choice([2, 4, 8]))

@@ -1,0 +1,306 @@
+"""Check for lesson 12's Task 3: one step of continuous batching under a token budget.
+
+The reference is the engine's rule (`pagedattn_lab.engine.scheduler` without prefix hits,
+preemption or swapping) with each of its parts switchable off: every switch is a known
+mistake. Each case is drawn (seeded) until switching its rule off changes the batch in a way
+no other switch does, so an answer that forgets that rule fails there with the hint that
+names it; a final case compares many random batches, for the mistakes no switch names.
+A hint is given only when the learner's batch IS what the mistake produces, here and on
+the same inputs a little changed (more pages, no watermark, a budget one off), and shows its
+mark (a chunk over max_chunk, more tokens than the budget, a prompt that overtook...).
+"""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from .report import Case, CaseTimeout, CheckResult, Mismatch, run_cases
+from .seeds import case_rng
+from .wire import ProtocolError
+
+
+def _pages(tokens: int, page_size: int) -> int:
+    return -(-tokens // page_size)
+
+
+def _reference_step(running, waiting, budget, free_pages, watermark, page_size, max_chunk,
+                    *, decodes_first=True, use_watermark=True, charge_running=True,
+                    chunk=True, use_budget=True, fcfs=True, chunk_running=True,
+                    partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
+                    charge_waiting=True, budget_waiting=True):
+    """The engine's order with one rule switchable off (each switch is a known mistake)."""
+    out, free = [], free_pages
+
+    def size(req, is_running):
+        n = req.num_tokens - req.num_computed
+        if chunk and (chunk_running or not is_running):
+            n = min(n, max_chunk)
+        if use_budget:
+            if not partial and n > budget:
+                return None   # waits for a step with room for all of it
+            n = min(n, budget)
+        return n
+
+    def spent():
+        return budget <= 0 if stop_when_spent else budget < 0
+
+    def run_running():
+        nonlocal budget, free
+        for req in running:
+            n = None if spent() else size(req, True)
+            if n is None:
+                break
+            out.append((req.rid, n))
+            budget -= n
+            if charge_running:
+                free -= max(0, _pages(req.num_computed + n, page_size) - req.num_pages)
+
+    def run_waiting():
+        nonlocal budget, free
+        for req in waiting:
+            n = None if spent() else size(req, False)
+            if n is None:
+                break
+            cost = _pages(n, page_size) if ceil_cost else n // page_size
+            need = cost + (watermark if use_watermark else 0)
+            if need > free or (not at_most and need == free):
+                if fcfs:
+                    break
+                continue
+            out.append((req.rid, n))
+            budget -= n if budget_waiting else 0
+            free -= cost if charge_waiting else 0
+
+    if decodes_first:
+        run_running()
+        run_waiting()
+    else:
+        run_waiting()
+        run_running()
+    return out
+
+
+def _admitted(batch, waiting):
+    rids = {r.rid for r in waiting}
+    return [rid for rid, _ in batch if rid in rids]
+
+
+def _over_chunk(batch, reqs, max_chunk):
+    rids = {r.rid for r in reqs}
+    return any(n > max_chunk for rid, n in batch if rid in rids)
+
+
+def _after_waiting(batch, running, waiting):
+    """A running request comes after a waiting one in `batch`."""
+    kinds = [rid in {r.rid for r in waiting} for rid, _ in batch
+             if rid in {r.rid for r in running + waiting}]
+    return any(kinds[i] and not kinds[j] for i in range(len(kinds))
+               for j in range(i + 1, len(kinds)))
+
+
+def _overtook(batch, waiting):
+    """The prompts admitted in `batch` are not the first ones in arrival order."""
+    admitted = _admitted(batch, waiting)
+    return admitted != [r.rid for r in waiting][:len(admitted)]
+
+
+def _running_over_budget(batch, running, budget):
+    rids = {r.rid for r in running}
+    return sum(n for rid, n in batch if rid in rids) > budget
+
+
+def _strict_prefix(got, expected):
+    return len(got) < len(expected) and got == expected[:len(got)]
+
+
+# (the rule, the hint, the mark the learner's batch shows when it is that mistake)
+_VARIANTS = [
+    ("decodes_first", "prefill before decodes: the running requests come first (a decode is "
+     "one token and keeps its request's latency low); the waiting prompts get what is left.",
+     lambda got, exp, a: _after_waiting(got, a[0], a[1])),
+    ("use_budget", "the step took more tokens than the budget: each request gets at most what "
+     "is left of max_num_batched_tokens.", lambda got, exp, a: sum(n for _, n in got) > a[2]),
+    ("chunk", "a prompt chunk was longer than max_chunk: prefill a long prompt in chunks of at "
+     "most max_chunk tokens (chunked prefill).", lambda got, exp, a: _over_chunk(got, a[1], a[6])),
+    ("use_watermark", "the watermark was ignored: admit a prompt only if cost + watermark <= "
+     "the pages still free, to leave the running requests room to grow.",
+     lambda got, exp, a: len(_admitted(got, a[1])) > len(_admitted(exp, a[1]))),
+    ("charge_running", "the running requests' new pages were not counted: they come out of the "
+     "free pages before any waiting prompt is priced.",
+     lambda got, exp, a: len(_admitted(got, a[1])) > len(_admitted(exp, a[1]))),
+    ("fcfs", "a later prompt overtook one that did not fit: admission is first come, first "
+     "served; stop at the first waiting request that does not fit.",
+     lambda got, exp, a: _overtook(got, a[1])),
+    ("chunk_running", "a running request got more than max_chunk tokens: a prompt in the middle "
+     "of its prefill goes on in chunks of at most max_chunk, like a waiting one.",
+     lambda got, exp, a: _over_chunk(got, a[0], a[6])),
+    ("partial", "a request that did not fit the budget left was left out: it gets a partial "
+     "chunk, min(wanted, budget left, max_chunk) tokens, and the rest in later steps.",
+     lambda got, exp, a: _strict_prefix(got, exp)),
+    ("stop_when_spent", "a request got 0 tokens: stop when the budget is spent (budget left "
+     "<= 0) instead of adding (rid, 0).", lambda got, exp, a: any(n == 0 for _, n in got)),
+    ("at_most", "a prompt that fits exactly (cost + watermark == the pages left) was "
+     "refused: admit it when cost + watermark <= the pages left.",
+     lambda got, exp, a: _strict_prefix(got, exp)),
+    ("ceil_cost", "a prompt chunk was priced in whole pages rounded down: n tokens take "
+     "ceil(n / page_size) pages, a partly filled last page included.",
+     lambda got, exp, a: len(_admitted(got, a[1])) > len(_admitted(exp, a[1]))),
+    ("charge_waiting", "an admitted prompt's pages were not taken from the pages left: the "
+     "next prompt is priced against what the earlier ones left.",
+     lambda got, exp, a: len(_admitted(got, a[1])) > len(_admitted(exp, a[1]))),
+    ("budget_waiting", "an admitted prompt's tokens were not taken from the budget: every "
+     "request's tokens count against the step's one budget.",
+     lambda got, exp, a: sum(n for _, n in got) > a[2]),
+]
+_RULES = tuple(rule for rule, _, _ in _VARIANTS)
+
+
+def _batch(fn, args):
+    """The learner's batch for `args` (fresh copies of the requests), None if it fails."""
+    try:
+        copies = [[SimpleNamespace(**vars(r)) for r in reqs] for reqs in args[:2]]
+        return [(int(rid), int(n)) for rid, n in fn(*copies, *args[2:])]
+    except (CaseTimeout, ProtocolError):   # the case's time limit, a broken channel
+        raise
+    except Exception:   # noqa: BLE001 - a probe: the case itself reported what it got
+        return None
+
+
+def _probes(args):
+    """The case's inputs with more pages, no watermark, a budget one smaller or larger: the
+    running requests' new pages still fit (they never need more than min(wanted, max_chunk))."""
+    running, waiting, budget, free, watermark, page_size, max_chunk = args
+    return [(running, waiting, budget, 10 ** 6, watermark, page_size, max_chunk),
+            (running, waiting, budget, free + 1, watermark, page_size, max_chunk),
+            (running, waiting, budget, free, 0, page_size, max_chunk),
+            (running, waiting, budget - 1, free, watermark, page_size, max_chunk),
+            (running, waiting, budget + 1, free, watermark, page_size, max_chunk)]
+
+
+def _hint(fn, got, expected, args) -> str:
+    """The hint of the one mistake that gives `got` here AND on every probe (the same inputs
+    a little changed): a batch that one mistake gives by coincidence is not named."""
+    probes = [(p, _batch(fn, p)) for p in _probes(args)]
+    matching = [hint for rule, hint, mark in _VARIANTS
+                if mark(got, expected, args) and _reference_step(*args, **{rule: False}) == got
+                and all(_reference_step(*p, **{rule: False}) == b for p, b in probes)]
+    if len(matching) == 1:
+        return matching[0]
+    if matching:
+        return "this batch is what either of these mistakes gives: " + " OR ".join(matching)
+    if sum(n for _, n in got) > args[2]:   # what the batch shows, whatever the cause
+        return f"the step holds {sum(n for _, n in got)} tokens, more than the budget {args[2]}."
+    over = [rid for rid, n in got if n > args[6]]
+    if over:
+        return f"request {over[0]} got more than max_chunk = {args[6]} tokens."
+    if any(n <= 0 for _, n in got):
+        return ("a request got 0 tokens: stop when the budget is spent (budget left <= 0) "
+                "instead of adding (rid, 0).")
+    return ("running requests first, each min(wanted, budget left, max_chunk) tokens; then "
+            "waiting prompts while cost + watermark <= pages left; compare with the expected "
+            "batch above.")   # no known mistake gives this: restate the spec
+
+
+def _requests(rng, page_size):
+    running = []
+    for rid in range(int(rng.integers(1, 5))):
+        prompt = int(rng.integers(3, 40))
+        if rng.random() < 0.7:   # decoding: everything but the newest token is cached
+            tokens = prompt + int(rng.integers(1, 20))
+            computed = tokens - 1
+        else:                    # a prompt in the middle of its chunked prefill
+            tokens, computed = prompt, int(rng.integers(1, prompt))
+        running.append(SimpleNamespace(rid=rid, num_tokens=tokens, num_computed=computed,
+                                       num_pages=_pages(computed, page_size)))
+    waiting = [SimpleNamespace(rid=10 + i, num_tokens=int(rng.integers(2, 60)), num_computed=0,
+                               num_pages=0) for i in range(int(rng.integers(2, 6)))]
+    return running, waiting
+
+
+def _draw(rng, page_size, budget, max_chunk, watermark):
+    running, waiting = _requests(rng, page_size)
+    need = sum(_pages(r.num_computed + min(r.num_tokens - r.num_computed, max_chunk),
+                      page_size) - r.num_pages for r in running)
+    free = need + watermark + int(rng.integers(0, 12))
+    return running, waiting, budget, free, watermark, page_size, max_chunk
+
+
+def _draw_step(seed: int, page_size: int, budget: int, max_chunk: int, watermark: int,
+               exposes: str, running_only: bool = False):
+    """Random requests and free pages from `seed`, drawn again until switching the rule
+    `exposes` off changes the batch, as no other switch does and with the mistake's mark:
+    the case then fails an answer that forgets that rule, with the hint that names it.
+    `running_only`: the running requests alone take more than the budget (the rule forgotten
+    for them only gives the same batch)."""
+    rng = case_rng(seed)
+    mark = next(m for rule, _, m in _VARIANTS if rule == exposes)
+    for _ in range(3000):
+        args = _draw(rng, page_size, budget, max_chunk, watermark)
+        expected = _reference_step(*args)
+        wrong = _reference_step(*args, **{exposes: False})
+        others = [_reference_step(*args, **{rule: False}) for rule in _RULES if rule != exposes]
+        if wrong != expected and wrong not in others and mark(wrong, expected, args) and \
+                (not running_only or _running_over_budget(wrong, args[0], budget)):
+            return args, expected
+    raise RuntimeError(f"no case exposes {exposes} (seed {seed})")   # a bug in this module
+
+
+def _compare(fn, args, expected, where: str = "") -> None:
+    running, waiting, budget, free = args[:4]
+    before = [vars(r).copy() for r in running + waiting]
+    got = fn(list(running), list(waiting), *args[2:])
+    desc = (f"{where}{len(running)} running "
+            f"{[(r.rid, r.num_tokens, r.num_computed) for r in running]}, {len(waiting)} "
+            f"waiting {[(r.rid, r.num_tokens) for r in waiting]} (rid, tokens[, computed]); "
+            f"{free} free pages")
+    if [vars(r) for r in running + waiting] != before:
+        raise Mismatch(f"{desc}: the requests were changed", "the step only plans: return the "
+                       "(rid, num_new) pairs; the engine updates the requests after the forward "
+                       "pass.")
+    try:
+        got = [(int(rid), int(n)) for rid, n in got]
+    except (TypeError, ValueError):
+        raise Mismatch(f"{desc}: expected a list of (rid, num_new) pairs", "return a list "
+                       "of (rid, num_new) tuples in batch order.", repr(expected),
+                       repr(got)) from None
+    if got != expected:
+        raise Mismatch(f"{desc}: the batch differs", _hint(fn, got, expected, args),
+                       repr(expected), repr(got))
+
+
+def _step_case(fn, seed: int, page_size: int, budget: int, max_chunk: int, watermark: int,
+               exposes: str, running_only: bool = False) -> None:
+    args, expected = _draw_step(seed, page_size, budget, max_chunk, watermark, exposes,
+                                running_only)
+    _compare(fn, args, expected)
+
+
+def _sweep_case(fn, seed: int, count: int) -> None:
+    """`count` random batches, sizes drawn too; the first one that differs fails."""
+    rng = case_rng(seed)
+    for _ in range(count):
+        page_size = int(rng.choice([2, 4, 8, 16]))
+        budget = int(rng.integers(4, 80))
+        max_chunk, watermark = int(rng.integers(2, budget + 8)), int(rng.integers(0, 5))
+        args = _draw(rng, page_size, budget, max_chunk, watermark)
+        _compare(fn, args, _reference_step(*args), f"page_size {page_size}, budget {budget}, "
+                 f"max_chunk {max_chunk}, watermark {watermark}: ")
+
+
+def schedule_step(fn) -> CheckResult:
+    """Check `fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk)`."""
+    specs = [  # page_size, budget, max_chunk, watermark; the rule the case cannot do without
+        (4, 64, 64, 0, "decodes_first"), (4, 32, 16, 0, "chunk"), (8, 48, 12, 2, "use_watermark"),
+        (4, 20, 20, 3, "use_budget"), (16, 128, 32, 1, "charge_running"),
+        (4, 200, 200, 4, "fcfs"), (2, 24, 8, 2, "use_watermark"), (8, 16, 16, 0, "use_budget"),
+        (4, 48, 10, 1, "chunk_running"), (4, 24, 24, 1, "use_budget", True),
+        (4, 30, 16, 1, "partial"), (4, 20, 20, 0, "stop_when_spent"), (4, 64, 24, 2, "at_most"),
+        (8, 64, 20, 1, "ceil_cost"), (4, 80, 24, 1, "charge_waiting"),
+        (4, 40, 16, 0, "budget_waiting")]
+    cases = [Case("random batch", {"page_size": p, "budget": b, "max_chunk": c,
+                                   "watermark": w},
+                  lambda i=i, p=p, b=b, c=c, w=w, e=e, r=r: _step_case(fn, 1220 + i, p, b, c,
+                                                                       w, e, *r))
+             for i, (p, b, c, w, e, *r) in enumerate(specs)]
+    cases.append(Case("300 random batches, sizes drawn too", {},
+                      lambda: _sweep_case(fn, 1240, 300)))
+    return run_cases("schedule_step", "schedule_step: one step of continuous batching", cases)
