@@ -1,10 +1,11 @@
 """Workbook 09's checks fail the classic wrong answers, with a hint that names the mistake.
 
-group_rows and mask_tile: wrong answers written here the way a learner gets them wrong. tc_tile_scores: the
-solution notebook's kernel with one mistake edited in (the edit must apply, so these tests
-follow the solutions). Each case asserts that the check fails (not "not attempted"), that the
-printed hint contains the phrase that points at the mistake and, where another hint would be
-tempting, that it is not given.
+group_rows and mask_tile: wrong answers written here the way a learner gets them wrong.
+tc_tile_scores: the solution notebook's kernel with one mistake edited in (the edit must apply,
+so these tests follow the solutions), and right kernels written another way, which must pass.
+Each case asserts that the check fails (not "not attempted"), that the printed hint contains
+the phrase that points at the mistake and, where another hint would be tempting, that it is
+not given.
 """
 import numpy as np
 import pytest
@@ -14,8 +15,9 @@ from tests.test_check_mistakes import assert_caught, mutate, run_check, solution
 NOTEBOOK = "09_tensor_core_decode.ipynb"
 
 
-def _tiles(rows, group, d, dtype=np.float16, pad=0.0):
+def _tiles(rows, group, d, dtype=None, pad=0.0):
     n = -(-group // 16)
+    dtype = rows.dtype if dtype is None else dtype
     out = np.full((n * 16, d), pad, dtype)
     out[:group] = rows
     return out.reshape(n, 16, d)
@@ -62,17 +64,38 @@ def transposed(q, j, g):
     return np.swapaxes(_tiles(q[j * g:(j + 1) * g], g, q.shape[1]), 1, 2)
 
 
+def fp16_hard_coded(q, j, g):          # the prompt's example dtype, not q's
+    return _tiles(q[j * g:(j + 1) * g], g, q.shape[1], dtype=np.float16)
+
+
+def tiles_floor_plus_one(q, j, g):     # group // 16 + 1: one tile too many at 16, 48, 64
+    n = g // 16 + 1
+    out = np.zeros((n * 16, q.shape[1]), q.dtype)
+    out[:g] = q[j * g:(j + 1) * g]
+    return out.reshape(n, 16, -1)
+
+
+def tiles_floor(q, j, g):              # group // 16 (at least 1): group 17 loses its last head
+    n = max(g // 16, 1)
+    out = np.zeros((n * 16, q.shape[1]), q.dtype)
+    out[:min(g, n * 16)] = q[j * g:(j + 1) * g][:n * 16]
+    return out.reshape(n, 16, -1)
+
+
 GROUP_MISTAKES = [
     ("modulo group", modulo_group, "consecutive query heads", ()),
     ("group starts at head 0", no_offset, "not at head 0", ()),
     ("padding repeats the group", padded_by_repeating, "rows past the group must be zero",
      ("consecutive",)),
     ("padding is NaN", padded_with_nan, "rows past the group must be zero", ("consecutive",)),
-    ("one tile for any group", one_tile_only, "needs ceil(", ()),
+    ("one tile for any group", one_tile_only, "needs ceil(", ("not [tiles, head_dim",)),
     ("rows not padded to 16", not_padded, "pad the", ()),
     ("float64 tiles", float64_tiles, "keep q's dtype", ()),
     ("tiles striped", striped, "in order", ()),
     ("tile transposed", transposed, "not [tiles, head_dim, 16]", ()),
+    ("fp16 hard-coded", fp16_hard_coded, "keep q's dtype", ()),
+    ("group // 16 + 1 tiles", tiles_floor_plus_one, "one too many", ("not [tiles, head_dim",)),
+    ("group // 16 tiles", tiles_floor, "needs ceil(", ("not [tiles, head_dim",)),
 ]
 
 def _cols(tile):
@@ -125,6 +148,31 @@ def mask_nothing(s, tile, n, scale):
     return s * np.float32(scale)
 
 
+def mask_from_negative_slice(s, tile, n, scale):   # n - 16 * tile < 0 counts from the end
+    out = s * np.float32(scale)
+    out[:, n - 16 * tile:] = -np.inf
+    return out
+
+
+def mask_last_tile_only(s, tile, n, scale):
+    out = s * np.float32(scale)
+    if tile == (n - 1) // 16:
+        out[:, _cols(tile) >= n] = -np.inf
+    return out
+
+
+def mask_with_big_negative(s, tile, n, scale):
+    out = s * np.float32(scale)
+    out[:, _cols(tile) >= n] = -1e9
+    return out
+
+
+def mask_float16(s, tile, n, scale):
+    out = (s * np.float32(scale)).astype(np.float16)
+    out[:, _cols(tile) >= n] = -np.inf
+    return out
+
+
 MASK_MISTAKES = [
     ("no scale", mask_no_scale, "not scaled", ()),
     ("masked with 0", mask_with_zero, "masked with 0", ("not scaled",)),
@@ -134,7 +182,28 @@ MASK_MISTAKES = [
     ("s changed in place", mask_in_place, "changed in place", ()),
     ("float64 logits", mask_float64, "keep them float32", ()),
     ("nothing masked", mask_nothing, "must come out -inf", ("not scaled",)),
+    ("slice from a negative start", mask_from_negative_slice, "counts from the end", ()),
+    ("only the last tile masked", mask_last_tile_only, "in every tile", ()),
+    ("masked with -1e9", mask_with_big_negative, "a finite number", ("its K row was zeros",)),
+    ("float16 logits", mask_float16, "keep them float32", ()),
 ]
+
+_STORE = ("    float* out = scores + ((long long)kv_head * gridDim.x + tile) * 256;\n"
+          "    wmma::store_matrix_sync(out, s, 16, wmma::mem_row_major);")
+
+
+def _staged_store(keep, otherwise=None):
+    """The tile stored through shared memory; element (r, c) written where `keep` holds (or
+    `otherwise` written there)."""
+    write = (f"if ({keep}) out[i] = s_out[i];" if otherwise is None
+             else f"out[i] = ({keep}) ? s_out[i] : {otherwise};")
+    return ("    __shared__ float s_out[256];\n"
+            "    wmma::store_matrix_sync(s_out, s, 16, wmma::mem_row_major);\n"
+            "    __syncwarp();\n"
+            "    float* out = scores + ((long long)kv_head * gridDim.x + tile) * 256;\n"
+            "    for (int i = lane; i < 256; i += 32) {\n"
+            f"        int r = i / 16, c = i % 16;\n        {write}\n    }}")
+
 
 TILE_MISTAKES = [
     ("K read row-major as B", [("__half, wmma::col_major> b", "__half, wmma::row_major> b")],
@@ -155,6 +224,19 @@ TILE_MISTAKES = [
     ("lanes leave before the WMMA calls",
      [("    __syncwarp();", "    if (lane >= 16) return;\n    __syncwarp();")],
      "every lane of the warp must call"),
+    ("scores offset by seq_len / 16 + 1 tiles",
+     [("(long long)kv_head * gridDim.x + tile", "(long long)kv_head * (seq_len / 16 + 1) + tile")],
+     "out-of-bounds write of scores"),
+    ("token seq_len read", [("if (t < seq_len) {", "if (t <= seq_len) {")], "at or past seq_len",
+     ("zero the Q rows",)),
+    ("K rows past seq_len left as they were", [("        k_tile[i] = k;",
+                                                "        if (t < seq_len) k_tile[i] = k;")],
+     "at or past seq_len", ("zero the Q rows",)),
+    ("scores stored for the group's rows only", [(_STORE, _staged_store("r < group"))],
+     "never written", ("zero the Q rows",)),
+    ("scores stored for tokens < seq_len only",
+     [(_STORE, _staged_store("16 * tile + c < seq_len"))], "never written",
+     ("zero the Q rows", "load zeros into their K rows")),
 ]
 
 
@@ -170,10 +252,11 @@ def test_mask_tile_mistake_is_caught(name, impl, phrase, not_phrases):
     assert_caught("mask_tile", impl, phrase, not_phrases=not_phrases)
 
 
-@pytest.mark.parametrize("name, edits, phrase", TILE_MISTAKES, ids=[m[0] for m in TILE_MISTAKES])
-def test_tile_mistake_is_caught(name, edits, phrase):
+@pytest.mark.parametrize("name, edits, phrase, not_phrases", [(*m, ())[:4] for m in TILE_MISTAKES],
+                         ids=[m[0] for m in TILE_MISTAKES])
+def test_tile_mistake_is_caught(name, edits, phrase, not_phrases):
     assert_caught("tc_tile_scores", mutate(solution_source(NOTEBOOK, "SOURCE_TILE"), edits),
-                  phrase, device="cpu")
+                  phrase, not_phrases=not_phrases, device="cpu")
 
 
 def test_tile_check_passes_the_solution_and_reports_the_stub():
@@ -208,4 +291,41 @@ def test_mask_tile_check_passes_a_correct_mask_written_differently():
         keep = (16 * tile + np.arange(16))[None, :] < seq_len
         return np.where(keep, s * np.float32(scale), np.float32(-np.inf)).astype(np.float32)
     result, printed = run_check("mask_tile", with_where)
+    assert result.passed, printed
+
+
+RIGHT_TILES = [   # (name, edits of the solution): right kernels written another way
+    ("K^T in shared memory, B row-major", [
+        ("        k_tile[i] = k;", "        k_tile[d * 16 + r] = k;"),
+        ("__half, wmma::col_major> b", "__half, wmma::row_major> b"),
+        ("load_matrix_sync(b, k_tile + k0, head_dim)",
+         "load_matrix_sync(b, k_tile + k0 * 16, 16)")]),
+    ("rows padded to head_dim + 8 against bank conflicts", [
+        ("q_tile[16 * MAX_D]", "q_tile[16 * (MAX_D + 8)]"),
+        ("k_tile[16 * MAX_D]", "k_tile[16 * (MAX_D + 8)]"),
+        ("q_tile[i] =", "q_tile[r * (head_dim + 8) + d] ="),
+        ("k_tile[i] = k;", "k_tile[r * (head_dim + 8) + d] = k;"),
+        ("q_tile + k0, head_dim)", "q_tile + k0, head_dim + 8)"),
+        ("k_tile + k0, head_dim)", "k_tile + k0, head_dim + 8)")]),
+    ("Q padding left unwritten, its scores stored as 0", [
+        ("q_tile[i] = r < group ? q[(long long)(kv_head * group + r) * head_dim + d] : zero;",
+         "if (r < group) q_tile[i] = q[(long long)(kv_head * group + r) * head_dim + d];"),
+        (_STORE, _staged_store("r < group", "0.0f"))]),
+]
+
+
+@pytest.mark.parametrize("name, edits", RIGHT_TILES, ids=[m[0] for m in RIGHT_TILES])
+def test_tile_check_passes_a_right_kernel_written_differently(name, edits):
+    result, printed = run_check("tc_tile_scores",
+                                mutate(solution_source(NOTEBOOK, "SOURCE_TILE"), edits),
+                                device="cpu")
+    assert result.passed, printed
+
+
+def test_group_rows_check_passes_padding_written_with_np_pad():
+    def padded(q, kv_head, group):
+        n = -(-group // 16)
+        rows = q[kv_head * group:(kv_head + 1) * group]
+        return np.pad(rows, ((0, n * 16 - group), (0, 0))).reshape(n, 16, -1)
+    result, printed = run_check("group_rows", padded)
     assert result.passed, printed

@@ -1,12 +1,16 @@
 """Checks for lesson 09: a GQA group as the rows of a tensor-core tile.
 
 Task 1 (NumPy) lays the query heads of one KV head's group out as the rows of 16-row Q
-tiles, zero-padded; groups of 1 to 64 heads, so groups above 16 need several tiles. Task 2
+tiles, zero-padded; groups of 1 to 64 heads, so groups above 16 need several tiles, and a
+float32 q besides the fp16 ones (the tiles keep q's dtype, whichever it is; bf16 would be the
+natural other one, but ml_dtypes arrays may not cross the grader's wire). Task 2
 (CUDA C, WMMA) computes one 16 x 16 tile of scores S = Q K^T for one group and one 16-token
 tile of a paged K cache. Its cases use fp16 caches with NaN in every slot no token uses (the
 tail of the last page, the pages the table does not point at) and a q buffer followed by NaN
 rows, so a read past the group or past seq_len shows; the output is poisoned before launch.
-A wrong result is compared with known-wrong variants to name the mistake.
+A wrong result is compared with known-wrong variants to name the mistake. One case ends
+exactly on a tile's end, where ceil(seq_len / 16) and seq_len / 16 + 1 tiles differ. Task 3
+(mask_tile) is in checks_tc_mask.py.
 """
 from __future__ import annotations
 
@@ -38,11 +42,16 @@ def _shape_hint(shape, expected, group) -> str:
     if len(shape) != 3:
         return (f"return a 3-D array [tiles, 16, head_dim] = {list(expected)}: the group's "
                 f"{group} heads padded with zero rows to {n_tiles * TILE}, cut into tiles of 16.")
-    if shape[1:] == (head_dim, TILE):
+    if shape[1:] == (head_dim, TILE) and head_dim != TILE:   # (with 16 it looks the same)
         return "the rows of a tile are query heads: [tiles, 16, head_dim], not [tiles, head_dim, 16]."
     if shape[0] < n_tiles:
         return (f"a group of {group} heads needs ceil({group} / 16) = {n_tiles} tiles: heads "
                 "16 and up of the group go in the next tiles.")
+    if shape[0] > n_tiles and shape[1:] == (TILE, head_dim):
+        why = (": group // 16 + 1 is one too many when the group is a multiple of 16."
+               if group % TILE == 0 and shape[0] == group // TILE + 1 else ".")
+        return (f"a group of {group} heads needs ceil({group} / 16) = {n_tiles} "
+                f"tile{'s' * (n_tiles > 1)}, not {shape[0]}{why}")
     if shape[1] != TILE:
         return (f"every tile has 16 rows, whatever the group size: pad the {group} heads with "
                 "zero rows (the tensor core multiplies whole 16 x 16 tiles).")
@@ -77,10 +86,11 @@ def _group_variants(q, kv_head, group, num_kv_heads):
     ]
 
 
-def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head) -> None:
+def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head, dtype) -> None:
     rng = case_rng(seed)
     group = num_heads // num_kv_heads
-    q = (rng.standard_normal((num_heads, head_dim)) + 3.0).astype(np.float16)  # no zero rows
+    # No zero rows; fp16 values in any dtype, so tiles of another dtype differ only in dtype.
+    q = (rng.standard_normal((num_heads, head_dim)) + 3.0).astype(np.float16).astype(dtype)
     expected = reference_group_rows(q, kv_head, group)
     got = fn(q.copy(), kv_head, group)
     if got is None:
@@ -108,25 +118,29 @@ def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head) -> None:
                        "a row of scores the kernel must then ignore, or a NaN.")
     if got.dtype != q.dtype:
         raise Mismatch(f"the tiles are {got.dtype}; q is {q.dtype}",
-                       "keep q's dtype (np.zeros(..., dtype=q.dtype)): fp16 or bf16 is what "
-                       "the tensor core takes in.", str(q.dtype), str(got.dtype))
+                       "keep q's dtype (np.zeros(..., dtype=q.dtype)), whichever it is: the "
+                       "tiles are q's rows, to be fed to the tensor core as they are.",
+                       str(q.dtype), str(got.dtype))
 
 
 def group_rows(fn) -> CheckResult:
     """Check `fn(q, kv_head, group)` -> Q tiles [ceil(group / 16), 16, head_dim]."""
-    specs = [   # name, (num_heads, num_kv_heads, head_dim, kv_head)
-        ("MHA: group 1, one row used", (4, 4, 16, 2)),
-        ("GQA 32/8: group 4, kv head 3", (32, 8, 32, 3)),
-        ("group 7, kv head 1", (14, 2, 16, 1)),
-        ("MQA 16/1: one full tile", (16, 1, 32, 0)),
-        ("group 17: a second tile with one row", (34, 2, 16, 1)),
-        ("group 48: three full tiles", (48, 1, 16, 0)),
-        ("group 64, kv head 1: four tiles", (128, 2, 32, 1)),
+    fp16, fp32 = np.dtype(np.float16), np.dtype(np.float32)
+    specs = [   # name, (num_heads, num_kv_heads, head_dim, kv_head, q's dtype)
+        ("MHA: group 1, one row used", (4, 4, 16, 2, fp16)),
+        ("GQA 32/8: group 4, kv head 3", (32, 8, 32, 3, fp16)),
+        ("group 7, kv head 1", (14, 2, 16, 1, fp16)),
+        ("MQA 16/1: one full tile", (16, 1, 32, 0, fp16)),
+        ("group 17: a second tile with one row", (34, 2, 16, 1, fp16)),
+        ("group 48: three full tiles", (48, 1, 16, 0, fp16)),
+        ("group 64, kv head 1: four tiles", (128, 2, 32, 1, fp16)),
+        ("float32 q, group 5, kv head 2: the tiles keep q's dtype", (15, 3, 32, 2, fp32)),
     ]
     return run_cases("group_rows", "group_rows: a GQA group as the rows of 16-row Q tiles", [
-        Case(name, {"num_heads": h, "num_kv_heads": kv, "head_dim": d, "kv_head": j},
-             lambda i=i, h=h, kv=kv, d=d, j=j: _group_case(fn, 90 + i, h, kv, d, j))
-        for i, (name, (h, kv, d, j)) in enumerate(specs)])
+        Case(name, {"num_heads": h, "num_kv_heads": kv, "head_dim": d, "kv_head": j,
+                    "dtype": dt.name},
+             lambda i=i, h=h, kv=kv, d=d, j=j, dt=dt: _group_case(fn, 90 + i, h, kv, d, j, dt))
+        for i, (name, (h, kv, d, j, dt)) in enumerate(specs)])
 
 
 # -- task 2: the group-as-rows tile step (CUDA C, WMMA) ----------------------------------------
@@ -274,11 +288,23 @@ def _tile_case(comp, seed, *sizes) -> None:
                        hint or "S[r][c] = q[kv_head * group + r] . k(token 16 * tile + c, "
                                "kv_head), summed over all head_dim dimensions.")
     got64 = np.asarray(got, np.float64)
-    pad_rows = ~row_ok[None, None, :, None] & np.ones(shape, bool)
+    if never.any():   # (only outside `valid` here: describe_difference saw the rest)
+        _, t, r, c = bad = np.argwhere(never)[0]
+        raise Mismatch(f"{int(never.sum())} scores were never written, the first at row {r}, "
+                       f"token {t * TILE + c} of tile ({bad[0]}, {t}) (seq_len {seq_len}, "
+                       f"group {group}): it still holds the NaN the check filled scores with",
+                       "store the whole 16 x 16 tile (store_matrix_sync of the accumulator): "
+                       "rows past the group and tokens past seq_len come out 0 from the zeroed "
+                       "Q and K rows, and the caller reads them.")
+    # Q's padding shows on the tokens in the cache; past seq_len a K row that was not zeroed
+    # makes every row wrong, padding rows included (that is the next test's evidence).
+    pad_rows = np.broadcast_to(~row_ok[None, None, :, None] & tok_ok[None, :, None, :],
+                               shape)
     if (got64[pad_rows] != 0).any():
         bad = np.argwhere(pad_rows & (got64 != 0))[0]
         raise Mismatch(f"row {bad[2]} (past the group's {group} heads) of tile ({bad[0]}, "
-                       f"{bad[1]}) holds {fmt(got64[tuple(bad)])} instead of 0",
+                       f"{bad[1]}), token {bad[1] * TILE + bad[3]}: expected 0, got "
+                       f"{fmt(got64[tuple(bad)])}",
                        f"zero the Q rows past the group ({group}..15) in shared memory: "
                        "they are multiplied with the rest, and what is there (the next "
                        "group's heads, q's NaN tail, whatever shared memory held) becomes "
@@ -287,8 +313,8 @@ def _tile_case(comp, seed, *sizes) -> None:
     if (got64[past] != 0).any():
         bad = np.argwhere(past & (got64 != 0))[0]
         token = bad[1] * TILE + bad[3]
-        raise Mismatch(f"the score of token {token} (seq_len is {seq_len}) in tile "
-                       f"({bad[0]}, {bad[1]}) is {fmt(got64[tuple(bad)])} instead of 0",
+        raise Mismatch(f"the score of token {token} (seq_len is {seq_len}), row {bad[2]} of "
+                       f"tile ({bad[0]}, {bad[1]}): expected 0, got {fmt(got64[tuple(bad)])}",
                        "tokens at or past seq_len are not in the cache (their slots and "
                        "table entries hold NaN or other data here): load zeros into their K "
                        "rows (and do not read block_table for them).")
@@ -303,6 +329,7 @@ def tc_tile_scores(source: str, device: str = "auto") -> CheckResult:
         ("MQA 16/1: all 16 rows, 17 tokens", (16, 1, 32, 16, 17)),
         ("group 3, head_dim 128, pages of 5, one token", (12, 4, 128, 5, 1)),
         ("GQA 24/4, head_dim 48, pages of 3", (24, 4, 48, 3, 40)),
+        ("group 5, 32 tokens: seq_len ends on a tile's and a page's end", (10, 2, 32, 8, 32)),
     ]
     cases = [Case(name, dict(zip(("num_heads", "num_kv_heads", "head_dim", "page_size",
                                   "seq_len"), sizes)),
@@ -310,97 +337,3 @@ def tc_tile_scores(source: str, device: str = "auto") -> CheckResult:
              for i, (name, sizes) in enumerate(specs)]
     return run_cases("tc_tile_scores", "tc_tile_scores: S = Q K^T for one group and 16 "
                      "tokens on tensor cores", cases, lint=comp.get)
-
-
-# -- task 3: scale and mask a tile of scores (NumPy) -------------------------------------------
-
-def reference_mask_tile(s, tile, seq_len, scale):
-    """The logits of a 16 x 16 score tile: s * scale, and -inf in the columns of tokens at or
-    past seq_len (token 16 * tile + c), float32."""
-    out = np.asarray(s, np.float32) * np.float32(scale)
-    out[:, TILE * tile + np.arange(TILE) >= seq_len] = -np.inf
-    return out
-
-
-def _mask_variants(s, tile, seq_len, scale):
-    cols = TILE * tile + np.arange(TILE)
-
-    def masked(keep, fill=-np.inf, factor=scale, rows=False):
-        out = np.asarray(s, np.float64) * factor
-        if rows:
-            out[~keep, :] = fill
-        else:
-            out[:, ~keep] = fill
-        return out
-
-    return [
-        ("the scores are not scaled: multiply by scale.", lambda: masked(cols < seq_len,
-                                                                         factor=1.0)),
-        ("masked with 0: exp(0 - m) is not 0, so a token past seq_len would still get weight. "
-         "Use -inf (np.float32('-inf')): exp(-inf) = 0.", lambda: masked(cols < seq_len, 0.0)),
-        ("token seq_len itself is not in the cache: mask columns where 16 * tile + c >= "
-         "seq_len (>=, not >).", lambda: masked(cols <= seq_len)),
-        ("column c of tile `tile` is token 16 * tile + c, not c: add the tile's start before "
-         "comparing with seq_len.", lambda: masked(np.arange(TILE) < seq_len)),
-        ("the rows are query heads and the columns are tokens: mask columns (s[:, c]), not "
-         "rows.", lambda: masked(cols < seq_len, rows=True)),
-    ]
-
-
-def _mask_case(fn, seed, tile, seq_len, scale) -> None:
-    rng = case_rng(seed)
-    s = (rng.standard_normal((TILE, TILE)) * 4).astype(np.float32)
-    given = s.copy()
-    expected = reference_mask_tile(s, tile, seq_len, scale)
-    got = fn(given, tile, seq_len, scale)
-    if got is None:
-        raise Mismatch("returned None", "return the logits, [16, 16].")
-    if not np.array_equal(given, s):
-        raise Mismatch("s was changed in place", "return a new array (s * scale makes one) and "
-                       "leave s as it was: the caller may still need the raw scores.")
-    got = np.asarray(got)
-    if got.shape != expected.shape:
-        raise Mismatch("wrong shape", "one logit per score: [16, 16].", str(expected.shape),
-                       str(got.shape))
-    g64, e64 = np.asarray(got, np.float64), expected.astype(np.float64)
-    same_inf = np.isneginf(g64) == np.isneginf(e64)
-    close = np.isclose(g64, e64, rtol=1e-6, atol=1e-6) | (np.isneginf(g64) & np.isneginf(e64))
-    if same_inf.all() and close.all():
-        if got.dtype != np.float32:
-            raise Mismatch(f"the logits are {got.dtype}", "keep them float32 (the kernel's "
-                           "accumulator type): np.float32 arrays, float32 scale.",
-                           "float32", str(got.dtype))
-        return
-    (r, c), first = np.argwhere(~close)[0], TILE * tile
-    message = (f"{int((~close).sum())} of 256 logits differ; the first at row {r}, column {c} "
-               f"(token {first + c}; seq_len {seq_len}, the tile holds tokens {first}.."
-               f"{first + 15}): expected {fmt(e64[r, c])}, got {fmt(g64[r, c])}.")
-    hint = None
-    for text, variant in _mask_variants(s, tile, seq_len, scale):
-        v = variant()   # the same -inf, the same finite values, and not the right answer
-        if np.array_equal(np.isneginf(v), np.isneginf(g64)) and np.allclose(
-                np.where(np.isneginf(v), 0, v), np.where(np.isneginf(g64), 0, g64),
-                rtol=1e-6, atol=1e-6) and not np.array_equal(v, e64):
-            hint = text
-            break
-    if hint is None and np.isfinite(g64[:, (first + np.arange(TILE)) >= seq_len]).any():
-        hint = ("every token at or past seq_len must come out -inf (its K row was zeros, so its "
-                "score is 0, and exp(0 - m) is not 0).")
-    raise Mismatch(message, hint or "logit[r][c] = s[r][c] * scale, or -inf where 16 * tile + "
-                   "c >= seq_len.")
-
-
-def mask_tile(fn) -> CheckResult:
-    """Check `fn(s, tile, seq_len, scale)` -> logits [16, 16] float32."""
-    specs = [   # name, tile, seq_len, scale
-        ("a full tile: nothing masked", 0, 40, 0.125),
-        ("the last tile, 5 tokens cached", 2, 37, 0.125),
-        ("one token: only column 0 stays", 0, 1, 0.088),
-        ("seq_len ends exactly at the tile's end", 1, 32, 0.25),
-        ("the last tile, 15 tokens cached", 3, 63, 0.1),
-    ]
-    return run_cases("mask_tile", "mask_tile: scale a score tile and mask the tokens past "
-                     "seq_len", [
-        Case(name, {"tile": t, "seq_len": n, "scale": sc},
-             lambda i=i, t=t, n=n, sc=sc: _mask_case(fn, 99 + i, t, n, sc))
-        for i, (name, t, n, sc) in enumerate(specs)])
