@@ -86,6 +86,42 @@ MERGE_KERNEL_MISTAKES = [
      "divide by the sum of the weights"),
 ]
 
+# -- dims rounded down, scale twice, NaN hints, leftovers, an empty max (attack 0607) ------------
+
+_DIM_LOOPS = [(f"for (int i = 0; i < MAX_DIMS_PER_LANE; ++i) {{\n{pad}int d = lane + 32 * i;"
+               f"\n{pad}{tail}",
+               f"for (int i = 0; i < max(1, head_dim / 32); ++i) {{\n{pad}int d = lane + 32 * i;"
+               f"\n{pad}{tail}")
+              for pad, tail in (("            ", "if (d < head_dim) dot"),
+                                ("            ", "acc[i]"),
+                                ("        ", "if (d < head_dim) part_out"))]
+
+PARTITION_MISTAKES += [
+    ("dims per lane rounded down", _DIM_LOOPS, "head_dim / 32 rounds down"),
+    ("scale twice", [("float m_new = fmaxf(m, dot);", "dot *= scale;\n        float m_new = "
+                      "fmaxf(m, dot);")], "applied twice"),
+    ("rescale exponent flipped", [("expf(m - m_new);", "expf(m_new - m);")],
+     "never expf(m_new - m)", ["the partition read a token at or past seq_len"]),
+    ("page offset by bit mask", [("+ t % page_size;", "+ (t & (page_size - 1));")],
+     "softmax(scores of partition p)"),
+]
+
+MERGE_KERNEL_MISTAKES += [
+    ("max starts at 0", [("float m_all = NEG_INF;", "float m_all = 0.0f;")], "far below -88"),
+    ("every slot read, NaN skipped", [
+        ("for (int p = 0; p < n_parts; ++p) m_all", "for (int p = 0; p < max_parts; ++p) m_all"),
+        ("for (int p = 0; p < n_parts; ++p) {\n            float w",
+         "for (int p = 0; p < max_parts; ++p) {\n            if (!(ml[2 * p + 1] > 0.0f)) "
+         "continue;\n            float w")], "all max_parts"),
+    ("dims rounded down", [("for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {",
+                            "for (int i = 0; i < max(1, head_dim / 32); ++i) {\n"
+                            "        int d = threadIdx.x + 32 * i; if (d >= head_dim) break;")],
+     "head_dim / 32 rounds down"),
+    ("out row times max_parts", [("out[row * head_dim + d]",
+                                  "out[(row * max_parts) * head_dim + d]")],
+     "out is [batch, num_heads, head_dim]", ["max_len"]),
+]
+
 KERNELS = [("decode_partition", "SOURCE_PARTITION", m) for m in PARTITION_MISTAKES] + \
           [("decode_merge", "SOURCE_MERGE", m) for m in MERGE_KERNEL_MISTAKES]
 
@@ -98,8 +134,9 @@ def test_merge_mistake_is_caught(name, impl, phrase):
 @pytest.mark.parametrize("task, variable, mistake", KERNELS,
                          ids=[f"{t}-{m[0]}" for t, _, m in KERNELS])
 def test_kernel_mistake_is_caught(task, variable, mistake):
-    _, edits, phrase = mistake
-    assert_caught(task, mutate(solution_source(NOTEBOOK, variable), edits), phrase, device="cpu")
+    _, edits, phrase, *not_phrases = mistake
+    assert_caught(task, mutate(solution_source(NOTEBOOK, variable), edits), phrase,
+                  not_phrases=not_phrases[0] if not_phrases else (), device="cpu")
 
 
 @pytest.mark.parametrize("task, variable", [("decode_partition", "SOURCE_PARTITION"),
@@ -118,6 +155,16 @@ def test_merge_check_passes_a_correct_merge_written_differently():
         w = np.exp(log_w - log_w.max())
         return (w[:, None] * o).sum(axis=0) / w.sum()
     result, printed = run_check("merge_partitions", log_sum_exp_merge)
+    assert result.passed, printed
+
+
+@pytest.mark.parametrize("edits", [
+    [("float total = 0.0f, o = 0.0f;", "double total = 0.0, o = 0.0;")],
+    [("(seq_lens[b] + part_len - 1) / part_len", "(seq_lens[b] - 1) / part_len + 1")],
+], ids=["double sums", "partition count written differently"])
+def test_merge_kernel_passes_correct_variants(edits):
+    result, printed = run_check("decode_merge", mutate(solution_source(NOTEBOOK, "SOURCE_MERGE"),
+                                                       edits), device="cpu")
     assert result.passed, printed
 
 

@@ -135,3 +135,124 @@ MISTAKES += [
 @pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(MISTAKES))
 def test_mistake_is_caught(task, impl, phrase, not_phrases):
     assert_caught(task, impl, phrase, not_phrases=not_phrases)
+
+
+# -- an empty pool, forks in a decode step, seq ids, finishing before the decode (attack 0607) --
+
+def next_only_if_free(cache, sid):
+    if cache.allocator.num_free == 0:
+        return 0                       # "no page can be taken": mixes need and supply
+    n = cache.seq_len(sid)
+    if n % cache.page_size == 0:
+        return 1
+    return int(cache.allocator.ref_count(cache.block_table(sid)[-1]) > 1)
+
+
+def next_copy_even_if_full(cache, sid):
+    n = cache.seq_len(sid)
+    shared = n > 0 and cache.allocator.ref_count(cache.block_table(sid)[-1]) > 1
+    return int(n % cache.page_size == 0) + int(shared)
+
+
+def step_manager(needed, power=1):
+    class Manager(pl.PagedAttentionManager):
+        def decode_step(self, seq_ids, q, k, v):
+            seq_ids, alloc = list(seq_ids), self.cache.allocator
+            count = sum(needed(self.cache, s) for s in seq_ids)
+            if count > alloc.num_free:
+                raise pl.OutOfPagesError(count, alloc.num_free, alloc.num_pages)
+            for i, s in enumerate(seq_ids):
+                self.cache.append(s, k[i:i + 1], v[i:i + 1])
+            tables, lens = self.cache.block_tables(seq_ids)
+            return pl.reference_decode(q, self.cache.k_cache, self.cache.v_cache, tables, lens,
+                                       self.scale ** power)
+    return Manager
+
+
+def serve_recording_seq_ids(cache, requests, kv_for):
+    pages = lambda n: -(-n // cache.page_size)  # noqa: E731
+    waiting, running, done = deque(range(len(requests))), {}, []
+    while waiting or running:
+        while waiting:
+            i = waiting[0]
+            room = cache.allocator.num_free - sum(
+                pages(sum(requests[j])) - pages(cache.seq_len(s)) for j, s in running.items())
+            if pages(sum(requests[i])) > room:
+                break
+            waiting.popleft()
+            running[i] = cache.add_sequence()
+            cache.append(running[i], *kv_for(i, 0, requests[i][0]))
+        for i, s in list(running.items()):
+            if cache.seq_len(s) < sum(requests[i]):
+                cache.append(s, *kv_for(i, cache.seq_len(s), 1))
+            if cache.seq_len(s) == sum(requests[i]):
+                cache.free_sequence(s)
+                del running[i]
+                done.append(s)             # the sequence's id, not the request's index
+    return done
+
+
+def serve_finish_before_decode(*, twice=False):
+    def serve(cache, requests, kv_for):
+        pages = lambda n: -(-n // cache.page_size)  # noqa: E731
+        waiting, running, done = deque(range(len(requests))), {}, []
+        while waiting or running:
+            while waiting:
+                i = waiting[0]
+                room = cache.allocator.num_free - sum(
+                    pages(sum(requests[j])) - pages(cache.seq_len(s)) for j, s in running.items())
+                if pages(sum(requests[i])) > room:
+                    break
+                waiting.popleft()
+                running[i] = cache.add_sequence()
+                cache.append(running[i], *kv_for(i, 0, requests[i][0]))
+            for i, s in list(running.items()):
+                if cache.seq_len(s) == sum(requests[i]):   # done? checked before appending
+                    cache.free_sequence(s)
+                    if twice:
+                        cache.free_sequence(s)
+                    del running[i]
+                    done.append(i)
+                else:
+                    cache.append(s, *kv_for(i, cache.seq_len(s), 1))
+        return done
+    return serve
+
+
+NEW_MISTAKES = [
+    ("pages_for_next_token", next_only_if_free, "whatever the pool holds"),
+    ("pages_for_next_token", next_copy_even_if_full, "sharing it takes no copy"),
+    ("decode_step", step_manager(lambda c, s: int(c.seq_len(s) % c.page_size == 0)),
+     "copy on write", ["not one page per sequence"]),
+    ("decode_step", step_manager(lambda c, s: c.pages_needed(s, 2)),
+     "not when it is page_size - 1", ["not one page per sequence"]),
+    ("decode_step", step_manager(lambda c, s: c.pages_needed(s, 1), power=2), "applied twice"),
+    ("serve", serve_recording_seq_ids, "those are seq ids"),
+    ("serve", serve_finish_before_decode(), "after this step's decode",
+     ["recorded in the order they were admitted"]),
+    ("serve", serve_finish_before_decode(twice=True), "was freed already"),
+]
+
+
+@pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(NEW_MISTAKES))
+def test_new_mistake_is_caught(task, impl, phrase, not_phrases):
+    assert_caught(task, impl, phrase, not_phrases=not_phrases)
+
+
+class TransactionManager(pl.PagedAttentionManager):
+    """Right, written differently: no page count, the cache's transaction undoes a failed step."""
+
+    def decode_step(self, seq_ids, q, k, v):
+        seq_ids = list(seq_ids)
+        with self.cache.transaction():
+            for i, s in enumerate(seq_ids):
+                self.cache.append(s, k[i:i + 1], v[i:i + 1])
+        tables, lens = self.cache.block_tables(seq_ids)
+        return pl.reference_decode(q, self.cache.k_cache, self.cache.v_cache, tables, lens,
+                                   self.scale)
+
+
+def test_decode_step_passes_a_transaction_instead_of_a_count():
+    from tests.check_helpers import run_check  # noqa: PLC0415
+    result, printed = run_check("decode_step", TransactionManager)
+    assert result.passed, printed

@@ -1,102 +1,33 @@
-"""Checks for lesson 06: the split-K merge in NumPy, and a decode kernel in CUDA C.
+"""Checks for lesson 06: the split-K merge in NumPy, and a decode kernel in CUDA C (the
+merge kernel's check is in checks_decode_merge.py).
 
 Split-K decode cuts each sequence into partitions of `part_len` tokens; one warp per
 (partition, query head, sequence) writes that partition's state (m, l, o): its max scaled
 score, its sum of exp(score - m), and its own softmax average of the values. A merge puts
 the partitions on one scale (`pagedattn_lab.split_k`). The cases use GQA and MQA, lengths
 that are not page or partition multiples, a one-token sequence, head_dim below and above
-the warp's 32 lanes, NaN in every cache slot no sequence uses (so reading past seq_len
-shows), and NaN-poisoned outputs (so an element nobody wrote shows). A wrong result is
-compared with known-wrong variants (decode_variants.py) to name the mistake.
+the warp's 32 lanes (and 48, not a multiple of 32), a page_size of 6, NaN in every cache
+slot no sequence uses (so reading past seq_len shows), and NaN-poisoned outputs (so an
+element nobody wrote shows). A wrong result is compared with known-wrong variants
+(decode_variants.py) to name the mistake.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from ..split_k import merge_partials, partial_state, reference_partials
-from .cases import paged_problem
+from ..split_k import partial_state, reference_partials
+from .checks_decode_merge import decode_merge  # noqa: F401 - the lesson registry finds it here
 from .checks_kernels import _Compiled
-from .compare import describe_difference, diagnose, fmt, ranges
+from .compare import describe_difference, diagnose, fmt
+from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, WARP, decode_problem, dims_hint,
+                            launch_warp)
 from .decode_variants import LOG2E, merge_variant, partials_variant
-from .faults import describe_kernel_exception
 from .puzzle_runner import per_thread_max
-from .kernel_runner import KERNEL_TIMEOUT, poisoned
+from .kernel_runner import poisoned
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
-WARP = 32   # both kernels run one warp per block
-NOTHING_WRITTEN = ("the kernel wrote nothing (its outputs are still the NaN the check filled "
-                   "them with): write the kernel body where the // TODO is")
-
-
-def _launch(comp: _Compiled, grid, args, outputs, *, count: bool = False):
-    """Launch with one warp per block: (outputs, access counts or None). With `count`, the
-    kernel first runs once on the CPU executor with its accesses counted (then on the GPU
-    too, where the check runs there). A lane missing from a shuffle, and a read past the
-    partition buffers, get messages of their own."""
-    kern = comp.get()
-    try:
-        counts = None
-        if count:
-            host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-            counts = kern.count(grid, (WARP,), host, timeout=KERNEL_TIMEOUT)
-            if kern.device == "cpu":
-                return [host[i] for i in outputs], counts
-        return kern.launch(grid, (WARP,), args, outputs=outputs), counts
-    except Exception as exc:
-        kind = type(exc).__name__
-        if kind == "KernelFault" and getattr(exc, "buffer", None) in ("part_out", "part_ml"):
-            message, _ = describe_kernel_exception(exc)
-            raise Mismatch(message, "each (sequence, head) row holds max_parts partition "
-                           "slots, of which only the first ceil(seq_len / part_len) exist: "
-                           "count the partitions you read.") from exc
-        if kind != "WarpSyncError":
-            raise
-        lanes = ranges(getattr(exc, "bad_lanes", None) or [])
-        exited = bool(getattr(exc, "exited_threads", None))
-        message = f"a warp shuffle can never complete: {exc}"
-        hint = (f"lanes {lanes} had left the kernel when the others reached a shuffle whose "
-                "mask (0xffffffff) names them: every lane must reach every __shfl_*_sync. A lane "
-                "with nothing to load (head_dim < 32) takes part with 0; guard the load with "
-                "an if, not a return." if exited else
-                f"lanes {lanes} wait at a different shuffle than the others: every lane of the "
-                "mask must run the same shuffles in the same order (no shuffle inside a branch "
-                "some lanes skip).")
-        raise Mismatch(message, hint) from exc
-
-
-def _nan_tails(prob):
-    """Put NaN in every cache slot that is not one of a sequence's first seq_len tokens."""
-    num_pages, page_size = prob.k_cache.shape[:2]
-    used = np.zeros(num_pages * page_size, bool)
-    for row, n in zip(prob.block_tables, prob.seq_lens):
-        t = np.arange(int(n))
-        used[row[t // page_size].astype(np.int64) * page_size + t % page_size] = True
-    for cache in (prob.k_cache, prob.v_cache):
-        cache.reshape(num_pages * page_size, -1)[~used] = np.nan
-    return prob
-
-
-def _problem(seed, **sizes):
-    sizes.setdefault("extra_pages", 2)
-    return _nan_tails(paged_problem(seed, mode="decode", **sizes))
-
-
 # -- task 1: the merge in NumPy ------------------------------------------------------------
-
-_MERGE_HINTS = {
-    "no_rescale": "each l_p is a sum measured against its own partition's max m_p: bring them "
-                  "to one scale, weight w_p = l_p * exp(m_p - m) with m = max of the m_p.",
-    "no_sum": "each o_p is already an average over its own partition, so a partition's weight "
-              "is its whole share of the softmax sum, l_p * exp(m_p - m), not exp(m_p - m) "
-              "alone (a partition of 8 tokens counts more than one of 2).",
-    "mean": "a plain average of the o_p treats every partition alike: weight each by "
-            "l_p * exp(m_p - m).",
-    "no_divide": "divide by the sum of the weights: the result is a weighted average.",
-    "o_unnormalized": "o_p is already divided by l_p (it is the partition's softmax average): "
-                      "weight it by l_p * exp(m_p - m) and divide by the sum of those weights.",
-}
-
 
 def _merge_case(fn, scores, values, cuts) -> None:
     scores, values = np.asarray(scores, np.float64), np.asarray(values, np.float64)
@@ -132,7 +63,7 @@ def _merge_case(fn, scores, values, cuts) -> None:
     else:
         hint = diagnose(got, expected, [
             (text, lambda bug=bug: merge_variant(m, l, o, len(m), bug=bug))
-            for bug, text in _MERGE_HINTS.items()], atol=1e-9, rtol=1e-7) \
+            for bug, text in MERGE_HINTS.items()], atol=1e-9, rtol=1e-7) \
             or "the merged output must equal softmax(all scores) @ values."
     raise Mismatch(where + diff.message(), hint)
 
@@ -170,6 +101,8 @@ _PARTITION_MISTAKES = [
     ("query head h reads kv head h / (num_heads / num_kv_heads), not kv head h.",
      {"kv_map": "same"}),
     ("the scores are not scaled: multiply q . k by scale.", {"scale": 1.0}),
+    ("the scale is applied twice (scores times scale squared): scale q or the dot product, "
+     "not both.", {"scale": "twice"}),
     ("each partition skips its first token: partition p starts at token p * part_len.",
      {"bounds": "skip_first"}),
     ("online softmax: when the max grows, rescale the accumulator by exp(old_max - new_max).",
@@ -194,15 +127,32 @@ _BOUND_MISTAKES = {
 _PAST_SEQ_LEN = ("the partition read a token at or past seq_len (those cache slots hold NaN in "
                  "this check): partition p covers tokens p * part_len up to min(seq_len, "
                  "(p + 1) * part_len) - 1. Check the end you compute and the loop's comparison.")
+_NAN_ONLY = ("these partitions are all NaN your code computed. The cache slots past seq_len "
+             "hold NaN in this check, so a read past a partition's end (it ends at min(seq_len, "
+             "start + part_len), exclusive) makes one; with the bounds right, look for inf * 0 "
+             "or inf - inf in the online softmax (the running max starts at -inf: rescale by "
+             "expf(m - m_new), never expf(m_new - m)).")
 
 
 def _bound_hint(o, o_ref, prob, part_len, used) -> str | None:
-    hits = [bug for bug in _BOUND_MISTAKES
-            if diagnose(o, o_ref, [("", lambda bug=bug: partials_variant(
-                prob, part_len, bounds=bug)[2])], mask=used[..., None]) is not None]
+    hits, nan_only = [], False
+    for bug in _BOUND_MISTAKES:
+        variant = partials_variant(prob, part_len, bounds=bug)[2]
+        if diagnose(o, o_ref, [("", variant)], mask=used[..., None]) is None:
+            continue
+        # A variant that is NaN in every partition shows only "NaN", which other mistakes
+        # make too: not evidence for this one.
+        if np.isnan(variant[used]).all():
+            nan_only = True
+        else:
+            hits.append(bug)
     if len(hits) > 1:
         return _PAST_SEQ_LEN
-    return _BOUND_MISTAKES[hits[0]] if hits else None
+    return _BOUND_MISTAKES[hits[0]] if hits else _NAN_ONLY if nan_only else None
+
+
+def _scaled(prob, bugs: dict) -> dict:
+    return {**bugs, "scale": prob.scale ** 2} if bugs.get("scale") == "twice" else bugs
 
 
 def _written_by(prob, index, part_len) -> str:
@@ -216,7 +166,7 @@ def _written_by(prob, index, part_len) -> str:
 
 
 def _partition_case(comp, seed, part_len, **sizes) -> None:
-    prob = _problem(seed, **sizes)
+    prob = decode_problem(seed, **sizes)
     batch, num_heads, head_dim = prob.q.shape
     num_kv_heads = prob.k_cache.shape[2]
     max_parts = -(-int(prob.seq_lens.max()) // part_len)
@@ -226,7 +176,7 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
             np.int32(num_kv_heads), np.int32(head_dim), np.int32(prob.k_cache.shape[1]),
             np.int32(prob.block_tables.shape[1]), np.int32(part_len), np.int32(max_parts),
             np.float32(prob.scale))
-    (o, ml), counts = _launch(comp, (max_parts, num_heads, batch), args, outputs=(5, 6),
+    (o, ml), counts = launch_warp(comp, (max_parts, num_heads, batch), args, outputs=(5, 6),
                               count=True)
     if np.isnan(o).all() and np.isnan(ml).all() and "TODO" in comp.source:
         raise NotAttempted(NOTHING_WRITTEN)
@@ -238,13 +188,9 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
                                mask=used[..., None])
     if diff is not None:
         hint = _bound_hint(o, o_ref, prob, part_len, used) or diagnose(o, o_ref, [
-            (text, lambda bugs=bugs: partials_variant(prob, part_len, **bugs)[2])
-            for text, bugs in _PARTITION_MISTAKES], mask=used[..., None])
-        if hint is None and diff.unwritten.any() and head_dim > WARP:
-            dims, _ = diff.affected("dim")
-            if min(dims) >= WARP:
-                hint = (f"dims {WARP} and up were never written: a warp has {WARP} lanes, so "
-                        f"lane i handles dims i, i + {WARP}, ... (head_dim is {head_dim} here).")
+            (text, lambda bugs=bugs: partials_variant(prob, part_len, **_scaled(prob, bugs))[2])
+            for text, bugs in _PARTITION_MISTAKES], mask=used[..., None]) \
+            or dims_hint(o, used, head_dim, "lane")
         raise Mismatch("part_out: " + diff.message() + "\n" + _written_by(prob, diff.first(),
                                                                           part_len),
                        hint or "part_out[b, h, p] must be softmax(scores of partition p) @ its "
@@ -314,6 +260,8 @@ def decode_partition(source: str, device: str = "auto") -> CheckResult:
         ("very negative scores", 65, 8,
          dict(seq_lens=[20, 9], num_heads=2, num_kv_heads=2, head_dim=32, page_size=4,
               negative_scores=True)),
+        ("head_dim 48 (lanes 0-15 hold two dims), GQA 3/1, page_size 6", 66, 10,
+         dict(seq_lens=[23, 40, 6], num_heads=3, num_kv_heads=1, head_dim=48, page_size=6)),
     ]
     cases = [Case(name, {"part_len": part_len, **sizes},
                   lambda seed=seed, part_len=part_len, sizes=sizes:
@@ -324,70 +272,3 @@ def decode_partition(source: str, device: str = "auto") -> CheckResult:
                      lint=comp.get)
 
 
-# -- task 3: the merge, in CUDA C -------------------------------------------------------------
-
-def _merge_kernel_case(comp, seed, part_len, **sizes) -> None:
-    prob = _problem(seed, **sizes)
-    batch, num_heads, head_dim = prob.q.shape
-    m, l, o = reference_partials(prob.q, prob.k_cache, prob.v_cache, prob.block_tables,
-                                 prob.seq_lens, part_len, prob.scale)
-    used = np.isfinite(m)
-    part_ml = np.where(used[..., None], np.stack([m, l], axis=-1), np.nan).astype(np.float32)
-    part_out = np.where(used[..., None], o, np.nan).astype(np.float32)
-    max_parts = m.shape[-1]
-    args = (part_out, part_ml, prob.seq_lens, poisoned(prob.q.shape), np.int32(num_heads),
-            np.int32(head_dim), np.int32(part_len), np.int32(max_parts))
-    (got,), _ = _launch(comp, (num_heads, batch), args, outputs=(3,))
-    if np.isnan(got).all() and "TODO" in comp.source:
-        raise NotAttempted(NOTHING_WRITTEN)
-    expected = prob.expected
-    diff = describe_difference(got, expected, ("sequence", "head", "dim"))
-    if diff is None:
-        return
-    lens = prob.seq_lens.astype(np.int64)
-    n_parts = -(-lens // part_len)[:, None]
-    states = (part_ml[..., 0], part_ml[..., 1], part_out)
-    variants = [(text, lambda bug=bug: merge_variant(*states, n_parts, bug=bug))
-                for bug, text in _MERGE_HINTS.items()]
-    variants += [
-        ("the last, shorter partition is missing: a sequence has ceil(seq_len / part_len) "
-         "partitions.", lambda: merge_partials(*states, (lens // part_len)[:, None])),
-        ("one partition too many is read: a sequence has ceil(seq_len / part_len) partitions; "
-         "the slots after them hold NaN here.",
-         lambda: merge_variant(*states, np.minimum(n_parts + 1, max_parts), bug="none")),
-    ]
-    hint = diagnose(got, expected, variants)
-    if hint is None and diff.unwritten.any() and head_dim > WARP:
-        dims, _ = diff.affected("dim")
-        if min(dims) >= WARP:
-            hint = (f"dims {WARP} and up were never written: with {WARP} threads, thread i "
-                    f"handles dims i, i + {WARP}, ... (head_dim is {head_dim} here).")
-    if hint is None and m.max() > 80 and not np.isfinite(got).all():
-        hint = ("m is large here (up to " + fmt(m[used].max()) + "): expf(m_p) overflows "
-                "float32; exponentiate m_p minus the largest m_p.")
-    b, h, _ = diff.first()
-    raise Mismatch(diff.message() + f"\nRow (sequence {b}, head {h}) is written by block "
-                   f"({h}, {b}); it merges {int(n_parts[b, 0])} partitions.",
-                   hint or "out[b, h] = sum_p w_p o_p / sum_p w_p, w_p = l_p exp(m_p - m).")
-
-
-def decode_merge(source: str, device: str = "auto") -> CheckResult:
-    """Check `decode_merge`: grid (num_heads, batch), block (32,)."""
-    comp = _Compiled(source, "decode_merge", device)
-    specs = [
-        ("three sequences, 3, 2 and 4 partitions", 70, 16,
-         dict(seq_lens=[40, 17, 64], num_heads=2, num_kv_heads=2, head_dim=32, page_size=8)),
-        ("head_dim 64, one partition each", 71, 16,
-         dict(seq_lens=[10, 16], num_heads=2, num_kv_heads=1, head_dim=64, page_size=4)),
-        ("many short partitions, a one-token sequence", 72, 3,
-         dict(seq_lens=[1, 20, 11], num_heads=4, num_kv_heads=2, head_dim=16, page_size=4)),
-        ("large scores (m near 1000)", 73, 8,
-         dict(seq_lens=[30, 12], num_heads=2, num_kv_heads=2, head_dim=32, page_size=8,
-              scale=60.0)),
-    ]
-    cases = [Case(name, {"part_len": part_len, **sizes},
-                  lambda seed=seed, part_len=part_len, sizes=sizes:
-                  _merge_kernel_case(comp, seed, part_len, **sizes))
-             for name, seed, part_len, sizes in specs]
-    return run_cases("decode_merge", "decode_merge kernel: one warp per (head, sequence)", cases,
-                     lint=comp.get)

@@ -9,6 +9,7 @@ every sequence that holds its whole request, in the order they were admitted.
 """
 from __future__ import annotations
 
+import re
 from collections import deque
 
 import numpy as np
@@ -28,11 +29,17 @@ def _pages(n_tokens: int, page_size: int) -> int:
 
 
 def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
-                 ties: str = "admitted") -> list[int]:
+                 ties: str = "admitted", finish_first: bool = False) -> list[int]:
     """The order the spec's loop finishes `requests` in; `fifo=False` admits any waiting
     request that fits (skipping the head), `ties="reversed"` records a step's finishers
-    last-admitted first (both are mistakes the hints name)."""
+    last-admitted first, `finish_first` records and frees before the decode (all mistakes
+    the hints name)."""
     waiting, running, lens, done = deque(range(len(requests))), [], {}, []
+
+    def finish():
+        finished = [i for i in running if lens[i] == sum(requests[i])]
+        done.extend(finished[::-1] if ties == "reversed" else finished)
+        return [i for i in running if i not in finished]
     while waiting or running:
         promised = sum(_pages(sum(requests[i]), page_size) - _pages(lens[i], page_size)
                        for i in running)
@@ -46,11 +53,12 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
                 promised += _pages(sum(requests[i]), page_size) - _pages(lens[i], page_size)
             elif fifo:
                 break
+        if finish_first:
+            running = finish()
         for i in running:
             lens[i] = min(lens[i] + 1, sum(requests[i]))
-        finished = [i for i in running if lens[i] == sum(requests[i])]
-        done += finished[::-1] if ties == "reversed" else finished
-        running = [i for i in running if i not in finished]
+        if not finish_first:
+            running = finish()
     return done
 
 
@@ -65,14 +73,22 @@ def _order_hint(got: list[int], requests, num_pages: int, page_size: int) -> str
     if got == finish_order(requests, num_pages, page_size, ties="reversed"):
         return ("requests that finish in the same step are recorded in the order they were "
                 "admitted.")
+    if got == finish_order(requests, num_pages, page_size, finish_first=True):
+        return ("record and free after this step's decode (admit, decode, finish): checking "
+                "for finished sequences before appending records a request with no new tokens "
+                "ahead of one admitted before it, and frees every sequence a step late.")
     return ("each step: admit (first come, first served, while the whole request fits), "
             "append one token to every running sequence, then record and free every "
             "sequence that holds prompt_len + new_tokens tokens.")
 
 
-def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int) -> None:
+def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
+                first_id: int = 0) -> None:
+    """`first_id`: the cache served that many sequences before (so seq ids start there)."""
     num_kv_heads, head_dim = 2, 4
     cache = PagedKVCache(num_pages, page_size, num_kv_heads, head_dim, device="cpu")
+    for _ in range(first_id):
+        cache.free_sequence(cache.add_sequence())
     rng = case_rng(seed)
     tokens = [rng.standard_normal((p + n, num_kv_heads, head_dim)).astype(np.float32)
               for p, n in requests]
@@ -92,6 +108,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int) -> None
                      np.array_equal(keys[0], t[0])), None)
 
     original_free = cache.free_sequence
+    freed_ids: set[int] = set()
 
     def free_sequence(sid):
         k, _ = cache.gather(sid)
@@ -107,6 +124,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int) -> None
                                "kv_for(i, start, n) gives tokens start..start+n-1.")
             freed.append(i)
         original_free(sid)
+        freed_ids.add(sid)
 
     def complete_but_kept() -> list[int]:
         held = [(s, request_of(cache.gather(s)[0])) for s in cache.seq_ids]
@@ -139,11 +157,22 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int) -> None
                 "ceil((prompt_len + new_tokens) / page_size) pages free, after the pages the "
                 "running sequences will still take.")
         raise Mismatch(f"the cache ran out of pages: {exc}", hint) from None
+    except KeyError as exc:
+        gone = re.search(r"no live sequence (\d+)", str(exc))
+        if not gone or int(gone.group(1)) not in freed_ids:
+            raise
+        raise Mismatch(f"raised KeyError: {exc}", f"sequence {gone.group(1)} was freed "
+                       "already: once cache.free_sequence(seq_id) has run, drop the sequence "
+                       "from the running ones and never use or free it again.") from None
     if finished is None or sorted(finished) != list(range(len(requests))):
+        seq_ids = first_id and finished is not None and \
+            sorted(finished) == list(range(first_id, first_id + len(requests)))
         raise Mismatch("serve must return the indices of the requests in the order they "
-                       "finished", "append i to a list when request i is done; every request "
-                       "must finish.", f"a permutation of 0..{len(requests) - 1}",
-                       repr(finished))
+                       "finished", f"those are seq ids (this cache served {first_id} sequences "
+                       "before, so its ids start at " + str(first_id) + "): record the request's "
+                       "index i, not cache.add_sequence()'s id." if seq_ids else
+                       "append i to a list when request i is done; every request must finish.",
+                       f"a permutation of 0..{len(requests) - 1}", repr(finished))
     if cache.allocator.num_free != num_pages:
         leaked = num_pages - cache.allocator.num_free
         raise Mismatch(f"{leaked} pages still in use after every request finished",
@@ -164,21 +193,25 @@ def serve(fn) -> CheckResult:
     """Check `fn(cache, requests, kv_for)` runs every (prompt_len, new_tokens) request."""
     small = [(5, 3), (9, 2), (2, 6), (4, 4), (7, 1)]
     blocked = [(6, 2), (10, 3), (3, 1)]
+    after_one = [(3, 1), (2, 1), (4, 0), (8, 4)]
     cases = [
         Case("room for everyone", {"requests": small, "num_pages": 32, "page_size": 4},
              lambda: _serve_case(fn, 31, small, 32, 4)),
         Case("a pool too small for all at once", {"requests": small, "num_pages": 6,
                                                   "page_size": 4},
              lambda: _serve_case(fn, 32, small, 6, 4)),
-        Case("page_size 2, long outputs", {"requests": [(3, 9), (1, 12), (6, 5)],
-                                           "num_pages": 10, "page_size": 2},
-             lambda: _serve_case(fn, 33, [(3, 9), (1, 12), (6, 5)], 10, 2)),
+        Case("page_size 2, long outputs, a cache that served 3 sequences before",
+             {"requests": [(3, 9), (1, 12), (6, 5)], "num_pages": 10, "page_size": 2},
+             lambda: _serve_case(fn, 33, [(3, 9), (1, 12), (6, 5)], 10, 2, first_id=3)),
         Case("a small request behind one that does not fit yet",
              {"requests": blocked, "num_pages": 5, "page_size": 4},
              lambda: _serve_case(fn, 34, blocked, 5, 4)),
         Case("a request with no new tokens, exact fits", {"requests": [(4, 0), (3, 1), (8, 4)],
                                                           "num_pages": 3, "page_size": 4},
              lambda: _serve_case(fn, 35, [(4, 0), (3, 1), (8, 4)], 3, 4)),
+        Case("no new tokens, behind requests with one", {"requests": after_one,
+                                                          "num_pages": 3, "page_size": 4},
+             lambda: _serve_case(fn, 37, after_one, 3, 4)),
         Case("no requests", {"requests": [], "num_pages": 4, "page_size": 4},
              lambda: _serve_case(fn, 36, [], 4, 4)),
     ]

@@ -69,40 +69,56 @@ def _next_page_case(fn, page_size: int) -> None:
     def tokens(n):
         return rng.standard_normal((n, 1, 4)).astype(np.float32)
 
-    for sid, what in _next_page_story(cache, page_size, tokens):
-        n = cache.seq_len(sid)
-        table = cache.block_table(sid)
-        last_shared = n % page_size != 0 and cache.allocator.ref_count(table[-1]) > 1
-        expected = 1 if (n % page_size == 0 or last_shared) else 0
-        try:
-            got = fn(cache, sid)
-        except IndexError as exc:
-            if n:
-                raise
-            raise Mismatch(f"{what}: raised IndexError: {exc}", "a sequence with no tokens has "
-                           "no pages, so block_table(seq_id)[-1] does not exist: test "
-                           "seq_len % page_size == 0 (true for 0) first.") from None
-        if got is not None and int(got) == expected:
-            continue
-        any_shared = any(cache.allocator.ref_count(p) > 1 for p in table)
-        if last_shared and got == 0:
-            hint = ("the last page is shared with another sequence (ref_count > 1): writing into "
-                    "it would change the other sequence's tokens, so the next token needs a "
-                    "private copy of that page (copy on write): one new page.")
-        elif n == 0:
-            hint = "a sequence with no tokens has no page yet: its first token takes one."
-        elif n % page_size == 0:
-            hint = ("the last page is full (seq_len % page_size == 0): the next token needs a "
-                    "new page.")
-        elif any_shared and got == 1:
-            hint = ("only the page the token is written into matters: the last one. Here "
-                    "earlier pages are shared but the last page has one owner, so the token "
-                    "goes there: no new page.")
-        else:
-            room = page_size - n % page_size
-            hint = (f"the last page still has {room} free slot{'s' if room > 1 else ''}: no new "
-                    "page (unless it is shared).")
-        raise Mismatch(f"{what} (page_size {page_size})", hint, str(expected), repr(got))
+    story = _next_page_story(cache, page_size, tokens)
+    for sid, what in story:
+        _next_page_answer(fn, cache, sid, what, page_size, drained=False)
+    # The answer is what the token takes, not what the pool can give: the same with no page free.
+    cache.allocator.allocate(cache.allocator.num_free)
+    for sid, what in story:
+        _next_page_answer(fn, cache, sid, what + ", the pool empty", page_size, drained=True)
+
+
+def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) -> None:
+    n = cache.seq_len(sid)
+    table = cache.block_table(sid)
+    last_shared = n % page_size != 0 and cache.allocator.ref_count(table[-1]) > 1
+    expected = 1 if (n % page_size == 0 or last_shared) else 0
+    try:
+        got = fn(cache, sid)
+    except IndexError as exc:
+        if n:
+            raise
+        raise Mismatch(f"{what}: raised IndexError: {exc}", "a sequence with no tokens has "
+                       "no pages, so block_table(seq_id)[-1] does not exist: test "
+                       "seq_len % page_size == 0 (true for 0) first.") from None
+    if got is not None and int(got) == expected:
+        return
+    any_shared = any(cache.allocator.ref_count(p) > 1 for p in table)
+    if drained and got == 0:
+        hint = ("no page is free here, and the token still needs one: count the pages the "
+                "token takes, whatever the pool holds (the decode step compares that count "
+                "with num_free and raises OutOfPagesError).")
+    elif last_shared and got == 0:
+        hint = ("the last page is shared with another sequence (ref_count > 1): writing into "
+                "it would change the other sequence's tokens, so the next token needs a "
+                "private copy of that page (copy on write): one new page.")
+    elif n == 0:
+        hint = "a sequence with no tokens has no page yet: its first token takes one."
+    elif n % page_size == 0 and got == 2:
+        hint = ("the last page is full, so the token goes to a new page: one page. A full "
+                "page is never written again, so sharing it takes no copy.")
+    elif n % page_size == 0:
+        hint = ("the last page is full (seq_len % page_size == 0): the next token needs a "
+                "new page.")
+    elif any_shared and got == 1:
+        hint = ("only the page the token is written into matters: the last one. Here "
+                "earlier pages are shared but the last page has one owner, so the token "
+                "goes there: no new page.")
+    else:
+        room = page_size - n % page_size
+        hint = (f"the last page still has {room} free slot{'s' if room > 1 else ''}: no new "
+                "page (unless it is shared).")
+    raise Mismatch(f"{what} (page_size {page_size})", hint, str(expected), repr(got))
 
 
 def pages_for_next_token(fn) -> CheckResult:
@@ -188,6 +204,12 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
                                for i, s in enumerate(sorted(step_ids))])),
             ("the new token's value went in as its key: append (k[i:i+1], v[i:i+1]), the "
              "value second.", lambda: _values_from_keys(q, keys, values, step_ids, scale)),
+            *[(text, lambda s=s: np.stack([_dense_decode(q[i], keys[sid], values[sid], s)
+                                           for i, sid in enumerate(step_ids)]))
+              for text, s in (("the scores are not scaled: pass self.scale (1 / sqrt(head_dim)) "
+                               "to the attention.", 1.0),
+                              ("the scale is applied twice (scores times scale squared): scale "
+                               "q or pass self.scale, not both.", scale ** 2))],
         ]) or "append, then attend with paged_attention_decode(q, self.cache.k_cache, " \
               "self.cache.v_cache, *self.cache.block_tables(seq_ids))."
         raise Mismatch(f"step {step} (seq_ids {step_ids}): " + diff.message(), hint)
@@ -226,29 +248,91 @@ def _decode_out_of_pages(cls) -> None:
 
 
 def _decode_exact_fit(cls) -> None:
-    """One free page, and only one of the two sequences needs a page: the step fits."""
+    """One free page, and only one of three sequences needs a page (one has a free slot
+    left, one several): the step fits."""
     rng = case_rng(24)
-    mgr = _manager(cls, 5, 4, 2, 1, 8)
+    mgr = _manager(cls, 7, 4, 2, 1, 8)
 
     def rows(n):
         return mgr.xp.asarray(rng.standard_normal((n, 1, 8)).astype(np.float32))
 
-    ids = [mgr.add_sequence(rows(n), rows(n)).seq_id for n in (8, 5)]
-    q = mgr.xp.asarray(rng.standard_normal((2, 2, 8)).astype(np.float32))
+    ids = [mgr.add_sequence(rows(n), rows(n)).seq_id for n in (8, 7, 5)]
+    q = mgr.xp.asarray(rng.standard_normal((3, 2, 8)).astype(np.float32))
     try:
-        mgr.decode_step(ids, q, rows(2), rows(2))
+        mgr.decode_step(ids, q, rows(3), rows(3))
     except OutOfPagesError as exc:
-        raise Mismatch(f"a step that fits raised OutOfPagesError: {exc}", "this step needs one "
-                       "new page, for the sequence whose last page is full; the other still "
-                       "has room. Count pages_for_next_token over seq_ids, not one page per "
-                       "sequence.", "the step runs (1 page free, 1 needed)",
-                       "OutOfPagesError") from None
+        asked = getattr(exc, "requested", None)
+        hint = ("this step needs one new page, for the sequence of 8 tokens (its last page "
+                "is full); the others still have room. Count pages_for_next_token over "
+                "seq_ids" + (", not one page per sequence." if asked == 3 else "."))
+        if asked == 2:
+            hint = ("the sequence of 7 tokens has one free slot left (7 % 4 = 3): its token "
+                    "fills that slot and takes no page. A token takes a new page when "
+                    "seq_len % page_size == 0, not when it is page_size - 1.")
+        raise Mismatch(f"a step that fits raised OutOfPagesError: {exc}", hint,
+                       "the step runs (1 page free, 1 needed)", "OutOfPagesError") from None
     lens = [mgr.seq_len(s) for s in ids]
-    if lens != [9, 6] or mgr.cache.allocator.num_free != 0:
+    if lens != [9, 8, 6] or mgr.cache.allocator.num_free != 0:
         raise Mismatch("after the step", "append one token to each sequence: the full one "
-                       "takes the last free page, the other fills its own.",
-                       "lengths [9, 6], 0 pages free",
+                       "takes the last free page, the others fill their own.",
+                       "lengths [9, 8, 6], 0 pages free",
                        f"lengths {lens}, {mgr.cache.allocator.num_free} free")
+
+
+def _decode_fork(cls) -> None:
+    """A fork shares its parent's partly filled last page: its next token takes a page (the
+    copy on write) although the page has room. No page free: the step must fail untouched;
+    one page free: it runs, and the parent keeps its own keys."""
+    rng = case_rng(25)
+    mgr = _manager(cls, 5, 4, 2, 1, 8)
+
+    def rows(n):
+        return rng.standard_normal((n, 1, 8)).astype(np.float32)
+
+    kv = {n: (rows(n), rows(n)) for n in (6, 5, 3)}
+    parent, other, spare = (mgr.add_sequence(*kv[n]).seq_id for n in (6, 5, 3))
+    fork = mgr.cache.fork_sequence(parent)
+    q = rng.standard_normal((2, 2, 8)).astype(np.float32)
+    k_new, v_new = rows(2), rows(2)
+    step = [other, fork]
+    try:
+        mgr.decode_step(step, mgr.xp.asarray(q), mgr.xp.asarray(k_new), mgr.xp.asarray(v_new))
+    except OutOfPagesError:
+        pass
+    else:
+        raise Mismatch("the fork's next token needs a copy of its shared last page and no page "
+                       "is free", "raise OutOfPagesError when the step cannot fit.",
+                       "OutOfPagesError", "no error")
+    lens = [mgr.seq_len(s) for s in (other, fork)]
+    if lens != [5, 6]:
+        raise Mismatch("a failed step changed the cache: sequence " + str(other) + " got its "
+                       "token before the fork's append ran out of pages",
+                       f"sequence {fork} is a fork: its last page (2 of 4 slots used) is shared "
+                       f"with sequence {parent}, so its token needs a private copy of that page "
+                       "(copy on write), and no page is free. Count the step's pages with "
+                       "pages_for_next_token (it sees the copy), not seq_len % page_size alone, "
+                       "and raise before appending anything.", "lengths [5, 6]",
+                       f"lengths {lens}")
+    mgr.finish(spare)
+    try:
+        got = to_numpy(mgr.decode_step(step, mgr.xp.asarray(q), mgr.xp.asarray(k_new),
+                                       mgr.xp.asarray(v_new)))
+    except OutOfPagesError as exc:
+        raise Mismatch(f"with one page free, the step raised OutOfPagesError: {exc}", "the step "
+                       "needs one page (the fork's copy) and one is free: it fits (raise only "
+                       "when needed > num_free).", "the step runs", "OutOfPagesError") from None
+    keys = [np.concatenate([kv[n][0], k_new[i:i + 1]]) for i, n in enumerate((5, 6))]
+    values = [np.concatenate([kv[n][1], v_new[i:i + 1]]) for i, n in enumerate((5, 6))]
+    expected = np.stack([_dense_decode(q[i], keys[i], values[i], 1 / np.sqrt(8))
+                         for i in range(2)])
+    diff = describe_difference(np.asarray(got, np.float64), expected, ("sequence", "head", "dim"),
+                               unwritten=False)
+    if diff is not None:
+        raise Mismatch("with one page free: " + diff.message(), "append (the cache copies the "
+                       "fork's shared page itself), then attend as in the other cases.")
+    if not np.array_equal(mgr.cache.gather(parent)[0], kv[6][0]):
+        raise Mismatch(f"the fork's token changed sequence {parent}'s keys", "append through "
+                       "self.cache.append, which copies a shared page before writing.")
 
 
 def decode_step(cls) -> CheckResult:
@@ -263,8 +347,11 @@ def decode_step(cls) -> CheckResult:
                                   lambda s: [[2, 0, 3], [3, 1], [1, 2, 0, 3], [0, 2]][s])),
         Case("the pool runs out mid-step", {"num_pages": 5, "page_size": 4},
              lambda: _decode_out_of_pages(cls)),
-        Case("the last free page is just enough", {"num_pages": 5, "page_size": 4,
-                                                    "seq_lens": [8, 5]},
+        Case("the last free page is just enough", {"num_pages": 7, "page_size": 4,
+                                                    "seq_lens": [8, 7, 5]},
              lambda: _decode_exact_fit(cls)),
+        Case("a fork's shared, partly filled last page", {"num_pages": 5, "page_size": 4,
+                                                          "seq_lens": [6, 5, 3]},
+             lambda: _decode_fork(cls)),
     ]
     return run_cases("decode_step", f"{getattr(cls, '__name__', cls)}.decode_step", cases)

@@ -1,0 +1,110 @@
+"""What lesson 06's two kernel checks share: the warp launch, the NaN-tailed problems, the
+merge's mistakes, and the hint for dims no lane reaches.
+
+Each kernel runs one warp per block. A fault, a lane missing from a shuffle, or an index past
+an output gets a message in the decode layouts (q [batch, num_heads, head_dim], out like q).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .cases import paged_problem
+from .checks_kernels import _Compiled
+from .faults import describe_kernel_exception
+from .kernel_runner import KERNEL_TIMEOUT, unwritten
+from .compare import ranges
+from .report import Mismatch
+
+WARP = 32   # both kernels run one warp per block
+NOTHING_WRITTEN = ("the kernel wrote nothing (its outputs are still the NaN the check filled "
+                   "them with): write the kernel body where the // TODO is")
+
+MERGE_HINTS = {
+    "no_rescale": "each l_p is a sum measured against its own partition's max m_p: bring them "
+                  "to one scale, weight w_p = l_p * exp(m_p - m) with m = max of the m_p.",
+    "no_sum": "each o_p is already an average over its own partition, so a partition's weight "
+              "is its whole share of the softmax sum, l_p * exp(m_p - m), not exp(m_p - m) "
+              "alone (a partition of 8 tokens counts more than one of 2).",
+    "mean": "a plain average of the o_p treats every partition alike: weight each by "
+            "l_p * exp(m_p - m).",
+    "no_divide": "divide by the sum of the weights: the result is a weighted average.",
+    "o_unnormalized": "o_p is already divided by l_p (it is the partition's softmax average): "
+                      "weight it by l_p * exp(m_p - m) and divide by the sum of those weights.",
+}
+
+# The decode layouts, for a fault in these buffers (faults.py's own hints are prefill's).
+_DECODE_BUFFERS = {
+    "part_out": ("each (sequence, head) row holds max_parts partition slots, of which only the "
+                 "first ceil(seq_len / part_len) exist: count the partitions you read."),
+    "q": ("q is [batch, num_heads, head_dim]: the row of (sequence b, head h) starts at "
+          "(b * num_heads + h) * head_dim."),
+    "out": ("out is [batch, num_heads, head_dim]: block (h, b) writes the row starting at "
+            "(b * num_heads + h) * head_dim, dims 0..head_dim - 1."),
+}
+_DECODE_BUFFERS["part_ml"] = _DECODE_BUFFERS["part_out"]
+
+
+def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
+    """Launch with one warp per block: (outputs, access counts or None). With `count`, the
+    kernel first runs once on the CPU executor with its accesses counted (then on the GPU
+    too, where the check runs there). A lane missing from a shuffle, and an index past the
+    decode buffers, get messages of their own."""
+    kern = comp.get()
+    try:
+        counts = None
+        if count:
+            host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+            counts = kern.count(grid, (WARP,), host, timeout=KERNEL_TIMEOUT)
+            if kern.device == "cpu":
+                return [host[i] for i in outputs], counts
+        return kern.launch(grid, (WARP,), args, outputs=outputs), counts
+    except Exception as exc:
+        kind = type(exc).__name__
+        if kind == "KernelFault" and getattr(exc, "buffer", None) in _DECODE_BUFFERS:
+            message, _ = describe_kernel_exception(exc)
+            raise Mismatch(message, _DECODE_BUFFERS[exc.buffer]) from exc
+        if kind != "WarpSyncError":
+            raise
+        lanes = ranges(getattr(exc, "bad_lanes", None) or [])
+        exited = bool(getattr(exc, "exited_threads", None))
+        message = f"a warp shuffle can never complete: {exc}"
+        hint = (f"lanes {lanes} had left the kernel when the others reached a shuffle whose "
+                "mask (0xffffffff) names them: every lane must reach every __shfl_*_sync. A lane "
+                "with nothing to load (head_dim < 32) takes part with 0; guard the load with "
+                "an if, not a return." if exited else
+                f"lanes {lanes} wait at a different shuffle than the others: every lane of the "
+                "mask must run the same shuffles in the same order (no shuffle inside a branch "
+                "some lanes skip).")
+        raise Mismatch(message, hint) from exc
+
+
+def dims_hint(got, rows, head_dim: int, who: str) -> str | None:
+    """When the dims from a multiple of 32 up to head_dim still hold the poison in every row
+    that exists (`rows`: bool over got's leading axes): a lane's loop over its dims stops
+    early (head_dim / 32 rounds down). `who`: 'lane' or 'thread'."""
+    never = unwritten(got)[np.broadcast_to(rows, got.shape[:-1])].all(axis=0)
+    first = int(np.argmax(never)) if never.any() else head_dim
+    if first % WARP or first == head_dim or not never[first:].all():
+        return None
+    per = -(-head_dim // WARP)
+    which = "no dim was written" if first == 0 else f"dims {first} and up were never written"
+    return (f"{which}: a warp has {WARP} {who}s, so {who} i handles dims i, i + {WARP}, ... "
+            f"while they are below head_dim ({head_dim} here: up to ceil({head_dim} / {WARP}) = "
+            f"{per} per {who}; head_dim / {WARP} rounds down).")
+
+
+def nan_tails(prob):
+    """Put NaN in every cache slot that is not one of a sequence's first seq_len tokens."""
+    num_pages, page_size = prob.k_cache.shape[:2]
+    used = np.zeros(num_pages * page_size, bool)
+    for row, n in zip(prob.block_tables, prob.seq_lens):
+        t = np.arange(int(n))
+        used[row[t // page_size].astype(np.int64) * page_size + t % page_size] = True
+    for cache in (prob.k_cache, prob.v_cache):
+        cache.reshape(num_pages * page_size, -1)[~used] = np.nan
+    return prob
+
+
+def decode_problem(seed, **sizes):
+    sizes.setdefault("extra_pages", 2)
+    return nan_tails(paged_problem(seed, mode="decode", **sizes))
