@@ -46,6 +46,12 @@ SCALE_MISTAKES = [
     ("NaN for a zero row", lambda x, q: np.where(np.abs(x).max(-1) > 0, np.abs(x).max(-1) / q,
                                                  np.nan), "yours is nan there"),
     ("float16", lambda x, q: _guard(np.abs(x).max(-1), q).astype(np.float16), "float32"),
+    ("keepdims", lambda x, q: _guard(np.abs(x).max(-1, keepdims=True), q), "keepdims"),
+    ("a threshold for zero", lambda x, q: np.where(np.abs(x).max(-1) > 1e-2,
+                                                   np.abs(x).max(-1) / q, 1.0),
+     "only an all-zero row gets scale 1"),
+    ("a floor on the scale", lambda x, q: np.maximum(_guard(np.abs(x).max(-1), q), 1e-4),
+     "only an all-zero row gets scale 1"),
 ]
 
 # Other right answers: a zero row may get any finite positive scale (it stores zeros).

@@ -11,10 +11,19 @@ from tests.check_helpers import as_params, assert_caught, run_check
 
 
 def split(inclusive=False, q_like_kv=False, all_kv=False, modulo=False, from_one=False,
-          refuse=True):
+          refuse=True, floats=False, replicate=False, as_int64=False):
     def fn(rank, world_size, num_heads, num_kv_heads):
+        if replicate and world_size % num_kv_heads == 0:   # vLLM: a KV head on several ranks
+            per = world_size // num_kv_heads
+            n_q = num_heads // world_size
+            return (rank // per, rank // per + 1), (rank * n_q, (rank + 1) * n_q)
         if refuse and num_kv_heads % world_size:
             raise ValueError("world_size must divide num_kv_heads")
+        if floats:    # / for //: 2.0 where 2 was meant
+            n_kv, n_q = num_kv_heads / world_size, num_heads / world_size
+            return (rank * n_kv, (rank + 1) * n_kv), (rank * n_q, (rank + 1) * n_q)
+        if as_int64:
+            rank, world_size = np.int64(rank), np.int64(world_size)
         n_kv, n_q = num_kv_heads // world_size, num_heads // world_size
         r = rank + 1 if from_one else rank
         kv = (r * n_kv, (r + 1) * n_kv)
@@ -47,6 +56,9 @@ def gather(how="right"):
                 .transpose(2, 0, 1, 3).reshape(batch, num_heads, head_dim)
         if how == "own_block":
             return blocks[0]
+        if how == "float16":
+            return blocks.transpose(1, 0, 2, 3).reshape(batch, num_heads, head_dim) \
+                .astype(np.float16)
         if how == "world_from_size":   # R from the buffer's size: always 1
             world = gathered.size // (batch * num_heads * head_dim)
             blocks = gathered.reshape(world, batch, num_heads // world, head_dim)
@@ -56,20 +68,28 @@ def gather(how="right"):
 
 def wire(floor=False, no_header=False, whole_output=False, no_v=False, all_kv=False,
          q_heads=False, elements=False, ragged=False, int64=False, whole_pages=False,
-         share_elements=False):
+         share_elements=False, plus_one=False, floats=False, no_lens=False, share_times=1,
+         others=False):
     def fn(seq_lens, num_heads, num_kv_heads, head_dim, page_size, world_size, itemsize):
         batch = len(seq_lens)
         longest = int(max(seq_lens))
         pages = longest // page_size if floor else -(-longest // page_size)
+        pages = longest // page_size + 1 if plus_one else pages
         entries = (sum(-(-int(n) // page_size) for n in seq_lens) if ragged
                    else batch * pages)
         tables = 4 * batch * pages if no_header else 4 * (2 + batch + entries)
+        tables = 4 * (2 + entries) if no_lens else tables
+        if floats:    # np.ceil and /: the right numbers, as floats
+            return (4 * (2 + batch + batch * np.ceil(longest / page_size)),
+                    batch * num_heads / world_size * head_dim * itemsize,
+                    np.sum(seq_lens) * 2 * num_kv_heads / world_size * head_dim * itemsize)
         tables = tables * 2 if int64 else tables
         heads_out = num_heads if whole_output else num_heads // world_size
         kv_heads = num_heads if q_heads else num_kv_heads
         kv_heads = kv_heads if all_kv else kv_heads // world_size
         size = 1 if elements else itemsize
-        share = batch * heads_out * head_dim * (1 if share_elements else size)
+        share = batch * heads_out * head_dim * (1 if share_elements else size) * share_times
+        share = share * (world_size - 1) if others else share
         tokens = (sum(-(-int(n) // page_size) * page_size for n in seq_lens) if whole_pages
                   else int(np.sum(seq_lens)))
         kv = tokens * (1 if no_v else 2) * kv_heads * head_dim * size
@@ -86,6 +106,8 @@ MISTAKES = [
     ("head_split", split(refuse=False), "ValueError"),
     ("head_split", lambda r, w, h, k: (r, w), "two pairs"),
     ("head_split", lambda r, w, h, k: split()(r, w, h, k)[::-1], "KV head range first"),
+    ("head_split", split(floats=True), "must be ints"),
+    ("head_split", split(replicate=True), "fewer KV heads than ranks"),
     ("gather_heads", gather("reshape"), "plain reshape", ["rank 0's heads come first"]),
     ("gather_heads", gather("reversed"), "rank 0's heads come first"),
     ("gather_heads", gather("interleaved"), "not j*R + r"),
@@ -95,6 +117,9 @@ MISTAKES = [
     ("gather_heads", gather("world_from_size"), "plain reshape"),
     ("gather_heads", lambda g, w, b, h, d: np.full((b, h, d), np.nan), "first wrong row"),
     ("gather_heads", lambda *a: gather()(*a)[None], "[batch, num_heads, head_dim]"),
+    ("gather_heads", gather("float16"), "no cast", ["goes to heads"]),
+    ("gather_heads", lambda *a: gather()(*a).astype(np.int32), "keep the buffer's dtype",
+     ["goes to heads"]),
     ("wire_bytes", wire(floor=True), "round up"),
     ("wire_bytes", wire(no_header=True), "header"),
     ("wire_bytes", wire(whole_output=True), "only its own heads' output"),
@@ -108,6 +133,13 @@ MISTAKES = [
     ("wire_bytes", wire(whole_pages=True), "unused tail"),
     ("wire_bytes", wire(share_elements=True), "output is itemsize bytes"),
     ("wire_bytes", wire(floor=True, no_v=True), "round up"),   # two mistakes: the first named
+    ("wire_bytes", wire(plus_one=True), "fills its last page exactly"),
+    ("wire_bytes", wire(floats=True), "plain integers"),
+    # 4 * (2 + batch * pages) is also what a floor gives (4 * batch short) unless the longest
+    # sequence fills its last page: that case names the mistake alone
+    ("wire_bytes", wire(no_lens=True), "carries the batch's seq_lens"),
+    ("wire_bytes", wire(share_times=2), "not sent plus received"),
+    ("wire_bytes", wire(others=True), "not once per other rank"),
 ]
 
 
@@ -116,7 +148,12 @@ def test_mistake_is_caught(task, impl, phrase, not_phrases):
     assert_caught(task, impl, phrase, not_phrases=not_phrases)
 
 
-@pytest.mark.parametrize("task, impl", [("head_split", split()), ("gather_heads", gather())])
+# (inline: tests/test_grade_protocol.py takes every module-level list here for mistakes)
+@pytest.mark.parametrize("task, impl", [
+    ("head_split", split()), ("head_split", split(as_int64=True)), ("gather_heads", gather()),
+    ("gather_heads", lambda g, w, b, h, d: np.hstack(g.reshape(w, b, h // w, d))),
+    ("gather_heads", lambda *a: gather()(*a).astype(np.float64)),
+    ("wire_bytes", lambda *a: tuple(np.int64(x) for x in wire()(*a)))])
 def test_correct_versions_pass(task, impl):
     result, printed = run_check(task, impl)
     assert result.passed, printed

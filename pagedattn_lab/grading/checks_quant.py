@@ -10,9 +10,10 @@ code * scale for K and for V.
 
 The cases hold values that tell the classic mistakes apart: exact halves (rounding),
 values far past 127 scales of either sign (saturation, symmetric range), rows whose largest
-magnitude is negative (abs), all-zero rows, NaN inputs, scattered slots and a -1 padding row,
-GQA, and V scales unlike K's. A row of zeros is stored exactly whatever its scale, so any
-finite positive scale passes there (1, or an epsilon floor as vLLM's).
+magnitude is negative (abs), all-zero rows, rows down to 1e-5 (no threshold or floor on the
+scale), NaN inputs, scattered slots and a -1 padding row, GQA, and V scales unlike K's. A row
+of zeros is stored exactly whatever its scale, so any finite positive scale passes there (1,
+or an epsilon floor as vLLM's).
 """
 from __future__ import annotations
 
@@ -95,6 +96,8 @@ def _scales_case(fn, x, qmax) -> None:
                               "channel for the whole batch; reduce over head_dim (the last axis).",
                 (n, dim): "you reduced over the heads (axis 1); reduce over head_dim (the last "
                           "axis): one scale per (token, KV head).",
+                (n, heads, 1): "keepdims=True leaves an axis of 1 at the end: return "
+                               "[n_tokens, num_kv_heads].",
                 (): "one scale per (token, KV head), not one for everything: reduce over the "
                     "last axis only."}.get(got.shape, "one scale per (token, KV head): shape "
                                                       "[n_tokens, num_kv_heads].")
@@ -105,8 +108,21 @@ def _scales_case(fn, x, qmax) -> None:
     if diff is None:
         return
     hint = diagnose(got, expected, _scale_variants(x, qmax), atol=0, rtol=1e-6) or \
+        _small_rows_hint(got, expected, np.abs(x).max(-1)) or \
         "scale[t, h] = max over d of |x[t, h, d]| / qmax, and 1 when that max is 0."
     raise Mismatch(diff.message("scales"), hint)
+
+
+def _small_rows_hint(got, expected, amax):
+    """The hint when only the smallest nonzero rows are wrong, all with too large a scale."""
+    wrong = ~np.isclose(got, expected, atol=0, rtol=1e-6)
+    right = ~wrong & (amax > 0)
+    if not (wrong & (amax > 0)).any() or not right.any() or \
+            amax[wrong].max() >= amax[right].min() or not (got[wrong] > expected[wrong]).all():
+        return None
+    return (f"only an all-zero row gets scale 1: a row of small values (amax "
+            f"{amax[wrong].min():.2g} here) needs amax / qmax too, however small (a threshold "
+            f"on amax or a floor on the scale rounds all its codes to 0).")
 
 
 def kv_scales(fn) -> CheckResult:
@@ -126,6 +142,8 @@ def kv_scales(fn) -> CheckResult:
              ("the largest magnitude is negative", negative, 127.0),
              ("an all-zero row", zero, 127.0),
              ("one KV head", rows(9, 1, 64), 127.0)]
+    small = rows(8, 3, 20) * (10.0 ** rng.uniform(-5, 1, (8, 3, 1))).astype(np.float32)
+    cases.append(("rows from 1e-5 to 10 in magnitude", small, 448.0))
     return run_cases("kv_scales", "kv_scales: one scale per (token, KV head)", [
         Case(name, {"shape": x.shape, "qmax": q}, lambda x=x, q=q: _scales_case(fn, x, q))
         for name, x, q in cases])

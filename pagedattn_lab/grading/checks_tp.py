@@ -4,8 +4,10 @@ what an all_gather leaves, and the bytes one decode step sends and reads.
 Rank r of R owns KV heads [r*Hkv/R, (r+1)*Hkv/R) and the query heads that read them, query
 head h reading KV head h // (H/Hkv): query heads [r*H/R, (r+1)*H/R). The all_gather into one
 buffer leaves the ranks' outputs rank after rank, each [batch, H/R, head_dim] whole. The cases
-are GQA, MQA-like and MHA shapes with 1 to 8 ranks, and batches of awkward sizes; a wrong
-answer is compared with the classic wrong versions to name the mistake.
+are GQA, MQA-like and MHA shapes with 1 to 8 ranks, bad splits (two with fewer KV heads than
+ranks: no KV head is copied), batches of awkward sizes and a longest sequence that fills its
+last page; ranges and byte counts must be ints. A wrong answer is compared with the classic
+wrong versions to name the mistake.
 """
 from __future__ import annotations
 
@@ -18,14 +20,26 @@ from .seeds import case_rng   # the grader salts the random cases
 
 # -- task 1: the heads of a rank -------------------------------------------------------------
 
+def _is_int(x) -> bool:
+    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+INT_HINT = ("// and math.ceil give ints; / and np.ceil give floats, even when the division "
+            "is exact.")
+
+
 def _as_ranges(got):
     try:
         (a, b), (c, d) = got
-        return (int(a), int(b)), (int(c), int(d))
     except (TypeError, ValueError) as exc:
         raise Mismatch("expected ((kv_start, kv_stop), (q_start, q_stop)), two pairs of ints",
-                       "return the KV head range first, then the query head range.", "",
-                       repr(got)[:200]) from exc
+                       "return two (start, stop) pairs: the KV head range first, then the "
+                       "query head range.", "", repr(got)[:200]) from exc
+    if not all(_is_int(x) for x in (a, b, c, d)):
+        raise Mismatch(f"head ranges of {', '.join(type(x).__name__ for x in (a, b, c, d))}",
+                       "head ranges slice arrays: they must be ints. " + INT_HINT,
+                       "four ints", repr(got)[:200])
+    return (int(a), int(b)), (int(c), int(d))
 
 
 def _split_variants(rank, world, heads, kv):
@@ -78,10 +92,14 @@ def _refuse_case(fn, world, heads, kv) -> None:
                        "ValueError", type(exc).__name__) from exc
     if got is None:
         raise NotImplementedError("head_split returned None")
+    hint = ("refuse a split where num_kv_heads % world_size != 0 with a ValueError: some rank "
+            "would get a part of a KV head, or none.")
+    if kv < world:
+        hint = (f"fewer KV heads than ranks ({kv} < {world}): each rank owns whole KV heads "
+                "of its own, and this split does not copy a KV head to several ranks (as "
+                "vLLM does): raise a ValueError.")
     raise Mismatch(f"{world} ranks cannot share {kv} KV heads evenly, yet head_split returned "
-                   "ranges", "refuse a split where num_kv_heads % world_size != 0 with a "
-                   "ValueError: some rank would get a part of a KV head, or none.",
-                   "ValueError", repr(got))
+                   "ranges", hint, "ValueError", repr(got))
 
 
 def head_split(fn) -> CheckResult:
@@ -98,9 +116,12 @@ def head_split(fn) -> CheckResult:
     cases = [Case("split", {"rank": r, "world_size": w, "num_heads": h, "num_kv_heads": k},
                   lambda r=r, w=w, h=h, k=k: _split_case(fn, r, w, h, k))
              for r, w, h, k in shapes]
+    world = int(rng.choice([4, 8]))          # fewer KV heads than ranks, dividing world_size
+    kv = world // int(rng.choice([2, world]))
+    bad = [(3, 8, 4), (4, 12, 6), (2, 8, 1), (world, world * int(rng.choice([1, 2, 4])), kv)]
     cases += [Case("bad split", {"world_size": w, "num_heads": h, "num_kv_heads": k},
                    lambda w=w, h=h, k=k: _refuse_case(fn, w, h, k))
-              for w, h, k in ((3, 8, 4), (4, 12, 6))]
+              for w, h, k in bad]
     return run_cases("head_split", "head_split: the heads rank r owns", cases)
 
 
@@ -141,8 +162,14 @@ def _gather_case(fn, world, full) -> None:
         return
     b, h = (int(x[0]) for x in np.nonzero((got != full).any(axis=2)))
     hint = next((t for t, v in _gather_variants(gathered, world, batch, heads, dim)
-                 if not np.array_equal(v, full) and np.array_equal(got, v)),
-                "rank r's block [batch, H/R, D] goes to heads r*H/R ... (r+1)*H/R - 1.")
+                 if not np.array_equal(v, full) and np.array_equal(got, v)), None)
+    if hint is None and np.allclose(got, full, rtol=1e-2, atol=1e-3):
+        hint = ("every value is in its place but not bit for bit the one its rank computed "
+                f"(yours is {got.dtype}): only move the values, no cast to a narrower type "
+                "and no rounding.")
+    elif hint is None and got.dtype.kind in "biu":
+        hint = f"the outputs are floats: keep the buffer's dtype, not {got.dtype}."
+    hint = hint or "rank r's block [batch, H/R, D] goes to heads r*H/R ... (r+1)*H/R - 1."
     raise Mismatch(f"first wrong row: sequence {b}, head {h} (computed by rank {h // n}, its "
                    f"local head {h % n})", hint, str(np.round(full[b, h, :3], 4)),
                    str(np.round(got[b, h, :3], 4)))
@@ -172,6 +199,11 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("round up: a sequence's partial last page is still a page of its table (pages per "
          "row = ceil(max(seq_lens) / page_size)).",
          (4 * (2 + batch + batch * (max(lens) // ps)), share, kv_read)),
+        ("pages per row = ceil(max(seq_lens) / page_size): a longest sequence that fills its "
+         "last page exactly needs no extra page (max // page_size + 1 is one too many).",
+         (4 * (2 + batch + batch * (max(lens) // ps + 1)), share, kv_read)),
+        ("the buffer carries the batch's seq_lens too (batch int32 values), between the "
+         "2-value header and the table.", (4 * (2 + batch * pages), share, kv_read)),
         ("the table is padded: every row has as many entries as the LONGEST sequence has "
          "pages (batch * pages), not each sequence its own count.",
          (4 * (2 + batch + sum(-(-int(x) // ps) for x in lens)), share, kv_read)),
@@ -181,6 +213,12 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          "2 + batch + batch * pages int32 values.", (4 * batch * pages, share, kv_read)),
         ("a rank sends only its own heads' output, num_heads / world_size of them.",
          (tables, share * world, kv_read)),
+        ("output_share counts the rank's output once, as it enters the all_gather: not once "
+         "per other rank ((world_size - 1) * share).", (tables, share * (world - 1), kv_read)),
+        ("output_share is what the rank sends, once: not sent plus received (2 * share).",
+         (tables, share * 2, kv_read)),
+        ("every value is itemsize bytes, the itemsize given: not 2 (fp16) always.",
+         (tables, share * 2 // size, kv_read * 2 // size)),
         ("K and V: a token's cache is two arrays of num_kv_heads * head_dim values.",
          (tables, share, kv_read // 2)),
         ("a rank reads only its own KV heads, num_kv_heads / world_size of them.",
@@ -206,19 +244,29 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
     if got is None:
         raise NotImplementedError("wire_bytes returned None")
     try:
-        got = tuple(int(x) for x in got)
+        values = tuple(got)
+        got = tuple(int(x) for x in values)
     except (TypeError, ValueError) as exc:
         raise Mismatch("expected (tables, output_share, kv_read), three ints", "return a "
                        "tuple of three byte counts.", "", repr(got)[:200]) from exc
+    if not all(_is_int(x) for x in values):
+        raise Mismatch(f"byte counts of {', '.join(type(x).__name__ for x in values)}",
+                       "return plain integers, as the spec asks. " + INT_HINT,
+                       "three ints", repr(values)[:200])
     if got == expected:
         return
     # a variant names its mistake when `got` has the variant's wrong value in every field the
-    # variant gets wrong (the other fields may carry a second, separate mistake)
-    hint = next((h for h, v in _bytes_variants(lens, heads, kv, dim, ps, world, size)
-                 if v != expected and all(g == w for g, w, e in zip(got, v, expected)
-                                          if w != e)),
-                "tables: 4 * (2 + batch + batch * pages); output share: batch * H/R * head_dim"
-                " * itemsize; K/V read: tokens * 2 * Hkv/R * head_dim * itemsize.")
+    # variant gets wrong (the other fields may carry a second, separate mistake); variants
+    # with the same numbers here cannot be told apart: all of them are named
+    found = [(h, v) for h, v in _bytes_variants(lens, heads, kv, dim, ps, world, size)
+             if v != expected and all(g == w for g, w, e in zip(got, v, expected) if w != e)]
+    same = [h for h, v in found if v == found[0][1]]
+    if len(same) > 1:
+        hint = "these mistakes give the same numbers here: " + " Or: ".join(same)
+    else:
+        hint = same[0] if same else (
+            "tables: 4 * (2 + batch + batch * pages); output share: batch * H/R * head_dim"
+            " * itemsize; K/V read: tokens * 2 * Hkv/R * head_dim * itemsize.")
     names = ("tables", "output_share", "kv_read")
     wrong = ", ".join(n for n, e, g in zip(names, expected, got) if e != g)
     raise Mismatch(f"wrong: {wrong}", hint, str(expected), str(got))
@@ -227,11 +275,16 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
 def wire_bytes(fn) -> CheckResult:
     """Check `fn(seq_lens, num_heads, num_kv_heads, head_dim, page_size, world_size,
     itemsize)` -> (tables, output_share, kv_read) bytes of one decode step, one layer."""
-    fixed = [((37, 1, 16, 70), 8, 4, 64, 16, 2, 4), ((17,), 32, 8, 128, 16, 4, 2),
+    fixed = [((48, 13, 33), 12, 6, 64, 16, 3, 4),     # the longest fills its last page
+             ((37, 1, 16, 70), 8, 4, 64, 16, 2, 4), ((17,), 32, 8, 128, 16, 4, 2),
              ((100, 3, 64, 65, 9), 16, 2, 64, 8, 2, 2), ((5, 6), 4, 4, 32, 4, 1, 4)]
     rng = case_rng(1303)
     lens = tuple(int(n) for n in rng.integers(1, 300, size=6))
     fixed.append((lens, 32, 8, 128, 16, 8, 2))
+    ps = int(rng.choice([8, 16, 32]))
+    lens = [int(n) for n in rng.integers(1, 200, size=int(rng.integers(2, 6)))]
+    lens[int(rng.integers(len(lens)))] = ps * (max(lens) // ps + 1)   # a whole-page longest
+    fixed.append((tuple(lens), 24, 6, 80, ps, int(rng.choice([1, 2, 3, 6])), 2))
     cases = [Case("step", {"seq_lens": list(s), "num_heads": h, "num_kv_heads": k,
                            "head_dim": d, "page_size": p, "world_size": w, "itemsize": i},
                   lambda s=s, h=h, k=k, d=d, p=p, w=w, i=i: _bytes_case(fn, s, h, k, d, p, w, i))
