@@ -86,7 +86,7 @@ MERGE_KERNEL_MISTAKES = [
      "divide by the sum of the weights"),
 ]
 
-# -- dims rounded down, scale twice, NaN hints, leftovers, an empty max (attack 0607) ------------
+# -- dims rounded down, scale twice, NaN hints, leftovers, an empty max --------------------------
 
 _DIM_LOOPS = [(f"for (int i = 0; i < MAX_DIMS_PER_LANE; ++i) {{\n{pad}int d = lane + 32 * i;"
                f"\n{pad}{tail}",
