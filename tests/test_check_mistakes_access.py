@@ -219,6 +219,54 @@ MISTAKES += [
 ]
 
 
+# -- attack 0205: answers of the wrong type, float32 state, NaN past seq_len ------------------
+
+class OnlineFloat32:
+    """Right, with float32 state as in the kernel."""
+
+    def __init__(self, head_dim):
+        self.m, self.l = np.float32(-np.inf), np.float32(0)
+        self.acc = np.zeros(head_dim, np.float32)
+
+    def update(self, s, v):
+        s = np.float32(s)
+        m = max(self.m, s)
+        a, w = np.exp(self.m - m), np.exp(s - m)
+        self.l = self.l * a + w
+        self.acc = (self.acc * a + w * v.astype(np.float32)).astype(np.float32)
+        self.m = m
+
+    def result(self):
+        return self.acc / self.l
+
+
+def attend_whole_pages_masked(q, kc, vc, row, n, t, kvh, scale):
+    p = kc.shape[1]
+    pages = np.asarray(row)[:-(-(t + 1) // p)]
+    keys = kc[pages][:, :, kvh].reshape(-1, kc.shape[-1])
+    values = vc[pages][:, :, kvh].reshape(-1, kc.shape[-1])
+    s = keys @ q * scale
+    s[t + 1:] = -np.inf
+    w = np.exp(s - s.max())
+    return w @ values / w.sum()
+
+
+MISTAKES += [
+    ("slot_of", lambda row, t, p: int(row[t // p]) * p + t % p + 0.5, "expected an int"),
+    ("kv_offset", lambda s, h, d, H, D: str((s * H + h) * D + d), "expected an int"),
+    ("gather_numpy", lambda k, row, n: gather_right(k, row, n).astype(np.float64),
+     "keep the cache's dtype"),
+    ("tile_pages", lambda n, q0, tq, p: [] if q0 >= n else
+     list(range(min(_ceil(n, p), (q0 + tq) // p))), "round up"),
+    ("attend_one", attend_whole_pages_masked, "0 * NaN is NaN"),
+]
+
+
+def test_an_online_softmax_in_float32_passes():
+    result, printed = run_check("online_softmax", OnlineFloat32)
+    assert result.passed, printed
+
+
 @pytest.mark.parametrize("launch", [
     lambda b, h, n, tq, p, d: ((_ceil(n, tq), h, b), (tq, 1, 1), 8 * p * d),
     lambda b, h, n, tq, p, d: ([_ceil(n, tq), h, b], [tq], 8 * p * d),

@@ -116,6 +116,53 @@ TILED_MISTAKES += [
      "not kv head h"),
 ]
 
+# Attack 0205: right only for pages no longer than the block, for head_dim <= 32, for finite
+# numbers in the cache slots past seq_len; hints that blamed a race the race check ruled out.
+_TILE_LOAD = ("        for (int i = threadIdx.x; i < n_keys * head_dim; i += blockDim.x) {\n"
+              "            long long slot = (long long)page * page_size + i / head_dim;\n")
+_ROW_LOAD = ("        for (int i = threadIdx.x * head_dim; i < n_keys * head_dim && "
+             "(int)threadIdx.x < n_keys; ++i) {\n"
+             "            if (i >= (int)(threadIdx.x + 1) * head_dim) break;\n"
+             "            long long slot = (long long)page * page_size + i / head_dim;\n")
+TILED_MISTAKES += [
+    ("one key row per thread (page_size <= 16 only)", [(_TILE_LOAD, _ROW_LOAD)],
+     "is every element of the tile"),
+    ("whole page, masked weights (0 * NaN)",
+     [("int n_keys = min(page_size, keys_needed - first_key);", "int n_keys = page_size;"),
+      ("            int last = min(n_keys, t - first_key + 1);   // causal: keys up to t\n"
+       "            for (int j = 0; j < last; ++j) {\n"
+       "                float score = 0.0f;\n"
+       "                for (int d = 0; d < head_dim; ++d) score += my_q[d] * k_tile[j * head_dim "
+       "+ d];\n",
+       "            for (int j = 0; j < n_keys; ++j) {\n"
+       "                float score = 0.0f;\n"
+       "                for (int d = 0; d < head_dim; ++d) score += my_q[d] * k_tile[j * head_dim "
+       "+ d];\n"
+       "                if (first_key + j > t) score = NEG_INF;\n")],
+     "0 * NaN is NaN"),
+    ("arrays of 32", [("float my_q[MAX_HEAD_DIM], acc[MAX_HEAD_DIM];",
+                       "float my_q[32], acc[32];")], "need MAX_HEAD_DIM (128) entries"),
+    ("scaled twice", [("score += my_q[d] * k_tile[j * head_dim + d];\n",
+                       "score += my_q[d] * k_tile[j * head_dim + d];\n"
+                       "                score *= scale;\n")], "scaled twice", ["race"]),
+    ("softmax restarted on every page", [("        int page = table[p];",
+                                          "        int page = table[p]; running_max = NEG_INF;")],
+     "never reset per page", ["look for a race"]),
+]
+NAIVE_MISTAKES += [
+    ("whole pages, masked weights (0 * NaN)",
+     [("    for (int j = 0; j <= t; ++j) {                   // causal: keys 0..t\n",
+       "    for (int j = 0; j < (seq_lens[b] / page_size + 1) * page_size; ++j) {\n"),
+      ("        score *= scale;\n", "        score *= scale;\n        if (j > t) score = NEG_INF;\n")],
+     "0 * NaN is NaN"),
+    ("acc of 32", [("float acc[MAX_HEAD_DIM];", "float acc[32];")], "acc[32] holds 32 values"),
+    ("scaled twice", [("        score *= scale;\n", "        score *= scale * scale;\n")],
+     "scaled twice"),
+    ("padding zeroed for d < 8 only", [("for (int d = 0; d < head_dim; ++d) out[row + d] = 0.0f;",
+                                        "for (int d = 0; d < 8; ++d) out[row + d] = 0.0f;")],
+     "only dims 0..7", ["blockIdx.x * blockDim.x"]),
+]
+
 KERNEL_MISTAKES = (
     [("gather_kernel", "02_page_access.ipynb", "SOURCE_GATHER", *m) for m in GATHER_MISTAKES]
     + [("naive_kernel", "04_naive_kernel.ipynb", "SOURCE_NAIVE", *m) for m in NAIVE_MISTAKES]

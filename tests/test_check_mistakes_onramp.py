@@ -30,6 +30,14 @@ GUARD = [
                                 "int i = threadIdx.x;")], "not threadIdx.x alone"),
 ]
 
+GUARD += [   # attack 0205: the "only elements 0-31" hint fired when the LAST elements were missing
+    ("guard stops one short", [("if (i < n)", "if (i < n - 1)")], "elements 99",
+     ["not threadIdx.x alone"]),
+    ("gridDim for blockDim", [("int i = blockIdx.x * blockDim.x + threadIdx.x;",
+                               "int i = blockIdx.x * gridDim.x + threadIdx.x;")], "elements 44-99",
+     ["not threadIdx.x alone"]),
+]
+
 GRID_2D = [
     ("x and y exchanged", [("int col = blockIdx.x * blockDim.x + threadIdx.x;\n"
                             "    int row = blockIdx.y * blockDim.y + threadIdx.y;",
@@ -130,8 +138,9 @@ SOLUTIONS = [("puzzle_map", "SOURCE_MAP"), ("puzzle_guard", "SOURCE_GUARD"),
 @pytest.mark.parametrize("task, variable, mistake", MISTAKES,
                          ids=[f"{t}-{m[0]}" for t, _, m in MISTAKES])
 def test_puzzle_mistake_is_caught(task, variable, mistake):
-    _, edits, phrase = mistake
-    assert_caught(task, mutate(solution_source(NOTEBOOK, variable), edits), phrase, device="cpu")
+    _, edits, phrase, *not_phrases = mistake
+    assert_caught(task, mutate(solution_source(NOTEBOOK, variable), edits), phrase,
+                  not_phrases=not_phrases[0] if not_phrases else (), device="cpu")
 
 
 @pytest.mark.parametrize("task, variable", SOLUTIONS)

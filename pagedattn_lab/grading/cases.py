@@ -53,6 +53,20 @@ class PagedProblem:
         return (np.arange(max_len)[None, :] < self.seq_lens[:, None])[:, :, None, None]
 
 
+def nan_tails(prob: PagedProblem) -> PagedProblem:
+    """Put NaN in every cache slot that is not one of a sequence's first seq_len tokens (the
+    tail of a last page, unused pages): a kernel that reads one and weighs it by 0 leaks
+    0 * NaN = NaN, as it would leak the garbage of uninitialized memory."""
+    num_pages, page_size = prob.k_cache.shape[:2]
+    used = np.zeros(num_pages * page_size, bool)
+    for row, n in zip(prob.block_tables, prob.seq_lens):
+        t = np.arange(int(n))
+        used[row[t // page_size].astype(np.int64) * page_size + t % page_size] = True
+    for cache in (prob.k_cache, prob.v_cache):
+        cache.reshape(num_pages * page_size, -1)[~used] = np.nan
+    return prob
+
+
 def block_tables_for(rng, seq_lens, page_size: int, num_pages: int, width: int) -> np.ndarray:
     """Scattered, distinct pages per sequence; -1 past each sequence's last page."""
     need = [-(-int(n) // page_size) for n in seq_lens]

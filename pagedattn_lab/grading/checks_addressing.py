@@ -20,6 +20,16 @@ def scattered_row(rng, seq_len: int, page_size: int, num_pages: int, width: int)
     return block_tables_for(rng, [seq_len], page_size, num_pages, width)[0]
 
 
+def _whole(got, what: str, expected: int):
+    """`got` as an int when it is one (Python or NumPy), else a Mismatch: 12.5 or "12" would
+    pass int(got) == expected, and a float cannot index an array anyway."""
+    if got is None or isinstance(got, (int, np.integer)) and not isinstance(got, bool):
+        return None if got is None else int(got)
+    raise Mismatch(f"{what}: expected an int, got {type(got).__name__} {got!r}",
+                   "return a whole number of type int: an offset indexes an array (use // "
+                   "for division; / gives a float).", expected=str(expected), got=repr(got))
+
+
 # -- task: token -> slot ----------------------------------------------------------------
 
 def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> None:
@@ -29,8 +39,8 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
     for t in range(seq_len):
         page, off = physical_page(row, t, page_size), page_offset(t, page_size)
         expected = physical_slot(row, t, page_size)
-        got = fn(row.copy(), t, page_size)
-        if got is not None and int(got) == expected:
+        got = _whole(fn(row.copy(), t, page_size), f"token {t}", expected)
+        if got is not None and got == expected:
             continue
         variants = [
             ("the offset inside the page is token % page_size, from 0 to page_size-1 "
@@ -81,8 +91,9 @@ def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -
                 int(rng.integers(0, head_dim))) for _ in range(n)]
     for slot, h, d in corners + randoms:
         expected = element_offset(slot, h, d, num_kv_heads, head_dim)
-        got = fn(slot, h, d, num_kv_heads, head_dim)
-        if got is not None and int(got) == expected:
+        got = _whole(fn(slot, h, d, num_kv_heads, head_dim),
+                     f"slot {slot}, kv_head {h}, dim {d}", expected)
+        if got is not None and got == expected:
             continue
         variants = [
             ("the head stride is missing num_kv_heads (the guide's bug): a slot holds "
@@ -169,6 +180,11 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
         raise Mismatch("shape of the gathered keys", hint, str(expected.shape), str(got.shape))
     diff = describe_difference(got, expected, ("token", "kv_head", "dim"), atol=0, rtol=0,
                                unwritten=False)
+    if diff is None and got.dtype != expected.dtype:
+        raise Mismatch(f"right values, but of dtype {got.dtype}", "a gather copies exactly: "
+                       f"keep the cache's dtype ({expected.dtype}): index the cache, with no "
+                       "astype and no np.zeros (float64 by default) to fill.",
+                       str(expected.dtype), str(got.dtype))
     if diff is None and count_indexing and counter[0] > 2 * n_used + 6:
         raise Mismatch(f"right values, but k_cache and the row were indexed {counter[0]} times "
                        f"for {seq_len} tokens in {n_used} pages: a Python loop over the tokens",

@@ -14,10 +14,10 @@ import textwrap
 import numpy as np
 
 from ..backend import resolve_device
-from .cases import paged_problem
+from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose
-from .kernel_hints import (barriers, nan_hint, nothing_written, padding_hint, row_stride_hint,
-                           tiled_hint, unwritten_pattern_hint)
+from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, padding_hint,
+                           row_stride_hint, tiled_hint, unwritten_pattern_hint)
 from .kernel_runner import Kernel, poisoned, unwritten, where
 from .report import WIDTH, Case, CheckResult, Mismatch, run_cases
 from .variants import attention_mistakes, gather_variant
@@ -117,18 +117,12 @@ def gather_kernel(source: str, device: str = "auto") -> CheckResult:
 
 # -- tasks: the naive and the tiled prefill kernels (03, 04) -------------------------------
 
-def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool, **sizes) -> None:
+def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
+                  nan_fill: bool = False, **sizes) -> None:
     prob = paged_problem(seed, mode="prefill", **sizes)
-    kern = comp.get()
-    s = prob.shape
-    grid = (-(-s["max_len"] // threads), s["num_heads"], s["batch"])
-    shared = 2 * s["page_size"] * s["head_dim"] * 4 if tiled else 0
-    args = (prob.q, prob.k_cache, prob.v_cache, prob.block_tables, prob.seq_lens,
-            poisoned(prob.q.shape), np.int32(s["max_len"]), np.int32(s["num_heads"]),
-            np.int32(s["num_kv_heads"]), np.int32(s["head_dim"]), np.int32(s["page_size"]),
-            np.int32(s["max_pages"]), np.float32(prob.scale))
-    (got,) = kern.launch(grid, (threads,), args, shared_mem=shared, outputs=(5,))
-    never = unwritten(got)
+    if nan_fill:
+        nan_tails(prob)
+    got, never = _launch_prefill(comp, prob, threads, tiled)
     if never.all():
         nothing_written(comp.source)
     expected = prob.expected
@@ -137,20 +131,57 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool, **si
     if diff is None:
         return
     valid = prob.valid_rows()
+    kern = comp.get()
     # NaN from a tile read before the barrier looks like the NaN of a softmax bug: with a
     # barrier missing in the source, that evidence speaks first.
     hint = (nan_hint(got, valid, never, shared_tile=True, source=comp.source)
             if tiled and barriers(comp.source) < 2 else None) \
+        or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
         or diagnose(got, expected, attention_mistakes(prob, mode="prefill"),
                     nan_is_evidence=not tiled) \
         or unwritten_pattern_hint(diff, threads=threads) \
         or padding_hint(got, expected, valid, never) \
+        or array_size_hint(comp.source, prob.shape["head_dim"]) \
         or nan_hint(got, valid, never, shared_tile=tiled, source=comp.source) \
-        or (tiled_hint(comp.source) if tiled else None) \
+        or (tiled_hint(comp.source, racecheck=kern.racecheck) if tiled else None) \
         or ("follow the prompt's recipe: q row ((b * max_len + t) * num_heads + h) * head_dim, "
             "keys 0..t through block_tables row b, kv_head = h / (num_heads / num_kv_heads), "
             "online softmax, out / sum.")
     raise Mismatch(diff.message(), hint)
+
+
+def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool):
+    """(the output, where it was never written) of one launch on `prob`."""
+    s = prob.shape
+    grid = (-(-s["max_len"] // threads), s["num_heads"], s["batch"])
+    shared = 2 * s["page_size"] * s["head_dim"] * 4 if tiled else 0
+    args = (prob.q, prob.k_cache, prob.v_cache, prob.block_tables, prob.seq_lens,
+            poisoned(prob.q.shape), np.int32(s["max_len"]), np.int32(s["num_heads"]),
+            np.int32(s["num_kv_heads"]), np.int32(s["head_dim"]), np.int32(s["page_size"]),
+            np.int32(s["max_pages"]), np.float32(prob.scale))
+    try:
+        (got,) = comp.get().launch(grid, (threads,), args, shared_mem=shared, outputs=(5,))
+    except Exception as exc:  # a thread's array too short for this head_dim overflows its stack
+        short = "stack overflow" in str(exc) and array_size_hint(comp.source, s["head_dim"])
+        if not short:
+            raise
+        raise Mismatch(f"{exc}", short) from exc
+    return got, unwritten(got)
+
+
+def _tail_hint(comp: _Compiled, seed: int, sizes: dict, threads: int, tiled: bool):
+    """The case whose unused cache slots hold NaN failed: if the same problem with finite
+    numbers there passes, the kernel reads slots past seq_len (or past its query)."""
+    prob = paged_problem(seed, mode="prefill", **sizes)
+    got, never = _launch_prefill(comp, prob, threads, tiled)
+    if describe_difference(got, prob.expected, ("sequence", "token", "head", "dim"),
+                           unwritten=never) is not None:
+        return None
+    return ("right when the cache slots past seq_len hold numbers, wrong when they hold NaN "
+            "(as garbage in uninitialized memory may): your kernel reads keys or values it "
+            "must not use (the tail of the last page, or keys past the query) and weighs them "
+            "by 0, and 0 * NaN is NaN. Do not compute with those keys at all: stop the loop "
+            "at key t (and at n_keys in a tile) instead of masking their weight.")
 
 
 def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:
@@ -166,10 +197,18 @@ def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:
          dict(seq_lens=[40, 33, 17], num_heads=2, num_kv_heads=2, head_dim=32, page_size=16)),
         ("very negative scores", 54, dict(seq_lens=[20, 7], num_heads=2, num_kv_heads=2,
                                           head_dim=8, page_size=4, negative_scores=True)),
+        ("page_size 32: more keys in a page than threads in a block", 55,
+         dict(seq_lens=[45, 26], num_heads=2, num_kv_heads=1, head_dim=8, page_size=32,
+              max_len=47)),
+        ("head_dim 128", 56, dict(seq_lens=[19, 6], num_heads=2, num_kv_heads=2, head_dim=128,
+                                  page_size=8)),
+        ("unused cache slots hold NaN (the tail of the last page too)", 57,
+         dict(seq_lens=[13, 26, 6], num_heads=4, num_kv_heads=2, head_dim=8, page_size=8,
+              max_len=27, nan_fill=True)),
     ]
     cases = []
     for name, seed, sizes in specs:
-        params = {k: v for k, v in sizes.items()}
+        params = {k: v for k, v in sizes.items() if k != "nan_fill"}
         cases.append(Case(name, params, lambda seed=seed, sizes=sizes: _prefill_case(
             comp, seed, threads=threads, tiled=tiled, **sizes)))
     return cases

@@ -141,8 +141,9 @@ def _guard_case(kern, seed, n):
     counts, (got,) = run.counts, run.outputs
 
     def first_block_only(diff):
-        bad, _ = diff.affected("element")
-        if diff.unwritten.all() or not diff.unwritten.any() or min(bad) < threads:
+        # exactly elements 0..threads-1 written: every block wrote the first block's elements
+        if diff.unwritten.all() or not diff.unwritten.any() or diff.unwritten[:threads].any() \
+                or not diff.unwritten[threads:].all():
             return None
         return (f"only elements 0-{threads - 1} were written, by every block: a thread's "
                 "element is blockIdx.x * blockDim.x + threadIdx.x, not threadIdx.x alone.")

@@ -54,7 +54,9 @@ def tile_pages(fn) -> CheckResult:
               ("a tile that ends exactly at seq_len", 32, 16, 16, 8),
               ("tiles ending on a page boundary", 64, 16, 16, 16),
               ("a sequence shorter than the tile", 5, 0, 16, 4),
-              ("an empty sequence", 0, 0, 16, 4), ("a larger tile", 100, 64, 32, 16)]
+              ("an empty sequence", 0, 0, 16, 4), ("a larger tile", 100, 64, 32, 16),
+              ("pages longer than the tile", 100, 0, 16, 32),
+              ("pages longer than the tile, a middle tile", 100, 32, 16, 32)]
     cases = [Case(name, {"seq_len": n, "q_start": s, "tile_q": t, "page_size": p},
                   lambda n=n, s=s, t=t, p=p: _tile_pages_case(fn, n, s, t, p))
              for name, n, s, t, p in params]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .cases import paged_problem
+from .cases import nan_tails, paged_problem
 from .checks_kernels import _Compiled
 from .faults import describe_kernel_exception
 from .kernel_runner import KERNEL_TIMEOUT, unwritten
@@ -91,18 +91,6 @@ def dims_hint(got, rows, head_dim: int, who: str) -> str | None:
     return (f"{which}: a warp has {WARP} {who}s, so {who} i handles dims i, i + {WARP}, ... "
             f"while they are below head_dim ({head_dim} here: up to ceil({head_dim} / {WARP}) = "
             f"{per} per {who}; head_dim / {WARP} rounds down).")
-
-
-def nan_tails(prob):
-    """Put NaN in every cache slot that is not one of a sequence's first seq_len tokens."""
-    num_pages, page_size = prob.k_cache.shape[:2]
-    used = np.zeros(num_pages * page_size, bool)
-    for row, n in zip(prob.block_tables, prob.seq_lens):
-        t = np.arange(int(n))
-        used[row[t // page_size].astype(np.int64) * page_size + t % page_size] = True
-    for cache in (prob.k_cache, prob.v_cache):
-        cache.reshape(num_pages * page_size, -1)[~used] = np.nan
-    return prob
 
 
 def decode_problem(seed, **sizes):

@@ -39,7 +39,10 @@ def unwritten_pattern_hint(diff, *, threads: int, token_axis: str = "token") -> 
     if not diff.unwritten.any():
         return None
     nan_tokens, n_tokens = diff.affected(token_axis)
-    if nan_tokens and min(nan_tokens) >= threads and n_tokens > threads:
+    axis = diff.axes.index(token_axis)
+    never = np.moveaxis(diff.unwritten, axis, 0)
+    if nan_tokens and min(nan_tokens) >= threads and n_tokens > threads and \
+            never[threads:].all():   # every element of every token from `threads` on
         return (f"tokens from {threads} on were never written: a block has {threads} threads, "
                 f"so the token index is blockIdx.x * blockDim.x + threadIdx.x.")
     if diff.axes[-1] == "dim":
@@ -109,15 +112,41 @@ def nan_hint(got, valid, never, *, shared_tile: bool, source: str) -> str | None
         return ("your kernel computed NaN. Shared memory starts as NaN on the CPU executor "
                 "(garbage on a GPU): is every element of the tile that the compute reads "
                 "loaded first? The load loop must cover all n_keys * head_dim elements of K "
-                "and of V, whatever the block size.")
+                "and of V, whatever the block size. If it does, the NaN comes from the online "
+                "softmax (0/0, inf - inf): start the running max at -inf and rescale by "
+                "exp(old_max - new_max), never the other way round.")
     return ("your kernel computed NaN in rows that hold attention: a 0/0, inf - inf or inf * 0 "
             "in the online softmax. Start the running max at -inf, compute the rescale "
             "exp(old_max - new_max) before overwriting the max, and weigh each key with "
             "exp(score - new_max).")
 
 
-def tiled_hint(source: str) -> str:
-    """The last resort for the tiled kernel: name the race the barriers leave open."""
+def array_size_hint(source: str, head_dim: int) -> str | None:
+    """A per-thread array declared shorter than this case's head_dim but long enough for the
+    smaller cases' (e.g. float acc[32] where head_dim is 128)."""
+    code = re.sub(r"/\*.*?\*/", " ", source, flags=re.S)
+    code = re.sub(r"//[^\n]*", " ", code)
+    declared = [m for stmt in re.findall(r"(?<![\w_])(?:float|double)\s+([^;()]*);", code)
+                for m in re.findall(r"(?:^|,)\s*(\w+)\s*\[\s*(\d+)\s*\]", stmt)]
+    short = [(name, int(n)) for name, n in declared
+             if 16 <= int(n) < head_dim and not re.search(rf"__shared__[^;]*\b{name}\s*\[", code)]
+    if not short:
+        return None
+    name, n = short[0]
+    return (f"{name}[{n}] holds {n} values, but head_dim is {head_dim} here: a thread's "
+            f"arrays over the head dimension need MAX_HEAD_DIM (128) entries, and writing past "
+            f"the end of one corrupts the thread's other variables.")
+
+
+def tiled_hint(source: str, racecheck: bool = False) -> str:
+    """The last resort for the tiled kernel: name the race the barriers leave open (where no
+    race check ran: on the CPU executor it would have named the threads already)."""
+    if racecheck:
+        return ("the race check found no race, so look at the arithmetic: each page p covers "
+                "keys p * page_size .. + n_keys - 1 (n_keys = min(page_size, keys_needed - "
+                "first_key)), pages = ceil(keys_needed / page_size); query t uses tile key j "
+                "while first_key + j <= t; scale once; one online softmax over all the pages "
+                "(never reset per page); V from v_cache.")
     if barriers(source) < 2:
         return ("a race on the shared tile: with one __syncthreads() per page, a fast thread "
                 "overwrites the tile with the next page while others still read it. Put a "

@@ -127,6 +127,8 @@ def attention_mistakes(case, *, mode="prefill"):
     hints = [
         ("the scores are not scaled: multiply q.k by `scale` (1/sqrt(head_dim)) before the "
          "softmax.", v(scale=1.0)),
+        ("the scores are scaled twice: multiply q.k by `scale` once (scaling q AND the score, "
+         "or the score twice, applies scale^2).", v(scale=case.scale ** 2)),
         ("the head stride is missing num_kv_heads (the guide's bug): element (slot, kv_head, "
          "d) is at (slot * num_kv_heads + kv_head) * head_dim + d.", v(head_stride_bug=True)),
         ("every sequence reads row 0 of block_tables: one page table for the whole batch (the "
