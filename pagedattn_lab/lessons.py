@@ -73,7 +73,7 @@ LESSONS: tuple[Lesson, ...] = (
     Lesson("07", "complete_system", "The complete system (guide step 5)", 1,
            _tasks("checks_system", "pages_for_next_token", "decode_step", "serve")),
     Lesson("08", "pitfalls_and_performance", "Pitfalls and performance", 1,
-           _tasks("checks_sizing", "kv_bytes", "decode_floor_ms", "choose_page_size")),
+           _tasks("checks_performance", "kv_bytes", "decode_floor_ms", "choose_page_size")),
     Lesson("09", "tensor_core_decode", "Tensor cores for GQA decode", 2,
            {**_tasks("checks_tc_decode", "group_rows", "tc_tile_scores"),
             **_tasks("checks_tc_mask", "mask_tile")}),

@@ -6,6 +6,7 @@ mistake and, where a wrong hint would be tempting, that no hint names a mistake 
 does not show. This file: the counting tasks (workbooks 00 and 08) and the rule that every
 task has its mistakes; the other workbooks are in test_check_mistakes_*.py.
 """
+import contextlib
 import math
 
 import numpy as np
@@ -165,3 +166,80 @@ def test_every_python_task_has_its_mistakes():
     for task in (t for lesson in LESSONS if lesson.number not in own_files
                  for t in lesson.tasks if t not in kernel_tasks):
         assert counts.get(task, 0) >= 6, task
+
+
+# -- an attack on workbooks 00 and 08 (floats for ints, dtypes, fallbacks, near limits) ------
+
+def kv_bytes_two_dtypes(L, h, kv, d, dt):
+    """Right for the fp16 and fp32 of the notebook only."""
+    return int(np.sum(L)) * 2 * kv * d * (2 if dt == np.float16 else 4)
+
+
+def kv_bytes_fp16_only(L, h, kv, d, dt):
+    return int(np.sum(L)) * 2 * kv * d * 2
+
+
+def choose_first_when_nothing_fits(L, cands, w):
+    ok = [p for p in cands if _waste(L, p) <= w]
+    return max(ok) if ok else cands[0]
+
+
+def choose_rounded_waste(L, cands, w):
+    ok = [p for p in cands if round(_waste(L, p), 2) <= w]
+    return max(ok) if ok else min(cands)
+
+
+def choose_right(L, cands, w):
+    ok = [p for p in cands if _waste(L, p) <= w]
+    return max(ok) if ok else min(cands)
+
+
+def paged_waste_page_at_least(L, p):
+    allocated = np.maximum(-(-L // p), 1).sum() * p
+    return float(1 - L.sum() / allocated) if allocated else 0.0
+
+
+ATTACK = [
+    ("kv_bytes", kv_bytes_two_dtypes, "int8 is 1 byte"),
+    ("kv_bytes", kv_bytes_fp16_only, "float32 is 4 bytes, not 2", ["both K and V"]),
+    ("kv_bytes", lambda L, h, kv, d, dt: float(np.sum(L)) * 2 * kv * d * np.dtype(dt).itemsize,
+     "return it as an int"),
+    ("pages_needed", lambda n, p: float(-(-n // p)), "return it as an int"),
+    ("pages_needed", lambda n, p: max(1, -(-n // p)), "0 tokens owns no page",
+     ["+ 1 is one page too many"]),
+    ("paged_waste", paged_waste_page_at_least, "no tokens yet holds no page",
+     ["+ 1 pages is one too many"]),
+    ("decode_floor_ms", lambda b, bw: 2 * b / (bw * 1e9) * 1e3, "no factor 2"),
+    ("choose_page_size", choose_first_when_nothing_fits, "min(candidates)",
+     ["wastes more than max_waste"]),
+    ("choose_page_size", choose_rounded_waste, "just above max_waste"),
+    ("choose_page_size", lambda L, c, w: float(choose_right(L, c, w)),
+     "return it as an int"),
+]
+
+
+@pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(ATTACK))
+def test_attack_mistake_is_caught(task, impl, phrase, not_phrases):
+    assert_caught(task, impl, phrase, not_phrases=not_phrases)
+
+
+@pytest.mark.parametrize("salt", [None, 7, 2**40 + 3])
+@pytest.mark.parametrize("task, impl", [   # (inline: a module-level list reads as mistakes)
+    ("pages_needed", lambda n, p: len(range(0, n, p))),
+    ("pages_needed", lambda n, p: (n - 1) // p + 1),
+    ("paged_waste", lambda L, p: float(((-L) % p).sum() / ((-(-L // p)).sum() * p))
+     if L.sum() else 0.0),
+    ("reserved_waste", lambda L, m: float((m - L).sum() / (len(L) * m)) if len(L) else 0.0),
+    ("kv_bytes", lambda L, h, kv, d, dt: int(np.sum(L)) * 2 * kv * np.zeros(d, dt).nbytes),
+    ("kv_bytes", lambda L, h, kv, d, dt: math.prod([int(np.sum(L, dtype=np.int64)), 2, kv, d,
+                                                    np.dtype(dt).itemsize])),
+    ("decode_floor_ms", lambda b, bw: b / bw / 1e6),
+    ("choose_page_size", lambda L, c, w: next((p for p in sorted(c, reverse=True)
+                                               if _waste(L, p) <= w), min(c))),
+    ("choose_page_size", lambda L, c, w: np.int64(choose_right(L, c, w))),
+])
+def test_right_answers_in_another_style_pass(task, impl, salt):
+    from pagedattn_lab.grading import seeds
+    with seeds.salted(salt) if salt is not None else contextlib.nullcontext():
+        result, printed = run_check(task, impl)
+    assert result.passed, printed

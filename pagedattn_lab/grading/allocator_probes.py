@@ -6,6 +6,8 @@ from .report import Mismatch
 
 FREE_LIST_HINT = ("freed pages must go back to the free list and be handed out again (the "
                   "guide's `next_page++` counter never frees, so a long-running server runs out).")
+ALL_FREE_HINT = ("asking for exactly the free pages is fine: raise OutOfPagesError only when "
+                 "n > num_free (>, not >=).")
 
 
 def num_free(alloc) -> int:
@@ -38,13 +40,13 @@ def expect_returned(alloc, expected: int, when: str) -> None:
         raise Mismatch(f"num_free {when}", hint, expected=str(expected), got=str(got))
 
 
-def expect_raises(fn, exc_type, what: str, hint: str) -> None:
+def expect_raises(fn, exc_type, what: str, hint: str) -> BaseException:
     try:
         fn()
     except NotImplementedError:
         raise
-    except exc_type:
-        return
+    except exc_type as exc:
+        return exc
     except Exception as exc:  # the wrong kind of error
         raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}", hint,
                        expected=exc_type.__name__, got=type(exc).__name__) from exc

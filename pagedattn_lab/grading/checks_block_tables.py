@@ -14,13 +14,47 @@ from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 
+def _busy_allocator(num_pages: int, held: int, seed: int) -> tuple[BlockAllocator, set[int]]:
+    """A pool that has served before: `held` random pages belong to other sequences and the
+    free list is shuffled, so the pages allocate returns are neither 0, 1, 2... nor in order."""
+    alloc = BlockAllocator(num_pages)
+    pages = alloc.allocate(num_pages)
+    order = case_rng(seed).permutation(num_pages)
+    alloc.free([pages[i] for i in order[held:]])
+    return alloc, {pages[i] for i in order[:held]}
+
+
+def _in_use(alloc: BlockAllocator) -> set[int]:
+    return set(alloc.state().owners)
+
+
+IN_PLACE_HINT = ("you took the right pages from the allocator, but `table` did not grow by "
+                 "them: extend the caller's list in place (table.extend(pages)); `table = "
+                 "table + pages` only rebinds your local name, and table.append(pages) adds one "
+                 "entry holding a list.")
+
+
+def _expect_new_entries(table: list, before: list, taken: set[int]) -> None:
+    """The entries appended are the pages the allocator handed out, each once."""
+    new = table[len(before):]
+    if not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in new):
+        raise Mismatch(f"the new entries are {new!r}", "each entry is one page id (an int): "
+                       "table.extend(pages), not table.append(pages).")
+    if sorted(int(p) for p in new) != sorted(taken):
+        raise Mismatch(f"the new entries {[int(p) for p in new]} are not the pages allocate "
+                       f"returned ({sorted(taken)})", "append the ids allocate returned: "
+                       "page ids come from the allocator (here its free list is shuffled), "
+                       "not from a counter or from the pages the table already holds.",
+                       repr(sorted(taken)), repr(sorted(int(p) for p in new)))
+
+
 # -- task: grow one sequence's block table ----------------------------------------------
 
 def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 16) -> None:
-    alloc = BlockAllocator(num_pages)
+    alloc, _ = _busy_allocator(num_pages, 3, 7 + seq_len + n_new)
     table = alloc.allocate(-(-seq_len // page_size))
     before = list(table)
-    used_before = alloc.num_used
+    used_before, in_use_before = alloc.num_used, _in_use(alloc)
     result = fn(table, seq_len, n_new, page_size, alloc)
     if result is not None and result is not table:
         raise Mismatch("append_tokens returned a new list", "extend `table` in place (the "
@@ -29,7 +63,9 @@ def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 
     taken = alloc.num_used - used_before
     if len(table) != want or taken != want - len(before):
         hint = "a sequence of L tokens owns ceil(L / page_size) pages."
-        if taken == n_new and n_new != want - len(before):
+        if taken == want - len(before):
+            hint = IN_PLACE_HINT
+        elif taken == n_new and n_new != want - len(before):
             hint = ("you took one page per token: a page holds page_size tokens, so take "
                     "ceil((seq_len + n_new) / page_size) - len(table) new pages.")
         elif taken == -(-n_new // page_size) and seq_len % page_size:
@@ -54,19 +90,22 @@ def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 
         raise Mismatch("the existing entries changed", "only append new pages at the end: the "
                        "tokens already cached stay where they are.", repr(before),
                        repr(table[: len(before)]))
+    _expect_new_entries(table, before, _in_use(alloc) - in_use_before)
 
 
 def _append_decode_loop(fn, page_size: int, steps: int) -> None:
-    alloc = BlockAllocator(64)
+    alloc, held = _busy_allocator(64, 5, 8)
     table: list[int] = []
     for seq_len in range(steps):
+        before, in_use_before = list(table), _in_use(alloc)
         fn(table, seq_len, 1, page_size, alloc)
         want = -(-(seq_len + 1) // page_size)
-        if len(table) != want or alloc.num_used != want:
+        if len(table) != want or alloc.num_used - len(held) != want:
             raise Mismatch(f"decoding token {seq_len} one at a time (page_size {page_size})",
                            "take a new page only when the last page is full "
                            "(seq_len % page_size == 0).", f"{want} pages",
-                           f"{len(table)} in the table, {alloc.num_used} taken")
+                           f"{len(table)} in the table, {alloc.num_used - len(held)} taken")
+        _expect_new_entries(table, before, _in_use(alloc) - in_use_before)
 
 
 def _append_out_of_pages(fn) -> None:
@@ -124,8 +163,24 @@ EMPTY_BATCH_HINT = ("an empty batch is still a batch: block_tables of shape (0, 
                     "default (at least 1).")
 
 
-def _width_hint(tables: np.ndarray, seq_lens: list[int], need: list[int], num_used: int,
-                width: int) -> str:
+def _count_hint(filled: list[int], seq_lens: list[int], page_size: int, taken: int) -> str:
+    """The rule that gives these page counts per row (and took that many pages), if known."""
+    rules = [
+        ("round up: a sequence of L tokens owns ceil(L / page_size) pages, its last page "
+         "partly filled.", [n // page_size for n in seq_lens]),
+        ("a sequence with no tokens yet owns no page (ceil(0 / page_size) is 0): its row is "
+         "all -1.", [max(1, -(-n // page_size)) for n in seq_lens]),
+        ("L // page_size + 1 pages is one too many when L is a multiple of page_size (and for "
+         "0 tokens).", [n // page_size + 1 for n in seq_lens]),
+        ("one page per token? A row needs ceil(seq_len / page_size) entries.", list(seq_lens)),
+    ]
+    need = [-(-n // page_size) for n in seq_lens]
+    return next((hint for hint, counts in rules
+                 if counts != need and filled == counts and taken == sum(counts)), "")
+
+
+def _width_hint(tables: np.ndarray, seq_lens: list[int], need: list[int], taken: int,
+                width: int, page_size: int) -> str:
     """What the wrong shape shows: a shared table, a page per token, a transposed table..."""
     hint = "one row per sequence, as wide as the longest sequence's page count (at least 1)."
     if tables.ndim != 2:
@@ -140,19 +195,50 @@ def _width_hint(tables: np.ndarray, seq_lens: list[int], need: list[int], num_us
         return ("every row holds every page: one block table for the whole batch (the "
                 "guide's bug; `[[]] * n` makes n references to one list). Give each "
                 "sequence its own list.")
-    if num_used == sum(seq_lens) != sum(need):
+    if taken == sum(seq_lens) != sum(need):
         return "one page per token? A row needs ceil(seq_len / page_size) entries."
+    if cols == 0 and rows == len(seq_lens):
+        return EMPTY_BATCH_HINT if not seq_lens else (
+            "no sequence holds a page, but the table still needs one column: max_pages is at "
+            "least 1 (kernels take a table with max_pages >= 1).")
     if filled == need and cols == sum(need):
         return ("each row holds its own pages, but the table is as wide as the whole batch's "
                 "page count: max_pages is the longest sequence's page count.")
-    if filled == need and cols == max(need) == 0:
-        return ("no sequence holds a page, but the table still needs one column: max_pages "
-                "is at least 1 (kernels take a table with max_pages >= 1).")
-    return hint
+    return _count_hint(filled, seq_lens, page_size, taken) or hint
+
+
+def _expect_rows(tables: np.ndarray, seq_lens: list[int], page_size: int, taken: int,
+                 need: list[int]) -> None:
+    """Each row holds its sequence's page count before its -1 padding."""
+    filled = [int((row >= 0).sum()) for row in tables]
+    hint = _count_hint(filled, seq_lens, page_size, taken)
+    short = [i for i in range(len(seq_lens)) if (tables[i, :need[i]] < 0).any()]
+    if not hint and short and sorted(filled) == sorted(need):
+        hint = ("the rows hold the right page counts in another order: row i is sequence i, "
+                "in the order of seq_lens.")
+    if hint or short:
+        i = short[0] if short else next(i for i, f in enumerate(filled) if f != need[i])
+        raise Mismatch(f"row {i} (a sequence of {seq_lens[i]} tokens) holds {filled[i]} pages",
+                       hint or "a sequence of L tokens owns ceil(L / page_size) pages, listed "
+                       "before the row's -1 padding.", str(need[i]), str(filled[i]))
+
+
+def _expect_own_pages(flat: list[int], held: set[int], fresh: set[int]) -> None:
+    """Every page in the table was handed out by this call of the allocator."""
+    stolen = sorted(p for p in flat if p in held)
+    if stolen:
+        raise Mismatch(f"pages {stolen} belong to other sequences (the allocator did not give "
+                       "them to you)", "use the ids allocate returns: this pool has served "
+                       "other sequences, so its free pages are not 0, 1, 2...")
+    unowned = sorted(p for p in flat if p not in fresh)
+    if unowned:
+        raise Mismatch(f"pages {unowned} are free in the allocator", "use the ids allocate "
+                       "returns, not numbers of your own (a counter, a range): a page nobody "
+                       "took will be handed to another sequence.")
 
 
 def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) -> None:
-    alloc = BlockAllocator(num_pages)
+    alloc, held = _busy_allocator(num_pages, 8, 9 + len(seq_lens) + sum(seq_lens))
     try:
         result = fn(list(seq_lens), page_size, alloc)
     except (ValueError, IndexError) as exc:
@@ -175,10 +261,12 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
                        repr(np.array(seq_lens, np.int32)), repr(lens))
     need = [-(-n // page_size) for n in seq_lens]
     width = max(need + [1])
+    taken = alloc.num_used - len(held)
     if tables.shape != (len(seq_lens), width):
         raise Mismatch("block_tables shape",
-                       _width_hint(tables, seq_lens, need, alloc.num_used, width),
+                       _width_hint(tables, seq_lens, need, taken, width, page_size),
                        f"{(len(seq_lens), width)}", f"{tables.shape}")
+    _expect_rows(tables, seq_lens, page_size, taken, need)
     rows = [tables[i, : need[i]].tolist() for i in range(len(seq_lens))]
     flat = [p for row in rows for p in row]
     if len(set(flat)) != len(flat):
@@ -190,15 +278,16 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
                        "(a page appears in one row only).")
     if not all(0 <= p < num_pages for p in flat):
         raise Mismatch(f"page ids {flat} out of range", "use ids the allocator returned.")
+    _expect_own_pages(flat, held, _in_use(alloc) - held)
     pad = np.concatenate([tables[i, need[i]:] for i in range(len(seq_lens))] + [[-1]])
     if pad.size and not (pad == -1).all():
         raise Mismatch("padding entries", "fill entries past a sequence's last page with -1 "
                        "(as PagedKVCache does), so a stray read is easy to spot.",
                        "-1", repr(sorted(set(pad.tolist()))))
-    if alloc.num_used != sum(need):
+    if taken != sum(need):
         raise Mismatch("pages taken from the allocator", "take exactly ceil(len / page_size) "
                        "pages per sequence, from the allocator you were given.",
-                       str(sum(need)), str(alloc.num_used))
+                       str(sum(need)), str(taken))
 
 
 def block_tables(fn) -> CheckResult:

@@ -8,9 +8,9 @@ freed while one of them still owns it. Block tables are in checks_block_tables.p
 from __future__ import annotations
 
 from ..paging import OutOfPagesError
-from .allocator_probes import (ALL_OR_NOTHING_IDS, FREE_LIST_HINT, NEGATIVE_ID_HINT,
-                               expect_free, expect_raises, expect_returned, ids, num_free,
-                               refused)
+from .allocator_probes import (ALL_FREE_HINT, ALL_OR_NOTHING_IDS, FREE_LIST_HINT,
+                               NEGATIVE_ID_HINT, expect_free, expect_raises, expect_returned,
+                               ids, num_free, refused)
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -37,8 +37,12 @@ def _alloc_fresh(cls, num_pages: int) -> None:
     if counts != [1, 1, 1]:
         raise Mismatch("ref_count of freshly allocated pages", "allocate sets each count to 1.",
                        "[1, 1, 1]", repr(counts))
-    everything = sorted(pages + ids(alloc.allocate(num_pages - 3),
-                                     f"allocate({num_pages - 3})"))
+    try:
+        rest = ids(alloc.allocate(num_pages - 3), f"allocate({num_pages - 3})")
+    except OutOfPagesError as exc:
+        raise Mismatch(f"allocate({num_pages - 3}) with {num_pages - 3} pages free raised "
+                       "OutOfPagesError", ALL_FREE_HINT) from exc
+    everything = sorted(pages + rest)
     if everything != list(range(num_pages)):
         raise Mismatch("allocating every page", f"page ids are 0..num_pages-1 = "
                        f"0..{num_pages - 1}, each once: they index k_cache.",
@@ -69,12 +73,20 @@ def _alloc_reuse(cls, num_pages: int) -> None:
 def _alloc_out_of_pages(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
     alloc.allocate(num_pages - 2)
-    expect_raises(lambda: alloc.allocate(3), OutOfPagesError,
-                   "allocate(3) with 2 pages free",
-                   "raise pagedattn_lab.OutOfPagesError when n > num_free, before taking any page.")
+    exc = expect_raises(lambda: alloc.allocate(3), OutOfPagesError,
+                        "allocate(3) with 2 pages free",
+                        "raise pagedattn_lab.OutOfPagesError when n > num_free, before taking "
+                        "any page.")
     expect_free(alloc, 2, "after the failed allocate(3)",
                  "all or nothing: check n against the free list before popping pages, so a "
                  "failed call changes nothing.")
+    told = tuple(getattr(exc, name, None) for name in ("requested", "free", "total"))
+    if told != (3, 2, num_pages):
+        raise Mismatch(f"the OutOfPagesError of allocate(3) with 2 of {num_pages} pages free "
+                       f"says: {exc}", "raise OutOfPagesError(n, num_free, num_pages), in that "
+                       "order: the message tells the caller what it asked for and what is "
+                       "left.", expected=f"requested, free, total = {(3, 2, num_pages)}",
+                       got=f"{told}")
     if len(ids(alloc.allocate(2), "allocate(2)")) != 2:
         raise Mismatch("allocate(2) with 2 pages free", "the last two pages are still free.")
 
@@ -134,7 +146,9 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
                 pages = ids(alloc.allocate(n), f"step {step}: allocate({n})")
             except OutOfPagesError as exc:
                 raise Mismatch(f"step {step}: allocate({n}) raised OutOfPagesError with "
-                               f"{num_pages - len(in_use)} pages free", FREE_LIST_HINT) from exc
+                               f"{num_pages - len(in_use)} pages free", ALL_FREE_HINT if
+                               n == num_pages - len(in_use) == num_free(alloc)
+                               else FREE_LIST_HINT) from exc
             clash = in_use.intersection(pages)
             if clash or len(set(pages)) != len(pages):
                 raise Mismatch(f"step {step}: allocate({n}) returned {pages}; pages "
@@ -198,6 +212,11 @@ def _fork_basic(cls) -> None:
     pages = ids(alloc.allocate(2), "allocate(2)")
     raw = alloc.fork(pages)
     _expect_fork_result(pages, ids(raw, "fork(pages)"), "fork(pages)")
+    if not isinstance(raw, list):
+        raise Mismatch(f"fork returned a {type(raw).__name__}", "return a list: it is the new "
+                       "sequence's block table, which grows in place as tokens arrive "
+                       "(table.extend), and a tuple or an array cannot.", "list",
+                       type(raw).__name__)
     if raw is pages:
         raise Mismatch("fork returned the very list it was given",
                        "return a new list (list(pages)): the two sequences' tables must be "
@@ -222,6 +241,25 @@ def _fork_free(cls) -> None:
                        "from each page: 2 owners become 1.", "[1, 1]", repr(counts))
     alloc.free(pages)
     expect_free(alloc, 4, "after both owners freed", "the last free returns the page.")
+
+
+def _fork_free_both(cls) -> None:
+    """free(a + b) of a sequence and its fork: every shared page is listed once per owner."""
+    alloc = cls(5)
+    pages = ids(alloc.allocate(3), "allocate(3)")
+    both = pages + ids(alloc.fork(pages), "fork(pages)")
+    try:
+        alloc.free(both)
+    except ValueError as exc:
+        raise Mismatch(f"free({both}) raised ValueError: {exc}", "each page has 2 owners and "
+                       "is listed twice: that is allowed. Compare how often a page is listed "
+                       "with its reference count.") from exc
+    counts = [alloc.ref_count(p) for p in pages]
+    if counts != [0, 0, 0]:
+        raise Mismatch(f"ref_count after free({both}) of a sequence and its fork",
+                       "a page listed twice drops two owners: count every occurrence (a "
+                       "set() of the ids drops one).", "[0, 0, 0]", repr(counts))
+    _expect_free_shared(alloc, 5, f"after free({both})")
 
 
 def _fork_free_page(cls) -> None:
@@ -305,6 +343,8 @@ def refcounts(cls) -> CheckResult:
     cases = [
         Case("fork shares pages", {"num_pages": 4}, lambda: _fork_basic(cls)),
         Case("a shared page outlives one free", {"num_pages": 4}, lambda: _fork_free(cls)),
+        Case("free of a sequence and its fork at once", {"num_pages": 5},
+             lambda: _fork_free_both(cls)),
         Case("fork of a free page", {"num_pages": 4}, lambda: _fork_free_page(cls)),
         Case("fork keeps the block table's order", {"table": "[7, 2, 5, 0]"},
              lambda: _fork_keeps_order(cls)),

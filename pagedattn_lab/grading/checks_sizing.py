@@ -1,8 +1,8 @@
-"""Checks for the counting tasks: pages per sequence, wasted memory, bytes and page size.
+"""Checks for the counting tasks of lesson 00: pages per sequence and wasted memory.
 
 Lesson 00 (why paging): how many pages a sequence needs and how much of a contiguous or a
-paged reservation holds no token. Lesson 08 (performance): how many bytes a decode step
-must read, the time floor that sets, and which page size to choose given its waste.
+paged reservation holds no token. Lesson 08's counting tasks (bytes, the copy-rate
+yardstick, the page size) are in checks_performance.py and use the helpers here.
 
 Each case compares a number with the spec and, when it is wrong, with the numbers the
 usual mistakes give (floor instead of ceil, the K or the V half forgotten, num_heads
@@ -35,6 +35,7 @@ def _number(got, what: str) -> float:
 def _first_variant(value, expected, variants, same) -> str:
     """The hint of the first variant that gives `value` (and not the right answer)."""
     for text, candidate in variants:
+        candidate = candidate() if callable(candidate) else candidate   # (a probe: lazily)
         if candidate is None or (isinstance(candidate, float) and np.isnan(candidate)):
             continue
         if not same(candidate, expected) and same(value, candidate):
@@ -67,12 +68,18 @@ def _unknown(value, default_hint: str) -> str:
 
 def _int_case(fn, args: tuple, expected: int, variants: list[tuple[str, float]], what: str,
               *, default_hint: str = "") -> None:
-    """An exact integer answer (a float can only be right below 2**53)."""
+    """An exact integer answer, as an int (a float is refused even when it is whole)."""
     got = fn(*args)
     value = _number(got, what)
-    exact = int(got) if isinstance(got, (int, np.integer)) else value
-    if exact == expected:
+    whole = isinstance(got, (int, np.integer))
+    exact = int(got) if whole else value
+    if exact == expected and whole:
         return
+    if exact == expected:
+        raise Mismatch(f"{what} returned a {type(got).__name__}", "the number is right, but "
+                       "return it as an int: a float holds integers exactly only up to 2**53 "
+                       "(stay in integers: //, %, Python int).", expected=str(expected),
+                       got=repr(got))
     hint = (_first_variant(exact, expected, variants, lambda a, b: a == b)
             or _unknown(value, default_hint))
     shown = str(exact) if isinstance(exact, int) else repr(value)
@@ -95,6 +102,8 @@ def _pages_needed_case(fn, seq_len: int, page_size: int) -> None:
     _int_case(fn, (seq_len, page_size), expected, [
         (FLOAT_HINT.format(a="seq_len", b="page_size"), math.ceil(seq_len / page_size)),
         ("round up: a partly filled last page is still a whole page.", seq_len // page_size),
+        ("a sequence of 0 tokens owns no page: ceil(0 / page_size) is 0.",
+         1 if seq_len == 0 else None),
         ("seq_len // page_size + 1 is one page too many when seq_len is an exact multiple "
          "of page_size (and for seq_len 0).", seq_len // page_size + 1),
         ("that is one page per token: a page holds page_size tokens.", seq_len),
@@ -185,11 +194,15 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
     expected = paged_waste_fraction(lens, page_size)
     floor_alloc = int((lens // page_size).sum()) * page_size
     plus_one = int((lens // page_size + 1).sum()) * page_size
+    one_at_least = int(np.maximum(pages, 1).sum()) * page_size
     with np.errstate(all="ignore"):
         per_sequence = float(np.mean(1 - lens / (pages * page_size))) if allocated else None
     _fraction_case(fn, (lens.copy(), page_size), expected, [
         ("round the page count up: a sequence of L tokens holds ceil(L / page_size) pages.",
          1 - used / floor_alloc if floor_alloc else None),
+        ("a request with no tokens yet holds no page (ceil(0 / page_size) is 0), and with "
+         "nothing allocated nothing is wasted.",
+         1 - used / one_at_least if (lens == 0).any() else None),
         ("L // page_size + 1 pages is one too many when L is a multiple of page_size.",
          1 - used / plus_one if plus_one else None),
         ("return a fraction of the allocated slots, not a count of slots.", allocated - used),
@@ -228,135 +241,3 @@ def paged_waste(fn) -> CheckResult:
              lambda: _paged_case(fn, np.array([], dtype=np.int64), 16)),
     ]
     return run_cases("paged_waste", "paged_waste(seq_lens, page_size)", cases)
-
-
-# -- lesson 08 --------------------------------------------------------------------------
-
-OVERFLOW_HINT = ("the product overflowed int32 (seq_lens is an int32 array, and this byte "
-                 "count passes 2**31): convert to Python int or np.int64 before multiplying.")
-
-
-def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
-    itemsize = np.dtype(dtype).itemsize
-    lens = np.asarray(lens, dtype=np.int32)
-    tokens = int(lens.sum(dtype=np.int64))
-    per_token = 2 * num_kv_heads * head_dim * itemsize
-    expected = tokens * per_token
-    with np.errstate(over="ignore"):
-        wrapped = int((lens * np.int32(per_token)).sum(dtype=np.int32))
-        wrapped_total = int((lens * np.int32(per_token)).sum())
-    _int_case(fn, (lens.copy(), num_heads, num_kv_heads, head_dim, dtype), expected, [
-        ("count both K and V: the factor 2.", expected // 2),
-        ("the cache stores num_kv_heads heads, not num_heads: with GQA several query heads "
-         "share one KV head.", tokens * 2 * num_heads * head_dim * itemsize),
-        ("use the dtype's size (np.dtype(dtype).itemsize): fp16 is 2 bytes, not 4.",
-         tokens * 2 * num_kv_heads * head_dim * 4),
-        ("that is bits; count bytes.", expected * 8),
-        ("sum the lengths: each sequence reads its own tokens, not as many as the longest.",
-         int(lens.max()) * len(lens) * per_token if len(lens) else None),
-        (OVERFLOW_HINT, wrapped),
-        (OVERFLOW_HINT, wrapped_total),
-    ], f"kv_bytes(num_heads={num_heads}, num_kv_heads={num_kv_heads}, head_dim={head_dim}, "
-       f"{np.dtype(dtype).name})")
-
-
-def kv_bytes(fn) -> CheckResult:
-    """Check `fn(seq_lens, num_heads, num_kv_heads, head_dim, dtype)`: K+V bytes of a step."""
-    cases = [
-        Case("multi-head fp32", {"heads": 8, "kv_heads": 8, "head_dim": 64, "dtype": "float32"},
-             lambda: _kv_bytes_case(fn, [100, 37, 512], 8, 8, 64, np.float32)),
-        Case("GQA fp16", {"heads": 32, "kv_heads": 8, "head_dim": 128, "dtype": "float16"},
-             lambda: _kv_bytes_case(fn, _lens(1, 16, 512, 4096), 32, 8, 128, np.float16)),
-        Case("MQA fp16", {"heads": 16, "kv_heads": 1, "head_dim": 64, "dtype": "float16"},
-             lambda: _kv_bytes_case(fn, [4096], 16, 1, 64, np.float16)),
-        Case("an empty batch", {"seq_lens": [], "heads": 8, "kv_heads": 2, "head_dim": 64},
-             lambda: _kv_bytes_case(fn, [], 8, 2, 64, np.float16)),
-        Case("long contexts, more than 2**31 bytes",
-             {"seq_lens": [1_000_000, 600_000], "heads": 64, "kv_heads": 8, "head_dim": 128,
-              "dtype": "float16"},
-             lambda: _kv_bytes_case(fn, [1_000_000, 600_000], 64, 8, 128, np.float16)),
-    ]
-    return run_cases("kv_bytes", "kv_bytes: what one decode step must read", cases)
-
-
-def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
-    expected = nbytes / (bandwidth_gbs * 1e9) * 1e3
-    _scalar_case(fn, (nbytes, bandwidth_gbs), expected, [
-        ("return milliseconds: seconds x 1000.", expected / 1e3),
-        ("that is microseconds: seconds x 1000 is milliseconds.", expected * 1e3),
-        ("GB/s here means 1e9 bytes per second, not 2**30.",
-         nbytes / (bandwidth_gbs * 2**30) * 1e3),
-        ("time = bytes / bandwidth, not bandwidth / bytes.",
-         bandwidth_gbs * 1e9 / nbytes * 1e3 if nbytes else None),
-        ("a GB/s is 1e9 bytes per second: bytes / GB/s is not yet seconds.",
-         nbytes / bandwidth_gbs),
-        ("the size is in bytes and the rate in bytes per second: no factor 8.",
-         expected * 8),
-    ], f"decode_floor_ms({nbytes:.4g} bytes, {bandwidth_gbs} GB/s)", rel=1e-4)
-
-
-def decode_floor_ms(fn) -> CheckResult:
-    """Check `fn(nbytes, bandwidth_gbs) == nbytes / (bandwidth_gbs * 1e9) * 1e3` (milliseconds)."""
-    cases = [
-        Case("the D64 workload at the H100 run's copy rate", {"bytes": 2.454e9, "GB/s": 2859},
-             lambda: _yardstick_case(fn, 2.454e9, 2859)),
-        Case("a laptop", {"bytes": 3.0e8, "GB/s": 60}, lambda: _yardstick_case(fn, 3.0e8, 60)),
-        Case("nothing to read", {"bytes": 0, "GB/s": 900}, lambda: _yardstick_case(fn, 0, 900)),
-    ]
-    return run_cases("decode_floor_ms", "decode_floor_ms: the copy-rate yardstick", cases)
-
-
-def _choose_case(fn, lens, candidates, max_waste: float) -> None:
-    waste = {p: paged_waste_fraction(lens, p) for p in candidates}
-    ok = [p for p in candidates if waste[p] <= max_waste]
-    expected = max(ok) if ok else min(candidates)
-    got = fn(np.array(lens, dtype=np.int64), list(candidates), max_waste)
-    wastes = ", ".join(f"{p}: {waste[p]:.4g}" for p in candidates)
-    if got == expected:
-        return
-    if got is None:
-        hint = ("return a page size; when no candidate is under the limit, the smallest "
-                "(it wastes the least).") if not ok else "return the page size you chose."
-    elif got in waste and waste[got] > max_waste:
-        hint = "that page size wastes more than max_waste: compute its waste fraction first."
-    elif got in ok and any(waste[p] > max_waste for p in candidates if got < p < expected):
-        hint = ("the waste does not always grow with the page size (here a bigger page "
-                "qualifies after a smaller one failed): test every candidate, do not stop "
-                "at the first that fails.")
-    elif got in ok and any(waste[p] == max_waste for p in candidates) and \
-            got == max((p for p in candidates if waste[p] < max_waste), default=None):
-        hint = ("a waste exactly equal to max_waste is allowed: the limit is 'at most' "
-                "(<=), not 'below' (<).")
-    elif got in ok:
-        hint = ("every candidate under the limit is acceptable; pick the largest of them: "
-                "fewer pages per sequence and longer contiguous reads.")
-    elif not isinstance(got, (float, np.floating)) and got in range(len(candidates)):
-        hint = "return the page size itself, not its position in candidates."
-    else:
-        hint = ("return one of the candidates: the largest whose waste is at most max_waste, "
-                "else the smallest.")
-    raise Mismatch(f"choose_page_size with max_waste={max_waste} (waste per page size: "
-                   f"{wastes})", hint, expected=str(expected), got=repr(got))
-
-
-def choose_page_size(fn) -> CheckResult:
-    """Check `fn(seq_lens, candidates, max_waste)`: the largest page size wasting <= max_waste."""
-    chat = [int(n) for n in _lens(4, 200, 20, 600)]
-    long = [int(n) for n in _lens(5, 64, 512, 4096)]
-    cands = [8, 16, 32, 64, 128, 256]
-    cases = [
-        Case("short chat requests", {"requests": 200, "max_waste": 0.05},
-             lambda: _choose_case(fn, chat, cands, 0.05)),
-        Case("long documents", {"requests": 64, "max_waste": 0.02},
-             lambda: _choose_case(fn, long, cands, 0.02)),
-        Case("nothing qualifies", {"seq_lens": [1, 2, 3], "max_waste": 0.01},
-             lambda: _choose_case(fn, [1, 2, 3], [16, 32], 0.01)),
-        Case("unsorted candidates", {"requests": 64, "max_waste": 0.1},
-             lambda: _choose_case(fn, long, [128, 16, 256, 64], 0.1)),
-        Case("a waste exactly at the limit", {"seq_lens": [12, 24], "max_waste": 0.25},
-             lambda: _choose_case(fn, [12, 24], [4, 8, 16, 32], 0.25)),
-        Case("page sizes that are not powers of two", {"seq_lens": [32, 64],
-                                                       "max_waste": 0.1},
-             lambda: _choose_case(fn, [32, 64], [16, 24, 32, 48], 0.1)),
-    ]
-    return run_cases("choose_page_size", "choose_page_size: the page-size trade-off", cases)

@@ -1,0 +1,186 @@
+"""Checks for lesson 08 (performance): the bytes a decode step reads, the time that sets at
+the copy rate, and the page size to choose given its waste.
+
+Each case compares a number with the spec and, when it is wrong, with the numbers the
+usual mistakes give (the K or the V half forgotten, num_heads instead of num_kv_heads, a
+dtype size assumed, GiB for GB, a factor 2 for the copy's read and write...), to say which
+mistake it was. The helpers are lesson 00's (checks_sizing.py).
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .checks_sizing import _int_case, _lens, _scalar_case, paged_waste_fraction
+from .report import Case, CheckResult, Mismatch, run_cases
+
+
+OVERFLOW_HINT = ("the product overflowed int32 (seq_lens is an int32 array, and this byte "
+                 "count passes 2**31): convert to Python int or np.int64 before multiplying.")
+
+
+def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
+    itemsize = np.dtype(dtype).itemsize
+    name = np.dtype(dtype).name
+    size_text = f"{name} is {itemsize} byte{'s' * (itemsize > 1)}"
+    lens = np.asarray(lens, dtype=np.int32)
+    tokens = int(lens.sum(dtype=np.int64))
+    per_token = 2 * num_kv_heads * head_dim * itemsize
+    expected = tokens * per_token
+    with np.errstate(over="ignore"):
+        wrapped = int((lens * np.int32(per_token)).sum(dtype=np.int32))
+        wrapped_total = int((lens * np.int32(per_token)).sum())
+    args = (lens.copy(), num_heads, num_kv_heads, head_dim)
+
+    def size_ignored(size: int):
+        """What `size` bytes a number, whatever the dtype, gives. Half the fp32 bytes is also
+        what forgetting K or V gives: then the answer for fp16 tells the two apart."""
+        if size == itemsize:
+            return None
+        candidate = tokens * 2 * num_kv_heads * head_dim * size
+        if candidate == expected // 2:
+            try:
+                same = int(fn(*args, np.float16)) == candidate
+            except Exception:   # noqa: BLE001 - a probe that fails proves nothing
+                return None
+            return candidate if same else None
+        return candidate
+
+    _int_case(fn, (*args, dtype), expected, [
+        (f"use the dtype's size (np.dtype(dtype).itemsize): {size_text}, not 2 whatever the "
+         "dtype.", lambda: size_ignored(2)),
+        ("count both K and V: the factor 2.", expected // 2),
+        ("the cache stores num_kv_heads heads, not num_heads: with GQA several query heads "
+         "share one KV head.", tokens * 2 * num_heads * head_dim * itemsize),
+        (f"use the dtype's size (np.dtype(dtype).itemsize): {size_text}, not 4.",
+         lambda: size_ignored(4)),
+        ("that is bits; count bytes.", expected * 8),
+        ("sum the lengths: each sequence reads its own tokens, not as many as the longest.",
+         int(lens.max()) * len(lens) * per_token if len(lens) else None),
+        (OVERFLOW_HINT, wrapped),
+        (OVERFLOW_HINT, wrapped_total),
+    ], f"kv_bytes(num_heads={num_heads}, num_kv_heads={num_kv_heads}, head_dim={head_dim}, "
+       f"{name})")
+
+
+def kv_bytes(fn) -> CheckResult:
+    """Check `fn(seq_lens, num_heads, num_kv_heads, head_dim, dtype)`: K+V bytes of a step."""
+    cases = [
+        Case("multi-head fp32", {"heads": 8, "kv_heads": 8, "head_dim": 64, "dtype": "float32"},
+             lambda: _kv_bytes_case(fn, [100, 37, 512], 8, 8, 64, np.float32)),
+        Case("GQA fp16", {"heads": 32, "kv_heads": 8, "head_dim": 128, "dtype": "float16"},
+             lambda: _kv_bytes_case(fn, _lens(1, 16, 512, 4096), 32, 8, 128, np.float16)),
+        Case("MQA fp16", {"heads": 16, "kv_heads": 1, "head_dim": 64, "dtype": "float16"},
+             lambda: _kv_bytes_case(fn, [4096], 16, 1, 64, np.float16)),
+        Case("an int8 cache (1 byte a number)",
+             {"seed": 6, "heads": 12, "kv_heads": 4, "head_dim": 80, "dtype": "int8"},
+             lambda: _kv_bytes_case(fn, _lens(6, 5, 1, 3000), 12, 4, 80, np.int8)),
+        Case("an empty batch", {"seq_lens": [], "heads": 8, "kv_heads": 2, "head_dim": 64},
+             lambda: _kv_bytes_case(fn, [], 8, 2, 64, np.float16)),
+        Case("long contexts, more than 2**31 bytes",
+             {"seq_lens": [1_000_000, 600_000], "heads": 64, "kv_heads": 8, "head_dim": 128,
+              "dtype": "float16"},
+             lambda: _kv_bytes_case(fn, [1_000_000, 600_000], 64, 8, 128, np.float16)),
+    ]
+    return run_cases("kv_bytes", "kv_bytes: what one decode step must read", cases)
+
+
+def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
+    expected = nbytes / (bandwidth_gbs * 1e9) * 1e3
+    _scalar_case(fn, (nbytes, bandwidth_gbs), expected, [
+        ("return milliseconds: seconds x 1000.", expected / 1e3),
+        ("that is microseconds: seconds x 1000 is milliseconds.", expected * 1e3),
+        ("GB/s here means 1e9 bytes per second, not 2**30.",
+         nbytes / (bandwidth_gbs * 2**30) * 1e3),
+        ("time = bytes / bandwidth, not bandwidth / bytes.",
+         bandwidth_gbs * 1e9 / nbytes * 1e3 if nbytes else None),
+        ("a GB/s is 1e9 bytes per second: bytes / GB/s is not yet seconds.",
+         nbytes / bandwidth_gbs),
+        ("the size is in bytes and the rate in bytes per second: no factor 8.",
+         expected * 8),
+        ("no factor 2: the copy rate already counts the bytes read plus the bytes written, "
+         "and nbytes is what the kernel reads, so the yardstick is nbytes / rate.",
+         expected * 2),
+        ("no factor 1/2: nbytes is what the kernel reads, and the copy rate counts bytes "
+         "read plus bytes written, so the yardstick is nbytes / rate.", expected / 2),
+    ], f"decode_floor_ms({nbytes:.4g} bytes, {bandwidth_gbs} GB/s)", rel=1e-4)
+
+
+def decode_floor_ms(fn) -> CheckResult:
+    """Check `fn(nbytes, bandwidth_gbs) == nbytes / (bandwidth_gbs * 1e9) * 1e3` (milliseconds)."""
+    cases = [
+        Case("the D64 workload at the H100 run's copy rate", {"bytes": 2.454e9, "GB/s": 2859},
+             lambda: _yardstick_case(fn, 2.454e9, 2859)),
+        Case("a laptop", {"bytes": 3.0e8, "GB/s": 60}, lambda: _yardstick_case(fn, 3.0e8, 60)),
+        Case("nothing to read", {"bytes": 0, "GB/s": 900}, lambda: _yardstick_case(fn, 0, 900)),
+    ]
+    return run_cases("decode_floor_ms", "decode_floor_ms: the copy-rate yardstick", cases)
+
+
+NEAR_LIMIT = 0.005   # a waste this close above max_waste: compared after rounding?
+
+
+def _choose_case(fn, lens, candidates, max_waste: float) -> None:
+    waste = {p: paged_waste_fraction(lens, p) for p in candidates}
+    ok = [p for p in candidates if waste[p] <= max_waste]
+    expected = max(ok) if ok else min(candidates)
+    got = fn(np.array(lens, dtype=np.int64), list(candidates), max_waste)
+    wastes = ", ".join(f"{p}: {waste[p]:.4g}" for p in candidates)
+    if got == expected and not isinstance(got, (float, np.floating)):
+        return
+    if got == expected:
+        hint = "that is the right page size, but return it as an int (one of the candidates)."
+    elif got is None:
+        hint = ("return a page size; when no candidate is under the limit, the smallest "
+                "(it wastes the least).") if not ok else "return the page size you chose."
+    elif not ok and got in waste:
+        hint = ("no candidate wastes at most max_waste here: return the smallest one, "
+                "min(candidates) (candidates come in no particular order).")
+    elif got in waste and 0 < waste[got] - max_waste <= NEAR_LIMIT:
+        hint = (f"page size {got} wastes {waste[got]:.6g}, just above max_waste: compare the "
+                "exact waste fraction with max_waste, without rounding it or adding a "
+                "tolerance.")
+    elif got in waste and waste[got] > max_waste:
+        hint = "that page size wastes more than max_waste: compute its waste fraction first."
+    elif got in ok and any(waste[p] > max_waste for p in candidates if got < p < expected):
+        hint = ("the waste does not always grow with the page size (here a bigger page "
+                "qualifies after a smaller one failed): test every candidate, do not stop "
+                "at the first that fails.")
+    elif got in ok and any(waste[p] == max_waste for p in candidates) and \
+            got == max((p for p in candidates if waste[p] < max_waste), default=None):
+        hint = ("a waste exactly equal to max_waste is allowed: the limit is 'at most' "
+                "(<=), not 'below' (<).")
+    elif got in ok:
+        hint = ("every candidate under the limit is acceptable; pick the largest of them: "
+                "fewer pages per sequence and longer contiguous reads.")
+    elif not isinstance(got, (float, np.floating)) and got in range(len(candidates)):
+        hint = "return the page size itself, not its position in candidates."
+    else:
+        hint = ("return one of the candidates: the largest whose waste is at most max_waste, "
+                "else the smallest.")
+    raise Mismatch(f"choose_page_size with max_waste={max_waste} (waste per page size: "
+                   f"{wastes})", hint, expected=str(expected), got=repr(got))
+
+
+def choose_page_size(fn) -> CheckResult:
+    """Check `fn(seq_lens, candidates, max_waste)`: the largest page size wasting <= max_waste."""
+    chat = [int(n) for n in _lens(4, 200, 20, 600)]
+    long = [int(n) for n in _lens(5, 64, 512, 4096)]
+    cands = [8, 16, 32, 64, 128, 256]
+    cases = [
+        Case("short chat requests", {"requests": 200, "max_waste": 0.05},
+             lambda: _choose_case(fn, chat, cands, 0.05)),
+        Case("long documents", {"requests": 64, "max_waste": 0.02},
+             lambda: _choose_case(fn, long, cands, 0.02)),
+        Case("nothing qualifies", {"seq_lens": [1, 2, 3], "max_waste": 0.01},
+             lambda: _choose_case(fn, [1, 2, 3], [32, 16, 64], 0.01)),
+        Case("unsorted candidates", {"requests": 64, "max_waste": 0.1},
+             lambda: _choose_case(fn, long, [128, 16, 256, 64], 0.1)),
+        Case("a waste exactly at the limit", {"seq_lens": [12, 24], "max_waste": 0.25},
+             lambda: _choose_case(fn, [12, 24], [4, 8, 16, 32], 0.25)),
+        Case("a waste just above the limit", {"seq_lens": [71, 72, 160], "max_waste": 0.05},
+             lambda: _choose_case(fn, [71, 72, 160], [8, 16, 32], 0.05)),
+        Case("page sizes that are not powers of two", {"seq_lens": [32, 64],
+                                                       "max_waste": 0.1},
+             lambda: _choose_case(fn, [32, 64], [16, 24, 32, 48], 0.1)),
+    ]
+    return run_cases("choose_page_size", "choose_page_size: the page-size trade-off", cases)
