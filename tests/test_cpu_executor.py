@@ -315,6 +315,43 @@ def test_write_past_end():
     assert (out == 0).all()   # a failed launch leaves the arrays as they were
 
 
+_SHIFTED = r"""
+extern "C" __global__ void read_at(const float* a, float* out, int shift)
+{
+    out[threadIdx.x] = a[(int)threadIdx.x + shift];
+}
+extern "C" __global__ void write_at(const float* a, float* out, int shift)
+{
+    out[(int)threadIdx.x + shift] = a[threadIdx.x];
+}
+"""
+
+
+@pytest.mark.parametrize("n", [5, 1000, 1024])   # slack before the array: most of a page, none
+def test_a_read_just_before_an_array_is_nan_not_zero(n):
+    """No guard page can sit less than a page before an array; what is there reads as NaN,
+    so a kernel that reads element -1 cannot pass on a plausible 0."""
+    a, out = np.arange(1, n + 1, dtype=np.float32), np.zeros(2, np.float32)
+    RawKernel(_SHIFTED, "read_at")(1, 2, (a, out, np.int32(0)))
+    assert (out == [1, 2]).all()
+    try:
+        RawKernel(_SHIFTED, "read_at")(1, 2, (a, out, np.int32(-1)))
+    except KernelFault as e:   # an array of whole pages: the guard itself faults
+        assert (e.buffer, e.index, e.access) == ("a", -1, "read") and n * 4 % 4096 == 0
+    else:
+        assert np.isnan(out[0]) and out[1] == 1 and n * 4 % 4096 != 0
+
+
+@pytest.mark.parametrize("n", [5, 1000])
+def test_a_write_just_before_an_array_is_reported(n):
+    a, out = np.ones(n, np.float32), np.zeros(n, np.float32)
+    with pytest.raises(KernelFault, match=r"'out'.*element -1, before the array's start") as info:
+        RawKernel(_SHIFTED, "write_at")(1, 2, (a, out, np.int32(-1)))
+    e = info.value
+    assert (e.buffer, e.arg_index, e.index, e.size, e.access) == ("out", 1, -1, n, "write")
+    assert (out == 0).all()   # a failed launch leaves the arrays as they were
+
+
 def test_barrier_skipped_by_half_the_block_is_a_deadlock():
     a, out = np.ones(128, np.float32), np.zeros(128, np.float32)
     with pytest.raises(KernelDeadlock) as info:

@@ -3,7 +3,9 @@
 Checked mode: every array argument is copied into its own shared mapping whose END touches
 a PROT_NONE guard region (max(1 MiB, its size)), with a guard before it too; worker
 processes run the blocks; a fault is decoded back to (argument, element index, thread,
-block). Arrays whose memory overlaps (the same array passed twice, or views of one array)
+block). The bytes between the mapping's first page and the array's start (less than a page:
+no guard can sit there) hold SLACK_FILL, so a read just before the array gets NaN (floats)
+or -1 (integers), not a plausible 0, and a write there is reported after the launch. Arrays whose memory overlaps (the same array passed twice, or views of one array)
 share one mapping, so writes through one are seen through the other as on a GPU. On
 success the mappings are copied back into the NumPy arrays of non-const parameters.
 
@@ -12,6 +14,7 @@ Unchecked mode: the NumPy memory is used directly and the blocks run on the call
 from __future__ import annotations
 
 import ctypes as C
+import mmap
 import os
 import sys
 import threading
@@ -22,10 +25,12 @@ import numpy as np
 from . import abi
 from .counters import Counters
 from .errors import ExecutorUnavailableError, KernelError
-from .report import LaunchInfo, result_error, timeout_error, worker_died
+from .report import (LaunchInfo, result_error, slack_write_error, timeout_error,
+                     worker_died)
 
 GUARD_BEFORE = 64 * 1024
 MIN_GUARD_AFTER = 1 << 20
+SLACK_FILL = 0xFF   # NaN in every float type, -1 in every signed integer
 _UNCHECKED_LOCK = threading.Lock()   # a library's globals (static __shared__) are per process
 
 
@@ -45,8 +50,23 @@ class _Buffer:
         self.base, self.length = base.value, length.value
         self.data = ptr or (self.base + GUARD_BEFORE)
         self.members: list = []   # (param, array, device address)
+        # the mapping's first byte (pal_buffer_alloc rounds the guard to whole pages)
+        self.slack = self.base + -(-GUARD_BEFORE // mmap.PAGESIZE) * mmap.PAGESIZE if ptr else 0
         if nbytes:
             C.memmove(self.data, lo, nbytes)
+            C.memset(self.slack, SLACK_FILL, self.data - self.slack)
+
+    def slack_write(self):
+        """(param, array, element index) of the write nearest before the array, or None."""
+        n = self.data - self.slack if self.slack and self.hi > self.lo else 0
+        if n <= 0:
+            return None
+        changed = np.flatnonzero(np.ctypeslib.as_array((C.c_uint8 * n).from_address(self.slack))
+                                 != SLACK_FILL)
+        if not changed.size:
+            return None
+        param, arr, _ = min(self.members, key=lambda m: m[2])   # the array at the start
+        return param, arr, (int(changed[-1]) - n) // arr.itemsize
 
     def copy_back(self):
         writes = [(p, a) for p, a, _ in self.members if not p.is_const]
@@ -182,6 +202,10 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
         ctl = lib.pal_launch_ctl(handle).contents
         _print_output(ctl)
         _raise_failure(lib, handle, ctl, info, timeout, checked)
+        for buf in buffers:
+            hit = buf.slack_write()
+            if hit is not None:
+                raise slack_write_error(info, *hit)
         for buf in buffers:
             buf.copy_back()
         return counters.read() if counters is not None and counters.count else None

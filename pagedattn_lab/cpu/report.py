@@ -130,6 +130,17 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
                        region="unknown", **common)
 
 
+def slack_write_error(info: LaunchInfo, param, arr, index: int) -> KernelFault:
+    """A write that landed just before an array, where no guard page can sit (launch.py's
+    slack), found after the launch: which thread wrote it is not known."""
+    return KernelFault(
+        f"kernel {info.kernel!r}: out-of-bounds write of {param.name!r} (argument {param.index}, "
+        f"{param.ctype}): element {index}, before the array's start (found after the launch, "
+        f"so the thread is not known; the results were discarded).", region="argument",
+        kernel=info.kernel, block=None, thread=None, address=None, signal=None, access="write",
+        buffer=param.name, arg_index=param.index, index=index, size=arr.size)
+
+
 def _find_buffer(addr: int, buffers):
     """(param, array, element index) of the argument nearest to a faulting address inside a
     guarded reservation, or None."""

@@ -113,6 +113,9 @@ def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
         if buffer is not None and thread is not None:
             message = (f"out-of-bounds {access} of {buffer}[{index}] (it has {size} elements) by "
                        f"thread {_xyz(thread)} of block {_xyz(block)}.")
+        elif buffer is not None and index is not None:   # seen after the launch: no thread
+            message = (f"out-of-bounds {access} of {buffer}[{index}] (it has {size} elements), "
+                       f"found after the launch (which thread wrote it is not known).")
         else:
             message = f"out-of-bounds access: {text}"
         return message, buffer_hint(buffer, index)
