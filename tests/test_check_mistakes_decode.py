@@ -149,6 +149,28 @@ def test_kernel_checks_pass_the_solution_and_report_the_stub(task, variable):
     assert result.status == "not attempted" and "Traceback" not in printed
 
 
+# Caught on the GPU by its own evidence (the guard bands after out, or wrong values where the
+# CPU executor faults or names the partition count), not by the CPU's phrase.
+GPU_OTHER_EVIDENCE = {"one partition too many", "out row times max_parts"}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("task, variable", [("decode_partition", "SOURCE_PARTITION"),
+                                            ("decode_merge", "SOURCE_MERGE")])
+def test_kernel_checks_on_the_gpu(task, variable):
+    result, printed = run_check(task, solution_source(NOTEBOOK, variable), device="gpu")
+    assert result.passed, printed
+    result, _ = run_check(task, solution_source(NOTEBOOK, variable, "exercises"), device="gpu")
+    assert result.status == "not attempted"
+    for t, _, (name, edits, phrase, *_) in KERNELS:
+        if t == task:
+            impl = mutate(solution_source(NOTEBOOK, variable), edits)
+            if name in GPU_OTHER_EVIDENCE:
+                assert run_check(task, impl, device="gpu")[0].status == "failed", name
+            else:
+                assert_caught(task, impl, phrase, device="gpu")
+
+
 def test_merge_check_passes_a_correct_merge_written_differently():
     def log_sum_exp_merge(m, l, o):
         log_w = np.log(l) + m

@@ -269,6 +269,33 @@ def test_tile_check_passes_the_solution_and_reports_the_stub():
     assert result.status == "not attempted" and "Traceback" not in printed
 
 
+# Caught on the GPU by its own evidence (the guard band after scores, or wrong values where the
+# CPU executor reports lanes missing from a warp-collective WMMA call), not by the CPU's phrase.
+GPU_OTHER_EVIDENCE = {"lanes leave before the WMMA calls",
+                      "scores offset by seq_len / 16 + 1 tiles"}
+
+
+@pytest.mark.gpu
+def test_tile_check_on_the_gpu():
+    result, printed = run_check("tc_tile_scores", solution_source(NOTEBOOK, "SOURCE_TILE"),
+                                device="gpu")
+    assert result.passed, printed
+    result, _ = run_check("tc_tile_scores", solution_source(NOTEBOOK, "SOURCE_TILE", "exercises"),
+                          device="gpu")
+    assert result.status == "not attempted"
+    for name, edits, phrase, *_ in TILE_MISTAKES:
+        impl = mutate(solution_source(NOTEBOOK, "SOURCE_TILE"), edits)
+        if name in GPU_OTHER_EVIDENCE:
+            assert run_check("tc_tile_scores", impl, device="gpu")[0].status == "failed", name
+        else:
+            assert_caught("tc_tile_scores", impl, phrase, device="gpu")
+    for name, edits in RIGHT_TILES:
+        result, printed = run_check("tc_tile_scores",
+                                    mutate(solution_source(NOTEBOOK, "SOURCE_TILE"), edits),
+                                    device="gpu")
+        assert result.passed, (name, printed)
+
+
 def test_group_rows_check_passes_a_correct_layout_written_differently():
     def by_loop(q, kv_head, group):
         tiles = np.zeros((-(-group // 16), 16, q.shape[1]), q.dtype)
