@@ -169,33 +169,21 @@ def step_manager(needed, power=1):
     return Manager
 
 
-def serve_recording_seq_ids(cache, requests, kv_for):
-    pages = lambda n: -(-n // cache.page_size)  # noqa: E731
-    waiting, running, done = deque(range(len(requests))), {}, []
-    while waiting or running:
-        while waiting:
-            i = waiting[0]
-            room = cache.allocator.num_free - sum(
-                pages(sum(requests[j])) - pages(cache.seq_len(s)) for j, s in running.items())
-            if pages(sum(requests[i])) > room:
-                break
-            waiting.popleft()
-            running[i] = cache.add_sequence()
-            cache.append(running[i], *kv_for(i, 0, requests[i][0]))
-        for i, s in list(running.items()):
-            if cache.seq_len(s) < sum(requests[i]):
-                cache.append(s, *kv_for(i, cache.seq_len(s), 1))
-            if cache.seq_len(s) == sum(requests[i]):
-                cache.free_sequence(s)
-                del running[i]
-                done.append(s)             # the sequence's id, not the request's index
-    return done
-
-
-def serve_finish_before_decode(*, twice=False):
+def serve_variant(*, record_seq_ids=False, finish_first=False, twice=False):
+    """The lesson's serve loop with one mistake: the sequence's id recorded instead of the
+    request's index; a finished sequence looked for before this step's decode (and freed
+    twice)."""
     def serve(cache, requests, kv_for):
         pages = lambda n: -(-n // cache.page_size)  # noqa: E731
         waiting, running, done = deque(range(len(requests))), {}, []
+
+        def finish(i, s):
+            cache.free_sequence(s)
+            if twice:
+                cache.free_sequence(s)
+            del running[i]
+            done.append(s if record_seq_ids else i)
+
         while waiting or running:
             while waiting:
                 i = waiting[0]
@@ -207,14 +195,13 @@ def serve_finish_before_decode(*, twice=False):
                 running[i] = cache.add_sequence()
                 cache.append(running[i], *kv_for(i, 0, requests[i][0]))
             for i, s in list(running.items()):
-                if cache.seq_len(s) == sum(requests[i]):   # done? checked before appending
-                    cache.free_sequence(s)
-                    if twice:
-                        cache.free_sequence(s)
-                    del running[i]
-                    done.append(i)
-                else:
+                if finish_first and cache.seq_len(s) == sum(requests[i]):
+                    finish(i, s)                        # done? checked before appending
+                    continue
+                if cache.seq_len(s) < sum(requests[i]):
                     cache.append(s, *kv_for(i, cache.seq_len(s), 1))
+                if not finish_first and cache.seq_len(s) == sum(requests[i]):
+                    finish(i, s)
         return done
     return serve
 
@@ -227,10 +214,10 @@ NEW_MISTAKES = [
     ("decode_step", step_manager(lambda c, s: c.pages_needed(s, 2)),
      "not when it is page_size - 1", ["not one page per sequence"]),
     ("decode_step", step_manager(lambda c, s: c.pages_needed(s, 1), power=2), "applied twice"),
-    ("serve", serve_recording_seq_ids, "those are seq ids"),
-    ("serve", serve_finish_before_decode(), "after this step's decode",
+    ("serve", serve_variant(record_seq_ids=True), "those are seq ids"),
+    ("serve", serve_variant(finish_first=True), "after this step's decode",
      ["recorded in the order they were admitted"]),
-    ("serve", serve_finish_before_decode(twice=True), "was freed already"),
+    ("serve", serve_variant(finish_first=True, twice=True), "was freed already"),
 ]
 
 
