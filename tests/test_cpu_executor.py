@@ -5,6 +5,7 @@ bug must be caught with the right argument, index, thread and block named, and t
 process must survive all of them (this file running to the end proves it).
 """
 import functools
+import mmap
 import time
 from pathlib import Path
 
@@ -327,7 +328,10 @@ extern "C" __global__ void write_at(const float* a, float* out, int shift)
 """
 
 
-@pytest.mark.parametrize("n", [5, 1000, 1024])   # slack before the array: most of a page, none
+PAGE = mmap.PAGESIZE
+
+
+@pytest.mark.parametrize("n", [5, 1000, PAGE // 4])   # slack before the array: most of a page, none
 def test_a_read_just_before_an_array_is_nan_not_zero(n):
     """No guard page can sit less than a page before an array; what is there reads as NaN,
     so a kernel that reads element -1 cannot pass on a plausible 0."""
@@ -337,9 +341,9 @@ def test_a_read_just_before_an_array_is_nan_not_zero(n):
     try:
         RawKernel(_SHIFTED, "read_at")(1, 2, (a, out, np.int32(-1)))
     except KernelFault as e:   # an array of whole pages: the guard itself faults
-        assert (e.buffer, e.index, e.access) == ("a", -1, "read") and n * 4 % 4096 == 0
+        assert (e.buffer, e.index, e.access) == ("a", -1, "read") and n * 4 % PAGE == 0
     else:
-        assert np.isnan(out[0]) and out[1] == 1 and n * 4 % 4096 != 0
+        assert np.isnan(out[0]) and out[1] == 1 and n * 4 % PAGE != 0
 
 
 @pytest.mark.parametrize("n", [5, 1000])
@@ -350,6 +354,13 @@ def test_a_write_just_before_an_array_is_reported(n):
     e = info.value
     assert (e.buffer, e.arg_index, e.index, e.size, e.access) == ("out", 1, -1, n, "write")
     assert (out == 0).all()   # a failed launch leaves the arrays as they were
+
+
+def test_a_write_before_an_array_passed_twice_names_the_writable_one():
+    a = np.ones(5, np.float32)
+    with pytest.raises(KernelFault) as info:
+        RawKernel(_SHIFTED, "write_at")(1, 1, (a, a, np.int32(-1)))
+    assert (info.value.buffer, info.value.arg_index) == ("out", 1)
 
 
 def test_barrier_skipped_by_half_the_block_is_a_deadlock():

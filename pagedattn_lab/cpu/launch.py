@@ -5,7 +5,8 @@ a PROT_NONE guard region (max(1 MiB, its size)), with a guard before it too; wor
 processes run the blocks; a fault is decoded back to (argument, element index, thread,
 block). The bytes between the mapping's first page and the array's start (less than a page:
 no guard can sit there) hold SLACK_FILL, so a read just before the array gets NaN (floats)
-or -1 (integers), not a plausible 0, and a write there is reported after the launch. Arrays whose memory overlaps (the same array passed twice, or views of one array)
+or -1 (integers), not a plausible 0, and a write there that changes those bytes is reported
+after the launch (one that writes 0xFF bytes, -1 or an all-ones NaN, is not). Arrays whose memory overlaps (the same array passed twice, or views of one array)
 share one mapping, so writes through one are seen through the other as on a GPU. On
 success the mappings are copied back into the NumPy arrays of non-const parameters.
 
@@ -65,7 +66,8 @@ class _Buffer:
                                  != SLACK_FILL)
         if not changed.size:
             return None
-        param, arr, _ = min(self.members, key=lambda m: m[2])   # the array at the start
+        # the array at the start (a writable one where an array is passed twice: it wrote)
+        param, arr, _ = min(self.members, key=lambda m: (m[2], m[0].is_const))
         return param, arr, (int(changed[-1]) - n) // arr.itemsize
 
     def copy_back(self):

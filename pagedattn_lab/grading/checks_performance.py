@@ -125,6 +125,11 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
     expected = max(ok) if ok else min(candidates)
     got = fn(np.array(lens, dtype=np.int64), list(candidates), max_waste)
     wastes = ", ".join(f"{p}: {waste[p]:.4g}" for p in candidates)
+    if got is not None and (isinstance(got, bool) or
+                            not isinstance(got, (int, float, np.integer, np.floating))):
+        raise Mismatch(f"expected one page size, got {type(got).__name__} {got!r:.80}",
+                       "return one of the candidates (an int), not a list or an array.",
+                       expected=str(expected), got=repr(got)[:80])
     if got == expected and not isinstance(got, (float, np.floating)):
         return
     if got == expected:

@@ -273,6 +273,8 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
 def _as_triples(got):
     try:
         raw = [tuple(t) for t in got]
+        if any(isinstance(x, (str, bytes, bool)) for t in raw for x in t):
+            raise TypeError("not a number")
         ints = [tuple(int(x) for x in t) for t in raw]
         bad = next((t for t, i in zip(raw, ints) if any(float(x) != y for x, y in zip(t, i))),
                    None)

@@ -5,8 +5,8 @@ paged reservation holds no token. Lesson 08's counting tasks (bytes, the copy-ra
 yardstick, the page size) are in checks_performance.py and use the helpers here.
 
 Each case compares a number with the spec and, when it is wrong, with the numbers the
-usual mistakes give (floor instead of ceil, the K or the V half forgotten, num_heads
-instead of num_kv_heads, 4 bytes assumed for fp16...), to say which mistake it was.
+usual mistakes give (floor instead of ceil, a page for an empty sequence, the waste of the
+last page only...), to say which mistake it was.
 """
 from __future__ import annotations
 

@@ -91,6 +91,11 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
         raise Mismatch(f"{what}: raised IndexError: {exc}", "a sequence with no tokens has "
                        "no pages, so block_table(seq_id)[-1] does not exist: test "
                        "seq_len % page_size == 0 (true for 0) first.") from None
+    whole = isinstance(got, (int, np.integer)) and not isinstance(got, bool)
+    if got is not None and not whole:
+        raise Mismatch(f"{what}: expected an int, got {type(got).__name__} {got!r}",
+                       "return the number of new pages the token needs, 0 or 1, as an int.",
+                       expected=str(expected), got=repr(got))
     if got is not None and int(got) == expected:
         return
     any_shared = any(cache.allocator.ref_count(p) > 1 for p in table)

@@ -95,6 +95,13 @@ class PuzzleKernel:
             outside = block is not None and thread is not None and \
                 self.locate(tuple(block), tuple(thread))[1]
             access = getattr(exc, "access", None) or "access"
+            if thread is None:   # a write before the array's start, found after the launch
+                return Mismatch(f"out-of-bounds {access} of {exc.buffer}[{exc.index}] (it has "
+                                f"{exc.size} elements), found after the launch (which thread "
+                                f"wrote it is not known).",
+                                f"index {exc.index} is before the array's start: some thread's "
+                                f"index into {exc.buffer} went below 0; work out thread 0's by "
+                                "hand.")
             message = (f"out-of-bounds {access} of {exc.buffer}[{exc.index}] (it has "
                        f"{exc.size} elements) by {self._thread(exc)}.")
             hint = (f"that thread lies past the end of the data: {self.past_end}." if outside
