@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..prefill_masks import causal_mask
-from .report import Case, CaseTimeout, CheckResult, Mismatch, run_cases
+from .report import Case, CaseTimeout, CheckResult, Mismatch, as_array, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
 
@@ -88,7 +88,7 @@ def _mask_case(fn, q_len: int, seq_len: int) -> None:
     got = fn(q_len, seq_len)
     if got is None:
         raise NotImplementedError("chunk_mask returned None")
-    listed, got = not isinstance(got, np.ndarray), np.asarray(got)
+    listed, got = not isinstance(got, np.ndarray), as_array(got, "chunk_mask's result")
     if got.shape != expected.shape:
         hint = (f"one row per new query and one column per key of the sequence (cached ones "
                 f"included): [q_len, seq_len] = {expected.shape}.")
@@ -176,7 +176,7 @@ def _visible_case(fn, indptr, seq_lens) -> None:
     got = fn(indptr.copy(), seq_lens.copy())
     if got is None:
         raise NotImplementedError("visible_keys returned None")
-    got = np.asarray(got)
+    got = as_array(got, "visible_keys' result")
     if got.shape != expected.shape:
         raise Mismatch("wrong shape", "one count per packed row: [qo_indptr[-1]].",
                        str(expected.shape), str(got.shape))

@@ -164,6 +164,14 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         raise Mismatch(f"raised KeyError: {exc}", f"sequence {gone.group(1)} was freed "
                        "already: once cache.free_sequence(seq_id) has run, drop the sequence "
                        "from the running ones and never use or free it again.") from None
+    if finished is not None:   # any sequence of ints (a list, a deque, an array)
+        items = None if isinstance(finished, (str, bytes)) else _as_list(finished)
+        if items is None or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
+                                    for i in items):
+            raise Mismatch("serve must return a list of request indices (ints)",
+                           "append each finished request's index i (an int) to a list.",
+                           f"a permutation of 0..{len(requests) - 1}", repr(finished)[:80])
+        finished = items
     if finished is None or sorted(finished) != list(range(len(requests))):
         seq_ids = first_id and finished is not None and \
             sorted(finished) == list(range(first_id, first_id + len(requests)))
@@ -216,3 +224,11 @@ def serve(fn) -> CheckResult:
              lambda: _serve_case(fn, 36, [], 4, 4)),
     ]
     return run_cases("serve", "serve: admit, decode, finish and free", cases)
+
+
+def _as_list(values):
+    """list(values), or None when it is not iterable."""
+    try:
+        return list(values)
+    except TypeError:
+        return None

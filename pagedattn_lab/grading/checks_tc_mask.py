@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compare import fmt
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, as_array, run_cases
 from .seeds import case_rng
 
 TILE = 16    # tokens (columns) of one score tile
@@ -90,7 +90,7 @@ def _mask_case(fn, seed, tile, seq_len, scale) -> None:
     if not np.array_equal(given, s):
         raise Mismatch("s was changed in place", "return a new array (s * scale makes one) and "
                        "leave s as it was: the caller may still need the raw scores.")
-    got = np.asarray(got)
+    got = as_array(got, "mask_tile's result")
     if got.shape != expected.shape:
         raise Mismatch("wrong shape", "one logit per score: [16, 16].", str(expected.shape),
                        str(got.shape))

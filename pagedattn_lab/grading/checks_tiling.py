@@ -15,7 +15,12 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
     last_key = min(seq_len, q_start + tile_q)          # keys 0..last_key-1
     expected = list(range(-(-last_key // page_size))) if q_start < seq_len else []
     got = fn(seq_len, q_start, tile_q, page_size)
-    got_list = None if got is None else [int(p) for p in got]
+    try:
+        got_list = None if got is None else [int(p) for p in got]
+    except (TypeError, ValueError):
+        raise Mismatch(f"expected a list of page indices, got {type(got).__name__} {got!r:.80}",
+                       "return the block-table indices of the pages to load, as ints.",
+                       str(expected), repr(got)[:80]) from None
     if got_list == expected:
         return
     past_end = q_start + tile_q > seq_len

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..distributed.shard import head_range
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, as_array, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
 
@@ -151,7 +151,7 @@ def _gather_case(fn, world, full) -> None:
     got = fn(gathered.copy(), world, batch, heads, dim)
     if got is None:
         raise NotImplementedError("gather_heads returned None")
-    got = np.asarray(got)
+    got = as_array(got, "gather_heads' result")
     if got.shape != full.shape:
         hint = "one output row per sequence, every head: [batch, num_heads, head_dim]."
         if got.shape == (batch, n, dim) and world > 1:

@@ -39,6 +39,18 @@ class Mismatch(Exception):
         self.message, self.hint, self.expected, self.got = message, hint, expected, got
 
 
+def as_array(got, what: str):
+    """`got` as a NumPy array, or a Mismatch naming `what`: a ragged list or objects NumPy
+    cannot hold would otherwise surface as an error of the check's own code."""
+    import numpy as np   # (report.py is imported where NumPy is not needed)
+    try:
+        return np.asarray(got)
+    except (ValueError, TypeError) as exc:
+        raise Mismatch(f"{what}: not an array of numbers ({type(got).__name__}: {exc})",
+                       "return a NumPy array (or nested lists of equal length) of numbers.",
+                       got=repr(got)[:80]) from None
+
+
 class NotAttempted(Exception):
     """The learner's code is still the stub (it raised NotImplementedError or wrote nothing)."""
 
