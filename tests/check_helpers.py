@@ -56,6 +56,30 @@ def mutate(source: str, edits) -> str:
     return source
 
 
+def assert_kernel_checks_on_the_gpu(task, notebook, variable, mistakes, *, rights=(),
+                                    other_evidence=(), stub=True):
+    """A kernel task's check on the GPU: the solution passes, the exercise's stub is "not
+    attempted" (`stub`), every wrong kernel, (name, edits, phrase), fails with its phrase
+    (or, named in `other_evidence`, fails: the GPU shows it by evidence of its own), and every
+    right one, (name, edits), passes."""
+    solution = solution_source(notebook, variable)
+    result, printed = run_check(task, solution, device="gpu")
+    assert result.passed, printed
+    if stub:
+        result, _ = run_check(task, solution_source(notebook, variable, "exercises"),
+                              device="gpu")
+        assert result.status == "not attempted"
+    for name, edits, phrase in mistakes:
+        if name in other_evidence:
+            result, printed = run_check(task, mutate(solution, edits), device="gpu")
+            assert result.status == "failed", f"{name}: {printed}"
+        else:
+            assert_caught(task, mutate(solution, edits), phrase, device="gpu")
+    for name, edits in rights:
+        result, printed = run_check(task, mutate(solution, edits), device="gpu")
+        assert result.passed, f"{name}: {printed}"
+
+
 class GoodAllocator:
     """A correct allocator with reference counts: the base the wrong ones edit."""
 
@@ -85,11 +109,18 @@ class GoodAllocator:
                 raise ValueError(f"page {p} is not in the pool")
 
     def free(self, pages):
+        pages = self._check_free(pages)
+        self._release(pages)
+
+    def _check_free(self, pages):
         pages = list(pages)
         self._valid(pages)
         for p in pages:
             if self.refs[p] < pages.count(p):
                 raise ValueError(f"page {p} is already free")
+        return pages
+
+    def _release(self, pages):
         for p in pages:
             self.refs[p] -= 1
             if self.refs[p] == 0:

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from tests.test_check_mistakes import assert_caught, mutate, run_check, solution_source
+from tests.check_helpers import assert_kernel_checks_on_the_gpu
 
 NOTEBOOK = "06_decode_kernel.ipynb"
 
@@ -158,17 +159,9 @@ GPU_OTHER_EVIDENCE = {"one partition too many", "out row times max_parts"}
 @pytest.mark.parametrize("task, variable", [("decode_partition", "SOURCE_PARTITION"),
                                             ("decode_merge", "SOURCE_MERGE")])
 def test_kernel_checks_on_the_gpu(task, variable):
-    result, printed = run_check(task, solution_source(NOTEBOOK, variable), device="gpu")
-    assert result.passed, printed
-    result, _ = run_check(task, solution_source(NOTEBOOK, variable, "exercises"), device="gpu")
-    assert result.status == "not attempted"
-    for t, _, (name, edits, phrase, *_) in KERNELS:
-        if t == task:
-            impl = mutate(solution_source(NOTEBOOK, variable), edits)
-            if name in GPU_OTHER_EVIDENCE:
-                assert run_check(task, impl, device="gpu")[0].status == "failed", name
-            else:
-                assert_caught(task, impl, phrase, device="gpu")
+    assert_kernel_checks_on_the_gpu(task, NOTEBOOK, variable,
+                                    [m[:3] for t, _, m in KERNELS if t == task],
+                                    other_evidence=GPU_OTHER_EVIDENCE)
 
 
 def test_merge_check_passes_a_correct_merge_written_differently():

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.grading import kernel_runner as kr
-from tests.check_helpers import assert_caught, mutate, run_check, solution_source
+from tests.check_helpers import (assert_caught, assert_kernel_checks_on_the_gpu, mutate,
+                                 run_check, solution_source)
 
 # -- CUDA C tasks ------------------------------------------------------------------------------
 
@@ -205,14 +206,10 @@ def test_kernel_checks_pass_the_solution_and_report_the_stub(task, notebook, var
 @pytest.mark.gpu
 @pytest.mark.parametrize("task, notebook, variable", SOLUTION_KERNELS)
 def test_kernel_checks_on_the_gpu(task, notebook, variable):
-    result, printed = run_check(task, solution_source(notebook, variable), device="gpu")
-    assert result.passed, printed
-    result, _ = run_check(task, solution_source(notebook, variable, "exercises"), device="gpu")
-    assert result.status == "not attempted"
-    for mistake, kid in zip(KERNEL_MISTAKES, KERNEL_IDS):
-        if mistake[0] == task and kid in DETERMINISTIC:
-            assert_caught(task, mutate(solution_source(notebook, variable), mistake[4]),
-                          mistake[5], device="gpu")
+    assert_kernel_checks_on_the_gpu(
+        task, notebook, variable,
+        [(kid, m[4], m[5]) for m, kid in zip(KERNEL_MISTAKES, KERNEL_IDS)
+         if m[0] == task and kid in DETERMINISTIC])
 
 
 def test_endless_kernel_loop_is_stopped(monkeypatch):

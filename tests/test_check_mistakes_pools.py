@@ -36,15 +36,7 @@ class SetFree(GoodAllocator):
     """Checks the counts, then drops one owner per distinct id."""
 
     def free(self, pages):
-        pages = list(pages)
-        self._valid(pages)
-        for p in pages:
-            if self.refs[p] < pages.count(p):
-                raise ValueError(f"page {p} is already free")
-        for p in set(pages):
-            self.refs[p] -= 1
-            if self.refs[p] == 0:
-                self.free_list.append(p)
+        self._release(set(self._check_free(pages)))
 
 
 class TupleFork(GoodAllocator):

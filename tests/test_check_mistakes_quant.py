@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.test_check_mistakes import assert_caught, mutate, run_check, solution_source
+from tests.check_helpers import assert_kernel_checks_on_the_gpu
 
 NOTEBOOK = "11_kv_compression.ipynb"
 
@@ -244,19 +245,11 @@ GPU_ONLY_WRITE_MISTAKES = [
 
 
 @pytest.mark.gpu
-def test_kernel_checks_on_the_gpu():
-    for task, variable in (("quantize_write", "SOURCE_WRITE"), ("dequant_decode", "SOURCE_READ")):
-        result, printed = run_check(task, solution_source(NOTEBOOK, variable), device="gpu")
-        assert result.passed, printed
+@pytest.mark.parametrize("task, variable", [("quantize_write", "SOURCE_WRITE"),
+                                            ("dequant_decode", "SOURCE_READ")])
+def test_kernel_checks_on_the_gpu(task, variable):
     mistakes = KERNELS + [("quantize_write", "SOURCE_WRITE", m) for m in GPU_ONLY_WRITE_MISTAKES]
-    for task, variable, (name, edits, phrase, *_) in mistakes:
-        impl = mutate(solution_source(NOTEBOOK, variable), edits)
-        if name in OUT_OF_BOUNDS_READS:
-            result, printed = run_check(task, impl, device="gpu")
-            assert result.status == "failed", f"{name}: {printed}"
-        else:
-            assert_caught(task, impl, phrase, device="gpu")
-    for task, variable, (name, edits) in ALTERNATIVES:
-        result, printed = run_check(task, mutate(solution_source(NOTEBOOK, variable), edits),
-                                    device="gpu")
-        assert result.passed, f"{name}: {printed}"
+    assert_kernel_checks_on_the_gpu(
+        task, NOTEBOOK, variable, [m[:3] for t, _, m in mistakes if t == task],
+        rights=[r for t, _, r in ALTERNATIVES if t == task],
+        other_evidence=OUT_OF_BOUNDS_READS, stub=False)

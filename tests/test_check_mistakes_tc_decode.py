@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from tests.test_check_mistakes import assert_caught, mutate, run_check, solution_source
+from tests.check_helpers import assert_kernel_checks_on_the_gpu
 
 NOTEBOOK = "09_tensor_core_decode.ipynb"
 
@@ -277,23 +278,9 @@ GPU_OTHER_EVIDENCE = {"lanes leave before the WMMA calls",
 
 @pytest.mark.gpu
 def test_tile_check_on_the_gpu():
-    result, printed = run_check("tc_tile_scores", solution_source(NOTEBOOK, "SOURCE_TILE"),
-                                device="gpu")
-    assert result.passed, printed
-    result, _ = run_check("tc_tile_scores", solution_source(NOTEBOOK, "SOURCE_TILE", "exercises"),
-                          device="gpu")
-    assert result.status == "not attempted"
-    for name, edits, phrase, *_ in TILE_MISTAKES:
-        impl = mutate(solution_source(NOTEBOOK, "SOURCE_TILE"), edits)
-        if name in GPU_OTHER_EVIDENCE:
-            assert run_check("tc_tile_scores", impl, device="gpu")[0].status == "failed", name
-        else:
-            assert_caught("tc_tile_scores", impl, phrase, device="gpu")
-    for name, edits in RIGHT_TILES:
-        result, printed = run_check("tc_tile_scores",
-                                    mutate(solution_source(NOTEBOOK, "SOURCE_TILE"), edits),
-                                    device="gpu")
-        assert result.passed, (name, printed)
+    assert_kernel_checks_on_the_gpu("tc_tile_scores", NOTEBOOK, "SOURCE_TILE",
+                                    [m[:3] for m in TILE_MISTAKES], rights=RIGHT_TILES,
+                                    other_evidence=GPU_OTHER_EVIDENCE)
 
 
 def test_group_rows_check_passes_a_correct_layout_written_differently():
