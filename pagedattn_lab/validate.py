@@ -91,10 +91,15 @@ def check_cache_dtype(dtype, name: str = "dtype") -> np.dtype:
     return dt
 
 
+def is_int(value) -> bool:
+    """A Python or NumPy integer, not a bool (True is an int in Python) and not a whole float."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
 def check_int(value, name: str, *, minimum: int | None = None,
               maximum: int | None = None) -> int:
     """A Python or NumPy integer (not bool, not a float that happens to be whole), in range."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    if not is_int(value):
         raise TypeError(f"{name}: expected an int, got {value!r} ({type(value).__name__})")
     if minimum is not None and value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value}")
@@ -117,13 +122,13 @@ def check_int_list(values, name: str, what: str = "id") -> list[int]:
     message about `int` or `NoneType`, or silently walk a string's characters).
     """
     if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        one = isinstance(values, (int, np.integer)) and not isinstance(values, bool)
+        one = is_int(values)
         hint = f"; for one {what} write [{values!r}]" if one else ""
         raise TypeError(f"{name}: expected a list of {what}s, got {values!r} "
                         f"({type(values).__name__}){hint}")
     ids = []
     for i, value in enumerate(values):
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        if not is_int(value):
             raise TypeError(f"{name}[{i}]: expected an integer {what}, got {value!r} "
                             f"({type(value).__name__})")
         ids.append(int(value))

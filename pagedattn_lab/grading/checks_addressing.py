@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..addressing import element_offset, page_offset, physical_page, physical_slot, token_slots
+from ..validate import is_int
 from .cases import block_tables_for
 from .compare import describe_difference, diagnose
 from .report import Case, CheckResult, Mismatch, run_cases
@@ -23,7 +24,7 @@ def scattered_row(rng, seq_len: int, page_size: int, num_pages: int, width: int)
 def _whole(got, what: str, expected: int):
     """`got` as an int when it is one (Python or NumPy), else a Mismatch: 12.5 or "12" would
     pass int(got) == expected, and a float cannot index an array anyway."""
-    if got is None or isinstance(got, (int, np.integer)) and not isinstance(got, bool):
+    if got is None or is_int(got):
         return None if got is None else int(got)
     raise Mismatch(f"{what}: expected an int, got {type(got).__name__} {got!r}",
                    "return a whole number of type int: an offset indexes an array (use // "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..paging import BlockAllocator, OutOfPagesError
+from ..validate import is_int
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -37,7 +38,7 @@ IN_PLACE_HINT = ("you took the right pages from the allocator, but `table` did n
 def _expect_new_entries(table: list, before: list, taken: set[int]) -> None:
     """The entries appended are the pages the allocator handed out, each once."""
     new = table[len(before):]
-    if not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) for p in new):
+    if not all(is_int(p) for p in new):
         raise Mismatch(f"the new entries are {new!r}", "each entry is one page id (an int): "
                        "table.extend(pages), not table.append(pages).")
     if sorted(int(p) for p in new) != sorted(taken):

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
+from ..validate import is_int
 from .report import Case, CaseTimeout, CheckResult, Mismatch, run_cases, time_limit
 from .seeds import case_rng
 
@@ -166,8 +167,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                        "from the running ones and never use or free it again.") from None
     if finished is not None:   # any sequence of ints (a list, a deque, an array)
         items = None if isinstance(finished, (str, bytes)) else _as_list(finished)
-        if items is None or not all(isinstance(i, (int, np.integer)) and not isinstance(i, bool)
-                                    for i in items):
+        if items is None or not all(is_int(i) for i in items):
             raise Mismatch("serve must return a list of request indices (ints)",
                            "append each finished request's index i (an int) to a list.",
                            f"a permutation of 0..{len(requests) - 1}", repr(finished)[:80])

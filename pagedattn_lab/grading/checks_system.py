@@ -13,6 +13,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
+from ..validate import is_int
 from .compare import describe_difference, diagnose
 from .checks_serve import serve  # noqa: F401 - the lesson registry finds serve here
 from .report import Case, CheckResult, Mismatch, run_cases
@@ -91,8 +92,7 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
         raise Mismatch(f"{what}: raised IndexError: {exc}", "a sequence with no tokens has "
                        "no pages, so block_table(seq_id)[-1] does not exist: test "
                        "seq_len % page_size == 0 (true for 0) first.") from None
-    whole = isinstance(got, (int, np.integer)) and not isinstance(got, bool)
-    if got is not None and not whole:
+    if got is not None and not is_int(got):
         raise Mismatch(f"{what}: expected an int, got {type(got).__name__} {got!r}",
                        "return the number of new pages the token needs, 0 or 1, as an int.",
                        expected=str(expected), got=repr(got))

@@ -14,15 +14,12 @@ from __future__ import annotations
 import numpy as np
 
 from ..distributed.shard import head_range
+from ..validate import is_int
 from .report import Case, CheckResult, Mismatch, as_array, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
 
 # -- task 1: the heads of a rank -------------------------------------------------------------
-
-def _is_int(x) -> bool:
-    return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
-
 
 INT_HINT = ("// and math.ceil give ints; / and np.ceil give floats, even when the division "
             "is exact.")
@@ -35,7 +32,7 @@ def _as_ranges(got):
         raise Mismatch("expected ((kv_start, kv_stop), (q_start, q_stop)), two pairs of ints",
                        "return two (start, stop) pairs: the KV head range first, then the "
                        "query head range.", "", repr(got)[:200]) from exc
-    if not all(_is_int(x) for x in (a, b, c, d)):
+    if not all(is_int(x) for x in (a, b, c, d)):
         raise Mismatch(f"head ranges of {', '.join(type(x).__name__ for x in (a, b, c, d))}",
                        "head ranges slice arrays: they must be ints. " + INT_HINT,
                        "four ints", repr(got)[:200])
@@ -249,7 +246,7 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
     except (TypeError, ValueError) as exc:
         raise Mismatch("expected (tables, output_share, kv_read), three ints", "return a "
                        "tuple of three byte counts.", "", repr(got)[:200]) from exc
-    if not all(_is_int(x) for x in values):
+    if not all(is_int(x) for x in values):
         raise Mismatch(f"byte counts of {', '.join(type(x).__name__ for x in values)}",
                        "return plain integers, as the spec asks. " + INT_HINT,
                        "three ints", repr(values)[:200])
