@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..validate import is_one_of
+
 L2_FLUSH_BYTES = 64 << 20    # more than the H100's and H200's 50-60 MB of L2
 L2_FLUSH_WHAT = {"write": "64 MB written", "read": "twice the L2 read"}
 L2_FLUSH_MODES = tuple(L2_FLUSH_WHAT)
@@ -65,7 +67,7 @@ class Timing:
 
 class Timer:
     def __init__(self, cp, l2_flush: str = "write"):
-        if l2_flush not in L2_FLUSH_MODES:
+        if not is_one_of(l2_flush, L2_FLUSH_MODES):
             raise ValueError(f"l2_flush: expected one of {L2_FLUSH_MODES}, got {l2_flush!r}")
         self.cp, self.l2_flush = cp, l2_flush
         if l2_flush == "write":

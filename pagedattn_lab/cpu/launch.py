@@ -51,8 +51,8 @@ class _Buffer:
         self.base, self.length = base.value, length.value
         self.data = ptr or (self.base + GUARD_BEFORE)
         self.members: list = []   # (param, array, device address)
-        # the mapping's first byte (pal_buffer_alloc rounds the guard to whole pages)
-        self.slack = self.base + -(-GUARD_BEFORE // mmap.PAGESIZE) * mmap.PAGESIZE if ptr else 0
+        # the data mapping's first byte: its page (the slack before the array is under a page)
+        self.slack = self.data - self.data % mmap.PAGESIZE if ptr else 0
         if nbytes:
             C.memmove(self.data, lo, nbytes)
             C.memset(self.slack, SLACK_FILL, self.data - self.slack)

@@ -27,6 +27,7 @@ import math
 import numpy as np
 
 from ..backend import cupy_module, resolve_device, to_numpy
+from ..validate import check_cache_dtype
 from .config import ModelConfig
 from .fused import LlamaOps
 from .weights import check_weights
@@ -66,12 +67,7 @@ class LlamaModel:
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
         check_weights(config, weights)
-        try:
-            name = np.dtype(dtype).name
-        except TypeError:   # NumPy's "data type not understood" names no argument
-            name = repr(dtype)
-        if name not in ("float32", "float16"):
-            raise TypeError(f"dtype: expected float32 or float16, got {name}")
+        check_cache_dtype(dtype)
         if fused is not None and not isinstance(fused, bool):
             raise TypeError(f"fused: expected True, False or None, got {fused!r}")
         self.config, self.dtype = config, np.dtype(dtype)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..addressing import token_slots
 from ..reference import reference_decode, reference_prefill
 from .seeds import case_rng
 
@@ -60,8 +61,7 @@ def nan_tails(prob: PagedProblem) -> PagedProblem:
     num_pages, page_size = prob.k_cache.shape[:2]
     used = np.zeros(num_pages * page_size, bool)
     for row, n in zip(prob.block_tables, prob.seq_lens):
-        t = np.arange(int(n))
-        used[row[t // page_size].astype(np.int64) * page_size + t % page_size] = True
+        used[token_slots(row, int(n), page_size)] = True
     for cache in (prob.k_cache, prob.v_cache):
         cache.reshape(num_pages * page_size, -1)[~used] = np.nan
     return prob

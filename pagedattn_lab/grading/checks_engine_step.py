@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .report import Case, CaseTimeout, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .seeds import case_rng
-from .wire import ProtocolError
 
 
 def _pages(tokens: int, page_size: int) -> int:
@@ -156,13 +155,10 @@ _RULES = tuple(rule for rule, _, _ in _VARIANTS)
 
 def _batch(fn, args):
     """The learner's batch for `args` (fresh copies of the requests), None if it fails."""
-    try:
+    def batch():
         copies = [[SimpleNamespace(**vars(r)) for r in reqs] for reqs in args[:2]]
         return [(int(rid), int(n)) for rid, n in fn(*copies, *args[2:])]
-    except (CaseTimeout, ProtocolError):   # the case's time limit, a broken channel
-        raise
-    except Exception:   # noqa: BLE001 - a probe: the case itself reported what it got
-        return None
+    return probe(batch)
 
 
 def _probes(args):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks_sizing import _int_case, _lens, _scalar_case, paged_waste_fraction
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, probe, run_cases
 
 
 OVERFLOW_HINT = ("the product overflowed int32 (seq_lens is an int32 array, and this byte "
@@ -38,10 +38,7 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
             return None
         candidate = tokens * 2 * num_kv_heads * head_dim * size
         if candidate == expected // 2:
-            try:
-                same = int(fn(*args, np.float16)) == candidate
-            except Exception:   # noqa: BLE001 - a probe that fails proves nothing
-                return None
+            same = probe(lambda: int(fn(*args, np.float16)) == candidate)
             return candidate if same else None
         return candidate
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..prefill_masks import causal_mask
-from .report import Case, CaseTimeout, CheckResult, Mismatch, as_array, run_cases
+from .report import Case, CheckResult, Mismatch, as_array, probe, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
 
@@ -35,16 +35,6 @@ def _rows_of(indptr):
     q_lens = np.diff(indptr.astype(np.int64))
     seq = np.repeat(np.arange(q_lens.size), q_lens)
     return seq, np.arange(seq.size) - indptr[seq]
-
-
-def _answer(fn, *args):
-    """`fn(*args)`, or None if it raises (a time limit still ends the case)."""
-    try:
-        return fn(*args)
-    except CaseTimeout:
-        raise
-    except Exception:   # noqa: BLE001 - a probe that crashes simply confirms no mistake
-        return None
 
 
 def _named(variants, got, expected, same, confirmed, default: str) -> str:
@@ -108,7 +98,7 @@ def _mask_case(fn, q_len: int, seq_len: int) -> None:
         return
     i, j = (int(x[0]) for x in np.nonzero(got != expected))
     hint = _named(_mask_variants(q_len, seq_len), got, expected, _same_array,
-                  lambda k: all(_same_array(_answer(fn, q, n), _mask_variants(q, n)[k][1])
+                  lambda k: all(_same_array(probe(fn, q, n), _mask_variants(q, n)[k][1])
                                 for q, n in _MASK_FIXED),
                   "query i sees key j exactly when j <= seq_len - q_len + i.")
     raise Mismatch(f"chunk_mask({q_len}, {seq_len}): first wrong cell: query {i}, key {j} "
@@ -168,7 +158,7 @@ _VISIBLE_FIXED = [([0, 4, 9, 10], [4, 20, 7]),          # new prompt, chunk, dec
 
 
 def _visible_of(fn, indptr, seq_lens):
-    return _answer(fn, np.array(indptr, np.int32), np.array(seq_lens, np.int32))
+    return probe(fn, np.array(indptr, np.int32), np.array(seq_lens, np.int32))
 
 
 def _visible_case(fn, indptr, seq_lens) -> None:
@@ -295,7 +285,7 @@ _TILES_FIXED = [([0, 40, 45, 46], [40, 100, 9], 16, 32),
 
 
 def _tiles_of(fn, indptr, seq_lens, rows, kv_tile):
-    return _answer(lambda: _as_triples(fn(np.array(indptr, np.int32),
+    return probe(lambda: _as_triples(fn(np.array(indptr, np.int32),
                                           np.array(seq_lens, np.int32), rows, kv_tile)))
 
 

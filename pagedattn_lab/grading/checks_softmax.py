@@ -12,7 +12,7 @@ import numpy as np
 
 from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose, fmt
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, as_array, run_cases
 from .seeds import case_rng
 from .variants import attention_variant
 
@@ -85,8 +85,9 @@ def _online_case(cls, scores, values) -> None:
     got = state.result()
     if got is None:
         raise Mismatch("result() returned None", "return acc / l.")
-    single = np.asarray(got).dtype == np.float32   # float32 state, as in the kernel: its
-    got = np.asarray(got, dtype=np.float64)         # rounding, not a mistake
+    got = as_array(got, "result()")
+    single = got.dtype == np.float32   # float32 state, as in the kernel: its rounding, not a
+    got = got.astype(np.float64)       # mistake
     if got.shape != expected.shape:
         raise Mismatch("result() shape", "one value per dim: [head_dim].", str(expected.shape),
                        str(got.shape))

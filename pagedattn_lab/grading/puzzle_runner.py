@@ -96,9 +96,7 @@ class PuzzleKernel:
                 self.locate(tuple(block), tuple(thread))[1]
             access = getattr(exc, "access", None) or "access"
             if thread is None:   # a write before the array's start, found after the launch
-                return Mismatch(f"out-of-bounds {access} of {exc.buffer}[{exc.index}] (it has "
-                                f"{exc.size} elements), found after the launch (which thread "
-                                f"wrote it is not known).",
+                return Mismatch(describe_kernel_exception(exc)[0],
                                 f"index {exc.index} is before the array's start: some thread's "
                                 f"index into {exc.buffer} went below 0; work out thread 0's by "
                                 "hand.")
