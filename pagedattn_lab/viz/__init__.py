@@ -10,6 +10,7 @@ from .bench_plots import (head_to_head, latest_results, load_bench_results, plot
                           results_file_or_newest, yardstick)
 from .engine_plots import (PrefixSnapshot, plot_allocation_comparison, plot_engine_series,
                            plot_page_size_waste, plot_shared_blocks, prefix_snapshot)
+from .l2_flush import flush_rows, load_flush_modes, plot_flush_cost
 from .kernel_maps import plot_causal_tiles, plot_query_mapping, tile_counts
 from .memory import (MemorySnapshot, plot_fragmentation, plot_memory_timeline,
                      plot_policy_batches, plot_sim_timeline, take_snapshot)
@@ -32,7 +33,7 @@ def __getattr__(name):
 
 
 __all__ = [
-    "AllocationStepper", "as_state", "head_to_head", "load_quant_results", "quant_rows",
+    "AllocationStepper", "as_state", "flush_rows", "load_flush_modes", "plot_flush_cost", "head_to_head", "load_quant_results", "quant_rows",
     "results_file_or_newest", "plot_allocation_comparison", "plot_engine_series",
     "plot_page_size_waste", "plot_shared_blocks", "prefix_snapshot", "PrefixSnapshot", "color_map", "demo_events", "describe_translation",
     "latest_results", "load_bench_results", "MemorySnapshot", "online_softmax_trace",
