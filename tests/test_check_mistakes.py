@@ -215,6 +215,8 @@ ATTACK = [
     ("choose_page_size", choose_rounded_waste, "just above max_waste"),
     ("choose_page_size", lambda L, c, w: float(choose_right(L, c, w)),
      "return it as an int"),
+    # True == 1 in Python: a comparison where the count is 0 or 1 passed an int check.
+    ("pages_needed", lambda n, p: -(-n // p) if n > p else n > 0, "a truth value"),
 ]
 
 

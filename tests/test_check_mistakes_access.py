@@ -103,6 +103,9 @@ MISTAKES += [
      "stage V"),
     ("tiled_launch", lambda b, h, n, tq, p, d: ((b, h, _ceil(n, tq)), (tq,), 8 * p * d),
      "query tiles in x"),
+    # a truth value where the batch is 1 (True == 1) is not a launch dimension
+    ("tiled_launch", lambda b, h, n, tq, p, d: ((_ceil(n, tq), h, b if b > 1 else b > 0),
+                                                (tq,), 8 * p * d), "whole numbers"),
 ]
 
 

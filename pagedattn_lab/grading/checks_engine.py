@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.prefix_cache import hash_block
+from ..validate import is_int
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -117,7 +118,7 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
         raise Mismatch(f"{what}: the cache was changed", "a lookup only reads `cached`; the "
                        "engine takes the pages (touch) after it decides to admit.")
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], (list, tuple))
-            and isinstance(got[1], (int, np.integer))):
+            and is_int(got[1])):
         raise Mismatch(f"{what}: expected a pair (pages, num_computed)", "return pages, "
                        "num_computed: a list of pages and an int.", "(list, int)", repr(got))
     got = (list(got[0]), got[1])

@@ -14,6 +14,7 @@ import math
 
 import numpy as np
 
+from ..validate import is_int
 from .compare import fmt
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
@@ -70,8 +71,12 @@ def _int_case(fn, args: tuple, expected: int, variants: list[tuple[str, float]],
               *, default_hint: str = "") -> None:
     """An exact integer answer, as an int (a float is refused even when it is whole)."""
     got = fn(*args)
+    if isinstance(got, (bool, np.bool_)):
+        raise Mismatch(f"{what} returned {got!r}, a truth value", "return the count itself, "
+                       "an int: a comparison (==, <, >) gives True or False, not a number.",
+                       expected=str(expected), got=repr(got))
     value = _number(got, what)
-    whole = isinstance(got, (int, np.integer))
+    whole = is_int(got)
     exact = int(got) if whole else value
     if exact == expected and whole:
         return

@@ -6,8 +6,7 @@ page from the first one up to the page of its last real query, and nothing after
 """
 from __future__ import annotations
 
-import numpy as np
-
+from ..validate import is_int
 from .report import Case, CheckResult, Mismatch, run_cases
 
 
@@ -70,10 +69,10 @@ def tile_pages(fn) -> CheckResult:
 
 def dim3(value) -> tuple[int, int, int]:
     """A grid or block as CUDA's dim3: 16, (16,), [16, 1] and (16, 1, 1) are all (16, 1, 1)."""
-    if isinstance(value, (int, np.integer)):
+    if is_int(value):
         value = (value,)
     if not isinstance(value, (tuple, list)) or not 1 <= len(value) <= 3 or \
-            not all(isinstance(v, (int, np.integer)) and v >= 0 for v in value):
+            not all(is_int(v) and v >= 0 for v in value):
         raise ValueError(f"not a dim3: {value!r}")
     return tuple(int(v) for v in value) + (1,) * (3 - len(value))
 
@@ -95,7 +94,7 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
         raise Mismatch(f"grid and block must be tuples of 1 to 3 ints, got {got[0]!r} and "
                        f"{got[1]!r}", "a launch takes whole numbers: math.ceil and // give "
                        "ints, np.ceil gives floats.", "", repr(got)) from exc
-    if not isinstance(got[2], (int, np.integer)):
+    if not is_int(got[2]):
         raise Mismatch(f"shared_mem must be an int number of bytes, got {got[2]!r}",
                        "a launch takes whole numbers of bytes (np.dtype(...).itemsize is an "
                        "int; a product with a float is not).", str(smem), repr(got[2]))
