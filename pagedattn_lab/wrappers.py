@@ -115,7 +115,8 @@ class BatchDecodeWrapper(DecodeRun):
         pages were checked against the cache already: -1). kv_format: quant.KVFormat of a
         compressed cache, or None."""
         group = num_heads // num_kv_heads
-        chosen = _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme)
+        chosen = _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme,
+                                int(tables_h.shape[0]), int(lens_h.sum(dtype=np.int64)))
         xp = cupy_module() if on_gpu else np
         self.kernel = chosen
         self.on_gpu, self.xp, self.dtype = on_gpu, xp, dtype
@@ -364,11 +365,12 @@ class BatchDecodeWrapper(DecodeRun):
         explain_run(self, q, k, v, out, qshape)
 
 
-def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme):
+def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme, batch,
+                   tokens):
     """decode_plan.choose_kernel, and for compressed pages the SIMT kernel's limit: 16 codes
     per 16-byte load, so head_dim a multiple of 16 (the tensor-core kernel's limit too)."""
     chosen = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu,
-                              scale_scheme if kv_format is not None else None)
+                              scale_scheme if kv_format is not None else None, batch, tokens)
     if kv_format is not None and head_dim % 16:
         raise ValueError(f"head_dim: {head_dim} with {kv_format.name} pages: the simt kernel "
                          f"reads 16 codes at a time, so head_dim must be a multiple of 16")
