@@ -6,10 +6,11 @@ checks copy the slot mapping to the host, which the spin kernel of `Timer` canno
     python -m pagedattn_lab.bench.quant --out DIR [--flashinfer fp8_e4m3,float16] [--reps 30]
                                       [--l2-flush write|read]
 
-Workloads: ANCHORS.md's D64 (64 sequences, lengths uniform in [512, 4096], 149,713 tokens;
-head_dim 128, page 16, pages scattered), MHA 32/32 and GQA 32/8. Issue 12's targets (H200,
-same run): on fp8 or int8 pages at most 0.55x the fp16 time, and at least 90% of the copy
-rate counted on the compressed bytes (codes, per-token scales, block tables, q and out).
+Workloads: D64 of benchmarks/STARTING_POINT.md (64 sequences, lengths uniform in [512, 4096],
+149,713 tokens; head_dim 128, page 16, pages scattered), MHA 32/32 and GQA 32/8. Issue 12's
+targets (H200, same run): on fp8 or int8 pages at most 0.55x the fp16 time, and at least 90%
+of the copy rate counted on the compressed bytes (codes, per-token scales, block tables, q and
+out).
 "fp16 time" is our fastest fp16 decode of the workload (the kernel `plan` picks on its own).
 """
 from __future__ import annotations

@@ -8,9 +8,9 @@ torch.compile guards), so the events measure the GPU's time for the work itself,
 way for our kernels and for every baseline. `time(..., hide_launch=False)` leaves it out.
 
 The flush by a write is what Triton's `do_bench` and NVBench do, and the benches' default (what
-ANCHORS.md's figures and every earlier result used). It leaves the L2 full of dirty lines, whose
-write-back the timed work pays as it evicts them: 7-10 us on every decode row on the H200, a
-contiguous read included (benchmarks/NOTES.md, "The flush's write-back (session 12)").
+the figures of benchmarks/STARTING_POINT.md and every earlier result used). It leaves the L2
+full of dirty lines, whose write-back the timed work pays as it evicts them: 7-10 us on every
+decode row on the H200, a contiguous read included (benchmarks/NOTES.md, "The flush's write-back (session 12)").
 `Timer(cp, l2_flush="read")` flushes by reading twice the L2's size instead: the inputs are
 evicted all the same, and dirty lines are written back during the flush, not the timing.
 

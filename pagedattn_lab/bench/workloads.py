@@ -4,7 +4,7 @@ Decode workloads read a paged fp16 cache; the data are random normal values (nev
 zeros hide unwritten outputs and can run faster than real data) and each sequence's pages
 are scattered over the whole cache by a seeded permutation, as a long-running server's are.
 
-"D64" is the reference workload of ANCHORS.md: 64 sequences with lengths drawn by
+"D64" is the reference workload of benchmarks/STARTING_POINT.md: 64 sequences with lengths drawn by
 `np.random.default_rng(0).integers(512, 4097, 64)` (uniform in [512, 4096]), which sum to
 149,713 tokens; 32 heads, head_dim 128, fp16, page size 16.
 """
@@ -85,7 +85,7 @@ class PrefillWorkload:
 
 
 def decode_workloads(quick: bool = False) -> list[DecodeWorkload]:
-    """The rows of ANCHORS.md's decode table (fp16, head_dim 128, page 16 unless named),
+    """The rows of STARTING_POINT.md's decode table (fp16, head_dim 128, page 16 unless named),
     GQA 64/8 at page 64, head_dim 80 and 96, and D64 at pages 64 and 128 (lesson 08's chart)."""
     d64 = d64_lengths()
     if quick:
