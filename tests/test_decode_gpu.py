@@ -166,3 +166,21 @@ def test_run_refuses_a_smaller_cache_on_the_gpu(rng, cp):
     w = pl.BatchDecodeWrapper().plan(tables, lens, 4, 2, 64, 16, "float16")
     with pytest.raises(ValueError, match="k_cache: the plan reads page"):
         w.run(q, k[: w.max_page], v[: w.max_page])
+
+
+@pytest.mark.parametrize("head_dim, lens, expected", [
+    (96, [600 + 37 * i for i in range(20)], "tensor_core"),   # head_dim 96, mean >= 512
+    (128, [600 + 37 * i for i in range(20)], "simt"),         # 20 sequences: not "a few"
+    (64, [2048, 1999, 17, 3000], "tensor_core"),          # a few long sequences
+    (112, [2048, 1999, 17, 3000], "simt"),                # ...but not at 112
+    (128, [100, 37, 300, 64, 5], "simt"),                 # short sequences
+])
+def test_multi_head_auto_choice_on_the_gpu(rng, cp, head_dim, lens, expected):
+    """decode_choice.mha_kernel's table, planned from GPU tables, against the reference."""
+    q, k, v, tables, seq_lens = decode_problem(rng, lens, num_heads=4, num_kv_heads=4,
+                                               head_dim=head_dim)
+    w = pl.BatchDecodeWrapper().plan(cp.asarray(tables), cp.asarray(seq_lens), 4, 4, head_dim,
+                                     16, "float16")
+    assert w.kernel == expected, w.describe()
+    out = w.run(cp.asarray(q), cp.asarray(k), cp.asarray(v))
+    check_close(cp.asnumpy(out), reference((q, k, v, tables, seq_lens)), "float16")
