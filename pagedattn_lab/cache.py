@@ -120,12 +120,15 @@ class PagedKVCache:
         if k.shape != v.shape:
             raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
         n_tokens = int(k.shape[0])
+        # Converted (or quantized) before any page is taken: a conversion that raises (an
+        # overflow under np.errstate(over="raise") or -W error) then changes nothing.
+        rows = self._encode(k, v)
         copy_tail = n_tokens > 0 and self._tail_is_shared(seq)
         new_pages = self.allocator.allocate(self.pages_needed(seq_id, n_tokens))
         if copy_tail:
             self._copy_on_write_tail(seq, new_pages.pop())
         seq.pages.extend(new_pages)
-        self._write(seq.pages, seq.length, k, v)
+        self._write(seq.pages, seq.length, n_tokens, rows)
         seq.length += n_tokens
 
     def pages_needed(self, seq_id: int, n_tokens: int) -> int:
@@ -240,28 +243,28 @@ class PagedKVCache:
         self.allocator.free([shared])
         seq.pages[-1] = fresh_page
 
-    def _write(self, pages: list[int], start: int, k, v) -> None:
-        n_tokens = int(k.shape[0])
-        slots = token_slots(np.asarray(pages, np.int64), start + n_tokens, self.page_size)[start:]
-        flat = (-1, self.num_kv_heads, self.head_dim)
+    def _encode(self, k, v) -> list:
+        """What `_write` stores of new rows: (K, V) in the cache's dtype on its device, or
+        ((K codes, K scales), (V codes, V scales)) of a compressed cache (the NumPy
+        reference, `quant.py`; the kernel is cache_write_quant)."""
         if self.device == "cpu":  # a CuPy k or v is copied to the host first
             k, v = to_numpy(k), to_numpy(v)
+        if self.kv_dtype is None:
+            return [self.xp.asarray(x, dtype=self.dtype) for x in (k, v)]
+        return [quantize_rows(to_numpy(x).astype(self.dtype),   # as an unquantized cache stores
+                              self.kv_dtype, self.scale_scheme, to_numpy(scale))
+                for x, scale in ((k, self.k_scale), (v, self.v_scale))]
+
+    def _write(self, pages: list[int], start: int, n_tokens: int, rows) -> None:
+        slots = token_slots(np.asarray(pages, np.int64), start + n_tokens, self.page_size)[start:]
+        flat = (-1, self.num_kv_heads, self.head_dim)
         slots = self.xp.asarray(slots)
         self._save_rows(slots)
-        if self.kv_dtype is not None:
-            self._write_quantized(slots, k, v)
+        if self.kv_dtype is None:
+            self.k_cache.reshape(flat)[slots], self.v_cache.reshape(flat)[slots] = rows
             return
-        self.k_cache.reshape(flat)[slots] = self.xp.asarray(k, dtype=self.dtype)
-        self.v_cache.reshape(flat)[slots] = self.xp.asarray(v, dtype=self.dtype)
-
-    def _write_quantized(self, slots, k, v) -> None:
-        """Quantize on write (NumPy reference, `quant.py`; the kernel is cache_write_quant)."""
-        flat = (-1, self.num_kv_heads, self.head_dim)
-        for rows, cache, scale in ((k, self.k_cache, self.k_scale), (v, self.v_cache,
-                                                                     self.v_scale)):
-            rows = to_numpy(rows).astype(self.dtype)   # what an unquantized cache would store
-            codes, scales = quantize_rows(rows, self.kv_dtype, self.scale_scheme,
-                                          to_numpy(scale))
+        for (codes, scales), cache, scale in zip(rows, (self.k_cache, self.v_cache),
+                                                 (self.k_scale, self.v_scale)):
             cache.reshape(flat)[slots] = self.xp.asarray(codes)
             if self.scale_scheme == "per_token":
                 scale.reshape(-1, self.num_kv_heads)[slots] = self.xp.asarray(scales)

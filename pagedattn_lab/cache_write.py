@@ -30,7 +30,8 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
     are positions `seq_lens[b] - q_lens[b] .. seq_lens[b] - 1` (the prefill wrapper's
     bottom-right convention). Vectorised: no Python loop over tokens.
     """
-    page_size = check_int(page_size, "page_size", minimum=1)
+    # at most int32 (the kernels' page_size): a larger one would wrap the int64 slots
+    page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
     tables = _host_ints(block_tables, "block_tables", 2)
     batch = int(tables.shape[0])
     # The used entries must be page ids >= 0: a -1 read as a page would give a negative slot,

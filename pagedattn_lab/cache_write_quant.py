@@ -16,7 +16,7 @@ from .backend import array_module, is_cupy_array, to_numpy
 from .cache_write import _check_slots
 from .kernels import kernel
 from .quant import check_scale, kv_format, scale_shape
-from .validate import check_array, check_disjoint, check_writeable
+from .validate import check_array, check_disjoint, check_kv_cache, check_writeable
 
 _SRC_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float16): "__half"}
 
@@ -31,6 +31,7 @@ def check_quant_cache(k_cache, v_cache, kv_dtype: str, scale_scheme: str, k_scal
     if v_cache.shape != k_cache.shape:
         raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k_cache.shape)}, got "
                          f"{tuple(v_cache.shape)}")
+    check_kv_cache(k_cache, v_cache, dtypes=[fmt.storage])   # no size 0 (as write_kv)
     shape = scale_shape(scale_scheme, *(int(n) for n in k_cache.shape[:3]))
     for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
         if scale_scheme == "static":

@@ -18,7 +18,7 @@ def to_csr(block_tables, seq_lens, page_size):
     page_size) entries of its block-table row; last_page_len[i] is the number of tokens in
     its last page (0 for an empty sequence). int32 arrays, where the tables live.
     """
-    page_size = check_int(page_size, "page_size", minimum=1)
+    page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
     check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
     batch = int(block_tables.shape[0])
     check_block_tables(block_tables, seq_lens, num_pages=None, page_size=page_size, batch=batch,
@@ -37,7 +37,7 @@ def to_csr(block_tables, seq_lens, page_size):
 def from_csr(indptr, indices, last_page_len, page_size):
     """(block_tables, seq_lens) from FlashInfer's CSR page table: rows padded with -1 to the
     longest sequence's page count. int32 arrays, where the inputs live."""
-    page_size = check_int(page_size, "page_size", minimum=1)
+    page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
     check_array(indptr, "indptr", ndim=1, dtypes=[np.int32])
     check_array(indices, "indices", ndim=1, dtypes=[np.int32])
     check_array(last_page_len, "last_page_len", ndim=1, dtypes=[np.int32])

@@ -145,13 +145,25 @@ def quantize(x, kv_dtype: str, scale) -> np.ndarray:
     """Codes of x [..., num_kv_heads, head_dim] with `scale` broadcast over head_dim:
     static [num_kv_heads] or per-token [..., num_kv_heads]."""
     x = np.asarray(x, dtype=np.float32)
-    s = np.asarray(scale, dtype=np.float32)[..., None]
-    return encode(x / s, kv_dtype)
+    return encode(x / _scale_for(scale, x.shape)[..., None], kv_dtype)
 
 
 def dequantize(codes, kv_dtype: str, scale) -> np.ndarray:
     """float32 code * scale, scale broadcast as in `quantize`."""
-    return decode(codes, kv_dtype) * np.asarray(scale, dtype=np.float32)[..., None]
+    values = decode(codes, kv_dtype)
+    return values * _scale_for(scale, values.shape)[..., None]
+
+
+def _scale_for(scale, shape) -> np.ndarray:
+    """`scale` as float32, refused by name unless it is static [num_kv_heads] or per token
+    [..., num_kv_heads] for values of `shape` [..., num_kv_heads, head_dim] (another shape
+    fails in NumPy's broadcasting, naming nothing, or broadcasts to the wrong heads)."""
+    s = np.asarray(scale, dtype=np.float32)
+    if s.shape not in (tuple(shape[-2:-1]), tuple(shape[:-1])):
+        raise ValueError(f"scale: expected shape {tuple(shape[-2:-1])} (static, one per KV "
+                         f"head) or {tuple(shape[:-1])} (per token) for values of shape "
+                         f"{tuple(shape)}, got {s.shape}")
+    return s
 
 
 def quantize_rows(x, kv_dtype: str, scale_scheme: str, static_scale=None):

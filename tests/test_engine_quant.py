@@ -76,10 +76,10 @@ def test_static_scales_are_used_and_required(rng):
     out, = engine.generate([prompt], SamplingParams(max_tokens=4, return_logits=True))
     tokens, logits = dense_generate(config, weights, prompt, 4, round_trip("int8", scales))
     assert out.output_ids == tokens and np.abs(out.logits - logits).max() < LOGIT_TOL
-    with pytest.raises(ValueError, match="static_scales"):
+    with pytest.raises(ValueError, match="kv_scales"):
         LLMEngine(model, EngineConfig(**kw, kv_dtype="int8", kv_scale_scheme="static"))
     bad = (scales[0], -scales[1])
-    with pytest.raises(ValueError, match=r"static_scales\[1\]: every scale must be finite and > 0"):
+    with pytest.raises(ValueError, match=r"kv_scales\[1\]: every scale must be finite and > 0"):
         LLMEngine(model, EngineConfig(**kw, kv_dtype="int8", kv_scale_scheme="static"),
                   kv_scales=bad)
     with pytest.raises(ValueError, match="kv_dtype"):

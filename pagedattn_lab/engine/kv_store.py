@@ -27,7 +27,8 @@ class KVStore:
 
     def __init__(self, config: ModelConfig, num_pages: int, page_size: int, dtype, xp,
                  num_host_pages: int = 0, kv_dtype: str | None = None,
-                 scale_scheme: str = "per_token", static_scales=None):
+                 scale_scheme: str = "per_token", static_scales=None,
+                 scales_name: str = "static_scales"):
         self.xp, self.dtype = xp, np.dtype(dtype)
         self.num_pages, self.page_size = num_pages, page_size
         layers, heads = config.num_hidden_layers, config.num_key_value_heads
@@ -45,11 +46,13 @@ class KVStore:
             self.v_scale = [xp.ones(shape[:3], np.float32) for _ in range(layers)]
             self._paged += [self.k_scale, self.v_scale]
         elif self.scale_scheme == "static":
-            if static_scales is None or len(static_scales) != 2:
-                raise ValueError("static_scales: static scales need (k_scales, v_scales), each "
-                                 f"[{layers}, {heads}] (quant_accuracy.calibrate_kv_scales)")
+            # (scales_name: the caller's argument, LLMEngine's kv_scales)
+            if not hasattr(static_scales, "__len__") or len(static_scales) != 2:
+                raise ValueError(f"{scales_name}: static scales need (k_scales, v_scales), each "
+                                 f"[{layers}, {heads}] (quant_accuracy.calibrate_kv_scales), "
+                                 f"got {type(static_scales).__name__}")
             k_s, v_s = (check_scale(s, name, (layers, heads), fmt.qmax)
-                        for name, s in zip(("static_scales[0]", "static_scales[1]"),
+                        for name, s in zip((f"{scales_name}[0]", f"{scales_name}[1]"),
                                            static_scales))
             # copies: the caller's arrays may change after they were checked
             self.k_scale = [xp.array(k_s[i]) for i in range(layers)]

@@ -28,7 +28,13 @@ def sample(logits, requests: list[Request], engine_seed: int, xp) -> list[int]:
     for i, req in enumerate(requests):
         if req.params.temperature == 0:
             continue
-        z = to_numpy(logits[i]).astype(np.float64) / req.params.temperature
+        x = to_numpy(logits[i]).astype(np.float64)
+        with np.errstate(over="ignore"):
+            z = x / req.params.temperature
+            if np.isinf(z).any():   # a temperature so small (< ~1e-307) that logits / t
+                # overflow (inf - inf: NaN, then the last token): its limit, 0 at the largest
+                # logits and -inf elsewhere
+                z = (x - x.max()) / req.params.temperature
         p = np.exp(z - z.max())
         cdf = np.cumsum(p)
         u = request_rng(req, engine_seed).random() * cdf[-1]
