@@ -12,6 +12,7 @@ from .engine_plots import (PrefixSnapshot, plot_allocation_comparison, plot_engi
                            plot_page_size_waste, plot_shared_blocks, prefix_snapshot)
 from .l2_flush import flush_rows, load_flush_modes, plot_flush_cost
 from .kernel_maps import plot_causal_tiles, plot_query_mapping, tile_counts
+from .mha_choice import load_mha_choice, mha_choice_grid
 from .memory import (MemorySnapshot, plot_fragmentation, plot_memory_timeline,
                      plot_policy_batches, plot_sim_timeline, take_snapshot)
 from .page_table import color_map, page_cells, plot_page_map, plot_states, seq_color
@@ -36,7 +37,7 @@ __all__ = [
     "AllocationStepper", "as_state", "flush_rows", "load_flush_modes", "plot_flush_cost", "head_to_head", "load_quant_results", "quant_rows",
     "results_file_or_newest", "plot_allocation_comparison", "plot_engine_series",
     "plot_page_size_waste", "plot_shared_blocks", "prefix_snapshot", "PrefixSnapshot", "color_map", "demo_events", "describe_translation",
-    "latest_results", "load_bench_results", "MemorySnapshot", "online_softmax_trace",
+    "latest_results", "load_bench_results", "load_mha_choice", "mha_choice_grid", "MemorySnapshot", "online_softmax_trace",
     "page_cells", "PageMapState", "plot_bench_bars", "plot_bench_file", "plot_causal_tiles",
     "plot_fragmentation", "plot_memory_timeline", "plot_online_softmax", "plot_page_map",
     "plot_policy_batches", "plot_query_mapping", "plot_roofline", "plot_sim_timeline",

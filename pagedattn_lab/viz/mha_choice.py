@@ -1,0 +1,32 @@
+"""The measurement behind the multi-head kernel choice (`decode_choice.mha_kernel`):
+`benchmarks/mha_choice.py`'s JSON, both kernels timed on the same pages per head size and
+shape ({"copy_rate", "l2_flush", "rows": [{"name", "head_dim", "batch", "tokens", "best",
+"tc_over_simt", ...}]})."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from .bench_plots import RESULTS_DIR
+
+MHA_CHOICE_FILE = "2026-12-04_H200_session14_mha_choice_write.json"
+
+
+def load_mha_choice(name: str = MHA_CHOICE_FILE, path=RESULTS_DIR) -> dict | None:
+    """The file `name` under `path`, its "source" set; None when the folder has no such file
+    (an install without the checkout's benchmarks/)."""
+    file = Path(path) / name
+    if not file.is_file():
+        return None
+    with open(file) as fh:
+        doc = json.load(fh)
+    doc["source"] = f"benchmarks/results/{name}"
+    return doc
+
+
+def mha_choice_grid(doc: dict) -> tuple[list[str], list[int], dict]:
+    """(shapes in the file's order, head sizes ascending, {(shape, head_dim): row})."""
+    rows = doc["rows"]
+    shapes = list(dict.fromkeys(r["name"] for r in rows))
+    head_dims = sorted({int(r["head_dim"]) for r in rows})
+    return shapes, head_dims, {(r["name"], int(r["head_dim"])): r for r in rows}
