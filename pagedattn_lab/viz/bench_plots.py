@@ -66,6 +66,19 @@ def recorded_figures() -> dict:
 RESULTS_DIR = Path(__file__).resolve().parents[2] / "benchmarks" / "results"
 
 
+def load_results_json(name: str, path=RESULTS_DIR) -> dict | None:
+    """One committed results document by file name (a measurement of its own shape, not a
+    bench run), its "source" set to the file; None when the folder has no such file (an
+    install without the checkout's benchmarks/)."""
+    file = Path(path) / name
+    if not file.is_file():
+        return None
+    with open(file) as fh:
+        doc = json.load(fh)
+    doc["source"] = f"benchmarks/results/{name}"
+    return doc
+
+
 def load_bench_results(path=RESULTS_DIR) -> list[dict]:
     """Every kernel-bench JSON file under `path` (a file or a folder), parsed; [] when there
     is none. Other JSON documents there (the prefill benchmark's rows, serving results) have

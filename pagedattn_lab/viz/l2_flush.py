@@ -14,13 +14,10 @@ H200, one process) timed each row twice after each flush: "write" (64 MB written
 """
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import matplotlib.pyplot as plt
 
 from ..bench.workloads import decode_workloads
-from .bench_plots import RESULTS_DIR
+from .bench_plots import RESULTS_DIR, load_results_json
 
 FLUSH_MODES_FILE = "2026-12-04_H200_session12_l2_flush_modes.json"
 FLUSHES = ("write", "write+read", "read")
@@ -29,15 +26,8 @@ _FORMATS = {"fp8_e4m3:": "fp8 ", "int8:": "int8 "}
 
 
 def load_flush_modes(name: str = FLUSH_MODES_FILE, path=RESULTS_DIR) -> dict | None:
-    """The flush comparison `name` under `path`, its "source" set to the file; None when the
-    folder has no such file (an install without the checkout's benchmarks/)."""
-    file = Path(path) / name
-    if not file.is_file():
-        return None
-    with open(file) as fh:
-        doc = json.load(fh)
-    doc["source"] = f"benchmarks/results/{name}"
-    return doc
+    """The flush comparison `name` under `path` (bench_plots.load_results_json)."""
+    return load_results_json(name, path)
 
 
 def row_label(name: str) -> str:

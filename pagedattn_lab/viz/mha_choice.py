@@ -4,24 +4,14 @@ shape ({"copy_rate", "l2_flush", "rows": [{"name", "head_dim", "batch", "tokens"
 "tc_over_simt", ...}]})."""
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
-from .bench_plots import RESULTS_DIR
+from .bench_plots import RESULTS_DIR, load_results_json
 
 MHA_CHOICE_FILE = "2026-12-04_H200_session14_mha_choice_write.json"
 
 
 def load_mha_choice(name: str = MHA_CHOICE_FILE, path=RESULTS_DIR) -> dict | None:
-    """The file `name` under `path`, its "source" set; None when the folder has no such file
-    (an install without the checkout's benchmarks/)."""
-    file = Path(path) / name
-    if not file.is_file():
-        return None
-    with open(file) as fh:
-        doc = json.load(fh)
-    doc["source"] = f"benchmarks/results/{name}"
-    return doc
+    """The measurement `name` under `path` (bench_plots.load_results_json)."""
+    return load_results_json(name, path)
 
 
 def mha_choice_grid(doc: dict) -> tuple[list[str], list[int], dict]:
