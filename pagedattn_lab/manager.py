@@ -240,11 +240,12 @@ class PagedAttentionManager:
         filled last page is copied by each of its owners in the batch but the last one: by
         then the others have left it, so it is its own (summing `pages_needed` counts one
         page too many per such page, and refuses a step that fits)."""
-        cache, tails = self.cache, Counter()
+        cache, tails, needed = self.cache, Counter(), 0
         for s in seq_ids:
-            if cache.pages_needed(s, 1) and cache.seq_len(s) % self.page_size:
+            n = cache.pages_needed(s, 1)
+            needed += n
+            if n and cache.seq_len(s) % self.page_size:
                 tails[cache.block_table(s)[-1]] += 1   # a copy on write of a shared tail
-        needed = sum(cache.pages_needed(s, 1) for s in seq_ids)
         return needed - sum(n == cache.allocator.ref_count(p) for p, n in tails.items())
 
     def _seq_ids(self, seq_ids) -> list[int]:

@@ -33,7 +33,9 @@ def sample(logits, requests: list[Request], engine_seed: int, xp) -> list[int]:
             z = x / req.params.temperature
             if np.isinf(z).any():   # a temperature so small (< ~1e-307) that logits / t
                 # overflow (inf - inf: NaN, then the last token): its limit, 0 at the largest
-                # logits and -inf elsewhere
+                # logits (sampled evenly when tied, where greedy takes the first) and -inf
+                # elsewhere. Any -inf (all logits negative, or masked ones) takes this path
+                # too: shifting by the max first changes nothing in the distribution.
                 z = (x - x.max()) / req.params.temperature
         p = np.exp(z - z.max())
         cdf = np.cumsum(p)

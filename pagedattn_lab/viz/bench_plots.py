@@ -75,7 +75,8 @@ def load_results_json(name: str, path=RESULTS_DIR) -> dict | None:
         return None
     with open(file) as fh:
         doc = json.load(fh)
-    doc["source"] = f"benchmarks/results/{name}"
+    committed = Path(path).resolve() == RESULTS_DIR.resolve()
+    doc["source"] = f"benchmarks/results/{name}" if committed else str(file)
     return doc
 
 
