@@ -173,6 +173,7 @@ def test_run_refuses_a_smaller_cache_on_the_gpu(rng, cp):
     (128, [600 + 37 * i for i in range(20)], "simt"),         # 20 sequences: not "a few"
     (64, [2048, 1999, 17, 3000], "tensor_core"),          # a few long sequences
     (112, [2048, 1999, 17, 3000], "simt"),                # ...but not at 112
+    (40, [2048, 1999, 17, 3000], "simt"),                 # ...nor where tensor cores cannot
     (128, [100, 37, 300, 64, 5], "simt"),                 # short sequences
 ])
 def test_multi_head_auto_choice_on_the_gpu(rng, cp, head_dim, lens, expected):
