@@ -4,6 +4,7 @@ cores, over head sizes, lengths and batch sizes: the measurement behind
 decode on tensor cores (session 14)").
 
     python3 benchmarks/mha_choice.py [--rounds 2] [--reps 20] [--json mha.json] [--l2-flush read]
+                                     [--dtype float16|bfloat16]
 
 Every row plans both kernels with `BatchDecodeWrapper` (`kernel="simt"`, `kernel="tensor_core"`)
 on the same pages (pagedattn_lab.bench.workloads: scattered pages, random normal data), compares
@@ -36,26 +37,43 @@ def shapes() -> list[tuple[str, tuple[int, ...]]]:
     return [(f"{b}x{n}", (n,) * b) for b, n in fixed] + [("D64", d64_lengths())]
 
 
+def bf16_bits(x):
+    """fp16 or fp32 CuPy data as bfloat16 bits (uint16, round to nearest even), the form the
+    wrappers take bfloat16 in on the GPU (CuPy has no bfloat16)."""
+    u = x.astype(cp.float32).view(cp.uint32)
+    return ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(cp.uint16)
+
+
+def as_float32(x, dtype: str):
+    """Outputs as float32 for comparing the two kernels (bfloat16 bits shifted back)."""
+    if dtype == "bfloat16":
+        return (x.astype(cp.uint32) << 16).view(cp.float32)
+    return x.astype(cp.float32)
+
+
 def row(timer, w: DecodeWorkload, copy_rate: float, args) -> dict:
-    inp = build_decode_inputs(cp, w, seed=0)
+    inp = build_decode_inputs(cp, w, seed=0)   # fp16; the same bytes per element as bf16
+    if args.dtype == "bfloat16":
+        inp.update({name: bf16_bits(inp[name]) for name in ("q", "k_cache", "v_cache")})
     runs, kernels = {}, {}
     for kernel in ("simt", "tensor_core"):
         wrapper = pw.BatchDecodeWrapper().plan(inp["block_tables"], inp["seq_lens"], w.num_heads,
-                                               w.num_kv_heads, w.head_dim, w.page_size, w.dtype,
-                                               kernel=kernel)
+                                               w.num_kv_heads, w.head_dim, w.page_size,
+                                               args.dtype, kernel=kernel)
         out = cp.empty_like(inp["q"])
         runs[kernel] = lambda wrapper=wrapper, out=out: wrapper.run(
             inp["q"], inp["k_cache"], inp["v_cache"], out=out)
         kernels[kernel] = wrapper.describe().splitlines()[0]
-    first = {k: cp.asarray(fn()).astype(cp.float32) for k, fn in runs.items()}
+    first = {k: as_float32(cp.asarray(fn()), args.dtype) for k, fn in runs.items()}
     diff = float(cp.max(cp.abs(first["simt"] - first["tensor_core"])))
-    agree = diff < 2e-3   # fp16 outputs of two summation orders; more is a wrong kernel
+    # outputs of two summation orders, rounded to fp16 (bf16: 8 bits of mantissa, not 11)
+    agree = diff < (2e-3 if args.dtype == "float16" else 2e-2)
     times = {k: [] for k in runs}
     for r in range(args.rounds):
         for k in ("simt", "tensor_core") if r % 2 == 0 else ("tensor_core", "simt"):
             times[k].append(timer.time(runs[k], reps=args.reps).median_ms)
     best = {k: min(t) for k, t in times.items()}
-    rec = dict(name=w.name, head_dim=w.head_dim, batch=w.batch, tokens=sum(w.lens),
+    rec = dict(name=w.name, dtype=args.dtype, head_dim=w.head_dim, batch=w.batch, tokens=sum(w.lens),
                mean_len=sum(w.lens) / w.batch, ms=times, best=best, max_abs_diff=diff, outputs_agree=agree,
                tc_over_simt=best["tensor_core"] / best["simt"],
                simt_copy_fraction=w.bytes_moved() / (best["simt"] * 1e-3) / copy_rate,
@@ -73,6 +91,7 @@ def main(argv=None) -> int:
     parser.add_argument("--reps", type=int, default=20)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--head-dims", default=",".join(map(str, HEAD_DIMS)))
+    parser.add_argument("--dtype", choices=("float16", "bfloat16"), default="float16")
     add_l2_flush_argument(parser)
     args = parser.parse_args(argv)
     if args.rounds < 1 or args.reps < 1:
@@ -81,8 +100,8 @@ def main(argv=None) -> int:
     timer = Timer(cp, l2_flush=args.l2_flush)
     timer.warm_up()
     copy_rate = copy_bandwidth(cp, timer)
-    print(f"copy rate {copy_rate / 1e12:.2f} TB/s (read + write); L2 flush: {args.l2_flush}",
-          flush=True)
+    print(f"copy rate {copy_rate / 1e12:.2f} TB/s (read + write); L2 flush: {args.l2_flush}; "
+          f"{args.dtype} pages", flush=True)
     rows = []
     for head_dim in (int(d) for d in args.head_dims.split(",")):
         for name, lens in shapes():
@@ -90,7 +109,7 @@ def main(argv=None) -> int:
             rows.append(row(timer, w, copy_rate, args))
             cp.get_default_memory_pool().free_all_blocks()
             if args.json:   # after every row: a time limit keeps them
-                args.json.write_text(json.dumps(dict(copy_rate=copy_rate,
+                args.json.write_text(json.dumps(dict(copy_rate=copy_rate, dtype=args.dtype,
                                                      l2_flush=args.l2_flush, rows=rows),
                                                 indent=1))
     print(f"done in {time.time() - t0:.0f} s", flush=True)

@@ -19,23 +19,22 @@ HEAD_DIM_MAX = 256
 # tensor cores 0.365 ms with 4 warps over 32-token tiles in pairs, SIMT 0.375 ms).
 MHA_KERNEL = "simt"
 # ...except where the tensor cores measured ahead on multi-head attention (benchmarks/
-# mha_choice.py, fp16, H200, 2026-12-04, both L2 flushes; NOTES.md "Multi-head decode on tensor
-# cores (session 14)"; tensor-core time over SIMT's): at head_dim 96 (MHA_TC_HEAD_DIMS), on
-# every batch of sequences averaging 512 tokens or more, 0.83-0.97 (1.03-1.05 at 128 tokens;
-# the SIMT kernel gives a token 12 threads there); and on a few long sequences (up to
-# MHA_TC_MAX_BATCH, at most MHA_TC_MAX_TOKENS in all, 512 or more on average: 4 x 2048,
-# 16 x 512, 2 x 16384, 1 x 32768), whose SIMT partitions leave SMs idle, 0.83-0.97 at the head
-# sizes in MHA_FEW_LONG_HEAD_DIMS (32 at 4 x 2048: level, 0.97-1.00); 112 is left out there
-# (decode_mma.cu: 0.93-1.10), and so is every head size not measured. Elsewhere SIMT leads or
-# the two are within 2%, but for five cells the rule leaves on SIMT with the tensor cores
-# 2-7% ahead in both flushes (32 x 1024 at 80 and 128, 16 x 512 and 4 x 2048 at 112,
-# 8 x 32768 at 64), which no simple rule separates from their neighbours. bf16 pages were not
-# measured and keep SIMT.
+# mha_choice.py, fp16 and bf16 pages, H200, 2026-12-04, both L2 flushes; NOTES.md "Multi-head
+# decode on tensor cores (session 14)"; tensor-core time over SIMT's): at head_dim 96
+# (MHA_TC_HEAD_DIMS), on every batch of sequences averaging 512 tokens or more, 0.79-0.97
+# (0.97-1.05 below that; the SIMT kernel gives a token 12 threads there); and on a few long
+# sequences (up to MHA_TC_MAX_BATCH, at most MHA_TC_MAX_TOKENS in all, 512 or more on average:
+# 4 x 2048, 16 x 512, 2 x 16384, 1 x 32768), whose SIMT partitions leave SMs idle, 0.80-0.97 at
+# the head sizes in MHA_FEW_LONG_HEAD_DIMS. Left out there: 112 (decode_mma.cu: 0.91-1.10),
+# 32 (0.86-1.06: 1.00-1.06 at 4 x 2048) and every head size not measured. Elsewhere SIMT
+# leads or the two are within 2%, but for cells the rule leaves on SIMT with the tensor cores
+# 2-14% ahead in both flushes (fp16: 8, bf16: 18; most at head_dim 32 or 32 x 1024 and
+# 64 x 1024), which no simple rule separates from their neighbours.
 MHA_TC_HEAD_DIMS = frozenset({96})
 MHA_TC_MIN_MEAN_LEN = 512
 MHA_TC_MAX_BATCH = 16
 MHA_TC_MAX_TOKENS = 32_768
-MHA_FEW_LONG_HEAD_DIMS = frozenset({32, 64, 80, 96, 128, 192, 256})
+MHA_FEW_LONG_HEAD_DIMS = frozenset({64, 80, 96, 128, 192, 256})
 TC_AUTO_MAX_HEAD_DIM = 256
 # Compressed (int8/fp8) pages with up to this many query heads per KV head run on SIMT, per
 # scale scheme (D64 GQA 32/8, H200, group 4, benchmarks/NOTES.md "Compressed GQA on tensor
@@ -64,7 +63,7 @@ def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
 
 
 def mha_kernel(head_dim: int, batch: int | None, tokens: int | None) -> str:
-    """The kernel of multi-head attention on fp16 pages on the GPU for `batch` sequences of
+    """The kernel of multi-head attention on fp16/bf16 pages on the GPU for `batch` sequences of
     `tokens` in all (None: not known, MHA_KERNEL). Only measured head sizes leave SIMT, all
     of them multiples of 16 (the tensor-core kernels' rule)."""
     if batch is None or tokens is None or batch < 1 or tokens < MHA_TC_MIN_MEAN_LEN * batch:
@@ -82,7 +81,7 @@ def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu:
     auto: float32 -> simt (the only one); on the GPU, GQA/MQA with head_dim up to
     TC_AUTO_MAX_HEAD_DIM -> tensor_core (but simt for compressed pages, scale_scheme "static"
     or "per_token", up to COMPRESSED_SIMT_MAX_GROUP[scale_scheme] heads per KV head), MHA ->
-    `mha_kernel` of the plan's `batch` and `tokens` on fp16 pages (bf16 and compressed MHA:
+    `mha_kernel` of the plan's `batch` and `tokens` on fp16/bf16 pages (compressed MHA:
     MHA_KERNEL), the rest simt.
     On the CPU
     executor auto picks simt: there WMMA is emulated lane by lane, which is for learning and
@@ -94,7 +93,7 @@ def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu:
         if dtype == "float32" or not on_gpu:
             requested = "simt"
         elif group == 1:
-            measured = dtype == "float16" and scale_scheme is None   # (mha_choice.py's)
+            measured = dtype in ("float16", "bfloat16") and scale_scheme is None
             requested = mha_kernel(head_dim, batch, tokens) if measured else MHA_KERNEL
         elif scale_scheme is not None and group <= COMPRESSED_SIMT_MAX_GROUP[scale_scheme]:
             requested = "simt"

@@ -152,6 +152,7 @@ def test_kernel_choice():
     (96, 300, 300 * 512 - 1, "simt"),          # mean just under 512
     (96, 256, 256 * 128, "simt"),
     (128, 4, 8192, "tensor_core"),             # a few long sequences, the measured sizes...
+    (32, 1, 32768, "simt"),                    # ...but 32 (SIMT ahead at 4 x 2048)...
     (64, 1, 32768, "tensor_core"),
     (256, 16, 16 * 512, "tensor_core"),
     (112, 1, 32768, "simt"),                   # ...but 112 (decode_mma.cu there: slower)
@@ -164,10 +165,9 @@ def test_kernel_choice():
     (128, 0, 0, "simt"),                       # an empty batch
 ])
 def test_multi_head_kernel_choice_follows_the_measured_table(head_dim, batch, tokens, expected):
-    assert dp.choose_kernel("auto", "float16", 1, head_dim, True, None, batch, tokens) == expected
-    # bf16 (not measured), compressed pages, fp32, the CPU executor and explicit requests are
-    # not this rule's
-    assert dp.choose_kernel("auto", "bfloat16", 1, head_dim, True, None, batch, tokens) == "simt"
+    for dtype in ("float16", "bfloat16"):   # both measured, the same table
+        assert dp.choose_kernel("auto", dtype, 1, head_dim, True, None, batch, tokens) == expected
+    # compressed pages, fp32, the CPU executor and explicit requests are not this rule's
     assert dp.choose_kernel("auto", "float16", 1, head_dim, True, "static", batch, tokens) == "simt"
     assert dp.choose_kernel("auto", "float32", 1, head_dim, True, None, batch, tokens) == "simt"
     assert dp.choose_kernel("auto", "float16", 1, head_dim, False, None, batch, tokens) == "simt"

@@ -18,17 +18,16 @@ def test_grid_keeps_the_files_shapes_in_order_and_sorts_head_sizes(tmp_path):
     assert viz.load_mha_choice("absent.json", tmp_path) is None
 
 
-def test_the_rule_picks_the_tensor_cores_only_where_they_measured_ahead():
-    doc = viz.load_mha_choice()
-    if doc is None:
+@pytest.mark.parametrize("dtype", ["", "_bf16"])
+def test_the_rule_picks_the_tensor_cores_only_where_they_measured_ahead(dtype):
+    files = [f"2026-12-04_H200_session14_mha_choice{dtype}_{flush}.json"
+             for flush in ("write", "read")]
+    docs = [viz.load_mha_choice(name) for name in files]
+    if None in docs:
         pytest.skip("benchmarks/results/ is not in this install")
-    shapes, head_dims, grid = viz.mha_choice_grid(doc)
-    picked = [r for r in grid.values()
+    grids = [viz.mha_choice_grid(doc)[2] for doc in docs]
+    picked = [key for key, r in grids[0].items()
               if decode_choice.mha_kernel(r["head_dim"], r["batch"], r["tokens"]) == "tensor_core"]
     assert len(picked) >= 30
-    # never more than level where the rule sends a shape to the tensor cores
-    assert all(r["tc_over_simt"] <= 1.01 for r in picked)
-    # and no clear win (5% or more) left on SIMT outside two single cells (NOTES.md, session 14)
-    missed = [(r["name"], r["head_dim"]) for r in grid.values()
-              if r not in picked and r["tc_over_simt"] < 0.95]
-    assert set(missed) <= {("32x1024", 80), ("16x512", 112)}
+    # ahead by 3% or more wherever the rule sends a shape to the tensor cores, in both flushes
+    assert all(grid[key]["tc_over_simt"] <= 0.97 for grid in grids for key in picked)
