@@ -16,6 +16,7 @@ A page then takes `page_bytes` bytes instead of twice (fp16) or four times (fp32
 """
 from __future__ import annotations
 
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -140,6 +141,16 @@ class PagedKVCache:
             return 0
         grow = -(-(seq.length + n_tokens) // self.page_size) - len(seq.pages)
         return grow + int(self._tail_is_shared(seq))
+
+    def decode_pages_needed(self, seq_ids) -> int:
+        """Free pages that a decode step, one token appended to each of the distinct
+        `seq_ids` in turn, takes: `pages_needed` summed, less one per shared, partly filled
+        last page that all its owners in the step copy (copy on write): the last of them
+        finds it its own, the others having left it."""
+        needed = sum(self.pages_needed(s, 1) for s in seq_ids)
+        tails = Counter(seq.pages[-1] for seq in map(self._get, seq_ids)
+                        if self._tail_is_shared(seq))
+        return needed - sum(n == self.allocator.ref_count(p) for p, n in tails.items())
 
     @contextmanager
     def transaction(self):

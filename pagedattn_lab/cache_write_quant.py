@@ -26,12 +26,7 @@ def check_quant_cache(k_cache, v_cache, kv_dtype: str, scale_scheme: str, k_scal
     Static scales must be finite and > 0; per-token scale arrays are checked for shape and
     dtype only (their entries are outputs of the write)."""
     fmt = kv_format(kv_dtype)
-    for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-        check_array(cache, name, ndim=4, dtypes=[fmt.storage])
-    if v_cache.shape != k_cache.shape:
-        raise ValueError(f"v_cache: expected the shape of k_cache {tuple(k_cache.shape)}, got "
-                         f"{tuple(v_cache.shape)}")
-    check_kv_cache(k_cache, v_cache, dtypes=[fmt.storage])   # no size 0 (as write_kv)
+    check_kv_cache(k_cache, v_cache, dtypes=[fmt.storage])
     shape = scale_shape(scale_scheme, *(int(n) for n in k_cache.shape[:3]))
     for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
         if scale_scheme == "static":

@@ -25,7 +25,6 @@ overflows float32) is refused when the manager is built, not at its first call.
 """
 from __future__ import annotations
 
-from collections import Counter
 from typing import NamedTuple
 
 import numpy as np
@@ -168,7 +167,7 @@ class PagedAttentionManager:
             if x.shape[0] != batch:
                 raise ValueError(f"{name}: expected {batch} rows (one per sequence in seq_ids), "
                                  f"got shape {tuple(x.shape)}")
-        needed = self._pages_needed(seq_ids)
+        needed = self.cache.decode_pages_needed(seq_ids)
         if needed > self.cache.allocator.num_free:
             raise OutOfPagesError(needed, self.cache.allocator.num_free, self.cache.num_pages)
         q = self._as_cache(q)
@@ -234,19 +233,6 @@ class PagedAttentionManager:
                                        scale_scheme=self.cache.scale_scheme)
         return w.run(q, self.cache.k_cache, self.cache.v_cache, scale=self.scale,
                      k_scale=self.cache.k_scale, v_scale=self.cache.v_scale)
-
-    def _pages_needed(self, seq_ids) -> int:
-        """Free pages that appending one token to each of `seq_ids` takes. A shared, partly
-        filled last page is copied by each of its owners in the batch but the last one: by
-        then the others have left it, so it is its own (summing `pages_needed` counts one
-        page too many per such page, and refuses a step that fits)."""
-        cache, tails, needed = self.cache, Counter(), 0
-        for s in seq_ids:
-            n = cache.pages_needed(s, 1)
-            needed += n
-            if n and cache.seq_len(s) % self.page_size:
-                tails[cache.block_table(s)[-1]] += 1   # a copy on write of a shared tail
-        return needed - sum(n == cache.allocator.ref_count(p) for p, n in tails.items())
 
     def _seq_ids(self, seq_ids) -> list[int]:
         ids = check_int_list(seq_ids, "seq_ids", "sequence id")

@@ -59,7 +59,7 @@ class LLMEngine:
         mc = model.config
         self.store = KVStore(mc, config.num_pages, config.page_size, model.dtype, model.xp,
                              config.num_host_pages, config.kv_dtype, config.kv_scale_scheme,
-                             kv_scales, scales_name="kv_scales")
+                             kv_scales)
         self.kv = KVCacheManager(config.num_pages, config.page_size,
                                  enable_caching=config.enable_prefix_caching,
                                  num_host_pages=config.num_host_pages, store=self.store)

@@ -22,13 +22,12 @@ class KVStore:
     kv_dtype "int8" / "fp8_e4m3" (quant.py): the pages hold one-byte codes; with
     scale_scheme "per_token" each layer also has k_scale / v_scale arrays laid out like the
     pages ([num_pages, page_size, num_kv_heads], written with each token, copied and swapped
-    with their pages); with "static", `static_scales` = (k, v), each [num_layers,
+    with their pages); with "static", `kv_scales` = (k, v), each [num_layers,
     num_kv_heads] (e.g. from `quant_accuracy.calibrate_kv_scales`)."""
 
     def __init__(self, config: ModelConfig, num_pages: int, page_size: int, dtype, xp,
                  num_host_pages: int = 0, kv_dtype: str | None = None,
-                 scale_scheme: str = "per_token", static_scales=None,
-                 scales_name: str = "static_scales"):
+                 scale_scheme: str = "per_token", kv_scales=None):
         self.xp, self.dtype = xp, np.dtype(dtype)
         self.num_pages, self.page_size = num_pages, page_size
         layers, heads = config.num_hidden_layers, config.num_key_value_heads
@@ -46,14 +45,12 @@ class KVStore:
             self.v_scale = [xp.ones(shape[:3], np.float32) for _ in range(layers)]
             self._paged += [self.k_scale, self.v_scale]
         elif self.scale_scheme == "static":
-            # (scales_name: the caller's argument, LLMEngine's kv_scales)
-            if not hasattr(static_scales, "__len__") or len(static_scales) != 2:
-                raise ValueError(f"{scales_name}: static scales need (k_scales, v_scales), each "
+            if not hasattr(kv_scales, "__len__") or len(kv_scales) != 2:
+                raise ValueError("kv_scales: static scales need (k_scales, v_scales), each "
                                  f"[{layers}, {heads}] (quant_accuracy.calibrate_kv_scales), "
-                                 f"got {type(static_scales).__name__}")
+                                 f"got {type(kv_scales).__name__}")
             k_s, v_s = (check_scale(s, name, (layers, heads), fmt.qmax)
-                        for name, s in zip((f"{scales_name}[0]", f"{scales_name}[1]"),
-                                           static_scales))
+                        for name, s in zip(("kv_scales[0]", "kv_scales[1]"), kv_scales))
             # copies: the caller's arrays may change after they were checked
             self.k_scale = [xp.array(k_s[i]) for i in range(layers)]
             self.v_scale = [xp.array(v_s[i]) for i in range(layers)]
