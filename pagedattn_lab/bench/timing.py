@@ -10,7 +10,8 @@ way for our kernels and for every baseline. `time(..., hide_launch=False)` leave
 The flush by a write is what Triton's `do_bench` and NVBench do, and the benches' default (what
 the figures of benchmarks/STARTING_POINT.md and every earlier result used). It leaves the L2
 full of dirty lines, whose write-back the timed work pays as it evicts them: 7-10 us on every
-decode row on the H200, a contiguous read included (benchmarks/NOTES.md, "The flush's write-back (session 12)").
+decode row on the H200, a contiguous read included (benchmarks/NOTES.md, "The flush's
+write-back (session 12)").
 `Timer(cp, l2_flush="read")` flushes by reading twice the L2's size instead: the inputs are
 evicted all the same, and dirty lines are written back during the flush, not the timing.
 

@@ -6,9 +6,10 @@ processes run the blocks; a fault is decoded back to (argument, element index, t
 block). The bytes between the mapping's first page and the array's start (less than a page:
 no guard can sit there) hold SLACK_FILL, so a read just before the array gets NaN (floats)
 or -1 (integers), not a plausible 0, and a write there that changes those bytes is reported
-after the launch (one that writes 0xFF bytes, -1 or an all-ones NaN, is not). Arrays whose memory overlaps (the same array passed twice, or views of one array)
-share one mapping, so writes through one are seen through the other as on a GPU. On
-success the mappings are copied back into the NumPy arrays of non-const parameters.
+after the launch (one that writes 0xFF bytes, -1 or an all-ones NaN, is not). Arrays whose
+memory overlaps (the same array passed twice, or views of one array) share one mapping, so
+writes through one are seen through the other as on a GPU. On success the mappings are copied
+back into the NumPy arrays of non-const parameters.
 
 Unchecked mode: the NumPy memory is used directly and the blocks run on the calling thread.
 """

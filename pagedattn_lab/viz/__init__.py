@@ -10,11 +10,11 @@ from .bench_plots import (head_to_head, latest_results, load_bench_results, plot
                           results_file_or_newest, yardstick)
 from .engine_plots import (PrefixSnapshot, plot_allocation_comparison, plot_engine_series,
                            plot_page_size_waste, plot_shared_blocks, prefix_snapshot)
-from .l2_flush import flush_rows, load_flush_modes, plot_flush_cost
 from .kernel_maps import plot_causal_tiles, plot_query_mapping, tile_counts
-from .mha_choice import load_mha_choice, mha_choice_grid
+from .l2_flush import flush_rows, load_flush_modes, plot_flush_cost
 from .memory import (MemorySnapshot, plot_fragmentation, plot_memory_timeline,
                      plot_policy_batches, plot_sim_timeline, take_snapshot)
+from .mha_choice import load_mha_choice, mha_choice_grid
 from .page_table import color_map, page_cells, plot_page_map, plot_states, seq_color
 from .quant_bench import load_quant_results, quant_rows
 from .roofline import plot_roofline, roofline_points
@@ -34,13 +34,16 @@ def __getattr__(name):
 
 
 __all__ = [
-    "AllocationStepper", "as_state", "flush_rows", "load_flush_modes", "plot_flush_cost", "head_to_head", "load_quant_results", "quant_rows",
-    "results_file_or_newest", "plot_allocation_comparison", "plot_engine_series",
-    "plot_page_size_waste", "plot_shared_blocks", "prefix_snapshot", "PrefixSnapshot", "color_map", "demo_events", "describe_translation",
-    "latest_results", "load_bench_results", "load_mha_choice", "mha_choice_grid", "MemorySnapshot", "online_softmax_trace",
-    "page_cells", "PageMapState", "plot_bench_bars", "plot_bench_file", "plot_causal_tiles",
-    "plot_fragmentation", "plot_memory_timeline", "plot_online_softmax", "plot_page_map",
-    "plot_policy_batches", "plot_query_mapping", "plot_roofline", "plot_sim_timeline",
-    "plot_states", "plot_translation", "record_line", "recorded_figures", "replay", "results_file", "roofline_points", "seq_color",
-    "take_snapshot", "tile_counts", "translation_of", "TranslationExplorer", "yardstick",
+    "AllocationStepper", "as_state", "color_map", "demo_events", "describe_translation",
+    "flush_rows", "head_to_head", "latest_results", "load_bench_results", "load_flush_modes",
+    "load_mha_choice", "load_quant_results", "MemorySnapshot", "mha_choice_grid",
+    "online_softmax_trace", "page_cells", "PageMapState", "plot_allocation_comparison",
+    "plot_bench_bars", "plot_bench_file", "plot_causal_tiles", "plot_engine_series",
+    "plot_flush_cost", "plot_fragmentation", "plot_memory_timeline", "plot_online_softmax",
+    "plot_page_map", "plot_page_size_waste", "plot_policy_batches", "plot_query_mapping",
+    "plot_roofline", "plot_shared_blocks", "plot_sim_timeline", "plot_states",
+    "plot_translation", "prefix_snapshot", "PrefixSnapshot", "quant_rows", "record_line",
+    "recorded_figures", "replay", "results_file", "results_file_or_newest", "roofline_points",
+    "seq_color", "take_snapshot", "tile_counts", "translation_of", "TranslationExplorer",
+    "yardstick",
 ]
