@@ -107,6 +107,11 @@ def _running_over_budget(batch, running, budget):
     return sum(n for rid, n in batch if rid in rids) > budget
 
 
+def _admits_more(got, expected, args):
+    """More waiting prompts admitted in `got` than in `expected` (args[1]: the waiting)."""
+    return len(_admitted(got, args[1])) > len(_admitted(expected, args[1]))
+
+
 def _strict_prefix(got, expected):
     return len(got) < len(expected) and got == expected[:len(got)]
 
@@ -122,10 +127,10 @@ _VARIANTS = [
      "most max_chunk tokens (chunked prefill).", lambda got, exp, a: _over_chunk(got, a[1], a[6])),
     ("use_watermark", "the watermark was ignored: admit a prompt only if cost + watermark <= "
      "the pages still free, to leave the running requests room to grow.",
-     lambda got, exp, a: len(_admitted(got, a[1])) > len(_admitted(exp, a[1]))),
+     _admits_more),
     ("charge_running", "the running requests' new pages were not counted: they come out of the "
      "free pages before any waiting prompt is priced.",
-     lambda got, exp, a: len(_admitted(got, a[1])) > len(_admitted(exp, a[1]))),
+     _admits_more),
     ("fcfs", "a later prompt overtook one that did not fit: admission is first come, first "
      "served; stop at the first waiting request that does not fit.",
      lambda got, exp, a: _overtook(got, a[1])),
@@ -142,10 +147,10 @@ _VARIANTS = [
      lambda got, exp, a: _strict_prefix(got, exp)),
     ("ceil_cost", "a prompt chunk was priced in whole pages rounded down: n tokens take "
      "ceil(n / page_size) pages, a partly filled last page included.",
-     lambda got, exp, a: len(_admitted(got, a[1])) > len(_admitted(exp, a[1]))),
+     _admits_more),
     ("charge_waiting", "an admitted prompt's pages were not taken from the pages left: the "
      "next prompt is priced against what the earlier ones left.",
-     lambda got, exp, a: len(_admitted(got, a[1])) > len(_admitted(exp, a[1]))),
+     _admits_more),
     ("budget_waiting", "an admitted prompt's tokens were not taken from the budget: every "
      "request's tokens count against the step's one budget.",
      lambda got, exp, a: sum(n for _, n in got) > a[2]),

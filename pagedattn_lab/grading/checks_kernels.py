@@ -19,7 +19,7 @@ from .compare import describe_difference, diagnose
 from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, padding_hint,
                            row_stride_hint, tiled_hint, unwritten_pattern_hint)
 from .kernel_runner import Kernel, poisoned, unwritten, where
-from .report import WIDTH, Case, CheckResult, Mismatch, run_cases
+from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
 from .variants import attention_mistakes, gather_variant
 
 GATHER_THREADS = 32
@@ -173,9 +173,10 @@ def _tail_hint(comp: _Compiled, seed: int, sizes: dict, threads: int, tiled: boo
     """The case whose unused cache slots hold NaN failed: if the same problem with finite
     numbers there passes, the kernel reads slots past seq_len (or past its query)."""
     prob = paged_problem(seed, mode="prefill", **sizes)
-    got, never = _launch_prefill(comp, prob, threads, tiled)
-    if describe_difference(got, prob.expected, ("sequence", "token", "head", "dim"),
-                           unwritten=never) is not None:
+    launched = probe(_launch_prefill, comp, prob, threads, tiled)   # (a crash proves nothing)
+    if launched is None or describe_difference(launched[0], prob.expected,
+                                               ("sequence", "token", "head", "dim"),
+                                               unwritten=launched[1]) is not None:
         return None
     return ("right when the cache slots past seq_len hold numbers, wrong when they hold NaN "
             "(as garbage in uninitialized memory may): your kernel reads keys or values it "

@@ -46,11 +46,6 @@ def _named(variants, got, expected, same, confirmed, default: str) -> str:
     return default
 
 
-def _same_array(a, b) -> bool:
-    a, b = np.asarray(a), np.asarray(b)
-    return a.shape == b.shape and np.array_equal(a, b)
-
-
 # -- task 1: the mask of a chunk -------------------------------------------------------------
 
 def _mask_variants(q_len, seq_len):
@@ -97,8 +92,8 @@ def _mask_case(fn, q_len: int, seq_len: int) -> None:
     if np.array_equal(got, expected):
         return
     i, j = (int(x[0]) for x in np.nonzero(got != expected))
-    hint = _named(_mask_variants(q_len, seq_len), got, expected, _same_array,
-                  lambda k: all(_same_array(probe(fn, q, n), _mask_variants(q, n)[k][1])
+    hint = _named(_mask_variants(q_len, seq_len), got, expected, np.array_equal,
+                  lambda k: all(np.array_equal(probe(fn, q, n), _mask_variants(q, n)[k][1])
                                 for q, n in _MASK_FIXED),
                   "query i sees key j exactly when j <= seq_len - q_len + i.")
     raise Mismatch(f"chunk_mask({q_len}, {seq_len}): first wrong cell: query {i}, key {j} "
@@ -179,8 +174,8 @@ def _visible_case(fn, indptr, seq_lens) -> None:
     r = int(np.flatnonzero(got != expected)[0])
     seq, i = _rows_of(np.asarray(indptr, np.int64))
     b = int(seq[r])
-    hint = _named(_visible_variants(indptr, seq_lens), got, expected, _same_array,
-                  lambda k: all(_same_array(_visible_of(fn, p, n), _visible_variants(p, n)[k][1])
+    hint = _named(_visible_variants(indptr, seq_lens), got, expected, np.array_equal,
+                  lambda k: all(np.array_equal(_visible_of(fn, p, n), _visible_variants(p, n)[k][1])
                                 for p, n in _VISIBLE_FIXED),
                   "row r of sequence b (i = r - qo_indptr[b]) sees seq_lens[b] - q_len + i + 1 "
                   "keys.")

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
-from ..validate import is_int
+from ..validate import check_int_list
 from .report import Case, CaseTimeout, CheckResult, Mismatch, run_cases, time_limit
 from .seeds import case_rng
 
@@ -166,12 +166,13 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                        "already: once cache.free_sequence(seq_id) has run, drop the sequence "
                        "from the running ones and never use or free it again.") from None
     if finished is not None:   # any sequence of ints (a list, a deque, an array)
-        items = None if isinstance(finished, (str, bytes)) else _as_list(finished)
-        if items is None or not all(is_int(i) for i in items):
+        try:
+            finished = check_int_list(finished, "serve's result", "request index")
+        except TypeError:
             raise Mismatch("serve must return a list of request indices (ints)",
                            "append each finished request's index i (an int) to a list.",
-                           f"a permutation of 0..{len(requests) - 1}", repr(finished)[:80])
-        finished = items
+                           f"a permutation of 0..{len(requests) - 1}",
+                           repr(finished)[:80]) from None
     if finished is None or sorted(finished) != list(range(len(requests))):
         seq_ids = first_id and finished is not None and \
             sorted(finished) == list(range(first_id, first_id + len(requests)))
@@ -191,10 +192,10 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         raise Mismatch("not every request's sequence was freed exactly once",
                        "free each finished sequence once.", "each request once", repr(freed))
     expected = finish_order(requests, num_pages, page_size)
-    if [int(i) for i in finished] != expected:
+    if finished != expected:
         raise Mismatch("the order the requests finished in",
-                       _order_hint([int(i) for i in finished], requests, num_pages, page_size),
-                       repr(expected), repr(list(finished)))
+                       _order_hint(finished, requests, num_pages, page_size),
+                       repr(expected), repr(finished))
 
 
 def serve(fn) -> CheckResult:
@@ -225,10 +226,3 @@ def serve(fn) -> CheckResult:
     ]
     return run_cases("serve", "serve: admit, decode, finish and free", cases)
 
-
-def _as_list(values):
-    """list(values), or None when it is not iterable."""
-    try:
-        return list(values)
-    except TypeError:
-        return None

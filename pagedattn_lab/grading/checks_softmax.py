@@ -12,7 +12,7 @@ import numpy as np
 
 from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose, fmt
-from .report import Case, CheckResult, Mismatch, as_array, run_cases
+from .report import Case, CheckResult, Mismatch, as_array, probe, run_cases
 from .seeds import case_rng
 from .variants import attention_variant
 
@@ -175,14 +175,12 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
                                              prob.block_tables[one], prob.seq_lens[one], scale,
                                              **bugs)[0, t, h]
 
-        if finite is not None and np.isnan(got).any():
-            again = fn(finite.q[b, t, h].copy(), finite.k_cache, finite.v_cache,
-                       finite.block_tables[b].copy(), n, t, kvh, finite.scale)
-            if again is not None and describe_difference(
-                    np.asarray(again, dtype=np.float64), expected, ("dim",),
-                    unwritten=False) is None:
-                raise Mismatch(f"sequence {b} (seq_len {n}), token {t}, head {h}: "
-                               + diff.message(), _TAIL_HINT)
+        if finite is not None and np.isnan(got).any() and probe(lambda: describe_difference(
+                np.asarray(fn(finite.q[b, t, h].copy(), finite.k_cache, finite.v_cache,
+                              finite.block_tables[b].copy(), n, t, kvh, finite.scale),
+                           dtype=np.float64), expected, ("dim",), unwritten=False) is None):
+            raise Mismatch(f"sequence {b} (seq_len {n}), token {t}, head {h}: "
+                           + diff.message(), _TAIL_HINT)
         no_key = t == 0 and (not got.any() or np.isnan(got).all())
         hint = ("query 0 attended to no key at all (zeros or 0/0): query t attends to keys "
                 "0..t inclusive, its own token too.") if no_key else diagnose(got, expected, [

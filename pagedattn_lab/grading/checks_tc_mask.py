@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from .checks_tc_decode import TILE   # tokens (columns) of one score tile
 from .compare import fmt
 from .report import Case, CheckResult, Mismatch, as_array, run_cases
 from .seeds import case_rng
-
-TILE = 16    # tokens (columns) of one score tile
 
 
 def reference_mask_tile(s, tile, seq_len, scale):
