@@ -33,7 +33,7 @@ import cupy as cp  # noqa: E402
 from pagedattn_lab import kernels as pk  # noqa: E402
 from pagedattn_lab import wrappers as pw  # noqa: E402
 from pagedattn_lab.bench import quant as bq  # noqa: E402
-from pagedattn_lab.bench.timing import Timer, add_l2_flush_argument, copy_bandwidth  # noqa: E402
+from pagedattn_lab.bench.timing import add_l2_flush_argument, warm_timer  # noqa: E402
 from pagedattn_lab.bench.workloads import build_decode_inputs, decode_workloads  # noqa: E402
 from pagedattn_lab.rawkernel import RawKernel  # noqa: E402
 
@@ -132,9 +132,7 @@ def main(argv=None) -> int:
         parser.error(f"--rows: unknown {unknown}; have {list(DECODE_ROWS + QUANT_ROWS)}")
     t0 = time.time()
     kernels = Kernels(args.old)
-    timer = Timer(cp, l2_flush=args.l2_flush)
-    timer.warm_up()
-    copy_rate = copy_bandwidth(cp, timer)
+    timer, copy_rate = warm_timer(cp, args.l2_flush)
     print(f"copy rate {copy_rate / 1e12:.2f} TB/s (read + write)", flush=True)
     rows = []
     workloads = {w.name: w for w in decode_workloads()}

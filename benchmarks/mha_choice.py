@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import cupy as cp  # noqa: E402
 
 from pagedattn_lab import wrappers as pw  # noqa: E402
-from pagedattn_lab.bench.timing import Timer, add_l2_flush_argument, copy_bandwidth  # noqa: E402
+from pagedattn_lab.bench.timing import add_l2_flush_argument, warm_timer  # noqa: E402
 from pagedattn_lab.bench.workloads import (DecodeWorkload, build_decode_inputs,  # noqa: E402
                                            d64_lengths)
 
@@ -97,9 +97,7 @@ def main(argv=None) -> int:
     if args.rounds < 1 or args.reps < 1:
         parser.error("--rounds and --reps: at least 1")
     t0 = time.time()
-    timer = Timer(cp, l2_flush=args.l2_flush)
-    timer.warm_up()
-    copy_rate = copy_bandwidth(cp, timer)
+    timer, copy_rate = warm_timer(cp, args.l2_flush)
     print(f"copy rate {copy_rate / 1e12:.2f} TB/s (read + write); L2 flush: {args.l2_flush}; "
           f"{args.dtype} pages", flush=True)
     rows = []

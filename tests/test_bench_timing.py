@@ -1,6 +1,7 @@
 """bench.timing on the CPU, with stand-ins for CuPy: host_time's wall time per call, and with
 batches the median over them (one busy moment of the host moves one batch, not the figure);
-Timer's two L2 flushes (a write, or a read of twice the L2 that leaves no dirty lines)."""
+Timer's two L2 flushes (a write, or a read of twice the L2 that leaves no dirty lines);
+warm_timer's order (the copy rate timed on warm clocks)."""
 import time
 from types import SimpleNamespace
 
@@ -67,3 +68,15 @@ def test_l2_flush_by_a_read_reads_twice_the_l2_and_writes_nothing():
 def test_unknown_l2_flush_is_refused_by_name():
     with pytest.raises(ValueError, match="l2_flush.*'clean'"):
         Timer(_fake_cupy([]), l2_flush="clean")
+
+
+def test_warm_timer_times_the_copy_after_the_warm_up(monkeypatch):
+    """A copy timed on idle clocks reads slow and inflates every "% of copy" after it."""
+    from pagedattn_lab.bench import timing
+    steps = []
+    monkeypatch.setattr(Timer, "warm_up", lambda self: steps.append("warm_up"))
+    monkeypatch.setattr(timing, "copy_bandwidth",
+                        lambda cp, timer: steps.append(("copy", timer.l2_flush)) or 4.2e12)
+    timer, rate = timing.warm_timer(_fake_cupy([]), "read")
+    assert steps == ["warm_up", ("copy", "read")]
+    assert isinstance(timer, Timer) and timer.l2_flush == "read" and rate == 4.2e12

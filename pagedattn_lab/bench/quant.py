@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import page_bytes
-from .timing import Timer, add_l2_flush_argument, copy_bandwidth
+from .timing import add_l2_flush_argument, warm_timer
 from .workloads import d64_lengths
 
 PAGE = 16
@@ -270,9 +270,7 @@ def main(argv=None) -> int:
     args.fi_builds = prebuild_flashinfer(cp, kinds, workloads()[0].head_dim) if kinds else {}
     for build in args.fi_builds.values():
         build.result()   # nothing is timed beside a build (prebuild_flashinfer)
-    timer = Timer(cp, l2_flush=args.l2_flush)
-    timer.warm_up()
-    copy_rate = copy_bandwidth(cp, timer)
+    timer, copy_rate = warm_timer(cp, args.l2_flush)
     print(f"copy rate {copy_rate / 1e12:.2f} TB/s (read + write); L2 flushed by a "
           f"{args.l2_flush}", flush=True)
     rows = []

@@ -28,7 +28,7 @@ from . import report
 from .baselines import DECODE_BASELINES, import_torch, sdpa_prefill
 from .flashinfer_baseline import VARIANTS as FLASHINFER_VARIANTS
 from .flashinfer_baseline import decode_runner, import_flashinfer, prebuild, skip_reason
-from .timing import L2_FLUSH_WHAT, Timer, add_l2_flush_argument, copy_bandwidth, host_time
+from .timing import L2_FLUSH_WHAT, add_l2_flush_argument, host_time, warm_timer
 from .workloads import (
     build_decode_inputs,
     build_prefill_inputs,
@@ -63,12 +63,10 @@ def rel_err(cp, out, ref) -> float:
 class Bench:
     def __init__(self, cp, torch, args):
         self.cp, self.torch, self.args = cp, torch, args
-        self.timer = Timer(cp, l2_flush=args.l2_flush)
         self.reps = args.reps or (5 if args.quick else 30)
         self.rows: list[dict] = []
         self.flashinfer = None
-        self.timer.warm_up()
-        self.copy_bw = copy_bandwidth(cp, self.timer)
+        self.timer, self.copy_bw = warm_timer(cp, args.l2_flush)
 
     def start_flashinfer(self, workloads) -> str:
         """Import FlashInfer and compile its kernels for `workloads`; a note for the JSON."""

@@ -145,6 +145,14 @@ def copy_bandwidth(cp, timer: Timer, nbytes: int = 1 << 30, reps: int = 10,
     return 2 * nbytes / (best_ms * 1e-3)
 
 
+def warm_timer(cp, l2_flush: str = "write") -> tuple[Timer, float]:
+    """A Timer with the GPU's clocks up, and the run's copy rate (copy_bandwidth): every
+    bench's first steps, in this order (a copy timed before the warm-up reads idle clocks)."""
+    timer = Timer(cp, l2_flush=l2_flush)
+    timer.warm_up()
+    return timer, copy_bandwidth(cp, timer)
+
+
 def host_time(cp, fn, calls: int = 100, warmup: int = 5, batches: int = 1) -> float:
     """Seconds of wall time per call of `fn`, `calls` calls back to back (no spin kernel):
     for a call that only launches, the host's time per call when the GPU keeps up. With

@@ -9,10 +9,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..addressing import element_offset, page_offset, physical_page, physical_slot, token_slots
-from ..validate import is_int
 from .cases import block_tables_for
 from .compare import describe_difference, diagnose
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, as_int, run_cases
 from .seeds import case_rng
 
 
@@ -22,13 +21,9 @@ def scattered_row(rng, seq_len: int, page_size: int, num_pages: int, width: int)
 
 
 def _whole(got, what: str, expected: int):
-    """`got` as an int when it is one (Python or NumPy), else a Mismatch: 12.5 or "12" would
-    pass int(got) == expected, and a float cannot index an array anyway."""
-    if got is None or is_int(got):
-        return None if got is None else int(got)
-    raise Mismatch(f"{what}: expected an int, got {type(got).__name__} {got!r}",
-                   "return a whole number of type int: an offset indexes an array (use // "
-                   "for division; / gives a float).", expected=str(expected), got=repr(got))
+    return as_int(got, what, expected,
+                  "return a whole number of type int: an offset indexes an array (use // for "
+                  "division; / gives a float).")
 
 
 # -- task: token -> slot ----------------------------------------------------------------

@@ -13,10 +13,9 @@ import numpy as np
 from ..backend import to_numpy
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
-from ..validate import is_int
 from .compare import describe_difference, diagnose
 from .checks_serve import serve  # noqa: F401 - the lesson registry finds serve here
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, as_int, run_cases
 from .seeds import case_rng
 
 
@@ -92,11 +91,9 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
         raise Mismatch(f"{what}: raised IndexError: {exc}", "a sequence with no tokens has "
                        "no pages, so block_table(seq_id)[-1] does not exist: test "
                        "seq_len % page_size == 0 (true for 0) first.") from None
-    if got is not None and not is_int(got):
-        raise Mismatch(f"{what}: expected an int, got {type(got).__name__} {got!r}",
-                       "return the number of new pages the token needs, 0 or 1, as an int.",
-                       expected=str(expected), got=repr(got))
-    if got is not None and int(got) == expected:
+    got = as_int(got, what, expected,
+                 "return the number of new pages the token needs, 0 or 1, as an int.")
+    if got == expected:
         return
     any_shared = any(cache.allocator.ref_count(p) > 1 for p in table)
     if drained and got == 0:
