@@ -220,7 +220,34 @@ ATTACK = [
 ]
 
 
-@pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(ATTACK))
+# -- a wrong waste formula picks a smaller page: the hint names the waste, not the choice ----
+
+def choose_by(waste):
+    def fn(L, cands, w):
+        ok = [p for p in cands if waste(np.asarray(L, np.int64), p) <= w]
+        return max(ok) if ok else min(cands)
+    return fn
+
+
+def _alloc(L, p):
+    return (-(-L // p)).sum() * p
+
+
+# (each is "the largest candidate under the limit", with the wrong waste: no hint on the choice)
+CHOICE_HINTS = ["pick the largest", "at most' (<=)", "does not always grow"]
+WASTE_FORMULAS = [
+    ("choose_page_size", choose_by(lambda L, p: (_alloc(L, p) - L.sum()) / L.sum()),
+     "check the waste your code computes", CHOICE_HINTS),
+    ("choose_page_size", choose_by(lambda L, p: float(np.mean(1 - L / (-(-L // p) * p)))),
+     "check the waste your code computes", CHOICE_HINTS),
+    ("choose_page_size", choose_by(lambda L, p: float(np.max(1 - L / (-(-L // p) * p)))),
+     "check the waste your code computes", CHOICE_HINTS),
+    ("choose_page_size", choose_by(lambda L, p: 1 - L.sum() / ((L // p + 1).sum() * p)),
+     "check the waste your code computes", CHOICE_HINTS),
+]
+
+
+@pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(ATTACK + WASTE_FORMULAS))
 def test_attack_mistake_is_caught(task, impl, phrase, not_phrases):
     assert_caught(task, impl, phrase, not_phrases=not_phrases)
 

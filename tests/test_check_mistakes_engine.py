@@ -151,7 +151,7 @@ PREFIX_MISTAKES = [
 
 def _step(decodes_first=True, watermark_on=True, charge_running=True, chunk=True,
           use_budget=True, fcfs=True, strict=False, floor_cost=False, charge_waiting=True,
-          budget_waiting=True, chunk_running=True, budget_running=True, stop_at=0):
+          budget_waiting=True, chunk_running=True, budget_running=True, stop_at=0, clamp=True):
     def fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
         batch, free = [], free_pages
 
@@ -173,8 +173,9 @@ def _step(decodes_first=True, watermark_on=True, charge_running=True, chunk=True
                 if budget <= stop_at:
                     break
                 n = size(req, is_running=True)
+                grow = pages(req.num_computed + n) - req.num_pages
                 if charge_running:
-                    free -= max(0, pages(req.num_computed + n) - req.num_pages)
+                    free -= max(0, grow) if clamp else grow
                 batch.append((req.rid, n))
                 budget -= n
 
@@ -261,6 +262,7 @@ STEP_MISTAKES = [
     ("running over the budget", _step(budget_running=False), "more tokens than the budget",
      ("max_chunk",)),
     ("(rid, 0) once the budget is spent", _step(stop_at=-1), "got 0 tokens", ()),
+    ("spare pages counted as free", _step(clamp=False), "max(0, ", ()),
     ("stops with one token left", _step(stop_at=1), "the batch differs",
      ("more tokens than the budget", "0 tokens")),
     # No known mistake produces this one: the check fails it without naming one.
@@ -327,8 +329,8 @@ def test_schedule_step_reference_is_the_engines_scheduler(seed):
     max_chunk = int(rng.integers(4, budget + 1))
     running, waiting = _requests(rng, page_size)
     held = sum(r.num_pages for r in running)
-    need = sum(-(-(r.num_computed + min(r.num_tokens - r.num_computed, max_chunk, budget))
-                 // page_size) - r.num_pages for r in running)
+    need = sum(max(0, -(-(r.num_computed + min(r.num_tokens - r.num_computed, max_chunk, budget))
+                        // page_size) - r.num_pages) for r in running)
     num_pages = held + need + int(rng.integers(0, 16))   # tight: admission is priced
     config = EngineConfig(page_size=page_size, num_pages=num_pages, max_num_batched_tokens=budget,
                           max_prefill_chunk=max_chunk, max_num_seqs=64,

@@ -71,6 +71,23 @@ def clamped(indptr, seq_lens, rows, kv_tile):
             for first in range(0, q_len, rows)]
 
 
+def visible_into_seq_lens(indptr, seq_lens):
+    """Right counts, but `prefix = seq_lens` is an alias: the -= writes into the caller's."""
+    prefix = seq_lens
+    prefix -= np.diff(indptr).astype(prefix.dtype)
+    seq, i, _ = _rows(indptr)
+    return prefix[seq].astype(np.int64) + i + 1
+
+
+def tiles_into_seq_lens(indptr, seq_lens, rows, kv_tile):
+    """Right tiles, with the cached prefix computed in the caller's seq_lens."""
+    q_lens = np.diff(indptr)
+    cached = seq_lens
+    cached -= q_lens.astype(cached.dtype)
+    return [(b, first, -(-(int(cached[b]) + min(first + rows, int(q))) // kv_tile))
+            for b, q in enumerate(q_lens) for first in range(0, int(q), rows)]
+
+
 MISTAKES = [
     ("chunk_mask", mask(top_left=True), "aligned top-left", ["use <=", "cached prefix (keys"]),
     ("chunk_mask", mask(op=np.less), "use <="),
@@ -104,6 +121,8 @@ MISTAKES = [
     ("tile_work", tiles(rounding=lambda k, t: k // t + 1), "one K/V tile too many",
      ["whole sequence"]),
     ("tile_work", tiles(rounding=lambda k, t: k / t), "loaded whole"),
+    ("visible_keys", visible_into_seq_lens, "seq_lens was changed in place"),
+    ("tile_work", tiles_into_seq_lens, "seq_lens was changed in place"),
 ]
 
 

@@ -107,6 +107,8 @@ WRITE_MISTAKES = [
      "every d from 0 to head_dim - 1", ["stride"]),
     ("floorf", [("rintf(row[d] / scale)", "floorf(row[d] / scale)")], "rintf",
      ["never written"]),   # a computed code can equal the fill value: no evidence of that
+    ("one static scale for every head", [("scale = k_scale[head];", "scale = k_scale[0];")],
+     "not k_scale[0]"),
 ]
 
 # Other right answers: float rounding of the scale, another clamp or rounding call, an
@@ -163,6 +165,15 @@ READ_MISTAKES = [
      "not the query head h"),
     ("per_token ignored", [(AT, "slot * num_kv_heads + kv_head")], "index kv_head alone"),
     ("no softmax scale", [("float s = dot * scale;", "float s = dot;")], "softmax scale"),
+    ("one static scale for every head", [(AT, "per_token ? slot * num_kv_heads + kv_head : 0")],
+     "not k_scale[0]"),
+    # the online softmax wrong, the dequantization right: no hint may blame the scales
+    ("acc not rescaled", [("acc[d] = acc[d] * rescale + w", "acc[d] = acc[d] + w")],
+     "rescale acc", ["its scale", "k_scale[kv_head]"]),
+    ("l not rescaled", [("l = l * rescale + w;", "l = l + w;")], "rescale l",
+     ["its scale", "k_scale[kv_head]"]),
+    ("running max not kept", [("        m = m_new;\n", "")], "m = m_new",
+     ["its scale", "k_scale[kv_head]"]),
 ]
 
 # Other right answers: the scales applied per score and per weight instead of per element.

@@ -154,7 +154,7 @@ def next_copy_even_if_full(cache, sid):
     return int(n % cache.page_size == 0) + int(shared)
 
 
-def step_manager(needed, power=1):
+def step_manager(needed, power=1, q_scaled_in_place=False):
     class Manager(pl.PagedAttentionManager):
         def decode_step(self, seq_ids, q, k, v):
             seq_ids, alloc = list(seq_ids), self.cache.allocator
@@ -164,15 +164,21 @@ def step_manager(needed, power=1):
             for i, s in enumerate(seq_ids):
                 self.cache.append(s, k[i:i + 1], v[i:i + 1])
             tables, lens = self.cache.block_tables(seq_ids)
+            scale = self.scale ** power
+            if q_scaled_in_place:   # the output is right, the caller's q is changed
+                q *= scale
+                scale = 1.0
             return pl.reference_decode(q, self.cache.k_cache, self.cache.v_cache, tables, lens,
-                                       self.scale ** power)
+                                       scale)
     return Manager
 
 
-def serve_variant(*, record_seq_ids=False, finish_first=False, twice=False):
+def serve_variant(*, record_seq_ids=False, finish_first=False, twice=False, skip_new=False,
+                  stale_promise=False):
     """The lesson's serve loop with one mistake: the sequence's id recorded instead of the
     request's index; a finished sequence looked for before this step's decode (and freed
-    twice)."""
+    twice); no token appended to the sequences admitted in this step; the pages promised to
+    the running sequences counted once per step, before its first admission."""
     def serve(cache, requests, kv_for):
         pages = lambda n: -(-n // cache.page_size)  # noqa: E731
         waiting, running, done = deque(range(len(requests))), {}, []
@@ -185,20 +191,24 @@ def serve_variant(*, record_seq_ids=False, finish_first=False, twice=False):
             done.append(s if record_seq_ids else i)
 
         while waiting or running:
+            admitted = set()
+            promised = sum(pages(sum(requests[j])) - pages(cache.seq_len(s))
+                           for j, s in running.items())
             while waiting:
                 i = waiting[0]
-                room = cache.allocator.num_free - sum(
-                    pages(sum(requests[j])) - pages(cache.seq_len(s)) for j, s in running.items())
+                room = cache.allocator.num_free - (promised if stale_promise else sum(
+                    pages(sum(requests[j])) - pages(cache.seq_len(s)) for j, s in running.items()))
                 if pages(sum(requests[i])) > room:
                     break
                 waiting.popleft()
                 running[i] = cache.add_sequence()
                 cache.append(running[i], *kv_for(i, 0, requests[i][0]))
+                admitted.add(i)
             for i, s in list(running.items()):
                 if finish_first and cache.seq_len(s) == sum(requests[i]):
                     finish(i, s)                        # done? checked before appending
                     continue
-                if cache.seq_len(s) < sum(requests[i]):
+                if cache.seq_len(s) < sum(requests[i]) and not (skip_new and i in admitted):
                     cache.append(s, *kv_for(i, cache.seq_len(s), 1))
                 if not finish_first and cache.seq_len(s) == sum(requests[i]):
                     finish(i, s)
@@ -214,10 +224,16 @@ NEW_MISTAKES = [
     ("decode_step", step_manager(lambda c, s: c.pages_needed(s, 2)),
      "not when it is page_size - 1", ["not one page per sequence"]),
     ("decode_step", step_manager(lambda c, s: c.pages_needed(s, 1), power=2), "applied twice"),
+    ("decode_step", step_manager(lambda c, s: c.pages_needed(s, 1), q_scaled_in_place=True),
+     "changed its argument q in place", ["not scaled"]),
     ("serve", serve_variant(record_seq_ids=True), "those are seq ids"),
     ("serve", serve_variant(finish_first=True), "after this step's decode",
      ["recorded in the order they were admitted"]),
     ("serve", serve_variant(finish_first=True, twice=True), "was freed already"),
+    ("serve", serve_variant(stale_promise=True), "admitted earlier in this same step"),
+    # the same finish order as finish_first: the hint names both mistakes
+    ("serve", serve_variant(skip_new=True), "those just admitted included",
+     ["recorded in the order they were admitted"]),
 ]
 
 

@@ -206,7 +206,15 @@ def _staged_store(keep, otherwise=None):
             f"        int r = i / 16, c = i % 16;\n        {write}\n    }}")
 
 
+_SYNC = ("    __syncwarp();                // the tiles are complete before any lane loads a "
+         "fragment\n")
+
 TILE_MISTAKES = [
+    # the executor and, by luck, the GPU compute the right scores without the barrier
+    ("no __syncwarp", [(_SYNC, "")], "no __syncwarp() between"),
+    ("__syncwarp before the copies", [(_SYNC, ""), ("    __half zero = ",
+                                                    "    __syncwarp();\n    __half zero = ")],
+     "no __syncwarp() between"),
     ("K read row-major as B", [("__half, wmma::col_major> b", "__half, wmma::row_major> b")],
      "col_major"),
     ("scores stored column-major", [("wmma::mem_row_major", "wmma::mem_col_major")],

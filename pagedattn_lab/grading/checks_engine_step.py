@@ -25,7 +25,7 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
                     *, decodes_first=True, use_watermark=True, charge_running=True,
                     chunk=True, use_budget=True, fcfs=True, chunk_running=True,
                     partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
-                    charge_waiting=True, budget_waiting=True):
+                    charge_waiting=True, budget_waiting=True, clamp=True):
     """The engine's order with one rule switchable off (each switch is a known mistake)."""
     out, free = [], free_pages
 
@@ -50,8 +50,9 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
                 break
             out.append((req.rid, n))
             budget -= n
+            grow = _pages(req.num_computed + n, page_size) - req.num_pages
             if charge_running:
-                free -= max(0, _pages(req.num_computed + n, page_size) - req.num_pages)
+                free -= max(0, grow) if clamp else grow
 
     def run_waiting():
         nonlocal budget, free
@@ -154,6 +155,10 @@ _VARIANTS = [
     ("budget_waiting", "an admitted prompt's tokens were not taken from the budget: every "
      "request's tokens count against the step's one budget.",
      lambda got, exp, a: sum(n for _, n in got) > a[2]),
+    ("clamp", "a running request that holds more pages than its tokens need (pages taken "
+     "ahead) needs no new page, and gives none back: its cost is max(0, ceil((num_computed "
+     "+ n) / page_size) - num_pages); without the max its spare pages were counted as free.",
+     _admits_more),
 ]
 _RULES = tuple(rule for rule, _, _ in _VARIANTS)
 
@@ -210,8 +215,10 @@ def _requests(rng, page_size):
             computed = tokens - 1
         else:                    # a prompt in the middle of its chunked prefill
             tokens, computed = prompt, int(rng.integers(1, prompt))
+        # some hold pages taken ahead (the engine's lookahead): more than their tokens need
+        ahead = int(rng.integers(1, 3)) if rng.random() < 0.3 else 0
         running.append(SimpleNamespace(rid=rid, num_tokens=tokens, num_computed=computed,
-                                       num_pages=_pages(computed, page_size)))
+                                       num_pages=_pages(computed, page_size) + ahead))
     waiting = [SimpleNamespace(rid=10 + i, num_tokens=int(rng.integers(2, 60)), num_computed=0,
                                num_pages=0) for i in range(int(rng.integers(2, 6)))]
     return running, waiting
@@ -219,8 +226,8 @@ def _requests(rng, page_size):
 
 def _draw(rng, page_size, budget, max_chunk, watermark):
     running, waiting = _requests(rng, page_size)
-    need = sum(_pages(r.num_computed + min(r.num_tokens - r.num_computed, max_chunk),
-                      page_size) - r.num_pages for r in running)
+    need = sum(max(0, _pages(r.num_computed + min(r.num_tokens - r.num_computed, max_chunk),
+                             page_size) - r.num_pages) for r in running)
     free = need + watermark + int(rng.integers(0, 12))
     return running, waiting, budget, free, watermark, page_size, max_chunk
 
@@ -296,7 +303,7 @@ def schedule_step(fn) -> CheckResult:
         (4, 48, 10, 1, "chunk_running"), (4, 24, 24, 1, "use_budget", True),
         (4, 30, 16, 1, "partial"), (4, 20, 20, 0, "stop_when_spent"), (4, 64, 24, 2, "at_most"),
         (8, 64, 20, 1, "ceil_cost"), (4, 80, 24, 1, "charge_waiting"),
-        (4, 40, 16, 0, "budget_waiting")]
+        (4, 40, 16, 0, "budget_waiting"), (4, 64, 16, 1, "clamp")]
     cases = [Case("random batch", {"page_size": p, "budget": b, "max_chunk": c,
                                    "watermark": w},
                   lambda i=i, p=p, b=b, c=c, w=w, e=e, r=r: _step_case(fn, 1220 + i, p, b, c,

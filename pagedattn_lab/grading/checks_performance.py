@@ -143,17 +143,8 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
                 "tolerance.")
     elif got in waste and waste[got] > max_waste:
         hint = "that page size wastes more than max_waste: compute its waste fraction first."
-    elif got in ok and any(waste[p] > max_waste for p in candidates if got < p < expected):
-        hint = ("the waste does not always grow with the page size (here a bigger page "
-                "qualifies after a smaller one failed): test every candidate, do not stop "
-                "at the first that fails.")
-    elif got in ok and any(waste[p] == max_waste for p in candidates) and \
-            got == max((p for p in candidates if waste[p] < max_waste), default=None):
-        hint = ("a waste exactly equal to max_waste is allowed: the limit is 'at most' "
-                "(<=), not 'below' (<).")
     elif got in ok:
-        hint = ("every candidate under the limit is acceptable; pick the largest of them: "
-                "fewer pages per sequence and longer contiguous reads.")
+        hint = _passed_over_hint(fn, lens, candidates, max_waste, got, expected, waste)
     elif not isinstance(got, (float, np.floating)) and got in range(len(candidates)):
         hint = "return the page size itself, not its position in candidates."
     else:
@@ -161,6 +152,35 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
                 "else the smallest.")
     raise Mismatch(f"choose_page_size with max_waste={max_waste} (waste per page size: "
                    f"{wastes})", hint, expected=str(expected), got=repr(got))
+
+
+def _passed_over_hint(fn, lens, candidates, max_waste, got, expected, waste) -> str:
+    """`got` qualifies, the larger `expected` was passed over. A wrong waste formula gives
+    the same answer as a wrong choice, so the choice's mistake is named only when asking
+    again shows it; otherwise the learner's waste for `expected` is what the evidence shows."""
+    def choice(cands, limit):
+        return probe(fn, np.array(lens, dtype=np.int64), list(cands), limit)
+
+    between = [p for p in candidates if got < p < expected and waste[p] > max_waste]
+    if waste[expected] == max_waste and \
+            choice(candidates, float(np.nextafter(max_waste, 1.0))) == expected:
+        return ("a waste exactly equal to max_waste is allowed: the limit is 'at most' (<=), "
+                "not 'below' (<).")
+    if between and choice([p for p in candidates if p not in between], max_waste) == expected:
+        return ("the waste does not always grow with the page size (here a bigger page "
+                "qualifies after a smaller one failed): test every candidate, do not stop at "
+                "the first that fails.")
+    unlimited = choice(candidates, float("inf"))   # every candidate qualifies
+    if unlimited is None:   # (a probe that crashed proves nothing)
+        return ("return the largest candidate whose waste is at most max_waste "
+                f"(here {expected}).")
+    if unlimited != max(candidates):
+        return ("every candidate under the limit is acceptable; pick the largest of them: "
+                "fewer pages per sequence and longer contiguous reads.")
+    return (f"page size {expected} wastes {waste[expected]:.4g}, at most max_waste, but you "
+            f"passed it over (with no limit your code returns the biggest): check the waste "
+            f"your code computes, 1 - sum(seq_lens) / allocated over the whole batch, with "
+            f"allocated = sum(ceil(L / page_size)) * page_size (workbook 00's waste).")
 
 
 def choose_page_size(fn) -> CheckResult:

@@ -37,6 +37,18 @@ def _rows_of(indptr):
     return seq, np.arange(seq.size) - indptr[seq]
 
 
+def _inputs_kept(passed, given) -> None:
+    """The answer left qo_indptr and seq_lens as they were: the caller (the wrapper's plan,
+    the next task) reads them again."""
+    for name, after, before in zip(("qo_indptr", "seq_lens"), passed, given):
+        if not np.array_equal(after, before):
+            raise Mismatch(f"{name} was changed in place", f"leave {name} as it is: "
+                           f"`x = {name}` makes no copy, so `x -= ...` or `x[...] = ...` "
+                           f"writes into the caller's array; compute a new one ({name} - "
+                           f"q_lens, or .astype / .copy() first).",
+                           str(list(map(int, before))), str(list(map(int, after))))
+
+
 def _named(variants, got, expected, same, confirmed, default: str) -> str:
     """The hint of the first classic mistake that `got` matches and that `confirmed(k)` (the
     learner's answer is mistake k on every fixed case too) confirms; else `default`."""
@@ -158,9 +170,11 @@ def _visible_of(fn, indptr, seq_lens):
 
 def _visible_case(fn, indptr, seq_lens) -> None:
     expected = expected_visible(indptr, seq_lens)
-    got = fn(indptr.copy(), seq_lens.copy())
+    passed = (indptr.copy(), seq_lens.copy())
+    got = fn(*passed)
     if got is None:
         raise NotImplementedError("visible_keys returned None")
+    _inputs_kept(passed, (indptr, seq_lens))
     got = as_array(got, "visible_keys' result")
     if got.shape != expected.shape:
         raise Mismatch("wrong shape", "one count per packed row: [qo_indptr[-1]].",
@@ -286,9 +300,11 @@ def _tiles_of(fn, indptr, seq_lens, rows, kv_tile):
 
 def _tiles_case(fn, indptr, seq_lens, rows, kv_tile) -> None:
     expected = expected_tiles(indptr, seq_lens, rows, kv_tile)
-    got = fn(indptr.copy(), seq_lens.copy(), rows, kv_tile)
+    passed = (indptr.copy(), seq_lens.copy())
+    got = fn(*passed, rows, kv_tile)
     if got is None:
         raise NotImplementedError("tile_work returned None")
+    _inputs_kept(passed, (indptr, seq_lens))
     got = _as_triples(got)
     if got == expected:
         return

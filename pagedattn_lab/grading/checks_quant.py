@@ -368,9 +368,10 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed)
         return
     hint = diagnose(got, expected, [(h, lambda bug=bug: ref(bug)) for bug, h in READ_MISTAKES],
                     atol=1e-4, rtol=1e-3)
-    raise Mismatch(diff.message(), hint or (
-        "K element d of a token is k_cache[row + d] * its scale, V likewise with v_scale; the "
-        "scale is k_scale[kv_head] (static) or k_scale[slot * num_kv_heads + kv_head]."))
+    raise Mismatch(diff.message(), hint or (   # no known mistake: both halves of the spec
+        "K element d of a token is k_cache[row + d] * its scale, V likewise with v_scale (at "
+        "k_scale[kv_head] static, k_scale[slot * num_kv_heads + kv_head] per token); each token "
+        "rescales acc and l by e^(m - m_new), adds its weight e^(s - m_new), then m = m_new."))
 
 
 def dequant_decode(source: str, device: str = "auto") -> CheckResult:

@@ -75,9 +75,14 @@ def _order_hint(got: list[int], requests, num_pages: int, page_size: int) -> str
         return ("requests that finish in the same step are recorded in the order they were "
                 "admitted.")
     if got == finish_order(requests, num_pages, page_size, finish_first=True):
-        return ("record and free after this step's decode (admit, decode, finish): checking "
-                "for finished sequences before appending records a request with no new tokens "
-                "ahead of one admitted before it, and frees every sequence a step late.")
+        # (skipping the decode of the sequences just admitted gives this very order too)
+        return ("every request finished a step late, which either of two mistakes gives: "
+                "checking for finished sequences before appending (record and free after "
+                "this step's decode: admit, decode, finish), or no token for the sequences "
+                "admitted in this step (the decode appends one to every running sequence, "
+                "those just admitted included). Either way a request with no new tokens is "
+                "recorded ahead of one admitted before it, and every sequence is freed a step "
+                "late.")
     return ("each step: admit (first come, first served, while the whole request fits), "
             "append one token to every running sequence, then record and free every "
             "sequence that holds prompt_len + new_tokens tokens.")
@@ -156,7 +161,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                 "finished sequence, so the next ones fit." if kept else
                 "admit a request only when the pool has room for all its tokens: "
                 "ceil((prompt_len + new_tokens) / page_size) pages free, after the pages the "
-                "running sequences will still take.")
+                "running sequences will still take (those admitted earlier in this same step "
+                "included).")
         raise Mismatch(f"the cache ran out of pages: {exc}", hint) from None
     except KeyError as exc:
         gone = re.search(r"no live sequence (\d+)", str(exc))

@@ -157,9 +157,9 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
         k_new = rng.standard_normal((batch, num_kv_heads, head_dim)).astype(np.float32)
         v_new = rng.standard_normal((batch, num_kv_heads, head_dim)).astype(np.float32)
         lens_before = {sid: mgr.seq_len(sid) for sid in ids}
+        passed = _step_inputs(mgr, q, k_new, v_new)
         try:
-            got = mgr.decode_step(list(step_ids), mgr.xp.asarray(q), mgr.xp.asarray(k_new),
-                                  mgr.xp.asarray(v_new))
+            got = mgr.decode_step(list(step_ids), *passed)
         except ValueError as exc:
             text = str(exc)
             if text.startswith(("block_tables", "seq_lens")) and "one per sequence" in text:
@@ -172,6 +172,7 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
                                "num_kv_heads, head_dim]: pass k[i:i+1] (one token, still 3-D), "
                                "not k[i].") from exc
             raise
+        _inputs_kept(f"step {step}", passed, (q, k_new, v_new), scale)
         for i, sid in enumerate(step_ids):
             keys[sid] = np.concatenate([keys[sid], k_new[i:i + 1]])
             values[sid] = np.concatenate([values[sid], v_new[i:i + 1]])
@@ -215,6 +216,30 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
         ]) or "append, then attend with paged_attention_decode(q, self.cache.k_cache, " \
               "self.cache.v_cache, *self.cache.block_tables(seq_ids))."
         raise Mismatch(f"step {step} (seq_ids {step_ids}): " + diff.message(), hint)
+
+
+def _step_inputs(mgr, q, k, v) -> list:
+    """Copies of a step's inputs on the manager's device, so that a step that writes into
+    them leaves the check's own arrays (and so its expected output) as they were."""
+    return [mgr.xp.asarray(a.copy()) for a in (q, k, v)]
+
+
+def _inputs_kept(where: str, passed, given, scale: float) -> None:
+    """A step that changed q, k or v in place fails here, before its output is compared: an
+    output right for the changed q would otherwise read as a missing scale."""
+    for name, after, before in zip("qkv", passed, given):
+        after = np.asarray(to_numpy(after))
+        if np.array_equal(after, before):
+            continue
+        scaled = name == "q" and np.allclose(after, before * np.float32(scale))
+        raise Mismatch(f"{where}: decode_step changed its argument {name} in place",
+                       f"{name} is the caller's array: leave it as it is. " + (
+                           "q *= self.scale scales the caller's q; pass self.scale to the "
+                           "attention instead (or scale a copy, q * self.scale)." if scaled
+                           else "Compute into new arrays (x = x * ..., not x *= ... or "
+                                "x[...] = ...)."),
+                       f"{name} as passed", f"{int((after != before).sum())} of {after.size} "
+                       f"values of {name} changed")
 
 
 def _values_from_keys(q, keys, values, step_ids, scale):
@@ -316,13 +341,14 @@ def _decode_fork(cls) -> None:
                        "and raise before appending anything.", "lengths [5, 6]",
                        f"lengths {lens}")
     mgr.finish(spare)
+    passed = _step_inputs(mgr, q, k_new, v_new)
     try:
-        got = to_numpy(mgr.decode_step(step, mgr.xp.asarray(q), mgr.xp.asarray(k_new),
-                                       mgr.xp.asarray(v_new)))
+        got = to_numpy(mgr.decode_step(step, *passed))
     except OutOfPagesError as exc:
         raise Mismatch(f"with one page free, the step raised OutOfPagesError: {exc}", "the step "
                        "needs one page (the fork's copy) and one is free: it fits (raise only "
                        "when needed > num_free).", "the step runs", "OutOfPagesError") from None
+    _inputs_kept("with one page free", passed, (q, k_new, v_new), 1 / np.sqrt(8))
     keys = [np.concatenate([kv[n][0], k_new[i:i + 1]]) for i, n in enumerate((5, 6))]
     values = [np.concatenate([kv[n][1], v_new[i:i + 1]]) for i, n in enumerate((5, 6))]
     expected = np.stack([_dense_decode(q[i], keys[i], values[i], 1 / np.sqrt(8))

@@ -14,11 +14,13 @@ exactly on a tile's end, where ceil(seq_len / 16) and seq_len / 16 + 1 tiles dif
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, fmt, ranges
-from .kernel_runner import poisoned, unwritten
+from .kernel_runner import _code_only, poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
@@ -320,6 +322,32 @@ def _tile_case(comp, seed, *sizes) -> None:
                        "rows (and do not read block_table for them).")
 
 
+def _barrier_case(source: str) -> None:
+    """A __syncwarp() (or __syncthreads(), a cooperative group's sync()) between the last
+    write into a shared array and the first load_matrix_sync. Without it a lane may load
+    elements another lane has not written yet; the CPU executor (WMMA calls wait for the
+    whole warp) and usually the GPU still give the right scores, so only the source shows
+    the missing barrier."""
+    code = _code_only(source)
+    load = re.search(r"\bload_matrix_sync\s*\(", code)
+    if load is None:
+        return
+    shared = re.findall(r"__shared__[^;]*?\b(\w+)\s*\[", code[:load.start()])
+    writes = list(re.finditer(rf"\b(?:{'|'.join(shared)})\s*\[[^;]*?\]\s*=(?!=)",
+                              code[:load.start()])) if shared else []
+    after = writes[-1].end() if writes else 0
+    if re.search(r"\b(?:__syncwarp|__syncthreads)\s*\(|\.sync\s*\(\s*\)",   # or a group's
+                 code[after:load.start()]):
+        return
+    raise Mismatch("no __syncwarp() between the copies into shared memory and the first "
+                   "wmma::load_matrix_sync",
+                   "the lanes load fragment elements that other lanes copied into q_tile and "
+                   "k_tile: call __syncwarp() after the copies, before the first "
+                   "load_matrix_sync. The scores can come out right without it (here, and "
+                   "often on a GPU), so the check reads the source.",
+                   "__syncwarp() after the copies", "none")
+
+
 def tc_tile_scores(source: str, device: str = "auto") -> CheckResult:
     """Check `tc_tile_scores`: grid (ceil(seq_len / 16), num_kv_heads), block (32,)."""
     comp = _Compiled(source, "tc_tile_scores", device)
@@ -335,5 +363,7 @@ def tc_tile_scores(source: str, device: str = "auto") -> CheckResult:
                                   "seq_len"), sizes)),
                   lambda i=i, sizes=sizes: _tile_case(comp, 95 + i, *sizes))
              for i, (name, sizes) in enumerate(specs)]
+    cases.append(Case("the copies finish before the WMMA loads", {},
+                      lambda: _barrier_case(source)))
     return run_cases("tc_tile_scores", "tc_tile_scores: S = Q K^T for one group and 16 "
                      "tokens on tensor cores", cases, lint=comp.get)

@@ -9,7 +9,8 @@ scales each lane really divides by.
 `read_reference(..., bug)` is the decode output over int8 pages read with the codes turned
 into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scale, the code
 alone, code / scale or code * scale * scale, from its own or the other's scale array, at
-[slot][kv_head], [kv_head], [slot] or [position in the sequence][kv_head].
+[slot][kv_head], [kv_head], [0], [slot] or [position in the sequence][kv_head]; or read
+right and the online softmax's update wrong (acc or l not rescaled, the max not kept).
 """
 from __future__ import annotations
 
@@ -58,6 +59,8 @@ WRITE_MISTAKES = [
                     "num_kv_heads + head] (the token's slot), not its row in k."),
     ("codes_token_index", "the codes go to the token's slot: k_cache[(slot * num_kv_heads + "
                           "head) * head_dim + d], not to its row in k (token)."),
+    ("static_head0", "per_token = 0: each KV head has its own static scale, k_scale[head], not "
+                     "k_scale[0] for every head (one scale for the whole tensor)."),
 ]
 
 
@@ -113,7 +116,8 @@ def quantize_reference(k, slots, cache_shape, per_token, k_scale, bug=None):
         scales.reshape(-1, heads)[where] = written                # lane 0 writes it
         divisor = lane_scale[..., np.arange(dim) % WARP]           # lane d % 32 divides
     else:
-        divisor = np.broadcast_to(k_scale[:, None], x.shape)
+        static = k_scale[:1] if bug == "static_head0" else k_scale
+        divisor = np.broadcast_to(static[:, None], x.shape)
     rows = live if bug == "codes_token_index" else slots[live]
     cache.reshape(-1, heads, dim)[rows] = _codes(x, divisor, bug)
     return cache, scales
@@ -145,6 +149,9 @@ def _read_mistakes():
            ((("times", "own", "no_head"), ("times", "own", "no_head"), True),
             "one per-token scale per (slot, KV head): k_scale[slot * num_kv_heads + kv_head], "
             "not k_scale[slot]."),
+           ((("times", "own", "zero"), ("times", "own", "zero"), True),
+            "per_token = 0: each KV head has its own static scale, k_scale[kv_head], not "
+            "k_scale[0] for every head (one scale for the whole tensor)."),
            ((("unsigned", "own", "slot"), ("unsigned", "own", "slot"), True),
             "the codes are signed (-127..127): read them as signed char, not unsigned."),
            ((_RIGHT, _RIGHT, False),
@@ -158,7 +165,15 @@ def _read_mistakes():
     return out
 
 
-READ_MISTAKES = _read_mistakes()
+# The online softmax done wrong with the values read right (a bug named by a string).
+_SOFTMAX_MISTAKES = [
+    ("acc", "rescale acc too: acc[d] = acc[d] * e^(m - m_new) + e^(s - m_new) * v (its old "
+            "terms were weighted against the old max)."),
+    ("l", "rescale l too: l = l * e^(m - m_new) + e^(s - m_new), like acc."),
+    ("m", "keep the running max: m = m_new after each token (with m left at -inf every "
+          "token's e^(m - m_new) is 0, so only the last token counts)."),
+]
+READ_MISTAKES = _read_mistakes() + _SOFTMAX_MISTAKES
 
 
 def _positions(prob, num_slots):
@@ -173,6 +188,8 @@ def _scales_at(scales, per_token, index, prob):
     """float64 [num_pages, page_size, num_kv_heads]: the scale read for each cache row."""
     shape = prob.k_cache.shape[:3]
     heads, flat = shape[2], scales.reshape(-1).astype(np.float64)
+    if not per_token and index == "zero":
+        return np.broadcast_to(flat[:1], shape)
     if not per_token or index == "head":
         return np.broadcast_to(flat[:heads], shape)
     slots = np.arange(shape[0] * shape[1])
@@ -190,6 +207,8 @@ def _values(codes, scales, how):
 def read_reference(prob, codes, scales, per_token, softmax_scale, bug=None):
     """Decode output over the int8 pages `codes` (K, V) with `scales` (K's, V's), read the way
     `bug` reads them (None: code * scale, the spec)."""
+    if isinstance(bug, str):
+        return _online_softmax(prob, codes, scales, per_token, softmax_scale, bug)
     k_read, v_read, scaled = bug or (_RIGHT, _RIGHT, True)
     caches = []
     for i, (how, which, index) in enumerate((k_read, v_read)):
@@ -197,3 +216,26 @@ def read_reference(prob, codes, scales, per_token, softmax_scale, bug=None):
         caches.append(_values(codes[i], _scales_at(s, per_token, index, prob), how))
     return reference_decode(prob.q, caches[0], caches[1], prob.block_tables, prob.seq_lens,
                             softmax_scale if scaled else 1.0)
+
+
+def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
+    """The kernel's token-by-token loop over the right values, with the update `bug` wrong:
+    "acc" or "l" not rescaled, "m" never set to the new max."""
+    k, v = (_values(c, _scales_at(s, per_token, "slot", prob), "times").reshape(
+        -1, *c.shape[2:]) for c, s in zip(codes, scales))
+    q = prob.q.astype(np.float64)
+    group = q.shape[1] // k.shape[1]
+    out = np.empty(q.shape)
+    for b, n in enumerate(prob.seq_lens):
+        slots = token_slots(prob.block_tables[b], int(n), codes[0].shape[1])
+        for h in range(q.shape[1]):
+            acc, m, total = np.zeros(q.shape[2]), -np.inf, 0.0
+            for slot in slots:
+                s = float(q[b, h] @ k[slot, h // group]) * softmax_scale
+                m_new = max(m, s)
+                rescale, w = np.exp(m - m_new), np.exp(s - m_new)
+                acc = (acc if bug == "acc" else acc * rescale) + w * v[slot, h // group]
+                total = (total if bug == "l" else total * rescale) + w
+                m = m if bug == "m" else m_new
+            out[b, h] = acc / total
+    return out
