@@ -147,6 +147,11 @@ class PagedKVCache:
         `seq_ids` in turn, takes: `pages_needed` summed, less one per shared, partly filled
         last page that all its owners in the step copy (copy on write): the last of them
         finds it its own, the others having left it."""
+        seq_ids = check_int_list(seq_ids, "seq_ids", "sequence id")
+        twice = [s for s, n in Counter(seq_ids).items() if n > 1]
+        if twice:   # counted twice, its pages and its copy would be priced twice
+            raise ValueError(f"seq_ids: sequence {twice[0]} appears twice in {seq_ids} (a step "
+                             f"appends one token to each sequence)")
         needed = sum(self.pages_needed(s, 1) for s in seq_ids)
         tails = Counter(seq.pages[-1] for seq in map(self._get, seq_ids)
                         if self._tail_is_shared(seq))
@@ -161,20 +166,24 @@ class PagedKVCache:
             with cache.transaction():
                 cache.append(a, k, v)
                 run_kernel(...)          # fails: the append above is undone
+
+        Nested, it is a savepoint: a failure inside it (a manager call in the caller's own
+        transaction) undoes what it did, even when the outer block catches the error and goes on.
         """
-        if self._undo is not None:   # nested: the outer transaction covers everything
-            yield
-            return
+        outermost = self._undo is None
+        if outermost:
+            self._undo = []
         saved = (self.allocator.state(), self._next_seq_id,
-                 {s: (list(q.pages), q.length) for s, q in self._sequences.items()})
-        self._undo = []
+                 {s: (list(q.pages), q.length) for s, q in self._sequences.items()},
+                 len(self._undo))
         try:
             yield
         except BaseException:
             self._roll_back(*saved)
             raise
         finally:
-            self._undo = None
+            if outermost:
+                self._undo = None
 
     def fork_sequence(self, seq_id: int) -> int:
         """A new sequence sharing every page of `seq_id` (prefix sharing, copy on write)."""
@@ -291,14 +300,17 @@ class PagedKVCache:
             self._undo.append((slots, self.k_cache.reshape(flat)[slots],
                                self.v_cache.reshape(flat)[slots], *scales))   # copies
 
-    def _roll_back(self, allocator_state, next_seq_id, sequences) -> None:
+    def _roll_back(self, allocator_state, next_seq_id, sequences, mark: int) -> None:
+        """Put back what was saved when the transaction began, K/V rows from the undo log's
+        entries since `mark` (an outer transaction may still need the earlier ones)."""
         flat = (-1, self.num_kv_heads, self.head_dim)
-        for slots, k, v, k_scale, v_scale in reversed(self._undo):
+        for slots, k, v, k_scale, v_scale in reversed(self._undo[mark:]):
             self.k_cache.reshape(flat)[slots] = k
             self.v_cache.reshape(flat)[slots] = v
             if k_scale is not None:
                 self.k_scale.reshape(-1, self.num_kv_heads)[slots] = k_scale
                 self.v_scale.reshape(-1, self.num_kv_heads)[slots] = v_scale
+        del self._undo[mark:]
         self.allocator.restore(allocator_state)
         self._next_seq_id = next_seq_id
         self._sequences = {s: _Sequence(pages, length) for s, (pages, length) in sequences.items()}

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .validate import MAX_PAGES, check_int_list, check_memory
+from .validate import MAX_PAGES, check_int_list, check_memory, is_int
 
 
 # A page handed out costs ~200 bytes of Python objects (its id in the list returned, its
@@ -160,9 +160,40 @@ class BlockAllocator:
         if not isinstance(state, AllocatorState):
             raise TypeError(f"state: expected what state() returns (an AllocatorState), got "
                             f"{type(state).__name__}")
-        self._next_fresh = state.next_fresh
-        self._returned = deque(state.returned)
-        self._owners = dict(state.owners)
+        self._next_fresh, returned, owned = self._check_state(state)
+        self._returned = deque(returned)
+        self._owners = dict(zip(owned, (int(n) for n in state.owners.values())))
+
+    def _check_state(self, state: AllocatorState) -> tuple[int, list[int], list[int]]:
+        """(next_fresh, returned, owned pages) as Python ints; refuses, changing nothing, a
+        state this allocator cannot have been in (another pool's, or edited): restored, it
+        would make num_free negative, or hand a page out twice. Costs time in proportion to
+        the pages it lists, as state() does."""
+        fresh = state.next_fresh
+        if not (is_int(fresh) and 0 <= fresh <= self.num_pages):
+            raise ValueError(f"state: next_fresh {fresh!r} is not in 0..{self.num_pages} (a "
+                             f"state of another allocator?)")
+        if not isinstance(state.owners, dict):
+            raise TypeError(f"state: owners must be a dict page -> count, got "
+                            f"{type(state.owners).__name__}")
+        returned = check_int_list(state.returned, "state.returned", "page id")
+        owned = check_int_list(list(state.owners), "state.owners", "page id")
+        pages = returned + owned
+        outside = [p for p in pages if not 0 <= p < fresh]
+        if outside:
+            raise ValueError(f"state: page {outside[0]} is not among the {fresh} pages handed "
+                             f"out (a state of another allocator?)")
+        if len(set(pages)) != len(pages):
+            twice = next(p for p, n in Counter(pages).items() if n > 1)
+            raise ValueError(f"state: page {twice} is listed twice (free and in use, or "
+                             f"twice in one of them)")
+        if len(pages) != fresh:
+            raise ValueError(f"state: {fresh} pages were handed out but {len(pages)} are "
+                             f"free or in use (a page would be lost)")
+        counts = [n for n in state.owners.values() if not (is_int(n) and n >= 1)]
+        if counts:
+            raise ValueError(f"state: a reference count of {counts[0]!r}; expected ints >= 1")
+        return int(fresh), returned, owned
 
     def check_invariants(self) -> None:
         """Assert the allocator's bookkeeping is self-consistent (used by the tests)."""

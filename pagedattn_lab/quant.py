@@ -53,9 +53,9 @@ def kv_format(kv_dtype: str) -> KVFormat:
     return FORMATS[kv_dtype]
 
 
-def check_scheme(scale_scheme: str) -> str:
+def check_scheme(scale_scheme: str, name: str = "scale_scheme") -> str:
     if not isinstance(scale_scheme, str) or scale_scheme not in SCHEMES:
-        raise ValueError(f"scale_scheme: expected one of {SCHEMES}, got {scale_scheme!r}")
+        raise ValueError(f"{name}: expected one of {SCHEMES}, got {scale_scheme!r}")
     return scale_scheme
 
 
@@ -143,9 +143,16 @@ def check_scale(scale, name: str, shape: tuple[int, ...],
 
 def quantize(x, kv_dtype: str, scale) -> np.ndarray:
     """Codes of x [..., num_kv_heads, head_dim] with `scale` broadcast over head_dim:
-    static [num_kv_heads] or per-token [..., num_kv_heads]."""
+    static [num_kv_heads] or per-token [..., num_kv_heads], each finite and > 0 (x / 0
+    saturates every code, a negative scale flips the signs, NaN and inf give codes of 0)."""
     x = np.asarray(x, dtype=np.float32)
-    return encode(x / _scale_for(scale, x.shape)[..., None], kv_dtype)
+    s = _scale_for(scale, x.shape)
+    bad = np.argwhere(~(np.isfinite(s) & (s > 0)))
+    if bad.size:
+        i = ", ".join(str(int(j)) for j in bad[0])
+        raise ValueError(f"scale: every scale must be finite and > 0; scale[{i}] is "
+                         f"{float(s[tuple(bad[0])])}")
+    return encode(x / s[..., None], kv_dtype)
 
 
 def dequantize(codes, kv_dtype: str, scale) -> np.ndarray:
@@ -174,7 +181,10 @@ def quantize_rows(x, kv_dtype: str, scale_scheme: str, static_scale=None):
         scales = per_token_scales(x, kv_dtype)
     else:
         scales = np.asarray(static_scale, dtype=np.float32)
-    return quantize(x, kv_dtype, scales), scales
+    # not through quantize's check: a row holding inf has the per-token scale inf, as the
+    # kernel computes it (static scales were checked when the cache was made)
+    x = np.asarray(x, dtype=np.float32)
+    return encode(x / _scale_for(scales, x.shape)[..., None], kv_dtype), scales
 
 
 # -- the scales a kernel reads ---------------------------------------------------------------

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .paging import BlockAllocator, OutOfPagesError
+from .validate import MAX_PAGES, check_int, is_one_of
 
 POLICIES = ("reserve_max", "reserve_pow2", "reserve_oracle", "paged")
 CATEGORIES = ("tokens", "reserved", "internal", "external", "free")
@@ -67,6 +68,19 @@ class Workload:
     min_len: int = 4
     max_len: int = 2048
     seed: int = 0
+
+    def __post_init__(self):
+        check_int(self.num_requests, "num_requests", minimum=1)
+        for name in ("prompt_median", "prompt_sigma", "output_median", "output_sigma"):
+            value, positive = getattr(self, name), name.endswith("median")
+            if not (_is_finite(value) and (value > 0 if positive else value >= 0)):
+                raise ValueError(f"{name}: expected a finite number "
+                                 f"{'> 0' if positive else '>= 0'}, got {value!r}")
+        check_int(self.min_len, "min_len", minimum=1)
+        check_int(self.prompt_max, "prompt_max", minimum=self.min_len)
+        # every request must fit in max_len: the longest prompt and the shortest output
+        check_int(self.max_len, "max_len", minimum=self.prompt_max + self.min_len)
+        check_int(self.seed, "seed", minimum=0)
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """(prompt_lens, output_lens) as int64 arrays, reproducible from `seed`."""
@@ -120,6 +134,34 @@ class _FirstFit:
     @property
     def free_slots(self) -> int:
         return sum(n for _, n in self.holes)
+
+
+def _is_finite(value) -> bool:
+    """An int or float (NumPy's too), not a bool, finite as a float (10**400 is not)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:
+        return False
+
+
+def _check_paged_fits(workload: Workload, capacity_name: str, capacity_tokens: int,
+                      page_size: int, watermark: float) -> None:
+    """The pool can be made, the longest request fits in its whole pages, and the longest
+    prompt is admitted with the watermark kept free (simulate's paged admission)."""
+    pages = capacity_tokens // page_size
+    if pages > MAX_PAGES:
+        raise ValueError(f"{capacity_name}: {capacity_tokens} slots make {pages} pages of "
+                         f"{page_size} tokens, more than the {MAX_PAGES} a pool holds")
+    if pages * page_size < workload.max_len:
+        raise ValueError(f"page_size: {capacity_tokens} slots hold {pages} whole pages of "
+                         f"{page_size} tokens, too few for a request of "
+                         f"max_len={workload.max_len}")
+    if -(-workload.prompt_max // page_size) + max(1, int(watermark * pages)) > pages:
+        raise ValueError(f"watermark: {watermark} of {pages} pages kept free leaves too few "
+                         f"for a prompt of prompt_max={workload.prompt_max} tokens")
 
 
 def _reservation(policy: str, req: _Request, max_len: int) -> int:
@@ -188,19 +230,30 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
     pages free for growth). Then the memory is measured. Stops when every request is done or
     after `max_steps` steps.
     """
-    if policy not in POLICIES:
+    if not is_one_of(policy, POLICIES):
         raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
     if (memory_bytes is None) != (bytes_per_token is None):
         raise ValueError(f"memory_bytes, bytes_per_token: give both or neither, got "
                          f"{memory_bytes!r} and {bytes_per_token!r}")
+    capacity_name = "capacity_tokens"
     if memory_bytes is not None:
-        if not (isinstance(bytes_per_token, (int, np.integer)) and bytes_per_token > 0):
-            raise ValueError(f"bytes_per_token: expected a positive int, got {bytes_per_token!r}")
-        capacity_tokens = int(memory_bytes) // int(bytes_per_token)
-    workload = workload or Workload()
+        bytes_per_token = check_int(bytes_per_token, "bytes_per_token", minimum=1)
+        capacity_tokens = check_int(memory_bytes, "memory_bytes", minimum=0) // bytes_per_token
+        capacity_name = "memory_bytes // bytes_per_token"
+    if workload is None:
+        workload = Workload()
+    elif not isinstance(workload, Workload):
+        raise TypeError(f"workload: expected a Workload or None, got {type(workload).__name__}")
+    capacity_tokens = check_int(capacity_tokens, capacity_name)
     if capacity_tokens < workload.max_len:
-        raise ValueError(f"capacity_tokens: expected at least max_len={workload.max_len}, "
+        raise ValueError(f"{capacity_name}: expected at least max_len={workload.max_len}, "
                          f"got {capacity_tokens}")
+    page_size = check_int(page_size, "page_size", minimum=1)
+    max_steps = check_int(max_steps, "max_steps", minimum=1)
+    if not (_is_finite(watermark) and 0 <= watermark < 1):
+        raise ValueError(f"watermark: expected a share of the pages in [0, 1), got {watermark!r}")
+    if policy == "paged":   # else a request that can never be admitted stalls every step
+        _check_paged_fits(workload, capacity_name, capacity_tokens, page_size, watermark)
     prompts, outputs = workload.sample()
     queue = deque(_Request(i, int(p), int(p + o)) for i, (p, o) in enumerate(zip(prompts, outputs)))
     paged = policy == "paged"
@@ -291,4 +344,7 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
 def compare_policies(workload: Workload | None = None, policies=POLICIES,
                      **kwargs) -> dict[str, SimResult]:
     """`simulate` every policy on the same workload: {policy: SimResult}."""
+    if isinstance(policies, str):   # its characters would be taken as policy names
+        raise TypeError(f"policies: expected a list of policy names, got {policies!r}; for "
+                        f"one policy write [{policies!r}]")
     return {p: simulate(p, workload, **kwargs) for p in policies}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,12 +119,17 @@ def check_bool(value, name: str) -> bool:
 def check_int_list(values, name: str, what: str = "id") -> list[int]:
     """A list, tuple, range or 1-D integer array of ints, as Python ints.
 
-    A bare int, a string or None is refused by name (iterating them would fail with a
-    message about `int` or `NoneType`, or silently walk a string's characters).
+    A bare int, a string, None or a 0-d array is refused by name (iterating them fails naming
+    no argument, or walks a string's characters); so are a set (token ids in hash order: a
+    silently different prompt) and a mapping.
     """
-    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__"):
-        one = is_int(values)
-        hint = f"; for one {what} write [{values!r}]" if one else ""
+    if isinstance(values, (set, frozenset, Mapping)):
+        raise TypeError(f"{name}: expected a list of {what}s in order, got a "
+                        f"{type(values).__name__} (not in the caller's order); pass a list")
+    zero_d = getattr(values, "ndim", None) == 0
+    if isinstance(values, (str, bytes)) or not hasattr(values, "__iter__") or zero_d:
+        one = values.item() if zero_d else values
+        hint = f"; for one {what} write [{one!r}]" if is_int(one) else ""
         raise TypeError(f"{name}: expected a list of {what}s, got {values!r} "
                         f"({type(values).__name__}){hint}")
     ids = []

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..validate import check_int, check_int_list
 from .config import EngineConfig
 from .kv_manager import KVCacheManager
 from .request import Request, SamplingParams
@@ -33,8 +34,9 @@ PAGE_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 def tail_waste(prompt_lens, output_lens, page_size: int) -> float:
     """Share of the slots held by growing sequences that hold no token, averaged over every
     step of every request (length prompt .. prompt + output)."""
+    page_size = check_int(page_size, "page_size", minimum=1)
     held = tokens = 0
-    for p, o in zip(np.asarray(prompt_lens), np.asarray(output_lens)):
+    for p, o in zip(*_check_lengths(prompt_lens, output_lens, min_output=0)):
         lengths = np.arange(int(p), int(p) + int(o) + 1, dtype=np.int64)
         held += int((-(-lengths // page_size) * page_size).sum())
         tokens += int(lengths.sum())
@@ -44,9 +46,30 @@ def tail_waste(prompt_lens, output_lens, page_size: int) -> float:
 def choose_page_size(prompt_lens, output_lens, candidates=PAGE_SIZES,
                      max_waste: float = 0.05) -> tuple[int, dict[int, float]]:
     """(the largest page size whose `tail_waste` is at most max_waste, {page size: waste})."""
-    waste = {int(p): tail_waste(prompt_lens, output_lens, int(p)) for p in sorted(candidates)}
+    candidates = check_int_list(candidates, "candidates", "page size")
+    if not candidates or min(candidates) < 1:
+        raise ValueError(f"candidates: expected page sizes >= 1, got {candidates}")
+    if isinstance(max_waste, (bool, np.bool_)) or not isinstance(
+            max_waste, (int, float, np.integer, np.floating)) or not 0 <= max_waste <= 1:
+        raise ValueError(f"max_waste: expected a share of the slots in [0, 1], got {max_waste!r}")
+    waste = {p: tail_waste(prompt_lens, output_lens, p) for p in sorted(candidates)}
     fitting = [p for p, w in waste.items() if w <= max_waste]
     return (max(fitting) if fitting else min(waste)), waste
+
+
+def _check_lengths(prompt_lens, output_lens, *, min_output: int) -> tuple[list, list]:
+    """Prompt (>= 1) and output (>= min_output) lengths, one of each per request, as ints."""
+    prompts = check_int_list(prompt_lens, "prompt_lens", "length")
+    outputs = check_int_list(output_lens, "output_lens", "length")
+    if len(prompts) != len(outputs) or not prompts:
+        raise ValueError(f"prompt_lens, output_lens: expected one of each per request (at "
+                         f"least one), got {len(prompts)} and {len(outputs)}")
+    for name, lens, least in (("prompt_lens", prompts, 1), ("output_lens", outputs, min_output)):
+        short = [i for i, n in enumerate(lens) if n < least]
+        if short:
+            raise ValueError(f"{name}[{short[0]}]: expected a length >= {least}, got "
+                             f"{lens[short[0]]}")
+    return prompts, outputs
 
 
 @dataclass
@@ -90,14 +113,23 @@ def dry_run(config: EngineConfig, prompt_lens, output_lens, max_steps: int = 100
     """Serve requests with these prompt and output lengths through the engine's scheduler,
     without a model: each request stops after its output length, which the scheduler only
     learns then. Prompts are all different (no prefix hits)."""
+    if not isinstance(config, EngineConfig):
+        raise TypeError(f"config: expected an EngineConfig, got {type(config).__name__}")
+    prompt_lens, outputs = _check_lengths(prompt_lens, output_lens, min_output=1)
+    max_steps = check_int(max_steps, "max_steps", minimum=1)
+    for i, (p, o) in enumerate(zip(prompt_lens, outputs)):
+        # as LLMEngine's admission check: + 1 for a copy-on-write page of a cached prefix
+        pages = -(-(p + o) // config.page_size) + int(config.enable_prefix_caching)
+        if pages > config.num_pages:   # else it never fits, and every step runs nothing
+            raise ValueError(f"prompt_lens[{i}], output_lens[{i}]: {p} + {o} tokens may need "
+                             f"{pages} pages, more than the pool of {config.num_pages}")
     kv = KVCacheManager(config.num_pages, config.page_size,
                         enable_caching=config.enable_prefix_caching,
                         num_host_pages=config.num_host_pages)
     sched = Scheduler(config, kv)
-    outputs = [int(o) for o in output_lens]
     for rid, p in enumerate(prompt_lens):
-        prompt = list(range(rid * 1_000_000, rid * 1_000_000 + int(p)))
-        sched.add(Request(rid, prompt, SamplingParams(max_tokens=max(outputs[rid], 1))))
+        prompt = list(range(rid * 1_000_000, rid * 1_000_000 + p))
+        sched.add(Request(rid, prompt, SamplingParams(max_tokens=outputs[rid])))
     series = {k: [] for k in ("running", "waiting", "held", "tokens")}
     steps = produced = preemptions = 0
     while sched.has_unfinished() and steps < max_steps:

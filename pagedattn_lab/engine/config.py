@@ -11,12 +11,28 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..quant import check_scheme, kv_format
-from ..validate import check_bool, check_int
+from ..validate import check_bool, check_int, is_one_of
 
 ROPE_TYPES = ("default", "linear", "llama3")
 HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                "num_attention_heads")
+
+
+def _is_number(value) -> bool:
+    """A Python or NumPy int or float (np.float32 too, as SamplingParams takes), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, (bool, np.bool_))
+
+
+def _is_positive(value) -> bool:
+    """A finite number > 0 (an int past float64, 10**400, is not: math.isfinite raises)."""
+    try:
+        return _is_number(value) and math.isfinite(value) and value > 0
+    except OverflowError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -43,13 +59,14 @@ class ModelConfig:
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                      "num_attention_heads", "num_key_value_heads", "max_position_embeddings"):
-            check_int(getattr(self, name), name, minimum=1)
+            # stored as Python ints: a NumPy int64 fails in to_hf's JSON (save_checkpoint)
+            object.__setattr__(self, name, check_int(getattr(self, name), name, minimum=1))
         if self.head_dim is None:
             if self.hidden_size % self.num_attention_heads:
                 raise ValueError(f"head_dim: not given and hidden_size {self.hidden_size} is not "
                                  f"a multiple of num_attention_heads {self.num_attention_heads}")
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
-        check_int(self.head_dim, "head_dim", minimum=2)
+        object.__setattr__(self, "head_dim", check_int(self.head_dim, "head_dim", minimum=2))
         if self.head_dim % 2:
             raise ValueError(f"head_dim: RoPE rotates pairs of dimensions, so it must be even; "
                              f"got {self.head_dim}")
@@ -57,17 +74,21 @@ class ModelConfig:
             raise ValueError(f"num_key_value_heads: {self.num_key_value_heads} does not divide "
                              f"num_attention_heads {self.num_attention_heads} (GQA needs whole "
                              "groups)")
-        check_bool(self.tie_word_embeddings, "tie_word_embeddings")
+        object.__setattr__(self, "tie_word_embeddings",
+                           check_bool(self.tie_word_embeddings, "tie_word_embeddings"))
         for name in ("bos_token_id", "eos_token_id"):   # an eos past the vocabulary never stops
             if getattr(self, name) is not None:
-                check_int(getattr(self, name), name, minimum=0, maximum=self.vocab_size - 1)
+                object.__setattr__(self, name, check_int(getattr(self, name), name, minimum=0,
+                                                         maximum=self.vocab_size - 1))
         for name in ("rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            if not _is_number(value):
                 raise TypeError(f"{name}: expected a positive number, got {value!r} "
                                 f"({type(value).__name__})")
-            if not (math.isfinite(value) and value > 0):
+            if not _is_positive(value):
                 raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
+            if isinstance(value, np.generic):   # as a Python number: to_hf writes JSON
+                object.__setattr__(self, name, value.item())
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
             raise TypeError(f"rope_scaling: expected a dict or None, got {self.rope_scaling!r}")
         rope_type = self.rope_type
@@ -77,6 +98,8 @@ class ModelConfig:
         if rope_type != "default" and "factor" not in self.rope_scaling:
             raise ValueError(f"rope_scaling: rope type {rope_type!r} needs a 'factor', got "
                              f"{self.rope_scaling!r}")
+        if rope_type != "default":   # a factor of 0 or NaN made every logit NaN, silently
+            _check_rope_numbers(self.rope_scaling, rope_type)
 
     @property
     def rope_type(self) -> str:
@@ -150,6 +173,24 @@ def llama_1b_config(**overrides) -> ModelConfig:
     return ModelConfig(**(base | overrides))
 
 
+def _check_rope_numbers(scaling: dict, rope_type: str) -> None:
+    """rope_scaling's numbers (model.rope_inv_freq): a positive factor; for llama3, positive
+    frequency factors with low < high (it divides by high - low) and an int context."""
+    names = ["factor"] + (["low_freq_factor", "high_freq_factor"] if rope_type == "llama3" else [])
+    for key in names:
+        value = scaling.get(key, 1.0 if key == "low_freq_factor" else 4.0)
+        if not _is_positive(value):
+            raise ValueError(f"rope_scaling[{key!r}]: expected a finite number > 0, got "
+                             f"{value!r}")
+    if rope_type == "llama3":
+        low, high = scaling.get("low_freq_factor", 1.0), scaling.get("high_freq_factor", 4.0)
+        if low >= high:
+            raise ValueError(f"rope_scaling: expected low_freq_factor < high_freq_factor, got "
+                             f"{low} and {high}")
+        check_int(scaling.get("original_max_position_embeddings", 8192),
+                  "rope_scaling['original_max_position_embeddings']", minimum=1)
+
+
 PREEMPTION_MODES = ("recompute", "swap")
 ALLOCATIONS = ("on_demand", "predictive")
 
@@ -191,30 +232,31 @@ class EngineConfig:
     kv_scale_scheme: str = "per_token"
 
     def __post_init__(self):
-        check_int(self.page_size, "page_size", minimum=1)
-        check_int(self.num_pages, "num_pages", minimum=1)
-        check_int(self.max_num_batched_tokens, "max_num_batched_tokens", minimum=1)
-        check_int(self.max_num_seqs, "max_num_seqs", minimum=1)
-        check_int(self.num_host_pages, "num_host_pages", minimum=0)
-        check_int(self.initial_output_guess, "initial_output_guess", minimum=0)
-        if self.max_prefill_chunk is not None:
-            check_int(self.max_prefill_chunk, "max_prefill_chunk", minimum=1)
-        if self.expected_output_len is not None:
-            check_int(self.expected_output_len, "expected_output_len", minimum=0)
-        check_int(self.seed, "seed", minimum=0)
-        check_bool(self.enable_prefix_caching, "enable_prefix_caching")
-        if isinstance(self.watermark, bool) or not isinstance(self.watermark, (int, float)):
+        for name, least in (("page_size", 1), ("num_pages", 1), ("max_num_batched_tokens", 1),
+                            ("max_num_seqs", 1), ("num_host_pages", 0),
+                            ("initial_output_guess", 0), ("max_prefill_chunk", 1),
+                            ("expected_output_len", 0), ("seed", 0)):
+            value = getattr(self, name)
+            if value is not None or name not in ("max_prefill_chunk", "expected_output_len"):
+                # stored as Python ints (a NumPy int64 fails in a summary's JSON)
+                object.__setattr__(self, name, check_int(value, name, minimum=least))
+        object.__setattr__(self, "enable_prefix_caching",
+                           check_bool(self.enable_prefix_caching, "enable_prefix_caching"))
+        if not _is_number(self.watermark):
             raise TypeError(f"watermark: expected a fraction in [0, 1), got {self.watermark!r} "
                             f"({type(self.watermark).__name__})")
         if not 0.0 <= self.watermark < 1.0:
             raise ValueError(f"watermark: expected a fraction in [0, 1), got {self.watermark}")
-        if self.preemption_mode not in PREEMPTION_MODES:
+        if isinstance(self.watermark, np.generic):
+            object.__setattr__(self, "watermark", self.watermark.item())
+        # is_one_of: an array of names would pass `in` as its one name, or fail as ambiguous
+        if not is_one_of(self.preemption_mode, PREEMPTION_MODES):
             raise ValueError(f"preemption_mode: expected one of {PREEMPTION_MODES}, got "
                              f"{self.preemption_mode!r}")
         if self.kv_dtype is not None:
             kv_format(self.kv_dtype)
-        check_scheme(self.kv_scale_scheme)
-        if self.allocation not in ALLOCATIONS:
+        check_scheme(self.kv_scale_scheme, "kv_scale_scheme")
+        if not is_one_of(self.allocation, ALLOCATIONS):
             raise ValueError(f"allocation: expected one of {ALLOCATIONS}, got "
                              f"{self.allocation!r}")
 

@@ -17,12 +17,13 @@ Each `step()`:
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..backend import to_numpy
-from ..validate import check_int_list
+from ..validate import check_bool, check_int_list
 from .attention import StepAttention
 from .config import EngineConfig
 from .kv_manager import KVCacheManager
@@ -163,9 +164,12 @@ class LLMEngine:
         if self.has_unfinished():
             raise RuntimeError("generate: requests added with add_request are still unfinished; "
                                "serve them with step() first (their outputs come from step)")
-        if isinstance(prompts, (str, bytes)) or not hasattr(prompts, "__iter__"):
+        # a set has no order to give the outputs in; a 0-d array cannot be iterated
+        if (isinstance(prompts, (str, bytes, set, frozenset, Mapping))
+                or not hasattr(prompts, "__iter__") or getattr(prompts, "ndim", None) == 0):
             raise TypeError(f"prompts: expected a list of prompts (lists of token ids), got "
                             f"{type(prompts).__name__}")
+        check_bool(progress, "progress")
         prompts = list(prompts)
         per = params if isinstance(params, list) else [params] * len(prompts)
         if len(per) != len(prompts):

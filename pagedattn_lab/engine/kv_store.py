@@ -13,6 +13,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..cache import page_bytes
 from ..quant import check_scale, check_scheme, kv_format
+from ..validate import check_memory
 from .config import ModelConfig
 
 
@@ -36,6 +37,9 @@ class KVStore:
         fmt = kv_format(kv_dtype) if kv_dtype else None
         storage = fmt.storage if fmt else self.dtype
         shape = (num_pages, page_size, heads, config.head_dim)
+        self.bytes_per_page = layers * page_bytes(page_size, heads, config.head_dim, self.dtype,
+                                                  kv_dtype, self.scale_scheme or "static")
+        self._check_memory(num_pages, num_host_pages, layers, xp is np)
         self.k = [xp.zeros(shape, storage) for _ in range(layers)]
         self.v = [xp.zeros(shape, storage) for _ in range(layers)]
         self.k_scale = self.v_scale = None
@@ -57,11 +61,26 @@ class KVStore:
         # Host pages are allocated lazily: a run that never swaps never pays for them.
         self._host_shapes = [(num_host_pages,) + a[0].shape[1:] for a in self._paged]
         self._host = None
-        self.bytes_per_page = layers * page_bytes(page_size, heads, config.head_dim, self.dtype,
-                                                  kv_dtype, self.scale_scheme or "static")
         self.copied_pages = 0       # copy-on-write copies
         self.swapped_out_pages = 0
         self.swapped_in_pages = 0
+
+    def _check_memory(self, num_pages: int, num_host_pages: int, layers: int,
+                      on_cpu: bool) -> None:
+        """Refuse pools larger than the memory they live in, before allocating: each layer's
+        arrays may fit alone and be allocated lazily, and together get the process killed
+        when their pages are written (the host pages: at the first swap, halfway through a
+        step)."""
+        pages, host = self.bytes_per_page * num_pages, self.bytes_per_page * num_host_pages
+        what = f"the KV pages of {layers} layers"
+        if on_cpu:   # the device pages are host memory too
+            names = "num_pages, num_host_pages" if num_host_pages else "num_pages"
+            check_memory(pages + host, "cpu", names, what + " (device and host pages)",
+                         "; use fewer pages")
+            return
+        check_memory(pages, "gpu", "num_pages", what, "; use fewer pages")
+        check_memory(host, "cpu", "num_host_pages", "the host pages for swapping",
+                     "; use fewer host pages")
 
     @property
     def num_layers(self) -> int:

@@ -21,11 +21,12 @@ them.
 from __future__ import annotations
 
 import hashlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 
 import numpy as np
 
 from ..paging import OutOfPagesError
+from ..validate import check_int, check_int_list
 
 
 def hash_block(parent: bytes | None, token_ids) -> bytes:
@@ -76,6 +77,7 @@ class BlockPool:
     def allocate(self, n: int) -> list[int]:
         """Take n pages from the front of the free queue, evicting the hashes they held.
         All or nothing: OutOfPagesError changes nothing."""
+        n = check_int(n, "n", minimum=0)
         if n > len(self.free_queue):
             raise OutOfPagesError(n, len(self.free_queue), self.num_pages)
         pages = []
@@ -92,7 +94,7 @@ class BlockPool:
     def touch(self, pages) -> None:
         """A request takes cached pages (a prefix hit): one more owner each; a free one
         leaves the free queue, so it cannot be evicted while held."""
-        for page in pages:
+        for page in self._page_ids(pages):
             if self.ref_cnt[page] == 0:
                 del self.free_queue[page]
             self.ref_cnt[page] += 1
@@ -100,13 +102,28 @@ class BlockPool:
     def free(self, pages) -> None:
         """Drop one owner of each page; at zero the page joins the back of the free queue
         (in the order given: pass a request's pages tail first, so its last blocks, the
-        least likely to be shared, are evicted first)."""
-        for page in pages:
-            if self.ref_cnt[page] <= 0:
+        least likely to be shared, are evicted first). All or nothing: a page already free,
+        or listed more times than it has owners, raises before any count changes."""
+        pages = self._page_ids(pages)
+        for page, times in Counter(pages).items():
+            if self.ref_cnt[page] == 0:
                 raise ValueError(f"pages: page {page} is already free (double free?)")
+            if times > self.ref_cnt[page]:
+                raise ValueError(f"pages: page {page} is listed {times} times but has only "
+                                 f"{self.ref_cnt[page]} owner(s)")
+        for page in pages:
             self.ref_cnt[page] -= 1
             if self.ref_cnt[page] == 0:
                 self.free_queue[page] = None
+
+    def _page_ids(self, pages) -> list[int]:
+        """Page ids as ints in 0..num_pages-1 (a negative one would index from the end)."""
+        ids = check_int_list(pages, "pages", "page id")
+        for i, page in enumerate(ids):
+            if not 0 <= page < self.num_pages:
+                raise ValueError(f"pages[{i}]: page id {page} is not in this pool (valid ids "
+                                 f"are 0..{self.num_pages - 1})")
+        return ids
 
     def register(self, page: int, block_hash: bytes) -> bool:
         """Offer a full, computed page to the cache under `block_hash`. A hash already cached

@@ -16,11 +16,13 @@ from __future__ import annotations
 import json
 import math
 import mmap
+import os
 import struct
 from pathlib import Path
 
 import numpy as np
 
+from ..validate import check_int
 from .config import ModelConfig
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
@@ -57,6 +59,16 @@ def random_weights(config: ModelConfig, seed: int = 0, dtype=np.float32,
     order one (sharp next-token choices, unlike a 0.02 init whose logits nearly tie);
     norm weights 1 + N(0, 0.1^2), so a forgotten norm weight changes the result.
     xp=cupy draws them on the GPU (other numbers than NumPy's for the same seed)."""
+    if not isinstance(config, ModelConfig):
+        raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
+    if seed is not None:   # else NumPy's SeedSequence refuses it, naming no argument
+        check_int(seed, "seed", minimum=0)
+    try:
+        floating = np.issubdtype(np.dtype(dtype), np.floating)
+    except TypeError:   # NumPy's "data type not understood" names no argument
+        floating = False
+    if not floating:   # int8 would truncate every weight to -1, 0 or 1
+        raise TypeError(f"dtype: expected a floating-point dtype, got {dtype!r}")
     rng = xp.random.default_rng(seed)
     weights = {}
     for name, shape in parameter_shapes(config).items():
@@ -178,10 +190,19 @@ def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None
 
 # -- checkpoints ----------------------------------------------------------------------------
 
+def _directory(directory) -> Path:
+    """A checkpoint directory as a Path; anything but a str or os.PathLike is refused by name
+    (Path(5) fails with "expected str, bytes or os.PathLike object", naming nothing)."""
+    if not isinstance(directory, (str, os.PathLike)):
+        raise TypeError(f"directory: expected a path (str or os.PathLike), got "
+                        f"{type(directory).__name__}")
+    return Path(directory)
+
+
 def load_checkpoint(directory) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """(config, weights) of a Hugging Face Llama directory: config.json plus model.safetensors
     or a sharded model.safetensors.index.json. Nothing is downloaded."""
-    directory = Path(directory)
+    directory = _directory(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"directory: no config.json in {directory}")
@@ -207,9 +228,10 @@ def save_checkpoint(directory, config: ModelConfig, weights: dict) -> None:
     """Write config.json and model.safetensors, loadable by `load_checkpoint` and by
     transformers' `LlamaForCausalLM.from_pretrained`."""
     check_weights(config, weights)
-    directory = Path(directory)
+    directory = _directory(directory)
+    text = json.dumps(config.to_hf(), indent=2)   # (one that fails leaves no directory behind)
     directory.mkdir(parents=True, exist_ok=True)
-    (directory / "config.json").write_text(json.dumps(config.to_hf(), indent=2))
+    (directory / "config.json").write_text(text)
     names = parameter_shapes(config)
     write_safetensors(directory / "model.safetensors", {n: weights[n] for n in names},
                       metadata={"format": "pt"})

@@ -1,0 +1,521 @@
+"""Bad input, fourth round: each case here failed before its fix (an error naming no argument,
+a silently wrong result, a run that spun without progress, or state changed by a call that
+raised)."""
+import copy
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+import pagedattn_lab as pl
+from pagedattn_lab import quant, sim
+from pagedattn_lab.engine import (EngineConfig, LLMEngine, LlamaModel, ModelConfig,
+                                  SamplingParams, load_checkpoint, random_weights,
+                                  save_checkpoint, tiny_config)
+from pagedattn_lab.engine.adaptive import choose_page_size, dry_run, tail_waste
+from pagedattn_lab.engine.prefix_cache import BlockPool
+from pagedattn_lab.paging import AllocatorState
+
+
+def _cache_state(cache):
+    return (copy.deepcopy(cache.allocator.__dict__),
+            {s: (list(q.pages), q.length) for s, q in cache._sequences.items()},
+            cache._next_seq_id, cache.k_cache.copy(), cache.v_cache.copy())
+
+
+def _assert_same(before, after):
+    for a, b in zip(before, after):
+        if isinstance(a, np.ndarray):
+            np.testing.assert_array_equal(a, b)
+        else:
+            assert a == b
+
+
+@pytest.fixture(scope="module")
+def model():
+    config = tiny_config()
+    return LlamaModel(config, random_weights(config, seed=0))
+
+
+def _cache_with_two_sequences():
+    cache = pl.PagedKVCache(6, 2, 2, 8, device="cpu")
+    rows = np.ones((3, 2, 8), np.float32)
+    for _ in range(2):
+        cache.append(cache.add_sequence(), rows, rows)
+    return cache
+
+
+# -- id lists: a 0-d array, a set, a mapping ----------------------------------------------------
+
+@pytest.mark.parametrize("ids, match", [
+    (np.array(1), r"^seq_ids: expected a list of sequence ids, got array\(1\) \(ndarray\); "
+                  r"for one sequence id write \[1\]"),
+    ({1, 0}, r"^seq_ids: expected a list of sequence ids in order, got a set"),
+    (frozenset([0]), r"^seq_ids: expected a list of sequence ids in order, got a frozenset"),
+    ({0: 1}, r"^seq_ids: expected a list of sequence ids in order, got a dict"),
+], ids=["0d", "set", "frozenset", "dict"])
+def test_id_lists_refuse_a_0d_array_a_set_and_a_mapping(ids, match):
+    """A 0-d array failed with NumPy's "iteration over a 0-d array", naming nothing; a set
+    was taken in hash order ({1, 0} gave the rows of 0 then 1), a dict as its keys."""
+    cache = _cache_with_two_sequences()
+    before = _cache_state(cache)
+    with pytest.raises(TypeError, match=match):
+        cache.block_tables(ids)
+    with pytest.raises(TypeError, match=match.replace("sequence id", "page id")
+                       .replace("seq_ids", "pages")):
+        cache.allocator.free(ids)
+    _assert_same(before, _cache_state(cache))
+
+
+def test_a_prompt_given_as_a_set_is_refused(model):
+    """{5, 3, 1} was served as the prompt [1, 3, 5]: another prompt, silently."""
+    engine = LLMEngine(model, EngineConfig(num_pages=16, page_size=4))
+    with pytest.raises(TypeError, match=r"^prompt_ids: expected a list of token ids in order, "
+                                        r"got a set"):
+        engine.add_request({5, 3, 1})
+    with pytest.raises(TypeError, match=r"^prompt_ids: expected a list of token ids, got "
+                                        r"array\(7\)"):
+        engine.add_request(np.array(7))
+    assert not engine.has_unfinished()
+
+
+@pytest.mark.parametrize("prompts, progress, exc, match", [
+    (np.array(5), False, TypeError, r"^prompts: expected a list of prompts .*got ndarray"),
+    ({(1, 2), (3, 4)}, False, TypeError, r"^prompts: expected a list of prompts .*got set"),
+    ([[1, 2]], "no", TypeError, r"^progress: expected True or False, got 'no'"),
+    ([[1, 2]], None, TypeError, r"^progress: expected True or False, got None"),
+], ids=["0d", "set", "progress-str", "progress-none"])
+def test_generate_refuses_before_queueing(model, prompts, progress, exc, match):
+    """A 0-d array failed with NumPy's message; a set of prompts was served in an order the
+    caller cannot know (the outputs come back in it); progress="no" showed a bar."""
+    engine = LLMEngine(model, EngineConfig(num_pages=16, page_size=4))
+    with pytest.raises(exc, match=match):
+        engine.generate(prompts, SamplingParams(max_tokens=1), progress=progress)
+    assert not engine.has_unfinished()
+
+
+# -- BlockAllocator.restore --------------------------------------------------------------------
+
+def _states():
+    big = pl.BlockAllocator(8)
+    big.allocate(6)
+    return {
+        "another-pool": (big.state(), r"^state: next_fresh 6 is not in 0\.\.4"),
+        "duplicate": (AllocatorState(2, (0, 0), {}), r"^state: page 0 is listed twice"),
+        "free-and-used": (AllocatorState(2, (1,), {1: 1, 0: 1}), r"^state: page 1 is listed "
+                                                                 r"twice"),
+        "lost-page": (AllocatorState(3, (0,), {1: 1}), r"^state: 3 pages were handed out but 2"),
+        "never-handed-out": (AllocatorState(1, (3,), {}), r"^state: page 3 is not among the 1"),
+        "zero-count": (AllocatorState(1, (), {0: 0}), r"^state: a reference count of 0"),
+        "float-count": (AllocatorState(1, (), {0: 1.5}), r"^state: a reference count of 1\.5"),
+        "negative": (AllocatorState(-1, (), {}), r"^state: next_fresh -1 is not in 0\.\.4"),
+    }
+
+
+@pytest.mark.parametrize("case", list(_states()))
+def test_restore_refuses_a_state_the_allocator_cannot_have_been_in(case):
+    """Restored as given, a state of a larger pool made num_free negative (-6 pages of 4
+    'free'); an edited one handed a page out twice or lost one."""
+    state, match = _states()[case]
+    alloc = pl.BlockAllocator(4)
+    alloc.allocate(2)
+    before = copy.deepcopy(alloc.__dict__)
+    with pytest.raises(ValueError, match=match):
+        alloc.restore(state)
+    assert alloc.__dict__ == before
+    saved = alloc.state()   # a state of its own is still put back
+    alloc.free([0])
+    alloc.allocate(3)
+    alloc.restore(saved)
+    assert alloc.__dict__ == before
+    alloc.check_invariants()
+
+
+# -- PagedKVCache.decode_pages_needed --------------------------------------------------------
+
+def test_decode_pages_needed_names_its_argument_and_refuses_a_sequence_twice():
+    """A bare id failed with "'int' object is not iterable"; a sequence listed twice was
+    priced twice (2 pages for a step that takes 1)."""
+    cache = pl.PagedKVCache(6, 2, 2, 8, device="cpu")
+    seq = cache.add_sequence()
+    rows = np.ones((2, 2, 8), np.float32)
+    cache.append(seq, rows, rows)
+    with pytest.raises(TypeError, match=r"^seq_ids: expected a list of sequence ids, got 0 "
+                                        r"\(int\); for one sequence id write \[0\]"):
+        cache.decode_pages_needed(seq)
+    with pytest.raises(ValueError, match=r"^seq_ids: sequence 0 appears twice in \[0, 0\]"):
+        cache.decode_pages_needed([seq, seq])
+    assert cache.decode_pages_needed([seq]) == 1
+
+
+# -- the engine's BlockPool -------------------------------------------------------------------
+
+def _pool_state(pool):
+    return list(pool.ref_cnt), list(pool.free_queue), dict(pool.cached), list(pool.page_hash)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda p: p.free([0, 1, 0]), ValueError, r"^pages: page 0 is listed 2 times but has only "
+                                              r"1 owner"),
+    (lambda p: p.free([1, 3]), ValueError, r"^pages: page 3 is already free"),
+    (lambda p: p.free([-1]), ValueError, r"^pages\[0\]: page id -1 is not in this pool"),
+    (lambda p: p.free([4]), ValueError, r"^pages\[0\]: page id 4 is not in this pool"),
+    (lambda p: p.free([1.0]), TypeError, r"^pages\[0\]: expected an integer page id"),
+    (lambda p: p.touch([2, -1]), ValueError, r"^pages\[1\]: page id -1 is not in this pool"),
+    (lambda p: p.touch([7]), ValueError, r"^pages\[0\]: page id 7 is not in this pool"),
+    (lambda p: p.allocate(-1), ValueError, r"^n: expected an int >= 0, got -1"),
+    (lambda p: p.allocate(1.0), TypeError, r"^n: expected an int, got 1\.0"),
+], ids=["repeated", "free-after-used", "negative", "past-end", "float", "touch-negative",
+        "touch-past-end", "allocate-negative", "allocate-float"])
+def test_block_pool_refuses_and_changes_nothing(call, exc, match):
+    """free([0, 1, 0]) freed pages 0 and 1, then raised on the second 0; free([1, 3]) freed
+    1 then raised; page -1 was page 3 (Python's negative index); touch([7]) and allocate(1.0)
+    failed with IndexError and range()'s TypeError; allocate(-1) returned []."""
+    pool = BlockPool(4)
+    pages = pool.allocate(3)
+    pool.register(pages[2], b"h")
+    pool.free([pages[2]])
+    before = _pool_state(pool)
+    with pytest.raises(exc, match=match):
+        call(pool)
+    assert _pool_state(pool) == before
+    pool.check_invariants()
+
+
+# -- sim.simulate and sim.Workload -----------------------------------------------------------
+
+SMALL = sim.Workload(num_requests=20)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(page_size=0), ValueError, r"^page_size: expected an int >= 1, got 0"),
+    (dict(page_size=True), TypeError, r"^page_size: expected an int, got True"),
+    (dict(page_size=40000), ValueError, r"^page_size: 32768 slots hold 0 whole pages of 40000 "
+                                        r"tokens"),
+    (dict(page_size=1000, capacity_tokens=2048), ValueError, r"^page_size: 2048 slots hold 2 "
+                                                             r"whole pages"),
+    (dict(watermark=float("nan")), ValueError, r"^watermark: expected a share of the pages in "
+                                               r"\[0, 1\), got nan"),
+    (dict(watermark=2.0), ValueError, r"^watermark: expected a share"),
+    (dict(watermark=0.99), ValueError, r"^watermark: 0\.99 of 2048 pages kept free leaves too "
+                                       r"few for a prompt of prompt_max=1024"),
+    (dict(max_steps=0), ValueError, r"^max_steps: expected an int >= 1, got 0"),
+    (dict(capacity_tokens=4096.0), TypeError, r"^capacity_tokens: expected an int, got 4096\.0"),
+    (dict(capacity_tokens=10**13), ValueError, r"^capacity_tokens: 10000000000000 slots make "
+                                               r"625000000000 pages"),
+    (dict(memory_bytes=-5, bytes_per_token=2), ValueError, r"^memory_bytes: expected an int "
+                                                           r">= 0, got -5"),
+    (dict(memory_bytes="1000000", bytes_per_token=2), TypeError, r"^memory_bytes: expected an "
+                                                                 r"int"),
+    (dict(memory_bytes=2**20, bytes_per_token=True), TypeError, r"^bytes_per_token: expected an "
+                                                                r"int, got True"),
+    (dict(memory_bytes=2**12, bytes_per_token=4), ValueError, r"^memory_bytes // "
+                                                              r"bytes_per_token: expected at "
+                                                              r"least max_len=2048, got 1024"),
+    (dict(workload={"num_requests": 3}), TypeError, r"^workload: expected a Workload or None, "
+                                                    r"got dict"),
+    (dict(policy=np.array(["paged"])), ValueError, r"^policy: expected one of"),
+])
+def test_simulate_refuses(kwargs, exc, match):
+    """page_size 0 raised ZeroDivisionError; True, capacity 4096.0 and page sizes past the
+    pool were refused as `num_pages`, an argument simulate has none of; NaN failed in int();
+    watermark 2 or 0.99 and max_steps 0 ran to the end admitting nothing (NaN breakdowns);
+    memory_bytes as a string or a negative int, and bytes_per_token True, were taken or
+    blamed on capacity_tokens; a dict workload failed with AttributeError; a policy array
+    was accepted."""
+    kwargs = {"policy": "paged", "workload": SMALL, **kwargs}
+    with pytest.raises(exc, match=match):
+        sim.simulate(kwargs.pop("policy"), kwargs.pop("workload"), **kwargs)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(num_requests=0), ValueError, r"^num_requests: expected an int >= 1, got 0"),
+    (dict(num_requests=2.5), TypeError, r"^num_requests: expected an int, got 2\.5"),
+    (dict(prompt_median=0), ValueError, r"^prompt_median: expected a finite number > 0, got 0"),
+    (dict(output_median=float("nan")), ValueError, r"^output_median: expected a finite number "
+                                                   r"> 0, got nan"),
+    (dict(prompt_sigma=-1), ValueError, r"^prompt_sigma: expected a finite number >= 0"),
+    (dict(output_median=10**400), ValueError, r"^output_median: expected a finite number > 0"),
+    (dict(output_sigma=True), ValueError, r"^output_sigma: expected a finite number >= 0"),
+    (dict(min_len=0), ValueError, r"^min_len: expected an int >= 1, got 0"),
+    (dict(min_len=3000), ValueError, r"^prompt_max: expected an int >= 3000, got 1024"),
+    (dict(prompt_max=2048), ValueError, r"^max_len: expected an int >= 2052, got 2048"),
+    (dict(seed=-1), ValueError, r"^seed: expected an int >= 0, got -1"),
+])
+def test_workload_refuses(kwargs, exc, match):
+    """A median of 0 failed with "math domain error", NaN made every length -2**63, a
+    negative count with "negative dimensions", min_len past prompt_max or prompt_max near
+    max_len gave requests longer than max_len or outputs shorter than min_len (np.clip with
+    its bounds crossed)."""
+    with pytest.raises(exc, match=match):
+        sim.Workload(**kwargs)
+
+
+def test_compare_policies_refuses_one_policy_name():
+    """"paged" was walked as the policies "p", "a", ...: the error named the letter."""
+    with pytest.raises(TypeError, match=r"^policies: expected a list of policy names, got "
+                                        r"'paged'; for one policy write \['paged'\]"):
+        sim.compare_policies(SMALL, policies="paged")
+
+
+def test_a_valid_simulation_still_runs():
+    result = sim.simulate("paged", SMALL, capacity_tokens=4096, page_size=np.int64(16))
+    assert result.finished == SMALL.num_requests
+
+
+# -- engine.adaptive --------------------------------------------------------------------------
+
+CONFIG = EngineConfig(num_pages=16, page_size=4)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: tail_waste([10, 20], [5, 6], 0), ValueError, r"^page_size: expected an int >= 1"),
+    (lambda: tail_waste([10, 20], [5, 6], 2.5), TypeError, r"^page_size: expected an int"),
+    (lambda: tail_waste([10, 20, 30], [5, 6], 4), ValueError,
+     r"^prompt_lens, output_lens: expected one of each per request \(at least one\), got 3 "
+     r"and 2"),
+    (lambda: tail_waste([], [], 4), ValueError, r"^prompt_lens, output_lens: expected one of "
+                                                r"each"),
+    (lambda: tail_waste([-5], [2], 4), ValueError, r"^prompt_lens\[0\]: expected a length >= 1"),
+    (lambda: tail_waste([1.7], [2], 4), TypeError, r"^prompt_lens\[0\]: expected an integer "
+                                                   r"length"),
+    (lambda: choose_page_size([10], [5], candidates=[0, 4]), ValueError,
+     r"^candidates: expected page sizes >= 1, got \[0, 4\]"),
+    (lambda: choose_page_size([10], [5], candidates=[]), ValueError,
+     r"^candidates: expected page sizes >= 1, got \[\]"),
+    (lambda: choose_page_size([10], [5], candidates=4), TypeError,
+     r"^candidates: expected a list of page sizes"),
+    (lambda: choose_page_size([10], [5], max_waste=float("nan")), ValueError,
+     r"^max_waste: expected a share of the slots in \[0, 1\], got nan"),
+    (lambda: dry_run(CONFIG, [10, 20, 30], [5, 6]), ValueError,
+     r"^prompt_lens, output_lens: expected one of each per request"),
+    (lambda: dry_run(CONFIG, [0], [3]), ValueError, r"^prompt_lens\[0\]: expected a length >= 1"),
+    (lambda: dry_run(CONFIG, [3], [0]), ValueError, r"^output_lens\[0\]: expected a length >= 1"),
+    (lambda: dry_run(CONFIG, [3, 100], [3, 3]), ValueError,
+     r"^prompt_lens\[1\], output_lens\[1\]: 100 \+ 3 tokens may need 27 pages, more than the "
+     r"pool of 16"),
+    (lambda: dry_run(CONFIG, [3], [3], max_steps=0), ValueError, r"^max_steps: expected an "
+                                                                 r"int >= 1"),
+    (lambda: dry_run({"num_pages": 3}, [3], [3]), TypeError, r"^config: expected an "
+                                                             r"EngineConfig, got dict"),
+])
+def test_adaptive_refuses(call, exc, match):
+    """Page size 0 and empty lengths raised ZeroDivisionError, 2.5 and negative lengths gave a
+    waste (negative ones below 0), lengths of unequal counts were cut to the shorter by zip
+    (or failed with IndexError in dry_run); no candidates failed in min(), NaN max_waste
+    picked page size 1; a prompt of 0 failed with IndexError; an output of 0 ran as 1; a
+    request the pool can never hold ran max_steps steps of nothing (100,000 by default)."""
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_adaptive_takes_numpy_lengths():
+    prompts, outputs = np.array([10, 20], np.int64), np.array([5, 6], np.int32)
+    chosen, waste = choose_page_size(prompts, outputs, candidates=np.array([1, 4]), max_waste=1)
+    assert chosen == 4 and set(waste) == {1, 4}
+    assert dry_run(CONFIG, prompts, outputs).output_tokens == 11
+
+
+# -- ModelConfig and EngineConfig --------------------------------------------------------------
+
+@pytest.mark.parametrize("make, exc, match", [
+    (lambda: EngineConfig(preemption_mode=np.array(["swap"]), num_host_pages=4), ValueError,
+     r"^preemption_mode: expected one of \('recompute', 'swap'\), got array"),
+    (lambda: EngineConfig(preemption_mode=np.array(["swap", "recompute"])), ValueError,
+     r"^preemption_mode: expected one of"),
+    (lambda: EngineConfig(allocation=np.array(["predictive"])), ValueError,
+     r"^allocation: expected one of \('on_demand', 'predictive'\), got array"),
+    (lambda: EngineConfig(kv_scale_scheme="bogus"), ValueError,
+     r"^kv_scale_scheme: expected one of \('static', 'per_token'\), got 'bogus'"),
+    (lambda: ModelConfig(rope_theta=10**400), ValueError, r"^rope_theta: expected a finite "
+                                                          r"number > 0"),
+    (lambda: ModelConfig(rms_norm_eps=10**400), ValueError, r"^rms_norm_eps: expected a finite "
+                                                            r"number > 0"),
+    (lambda: ModelConfig(rope_scaling={"rope_type": "linear", "factor": 0}), ValueError,
+     r"^rope_scaling\['factor'\]: expected a finite number > 0, got 0"),
+    (lambda: ModelConfig(rope_scaling={"type": "linear", "factor": float("nan")}), ValueError,
+     r"^rope_scaling\['factor'\]: expected a finite number > 0, got nan"),
+    (lambda: ModelConfig(rope_scaling={"rope_type": "linear", "factor": "2"}), ValueError,
+     r"^rope_scaling\['factor'\]: expected a finite number > 0, got '2'"),
+    (lambda: ModelConfig(rope_scaling={"rope_type": "linear", "factor": 10**400}), ValueError,
+     r"^rope_scaling\['factor'\]: expected a finite number > 0"),
+    (lambda: ModelConfig(rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                       "low_freq_factor": 4.0, "high_freq_factor": 1.0}),
+     ValueError, r"^rope_scaling: expected low_freq_factor < high_freq_factor, got 4\.0 and 1\.0"),
+    (lambda: ModelConfig(rope_scaling={"rope_type": "llama3", "factor": 8.0,
+                                       "original_max_position_embeddings": 0}),
+     ValueError, r"^rope_scaling\['original_max_position_embeddings'\]: expected an int >= 1"),
+], ids=["mode-array", "mode-array-2", "allocation-array", "scheme-name", "theta-huge",
+        "eps-huge", "factor-zero", "factor-nan", "factor-str", "factor-huge", "llama3-low-high",
+        "llama3-context-zero"])
+def test_configs_refuse(make, exc, match):
+    """A one-name array was taken as the name (and stored as an array); two names failed
+    with NumPy's "truth value of an array ... is ambiguous"; a bad kv_scale_scheme was named
+    `scale_scheme`, an argument EngineConfig has none of; 10**400 failed in math.isfinite
+    with OverflowError, naming nothing. A RoPE factor of 0 or NaN was taken and made every
+    logit NaN (the engine then generated token 0 forever); "2" was parsed by np.float32; a
+    llama3 scaling with low >= high frequency factors, or a context of 0, changed the
+    frequencies silently."""
+    with pytest.raises(exc, match=match):
+        make()
+
+
+def test_configs_take_numpy_scalars_and_store_python_ones(tmp_path):
+    """np.float32 watermark / rms_norm_eps / rope_theta were refused (SamplingParams takes
+    NumPy scalars); NumPy ints and bools were taken but kept, so save_checkpoint failed with
+    json's "Object of type int64 is not JSON serializable" after creating the directory."""
+    config = ModelConfig(vocab_size=np.int64(128), num_hidden_layers=np.int32(1),
+                         tie_word_embeddings=np.True_, eos_token_id=np.int16(3),
+                         rms_norm_eps=np.float32(1e-5), rope_theta=np.float32(1e4))
+    for name in ("vocab_size", "num_hidden_layers", "eos_token_id", "tie_word_embeddings",
+                 "rms_norm_eps", "rope_theta", "head_dim"):
+        assert not isinstance(getattr(config, name), np.generic), name
+    save_checkpoint(tmp_path, config, random_weights(config, seed=0))
+    assert load_checkpoint(tmp_path)[0] == config
+    engine_config = EngineConfig(page_size=np.int64(8), watermark=np.float32(0.25),
+                                 max_prefill_chunk=np.int32(4), enable_prefix_caching=np.True_)
+    assert json.loads(json.dumps(dataclasses.asdict(engine_config)))["page_size"] == 8
+    assert engine_config.watermark == 0.25 and engine_config.watermark_pages == 64
+
+
+# -- transactions: a failed call inside the caller's own transaction ------------------------
+
+class Abort(Exception):
+    pass
+
+
+def test_a_manager_call_that_fails_inside_a_transaction_changes_nothing(monkeypatch):
+    """The manager runs each call in a cache.transaction(); inside the caller's own, that
+    was a no-op, so a prefill kernel that failed left the new sequence and its pages behind
+    when the caller caught the error (the manager promises nothing changed)."""
+    import pagedattn_lab.manager as manager_module
+    rng = np.random.default_rng(0)
+    mgr = pl.PagedAttentionManager(8, 4, 4, 2, 64, device="cpu")
+    k = rng.standard_normal((5, 2, 64)).astype(np.float32)
+    q = rng.standard_normal((5, 4, 64)).astype(np.float32)
+    a = mgr.add_sequence(k, k).seq_id
+
+    def failing_kernel(*args, **kwargs):
+        raise RuntimeError("kernel failed")
+
+    monkeypatch.setattr(manager_module, "paged_attention_prefill", failing_kernel)
+    monkeypatch.setattr(manager_module, "paged_attention_decode", failing_kernel)
+    with mgr.cache.transaction():
+        before = _cache_state(mgr.cache)
+        for call in (lambda: mgr.add_sequence(k, k, q),
+                     lambda: mgr.decode_step([a], q[:1], k[:1], k[:1])):
+            with pytest.raises(RuntimeError, match="kernel failed"):
+                call()
+            _assert_same(before, _cache_state(mgr.cache))
+    mgr.cache.allocator.check_invariants()
+    assert mgr.seq_ids == [a] and mgr.seq_len(a) == 5
+
+
+def test_nested_transactions_are_savepoints():
+    """An inner transaction that fails is undone (rows, tables, lengths, pages), what the outer
+    did before it stays; the outer one failing later undoes everything, the inner's too."""
+    cache = pl.PagedKVCache(6, 2, 1, 2, device="cpu")
+    a, b = cache.add_sequence(), cache.add_sequence()
+    ones, twos = np.ones((3, 1, 2), np.float32), np.full((3, 1, 2), 2, np.float32)
+    cache.append(a, ones, ones)
+    b_child = cache.fork_sequence(a)
+    start = _cache_state(cache)
+    with pytest.raises(Abort):
+        with cache.transaction():
+            cache.append(b, twos, twos)
+            kept = _cache_state(cache)
+            with pytest.raises(Abort):
+                with cache.transaction():
+                    cache.append(b_child, twos[:1], twos[:1])   # copy on write of the tail
+                    cache.free_sequence(a)
+                    cache.add_sequence()
+                    raise Abort
+            _assert_same(kept, _cache_state(cache))
+            with cache.transaction():   # an inner one that succeeds stays until the outer ends
+                cache.append(a, twos[:1], twos[:1])
+            assert cache.seq_len(a) == 4
+            raise Abort
+    _assert_same(start, _cache_state(cache))
+    cache.allocator.check_invariants()
+    assert cache._undo is None
+
+
+# -- the engine's KV pool against the machine's memory -----------------------------------------
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(num_pages=300), r"^num_pages: the KV pages of 2 layers \(device and host pages\) "
+                          r"would take 0\.0 GiB, more than the 0\.0 GiB of memory this machine "
+                          r"has; use fewer pages"),
+    (dict(num_pages=64, num_host_pages=256, preemption_mode="swap"),
+     r"^num_pages, num_host_pages: the KV pages of 2 layers \(device and host pages\)"),
+], ids=["device", "host"])
+def test_an_engine_pool_past_the_memory_is_refused(model, monkeypatch, kwargs, match):
+    """PagedKVCache refuses a pool past the memory (check_cache_memory); the engine's KVStore
+    allocated one array per layer, each fitting alone (lazily, as NumPy's zeros do) and all
+    of them past the memory: built without a word, then killed by the out-of-memory killer
+    as the pages fill, or at the first swap (host pages are allocated then, mid-step)."""
+    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 2**20)
+    with pytest.raises(ValueError, match=match):
+        LLMEngine(model, EngineConfig(page_size=8, **kwargs))
+    LLMEngine(model, EngineConfig(page_size=8, num_pages=200))   # 800 KiB: fits
+
+
+# -- quant.quantize ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+@pytest.mark.parametrize("scale, match", [
+    (np.array([0.0, 1.0]), r"scale\[0\] is 0\.0"),
+    (np.array([1.0, -1.0]), r"scale\[1\] is -1\.0"),
+    (np.array([np.nan, 1.0]), r"scale\[0\] is nan"),
+    (np.array([np.inf, 1.0]), r"scale\[0\] is inf"),
+    (np.array([[1.0, 1.0], [1.0, 0.0]]), r"scale\[1, 1\] is 0\.0"),
+], ids=["zero", "negative", "nan", "inf", "per-token-zero"])
+def test_quantize_refuses_a_scale_that_is_not_finite_and_positive(kv_dtype, scale, match):
+    """quantize divided by the scale as given: 0 saturated every code (1.0 became 127, read
+    back as 0), a negative scale flipped the signs (read back right, the codes wrong for any
+    kernel), NaN and inf gave codes of 0 that read back as NaN."""
+    x = np.ones((2, 2, 4), np.float32)
+    with pytest.raises(ValueError, match=r"^scale: every scale must be finite and > 0; " + match):
+        quant.quantize(x, kv_dtype, scale)
+
+
+@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
+def test_a_per_token_cache_still_takes_a_row_holding_inf():
+    """Its per-token scale is inf, as the kernel computes it: stored, read back as NaN."""
+    cache = pl.PagedKVCache(2, 2, 2, 16, dtype=np.float16, device="cpu", kv_dtype="int8",
+                            scale_scheme="per_token")
+    seq = cache.add_sequence()
+    rows = np.ones((2, 2, 16), np.float32)
+    rows[1, 0, 3] = np.inf
+    cache.append(seq, rows, rows)
+    k, _ = cache.gather(seq)
+    assert np.isnan(k[1, 0]).all() and np.allclose(k[0], 1) and np.allclose(k[1, 1], 1)
+
+
+@pytest.mark.parametrize("kwargs, exc, match", [
+    (dict(seed=2.5), TypeError, r"^seed: expected an int, got 2\.5"),
+    (dict(seed=-1), ValueError, r"^seed: expected an int >= 0, got -1"),
+    (dict(dtype="int8"), TypeError, r"^dtype: expected a floating-point dtype, got 'int8'"),
+    (dict(dtype="garbage"), TypeError, r"^dtype: expected a floating-point dtype, got 'garbage'"),
+    (dict(config={"vocab_size": 8}), TypeError, r"^config: expected a ModelConfig, got dict"),
+], ids=["seed-float", "seed-negative", "dtype-int8", "dtype-unknown", "config-dict"])
+def test_random_weights_refuses(kwargs, exc, match):
+    """A float or negative seed failed in NumPy's SeedSequence, naming nothing; int8 truncated
+    every weight to -1, 0 or 1 (the norm weights 1 + N(0, 0.01) to 1 or 0); an unknown dtype
+    failed with "data type not understood"; a dict failed with AttributeError."""
+    kwargs = {"config": tiny_config(), **kwargs}
+    with pytest.raises(exc, match=match):
+        random_weights(kwargs.pop("config"), **kwargs)
+
+
+def test_checkpoint_directories_are_named(tmp_path, model):
+    """load_checkpoint(5) and save_checkpoint(5, ...) failed in Path() with "expected str,
+    bytes or os.PathLike object, not int"."""
+    with pytest.raises(TypeError, match=r"^directory: expected a path \(str or os\.PathLike\), "
+                                        r"got int"):
+        load_checkpoint(5)
+    with pytest.raises(TypeError, match=r"^directory: expected a path"):
+        save_checkpoint(5, model.config, random_weights(model.config, seed=0))
+    save_checkpoint(str(tmp_path / "ck"), model.config, random_weights(model.config, seed=0))
+    assert load_checkpoint(tmp_path / "ck")[0] == model.config
