@@ -217,6 +217,12 @@ ATTACK = [
      "return it as an int"),
     # True == 1 in Python: a comparison where the count is 0 or 1 passed an int check.
     ("pages_needed", lambda n, p: -(-n // p) if n > p else n > 0, "a truth value"),
+    # float("0.25") reads text: a waste returned as its text passed; a count as text was told
+    # about floats and 2**53.
+    ("reserved_waste", lambda L, m: str(1 - L.sum() / (len(L) * m)) if len(L) else "0.0",
+     "not its text"),
+    ("paged_waste", lambda L, p: f"{_waste(L, p) if L.sum() else 0.0}", "not its text"),
+    ("pages_needed", lambda n, p: str(-(-n // p)), "not its text", ["2**53"]),
 ]
 
 

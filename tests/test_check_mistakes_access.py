@@ -265,6 +265,67 @@ MISTAKES += [
 ]
 
 
+# -- attack h1: a result() that changes the state, inputs written in place, float page ids ----
+
+class OnlineDividesInPlace:
+    """Right when result() is asked once, at the end: it divides the state itself."""
+
+    def __init__(self, head_dim):
+        self.m, self.l, self.acc = -np.inf, 0.0, np.zeros(head_dim)
+
+    def update(self, s, v):
+        m = max(self.m, s)
+        a, w = np.exp(self.m - m), np.exp(s - m)
+        self.l, self.acc, self.m = self.l * a + w, self.acc * a + w * v, m
+
+    def result(self):
+        self.acc /= self.l
+        return self.acc
+
+
+class OnlineScalesValue:
+    """Right numbers, but update() scales the value it was given in place."""
+
+    def __init__(self, head_dim):
+        self.m, self.l, self.acc = -np.inf, 0.0, np.zeros(head_dim)
+
+    def update(self, s, v):
+        m = max(self.m, s)
+        a, w = np.exp(self.m - m), np.exp(s - m)
+        v *= w
+        self.l, self.acc, self.m = self.l * a + w, self.acc * a + v, m
+
+    def result(self):
+        return self.acc / self.l
+
+
+def attend_in_place(scale_what):
+    """Right numbers for the query asked, but `x *= scale` on the query or on a cache view."""
+    def attend(q, kc, vc, row, n, t, kvh, scale):
+        p = kc.shape[1]
+        state = OnlineFloat32(kc.shape[-1])
+        if scale_what == "q":
+            q *= scale
+        for j in range(t + 1):
+            key = kc[row[j // p], j % p, kvh]      # a view into the cache
+            if scale_what == "k":
+                key *= scale
+            state.update(float(q @ key), vc[row[j // p], j % p, kvh])
+        return state.result()
+    return attend
+
+
+MISTAKES += [
+    ("online_softmax", OnlineDividesInPlace, "result() changed the state"),
+    ("online_softmax", OnlineScalesValue, "changed its input value"),
+    ("attend_one", attend_in_place("k"), "changed its input k_cache",
+     ["scale the scores", "q_vec"]),
+    ("attend_one", attend_in_place("q"), "changed its input q_vec", ["k_cache[page"]),
+    ("tile_pages", lambda n, q0, tq, p: [] if q0 >= n else
+     list(np.arange(np.ceil(min(n, q0 + tq) / p))), "np.ceil and / give floats"),
+]
+
+
 def test_an_online_softmax_in_float32_passes():
     result, printed = run_check("online_softmax", OnlineFloat32)
     assert result.passed, printed

@@ -33,6 +33,20 @@ MERGE_MISTAKES = [
      "one merged value per dimension"),
 ]
 
+
+def _merge_scaling_l_in_place(m, l, o):
+    l *= np.exp(m - m.max())        # right merge; the caller's l is now the weights
+    return l @ o / l.sum()
+
+
+def _merge_in_float32(m, l, o):
+    w = (l * np.exp(m - m.max())).astype(np.float32)   # right up to float32's rounding, which
+    return w @ o.astype(np.float32) / w.sum()          # failed one case with no dtype named
+
+
+MERGE_MISTAKES += [("scales l in place", _merge_scaling_l_in_place, "changed its input l"),
+                   ("merged in float32", _merge_in_float32, "keep the merge in float64")]
+
 PARTITION_MISTAKES = [
     ("GQA as modulo", [("h / (num_heads / num_kv_heads)", "h % num_kv_heads")],
      "not h % num_kv_heads"),
@@ -114,6 +128,11 @@ MERGE_KERNEL_MISTAKES += [
         ("for (int p = 0; p < n_parts; ++p) {\n            float w",
          "for (int p = 0; p < max_parts; ++p) {\n            if (!(ml[2 * p + 1] > 0.0f)) "
          "continue;\n            float w")], "all max_parts"),
+    # attack h1: right while the leftovers' m sat just above the real ones (the weights' ratio
+    # does not change); leftovers far above underflow every real weight.
+    ("max over every slot, sums over the partitions", [
+        ("for (int p = 0; p < n_parts; ++p) m_all", "for (int p = 0; p < max_parts; ++p) m_all")],
+     "the max m was taken over all max_parts"),
     ("dims rounded down", [("for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {",
                             "for (int i = 0; i < max(1, head_dim / 32); ++i) {\n"
                             "        int d = threadIdx.x + 32 * i; if (d >= head_dim) break;")],

@@ -150,6 +150,28 @@ TILED_MISTAKES += [
                                           "        int page = table[p]; running_max = NEG_INF;")],
      "never reset per page", ["look for a race"]),
 ]
+# Attack h1: right values from more loads than the prompt's staging (the values cannot show
+# them; the access counts do).
+TILED_MISTAKES += [
+    ("every block loads its whole sequence",
+     [("first_query < seq_len ? min(seq_len, first_query + (int)blockDim.x) : 0", "seq_len")],
+     "loads its whole sequence"),
+    ("last page loaded whole",
+     [("int n_keys = min(page_size, keys_needed - first_key);", "int n_keys = page_size;")],
+     "the last page's slots from keys_needed on"),
+    # sequence 0 right, the others NaN (page -1 read from the wrong row): the hint blamed the
+    # tile loads or the softmax.
+    ("table rows max_len / page_size apart",
+     [("block_tables + (long long)b * max_pages;",
+       "block_tables + (long long)b * ((max_len + page_size - 1) / page_size);")],
+     "look at what depends on b", ["your kernel computed nan"]),
+]
+NAIVE_MISTAKES += [
+    ("table rows max_len / page_size apart",
+     [("block_tables + (long long)b * max_pages;",
+       "block_tables + (long long)b * ((max_len + page_size - 1) / page_size);")],
+     "look at what depends on b", ["your kernel computed nan"]),
+]
 NAIVE_MISTAKES += [
     ("whole pages, masked weights (0 * NaN)",
      [("    for (int j = 0; j <= t; ++j) {                   // causal: keys 0..t\n",

@@ -305,6 +305,24 @@ MISTAKES += [
 ]
 
 
+# -- attack h1: free empties the caller's list -------------------------------------------------
+
+class PoppingFree(GoodAllocator):
+    """Right counts, but free empties the caller's list (its block table) as it goes."""
+
+    def free(self, pages):
+        self._check_free(pages)
+        while pages:
+            self._release([pages.pop()])
+
+
+MISTAKES += [
+    ("allocator", PoppingFree, "changed the list it was given",
+     ["more pages are free than", "free drops the count"]),
+    ("refcounts", PoppingFree, "changed the list it was given", ["free takes one owner"]),
+]
+
+
 class LifoAllocator(GoodAllocator):
     """Hands out the most recently freed page first: as right as a FIFO free list."""
 

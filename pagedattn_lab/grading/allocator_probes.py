@@ -24,6 +24,20 @@ def ids(pages, what: str) -> list[int]:
         raise Mismatch(f"{what} returned {pages!r}", "return a list of int page ids.") from exc
 
 
+def kept(method, pages: list, what: str):
+    """`method(a copy of pages)`; a Mismatch if it changed that copy: the list is the caller's
+    block table, still read after the call (and a check that keeps its own list would read
+    the emptied one, and blame the counts)."""
+    given = list(pages)
+    result = method(given)
+    if given != pages:
+        raise Mismatch(f"{what} changed the list it was given: {pages} became {given}",
+                       "leave the caller's list as it was (it is a sequence's block table): "
+                       "loop over it, do not pop, remove or clear its entries.",
+                       expected=repr(pages), got=repr(given))
+    return result
+
+
 def expect_free(alloc, expected: int, when: str, hint: str) -> None:
     got = num_free(alloc)
     if got != expected:

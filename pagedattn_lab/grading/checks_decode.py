@@ -18,7 +18,7 @@ import numpy as np
 from ..split_k import partial_state, reference_partials
 from .checks_decode_merge import decode_merge  # noqa: F401 - the lesson registry finds it here
 from .checks_kernels import _Compiled
-from .compare import describe_difference, diagnose, fmt
+from .compare import changed_input, describe_difference, diagnose, fmt
 from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, WARP, decode_problem, dims_hint,
                             launch_warp)
 from .decode_variants import LOG2E, merge_variant, partials_variant
@@ -38,13 +38,24 @@ def _merge_case(fn, scores, values, cuts) -> None:
     o = np.array([s[2] for s in states])
     w = np.exp(scores - scores.max())
     expected = w @ values / w.sum()
-    got = fn(m.copy(), l.copy(), o.copy())
+    passed = {"m": m.copy(), "l": l.copy(), "o": o.copy()}
+    got = fn(*passed.values())
+    changed = changed_input("merge_partitions", {"m": m, "l": l, "o": o}, passed)
+    if changed is not None:
+        raise changed
     if got is None:
         raise Mismatch("returned None", "return the merged output, shape [head_dim].")
+    narrow = np.asarray(got).dtype
     got = np.asarray(got, dtype=np.float64)
     if got.shape != expected.shape:
         raise Mismatch("wrong shape", "one merged value per dimension: [head_dim].",
                        str(expected.shape), str(got.shape))
+    if narrow.kind == "f" and narrow.itemsize < 8:   # its rounding fails 1e-7 only at times
+        raise Mismatch(f"the merged output is {narrow}", "m, l and o are float64: keep the "
+                       f"merge in float64 (one {narrow} array or astype in it narrows the "
+                       f"result); {narrow} keeps about "
+                       f"{np.finfo(narrow).precision} digits, and the check compares to 1e-7.",
+                       expected="float64", got=str(narrow))
     diff = describe_difference(got, expected, ("dim",), atol=1e-9, rtol=1e-7, unwritten=False)
     if diff is None:
         return

@@ -4,9 +4,10 @@ states that `decode_partition` wrote.
 The check feeds exact partition states (reference_partials), so it does not depend on the
 learner's partition kernel. The slots of partitions that do not exist hold NaN, or in one
 case finite leftovers (what an earlier launch left in a reused buffer: a merge that reads
-every slot and skips the NaN ones shows there). Other cases: more dims than lanes (48, not a
-multiple of 32), partition maxima near +1000 and far below -88 (expf overflows / underflows
-in float32).
+every slot and skips the NaN ones shows there), their m far above the real ones (so a max
+taken over every slot, which fmaxf's NaN skipping hides elsewhere, shows too). Other cases:
+more dims than lanes (48, not a multiple of 32), partition maxima near +1000 and far below
+-88 (expf overflows / underflows in float32).
 """
 from __future__ import annotations
 
@@ -31,14 +32,24 @@ def _states(prob, part_len, seed, leftovers):
     used = np.isfinite(m)
     fill_ml = np.full(m.shape + (2,), np.nan)
     fill_o = np.full(o.shape, np.nan)
-    if leftovers:
-        rng = case_rng(seed + 1000)
-        fill_ml[..., 0] = m[used].max() + rng.uniform(1, 3, m.shape)
+    if leftovers:   # m far above every real one: a max taken over these slots underflows
+        rng = case_rng(seed + 1000)   # every real weight expf(m_p - m) to 0 in float32
+        fill_ml[..., 0] = m[used].max() + rng.uniform(120, 200, m.shape)
         fill_ml[..., 1] = rng.uniform(1, 5, m.shape)
         fill_o = rng.standard_normal(o.shape)
     part_ml = np.where(used[..., None], np.stack([m, l], axis=-1), fill_ml).astype(np.float32)
     part_out = np.where(used[..., None], o, fill_o).astype(np.float32)
     return part_ml, part_out, used
+
+
+def _max_over_all_slots(m, l, o, n_parts):
+    """The merge in float32 with its max over every slot of the row (NaN skipped, as fmaxf
+    does) and its sums over the partitions that exist."""
+    used = np.arange(m.shape[-1]) < np.asarray(n_parts)[..., None]
+    with np.errstate(all="ignore"):
+        w = np.where(used, l * np.exp(m - np.nanmax(m, axis=-1, keepdims=True)), 0)
+        top = (w[..., None] * np.where(used[..., None], o, 0)).sum(axis=-2)
+        return top / w.sum(axis=-1)[..., None]
 
 
 def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
@@ -71,6 +82,10 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
         (f"all max_parts = {max_parts} slots of a row were read: only the first "
          f"ceil(seq_len / part_len) exist; the others hold {held}.",
          lambda: merge_variant(*states, np.full_like(n_parts, max_parts), bug="none")),
+        (f"the max m was taken over all max_parts = {max_parts} slots of a row, not over the "
+         f"ceil(seq_len / part_len) that exist; the others hold {held}, whose m lies far above "
+         "the real ones here, so every real weight expf(m_p - m) underflowed to 0 (0 / 0).",
+         lambda: _max_over_all_slots(*states, n_parts)),
     ]
     m = part_ml[..., 0][used]
     hint = diagnose(got, expected, variants) or dims_hint(got, True, head_dim, "thread")

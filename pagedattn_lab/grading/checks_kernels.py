@@ -5,7 +5,9 @@ runs seeded paged problems (see cases.py) on the GPU or the CPU executor. Output
 a NaN poison: a kernel that writes nothing is "not attempted", an element nobody wrote keeps
 the poison's bits. A wrong result is compared with the known-wrong variants of the reference
 (variants.py) to name the mistake, then read for the patterns in kernel_hints.py; a fault, a
-deadlock or a timeout from the executor names the thread and block (faults.py).
+deadlock or a timeout from the executor names the thread and block (faults.py). The tiled
+kernel's last case counts its cache loads on the CPU executor: right values from more pages
+than its queries read (or whole last pages) are the causal skipping the lesson is about, missed.
 """
 from __future__ import annotations
 
@@ -17,8 +19,8 @@ from ..backend import resolve_device
 from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose
 from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, padding_hint,
-                           row_stride_hint, tiled_hint, unwritten_pattern_hint)
-from .kernel_runner import Kernel, poisoned, unwritten, where
+                           row_stride_hint, sequence_hint, tiled_hint, unwritten_pattern_hint)
+from .kernel_runner import KERNEL_TIMEOUT, Kernel, poisoned, unwritten, where
 from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
 from .variants import attention_mistakes, gather_variant
 
@@ -118,7 +120,7 @@ def gather_kernel(source: str, device: str = "auto") -> CheckResult:
 # -- tasks: the naive and the tiled prefill kernels (03, 04) -------------------------------
 
 def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
-                  nan_fill: bool = False, **sizes) -> None:
+                  nan_fill: bool = False, count_loads: bool = False, **sizes) -> None:
     prob = paged_problem(seed, mode="prefill", **sizes)
     if nan_fill:
         nan_tails(prob)
@@ -129,6 +131,8 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
     diff = describe_difference(got, expected, ("sequence", "token", "head", "dim"),
                                unwritten=never)
     if diff is None:
+        if count_loads:
+            _tile_loads(comp, prob)
         return
     valid = prob.valid_rows()
     kern = comp.get()
@@ -141,6 +145,7 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
                     nan_is_evidence=not tiled) \
         or unwritten_pattern_hint(diff, threads=threads) \
         or padding_hint(got, expected, valid, never) \
+        or sequence_hint(got, expected, valid, never) \
         or array_size_hint(comp.source, prob.shape["head_dim"]) \
         or nan_hint(got, valid, never, shared_tile=tiled, source=comp.source) \
         or (tiled_hint(comp.source, racecheck=kern.racecheck) if tiled else None) \
@@ -150,8 +155,8 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
     raise Mismatch(diff.message(), hint)
 
 
-def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool):
-    """(the output, where it was never written) of one launch on `prob`."""
+def _prefill_launch(prob, threads: int, tiled: bool):
+    """(grid, args, shared_mem) of the prompt's launch on `prob`."""
     s = prob.shape
     grid = (-(-s["max_len"] // threads), s["num_heads"], s["batch"])
     shared = 2 * s["page_size"] * s["head_dim"] * 4 if tiled else 0
@@ -159,6 +164,53 @@ def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool):
             poisoned(prob.q.shape), np.int32(s["max_len"]), np.int32(s["num_heads"]),
             np.int32(s["num_kv_heads"]), np.int32(s["head_dim"]), np.int32(s["page_size"]),
             np.int32(s["max_pages"]), np.float32(prob.scale))
+    return grid, args, shared
+
+
+def _tile_loads(comp: _Compiled, prob) -> None:
+    """Right values; now the prompt's staging, which the values cannot show: block
+    (x, h, b) loads keys 0..keys_needed - 1 of its kv head once each, keys_needed =
+    min(seq_len, x * TILE_Q + TILE_Q) (0 past seq_len), and nothing else of the cache."""
+    grid, args, shared = _prefill_launch(prob, TILE_Q, tiled=True)
+    counts = comp.get().count(grid, (TILE_Q,), list(args), shared, timeout=KERNEL_TIMEOUT)
+    head_dim, page_size, heads = (prob.shape[k] for k in ("head_dim", "page_size", "num_heads"))
+    firsts = np.arange(grid[0])[None, :] * TILE_Q
+    lens = prob.seq_lens.astype(np.int64)[:, None]
+    needed = np.where(firsts < lens, np.minimum(lens, firsts + TILE_Q), 0)   # [batch, tiles]
+
+    def values(keys):   # cache values all blocks read, for `keys` per (sequence, tile)
+        return int(keys.sum()) * heads * head_dim
+
+    for name in ("k_cache", "v_cache"):
+        reads = counts.by_buffer[name].reads
+        if reads <= values(needed):
+            continue
+        whole = np.broadcast_to(lens, needed.shape)
+        if reads in (values(whole), values(np.where(firsts < lens, lens, 0))):
+            b, x = (int(i) for i in np.argwhere(needed < whole)[0])
+            hint = (f"every block loads its whole sequence: the blocks ({x}, h, {b}) hold "
+                    f"queries {x * TILE_Q}..{x * TILE_Q + TILE_Q - 1} of sequence {b} and need "
+                    f"keys 0..{needed[b, x] - 1} only (causal), not all {lens[b, 0]}; a block "
+                    "past seq_len needs none. Load Task 1's pages: keys_needed = min(seq_len, "
+                    "first_query + blockDim.x).")
+        elif reads == values(-(-needed // page_size) * page_size):
+            hint = ("as many values as whole pages hold: the last page's slots from "
+                    "keys_needed on were loaded too, and no query of the block reads them (they "
+                    "may hold garbage). keys_needed = min(seq_len, first_query + blockDim.x), "
+                    "and the last page loads n_keys = min(page_size, keys_needed - first_key).")
+        else:
+            hint = ("each block loads the keys and values 0..keys_needed - 1 of its kv head "
+                    "into the tiles once, keys_needed = min(seq_len, first_query + blockDim.x), "
+                    "and reads them from the tiles after that.")
+        raise Mismatch(f"right values, but {name} was read {reads} times where the blocks "
+                       f"need {values(needed)} values (keys_needed x head_dim {head_dim}, summed "
+                       "over the blocks)", hint, expected=str(values(needed)), got=str(reads))
+
+
+def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool):
+    """(the output, where it was never written) of one launch on `prob`."""
+    s = prob.shape
+    grid, args, shared = _prefill_launch(prob, threads, tiled)
     try:
         (got,) = comp.get().launch(grid, (threads,), args, shared_mem=shared, outputs=(5,))
     except Exception as exc:  # a thread's array too short for this head_dim overflows its stack
@@ -208,9 +260,13 @@ def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:
          dict(seq_lens=[13, 26, 6], num_heads=4, num_kv_heads=2, head_dim=8, page_size=8,
               max_len=27, nan_fill=True)),
     ]
+    if tiled:   # last: a wrong value is the first thing to fix, a load too many the next
+        specs.append(("each block loads only the keys its queries read (counted)", 58,
+                      dict(seq_lens=[37, 21, 9], num_heads=2, num_kv_heads=1, head_dim=8,
+                           page_size=8, max_len=40, count_loads=True)))
     cases = []
     for name, seed, sizes in specs:
-        params = {k: v for k, v in sizes.items() if k != "nan_fill"}
+        params = {k: v for k, v in sizes.items() if k not in ("nan_fill", "count_loads")}
         cases.append(Case(name, params, lambda seed=seed, sizes=sizes: _prefill_case(
             comp, seed, threads=threads, tiled=tiled, **sizes)))
     return cases

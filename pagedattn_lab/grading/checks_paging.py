@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..paging import OutOfPagesError
 from .allocator_probes import (ALL_FREE_HINT, ALL_OR_NOTHING_IDS, FREE_LIST_HINT,
                                NEGATIVE_ID_HINT, expect_free, expect_raises, expect_returned,
-                               ids, num_free, refused)
+                               ids, kept, num_free, refused)
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -54,7 +54,7 @@ def _alloc_reuse(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
     pages = ids(alloc.allocate(num_pages), f"allocate({num_pages})")
     giving_back = pages[1:4]
-    alloc.free(giving_back)
+    kept(alloc.free, giving_back, f"free({giving_back})")
     expect_returned(alloc, 3, "after freeing 3 of the pages")
     counts = [alloc.ref_count(p) for p in giving_back]
     if counts != [0, 0, 0]:
@@ -133,7 +133,7 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
     for step in range(steps):
         if owned and rng.random() < 0.45:
             pages = owned.pop(int(rng.integers(len(owned))))
-            alloc.free(pages)
+            kept(alloc.free, pages, f"step {step}: free({pages})")
             in_use.difference_update(pages)
         else:
             n = int(rng.integers(0, 4))
@@ -231,15 +231,15 @@ def _fork_basic(cls) -> None:
 def _fork_free(cls) -> None:
     alloc = cls(4)
     pages = ids(alloc.allocate(2), "allocate(2)")
-    alloc.fork(pages)
-    alloc.free(pages)
+    kept(alloc.fork, pages, f"fork({pages})")
+    kept(alloc.free, pages, f"free({pages})")
     _expect_free_shared(alloc, 2, "after the first owner freed the shared pages")
     counts = [alloc.ref_count(p) for p in pages]
     if counts != [1, 1]:
         raise Mismatch("ref_count after one of two owners freed",
                        SHARED_FREE_HINT if counts == [0, 0] else "free takes one owner away "
                        "from each page: 2 owners become 1.", "[1, 1]", repr(counts))
-    alloc.free(pages)
+    kept(alloc.free, pages, f"free({pages}) by the second owner")
     expect_free(alloc, 4, "after both owners freed", "the last free returns the page.")
 
 
@@ -247,9 +247,9 @@ def _fork_free_both(cls) -> None:
     """free(a + b) of a sequence and its fork: every shared page is listed once per owner."""
     alloc = cls(5)
     pages = ids(alloc.allocate(3), "allocate(3)")
-    both = pages + ids(alloc.fork(pages), "fork(pages)")
+    both = pages + ids(kept(alloc.fork, pages, f"fork({pages})"), "fork(pages)")
     try:
-        alloc.free(both)
+        kept(alloc.free, both, f"free({both})")
     except ValueError as exc:
         raise Mismatch(f"free({both}) raised ValueError: {exc}", "each page has 2 owners and "
                        "is listed twice: that is allowed. Compare how often a page is listed "
@@ -265,7 +265,7 @@ def _fork_free_both(cls) -> None:
 def _fork_free_page(cls) -> None:
     alloc = cls(4)
     pages = ids(alloc.allocate(1), "allocate(1)")
-    alloc.free(pages)
+    kept(alloc.free, pages, f"free({pages})")
     expect_raises(lambda: alloc.fork(pages), ValueError, "fork of a free page",
                    "only pages in use can be shared: raise ValueError for a free page.")
     expect_free(alloc, 4, "after the refused fork", "a refused call changes nothing.")
@@ -275,7 +275,8 @@ def _fork_keeps_order(cls) -> None:
     alloc = cls(8)
     pages = ids(alloc.allocate(8), "allocate(8)")
     table = [pages[7], pages[2], pages[5], pages[0]]   # a block table is in token order
-    _expect_fork_result(table, ids(alloc.fork(table), f"fork({table})"), f"fork({table})")
+    forked = kept(alloc.fork, table, f"fork({table})")
+    _expect_fork_result(table, ids(forked, f"fork({table})"), f"fork({table})")
 
 
 def _fork_bad_lists(cls, num_pages: int = 6) -> None:
@@ -309,11 +310,12 @@ def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
         r = rng.random()
         if owners and r < 0.35:
             pages = owners.pop(int(rng.integers(len(owners))))
-            alloc.free(pages)
+            kept(alloc.free, pages, f"step {step}: free({pages})")
             for p in pages:
                 counts[p] -= 1
         elif owners and r < 0.6:
-            pages = ids(alloc.fork(owners[int(rng.integers(len(owners)))]), "fork")
+            parent = owners[int(rng.integers(len(owners)))]
+            pages = ids(kept(alloc.fork, parent, f"step {step}: fork({parent})"), "fork")
             owners.append(pages)
             for p in pages:
                 counts[p] += 1

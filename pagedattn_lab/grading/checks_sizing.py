@@ -24,9 +24,13 @@ def _ceil_div(a, b):
     return -(-np.asarray(a, dtype=np.int64) // b)
 
 
-def _number(got, what: str) -> float:
+def _number(got, what: str, expected: str) -> float:
     if got is None:
         raise Mismatch(f"{what} returned None", "return the number (a `return` is missing?).")
+    if isinstance(got, (str, bytes, np.str_, np.bytes_)):   # float() would read "0.25"
+        raise Mismatch(f"{what} returned text, {got!r:.40}", "return the number itself, not "
+                       "its text (no str(), f-string or format()).", expected=expected,
+                       got=repr(got)[:40])
     try:
         return float(got)
     except (TypeError, ValueError) as exc:
@@ -46,7 +50,7 @@ def _first_variant(value, expected, variants, same) -> str:
 
 def _scalar_case(fn, args: tuple, expected: float, variants: list[tuple[str, float]],
                  what: str, *, rel: float = 1e-6, default_hint: str = "") -> None:
-    value = _number(fn(*args), what)
+    value = _number(fn(*args), what, fmt(expected))
 
     def same(a, b):
         return bool(np.isclose(float(a), float(b), rtol=rel, atol=1e-12))
@@ -75,7 +79,7 @@ def _int_case(fn, args: tuple, expected: int, variants: list[tuple[str, float]],
         raise Mismatch(f"{what} returned {got!r}, a truth value", "return the count itself, "
                        "an int: a comparison (==, <, >) gives True or False, not a number.",
                        expected=str(expected), got=repr(got))
-    value = _number(got, what)
+    value = _number(got, what, str(expected))
     whole = is_int(got)
     exact = int(got) if whole else value
     if exact == expected and whole:

@@ -5,13 +5,15 @@ sum l of exp(score - m), and the running weighted sum acc of values. When a new 
 raises the max, both l and acc must be rescaled by exp(m_old - m_new). The cases stream
 scores that rise (every step rescales), scores near +1000 (exp overflows unless the max is
 subtracted) and scores near -1000 (starting the max at 0 instead of -inf underflows to 0/0).
+A right final answer is then asked for after every key, twice (result() must not change the
+state); update(), like attend_one, must leave the arrays it is given as they were.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .cases import nan_tails, paged_problem
-from .compare import describe_difference, diagnose, fmt
+from .compare import changed_input, describe_difference, diagnose, fmt
 from .report import Case, CheckResult, Mismatch, as_array, probe, run_cases
 from .seeds import case_rng
 from .variants import attention_variant
@@ -80,8 +82,13 @@ def _online_case(cls, scores, values) -> None:
     values = np.asarray(values, dtype=np.float64)
     expected = _softmax_average(scores, values)
     state = cls(values.shape[1])
-    for s, v in zip(scores, values):
-        state.update(float(s), v.copy())
+    for i, (s, v) in enumerate(zip(scores, values)):
+        passed = v.copy()
+        state.update(float(s), passed)
+        # (checked as the call returns: the grader copies a changed argument back only then)
+        changed = changed_input(f"update() of key {i}", {"value": v}, {"value": passed})
+        if changed is not None:
+            raise changed
     got = state.result()
     if got is None:
         raise Mismatch("result() returned None", "return acc / l.")
@@ -92,6 +99,7 @@ def _online_case(cls, scores, values) -> None:
         raise Mismatch("result() shape", "one value per dim: [head_dim].", str(expected.shape),
                        str(got.shape))
     if np.allclose(got, expected, rtol=2e-5 if single else 1e-6, atol=2e-6 if single else 1e-9):
+        _result_keeps_state(cls, scores, values)
         return
     mistakes = _SOFTMAX_MISTAKES
     if not np.isfinite(got).all():
@@ -109,6 +117,36 @@ def _online_case(cls, scores, values) -> None:
     d = int(np.argmax(np.abs(np.nan_to_num(got - expected, nan=np.inf))))
     raise Mismatch(f"{len(scores)} scores from {fmt(scores.min())} to {fmt(scores.max())}; "
                    f"first wrong dim {d}", hint, expected=fmt(expected[d]), got=fmt(got[d]))
+
+
+def _result_keeps_state(cls, scores, values) -> None:
+    """Right when result() is asked once, at the end; the spec's result() is the answer over
+    the keys so far at any time. Ask it twice after every key and compare with what a fresh
+    state fed the same keys answers when asked once: the same operations, so the same bits
+    unless result() changed the state (`acc /= l` is right the first time only)."""
+    state = cls(values.shape[1])
+    for i, (s, v) in enumerate(zip(scores, values)):
+        state.update(float(s), v.copy())
+        fresh = cls(values.shape[1])
+        for s_j, v_j in zip(scores[:i + 1], values[:i + 1]):
+            fresh.update(float(s_j), v_j.copy())
+        once = as_array(fresh.result(), "result()").astype(np.float64)
+        for call in ("first", "second"):
+            got = as_array(state.result(), "result()").astype(np.float64)
+            if got.shape == once.shape and np.allclose(got, once, rtol=1e-12, atol=0,
+                                                       equal_nan=True):
+                continue
+            same_shape = got.shape == once.shape
+            d = int(np.argmax(np.abs(np.nan_to_num(got - once, nan=np.inf)))) \
+                if same_shape else 0
+            raise Mismatch(f"after {i + 1} of {len(scores)} keys, result() asked once gives "
+                           f"'expected'; asked twice after every key, its {call} call there "
+                           f"gives 'got' (dim {d})",
+                           "result() changed the state: the answer must not depend on whether "
+                           "or how often result() was called before. Return acc / l as a new "
+                           "array and leave acc, l and m as they are (no /= on them inside "
+                           "result()).", expected=fmt(once[d]),
+                           got=fmt(got[d]) if same_shape else str(got.shape))
 
 
 def online_softmax(cls) -> CheckResult:
@@ -157,8 +195,13 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
         n = int(prob.seq_lens[b])
         kvh = h // group
         expected = prob.expected[b, t, h]
-        got = fn(prob.q[b, t, h].copy(), prob.k_cache, prob.v_cache, prob.block_tables[b].copy(),
-                 n, t, kvh, prob.scale)
+        given = {"q_vec": prob.q[b, t, h], "k_cache": prob.k_cache, "v_cache": prob.v_cache,
+                 "block_table_row": prob.block_tables[b]}
+        passed = {name: array.copy() for name, array in given.items()}
+        got = fn(*passed.values(), n, t, kvh, prob.scale)
+        changed = changed_input("attend_one", given, passed, _VIEWS)
+        if changed is not None:
+            raise changed
         if got is None:
             raise Mismatch("returned None", "return the [head_dim] output vector.")
         got = np.asarray(got, dtype=np.float64)
@@ -203,6 +246,12 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
               "q . k_cache[slot, kv_head] * scale; online softmax over the scores."
         raise Mismatch(f"sequence {b} (seq_len {n}), token {t}, head {h} (kv head {kvh}): "
                        + diff.message(), hint)
+
+
+_VIEWS = {  # the inputs an index turns into a view: a write through it reaches the cache
+    cache: f"an index like {cache}[page, offset, kv_head] is a view of the cache, so `{row} *= "
+           f"scale` (or {row}[...] = ...) writes into the cache; compute a new array ({row} * "
+           "scale)" for cache, row in (("k_cache", "key"), ("v_cache", "value"))}
 
 
 _TAIL_HINT = ("right when the unused cache slots hold numbers, NaN when they hold NaN (as "

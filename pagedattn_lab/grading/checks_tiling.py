@@ -6,6 +6,8 @@ page from the first one up to the page of its last real query, and nothing after
 """
 from __future__ import annotations
 
+import numpy as np
+
 from ..validate import is_int
 from .report import Case, CheckResult, Mismatch, run_cases
 
@@ -15,11 +17,21 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
     expected = list(range(-(-last_key // page_size))) if q_start < seq_len else []
     got = fn(seq_len, q_start, tile_q, page_size)
     try:
-        got_list = None if got is None else [int(p) for p in got]
+        items = None if got is None else list(got)    # (a generator can be read once)
+        got_list = None if items is None else [int(p) for p in items]
     except (TypeError, ValueError):
         raise Mismatch(f"expected a list of page indices, got {type(got).__name__} {got!r:.80}",
                        "return the block-table indices of the pages to load, as ints.",
                        str(expected), repr(got)[:80]) from None
+    odd = next((p for p in items if not is_int(p)), None) if items is not None else None
+    if odd is not None:   # int() above accepts 1.0, True and "1": none of them indexes a table
+        raise Mismatch(f"tile_pages(seq_len={seq_len}, q_start={q_start}, tile_q={tile_q}, "
+                       f"page_size={page_size}): an entry is {type(odd).__name__} {odd!r}, not "
+                       "an int", "page indices index the block table: return ints (range(n) "
+                       "gives them; " + ("a comparison gives a bool)." if isinstance(
+                           odd, (bool, np.bool_)) else "np.ceil and / give floats)."
+                           if isinstance(odd, (float, np.floating)) else "not text)."),
+                       expected=repr(expected), got=repr(items)[:80])
     if got_list == expected:
         return
     past_end = q_start + tile_q > seq_len

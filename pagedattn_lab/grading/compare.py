@@ -15,6 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .report import Mismatch
+
 ATOL = 2e-4
 RTOL = 2e-4
 
@@ -183,3 +185,23 @@ def _nan_where_wrong(candidate, expected, atol, rtol, mask) -> bool:
     if mask is not None:
         wrong &= np.broadcast_to(mask, wrong.shape)
     return bool(np.isnan(candidate[wrong]).all())
+
+
+def changed_input(what: str, given: dict, passed: dict, hints: dict | None = None):
+    """A Mismatch for the first of the learner's inputs it wrote into, else None. `given`:
+    the check's arrays; `passed`: the copies the learner got, by argument name. A write into
+    an input is a bug even when the answer is right: the caller reads that array again."""
+    for name, array in given.items():
+        got = passed[name]
+        changed = ~((got == array) | (np.isnan(got) & np.isnan(array)))
+        if changed.any():
+            first = tuple(int(i) for i in np.argwhere(changed)[0])
+            return Mismatch(f"{what} changed its input {name}: {int(changed.sum())} of "
+                            f"{array.size} values, the first at index {first}",
+                            f"leave {name} as it was: " + (hints or {}).get(
+                                name, f"an in-place operation on it ({name} *= ..., "
+                                f"{name}[...] = ..., out={name}) writes into the caller's "
+                                "array; compute a new array instead") + ".",
+                            expected=fmt(array[first]), got=fmt(got[first]))
+    return None
+

@@ -96,6 +96,24 @@ def padding_hint(got, expected, valid, never) -> str | None:
     return None
 
 
+def sequence_hint(got, expected, valid, never) -> str | None:
+    """Sequence 0 (the longest) right on every real token, a later one wrong there: what
+    differs between them is b, so look at what depends on b, before any guess at the math."""
+    real = np.broadcast_to(valid, got.shape)
+    close = np.isclose(got, expected, atol=2e-4, rtol=2e-4) | ~real | never
+    per_sequence = close.reshape(len(got), -1).all(axis=1)
+    if len(got) < 2 or not per_sequence[0] or per_sequence.all():
+        return None
+    wrong = [b for b in range(len(got)) if not per_sequence[b]]
+    return (f"sequence 0 is right and sequence{'s' if len(wrong) > 1 else ''} "
+            f"{', '.join(map(str, wrong))} {'are' if len(wrong) > 1 else 'is'} not (on tokens "
+            "< seq_len), so look at what depends on b: sequence b's block-table row starts at "
+            "block_tables + b * max_pages (max_pages, the table's width), its length is "
+            "seq_lens[b] (sequence 0 is the longest: a bound taken from max_len or from "
+            "sequence 0 reads past the others' ends), its q and out rows start at "
+            "((b * max_len + t) * num_heads + h) * head_dim.")
+
+
 def nan_hint(got, valid, never, *, shared_tile: bool, source: str) -> str | None:
     """NaN the kernel computed in rows that hold attention."""
     real = np.broadcast_to(valid, got.shape)
