@@ -10,6 +10,7 @@ from .validate import LOG2E, check_array  # noqa: F401 - LOG2E re-exported for t
 
 THREADS = 128          # every kernel of this module runs 128-thread blocks
 MAX_GRID_YZ = 65535    # CUDA's limit on gridDim.y and gridDim.z
+MAX_SHARED_MEM = 227 * 1024   # the most dynamic shared memory a block may opt in to (sm_90)
 
 
 def aligned16(x, xp):

@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attention_common import (LOG2E, MAX_GRID_YZ, aligned16, allow_shared_memory, fast_path,
-                               prepare_out)
+from .attention_common import (LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM, aligned16,
+                               allow_shared_memory, fast_path, prepare_out)
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
@@ -250,6 +250,13 @@ class BatchPrefillWrapper:
             if check_int(warps, "warps") not in (1, 2, 4, 8):
                 raise ValueError(f"warps: expected 1, 2, 4 or 8, got {warps!r}")
             fixed = Variant(warps, 1, KV_TILE)
+        for name, var in ((("variant" if variant is not None else "warps"), fixed),
+                          ("decode_variant", None if fixed is not None else packed)):
+            if var is not None and shared_bytes(head_dim, var) > MAX_SHARED_MEM:
+                raise ValueError(f"{name}: {var.name} needs {shared_bytes(head_dim, var)} bytes "
+                                 f"of shared memory per block at head_dim {head_dim}, more than "
+                                 f"the {MAX_SHARED_MEM // 1024} KiB a block can have (fewer "
+                                 f"warps, row fragments or stages, or a smaller K/V tile)")
         check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         indptr = to_numpy(qo_indptr).astype(np.int64)
         batch = indptr.size - 1

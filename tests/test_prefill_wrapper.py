@@ -155,6 +155,9 @@ def test_run_refuses_what_does_not_match_the_plan(rng):
     (dict(qo_indptr=np.array([1, 5], np.int32)), "qo_indptr: expected"),
     (dict(variant="w4r2k32"), "variant: expected a name like"),
     (dict(decode_variant="w4r1k32u1"), "decode_variant: expected a variant of 16 rows"),
+    # more shared memory than any block gets: was planned, then refused only by run()'s
+    # launch ("shared_mem=264192 bytes", no argument named; on the GPU a CUDA error)
+    (dict(variant="w8r4k128p4u1"), "^variant: w8r4k128p4u1 needs 264192 bytes of shared"),
     (dict(block_tables=np.full((1, 3), 2**28, np.int32)), "int32 cache slots"),
     (dict(block_tables=np.full((1, 3), 2**31 - 1, np.int32)), "^block_tables: page 2147483647 "
      "x page_size 8 is past"),   # was 'out of range for a cache of 2147483647 pages'
@@ -170,6 +173,23 @@ def test_plan_refuses_bad_input_and_keeps_the_old_plan(rng, change, match):
     with pytest.raises((ValueError, TypeError), match=match):
         w.plan(**args)
     assert w.__dict__.keys() == before.keys() and all(w.__dict__[k] is before[k] for k in before)
+
+
+@pytest.mark.parametrize("change, name", [
+    (dict(variant="mw2r2k64p3"), "variant"),
+    (dict(decode_variant="mw1r1k128p3q"), "decode_variant"),
+])
+def test_plan_refuses_variants_past_the_shared_memory_at_their_head_dim(rng, change, name):
+    """Variants that fit at head_dim 32 but not at 256 (K/V stages, Q rows of 264 halves):
+    plan names the argument instead of run failing at launch."""
+    _, _, _, indptr, tables, lens = packed_problem(rng, [33, 1], [33, 1], 8, 2, 1, 256,
+                                                   np.float16)
+    w = BatchPrefillWrapper()
+    with pytest.raises(ValueError, match=f"^{name}: .* bytes of shared memory per block at "
+                                         f"head_dim 256, more than the 227 KiB"):
+        w.plan(indptr, tables, lens, 2, 1, 256, 8, np.float16, **change)
+    assert not w.planned
+    w.plan(indptr, tables, lens, 2, 1, 256, 8, np.float16)   # the default variants fit
 
 
 GPU_CASES = [

@@ -8,6 +8,7 @@ import threading
 
 import numpy as np
 
+from ..attention_common import MAX_SHARED_MEM
 from ..signature import check_launch_args, collect_defines, find_kernels, parse_kernel_signature
 from . import abi, launch
 from .compiler import compile_source, parse_options
@@ -18,7 +19,6 @@ DEFAULT_TIMEOUT = 30.0
 DEFAULT_STACK_KB = 256
 MAX_BLOCK = (1024, 1024, 64)
 MAX_GRID = (2**31 - 1, 65535, 65535)
-MAX_SHARED_MEM = 227 * 1024   # the most a block may opt in to (sm_90)
 _LIBS: dict[str, C.CDLL] = {}
 _LIBS_LOCK = threading.Lock()
 
