@@ -304,3 +304,32 @@ def test_an_argument_is_named_from_the_kernels_signature():
     k = kr.Kernel('extern "C" __global__ void copy(const float* src, float* dst, int n)\n'
                   '{ int i = threadIdx.x; if (i < n) dst[i] = src[i]; }\n', "copy", device="cpu")
     assert [k._param_name(i) for i in range(4)] == ["src", "dst", "n", "argument 3"]
+
+
+UNSET_SHARED = r"""
+extern "C" __global__ void read_unset_shared(float* out) {
+    __shared__ float tile[256];   // never written: what the previous kernel left
+    out[blockIdx.x * blockDim.x + threadIdx.x] = tile[threadIdx.x];
+}
+"""
+
+
+def _leave_zeros_in_shared_memory():
+    """A kernel that leaves zeros in every SM's shared memory (as many kernels do)."""
+    import cupy as cp
+    zeros = cp.RawKernel(r"""extern "C" __global__ void zero_shared(float* sink) {
+        __shared__ float tile[256]; tile[threadIdx.x] = 0.0f; __syncthreads();
+        if (threadIdx.x == 0) sink[blockIdx.x] = tile[255]; }""", "zero_shared")
+    sms = cp.cuda.Device().attributes["MultiProcessorCount"]
+    zeros((4 * sms,), (256,), (cp.zeros(4 * sms, cp.float32),))
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+def test_shared_memory_is_poisoned_before_a_learners_launch(device):
+    """A tile element the learner never writes reads NaN (0xff bytes) on the GPU as on the CPU
+    executor, even after a kernel that left zeros there (a K row left unzeroed passed so)."""
+    if device == "gpu":
+        _leave_zeros_in_shared_memory()
+    kern = kr.Kernel(UNSET_SHARED, "read_unset_shared", device=device)
+    (got,) = kern.launch((8,), (256,), (np.zeros(8 * 256, np.float32),), outputs=(0,))
+    assert (got.view(np.uint32) == 0xFFFFFFFF).all(), np.unique(got.view(np.uint32))[:8]

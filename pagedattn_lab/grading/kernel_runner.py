@@ -174,6 +174,7 @@ class Kernel:
         cp = cupy_module()
         guarded = {i: _guarded(cp, a) for i, a in enumerate(args) if isinstance(a, np.ndarray)}
         dev_args = tuple(guarded[i][1] if i in guarded else a for i, a in enumerate(args))
+        poison_shared_memory(cp)
         try:
             self.kernel(grid, block, dev_args, shared_mem=shared_mem)
         except TypeError as exc:
@@ -190,6 +191,29 @@ class Kernel:
     def _param_name(self, i: int) -> str:
         signature = self.kernel.signature   # (RawKernel's, read from the source)
         return signature[i].name if i < len(signature) else f"argument {i}"
+
+
+_POISON_SOURCE = r"""
+extern "C" __global__ void poison_shared(int words) {
+    extern __shared__ unsigned int smem[];
+    for (int i = threadIdx.x; i < words; i += blockDim.x) smem[i] = 0xffffffffu;
+}
+"""
+
+
+def poison_shared_memory(cp) -> None:
+    """Fill every SM's shared memory with 0xff bytes (NaN as float or half, -1 as int) just
+    before a learner's launch, as the CPU executor does before each block: shared memory is
+    not cleared between kernels, so a tile element the kernel never writes reads this NaN,
+    not whatever an earlier kernel left there, often a harmless 0 (a K row left unzeroed
+    passed that way). One whole-SM block per SM, twice over; best effort where other
+    processes share the GPU."""
+    kern = cp.RawKernel(_POISON_SOURCE, "poison_shared")
+    device = cp.cuda.Device()
+    nbytes = device.attributes["MaxSharedMemoryPerBlockOptin"]
+    kern.max_dynamic_shared_size_bytes = nbytes
+    kern((2 * device.attributes["MultiProcessorCount"],), (1024,), (np.int32(nbytes // 4),),
+         shared_mem=nbytes)
 
 
 # A signalling NaN with a payload: arithmetic never produces it (a NaN result is quiet), and
