@@ -7,18 +7,25 @@ the attention kernels read the new tokens through the block tables like any cach
 
     slots = slot_mapping(block_tables, seq_lens, q_lens, page_size)   # host work, once a step
     write_kv(k, v, k_cache, v_cache, slots)                           # one launch
+
+The kernel moves raw words, so any 16- or 32-bit element goes: float32, float16 and bfloat16
+(ml_dtypes.bfloat16 on the CPU, uint16 bits on CuPy, or torch tensors of any of them, written
+in place through DLPack), the types the decode and prefill wrappers read.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .attention_common import bfloat16_dtype, from_torch
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel
-from .validate import (INT32_MAX, check_array, check_block_tables, check_disjoint, check_int,
-                       check_kv_cache, check_memory, check_writeable)
+from .validate import (CACHE_DTYPES, INT32_MAX, check_array, check_block_tables, check_disjoint,
+                       check_int, check_kv_cache, check_memory, check_writeable)
 
 THREADS_PER_BLOCK = 128
 SLOT_MAPPING_PEAK = 7   # int64 arrays of the new tokens' count slot_mapping holds at once
+# bfloat16 as ml_dtypes' dtype (CPU) or its bits in uint16 (CuPy has no bfloat16)
+WRITE_DTYPES = CACHE_DTYPES + (bfloat16_dtype(), np.dtype(np.uint16))
 _WORDS = ((16, "uint4", np.uint32), (8, "uint2", np.uint32), (4, "unsigned int", np.uint32),
           (2, "unsigned short", np.uint16))
 
@@ -121,7 +128,10 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     Everything is checked before the launch (shapes, dtypes, one device, slots in range and
     distinct); a refused call writes nothing.
     """
-    check_kv_cache(k_cache, v_cache)
+    k, v, k_cache, v_cache, slot_mapping = (
+        from_torch(a, name) for a, name in zip((k, v, k_cache, v_cache, slot_mapping),
+                                               ("k", "v", "k_cache", "v_cache", "slot_mapping")))
+    check_kv_cache(k_cache, v_cache, dtypes=WRITE_DTYPES)
     num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
     for name, rows in (("k", k), ("v", v)):
         check_array(rows, name, ndim=3, dtypes=[k_cache.dtype])

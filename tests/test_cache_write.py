@@ -1,5 +1,6 @@
 """The cache-write kernel (vLLM's reshape-and-cache) against a NumPy scatter, and the packed
 prefill reference against the dense truth of tests/test_reference.py."""
+import ml_dtypes
 import numpy as np
 import pytest
 
@@ -17,9 +18,22 @@ def numpy_scatter(k, v, k_cache, v_cache, slots):
     return k_cache, v_cache
 
 
+BF16 = np.dtype(ml_dtypes.bfloat16)
+
+
 @pytest.mark.parametrize("dtype, num_kv_heads, head_dim", [
-    (np.float32, 2, 64), (np.float16, 1, 33), (np.float16, 3, 8), (np.float32, 1, 5)])
+    (np.float32, 2, 64), (np.float16, 1, 33), (np.float16, 3, 8), (np.float32, 1, 5),
+    (BF16, 2, 8), (BF16, 1, 3), (np.uint16, 1, 6)])   # bfloat16, and its bits as uint16
 def test_write_kv_matches_a_numpy_scatter(dtype, num_kv_heads, head_dim):
+    k_cache, v_cache, k, v, slots = _write_problem(dtype, num_kv_heads, head_dim)
+    want_k, want_v = numpy_scatter(k, v, k_cache, v_cache, slots)
+    write_kv(k, v, k_cache, v_cache, slots)
+    np.testing.assert_array_equal(k_cache.view(np.uint8), want_k.view(np.uint8))
+    np.testing.assert_array_equal(v_cache.view(np.uint8), want_v.view(np.uint8))
+
+
+def _write_problem(dtype, num_kv_heads, head_dim):
+    """Random caches and 11 new rows (two of them padding, slot -1) of `dtype`."""
     rng = np.random.default_rng(head_dim)
     num_pages, page_size = 7, 5
     shape = (num_pages, page_size, num_kv_heads, head_dim)
@@ -29,10 +43,20 @@ def test_write_kv_matches_a_numpy_scatter(dtype, num_kv_heads, head_dim):
     slots[[2, 7]] = -1                         # padding rows are skipped
     k = rng.standard_normal((11, num_kv_heads, head_dim)).astype(dtype)
     v = rng.standard_normal((11, num_kv_heads, head_dim)).astype(dtype)
+    return k_cache, v_cache, k, v, slots
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_write_kv_writes_torch_bfloat16_caches_in_place(device):
+    """torch tensors go through DLPack without a copy: the caller's cache tensors change."""
+    torch = pytest.importorskip("torch")
+    k_cache, v_cache, k, v, slots = _write_problem(BF16, 2, 16)
     want_k, want_v = numpy_scatter(k, v, k_cache, v_cache, slots)
-    write_kv(k, v, k_cache, v_cache, slots)
-    np.testing.assert_array_equal(k_cache, want_k)
-    np.testing.assert_array_equal(v_cache, want_v)
+    as_torch = lambda a: torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(device)  # noqa: E731
+    tk_cache, tv_cache = as_torch(k_cache), as_torch(v_cache)
+    write_kv(as_torch(k), as_torch(v), tk_cache, tv_cache, torch.from_numpy(slots).to(device))
+    for got, want in ((tk_cache, want_k), (tv_cache, want_v)):
+        np.testing.assert_array_equal(got.view(torch.int16).cpu().numpy(), want.view(np.int16))
 
 
 def test_slot_mapping_points_at_the_last_q_len_tokens():
