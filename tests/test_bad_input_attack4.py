@@ -16,20 +16,7 @@ from pagedattn_lab.engine import (EngineConfig, LLMEngine, LlamaModel, ModelConf
 from pagedattn_lab.engine.adaptive import choose_page_size, dry_run, tail_waste
 from pagedattn_lab.engine.prefix_cache import BlockPool
 from pagedattn_lab.paging import AllocatorState
-
-
-def _cache_state(cache):
-    return (copy.deepcopy(cache.allocator.__dict__),
-            {s: (list(q.pages), q.length) for s, q in cache._sequences.items()},
-            cache._next_seq_id, cache.k_cache.copy(), cache.v_cache.copy())
-
-
-def _assert_same(before, after):
-    for a, b in zip(before, after):
-        if isinstance(a, np.ndarray):
-            np.testing.assert_array_equal(a, b)
-        else:
-            assert a == b
+from tests.test_bad_input_attack3 import _assert_same, _cache_state
 
 
 @pytest.fixture(scope="module")

@@ -265,7 +265,7 @@ MISTAKES += [
 ]
 
 
-# -- attack h1: a result() that changes the state, inputs written in place, float page ids ----
+# -- a result() that changes the state, inputs written in place, float page ids -----------
 
 class OnlineDividesInPlace:
     """Right when result() is asked once, at the end: it divides the state itself."""

@@ -128,7 +128,7 @@ MERGE_KERNEL_MISTAKES += [
         ("for (int p = 0; p < n_parts; ++p) {\n            float w",
          "for (int p = 0; p < max_parts; ++p) {\n            if (!(ml[2 * p + 1] > 0.0f)) "
          "continue;\n            float w")], "all max_parts"),
-    # attack h1: right while the leftovers' m sat just above the real ones (the weights' ratio
+    # right (before the fix) while the leftovers' m sat just above the real ones (the weights' ratio
     # does not change); leftovers far above underflow every real weight.
     ("max over every slot, sums over the partitions", [
         ("for (int p = 0; p < n_parts; ++p) m_all", "for (int p = 0; p < max_parts; ++p) m_all")],

@@ -305,7 +305,7 @@ MISTAKES += [
 ]
 
 
-# -- attack h1: free empties the caller's list -------------------------------------------------
+# -- free empties the caller's list --------------------------------------------------------
 
 class PoppingFree(GoodAllocator):
     """Right counts, but free empties the caller's list (its block table) as it goes."""
