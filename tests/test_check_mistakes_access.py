@@ -344,3 +344,56 @@ def test_launch_in_another_dim3_spelling_passes(launch):
 @pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(MISTAKES))
 def test_mistake_is_caught(task, impl, phrase, not_phrases):
     assert_caught(task, impl, phrase, not_phrases=not_phrases)
+
+
+class OnlineFloat32Normalized(OnlineFloat32):
+    """Right: result() keeps the float32 state normalized (acc / l, the max moved by log l,
+    l = 1): the same answer whenever asked, float32's rounding apart."""
+
+    def result(self):
+        self.acc = (self.acc / self.l).astype(np.float32)
+        self.m, self.l = np.float32(self.m + np.log(self.l)), np.float32(1)
+        return self.acc.copy()
+
+
+class OnlineFloat32DividesInPlace(OnlineFloat32):
+    """Right when result() is asked once: it divides the float32 state itself."""
+
+    def result(self):
+        self.acc /= self.l
+        return self.acc
+
+
+def test_an_online_softmax_normalizing_its_float32_state_in_result_passes():
+    result, printed = run_check("online_softmax", OnlineFloat32Normalized)
+    assert result.passed, printed
+
+
+def test_an_online_softmax_dividing_its_float32_state_in_place_is_caught():
+    assert_caught("online_softmax", OnlineFloat32DividesInPlace, "result() changed the state")
+
+
+class OnlineFolding:
+    """Right: update() queues the keys, result() folds the queue into (m, l, acc) in one
+    vector step (asked after every key, it folds in other steps than once at the end)."""
+
+    def __init__(self, head_dim):
+        self.m, self.l, self.acc, self.s, self.v = -np.inf, 0.0, np.zeros(head_dim), [], []
+
+    def update(self, s, v):
+        self.s.append(s)
+        self.v.append(np.array(v))
+
+    def result(self):
+        if self.s:
+            s, values = np.array(self.s), np.array(self.v)
+            m = max(self.m, s.max())
+            a, w = np.exp(self.m - m), np.exp(s - m)
+            self.l, self.acc, self.m = self.l * a + w.sum(), self.acc * a + w @ values, m
+            self.s, self.v = [], []
+        return self.acc / self.l
+
+
+def test_an_online_softmax_folding_its_keys_in_result_passes():
+    result, printed = run_check("online_softmax", OnlineFolding)
+    assert result.passed, printed

@@ -316,6 +316,37 @@ def test_mask_tile_check_passes_a_correct_mask_written_differently():
     assert result.passed, printed
 
 
+_LOADS = ("        wmma::load_matrix_sync(a, q_tile + k0, head_dim);\n"
+          "        wmma::load_matrix_sync(b, k_tile + k0, head_dim);\n")
+_LOAD_MACRO = [("#define MAX_D 128", "#define MAX_D 128\n#define LOAD(f, p, ld) "
+                "wmma::load_matrix_sync(f, p, ld)"),
+               (_LOADS, "        LOAD(a, q_tile + k0, head_dim);\n"
+                        "        LOAD(b, k_tile + k0, head_dim);\n")]
+_MMA_HELPER = [   # the loads in a __device__ function defined before the kernel
+    ("#define MAX_D 128", "#define MAX_D 128\n"
+     "__device__ void tile_mma(wmma::fragment<wmma::accumulator, 16, 16, 16, float>& s,\n"
+     "                         const __half* qt, const __half* kt, int ld) {\n"
+     "    wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> a;\n"
+     "    wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> b;\n"
+     "    wmma::load_matrix_sync(a, qt, ld);\n    wmma::load_matrix_sync(b, kt, ld);\n"
+     "    wmma::mma_sync(s, a, b, s);\n}\n"),
+    (_LOADS + "        wmma::mma_sync(s, a, b, s);\n",
+     "        tile_mma(s, q_tile + k0, k_tile + k0, head_dim);\n")]
+_SYNC_MACRO = [("#define MAX_D 128", "#define MAX_D 128\n#define WARP_SYNC() __syncwarp()")]
+_CG = ("#define MAX_D 128", "#define MAX_D 128\n#include <cooperative_groups.h>\n"
+       "namespace cg = cooperative_groups;")
+
+TILE_MISTAKES += [   # the barrier missing where the loads or the barrier sit in a macro/helper
+    ("no __syncwarp, loads through a macro", [(_SYNC, ""), *_LOAD_MACRO],
+     "no __syncwarp() between"),
+    ("no __syncwarp, loads in a helper function", [(_SYNC, ""), *_MMA_HELPER],
+     "no __syncwarp() between"),
+    ("barrier macro before the copies",
+     [(_SYNC, ""), *_SYNC_MACRO, ("    __half zero = ", "    WARP_SYNC();\n    __half zero = ")],
+     "no __syncwarp() between"),
+]
+
+
 RIGHT_TILES = [   # (name, edits of the solution): right kernels written another way
     ("K^T in shared memory, B row-major", [
         ("        k_tile[i] = k;", "        k_tile[d * 16 + r] = k;"),
@@ -333,6 +364,25 @@ RIGHT_TILES = [   # (name, edits of the solution): right kernels written another
         ("q_tile[i] = r < group ? q[(long long)(kv_head * group + r) * head_dim + d] : zero;",
          "if (r < group) q_tile[i] = q[(long long)(kv_head * group + r) * head_dim + d];"),
         (_STORE, _staged_store("r < group", "0.0f"))]),
+    # the barrier written another way, or where the first load_matrix_sync is not in the kernel
+    ("loads through a macro defined before the kernel", _LOAD_MACRO),
+    ("loads in a __device__ helper defined before the kernel", _MMA_HELPER),
+    ("__syncthreads_count as the barrier", [("__syncwarp();   ", "(void)__syncthreads_count(1);")]),
+    ("the barrier through a macro", [*_SYNC_MACRO, ("__syncwarp();   ", "WARP_SYNC();")]),
+    ("__syncwarp(0xffffffff) in the copy loop", [
+        (_SYNC, ""),
+        ("        k_tile[i] = k;\n", "        k_tile[i] = k;\n        __syncwarp(0xffffffff);\n")]),
+    ("a score buffer zeroed after the barrier", [
+        (_SYNC, _SYNC + "    __shared__ float s_zero[256];\n"
+                "    for (int i = lane; i < 256; i += 32) s_zero[i] = 0.0f;\n")]),
+    ("copies through pointer aliases, compound assignment", [
+        ("    for (int i = lane;", "    __half* qs = q_tile;\n    __half* ks = k_tile;\n"
+                                 "    for (int i = lane;"),
+        ("q_tile[i] =", "qs[i] ="), ("k_tile[i] = k;", "ks[i] = zero; ks[i] += k;")]),
+    ("load_matrix_sync named in a comment and a string before the copies", [
+        ("    int group =", "    // wmma::load_matrix_sync(a, q_tile, head_dim) reads the tiles\n"
+                          "    const char* note = \"load_matrix_sync(\"; (void)note;\n"
+                          "    int group =")]),
 ]
 
 
@@ -350,4 +400,49 @@ def test_group_rows_check_passes_padding_written_with_np_pad():
         rows = q[kv_head * group:(kv_head + 1) * group]
         return np.pad(rows, ((0, n * 16 - group), (0, 0))).reshape(n, 16, -1)
     result, printed = run_check("group_rows", padded)
+    assert result.passed, printed
+
+
+SOURCE_ONLY_RIGHT_TILES = [   # barriers the CPU executor cannot run: the source check alone
+    ("cg::sync of a warp tile", [
+        _CG, ("__syncwarp();   ", "cg::sync(cg::tiled_partition<32>(cg::this_thread_block()));")]),
+    ("a warp tile's .sync()", [_CG, ("__syncwarp();   ",
+                                     "cg::tiled_partition<32>(cg::this_thread_block()).sync();")]),
+    ("cooperative_groups::sync of the block", [
+        _CG, ("__syncwarp();   ", "cooperative_groups::sync(cg::this_thread_block());")]),
+    ("inline-asm bar.sync", [("__syncwarp();   ", 'asm volatile("bar.sync 0;" ::: "memory");')]),
+    ("__launch_bounds__ on the kernel", [("__global__ void tc_tile_scores",
+                                          "__global__ void __launch_bounds__(32) tc_tile_scores")]),
+]
+
+
+@pytest.mark.parametrize("name, edits", SOURCE_ONLY_RIGHT_TILES,
+                         ids=[m[0] for m in SOURCE_ONLY_RIGHT_TILES])
+def test_tile_barrier_check_takes_a_barrier_written_differently(name, edits):
+    from pagedattn_lab.grading.checks_tc_decode import _barrier_case
+    _barrier_case(mutate(solution_source(NOTEBOOK, "SOURCE_TILE"), edits))   # no Mismatch
+
+
+def test_tile_barrier_check_reads_an_asm_barrier_in_a_comment_as_none():
+    from pagedattn_lab.grading.checks_tc_decode import _barrier_case
+    from pagedattn_lab.grading.report import Mismatch
+    with pytest.raises(Mismatch, match="no __syncwarp"):
+        _barrier_case(mutate(solution_source(NOTEBOOK, "SOURCE_TILE"),
+                             [(_SYNC, '    // asm("bar.sync 0;") would do\n')]))
+
+
+def test_tile_check_passes_copies_and_barrier_in_a_helper_defined_after_the_kernel():
+    source = solution_source(NOTEBOOK, "SOURCE_TILE")
+    start = source.index("    int group = num_heads / num_kv_heads;\n")
+    end = source.index(_SYNC) + len(_SYNC)
+    params = ("__half* q_tile, __half* k_tile, const __half* q, const __half* k_cache, "
+              "const int* block_table, int num_heads, int num_kv_heads, int head_dim, "
+              "int page_size, int seq_len, int tile, int kv_head, int lane")
+    args = ("q_tile, k_tile, q, k_cache, block_table, num_heads, num_kv_heads, head_dim, "
+            "page_size, seq_len, tile, kv_head, lane")
+    source = (source[:start].replace("extern \"C\"", f"__device__ void copy_tiles({params});\n\n"
+                                     "extern \"C\"", 1)
+              + f"    copy_tiles({args});\n" + source[end:]
+              + f"\n__device__ void copy_tiles({params})\n{{\n" + source[start:end] + "}\n")
+    result, printed = run_check("tc_tile_scores", source, device="cpu")
     assert result.passed, printed

@@ -14,15 +14,14 @@ exactly on a tile's end, where ceil(seq_len / 16) and seq_len / 16 + 1 tiles dif
 """
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
 from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, fmt, ranges
-from .kernel_runner import _code_only, poisoned, unwritten
+from .kernel_runner import poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
+from .source_barriers import barrier_before_loads
 
 TILE = 16    # rows, tokens and head_dim step of one WMMA 16x16x16 tile
 WARP = 32
@@ -323,21 +322,8 @@ def _tile_case(comp, seed, *sizes) -> None:
 
 
 def _barrier_case(source: str) -> None:
-    """A __syncwarp() (or __syncthreads(), a cooperative group's sync()) between the last
-    write into a shared array and the first load_matrix_sync. Without it a lane may load
-    elements another lane has not written yet; the CPU executor (WMMA calls wait for the
-    whole warp) and usually the GPU still give the right scores, so only the source shows
-    the missing barrier."""
-    code = _code_only(source)
-    load = re.search(r"\bload_matrix_sync\s*\(", code)
-    if load is None:
-        return
-    shared = re.findall(r"__shared__[^;]*?\b(\w+)\s*\[", code[:load.start()])
-    writes = list(re.finditer(rf"\b(?:{'|'.join(shared)})\s*\[[^;]*?\]\s*=(?!=)",
-                              code[:load.start()])) if shared else []
-    after = writes[-1].end() if writes else 0
-    if re.search(r"\b(?:__syncwarp|__syncthreads)\s*\(|\.sync\s*\(\s*\)",   # or a group's
-                 code[after:load.start()]):
+    """The source check (source_barriers): a run cannot show a missing __syncwarp()."""
+    if barrier_before_loads(source, "tc_tile_scores"):
         return
     raise Mismatch("no __syncwarp() between the copies into shared memory and the first "
                    "wmma::load_matrix_sync",

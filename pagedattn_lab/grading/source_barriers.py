@@ -1,0 +1,88 @@
+"""Reading a learner's CUDA C source for what no run can show: a barrier between the copies
+into shared memory and the WMMA loads that read them (the CPU executor's WMMA calls wait for
+the whole warp, and a GPU usually gives the right scores without the barrier).
+
+A few regular expressions, not a compiler: macros are expanded by name and helper functions
+inlined by name, enough for the ways a kernel of one page is written (tests/
+test_check_mistakes_tc_decode.py holds the right answers it must pass: macros, helpers before
+and after the kernel, cooperative groups, inline asm). A kernel with no load it can find
+passes: a check that fails a right answer is worse than one that misses a rare wrong one.
+"""
+from __future__ import annotations
+
+import re
+
+from .kernel_runner import _code_only
+
+_BARRIER = re.compile(r"\b(?:__syncwarp|__syncthreads(?:_count|_and|_or)?|__barrier_sync"
+                      r"|__asm_barrier__)\s*\("
+                      r"|\.sync\s*\(\s*\)"              # a cooperative group's g.sync()
+                      r"|::sync\s*\(\s*[^)\s]")         # cooperative_groups::sync(g)
+_LOAD = re.compile(r"\bload_matrix_sync\s*\(")
+_NOT_CALLS = {"if", "for", "while", "switch", "return", "sizeof", "catch"}
+
+
+def _macros_expanded(code: str) -> str:
+    """The code with each #define's name replaced by its body (its arguments left after it:
+    enough to see a barrier or a load written through a macro), the #define lines removed."""
+    macros = []
+    def keep(m):
+        macros.append((m.group(1), m.group(2).replace("\\\n", " ")))
+        return "\n"
+    code = re.sub(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(?:\([^)\n]*\))?((?:\\\n|[^\n])*)", keep,
+                  code, flags=re.M)
+    for name, body in macros:
+        code = re.sub(rf"\b{name}\b", lambda _, b=body: f" {b} ", code)
+    return code
+
+
+def _functions(code: str) -> dict:
+    """name -> body of each function defined in `code` (braces matched)."""
+    out = {}
+    for head in re.finditer(r"\b(\w+)\s*\([^;{}]*\)\s*(?:const\s*)?\{", code):
+        if head.group(1) in _NOT_CALLS:
+            continue
+        depth, i = 1, head.end()
+        while depth and i < len(code):
+            depth += {"{": 1, "}": -1}.get(code[i], 0)
+            i += 1
+        out.setdefault(head.group(1), code[head.end():i - 1])
+    return out
+
+
+def _kernel_inlined(code: str, name: str) -> str:
+    """The kernel's body, each call of a helper function defined in the source replaced by the
+    helper's body (twice over, for a helper calling a helper)."""
+    funcs = _functions(code)
+    body = funcs.pop(name, code)
+    for _ in range(2):
+        for helper, text in funcs.items():
+            body = re.sub(rf"(?<![\w.:>])\b{helper}\s*(?=\()", lambda _, t=text: f" {{ {t} }} ",
+                          body)
+    return body
+
+
+def barrier_before_loads(source: str, kernel: str) -> bool:
+    """Whether `kernel` has a __syncwarp() (or __syncthreads(), a cooperative group's sync(),
+    an inline-asm bar.sync) between the last write into a shared array that its WMMA loads
+    read and its first load_matrix_sync; True when it has no such load. Without the barrier a
+    lane may load elements another lane has not written yet. Macros and helper functions are
+    read where they are used (a load or a barrier in a helper counts where the kernel calls it)."""
+    # an inline-asm barrier (asm volatile("bar.sync 0;")) kept as a token: strings go next
+    source = re.sub(r'"[^"\n]*\b(?:bar|barrier)(?:\.warp)?\.sync\b[^"\n]*"',
+                    '"" __asm_barrier__()', source)
+    full = _macros_expanded(_code_only(source))
+    full = re.sub(r"\b__launch_bounds__\s*\([^)]*\)", " ", full)
+    code = _kernel_inlined(full, kernel)
+    load = _LOAD.search(code)
+    if load is None:
+        return True
+    shared = set(re.findall(r"__shared__[^;]*?\b(\w+)\s*\[", full))
+    # the arrays the loads read (an array written after the barrier that no load reads, a
+    # staging buffer for the scores, needs no barrier before the loads); all if none is named
+    loaded = {n for n in shared for call in re.findall(r"\bload_matrix_sync\s*\([^;]*", code)
+              if re.search(rf"\b{n}\b", call)} or shared
+    writes = list(re.finditer(rf"\b(?:{'|'.join(sorted(loaded))})\s*\[[^;]*?\]\s*=(?!=)",
+                              code[:load.start()])) if loaded else []
+    after = writes[-1].end() if writes else 0
+    return _BARRIER.search(code[after:load.start()]) is not None
