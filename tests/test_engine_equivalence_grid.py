@@ -274,13 +274,10 @@ def check_outputs(models, key, prompts, params, outs, kv_round_trip=None, tag=No
                                                    f"against the dense decode", sp)
 
 
-RANDOM_SEEDS = range(10)
-
-
-@pytest.mark.parametrize("seed", RANDOM_SEEDS)
-def test_random_configs_match_the_roomy_engine_and_the_dense_decode(models, seed):
-    rng = np.random.default_rng(1000 + seed)
-    key, prompts, params, config = random_case(rng, models)
+def serve_and_compare(models, key, prompts, params, config):
+    """(engine, outputs) of `config` served step by step, checked against the dense decode
+    and, request by request, against the roomy engine (sampled requests too: their
+    randomness is per request and position)."""
     model = models.model(key)
     engine = LLMEngine(model, EngineConfig(**config))
     outs = serve_by_steps(engine, prompts, params)
@@ -289,8 +286,18 @@ def test_random_configs_match_the_roomy_engine_and_the_dense_decode(models, seed
     for i, (out, ref) in enumerate(zip(outs, roomy)):
         compare(out, (ref.output_ids, ref.finish_reason), ref.logits,
                 f"request {i} against the roomy engine ({config})", params[i])
+    return engine, outs
+
+
+RANDOM_SEEDS = range(10)
+
+
+@pytest.mark.parametrize("seed", RANDOM_SEEDS)
+def test_random_configs_match_the_roomy_engine_and_the_dense_decode(models, seed):
+    key, prompts, params, config = random_case(np.random.default_rng(1000 + seed), models)
+    _, outs = serve_and_compare(models, key, prompts, params, config)
     if seed % 3 == 0:   # generate() on the same config: the same outputs as step()
-        again = LLMEngine(model, EngineConfig(**config)).generate(prompts, params)
+        again = LLMEngine(models.model(key), EngineConfig(**config)).generate(prompts, params)
         assert [(o.output_ids, o.finish_reason) for o in again] == \
             [(o.output_ids, o.finish_reason) for o in outs]
 
@@ -301,18 +308,9 @@ PRESSURE = {}   # seed -> the engine's summary
 
 @pytest.mark.parametrize("seed", range(PRESSURE_CASES))
 def test_pool_pressure_preempts_without_changing_tokens(models, seed):
-    rng = np.random.default_rng(2000 + seed)
-    key, prompts, params, config = pressure_case(rng, models)
-    model = models.model(key)
-    engine = LLMEngine(model, EngineConfig(**config))
-    outs = serve_by_steps(engine, prompts, params)
+    key, prompts, params, config = pressure_case(np.random.default_rng(2000 + seed), models)
+    engine, _ = serve_and_compare(models, key, prompts, params, config)
     PRESSURE[seed] = engine.summary()
-    check_outputs(models, key, prompts, params, outs)
-    roomy = LLMEngine(model, EngineConfig(**ROOMY)).generate(prompts, params)
-    for i, (out, ref) in enumerate(zip(outs, roomy)):
-        # sampled requests too: their randomness is per request and position
-        compare(out, (ref.output_ids, ref.finish_reason), ref.logits,
-                f"request {i} against the roomy engine ({config})", params[i])
 
 
 def test_the_pressure_grid_preempts():
