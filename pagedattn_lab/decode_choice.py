@@ -102,6 +102,8 @@ def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu:
             if supported_head_dim(requested, dtype, head_dim):
                 requested = "simt"
     reason = supported_head_dim(requested, dtype, head_dim)
+    if reason and requested == "tensor_core" and dtype == "float32":   # no head_dim would do
+        raise ValueError(f"kernel: 'tensor_core' with dtype float32: {reason}")
     if reason:
         raise ValueError(f"head_dim: {head_dim} with {dtype} caches: {reason}")
     return requested

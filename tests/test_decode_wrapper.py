@@ -115,7 +115,8 @@ def test_plan_refuses_bad_tables_before_anything(rng, monkeypatch):
         w.plan(tables, lens, 5, 2, 64, 16, "float32")
     with pytest.raises(ValueError, match="dtype"):
         w.plan(tables, lens, 4, 2, 64, 16, "int8")
-    with pytest.raises(ValueError, match="head_dim: 64 with float32 caches: the tensor-core"):
+    with pytest.raises(ValueError,
+                       match="kernel: 'tensor_core' with dtype float32: the tensor-core"):
         w.plan(tables, lens, 4, 2, 64, 16, "float32", kernel="tensor_core")
     with pytest.raises(RuntimeError, match="plan"):
         pl.BatchDecodeWrapper().run(q, k, v)
