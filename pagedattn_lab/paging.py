@@ -48,6 +48,15 @@ class AllocatorState(NamedTuple):
     owners: dict[int, int]
 
 
+def check_page_ids(ids: list[int], name: str, num_pages: int, holder: str) -> None:
+    """Every id in 0..num_pages-1, else a ValueError naming `name`[i] (a negative id would
+    index from the end)."""
+    for i, page in enumerate(ids):
+        if not 0 <= page < num_pages:
+            raise ValueError(f"{name}[{i}]: page id {page} is not in this {holder} (valid ids "
+                             f"are 0..{num_pages - 1})")
+
+
 class BlockAllocator:
     """Hands out physical page ids 0..num_pages-1 from a free list, with reference counts.
 
@@ -209,10 +218,7 @@ class BlockAllocator:
         assert self.num_free + self.num_used == self.num_pages
 
     def _check_ids(self, ids: list[int], argname: str) -> None:
-        for i, page in enumerate(ids):
-            if not 0 <= page < self.num_pages:
-                raise ValueError(f"{argname}[{i}]: page id {page} is not in this allocator "
-                                 f"(valid ids are 0..{self.num_pages - 1})")
+        check_page_ids(ids, argname, self.num_pages, "allocator")
 
     def __repr__(self) -> str:
         return f"BlockAllocator(num_pages={self.num_pages}, free={self.num_free}, used={self.num_used})"

@@ -108,6 +108,16 @@ def static_scales(x, kv_dtype: str) -> np.ndarray:
     return per_token_scales(np.moveaxis(x, 1, 0).reshape(x.shape[1], -1), kv_dtype)
 
 
+def _refuse_bad_scales(scales: np.ndarray, name: str) -> None:
+    """A ValueError naming the first scale that is not finite and > 0 (x / 0 saturates every
+    code, a negative scale flips the signs, NaN and inf give codes of 0)."""
+    bad = np.argwhere(~(np.isfinite(scales) & (scales > 0)))
+    if bad.size:
+        i = tuple(int(j) for j in bad[0])
+        raise ValueError(f"{name}: every scale must be finite and > 0; {name}"
+                         f"[{', '.join(map(str, i))}] is {float(scales[i])}")
+
+
 def check_scale(scale, name: str, shape: tuple[int, ...],
                 qmax: float | None = None) -> np.ndarray:
     """A float32 scale array of `shape`, finite and > 0; raises naming `name` otherwise.
@@ -123,11 +133,7 @@ def check_scale(scale, name: str, shape: tuple[int, ...],
         raise TypeError(f"{name}: expected float32 scales, got {got}")
     if arr.shape != tuple(shape):
         raise ValueError(f"{name}: expected shape {tuple(shape)}, got {arr.shape}")
-    bad = np.flatnonzero(~(np.isfinite(arr) & (arr > 0)))
-    if bad.size:
-        i = tuple(int(j) for j in np.unravel_index(int(bad[0]), arr.shape))
-        raise ValueError(f"{name}: every scale must be finite and > 0; {name}"
-                         f"[{', '.join(map(str, i))}] is {float(arr[i])}")
+    _refuse_bad_scales(arr, name)
     if qmax is not None:
         limit = float(np.finfo(np.float32).max) / qmax
         over = np.flatnonzero(arr > limit)
@@ -143,15 +149,10 @@ def check_scale(scale, name: str, shape: tuple[int, ...],
 
 def quantize(x, kv_dtype: str, scale) -> np.ndarray:
     """Codes of x [..., num_kv_heads, head_dim] with `scale` broadcast over head_dim:
-    static [num_kv_heads] or per-token [..., num_kv_heads], each finite and > 0 (x / 0
-    saturates every code, a negative scale flips the signs, NaN and inf give codes of 0)."""
+    static [num_kv_heads] or per-token [..., num_kv_heads], each finite and > 0."""
     x = np.asarray(x, dtype=np.float32)
     s = _scale_for(scale, x.shape)
-    bad = np.argwhere(~(np.isfinite(s) & (s > 0)))
-    if bad.size:
-        i = ", ".join(str(int(j)) for j in bad[0])
-        raise ValueError(f"scale: every scale must be finite and > 0; scale[{i}] is "
-                         f"{float(s[tuple(bad[0])])}")
+    _refuse_bad_scales(s, "scale")
     return encode(x / s[..., None], kv_dtype)
 
 

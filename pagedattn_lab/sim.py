@@ -40,7 +40,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .paging import BlockAllocator, OutOfPagesError
-from .validate import MAX_PAGES, check_int, is_one_of
+from .validate import MAX_PAGES, check_int, is_finite_number, is_one_of
 
 POLICIES = ("reserve_max", "reserve_pow2", "reserve_oracle", "paged")
 CATEGORIES = ("tokens", "reserved", "internal", "external", "free")
@@ -73,7 +73,7 @@ class Workload:
         check_int(self.num_requests, "num_requests", minimum=1)
         for name in ("prompt_median", "prompt_sigma", "output_median", "output_sigma"):
             value, positive = getattr(self, name), name.endswith("median")
-            if not (_is_finite(value) and (value > 0 if positive else value >= 0)):
+            if not (is_finite_number(value) and (value > 0 if positive else value >= 0)):
                 raise ValueError(f"{name}: expected a finite number "
                                  f"{'> 0' if positive else '>= 0'}, got {value!r}")
         check_int(self.min_len, "min_len", minimum=1)
@@ -134,17 +134,6 @@ class _FirstFit:
     @property
     def free_slots(self) -> int:
         return sum(n for _, n in self.holes)
-
-
-def _is_finite(value) -> bool:
-    """An int or float (NumPy's too), not a bool, finite as a float (10**400 is not)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(
-            value, (int, float, np.integer, np.floating)):
-        return False
-    try:
-        return math.isfinite(value)
-    except OverflowError:
-        return False
 
 
 def _check_paged_fits(workload: Workload, capacity_name: str, capacity_tokens: int,
@@ -250,7 +239,7 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
                          f"got {capacity_tokens}")
     page_size = check_int(page_size, "page_size", minimum=1)
     max_steps = check_int(max_steps, "max_steps", minimum=1)
-    if not (_is_finite(watermark) and 0 <= watermark < 1):
+    if not (is_finite_number(watermark) and 0 <= watermark < 1):
         raise ValueError(f"watermark: expected a share of the pages in [0, 1), got {watermark!r}")
     if policy == "paged":   # else a request that can never be admitted stalls every step
         _check_paged_fits(workload, capacity_name, capacity_tokens, page_size, watermark)

@@ -97,6 +97,20 @@ def is_int(value) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
 
 
+def is_number(value) -> bool:
+    """A Python or NumPy int or float (np.float32 too), not a bool."""
+    return isinstance(value, (int, float, np.integer, np.floating)) and \
+        not isinstance(value, (bool, np.bool_))
+
+
+def is_finite_number(value) -> bool:
+    """`is_number` and finite as a float (an int past float64, 10**400, is not)."""
+    try:
+        return is_number(value) and math.isfinite(value)
+    except OverflowError:   # math.isfinite(10**400) raises, naming no argument
+        return False
+
+
 def check_int(value, name: str, *, minimum: int | None = None,
               maximum: int | None = None) -> int:
     """A Python or NumPy integer (not bool, not a float that happens to be whole), in range."""

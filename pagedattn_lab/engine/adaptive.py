@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..validate import check_int, check_int_list
+from ..validate import check_int, check_int_list, is_number
 from .config import EngineConfig
 from .kv_manager import KVCacheManager
 from .request import Request, SamplingParams
@@ -49,8 +49,7 @@ def choose_page_size(prompt_lens, output_lens, candidates=PAGE_SIZES,
     candidates = check_int_list(candidates, "candidates", "page size")
     if not candidates or min(candidates) < 1:
         raise ValueError(f"candidates: expected page sizes >= 1, got {candidates}")
-    if isinstance(max_waste, (bool, np.bool_)) or not isinstance(
-            max_waste, (int, float, np.integer, np.floating)) or not 0 <= max_waste <= 1:
+    if not is_number(max_waste) or not 0 <= max_waste <= 1:
         raise ValueError(f"max_waste: expected a share of the slots in [0, 1], got {max_waste!r}")
     waste = {p: tail_waste(prompt_lens, output_lens, p) for p in sorted(candidates)}
     fitting = [p for p, w in waste.items() if w <= max_waste]

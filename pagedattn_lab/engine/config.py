@@ -8,31 +8,20 @@ and allocation policies.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..quant import check_scheme, kv_format
-from ..validate import check_bool, check_int, is_one_of
+from ..validate import check_bool, check_int, is_finite_number, is_number, is_one_of
 
 ROPE_TYPES = ("default", "linear", "llama3")
 HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                "num_attention_heads")
 
 
-def _is_number(value) -> bool:
-    """A Python or NumPy int or float (np.float32 too, as SamplingParams takes), not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and \
-        not isinstance(value, (bool, np.bool_))
-
-
 def _is_positive(value) -> bool:
-    """A finite number > 0 (an int past float64, 10**400, is not: math.isfinite raises)."""
-    try:
-        return _is_number(value) and math.isfinite(value) and value > 0
-    except OverflowError:
-        return False
+    return is_finite_number(value) and value > 0
 
 
 @dataclass(frozen=True)
@@ -82,7 +71,7 @@ class ModelConfig:
                                                          maximum=self.vocab_size - 1))
         for name in ("rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
-            if not _is_number(value):
+            if not is_number(value):
                 raise TypeError(f"{name}: expected a positive number, got {value!r} "
                                 f"({type(value).__name__})")
             if not _is_positive(value):
@@ -242,7 +231,7 @@ class EngineConfig:
                 object.__setattr__(self, name, check_int(value, name, minimum=least))
         object.__setattr__(self, "enable_prefix_caching",
                            check_bool(self.enable_prefix_caching, "enable_prefix_caching"))
-        if not _is_number(self.watermark):
+        if not is_number(self.watermark):
             raise TypeError(f"watermark: expected a fraction in [0, 1), got {self.watermark!r} "
                             f"({type(self.watermark).__name__})")
         if not 0.0 <= self.watermark < 1.0:

@@ -25,7 +25,7 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 
-from ..paging import OutOfPagesError
+from ..paging import OutOfPagesError, check_page_ids
 from ..validate import check_int, check_int_list
 
 
@@ -119,10 +119,7 @@ class BlockPool:
     def _page_ids(self, pages) -> list[int]:
         """Page ids as ints in 0..num_pages-1 (a negative one would index from the end)."""
         ids = check_int_list(pages, "pages", "page id")
-        for i, page in enumerate(ids):
-            if not 0 <= page < self.num_pages:
-                raise ValueError(f"pages[{i}]: page id {page} is not in this pool (valid ids "
-                                 f"are 0..{self.num_pages - 1})")
+        check_page_ids(ids, "pages", self.num_pages, "pool")
         return ids
 
     def register(self, page: int, block_hash: bytes) -> bool:

@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import enum
-import math
 from dataclasses import dataclass, field
 
-import numpy as np
-
-from ..validate import check_bool, check_int
+from ..validate import check_bool, check_int, is_finite_number, is_number
 
 
 @dataclass(frozen=True)
@@ -29,14 +26,9 @@ class SamplingParams:
     def __post_init__(self):
         check_int(self.max_tokens, "max_tokens", minimum=1)
         t = self.temperature
-        if isinstance(t, (bool, np.bool_)) or not isinstance(t, (int, float, np.integer,
-                                                                 np.floating)):
+        if not is_number(t):
             raise TypeError(f"temperature: expected a number >= 0, got {t!r} ({type(t).__name__})")
-        try:
-            finite = math.isfinite(t)
-        except OverflowError:   # an int past float64 (10**400): math names no argument
-            finite = False
-        if not (finite and t >= 0):   # inf would flatten every distribution
+        if not (is_finite_number(t) and t >= 0):   # inf would flatten every distribution
             raise ValueError(f"temperature: expected a finite number >= 0, got {t!r}")
         check_bool(self.ignore_eos, "ignore_eos")
         check_bool(self.return_logits, "return_logits")

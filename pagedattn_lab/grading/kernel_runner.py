@@ -71,7 +71,7 @@ def where(device: str) -> str:
             else "the CPU executor (checked mode: bad accesses name their thread and block)")
 
 
-def _code_only(source: str) -> str:
+def code_only(source: str) -> str:
     """The source without comments and string literals (for the lint)."""
     source = re.sub(r"/\*.*?\*/", " ", source, flags=re.S)
     source = re.sub(r"//[^\n]*", " ", source)
@@ -83,7 +83,7 @@ def lint(source: str, name: str) -> None:
     if not isinstance(source, str):
         raise Mismatch(f"expected the kernel source as a string, got {type(source).__name__}",
                        "pass the SOURCE string defined in the cell above.")
-    code = _code_only(source)
+    code = code_only(source)
     if re.search(r"\bINFINITY\b", code) and not re.search(r"#\s*define\s+INFINITY\b", code):
         raise Mismatch("the kernel uses INFINITY, which NVRTC does not define (there is no "
                        "<math.h> on the GPU compiler)",
@@ -97,7 +97,7 @@ def lint(source: str, name: str) -> None:
                        f"keep the kernel's name and signature from the prompt: "
                        f"extern \"C\" __global__ void {name}(...).")
     head = re.search(rf'extern\s+"C"[^;{{}}]*?__global__[^;{{}}]*?\b{re.escape(name)}\s*\(',
-                     _code_only(source.replace('"C"', "EXTERN_C")).replace("EXTERN_C", '"C"'))
+                     code_only(source.replace('"C"', "EXTERN_C")).replace("EXTERN_C", '"C"'))
     if not head:
         raise Mismatch(f"{name} is not declared extern \"C\" __global__",
                        "without extern \"C\" the C++ compiler mangles the name and CuPy cannot "

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .kernel_runner import _code_only
+from .kernel_runner import code_only
 
 _BARRIER = re.compile(r"\b(?:__syncwarp|__syncthreads(?:_count|_and|_or)?|__barrier_sync"
                       r"|__asm_barrier__)\s*\("
@@ -71,7 +71,7 @@ def barrier_before_loads(source: str, kernel: str) -> bool:
     # an inline-asm barrier (asm volatile("bar.sync 0;")) kept as a token: strings go next
     source = re.sub(r'"[^"\n]*\b(?:bar|barrier)(?:\.warp)?\.sync\b[^"\n]*"',
                     '"" __asm_barrier__()', source)
-    full = _macros_expanded(_code_only(source))
+    full = _macros_expanded(code_only(source))
     full = re.sub(r"\b__launch_bounds__\s*\([^)]*\)", " ", full)
     code = _kernel_inlined(full, kernel)
     load = _LOAD.search(code)
