@@ -211,10 +211,10 @@ _SYNC = ("    __syncwarp();                // the tiles are complete before any 
 
 TILE_MISTAKES = [
     # the executor and, by luck, the GPU compute the right scores without the barrier
-    ("no __syncwarp", [(_SYNC, "")], "no __syncwarp() between"),
+    ("no __syncwarp", [(_SYNC, "")], "no __syncwarp()"),
     ("__syncwarp before the copies", [(_SYNC, ""), ("    __half zero = ",
                                                     "    __syncwarp();\n    __half zero = ")],
-     "no __syncwarp() between"),
+     "no __syncwarp()"),
     ("K read row-major as B", [("__half, wmma::col_major> b", "__half, wmma::row_major> b")],
      "col_major"),
     ("scores stored column-major", [("wmma::mem_row_major", "wmma::mem_col_major")],
@@ -338,13 +338,24 @@ _CG = ("#define MAX_D 128", "#define MAX_D 128\n#include <cooperative_groups.h>\
 
 TILE_MISTAKES += [   # the barrier missing where the loads or the barrier sit in a macro/helper
     ("no __syncwarp, loads through a macro", [(_SYNC, ""), *_LOAD_MACRO],
-     "no __syncwarp() between"),
+     "no __syncwarp()"),
     ("no __syncwarp, loads in a helper function", [(_SYNC, ""), *_MMA_HELPER],
-     "no __syncwarp() between"),
+     "no __syncwarp()"),
     ("barrier macro before the copies",
      [(_SYNC, ""), *_SYNC_MACRO, ("    __half zero = ", "    WARP_SYNC();\n    __half zero = ")],
-     "no __syncwarp() between"),
+     "no __syncwarp()"),
+    ("a shuffle in place of __syncwarp",   # waits for the warp, orders no shared memory
+     [(_SYNC, "    (void)__shfl_sync(0xffffffffu, 0, 0);\n")], "no __syncwarp()"),
 ]
+
+
+def test_tile_check_runs_what_the_source_check_cannot_see():
+    """A __syncwarp() the kernel never reaches satisfies a reading of the source (a GPU's
+    only evidence); on the CPU executor the race check sees the loads unordered."""
+    never = mutate(solution_source(NOTEBOOK, "SOURCE_TILE"),
+                   [(_SYNC, "    if (seq_len < 0) __syncwarp();\n")])
+    assert_caught("tc_tile_scores", never, "no __syncwarp() or __syncthreads() between",
+                  device="cpu")
 
 
 RIGHT_TILES = [   # (name, edits of the solution): right kernels written another way
@@ -419,15 +430,15 @@ SOURCE_ONLY_RIGHT_TILES = [   # barriers the CPU executor cannot run: the source
 @pytest.mark.parametrize("name, edits", SOURCE_ONLY_RIGHT_TILES,
                          ids=[m[0] for m in SOURCE_ONLY_RIGHT_TILES])
 def test_tile_barrier_check_takes_a_barrier_written_differently(name, edits):
-    from pagedattn_lab.grading.checks_tc_decode import _barrier_case
-    _barrier_case(mutate(solution_source(NOTEBOOK, "SOURCE_TILE"), edits))   # no Mismatch
+    from pagedattn_lab.grading.checks_tc_decode import missing_barrier_in_source
+    missing_barrier_in_source(mutate(solution_source(NOTEBOOK, "SOURCE_TILE"), edits))   # no Mismatch
 
 
 def test_tile_barrier_check_reads_an_asm_barrier_in_a_comment_as_none():
-    from pagedattn_lab.grading.checks_tc_decode import _barrier_case
+    from pagedattn_lab.grading.checks_tc_decode import missing_barrier_in_source
     from pagedattn_lab.grading.report import Mismatch
     with pytest.raises(Mismatch, match="no __syncwarp"):
-        _barrier_case(mutate(solution_source(NOTEBOOK, "SOURCE_TILE"),
+        missing_barrier_in_source(mutate(solution_source(NOTEBOOK, "SOURCE_TILE"),
                              [(_SYNC, '    // asm("bar.sync 0;") would do\n')]))
 
 

@@ -95,13 +95,26 @@ def test_two_writers_named_in_the_block_that_has_them():
     assert {e.thread, e.other_thread} == {(0, 0, 0), (33, 0, 0)}
 
 
-def test_lanes_of_a_warp_are_ordered_by_syncwarp_only(x):
+@pytest.mark.parametrize("order", [0, 2], ids=["nothing", "a shuffle"])
+def test_lanes_of_a_warp_are_ordered_by_syncwarp_only(x, order):
     out = np.zeros(2, np.float32)
     kern("warp_tree")(1, 64, (x, out, np.int32(1)), racecheck=True)
     np.testing.assert_allclose(out, x[:64].reshape(2, 32).sum(axis=1), rtol=1e-5)
     with pytest.raises(SharedMemoryRace) as info:
-        kern("warp_tree")(1, 64, (x, out, np.int32(0)), racecheck=True)
-    assert info.value.thread[0] // 32 == info.value.other_thread[0] // 32   # within a warp
+        kern("warp_tree")(1, 64, (x, out, np.int32(order)), racecheck=True)
+    race = info.value
+    assert race.thread[0] // 32 == race.other_thread[0] // 32 and race.same_warp
+    assert "with no __syncwarp() or __syncthreads() between" in str(race)
+    assert "a __syncwarp() there orders them too; a shuffle, a vote or a WMMA call does not" \
+        in str(race)
+
+
+def test_threads_of_two_warps_are_told_of_syncthreads_only():
+    with pytest.raises(SharedMemoryRace) as info:
+        kern("two_writers")(4, 64, (np.zeros(4 * 64, np.int32), np.int32(3)), racecheck=True)
+    race = info.value
+    assert not race.same_warp and race.thread[0] // 32 != race.other_thread[0] // 32
+    assert "with no __syncthreads() between" in str(race) and "__syncwarp" not in str(race)
 
 
 def test_loop_without_a_barrier_at_the_end_of_each_iteration(x):
@@ -143,3 +156,59 @@ def test_the_executor_test_kernels_with_shared_memory_are_race_free():
                                                racecheck=True)
     np.testing.assert_allclose(partial, [x[i * 256:(i + 1) * 256].sum() for i in range(4)],
                                atol=1e-4)
+
+
+# The rule of the race check within a warp (only __syncwarp() orders shared memory), held
+# against compute-sanitizer's racecheck on the GPU: each kernel variant runs there in its own
+# process, and the two checks must give the same verdict.
+_ORDER_CASES = [   # file, kernel, variant argument, racy
+    ("races.cu", "warp_tree", 1, False),
+    ("races.cu", "warp_tree", 0, True),
+    ("races.cu", "warp_tree", 2, True),            # a shuffle in place of __syncwarp()
+    ("wmma.cu", "smem_gemm", 3, False),
+    ("wmma.cu", "smem_gemm", 2, True),             # WMMA loads of what other lanes staged
+    ("wmma.cu", "smem_gemm", 1, True),             # reads of what store_matrix_sync stored
+]
+_LAUNCH = """
+import sys, cupy as cp
+from pathlib import Path
+from pagedattn_lab.rawkernel import RawKernel
+file, name, variant = sys.argv[1], sys.argv[2], int(sys.argv[3])
+kern = RawKernel(Path(file).read_text(), name, filename=Path(file).name)
+if name == "warp_tree":
+    kern((1,), (64,), (cp.ones(64, cp.float32), cp.zeros(2, cp.float32), cp.int32(variant)))
+else:
+    a = cp.ones((16, 16), cp.float16)
+    kern((1,), (32,), (a, a, cp.zeros(256, cp.float32), cp.int32(variant)))
+cp.cuda.Device().synchronize()
+"""
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("file, name, variant, racy", _ORDER_CASES,
+                         ids=[f"{c[1]}-{c[2]}" for c in _ORDER_CASES])
+def test_compute_sanitizer_agrees_on_what_orders_a_warp(file, name, variant, racy):
+    import shutil
+    import subprocess
+    import sys
+
+    from pagedattn_lab.cpu import RawKernel as CpuRawKernel
+    sanitizer = shutil.which("compute-sanitizer")
+    if sanitizer is None:
+        pytest.skip("compute-sanitizer is not on PATH")
+    path = KERNELS / file
+    run = subprocess.run([sanitizer, "--tool", "racecheck", "--error-exitcode", "9",
+                          sys.executable, "-c", _LAUNCH, str(path), name, str(variant)],
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode in (0, 9), run.stdout + run.stderr
+    cpu = CpuRawKernel(path.read_text(), name, filename=file)
+    args = ((np.ones(64, np.float32), np.zeros(2, np.float32), np.int32(variant))
+            if name == "warp_tree" else
+            (np.ones((16, 16), np.float16), np.ones((16, 16), np.float16),
+             np.zeros(256, np.float32), np.int32(variant)))
+    try:
+        cpu(1, 64 if name == "warp_tree" else 32, args, racecheck=True)
+        cpu_racy = False
+    except SharedMemoryRace:
+        cpu_racy = True
+    assert (run.returncode == 9, cpu_racy) == (racy, racy), run.stdout[-3000:]

@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from pagedattn_lab.cpu import KernelAssertionError, RawKernel, WarpSyncError
+from pagedattn_lab.cpu import KernelAssertionError, RawKernel, SharedMemoryRace, WarpSyncError
 
 KERNELS = Path(__file__).parent / "kernels"
 SOURCE = (KERNELS / "wmma.cu").read_text()
@@ -73,9 +73,26 @@ def test_staged_in_shared_memory_and_race_checked():
     rng = np.random.default_rng(4)
     a, b = (rng.standard_normal((16, 16)).astype(np.float16) for _ in range(2))
     d = np.zeros(256, f32)
-    kern("smem_gemm")(1, 32, (a, b, d), racecheck=True)
+    kern("smem_gemm")(1, 32, (a, b, d, i32(3)), racecheck=True)
     want = a.astype(np.float64) @ b.astype(np.float64).T   # B loaded column-major
     np.testing.assert_allclose(d[::-1].reshape(16, 16), want, atol=2e-5)
+
+
+@pytest.mark.parametrize("sync, where", [(2, "load_matrix_sync(fa, sa"),
+                                         (1, "d[i] = sd[255 - i]")],
+                         ids=["no __syncwarp before the loads", "no __syncwarp after the store"])
+def test_a_wmma_call_orders_no_shared_memory(sync, where):
+    """load_matrix_sync of what other lanes staged, and a read of what store_matrix_sync
+    stored, each need a __syncwarp() first: the race check names the lanes, as
+    compute-sanitizer's does on a GPU."""
+    a = b = np.ones((16, 16), np.float16)
+    with pytest.raises(SharedMemoryRace) as info:
+        kern("smem_gemm")(1, 32, (a, b, np.zeros(256, f32), i32(sync)), racecheck=True)
+    race = info.value
+    assert race.kind == "read after write" and race.same_warp
+    assert race.line == 1 + next(i for i, text in enumerate(SOURCE.splitlines())
+                                 if where in text)
+    assert "no __syncwarp() or __syncthreads() between" in str(race)
 
 
 def test_a_lane_that_leaves_is_reported_like_a_bad_shuffle():

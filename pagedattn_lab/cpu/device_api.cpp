@@ -52,7 +52,10 @@ static void warp_release(Warp *w, int warp, unsigned mask)
         f->state = PAL_T_RUN;
     }
     w->waiting &= ~mask;
-    if (S.instr) instr_warp_release(warp, mask);
+    // Only __syncwarp orders memory among the lanes (as on the GPU): shuffles, votes and the
+    // tensor-core calls wait for the warp but order no shared-memory access.
+    if (S.instr && S.fib[warp * 32 + __builtin_ctz(mask)].op == PAL_OP_SYNCWARP)
+        instr_syncwarp(warp, mask);
 }
 
 extern "C" unsigned long long __pal_warp_op(int line, int op, unsigned mask, unsigned long long val,

@@ -40,8 +40,15 @@ class SharedMemoryRace(KernelFault):
     Attributes: kind ("write after write", "read after write", "write after read"),
     variable (the shared variable's name, or None), offset (byte offset in it), block,
     thread (the second access), other_thread (the earlier one), line, other_line (kernel
-    source lines, or None when unknown), access ("read"/"write"/"atomic" of the second).
+    source lines, or None when unknown), access ("read"/"write"/"atomic" of the second),
+    same_warp (both are lanes of one warp: a __syncwarp() between would order them).
     """
+
+
+def no_barrier_between(same_warp: bool) -> str:
+    """A race report's words for what is missing: within a warp, a __syncwarp() would do."""
+    return ("with no __syncwarp() or __syncthreads() between" if same_warp
+            else "with no __syncthreads() between")
 
 
 class KernelDeadlock(KernelError):

@@ -166,9 +166,9 @@ void pal::instr_barrier()
     if (S.instr & PAL_INSTR_RACE) race_barrier();
 }
 
-void pal::instr_warp_release(int warp, unsigned mask)
+void pal::instr_syncwarp(int warp, unsigned mask)
 {
-    if (S.instr & PAL_INSTR_RACE) race_warp_release(warp, mask);
+    if (S.instr & PAL_INSTR_RACE) race_syncwarp(warp, mask);
 }
 
 void pal::instr_block_end()

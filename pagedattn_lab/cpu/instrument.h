@@ -23,7 +23,7 @@ void race_worker_begin();
 void race_worker_end();
 void race_block_begin();
 void race_barrier();
-void race_warp_release(int warp, unsigned mask);
+void race_syncwarp(int warp, unsigned mask);
 void race_access(int region, uintptr_t offset, uintptr_t addr, unsigned size, int kind,
                  uintptr_t pc);
 

@@ -15,7 +15,7 @@ import shutil
 import subprocess
 
 from . import abi
-from .errors import SharedMemoryRace
+from .errors import SharedMemoryRace, no_barrier_between
 from .report import fmt3, xyz
 
 _KINDS = {abi.RACE_WAW: "write after write", abi.RACE_RAW: "read after write",
@@ -63,6 +63,13 @@ def _line(lib_path: str, pc: int, filename: str) -> int | None:
     return None
 
 
+def _linear(thread, block) -> int:
+    """The thread's index in its block (x fastest), which decides its warp."""
+    x, y, z = (int(v) for v in thread)
+    bx, by = int(block[0]), int(block[1])
+    return x + bx * (y + by * z)
+
+
 def _variable(r, info, source) -> tuple[str | None, int, str]:
     """(name, byte offset in it, description) of the shared byte."""
     if r.region == abi.REGION_DYN_SHARED:
@@ -80,7 +87,7 @@ def _variable(r, info, source) -> tuple[str | None, int, str]:
     return None, 0, "a static __shared__ variable"
 
 
-def _hint(kind: int, r, line, other_line) -> str:
+def _hint(kind: int, r, line, other_line, same_warp: bool) -> str:
     if kind == abi.RACE_RAW and r.other_atomic:
         return ("A thread reads a shared value that other threads are still updating with "
                 "atomics; read it after a __syncthreads() that follows all the atomics.")
@@ -88,6 +95,15 @@ def _hint(kind: int, r, line, other_line) -> str:
         return ("Every thread reads and writes the same shared variable on this line (like "
                 "`acc += x`): the updates overwrite each other on a GPU. Use atomicAdd, or "
                 "give each thread its own slot, __syncthreads(), and reduce.")
+    hint = _kind_hint(kind)
+    if same_warp and kind != abi.RACE_WAW:
+        hint += (" Both threads are lanes of one warp: where only that warp shares the data, "
+                 "a __syncwarp() there orders them too; a shuffle, a vote or a WMMA call "
+                 "does not order shared memory.")
+    return hint
+
+
+def _kind_hint(kind: int) -> str:
     if kind == abi.RACE_RAW:
         return ("A thread reads shared memory that another thread wrote with no barrier "
                 "between: put a __syncthreads() after the writes and before the reads.")
@@ -111,13 +127,14 @@ def race_error(r, info) -> SharedMemoryRace:
     first = {abi.RACE_WAW: "atomically wrote" if r.other_atomic else "wrote",
              abi.RACE_RAW: "atomically wrote" if r.other_atomic else "wrote",
              abi.RACE_WAR: "read"}[kind]
+    same_warp = _linear(thread, info.block) // 32 == int(r.other_thread) // 32
     at = (lambda n: f" at line {n}" if n else "")
     msg = (f"kernel {info.kernel!r}: shared-memory race ({_KINDS[kind]}) in block "
            f"{fmt3(r.block)}: thread {fmt3(thread)} {_VERB[access]} {where}{at(line)}, which thread "
-           f"{fmt3(other)} {first}{at(other_line)} with no __syncthreads() between. "
-           f"{_hint(kind, r, line, other_line)}")
+           f"{fmt3(other)} {first}{at(other_line)} {no_barrier_between(same_warp)}. "
+           f"{_hint(kind, r, line, other_line, same_warp)}")
     return SharedMemoryRace(
         msg, kernel=info.kernel, block=tuple(r.block), thread=thread, other_thread=other,
         kind=_KINDS[kind], variable=name, offset=offset, line=line, other_line=other_line,
-        access=access, region="shared memory", buffer=None, arg_index=None, index=offset,
+        access=access, same_warp=same_warp, region="shared memory", buffer=None, arg_index=None, index=offset,
         size=None, address=int(r.addr), signal=None)

@@ -6,12 +6,16 @@
 //   - read after write (RAW): a thread reads what another wrote without a barrier between,
 //   - write after read (WAR): a thread overwrites what another read without a barrier.
 // A __syncthreads() orders everything before it against everything after. Within a warp, a
-// warp collective (__syncwarp, a shuffle, a vote, WMMA) that both threads passed after the
-// first access orders the two as well (approximation: the lanes' last collectives are
-// assumed to be the same one, which holds for full-mask collectives).
+// __syncwarp() that both threads passed after the first access orders the two as well
+// (approximation: the lanes' last __syncwarp()s are assumed to be the same one, which holds
+// for full masks). Nothing else does: CUDA promises memory ordering for __syncwarp() only,
+// and compute-sanitizer's racecheck reports a shuffle, a vote or a WMMA call between a write
+// and another lane's read as a hazard. So a wmma::load_matrix_sync of what other lanes wrote
+// needs a __syncwarp() first, and so does reading what another lane's store_matrix_sync
+// stored.
 //
 // Shadow state per shared byte: the last writer and up to two readers of the current epoch
-// (an epoch ends at each barrier), each with its warp's collective count at the access.
+// (an epoch ends at each barrier), each with its warp's __syncwarp() count at the access.
 #include "instrument.h"
 
 using namespace pal;
@@ -29,8 +33,8 @@ struct Shadow {
 Shadow *dyn_sh, *st_sh;
 size_t dyn_sh_len, st_sh_len;
 uint32_t epoch;
-uint32_t wgen[PAL_MAX_THREADS / 32];   // collectives completed, per warp
-uint32_t cgen[PAL_MAX_THREADS];        // wgen of the last collective each thread passed
+uint32_t wgen[PAL_MAX_THREADS / 32];   // __syncwarp()s completed, per warp
+uint32_t cgen[PAL_MAX_THREADS];        // wgen of the last __syncwarp() each thread passed
 
 Shadow *map_shadow(size_t bytes, size_t *len)
 {
@@ -93,7 +97,7 @@ void pal::race_block_begin()
 
 void pal::race_barrier() { ++epoch; }
 
-void pal::race_warp_release(int warp, unsigned mask)
+void pal::race_syncwarp(int warp, unsigned mask)
 {
     const uint32_t g = ++wgen[warp];
     for (unsigned m = mask; m; m &= m - 1) cgen[warp * 32 + __builtin_ctz(m)] = g;

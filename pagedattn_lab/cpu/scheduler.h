@@ -105,7 +105,7 @@ inline void suspend(Fiber *f)
 void instr_worker_begin();
 void instr_block_begin(uint64_t block_linear);
 void instr_barrier();                            // a __syncthreads() opened
-void instr_warp_release(int warp, unsigned mask);  // a warp collective completed
+void instr_syncwarp(int warp, unsigned mask);  // the lanes in mask passed a __syncwarp
 void instr_block_end();
 void instr_worker_end();
 

@@ -133,7 +133,8 @@ inline void __pal_store_matrix_sync(const char *file, int line,
         if (layout == mem_row_major) p[(size_t)r * ldm + c] = f.x[i];
         else p[(size_t)c * ldm + r] = f.x[i];
     }
-    // After the stores: what one lane stored, the others may read once it returns.
+    // After the stores, so that the values are in place for a lane that reads them after a
+    // __syncwarp() (the race check reports a read without one, as compute-sanitizer does).
     __pal::collective(file, line, PAL_OP_WMMA_STORE);
 }
 

@@ -17,7 +17,7 @@
 // its address (16-byte aligned, 16 bytes inside shared memory: otherwise the launch fails
 // naming the lane) and reads its row itself, so the race check, the access counts and an
 // out-of-bounds report attribute the read to the lane whose address it was. The race check
-// treats each call as a warp barrier.
+// does not treat a call as a barrier: a row other lanes wrote needs a __syncwarp() first.
 //
 // mma: products of two f16 or two bf16 values are exact in float (11 + 11 and 8 + 8
 // significant bits), unless a bf16 product leaves float's range. Each of a lane's four

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import re
 
+from ..cpu.errors import no_barrier_between
+
 _BUFFER_HINTS = {
     "q": "the query index: q is [batch, max_len, num_heads, head_dim], so element (b, t, h, d) "
          "is at ((b * max_len + t) * num_heads + h) * head_dim + d. Is the token past max_len?",
@@ -100,8 +102,9 @@ def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
     kind = type(exc).__name__
     text = str(exc).strip()
     if kind == "SharedMemoryRace":
-        fact, _, advice = text.partition("with no __syncthreads() between. ")
-        fact = fact.split(": ", 1)[-1] + "with no __syncthreads() between."
+        missing = no_barrier_between(bool(getattr(exc, "same_warp", False)))
+        fact, _, advice = text.partition(f"{missing}. ")
+        fact = fact.split(": ", 1)[-1] + f"{missing}."
         return f"a {fact}", _race_hint(exc, advice.strip())
     if kind == "KernelFault":
         buffer = _get(exc, "buffer", "param", "name")

@@ -53,18 +53,25 @@ extern "C" __global__ void two_writers(int* out, int bad_block)
 }
 
 // A warp-level tree in shared memory: lanes exchange values through `s`, ordered by
-// __syncwarp() when `sync` is 1; without it, a race inside the warp.
+// __syncwarp() when `sync` is 1; without it (0), a race inside the warp, and with a shuffle
+// in its place (2) too: a shuffle waits for the warp but orders no memory.
+__device__ void warp_order(int sync)
+{
+    if (sync == 1) __syncwarp();
+    if (sync == 2) (void)__shfl_sync(0xffffffffu, 0, 0);
+}
+
 extern "C" __global__ void warp_tree(const float* x, float* out, int sync)
 {
     __shared__ float s[64];
     int t = threadIdx.x;
     s[t] = x[t];
-    if (sync) __syncwarp();
+    warp_order(sync);
     for (int off = 16; off > 0; off >>= 1) {
         float v = (t % 32) < off ? s[t + off] : 0.0f;
-        if (sync) __syncwarp();
+        warp_order(sync);
         s[t] += v;
-        if (sync) __syncwarp();
+        warp_order(sync);
     }
     if (t % 32 == 0) out[t / 32] = s[t];
 }

@@ -112,14 +112,15 @@ extern "C" __global__ void bf16_convert(const float* x, __nv_bfloat16* rn, float
 }
 
 // Tiles staged in shared memory, multiplied, the result stored to shared memory and read
-// back by other lanes: race-free (the barrier orders the staging, store_matrix_sync is
-// warp-collective).
-extern "C" __global__ void smem_gemm(const __half* a, const __half* b, float* d)
+// back by other lanes. Race-free with both __syncwarp()s (sync = 3): bit 0 orders the
+// staging before the loads, bit 1 the store before the other lanes' reads. The WMMA calls
+// wait for the warp but order no memory, so leaving either out is a race.
+extern "C" __global__ void smem_gemm(const __half* a, const __half* b, float* d, int sync)
 {
     __shared__ __half sa[16 * 16], sb[16 * 16];
     __shared__ float sd[16 * 16];
     for (int i = threadIdx.x; i < 256; i += 32) { sa[i] = a[i]; sb[i] = b[i]; }
-    __syncthreads();
+    if (sync & 1) __syncwarp();
     wmma::fragment<wmma::matrix_a, 16, 16, 16, __half, wmma::row_major> fa;
     wmma::fragment<wmma::matrix_b, 16, 16, 16, __half, wmma::col_major> fb;
     wmma::fragment<wmma::accumulator, 16, 16, 16, float> acc;
@@ -128,5 +129,6 @@ extern "C" __global__ void smem_gemm(const __half* a, const __half* b, float* d)
     wmma::load_matrix_sync(fb, sb, 16);
     wmma::mma_sync(acc, fa, fb, acc);
     wmma::store_matrix_sync(sd, acc, 16, wmma::mem_row_major);
+    if (sync & 2) __syncwarp();
     for (int i = threadIdx.x; i < 256; i += 32) d[i] = sd[255 - i];
 }
