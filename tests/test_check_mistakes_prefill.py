@@ -121,8 +121,8 @@ MISTAKES = [
     ("tile_work", tiles(rounding=lambda k, t: k // t + 1), "one K/V tile too many",
      ["whole sequence"]),
     ("tile_work", tiles(rounding=lambda k, t: k / t), "loaded whole"),
-    ("visible_keys", visible_into_seq_lens, "seq_lens was changed in place"),
-    ("tile_work", tiles_into_seq_lens, "seq_lens was changed in place"),
+    ("visible_keys", visible_into_seq_lens, "changed its input seq_lens"),
+    ("tile_work", tiles_into_seq_lens, "changed its input seq_lens"),
 ]
 
 

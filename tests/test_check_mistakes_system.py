@@ -225,7 +225,7 @@ NEW_MISTAKES = [
      "not when it is page_size - 1", ["not one page per sequence"]),
     ("decode_step", step_manager(lambda c, s: c.pages_needed(s, 1), power=2), "applied twice"),
     ("decode_step", step_manager(lambda c, s: c.pages_needed(s, 1), q_scaled_in_place=True),
-     "changed its argument q in place", ["not scaled"]),
+     "decode_step changed its input q", ["not scaled"]),
     ("serve", serve_variant(record_seq_ids=True), "those are seq ids"),
     ("serve", serve_variant(finish_first=True), "after this step's decode",
      ["recorded in the order they were admitted"]),

@@ -180,7 +180,7 @@ MASK_MISTAKES = [
     ("> instead of >=", mask_strict, ">=, not >", ()),
     ("tile offset forgotten", mask_without_tile_offset, "add the tile's start", ()),
     ("rows masked", mask_rows, "not rows", ()),
-    ("s changed in place", mask_in_place, "changed in place", ()),
+    ("s changed in place", mask_in_place, "changed its input s", ()),
     ("float64 logits", mask_float64, "keep them float32", ()),
     ("nothing masked", mask_nothing, "must come out -inf", ("not scaled",)),
     ("slice from a negative start", mask_from_negative_slice, "counts from the end", ()),

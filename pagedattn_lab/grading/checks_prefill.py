@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..prefill_masks import causal_mask
+from .compare import changed_input
 from .report import Case, CheckResult, Mismatch, as_array, probe, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
@@ -37,16 +38,16 @@ def _rows_of(indptr):
     return seq, np.arange(seq.size) - indptr[seq]
 
 
-def _inputs_kept(passed, given) -> None:
+def _inputs_kept(task: str, passed, given) -> None:
     """The answer left qo_indptr and seq_lens as they were: the caller (the wrapper's plan,
     the next task) reads them again."""
-    for name, after, before in zip(("qo_indptr", "seq_lens"), passed, given):
-        if not np.array_equal(after, before):
-            raise Mismatch(f"{name} was changed in place", f"leave {name} as it is: "
-                           f"`x = {name}` makes no copy, so `x -= ...` or `x[...] = ...` "
-                           f"writes into the caller's array; compute a new one ({name} - "
-                           f"q_lens, or .astype / .copy() first).",
-                           str(list(map(int, before))), str(list(map(int, after))))
+    names = ("qo_indptr", "seq_lens")
+    hints = {name: f"`x = {name}` makes no copy, so `x -= ...` or `x[...] = ...` writes into "
+                   f"the caller's array; compute a new one (`{name} - ...`, or .astype / "
+                   ".copy() first)" for name in names}
+    changed = changed_input(task, dict(zip(names, given)), dict(zip(names, passed)), hints)
+    if changed:
+        raise changed
 
 
 def _named(variants, got, expected, same, confirmed, default: str) -> str:
@@ -174,7 +175,7 @@ def _visible_case(fn, indptr, seq_lens) -> None:
     got = fn(*passed)
     if got is None:
         raise NotImplementedError("visible_keys returned None")
-    _inputs_kept(passed, (indptr, seq_lens))
+    _inputs_kept("visible_keys", passed, (indptr, seq_lens))
     got = as_array(got, "visible_keys' result")
     if got.shape != expected.shape:
         raise Mismatch("wrong shape", "one count per packed row: [qo_indptr[-1]].",
@@ -304,7 +305,7 @@ def _tiles_case(fn, indptr, seq_lens, rows, kv_tile) -> None:
     got = fn(*passed, rows, kv_tile)
     if got is None:
         raise NotImplementedError("tile_work returned None")
-    _inputs_kept(passed, (indptr, seq_lens))
+    _inputs_kept("tile_work", passed, (indptr, seq_lens))
     got = _as_triples(got)
     if got == expected:
         return

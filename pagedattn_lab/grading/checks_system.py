@@ -13,7 +13,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
-from .compare import describe_difference, diagnose
+from .compare import changed_input, describe_difference, diagnose
 from .checks_serve import serve  # noqa: F401 - the lesson registry finds serve here
 from .report import Case, CheckResult, Mismatch, as_int, run_cases
 from .seeds import case_rng
@@ -227,19 +227,16 @@ def _step_inputs(mgr, q, k, v) -> list:
 def _inputs_kept(where: str, passed, given, scale: float) -> None:
     """A step that changed q, k or v in place fails here, before its output is compared: an
     output right for the changed q would otherwise read as a missing scale."""
-    for name, after, before in zip("qkv", passed, given):
-        after = np.asarray(to_numpy(after))
-        if np.array_equal(after, before):
-            continue
-        scaled = name == "q" and np.allclose(after, before * np.float32(scale))
-        raise Mismatch(f"{where}: decode_step changed its argument {name} in place",
-                       f"{name} is the caller's array: leave it as it is. " + (
-                           "q *= self.scale scales the caller's q; pass self.scale to the "
-                           "attention instead (or scale a copy, q * self.scale)." if scaled
-                           else "Compute into new arrays (x = x * ..., not x *= ... or "
-                                "x[...] = ...)."),
-                       f"{name} as passed", f"{int((after != before).sum())} of {after.size} "
-                       f"values of {name} changed")
+    passed = {name: np.asarray(to_numpy(a)) for name, a in zip("qkv", passed)}
+    given = dict(zip("qkv", given))
+    hints = {name: "compute into new arrays (x = x * ..., not x *= ... or x[...] = ...)"
+             for name in "qkv"}
+    if np.allclose(passed["q"], given["q"] * np.float32(scale)):
+        hints["q"] = ("q *= self.scale scales the caller's q; pass self.scale to the "
+                      "attention instead (or scale a copy, q * self.scale)")
+    changed = changed_input(f"{where}: decode_step", given, passed, hints)
+    if changed:
+        raise changed
 
 
 def _values_from_keys(q, keys, values, step_ids, scale):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks_tc_decode import TILE   # tokens (columns) of one score tile
-from .compare import fmt
+from .compare import changed_input, fmt
 from .report import Case, CheckResult, Mismatch, as_array, run_cases
 from .seeds import case_rng
 
@@ -86,9 +86,11 @@ def _mask_case(fn, seed, tile, seq_len, scale) -> None:
     got = fn(given, tile, seq_len, scale)
     if got is None:
         raise Mismatch("returned None", "return the logits, [16, 16].")
-    if not np.array_equal(given, s):
-        raise Mismatch("s was changed in place", "return a new array (s * scale makes one) and "
-                       "leave s as it was: the caller may still need the raw scores.")
+    changed = changed_input("mask_tile", {"s": s}, {"s": given}, {
+        "s": "return a new array (s * scale makes one); the caller may still need the raw "
+             "scores"})
+    if changed:
+        raise changed
     got = as_array(got, "mask_tile's result")
     if got.shape != expected.shape:
         raise Mismatch("wrong shape", "one logit per score: [16, 16].", str(expected.shape),
