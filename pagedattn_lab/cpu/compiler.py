@@ -41,7 +41,7 @@ WRAPPED = ("fork", "vfork", "execv", "execve", "execvp", "execvpe", "fexecve", "
            "execl", "execlp", "execle", "clone", "ptrace", "syscall")
 WRAP = sys.platform.startswith("linux")
 SHIM_HEADERS = ("shim.h", "shim_types.h", "shim_half.h", "shim_device.h", "shim_bf16.h",
-                "shim_mma.h", "shim_mma_ptx.h", "shim_fp8.h")
+                "shim_mma.h", "shim_mma_ptx.h", "shim_fp8.h", "shim_async.h")
 # Instrumented builds (access counts, race check): the compiler calls a hook before every
 # memory access (-fsanitize=thread, hooks in tsan_hooks.cpp; libtsan is not linked). No
 # vectorization, so that the counts follow the source's loads and stores; line tables, so

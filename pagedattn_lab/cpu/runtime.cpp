@@ -16,6 +16,7 @@ PAL_HIDDEN uint3 blockIdx;
 PAL_HIDDEN dim3 blockDim;
 PAL_HIDDEN dim3 gridDim;
 PAL_HIDDEN void *__pal_dyn_smem;
+PAL_HIDDEN unsigned long long __pal_block_serial;
 }
 
 namespace pal {
@@ -117,6 +118,7 @@ int run_block(uint64_t b)
     blockIdx.y = (unsigned)((b / gx) % gy);
     blockIdx.z = (unsigned)(b / ((uint64_t)gx * gy));
     S.res->run_block = b;
+    ++__pal_block_serial;
     if (S.cfg->poison) poison_shared();
     if (S.instr) instr_block_begin(b);
     const unsigned bx = blockDim.x, by = blockDim.y;

@@ -146,6 +146,9 @@ PAL_HIDDEN void __pal_note_atomic(const volatile void *addr, unsigned size);
 // [row, row + 16) is not 16-byte aligned or not inside this block's shared memory.
 PAL_HIDDEN void __pal_check_ldmatrix_row(int line, const char *func, const void *row);
 PAL_HIDDEN extern void *__pal_dyn_smem;
+// Counts the blocks a worker has run (so that per-thread state a kernel header keeps, like
+// shim_async.h's queues of copies, can tell an earlier block's from this one's).
+PAL_HIDDEN extern unsigned long long __pal_block_serial;
 #ifdef __cplusplus
 }
 #endif

@@ -59,6 +59,7 @@ static constexpr int warpSize = 32;
 
 #include "shim_half.h"
 #include "shim_device.h"
+#include "shim_async.h"
 
 // ---- printf (captured and printed by Python) and assert ----
 #define printf(...) __pal_printf(__VA_ARGS__)

@@ -62,7 +62,8 @@ __device__ inline void unpack_chunk(const uint4& raw, float* out)
 // thread can have many in flight while it computes; copy_commit() closes a group of copies
 // and copy_wait<N>() waits until at most N groups are still in flight. A copy that is not
 // `valid` writes 16 zero bytes and reads nothing. The CPU executor runs no PTX: there the copy
-// is synchronous, which is what an asynchronous copy amounts to once it has been waited for.
+// lands at the issuing thread's wait that covers its group (cpu/shim_async.h), the latest a
+// GPU may land it, so a tile read before its wait and barrier shows.
 // COPY_L1 (1: cp.async.ca, through L1; 0: .cg, L2 only): rows that are not whole 128-byte
 // lines (head_dim 80, 96 at 2 bytes) share lines with the next KV head's rows, and the .cg path
 // then asked the L2 for whole lines: 1.4x the sectors the data holds at head_dim 96, against
@@ -85,6 +86,8 @@ __device__ inline void copy16_async(void* dst, const void* src, bool valid)
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
                  :: "r"(s), "l"(src), "r"(valid ? 16 : 0));
 #endif
+#elif defined(__PAGEDATTN_LAB_CPU__)
+    __pal_cp_async(dst, src, 16, valid);   // lands at the wait (cpu/shim_async.h)
 #else
     *reinterpret_cast<uint4*>(dst) =
         valid ? *reinterpret_cast<const uint4*>(src) : make_uint4(0u, 0u, 0u, 0u);
@@ -95,6 +98,8 @@ __device__ inline void copy_commit()
 {
 #ifdef ASYNC_COPY
     asm volatile("cp.async.commit_group;\n" ::);
+#elif defined(__PAGEDATTN_LAB_CPU__)
+    __pal_cp_async_commit();
 #endif
 }
 
@@ -103,6 +108,8 @@ __device__ inline void copy_wait()
 {
 #ifdef ASYNC_COPY
     asm volatile("cp.async.wait_group %0;\n" :: "n"(N));
+#elif defined(__PAGEDATTN_LAB_CPU__)
+    __pal_cp_async_wait(N);
 #endif
 }
 

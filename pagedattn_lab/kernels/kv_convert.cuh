@@ -13,6 +13,8 @@ __device__ inline void copy4_async(float* dst, const float* src, bool valid)
     unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(dst));
     asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n"
                  :: "r"(s), "l"(src), "r"(valid ? 4 : 0));
+#elif defined(__PAGEDATTN_LAB_CPU__)
+    __pal_cp_async(dst, src, 4, valid);   // lands at the wait (cpu/shim_async.h)
 #else
     *dst = valid ? *src : 0.0f;
 #endif
