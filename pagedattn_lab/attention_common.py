@@ -6,7 +6,7 @@ import functools
 import numpy as np
 
 from .backend import data_pointer, is_cupy_array, to_numpy
-from .validate import LOG2E, check_array  # noqa: F401 - LOG2E re-exported for the wrappers
+from .validate import LOG2E, check_array, dtype_shown  # noqa: F401 - LOG2E re-exported
 
 THREADS = 128          # every kernel of this module runs 128-thread blocks
 MAX_GRID_YZ = 65535    # CUDA's limit on gridDim.y and gridDim.z
@@ -125,6 +125,31 @@ def dtype_name(dtype) -> str:
     if name not in DTYPE_NAMES:
         raise ValueError(f"dtype: expected one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
     return name
+
+
+def element_dtype(dtype) -> np.dtype:
+    """A cache's `dtype` argument as a NumPy dtype (bfloat16: ml_dtypes'), read by `dtype_name`
+    as `BatchDecodeWrapper.plan` reads its dtype (a name, a NumPy, ml_dtypes or torch dtype).
+    Anything else is a TypeError, as validate.check_cache_dtype's."""
+    try:
+        found = dtype_name(dtype)
+    except ValueError:
+        raise TypeError(f"dtype: expected float32, float16 or bfloat16, got "
+                        f"{dtype_shown(dtype)}") from None
+    return bfloat16_dtype() if found == "bfloat16" else np.dtype(found)
+
+
+def to_elements(x, dtype: np.dtype, xp):
+    """A float array (NumPy or CuPy) as a C-contiguous array of element type `dtype` (from
+    `element_dtype`) on xp's device, rounded to nearest even; bfloat16 on CuPy as uint16 bits.
+    bfloat16 is rounded on the host, by ml_dtypes: its cast from float64 rounds once, where a
+    device cast through float32 (CuPy has no bfloat16) would round twice."""
+    if dtype.name == "bfloat16":
+        rounded = np.ascontiguousarray(to_numpy(x), dtype=dtype)
+        return rounded if xp is np else xp.asarray(rounded.view(np.uint16))
+    if xp is np:   # a CuPy x is copied to the host first
+        x = to_numpy(x)
+    return xp.ascontiguousarray(xp.asarray(x, dtype=dtype))
 
 
 def array_dtypes(name: str, on_gpu: bool) -> tuple:

@@ -9,6 +9,14 @@ full, and finishing a sequence returns its pages.
 Storage is the NHD layout used by vLLM and FlashInfer:
     k_cache, v_cache: [num_pages, page_size, num_kv_heads, head_dim]
 
+`dtype` is float32, float16 or bfloat16 (a name, a NumPy, ml_dtypes or torch dtype, as the
+wrappers take it); `cache.dtype` is a NumPy dtype, `ml_dtypes.bfloat16` for bfloat16 on either
+device. The pages hold it as the wrappers and `write_kv` read it: ml_dtypes.bfloat16 arrays on
+the CPU, uint16 arrays of its bits on CuPy (which has no bfloat16). `append` rounds float
+rows to the cache's dtype to nearest even (bfloat16 by ml_dtypes, on the host), and `gather`
+returns the pages' own representation: bfloat16 on the CPU, uint16 bits from the GPU
+(`.view(ml_dtypes.bfloat16)` reads them).
+
 Compressed pages (`kv_dtype="int8"` or `"fp8_e4m3"`, see `quant.py`) hold one-byte codes
 and float32 scales: `k_scale`/`v_scale` are [num_kv_heads] (static, given) or, with
 `scale_scheme="per_token"`, [num_pages, page_size, num_kv_heads], written with each token.
@@ -23,13 +31,14 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .addressing import token_slots
+from .attention_common import array_dtypes, element_dtype, to_elements
 from .backend import cupy_module, resolve_device, to_numpy
 from .paging import BlockAllocator
 from .quant import check_scale, check_scheme, dequantize, kv_format, quantize_rows
-from .validate import (check_array, check_cache_dtype, check_cache_memory, check_int,
-                       check_int_list)
+from .validate import check_array, check_cache_memory, check_int, check_int_list
 
 PAD_PAGE = -1  # what block_tables() writes past a sequence's last page
+_FLOAT_ROWS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 
 
 @dataclass
@@ -39,7 +48,10 @@ class _Sequence:
 
 
 class PagedKVCache:
-    """A pool of KV pages plus, per sequence, its block table and length."""
+    """A pool of KV pages plus, per sequence, its block table and length.
+
+    `token_dtypes`: what `append` takes (float16, float32 or float64 rows; bfloat16 ones too,
+    ml_dtypes', into a bfloat16 cache)."""
 
     def __init__(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int,
                  dtype=np.float32, device: str = "auto", kv_dtype: str | None = None,
@@ -47,8 +59,11 @@ class PagedKVCache:
         page_size = check_int(page_size, "page_size", minimum=1)
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
-        dtype = check_cache_dtype(dtype)
+        dtype = element_dtype(dtype)
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
+        if fmt is not None and dtype.name == "bfloat16":   # quant.py codes float32/16 rows
+            raise ValueError(f"kv_dtype: compressed pages are quantized from and gathered as "
+                             f"float32 or float16 rows (dtype), got dtype {dtype.name}")
         # The scheme is checked whatever kv_dtype (else a misspelt one passes unseen); the
         # scales are read for static compressed pages only, ignored elsewhere (lesson 11
         # passes one set whatever kv_dtype).
@@ -57,14 +72,16 @@ class PagedKVCache:
             v_scale = check_scale(v_scale, "v_scale", (num_kv_heads,), fmt.qmax)
         self.allocator = BlockAllocator(num_pages)
         self.page_size, self.num_kv_heads, self.head_dim = page_size, num_kv_heads, head_dim
-        self.dtype = dtype   # of what goes in and comes out (gather)
+        self.dtype = dtype   # the element type; bfloat16 also where uint16 bits hold it (CuPy)
+        self.token_dtypes = _FLOAT_ROWS + ((dtype,) if dtype.name == "bfloat16" else ())
         self.kv_dtype, self.scale_scheme = kv_dtype, scale_scheme if fmt else None
         self.device = resolve_device(device)
         self.xp = cupy_module() if self.device == "gpu" else np
         shape = (self.allocator.num_pages, page_size, num_kv_heads, head_dim)
         check_cache_memory(self.page_bytes * self.allocator.num_pages, self.device)
-        self.k_cache = self.xp.zeros(shape, dtype=fmt.storage if fmt else self.dtype)
-        self.v_cache = self.xp.zeros(shape, dtype=fmt.storage if fmt else self.dtype)
+        storage = fmt.storage if fmt else array_dtypes(dtype.name, self.device == "gpu")[0]
+        self.k_cache = self.xp.zeros(shape, dtype=storage)
+        self.v_cache = self.xp.zeros(shape, dtype=storage)
         self.k_scale = self.v_scale = None
         if fmt is not None and scale_scheme == "static":
             # copies: the caller's arrays may change after they were checked (a NaN put in
@@ -215,7 +232,8 @@ class PagedKVCache:
         return self.xp.asarray(tables), self.xp.asarray(lens)
 
     def gather(self, seq_id: int):
-        """One sequence's K and V as contiguous NumPy arrays [len, num_kv_heads, head_dim]."""
+        """One sequence's K and V as contiguous NumPy arrays [len, num_kv_heads, head_dim],
+        of the pages' dtype (bfloat16 from the GPU: its uint16 bits) or, compressed, dtype."""
         seq = self._get(seq_id)
         slots = token_slots(np.asarray(seq.pages, np.int64), seq.length, self.page_size)
         flat = (-1, self.num_kv_heads, self.head_dim)
@@ -238,7 +256,7 @@ class PagedKVCache:
         return self._sequences[seq_id]
 
     def _check_tokens(self, x, name: str):
-        check_array(x, name, ndim=3, dtypes=[np.float16, np.float32, np.float64], contiguous=False)
+        check_array(x, name, ndim=3, dtypes=self.token_dtypes, contiguous=False)
         expected = (self.num_kv_heads, self.head_dim)
         if tuple(x.shape[1:]) != expected:
             raise ValueError(f"{name}: expected shape [n_tokens, {expected[0]}, {expected[1]}] "
@@ -264,13 +282,11 @@ class PagedKVCache:
         seq.pages[-1] = fresh_page
 
     def _encode(self, k, v) -> list:
-        """What `_write` stores of new rows: (K, V) in the cache's dtype on its device, or
-        ((K codes, K scales), (V codes, V scales)) of a compressed cache (the NumPy
-        reference, `quant.py`; the kernel is cache_write_quant)."""
-        if self.device == "cpu":  # a CuPy k or v is copied to the host first
-            k, v = to_numpy(k), to_numpy(v)
+        """What `_write` stores of new rows: (K, V) in the cache's dtype on its device (as
+        the pages hold it), or ((K codes, K scales), (V codes, V scales)) of a compressed
+        cache (the NumPy reference, `quant.py`; the kernel is cache_write_quant)."""
         if self.kv_dtype is None:
-            return [self.xp.asarray(x, dtype=self.dtype) for x in (k, v)]
+            return [to_elements(x, self.dtype, self.xp) for x in (k, v)]
         return [quantize_rows(to_numpy(x).astype(self.dtype),   # as an unquantized cache stores
                               self.kv_dtype, self.scale_scheme, to_numpy(scale))
                 for x, scale in ((k, self.k_scale), (v, self.v_scale))]
@@ -328,10 +344,10 @@ def page_bytes(page_size: int, num_kv_heads: int, head_dim: int, dtype=np.float1
     """Bytes of one page (K and V): `page_size * num_kv_heads * 2 * head_dim` elements of
     `dtype`, or one byte each for a quantized cache plus 2 float32 per-token scales per
     (token, KV head) with `scale_scheme="per_token"` (static scales are a few bytes per
-    layer, not per page)."""
+    layer, not per page). dtype: float32, float16 or bfloat16, as `PagedKVCache` takes it."""
     tokens_heads = page_size * num_kv_heads
     if kv_dtype is None:
-        return tokens_heads * 2 * head_dim * np.dtype(dtype).itemsize
+        return tokens_heads * 2 * head_dim * element_dtype(dtype).itemsize
     kv_format(kv_dtype)
     per_token = 2 * 4 if check_scheme(scale_scheme) == "per_token" else 0
     return tokens_heads * (2 * head_dim + per_token)

@@ -16,6 +16,13 @@ With compressed pages (`kv_dtype="int8"` or `"fp8_e4m3"`, fp16 queries) attentio
 the tensor-core `BatchPrefillWrapper`, which dequantizes as it reads (decode tokens are its
 q_len 1 rows).
 
+With bfloat16 pages (`dtype="bfloat16"`, or ml_dtypes' or torch's bfloat16) prompts run on
+that tensor-core `BatchPrefillWrapper` too, since the naive and tiled kernels read float32 and
+float16 only (so head_dim must be one of its HEAD_DIMS, and prefill_kernel None: it then reads
+"tensor_core"); decode steps run on `paged_attention_decode`, as for the other dtypes. q, k
+and v are rounded to bfloat16 (ml_dtypes, to nearest even) on the way in; outputs come in the
+pages' form: ml_dtypes.bfloat16 arrays on the CPU, uint16 arrays of the bits on CuPy (cache.py).
+
 Every call validates its input first and is all-or-nothing: if the pool cannot hold what a
 call needs (`OutOfPagesError`), or a kernel refuses its input or fails to run (a CPU-executor
 `KernelTimeout`, say), the error is raised and the sequences, their lengths and block
@@ -29,15 +36,15 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .attention_common import element_dtype, to_elements
 from .attention_decode import paged_attention_decode
 from .decode_choice import supported_head_dim
 from .attention_prefill import NAIVE_MAX_HEAD_DIM, TILED_HEAD_DIMS, paged_attention_prefill
-from .backend import to_numpy
 from .cache import PagedKVCache
 from .paging import OutOfPagesError
 from .prefill_wrapper import HEAD_DIMS, BatchPrefillWrapper
-from .validate import (check_array, check_cache_dtype, check_gqa_heads, check_int,
-                       check_int_list, is_one_of, resolve_scale)
+from .validate import (check_array, check_gqa_heads, check_int, check_int_list, is_one_of,
+                       resolve_scale)
 
 
 class AddedSequence(NamedTuple):
@@ -71,14 +78,13 @@ class MemoryStats(NamedTuple):
         return self.tokens_stored / total if total else 0.0
 
 
-_FLOATS = [np.float16, np.float32, np.float64]
-
-
 class PagedAttentionManager:
     """A paged KV cache and the attention kernels over it, for one attention layer.
 
     prefill_kernel: "tiled", "naive", or None for tiled where it runs (head_dim 64 or 128)
-    and naive elsewhere. A head_dim or scale the kernels cannot run is refused here.
+    and naive elsewhere; bfloat16 pages: None, for the tensor-core prefill ("tensor_core").
+    dtype: float32, float16 or bfloat16 (as `PagedKVCache` takes it). A head_dim, dtype or
+    scale the kernels cannot run is refused here.
     """
 
     def __init__(self, num_pages: int, page_size: int, num_heads: int, num_kv_heads: int,
@@ -87,13 +93,12 @@ class PagedAttentionManager:
                  scale_scheme: str = "static", k_scale=None, v_scale=None):
         num_heads, num_kv_heads = check_gqa_heads(num_heads, num_kv_heads)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
-        if prefill_kernel is None:   # the fast kernel where it runs, else the one that runs
-            prefill_kernel = "tiled" if head_dim in TILED_HEAD_DIMS else "naive"
-        if not is_one_of(prefill_kernel, ("naive", "tiled")):
+        if prefill_kernel is not None and not is_one_of(prefill_kernel, ("naive", "tiled")):
             raise ValueError(f"prefill_kernel: expected 'naive', 'tiled' or None (tiled when "
                              f"head_dim is {' or '.join(map(str, TILED_HEAD_DIMS))}, else "
                              f"naive), got {prefill_kernel!r}")
-        dtype = check_cache_dtype(dtype)
+        dtype = element_dtype(dtype)
+        prefill_kernel = _prefill_kernel(prefill_kernel, dtype, head_dim)
         if kv_dtype is not None and (dtype != np.float16 or head_dim not in HEAD_DIMS):
             raise ValueError(f"kv_dtype: compressed pages are read by the tensor-core prefill "
                              f"kernel, which needs dtype float16 and head_dim in {HEAD_DIMS}; "
@@ -147,8 +152,8 @@ class PagedAttentionManager:
             self.cache.append(seq_id, k, v)
             if q is None:
                 return AddedSequence(seq_id, None)
-            if self.cache.kv_dtype is not None:
-                return AddedSequence(seq_id, self._attend_compressed([seq_id], q[0], [n]))
+            if self.cache.kv_dtype is not None or self.prefill_kernel == "tensor_core":
+                return AddedSequence(seq_id, self._attend_tensor_cores([seq_id], q[0], [n]))
             tables, lens = self.cache.block_tables([seq_id])
             out = paged_attention_prefill(q, self.cache.k_cache, self.cache.v_cache, tables,
                                           lens, self.scale, kernel=self.prefill_kernel)
@@ -177,7 +182,7 @@ class PagedAttentionManager:
             for i, s in enumerate(seq_ids):
                 self.cache.append(s, k[i:i + 1], v[i:i + 1])
             if self.cache.kv_dtype is not None:
-                return self._attend_compressed(seq_ids, q, [1] * batch)
+                return self._attend_tensor_cores(seq_ids, q, [1] * batch)
             tables, lens = self.cache.block_tables(seq_ids)
             return paged_attention_decode(q, self.cache.k_cache, self.cache.v_cache, tables,
                                           lens, self.scale)
@@ -209,7 +214,7 @@ class PagedAttentionManager:
     # -- internals -------------------------------------------------------------------------
 
     def _tokens(self, x, name: str, heads: int):
-        check_array(x, name, ndim=3, dtypes=_FLOATS, contiguous=False)
+        check_array(x, name, ndim=3, dtypes=self.cache.token_dtypes, contiguous=False)
         if tuple(x.shape[1:]) != (heads, self.head_dim):
             what = "num_heads" if name == "q" else "num_kv_heads"
             raise ValueError(f"{name}: expected shape [n, {heads}, {self.head_dim}] ({what}, "
@@ -217,20 +222,20 @@ class PagedAttentionManager:
         return x
 
     def _as_cache(self, x):
-        """x as a contiguous array of the cache's dtype, on the cache's device."""
-        if self.cache.device == "cpu":
-            x = to_numpy(x)
-        return self.xp.ascontiguousarray(self.xp.asarray(x, dtype=self.cache.dtype))
+        """x as a contiguous array of the cache's dtype, on the cache's device, as the pages
+        hold it (the kernels take q so: bfloat16 as uint16 bits on CuPy)."""
+        return to_elements(x, self.cache.dtype, self.xp)
 
-    def _attend_compressed(self, seq_ids, q, q_lens):
-        """Causal attention of each sequence's last q_lens[i] tokens over compressed pages
-        (q already on the cache's device in its dtype)."""
+    def _attend_tensor_cores(self, seq_ids, q, q_lens):
+        """Causal attention of each sequence's last q_lens[i] tokens on the tensor-core
+        prefill: over compressed pages (dequantized as it reads) or bfloat16 ones, which the
+        naive and tiled kernels do not read (q already as `_as_cache` gives it)."""
         tables, lens = self.cache.block_tables(seq_ids)
         indptr = self.xp.asarray(np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32))
         w = BatchPrefillWrapper().plan(indptr, tables, lens, self.num_heads, self.num_kv_heads,
-                                       self.head_dim, self.page_size, np.float16,
+                                       self.head_dim, self.page_size, self.cache.dtype,
                                        kv_dtype=self.cache.kv_dtype,
-                                       scale_scheme=self.cache.scale_scheme)
+                                       scale_scheme=self.cache.scale_scheme or "static")
         return w.run(q, self.cache.k_cache, self.cache.v_cache, scale=self.scale,
                      k_scale=self.cache.k_scale, v_scale=self.cache.v_scale)
 
@@ -247,12 +252,30 @@ class PagedAttentionManager:
         return ids
 
 
+def _prefill_kernel(kernel: str | None, dtype: np.dtype, head_dim: int) -> str:
+    """The prefill kernel the manager runs: on bfloat16 pages the tensor-core prefill, the
+    only one that reads them; else `kernel`, or (None) tiled where it runs, else naive."""
+    if dtype.name == "bfloat16":
+        if kernel is not None:
+            raise ValueError(f"prefill_kernel: {kernel!r} reads float32 or float16 pages, not "
+                             f"bfloat16 ones (dtype); pass prefill_kernel=None for the "
+                             f"tensor-core prefill, which reads them")
+        return "tensor_core"
+    if kernel is None:   # the fast kernel where it runs, else the one that runs
+        return "tiled" if head_dim in TILED_HEAD_DIMS else "naive"
+    return kernel
+
+
 def _check_kernels_take(head_dim: int, dtype: np.dtype, prefill_kernel: str) -> None:
     """Refuse, when the manager is built, a head_dim its decode or prefill kernel cannot run
     (else the first call would store the prompt and only then meet the kernel's refusal)."""
     reason = supported_head_dim("simt", dtype.name, head_dim)
     if reason:
         raise ValueError(f"head_dim: {head_dim} is not supported by the decode kernel: {reason}")
+    if prefill_kernel == "tensor_core" and head_dim not in HEAD_DIMS:
+        raise ValueError(f"head_dim: {head_dim} is not supported by the tensor-core prefill "
+                         f"kernel, the only one that reads {dtype.name} pages; supported: "
+                         f"{', '.join(map(str, HEAD_DIMS))}")
     if prefill_kernel == "tiled" and head_dim not in TILED_HEAD_DIMS:
         raise ValueError(f"head_dim: {head_dim} is not supported by the tiled prefill kernel; "
                          f"supported: {', '.join(map(str, TILED_HEAD_DIMS))} "

@@ -79,17 +79,27 @@ def is_one_of(value, names) -> bool:
 
 
 def check_cache_dtype(dtype, name: str = "dtype") -> np.dtype:
-    """float32 or float16 as a NumPy dtype. None is named as None (NumPy reads it as float64),
-    and what NumPy cannot read is refused naming the argument ("data type not understood"
-    names none)."""
-    try:
-        dt = None if dtype is None else np.dtype(dtype)
-    except (TypeError, ValueError):
-        dt = None
+    """float32 or float16 as a NumPy dtype. What NumPy cannot read is refused naming the
+    argument ("data type not understood" names none)."""
+    dt = _readable_dtype(dtype)
     if dt not in CACHE_DTYPES:
-        got = repr(dtype) if dt is None else dtype_label(dt)
-        raise TypeError(f"{name}: expected float32 or float16, got {got}")
+        raise TypeError(f"{name}: expected float32 or float16, got {dtype_shown(dtype)}")
     return dt
+
+
+def dtype_shown(dtype) -> str:
+    """A dtype argument as an error shows it: its `dtype_label` where NumPy reads it (float64,
+    not <class 'numpy.float64'>), else its repr; None as None (NumPy reads it as float64)."""
+    dt = _readable_dtype(dtype)
+    return repr(dtype) if dt is None else dtype_label(dt)
+
+
+def _readable_dtype(dtype) -> np.dtype | None:
+    """np.dtype(dtype), or None where NumPy cannot read it, and for None (float64 to NumPy)."""
+    try:
+        return None if dtype is None else np.dtype(dtype)
+    except (TypeError, ValueError):
+        return None
 
 
 def is_int(value) -> bool:

@@ -193,7 +193,8 @@ def test_prefill_run_refuses_a_static_scale_whose_codes_overflow(kv_dtype):
 # ---- PagedKVCache(kv_dtype=...) ----------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(dtype="bogus"), TypeError, r"^dtype: expected float32 or float16, got 'bogus'"),
+    (dict(dtype="bogus"), TypeError,
+     r"^dtype: expected float32, float16 or bfloat16, got 'bogus'"),
     (dict(kv_dtype="int8", k_scale=np.array([1e37, 1], np.float32),
           v_scale=np.ones(2, np.float32)), ValueError, r"^k_scale: expected scales <="),
     (dict(kv_dtype=["int8"]), ValueError, r"^kv_dtype: expected one of"),

@@ -136,7 +136,7 @@ def test_manager_refuses_compressed_pages_it_cannot_read():
 
 @pytest.mark.parametrize("kwargs, exc, match", [
     (dict(scale_scheme="per_tensor"), ValueError, r"^scale_scheme: expected one of"),
-    (dict(dtype=None), TypeError, r"^dtype: expected float32 or float16, got None$"),
+    (dict(dtype=None), TypeError, r"^dtype: expected float32, float16 or bfloat16, got None$"),
     (dict(kv_dtype="int8", k_scale=[1.0, 1.0], v_scale=np.ones(HEADS, np.float32)), TypeError,
      r"^k_scale: expected float32 scales, got a list \(float64\); pass np.array"),
 ], ids=["scheme-without-kv_dtype", "dtype-None", "scales-list"])

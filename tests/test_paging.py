@@ -208,7 +208,7 @@ def test_mismatched_k_and_v_and_unknown_sequence(rng):
 @pytest.mark.parametrize("kwargs, match", [
     (dict(page_size=0), "page_size: expected an int >= 1"),
     (dict(num_kv_heads=0), "num_kv_heads"),
-    (dict(dtype=np.float64), "dtype: expected float32 or float16, got float64"),
+    (dict(dtype=np.float64), "dtype: expected float32, float16 or bfloat16, got float64"),
     (dict(device="tpu"), "device: expected 'auto', 'cpu' or 'gpu'"),
 ])
 def test_cache_constructor_refuses(kwargs, match):
