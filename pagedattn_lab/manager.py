@@ -14,7 +14,7 @@ course's kernels on it:
 
 With compressed pages (`kv_dtype="int8"` or `"fp8_e4m3"`, fp16 queries) attention runs on
 the tensor-core `BatchPrefillWrapper`, which dequantizes as it reads (decode tokens are its
-q_len 1 rows).
+q_len 1 rows); prefill_kernel must be None and reads "tensor_core".
 
 With bfloat16 pages (`dtype="bfloat16"`, or ml_dtypes' or torch's bfloat16) prompts run on
 that tensor-core `BatchPrefillWrapper` too, since the naive and tiled kernels read float32 and
@@ -82,7 +82,8 @@ class PagedAttentionManager:
     """A paged KV cache and the attention kernels over it, for one attention layer.
 
     prefill_kernel: "tiled", "naive", or None for tiled where it runs (head_dim 64 or 128)
-    and naive elsewhere; bfloat16 pages: None, for the tensor-core prefill ("tensor_core").
+    and naive elsewhere; bfloat16 or compressed pages: None, for the tensor-core prefill
+    (`prefill_kernel` then reads "tensor_core").
     dtype: float32, float16 or bfloat16 (as `PagedKVCache` takes it). A head_dim, dtype or
     scale the kernels cannot run is refused here.
     """
@@ -98,11 +99,11 @@ class PagedAttentionManager:
                              f"head_dim is {' or '.join(map(str, TILED_HEAD_DIMS))}, else "
                              f"naive), got {prefill_kernel!r}")
         dtype = element_dtype(dtype)
-        prefill_kernel = _prefill_kernel(prefill_kernel, dtype, head_dim)
         if kv_dtype is not None and (dtype != np.float16 or head_dim not in HEAD_DIMS):
             raise ValueError(f"kv_dtype: compressed pages are read by the tensor-core prefill "
                              f"kernel, which needs dtype float16 and head_dim in {HEAD_DIMS}; "
                              f"got {dtype.name} and {head_dim}")
+        prefill_kernel = _prefill_kernel(prefill_kernel, dtype, head_dim, kv_dtype)
         if kv_dtype is None:
             _check_kernels_take(head_dim, dtype, prefill_kernel)
         scale = resolve_scale(scale, head_dim)
@@ -152,7 +153,7 @@ class PagedAttentionManager:
             self.cache.append(seq_id, k, v)
             if q is None:
                 return AddedSequence(seq_id, None)
-            if self.cache.kv_dtype is not None or self.prefill_kernel == "tensor_core":
+            if self.prefill_kernel == "tensor_core":
                 return AddedSequence(seq_id, self._attend_tensor_cores([seq_id], q[0], [n]))
             tables, lens = self.cache.block_tables([seq_id])
             out = paged_attention_prefill(q, self.cache.k_cache, self.cache.v_cache, tables,
@@ -252,14 +253,17 @@ class PagedAttentionManager:
         return ids
 
 
-def _prefill_kernel(kernel: str | None, dtype: np.dtype, head_dim: int) -> str:
-    """The prefill kernel the manager runs: on bfloat16 pages the tensor-core prefill, the
-    only one that reads them; else `kernel`, or (None) tiled where it runs, else naive."""
-    if dtype.name == "bfloat16":
+def _prefill_kernel(kernel: str | None, dtype: np.dtype, head_dim: int,
+                    kv_dtype: str | None) -> str:
+    """The prefill kernel the manager runs: on bfloat16 or compressed pages the tensor-core
+    prefill, the only one that reads them; else `kernel`, or (None) tiled where it runs, else
+    naive."""
+    if dtype.name == "bfloat16" or kv_dtype is not None:
+        pages = f"{kv_dtype} pages (kv_dtype)" if kv_dtype else "bfloat16 pages (dtype)"
         if kernel is not None:
             raise ValueError(f"prefill_kernel: {kernel!r} reads float32 or float16 pages, not "
-                             f"bfloat16 ones (dtype); pass prefill_kernel=None for the "
-                             f"tensor-core prefill, which reads them")
+                             f"{pages}; pass prefill_kernel=None for the tensor-core prefill, "
+                             f"which reads them")
         return "tensor_core"
     if kernel is None:   # the fast kernel where it runs, else the one that runs
         return "tiled" if head_dim in TILED_HEAD_DIMS else "naive"

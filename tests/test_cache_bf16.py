@@ -250,7 +250,7 @@ def test_cache_refuses(kwargs, exc, match):
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(prefill_kernel="tiled"), r"^prefill_kernel: 'tiled' reads float32 or float16 pages, "
-                                   r"not bfloat16 ones \(dtype\)"),
+                                   r"not bfloat16 pages \(dtype\)"),
     (dict(prefill_kernel="naive"), r"^prefill_kernel: 'naive' reads float32 or float16 pages"),
     (dict(head_dim=40), r"^head_dim: 40 is not supported by the tensor-core prefill kernel, the "
                         r"only one that reads bfloat16 pages; supported: 32, 64, 80"),
@@ -293,3 +293,18 @@ def test_manager_refuses_bad_rows_before_storing_anything(rng):
     with pytest.raises(TypeError, match=r"^v: expected dtype .*, got int32"):
         mgr.add_sequence(k, np.zeros((3, 1, 32), np.int32))
     assert mgr.seq_ids == [] and mgr.cache.allocator.num_free == 4
+
+
+def test_a_manager_of_compressed_pages_names_the_prefill_it_runs():
+    """Compressed pages, like bfloat16 ones, are read by the tensor-core prefill alone: the
+    manager says so, and a naive or tiled prefill asked for is refused, not run on tensor
+    cores silently."""
+    scales = dict(kv_dtype="int8", k_scale=np.ones(2, np.float32), v_scale=np.ones(2, np.float32))
+    args = (8, 4, 4, 2, 64)
+    assert PagedAttentionManager(*args, dtype=np.float16, device="cpu",
+                                 **scales).prefill_kernel == "tensor_core"
+    for kernel in ("naive", "tiled"):
+        with pytest.raises(ValueError, match=f"^prefill_kernel: '{kernel}' reads float32 or "
+                                             "float16 pages, not int8 pages \\(kv_dtype\\)"):
+            PagedAttentionManager(*args, dtype=np.float16, device="cpu", prefill_kernel=kernel,
+                                  **scales)
