@@ -1,7 +1,6 @@
 """Bad input, third round: each case here failed before its fix (a deep NumPy error, an error
 naming no argument or the wrong one, a silently wrong result, or state changed by a call that
 raised)."""
-import copy
 import warnings
 
 import numpy as np
@@ -12,20 +11,7 @@ from pagedattn_lab import quant
 from pagedattn_lab.cache_write_quant import write_kv_quant
 from pagedattn_lab.engine import (EngineConfig, LLMEngine, LlamaModel, SamplingParams,
                                   random_weights, tiny_config)
-
-
-def _cache_state(cache):
-    return (copy.deepcopy(cache.allocator.__dict__),
-            {s: (list(q.pages), q.length) for s, q in cache._sequences.items()},
-            cache._next_seq_id, cache.k_cache.copy(), cache.v_cache.copy())
-
-
-def _assert_same(before, after):
-    for a, b in zip(before, after):
-        if isinstance(a, np.ndarray):
-            np.testing.assert_array_equal(a, b)
-        else:
-            assert a == b
+from tests.test_paging import assert_same_state, cache_state
 
 
 @pytest.mark.parametrize("dtype, big", [(np.float16, 1e6), (np.float32, 1e300)])
@@ -37,7 +23,7 @@ def test_append_whose_conversion_raises_changes_nothing(dtype, big):
     seq = cache.add_sequence()
     ok = np.ones((3, 2, 8), np.float32)
     cache.append(seq, ok, ok)
-    before = _cache_state(cache)
+    before = cache_state(cache)
     rows = np.full((3, 2, 8), big)
     with np.errstate(over="raise"), pytest.raises(FloatingPointError):
         cache.append(seq, rows, rows)
@@ -45,7 +31,7 @@ def test_append_whose_conversion_raises_changes_nothing(dtype, big):
         warnings.simplefilter("error")
         with np.errstate(over="warn"), pytest.raises(RuntimeWarning):
             cache.append(seq, rows, rows)
-    _assert_same(before, _cache_state(cache))
+    assert_same_state(before, cache_state(cache))
     cache.append(seq, ok[:1], ok[:1])   # still usable
     assert cache.seq_len(seq) == 4 and cache.block_table(seq) == [0]
 
@@ -157,7 +143,7 @@ def test_decode_step_over_forked_sequences_takes_the_pages_it_needs():
     mgr.cache.allocator.check_invariants()
     for i, s in enumerate((a, b, c)):   # each holds the prefix and its own new token
         np.testing.assert_array_equal(mgr.cache.gather(s)[0], np.concatenate([k[:2], k[i:i + 1]]))
-    before = _cache_state(mgr.cache)   # what really does not fit is still refused
+    before = cache_state(mgr.cache)   # what really does not fit is still refused
     with pytest.raises(pl.OutOfPagesError):
         mgr.add_sequence(k, k)
-    _assert_same(before, _cache_state(mgr.cache))
+    assert_same_state(before, cache_state(mgr.cache))

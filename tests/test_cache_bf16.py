@@ -5,7 +5,6 @@ and what no kernel reads refused when the cache or manager is built.
 On the CPU the pages are ml_dtypes.bfloat16 arrays; on CuPy uint16 arrays of the bits (the
 `gpu` cases). Shapes are small: the attention kernels run on the CPU executor.
 """
-import copy
 
 import ml_dtypes
 import numpy as np
@@ -16,6 +15,7 @@ from pagedattn_lab import manager as manager_module
 from pagedattn_lab.backend import to_numpy
 from pagedattn_lab.cache import page_bytes
 from pagedattn_lab.manager import PagedAttentionManager
+from tests.test_paging import assert_same_state, cache_state
 from tests.test_reference import dense_attention
 
 BF16 = np.dtype(ml_dtypes.bfloat16)
@@ -45,20 +45,6 @@ def on(device, x):
         import cupy  # noqa: PLC0415 - only the gpu cases
         return cupy.asarray(x)
     return x
-
-
-def state(cache):
-    return (copy.deepcopy(cache.allocator.__dict__),
-            {s: (list(q.pages), q.length) for s, q in cache._sequences.items()},
-            cache._next_seq_id, bits(cache.k_cache).copy(), bits(cache.v_cache).copy())
-
-
-def assert_same_state(before, after):
-    for a, b in zip(before, after):
-        if isinstance(a, np.ndarray):
-            np.testing.assert_array_equal(a, b)
-        else:
-            assert a == b
 
 
 def awkward_rows(rng, n, heads, dim, dtype):
@@ -135,11 +121,11 @@ def test_append_that_overflows_in_the_rounding_changes_nothing():
     cache = pl.PagedKVCache(4, 4, 2, 8, dtype="bfloat16", device="cpu")
     seq = cache.add_sequence()
     cache.append(seq, np.ones((3, 2, 8)), np.ones((3, 2, 8)))
-    before = state(cache)
+    before = cache_state(cache)
     rows = np.full((3, 2, 8), 1e300)
     with np.errstate(over="raise"), pytest.raises(FloatingPointError):
         cache.append(seq, rows, rows)
-    assert_same_state(before, state(cache))
+    assert_same_state(before, cache_state(cache))
 
 
 # ---- the manager: attention on bfloat16 pages ---------------------------------------------
@@ -215,7 +201,7 @@ def test_failed_decode_on_bfloat16_pages_changes_nothing(rng, monkeypatch):
     the pages back, and a retry appends once."""
     mgr = PagedAttentionManager(6, 4, 2, 1, 32, dtype="bfloat16", device="cpu")
     seq, _ = mgr.add_sequence(*(rng.standard_normal((4, 1, 32)) for _ in range(2)))
-    before = state(mgr.cache)
+    before = cache_state(mgr.cache)
     q = rng.standard_normal((1, 2, 32))
     k, v = rng.standard_normal((1, 1, 32)), rng.standard_normal((1, 1, 32))
 
@@ -224,7 +210,7 @@ def test_failed_decode_on_bfloat16_pages_changes_nothing(rng, monkeypatch):
     monkeypatch.setattr(manager_module, "paged_attention_decode", fail)
     with pytest.raises(RuntimeError, match="kernel failed"):
         mgr.decode_step([seq], q, k, v)
-    assert_same_state(before, state(mgr.cache))
+    assert_same_state(before, cache_state(mgr.cache))
     monkeypatch.undo()
     mgr.decode_step([seq], q, k, v)
     assert mgr.seq_len(seq) == 5
@@ -277,12 +263,12 @@ def test_append_refuses_rows_it_does_not_take_and_changes_nothing(cache_dtype, r
     """bfloat16 rows go only into a bfloat16 cache; uint16 bits are not rows (integers)."""
     cache = pl.PagedKVCache(4, 4, 2, 8, dtype=cache_dtype, device="cpu")
     seq = cache.add_sequence()
-    before = state(cache) if cache_dtype == "bfloat16" else None
+    before = cache_state(cache) if cache_dtype == "bfloat16" else None
     with pytest.raises(TypeError, match=match):
         cache.append(seq, np.zeros((2, 2, 8), rows), np.zeros((2, 2, 8), rows))
     assert cache.seq_len(seq) == 0 and cache.allocator.num_free == 4
     if before is not None:
-        assert_same_state(before, state(cache))
+        assert_same_state(before, cache_state(cache))
 
 
 def test_manager_refuses_bad_rows_before_storing_anything(rng):

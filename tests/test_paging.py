@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from pagedattn_lab import BlockAllocator, OutOfPagesError, PagedKVCache
+from pagedattn_lab.backend import to_numpy
 
 # -- BlockAllocator --------------------------------------------------------------------
 
@@ -244,12 +245,16 @@ class Abort(Exception):
 
 
 def cache_state(cache):
-    """Everything a failed transaction must put back, the next sequence id included."""
+    """Everything a failed transaction must put back, the next sequence id included; the
+    pages as their bytes (any dtype, either device: -0 and NaN payloads count)."""
     alloc = cache.allocator
+    def page_bytes(x):
+        return np.ascontiguousarray(to_numpy(x)).view(np.uint8).copy()
     return dict(seq_ids=cache.seq_ids, tables=[cache.block_table(s) for s in cache.seq_ids],
                 lens=[cache.seq_len(s) for s in cache.seq_ids], free_list=alloc.free_list(),
                 refs=[alloc.ref_count(p) for p in range(alloc.num_pages)],
-                next_id=cache._next_seq_id, k=cache.k_cache.copy(), v=cache.v_cache.copy())
+                next_id=cache._next_seq_id, k=page_bytes(cache.k_cache),
+                v=page_bytes(cache.v_cache))
 
 
 def assert_same_state(before, after):
