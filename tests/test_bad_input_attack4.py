@@ -16,7 +16,7 @@ from pagedattn_lab.engine import (EngineConfig, LLMEngine, LlamaModel, ModelConf
 from pagedattn_lab.engine.adaptive import choose_page_size, dry_run, tail_waste
 from pagedattn_lab.engine.prefix_cache import BlockPool
 from pagedattn_lab.paging import AllocatorState
-from tests.test_bad_input_attack3 import _assert_same, _cache_state
+from tests.test_paging import assert_same_state, cache_state
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +46,13 @@ def test_id_lists_refuse_a_0d_array_a_set_and_a_mapping(ids, match):
     """A 0-d array failed with NumPy's "iteration over a 0-d array", naming nothing; a set
     was taken in hash order ({1, 0} gave the rows of 0 then 1), a dict as its keys."""
     cache = _cache_with_two_sequences()
-    before = _cache_state(cache)
+    before = cache_state(cache)
     with pytest.raises(TypeError, match=match):
         cache.block_tables(ids)
     with pytest.raises(TypeError, match=match.replace("sequence id", "page id")
                        .replace("seq_ids", "pages")):
         cache.allocator.free(ids)
-    _assert_same(before, _cache_state(cache))
+    assert_same_state(before, cache_state(cache))
 
 
 def test_a_prompt_given_as_a_set_is_refused(model):
@@ -389,12 +389,12 @@ def test_a_manager_call_that_fails_inside_a_transaction_changes_nothing(monkeypa
     monkeypatch.setattr(manager_module, "paged_attention_prefill", failing_kernel)
     monkeypatch.setattr(manager_module, "paged_attention_decode", failing_kernel)
     with mgr.cache.transaction():
-        before = _cache_state(mgr.cache)
+        before = cache_state(mgr.cache)
         for call in (lambda: mgr.add_sequence(k, k, q),
                      lambda: mgr.decode_step([a], q[:1], k[:1], k[:1])):
             with pytest.raises(RuntimeError, match="kernel failed"):
                 call()
-            _assert_same(before, _cache_state(mgr.cache))
+            assert_same_state(before, cache_state(mgr.cache))
     mgr.cache.allocator.check_invariants()
     assert mgr.seq_ids == [a] and mgr.seq_len(a) == 5
 
@@ -407,23 +407,23 @@ def test_nested_transactions_are_savepoints():
     ones, twos = np.ones((3, 1, 2), np.float32), np.full((3, 1, 2), 2, np.float32)
     cache.append(a, ones, ones)
     b_child = cache.fork_sequence(a)
-    start = _cache_state(cache)
+    start = cache_state(cache)
     with pytest.raises(Abort):
         with cache.transaction():
             cache.append(b, twos, twos)
-            kept = _cache_state(cache)
+            kept = cache_state(cache)
             with pytest.raises(Abort):
                 with cache.transaction():
                     cache.append(b_child, twos[:1], twos[:1])   # copy on write of the tail
                     cache.free_sequence(a)
                     cache.add_sequence()
                     raise Abort
-            _assert_same(kept, _cache_state(cache))
+            assert_same_state(kept, cache_state(cache))
             with cache.transaction():   # an inner one that succeeds stays until the outer ends
                 cache.append(a, twos[:1], twos[:1])
             assert cache.seq_len(a) == 4
             raise Abort
-    _assert_same(start, _cache_state(cache))
+    assert_same_state(start, cache_state(cache))
     cache.allocator.check_invariants()
     assert cache._undo is None
 
