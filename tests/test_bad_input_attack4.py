@@ -21,8 +21,10 @@ from tests.test_paging import assert_same_state, cache_state
 
 @pytest.fixture(scope="module")
 def model():
+    """On the CPU, where the device pages are host memory too (the messages below are the
+    CPU's; on a GPU, device and host pages are each checked against their own memory)."""
     config = tiny_config()
-    return LlamaModel(config, random_weights(config, seed=0))
+    return LlamaModel(config, random_weights(config, seed=0), device="cpu")
 
 
 def _cache_with_two_sequences():
