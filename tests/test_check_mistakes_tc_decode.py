@@ -7,6 +7,8 @@ Each case asserts that the check fails (not "not attempted"), that the printed h
 the phrase that points at the mistake and, where another hint would be tempting, that it is
 not given.
 """
+import types
+
 import numpy as np
 import pytest
 
@@ -457,3 +459,35 @@ def test_tile_check_passes_copies_and_barrier_in_a_helper_defined_after_the_kern
               + f"\n__device__ void copy_tiles({params})\n{{\n" + source[start:end] + "}\n")
     result, printed = run_check("tc_tile_scores", source, device="cpu")
     assert result.passed, printed
+
+
+def _as_on_a_gpu(source):
+    """The grader's kernel as a GPU check holds it: no race check on its own launches, the
+    CPU executor built only when asked (here, by the barrier case)."""
+    from pagedattn_lab.grading.kernel_runner import Kernel
+    from pagedattn_lab.rawkernel import RawKernel
+    kernel = Kernel.__new__(Kernel)
+    kernel.name, kernel.remote, kernel.device, kernel.racecheck = \
+        "tc_tile_scores", None, "gpu", False
+    kernel.kernel = RawKernel(source, "tc_tile_scores")
+    return types.SimpleNamespace(get=lambda: kernel)
+
+
+def test_on_a_gpu_the_barrier_case_runs_case_1_race_checked_on_the_cpu():
+    """What the source check passes and no GPU run shows (a __syncwarp() that never runs) is
+    caught by case 1 on the CPU executor; a right kernel passes; a barrier the executor cannot
+    compile (cooperative groups) leaves the decision to the source check, which takes it."""
+    from pagedattn_lab.grading.checks_tc_decode import _barrier_case
+    from pagedattn_lab.grading.report import Mismatch
+    solution = solution_source(NOTEBOOK, "SOURCE_TILE")
+    never = mutate(solution, [(_SYNC, "    if (seq_len < 0) __syncwarp();\n")])
+    with pytest.raises(Mismatch, match=r"run on the CPU executor .* no __syncwarp\(\) or "
+                                       r"__syncthreads\(\) between"):
+        _barrier_case(_as_on_a_gpu(never), never)
+    _barrier_case(_as_on_a_gpu(solution), solution)
+    cg = mutate(solution, SOURCE_ONLY_RIGHT_TILES[0][1])
+    _barrier_case(_as_on_a_gpu(cg), cg)
+    with pytest.raises(Mismatch, match="no __syncwarp"):   # and without the barrier, fails it
+        no_sync = mutate(cg, [("cg::sync(cg::tiled_partition<32>(cg::this_thread_block()));",
+                               "")])
+        _barrier_case(_as_on_a_gpu(no_sync), no_sync)

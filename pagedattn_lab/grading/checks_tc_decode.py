@@ -18,7 +18,8 @@ import numpy as np
 
 from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, fmt, ranges
-from .kernel_runner import poisoned, unwritten
+from .faults import describe_kernel_exception
+from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 from .source_barriers import barrier_before_loads
@@ -322,11 +323,32 @@ def _tile_case(comp, seed, *sizes) -> None:
 
 
 def _barrier_case(comp: _Compiled, source: str) -> None:
-    """Where no race check ran (a GPU), the source check: a GPU run cannot show a missing
-    __syncwarp(). On the CPU executor every case above ran race-checked, and a load of what
-    another lane copied with no __syncwarp() between failed there, naming the two lanes."""
-    if not comp.get().racecheck:
-        missing_barrier_in_source(source)
+    """A GPU run cannot show a missing __syncwarp() (the lanes usually run in step). On the
+    CPU executor every case above ran race-checked, and a load of what another lane copied
+    with no __syncwarp() between failed there, naming the two lanes. On a GPU one small case
+    runs race-checked on the CPU executor too; where it cannot run (no compiler, a construct
+    the executor lacks), the source check decides."""
+    kernel = comp.get()
+    if kernel.racecheck or _race_checked_on_the_cpu(kernel):
+        return
+    missing_barrier_in_source(source)
+
+
+def _race_checked_on_the_cpu(kernel) -> bool:
+    """True when the first case ran race-free on the CPU executor; a Mismatch naming the
+    lanes when it raced; False when it could not run there."""
+    prob = _TileProblem(95, 2, 2, 16, 4, 13)   # case 1's problem
+    args = [prob.q_buffer, prob.k_cache, prob.block_table, poisoned((2, prob.n_tiles, TILE,
+            TILE)), np.int32(2), np.int32(2), np.int32(16), np.int32(4), np.int32(13)]
+    try:
+        kernel.count((prob.n_tiles, 2), (WARP,), args, racecheck=True, timeout=KERNEL_TIMEOUT)
+    except Exception as exc:  # noqa: BLE001 - any failure but a race: the source decides
+        if type(exc).__name__ == "SharedMemoryRace":
+            message, hint = describe_kernel_exception(exc)
+            raise Mismatch(f"case 1 run on the CPU executor with its race check (a GPU run "
+                           f"cannot show it): {message}", hint) from None
+        return False
+    return True
 
 
 def missing_barrier_in_source(source: str) -> None:
