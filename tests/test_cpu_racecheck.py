@@ -212,3 +212,50 @@ def test_compute_sanitizer_agrees_on_what_orders_a_warp(file, name, variant, rac
     except SharedMemoryRace:
         cpu_racy = True
     assert (run.returncode == 9, cpu_racy) == (racy, racy), run.stdout[-3000:]
+
+
+# ---- cp.async (cpu/shim_async.h): a copy may land any time from its issue to its wait ----
+
+@functools.lru_cache(maxsize=None)
+def async_kern(name: str) -> RawKernel:
+    from pagedattn_lab.kernels import KERNEL_DIR
+    return RawKernel((KERNELS / "async_copies.cu").read_text(), name, ("-I" + str(KERNEL_DIR),),
+                     filename="async_copies.cu")
+
+
+def test_a_copy_into_a_buffer_still_read_is_a_race_from_its_issue():
+    """Without the barrier at the end of an iteration, the next copy overwrites a buffer
+    other threads still read: reported at the copy's issue (before it lands at its wait, a
+    barrier later); with the barrier, no race and the right sums."""
+    x = np.arange(4 * 256, dtype=np.float32)
+    out = np.zeros(64, np.float32)
+    async_kern("pipeline")(1, 64, (x, out, np.int32(4), np.int32(1)), racecheck=True)
+    want = sum(x[i * 256 + (4 * np.arange(64) + 100) % 256] for i in range(4))
+    np.testing.assert_array_equal(out, want)
+    with pytest.raises(SharedMemoryRace) as info:
+        async_kern("pipeline")(1, 64, (x, out, np.int32(4), np.int32(0)), racecheck=True)
+    assert info.value.kind == "write after read"
+
+
+@pytest.mark.parametrize("valid", [1, 0], ids=["copy", "zero-fill"])
+def test_another_threads_copy_needs_a_barrier_after_the_wait(valid):
+    """A copy that zero-fills (not valid) is a write like any other: the race check sees it,
+    and with the barrier the neighbour's 16 bytes (or zeros) are read."""
+    x = np.arange(256, dtype=np.float32) + 1
+    out = np.zeros(64, np.float32)
+    with pytest.raises(SharedMemoryRace):
+        async_kern("neighbour")(1, 64, (x, out, np.int32(valid), np.int32(0)), racecheck=True)
+    async_kern("neighbour")(1, 64, (x, out, np.int32(valid), np.int32(1)), racecheck=True)
+    np.testing.assert_array_equal(out, x[(4 * np.arange(64) + 4) % 256] * valid)
+
+
+@pytest.mark.parametrize("block", [(64,), (8, 4, 2)], ids=["1-D", "3-D"])
+def test_wait_group_lands_all_but_the_newest_committed_groups(block):
+    """copy_wait<1> after two committed groups and an uncommitted copy: the first group has
+    landed; the second and the uncommitted copy have not (their slots keep the executor's
+    NaN poison). Blocks run one after another in one worker: nothing carries over."""
+    x = np.arange(3 * 256, dtype=np.float32)
+    out = np.zeros((2, 64, 3), np.float32)
+    async_kern("groups")(2, block, (x, out), workers=1)
+    np.testing.assert_array_equal(out[..., 0], np.broadcast_to(x[4 * np.arange(64)], (2, 64)))
+    assert np.isnan(out[..., 1:]).all()

@@ -139,6 +139,14 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
         }
 }
 
+extern "C" void __pal_race_note_write(const void *dst, unsigned bytes)
+{
+    if (!(S.instr & PAL_INSTR_RACE) || !bytes) return;
+    const uintptr_t a = (uintptr_t)dst, pc = (uintptr_t)__builtin_return_address(0);
+    if (a - dyn_lo < dyn_len) race_access(PAL_REGION_DYN_SHARED, a - dyn_lo, a, bytes, ACC_WRITE, pc);
+    else if (a - st_lo < st_len) race_access(PAL_REGION_STATIC_SHARED, a - st_lo, a, bytes, ACC_WRITE, pc);
+}
+
 void pal::instr_worker_begin()
 {
     dyn_lo = (uintptr_t)__pal_dyn_smem;

@@ -145,6 +145,9 @@ PAL_HIDDEN void __pal_note_atomic(const volatile void *addr, unsigned size);
 // ldmatrix's row addresses (shim_mma_ptx.h): fails the launch, naming the calling lane, when
 // [row, row + 16) is not 16-byte aligned or not inside this block's shared memory.
 PAL_HIDDEN void __pal_check_ldmatrix_row(int line, const char *func, const void *row);
+// cp.async's issue (shim_async.h): for the race check, a write of `bytes` at `dst` by the
+// calling thread (nothing is written; the data lands at the wait). No-op unless race-checked.
+PAL_HIDDEN void __pal_race_note_write(const void *dst, unsigned bytes);
 PAL_HIDDEN extern void *__pal_dyn_smem;
 // Counts the blocks a worker has run (so that per-thread state a kernel header keeps, like
 // shim_async.h's queues of copies, can tell an earlier block's from this one's).

@@ -10,7 +10,8 @@
 // leaves copies not yet committed in flight). The copy is made by the waiting thread
 // at the wait, so the race check and the access counts see its global read and shared write
 // there (the line of the wait), and a tile read too early holds what was there before: the
-// executor's NaN poison or the previous tile.
+// executor's NaN poison or the previous tile. The race check also counts the copy as a
+// write when it is issued (see __pal_cp_async_at).
 //
 // kernels/common.cuh and kv_convert.cuh call these on the CPU in place of the PTX.
 #ifndef PAGEDATTN_LAB_SHIM_ASYNC_H
@@ -46,34 +47,36 @@ inline Queue &mine()
     return q;
 }
 
+// Ordinary loads and stores (a 16-byte copy as one 16-byte access, as on the GPU; zeros too,
+// not memset), so that the instrumented build's race check and access counts see them.
 inline void land(const Copy &c)
 {
-    if (!c.valid) {
-        memset(c.dst, 0, c.bytes);
+    if (c.bytes == 16) {
+        *static_cast<uint4 *>(c.dst) =
+            c.valid ? *static_cast<const uint4 *>(c.src) : make_uint4(0u, 0u, 0u, 0u);
         return;
     }
-    // Element by element (16-byte copies as four words), so that the instrumented build
-    // sees ordinary loads and stores.
-    if (c.bytes == 16) {
-        *static_cast<uint4 *>(c.dst) = *static_cast<const uint4 *>(c.src);
-    } else {
-        for (unsigned i = 0; i < c.bytes / 4; ++i)
-            static_cast<unsigned *>(c.dst)[i] = static_cast<const unsigned *>(c.src)[i];
-    }
+    for (unsigned i = 0; i < c.bytes / 4; ++i)
+        static_cast<unsigned *>(c.dst)[i] = c.valid ? static_cast<const unsigned *>(c.src)[i] : 0u;
 }
 
 }  // namespace __pal_async
 
 // cp.async of `bytes` (4, 8 or 16) from global `src` to shared `dst`; zeros when !valid.
-inline void __pal_cp_async(void *dst, const void *src, unsigned bytes, bool valid)
+// The data lands at the wait; the race check also sees the write now, since a GPU may land
+// it any time from here (a copy into a buffer other threads still read is a race).
+inline void __pal_cp_async_at(const char *file, int line, void *dst, const void *src,
+                              unsigned bytes, bool valid)
 {
     __pal_async::Queue &q = __pal_async::mine();
     if (q.count == __pal_async::MAX_PENDING)
         __pal_assert_fail("at most 256 asynchronous copies in flight per thread (the CPU "
                           "executor's limit): wait for older groups first",
-                          __FILE__, __LINE__, "cp.async");
+                          file, line, "cp.async");
+    __pal_race_note_write(dst, bytes);
     q.copies[q.count++] = __pal_async::Copy{dst, src, bytes, q.committed, valid};
 }
+#define __pal_cp_async(...) __pal_cp_async_at(__FILE__, __LINE__, __VA_ARGS__)
 
 // cp.async.commit_group: the copies issued since the last commit form a group.
 inline void __pal_cp_async_commit() { ++__pal_async::mine().committed; }

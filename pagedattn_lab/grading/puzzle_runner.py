@@ -91,8 +91,9 @@ class PuzzleKernel:
             hint = _RACE_HINTS.get(getattr(exc, "kind", ""),
                                    "separate the two accesses with __syncthreads().")
             if getattr(exc, "same_warp", False) and exc.kind != "write after write":
-                hint += (" Both threads are lanes of one warp, so a __syncwarp() between them "
-                         "is enough; a shuffle or a vote does not order shared memory.")
+                hint += (" Both threads are lanes of one warp: if only that warp shares the "
+                         "data, a __syncwarp() between them is enough; a shuffle or a vote "
+                         "does not order shared memory.")
             return Mismatch(f"a race on shared memory: {exc}", hint)
         if kind == "KernelFault" and getattr(exc, "buffer", None):
             block, thread = getattr(exc, "block", None), getattr(exc, "thread", None)
