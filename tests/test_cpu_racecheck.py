@@ -109,6 +109,15 @@ def test_lanes_of_a_warp_are_ordered_by_syncwarp_only(x, order):
         in str(race)
 
 
+def test_a_syncwarp_orders_only_the_lanes_in_its_mask():
+    out = np.zeros(1, np.float32)
+    kern("half_warps")(1, 32, (out, np.int32(15)), racecheck=True)
+    assert out[0] == 1.0
+    with pytest.raises(SharedMemoryRace) as info:   # lanes 0 and 16 never synced together
+        kern("half_warps")(1, 32, (out, np.int32(16)), racecheck=True)
+    assert (info.value.thread, info.value.other_thread) == ((16, 0, 0), (0, 0, 0))
+
+
 def test_threads_of_two_warps_are_told_of_syncthreads_only():
     with pytest.raises(SharedMemoryRace) as info:
         kern("two_writers")(4, 64, (np.zeros(4 * 64, np.int32), np.int32(3)), racecheck=True)

@@ -6,16 +6,16 @@
 //   - read after write (RAW): a thread reads what another wrote without a barrier between,
 //   - write after read (WAR): a thread overwrites what another read without a barrier.
 // A __syncthreads() orders everything before it against everything after. Within a warp, a
-// __syncwarp() that both threads passed after the first access orders the two as well
-// (approximation: the lanes' last __syncwarp()s are assumed to be the same one, which holds
-// for full masks). Nothing else does: CUDA promises memory ordering for __syncwarp() only,
+// __syncwarp() that both threads passed together (both in its mask) after the first access
+// orders the two as well. Nothing else does: CUDA promises memory ordering for __syncwarp() only,
 // and compute-sanitizer's racecheck reports a shuffle, a vote or a WMMA call between a write
 // and another lane's read as a hazard. So a wmma::load_matrix_sync of what other lanes wrote
 // needs a __syncwarp() first, and so does reading what another lane's store_matrix_sync
 // stored.
 //
 // Shadow state per shared byte: the last writer and up to two readers of the current epoch
-// (an epoch ends at each barrier), each with its warp's __syncwarp() count at the access.
+// (an epoch ends at each barrier), each with its warp's __syncwarp() count at the access;
+// per pair of lanes, the count of the last __syncwarp() that both passed.
 #include "instrument.h"
 
 using namespace pal;
@@ -33,8 +33,9 @@ struct Shadow {
 Shadow *dyn_sh, *st_sh;
 size_t dyn_sh_len, st_sh_len;
 uint32_t epoch;
-uint32_t wgen[PAL_MAX_THREADS / 32];   // __syncwarp()s completed, per warp
-uint32_t cgen[PAL_MAX_THREADS];        // wgen of the last __syncwarp() each thread passed
+uint32_t wgen[PAL_MAX_THREADS / 32];        // __syncwarp()s completed, per warp
+uint32_t together[PAL_MAX_THREADS][32];     // [thread][lane]: wgen of the last __syncwarp()
+                                            // the thread passed with that lane of its warp
 
 Shadow *map_shadow(size_t bytes, size_t *len)
 {
@@ -45,11 +46,14 @@ Shadow *map_shadow(size_t bytes, size_t *len)
     return p == MAP_FAILED ? nullptr : (Shadow *)p;
 }
 
+// Thread a's access, made when its warp had completed a_gen __syncwarp()s, is ordered before
+// thread b's now when a later __syncwarp() had both in its mask (a passed it after its
+// access: a thread waiting at a __syncwarp() makes no access).
 bool ordered(int a, uint32_t a_gen, int b)
 {
     if (a == b) return true;
     if ((a >> 5) != (b >> 5)) return false;
-    return cgen[b] > a_gen && cgen[a] > a_gen;
+    return together[a][b & 31] > a_gen;
 }
 
 [[noreturn]] void report(int kind, int other, uintptr_t other_pc, bool other_atomic, int region,
@@ -92,7 +96,7 @@ void pal::race_block_begin()
 {
     ++epoch;
     memset(wgen, 0, sizeof wgen);
-    memset(cgen, 0, sizeof cgen);
+    memset(together, 0, sizeof together[0] * (size_t)S.n);   // this block's threads
 }
 
 void pal::race_barrier() { ++epoch; }
@@ -100,7 +104,10 @@ void pal::race_barrier() { ++epoch; }
 void pal::race_syncwarp(int warp, unsigned mask)
 {
     const uint32_t g = ++wgen[warp];
-    for (unsigned m = mask; m; m &= m - 1) cgen[warp * 32 + __builtin_ctz(m)] = g;
+    for (unsigned m = mask; m; m &= m - 1) {
+        uint32_t *mine = together[warp * 32 + __builtin_ctz(m)];
+        for (unsigned n = mask; n; n &= n - 1) mine[__builtin_ctz(n)] = g;
+    }
 }
 
 void pal::race_access(int region, uintptr_t off, uintptr_t addr, unsigned size, int acc,

@@ -90,3 +90,16 @@ extern "C" __global__ void loop_without_trailing_barrier(const float* x, float* 
     }
     out[t] = acc;
 }
+
+// Lane 0 writes s[0]; then the two half-warps each pass their own __syncwarp() (disjoint
+// masks); lane `reader` reads s[0]. Lanes 0-15 passed one together, lane 16 did not pass
+// one with lane 0: a race for reader 16, none for reader 15.
+extern "C" __global__ void half_warps(float* out, int reader)
+{
+    __shared__ float s[32];
+    const int t = threadIdx.x;
+    if (t == 0) s[0] = 1.0f;
+    if (t < 16) __syncwarp(0x0000ffffu);
+    else __syncwarp(0xffff0000u);
+    if (t == reader) out[0] = s[0];
+}
