@@ -267,36 +267,20 @@ MISTAKES += [
 
 # -- a result() that changes the state, inputs written in place, float page ids -----------
 
-class OnlineDividesInPlace:
+class OnlineDividesInPlace(online_class(None)):
     """Right when result() is asked once, at the end: it divides the state itself."""
-
-    def __init__(self, head_dim):
-        self.m, self.l, self.acc = -np.inf, 0.0, np.zeros(head_dim)
-
-    def update(self, s, v):
-        m = max(self.m, s)
-        a, w = np.exp(self.m - m), np.exp(s - m)
-        self.l, self.acc, self.m = self.l * a + w, self.acc * a + w * v, m
 
     def result(self):
         self.acc /= self.l
         return self.acc
 
 
-class OnlineScalesValue:
-    """Right numbers, but update() scales the value it was given in place."""
-
-    def __init__(self, head_dim):
-        self.m, self.l, self.acc = -np.inf, 0.0, np.zeros(head_dim)
+class OnlineScalesValue(online_class(None)):
+    """Right numbers, but update() scales the value it was given in place (after using it)."""
 
     def update(self, s, v):
-        m = max(self.m, s)
-        a, w = np.exp(self.m - m), np.exp(s - m)
-        v *= w
-        self.l, self.acc, self.m = self.l * a + w, self.acc * a + v, m
-
-    def result(self):
-        return self.acc / self.l
+        super().update(s, v)
+        v *= np.exp(s - self.m)
 
 
 def attend_in_place(scale_what):

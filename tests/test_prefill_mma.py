@@ -65,18 +65,24 @@ def test_mma_and_wmma_variant_names():
             Variant.parse(bad)
 
 
-def test_a_planted_mistake_is_caught(rng, monkeypatch):
-    """The tests can fail: the kernel with V's ldmatrix rows shifted by one key (a planted
-    mistake in a copy of its source) is far from the reference."""
+def plant(monkeypatch, line: str, replacement: str) -> None:
+    """Make the prefill wrapper build a copy of prefill_mma.cu (expanded) with `line`, which
+    must stand there once, replaced: a planted mistake the tests must catch."""
     import pagedattn_lab.prefill_wrapper as pw   # noqa: PLC0415
     from pagedattn_lab import kernels   # noqa: PLC0415
     from pagedattn_lab.rawkernel import RawKernel   # noqa: PLC0415
     src = kernels.expanded_source("prefill_mma")
-    planted = src.replace("const int v_lane = (lane & 15) * LD_KV",
-                          "const int v_lane = ((lane + 1) & 15) * LD_KV")
-    assert planted != src
+    assert src.count(line) == 1, line
+    planted = src.replace(line, replacement)
     monkeypatch.setattr(pw, "load_kernel",
                         lambda filename, name, options: RawKernel(planted, name, options=options))
+
+
+def test_a_planted_mistake_is_caught(rng, monkeypatch):
+    """The tests can fail: the kernel with V's ldmatrix rows shifted by one key (a planted
+    mistake in a copy of its source) is far from the reference."""
+    plant(monkeypatch, "const int v_lane = (lane & 15) * LD_KV",
+          "const int v_lane = ((lane + 1) & 15) * LD_KV")
     with pytest.raises(AssertionError, match="relative error"):
         check_wrapper(np, rng, [70], [70], 16, 2, 1, 64, variant="mw4r1k32")
 

@@ -16,6 +16,7 @@ from pagedattn_lab import decode_plan as dp
 
 from .decode_cases import check_close, cpu_executor_has, decode_problem, poisoned, reference
 from .test_decode_tc_quant import launch, planned, quantized
+from .test_prefill_mma import plant
 from .test_prefill_wrapper import check_wrapper
 
 pytestmark = pytest.mark.skipif(not cpu_executor_has("mma.h"),
@@ -87,15 +88,8 @@ def test_a_planted_race_is_caught(rng, monkeypatch, what, line, replacement):
     pipeline is caught. With the copies landing at their waits (cpu/shim_async.h), as late as
     a GPU may land them, a missing barrier is a race here, as on a GPU, and a missing wait
     leaves the tile unwritten; with synchronous copies the first and the last went unseen."""
-    import pagedattn_lab.prefill_wrapper as pw
-    from pagedattn_lab import kernels
     from pagedattn_lab.cpu import SharedMemoryRace
-    from pagedattn_lab.rawkernel import RawKernel
-    src = kernels.expanded_source("prefill_mma")
-    assert src.count(line) == 1
-    planted = src.replace(line, replacement)
-    monkeypatch.setattr(pw, "load_kernel",
-                        lambda filename, name, options: RawKernel(planted, name, options=options))
+    plant(monkeypatch, line, replacement)
     error, match = CAUGHT_BY.get(what, (SharedMemoryRace, None))
     with pytest.raises(error, match=match):
         check_wrapper(np, rng, [70], [70], 16, 2, 1, 64, variant="mw4r2k64q")

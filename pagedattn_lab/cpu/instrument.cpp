@@ -112,14 +112,20 @@ uint64_t pal::lib_offset(uintptr_t addr)
     return addr;
 }
 
+// The shared-memory region holding address a (0: none) and a's offset in it.
+static int shared_region(uintptr_t a, uintptr_t *off)
+{
+    if (a - dyn_lo < dyn_len) { *off = a - dyn_lo; return PAL_REGION_DYN_SHARED; }
+    if (a - st_lo < st_len) { *off = a - st_lo; return PAL_REGION_STATIC_SHARED; }
+    return 0;
+}
+
 void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
 {
     const unsigned f = S.instr;
     if (!f || !size) return;
-    int region = 0;
     uintptr_t off = 0;
-    if (a - dyn_lo < dyn_len) { region = PAL_REGION_DYN_SHARED; off = a - dyn_lo; }
-    else if (a - st_lo < st_len) { region = PAL_REGION_STATIC_SHARED; off = a - st_lo; }
+    const int region = shared_region(a, &off);
     if (region) {
         if (f & PAL_INSTR_RACE) race_access(region, off, a, size, kind, pc);
         // Banks from the offset in shared memory, static variables after the dynamic buffer.
@@ -142,9 +148,10 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
 extern "C" void __pal_race_note_write(const void *dst, unsigned bytes)
 {
     if (!(S.instr & PAL_INSTR_RACE) || !bytes) return;
-    const uintptr_t a = (uintptr_t)dst, pc = (uintptr_t)__builtin_return_address(0);
-    if (a - dyn_lo < dyn_len) race_access(PAL_REGION_DYN_SHARED, a - dyn_lo, a, bytes, ACC_WRITE, pc);
-    else if (a - st_lo < st_len) race_access(PAL_REGION_STATIC_SHARED, a - st_lo, a, bytes, ACC_WRITE, pc);
+    const uintptr_t a = (uintptr_t)dst;
+    uintptr_t off = 0;
+    if (const int region = shared_region(a, &off))
+        race_access(region, off, a, bytes, ACC_WRITE, (uintptr_t)__builtin_return_address(0));
 }
 
 void pal::instr_worker_begin()

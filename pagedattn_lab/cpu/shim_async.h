@@ -39,7 +39,7 @@ static Queue queues[PAL_MAX_THREADS];
 
 inline Queue &mine()
 {
-    Queue &q = queues[threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)];
+    Queue &q = queues[__pal_thread_linear()];
     if (q.serial != __pal_block_serial) {
         q.serial = __pal_block_serial;
         q.count = q.committed = 0;

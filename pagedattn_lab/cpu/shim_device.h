@@ -237,6 +237,10 @@ PAL_DF void __threadfence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 PAL_DF void __threadfence_block(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 PAL_DF void __threadfence_system(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
 
+// The calling thread's index in its block (x fastest, as CUDA numbers lanes and warps).
+PAL_DF int __pal_thread_linear()
+{ return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
+
 // ---- warp intrinsics: every lane named in the mask must arrive (checked) ----
 template <class T>
 PAL_DF T __pal_shfl(int line, int op, unsigned mask, T var, int arg, int width = 32)

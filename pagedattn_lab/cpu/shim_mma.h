@@ -43,8 +43,6 @@ template <class T> struct identity { typedef T type; };
 template <class A, class B> struct same { enum { value = 0 }; };
 template <class A> struct same<A, A> { enum { value = 1 }; };
 
-inline int thread_linear()
-{ return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
 inline int row_of(int lane) { return lane >> 1; }
 inline int col_of(int lane, int i) { return ((lane & 1) << 3) + i; }
 
@@ -95,7 +93,7 @@ inline void __pal_load_matrix_sync(const char *file, int line,
                   "matrix_a/matrix_b fragments need a row_major or col_major layout");
     __pal::check_ldm(file, line, "wmma::load_matrix_sync", ldm, sizeof(T));
     __pal::collective(file, line, PAL_OP_WMMA_LOAD);
-    const int lane = __pal::thread_linear() & 31, r = __pal::row_of(lane);
+    const int lane = __pal_thread_linear() & 31, r = __pal::row_of(lane);
     for (int i = 0; i < 8; ++i) {
         const int c = __pal::col_of(lane, i);
         if constexpr (__pal::same<L, row_major>::value) f.x[i] = p[(size_t)r * ldm + c];
@@ -113,7 +111,7 @@ inline void __pal_load_matrix_sync(const char *file, int line,
 {
     __pal::check_ldm(file, line, "wmma::load_matrix_sync", ldm, sizeof(T));
     __pal::collective(file, line, PAL_OP_WMMA_LOAD);
-    const int lane = __pal::thread_linear() & 31, r = __pal::row_of(lane);
+    const int lane = __pal_thread_linear() & 31, r = __pal::row_of(lane);
     for (int i = 0; i < 8; ++i) {
         const int c = __pal::col_of(lane, i);
         f.x[i] = layout == mem_row_major ? p[(size_t)r * ldm + c] : p[(size_t)c * ldm + r];
@@ -127,7 +125,7 @@ inline void __pal_store_matrix_sync(const char *file, int line,
                                     unsigned ldm, layout_t layout)
 {
     __pal::check_ldm(file, line, "wmma::store_matrix_sync", ldm, sizeof(T));
-    const int lane = __pal::thread_linear() & 31, r = __pal::row_of(lane);
+    const int lane = __pal_thread_linear() & 31, r = __pal::row_of(lane);
     for (int i = 0; i < 8; ++i) {
         const int c = __pal::col_of(lane, i);
         if (layout == mem_row_major) p[(size_t)r * ldm + c] = f.x[i];
@@ -145,7 +143,7 @@ inline void __pal_mma_sync(const char *file, int line, fragment<accumulator, 16,
                            const fragment<accumulator, 16, 16, 16, TC> &c, bool satf = false)
 {
     (void)satf;
-    const int t = __pal::thread_linear(), lane = t & 31, w0 = t - lane, r = __pal::row_of(lane);
+    const int t = __pal_thread_linear(), lane = t & 31, w0 = t - lane, r = __pal::row_of(lane);
     __pal::published_a[t] = &a;
     __pal::published_b[t] = &b;
     __pal::collective(file, line, PAL_OP_WMMA_MMA);   // every lane has published

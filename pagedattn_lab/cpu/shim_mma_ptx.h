@@ -40,9 +40,6 @@ static const unsigned short *published_row[PAL_MAX_THREADS];
 static const unsigned *published_a[PAL_MAX_THREADS], *published_b[PAL_MAX_THREADS];
 static unsigned published_word[PAL_MAX_THREADS];
 
-inline int thread_linear()
-{ return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
-
 inline void collective(int line, int op) { __pal_warp_op(line, op, 0xffffffffu, 0, 0, 32); }
 
 inline unsigned pair(unsigned short lo, unsigned short hi) { return lo | (unsigned)hi << 16; }
@@ -57,7 +54,7 @@ inline void __pal_ldmatrix(int line, int op, const char *func, unsigned *r, int 
                            const void *row)
 {
     using namespace __pal_ptx;
-    const int t = thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
+    const int t = __pal_thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
     unsigned short mine[8];
     if (lane < 8 * n) {
         __pal_check_ldmatrix_row(line, func, row);
@@ -86,7 +83,7 @@ inline void __pal_mma_tile(int line, int op, Acc *d, const unsigned *a, const un
     using namespace __pal_ptx;
     constexpr int BITS = 32 / E, SPAN = 4 * E;   // element bits; k per register of a lane row
     constexpr unsigned MASK = (1u << BITS) - 1;
-    const int t = thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
+    const int t = __pal_thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
     published_a[t] = a;
     published_b[t] = b;
     collective(line, op);   // every lane has published
@@ -137,7 +134,7 @@ inline void __pal_mma_m16n8k32_s8(int line, int *d, const unsigned *a, const uns
 inline unsigned __pal_movmatrix_trans(int line, unsigned x)
 {
     using namespace __pal_ptx;
-    const int t = thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
+    const int t = __pal_thread_linear(), lane = t & 31, w0 = t - lane, g = lane >> 2, q = lane & 3;
     published_word[t] = x;
     collective(line, PAL_OP_MOVMATRIX_TRANS);   // every lane has published its register
     const int shift = 16 * (g & 1);

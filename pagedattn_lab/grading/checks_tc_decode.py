@@ -246,12 +246,22 @@ def _tile_variants(prob):
     return variants
 
 
-def _launch_tile(comp, prob, out):
+def _tile_launch(prob, out) -> tuple:
+    """(grid, args) of the kernel over `prob`, writing its scores into `out`."""
     num_heads, num_kv_heads, head_dim, page_size, seq_len = prob.sizes
-    args = (prob.q_buffer, prob.k_cache, prob.block_table, out, np.int32(num_heads),
-            np.int32(num_kv_heads), np.int32(head_dim), np.int32(page_size), np.int32(seq_len))
+    args = [prob.q_buffer, prob.k_cache, prob.block_table, out, np.int32(num_heads),
+            np.int32(num_kv_heads), np.int32(head_dim), np.int32(page_size), np.int32(seq_len)]
+    return (prob.n_tiles, num_kv_heads), args
+
+
+def _tile_scores_shape(prob) -> tuple:
+    return (prob.sizes[1], prob.n_tiles, TILE, TILE)
+
+
+def _launch_tile(comp, prob, out):
+    grid, args = _tile_launch(prob, out)
     try:
-        return comp.get().launch((prob.n_tiles, num_kv_heads), (WARP,), args, outputs=(3,))[0]
+        return comp.get().launch(grid, (WARP,), tuple(args), outputs=(3,))[0]
     except Exception as exc:
         if type(exc).__name__ != "WarpSyncError":
             raise
@@ -268,7 +278,7 @@ def _tile_case(comp, seed, *sizes) -> None:
     prob = _TileProblem(seed, *sizes)
     num_heads, num_kv_heads, head_dim, page_size, seq_len = sizes
     group = num_heads // num_kv_heads
-    shape = (num_kv_heads, prob.n_tiles, TILE, TILE)
+    shape = _tile_scores_shape(prob)
     got = _launch_tile(comp, prob, poisoned(shape))
     never = unwritten(got)
     if never.all() and "TODO" in comp.source:
@@ -337,11 +347,10 @@ def _barrier_case(comp: _Compiled, source: str) -> None:
 def _race_checked_on_the_cpu(kernel) -> bool:
     """True when the first case ran race-free on the CPU executor; a Mismatch naming the
     lanes when it raced; False when it could not run there."""
-    prob = _TileProblem(95, 2, 2, 16, 4, 13)   # case 1's problem
-    args = [prob.q_buffer, prob.k_cache, prob.block_table, poisoned((2, prob.n_tiles, TILE,
-            TILE)), np.int32(2), np.int32(2), np.int32(16), np.int32(4), np.int32(13)]
+    prob = _TileProblem(_TILE_SEED, *_TILE_SPECS[0][1])   # case 1's problem
+    grid, args = _tile_launch(prob, poisoned(_tile_scores_shape(prob)))
     try:
-        kernel.count((prob.n_tiles, 2), (WARP,), args, racecheck=True, timeout=KERNEL_TIMEOUT)
+        kernel.count(grid, (WARP,), args, racecheck=True, timeout=KERNEL_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any failure but a race: the source decides
         if type(exc).__name__ == "SharedMemoryRace":
             message, hint = describe_kernel_exception(exc)
@@ -364,21 +373,24 @@ def missing_barrier_in_source(source: str) -> None:
                    "__syncwarp() after the copies", "none")
 
 
+_TILE_SEED = 95
+_TILE_SPECS = [   # name, (num_heads, num_kv_heads, head_dim, page_size, seq_len)
+    ("group 1 (MHA), head_dim 16, one partial tile", (2, 2, 16, 4, 13)),
+    ("GQA 8/2, head_dim 64, 37 tokens on pages of 8", (8, 2, 64, 8, 37)),
+    ("MQA 16/1: all 16 rows, 17 tokens", (16, 1, 32, 16, 17)),
+    ("group 3, head_dim 128, pages of 5, one token", (12, 4, 128, 5, 1)),
+    ("GQA 24/4, head_dim 48, pages of 3", (24, 4, 48, 3, 40)),
+    ("group 5, 32 tokens: seq_len ends on a tile's and a page's end", (10, 2, 32, 8, 32)),
+]
+
+
 def tc_tile_scores(source: str, device: str = "auto") -> CheckResult:
     """Check `tc_tile_scores`: grid (ceil(seq_len / 16), num_kv_heads), block (32,)."""
     comp = _Compiled(source, "tc_tile_scores", device)
-    specs = [   # name, (num_heads, num_kv_heads, head_dim, page_size, seq_len)
-        ("group 1 (MHA), head_dim 16, one partial tile", (2, 2, 16, 4, 13)),
-        ("GQA 8/2, head_dim 64, 37 tokens on pages of 8", (8, 2, 64, 8, 37)),
-        ("MQA 16/1: all 16 rows, 17 tokens", (16, 1, 32, 16, 17)),
-        ("group 3, head_dim 128, pages of 5, one token", (12, 4, 128, 5, 1)),
-        ("GQA 24/4, head_dim 48, pages of 3", (24, 4, 48, 3, 40)),
-        ("group 5, 32 tokens: seq_len ends on a tile's and a page's end", (10, 2, 32, 8, 32)),
-    ]
     cases = [Case(name, dict(zip(("num_heads", "num_kv_heads", "head_dim", "page_size",
                                   "seq_len"), sizes)),
-                  lambda i=i, sizes=sizes: _tile_case(comp, 95 + i, *sizes))
-             for i, (name, sizes) in enumerate(specs)]
+                  lambda i=i, sizes=sizes: _tile_case(comp, _TILE_SEED + i, *sizes))
+             for i, (name, sizes) in enumerate(_TILE_SPECS)]
     cases.append(Case("the copies finish before the WMMA loads", {},
                       lambda: _barrier_case(comp, source)))
     return run_cases("tc_tile_scores", "tc_tile_scores: S = Q K^T for one group and 16 "
