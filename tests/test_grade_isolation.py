@@ -30,10 +30,18 @@ def _save(nb, path: Path) -> None:
     nbformat.write(nb, path)
 
 
+def _with_repo_on_path() -> dict:
+    """The environment with the repository first on PYTHONPATH, keeping what was there: where
+    the Jupyter stack itself comes through PYTHONPATH (the GPU machine's carried wheels), the
+    grader needs it too."""
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p))
+
+
 def _grade(args, cwd, prefix=()):
     return subprocess.run([*prefix, sys.executable, "-m", "pagedattn_lab.grade", *args],
                           capture_output=True, text=True, timeout=300, cwd=cwd,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+                          env=_with_repo_on_path())
 
 
 def _as_unprivileged() -> list[str]:
@@ -43,8 +51,7 @@ def _as_unprivileged() -> list[str]:
         return []
     prefix = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups"]
     probe = subprocess.run([*prefix, sys.executable, "-c", "import pagedattn_lab.grade"],
-                           cwd="/", capture_output=True, env=dict(os.environ,
-                                                                  PYTHONPATH=str(REPO)))
+                           cwd="/", capture_output=True, env=_with_repo_on_path())
     return prefix if probe.returncode == 0 else []
 
 

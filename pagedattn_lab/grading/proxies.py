@@ -19,6 +19,8 @@ import types
 
 import numpy as np
 
+from ..backend import array_module, is_cupy_array
+
 SPECIALS = {"len": len, "iter": list, "getitem": operator.getitem,
             "contains": lambda obj, key: key in obj, "bool": bool, "int": int,
             "float": float, "index": operator.index, "array": np.asarray}
@@ -122,15 +124,32 @@ def copy_back(target, value) -> None:
     elif isinstance(target, types.SimpleNamespace) and isinstance(value, types.SimpleNamespace):
         vars(target).clear()
         vars(target).update(vars(value))
-    elif isinstance(target, np.ndarray) and isinstance(value, np.ndarray) and \
-            value.shape == target.shape and target.flags.writeable:
-        np.asarray(target)[...] = value
+    elif is_cupy_array(target) and _is_array(value) and value.shape == target.shape:
+        target[...] = array_module(target).asarray(value)
+    elif isinstance(target, np.ndarray) and _is_array(value) and target.flags.writeable and \
+            value.size == target.size and _same_shape_or_set(target, value.shape):
+        np.asarray(target)[...] = value.get() if is_cupy_array(value) else value
         for key, new in getattr(value, "__dict__", {}).items():   # e.g. an indexing counter
             old = getattr(target, key, None)
             if isinstance(old, list) and isinstance(new, list):
                 old[:] = new
 
 
+def _same_shape_or_set(target: np.ndarray, shape) -> bool:
+    """Whether target has `shape`, after giving it the shape the other side's code gave its
+    copy (a.shape = ...: the check must see the change it would see in the notebook)."""
+    if target.shape != shape:
+        try:   # (resize, not a.shape =, which NumPy 2.5 deprecates; same size, no copy)
+            target.resize(shape, refcheck=False)
+        except ValueError:   # a view: it does not own the memory it would reshape
+            return False
+    return True
+
+
+def _is_array(x) -> bool:
+    return isinstance(x, np.ndarray) or is_cupy_array(x)
+
+
 def _updatable(old, new) -> bool:
     return type(old) is type(new) and isinstance(old, (list, dict, types.SimpleNamespace)) or (
-        isinstance(old, np.ndarray) and isinstance(new, np.ndarray) and old.shape == new.shape)
+        _is_array(old) and _is_array(new) and old.shape == new.shape)

@@ -7,7 +7,7 @@ the learner's class, function or instance; using one sends a request that the sa
 when the answer is not data. When a check hands the learner one of its own objects (a
 BlockAllocator, a PagedKVCache, the `kv_for` callback), the learner gets a stand-in, and
 its calls come back to the judge, which shares only what `proxies.shareable` allows
-(`Peer(strict=True)`). Lists, dicts, records and arrays passed to a learner's function
+(`Peer(strict=True)`). Lists, dicts, records and arrays (NumPy or CuPy) passed to a learner's function
 are copied there and, if the learner changed them in place, copied back, so
 `table.extend(...)` works as in the notebook.
 Exceptions travel as data (remote_errors.py).
@@ -29,6 +29,7 @@ import types
 
 import numpy as np
 
+from ..backend import is_cupy_array
 from . import wire
 from .proxies import SPECIALS, Remote, RemoteCallable, copy_back, shareable
 from .remote_errors import ErrorTranslation
@@ -301,7 +302,8 @@ class Peer(ErrorTranslation):
         back = {}
         if not self.strict:   # the learner may change a list or an array in place
             for i, arg in enumerate(args):
-                if isinstance(arg, (list, dict, np.ndarray, types.SimpleNamespace)):
+                if isinstance(arg, (list, dict, np.ndarray, types.SimpleNamespace)) or \
+                        is_cupy_array(arg):
                     back[i] = wire.encode(arg, self._ref())
         return obj(*args, **kwargs), back, tuple(args)
 
@@ -311,7 +313,7 @@ def _plain(value):
     """A list of the items of an iterable that is not data (a deque, a generator...)."""
     if isinstance(value, (str, bytes, bytearray, list, tuple, dict, set, frozenset, range,
                           np.ndarray, np.generic, Remote, type)) or \
-            not hasattr(value, "__iter__"):
+            not hasattr(value, "__iter__") or is_cupy_array(value):
         return value
     return list(value)
 

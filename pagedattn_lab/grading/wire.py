@@ -5,7 +5,9 @@ plus blobs, the raw bytes of the arrays (and bytes objects) it refers to (channe
 them), and every size is checked before anything is allocated. Values travel as JSON trees:
 plain JSON for None, bool, int, float (NaN and infinities too) and str; one-key objects
 ("markers") for what JSON lacks: {"$tuple": [...]}, {"$nd": blob, "dtype", "shape"} for an
-array (one of the package's instrumented array classes keeps its class and attributes),
+array (one of the package's instrumented array classes keeps its class and attributes; a
+CuPy array says "dev": "cuda" and arrives as a CuPy array where the receiver has a GPU, so a
+learner's GPU code gets what it gets in the notebook),
 {"$np": ...} for a NumPy scalar, named tuples, SimpleNamespace records, and so on.
 Anything that is not data (a class, an instance, a function) is replaced by a handle
 marker chosen by the caller (`ref`), and a handle marker coming in is turned into an object
@@ -21,6 +23,8 @@ import keyword
 import types
 
 import numpy as np
+
+from ..backend import cupy_module, gpu_available, is_cupy_array
 
 MAX_HEADER = 8 << 20          # bytes of JSON in one frame
 MAX_FRAME = 128 << 20         # bytes of blobs in one frame
@@ -80,6 +84,8 @@ class _Encoder:
             check_dtype(arr.dtype)
             tree = {"$nd": self.blob(arr.tobytes()), "dtype": arr.dtype.str,
                     "shape": list(arr.shape)}
+            if is_cupy_array(value):
+                tree["dev"] = "cuda"
             if type(value) is not np.ndarray and _instrumented(type(value)):
                 tree["cls"] = f"{type(value).__module__}:{type(value).__qualname__}"
                 tree["attrs"] = [[k, self.attr(v, depth)] for k, v in vars(value).items()]
@@ -172,7 +178,9 @@ class _Decoder:
             raise ProtocolError("array size does not match its shape")
         arr = np.frombuffer(data, dtype=dt).reshape(shape).copy()
         if "cls" in tree:
-            arr = self.instrumented(arr, tree)
+            return self.instrumented(arr, tree)
+        if tree.get("dev") == "cuda" and "$nd" in tree and gpu_available():
+            return cupy_module().asarray(arr)
         return arr
 
     def instrumented(self, arr, tree) -> np.ndarray:
