@@ -118,6 +118,18 @@ def gather_heads_first(k, row, n):
     return np.transpose(k.reshape(-1, *k.shape[2:])[slots], (1, 0, 2))
 
 
+def gather_table_scaled_in_place(k, row, n):   # row *= page_size: the caller's table changes
+    p = k.shape[1]
+    row *= p
+    t = np.arange(n)
+    return k.reshape(-1, *k.shape[2:])[np.asarray(row)[t // p] + t % p]
+
+
+def slot_table_scaled_in_place(row, t, p):
+    row[t // p] *= p
+    return int(row[t // p]) + t % p
+
+
 def gather_whole_row(k, row, n):
     return k[np.asarray(row)].reshape(-1, *k.shape[2:])
 
@@ -181,6 +193,8 @@ MISTAKES += [
     ("gather_numpy", gather_heads_first, "tokens first"),
     ("gather_numpy", gather_whole_row, "whole pages"),
     ("gather_numpy", gather_concat, "raised ValueError"),
+    ("gather_numpy", gather_table_scaled_in_place, "changed its input block_table_row"),
+    ("slot_of", slot_table_scaled_in_place, "changed its input block_table_row"),
     ("gather_numpy", gather_token_loop, "a Python loop over the tokens"),
     ("online_softmax", online_class("no_rescale"), "before m is overwritten"),
     ("online_softmax", online_class("old_max"), "from the first key on", ["overflowed"]),

@@ -53,6 +53,8 @@ SCALE_MISTAKES = [
      "only an all-zero row gets scale 1"),
     ("a floor on the scale", lambda x, q: np.maximum(_guard(np.abs(x).max(-1), q), 1e-4),
      "only an all-zero row gets scale 1"),
+    ("abs in place (right scales)", lambda x, q: _guard(np.abs(x, out=x).max(-1), q),
+     "changed its input x"),
 ]
 
 # Other right answers: a zero row may get any finite positive scale (it stores zeros).

@@ -85,6 +85,13 @@ def tiles_floor(q, j, g):              # group // 16 (at least 1): group 17 lose
     return out.reshape(n, 16, -1)
 
 
+def padding_zeroed_in_q(q, j, g):    # right tiles, but the padding rows were zeroed in q
+    n = -(-g // 16)
+    rows = q[j * g:j * g + 16 * n]      # a view of q: past the group, the next group's heads
+    rows[g:] = 0
+    return _tiles(rows[:g], g, q.shape[1])
+
+
 GROUP_MISTAKES = [
     ("modulo group", modulo_group, "consecutive query heads", ()),
     ("group starts at head 0", no_offset, "not at head 0", ()),
@@ -99,6 +106,7 @@ GROUP_MISTAKES = [
     ("fp16 hard-coded", fp16_hard_coded, "keep q's dtype", ()),
     ("group // 16 + 1 tiles", tiles_floor_plus_one, "one too many", ("not [tiles, head_dim",)),
     ("group // 16 tiles", tiles_floor, "needs ceil(", ("not [tiles, head_dim",)),
+    ("padding zeroed in q", padding_zeroed_in_q, "changed its input q", ()),
 ]
 
 def _cols(tile):

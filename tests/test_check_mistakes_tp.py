@@ -59,6 +59,12 @@ def gather(how="right"):
         if how == "float16":
             return blocks.transpose(1, 0, 2, 3).reshape(batch, num_heads, head_dim) \
                 .astype(np.float16)
+        if how == "shape_set":          # reshapes the caller's buffer
+            gathered.shape = (world_size, batch, num_heads // world_size, head_dim)
+            return gathered.transpose(1, 0, 2, 3).reshape(batch, num_heads, head_dim)
+        if how == "sorted_in_place":    # blocks moved within the caller's buffer
+            blocks[:] = blocks.transpose(1, 0, 2, 3).reshape(blocks.shape)
+            return gathered.reshape(batch, num_heads, head_dim)
         if how == "world_from_size":   # R from the buffer's size: always 1
             world = gathered.size // (batch * num_heads * head_dim)
             blocks = gathered.reshape(world, batch, num_heads // world, head_dim)
@@ -118,6 +124,8 @@ MISTAKES = [
     ("gather_heads", lambda g, w, b, h, d: np.full((b, h, d), np.nan), "first wrong row"),
     ("gather_heads", lambda *a: gather()(*a)[None], "[batch, num_heads, head_dim]"),
     ("gather_heads", gather("float16"), "no cast", ["goes to heads"]),
+    ("gather_heads", gather("shape_set"), "changed the shape of its input gathered"),
+    ("gather_heads", gather("sorted_in_place"), "changed its input gathered"),
     ("gather_heads", lambda *a: gather()(*a).astype(np.int32), "keep the buffer's dtype",
      ["goes to heads"]),
     ("wire_bytes", wire(floor=True), "round up"),

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..addressing import element_offset, page_offset, physical_page, physical_slot, token_slots
 from .cases import block_tables_for
-from .compare import describe_difference, diagnose
+from .compare import call_on_copies, changed_input, describe_difference, diagnose
 from .report import Case, CheckResult, Mismatch, as_int, run_cases
 from .seeds import case_rng
 
@@ -35,7 +35,9 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
     for t in range(seq_len):
         page, off = physical_page(row, t, page_size), page_offset(t, page_size)
         expected = physical_slot(row, t, page_size)
-        got = _whole(fn(row.copy(), t, page_size), f"token {t}", expected)
+        got = call_on_copies(f"slot_of (token {t})", fn, {"block_table_row": row}, t,
+                             page_size)
+        got = _whole(got, f"token {t}", expected)
         if got is not None and got == expected:
             continue
         variants = [
@@ -159,7 +161,12 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     slots = token_slots(row, seq_len, page_size)
     expected = flat[slots]
     counter = [0]
-    got = fn(_counted(cache.copy(), counter), _counted(row.copy(), counter), seq_len)
+    passed = {"k_cache": _counted(cache.copy(), counter),
+              "block_table_row": _counted(row.copy(), counter)}
+    got = fn(*passed.values(), seq_len)
+    changed = changed_input("gather_numpy", {"k_cache": cache, "block_table_row": row}, passed)
+    if changed:
+        raise changed
     if got is None:
         raise Mismatch("gather returned None",
                        "return the [seq_len, num_kv_heads, head_dim] array.")

@@ -22,7 +22,7 @@ import numpy as np
 from ..quant import per_token_scales
 from .cases import paged_problem
 from .checks_kernels import _Compiled
-from .compare import describe_difference, diagnose, ranges
+from .compare import call_on_copies, describe_difference, diagnose, ranges
 from .faults import describe_kernel_exception
 from .kernel_runner import OutOfBoundsWrite, poisoned
 from .quant_variants import (FILL, READ_MISTAKES, WARP, WRITE_MISTAKES, quantize_reference,
@@ -86,7 +86,7 @@ def _scale_variants(x, qmax):
 
 def _scales_case(fn, x, qmax) -> None:
     expected = per_token_scales(x, "int8" if qmax == 127 else "fp8_e4m3").astype(np.float64)
-    got = fn(x.copy(), qmax)
+    got = call_on_copies("kv_scales", fn, {"x": x}, qmax)
     if got is None:
         raise Mismatch("returned None", "return the scales, shape [n_tokens, num_kv_heads].")
     got = np.asarray(got, dtype=np.float64)

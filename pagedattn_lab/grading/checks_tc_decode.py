@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks_kernels import _Compiled
-from .compare import describe_difference, diagnose, fmt, ranges
+from .compare import call_on_copies, describe_difference, diagnose, fmt, ranges
 from .faults import describe_kernel_exception
 from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
@@ -94,7 +94,7 @@ def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head, dtype) -> 
     # No zero rows; fp16 values in any dtype, so tiles of another dtype differ only in dtype.
     q = (rng.standard_normal((num_heads, head_dim)) + 3.0).astype(np.float16).astype(dtype)
     expected = reference_group_rows(q, kv_head, group)
-    got = fn(q.copy(), kv_head, group)
+    got = call_on_copies("group_rows", fn, {"q": q}, kv_head, group)
     if got is None:
         raise Mismatch("returned None", "return the tiles: [ceil(group / 16), 16, head_dim].")
     got = np.asarray(got)

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..distributed.shard import head_range
 from ..validate import is_int
+from .compare import call_on_copies
 from .report import Case, CheckResult, Mismatch, as_array, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
@@ -145,7 +146,7 @@ def _gather_case(fn, world, full) -> None:
     batch, heads, dim = full.shape
     n = heads // world
     gathered = np.concatenate([full[:, r * n:(r + 1) * n].ravel() for r in range(world)])
-    got = fn(gathered.copy(), world, batch, heads, dim)
+    got = call_on_copies("gather_heads", fn, {"gathered": gathered}, world, batch, heads, dim)
     if got is None:
         raise NotImplementedError("gather_heads returned None")
     got = as_array(got, "gather_heads' result")

@@ -192,7 +192,13 @@ def changed_input(what: str, given: dict, passed: dict, hints: dict | None = Non
     the check's arrays; `passed`: the copies the learner got, by argument name. A write into
     an input is a bug even when the answer is right: the caller reads that array again."""
     for name, array in given.items():
-        got = passed[name]
+        got = np.asarray(passed[name])   # (a counted array's own indexing left uncounted)
+        if got.shape != array.shape:
+            return Mismatch(f"{what} changed the shape of its input {name}",
+                            f"leave {name} as it was: setting {name}.shape (or "
+                            f"{name}.resize) reshapes the caller's array; use "
+                            f"{name}.reshape(...), which returns a new view.",
+                            expected=str(array.shape), got=str(got.shape))
         changed = ~((got == array) | (np.isnan(got) & np.isnan(array)))
         if changed.any():
             first = tuple(int(i) for i in np.argwhere(changed)[0])
@@ -204,4 +210,15 @@ def changed_input(what: str, given: dict, passed: dict, hints: dict | None = Non
                                 "array; compute a new array instead") + ".",
                             expected=fmt(array[first]), got=fmt(got[first]))
     return None
+
+
+def call_on_copies(what: str, fn, given: dict, *more, hints: dict | None = None):
+    """fn(*copies of given's arrays, *more): what it returns, or the Mismatch of
+    `changed_input` when it wrote into one of them."""
+    passed = {name: array.copy() for name, array in given.items()}
+    got = fn(*passed.values(), *more)
+    changed = changed_input(what, given, passed, hints)
+    if changed:
+        raise changed
+    return got
 
