@@ -12,8 +12,9 @@ from __future__ import annotations
 import numpy as np
 
 from pagedattn_lab import (BatchDecodeWrapper, BatchPrefillWrapper, paged_attention_decode,
-                           reference_prefill_packed)
+                           quant, reference_prefill_packed, slot_mapping, write_kv)
 from pagedattn_lab.backend import cupy_module
+from pagedattn_lab.cache_write_quant import write_kv_quant
 
 from .decode_cases import TOL, bf16, decode_problem, reference
 from .test_decode_tc_quant import quantized
@@ -41,6 +42,10 @@ class Device:
         if dtype == "bfloat16" and self.cp is not None:
             host = host.view(bf16())
         return host.astype(np.float64)
+
+    def raw(self, a) -> np.ndarray:
+        """The array's bytes as NumPy, whatever its dtype (bf16 bits, codes)."""
+        return (np.asarray(a) if self.cp is None else self.cp.asnumpy(a)).view(np.uint8)
 
     def poisoned(self, like):
         return self.put(np.full(like.shape, np.nan, np.float32).astype(like.dtype))
@@ -138,7 +143,96 @@ def draw_prefill(rng, device: Device) -> tuple[str, float, float]:
     return what, relative_error(device.get(got, dtype), ref), TOL[dtype]
 
 
+def _stored(rng, device, k, v, tables, lens, q_lens, fmt, page):
+    """Write every live token of (k, v) into fresh caches as a step does: the cached prefix
+    in one write, this step's tokens in another with padding rows (slot -1) among them.
+    Returns (device caches, their scales, the values they must hold as float32), after
+    checking the caches' bytes against the NumPy reference of the write."""
+    prefix = lens - q_lens
+    batches = [(slot_mapping(tables, prefix, prefix, page), None),
+               (slot_mapping(tables, lens, q_lens, page), rng.random() < 0.5)]
+    heads, dim = k.shape[2:]
+    flat = [x.reshape(-1, heads, dim) for x in (k, v)]
+    if fmt is None:
+        caches = [np.full(k.shape, np.nan, np.float32).astype(k.dtype) for _ in "kv"]
+        scales = None
+    else:
+        kv_dtype, scheme = fmt
+        storage = quant.kv_format(kv_dtype).storage
+        caches = [rng.integers(0, 256, k.shape).astype(np.uint8).view(storage) for _ in "kv"]
+        live = np.concatenate([b[0] for b in batches])
+        scales = [quant.static_scales(x[live], kv_dtype) if scheme == "static" else
+                  rng.uniform(0.01, 0.2, k.shape[:3]).astype(np.float32) for x in flat]
+    expected = [c.copy() for c in caches]
+    want_scales = None if scales is None else [s.copy() for s in scales]
+    dev = [device.put(c) for c in caches]
+    dev_scales = None if scales is None else [device.put(s) for s in scales]
+    for slots, pad in batches:
+        if pad and slots.size:   # padding rows: written nowhere
+            at = np.sort(rng.choice(slots.size + 1, int(rng.integers(1, 4))))
+            slots = np.insert(slots, at, -1)
+        rows = [x[np.maximum(slots, 0)] for x in flat]
+        if fmt is None:
+            write_kv(*(device.put(r) for r in rows), *dev, device.put(slots))
+            for cache, r in zip(expected, rows):
+                cache.reshape(-1, heads, dim)[slots[slots >= 0]] = r[slots >= 0]
+        else:
+            rows = [r.astype(np.float32) for r in rows]
+            write_kv_quant(*(device.put(r) for r in rows), *dev, device.put(slots), *fmt,
+                           *dev_scales)
+            for cache, r, s in zip(expected, rows, want_scales):
+                codes, got_s = quant.quantize_rows(r[slots >= 0], fmt[0], fmt[1],
+                                                   s if fmt[1] == "static" else None)
+                cache.reshape(-1, heads, dim)[slots[slots >= 0]] = codes
+                if fmt[1] == "per_token":
+                    s.reshape(-1, heads)[slots[slots >= 0]] = got_s
+    for name, got, want in zip(("k_cache", "v_cache"), dev, expected):
+        assert np.array_equal(device.raw(got), want.view(np.uint8)), f"{name}: written bytes"
+    if fmt is None:
+        return dev, None, [c.astype(np.float32) for c in expected]
+    for name, got, want in zip(("k_scale", "v_scale"), dev_scales, want_scales):
+        assert np.array_equal(device.raw(got), want.view(np.uint8)), f"{name}: written"
+    values = [quant.dequantize(c, fmt[0], s) for c, s in zip(expected, want_scales)]
+    return dev, dev_scales, values
+
+
+def draw_step(rng, device: Device) -> tuple[str, float, float]:
+    """(description, relative error, tolerance) of a serving step: the cached prefixes and
+    this step's tokens written into the pages (16-bit, or quantized on write), then this
+    step's queries attending over them with the prefill wrapper."""
+    page = int(rng.choice(PAGE_SIZES))
+    group, kv = int(rng.choice([1, 2, 4, 8, 16])), int(rng.choice([1, 2, 4]))
+    head_dim = int(rng.choice([32, 64, 96, 128, 256]))
+    dtype = str(rng.choice(["float16", "bfloat16"]))
+    fmt = None if rng.random() < 0.5 else (str(rng.choice(["int8", "fp8_e4m3"])),
+                                           str(rng.choice(["static", "per_token"])))
+    if fmt is not None:
+        dtype = "float16"
+    lens = _lengths(rng, page, min(500, MAX_LEN[device.name]), int(rng.integers(1, 5)))
+    q_lens = np.array([int(rng.choice([1, n, int(rng.integers(1, n + 1))])) for n in lens],
+                      np.int32)
+    _, k, v, tables, seq_lens = decode_problem(rng, lens, page_size=page, num_heads=group * kv,
+                                               num_kv_heads=kv, head_dim=head_dim, dtype=dtype)
+    what = (f"step {dtype}, kv {fmt or 'as q'}, heads {group * kv}/{kv}, head_dim {head_dim}, "
+            f"page {page}, lens {lens}, q_lens {q_lens.tolist()}")
+    (k_dev, v_dev), scales, (k_vals, v_vals) = _stored(rng, device, k, v, tables, seq_lens,
+                                                       q_lens, fmt, page)
+    indptr = np.concatenate([[0], np.cumsum(q_lens)]).astype(np.int32)
+    q = rng.standard_normal((int(indptr[-1]), group * kv, head_dim)).astype(np.float32)
+    q = q.astype(bf16() if dtype == "bfloat16" else np.float16)
+    ref = reference_prefill_packed(q.astype(np.float32), k_vals, v_vals, indptr, tables,
+                                   seq_lens)
+    w = BatchPrefillWrapper()
+    w.plan(device.put(indptr), device.put(tables), device.put(seq_lens), group * kv, kv,
+           head_dim, page, dtype,
+           **({} if fmt is None else {"kv_dtype": fmt[0], "scale_scheme": fmt[1]}))
+    extra = {} if scales is None else {"k_scale": scales[0], "v_scale": scales[1]}
+    got = w.run(device.put(q), k_dev, v_dev, out=device.poisoned(q), **extra)
+    return what, relative_error(device.get(got, dtype), ref), TOL[dtype] * (1 if fmt is None
+                                                                             else 2)
+
+
 def draw(seed: int, device: str) -> tuple[str, float, float]:
     rng = np.random.default_rng(seed)
-    fn = draw_decode if rng.random() < 0.7 else draw_prefill
+    fn = rng.choice([draw_decode, draw_decode, draw_prefill, draw_step])
     return fn(rng, Device(device))

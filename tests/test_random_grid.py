@@ -1,7 +1,8 @@
 """Random problems (random_grid.py) on the CPU executor in CI and on the GPU, one per seed.
 
-Before this file was committed, 7,711 draws ran on an H200 and 1,376 on the CPU executor
-(the script it came from, 2026-12-04): none failed."""
+Before this file was committed, 7,711 decode and prefill draws ran on an H200 and 1,376 on the
+CPU executor (the script it came from, 2026-12-04), then the serving steps (writes, then
+prefill) were added: none failed."""
 import pytest
 
 from . import random_grid
