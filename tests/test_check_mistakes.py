@@ -145,6 +145,50 @@ MISTAKES += [
 ]
 
 
+# -- right answers that write into their inputs: the caller's seq_lens changes ----------------
+
+def reserved_sorting(L, m):            # sorts the caller's array (to read the longest, say)
+    L.sort()
+    return float(1 - L.sum() / (len(L) * m)) if len(L) else 0.0
+
+
+def paged_rounding_in_place(L, p):     # the lengths rounded up to page counts in place
+    used = int(L.sum())
+    L += p - 1
+    L //= p
+    allocated = int(L.sum()) * p
+    return 1 - used / allocated if allocated else 0.0
+
+
+def kv_bytes_sorting(L, h, kv, d, dt):
+    L.sort()
+    return int(np.sum(L)) * 2 * kv * d * np.dtype(dt).itemsize
+
+
+def choose_sorting_candidates(L, cands, w):   # largest first, then the first that fits
+    cands.sort(reverse=True)
+    return next((p for p in cands if _waste(L, p) <= w), cands[-1])
+
+
+def choose_sorting_lens(L, cands, w):
+    L.sort()
+    return choose_page_size_right(L, cands, w)
+
+
+def choose_page_size_right(L, cands, w):
+    ok = [p for p in cands if _waste(L, p) <= w]
+    return max(ok) if ok else min(cands)
+
+
+MISTAKES += [
+    ("reserved_waste", reserved_sorting, "changed its input seq_lens"),
+    ("paged_waste", paged_rounding_in_place, "changed its input seq_lens"),
+    ("kv_bytes", kv_bytes_sorting, "changed its input seq_lens"),
+    ("choose_page_size", choose_sorting_candidates, "changed its input candidates"),
+    ("choose_page_size", choose_sorting_lens, "changed its input seq_lens"),
+]
+
+
 @pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(MISTAKES))
 def test_mistake_is_caught(task, impl, phrase, not_phrases):
     assert_caught(task, impl, phrase, not_phrases=not_phrases)

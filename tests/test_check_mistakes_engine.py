@@ -50,6 +50,11 @@ def _array(tokens, page_size):   # an array of bytes drops trailing zero bytes
     return np.array(engine_block_hashes(tokens, page_size))
 
 
+def _truncating(tokens, page_size):   # right hashes; the trailing partial block deleted
+    del tokens[len(tokens) // page_size * page_size:]
+    return _hashes()(tokens, page_size)
+
+
 HASH_MISTAKES = [
     ("partial block hashed", _hashes(partial=True), "hash full blocks only", ()),
     ("not chained", _hashes(chain=False), "chain", ()),
@@ -61,6 +66,8 @@ HASH_MISTAKES = [
      ("chain", "full blocks only", "two mistakes")),
     ("hex strings", _hex, "the block hashes differ", ("chain", "full blocks only")),
     ("a numpy array", _array, "expected a list of hashes", ("read the error above",)),
+    ("partial block cut off the caller's list", _truncating,
+     "changed its input token_ids", ()),
 ]
 
 
@@ -131,6 +138,13 @@ def _one_block_less(hashes, cached, num_tokens, page_size):   # "keep the last b
     return pages, len(pages) * page_size
 
 
+def _prefix_pops_hashes(hashes, cached, num_tokens, page_size):   # right answer
+    pages = []
+    while hashes and hashes[0] in cached:
+        pages.append(cached[hashes.pop(0)])
+    return pages, min(len(pages) * page_size, num_tokens - 1)
+
+
 PREFIX_MISTAKES = [
     ("past the first miss", _prefix(stop=False), "first miss", ()),
     ("full hit computes nothing", _prefix(cap=False), "num_tokens - 1", ()),
@@ -144,6 +158,8 @@ PREFIX_MISTAKES = [
     ("one missing block skipped", _two_misses, "past the first block not in the cache",
      ("page 0",)),
     ("(num_computed, pages)", _swapped, "expected a pair", ("read the error above",)),
+    ("pops the caller's hashes", _prefix_pops_hashes,
+     "changed its input hashes", ()),
 ]
 
 
@@ -238,6 +254,13 @@ def _charges_whole_rest(running, waiting, budget, free_pages, watermark, page_si
     return batch
 
 
+def _pops_admitted(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
+    out = _step()(running, waiting, budget, free_pages, watermark, page_size, max_chunk)
+    admitted = {rid for rid, _ in out}
+    waiting[:] = [r for r in waiting if r.rid not in admitted]   # "moved to running"
+    return out
+
+
 def _mutates(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
     out = _step()(running, waiting, budget, free_pages, watermark, page_size, max_chunk)
     for req in running:
@@ -253,6 +276,7 @@ STEP_MISTAKES = [
     ("budget exceeded", _step(use_budget=False), "more tokens than the budget", ()),
     ("overtaking", _step(fcfs=False), "first come, first served", ()),
     ("changes the requests", _mutates, "only plans", ()),
+    ("admitted prompts popped", _pops_admitted, "changed its input waiting", ()),
     ("refuses an exact fit", _step(strict=True), "fits exactly", ("watermark was ignored",)),
     ("cost rounded down", _step(floor_cost=True), "rounded down", ("fits exactly",)),
     ("admitted pages kept", _step(charge_waiting=False), "not taken from the pages left", ()),

@@ -323,6 +323,20 @@ MISTAKES += [
 ]
 
 
+def tables_counts_in_place(seq_lens, page_size, alloc):
+    """Right tables and lengths, but the caller's seq_lens now holds page counts."""
+    lens = np.asarray(seq_lens, dtype=np.int32)
+    for i, n in enumerate(seq_lens):
+        seq_lens[i] = -(-n // page_size)
+    tables = np.full((len(seq_lens), max(seq_lens + [1])), -1, dtype=np.int32)
+    for row, n in enumerate(seq_lens):
+        tables[row, :n] = alloc.allocate(n)
+    return tables, lens
+
+
+MISTAKES += [("block_tables", tables_counts_in_place, "changed its input seq_lens")]
+
+
 class LifoAllocator(GoodAllocator):
     """Hands out the most recently freed page first: as right as a FIFO free list."""
 

@@ -237,6 +237,35 @@ NEW_MISTAKES = [
 ]
 
 
+class PoppingIdsManager(pl.PagedAttentionManager):
+    """Right outputs, but the append loop empties the caller's seq_ids as it goes."""
+
+    def decode_step(self, seq_ids, q, k, v):
+        order, alloc = list(seq_ids), self.cache.allocator
+        count = sum(self.cache.pages_needed(s, 1) for s in order)
+        if count > alloc.num_free:
+            raise pl.OutOfPagesError(count, alloc.num_free, alloc.num_pages)
+        i = 0
+        while seq_ids:
+            self.cache.append(seq_ids.pop(0), k[i:i + 1], v[i:i + 1])
+            i += 1
+        tables, lens = self.cache.block_tables(order)
+        return pl.reference_decode(q, self.cache.k_cache, self.cache.v_cache, tables, lens,
+                                   self.scale)
+
+
+def serve_draining(cache, requests, kv_for):   # the right order, then the caller's list emptied
+    done = serve_factory()(cache, requests, kv_for)
+    requests.clear()
+    return done
+
+
+NEW_MISTAKES += [
+    ("decode_step", PoppingIdsManager, "decode_step changed its input seq_ids"),
+    ("serve", serve_draining, "serve changed its input requests"),
+]
+
+
 @pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(NEW_MISTAKES))
 def test_new_mistake_is_caught(task, impl, phrase, not_phrases):
     assert_caught(task, impl, phrase, not_phrases=not_phrases)

@@ -151,6 +151,14 @@ MISTAKES = [
 ]
 
 
+def wire_sorting(seq_lens, *rest):     # sorts the caller's seq_lens to find the longest
+    seq_lens.sort()
+    return wire()(seq_lens, *rest)
+
+
+MISTAKES += [("wire_bytes", wire_sorting, "changed its input seq_lens")]
+
+
 @pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(MISTAKES))
 def test_mistake_is_caught(task, impl, phrase, not_phrases):
     assert_caught(task, impl, phrase, not_phrases=not_phrases)

@@ -2,7 +2,10 @@
 import contextlib
 import io
 
+import numpy as np
+
 from pagedattn_lab import check
+from pagedattn_lab.grading.compare import changed_input
 from pagedattn_lab.grading.report import WIDTH, Case, Mismatch, run_cases
 
 LONG_HINT = ("a hint long enough to need wrapping: " + "several plain words " * 12).strip()
@@ -55,3 +58,17 @@ def test_quoted_code_lines_are_not_wrapped():
     _, printed = _printed([Case("code", {}, lambda: (_ for _ in ()).throw(
         Mismatch("the kernel does not compile:\n" + code, "fix it")))])
     assert code in printed
+
+
+def test_a_changed_input_list_is_reported_whatever_the_learner_put_in_it():
+    """Item by item, with no comparison that can raise: an array where an int was (its ==
+    is elementwise), an item removed, an item replaced; an untouched list is no change."""
+    given = {"seq_lens": [3, 1, 4]}
+    assert changed_input("f", given, {"seq_lens": [3, 1, 4]}) is None
+    for passed, detail in (([3, np.array([1, 1]), 4], "1 of 3 items, the first at index 1"),
+                           ([3, 1], "its 3 items became 2"),
+                           ([3, 1, 5], "1 of 3 items, the first at index 2"),
+                           ([3.0, 1, 4], "1 of 3 items, the first at index 0")):
+        changed = changed_input("f", given, {"seq_lens": passed})
+        assert changed is not None and f"f changed its input seq_lens: {detail}" in \
+            changed.message, (passed, changed and changed.message)

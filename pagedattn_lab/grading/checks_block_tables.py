@@ -11,6 +11,7 @@ import numpy as np
 
 from ..paging import BlockAllocator, OutOfPagesError
 from ..validate import is_int
+from .compare import call_on_copies
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -241,7 +242,8 @@ def _expect_own_pages(flat: list[int], held: set[int], fresh: set[int]) -> None:
 def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) -> None:
     alloc, held = _busy_allocator(num_pages, 8, 9 + len(seq_lens) + sum(seq_lens))
     try:
-        result = fn(list(seq_lens), page_size, alloc)
+        result = call_on_copies("block_tables", fn, {"seq_lens": list(seq_lens)}, page_size,
+                                alloc)
     except (ValueError, IndexError) as exc:
         if seq_lens:
             raise

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..engine.prefix_cache import hash_block
 from ..validate import is_int
+from .compare import call_on_copies, changed_input
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -41,7 +42,7 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
     rng = case_rng(seed)
     tokens = [int(t) for t in rng.integers(0, 1000, num_tokens)]
     expected = _reference_hashes(tokens, page_size)
-    got = fn(list(tokens), page_size)
+    got = call_on_copies("block_hashes", fn, {"token_ids": tokens}, page_size)
     what = f"{num_tokens} tokens, page_size {page_size}"
     if not isinstance(got, (list, tuple)):   # (an array of bytes drops trailing zero bytes)
         raise Mismatch(f"{what}: expected a list of hashes", "return a plain list of the "
@@ -111,12 +112,16 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
         cached[bytes(rng.integers(0, 256, 32, dtype=np.uint8))] = int(rng.integers(200, 400))
     expected = _reference_prefix(hashes, cached, num_tokens, page_size)
     snapshot = dict(cached)
-    got = fn(list(hashes), cached, num_tokens, page_size)
+    passed = list(hashes)
+    got = fn(passed, cached, num_tokens, page_size)
     what = (f"a {num_tokens}-token prompt ({len(hashes)} full blocks of {page_size}), "
             f"{pattern} cached")
     if cached != snapshot:
         raise Mismatch(f"{what}: the cache was changed", "a lookup only reads `cached`; the "
                        "engine takes the pages (touch) after it decides to admit.")
+    changed = changed_input("cached_prefix", {"hashes": hashes}, {"hashes": passed})
+    if changed:
+        raise changed
     if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], (list, tuple))
             and is_int(got[1])):
         raise Mismatch(f"{what}: expected a pair (pages, num_computed)", "return pages, "

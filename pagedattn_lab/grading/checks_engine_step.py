@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from .compare import changed_input
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .seeds import case_rng
 
@@ -252,10 +253,16 @@ def _draw_step(seed: int, page_size: int, budget: int, max_chunk: int, watermark
     raise RuntimeError(f"no case exposes {exposes} (seed {seed})")   # a bug in this module
 
 
+_LISTS_HINT = ("the step only plans: return the (rid, num_new) pairs; the engine moves an "
+               "admitted request from waiting to running after the forward pass (do not pop, "
+               "remove, sort or append)")
+
+
 def _compare(fn, args, expected, where: str = "") -> None:
     running, waiting, budget, free = args[:4]
     before = [vars(r).copy() for r in running + waiting]
-    got = fn(list(running), list(waiting), *args[2:])
+    passed = {"running": list(running), "waiting": list(waiting)}
+    got = fn(*passed.values(), *args[2:])
     desc = (f"{where}{len(running)} running "
             f"{[(r.rid, r.num_tokens, r.num_computed) for r in running]}, {len(waiting)} "
             f"waiting {[(r.rid, r.num_tokens) for r in waiting]} (rid, tokens[, computed]); "
@@ -264,6 +271,12 @@ def _compare(fn, args, expected, where: str = "") -> None:
         raise Mismatch(f"{desc}: the requests were changed", "the step only plans: return the "
                        "(rid, num_new) pairs; the engine updates the requests after the forward "
                        "pass.")
+    for name, given in (("running", running), ("waiting", waiting)):
+        changed = changed_input("schedule_step", {name: given}, passed, {name: _LISTS_HINT})
+        if changed:
+            raise Mismatch(f"{desc}: {changed.message}", changed.hint,
+                           f"{name} rids {[r.rid for r in given]}",
+                           f"{name} rids {[getattr(r, 'rid', r) for r in passed[name]]}")
     try:
         got = [(int(rid), int(n)) for rid, n in got]
     except (TypeError, ValueError):

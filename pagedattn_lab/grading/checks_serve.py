@@ -17,6 +17,7 @@ import numpy as np
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
 from ..validate import check_int_list
+from .compare import changed_input
 from .report import Case, CaseTimeout, CheckResult, Mismatch, run_cases, time_limit
 from .seeds import case_rng
 
@@ -137,9 +138,10 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         return [i for s, i in held if i is not None and cache.seq_len(s) == len(tokens[i])]
 
     cache.free_sequence = free_sequence
+    passed = list(requests)
     try:
         with time_limit(2):  # a right loop takes milliseconds here
-            finished = fn(cache, list(requests), kv_for)
+            finished = fn(cache, passed, kv_for)
     except (_StepBudget, CaseTimeout):
         kept = complete_but_kept()
         if kept:
@@ -171,6 +173,12 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         raise Mismatch(f"raised KeyError: {exc}", f"sequence {gone.group(1)} was freed "
                        "already: once cache.free_sequence(seq_id) has run, drop the sequence "
                        "from the running ones and never use or free it again.") from None
+    changed = changed_input("serve", {"requests": list(requests)}, {"requests": passed}, {
+        "requests": "serve reads requests[i] and keeps its own waiting and running "
+                    "collections (a deque of indices); it does not pop, sort or overwrite the "
+                    "caller's list"})
+    if changed:
+        raise changed
     if finished is not None:   # any sequence of ints (a list, a deque, an array)
         try:
             finished = check_int_list(finished, "serve's result", "request index")

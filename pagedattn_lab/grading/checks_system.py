@@ -158,8 +158,9 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
         v_new = rng.standard_normal((batch, num_kv_heads, head_dim)).astype(np.float32)
         lens_before = {sid: mgr.seq_len(sid) for sid in ids}
         passed = _step_inputs(mgr, q, k_new, v_new)
+        passed_ids = list(step_ids)
         try:
-            got = mgr.decode_step(list(step_ids), *passed)
+            got = mgr.decode_step(passed_ids, *passed)
         except ValueError as exc:
             text = str(exc)
             if text.startswith(("block_tables", "seq_lens")) and "one per sequence" in text:
@@ -173,6 +174,10 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
                                "not k[i].") from exc
             raise
         _inputs_kept(f"step {step}", passed, (q, k_new, v_new), scale)
+        changed = changed_input(f"step {step}: decode_step", {"seq_ids": step_ids},
+                                {"seq_ids": passed_ids}, {"seq_ids": IDS_HINT})
+        if changed:
+            raise changed
         for i, sid in enumerate(step_ids):
             keys[sid] = np.concatenate([keys[sid], k_new[i:i + 1]])
             values[sid] = np.concatenate([values[sid], v_new[i:i + 1]])
@@ -218,6 +223,10 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
         raise Mismatch(f"step {step} (seq_ids {step_ids}): " + diff.message(), hint)
 
 
+IDS_HINT = ("the caller (the engine) reads its batch's seq_ids again after the step: loop over "
+            "them, do not pop, remove, sort or clear them")
+
+
 def _step_inputs(mgr, q, k, v) -> list:
     """Copies of a step's inputs on the manager's device, so that a step that writes into
     them leaves the check's own arrays (and so its expected output) as they were."""
@@ -255,7 +264,7 @@ def _decode_out_of_pages(cls) -> None:
     q = mgr.xp.asarray(rng.standard_normal((2, 2, 8)).astype(np.float32))
     kv = mgr.xp.asarray(rng.standard_normal((2, 1, 8)).astype(np.float32))
     try:
-        mgr.decode_step(ids, q, kv, kv)
+        mgr.decode_step(list(ids), q, kv, kv)
     except OutOfPagesError:
         pass
     else:
@@ -283,7 +292,7 @@ def _decode_exact_fit(cls) -> None:
     ids = [mgr.add_sequence(rows(n), rows(n)).seq_id for n in (8, 7, 5)]
     q = mgr.xp.asarray(rng.standard_normal((3, 2, 8)).astype(np.float32))
     try:
-        mgr.decode_step(ids, q, rows(3), rows(3))
+        mgr.decode_step(list(ids), q, rows(3), rows(3))
     except OutOfPagesError as exc:
         asked = getattr(exc, "requested", None)
         hint = ("this step needs one new page, for the sequence of 8 tokens (its last page "
@@ -320,7 +329,8 @@ def _decode_fork(cls) -> None:
     k_new, v_new = rows(2), rows(2)
     step = [other, fork]
     try:
-        mgr.decode_step(step, mgr.xp.asarray(q), mgr.xp.asarray(k_new), mgr.xp.asarray(v_new))
+        mgr.decode_step(list(step), mgr.xp.asarray(q.copy()), mgr.xp.asarray(k_new.copy()),
+                        mgr.xp.asarray(v_new.copy()))
     except OutOfPagesError:
         pass
     else:
@@ -340,7 +350,7 @@ def _decode_fork(cls) -> None:
     mgr.finish(spare)
     passed = _step_inputs(mgr, q, k_new, v_new)
     try:
-        got = to_numpy(mgr.decode_step(step, *passed))
+        got = to_numpy(mgr.decode_step(list(step), *passed))
     except OutOfPagesError as exc:
         raise Mismatch(f"with one page free, the step raised OutOfPagesError: {exc}", "the step "
                        "needs one page (the fork's copy) and one is free: it fits (raise only "

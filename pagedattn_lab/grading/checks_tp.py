@@ -238,7 +238,8 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
     from ..distributed.shard import step_bytes  # noqa: PLC0415
     b = step_bytes(lens, heads, kv, dim, ps, world, size)
     expected = (b.tables, b.output_share, b.kv_read)
-    got = fn(np.array(lens, np.int32), heads, kv, dim, ps, world, size)
+    got = call_on_copies("wire_bytes", fn, {"seq_lens": np.array(lens, np.int32)}, heads, kv,
+                         dim, ps, world, size)
     if got is None:
         raise NotImplementedError("wire_bytes returned None")
     try:

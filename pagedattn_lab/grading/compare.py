@@ -190,8 +190,14 @@ def _nan_where_wrong(candidate, expected, atol, rtol, mask) -> bool:
 def changed_input(what: str, given: dict, passed: dict, hints: dict | None = None):
     """A Mismatch for the first of the learner's inputs it wrote into, else None. `given`:
     the check's arrays; `passed`: the copies the learner got, by argument name. A write into
-    an input is a bug even when the answer is right: the caller reads that array again."""
+    an input is a bug even when the answer is right: the caller reads that array again.
+    A list in `given` is compared item by item (sort, append, pop, del or item assignment)."""
     for name, array in given.items():
+        if isinstance(array, list):
+            changed = _changed_list(what, name, array, passed[name], hints)
+            if changed:
+                return changed
+            continue
         got = np.asarray(passed[name])   # (a counted array's own indexing left uncounted)
         if got.shape != array.shape:
             return Mismatch(f"{what} changed the shape of its input {name}",
@@ -210,6 +216,33 @@ def changed_input(what: str, given: dict, passed: dict, hints: dict | None = Non
                                 "array; compute a new array instead") + ".",
                             expected=fmt(array[first]), got=fmt(got[first]))
     return None
+
+
+def _changed_list(what: str, name: str, items: list, got, hints: dict | None):
+    """A Mismatch when the learner's copy `got` of the list `items` no longer equals it."""
+    got = list(got)
+    wrong = [i for i, (a, b) in enumerate(zip(items, got)) if not _same_item(a, b)]
+    if len(got) != len(items):
+        detail = f"its {len(items)} items became {len(got)}"
+    elif wrong:
+        detail = f"{len(wrong)} of {len(items)} items, the first at index {wrong[0]}"
+    else:
+        return None
+    return Mismatch(f"{what} changed its input {name}: {detail}",
+                    f"leave {name} as it was: " + (hints or {}).get(
+                        name, f"{name}.sort(), .append, .pop, .remove, del {name}[...] or "
+                        f"{name}[i] = ... change the caller's list; work on a copy "
+                        f"(sorted({name}), list({name})) or just read it") + ".",
+                    expected=repr(items)[:80], got=repr(got)[:80])
+
+
+def _same_item(a, b) -> bool:
+    """a == b for the items of a list the learner got (whatever it put there: an array's
+    elementwise answer, or an error, counts as a change)."""
+    try:
+        return type(a) is type(b) and bool(a == b)
+    except Exception:  # noqa: BLE001 - a learner's object compared: not the same item
+        return False
 
 
 def call_on_copies(what: str, fn, given: dict, *more, hints: dict | None = None):
