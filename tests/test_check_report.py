@@ -65,6 +65,9 @@ def test_a_changed_input_list_is_reported_whatever_the_learner_put_in_it():
     is elementwise), an item removed, an item replaced; an untouched list is no change."""
     given = {"seq_lens": [3, 1, 4]}
     assert changed_input("f", given, {"seq_lens": [3, 1, 4]}) is None
+    nan, row = float("nan"), np.array([1.0, np.nan])   # untouched (or copied by the grader's
+    for items in ([nan, row], [float("nan"), row.copy()]):   # channel): no change
+        assert changed_input("f", {"xs": [nan, row]}, {"xs": items}) is None
     for passed, detail in (([3, np.array([1, 1]), 4], "1 of 3 items, the first at index 1"),
                            ([3, 1], "its 3 items became 2"),
                            ([3, 1, 5], "1 of 3 items, the first at index 2"),

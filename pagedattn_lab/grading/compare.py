@@ -237,10 +237,21 @@ def _changed_list(what: str, name: str, items: list, got, hints: dict | None):
 
 
 def _same_item(a, b) -> bool:
-    """a == b for the items of a list the learner got (whatever it put there: an array's
-    elementwise answer, or an error, counts as a change)."""
+    """Whether an item of a list the learner got is still the check's: the same object, or
+    (after the grader's channel, a copy) an equal one of the same type, NaN equal to NaN.
+    Whatever else the learner put there (an array where an int was, an object whose == fails)
+    counts as a change."""
+    if a is b:
+        return True
+    if type(a) is not type(b):
+        return False
     try:
-        return type(a) is type(b) and bool(a == b)
+        if isinstance(a, np.ndarray):
+            return a.shape == b.shape and bool(np.array_equal(a, b, equal_nan=a.dtype.kind
+                                                              in "fc"))
+        if isinstance(a, float) and a != a:
+            return b != b
+        return bool(a == b)
     except Exception:  # noqa: BLE001 - a learner's object compared: not the same item
         return False
 
@@ -254,4 +265,3 @@ def call_on_copies(what: str, fn, given: dict, *more, hints: dict | None = None)
     if changed:
         raise changed
     return got
-

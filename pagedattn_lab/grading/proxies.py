@@ -124,10 +124,14 @@ def copy_back(target, value) -> None:
     elif isinstance(target, types.SimpleNamespace) and isinstance(value, types.SimpleNamespace):
         vars(target).clear()
         vars(target).update(vars(value))
-    elif is_cupy_array(target) and _is_array(value) and value.shape == target.shape:
+    elif is_cupy_array(target) and _is_array(value) and value.size == target.size:
+        if not _same_shape_or_set(target, value.shape):
+            value = value.reshape(target.shape)
         target[...] = array_module(target).asarray(value)
     elif isinstance(target, np.ndarray) and _is_array(value) and target.flags.writeable and \
-            value.size == target.size and _same_shape_or_set(target, value.shape):
+            value.size == target.size:
+        if not _same_shape_or_set(target, value.shape):
+            value = value.reshape(target.shape)
         np.asarray(target)[...] = value.get() if is_cupy_array(value) else value
         for key, new in getattr(value, "__dict__", {}).items():   # e.g. an indexing counter
             old = getattr(target, key, None)
@@ -135,13 +139,17 @@ def copy_back(target, value) -> None:
                 old[:] = new
 
 
-def _same_shape_or_set(target: np.ndarray, shape) -> bool:
+def _same_shape_or_set(target, shape) -> bool:
     """Whether target has `shape`, after giving it the shape the other side's code gave its
-    copy (a.shape = ...: the check must see the change it would see in the notebook)."""
+    copy (a.shape = ...: the check must see the change it would see in the notebook); False
+    where target's memory cannot take it in place (not one contiguous segment)."""
     if target.shape != shape:
-        try:   # (resize, not a.shape =, which NumPy 2.5 deprecates; same size, no copy)
-            target.resize(shape, refcheck=False)
-        except ValueError:   # a view: it does not own the memory it would reshape
+        try:   # NumPy: resize (setting .shape is deprecated in 2.5); same size, no copy
+            if is_cupy_array(target):
+                target.shape = shape
+            else:
+                target.resize(shape, refcheck=False)
+        except (AttributeError, ValueError):
             return False
     return True
 
@@ -152,4 +160,6 @@ def _is_array(x) -> bool:
 
 def _updatable(old, new) -> bool:
     return type(old) is type(new) and isinstance(old, (list, dict, types.SimpleNamespace)) or (
-        _is_array(old) and _is_array(new) and old.shape == new.shape)
+        _is_array(old) and _is_array(new) and old.shape == new.shape
+        and is_cupy_array(old) == is_cupy_array(new))   # an item moved to the other device
+                                                        # is a new item, as in the notebook

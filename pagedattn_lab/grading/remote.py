@@ -7,9 +7,9 @@ the learner's class, function or instance; using one sends a request that the sa
 when the answer is not data. When a check hands the learner one of its own objects (a
 BlockAllocator, a PagedKVCache, the `kv_for` callback), the learner gets a stand-in, and
 its calls come back to the judge, which shares only what `proxies.shareable` allows
-(`Peer(strict=True)`). Lists, dicts, records and arrays (NumPy or CuPy) passed to a learner's function
-are copied there and, if the learner changed them in place, copied back, so
-`table.extend(...)` works as in the notebook.
+(`Peer(strict=True)`). Lists, dicts, records and arrays (NumPy or CuPy) passed to a learner's
+function are copied there and, if the learner changed them in place, copied back,
+so `table.extend(...)` works as in the notebook.
 Exceptions travel as data (remote_errors.py).
 
 Either side may be running a request of the other when a case's time limit (SIGALRM)

@@ -20,6 +20,7 @@ import collections
 import functools
 import importlib
 import keyword
+import math
 import types
 
 import numpy as np
@@ -32,6 +33,8 @@ MAX_DEPTH = 48                # nesting of lists, tuples, dicts
 MAX_ITEMS = 1 << 20           # list items, dict entries... in one frame
 SIMPLE_KINDS = "biufcSU"      # dtype kinds that may travel (never object or structured)
 HANDLE_KEYS = ("$s", "$g", "$arg")
+CUPY_KINDS = "biufc"          # what a CuPy array may hold (no strings): a "dev" array else
+                              # arrives as NumPy
 
 
 class ProtocolError(Exception):
@@ -170,16 +173,19 @@ class _Decoder:
     def array(self, tree) -> np.ndarray:
         dt = check_dtype(str(tree.get("dtype")))
         shape = tree.get("shape", [])
+        # (each axis bounded, and the size in exact integers: beside an axis of 0, or past
+        # int64's wrap, a huge axis would match an empty blob and fail in reshape)
         if not isinstance(shape, list) or len(shape) > 32 or \
-                not all(type(n) is int and 0 <= n for n in shape):
+                not all(type(n) is int and 0 <= n <= MAX_FRAME for n in shape):
             raise ProtocolError(f"bad array shape {shape!r}")
         data = self.blob(tree.get("$nd", tree.get("$np")))
-        if int(np.prod(shape, dtype=np.int64)) * dt.itemsize != len(data):
+        if math.prod(shape) * dt.itemsize != len(data):
             raise ProtocolError("array size does not match its shape")
         arr = np.frombuffer(data, dtype=dt).reshape(shape).copy()
         if "cls" in tree:
             return self.instrumented(arr, tree)
-        if tree.get("dev") == "cuda" and "$nd" in tree and gpu_available():
+        if tree.get("dev") == "cuda" and "$nd" in tree and dt.kind in CUPY_KINDS and \
+                gpu_available():
             return cupy_module().asarray(arr)
         return arr
 
