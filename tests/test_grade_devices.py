@@ -193,8 +193,9 @@ def test_cupy_arrays_cross_and_come_back_on_the_gpu():
     def step(q_in):
         got.append(type(q_in))
         q_in *= 0.5
+        q_in.shape = (2, 1)
         return q_in * 2
 
     returned = call_from_the_judge(step, q)
-    assert got == [cp.ndarray] and q.get().tolist() == [0.5, 1.0]
-    assert isinstance(returned[0], cp.ndarray) and returned[0].get().tolist() == [1.0, 2.0]
+    assert got == [cp.ndarray] and q.shape == (2, 1) and q.get().tolist() == [[0.5], [1.0]]
+    assert isinstance(returned[0], cp.ndarray) and returned[0].get().tolist() == [[1.0], [2.0]]
