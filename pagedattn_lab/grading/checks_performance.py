@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks_sizing import _int_case, _lens, _scalar_case, kept, paged_waste_fraction
+from .checks_sizing import _int_case, _lens, _scalar_case, paged_waste_fraction
+from .compare import on_copies
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 
 
@@ -30,7 +31,7 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
         wrapped = int((lens * np.int32(per_token)).sum(dtype=np.int32))
         wrapped_total = int((lens * np.int32(per_token)).sum())
     args = (lens, num_heads, num_kv_heads, head_dim)
-    fn = kept(fn, "kv_bytes", "seq_lens")   # (the probe below gets fresh copies too)
+    fn = on_copies(fn, "kv_bytes", "seq_lens")   # (the probe below gets fresh copies too)
 
     def size_ignored(size: int):
         """What `size` bytes a number, whatever the dtype, gives. Half the fp32 bytes is also
@@ -121,7 +122,7 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
     waste = {p: paged_waste_fraction(lens, p) for p in candidates}
     ok = [p for p in candidates if waste[p] <= max_waste]
     expected = max(ok) if ok else min(candidates)
-    got = kept(fn, "choose_page_size", "seq_lens", "candidates")(
+    got = on_copies(fn, "choose_page_size", "seq_lens", "candidates")(
         np.array(lens, dtype=np.int64), list(candidates), max_waste)
     wastes = ", ".join(f"{p}: {waste[p]:.4g}" for p in candidates)
     if got is not None and (isinstance(got, bool) or

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ..validate import is_int
-from .compare import call_on_copies, fmt
+from .compare import fmt, on_copies
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -95,14 +95,6 @@ def _int_case(fn, args: tuple, expected: int, variants: list[tuple[str, float]],
     raise Mismatch(what, hint, expected=str(expected), got=shown)
 
 
-def kept(fn, what: str, *names: str):
-    """`fn`, called on copies of its first len(names) arguments (arrays or lists): a Mismatch
-    (compare.changed_input) when it writes into one of them."""
-    def call(*args):
-        return call_on_copies(what, fn, dict(zip(names, args)), *args[len(names):])
-    return call
-
-
 def _lens(seed: int, n: int, low: int, high: int) -> np.ndarray:
     return case_rng(seed).integers(low, high, size=n).astype(np.int64)
 
@@ -162,7 +154,7 @@ def _reserved_case(fn, lens: np.ndarray, max_len: int) -> None:
     expected = 1 - used / reserved if reserved else 0.0
     with np.errstate(all="ignore"):
         longest = 1 - used / (len(lens) * lens.max()) if len(lens) else None
-    _fraction_case(kept(fn, "reserved_waste", "seq_lens"), (lens, max_len), expected, [
+    _fraction_case(on_copies(fn, "reserved_waste", "seq_lens"), (lens, max_len), expected, [
         ("you reserved max(seq_lens) per sequence; the server reserves max_len for every "
          "request because it cannot know the final length in advance.", longest),
         ("return a fraction of the reserved slots (between 0 and 1), not a count.",
@@ -214,7 +206,7 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
     one_at_least = int(np.maximum(pages, 1).sum()) * page_size
     with np.errstate(all="ignore"):
         per_sequence = float(np.mean(1 - lens / (pages * page_size))) if allocated else None
-    _fraction_case(kept(fn, "paged_waste", "seq_lens"), (lens, page_size), expected, [
+    _fraction_case(on_copies(fn, "paged_waste", "seq_lens"), (lens, page_size), expected, [
         ("round the page count up: a sequence of L tokens holds ceil(L / page_size) pages.",
          1 - used / floor_alloc if floor_alloc else None),
         ("a request with no tokens yet holds no page (ceil(0 / page_size) is 0), and with "

@@ -189,9 +189,9 @@ def _nan_where_wrong(candidate, expected, atol, rtol, mask) -> bool:
 
 def changed_input(what: str, given: dict, passed: dict, hints: dict | None = None):
     """A Mismatch for the first of the learner's inputs it wrote into, else None. `given`:
-    the check's arrays; `passed`: the copies the learner got, by argument name. A write into
-    an input is a bug even when the answer is right: the caller reads that array again.
-    A list in `given` is compared item by item (sort, append, pop, del or item assignment)."""
+    the check's arrays and lists; `passed`: the copies the learner got, by argument name. A
+    write into an input is a bug even when the answer is right: the caller reads it again.
+    A list is compared item by item (sort, append, pop, del or item assignment)."""
     for name, array in given.items():
         if isinstance(array, list):
             changed = _changed_list(what, name, array, passed[name], hints)
@@ -257,7 +257,7 @@ def _same_item(a, b) -> bool:
 
 
 def call_on_copies(what: str, fn, given: dict, *more, hints: dict | None = None):
-    """fn(*copies of given's arrays, *more): what it returns, or the Mismatch of
+    """fn(*copies of given's arrays or lists, *more): what it returns, or the Mismatch of
     `changed_input` when it wrote into one of them."""
     passed = {name: array.copy() for name, array in given.items()}
     got = fn(*passed.values(), *more)
@@ -265,3 +265,11 @@ def call_on_copies(what: str, fn, given: dict, *more, hints: dict | None = None)
     if changed:
         raise changed
     return got
+
+
+def on_copies(fn, what: str, *names: str):
+    """`fn`, called on copies of its first len(names) arguments (arrays or lists), named
+    `names`: see call_on_copies."""
+    def call(*args):
+        return call_on_copies(what, fn, dict(zip(names, args)), *args[len(names):])
+    return call
