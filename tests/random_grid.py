@@ -149,8 +149,8 @@ def _stored(rng, device, k, v, tables, lens, q_lens, fmt, page):
     Returns (device caches, their scales, the values they must hold as float32), after
     checking the caches' bytes against the NumPy reference of the write."""
     prefix = lens - q_lens
-    batches = [(slot_mapping(tables, prefix, prefix, page), None),
-               (slot_mapping(tables, lens, q_lens, page), rng.random() < 0.5)]
+    batches = [(slot_mapping(tables, prefix, prefix, page), False),
+               (slot_mapping(tables, lens, q_lens, page), bool(rng.random() < 0.5))]
     heads, dim = k.shape[2:]
     flat = [x.reshape(-1, heads, dim) for x in (k, v)]
     if fmt is None:
