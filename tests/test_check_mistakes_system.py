@@ -117,7 +117,17 @@ def next_at_least_one_owner(cache, sid):
     return int(cache.allocator.ref_count(cache.block_table(sid)[-1]) >= 1)
 
 
+def next_reserving_the_page(cache, sid):   # right count, and "reserves" the page it counts
+    n = cache.seq_len(sid)
+    shared = n % cache.page_size and cache.allocator.ref_count(cache.block_table(sid)[-1]) > 1
+    needed = int(n % cache.page_size == 0 or bool(shared))
+    if needed and cache.allocator.num_free:
+        cache.allocator.allocate(1)
+    return needed
+
+
 MISTAKES += [
+    ("pages_for_next_token", next_reserving_the_page, "pages_for_next_token changed the cache"),
     ("pages_for_next_token", next_first_page, "only the page the token is written into"),
     ("pages_for_next_token", next_any_shared, "only the page the token is written into"),
     ("pages_for_next_token", next_tail_first, "does not exist"),

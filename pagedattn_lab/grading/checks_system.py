@@ -83,6 +83,7 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
     table = cache.block_table(sid)
     last_shared = n % page_size != 0 and cache.allocator.ref_count(table[-1]) > 1
     expected = 1 if (n % page_size == 0 or last_shared) else 0
+    before = _cache_state(cache)
     try:
         got = fn(cache, sid)
     except IndexError as exc:
@@ -91,6 +92,13 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
         raise Mismatch(f"{what}: raised IndexError: {exc}", "a sequence with no tokens has "
                        "no pages, so block_table(seq_id)[-1] does not exist: test "
                        "seq_len % page_size == 0 (true for 0) first.") from None
+    after = _cache_state(cache)
+    if after != before:
+        raise Mismatch(f"{what}: pages_for_next_token changed the cache",
+                       "it only counts: read seq_len, block_table and ref_count. Allocating, "
+                       "appending or freeing there changes the cache for good (a page taken "
+                       "to look at it is never given back).", _state_shown(before),
+                       _state_shown(after))
     got = as_int(got, what, expected,
                  "return the number of new pages the token needs, 0 or 1, as an int.")
     if got == expected:
@@ -121,6 +129,20 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
         hint = (f"the last page still has {room} free slot{'s' if room > 1 else ''}: no new "
                 "page (unless it is shared).")
     raise Mismatch(f"{what} (page_size {page_size})", hint, str(expected), repr(got))
+
+
+def _cache_state(cache) -> tuple:
+    """(free pages, each sequence's length and table, the ref count of each page in them)."""
+    tables = {sid: (cache.seq_len(sid), tuple(cache.block_table(sid))) for sid in cache.seq_ids}
+    pages = sorted({p for _, table in tables.values() for p in table})
+    return (cache.allocator.num_free, tables,
+            tuple(cache.allocator.ref_count(p) for p in pages))
+
+
+def _state_shown(state) -> str:
+    free, tables, _ = state
+    return f"{free} pages free, {len(tables)} sequences, lengths " \
+           f"{[n for n, _ in tables.values()]}"
 
 
 def pages_for_next_token(fn) -> CheckResult:
