@@ -13,7 +13,7 @@ import numpy as np
 
 from pagedattn_lab import (BatchDecodeWrapper, BatchPrefillWrapper, paged_attention_decode,
                            quant, reference_prefill_packed, slot_mapping, write_kv)
-from pagedattn_lab.backend import cupy_module
+from pagedattn_lab.backend import cupy_module, to_numpy
 from pagedattn_lab.cache_write_quant import write_kv_quant
 
 from .decode_cases import TOL, bf16, decode_problem, reference
@@ -40,14 +40,14 @@ class Device:
         return self.cp.asarray(a.view(np.uint16) if a.dtype == bf16() else a)
 
     def get(self, a, dtype: str) -> np.ndarray:
-        host = np.asarray(a) if self.cp is None else self.cp.asnumpy(a)
+        host = to_numpy(a)
         if dtype == "bfloat16" and self.cp is not None:
             host = host.view(bf16())
         return host.astype(np.float64)
 
     def raw(self, a) -> np.ndarray:
         """The array's bytes as NumPy, whatever its dtype (bf16 bits, codes)."""
-        return (np.asarray(a) if self.cp is None else self.cp.asnumpy(a)).view(np.uint8)
+        return to_numpy(a).view(np.uint8)
 
     def poisoned(self, like):
         return self.put(np.full(like.shape, np.nan, np.float32).astype(like.dtype))

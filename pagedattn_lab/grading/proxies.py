@@ -19,7 +19,7 @@ import types
 
 import numpy as np
 
-from ..backend import array_module, is_cupy_array
+from ..backend import array_module, is_cupy_array, to_numpy
 
 SPECIALS = {"len": len, "iter": list, "getitem": operator.getitem,
             "contains": lambda obj, key: key in obj, "bool": bool, "int": int,
@@ -124,15 +124,14 @@ def copy_back(target, value) -> None:
     elif isinstance(target, types.SimpleNamespace) and isinstance(value, types.SimpleNamespace):
         vars(target).clear()
         vars(target).update(vars(value))
-    elif is_cupy_array(target) and _is_array(value) and value.size == target.size:
+    elif _is_array(target) and _is_array(value) and value.size == target.size and \
+            (is_cupy_array(target) or target.flags.writeable):
         if not _same_shape_or_set(target, value.shape):
             value = value.reshape(target.shape)
-        target[...] = array_module(target).asarray(value)
-    elif isinstance(target, np.ndarray) and _is_array(value) and target.flags.writeable and \
-            value.size == target.size:
-        if not _same_shape_or_set(target, value.shape):
-            value = value.reshape(target.shape)
-        np.asarray(target)[...] = value.get() if is_cupy_array(value) else value
+        if is_cupy_array(target):
+            target[...] = array_module(target).asarray(value)
+            return
+        np.asarray(target)[...] = to_numpy(value)
         for key, new in getattr(value, "__dict__", {}).items():   # e.g. an indexing counter
             old = getattr(target, key, None)
             if isinstance(old, list) and isinstance(new, list):
