@@ -90,19 +90,22 @@ class RawKernel:
 
     `options`: NVRTC options (a tuple of strings), passed to CuPy; on the CPU, -D, -U, -I and
     -std are honoured and the others ignored. Keywords for the CPU executor: `filename`,
-    `timeout`, `checked`, `workers`, `stack_kb`, `racecheck` (see pagedattn_lab.cpu.RawKernel).
+    `timeout`, `checked`, `workers`, `stack_kb`, `racecheck`, `trusted` (see
+    pagedattn_lab.cpu.RawKernel).
     Other keywords (`backend`, `jitify`, ...) go to cupy.RawKernel.
     """
 
     def __init__(self, code: str, name: str, options=(), *, filename: str | None = None,
                  timeout: float | None = None, checked: bool = True, workers: int | None = None,
-                 stack_kb: int | None = None, racecheck: bool | None = None, **cupy_kwargs):
+                 stack_kb: int | None = None, racecheck: bool | None = None,
+                 trusted: bool = False, **cupy_kwargs):
         self.code = code
         self.name = name
         self.options = tuple(options or ())
         self.signature = parse_kernel_signature(code, name, collect_defines(code, self.options))
         self._cpu_kwargs = dict(filename=filename, timeout=timeout, checked=checked,
-                                workers=workers, stack_kb=stack_kb)
+                                workers=workers, stack_kb=stack_kb, racecheck=racecheck,
+                                trusted=trusted)
         self._cupy_kwargs = cupy_kwargs
         self._cpu = None
         self._gpu = None

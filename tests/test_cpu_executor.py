@@ -407,6 +407,24 @@ def test_endless_loop_times_out():
         kern(BUGS, "spin")(1, 32, (np.zeros(1, np.int32),), timeout=0.5)
     assert time.perf_counter() - t0 < 5
     assert info.value.thread == (0, 0, 0) and "did not finish within 0.5 s" in str(info.value)
+    assert "An endless loop?" in str(info.value) and "own kernels" not in str(info.value)
+
+
+def test_the_packages_kernels_get_an_hour_and_a_timeout_that_blames_the_size(monkeypatch):
+    """A learner's kernel gets 30 s, where a loop is the likely cause; the course's own kernels
+    are tested to finish, and a large problem may run for minutes on the CPU executor."""
+    from pagedattn_lab.cpu.kernel import DEFAULT_TIMEOUT, TRUSTED_TIMEOUT, _env_timeout
+    from pagedattn_lab.kernels import kernel as package_kernel
+    monkeypatch.delenv("PAGEDATTN_LAB_CPU_TIMEOUT", raising=False)
+    assert package_kernel("decode", "paged_decode").cpu.trusted
+    assert not kern(BUGS, "spin").trusted
+    assert (_env_timeout(), _env_timeout(TRUSTED_TIMEOUT)) == (DEFAULT_TIMEOUT, 3600.0)
+    monkeypatch.setenv("PAGEDATTN_LAB_CPU_TIMEOUT", "45")   # a limit set by hand holds for all
+    assert _env_timeout(TRUSTED_TIMEOUT) == 45.0
+    spin = kern(BUGS, "spin", trusted=True)
+    with pytest.raises(KernelTimeout) as info:
+        spin(1, 32, (np.zeros(1, np.int32),), timeout=0.5)
+    assert "course's own kernels" in str(info.value) and "endless loop" not in str(info.value)
 
 
 def test_stack_overflow_is_reported():

@@ -271,3 +271,13 @@ def test_wait_group_lands_all_but_the_newest_committed_groups(block):
     async_kern("groups")(2, block, (x, out), workers=1)
     np.testing.assert_array_equal(out[..., 0], np.broadcast_to(x[4 * np.arange(64)], (2, 64)))
     assert np.isnan(out[..., 1:]).all()
+
+
+def test_racecheck_set_on_the_two_device_kernel_reaches_the_cpu_executor(x):
+    """`pagedattn_lab.RawKernel(..., racecheck=True)` takes it for every launch (it once took
+    the keyword and dropped it)."""
+    import pagedattn_lab
+    kernel = pagedattn_lab.RawKernel("\n".join(SOURCE) + "\n", "shared_accumulator",
+                                     filename=RACES, racecheck=True)
+    with pytest.raises(SharedMemoryRace):
+        kernel(2, 64, (x, np.zeros(2, np.float32)))

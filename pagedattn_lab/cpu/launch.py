@@ -135,9 +135,10 @@ def default_workers(nblocks: int, threads_per_block: int = 1) -> int:
 
 def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int, checked: bool,
         timeout: float | None, workers: int, stack_bytes: int, poison: bool = True,
-        instrument: int = 0, source=None):
+        instrument: int = 0, source=None, trusted: bool = False):
     """Launch and wait; print the kernel's printf output; raise on any failure. With
-    instrument & INSTR_COUNT, returns the raw counts (see counters.Counters.read)."""
+    instrument & INSTR_COUNT, returns the raw counts (see counters.Counters.read). `trusted`:
+    the package's own kernel (a timeout then blames the problem's size)."""
     buffers: list[_Buffer] = []
     storage = []
     handle = None
@@ -180,7 +181,7 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
             counters = Counters(lib, ranges, grid, block, count=bool(instrument & abi.INSTR_COUNT))
             counters.configure(cfg, instrument)
         info = LaunchInfo(kernel, sig, tuple(grid), tuple(block), shared_mem, stack_bytes,
-                          buffers, args, source)
+                          buffers, args, source, trusted)
         if checked:
             handle = lib.pal_launch_begin(C.byref(cfg))
             if not handle:

@@ -44,11 +44,12 @@ class LaunchInfo:
     """What report needs to know about a launch."""
 
     def __init__(self, kernel, sig, grid, block, shared_mem, stack_bytes, buffers, args,
-                 source=None):
+                 source=None, trusted=False):
         self.kernel, self.sig, self.grid, self.block = kernel, sig, grid, block
         self.shared_mem, self.stack_bytes, self.buffers, self.args = (
             shared_mem, stack_bytes, buffers, args)
         self.source = source   # (library path, file name, source text) for race reports
+        self.trusted = trusted   # the package's own kernel: a timeout is the problem's size
 
     def where(self, r) -> str:
         if not r.has_thread:
@@ -298,8 +299,8 @@ def worker_died(info: LaunchInfo, signo: int, timeout, r=None) -> KernelError:
     who = f" while running thread {fmt3(thread)} of block {fmt3(block)}" if thread else ""
     if signo == _signal.SIGALRM:
         return KernelTimeout(f"kernel {info.kernel!r} did not finish within its time limit and "
-                             f"was stopped{who}.", kernel=info.kernel, timeout=timeout,
-                             thread=thread, block=block)
+                             f"was stopped{who}. {_timeout_hint(info)}", kernel=info.kernel,
+                             timeout=timeout, thread=thread, block=block)
     hint = {_signal.SIGKILL: " (killed for using too much memory, or the kernel signalled "
                              "itself?)",
             _signal.SIGSYS: " (a forbidden system call, such as fork, exec or system(), "
@@ -310,14 +311,24 @@ def worker_died(info: LaunchInfo, signo: int, timeout, r=None) -> KernelError:
                        index=None, size=None, access=None, address=None)
 
 
+def _timeout_hint(info: LaunchInfo) -> str:
+    if info.trusted:
+        cause = ("This is one of the course's own kernels, tested to finish: the problem is large "
+                 "for the CPU executor, which runs one CUDA thread at a time per worker. Run it "
+                 "on a GPU, shrink it, or raise the limit")
+    else:
+        cause = ("An endless loop? Or a thread spinning on a flag that another thread of its "
+                 "block sets: the CPU executor switches between the threads of a block only at "
+                 "__syncthreads() and warp intrinsics. Raise the limit")
+    return f"{cause} with timeout=... or PAGEDATTN_LAB_CPU_TIMEOUT."
+
+
 def timeout_error(info: LaunchInfo, timeout: float, running=()) -> KernelTimeout:
     who = "; ".join(f"thread {fmt3(r.thread)} of block {fmt3(r.block)}" for r in running)
     first = running[0] if running else None
     return KernelTimeout(
         f"kernel {info.kernel!r} did not finish within {timeout:g} s (grid {fmt3(info.grid)}, "
         f"block {fmt3(info.block)}) and was stopped"
-        f"{f' while running {who}' if who else ''}. An endless loop? Or a thread spinning on a "
-        f"flag that another thread of its block sets: the CPU executor switches between the "
-        f"threads of a block only at __syncthreads() and warp intrinsics. Raise the limit with "
-        f"timeout=... or PAGEDATTN_LAB_CPU_TIMEOUT.", kernel=info.kernel, timeout=timeout,
+        f"{f' while running {who}' if who else ''}. {_timeout_hint(info)}", kernel=info.kernel,
+        timeout=timeout,
         block=tuple(first.block) if first else None, thread=tuple(first.thread) if first else None)

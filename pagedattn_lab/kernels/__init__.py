@@ -49,7 +49,8 @@ def expanded_source(filename: str, directory: Path = KERNEL_DIR) -> str:
 def kernel(filename: str, name: str, options: tuple[str, ...] = ()):
     """The compiled kernel `name` from `filename`, built once per process and reused.
 
-    Returns a `pagedattn_lab.RawKernel`: the GPU when CuPy has a device, else the CPU executor.
+    Returns a `pagedattn_lab.RawKernel`: the GPU when CuPy has a device, else the CPU executor,
+    where it is `trusted` (a large problem may run past the 30 s meant for learners' loops).
     """
     from ..rawkernel import RawKernel  # noqa: PLC0415 - avoids importing CuPy at package import
-    return RawKernel(expanded_source(filename), name, options=options)
+    return RawKernel(expanded_source(filename), name, options=options, trusted=True)
