@@ -79,6 +79,12 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def device_module(device: str = "auto"):
+    """numpy or cupy for device "auto"|"cpu"|"gpu" (as resolve_device picks): the module to
+    make new arrays with where no array exists yet to ask (array_module)."""
+    return cupy_module() if resolve_device(device) == "gpu" else np
+
+
 def data_pointer(x) -> int:
     """The address of an array's first element (NumPy or CuPy)."""
     return int(x.data.ptr) if is_cupy_array(x) else int(x.ctypes.data)

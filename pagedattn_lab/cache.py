@@ -32,7 +32,7 @@ import numpy as np
 
 from .addressing import token_slots
 from .attention_common import array_dtypes, element_dtype, to_elements
-from .backend import cupy_module, resolve_device, to_numpy
+from .backend import device_module, resolve_device, to_numpy
 from .paging import BlockAllocator
 from .quant import check_scale, check_scheme, dequantize, kv_format, quantize_rows
 from .validate import check_array, check_cache_memory, check_int, check_int_list
@@ -76,7 +76,7 @@ class PagedKVCache:
         self.token_dtypes = _FLOAT_ROWS + ((dtype,) if dtype.name == "bfloat16" else ())
         self.kv_dtype, self.scale_scheme = kv_dtype, scale_scheme if fmt else None
         self.device = resolve_device(device)
-        self.xp = cupy_module() if self.device == "gpu" else np
+        self.xp = device_module(self.device)
         shape = (self.allocator.num_pages, page_size, num_kv_heads, head_dim)
         check_cache_memory(self.page_bytes * self.allocator.num_pages, self.device)
         storage = fmt.storage if fmt else array_dtypes(dtype.name, self.device == "gpu")[0]

@@ -1,13 +1,15 @@
 """bench.timing on the CPU, with stand-ins for CuPy: host_time's wall time per call, and with
 batches the median over them (one busy moment of the host moves one batch, not the figure);
 Timer's two L2 flushes (a write, or a read of twice the L2 that leaves no dirty lines);
-warm_timer's order (the copy rate timed on warm clocks)."""
+warm_timer's order (the copy rate timed on warm clocks); call_ms, the lessons' timer, on the
+CPU (the wall clock, the median: a warm-up call and one slow call do not count)."""
 import time
 from types import SimpleNamespace
 
 import pytest
 
-from pagedattn_lab.bench.timing import Timer, host_time
+from pagedattn_lab.bench import timing
+from pagedattn_lab.bench.timing import Timer, call_ms, host_time
 
 FAKE_CP = SimpleNamespace(cuda=SimpleNamespace(
     Device=lambda: SimpleNamespace(synchronize=lambda: None)))
@@ -80,3 +82,11 @@ def test_warm_timer_times_the_copy_after_the_warm_up(monkeypatch):
     timer, rate = timing.warm_timer(_fake_cupy([]), "read")
     assert steps == ["warm_up", ("copy", "read")]
     assert isinstance(timer, Timer) and timer.l2_flush == "read" and rate == 4.2e12
+
+
+def test_call_ms_on_the_cpu_is_the_median_of_the_wall_clock(monkeypatch):
+    monkeypatch.setattr(timing, "gpu_available", lambda: False)
+    sleeps = iter([0.2, 0.005, 0.2, 0.005])   # a slow first call (a build), then one slow call
+
+    ms = call_ms(lambda: time.sleep(next(sleeps)), reps=3, warmup=1)
+    assert 5 <= ms < 100, f"{ms:.1f} ms: the warm-up or the slow call counted"

@@ -4,6 +4,7 @@ import re
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pagedattn_lab import backend
@@ -64,3 +65,11 @@ def test_gpu_status_without_cupy_fits_every_set_up(no_cupy):
     assert "make" not in message, "a pip or hosted-notebook user has no Makefile"
     assert "%pip install cupy-cuda12x" in message and "cupy-cuda13x" in message
     assert "CPU executor" in message
+
+
+def test_device_module_follows_the_device_asked_for(no_cupy):
+    assert backend.device_module() is np and backend.device_module("cpu") is np
+    with pytest.raises(RuntimeError, match="device='gpu'"):
+        backend.device_module("gpu")
+    with pytest.raises(ValueError, match="device"):
+        backend.device_module("cuda")

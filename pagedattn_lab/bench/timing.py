@@ -26,6 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..backend import cupy_module, gpu_available
 from ..validate import is_one_of
 
 L2_FLUSH_BYTES = 64 << 20    # more than the H100's and H200's 50-60 MB of L2
@@ -169,3 +170,19 @@ def host_time(cp, fn, calls: int = 100, warmup: int = 5, batches: int = 1) -> fl
         cp.cuda.Device().synchronize()
         per_call.append((time.perf_counter() - t0) / calls)
     return statistics.median(per_call)
+
+
+def call_ms(fn, reps: int = 3, warmup: int = 1) -> float:
+    """Milliseconds per call of `fn`, the median of `reps`, on whichever device runs it: with a
+    GPU, CUDA events and the L2 flushed (`Timer`); without, the wall clock, as the CPU
+    executor's launches return only when done. For a lesson's "how long here", not a bench."""
+    if gpu_available():
+        return Timer(cupy_module()).time(fn, reps=reps, warmup=warmup).median_ms
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(times)

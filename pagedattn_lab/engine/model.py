@@ -26,7 +26,7 @@ import math
 
 import numpy as np
 
-from ..backend import cupy_module, resolve_device, to_numpy
+from ..backend import device_module, resolve_device, to_numpy
 from ..validate import check_cache_dtype
 from .config import ModelConfig
 from .fused import LlamaOps
@@ -74,7 +74,7 @@ class LlamaModel:
         self.device = resolve_device(device)
         self.fused = self.device == "gpu" if fused is None else fused
         self.ops = LlamaOps(self.dtype) if self.fused else None
-        self.xp = xp = cupy_module() if self.device == "gpu" else np
+        self.xp = xp = device_module(self.device)
 
         def put(name):
             w = weights[name]
