@@ -42,7 +42,8 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
 
     num_splits: None picks the split-K partitioning automatically; an int cuts the longest
     sequence into that many partitions (1 = no split). out: optional preallocated result.
-    kernel: "auto", "simt" (CUDA cores) or "tensor_core" (WMMA; fp16 and bf16).
+    kernel: "auto", "simt" (CUDA cores) or "tensor_core" (PTX mma.sync, or WMMA with
+    decode_plan.TC_IMPL = "wmma"; fp16 and bf16).
     """
     like = q if is_torch_tensor(q) else None
     q, k_cache, v_cache, block_tables, seq_lens, out = (

@@ -134,10 +134,10 @@ def generate(solutions: Path, exercises: Path, *, check: bool = False) -> list[s
             differing.append(path.name)
             if not check:
                 target.write_text(text, encoding="utf-8")
-    if not check:
-        for stale in sorted(exercises.glob("*.ipynb")):
-            if not (solutions / stale.name).exists():
-                differing.append(stale.name)
+    for stale in sorted(exercises.glob("*.ipynb")):
+        if not (solutions / stale.name).exists():
+            differing.append(stale.name)
+            if not check:
                 stale.unlink()
     return differing
 

@@ -196,6 +196,18 @@ def work_list(indptr: np.ndarray, lens: np.ndarray, rows: int, causal: bool,
     return np.stack([seq[order], first[order]], axis=1).astype(np.int32)
 
 
+def _check_one_choice(warps, variant, decode_variant) -> None:
+    """`variant` fixes the warps, and with either of the two no launch is packed: a second
+    choice beside one of them would be dropped unseen."""
+    if variant is not None and warps is not None:
+        raise ValueError(f"warps: variant {variant!r} fixes the warps; pass one of the two, "
+                         f"got warps={warps!r} too")
+    if decode_variant is not None and (variant is not None or warps is not None):
+        raise ValueError(f"decode_variant: variant or warps runs every sequence unpacked, so "
+                         f"there is no packed launch for {decode_variant!r}; pass one or the "
+                         f"other")
+
+
 @dataclass
 class Part:
     """One launch of a plan: its variant, pack (query heads per block), work list, kernel."""
@@ -227,8 +239,8 @@ class BatchPrefillWrapper:
         others in a second launch with the variant `variant_for` picks (`self.variant` names
         what was chosen). `variant` (a `Variant` name such as "w4r2k32u2") or `warps` (1, 2, 4
         or 8 one-fragment warps) instead runs every sequence on that variant, unpacked;
-        `decode_variant` replaces the packed launch's one-warp default.
-        Raises before changing the wrapper if anything is off."""
+        `decode_variant` replaces the packed launch's one-warp default (at most one of the
+        three). Raises before changing the wrapper if anything is off."""
         num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
             num_heads, num_kv_heads, head_dim, page_size)
         if head_dim not in HEAD_DIMS:
@@ -237,6 +249,7 @@ class BatchPrefillWrapper:
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
         check_scheme(scale_scheme)
         check_bool(causal, "causal")
+        _check_one_choice(warps, variant, decode_variant)
         fixed = None
         packed = DECODE_VARIANT if decode_variant is None else (
             decode_variant if isinstance(decode_variant, Variant)

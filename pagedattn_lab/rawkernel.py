@@ -92,7 +92,8 @@ class RawKernel:
     -std are honoured and the others ignored. Keywords for the CPU executor: `filename`,
     `timeout`, `checked`, `workers`, `stack_kb`, `racecheck`, `trusted` (see
     pagedattn_lab.cpu.RawKernel).
-    Other keywords (`backend`, `jitify`, ...) go to cupy.RawKernel.
+    Other keywords (`backend`, `jitify`, ...) go to cupy.RawKernel;
+    `enable_cooperative_groups` to the CPU executor too, which refuses it.
     """
 
     def __init__(self, code: str, name: str, options=(), *, filename: str | None = None,
@@ -117,7 +118,10 @@ class RawKernel:
         """The kernel on the CPU executor (pagedattn_lab.cpu.RawKernel)."""
         if self._cpu is None:
             from .cpu import RawKernel as CpuRawKernel  # noqa: PLC0415 - loaded on demand
-            self._cpu = CpuRawKernel(self.code, self.name, self.options, **self._cpu_kwargs)
+            # the one CuPy keyword the CPU executor acts on: it refuses cooperative groups
+            coop = self._cupy_kwargs.get("enable_cooperative_groups", False)
+            self._cpu = CpuRawKernel(self.code, self.name, self.options,
+                                     enable_cooperative_groups=coop, **self._cpu_kwargs)
             if self._max_dyn_smem is not None:
                 self._cpu.max_dynamic_shared_size_bytes = self._max_dyn_smem
         return self._cpu

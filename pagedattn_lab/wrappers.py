@@ -4,7 +4,8 @@ A serving step calls `plan` once (all host work: the tables checked once, vector
 kernel chosen; the sequences cut into partitions; buffers allocated where the tables live),
 then `run` once per layer with that layer's query and caches (only launches: no host
 synchronisation, no allocation, checks limited to shapes, dtypes and the planned largest page
-id against the cache's page count):
+id against the cache's page count; the one exception: a compressed cache's static scales on the
+GPU are read back once, the first time a run meets that array, quant.check_run_scales):
 
     w = BatchDecodeWrapper()
     w.plan(block_tables, seq_lens, num_heads, num_kv_heads, head_dim, page_size, "float16")

@@ -524,6 +524,17 @@ def test_rawkernel_runs_numpy_arrays_on_the_cpu(rng, monkeypatch):
     assert k.device_for((np.int32(1),)) == "cpu"   # no arrays, no GPU
 
 
+def test_rawkernel_passes_cooperative_groups_to_the_cpu_executor(rng):
+    """enable_cooperative_groups=True went to CuPy only: the CPU executor, which refuses it,
+    ran the kernel without grid-wide sync as if nothing was asked."""
+    from pagedattn_lab import RawKernel as AnyRawKernel
+    k = AnyRawKernel((KERNELS / "vector_add.cu").read_text(), "vector_add",
+                     enable_cooperative_groups=True)
+    a, b, c = f32(rng, 32), f32(rng, 32), np.zeros(32, np.float32)
+    with pytest.raises(NotImplementedError, match="cooperative groups"):
+        k(1, 32, (a, b, c, np.int32(32)))
+
+
 def test_rawkernel_refuses_arrays_from_two_places(rng):
     from pagedattn_lab import RawKernel as AnyRawKernel
 

@@ -281,3 +281,18 @@ def test_racecheck_set_on_the_two_device_kernel_reaches_the_cpu_executor(x):
                                      filename=RACES, racecheck=True)
     with pytest.raises(SharedMemoryRace):
         kernel(2, 64, (x, np.zeros(2, np.float32)))
+
+
+def test_count_accesses_takes_the_kernels_racecheck_and_the_environment(x, monkeypatch):
+    """count_accesses' racecheck=None defers to the kernel's, then to the environment, as a
+    launch does (it once defaulted to False and dropped both)."""
+    from pagedattn_lab.cpu import count_accesses
+    monkeypatch.delenv("PAGEDATTN_LAB_CPU_RACECHECK", raising=False)
+    checked = RawKernel("\n".join(SOURCE) + "\n", "shared_accumulator", filename=RACES,
+                        racecheck=True)
+    with pytest.raises(SharedMemoryRace):
+        count_accesses(checked, 2, 64, (x, np.zeros(2, np.float32)))
+    count_accesses(kern("shared_accumulator"), 2, 64, (x, np.zeros(2, np.float32)))
+    monkeypatch.setenv("PAGEDATTN_LAB_CPU_RACECHECK", "1")
+    with pytest.raises(SharedMemoryRace):
+        count_accesses(kern("shared_accumulator"), 2, 64, (x, np.zeros(2, np.float32)))

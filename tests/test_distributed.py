@@ -127,6 +127,14 @@ def test_a_failing_rank_is_reported_with_its_traceback():
 
 # ---- the bookkeeping, no processes ----------------------------------------------------------
 
+def test_tp_prefill_refuses_the_decode_only_num_splits():
+    """TPPrefill inherits TPDecode's keywords; it once took num_splits and dropped it (the
+    prefill wrapper has no split-K). Refused before torch.distributed is asked anything."""
+    from pagedattn_lab.distributed import TPPrefill
+    with pytest.raises(TypeError, match="num_splits"):
+        TPPrefill(4, 2, 64, 16, "float16", 2, 4, num_splits=3)
+
+
 def test_head_ranges_tile_the_heads_in_whole_groups():
     for heads, kv, world in ((8, 4, 2), (32, 8, 4), (64, 8, 8), (4, 4, 1), (12, 6, 3)):
         ranges = [head_range(r, world, heads, kv) for r in range(world)]

@@ -86,6 +86,18 @@ def test_static_scales_are_used_and_required(rng):
         EngineConfig(kv_dtype="fp4")
 
 
+@pytest.mark.parametrize("kw", [dict(kv_dtype="int8", kv_scale_scheme="per_token"), {}],
+                         ids=["per_token", "uncompressed"])
+def test_kv_scales_that_no_cache_reads_are_refused(kw):
+    """kv_scales beside per-token scales or an uncompressed cache were taken and dropped."""
+    config = tiny_config()
+    model = LlamaModel(config, random_weights(config, seed=1), device="cpu")
+    shape = (config.num_hidden_layers, config.num_key_value_heads)
+    scales = (np.full(shape, 0.02, np.float32), np.full(shape, 0.03, np.float32))
+    with pytest.raises(ValueError, match=r"^kv_scales: only a compressed cache with static"):
+        LLMEngine(model, EngineConfig(num_pages=8, page_size=8, **kw), kv_scales=scales)
+
+
 def test_static_scales_are_copied_when_checked():
     """A NaN the caller puts into its scale arrays after the check must not reach the pages'
     reads (the store keeps copies, as PagedKVCache does)."""

@@ -94,6 +94,18 @@ def test_generator_writes_then_check_mode_agrees(tmp_path):
         assert (out / solution.name).read_text() == (REPO / "exercises" / solution.name).read_text()
 
 
+def test_check_mode_reports_a_stale_exercise_the_generator_would_delete(tmp_path):
+    out = tmp_path / "ex"
+    args = ["--solutions", str(REPO / "solutions"), "--out", str(out)]
+    assert exercises.main(args) == 0
+    stale = out / "99_no_such_lesson.ipynb"
+    stale.write_text((out / SOLUTIONS[0].name).read_text())
+    assert exercises.main(args + ["--check"]) == 1
+    assert stale.exists()   # --check writes nothing
+    assert exercises.main(args) == 0 and not stale.exists()
+    assert exercises.main(args + ["--check"]) == 0
+
+
 def test_every_registered_check_exists():
     """`pagedattn_lab.check` offers exactly the registry's checks, each a callable."""
     from pagedattn_lab import check

@@ -162,6 +162,10 @@ def test_run_refuses_what_does_not_match_the_plan(rng):
     (dict(block_tables=np.full((1, 3), 2**31 - 1, np.int32)), "^block_tables: page 2147483647 "
      "x page_size 8 is past"),   # was 'out of range for a cache of 2147483647 pages'
     (dict(dtype=None), "^dtype: expected float16 or bfloat16, got None$"),   # was 'float64'
+    # one choice of the three: the other was dropped unseen (warps=3 not even checked)
+    (dict(variant="w4r2k32u2", warps=3), "^warps: variant 'w4r2k32u2' fixes the warps"),
+    (dict(warps=2, decode_variant="mw1r1k64"), "^decode_variant: variant or warps runs"),
+    (dict(variant="w4r2k32u2", decode_variant="mw1r1k64"), "^decode_variant: variant or"),
 ])
 def test_plan_refuses_bad_input_and_keeps_the_old_plan(rng, change, match):
     _, _, _, indptr, tables, lens = packed_problem(rng, [20], [20], 8, 2, 2, 32, np.float16)

@@ -32,11 +32,12 @@ __all__ = ["count_accesses", "AccessCounts", "BufferCounts"]
 
 
 def count_accesses(kernel, grid, block, args, shared_mem: int = 0, *, timeout=None,
-                   racecheck: bool = False, workers=None) -> "AccessCounts":
+                   racecheck: bool | None = None, workers=None) -> "AccessCounts":
     """Run `kernel` once on the CPU executor, counting its memory accesses.
 
     `kernel`: a pagedattn_lab.RawKernel or pagedattn_lab.cpu.RawKernel; grid, block, args,
-    shared_mem as for a launch (NumPy arrays, written in place). Returns AccessCounts.
+    shared_mem as for a launch (NumPy arrays, written in place). `racecheck`: None takes the
+    kernel's, else $PAGEDATTN_LAB_CPU_RACECHECK, as a launch does. Returns AccessCounts.
     """
     from ..rawkernel import RawKernel as AnyRawKernel  # noqa: PLC0415 - avoids a cycle
     from .kernel import RawKernel  # noqa: PLC0415

@@ -21,6 +21,12 @@ class TPPrefill(TPDecode):
     WRAPPER = BatchPrefillWrapper
     PREFILL = True
 
+    def __init__(self, *args, num_splits=None, **kwargs):
+        if num_splits is not None:   # TPDecode's keyword: this wrapper has no split-K
+            raise TypeError(f"num_splits: BatchPrefillWrapper has no split-K partitions, so "
+                            f"TPPrefill takes none; got {num_splits!r}")
+        super().__init__(*args, **kwargs)
+
     def share_tables(self, block_tables=None, seq_lens=None, qo_indptr=None):
         """Rank 0 gives (block_tables, seq_lens, qo_indptr); every rank returns them."""
         return self._timed("broadcast", self._broadcast, block_tables, seq_lens, qo_indptr)

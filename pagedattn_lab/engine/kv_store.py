@@ -34,6 +34,10 @@ class KVStore:
         layers, heads = config.num_hidden_layers, config.num_key_value_heads
         self.kv_dtype = kv_dtype
         self.scale_scheme = check_scheme(scale_scheme) if kv_dtype else None
+        if kv_scales is not None and self.scale_scheme != "static":   # else dropped unseen
+            raise ValueError(f"kv_scales: only a compressed cache with static scales reads "
+                             f"them; got kv_dtype={kv_dtype!r}, kv_scale_scheme="
+                             f"{scale_scheme!r}: pass kv_scales=None")
         fmt = kv_format(kv_dtype) if kv_dtype else None
         storage = fmt.storage if fmt else self.dtype
         shape = (num_pages, page_size, heads, config.head_dim)
