@@ -7,8 +7,8 @@
 # Writes under $OUT: gpu_check.log (every step's output) and results.tgz (each step's full
 # log in logs/, the benchmarks' JSON/PNG in bench/ and serve/). GPU_CHECK_DEADLINE (seconds,
 # default 500 in lean mode) skips the timing steps that would start after it, so a call with
-# a time limit still brings its log and results back. GPU_CHECK_SKIP (step names, e.g.
-# "serve bench-d80") leaves steps out; GPU_CHECK_PYTEST_LIMIT (seconds, default 400) and
+# a time limit still brings its log and results back. GPU_CHECK_SKIP (step names of either
+# phase, e.g. "serve bench-d80 flashinfer-jit") leaves steps out; GPU_CHECK_PYTEST_LIMIT (seconds, default 400) and
 # GPU_CHECK_WORKERS (default 8) bound the GPU tests, GPU_CHECK_TESTS (default "tests") picks
 # them (verbose: a test the limit cut off has no PASSED line in logs/pytest-gpu.log);
 # GPU_CHECK_EXTRA ("tool:script" pairs) adds sanitizer runs; GPU_CHECK_TOOLS (e.g. "memcheck
@@ -52,6 +52,9 @@ step() {   # step NAME COMMAND...: run, log, remember failures, keep going
 side_by_side() {   # side_by_side "NAME|COMMAND" ...: run together, log each, then report
     local pids=() names=() spec
     for spec in "$@"; do
+        if [[ " ${GPU_CHECK_SKIP:-} " == *" ${spec%%|*} "* ]]; then
+            echo "--- ${spec%%|*}: left out (GPU_CHECK_SKIP)" | tee -a "$LOG"; continue
+        fi
         names+=("${spec%%|*}")
         bash -c "${spec#*|}" > "$RES/logs/${spec%%|*}.log" 2>&1 &
         pids+=($!)
