@@ -53,11 +53,6 @@ class PuzzleKernel:
             self._kernel = Kernel(self.source, self.name, "cpu")
         return self._kernel
 
-    @property
-    def where_counted(self) -> str:
-        return ("outputs from the GPU, counts from the CPU executor" if self.device == "gpu"
-                else "counted by the CPU executor")
-
     def run(self, grid, block, args, outputs, shared_mem: int = 0, *, locate=None) -> Run:
         """Launch; `locate` describes a thread's element for this case's messages."""
         if locate is not None:
