@@ -8,9 +8,10 @@
 # log in logs/, the benchmarks' JSON/PNG in bench/ and serve/). GPU_CHECK_DEADLINE (seconds,
 # default 500 in lean mode) skips the timing steps that would start after it, so a call with
 # a time limit still brings its log and results back. GPU_CHECK_SKIP (step names of either
-# phase, e.g. "serve bench-d80 flashinfer-jit") leaves steps out; GPU_CHECK_PYTEST_LIMIT (seconds, default 400) and
-# GPU_CHECK_WORKERS (default 8) bound the GPU tests, GPU_CHECK_TESTS (default "tests") picks
-# them (verbose: a test the limit cut off has no PASSED line in logs/pytest-gpu.log);
+# phase, e.g. "serve bench-d80 flashinfer-jit") leaves steps out; GPU_CHECK_PYTEST_LIMIT
+# (seconds, default 400) and GPU_CHECK_WORKERS (default 8) bound the GPU tests,
+# GPU_CHECK_TESTS (default "tests") picks them (verbose: a test the limit cut off has no
+# PASSED line in logs/pytest-gpu.log);
 # GPU_CHECK_EXTRA ("tool:script" pairs) adds sanitizer runs; GPU_CHECK_TOOLS (e.g. "memcheck
 # racecheck") sets the sanitizer tools.
 # The GPU tests' workers each run NumPy's BLAS (the float64 oracle): two threads each, not one
@@ -32,11 +33,14 @@ LOG="$OUT/gpu_check.log"
 export PYTHONUNBUFFERED=1
 failed=()
 
+left_out() {   # left_out NAME: true (and logged) when GPU_CHECK_SKIP names the step
+    [[ " ${GPU_CHECK_SKIP:-} " == *" $1 "* ]] || return 1
+    echo "--- $1: left out (GPU_CHECK_SKIP)" | tee -a "$LOG"
+}
+
 step() {   # step NAME COMMAND...: run, log, remember failures, keep going
     local name=$1; shift
-    if [[ " ${GPU_CHECK_SKIP:-} " == *" $name "* ]]; then
-        echo "--- $name: left out (GPU_CHECK_SKIP)" | tee -a "$LOG"; return
-    fi
+    left_out "$name" && return
     if [ $SECONDS -ge "$DEADLINE" ]; then
         echo "--- $name: skipped (past GPU_CHECK_DEADLINE=$DEADLINE s)" | tee -a "$LOG"
         failed+=("$name(skipped)"); return
@@ -52,9 +56,7 @@ step() {   # step NAME COMMAND...: run, log, remember failures, keep going
 side_by_side() {   # side_by_side "NAME|COMMAND" ...: run together, log each, then report
     local pids=() names=() spec
     for spec in "$@"; do
-        if [[ " ${GPU_CHECK_SKIP:-} " == *" ${spec%%|*} "* ]]; then
-            echo "--- ${spec%%|*}: left out (GPU_CHECK_SKIP)" | tee -a "$LOG"; continue
-        fi
+        left_out "${spec%%|*}" && continue
         names+=("${spec%%|*}")
         bash -c "${spec#*|}" > "$RES/logs/${spec%%|*}.log" 2>&1 &
         pids+=($!)

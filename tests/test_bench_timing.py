@@ -74,7 +74,6 @@ def test_unknown_l2_flush_is_refused_by_name():
 
 def test_warm_timer_times_the_copy_after_the_warm_up(monkeypatch):
     """A copy timed on idle clocks reads slow and inflates every "% of copy" after it."""
-    from pagedattn_lab.bench import timing
     steps = []
     monkeypatch.setattr(Timer, "warm_up", lambda self: steps.append("warm_up"))
     monkeypatch.setattr(timing, "copy_bandwidth",
@@ -89,4 +88,18 @@ def test_call_ms_on_the_cpu_is_the_median_of_the_wall_clock(monkeypatch):
     sleeps = iter([0.2, 0.005, 0.2, 0.005])   # a slow first call (a build), then one slow call
 
     ms = call_ms(lambda: time.sleep(next(sleeps)), reps=3, warmup=1)
-    assert 5 <= ms < 100, f"{ms:.1f} ms: the warm-up or the slow call counted"
+    assert 5 <= ms < 50, f"{ms:.1f} ms: the warm-up or the slow call counted (a mean: 70)"
+
+
+def test_call_ms_on_a_gpu_is_the_timers_median(monkeypatch):
+    """With a GPU, CUDA events and the L2 flushed (Timer), with call_ms' reps and warm-up."""
+    asked = []
+    monkeypatch.setattr(timing, "gpu_available", lambda: True)
+    monkeypatch.setattr(timing, "cupy_module", lambda: _fake_cupy([]))
+    monkeypatch.setattr(Timer, "time", lambda self, fn, reps, warmup: asked.append(
+        (fn, reps, warmup)) or timing.Timing(1.5, 1.0, 2.0, reps))
+
+    def fn():
+        pass
+    assert call_ms(fn, reps=7, warmup=2) == 1.5
+    assert asked == [(fn, 7, 2)]

@@ -425,6 +425,8 @@ def test_the_packages_kernels_get_an_hour_and_a_timeout_that_blames_the_size(mon
     with pytest.raises(KernelTimeout) as info:
         spin(1, 32, (np.zeros(1, np.int32),), timeout=0.5)
     assert "course's own kernels" in str(info.value) and "endless loop" not in str(info.value)
+    # the knob a caller of paged_attention_prefill & co. has: they take no timeout=
+    assert "raise the limit with PAGEDATTN_LAB_CPU_TIMEOUT" in str(info.value)
 
 
 def test_stack_overflow_is_reported():

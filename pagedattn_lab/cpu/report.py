@@ -312,15 +312,16 @@ def worker_died(info: LaunchInfo, signo: int, timeout, r=None) -> KernelError:
 
 
 def _timeout_hint(info: LaunchInfo) -> str:
-    if info.trusted:
-        cause = ("This is one of the course's own kernels, tested to finish: the problem is large "
-                 "for the CPU executor, which runs one CUDA thread at a time per worker. Run it "
-                 "on a GPU, shrink it, or raise the limit")
-    else:
-        cause = ("An endless loop? Or a thread spinning on a flag that another thread of its "
-                 "block sets: the CPU executor switches between the threads of a block only at "
-                 "__syncthreads() and warp intrinsics. Raise the limit")
-    return f"{cause} with timeout=... or PAGEDATTN_LAB_CPU_TIMEOUT."
+    if info.trusted:   # launched by the package's functions, which take no timeout=
+        return ("This is one of the course's own kernels, tested to finish: the problem is large "
+                "for the CPU executor, which runs one CUDA thread at a time per worker. Run it "
+                "on a GPU, shrink it, or raise the limit with PAGEDATTN_LAB_CPU_TIMEOUT "
+                "(seconds, read at every launch; timeout=... where you launch the kernel "
+                "yourself).")
+    return ("An endless loop? Or a thread spinning on a flag that another thread of its block "
+            "sets: the CPU executor switches between the threads of a block only at "
+            "__syncthreads() and warp intrinsics. Raise the limit with timeout=... or "
+            "PAGEDATTN_LAB_CPU_TIMEOUT.")
 
 
 def timeout_error(info: LaunchInfo, timeout: float, running=()) -> KernelTimeout:

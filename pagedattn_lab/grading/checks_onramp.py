@@ -95,7 +95,7 @@ def _run_check(task, title, kern, cases):
         # the same words on either device: the counts always come from the CPU executor, and
         # a lesson's stored output must match a GPU run's (nbval)
         print(f"Access counts of the largest case ({counts.global_reads.size} threads, "
-              f"counted by the CPU executor):")
+              "counted by the CPU executor):")
         print(count_line(counts, budget))
     return result
 
