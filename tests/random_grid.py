@@ -24,7 +24,7 @@ PAGE_SIZES = [1, 2, 3, 5, 8, 16, 24, 32, 64, 128, 256]
 GROUPS = [1, 2, 3, 4, 5, 6, 7, 8, 12, 16, 24, 32, 48, 64]
 MAX_LEN = {"cpu": 1200, "gpu": 4000}   # the CPU executor runs one thread at a time
 PREFILL_LEN = {"cpu": 300, "gpu": 700}   # CI's time: a prefill of 64 heads of 256 dims over
-                                         # 700 tokens takes 30-40 s on the CPU executor
+                                         # 700 tokens takes 28-38 s on the CPU executor
 
 
 class Device:

@@ -17,7 +17,7 @@ from .source import has_device_variables, uses_printf
 
 DEFAULT_TIMEOUT = 30.0
 # The course's own kernels are tested to finish; what stops one on the CPU is a large problem
-# (a prefill of 64 heads of 256 dims over 700 tokens takes 30-40 s on 2 cores), not a loop.
+# (a prefill of 64 heads of 256 dims over 700 tokens takes 28-38 s on 2 cores), not a loop.
 TRUSTED_TIMEOUT = 3600.0
 DEFAULT_STACK_KB = 256
 MAX_BLOCK = (1024, 1024, 64)
