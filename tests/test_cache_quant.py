@@ -41,6 +41,28 @@ def test_appended_tokens_come_back_dequantized(rng, kv_dtype, scheme):
             np.testing.assert_array_equal(got, np.concatenate(want).astype(np.float16))
 
 
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+def test_a_failed_transaction_puts_back_the_per_token_scales(rng, kv_dtype):
+    """Per-token scales live beside the codes: a rolled-back write must restore both (a copy
+    on write and fresh slots among the writes)."""
+    cache = _cache(kv_dtype, "per_token")
+    a = cache.add_sequence()
+    cache.append(a, *(rng.standard_normal((5, HEADS, DIM)).astype(np.float16) for _ in range(2)))
+    b = cache.fork_sequence(a)                       # shares a's partly filled last page
+    before = [x.copy() for x in (cache.k_cache, cache.v_cache, cache.k_scale, cache.v_scale)]
+    with pytest.raises(RuntimeError, match="a kernel failed"):
+        with cache.transaction():
+            for seq, n in ((b, 6), (a, 2)):
+                cache.append(seq, *(rng.standard_normal((n, HEADS, DIM)).astype(np.float16) * 50
+                                    for _ in range(2)))
+            raise RuntimeError("a kernel failed")
+    names = ("k_cache", "v_cache", "k_scale", "v_scale")
+    for name, old, now in zip(names, before, (cache.k_cache, cache.v_cache, cache.k_scale,
+                                              cache.v_scale)):
+        assert np.array_equal(old, now), f"{name} was not put back"
+    assert (cache.seq_len(a), cache.seq_len(b)) == (5, 5)
+
+
 def test_page_bytes_halve_for_one_byte_codes():
     fp16 = page_bytes(16, 8, 128, np.float16)
     assert fp16 == 16 * 8 * 2 * 128 * 2
