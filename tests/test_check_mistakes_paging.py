@@ -4,6 +4,8 @@ import numpy as np
 import pytest
 
 import pagedattn_lab as pl
+from pagedattn_lab.grading.checks_paging import _alloc_random
+from pagedattn_lab.grading.report import Mismatch
 from tests.check_helpers import GoodAllocator, as_params, assert_caught, run_check
 
 # -- lesson 01: allocator, sharing, block tables --------------------------------------------
@@ -371,3 +373,24 @@ def test_right_answers_in_another_style_pass(task, impl):
 @pytest.mark.parametrize("task, impl, phrase, not_phrases", as_params(MISTAKES))
 def test_mistake_is_caught(task, impl, phrase, not_phrases):
     assert_caught(task, impl, phrase, not_phrases=not_phrases)
+
+
+class OnePageManyTimes(GoodAllocator):
+    """`[free_list.popleft()] * n`: one page, listed n times, none of them in use before."""
+
+    def allocate(self, n):
+        if n > len(self.free_list):
+            raise pl.OutOfPagesError(n, len(self.free_list), self.num_pages)
+        pages = [self.free_list.popleft()] * n if n else []
+        for p in pages:
+            self.refs[p] = 1
+        return pages
+
+
+def test_a_page_handed_out_twice_in_one_call_is_not_called_in_use():
+    # The case of 150 random calls, run alone (the check stops after the first three cases
+    # fail): [p, p] with p free before the call is no page "already in use".
+    with pytest.raises(Mismatch) as caught:
+        _alloc_random(OnePageManyTimes, 12, 1)
+    assert "returned a page twice" in caught.value.message
+    assert "already in use" not in caught.value.message

@@ -149,10 +149,13 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
                                f"{num_pages - len(in_use)} pages free", ALL_FREE_HINT if
                                n == num_pages - len(in_use) == num_free(alloc)
                                else FREE_LIST_HINT) from exc
+            if len(set(pages)) != len(pages):
+                raise Mismatch(f"step {step}: allocate({n}) returned a page twice: {pages}",
+                               "each page may have only one owner after allocate.")
             clash = in_use.intersection(pages)
-            if clash or len(set(pages)) != len(pages):
+            if clash:
                 raise Mismatch(f"step {step}: allocate({n}) returned {pages}; pages "
-                               f"{sorted(clash) or pages} are already in use",
+                               f"{sorted(clash)} are already in use",
                                "a page in use must not be handed out again until it is freed.")
             if len(pages) != n or not all(0 <= p < num_pages for p in pages):
                 raise Mismatch(f"step {step}: allocate({n}) returned {pages}",
