@@ -91,23 +91,25 @@ class RawKernel:
     `options`: NVRTC options (a tuple of strings), passed to CuPy; on the CPU, -D, -U, -I and
     -std are honoured and the others ignored. Keywords for the CPU executor: `filename`,
     `timeout`, `checked`, `workers`, `stack_kb`, `racecheck`, `trusted` (see
-    pagedattn_lab.cpu.RawKernel).
-    Other keywords (`backend`, `jitify`, ...) go to cupy.RawKernel;
-    `enable_cooperative_groups` to the CPU executor too, which refuses it.
+    pagedattn_lab.cpu.RawKernel). `enable_cooperative_groups` goes to both (the CPU executor
+    refuses it). Other keywords (`backend`, `jitify`, ...) go to cupy.RawKernel.
     """
 
     def __init__(self, code: str, name: str, options=(), *, filename: str | None = None,
                  timeout: float | None = None, checked: bool = True, workers: int | None = None,
                  stack_kb: int | None = None, racecheck: bool | None = None,
-                 trusted: bool = False, **cupy_kwargs):
+                 trusted: bool = False, enable_cooperative_groups: bool = False,
+                 **cupy_kwargs):
         self.code = code
         self.name = name
         self.options = tuple(options or ())
         self.signature = parse_kernel_signature(code, name, collect_defines(code, self.options))
         self._cpu_kwargs = dict(filename=filename, timeout=timeout, checked=checked,
                                 workers=workers, stack_kb=stack_kb, racecheck=racecheck,
-                                trusted=trusted)
-        self._cupy_kwargs = cupy_kwargs
+                                trusted=trusted,
+                                enable_cooperative_groups=enable_cooperative_groups)
+        self._cupy_kwargs = dict(cupy_kwargs,
+                                 enable_cooperative_groups=enable_cooperative_groups)
         self._cpu = None
         self._gpu = None
         self._max_dyn_smem: int | None = None
@@ -118,10 +120,7 @@ class RawKernel:
         """The kernel on the CPU executor (pagedattn_lab.cpu.RawKernel)."""
         if self._cpu is None:
             from .cpu import RawKernel as CpuRawKernel  # noqa: PLC0415 - loaded on demand
-            # the one CuPy keyword the CPU executor acts on: it refuses cooperative groups
-            coop = self._cupy_kwargs.get("enable_cooperative_groups", False)
-            self._cpu = CpuRawKernel(self.code, self.name, self.options,
-                                     enable_cooperative_groups=coop, **self._cpu_kwargs)
+            self._cpu = CpuRawKernel(self.code, self.name, self.options, **self._cpu_kwargs)
             if self._max_dyn_smem is not None:
                 self._cpu.max_dynamic_shared_size_bytes = self._max_dyn_smem
         return self._cpu

@@ -15,6 +15,7 @@ from pagedattn_lab.cpu import KernelFault, RawKernel, SharedMemoryRace
 KERNELS = Path(__file__).parent / "kernels"
 RACES = "races.cu"
 SOURCE = (KERNELS / RACES).read_text().splitlines()
+CODE = "\n".join(SOURCE) + "\n"
 
 
 def line_of(text: str) -> int:
@@ -24,7 +25,7 @@ def line_of(text: str) -> int:
 
 @functools.lru_cache(maxsize=None)
 def kern(name: str) -> RawKernel:
-    return RawKernel("\n".join(SOURCE) + "\n", name, filename=RACES)
+    return RawKernel(CODE, name, filename=RACES)
 
 
 @pytest.fixture
@@ -277,7 +278,7 @@ def test_racecheck_set_on_the_two_device_kernel_reaches_the_cpu_executor(x):
     """`pagedattn_lab.RawKernel(..., racecheck=True)` takes it for every launch (it once took
     the keyword and dropped it)."""
     import pagedattn_lab
-    kernel = pagedattn_lab.RawKernel("\n".join(SOURCE) + "\n", "shared_accumulator",
+    kernel = pagedattn_lab.RawKernel(CODE, "shared_accumulator",
                                      filename=RACES, racecheck=True)
     with pytest.raises(SharedMemoryRace):
         kernel(2, 64, (x, np.zeros(2, np.float32)))
@@ -288,7 +289,7 @@ def test_count_accesses_takes_the_kernels_racecheck_and_the_environment(x, monke
     launch does (it once defaulted to False and dropped both)."""
     from pagedattn_lab.cpu import count_accesses
     monkeypatch.delenv("PAGEDATTN_LAB_CPU_RACECHECK", raising=False)
-    checked = RawKernel("\n".join(SOURCE) + "\n", "shared_accumulator", filename=RACES,
+    checked = RawKernel(CODE, "shared_accumulator", filename=RACES,
                         racecheck=True)
     with pytest.raises(SharedMemoryRace):
         count_accesses(checked, 2, 64, (x, np.zeros(2, np.float32)))
