@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import array_module, to_numpy
-from .validate import INT32_MAX, check_array, check_block_tables, check_int
+from .validate import INT32_MAX, check_array, check_block_tables, check_int, check_memory
 
 __all__ = ["to_csr", "from_csr"]
 
@@ -67,6 +67,13 @@ def from_csr(indptr, indices, last_page_len, page_size):
         raise ValueError(f"indptr, last_page_len: sequence {i} has {int(pages[i])} pages of "
                          f"{page_size} tokens, {int(lens[i])} in all, past int32 seq_lens")
     width = int(pages.max()) if pages.size else 0
+    # Padded to the longest row: one long sequence among many short ones makes a table far
+    # larger than the CSR arrays (2^17 sequences, one of 2^17 pages: 64 GiB). NumPy's
+    # MemoryError names no argument, and a table just under the memory kills the process
+    # as it is filled with -1.
+    check_memory(pages.size * width * 4, "cpu" if xp is np else "gpu", "indptr",
+                 f"the padded block tables ({pages.size} sequences x {width} pages, the "
+                 f"longest's)", "; convert fewer sequences at once, or keep the CSR form")
     rows = np.repeat(np.arange(pages.size), pages)
     cols = np.arange(rows.size) - np.repeat(ptr[:-1], pages)
     tables = xp.full((pages.size, width), -1, dtype=np.int32)

@@ -61,6 +61,21 @@ def check_scheme(scale_scheme: str, name: str = "scale_scheme") -> str:
 
 # -- codes ---------------------------------------------------------------------------------
 
+def real_values(x, name: str) -> np.ndarray:
+    """x (an array, or nested lists, of real numbers) as float32. Refused by name: complex
+    (NumPy's cast drops the imaginary part with only a warning), bool (read as 0 and 1),
+    strings and objects (NumPy's own errors name no argument), ragged lists."""
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError):   # ragged nested lists; a CuPy array (no implicit copy)
+        raise TypeError(f"{name}: expected a NumPy array (or nested lists) of real numbers, "
+                        f"got a {type(x).__name__} that NumPy cannot read as one") from None
+    if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":
+        raise TypeError(f"{name}: expected real numbers (a float or int dtype), got "
+                        f"{dtype_label(arr.dtype)}")
+    return arr.astype(np.float32, copy=False)
+
+
 def _e4m3():
     import ml_dtypes  # noqa: PLC0415 - imported on first use: it slows every import and fork
     return ml_dtypes.float8_e4m3fn
@@ -69,7 +84,7 @@ def _e4m3():
 def encode(x, kv_dtype: str) -> np.ndarray:
     """Codes of already-scaled float32 values (x / scale): int8 or uint8 e4m3 bits."""
     fmt = kv_format(kv_dtype)
-    x = np.asarray(x, dtype=np.float32)
+    x = real_values(x, "x")
     if fmt.name == "int8":
         # np.clip keeps NaN; nan_to_num then stores it as 0. rint rounds half to even.
         return np.nan_to_num(np.rint(np.clip(x, -127.0, 127.0)), nan=0.0).astype(np.int8)
@@ -95,14 +110,14 @@ def per_token_scales(x, kv_dtype: str) -> np.ndarray:
 
     NaN is ignored in the amax (as fmaxf does in the kernel)."""
     qmax = np.float32(kv_format(kv_dtype).qmax)
-    amax = np.abs(np.asarray(x, dtype=np.float32))
+    amax = np.abs(real_values(x, "x"))
     amax = np.fmax.reduce(amax, axis=-1, initial=np.float32(0))
     return np.where(amax > 0, amax / qmax, np.float32(1.0)).astype(np.float32)
 
 
 def static_scales(x, kv_dtype: str) -> np.ndarray:
     """Calibrated per-KV-head scales [num_kv_heads] from sample rows [n, num_kv_heads, dim]."""
-    x = np.asarray(x, dtype=np.float32)
+    x = real_values(x, "x")
     if x.ndim != 3:
         raise ValueError(f"x: expected [n_tokens, num_kv_heads, head_dim], got {x.shape}")
     return per_token_scales(np.moveaxis(x, 1, 0).reshape(x.shape[1], -1), kv_dtype)
@@ -150,7 +165,7 @@ def check_scale(scale, name: str, shape: tuple[int, ...],
 def quantize(x, kv_dtype: str, scale) -> np.ndarray:
     """Codes of x [..., num_kv_heads, head_dim] with `scale` broadcast over head_dim:
     static [num_kv_heads] or per-token [..., num_kv_heads], each finite and > 0."""
-    x = np.asarray(x, dtype=np.float32)
+    x = real_values(x, "x")
     s = _scale_for(scale, x.shape)
     _refuse_bad_scales(s, "scale")
     return encode(x / s[..., None], kv_dtype)
@@ -166,7 +181,7 @@ def _scale_for(scale, shape) -> np.ndarray:
     """`scale` as float32, refused by name unless it is static [num_kv_heads] or per token
     [..., num_kv_heads] for values of `shape` [..., num_kv_heads, head_dim] (another shape
     fails in NumPy's broadcasting, naming nothing, or broadcasts to the wrong heads)."""
-    s = np.asarray(scale, dtype=np.float32)
+    s = real_values(scale, "scale")
     if s.shape not in (tuple(shape[-2:-1]), tuple(shape[:-1])):
         raise ValueError(f"scale: expected shape {tuple(shape[-2:-1])} (static, one per KV "
                          f"head) or {tuple(shape[:-1])} (per token) for values of shape "

@@ -336,4 +336,13 @@ def compare_policies(workload: Workload | None = None, policies=POLICIES,
     if isinstance(policies, str):   # its characters would be taken as policy names
         raise TypeError(f"policies: expected a list of policy names, got {policies!r}; for "
                         f"one policy write [{policies!r}]")
+    # every name before the first simulation (seconds each): a bad last one, or one given
+    # twice (a dict keeps one result per name), is refused before any work is done
+    policies = list(policies)
+    for i, policy in enumerate(policies):
+        if not is_one_of(policy, POLICIES):
+            raise ValueError(f"policies[{i}]: expected one of {POLICIES}, got {policy!r}")
+        if policy in policies[:i]:
+            raise ValueError(f"policies[{i}]: {policy!r} is listed twice (the result is a "
+                             f"dict, one entry per policy)")
     return {p: simulate(p, workload, **kwargs) for p in policies}

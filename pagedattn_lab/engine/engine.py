@@ -182,10 +182,10 @@ class LLMEngine:
         rids = [self._queue(p, sp) for p, sp in checked]
         done: dict[int, RequestOutput] = {}
         bar = None
-        if progress:
-            from tqdm.auto import tqdm  # noqa: PLC0415 - only when a bar is asked for
-            bar = tqdm(total=len(rids), desc="requests", unit="req", mininterval=1.0)
         try:
+            if progress:
+                from tqdm.auto import tqdm  # noqa: PLC0415 - only when a bar is asked for
+                bar = tqdm(total=len(rids), desc="requests", unit="req", mininterval=1.0)
             while self.has_unfinished():
                 for out in self.step():
                     done[out.rid] = out
@@ -195,10 +195,31 @@ class LLMEngine:
                     s = self.stats.series
                     bar.set_postfix(running=s["running"][-1], pages=s["pages_used"][-1],
                                     refresh=False)
+        except BaseException:
+            # A failure halfway (a kernel error, KeyboardInterrupt in a notebook) must not
+            # leave this call's requests queued, holding pages: the next generate() would
+            # refuse to start, blaming add_request.
+            self._drop_unfinished()
+            raise
         finally:
             if bar is not None:
                 bar.close()
         return [done[r] for r in rids]
+
+    def _drop_unfinished(self) -> None:
+        """Take every unfinished request out of the engine, its device and host pages
+        given back (full computed pages stay in the prefix cache, as a finished request's)."""
+        sched = self.scheduler
+        for req in sched.running:
+            self.kv.free(req)
+        for req in sched.swapped:
+            self.kv.host.free(req.host_pages)
+            req.host_pages = []
+        for req in (*sched.waiting, *sched.running, *sched.swapped):
+            self.stats.prompt_tokens -= len(req.prompt_ids)
+        sched.waiting.clear()
+        sched.running.clear()
+        sched.swapped.clear()
 
     def summary(self) -> dict:
         return self.stats.summary(self)

@@ -26,7 +26,7 @@ from collections import Counter, OrderedDict
 import numpy as np
 
 from ..paging import OutOfPagesError, check_page_ids
-from ..validate import check_int, check_int_list
+from ..validate import MAX_PAGES, check_int, check_int_list, is_int
 
 
 def hash_block(parent: bytes | None, token_ids) -> bytes:
@@ -49,7 +49,9 @@ class BlockPool:
     """Pages with reference counts, a hash -> page table, and an LRU free queue."""
 
     def __init__(self, num_pages: int):
-        self.num_pages = num_pages
+        # (a negative count made a pool with num_used < 0; a bool, a pool of one page)
+        self.num_pages = num_pages = check_int(num_pages, "num_pages", minimum=1,
+                                               maximum=MAX_PAGES)
         self.ref_cnt = [0] * num_pages
         self.page_hash: list[bytes | None] = [None] * num_pages
         self.cached: dict[bytes, int] = {}
@@ -122,10 +124,22 @@ class BlockPool:
         check_page_ids(ids, "pages", self.num_pages, "pool")
         return ids
 
+    def _page_id(self, page) -> int:
+        """One page id in 0..num_pages-1 (a negative one would index from the end)."""
+        if not (is_int(page) and 0 <= page < self.num_pages):
+            check_int(page, "page")   # the TypeError of a float or bool
+            raise ValueError(f"page: page id {page} is not in this pool (valid ids are "
+                             f"0..{self.num_pages - 1})")
+        return int(page)
+
     def register(self, page: int, block_hash: bytes) -> bool:
         """Offer a full, computed page to the cache under `block_hash`. A hash already cached
         (another request computed the same block at the same time) keeps its page; this one
         stays private. Returns whether the page is now cached."""
+        page = self._page_id(page)   # -1 would cache the last page under -1, an id handed out
+        if not isinstance(block_hash, bytes):
+            raise TypeError(f"block_hash: expected the bytes hash_block returns, got "
+                            f"{type(block_hash).__name__}")
         if block_hash in self.cached or self.page_hash[page] is not None:
             return False
         self.cached[block_hash] = page
@@ -135,6 +149,7 @@ class BlockPool:
     def is_shared_or_cached(self, page: int) -> bool:
         """Writing into such a page would change what another request, or a future prefix
         hit, reads: it must be copied first (copy on write)."""
+        page = self._page_id(page)
         return self.ref_cnt[page] > 1 or self.page_hash[page] is not None
 
     def check_invariants(self) -> None:
