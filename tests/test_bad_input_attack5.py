@@ -179,3 +179,33 @@ def test_block_pool_register_refuses_a_page_outside_the_pool(page):
     with pytest.raises(TypeError, match="^block_hash: expected the bytes"):
         pool.register(0, "h")
     assert pool.cached == {}
+
+
+# -- KVCacheManager's swaps: a copy that fails leaves the pages where they were -----------------
+
+class _FailingStore:
+    def swap_out(self, pages, host_pages):
+        raise KeyboardInterrupt
+
+    swap_in = swap_out
+
+
+def test_a_swap_whose_copy_fails_leaves_every_page_where_it_was():
+    """The host pages (swap out) or device pages (swap in) taken before the copy leaked."""
+    from pagedattn_lab.engine.kv_manager import KVCacheManager
+    from pagedattn_lab.engine.request import Request
+    kv = KVCacheManager(8, 4, num_host_pages=8, store=_FailingStore())
+    req = Request(0, list(range(10)), SamplingParams())
+    req.pages, req.num_computed_tokens = kv.pool.allocate(3), 10
+    with pytest.raises(KeyboardInterrupt):
+        kv.swap_out(req)
+    assert (req.pages, req.host_pages) == ([0, 1, 2], []) and kv.host.num_free == 8
+    assert kv.pool.num_used == 3
+    kv.store = None   # bookkeeping only: out goes through; then the copy back fails
+    kv.swap_out(req)
+    kv.store = _FailingStore()
+    with pytest.raises(KeyboardInterrupt):
+        kv.swap_in(req)
+    assert req.pages == [] and len(req.host_pages) == 3 and kv.host.num_free == 5
+    assert kv.pool.num_used == 0
+    kv.pool.check_invariants()

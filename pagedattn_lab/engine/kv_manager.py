@@ -151,9 +151,14 @@ class KVCacheManager:
         """Copy the pages holding the request's computed tokens to host memory, then free
         every page it holds on the device."""
         keep = req.pages[:_pages_for(req.num_computed_tokens, self.page_size)]
-        req.host_pages = self.host.allocate(len(keep))
+        host_pages = self.host.allocate(len(keep))
         if self.store is not None:
-            self.store.swap_out(keep, req.host_pages)
+            try:
+                self.store.swap_out(keep, host_pages)
+            except BaseException:   # (an interrupt mid-copy) the host pages would leak
+                self.host.free(host_pages)
+                raise
+        req.host_pages = host_pages
         self.free(req)
 
     def swap_in_cost(self, req: Request, num_new: int = 0) -> int:
@@ -164,9 +169,14 @@ class KVCacheManager:
 
     def swap_in(self, req: Request) -> None:
         """Bring a swapped request's pages back (the caller checked `swap_in_cost`)."""
-        req.pages = self.pool.allocate(len(req.host_pages))
+        pages = self.pool.allocate(len(req.host_pages))
         if self.store is not None:
-            self.store.swap_in(req.host_pages, req.pages)
+            try:
+                self.store.swap_in(req.host_pages, pages)
+            except BaseException:   # the request stays swapped out, the device pages free
+                self.pool.free(pages)
+                raise
+        req.pages = pages
         self.host.free(req.host_pages)
         req.host_pages = []
         req.num_registered_blocks = 0
