@@ -87,6 +87,39 @@ def test_bad_input_is_refused_and_nothing_changes(rng, change, match):
     np.testing.assert_array_equal(v_cache, before[1])
 
 
+@pytest.mark.parametrize("scheme, change, match", [
+    # static scales are read: checked like any quantized cache's scales (quant.check_scale)
+    ("static", lambda a: a.update(k_scale=a["k_scale"].astype(np.float64)),
+     "^k_scale: expected float32 scales, got float64"),
+    ("static", lambda a: a.update(v_scale=np.array([1, np.nan, 1], np.float32)),
+     r"^v_scale: .*finite.*v_scale\[1\] is nan"),
+    ("static", lambda a: a.update(k_scale=np.full(3, 1e37, np.float32)),
+     r"^k_scale: expected scales <= .*448.*k_scale\[0\] is"),
+    # per-token scales are written: an array to write into, of the pages' layout, float32
+    ("per_token", lambda a: a.update(v_scale=None),
+     r"^v_scale: per-token scales need an array of shape \(7, 5, 3\) to write them into, "
+     "got None"),
+    ("per_token", lambda a: a.update(k_scale=np.ones(3, np.float32)),
+     r"^k_scale: expected shape \(7, 5, 3\), got \(3,\)"),
+    ("per_token", lambda a: a.update(v_scale=a["v_scale"].astype(np.float16)),
+     "^v_scale: expected dtype float32, got float16"),
+    ("per_token", lambda a: a.update(k_scale=a["k_scale"].tolist()),
+     "^k_scale: expected a NumPy or CuPy array, got list"),
+])
+def test_bad_scales_are_refused_naming_the_argument_and_nothing_changes(rng, scheme, change,
+                                                                       match):
+    k_cache, v_cache, k_scale, v_scale = _setup(rng, "fp8_e4m3", scheme)
+    args = dict(k_scale=k_scale, v_scale=v_scale)
+    change(args)
+    k = rng.standard_normal((2, 3, 40)).astype(np.float32)
+    before = [a.copy() for a in (k_cache, v_cache, k_scale, v_scale)]
+    with pytest.raises((ValueError, TypeError), match=match):
+        write_kv_quant(k, k.copy(), k_cache, v_cache, np.array([0, 1], np.int64), "fp8_e4m3",
+                       scheme, args["k_scale"], args["v_scale"])
+    for got, want in zip((k_cache, v_cache, k_scale, v_scale), before):
+        np.testing.assert_array_equal(got.view(np.uint8), want.view(np.uint8))
+
+
 @pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
 def test_write_rounds_ties_saturates_and_keeps_subnormals_like_the_reference(kv_dtype):
     """Static scale 1: the codes of exact ties, values past the range, NaN, inf and e4m3

@@ -333,3 +333,30 @@ def test_shared_memory_is_poisoned_before_a_learners_launch(device):
     kern = kr.Kernel(UNSET_SHARED, "read_unset_shared", device=device)
     (got,) = kern.launch((8,), (256,), (np.zeros(8 * 256, np.float32),), outputs=(0,))
     assert (got.view(np.uint32) == 0xFFFFFFFF).all(), np.unique(got.view(np.uint32))[:8]
+
+
+# -- kernel_hints' branches that only a GPU run or a rare kernel reaches -------------------
+
+def test_kernel_hints_name_what_the_output_and_source_show():
+    from pagedattn_lab.grading import kernel_hints as kh
+    from pagedattn_lab.grading.report import Mismatch
+    with pytest.raises(Mismatch, match="the kernel wrote nothing") as caught:
+        kh.nothing_written("__global__ void k(float* out) { if (0) out[0] = 1; }")
+    assert "check the guards before it" in caught.value.hint
+    expected = np.zeros((1, 4, 1, 2), np.float32)
+    valid = (np.arange(4) < 2)[None, :, None, None]           # tokens 2, 3 are padding
+    never = np.zeros(expected.shape, bool)
+    data = expected.copy()
+    data[0, 3] = 0.5                                           # attention past seq_len
+    assert "must be zeros, but yours hold data" in kh.padding_hint(data, expected, valid, never)
+    assert kh.padding_hint(expected.copy(), expected, valid, never) is None   # zeros: right
+    nan = np.full(expected.shape, np.nan, np.float32)
+    one_barrier = "__syncthreads(); // __syncthreads() in a comment does not count"
+    assert "fewer than two __syncthreads() per page" in kh.nan_hint(
+        nan, valid, never, shared_tile=True, source=one_barrier)
+    assert "is every element of the tile" in kh.nan_hint(
+        nan, valid, never, shared_tile=True, source=one_barrier + "\n__syncthreads();")
+    # on a GPU no race check ran: the last-resort hint reads the barriers off the source
+    assert "with one __syncthreads() per page" in kh.tiled_hint(one_barrier, racecheck=False)
+    assert "look for a race" in kh.tiled_hint("__syncthreads(); __syncthreads();")
+    assert "found no race" in kh.tiled_hint(one_barrier, racecheck=True)

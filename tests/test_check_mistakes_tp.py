@@ -192,3 +192,40 @@ def test_every_task_has_six_mistakes():
 def test_correct_wire_bytes_passes():
     result, printed = run_check("wire_bytes", wire())
     assert result.passed, printed
+
+
+def test_a_stub_that_returns_none_is_not_attempted():
+    for task in ("head_split", "gather_heads", "wire_bytes"):
+        result, printed = run_check(task, lambda *args: None)
+        assert result.status == "not attempted", printed
+        assert [c.status for c in result.cases] == ["not attempted"], printed
+
+
+def _bad_split_case(impl):
+    result, printed = run_check("head_split", impl)
+    assert result.status == "failed", printed
+    assert all(c.passed for c in result.cases if c.name == "split"), printed
+    return next(c for c in result.cases if c.name == "bad split" and not c.passed), printed
+
+
+def test_a_bad_split_answered_with_none_is_a_mistake_not_a_stub():
+    """It read "part of the task is not written yet" (a NotImplementedError), although every
+    valid split had returned its ranges: the None is the learner's answer to a bad split."""
+    def silent(rank, world_size, num_heads, num_kv_heads):
+        return None if num_kv_heads % world_size else split()(rank, world_size, num_heads,
+                                                               num_kv_heads)
+    case, printed = _bad_split_case(silent)
+    assert case.message == "3 ranks over 4 KV heads: head_split returned None", printed
+    assert "raising a ValueError naming world_size" in case.hint
+    assert (case.expected, case.got) == ("ValueError", "None")
+    assert "not written yet" not in printed
+
+
+def test_a_bad_split_refused_with_another_error_is_named():
+    def asserting(rank, world_size, num_heads, num_kv_heads):
+        assert num_kv_heads % world_size == 0, "world_size must divide num_kv_heads"
+        return split()(rank, world_size, num_heads, num_kv_heads)
+    case, printed = _bad_split_case(asserting)
+    assert case.message == "3 ranks over 4 KV heads raised AssertionError", printed
+    assert "raise ValueError (a bad argument value), naming world_size" in case.hint
+    assert (case.expected, case.got) == ("ValueError", "AssertionError")

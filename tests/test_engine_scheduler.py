@@ -236,3 +236,39 @@ def test_add_request_refuses(model_and_prompts, prompt, params, match):
 def test_engine_config_refuses(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         EngineConfig(**kwargs)
+
+
+def test_a_prompt_as_long_as_the_context_is_refused(model_and_prompts):
+    engine = LLMEngine(model_and_prompts[2], EngineConfig(page_size=8, num_pages=16))
+    with pytest.raises(ValueError, match=r"^prompt_ids: 2048 tokens leave no room to generate "
+                                         r"within max_position_embeddings=2048$"):
+        engine.add_request([1] * 2048)
+    with pytest.raises(ValueError, match=r"^prompts\[1\]: 2049 tokens leave no room"):
+        engine.generate([[1, 2], [1] * 2049])
+    assert not engine.has_unfinished() and engine.stats.prompt_tokens == 0
+
+
+def test_generate_refuses_a_params_list_of_another_length(model_and_prompts):
+    engine = LLMEngine(model_and_prompts[2], EngineConfig(page_size=8, num_pages=16))
+    with pytest.raises(ValueError, match=r"^params: expected 2 SamplingParams, got 3$"):
+        engine.generate([[1, 2], [3]], [SamplingParams(max_tokens=1)] * 3)
+    with pytest.raises(ValueError, match=r"^params: expected 2 SamplingParams, got 0$"):
+        engine.generate([[1, 2], [3]], [])
+    assert not engine.has_unfinished() and engine.stats.prompt_tokens == 0
+
+
+def test_generate_refuses_while_add_request_requests_wait(model_and_prompts):
+    """generate() serves to the end and returns only its own prompts' outputs: a request
+    queued by add_request would be served and its output lost."""
+    engine = LLMEngine(model_and_prompts[2], EngineConfig(page_size=8, num_pages=16))
+    rid = engine.add_request([1, 2, 3], SamplingParams(max_tokens=2))
+    with pytest.raises(RuntimeError, match=r"^generate: requests added with add_request are "
+                                           r"still unfinished; serve them with step\(\)"):
+        engine.generate([[4, 5]], SamplingParams(max_tokens=1))
+    assert engine.stats.prompt_tokens == 3 and engine._next_rid == rid + 1   # nothing queued
+    done = []
+    while engine.has_unfinished():
+        done += engine.step()
+    assert [o.rid for o in done] == [rid] and len(done[0].output_ids) == 2
+    out, = engine.generate([[4, 5]], SamplingParams(max_tokens=1))   # now it serves
+    assert len(out.output_ids) == 1

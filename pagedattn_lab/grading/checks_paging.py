@@ -17,6 +17,11 @@ from .seeds import case_rng
 
 # -- task: allocate / free -------------------------------------------------------------
 
+LOST_PAGES_HINT = ("a refused allocate must leave the free list as it was: pages it took "
+                   "before raising are lost to every later call (num_free still counts them). "
+                   "Check n against num_free before taking any page.")
+
+
 def _alloc_fresh(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
     expect_free(alloc, num_pages, "of a new allocator", "every page starts free.")
@@ -52,7 +57,11 @@ def _alloc_fresh(cls, num_pages: int) -> None:
 
 def _alloc_reuse(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
-    pages = ids(alloc.allocate(num_pages), f"allocate({num_pages})")
+    try:
+        pages = ids(alloc.allocate(num_pages), f"allocate({num_pages})")
+    except OutOfPagesError as exc:
+        raise Mismatch(f"allocate({num_pages}) of a new pool of {num_pages} pages raised "
+                       "OutOfPagesError", ALL_FREE_HINT) from exc
     giving_back = pages[1:4]
     kept(alloc.free, giving_back, f"free({giving_back})")
     expect_returned(alloc, 3, "after freeing 3 of the pages")
@@ -87,8 +96,15 @@ def _alloc_out_of_pages(cls, num_pages: int) -> None:
                        "order: the message tells the caller what it asked for and what is "
                        "left.", expected=f"requested, free, total = {(3, 2, num_pages)}",
                        got=f"{told}")
-    if len(ids(alloc.allocate(2), "allocate(2)")) != 2:
-        raise Mismatch("allocate(2) with 2 pages free", "the last two pages are still free.")
+    try:
+        last = ids(alloc.allocate(2), "allocate(2)")
+    except OutOfPagesError as exc:
+        raise Mismatch("allocate(2) with 2 pages free (num_free says 2) raised "
+                       "OutOfPagesError after the refused allocate(3)", LOST_PAGES_HINT +
+                       " (Or: " + ALL_FREE_HINT + ")") from exc
+    if len(last) != 2:
+        raise Mismatch("allocate(2) with 2 pages free", "the last two pages are still free: "
+                       "allocate(n) returns exactly n page ids.", "2 ids", repr(last))
 
 
 def _alloc_bad_free(cls, num_pages: int) -> None:
@@ -130,6 +146,7 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
     alloc = cls(num_pages)
     owned: list[list[int]] = []
     in_use: set[int] = set()
+    refused_at = None   # the first step whose allocate was (rightly) refused
     for step in range(steps):
         if owned and rng.random() < 0.45:
             pages = owned.pop(int(rng.integers(len(owned))))
@@ -141,14 +158,21 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
                 expect_raises(lambda: alloc.allocate(n), OutOfPagesError,
                                f"step {step}: allocate({n}) with {num_pages - len(in_use)} free",
                                "raise OutOfPagesError when the pool cannot satisfy the request.")
+                refused_at = step if refused_at is None else refused_at
                 continue
             try:
                 pages = ids(alloc.allocate(n), f"step {step}: allocate({n})")
             except OutOfPagesError as exc:
+                free = num_pages - len(in_use)
+                hint = FREE_LIST_HINT
+                if free == num_free(alloc) and refused_at is not None:
+                    # num_free is right, the pages are not: lost in a refused call, or >=
+                    hint = (f"an allocate was refused at step {refused_at}: " + LOST_PAGES_HINT +
+                            (" (Or: " + ALL_FREE_HINT + ")" if n == free else ""))
+                elif n == free == num_free(alloc):
+                    hint = ALL_FREE_HINT
                 raise Mismatch(f"step {step}: allocate({n}) raised OutOfPagesError with "
-                               f"{num_pages - len(in_use)} pages free", ALL_FREE_HINT if
-                               n == num_pages - len(in_use) == num_free(alloc)
-                               else FREE_LIST_HINT) from exc
+                               f"{free} pages free", hint) from exc
             if len(set(pages)) != len(pages):
                 raise Mismatch(f"step {step}: allocate({n}) returned a page twice: {pages}",
                                "each page may have only one owner after allocate.")

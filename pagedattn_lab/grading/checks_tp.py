@@ -88,8 +88,11 @@ def _refuse_case(fn, world, heads, kv) -> None:
         raise Mismatch(f"{world} ranks over {kv} KV heads raised {type(exc).__name__}",
                        "raise ValueError (a bad argument value), naming world_size.",
                        "ValueError", type(exc).__name__) from exc
-    if got is None:
-        raise NotImplementedError("head_split returned None")
+    if got is None:   # (the valid splits returned ranges: this is no stub)
+        raise Mismatch(f"{world} ranks over {kv} KV heads: head_split returned None",
+                       "refuse a split where num_kv_heads % world_size != 0 by raising a "
+                       "ValueError naming world_size: a None return lets the caller go on "
+                       "with no head ranges.", "ValueError", "None")
     hint = ("refuse a split where num_kv_heads % world_size != 0 with a ValueError: some rank "
             "would get a part of a KV head, or none.")
     if kv < world:
