@@ -26,7 +26,7 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
                     *, decodes_first=True, use_watermark=True, charge_running=True,
                     chunk=True, use_budget=True, fcfs=True, chunk_running=True,
                     partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
-                    charge_waiting=True, budget_waiting=True, clamp=True):
+                    charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True):
     """The engine's order with one rule switchable off (each switch is a known mistake)."""
     out, free = [], free_pages
 
@@ -61,7 +61,8 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
             n = None if spent() else size(req, False)
             if n is None:
                 break
-            cost = _pages(n, page_size) if ceil_cost else n // page_size
+            priced = n if chunk_cost else req.num_tokens - req.num_computed
+            cost = _pages(priced, page_size) if ceil_cost else priced // page_size
             need = cost + (watermark if use_watermark else 0)
             if need > free or (not at_most and need == free):
                 if fcfs:
@@ -118,6 +119,10 @@ def _strict_prefix(got, expected):
     return len(got) < len(expected) and got == expected[:len(got)]
 
 
+def _admits_fewer(got, expected, args):
+    return len(_admitted(got, args[1])) < len(_admitted(expected, args[1]))
+
+
 # (the rule, the hint, the mark the learner's batch shows when it is that mistake)
 _VARIANTS = [
     ("decodes_first", "prefill before decodes: the running requests come first (a decode is "
@@ -160,6 +165,9 @@ _VARIANTS = [
      "ahead) needs no new page, and gives none back: its cost is max(0, ceil((num_computed "
      "+ n) / page_size) - num_pages); without the max its spare pages were counted as free.",
      _admits_more),
+    ("chunk_cost", "a prompt was priced at its whole length: this step writes only its chunk "
+     "of n tokens, so it takes ceil(n / page_size) pages now (the rest come with later "
+     "chunks).", _admits_fewer),
 ]
 _RULES = tuple(rule for rule, _, _ in _VARIANTS)
 
@@ -187,9 +195,14 @@ def _hint(fn, got, expected, args) -> str:
     """The hint of the one mistake that gives `got` here AND on every probe (the same inputs
     a little changed): a batch that one mistake gives by coincidence is not named."""
     probes = [(p, _batch(fn, p)) for p in _probes(args)]
+    # a prompt priced whole admits fewer, as does a running request priced whole: with no
+    # running request only the first does
+    alone = ([], *args[1:])
+    probes_of = {"chunk_cost": probes + [(alone, _batch(fn, alone))]}
     matching = [hint for rule, hint, mark in _VARIANTS
                 if mark(got, expected, args) and _reference_step(*args, **{rule: False}) == got
-                and all(_reference_step(*p, **{rule: False}) == b for p, b in probes)]
+                and all(_reference_step(*p, **{rule: False}) == b
+                        for p, b in probes_of.get(rule, probes))]
     if len(matching) == 1:
         return matching[0]
     if matching:
@@ -316,7 +329,7 @@ def schedule_step(fn) -> CheckResult:
         (4, 48, 10, 1, "chunk_running"), (4, 24, 24, 1, "use_budget", True),
         (4, 30, 16, 1, "partial"), (4, 20, 20, 0, "stop_when_spent"), (4, 64, 24, 2, "at_most"),
         (8, 64, 20, 1, "ceil_cost"), (4, 80, 24, 1, "charge_waiting"),
-        (4, 40, 16, 0, "budget_waiting"), (4, 64, 16, 1, "clamp")]
+        (4, 40, 16, 0, "budget_waiting"), (4, 64, 16, 1, "clamp"), (4, 64, 8, 1, "chunk_cost")]
     cases = [Case("random batch", {"page_size": p, "budget": b, "max_chunk": c,
                                    "watermark": w},
                   lambda i=i, p=p, b=b, c=c, w=w, e=e, r=r: _step_case(fn, 1220 + i, p, b, c,

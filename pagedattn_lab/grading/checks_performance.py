@@ -101,6 +101,10 @@ def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
          expected * 2),
         ("no factor 1/2: nbytes is what the kernel reads, and the copy rate counts bytes "
          "read plus bytes written, so the yardstick is nbytes / rate.", expected / 2),
+        *[("return the time unrounded: no int(), round() or // (a fraction of a millisecond "
+           "is the answer here).", round(expected, digits)) for digits in (0, 1, 2, 3)],
+        ("return the time unrounded: int() drops the fraction of a millisecond.",
+         float(int(expected))),
     ], f"decode_floor_ms({nbytes:.4g} bytes, {bandwidth_gbs} GB/s)", rel=1e-4)
 
 

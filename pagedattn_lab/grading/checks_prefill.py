@@ -316,6 +316,9 @@ def _tiles_case(fn, indptr, seq_lens, rows, kv_tile) -> None:
                   "one (b, first, kv_tiles) per query tile, first = 0, rows, 2*rows, ... < q_len; "
                   "kv_tiles = ceil(keys seen by the tile's last row / kv_tile), that row being "
                   "min(first + rows, q_len) - 1.")
+    if got != expected and sorted(got) == sorted(expected):   # (no variant reorders)
+        hint = ("the right tiles in another order: list them sequence by sequence (b = 0, "
+                "1, ...), each sequence's tiles by first (0, rows, 2*rows, ...).")
     where = next((k for k, (a, e) in enumerate(zip(got, expected)) if a != e),
                  min(len(got), len(expected)))
     message = (f"{len(got)} tiles where there are {len(expected)}" if len(got) != len(expected)

@@ -26,7 +26,7 @@ from .compare import call_on_copies, describe_difference, diagnose, ranges
 from .faults import describe_kernel_exception
 from .kernel_runner import OutOfBoundsWrite, poisoned
 from .quant_variants import (FILL, READ_MISTAKES, WARP, WRITE_MISTAKES, quantize_reference,
-                             read_reference)
+                             read_logits, read_reference)
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
@@ -338,7 +338,9 @@ def _scale_fault_hint(name: str, index: int, per_token: int, heads: int) -> str:
             f"slot term belongs to per-token scales; element {index} read).")
 
 
-def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed):
+def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
+               max_logit=None):
+    """`max_logit`: q scaled to make that the largest logit (past 88 e^s overflows float32)."""
     prob = paged_problem(seed, mode="decode", seq_lens=seq_lens, num_heads=heads,
                          num_kv_heads=kv_heads, head_dim=dim, page_size=page_size)
     rng = case_rng(seed)
@@ -348,6 +350,10 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed)
     scales = [rng.uniform(0.002, 0.01, sshape).astype(np.float32),
               rng.uniform(0.02, 0.05, sshape).astype(np.float32)]   # V's unlike K's
     scale = np.float32(1 / np.sqrt(dim))
+    if max_logit:
+        logits = read_logits(prob, codes[0], scales[0], per_token, scale)
+        top = logits.max() if logits.max() > 0 else logits.min()   # (< 0: q -> -q flips them)
+        prob.q = (prob.q * np.float32(max_logit / top)).astype(np.float32)
     got = _launch_read(comp, (heads, len(seq_lens)), (
         prob.q, codes[0], codes[1], scales[0], scales[1], prob.block_tables, prob.seq_lens,
         poisoned(prob.q.shape), np.int32(heads), np.int32(kv_heads), np.int32(dim),
@@ -358,6 +364,14 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed)
         return read_reference(prob, codes, scales, per_token, scale, bug)
 
     expected = ref()
+    if max_logit and not np.isfinite(got).all() and np.isfinite(expected).all():
+        b, h, d = np.argwhere(~np.isfinite(got))[0]
+        raise Mismatch(f"{int((~np.isfinite(got)).sum())} of {got.size} outputs are inf or NaN, "
+                       f"the first at sequence {b}, head {h}, dim {d} (the logits here reach "
+                       f"{max_logit:g})", "e^s overflows float32 for "
+                       "s > 88 (inf / inf = NaN): weigh each token by e^(s - m_new), m_new the "
+                       "running max, and rescale acc and l by e^(m - m_new) when it grows.",
+                       "finite outputs", f"{got[b, h, d]}")
     if np.isnan(got).all():
         if "TODO" in comp.source:
             raise NotAttempted(NOTHING_WRITTEN)
@@ -384,6 +398,9 @@ def dequant_decode(source: str, device: str = "auto") -> CheckResult:
                                        dim=24, page_size=5, seed=6)),
         ("per-token scales, one token per page", dict(per_token=1, seq_lens=[5, 2], heads=2,
                                                       kv_heads=2, dim=8, page_size=1, seed=7)),
+        ("logits up to 120 (e^s past float32's range)",
+         dict(per_token=1, seq_lens=[11, 4], heads=4, kv_heads=2, dim=16, page_size=4, seed=9,
+              max_logit=120.0)),
     ]
     return run_cases("dequant_decode", "dequant_decode: attention over int8 pages", [
         Case(name, {k: v for k, v in p.items() if k != "seed"}, lambda p=p: _read_case(comp, **p))

@@ -64,8 +64,15 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
     return done
 
 
-def _order_hint(got: list[int], requests, num_pages: int, page_size: int) -> str:
-    if got == list(range(len(requests))):
+def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed: list[int],
+                bulk: list[int]) -> str:
+    """`freed`: the requests in the order the loop freed them; `bulk`: requests that got
+    several new tokens from one kv_for call (not one per step)."""
+    if bulk:
+        return (f"request {bulk[0]} got several new tokens from one call to kv_for: each step "
+                "appends ONE token to every running sequence (kv_for(i, position, 1)), so "
+                "sequences share the steps and finish in the order their lengths dictate.")
+    if got == list(range(len(requests))) and freed != got:
         return ("that is the arrival order; return the requests in the order they finished "
                 "(append i to the list when request i completes).")
     if got == finish_order(requests, num_pages, page_size, fifo=False):
@@ -101,12 +108,15 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
               for p, n in requests]
     calls = {"n": 0}
     freed: list[int] = []  # request indices, in the order they were freed
+    bulk: list[int] = []   # requests given several decode tokens by one kv_for call
 
     def kv_for(i: int, start: int, n: int):
         calls["n"] += 1
         if calls["n"] > 20 * sum(n_new for _, n_new in requests) + 100:
             raise _StepBudget()
         block = tokens[i][start:start + n]
+        if start > 0 and n > 1 and i not in bulk:   # (a prompt comes whole, at start 0)
+            bulk.append(i)
         return block.copy(), (-block).copy()
 
     def request_of(keys) -> int | None:
@@ -208,7 +218,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     expected = finish_order(requests, num_pages, page_size)
     if finished != expected:
         raise Mismatch("the order the requests finished in",
-                       _order_hint(finished, requests, num_pages, page_size),
+                       _order_hint(finished, requests, num_pages, page_size, freed, bulk),
                        repr(expected), repr(finished))
 
 

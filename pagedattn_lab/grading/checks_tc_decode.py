@@ -85,6 +85,9 @@ def _group_variants(q, kv_head, group, num_kv_heads):
         ("tile t holds heads 16 t .. 16 t + 15 of the group, in order (row r of tile t is "
          "head 16 t + r of the group), not every n_tiles-th head.",
          lambda: striped.reshape(n_tiles, TILE, d)),
+        ("the tiles are transposed (head_dim is 16 here, so the shape cannot show it): row r "
+         "of a tile is query head r, its columns the head's dims: [tiles, 16, head_dim].",
+         lambda: laid_out(mine).swapaxes(1, 2) if d == TILE else None),
     ]
 
 

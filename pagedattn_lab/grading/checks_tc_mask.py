@@ -54,6 +54,8 @@ def _mask_variants(s, tile, seq_len, scale):
          "Use -inf (np.float32('-inf')): exp(-inf) = 0.", lambda: masked(cols < seq_len, 0.0)),
         ("token seq_len itself is not in the cache: mask columns where 16 * tile + c >= "
          "seq_len (>=, not >).", lambda: masked(cols <= seq_len)),
+        ("token seq_len - 1, the last one cached, was masked: mask where 16 * tile + c >= "
+         "seq_len, not >= seq_len - 1.", lambda: masked(cols < seq_len - 1)),
         (offset_hint, lambda: masked(np.arange(TILE) < seq_len)),
         ("the rows are query heads and the columns are tokens: mask columns (s[:, c]), not "
          "rows.", lambda: masked(cols < seq_len, rows=True)),

@@ -248,9 +248,11 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
     try:
         values = tuple(got)
         got = tuple(int(x) for x in values)
-    except (TypeError, ValueError) as exc:
+        if len(got) != 3:   # (zip below would compare the first ones and blame those)
+            raise ValueError(f"{len(got)} values")
+    except (TypeError, ValueError, OverflowError) as exc:   # (int(inf): OverflowError)
         raise Mismatch("expected (tables, output_share, kv_read), three ints", "return a "
-                       "tuple of three byte counts.", "", repr(got)[:200]) from exc
+                       "tuple of three byte counts.", str(expected), repr(got)[:200]) from exc
     if not all(is_int(x) for x in values):
         raise Mismatch(f"byte counts of {', '.join(type(x).__name__ for x in values)}",
                        "return plain integers, as the spec asks. " + INT_HINT,

@@ -98,8 +98,11 @@ class Difference:
     def message(self, what: str = "values") -> str:
         index = self.first()
         total = int(self.bad.size)
+        want, got = fmt(self.expected[index]), fmt(self.got[index])
+        if want == got:   # close, yet past the tolerance: show the digits where they differ
+            want, got = f"{float(self.expected[index]):.7g}", f"{float(self.got[index]):.7g}"
         lines = [f"{self.count} of {total} {what} differ; the first at {self.where(index)}: "
-                 f"expected {fmt(self.expected[index])}, got {fmt(self.got[index])}."]
+                 f"expected {want}, got {got}."]
         n_unwritten = int(self.unwritten.sum())
         if n_unwritten and not self.certain:
             lines.append(f"{n_unwritten} of them are still NaN: the NaN the check filled the "

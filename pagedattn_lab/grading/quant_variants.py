@@ -239,3 +239,14 @@ def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
                 m = m if bug == "m" else m_new
             out[b, h] = acc / total
     return out
+
+
+def read_logits(prob, k_codes, k_scales, per_token, scale):
+    """Every (sequence, query head, cached token)'s q . k * scale, K dequantized (float64)."""
+    k = k_codes.astype(np.float64) * (k_scales if per_token else k_scales[None, None])[..., None]
+    k = k.reshape(-1, *k.shape[2:])
+    group = prob.q.shape[1] // k.shape[1]
+    out = [np.einsum("hd,thd->ht", prob.q[b].astype(np.float64),
+                     np.repeat(k[token_slots(row, int(n), k_codes.shape[1])], group, 1)) * scale
+           for b, (row, n) in enumerate(zip(prob.block_tables, prob.seq_lens))]
+    return np.concatenate([o.ravel() for o in out])
