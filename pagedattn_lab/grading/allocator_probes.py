@@ -24,6 +24,23 @@ def ids(pages, what: str) -> list[int]:
         raise Mismatch(f"{what} returned {pages!r}", "return a list of int page ids.") from exc
 
 
+ZERO_HINT = ("zero pages is a valid request: allocate(0) returns [] (a sequence whose new "
+             "tokens fit in its last page asks for none); raise only when n > num_free.")
+
+
+def allocated(alloc, n: int, what: str) -> list[int]:
+    """`alloc.allocate(n)` as ids; an error raised for n == 0 names the call (the spec's
+    allocate(0) returns [])."""
+    try:
+        pages = alloc.allocate(n)
+    except (ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
+        if n:
+            raise
+        raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}", ZERO_HINT, expected="[]",
+                       got=f"{type(exc).__name__} raised") from exc
+    return ids(pages, what)
+
+
 def kept(method, pages: list, what: str):
     """`method(a copy of pages)`; a Mismatch if it changed that copy: the list is the caller's
     block table, still read after the call (and a check that keeps its own list would read

@@ -180,6 +180,11 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
         elif got.shape == (num_kv_heads, seq_len, head_dim) and num_kv_heads != seq_len:
             hint = ("keep the cache's axis order: tokens first, [seq_len, num_kv_heads, "
                     "head_dim] (you returned the heads first).")
+        elif got.ndim > 1 and got.shape[0] == seq_len:
+            hint = (f"the token axis is right ({seq_len} tokens), but each token must keep its "
+                    "whole [num_kv_heads, head_dim] block, every kv head, as the cache holds "
+                    "it: return exactly seq_len tokens of [num_kv_heads, head_dim] each, not "
+                    "reshaped.")
         raise Mismatch("shape of the gathered keys", hint, str(expected.shape), str(got.shape))
     diff = describe_difference(got, expected, ("token", "kv_head", "dim"), atol=0, rtol=0,
                                unwritten=False)

@@ -253,6 +253,13 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
         raise Mismatch("expected a tuple (block_tables, seq_lens)",
                        "return both arrays, as PagedKVCache.block_tables does.")
     tables, lens = result
+    if isinstance(tables, np.ndarray) and isinstance(lens, np.ndarray) and tables.ndim == 1 \
+            and lens.ndim == 2 and list(tables) == seq_lens:
+        raise Mismatch("the tuple holds seq_lens first: block_tables came second",
+                       "return (block_tables, seq_lens), in that order, as "
+                       "PagedKVCache.block_tables does.", "(block_tables [batch, max_pages], "
+                       "seq_lens [batch])", f"(array of shape {tables.shape}, array of shape "
+                       f"{lens.shape})")
     if not isinstance(tables, np.ndarray) or tables.dtype != np.int32:
         raise Mismatch("block_tables must be an int32 NumPy array",
                        "kernels read it through an `int*`: np.int32, not Python lists or int64.",

@@ -18,7 +18,7 @@ import numpy as np
 from ..split_k import partial_state, reference_partials
 from .checks_decode_merge import decode_merge  # noqa: F401 - the lesson registry finds it here
 from .checks_kernels import _Compiled
-from .compare import changed_input, describe_difference, diagnose, fmt
+from .compare import ATOL, RTOL, changed_input, describe_difference, diagnose, fmt
 from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, WARP, decode_problem, dims_hint,
                             launch_warp)
 from .decode_variants import LOG2E, merge_variant, partials_variant
@@ -176,6 +176,20 @@ def _written_by(prob, index, part_len) -> str:
             f"head, sequence), which covers tokens {start}..{end - 1} on pages {pages}.")
 
 
+def _lane0_hint(o, o_ref, used) -> str | None:
+    """Only lane 0's dims (0, 32, ...) right in every partition: the dot product's sum
+    reached lane 0 alone (a __shfl_down_sync reduction), the other lanes weighed the keys
+    with partial dots."""
+    ok = np.isclose(o, o_ref, rtol=RTOL, atol=ATOL)[used]      # [partitions, head_dim]
+    lane0 = np.arange(o.shape[-1]) % WARP == 0
+    if o.shape[-1] <= 1 or not ok[:, lane0].all() or ok[:, ~lane0].all():
+        return None
+    return ("only lane 0's dims (0, 32, ...) are right: only lane 0 had the whole dot product. "
+            "A __shfl_down_sync reduction leaves the sum in lane 0 alone; every lane needs it "
+            "for its weights: reduce with __shfl_xor_sync, or broadcast lane 0's sum with "
+            "__shfl_sync(0xffffffffu, dot, 0).")
+
+
 def _partition_case(comp, seed, part_len, **sizes) -> None:
     prob = decode_problem(seed, **sizes)
     batch, num_heads, head_dim = prob.q.shape
@@ -198,7 +212,8 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
     diff = describe_difference(o, o_ref, ("sequence", "head", "partition", "dim"),
                                mask=used[..., None])
     if diff is not None:
-        hint = _bound_hint(o, o_ref, prob, part_len, used) or diagnose(o, o_ref, [
+        hint = _bound_hint(o, o_ref, prob, part_len, used) or _lane0_hint(o, o_ref, used) \
+            or diagnose(o, o_ref, [
             (text, lambda bugs=bugs: partials_variant(prob, part_len, **_scaled(prob, bugs))[2])
             for text, bugs in _PARTITION_MISTAKES], mask=used[..., None]) \
             or dims_hint(o, used, head_dim, "lane")

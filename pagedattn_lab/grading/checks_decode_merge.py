@@ -52,6 +52,15 @@ def _max_over_all_slots(m, l, o, n_parts):
         return top / w.sum(axis=-1)[..., None]
 
 
+def _first_as_max(m, l, o, n_parts):
+    """The merge in float32 with the first partition's m taken as the max."""
+    used = np.arange(m.shape[-1]) < np.asarray(n_parts)[..., None]
+    with np.errstate(all="ignore"):
+        w = np.where(used, l * np.exp(m - m[..., :1]), 0).astype(np.float32)
+        top = (w[..., None] * np.where(used[..., None], o, 0)).sum(axis=-2)
+        return top / w.sum(axis=-1)[..., None]
+
+
 def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
     prob = decode_problem(seed, **sizes)
     batch, num_heads, head_dim = prob.q.shape
@@ -86,6 +95,10 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
          f"ceil(seq_len / part_len) that exist; the others hold {held}, whose m lies far above "
          "the real ones here, so every real weight expf(m_p - m) underflowed to 0 (0 / 0).",
          lambda: _max_over_all_slots(*states, n_parts)),
+        ("m must be the largest m_p of the row, not the first partition's: a later partition's "
+         "m_p lies far above it here, and expf(m_p - m_0) overflowed float32 (inf / inf). Take "
+         "the max over the partitions first (fmaxf from NEG_INF), then weight.",
+         lambda: _first_as_max(*states, n_parts)),
     ]
     m = part_ml[..., 0][used]
     hint = diagnose(got, expected, variants) or dims_hint(got, True, head_dim, "thread")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from ..paging import OutOfPagesError
 from .allocator_probes import (ALL_FREE_HINT, ALL_OR_NOTHING_IDS, FREE_LIST_HINT,
-                               NEGATIVE_ID_HINT, expect_free, expect_raises, expect_returned,
-                               ids, kept, num_free, refused)
+                               NEGATIVE_ID_HINT, ZERO_HINT, allocated, expect_free,
+                               expect_raises, expect_returned, ids, kept, num_free, refused)
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -25,8 +25,9 @@ LOST_PAGES_HINT = ("a refused allocate must leave the free list as it was: pages
 def _alloc_fresh(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
     expect_free(alloc, num_pages, "of a new allocator", "every page starts free.")
-    if ids(alloc.allocate(0), "allocate(0)") != []:
-        raise Mismatch("allocate(0) should return []", "zero pages is a valid request.")
+    zero = allocated(alloc, 0, "allocate(0)")
+    if zero != []:
+        raise Mismatch("allocate(0) should return []", ZERO_HINT, "[]", repr(zero))
     pages = ids(alloc.allocate(3), "allocate(3)")
     if len(pages) != 3:
         raise Mismatch("allocate(3) returned the wrong number of pages",
@@ -161,7 +162,7 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
                 refused_at = step if refused_at is None else refused_at
                 continue
             try:
-                pages = ids(alloc.allocate(n), f"step {step}: allocate({n})")
+                pages = allocated(alloc, n, f"step {step}: allocate({n})")
             except OutOfPagesError as exc:
                 free = num_pages - len(in_use)
                 hint = FREE_LIST_HINT

@@ -31,6 +31,10 @@ def _simulate(scores, values, bug: str) -> np.ndarray:
     total = 0.0
     with np.errstate(all="ignore"):
         for i, (s, v) in enumerate(zip(scores, values)):
+            if bug == "first_max":   # m set by the first key, never raised: no rescale at all
+                m = s if i == 0 else m
+                total, acc = total + np.exp(s - m), acc + np.exp(s - m) * v
+                continue
             if bug == "nomax":
                 total, acc = total + np.exp(s), acc + np.exp(s) * v
                 continue
@@ -70,6 +74,9 @@ _NON_FINITE_MISTAKES = [  # mistakes that are right on ordinary scores come firs
     ("NaN from ordinary scores, from the first key on: with m = -inf, both exp(score - m) "
      "and exp(m_new - m) are inf. Weigh each key with exp(score - m_new) and rescale with "
      "exp(m_old - m_new), which is at most 1.", "old_max"),
+    ("exp(score - m) overflowed to inf: m stayed at the first score while later scores rose "
+     "far above it. m is the max so far: when a score raises it, set m to it and rescale l and "
+     "acc by exp(m_old - m_new) before adding the new key.", "first_max"),
 ]
 
 
@@ -105,7 +112,8 @@ def _online_case(cls, scores, values) -> None:
     if not np.isfinite(got).all():
         # on very negative scores a missing max and a max started at 0 give the same 0/0;
         # the learner who dropped the max already failed the +1000 case, so name the 0 here
-        first = "max0" if scores.max() < 0 else "nomax"
+        first = "max0" if scores.max() < 0 else "nomax" if scores[0] > scores.max() - 700 \
+            else "first_max"
         mistakes = sorted(_NON_FINITE_MISTAKES, key=lambda mistake: mistake[1] != first)
     default = ("a NaN or inf appeared: is every exp taken of a score minus the running max, "
                "and is the max updated before it is used?" if mistakes is _NON_FINITE_MISTAKES
@@ -170,6 +178,8 @@ def online_softmax(cls) -> CheckResult:
     huge = 1000 + 5 * rng.standard_normal(10), rng.standard_normal((10, dim))
     tiny = -1000 + 5 * rng.standard_normal(10), rng.standard_normal((10, dim))
     one = np.array([0.3]), rng.standard_normal((1, dim))
+    # the max must move: exp of the rise over the first score overflows float64
+    soaring = np.array([-400.0, -150.0, 100.0, 350.0, 360.0]), rng.standard_normal((5, dim))
     ties = np.array([1.5, 1.5, 0.5, 1.5, 1.5]), rng.standard_normal((5, dim))
     cases = [
         Case("random scores", {"n": 12, "head_dim": dim}, lambda: _online_case(cls, *rand)),
@@ -181,6 +191,8 @@ def online_softmax(cls) -> CheckResult:
              lambda: _online_case(cls, *ties)),
         Case("scores near +1000", {"n": 10}, lambda: _online_case(cls, *huge)),
         Case("scores near -1000", {"n": 10}, lambda: _online_case(cls, *tiny)),
+        Case("scores rising by 760 (exp of the rise overflows)", {"n": 5},
+             lambda: _online_case(cls, *soaring)),
     ]
     return run_cases("online_softmax", f"{getattr(cls, '__name__', cls)}: online softmax", cases)
 

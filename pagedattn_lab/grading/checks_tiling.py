@@ -9,7 +9,17 @@ from __future__ import annotations
 import numpy as np
 
 from ..validate import is_int
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, probe, run_cases
+
+
+def _rounds_up(fn) -> bool:
+    """Whether `fn` rounds a partly needed page up where one key short and rounding down
+    differ (37 keys of pages of 8: 5 pages): where the last key opens a page, they agree."""
+    got = probe(fn, 37, 32, 16, 8)
+    try:
+        return [int(p) for p in got] == [0, 1, 2, 3, 4]
+    except (TypeError, ValueError):
+        return False
 
 
 def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int) -> None:
@@ -50,6 +60,11 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
          "the page of q_start.",
          list(range(q_start // page_size, -(-last_key // page_size)))
          if q_start < seq_len else None),
+        ("one key short: the tile's last query, q_start + tile_q - 1, reads keys 0 .. itself, "
+         "that is q_start + tile_q keys (at most seq_len), not q_start + tile_q - 1; here that "
+         "last key is the first of its page.",
+         list(range(-(-min(seq_len, q_start + tile_q - 1) // page_size)))
+         if q_start < seq_len and _rounds_up(fn) else None),
         ("round up: a page that holds any needed key is needed (ceil).",
          list(range(last_key // page_size)) if q_start < seq_len else None),
         ("a block whose first query is at or past seq_len has no work: return [] (it only "
@@ -72,7 +87,8 @@ def tile_pages(fn) -> CheckResult:
               ("a sequence shorter than the tile", 5, 0, 16, 4),
               ("an empty sequence", 0, 0, 16, 4), ("a larger tile", 100, 64, 32, 16),
               ("pages longer than the tile", 100, 0, 16, 32),
-              ("pages longer than the tile, a middle tile", 100, 32, 16, 32)]
+              ("pages longer than the tile, a middle tile", 100, 32, 16, 32),
+              ("the tile's last key opens a page", 40, 20, 5, 8)]
     cases = [Case(name, {"seq_len": n, "q_start": s, "tile_q": t, "page_size": p},
                   lambda n=n, s=s, t=t, p=p: _tile_pages_case(fn, n, s, t, p))
              for name, n, s, t, p in params]

@@ -119,6 +119,11 @@ def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
         elif buffer is not None and index is not None:   # seen after the launch: no thread
             message = (f"out-of-bounds {access} of {buffer}[{index}] (it has {size} elements), "
                        f"found after the launch (which thread wrote it is not known).")
+        elif "arithmetic exception" in text:   # SIGFPE: no index was out of bounds
+            return (f"the kernel crashed: {text}", "an integer division or modulo by 0: look "
+                    "at every / and % between ints. A divisor computed from the arguments can "
+                    "be 0 (int division rounds down: num_kv_heads / num_heads is 0 when there "
+                    "are more query heads than KV heads).")
         else:
             message = f"out-of-bounds access: {text}"
         return message, buffer_hint(buffer, index)
