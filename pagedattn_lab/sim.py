@@ -33,6 +33,7 @@ from log-normal distributions, rounded, and clipped; see `Workload` for the exac
 from __future__ import annotations
 
 import bisect
+import inspect
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -203,22 +204,10 @@ class SimResult:
                 f"free {b['free']:6.1%}  | batch {self.mean_running:6.1f} sequences")
 
 
-def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: int = 32768,
-             page_size: int = 16, max_steps: int = 4000, watermark: float = 0.01,
-             memory_bytes: int | None = None, bytes_per_token: int | None = None) -> SimResult:
-    """Run `workload` on a KV cache of `capacity_tokens` slots under `policy`.
-
-    Or give the memory and what a token takes (`cache.page_bytes(1, ...)`: compressed pages
-    take half of fp16's): then `capacity_tokens = memory_bytes // bytes_per_token`.
-
-    Each step: every running sequence produces one token (a paged sequence takes a new page
-    when its last is full; if none is free, the most recently admitted sequence is preempted:
-    its pages are freed and it goes back to the front of the queue to be recomputed, as vLLM
-    does); finished sequences release their memory; then waiting requests are admitted in
-    arrival order while the one at the front fits (paged admission keeps `watermark` of the
-    pages free for growth). Then the memory is measured. Stops when every request is done or
-    after `max_steps` steps.
-    """
+def _checked(policy, workload, capacity_tokens, page_size, max_steps, watermark, memory_bytes,
+             bytes_per_token) -> tuple[Workload, int, str, int, int]:
+    """`simulate`'s arguments, each refused by name: (workload, capacity in tokens, the name
+    the capacity goes by in messages, page_size, max_steps)."""
     if not is_one_of(policy, POLICIES):
         raise ValueError(f"policy: expected one of {POLICIES}, got {policy!r}")
     if (memory_bytes is None) != (bytes_per_token is None):
@@ -243,6 +232,28 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
         raise ValueError(f"watermark: expected a share of the pages in [0, 1), got {watermark!r}")
     if policy == "paged":   # else a request that can never be admitted stalls every step
         _check_paged_fits(workload, capacity_name, capacity_tokens, page_size, watermark)
+    return workload, capacity_tokens, capacity_name, page_size, max_steps
+
+
+def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: int = 32768,
+             page_size: int = 16, max_steps: int = 4000, watermark: float = 0.01,
+             memory_bytes: int | None = None, bytes_per_token: int | None = None) -> SimResult:
+    """Run `workload` on a KV cache of `capacity_tokens` slots under `policy`.
+
+    Or give the memory and what a token takes (`cache.page_bytes(1, ...)`: compressed pages
+    take half of fp16's): then `capacity_tokens = memory_bytes // bytes_per_token`.
+
+    Each step: every running sequence produces one token (a paged sequence takes a new page
+    when its last is full; if none is free, the most recently admitted sequence is preempted:
+    its pages are freed and it goes back to the front of the queue to be recomputed, as vLLM
+    does); finished sequences release their memory; then waiting requests are admitted in
+    arrival order while the one at the front fits (paged admission keeps `watermark` of the
+    pages free for growth). Then the memory is measured. Stops when every request is done or
+    after `max_steps` steps.
+    """
+    workload, capacity_tokens, capacity_name, page_size, max_steps = _checked(
+        policy, workload, capacity_tokens, page_size, max_steps, watermark, memory_bytes,
+        bytes_per_token)
     prompts, outputs = workload.sample()
     queue = deque(_Request(i, int(p), int(p + o)) for i, (p, o) in enumerate(zip(prompts, outputs)))
     paged = policy == "paged"
@@ -330,6 +341,9 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
                      len(arrays["tokens"]))
 
 
+_SIMULATE = inspect.signature(simulate)
+
+
 def compare_policies(workload: Workload | None = None, policies=POLICIES,
                      **kwargs) -> dict[str, SimResult]:
     """`simulate` every policy on the same workload: {policy: SimResult}."""
@@ -345,4 +359,8 @@ def compare_policies(workload: Workload | None = None, policies=POLICIES,
         if policy in policies[:i]:
             raise ValueError(f"policies[{i}]: {policy!r} is listed twice (the result is a "
                              f"dict, one entry per policy)")
+    for policy in policies:   # and a setting one policy refuses (paged: page_size)
+        call = _SIMULATE.bind(policy, workload, **kwargs)   # (a stray keyword: TypeError)
+        call.apply_defaults()
+        _checked(**call.arguments)
     return {p: simulate(p, workload, **kwargs) for p in policies}

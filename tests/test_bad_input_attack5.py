@@ -153,6 +153,23 @@ def test_compare_policies_checks_every_name_before_simulating(monkeypatch, polic
         sim.compare_policies(sim.Workload(num_requests=4), policies)
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    # 2048 slots hold one page of 2000 tokens: too few for max_len, which only paged refuses
+    ({"capacity_tokens": 2048, "page_size": 2000}, ValueError, r"^page_size: 2048 slots hold 1"),
+    ({"watermark": 0.98}, ValueError, r"^watermark: 0.98 of 2048 pages"),
+    ({"page_sise": 16}, TypeError, r"page_sise"),   # a misspelt keyword
+])
+def test_compare_policies_checks_every_setting_before_simulating(monkeypatch, kwargs, error,
+                                                                 match):
+    """Settings only the paged policy refuses were refused after the others had run."""
+    from pagedattn_lab import sim
+    real, runs = sim.simulate, []
+    monkeypatch.setattr(sim, "simulate", lambda *a, **k: runs.append(a) or real(*a, **k))
+    with pytest.raises(error, match=match):
+        sim.compare_policies(sim.Workload(num_requests=4), ["reserve_max", "paged"], **kwargs)
+    assert runs == []
+
+
 # -- the engine's BlockPool: page ids of register / is_shared_or_cached, its size -----------------
 
 @pytest.mark.parametrize("num_pages, error", [(-3, ValueError), (0, ValueError),
