@@ -266,3 +266,40 @@ def test_kernel_checks_on_the_gpu(task, variable):
         task, NOTEBOOK, variable, [m[:3] for t, _, m in mistakes if t == task],
         rights=[r for t, _, r in ALTERNATIVES if t == task],
         other_evidence=OUT_OF_BOUNDS_READS, stub=False)
+
+
+# Failures that are no quantization mistake: each must get its own message, never a scale or
+# layout hint the evidence does not show.
+OTHER_FAILURES = [
+    ("quantize_write", "SOURCE_WRITE", [("float scale;", "float scale")],
+     "does not compile", "fix the first error the compiler reports"),
+    ("quantize_write", "SOURCE_WRITE", [("if (slot < 0) return;", "return;")],
+     "nothing was written", "store every code at its slot"),
+    ("dequant_decode", "SOURCE_READ", [("float s = dot * scale;", "float s = dot * scale")],
+     "does not compile", "fix the first error the compiler reports"),
+    ("dequant_decode", "SOURCE_READ", [("float s = dot * scale;", "float s = 0.0f / 0.0f;")],
+     "every output is nan", "out = acc / l"),
+    ("dequant_decode", "SOURCE_READ", [("float dot = 0.0f;", "float dot = q_row[100000];")],
+     "out-of-bounds read of q[100000]", "q is [batch, num_heads, head_dim]"),
+    ("dequant_decode", "SOURCE_READ", [("out[((long long)b * num_heads + h) * head_dim + d]",
+                                        "out[((long long)b * num_heads + h) * head_dim + d + 1]")],
+     "out-of-bounds write of out", "out is [batch, num_heads, head_dim]"),
+]
+
+
+@pytest.mark.parametrize("task, variable, edits, message, hint", OTHER_FAILURES,
+                         ids=[f"{t}-{m}" for t, _, _, m, _ in OTHER_FAILURES])
+def test_other_kernel_failures_get_their_own_message(task, variable, edits, message, hint):
+    result, printed = assert_caught(task, mutate(solution_source(NOTEBOOK, variable), edits),
+                                    message, not_phrases=["k_scale", "v_scale", "padding"],
+                                    device="cpu")
+    first = next(c for c in result.cases if not c.passed)
+    assert message in " ".join(first.message.split()).lower(), printed
+    assert hint in " ".join(first.hint.split()), printed
+
+
+def test_kv_scales_returning_none_is_told_to_return_them():
+    result, printed = assert_caught("kv_scales", lambda x, q: None, "returned None")
+    first = next(c for c in result.cases if not c.passed)
+    assert first.message == "returned None", printed
+    assert "return the scales, shape [n_tokens, num_kv_heads]" in first.hint, printed

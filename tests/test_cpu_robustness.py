@@ -143,3 +143,70 @@ def test_timeout_of_the_wrong_type_and_bad_environment(monkeypatch):
     monkeypatch.setenv("PAGEDATTN_LAB_CPU_TIMEOUT", "0")
     with pytest.raises(ValueError, match="PAGEDATTN_LAB_CPU_TIMEOUT"):
         kern("calls_abort")(1, 32, (out,))
+
+
+# ---- read-only arrays, worker counts, and a machine that cannot start a launch -------------
+
+WRITES_BOTH = r'''
+extern "C" __global__ void writes_both(float* out, float* ro, int write_ro)
+{
+    out[threadIdx.x] = 1.0f;
+    if (write_ro) ro[threadIdx.x] = 2.0f;
+}
+'''
+
+
+def test_a_write_to_a_read_only_argument_discards_every_write():
+    """`out` lies before `ro` in memory, so its buffer was copied back first: the launch
+    raised for `ro` with `out` already overwritten ('the writes were discarded' held for ro
+    alone)."""
+    kernel = RawKernel(WRITES_BOTH, "writes_both")
+    base = np.zeros(8, np.float32)
+    out, ro = base[:4], base[4:].copy()
+    ro.flags.writeable = False
+    with pytest.raises(ValueError, match=r"^the kernel wrote to read-only array argument\(s\) "
+                                         r"'ro'; all of the launch's writes were discarded"):
+        kernel(1, 4, (out, ro, np.int32(1)))
+    assert not out.any() and not ro.any()
+    kernel(1, 4, (out, ro, np.int32(0)))   # a read-only argument the kernel leaves alone
+    assert (out == 1).all() and not ro.any()
+
+
+@pytest.mark.parametrize("env, want", [("3", 3), ("0", 1), ("100000", launch.abi.MAX_WORKERS)])
+def test_the_worker_count_from_the_environment(monkeypatch, env, want):
+    monkeypatch.setenv("PAGEDATTN_LAB_CPU_WORKERS", env)
+    assert launch.default_workers(1) == want
+
+
+def test_worker_count_without_affinity_or_a_number(monkeypatch):
+    """A PAGEDATTN_LAB_CPU_WORKERS that is no number is ignored (the core count decides);
+    without sched_getaffinity (macOS) the CPU count."""
+    monkeypatch.setenv("PAGEDATTN_LAB_CPU_WORKERS", "many")
+    monkeypatch.delattr(launch.os, "sched_getaffinity", raising=False)
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: 3)
+    assert launch.default_workers(64, 2048) == 3
+    monkeypatch.setattr(launch.os, "cpu_count", lambda: None)
+    assert launch.default_workers(64, 2048) == 1
+
+
+class _NoMemory:
+    """A stand-in executor library whose every allocation and launch fails."""
+    def pal_buffer_alloc(self, *args):
+        return 0
+
+    def pal_launch_begin(self, cfg):
+        return 0
+
+
+def test_failed_mappings_and_launches_are_named():
+    with pytest.raises(MemoryError, match=r"^cannot map a guarded buffer of 64 bytes for a "
+                                          r"kernel argument$"):
+        launch._Buffer(_NoMemory(), 4096, 4096 + 64)
+    args = dict(kernel="k", sig=[], args=[], grid=(1, 1, 1), block=(1, 1, 1), shared_mem=0,
+                timeout=None, workers=1, stack_bytes=1 << 16)
+    with pytest.raises(launch.KernelError, match=r"^kernel 'k': the CPU executor could not "
+                                                 r"start \(out of memory\?\)"):
+        launch.run(_NoMemory(), 0, checked=False, **args)
+    with pytest.raises(ExecutorUnavailableError, match=r"^kernel 'k': the CPU executor could "
+                                                       r"not start its worker processes"):
+        launch.run(_NoMemory(), 0, checked=True, **args)

@@ -176,3 +176,99 @@ def test_packed_prefill_refuses_what_it_cannot_run():
     with pytest.raises(ValueError, match="packed_prefill"):
         StepAttention(4, 2, 32, 8, np.float32, np, packed_prefill=True)
     assert not StepAttention(4, 2, 32, 8, np.float32, np).packed
+
+
+# -- RoPE scaling, checkpoint refusals, slots left unwritten ---------------------------------
+
+def _hf_llama3_inv_freq(inv, factor, low, high, old):
+    """transformers' _compute_llama3_parameters, written out per frequency."""
+    out = []
+    for freq in inv.astype(np.float64):
+        wavelen = 2 * np.pi / freq
+        if wavelen < old / high:
+            out.append(freq)
+        elif wavelen > old / low:
+            out.append(freq / factor)
+        else:
+            smooth = (old / wavelen - low) / (high - low)
+            out.append((1 - smooth) * freq / factor + smooth * freq)
+    return np.array(out)
+
+
+def test_rope_scaling_linear_and_llama3():
+    from pagedattn_lab.engine.model import rope_inv_freq
+    base = tiny_config(rope_theta=500.0)
+    inv = rope_inv_freq(base)
+    linear = rope_inv_freq(tiny_config(rope_theta=500.0,
+                                       rope_scaling={"rope_type": "linear", "factor": 4.0}))
+    np.testing.assert_allclose(linear, inv / 4, rtol=1e-6)
+    scaling = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    got = rope_inv_freq(tiny_config(rope_theta=500.0, rope_scaling=scaling))
+    want = _hf_llama3_inv_freq(inv, 8.0, 1.0, 4.0, 32)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, want, rtol=1e-6)
+    assert (got == inv).any() and (got == inv / np.float32(8)).any() and \
+        ((got != inv) & (got != inv / np.float32(8))).any(), "expected all three bands"
+
+
+def test_bad_weights_and_safetensors_are_named(tmp_path):
+    config = tiny_config(num_hidden_layers=1)
+    with pytest.raises(TypeError, match=r"^weights: expected a dict of arrays by parameter "
+                                        r"name, got list$"):
+        LlamaModel(config, [], device="cpu")
+    weights = random_weights(config, seed=2)
+    weights["model.norm.weight"] = weights["model.norm.weight"][:-1]
+    with pytest.raises(ValueError, match=r"^weights\['model\.norm\.weight'\]: expected shape "
+                                         rf"\({config.hidden_size},\), got "
+                                         rf"\({config.hidden_size - 1},\)$"):
+        LlamaModel(config, weights, device="cpu")
+    (tmp_path / "short.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(ValueError, match=r"short\.safetensors: not a safetensors file \(shorter "
+                                         r"than its 8-byte header size\)$"):
+        read_safetensors(tmp_path / "short.safetensors")
+    for entry, match in [
+        ({"dtype": "C64", "shape": [1], "data_offsets": [0, 8]},
+         r"tensor 'a' has dtype C64, which is not supported \(F64, F32, F16, BF16"),
+        ({"dtype": "F32", "shape": [3], "data_offsets": [0, 8]},
+         r"tensor 'a' of shape \(3,\) and dtype F32 needs 12 bytes, its offsets give 8$"),
+    ]:
+        text = json.dumps({"a": entry}).encode()
+        (tmp_path / "bad.safetensors").write_bytes(struct.pack("<Q", len(text)) + text +
+                                                   bytes(8))
+        with pytest.raises(ValueError, match=match):
+            read_safetensors(tmp_path / "bad.safetensors")
+    with pytest.raises(TypeError, match=r"^tensors\['c'\]: dtype complex64 cannot be stored "
+                                        r"\(safetensors here takes float64, float32"):
+        write_safetensors(tmp_path / "c.safetensors", {"c": np.zeros(2, np.complex64)})
+    assert not (tmp_path / "c.safetensors").exists()
+    (tmp_path / "config.json").write_text(json.dumps(config.to_hf()))
+    with pytest.raises(FileNotFoundError, match=r"^directory: no model\.safetensors or "
+                                                r"model\.safetensors\.index\.json in "):
+        load_checkpoint(tmp_path)
+
+
+def test_empty_tensors_round_trip(tmp_path):
+    write_safetensors(tmp_path / "e.safetensors", {"e": np.zeros((0, 3), np.float16)})
+    got = read_safetensors(tmp_path / "e.safetensors")["e"]
+    assert got.shape == (0, 3) and got.dtype == np.float16
+    _write_bf16(tmp_path / "b.safetensors", {"b": np.zeros((2, 0), np.uint16)})
+    got = read_safetensors(tmp_path / "b.safetensors")["b"]
+    assert got.shape == (2, 0) and got.dtype == np.float32   # bfloat16 widens, even when empty
+
+
+def test_write_kv_skips_the_slots_of_tokens_already_cached():
+    """SKIP_SLOT (-1) in the slot mapping: that token's K/V is not written (the fused RoPE
+    kernel's convention); the others land in their slots."""
+    from pagedattn_lab.engine.attention import SKIP_SLOT, StepAttention
+    att = StepAttention(2, 1, 16, 4, np.float32, np)
+    att.plan([3], [3], [[1]], np.array([4, SKIP_SLOT, 6]))
+    assert not att.write_all
+    k_cache = np.full((2, 4, 1, 16), np.nan, np.float32)
+    v_cache = k_cache.copy()
+    rng = np.random.default_rng(0)
+    k, v = (rng.standard_normal((3, 1, 16)).astype(np.float32) for _ in range(2))
+    att.write_kv(k_cache, v_cache, k, v)
+    np.testing.assert_array_equal(k_cache[1, [0, 2]], k[[0, 2]])
+    np.testing.assert_array_equal(v_cache[1, [0, 2]], v[[0, 2]])
+    assert np.isnan(k_cache[1, [1, 3]]).all() and np.isnan(k_cache[0]).all()

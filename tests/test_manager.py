@@ -75,10 +75,12 @@ def test_stats_and_finish(rng):
     assert (s.pages_used, s.pages_free, s.sequences, s.tokens_stored) == (3, 7, 2, 21)
     assert s.slots_allocated == 24 and s.internal_waste == 3
     assert s.waste_fraction == pytest.approx(3 / 24)
+    assert s.utilization == pytest.approx(21 / 80)   # tokens over the whole pool, free pages too
     assert s.bytes_per_token == 2 * KVH * D * 4
     mgr.finish(a)
     s = mgr.stats()
     assert (s.pages_used, s.tokens_stored, s.internal_waste) == (1, 8, 0)
+    assert s.utilization == pytest.approx(8 / 80)
     assert mgr.seq_ids == [b]
     assert "sequences=1" in repr(mgr)
 

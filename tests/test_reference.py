@@ -177,3 +177,39 @@ def test_padding_entries_are_never_validated(rng):
     args = _good(rng)
     args["block_tables"][0, 2:] = -12345  # sequence 0 has 5 tokens: only entries 0, 1 are read
     reference_decode(**args)
+
+
+# ---- reference_prefill_packed's refusals ----------------------------------------------------
+
+def _packed_args():
+    k = np.zeros((3, 4, 2, 8), np.float32)
+    return dict(q=np.zeros((5, 4, 8), np.float32), k_cache=k, v_cache=k,
+                qo_indptr=np.array([0, 3, 5], np.int32),
+                block_tables=np.array([[0, 1], [2, -1]], np.int32),
+                seq_lens=np.array([6, 3], np.int32))
+
+
+@pytest.mark.parametrize("change, exc, match", [
+    (dict(qo_indptr=np.array([0.0, 3.0, 5.0])), TypeError,
+     r"^qo_indptr: expected integer offsets, got dtype float64$"),
+    (dict(qo_indptr=np.array([0, 4, 3], np.int32)), ValueError,
+     r"^qo_indptr: expected a non-decreasing \[batch \+ 1\] array from 0, got \[0, 4, 3\]$"),
+    (dict(qo_indptr=np.array([1, 3, 5], np.int32)), ValueError,
+     r"^qo_indptr: expected a non-decreasing \[batch \+ 1\] array from 0"),
+    (dict(qo_indptr=np.array([[0, 3, 5]], np.int32)), ValueError,
+     r"^qo_indptr: expected a non-decreasing \[batch \+ 1\] array from 0"),
+    (dict(q=np.zeros((4, 4, 8), np.float32)), ValueError,
+     r"^q: expected \[total_q = qo_indptr\[-1\] = 5, num_heads, head_dim\], got \(4, 4, 8\)$"),
+    (dict(q=np.zeros((5, 4, 16), np.float32)), ValueError,
+     r"^q: expected \[total_q, a multiple of 2 heads, 8\], got \(5, 4, 16\)$"),
+    (dict(q=np.zeros((5, 3, 8), np.float32)), ValueError,
+     r"^q: expected \[total_q, a multiple of 2 heads, 8\], got \(5, 3, 8\)$"),
+    (dict(qo_indptr=np.array([0, 1, 5], np.int32)), ValueError,
+     r"^qo_indptr: sequence 1 has 4 queries but seq_lens\[1\] is 3"),
+])
+def test_packed_reference_refuses_bad_input(change, exc, match):
+    from pagedattn_lab.reference import reference_prefill_packed
+    args = _packed_args() | change
+    with pytest.raises(exc, match=match):
+        reference_prefill_packed(**args)
+    reference_prefill_packed(**_packed_args())   # the unchanged call runs

@@ -150,3 +150,75 @@ def test_bfloat16_and_fp8_take_ml_dtypes_or_their_bits():
     with pytest.raises(TypeError, match=r"'c'.*ml_dtypes\.float8_e4m3fn"):
         check_launch_args(sig, tuple(np.zeros(4, t) for t in (bf, bf, e5, e5)) +
                           (np.uint16(0),), "k", (np.ndarray,))
+
+
+# ---- less common declarations ----------------------------------------------------------
+
+def test_using_aliases_and_defines_given_as_options_resolve_types():
+    src = 'using real = double;\nextern "C" __global__ void k(const real* a, T* b, U n) {}'
+    defines = collect_defines(src, ["-D", "T=float", "--define-macro=U=int"])
+    assert defines["real"] == "double" and defines["T"] == "float" and defines["U"] == "int"
+    a, b, n = parse_kernel_signature(src, "k", defines)
+    assert (a.dtype, a.is_const, b.dtype, n.dtype) == (np.float64, True, np.float32, np.int32)
+
+
+@pytest.mark.parametrize("source, found", [
+    ('template <int N> __global__ void t(float* x) {}\nextern "C" __global__ void p(int n) {}',
+     ["p"]),                                   # templates left out on request
+    ("__global__   ", []),                     # nothing after __global__
+    ("__global__ void;", []),                  # a ';' before any '('
+    ("__global__ void __launch_bounds__(256 k(int n)", []),   # an attribute never closed
+])
+def test_find_kernels_without_templates_and_on_truncated_heads(source, found):
+    assert find_kernels(source, include_templates=False) == found
+
+
+def test_attribute_calls_in_a_parameter_are_skipped():
+    src = 'extern "C" __global__ void k(__align__(16) float* x, alignas(8) int n) {}'
+    x, n = parse_kernel_signature(src, "k")
+    assert (x.name, x.dtype, x.is_pointer, n.name, n.dtype) == ("x", np.float32, True, "n",
+                                                                 np.int32)
+
+
+def test_bits_stand_in_when_ml_dtypes_does_not_import(monkeypatch):
+    import sys
+    from pagedattn_lab import signature
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)   # import ml_dtypes -> ImportError
+    assert signature._extra("__nv_bfloat16") == np.uint16
+    assert signature._extra("__nv_fp8_e4m3") == np.uint8
+
+
+PAIRS = 'extern "C" __global__ void k(float** rows, __nv_bfloat162 pair, float* maybe, int n) {}'
+
+
+def test_null_pointers_and_pairs_by_value_are_accepted():
+    sig = parse_kernel_signature(PAIRS, "k")
+    assert (sig[1].dtype, sig[1].itemsize) == (None, 4)   # any 4-byte scalar, as for __half2
+    check_launch_args(sig, (np.zeros(2, np.uint64), np.uint32(0), None, np.int32(1)), "k",
+                      (np.ndarray,))
+
+
+@pytest.mark.parametrize("index, value, exc, match", [
+    (0, np.zeros(2, np.float32), TypeError,
+     r"argument 0 of 4 \('rows', float\*\*\): a pointer-to-pointer parameter takes an array of "
+     r"64-bit addresses, got a float32 NumPy array"),
+    (1, np.float16(1), TypeError,
+     r"argument 1 of 4 \('pair', __nv_bfloat162\): expected a 4-byte NumPy scalar for "
+     r"__nv_bfloat162, got np\.float16"),
+    (3, "3", TypeError, r"argument 3 of 4 \('n', int\): expected a NumPy scalar, got a "
+                        r"builtins\.str"),
+])
+def test_refuses_pointer_tables_pair_sizes_and_non_numbers(index, value, exc, match):
+    args = [np.zeros(2, np.uint64), np.uint32(0), None, np.int32(1)]
+    args[index] = value
+    with pytest.raises(exc, match=match):
+        check_launch_args(parse_kernel_signature(PAIRS, "k"), tuple(args), "k", (np.ndarray,))
+
+
+def test_an_array_of_the_other_library_is_told_where_arrays_must_live():
+    class DeviceArray:   # stands for cupy.ndarray: the GPU's launch takes only those
+        pass
+    with pytest.raises(TypeError, match=r"'x'.*expected a float32 array \(\w+\."
+                                        r"DeviceArray\), got a float32 NumPy array .*arrays "
+                                        r"must live where the kernel runs"):
+        check_launch_args(SIG, (np.zeros(3, np.float32), np.int32(3)), "plain", (DeviceArray,))

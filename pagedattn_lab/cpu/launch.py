@@ -71,20 +71,28 @@ class _Buffer:
         param, arr, _ = min(self.members, key=lambda m: (m[2], m[0].is_const))
         return param, arr, (int(changed[-1]) - n) // arr.itemsize
 
-    def copy_back(self):
+    def _writes(self):
         writes = [(p, a) for p, a, _ in self.members if not p.is_const]
-        if not writes or self.hi == self.lo:
-            return
+        return writes if writes and self.hi > self.lo else []
+
+    def check_read_only(self):
+        """Raise if the kernel changed the bytes of a read-only array (checked for every
+        buffer before any is copied back: the launch then changes nothing)."""
+        writes = self._writes()
         if all(a.flags.writeable for _, a in writes):
-            C.memmove(self.lo, self.data, self.hi - self.lo)
             return
         n = self.hi - self.lo
         new = np.ctypeslib.as_array((C.c_uint8 * n).from_address(self.data))
         old = np.ctypeslib.as_array((C.c_uint8 * n).from_address(self.lo))
         if not np.array_equal(new, old):
             names = ", ".join(repr(p.name) for p, a in writes if not a.flags.writeable)
-            raise ValueError(f"the kernel wrote to read-only array argument(s) {names}; the "
-                             f"writes were discarded (pass a writeable copy)")
+            raise ValueError(f"the kernel wrote to read-only array argument(s) {names}; all "
+                             f"of the launch's writes were discarded (pass a writeable copy)")
+
+    def copy_back(self):
+        writes = self._writes()
+        if writes and all(a.flags.writeable for _, a in writes):
+            C.memmove(self.lo, self.data, self.hi - self.lo)
 
     def free(self):
         if self.base:
@@ -210,6 +218,8 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
             hit = buf.slack_write()
             if hit is not None:
                 raise slack_write_error(info, *hit)
+        for buf in buffers:
+            buf.check_read_only()
         for buf in buffers:
             buf.copy_back()
         return counters.read() if counters is not None and counters.count else None

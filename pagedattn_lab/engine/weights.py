@@ -173,7 +173,8 @@ def write_safetensors(path, tensors: dict, metadata: dict | None = None) -> None
     for name, arr in tensors.items():
         arr = np.ascontiguousarray(arr.get() if hasattr(arr, "get") else arr)
         if arr.dtype not in _CODES:
-            raise TypeError(f"tensors[{name!r}]: dtype {arr.dtype} cannot be stored")
+            raise TypeError(f"tensors[{name!r}]: dtype {arr.dtype} cannot be stored (safetensors "
+                            f"here takes {', '.join(str(d) for d in _CODES)})")
         blob = arr.astype(arr.dtype.newbyteorder("<"), copy=False).tobytes()
         header[name] = {"dtype": _CODES[arr.dtype], "shape": list(arr.shape),
                         "data_offsets": [offset, offset + len(blob)]}

@@ -23,6 +23,7 @@ from ..quant import per_token_scales
 from .cases import paged_problem
 from .checks_kernels import _Compiled
 from .compare import call_on_copies, describe_difference, diagnose, ranges
+from .decode_launch import DECODE_BUFFER_HINTS
 from .faults import describe_kernel_exception
 from .kernel_runner import OutOfBoundsWrite, poisoned
 from .quant_variants import (FILL, READ_MISTAKES, WARP, WRITE_MISTAKES, quantize_reference,
@@ -314,16 +315,19 @@ def quantize_write(source: str, device: str = "auto") -> CheckResult:
 # -- task 3: dequantize on read, in CUDA C -------------------------------------------------
 
 def _launch_read(comp, grid, args, per_token: int, heads: int):
-    """The output after the launch; a fault in a scale array gets a hint from the index read."""
+    """The output after the launch; a fault in a scale array gets a hint from the index read,
+    one in q or out the decode layout's (faults.py's own hint for q is prefill's)."""
     try:
         return comp.get().launch(grid, (1,), args, outputs=(7,))[0]
     except Exception as exc:
+        buffer = getattr(exc, "buffer", None)
         if type(exc).__name__ != "KernelFault" or \
-                getattr(exc, "buffer", None) not in ("k_scale", "v_scale"):
+                buffer not in ("k_scale", "v_scale", "q", "out"):
             raise
         message, _ = describe_kernel_exception(exc)
-        raise Mismatch(message, _scale_fault_hint(exc.buffer, exc.index, per_token, heads)) \
-            from exc
+        hint = DECODE_BUFFER_HINTS[buffer] if buffer in ("q", "out") else \
+            _scale_fault_hint(buffer, exc.index, per_token, heads)
+        raise Mismatch(message, hint) from exc
 
 
 def _scale_fault_hint(name: str, index: int, per_token: int, heads: int) -> str:

@@ -33,7 +33,7 @@ MERGE_HINTS = {
 }
 
 # The decode layouts, for a fault in these buffers (faults.py's own hints are prefill's).
-_DECODE_BUFFERS = {
+DECODE_BUFFER_HINTS = {
     "part_out": ("each (sequence, head) row holds max_parts partition slots, of which only the "
                  "first ceil(seq_len / part_len) exist: count the partitions you read."),
     "q": ("q is [batch, num_heads, head_dim]: the row of (sequence b, head h) starts at "
@@ -41,7 +41,7 @@ _DECODE_BUFFERS = {
     "out": ("out is [batch, num_heads, head_dim]: block (h, b) writes the row starting at "
             "(b * num_heads + h) * head_dim, dims 0..head_dim - 1."),
 }
-_DECODE_BUFFERS["part_ml"] = _DECODE_BUFFERS["part_out"]
+DECODE_BUFFER_HINTS["part_ml"] = DECODE_BUFFER_HINTS["part_out"]
 
 
 def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
@@ -60,9 +60,9 @@ def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
         return kern.launch(grid, (WARP,), args, outputs=outputs), counts
     except Exception as exc:
         kind = type(exc).__name__
-        if kind == "KernelFault" and getattr(exc, "buffer", None) in _DECODE_BUFFERS:
+        if kind == "KernelFault" and getattr(exc, "buffer", None) in DECODE_BUFFER_HINTS:
             message, _ = describe_kernel_exception(exc)
-            raise Mismatch(message, _DECODE_BUFFERS[exc.buffer]) from exc
+            raise Mismatch(message, DECODE_BUFFER_HINTS[exc.buffer]) from exc
         if kind != "WarpSyncError":
             raise
         lanes = ranges(getattr(exc, "bad_lanes", None) or [])
