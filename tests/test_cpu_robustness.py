@@ -178,10 +178,16 @@ def test_the_worker_count_from_the_environment(monkeypatch, env, want):
     assert launch.default_workers(1) == want
 
 
-def test_worker_count_without_affinity_or_a_number(monkeypatch):
-    """A PAGEDATTN_LAB_CPU_WORKERS that is no number is ignored (the core count decides);
-    without sched_getaffinity (macOS) the CPU count."""
+def test_a_worker_count_that_is_no_number_is_refused_naming_the_variable(monkeypatch):
     monkeypatch.setenv("PAGEDATTN_LAB_CPU_WORKERS", "many")
+    with pytest.raises(ValueError, match=r"^workers: \$PAGEDATTN_LAB_CPU_WORKERS must be a "
+                                         r"whole number of worker processes, got 'many'"):
+        launch.default_workers(64, 2048)
+
+
+def test_worker_count_without_affinity(monkeypatch):
+    """Without sched_getaffinity (macOS) the CPU count decides."""
+    monkeypatch.delenv("PAGEDATTN_LAB_CPU_WORKERS", raising=False)
     monkeypatch.delattr(launch.os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(launch.os, "cpu_count", lambda: 3)
     assert launch.default_workers(64, 2048) == 3

@@ -132,8 +132,9 @@ def default_workers(nblocks: int, threads_per_block: int = 1) -> int:
     if env:
         try:
             return max(1, min(int(env), abi.MAX_WORKERS))
-        except ValueError:
-            pass
+        except ValueError:   # (a typo silently ignored would leave the user guessing)
+            raise ValueError(f"workers: $PAGEDATTN_LAB_CPU_WORKERS must be a whole number of "
+                             f"worker processes, got {env!r}") from None
     try:
         cores = len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
