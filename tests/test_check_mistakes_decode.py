@@ -121,6 +121,13 @@ PARTITION_MISTAKES += [
      "softmax(scores of partition p)"),
 ]
 
+# No early return for a partition that does not exist: (m, l) = (-inf, 0) and 0 / 0 land in a
+# slot the spec leaves alone, and the check read only the partitions that exist.
+PARTITION_MISTAKES += [
+    ("writes partitions that do not exist", [("if (start >= seq_len) return;", "")],
+     "partition 2 of sequence 1 does not exist"),
+]
+
 MERGE_KERNEL_MISTAKES += [
     ("max starts at 0", [("float m_all = NEG_INF;", "float m_all = 0.0f;")], "far below -88"),
     ("every slot read, NaN skipped", [
@@ -199,6 +206,15 @@ def test_merge_check_passes_a_correct_merge_written_differently():
 def test_merge_kernel_passes_correct_variants(edits):
     result, printed = run_check("decode_merge", mutate(solution_source(NOTEBOOK, "SOURCE_MERGE"),
                                                        edits), device="cpu")
+    assert result.passed, printed
+
+
+def test_partition_kernel_whose_every_lane_stores_m_and_l_passes():
+    """The prompt asks for (m, l) in part_ml, not for one lane to store them: 32 lanes storing
+    the same two values are right (and one request on a GPU), so the check does not count
+    part_ml's stores."""
+    source = mutate(solution_source(NOTEBOOK, "SOURCE_PARTITION"), [("if (lane == 0) {", "{")])
+    result, printed = run_check("decode_partition", source, device="cpu")
     assert result.passed, printed
 
 

@@ -26,6 +26,22 @@ GATHER_MISTAKES = [
      "past seq_lens[b] were never written"),
     ("no length guard", [("if (t >= seq_lens[b]) {", "if (false) {")], "past the sequence's end"),
 ]
+# Right values from threads that do not share the row (the write counts show it; a thread's
+# whole-row loop stores the same values as its neighbours', so the values cannot).
+GATHER_MISTAKES += [
+    ("every thread copies the whole row",
+     [("int i = threadIdx.x; i < row_len; i += blockDim.x", "int i = 0; i < row_len; i++")],
+     "every one of the 32 threads copies the whole row"),
+    ("every thread copies the token rows only",
+     [("int i = threadIdx.x; i < row_len; i += blockDim.x) {\n        int kv_head",
+       "int i = 0; i < row_len; i++) {\n        int kv_head")],
+     "every one of the 32 threads copies the whole row"),
+    ("thread 0 copies the row alone",
+     [("    int row_len = num_kv_heads * head_dim;",
+       "    if (threadIdx.x != 0) return;\n    int row_len = num_kv_heads * head_dim;"),
+      ("int i = threadIdx.x; i < row_len; i += blockDim.x", "int i = 0; i < row_len; i++")],
+     "only thread 0 stores anything of its 32", ["every one of the 32 threads"]),
+]
 
 NAIVE_MISTAKES = [
     ("no scale", [("        score *= scale;\n", "")], "not scaled"),
@@ -197,6 +213,9 @@ KERNEL_IDS = [f"{m[0]}-{m[3]}" for m in KERNEL_MISTAKES]
 # GPU by luck, which is why the checks offer device="cpu".
 DETERMINISTIC = {"gather_kernel-head stride", "gather_kernel-shared table",
                  "gather_kernel-no stride loop", "gather_kernel-no zeros",
+                 # (counted on the CPU executor on either device, as the puzzles are)
+                 "gather_kernel-every thread copies the whole row",
+                 "gather_kernel-thread 0 copies the row alone",
                  "naive_kernel-no scale", "naive_kernel-no causal mask",
                  "naive_kernel-mask one short", "naive_kernel-shared table",
                  "naive_kernel-head stride", "naive_kernel-GQA as modulo", "naive_kernel-INFINITY",

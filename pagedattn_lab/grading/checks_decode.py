@@ -8,7 +8,8 @@ the partitions on one scale (`pagedattn_lab.split_k`). The cases use GQA and MQA
 that are not page or partition multiples, a one-token sequence, head_dim below and above
 the warp's 32 lanes (and 48, not a multiple of 32), a page_size of 6, NaN in every cache
 slot no sequence uses (so reading past seq_len shows), and NaN-poisoned outputs (so an
-element nobody wrote shows). A wrong result is compared with known-wrong variants
+element nobody wrote shows, and a slot of a partition that does not exist, which the spec
+leaves alone, shows when it was written). A wrong result is compared with known-wrong variants
 (decode_variants.py) to name the mistake.
 """
 from __future__ import annotations
@@ -23,7 +24,7 @@ from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, WARP, decode_problem, 
                             launch_warp)
 from .decode_variants import LOG2E, merge_variant, partials_variant
 from .puzzle_runner import per_thread_max
-from .kernel_runner import poisoned
+from .kernel_runner import poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
@@ -237,7 +238,45 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
             hint = ("part_ml[b, h, p] holds (m, l): m = max of the partition's scaled scores, "
                     "l = sum of exp(score - m).")
         raise Mismatch(f"part_ml[..., {k}] ({name}): " + diff.message(), hint)
+    _no_such_partition(o, ml, prob, part_len, used)
     _partition_budget(counts, prob, part_len)
+
+
+def _no_such_partition(o, ml, prob, part_len, used) -> None:
+    """Right states; now the slots of the partitions that do not exist (`used` False): the
+    spec writes nothing there, so they must still hold the poison the check filled them
+    with (a NaN that no arithmetic makes: a 0 / 0 of the kernel's own is another NaN)."""
+    o_hit, ml_hit = ~unwritten(o).all(axis=-1), ~unwritten(ml).all(axis=-1)
+    ghosts = ~used & (o_hit | ml_hit)
+    if not ghosts.any():
+        return
+    b, h, p = (int(i) for i in np.argwhere(ghosts)[0])
+    seq_len = int(prob.seq_lens[b])
+    parts = -(-seq_len // part_len)
+
+    def shown(row):
+        return ", ".join("unwritten" if unwritten(x) else fmt(x) for x in row)
+
+    got, slots = [], []
+    if ml_hit[b, h, p]:
+        got.append(f"part_ml[{b}, {h}, {p}] = ({shown(ml[b, h, p])})")
+        slots.append(f"part_ml[{b}, {h}, {p}]")
+    if o_hit[b, h, p]:
+        got.append(f"part_out[{b}, {h}, {p}] = [{shown(o[b, h, p, :4])}"
+                   f"{', ...' if o.shape[-1] > 4 else ''}]")
+        slots.append(f"part_out[{b}, {h}, {p}]")
+    m, l = ml[b, h, p]
+    empty = (" (a partition with no token gets m = -inf and l = 0, and its o = 0 / 0: not a "
+             "state)" if ml_hit[b, h, p] and m == -np.inf and l == 0 else "")
+    raise Mismatch(
+        f"partition {p} of sequence {b} does not exist (seq_len {seq_len}, part_len {part_len}: "
+        f"{parts} partition{'s' if parts != 1 else ''}), but block ({p}, {h}, {b}) = "
+        f"(partition, head, sequence) wrote {' and '.join(slots)}; {int(ghosts.sum())} of the "
+        f"{int((~used).sum())} slots of partitions that do not exist were written",
+        f"partition {p} would start at token {p * part_len}, at or past seq_len {seq_len}: "
+        f"nothing is written for it{empty}. Return before any store when part * part_len >= "
+        "seq_len; the whole warp leaves, so no shuffle waits for it.",
+        expected="the slot unchanged (nothing written)", got="; ".join(got))
 
 
 def _partition_budget(counts, prob, part_len) -> None:

@@ -5,7 +5,10 @@ runs seeded paged problems (see cases.py) on the GPU or the CPU executor. Output
 a NaN poison: a kernel that writes nothing is "not attempted", an element nobody wrote keeps
 the poison's bits. A wrong result is compared with the known-wrong variants of the reference
 (variants.py) to name the mistake, then read for the patterns in kernel_hints.py; a fault, a
-deadlock or a timeout from the executor names the thread and block (faults.py). The tiled
+deadlock or a timeout from the executor names the thread and block (faults.py). Right
+gathered values are then counted on the CPU executor (on either device, as the puzzles are):
+a thread that stores more than its share of the row (a whole-row loop from 0 in every
+thread, or one thread copying for all) is named with its block's token. The tiled
 kernel's last case counts its cache loads on the CPU executor: right values from more pages
 than its queries read (or whole last pages) are the causal skipping the lesson is about, missed.
 """
@@ -17,10 +20,11 @@ import numpy as np
 
 from ..backend import resolve_device
 from .cases import nan_tails, paged_problem
-from .compare import describe_difference, diagnose
+from .compare import describe_difference, diagnose, ranges
 from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, padding_hint,
                            row_stride_hint, sequence_hint, tiled_hint, unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, poisoned, unwritten, where
+from .puzzle_runner import per_thread_max
 from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
 from .variants import attention_mistakes, gather_variant
 
@@ -97,6 +101,50 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
             or ("slot = block_tables[b * max_pages + t / page_size] * page_size + t % page_size;"
                 " copy its num_kv_heads * head_dim values to row (b * max_len + t).")
         raise Mismatch(f"{name}: " + diff.message(), hint)
+    _gather_writes(kern, (max_len, batch), args, shape)
+
+
+def _gather_writes(kern: Kernel, grid, args, shape) -> None:
+    """Right values; now the prompt's sharing, which the values cannot show (a thread that
+    copies the whole row stores what its neighbours store): the 32 threads of a block share
+    the token's row, so a thread stores ceil(row_len / 32) values into each output. The
+    stores are counted on the CPU executor on either device, as the puzzles' are
+    (puzzle_runner.py); where it cannot build its instrumented library (the CPU executor
+    without the race check), there are no counts and the values alone decide."""
+    if kern.device == "cpu" and not kern.racecheck:
+        return
+    host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    counts = kern.count(grid, (GATHER_THREADS,), host, racecheck=kern.racecheck,
+                        timeout=KERNEL_TIMEOUT)
+    row_len = shape[2] * shape[3]
+    share = -(-row_len // GATHER_THREADS)
+    most, who = per_thread_max(counts, "global_writes")
+    if most <= 2 * share:
+        return
+    row = int(np.argmax(counts.global_writes)) // counts.global_writes.shape[1]
+    t, b = row % grid[0], row // grid[0]
+    stores = counts.global_writes[row]          # per thread of the block that made `most`
+    step = ("thread i copies elements i, i + blockDim.x, i + 2 * blockDim.x, ... of the row "
+            "(start the loop at threadIdx.x and step by blockDim.x)")
+    if (stores >= 2 * row_len).all():
+        hint = (f"every one of the {GATHER_THREADS} threads copies the whole row (a loop from 0 "
+                f"in steps of 1), so every element is stored {GATHER_THREADS} times; the values "
+                f"are right only because the copies agree. The threads share the row: {step}.")
+    elif stores.sum() <= 2 * row_len:
+        busy = np.flatnonzero(stores)
+        who_stores = (f"thread {busy[0]} stores" if busy.size == 1
+                      else f"threads {ranges(busy)} store")
+        hint = (f"the block stores each element once, but only {who_stores} anything of its "
+                f"{GATHER_THREADS}: the threads share the row: {step}.")
+    else:
+        hint = (f"some elements of the row are stored more than once (the block made "
+                f"{int(stores.sum())} stores for its 2 x {row_len} values): each element of the "
+                f"row has one thread, which stores it once: {step}.")
+    raise Mismatch(f"right values, but {who} (token {t} of sequence {b}) made {most} stores, "
+                   f"where its share of the {row_len}-value row is {share} in k_out and {share} "
+                   f"in v_out (counted on the CPU executor); its block made "
+                   f"{int(stores.sum())} stores for the 2 x {row_len} values of k_out and v_out",
+                   hint, expected=f"at most {2 * share} stores per thread", got=str(most))
 
 
 def gather_kernel(source: str, device: str = "auto") -> CheckResult:
