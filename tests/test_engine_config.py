@@ -1,5 +1,7 @@
 """ModelConfig and EngineConfig: a Hugging Face config.json read field by field, and every
 refusal naming its field and the reason before anything is built."""
+import json
+
 import numpy as np
 import pytest
 
@@ -43,9 +45,15 @@ def _hf(**changes):
     (_hf(hidden_size=60, num_attention_heads=8, num_key_value_heads=2, head_dim=None),
      ValueError,
      r"^head_dim: not given and hidden_size 60 is not a multiple of num_attention_heads 8$"),
-    (_hf(eos_token_id=[128, 2]), ValueError, r"^eos_token_id: expected an int <= 127, got 128"),
+    (_hf(eos_token_id=[128, 2]), ValueError,
+     r"^eos_token_id\[0\]: expected an int <= 127, got 128$"),
+    (_hf(eos_token_id=[1, 2, 128]), ValueError,   # a later id is checked too, not dropped
+     r"^eos_token_id\[2\]: expected an int <= 127, got 128$"),
+    (_hf(eos_token_id=[1, -2]), ValueError, r"^eos_token_id\[1\]: expected an int >= 0, got -2$"),
+    (_hf(eos_token_id=[1, "2"]), TypeError, r"^eos_token_id\[1\]: expected an int, got '2'"),
 ], ids=["mistral", "qwen2", "attention-bias", "mlp-bias", "missing", "yarn", "dynamic",
-        "llama3-low-0", "llama3-high-negative", "v5-yarn", "head-dim-not-given", "eos-list"])
+        "llama3-low-0", "llama3-high-negative", "v5-yarn", "head-dim-not-given", "eos-list",
+        "eos-list-third", "eos-list-negative", "eos-list-str"])
 def test_from_hf_refuses_naming_the_field_and_the_reason(hf, exc, match):
     with pytest.raises(exc, match=match):
         ModelConfig.from_hf(hf)
@@ -62,7 +70,8 @@ def test_from_hf_reads_what_transformers_writes():
               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
     config = ModelConfig.from_hf(_hf(eos_token_id=[3, 5, 7], bos_token_id=[1],
                                      rope_scaling=llama3))
-    assert (config.eos_token_id, config.bos_token_id, config.rope_type) == (3, 1, "llama3")
+    assert (config.eos_token_ids, config.bos_token_id, config.rope_type) == ((3, 5, 7), 1,
+                                                                              "llama3")
     v5 = ModelConfig.from_hf(_hf(rope_theta=None, rope_scaling=None,
                                  rope_parameters=llama3 | {"rope_theta": 5e5}))
     assert (v5.rope_theta, v5.rope_type, v5.rope_scaling["factor"]) == (5e5, "llama3", 8.0)
@@ -70,6 +79,21 @@ def test_from_hf_reads_what_transformers_writes():
                                                                       "rope_theta": 123.0}))
     assert (plain.rope_theta, plain.rope_scaling) == (123.0, None)
     assert ModelConfig.from_hf(config.to_hf()) == config
+    assert ModelConfig.from_hf(json.loads(json.dumps(config.to_hf()))) == config
+
+
+def test_every_end_token_of_a_list_is_kept():
+    """Llama 3 instruct ends at any of [128001, 128008, 128009]; from_hf kept only the first,
+    so a request ending with <|eot_id|> (128009) ran on to max_tokens."""
+    hf = _hf(vocab_size=128256, eos_token_id=[128001, 128008, 128009])
+    config = ModelConfig.from_hf(hf)
+    assert config.eos_token_id == config.eos_token_ids == (128001, 128008, 128009)
+    assert config.to_hf()["eos_token_id"] == [128001, 128008, 128009]   # as transformers writes
+    assert ModelConfig(eos_token_id=np.int64(5)).eos_token_ids == (5,)
+    assert ModelConfig(eos_token_id=(np.int16(5), 6)).eos_token_id == (5, 6)
+    assert type(ModelConfig(eos_token_id=(np.int16(5), 6)).eos_token_id[0]) is int
+    assert ModelConfig(eos_token_id=[5]).eos_token_id == 5   # one id: an int, as before
+    assert ModelConfig(eos_token_id=[]).eos_token_ids == ModelConfig().eos_token_ids == ()
 
 
 @pytest.mark.parametrize("kwargs, exc, match", [

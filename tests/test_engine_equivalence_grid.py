@@ -10,7 +10,7 @@ checks, for each request:
 
 - the tokens and the finish reason equal (a) the same engine with a huge pool, no chunking
   and no prefix caching, and (b) the dense float64 greedy decode (`engine.dense`);
-- "length" means exactly max_tokens tokens (or the context limit), "stop" ends at eos;
+- "length" means exactly max_tokens tokens (or the context limit), "stop" ends at an eos;
 - logits come back one row per token, even after preemption;
 - the same config served by add_request/step and by generate gives the same outputs;
 - after EVERY step: the pool's own invariants, ref counts = the running requests' block
@@ -89,9 +89,9 @@ def expected(models, key, prompt, sp, kv_round_trip=None, tag=None):
     config = models.config(key)
     n = min(sp.max_tokens, config.max_position_embeddings - len(prompt))
     tokens, logits = models.dense(key, prompt, n, kv_round_trip, tag)
-    eos = config.eos_token_id
-    if not sp.ignore_eos and eos in tokens:
-        return tokens[:tokens.index(eos) + 1], "stop", logits
+    ends = [i for i, t in enumerate(tokens) if t in config.eos_token_ids]
+    if not sp.ignore_eos and ends:
+        return tokens[:ends[0] + 1], "stop", logits
     return tokens, "length", logits
 
 
@@ -265,9 +265,9 @@ def check_outputs(models, key, prompts, params, outs, kv_round_trip=None, tag=No
             assert n == min(sp.max_tokens, config.max_position_embeddings - len(prompt))
         else:
             assert out.finish_reason == "stop" and not sp.ignore_eos
-            assert out.output_ids[-1] == config.eos_token_id and n <= sp.max_tokens
-        if config.eos_token_id is not None and not sp.ignore_eos:
-            assert config.eos_token_id not in out.output_ids[:-1]
+            assert out.output_ids[-1] in config.eos_token_ids and n <= sp.max_tokens
+        if not sp.ignore_eos:
+            assert not set(config.eos_token_ids) & set(out.output_ids[:-1])
         if sp.temperature == 0:
             tokens, reason, logits = expected(models, key, prompt, sp, kv_round_trip, tag)
             compare(out, (tokens, reason), logits, f"request {i} (prompt of {len(prompt)}) "

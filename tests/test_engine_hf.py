@@ -73,3 +73,32 @@ def test_bfloat16_checkpoint_reads_exactly(tmp_path):
     for name, param in hf.state_dict().items():
         if name in parameter_shapes(tiny_config(max_position_embeddings=256)):
             np.testing.assert_array_equal(got[name], param.float().numpy(), err_msg=name)
+
+
+def test_a_list_of_end_tokens_stops_where_generate_stops(tmp_path):
+    """Llama 3 instruct lists several end tokens; generate stops at any of them. The list is
+    written by transformers' save_pretrained (config.json and generation_config.json) and
+    read back by load_checkpoint: the engine must stop at the same token, with the same ids."""
+    hf = _hf_model(tmp_path / "free", None)
+    config, weights = load_checkpoint(tmp_path / "free")
+    rng = np.random.default_rng(11)
+    prompts = [rng.integers(0, config.vocab_size, n).tolist() for n in (5, 16, 23)]
+    runs = [o.output_ids for o in LLMEngine(LlamaModel(config, weights, device="cpu")).generate(
+        prompts, SamplingParams(max_tokens=MAX_TOKENS, ignore_eos=True))]
+    never = next(t for t in range(config.vocab_size) if all(t not in run for run in runs))
+    ends = [never, runs[0][4], runs[1][2]]   # the second and third ids stop a prompt each
+    hf.config.eos_token_id = hf.generation_config.eos_token_id = ends
+    hf.save_pretrained(tmp_path / "ends")
+    config, weights = load_checkpoint(tmp_path / "ends")
+    assert config.eos_token_ids == tuple(ends)
+    outs = LLMEngine(LlamaModel(config, weights, device="cpu")).generate(
+        prompts, SamplingParams(max_tokens=MAX_TOKENS))
+    for prompt, out in zip(prompts, outs):
+        with torch.no_grad():
+            ref = hf.generate(torch.tensor([prompt]), attention_mask=torch.ones(1, len(prompt),
+                                                                                 dtype=torch.long),
+                              max_new_tokens=MAX_TOKENS, do_sample=False, pad_token_id=0)
+        tokens = ref[0, len(prompt):].tolist()
+        assert out.output_ids == tokens, f"prompt of {len(prompt)} tokens"
+        assert out.finish_reason == ("stop" if tokens[-1] in ends else "length")
+    assert [o.finish_reason for o in outs[:2]] == ["stop", "stop"]

@@ -71,6 +71,30 @@ def test_end_of_sequence_stops_a_request(rng):
     assert out.output_ids == free_run and out.finish_reason == "length"
 
 
+def test_any_of_several_end_tokens_stops_a_request(rng):
+    """Llama 3 instruct's config.json lists three end tokens ([128001, 128008, 128009]) and
+    transformers' generate stops at any of them: so must the engine and the dense reference.
+    The end ids: one the model never emits, then tokens the greedy runs reach (the second id
+    stops the first prompt, the third the second prompt; the third prompt meets none)."""
+    config = tiny_config()
+    weights = random_weights(config, seed=1)
+    prompts = _prompts(rng, config.vocab_size, (6, 11, 3))
+    runs = [dense_generate(config, weights, prompt, 8)[0] for prompt in prompts]
+    never = next(t for t in range(config.vocab_size) if all(t not in run for run in runs))
+    ends = [never, runs[0][3], runs[1][2]]
+    config = ModelConfig.from_hf(config.to_hf() | {"eos_token_id": ends})
+    engine = LLMEngine(LlamaModel(config, weights, device="cpu"),
+                       EngineConfig(num_pages=16, page_size=4, max_num_batched_tokens=8))
+    outs = engine.generate(prompts, SamplingParams(max_tokens=8))
+    assert [(o.output_ids, o.finish_reason) for o in outs] == [
+        (runs[0][:4], "stop"), (runs[1][:3], "stop"), (runs[2], "length")]
+    assert [dense_generate(config, weights, p, 8)[0] for p in prompts] == \
+        [o.output_ids for o in outs]
+    outs = engine.generate(prompts, SamplingParams(max_tokens=8, ignore_eos=True))
+    assert [(o.output_ids, o.finish_reason) for o in outs] == [(r, "length") for r in runs]
+    assert config.eos_token_ids == tuple(ends)
+
+
 # -- weights and checkpoints ----------------------------------------------------------------
 
 def test_checkpoint_round_trip(tmp_path):

@@ -29,6 +29,9 @@ class ModelConfig:
     """A Llama-architecture decoder (Llama 2/3, TinyLlama, SmolLM, ...).
 
     head_dim defaults to hidden_size // num_attention_heads, as in transformers.
+    eos_token_id: the end-of-sequence token, or several as in transformers (Llama 3 instruct
+    lists [128001, 128008, 128009]): a list or tuple is stored as a tuple (one id as an int),
+    and generation stops at any of them; `eos_token_ids` is always the tuple.
     """
     vocab_size: int = 128
     hidden_size: int = 64
@@ -43,7 +46,7 @@ class ModelConfig:
     max_position_embeddings: int = 2048
     tie_word_embeddings: bool = False
     bos_token_id: int | None = None
-    eos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
 
     def __post_init__(self):
         for name in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -65,10 +68,10 @@ class ModelConfig:
                              "groups)")
         object.__setattr__(self, "tie_word_embeddings",
                            check_bool(self.tie_word_embeddings, "tie_word_embeddings"))
-        for name in ("bos_token_id", "eos_token_id"):   # an eos past the vocabulary never stops
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, check_int(getattr(self, name), name, minimum=0,
-                                                         maximum=self.vocab_size - 1))
+        if self.bos_token_id is not None:
+            object.__setattr__(self, "bos_token_id", check_int(
+                self.bos_token_id, "bos_token_id", minimum=0, maximum=self.vocab_size - 1))
+        object.__setattr__(self, "eos_token_id", _check_eos(self.eos_token_id, self.vocab_size))
         for name in ("rms_norm_eps", "rope_theta"):
             value = getattr(self, name)
             if not is_number(value):
@@ -89,6 +92,13 @@ class ModelConfig:
                              f"{self.rope_scaling!r}")
         if rope_type != "default":   # a factor of 0 or NaN made every logit NaN, silently
             _check_rope_numbers(self.rope_scaling, rope_type)
+
+    @property
+    def eos_token_ids(self) -> tuple[int, ...]:
+        """Every end-of-sequence token (none: ()); a request stops at the first it samples."""
+        if self.eos_token_id is None:
+            return ()
+        return self.eos_token_id if isinstance(self.eos_token_id, tuple) else (self.eos_token_id,)
 
     @property
     def rope_type(self) -> str:
@@ -136,14 +146,15 @@ class ModelConfig:
             kwargs["rope_theta"] = params.get("rope_theta", cls.rope_theta)
             if params.get("rope_type", "default") != "default":
                 kwargs["rope_scaling"] = params
-        for key in ("eos_token_id", "bos_token_id"):
-            if isinstance(kwargs.get(key), list):   # Llama 3 lists several end tokens
-                kwargs[key] = kwargs[key][0]
-        return cls(**kwargs)
+        if isinstance(kwargs.get("bos_token_id"), list) and kwargs["bos_token_id"]:
+            kwargs["bos_token_id"] = kwargs["bos_token_id"][0]   # a prompt starts with one
+        return cls(**kwargs)   # a list of end tokens (Llama 3) is kept whole: see _check_eos
 
     def to_hf(self) -> dict:
         """A transformers `config.json` dict for LlamaForCausalLM."""
         out = dataclasses.asdict(self)
+        if isinstance(self.eos_token_id, tuple):   # as transformers writes several: a list
+            out["eos_token_id"] = list(self.eos_token_id)
         out.update(model_type="llama", architectures=["LlamaForCausalLM"], hidden_act="silu",
                    attention_bias=False, mlp_bias=False)
         return out
@@ -160,6 +171,19 @@ def llama_1b_config(**overrides) -> ModelConfig:
                 num_attention_heads=32, num_key_value_heads=8, head_dim=64,
                 rope_theta=500000.0, max_position_embeddings=4096)
     return ModelConfig(**(base | overrides))
+
+
+def _check_eos(eos, vocab_size: int) -> int | tuple[int, ...] | None:
+    """eos_token_id as stored: None, an int, or a tuple of several (a list or tuple of one is
+    that int, an empty one None). An id past the vocabulary could never be sampled, so the
+    request would never stop: refused, naming its index in a list (eos_token_id[2])."""
+    if eos is None:
+        return None
+    if not isinstance(eos, (list, tuple)):
+        return check_int(eos, "eos_token_id", minimum=0, maximum=vocab_size - 1)
+    ids = tuple(check_int(v, f"eos_token_id[{i}]", minimum=0, maximum=vocab_size - 1)
+                for i, v in enumerate(eos))
+    return ids if len(ids) > 1 else (ids[0] if ids else None)
 
 
 def _check_rope_numbers(scaling: dict, rope_type: str) -> None:

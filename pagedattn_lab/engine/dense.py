@@ -66,12 +66,12 @@ def dense_logits(config: ModelConfig, weights: dict, token_ids, kv_round_trip=No
 def dense_generate(config: ModelConfig, weights: dict, prompt_ids, max_tokens: int,
                    kv_round_trip=None):
     """Greedy decoding by recomputing the whole sequence each token: (tokens, logits
-    [max_tokens, vocab]), stopping early at config.eos_token_id."""
+    [max_tokens, vocab]), stopping early at any of config.eos_token_ids."""
     ids, rows = list(prompt_ids), []
     for _ in range(max_tokens):
         logits = dense_logits(config, weights, ids, kv_round_trip)[-1]
         rows.append(logits)
         ids.append(int(np.argmax(logits)))
-        if ids[-1] == config.eos_token_id:
+        if ids[-1] in config.eos_token_ids:
             break
     return ids[len(prompt_ids):], np.stack(rows)

@@ -11,8 +11,9 @@ Each `step()`:
 3. one forward pass writes the new tokens' K/V into their pages and returns the logits of
    every request that is caught up with its tokens (prefill chunks before the last sample
    nothing);
-4. tokens are sampled and appended; requests that hit their end-of-sequence token or
-   max_tokens finish, and their pages go back to the pool (cached ones stay reusable).
+4. tokens are sampled and appended; requests that hit an end-of-sequence token (any of the
+   model's `eos_token_ids`) or max_tokens finish, and their pages go back to the pool (cached
+   ones stay reusable).
 """
 from __future__ import annotations
 
@@ -256,8 +257,8 @@ class LLMEngine:
                 np.asarray(sample_rows, np.int64))
 
     def _finish_reason(self, req: Request, token: int) -> str | None:
-        eos = self.model.config.eos_token_id
-        if not req.params.ignore_eos and eos is not None and token == eos:
+        # Any of the end tokens stops (Llama 3 instruct has three), as in transformers' generate.
+        if not req.params.ignore_eos and token in self.model.config.eos_token_ids:
             return "stop"
         if len(req.output_ids) >= req.params.max_tokens or req.num_tokens >= self.max_model_len:
             return "length"

@@ -12,9 +12,10 @@ class SamplingParams:
     """How to pick tokens, and when to stop.
 
     temperature 0 is greedy (argmax). max_tokens caps the output; the engine learns the real
-    length only when the request stops (end-of-sequence token, or max_tokens), never in
-    advance. seed: the sampling stream of this request (None: the engine's seed and the
-    request id), so sampled tokens do not depend on how requests were batched.
+    length only when the request stops (any of the model's end-of-sequence tokens, or
+    max_tokens), never in advance. ignore_eos: run on past them to max_tokens. seed: the
+    sampling stream of this request (None: the engine's seed and the request id), so sampled
+    tokens do not depend on how requests were batched.
     return_logits: keep the float32 logits of every generated token (for checks).
     """
     max_tokens: int = 16
