@@ -108,6 +108,20 @@ def test_checkpoint_round_trip(tmp_path):
         np.testing.assert_array_equal(got[name], weights[name])
 
 
+def test_the_end_tokens_of_generation_config_json_are_the_ones_used(tmp_path):
+    """transformers' generate stops at generation_config.json's end tokens where that file
+    gives them (Llama 3 instruct lists three there, config.json may name one)."""
+    config = tiny_config(eos_token_id=3)
+    save_checkpoint(tmp_path, config, random_weights(config, seed=2))
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": [3, 7, 9]}')
+    assert load_checkpoint(tmp_path)[0].eos_token_ids == (3, 7, 9)
+    (tmp_path / "generation_config.json").write_text('{"eos_token_id": [3, 7, 900]}')
+    with pytest.raises(ValueError, match=r"^eos_token_id\[2\]: expected an int <= 127"):
+        load_checkpoint(tmp_path)
+    (tmp_path / "generation_config.json").write_text('{"do_sample": false}')
+    assert load_checkpoint(tmp_path)[0].eos_token_ids == (3,)
+
+
 def test_sharded_checkpoint_and_bfloat16(tmp_path):
     config = tiny_config(num_hidden_layers=1)
     weights = random_weights(config, seed=2)

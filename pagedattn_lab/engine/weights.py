@@ -202,12 +202,18 @@ def _directory(directory) -> Path:
 
 def load_checkpoint(directory) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """(config, weights) of a Hugging Face Llama directory: config.json plus model.safetensors
-    or a sharded model.safetensors.index.json. Nothing is downloaded."""
+    or a sharded model.safetensors.index.json; the end tokens of generation_config.json where
+    there is one (transformers' generate stops at those). Nothing is downloaded."""
     directory = _directory(directory)
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"directory: no config.json in {directory}")
-    config = ModelConfig.from_hf(json.loads(config_path.read_text()))
+    hf = json.loads(config_path.read_text())
+    generation = directory / "generation_config.json"
+    if generation.is_file():   # its end tokens are the ones generate() stops at (Llama 3
+        eos = json.loads(generation.read_text()).get("eos_token_id")   # instruct: a list)
+        hf["eos_token_id"] = hf.get("eos_token_id") if eos is None else eos
+    config = ModelConfig.from_hf(hf)
     wanted = parameter_shapes(config)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
