@@ -139,6 +139,66 @@ def test_generate_interrupted_while_requests_are_swapped_gives_back_host_pages(m
     assert engine.kv.pool.num_used == 0 and engine.kv.host.num_free == 16
 
 
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("copy", ["swap_out", "swap_in"])
+def test_generate_interrupted_in_a_swap_copy_gives_back_every_page(model, monkeypatch, copy):
+    """The scheduler took the request out of `running` (swap out) or `swapped` (swap in)
+    before the copy: when the copy failed, the request was in no queue, so generate's
+    roll-back never found it and its device (or host) pages leaked."""
+    engine = LLMEngine(model, EngineConfig(num_pages=6, page_size=4, num_host_pages=16,
+                                           preemption_mode="swap", max_num_batched_tokens=64))
+    monkeypatch.setattr(engine.store, copy, _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        engine.generate([[1 + i, 2, 3, 4, 5, 6, 7] for i in range(3)],
+                        SamplingParams(max_tokens=12, ignore_eos=True))
+    assert not engine.has_unfinished()
+    engine.kv.pool.check_invariants()
+    assert engine.kv.pool.num_used == 0 and engine.kv.host.num_free == 16
+
+
+def test_generate_interrupted_in_a_copy_on_write_gives_back_every_page(model, monkeypatch):
+    """A prompt that is wholly a cached prefix copies its last page at admission: when that
+    copy failed, the fresh page and the prefix hits it had taken leaked (the request had
+    already left the waiting queue)."""
+    engine = LLMEngine(model, EngineConfig(num_pages=16, page_size=4))
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8]
+    expected = engine.generate([prompt], SamplingParams(max_tokens=2))[0].output_ids
+    monkeypatch.setattr(engine.store, "copy_page", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        engine.generate([prompt], SamplingParams(max_tokens=2))
+    monkeypatch.undo()
+    assert not engine.has_unfinished()
+    engine.kv.pool.check_invariants()
+    assert engine.kv.pool.num_used == 0
+    assert engine.generate([prompt], SamplingParams(max_tokens=2))[0].output_ids == expected
+
+
+
+def test_a_step_whose_admission_copy_fails_leaves_the_request_waiting_as_it_was(model,
+                                                                                monkeypatch):
+    """step() itself (not generate): the request stays first in the queue, holding no page,
+    with none of its tokens counted as computed or looked up."""
+    engine = LLMEngine(model, EngineConfig(num_pages=16, page_size=4))
+    prompt = [1, 2, 3, 4, 5, 6, 7, 8]
+    engine.generate([prompt], SamplingParams(max_tokens=2))
+    kv = engine.kv
+    before = (kv.query_tokens, kv.hit_tokens, kv.pool.num_used)
+    engine.add_request(prompt, SamplingParams(max_tokens=2))
+    monkeypatch.setattr(engine.store, "copy_page", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        engine.step()
+    monkeypatch.undo()
+    (req,) = engine.scheduler.waiting
+    assert (req.pages, req.num_computed_tokens) == ([], 0)
+    assert (kv.query_tokens, kv.hit_tokens, kv.pool.num_used) == before
+    kv.pool.check_invariants()
+    while engine.has_unfinished():
+        engine.step()
+
+
 # -- sim.compare_policies: every name checked before the first (seconds long) simulation -------
 
 @pytest.mark.parametrize("policies, match", [

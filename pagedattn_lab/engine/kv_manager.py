@@ -107,7 +107,14 @@ class KVCacheManager:
         req.num_computed_tokens = computed
         self.query_tokens += req.num_tokens
         self.hit_tokens += computed
-        self._prepare_write(req, num_new, lookahead)
+        try:
+            self._prepare_write(req, num_new, lookahead)
+        except BaseException:   # (a copy on write interrupted) it stays waiting, holding nothing
+            self.free(req)
+            req.num_computed_tokens = 0
+            self.query_tokens -= req.num_tokens
+            self.hit_tokens -= computed
+            raise
 
     def grow(self, req: Request, num_new: int) -> bool:
         """Pages for the request's next `num_new` tokens; False (nothing changed) when the
@@ -130,7 +137,11 @@ class KVCacheManager:
     def _copy_on_write(self, req: Request, i: int) -> None:
         (fresh,) = self.pool.allocate(1)
         if self.store is not None:
-            self.store.copy_page(req.pages[i], fresh)
+            try:
+                self.store.copy_page(req.pages[i], fresh)
+            except BaseException:   # the request keeps its shared page; the copy's goes back
+                self.pool.free([fresh])
+                raise
         self.pool.free([req.pages[i]])
         req.pages[i] = fresh
         self.cow_copies += 1

@@ -101,10 +101,12 @@ class Scheduler:
         return budget
 
     def _preempt(self, req: Request, step: ScheduledStep) -> None:
+        swap = self.config.preemption_mode == "swap" and self.kv.can_swap_out(req)
+        if swap:   # copied while still running: a copy that fails (an interrupt) leaves it
+            self.kv.swap_out(req)   # there with its pages, for LLMEngine.generate to give back
         self.running.remove(req)
         req.num_preemptions += 1
-        if self.config.preemption_mode == "swap" and self.kv.can_swap_out(req):
-            self.kv.swap_out(req)
+        if swap:
             req.status = Status.SWAPPED
             self.swapped.appendleft(req)
             step.swapped_out.append(req)
@@ -130,12 +132,12 @@ class Scheduler:
             n = self._chunk(req, budget)
             if not self._room(self.kv.swap_in_cost(req, n)):
                 break
+            self.kv.swap_in(req)   # before it leaves `swapped`: a copy that fails leaves it there
             self.swapped.popleft()
-            self.kv.swap_in(req)
-            if not self.kv.grow(req, n):   # cannot happen after the check; stay consistent
-                raise RuntimeError(f"request {req.rid}: no page after swap-in")
             req.status = Status.RUNNING
             self.running.append(req)
+            if not self.kv.grow(req, n):   # cannot happen after the check; stay consistent
+                raise RuntimeError(f"request {req.rid}: no page after swap-in")
             step.swapped_in.append(req)
             step.add(req, n)
             budget -= n
@@ -157,8 +159,8 @@ class Scheduler:
                     lookahead = 0   # a guess larger than the pool must not stall an idle engine
             if not self._room(self.kv.admission_cost(hits, computed, n, lookahead)):
                 break
+            self.kv.admit(req, hits, computed, n, lookahead)   # (if it fails, req still waits)
             self.waiting.popleft()
-            self.kv.admit(req, hits, computed, n, lookahead)
             if len(req.output_ids) == 0:
                 req.num_cached_tokens = computed
             req.status = Status.RUNNING
