@@ -379,3 +379,17 @@ def test_kernel_hints_name_what_the_output_and_source_show():
     assert "with one __syncthreads() per page" in kh.tiled_hint(one_barrier, racecheck=False)
     assert "look for a race" in kh.tiled_hint("__syncthreads(); __syncthreads();")
     assert "found no race" in kh.tiled_hint(one_barrier, racecheck=True)
+
+
+def test_gather_kernel_check_passes_threads_that_share_the_row_head_by_head():
+    """A right kernel whose 32 threads stride over each head's dims in turn (at head_dim 8,
+    a thread stores one value per head, more than ceil(row_len / 32)): shared, so it passes."""
+    per_head = [
+        ("    for (int i = threadIdx.x; i < row_len; i += blockDim.x) {\n"
+         "        int kv_head = i / head_dim, d = i % head_dim;\n",
+         "    for (int kv_head = 0; kv_head < num_kv_heads; ++kv_head)\n"
+         "    for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {\n"
+         "        int i = kv_head * head_dim + d;\n")]
+    source = mutate(solution_source("02_page_access.ipynb", "SOURCE_GATHER"), per_head)
+    result, printed = run_check("gather_kernel", source, device="cpu")
+    assert result.passed, printed

@@ -142,8 +142,8 @@ class KVCacheManager:
             except BaseException:   # the request keeps its shared page; the copy's goes back
                 self.pool.free([fresh])
                 raise
-        self.pool.free([req.pages[i]])
-        req.pages[i] = fresh
+        old, req.pages[i] = req.pages[i], fresh   # (the table first: interrupted between the
+        self.pool.free([old])                     # two, generate()'s roll-back frees no page twice)
         self.cow_copies += 1
 
     def free(self, req: Request) -> None:

@@ -107,7 +107,8 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
 def _gather_writes(kern: Kernel, grid, args, shape) -> None:
     """Right values; now the prompt's sharing, which the values cannot show (a thread that
     copies the whole row stores what its neighbours store): the 32 threads of a block share
-    the token's row, so a thread stores ceil(row_len / 32) values into each output. The
+    the token's row, so a thread stores ceil(row_len / 32) values into each output (or,
+    looping head by head, ceil(head_dim / 32) per head: as shared, and allowed). The
     stores are counted on the CPU executor on either device, as the puzzles' are
     (puzzle_runner.py); where it cannot build its instrumented library (the CPU executor
     without the race check), there are no counts and the values alone decide."""
@@ -117,7 +118,7 @@ def _gather_writes(kern: Kernel, grid, args, shape) -> None:
     counts = kern.count(grid, (GATHER_THREADS,), host, racecheck=kern.racecheck,
                         timeout=KERNEL_TIMEOUT)
     row_len = shape[2] * shape[3]
-    share = -(-row_len // GATHER_THREADS)
+    share = max(-(-row_len // GATHER_THREADS), shape[2] * -(-shape[3] // GATHER_THREADS))
     most, who = per_thread_max(counts, "global_writes")
     if most <= 2 * share:
         return
