@@ -232,27 +232,33 @@ def _whole_prompts(running, waiting, budget, free_pages, watermark, page_size, m
     return batch
 
 
-def _charges_whole_rest(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
-    """Charges a running request the pages of all it still wants, not of this step's chunk."""
-    batch, free = [], free_pages
-    for req in running:
-        if budget <= 0:
-            break
-        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-        free -= max(0, -(-req.num_tokens // page_size) - req.num_pages)
-        batch.append((req.rid, n))
-        budget -= n
-    for req in waiting:
-        if budget <= 0:
-            break
-        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-        if -(-n // page_size) + watermark > free:
-            break
-        free -= -(-n // page_size)
-        batch.append((req.rid, n))
-        budget -= n
-    return batch
-
+def priced_whole(which):
+    """The spec's step with a request priced at its whole remaining length: a waiting
+    prompt (the chunk forgotten) or a running one (its growth in this step forgotten)."""
+    def fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
+        def pages(t):
+            return -(-t // page_size)
+        batch, free = [], free_pages
+        for req in running:
+            if budget <= 0:
+                break
+            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
+            upto = req.num_tokens if which == "running" else req.num_computed + n
+            free -= max(0, pages(upto) - req.num_pages)
+            batch.append((req.rid, n))
+            budget -= n
+        for req in waiting:
+            if budget <= 0:
+                break
+            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
+            cost = pages(req.num_tokens if which == "waiting" else n)
+            if cost + watermark > free:
+                break
+            free -= cost
+            batch.append((req.rid, n))
+            budget -= n
+        return batch
+    return fn
 
 def _pops_admitted(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
     out = _step()(running, waiting, budget, free_pages, watermark, page_size, max_chunk)
@@ -290,7 +296,7 @@ STEP_MISTAKES = [
     ("stops with one token left", _step(stop_at=1), "the batch differs",
      ("more tokens than the budget", "0 tokens")),
     # No known mistake produces this one: the check fails it without naming one.
-    ("running charged for the whole rest", _charges_whole_rest, "the batch differs",
+    ("running charged for the whole rest", priced_whole("running"), "the batch differs",
      ("were not counted", "watermark was ignored", "longer than max_chunk",
       "more tokens than the budget")),
 ]

@@ -6,6 +6,7 @@ import pytest
 
 import pagedattn_lab as pl
 from tests.check_helpers import GoodAllocator, run_check
+from tests.test_check_mistakes_pools import AtLeastAllocator
 
 
 def failure(task, impl, case):
@@ -47,15 +48,6 @@ class NoCountOnAllocate(GoodAllocator):
         for p in pages:
             self.refs[p] = 0
         return pages
-
-
-class GreaterOrEqual(GoodAllocator):
-    """`n >= num_free`: the last free pages can never be taken."""
-
-    def allocate(self, n):
-        if n and n >= len(self.free_list):
-            raise pl.OutOfPagesError(n, len(self.free_list), self.num_pages)
-        return super().allocate(n)
 
 
 class CounterBehindFree(GoodAllocator):
@@ -134,9 +126,9 @@ class KeepsAReserve(GoodAllocator):
      "page ids are 0..num_pages-1 = 0..7", "", ""),
     (NoCountOnAllocate, "a fresh pool", "ref_count of freshly allocated pages",
      "allocate sets each count to 1", "[1, 1, 1]", "[0, 0, 0]"),
-    (GreaterOrEqual, "a fresh pool", "allocate(5) with 5 pages free raised OutOfPagesError",
+    (AtLeastAllocator, "a fresh pool", "allocate(5) with 5 pages free raised OutOfPagesError",
      "(>, not >=)", "", ""),
-    (GreaterOrEqual, "freed pages come back", "allocate(6) of a new pool of 6 pages raised "
+    (AtLeastAllocator, "freed pages come back", "allocate(6) of a new pool of 6 pages raised "
      "OutOfPagesError", "(>, not >=)", "", ""),
     (CounterBehindFree, "freed pages come back", "allocate(3) raised OutOfPagesError although "
      "3 pages were freed", "`next_page++` counter never frees", "", ""),
@@ -169,7 +161,7 @@ def test_a_crash_report_is_not_what_the_allocator_check_gives_for_lost_pages():
     """Before: 'raised OutOfPagesError ... read the error above' (a crash), no hint."""
     result, printed = run_check("allocator", LosesPages)
     assert "read the error above" not in printed
-    result, printed = run_check("allocator", GreaterOrEqual)
+    result, printed = run_check("allocator", AtLeastAllocator)
     assert "read the error above" not in printed
 
 

@@ -13,6 +13,7 @@ import pytest
 import pagedattn_lab as pl
 from pagedattn_lab.grading.compare import describe_difference
 from tests.check_helpers import as_params, assert_caught, mutate, run_check, solution_source
+from tests.test_check_mistakes_engine import priced_whole
 
 
 def _needed(cache, sid):
@@ -109,35 +110,6 @@ def wire(returned):
     return fn
 
 
-def step(priced_whole):
-    """The spec's step with a request priced at its whole remaining length: a waiting
-    prompt (the chunk forgotten) or a running one (its growth in this step forgotten)."""
-    def fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
-        def pages(t):
-            return -(-t // page_size)
-        batch, free = [], free_pages
-        for req in running:
-            if budget <= 0:
-                break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            upto = req.num_tokens if priced_whole == "running" else req.num_computed + n
-            free -= max(0, pages(upto) - req.num_pages)
-            batch.append((req.rid, n))
-            budget -= n
-        for req in waiting:
-            if budget <= 0:
-                break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            cost = pages(req.num_tokens if priced_whole == "waiting" else n)
-            if cost + watermark > free:
-                break
-            free -= cost
-            batch.append((req.rid, n))
-            budget -= n
-        return batch
-    return fn
-
-
 MISTAKES = [
     ("pages_for_next_token", lambda cache, sid: None, "returned None", ["free slot"]),
     ("decode_step", step_manager("at_least"), "not needed >= num_free",
@@ -152,8 +124,9 @@ MISTAKES = [
     ("tile_work", tiles_longest_first, "in another order"),
     ("wire_bytes", wire("two"), "three ints", ["K and V"]),
     ("wire_bytes", wire("inf"), "three ints"),
-    ("schedule_step", step("waiting"), "priced at its whole length"),
-    ("schedule_step", step("running"), "the batch differs", ["priced at its whole length"]),
+    ("schedule_step", priced_whole("waiting"), "priced at its whole length"),
+    ("schedule_step", priced_whole("running"), "the batch differs",
+     ["priced at its whole length"]),
 ]
 
 
