@@ -2,6 +2,7 @@
 error, and demand that a refused call changed nothing."""
 from __future__ import annotations
 
+from ..validate import is_int
 from .report import Mismatch
 
 FREE_LIST_HINT = ("freed pages must go back to the free list and be handed out again (the "
@@ -39,6 +40,19 @@ def allocated(alloc, n: int, what: str) -> list[int]:
         raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}", ZERO_HINT, expected="[]",
                        got=f"{type(exc).__name__} raised") from exc
     return ids(pages, what)
+
+
+def ref_counts(alloc, pages) -> list[int]:
+    """alloc.ref_count(p) for each page, as plain ints (an int subclass, or any object, may
+    lie with its ==: a list of them would equal any expected counts)."""
+    out = []
+    for p in pages:
+        count = alloc.ref_count(p)
+        if not is_int(count):
+            raise Mismatch(f"ref_count({p}) returned {type(count).__name__} {count!r:.60}",
+                           "return the page's count of owners, an int.")
+        out.append(int(count))
+    return out
 
 
 def kept(method, pages: list, what: str):

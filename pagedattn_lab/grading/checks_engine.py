@@ -49,6 +49,11 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
                        "bytes hash_block returns, one per full block.", "list",
                        type(got).__name__)
     got = list(got)
+    if not all(type(h) is bytes for h in got):   # (a bytes subclass may lie with its ==)
+        raise Mismatch(f"{what}: the block hashes differ: they are not bytes", "return the "
+                       "bytes hash_block returns, as they are (no str(), hex() or wrapper).",
+                       "bytes",
+                       repr(sorted({type(h).__name__ for h in got}))[:80])
     if got == expected:
         return
     hint = ""
@@ -126,7 +131,12 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
             and is_int(got[1])):
         raise Mismatch(f"{what}: expected a pair (pages, num_computed)", "return pages, "
                        "num_computed: a list of pages and an int.", "(list, int)", repr(got))
-    got = (list(got[0]), got[1])
+    pages = list(got[0])
+    if not all(p is None or is_int(p) for p in pages):
+        raise Mismatch(f"{what}: expected a list of page ids (ints)", "return pages, "
+                       "num_computed: a list of pages and an int.", "(list, int)", repr(got))
+    # plain ints: an int subclass (or an object) may lie with its ==
+    got = ([None if p is None else int(p) for p in pages], int(got[1]))
     if got[0] == expected[0] and got[1] == expected[1]:
         return
     hint = ""

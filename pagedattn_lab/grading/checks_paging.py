@@ -10,7 +10,8 @@ from __future__ import annotations
 from ..paging import OutOfPagesError
 from .allocator_probes import (ALL_FREE_HINT, ALL_OR_NOTHING_IDS, FREE_LIST_HINT,
                                NEGATIVE_ID_HINT, ZERO_HINT, allocated, expect_free,
-                               expect_raises, expect_returned, ids, kept, num_free, refused)
+                               expect_raises, expect_returned, ids, kept, num_free, ref_counts,
+                               refused)
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -39,7 +40,7 @@ def _alloc_fresh(cls, num_pages: int) -> None:
         raise Mismatch(f"allocate(3) returned ids {pages}",
                        f"page ids are 0..num_pages-1 = 0..{num_pages - 1}: they index k_cache.")
     expect_free(alloc, num_pages - 3, "after allocate(3)", "num_free counts the free pages.")
-    counts = [alloc.ref_count(p) for p in pages]
+    counts = ref_counts(alloc, pages)
     if counts != [1, 1, 1]:
         raise Mismatch("ref_count of freshly allocated pages", "allocate sets each count to 1.",
                        "[1, 1, 1]", repr(counts))
@@ -66,7 +67,7 @@ def _alloc_reuse(cls, num_pages: int) -> None:
     giving_back = pages[1:4]
     kept(alloc.free, giving_back, f"free({giving_back})")
     expect_returned(alloc, 3, "after freeing 3 of the pages")
-    counts = [alloc.ref_count(p) for p in giving_back]
+    counts = ref_counts(alloc, giving_back)
     if counts != [0, 0, 0]:
         raise Mismatch(f"ref_count of freed pages {giving_back}", "free drops the count to 0.",
                        "[0, 0, 0]", repr(counts))
@@ -249,7 +250,7 @@ def _fork_basic(cls) -> None:
         raise Mismatch("fork returned the very list it was given",
                        "return a new list (list(pages)): the two sequences' tables must be "
                        "separate lists even though they hold the same ids.")
-    counts = [alloc.ref_count(p) for p in pages]
+    counts = ref_counts(alloc, pages)
     if counts != [2, 2]:
         raise Mismatch("ref_count after fork", "fork adds one owner to every page.",
                        "[2, 2]", repr(counts))
@@ -262,7 +263,7 @@ def _fork_free(cls) -> None:
     kept(alloc.fork, pages, f"fork({pages})")
     kept(alloc.free, pages, f"free({pages})")
     _expect_free_shared(alloc, 2, "after the first owner freed the shared pages")
-    counts = [alloc.ref_count(p) for p in pages]
+    counts = ref_counts(alloc, pages)
     if counts != [1, 1]:
         raise Mismatch("ref_count after one of two owners freed",
                        SHARED_FREE_HINT if counts == [0, 0] else "free takes one owner away "
@@ -282,7 +283,7 @@ def _fork_free_both(cls) -> None:
         raise Mismatch(f"free({both}) raised ValueError: {exc}", "each page has 2 owners and "
                        "is listed twice: that is allowed. Compare how often a page is listed "
                        "with its reference count.") from exc
-    counts = [alloc.ref_count(p) for p in pages]
+    counts = ref_counts(alloc, pages)
     if counts != [0, 0, 0]:
         raise Mismatch(f"ref_count after free({both}) of a sequence and its fork",
                        "a page listed twice drops two owners: count every occurrence (a "
@@ -359,7 +360,7 @@ def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
             owners.append(pages)
             for p in pages:
                 counts[p] = 1
-        got = [alloc.ref_count(p) for p in range(num_pages)]
+        got = ref_counts(alloc, range(num_pages))
         if got != counts:
             page = next(p for p in range(num_pages) if got[p] != counts[p])
             raise Mismatch(f"after step {step}: ref_count({page})",

@@ -134,7 +134,10 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
         raise Mismatch(f"expected one page size, got {type(got).__name__} {got!r:.80}",
                        "return one of the candidates (an int), not a list or an array.",
                        expected=str(expected), got=repr(got)[:80])
-    if got == expected and not isinstance(got, (float, np.floating)):
+    is_float = isinstance(got, (float, np.floating))
+    if got is not None:   # a plain number: an int subclass may lie with its ==
+        got = float(got) if is_float else int(got)
+    if got == expected and not is_float:
         return
     if got == expected:
         hint = "that is the right page size, but return it as an int (one of the candidates)."
