@@ -52,9 +52,14 @@ def check_page_ids(ids: list[int], name: str, num_pages: int, holder: str) -> No
     """Every id in 0..num_pages-1, else a ValueError naming `name`[i] (a negative id would
     index from the end)."""
     for i, page in enumerate(ids):
-        if not 0 <= page < num_pages:
-            raise ValueError(f"{name}[{i}]: page id {page} is not in this {holder} (valid ids "
-                             f"are 0..{num_pages - 1})")
+        check_page_id(page, f"{name}[{i}]", num_pages, holder)
+
+
+def check_page_id(page: int, name: str, num_pages: int, holder: str) -> None:
+    """One id in 0..num_pages-1, else a ValueError naming `name`."""
+    if not 0 <= page < num_pages:
+        raise ValueError(f"{name}: page id {page} is not in this {holder} (valid ids are "
+                         f"0..{num_pages - 1})")
 
 
 class BlockAllocator:

@@ -200,27 +200,13 @@ class LLMEngine:
             # A failure halfway (a kernel error, KeyboardInterrupt in a notebook) must not
             # leave this call's requests queued, holding pages: the next generate() would
             # refuse to start, blaming add_request.
-            self._drop_unfinished()
+            for req in self.scheduler.drop_unfinished():
+                self.stats.prompt_tokens -= len(req.prompt_ids)
             raise
         finally:
             if bar is not None:
                 bar.close()
         return [done[r] for r in rids]
-
-    def _drop_unfinished(self) -> None:
-        """Take every unfinished request out of the engine, its device and host pages
-        given back (full computed pages stay in the prefix cache, as a finished request's)."""
-        sched = self.scheduler
-        for req in sched.running:
-            self.kv.free(req)
-        for req in sched.swapped:
-            self.kv.host.free(req.host_pages)
-            req.host_pages = []
-        for req in (*sched.waiting, *sched.running, *sched.swapped):
-            self.stats.prompt_tokens -= len(req.prompt_ids)
-        sched.waiting.clear()
-        sched.running.clear()
-        sched.swapped.clear()
 
     def summary(self) -> dict:
         return self.stats.summary(self)

@@ -172,6 +172,11 @@ class KVCacheManager:
         req.host_pages = host_pages
         self.free(req)
 
+    def free_host(self, req: Request) -> None:
+        """Give back the host pages of a swapped-out request."""
+        self.host.free(req.host_pages)
+        req.host_pages = []
+
     def swap_in_cost(self, req: Request, num_new: int = 0) -> int:
         """Free pages that bringing the request back takes, plus the pages its next `num_new`
         tokens grow into (its pages come back exactly as they left, none shared)."""
@@ -188,6 +193,5 @@ class KVCacheManager:
                 self.pool.free(pages)
                 raise
         req.pages = pages
-        self.host.free(req.host_pages)
-        req.host_pages = []
+        self.free_host(req)
         req.num_registered_blocks = 0

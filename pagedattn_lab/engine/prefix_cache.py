@@ -25,8 +25,8 @@ from collections import Counter, OrderedDict
 
 import numpy as np
 
-from ..paging import OutOfPagesError, check_page_ids
-from ..validate import MAX_PAGES, check_int, check_int_list, is_int
+from ..paging import OutOfPagesError, check_page_id, check_page_ids
+from ..validate import MAX_PAGES, check_int, check_int_list
 
 
 def hash_block(parent: bytes | None, token_ids) -> bytes:
@@ -126,11 +126,9 @@ class BlockPool:
 
     def _page_id(self, page) -> int:
         """One page id in 0..num_pages-1 (a negative one would index from the end)."""
-        if not (is_int(page) and 0 <= page < self.num_pages):
-            check_int(page, "page")   # the TypeError of a float or bool
-            raise ValueError(f"page: page id {page} is not in this pool (valid ids are "
-                             f"0..{self.num_pages - 1})")
-        return int(page)
+        page = check_int(page, "page")
+        check_page_id(page, "page", self.num_pages, "pool")
+        return page
 
     def register(self, page: int, block_hash: bytes) -> bool:
         """Offer a full, computed page to the cache under `block_hash`. A hash already cached

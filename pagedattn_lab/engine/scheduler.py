@@ -168,6 +168,20 @@ class Scheduler:
             step.add(req, n)
             budget -= n
 
+    def drop_unfinished(self) -> list[Request]:
+        """Take every unfinished request out of the queues, its device and host pages given
+        back (full computed pages stay in the prefix cache, as a finished request's); returns
+        them (a generate() that failed halfway leaves nothing queued)."""
+        for req in self.running:
+            self.kv.free(req)
+        for req in self.swapped:
+            self.kv.free_host(req)
+        dropped = [*self.waiting, *self.running, *self.swapped]
+        self.waiting.clear()
+        self.running.clear()
+        self.swapped.clear()
+        return dropped
+
     def finish(self, req: Request, reason: str) -> None:
         req.finish_reason = reason
         req.status = Status.FINISHED

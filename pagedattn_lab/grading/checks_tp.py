@@ -245,14 +245,15 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
                          dim, ps, world, size)
     if got is None:
         raise NotImplementedError("wire_bytes returned None")
+    not_three = Mismatch("expected (tables, output_share, kv_read), three ints", "return a "
+                         "tuple of three byte counts.", str(expected), repr(got)[:200])
     try:
         values = tuple(got)
         got = tuple(int(x) for x in values)
-        if len(got) != 3:   # (zip below would compare the first ones and blame those)
-            raise ValueError(f"{len(got)} values")
     except (TypeError, ValueError, OverflowError) as exc:   # (int(inf): OverflowError)
-        raise Mismatch("expected (tables, output_share, kv_read), three ints", "return a "
-                       "tuple of three byte counts.", str(expected), repr(got)[:200]) from exc
+        raise not_three from exc
+    if len(got) != 3:   # (zip below would compare the first ones and blame those)
+        raise not_three
     if not all(is_int(x) for x in values):
         raise Mismatch(f"byte counts of {', '.join(type(x).__name__ for x in values)}",
                        "return plain integers, as the spec asks. " + INT_HINT,

@@ -243,8 +243,8 @@ def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
 
 def read_logits(prob, k_codes, k_scales, per_token, scale):
     """Every (sequence, query head, cached token)'s q . k * scale, K dequantized (float64)."""
-    k = k_codes.astype(np.float64) * (k_scales if per_token else k_scales[None, None])[..., None]
-    k = k.reshape(-1, *k.shape[2:])
+    k = _values(k_codes, _scales_at(k_scales, per_token, "slot", prob), "times").reshape(
+        -1, *k_codes.shape[2:])
     group = prob.q.shape[1] // k.shape[1]
     out = [np.einsum("hd,thd->ht", prob.q[b].astype(np.float64),
                      np.repeat(k[token_slots(row, int(n), k_codes.shape[1])], group, 1)) * scale
