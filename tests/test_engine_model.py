@@ -116,10 +116,30 @@ def test_the_end_tokens_of_generation_config_json_are_the_ones_used(tmp_path):
     (tmp_path / "generation_config.json").write_text('{"eos_token_id": [3, 7, 9]}')
     assert load_checkpoint(tmp_path)[0].eos_token_ids == (3, 7, 9)
     (tmp_path / "generation_config.json").write_text('{"eos_token_id": [3, 7, 900]}')
-    with pytest.raises(ValueError, match=r"^eos_token_id\[2\]: expected an int <= 127"):
+    with pytest.raises(ValueError, match=r"generation_config.json: eos_token_id\[2\]: "
+                                         r"expected an int <= 127"):
         load_checkpoint(tmp_path)
     (tmp_path / "generation_config.json").write_text('{"do_sample": false}')
     assert load_checkpoint(tmp_path)[0].eos_token_ids == (3,)
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("generation_config.json", '{"eos_token_id": [3,', r"generation_config.json: not valid JSON"),
+    ("generation_config.json", '[3, 7]', r"generation_config.json: expected a JSON object, "
+                                         r"got a JSON list"),
+    ("config.json", '"llama"', r"config.json: expected a JSON object, got a JSON str"),
+    ("model.safetensors.index.json", '{"metadata": {}}',
+     r"model.safetensors.index.json: expected a 'weight_map' object"),
+])
+def test_a_checkpoint_json_file_that_is_not_the_expected_object_is_refused_naming_it(
+        tmp_path, name, text, message):
+    """json's own errors name a line and column but not the file, and a list where an object
+    belongs failed with "'list' object has no attribute 'get'"."""
+    config = tiny_config(eos_token_id=3)
+    save_checkpoint(tmp_path, config, random_weights(config, seed=2))
+    (tmp_path / name).write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(tmp_path)
 
 
 def test_sharded_checkpoint_and_bfloat16(tmp_path):

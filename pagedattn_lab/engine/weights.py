@@ -200,6 +200,18 @@ def _directory(directory) -> Path:
     return Path(directory)
 
 
+def _read_json_object(path: Path) -> dict:
+    """A JSON file holding one object; anything else is refused naming the file (json's own
+    error names only a line and column)."""
+    try:
+        value = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{path}: expected a JSON object, got a JSON {type(value).__name__}")
+    return value
+
+
 def load_checkpoint(directory) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     """(config, weights) of a Hugging Face Llama directory: config.json plus model.safetensors
     or a sharded model.safetensors.index.json; the end tokens of generation_config.json where
@@ -208,16 +220,25 @@ def load_checkpoint(directory) -> tuple[ModelConfig, dict[str, np.ndarray]]:
     config_path = directory / "config.json"
     if not config_path.is_file():
         raise FileNotFoundError(f"directory: no config.json in {directory}")
-    hf = json.loads(config_path.read_text())
+    hf = _read_json_object(config_path)
     generation = directory / "generation_config.json"
-    if generation.is_file():   # its end tokens are the ones generate() stops at (Llama 3
-        eos = json.loads(generation.read_text()).get("eos_token_id")   # instruct: a list)
-        hf["eos_token_id"] = hf.get("eos_token_id") if eos is None else eos
-    config = ModelConfig.from_hf(hf)
+    eos = _read_json_object(generation).get("eos_token_id") if generation.is_file() else None
+    if eos is None:
+        config = ModelConfig.from_hf(hf)
+    else:   # its end tokens are the ones generate() stops at (Llama 3 instruct: a list)
+        try:
+            config = ModelConfig.from_hf(hf | {"eos_token_id": eos})
+        except (TypeError, ValueError) as e:
+            if not str(e).startswith("eos_token_id"):
+                raise
+            raise type(e)(f"{generation}: {e}") from None
     wanted = parameter_shapes(config)
     index = directory / "model.safetensors.index.json"
     if index.is_file():
-        weight_map = json.loads(index.read_text())["weight_map"]
+        weight_map = _read_json_object(index).get("weight_map")
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index}: expected a 'weight_map' object naming each tensor's "
+                             f"file, got {type(weight_map).__name__}")
         files = sorted({weight_map[n] for n in wanted if n in weight_map})
     elif (directory / "model.safetensors").is_file():
         files = ["model.safetensors"]
