@@ -1,6 +1,7 @@
 """Workbook 09's checks fail the classic wrong answers, with a hint that names the mistake.
 
-group_rows and mask_tile: wrong answers written here the way a learner gets them wrong.
+group_rows: wrong answers written here the way a learner gets them wrong (mask_tile's are in
+test_check_mistakes_tc_mask.py).
 tc_tile_scores: the solution notebook's kernel with one mistake edited in (the edit must apply,
 so these tests follow the solutions), and right kernels written another way, which must pass.
 Each case asserts that the check fails (not "not attempted"), that the printed hint contains
@@ -14,6 +15,7 @@ import pytest
 
 from tests.test_check_mistakes import assert_caught, mutate, run_check, solution_source
 from tests.check_helpers import assert_kernel_checks_on_the_gpu
+from tests.test_check_mistakes_tc_mask import MASK_MISTAKES
 
 NOTEBOOK = "09_tensor_core_decode.ipynb"
 
@@ -109,96 +111,6 @@ GROUP_MISTAKES = [
     ("padding zeroed in q", padding_zeroed_in_q, "changed its input q", ()),
 ]
 
-def _cols(tile):
-    return 16 * tile + np.arange(16)
-
-
-def mask_no_scale(s, tile, n, scale):
-    out = s.copy()
-    out[:, _cols(tile) >= n] = -np.inf
-    return out
-
-
-def mask_with_zero(s, tile, n, scale):
-    out = s * np.float32(scale)
-    out[:, _cols(tile) >= n] = 0
-    return out
-
-
-def mask_strict(s, tile, n, scale):
-    out = s * np.float32(scale)
-    out[:, _cols(tile) > n] = -np.inf
-    return out
-
-
-def mask_without_tile_offset(s, tile, n, scale):
-    out = s * np.float32(scale)
-    out[:, np.arange(16) >= n] = -np.inf
-    return out
-
-
-def mask_rows(s, tile, n, scale):
-    out = s * np.float32(scale)
-    out[_cols(tile) >= n, :] = -np.inf
-    return out
-
-
-def mask_in_place(s, tile, n, scale):
-    s *= np.float32(scale)
-    s[:, _cols(tile) >= n] = -np.inf
-    return s
-
-
-def mask_float64(s, tile, n, scale):
-    out = s.astype(np.float64) * scale
-    out[:, _cols(tile) >= n] = -np.inf
-    return out
-
-
-def mask_nothing(s, tile, n, scale):
-    return s * np.float32(scale)
-
-
-def mask_from_negative_slice(s, tile, n, scale):   # n - 16 * tile < 0 counts from the end
-    out = s * np.float32(scale)
-    out[:, n - 16 * tile:] = -np.inf
-    return out
-
-
-def mask_last_tile_only(s, tile, n, scale):
-    out = s * np.float32(scale)
-    if tile == (n - 1) // 16:
-        out[:, _cols(tile) >= n] = -np.inf
-    return out
-
-
-def mask_with_big_negative(s, tile, n, scale):
-    out = s * np.float32(scale)
-    out[:, _cols(tile) >= n] = -1e9
-    return out
-
-
-def mask_float16(s, tile, n, scale):
-    out = (s * np.float32(scale)).astype(np.float16)
-    out[:, _cols(tile) >= n] = -np.inf
-    return out
-
-
-MASK_MISTAKES = [
-    ("no scale", mask_no_scale, "not scaled", ()),
-    ("masked with 0", mask_with_zero, "masked with 0", ("not scaled",)),
-    ("> instead of >=", mask_strict, ">=, not >", ()),
-    ("tile offset forgotten", mask_without_tile_offset, "add the tile's start", ()),
-    ("rows masked", mask_rows, "not rows", ()),
-    ("s changed in place", mask_in_place, "changed its input s", ()),
-    ("float64 logits", mask_float64, "keep them float32", ()),
-    ("nothing masked", mask_nothing, "must come out -inf", ("not scaled",)),
-    ("slice from a negative start", mask_from_negative_slice, "counts from the end", ()),
-    ("only the last tile masked", mask_last_tile_only, "in every tile", ()),
-    ("masked with -1e9", mask_with_big_negative, "a finite number", ("its K row was zeros",)),
-    ("float16 logits", mask_float16, "keep them float32", ()),
-]
-
 _STORE = ("    float* out = scores + ((long long)kv_head * gridDim.x + tile) * 256;\n"
           "    wmma::store_matrix_sync(out, s, 16, wmma::mem_row_major);")
 
@@ -265,12 +177,6 @@ def test_group_rows_mistake_is_caught(name, impl, phrase, not_phrases):
     assert_caught("group_rows", impl, phrase, not_phrases=not_phrases)
 
 
-@pytest.mark.parametrize("name, impl, phrase, not_phrases", MASK_MISTAKES,
-                         ids=[m[0] for m in MASK_MISTAKES])
-def test_mask_tile_mistake_is_caught(name, impl, phrase, not_phrases):
-    assert_caught("mask_tile", impl, phrase, not_phrases=not_phrases)
-
-
 @pytest.mark.parametrize("name, edits, phrase, not_phrases", [(*m, ())[:4] for m in TILE_MISTAKES],
                          ids=[m[0] for m in TILE_MISTAKES])
 def test_tile_mistake_is_caught(name, edits, phrase, not_phrases):
@@ -316,14 +222,6 @@ def test_every_task_has_its_mistakes():
     from pagedattn_lab.lessons import lesson
     assert lesson("09").tasks == ["group_rows", "tc_tile_scores", "mask_tile"]
     assert len(GROUP_MISTAKES) >= 6 and len(MASK_MISTAKES) >= 6 and len(TILE_MISTAKES) >= 3
-
-
-def test_mask_tile_check_passes_a_correct_mask_written_differently():
-    def with_where(s, tile, seq_len, scale):
-        keep = (16 * tile + np.arange(16))[None, :] < seq_len
-        return np.where(keep, s * np.float32(scale), np.float32(-np.inf)).astype(np.float32)
-    result, printed = run_check("mask_tile", with_where)
-    assert result.passed, printed
 
 
 _LOADS = ("        wmma::load_matrix_sync(a, q_tile + k0, head_dim);\n"
