@@ -83,7 +83,7 @@ def test_from_hf_reads_what_transformers_writes():
 
 
 def test_every_end_token_of_a_list_is_kept():
-    """Llama 3 instruct ends at any of [128001, 128008, 128009]; from_hf kept only the first,
+    """Llama 3.1 instruct ends at any of [128001, 128008, 128009]; from_hf kept only the first,
     so a request ending with <|eot_id|> (128009) ran on to max_tokens."""
     hf = _hf(vocab_size=128256, eos_token_id=[128001, 128008, 128009])
     config = ModelConfig.from_hf(hf)

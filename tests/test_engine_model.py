@@ -72,7 +72,7 @@ def test_end_of_sequence_stops_a_request(rng):
 
 
 def test_any_of_several_end_tokens_stops_a_request(rng):
-    """Llama 3 instruct's config.json lists three end tokens ([128001, 128008, 128009]) and
+    """Llama 3.1 instruct's config.json lists three end tokens ([128001, 128008, 128009]) and
     transformers' generate stops at any of them: so must the engine and the dense reference.
     The end ids: one the model never emits, then tokens the greedy runs reach (the second id
     stops the first prompt, the third the second prompt; the third prompt meets none)."""
@@ -110,7 +110,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 def test_the_end_tokens_of_generation_config_json_are_the_ones_used(tmp_path):
     """transformers' generate stops at generation_config.json's end tokens where that file
-    gives them (Llama 3 instruct lists three there, config.json may name one)."""
+    gives them (Llama 3.1 instruct lists three there, config.json may name one)."""
     config = tiny_config(eos_token_id=3)
     save_checkpoint(tmp_path, config, random_weights(config, seed=2))
     (tmp_path / "generation_config.json").write_text('{"eos_token_id": [3, 7, 9]}')

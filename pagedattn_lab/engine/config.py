@@ -29,7 +29,7 @@ class ModelConfig:
     """A Llama-architecture decoder (Llama 2/3, TinyLlama, SmolLM, ...).
 
     head_dim defaults to hidden_size // num_attention_heads, as in transformers.
-    eos_token_id: the end-of-sequence token, or several as in transformers (Llama 3 instruct
+    eos_token_id: the end-of-sequence token, or several as in transformers (Llama 3.1 instruct
     lists [128001, 128008, 128009]): a list or tuple is stored as a tuple (one id as an int),
     and generation stops at any of them; `eos_token_ids` is always the tuple.
     """

@@ -243,7 +243,7 @@ class LLMEngine:
                 np.asarray(sample_rows, np.int64))
 
     def _finish_reason(self, req: Request, token: int) -> str | None:
-        # Any of the end tokens stops (Llama 3 instruct has three), as in transformers' generate.
+        # Any of the end tokens stops (Llama 3.1 instruct has three), as in transformers' generate.
         if not req.params.ignore_eos and token in self.model.config.eos_token_ids:
             return "stop"
         if len(req.output_ids) >= req.params.max_tokens or req.num_tokens >= self.max_model_len:
