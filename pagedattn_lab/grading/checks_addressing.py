@@ -2,15 +2,21 @@
 
 The mistakes these catch are the guide's and their cousins: an off-by-one page offset,
 skipping the block table (treating the cache as contiguous), and the head stride without
-`num_kv_heads` (`slot * head_dim + kv_head * head_dim`), which is right for head 0 only.
+`num_kv_heads` (`slot * head_dim + kv_head * head_dim`), which is right for head 0 only;
+sizes that are not powers of two catch shifts and masks standing for // and %. The gather's
+"no loop over the tokens" is judged by the clock of the process running the check (under
+the grader, the judge's), which the learner's side cannot reset as it can a count.
 """
 from __future__ import annotations
+
+import time
 
 import numpy as np
 
 from ..addressing import element_offset, page_offset, physical_page, physical_slot, token_slots
 from .cases import block_tables_for
-from .compare import call_on_copies, changed_input, describe_difference, diagnose
+from .compare import (POW2_HINT, call_on_copies, changed_input, describe_difference, diagnose,
+                      pow2_div, pow2_mod)
 from .report import Case, CheckResult, Mismatch, as_int, run_cases
 from .seeds import case_rng
 
@@ -58,12 +64,24 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
              page * page_size + t),
             ("the first virtual page is entry 0 of the row: token t is in entry "
              "t // page_size.", int(row[t // page_size - 1]) * page_size + off),
+            *[(POW2_HINT.format(name="page_size", n=page_size), v)
+              for v in _pow2_slots(row, t, page_size)],
         ]
         hint = next((h for h, v in variants
                      if v is not None and v != expected and got is not None and int(got) == v),
                     "slot = row[token // page_size] * page_size + token % page_size.")
         raise Mismatch(f"token {t}: virtual page {t // page_size} -> physical page {page}, "
                        f"offset {off}", hint, expected=str(expected), got=repr(got))
+
+
+def _pow2_slots(row, t: int, page_size: int) -> list[int]:
+    """Token t's slot computed with shifts and masks (| or + to join them), as if page_size
+    were a power of two (the virtual page t >> log2(page_size) may land on the padding)."""
+    page = pow2_div(t, page_size)
+    if page >= len(row):
+        return []
+    base = int(row[page]) << (page_size.bit_length() - 1)
+    return [base | pow2_mod(t, page_size), base + pow2_mod(t, page_size)]
 
 
 def slot_of(fn) -> CheckResult:
@@ -75,6 +93,8 @@ def slot_of(fn) -> CheckResult:
              lambda: _slot_case(fn, 1, 16, 70, 32)),
         Case("page_size 1", {"page_size": 1, "seq_len": 6, "seed": 2},
              lambda: _slot_case(fn, 2, 1, 6, 10)),
+        Case("page_size 6, not a power of two", {"page_size": 6, "seq_len": 20, "seed": 3},
+             lambda: _slot_case(fn, 3, 6, 20, 12)),
     ]
     return run_cases("slot_of", "slot_of: token position -> physical slot", cases)
 
@@ -110,6 +130,10 @@ def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -
              slot * num_kv_heads * head_dim + h * num_kv_heads + d),
             ("a slot holds num_kv_heads * head_dim values: the slot stride needs both.",
              slot * num_kv_heads + h * head_dim + d),
+            (POW2_HINT.format(name="head_dim", n=head_dim),
+             ((slot * num_kv_heads + h) << (head_dim.bit_length() - 1)) | d),
+            (POW2_HINT.format(name="head_dim", n=head_dim),
+             ((slot * num_kv_heads + h) << (head_dim.bit_length() - 1)) + d),
         ]
         hint = next((t for t, v in variants if v != expected and got is not None and int(got) == v),
                     "offset = (slot * num_kv_heads + kv_head) * head_dim + dim.")
@@ -125,6 +149,9 @@ def kv_offset(fn) -> CheckResult:
         Case("2 kv heads", {"num_kv_heads": 2, "head_dim": 64}, lambda: _offset_case(fn, 1, 2, 64)),
         Case("1 kv head (MQA)", {"num_kv_heads": 1, "head_dim": 16},
              lambda: _offset_case(fn, 2, 1, 16)),
+        Case("3 kv heads, head_dim 80 (not a power of two)", {"num_kv_heads": 3,
+                                                               "head_dim": 80},
+             lambda: _offset_case(fn, 3, 3, 80)),
     ]
     return run_cases("kv_offset", "kv_offset: element offset in the NHD cache", cases)
 
@@ -150,10 +177,48 @@ def _counted(array: np.ndarray, counter: list) -> np.ndarray:
     return out
 
 
+# The timed case: long enough that a per-token Python loop costs far more than the whole
+# vectorized gather on any machine, with pages long enough that a loop over the pages costs
+# next to nothing, and one float16 value per token (under the grader the time includes
+# sending the cache and the result: ~1-2 ms here, a vectorized gather's own ~0.7 ms, a
+# per-token loop's 10-100 ms).
+TIMED_TOKENS, TIMED_PAGE_SIZE, TIMED_REPEATS = 1 << 17, 512, 3
+LOOP_SHARE = 2   # fail past half the time of the cheapest per-token loop
+
+
+def _loop_seconds(row: np.ndarray, page_size: int, seq_len: int) -> float:
+    """The time of the cheapest per-token Python loop: a comprehension that only computes
+    each token's slot from Python ints. Timed here, next to the learner's calls, so the
+    limit follows this machine's speed and load; the learner's side cannot report it."""
+    r = row.tolist()
+    start = time.perf_counter()
+    [r[t // page_size] * page_size + t % page_size for t in range(seq_len)]
+    return time.perf_counter() - start
+
+
+def _call_gather(fn, cache, row, seq_len, counter, timed: bool):
+    """(result, passed inputs, best seconds of the learner's calls, of the loop) for `fn`.
+
+    timed: the learner's function runs TIMED_REPEATS times, each after a timing of the
+    cheapest per-token loop, and the best of each counts (an access count cannot be trusted
+    alone: np.asarray(k_cache) or row.tolist() takes the counted array's place)."""
+    best = loop = float("inf")
+    for _ in range(TIMED_REPEATS if timed else 1):
+        if timed:
+            loop = min(loop, _loop_seconds(row, cache.shape[1], seq_len))
+        passed = {"k_cache": _counted(cache.copy(), counter),
+                  "block_table_row": _counted(row.copy(), counter)}
+        start = time.perf_counter()
+        got = fn(*passed.values(), seq_len)
+        best = min(best, time.perf_counter() - start)
+    return got, passed, best, loop
+
+
 def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads: int,
-                    head_dim: int, seq_len: int, count_indexing: bool = False) -> None:
+                    head_dim: int, seq_len: int, count_indexing: bool = False,
+                    timed: bool = False, dtype=np.float32) -> None:
     rng = case_rng(seed)
-    cache = rng.standard_normal((num_pages, page_size, num_kv_heads, head_dim)).astype(np.float32)
+    cache = rng.standard_normal((num_pages, page_size, num_kv_heads, head_dim)).astype(dtype)
     n_used = -(-seq_len // page_size)
     row = scattered_row(rng, seq_len, page_size, num_pages, n_used + 1)
     flat = cache.reshape(-1, num_kv_heads, head_dim)
@@ -161,9 +226,7 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     slots = token_slots(row, seq_len, page_size)
     expected = flat[slots]
     counter = [0]
-    passed = {"k_cache": _counted(cache.copy(), counter),
-              "block_table_row": _counted(row.copy(), counter)}
-    got = fn(*passed.values(), seq_len)
+    got, passed, seconds, loop_seconds = _call_gather(fn, cache, row, seq_len, counter, timed)
     changed = changed_input("gather_numpy", {"k_cache": cache, "block_table_row": row}, passed)
     if changed:
         raise changed
@@ -198,6 +261,15 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
                        f"for {seq_len} tokens in {n_used} pages: a Python loop over the tokens",
                        "compute every token's slot at once (an array of slots), then index the "
                        "reshaped cache with that array: one indexing for all the tokens.")
+    if diff is None and timed and seconds * LOOP_SHARE > loop_seconds:
+        raise Mismatch(f"right values, but {seconds * 1e3:.1f} ms for {seq_len} tokens in "
+                       f"{n_used} pages: more than 1/{LOOP_SHARE} of the "
+                       f"{loop_seconds * 1e3:.1f} ms a Python loop takes only to compute each "
+                       "token's slot, so your function does Python work per token (a loop or "
+                       "comprehension over the tokens, or a list with one entry per token)",
+                       "compute every token's slot at once with array arithmetic "
+                       "(np.arange(seq_len) // page_size, ...), then index the reshaped cache "
+                       "with that array; a loop over the pages is fine.")
     if diff is None:
         return
     hint = diagnose(got, expected, [
@@ -208,9 +280,23 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
         (f"a gather copies exactly: keep the cache's dtype ({expected.dtype}); yours, "
          f"{got.dtype}, rounded the values.",
          lambda: expected.astype(got.dtype) if got.dtype.kind in "fiu" else None),
+        (POW2_HINT.format(name="page_size", n=page_size),
+         lambda: _pow2_gather(flat, row, t, page_size)),
     ], atol=0, rtol=0) or ("slot = row[t // page_size] * page_size + t % page_size, for "
                            "t = arange(seq_len).")
     raise Mismatch(diff.message(), hint)
+
+
+def _pow2_gather(flat, row, t, page_size: int):
+    """The gather with shifts and masks, as if page_size were a power of two (None where
+    NumPy would refuse the indices)."""
+    pages = pow2_div(t, page_size)
+    if pages.size and pages.max() >= len(row):
+        return None
+    slots = (row[pages].astype(np.int64) << (page_size.bit_length() - 1)) | \
+        pow2_mod(t, page_size)
+    inside = not slots.size or (-len(flat) <= slots.min() and slots.max() < len(flat))
+    return flat[slots] if inside else None
 
 
 def gather_numpy(fn) -> CheckResult:
@@ -220,6 +306,9 @@ def gather_numpy(fn) -> CheckResult:
                             "seq_len": 14}, lambda: _gather_np_case(fn, 0, 12, 4, 2, 8, 14)),
         Case("full pages", {"pages": 8, "page_size": 8, "kv_heads": 3, "head_dim": 4,
                             "seq_len": 24}, lambda: _gather_np_case(fn, 1, 8, 8, 3, 4, 24)),
+        Case("page_size 6, not a power of two", {"pages": 10, "page_size": 6, "kv_heads": 2,
+                                                 "head_dim": 8, "seq_len": 20},
+             lambda: _gather_np_case(fn, 6, 10, 6, 2, 8, 20)),
         Case("one token", {"pages": 5, "page_size": 16, "kv_heads": 1, "head_dim": 16,
                            "seq_len": 1}, lambda: _gather_np_case(fn, 2, 5, 16, 1, 16, 1)),
         Case("no tokens", {"pages": 4, "page_size": 4, "kv_heads": 2, "head_dim": 8,
@@ -227,5 +316,11 @@ def gather_numpy(fn) -> CheckResult:
         Case("64 tokens, gathered without a loop over them",
              {"pages": 8, "page_size": 16, "kv_heads": 2, "head_dim": 4, "seq_len": 64},
              lambda: _gather_np_case(fn, 4, 8, 16, 2, 4, 64, count_indexing=True)),
+        Case(f"{TIMED_TOKENS} float16 tokens, timed against a Python loop over them",
+             {"pages": TIMED_TOKENS // TIMED_PAGE_SIZE + 4, "page_size": TIMED_PAGE_SIZE,
+              "kv_heads": 1, "head_dim": 1, "seq_len": TIMED_TOKENS},
+             lambda: _gather_np_case(fn, 5, TIMED_TOKENS // TIMED_PAGE_SIZE + 4,
+                                     TIMED_PAGE_SIZE, 1, 1, TIMED_TOKENS, timed=True,
+                                     dtype=np.float16)),
     ]
     return run_cases("gather_numpy", "gather_numpy: one sequence's keys, made contiguous", cases)

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..paging import BlockAllocator, OutOfPagesError
 from ..validate import is_int
-from .compare import call_on_copies
+from .compare import POW2_HINT, call_on_copies, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -175,6 +175,8 @@ def _count_hint(filled: list[int], seq_lens: list[int], page_size: int, taken: i
         ("L // page_size + 1 pages is one too many when L is a multiple of page_size (and for "
          "0 tokens).", [n // page_size + 1 for n in seq_lens]),
         ("one page per token? A row needs ceil(seq_len / page_size) entries.", list(seq_lens)),
+        (POW2_HINT.format(name="page_size", n=page_size),
+         [pow2_div(n + page_size - 1, page_size) for n in seq_lens]),
     ]
     need = [-(-n // page_size) for n in seq_lens]
     return next((hint for hint, counts in rules
@@ -313,6 +315,8 @@ def block_tables(fn) -> CheckResult:
              lambda: _batch_case(fn, random_lens, 8)),
         Case("page_size 1", {"seq_lens": [3, 2], "page_size": 1},
              lambda: _batch_case(fn, [3, 2], 1)),
+        Case("page_size 3, not a power of two", {"seq_lens": [7, 3, 10], "page_size": 3},
+             lambda: _batch_case(fn, [7, 3, 10], 3)),
         Case("sequences with no tokens yet", {"seq_lens": [0, 0], "page_size": 4},
              lambda: _batch_case(fn, [0, 0], 4)),
         Case("an empty batch", {"seq_lens": [], "page_size": 4},

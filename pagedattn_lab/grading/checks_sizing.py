@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ..validate import is_int
-from .compare import fmt, on_copies
+from .compare import POW2_HINT, fmt, on_copies, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -206,6 +206,10 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
     one_at_least = int(np.maximum(pages, 1).sum()) * page_size
     with np.errstate(all="ignore"):
         per_sequence = float(np.mean(1 - lens / (pages * page_size))) if allocated else None
+        # rounded up with a mask or shifts, right for a power of two page_size only
+        masked = int(((lens + page_size - 1) & -page_size).sum())
+        shifted = int(pow2_div(lens + page_size - 1, page_size).sum()) << \
+            (page_size.bit_length() - 1)
     _fraction_case(on_copies(fn, "paged_waste", "seq_lens"), (lens, page_size), expected, [
         ("round the page count up: a sequence of L tokens holds ceil(L / page_size) pages.",
          1 - used / floor_alloc if floor_alloc else None),
@@ -226,6 +230,10 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
          1 - used // allocated if allocated else None),
         ("a sequence of L tokens holds ceil(L / page_size) pages, not one.",
          1 - used / (len(lens) * page_size) if len(lens) else None),
+        (POW2_HINT.format(name="page_size", n=page_size),
+         1 - used / masked if masked > 0 else None),
+        (POW2_HINT.format(name="page_size", n=page_size),
+         1 - used / shifted if shifted > 0 else None),
     ], f"paged_waste(seq_lens, page_size={page_size})",
         empty=None if allocated else "allocated")
 
@@ -240,6 +248,9 @@ def paged_waste(fn) -> CheckResult:
              lambda: _paged_case(fn, np.array([32, 64, 16]), 16)),
         Case("64 random requests", {"seed": 0, "page_size": 64},
              lambda: _paged_case(fn, _lens(0, 64, 1, 4096), 64)),
+        Case("page_size 24, not a power of two", {"seq_lens": [100, 300, 20, 2048],
+                                                  "page_size": 24},
+             lambda: _paged_case(fn, np.array([100, 300, 20, 2048]), 24)),
         Case("short requests, big pages", {"seq_lens": [3, 5, 7], "page_size": 256},
              lambda: _paged_case(fn, np.array([3, 5, 7]), 256)),
         Case("a request with no tokens yet", {"seq_lens": [0, 40, 9], "page_size": 8},

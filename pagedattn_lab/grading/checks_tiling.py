@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..validate import is_int
+from .compare import POW2_HINT, pow2_div
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 
 
@@ -69,6 +70,9 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
          list(range(last_key // page_size)) if q_start < seq_len else None),
         ("a block whose first query is at or past seq_len has no work: return [] (it only "
          "writes zeros).", list(range(-(-min(seq_len, q_start + tile_q) // page_size)))),
+        (POW2_HINT.format(name="page_size", n=page_size),
+         list(range(pow2_div(last_key + page_size - 1, page_size)))
+         if q_start < seq_len else None),
     ]
     hint = next((h for h, v in variants if v is not None and v != expected and got_list == v),
                 "pages 0 .. ceil(min(seq_len, q_start + tile_q) / page_size) - 1.")
@@ -88,7 +92,8 @@ def tile_pages(fn) -> CheckResult:
               ("an empty sequence", 0, 0, 16, 4), ("a larger tile", 100, 64, 32, 16),
               ("pages longer than the tile", 100, 0, 16, 32),
               ("pages longer than the tile, a middle tile", 100, 32, 16, 32),
-              ("the tile's last key opens a page", 40, 20, 5, 8)]
+              ("the tile's last key opens a page", 40, 20, 5, 8),
+              ("page_size 6, not a power of two", 37, 16, 16, 6)]
     cases = [Case(name, {"seq_len": n, "q_start": s, "tile_q": t, "page_size": p},
                   lambda n=n, s=s, t=t, p=p: _tile_pages_case(fn, n, s, t, p))
              for name, n, s, t, p in params]
@@ -139,6 +144,8 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
         elif g == dim3((-(-max_len // tile_q), batch, num_heads)):
             hint = ("y is the head and z the sequence (the kernels read the head from "
                     "blockIdx.y and the sequence from blockIdx.z).")
+        elif g == (pow2_div(max_len + tile_q - 1, tile_q), num_heads, batch):
+            hint = POW2_HINT.format(name="tile_q", n=tile_q)
         elif g == dim3((batch, num_heads, -(-max_len // tile_q))):
             hint = ("this course puts the query tiles in x and the sequence in z (as the "
                     "kernels read blockIdx.x for the tile and blockIdx.z for the sequence; "
@@ -165,7 +172,7 @@ def tiled_launch(fn) -> CheckResult:
     """Check `fn(batch, num_heads, max_len, tile_q, page_size, head_dim)`:
     (grid, block, shared_mem)."""
     params = [(2, 4, 37, 16, 8, 16), (1, 8, 64, 16, 16, 64), (3, 2, 5, 32, 4, 32),
-              (1, 1, 1, 16, 16, 64), (4, 3, 128, 64, 16, 128)]
+              (1, 1, 1, 16, 16, 64), (4, 3, 128, 64, 16, 128), (2, 3, 37, 12, 6, 24)]
     cases = [Case("launch", {"batch": b, "num_heads": h, "max_len": n, "tile_q": t,
                              "page_size": p, "head_dim": d},
                   lambda b=b, h=h, n=n, t=t, p=p, d=d: _launch_case(fn, b, h, n, t, p, d))

@@ -20,6 +20,20 @@ from .report import Mismatch
 ATOL = 2e-4
 RTOL = 2e-4
 
+POW2_HINT = ("shifts and masks (<< or >> log2(n), & (n - 1)) stand for * n, // n and % n "
+             "only when n is a power of two, and {name} = {n} here is not: use *, // and % "
+             "(ceil: -(-a // n)).")
+
+
+def pow2_div(a, n):
+    """a // n as a shift by log2(n) computes it: right only for a power of two n."""
+    return a >> (int(n).bit_length() - 1)
+
+
+def pow2_mod(a, n):
+    """a % n as a mask with n - 1 computes it: right only for a power of two n."""
+    return a & (int(n) - 1)
+
 
 def fmt(x) -> str:
     """A number in 4 significant digits (nan and inf spelled out)."""
