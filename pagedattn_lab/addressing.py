@@ -161,7 +161,8 @@ def check_gather(k_cache, v_cache, block_table_row, seq_len, on_host: bool = Fal
     seq_len = check_int(seq_len, "seq_len", minimum=0, maximum=INT32_MAX)   # an int32 length
     num_pages, page_size = int(k_cache.shape[0]), int(k_cache.shape[1])
     check_block_tables(to_numpy(block_table_row)[None, :], np.array([seq_len], np.int32),
-                       num_pages=num_pages, page_size=page_size, batch=1, min_len=0)
+                       num_pages=num_pages, page_size=page_size, batch=1, min_len=0,
+                       names=("block_table_row[{j}]", "seq_len"))
     # A row that lists one page many times reads more tokens than the cache holds: outputs
     # that together outgrow the memory would get the process killed as they are written.
     row_bytes = int(np.prod(k_cache.shape[2:])) * k_cache.dtype.itemsize

@@ -9,17 +9,24 @@ take an ordinary softmax of scaled dot products.
     prefill: out[b, t, h] = softmax(q[b, t, h] . K_b[0:t+1]^T * scale) @ V_b[0:t+1]   (causal)
 
 Query head h reads KV head h // (num_heads // num_kv_heads) (GQA; MQA when there is one
-KV head). Prefill rows at or past seq_lens[b] are zero.
+KV head). Prefill rows at or past seq_lens[b] are zero. Inputs of any float dtype are read
+(float16, float32, float64, ml_dtypes' bfloat16) and computed in float64.
 """
 from __future__ import annotations
 
 import numpy as np
 
+from .attention_common import bfloat16_dtype
 from .backend import to_numpy
-from .validate import (check_array, check_attention_inputs, check_block_tables, check_kv_cache,
-                       resolve_scale)
+from .validate import (check_array, check_attention_inputs, check_block_tables, check_bool,
+                       check_kv_cache, resolve_scale)
 
-_ANY_FLOAT = [np.float16, np.float32, np.float64]
+
+def _any_float() -> list:
+    """Every float dtype the oracle reads: bfloat16 (ml_dtypes') too, the pages the decode
+    wrappers and the prefill wrapper take (a kernel's bfloat16 result would otherwise have no
+    oracle but a float32 copy of its inputs). A function: ml_dtypes loads on first use."""
+    return [np.float16, np.float32, np.float64, bfloat16_dtype()]
 
 
 def _sequence_kv(k_cache, v_cache, block_table_row, seq_len: int):
@@ -80,7 +87,7 @@ def reference_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=None) ->
     Returns float64 NumPy [batch, num_heads, head_dim].
     """
     shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, mode="decode",
-                                    q_dtypes=_ANY_FLOAT, cache_dtypes=_ANY_FLOAT)
+                                    q_dtypes=_any_float(), cache_dtypes=_any_float())
     scale = resolve_scale(scale, shapes.head_dim)
     q, k_cache, v_cache, tables, lens = _as_float64_inputs(q, k_cache, v_cache, block_tables,
                                                            seq_lens)
@@ -99,7 +106,7 @@ def reference_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None) -
     seq_lens[b] are zero.
     """
     shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, mode="prefill",
-                                    q_dtypes=_ANY_FLOAT, cache_dtypes=_ANY_FLOAT)
+                                    q_dtypes=_any_float(), cache_dtypes=_any_float())
     scale = resolve_scale(scale, shapes.head_dim)
     q, k_cache, v_cache, tables, lens = _as_float64_inputs(q, k_cache, v_cache, block_tables,
                                                            seq_lens)
@@ -122,6 +129,8 @@ def reference_prefill_packed(q, k_cache, v_cache, qo_indptr, block_tables, seq_l
     over a cached prefix, or a decode token when q_len is 1); without, it sees all of them.
     Returns float64 NumPy [total_q, num_heads, head_dim].
     """
+    # As the wrapper's plan: None or "no" would be read as a truth value (None: not causal).
+    causal = check_bool(causal, "causal")
     indptr = np.asarray(to_numpy(qo_indptr))
     if indptr.dtype.kind not in "iu":   # 1.5 would silently truncate to 1
         raise TypeError(f"qo_indptr: expected integer offsets, got dtype {indptr.dtype}")
@@ -130,11 +139,11 @@ def reference_prefill_packed(q, k_cache, v_cache, qo_indptr, block_tables, seq_l
     if indptr.ndim != 1 or batch < 0 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
         raise ValueError(f"qo_indptr: expected a non-decreasing [batch + 1] array from 0, got "
                          f"{indptr.tolist()}")
-    check_array(q, "q", ndim=3, dtypes=_ANY_FLOAT)
+    check_array(q, "q", ndim=3, dtypes=_any_float())
     if q.shape[0] != indptr[-1]:
         raise ValueError(f"q: expected [total_q = qo_indptr[-1] = {indptr[-1]}, num_heads, "
                          f"head_dim], got {tuple(q.shape)}")
-    check_kv_cache(k_cache, v_cache, dtypes=_ANY_FLOAT)
+    check_kv_cache(k_cache, v_cache, dtypes=_any_float())
     num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
     if q.shape[2] != head_dim or q.shape[1] % num_kv_heads:
         raise ValueError(f"q: expected [total_q, a multiple of {num_kv_heads} heads, "

@@ -14,7 +14,7 @@ def explain_run(plan, q, k, v, out, qshape):
     names = " or ".join(d.name for d in plan._array_dtypes)
     fmt = plan.kv_format
     for name, x in (("q", q), ("k_cache", k), ("v_cache", v), ("out", out)):
-        if type(x) is not plan._array_type:
+        if not isinstance(x, plan._array_type):
             raise TypeError(f"{name}: the plan runs on the {where} array or a torch tensor, "
                             f"got {type(x).__module__}.{type(x).__name__}")
         if fmt is not None and name in ("k_cache", "v_cache"):

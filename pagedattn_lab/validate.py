@@ -237,14 +237,17 @@ def check_kv_cache(k_cache, v_cache, *, dtypes=CACHE_DTYPES):
 
 
 def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_size: int,
-                       batch: int, min_len: int):
+                       batch: int, min_len: int,
+                       names=("block_tables[{b}, {j}]", "seq_lens[{b}]")):
     """Check the page table against the cache; return (block_tables, seq_lens) as NumPy.
 
     Only the entries a sequence actually uses (its first ceil(len / page_size)) must be
     valid page ids: the rest are padding that no kernel reads. num_pages=None (a plan made
     before any cache is at hand): ids must be >= 0; the caller checks the largest later.
-    Vectorised: one pass over the table, whatever the batch.
+    Vectorised: one pass over the table, whatever the batch. names: how errors name an entry
+    and a length (templates of sequence b, entry j): gather's ("block_table_row[{j}]", "seq_len").
     """
+    entry, length = names
     check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
     check_array(seq_lens, "seq_lens", ndim=1, dtypes=[np.int32])
     if block_tables.shape[0] != batch:
@@ -258,12 +261,12 @@ def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_si
     short = np.flatnonzero(lens < min_len)
     if short.size:
         b = int(short[0])
-        raise ValueError(f"seq_lens[{b}]: expected a length >= {min_len}, got {lens[b]}")
+        raise ValueError(f"{length.format(b=b)}: expected a length >= {min_len}, got {lens[b]}")
     over = np.flatnonzero(lens > capacity)
     if over.size:
         b = int(over[0])
-        raise ValueError(f"seq_lens[{b}]: {lens[b]} tokens do not fit in a block table row of "
-                         f"{tables.shape[1]} pages x {page_size} tokens = {capacity}")
+        raise ValueError(f"{length.format(b=b)}: {lens[b]} tokens do not fit in a block table "
+                         f"row of {tables.shape[1]} pages x {page_size} tokens = {capacity}")
     pages = -(-lens.astype(np.int64) // page_size)
     used = np.arange(tables.shape[1])[None, :] < pages[:, None]
     out_of_range = tables < 0 if num_pages is None else (tables < 0) | (tables >= num_pages)
@@ -271,8 +274,8 @@ def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_si
     if bad.any():
         b, j = (int(i) for i in np.argwhere(bad)[0])
         cache = "(ids must be >= 0)" if num_pages is None else f"for a cache of {num_pages} pages"
-        raise ValueError(f"block_tables[{b}, {j}]: page id {int(tables[b, j])} is out of range "
-                         f"{cache} (sequence {b} has {lens[b]} tokens, so its first "
+        raise ValueError(f"{entry.format(b=b, j=j)}: page id {int(tables[b, j])} is out of "
+                         f"range {cache} (sequence {b} has {lens[b]} tokens, so its first "
                          f"{int(pages[b])} entries are read)")
     return tables, lens
 

@@ -350,8 +350,8 @@ class BatchDecodeWrapper(DecodeRun):
 
     def _check_run(self, q, k, v, out):
         qshape = (self.batch, self.num_heads, self.head_dim)
-        if (type(q) is self._array_type and type(k) is self._array_type
-                and type(v) is self._array_type and type(out) is self._array_type
+        t = self._array_type   # subclasses too (np.memmap): an ndarray's memory all the same
+        if (isinstance(q, t) and isinstance(k, t) and isinstance(v, t) and isinstance(out, t)
                 and q.shape == qshape and out.shape == qshape and k.ndim == 4
                 and k.shape[1:] == (self.page_size, self.num_kv_heads, self.head_dim)
                 and v.shape == k.shape and k.shape[0] > self.max_page

@@ -132,7 +132,7 @@ BAD_DECODE = [
     ("q is 4-D", lambda a: a.update(q=a["q"][:, None]), "q: expected a decode query of shape"),
     ("heads not a multiple", lambda a: a.update(q=a["q"][:, :3].copy()), "not a multiple of"),
     ("k_cache int32", lambda a: a.update(k_cache=a["k_cache"].astype(np.int32)),
-     "k_cache: expected dtype float16 or float32 or float64, got int32"),
+     "k_cache: expected dtype float16 or float32 or float64 or bfloat16, got int32"),
     ("v_cache other shape", lambda a: a.update(v_cache=a["v_cache"][:-1].copy()),
      "v_cache: expected the shape of k_cache"),
     ("table int64", lambda a: a.update(block_tables=a["block_tables"].astype(np.int64)),
