@@ -20,7 +20,8 @@ from .attention_common import (bfloat16_dtype, check_grid, from_torch, is_torch_
                                prepare_out, to_torch_like)
 from .backend import cupy_module, is_cupy_array, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
-from .validate import check_array, check_attention_inputs, check_int, check_out, resolve_scale
+from .validate import check_array, check_attention_inputs, check_int, resolve_scale
+from .validate_out import check_out
 from .wrappers import BatchDecodeWrapper
 
 __all__ = ["paged_attention_decode", "choose_partitions"]

@@ -22,7 +22,8 @@ from .attention_common import (
 )
 from .backend import array_module
 from .kernels import kernel as load_kernel
-from .validate import check_attention_inputs, check_out, is_one_of, resolve_scale
+from .validate import check_attention_inputs, is_one_of, resolve_scale
+from .validate_out import check_out
 
 KERNELS = ("naive", "tiled")
 NAIVE_MAX_HEAD_DIM = 128        # the naive kernel's per-thread accumulator array

@@ -19,8 +19,9 @@ import numpy as np
 from .attention_common import bfloat16_dtype, from_torch
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel
-from .validate import (CACHE_DTYPES, INT32_MAX, check_array, check_block_tables, check_disjoint,
-                       check_int, check_kv_cache, check_memory, check_writeable)
+from .validate import (CACHE_DTYPES, INT32_MAX, check_array, check_block_tables, check_int,
+                       check_kv_cache, check_memory)
+from .validate_out import check_disjoint, check_writeable
 
 THREADS_PER_BLOCK = 128
 SLOT_MAPPING_PEAK = 7   # int64 arrays of the new tokens' count slot_mapping holds at once

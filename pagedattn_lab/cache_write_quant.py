@@ -16,7 +16,8 @@ from .backend import array_module, is_cupy_array, to_numpy
 from .cache_write import _check_slots
 from .kernels import kernel
 from .quant import check_scale, kv_format, scale_shape
-from .validate import check_array, check_disjoint, check_kv_cache, check_writeable
+from .validate import check_array, check_kv_cache
+from .validate_out import check_disjoint, check_writeable
 
 _SRC_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float16): "__half"}
 

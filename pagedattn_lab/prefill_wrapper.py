@@ -43,8 +43,9 @@ from .attention_common import (LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM, aligned16,
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
-from .validate import (check_array, check_block_tables, check_bool, check_int, check_out,
-                       check_plan_sizes, resolve_scale)
+from .validate import (check_array, check_block_tables, check_bool, check_int, check_plan_sizes,
+                       resolve_scale)
+from .validate_out import check_out
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64        # keys per K/V tile of the default variants

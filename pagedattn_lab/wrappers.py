@@ -45,8 +45,8 @@ from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
-from .validate import (check_array, check_block_tables, check_disjoint, check_int, check_out,
-                       check_plan_sizes, resolve_scale)
+from .validate import check_array, check_block_tables, check_int, check_plan_sizes, resolve_scale
+from .validate_out import check_disjoint, check_out
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]   # the CSR forms: csr.py
 

@@ -229,3 +229,14 @@ def test_gather_errors_name_gathers_own_arguments():
         with pytest.raises(ValueError, match=r"^seq_len: 20 tokens do not fit in a block "
                                              r"table row of 4 pages x 4 tokens = 16"):
             gather(k, v, tables[0], 20)
+
+
+def test_one_array_for_both_caches_is_refused_without_saying_the_kernel_only_reads_one():
+    """write_kv writes K and V: with k_cache is v_cache the message said the kernel "reads
+    k_cache while it writes v_cache"."""
+    cache = np.zeros((2, 4, 1, 8), np.float32)
+    rows = np.ones((1, 1, 8), np.float32)
+    with pytest.raises(ValueError, match=r"^v_cache: shares memory with k_cache \(the kernel "
+                                         r"uses k_cache while it writes v_cache"):
+        pl.write_kv(rows, rows.copy(), cache, cache, np.array([0], np.int64))
+    assert not cache.any()
