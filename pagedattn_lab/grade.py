@@ -106,11 +106,12 @@ def _build_seed_cache(run: Run) -> None:
         run.seed_ready.set()
 
 
-def _start_judge(fd: int, private: Path, salt: int) -> subprocess.Popen:
+def _start_judge(fd: int, kernel_fd: int, private: Path, salt: int) -> subprocess.Popen:
     with open(private / "judge.log", "wb") as log:
-        judge = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.judge", str(fd)],
+        judge = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.judge", str(fd),
+                                  str(kernel_fd)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                 pass_fds=[fd], start_new_session=True)
+                                 pass_fds=[fd, kernel_fd], start_new_session=True)
     settings = {"salt": salt, "tasks": graded_tasks(), "call_timeout": CASE_TIME_LIMIT + 30}
     judge.stdin.write((json.dumps(settings) + "\n").encode())
     judge.stdin.flush()   # kept open: closing it tells the judge its sandbox is gone
@@ -135,25 +136,40 @@ def _judge_report(judge: subprocess.Popen, private: Path) -> tuple[dict | None, 
 def grade_notebook(path: Path, name: str, run: Run) -> list[Row]:
     """Run one notebook in its sandbox with its judge; its rows for the table."""
     private = Path(tempfile.mkdtemp(prefix="nb-", dir=run.workdir))
+    kernels_private = Path(tempfile.mkdtemp(prefix="kernels-", dir=run.workdir))
+    ends = [*socket.socketpair(), *socket.socketpair()]
+    kernel_box = None
     try:
         notebook = private / "submission.ipynb"
         shutil.copyfile(path, notebook)
         run.seed_ready.wait()
-        judge_end, box_end = socket.socketpair()
-        try:
-            judge = _start_judge(judge_end.fileno(), private, secrets.randbits(63))
-            box = isolation.start(run.level, private=private, notebook=notebook,
-                                  name=Path(name).name, channel_fd=box_end.fileno(),
-                                  timeout=run.timeout, limits=run.limits,
-                                  compiler=run.compiler, seed_cache=run.seed_cache)
-        finally:
-            judge_end.close()
-            box_end.close()
+        judge_end, box_end, judge_kernel_end, kernel_end = ends
+        judge = _start_judge(judge_end.fileno(), judge_kernel_end.fileno(), private,
+                             secrets.randbits(63))
+        box_settings = dict(notebook=notebook, name=Path(name).name, timeout=run.timeout,
+                            limits=run.limits, compiler=run.compiler, seed_cache=run.seed_cache)
+        # The learner's CUDA C runs in a sandbox of its own (grading/kernel_host.py), which
+        # the submission's code cannot reach: its outputs and counts are the kernel's.
+        kernel_box = isolation.start(run.level, private=kernels_private,
+                                     channel_fd=kernel_end.fileno(), argv=[
+                                         sys.executable, "-m", "pagedattn_lab.grading.kernel_host",
+                                         "--channel-fd", str(kernel_end.fileno())],
+                                     audit=True, **box_settings)
+        box = isolation.start(run.level, private=private, channel_fd=box_end.fileno(),
+                              **box_settings)
+        for end in ends:
+            end.close()
         outcome = box.wait(run.timeout)   # returns once every process of the sandbox is gone
         report, judge_error = _judge_report(judge, private)
         return rows(name, expected_tasks(path), outcome, report, run.timeout, judge_error)
     finally:
+        for end in ends:
+            end.close()
+        if kernel_box is not None:   # it ends when the judge closes its channel; else now
+            kernel_box.kill()
+            kernel_box.wait(JUDGE_GRACE)
         shutil.rmtree(private, ignore_errors=True)
+        shutil.rmtree(kernels_private, ignore_errors=True)
 
 
 def _warn(level: isolation.Level) -> None:

@@ -25,8 +25,8 @@ import pytest
 
 from pagedattn_lab import check, lessons
 from pagedattn_lab.cpu import compiler
-from pagedattn_lab.grading import (cases, proxies, remote, remote_errors, runner, sandbox, seeds,
-                                   table, wire)
+from pagedattn_lab.grading import (cases, kernel_host, proxies, remote, remote_errors, runner,
+                                   sandbox, seeds, table, wire)
 from pagedattn_lab.grading.channel import Channel
 from pagedattn_lab.grading.judge import Judge
 from tests.check_helpers import mutate, solution_source
@@ -38,10 +38,16 @@ REPO = Path(__file__).resolve().parents[1]
 def remotely(task, *args, salt=None, learner=None, **kwargs) -> dict:
     """The judge's record of `check.<task>(*args, **kwargs)` called in a learner thread."""
     judge_end, learner_end = socket.socketpair()
+    judge_kernel_end, kernel_end = socket.socketpair()
     peer = remote.Peer(Channel(judge_end), strict=True, call_timeout=60)
-    judge = Judge(peer, salt=salt, tasks=[task])
-    learner_peer = remote.Peer(Channel(learner_end), strict=False,
-                               services={"kernel": runner._kernel})
+    judge = Judge(peer, salt=salt, tasks=[task],
+                  kernels=remote.Peer(Channel(judge_kernel_end), strict=True, call_timeout=60))
+    learner_peer = remote.Peer(Channel(learner_end), strict=False)
+    # the kernel host, as grade.py starts it beside the sandbox (no time limit: a thread)
+    kernels = remote.Peer(Channel(kernel_end), strict=False,
+                          services={"kernel": kernel_host._kernel})
+    host = threading.Thread(target=kernel_host.serve, args=(kernels,), daemon=True)
+    host.start()
     failures = []
 
     def run():
@@ -59,6 +65,8 @@ def remotely(task, *args, salt=None, learner=None, **kwargs) -> dict:
     thread.start()
     judge.serve()
     thread.join(60)
+    judge.kernels.channel.close()
+    host.join(60)
     report = judge.report()
     report["learner_errors"] = failures
     return report
@@ -153,7 +161,7 @@ def test_solutions_pass_with_a_salt_and_untouched_stubs_are_not_attempted(number
 
 @pytest.mark.parametrize("mistake", [m for i, m in enumerate(KERNEL_MISTAKES) if i in (0, 5)],
                          ids=lambda m: f"{m[0]}-{m[3]}")
-def test_kernels_are_built_and_launched_by_the_learner_side(mistake):
+def test_kernels_are_built_and_launched_by_the_kernel_host(mistake):
     task, notebook, variable, _name, edits = mistake[:5]
     source = mutate(solution_source(notebook, variable), edits)
     here = in_notebook(task, source, device="cpu")

@@ -40,6 +40,7 @@ WRAPPED = ("fork", "vfork", "execv", "execve", "execvp", "execvpe", "fexecve", "
            "quick_exit", "abort", "kill", "killpg", "raise", "sigqueue", "setsid", "setpgid",
            "execl", "execlp", "execle", "clone", "ptrace", "syscall")
 WRAP = sys.platform.startswith("linux")
+WRAP_FLAG = "-Wl," + ",".join(f"--wrap={name}" for name in WRAPPED)   # the link's, on Linux
 SHIM_HEADERS = ("shim.h", "shim_types.h", "shim_half.h", "shim_device.h", "shim_bf16.h",
                 "shim_mma.h", "shim_mma_ptx.h", "shim_fp8.h", "shim_async.h")
 # Instrumented builds (access counts, race check): the compiler calls a hook before every
@@ -333,7 +334,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
         elif sys.platform.startswith("linux"):
             libs = ["-ldl"]   # dladdr, for glibc before 2.34
         if WRAP:
-            shared.append("-Wl," + ",".join(f"--wrap={name}" for name in WRAPPED))
+            shared.append(WRAP_FLAG)
         if instrumented:
             # Compile and link apart: linked with -fsanitize=thread, the driver would add
             # libtsan, which cannot be loaded into a running Python; our hooks replace it.

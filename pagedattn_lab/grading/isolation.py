@@ -193,8 +193,11 @@ class Sandbox:
 
 def start(level: Level, *, private: Path, notebook: Path, name: str, channel_fd: int,
           timeout: float, limits: Limits, compiler: list[str] | None, seed_cache: str | None,
-          argv: list[str] | None = None) -> Sandbox:
-    """Start the runner for `notebook` (a copy in `private`) in a sandbox of `level`."""
+          argv: list[str] | None = None, audit: bool | None = None) -> Sandbox:
+    """Start the runner for `notebook` (a copy in `private`) in a sandbox of `level`.
+
+    argv: another program in its place (the kernel host, a probe); audit (level none): pass
+    it the runner's --audit/--limits/--compiler options, by default only for the runner."""
     box = "/box" if level.isolated else str(private / "box")
     runner = argv or [sys.executable, "-m", "pagedattn_lab.grading.runner", f"{box}/{name}",
                       "--channel-fd", str(channel_fd)]
@@ -204,7 +207,7 @@ def start(level: Level, *, private: Path, notebook: Path, name: str, channel_fd:
                "FSIZE": limits.file_mb << 20, "CPU": int(timeout) + 5, "CORE": 0}
     if not level.isolated:
         return _start_unisolated(private, notebook, name, runner, env, rlimits, compiler,
-                                 seed_cache, channel_fd, argv is None)
+                                 seed_cache, channel_fd, argv is None if audit is None else audit)
     settings = {"root": str(private / "root"), "binds": level.binds,
                 "symlinks": level.symlinks, "devices": devices(),
                 "box_mb": limits.box_mb, "tmp_mb": limits.tmp_mb,

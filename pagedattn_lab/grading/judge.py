@@ -1,6 +1,7 @@
 """The grader's judge: the checks of one submission, run in the grader's own process.
 
-    python -m pagedattn_lab.grading.judge CHANNEL_FD    (one JSON line of settings on stdin)
+    python -m pagedattn_lab.grading.judge CHANNEL_FD KERNEL_FD
+                                        (one JSON line of settings on stdin)
 
 `pagedattn_lab.grade` starts one judge per submission and gives it one end of a socket
 pair; the submission's sandbox holds the other end (runner.py). When the notebook calls
@@ -8,8 +9,10 @@ pair; the submission's sandbox holds the other end (runner.py). When the noteboo
 objects (as handles). The judge runs that task's check from its own copy of the package,
 with every case seed salted by a number only it knows (seeds.py); each use of the learner's
 objects is a request to the sandbox, which runs the learner's code there and answers with
-plain data (remote.py). CUDA C is compiled and launched in the sandbox too
-(kernel_runner.kernels_elsewhere). The verdict never leaves the judge.
+plain data (remote.py). CUDA C is compiled and launched in a second sandbox, the kernel
+host's (kernel_host.py, on KERNEL_FD; kernel_runner.kernels_elsewhere), where no code of the
+learner's runs: the runner's process could fake a launch's outputs or its access counts.
+The verdict never leaves the judge.
 
 The judge answers until the channel closes, or until its stdin closes (the grader saying
 the sandbox is gone), then prints one JSON object on stdout:
@@ -40,9 +43,12 @@ MAX_SUMMARY = 2000
 
 
 class Judge:
-    def __init__(self, peer: remote.Peer, *, salt: int | None, tasks):
-        """salt None: the notebook's own seeds (for tests comparing with the notebook)."""
-        self.peer, self.salt, self.allowed = peer, salt, set(tasks)
+    def __init__(self, peer: remote.Peer, *, salt: int | None, tasks,
+                 kernels: remote.Peer | None = None):
+        """peer: the learner's sandbox; kernels: the kernel host's (kernel_host.py; None: no
+        kernel task can be checked). salt None: the notebook's own seeds (for tests comparing
+        with the notebook)."""
+        self.peer, self.kernels, self.salt, self.allowed = peer, kernels, salt, set(tasks)
         self.results: dict[str, dict] = {}
         self.calls: Counter = Counter()
         self.running: str | None = None
@@ -98,10 +104,16 @@ class Judge:
         finally:
             self.running = None
             peer.clear_handles()
+            if self.kernels is not None:
+                self.kernels.clear_handles()
         return {"task": task, "recorded": True}
 
     def kernel(self, source, name, device):
-        return self.peer.request("kernel", source=source, name=name, device=device)
+        """A handle to the learner's kernel, built by the kernel host (the source is text
+        the learner's side sent: the same source, whatever that side does after)."""
+        if self.kernels is None:
+            raise RuntimeError("the grader started no kernel host: CUDA C cannot be checked")
+        return self.kernels.request("kernel", source=source, name=name, device=device)
 
     def record(self, task: str, status: str, summary: str, cases: int) -> None:
         self.results[task] = {"status": str(status), "summary": str(summary)[:MAX_SUMMARY],
@@ -151,13 +163,15 @@ def _read_line(fd: int) -> bytes:
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     settings = json.loads(_read_line(0) or b"{}")
-    sock = socket.socket(fileno=int(argv[0]))
-    channel = Channel(sock, abort_fd=0)   # stdin closed: the sandbox is gone
-    peer = remote.Peer(channel, strict=True, call_timeout=float(settings.get("call_timeout",
-                                                                             60)))
-    judge = Judge(peer, salt=int(settings["salt"]), tasks=settings.get("tasks", []))
+    call_timeout = float(settings.get("call_timeout", 60))
+    channel = Channel(socket.socket(fileno=int(argv[0])), abort_fd=0)   # stdin closed: the
+    kernels = Channel(socket.socket(fileno=int(argv[1])), abort_fd=0)   # sandbox is gone
+    judge = Judge(remote.Peer(channel, strict=True, call_timeout=call_timeout),
+                  kernels=remote.Peer(kernels, strict=True, call_timeout=call_timeout),
+                  salt=int(settings["salt"]), tasks=settings.get("tasks", []))
     judge.serve()
     channel.close()
+    kernels.close()   # the kernel host ends
     sys.stdout.write(json.dumps(judge.report()) + "\n")
     sys.stdout.flush()
     return 0

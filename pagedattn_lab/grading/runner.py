@@ -10,7 +10,8 @@ judge has run the check; the notebook gets a placeholder, never the verdict. A c
 raises is reported to the judge (for the table's notes) and the next cell runs.
 
 Nothing here is trusted: the submission can patch any of it. What the judge believes is
-only what it computes itself from the learner's answers to its own requests.
+only what it computes itself from the learner's answers to its own requests. The learner's
+CUDA C is built and launched elsewhere, by kernel_host.py in a sandbox of its own.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import json
 import socket
 import sys
 
-from . import remote, wire
+from . import remote
 from .channel import Channel
 from .report import CASE_TIME_LIMIT, CheckResult, time_limit
 
@@ -35,17 +36,10 @@ def graded_tasks() -> list[str]:
     return sorted({task for lesson in LESSONS for task in lesson.tasks})
 
 
-def _kernel(peer, header, blobs):
-    """The judge's "kernel" request: build the learner's CUDA C here, return a handle."""
-    from .kernel_runner import Kernel  # noqa: PLC0415 - CuPy / executor on demand
-    fields = wire.decode(header.get("fields"), blobs, peer._deref())
-    return Kernel(str(fields["source"]), str(fields["name"]), str(fields.get("device", "auto")))
-
-
 def learner_peer(fd: int) -> remote.Peer:
     """The submission's end of the channel to the judge, on file descriptor `fd`."""
     peer = remote.Peer(Channel(socket.socket(fileno=fd)), strict=False,
-                       idle_timeout=GRADER_SILENCE, services={"kernel": _kernel})
+                       idle_timeout=GRADER_SILENCE)
     # the learner's code on one request stops when the judge's case time limit does
     peer.guard = lambda limit: time_limit(min(limit or CASE_TIME_LIMIT, CASE_TIME_LIMIT))
     return peer

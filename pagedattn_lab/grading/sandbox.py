@@ -24,6 +24,8 @@ from __future__ import annotations
 import os
 import sys
 
+from ..cpu.compiler import BASE_FLAGS, INSTRUMENT_FLAGS, OPTIONAL_FLAGS, WRAP_FLAG
+
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 PATH_EVENTS = {  # event -> indices of the path arguments to check
     "os.remove": (0,), "os.rmdir": (0,), "os.rename": (0, 1), "os.truncate": (0,),
@@ -35,11 +37,11 @@ PATH_EVENTS = {  # event -> indices of the path arguments to check
 SHELL_EVENTS = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.startfile",
                 "pty.spawn", "os.fork", "os.forkpty"}
 KILL_EVENTS = {"os.kill", "os.killpg", "signal.pthread_kill", "signal.pidfd_send_signal"}
-# what the CPU executor passes to the compiler besides -D/-U/-std= options and paths
-COMPILER_FLAGS = {"-O2", "-fPIC", "-fno-strict-aliasing", "-fno-threadsafe-statics",
-                  "-fno-exceptions", "-fno-math-errno", "-fvisibility=hidden", "-w",
-                  "-fdiagnostics-color=never", "-fno-diagnostics-show-caret",
-                  "-fstack-clash-protection", "-Werror", "-c", "-o", "-I", "-shared",
+# what the CPU executor passes to the compiler besides -D/-U/-std= options and paths: its
+# own lists (cpu/compiler.py), so a flag it adds is allowed here too (its link's --wrap list
+# was refused, and no kernel could be built at level none)
+COMPILER_FLAGS = {*BASE_FLAGS, *OPTIONAL_FLAGS, *INSTRUMENT_FLAGS, WRAP_FLAG, "-Werror", "-c",
+                  "-o", "-I", "-shared", "-ldl", "-Wl,-z,defs", "-undefined", "dynamic_lookup",
                   "--version", "-DPAL_FIBER_UCONTEXT"}
 
 _installed: dict = {}

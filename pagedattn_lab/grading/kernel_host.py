@@ -1,0 +1,69 @@
+"""Build and launch a submission's CUDA C for the grader's judge, away from the learner's code.
+
+    python -m pagedattn_lab.grading.kernel_host --channel-fd N [--audit DIR] [--limits JSON]
+
+`pagedattn_lab.grade` starts this beside each submission's runner, in a sandbox of its own
+(the same isolation, its own private folder and compiled-kernel cache), and gives the judge
+the other end of its channel. The judge's "kernel" requests come here: the learner's CUDA C
+is compiled and launched, and the outputs and access counts go back, with no Python of the
+learner's in this process. In the runner's process a notebook could patch the kernel runner
+to return the reference's outputs, or its counts, and pass a kernel task without CUDA C.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import sys
+
+from . import remote, wire
+from .channel import Channel
+from .report import CASE_TIME_LIMIT, time_limit
+from .runner import set_limits
+
+
+def _kernel(peer, header, blobs):
+    """The judge's "kernel" request: build the learner's CUDA C here, return a handle."""
+    from .kernel_runner import Kernel  # noqa: PLC0415 - CuPy / executor on demand
+    fields = wire.decode(header.get("fields"), blobs, peer._deref())
+    return Kernel(str(fields["source"]), str(fields["name"]), str(fields.get("device", "auto")))
+
+
+def kernel_peer(channel: Channel) -> remote.Peer:
+    """This end of the judge's kernel channel: answers "kernel" and the handles' calls."""
+    # No idle limit: the judge may ask nothing for as long as the notebook runs; the grader
+    # ends this sandbox when it has the judge's report (and the sandbox's deadline ends it).
+    peer = remote.Peer(channel, strict=False, services={"kernel": _kernel})
+    # one launch stops when the judge's case time limit does, as the learner's code does
+    peer.guard = lambda limit: time_limit(min(limit or CASE_TIME_LIMIT, CASE_TIME_LIMIT))
+    return peer
+
+
+def serve(peer: remote.Peer) -> None:
+    """Answer the judge until it closes the channel."""
+    try:
+        peer.listen()
+    except wire.ChannelClosed:
+        pass
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("notebook", nargs="?", help="ignored: the sandbox copies it for the runner")
+    parser.add_argument("--channel-fd", type=int, required=True)
+    parser.add_argument("--audit", default=None,
+                        help="install the audit-hook guard for this folder (no isolation)")
+    parser.add_argument("--compiler", default=None, help="the only compiler --audit allows")
+    parser.add_argument("--limits", default=None, help="JSON {AS, NOFILE, ...}: set_limits()")
+    args = parser.parse_args(argv)
+    if args.limits:
+        set_limits(json.loads(args.limits))
+    if args.audit:
+        from .sandbox import install  # noqa: PLC0415
+        install(args.audit, compiler=json.loads(args.compiler) if args.compiler else None)
+    serve(kernel_peer(Channel(socket.socket(fileno=args.channel_fd))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
