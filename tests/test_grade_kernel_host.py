@@ -8,12 +8,18 @@ whatever isolation this machine allows: the patch is plain Python in the learner
 so it needs no privilege, and it must reach nothing either way.
 """
 import csv
+import socket
 import subprocess
 import sys
+import threading
 
 import nbformat
 import pytest
 
+from pagedattn_lab.grading import kernel_host, remote, runner, wire
+from pagedattn_lab.grading.channel import Channel
+from pagedattn_lab.grading.judge import Judge
+from tests.check_helpers import solution_source
 from tests.test_grade import _first, _load
 
 FAKE_KERNEL_RUNNER = """
@@ -55,3 +61,42 @@ def test_a_kernel_runner_patched_in_the_notebook_fakes_no_launch(tmp_path, level
     assert table[("honest/02_page_access.ipynb", "gather_kernel")]["result"] == "pass", table
     faked = table[("mallory/02_page_access.ipynb", "gather_kernel")]
     assert faked["result"] == "not attempted", faked
+
+
+def test_a_kernel_host_that_dies_fails_its_task_and_the_other_checks_go_on():
+    """A kernel that brought its process down (the CPU executor's sandbox makes that rare)
+    closes the kernel host's channel: that task fails, saying so, and a check that needs no
+    kernel still gets its verdict; the judge does not take it for the submission's end."""
+    judge_end, learner_end = socket.socketpair()
+    judge_kernel_end, kernel_end = socket.socketpair()
+    judge = Judge(remote.Peer(Channel(judge_end), strict=True, call_timeout=60), salt=None,
+                  tasks=["gather_kernel", "pages_needed"],
+                  kernels=remote.Peer(Channel(judge_kernel_end), strict=True, call_timeout=60))
+
+    def crash(peer, header, blobs):
+        peer.channel.close()
+        raise wire.ChannelClosed("the kernel host is gone")
+
+    host_peer = remote.Peer(Channel(kernel_end), strict=False, services={"kernel": crash})
+    host = threading.Thread(target=kernel_host.serve, args=(host_peer,), daemon=True)
+    learner = remote.Peer(Channel(learner_end), strict=False)
+    source = solution_source("02_page_access.ipynb", "SOURCE_GATHER")
+
+    def notebook():
+        try:
+            runner.forwarder(learner, "gather_kernel")(source, device="cpu")
+            runner.forwarder(learner, "pages_needed")(lambda num_tokens, page_size:
+                                                      -(-num_tokens // page_size))
+        finally:
+            learner.channel.close()
+
+    host.start()
+    thread = threading.Thread(target=notebook, daemon=True)
+    thread.start()
+    judge.serve(idle_timeout=60)
+    thread.join(60)
+    tasks = judge.report()["tasks"]
+    assert tasks["gather_kernel"]["status"] == "failed"
+    assert "kernel host ended" in tasks["gather_kernel"]["summary"], tasks
+    assert tasks["pages_needed"]["status"] == "passed", tasks
+    assert judge.report()["running"] is None

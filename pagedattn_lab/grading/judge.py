@@ -96,8 +96,12 @@ class Judge:
                         f"stopping it", 0)
             raise
         except wire.ChannelClosed:
-            self.interrupted = task   # the sandbox ended (time limit, crash) during the check
-            raise
+            if not self._kernel_host_gone():
+                self.interrupted = task   # the sandbox ended (time limit, crash) in the check
+                raise
+            self.record(task, FAILED, "the grader's kernel host ended during the check (a "
+                        "kernel of this submission crashed the process that ran it): no "
+                        "kernel of this submission can be checked any more", 0)
         except wire.ProtocolError as exc:
             self.record(task, FAILED, f"the submission broke the grader's protocol: {exc}", 0)
             raise
@@ -107,6 +111,12 @@ class Judge:
             if self.kernels is not None:
                 self.kernels.clear_handles()
         return {"task": task, "recorded": True}
+
+    def _kernel_host_gone(self) -> bool:
+        """The kernel host's channel closed while the sandbox's is open: that task fails, and
+        the checks that need no kernel go on."""
+        return self.kernels is not None and self.kernels.channel.closed and \
+            not self.peer.channel.closed
 
     def kernel(self, source, name, device):
         """A handle to the learner's kernel, built by the kernel host (the source is text
