@@ -19,18 +19,24 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .attention_common import cache_dtypes, from_torch, is_torch_tensor
 from .backend import is_cupy_array, to_numpy
 from .validate import (INT32_MAX, MAX_PAGES, check_array, check_block_tables, check_int,
                        check_kv_cache, check_memory)
 
 
 def virtual_page(token: int, page_size: int) -> int:
-    """Which of the sequence's pages holds `token` (an index into its block table row)."""
+    """Which of the sequence's pages holds `token` (an index into its block table row).
+    token: an int >= 0, page_size an int >= 1 (a negative token would name page -1, the row's
+    last entry when used as an index)."""
+    token, page_size = _position(token, page_size)
     return token // page_size
 
 
 def page_offset(token: int, page_size: int) -> int:
-    """Where inside its page `token` sits (0 .. page_size-1)."""
+    """Where inside its page `token` sits (0 .. page_size-1); the arguments as for
+    `virtual_page`."""
+    token, page_size = _position(token, page_size)
     return token % page_size
 
 
@@ -142,9 +148,13 @@ def _not_a_page(entry: int) -> str:
 def gather_kv_reference(k_cache, v_cache, block_table_row, seq_len: int):
     """NumPy twin of the `gather_kv` kernel: one sequence's K and V made contiguous.
 
-    Returns (k, v), each [seq_len, num_kv_heads, head_dim] NumPy arrays in the cache's dtype.
+    Returns (k, v), each [seq_len, num_kv_heads, head_dim] NumPy arrays in the cache's dtype
+    (the caches `gather_kv` takes; bfloat16 held as uint16 bits, a CuPy array's or a torch
+    tensor's, comes back as those bits).
     """
-    seq_len = check_gather(k_cache, v_cache, block_table_row, seq_len, on_host=True)
+    k_cache, v_cache, block_table_row, like = gather_inputs(k_cache, v_cache, block_table_row)
+    seq_len = check_gather(k_cache, v_cache, block_table_row, seq_len, on_host=True,
+                           from_tensor=like is not None)
     num_pages, page_size = int(k_cache.shape[0]), int(k_cache.shape[1])
     slots = token_slots(block_table_row, seq_len, page_size)
     flat_shape = (num_pages * page_size,) + tuple(k_cache.shape[2:])
@@ -153,10 +163,23 @@ def gather_kv_reference(k_cache, v_cache, block_table_row, seq_len: int):
     return k, v
 
 
-def check_gather(k_cache, v_cache, block_table_row, seq_len, on_host: bool = False) -> int:
+def gather_inputs(k_cache, v_cache, block_table_row):
+    """(k_cache, v_cache, block_table_row, like) with torch tensors as the arrays they share
+    memory with (a torch.bfloat16 one as uint16 bits); like: k_cache if it was a tensor."""
+    like = k_cache if is_torch_tensor(k_cache) else None
+    return tuple(from_torch(x, n) for x, n in ((k_cache, "k_cache"), (v_cache, "v_cache"),
+                                               (block_table_row, "block_table_row"))) + (like,)
+
+
+def check_gather(k_cache, v_cache, block_table_row, seq_len, on_host: bool = False,
+                 from_tensor: bool = False) -> int:
     """The checks of a gather (`gather_kv`, `gather_kv_reference`: on_host, its outputs are
-    NumPy's whatever the cache); returns seq_len as an int."""
-    check_kv_cache(k_cache, v_cache)
+    NumPy's whatever the cache) of arrays from `gather_inputs` (from_tensor: they were torch
+    tensors); returns seq_len as an int. It takes the caches decode reads: the gather copies
+    16- or 32-bit words whatever they mean, so bfloat16 too (ml_dtypes' on the CPU, uint16
+    bits on CuPy or from a torch tensor: `attention_common.cache_dtypes`)."""
+    check_kv_cache(k_cache, v_cache,
+                   dtypes=cache_dtypes(is_cupy_array(k_cache) or from_tensor))
     check_array(block_table_row, "block_table_row", ndim=1, dtypes=[np.int32])
     seq_len = check_int(seq_len, "seq_len", minimum=0, maximum=INT32_MAX)   # an int32 length
     num_pages, page_size = int(k_cache.shape[0]), int(k_cache.shape[1])

@@ -103,6 +103,12 @@ def _gpu_resident_blocks(kern, threads: int, nbytes: int, device: int) -> int:
 
 DTYPE_NAMES = ("float32", "float16", "bfloat16")
 KV_C_TYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
+# The spellings of an element type, one rule for every function that takes a `dtype`
+# (PagedKVCache, PagedAttentionManager, both wrappers' plan, LlamaModel, which allow a subset):
+# the names above, torch's aliases "float" and "half" (NumPy would read "float" as float64),
+# and a NumPy, ml_dtypes or torch dtype (or a spelling NumPy reads, such as "f2"). Not "bf16"
+# or "fp16": torch, NumPy and FlashInfer's plan() (getattr(torch, name)) read neither.
+TORCH_ALIASES = {"float": "float32", "half": "float16"}
 
 
 def bfloat16_dtype():
@@ -111,42 +117,64 @@ def bfloat16_dtype():
     return np.dtype(ml_dtypes.bfloat16)
 
 
-def dtype_name(dtype) -> str:
-    """'float32', 'float16' or 'bfloat16' from a name, a NumPy/ml_dtypes/CuPy dtype or a
-    torch dtype; ValueError for anything else."""
+class DtypeError(TypeError, ValueError):
+    """A `dtype` argument that names no element type the call takes. Both: a TypeError, as
+    NumPy's np.dtype("x") raises and the cache and the prefill plan raised, and a ValueError,
+    as the decode plan raised, so code written against either still catches it."""
+
+
+def _known_name(dtype) -> str | None:
+    """One of DTYPE_NAMES for a spelling of it (see TORCH_ALIASES), else None."""
     name = str(dtype).replace("torch.", "")
-    if name in ("float", "half"):
-        name = {"float": "float32", "half": "float16"}[name]
-    if name not in DTYPE_NAMES:
+    name = TORCH_ALIASES.get(name, name)
+    if name not in DTYPE_NAMES and dtype is not None:   # NumPy reads None as float64
         try:
             name = np.dtype(dtype).name
-        except TypeError:
+        except (TypeError, ValueError):
             pass
-    if name not in DTYPE_NAMES:
-        raise ValueError(f"dtype: expected one of {', '.join(DTYPE_NAMES)}, got {dtype!r}")
-    return name
+    return name if name in DTYPE_NAMES else None
 
 
-def element_dtype(dtype) -> np.dtype:
-    """A cache's `dtype` argument as a NumPy dtype (bfloat16: ml_dtypes'), read by `dtype_name`
-    as `BatchDecodeWrapper.plan` reads its dtype (a name, a NumPy, ml_dtypes or torch dtype).
-    Anything else is a TypeError, as validate.check_cache_dtype's."""
-    try:
-        found = dtype_name(dtype)
-    except ValueError:
-        raise TypeError(f"dtype: expected float32, float16 or bfloat16, got "
-                        f"{dtype_shown(dtype)}") from None
+def _listed(names) -> str:
+    return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+
+def dtype_name(dtype, allowed=DTYPE_NAMES, why: str = "") -> str:
+    """'float32', 'float16' or 'bfloat16' (one of `allowed`) from any spelling of it (see
+    TORCH_ALIASES). Anything else is a DtypeError naming `dtype`; `why` (shown when a known
+    element type is not allowed) says why; a string it cannot read gets the accepted
+    spellings."""
+    name = _known_name(dtype)
+    if name in allowed:
+        return name
+    spellings = ""
+    if name is None and isinstance(dtype, str):
+        aliases = {v: k for k, v in TORCH_ALIASES.items()}
+        spellings = "; accepted spellings: " + ", ".join(
+            repr(n) + (f" or {aliases[n]!r}" if n in aliases else "") for n in allowed) + \
+            ", or a NumPy, ml_dtypes or torch dtype"
+    raise DtypeError(f"dtype: expected {_listed(allowed)}{why if name else ''}, got "
+                    f"{name or dtype_shown(dtype)}{spellings}")
+
+
+def element_dtype(dtype, allowed=DTYPE_NAMES, why: str = "") -> np.dtype:
+    """A `dtype` argument (read by `dtype_name`) as the NumPy dtype of its arrays on the CPU
+    (bfloat16: ml_dtypes')."""
+    found = dtype_name(dtype, allowed, why)
     return bfloat16_dtype() if found == "bfloat16" else np.dtype(found)
 
 
 def to_elements(x, dtype: np.dtype, xp):
-    """A float array (NumPy or CuPy) as a C-contiguous array of element type `dtype` (from
-    `element_dtype`) on xp's device, rounded to nearest even; bfloat16 on CuPy as uint16 bits.
+    """A float array (NumPy or CuPy; ml_dtypes.bfloat16 too) as a C-contiguous array of
+    element type `dtype` (from `element_dtype`) on xp's device, rounded to nearest even;
+    bfloat16 on CuPy as uint16 bits.
     bfloat16 is rounded on the host, by ml_dtypes: its cast from float64 rounds once, where a
     device cast through float32 (CuPy has no bfloat16) would round twice."""
     if dtype.name == "bfloat16":
         rounded = np.ascontiguousarray(to_numpy(x), dtype=dtype)
         return rounded if xp is np else xp.asarray(rounded.view(np.uint16))
+    if x.dtype.name == "bfloat16":   # ml_dtypes' rows, which CuPy cannot read: widened
+        x = to_numpy(x).astype(np.float32)   # on the host, exactly, so rounded only once
     if xp is np:   # a CuPy x is copied to the host first
         x = to_numpy(x)
     return xp.ascontiguousarray(xp.asarray(x, dtype=dtype))
@@ -158,6 +186,14 @@ def array_dtypes(name: str, on_gpu: bool) -> tuple:
     if name == "bfloat16":
         return (np.dtype(np.uint16),) if on_gpu else (bfloat16_dtype(), np.dtype(np.uint16))
     return (np.dtype(name),)
+
+
+def cache_dtypes(bits: bool) -> tuple:
+    """The dtypes of a cache whose element type the call reads off the array: float32,
+    float16, then the bfloat16 forms: ml_dtypes.bfloat16 (NumPy) and, where `bits` (CuPy, or
+    a torch.bfloat16 tensor's view), uint16 holding its bits."""
+    bf16 = (bfloat16_dtype(),) + ((np.dtype(np.uint16),) if bits else ())
+    return (np.dtype(np.float32), np.dtype(np.float16)) + bf16
 
 
 def is_torch_tensor(x) -> bool:

@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .attention_common import (bfloat16_dtype, check_grid, from_torch, is_torch_tensor,
+from .attention_common import (cache_dtypes, check_grid, from_torch, is_torch_tensor,
                                prepare_out, to_torch_like)
 from .backend import cupy_module, is_cupy_array, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
@@ -64,7 +64,7 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     w = _cached_plan(key, tables_h, lens_h) if on_gpu else None
     if w is None:
         shapes = check_attention_inputs(q, k_cache, v_cache, tables_h, lens_h, mode="decode",
-                                        cache_dtypes=_cache_dtypes(bits))
+                                        cache_dtypes=cache_dtypes(bits))
         check_grid(shapes.batch, shapes.num_heads)
         qshape = (shapes.batch, shapes.num_heads, shapes.head_dim)
     else:   # the same values were checked against a cache of the same shape; run checks
@@ -78,7 +78,7 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     else:   # a new array: the plan's own buffer would be overwritten by the next call
         out = xp.empty(qshape, dtype=q.dtype)
     if w is None:
-        dtype = "bfloat16" if k_cache.dtype in _cache_dtypes(bits)[2:] else k_cache.dtype.name
+        dtype = "bfloat16" if k_cache.dtype in cache_dtypes(bits)[2:] else k_cache.dtype.name
         w = BatchDecodeWrapper()
         w._plan(block_tables, seq_lens, tables_h, lens_h, shapes.num_heads,
                 shapes.num_kv_heads, shapes.head_dim, shapes.page_size, dtype, kernel,
@@ -128,10 +128,3 @@ def _remember(cache: OrderedDict, key, value):
     while len(cache) > PLAN_CACHE_SIZE:
         cache.popitem(last=False)
     return value
-
-
-def _cache_dtypes(bits: bool) -> tuple:
-    """float32, float16, then the bfloat16 forms: ml_dtypes.bfloat16 (NumPy) and, where
-    `bits` (CuPy, or a torch.bfloat16 tensor's view), uint16 holding its bits."""
-    bf16 = (bfloat16_dtype(),) + ((np.dtype(np.uint16),) if bits else ())
-    return (np.dtype(np.float32), np.dtype(np.float16)) + bf16

@@ -12,8 +12,9 @@ Storage is the NHD layout used by vLLM and FlashInfer:
 `dtype` is float32, float16 or bfloat16 (a name, a NumPy, ml_dtypes or torch dtype, as the
 wrappers take it); `cache.dtype` is a NumPy dtype, `ml_dtypes.bfloat16` for bfloat16 on either
 device. The pages hold it as the wrappers and `write_kv` read it: ml_dtypes.bfloat16 arrays on
-the CPU, uint16 arrays of its bits on CuPy (which has no bfloat16). `append` rounds float
-rows to the cache's dtype to nearest even (bfloat16 by ml_dtypes, on the host), and `gather`
+the CPU, uint16 arrays of its bits on CuPy (which has no bfloat16). `append` takes float16,
+float32, float64 and ml_dtypes.bfloat16 rows into any cache and rounds them to the cache's
+dtype to nearest even (bfloat16 by ml_dtypes, on the host; `token_dtypes`), and `gather`
 returns the pages' own representation: bfloat16 on the CPU, uint16 bits from the GPU
 (`.view(ml_dtypes.bfloat16)` reads them).
 
@@ -31,14 +32,15 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .addressing import token_slots
-from .attention_common import array_dtypes, element_dtype, to_elements
+from .attention_common import array_dtypes, bfloat16_dtype, element_dtype, to_elements
 from .backend import device_module, resolve_device, to_numpy
 from .paging import BlockAllocator
 from .quant import check_scale, check_scheme, dequantize, kv_format, quantize_rows
-from .validate import check_array, check_cache_memory, check_int, check_int_list
+from .validate import INT32_MAX, check_array, check_cache_memory, check_int, check_int_list
 
 PAD_PAGE = -1  # what block_tables() writes past a sequence's last page
-_FLOAT_ROWS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_FLOAT_ROWS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64),
+               bfloat16_dtype())
 
 
 @dataclass
@@ -50,13 +52,16 @@ class _Sequence:
 class PagedKVCache:
     """A pool of KV pages plus, per sequence, its block table and length.
 
-    `token_dtypes`: what `append` takes (float16, float32 or float64 rows; bfloat16 ones too,
-    ml_dtypes', into a bfloat16 cache)."""
+    `token_dtypes`: what `append` takes, into any cache: float16, float32, float64 or
+    bfloat16 (ml_dtypes') rows, each value rounded to the cache's dtype to nearest even
+    (exact where that dtype holds it: float16 or bfloat16 rows into float32, as vLLM's
+    reshape_and_cache casts a key to the cache's type). uint16 bits are integers, not rows."""
 
     def __init__(self, num_pages: int, page_size: int, num_kv_heads: int, head_dim: int,
                  dtype=np.float32, device: str = "auto", kv_dtype: str | None = None,
                  scale_scheme: str = "static", k_scale=None, v_scale=None):
-        page_size = check_int(page_size, "page_size", minimum=1)
+        # int32 at most, as every plan, write_kv and to_csr take it (the kernels' int argument)
+        page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
         num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
         head_dim = check_int(head_dim, "head_dim", minimum=1)
         dtype = element_dtype(dtype)
@@ -73,7 +78,7 @@ class PagedKVCache:
         self.allocator = BlockAllocator(num_pages)
         self.page_size, self.num_kv_heads, self.head_dim = page_size, num_kv_heads, head_dim
         self.dtype = dtype   # the element type; bfloat16 also where uint16 bits hold it (CuPy)
-        self.token_dtypes = _FLOAT_ROWS + ((dtype,) if dtype.name == "bfloat16" else ())
+        self.token_dtypes = _FLOAT_ROWS
         self.kv_dtype, self.scale_scheme = kv_dtype, scale_scheme if fmt else None
         self.device = resolve_device(device)
         self.xp = device_module(self.device)

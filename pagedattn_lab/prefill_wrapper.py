@@ -38,8 +38,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attention_common import (LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM, aligned16,
-                               allow_shared_memory, fast_path, prepare_out)
+from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM, aligned16,
+                               allow_shared_memory, element_dtype, fast_path, prepare_out)
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
@@ -51,31 +51,12 @@ HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64        # keys per K/V tile of the default variants
 
 
-def _bf16():
-    try:
-        import ml_dtypes  # noqa: PLC0415 - optional: bf16 on the CPU
-    except ImportError:  # pragma: no cover - a dependency of the course
-        return None
-    return np.dtype(ml_dtypes.bfloat16)
-
-
 def element_type(dtype) -> tuple[str, np.dtype]:
-    """(CUDA element type, the dtype arrays must have) for a prefill dtype."""
-    bf16 = _bf16()
-    if isinstance(dtype, str) and dtype in ("bfloat16", "bf16"):
-        dtype = bf16
-    try:
-        if dtype is None:   # NumPy reads None as float64, which the error would then name
-            raise TypeError
-        dtype = np.dtype(dtype)
-    except TypeError:   # NumPy's "data type not understood" would name no argument
-        raise TypeError(f"dtype: expected float16 or bfloat16, got {dtype!r}") from None
-    if dtype == np.float16:
-        return "__half", dtype
-    if bf16 is not None and dtype == bf16:
-        return "__nv_bfloat16", dtype
-    raise TypeError(f"dtype: expected float16 or bfloat16 (tensor cores take 16-bit inputs; "
-                    f"fp32 prefill runs on paged_attention_prefill), got {dtype}")
+    """(CUDA element type, the dtype arrays must have) for a prefill dtype, spelled as every
+    `dtype` argument is (attention_common.dtype_name)."""
+    array_dtype = element_dtype(dtype, ("float16", "bfloat16"), " (tensor cores take 16-bit "
+                                "inputs; fp32 prefill runs on paged_attention_prefill)")
+    return KV_C_TYPES[array_dtype.name], array_dtype
 
 
 def _accepts(array_dtype, planned: np.dtype, on_gpu: bool) -> bool:
@@ -241,7 +222,9 @@ class BatchPrefillWrapper:
         what was chosen). `variant` (a `Variant` name such as "w4r2k32u2") or `warps` (1, 2, 4
         or 8 one-fragment warps) instead runs every sequence on that variant, unpacked;
         `decode_variant` replaces the packed launch's one-warp default (at most one of the
-        three). Raises before changing the wrapper if anything is off."""
+        three). dtype: "float16" or "half", "bfloat16", or a NumPy, ml_dtypes or torch dtype
+        (spelled as BatchDecodeWrapper.plan's). Raises before changing the wrapper if
+        anything is off."""
         num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
             num_heads, num_kv_heads, head_dim, page_size)
         if head_dim not in HEAD_DIMS:

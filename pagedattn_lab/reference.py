@@ -19,7 +19,7 @@ import numpy as np
 from .attention_common import bfloat16_dtype
 from .backend import to_numpy
 from .validate import (check_array, check_attention_inputs, check_block_tables, check_bool,
-                       check_kv_cache, resolve_scale)
+                       check_kv_cache, check_query_heads, resolve_scale)
 
 
 def _any_float() -> list:
@@ -145,6 +145,7 @@ def reference_prefill_packed(q, k_cache, v_cache, qo_indptr, block_tables, seq_l
                          f"head_dim], got {tuple(q.shape)}")
     check_kv_cache(k_cache, v_cache, dtypes=_any_float())
     num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
+    check_query_heads(q)   # as reference_decode: zero heads would return an empty result
     if q.shape[2] != head_dim or q.shape[1] % num_kv_heads:
         raise ValueError(f"q: expected [total_q, a multiple of {num_kv_heads} heads, "
                          f"{head_dim}], got {tuple(q.shape)}")

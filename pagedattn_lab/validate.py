@@ -79,15 +79,6 @@ def is_one_of(value, names) -> bool:
     return isinstance(value, str) and value in names
 
 
-def check_cache_dtype(dtype, name: str = "dtype") -> np.dtype:
-    """float32 or float16 as a NumPy dtype. What NumPy cannot read is refused naming the
-    argument ("data type not understood" names none)."""
-    dt = _readable_dtype(dtype)
-    if dt not in CACHE_DTYPES:
-        raise TypeError(f"{name}: expected float32 or float16, got {dtype_shown(dtype)}")
-    return dt
-
-
 def dtype_shown(dtype) -> str:
     """A dtype argument as an error shows it: its `dtype_label` where NumPy reads it (float64,
     not <class 'numpy.float64'>), else its repr; None as None (NumPy reads it as float64)."""
@@ -298,9 +289,7 @@ def check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, *, mode:
     if is_cupy_array(q) != is_cupy_array(k_cache) or is_cupy_array(q) != is_cupy_array(v_cache):
         raise TypeError("q, k_cache, v_cache: expected all on the CPU (NumPy) or all on the GPU "
                         "(CuPy), got a mix")
-    num_heads, q_head_dim = int(q.shape[-2]), int(q.shape[-1])
-    if num_heads == 0:
-        raise ValueError(f"q: expected at least one query head, got shape {tuple(q.shape)}")
+    num_heads, q_head_dim = check_query_heads(q), int(q.shape[-1])
     if q_head_dim != head_dim:
         raise ValueError(f"q: expected head_dim {head_dim} (the cache's last dimension), got "
                          f"{q_head_dim} in shape {tuple(q.shape)}")
@@ -318,6 +307,15 @@ def check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, *, mode:
                          f"query rows per sequence (q.shape[1])")
     return PagedShapes(batch, num_heads, num_kv_heads, head_dim, num_pages, page_size,
                        int(tables.shape[1]), max_len)
+
+
+def check_query_heads(q) -> int:
+    """q's number of heads (its next-to-last axis), refused when 0: every oracle and kernel
+    agrees (an empty result would hide a query reshaped wrong)."""
+    num_heads = int(q.shape[-2])
+    if num_heads == 0:
+        raise ValueError(f"q: expected at least one query head, got shape {tuple(q.shape)}")
+    return num_heads
 
 
 def resolve_scale(scale, head_dim: int) -> float:

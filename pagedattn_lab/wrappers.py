@@ -73,7 +73,8 @@ class BatchDecodeWrapper(DecodeRun):
         """Check the tables and prepare the launches of a decode step.
 
         block_tables int32 [batch, max_pages] and seq_lens int32 [batch] (each >= 1), NumPy
-        or CuPy; dtype: "float32", "float16" or "bfloat16" (or a NumPy/torch dtype).
+        or CuPy; dtype: "float32" or "float", "float16" or "half", "bfloat16", or a NumPy,
+        ml_dtypes or torch dtype (attention_common.dtype_name: one rule for every `dtype`).
         kernel: "auto", "simt" or "tensor_core"; num_splits: cut the longest sequence into
         this many partitions (None: chosen from the lengths and the GPU); device: "cpu" or
         "gpu" (default: where block_tables live). kv_dtype: None (caches of `dtype`),

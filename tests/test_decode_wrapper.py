@@ -113,7 +113,7 @@ def test_plan_refuses_bad_tables_before_anything(rng, monkeypatch):
             w.plan(t, n, 4, 2, 64, 16, "float32")
     with pytest.raises(ValueError, match="num_heads"):
         w.plan(tables, lens, 5, 2, 64, 16, "float32")
-    with pytest.raises(ValueError, match="dtype"):
+    with pytest.raises(TypeError, match="^dtype: expected float32, float16 or bfloat16, got int8"):
         w.plan(tables, lens, 4, 2, 64, 16, "int8")
     with pytest.raises(ValueError,
                        match="kernel: 'tensor_core' with dtype float32: the tensor-core"):

@@ -45,7 +45,8 @@ def test_gather_refuses_bad_input_before_launch(rng):
         gather_kv(k_cache, v_cache, tables[0].astype(np.int64), 9)
     with pytest.raises(ValueError, match=r"^seq_len: 20 tokens do not fit"):
         gather_kv(k_cache, v_cache, tables[0], 20)
-    with pytest.raises(TypeError, match="k_cache: expected dtype float32 or float16, got float64"):
+    with pytest.raises(TypeError,
+                       match="k_cache: expected dtype float32 or float16 or bfloat16, got float64"):
         gather_kv(k_cache.astype(np.float64), v_cache.astype(np.float64), tables[0], 9)
 
 

@@ -178,7 +178,8 @@ def test_append_out_of_pages_changes_nothing(rng):
     ((3, 2, 5), np.float32, r"k: expected shape \[n_tokens, 2, 4\]"),
     ((3, 3, 4), np.float32, r"k: expected shape"),
     ((3, 8), np.float32, "k: expected 3 dimensions"),
-    ((3, 2, 4), np.int32, "k: expected dtype float16 or float32 or float64, got int32"),
+    ((3, 2, 4), np.int32,
+     "k: expected dtype float16 or float32 or float64 or bfloat16, got int32"),
 ])
 def test_append_refuses_bad_tokens_and_changes_nothing(rng, k_shape, dtype, match):
     cache = PagedKVCache(4, 4, 2, 4, device="cpu")

@@ -26,8 +26,8 @@ import math
 
 import numpy as np
 
+from ..attention_common import element_dtype
 from ..backend import device_module, resolve_device, to_numpy
-from ..validate import check_cache_dtype
 from .config import ModelConfig
 from .fused import LlamaOps
 from .weights import check_weights
@@ -58,8 +58,9 @@ class LlamaModel:
     """LlamaForCausalLM's forward over a paged KV cache.
 
     weights: Hugging Face parameter names -> arrays (see `weights.py`); they are copied to
-    `device` in `dtype` (float32 or float16). fused: the fused elementwise kernels (None: on
-    the GPU only; on the CPU they run on the CPU executor, slowly: for testing).
+    `device` in `dtype` (float32 or float16, spelled as PagedKVCache's: "float" is float32).
+    fused: the fused elementwise kernels (None: on the GPU only; on the CPU they run on the
+    CPU executor, slowly: for testing).
     """
 
     def __init__(self, config: ModelConfig, weights: dict, *, dtype=np.float32,
@@ -67,10 +68,11 @@ class LlamaModel:
         if not isinstance(config, ModelConfig):
             raise TypeError(f"config: expected a ModelConfig, got {type(config).__name__}")
         check_weights(config, weights)
-        check_cache_dtype(dtype)
+        # spelled as every `dtype` (attention_common.dtype_name): "float" is float32 here too
+        dtype = element_dtype(dtype, ("float32", "float16"))
         if fused is not None and not isinstance(fused, bool):
             raise TypeError(f"fused: expected True, False or None, got {fused!r}")
-        self.config, self.dtype = config, np.dtype(dtype)
+        self.config, self.dtype = config, dtype
         self.device = resolve_device(device)
         self.fused = self.device == "gpu" if fused is None else fused
         self.ops = LlamaOps(self.dtype) if self.fused else None
