@@ -106,9 +106,11 @@ KV_C_TYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat1
 # The spellings of an element type, one rule for every function that takes a `dtype`
 # (PagedKVCache, PagedAttentionManager, both wrappers' plan, LlamaModel, which allow a subset):
 # the names above, torch's aliases "float" and "half" (NumPy would read "float" as float64),
-# and a NumPy, ml_dtypes or torch dtype (or a spelling NumPy reads, such as "f2"). Not "bf16"
-# or "fp16": torch, NumPy and FlashInfer's plan() (getattr(torch, name)) read neither.
-TORCH_ALIASES = {"float": "float32", "half": "float16"}
+# the short names "fp32", "fp16" and "bf16" (the prefill plan took "bf16"; torch and
+# FlashInfer's plan() read none of the three, but nothing else could be meant), and a NumPy,
+# ml_dtypes or torch dtype (or a spelling NumPy reads, such as "f2").
+DTYPE_ALIASES = {"float": "float32", "half": "float16", "fp32": "float32", "fp16": "float16",
+                 "bf16": "bfloat16"}
 
 
 def bfloat16_dtype():
@@ -124,9 +126,9 @@ class DtypeError(TypeError, ValueError):
 
 
 def _known_name(dtype) -> str | None:
-    """One of DTYPE_NAMES for a spelling of it (see TORCH_ALIASES), else None."""
+    """One of DTYPE_NAMES for a spelling of it (see DTYPE_ALIASES), else None."""
     name = str(dtype).replace("torch.", "")
-    name = TORCH_ALIASES.get(name, name)
+    name = DTYPE_ALIASES.get(name, name)
     if name not in DTYPE_NAMES and dtype is not None:   # NumPy reads None as float64
         try:
             name = np.dtype(dtype).name
@@ -141,7 +143,7 @@ def _listed(names) -> str:
 
 def dtype_name(dtype, allowed=DTYPE_NAMES, why: str = "") -> str:
     """'float32', 'float16' or 'bfloat16' (one of `allowed`) from any spelling of it (see
-    TORCH_ALIASES). Anything else is a DtypeError naming `dtype`; `why` (shown when a known
+    DTYPE_ALIASES). Anything else is a DtypeError naming `dtype`; `why` (shown when a known
     element type is not allowed) says why; a string it cannot read gets the accepted
     spellings."""
     name = _known_name(dtype)
@@ -149,10 +151,9 @@ def dtype_name(dtype, allowed=DTYPE_NAMES, why: str = "") -> str:
         return name
     spellings = ""
     if name is None and isinstance(dtype, str):
-        aliases = {v: k for k, v in TORCH_ALIASES.items()}
         spellings = "; accepted spellings: " + ", ".join(
-            repr(n) + (f" or {aliases[n]!r}" if n in aliases else "") for n in allowed) + \
-            ", or a NumPy, ml_dtypes or torch dtype"
+            " or ".join(repr(s) for s in (n, *(a for a, m in DTYPE_ALIASES.items() if m == n)))
+            for n in allowed) + ", or a NumPy, ml_dtypes or torch dtype"
     raise DtypeError(f"dtype: expected {_listed(allowed)}{why if name else ''}, got "
                     f"{name or dtype_shown(dtype)}{spellings}")
 

@@ -45,24 +45,35 @@ def test_both_plans_read_the_same_spellings(spelling):
 
 
 @pytest.mark.parametrize("which", ["decode", "prefill"])
-@pytest.mark.parametrize("spelling", ["bf16", "fp16"])
-def test_both_plans_refuse_spellings_torch_does_not_read_listing_the_accepted_ones(which,
-                                                                                   spelling):
-    """FlashInfer's plan() reads a name as getattr(torch, name): "bf16" is none. The prefill
-    plan took it; the decode plan refused it with a ValueError listing no spelling."""
+@pytest.mark.parametrize("spelling", ["bfloat", "fp8"])
+def test_both_plans_refuse_spellings_they_do_not_read_listing_the_accepted_ones(which,
+                                                                                spelling):
+    """The decode plan refused a spelling with a ValueError listing none."""
     names = "float32, float16 or bfloat16" if which == "decode" else "float16 or bfloat16"
     with pytest.raises(TypeError, match=rf"^dtype: expected {names}, got '{spelling}'; "
-                                        r"accepted spellings: .*'float16' or 'half', "
-                                        r"'bfloat16', or a NumPy, ml_dtypes or torch dtype$"):
+                                        r"accepted spellings: .*'float16' or 'half' or 'fp16', "
+                                        r"'bfloat16' or 'bf16', or a NumPy, ml_dtypes or torch "
+                                        r"dtype$"):
         _plan(which, spelling)
+
+
+@pytest.mark.parametrize("which", ["decode", "prefill"])
+def test_both_plans_take_the_short_names_the_prefill_plan_took(which):
+    """The prefill plan took "bf16", the decode plan and the cache refused it: all take the
+    short names now ("fp32" where float32 is allowed)."""
+    assert _plan(which, "bf16").dtype == "bfloat16"
+    assert _plan(which, "fp16").dtype == "float16"
 
 
 def test_the_cache_reads_the_plans_spellings():
     assert pl.PagedKVCache(4, 4, 2, 8, dtype="half", device="cpu").dtype == np.float16
     assert pl.PagedKVCache(4, 4, 2, 8, dtype="float", device="cpu").dtype == np.float32
+    assert pl.PagedKVCache(4, 4, 2, 8, dtype="fp32", device="cpu").dtype == np.float32
+    assert pl.PagedKVCache(4, 4, 2, 8, dtype="bf16", device="cpu").dtype == BF16
     with pytest.raises(TypeError, match=r"^dtype: expected float32, float16 or bfloat16, got "
-                                        r"'bf16'; accepted spellings: 'float32' or 'float'"):
-        pl.PagedKVCache(4, 4, 2, 8, dtype="bf16", device="cpu")
+                                        r"'bfloat'; accepted spellings: 'float32' or 'float' or "
+                                        r"'fp32'"):
+        pl.PagedKVCache(4, 4, 2, 8, dtype="bfloat", device="cpu")
 
 
 def test_the_model_reads_the_same_spellings():

@@ -219,14 +219,15 @@ def test_failed_decode_on_bfloat16_pages_changes_nothing(rng, monkeypatch):
 # ---- refused --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("kwargs, exc, match", [
-    (dict(dtype="bf16"), TypeError, r"^dtype: expected float32, float16 or bfloat16, got 'bf16'"),
+    (dict(dtype="bfloat"), TypeError,
+     r"^dtype: expected float32, float16 or bfloat16, got 'bfloat'"),
     (dict(dtype=np.uint16), TypeError,   # the bits' dtype on CuPy, not an element type
      r"^dtype: expected float32, float16 or bfloat16, got uint16"),
     (dict(dtype="torch.float64"), TypeError, r"^dtype: expected float32, float16 or bfloat16"),
     (dict(dtype="bfloat16", kv_dtype="int8", k_scale=np.ones(2, np.float32),
           v_scale=np.ones(2, np.float32)), ValueError,
      r"^kv_dtype: compressed pages are quantized from and gathered as float32 or float16 rows"),
-], ids=["bf16-spelling", "uint16", "torch-float64", "compressed"])
+], ids=["unknown-spelling", "uint16", "torch-float64", "compressed"])
 def test_cache_refuses(kwargs, exc, match):
     if kwargs["dtype"] == "torch.float64":
         kwargs["dtype"] = pytest.importorskip("torch").float64
