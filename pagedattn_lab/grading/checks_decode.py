@@ -113,6 +113,8 @@ _PARTITION_MISTAKES = [
     ("query head h reads kv head h / (num_heads / num_kv_heads), not kv head h.",
      {"kv_map": "same"}),
     ("the scores are not scaled: multiply q . k by scale.", {"scale": 1.0}),
+    ("multiply by the kernel's argument `scale`, not 1/sqrt(head_dim) worked out in the kernel: "
+     "the caller chooses the scale (this case's is not 1/sqrt(head_dim)).", {"scale": "sqrt"}),
     ("the scale is applied twice (scores times scale squared): scale q or the dot product, "
      "not both.", {"scale": "twice"}),
     ("each partition skips its first token: partition p starts at token p * part_len.",
@@ -164,7 +166,9 @@ def _bound_hint(o, o_ref, prob, part_len, used) -> str | None:
 
 
 def _scaled(prob, bugs: dict) -> dict:
-    return {**bugs, "scale": prob.scale ** 2} if bugs.get("scale") == "twice" else bugs
+    scale = {"twice": prob.scale ** 2,
+             "sqrt": float(1 / np.sqrt(prob.q.shape[-1]))}.get(bugs.get("scale"))
+    return bugs if scale is None else {**bugs, "scale": scale}
 
 
 def _written_by(prob, index, part_len) -> str:
@@ -325,8 +329,10 @@ def decode_partition(source: str, device: str = "auto") -> CheckResult:
         ("very negative scores", 65, 8,
          dict(seq_lens=[20, 9], num_heads=2, num_kv_heads=2, head_dim=32, page_size=4,
               negative_scores=True)),
-        ("head_dim 48 (lanes 0-15 hold two dims), GQA 3/1, page_size 6", 66, 10,
-         dict(seq_lens=[23, 40, 6], num_heads=3, num_kv_heads=1, head_dim=48, page_size=6)),
+        # (the other cases' scale is 1/sqrt(head_dim): a scale worked out in the kernel passed)
+        ("head_dim 48 (lanes 0-15 hold two dims), GQA 3/1, page_size 6, scale 0.3", 66, 10,
+         dict(seq_lens=[23, 40, 6], num_heads=3, num_kv_heads=1, head_dim=48, page_size=6,
+              scale=0.3)),
     ]
     cases = [Case(name, {"part_len": part_len, **sizes},
                   lambda seed=seed, part_len=part_len, sizes=sizes:

@@ -4,7 +4,7 @@ checks_engine_step).
 The references are the engine's own rules (`pagedattn_lab.engine.prefix_cache`), restated
 here small enough to compare against. Every case is seeded and random: prompt lengths that
 are, and are not, page multiples; caches with a gap of one block and with page 0 in the
-cached run. A hint is given only when the learner's answer IS what a known mistake produces.
+cached run; one page size that is not a power of two (shifts and masks fail there). A hint is given only when the learner's answer IS what a known mistake produces.
 """
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 
 from ..engine.prefix_cache import hash_block
 from ..validate import is_int
-from .compare import call_on_copies, changed_input
+from .compare import POW2_HINT, call_on_copies, changed_input, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -67,6 +67,8 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
     elif got == _reference_hashes(tokens, page_size, chain=False, partial=True):
         hint = ("two mistakes: the trailing partial block is hashed, and blocks are not chained "
                 "(pass the previous block's hash as the parent).")
+    elif page_size & (page_size - 1) and len(got) == pow2_div(num_tokens, page_size):
+        hint = POW2_HINT.format(name="page_size", n=page_size)
     elif isinstance(got, list) and len(got) != len(expected):
         hint = (f"{num_tokens} tokens hold {num_tokens // page_size} full blocks of "
                 f"{page_size}: one hash per full block.")
@@ -78,7 +80,7 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
 
 def block_hashes(fn) -> CheckResult:
     """Check `fn(token_ids, page_size)`: the chained hashes of the full blocks."""
-    sizes = [(4, 12), (4, 13), (16, 15), (16, 16), (8, 41), (1, 5), (32, 100)]
+    sizes = [(4, 12), (4, 13), (16, 15), (16, 16), (8, 41), (1, 5), (32, 100), (6, 40)]
     cases = [Case("random tokens", {"page_size": p, "num_tokens": n},
                   lambda i=i, p=p, n=n: _hash_case(fn, 1200 + i, p, n))
              for i, (p, n) in enumerate(sizes)]
@@ -152,6 +154,9 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
         hint = ("every token of this prompt is cached, but the last one must still be computed: "
                 "its logits give the first output token. num_computed is at most "
                 "num_tokens - 1.")
+    elif got[0] == expected[0] and page_size & (page_size - 1) and got[1] == min(
+            len(got[0]) << (page_size.bit_length() - 1), num_tokens - 1):
+        hint = POW2_HINT.format(name="page_size", n=page_size)
     elif got[0] == expected[0] and got[1] == len(got[0]):
         hint = "num_computed counts tokens, not blocks: len(pages) * page_size (capped)."
     elif got[0] == expected[0]:
@@ -168,7 +173,7 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
 def cached_prefix(fn) -> CheckResult:
     """Check `fn(hashes, cached, num_tokens, page_size)`: (pages, tokens needing no compute)."""
     specs = [(4, 14, "part"), (4, 16, "all"), (8, 29, "all"), (4, 13, "none"),
-             (16, 70, "gap"), (4, 20, "part"), (2, 12, "all")]
+             (16, 70, "gap"), (4, 20, "part"), (2, 12, "all"), (6, 40, "part")]
     cases = [Case("random hashes", {"page_size": p, "num_tokens": n, "cached": pat},
                   lambda i=i, p=p, n=n, pat=pat: _prefix_case(fn, 1210 + i, p, n, pat))
              for i, (p, n, pat) in enumerate(specs)]

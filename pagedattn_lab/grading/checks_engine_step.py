@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .compare import changed_input
+from .compare import changed_input, pow2_div
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .seeds import case_rng
 
@@ -26,9 +26,14 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
                     *, decodes_first=True, use_watermark=True, charge_running=True,
                     chunk=True, use_budget=True, fcfs=True, chunk_running=True,
                     partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
-                    charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True):
+                    charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True,
+                    divide=True):
     """The engine's order with one rule switchable off (each switch is a known mistake)."""
     out, free = [], free_pages
+
+    def pages(tokens):   # (divide off: ceil by a shift, right for a power of two only)
+        return _pages(tokens, page_size) if divide else \
+            pow2_div(tokens + page_size - 1, page_size)
 
     def size(req, is_running):
         n = req.num_tokens - req.num_computed
@@ -51,7 +56,7 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
                 break
             out.append((req.rid, n))
             budget -= n
-            grow = _pages(req.num_computed + n, page_size) - req.num_pages
+            grow = pages(req.num_computed + n) - req.num_pages
             if charge_running:
                 free -= max(0, grow) if clamp else grow
 
@@ -62,7 +67,7 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
             if n is None:
                 break
             priced = n if chunk_cost else req.num_tokens - req.num_computed
-            cost = _pages(priced, page_size) if ceil_cost else priced // page_size
+            cost = pages(priced) if ceil_cost else priced // page_size
             need = cost + (watermark if use_watermark else 0)
             if need > free or (not at_most and need == free):
                 if fcfs:
@@ -168,6 +173,9 @@ _VARIANTS = [
     ("chunk_cost", "a prompt was priced at its whole length: this step writes only its chunk "
      "of n tokens, so it takes ceil(n / page_size) pages now (the rest come with later "
      "chunks).", _admits_fewer),
+    ("divide", "shifts and masks (>> log2(page_size), & (page_size - 1)) stand for // and % "
+     "only when page_size is a power of two, and here it is not: pages = ceil(tokens / "
+     "page_size) = -(-tokens // page_size).", lambda got, exp, a: a[5] & (a[5] - 1) != 0),
 ]
 _RULES = tuple(rule for rule, _, _ in _VARIANTS)
 
@@ -329,7 +337,8 @@ def schedule_step(fn) -> CheckResult:
         (4, 48, 10, 1, "chunk_running"), (4, 24, 24, 1, "use_budget", True),
         (4, 30, 16, 1, "partial"), (4, 20, 20, 0, "stop_when_spent"), (4, 64, 24, 2, "at_most"),
         (8, 64, 20, 1, "ceil_cost"), (4, 80, 24, 1, "charge_waiting"),
-        (4, 40, 16, 0, "budget_waiting"), (4, 64, 16, 1, "clamp"), (4, 64, 8, 1, "chunk_cost")]
+        (4, 40, 16, 0, "budget_waiting"), (4, 64, 16, 1, "clamp"), (4, 64, 8, 1, "chunk_cost"),
+        (6, 64, 20, 1, "divide")]   # (every page_size above is a power of two)
     cases = [Case("random batch", {"page_size": p, "budget": b, "max_chunk": c,
                                    "watermark": w},
                   lambda i=i, p=p, b=b, c=c, w=w, e=e, r=r: _step_case(fn, 1220 + i, p, b, c,

@@ -21,8 +21,10 @@ import numpy as np
 from ..backend import resolve_device
 from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose, ranges
+from .faults import describe_kernel_exception
 from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, padding_hint,
-                           row_stride_hint, sequence_hint, tiled_hint, unwritten_pattern_hint)
+                           row_stride_hint, sequence_hint, shift_hint, tiled_hint,
+                           unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, poisoned, unwritten, where
 from .puzzle_runner import per_thread_max
 from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
@@ -192,6 +194,7 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
         or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
         or diagnose(got, expected, attention_mistakes(prob, mode="prefill"),
                     nan_is_evidence=not tiled) \
+        or shift_hint(comp.source, _divisors(prob)) \
         or unwritten_pattern_hint(diff, threads=threads) \
         or padding_hint(got, expected, valid, never) \
         or sequence_hint(got, expected, valid, never) \
@@ -265,10 +268,21 @@ def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool):
     except Exception as exc:  # a thread's array too short for this head_dim overflows its stack
         short = (getattr(exc, "region", None) == "stack"   # the CPU executor's KernelFault
                  and array_size_hint(comp.source, s["head_dim"]))
-        if not short:
+        if short:
+            raise Mismatch(f"{exc}", short) from exc
+        # a fault where a size is not a power of two, from a kernel that shifts or masks
+        shifted = getattr(exc, "buffer", None) and shift_hint(comp.source, _divisors(prob))
+        if not shifted:
             raise
-        raise Mismatch(f"{exc}", short) from exc
+        raise Mismatch((describe_kernel_exception(exc) or (str(exc),))[0], shifted) from exc
     return got, unwritten(got)
+
+
+def _divisors(prob) -> dict:
+    """The sizes a prefill kernel divides by (or takes % of), for shift_hint."""
+    s = prob.shape
+    return {"page_size": s["page_size"], "head_dim": s["head_dim"],
+            "num_heads / num_kv_heads": s["num_heads"] // s["num_kv_heads"]}
 
 
 def _tail_hint(comp: _Compiled, seed: int, sizes: dict, threads: int, tiled: bool):
@@ -308,6 +322,11 @@ def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:
         ("unused cache slots hold NaN (the tail of the last page too)", 57,
          dict(seq_lens=[13, 26, 6], num_heads=4, num_kv_heads=2, head_dim=8, page_size=8,
               max_len=27, nan_fill=True)),
+        # every size a power of two above, and the scale 1/sqrt(head_dim): shifts for // and
+        # %, or a scale worked out in the kernel, would pass them
+        ("page_size 6, head_dim 24, 3 query heads per KV head, scale 0.3", 59,
+         dict(seq_lens=[20, 13], num_heads=6, num_kv_heads=2, head_dim=24, page_size=6,
+              max_len=21, scale=0.3)),
     ]
     if tiled:   # last: a wrong value is the first thing to fix, a load too many the next
         specs.append(("each block loads only the keys its queries read (counted)", 58,

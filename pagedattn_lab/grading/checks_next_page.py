@@ -3,13 +3,15 @@
 A token takes a page when the sequence's last page is full (seq_len % page_size == 0, an
 empty sequence included), or when that last page is shared with a fork (copy on write);
 nothing else matters: not earlier shared pages, not how many pages the pool has free. The
-answer only counts: the check fails an answer that changes the cache.
+answer only counts: the check fails an answer that changes the cache. One page size is not
+a power of two, where `seq_len & (page_size - 1)` is not seq_len % page_size.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..cache import PagedKVCache
+from .compare import POW2_HINT, pow2_mod
 from .report import Case, CheckResult, Mismatch, as_int, run_cases
 from .seeds import case_rng
 
@@ -90,7 +92,11 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
     if got == expected:
         return
     any_shared = any(cache.allocator.ref_count(p) > 1 for p in table)
-    if drained and got == 0:
+    masked = pow2_mod(n, page_size) != 0 and cache.allocator.ref_count(table[-1]) > 1 \
+        or pow2_mod(n, page_size) == 0
+    if page_size & (page_size - 1) and got == int(masked):
+        hint = POW2_HINT.format(name="page_size", n=page_size)
+    elif drained and got == 0:
         hint = ("no page is free here, and the token still needs one: count the pages the "
                 "token takes, whatever the pool holds (the decode step compares that count "
                 "with num_free and raises OutOfPagesError).")
@@ -134,6 +140,6 @@ def _state_shown(state) -> str:
 def pages_for_next_token(fn) -> CheckResult:
     """Check `fn(cache, seq_id)`: pages one more token of that sequence takes (0 or 1)."""
     cases = [Case("lengths around page boundaries, and forks", {"page_size": p},
-                  lambda p=p: _next_page_case(fn, p)) for p in (4, 16)]
+                  lambda p=p: _next_page_case(fn, p)) for p in (4, 16, 6)]
     return run_cases("pages_for_next_token", "pages_for_next_token: when a token takes a page",
                      cases)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..prefill_masks import causal_mask
-from .compare import changed_input
+from .compare import POW2_HINT, changed_input, pow2_div
 from .report import Case, CheckResult, Mismatch, as_array, probe, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
@@ -262,6 +262,9 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
          "kv_tiles = ceil(keys / kv_tile) = -(-keys // kv_tile), not keys // kv_tile + 1 "
          "(nor a count of keys one too high).",
          build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile + 1)),
+        (POW2_HINT.format(name="kv_tile", n=kv_tile),
+         build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: pow2_div(k + kv_tile - 1,
+                                                                           kv_tile))),
         ("a sequence with q_len 0 has no new tokens: it gets no query tile.",
          build(lambda q, n, f: n - q + last(q, f) + 1, empty=True)),
         ("the mask is aligned bottom-right: a tile's last row sits at position "
@@ -291,7 +294,8 @@ def _as_triples(got):
 _TILES_FIXED = [([0, 40, 45, 46], [40, 100, 9], 16, 32),
                 ([0, 0, 17], [30, 17], 16, 16),
                 ([0, 64], [64], 32, 64),
-                ([0, 96, 116], [96, 64], 64, 32)]    # partial last tiles, seq_len % kv == 0
+                ([0, 96, 116], [96, 64], 64, 32),    # partial last tiles, seq_len % kv == 0
+                ([0, 30, 37, 38], [50, 37, 20], 12, 20)]   # not powers of two (no shifts)
 
 
 def _tiles_of(fn, indptr, seq_lens, rows, kv_tile):

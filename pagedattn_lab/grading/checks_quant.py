@@ -343,7 +343,7 @@ def _scale_fault_hint(name: str, index: int, per_token: int, heads: int) -> str:
 
 
 def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
-               max_logit=None):
+               max_logit=None, scale=None):
     """`max_logit`: q scaled to make that the largest logit (past 88 e^s overflows float32)."""
     prob = paged_problem(seed, mode="decode", seq_lens=seq_lens, num_heads=heads,
                          num_kv_heads=kv_heads, head_dim=dim, page_size=page_size)
@@ -353,7 +353,7 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
     sshape = shape[:3] if per_token else (kv_heads,)
     scales = [rng.uniform(0.002, 0.01, sshape).astype(np.float32),
               rng.uniform(0.02, 0.05, sshape).astype(np.float32)]   # V's unlike K's
-    scale = np.float32(1 / np.sqrt(dim))
+    scale = np.float32(1 / np.sqrt(dim) if scale is None else scale)
     if max_logit:
         logits = read_logits(prob, codes[0], scales[0], per_token, scale)
         top = logits.max() if logits.max() > 0 else logits.min()   # (< 0: q -> -q flips them)
@@ -400,7 +400,7 @@ def dequant_decode(source: str, device: str = "auto") -> CheckResult:
         ("static scales, GQA 4/2", dict(per_token=0, seq_lens=[13, 1, 6], heads=4, kv_heads=2,
                                         dim=16, page_size=4, seed=5)),
         ("per-token scales, MQA", dict(per_token=1, seq_lens=[9, 17], heads=3, kv_heads=1,
-                                       dim=24, page_size=5, seed=6)),
+                                       dim=24, page_size=5, seed=6, scale=0.5)),
         ("per-token scales, one token per page", dict(per_token=1, seq_lens=[5, 2], heads=2,
                                                       kv_heads=2, dim=8, page_size=1, seed=7)),
         ("logits up to 120 (e^s past float32's range)",

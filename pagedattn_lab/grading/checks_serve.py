@@ -17,7 +17,7 @@ import numpy as np
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
 from ..validate import check_int_list
-from .compare import changed_input
+from .compare import POW2_HINT, changed_input, pow2_div
 from .report import Case, CaseTimeout, CheckResult, Mismatch, run_cases, time_limit
 from .seeds import case_rng
 
@@ -26,17 +26,22 @@ class _StepBudget(Exception):
     pass
 
 
-def _pages(n_tokens: int, page_size: int) -> int:
+def _ceil_pages(n_tokens: int, page_size: int) -> int:
     return -(-n_tokens // page_size)
 
 
 def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
-                 ties: str = "admitted", finish_first: bool = False) -> list[int]:
+                 ties: str = "admitted", finish_first: bool = False,
+                 divide: bool = True) -> list[int]:
     """The order the spec's loop finishes `requests` in; `fifo=False` admits any waiting
     request that fits (skipping the head), `ties="reversed"` records a step's finishers
-    last-admitted first, `finish_first` records and frees before the decode (all mistakes
-    the hints name)."""
+    last-admitted first, `finish_first` records and frees before the decode, `divide=False`
+    counts pages with a shift, ceil by log2(page_size) (all mistakes the hints name)."""
     waiting, running, lens, done = deque(range(len(requests))), [], {}, []
+
+    def _pages(n_tokens, page_size):   # (the module's, or the shift's)
+        return _ceil_pages(n_tokens, page_size) if divide else \
+            pow2_div(n_tokens + page_size - 1, page_size)
 
     def finish():
         finished = [i for i in running if lens[i] == sum(requests[i])]
@@ -55,6 +60,8 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
                 promised += _pages(sum(requests[i]), page_size) - _pages(lens[i], page_size)
             elif fifo:
                 break
+        if not running:   # (a request that never fits: only the shift's count makes one)
+            return done + list(waiting)
         if finish_first:
             running = finish()
         for i in running:
@@ -72,6 +79,9 @@ def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed:
         return (f"request {bulk[0]} got several new tokens from one call to kv_for: each step "
                 "appends ONE token to every running sequence (kv_for(i, position, 1)), so "
                 "sequences share the steps and finish in the order their lengths dictate.")
+    if page_size & (page_size - 1) and got == finish_order(requests, num_pages, page_size,
+                                                           divide=False):
+        return POW2_HINT.format(name="page_size", n=page_size)
     if got == list(range(len(requests))) and freed != got:
         return ("that is the arrival order; return the requests in the order they finished "
                 "(append i to the list when request i completes).")
@@ -227,6 +237,7 @@ def serve(fn) -> CheckResult:
     small = [(5, 3), (9, 2), (2, 6), (4, 4), (7, 1)]
     blocked = [(6, 2), (10, 3), (3, 1)]
     after_one = [(3, 1), (2, 1), (4, 0), (8, 4)]
+    odd = [(5, 3), (9, 4), (4, 2), (7, 5)]
     cases = [
         Case("room for everyone", {"requests": small, "num_pages": 32, "page_size": 4},
              lambda: _serve_case(fn, 31, small, 32, 4)),
@@ -247,6 +258,10 @@ def serve(fn) -> CheckResult:
              lambda: _serve_case(fn, 37, after_one, 3, 4)),
         Case("no requests", {"requests": [], "num_pages": 4, "page_size": 4},
              lambda: _serve_case(fn, 36, [], 4, 4)),
+        # (the page sizes above are powers of two, where a shift for // passes)
+        Case("page_size 6, not a power of two", {"requests": odd, "num_pages": 4,
+                                                  "page_size": 6},
+             lambda: _serve_case(fn, 38, odd, 4, 6)),
     ]
     return run_cases("serve", "serve: admit, decode, finish and free", cases)
 

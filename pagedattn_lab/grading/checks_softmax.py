@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from .cases import nan_tails, paged_problem
-from .compare import changed_input, describe_difference, diagnose, fmt
+from .compare import POW2_HINT, changed_input, describe_difference, diagnose, fmt, pow2_div
 from .report import Case, CheckResult, Mismatch, as_array, probe, run_cases
 from .seeds import case_rng
 from .variants import attention_variant
@@ -221,7 +221,16 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
         given = {"q_vec": prob.q[b, t, h], "k_cache": prob.k_cache, "v_cache": prob.v_cache,
                  "block_table_row": prob.block_tables[b]}
         passed = {name: array.copy() for name, array in given.items()}
-        got = fn(*passed.values(), n, t, kvh, prob.scale)
+        try:
+            got = fn(*passed.values(), n, t, kvh, prob.scale)
+        except IndexError as exc:
+            # t >> log2(page_size) runs past the row where // stays in it
+            page_size = shape["page_size"]
+            if page_size & (page_size - 1) and pow2_div(t, page_size) >= len(given[
+                    "block_table_row"]) > t // page_size:
+                raise Mismatch(f"sequence {b}, token {t}: IndexError: {exc}", POW2_HINT.format(
+                    name="page_size", n=page_size)) from exc
+            raise
         changed = changed_input("attend_one", given, passed, _VIEWS)
         if changed is not None:
             raise changed
@@ -248,9 +257,16 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
             raise Mismatch(f"sequence {b} (seq_len {n}), token {t}, head {h}: "
                            + diff.message(), _TAIL_HINT)
         no_key = t == 0 and (not got.any() or np.isnan(got).all())
+        head_dim = prob.k_cache.shape[-1]
         hint = ("query 0 attended to no key at all (zeros or 0/0): query t attends to keys "
-                "0..t inclusive, its own token too.") if no_key else diagnose(got, expected, [
+                "0..t inclusive, its own token too.") if no_key else _overflow_hint(
+            got, prob, b, t, h) or diagnose(got, expected, [
             ("scale the scores: score = (q . k) * scale.", variant(scale=1.0)),
+            (f"use the scale you are given ({prob.scale:.4g} here), not 1/sqrt(head_dim) "
+             f"({1 / np.sqrt(head_dim):.4g}): the caller chooses it.",
+             variant(scale=float(1 / np.sqrt(head_dim)))),
+            (POW2_HINT.format(name="page_size", n=prob.shape["page_size"]),
+             variant(pow2_pages=True)),
             ("the scores are scaled twice: multiply q . k by scale once.",
              variant(scale=prob.scale ** 2)),
             ("read the kv head you were given: k_cache[page, offset, kv_head], not kv head 0.",
@@ -269,6 +285,22 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
               "q . k_cache[slot, kv_head] * scale; online softmax over the scores."
         raise Mismatch(f"sequence {b} (seq_len {n}), token {t}, head {h} (kv head {kvh}): "
                        + diff.message(), hint)
+
+
+def _overflow_hint(got, prob, b, t, h) -> str | None:
+    """inf or NaN where the scores reach past 709, where exp overflows float64."""
+    if np.isfinite(got).all():
+        return None
+    row, page_size = prob.block_tables[b], prob.shape["page_size"]
+    kvh = h // (prob.shape["num_heads"] // prob.shape["num_kv_heads"])
+    j = np.arange(t + 1)
+    keys = prob.k_cache[row[j // page_size], j % page_size, kvh].astype(np.float64)
+    top = float((keys @ prob.q[b, t, h].astype(np.float64)).max() * prob.scale)
+    if top < 709:
+        return None
+    return (f"the scores reach {top:.4g} here, and exp of anything past 709 overflows float64 "
+            "(inf / inf is NaN): exponentiate score - running_max (OnlineSoftmax does), never "
+            "the raw score.")
 
 
 _VIEWS = {  # the inputs an index turns into a view: a write through it reaches the cache
@@ -294,5 +326,14 @@ def attend_one(fn) -> CheckResult:
         Case("unused cache slots hold NaN", {"page_size": 8, "num_heads": 2},
              lambda: _attend_case(fn, 13, seq_lens=[11, 20], num_heads=2, num_kv_heads=1,
                                   head_dim=8, page_size=8, nan_fill=True)),
+        # the page sizes above are powers of two and the scale is 1/sqrt(head_dim): shifts
+        # for // and %, or a scale of one's own, would pass them
+        Case("page_size 6, scale 0.3", {"page_size": 6, "num_heads": 6, "num_kv_heads": 2,
+                                        "scale": 0.3},
+             lambda: _attend_case(fn, 14, seq_lens=[17, 10], num_heads=6, num_kv_heads=2,
+                                  head_dim=8, page_size=6, scale=0.3)),
+        Case("scores past 709 (scale 200): exp overflows", {"page_size": 4, "scale": 200},
+             lambda: _attend_case(fn, 15, seq_lens=[9, 14], num_heads=2, num_kv_heads=2,
+                                  head_dim=8, page_size=4, scale=200.0)),
     ]
     return run_cases("attend_one", "attend_one: one query token over its paged keys", cases)

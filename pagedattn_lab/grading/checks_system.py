@@ -30,17 +30,19 @@ def _dense_decode(q, keys, values, scale):
     return out
 
 
-def _manager(cls, num_pages, page_size, num_heads, num_kv_heads, head_dim):
+def _manager(cls, num_pages, page_size, num_heads, num_kv_heads, head_dim, **scale):
     return cls(num_pages=num_pages, page_size=page_size, num_heads=num_heads,
-               num_kv_heads=num_kv_heads, head_dim=head_dim)
+               num_kv_heads=num_kv_heads, head_dim=head_dim, **scale)
 
 
 def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
-                 num_kv_heads: int, head_dim: int, steps: int, order) -> None:
+                 num_kv_heads: int, head_dim: int, steps: int, order, scale=None) -> None:
+    """`scale`: the manager's, given to its constructor (None: its default)."""
     rng = case_rng(seed)
     total = sum(prompt_lens) + steps * len(prompt_lens)
+    own = 1.0 / np.sqrt(head_dim)   # the attention's default
     mgr = _manager(cls, total // page_size + 2 * len(prompt_lens) + 2, page_size, num_heads,
-                   num_kv_heads, head_dim)
+                   num_kv_heads, head_dim, **({} if scale is None else {"scale": scale}))
     ids, keys, values = [], {}, {}
     for n in prompt_lens:
         k = rng.standard_normal((n, num_kv_heads, head_dim)).astype(np.float32)
@@ -48,7 +50,7 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
         sid = mgr.add_sequence(k, v).seq_id
         ids.append(sid)
         keys[sid], values[sid] = k, v
-    scale = 1.0 / np.sqrt(head_dim)
+    scale = own if scale is None else scale
     for step in range(steps):
         step_ids = [ids[i] for i in order(step)]
         batch = len(step_ids)
@@ -125,7 +127,10 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
               for text, s in (("the scores are not scaled: pass self.scale (1 / sqrt(head_dim)) "
                                "to the attention.", 1.0),
                               ("the scale is applied twice (scores times scale squared): scale "
-                               "q or pass self.scale, not both.", scale ** 2))],
+                               "q or pass self.scale, not both.", scale ** 2),
+                              (f"pass self.scale to the attention: this manager was made with "
+                               f"scale={scale:g}, and the attention's default (left out, or "
+                               f"None) is 1/sqrt(head_dim) = {own:.4g}.", own))],
         ]) or "append, then attend with paged_attention_decode(q, self.cache.k_cache, " \
               "self.cache.v_cache, *self.cache.block_tables(seq_ids))."
         raise Mismatch(f"step {step} (seq_ids {step_ids}): " + diff.message(), hint)
@@ -307,6 +312,13 @@ def decode_step(cls) -> CheckResult:
                                               "num_heads": 2, "num_kv_heads": 1, "head_dim": 16},
              lambda: _decode_case(cls, 22, [5, 12, 3, 9], 4, 2, 1, 16, 4,
                                   lambda s: [[2, 0, 3], [3, 1], [1, 2, 0, 3], [0, 2]][s])),
+        # (the cases above: page_size 4 and the default scale, which a mask for % page_size
+        # or the attention's default scale would pass)
+        Case("page_size 6, GQA 6/2, a manager made with scale 0.3",
+             {"prompt_lens": [5, 13, 6], "page_size": 6, "num_heads": 6, "num_kv_heads": 2,
+              "head_dim": 8, "scale": 0.3},
+             lambda: _decode_case(cls, 23, [5, 13, 6], 6, 6, 2, 8, 4, lambda s: [1, 0, 2],
+                                  scale=0.3)),
         Case("the pool runs out mid-step", {"num_pages": 5, "page_size": 4},
              lambda: _decode_out_of_pages(cls)),
         Case("the last free page is just enough", {"num_pages": 7, "page_size": 4,

@@ -19,6 +19,7 @@ import numpy as np
 from .checks_kernels import _Compiled
 from .compare import call_on_copies, describe_difference, diagnose, fmt, ranges
 from .faults import describe_kernel_exception
+from .kernel_hints import shift_hint
 from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
@@ -296,7 +297,9 @@ def _tile_case(comp, seed, *sizes) -> None:
     if diff is not None:
         j, t, _, _ = diff.first()
         hint = diagnose(got, expected, _tile_variants(prob), mask=valid,
-                        nan_is_evidence=False)
+                        nan_is_evidence=False) or shift_hint(comp.source, {
+                            "num_kv_heads": num_kv_heads, "page_size": page_size,
+                            "head_dim": head_dim, "num_heads / num_kv_heads": group})
         raise Mismatch(diff.message() + f"\nTile (kv head {j}, tokens {t * TILE}.."
                        f"{t * TILE + 15}) is block ({t}, {j}); its rows are query heads "
                        f"{j * group}..{j * group + group - 1}.",
@@ -384,6 +387,7 @@ _TILE_SPECS = [   # name, (num_heads, num_kv_heads, head_dim, page_size, seq_len
     ("group 3, head_dim 128, pages of 5, one token", (12, 4, 128, 5, 1)),
     ("GQA 24/4, head_dim 48, pages of 3", (24, 4, 48, 3, 40)),
     ("group 5, 32 tokens: seq_len ends on a tile's and a page's end", (10, 2, 32, 8, 32)),
+    ("3 KV heads (not a power of two), group 2, pages of 6", (6, 3, 32, 6, 21)),
 ]
 
 

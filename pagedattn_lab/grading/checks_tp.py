@@ -15,7 +15,7 @@ import numpy as np
 
 from ..distributed.shard import head_range
 from ..validate import is_int
-from .compare import call_on_copies
+from .compare import POW2_HINT, call_on_copies, pow2_div
 from .report import Case, CheckResult, Mismatch, as_array, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
@@ -203,6 +203,8 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("pages per row = ceil(max(seq_lens) / page_size): a longest sequence that fills its "
          "last page exactly needs no extra page (max // page_size + 1 is one too many).",
          (4 * (2 + batch + batch * (max(lens) // ps + 1)), share, kv_read)),
+        (POW2_HINT.format(name="page_size", n=ps),
+         (4 * (2 + batch + batch * pow2_div(max(lens) + ps - 1, ps)), share, kv_read)),
         ("the buffer carries the batch's seq_lens too (batch int32 values), between the "
          "2-value header and the table.", (4 * (2 + batch * pages), share, kv_read)),
         ("the table is padded: every row has as many entries as the LONGEST sequence has "
@@ -282,7 +284,8 @@ def wire_bytes(fn) -> CheckResult:
     itemsize)` -> (tables, output_share, kv_read) bytes of one decode step, one layer."""
     fixed = [((48, 13, 33), 12, 6, 64, 16, 3, 4),     # the longest fills its last page
              ((37, 1, 16, 70), 8, 4, 64, 16, 2, 4), ((17,), 32, 8, 128, 16, 4, 2),
-             ((100, 3, 64, 65, 9), 16, 2, 64, 8, 2, 2), ((5, 6), 4, 4, 32, 4, 1, 4)]
+             ((100, 3, 64, 65, 9), 16, 2, 64, 8, 2, 2), ((5, 6), 4, 4, 32, 4, 1, 4),
+             ((50, 7, 24), 12, 4, 64, 12, 2, 2)]   # a page_size that is not a power of two
     rng = case_rng(1303)
     lens = tuple(int(n) for n in rng.integers(1, 300, size=6))
     fixed.append((lens, 32, 8, 128, 16, 8, 2))

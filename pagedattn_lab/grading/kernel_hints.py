@@ -27,11 +27,30 @@ def nothing_written(source: str) -> None:
                    "pointer you write through.")
 
 
+def _code(source: str) -> str:
+    """The source with its comments left out."""
+    code = re.sub(r"/\*.*?\*/", " ", source, flags=re.S)
+    return re.sub(r"//[^\n]*", " ", code)
+
+
 def barriers(source: str) -> int:
     """How many __syncthreads() calls the source makes (comments left out)."""
-    code = re.sub(r"/\*.*?\*/", " ", source, flags=re.S)
-    code = re.sub(r"//[^\n]*", " ", code)
-    return len(re.findall(r"__syncthreads\s*\(", code))
+    return len(re.findall(r"__syncthreads\s*\(", _code(source)))
+
+
+_SHIFT_OR_MASK = re.compile(r"<<|>>|&\s*\(\s*\w+\s*-\s*1\s*\)")
+
+
+def shift_hint(source: str, sizes: dict) -> str | None:
+    """Shifts or masks (`>> log2(n)`, `& (n - 1)`) in the source, and sizes of this case that
+    are not powers of two: they stand for / and % only for a power of two (the other cases'
+    sizes all are)."""
+    odd = [f"{name} = {n}" for name, n in sizes.items() if n & (n - 1)]
+    if not odd or not _SHIFT_OR_MASK.search(_code(source)):
+        return None
+    return ("your kernel shifts or masks (<< or >> log2(n), & (n - 1)), which stand for * n, "
+            f"/ n and % n only when n is a power of two, and {', '.join(odd)} here "
+            f"{'is' if len(odd) == 1 else 'are'} not: use *, / and %.")
 
 
 def unwritten_pattern_hint(diff, *, threads: int, token_axis: str = "token") -> str | None:
@@ -142,8 +161,7 @@ def nan_hint(got, valid, never, *, shared_tile: bool, source: str) -> str | None
 def array_size_hint(source: str, head_dim: int) -> str | None:
     """A per-thread array declared shorter than this case's head_dim but long enough for the
     smaller cases' (e.g. float acc[32] where head_dim is 128)."""
-    code = re.sub(r"/\*.*?\*/", " ", source, flags=re.S)
-    code = re.sub(r"//[^\n]*", " ", code)
+    code = _code(source)
     declared = [m for stmt in re.findall(r"(?<![\w_])(?:float|double)\s+([^;()]*);", code)
                 for m in re.findall(r"(?:^|,)\s*(\w+)\s*\[\s*(\d+)\s*\]", stmt)]
     short = [(name, int(n)) for name, n in declared

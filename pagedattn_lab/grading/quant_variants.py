@@ -10,7 +10,8 @@ scales each lane really divides by.
 into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scale, the code
 alone, code / scale or code * scale * scale, from its own or the other's scale array, at
 [slot][kv_head], [kv_head], [0], [slot] or [position in the sequence][kv_head]; or read
-right and the online softmax's update wrong (acc or l not rescaled, the max not kept).
+right and the online softmax's update wrong (acc or l not rescaled, the max not kept), or
+with the softmax scale 1/sqrt(head_dim) worked out in the kernel instead of its argument.
 """
 from __future__ import annotations
 
@@ -173,7 +174,10 @@ _SOFTMAX_MISTAKES = [
     ("m", "keep the running max: m = m_new after each token (with m left at -inf every "
           "token's e^(m - m_new) is 0, so only the last token counts)."),
 ]
-READ_MISTAKES = _read_mistakes() + _SOFTMAX_MISTAKES
+READ_MISTAKES = _read_mistakes() + _SOFTMAX_MISTAKES + [
+    ((_RIGHT, _RIGHT, "own"), "multiply by the kernel's argument `scale`, not 1/sqrt(head_dim) "
+                              "worked out in the kernel: the caller chooses the scale (this "
+                              "case's is not 1/sqrt(head_dim)).")]
 
 
 def _positions(prob, num_slots):
@@ -214,6 +218,8 @@ def read_reference(prob, codes, scales, per_token, softmax_scale, bug=None):
     for i, (how, which, index) in enumerate((k_read, v_read)):
         s = scales[i if which == "own" else 1 - i]
         caches.append(_values(codes[i], _scales_at(s, per_token, index, prob), how))
+    if scaled == "own":     # a scale the kernel worked out itself, ignoring its argument
+        softmax_scale = 1 / np.sqrt(prob.q.shape[-1])
     return reference_decode(prob.q, caches[0], caches[1], prob.block_tables, prob.seq_lens,
                             softmax_scale if scaled else 1.0)
 

@@ -11,6 +11,8 @@ way a kernel does it, element offsets and all, with optional bugs:
     values_from_keys=True      the values are read from k_cache too
     offset_shift=1             the token's offset inside its page is off by one
     identity_pages=True        the block table is ignored: token t read from slot t
+    pow2_pages=True            t >> log2(page_size) and t & (page_size - 1) for // and %
+    kv_map="shift"             h >> log2(num_heads / num_kv_heads) for the GQA division
     drop_last=True             decode ignores the sequence's last cached token
 
 A read out of bounds makes the affected rows NaN (a real kernel would fault or read
@@ -20,22 +22,26 @@ from __future__ import annotations
 
 import numpy as np
 
+from .compare import POW2_HINT, pow2_div, pow2_mod
+
 
 def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_head, *,
-                  offset_shift=0, identity_pages=False, head_stride_bug=False):
+                  offset_shift=0, identity_pages=False, head_stride_bug=False,
+                  pow2_pages=False):
     """Flat element indices [len(positions), head_dim] of one kv head's rows, or None if any
     page id is padding (negative)."""
     positions = np.asarray(positions, dtype=np.int64)
     if identity_pages:
         slots = positions
     else:
-        vpage = positions // page_size
+        vpage = pow2_div(positions, page_size) if pow2_pages else positions // page_size
         if vpage.size and vpage.max() >= len(table_row):
             return None
         pages = np.asarray(table_row, dtype=np.int64)[vpage]
         if (pages < 0).any():
             return None
-        slots = pages * page_size + positions % page_size + offset_shift
+        offsets = pow2_mod(positions, page_size) if pow2_pages else positions % page_size
+        slots = pages * page_size + offsets + offset_shift
     if head_stride_bug:
         base = slots * head_dim + kv_head * head_dim
     else:
@@ -46,7 +52,7 @@ def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_he
 def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mode="prefill",
                       mask="causal", shared_table=False, head_stride_bug=False, kv_map="div",
                       offset_shift=0, identity_pages=False, drop_last=False, online_bug=None,
-                      values_from_keys=False):
+                      values_from_keys=False, pow2_pages=False):
     """Paged attention with the chosen mistakes; float64 NumPy, q's shape.
 
     online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
@@ -71,10 +77,11 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
             queries = list(range(int(lens[b])))
             n = int(lens[b]) if mask == "none" else min(n, max_len)
         for h in range(num_heads):
-            kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h, "zero": 0}[kv_map]
+            kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h, "zero": 0,
+                   "shift": int(pow2_div(h, group))}[kv_map]
             idx = _flat_indices(row, np.arange(n), page_size, num_kv_heads, head_dim, kvh,
                                 offset_shift=offset_shift, identity_pages=identity_pages,
-                                head_stride_bug=head_stride_bug)
+                                head_stride_bug=head_stride_bug, pow2_pages=pow2_pages)
             if idx is None or (idx.size and (idx.max() >= kf.size or idx.min() < 0)):
                 out[b, queries, h] = np.nan
                 continue
@@ -124,9 +131,17 @@ def attention_mistakes(case, *, mode="prefill"):
         scale = bugs.pop("scale")
         return lambda: attention_variant(*args, scale, mode=mode, **bugs)
 
+    _, page_size, num_kv_heads, head_dim = case.k_cache.shape
+    group = case.q.shape[-2] // num_kv_heads
     hints = [
         ("the scores are not scaled: multiply q.k by `scale` (1/sqrt(head_dim)) before the "
          "softmax.", v(scale=1.0)),
+        (f"the scale is the kernel's argument `scale` ({case.scale:.4g} here): multiply by "
+         f"it, not by 1/sqrt(head_dim) ({1 / np.sqrt(head_dim):.4g}) worked out in the "
+         "kernel (the caller chooses it).", v(scale=float(1 / np.sqrt(head_dim)))),
+        (POW2_HINT.format(name="page_size", n=page_size), v(pow2_pages=True)),
+        (POW2_HINT.format(name="the group num_heads / num_kv_heads", n=group),
+         v(kv_map="shift")),
         ("the scores are scaled twice: multiply q.k by `scale` once (scaling q AND the score, "
          "or the score twice, applies scale^2).", v(scale=case.scale ** 2)),
         ("the head stride is missing num_kv_heads (the guide's bug): element (slot, kv_head, "
