@@ -30,7 +30,7 @@ from .config import EngineConfig
 from .kv_manager import KVCacheManager
 from .kv_store import KVStore
 from .model import LlamaModel
-from .request import Request, SamplingParams
+from .request import Request, SamplingParams, Status
 from .sampling import sample
 from .scheduler import Scheduler, ScheduledStep
 from .stats import EngineStats
@@ -120,7 +120,25 @@ class LLMEngine:
     # -- the loop ---------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
-        """Run one step; returns the requests that finished in it."""
+        """Run one step; returns the requests that finished in it. A step that raises (a
+        kernel error, KeyboardInterrupt) leaves every queue, request and page as they were
+        before it, except requests it preempted, which stay preempted (Scheduler.rollback):
+        step() can be called again."""
+        mark = self.stats.mark()
+        self.scheduler.begin()
+        try:
+            finished = self._step()
+        except BaseException:
+            victims = self.scheduler.rollback()
+            self.stats.rewind(mark)
+            swapped = sum(r.status is Status.SWAPPED for r in victims)
+            self.stats.preempted_swap += swapped
+            self.stats.preempted_recompute += len(victims) - swapped
+            raise
+        self.scheduler.commit()
+        return finished
+
+    def _step(self) -> list[RequestOutput]:
         t0 = time.perf_counter()
         step = self.scheduler.schedule()
         if not step.requests:

@@ -34,6 +34,31 @@ class KVCacheManager:
         self.query_tokens = 0         # tokens looked up in the prefix cache at admissions
         self.hit_tokens = 0           # ... of which found there
         self.cow_copies = 0
+        self._counts = self._host_state = None   # at `begin`, for `rollback`
+
+    # -- undoing a failed step (the scheduler's begin / commit / rollback) -----------------
+
+    def begin(self) -> None:
+        self.pool.begin()
+        self._counts, self._host_state = (self.query_tokens, self.hit_tokens,
+                                          self.cow_copies), None
+
+    def commit(self) -> None:
+        self.pool.commit()
+        self._counts = self._host_state = None
+
+    def _save_host(self) -> None:
+        if self._counts is not None and self._host_state is None:
+            self._host_state = self.host.state()
+
+    def rollback(self) -> list[int]:
+        """The pool, the host pages and the counters as at `begin`; returns the device pages
+        handed out since (BlockPool.rollback)."""
+        (self.query_tokens, self.hit_tokens, self.cow_copies), self._counts = self._counts, None
+        if self._host_state is not None:
+            self.host.restore(self._host_state)
+            self._host_state = None
+        return self.pool.rollback()
 
     # -- the prefix cache ---------------------------------------------------------------
 
@@ -162,18 +187,21 @@ class KVCacheManager:
         """Copy the pages holding the request's computed tokens to host memory, then free
         every page it holds on the device."""
         keep = req.pages[:_pages_for(req.num_computed_tokens, self.page_size)]
+        self._save_host()
         host_pages = self.host.allocate(len(keep))
-        if self.store is not None:
-            try:
+        try:
+            if self.store is not None:
                 self.store.swap_out(keep, host_pages)
-            except BaseException:   # (an interrupt mid-copy) the host pages would leak
-                self.host.free(host_pages)
-                raise
+            self.free(req)
+        except BaseException:   # (an interrupt mid-copy or mid-free) the host pages would
+            # leak: the request keeps its device pages, and no host page
+            self.host.free(host_pages)
+            raise
         req.host_pages = host_pages
-        self.free(req)
 
     def free_host(self, req: Request) -> None:
         """Give back the host pages of a swapped-out request."""
+        self._save_host()
         self.host.free(req.host_pages)
         req.host_pages = []
 

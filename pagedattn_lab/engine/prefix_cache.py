@@ -17,11 +17,16 @@ with the same prefix can still take it back ("touch"). Allocation takes pages fr
 FRONT, the least recently freed, and only then forgets (evicts) their hash. Free pages are
 thus an LRU cache of prefixes that costs no memory: they are free the moment anyone needs
 them.
+
+`begin` / `rollback` undo everything done to the pool since `begin` (a step that failed):
+the first change of each page records what the page was (count, hash, place in the free
+queue), so the cost is in proportion to the pages a step touches, not to the pool.
 """
 from __future__ import annotations
 
 import hashlib
 from collections import Counter, OrderedDict
+from operator import itemgetter
 
 import numpy as np
 
@@ -56,8 +61,13 @@ class BlockPool:
         self.page_hash: list[bytes | None] = [None] * num_pages
         self.cached: dict[bytes, int] = {}
         # Ordered from least to most recently freed; O(1) removal from the middle (a hit).
-        self.free_queue: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_pages))
+        # Each page's value is a stamp that grows with every free, so `rollback` can put a
+        # page taken from the middle back in its place by sorting.
+        self.free_queue: OrderedDict[int, int] = OrderedDict((p, p) for p in range(num_pages))
+        self._stamp = num_pages
         self.evictions = 0
+        self._undo: dict[int, tuple] | None = None   # page -> (count, hash, stamp) at begin
+        self._allocated: list[int] = []              # pages handed out since begin
 
     @property
     def num_free(self) -> int:
@@ -84,19 +94,24 @@ class BlockPool:
             raise OutOfPagesError(n, len(self.free_queue), self.num_pages)
         pages = []
         for _ in range(n):
-            page, _ = self.free_queue.popitem(last=False)
+            page = next(iter(self.free_queue))
+            self._save(page)
+            del self.free_queue[page]
             if self.page_hash[page] is not None:
                 del self.cached[self.page_hash[page]]
                 self.page_hash[page] = None
                 self.evictions += 1
             self.ref_cnt[page] = 1
             pages.append(page)
+        if self._undo is not None:
+            self._allocated += pages
         return pages
 
     def touch(self, pages) -> None:
         """A request takes cached pages (a prefix hit): one more owner each; a free one
         leaves the free queue, so it cannot be evicted while held."""
         for page in self._page_ids(pages):
+            self._save(page)
             if self.ref_cnt[page] == 0:
                 del self.free_queue[page]
             self.ref_cnt[page] += 1
@@ -114,9 +129,11 @@ class BlockPool:
                 raise ValueError(f"pages: page {page} is listed {times} times but has only "
                                  f"{self.ref_cnt[page]} owner(s)")
         for page in pages:
+            self._save(page)
             self.ref_cnt[page] -= 1
             if self.ref_cnt[page] == 0:
-                self.free_queue[page] = None
+                self.free_queue[page] = self._stamp
+                self._stamp += 1
 
     def _page_ids(self, pages) -> list[int]:
         """Page ids as ints in 0..num_pages-1 (a negative one would index from the end)."""
@@ -140,9 +157,57 @@ class BlockPool:
                             f"{type(block_hash).__name__}")
         if block_hash in self.cached or self.page_hash[page] is not None:
             return False
+        self._save(page)
         self.cached[block_hash] = page
         self.page_hash[page] = block_hash
         return True
+
+    # -- undoing a failed step ----------------------------------------------------------
+
+    def begin(self) -> None:
+        """Record, from now on, what each page was before its first change (see rollback)."""
+        self._undo, self._allocated, self._evictions_at_begin = {}, [], self.evictions
+
+    def commit(self) -> None:
+        """Keep the changes since `begin`; stop recording."""
+        self._undo, self._allocated = None, []
+
+    def _save(self, page: int) -> None:
+        if self._undo is not None and page not in self._undo:
+            self._undo[page] = (self.ref_cnt[page], self.page_hash[page],
+                                self.free_queue.get(page))
+
+    def rollback(self) -> list[int]:
+        """Every page's count, hash and place in the free queue back as they were at `begin`;
+        returns the pages handed out since then: their contents may have been overwritten
+        (a copy, a swap-in, the forward's writes), so any hash they get back is a lie until
+        `forget` drops it."""
+        undo, allocated = self._undo, self._allocated
+        self.commit()
+        for page in undo:   # every hash first: a hash may have moved between two pages
+            if self.page_hash[page] is not None:
+                del self.cached[self.page_hash[page]]
+        for page, (count, block_hash, stamp) in undo.items():
+            self.ref_cnt[page], self.page_hash[page] = count, block_hash
+            if block_hash is not None:
+                self.cached[block_hash] = page
+            self.free_queue.pop(page, None)
+            if stamp is not None:
+                self.free_queue[page] = stamp
+        order = sorted(self.free_queue.items(), key=itemgetter(1))
+        self.free_queue.clear()
+        self.free_queue.update(order)
+        self.evictions = self._evictions_at_begin
+        return allocated
+
+    def forget(self, pages) -> None:
+        """Drop the cached hash of each page listed (its contents no longer match it)."""
+        for page in pages:
+            block_hash = self.page_hash[page]
+            if block_hash is not None:
+                del self.cached[block_hash]
+                self.page_hash[page] = None
+                self.evictions += 1
 
     def is_shared_or_cached(self, page: int) -> bool:
         """Writing into such a page would change what another request, or a future prefix

@@ -65,6 +65,21 @@ class Request:
     def num_tokens(self) -> int:
         return len(self.prompt_ids) + len(self.output_ids)
 
+    def save(self) -> tuple:
+        """What a step may change, for `restore` (lists copied; the ones only appended to,
+        by their lengths)."""
+        return (self.status, self.num_computed_tokens, list(self.pages),
+                self.num_registered_blocks, list(self.host_pages), self.num_preemptions,
+                self.num_cached_tokens, self.finish_reason, len(self.output_ids),
+                len(self.logits), len(self.block_hashes))
+
+    def restore(self, saved: tuple) -> None:
+        (self.status, self.num_computed_tokens, pages, self.num_registered_blocks, host_pages,
+         self.num_preemptions, self.num_cached_tokens, self.finish_reason, outputs, logits,
+         hashes) = saved
+        self.pages, self.host_pages = list(pages), list(host_pages)
+        del self.output_ids[outputs:], self.logits[logits:], self.block_hashes[hashes:]
+
     def tokens(self, start: int, stop: int) -> list[int]:
         """Tokens start..stop-1 of prompt + output, without joining the two lists."""
         p = len(self.prompt_ids)

@@ -17,6 +17,12 @@ prefilled in chunks over several steps while the others keep decoding in the sam
    the watermark allow: a request's cached prefix is looked up first, so only the rest of
    its prompt costs pages and tokens.
 
+A step that fails (the forward raises, a copy is interrupted) is undone by `rollback`: every
+queue, request, page count and cached hash goes back to what it was at `begin`, except that
+requests it preempted stay preempted (the pages they gave up may already hold another
+request's new K/V: their own K/V survive only on the host, after a swap-out) and pages it
+handed out forget the prefix they cached (their contents may have been overwritten).
+
 Output lengths are never known in advance: a request holds pages for the tokens it has
 (on-demand), or, with `allocation="predictive"`, also for the output length it is expected
 to reach (the mean of the outputs finished so far).
@@ -57,6 +63,54 @@ class Scheduler:
         self.swapped: deque[Request] = deque()
         self.finished_output_lens: list[int] = []
         self.recomputed_tokens = 0    # cached tokens thrown away by preemption by recompute
+        # Since `begin`: each request changed, as Request.save() had it before its first
+        # change; the requests preempted; the queues and counters as they were.
+        self._journal: dict[Request, tuple] | None = None
+        self._victims: list[Request] = []
+        self._queues: tuple = ()
+
+    # -- undoing a failed step --------------------------------------------------------------
+
+    def begin(self) -> None:
+        """Record what the step about to run changes, for `rollback`."""
+        self.kv.begin()
+        self._journal, self._victims = {}, []
+        self._queues = (deque(self.waiting), list(self.running), deque(self.swapped),
+                        len(self.finished_output_lens), self.recomputed_tokens)
+
+    def commit(self) -> None:
+        self.kv.commit()
+        self._journal = None
+
+    def _save(self, req: Request) -> None:
+        if self._journal is not None and req not in self._journal:
+            self._journal[req] = req.save()
+
+    def rollback(self) -> list[Request]:
+        """Undo everything since `begin` but the preemptions (see the module docstring);
+        returns the requests preempted, which stay in `waiting` or `swapped`."""
+        journal, victims = self._journal, self._victims
+        self._journal = None
+        forget = self.kv.rollback()
+        for req, saved in journal.items():
+            if req not in victims:
+                req.restore(saved)
+        waiting, running, swapped, finished, self.recomputed_tokens = self._queues
+        self.waiting, self.running, self.swapped = deque(waiting), list(running), deque(swapped)
+        del self.finished_output_lens[finished:]
+        for req in victims:   # preempted again, as `_preempt` did, on the restored pool
+            self.running.remove(req)
+            self.kv.pool.free(reversed(journal[req][2]))
+            if req.status is Status.SWAPPED:
+                # the same host pages as then: the swap-outs of a step are its first host
+                # allocations (one that fails raises, ending the step), made in this order
+                self.kv.host.allocate(len(req.host_pages))
+                self.swapped.appendleft(req)
+            else:
+                self.recomputed_tokens += journal[req][1]
+                self.waiting.appendleft(req)
+        self.kv.pool.forget(forget)
+        return victims
 
     def add(self, req: Request) -> None:
         req.status = Status.WAITING
@@ -90,6 +144,7 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             req = self.running[i]
             n = self._chunk(req, budget)
+            self._save(req)
             while not self.kv.grow(req, n):
                 victim = self.running[-1]
                 self._preempt(victim, step)
@@ -101,9 +156,10 @@ class Scheduler:
         return budget
 
     def _preempt(self, req: Request, step: ScheduledStep) -> None:
+        self._save(req)
         swap = self.config.preemption_mode == "swap" and self.kv.can_swap_out(req)
         if swap:   # copied while still running: a copy that fails (an interrupt) leaves it
-            self.kv.swap_out(req)   # there with its pages, for LLMEngine.generate to give back
+            self.kv.swap_out(req)   # there with its pages, for `rollback` to find
         self.running.remove(req)
         req.num_preemptions += 1
         if swap:
@@ -117,6 +173,8 @@ class Scheduler:
             req.status = Status.WAITING
             self.waiting.appendleft(req)
             step.preempted.append(req)
+        if self._journal is not None:
+            self._victims.append(req)
 
     def _room(self, cost: int) -> bool:
         """Can `cost` pages be taken and the watermark still be free? (With nothing running,
@@ -132,6 +190,7 @@ class Scheduler:
             n = self._chunk(req, budget)
             if not self._room(self.kv.swap_in_cost(req, n)):
                 break
+            self._save(req)
             self.kv.swap_in(req)   # before it leaves `swapped`: a copy that fails leaves it there
             self.swapped.popleft()
             req.status = Status.RUNNING
@@ -147,6 +206,7 @@ class Scheduler:
         predictive = self.config.allocation == "predictive"
         while self.waiting and budget > 0 and len(self.running) < self.config.max_num_seqs:
             req = self.waiting[0]
+            self._save(req)   # (before its block hashes are computed)
             hits, computed = self.kv.cached_prefix(req)
             n = min(req.num_tokens - computed, budget, self.config.chunk_limit)
             lookahead = 0
@@ -183,6 +243,7 @@ class Scheduler:
         return dropped
 
     def finish(self, req: Request, reason: str) -> None:
+        self._save(req)
         req.finish_reason = reason
         req.status = Status.FINISHED
         self.running.remove(req)

@@ -10,6 +10,10 @@ SERIES = ("running", "waiting", "swapped", "pages_used", "pages_cached", "tokens
           "batch_tokens", "prefill_tokens", "decode_tokens", "hit_rate", "seconds")
 
 
+COUNTERS = ("preempted_recompute", "preempted_swap", "prompt_tokens", "output_tokens",
+            "finished", "finished_prompt_tokens", "finished_cached_tokens")
+
+
 @dataclass
 class EngineStats:
     """Per-step series (lists, one entry per step; see SERIES) and counters."""
@@ -21,6 +25,19 @@ class EngineStats:
     finished: int = 0
     finished_prompt_tokens: int = 0
     finished_cached_tokens: int = 0   # their prompt tokens served by the prefix cache
+
+    def mark(self) -> tuple:
+        """The counters and the series' lengths now, for `rewind`."""
+        return ({k: getattr(self, k) for k in COUNTERS},
+                {k: len(v) for k, v in self.series.items()})
+
+    def rewind(self, mark: tuple) -> None:
+        """Back to `mark` (a step that failed is not counted)."""
+        counters, lengths = mark
+        for k, v in counters.items():
+            setattr(self, k, v)
+        for k, n in lengths.items():
+            del self.series[k][n:]
 
     def record(self, **row) -> None:
         for key in SERIES:
