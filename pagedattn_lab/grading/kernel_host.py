@@ -11,15 +11,13 @@ to return the reference's outputs, or its counts, and pass a kernel task without
 """
 from __future__ import annotations
 
-import argparse
-import json
 import socket
 import sys
 
 from . import remote, wire
 from .channel import Channel
 from .report import CASE_TIME_LIMIT, time_limit
-from .runner import set_limits
+from .runner import enter_guard, sandbox_arguments
 
 
 def _kernel(peer, header, blobs):
@@ -48,19 +46,8 @@ def serve(peer: remote.Peer) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("notebook", nargs="?", help="ignored: the sandbox copies it for the runner")
-    parser.add_argument("--channel-fd", type=int, required=True)
-    parser.add_argument("--audit", default=None,
-                        help="install the audit-hook guard for this folder (no isolation)")
-    parser.add_argument("--compiler", default=None, help="the only compiler --audit allows")
-    parser.add_argument("--limits", default=None, help="JSON {AS, NOFILE, ...}: set_limits()")
-    args = parser.parse_args(argv)
-    if args.limits:
-        set_limits(json.loads(args.limits))
-    if args.audit:
-        from .sandbox import install  # noqa: PLC0415
-        install(args.audit, compiler=json.loads(args.compiler) if args.compiler else None)
+    args = sandbox_arguments(None).parse_args(argv)
+    enter_guard(args)
     serve(kernel_peer(Channel(socket.socket(fileno=args.channel_fd))))
     return 0
 

@@ -86,17 +86,33 @@ def code_cells(path: str) -> list[tuple[int, str]]:
     return cells
 
 
-def main(argv=None) -> int:
+def sandbox_arguments(notebook: str | None) -> argparse.ArgumentParser:
+    """The command line of a program isolation.start runs: this runner (`notebook`: what
+    its positional argument is), or the kernel host (None: it takes none)."""
     parser = argparse.ArgumentParser()
-    parser.add_argument("notebook")
+    if notebook is not None:
+        parser.add_argument("notebook", help=notebook)
     parser.add_argument("--channel-fd", type=int, required=True)
     parser.add_argument("--audit", default=None,
                         help="install the audit-hook guard for this folder (no isolation)")
     parser.add_argument("--compiler", default=None, help="the only compiler --audit allows")
     parser.add_argument("--limits", default=None, help="JSON {AS, NOFILE, ...}: set_limits()")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def enter_guard(args) -> None:
+    """At level none (isolation.py), what the namespaces would do: resource limits, then
+    the audit hook (once added, it cannot be removed)."""
     if args.limits:
         set_limits(json.loads(args.limits))
+    if args.audit:
+        from .sandbox import install  # noqa: PLC0415
+        install(args.audit, compiler=json.loads(args.compiler) if args.compiler else None)
+
+
+def main(argv=None) -> int:
+    args = sandbox_arguments("the notebook to run").parse_args(argv)
+    enter_guard(args)
 
     peer = learner_peer(args.channel_fd)
     try:
@@ -105,9 +121,6 @@ def main(argv=None) -> int:
         peer.event("cell_error", cell=-1, ename=type(exc).__name__,
                    evalue=f"could not read the notebook: {exc}")
         return 0
-    if args.audit:
-        from .sandbox import install  # noqa: PLC0415
-        install(args.audit, compiler=json.loads(args.compiler) if args.compiler else None)
     install_forwarders(peer)
 
     from IPython.core.interactiveshell import InteractiveShell  # noqa: PLC0415
