@@ -33,6 +33,7 @@ class Channel:
         self.sock, self.abort_fd = sock, abort_fd
         self.buffer = bytearray()
         self.closed = False
+        self.aborted = False   # closed by abort_fd (the grader), not by the other side
         sock.setblocking(False)
 
     def _wait(self, want_write: bool, deadline: float | None) -> None:
@@ -46,6 +47,7 @@ class Channel:
             if self.sock in r or w:   # what the other side sent still counts after an abort
                 return
             if self.abort_fd is not None and self.abort_fd in r:
+                self.aborted = True
                 self.close()
                 raise ChannelClosed("the grader stopped waiting for this submission")
             if deadline is not None and time.monotonic() >= deadline:

@@ -179,11 +179,12 @@ def _counted(array: np.ndarray, counter: list) -> np.ndarray:
 
 # The timed case: long enough that a per-token Python loop costs far more than the whole
 # vectorized gather on any machine, with pages long enough that a loop over the pages costs
-# next to nothing, and one float16 value per token (under the grader the time includes
-# sending the cache and the result: ~1-2 ms here, a vectorized gather's own ~0.7 ms, a
-# per-token loop's 10-100 ms).
+# next to nothing, and one float16 value per token. Measured as shares of the cheapest
+# per-token loop's time: right answers 1-10% in the notebook, up to 25% under the grader on a
+# loaded machine (its time includes sending the cache and the result); a list of the slots
+# as Python ints 127-130%, a loop that indexes per token 390% and more.
 TIMED_TOKENS, TIMED_PAGE_SIZE, TIMED_REPEATS = 1 << 17, 512, 3
-LOOP_SHARE = 2   # fail past half the time of the cheapest per-token loop
+LOOP_LIMIT = 0.75   # fail past this share of the cheapest per-token loop's time
 
 
 def _loop_seconds(row: np.ndarray, page_size: int, seq_len: int) -> float:
@@ -261,9 +262,9 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
                        f"for {seq_len} tokens in {n_used} pages: a Python loop over the tokens",
                        "compute every token's slot at once (an array of slots), then index the "
                        "reshaped cache with that array: one indexing for all the tokens.")
-    if diff is None and timed and seconds * LOOP_SHARE > loop_seconds:
+    if diff is None and timed and seconds > LOOP_LIMIT * loop_seconds:
         raise Mismatch(f"right values, but {seconds * 1e3:.1f} ms for {seq_len} tokens in "
-                       f"{n_used} pages: more than 1/{LOOP_SHARE} of the "
+                       f"{n_used} pages: more than {LOOP_LIMIT:.0%} of the "
                        f"{loop_seconds * 1e3:.1f} ms a Python loop takes only to compute each "
                        "token's slot, so your function does Python work per token (a loop or "
                        "comprehension over the tokens, or a list with one entry per token)",

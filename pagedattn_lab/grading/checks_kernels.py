@@ -188,17 +188,19 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
     valid = prob.valid_rows()
     kern = comp.get()
     # NaN from a tile read before the barrier looks like the NaN of a softmax bug: with a
-    # barrier missing in the source, that evidence speaks first.
+    # barrier missing in the source, that evidence speaks first. What the output shows
+    # (unwritten, padding, one sequence) speaks before shift_hint, which reads only the
+    # source (any << or >>, a halving loop's too).
     hint = (nan_hint(got, valid, never, shared_tile=True, source=comp.source)
             if tiled and barriers(comp.source) < 2 else None) \
         or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
         or diagnose(got, expected, attention_mistakes(prob, mode="prefill"),
                     nan_is_evidence=not tiled) \
-        or shift_hint(comp.source, _divisors(prob)) \
         or unwritten_pattern_hint(diff, threads=threads) \
         or padding_hint(got, expected, valid, never) \
         or sequence_hint(got, expected, valid, never) \
         or array_size_hint(comp.source, prob.shape["head_dim"]) \
+        or shift_hint(comp.source, _divisors(prob)) \
         or nan_hint(got, valid, never, shared_tile=tiled, source=comp.source) \
         or (tiled_hint(comp.source, racecheck=kern.racecheck) if tiled else None) \
         or ("follow the prompt's recipe: q row ((b * max_len + t) * num_heads + h) * head_dim, "

@@ -124,8 +124,8 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
              "value second.", lambda: _values_from_keys(q, keys, values, step_ids, scale)),
             *[(text, lambda s=s: np.stack([_dense_decode(q[i], keys[sid], values[sid], s)
                                            for i, sid in enumerate(step_ids)]))
-              for text, s in (("the scores are not scaled: pass self.scale (1 / sqrt(head_dim)) "
-                               "to the attention.", 1.0),
+              for text, s in ((f"the scores are not scaled: pass self.scale ({scale:.4g} "
+                               "here) to the attention.", 1.0),
                               ("the scale is applied twice (scores times scale squared): scale "
                                "q or pass self.scale, not both.", scale ** 2),
                               (f"pass self.scale to the attention: this manager was made with "

@@ -114,8 +114,10 @@ class Judge:
 
     def _kernel_host_gone(self) -> bool:
         """The kernel host's channel closed while the sandbox's is open: that task fails, and
-        the checks that need no kernel go on."""
-        return self.kernels is not None and self.kernels.channel.closed and \
+        the checks that need no kernel go on. (Closed by the abort fd, it is the grader
+        that stopped waiting, the sandbox being gone: the check was interrupted.)"""
+        kernels = None if self.kernels is None else self.kernels.channel
+        return kernels is not None and kernels.closed and not kernels.aborted and \
             not self.peer.channel.closed
 
     def kernel(self, source, name, device):

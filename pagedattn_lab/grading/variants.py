@@ -134,8 +134,8 @@ def attention_mistakes(case, *, mode="prefill"):
     _, page_size, num_kv_heads, head_dim = case.k_cache.shape
     group = case.q.shape[-2] // num_kv_heads
     hints = [
-        ("the scores are not scaled: multiply q.k by `scale` (1/sqrt(head_dim)) before the "
-         "softmax.", v(scale=1.0)),
+        (f"the scores are not scaled: multiply q.k by `scale` ({case.scale:.4g} here) before "
+         "the softmax.", v(scale=1.0)),
         (f"the scale is the kernel's argument `scale` ({case.scale:.4g} here): multiply by "
          f"it, not by 1/sqrt(head_dim) ({1 / np.sqrt(head_dim):.4g}) worked out in the "
          "kernel (the caller chooses it).", v(scale=float(1 / np.sqrt(head_dim)))),
