@@ -138,7 +138,7 @@ def grade_notebook(path: Path, name: str, run: Run) -> list[Row]:
     private = Path(tempfile.mkdtemp(prefix="nb-", dir=run.workdir))
     kernels_private = Path(tempfile.mkdtemp(prefix="kernels-", dir=run.workdir))
     ends = [*socket.socketpair(), *socket.socketpair()]
-    kernel_box = None
+    judge = kernel_box = None
     try:
         notebook = private / "submission.ipynb"
         shutil.copyfile(path, notebook)
@@ -168,6 +168,9 @@ def grade_notebook(path: Path, name: str, run: Run) -> list[Row]:
         if kernel_box is not None:   # it ends when the judge closes its channel; else now
             kernel_box.kill()
             kernel_box.wait(JUDGE_GRACE)
+        if judge is not None and judge.poll() is None:   # a sandbox that did not start
+            judge.kill()
+            judge.wait()
         shutil.rmtree(private, ignore_errors=True)
         shutil.rmtree(kernels_private, ignore_errors=True)
 

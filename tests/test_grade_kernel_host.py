@@ -100,3 +100,28 @@ def test_a_kernel_host_that_dies_fails_its_task_and_the_other_checks_go_on():
     assert "kernel host ended" in tasks["gather_kernel"]["summary"], tasks
     assert tasks["pages_needed"]["status"] == "passed", tasks
     assert judge.report()["running"] is None
+
+
+def test_a_sandbox_that_cannot_start_leaves_no_judge_behind(tmp_path, monkeypatch):
+    """isolation.start raising after the judge started (the kernel host's sandbox, or the
+    runner's) left the judge process unwaited, holding its pipes."""
+    from pagedattn_lab import grade
+    from pagedattn_lab.grading import isolation
+
+    started = []
+    real = grade._start_judge
+
+    def spy(*args):
+        started.append(real(*args))
+        return started[-1]
+
+    def refuse(*args, **kwargs):
+        raise OSError("no sandbox here")
+
+    monkeypatch.setattr(grade, "_start_judge", spy)
+    monkeypatch.setattr(isolation, "start", refuse)
+    nb = tmp_path / "02_page_access.ipynb"
+    nbformat.write(_load("solutions", "02_page_access.ipynb"), nb)
+    with pytest.raises(OSError, match="no sandbox here"):
+        grade.grade([nb], isolation_level="none")
+    assert started and started[0].poll() is not None
