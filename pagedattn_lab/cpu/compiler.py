@@ -25,7 +25,9 @@ import time
 import warnings
 from pathlib import Path
 
+from .artifacts import remember, trusted_cache, unchanged
 from .errors import CompilerNotFoundError, KernelCompileError
+from .kernel_object import refuse_load_time_code
 from .source import inline_asm_lines, translation_unit
 
 HERE = Path(__file__).resolve().parent
@@ -179,8 +181,8 @@ def _supported_flags(cmd: tuple[str, ...], ident: str) -> tuple[str, ...]:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
         known = {}
-    if key in known:
-        return tuple(known[key])
+    if key in known:   # (only flags of the list: the file is in a cache others can write)
+        return tuple(f for f in known[key] if f in OPTIONAL_FLAGS)
     ok = []
     with tempfile.TemporaryDirectory() as tmp:
         src = Path(tmp) / "probe.cpp"
@@ -201,9 +203,25 @@ def _run(cmd: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
-@functools.lru_cache(maxsize=None)
+_OWN_RUNTIME: dict = {}   # untrusted cache (artifacts.py): the runtime this process built
+
+
 def runtime_objects(cmd: tuple[str, ...], ident: str, fibers: str) -> tuple[str, ...]:
-    """Compile (once) the runtime into objects in the cache; returns their paths."""
+    """The runtime's objects: compiled once into the cache, or, where the cache is not
+    trusted (artifacts.py), into a folder of this process's own, built again if changed."""
+    if trusted_cache():
+        return _cached_runtime_objects(cmd, ident, fibers)
+    objs = _OWN_RUNTIME.get((cmd, ident, fibers))
+    if objs is None or not unchanged(objs):
+        root = _writable_cache_dir(cache_dir())
+        objs = _build_runtime(cmd, ident, fibers, Path(tempfile.mkdtemp(prefix=".own-", dir=root)))
+        remember(objs)
+        _OWN_RUNTIME[(cmd, ident, fibers)] = objs
+    return objs
+
+
+@functools.lru_cache(maxsize=None)
+def _cached_runtime_objects(cmd: tuple[str, ...], ident: str, fibers: str) -> tuple[str, ...]:
     files = _files_hash(RUNTIME_SOURCES + RUNTIME_HEADERS)
     key = hashlib.sha256(f"{ident}|{fibers}|{files}".encode()).hexdigest()[:24]
     root = _writable_cache_dir(cache_dir())
@@ -212,6 +230,16 @@ def runtime_objects(cmd: tuple[str, ...], ident: str, fibers: str) -> tuple[str,
     if all(os.path.exists(o) for o in objs):
         return objs
     tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=root))
+    _build_runtime(cmd, ident, fibers, tmp)
+    try:
+        os.rename(tmp, final)
+    except OSError:          # another process finished first: use theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return objs
+
+
+def _build_runtime(cmd, ident: str, fibers: str, tmp: Path) -> tuple[str, ...]:
+    """Compile the runtime's sources into objects in `tmp`; returns their paths."""
     defs = (["-DPAL_FIBER_UCONTEXT"] if fibers == "ucontext" else []) + (
         ["-DPAL_WRAP"] if WRAP else [])
     for src in RUNTIME_SOURCES:
@@ -222,11 +250,7 @@ def runtime_objects(cmd: tuple[str, ...], ident: str, fibers: str) -> tuple[str,
             shutil.rmtree(tmp, ignore_errors=True)
             raise KernelCompileError(f"the CPU executor's runtime ({src}) does not compile with "
                                      f"{ident}:\n{r.stderr[-4000:]}", log=r.stderr)
-    try:
-        os.rename(tmp, final)
-    except OSError:          # another process finished first: use theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    return objs
+    return tuple(str(tmp / (Path(s).stem + ".o")) for s in RUNTIME_SOURCES)
 
 
 def parse_options(options) -> tuple[list[str], list[str]]:
@@ -320,7 +344,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     key = hashlib.sha256("\0".join([tu, ident, fibers, shim_hash, *all_flags]).encode()).hexdigest()
     root = _writable_cache_dir(cache_dir())
     final = root / f"k-{key[:32]}.so"
-    if final.exists():
+    if final.exists() and (trusted_cache() or unchanged([final])):
         return CompiledKernel(str(final), True, 0.0)
     objs = runtime_objects(cmd, ident, fibers)
     t0 = time.perf_counter()
@@ -335,18 +359,19 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
             libs = ["-ldl"]   # dladdr, for glibc before 2.34
         if WRAP:
             shared.append(WRAP_FLAG)
-        if instrumented:
-            # Compile and link apart: linked with -fsanitize=thread, the driver would add
-            # libtsan, which cannot be loaded into a running Python; our hooks replace it.
-            obj = Path(tmp) / "kernel.o"
-            r = _run([*cmd, *all_flags, "-c", str(tu_path), "-o", str(obj)])
-            if r.returncode == 0:
-                defs = ["-Wl,-z,defs"] if sys.platform.startswith("linux") else []
-                r = _run([*cmd, *shared, *defs, str(obj), *objs, *libs, "-o", str(out)])
-        else:
-            r = _run([*cmd, *all_flags, *shared, str(tu_path), *objs, *libs, "-o", str(out)])
+        # Compile and link apart: the kernel's own object is checked for load-time code
+        # (kernel_object.py) before anything is linked or loaded; and linked with
+        # -fsanitize=thread, the driver would add libtsan, which cannot be loaded into a
+        # running Python (our hooks replace it).
+        obj = Path(tmp) / "kernel.o"
+        r = _run([*cmd, *all_flags, "-c", str(tu_path), "-o", str(obj)])
+        if r.returncode == 0:
+            refuse_load_time_code(str(obj), instrumented, kernel=kernel, filename=filename)
+            defs = ["-Wl,-z,defs"] if instrumented and sys.platform.startswith("linux") else []
+            r = _run([*cmd, *shared, *defs, str(obj), *objs, *libs, "-o", str(out)])
         if r.returncode != 0:
             out.unlink(missing_ok=True)
             raise _compile_error(kernel, filename, source, r.stderr + r.stdout, ident)
         os.replace(out, final)
+    remember([final])
     return CompiledKernel(str(final), False, time.perf_counter() - t0)

@@ -11,6 +11,7 @@ import numpy as np
 from ..attention_common import MAX_SHARED_MEM
 from ..signature import check_launch_args, collect_defines, find_kernels, parse_kernel_signature
 from . import abi, launch
+from .artifacts import loadable_path
 from .compiler import compile_source, parse_options
 from .errors import ExecutorUnavailableError
 from .source import has_device_variables, uses_printf
@@ -76,7 +77,8 @@ def _load(path: str) -> C.CDLL:
     with _LIBS_LOCK:
         lib = _LIBS.get(path)
         if lib is None:
-            lib = abi.bind(C.CDLL(path, mode=getattr(os, "RTLD_LOCAL", 0), use_errno=True))
+            lib = abi.bind(C.CDLL(loadable_path(path), mode=getattr(os, "RTLD_LOCAL", 0),
+                                  use_errno=True))
             _LIBS[path] = lib
         return lib
 

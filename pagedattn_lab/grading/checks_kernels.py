@@ -103,22 +103,35 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
             or ("slot = block_tables[b * max_pages + t / page_size] * page_size + t % page_size;"
                 " copy its num_kv_heads * head_dim values to row (b * max_len + t).")
         raise Mismatch(f"{name}: " + diff.message(), hint)
-    _gather_writes(kern, (max_len, batch), args, shape)
+    _gather_writes(kern, (max_len, batch), args, shape, (k_out, v_out))
 
 
-def _gather_writes(kern: Kernel, grid, args, shape) -> None:
+def _gather_writes(kern: Kernel, grid, args, shape, outputs) -> None:
     """Right values; now the prompt's sharing, which the values cannot show (a thread that
     copies the whole row stores what its neighbours store): the 32 threads of a block share
     the token's row, so a thread stores ceil(row_len / 32) values into each output (or,
     looping head by head, ceil(head_dim / 32) per head: as shared, and allowed). The
     stores are counted on the CPU executor on either device, as the puzzles' are
     (puzzle_runner.py); where it cannot build its instrumented library (the CPU executor
-    without the race check), there are no counts and the values alone decide."""
+    without the race check), there are no counts and the values alone decide. The counted
+    launch must store what the checked one stored (`outputs`, bit for bit: a copy has one
+    right answer on any device), or a kernel that knows when it is counted (a runtime
+    variable, the clock) would show the counts one kernel and the values another."""
     if kern.device == "cpu" and not kern.racecheck:
         return
     host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    host[4:6] = poisoned(shape), poisoned(shape)   # (a CPU launch wrote args in place)
     counts = kern.count(grid, (GATHER_THREADS,), host, racecheck=kern.racecheck,
                         timeout=KERNEL_TIMEOUT)
+    for name, counted, checked in zip(("k_out", "v_out"), host[4:6], outputs):
+        differ = np.flatnonzero(counted.view(np.uint32) != checked.view(np.uint32))
+        if differ.size:
+            raise Mismatch(f"{name}: the launch whose stores were counted wrote other values "
+                           f"than the launch whose values were checked ({differ.size} elements "
+                           f"differ, the first at flat index {int(differ[0])})",
+                           "the kernel must do the same work every time it runs: do not make "
+                           "what it stores depend on anything but its arguments.",
+                           expected="the checked launch's values", got="other values")
     row_len = shape[2] * shape[3]
     share = max(-(-row_len // GATHER_THREADS), shape[2] * -(-shape[3] // GATHER_THREADS))
     most, who = per_thread_max(counts, "global_writes")

@@ -11,6 +11,8 @@ to return the reference's outputs, or its counts, and pass a kernel task without
 """
 from __future__ import annotations
 
+import ctypes
+import os
 import socket
 import sys
 
@@ -45,9 +47,29 @@ def serve(peer: remote.Peer) -> None:
         pass
 
 
+PR_SET_DUMPABLE = 4
+
+
+def harden() -> None:
+    """Keep the learner's kernels, which run in worker processes forked from this one, from
+    reaching past their launch (Linux):
+    - this process is not dumpable, so a worker (same uid) cannot write its memory through
+      /proc/<parent>/mem or ptrace (a launch changed a variable of this process that way);
+    - every launch runs under the executor's seccomp filter (cpu/sandbox.cpp): a kernel
+      that found fork and setsid through dlsym, or made the system calls itself, started
+      a process that outlived its launch, past the linker's --wrap (cpu/wrap.cpp);
+    - the compile cache, which the workers can write, is not trusted (cpu/artifacts.py): a
+      kernel overwrote the runtime object the next build linked."""
+    os.environ["PAGEDATTN_LAB_CPU_SANDBOX"] = "seccomp"
+    os.environ["PAGEDATTN_LAB_CPU_TRUST_CACHE"] = "0"
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_DUMPABLE, 0, 0, 0, 0)
+
+
 def main(argv=None) -> int:
     args = sandbox_arguments(None).parse_args(argv)
     enter_guard(args)
+    harden()
     serve(kernel_peer(Channel(socket.socket(fileno=args.channel_fd))))
     return 0
 

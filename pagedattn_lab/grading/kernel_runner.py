@@ -135,12 +135,16 @@ class Kernel:
             raise Mismatch(described[0], hint) from exc
 
     def _compile_cpu(self) -> None:
-        """The race check's (instrumented) build; if only that build fails, where the compiler
-        cannot instrument, the plain build, without the race check."""
+        """The race check's (instrumented) build; where the compiler cannot instrument at all,
+        the plain build, without the race check. A source that builds only uninstrumented
+        (an `#error` under __SANITIZE_THREAD__) chose to skip the race check and the counts:
+        its instrumented build's error is reported."""
         try:
             self.kernel.cpu.compile(instrumented=True)
         except Exception:
             self.kernel.cpu.compile()     # the learner's own compile error surfaces here
+            if _can_instrument():
+                raise
             self.racecheck = False
 
     def count(self, grid, block, args: list, shared_mem: int = 0, *, racecheck: bool = False,
@@ -191,6 +195,20 @@ class Kernel:
     def _param_name(self, i: int) -> str:
         signature = self.kernel.signature   # (RawKernel's, read from the source)
         return signature[i].name if i < len(signature) else f"argument {i}"
+
+
+_PROBE_SOURCE = 'extern "C" __global__ void probe(float *x) { x[threadIdx.x] = 1.0f; }\n'
+
+
+def _can_instrument() -> bool:
+    """Whether the CPU executor's compiler builds an instrumented library of a plain kernel
+    (asked only when a learner's instrumented build failed; the build is cached on disk)."""
+    from ..cpu import RawKernel as CpuKernel  # noqa: PLC0415 - the executor on demand
+    try:
+        CpuKernel(_PROBE_SOURCE, "probe").compile(instrumented=True)
+    except Exception:
+        return False
+    return True
 
 
 _POISON_SOURCE = r"""

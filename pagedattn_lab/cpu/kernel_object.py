@@ -1,0 +1,116 @@
+"""Refuse a kernel object that would run code when its library is loaded, or that reaches
+past the shim into the executor's own runtime.
+
+The kernel library is loaded (dlopen) into the launching process, outside the forked
+workers and their sandbox (wrap.cpp, sandbox.cpp): a constructor, a global object with a
+constructor or destructor, an ifunc resolver or code in an .init/.fini section would run
+there, with everything that process may do. Under the grader's kernel host such code
+replaced the kernel runner's Python and passed an empty kernel. NVRTC kernels have none of
+these, so the kernel's own object (compiled apart from the runtime) must carry none.
+
+The kernel is linked with the runtime into one library, so it could also name the runtime's
+hidden internals (`pal::S`, whose `instr` tells a counted launch from the checked one;
+`pal_*`) or `__real_fork`, `__real_setsid`..., which the linker's --wrap maps to the
+functions wrap.cpp forbids (a process that outlived its launch). The shim's interface is
+`__pal_*` and the built-in variables; a kernel object may name nothing else of the runtime.
+
+ELF only (Linux, where the grader runs); another format is not inspected.
+"""
+from __future__ import annotations
+
+import struct
+
+from .errors import KernelCompileError
+
+__all__ = ["load_time_code", "runtime_internals", "refuse_load_time_code"]
+
+# Sections the dynamic loader runs (or whose entries it calls), by name and by type: the
+# linker merges .init_array.N / .ctors.N into .init_array, and a section's type can be set
+# apart from its name.
+_NAMES = (".init", ".fini", ".ctors", ".dtors", ".preinit_array")
+_TYPES = {14: "INIT_ARRAY", 15: "FINI_ARRAY", 16: "PREINIT_ARRAY"}
+_SHT_SYMTAB, _STT_GNU_IFUNC = 2, 10
+_INTERNAL = ("pal_", "_ZN3pal", "_ZNK3pal", "__real_", "__wrap_")
+
+
+def _string(data: bytes, at: int) -> str:
+    return data[at:data.index(b"\0", at)].decode("latin-1")
+
+
+def _sections(data: bytes):
+    """(name, type, offset, size, entsize, link's offset) of every section of an ELF64
+    little-endian file."""
+    shoff, = struct.unpack_from("<Q", data, 0x28)
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    heads = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    names_at = heads[shstrndx][4]
+    for h in heads:
+        link = heads[h[6]][4] if h[6] < shnum else 0
+        yield _string(data, names_at + h[0]), h[1], h[4], h[5], h[9], link
+
+
+def _elf(path: str) -> bytes | None:
+    with open(path, "rb") as fh:
+        data = fh.read()
+    return data if data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1 else None
+
+
+def runtime_internals(path: str) -> list[str]:
+    """The runtime internals (or --wrap escapes) that the object at `path` refers to."""
+    data = _elf(path)
+    found = []
+    for _, typ, offset, size, entsize, names in _sections(data) if data else ():
+        if typ == _SHT_SYMTAB:
+            for at in range(offset + (entsize or 24), offset + size, entsize or 24):
+                name = _string(data, names + struct.unpack_from("<I", data, at)[0])
+                undefined = struct.unpack_from("<H", data, at + 6)[0] == 0
+                if undefined and name.startswith(_INTERNAL):
+                    found.append(name)
+    return found
+
+
+def load_time_code(path: str, instrumented: bool) -> list[str]:
+    """What in the object at `path` would run at load time (empty: nothing). An instrumented
+    object (-fsanitize=thread) has one constructor of the compiler's own, which calls the
+    runtime's no-op __tsan_init: one pointer in its init sections is allowed there."""
+    data = _elf(path)
+    if data is None:
+        return []
+    found, init_bytes = [], 0
+    for name, typ, offset, size, entsize, _ in _sections(data):
+        if typ == _SHT_SYMTAB:
+            for at in range(offset, offset + size, entsize or 24):
+                if data[at + 4] & 0xF == _STT_GNU_IFUNC:
+                    found.append("an ifunc symbol (its resolver runs at load)")
+        if (name.startswith(_NAMES) or typ in _TYPES) and size and not name.startswith(".rela"):
+            if name.startswith(".init_array") and typ == 14:
+                init_bytes += size
+            else:
+                found.append(f"a {name} section")
+    if init_bytes > (8 if instrumented else 0):
+        found.append("a constructor (__attribute__((constructor)), or a global whose "
+                     "initializer is computed at run time)")
+    return found
+
+
+def refuse_load_time_code(path: str, instrumented: bool, *, kernel: str, filename: str) -> None:
+    """Raise KernelCompileError when `load_time_code` or `runtime_internals` finds anything."""
+    internals = runtime_internals(path)
+    if internals:
+        raise KernelCompileError(
+            f"kernel source {filename!r} (kernel {kernel!r}) refers to the CPU executor's own "
+            f"runtime ({', '.join(sorted(set(internals))[:5])}), which a kernel may not touch",
+            kernel=kernel, filename=filename, errors=[], log="",
+            hints=["a kernel uses only the CUDA built-ins (threadIdx, __syncthreads(), ...); "
+                   "remove the declaration of the executor's internals"])
+    found = load_time_code(path, instrumented)
+    if found:
+        what = "; ".join(dict.fromkeys(found))
+        raise KernelCompileError(
+            f"kernel source {filename!r} (kernel {kernel!r}) runs code when its library is "
+            f"loaded ({what}): the CPU executor loads the library into the launching process, "
+            f"outside the launch's sandbox, so it refuses such code",
+            kernel=kernel, filename=filename, errors=[], log="",
+            hints=["a CUDA kernel needs no constructor, global object or load-time code: "
+                   "compute values inside the kernel, or give a global a constant "
+                   "initializer"])
