@@ -9,7 +9,9 @@ learner's kernel could so put its own code into the host's process, past the obj
 - a cached file is used only if this process wrote it and its digest has not changed since
   (`unchanged`); otherwise it is built again;
 - a library is loaded from a sealed in-memory copy (`loadable_path`), which no process can
-  write, not from the cache file.
+  write, not from the cache file; the copy is made from the bytes this process built, before
+  they reach the cache (`seal`), where another process may replace them at once with its own
+  build of the same kernel (an instrumented build's bytes differ from build to build).
 Nothing of this runs between a launch's end and the next build but this process's code
 (the workers are gone), so a digest checked before the build or the load still holds then.
 """
@@ -18,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import os
 
-__all__ = ["trusted_cache", "remember", "unchanged", "loadable_path"]
+__all__ = ["trusted_cache", "remember", "unchanged", "loadable_path", "seal", "sealed"]
 
 _DIGESTS: dict[str, str] = {}    # path -> sha256 of what this process wrote there
 _SEALED: dict[str, int] = {}     # path -> the sealed copy's descriptor (kept open)
@@ -53,17 +55,33 @@ def loadable_path(path: str) -> str:
     memory file: not Linux); else a sealed copy of the bytes this process wrote there."""
     if trusted_cache() or not hasattr(os, "memfd_create"):
         return path
-    import fcntl  # noqa: PLC0415 - Linux only
     if path not in _SEALED:
         with open(path, "rb") as fh:
             data = fh.read()
         if hashlib.sha256(data).hexdigest() != _DIGESTS.get(path):
             raise RuntimeError(f"{path} changed after it was built; refusing to load it")
-        fd = os.memfd_create("pagedattn_lab-kernel", os.MFD_ALLOW_SEALING)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view):]
-        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW |
-                    fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
-        _SEALED[path] = fd
+        seal(path, data)
     return f"/proc/self/fd/{_SEALED[path]}"
+
+
+def seal(path: str, data: bytes) -> None:
+    """Where the cache is not trusted: this process built `data` for `path`; keep a sealed
+    copy now, before `path` is written, so that another process that builds the same kernel
+    into the same cache (an instrumented build's bytes differ from one build to the next)
+    cannot make this one refuse its own library."""
+    _DIGESTS[path] = hashlib.sha256(data).hexdigest()
+    if trusted_cache() or not hasattr(os, "memfd_create") or path in _SEALED:
+        return
+    import fcntl  # noqa: PLC0415 - Linux only
+    fd = os.memfd_create("pagedattn_lab-kernel", os.MFD_ALLOW_SEALING)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    fcntl.fcntl(fd, fcntl.F_ADD_SEALS, fcntl.F_SEAL_SHRINK | fcntl.F_SEAL_GROW |
+                fcntl.F_SEAL_WRITE | fcntl.F_SEAL_SEAL)
+    _SEALED[path] = fd
+
+
+def sealed(path: str) -> bool:
+    """This process holds a sealed copy of what it built for `path` (loaded from there)."""
+    return path in _SEALED

@@ -25,7 +25,7 @@ import time
 import warnings
 from pathlib import Path
 
-from .artifacts import remember, trusted_cache, unchanged
+from .artifacts import remember, seal, sealed, trusted_cache, unchanged
 from .errors import CompilerNotFoundError, KernelCompileError
 from .kernel_object import refuse_load_time_code
 from .source import inline_asm_lines, translation_unit
@@ -344,7 +344,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     key = hashlib.sha256("\0".join([tu, ident, fibers, shim_hash, *all_flags]).encode()).hexdigest()
     root = _writable_cache_dir(cache_dir())
     final = root / f"k-{key[:32]}.so"
-    if final.exists() and (trusted_cache() or unchanged([final])):
+    if final.exists() and (trusted_cache() or sealed(str(final)) or unchanged([final])):
         return CompiledKernel(str(final), True, 0.0)
     objs = runtime_objects(cmd, ident, fibers)
     t0 = time.perf_counter()
@@ -372,6 +372,6 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
         if r.returncode != 0:
             out.unlink(missing_ok=True)
             raise _compile_error(kernel, filename, source, r.stderr + r.stdout, ident)
+        seal(str(final), out.read_bytes())
         os.replace(out, final)
-    remember([final])
     return CompiledKernel(str(final), False, time.perf_counter() - t0)

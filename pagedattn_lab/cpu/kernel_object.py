@@ -42,7 +42,14 @@ def _sections(data: bytes):
     little-endian file."""
     shoff, = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    first = struct.unpack_from("<IIQQQQIIQQ", data, shoff) if shoff else None
+    # Extended numbering (65,280 sections or more: many templates' COMDAT groups): the
+    # count is then section 0's size, the names' index its link.
+    shnum = shnum or (first[5] if first else 0)
+    shstrndx = first[6] if shstrndx == 0xFFFF and first else shstrndx
     heads = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
+    if not heads:
+        return
     names_at = heads[shstrndx][4]
     for h in heads:
         link = heads[h[6]][4] if h[6] < shnum else 0
