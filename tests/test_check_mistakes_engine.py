@@ -167,11 +167,14 @@ PREFIX_MISTAKES = [
 
 def _step(decodes_first=True, watermark_on=True, charge_running=True, chunk=True,
           use_budget=True, fcfs=True, strict=False, floor_cost=False, charge_waiting=True,
-          budget_waiting=True, chunk_running=True, budget_running=True, stop_at=0, clamp=True):
+          budget_waiting=True, chunk_running=True, budget_running=True, stop_at=0, clamp=True,
+          shifted=False):
     def fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
         batch, free = [], free_pages
 
-        def pages(t):
+        def pages(t):   # shifted: as if page_size were a power of two
+            if shifted:
+                return (t + page_size - 1) >> (page_size.bit_length() - 1)
             return -(-t // page_size)
 
         def size(req, is_running=False):

@@ -16,6 +16,7 @@ import pytest
 import pagedattn_lab as pl
 from pagedattn_lab.engine.prefix_cache import hash_block
 from tests.check_helpers import assert_caught, mutate, run_check, solution_source
+from tests.test_check_mistakes_engine import _step
 
 
 def _lg(n):
@@ -112,29 +113,8 @@ def wire_bytes_shifted(seq_lens, num_heads, num_kv_heads, head_dim, page_size, w
             int(np.sum(seq_lens)) * 2 * (num_kv_heads // world) * head_dim * size)
 
 
-def schedule_step_shifted(running, waiting, budget, free_pages, watermark, page_size,
-                          max_chunk):
-    def pages(tokens):
-        return (tokens + page_size - 1) >> _lg(page_size)
-
-    batch, free = [], free_pages
-    for req in running:
-        if budget <= 0:
-            break
-        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-        free -= max(0, pages(req.num_computed + n) - req.num_pages)
-        batch.append((req.rid, n))
-        budget -= n
-    for req in waiting:
-        if budget <= 0:
-            break
-        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-        if pages(n) + watermark > free:
-            break
-        free -= pages(n)
-        batch.append((req.rid, n))
-        budget -= n
-    return batch
+# the spec's step with every page count a shift, as if page_size were a power of two
+schedule_step_shifted = _step(shifted=True)
 
 
 def serve_shifted(cache, requests, kv_for):
