@@ -58,7 +58,7 @@ LESSONS: tuple[Lesson, ...] = (
             **_tasks("checks_block_tables", "append_tokens", "block_tables")}),
     Lesson("02", "page_access", "Page access (guide step 2)", 1,
            {**_tasks("checks_addressing", "slot_of", "kv_offset", "gather_numpy"),
-            **_tasks("checks_kernels", "gather_kernel")}),
+            **_tasks("checks_gather_kernel", "gather_kernel")}),
     Lesson("03", "cuda_onramp", "A CUDA on-ramp: threads, memory, warps", 1,
            _tasks("checks_onramp", "puzzle_map", "puzzle_guard", "puzzle_2d", "puzzle_shared",
                   "puzzle_warp_sum", "puzzle_block_sum")),

@@ -2,8 +2,10 @@
 
 The mistakes these catch: a page per token instead of per `page_size` tokens, a new page
 although the last one still has room, rounding down, several allocate calls that leave a
-table half grown when the pool runs out, and one block table shared by the whole batch
-(the guide's bug; in Python, `[[]] * n`).
+table half grown when the pool runs out, one block table shared by the whole batch
+(the guide's bug; in Python, `[[]] * n`), and a table built [max_pages, batch]: returned as
+is, or as its `.T` view, whose values NumPy indexes right but whose memory a kernel reads
+transposed.
 """
 from __future__ import annotations
 
@@ -217,6 +219,14 @@ def _expect_rows(tables: np.ndarray, seq_lens: list[int], page_size: int, taken:
     filled = [int((row >= 0).sum()) for row in tables]
     hint = _count_hint(filled, seq_lens, page_size, taken)
     short = [i for i in range(len(seq_lens)) if (tables[i, :need[i]] < 0).any()]
+    # a square table (batch == max_pages) cannot show a transposition by its shape: its
+    # columns hold the sequences' pages, each before its -1 padding
+    square = tables.shape[0] == tables.shape[1]
+    if not hint and short and square and all((tables[:need[i], i] >= 0).all() and
+                                  (tables[need[i]:, i] < 0).all() for i in range(len(need))):
+        hint = (f"the table is transposed (it is square here, {tables.shape[0]} x "
+                f"{tables.shape[1]}, so its shape cannot show it): row i must be sequence i, "
+                "[batch, max_pages], not [max_pages, batch].")
     if not hint and short and sorted(filled) == sorted(need):
         hint = ("the rows hold the right page counts in another order: row i is sequence i, "
                 "in the order of seq_lens.")
@@ -274,6 +284,21 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
     need = [-(-n // page_size) for n in seq_lens]
     width = max(need + [1])
     taken = alloc.num_used - len(held)
+    if tables.ndim == 2 and min(tables.shape) > 1 and not tables.flags.c_contiguous:
+        # right values through NumPy's indexing, but a kernel reads the memory as a flat
+        # [batch, max_pages] buffer: block_tables[b * max_pages + p]
+        hint = ("kernels read block_tables as a flat buffer, row after row: build the table "
+                "as a [batch, max_pages] array (np.ascontiguousarray makes a copy in that "
+                "order).")
+        if tables.T.flags.c_contiguous:
+            hint = ("your table is a transposed view (`.T` of a [max_pages, batch] array): "
+                    "NumPy indexes it right, but its memory holds page p of sequence b at "
+                    "p * batch + b, and a kernel reads block_tables[b * max_pages + p]. Build "
+                    "it as [batch, max_pages], row i for sequence i (np.ascontiguousarray "
+                    "makes a copy in that order).")
+        raise Mismatch("block_tables' memory order", hint, "a C-contiguous [batch, max_pages] "
+                       "array (row after row)", "Fortran order (column after column)"
+                       if tables.T.flags.c_contiguous else "a strided view")
     if tables.shape != (len(seq_lens), width):
         raise Mismatch("block_tables shape",
                        _width_hint(tables, seq_lens, need, taken, width, page_size),

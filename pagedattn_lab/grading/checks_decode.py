@@ -20,6 +20,7 @@ from ..split_k import partial_state, reference_partials
 from .checks_decode_merge import decode_merge  # noqa: F401 - the lesson registry finds it here
 from .checks_kernels import _Compiled
 from .compare import ATOL, RTOL, changed_input, describe_difference, diagnose, fmt
+from .faults import describe_kernel_exception
 from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, WARP, decode_problem, dims_hint,
                             launch_warp)
 from .decode_variants import LOG2E, merge_variant, partials_variant
@@ -27,6 +28,8 @@ from .puzzle_runner import per_thread_max
 from .kernel_runner import poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
+from .table_probe import PAGE_SIZE, full_table, transposed_hint
+from .variants import BY_KV_HEADS_HINT, SCALED_VALUES_HINT
 
 # -- task 1: the merge in NumPy ------------------------------------------------------------
 
@@ -70,6 +73,11 @@ def _merge_case(fn, scores, values, cuts) -> None:
         elif m.max() < -700:
             hint = ("exp underflowed to 0 (m is near -1000 here) and 0 / 0 made NaN: "
                     "exponentiate m_p - max_p m_p, never m_p itself.")
+        elif m.max() - m.min() > 700:
+            hint = (f"the m_p here lie {fmt(m.max() - m.min())} apart, and exp of anything past "
+                    "709 overflows float64: exponentiate m_p - max_p m_p (every exponent is "
+                    "then at most 0), not m_p minus another partition's m (the first, the "
+                    "smallest).")
         else:
             hint = "a NaN or inf appeared: exp of a large positive number, or 0 / 0?"
     else:
@@ -112,13 +120,18 @@ _PARTITION_MISTAKES = [
      "query heads shares one kv head), not h % num_kv_heads.", {"kv_map": "mod"}),
     ("query head h reads kv head h / (num_heads / num_kv_heads), not kv head h.",
      {"kv_map": "same"}),
+    (BY_KV_HEADS_HINT, {"kv_map": "by_kv_heads"}),
     ("the scores are not scaled: multiply q . k by scale.", {"scale": 1.0}),
     ("multiply by the kernel's argument `scale`, not 1/sqrt(head_dim) worked out in the kernel: "
      "the caller chooses the scale (this case's is not 1/sqrt(head_dim)).", {"scale": "sqrt"}),
     ("the scale is applied twice (scores times scale squared): scale q or the dot product, "
      "not both.", {"scale": "twice"}),
+    (SCALED_VALUES_HINT, {"scaled_values": True}),
     ("each partition skips its first token: partition p starts at token p * part_len.",
      {"bounds": "skip_first"}),
+    ("the last partition stops one token early: it ends at seq_len, exclusive (the loop "
+     "reads token seq_len - 1 too); end = min(seq_len, start + part_len).",
+     {"bounds": "drop_last"}),
     ("online softmax: when the max grows, rescale the accumulator by exp(old_max - new_max).",
      {"online_bug": "acc"}),
     ("online softmax: when the max grows, rescale the running sum by exp(old_max - new_max).",
@@ -195,19 +208,45 @@ def _lane0_hint(o, o_ref, used) -> str | None:
             "__shfl_sync(0xffffffffu, dot, 0).")
 
 
-def _partition_case(comp, seed, part_len, **sizes) -> None:
-    prob = decode_problem(seed, **sizes)
+def _partition_launch(prob, part_len):
+    """(grid, args) of the prompt's launch on `prob`."""
     batch, num_heads, head_dim = prob.q.shape
-    num_kv_heads = prob.k_cache.shape[2]
     max_parts = -(-int(prob.seq_lens.max()) // part_len)
     rows = (batch, num_heads, max_parts)
     args = (prob.q, prob.k_cache, prob.v_cache, prob.block_tables, prob.seq_lens,
             poisoned(rows + (head_dim,)), poisoned(rows + (2,)), np.int32(num_heads),
-            np.int32(num_kv_heads), np.int32(head_dim), np.int32(prob.k_cache.shape[1]),
-            np.int32(prob.block_tables.shape[1]), np.int32(part_len), np.int32(max_parts),
-            np.float32(prob.scale))
-    (o, ml), counts = launch_warp(comp, (max_parts, num_heads, batch), args, outputs=(5, 6),
-                              count=True)
+            np.int32(prob.k_cache.shape[2]), np.int32(head_dim),
+            np.int32(prob.k_cache.shape[1]), np.int32(prob.block_tables.shape[1]),
+            np.int32(part_len), np.int32(max_parts), np.float32(prob.scale))
+    return (max_parts, num_heads, batch), args
+
+
+def _partition_transposed(comp) -> str | None:
+    """TRANSPOSED_HINT when the kernel reads a full table's transposed rows (part_len =
+    the page size: every partition of the three sequences exists)."""
+    def run(p):
+        (o,), _ = launch_warp(comp, *_partition_launch(p, PAGE_SIZE), outputs=(5,))
+        return o, unwritten(o)
+
+    return transposed_hint(run, full_table("decode", num_heads=2, num_kv_heads=2,
+                                           head_dim=32),
+                           lambda p: reference_partials(p.q, p.k_cache, p.v_cache,
+                                                        p.block_tables, p.seq_lens, PAGE_SIZE,
+                                                        p.scale)[2],
+                           ("sequence", "head", "partition", "dim"))
+
+
+def _partition_case(comp, seed, part_len, **sizes) -> None:
+    prob = decode_problem(seed, **sizes)
+    head_dim = prob.q.shape[2]
+    try:
+        (o, ml), counts = launch_warp(comp, *_partition_launch(prob, part_len),
+                                      outputs=(5, 6), count=True)
+    except Exception as exc:   # a fault: a transposed table read soon reaches its -1 padding
+        hint = getattr(exc, "buffer", None) and _partition_transposed(comp)   # (an index out of bounds)
+        if not hint:
+            raise
+        raise Mismatch(describe_kernel_exception(exc)[0], hint) from exc
     if np.isnan(o).all() and np.isnan(ml).all() and "TODO" in comp.source:
         raise NotAttempted(NOTHING_WRITTEN)
     m_ref, l_ref, o_ref = reference_partials(prob.q, prob.k_cache, prob.v_cache,
@@ -221,6 +260,7 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
             or diagnose(o, o_ref, [
             (text, lambda bugs=bugs: partials_variant(prob, part_len, **_scaled(prob, bugs))[2])
             for text, bugs in _PARTITION_MISTAKES], mask=used[..., None]) \
+            or _partition_transposed(comp) \
             or dims_hint(o, used, head_dim, "lane")
         raise Mismatch("part_out: " + diff.message() + "\n" + _written_by(prob, diff.first(),
                                                                           part_len),

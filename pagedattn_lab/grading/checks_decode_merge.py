@@ -85,6 +85,12 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
     variants += [
         ("the last, shorter partition is missing: a sequence has ceil(seq_len / part_len) "
          "partitions.", lambda: merge_partials(*states, (lens // part_len)[:, None])),
+        # (only where sequence 0 is not the longest: else this is the max_parts read below)
+        (f"every row merged sequence 0's {int(n_parts[0, 0])} partition"
+         f"{'s' if n_parts[0, 0] != 1 else ''}: the count is "
+         "ceil(seq_lens[b] / part_len), from the row's own sequence b, not seq_lens[0].",
+         lambda: merge_variant(*states, np.full_like(n_parts, n_parts[0, 0]), bug="none")
+         if n_parts[0, 0] < max_parts else None),
         ("one partition too many is read: a sequence has ceil(seq_len / part_len) partitions; "
          f"the slots after them hold {held}.",
          lambda: merge_variant(*states, np.minimum(n_parts + 1, max_parts), bug="none")),

@@ -277,12 +277,20 @@ def _shared_case(kern, seed, n, head_dim):
     _check_output(kern, got, PUZZLES["shared"].spec(q.astype(np.float64), k), ("key",),
                   counts, "scores", [q_not_all_staged])
     budget = {"global_reads": head_dim + -(-head_dim // SHARED_THREADS), "global_writes": 1}
+    # q read once per block in all, yet a thread over its budget: few threads loaded q for
+    # the whole block
+    one_loader = None if counts.by_buffer["q"].reads > blocks * head_dim else {
+        "global_reads": f"q was read {counts.by_buffer['q'].reads} times in all, once per "
+                        "block, but by too few threads: the block's threads share the load. "
+                        "Thread i loads q[i], q[i + blockDim.x], ... (a loop from threadIdx.x "
+                        "in steps of blockDim.x), so no thread loads more than its share."}
     _check_budget(counts, budget, {"scores": n},
                   {"q": (blocks * head_dim, "every key's thread reads all of q from global "
                                             "memory; load q into shared memory once per block "
                                             "(each thread a part), wait at a barrier, then "
                                             "read it from there."),
-                   "k": (n * head_dim, "read each element of a key row once.")})
+                   "k": (n * head_dim, "read each element of a key row once.")},
+                  one_loader)
     return counts, budget
 
 

@@ -210,6 +210,17 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
         masked = int(((lens + page_size - 1) & -page_size).sum())
         shifted = int(pow2_div(lens + page_size - 1, page_size).sum()) << \
             (page_size.bit_length() - 1)
+    # the empty slots of each last page as page_size - L % page_size: page_size where L is a
+    # multiple of page_size (a full page), or 0 (no page at all), where (-L) % page_size is 0
+    last_free = page_size - lens % page_size
+    shown = [("the last page is full (L a multiple of page_size)",
+              bool(((lens > 0) & (lens % page_size == 0)).any())),
+             ("a request has no token and no page", bool((lens == 0).any()))]
+
+    def free_hint(mistakes):
+        return ("page_size - L % page_size counts page_size empty slots where " + " and ".join(
+            text for text, show in mistakes if show) + ": a sequence's empty slots are "
+            "(-L) % page_size (or pages * page_size - L).")
     _fraction_case(on_copies(fn, "paged_waste", "seq_lens"), (lens, page_size), expected, [
         ("round the page count up: a sequence of L tokens holds ceil(L / page_size) pages.",
          1 - used / floor_alloc if floor_alloc else None),
@@ -218,6 +229,9 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
          1 - used / one_at_least if (lens == 0).any() else None),
         ("L // page_size + 1 pages is one too many when L is a multiple of page_size.",
          1 - used / plus_one if plus_one else None),
+        (free_hint(shown[:1]), int(last_free[lens > 0].sum()) / allocated if allocated
+         else None),
+        (free_hint(shown), int(last_free.sum()) / allocated if allocated else None),
         ("return a fraction of the allocated slots, not a count of slots.", allocated - used),
         ("divide by the allocated slots, not by the used ones.",
          (allocated - used) / used if used else None),

@@ -28,6 +28,8 @@ MERGE_HINTS = {
     "mean": "a plain average of the o_p treats every partition alike: weight each by "
             "l_p * exp(m_p - m).",
     "no_divide": "divide by the sum of the weights: the result is a weighted average.",
+    "divide_by_l": "divide by the sum of the weights w_p = l_p * exp(m_p - m), not by the sum "
+                   "of the l_p: each l_p is measured against its own m_p.",
     "o_unnormalized": "o_p is already divided by l_p (it is the partition's softmax average): "
                       "weight it by l_p * exp(m_p - m) and divide by the sum of those weights.",
 }

@@ -4,14 +4,17 @@
 the tokens (through the block table, slot by slot), with optional bugs:
 
     kv_map="mod" / "same"     query head h reads kv head h % num_kv_heads / h (GQA)
+    kv_map="by_kv_heads"      query head h reads kv head h / num_kv_heads (not h / group)
     scale=1.0                 the missing 1/sqrt(head_dim)
     bounds="inclusive"        a partition reads tokens start..end (one past its end)
     bounds="unclipped"        a partition reads part_len tokens even past seq_len
     bounds="skip_first"       a partition starts one token late
+    bounds="drop_last"        the last partition stops one token early (at seq_len - 1)
     online_bug="acc"/"sum"    the online softmax forgets to rescale acc / the running sum
     online_bug="max0"         the running max starts at 0 instead of -inf
     base2=True                m stored in base-2 units (scores times log2(e))
     normalized=False          o stored as the weighted sum, not divided by l
+    scaled_values=True        the values multiplied by scale as well as the scores
 
 A token whose page is block-table padding (or past the row) makes its partition NaN: a
 kernel would fault there, so such a variant only matches where it stays in bounds. Tokens
@@ -34,6 +37,8 @@ def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str)
         return range(start, start + part_len)
     if bounds == "skip_first":
         return range(start + 1, end)
+    if bounds == "drop_last" and end == seq_len:
+        return range(start, end - 1)
     return range(start, end)
 
 
@@ -71,7 +76,7 @@ def _online(scores, values, bug):
 
 
 def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="exact",
-                     online_bug=None, base2=False, normalized=True):
+                     online_bug=None, base2=False, normalized=True, scaled_values=False):
     """(m, l, o) like `split_k.reference_partials`, with the chosen mistakes."""
     num_heads = prob.q.shape[1]
     num_kv_heads = prob.k_cache.shape[2]
@@ -85,11 +90,14 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
     with np.errstate(all="ignore"):
         for b, n in enumerate(lens):
             for h in range(num_heads):
-                kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h}[kv_map]
+                kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h,
+                       "by_kv_heads": h // num_kv_heads}[kv_map]
                 for p, (start, end) in enumerate(partition_bounds(n, part_len)):
                     keys, values = _rows(prob, b, kvh, _token_range(start, end, n, part_len,
                                                                      bounds))
                     scores = keys @ prob.q[b, h].astype(np.float64) * scale
+                    if scaled_values:
+                        values = values * scale
                     if online_bug:
                         m_p, l_p, o_p = _online(scores, values, online_bug)
                     else:
@@ -106,7 +114,8 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
     """The merge of partition states [.., P] with one classic mistake (float64).
 
     no_rescale: weights l_p (maxima ignored); no_sum: weights exp(m_p - m) (sums ignored);
-    mean: plain average; no_divide: sum of w_p o_p, never divided; o_unnormalized: weights
+    mean: plain average; no_divide: sum of w_p o_p, never divided; divide_by_l: the sum of
+    w_p o_p over the sum of l_p (maxima ignored there); o_unnormalized: weights
     exp(m_p - m) over the divisor sum l_p exp(m_p - m); anything else: the right merge (to
     model a wrong partition count, pass that count as num_parts)."""
     m, l, o = (np.asarray(x, dtype=np.float64) for x in (m, l, o))
@@ -120,5 +129,6 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
         top = (w[..., None] * np.where(used[..., None], o, 0.0)).sum(axis=-2)
         if bug == "no_divide":
             return top
-        divisor = np.where(used, l * scale, 0.0) if bug == "o_unnormalized" else w
+        divisor = np.where(used, l * scale, 0.0) if bug == "o_unnormalized" else \
+            np.where(used, l, 0.0) if bug == "divide_by_l" else w
         return top / divisor.sum(axis=-1)[..., None]

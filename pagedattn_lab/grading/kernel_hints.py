@@ -92,8 +92,9 @@ def row_stride_hint(diff, head_dim: int, threads: int) -> str | None:
     return text + ": the copy loop must run over the whole row."
 
 
-def padding_hint(got, expected, valid, never) -> str | None:
-    """Right on real tokens, wrong on the rows past seq_lens: they must be zeros."""
+def padding_hint(got, expected, valid, never, *, copies: bool = False) -> str | None:
+    """Right on real tokens, wrong on the rows past seq_lens: they must be zeros. `copies`:
+    the kernel copies rows (the gather), it runs no softmax."""
     real = np.broadcast_to(valid, got.shape)
     ok_real = np.allclose(np.where(real, got, 0), np.where(real, expected, 0), atol=2e-4,
                           rtol=2e-4)
@@ -104,15 +105,37 @@ def padding_hint(got, expected, valid, never) -> str | None:
         return ("rows at or past seq_lens[b] were never written: they are part of the output "
                 "and must hold zeros (a thread there must not read the cache, but it must "
                 "store 0).")
+    if not np.any(pad != 0):      # (NaN != 0)
+        return None
+    first = _first_length_rows(got, valid)
+    if first:
+        return first
+    if copies:
+        return ("rows at or past seq_lens[b] must be zeros, but yours hold what a thread past "
+                "the sequence's end copied from the cache (its block-table entries there are "
+                "-1 padding). Test t >= seq_lens[b] first and store zeros.")
     if np.isnan(pad).any():
         return ("rows at or past seq_lens[b] hold a NaN your kernel computed: a thread past "
                 "the sequence's end ran the softmax over no keys (0/0). Test t >= seq_lens[b] "
                 "first and store zeros.")
-    if np.any(pad != 0):
-        return ("rows at or past seq_lens[b] must be zeros, but yours hold data: a thread "
-                "past the sequence's end computed attention. Test t >= seq_lens[b] first and "
-                "store zeros.")
-    return None
+    return ("rows at or past seq_lens[b] must be zeros, but yours hold data: a thread past "
+            "the sequence's end computed attention. Test t >= seq_lens[b] first and "
+            "store zeros.")
+
+
+def _first_length_rows(got, valid) -> str | None:
+    """The padding rows that hold data are exactly those below seq_lens[0] (sequence 0 is
+    the longest): every sequence was bounded by the first one's length."""
+    batch, max_len = valid.shape[:2]
+    lens = valid.reshape(batch, max_len).sum(axis=1)
+    wrong = (got != 0).reshape(batch, max_len, -1).any(axis=2) & ~valid.reshape(batch, max_len)
+    below_first = (np.arange(max_len)[None, :] < lens[0]) & ~valid.reshape(batch, max_len)
+    if batch < 2 or not below_first.any() or not (wrong == below_first).all():
+        return None
+    return (f"rows at or past seq_lens[b] must be zeros, but yours hold data in exactly the "
+            f"rows below seq_lens[0] ({int(lens[0])}) of every sequence: the bound is sequence "
+            "0's length for all of them. Sequence b's length is seq_lens[b]: test t >= "
+            "seq_lens[b] first and store zeros.")
 
 
 def sequence_hint(got, expected, valid, never) -> str | None:

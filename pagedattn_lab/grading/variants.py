@@ -8,7 +8,9 @@ way a kernel does it, element offsets and all, with optional bugs:
     shared_table=True          every sequence reads row 0 of block_tables (the guide)
     head_stride_bug=True       slot * head_dim + kv_head * head_dim (no num_kv_heads)
     kv_map="mod" / "same" / "zero"   query head h reads kv head h % num_kv_heads / h / 0
+    kv_map="by_kv_heads"       query head h reads kv head h / num_kv_heads (not h / group)
     values_from_keys=True      the values are read from k_cache too
+    scaled_values=True         the values are multiplied by scale as well as the scores
     offset_shift=1             the token's offset inside its page is off by one
     identity_pages=True        the block table is ignored: token t read from slot t
     pow2_pages=True            t >> log2(page_size) and t & (page_size - 1) for // and %
@@ -52,7 +54,7 @@ def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_he
 def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mode="prefill",
                       mask="causal", shared_table=False, head_stride_bug=False, kv_map="div",
                       offset_shift=0, identity_pages=False, drop_last=False, online_bug=None,
-                      values_from_keys=False, pow2_pages=False):
+                      values_from_keys=False, pow2_pages=False, scaled_values=False):
     """Paged attention with the chosen mistakes; float64 NumPy, q's shape.
 
     online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
@@ -61,6 +63,8 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
     q = np.asarray(q, dtype=np.float64)
     kf = np.asarray(k_cache, dtype=np.float64).reshape(-1)
     vf = np.asarray(k_cache if values_from_keys else v_cache, dtype=np.float64).reshape(-1)
+    if scaled_values:
+        vf = vf * scale
     _, page_size, num_kv_heads, head_dim = k_cache.shape
     tables, lens = np.asarray(block_tables), np.asarray(seq_lens)
     if mode == "decode":
@@ -78,7 +82,7 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
             n = int(lens[b]) if mask == "none" else min(n, max_len)
         for h in range(num_heads):
             kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h, "zero": 0,
-                   "shift": int(pow2_div(h, group))}[kv_map]
+                   "shift": int(pow2_div(h, group)), "by_kv_heads": h // num_kv_heads}[kv_map]
             idx = _flat_indices(row, np.arange(n), page_size, num_kv_heads, head_dim, kvh,
                                 offset_shift=offset_shift, identity_pages=identity_pages,
                                 head_stride_bug=head_stride_bug, pow2_pages=pow2_pages)
@@ -122,6 +126,13 @@ def _online(logits, values, bug: str):
     return acc / total[:, None]
 
 
+BY_KV_HEADS_HINT = ("query head h must read kv head h / (num_heads / num_kv_heads), not "
+                    "h / num_kv_heads: divide by the group size, the query heads per kv head "
+                    "(the two agree only when the group size equals num_kv_heads).")
+SCALED_VALUES_HINT = ("the values are scaled too: `scale` multiplies the scores (q . k) only; "
+                      "the weighted sum of v is not scaled.")
+
+
 def attention_mistakes(case, *, mode="prefill"):
     """(hint, thunk) pairs for `compare.diagnose`, most specific first."""
     args = (case.q, case.k_cache, case.v_cache, case.block_tables, case.seq_lens)
@@ -144,6 +155,7 @@ def attention_mistakes(case, *, mode="prefill"):
          v(kv_map="shift")),
         ("the scores are scaled twice: multiply q.k by `scale` once (scaling q AND the score, "
          "or the score twice, applies scale^2).", v(scale=case.scale ** 2)),
+        (SCALED_VALUES_HINT, v(scaled_values=True)),
         ("the head stride is missing num_kv_heads (the guide's bug): element (slot, kv_head, "
          "d) is at (slot * num_kv_heads + kv_head) * head_dim + d.", v(head_stride_bug=True)),
         ("every sequence reads row 0 of block_tables: one page table for the whole batch (the "
@@ -157,6 +169,7 @@ def attention_mistakes(case, *, mode="prefill"):
          "consecutive query heads), not h % num_kv_heads.", v(kv_map="mod")),
         ("query head h must read kv head h / (num_heads / num_kv_heads), not kv head h.",
          v(kv_map="same")),
+        (BY_KV_HEADS_HINT, v(kv_map="by_kv_heads")),
         ("online softmax: when the max grows, rescale the accumulator too: acc[d] = acc[d] * "
          "expf(old_max - new_max) + weight * v[d].", v(online_bug="acc")),
         ("online softmax: when the max grows, rescale the running sum too: sum = sum * "
