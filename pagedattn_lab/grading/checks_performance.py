@@ -142,8 +142,12 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
     if got == expected:
         hint = "that is the right page size, but return it as an int (one of the candidates)."
     elif got is None:
-        hint = ("return a page size; when no candidate is under the limit, the smallest "
-                "(it wastes the least).") if not ok else "return the page size you chose."
+        hint = ("return a page size; when no candidate is under the limit, the smallest, "
+                "min(candidates).") if not ok else "return the page size you chose."
+    elif not ok and got == min(candidates, key=waste.get) and waste[got] < waste[expected]:
+        hint = (f"no candidate wastes at most max_waste here: return the smallest, "
+                f"min(candidates) = {expected}, not the one that wastes least ({got}: the "
+                f"waste does not always grow with the page size).")
     elif not ok and got in waste:
         hint = ("no candidate wastes at most max_waste here: return the smallest one, "
                 "min(candidates) (candidates come in no particular order).")
@@ -205,6 +209,11 @@ def choose_page_size(fn) -> CheckResult:
              lambda: _choose_case(fn, long, cands, 0.02)),
         Case("nothing qualifies", {"seq_lens": [1, 2, 3], "max_waste": 0.01},
              lambda: _choose_case(fn, [1, 2, 3], [32, 16, 64], 0.01)),
+        # (the smallest page wastes least above, and in most batches: not here, 4 vs 7; the
+        # least wasteful is neither the first, the last nor the largest candidate)
+        Case("nothing qualifies, the smallest page wastes more", {"seq_lens": [6, 13],
+                                                                   "max_waste": 0.05},
+             lambda: _choose_case(fn, [6, 13], [9, 4, 7, 12], 0.05)),
         Case("unsorted candidates", {"requests": 64, "max_waste": 0.1},
              lambda: _choose_case(fn, long, [128, 16, 256, 64], 0.1)),
         Case("a waste exactly at the limit", {"seq_lens": [12, 24], "max_waste": 0.25},

@@ -1,33 +1,28 @@
-"""Checks for lesson 11: per-token scales (NumPy), quantize on write and dequantize on read
-(CUDA C, int8 pages).
+"""Checks for lesson 11's Tasks 1 and 2: per-token scales (NumPy) and quantize on write
+(CUDA C, int8 pages). Task 3, dequantize on read, is in checks_dequant.py.
 
 kv_scales: amax over head_dim / qmax per (token, KV head), 1 for an all-zero row.
 quantize_write: one warp per (token, KV head) stores int8 codes rint(x / scale), clamped to
 +-127 (a NaN input as 0), at the token's slot; per-token scales are computed and written to
 k_scale[slot][kv_head], static ones read from k_scale[kv_head].
-dequant_decode: one thread per (query head, sequence) attends over int8 pages, reading
-code * scale for K and for V.
 
 The cases hold values that tell the classic mistakes apart: exact halves (rounding),
 values far past 127 scales of either sign (saturation, symmetric range), rows whose largest
 magnitude is negative (abs), all-zero rows, rows down to 1e-5 (no threshold or floor on the
-scale), NaN inputs, scattered slots and a -1 padding row, GQA, and V scales unlike K's. A row
-of zeros is stored exactly whatever its scale, so any finite positive scale passes there (1,
-or an epsilon floor as vLLM's).
+scale, in both tasks), NaN inputs, scattered slots and a -1 padding row. A row of zeros is
+stored exactly whatever its scale, so any finite positive scale passes there (1, or an epsilon
+floor as vLLM's).
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..quant import per_token_scales
-from .cases import paged_problem
 from .checks_kernels import _Compiled
 from .compare import call_on_copies, describe_difference, diagnose, ranges
-from .decode_launch import DECODE_BUFFER_HINTS
 from .faults import describe_kernel_exception
-from .kernel_runner import OutOfBoundsWrite, poisoned, unwritten
-from .quant_variants import (FILL, READ_MISTAKES, WARP, WRITE_MISTAKES, quantize_reference,
-                             read_logits, read_reference)
+from .kernel_runner import OutOfBoundsWrite, poisoned
+from .quant_variants import FILL, WARP, WRITE_MISTAKES, quantize_reference
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
@@ -114,7 +109,7 @@ def _scales_case(fn, x, qmax) -> None:
     raise Mismatch(diff.message("scales"), hint)
 
 
-def _small_rows_hint(got, expected, amax):
+def _small_rows_hint(got, expected, amax, qmax="qmax"):
     """The hint when only the smallest nonzero rows are wrong, all with too large a scale."""
     wrong = ~np.isclose(got, expected, atol=0, rtol=1e-6)
     right = ~wrong & (amax > 0)
@@ -122,8 +117,8 @@ def _small_rows_hint(got, expected, amax):
             amax[wrong].max() >= amax[right].min() or not (got[wrong] > expected[wrong]).all():
         return None
     return (f"only an all-zero row gets scale 1: a row of small values (amax "
-            f"{amax[wrong].min():.2g} here) needs amax / qmax too, however small (a threshold "
-            f"on amax or a floor on the scale rounds all its codes to 0).")
+            f"{amax[wrong].min():.2g} here) needs amax / {qmax} too, however small (a "
+            f"threshold on amax or a floor on the scale shrinks its codes, down to all 0).")
 
 
 def kv_scales(fn) -> CheckResult:
@@ -209,6 +204,8 @@ def _write_inputs(rng, n, heads, dim, ties, outliers, special):
         k[2, -1] = 0.0
     if special == "nan":
         k[1, 0, 5] = k[5, -1, 0] = np.nan
+    if special == "small":   # rows from 1e-5 to 10: no threshold or floor on the scale
+        k *= (10.0 ** rng.uniform(-5, 1, (n, heads, 1))).astype(np.float32)
     return k
 
 
@@ -243,8 +240,11 @@ def _check_scales(got, want, k, slots, variants) -> None:
     diff = describe_difference(got, want, ("page", "offset", "head"), atol=0, rtol=1e-6)
     if diff is None:
         return
+    rows = slots[live]   # (the live rows only: the other slots hold the check's poison)
     hint = diagnose(got, want, [(h, lambda f=f: f()[1]) for h, f in variants], atol=0,
-                    rtol=1e-6)
+                    rtol=1e-6) or _small_rows_hint(
+        got.reshape(-1, k.shape[1])[rows], want.reshape(-1, k.shape[1])[rows],
+        np.fmax.reduce(np.abs(k[live]), -1), "127")
     raise Mismatch("k_scale: " + diff.message("scales"), hint or (
         "scale = max |x| over the row's head_dim / 127 (1 for a zero row), written by one lane "
         "at k_scale[slot * num_kv_heads + head]."))
@@ -305,108 +305,10 @@ def quantize_write(source: str, device: str = "auto") -> CheckResult:
                                                                   dim=80, page_size=2, seed=4)),
         ("per-token scales, NaN inputs (stored as 0)", dict(per_token=1, n=7, heads=2, dim=36,
                                                              page_size=4, seed=8, special="nan")),
+        ("per-token scales, rows from 1e-5 to 10 in magnitude",
+         dict(per_token=1, n=10, heads=3, dim=24, page_size=4, seed=10, special="small")),
     ]
     hidden = ("seed", "ties", "outliers", "special", "num_pages")
     return run_cases("quantize_write", "quantize_write: int8 codes and scales on write", [
         Case(name, {k: v for k, v in p.items() if k not in hidden},
              lambda p=p: _write_case(comp, **p)) for name, p in cases])
-
-
-# -- task 3: dequantize on read, in CUDA C -------------------------------------------------
-
-def _launch_read(comp, grid, args, per_token: int, heads: int):
-    """The output after the launch; a fault in a scale array gets a hint from the index read,
-    one in q or out the decode layout's (faults.py's own hint for q is prefill's)."""
-    try:
-        return comp.get().launch(grid, (1,), args, outputs=(7,))[0]
-    except Exception as exc:
-        buffer = getattr(exc, "buffer", None)
-        if type(exc).__name__ != "KernelFault" or \
-                buffer not in ("k_scale", "v_scale", "q", "out"):
-            raise
-        message, _ = describe_kernel_exception(exc)
-        hint = DECODE_BUFFER_HINTS[buffer] if buffer in ("q", "out") else \
-            _scale_fault_hint(buffer, exc.index, per_token, heads)
-        raise Mismatch(message, hint) from exc
-
-
-def _scale_fault_hint(name: str, index: int, per_token: int, heads: int) -> str:
-    if per_token:
-        return (f"per_token = 1: {name} is laid out like the pages, one scale per (slot, KV "
-                f"head): index slot * num_kv_heads + kv_head, with the slot the block table "
-                f"gives (element {index} is past the end).")
-    if 0 <= index < heads:
-        return (f"per_token = 0: {name} holds one scale per KV head: index kv_head = h / "
-                f"(num_heads / num_kv_heads), not the query head h (element {index} read).")
-    return (f"per_token = 0: {name} holds one scale per KV head, index kv_head alone (the "
-            f"slot term belongs to per-token scales; element {index} read).")
-
-
-def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
-               max_logit=None, scale=None):
-    """`max_logit`: q scaled to make that the largest logit (past 88 e^s overflows float32)."""
-    prob = paged_problem(seed, mode="decode", seq_lens=seq_lens, num_heads=heads,
-                         num_kv_heads=kv_heads, head_dim=dim, page_size=page_size)
-    rng = case_rng(seed)
-    shape = prob.k_cache.shape
-    codes = [rng.integers(-127, 128, shape).astype(np.int8) for _ in "kv"]
-    sshape = shape[:3] if per_token else (kv_heads,)
-    scales = [rng.uniform(0.002, 0.01, sshape).astype(np.float32),
-              rng.uniform(0.02, 0.05, sshape).astype(np.float32)]   # V's unlike K's
-    scale = np.float32(1 / np.sqrt(dim) if scale is None else scale)
-    if max_logit:
-        logits = read_logits(prob, codes[0], scales[0], per_token, scale)
-        top = logits.max() if logits.max() > 0 else logits.min()   # (< 0: q -> -q flips them)
-        prob.q = (prob.q * np.float32(max_logit / top)).astype(np.float32)
-    got = _launch_read(comp, (heads, len(seq_lens)), (
-        prob.q, codes[0], codes[1], scales[0], scales[1], prob.block_tables, prob.seq_lens,
-        poisoned(prob.q.shape), np.int32(heads), np.int32(kv_heads), np.int32(dim),
-        np.int32(page_size), np.int32(prob.block_tables.shape[1]), np.int32(per_token), scale),
-        per_token, heads)
-
-    def ref(bug=None):
-        return read_reference(prob, codes, scales, per_token, scale, bug)
-
-    expected = ref()
-    overflowed = ~np.isfinite(got) & ~unwritten(got)   # (unwritten: another mistake's NaN)
-    if max_logit and overflowed.any() and np.isfinite(expected).all():
-        b, h, d = np.argwhere(overflowed)[0]
-        raise Mismatch(f"{int(overflowed.sum())} of {got.size} outputs are inf or NaN, "
-                       f"the first at sequence {b}, head {h}, dim {d} (the logits here reach "
-                       f"{max_logit:g})", "e^s overflows float32 for "
-                       "s > 88 (inf / inf = NaN): weigh each token by e^(s - m_new), m_new the "
-                       "running max, and rescale acc and l by e^(m - m_new) when it grows.",
-                       "finite outputs", f"{got[b, h, d]}")
-    if np.isnan(got).all():
-        if "TODO" in comp.source:
-            raise NotAttempted(NOTHING_WRITTEN)
-        raise Mismatch("every output is NaN", "each token adds exp(s - m) times its dequantized "
-                       "V row to acc and exp(s - m) to l; out = acc / l.")
-    diff = describe_difference(got, expected, ("sequence", "head", "dim"), atol=1e-4, rtol=1e-3)
-    if diff is None:
-        return
-    hint = diagnose(got, expected, [(h, lambda bug=bug: ref(bug)) for bug, h in READ_MISTAKES],
-                    atol=1e-4, rtol=1e-3)
-    raise Mismatch(diff.message(), hint or (   # no known mistake: both halves of the spec
-        "K element d of a token is k_cache[row + d] * its scale, V likewise with v_scale (at "
-        "k_scale[kv_head] static, k_scale[slot * num_kv_heads + kv_head] per token); each token "
-        "rescales acc and l by e^(m - m_new), adds its weight e^(s - m_new), then m = m_new."))
-
-
-def dequant_decode(source: str, device: str = "auto") -> CheckResult:
-    """Check the decode kernel over int8 pages (grid (num_heads, batch), one thread)."""
-    comp = _Compiled(source, "dequant_decode", device)
-    cases = [
-        ("static scales, GQA 4/2", dict(per_token=0, seq_lens=[13, 1, 6], heads=4, kv_heads=2,
-                                        dim=16, page_size=4, seed=5)),
-        ("per-token scales, MQA", dict(per_token=1, seq_lens=[9, 17], heads=3, kv_heads=1,
-                                       dim=24, page_size=5, seed=6, scale=0.5)),
-        ("per-token scales, one token per page", dict(per_token=1, seq_lens=[5, 2], heads=2,
-                                                      kv_heads=2, dim=8, page_size=1, seed=7)),
-        ("logits up to 120 (e^s past float32's range)",
-         dict(per_token=1, seq_lens=[11, 4], heads=4, kv_heads=2, dim=16, page_size=4, seed=9,
-              max_logit=120.0)),
-    ]
-    return run_cases("dequant_decode", "dequant_decode: attention over int8 pages", [
-        Case(name, {k: v for k, v in p.items() if k != "seed"}, lambda p=p: _read_case(comp, **p))
-        for name, p in cases])

@@ -9,6 +9,8 @@ gives pages back (the guide's page counter) stalls as soon as the pool is used u
 """
 from __future__ import annotations
 
+from numbers import Integral
+
 import numpy as np
 
 from ..backend import to_numpy
@@ -178,8 +180,8 @@ def _decode_out_of_pages(cls) -> None:
     kv = mgr.xp.asarray(rng.standard_normal((2, 1, 8)).astype(np.float32))
     try:
         mgr.decode_step(list(ids), q, kv, kv)
-    except OutOfPagesError:
-        pass
+    except OutOfPagesError as exc:
+        raised = exc
     except (RuntimeError, MemoryError) as exc:
         raise _other_error(exc, "both sequences' last pages are full and 1 page is free: the "
                            "step needs 2 pages") from None
@@ -194,6 +196,29 @@ def _decode_out_of_pages(cls) -> None:
                        "page_size) and raise OutOfPagesError before appending anything.",
                        "lengths [8, 8], 1 page free",
                        f"lengths {lens}, {mgr.cache.allocator.num_free} free")
+    _error_counts(raised, (2, 1, 5), "both sequences' last pages are full and 1 of 5 pages is "
+                  "free: the step needs 2")
+
+
+def _error_counts(exc: OutOfPagesError, want: tuple, what: str) -> None:
+    """The error says what the step needed and what the pool had (the engine reads them):
+    `want`, (needed, num_free, num_pages) before the step, or what a failed append of a step
+    undone by the cache's transaction reports (no more free, as many needed as were missing)."""
+    got = tuple(getattr(exc, name, None) for name in ("requested", "free", "total"))
+    needed, num_free, num_pages = want
+    requested, free, total = got
+    if all(isinstance(n, Integral) for n in got) and total == num_pages and \
+            0 <= free <= num_free and free < requested <= needed:
+        return
+    if (free, total) == (num_pages, num_free):
+        hint = ("num_free and num_pages are swapped: raise pl.OutOfPagesError(needed, "
+                "num_free, num_pages), in that order.")
+    else:
+        hint = ("raise pl.OutOfPagesError(needed, num_free, num_pages): the pages the whole "
+                "step needs, the pages free, the pages in the pool.")
+    raise Mismatch(f"{what}; the OutOfPagesError says: {exc}", hint,
+                   "requested %d, free %d, total %d" % want,
+                   "requested %s, free %s, total %s" % got)
 
 
 def _other_error(exc: Exception, what: str) -> Exception:
@@ -260,8 +285,8 @@ def _decode_fork(cls) -> None:
     try:
         mgr.decode_step(list(step), mgr.xp.asarray(q.copy()), mgr.xp.asarray(k_new.copy()),
                         mgr.xp.asarray(v_new.copy()))
-    except OutOfPagesError:
-        pass
+    except OutOfPagesError as exc:
+        raised = exc
     except (RuntimeError, MemoryError) as exc:
         raise _other_error(exc, "the fork's next token needs a copy of its shared last page "
                            "and no page is free") from None
@@ -279,6 +304,8 @@ def _decode_fork(cls) -> None:
                        "pages_for_next_token (it sees the copy), not seq_len % page_size alone, "
                        "and raise before appending anything.", "lengths [5, 6]",
                        f"lengths {lens}")
+    _error_counts(raised, (1, 0, 5), "the fork's next token needs a copy of its shared last "
+                  "page and none of the 5 pages is free")
     mgr.finish(spare)
     passed = _step_inputs(mgr, q, k_new, v_new)
     try:

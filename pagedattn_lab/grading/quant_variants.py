@@ -1,4 +1,5 @@
-"""Workbook 11's kernels done right and with the classic mistakes switched on (checks_quant).
+"""Workbook 11's kernels done right and with the classic mistakes switched on (checks_quant,
+checks_dequant).
 
 `quantize_reference(..., bug)` is what the quantize-on-write kernel leaves in k_cache and
 k_scale: the spec's codes for `bug` None, else a known-wrong variant; `WRITE_MISTAKES` pairs
@@ -11,7 +12,8 @@ into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scal
 alone, code / scale or code * scale * scale, from its own or the other's scale array, at
 [slot][kv_head], [kv_head], [0], [slot] or [position in the sequence][kv_head]; or read
 right and the online softmax's update wrong (acc or l not rescaled, the max not kept), or
-with the softmax scale 1/sqrt(head_dim) worked out in the kernel instead of its argument.
+with the scales of query head h read at KV head h / num_kv_heads or h % num_kv_heads, or with
+the softmax scale 1/sqrt(head_dim) worked out in the kernel instead of its argument.
 """
 from __future__ import annotations
 
@@ -174,7 +176,18 @@ _SOFTMAX_MISTAKES = [
     ("m", "keep the running max: m = m_new after each token (with m left at -inf every "
           "token's e^(m - m_new) is 0, so only the last token counts)."),
 ]
-READ_MISTAKES = _read_mistakes() + _SOFTMAX_MISTAKES + [
+# The scales read at another KV head than the codes' (a bug named by a ("scale_head", how)).
+_SCALE_HEAD_MISTAKES = [
+    (("scale_head", "div"), "the scales were read at KV head h / num_kv_heads; query head h's "
+                            "KV head is kv_head = h / (num_heads / num_kv_heads), h / group (a "
+                            "group is consecutive query heads): read k_scale and v_scale at "
+                            "kv_head, as the codes are."),
+    (("scale_head", "mod"), "the scales were read at KV head h % num_kv_heads; query head h's "
+                            "KV head is kv_head = h / (num_heads / num_kv_heads) (a group is "
+                            "consecutive query heads): read k_scale and v_scale at kv_head, as "
+                            "the codes are."),
+]
+READ_MISTAKES = _read_mistakes() + _SOFTMAX_MISTAKES + _SCALE_HEAD_MISTAKES + [
     ((_RIGHT, _RIGHT, "own"), "multiply by the kernel's argument `scale`, not 1/sqrt(head_dim) "
                               "worked out in the kernel: the caller chooses the scale (this "
                               "case's is not 1/sqrt(head_dim)).")]
@@ -213,6 +226,8 @@ def read_reference(prob, codes, scales, per_token, softmax_scale, bug=None):
     `bug` reads them (None: code * scale, the spec)."""
     if isinstance(bug, str):
         return _online_softmax(prob, codes, scales, per_token, softmax_scale, bug)
+    if bug and bug[0] == "scale_head":
+        return _scales_of_another_head(prob, codes, scales, per_token, softmax_scale, bug[1])
     k_read, v_read, scaled = bug or (_RIGHT, _RIGHT, True)
     caches = []
     for i, (how, which, index) in enumerate((k_read, v_read)):
@@ -222,6 +237,21 @@ def read_reference(prob, codes, scales, per_token, softmax_scale, bug=None):
         softmax_scale = 1 / np.sqrt(prob.q.shape[-1])
     return reference_decode(prob.q, caches[0], caches[1], prob.block_tables, prob.seq_lens,
                             softmax_scale if scaled else 1.0)
+
+
+def _scales_of_another_head(prob, codes, scales, per_token, softmax_scale, how):
+    """Query head h's output with both scale arrays read at KV head h // num_kv_heads ("div")
+    or h % num_kv_heads ("mod") and the codes at h's own KV head; None when that index would
+    be past the scales (the fault shows that mistake)."""
+    heads, kv_heads = prob.q.shape[1], prob.k_cache.shape[2]
+    out = np.empty(prob.q.shape)
+    for h in range(heads):
+        wrong = h // kv_heads if how == "div" else h % kv_heads
+        if wrong >= kv_heads:
+            return None
+        moved = [s[..., [wrong] * kv_heads] for s in scales]   # every KV head reads `wrong`'s
+        out[:, h] = read_reference(prob, codes, moved, per_token, softmax_scale)[:, h]
+    return out
 
 
 def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
