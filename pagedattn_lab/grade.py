@@ -197,10 +197,11 @@ def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolatio
     if limits.memory_mb and any(Path("/dev").glob("nvidia*")):
         limits.memory_mb = 0   # CUDA reserves far more address space than it uses
     secret = isolation.secret_paths([p for p, _ in notebooks] + list(paths), outputs)
-    level = isolation.choose(isolation_level, secrets=secret, limits=limits)
+    compiler = _compiler()
+    level = isolation.choose(isolation_level, secrets=secret, limits=limits, compiler=compiler)
     _warn(level)
     workdir = Path(tempfile.mkdtemp(prefix="pagedattn-grade-"))
-    run = Run(level, timeout, limits, _compiler(), workdir, seed_ready=threading.Event())
+    run = Run(level, timeout, limits, compiler, workdir, seed_ready=threading.Event())
     threading.Thread(target=_build_seed_cache, args=(run,), daemon=True).start()
 
     def one(item):

@@ -8,15 +8,19 @@ whatever isolation this machine allows: the patch is plain Python in the learner
 so it needs no privilege, and it must reach nothing either way.
 """
 import csv
+import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
+from pathlib import Path
 
 import nbformat
 import pytest
 
-from pagedattn_lab.grading import kernel_host, remote, runner, wire
+from pagedattn_lab.grading import isolation, kernel_host, remote, runner, wire
 from pagedattn_lab.grading.channel import Channel
 from pagedattn_lab.grading.judge import Judge
 from tests.check_helpers import solution_source
@@ -125,3 +129,37 @@ def test_a_sandbox_that_cannot_start_leaves_no_judge_behind(tmp_path, monkeypatc
     with pytest.raises(OSError, match="no sandbox here"):
         grade.grade([nb], isolation_level="none")
     assert started and started[0].poll() is not None
+
+
+def test_a_compiler_outside_usr_is_shared_with_the_sandboxes():
+    """The GPU image's compiler is /opt/gcc/bin/g++ ($CXX): the boxes were given /usr and
+    not /opt/gcc, so the kernel host found no compiler and an honest gather kernel failed
+    (its stores are counted on the CPU executor). Here a compiler of its own folder, a
+    readable one outside every secret, stands in for it."""
+    assert isolation.compiler_roots(["/opt/gcc/bin/g++"]) == ["/opt/gcc"]
+    root = Path(tempfile.mkdtemp(prefix="pagedattn-toolchain-", dir="/tmp"))
+    try:
+        wrapper = root / "bin" / "c++"
+        wrapper.parent.mkdir()
+        real = shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+        wrapper.write_text(f'#!/bin/sh\nexec {real} "$@"\n')
+        for path in (root, wrapper.parent, wrapper):
+            path.chmod(0o755)
+        binds, _, _ = isolation.file_system_view([], [str(wrapper)])
+        assert (str(root), str(root)) in binds
+        subs = root.parent / f"{root.name}-subs"
+        (subs / "honest").mkdir(parents=True)
+        nbformat.write(_load("solutions", "02_page_access.ipynb"),
+                       subs / "honest" / "02_page_access.ipynb")
+        out = root.parent / f"{root.name}-out" / "grades.csv"
+        out.parent.mkdir()
+        proc = subprocess.run([sys.executable, "-m", "pagedattn_lab.grade", str(subs),
+                               "--timeout", "120", "--out", str(out)], capture_output=True,
+                              text=True, timeout=400, env=dict(os.environ, CXX=str(wrapper)))
+        assert proc.returncode == 0, proc.stderr
+        with open(out, newline="") as fh:
+            rows = {r["task"]: r for r in csv.DictReader(fh)}
+        assert rows["gather_kernel"]["result"] == "pass", rows["gather_kernel"]
+    finally:
+        for path in (root, root.parent / f"{root.name}-subs", root.parent / f"{root.name}-out"):
+            shutil.rmtree(path, ignore_errors=True)

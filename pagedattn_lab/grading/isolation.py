@@ -85,9 +85,23 @@ def secret_paths(inputs=(), outputs=()) -> list[str]:
     return sorted({os.path.realpath(p) for p in found})
 
 
-def file_system_view(secrets) -> tuple[list, list, list]:
+def compiler_roots(compiler) -> list[str]:
+    """The installation folders of `compiler` (a command list): <prefix> for <prefix>/bin/g++
+    (its cc1plus, headers and libstdc++ live under <prefix>), else the folder holding it; for
+    the path as given and for its target. A GPU image's /opt/gcc/bin/g++ is outside /usr."""
+    roots = []
+    for path in {os.path.abspath(compiler[0]), os.path.realpath(compiler[0])} if compiler else ():
+        folder = os.path.dirname(path)
+        root = os.path.dirname(folder) if os.path.basename(folder) == "bin" else folder
+        if root != "/":   # /bin/g++: /bin is bound as a top-level folder already
+            roots.append(root)
+    return sorted(roots)
+
+
+def file_system_view(secrets, compiler=None) -> tuple[list, list, list]:
     """(binds, symlinks, refused) for the sandbox's root: system directories, the Python
-    environment, the package, the compiler, never a folder that holds a secret."""
+    environment, the package, the compiler (`compiler`, a command list: its installation
+    folder), never a folder that holds a secret."""
     candidates, symlinks = list(SYSTEM_DIRS), []
     for top in TOP_LINKS:
         if os.path.islink(top):
@@ -97,6 +111,7 @@ def file_system_view(secrets) -> tuple[list, list, list]:
     candidates += [sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
                    *(p for p in sys.path if p), str(PACKAGE_DIR)]
     candidates += [os.environ[k] for k in ("CUDA_PATH", "CUDA_HOME") if os.environ.get(k)]
+    candidates += compiler_roots(compiler)
     if any(Path("/dev").glob("nvidia*")):
         candidates.append("/sys")   # the CUDA driver reads the PCI devices there
     binds, refused = [], []
@@ -275,14 +290,16 @@ def probe(level: Level, limits: Limits) -> str | None:
         shutil.rmtree(private, ignore_errors=True)
 
 
-def choose(requested: str = "auto", *, secrets=(), limits: Limits | None = None) -> Level:
-    """The isolation level to grade with (see the module docstring)."""
+def choose(requested: str = "auto", *, secrets=(), limits: Limits | None = None,
+           compiler=None) -> Level:
+    """The isolation level to grade with (see the module docstring); `compiler`: the command
+    list of the only compiler graded kernels are built with (its folder is shared)."""
     limits = limits or Limits()
     if requested not in ("auto", *LEVELS):
         raise ValueError(f"isolation: expected auto, root, user or none, got {requested!r}")
     if requested == "none":
         return Level("none", "asked for with --isolation none")
-    binds, symlinks, refused = file_system_view(secrets)
+    binds, symlinks, refused = file_system_view(secrets, compiler)
     reasons = []
     wanted = [requested] if requested != "auto" else ["root", "user"]
     for name in wanted:
