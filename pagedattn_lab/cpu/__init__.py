@@ -10,11 +10,11 @@ the argument, the index and the thread/block. See README.md in this folder.
 from .compiler import cache_dir
 from .errors import (CompilerNotFoundError, ExecutorUnavailableError, KernelAssertionError,
                      KernelCompileError, KernelDeadlock, KernelError, KernelFault, KernelTimeout,
-                     SharedMemoryRace, WarpSyncError)
+                     SharedMemoryRace, UncountedWrite, WarpSyncError)
 from .counts import AccessCounts, count_accesses
 from .kernel import RawKernel
 
 __all__ = ["RawKernel", "cache_dir", "count_accesses", "AccessCounts", "KernelError",
            "KernelFault", "SharedMemoryRace", "KernelDeadlock",
            "WarpSyncError", "KernelTimeout", "KernelAssertionError", "KernelCompileError",
-           "CompilerNotFoundError", "ExecutorUnavailableError"]
+           "CompilerNotFoundError", "ExecutorUnavailableError", "UncountedWrite"]

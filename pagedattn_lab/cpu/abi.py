@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ctypes as C
 
-ABI_VERSION = 6
+ABI_VERSION = 7
 MAX_THREADS = 1024
 MAX_WORKERS = 32
 OUT_CAP = 1 << 20
@@ -43,6 +43,7 @@ class Config(C.Structure):
         ("ranges", C.c_void_p),
         ("counts", C.c_void_p),
         ("bufstats", C.c_void_p),
+        ("written", C.c_void_p),
     ]
 
 

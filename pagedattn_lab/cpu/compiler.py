@@ -15,7 +15,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -26,9 +25,12 @@ import warnings
 from pathlib import Path
 
 from .artifacts import remember, seal, sealed, trusted_cache, unchanged
+from .compile_errors import compile_error, inline_asm_error
 from .errors import CompilerNotFoundError, KernelCompileError
-from .kernel_object import refuse_load_time_code
-from .source import inline_asm_lines, translation_unit
+from .includes import dependency_flags, refuse_outside_includes
+from .kernel_object import count_library_copies, inline_assembly, refuse_load_time_code
+from .library_calls import refuse_library_calls
+from .source import translation_unit
 
 HERE = Path(__file__).resolve().parent
 INCLUDE_DIR = HERE / "include"
@@ -63,35 +65,6 @@ _IGNORED_OPTION_PREFIXES = (
     "-prec-div", "--prec-div", "-prec-sqrt", "--prec-sqrt", "--extra-device-vectorization",
     "-default-device", "--device-as-default-execution-space", "-ewp", "--extensible-whole-program",
     "-dlto", "--dlink-time-opt", "-ptx", "--ptx", "-lto", "--std=c++", "-std=c++")
-_HINTS = [
-    (re.compile(r"'INFINITY' (was not declared|undeclared)|undeclared identifier 'INFINITY'"),
-     "NVRTC does not define INFINITY either; use __int_as_float(0xff800000) for -infinity "
-     "(__int_as_float(0x7f800000) for +infinity), or a large finite value such as -3.4e38f"),
-    (re.compile(r"'NAN' (was not declared|undeclared)|undeclared identifier 'NAN'"),
-     "NVRTC does not define NAN either; use __int_as_float(0x7fffffff)"),
-    (re.compile(r"'(FLT_MAX|FLT_MIN|DBL_MAX)' (was not declared|undeclared)|"
-                r"undeclared identifier 'FLT_"),
-     "FLT_MAX and friends are not predefined under NVRTC; write 3.402823466e+38f or "
-     "#define the constant in the kernel source"),
-    (re.compile(r"'__shfl(_up|_down|_xor)?' (was not declared|undeclared)|identifier '__shfl"),
-     "the shuffles without _sync were removed for Volta and later GPUs; use "
-     "__shfl_sync(0xffffffff, ...) / __shfl_down_sync / __shfl_xor_sync"),
-    (re.compile(r"'std' has not been declared|is not a member of 'std'"),
-     "NVRTC kernels have no C++ standard library; use the CUDA functions (fmaxf, min, ...)"),
-    (re.compile(r"Assembler messages|no such instruction|invalid instruction mnemonic"),
-     "inline PTX assembly (asm(...)) cannot run on the CPU executor; guard it with "
-     "#ifndef __PAGEDATTN_LAB_CPU__ and give a plain C++ fallback"),
-]
-# asm() operands the C++ compiler rejects before the assembler sees them ("f": x87 registers)
-_ASM_CONSTRAINT = re.compile(r"impossible constraint in .asm.|constraint \d+ must specify a single "
-                             r"register|must use '&' constraint")
-_ASM_HINT = _HINTS[-1][1]
-_MMA_PTX = re.compile(r"\b(mma|ldmatrix)\.sync\b")
-_MMA_PTX_HINT = ("for mma.sync and ldmatrix, call the functions of kernels/mma_ptx.cuh "
-                 "(#include \"mma_ptx.cuh\": mma_m16n8k16, ldmatrix_x4, ...) instead of writing "
-                 "the asm: the CPU executor runs those")
-
-
 def cache_dir() -> Path:
     """Where compiled kernels are cached (see the module docstring)."""
     root = os.environ.get("PAGEDATTN_LAB_CACHE_DIR")
@@ -280,43 +253,6 @@ def parse_options(options) -> tuple[list[str], list[str]]:
     return flags, ignored
 
 
-def _compile_error(kernel: str, filename: str, source: str, log: str, ident: str
-                   ) -> KernelCompileError:
-    lines = source.splitlines()
-    errors, shown, first = [], [], None
-    pat = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?:(?P<col>\d+):)? (?P<kind>fatal error|error|"
-                     r"warning|note): (?P<msg>.*)$")
-    for raw in log.splitlines():
-        line = raw.replace(str(HERE) + os.sep, "pagedattn_lab/cpu/")
-        m = pat.match(line)
-        if m and m.group("kind") in ("error", "fatal error"):
-            errors.append((m.group("file"), int(m.group("line")), int(m.group("col") or 0),
-                           m.group("msg")))
-        shown.append(line)
-        if m and m.group("file") == filename:
-            n = int(m.group("line"))
-            if first is None and m.group("kind") in ("error", "fatal error"):
-                first = n
-            if 1 <= n <= len(lines):
-                shown.append(f"{n:5d} | {lines[n - 1].rstrip()}")
-    hints = [hint for pat_, hint in _HINTS if pat_.search(log)]
-    asm = inline_asm_lines(source)
-    if asm and _ASM_HINT not in hints and _ASM_CONSTRAINT.search(log):
-        hints.append(_ASM_HINT)
-    if _ASM_HINT in hints and _MMA_PTX.search(source):
-        hints.append(_MMA_PTX_HINT)
-    if asm and any("Assembler" in h or "asm(" in h for h in hints):
-        first = first or asm[0]
-    if len(shown) > 60:
-        shown = shown[:60] + [f"... ({len(shown) - 60} more lines in .log)"]
-    msg = (f"kernel source {filename!r} (kernel {kernel!r}) does not compile for the CPU executor "
-           f"({ident.split(' :: ')[-1]}):\n" + "\n".join(shown))
-    if hints:
-        msg += "\n" + "\n".join(f"hint: {h}" for h in hints)
-    return KernelCompileError(msg, kernel=kernel, filename=filename, lineno=first,
-                              errors=errors, log=log, hints=hints)
-
-
 class CompiledKernel:
     """A compiled library: path, whether it came from the cache, and the compile time."""
 
@@ -359,19 +295,29 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
             libs = ["-ldl"]   # dladdr, for glibc before 2.34
         if WRAP:
             shared.append(WRAP_FLAG)
-        # Compile and link apart: the kernel's own object is checked for load-time code
-        # (kernel_object.py) before anything is linked or loaded; and linked with
-        # -fsanitize=thread, the driver would add libtsan, which cannot be loaded into a
-        # running Python (our hooks replace it).
-        obj = Path(tmp) / "kernel.o"
-        r = _run([*cmd, *all_flags, "-c", str(tu_path), "-o", str(obj)])
+        # Compile, assemble and link apart: the compiler's assembly is checked for inline
+        # assembly and the kernel's own object for load-time code (kernel_object.py) before
+        # anything is assembled, linked or loaded; and linked with -fsanitize=thread, the
+        # driver would add libtsan, which cannot be loaded into a running Python (our hooks
+        # replace it).
+        obj, asm_path = Path(tmp) / "kernel.o", Path(tmp) / "kernel.s"
+        r = _run([*cmd, *all_flags, *dependency_flags(Path(tmp)), "-S", str(tu_path), "-o",
+                  str(asm_path)])
+        refuse_outside_includes(Path(tmp), cmd, HERE, kernel=kernel, filename=filename)
+        if r.returncode == 0:
+            if inline_assembly(str(asm_path)):
+                raise inline_asm_error(kernel, filename, source)
+            r = _run([*cmd, "-c", str(asm_path), "-o", str(obj)])
         if r.returncode == 0:
             refuse_load_time_code(str(obj), instrumented, kernel=kernel, filename=filename)
+            if instrumented:
+                count_library_copies(str(obj))
+                refuse_library_calls(str(obj), kernel=kernel, filename=filename)
             defs = ["-Wl,-z,defs"] if instrumented and sys.platform.startswith("linux") else []
             r = _run([*cmd, *shared, *defs, str(obj), *objs, *libs, "-o", str(out)])
         if r.returncode != 0:
             out.unlink(missing_ok=True)
-            raise _compile_error(kernel, filename, source, r.stderr + r.stdout, ident)
+            raise compile_error(kernel, filename, source, r.stderr + r.stdout, ident)
         seal(str(final), out.read_bytes())
         os.replace(out, final)
     return CompiledKernel(str(final), False, time.perf_counter() - t0)

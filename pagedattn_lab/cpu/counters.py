@@ -36,6 +36,7 @@ class Counters:
         self.count = count
         self.params = [p for p, _a, _addr in ranges]
         self.arrays = [a for _p, a, _addr in ranges]
+        self.sizes = [a.nbytes for a in self.arrays]
         flat = [v for _p, a, addr in ranges for v in (addr, addr + a.nbytes)]
         self._ranges = (C.c_uint64 * max(1, len(flat)))(*flat)
         self.nblocks = grid[0] * grid[1] * grid[2]
@@ -46,6 +47,8 @@ class Counters:
             self._maps.append(self.counts)
             self.bufstats = _Mapping(lib, (len(ranges) + 1) * abi.NBUFSTAT * 8, np.uint64)
             self._maps.append(self.bufstats)
+            self.written = _Mapping(lib, sum(self.sizes), np.uint8)
+            self._maps.append(self.written)
 
     def configure(self, cfg, instrument: int) -> None:
         cfg.instrument = instrument
@@ -54,6 +57,7 @@ class Counters:
         if self.count:
             cfg.counts = self.counts.ptr
             cfg.bufstats = self.bufstats.ptr
+            cfg.written = self.written.ptr
 
     def read(self):
         """(per-thread counts [blocks, threads, NCOUNT] int64, per-buffer counts
@@ -63,6 +67,33 @@ class Counters:
         per_buffer = self.bufstats.array[:(len(self.params) + 1) * abi.NBUFSTAT]
         per_buffer = per_buffer.astype(np.int64).reshape(len(self.params) + 1, abi.NBUFSTAT)
         return per_thread, per_buffer, self.params, self.arrays
+
+    def uncounted_write(self, buffers):
+        """(param, array, element index) of the first element that the launch changed in one
+        of `buffers` (launch._Buffer) though no counted store wrote it, or None. Something
+        the instrumented build does not see wrote it (a C library function, a compiler
+        builtin, a system call; a function out of the build): its counts would miss those
+        stores, and a one-thread copy made that way passed a check of who stores what."""
+        if not self.count:
+            return None
+        starts = np.cumsum([0] + self.sizes)
+        written = {p.index: self.written.array[s:s + n].astype(bool)
+                   for p, s, n in zip(self.params, starts, self.sizes)}
+        for buf in buffers:
+            n = buf.hi - buf.lo
+            if n <= 0:
+                continue
+            new = np.ctypeslib.as_array((C.c_uint8 * n).from_address(buf.data))
+            changed = new != np.ctypeslib.as_array((C.c_uint8 * n).from_address(buf.lo))
+            for p, a, addr in buf.members:   # (arrays passed twice share the buffer)
+                changed[addr - buf.data:addr - buf.data + a.nbytes] &= ~written[p.index]
+            hit = np.flatnonzero(changed)
+            if hit.size:
+                byte = int(hit[0])
+                p, a, addr = next(m for m in buf.members
+                                  if 0 <= byte - (m[2] - buf.data) < m[1].nbytes)
+                return p, a, (byte - (addr - buf.data)) // a.itemsize
+        return None
 
     def free(self):
         for m in self._maps:

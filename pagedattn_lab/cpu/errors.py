@@ -69,6 +69,12 @@ class KernelTimeout(KernelError):
     """The launch ran longer than its time limit and was stopped. Attribute: timeout (s)."""
 
 
+class UncountedWrite(KernelError):
+    """A launch whose accesses were counted changed an array element that no counted store
+    wrote (a compiler builtin the hooks miss, another library's code). Attributes: buffer
+    (parameter name), arg_index, index (element)."""
+
+
 class KernelAssertionError(KernelError):
     """A device-side assert() failed. Attribute: line."""
 

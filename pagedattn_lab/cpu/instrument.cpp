@@ -10,6 +10,7 @@
 #include "instrument.h"
 
 #include <dlfcn.h>
+#include <string.h>
 
 #include <algorithm>
 #include <unordered_map>
@@ -136,11 +137,16 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
     }
     if (!(f & PAL_INSTR_COUNT)) return;
     const uint64_t *r = S.cfg->ranges;
-    for (uint32_t i = 0; i < S.cfg->nranges; ++i)
+    uint64_t at = 0;   // the range's first byte in cfg->written
+    for (uint32_t i = 0; i < S.cfg->nranges; at += r[2 * i + 1] - r[2 * i], ++i)
         if (a >= r[2 * i] && a < r[2 * i + 1]) {
             // Sectors as if the array started on a 256-byte boundary, as cudaMalloc's do (the
             // executor places arrays end-aligned against a guard page instead).
             count(i, (a - r[2 * i]) + ((uint64_t)i << 48), size, kind, pc, false);
+            if (kind != ACC_READ && S.cfg->written) {
+                const uint64_t n = r[2 * i + 1] - a < size ? r[2 * i + 1] - a : size;
+                memset(S.cfg->written + at + (a - r[2 * i]), 1, n);
+            }
             return;
         }
 }

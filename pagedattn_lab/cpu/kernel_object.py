@@ -15,14 +15,24 @@ functions wrap.cpp forbids (a process that outlived its launch). The shim's inte
 `__pal_*` and the built-in variables; a kernel object may name nothing else of the runtime.
 
 ELF only (Linux, where the grader runs); another format is not inspected.
+
+Nor may the kernel carry inline assembly (asm(...), also top-level or behind a macro): on
+the CPU it is host code that nothing above sees (a raw system call past the wrapped
+functions; an assembler `.include` of any file of the machine, whose lines came back in
+the compile error). The course's kernels keep their PTX under #ifndef __PAGEDATTN_LAB_CPU__,
+and PTX cannot run on the CPU anyway. The compiler marks every inline-assembly block in its
+assembly output (#APP ... #NO_APP), which is checked before it is assembled; the C library
+headers' own asm labels (symbol names) are no such block.
 """
 from __future__ import annotations
 
+import re
 import struct
 
 from .errors import KernelCompileError
 
-__all__ = ["load_time_code", "runtime_internals", "refuse_load_time_code"]
+__all__ = ["load_time_code", "runtime_internals", "refuse_load_time_code",
+           "inline_assembly", "count_library_copies"]
 
 # Sections the dynamic loader runs (or whose entries it calls), by name and by type: the
 # linker merges .init_array.N / .ctors.N into .init_array, and a section's type can be set
@@ -62,18 +72,22 @@ def _elf(path: str) -> bytes | None:
     return data if data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1 else None
 
 
-def runtime_internals(path: str) -> list[str]:
-    """The runtime internals (or --wrap escapes) that the object at `path` refers to."""
+def undefined_symbols(path: str) -> list[str]:
+    """The names the object at `path` refers to and does not define (empty: not ELF)."""
     data = _elf(path)
     found = []
     for _, typ, offset, size, entsize, names in _sections(data) if data else ():
         if typ == _SHT_SYMTAB:
             for at in range(offset + (entsize or 24), offset + size, entsize or 24):
                 name = _string(data, names + struct.unpack_from("<I", data, at)[0])
-                undefined = struct.unpack_from("<H", data, at + 6)[0] == 0
-                if undefined and name.startswith(_INTERNAL):
+                if name and struct.unpack_from("<H", data, at + 6)[0] == 0:
                     found.append(name)
     return found
+
+
+def runtime_internals(path: str) -> list[str]:
+    """The runtime internals (or --wrap escapes) that the object at `path` refers to."""
+    return [name for name in undefined_symbols(path) if name.startswith(_INTERNAL)]
 
 
 def load_time_code(path: str, instrumented: bool) -> list[str]:
@@ -121,3 +135,44 @@ def refuse_load_time_code(path: str, instrumented: bool, *, kernel: str, filenam
             hints=["a CUDA kernel needs no constructor, global object or load-time code: "
                    "compute values inside the kernel, or give a global a constant "
                    "initializer"])
+
+
+# GCC's and Clang's marker of an inline-assembly block ("#APP"; "//APP", "@APP", ";APP" where
+# the assembler's comment character differs)
+_APP = re.compile(r"^\s*(#|//|@|;)\s*APP\s*$", re.M)
+
+
+def inline_assembly(asm_path: str) -> bool:
+    """Whether the compiler's assembly output at `asm_path` holds inline assembly."""
+    with open(asm_path, errors="replace") as fh:
+        return _APP.search(fh.read()) is not None
+
+
+_COPIES = ("memcpy", "memmove", "memset")
+
+
+def count_library_copies(path: str) -> None:
+    """In an instrumented object: make the references to memcpy, memmove and memset refer to
+    the hooks that count them (__tsan_memcpy...; the shim puts those names in the object):
+    the compiler's own calls (a large local copied or zeroed) and one named by an asm label
+    (`void *c(void *, const void *, size_t) __asm__("memcpy")`), which read the kernel's
+    arrays where the counts did not see it. The symbol's name is pointed at the hook's name,
+    in place."""
+    data = _elf(path)
+    if data is None:
+        return
+    sections = list(_sections(data))
+    sizes = {offset: size for _, _, offset, size, _, _ in sections}
+    data = bytearray(data)
+    for _, typ, offset, size, entsize, names in sections:
+        if typ != _SHT_SYMTAB:
+            continue
+        for at in range(offset + (entsize or 24), offset + size, entsize or 24):
+            name = _string(data, names + struct.unpack_from("<I", data, at)[0])
+            if name in _COPIES and struct.unpack_from("<H", data, at + 6)[0] == 0:
+                hook = data.find(b"\0__tsan_" + name.encode() + b"\0", names,
+                                 names + sizes.get(names, 0))
+                if hook >= 0:   # (else it stays, and library_calls.py refuses it)
+                    struct.pack_into("<I", data, at, hook + 1 - names)
+    with open(path, "wb") as fh:
+        fh.write(data)

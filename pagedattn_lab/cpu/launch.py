@@ -28,7 +28,7 @@ from . import abi
 from .counters import Counters
 from .errors import ExecutorUnavailableError, KernelError
 from .report import (LaunchInfo, result_error, slack_write_error, timeout_error,
-                     worker_died)
+                     uncounted_write_error, worker_died)
 
 GUARD_BEFORE = 64 * 1024
 MIN_GUARD_AFTER = 1 << 20
@@ -221,6 +221,9 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
                 raise slack_write_error(info, *hit)
         for buf in buffers:
             buf.check_read_only()
+        hit = counters.uncounted_write(buffers) if counters is not None else None
+        if hit is not None:
+            raise uncounted_write_error(info, *hit)
         for buf in buffers:
             buf.copy_back()
         return counters.read() if counters is not None and counters.count else None

@@ -5,7 +5,7 @@ import signal as _signal
 
 from . import abi
 from .errors import (KernelAssertionError, KernelDeadlock, KernelError, KernelFault,
-                     KernelTimeout, WarpSyncError)
+                     KernelTimeout, UncountedWrite, WarpSyncError)
 
 
 def xyz(linear: int, block) -> tuple[int, int, int]:
@@ -140,6 +140,17 @@ def slack_write_error(info: LaunchInfo, param, arr, index: int) -> KernelFault:
         f"so the thread is not known; the results were discarded).", region="argument",
         kernel=info.kernel, block=None, thread=None, address=None, signal=None, access="write",
         buffer=param.name, arg_index=param.index, index=index, size=arr.size)
+
+
+def uncounted_write_error(info: LaunchInfo, param, arr, index: int) -> UncountedWrite:
+    """A counted launch changed an element that no counted store wrote (counters.py)."""
+    return UncountedWrite(
+        f"kernel {info.kernel!r}: element {index} of {param.name!r} (argument {param.index}) "
+        f"changed, but no store the access counts see wrote it (a compiler builtin such as "
+        f"__builtin_ia32_movntps did, or another library's code): the counts would miss it, "
+        f"so the launch is refused. Write array elements with assignments (x[i] = v) or "
+        f"memcpy.", kernel=info.kernel, buffer=param.name,
+        arg_index=param.index, index=index)
 
 
 def _find_buffer(addr: int, buffers):

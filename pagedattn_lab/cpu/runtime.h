@@ -11,7 +11,7 @@
 
 #include <stdint.h>
 
-#define PAL_ABI_VERSION 6
+#define PAL_ABI_VERSION 7
 #define PAL_MAX_THREADS 1024  // threads per block, as on every CUDA GPU
 #define PAL_MAX_WORKERS 32    // worker processes of one launch
 #define PAL_OUT_CAP (1 << 20) // bytes of printf output kept per launch
@@ -82,6 +82,8 @@ typedef struct pal_config {
     const uint64_t *ranges;  // nranges [lo, hi) address pairs
     uint32_t *counts;        // shared mapping: PAL_NCOUNT per thread of the grid, or NULL
     uint64_t *bufstats;      // shared mapping: PAL_NBUFSTAT x (nranges + 1), or NULL
+    uint8_t *written;        // shared mapping: 1 per byte of the ranges, one after another,
+                             // that a counted store wrote; or NULL
 } pal_config;
 
 typedef struct pal_result {

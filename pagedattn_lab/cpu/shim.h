@@ -81,4 +81,25 @@ template <class... A> static inline void __pal_invoke(void (*f)(A...), void **a)
     __pal_call(f, a, typename __pal_mkseq<(int)sizeof...(A)>::type());
 }
 
+#ifdef PAL_INSTRUMENTED
+// The instrumented build sees loads and stores, not what the C library does: a kernel's
+// memcpy (CUDA has it in device code), memmove and memset go through the hooks, which count
+// them (tsan_hooks.cpp); so do the calls the compiler makes itself or an asm label names,
+// which kernel_object.py renames to the hooks (whose names the table below puts in the
+// object). Another library call is refused (library_calls.py).
+extern "C" {
+void *__tsan_memcpy(void *, const void *, unsigned long);
+void *__tsan_memmove(void *, const void *, unsigned long);
+void *__tsan_memset(void *, int, unsigned long);
+}
+__attribute__((used)) static void *const __pal_copy_hooks[] = {
+    (void *)__tsan_memcpy, (void *)__tsan_memmove, (void *)__tsan_memset};
+#define memcpy __tsan_memcpy
+#define memmove __tsan_memmove
+#define memset __tsan_memset
+#define __builtin_memcpy __tsan_memcpy
+#define __builtin_memmove __tsan_memmove
+#define __builtin_memset __tsan_memset
+#endif
+
 #endif

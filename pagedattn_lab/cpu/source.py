@@ -86,6 +86,17 @@ def inline_asm_lines(source: str) -> list[int]:
             for m in re.finditer(r"\b(asm|__asm__|__asm)\s*(volatile\s*|__volatile__\s*)?\(", text)]
 
 
+# Identifiers the kernel source may not use (the shim, included before, may): the attributes
+# that leave a function out of the instrumented build, whose loads and stores the access
+# counts and the race check then never see (a one-thread copy passed the gather kernel's
+# store count), and `weakref`, which names a library function (memcpy's symbol, past the
+# shim's counted memcpy) without writing its name. A poisoned name cannot be #undef'd,
+# pasted together or hidden in a macro of the source. (Inline assembly is refused in the
+# compiled code instead, kernel_object.py: the C library's headers use it.)
+POISONED = ("no_sanitize", "__no_sanitize__", "no_sanitize_thread", "__no_sanitize_thread__",
+            "weakref", "__weakref__")
+
+
 def translation_unit(source: str, kernel_names: list[str], filename: str, shim_path: str) -> str:
     """The C++ file to compile: the shim, the kernel source at its own line numbers, and one
     exported entry point per kernel that unpacks a void*[] argument list."""
@@ -97,6 +108,7 @@ def translation_unit(source: str, kernel_names: list[str], filename: str, shim_p
         for name in kernel_names)
     quoted = filename.replace("\\", "\\\\").replace('"', '\\"')
     return (f'#include "{shim_path}"\n'
+            f"#pragma GCC poison {' '.join(POISONED)}\n"
             f'#line 1 "{quoted}"\n'
             f"{body}"
             f'#line 1 "<pagedattn_lab entry points>"\n'

@@ -29,21 +29,29 @@ PAL_HOOK void __tsan_read_range(void *a, unsigned long n)
 { pal::on_access((uintptr_t)a, (unsigned)n, pal::ACC_READ, PAL_PC); }
 PAL_HOOK void __tsan_write_range(void *a, unsigned long n)
 { pal::on_access((uintptr_t)a, (unsigned)n, pal::ACC_WRITE, PAL_PC); }
+// A kernel's memcpy, memmove and memset (the shim sends them here): counted as the 16-byte
+// accesses of the copy loop a GPU thread runs for them, so that one thread's memcpy of a
+// whole row counts as the stores it makes, not as one.
+static void pieces(uintptr_t a, unsigned long n, int kind, uintptr_t pc)
+{
+    for (unsigned long i = 0; i < n; i += 16)
+        pal::on_access(a + i, (unsigned)(n - i < 16 ? n - i : 16), kind, pc);
+}
 PAL_HOOK void *__tsan_memcpy(void *d, const void *s, unsigned long n)
 {
-    pal::on_access((uintptr_t)s, (unsigned)n, pal::ACC_READ, PAL_PC);
-    pal::on_access((uintptr_t)d, (unsigned)n, pal::ACC_WRITE, PAL_PC);
+    pieces((uintptr_t)s, n, pal::ACC_READ, PAL_PC);
+    pieces((uintptr_t)d, n, pal::ACC_WRITE, PAL_PC);
     return memcpy(d, s, n);
 }
 PAL_HOOK void *__tsan_memmove(void *d, const void *s, unsigned long n)
 {
-    pal::on_access((uintptr_t)s, (unsigned)n, pal::ACC_READ, PAL_PC);
-    pal::on_access((uintptr_t)d, (unsigned)n, pal::ACC_WRITE, PAL_PC);
+    pieces((uintptr_t)s, n, pal::ACC_READ, PAL_PC);
+    pieces((uintptr_t)d, n, pal::ACC_WRITE, PAL_PC);
     return memmove(d, s, n);
 }
 PAL_HOOK void *__tsan_memset(void *d, int c, unsigned long n)
 {
-    pal::on_access((uintptr_t)d, (unsigned)n, pal::ACC_WRITE, PAL_PC);
+    pieces((uintptr_t)d, n, pal::ACC_WRITE, PAL_PC);
     return memset(d, c, n);
 }
 PAL_HOOK void __tsan_init(void) {}

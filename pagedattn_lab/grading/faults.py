@@ -144,6 +144,11 @@ def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
                     "inside a branch, or a loop that threads run a different number of "
                     "times): every thread must reach the same barriers in the same order.")
         return f"deadlock at __syncthreads(): {text}", hint
+    if kind == "UncountedWrite":
+        return (f"the kernel wrote {_get(exc, 'buffer')}[{_get(exc, 'index')}] in a way the "
+                f"access counts cannot see (a compiler builtin, another library's code)",
+                "store into the arrays with plain assignments, as CUDA code does: each thread "
+                "its own elements.")
     if kind == "KernelTimeout":
         return (f"the kernel did not finish: {text}",
                 "a loop that never ends: check that every loop variable advances (for example "

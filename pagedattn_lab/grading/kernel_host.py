@@ -59,7 +59,9 @@ def harden() -> None:
       that found fork and setsid through dlsym, or made the system calls itself, started
       a process that outlived its launch, past the linker's --wrap (cpu/wrap.cpp);
     - the compile cache, which the workers can write, is not trusted (cpu/artifacts.py): a
-      kernel overwrote the runtime object the next build linked."""
+      kernel overwrote the runtime object the next build linked.
+    (The executor also closes this process's descriptors in the workers, cpu/host.cpp: one is
+    the channel to the judge, into which a kernel wrote an answer of its own.)"""
     os.environ["PAGEDATTN_LAB_CPU_SANDBOX"] = "seccomp"
     os.environ["PAGEDATTN_LAB_CPU_TRUST_CACHE"] = "0"
     if sys.platform.startswith("linux"):

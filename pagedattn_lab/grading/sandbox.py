@@ -42,7 +42,7 @@ KILL_EVENTS = {"os.kill", "os.killpg", "signal.pthread_kill", "signal.pidfd_send
 # was refused, and no kernel could be built at level none)
 COMPILER_FLAGS = {*BASE_FLAGS, *OPTIONAL_FLAGS, *INSTRUMENT_FLAGS, WRAP_FLAG, "-Werror", "-c",
                   "-o", "-I", "-shared", "-ldl", "-Wl,-z,defs", "-undefined", "dynamic_lookup",
-                  "--version", "-DPAL_FIBER_UCONTEXT"}
+                  "--version", "-DPAL_FIBER_UCONTEXT", "-MD", "-MF", "-E", "-v", "-S"}
 
 _installed: dict = {}
 

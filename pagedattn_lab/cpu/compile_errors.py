@@ -1,0 +1,116 @@
+"""The CPU executor's compile errors as a learner reads them: the compiler's messages with
+the kernel's own lines beside them, hints for what NVRTC code meets on a C++ compiler
+(INFINITY, the old shuffles, PTX in asm()), and never the assembler's lines (they quote the
+assembly, which an assembler `.include` makes any file of the machine)."""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+from .errors import KernelCompileError
+from .source import inline_asm_lines
+
+__all__ = ["compile_error", "inline_asm_error"]
+
+HERE = Path(__file__).resolve().parent
+_HINTS = [
+    (re.compile(r"'INFINITY' (was not declared|undeclared)|undeclared identifier 'INFINITY'"),
+     "NVRTC does not define INFINITY either; use __int_as_float(0xff800000) for -infinity "
+     "(__int_as_float(0x7f800000) for +infinity), or a large finite value such as -3.4e38f"),
+    (re.compile(r"'NAN' (was not declared|undeclared)|undeclared identifier 'NAN'"),
+     "NVRTC does not define NAN either; use __int_as_float(0x7fffffff)"),
+    (re.compile(r"'(FLT_MAX|FLT_MIN|DBL_MAX)' (was not declared|undeclared)|"
+                r"undeclared identifier 'FLT_"),
+     "FLT_MAX and friends are not predefined under NVRTC; write 3.402823466e+38f or "
+     "#define the constant in the kernel source"),
+    (re.compile(r"'__shfl(_up|_down|_xor)?' (was not declared|undeclared)|identifier '__shfl"),
+     "the shuffles without _sync were removed for Volta and later GPUs; use "
+     "__shfl_sync(0xffffffff, ...) / __shfl_down_sync / __shfl_xor_sync"),
+    (re.compile(r"'std' has not been declared|is not a member of 'std'"),
+     "NVRTC kernels have no C++ standard library; use the CUDA functions (fmaxf, min, ...)"),
+    (re.compile(r"Assembler messages|no such instruction|invalid instruction mnemonic"),
+     "inline PTX assembly (asm(...)) cannot run on the CPU executor; guard it with "
+     "#ifndef __PAGEDATTN_LAB_CPU__ and give a plain C++ fallback"),
+]
+# asm() operands the C++ compiler rejects before the assembler sees them ("f": x87 registers)
+_ASM_CONSTRAINT = re.compile(r"impossible constraint in .asm.|constraint \d+ must specify a single "
+                             r"register|must use '&' constraint")
+_ASM_HINT = _HINTS[-1][1]
+# The assembler's (GNU as): "FILE: Assembler messages:", "FILE:LINE: Error: TEXT"
+_ASSEMBLER_LINE = re.compile(r".*(: Assembler messages:$|:\d+: (Error|Warning|Info|Fatal error): )")
+_POISON = re.compile(r"attempt to use (a )?poisoned")
+_POISONED_HINT = ("a kernel may not leave the CPU executor's instrumented build (no_sanitize "
+                  "attributes) nor name a library function through weakref: the access counts "
+                  "and the race check see every load and store the kernel makes")
+_MMA_PTX = re.compile(r"\b(mma|ldmatrix)\.sync\b")
+_MMA_PTX_HINT = ("for mma.sync and ldmatrix, call the functions of kernels/mma_ptx.cuh "
+                 "(#include \"mma_ptx.cuh\": mma_m16n8k16, ldmatrix_x4, ...) instead of writing "
+                 "the asm: the CPU executor runs those")
+
+
+def _without_assembler_lines(log: str) -> tuple[str, int]:
+    """`log` without the assembler's messages, and how many there were: they quote the
+    assembly's lines, which an assembler `.include` (from a section attribute's name, say)
+    makes those of any file of the machine."""
+    kept, hidden = [], 0
+    for line in log.splitlines():
+        if _ASSEMBLER_LINE.match(line):
+            hidden += 1
+        else:
+            kept.append(line)
+    return "\n".join(kept), hidden
+
+
+def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
+                   ) -> KernelCompileError:
+    lines = source.splitlines()
+    errors, shown, first = [], [], None
+    pat = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?:(?P<col>\d+):)? (?P<kind>fatal error|error|"
+                     r"warning|note): (?P<msg>.*)$")
+    log, hidden = _without_assembler_lines(log)
+    for raw in log.splitlines():
+        line = raw.replace(str(HERE) + os.sep, "pagedattn_lab/cpu/")
+        m = pat.match(line)
+        if m and m.group("kind") in ("error", "fatal error"):
+            errors.append((m.group("file"), int(m.group("line")), int(m.group("col") or 0),
+                           m.group("msg")))
+        shown.append(line)
+        if m and m.group("file") == filename:
+            n = int(m.group("line"))
+            if first is None and m.group("kind") in ("error", "fatal error"):
+                first = n
+            if 1 <= n <= len(lines):
+                shown.append(f"{n:5d} | {lines[n - 1].rstrip()}")
+    if hidden:
+        shown.append(f"({hidden} lines of the assembler's messages are not shown: they quote "
+                     f"the assembly, which a kernel source does not write)")
+    hints = [hint for pat_, hint in _HINTS if pat_.search(log)]
+    asm = inline_asm_lines(source)
+    if _POISON.search(log):   # (the names of source.POISONED)
+        hints.append(_POISONED_HINT)
+    if asm and _ASM_HINT not in hints and _ASM_CONSTRAINT.search(log):
+        hints.append(_ASM_HINT)
+    if _ASM_HINT in hints and _MMA_PTX.search(source):
+        hints.append(_MMA_PTX_HINT)
+    if asm and any("Assembler" in h or "asm(" in h for h in hints):
+        first = first or asm[0]
+    if len(shown) > 60:
+        shown = shown[:60] + [f"... ({len(shown) - 60} more lines in .log)"]
+    msg = (f"kernel source {filename!r} (kernel {kernel!r}) does not compile for the CPU executor "
+           f"({ident.split(' :: ')[-1]}):\n" + "\n".join(shown))
+    if hints:
+        msg += "\n" + "\n".join(f"hint: {h}" for h in hints)
+    return KernelCompileError(msg, kernel=kernel, filename=filename, lineno=first,
+                              errors=errors, log=log, hints=hints)
+
+
+def inline_asm_error(kernel: str, filename: str, source: str) -> KernelCompileError:
+    """The compiled kernel holds inline assembly (kernel_object.inline_assembly)."""
+    lines = inline_asm_lines(source)
+    where = f" (line {lines[0]})" if lines else ""
+    return KernelCompileError(
+        f"kernel source {filename!r} (kernel {kernel!r}) holds inline assembly{where}, which "
+        f"the CPU executor refuses: on the CPU it would be host code, not PTX",
+        kernel=kernel, filename=filename, lineno=lines[0] if lines else None, errors=[],
+        log="", hints=[_ASM_HINT] + ([_MMA_PTX_HINT] if _MMA_PTX.search(source) else []))
