@@ -79,7 +79,9 @@ class PagedKVCache:
         self.page_size, self.num_kv_heads, self.head_dim = page_size, num_kv_heads, head_dim
         self.dtype = dtype   # the element type; bfloat16 also where uint16 bits hold it (CuPy)
         self.token_dtypes = _FLOAT_ROWS
-        self.kv_dtype, self.scale_scheme = kv_dtype, scale_scheme if fmt else None
+        # the canonical name (quant.kv_dtype_name), whatever spelling came in
+        self.kv_dtype = fmt.name if fmt else None
+        self.scale_scheme = scale_scheme if fmt else None
         self.device = resolve_device(device)
         self.xp = device_module(self.device)
         shape = (self.allocator.num_pages, page_size, num_kv_heads, head_dim)

@@ -10,13 +10,14 @@ the attention kernels read the new tokens through the block tables like any cach
 
 The kernel moves raw words, so any 16- or 32-bit element goes: float32, float16 and bfloat16
 (ml_dtypes.bfloat16 on the CPU, uint16 bits on CuPy, or torch tensors of any of them, written
-in place through DLPack), the types the decode and prefill wrappers read.
+in place through DLPack), the types the decode and prefill wrappers read. A NumPy uint16 cache
+is refused, as gather_kv and paged_attention_decode refuse it: on the CPU uint16 is integers.
 """
 from __future__ import annotations
 
 import numpy as np
 
-from .attention_common import bfloat16_dtype, from_torch
+from .attention_common import bfloat16_dtype, from_torch, is_torch_tensor
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel
 from .validate import (CACHE_DTYPES, INT32_MAX, check_array, check_block_tables, check_int,
@@ -27,6 +28,7 @@ THREADS_PER_BLOCK = 128
 SLOT_MAPPING_PEAK = 7   # int64 arrays of the new tokens' count slot_mapping holds at once
 # bfloat16 as ml_dtypes' dtype (CPU) or its bits in uint16 (CuPy has no bfloat16)
 WRITE_DTYPES = CACHE_DTYPES + (bfloat16_dtype(), np.dtype(np.uint16))
+CPU_WRITE_DTYPES = WRITE_DTYPES[:-1]   # NumPy has ml_dtypes' bfloat16 (README: bfloat16 caches)
 _WORDS = ((16, "uint4", np.uint32), (8, "uint2", np.uint32), (4, "unsigned int", np.uint32),
           (2, "unsigned short", np.uint16))
 
@@ -129,10 +131,13 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     Everything is checked before the launch (shapes, dtypes, one device, slots in range and
     distinct); a refused call writes nothing.
     """
+    # uint16 holds bfloat16 bits where no bfloat16 dtype exists: CuPy, and a torch.bfloat16
+    # tensor's view; a NumPy uint16 cache holds integers, refused as gather_kv and decode do
+    bits = is_cupy_array(k_cache) or is_torch_tensor(k_cache)
     k, v, k_cache, v_cache, slot_mapping = (
         from_torch(a, name) for a, name in zip((k, v, k_cache, v_cache, slot_mapping),
                                                ("k", "v", "k_cache", "v_cache", "slot_mapping")))
-    check_kv_cache(k_cache, v_cache, dtypes=WRITE_DTYPES)
+    check_kv_cache(k_cache, v_cache, dtypes=WRITE_DTYPES if bits else CPU_WRITE_DTYPES)
     num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
     for name, rows in (("k", k), ("v", v)):
         check_array(rows, name, ndim=3, dtypes=[k_cache.dtype])

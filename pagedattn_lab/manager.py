@@ -43,6 +43,7 @@ from .attention_prefill import NAIVE_MAX_HEAD_DIM, TILED_HEAD_DIMS, paged_attent
 from .cache import PagedKVCache
 from .paging import OutOfPagesError
 from .prefill_wrapper import HEAD_DIMS, BatchPrefillWrapper
+from .quant import kv_dtype_name
 from .validate import (check_array, check_gqa_heads, check_int, check_int_list, is_one_of,
                        resolve_scale)
 
@@ -99,6 +100,7 @@ class PagedAttentionManager:
                              f"head_dim is {' or '.join(map(str, TILED_HEAD_DIMS))}, else "
                              f"naive), got {prefill_kernel!r}")
         dtype = element_dtype(dtype)
+        kv_dtype = None if kv_dtype is None else kv_dtype_name(kv_dtype)   # a misspelling first
         if kv_dtype is not None and (dtype != np.float16 or head_dim not in HEAD_DIMS):
             raise ValueError(f"kv_dtype: compressed pages are read by the tensor-core prefill "
                              f"kernel, which needs dtype float16 and head_dim in {HEAD_DIMS}; "

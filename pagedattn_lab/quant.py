@@ -47,10 +47,46 @@ FORMATS = {
 }
 
 
-def kv_format(kv_dtype: str) -> KVFormat:
-    if not isinstance(kv_dtype, str) or kv_dtype not in FORMATS:
-        raise ValueError(f"kv_dtype: expected one of {tuple(FORMATS)}, got {kv_dtype!r}")
-    return FORMATS[kv_dtype]
+# The spellings of a compressed format, one rule for every function that takes a `kv_dtype`
+# (both wrappers' plan, PagedKVCache, PagedAttentionManager, EngineConfig, write_kv_quant):
+# the names above, vLLM's kv_cache_dtype "fp8" (which is e4m3 there) and "fp8_e4m3", and the
+# torch / ml_dtypes names of the types, as a string or as the dtype itself ("float8_e4m3fn",
+# torch.float8_e4m3fn, torch.int8, np.int8).
+KV_DTYPE_ALIASES = {"fp8": "fp8_e4m3", "float8_e4m3fn": "fp8_e4m3"}
+
+
+def _kv_name(kv_dtype) -> str | None:
+    if isinstance(kv_dtype, (bool, np.ndarray)) or kv_dtype is None:
+        return None   # an array of names would read as its one name; True as "True"
+    name = str(kv_dtype).replace("torch.", "")
+    if name not in FORMATS and name not in KV_DTYPE_ALIASES and not isinstance(kv_dtype, str):
+        try:   # np.int8, ml_dtypes.float8_e4m3fn: classes whose str() is no name
+            name = np.dtype(kv_dtype).name
+        except (TypeError, ValueError):
+            return None
+    name = KV_DTYPE_ALIASES.get(name, name)
+    return name if name in FORMATS else None
+
+
+def kv_dtype_name(kv_dtype, name: str = "kv_dtype") -> str:
+    """'int8' or 'fp8_e4m3' from any spelling of it (see KV_DTYPE_ALIASES); anything else
+    is a ValueError naming `name` with the accepted spellings."""
+    found = _kv_name(kv_dtype)
+    if found is None:
+        spellings = ", ".join(" or ".join(repr(s) for s in (n, *(a for a, m in
+                                                                 KV_DTYPE_ALIASES.items()
+                                                                 if m == n)))
+                              for n in FORMATS)
+        shown = repr(kv_dtype) if isinstance(kv_dtype, str) else \
+            f"{kv_dtype!r} ({type(kv_dtype).__name__})"
+        raise ValueError(f"{name}: expected one of {tuple(FORMATS)}, got {shown}; accepted "
+                         f"spellings: {spellings}, or the torch, NumPy or ml_dtypes dtype "
+                         f"(None: uncompressed pages)")
+    return found
+
+
+def kv_format(kv_dtype, name: str = "kv_dtype") -> KVFormat:
+    return FORMATS[kv_dtype_name(kv_dtype, name)]
 
 
 def check_scheme(scale_scheme: str, name: str = "scale_scheme") -> str:

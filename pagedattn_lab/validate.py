@@ -282,9 +282,11 @@ def check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, *, mode:
     ndim = 3 if mode == "decode" else 4
     layout = ("[batch, num_heads, head_dim]" if mode == "decode"
               else "[batch, max_len, num_heads, head_dim]")
-    if not (isinstance(q, np.ndarray) or is_cupy_array(q)) or q.ndim != ndim:
-        got = tuple(q.shape) if hasattr(q, "shape") else type(q).__name__
-        raise ValueError(f"q: expected a {mode} query of shape {layout}, got {got}")
+    if not (isinstance(q, np.ndarray) or is_cupy_array(q)):   # a TypeError, as for k_cache
+        raise TypeError(f"q: expected a NumPy or CuPy array (a {mode} query of shape "
+                        f"{layout}), got {type(q).__name__}")
+    if q.ndim != ndim:
+        raise ValueError(f"q: expected a {mode} query of shape {layout}, got {tuple(q.shape)}")
     check_array(q, "q", ndim=ndim, dtypes=q_dtypes if q_dtypes is not None else [k_cache.dtype])
     if is_cupy_array(q) != is_cupy_array(k_cache) or is_cupy_array(q) != is_cupy_array(v_cache):
         raise TypeError("q, k_cache, v_cache: expected all on the CPU (NumPy) or all on the GPU "

@@ -78,7 +78,8 @@ class BatchDecodeWrapper(DecodeRun):
         kernel: "auto", "simt" or "tensor_core"; num_splits: cut the longest sequence into
         this many partitions (None: chosen from the lengths and the GPU); device: "cpu" or
         "gpu" (default: where block_tables live). kv_dtype: None (caches of `dtype`),
-        "int8" or "fp8_e4m3" (one-byte codes; `dtype` is then q's and out's), with
+        "int8" or "fp8_e4m3" (also "fp8", see quant.KV_DTYPE_ALIASES; one-byte codes;
+        `dtype` is then q's and out's), with
         scale_scheme "static" or "per_token" (see the module docstring).
         """
         num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(

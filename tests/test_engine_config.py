@@ -145,7 +145,7 @@ def test_llama_1b_config_has_about_a_billion_parameters():
     (dict(watermark=float("nan")), ValueError, r"^watermark: expected a fraction in \[0, 1\), "
                                                r"got nan$"),
     (dict(kv_dtype="int4"), ValueError, r"^kv_dtype: expected one of \('int8', 'fp8_e4m3'\), got "
-                                        r"'int4'$"),
+                                        r"'int4'; accepted spellings: "),
     (dict(kv_scale_scheme="per_tensor"), ValueError, r"^kv_scale_scheme: expected one of"),
     (dict(max_prefill_chunk=0), ValueError, r"^max_prefill_chunk: expected an int >= 1, got 0$"),
     (dict(expected_output_len=-1), ValueError, r"^expected_output_len: expected an int >= 0"),

@@ -149,7 +149,8 @@ BAD_DECODE = [
      "seq_lens: expected 2 entries"),
     ("table not contiguous", lambda a: a.update(block_tables=np.asfortranarray(
         np.repeat(a["block_tables"], 2, axis=1))), "block_tables: expected a C-contiguous"),
-    ("q is a list", lambda a: a.update(q=a["q"].tolist()), "q: expected a decode query"),
+    ("q is a list", lambda a: a.update(q=a["q"].tolist()),
+     r"q: expected a NumPy or CuPy array \(a decode query"),
 ]
 
 

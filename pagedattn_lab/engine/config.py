@@ -266,8 +266,8 @@ class EngineConfig:
         if not is_one_of(self.preemption_mode, PREEMPTION_MODES):
             raise ValueError(f"preemption_mode: expected one of {PREEMPTION_MODES}, got "
                              f"{self.preemption_mode!r}")
-        if self.kv_dtype is not None:
-            kv_format(self.kv_dtype)
+        if self.kv_dtype is not None:   # stored as its canonical name (quant.kv_dtype_name)
+            object.__setattr__(self, "kv_dtype", kv_format(self.kv_dtype).name)
         check_scheme(self.kv_scale_scheme, "kv_scale_scheme")
         if not is_one_of(self.allocation, ALLOCATIONS):
             raise ValueError(f"allocation: expected one of {ALLOCATIONS}, got "
