@@ -22,10 +22,6 @@ NOTHING_WRITTEN = ("the kernel wrote nothing (the output is still the NaN the ch
                    "with): write the kernel body where the // TODO is")
 
 
-def _rng(seed):
-    return case_rng(seed)
-
-
 def _f32(*arrays):
     return [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
 
@@ -103,7 +99,7 @@ def _run_check(task, title, kern, cases):
 # -- puzzle 1: map --------------------------------------------------------------------------
 
 def _map_case(kern, seed, n):
-    (a,) = _f32(_rng(seed).standard_normal(n))
+    (a,) = _f32(case_rng(seed).standard_normal(n))
     out = np.full(n, np.nan, np.float32)
     run = kern.run((1,), (n,), (a, out), outputs=(1,),
                    locate=lambda b, t: (f"element {t[0]}", t[0] >= n))
@@ -133,7 +129,7 @@ def puzzle_map(source: str, device: str = "auto") -> CheckResult:
 # -- puzzle 2: guard ------------------------------------------------------------------------
 
 def _guard_case(kern, seed, n):
-    rng = _rng(seed)
+    rng = case_rng(seed)
     a, b = _f32(rng.standard_normal(n), rng.standard_normal(n))
     out = np.full(n, np.nan, np.float32)
     threads = 32
@@ -177,7 +173,7 @@ BLOCK_2D = (16, 8)
 
 
 def _grid_case(kern, seed, rows, cols):
-    rng = _rng(seed)
+    rng = case_rng(seed)
     x, bias = _f32(rng.standard_normal((rows, cols)), rng.standard_normal(cols))
     out = np.full((rows, cols), np.nan, np.float32)
     bx, by = BLOCK_2D
@@ -204,23 +200,34 @@ def _grid_case(kern, seed, rows, cols):
         cols_bad, _ = diff.affected("column")
         if diff.unwritten.all() or not diff.unwritten.any():
             return None
-        if min(rows_bad) >= by:
+        if min(rows_bad) == by:     # (exactly: a guard's wrong bound leaves others)
             return (f"only rows 0-{by - 1} were written: row = blockIdx.y * blockDim.y + "
                     "threadIdx.y.")
-        if min(cols_bad) >= bx:
+        if min(cols_bad) == bx:
             return (f"only columns 0-{bx - 1} were written: column = blockIdx.x * blockDim.x "
                     "+ threadIdx.x.")
         return None
 
+    r, c = np.indices((rows, cols))
+    written = ~np.isnan(got)
+    # written by x and y exchanged: (gx * bx) rows, (gy * by) columns; by a guard with the
+    # other side's (smaller) bound: col < rows, row < cols. Each is named only if it alone fits.
+    exchanged = (r < grid[0] * bx) & (c < grid[1] * by)
+    bounds = {("column", "cols", "rows", rows): c < rows, ("row", "rows", "cols", cols): r < cols}
+
+    def only(mask, others):
+        return not mask.all() and np.array_equal(written, mask) and \
+            not any(np.array_equal(written, m) for m in others)
+
     def swapped(diff):
-        r, c = np.indices((rows, cols))
-        # x and y exchanged (with guards to match): the threads cover (gx * bx) rows and
-        # (gy * by) columns instead of the other way round
-        covered = (r < grid[0] * bx) & (c < grid[1] * by)
-        if covered.all() or not np.array_equal(~np.isnan(got), covered):
-            return None
         return ("x and y are exchanged: the grid is (columns, rows), so blockIdx.x / "
-                "threadIdx.x give the column and blockIdx.y / threadIdx.y the row.")
+                "threadIdx.x give the column and blockIdx.y / threadIdx.y the row."
+                if only(exchanged, bounds.values()) else None)
+
+    def bound_swapped(diff):
+        return next((f"the {name} guard uses {wrong}: only {name}s 0-{n - 1} were written; "
+                     f"guard it with {name} < {right}." for (name, right, wrong, n), mask
+                     in bounds.items() if only(mask, [exchanged])), None)
 
     def misplaced(diff):
         if not (diff.bad & ~diff.unwritten).any():
@@ -229,7 +236,7 @@ def _grid_case(kern, seed, rows, cols):
                 "[rows, cols] matrix is at r * cols + c, in x and in out.")
 
     _check_output(kern, got, expected, ("row", "column"), counts, "out",
-                  [bias_by_row, swapped, one_axis_only, misplaced])
+                  [bias_by_row, swapped, bound_swapped, one_axis_only, misplaced])
     budget = {"global_reads": 2, "global_writes": 1}
     _check_budget(counts, budget, {"out": rows * cols},
                   {"x": (rows * cols, "read x once per element."),
@@ -255,7 +262,7 @@ SHARED_THREADS = 32
 
 
 def _shared_case(kern, seed, n, head_dim):
-    rng = _rng(seed)
+    rng = case_rng(seed)
     q, k = _f32(rng.standard_normal(head_dim), rng.standard_normal((n, head_dim)))
     scores = np.full(n, np.nan, np.float32)
     blocks = -(-n // SHARED_THREADS)
@@ -309,7 +316,7 @@ def puzzle_shared(source: str, device: str = "auto") -> CheckResult:
 # -- puzzles 5 and 6: reductions ------------------------------------------------------------
 
 def _sum_case(kern, seed, n, threads, group, spec, locate_word):
-    (a,) = _f32(_rng(seed).standard_normal(n))
+    (a,) = _f32(case_rng(seed).standard_normal(n))
     out = np.full(-(-n // group), np.nan, np.float32)
     run = kern.run((-(-n // threads),), (threads,), (a, out, np.int32(n)), outputs=(1,),
                    locate=lambda blk, t: (f"element {blk[0] * threads + t[0]} ({locate_word} "

@@ -1,152 +1,28 @@
-"""Checks for lesson 09: a GQA group as the rows of a tensor-core tile.
+"""Checks for lesson 09, task 2: the group-as-rows tile step (CUDA C, WMMA).
 
-Task 1 (NumPy) lays the query heads of one KV head's group out as the rows of 16-row Q
-tiles, zero-padded; groups of 1 to 64 heads, so groups above 16 need several tiles, and a
-float32 q besides the fp16 ones (the tiles keep q's dtype, whichever it is; bf16 would be the
-natural other one, but ml_dtypes arrays may not cross the grader's wire). Task 2
-(CUDA C, WMMA) computes one 16 x 16 tile of scores S = Q K^T for one group and one 16-token
+The kernel computes one 16 x 16 tile of scores S = Q K^T for one group and one 16-token
 tile of a paged K cache. Its cases use fp16 caches with NaN in every slot no token uses (the
 tail of the last page, the pages the table does not point at) and a q buffer followed by NaN
 rows, so a read past the group or past seq_len shows; the output is poisoned before launch.
 A wrong result is compared with known-wrong variants to name the mistake. One case ends
-exactly on a tile's end, where ceil(seq_len / 16) and seq_len / 16 + 1 tiles differ. Task 3
-(mask_tile) is in checks_tc_mask.py.
+exactly on a tile's end, where ceil(seq_len / 16) and seq_len / 16 + 1 tiles differ. Task 1
+(group_rows) is in checks_tc_rows.py, task 3 (mask_tile) in checks_tc_mask.py.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from .checks_kernels import _Compiled
-from .compare import call_on_copies, describe_difference, diagnose, fmt, ranges
+from .checks_tc_rows import TILE, reference_group_rows
+from .compare import describe_difference, diagnose, fmt, ranges
 from .faults import describe_kernel_exception
 from .kernel_hints import shift_hint
 from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
-from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
+from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases
 from .seeds import case_rng
 from .source_barriers import barrier_before_loads
 
-TILE = 16    # rows, tokens and head_dim step of one WMMA 16x16x16 tile
 WARP = 32
-
-
-def reference_group_rows(q, kv_head, group):
-    """The Q tiles of `kv_head`'s group: [ceil(group / 16), 16, head_dim], rows past the
-    group zero, q's dtype."""
-    n_tiles = -(-group // TILE)
-    tiles = np.zeros((n_tiles * TILE, q.shape[1]), q.dtype)
-    tiles[:group] = q[kv_head * group:(kv_head + 1) * group]
-    return tiles.reshape(n_tiles, TILE, q.shape[1])
-
-
-# -- task 1: the group as the rows of Q tiles (NumPy) ----------------------------------------
-
-def _shape_hint(shape, expected, group) -> str:
-    n_tiles, _, head_dim = expected
-    if len(shape) != 3:
-        return (f"return a 3-D array [tiles, 16, head_dim] = {list(expected)}: the group's "
-                f"{group} heads padded with zero rows to {n_tiles * TILE}, cut into tiles of 16.")
-    if shape[1:] == (head_dim, TILE) and head_dim != TILE:   # (with 16 it looks the same)
-        return "the rows of a tile are query heads: [tiles, 16, head_dim], not [tiles, head_dim, 16]."
-    if shape[0] < n_tiles:
-        return (f"a group of {group} heads needs ceil({group} / 16) = {n_tiles} tiles: heads "
-                "16 and up of the group go in the next tiles.")
-    if shape[0] > n_tiles and shape[1:] == (TILE, head_dim):
-        why = (": group // 16 + 1 is one too many when the group is a multiple of 16."
-               if group % TILE == 0 and shape[0] == group // TILE + 1 else ".")
-        return (f"a group of {group} heads needs ceil({group} / 16) = {n_tiles} "
-                f"tile{'s' * (n_tiles > 1)}, not {shape[0]}{why}")
-    if shape[1] != TILE:
-        return (f"every tile has 16 rows, whatever the group size: pad the {group} heads with "
-                "zero rows (the tensor core multiplies whole 16 x 16 tiles).")
-    return f"the tiles are [ceil(group / 16), 16, head_dim] = {list(expected)}."
-
-
-def _group_variants(q, kv_head, group, num_kv_heads):
-    n_tiles = -(-group // TILE)
-    d = q.shape[1]
-
-    def laid_out(rows):
-        tiles = np.zeros((n_tiles * TILE, d))
-        tiles[:group] = rows
-        return tiles.reshape(n_tiles, TILE, d)
-
-    mine = q[kv_head * group:(kv_head + 1) * group].astype(np.float64)
-    striped = np.zeros((n_tiles * TILE, d))
-    for i in range(group):
-        striped[(i % n_tiles) * TILE + i // n_tiles] = mine[i]
-    return [
-        ("a GQA group is consecutive query heads: kv head j serves query heads j * group .. "
-         "j * group + group - 1, not j, j + num_kv_heads, ...",
-         lambda: laid_out(q[kv_head::num_kv_heads][:group])),
-        ("the group of kv head j starts at query head j * group (here "
-         f"{kv_head} * {group} = {kv_head * group}), not at head 0.",
-         lambda: laid_out(q[:group])),
-        ("the group starts at query head kv_head * group, not kv_head.",
-         lambda: laid_out(q[kv_head:kv_head + group])),
-        ("tile t holds heads 16 t .. 16 t + 15 of the group, in order (row r of tile t is "
-         "head 16 t + r of the group), not every n_tiles-th head.",
-         lambda: striped.reshape(n_tiles, TILE, d)),
-        ("the tiles are transposed (head_dim is 16 here, so the shape cannot show it): row r "
-         "of a tile is query head r, its columns the head's dims: [tiles, 16, head_dim].",
-         lambda: laid_out(mine).swapaxes(1, 2) if d == TILE else None),
-    ]
-
-
-def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head, dtype) -> None:
-    rng = case_rng(seed)
-    group = num_heads // num_kv_heads
-    # No zero rows; fp16 values in any dtype, so tiles of another dtype differ only in dtype.
-    q = (rng.standard_normal((num_heads, head_dim)) + 3.0).astype(np.float16).astype(dtype)
-    expected = reference_group_rows(q, kv_head, group)
-    got = call_on_copies("group_rows", fn, {"q": q}, kv_head, group)
-    if got is None:
-        raise Mismatch("returned None", "return the tiles: [ceil(group / 16), 16, head_dim].")
-    got = np.asarray(got)
-    if got.shape != expected.shape:
-        raise Mismatch(f"wrong shape for a group of {group}", _shape_hint(got.shape,
-                       expected.shape, group), str(expected.shape), str(got.shape))
-    n_tiles = expected.shape[0]
-    rows = np.arange(n_tiles * TILE).reshape(n_tiles, TILE) < group
-    diff = describe_difference(got, expected, ("tile", "row", "dim"), atol=0, rtol=0,
-                               mask=rows[..., None], unwritten=False)
-    if diff is not None:
-        hint = diagnose(got, expected, _group_variants(q, kv_head, group, num_kv_heads),
-                        atol=0, rtol=0, mask=rows[..., None])
-        raise Mismatch(diff.message(), hint or f"row r of tile t is query head kv_head * "
-                       f"group + 16 t + r = {kv_head * group} + 16 t + r.")
-    pad = ~rows
-    if pad.any() and not np.all(np.asarray(got, np.float64)[pad] == 0):
-        t, r = np.argwhere(pad & np.any(np.asarray(got, np.float64) != 0, axis=-1))[0]
-        raise Mismatch(f"padding row {r} of tile {t} (past the group's {group} heads) holds "
-                       f"{fmt(np.asarray(got, np.float64)[t, r, 0])}, ... instead of 0",
-                       "rows past the group must be zero: they go through the tensor core "
-                       "with the rest, and anything there (another head, a copy, NaN) becomes "
-                       "a row of scores the kernel must then ignore, or a NaN.")
-    if got.dtype != q.dtype:
-        raise Mismatch(f"the tiles are {got.dtype}; q is {q.dtype}",
-                       "keep q's dtype (np.zeros(..., dtype=q.dtype)), whichever it is: the "
-                       "tiles are q's rows, to be fed to the tensor core as they are.",
-                       str(q.dtype), str(got.dtype))
-
-
-def group_rows(fn) -> CheckResult:
-    """Check `fn(q, kv_head, group)` -> Q tiles [ceil(group / 16), 16, head_dim]."""
-    fp16, fp32 = np.dtype(np.float16), np.dtype(np.float32)
-    specs = [   # name, (num_heads, num_kv_heads, head_dim, kv_head, q's dtype)
-        ("MHA: group 1, one row used", (4, 4, 16, 2, fp16)),
-        ("GQA 32/8: group 4, kv head 3", (32, 8, 32, 3, fp16)),
-        ("group 7, kv head 1", (14, 2, 16, 1, fp16)),
-        ("MQA 16/1: one full tile", (16, 1, 32, 0, fp16)),
-        ("group 17: a second tile with one row", (34, 2, 16, 1, fp16)),
-        ("group 48: three full tiles", (48, 1, 16, 0, fp16)),
-        ("group 64, kv head 1: four tiles", (128, 2, 32, 1, fp16)),
-        ("float32 q, group 5, kv head 2: the tiles keep q's dtype", (15, 3, 32, 2, fp32)),
-    ]
-    return run_cases("group_rows", "group_rows: a GQA group as the rows of 16-row Q tiles", [
-        Case(name, {"num_heads": h, "num_kv_heads": kv, "head_dim": d, "kv_head": j,
-                    "dtype": dt.name},
-             lambda i=i, h=h, kv=kv, d=d, j=j, dt=dt: _group_case(fn, 90 + i, h, kv, d, j, dt))
-        for i, (name, (h, kv, d, j, dt)) in enumerate(specs)])
 
 
 # -- task 2: the group-as-rows tile step (CUDA C, WMMA) ----------------------------------------
@@ -278,9 +154,37 @@ def _launch_tile(comp, prob, out):
             from exc
 
 
+def _tile_diff(prob, got, never):
+    """(describe_difference's verdict, the scores that count) of `got` against `prob`'s."""
+    group = prob.sizes[0] // prob.sizes[1]
+    row_ok = np.arange(TILE) < group
+    tok_ok = (np.arange(prob.n_tiles)[:, None] * TILE + np.arange(TILE)) < prob.sizes[4]
+    valid = row_ok[None, None, :, None] & tok_ok[None, :, None, :]
+    return describe_difference(got, prob.expected(), ("kv_head", "token_tile", "row", "token"),
+                               mask=valid, unwritten=never), valid
+
+
+def _pow2_shift_hint(comp, seed, sizes) -> str | None:
+    """shift_hint's hint, when the kernel shifts or masks and gets this very case right once
+    every size in it is raised to a power of two: the sizes, not the shift's mere presence
+    in the source, are then the evidence."""
+    num_heads, num_kv_heads, head_dim, page_size, seq_len = sizes
+    group = num_heads // num_kv_heads
+    hint = shift_hint(comp.source, {"num_kv_heads": num_kv_heads, "page_size": page_size,
+                                    "head_dim": head_dim, "num_heads / num_kv_heads": group})
+    if hint is None:
+        return None
+    kv, group, head_dim, page_size = (1 << (n - 1).bit_length()
+                                      for n in (num_kv_heads, group, head_dim, page_size))
+    prob = _TileProblem(seed, kv * group, kv, head_dim, page_size, seq_len)
+    got = probe(_launch_tile, comp, prob, poisoned(_tile_scores_shape(prob)))
+    return hint if got is not None and _tile_diff(prob, got, unwritten(got))[0] is None \
+        else None
+
+
 def _tile_case(comp, seed, *sizes) -> None:
     prob = _TileProblem(seed, *sizes)
-    num_heads, num_kv_heads, head_dim, page_size, seq_len = sizes
+    num_heads, num_kv_heads, _, _, seq_len = sizes
     group = num_heads // num_kv_heads
     shape = _tile_scores_shape(prob)
     got = _launch_tile(comp, prob, poisoned(shape))
@@ -288,23 +192,18 @@ def _tile_case(comp, seed, *sizes) -> None:
     if never.all() and "TODO" in comp.source:
         raise NotAttempted("the kernel wrote nothing (scores still hold the NaN the check "
                            "filled them with): write the kernel body where the // TODO is")
-    expected = prob.expected()
-    axes = ("kv_head", "token_tile", "row", "token")
-    row_ok = np.arange(TILE) < group
-    tok_ok = (np.arange(prob.n_tiles)[:, None] * TILE + np.arange(TILE)) < seq_len
-    valid = row_ok[None, None, :, None] & tok_ok[None, :, None, :]
-    diff = describe_difference(got, expected, axes, mask=valid, unwritten=never)
+    diff, valid = _tile_diff(prob, got, never)
     if diff is not None:
         j, t, _, _ = diff.first()
-        hint = diagnose(got, expected, _tile_variants(prob), mask=valid,
-                        nan_is_evidence=False) or shift_hint(comp.source, {
-                            "num_kv_heads": num_kv_heads, "page_size": page_size,
-                            "head_dim": head_dim, "num_heads / num_kv_heads": group})
+        hint = diagnose(got, prob.expected(), _tile_variants(prob), mask=valid,
+                        nan_is_evidence=False) or _pow2_shift_hint(comp, seed, sizes)
         raise Mismatch(diff.message() + f"\nTile (kv head {j}, tokens {t * TILE}.."
                        f"{t * TILE + 15}) is block ({t}, {j}); its rows are query heads "
                        f"{j * group}..{j * group + group - 1}.",
                        hint or "S[r][c] = q[kv_head * group + r] . k(token 16 * tile + c, "
                                "kv_head), summed over all head_dim dimensions.")
+    row_ok = np.arange(TILE) < group
+    tok_ok = (np.arange(prob.n_tiles)[:, None] * TILE + np.arange(TILE)) < seq_len
     got64 = np.asarray(got, np.float64)
     if never.any():   # (only outside `valid` here: describe_difference saw the rest)
         _, t, r, c = bad = np.argwhere(never)[0]

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks_tc_decode import TILE   # tokens (columns) of one score tile
+from .checks_tc_rows import TILE   # tokens (columns) of one score tile
 from .compare import changed_input, fmt
 from .report import Case, CheckResult, Mismatch, as_array, run_cases
 from .seeds import case_rng
