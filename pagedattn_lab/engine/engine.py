@@ -65,7 +65,7 @@ class LLMEngine:
         self.kv = KVCacheManager(config.num_pages, config.page_size,
                                  enable_caching=config.enable_prefix_caching,
                                  num_host_pages=config.num_host_pages, store=self.store)
-        self.scheduler = Scheduler(config, self.kv)
+        self.scheduler = Scheduler(config, self.kv, mc.max_position_embeddings)
         self.attention = StepAttention(mc.num_attention_heads, mc.num_key_value_heads,
                                        mc.head_dim, config.page_size, model.dtype, model.xp,
                                        kv_dtype=config.kv_dtype,

@@ -57,7 +57,7 @@ class Request:
     num_registered_blocks: int = 0    # its first pages already offered to the prefix cache
     host_pages: list[int] = field(default_factory=list)      # while swapped
     num_preemptions: int = 0
-    num_cached_tokens: int = 0        # prompt tokens found in the prefix cache at admission
+    num_cached_tokens: int = 0        # prompt tokens in the prefix cache at its first admission
     logits: list = field(default_factory=list)
     finish_reason: str | None = None
 

@@ -56,8 +56,11 @@ class ScheduledStep:
 
 
 class Scheduler:
-    def __init__(self, config: EngineConfig, kv: KVCacheManager):
-        self.config, self.kv = config, kv
+    def __init__(self, config: EngineConfig, kv: KVCacheManager,
+                 max_model_len: int | None = None):
+        """max_model_len: no request grows past it (the model's context), so a predictive
+        reservation stops there too (None: no limit)."""
+        self.config, self.kv, self.max_model_len = config, kv, max_model_len
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.swapped: deque[Request] = deque()
@@ -213,6 +216,8 @@ class Scheduler:
             if predictive:
                 remaining = max(0, self.expected_output_len() - len(req.output_ids))
                 remaining = min(remaining, req.params.max_tokens - len(req.output_ids))
+                if self.max_model_len is not None:   # pages past the context stay unused
+                    remaining = max(0, min(remaining, self.max_model_len - req.num_tokens))
                 lookahead = req.num_tokens - computed - n + remaining
                 if not self.running and not self._room(
                         self.kv.admission_cost(hits, computed, n, lookahead)):
@@ -221,8 +226,8 @@ class Scheduler:
                 break
             self.kv.admit(req, hits, computed, n, lookahead)   # (if it fails, req still waits)
             self.waiting.popleft()
-            if len(req.output_ids) == 0:
-                req.num_cached_tokens = computed
+            if req.num_preemptions == 0:   # a resumed request finds its own chunks there:
+                req.num_cached_tokens = computed   # they were computed once, not served
             req.status = Status.RUNNING
             self.running.append(req)
             step.add(req, n)
