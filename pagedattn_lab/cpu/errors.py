@@ -97,6 +97,13 @@ class KernelCompileError(RuntimeError):
         self.log = log
         self.hints = list(hints)
 
+    @classmethod
+    def refused(cls, kernel: str, filename: str, what: str, hint: str, lineno=None):
+        """The error of a source the executor refuses before building or loading it (no
+        compiler messages: `what` says why, `hint` what to do)."""
+        return cls(f"kernel source {filename!r} (kernel {kernel!r}) {what}", kernel=kernel,
+                   filename=filename, lineno=lineno, errors=[], log="", hints=[hint])
+
 
 class CompilerNotFoundError(KernelCompileError):
     """No C++ compiler was found to build kernels for the CPU executor."""

@@ -85,9 +85,8 @@ def refuse_outside_includes(build: Path, cmd: tuple[str, ...], executor_dir: Pat
             "names no file)" if read is None else
             f"it includes {', '.join(sorted(set(outside))[:3])}, which is neither a CUDA header "
             f"nor a system header")
-    raise KernelCompileError(
-        f"kernel source {filename!r} (kernel {kernel!r}) was refused by the grader: {what}; "
-        f"the compiler's messages are not shown, as they would show that file's lines",
-        kernel=kernel, filename=filename, errors=[], log="",
-        hints=["a kernel includes only the CUDA headers (<cuda_fp16.h>, <mma.h>, ...); paste "
-               "what it needs from another file into the kernel source"])
+    raise KernelCompileError.refused(
+        kernel, filename, f"was refused by the grader: {what}; the compiler's messages are "
+        f"not shown, as they would show that file's lines",
+        "a kernel includes only the CUDA headers (<cuda_fp16.h>, <mma.h>, ...); paste what it "
+        "needs from another file into the kernel source")

@@ -118,23 +118,20 @@ def refuse_load_time_code(path: str, instrumented: bool, *, kernel: str, filenam
     """Raise KernelCompileError when `load_time_code` or `runtime_internals` finds anything."""
     internals = runtime_internals(path)
     if internals:
-        raise KernelCompileError(
-            f"kernel source {filename!r} (kernel {kernel!r}) refers to the CPU executor's own "
-            f"runtime ({', '.join(sorted(set(internals))[:5])}), which a kernel may not touch",
-            kernel=kernel, filename=filename, errors=[], log="",
-            hints=["a kernel uses only the CUDA built-ins (threadIdx, __syncthreads(), ...); "
-                   "remove the declaration of the executor's internals"])
+        raise KernelCompileError.refused(
+            kernel, filename, f"refers to the CPU executor's own runtime "
+            f"({', '.join(sorted(set(internals))[:5])}), which a kernel may not touch",
+            "a kernel uses only the CUDA built-ins (threadIdx, __syncthreads(), ...); remove "
+            "the declaration of the executor's internals")
     found = load_time_code(path, instrumented)
     if found:
         what = "; ".join(dict.fromkeys(found))
-        raise KernelCompileError(
-            f"kernel source {filename!r} (kernel {kernel!r}) runs code when its library is "
-            f"loaded ({what}): the CPU executor loads the library into the launching process, "
-            f"outside the launch's sandbox, so it refuses such code",
-            kernel=kernel, filename=filename, errors=[], log="",
-            hints=["a CUDA kernel needs no constructor, global object or load-time code: "
-                   "compute values inside the kernel, or give a global a constant "
-                   "initializer"])
+        raise KernelCompileError.refused(
+            kernel, filename, f"runs code when its library is loaded ({what}): the CPU "
+            f"executor loads the library into the launching process, outside the launch's "
+            f"sandbox, so it refuses such code",
+            "a CUDA kernel needs no constructor, global object or load-time code: compute "
+            "values inside the kernel, or give a global a constant initializer")
 
 
 # GCC's and Clang's marker of an inline-assembly block ("#APP"; "//APP", "@APP", ";APP" where

@@ -93,10 +93,9 @@ def refuse_library_calls(path: str, *, kernel: str, filename: str) -> None:
     found = library_calls(path) if os.name == "posix" and hasattr(ctypes.CDLL(None), "dladdr") \
         else []
     if found:
-        raise KernelCompileError(
-            f"kernel source {filename!r} (kernel {kernel!r}) calls {', '.join(found[:4])}: the "
-            f"CPU executor counts a kernel's memory accesses and checks its races in its own "
-            f"code only, and CUDA device code has no such library function",
-            kernel=kernel, filename=filename, errors=[], log="",
-            hints=["read and write the arrays with the kernel's own loads and stores (x[i] = "
-                   "v, or memcpy); the CUDA math functions (expf, fmaxf, ...) are fine"])
+        raise KernelCompileError.refused(
+            kernel, filename, f"calls {', '.join(found[:4])}: the CPU executor counts a "
+            f"kernel's memory accesses and checks its races in its own code only, and CUDA "
+            f"device code has no such library function",
+            "read and write the arrays with the kernel's own loads and stores (x[i] = v, or "
+            "memcpy); the CUDA math functions (expf, fmaxf, ...) are fine")
