@@ -217,7 +217,10 @@ class EngineConfig:
     max_prefill_chunk: at most this many prompt tokens of one request per step (None: the
         budget); a long prompt is prefilled in chunks, mixed with other requests' decodes.
     watermark: a new request is admitted only if this fraction of the pool stays free after
-        its prompt's pages are taken: room for the running requests to grow.
+        its first step's pages are taken (its cached prefix's pages that sit in the free
+        queue, those of its first prompt chunk, and a predictive reservation): room for the
+        running requests to grow. Later chunks of a long prompt take pages as they run, as
+        in vLLM v1, so they may preempt.
     preemption_mode: when the pool runs dry, "recompute" drops a victim's pages (it later
         prefills prompt + output again) and "swap" copies them to `num_host_pages` pages of
         host memory (recompute when those are full).
