@@ -25,7 +25,8 @@ def explain_run(plan, q, k, v, out, qshape):
             raise TypeError(f"{name}: the plan is for {plan.dtype}: expected dtype {names}, "
                             f"got {dtype_label(x.dtype)}")
         if not x.flags.c_contiguous:
-            raise ValueError(f"{name}: expected a C-contiguous array")
+            raise ValueError(f"{name}: expected a C-contiguous array (the kernels index it by "
+                             "strides of its shape); call .copy() or ascontiguousarray first")
         if data_pointer(x) % 16:
             raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
                              "kernels load 16 bytes at a time), not an offset view")
