@@ -159,7 +159,8 @@ def main(argv=None) -> int:
     rng = np.random.default_rng(0)
     args.out.mkdir(parents=True, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d"),
-            "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode()}
+            "gpu": cp.cuda.runtime.getDeviceProperties(0)["name"].decode(),
+            "l2_flush": timer.l2_flush}
     chosen = [w for i, w in enumerate(workloads()) if args.rows is None or i in args.rows]
     rows, data, refs = [], [], []
 
