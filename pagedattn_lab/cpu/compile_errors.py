@@ -109,8 +109,7 @@ def inline_asm_error(kernel: str, filename: str, source: str) -> KernelCompileEr
     """The compiled kernel holds inline assembly (kernel_object.inline_assembly)."""
     lines = inline_asm_lines(source)
     where = f" (line {lines[0]})" if lines else ""
-    return KernelCompileError(
-        f"kernel source {filename!r} (kernel {kernel!r}) holds inline assembly{where}, which "
-        f"the CPU executor refuses: on the CPU it would be host code, not PTX",
-        kernel=kernel, filename=filename, lineno=lines[0] if lines else None, errors=[],
-        log="", hints=[_ASM_HINT] + ([_MMA_PTX_HINT] if _MMA_PTX.search(source) else []))
+    return KernelCompileError.refused(
+        kernel, filename, f"holds inline assembly{where}, which the CPU executor refuses: on "
+        f"the CPU it would be host code, not PTX", _ASM_HINT,
+        *([_MMA_PTX_HINT] if _MMA_PTX.search(source) else []), lineno=lines[0] if lines else None)

@@ -25,12 +25,13 @@ import warnings
 from pathlib import Path
 
 from .artifacts import remember, seal, sealed, trusted_cache, unchanged
+from .builtins import refuse_uncounted_builtins
 from .compile_errors import compile_error, inline_asm_error
 from .errors import CompilerNotFoundError, KernelCompileError
 from .includes import dependency_flags, refuse_outside_includes
 from .kernel_object import count_library_copies, inline_assembly, refuse_load_time_code
 from .library_calls import refuse_library_calls
-from .source import translation_unit
+from .source import quoted_filename, translation_unit
 
 HERE = Path(__file__).resolve().parent
 INCLUDE_DIR = HERE / "include"
@@ -305,10 +306,14 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
         obj, asm_path = Path(tmp) / "kernel.o", Path(tmp) / "kernel.s"
         r = _run([*cmd, *all_flags, *dependency_flags(Path(tmp)), "-S", str(tu_path), "-o",
                   str(asm_path)])
-        refuse_outside_includes(Path(tmp), cmd, HERE, kernel=kernel, filename=filename)
+        refuse_outside_includes(Path(tmp), cmd, HERE, kernel=kernel, filename=filename,
+                                compiled=r.returncode == 0)
         if r.returncode == 0:
             if inline_assembly(str(asm_path)):
                 raise inline_asm_error(kernel, filename, source)
+            if instrumented:
+                refuse_uncounted_builtins(cmd, all_flags, tu_path, quoted_filename(filename),
+                                          HERE, kernel=kernel, filename=filename)
             r = _run([*cmd, "-c", str(asm_path), "-o", str(obj)])
         if r.returncode == 0:
             refuse_load_time_code(str(obj), instrumented, kernel=kernel, filename=filename)

@@ -98,11 +98,11 @@ class KernelCompileError(RuntimeError):
         self.hints = list(hints)
 
     @classmethod
-    def refused(cls, kernel: str, filename: str, what: str, hint: str, lineno=None):
+    def refused(cls, kernel: str, filename: str, what: str, *hints: str, lineno=None):
         """The error of a source the executor refuses before building or loading it (no
-        compiler messages: `what` says why, `hint` what to do)."""
+        compiler messages: `what` says why, `hints` what to do)."""
         return cls(f"kernel source {filename!r} (kernel {kernel!r}) {what}", kernel=kernel,
-                   filename=filename, lineno=lineno, errors=[], log="", hints=[hint])
+                   filename=filename, lineno=lineno, errors=[], log="", hints=hints)
 
 
 class CompilerNotFoundError(KernelCompileError):

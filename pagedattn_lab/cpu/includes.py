@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import shlex
 import subprocess
 import tempfile
 from pathlib import Path
@@ -66,9 +67,10 @@ def _inside(path: str, roots) -> bool:
 
 
 def refuse_outside_includes(build: Path, cmd: tuple[str, ...], executor_dir: Path, *,
-                            kernel: str, filename: str) -> None:
+                            kernel: str, filename: str, compiled: bool) -> None:
     """Under the grader: raise KernelCompileError if the compile in `build` read a file
-    outside `executor_dir`, `build` and the compiler's include folders, or did not say."""
+    outside `executor_dir`, `build` and the compiler's include folders, or did not say
+    (`compiled`: whether that compile succeeded)."""
     if not graded():
         return
     roots = [os.path.realpath(executor_dir), os.path.realpath(build),
@@ -81,12 +83,19 @@ def refuse_outside_includes(build: Path, cmd: tuple[str, ...], executor_dir: Pat
         [p for p in map(os.path.realpath, read) if not _inside(p, roots)]
     if read is not None and not outside:
         return
-    what = ("the compiler did not list the files it read (it does not when an #include "
-            "names no file)" if read is None else
+    # No list: GCC and Clang write none when an #include names no file; a compiler that
+    # ignores -MD writes none even for a kernel that builds (the grader's, not the learner's).
+    why = ("the compile failed before the list was written, as it does when an #include names "
+           "no file" if not compiled else f"the grader's compiler ({shlex.join(cmd)}) wrote "
+           f"none although the compile succeeded: it does not support -MD")
+    what = (f"the include check could not run: the compiler wrote no list of the files it "
+            f"read ({why})" if read is None else
             f"it includes {', '.join(sorted(set(outside))[:3])}, which is neither a CUDA header "
             f"nor a system header")
     raise KernelCompileError.refused(
         kernel, filename, f"was refused by the grader: {what}; the compiler's messages are "
-        f"not shown, as they would show that file's lines",
+        f"not shown, as they could show the lines of a file it read",
+        "grade with GCC or Clang ($CXX where the grader starts): they list the files read"
+        if read is None and compiled else
         "a kernel includes only the CUDA headers (<cuda_fp16.h>, <mma.h>, ...); paste what it "
         "needs from another file into the kernel source")

@@ -12,7 +12,7 @@ import re
 from ..signature import strip_comments
 
 __all__ = ["rewrite_extern_shared", "uses_printf", "has_device_variables", "inline_asm_lines",
-           "translation_unit"]
+           "quoted_filename", "translation_unit"]
 
 _EXTERN_SHARED = re.compile(
     r"\bextern\s+__shared__\s+(?P<decl>[^;{}]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*"
@@ -97,6 +97,11 @@ POISONED = ("no_sanitize", "__no_sanitize__", "no_sanitize_thread", "__no_saniti
             "weakref", "__weakref__")
 
 
+def quoted_filename(filename: str) -> str:
+    """`filename` as the translation unit's `#line` quotes it (and -E's line markers)."""
+    return filename.replace("\\", "\\\\").replace('"', '\\"')
+
+
 def translation_unit(source: str, kernel_names: list[str], filename: str, shim_path: str) -> str:
     """The C++ file to compile: the shim, the kernel source at its own line numbers, and one
     exported entry point per kernel that unpacks a void*[] argument list."""
@@ -106,7 +111,7 @@ def translation_unit(source: str, kernel_names: list[str], filename: str, shim_p
     entries = "".join(
         f'extern "C" PAL_EXPORT void __pal_entry_{name}(void **a) {{ __pal_invoke({name}, a); }}\n'
         for name in kernel_names)
-    quoted = filename.replace("\\", "\\\\").replace('"', '\\"')
+    quoted = quoted_filename(filename)
     return (f'#include "{shim_path}"\n'
             f"#pragma GCC poison {' '.join(POISONED)}\n"
             f'#line 1 "{quoted}"\n'
