@@ -7,7 +7,11 @@ case finite leftovers (what an earlier launch left in a reused buffer: a merge t
 every slot and skips the NaN ones shows there), their m far above the real ones (so a max
 taken over every slot, which fmaxf's NaN skipping hides elsewhere, shows too). Other cases:
 more dims than lanes (48, not a multiple of 32), partition maxima near +1000 and far below
--88 (expf overflows / underflows in float32).
+-88 (expf overflows / underflows in float32), and a sequence whose length is a multiple of
+part_len while a longer one sets max_parts (a count of seq_len / part_len + 1 reads inside
+the buffer there). A merge that comes out right is launched twice more with different finite
+leftovers in the first slot past each row's partitions: a row whose output moves read that
+slot (the NaN there was skipped, by fmaxf or a test), and its hint names the rows.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, decode_problem, dims_h
                             launch_warp)
 from .decode_variants import merge_variant
 from .kernel_runner import poisoned
-from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
+from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases
 from .seeds import case_rng
 
 
@@ -61,28 +65,69 @@ def _first_as_max(m, l, o, n_parts):
         return top / w.sum(axis=-1)[..., None]
 
 
-def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
-    prob = decode_problem(seed, **sizes)
-    batch, num_heads, head_dim = prob.q.shape
-    part_ml, part_out, used = _states(prob, part_len, seed, leftovers)
-    max_parts = used.shape[-1]
-    args = (part_out, part_ml, prob.seq_lens, poisoned(prob.q.shape), np.int32(num_heads),
-            np.int32(head_dim), np.int32(part_len), np.int32(max_parts))
-    (got,), _ = launch_warp(comp, (num_heads, batch), args, outputs=(3,))
-    if np.isnan(got).all() and "TODO" in comp.source:
-        raise NotAttempted(NOTHING_WRITTEN)
-    expected = prob.expected
-    diff = describe_difference(got, expected, ("sequence", "head", "dim"))
-    if diff is None:
-        return
-    lens = prob.seq_lens.astype(np.int64)
-    n_parts = -(-lens // part_len)[:, None]
+def _with_states(args, part_ml, part_out):
+    """The merge's launch arguments with other states and a fresh poisoned output (the
+    executor writes the caller's arrays in place)."""
+    return (part_out, part_ml, args[2], poisoned(args[3].shape)) + args[4:]
+
+
+def _slot_past_end(comp, args, part_ml, part_out, n_parts, seed, slot):
+    """[(sequence, head)] of the rows whose output depends on partition slot `slot` [batch,
+    1] (past n_parts: a slot that does not exist; -1 for none): two launches with different
+    finite leftovers in that slot of every row (the other slots as they were) tell the rows
+    that read it and weighed it in, what a GPU's reused buffer would feed them. None if a
+    launch fails (it proves nothing)."""
+    used = np.arange(part_ml.shape[2]) < n_parts[..., None]      # [batch, 1, max_parts]
+    past = np.arange(part_ml.shape[2]) == slot[..., None]
+    if not past.any():
+        return []
+    rng = case_rng(seed + 2000)
+    outs = []
+    for _ in range(2):
+        ml, o = part_ml.copy(), part_out.copy()
+        ml[..., 0] = np.where(past, part_ml[..., 0][np.broadcast_to(used, ml.shape[:3])]
+                              .max() + rng.uniform(1, 5, ml.shape[:3]), ml[..., 0])
+        ml[..., 1] = np.where(past, rng.uniform(1, 5, ml.shape[:3]), ml[..., 1])
+        o[:] = np.where(past[..., None], rng.standard_normal(o.shape), o)
+        launched = probe(launch_warp, comp, (part_ml.shape[1], part_ml.shape[0]),
+                         _with_states(args, ml, o), (3,))
+        if launched is None:
+            return None
+        outs.append(launched[0][0])
+    with np.errstate(invalid="ignore"):
+        differ = ~((outs[0] == outs[1]) | (np.isnan(outs[0]) & np.isnan(outs[1])))
+    return [tuple(int(i) for i in r) for r in np.argwhere(differ.any(axis=-1))]
+
+
+def _past_end_hint(rows, lens, part_len, n_parts, max_parts, held) -> str | None:
+    """The over-read's hint, from the rows that read slot n_parts (_slot_past_end)."""
+    if not rows:
+        return None
+    seqs = sorted({b for b, _ in rows})
+    could = [b for b in range(lens.size) if n_parts[b, 0] < max_parts]
+    shown = ", ".join(f"sequence {b} (seq_len {lens[b]}, {n_parts[b, 0]} partition"
+                      f"{'s' if n_parts[b, 0] != 1 else ''}) reads slot {n_parts[b, 0]}"
+                      for b in seqs[:3])
+    if all(lens[b] % part_len == 0 for b in seqs) and \
+            seqs != could and all(lens[b] % part_len for b in could if b not in seqs):
+        why = (f"where seq_len is a multiple of part_len ({part_len}): seq_len / part_len + 1 "
+               "(or (seq_len + part_len) / part_len) counts one partition too many there")
+    else:
+        why = "one partition past its last"
+    return (f"{shown}: a partition slot that does not exist, {why}. A sequence has "
+            f"(seq_len + part_len - 1) / part_len partitions; the slots after them hold "
+            f"{held}, and neither fmaxf nor a test for NaN skips the finite leftovers of a "
+            "reused buffer.")
+
+
+def _variants(part_ml, part_out, lens, part_len, held):
+    """(hint, the merge with that mistake) of the classic merge mistakes on these states."""
     states = (part_ml[..., 0], part_ml[..., 1], part_out)
-    held = ("whatever an earlier launch left there (finite numbers here, so a test for NaN or "
-            "for l > 0 cannot tell them apart)" if leftovers else "NaN here")
+    n_parts = -(-lens // part_len)[:, None]
+    max_parts = part_ml.shape[2]
     variants = [(text, lambda bug=bug: merge_variant(*states, n_parts, bug=bug))
                 for bug, text in MERGE_HINTS.items()]
-    variants += [
+    return variants + [
         ("the last, shorter partition is missing: a sequence has ceil(seq_len / part_len) "
          "partitions.", lambda: merge_partials(*states, (lens // part_len)[:, None])),
         # (only where sequence 0 is not the longest: else this is the max_parts read below)
@@ -106,8 +151,54 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
          "the max over the partitions first (fmaxf from NEG_INF), then weight.",
          lambda: _first_as_max(*states, n_parts)),
     ]
+
+
+_LEFTOVERS = ("whatever an earlier launch left there (finite numbers here, so a test for NaN or "
+              "for l > 0 cannot tell them apart)")
+
+
+def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
+    prob = decode_problem(seed, **sizes)
+    batch, num_heads, head_dim = prob.q.shape
+    part_ml, part_out, used = _states(prob, part_len, seed, leftovers)
+    max_parts = used.shape[-1]
+    args = (part_out, part_ml, prob.seq_lens, poisoned(prob.q.shape), np.int32(num_heads),
+            np.int32(head_dim), np.int32(part_len), np.int32(max_parts))
+    (got,), _ = launch_warp(comp, (num_heads, batch), args, outputs=(3,))
+    if np.isnan(got).all() and "TODO" in comp.source:
+        raise NotAttempted(NOTHING_WRITTEN)
+    expected = prob.expected
+    diff = describe_difference(got, expected, ("sequence", "head", "dim"))
+    lens = prob.seq_lens.astype(np.int64)
+    n_parts = -(-lens // part_len)[:, None]
+    held = _LEFTOVERS if leftovers else "NaN here"
+
+    def past_end(held):
+        rows = _slot_past_end(comp, args, part_ml, part_out, n_parts, seed, n_parts)
+        return _past_end_hint(rows, lens, part_len, n_parts, max_parts, held) if rows else None
+
+    if diff is None:   # right with NaN there: a kernel that skips NaN slots (fmaxf does) passes
+        hint = past_end(held)
+        if hint is None:
+            return
+        # Where a row reads its last slot too, two past its end or more, the same states with
+        # leftovers where no partition is: a classic mistake's own hint where the whole answer
+        # is that mistake (its max over every slot...); else the rows that read one past it.
+        last = np.where(n_parts + 1 < max_parts, max_parts - 1, -1)
+        lo = None
+        if _slot_past_end(comp, args, part_ml, part_out, n_parts, seed, last):
+            lo_ml, lo_out, _ = _states(prob, part_len, seed, leftovers=True)
+            lo = probe(launch_warp, comp, (num_heads, batch), _with_states(args, lo_ml, lo_out),
+                       (3,))
+        hint = (lo is not None and diagnose(lo[0][0], expected,
+                                            _variants(lo_ml, lo_out, lens, part_len,
+                                                      _LEFTOVERS))) or hint
+        raise Mismatch("right values while the slots of partitions that do not exist hold "
+                       "NaN, wrong when they hold finite leftovers (as a reused buffer on a GPU "
+                       "does)", hint)
     m = part_ml[..., 0][used]
-    hint = diagnose(got, expected, variants) or dims_hint(got, True, head_dim, "thread")
+    hint = diagnose(got, expected, _variants(part_ml, part_out, lens, part_len, held)) \
+        or dims_hint(got, True, head_dim, "thread")
     if hint is None and m.max() > 80 and not np.isfinite(got).all():
         hint = ("m is large here (up to " + fmt(m.max()) + "): expf(m_p) overflows "
                 "float32; exponentiate m_p minus the largest m_p.")
@@ -118,7 +209,8 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
     b, h, _ = diff.first()
     raise Mismatch(diff.message() + f"\nRow (sequence {b}, head {h}) is written by block "
                    f"({h}, {b}); it merges {int(n_parts[b, 0])} partitions.",
-                   hint or "out[b, h] = sum_p w_p o_p / sum_p w_p, w_p = l_p exp(m_p - m).")
+                   hint or past_end(held)
+                   or "out[b, h] = sum_p w_p o_p / sum_p w_p, w_p = l_p exp(m_p - m).")
 
 
 def decode_merge(source: str, device: str = "auto") -> CheckResult:
@@ -140,6 +232,10 @@ def decode_merge(source: str, device: str = "auto") -> CheckResult:
         ("head_dim 48, leftovers in the slots of partitions that do not exist", 75, 10,
          dict(seq_lens=[45, 7, 26], num_heads=3, num_kv_heads=1, head_dim=48, page_size=6,
               leftovers=True)),
+        # sequence 1 (24 = 3 x 8) is not the longest: a count of seq_len / part_len + 1 reads
+        # a slot inside max_parts, where sequence 2 (9) shows the count is right otherwise
+        ("a sequence whose length is a multiple of part_len, shorter than the longest", 76,
+         8, dict(seq_lens=[40, 24, 9], num_heads=2, num_kv_heads=1, head_dim=32, page_size=8)),
     ]
     cases = [Case(name, {"part_len": part_len, **sizes},
                   lambda seed=seed, part_len=part_len, sizes=sizes:

@@ -80,8 +80,8 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
     kern = comp.get()
     # NaN from a tile read before the barrier looks like the NaN of a softmax bug: with a
     # barrier missing in the source, that evidence speaks first. What the output shows
-    # (unwritten, padding, one sequence) speaks before shift_hint, which reads only the
-    # source (any << or >>, a halving loop's too).
+    # (unwritten, padding, one sequence) speaks before the shift's hint, which needs the
+    # case rerun with its sizes raised to powers of two.
     hint = (nan_hint(got, valid, never, shared_tile=True, source=comp.source)
             if tiled and barriers(comp.source) < 2 else None) \
         or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
@@ -92,7 +92,7 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
         or padding_hint(got, expected, valid, never) \
         or sequence_hint(got, expected, valid, never) \
         or array_size_hint(comp.source, prob.shape["head_dim"]) \
-        or shift_hint(comp.source, _divisors(prob)) \
+        or _pow2_shift_hint(comp, prob, threads, tiled) \
         or nan_hint(got, valid, never, shared_tile=tiled, source=comp.source) \
         or (tiled_hint(comp.source, racecheck=kern.racecheck) if tiled else None) \
         or ("follow the prompt's recipe: q row ((b * max_len + t) * num_heads + h) * head_dim, "
@@ -175,7 +175,7 @@ def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool, probing: b
         # a fault where a size is not a power of two, from a kernel that shifts or masks; or
         # a table read transposed, which soon reaches the table's -1 padding
         faulted = getattr(exc, "buffer", None) and not probing
-        hint = faulted and (shift_hint(comp.source, _divisors(prob))
+        hint = faulted and (_pow2_shift_hint(comp, prob, threads, tiled)
                             or _prefill_transposed(comp, threads, tiled))
         if not hint:
             raise
@@ -188,6 +188,30 @@ def _divisors(prob) -> dict:
     s = prob.shape
     return {"page_size": s["page_size"], "head_dim": s["head_dim"],
             "num_heads / num_kv_heads": s["num_heads"] // s["num_kv_heads"]}
+
+
+def _pow2_shift_hint(comp: _Compiled, prob, threads: int, tiled: bool) -> str | None:
+    """shift_hint's hint, when the kernel shifts or masks and this case's problem comes out
+    right (no fault, right values) once every size it divides by is raised to a power of
+    two: the sizes, not a << or >> in the source (a halving loop's, a harmless one's), are
+    then the evidence."""
+    hint = shift_hint(comp.source, _divisors(prob))
+    if hint is None:
+        return None
+    s = prob.shape
+
+    def up(n):
+        return 1 << (n - 1).bit_length()
+
+    group = up(s["num_heads"] // s["num_kv_heads"])
+    pow2 = paged_problem(0, mode="prefill", seq_lens=prob.seq_lens,   # (any seed: the sizes
+                         num_heads=s["num_kv_heads"] * group,         # are the evidence)
+                         num_kv_heads=s["num_kv_heads"], head_dim=up(s["head_dim"]),
+                         page_size=up(s["page_size"]), max_len=s["max_len"], scale=prob.scale)
+    got = probe(_launch_prefill, comp, pow2, threads, tiled, True)
+    right = got is not None and describe_difference(
+        got[0], pow2.expected, ("sequence", "token", "head", "dim"), unwritten=got[1]) is None
+    return hint if right else None
 
 
 def _tail_hint(comp: _Compiled, seed: int, sizes: dict, threads: int, tiled: bool):

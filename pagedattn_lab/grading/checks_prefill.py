@@ -218,14 +218,53 @@ def visible_keys(fn) -> CheckResult:
 
 # -- task 3: the K/V tiles of each query tile ------------------------------------------------
 
+def _tile_keys(indptr, seq_lens, rows: int) -> list[tuple[int, int, int]]:
+    """(b, first, keys seen by the query tile's last row) per query tile."""
+    return [(b, first, n - q_len + min(first + rows, q_len))
+            for b, (q_len, n) in enumerate(zip(np.diff(indptr).tolist(),
+                                               np.asarray(seq_lens).tolist()))
+            for first in range(0, q_len, rows)]
+
+
 def expected_tiles(indptr, seq_lens, rows: int, kv_tile: int) -> list[tuple[int, int, int]]:
-    out = []
-    for b, (q_len, n) in enumerate(zip(np.diff(indptr), seq_lens)):
-        q_len, n = int(q_len), int(n)
-        for first in range(0, q_len, rows):
-            last = min(first + rows, q_len) - 1
-            out.append((b, first, -(-(n - q_len + last + 1) // kv_tile)))
-    return out
+    return [(b, first, -(-keys // kv_tile)) for b, first, keys in
+            _tile_keys(indptr, seq_lens, rows)]
+
+
+_ROUND_UP = "round up: a K/V tile that holds any needed key is loaded."
+_ONE_TOO_MANY = ("one K/V tile too many when the keys fill whole tiles (a multiple of kv_tile): "
+                 "kv_tiles = ceil(keys / kv_tile) = -(-keys // kv_tile), not keys // kv_tile "
+                 "+ 1 (nor a count of keys one too high).")
+
+
+def _wrong_counts(got, indptr, seq_lens, rows, kv_tile):
+    """[(keys, the answer's kv_tiles)] of the tiles it counts wrong, or None when its tiles
+    are not the right (b, first) list."""
+    keyed = _tile_keys(indptr, seq_lens, rows)
+    if got is None or [t[:2] for t in got] != [t[:2] for t in keyed]:
+        return None
+    return [(k, t[2]) for (_, _, k), t in zip(keyed, got) if t[2] != -(-k // kv_tile)]
+
+
+def _rounding_hint(fn, got, indptr, seq_lens, rows, kv_tile) -> str | None:
+    """The rounding's hint when every count the answer gets wrong, here and on the fixed
+    cases, is keys // kv_tile (keys not a multiple of kv_tile), or every one is keys //
+    kv_tile + 1 (a multiple): an answer that rounds its own way only where it shows (e.g.
+    max(keys // kv_tile, 1), right below one tile) is no classic variant as a whole. A floor
+    is named only where some wrong tile's keys leave a remainder above 1 (at 1 it is also
+    a lost + 1 on the keys)."""
+    seen = [(_wrong_counts(got, indptr, seq_lens, rows, kv_tile), kv_tile)]
+    seen += [(_wrong_counts(_tiles_of(fn, p, n, r, t), p, n, r, t), t)
+             for p, n, r, t in _TILES_FIXED]
+    if any(wrong is None for wrong, _ in seen):
+        return None
+    wrong = [(k, c, t) for counts, t in seen for k, c in counts]
+    if wrong and all(k % t and c == k // t for k, c, t in wrong) and \
+            any(k % t > 1 for k, _, t in wrong):
+        return _ROUND_UP
+    if wrong and all(k % t == 0 and c == k // t + 1 for k, c, t in wrong):
+        return _ONE_TOO_MANY
+    return None
 
 
 def _tile_variants(indptr, seq_lens, rows, kv_tile):
@@ -256,11 +295,8 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
          build(lambda q, n, f: n - q + min(f + rows - 1, q) + 1)),
         ("a row at position p sees p + 1 keys (0 .. p): divide that count by kv_tile, not "
          "the position.", build(lambda q, n, f: n - q + last(q, f))),
-        ("round up: a K/V tile that holds any needed key is loaded.",
-         build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile)),
-        ("one K/V tile too many when the keys fill whole tiles (a multiple of kv_tile): "
-         "kv_tiles = ceil(keys / kv_tile) = -(-keys // kv_tile), not keys // kv_tile + 1 "
-         "(nor a count of keys one too high).",
+        (_ROUND_UP, build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile)),
+        (_ONE_TOO_MANY,
          build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile + 1)),
         (POW2_HINT.format(name="kv_tile", n=kv_tile),
          build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: pow2_div(k + kv_tile - 1,
@@ -316,10 +352,11 @@ def _tiles_case(fn, indptr, seq_lens, rows, kv_tile) -> None:
     hint = _named(_tile_variants(indptr, seq_lens, rows, kv_tile), got, expected,
                   lambda a, b: a == b,
                   lambda k: all(_tiles_of(fn, p, n, r, t) == _tile_variants(p, n, r, t)[k][1]
-                                for p, n, r, t in _TILES_FIXED),
-                  "one (b, first, kv_tiles) per query tile, first = 0, rows, 2*rows, ... < q_len; "
-                  "kv_tiles = ceil(keys seen by the tile's last row / kv_tile), that row being "
-                  "min(first + rows, q_len) - 1.")
+                                for p, n, r, t in _TILES_FIXED), "") \
+        or _rounding_hint(fn, got, indptr, seq_lens, rows, kv_tile) \
+        or ("one (b, first, kv_tiles) per query tile, first = 0, rows, 2*rows, ... < q_len; "
+            "kv_tiles = ceil(keys seen by the tile's last row / kv_tile), that row being "
+            "min(first + rows, q_len) - 1.")
     if got != expected and sorted(got) == sorted(expected):   # (no variant reorders)
         hint = ("the right tiles in another order: list them sequence by sequence (b = 0, "
                 "1, ...), each sequence's tiles by first (0, rows, 2*rows, ...).")

@@ -5,6 +5,7 @@ way a kernel does it, element offsets and all, with optional bugs:
 
     scale=1.0                  the missing 1/sqrt(head_dim)
     mask="none" / "strict"     no causal mask / a mask that drops the query's own token
+    mask="block"               every query of a block of 16 sees keys up to the block's last
     shared_table=True          every sequence reads row 0 of block_tables (the guide)
     head_stride_bug=True       slot * head_dim + kv_head * head_dim (no num_kv_heads)
     kv_map="mod" / "same" / "zero"   query head h reads kv head h % num_kv_heads / h / 0
@@ -94,7 +95,8 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
             if mode == "prefill" and mask != "none":
                 t = np.arange(len(queries))[:, None]
                 j = np.arange(n)[None, :]
-                allowed = j <= t if mask == "causal" else j < t
+                allowed = {"causal": j <= t, "strict": j < t,   # (the kernels' blocks: 16)
+                           "block": j < (t // 16 + 1) * 16}[mask]
                 logits = np.where(allowed, logits, -np.inf)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 if online_bug:
@@ -185,6 +187,10 @@ def attention_mistakes(case, *, mode="prefill"):
         hints[1:1] = [
             ("no causal mask: query t may only attend to keys 0..t (loop k <= t), not the "
              "whole sequence.", v(mask="none")),
+            ("the causal bound is the block's, not the query's: every query of a block "
+             "attended to the keys up to the block's last query (first_query + blockDim.x - "
+             "1). Query t may attend to keys 0..t only: a tile's key j while first_key + j "
+             "<= t.", v(mask="block")),
             ("the causal loop stops one key early: query t attends to keys 0..t inclusive "
              "(k <= t); it must see its own token.", v(mask="strict")),
         ]
