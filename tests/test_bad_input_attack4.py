@@ -159,7 +159,7 @@ def test_block_pool_refuses_and_changes_nothing(call, exc, match):
     failed with IndexError and range()'s TypeError; allocate(-1) returned []."""
     pool = BlockPool(4)
     pages = pool.allocate(3)
-    pool.register(pages[2], b"h")
+    pool.register(pages[2], b"h", [1])
     pool.free([pages[2]])
     before = _pool_state(pool)
     with pytest.raises(exc, match=match):

@@ -249,12 +249,12 @@ def test_block_pool_register_refuses_a_page_outside_the_pool(page):
     from pagedattn_lab.engine.prefix_cache import BlockPool
     pool = BlockPool(4)
     with pytest.raises(ValueError, match=rf"^page: page id {page} is not in this pool"):
-        pool.register(page, b"h")
+        pool.register(page, b"h", [1])
     with pytest.raises(ValueError, match=rf"^page: page id {page} is not in this pool"):
         pool.is_shared_or_cached(page)
     assert pool.cached == {} and pool.page_hash == [None] * 4
     with pytest.raises(TypeError, match="^block_hash: expected the bytes"):
-        pool.register(0, "h")
+        pool.register(0, "h", [1])
     assert pool.cached == {}
 
 

@@ -3,9 +3,11 @@ engineers would test theirs.
 
 `SchedulerMachine` runs the real `Scheduler` + `KVCacheManager` over a `FakeStore` (slots
 hold token ids) through random arrivals, steps, finishes and failed steps, and checks after
-each: ref counts = block tables, only full computed blocks cached, every running request
-reads back its own tokens, FCFS order of the waiting queue, preempted requests hold no page
-and keep their output tokens, and a failed step leaves everything as it was but its victims.
+each: ref counts = block tables, only full computed blocks cached (with the token ids they
+hold), every running request reads back its own tokens, FCFS order of the waiting and
+swapped queues, no admission while a request is swapped out, the step's prefill tokens are
+those of requests not yet decoding, preempted requests hold no page and keep their output
+tokens, and a failed step leaves everything as it was but its victims.
 The engine tests below compare with the dense oracle: prefix-hit counts under preemption,
 predictive reservations capped by the context, and a half-evicted cached prefix.
 """
@@ -60,6 +62,7 @@ class SchedulerMachine(RuleBasedStateMachine):
         self.sched = Scheduler(self.config, self.kv)
         self.next_rid = 0
         self.outputs = {}   # rid -> output ids seen so far (never lost by a preemption)
+        self.decoding = set()   # rids that sampled since their latest admission
 
     @precondition(lambda self: self.config is not None)
     @rule(prompt=prompts, max_tokens=st.integers(1, 6))
@@ -76,10 +79,16 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(fail=st.booleans())
     def step(self, fail):
         sched, kv = self.sched, self.kv
-        before = _snapshot(sched)
+        before, decoding = _snapshot(sched), set(self.decoding)
+        waiting = set(sched.waiting)
         sched.begin()
         step = sched.schedule()
         assert step.requests, "no progress although requests wait"
+        admitted = [r.rid for r in step.requests if r in waiting]
+        assert not (admitted and sched.swapped), f"{admitted} admitted before swapped ones"
+        self.decoding -= {r.rid for r in step.preempted}   # they prefill everything again
+        decodes = [n for r, n in zip(step.requests, step.num_new) if r.rid in self.decoding]
+        assert set(decodes) <= {1} and step.prefill_tokens == step.num_tokens - len(decodes)
         assert step.num_tokens <= self.config.max_num_batched_tokens
         assert len(sched.running) <= self.config.max_num_seqs
         for victim in step.preempted:
@@ -98,6 +107,7 @@ class SchedulerMachine(RuleBasedStateMachine):
             kv.register_computed(req)
         for req in list(step.requests):
             if req.num_computed_tokens == req.num_tokens:
+                self.decoding.add(req.rid)
                 req.output_ids.append((req.rid * 7 + len(req.output_ids)) % 5)
                 if len(req.output_ids) >= req.params.max_tokens:
                     sched.finish(req, "length")
@@ -107,6 +117,7 @@ class SchedulerMachine(RuleBasedStateMachine):
                 self.outputs[req.rid] = list(req.output_ids)
             return
         victims = sched.rollback()
+        self.decoding = decoding - {r.rid for r in victims if r.status is Status.WAITING}
         after = _snapshot(sched)
         if not victims:
             # the pages it handed out may forget their hash, nothing else changes
@@ -132,13 +143,15 @@ class SchedulerMachine(RuleBasedStateMachine):
             assert req.pages == [], f"request {req.rid} waits holding pages"
         for page in pool.cached.values():   # only full blocks, holding their tokens
             assert (self.store.slots[page] >= 0).all(), "a partial block is cached"
+            assert pool.page_tokens[page] == tuple(self.store.slots[page].tolist())
 
     @invariant()
     def waiting_is_first_come_first_served(self):
         if self.config is None:
             return
-        rids = [r.rid for r in self.sched.waiting]
-        assert rids == sorted(rids), f"waiting order {rids} is not arrival order"
+        for queue in ("waiting", "swapped"):
+            rids = [r.rid for r in getattr(self.sched, queue)]
+            assert rids == sorted(rids), f"{queue} order {rids} is not arrival order"
         for req in [*self.sched.waiting, *self.sched.running, *self.sched.swapped]:
             assert req.output_ids[:len(self.outputs[req.rid])] == self.outputs[req.rid]
 

@@ -36,14 +36,15 @@ def test_freed_cached_pages_stay_reusable_in_lru_order():
     pool = BlockPool(4)
     pages = pool.allocate(3)
     for i, p in enumerate(pages):
-        assert pool.register(p, bytes([i]))
+        assert pool.register(p, bytes([i]), [i] * PAGE)
     pool.free(reversed(pages))        # tail first: pages[2] is the first to be evicted
-    assert pool.num_free == 4 and pool.lookup(bytes([0])) == pages[0]
+    assert pool.num_free == 4 and pool.lookup(bytes([0]), [0] * PAGE) == pages[0]
     pool.touch([pages[0]])            # a hit takes it back out of the free queue
     assert pool.ref_cnt[pages[0]] == 1 and pool.num_free == 3
     fresh = pool.allocate(2)          # the never-used page, then the LRU cached one
     assert fresh == [3, pages[2]] and pool.evictions == 1
-    assert pool.lookup(bytes([2])) is None and pool.lookup(bytes([1])) == pages[1]
+    assert pool.lookup(bytes([2]), [2] * PAGE) is None
+    assert pool.lookup(bytes([1]), [1] * PAGE) == pages[1]
     with pytest.raises(OutOfPagesError):
         pool.allocate(2)
     pool.check_invariants()

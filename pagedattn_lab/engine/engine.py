@@ -148,8 +148,6 @@ class LLMEngine:
             return []
         self.stats.preempted_recompute += len(step.preempted)
         self.stats.preempted_swap += len(step.swapped_out)
-        prefill_tokens = sum(n for r, n in zip(step.requests, step.num_new)
-                             if not (n == 1 and r.output_ids))
         token_ids, positions, samplers, sample_rows = self._pack(step)
         # One upload for the three index arrays (the forward gets views of it).
         ints = self.model.xp.asarray(np.concatenate([token_ids, positions, sample_rows]))
@@ -173,7 +171,7 @@ class LLMEngine:
                 self.stats.finished_cached_tokens += req.num_cached_tokens
                 finished.append(self._output(req))
         self.stats.finished += len(finished)
-        self._record(step, prefill_tokens, time.perf_counter() - t0)
+        self._record(step, time.perf_counter() - t0)
         return finished
 
     def generate(self, prompts, params: SamplingParams | list | None = None,
@@ -288,12 +286,12 @@ class LLMEngine:
                 partial[page] = max(partial.get(page, 0), rest)
         return ps * len(full) + sum(n for page, n in partial.items() if page not in full)
 
-    def _record(self, step: ScheduledStep, prefill_tokens: int, seconds: float) -> None:
+    def _record(self, step: ScheduledStep, seconds: float) -> None:
         sched, pool = self.scheduler, self.kv.pool
         self.stats.record(
             running=len(sched.running), waiting=len(sched.waiting), swapped=len(sched.swapped),
             pages_used=pool.num_used, pages_cached=len(pool.cached),
             tokens_stored=self._slots_filled(),
-            batch_tokens=step.num_tokens, prefill_tokens=prefill_tokens,
-            decode_tokens=step.num_tokens - prefill_tokens, hit_rate=self.kv.hit_rate,
+            batch_tokens=step.num_tokens, prefill_tokens=step.prefill_tokens,
+            decode_tokens=step.num_tokens - step.prefill_tokens, hit_rate=self.kv.hit_rate,
             seconds=seconds)

@@ -8,7 +8,8 @@ Copy on write: a page that another request holds, or that the prefix cache offer
 requests, is never written into. Writing a token there first copies the page to a fresh one
 that only this request holds. It happens when a prompt is ENTIRELY a cached prefix: the last
 prompt token must still be run through the model to get the logits of the first output
-token, and its K/V slot lies in a cached page. (nano-vllm crashed on this case: with every
+token, and its K/V slot lies in a cached page (with pages of one token, that page holds
+nothing else: it is not taken, so not copied). (nano-vllm crashed on this case: with every
 token cached there was nothing left to compute.)
 """
 from __future__ import annotations
@@ -72,17 +73,20 @@ class KVCacheManager:
         return req.block_hashes
 
     def cached_prefix(self, req: Request) -> tuple[list[int], int]:
-        """(pages, computed): the longest cached prefix of the request's tokens, and how many
-        of its tokens need no computing. At least the last token is always computed (its
-        logits pick the next token), even when the whole prompt is cached."""
-        pages = []
+        """(pages, computed): how many of the request's first tokens need no computing (its
+        longest cached prefix, but the last token is always computed: its logits pick the
+        next token, even when the whole prompt is cached), and the cached pages holding them.
+        With one-token pages the last token's own cached page is not among them: taking it
+        would copy (on write) a page whose only slot is about to be overwritten."""
+        pages, ps = [], self.page_size
         if self.enable_caching:
-            for block_hash in self.hashes(req):
-                page = self.pool.lookup(block_hash)
+            for i, block_hash in enumerate(self.hashes(req)):
+                page = self.pool.lookup(block_hash, req.tokens(i * ps, (i + 1) * ps))
                 if page is None:
                     break
                 pages.append(page)
-        return pages, min(len(pages) * self.page_size, req.num_tokens - 1)
+        computed = min(len(pages) * ps, req.num_tokens - 1)
+        return pages[:_pages_for(computed, ps)], computed
 
     def register_computed(self, req: Request) -> None:
         """Offer the request's full, computed pages to the prefix cache."""
@@ -90,8 +94,9 @@ class KVCacheManager:
             return
         hashes = self.hashes(req)
         full = min(req.num_computed_tokens // self.page_size, len(hashes))
+        ps = self.page_size
         for i in range(req.num_registered_blocks, full):
-            self.pool.register(req.pages[i], hashes[i])
+            self.pool.register(req.pages[i], hashes[i], req.tokens(i * ps, (i + 1) * ps))
         req.num_registered_blocks = max(req.num_registered_blocks, full)
 
     @property

@@ -8,7 +8,10 @@ before it, by chaining:
 So two requests share block i exactly when their first (i+1) * page_size tokens are equal,
 and a prompt's cached prefix is found by hashing its blocks in order until one is unknown.
 H is SHA-256: a collision would silently serve another prompt's K/V, so a cryptographic hash
-is worth its cost (vLLM offers the same choice).
+is worth its cost (vLLM offers the same choice). A cached page also keeps its block's token
+ids, and a lookup hits only when they are the block's (nano-vllm's check): two different
+blocks under one hash are a miss, never another prompt's page. (Equal blocks after parents
+that differ under one hash are not caught: parents are compared as hashes only.)
 
 `BlockPool` holds the pages: a reference count per page (how many running requests hold
 it), the table hash -> page of cached pages, and a free queue in LRU order. A page whose
@@ -19,8 +22,8 @@ thus an LRU cache of prefixes that costs no memory: they are free the moment any
 them.
 
 `begin` / `rollback` undo everything done to the pool since `begin` (a step that failed):
-the first change of each page records what the page was (count, hash, place in the free
-queue), so the cost is in proportion to the pages a step touches, not to the pool.
+the first change of each page records what the page was (count, hash and tokens, place in
+the free queue), so the cost is in proportion to the pages a step touches, not to the pool.
 """
 from __future__ import annotations
 
@@ -59,6 +62,7 @@ class BlockPool:
                                                maximum=MAX_PAGES)
         self.ref_cnt = [0] * num_pages
         self.page_hash: list[bytes | None] = [None] * num_pages
+        self.page_tokens: list[tuple | None] = [None] * num_pages   # while it has a hash
         self.cached: dict[bytes, int] = {}
         # Ordered from least to most recently freed; O(1) removal from the middle (a hit).
         # Each page's value is a stamp that grows with every free, so `rollback` can put a
@@ -66,7 +70,7 @@ class BlockPool:
         self.free_queue: OrderedDict[int, int] = OrderedDict((p, p) for p in range(num_pages))
         self._stamp = num_pages
         self.evictions = 0
-        self._undo: dict[int, tuple] | None = None   # page -> (count, hash, stamp) at begin
+        self._undo: dict[int, tuple] | None = None   # page -> (count, hash, tokens, stamp)
         self._allocated: list[int] = []              # pages handed out since begin
 
     @property
@@ -83,8 +87,12 @@ class BlockPool:
         """Free pages that still hold a cached prefix (reusable until evicted)."""
         return sum(1 for p in self.free_queue if self.page_hash[p] is not None)
 
-    def lookup(self, block_hash: bytes) -> int | None:
-        return self.cached.get(block_hash)
+    def lookup(self, block_hash: bytes, token_ids) -> int | None:
+        """The cached page of this block, if it holds exactly these tokens (else None)."""
+        page = self.cached.get(block_hash)
+        if page is None or self.page_tokens[page] != tuple(token_ids):
+            return None
+        return page
 
     def allocate(self, n: int) -> list[int]:
         """Take n pages from the front of the free queue, evicting the hashes they held.
@@ -99,7 +107,7 @@ class BlockPool:
             del self.free_queue[page]
             if self.page_hash[page] is not None:
                 del self.cached[self.page_hash[page]]
-                self.page_hash[page] = None
+                self.page_hash[page] = self.page_tokens[page] = None
                 self.evictions += 1
             self.ref_cnt[page] = 1
             pages.append(page)
@@ -147,19 +155,20 @@ class BlockPool:
         check_page_id(page, "page", self.num_pages, "pool")
         return page
 
-    def register(self, page: int, block_hash: bytes) -> bool:
-        """Offer a full, computed page to the cache under `block_hash`. A hash already cached
-        (another request computed the same block at the same time) keeps its page; this one
-        stays private. Returns whether the page is now cached."""
+    def register(self, page: int, block_hash: bytes, token_ids) -> bool:
+        """Offer a full, computed page holding `token_ids` to the cache under `block_hash`.
+        A hash already cached (another request computed the same block at the same time)
+        keeps its page; this one stays private. Returns whether the page is now cached."""
         page = self._page_id(page)   # -1 would cache the last page under -1, an id handed out
         if not isinstance(block_hash, bytes):
             raise TypeError(f"block_hash: expected the bytes hash_block returns, got "
                             f"{type(block_hash).__name__}")
+        tokens = tuple(check_int_list(token_ids, "token_ids", "token id"))
         if block_hash in self.cached or self.page_hash[page] is not None:
             return False
         self._save(page)
         self.cached[block_hash] = page
-        self.page_hash[page] = block_hash
+        self.page_hash[page], self.page_tokens[page] = block_hash, tokens
         return True
 
     # -- undoing a failed step ----------------------------------------------------------
@@ -175,7 +184,7 @@ class BlockPool:
     def _save(self, page: int) -> None:
         if self._undo is not None and page not in self._undo:
             self._undo[page] = (self.ref_cnt[page], self.page_hash[page],
-                                self.free_queue.get(page))
+                                self.page_tokens[page], self.free_queue.get(page))
 
     def rollback(self) -> list[int]:
         """Every page's count, hash and place in the free queue back as they were at `begin`;
@@ -187,8 +196,9 @@ class BlockPool:
         for page in undo:   # every hash first: a hash may have moved between two pages
             if self.page_hash[page] is not None:
                 del self.cached[self.page_hash[page]]
-        for page, (count, block_hash, stamp) in undo.items():
-            self.ref_cnt[page], self.page_hash[page] = count, block_hash
+        for page, (count, block_hash, tokens, stamp) in undo.items():
+            self.ref_cnt[page], self.page_hash[page], self.page_tokens[page] = (
+                count, block_hash, tokens)
             if block_hash is not None:
                 self.cached[block_hash] = page
             self.free_queue.pop(page, None)
@@ -206,7 +216,7 @@ class BlockPool:
             block_hash = self.page_hash[page]
             if block_hash is not None:
                 del self.cached[block_hash]
-                self.page_hash[page] = None
+                self.page_hash[page] = self.page_tokens[page] = None
                 self.evictions += 1
 
     def is_shared_or_cached(self, page: int) -> bool:
@@ -224,6 +234,9 @@ class BlockPool:
                 f"{'in' if page in self.free_queue else 'not in'} the free queue")
         for block_hash, page in self.cached.items():
             assert self.page_hash[page] == block_hash, f"page {page}: hash table disagrees"
+        for page in range(self.num_pages):
+            assert (self.page_hash[page] is None) == (self.page_tokens[page] is None), (
+                f"page {page}: a hash without its tokens, or tokens without a hash")
         assert sum(h is not None for h in self.page_hash) == len(self.cached)
 
     def __repr__(self) -> str:

@@ -15,7 +15,11 @@ prefilled in chunks over several steps while the others keep decoding in the sam
    their pages fit above the watermark.
 3. WAITING requests are admitted, in arrival order, while the budget, `max_num_seqs` and
    the watermark allow: a request's cached prefix is looked up first, so only the rest of
-   its prompt costs pages and tokens.
+   its prompt costs pages and tokens. But none is admitted while a request is swapped out:
+   swapped requests go first (vLLM's rule), or newcomers could keep taking the pages one
+   waits for. Nothing starves: with admissions stopped, the running and swapped requests
+   finish and give their pages back; nothing deadlocks: with nothing running, a swapped
+   request always fits (`add_request` refuses one the pool could not hold alone).
 
 A step that fails (the forward raises, a copy is interrupted) is undone by `rollback`: every
 queue, request, page count and cached hash goes back to what it was at `begin`, except that
@@ -42,6 +46,7 @@ class ScheduledStep:
     """One step's plan: requests with their number of new tokens, in batch order."""
     requests: list[Request] = field(default_factory=list)
     num_new: list[int] = field(default_factory=list)
+    prefill_tokens: int = 0   # of num_tokens: prompt chunks, re-prefills (Request.prefill_len)
     preempted: list[Request] = field(default_factory=list)   # by recompute, this step
     swapped_out: list[Request] = field(default_factory=list)
     swapped_in: list[Request] = field(default_factory=list)
@@ -53,6 +58,8 @@ class ScheduledStep:
     def add(self, req: Request, n: int) -> None:
         self.requests.append(req)
         self.num_new.append(n)
+        if req.num_computed_tokens < req.prefill_len:   # (else a decode: one token)
+            self.prefill_tokens += n
 
 
 class Scheduler:
@@ -138,7 +145,7 @@ class Scheduler:
         if step.preempted or step.swapped_out:
             return step
         budget = self._schedule_swapped(step, budget)
-        if not self.swapped:
+        if not self.swapped:   # swapped requests go first (the module docstring)
             self._schedule_waiting(step, budget)
         return step
 
@@ -228,6 +235,7 @@ class Scheduler:
             self.waiting.popleft()
             if req.num_preemptions == 0:   # a resumed request finds its own chunks there:
                 req.num_cached_tokens = computed   # they were computed once, not served
+            req.prefill_len = req.num_tokens
             req.status = Status.RUNNING
             self.running.append(req)
             step.add(req, n)
