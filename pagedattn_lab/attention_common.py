@@ -13,14 +13,15 @@ MAX_GRID_YZ = 65535    # CUDA's limit on gridDim.y and gridDim.z
 MAX_SHARED_MEM = 227 * 1024   # the most dynamic shared memory a block may opt in to (sm_90)
 
 
-def aligned16(x, xp):
-    """x itself when its data starts on a 16-byte boundary (the kernels load 16 bytes at a
-    time), else a fresh, aligned copy. Fresh NumPy and CuPy allocations are always aligned."""
-    if data_pointer(x) % 16 == 0:
-        return x
-    fresh = xp.empty(x.shape, dtype=x.dtype)
-    fresh[...] = x
-    return fresh
+def check_aligned16(**arrays) -> None:
+    """Refuse an array whose data does not start on a 16-byte boundary (the kernels load 16
+    bytes at a time), as BatchDecodeWrapper.run does: an aligned copy would be hidden host
+    work on every call (a whole cache's worth), so the caller makes it, once."""
+    for name, x in arrays.items():
+        if data_pointer(x) % 16:
+            raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
+                             "kernels load 16 bytes at a time), not an offset view; pass a "
+                             "fresh array (.copy())")
 
 
 def same_place(x, xp):

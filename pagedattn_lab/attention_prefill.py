@@ -12,8 +12,8 @@ import numpy as np
 from .attention_common import (
     LOG2E,
     THREADS,
-    aligned16,
     allow_shared_memory,
+    check_aligned16,
     check_grid,
     fast_path,
     page_shift,
@@ -44,6 +44,7 @@ def plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None, kernel
     shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, mode="prefill")
     check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
               seq_lens=seq_lens)
+    check_aligned16(q=q, k_cache=k_cache, v_cache=v_cache)
     scale = resolve_scale(scale, shapes.head_dim)
     hd = shapes.head_dim
     if kernel == "naive" and hd > NAIVE_MAX_HEAD_DIM:
@@ -60,7 +61,6 @@ def plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None, kernel
     on_gpu = xp is not np
     dtype = np.dtype(k_cache.dtype)
     out = prepare_out(out, tuple(q.shape), dtype, xp)
-    q, k_cache, v_cache = (aligned16(a, xp) for a in (q, k_cache, v_cache))
     block_tables, seq_lens = same_place(block_tables, xp), same_place(seq_lens, xp)
     suffix = "f16" if dtype == np.float16 else "f32"
     i32 = np.int32

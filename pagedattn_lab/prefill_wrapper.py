@@ -21,7 +21,9 @@ in two launches (decode-like sequences, whose query heads of one KV head are pac
 compiles the variants and moves the index arrays to the device; `kernel_name` and `variant`
 say what it chose. `run`
 checks only what can change between layers (the arrays' shapes, dtypes and place, and that
-the cache holds the planned pages) and launches; with `out=` it allocates nothing.
+the cache holds the planned pages) and launches; it allocates nothing: `run(out=None)` returns
+the plan's own output buffer, which the next `run` overwrites (as BatchDecodeWrapper's): pass
+`out=` to keep one result per layer.
 
 Element types: fp16 everywhere; bf16 as `ml_dtypes.bfloat16` arrays on the CPU and, since
 CuPy has no bfloat16 dtype, as uint16 CuPy arrays holding the bf16 bits on the GPU.
@@ -38,14 +40,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM, aligned16,
-                               allow_shared_memory, element_dtype, fast_path, prepare_out)
+from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM,
+                               allow_shared_memory, check_aligned16, element_dtype, fast_path,
+                               prepare_out)
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .validate import (check_array, check_block_tables, check_bool, check_int, check_plan_sizes,
                        resolve_scale)
-from .validate_out import check_out
+from .validate_out import check_disjoint, check_out
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64        # keys per K/V tile of the default variants
@@ -311,6 +314,9 @@ class BatchPrefillWrapper:
             dtype=array_dtype, causal=bool(causal), total_q=int(indptr[-1]),
             kv_format=fmt, scale_scheme=scale_scheme if fmt else None,
             _no_scale=xp.ones(1, dtype=np.float32),
+            _out=xp.empty((int(indptr[-1]), num_heads, head_dim),   # bf16 bits on CuPy
+                          dtype=np.uint16 if on_gpu and array_dtype != np.float16
+                          else array_dtype),
             max_page=max_page, parts=tuple(parts),
             variant=" + ".join(f"{p.variant.name}{f' (GQA packed x{p.pack})' if p.pack > 1 else ''}"
                                f" for {p.sequences} seq" for p in parts) or "nothing to do",
@@ -366,13 +372,21 @@ class BatchPrefillWrapper:
         """Attention of the planned batch over this layer's cache; returns `out`.
         `k_scale`, `v_scale`: the scales of a compressed cache (see the module docstring)."""
         self._check_run(q, k_cache, v_cache)
+        check_aligned16(q=q, k_cache=k_cache, v_cache=v_cache)
         k_scale, v_scale = self._check_scales(k_cache, k_scale, v_scale)
         scale = resolve_scale(scale, self.head_dim)
-        check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale, v_scale=v_scale)
-        out = prepare_out(out, tuple(q.shape), q.dtype, self.xp)
+        if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on CuPy)
+            out = self._out.view(q.dtype) if q.dtype != self._out.dtype else self._out
+            check_disjoint("out", out, "; out=None writes the plan's own buffer, which an "
+                           "earlier run returned: pass a copy, or out= a separate array",
+                           q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
+                           v_scale=v_scale)
+        else:
+            check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
+                      v_scale=v_scale)
+            out = prepare_out(out, tuple(q.shape), q.dtype, self.xp)
         if not self.parts:
             return out
-        q, k_cache, v_cache = (aligned16(a, self.xp) for a in (q, k_cache, v_cache))
         if self.kv_format is not None:   # the kernel takes the codes as bytes
             k_cache, v_cache = k_cache.view(np.uint8), v_cache.view(np.uint8)
         indptr, tables, lens = self._indexes

@@ -7,11 +7,11 @@ from .attention_common import data_pointer
 from .validate import dtype_label
 
 
-def explain_run(plan, q, k, v, out, qshape):
+def explain_run(plan, q, k, v, out, qshape, dtypes):
     """Raise the error that BatchDecodeWrapper._check_run found, naming the argument (plan:
-    the wrapper)."""
+    the wrapper; dtypes: those q and out may have in this call)."""
     where = "GPU: expected a CuPy" if plan.on_gpu else "CPU: expected a NumPy"
-    names = " or ".join(d.name for d in plan._array_dtypes)
+    names = " or ".join(d.name for d in dtypes)
     fmt = plan.kv_format
     for name, x in (("q", q), ("k_cache", k), ("v_cache", v), ("out", out)):
         if not isinstance(x, plan._array_type):
@@ -21,9 +21,12 @@ def explain_run(plan, q, k, v, out, qshape):
             if x.dtype != fmt.storage:
                 raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
                                 f"{fmt.storage.name} (the codes), got {dtype_label(x.dtype)}")
-        elif x.dtype not in plan._array_dtypes:
+        elif x.dtype not in dtypes:
+            bits = "" if x.dtype not in plan._array_dtypes else (
+                " (a NumPy uint16 array holds integers; bfloat16 bits as uint16 only on CuPy "
+                "or from a torch.bfloat16 tensor: pass .view(ml_dtypes.bfloat16))")
             raise TypeError(f"{name}: the plan is for {plan.dtype}: expected dtype {names}, "
-                            f"got {dtype_label(x.dtype)}")
+                            f"got {dtype_label(x.dtype)}{bits}")
         if not x.flags.c_contiguous:
             raise ValueError(f"{name}: expected a C-contiguous array (the kernels index it by "
                              "strides of its shape); call .copy() or ascontiguousarray first")

@@ -15,7 +15,8 @@ GPU are read back once, the first time a run meets that array, quant.check_run_s
 `run(out=None)` returns the plan's own output buffer, which the next `run` overwrites: pass
 `out=` to keep one result per layer. bfloat16 data: ml_dtypes.bfloat16 NumPy arrays on the
 CPU; torch.bfloat16 tensors (any torch tensor, through DLPack, no copy) or CuPy uint16 arrays
-holding the bits on the GPU (CuPy has no bfloat16).
+holding the bits on the GPU (CuPy has no bfloat16); a NumPy uint16 array is refused (on the
+CPU uint16 is integers, as paged_attention_decode and write_kv read it).
 
 Compressed pages (`quant.py`): `plan(..., kv_dtype="int8" | "fp8_e4m3",
 scale_scheme="static" | "per_token")`, then `run(q, k_cache, v_cache, k_scale=, v_scale=)`
@@ -311,8 +312,12 @@ class BatchDecodeWrapper(DecodeRun):
     def _run_general(self, q, k_cache, v_cache, out, scale, k_scale, v_scale):
         """run() of torch tensors, bfloat16 bits, and every call the fast check refused."""
         like = q if is_torch_tensor(q) else None
-        if like is not None or any(is_torch_tensor(x) for x in (k_cache, v_cache, out, k_scale,
-                                                                v_scale)):
+        tensors = like is not None or any(is_torch_tensor(x) for x in (k_cache, v_cache, out,
+                                                                       k_scale, v_scale))
+        # uint16 holds bfloat16 bits on CuPy and in a torch.bfloat16 tensor's view; a NumPy
+        # uint16 array holds integers, refused as paged_attention_decode and write_kv do
+        dtypes = self._array_dtypes if self.on_gpu or tensors else self._array_dtypes[:1]
+        if tensors:
             q, k_cache, v_cache, out, k_scale, v_scale = (
                 from_torch(x, n) for x, n in zip((q, k_cache, v_cache, out, k_scale, v_scale),
                                                  ("q", "k_cache", "v_cache", "out", "k_scale",
@@ -322,7 +327,7 @@ class BatchDecodeWrapper(DecodeRun):
             # _check_run then names q (a view to it would fail with NumPy's own message).
             q_dtype = getattr(q, "dtype", None)
             view = q_dtype is not None and q_dtype != self._out.dtype and any(
-                q_dtype == d for d in self._array_dtypes)
+                q_dtype == d for d in dtypes)
             out = self._out.view(q_dtype) if view else self._out
             check_disjoint("out", out, "; out=None writes the plan's own buffer, which an "
                            "earlier run returned: pass a copy, or out= a separate array",
@@ -331,7 +336,7 @@ class BatchDecodeWrapper(DecodeRun):
         else:
             check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
                       v_scale=v_scale)
-        self._check_run(q, k_cache, v_cache, out)
+        self._check_run(q, k_cache, v_cache, out, dtypes)
         check_run_scales(self.kv_format, self.scale_scheme, k_cache.shape, k_scale, v_scale,
                          self.on_gpu, self._seen_scales)
         scales = (k_scale, v_scale) if self.kv_format is not None else (self._no_scale,) * 2
@@ -350,14 +355,15 @@ class BatchDecodeWrapper(DecodeRun):
             last = self._last_scale = ((type(scale), scale), s, int(s.view(np.uint32)))
         return last[1:]
 
-    def _check_run(self, q, k, v, out):
+    def _check_run(self, q, k, v, out, dtypes):
+        """dtypes: those q and out may have (of the plan's `_array_dtypes`)."""
         qshape = (self.batch, self.num_heads, self.head_dim)
         t = self._array_type   # subclasses too (np.memmap): an ndarray's memory all the same
         if (isinstance(q, t) and isinstance(k, t) and isinstance(v, t) and isinstance(out, t)
                 and q.shape == qshape and out.shape == qshape and k.ndim == 4
                 and k.shape[1:] == (self.page_size, self.num_kv_heads, self.head_dim)
                 and v.shape == k.shape and k.shape[0] > self.max_page
-                and q.dtype in self._array_dtypes and out.dtype == q.dtype
+                and q.dtype in dtypes and out.dtype == q.dtype
                 and k.dtype == v.dtype == (q.dtype if self.kv_format is None
                                            else self.kv_format.storage)
                 and q.flags.c_contiguous and k.flags.c_contiguous and v.flags.c_contiguous
@@ -365,7 +371,7 @@ class BatchDecodeWrapper(DecodeRun):
                 and not (data_pointer(q) | data_pointer(k) | data_pointer(v)
                          | data_pointer(out)) % 16):
             return
-        explain_run(self, q, k, v, out, qshape)
+        explain_run(self, q, k, v, out, qshape, dtypes)
 
 
 def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme, batch,

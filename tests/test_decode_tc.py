@@ -93,11 +93,15 @@ def test_bfloat16_on_cuda_cores(rng, heads, kv, head_dim):
 
 
 @needs_bf16
-def test_bfloat16_as_uint16_bits_on_the_cpu(rng):
-    """uint16 arrays holding bfloat16 bits are accepted where the plan says bfloat16."""
+def test_bfloat16_as_numpy_uint16_is_refused_on_the_cpu(rng):
+    """uint16 holds bfloat16 bits only on CuPy and in a torch.bfloat16 tensor's view: a NumPy
+    uint16 array is integers, refused as paged_attention_decode and write_kv refuse it; its
+    .view(ml_dtypes.bfloat16) runs."""
     q, k, v, tables, lens = decode_problem(rng, [9, 30], dtype="bfloat16")
     w = pl.BatchDecodeWrapper().plan(tables, lens, 4, 2, 64, 16, "bfloat16")
     bits = [a.view(np.uint16) for a in (q, k, v)]
-    out = w.run(*bits, out=poisoned(q.shape, "bfloat16").view(np.uint16))
-    assert out.dtype == np.uint16
-    check_close(out.view(q.dtype), reference((q, k, v, tables, lens)), "bfloat16")
+    with pytest.raises(TypeError, match=r"^q: the plan is for bfloat16: expected dtype "
+                                        r"bfloat16, got uint16"):
+        w.run(*bits, out=poisoned(q.shape, "bfloat16").view(np.uint16))
+    out = w.run(*(b.view(q.dtype) for b in bits), out=poisoned(q.shape, "bfloat16"))
+    check_close(out, reference((q, k, v, tables, lens)), "bfloat16")

@@ -62,6 +62,8 @@ def check_wrapper(xp, rng, lens, q_lens, page_size, num_heads, num_kv_heads, hea
     out = xp.full(q.shape, poison, dtype=dev(q).dtype)
     res = w.run(dev(q), dev(k), dev(v), out=out)
     assert res is out
+    own = w.run(dev(q), dev(k), dev(v))   # out=None: the plan's buffer (bf16 bits on CuPy)
+    assert own.dtype == res.dtype and bool((own == res).all()), "run(out=None) differs"
     host = res.get() if xp is not np else res
     if host.dtype == np.uint16:
         host = host.view(bf16())
@@ -145,6 +147,30 @@ def test_run_refuses_what_does_not_match_the_plan(rng):
         w.run(q, k, v.astype(np.float32))
     with pytest.raises(ValueError, match=r"^v_cache: expected the shape of k_cache"):
         w.run(q, k, np.concatenate([v, v]))   # was accepted: K and V of two page pools
+
+
+def test_run_without_out_returns_the_plans_buffer_and_allocates_nothing(rng, monkeypatch):
+    """run(out=None) allocated a fresh output on every layer's call (DESIGN: run allocates
+    nothing); it now returns the plan's own buffer, as BatchDecodeWrapper.run does."""
+    q, k, v, indptr, tables, lens = packed_problem(rng, [20, 9], [20, 3], 8, 2, 1, 32,
+                                                   np.float16)
+    w = BatchPrefillWrapper().plan(indptr, tables, lens, 2, 1, 32, 8, np.float16)
+    first = w.run(q, k, v).copy()
+    allocated = []
+    for name in ("empty", "zeros", "full", "empty_like"):
+        real = getattr(np, name)
+        monkeypatch.setattr(np, name, lambda *a, _real=real, _n=name, **kw:
+                            allocated.append(_n) or _real(*a, **kw))
+    again = w.run(q, k, v)
+    monkeypatch.undo()
+    assert allocated == [], f"run(out=None) allocated with {allocated}"
+    assert again is w.run(q, k, v), "run(out=None) should return the plan's own buffer"
+    np.testing.assert_array_equal(again, first)
+    ref = reference_prefill_packed(q.astype(np.float32), k.astype(np.float32),
+                                   v.astype(np.float32), indptr, tables, lens)
+    assert rel_err(again.astype(np.float32), ref) < TOL["float16"]
+    with pytest.raises(ValueError, match="^out: shares memory with q.*plan's own buffer"):
+        w.run(again, k, v)   # the last result as the next query: both would be corrupted
 
 
 @pytest.mark.parametrize("change, match", [

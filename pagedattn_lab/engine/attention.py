@@ -37,6 +37,7 @@ from ..attention_prefill import TILED_HEAD_DIMS, paged_attention_prefill
 from ..cache_write_quant import write_kv_quant
 from ..prefill_wrapper import HEAD_DIMS as PACKED_HEAD_DIMS
 from ..prefill_wrapper import BatchPrefillWrapper
+from ..quant import check_scheme, kv_dtype_name
 from ..validate import resolve_scale
 from ..wrappers import BatchDecodeWrapper
 
@@ -72,7 +73,9 @@ class StepAttention:
         self.decode = BatchDecodeWrapper()
         # The scale paged_attention_decode passes to its wrapper: the same float32 bits.
         self.scale = resolve_scale(None, head_dim)
-        self.kv_dtype, self.scale_scheme = kv_dtype, scale_scheme
+        # checked here, not at the first step's plan (quant.KV_DTYPE_ALIASES: one spelling)
+        self.kv_dtype = None if kv_dtype is None else kv_dtype_name(kv_dtype)
+        self.scale_scheme = None if kv_dtype is None else check_scheme(scale_scheme)
         self.compressed = BatchDecodeWrapper() if kv_dtype is not None else None
 
     def plan(self, q_lens, kv_lens, block_tables: list[list[int]], slot_mapping) -> None:

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..cache import page_bytes
-from ..quant import check_scale, check_scheme, kv_format
+from ..quant import check_scale, check_scheme, kv_dtype_name, kv_format
 from ..validate import check_memory
 from .config import ModelConfig
 
@@ -32,17 +32,18 @@ class KVStore:
         self.xp, self.dtype = xp, np.dtype(dtype)
         self.num_pages, self.page_size = num_pages, page_size
         layers, heads = config.num_hidden_layers, config.num_key_value_heads
-        self.kv_dtype = kv_dtype
-        self.scale_scheme = check_scheme(scale_scheme) if kv_dtype else None
+        # one spelling from here on (quant.KV_DTYPE_ALIASES); a typo is refused by name
+        self.kv_dtype = None if kv_dtype is None else kv_dtype_name(kv_dtype)
+        self.scale_scheme = check_scheme(scale_scheme) if self.kv_dtype is not None else None
         if kv_scales is not None and self.scale_scheme != "static":   # else dropped unseen
             raise ValueError(f"kv_scales: only a compressed cache with static scales reads "
                              f"them; got kv_dtype={kv_dtype!r}, kv_scale_scheme="
                              f"{scale_scheme!r}: pass kv_scales=None")
-        fmt = kv_format(kv_dtype) if kv_dtype else None
+        fmt = kv_format(self.kv_dtype) if self.kv_dtype is not None else None
         storage = fmt.storage if fmt else self.dtype
         shape = (num_pages, page_size, heads, config.head_dim)
         self.bytes_per_page = layers * page_bytes(page_size, heads, config.head_dim, self.dtype,
-                                                  kv_dtype, self.scale_scheme or "static")
+                                                  self.kv_dtype, self.scale_scheme or "static")
         self._check_memory(num_pages, num_host_pages, layers, xp is np)
         self.k = [xp.zeros(shape, storage) for _ in range(layers)]
         self.v = [xp.zeros(shape, storage) for _ in range(layers)]
