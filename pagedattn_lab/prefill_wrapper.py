@@ -48,7 +48,7 @@ from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .validate import (check_array, check_block_tables, check_bool, check_int, check_plan_sizes,
                        resolve_scale)
-from .validate_out import check_disjoint, check_out
+from .validate_out import check_out, check_plan_buffer
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64        # keys per K/V tile of the default variants
@@ -377,10 +377,8 @@ class BatchPrefillWrapper:
         scale = resolve_scale(scale, self.head_dim)
         if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on CuPy)
             out = self._out.view(q.dtype) if q.dtype != self._out.dtype else self._out
-            check_disjoint("out", out, "; out=None writes the plan's own buffer, which an "
-                           "earlier run returned: pass a copy, or out= a separate array",
-                           q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
-                           v_scale=v_scale)
+            check_plan_buffer(out, q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
+                              v_scale=v_scale)
         else:
             check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
                       v_scale=v_scale)

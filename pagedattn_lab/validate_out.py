@@ -52,6 +52,13 @@ def check_disjoint(written_name: str, written, advice: str = "", **inputs) -> No
                              f"corrupted){advice}")
 
 
+def check_plan_buffer(out, **inputs) -> None:
+    """`run(out=None)`'s output, the plan's own buffer, against what the run reads: an
+    earlier run returned that buffer, and passing it back (as q) would corrupt both."""
+    check_disjoint("out", out, "; out=None writes the plan's own buffer, which an earlier run "
+                   "returned: pass a copy, or out= a separate array", **inputs)
+
+
 def byte_range(x) -> tuple[int, int]:
     """[first, last + 1) byte addresses an array's elements span (empty: (0, 0))."""
     if x.size == 0:

@@ -47,7 +47,7 @@ from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
 from .validate import check_array, check_block_tables, check_int, check_plan_sizes, resolve_scale
-from .validate_out import check_disjoint, check_out
+from .validate_out import check_out, check_plan_buffer
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]   # the CSR forms: csr.py
 
@@ -329,10 +329,8 @@ class BatchDecodeWrapper(DecodeRun):
             view = q_dtype is not None and q_dtype != self._out.dtype and any(
                 q_dtype == d for d in dtypes)
             out = self._out.view(q_dtype) if view else self._out
-            check_disjoint("out", out, "; out=None writes the plan's own buffer, which an "
-                           "earlier run returned: pass a copy, or out= a separate array",
-                           q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
-                           v_scale=v_scale)
+            check_plan_buffer(out, q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
+                              v_scale=v_scale)
         else:
             check_out(out, q=q, k_cache=k_cache, v_cache=v_cache, k_scale=k_scale,
                       v_scale=v_scale)
