@@ -63,13 +63,16 @@ class KVCacheManager:
 
     # -- the prefix cache ---------------------------------------------------------------
 
+    def block_tokens(self, req: Request, i: int) -> list[int]:
+        """The token ids of the request's block i (those of its page i)."""
+        return req.tokens(i * self.page_size, (i + 1) * self.page_size)
+
     def hashes(self, req: Request) -> list[bytes]:
         """The chained hashes of the request's full blocks (computed once, as it grows)."""
-        ps = self.page_size
-        while len(req.block_hashes) < req.num_tokens // ps:
+        while len(req.block_hashes) < req.num_tokens // self.page_size:
             i = len(req.block_hashes)
             parent = req.block_hashes[-1] if i else None
-            req.block_hashes.append(hash_block(parent, req.tokens(i * ps, (i + 1) * ps)))
+            req.block_hashes.append(hash_block(parent, self.block_tokens(req, i)))
         return req.block_hashes
 
     def cached_prefix(self, req: Request) -> tuple[list[int], int]:
@@ -78,15 +81,15 @@ class KVCacheManager:
         next token, even when the whole prompt is cached), and the cached pages holding them.
         With one-token pages the last token's own cached page is not among them: taking it
         would copy (on write) a page whose only slot is about to be overwritten."""
-        pages, ps = [], self.page_size
+        pages = []
         if self.enable_caching:
             for i, block_hash in enumerate(self.hashes(req)):
-                page = self.pool.lookup(block_hash, req.tokens(i * ps, (i + 1) * ps))
+                page = self.pool.lookup(block_hash, self.block_tokens(req, i))
                 if page is None:
                     break
                 pages.append(page)
-        computed = min(len(pages) * ps, req.num_tokens - 1)
-        return pages[:_pages_for(computed, ps)], computed
+        computed = min(len(pages) * self.page_size, req.num_tokens - 1)
+        return pages[:_pages_for(computed, self.page_size)], computed
 
     def register_computed(self, req: Request) -> None:
         """Offer the request's full, computed pages to the prefix cache."""
@@ -94,9 +97,8 @@ class KVCacheManager:
             return
         hashes = self.hashes(req)
         full = min(req.num_computed_tokens // self.page_size, len(hashes))
-        ps = self.page_size
         for i in range(req.num_registered_blocks, full):
-            self.pool.register(req.pages[i], hashes[i], req.tokens(i * ps, (i + 1) * ps))
+            self.pool.register(req.pages[i], hashes[i], self.block_tokens(req, i))
         req.num_registered_blocks = max(req.num_registered_blocks, full)
 
     @property

@@ -85,7 +85,8 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
     hint = (nan_hint(got, valid, never, shared_tile=True, source=comp.source)
             if tiled and barriers(comp.source) < 2 else None) \
         or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
-        or diagnose(got, expected, attention_mistakes(prob, mode="prefill"),
+        or diagnose(got, expected,
+                    attention_mistakes(prob, mode="prefill", block_queries=threads),
                     nan_is_evidence=not tiled) \
         or _prefill_transposed(comp, threads, tiled) \
         or unwritten_pattern_hint(diff, threads=threads) \

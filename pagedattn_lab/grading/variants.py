@@ -5,7 +5,8 @@ way a kernel does it, element offsets and all, with optional bugs:
 
     scale=1.0                  the missing 1/sqrt(head_dim)
     mask="none" / "strict"     no causal mask / a mask that drops the query's own token
-    mask="block"               every query of a block of 16 sees keys up to the block's last
+    mask="block"               every query of a block of `block_queries` sees keys up to the
+                               block's last
     shared_table=True          every sequence reads row 0 of block_tables (the guide)
     head_stride_bug=True       slot * head_dim + kv_head * head_dim (no num_kv_heads)
     kv_map="mod" / "same" / "zero"   query head h reads kv head h % num_kv_heads / h / 0
@@ -55,7 +56,8 @@ def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_he
 def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mode="prefill",
                       mask="causal", shared_table=False, head_stride_bug=False, kv_map="div",
                       offset_shift=0, identity_pages=False, drop_last=False, online_bug=None,
-                      values_from_keys=False, pow2_pages=False, scaled_values=False):
+                      values_from_keys=False, pow2_pages=False, scaled_values=False,
+                      block_queries=None):
     """Paged attention with the chosen mistakes; float64 NumPy, q's shape.
 
     online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
@@ -95,8 +97,8 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
             if mode == "prefill" and mask != "none":
                 t = np.arange(len(queries))[:, None]
                 j = np.arange(n)[None, :]
-                allowed = {"causal": j <= t, "strict": j < t,   # (the kernels' blocks: 16)
-                           "block": j < (t // 16 + 1) * 16}[mask]
+                allowed = (j <= t if mask == "causal" else j < t if mask == "strict"
+                           else j < (t // block_queries + 1) * block_queries)
                 logits = np.where(allowed, logits, -np.inf)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 if online_bug:
@@ -135,8 +137,9 @@ SCALED_VALUES_HINT = ("the values are scaled too: `scale` multiplies the scores 
                       "the weighted sum of v is not scaled.")
 
 
-def attention_mistakes(case, *, mode="prefill"):
-    """(hint, thunk) pairs for `compare.diagnose`, most specific first."""
+def attention_mistakes(case, *, mode="prefill", block_queries=None):
+    """(hint, thunk) pairs for `compare.diagnose`, most specific first (block_queries: the
+    prefill kernel's queries per block, for the mask taken per block)."""
     args = (case.q, case.k_cache, case.v_cache, case.block_tables, case.seq_lens)
 
     def v(**bugs):
@@ -184,16 +187,17 @@ def attention_mistakes(case, *, mode="prefill"):
          v(online_bug="old_max")),
     ]
     if mode == "prefill":
-        hints[1:1] = [
-            ("no causal mask: query t may only attend to keys 0..t (loop k <= t), not the "
-             "whole sequence.", v(mask="none")),
-            ("the causal bound is the block's, not the query's: every query of a block "
-             "attended to the keys up to the block's last query (first_query + blockDim.x - "
-             "1). Query t may attend to keys 0..t only: a tile's key j while first_key + j "
-             "<= t.", v(mask="block")),
-            ("the causal loop stops one key early: query t attends to keys 0..t inclusive "
-             "(k <= t); it must see its own token.", v(mask="strict")),
-        ]
+        masks = [("no causal mask: query t may only attend to keys 0..t (loop k <= t), not "
+                  "the whole sequence.", v(mask="none"))]
+        if block_queries is not None:
+            masks.append(("the causal bound is the block's, not the query's: every query of a "
+                          "block attended to the keys up to the block's last query (first_query "
+                          "+ blockDim.x - 1). Query t may attend to keys 0..t only: a tile's key "
+                          "j while first_key + j <= t.",
+                          v(mask="block", block_queries=block_queries)))
+        masks.append(("the causal loop stops one key early: query t attends to keys 0..t "
+                      "inclusive (k <= t); it must see its own token.", v(mask="strict")))
+        hints[1:1] = masks
     else:
         hints.append(("the last cached token is skipped: attend to keys 0..seq_len-1 "
                       "inclusive.", v(drop_last=True)))
