@@ -15,10 +15,12 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+from pathlib import Path
 
 import numpy as np
 
 from ..backend import resolve_device
+from ..cpu.includes import graded
 from .faults import describe_kernel_exception
 from .report import Mismatch
 
@@ -105,6 +107,45 @@ def lint(source: str, name: str) -> None:
                        f"{name}(...).")
 
 
+# The CUDA headers a graded kernel may include on the GPU: those the CPU executor provides too.
+GRADED_HEADERS = frozenset(p.name for p in (Path(__file__).parent.parent / "cpu" / "include")
+                           .glob("*.h") if not p.name.startswith("pagedattn_lab"))
+# One token at a time, so that a comment's start inside a literal (or a quote inside a comment,
+# a digit separator's ' in 1'000) hides nothing: raw strings, identifiers, numbers, strings,
+# character literals, comments.
+_TOKENS = re.compile(r'(?:u8|[uUL])?R"([^()\\\s]{0,16})\((?:.|\n)*?\)\1"'
+                     r"|[A-Za-z_]\w*|\.?\d(?:'?\w|[eEpP][+-]|\.)*"
+                     r'|"(?:\\.|[^"\\\n])*"'
+                     r"|'(?:\\.|[^'\\\n])*'|/\*(?:.|\n)*?\*/|//[^\n]*")
+_DIRECTIVE = re.compile(r"^[ \t]*(?:#|%:)[ \t]*(include|include_next|import|embed)\b[ \t]*"
+                        r"(.*)$", re.M)
+
+
+def _directives_text(source: str) -> str:
+    """The source as the preprocessor reads its directives: continued lines joined, each
+    comment one space, literals kept."""
+    return _TOKENS.sub(lambda m: " " if m[0].startswith("/") else m[0],
+                       source.replace("\\\n", ""))
+
+
+def refuse_unlisted_headers(source: str) -> None:
+    """Under the grader, on the GPU: refuse an #include of anything but a listed CUDA header.
+    NVRTC reads any file an #include names and its log echoes the lines of a file it cannot
+    compile (the CPU build's list of files read, cpu/includes.py, has no NVRTC counterpart), so
+    the directives themselves are read: an include computed by a macro, #include_next, #import
+    and #embed are refused with the rest."""
+    if not graded():
+        return
+    for kind, target in _DIRECTIVE.findall(_directives_text(source)):
+        header = re.fullmatch(r"<([A-Za-z0-9_]+\.h)>[ \t]*", target)
+        if kind != "include" or not header or header[1] not in GRADED_HEADERS:
+            raise Mismatch(f"the kernel was refused by the grader: #{kind} {target.strip()} "
+                           f"names no CUDA header a graded kernel may include",
+                           "a graded kernel includes only the CUDA headers ("
+                           + ", ".join(f"<{h}>" for h in sorted(GRADED_HEADERS)) +
+                           "); paste what it needs from another file into the kernel source.")
+
+
 class Kernel:
     """A compiled learner kernel plus where it runs."""
 
@@ -119,6 +160,8 @@ class Kernel:
             return
         self.device = resolve_device(device)
         self.racecheck = self.device == "cpu"
+        if self.device == "gpu":   # the CPU build checks the files it read (cpu/includes.py)
+            refuse_unlisted_headers(source)
         try:
             self.kernel = RawKernel(source, name)
             if self.device == "gpu":
