@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from ..cache import page_bytes
+from .report import shown
 from .timing import add_l2_flush_argument, warm_timer
 from .workloads import d64_lengths
 
@@ -221,39 +222,56 @@ def measure_row(cp, timer, w, kv_dtype, scheme, copy_rate, fp16_ms, args) -> dic
     return row
 
 
+def _ratio(x: float) -> str:
+    return shown(x, 3, TARGET_RATIO, at_least=False)
+
+
+def _copy(fraction: float) -> str:
+    return shown(100 * fraction, 1, 100 * TARGET_COPY, at_least=True) + "%"
+
+
 def line(row) -> str:
     def cell(label, r):
         if "median_ms" not in r:
             return f"{label} n/a ({r.get('error', '')[:60]})"
         extra = ""
         if "copy_rate_fraction" in r:
-            ratio = f" x{r['vs_fp16']:.2f}" if r.get("vs_fp16") else ""
-            extra = f" {r['copy_rate_fraction']:.0%} copy{ratio}"
+            ratio = f" x{_ratio(r['vs_fp16'])}" if r.get("vs_fp16") else ""
+            extra = f" {_copy(r['copy_rate_fraction'])} copy{ratio}"
         return f"{label} {r['median_ms']:.3f} ms{extra}"
     return (f"{row['name']:14s} {row['kv_dtype']:>8s} {str(row['scheme']):>9s} | "
             + " | ".join(cell(k, v) for k, v in row["results"].items()))
 
 
+def _misses(res) -> list[str]:
+    """The marks one row of ours misses, each with its figure (none: it meets both)."""
+    ratio = res["vs_fp16"] or float("nan")   # nan: the fp16 row did not run
+    out = [] if ratio <= TARGET_RATIO else [f"x{_ratio(ratio)} > {TARGET_RATIO}"]
+    if res["copy_rate_fraction"] < TARGET_COPY:
+        out.append(f"{_copy(res['copy_rate_fraction'])} < {TARGET_COPY:.0%}")
+    return out
+
+
 def targets(rows) -> list[str]:
-    """One line per workload: the best compressed row of ours against the targets."""
+    """One line per workload: ours on its compressed rows against the two marks, each row judged
+    on both: the fastest row that meets both, else the fastest (the best ratio). Figures to
+    three places and a tenth of a percent, never rounded across a mark (report.shown); a miss
+    names the mark it misses."""
     out = []
     for name in dict.fromkeys(r["name"] for r in rows):
-        best = None
-        for r in rows:
-            res = r["results"].get("ours", {})
-            if r["name"] == name and r["kv_dtype"] != "float16" and "median_ms" in res:
-                if best is None or res["median_ms"] < best[1]["median_ms"]:
-                    best = (r, res)
-        if best is None:
+        ran = [(r, r["results"]["ours"]) for r in rows
+               if r["name"] == name and r["kv_dtype"] != "float16"
+               and "median_ms" in r["results"].get("ours", {})]
+        if not ran:
             out.append(f"targets {name}: no compressed row ran")
             continue
-        r, res = best
-        ratio = res["vs_fp16"] or float("nan")   # nan: the fp16 row did not run
-        ok = ratio <= TARGET_RATIO and res["copy_rate_fraction"] >= TARGET_COPY
+        met = [(r, res) for r, res in ran if not _misses(res)]
+        r, res = min(met or ran, key=lambda c: c[1]["median_ms"])
+        verdict = "MET" if met else "MISSED (" + ", ".join(_misses(res)) + ")"
         out.append(f"targets {name}: best {r['kv_dtype']} {r['scheme']} ({res['kernel']}) "
-                   f"x{ratio:.2f} of fp16 (<= {TARGET_RATIO}), "
-                   f"{res['copy_rate_fraction']:.0%} of copy (>= {TARGET_COPY:.0%}): "
-                   f"{'MET' if ok else 'MISSED'}")
+                   f"x{_ratio(res['vs_fp16'] or float('nan'))} of fp16 (<= {TARGET_RATIO}), "
+                   f"{_copy(res['copy_rate_fraction'])} of copy (>= {TARGET_COPY:.0%}): "
+                   f"{verdict}")
     return out
 
 

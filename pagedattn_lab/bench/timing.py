@@ -138,7 +138,10 @@ def copy_bandwidth(cp, timer: Timer, nbytes: int = 1 << 30, reps: int = 10,
     must not inflate the shares; the best trial only makes them smaller. The copy's launch is
     hidden behind the spin kernel like every kernel's: on a busy host the time from the start
     event to the copy's launch read as a slower copy (3.69 TB/s beside a JIT build, 4.09 in
-    the next process)."""
+    the next process). No L2 flush, with either `Timer` flush: 1 GiB each way dwarfs the L2's
+    60 MB, and each copy starts on the dirty lines of the one before, as after a write flush
+    (the rate beside --l2-flush read, 4.26 TB/s in session 22, was within 0.5% of the write
+    runs')."""
     src = cp.ones(nbytes // 4, dtype=cp.float32)
     dst = cp.empty_like(src)
     best_ms = min(timer.time(lambda: cp.copyto(dst, src), reps=reps, warmup=2,

@@ -53,11 +53,13 @@ class DecodeWorkload:
         return sum(self.lens) * 2 * self.num_kv_heads * self.head_dim * self.itemsize
 
     def bytes_moved(self) -> int:
-        """The fewest bytes a decode kernel must move: every cached K and V element once,
-        q read, out written, the block table and lengths read."""
+        """The fewest bytes a decode kernel must move: every cached K and V element once (the
+        tokens, not whole pages: the kernels read nothing past a sequence's length), q read,
+        out written, the lengths and each sequence's page ids read (not the table's padding
+        up to max_pages, which no kernel reads; bench.quant.bytes_read counts the same)."""
         qo = 2 * self.batch * self.num_heads * self.head_dim * self.itemsize
-        tables = self.batch * self.max_pages * 4 + self.batch * 4
-        return self.kv_bytes() + qo + tables
+        pages = sum(-(-n // self.page_size) for n in self.lens)
+        return self.kv_bytes() + qo + 4 * (pages + self.batch)
 
     def describe(self) -> str:
         return (f"{self.batch} seqs, {sum(self.lens)} tokens, {self.num_heads}/{self.num_kv_heads}"
