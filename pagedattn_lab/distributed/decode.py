@@ -8,6 +8,8 @@
 Per step, exactly two things cross the wire: the block tables and lengths (one broadcast of
 one fixed-size int32 buffer from rank 0) and the attention output (one all_gather of each
 rank's heads). The K/V pages never do: each rank reads its own heads from its own memory.
+Once, when the ranks build their `TPDecode`, they compare the sizes each was given (`SIZES`):
+every rank refuses a split whose ranks disagree, before any step.
 Arrays stay NumPy (CPU, gloo) or CuPy (GPU, NCCL); torch sees them through zero-copy views
 (`torch.from_numpy`, DLPack), as bytes, so every dtype crosses the same way.
 """
@@ -17,12 +19,18 @@ import time
 
 import numpy as np
 
+from ..attention_common import DTYPE_NAMES, dtype_name
 from ..backend import cupy_module
+from ..validate import check_int, check_plan_sizes
 from ..wrappers import BatchDecodeWrapper
 from .launch import require_torch
 from .shard import head_range, pack_tables, reassemble, table_capacity, unpack_tables
 
 PHASES = ("broadcast", "plan", "attend", "gather")
+# What every rank must be given alike, compared once when the ranks build their TPDecode.
+SIZES = ("step", "num_heads", "num_kv_heads", "head_dim", "page_size", "dtype", "max_batch",
+         "max_pages", "num_splits")
+_CODES = {"step": ("TPDecode", "TPPrefill"), "dtype": DTYPE_NAMES}   # sent as their index
 
 
 class TPDecode:
@@ -48,16 +56,55 @@ class TPDecode:
         self.heads = head_range(self.rank, self.world, num_heads, num_kv_heads)
         if device not in ("cpu", "gpu"):
             raise ValueError(f"device: expected 'cpu' or 'gpu', got {device!r}")
+        # Checked here, as the wrapper's plan would check them, but before any collective:
+        # a plan that refused them would do so after the first broadcast.
+        num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
+            num_heads, num_kv_heads, head_dim, page_size)
+        max_batch = check_int(max_batch, "max_batch", minimum=1)
+        max_pages = check_int(max_pages, "max_pages", minimum=1)
+        if num_splits is not None:
+            num_splits = check_int(num_splits, "num_splits", minimum=1)
         self.on_gpu = device == "gpu"
         self.xp = cupy_module() if self.on_gpu else np
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
-        self.head_dim, self.page_size, self.dtype = head_dim, page_size, dtype
+        self.head_dim, self.page_size, self.dtype = head_dim, page_size, self._dtype_of(dtype)
         self.max_batch, self.max_pages, self.num_splits = max_batch, max_pages, num_splits
+        self._agree()
         self._buf = self.xp.zeros(table_capacity(max_batch, max_pages, self.PREFILL), np.int32)
         self._buf_t = self.as_torch(self._buf)
         self.wrapper = self.WRAPPER()
         self.timed = timed
         self.timings = dict.fromkeys(PHASES, 0.0)
+
+    @staticmethod
+    def _dtype_of(dtype) -> str:
+        """The name of a `dtype` the wrapper takes (its DtypeError otherwise)."""
+        return dtype_name(dtype)
+
+    def _agree(self):
+        """One all_gather of every rank's `SIZES` (a fixed-size buffer, whatever they are);
+        every rank then raises the same error if any rank's differ from rank 0's. Unchecked,
+        a rank with another page_size reads rank 0's tables with its own (wrong answers, no
+        error), one with other buffer sizes posts a broadcast of another size (gloo aborts
+        the process, NCCL may hang) and one with other heads gathers another byte count."""
+        sizes = (_CODES["step"][self.PREFILL], self.num_heads, self.num_kv_heads,
+                 self.head_dim, self.page_size, self.dtype, self.max_batch, self.max_pages,
+                 self.num_splits)
+        mine = np.array([_CODES[n].index(v) if n in _CODES else v or 0    # num_splits None: 0
+                         for n, v in zip(SIZES, sizes)], np.int64)
+        every = self.xp.zeros(mine.size * self.world, np.int64)
+        self.dist.all_gather_into_tensor(self.as_torch(every),
+                                         self.as_torch(self.xp.asarray(mine)))
+        every = (every.get() if self.on_gpu else every).reshape(self.world, mine.size)
+        differ = np.argwhere(every != every[0])    # the lowest rank, then the first size
+        if differ.size:
+            r, i = (int(x) for x in differ[0])
+            name = SIZES[i]
+            theirs, ours = (_CODES[name][int(x)] if name in _CODES else int(x) or None
+                            for x in (every[r, i], every[0, i]))
+            raise ValueError(f"{name}: rank {r} has {theirs!r}, rank 0 has {ours!r}; every rank "
+                             f"of a split step must use the same {name} (each reads rank 0's "
+                             f"block tables and gathers every rank's heads)")
 
     # ---- arrays as torch tensors, no copy ----------------------------------------------
     def as_torch(self, a):
@@ -99,7 +146,26 @@ class TPDecode:
 
     def attend(self, q_local, k_shard, v_shard, out=None):
         """This rank's heads: q_local [batch, H/R, D] over its cache shard."""
+        self._check_heads(q_local, k_shard, v_shard)
         return self._timed("attend", self.wrapper.run, q_local, k_shard, v_shard, out)
+
+    def _check_heads(self, q_local, k_shard, v_shard):
+        """The rank's own heads, said in its terms: the wrapper, planned for H/R heads, would
+        name `q` and "the plan's num_heads" for a q with every head."""
+        h = self.heads
+        for name, x, axis, start, stop, total, fix in (
+                ("q_local", q_local, 1, h.q_start, h.q_stop, self.num_heads,
+                 f"q[:, {h.q_start}:{h.q_stop}]"),
+                ("k_shard", k_shard, 2, h.kv_start, h.kv_stop, self.num_kv_heads,
+                 "shard_cache(k_cache, tp.heads)"),
+                ("v_shard", v_shard, 2, h.kv_start, h.kv_stop, self.num_kv_heads,
+                 "shard_cache(v_cache, tp.heads)")):
+            got = getattr(x, "shape", ())
+            if len(got) > axis and got[axis] != stop - start:
+                kind = "query" if axis == 1 else "KV"
+                raise ValueError(f"{name}: rank {self.rank} owns {kind} heads {start}..{stop - 1}"
+                                 f" ({stop - start} of {total}), so axis {axis} holds "
+                                 f"{stop - start}; got shape {tuple(got)}: pass {fix}")
 
     def gather(self, out_local):
         """[batch, H, D] on every rank, from every rank's [batch, H/R, D]."""

@@ -30,7 +30,15 @@ def make_tables(seq_lens, page_size: int, num_pages: int, forks=(), seed: int = 
     scatter = np.random.default_rng(seed).permutation(num_pages)
     alloc.allocate(num_pages)
     alloc.free([int(p) for p in scatter])
-    parents = dict(forks)
+    parents: dict[int, int] = {}
+    for i, (child, parent) in enumerate(forks):
+        # the parent's row must exist when the child's is made; a child named twice, or past
+        # the batch, would be dropped without a word
+        if not 0 <= parent < child < len(lens) or child in parents:
+            raise ValueError(f"forks[{i}]: expected (child, parent) with 0 <= parent < child "
+                             f"< {len(lens)} (a child forks an earlier sequence), each child "
+                             f"once; got ({child}, {parent})")
+        parents[child] = parent
     rows: list[list[int]] = []
     for b, n in enumerate(lens):
         need = -(-n // page_size)

@@ -10,7 +10,7 @@ gathered output is `[total_q, num_heads, head_dim]` on every rank.
 """
 from __future__ import annotations
 
-from ..prefill_wrapper import BatchPrefillWrapper
+from ..prefill_wrapper import BatchPrefillWrapper, element_type
 from .decode import TPDecode
 from .shard import pack_tables, unpack_tables
 
@@ -27,12 +27,20 @@ class TPPrefill(TPDecode):
                             f"TPPrefill takes none; got {num_splits!r}")
         super().__init__(*args, **kwargs)
 
+    @staticmethod
+    def _dtype_of(dtype) -> str:
+        """fp16 or bf16 (the prefill wrapper's tensor cores), or its DtypeError."""
+        return element_type(dtype)[1].name
+
     def share_tables(self, block_tables=None, seq_lens=None, qo_indptr=None):
         """Rank 0 gives (block_tables, seq_lens, qo_indptr); every rank returns them."""
         return self._timed("broadcast", self._broadcast, block_tables, seq_lens, qo_indptr)
 
     def _broadcast(self, block_tables, seq_lens, qo_indptr=None):
         if self.rank == 0:
+            if qo_indptr is None:   # (pack_tables would make a decode step's smaller buffer)
+                raise ValueError("qo_indptr: rank 0 gives a prefill step's qo_indptr [batch "
+                                 "+ 1] with its block_tables and seq_lens; got None")
             packed = pack_tables(block_tables, seq_lens, self.max_batch, self.max_pages,
                                  qo_indptr)
             self._buf[...] = self.xp.asarray(packed)

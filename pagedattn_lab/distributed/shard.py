@@ -87,7 +87,9 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
     if batch > max_batch or pages > max_pages:
         raise ValueError(f"block_tables: the buffer holds at most {max_batch} rows of "
                          f"{max_pages} pages, got shape {(batch, pages)}")
-    seq_lens = np.asarray(seq_lens, dtype=np.int32)
+    # int32 arrays, as the wrapper's plan takes them: a cast here would cut 16.9 to 16 and
+    # wrap 2**32 + 5 to 5, which every rank would then plan without a word
+    check_array(seq_lens, "seq_lens", ndim=1, dtypes=[np.int32])
     if seq_lens.shape != (batch,):
         raise ValueError(f"seq_lens: expected shape ({batch},), got {seq_lens.shape}")
     prefill = qo_indptr is not None
@@ -97,7 +99,7 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
     start = HEADER + max_batch
     buf[start:start + batch * pages] = np.asarray(block_tables).ravel()
     if prefill:
-        qo_indptr = np.asarray(qo_indptr, dtype=np.int32)
+        check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         if qo_indptr.shape != (batch + 1,):
             raise ValueError(f"qo_indptr: expected shape ({batch + 1},), got {qo_indptr.shape}")
         start += max_batch * max_pages

@@ -26,13 +26,19 @@ INT_HINT = ("// and math.ceil give ints; / and np.ceil give floats, even when th
             "is exact.")
 
 
-def _as_ranges(got):
+def _as_ranges(got, expected):
+    pairs = "((kv_start, kv_stop), (q_start, q_stop)), two pairs of ints"
+    if isinstance(got, (tuple, list)) and any(isinstance(x, (range, slice)) for x in got):
+        # (unpacked, a range of two heads would pass as (start, start + 1): "stop is one past")
+        raise Mismatch(f"expected {pairs}", "a range or slice object is not a (start, stop) "
+                       "pair: return (r.start, r.stop) for each.", str(expected),
+                       repr(got)[:200])
     try:
         (a, b), (c, d) = got
     except (TypeError, ValueError) as exc:
-        raise Mismatch("expected ((kv_start, kv_stop), (q_start, q_stop)), two pairs of ints",
-                       "return two (start, stop) pairs: the KV head range first, then the "
-                       "query head range.", "", repr(got)[:200]) from exc
+        raise Mismatch(f"expected {pairs}", "return two (start, stop) pairs: the KV head range "
+                       "first, then the query head range.", str(expected),
+                       repr(got)[:200]) from exc
     if not all(is_int(x) for x in (a, b, c, d)):
         raise Mismatch(f"head ranges of {', '.join(type(x).__name__ for x in (a, b, c, d))}",
                        "head ranges slice arrays: they must be ints. " + INT_HINT,
@@ -49,6 +55,9 @@ def _split_variants(rank, world, heads, kv):
          "start + count - 1.", ((ks, ke - 1), (qs, qe - 1))),
         ("a KV head serves group = num_heads / num_kv_heads query heads: a rank owns "
          "num_heads / world_size query heads, not as many as its KV heads.", ((ks, ke), (ks, ke))),
+        ("a rank owns num_kv_heads / world_size KV heads and group query heads for each of "
+         "them: num_heads / world_size query heads, not one group.",
+         ((ks, ke), (rank * heads // kv, (rank + 1) * heads // kv))),
         ("a rank holds only the KV heads its own query heads read (num_kv_heads / world_size "
          "of them), not every KV head: the cache is split, not copied.", ((0, kv), (qs, qe))),
         ("query head h reads KV head h // group (group = num_heads / num_kv_heads), not "
@@ -67,12 +76,15 @@ def _split_case(fn, rank, world, heads, kv) -> None:
     got = fn(rank, world, heads, kv)
     if got is None:
         raise NotImplementedError("head_split returned None")
-    got = _as_ranges(got)
+    got = _as_ranges(got, expected)
     if got == expected:
         return
-    hint = next((h for h, v in _split_variants(rank, world, heads, kv)
-                 if v != expected and got == v),
-                "KV heads [r*Hkv/R, (r+1)*Hkv/R), query heads [r*H/R, (r+1)*H/R).")
+    # variants with the same ranges here cannot be told apart: all of them are named
+    same = [h for h, v in _split_variants(rank, world, heads, kv) if v != expected and got == v]
+    hint = (" Or: ".join(same) if same else
+            "KV heads [r*Hkv/R, (r+1)*Hkv/R), query heads [r*H/R, (r+1)*H/R).")
+    if len(same) > 1:
+        hint = "these mistakes give the same ranges here: " + hint
     raise Mismatch(f"rank {rank} of {world}, {heads} query heads over {kv} KV heads (group "
                    f"{heads // kv})", hint, str(expected), str(got))
 
@@ -214,8 +226,12 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
                                                                         kv_read)),
         ("the buffer also carries its header (batch, pages per row) and the seq_lens: "
          "2 + batch + batch * pages int32 values.", (4 * batch * pages, share, kv_read)),
+        ("tables counts the buffer once, as rank 0 broadcasts it: not once per receiving "
+         "rank ((world_size - 1) * buffer).", (tables * (world - 1), share, kv_read)),
         ("a rank sends only its own heads' output, num_heads / world_size of them.",
          (tables, share * world, kv_read)),
+        ("the output has a row per query head (num_heads / world_size of them on a rank), "
+         "not per KV head.", (tables, batch * (kv // world) * dim * size, kv_read)),
         ("output_share counts the rank's output once, as it enters the all_gather: not once "
          "per other rank ((world_size - 1) * share).", (tables, share * (world - 1), kv_read)),
         ("output_share is what the rank sends, once: not sent plus received (2 * share).",
