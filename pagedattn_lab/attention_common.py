@@ -228,6 +228,26 @@ def to_torch_like(arr, like):
     return t.view(torch.bfloat16) if like.dtype == torch.bfloat16 else t
 
 
+def from_torch_elements(x, name: str = "tensor"):
+    """`from_torch`, but a CPU torch.bfloat16 tensor comes as ml_dtypes.bfloat16 elements, the
+    CPU executor's bfloat16 (a NumPy uint16 array holds integers there); on the GPU its bits
+    stay uint16, CuPy's way of holding bfloat16."""
+    arr = from_torch(x, name)
+    if is_torch_tensor(x) and not x.is_cuda and str(x.dtype) == "torch.bfloat16":
+        return arr.view(bfloat16_dtype())
+    return arr
+
+
+def to_torch_as(arr, like):
+    """`arr` as `like`'s kind: itself when `like` is None (no torch input), else a torch tensor
+    of like's dtype sharing arr's memory (`to_torch_like`, ml_dtypes.bfloat16 included)."""
+    if like is None:
+        return arr
+    if not is_cupy_array(arr) and arr.dtype == bfloat16_dtype():
+        arr = arr.view(np.uint16)
+    return to_torch_like(arr, like)
+
+
 def sm_count(on_gpu: bool, cpu_count: int = 4) -> int:
     """Multiprocessors of the current GPU; `cpu_count` for the CPU executor."""
     if not on_gpu:

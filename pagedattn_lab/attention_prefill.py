@@ -16,9 +16,12 @@ from .attention_common import (
     check_aligned16,
     check_grid,
     fast_path,
+    from_torch,
+    is_torch_tensor,
     page_shift,
     prepare_out,
     same_place,
+    to_torch_as,
 )
 from .backend import array_module
 from .kernels import kernel as load_kernel
@@ -103,6 +106,17 @@ def paged_attention_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=N
     sequence's cached tokens 0..t (the prompt's K/V must already be in the cache).
     Returns an array of q's shape and the cache's dtype; rows at or past seq_lens[b] are
     zero. kernel: "tiled" (fast; head_dim 64 or 128) or "naive" (head_dim up to 128).
-    out: optional preallocated result.
+    out: optional preallocated result. Torch tensors (CPU or CUDA) are taken as
+    paged_attention_decode takes them; the result is then a tensor of q's kind.
     """
-    return plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale, kernel, out=out)()
+    like = q if is_torch_tensor(q) else None
+    named = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out}
+    for name, x in named.items():
+        if is_torch_tensor(x) and str(x.dtype) == "torch.bfloat16":
+            raise TypeError(f"{name}: expected dtype float32 or float16 (the one-shot prefill's "
+                            f"kernels), got torch.bfloat16; BatchPrefillWrapper runs bfloat16")
+    q, k_cache, v_cache, block_tables, seq_lens, out = (
+        from_torch(x, n) for x, n in zip((q, k_cache, v_cache, block_tables, seq_lens, out),
+                                         (*named, "block_tables", "seq_lens")))
+    return to_torch_as(plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale,
+                                    kernel, out=out)(), like)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .attention_common import from_torch, is_torch_tensor, to_torch_as
 from .backend import array_module, to_numpy
 from .validate import INT32_MAX, check_array, check_block_tables, check_int, check_memory
 
@@ -16,8 +17,12 @@ def to_csr(block_tables, seq_lens, page_size):
 
     Sequence i's pages are indices[indptr[i]:indptr[i+1]]: the first ceil(seq_lens[i] /
     page_size) entries of its block-table row; last_page_len[i] is the number of tokens in
-    its last page (0 for an empty sequence). int32 arrays, where the tables live.
+    its last page (0 for an empty sequence). int32 arrays, where the tables live (torch
+    tensors for torch tables, as paged_attention_decode takes and returns them).
     """
+    like = block_tables if is_torch_tensor(block_tables) else None
+    block_tables, seq_lens = from_torch(block_tables, "block_tables"), from_torch(seq_lens,
+                                                                                "seq_lens")
     page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
     check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
     batch = int(block_tables.shape[0])
@@ -31,12 +36,16 @@ def to_csr(block_tables, seq_lens, page_size):
     used = xp.arange(block_tables.shape[1])[None, :] < pages[:, None]
     indices = block_tables[used].astype(np.int32)
     last = (lens - (pages - 1) * page_size) * (pages > 0)
-    return indptr, indices, last.astype(np.int32)
+    return tuple(to_torch_as(a, like) for a in (indptr, indices, last.astype(np.int32)))
 
 
 def from_csr(indptr, indices, last_page_len, page_size):
     """(block_tables, seq_lens) from FlashInfer's CSR page table: rows padded with -1 to the
-    longest sequence's page count. int32 arrays, where the inputs live."""
+    longest sequence's page count. int32 arrays, where the inputs live (torch tensors for a
+    torch indptr)."""
+    like = indptr if is_torch_tensor(indptr) else None
+    indptr, indices, last_page_len = (from_torch(x, n) for x, n in zip(
+        (indptr, indices, last_page_len), ("indptr", "indices", "last_page_len")))
     page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
     check_array(indptr, "indptr", ndim=1, dtypes=[np.int32])
     check_array(indices, "indices", ndim=1, dtypes=[np.int32])
@@ -78,4 +87,4 @@ def from_csr(indptr, indices, last_page_len, page_size):
     cols = np.arange(rows.size) - np.repeat(ptr[:-1], pages)
     tables = xp.full((pages.size, width), -1, dtype=np.int32)
     tables[xp.asarray(rows), xp.asarray(cols)] = indices
-    return tables, xp.asarray(lens.astype(np.int32))
+    return to_torch_as(tables, like), to_torch_as(xp.asarray(lens.astype(np.int32)), like)

@@ -42,7 +42,8 @@ import numpy as np
 
 from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM,
                                allow_shared_memory, check_aligned16, element_dtype, fast_path,
-                               prepare_out)
+                               from_torch, from_torch_elements, is_torch_tensor, prepare_out,
+                               to_torch_as)
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
@@ -257,6 +258,8 @@ class BatchPrefillWrapper:
                                  f"of shared memory per block at head_dim {head_dim}, more than "
                                  f"the {MAX_SHARED_MEM // 1024} KiB a block can have (fewer "
                                  f"warps, row fragments or stages, or a smaller K/V tile)")
+        qo_indptr, block_tables, seq_lens = (from_torch(x, n) for x, n in zip(
+            (qo_indptr, block_tables, seq_lens), ("qo_indptr", "block_tables", "seq_lens")))
         check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         indptr = to_numpy(qo_indptr).astype(np.int64)
         batch = indptr.size - 1
@@ -370,7 +373,14 @@ class BatchPrefillWrapper:
 
     def run(self, q, k_cache, v_cache, out=None, scale=None, k_scale=None, v_scale=None):
         """Attention of the planned batch over this layer's cache; returns `out`.
-        `k_scale`, `v_scale`: the scales of a compressed cache (see the module docstring)."""
+        `k_scale`, `v_scale`: the scales of a compressed cache (see the module docstring).
+        Torch tensors are taken as BatchDecodeWrapper.run takes them (`out` a tensor of q's)."""
+        named = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out,
+                 "k_scale": k_scale, "v_scale": v_scale}
+        if any(is_torch_tensor(x) for x in named.values()):
+            like = q if is_torch_tensor(q) else None
+            arrays = {n: from_torch_elements(x, n) for n, x in named.items()}
+            return to_torch_as(self.run(**arrays, scale=scale), like)
         self._check_run(q, k_cache, v_cache)
         check_aligned16(q=q, k_cache=k_cache, v_cache=v_cache)
         k_scale, v_scale = self._check_scales(k_cache, k_scale, v_scale)
