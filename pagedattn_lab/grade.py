@@ -9,9 +9,10 @@ its whole process tree killed at the time limit), with one time limit for the wh
 notebook. The sandbox only runs the learner's code: every `check.<task>(...)` is decided
 by a judge process of the grader's (grading/judge.py), which generates the cases from
 seeds only it knows, asks the sandbox to run the learner's code on them and compares the
-answers itself. Tasks the notebook never checked are "not run". The table (notebook,
-task, result, message) is printed as Markdown, and written as CSV or Markdown for each
---out, by its suffix, after every sandbox is gone.
+answers itself; a workbook's judge checks that workbook's tasks only (lessons.py, by the
+file name; a notebook of no known workbook, any task). Tasks the notebook never checked
+are "not run". The table (notebook, task, result, message) is printed as Markdown, and
+written as CSV or Markdown for each --out, by its suffix, after every sandbox is gone.
 """
 from __future__ import annotations
 
@@ -106,13 +107,14 @@ def _build_seed_cache(run: Run) -> None:
         run.seed_ready.set()
 
 
-def _start_judge(fd: int, kernel_fd: int, private: Path, salt: int) -> subprocess.Popen:
+def _start_judge(fd: int, kernel_fd: int, private: Path, salt: int, tasks: list[str]
+                 ) -> subprocess.Popen:
     with open(private / "judge.log", "wb") as log:
         judge = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.judge", str(fd),
                                   str(kernel_fd)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                  pass_fds=[fd, kernel_fd], start_new_session=True)
-    settings = {"salt": salt, "tasks": graded_tasks(), "call_timeout": CASE_TIME_LIMIT + 30}
+    settings = {"salt": salt, "tasks": tasks, "call_timeout": CASE_TIME_LIMIT + 30}
     judge.stdin.write((json.dumps(settings) + "\n").encode())
     judge.stdin.flush()   # kept open: closing it tells the judge its sandbox is gone
     return judge
@@ -144,8 +146,10 @@ def grade_notebook(path: Path, name: str, run: Run) -> list[Row]:
         shutil.copyfile(path, notebook)
         run.seed_ready.wait()
         judge_end, box_end, judge_kernel_end, kernel_end = ends
+        # A workbook's judge checks only that workbook's tasks: another lesson's task,
+        # checked here, would be a row of this notebook's that its own workbook never had.
         judge = _start_judge(judge_end.fileno(), judge_kernel_end.fileno(), private,
-                             secrets.randbits(63))
+                             secrets.randbits(63), expected_tasks(path) or graded_tasks())
         box_settings = dict(notebook=notebook, name=Path(name).name, timeout=run.timeout,
                             limits=run.limits, compiler=run.compiler, seed_cache=run.seed_cache)
         # The learner's CUDA C runs in a sandbox of its own (grading/kernel_host.py), which

@@ -9,10 +9,15 @@ are calls the instrumentation passes by: one thread read a whole row with them a
 no read. CUDA device code has neither, so the kernel's share of the preprocessed source
 (what follows its `#line 1`: its own lines and the headers it includes; token pasting and
 macros undone) may name none of them.
+
+Every line of that share is scanned, whatever file its line marker names: the executor's
+headers that a kernel includes use none of them (<cuda_bf16.h>'s atomics call a helper the
+shim defines before the kernel), and a file name is the kernel's to write (`#line 1
+".../cpu/shim_bf16.h"` had hidden an atomic row read when the executor's headers were
+skipped). An output without the kernel's own marker is refused, not passed.
 """
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 from pathlib import Path
@@ -29,20 +34,18 @@ _HARMLESS = re.compile(r"__atomic_(thread_fence|signal_fence|always_lock_free|is
 _MARKER = re.compile(r'^#\s*\d+\s+"((?:\\.|[^"\\])*)"', re.M)
 
 
-def uncounted_builtins(preprocessed: str, quoted_filename: str, executor_dir: str
-                       ) -> list[tuple[str, str]]:
-    """(builtin, file it is named in) for each builtin of `_UNCOUNTED` named after the kernel
-    source's first line marker in `preprocessed` (the compiler's -E output), but in the
-    executor's own headers (<cuda_bf16.h>'s atomics count themselves)."""
+def uncounted_builtins(preprocessed: str, quoted_filename: str
+                       ) -> list[tuple[str, str]] | None:
+    """(builtin, file its line marker names) for each builtin of `_UNCOUNTED` named after the
+    kernel source's first line marker in `preprocessed` (the compiler's -E output); None when
+    no marker names the kernel source (nothing tells its lines from the shim's)."""
     markers = list(_MARKER.finditer(preprocessed))
     start = next((m.start() for m in markers if m.group(1) == quoted_filename), None)
     if start is None:
-        return []
+        return None
     found: dict[str, str] = {}
     at = [m for m in markers if m.start() >= start]
     for here, after in zip(at, at[1:] + [None]):
-        if here.group(1).startswith(executor_dir.rstrip(os.sep) + os.sep):
-            continue
         chunk = preprocessed[here.end():after.start() if after else len(preprocessed)]
         for name in _UNCOUNTED.findall(chunk):
             if not _HARMLESS.match(name):
@@ -51,13 +54,18 @@ def uncounted_builtins(preprocessed: str, quoted_filename: str, executor_dir: st
 
 
 def refuse_uncounted_builtins(cmd: tuple[str, ...], flags: list[str], tu_path: Path,
-                              quoted_filename: str, executor_dir: Path, *, kernel: str,
-                              filename: str) -> None:
+                              quoted_filename: str, *, kernel: str, filename: str) -> None:
     """Preprocess the translation unit at `tu_path` (it compiled) and raise
-    KernelCompileError when `uncounted_builtins` finds any."""
+    KernelCompileError when `uncounted_builtins` finds any, or cannot tell."""
     r = subprocess.run([*cmd, *flags, "-E", str(tu_path)], capture_output=True, text=True,
                        errors="replace")
-    found = uncounted_builtins(r.stdout, quoted_filename, str(executor_dir))
+    found = uncounted_builtins(r.stdout, quoted_filename)
+    if found is None:
+        raise KernelCompileError.refused(
+            kernel, filename, "has no line of its own in the compiler's preprocessed output, so "
+            "its reads could not be checked for builtins the access counts do not see",
+            "keep the kernel's source as CUDA C, without line directives (#line); if it is, "
+            "report this as a bug of the CPU executor.")
     if found:
         names = ", ".join(f"{name} (in {where})" for name, where in found[:3])
         raise KernelCompileError.refused(

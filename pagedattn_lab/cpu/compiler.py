@@ -313,7 +313,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
                 raise inline_asm_error(kernel, filename, source)
             if instrumented:
                 refuse_uncounted_builtins(cmd, all_flags, tu_path, quoted_filename(filename),
-                                          HERE, kernel=kernel, filename=filename)
+                                          kernel=kernel, filename=filename)
             r = _run([*cmd, "-c", str(asm_path), "-o", str(obj)])
         if r.returncode == 0:
             refuse_load_time_code(str(obj), instrumented, kernel=kernel, filename=filename)

@@ -148,27 +148,14 @@ static inline __pal_bf2 &operator+=(__pal_bf2 &a, const __pal_bf2 &b) { a = __ha
 #undef PAL_B
 #undef PAL_F
 
-// ---- atomics (sm_80+): a compare-and-swap loop on the bits ----
+// ---- atomics (sm_80+): a compare-and-swap loop on the bits (shim_device.h) ----
 static inline __pal_bf2 atomicAdd(__pal_bf2 *a, __pal_bf2 v)
 {
-    PAL_NOTE_ATOMIC(a);
-    unsigned *p = (unsigned *)a, old = __atomic_load_n(p, __ATOMIC_SEQ_CST), nw;
-    __pal_bf2 o;
-    do {
-        memcpy(&o, &old, 4);
-        __pal_bf2 n = __hadd2(o, v);
-        memcpy(&nw, &n, 4);
-    } while (!__atomic_compare_exchange_n(p, &old, nw, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
-    return o;
+    return __pal_atomic_update<unsigned>(a, [v](__pal_bf2 o) { return __hadd2(o, v); });
 }
 static inline __pal_bf atomicAdd(__pal_bf *a, __pal_bf v)
 {
-    PAL_NOTE_ATOMIC(a);
-    unsigned short *p = (unsigned short *)a, old = __atomic_load_n(p, __ATOMIC_SEQ_CST), nw;
-    do {
-        nw = __hadd(__pal_bfraw(old), v).__x;
-    } while (!__atomic_compare_exchange_n(p, &old, nw, true, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST));
-    return __pal_bfraw(old);
+    return __pal_atomic_update<unsigned short>(a, [v](__pal_bf o) { return __hadd(o, v); });
 }
 
 #endif

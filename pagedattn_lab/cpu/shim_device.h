@@ -141,7 +141,7 @@ template <class T> PAL_DF void __stwt(T *p, T v) { *p = v; }
 // ---- atomics: real atomics (blocks of one launch may run in parallel processes) ----
 // In an instrumented build (access counts, race check) each atomic reports itself once.
 #ifdef PAL_INSTRUMENTED
-#define PAL_NOTE_ATOMIC(a) __pal_note_atomic((a), sizeof(*(a)))
+#define PAL_NOTE_ATOMIC(a) ::__pal_note_atomic((a), sizeof(*(a)))   // (no ADL: see below)
 #else
 #define PAL_NOTE_ATOMIC(a) ((void)0)
 #endif
@@ -198,6 +198,28 @@ PAL_ATOMIC_FP(float, unsigned int, atomicAdd, o + v)
 PAL_ATOMIC_FP(double, unsigned long long, atomicAdd, o + v)
 PAL_ATOMIC_FP(__half2, unsigned int, atomicAdd, __hadd2(o, v))
 #undef PAL_ATOMIC_FP
+
+// The same loop for the atomics of a header a kernel includes after its own first lines
+// (<cuda_bf16.h>): its text is read after the kernel's macros, which could change it (a
+// `#define sizeof(x) 0` made its note count nothing), and it is scanned for the compiler's
+// atomics like the kernel's own lines (cpu/builtins.py). Here, before the kernel, the note
+// and the atomics are out of the macros' reach (and the note is called by its qualified name:
+// an overload the kernel declares is not found by argument lookup when the template is
+// instantiated, nor is one of memcpy); `next` maps the old value to the new one.
+template <class U, class T, class F> PAL_DF T __pal_atomic_update(T *a, F next)
+{
+    PAL_NOTE_ATOMIC(a);
+    U *p = (U *)a;
+    U old = __atomic_load_n(p, PAL_SC), nw;
+    T o;
+    do {
+        ::memcpy(&o, &old, sizeof(T));
+        T n = next(o);
+        ::memcpy(&nw, &n, sizeof(T));
+    } while (!__atomic_compare_exchange_n(p, &old, nw, true, PAL_SC, PAL_SC));
+    return o;
+}
+
 PAL_DF float atomicExch(float *a, float v)
 {
     PAL_NOTE_ATOMIC(a);

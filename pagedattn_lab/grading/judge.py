@@ -64,8 +64,12 @@ class Judge:
         from .. import check as checks  # noqa: PLC0415 - imports every check module
         fields = wire.decode(header.get("fields"), blobs, peer._deref())
         task = fields.get("task") if isinstance(fields, dict) else None
-        if task not in self.allowed or not callable(getattr(checks, str(task), None)):
+        from .runner import graded_tasks  # noqa: PLC0415 - (as above)
+        if task not in graded_tasks() or not callable(getattr(checks, str(task), None)):
             raise ValueError(f"there is no graded task named {task!r}")
+        if task not in self.allowed:
+            raise ValueError(f"{task!r} is not a task of this workbook: the grader checks a "
+                             f"workbook's own tasks only ({', '.join(sorted(self.allowed))})")
         if self.running is not None:
             raise RuntimeError("a check cannot run inside another check")
         args, kwargs = fields.get("args", []), fields.get("kwargs", {})
