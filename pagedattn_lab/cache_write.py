@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention_common import bfloat16_dtype, from_torch, is_torch_tensor
+from .attention_common import bfloat16_dtype, from_torch, is_torch_tensor, to_torch_as
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel
 from .validate import (CACHE_DTYPES, INT32_MAX, check_array, check_block_tables, check_int,
@@ -38,8 +38,13 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
 
     `seq_lens[b]` counts every token of sequence b including the new ones, so the new tokens
     are positions `seq_lens[b] - q_lens[b] .. seq_lens[b] - 1` (the prefill wrapper's
-    bottom-right convention). Vectorised: no Python loop over tokens.
+    bottom-right convention). Vectorised: no Python loop over tokens. Torch tensors are
+    taken as write_kv takes them; the slots then come back as a CPU torch int64 tensor (as
+    to_csr's arrays come back as tensors), ready for write_kv's slot_mapping.
     """
+    like = block_tables if is_torch_tensor(block_tables) else None
+    block_tables, seq_lens, q_lens = (from_torch(x, n) for x, n in zip(
+        (block_tables, seq_lens, q_lens), ("block_tables", "seq_lens", "q_lens")))
     # at most int32 (the kernels' page_size): a larger one would wrap the int64 slots
     page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
     tables = _host_ints(block_tables, "block_tables", 2)
@@ -64,7 +69,7 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
     within = np.arange(rows.size) - np.repeat(np.cumsum(new) - new, new)
     positions = starts + within
     pages = tables[rows, positions // page_size].astype(np.int64)
-    return pages * page_size + positions % page_size
+    return to_torch_as(pages * page_size + positions % page_size, like)
 
 
 def _check_token_count(total: int) -> None:

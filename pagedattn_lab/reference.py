@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention_common import bfloat16_dtype
+from .attention_common import bfloat16_dtype, from_torch_elements
 from .backend import to_numpy
 from .validate import (check_array, check_attention_inputs, check_block_tables, check_bool,
                        check_kv_cache, check_query_heads, resolve_scale)
@@ -74,6 +74,13 @@ def _softmax_attend(q_rows, keys, values, scale: float, visible=None):
     return out
 
 
+def _arrays(**named) -> tuple:
+    """The arguments with torch tensors as the arrays they share memory with, as
+    paged_attention_decode reads them (a CPU torch.bfloat16 tensor as ml_dtypes.bfloat16), so
+    the oracle takes whatever the kernels take; its result stays float64 NumPy."""
+    return tuple(from_torch_elements(x, name) for name, x in named.items())
+
+
 def _as_float64_inputs(q, k_cache, v_cache, block_tables, seq_lens):
     return (to_numpy(q).astype(np.float64), to_numpy(k_cache).astype(np.float64),
             to_numpy(v_cache).astype(np.float64), to_numpy(block_tables), to_numpy(seq_lens))
@@ -86,6 +93,8 @@ def reference_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=None) ->
     block_tables int32 [batch, max_pages]; seq_lens int32 [batch] (each >= 1).
     Returns float64 NumPy [batch, num_heads, head_dim].
     """
+    q, k_cache, v_cache, block_tables, seq_lens = _arrays(
+        q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, seq_lens=seq_lens)
     shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, mode="decode",
                                     q_dtypes=_any_float(), cache_dtypes=_any_float())
     scale = resolve_scale(scale, shapes.head_dim)
@@ -105,6 +114,8 @@ def reference_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=None) -
     sequence's cached tokens 0..t. Returns float64 NumPy of q's shape; rows at or past
     seq_lens[b] are zero.
     """
+    q, k_cache, v_cache, block_tables, seq_lens = _arrays(
+        q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables, seq_lens=seq_lens)
     shapes = check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, mode="prefill",
                                     q_dtypes=_any_float(), cache_dtypes=_any_float())
     scale = resolve_scale(scale, shapes.head_dim)
@@ -131,6 +142,9 @@ def reference_prefill_packed(q, k_cache, v_cache, qo_indptr, block_tables, seq_l
     """
     # As the wrapper's plan: None or "no" would be read as a truth value (None: not causal).
     causal = check_bool(causal, "causal")
+    q, k_cache, v_cache, qo_indptr, block_tables, seq_lens = _arrays(
+        q=q, k_cache=k_cache, v_cache=v_cache, qo_indptr=qo_indptr, block_tables=block_tables,
+        seq_lens=seq_lens)
     indptr = np.asarray(to_numpy(qo_indptr))
     if indptr.dtype.kind not in "iu":   # 1.5 would silently truncate to 1
         raise TypeError(f"qo_indptr: expected integer offsets, got dtype {indptr.dtype}")
