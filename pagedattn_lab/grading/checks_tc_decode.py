@@ -64,17 +64,17 @@ class _TileProblem:
         return out
 
     @staticmethod
-    def product(q_rows, k_rows, lda=None, ldb=None, b_row_major=False):
+    def product(q_rows, k_rows, lda=None, ldb=None, b_row_major=False, a_col_major=False):
         """S = A B over 16-column steps the way load_matrix_sync reads the shared tiles:
-        A from q_rows [16, d] with leading dimension lda, B from k_rows [16, d] (token rows)
-        read column-major with ldb (or row-major)."""
+        A from q_rows [16, d] with leading dimension lda read row-major (or column-major),
+        B from k_rows [16, d] (token rows) read column-major with ldb (or row-major)."""
         d = q_rows.shape[1]
         lda, ldb = lda or d, ldb or d
         qa, ka = np.ravel(q_rows), np.ravel(k_rows)
         s = np.zeros((TILE, TILE))
         r, c = np.meshgrid(np.arange(TILE), np.arange(TILE), indexing="ij")
         for k0 in range(0, d, TILE):
-            a = qa[k0 + r * lda + c]                      # a[row, k]
+            a = qa[k0 + c * lda + r] if a_col_major else qa[k0 + r * lda + c]   # a[row, k]
             b = ka[k0 + r * ldb + c] if b_row_major else ka[k0 + c * ldb + r]  # b[k, token]
             s += a @ b
         return s
@@ -102,6 +102,9 @@ def _tile_variants(prob):
         ("K^T is the B operand: a shared K tile of token rows [16][ldm] read as B (head_dim x "
          "tokens) is column-major: fragment<matrix_b, 16, 16, 16, __half, wmma::col_major> "
          "(row_major reads it as K, not K^T).", reread(b_row_major=True)),
+        ("Q's tile (row r = query head, column = dimension) is the A operand read "
+         "row-major: fragment<matrix_a, 16, 16, 16, __half, wmma::row_major> (col_major reads "
+         "its transpose).", reread(a_col_major=True)),
         ("the scores are stored transposed: store_matrix_sync(..., wmma::mem_row_major) puts "
          "row r (query head) at r * 16 and column c (token) at c.",
          lambda: np.swapaxes(prob.expected(), -1, -2)),
@@ -110,12 +113,20 @@ def _tile_variants(prob):
          lambda: prob.expected(q_rows=lambda j: rows(j + num_kv_heads * np.arange(group)))),
         ("the Q rows of kv head j are query heads j * group + r: every block used the first "
          "group's heads.", lambda: prob.expected(q_rows=lambda j: rows(np.arange(group)))),
+        ("the Q rows of kv head j are query heads j * group + r, not j * num_kv_heads + r "
+         "(group = num_heads / num_kv_heads is the step between kv heads' rows).",
+         lambda: prob.expected(q_rows=lambda j: rows(j * num_kv_heads + np.arange(group)))),
         ("the Q rows of kv head j are query heads j * group + r, not j + r.",
          lambda: prob.expected(q_rows=lambda j: rows(j + np.arange(group)))),
         ("the K tile of kv head j is read from kv head 0 (every block): offset the cache by "
          "kv_head * head_dim within a token's row.",
          lambda: prob.expected(k_tile=lambda j, t: keys[t * TILE:(t + 1) * TILE, 0])),
     ]
+    variants += _paging_variants(prob) + [
+        ("the k0 loop must step over all of head_dim (k0 = 0, 16, .., head_dim - 16): yours "
+         "stops 16 short, so the last 16 dimensions are left out of every score.",
+         lambda: prob.expected(q_rows=lambda j: rows(np.arange(group) + j * group) *
+                               (np.arange(head_dim) < head_dim - TILE)))]
     if head_dim > TILE:
         ld = (f"ldm is the distance between rows in elements: the shared tiles have rows of "
               f"head_dim = {head_dim} elements here, so ldm = head_dim, not 16 (16 is the tile "
@@ -124,6 +135,34 @@ def _tile_variants(prob):
                      (ld + " (Q's load).", reread(lda=TILE)),
                      (ld + " (K's load).", reread(ldb=TILE))]
     return variants
+
+
+def _paging_variants(prob):
+    """Token t's K read from a wrong slot (the page arithmetic wrong, tokens past seq_len
+    still zero): each slot formula with the hint that names it."""
+    _, num_kv_heads, head_dim, page_size, seq_len = prob.sizes
+    flat = prob.k_cache.reshape(-1, num_kv_heads, head_dim).astype(np.float64)
+    table = prob.block_table.astype(np.int64)
+
+    def read(slot):
+        def k_tile(j, t):
+            tokens = np.arange(t * TILE, (t + 1) * TILE)
+            live = tokens < seq_len
+            out = np.zeros((TILE, head_dim))
+            out[live] = flat[slot(tokens[live]), j]   # (an IndexError: this slot cannot be)
+            return out
+        return lambda: prob.expected(k_tile=k_tile)
+
+    spec = "slot = block_table[t / page_size] * page_size + t % page_size"
+    return [
+        (f"token t's K is at {spec}: yours reads slot t, as if the cache were not paged "
+         "(look the page up in block_table).", read(lambda t: t)),
+        (f"{spec}: yours adds the offset to the page number itself (block_table[t / "
+         "page_size] + t % page_size); a page starts at its number times page_size.",
+         read(lambda t: table[t // page_size] + t % page_size)),
+        (f"{spec}: yours swaps / and % (the page is t / page_size, the offset in it "
+         "t % page_size).", read(lambda t: table[t % page_size] * page_size + t // page_size)),
+    ]
 
 
 def _tile_launch(prob, out) -> tuple:

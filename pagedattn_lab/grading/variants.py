@@ -7,6 +7,8 @@ way a kernel does it, element offsets and all, with optional bugs:
     mask="none" / "strict"     no causal mask / a mask that drops the query's own token
     mask="block"               every query of a block of `block_queries` sees keys up to the
                                block's last
+    mask="whole_pages"         causal, but a block of `block_queries` loads only the whole
+                               pages of its keys (pages = keys_needed / page_size, rounded down)
     shared_table=True          every sequence reads row 0 of block_tables (the guide)
     head_stride_bug=True       slot * head_dim + kv_head * head_dim (no num_kv_heads)
     kv_map="mod" / "same" / "zero"   query head h reads kv head h % num_kv_heads / h / 0
@@ -15,12 +17,16 @@ way a kernel does it, element offsets and all, with optional bugs:
     scaled_values=True         the values are multiplied by scale as well as the scores
     offset_shift=1             the token's offset inside its page is off by one
     identity_pages=True        the block table is ignored: token t read from slot t
+    slot_bug="swap"            block_table[t % page_size] * page_size + t / page_size
+    slot_bug="page_plus"       block_table[t / page_size] + t % page_size (no * page_size)
     pow2_pages=True            t >> log2(page_size) and t & (page_size - 1) for // and %
     kv_map="shift"             h >> log2(num_heads / num_kv_heads) for the GQA division
     drop_last=True             decode ignores the sequence's last cached token
+    online_bug="no_div"        the accumulator is never divided by the running sum
 
-A read out of bounds makes the affected rows NaN (a real kernel would fault or read
-garbage there, so such a variant can only match where it stays in bounds).
+A read out of bounds makes the rows that read it NaN (a real kernel would fault or read
+garbage there, so such a variant can only match where it stays in bounds); a causal row
+that stops before the first such key keeps its value.
 """
 from __future__ import annotations
 
@@ -31,7 +37,7 @@ from .compare import POW2_HINT, pow2_div, pow2_mod
 
 def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_head, *,
                   offset_shift=0, identity_pages=False, head_stride_bug=False,
-                  pow2_pages=False):
+                  pow2_pages=False, slot_bug=None):
     """Flat element indices [len(positions), head_dim] of one kv head's rows, or None if any
     page id is padding (negative)."""
     positions = np.asarray(positions, dtype=np.int64)
@@ -39,13 +45,16 @@ def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_he
         slots = positions
     else:
         vpage = pow2_div(positions, page_size) if pow2_pages else positions // page_size
+        offsets = pow2_mod(positions, page_size) if pow2_pages else positions % page_size
+        if slot_bug == "swap":
+            vpage, offsets = offsets, vpage
         if vpage.size and vpage.max() >= len(table_row):
             return None
         pages = np.asarray(table_row, dtype=np.int64)[vpage]
         if (pages < 0).any():
             return None
-        offsets = pow2_mod(positions, page_size) if pow2_pages else positions % page_size
-        slots = pages * page_size + offsets + offset_shift
+        slots = (pages if slot_bug == "page_plus" else pages * page_size) + offsets + \
+            offset_shift
     if head_stride_bug:
         base = slots * head_dim + kv_head * head_dim
     else:
@@ -57,12 +66,13 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
                       mask="causal", shared_table=False, head_stride_bug=False, kv_map="div",
                       offset_shift=0, identity_pages=False, drop_last=False, online_bug=None,
                       values_from_keys=False, pow2_pages=False, scaled_values=False,
-                      block_queries=None):
+                      block_queries=None, slot_bug=None):
     """Paged attention with the chosen mistakes; float64 NumPy, q's shape.
 
     online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
     running sum when the maximum grows; "max0": the running max starts at 0, not -inf;
-    "old_max": a key's weight is taken against the max before it, exp(s - m_old)."""
+    "old_max": a key's weight is taken against the max before it, exp(s - m_old); "no_div":
+    the accumulator is never divided by the running sum."""
     q = np.asarray(q, dtype=np.float64)
     kf = np.asarray(k_cache, dtype=np.float64).reshape(-1)
     vf = np.asarray(k_cache if values_from_keys else v_cache, dtype=np.float64).reshape(-1)
@@ -86,28 +96,49 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
         for h in range(num_heads):
             kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h, "zero": 0,
                    "shift": int(pow2_div(h, group)), "by_kv_heads": h // num_kv_heads}[kv_map]
-            idx = _flat_indices(row, np.arange(n), page_size, num_kv_heads, head_dim, kvh,
-                                offset_shift=offset_shift, identity_pages=identity_pages,
-                                head_stride_bug=head_stride_bug, pow2_pages=pow2_pages)
-            if idx is None or (idx.size and (idx.max() >= kf.size or idx.min() < 0)):
-                out[b, queries, h] = np.nan
-                continue
+            def flat(keys, kvh=kvh):
+                return _flat_indices(row, keys, page_size, num_kv_heads, head_dim, kvh,
+                                     offset_shift=offset_shift, identity_pages=identity_pages,
+                                     head_stride_bug=head_stride_bug, pow2_pages=pow2_pages,
+                                     slot_bug=slot_bug)
+            n_ok = _keys_in_bounds(flat, n, kf.size)
+            idx = flat(np.arange(n_ok))
             keys, values = kf[idx], vf[idx]
-            logits = q[b, queries, h] @ keys.T * scale  # [queries, n]
+            logits = q[b, queries, h] @ keys.T * scale  # [queries, n_ok]
+            t = np.arange(len(queries))[:, None]
+            seen = np.ones((len(queries), 1), bool)   # the rows that read key n_ok (if any)
             if mode == "prefill" and mask != "none":
-                t = np.arange(len(queries))[:, None]
-                j = np.arange(n)[None, :]
-                allowed = (j <= t if mask == "causal" else j < t if mask == "strict"
-                           else j < (t // block_queries + 1) * block_queries)
-                logits = np.where(allowed, logits, -np.inf)
+                def allowed(j):
+                    if mask == "whole_pages":   # a block's keys, its last page left out
+                        needed = np.minimum(int(lens[b]), (t // block_queries + 1) *
+                                            block_queries)
+                        return (j <= t) & (j < needed // page_size * page_size)
+                    return (j <= t if mask == "causal" else j < t if mask == "strict"
+                            else j < (t // block_queries + 1) * block_queries)
+                logits = np.where(allowed(np.arange(n_ok)[None, :]), logits, -np.inf)
+                seen = allowed(n_ok)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 if online_bug:
-                    out[b, queries, h] = _online(logits, values, online_bug)
-                    continue
-                m = logits.max(axis=1, keepdims=True) if n else np.full((len(queries), 1), -np.inf)
-                w = np.exp(logits - m)
-                out[b, queries, h] = (w @ values) / w.sum(axis=1, keepdims=True)
+                    rows = _online(logits, values, online_bug)
+                else:
+                    m = logits.max(axis=1, keepdims=True) if n_ok else \
+                        np.full((len(queries), 1), -np.inf)
+                    w = np.exp(logits - m)
+                    rows = (w @ values) / w.sum(axis=1, keepdims=True)
+            if n_ok < n:   # a row that reads out of bounds is NaN (a kernel faults there)
+                rows = np.where(seen, np.nan, rows)
+            out[b, queries, h] = rows
     return out[:, 0] if mode == "decode" else out
+
+
+def _keys_in_bounds(flat, n: int, size: int) -> int:
+    """How many of keys 0..n-1 read in bounds before the first that does not (`flat(keys)`:
+    their element indices, or None for a padding page or one past the table's row)."""
+    def ok(idx):
+        return idx is not None and (not idx.size or (idx.max() < size and idx.min() >= 0))
+    if ok(flat(np.arange(n))):
+        return n
+    return next(j for j in range(n) if not ok(flat(np.arange(j, j + 1))))
 
 
 def _online(logits, values, bug: str):
@@ -127,7 +158,7 @@ def _online(logits, values, bug: str):
         total = (total if bug == "sum" else total * alpha) + p
         acc = (acc if bug == "acc" else acc * alpha[:, None]) + p[:, None] * values[j]
         m = m_new
-    return acc / total[:, None]
+    return acc if bug == "no_div" else acc / total[:, None]
 
 
 BY_KV_HEADS_HINT = ("query head h must read kv head h / (num_heads / num_kv_heads), not "
@@ -185,6 +216,19 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
         ("weigh each key against the new max, expf(score - new_max): against the old one the "
          "first key gives expf(score + inf) = inf, and inf / inf is NaN.",
          v(online_bug="old_max")),
+        # after the rest: none of these may pre-empt a hint a kernel already got
+        (f"multiply q.k by `scale` ({case.scale:.4g} here), not divide by it.",
+         v(scale=1 / case.scale)),
+        ("token t is at slot block_table[t / page_size] * page_size + t % page_size: yours "
+         "swaps / and % (the page is t / page_size, the offset in it t % page_size).",
+         v(slot_bug="swap")),
+        ("token t is at slot block_table[t / page_size] * page_size + t % page_size: yours "
+         "adds the offset to the page number itself; a page starts at its number times "
+         "page_size.", v(slot_bug="page_plus")),
+        ("the values come from v_cache: yours weighs the rows of k_cache (read v at the same "
+         "index as k, from v_cache).", v(values_from_keys=True)),
+        ("divide the accumulator by the running sum at the end: out[d] = acc[d] / sum (the "
+         "weights sum to 1 only then).", v(online_bug="no_div")),
     ]
     if mode == "prefill":
         masks = [("no causal mask: query t may only attend to keys 0..t (loop k <= t), not "
@@ -195,6 +239,10 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
                           "+ blockDim.x - 1). Query t may attend to keys 0..t only: a tile's key "
                           "j while first_key + j <= t.",
                           v(mask="block", block_queries=block_queries)))
+            masks.append(("pages = ceil(keys_needed / page_size), in integers (keys_needed + "
+                          "page_size - 1) / page_size: yours rounds down, so a block never "
+                          "loads the keys of its last, partial page.",
+                          v(mask="whole_pages", block_queries=block_queries)))
         masks.append(("the causal loop stops one key early: query t attends to keys 0..t "
                       "inclusive (k <= t); it must see its own token.", v(mask="strict")))
         hints[1:1] = masks
