@@ -150,11 +150,38 @@ class PagedKVCache:
         rows = self._encode(k, v)
         copy_tail = n_tokens > 0 and self._tail_is_shared(seq)
         new_pages = self.allocator.allocate(self.pages_needed(seq_id, n_tokens))
-        if copy_tail:
-            self._copy_on_write_tail(seq, new_pages.pop())
-        seq.pages.extend(new_pages)
-        self._write(seq.pages, seq.length, n_tokens, rows)
-        seq.length += n_tokens
+        with self._undone_on_failure(seq, new_pages):
+            if copy_tail:
+                self._copy_on_write_tail(seq, new_pages[-1])
+            seq.pages.extend(new_pages[:-1] if copy_tail else new_pages)
+            self._write(seq.pages, seq.length, n_tokens, rows)
+            seq.length += n_tokens
+
+    @contextmanager
+    def _undone_on_failure(self, seq: _Sequence, taken: list[int]):
+        """append's all or nothing past its allocation: a failure in the copy or the write (a
+        MemoryError, Ctrl-C) puts back the rows written, `seq`'s table and length, the shared
+        tail's owner and the pages `taken`. It costs the pages this append touches, where
+        `transaction()` saves every sequence's table and the allocator's whole bookkeeping (at
+        every token of a decode step)."""
+        pages, length = list(seq.pages), seq.length
+        tail_owners = self.allocator.ref_count(pages[-1]) if pages else 0
+        outermost = self._undo is None
+        if outermost:
+            self._undo = []
+        mark = len(self._undo)
+        try:
+            yield
+        except BaseException:
+            self._restore_rows(mark)
+            if pages and self.allocator.ref_count(pages[-1]) < tail_owners:   # copied on write
+                self.allocator.incref([pages[-1]])
+            seq.pages[:], seq.length = pages, length
+            self.allocator.unallocate(taken)
+            raise
+        finally:
+            if outermost:
+                self._undo = None
 
     def pages_needed(self, seq_id: int, n_tokens: int) -> int:
         """Free pages that appending `n_tokens` to `seq_id` takes: new pages past the last
@@ -212,8 +239,9 @@ class PagedKVCache:
     def fork_sequence(self, seq_id: int) -> int:
         """A new sequence sharing every page of `seq_id` (prefix sharing, copy on write)."""
         parent = self._get(seq_id)
+        pages = self.allocator.fork(parent.pages)   # before the id is taken: it may raise
         child_id = self.add_sequence()
-        self._sequences[child_id] = _Sequence(self.allocator.fork(parent.pages), parent.length)
+        self._sequences[child_id] = _Sequence(pages, parent.length)
         return child_id
 
     def free_sequence(self, seq_id: int) -> None:
@@ -326,6 +354,14 @@ class PagedKVCache:
     def _roll_back(self, allocator_state, next_seq_id, sequences, mark: int) -> None:
         """Put back what was saved when the transaction began, K/V rows from the undo log's
         entries since `mark` (an outer transaction may still need the earlier ones)."""
+        self._restore_rows(mark)
+        self.allocator.restore(allocator_state)
+        self._next_seq_id = next_seq_id
+        self._sequences = {s: _Sequence(pages, length) for s, (pages, length) in sequences.items()}
+
+    def _restore_rows(self, mark: int) -> None:
+        """Put back the K/V rows of the undo log's entries since `mark` (an outer transaction
+        may still need the earlier ones), newest first."""
         flat = (-1, self.num_kv_heads, self.head_dim)
         for slots, k, v, k_scale, v_scale in reversed(self._undo[mark:]):
             self.k_cache.reshape(flat)[slots] = k
@@ -334,9 +370,6 @@ class PagedKVCache:
                 self.k_scale.reshape(-1, self.num_kv_heads)[slots] = k_scale
                 self.v_scale.reshape(-1, self.num_kv_heads)[slots] = v_scale
         del self._undo[mark:]
-        self.allocator.restore(allocator_state)
-        self._next_seq_id = next_seq_id
-        self._sequences = {s: _Sequence(pages, length) for s, (pages, length) in sequences.items()}
 
     def __repr__(self) -> str:
         kind = self.dtype.name if self.kv_dtype is None else \

@@ -87,6 +87,7 @@ class BlockAllocator:
         # handed out (next_fresh .. num_pages-1, always at the front) and the queue of pages
         # given back. So a pool of a billion pages costs nothing until its pages are used.
         self._next_fresh = 0
+        self._last: tuple[tuple[int, ...], int] | None = None   # (pages, fresh) of allocate
         self._returned: deque[int] = deque()
         self._owners: dict[int, int] = {}   # page -> reference count, for pages in use only
 
@@ -120,7 +121,25 @@ class BlockAllocator:
         pages += [self._returned.popleft() for _ in range(int(n) - fresh)]
         for page in pages:
             self._owners[page] = 1
+        self._last = (tuple(pages), fresh)
         return pages
+
+    def unallocate(self, pages: Iterable[int]) -> None:
+        """Undo the last `allocate` (`pages`, as it returned them, each still with one owner):
+        the pages go back where they came from, the free list as it was before it. For a caller
+        whose work after the allocation failed (PagedKVCache.append), at the cost of the pages
+        it took (`state`/`restore` copy the whole bookkeeping)."""
+        ids = tuple(_as_page_ids(pages, "pages"))
+        if self._last is None or self._last[0] != ids or any(self._owners.get(p) != 1
+                                                              for p in ids):
+            raise ValueError("pages: expected the pages of the last allocate(), each with one "
+                             "owner (taken back only before anything else shares them)")
+        fresh = self._last[1]
+        for page in ids:
+            del self._owners[page]
+        self._returned.extendleft(reversed(ids[fresh:]))
+        self._next_fresh -= fresh
+        self._last = None
 
     def incref(self, pages: Iterable[int]) -> None:
         """Add an owner to each page (sharing). Every page must already be in use."""
@@ -175,6 +194,7 @@ class BlockAllocator:
             raise TypeError(f"state: expected what state() returns (an AllocatorState), got "
                             f"{type(state).__name__}")
         self._next_fresh, returned, owned = self._check_state(state)
+        self._last = None
         self._returned = deque(returned)
         self._owners = dict(zip(owned, (int(n) for n in state.owners.values())))
 
