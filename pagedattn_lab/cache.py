@@ -138,7 +138,8 @@ class PagedKVCache:
         """Write `n_tokens` new keys and values ([n_tokens, num_kv_heads, head_dim] each).
 
         Takes a new page only when the last one is full. All or nothing: if the pool runs
-        out, OutOfPagesError is raised and neither the cache nor the tables change.
+        out (OutOfPagesError), or the write fails (a device out of memory, an interrupt),
+        the error is raised and the tables, the free list and the K/V pages are as they were.
         """
         seq = self._get(seq_id)
         k, v = self._check_tokens(k, "k"), self._check_tokens(v, "v")
@@ -150,38 +151,26 @@ class PagedKVCache:
         rows = self._encode(k, v)
         copy_tail = n_tokens > 0 and self._tail_is_shared(seq)
         new_pages = self.allocator.allocate(self.pages_needed(seq_id, n_tokens))
-        with self._undone_on_failure(seq, new_pages):
-            if copy_tail:
-                self._copy_on_write_tail(seq, new_pages[-1])
-            seq.pages.extend(new_pages[:-1] if copy_tail else new_pages)
-            self._write(seq.pages, seq.length, n_tokens, rows)
-            seq.length += n_tokens
-
-    @contextmanager
-    def _undone_on_failure(self, seq: _Sequence, taken: list[int]):
-        """append's all or nothing past its allocation: a failure in the copy or the write (a
-        MemoryError, Ctrl-C) puts back the rows written, `seq`'s table and length, the shared
-        tail's owner and the pages `taken`. It costs the pages this append touches, where
-        `transaction()` saves every sequence's table and the allocator's whole bookkeeping (at
-        every token of a decode step)."""
-        pages, length = list(seq.pages), seq.length
-        tail_owners = self.allocator.ref_count(pages[-1]) if pages else 0
-        outermost = self._undo is None
-        if outermost:
+        table, outermost = list(seq.pages), self._undo is None
+        if outermost:   # the rows written are logged, as in a transaction, to be put back
             self._undo = []
         mark = len(self._undo)
         try:
-            yield
+            if copy_tail:
+                self._copy_on_write_tail(seq, new_pages[-1])
+            seq.pages.extend(new_pages[:len(new_pages) - copy_tail])
+            self._write(seq.pages, seq.length, n_tokens, rows)
+            if copy_tail:   # last: free() is all or nothing, so nothing fails after it
+                self.allocator.free([table[-1]])
         except BaseException:
             self._restore_rows(mark)
-            if pages and self.allocator.ref_count(pages[-1]) < tail_owners:   # copied on write
-                self.allocator.incref([pages[-1]])
-            seq.pages[:], seq.length = pages, length
-            self.allocator.unallocate(taken)
+            seq.pages = table
+            self.allocator.unallocate(new_pages)
             raise
         finally:
             if outermost:
                 self._undo = None
+        seq.length += n_tokens
 
     def pages_needed(self, seq_id: int, n_tokens: int) -> int:
         """Free pages that appending `n_tokens` to `seq_id` takes: new pages past the last
@@ -222,11 +211,12 @@ class PagedKVCache:
         transaction) undoes what it did, even when the outer block catches the error and goes on.
         """
         outermost = self._undo is None
-        if outermost:
-            self._undo = []
+        # taken before the undo log starts: a MemoryError here must not leave it recording
         saved = (self.allocator.state(), self._next_seq_id,
                  {s: (list(q.pages), q.length) for s, q in self._sequences.items()},
-                 len(self._undo))
+                 0 if outermost else len(self._undo))
+        if outermost:
+            self._undo = []
         try:
             yield
         except BaseException:
@@ -304,7 +294,8 @@ class PagedKVCache:
         return partly_filled and self.allocator.ref_count(seq.pages[-1]) > 1
 
     def _copy_on_write_tail(self, seq: _Sequence, fresh_page: int) -> None:
-        """Give `seq` its own copy of its shared, partly filled last page before writing."""
+        """Give `seq` its own copy of its shared, partly filled last page before writing
+        (`append` drops its hold on the shared page once the write is done)."""
         shared = seq.pages[-1]
         self._save_rows(self.xp.arange(fresh_page * self.page_size,
                                        (fresh_page + 1) * self.page_size))
@@ -313,7 +304,6 @@ class PagedKVCache:
         if self.scale_scheme == "per_token":
             self.k_scale[fresh_page] = self.k_scale[shared]
             self.v_scale[fresh_page] = self.v_scale[shared]
-        self.allocator.free([shared])
         seq.pages[-1] = fresh_page
 
     def _encode(self, k, v) -> list:

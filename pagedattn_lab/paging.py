@@ -126,14 +126,18 @@ class BlockAllocator:
 
     def unallocate(self, pages: Iterable[int]) -> None:
         """Undo the last `allocate` (`pages`, as it returned them, each still with one owner):
-        the pages go back where they came from, the free list as it was before it. For a caller
-        whose work after the allocation failed (PagedKVCache.append), at the cost of the pages
-        it took (`state`/`restore` copy the whole bookkeeping)."""
+        each goes back to the free list in its place, as if never handed out (a larger
+        operation's roll-back: `free` would put them at the back, changing what is handed out
+        next), at the cost of the pages it took (`state`/`restore` copy the whole bookkeeping)."""
         ids = tuple(_as_page_ids(pages, "pages"))
-        if self._last is None or self._last[0] != ids or any(self._owners.get(p) != 1
-                                                              for p in ids):
-            raise ValueError("pages: expected the pages of the last allocate(), each with one "
-                             "owner (taken back only before anything else shares them)")
+        self._check_ids(ids, "pages")
+        for i, page in enumerate(ids):
+            if self._owners.get(page) != 1:
+                raise ValueError(f"pages[{i}]: page {page} has {self._owners.get(page, 0)} "
+                                 f"owner(s), not the 1 that allocate() gives it")
+        if self._last is None or self._last[0] != ids:
+            raise ValueError("pages: expected the pages the last allocate() returned, in its "
+                             "order (only the last allocation can be taken back)")
         fresh = self._last[1]
         for page in ids:
             del self._owners[page]

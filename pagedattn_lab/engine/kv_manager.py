@@ -175,7 +175,12 @@ class KVCacheManager:
                 self.pool.free([fresh])
                 raise
         old, req.pages[i] = req.pages[i], fresh   # (the table first: interrupted between the
-        self.pool.free([old])                     # two, generate()'s roll-back frees no page twice)
+        try:                                      # two, generate()'s roll-back frees no page twice)
+            self.pool.free([old])
+        except BaseException:   # (all or nothing) the request holds `old` still: its table
+            req.pages[i] = old  # says so, or admit()'s clean-up would leak that page's count
+            self.pool.free([fresh])
+            raise
         self.cow_copies += 1
 
     def free(self, req: Request) -> None:
@@ -201,8 +206,9 @@ class KVCacheManager:
                 self.store.swap_out(keep, host_pages)
             self.free(req)
         except BaseException:   # (an interrupt mid-copy or mid-free) the host pages would
-            # leak: the request keeps its device pages, and no host page
-            self.host.free(host_pages)
+            # leak: the request keeps its device pages, and no host page; they go back to
+            # the front of the host free list (free() would reorder it)
+            self.host.unallocate(host_pages)
             raise
         req.host_pages = host_pages
 
@@ -221,12 +227,12 @@ class KVCacheManager:
     def swap_in(self, req: Request) -> None:
         """Bring a swapped request's pages back (the caller checked `swap_in_cost`)."""
         pages = self.pool.allocate(len(req.host_pages))
-        if self.store is not None:
-            try:
+        try:
+            if self.store is not None:
                 self.store.swap_in(req.host_pages, pages)
-            except BaseException:   # the request stays swapped out, the device pages free
-                self.pool.free(pages)
-                raise
+            self.free_host(req)   # (all or nothing) before the request takes the pages: a
+        except BaseException:     # failure would leave it holding them and its host pages
+            self.pool.free(pages)   # it stays swapped out, the device pages free
+            raise
         req.pages = pages
-        self.free_host(req)
         req.num_registered_blocks = 0
