@@ -152,6 +152,11 @@ TILE_MISTAKES = [
     ("ldm 16", [("q_tile + k0, head_dim", "q_tile + k0, 16"),
                 ("k_tile + k0, head_dim", "k_tile + k0, 16")], "ldm = head_dim"),
     ("ldm 16 for K only", [("k_tile + k0, head_dim", "k_tile + k0, 16")], "K's load"),
+    # rows MAX_D apart read shared memory the copies never wrote: NaN, not arithmetic
+    ("ldm MAX_D", [("q_tile + k0, head_dim", "q_tile + k0, MAX_D"),
+                   ("k_tile + k0, head_dim", "k_tile + k0, MAX_D")], "ldm = head_dim"),
+    ("token tile not offset", [("int t = 16 * tile + r;", "int t = r;")],
+     "every tile read tokens 0..15"),
     ("lanes leave before the WMMA calls",
      [("    __syncwarp();", "    if (lane >= 16) return;\n    __syncwarp();")],
      "every lane of the warp must call"),
@@ -195,9 +200,10 @@ def test_tile_check_passes_the_solution_and_reports_the_stub():
 
 
 # Caught on the GPU by its own evidence (the guard band after scores, or wrong values where the
-# CPU executor reports lanes missing from a warp-collective WMMA call), not by the CPU's phrase.
+# CPU executor reports lanes missing from a warp-collective WMMA call, or reads the NaN it
+# fills shared memory with), not by the CPU's phrase.
 GPU_OTHER_EVIDENCE = {"lanes leave before the WMMA calls",
-                      "scores offset by seq_len / 16 + 1 tiles"}
+                      "scores offset by seq_len / 16 + 1 tiles", "ldm MAX_D"}
 
 
 @pytest.mark.gpu
@@ -392,3 +398,14 @@ def test_on_a_gpu_the_barrier_case_runs_case_1_race_checked_on_the_cpu():
         no_sync = mutate(cg, [("cg::sync(cg::tiled_partition<32>(cg::this_thread_block()));",
                                "")])
         _barrier_case(_as_on_a_gpu(no_sync), no_sync)
+
+
+def test_tile_check_says_a_nan_can_be_read():
+    """Rows ldm = MAX_D apart read shared memory the copies never wrote (NaN on the CPU
+    executor): the message must not send the learner after a 0/0 alone."""
+    edits = [("q_tile + k0, head_dim", "q_tile + k0, MAX_D"),
+             ("k_tile + k0, head_dim", "k_tile + k0, MAX_D")]
+    result, printed = run_check("tc_tile_scores", mutate(solution_source(NOTEBOOK, "SOURCE_TILE"),
+                                                         edits), device="cpu")
+    assert result.status == "failed", printed
+    assert "or read" in " ".join(printed.split()), printed

@@ -110,3 +110,16 @@ def test_mask_tile_check_passes_a_correct_mask_written_differently():
         return np.where(keep, s * np.float32(scale), np.float32(-np.inf)).astype(np.float32)
     result, printed = run_check("mask_tile", with_where)
     assert result.passed, printed
+
+
+@pytest.mark.parametrize("impl, phrase", [(mask_without_tile_offset, "tile's start"),
+                                          (mask_strict, ">=, not >")],
+                         ids=["tile offset forgotten", "> instead of >="])
+def test_mask_tile_every_failed_case_names_the_mistake(impl, phrase):
+    # On the last tile of 63 tokens (tokens 48..63) both mistakes leave column 15 unmasked
+    # and nothing else: that case's hint must not name only one of the two.
+    result, printed = run_check("mask_tile", impl)
+    failed = [c for c in result.cases if not c.passed]
+    assert failed, printed
+    for case in failed:
+        assert phrase in " ".join(case.hint.split()), printed

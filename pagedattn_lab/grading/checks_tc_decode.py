@@ -121,6 +121,9 @@ def _tile_variants(prob):
         ("the K tile of kv head j is read from kv head 0 (every block): offset the cache by "
          "kv_head * head_dim within a token's row.",
          lambda: prob.expected(k_tile=lambda j, t: keys[t * TILE:(t + 1) * TILE, 0])),
+        ("row c of tile `tile`'s K tile is token 16 * tile + c: every tile read tokens 0..15 "
+         "(add 16 * tile to the token index).",
+         lambda: prob.expected(k_tile=lambda j, t: keys[:TILE, j])),
     ]
     variants += _paging_variants(prob) + [
         ("the k0 loop must step over all of head_dim (k0 = 0, 16, .., head_dim - 16): yours "
@@ -221,6 +224,14 @@ def _pow2_shift_hint(comp, seed, sizes) -> str | None:
         else None
 
 
+_NAN_READ = ("a NaN among the scores was read, not computed: q and the cache slots of the "
+             "sequence's tokens hold finite numbers, the check puts NaN in every other cache "
+             "slot and in 16 rows after q, and on the CPU executor shared memory holds NaN until "
+             "your copies write it. Load each fragment with ldm = head_dim, the distance between "
+             "the rows your copies wrote (not MAX_D), and read only the group's rows and tokens "
+             "below seq_len.")
+
+
 def _tile_case(comp, seed, *sizes) -> None:
     prob = _TileProblem(seed, *sizes)
     num_heads, num_kv_heads, _, _, seq_len = sizes
@@ -236,6 +247,8 @@ def _tile_case(comp, seed, *sizes) -> None:
         j, t, _, _ = diff.first()
         hint = diagnose(got, prob.expected(), _tile_variants(prob), mask=valid,
                         nan_is_evidence=False) or _pow2_shift_hint(comp, seed, sizes)
+        if hint is None and (np.isnan(np.asarray(got, np.float64)) & ~never).any():
+            hint = _NAN_READ   # q and the used cache slots are finite: no product makes a NaN
         raise Mismatch(diff.message() + f"\nTile (kv head {j}, tokens {t * TILE}.."
                        f"{t * TILE + 15}) is block ({t}, {j}); its rows are query heads "
                        f"{j * group}..{j * group + group - 1}.",

@@ -117,14 +117,18 @@ def _mask_case(fn, seed, tile, seq_len, scale) -> None:
     message = (f"{int((~close).sum())} of 256 logits differ; the first at row {r}, column {c} "
                f"(token {first + c}; seq_len {seq_len}, the tile holds tokens {first}.."
                f"{first + 15}): expected {fmt(e64[r, c])}, got {fmt(g64[r, c])}.")
-    hint = None
+    fits = []
     for text, variant in _mask_variants(s, tile, seq_len, scale):
         v = variant()   # the same -inf, the same finite values, and not the right answer
         if np.array_equal(np.isneginf(v), np.isneginf(g64)) and np.allclose(
                 np.where(np.isneginf(v), 0, v), np.where(np.isneginf(g64), 0, g64),
                 rtol=1e-6, atol=1e-6) and not np.array_equal(v, e64):
-            hint = text
-            break
+            fits.append(text)
+    # Two mistakes can give the same tile (on tokens 48..63 with seq_len 63, > for >= and a
+    # forgotten tile start both leave only column 15 unmasked): name every one that fits.
+    hint = (None if not fits else fits[0] if len(fits) == 1 else
+            f"this tile fits {len(fits)} mistakes; "
+            + " ".join(f"({i}) {text}" for i, text in enumerate(fits, 1)))
     past = (first + np.arange(TILE)) >= seq_len
     hint = hint or _finite_fill_hint(g64, past)
     if hint is None and first >= seq_len and np.isfinite(g64).any():

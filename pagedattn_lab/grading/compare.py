@@ -127,7 +127,8 @@ class Difference:
         n_made = int((np.isnan(self.got) & self.bad & ~self.unwritten).sum())
         if n_made:
             lines.append(f"{n_made} of them are a NaN your code computed (0/0, inf - inf or "
-                         "inf * 0).")
+                         "inf * 0) or read (a NaN input it should not use, or memory never "
+                         "written).")
         pattern = self.pattern()
         if pattern:
             lines.append(f"Wrong in: {pattern}.")
