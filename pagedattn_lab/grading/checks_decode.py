@@ -29,7 +29,7 @@ from .kernel_runner import poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 from .table_probe import PAGE_SIZE, full_table, transposed_hint
-from .variants import BY_KV_HEADS_HINT, SCALED_VALUES_HINT
+from .variants import BY_KV_HEADS_HINT, SCALED_VALUES_HINT, UNSCALED_PAGES_HINT
 
 # -- task 1: the merge in NumPy ------------------------------------------------------------
 
@@ -140,6 +140,11 @@ _PARTITION_MISTAKES = [
      "-inf (NEG_INF), not 0, so it becomes the first score.", {"online_bug": "max0"}),
     ("part_out holds the partition's softmax average: divide the accumulator by l.",
      {"normalized": False}),
+    (UNSCALED_PAGES_HINT, {"paging": "unscaled"}),
+    ("sequence b reads its own block-table row, block_tables + b * max_pages: every "
+     "sequence here read sequence 0's pages.", {"paging": "first_table"}),
+    ("query head h reads its own q row, q + (b * num_heads + h) * head_dim, not the row of "
+     "its kv head (kv_head is only for the cache).", {"q_head": "kv"}),
 ]
 
 

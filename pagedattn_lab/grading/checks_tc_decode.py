@@ -21,6 +21,7 @@ from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases
 from .seeds import case_rng
 from .source_barriers import barrier_before_loads
+from .variants import UNSCALED_PAGES_HINT
 
 WARP = 32
 
@@ -81,7 +82,7 @@ class _TileProblem:
 
 
 def _tile_variants(prob):
-    num_heads, num_kv_heads, head_dim, _, seq_len = prob.sizes
+    num_heads, num_kv_heads, head_dim, page_size, seq_len = prob.sizes
     group = num_heads // num_kv_heads
     q64 = np.zeros((num_heads + TILE, head_dim))
     q64[:num_heads] = prob.q
@@ -124,6 +125,10 @@ def _tile_variants(prob):
         ("row c of tile `tile`'s K tile is token 16 * tile + c: every tile read tokens 0..15 "
          "(add 16 * tile to the token index).",
          lambda: prob.expected(k_tile=lambda j, t: keys[:TILE, j])),
+        ("the tile of kv head j and tokens 16 * tile .. goes to scores + (kv_head * gridDim.x"
+         " + tile) * 256 (gridDim.x is the number of tiles), not (tile * gridDim.y + kv_head)"
+         " * 256.", lambda: np.swapaxes(prob.expected(), 0, 1).reshape(
+             num_kv_heads, prob.n_tiles, TILE, TILE)),
     ]
     variants += _paging_variants(prob) + [
         ("the k0 loop must step over all of head_dim (k0 = 0, 16, .., head_dim - 16): yours "
@@ -160,9 +165,7 @@ def _paging_variants(prob):
     return [
         (f"token t's K is at {spec}: yours reads slot t, as if the cache were not paged "
          "(look the page up in block_table).", read(lambda t: t)),
-        (f"{spec}: yours adds the offset to the page number itself (block_table[t / "
-         "page_size] + t % page_size); a page starts at its number times page_size.",
-         read(lambda t: table[t // page_size] + t % page_size)),
+        (UNSCALED_PAGES_HINT, read(lambda t: table[t // page_size] + t % page_size)),
         (f"{spec}: yours swaps / and % (the page is t / page_size, the offset in it "
          "t % page_size).", read(lambda t: table[t % page_size] * page_size + t // page_size)),
     ]

@@ -15,6 +15,10 @@ the tokens (through the block table, slot by slot), with optional bugs:
     base2=True                m stored in base-2 units (scores times log2(e))
     normalized=False          o stored as the weighted sum, not divided by l
     scaled_values=True        the values multiplied by scale as well as the scores
+    paging="unscaled"         a slot is block_table[t / page_size] + t % page_size (the page
+                              number not multiplied by page_size)
+    paging="first_table"      every sequence reads sequence 0's block-table row
+    q_head="kv"               query head h reads q's row of its kv head, not its own
 
 A token whose page is block-table padding (or past the row) makes its partition NaN: a
 kernel would fault there, so such a variant only matches where it stays in bounds. Tokens
@@ -42,21 +46,21 @@ def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str)
     return range(start, end)
 
 
-def _rows(prob, b: int, kv_head: int, tokens: range):
+def _rows(prob, b: int, kv_head: int, tokens: range, paging: str = "right"):
     """K and V rows [n, head_dim] of `tokens` of sequence b, read at the flat offsets a kernel
     computes (so a kv head past the cache's heads reads the next token's row); NaN rows for a
     token whose page is padding or past the table, or whose row is past the buffer."""
     _, page_size, num_kv_heads, head_dim = prob.k_cache.shape
     k_flat = prob.k_cache.reshape(-1).astype(np.float64)
     v_flat = prob.v_cache.reshape(-1).astype(np.float64)
-    row = prob.block_tables[b]
+    row = prob.block_tables[0 if paging == "first_table" else b]
     keys = np.full((len(tokens), head_dim), np.nan)
     values = np.full((len(tokens), head_dim), np.nan)
     for i, t in enumerate(tokens):
         vpage = t // page_size
         if vpage >= len(row) or row[vpage] < 0:
             continue
-        slot = int(row[vpage]) * page_size + t % page_size
+        slot = int(row[vpage]) * (1 if paging == "unscaled" else page_size) + t % page_size
         base = (slot * num_kv_heads + kv_head) * head_dim
         if base + head_dim <= k_flat.size:
             keys[i], values[i] = k_flat[base:base + head_dim], v_flat[base:base + head_dim]
@@ -76,7 +80,8 @@ def _online(scores, values, bug):
 
 
 def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="exact",
-                     online_bug=None, base2=False, normalized=True, scaled_values=False):
+                     online_bug=None, base2=False, normalized=True, scaled_values=False,
+                     paging="right", q_head="own"):
     """(m, l, o) like `split_k.reference_partials`, with the chosen mistakes."""
     num_heads = prob.q.shape[1]
     num_kv_heads = prob.k_cache.shape[2]
@@ -94,8 +99,9 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
                        "by_kv_heads": h // num_kv_heads}[kv_map]
                 for p, (start, end) in enumerate(partition_bounds(n, part_len)):
                     keys, values = _rows(prob, b, kvh, _token_range(start, end, n, part_len,
-                                                                     bounds))
-                    scores = keys @ prob.q[b, h].astype(np.float64) * scale
+                                                                     bounds), paging)
+                    q_row = prob.q[b, kvh if q_head == "kv" else h]
+                    scores = keys @ q_row.astype(np.float64) * scale
                     if scaled_values:
                         values = values * scale
                     if online_bug:

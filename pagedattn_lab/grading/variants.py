@@ -164,6 +164,10 @@ def _online(logits, values, bug: str):
 BY_KV_HEADS_HINT = ("query head h must read kv head h / (num_heads / num_kv_heads), not "
                     "h / num_kv_heads: divide by the group size, the query heads per kv head "
                     "(the two agree only when the group size equals num_kv_heads).")
+UNSCALED_PAGES_HINT = ("token t is at slot block_table[t / page_size] * page_size + t % "
+                       "page_size: yours adds the offset to the page number itself; a page "
+                       "starts at its number times page_size, so multiply it by page_size "
+                       "before adding the offset.")
 SCALED_VALUES_HINT = ("the values are scaled too: `scale` multiplies the scores (q . k) only; "
                       "the weighted sum of v is not scaled.")
 
@@ -222,9 +226,7 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
         ("token t is at slot block_table[t / page_size] * page_size + t % page_size: yours "
          "swaps / and % (the page is t / page_size, the offset in it t % page_size).",
          v(slot_bug="swap")),
-        ("token t is at slot block_table[t / page_size] * page_size + t % page_size: yours "
-         "adds the offset to the page number itself; a page starts at its number times "
-         "page_size.", v(slot_bug="page_plus")),
+        (UNSCALED_PAGES_HINT, v(slot_bug="page_plus")),
         ("the values come from v_cache: yours weighs the rows of k_cache (read v at the same "
          "index as k, from v_cache).", v(values_from_keys=True)),
         ("divide the accumulator by the running sum at the end: out[d] = acc[d] / sum (the "
