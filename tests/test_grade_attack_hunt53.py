@@ -130,3 +130,20 @@ def test_a_workbook_gets_no_row_for_another_lessons_task(tmp_path):
     note = table[("00_why_paging.ipynb", "(notebook)")].message
     assert "'kv_offset' is not a task of this workbook" in note and "pages_needed" in note
     assert table[("scratch.ipynb", "kv_offset")].result == "pass"
+
+
+def test_a_change_to_the_refusing_checks_makes_new_cache_entries():
+    """The compile cache's key hashed the shim and the runtime but not the Python checks that
+    refuse a kernel before it is cached: a kernel built before a check was fixed (hunt 53's
+    line marker) was served from the cache, never refused (found by hunt 47). Every module
+    whose refuse_* (or inline_assembly) compiler.py calls is in the key."""
+    import inspect
+    from pathlib import Path
+
+    from pagedattn_lab.cpu import compiler
+    refusing = {Path(inspect.getsourcefile(f)).name for name, f in vars(compiler).items()
+                if inspect.isfunction(f) and f.__module__.startswith("pagedattn_lab.cpu.")
+                and (name.startswith("refuse_") or name in ("inline_assembly",
+                                                              "inline_asm_error"))}
+    refusing |= {"compiler.py", "source.py"}   # the translation unit and the checks' calls
+    assert refusing <= set(compiler.REFUSING), refusing - set(compiler.REFUSING)

@@ -46,6 +46,10 @@ WRAPPED = ("fork", "vfork", "execv", "execve", "execvp", "execvpe", "fexecve", "
            "execl", "execlp", "execle", "clone", "ptrace", "syscall")
 WRAP = sys.platform.startswith("linux")
 WRAP_FLAG = "-Wl," + ",".join(f"--wrap={name}" for name in WRAPPED)   # the link's, on Linux
+# The checks that refuse a kernel before it is cached: a cached build skips them, so a change
+# to them makes new entries (a kernel that a fixed check refuses is not served from the cache).
+REFUSING = ("compiler.py", "builtins.py", "compile_errors.py", "includes.py", "kernel_object.py",
+            "library_calls.py", "source.py")
 SHIM_HEADERS = ("shim.h", "shim_types.h", "shim_half.h", "shim_device.h", "shim_bf16.h",
                 "shim_mma.h", "shim_mma_ptx.h", "shim_fp8.h", "shim_async.h")
 # Instrumented builds (access counts, race check): the compiler calls a hook before every
@@ -279,7 +283,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     tu = translation_unit(source, kernel_names, filename, str(HERE / "shim.h"))
     all_flags = [*std, *BASE_FLAGS, *_supported_flags(cmd, ident), "-I", str(INCLUDE_DIR), *flags,
                  *(INSTRUMENT_FLAGS if instrumented else [])]
-    shim_hash = _files_hash(SHIM_HEADERS + RUNTIME_HEADERS + RUNTIME_SOURCES)
+    shim_hash = _files_hash(SHIM_HEADERS + RUNTIME_HEADERS + RUNTIME_SOURCES + REFUSING)
     key = hashlib.sha256("\0".join([tu, ident, fibers, shim_hash, *all_flags]).encode()).hexdigest()
     root = _writable_cache_dir(cache_dir())
     final = root / f"k-{key[:32]}.so"
