@@ -150,6 +150,7 @@ class PagedKVCache:
         # overflow under np.errstate(over="raise") or -W error) then changes nothing.
         rows = self._encode(k, v)
         copy_tail = n_tokens > 0 and self._tail_is_shared(seq)
+        never_used = self.allocator.num_never_used
         new_pages = self.allocator.allocate(self.pages_needed(seq_id, n_tokens))
         table, outermost = list(seq.pages), self._undo is None
         if outermost:   # the rows written are logged, as in a transaction, to be put back
@@ -165,7 +166,7 @@ class PagedKVCache:
         except BaseException:
             self._restore_rows(mark)
             seq.pages = table
-            self.allocator.unallocate(new_pages)
+            self.allocator.unallocate(new_pages, never_used)
             raise
         finally:
             if outermost:

@@ -16,7 +16,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .validate import MAX_PAGES, check_int_list, check_memory, is_int
+from .validate import MAX_PAGES, check_int, check_int_list, check_memory, is_int
 
 
 # A page handed out costs ~200 bytes of Python objects (its id in the list returned, its
@@ -87,7 +87,6 @@ class BlockAllocator:
         # handed out (next_fresh .. num_pages-1, always at the front) and the queue of pages
         # given back. So a pool of a billion pages costs nothing until its pages are used.
         self._next_fresh = 0
-        self._last: tuple[tuple[int, ...], int] | None = None   # (pages, fresh) of allocate
         self._returned: deque[int] = deque()
         self._owners: dict[int, int] = {}   # page -> reference count, for pages in use only
 
@@ -121,29 +120,40 @@ class BlockAllocator:
         pages += [self._returned.popleft() for _ in range(int(n) - fresh)]
         for page in pages:
             self._owners[page] = 1
-        self._last = (tuple(pages), fresh)
         return pages
 
-    def unallocate(self, pages: Iterable[int]) -> None:
-        """Undo the last `allocate` (`pages`, as it returned them, each still with one owner):
-        each goes back to the free list in its place, as if never handed out (a larger
-        operation's roll-back: `free` would put them at the back, changing what is handed out
-        next), at the cost of the pages it took (`state`/`restore` copy the whole bookkeeping)."""
-        ids = tuple(_as_page_ids(pages, "pages"))
+    @property
+    def num_never_used(self) -> int:
+        """Free pages never handed out yet (`allocate` hands these out first, in order)."""
+        return self.num_pages - self._next_fresh
+
+    def unallocate(self, pages: Iterable[int], never_used: int | None = None) -> None:
+        """Undo the `allocate` that returned `pages` (each still with one owner): each goes
+        back to the free list in its place, as if never handed out (a larger operation's
+        roll-back: `free` would put them at the back, changing what is handed out next), at
+        the cost of the pages it took (`state`/`restore` copy the whole bookkeeping).
+        `never_used`: `num_never_used` just before that allocate. Without it, the leading pages
+        that run up to the never-used ones are taken for never used: the same free list, though
+        with none left a returned page num_pages - 1 then comes back as never used."""
+        ids = _as_page_ids(pages, "pages")
         self._check_ids(ids, "pages")
         for i, page in enumerate(ids):
             if self._owners.get(page) != 1:
                 raise ValueError(f"pages[{i}]: page {page} has {self._owners.get(page, 0)} "
                                  f"owner(s), not the 1 that allocate() gives it")
-        if self._last is None or self._last[0] != ids:
-            raise ValueError("pages: expected the pages the last allocate() returned, in its "
-                             "order (only the last allocation can be taken back)")
-        fresh = self._last[1]
+        if never_used is None:
+            fresh = self._next_fresh - ids[0] if ids and ids[0] < self._next_fresh else 0
+            if not 0 < fresh <= len(ids) or ids[:fresh] != list(range(ids[0], self._next_fresh)):
+                fresh = 0
+        else:
+            fresh = min(len(ids), check_int(never_used, "never_used", minimum=0))
+            if ids[:fresh] != list(range(self._next_fresh - fresh, self._next_fresh)):
+                raise ValueError(f"pages: expected the pages the last allocate() returned, "
+                                 f"the first {fresh} never used before it; got {ids[:8]}")
         for page in ids:
             del self._owners[page]
-        self._returned.extendleft(reversed(ids[fresh:]))
         self._next_fresh -= fresh
-        self._last = None
+        self._returned.extendleft(reversed(ids[fresh:]))
 
     def incref(self, pages: Iterable[int]) -> None:
         """Add an owner to each page (sharing). Every page must already be in use."""
@@ -198,7 +208,6 @@ class BlockAllocator:
             raise TypeError(f"state: expected what state() returns (an AllocatorState), got "
                             f"{type(state).__name__}")
         self._next_fresh, returned, owned = self._check_state(state)
-        self._last = None
         self._returned = deque(returned)
         self._owners = dict(zip(owned, (int(n) for n in state.owners.values())))
 

@@ -205,3 +205,17 @@ def test_admit_whose_copy_on_write_release_fails_leaks_no_reference(monkeypatch)
         kv.admit(req, hits, computed, 4 - computed)
     assert kv.pool.ref_cnt == counts and req.pages == []
     kv.pool.check_invariants()
+
+
+def test_unallocate_with_never_used_restores_the_exact_state():
+    """With every page handed out once and the last page returned first, a returned page
+    num_pages - 1 looks like a never-used one; given num_never_used from before the allocate,
+    unallocate puts back the very state (not only the same free list)."""
+    alloc = BlockAllocator(4)
+    held = alloc.allocate(4)
+    alloc.free([held[3], held[1]])
+    before, never_used = alloc.state(), alloc.num_never_used
+    alloc.unallocate(alloc.allocate(2), never_used)
+    assert alloc.state() == before
+    with pytest.raises(ValueError, match="never used before it"):
+        alloc.unallocate(alloc.allocate(2), 2)   # 2 claimed never used: they were returned

@@ -200,6 +200,7 @@ class KVCacheManager:
         every page it holds on the device."""
         keep = req.pages[:_pages_for(req.num_computed_tokens, self.page_size)]
         self._save_host()
+        never_used = self.host.num_never_used
         host_pages = self.host.allocate(len(keep))
         try:
             if self.store is not None:
@@ -208,7 +209,7 @@ class KVCacheManager:
         except BaseException:   # (an interrupt mid-copy or mid-free) the host pages would
             # leak: the request keeps its device pages, and no host page; they go back to
             # the front of the host free list (free() would reorder it)
-            self.host.unallocate(host_pages)
+            self.host.unallocate(host_pages, never_used)
             raise
         req.host_pages = host_pages
 
