@@ -303,6 +303,10 @@ RIGHT_TILES = [   # (name, edits of the solution): right kernels written another
         ("    int group =", "    // wmma::load_matrix_sync(a, q_tile, head_dim) reads the tiles\n"
                           "    const char* note = \"load_matrix_sync(\"; (void)note;\n"
                           "    int group =")]),
+    ("k0 steps downward", [("for (int k0 = 0; k0 < head_dim; k0 += 16)",
+                            "for (int k0 = head_dim - 16; k0 >= 0; k0 -= 16)")]),
+    ("an extra __syncwarp before the accumulator", [
+        ("    wmma::fill_fragment(s, 0.0f);", "    __syncwarp();\n    wmma::fill_fragment(s, 0.0f);")]),
 ]
 
 
