@@ -16,8 +16,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .attention_common import (bfloat16_dtype, cache_dtypes, check_grid, from_torch,
-                               is_torch_tensor, prepare_out, to_torch_like)
+from .attention_common import (cache_dtypes, check_grid, from_torch_elements, is_torch_tensor,
+                               prepare_out, to_torch_as)
 from .backend import cupy_module, is_cupy_array, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
 from .validate import check_array, check_attention_inputs, check_int, resolve_scale
@@ -48,7 +48,7 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     """
     like = q if is_torch_tensor(q) else None
     q, k_cache, v_cache, block_tables, seq_lens, out = (
-        from_torch(x, n) for x, n in zip((q, k_cache, v_cache, block_tables, seq_lens, out),
+        from_torch_elements(x, n) for x, n in zip((q, k_cache, v_cache, block_tables, seq_lens, out),
                                          ("q", "k_cache", "v_cache", "block_tables", "seq_lens",
                                           "out")))
     for name, x in (("block_tables", block_tables), ("seq_lens", seq_lens)):
@@ -86,13 +86,7 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
                 max_page=-1)   # the pages were checked against this very cache above
         if on_gpu:
             _keep_plan(key, tables_h, lens_h, w)
-    if not on_gpu and out.dtype == np.uint16:   # a torch.bfloat16 tensor's bits: run takes
-        # them as ml_dtypes.bfloat16 on the CPU (it refuses NumPy uint16, which is integers)
-        q, k_cache, v_cache, out = (x.view(bfloat16_dtype()) for x in (q, k_cache, v_cache, out))
-        return to_torch_like(w.run(q, k_cache, v_cache, out=out, scale=scale).view(np.uint16),
-                             like)
-    result = w.run(q, k_cache, v_cache, out=out, scale=scale)
-    return result if like is None else to_torch_like(result, like)
+    return to_torch_as(w.run(q, k_cache, v_cache, out=out, scale=scale), like)
 
 
 def _plan_key(q, k, v, tables, lens, kernel, num_splits, on_gpu):
