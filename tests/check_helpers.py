@@ -2,6 +2,7 @@
 import contextlib
 import io
 import json
+import re
 from collections import deque
 from pathlib import Path
 
@@ -35,6 +36,23 @@ def assert_caught(task, impl, phrase, *, not_phrases=(), **kwargs):
         assert _flat(wrong) not in hints, printed
     assert "FAIL" in printed and "hint:" in printed
     return result, printed
+
+
+def assert_several_fit(task, impl, params, what, phrases):
+    """The check fails `impl` on the case with `params`, and its hint names the mistakes
+    that give this same answer in report.several_fit's one wording, numbered: the i-th
+    holds phrases[i], and there are no others."""
+    result, printed = run_check(task, impl)
+    case = next(c for c in result.cases if c.params == params)
+    assert not case.passed, printed
+    lead = f"these mistakes give the same {what} here, check each: (1) "
+    hint = _flat(case.hint)
+    assert lead in hint, printed
+    named = re.split(r"; \(\d+\) ", hint.split(lead, 1)[1])
+    assert len(named) == len(phrases), printed
+    for phrase, text in zip(phrases, named):
+        assert _flat(phrase) in text, printed
+    return case
 
 
 def solution_source(notebook: str, variable: str, folder: str = "solutions") -> str:

@@ -9,7 +9,7 @@ import pytest
 
 from pagedattn_lab.engine.prefix_cache import block_hashes as engine_block_hashes
 from pagedattn_lab.engine.prefix_cache import hash_block
-from tests.check_helpers import assert_caught, run_check
+from tests.check_helpers import assert_caught, assert_several_fit, run_check
 
 
 # -- task 1 -------------------------------------------------------------------------------------
@@ -387,3 +387,11 @@ def test_schedule_step_reference_is_the_engines_scheduler(seed):
     got = [(req.rid, n) for req, n in zip(step.requests, step.num_new)]
     assert got == _reference_step(running, waiting, budget, free, config.watermark_pages,
                                   page_size, max_chunk)
+
+
+def test_schedule_step_names_both_mistakes_that_give_the_batch_in_one_wording():
+    # the first-come-first-served case: ignoring the watermark admits what leaving out the
+    # running requests' new pages admits, here and on every probe
+    assert_several_fit("schedule_step", _step(watermark_on=False),
+                       {"page_size": 4, "budget": 200, "max_chunk": 200, "watermark": 4},
+                       "batch", ["watermark was ignored", "were not counted"])

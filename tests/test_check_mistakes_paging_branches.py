@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import pagedattn_lab as pl
-from tests.check_helpers import GoodAllocator, run_check
+from tests.check_helpers import GoodAllocator, assert_several_fit, run_check
 from tests.test_check_mistakes_pools import AtLeastAllocator
 
 
@@ -155,6 +155,15 @@ def test_allocator_mistake_is_named(impl, case, message, hint, expected, got):
     assert message in found.message
     assert hint in found.hint
     assert (found.expected, found.got) == (expected, got)
+
+
+@pytest.mark.parametrize("params", [{"num_pages": 7}, {"num_pages": 12, "seed": 1}],
+                         ids=["after a refused allocate(3)", "random allocate/free"])
+def test_allocate_of_every_free_page_refused_names_both_mistakes_in_one_wording(params):
+    """Refusing allocate(n) with n pages free after a refused call: pages lost by that call,
+    or a >= for >, give the same error."""
+    assert_several_fit("allocator", LosesPages, params, "result",
+                       ["pages it took before raising are lost", "(>, not >=)"])
 
 
 def test_a_crash_report_is_not_what_the_allocator_check_gives_for_lost_pages():

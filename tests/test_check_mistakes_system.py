@@ -4,7 +4,7 @@ from collections import deque
 import pytest
 
 import pagedattn_lab as pl
-from tests.check_helpers import as_params, assert_caught
+from tests.check_helpers import as_params, assert_caught, assert_several_fit
 
 # -- lesson 07: the system ---------------------------------------------------------------------
 
@@ -298,3 +298,14 @@ def test_decode_step_passes_a_transaction_instead_of_a_count():
     from tests.check_helpers import run_check  # noqa: PLC0415
     result, printed = run_check("decode_step", TransactionManager)
     assert result.passed, printed
+
+
+@pytest.mark.parametrize("impl", [serve_variant(finish_first=True),
+                                  serve_variant(skip_new=True)],
+                         ids=["finished looked for first", "no token for the just admitted"])
+def test_serve_names_both_mistakes_that_give_the_order_in_one_wording(impl):
+    case = assert_several_fit("serve", impl, {"requests": [(3, 1), (2, 1), (4, 0), (8, 4)],
+                                              "num_pages": 3, "page_size": 4},
+                              "finish order", ["after this step's decode",
+                                               "those just admitted included"])
+    assert case.hint.startswith("every request finished a step late")

@@ -4,6 +4,7 @@ mistakes are in test_check_mistakes_tc_decode.py)."""
 import numpy as np
 import pytest
 
+from tests.check_helpers import assert_several_fit
 from tests.test_check_mistakes import assert_caught, run_check
 
 
@@ -123,3 +124,11 @@ def test_mask_tile_every_failed_case_names_the_mistake(impl, phrase):
     assert failed, printed
     for case in failed:
         assert phrase in " ".join(case.hint.split()), printed
+
+
+@pytest.mark.parametrize("impl", [mask_strict, mask_without_tile_offset],
+                         ids=["> instead of >=", "tile offset forgotten"])
+def test_mask_tile_names_both_mistakes_that_give_the_tile_in_one_wording(impl):
+    # tokens 48..63, seq_len 63: each mistake leaves column 15 alone unmasked
+    assert_several_fit("mask_tile", impl, {"tile": 3, "seq_len": 63, "scale": 0.1}, "tile",
+                       [">=, not >", "add the tile's start to c"])

@@ -7,7 +7,7 @@ versions pass (so the checks are not simply strict).
 import numpy as np
 import pytest
 
-from tests.check_helpers import as_params, assert_caught, run_check
+from tests.check_helpers import as_params, assert_caught, assert_several_fit, run_check
 
 
 def split(inclusive=False, q_like_kv=False, all_kv=False, modulo=False, from_one=False,
@@ -229,3 +229,20 @@ def test_a_bad_split_refused_with_another_error_is_named():
     assert case.message == "3 ranks over 4 KV heads raised AssertionError", printed
     assert "raise ValueError (a bad argument value), naming world_size" in case.hint
     assert (case.expected, case.got) == ("ValueError", "AssertionError")
+
+
+def test_head_split_names_both_mistakes_that_give_the_ranges_in_one_wording():
+    # 8 query heads over 4 KV heads on 2 ranks: 2 KV heads, so "as many query heads as KV
+    # heads" and "one group of query heads" both give 2 query heads a rank
+    assert_several_fit("head_split", split(q_like_kv=True), {"rank": 0, "world_size": 2,
+                       "num_heads": 8, "num_kv_heads": 4}, "ranges",
+                       ["not as many as its KV heads", "not one group"])
+
+
+def test_wire_bytes_names_both_mistakes_that_give_the_numbers_in_one_wording():
+    # 8 KV heads on 4 ranks of 32 query heads: every KV head and the query heads' share
+    # (32 / 4) are both 8 heads
+    params = {"seq_lens": [17], "num_heads": 32, "num_kv_heads": 8, "head_dim": 128,
+              "page_size": 16, "world_size": 4, "itemsize": 2}
+    assert_several_fit("wire_bytes", wire(all_kv=True), params, "numbers",
+                       ["only its own KV heads", "not query heads"])

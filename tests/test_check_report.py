@@ -3,10 +3,11 @@ import contextlib
 import io
 
 import numpy as np
+import pytest
 
 from pagedattn_lab import check
 from pagedattn_lab.grading.compare import changed_input
-from pagedattn_lab.grading.report import WIDTH, Case, Mismatch, run_cases
+from pagedattn_lab.grading.report import WIDTH, Case, Mismatch, run_cases, several_fit
 
 LONG_HINT = ("a hint long enough to need wrapping: " + "several plain words " * 12).strip()
 
@@ -75,3 +76,16 @@ def test_a_changed_input_list_is_reported_whatever_the_learner_put_in_it():
         changed = changed_input("f", given, {"seq_lens": passed})
         assert changed is not None and f"f changed its input seq_lens: {detail}" in \
             changed.message, (passed, changed and changed.message)
+
+
+def test_mistakes_that_fit_alike_are_named_in_one_wording():
+    """The graders said it four ways ("(1) ... (2)", " Or: ", " OR ", prose): one now. One
+    hint stays as it is; two or more are numbered in one sentence."""
+    assert several_fit(["no scale."]) == "no scale."
+    assert several_fit(["no scale.", "the wrong row (not the column).", "k for v"],
+                       "tile") == ("these mistakes give the same tile here, check each: "
+                                   "(1) no scale; (2) the wrong row (not the column); "
+                                   "(3) k for v.")
+    assert several_fit(iter(["a.", "b."])).startswith("these mistakes give the same result")
+    with pytest.raises(ValueError, match="several_fit: hints is empty"):
+        several_fit([])

@@ -14,7 +14,7 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from .compare import changed_input, pow2_div
-from .report import Case, CheckResult, Mismatch, probe, run_cases
+from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -200,8 +200,9 @@ def _probes(args):
 
 
 def _hint(fn, got, expected, args) -> str:
-    """The hint of the one mistake that gives `got` here AND on every probe (the same inputs
-    a little changed): a batch that one mistake gives by coincidence is not named."""
+    """The hint of the mistakes that give `got` here AND on every probe (the same inputs a
+    little changed; every one of them, when several do): a batch that a mistake gives by
+    coincidence is not named."""
     probes = [(p, _batch(fn, p)) for p in _probes(args)]
     # a prompt priced whole admits fewer, as does a running request priced whole: with no
     # running request only the first does
@@ -211,10 +212,8 @@ def _hint(fn, got, expected, args) -> str:
                 if mark(got, expected, args) and _reference_step(*args, **{rule: False}) == got
                 and all(_reference_step(*p, **{rule: False}) == b
                         for p, b in probes_of.get(rule, probes))]
-    if len(matching) == 1:
-        return matching[0]
     if matching:
-        return "this batch is what either of these mistakes gives: " + " OR ".join(matching)
+        return several_fit(matching, "batch")
     if sum(n for _, n in got) > args[2]:   # what the batch shows, whatever the cause
         return f"the step holds {sum(n for _, n in got)} tokens, more than the budget {args[2]}."
     over = [rid for rid, n in got if n > args[6]]

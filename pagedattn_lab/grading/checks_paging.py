@@ -12,7 +12,7 @@ from .allocator_probes import (ALL_FREE_HINT, ALL_OR_NOTHING_IDS, FREE_LIST_HINT
                                NEGATIVE_ID_HINT, ZERO_HINT, allocated, expect_free,
                                expect_raises, expect_returned, ids, kept, num_free, ref_counts,
                                refused)
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -102,8 +102,8 @@ def _alloc_out_of_pages(cls, num_pages: int) -> None:
         last = ids(alloc.allocate(2), "allocate(2)")
     except OutOfPagesError as exc:
         raise Mismatch("allocate(2) with 2 pages free (num_free says 2) raised "
-                       "OutOfPagesError after the refused allocate(3)", LOST_PAGES_HINT +
-                       " (Or: " + ALL_FREE_HINT + ")") from exc
+                       "OutOfPagesError after the refused allocate(3)",
+                       several_fit([LOST_PAGES_HINT, ALL_FREE_HINT])) from exc
     if len(last) != 2:
         raise Mismatch("allocate(2) with 2 pages free", "the last two pages are still free: "
                        "allocate(n) returns exactly n page ids.", "2 ids", repr(last))
@@ -169,8 +169,10 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
                 hint = FREE_LIST_HINT
                 if free == num_free(alloc) and refused_at is not None:
                     # num_free is right, the pages are not: lost in a refused call, or >=
-                    hint = (f"an allocate was refused at step {refused_at}: " + LOST_PAGES_HINT +
-                            (" (Or: " + ALL_FREE_HINT + ")" if n == free else ""))
+                    fits = [f"an allocate was refused at step {refused_at}: " + LOST_PAGES_HINT]
+                    if n == free:   # all the free pages asked for: a >= refuses that too
+                        fits.append(ALL_FREE_HINT)
+                    hint = several_fit(fits)
                 elif n == free == num_free(alloc):
                     hint = ALL_FREE_HINT
                 raise Mismatch(f"step {step}: allocate({n}) raised OutOfPagesError with "

@@ -18,7 +18,8 @@ from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
 from ..validate import check_int_list
 from .compare import POW2_HINT, changed_input, pow2_div
-from .report import Case, CaseTimeout, CheckResult, Mismatch, run_cases, time_limit
+from .report import (Case, CaseTimeout, CheckResult, Mismatch, run_cases, several_fit,
+                     time_limit)
 from .seeds import case_rng
 
 
@@ -94,13 +95,13 @@ def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed:
                 "admitted.")
     if got == finish_order(requests, num_pages, page_size, finish_first=True):
         # (skipping the decode of the sequences just admitted gives this very order too)
-        return ("every request finished a step late, which either of two mistakes gives: "
-                "checking for finished sequences before appending (record and free after "
-                "this step's decode: admit, decode, finish), or no token for the sequences "
-                "admitted in this step (the decode appends one to every running sequence, "
-                "those just admitted included). Either way a request with no new tokens is "
-                "recorded ahead of one admitted before it, and every sequence is freed a step "
-                "late.")
+        return ("every request finished a step late (a request with no new tokens is "
+                "recorded ahead of one admitted before it); " + several_fit([
+                    "finished sequences were looked for before appending: record and free "
+                    "after this step's decode (admit, decode, finish).",
+                    "the sequences admitted in this step got no token: the decode appends one "
+                    "to every running sequence, those just admitted included."],
+                    "finish order"))
     return ("each step: admit (first come, first served, while the whole request fits), "
             "append one token to every running sequence, then record and free every "
             "sequence that holds prompt_len + new_tokens tokens.")

@@ -12,7 +12,7 @@ import numpy as np
 
 from .checks_tc_rows import TILE   # tokens (columns) of one score tile
 from .compare import changed_input, fmt
-from .report import Case, CheckResult, Mismatch, as_array, run_cases
+from .report import Case, CheckResult, Mismatch, as_array, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -126,9 +126,7 @@ def _mask_case(fn, seed, tile, seq_len, scale) -> None:
             fits.append(text)
     # Two mistakes can give the same tile (on tokens 48..63 with seq_len 63, > for >= and a
     # forgotten tile start both leave only column 15 unmasked): name every one that fits.
-    hint = (None if not fits else fits[0] if len(fits) == 1 else
-            f"this tile fits {len(fits)} mistakes; "
-            + " ".join(f"({i}) {text}" for i, text in enumerate(fits, 1)))
+    hint = several_fit(fits, "tile") if fits else None
     past = (first + np.arange(TILE)) >= seq_len
     hint = hint or _finite_fill_hint(g64, past)
     if hint is None and first >= seq_len and np.isfinite(g64).any():

@@ -16,7 +16,7 @@ import numpy as np
 from ..distributed.shard import head_range
 from ..validate import is_int
 from .compare import POW2_HINT, call_on_copies, pow2_div
-from .report import Case, CheckResult, Mismatch, as_array, run_cases
+from .report import Case, CheckResult, Mismatch, as_array, run_cases, several_fit
 from .seeds import case_rng   # the grader salts the random cases
 
 
@@ -81,10 +81,8 @@ def _split_case(fn, rank, world, heads, kv) -> None:
         return
     # variants with the same ranges here cannot be told apart: all of them are named
     same = [h for h, v in _split_variants(rank, world, heads, kv) if v != expected and got == v]
-    hint = (" Or: ".join(same) if same else
+    hint = (several_fit(same, "ranges") if same else
             "KV heads [r*Hkv/R, (r+1)*Hkv/R), query heads [r*H/R, (r+1)*H/R).")
-    if len(same) > 1:
-        hint = "these mistakes give the same ranges here: " + hint
     raise Mismatch(f"rank {rank} of {world}, {heads} query heads over {kv} KV heads (group "
                    f"{heads // kv})", hint, str(expected), str(got))
 
@@ -284,12 +282,9 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
     found = [(h, v) for h, v in _bytes_variants(lens, heads, kv, dim, ps, world, size)
              if v != expected and all(g == w for g, w, e in zip(got, v, expected) if w != e)]
     same = [h for h, v in found if v == found[0][1]]
-    if len(same) > 1:
-        hint = "these mistakes give the same numbers here: " + " Or: ".join(same)
-    else:
-        hint = same[0] if same else (
-            "tables: 4 * (2 + batch + batch * pages); output share: batch * H/R * head_dim"
-            " * itemsize; K/V read: tokens * 2 * Hkv/R * head_dim * itemsize.")
+    hint = several_fit(same, "numbers") if same else (
+        "tables: 4 * (2 + batch + batch * pages); output share: batch * H/R * head_dim"
+        " * itemsize; K/V read: tokens * 2 * Hkv/R * head_dim * itemsize.")
     names = ("tables", "output_share", "kv_read")
     wrong = ", ".join(n for n, e, g in zip(names, expected, got) if e != g)
     raise Mismatch(f"wrong: {wrong}", hint, str(expected), str(got))

@@ -39,6 +39,21 @@ class Mismatch(Exception):
         self.message, self.hint, self.expected, self.got = message, hint, expected, got
 
 
+def several_fit(hints, what: str = "result") -> str:
+    """One hint for a wrong answer that several known mistakes give alike (`what`: the kind
+    of answer, "ranges", "batch"...): one hint as it is; two or more numbered in one
+    sentence, since the evidence cannot tell them apart and naming one alone could blame a
+    mistake the learner did not make."""
+    hints = list(hints)
+    if not hints:
+        raise ValueError("several_fit: hints is empty; pass the hint of at least one mistake "
+                         "that fits (a check with none has a hint of its own)")
+    if len(hints) == 1:
+        return hints[0]
+    return (f"these mistakes give the same {what} here, check each: "
+            + "; ".join(f"({i}) {h.rstrip('.')}" for i, h in enumerate(hints, 1)) + ".")
+
+
 def probe(fn, *args):
     """`fn(*args)` asked again by a check to confirm a suspected mistake, or None if it
     raises: a probe that crashes proves nothing. The case's time limit and a broken grader

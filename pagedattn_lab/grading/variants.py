@@ -18,7 +18,7 @@ way a kernel does it, element offsets and all, with optional bugs:
     offset_shift=1             the token's offset inside its page is off by one
     identity_pages=True        the block table is ignored: token t read from slot t
     slot_bug="swap"            block_table[t % page_size] * page_size + t / page_size
-    slot_bug="page_plus"       block_table[t / page_size] + t % page_size (no * page_size)
+    slot_bug="unscaled"        block_table[t / page_size] + t % page_size (no * page_size)
     pow2_pages=True            t >> log2(page_size) and t & (page_size - 1) for // and %
     kv_map="shift"             h >> log2(num_heads / num_kv_heads) for the GQA division
     drop_last=True             decode ignores the sequence's last cached token
@@ -53,7 +53,7 @@ def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_he
         pages = np.asarray(table_row, dtype=np.int64)[vpage]
         if (pages < 0).any():
             return None
-        slots = (pages if slot_bug == "page_plus" else pages * page_size) + offsets + \
+        slots = (pages if slot_bug == "unscaled" else pages * page_size) + offsets + \
             offset_shift
     if head_stride_bug:
         base = slots * head_dim + kv_head * head_dim
@@ -226,7 +226,7 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
         ("token t is at slot block_table[t / page_size] * page_size + t % page_size: yours "
          "swaps / and % (the page is t / page_size, the offset in it t % page_size).",
          v(slot_bug="swap")),
-        (UNSCALED_PAGES_HINT, v(slot_bug="page_plus")),
+        (UNSCALED_PAGES_HINT, v(slot_bug="unscaled")),
         ("the values come from v_cache: yours weighs the rows of k_cache (read v at the same "
          "index as k, from v_cache).", v(values_from_keys=True)),
         ("divide the accumulator by the running sum at the end: out[d] = acc[d] / sum (the "
