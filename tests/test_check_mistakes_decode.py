@@ -58,12 +58,26 @@ PARTITION_MISTAKES = [
     ("inclusive end", [("t < end; ++t", "t <= end; ++t")], "one token past its end"),
     ("starts one late", [("int start = part * part_len;", "int start = part * part_len + 1;")],
      "skips its first token"),
+    ("dot reduced from offset 8 (half the warp)", [("int offset = 16;", "int offset = 8;")],
+     "first offset must be 16", ["part_out[b, h, p] must be"]),
+    ("dot reduced down to offset 2 only", [("offset > 0;", "offset > 1;")],
+     "must run down to offset 1", ["part_out[b, h, p] must be"]),
     ("acc not rescaled", [("acc[i] = acc[i] * rescale +", "acc[i] = acc[i] +")],
      "rescale the accumulator"),
     ("sum not rescaled", [("l = l * rescale + weight;", "l = l + weight;")],
      "rescale the running sum"),
     ("max starts at 0", [("float m = NEG_INF, l = 0.0f;", "float m = 0.0f, l = 0.0f;")],
      "not 0"),
+    # the case of scores far below -88 shows it in part_out too (a float32 expf underflows)
+    ("max starts at 0 (scores far below -88)", [("float m = NEG_INF, l = 0.0f;",
+                                                 "float m = 0.0f, l = 0.0f;")],
+     "every score here is far below -88"),
+    ("no max subtracted", [("expf(m - m_new)", "1.0f"), ("expf(dot - m_new)", "expf(dot)")],
+     "l is the sum of expf(score)", ["part_ml[b, h, p] holds (m, l)"]),
+    ("no max subtracted, m stored as 0", [("expf(m - m_new)", "1.0f"),
+                                          ("expf(dot - m_new)", "expf(dot)"),
+                                          ("m = m_new;", "m = 0.0f;")],
+     "no max is subtracted", ["part_ml[b, h, p] holds (m, l)"]),
     ("lanes return early", [("    int seq_len = seq_lens[b];",
                              "    if (lane >= head_dim) return;\n    int seq_len = seq_lens[b];")],
      "every lane must reach every __shfl"),
@@ -114,7 +128,11 @@ _DIM_LOOPS = [(f"for (int i = 0; i < MAX_DIMS_PER_LANE; ++i) {{\n{pad}int d = la
 PARTITION_MISTAKES += [
     ("dims per lane rounded down", _DIM_LOOPS, "head_dim / 32 rounds down"),
     ("scale twice", [("float m_new = fmaxf(m, dot);", "dot *= scale;\n        float m_new = "
-                      "fmaxf(m, dot);")], "applied twice"),
+                      "fmaxf(m, dot);")], "scaled twice"),
+    # scale^2 = 1/head_dim where scale = 1/sqrt(head_dim): the hint named only "twice"
+    ("divided by head_dim", [("my_q[i] = d < head_dim ? q_row[d] * scale",
+                              "my_q[i] = d < head_dim ? q_row[d] / head_dim")],
+     "or divided by head_dim"),
     ("rescale exponent flipped", [("expf(m - m_new);", "expf(m_new - m);")],
      "never expf(m_new - m)", ["the partition read a token at or past seq_len"]),
     ("page offset by bit mask", [("+ t % page_size;", "+ (t & (page_size - 1));")],
@@ -206,6 +224,23 @@ def test_merge_check_passes_a_correct_merge_written_differently():
 def test_merge_kernel_passes_correct_variants(edits):
     result, printed = run_check("decode_merge", mutate(solution_source(NOTEBOOK, "SOURCE_MERGE"),
                                                        edits), device="cpu")
+    assert result.passed, printed
+
+
+RIGHT_PARTITIONS = [   # (name, edits of the solution): right kernels written another way
+    ("xor offsets upward", [("for (int offset = 16; offset > 0; offset /= 2)",
+                             "for (int offset = 1; offset < 32; offset *= 2)")]),
+    ("weights by exp2f of log2(e) times the score", [
+        ("expf(m - m_new)", "exp2f((m - m_new) * 1.4426950408889634f)"),
+        ("expf(dot - m_new)", "exp2f((dot - m_new) * 1.4426950408889634f)")]),
+]
+
+
+@pytest.mark.parametrize("name, edits", RIGHT_PARTITIONS, ids=[m[0] for m in RIGHT_PARTITIONS])
+def test_partition_check_passes_a_right_kernel_written_differently(name, edits):
+    result, printed = run_check("decode_partition",
+                                mutate(solution_source(NOTEBOOK, "SOURCE_PARTITION"), edits),
+                                device="cpu")
     assert result.passed, printed
 
 

@@ -64,6 +64,10 @@ NAIVE_MISTAKES = [
      "rescale the accumulator"),
     ("max starts at 0", [("NEG_INF, running_sum", "0.0f, running_sum")],
      "the running max starts at 0"),
+    # right while the scores are small; the case of scores near +100 overflows expf(score)
+    ("no max subtracted", [("expf(running_max - new_max)", "1.0f"),
+                           ("expf(score - new_max)", "expf(score)")],
+     "no max is subtracted", ["running max starts at 0"]),
     ("kv head = h (faults)",
      [("int kv_head = h / (num_heads / num_kv_heads);", "int kv_head = h;")],
      "thread ("),
@@ -126,6 +130,9 @@ TILED_MISTAKES += [
                                      "for (int i = threadIdx.x; i < n_keys * head_dim && "
                                      "i < (int)blockDim.x; i += blockDim.x) {")],
      "is every element of the tile", ["new max", "running max starts at 0"]),
+    ("no max subtracted", [("expf(running_max - new_max)", "1.0f"),
+                           ("expf(score - new_max)", "expf(score)")],
+     "no max is subtracted", ["running max starts at 0", "is every element of the tile"]),
     ("causal one short", [("int last = min(n_keys, t - first_key + 1);",
                            "int last = min(n_keys, t - first_key);")], "stops one key early"),
     ("kv head h in the load", [("(slot * num_kv_heads + kv_head) * head_dim + i % head_dim",
@@ -162,6 +169,8 @@ TILED_MISTAKES += [
     ("scaled twice", [("score += my_q[d] * k_tile[j * head_dim + d];\n",
                        "score += my_q[d] * k_tile[j * head_dim + d];\n"
                        "                score *= scale;\n")], "scaled twice", ["race"]),
+    ("V weighed from k_tile", [("weight * v_tile[j * head_dim + d]",
+                                "weight * k_tile[j * head_dim + d]")], "not k_tile"),
     ("softmax restarted on every page", [("        int page = table[p];",
                                           "        int page = table[p]; running_max = NEG_INF;")],
      "never reset per page", ["look for a race"]),
@@ -197,6 +206,9 @@ NAIVE_MISTAKES += [
     ("acc of 32", [("float acc[MAX_HEAD_DIM];", "float acc[32];")], "acc[32] holds 32 values"),
     ("scaled twice", [("        score *= scale;\n", "        score *= scale * scale;\n")],
      "scaled twice"),
+    # scale^2 = 1/head_dim where scale = 1/sqrt(head_dim): the hint named only "scaled twice"
+    ("divided by head_dim", [("        score *= scale;\n", "        score /= head_dim;\n")],
+     "or divided by head_dim"),
     ("padding zeroed for d < 8 only", [("for (int d = 0; d < head_dim; ++d) out[row + d] = 0.0f;",
                                         "for (int d = 0; d < 8; ++d) out[row + d] = 0.0f;")],
      "only dims 0..7", ["blockIdx.x * blockDim.x"]),
@@ -225,6 +237,33 @@ DETERMINISTIC = {"gather_kernel-head stride", "gather_kernel-shared table",
 SOLUTION_KERNELS = [("gather_kernel", "02_page_access.ipynb", "SOURCE_GATHER"),
                     ("naive_kernel", "04_naive_kernel.ipynb", "SOURCE_NAIVE"),
                     ("tiled_kernel", "05_tiled_kernel.ipynb", "SOURCE_TILED")]
+
+
+_EXP2 = [("expf(running_max - new_max)", "exp2f((running_max - new_max) * 1.44269504f)"),
+         ("expf(score - new_max)", "exp2f((score - new_max) * 1.44269504f)")]
+RIGHT_PREFILL = [   # (task, notebook, variable, name, edits): right kernels written another way
+    ("naive_kernel", "04_naive_kernel.ipynb", "SOURCE_NAIVE", "exp2f of log2(e) times", _EXP2),
+    ("tiled_kernel", "05_tiled_kernel.ipynb", "SOURCE_TILED", "exp2f of log2(e) times", _EXP2),
+    ("naive_kernel", "04_naive_kernel.ipynb", "SOURCE_NAIVE", "the max in a first pass", [(
+        "    float running_max = NEG_INF, running_sum = 0.0f;\n",
+        "    float running_max = NEG_INF, running_sum = 0.0f;\n"
+        "    for (int j = 0; j <= t; ++j) {\n"
+        "        long long slot = (long long)table[j / page_size] * page_size + j % page_size;\n"
+        "        long long kv = (slot * num_kv_heads + kv_head) * head_dim;\n"
+        "        float score = 0.0f;\n"
+        "        for (int d = 0; d < head_dim; ++d) score += q[row + d] * k_cache[kv + d];\n"
+        "        running_max = fmaxf(running_max, score * scale);\n"
+        "    }\n")]),
+]
+
+
+@pytest.mark.parametrize("task, notebook, variable, name, edits", RIGHT_PREFILL,
+                         ids=[f"{m[0]}-{m[3]}" for m in RIGHT_PREFILL])
+def test_prefill_check_passes_a_right_kernel_written_differently(task, notebook, variable, name,
+                                                                 edits):
+    result, printed = run_check(task, mutate(solution_source(notebook, variable), edits),
+                                device="cpu")
+    assert result.passed, printed
 
 
 @pytest.mark.parametrize("task, notebook, variable, name, edits, phrase, not_phrases",

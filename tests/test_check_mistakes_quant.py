@@ -76,6 +76,10 @@ WRITE_MISTAKES = [
     ("no saturation", [(CLAMP, "(signed char)(int)rintf(row[d] / scale)")], "saturate"),
     ("multiplied", [("rintf(row[d] / scale)", "rintf(row[d] * scale)")], "not x * scale"),
     ("no abs", [("fmaxf(amax, fabsf(row[d]))", "fmaxf(amax, row[d])")], "largest magnitude"),
+    ("amax reduced from offset 8 (half the warp)", [("int offset = 16;", "int offset = 8;")],
+     "first offset must be 16"),
+    ("amax reduced down to offset 2 only", [("offset > 0;", "offset > 1;")],
+     "must run down to offset 1"),
     ("token for slot", [("k_scale[slot * num_kv_heads + head] = scale",
                          "k_scale[token * num_kv_heads + head] = scale")],
      "laid out like the pages"),
@@ -116,6 +120,8 @@ WRITE_MISTAKES = [
 # Other right answers: float rounding of the scale, another clamp or rounding call, an
 # epsilon floor, another reduction or loop order.
 WRITE_ALTERNATIVES = [
+    ("xor offsets upward", [("for (int offset = 16; offset > 0; offset /= 2)",
+                             "for (int offset = 1; offset < 32; offset *= 2)")]),
     ("times 1 / 127", [("amax / 127.0f", "amax * (1.0f / 127.0f)")]),
     ("times 1 / scale", [("rintf(row[d] / scale)", "rintf(row[d] * (1.0f / scale))")]),
     ("int clamp", [(CLAMP, "(signed char)max(-127, min(127, __float2int_rn(row[d] / "

@@ -168,6 +168,18 @@ TILE_MISTAKES = [
     ("K rows past seq_len left as they were", [("        k_tile[i] = k;",
                                                 "        if (t < seq_len) k_tile[i] = k;")],
      "at or past seq_len", ("zero the Q rows",)),
+    # the store's ldm: rows past a tile's 16 floats write into the next tile or past scores
+    ("store ldm head_dim", [("out, s, 16, wmma", "out, s, head_dim, wmma")],
+     "its ldm is 64 (= head_dim here)", ("buffer's index",)),
+    ("store ldm MAX_D", [("out, s, 16, wmma", "out, s, MAX_D, wmma")],
+     "its ldm is 128 (= MAX_D here)", ("buffer's index",)),
+    ("store ldm 16 * gridDim.x", [("out, s, 16, wmma", "out, s, 16 * gridDim.x, wmma")],
+     "store with ldm 16", ("buffer's index",)),
+    ("ldm 32", [("q_tile + k0, head_dim", "q_tile + k0, 32"),
+                ("k_tile + k0, head_dim", "k_tile + k0, 32")], "ldm = head_dim, not 32"),
+    ("B loaded from q_tile", [("load_matrix_sync(b, k_tile + k0",
+                               "load_matrix_sync(b, q_tile + k0")],
+     "Q times Q^T"),
     ("scores stored for the group's rows only", [(_STORE, _staged_store("r < group"))],
      "never written", ("zero the Q rows",)),
     ("scores stored for tokens < seq_len only",
@@ -303,6 +315,17 @@ RIGHT_TILES = [   # (name, edits of the solution): right kernels written another
         ("    int group =", "    // wmma::load_matrix_sync(a, q_tile, head_dim) reads the tiles\n"
                           "    const char* note = \"load_matrix_sync(\"; (void)note;\n"
                           "    int group =")]),
+    ("rows MAX_D apart, loaded with ldm MAX_D", [
+        ("q_tile[i] =", "q_tile[r * MAX_D + d] ="),
+        ("k_tile[i] = k;", "k_tile[r * MAX_D + d] = k;"),
+        ("q_tile + k0, head_dim", "q_tile + k0, MAX_D"),
+        ("k_tile + k0, head_dim", "k_tile + k0, MAX_D")]),
+    ("stored through shared rows of 20 floats (ldm 20), copied out", [(_STORE, (
+        "    __shared__ float s_out[16 * 20];\n"
+        "    wmma::store_matrix_sync(s_out, s, 20, wmma::mem_row_major);\n"
+        "    __syncwarp();\n"
+        "    float* out = scores + ((long long)kv_head * gridDim.x + tile) * 256;\n"
+        "    for (int i = lane; i < 256; i += 32) out[i] = s_out[(i / 16) * 20 + i % 16];"))]),
     ("k0 steps downward", [("for (int k0 = 0; k0 < head_dim; k0 += 16)",
                             "for (int k0 = head_dim - 16; k0 >= 0; k0 -= 16)")]),
     ("an extra __syncwarp before the accumulator", [

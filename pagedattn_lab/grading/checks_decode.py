@@ -29,7 +29,7 @@ from .kernel_runner import poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 from .table_probe import PAGE_SIZE, full_table, transposed_hint
-from .variants import BY_KV_HEADS_HINT, SCALED_VALUES_HINT, UNSCALED_PAGES_HINT
+from .variants import BY_KV_HEADS_HINT, SCALED_VALUES_HINT, UNSCALED_PAGES_HINT, twice_hint
 
 # -- task 1: the merge in NumPy ------------------------------------------------------------
 
@@ -124,8 +124,9 @@ _PARTITION_MISTAKES = [
     ("the scores are not scaled: multiply q . k by scale.", {"scale": 1.0}),
     ("multiply by the kernel's argument `scale`, not 1/sqrt(head_dim) worked out in the kernel: "
      "the caller chooses the scale (this case's is not 1/sqrt(head_dim)).", {"scale": "sqrt"}),
-    ("the scale is applied twice (scores times scale squared): scale q or the dot product, "
-     "not both.", {"scale": "twice"}),
+    (None, {"scale": "twice"}),   # (twice_hint: scale^2 may also be 1/head_dim)
+    ("the scores are divided by head_dim: multiply them by the kernel's argument `scale`, not "
+     "by 1/head_dim.", {"scale": "head_dim"}),
     (SCALED_VALUES_HINT, {"scaled_values": True}),
     ("each partition skips its first token: partition p starts at token p * part_len.",
      {"bounds": "skip_first"}),
@@ -138,6 +139,13 @@ _PARTITION_MISTAKES = [
      {"online_bug": "sum"}),
     ("every score here is far below -88, where expf underflows to 0: start the running max at "
      "-inf (NEG_INF), not 0, so it becomes the first score.", {"online_bug": "max0"}),
+    ("lanes 0-15 and lanes 16-31 each summed only their own half of the dot product (the "
+     "dims d with d % 32 < 16, and the rest), so each half weighed the keys differently: the "
+     "__shfl_xor_sync reduction's first offset must be 16 (16, 8, 4, 2, 1) to reach across "
+     "all 32 lanes; starting at 8 leaves the two halves apart.", {"reduced": (8, 4, 2, 1)}),
+    ("the even and the odd lanes each summed only their own part of the dot product: the "
+     "__shfl_xor_sync reduction stops at offset 2; it must run down to offset 1 (16, 8, 4, 2, "
+     "1: offset > 0) to reach across all 32 lanes.", {"reduced": (16, 8, 4, 2)}),
     ("part_out holds the partition's softmax average: divide the accumulator by l.",
      {"normalized": False}),
     (UNSCALED_PAGES_HINT, {"paging": "unscaled"}),
@@ -184,7 +192,7 @@ def _bound_hint(o, o_ref, prob, part_len, used) -> str | None:
 
 
 def _scaled(prob, bugs: dict) -> dict:
-    scale = {"twice": prob.scale ** 2,
+    scale = {"twice": prob.scale ** 2, "head_dim": 1.0 / prob.q.shape[-1],
              "sqrt": float(1 / np.sqrt(prob.q.shape[-1]))}.get(bugs.get("scale"))
     return bugs if scale is None else {**bugs, "scale": scale}
 
@@ -263,7 +271,8 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
     if diff is not None:
         hint = _bound_hint(o, o_ref, prob, part_len, used) or _lane0_hint(o, o_ref, used) \
             or diagnose(o, o_ref, [
-            (text, lambda bugs=bugs: partials_variant(prob, part_len, **_scaled(prob, bugs))[2])
+            (text or twice_hint(prob.scale, head_dim),
+             lambda bugs=bugs: partials_variant(prob, part_len, **_scaled(prob, bugs))[2])
             for text, bugs in _PARTITION_MISTAKES], mask=used[..., None]) \
             or _partition_transposed(comp) \
             or dims_hint(o, used, head_dim, "lane")
@@ -277,12 +286,21 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
         if diff is None:
             continue
         got_m = ml[..., 0][used]
+        with np.errstate(over="ignore"):   # (sum of exp(score): what l is with no max taken)
+            no_max = np.allclose(ml[..., 1][used], (l_ref * np.exp(m_ref))[used], rtol=2e-4,
+                                 atol=2e-4)
         if k == 0 and np.allclose(got_m, m_ref[used] * LOG2E, rtol=2e-4, atol=2e-4):
             hint = ("m is log2(e) times the expected: store the max of the natural-log scores "
                     "(q . k * scale), as the merge expects.")
         elif k == 0 and np.all(got_m[diff.bad[used]] == 0) and np.all(m_ref[diff.bad] < 0):
             hint = ("m is 0 where every score of the partition is negative: the running max "
                     "must start at -inf (NEG_INF), not 0, so that it becomes the first score.")
+        elif no_max and (k == 1 or np.all(got_m == 0)):
+            hint = ("l is the sum of expf(score) over the partition, not of expf(score - m): no "
+                    "max is subtracted (right only while the scores are small: past about 88 "
+                    "expf overflows float32). Weigh each token with expf(score - m_new), m_new "
+                    "the running max (from -inf), rescale l and acc by expf(m - m_new) when it "
+                    "grows, and store that m.")
         else:
             hint = ("part_ml[b, h, p] holds (m, l): m = max of the partition's scaled scores, "
                     "l = sum of exp(score - m).")

@@ -84,6 +84,8 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
     # case rerun with its sizes raised to powers of two.
     hint = (nan_hint(got, valid, never, shared_tile=True, source=comp.source)
             if tiled and barriers(comp.source) < 2 else None) \
+        or (_no_max_hint(comp, threads, tiled, sizes) if _overflowed(got, never) and (
+            "score_shift" in sizes or "negative_scores" in sizes) else None) \
         or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
         or diagnose(got, expected,
                     attention_mistakes(prob, mode="prefill", block_queries=threads),
@@ -100,6 +102,42 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
             "keys 0..t through block_tables row b, kv_head = h / (num_heads / num_kv_heads), "
             "online softmax, out / sum.")
     raise Mismatch(diff.message(), hint)
+
+
+# The problem that shows a softmax without its max: every score moved up by _SHIFT (past
+# expf's float32 range), and the same problem unmoved, which has the same answer.
+_SHIFT = 100.0
+_SHIFTED = dict(seq_lens=[20, 7], num_heads=2, num_kv_heads=2, head_dim=8, page_size=4)
+
+
+def _overflowed(got, never) -> bool:
+    """The output holds an inf or a NaN the kernel computed (not the poison never written)."""
+    return bool((~np.isfinite(got) & ~never).any())
+
+
+def _no_max_hint(comp: _Compiled, threads: int, tiled: bool, sizes: dict) -> str | None:
+    """The kernel is right on the shifted problem unmoved and non-finite on it moved: its
+    exponents are the scores themselves, not the scores minus their max."""
+    def run(shift):
+        prob = paged_problem(60, mode="prefill", score_shift=shift, **_SHIFTED)
+        got = probe(_launch_prefill, comp, prob, threads, tiled, True)
+        return prob, got
+
+    prob, unmoved = run(0.0)
+    if unmoved is None or describe_difference(unmoved[0], prob.expected, (
+            "sequence", "token", "head", "dim"), unwritten=unmoved[1]) is not None:
+        return None
+    _, moved = run(_SHIFT)
+    if moved is None or not _overflowed(*moved):
+        return None
+    here = ("this case's scores lie near +100, where expf(score) overflows float32 (past "
+            "about 88) and inf / inf is NaN" if "score_shift" in sizes else
+            "this case's scores lie below -88, where expf(score) underflows to 0 and 0 / 0 is "
+            "NaN; with every score moved up by 100 instead it overflows")
+    return (f"no max is subtracted: your kernel is right when the scores are small and not "
+            f"when they are all moved by the same amount (which the softmax ignores): {here}. "
+            "Weigh each key with expf(score - new_max), new_max the running max (started at "
+            "-inf), and rescale the sum and acc by expf(old_max - new_max) when it grows.")
 
 
 def _prefill_launch(prob, threads: int, tiled: bool):
@@ -242,6 +280,8 @@ def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:
                                       head_dim=8, page_size=8, max_len=32)),
         ("head_dim 32, page_size 16", 53,
          dict(seq_lens=[40, 33, 17], num_heads=2, num_kv_heads=2, head_dim=32, page_size=16)),
+        ("scores near +100 (expf(score) overflows float32)", 60,
+         dict(_SHIFTED, score_shift=_SHIFT)),
         ("very negative scores", 54, dict(seq_lens=[20, 7], num_heads=2, num_kv_heads=2,
                                           head_dim=8, page_size=4, negative_scores=True)),
         ("page_size 32: more keys in a page than threads in a block", 55,

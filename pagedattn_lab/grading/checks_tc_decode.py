@@ -4,7 +4,8 @@ The kernel computes one 16 x 16 tile of scores S = Q K^T for one group and one 1
 tile of a paged K cache. Its cases use fp16 caches with NaN in every slot no token uses (the
 tail of the last page, the pages the table does not point at) and a q buffer followed by NaN
 rows, so a read past the group or past seq_len shows; the output is poisoned before launch.
-A wrong result is compared with known-wrong variants to name the mistake. One case ends
+A wrong result is compared with known-wrong variants to name the mistake (a store with the
+wrong ldm is read off a launch with room past the scores, tc_store_ldm.py). One case ends
 exactly on a tile's end, where ceil(seq_len / 16) and seq_len / 16 + 1 tiles differ. Task 1
 (group_rows) is in checks_tc_rows.py, task 3 (mask_tile) in checks_tc_mask.py.
 """
@@ -21,6 +22,7 @@ from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases
 from .seeds import case_rng
 from .source_barriers import barrier_before_loads
+from .tc_store_ldm import store_ldm_hint
 from .variants import UNSCALED_PAGES_HINT
 
 WARP = 32
@@ -135,13 +137,17 @@ def _tile_variants(prob):
          "stops 16 short, so the last 16 dimensions are left out of every score.",
          lambda: prob.expected(q_rows=lambda j: rows(np.arange(group) + j * group) *
                                (np.arange(head_dim) < head_dim - TILE)))]
-    if head_dim > TILE:
+    variants.append(("the scores are Q times Q^T: B must be the K tile (load matrix_b from "
+                     "k_tile + k0, not from q_tile).",
+                     lambda: prob.expected(k_tile=lambda j, t: rows(np.arange(group) +
+                                                                    j * group))))
+    for wrong in (n for n in (TILE, 2 * TILE, 4 * TILE) if n < head_dim):   # rows overlap
         ld = (f"ldm is the distance between rows in elements: the shared tiles have rows of "
-              f"head_dim = {head_dim} elements here, so ldm = head_dim, not 16 (16 is the tile "
-              "width, not the row length)")
-        variants += [(ld + ".", reread(lda=TILE, ldb=TILE)),
-                     (ld + " (Q's load).", reread(lda=TILE)),
-                     (ld + " (K's load).", reread(ldb=TILE))]
+              f"head_dim = {head_dim} elements here, so ldm = head_dim, not {wrong}" +
+              (" (16 is the tile width, not the row length)" if wrong == TILE else ""))
+        variants += [(ld + ".", reread(lda=wrong, ldb=wrong)),
+                     (ld + " (Q's load).", reread(lda=wrong)),
+                     (ld + " (K's load).", reread(ldb=wrong))]
     return variants
 
 
@@ -240,7 +246,14 @@ def _tile_case(comp, seed, *sizes) -> None:
     num_heads, num_kv_heads, _, _, seq_len = sizes
     group = num_heads // num_kv_heads
     shape = _tile_scores_shape(prob)
-    got = _launch_tile(comp, prob, poisoned(shape))
+    try:
+        got = _launch_tile(comp, prob, poisoned(shape))
+    except Exception as exc:   # a write past the scores: rows stored too far apart?
+        hint = getattr(exc, "buffer", None) == "scores" and store_ldm_hint(
+            lambda out: _launch_tile(comp, prob, out), prob)
+        if not hint:
+            raise
+        raise Mismatch((describe_kernel_exception(exc) or (str(exc),))[0], hint) from exc
     never = unwritten(got)
     if never.all() and "TODO" in comp.source:
         raise NotAttempted("the kernel wrote nothing (scores still hold the NaN the check "
@@ -249,7 +262,8 @@ def _tile_case(comp, seed, *sizes) -> None:
     if diff is not None:
         j, t, _, _ = diff.first()
         hint = diagnose(got, prob.expected(), _tile_variants(prob), mask=valid,
-                        nan_is_evidence=False) or _pow2_shift_hint(comp, seed, sizes)
+                        nan_is_evidence=False) or _pow2_shift_hint(comp, seed, sizes) \
+            or store_ldm_hint(lambda out: _launch_tile(comp, prob, out), prob)
         if hint is None and (np.isnan(np.asarray(got, np.float64)) & ~never).any():
             hint = _NAN_READ   # q and the used cache slots are finite: no product makes a NaN
         raise Mismatch(diff.message() + f"\nTile (kv head {j}, tokens {t * TILE}.."

@@ -19,6 +19,10 @@ the tokens (through the block table, slot by slot), with optional bugs:
                               number not multiplied by page_size)
     paging="first_table"      every sequence reads sequence 0's block-table row
     q_head="kv"               query head h reads q's row of its kv head, not its own
+    reduced=(8, 4, 2, 1)      the dot product's xor reduction over these offsets only: lanes
+                              0-15 and 16-31 (or, (16, 8, 4, 2), the even and the odd lanes)
+                              each sum, and weigh the keys by, their own lanes' dims
+                              (lane d % 32); lane 0's group stores m and l
 
 A token whose page is block-table padding (or past the row) makes its partition NaN: a
 kernel would fault there, so such a variant only matches where it stays in bounds. Tokens
@@ -73,15 +77,26 @@ def _online(scores, values, bug):
         m_new = max(m, s)
         alpha = np.exp(m - m_new)
         p = np.exp(s - m_new)
+        if bug == "max0":   # the kernel's expf: float32 underflows to 0 below about -104
+            p = float(np.float32(p))
         total = (total if bug == "sum" else total * alpha) + p
         acc = (acc if bug == "acc" else acc * alpha) + p * v
         m = m_new
     return m, total, acc / total
 
 
+def _state(scores, values, online_bug):
+    """(m, l, o) of one partition's scores, through the online softmax with `online_bug`."""
+    if online_bug:
+        return _online(scores, values, online_bug)
+    m_p = scores.max()
+    w = np.exp(scores - m_p)
+    return m_p, w.sum(), w @ values / w.sum()
+
+
 def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="exact",
                      online_bug=None, base2=False, normalized=True, scaled_values=False,
-                     paging="right", q_head="own"):
+                     paging="right", q_head="own", reduced=(16, 8, 4, 2, 1)):
     """(m, l, o) like `split_k.reference_partials`, with the chosen mistakes."""
     num_heads = prob.q.shape[1]
     num_kv_heads = prob.k_cache.shape[2]
@@ -100,16 +115,17 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
                 for p, (start, end) in enumerate(partition_bounds(n, part_len)):
                     keys, values = _rows(prob, b, kvh, _token_range(start, end, n, part_len,
                                                                      bounds), paging)
-                    q_row = prob.q[b, kvh if q_head == "kv" else h]
-                    scores = keys @ q_row.astype(np.float64) * scale
+                    q_row = prob.q[b, kvh if q_head == "kv" else h].astype(np.float64)
                     if scaled_values:
                         values = values * scale
-                    if online_bug:
-                        m_p, l_p, o_p = _online(scores, values, online_bug)
-                    else:
-                        m_p = scores.max()
-                        w = np.exp(scores - m_p)
-                        l_p, o_p = w.sum(), w @ values / w.sum()
+                    # lanes that the offsets never connect keep their partial dots apart
+                    group_of = np.arange(len(q_row)) % 32 & ~sum(reduced)
+                    o_p = np.empty(len(q_row))
+                    for g in sorted(set(group_of), reverse=True):   # lane 0's group last
+                        dims = group_of == g
+                        m_p, l_p, o_g = _state(keys[:, dims] @ q_row[dims] * scale, values,
+                                               online_bug)
+                        o_p[dims] = o_g[dims]
                     m[b, h, p] = m_p * (LOG2E if base2 else 1.0)
                     l[b, h, p] = l_p
                     o[b, h, p] = o_p if normalized else o_p * l_p

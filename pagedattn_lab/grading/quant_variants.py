@@ -4,8 +4,8 @@ checks_dequant).
 `quantize_reference(..., bug)` is what the quantize-on-write kernel leaves in k_cache and
 k_scale: the spec's codes for `bug` None, else a known-wrong variant; `WRITE_MISTAKES` pairs
 each bug with its hint. The warp's lanes are modelled: lane L reduces the amax of elements
-d = L, L + 32, ... and then the shuffle tree runs, so a missing or one-way reduction gives the
-scales each lane really divides by.
+d = L, L + 32, ... and then the shuffle tree runs, so a missing, one-way or partial reduction
+(from offset 8, or down to 2) gives the scales each lane really divides by.
 
 `read_reference(..., bug)` is the decode output over int8 pages read with the codes turned
 into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scale, the code
@@ -56,6 +56,13 @@ WRITE_MISTAKES = [
     ("reduce_down", "after a __shfl_down_sync tree only lane 0 holds the row's amax (lane L "
                     "holds that of lanes L..31): broadcast it with __shfl_sync(mask, amax, 0), "
                     "or reduce with __shfl_xor_sync, before the other lanes divide by it."),
+    ("half_warp", "lanes 0-15 and lanes 16-31 each reduced only their own half of the warp "
+                  "(the scale written is the amax of the dims lanes 0-15 read, d % 32 < 16): "
+                  "the __shfl_xor_sync tree's first offset must be 16 (16, 8, 4, 2, 1) to reach "
+                  "across all 32 lanes; starting at 8 leaves the two halves apart."),
+    ("stop_at_2", "the even and the odd lanes each reduced only their own part of the warp: "
+                  "the __shfl_xor_sync tree stops at offset 2; it must run down to offset 1 "
+                  "(16, 8, 4, 2, 1: offset > 0) to reach across all 32 lanes."),
     ("inverse", "store the scale, amax / 127 (a code times it gives the value back), not its "
                 "inverse 127 / amax."),
     ("token_index", "per-token scales are laid out like the pages: write k_scale[slot * "
@@ -75,7 +82,9 @@ def _lane_amax(x, bug):
     padded[..., :dim] = mags
     lanes = np.fmax.reduce(padded.reshape(rows, heads, -1, WARP), axis=2)  # fmaxf skips NaN
     lane = np.arange(WARP)
-    for offset in () if bug == "no_reduce" else (16, 8, 4, 2, 1):
+    offsets = {"no_reduce": (), "half_warp": (8, 4, 2, 1), "stop_at_2": (16, 8, 4, 2)}.get(
+        bug, (16, 8, 4, 2, 1))
+    for offset in offsets:
         # __shfl_down_sync reads lane L + offset, or its own value past lane 31
         source = np.where(lane + offset < WARP, lane + offset, lane) if bug == "reduce_down" \
             else lane ^ offset

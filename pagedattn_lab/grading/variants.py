@@ -172,6 +172,18 @@ SCALED_VALUES_HINT = ("the values are scaled too: `scale` multiplies the scores 
                       "the weighted sum of v is not scaled.")
 
 
+def twice_hint(scale: float, head_dim: int) -> str:
+    """The hint for scores times scale^2, which is also 1/head_dim where the scale is
+    1/sqrt(head_dim): then both mistakes give these numbers, and the hint names both."""
+    twice = ("multiply q.k by `scale` once (scaling q AND the score, or the score twice, "
+             "applies scale^2)")
+    if not np.isclose(scale * scale, 1.0 / head_dim):
+        return f"the scores are scaled twice: {twice}."
+    return (f"the scores are scaled twice or divided by head_dim (scale^2 = 1/head_dim = "
+            f"{1 / head_dim:.4g} here, so the two look alike): {twice}, and by `scale`, not "
+            "by 1/head_dim.")
+
+
 def attention_mistakes(case, *, mode="prefill", block_queries=None):
     """(hint, thunk) pairs for `compare.diagnose`, most specific first (block_queries: the
     prefill kernel's queries per block, for the mask taken per block)."""
@@ -193,8 +205,10 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
         (POW2_HINT.format(name="page_size", n=page_size), v(pow2_pages=True)),
         (POW2_HINT.format(name="the group num_heads / num_kv_heads", n=group),
          v(kv_map="shift")),
-        ("the scores are scaled twice: multiply q.k by `scale` once (scaling q AND the score, "
-         "or the score twice, applies scale^2).", v(scale=case.scale ** 2)),
+        (twice_hint(case.scale, head_dim), v(scale=case.scale ** 2)),
+        (f"the scores are divided by head_dim: multiply q.k by the kernel's argument `scale` "
+         f"({case.scale:.4g} here), not by 1/head_dim ({1 / head_dim:.4g}).",
+         v(scale=1.0 / head_dim)),
         (SCALED_VALUES_HINT, v(scaled_values=True)),
         ("the head stride is missing num_kv_heads (the guide's bug): element (slot, kv_head, "
          "d) is at (slot * num_kv_heads + kv_head) * head_dim + d.", v(head_stride_bug=True)),
@@ -227,8 +241,10 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
          "swaps / and % (the page is t / page_size, the offset in it t % page_size).",
          v(slot_bug="swap")),
         (UNSCALED_PAGES_HINT, v(slot_bug="unscaled")),
-        ("the values come from v_cache: yours weighs the rows of k_cache (read v at the same "
-         "index as k, from v_cache).", v(values_from_keys=True)),
+        ("the values come from v_cache: yours weighs the keys (read V at the same index as "
+         "K, from v_cache; a tiled kernel loads v_tile from v_cache and weighs v_tile, not "
+         "k_tile).",
+         v(values_from_keys=True)),
         ("divide the accumulator by the running sum at the end: out[d] = acc[d] / sum (the "
          "weights sum to 1 only then).", v(online_bug="no_div")),
     ]
