@@ -31,6 +31,7 @@ from .errors import CompilerNotFoundError, KernelCompileError
 from .includes import dependency_flags, refuse_outside_includes
 from .kernel_object import count_library_copies, inline_assembly, refuse_load_time_code
 from .library_calls import refuse_library_calls
+from .pch import shim_pch_flags
 from .source import quoted_filename, translation_unit
 
 HERE = Path(__file__).resolve().parent
@@ -271,7 +272,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
                    kernel: str, instrumented: bool = False) -> CompiledKernel:
     """Compile `source` into a shared library exporting __pal_entry_<name> for each name
     (`instrumented`: with the access hooks of counting and race checking)."""
-    cmd, ident, _ = compiler()
+    cmd, ident, is_clang = compiler()
     fibers = _fiber_mode()
     flags, _ignored = parse_options(options)
     if os.environ.get(GRADING_CXX):   # graded: -D, -U and -std= only (what the kernels need)
@@ -281,8 +282,10 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     old_std = ("-std=c++11", "-std=c++14", "-std=c++03")
     std = ["-std=c++17"] if not std or std[-1] in old_std else std[-1:]
     tu = translation_unit(source, kernel_names, filename, str(HERE / "shim.h"))
-    all_flags = [*std, *BASE_FLAGS, *_supported_flags(cmd, ident), "-I", str(INCLUDE_DIR), *flags,
-                 *(INSTRUMENT_FLAGS if instrumented else [])]
+    base = (*std, *BASE_FLAGS, *_supported_flags(cmd, ident), "-I", str(INCLUDE_DIR))
+    instrument = tuple(INSTRUMENT_FLAGS) if instrumented else ()
+    all_flags = [*base, *flags, *instrument]
+    shim_flags = (*base, *instrument)   # the compile's flags but the kernel's own
     shim_hash = _files_hash(SHIM_HEADERS + RUNTIME_HEADERS + RUNTIME_SOURCES + REFUSING)
     key = hashlib.sha256("\0".join([tu, ident, fibers, shim_hash, *all_flags]).encode()).hexdigest()
     root = _writable_cache_dir(cache_dir())
@@ -308,8 +311,10 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
         # driver would add libtsan, which cannot be loaded into a running Python (our hooks
         # replace it).
         obj, asm_path = Path(tmp) / "kernel.o", Path(tmp) / "kernel.s"
-        r = _run([*cmd, *all_flags, *dependency_flags(Path(tmp)), "-S", str(tu_path), "-o",
-                  str(asm_path)])
+        pch_key = hashlib.sha256("\0".join([ident, shim_hash, *shim_flags]).encode()).hexdigest()
+        pch = shim_pch_flags(cmd, is_clang, shim_flags, HERE / "shim.h", pch_key, root)
+        r = _run([*cmd, *all_flags, *pch, *dependency_flags(Path(tmp)), "-S", str(tu_path),
+                  "-o", str(asm_path)])
         refuse_outside_includes(Path(tmp), cmd, HERE, kernel=kernel, filename=filename,
                                 compiled=r.returncode == 0)
         if r.returncode == 0:
