@@ -395,3 +395,17 @@ def test_schedule_step_names_both_mistakes_that_give_the_batch_in_one_wording():
     assert_several_fit("schedule_step", _step(watermark_on=False),
                        {"page_size": 4, "budget": 200, "max_chunk": 200, "watermark": 4},
                        "batch", ["watermark was ignored", "were not counted"])
+
+
+def test_falsy_page_0_first_failure_names_page_0():
+    """The learner reads the first failed case first: when page 0 holds block 0, a truthiness
+    test returns no pages at all, and that case's hint must already name page 0."""
+    result, printed = run_check("cached_prefix", _truthy_page)
+    first = next(c for c in result.cases if not c.passed)
+    assert "page 0" in first.hint, printed
+
+
+def test_one_full_block_is_singular():
+    """16 tokens in pages of 16 are "1 full block", not "1 full blocks"."""
+    _, printed = run_check("block_hashes", _one_short)
+    assert "16 tokens hold 1 full block of 16" in printed, printed

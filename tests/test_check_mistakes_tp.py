@@ -75,7 +75,7 @@ def gather(how="right"):
 def wire(floor=False, no_header=False, whole_output=False, no_v=False, all_kv=False,
          q_heads=False, elements=False, ragged=False, int64=False, whole_pages=False,
          share_elements=False, plus_one=False, floats=False, no_lens=False, share_times=1,
-         others=False):
+         others=False, no_header_only=False):
     def fn(seq_lens, num_heads, num_kv_heads, head_dim, page_size, world_size, itemsize):
         batch = len(seq_lens)
         longest = int(max(seq_lens))
@@ -85,6 +85,7 @@ def wire(floor=False, no_header=False, whole_output=False, no_v=False, all_kv=Fa
                    else batch * pages)
         tables = 4 * batch * pages if no_header else 4 * (2 + batch + entries)
         tables = 4 * (2 + entries) if no_lens else tables
+        tables = 4 * (batch + entries) if no_header_only else tables   # seq_lens, no header
         if floats:    # np.ceil and /: the right numbers, as floats
             return (4 * (2 + batch + batch * np.ceil(longest / page_size)),
                     batch * num_heads / world_size * head_dim * itemsize,
@@ -246,3 +247,12 @@ def test_wire_bytes_names_both_mistakes_that_give_the_numbers_in_one_wording():
               "page_size": 16, "world_size": 4, "itemsize": 2}
     assert_several_fit("wire_bytes", wire(all_kv=True), params, "numbers",
                        ["only its own KV heads", "not query heads"])
+
+
+def test_a_missing_header_alone_is_named_in_the_first_failure():
+    """The seq_lens and the padded table, without the 2-value header: the first failed case
+    (where an unpadded table happens to give the same bytes) must name the header, not only
+    the padding, and the next one must not fall back to restating the formula."""
+    result, printed = run_check("wire_bytes", wire(no_header_only=True))
+    failed = [c for c in result.cases if not c.passed]
+    assert failed and all("2-value header" in c.hint for c in failed[:2]), printed

@@ -70,7 +70,8 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
     elif page_size & (page_size - 1) and len(got) == pow2_div(num_tokens, page_size):
         hint = POW2_HINT.format(name="page_size", n=page_size)
     elif isinstance(got, list) and len(got) != len(expected):
-        hint = (f"{num_tokens} tokens hold {num_tokens // page_size} full blocks of "
+        full = num_tokens // page_size
+        hint = (f"{num_tokens} tokens hold {full} full block{'s' * (full != 1)} of "
                 f"{page_size}: one hash per full block.")
     else:   # no known mistake gives this: restate the spec
         hint = ("block i's hash is hash_block(parent, token_ids[i*page_size:(i+1)*page_size]) "
@@ -121,7 +122,8 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
     snapshot = dict(cached)
     passed = list(hashes)
     got = fn(passed, cached, num_tokens, page_size)
-    what = (f"a {num_tokens}-token prompt ({len(hashes)} full blocks of {page_size}), "
+    what = (f"a {num_tokens}-token prompt ({len(hashes)} full block"
+            f"{'s' * (len(hashes) != 1)} of {page_size}), "
             f"{pattern} cached")
     if cached != snapshot:
         raise Mismatch(f"{what}: the cache was changed", "a lookup only reads `cached`; the "
@@ -150,6 +152,10 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
                                              page0_is_page=False):
         hint = ("the lookup stopped at page 0 as if it were a miss: page 0 is a page like any "
                 "other. Test `h in cached` (or `is None`), not the page number's truth value.")
+    elif not got[0] and expected[0][:1] == [0]:   # (an empty result: say what the evidence is)
+        hint = ("no pages, though block 0 is cached, at page 0: a lookup that tests the page "
+                "number's truth value stops there as if it were a miss. Test `h in cached` (or "
+                "`is None`).")
     elif got == _reference_prefix(hashes, cached, num_tokens, page_size, cap=False):
         hint = ("every token of this prompt is cached, but the last one must still be computed: "
                 "its logits give the first output token. num_computed is at most "

@@ -217,6 +217,9 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          (4 * (2 + batch + batch * pow2_div(max(lens) + ps - 1, ps)), share, kv_read)),
         ("the buffer carries the batch's seq_lens too (batch int32 values), between the "
          "2-value header and the table.", (4 * (2 + batch * pages), share, kv_read)),
+        ("the buffer starts with a 2-value header (batch, pages per row), before the seq_lens "
+         "and the table: 2 + batch + batch * pages int32 values.",
+         (4 * (batch + batch * pages), share, kv_read)),
         ("the table is padded: every row has as many entries as the LONGEST sequence has "
          "pages (batch * pages), not each sequence its own count.",
          (4 * (2 + batch + sum(-(-int(x) // ps) for x in lens)), share, kv_read)),

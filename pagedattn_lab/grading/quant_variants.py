@@ -9,8 +9,9 @@ d = L, L + 32, ... and then the shuffle tree runs, so a missing, one-way or part
 
 `read_reference(..., bug)` is the decode output over int8 pages read with the codes turned
 into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scale, the code
-alone, code / scale or code * scale * scale, from its own or the other's scale array, at
-[slot][kv_head], [kv_head], [0], [slot] or [position in the sequence][kv_head]; or read
+alone, code / scale, code * scale * scale or its byte read unsigned, from its own or the
+other's scale array, at [slot][kv_head], [kv_head], [0], [slot] or [position in the
+sequence][kv_head]; or read
 right and the online softmax's update wrong (acc or l not rescaled, the max not kept), or
 with the scales of query head h read at KV head h / num_kv_heads or h % num_kv_heads, or with
 the softmax scale 1/sqrt(head_dim) worked out in the kernel instead of its argument.
@@ -141,7 +142,10 @@ _RIGHT = ("times", "own", "slot")   # code * its own scale array at [slot][kv_he
 _HOW = {"none": "multiply each {X} code by its scale ({s}): a code alone is not a value.",
         "divide": "a code's value is code * scale: multiply the {X} codes by {s}; do not "
                   "divide.",
-        "twice": "apply {s} once: these {X} values were multiplied by the scale twice."}
+        "twice": "apply {s} once: these {X} values were multiplied by the scale twice.",
+        # (K alone, V alone or both: a cast where one cache is read is as likely as in both)
+        "unsigned": "the codes are signed (-127..127): read the {X} codes as signed char, not "
+                    "unsigned."}
 
 
 def _read_mistakes():
@@ -164,8 +168,6 @@ def _read_mistakes():
            ((("times", "own", "zero"), ("times", "own", "zero"), True),
             "per_token = 0: each KV head has its own static scale, k_scale[kv_head], not "
             "k_scale[0] for every head (one scale for the whole tensor)."),
-           ((("unsigned", "own", "slot"), ("unsigned", "own", "slot"), True),
-            "the codes are signed (-127..127): read them as signed char, not unsigned."),
            ((_RIGHT, _RIGHT, False),
             "the score is q . k times the softmax scale (1 / sqrt(head_dim), the kernel's "
             "`scale`): it is still needed with dequantized keys.")]

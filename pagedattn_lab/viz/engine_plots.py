@@ -133,6 +133,13 @@ def plot_page_size_waste(waste: dict, chosen: int, max_waste: float = 0.05):
     return fig
 
 
+# per metric: the factor from the recorded value and the axis label (waste in %, as the
+# page-size chart and the lesson's table give it)
+_ALLOCATION_AXES = {"waste_fraction": (100, "slots held but empty (%)"),
+                    "preemptions": (1, "preemptions (whole run)"),
+                    "steps": (1, "engine steps (forward passes)")}
+
+
 def plot_allocation_comparison(rows, metrics=("waste_fraction", "preemptions", "steps")):
     """Grouped bars per page size, on-demand vs predictive, one panel per metric; rows are
     `DryRun.summary()` dicts (or the recorded dry run's JSON rows)."""
@@ -140,12 +147,15 @@ def plot_allocation_comparison(rows, metrics=("waste_fraction", "preemptions", "
     fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.2))
     x = np.arange(len(sizes))
     for ax, metric in zip(np.atleast_1d(axes), metrics):
+        factor, label = _ALLOCATION_AXES.get(metric, (1, metric.replace("_", " ")))
         for k, (alloc, color) in enumerate(ALLOCATION_COLORS.items()):
-            by_size = {r["page_size"]: r[metric] for r in rows if r["allocation"] == alloc}
+            by_size = {r["page_size"]: r[metric] * factor for r in rows
+                       if r["allocation"] == alloc}
             ax.bar(x + (k - 0.5) * 0.4, [by_size.get(p, np.nan) for p in sizes], 0.4,
                    color=color, label=alloc.replace("_", "-"))
         ax.set_xticks(x, [str(p) for p in sizes])
-        ax.set_xlabel("page size")
+        ax.set_xlabel("page size (tokens)")
+        ax.set_ylabel(label)
         ax.set_title(metric.replace("_", " "))
     np.atleast_1d(axes)[0].legend(fontsize=8)
     fig.tight_layout()

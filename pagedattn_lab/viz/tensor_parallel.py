@@ -60,19 +60,27 @@ def plot_head_split(num_heads: int, num_kv_heads: int, world_size: int, pages):
 
 
 def plot_step_bytes(rows):
-    """rows: [(label, StepBytes-like with .tables, .output, .kv_read)]: a log-scale bar
-    chart of the bytes of one step (for a whole model: pass totals over its layers)."""
-    fig, ax = plt.subplots(figsize=(8, 3.2))
-    kinds = [("tables", "block tables (broadcast)"), ("output", "outputs (gathered)"),
+    """rows: [(label, StepBytes-like with .tables, .output_share, .output, .kv_read)]: a
+    log-scale bar chart of the bytes of one step (for a whole model: pass totals over its
+    layers). A row with one GPU (its share is the whole output) sends nothing: it gets no wire
+    bars, and says so, rather than bars for bytes that never leave the GPU."""
+    fig, ax = plt.subplots(figsize=(8, 3.2))   # (the size the stored lesson output names)
+    kinds = [("tables", "block tables (broadcast)"), ("output", "outputs (all-gathered)"),
              ("kv_read", "K/V read locally, per GPU")]
     width = 0.8 / len(kinds)
+    alone = [b.output_share >= b.output for _, b in rows]
     for i, (field, label) in enumerate(kinds):
-        ax.bar([x + i * width for x in range(len(rows))], [getattr(b, field) for _, b in rows],
+        shown = [x for x in range(len(rows)) if field == "kv_read" or not alone[x]]
+        ax.bar([x + i * width for x in shown], [getattr(rows[x][1], field) for x in shown],
                width, label=label)
+    for x in (x for x in range(len(rows)) if alone[x]):
+        ax.text(x + 0.5 * width, min(b.kv_read for _, b in rows) / 100, "nothing\ncrosses",
+                ha="center", va="center", fontsize=8)
     ax.set_xticks([x + width for x in range(len(rows))], [label for label, _ in rows])
+    ax.set_xlim(-width, len(rows) - 1 + 3 * width)   # (a row without wire bars keeps its room)
     ax.set_yscale("log")
     ax.set_ylabel("bytes per decode step")
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))   # (clear of the bars)
     ax.set_title("What crosses the wire vs what stays on each GPU")
     fig.tight_layout()
     return fig
