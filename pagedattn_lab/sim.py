@@ -93,7 +93,7 @@ class Workload:
         return prompt, output
 
 
-@dataclass
+@dataclass(eq=False)   # a request is itself, not its fields: `in running` compares identity
 class _Request:
     rid: int
     prompt: int        # tokens present when admitted (grows if the request is preempted)
