@@ -19,7 +19,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .attention_common import cache_dtypes, from_torch, is_torch_tensor
+from .attention_common import cache_dtypes, from_torch, is_torch_tensor, to_torch_as
 from .backend import is_cupy_array, to_numpy
 from .validate import (INT32_MAX, MAX_PAGES, check_array, check_block_tables, check_int,
                        check_kv_cache, check_memory)
@@ -148,9 +148,10 @@ def _not_a_page(entry: int) -> str:
 def gather_kv_reference(k_cache, v_cache, block_table_row, seq_len: int):
     """NumPy twin of the `gather_kv` kernel: one sequence's K and V made contiguous.
 
-    Returns (k, v), each [seq_len, num_kv_heads, head_dim] NumPy arrays in the cache's dtype
-    (the caches `gather_kv` takes; bfloat16 held as uint16 bits, a CuPy array's or a torch
-    tensor's, comes back as those bits).
+    Returns (k, v), each [seq_len, num_kv_heads, head_dim] in the cache's dtype, on the host:
+    NumPy arrays for NumPy or CuPy caches (a CuPy cache's bfloat16 uint16 bits come back as
+    those bits), CPU torch tensors for torch caches (torch.bfloat16 as torch.bfloat16), as
+    `gather_kv` returns tensors for them.
     """
     k_cache, v_cache, block_table_row, like = gather_inputs(k_cache, v_cache, block_table_row)
     seq_len = check_gather(k_cache, v_cache, block_table_row, seq_len, on_host=True,
@@ -160,7 +161,7 @@ def gather_kv_reference(k_cache, v_cache, block_table_row, seq_len: int):
     flat_shape = (num_pages * page_size,) + tuple(k_cache.shape[2:])
     k = to_numpy(k_cache).reshape(flat_shape)[slots]
     v = to_numpy(v_cache).reshape(flat_shape)[slots]
-    return k, v
+    return to_torch_as(k, like), to_torch_as(v, like)
 
 
 def gather_inputs(k_cache, v_cache, block_table_row):
@@ -174,7 +175,7 @@ def gather_inputs(k_cache, v_cache, block_table_row):
 def check_gather(k_cache, v_cache, block_table_row, seq_len, on_host: bool = False,
                  from_tensor: bool = False) -> int:
     """The checks of a gather (`gather_kv`, `gather_kv_reference`: on_host, its outputs are
-    NumPy's whatever the cache) of arrays from `gather_inputs` (from_tensor: they were torch
+    on the host whatever the cache) of arrays from `gather_inputs` (from_tensor: they were torch
     tensors); returns seq_len as an int. It takes the caches decode reads: the gather copies
     16- or 32-bit words whatever they mean, so bfloat16 too (ml_dtypes' on the CPU, uint16
     bits on CuPy or from a torch tensor: `attention_common.cache_dtypes`)."""

@@ -62,3 +62,19 @@ def test_gather_refuses_lengths_past_int32_and_outputs_past_the_memory(rng, monk
     row = np.full(2**14, tables[0, 0], np.int32)   # one page, 2**14 times: 2**16 tokens
     with pytest.raises(ValueError, match=r"^seq_len: the K and V of 65536 tokens would take"):
         gather(k_cache, v_cache, row, 2**16)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_gather_reference_returns_torch_caches_as_tensors_like_the_kernel(rng, dtype):
+    """gather_kv_reference gave torch caches back as NumPy (bfloat16 as uint16 bits, integers
+    on the CPU) while gather_kv gave tensors: the twin's results could not be compared with
+    the kernel's, or read as the cache's dtype, without knowing that."""
+    torch = pytest.importorskip("torch")
+    k_cache, v_cache = (torch.from_numpy(rng.standard_normal((4, 2, 2, 8)).astype(np.float32))
+                        .to(getattr(torch, dtype)) for _ in range(2))
+    row = np.array([3, 1], np.int32)
+    want = gather_kv(k_cache, v_cache, row, 3)
+    got = gather_kv_reference(k_cache, v_cache, row, 3)
+    for g, w, cache in zip(got, want, (k_cache, v_cache)):
+        assert isinstance(g, torch.Tensor) and g.dtype == cache.dtype
+        assert torch.equal(g, w) and torch.equal(g, cache[[3, 3, 1], [0, 1, 0]])

@@ -109,8 +109,8 @@ class LLMEngine:
 
     def _queue(self, prompt: list[int], params: SamplingParams) -> int:
         req = Request(self._next_rid, prompt, params)
-        self._next_rid += 1
         self.scheduler.add(req)
+        self._next_rid += 1   # (once queued: a failure before takes no id)
         self.stats.prompt_tokens += len(prompt)
         return req.rid
 

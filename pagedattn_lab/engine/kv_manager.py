@@ -2,7 +2,11 @@
 
 The scheduler decides WHO runs and how many tokens; this module decides WHERE their K/V go.
 Every operation that can fail is priced first (`admission_cost`, `growth_cost`) and then
-done all at once, so a request never holds half of what it asked for.
+done all at once, so a request never holds half of what it asked for. One that fails halfway
+all the same (a copy interrupted, memory out) is undone (`_atomic`): the request, the
+counters and every page, its place in the LRU free queue and its cached prefix included, are
+as before the call, inside a step or outside one; only the pages it took from the free queue
+forget their prefix, since a copy into them may have begun.
 
 Copy on write: a page that another request holds, or that the prefix cache offers to future
 requests, is never written into. Writing a token there first copies the page to a fresh one
@@ -14,7 +18,10 @@ token cached there was nothing left to compute.)
 """
 from __future__ import annotations
 
-from ..paging import BlockAllocator
+from contextlib import contextmanager
+
+from ..paging import BlockAllocator, check_page_ids
+from ..validate import check_int, check_int_list
 from .prefix_cache import BlockPool, hash_block
 from .request import Request
 
@@ -55,11 +62,27 @@ class KVCacheManager:
     def rollback(self) -> list[int]:
         """The pool, the host pages and the counters as at `begin`; returns the device pages
         handed out since (BlockPool.rollback)."""
+        if self._counts is None:
+            raise RuntimeError("rollback: nothing to roll back (no begin() since the last "
+                               "commit or rollback)")
         (self.query_tokens, self.hit_tokens, self.cow_copies), self._counts = self._counts, None
         if self._host_state is not None:
             self.host.restore(self._host_state)
             self._host_state = None
         return self.pool.rollback()
+
+    @contextmanager
+    def _atomic(self, req: Request):
+        """All or nothing for one call about `req`: if the body raises, the request, the
+        counters and the pool are put back (BlockPool.atomic)."""
+        saved, counts = req.save(), (self.query_tokens, self.hit_tokens, self.cow_copies)
+        try:
+            with self.pool.atomic():
+                yield
+        except BaseException:
+            req.restore(saved)
+            self.query_tokens, self.hit_tokens, self.cow_copies = counts
+            raise
 
     # -- the prefix cache ---------------------------------------------------------------
 
@@ -93,13 +116,14 @@ class KVCacheManager:
 
     def register_computed(self, req: Request) -> None:
         """Offer the request's full, computed pages to the prefix cache."""
-        if not self.enable_caching:
-            return
-        hashes = self.hashes(req)
-        full = min(req.num_computed_tokens // self.page_size, len(hashes))
-        for i in range(req.num_registered_blocks, full):
-            self.pool.register(req.pages[i], hashes[i], self.block_tokens(req, i))
-        req.num_registered_blocks = max(req.num_registered_blocks, full)
+        full = req.num_computed_tokens // self.page_size   # (<= the blocks hashed)
+        if not self.enable_caching or full <= req.num_registered_blocks:
+            return   # (most steps: no block filled, nothing to undo)
+        with self._atomic(req):
+            hashes = self.hashes(req)
+            for i in range(req.num_registered_blocks, full):
+                self.pool.register(req.pages[i], hashes[i], self.block_tokens(req, i))
+            req.num_registered_blocks = full
 
     @property
     def hit_rate(self) -> float:
@@ -132,28 +156,52 @@ class KVCacheManager:
     def admit(self, req: Request, hits: list[int], computed: int, num_new: int,
               lookahead: int = 0) -> None:
         """Give a waiting request its prefix hits and the pages for its first `num_new`
-        tokens (and `lookahead` more). The caller checked `admission_cost`."""
-        self.pool.touch(hits)
-        req.pages = list(hits)
-        req.num_registered_blocks = len(hits)
-        req.num_computed_tokens = computed
-        self.query_tokens += req.num_tokens
-        self.hit_tokens += computed
-        try:
+        tokens (and `lookahead` more); hits and computed as `cached_prefix` gave them. The
+        caller checked `admission_cost`; a failure (a copy on write interrupted) leaves it
+        waiting, holding nothing."""
+        _refuse_held(req, "admit", "a waiting request", device=True, host=True)
+        hits = self._check_hits(req, hits, computed)
+        check_int(num_new, "num_new")
+        if not 0 <= num_new <= req.num_tokens - computed:
+            raise ValueError(f"num_new: expected 0..{req.num_tokens - computed} (the request's "
+                             f"{req.num_tokens} tokens less {computed} computed), got {num_new}")
+        check_int(lookahead, "lookahead", minimum=0)
+        with self._atomic(req):
+            self.pool.touch(hits)
+            req.pages = list(hits)
+            req.num_registered_blocks = len(hits)
+            req.num_computed_tokens = computed
+            self.query_tokens += req.num_tokens
+            self.hit_tokens += computed
             self._prepare_write(req, num_new, lookahead)
-        except BaseException:   # (a copy on write interrupted) it stays waiting, holding nothing
-            self.free(req)
-            req.num_computed_tokens = 0
-            self.query_tokens -= req.num_tokens
-            self.hit_tokens -= computed
-            raise
+
+    def _check_hits(self, req: Request, hits, computed) -> list[int]:
+        """hits as ints, refused unless they are what `cached_prefix` gives with `computed`:
+        a page caching nothing taken as a hit would serve its contents as the prompt's."""
+        hits = check_int_list(hits, "hits", "page id")
+        check_page_ids(hits, "hits", self.pool.num_pages, "pool")
+        check_int(computed, "computed")
+        if not 0 <= computed < req.num_tokens:   # (the last token is always computed)
+            raise ValueError(f"computed: expected 0..{req.num_tokens - 1} (request {req.rid} "
+                             f"has {req.num_tokens} tokens, the last always computed), got "
+                             f"{computed}")
+        uncached = [p for p in hits if self.pool.page_hash[p] is None]
+        if len(hits) != _pages_for(computed, self.page_size) or uncached:
+            which = f", of which page {uncached[0]} caches no prefix" if uncached else ""
+            raise ValueError(f"hits: expected {_pages_for(computed, self.page_size)} page(s) "
+                             f"holding the {computed} computed token(s), got {hits}{which} "
+                             f"(pass what cached_prefix returns)")
+        return hits
 
     def grow(self, req: Request, num_new: int) -> bool:
         """Pages for the request's next `num_new` tokens; False (nothing changed) when the
         pool cannot give them."""
-        if self.growth_cost(req, num_new) > self.pool.num_free:
+        cost = self.growth_cost(req, num_new)
+        if cost > self.pool.num_free:
             return False
-        self._prepare_write(req, num_new, 0)
+        if cost:   # (most decode steps write into a page they hold: nothing to do or undo)
+            with self._atomic(req):
+                self._prepare_write(req, num_new, 0)
         return True
 
     def _prepare_write(self, req: Request, num_new: int, lookahead: int) -> None:
@@ -167,20 +215,12 @@ class KVCacheManager:
             req.pages.extend(self.pool.allocate(missing))
 
     def _copy_on_write(self, req: Request, i: int) -> None:
+        """(Inside its caller's `_atomic`, which undoes a copy that fails halfway.)"""
         (fresh,) = self.pool.allocate(1)
         if self.store is not None:
-            try:
-                self.store.copy_page(req.pages[i], fresh)
-            except BaseException:   # the request keeps its shared page; the copy's goes back
-                self.pool.free([fresh])
-                raise
-        old, req.pages[i] = req.pages[i], fresh   # (the table first: interrupted between the
-        try:                                      # two, generate()'s roll-back frees no page twice)
-            self.pool.free([old])
-        except BaseException:   # (all or nothing) the request holds `old` still: its table
-            req.pages[i] = old  # says so, or admit()'s clean-up would leak that page's count
-            self.pool.free([fresh])
-            raise
+            self.store.copy_page(req.pages[i], fresh)
+        self.pool.free([req.pages[i]])
+        req.pages[i] = fresh
         self.cow_copies += 1
 
     def free(self, req: Request) -> None:
@@ -198,6 +238,10 @@ class KVCacheManager:
     def swap_out(self, req: Request) -> None:
         """Copy the pages holding the request's computed tokens to host memory, then free
         every page it holds on the device."""
+        if self.host is None:
+            raise ValueError(f"req: this manager has no host pages to swap request {req.rid} "
+                             f"out to (num_host_pages=0)")
+        _refuse_held(req, "swap_out", "a running request", device=False, host=True)
         keep = req.pages[:_pages_for(req.num_computed_tokens, self.page_size)]
         self._save_host()
         never_used = self.host.num_never_used
@@ -226,14 +270,24 @@ class KVCacheManager:
         return back + max(0, _pages_for(req.num_computed_tokens + num_new, self.page_size) - back)
 
     def swap_in(self, req: Request) -> None:
-        """Bring a swapped request's pages back (the caller checked `swap_in_cost`)."""
-        pages = self.pool.allocate(len(req.host_pages))
-        try:
+        """Bring a swapped request's pages back (the caller checked `swap_in_cost`); a
+        failure (a copy interrupted) leaves it swapped out, its host pages held."""
+        _refuse_held(req, "swap_in", "a swapped-out request", device=True, host=False)
+        with self._atomic(req):
+            pages = self.pool.allocate(len(req.host_pages))
             if self.store is not None:
                 self.store.swap_in(req.host_pages, pages)
-            self.free_host(req)   # (all or nothing) before the request takes the pages: a
-        except BaseException:     # failure would leave it holding them and its host pages
-            self.pool.free(pages)   # it stays swapped out, the device pages free
-            raise
-        req.pages = pages
-        req.num_registered_blocks = 0
+            self.free_host(req)   # the last step that can fail: the host pages stay held
+            req.pages = pages
+            req.num_registered_blocks = 0
+
+
+def _refuse_held(req: Request, call: str, takes: str, device: bool, host: bool) -> None:
+    """Refuse a request holding pages that `call` would replace in its tables: they would
+    stay held for ever (leaked)."""
+    if device and req.pages:
+        raise ValueError(f"req: request {req.rid} holds device pages {req.pages} already; "
+                         f"{call} takes {takes}")
+    if host and req.host_pages:
+        raise ValueError(f"req: request {req.rid} holds host pages {req.host_pages} already "
+                         f"(it is swapped out); {call} takes {takes}")

@@ -24,11 +24,13 @@ them.
 `begin` / `rollback` undo everything done to the pool since `begin` (a step that failed):
 the first change of each page records what the page was (count, hash and tokens, place in
 the free queue), so the cost is in proportion to the pages a step touches, not to the pool.
+`atomic` does the same for one call of the KV cache manager, inside a step or outside one.
 """
 from __future__ import annotations
 
 import hashlib
 from collections import Counter, OrderedDict
+from contextlib import contextmanager
 from operator import itemgetter
 
 import numpy as np
@@ -72,6 +74,7 @@ class BlockPool:
         self.evictions = 0
         self._undo: dict[int, tuple] | None = None   # page -> (count, hash, tokens, stamp)
         self._allocated: list[int] = []              # pages handed out since begin
+        self._evictions_at_begin = 0
 
     @property
     def num_free(self) -> int:
@@ -186,11 +189,42 @@ class BlockPool:
             self._undo[page] = (self.ref_cnt[page], self.page_hash[page],
                                 self.page_tokens[page], self.free_queue.get(page))
 
+    @contextmanager
+    def atomic(self):
+        """All or nothing for one larger call (a request's admission, a swap-in): if the body
+        raises, every page is put back as it was before it (`rollback`), but the pages it
+        took from the free queue forget their prefix (a copy into them may have begun). In a
+        step (after `begin`) the step's record goes on, with what the body changed, failed
+        or not: the step's rollback forgets the pages it wrote into too."""
+        outer = (self._undo, self._allocated, self._evictions_at_begin)
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            undo = self._undo   # (the step's rollback puts these pages back, then forgets)
+            written = self.rollback()
+            self._resume(outer, undo, written)
+            self.forget(written)
+            raise
+        self._resume(outer, self._undo, self._allocated)
+
+    def _resume(self, outer: tuple, undo: dict, allocated: list[int]) -> None:
+        """Back to the record of the step around an `atomic` call (or to none), adding what
+        the call changed: the step's record of a page, older, stays."""
+        self._undo, self._allocated, self._evictions_at_begin = outer
+        if self._undo is not None:
+            for page, saved in undo.items():
+                self._undo.setdefault(page, saved)
+            self._allocated += allocated
+
     def rollback(self) -> list[int]:
         """Every page's count, hash and place in the free queue back as they were at `begin`;
         returns the pages handed out since then: their contents may have been overwritten
         (a copy, a swap-in, the forward's writes), so any hash they get back is a lie until
         `forget` drops it."""
+        if self._undo is None:
+            raise RuntimeError("rollback: nothing to roll back (no begin() since the last "
+                               "commit or rollback)")
         undo, allocated = self._undo, self._allocated
         self.commit()
         for page in undo:   # every hash first: a hash may have moved between two pages
@@ -212,9 +246,10 @@ class BlockPool:
 
     def forget(self, pages) -> None:
         """Drop the cached hash of each page listed (its contents no longer match it)."""
-        for page in pages:
+        for page in self._page_ids(pages):   # (all checked first: -1 would be the last page)
             block_hash = self.page_hash[page]
             if block_hash is not None:
+                self._save(page)
                 del self.cached[block_hash]
                 self.page_hash[page] = self.page_tokens[page] = None
                 self.evictions += 1

@@ -256,6 +256,9 @@ class Scheduler:
         return dropped
 
     def finish(self, req: Request, reason: str) -> None:
+        if req not in self.running:   # (before it is marked finished)
+            raise ValueError(f"req: request {req.rid} is {req.status.value}, not running; "
+                             f"only a running request finishes")
         self._save(req)
         req.finish_reason = reason
         req.status = Status.FINISHED
