@@ -8,6 +8,7 @@ reported as "not attempted".
 
 CUDA C tasks run on the GPU when CuPy has one, else on the CPU executor; pass
 `device="cpu"` to force the executor, which names the thread and block of a bad access.
+An answer that is the package's own (grading/own_work.py) fails before its cases run.
 
 The checks available here are the ones the lesson registry (`pagedattn_lab.lessons`) names.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import importlib
 
+from .grading.own_work import guarded
 from .grading.report import CheckResult
 from .lessons import check_modules
 
@@ -24,7 +26,7 @@ _MODULES = check_modules()
 def __getattr__(name):
     if name in _MODULES:
         module = importlib.import_module(f".grading.{_MODULES[name]}", __package__)
-        return getattr(module, name)
+        return guarded(name, getattr(module, name))
     raise AttributeError(f"pagedattn_lab.check has no check {name!r}; "
                          f"checks: {', '.join(sorted(_MODULES))}")
 

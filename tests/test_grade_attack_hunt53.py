@@ -111,14 +111,16 @@ def test_no_marker_of_the_kernel_in_the_preprocessed_output_is_refused(tmp_path)
 
 def test_a_workbook_gets_no_row_for_another_lessons_task(tmp_path):
     """The judge checked every task of the course for every notebook: workbook 00 that
-    called check.kv_offset (lesson 02's, handed the package's own element_offset) got a
+    called check.kv_offset (lesson 02's, handed a right answer) got a
     "kv_offset pass" row of its own. A workbook's judge checks that workbook's tasks only; a
     notebook of no known workbook keeps every task."""
     import nbformat
 
     from pagedattn_lab import grade
-    code = ("from pagedattn_lab import check\nfrom pagedattn_lab.addressing import "
-            "element_offset\ncheck.kv_offset(element_offset)\n")
+    code = ("from pagedattn_lab import check\n"
+            "def kv_offset(slot, kv_head, dim, num_kv_heads, head_dim):\n"
+            "    return (slot * num_kv_heads + kv_head) * head_dim + dim\n"
+            "check.kv_offset(kv_offset)\n")
     for name in ("00_why_paging.ipynb", "scratch.ipynb"):
         nb = nbformat.v4.new_notebook()
         nb.cells = [nbformat.v4.new_code_cell(code)]

@@ -33,7 +33,7 @@ import socket
 import sys
 from collections import Counter
 
-from . import remote, remote_errors, seeds, wire
+from . import own_work, remote, remote_errors, seeds, wire
 from .channel import Channel
 from .kernel_runner import kernels_elsewhere
 from .report import FAILED, PASSED
@@ -83,7 +83,10 @@ class Judge:
             with salted, kernels_elsewhere(self.kernel), \
                     contextlib.redirect_stdout(io.StringIO()):
                 try:
-                    result = getattr(checks, task)(*args, **kwargs)
+                    result = self._borrowed(task, fields.get("borrowed")) or \
+                        getattr(checks, task)(*args, **kwargs)
+                    if "borrowed" in fields:   # a sandbox that watches (runner.forwarder)
+                        result = self._borrowed(task, self._called()) or result
                 except Exception as exc:   # e.g. check.allocator() without the class
                     self.record(task, FAILED, f"the check could not run: "
                                 f"{type(exc).__name__}: {exc}", 0)
@@ -115,6 +118,20 @@ class Judge:
             if self.kernels is not None:
                 self.kernels.clear_handles()
         return {"task": task, "recorded": True}
+
+    @staticmethod
+    def _borrowed(task, found):
+        """The failed result for the package's own answers the sandbox found in the learner's
+        objects or calls (own_work.py; text only, shown to the learner), or None."""
+        found = [str(f)[:300] for f in found or ()] if isinstance(found, list) else []
+        return own_work.refused(task, found) if found else None
+
+    def _called(self) -> list:
+        """The calls of the task's answers the learner's code made during the check."""
+        try:
+            return self.peer.request("borrowed")
+        except (TypeError, ValueError, RuntimeError, AttributeError, KeyError):
+            return []   # the sandbox's answer is an error: its code, not the learner's
 
     def _kernel_host_gone(self) -> bool:
         """The kernel host's channel closed while the sandbox's is open: that task fails, and

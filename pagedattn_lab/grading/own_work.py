@@ -1,0 +1,319 @@
+"""Whether a submission is the learner's own work, not the package's finished answer.
+
+The package ships the finished versions of what the workbooks ask for (the float64
+references, `addressing.gather_kv_reference`, the kernels under `pagedattn_lab/kernels`),
+so an answer that returns `pagedattn_lab.reference.reference_decode(...)` or compiles a
+string read from `prefill_naive.cu` passes every case. Before a task's check runs:
+
+- `kernel_findings` (run where the check runs, the judge under the grader): a CUDA C source
+  that holds the body of a function of the package's kernel files word for word (comments
+  and spacing aside), or #includes one of those files, whatever way the text was read;
+- `python_findings` (run where the learner's objects live: the notebook, or the sandbox,
+  whose forwarder sends them with the check request): the learner's function or class is
+  one of the task's answers (or a subclass), or its source names one, through any alias,
+  `getattr(module, "name")`, `importlib.import_module("...")` or `__import__`, or calls a
+  function or class of `pagedattn_lab.grading` (the grader's own expected values);
+- `Watch`: while the check runs, the task's answer functions are wrapped where the package
+  modules hold them; a call whose caller is not package code is the learner's (the
+  names built at run time, e.g. `getattr(ref, "reference_" + "decode")`).
+
+Not caught: an answer reached only through an object the source does not show as the
+package's (a container or an instance built before the check holding the function, `exec`
+of a string) and called through a binding made before the check; a kernel copied and then
+edited; the tasks with no entry in ANSWERS; code that patches the sandbox's runner (the
+judge trusts the sandbox's word on the learner's Python, the kernel text it reads itself).
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import importlib
+import inspect
+import re
+import sys
+import textwrap
+import types
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE = "pagedattn_lab"
+_ROOT = Path(__file__).resolve().parent.parent
+_KERNELS = _ROOT / "kernels"
+_REFERENCES = tuple(f"reference:{n}" for n in ("reference_decode", "reference_prefill",
+                                               "reference_prefill_packed", "_softmax_attend"))
+_GATHER = ("addressing:gather_kv_reference", "gather:gather_kv")
+
+# task -> the package's names that ARE that task's answer ("module:name", module under the
+# package). Helpers a workbook tells the learner to use (validation, hash_block, the
+# decode wrapper of lesson 07, plotting) are not listed.
+ANSWERS: dict[str, tuple[str, ...]] = {
+    "allocator": ("paging:BlockAllocator",),
+    "refcounts": ("paging:BlockAllocator",),
+    "slot_of": ("addressing:physical_slot", "addressing:translate", "addressing:token_slots"),
+    "kv_offset": ("addressing:element_offset", "addressing:translate"),
+    "gather_numpy": (*_GATHER, "addressing:token_slots", *_REFERENCES),
+    "online_softmax": _REFERENCES,
+    "attend_one": _REFERENCES,
+    "merge_partitions": ("split_k:merge_partials", "split_k:reference_partials",
+                         *_REFERENCES),
+    "choose_page_size": ("engine.adaptive:choose_page_size",),
+    "chunk_mask": ("prefill_masks:causal_mask", "prefill_masks:packed_masks"),
+    "tile_work": ("prefill_wrapper:work_list",),
+    "kv_scales": ("quant:per_token_scales", "quant:static_scales"),
+    "block_hashes": ("engine.prefix_cache:block_hashes",),
+    "gather_heads": ("distributed.shard:reassemble",),
+    "head_split": ("distributed.shard:head_range",),
+    "wire_bytes": ("distributed.shard:step_bytes",),
+}
+HINT = ("write the task's code yourself in the cell: the package's finished version is what "
+        "your answer is compared with, so calling it shows nothing of yours.")
+
+
+def answers(task: str) -> dict[int, tuple[str, object]]:
+    """id -> (dotted name, object) of the task's answers."""
+    out = {}
+    for entry in ANSWERS.get(task, ()):
+        module, name = entry.split(":")
+        obj = getattr(importlib.import_module(f"{PACKAGE}.{module}"), name)
+        out[id(obj)] = (f"{PACKAGE}.{module}.{name}", obj)
+    return out
+
+
+def refusal(task: str, findings: list[str]) -> str:
+    """The learner's message: what was expected, what came, where, a hint."""
+    return (f"{task}: expected your own implementation, but {findings[0]}"
+            f"{f' (and {len(findings) - 1} more)' if len(findings) > 1 else ''}. Hint: {HINT}")
+
+
+# -- CUDA C: the text itself -------------------------------------------------------------------
+def _squeezed(code: str) -> str:
+    from .kernel_runner import code_only  # noqa: PLC0415 - kernel_runner imports much
+    return re.sub(r"\s+", "", code_only(code))
+
+
+@lru_cache(maxsize=1)
+def _kernel_bodies() -> tuple[tuple[str, str], ...]:
+    """(where, squeezed text) of every long brace block, at depth 0 or 1, of the package's
+    kernel files: the __global__ wrappers are a line each, the work is in the device
+    templates they call (and a function's loop is enough to pass some checks)."""
+    from .kernel_runner import code_only  # noqa: PLC0415
+    out = []
+    for path in sorted([*_KERNELS.glob("*.cu"), *_KERNELS.glob("*.cuh")]):
+        code = code_only(path.read_text(encoding="utf-8"))
+        opened: list[int] = []
+        for i, char in enumerate(code):
+            if char == "{":
+                opened.append(i)
+            elif char == "}" and opened:
+                start = opened.pop()
+                body = re.sub(r"\s+", "", code[start + 1:i])
+                if len(opened) <= 1 and len(body) > 300:   # not written this way by chance
+                    out.append((f"{path.name} line {code.count(chr(10), 0, start) + 1}", body))
+    return tuple(out)
+
+
+def kernel_findings(args, kwargs) -> list[str]:
+    """What in the CUDA C strings among the arguments is a package kernel's own text."""
+    found = []
+    for value in [*args, *kwargs.values()]:
+        if not isinstance(value, str) or "__global__" not in value:
+            continue
+        for m in re.finditer(r'#\s*include\s*[<"]([^>"]+)[>"]', value):
+            if (_KERNELS / Path(m.group(1)).name).is_file():
+                found.append(f"your source #includes the package's kernel file "
+                             f"{m.group(1)!r}")
+        squeezed = _squeezed(value)
+        found += [f"your source holds the code of pagedattn_lab/kernels/{where} word for word"
+                  for where, body in _kernel_bodies() if body in squeezed]
+    return found
+
+
+# -- Python: the objects and their source ------------------------------------------------------
+def python_findings(task: str, args, kwargs) -> list[str]:
+    """What of the task's answers the learner's functions and classes among the arguments
+    are, inherit or name in their source."""
+    wanted = answers(task)
+    found = []
+    for value in [*args, *kwargs.values()]:
+        if id(value) in wanted:
+            found.append(f"you passed {wanted[id(value)][0]} itself")
+        elif isinstance(value, type):
+            found += [f"{value.__name__} inherits from {wanted[id(b)][0]}"
+                      for b in value.__mro__[1:] if id(b) in wanted]
+        for fn in _functions_of(value):
+            found += [f"a default argument of {fn.__name__} is {wanted[id(d)][0]}"
+                      for d in (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values())
+                      if id(d) in wanted]
+            found += _named_in(fn, wanted)
+    return found
+
+
+def _functions_of(value) -> list:
+    if isinstance(value, types.FunctionType):
+        return [value]
+    if isinstance(value, type) and not _ours(value):
+        return [f for k in value.__mro__ if not _ours(k) and k is not object
+                for f in vars(k).values() if isinstance(f, types.FunctionType)]
+    return []
+
+
+def _ours(obj) -> bool:
+    return str(getattr(obj, "__module__", "") or "").split(".")[0] == PACKAGE
+
+
+def _named_in(fn, wanted) -> list[str]:
+    try:
+        lines, first = inspect.getsourcelines(fn)
+        tree = ast.parse(textwrap.dedent("".join(lines)))
+    except (OSError, TypeError, SyntaxError):
+        return []
+    scope = dict(fn.__globals__)
+    scope.update(zip(fn.__code__.co_freevars,
+                     (c.cell_contents for c in fn.__closure__ or () if _filled(c))))
+    for node in ast.walk(tree):   # a name the function binds is its own, not a global's
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load) or \
+                isinstance(node, ast.arg):
+            scope.pop(getattr(node, "id", getattr(node, "arg", None)), None)
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            _bind_imports(node, scope)
+    called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    found = []
+    for node in ast.walk(tree):
+        obj = _resolve(node, scope)
+        if obj is None:
+            continue
+        line = f"line {first + node.lineno - 1} of {fn.__name__}"
+        if id(obj) in wanted:
+            found.append(f"{line} uses {wanted[id(obj)][0]}")
+        elif id(node) in called and isinstance(obj, (type, types.FunctionType)) and \
+                str(getattr(obj, "__module__", "")).startswith(f"{PACKAGE}.grading"):
+            found.append(f"{line} uses the grader's {obj.__module__}.{obj.__name__}")
+    return list(dict.fromkeys(found))
+
+
+def _filled(cell) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def _bind_imports(node, scope) -> None:
+    for alias in node.names:
+        if isinstance(node, ast.Import):
+            top = alias.name.split(".")[0]
+            module = _module(alias.name if alias.asname else top)
+            if module is not None:
+                scope[alias.asname or top] = module
+        elif node.module and node.level == 0:
+            module = _module(node.module)
+            value = getattr(module, alias.name, None) if module else None
+            value = value if value is not None else _module(f"{node.module}.{alias.name}")
+            if value is not None:
+                scope[alias.asname or alias.name] = value
+
+
+def _module(name: str):
+    if name.split(".")[0] != PACKAGE:
+        return None
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def _resolve(node, scope):
+    """The package object an expression names, without running the learner's code: names,
+    attributes of modules, getattr(module, "const"), import_module("const")."""
+    if isinstance(node, ast.Name):
+        value = scope.get(node.id)
+        return value if _ours(value) or (isinstance(value, types.ModuleType) and
+                                         value.__name__.split(".")[0] == PACKAGE) else None
+    if isinstance(node, ast.Attribute):
+        base = _resolve(node.value, scope)
+        return getattr(base, node.attr, None) if isinstance(base, types.ModuleType) else None
+    if isinstance(node, ast.Call) and node.args and isinstance(node.args[-1], ast.Constant):
+        callee, const = node.func, node.args[-1].value
+        name = callee.attr if isinstance(callee, ast.Attribute) else getattr(callee, "id", "")
+        if name == "getattr" and len(node.args) >= 2 and isinstance(const, str):
+            base = _resolve(node.args[0], scope)
+            return getattr(base, const, None) if isinstance(base, types.ModuleType) else None
+        if name == "import_module" and isinstance(const, str):
+            return _module(const)
+        if name == "__import__" and isinstance(const, str):   # the top package, as Python's
+            return _module(const) and _module(const.split(".")[0])
+    return None
+
+
+# -- the calls made while the check runs -------------------------------------------------------
+class Watch(contextlib.AbstractContextManager):
+    """Wraps the task's answer functions where the package's modules hold them; `found`
+    lists the calls whose caller is not package code."""
+
+    def __init__(self, task: str):
+        self.wanted = {k: v for k, v in answers(task).items()
+                       if isinstance(v[1], types.FunctionType)}
+        self.found: list[str] = []
+        self.undo: list[tuple] = []
+
+    def __enter__(self):
+        for module in [m for n, m in list(sys.modules.items())
+                       if n.split(".")[0] == PACKAGE and m is not None]:
+            for attr, value in list(vars(module).items()):
+                if id(value) in self.wanted:
+                    self.undo.append((module, attr, value))
+                    setattr(module, attr, self._wrapped(value, self.wanted[id(value)][0]))
+        return self
+
+    def __exit__(self, *exc):
+        for module, attr, value in reversed(self.undo):
+            setattr(module, attr, value)
+        self.undo.clear()
+        return False
+
+    def _wrapped(self, fn, dotted):
+        def call(*args, **kwargs):
+            caller = sys._getframe(1)
+            if not _in_package(caller.f_code.co_filename):
+                self.found.append(f"line {caller.f_lineno} of {caller.f_code.co_name} called "
+                                  f"{dotted}")
+            return fn(*args, **kwargs)
+        call.__wrapped__ = fn
+        return call
+
+
+@lru_cache(maxsize=256)
+def _in_package(filename: str) -> bool:
+    try:
+        return Path(filename).resolve().is_relative_to(_ROOT)
+    except (OSError, ValueError):
+        return False
+
+
+# -- around a check ----------------------------------------------------------------------------
+def guarded(task: str, check):
+    """`check` refusing the package's own answer: before it runs (the arguments), and while
+    it runs (the calls of `Watch`)."""
+    def run(*args, **kwargs):
+        found = kernel_findings(args, kwargs) + python_findings(task, args, kwargs)
+        if not found:
+            with Watch(task) as watch:
+                result = check(*args, **kwargs)
+            if not watch.found:
+                return result
+            found = watch.found
+        return refused(task, found)
+    run.__name__ = run.__qualname__ = check.__name__
+    run.__doc__, run.__wrapped__ = check.__doc__, check
+    return run
+
+
+def refused(task: str, found: list[str]):
+    from .report import FAILED, CheckResult, record  # noqa: PLC0415 - report imports numpy
+    text = refusal(task, list(dict.fromkeys(found)))
+    print(f"FAIL {text}")
+    result = CheckResult(task, FAILED, [], [text])
+    record(result)
+    return result
