@@ -124,19 +124,34 @@ def calibrate_kv_scales(model, prompts, kv_dtype: str, max_tokens: int = 8, **en
     return scales(engine.store.k), scales(engine.store.v)
 
 
-def greedy_agreement(model, prompts, kv_dtype: str, scheme: str = "per_token",
-                     max_tokens: int = 32, kv_scales=None, **engine_kw) -> Agreement:
-    """Generate greedily from `prompts` with `model` over an uncompressed cache and over a
-    `kv_dtype` cache (static scales: `kv_scales`, see calibrate_kv_scales), and compare the
-    tokens. engine_kw: EngineConfig fields (num_pages, page_size, ...)."""
+def greedy_tokens(model, prompts, max_tokens: int = 32, kv_dtype: str | None = None,
+                  scheme: str = "per_token", kv_scales=None, **engine_kw) -> list[list[int]]:
+    """The greedy tokens `model` generates from each of `prompts` (max_tokens each, no stop
+    at EOS) over an uncompressed cache, or a `kv_dtype` one. engine_kw: EngineConfig fields."""
     from .engine import EngineConfig, LLMEngine, SamplingParams  # noqa: PLC0415
+    config = EngineConfig(**engine_kw) if kv_dtype is None else \
+        EngineConfig(**engine_kw, kv_dtype=kv_dtype, kv_scale_scheme=scheme)
+    engine = LLMEngine(model, config, kv_scales=kv_scales if kv_dtype is not None else None)
     params = SamplingParams(max_tokens=max_tokens, ignore_eos=True)
-    runs = []
-    for config in (EngineConfig(**engine_kw),
-                   EngineConfig(**engine_kw, kv_dtype=kv_dtype, kv_scale_scheme=scheme)):
-        engine = LLMEngine(model, config, kv_scales=kv_scales if config.kv_dtype else None)
-        runs.append([out.output_ids for out in engine.generate(prompts, params)])
-    same = [np.asarray(a) == np.asarray(b) for a, b in zip(*runs)]
+    return [list(out.output_ids) for out in engine.generate(prompts, params)]
+
+
+def greedy_agreement(model, prompts, kv_dtype: str, scheme: str = "per_token",
+                     max_tokens: int = 32, kv_scales=None, reference=None,
+                     **engine_kw) -> Agreement:
+    """Generate greedily from `prompts` with `model` over a `kv_dtype` cache (static scales:
+    `kv_scales`, see calibrate_kv_scales) and compare the tokens with `reference`, those of
+    an uncompressed cache (greedy_tokens with the same arguments; generated here if None:
+    pass it to compare several formats with one uncompressed run)."""
+    if reference is None:
+        reference = greedy_tokens(model, prompts, max_tokens, **engine_kw)
+    elif len(reference) != len(prompts) or any(len(r) != max_tokens for r in reference):
+        raise ValueError(f"reference: expected {len(prompts)} lists of max_tokens={max_tokens} "
+                         f"tokens (greedy_tokens of the same prompts), got "
+                         f"{[len(r) for r in reference]} tokens for {len(reference)} prompts")
+    compressed = greedy_tokens(model, prompts, max_tokens, kv_dtype, scheme, kv_scales,
+                               **engine_kw)
+    same = [np.asarray(a) == np.asarray(b) for a, b in zip(reference, compressed)]
     first_diff = [int(np.argmin(s)) if not s.all() else s.size for s in same]
     return Agreement(kv_dtype, scheme, float(np.mean([s.all() for s in same])),
                      float(np.mean([n / s.size for n, s in zip(first_diff, same)])),

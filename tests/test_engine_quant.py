@@ -139,6 +139,25 @@ def test_greedy_agreement_reports_fractions(rng):
     assert a.kv_dtype == "int8" and 0 <= a.positions <= 1 and 0 <= a.identical <= a.prefix <= 1
 
 
+def test_greedy_agreement_against_a_reference_run_once(rng):
+    config = tiny_config()
+    model = LlamaModel(config, random_weights(config, seed=1), dtype=np.float16, device="cpu")
+    reqs = prompts(rng, config.vocab_size)
+    kw = dict(max_tokens=4, num_pages=32, page_size=8)
+    reference = qa.greedy_tokens(model, reqs, **kw)
+    assert reference == qa.greedy_tokens(model, reqs, **kw)   # greedy: the same every run
+    # the uncompressed cache's own tokens agree with themselves everywhere ...
+    fp16_pages = qa.greedy_tokens(model, reqs, kv_dtype=None, **kw)
+    assert fp16_pages == reference
+    # ... and a reference passed in gives what the one generated inside gives
+    assert qa.greedy_agreement(model, reqs, "int8", reference=reference, **kw) == \
+        qa.greedy_agreement(model, reqs, "int8", **kw)
+    flipped = [[t + 1 for t in r] for r in reference]   # another run's tokens: none agree
+    assert qa.greedy_agreement(model, reqs, "int8", reference=flipped, **kw).positions == 0
+    with pytest.raises(ValueError, match="reference: expected"):
+        qa.greedy_agreement(model, reqs, "int8", reference=reference[:-1], **kw)
+
+
 def test_the_cache_is_half_the_bytes(rng):
     config = tiny_config(head_dim=64, hidden_size=128)
     model = LlamaModel(config, random_weights(config, seed=1), dtype=np.float16, device="cpu")
