@@ -146,6 +146,23 @@ def test_the_graders_own_helper_fails_online_softmax(tmp_path):
         "_softmax_average" in summary, summary
 
 
+LAMBDAS = {   # a lambda's source lines also hold the check call it is passed to
+    "own": ("from pagedattn_lab import check\n"
+            "result = check.pages_needed(lambda num_tokens, page_size:\n"
+            "                            -(-num_tokens // page_size))\n", "passed"),
+    "the package's": ("import pagedattn_lab as pl\n"
+                      "from pagedattn_lab import check\n"
+                      "result = check.gather_numpy(lambda k, row, n: "
+                      "pl.gather.gather_kv(k, k, row, n)[0])\n", "failed"),
+}
+
+
+@pytest.mark.parametrize("whose", sorted(LAMBDAS))
+def test_a_lambda_written_in_the_check_call_is_judged_by_its_own_code(tmp_path, whose):
+    source, status = LAMBDAS[whose]
+    assert _cell(tmp_path, source).result.status == status
+
+
 def test_an_own_answer_using_the_packages_helpers_passes(tmp_path):
     """The package's names that are not the task's answer stay allowed (and a local name
     that shadows a global of the package's is the function's own)."""
