@@ -26,9 +26,6 @@ from .validate_out import check_disjoint, check_writeable
 
 THREADS_PER_BLOCK = 128
 SLOT_MAPPING_PEAK = 7   # int64 arrays of the new tokens' count slot_mapping holds at once
-# bfloat16 as ml_dtypes' dtype (CPU) or its bits in uint16 (CuPy has no bfloat16)
-WRITE_DTYPES = CACHE_DTYPES + (bfloat16_dtype(), np.dtype(np.uint16))
-CPU_WRITE_DTYPES = WRITE_DTYPES[:-1]   # NumPy has ml_dtypes' bfloat16 (README: bfloat16 caches)
 _WORDS = ((16, "uint4", np.uint32), (8, "uint2", np.uint32), (4, "unsigned int", np.uint32),
           (2, "unsigned short", np.uint16))
 
@@ -142,7 +139,10 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     k, v, k_cache, v_cache, slot_mapping = (
         from_torch(a, name) for a, name in zip((k, v, k_cache, v_cache, slot_mapping),
                                                ("k", "v", "k_cache", "v_cache", "slot_mapping")))
-    check_kv_cache(k_cache, v_cache, dtypes=WRITE_DTYPES if bits else CPU_WRITE_DTYPES)
+    # bfloat16 as ml_dtypes' dtype (NumPy: README's bfloat16 caches) or its bits in uint16
+    # (CuPy has no bfloat16); ml_dtypes imported here, not with the package (~2 s)
+    check_kv_cache(k_cache, v_cache, dtypes=CACHE_DTYPES + (bfloat16_dtype(),) +
+                   ((np.dtype(np.uint16),) if bits else ()))
     num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
     for name, rows in (("k", k), ("v", v)):
         check_array(rows, name, ndim=3, dtypes=[k_cache.dtype])
