@@ -83,14 +83,18 @@ def paged_problem(seed: int, *, mode: str, seq_lens, num_heads: int, num_kv_head
                   head_dim: int, page_size: int, extra_pages: int = 3, max_len: int | None = None,
                   extra_width: int = 1, scale: float | None = None,
                   negative_scores: bool = False,
-                  score_shift: float | None = None) -> PagedProblem:
+                  score_shift: float | None = None,
+                  score_rise: float | None = None) -> PagedProblem:
     """A random decode or prefill problem (float32 on the host).
 
     negative_scores: every q.k * scale is far below -88, where expf underflows to 0 in
     float32 (a running max started at 0 then divides 0 by 0).
     score_shift: every key's dim 0 is 1 and every query's dim 0 is score_shift / scale, so
     each score is moved by score_shift, which the softmax ignores (the same problem with
-    score_shift 0 has the same answer); past about 88, expf(score) overflows float32."""
+    score_shift 0 has the same answer); past about 88, expf(score) overflows float32.
+    score_rise: the key at position p has dim 0 p and every query's dim 0 is score_rise /
+    (scale * the longest seq_len), so the scores climb by up to score_rise along the keys:
+    an exponent taken against the first key's score (a max not kept up) overflows."""
     rng = case_rng(seed)
     seq_lens = np.asarray(seq_lens, dtype=np.int32)
     need = [-(-int(n) // page_size) for n in seq_lens]
@@ -113,6 +117,11 @@ def paged_problem(seed: int, *, mode: str, seq_lens, num_heads: int, num_kv_head
     if score_shift is not None:
         k_cache[..., 0] = 1.0
         q[..., 0] = score_shift / scale
+    if score_rise is not None:
+        slots = k_cache.reshape(num_pages * page_size, num_kv_heads, head_dim)
+        for row, n in zip(tables, seq_lens):
+            slots[token_slots(row, int(n), page_size), :, 0] = np.arange(n)[:, None]
+        q[..., 0] = score_rise / (scale * max(int(seq_lens.max()), 1))
     params = {"batch": batch, "seq_lens": [int(n) for n in seq_lens], "num_heads": num_heads,
               "num_kv_heads": num_kv_heads, "head_dim": head_dim, "page_size": page_size}
     return PagedProblem(q, k_cache, v_cache, tables, seq_lens, scale, mode, params)

@@ -86,6 +86,8 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
             if tiled and barriers(comp.source) < 2 else None) \
         or (_no_max_hint(comp, threads, tiled, sizes) if _overflowed(got, never) and (
             "score_shift" in sizes or "negative_scores" in sizes) else None) \
+        or (_stale_max_hint(comp, threads, tiled) if _overflowed(got, never) and
+            "score_rise" in sizes else None) \
         or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
         or diagnose(got, expected,
                     attention_mistakes(prob, mode="prefill", block_queries=threads),
@@ -108,6 +110,12 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
 # expf's float32 range), and the same problem unmoved, which has the same answer.
 _SHIFT = 100.0
 _SHIFTED = dict(seq_lens=[20, 7], num_heads=2, num_kv_heads=2, head_dim=8, page_size=4)
+
+
+# Scores climbing along the keys by more than expf's range: the max must be kept up at every
+# key (one taken from the first key, as one never updated, passes the moved problem above).
+_RISE = 200.0
+_CLIMB = _RISE * (max(_SHIFTED["seq_lens"]) - 1) / max(_SHIFTED["seq_lens"])
 
 
 def _overflowed(got, never) -> bool:
@@ -138,6 +146,22 @@ def _no_max_hint(comp: _Compiled, threads: int, tiled: bool, sizes: dict) -> str
             f"when they are all moved by the same amount (which the softmax ignores): {here}. "
             "Weigh each key with expf(score - new_max), new_max the running max (started at "
             "-inf), and rescale the sum and acc by expf(old_max - new_max) when it grows.")
+
+
+def _stale_max_hint(comp: _Compiled, threads: int, tiled: bool) -> str | None:
+    """The kernel is right on the climbing problem with its scores not climbing (non-finite
+    on it climbing, as the caller saw): the max it subtracts lags behind the scores."""
+    prob = paged_problem(61, mode="prefill", score_rise=0.0, **_SHIFTED)
+    flat = probe(_launch_prefill, comp, prob, threads, tiled, True)
+    if flat is None or describe_difference(flat[0], prob.expected, (
+            "sequence", "token", "head", "dim"), unwritten=flat[1]) is not None:
+        return None
+    return (f"right on this problem with the climb taken out, not when the scores climb by "
+            f"up to {_CLIMB:g} along the keys: your exponents overflowed (inf / inf is NaN), "
+            "so the max they subtract was not the largest score so far (the first key's score "
+            "kept, or no max). At "
+            "every key take new_max = fmaxf(running_max, score), weigh with "
+            "expf(score - new_max) and rescale the sum and acc by expf(old_max - new_max).")
 
 
 def _prefill_launch(prob, threads: int, tiled: bool):
@@ -297,6 +321,8 @@ def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:
         ("page_size 6, head_dim 24, 3 query heads per KV head, scale 0.3", 59,
          dict(seq_lens=[20, 13], num_heads=6, num_kv_heads=2, head_dim=24, page_size=6,
               max_len=21, scale=0.3)),
+        (f"scores climbing by {_CLIMB:g} along the keys", 61,
+         dict(_SHIFTED, score_rise=_RISE)),
     ]
     if tiled:   # last: a wrong value is the first thing to fix, a load too many the next
         specs.append(("each block loads only the keys its queries read (counted)", 58,

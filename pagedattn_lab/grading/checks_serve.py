@@ -5,7 +5,10 @@ new sequence serves, what each holds when it is freed, and in which order the re
 finish. The order is the spec's: admit waiting requests first come, first served while the
 pool has room for a request's whole length (counting the pages the running sequences will
 still take), append one token to every running sequence, then finish (record and free)
-every sequence that holds its whole request, in the order they were admitted.
+every sequence that holds its whole request, in the order they were admitted. The order
+returned is not taken on trust (the cases' requests are fixed, and finish_order is
+importable): when a request is freed, the requests running beside it must be those of the
+spec's step that finishes it, holding the tokens that step gives them.
 """
 from __future__ import annotations
 
@@ -33,12 +36,16 @@ def _ceil_pages(n_tokens: int, page_size: int) -> int:
 
 def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
                  ties: str = "admitted", finish_first: bool = False,
-                 divide: bool = True) -> list[int]:
+                 divide: bool = True, beside: dict | None = None) -> list[int]:
     """The order the spec's loop finishes `requests` in; `fifo=False` admits any waiting
     request that fits (skipping the head), `ties="reversed"` records a step's finishers
     last-admitted first, `finish_first` records and frees before the decode, `divide=False`
-    counts pages with a shift, ceil by log2(page_size) (all mistakes the hints name)."""
+    counts pages with a shift, ceil by log2(page_size) (all mistakes the hints name).
+    `beside`: filled with request -> ({other: tokens before}, {other: tokens after}, {request:
+    step admitted}) of the requests running in the step it finishes in (it included in the
+    last), before and after that step's decode."""
     waiting, running, lens, done = deque(range(len(requests))), [], {}, []
+    before, admitted, step = {}, {}, 0
 
     def _pages(n_tokens, page_size):   # (the module's, or the shift's)
         return _ceil_pages(n_tokens, page_size) if divide else \
@@ -46,9 +53,14 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
 
     def finish():
         finished = [i for i in running if lens[i] == sum(requests[i])]
+        for i in finished if beside is not None else ():
+            beside[i] = ({j: n for j, n in before.items() if j != i},
+                         {j: lens[j] for j in running if j != i},
+                         {j: admitted[j] for j in before})
         done.extend(finished[::-1] if ties == "reversed" else finished)
         return [i for i in running if i not in finished]
     while waiting or running:
+        step += 1
         promised = sum(_pages(sum(requests[i]), page_size) - _pages(lens[i], page_size)
                        for i in running)
         used = sum(_pages(lens[i], page_size) for i in running)
@@ -56,13 +68,14 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
             if _pages(sum(requests[i]), page_size) <= num_pages - used - promised:
                 waiting.remove(i)
                 running.append(i)
-                lens[i] = requests[i][0]
+                lens[i], admitted[i] = requests[i][0], step
                 used += _pages(lens[i], page_size)
                 promised += _pages(sum(requests[i]), page_size) - _pages(lens[i], page_size)
             elif fifo:
                 break
         if not running:   # (a request that never fits: only the shift's count makes one)
             return done + list(waiting)
+        before = {i: lens[i] for i in running}
         if finish_first:
             running = finish()
         for i in running:
@@ -70,6 +83,13 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
         if not finish_first:
             running = finish()
     return done
+
+
+# The mistakes that finish a request a step late (both give the same order and steps).
+_LATE = ["finished sequences were looked for before appending: record and free after this "
+         "step's decode (admit, decode, finish).",
+         "the sequences admitted in this step got no token: the decode appends one to every "
+         "running sequence, those just admitted included."]
 
 
 def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed: list[int],
@@ -96,12 +116,8 @@ def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed:
     if got == finish_order(requests, num_pages, page_size, finish_first=True):
         # (skipping the decode of the sequences just admitted gives this very order too)
         return ("every request finished a step late (a request with no new tokens is "
-                "recorded ahead of one admitted before it); " + several_fit([
-                    "finished sequences were looked for before appending: record and free "
-                    "after this step's decode (admit, decode, finish).",
-                    "the sequences admitted in this step got no token: the decode appends one "
-                    "to every running sequence, those just admitted included."],
-                    "finish order"))
+                "recorded ahead of one admitted before it); " + several_fit(_LATE,
+                                                                            "finish order"))
     return ("each step: admit (first come, first served, while the whole request fits), "
             "append one token to every running sequence, then record and free every "
             "sequence that holds prompt_len + new_tokens tokens.")
@@ -135,8 +151,15 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         return next((i for i, t in enumerate(tokens) if len(keys) and
                      np.array_equal(keys[0], t[0])), None)
 
+    spec: dict = {}   # request -> the others running in its last step (finish_order)
+    expected = finish_order(requests, num_pages, page_size, beside=spec)
+    unlike: list[Mismatch] = []   # the first free the spec's loop would not make so
     original_free = cache.free_sequence
     freed_ids: set[int] = set()
+
+    def running_beside(sid) -> dict[int, int]:
+        found = {s: request_of(cache.gather(s)[0]) for s in cache.seq_ids if s != sid}
+        return {i: cache.seq_len(s) for s, i in found.items() if i is not None}
 
     def free_sequence(sid):
         k, _ = cache.gather(sid)
@@ -151,6 +174,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                                "append each request's tokens to its own sequence, in order: "
                                "kv_for(i, start, n) gives tokens start..start+n-1.")
             freed.append(i)
+            if not unlike:
+                unlike.extend(_unlike_spec(i, running_beside(sid), spec[i], tokens))
         original_free(sid)
         freed_ids.add(sid)
 
@@ -226,11 +251,40 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     if sorted(freed) != list(range(len(requests))):
         raise Mismatch("not every request's sequence was freed exactly once",
                        "free each finished sequence once.", "each request once", repr(freed))
-    expected = finish_order(requests, num_pages, page_size)
     if finished != expected:
         raise Mismatch("the order the requests finished in",
                        _order_hint(finished, requests, num_pages, page_size, freed, bulk),
                        repr(expected), repr(finished))
+    if unlike:   # the right order returned, by a loop that did not run the spec's steps
+        raise unlike[0]
+
+
+def _unlike_spec(i: int, got: dict, spec, tokens) -> list[Mismatch]:
+    """[] if the requests running beside request `i` when it was freed (`got`: request ->
+    tokens held) are those of the spec's step that finishes it (`spec`: finish_order's
+    (before, after) its decode; one decoded this step already or not yet, one finishing in
+    the same step freed already or not yet), else [the Mismatch saying so]."""
+    before, after, admitted = spec
+    if all(j in before and before[j] <= n <= after[j] for j, n in got.items()) and \
+            all(j in got for j, n in after.items() if n < len(tokens[j])):
+        return []
+
+    def listed(running):
+        return ", ".join(f"request {j} with {n} tokens" for j, n in sorted(running.items())) \
+            or "no other request"
+    ahead = [j for j, n in sorted(got.items()) if j in after and n > after[j]]
+    if ahead:   # no token when admitted lags a request behind those admitted before it only
+        lagged = any(admitted[j] < admitted[i] for j in ahead)
+        hint = (f"request {i} finished a step late (request {ahead[0]} had had its next token "
+                f"already); " + several_fit(_LATE if lagged else _LATE[:1], "steps"))
+    else:
+        hint = ((f"request {i} ran alone: " if not got and after else "") +
+                "the requests share the steps: each step admits what fits, appends one token "
+                "to every running sequence, then frees those complete, so the order comes "
+                "out of the loop (this is checked on the cache, not only on the list "
+                "returned).")
+    return [Mismatch(f"when request {i} was freed, the cache held {listed(got)} beside it",
+                     hint, listed(after), listed(got))]
 
 
 def serve(fn) -> CheckResult:
