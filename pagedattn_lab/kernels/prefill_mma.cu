@@ -25,11 +25,11 @@
 //
 // Per warp (16 * ROW_FRAGS query rows) and K/V tile: S = Q K^T into KV_TILE / 8 accumulator
 // tiles per row fragment; the mask, only on tiles some row of the warp does not see in full;
-// the online softmax in log2 units (p = 2^(s * scale_log2 - m), one FFMA and one exp2 a
-// score); O rescaled only when some row's maximum moved (a warp vote: alpha is then exactly
-// 1 elsewhere); O += P V into HEAD_DIM / 8 accumulator tiles per row fragment, which stay in
-// registers for the whole loop. A warp whose rows all precede a tile skips its arithmetic,
-// never the barriers.
+// the online softmax in log2 units (p = 2^(s * scale_log2 - m): a rounded product, then a
+// subtraction, as in the decode kernels; see below); O rescaled only when some row's maximum
+// moved (a warp vote: alpha is then exactly 1 elsewhere); O += P V into HEAD_DIM / 8
+// accumulator tiles per row fragment, which stay in registers for the whole loop. A warp
+// whose rows all precede a tile skips its arithmetic, never the barriers.
 
 #include <cuda_fp16.h>
 #include <cuda_bf16.h>
@@ -212,8 +212,12 @@ prefill_mma(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_
                 float sum = 0.0f;
 #pragma unroll
                 for (int n = 0; n < N8; ++n) {
-                    const float p0 = fast_exp2(fmaf(s[f][n][2 * h], scale_log2, -m_use));
-                    const float p1 = fast_exp2(fmaf(s[f][n][2 * h + 1], scale_log2, -m_use));
+                    // Not fmaf(s, scale_log2, -m): its exact product misses the rounded m
+                    // by up to half an ulp of m, so past |m| ~ 2^31 the row's largest score
+                    // got 2^(+-hundreds): inf or 0, a NaN or inf row (fp16 q, k ~ 1e4).
+                    // Rounded first, the largest score gives exactly 2^0, every other <= 1.
+                    const float p0 = fast_exp2(__fmul_rn(s[f][n][2 * h], scale_log2) - m_use);
+                    const float p1 = fast_exp2(__fmul_rn(s[f][n][2 * h + 1], scale_log2) - m_use);
                     sum += p0 + p1;
                     p[f][n][h] = pack2(p0, p1, ELEM());
                 }

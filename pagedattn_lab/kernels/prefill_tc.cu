@@ -197,7 +197,8 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
 
         // Online softmax on the fragments: mask (only where some key is hidden from some
         // row of the warp), row maxima over the lanes sharing a row, then
-        // P = 2^(s * scale_log2 - m) with m in log2 units: one FFMA and one exp2 per score.
+        // P = 2^(s * scale_log2 - m) with m in log2 units, the product rounded before the
+        // subtraction (as prefill_mma.cu says why: an FFMA overflows past |m| ~ 2^31).
         const bool masked = k0 + KV_TILE - 1 > wk.min_lim;
         bool moved = false;                  // did some row's maximum move (alpha != 1)?
         float alpha[ROW_FRAGS][2];
@@ -237,8 +238,8 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
                 for (int i = 0; i < NE; i += 2) {
                     const int s = (L.slot1 >> i) & 1;
                     const float m = pick(s, m_use[0], m_use[1]);
-                    float p0 = fast_exp2(fmaf(s_frag[f][n].x[i], scale_log2, -m));
-                    float p1 = fast_exp2(fmaf(s_frag[f][n].x[i + 1], scale_log2, -m));
+                    float p0 = fast_exp2(__fmul_rn(s_frag[f][n].x[i], scale_log2) - m);
+                    float p1 = fast_exp2(__fmul_rn(s_frag[f][n].x[i + 1], scale_log2) - m);
                     if (s) l_run[f][1] += p0 + p1; else l_run[f][0] += p0 + p1;
                     store_pair(p_w + (f * 16 + pick(s, L.row[0], L.row[1])) * LD_P + n * 16
                                + elem_col(L, i), p0, p1);
