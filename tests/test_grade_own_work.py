@@ -7,6 +7,7 @@ kind (it passed before); now the check fails it and names the name and the line.
 solutions still pass (tests/test_exercises.py runs them through the same checks).
 """
 import importlib.util
+import json
 import socket
 import subprocess
 import sys
@@ -163,6 +164,111 @@ def test_a_lambda_written_in_the_check_call_is_judged_by_its_own_code(tmp_path, 
     assert _cell(tmp_path, source).result.status == status
 
 
+def test_of_two_lambdas_with_the_same_parameters_on_a_line_each_is_judged_by_its_own(
+        tmp_path):
+    """The source lines of a lambda hold every lambda of its statement: the one judged is
+    the one whose code it is, not the first with the same parameters."""
+    module = _cell(tmp_path, "import pagedattn_lab as pl\n"
+                             "theirs, mine = (lambda row, token, page_size: pl.physical_slot("
+                             "row, token, page_size)), (lambda row, token, page_size: "
+                             "int(row[token // page_size]) * page_size + token % page_size)\n")
+    assert check.slot_of(module.mine).status == "passed"
+    summary = check.slot_of(module.theirs).summary
+    assert "line 2 of <lambda> uses pagedattn_lab.addressing.physical_slot" in summary, summary
+
+
+# a function's own name for its helper shadows the package's name the notebook imported
+# (lesson 10 imports work_list after its tile_work task; re-running the task's cell keeps it)
+SHADOWS = {
+    "nested def": ("from pagedattn_lab.addressing import translate\n"
+                   "def answer(row, token, page_size):\n"
+                   "    def translate(page):\n"
+                   "        return int(row[page])\n"
+                   "    return translate(token // page_size) * page_size + token % page_size\n"),
+    "import of another module": ("from pagedattn_lab import translate\n"
+                                 "def answer(row, token, page_size):\n"
+                                 "    from math import floor as translate\n"
+                                 "    page = int(row[translate(token / page_size)])\n"
+                                 "    return page * page_size + token % page_size\n"),
+    "except as": ("from pagedattn_lab import physical_slot\n"
+                  "def answer(row, token, page_size):\n"
+                  "    try:\n"
+                  "        return int(row[token // page_size]) * page_size + token % page_size\n"
+                  "    except IndexError as physical_slot:\n"
+                  "        raise physical_slot\n"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(SHADOWS))
+def test_a_name_the_function_binds_itself_is_not_the_packages(tmp_path, how):
+    result = check.slot_of(_cell(tmp_path, SHADOWS[how]).answer)
+    assert result.status == "passed", result.summary
+
+
+def test_a_decorated_answer_is_read_with_its_own_globals(tmp_path, monkeypatch):
+    """A decorator from another module (`functools.wraps`): the answer's names are the
+    cell's, not the decorator module's; what the answer wraps is still read."""
+    monkeypatch.setitem(sys.modules, "deco", _cell(
+        tmp_path, "import functools\n"
+                  "from pagedattn_lab import physical_slot\n"
+                  "def logged(f):\n"
+                  "    @functools.wraps(f)\n"
+                  "    def wrapper(*args):\n"
+                  "        return f(*args)\n"
+                  "    return wrapper\n", "deco"))
+    module = _cell(tmp_path, "import pagedattn_lab as pl\n"
+                             "from deco import logged\n"
+                             "def physical_slot(row, token, page_size):\n"
+                             "    return int(row[token // page_size]) * page_size + "
+                             "token % page_size\n"
+                             "@logged\n"
+                             "def mine(row, token, page_size):\n"
+                             "    return physical_slot(row, token, page_size)\n"
+                             "@logged\n"
+                             "def theirs(row, token, page_size):\n"
+                             "    return pl.physical_slot(row, token, page_size)\n")
+    assert check.slot_of(module.mine).status == "passed"
+    summary = check.slot_of(module.theirs).summary
+    assert "line 10 of theirs uses pagedattn_lab.addressing.physical_slot" in summary, summary
+
+
+HINTED = textwrap.dedent("""
+    import pagedattn_lab as pl
+    class Mine:
+        def __init__(self, num_pages: int):
+            self.num_pages, self.pool, self.refs = num_pages, list(range(num_pages)), {}
+        @property
+        def num_free(self) -> int:
+            return len(self.pool)
+        def ref_count(self, page: int) -> int:
+            return self.refs.get(page, 0)
+        def same_pool(self, other: pl.BlockAllocator) -> bool:   # a hint, not a use
+            return other.num_pages == self.num_pages
+        def allocate(self, n: int) -> list[int]:
+            if n > len(self.pool):
+                raise pl.OutOfPagesError(n, len(self.pool), self.num_pages)
+            pages, self.pool = self.pool[:n], self.pool[n:]
+            self.refs.update(dict.fromkeys(pages, 1))
+            return pages
+        def free(self, pages) -> None:
+            pages = list(pages)
+            for page in pages:
+                if not 0 <= page < self.num_pages:
+                    raise ValueError(f"page {page} is not in this pool")
+                if self.ref_count(page) < pages.count(page):
+                    raise ValueError(f"page {page} is already free (double free?)")
+            for page in pages:
+                self.refs[page] -= 1
+                if self.refs[page] == 0:
+                    self.pool.append(page)
+    """)
+
+
+def test_a_type_hint_naming_the_packages_class_is_not_a_use(tmp_path):
+    result = check.allocator(_cell(tmp_path, HINTED).Mine)
+    assert result.status == "passed", result.summary
+
+
 def test_an_own_answer_using_the_packages_helpers_passes(tmp_path):
     """The package's names that are not the task's answer stay allowed (and a local name
     that shadows a global of the package's is the function's own)."""
@@ -209,6 +315,18 @@ def test_a_kernel_including_the_package_file_fails_naive_kernel():
     summary = check.naive_kernel(_naive_copied("include"), device="cpu").summary
     assert "#includes the package's kernel file" in summary and "prefill_naive.cu" in summary, \
         summary
+
+
+def test_an_include_in_a_comment_is_no_include():
+    """A line taken out (`// #include ...`) or prose in a comment includes nothing; the
+    kernel is the learner's own."""
+    path = REPO / "pagedattn_lab" / "kernels" / "prefill_naive.cu"
+    cells = json.loads((REPO / "solutions" / "04_naive_kernel.ipynb").read_text())["cells"]
+    cell = next("".join(c["source"]) for c in cells if "SOURCE_NAIVE = " in "".join(c["source"]))
+    kernel = cell.split('r"""', 1)[1].split('"""', 1)[0]   # the solution's own kernel
+    commented = f'// #include "{path}"\n/* the package would #include "common.cuh" */\n' + kernel
+    result = check.naive_kernel(commented, device="cpu")
+    assert result.status == "passed", result.summary
 
 
 # -- under the grader: the learner's objects in a sandbox process, the check in the judge --

@@ -10,7 +10,8 @@ string read from `prefill_naive.cu` passes every case. Before a task's check run
   and spacing aside), or #includes one of those files, whatever way the text was read;
 - `python_findings` (run where the learner's objects live: the notebook, or the sandbox,
   whose forwarder sends them with the check request): the learner's function or class is
-  one of the task's answers (or a subclass), or its source names one, through any alias,
+  one of the task's answers (or a subclass), or its source (and what its decorators wrap)
+  names one outside a type hint and not shadowed by a name it binds, through any alias,
   `getattr(module, "name")`, `importlib.import_module("...")` or `__import__`, or calls a
   function or class of `pagedattn_lab.grading` (the grader's own expected values);
 - `Watch`: while the check runs, the task's answer functions are wrapped where the package
@@ -118,7 +119,9 @@ def kernel_findings(args, kwargs) -> list[str]:
     for value in [*args, *kwargs.values()]:
         if not isinstance(value, str) or "__global__" not in value:
             continue
-        for m in re.finditer(r'#\s*include\s*[<"]([^>"]+)[>"]', value):
+        # a directive, not one in a comment (`// #include "decode.cu"`: the line taken out)
+        directives = re.sub(r"//[^\n]*", " ", re.sub(r"/\*.*?\*/", " ", value, flags=re.S))
+        for m in re.finditer(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', directives, re.M):
             if (_KERNELS / Path(m.group(1)).name).is_file():
                 found.append(f"your source #includes the package's kernel file "
                              f"{m.group(1)!r}")
@@ -150,11 +153,23 @@ def python_findings(task: str, args, kwargs) -> list[str]:
 
 def _functions_of(value) -> list:
     if isinstance(value, types.FunctionType):
-        return [value]
+        return _decorated(value)
     if isinstance(value, type) and not _ours(value):
-        return [f for k in value.__mro__ if not _ours(k) and k is not object
-                for f in vars(k).values() if isinstance(f, types.FunctionType)]
+        return [g for k in value.__mro__ if not _ours(k) and k is not object
+                for f in vars(k).values() if isinstance(f, types.FunctionType)
+                for g in _decorated(f)]
     return []
+
+
+def _decorated(fn) -> list:
+    """`fn` and the functions its decorators wrap (`functools.wraps`' __wrapped__), each read
+    with its own code and globals: the decorator may live in a module whose names are not
+    the cell's. The package's own wrappers are not the learner's code."""
+    chain = []
+    while isinstance(fn, types.FunctionType) and all(fn is not f for f in chain):
+        chain.append(fn)
+        fn = getattr(fn, "__wrapped__", None)
+    return [f for f in chain if not _in_package(f.__code__.co_filename)]
 
 
 def _ours(obj) -> bool:
@@ -163,24 +178,25 @@ def _ours(obj) -> bool:
 
 def _named_in(fn, wanted) -> list[str]:
     try:
-        lines, first = inspect.getsourcelines(fn)
-        tree = _own_node(fn, ast.parse(textwrap.dedent("".join(lines))))
+        lines, first = inspect.getsourcelines(fn.__code__)   # the function's, not __wrapped__'s
+        source = textwrap.dedent("".join(lines))
+        margin = len(lines[0]) - len(source.splitlines(True)[0])   # columns dedent took
+        tree = _own_node(fn, ast.parse(source), first, margin)
     except (OSError, TypeError, SyntaxError):
         return []
     scope = dict(fn.__globals__)
     scope.update(zip(fn.__code__.co_freevars,
                      (c.cell_contents for c in fn.__closure__ or () if _filled(c))))
-    for node in ast.walk(tree):   # a name the function binds is its own, not a global's
-        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load) or \
-                isinstance(node, ast.arg):
-            scope.pop(getattr(node, "id", getattr(node, "arg", None)), None)
+    for name in _bound(tree):   # a name the function binds is its own, not a global's
+        scope.pop(name, None)
     for node in ast.walk(tree):
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             _bind_imports(node, scope)
     called = {id(node.func) for node in ast.walk(tree) if isinstance(node, ast.Call)}
+    hints = _hints(tree)
     found = []
     for node in ast.walk(tree):
-        obj = _resolve(node, scope)
+        obj = None if id(node) in hints else _resolve(node, scope)
         if obj is None:
             continue
         line = f"line {first + node.lineno - 1} of {fn.__name__}"
@@ -193,15 +209,56 @@ def _named_in(fn, wanted) -> list[str]:
     return list(dict.fromkeys(found))
 
 
-def _own_node(fn, tree):
+def _hints(tree) -> set[int]:
+    """The nodes of type hints (`other: pl.BlockAllocator`, `-> ...`): a hint names a type,
+    it does not use it."""
+    functions = (ast.FunctionDef, ast.AsyncFunctionDef)
+    roots = [node.returns if isinstance(node, functions) else node.annotation
+             for node in ast.walk(tree) if isinstance(node, (ast.arg, ast.AnnAssign, *functions))]
+    return {id(inner) for root in roots if root is not None for inner in ast.walk(root)}
+
+
+def _bound(tree) -> set[str]:
+    """The names the code binds: assigned, parameters, nested def and class, `import` (a
+    package import is bound again to its object after), `except ... as`, match captures."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name) and not isinstance(node.ctx, ast.Load):
+            names.add(node.id)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.alias):
+            names.add((node.asname or node.name).split(".")[0])
+        elif isinstance(node, (ast.ExceptHandler, ast.MatchAs, ast.MatchStar)) and node.name:
+            names.add(node.name)
+        elif isinstance(node, ast.MatchMapping) and node.rest:
+            names.add(node.rest)
+    return names
+
+
+def _own_node(fn, tree, first: int, margin: int):
     """The part of the parsed source lines that is `fn`: a lambda's lines also hold the call
-    it is passed to (`check.pages_needed(lambda n, p: ...)`), which is not the answer."""
-    if fn.__name__ != "<lambda>":
-        return tree
+    it is passed to (`check.pages_needed(lambda n, p: ...)`) and maybe other lambdas with
+    the same parameters (`mine, theirs = lambda n, p: ..., lambda n, p: ...`), which are not
+    the answer: the lambda is the one whose span holds where its code came from."""
     code = fn.__code__
+    if code.co_name != "<lambda>":   # (a decorator's wrapper may carry a lambda's __name__)
+        return tree
     params = list(code.co_varnames[:code.co_argcount + code.co_kwonlyargcount])
     mine = [node for node in ast.walk(tree) if isinstance(node, ast.Lambda) and
             [a.arg for a in (*node.args.args, *node.args.kwonlyargs)] == params]
+    spots = [(line, col, end_line, end_col)   # zero-width spots (the RESUME) are not the body
+             for line, end_line, col, end_col in code.co_positions()
+             if None not in (line, end_line, col, end_col) and (line, col) != (end_line, end_col)]
+
+    def holds(node):
+        start = (first + node.lineno - 1, node.col_offset + margin)
+        end = (first + node.end_lineno - 1, node.end_col_offset + margin)
+        return bool(spots) and all(start <= (line, col) and (end_line, end_col) <= end
+                                   for line, col, end_line, end_col in spots)
+    mine = [node for node in mine if holds(node)][-1:] or mine   # the innermost that holds it
     return ast.Module(body=[ast.Expr(node) for node in mine], type_ignores=[]) if mine else tree
 
 
