@@ -21,6 +21,7 @@ from pagedattn_lab.engine.request import Request, SamplingParams, Status
 from pagedattn_lab.engine.scheduler import Scheduler
 
 from .engine_fakes import FakeStore
+from .test_fault_injection_hunt54 import fail_at
 
 PS = 2
 
@@ -132,18 +133,6 @@ def assert_contents_true(kv, reqs):
     for name in ("running", "twin"):
         req = reqs[name]
         assert kv.store.read(req) == req.tokens(0, req.num_computed_tokens), name
-
-
-def fail_at(monkeypatch, obj, name, k, exc):
-    original, calls = getattr(obj, name), [0]
-
-    def wrapper(*args, **kwargs):
-        calls[0] += 1
-        if calls[0] == k:
-            raise exc("injected")
-        return original(*args, **kwargs)
-    monkeypatch.setattr(obj, name, wrapper)
-    return calls
 
 
 def recording_allocations(monkeypatch, pool) -> list[int]:
