@@ -80,3 +80,16 @@ def test_a_compiler_that_cannot_precompile_leaves_the_compiles_as_they_were(tmp_
     assert pch.shim_pch_flags(("false",), False, ("-std=c++17",), compiler.HERE / "shim.h",
                               "1" * 64, tmp_path) == []
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_cache_deleted_while_the_process_runs_is_built_again(tmp_path):
+    cmd, _, is_clang = compiler.compiler()
+    args = (cmd, is_clang, ("-std=c++17", "-I", str(compiler.INCLUDE_DIR)),
+            compiler.HERE / "shim.h", "2" * 64, tmp_path)
+    first = pch.shim_pch_flags(*args)
+    assert first and (tmp_path / ("pch-" + "2" * 24) / "pal_shim.h.gch").is_file()
+    for p in tmp_path.rglob("*"):   # (the cache may be deleted at any time)
+        if p.is_file():
+            p.unlink()
+    assert pch.shim_pch_flags(*args) == first
+    assert (tmp_path / ("pch-" + "2" * 24) / "pal_shim.h.gch").is_file()

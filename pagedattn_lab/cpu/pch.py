@@ -14,7 +14,6 @@ for one behind an -include of a header, so there is none for it.
 """
 from __future__ import annotations
 
-import functools
 import hashlib
 import os
 import shutil
@@ -36,17 +35,22 @@ def shim_pch_flags(cmd: tuple[str, ...], is_clang: bool, pch_flags: tuple[str, .
     once per `key`: compiler, shim files and `pch_flags`), or [] where there is none."""
     if is_clang or graded() or not trusted_cache():
         return []
-    folder = _built(cmd, pch_flags, str(shim), root / f"pch-{key[:24]}")
-    return [] if folder is None else ["-include", str(folder / HEADER)]
+    folder = root / f"pch-{key[:24]}"
+    # looked for at every compile: the cache may be deleted at any time (cpu/README.md)
+    if not all((folder / name).is_file() for name in (HEADER, HEADER + ".gch")) and \
+            not _build(cmd, pch_flags, str(shim), folder):
+        return []
+    return ["-include", str(folder / HEADER)]
 
 
-@functools.lru_cache(maxsize=None)
-def _built(cmd: tuple[str, ...], pch_flags: tuple[str, ...], shim: str,
-           final: Path) -> Path | None:
-    """`final` holding HEADER and its precompiled form, built now if it is not there; None if
-    the compiler cannot build one (the compiles then parse the shim as before)."""
-    if (final / (HEADER + ".gch")).exists():
-        return final
+_FAILED: set = set()   # (cmd, flags) this compiler could not precompile: not tried again
+
+
+def _build(cmd: tuple[str, ...], pch_flags: tuple[str, ...], shim: str, final: Path) -> bool:
+    """Build HEADER and its precompiled form into `final`; False if the compiler cannot (the
+    compiles then parse the shim as before)."""
+    if (cmd, pch_flags) in _FAILED:
+        return False
     tmp = Path(tempfile.mkdtemp(prefix=".pch-", dir=final.parent))
     (tmp / HEADER).write_text(f'#include "{shim}"\n')
     r = subprocess.run([*cmd, *pch_flags, "-x", "c++-header", str(tmp / HEADER), "-o",
@@ -54,9 +58,10 @@ def _built(cmd: tuple[str, ...], pch_flags: tuple[str, ...], shim: str,
                        env={**os.environ, "LC_ALL": "C", "LANG": "C"})
     if r.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
-        return None
+        _FAILED.add((cmd, pch_flags))
+        return False
     try:
         os.rename(tmp, final)
-    except OSError:          # another process finished first: use theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    except OSError:   # another process finished first (theirs is used), or a part of one
+        shutil.rmtree(tmp, ignore_errors=True)   # is left by a deletion (then none is)
+    return all((final / name).is_file() for name in (HEADER, HEADER + ".gch"))
