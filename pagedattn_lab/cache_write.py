@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention_common import bfloat16_dtype, from_torch, is_torch_tensor, to_torch_as
+from .attention_common import cache_dtypes, from_torch, is_torch_tensor, to_torch_as
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel
-from .validate import (CACHE_DTYPES, INT32_MAX, check_array, check_block_tables, check_int,
+from .validate import (INT32_MAX, check_array, check_block_tables, check_int,
                        check_kv_cache, check_memory)
 from .validate_out import check_disjoint, check_writeable
 
@@ -139,10 +139,7 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     k, v, k_cache, v_cache, slot_mapping = (
         from_torch(a, name) for a, name in zip((k, v, k_cache, v_cache, slot_mapping),
                                                ("k", "v", "k_cache", "v_cache", "slot_mapping")))
-    # bfloat16 as ml_dtypes' dtype (NumPy: README's bfloat16 caches) or its bits in uint16
-    # (CuPy has no bfloat16); ml_dtypes imported here, not with the package (~2 s)
-    check_kv_cache(k_cache, v_cache, dtypes=CACHE_DTYPES + (bfloat16_dtype(),) +
-                   ((np.dtype(np.uint16),) if bits else ()))
+    check_kv_cache(k_cache, v_cache, dtypes=cache_dtypes(bits))
     num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
     for name, rows in (("k", k), ("v", v)):
         check_array(rows, name, ndim=3, dtypes=[k_cache.dtype])
