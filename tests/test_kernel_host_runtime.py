@@ -1,6 +1,9 @@
 """The grader's kernel host takes the runtime the grader seeded its cache with as its own
 (cpu/compiler.adopt_cached_runtime) instead of building it again, and still builds it again
-when a file changed after that (a learner's kernel that wrote the cache)."""
+when a file changed after that (a learner's kernel that wrote the cache); and a trusted
+process builds it again when the cache is deleted under it."""
+from pathlib import Path
+
 import pytest
 
 from pagedattn_lab.cpu import compiler
@@ -12,7 +15,7 @@ def seeded(monkeypatch, tmp_path):
     monkeypatch.setenv("PAGEDATTN_LAB_CACHE_DIR", str(tmp_path))
     cmd, ident, _ = compiler.compiler()
     fibers = compiler._fiber_mode()
-    seed = compiler._cached_runtime_objects.__wrapped__(cmd, ident, fibers)   # (this cache)
+    seed = compiler._cached_runtime_objects(cmd, ident, fibers)   # (this cache)
     monkeypatch.setenv("PAGEDATTN_LAB_CPU_TRUST_CACHE", "0")
     monkeypatch.setattr(compiler, "_OWN_RUNTIME", {})
     builds = []
@@ -44,3 +47,14 @@ def test_nothing_is_taken_where_the_cache_is_trusted_or_holds_no_runtime(monkeyp
     assert not compiler.adopt_cached_runtime() and compiler._OWN_RUNTIME == {}
     monkeypatch.setenv("PAGEDATTN_LAB_CPU_TRUST_CACHE", "1")
     assert not compiler.adopt_cached_runtime()
+
+
+def test_runtime_objects_deleted_while_the_process_runs_are_built_again(monkeypatch, tmp_path):
+    monkeypatch.setenv("PAGEDATTN_LAB_CACHE_DIR", str(tmp_path))
+    cmd, ident, _ = compiler.compiler()
+    fibers = compiler._fiber_mode()
+    first = compiler.runtime_objects(cmd, ident, fibers)
+    for p in tmp_path.rglob("*.o"):   # (the cache may be deleted at any time: cpu/README.md)
+        p.unlink()
+    assert compiler.runtime_objects(cmd, ident, fibers) == first
+    assert all(Path(o).is_file() for o in first)

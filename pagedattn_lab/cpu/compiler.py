@@ -209,9 +209,10 @@ def _runtime_dir(ident: str, fibers: str) -> tuple[Path, tuple[str, ...]]:
     return final, tuple(str(final / (Path(s).stem + ".o")) for s in RUNTIME_SOURCES)
 
 
-@functools.lru_cache(maxsize=None)
 def _cached_runtime_objects(cmd: tuple[str, ...], ident: str, fibers: str) -> tuple[str, ...]:
     final, objs = _runtime_dir(ident, fibers)
+    # looked for at every compile, not remembered: the cache may be deleted at any time
+    # (cpu/README.md), and a link naming a deleted object fails
     if all(os.path.exists(o) for o in objs):
         return objs
     tmp = Path(tempfile.mkdtemp(prefix=".runtime-", dir=final.parent))
