@@ -24,7 +24,7 @@ def _compile(monkeypatch, tmp_path, *, instrumented=False, with_pch=True):
     if not with_pch:
         monkeypatch.setattr(compiler, "shim_pch_flags", lambda *args: [])
     seen = {}
-    real_run = compiler._run
+    real_run = compiler.run_tool
 
     def run(cmd):
         result = real_run(cmd)
@@ -40,7 +40,7 @@ def _compile(monkeypatch, tmp_path, *, instrumented=False, with_pch=True):
             seen["cmd"] = cmd
             seen["tu"] = open(cmd[cmd.index("-S") + 1]).read()
         return result
-    monkeypatch.setattr(compiler, "_run", run)
+    monkeypatch.setattr(compiler, "run_tool", run)
     compiler.compile_source(SOURCE, ["halve"], ("-DUNUSED_BY_THE_SHIM=3",), filename="halve.cu",
                             kernel="halve", instrumented=instrumented)
     monkeypatch.undo()

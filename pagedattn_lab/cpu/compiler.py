@@ -33,6 +33,7 @@ from .kernel_object import count_library_copies, inline_assembly, refuse_load_ti
 from .library_calls import refuse_library_calls
 from .pch import shim_pch_flags
 from .source import quoted_filename, translation_unit
+from .tool import run_tool
 
 HERE = Path(__file__).resolve().parent
 INCLUDE_DIR = HERE / "include"
@@ -169,7 +170,7 @@ def _supported_flags(cmd: tuple[str, ...], ident: str) -> tuple[str, ...]:
         src = Path(tmp) / "probe.cpp"
         src.write_text("int pal_probe(int x) { return x + 1; }\n")
         for flag in OPTIONAL_FLAGS:
-            r = _run([*cmd, "-Werror", flag, "-c", str(src), "-o", str(Path(tmp) / "p.o")])
+            r = run_tool([*cmd, "-Werror", flag, "-c", str(src), "-o", str(Path(tmp) / "p.o")])
             if r.returncode == 0:
                 ok.append(flag)
     known[key] = ok
@@ -177,11 +178,6 @@ def _supported_flags(cmd: tuple[str, ...], ident: str) -> tuple[str, ...]:
     tmp_path.write_text(json.dumps(known))
     os.replace(tmp_path, cache)
     return tuple(ok)
-
-
-def _run(cmd: list[str]) -> subprocess.CompletedProcess:
-    env = {**os.environ, "LC_ALL": "C", "LANG": "C"}   # plain ASCII quotes in messages
-    return subprocess.run(cmd, capture_output=True, text=True, env=env)
 
 
 _OWN_RUNTIME: dict = {}   # untrusted cache (artifacts.py): the runtime this process built
@@ -246,7 +242,7 @@ def _build_runtime(cmd, ident: str, fibers: str, tmp: Path) -> tuple[str, ...]:
         ["-DPAL_WRAP"] if WRAP else [])
     for src in RUNTIME_SOURCES:
         lang = [] if src.endswith(".S") else ["-std=c++17"]
-        r = _run([*cmd, *lang, *BASE_FLAGS, *defs, "-c", str(HERE / src), "-o",
+        r = run_tool([*cmd, *lang, *BASE_FLAGS, *defs, "-c", str(HERE / src), "-o",
                   str(tmp / (Path(src).stem + ".o"))])
         if r.returncode != 0:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -334,7 +330,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
         obj, asm_path = Path(tmp) / "kernel.o", Path(tmp) / "kernel.s"
         pch_key = hashlib.sha256("\0".join([ident, shim_hash, *shim_flags]).encode()).hexdigest()
         pch = shim_pch_flags(cmd, is_clang, shim_flags, HERE / "shim.h", pch_key, root)
-        r = _run([*cmd, *all_flags, *pch, *dependency_flags(Path(tmp)), "-S", str(tu_path),
+        r = run_tool([*cmd, *all_flags, *pch, *dependency_flags(Path(tmp)), "-S", str(tu_path),
                   "-o", str(asm_path)])
         refuse_outside_includes(Path(tmp), cmd, HERE, kernel=kernel, filename=filename,
                                 compiled=r.returncode == 0)
@@ -344,14 +340,14 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
             if instrumented:
                 refuse_uncounted_builtins(cmd, all_flags, tu_path, quoted_filename(filename),
                                           kernel=kernel, filename=filename)
-            r = _run([*cmd, "-c", str(asm_path), "-o", str(obj)])
+            r = run_tool([*cmd, "-c", str(asm_path), "-o", str(obj)])
         if r.returncode == 0:
             refuse_load_time_code(str(obj), instrumented, kernel=kernel, filename=filename)
             if instrumented:
                 count_library_copies(str(obj))
                 refuse_library_calls(str(obj), kernel=kernel, filename=filename)
             defs = ["-Wl,-z,defs"] if instrumented and sys.platform.startswith("linux") else []
-            r = _run([*cmd, *shared, *defs, str(obj), *objs, *libs, "-o", str(out)])
+            r = run_tool([*cmd, *shared, *defs, str(obj), *objs, *libs, "-o", str(out)])
         if r.returncode != 0:
             out.unlink(missing_ok=True)
             raise compile_error(kernel, filename, source, r.stderr + r.stdout, ident)

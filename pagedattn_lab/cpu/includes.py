@@ -14,11 +14,11 @@ import functools
 import os
 import re
 import shlex
-import subprocess
 import tempfile
 from pathlib import Path
 
 from .errors import KernelCompileError
+from .tool import run_tool
 
 __all__ = ["graded", "dependency_flags", "refuse_outside_includes"]
 
@@ -41,8 +41,7 @@ def system_include_dirs(cmd: tuple[str, ...]) -> tuple[str, ...]:
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.cpp"
         probe.write_text("\n")
-        r = subprocess.run([*cmd, "-E", "-v", str(probe)], capture_output=True, text=True,
-                           env={**os.environ, "LC_ALL": "C", "LANG": "C"})
+        r = run_tool([*cmd, "-E", "-v", str(probe)])
     dirs, inside = [], False
     for line in r.stderr.splitlines():
         if line.startswith("#include"):

@@ -14,15 +14,14 @@ for one behind an -include of a header, so there is none for it.
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import subprocess
 import tempfile
 from pathlib import Path
 
 from .artifacts import trusted_cache
 from .includes import graded
+from .tool import run_tool
 
 __all__ = ["shim_pch_flags"]
 
@@ -53,9 +52,8 @@ def _build(cmd: tuple[str, ...], pch_flags: tuple[str, ...], shim: str, final: P
         return False
     tmp = Path(tempfile.mkdtemp(prefix=".pch-", dir=final.parent))
     (tmp / HEADER).write_text(f'#include "{shim}"\n')
-    r = subprocess.run([*cmd, *pch_flags, "-x", "c++-header", str(tmp / HEADER), "-o",
-                        str(tmp / (HEADER + ".gch"))], capture_output=True, text=True,
-                       env={**os.environ, "LC_ALL": "C", "LANG": "C"})
+    r = run_tool([*cmd, *pch_flags, "-x", "c++-header", str(tmp / HEADER), "-o",
+                  str(tmp / (HEADER + ".gch"))])
     if r.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         _FAILED.add((cmd, pch_flags))
