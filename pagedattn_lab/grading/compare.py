@@ -35,6 +35,13 @@ def pow2_mod(a, n):
     return a & (int(n) - 1)
 
 
+def one_of(name: str, value, allowed: tuple) -> None:
+    """Refuse a mistake's switch that names no mistake (a typo would model the right answer,
+    and its hint would never fire)."""
+    if value not in allowed:
+        raise ValueError(f"{name}: expected one of {allowed}, got {value!r}")
+
+
 def fmt(x) -> str:
     """A number in 4 significant digits (nan and inf spelled out)."""
     x = float(x)

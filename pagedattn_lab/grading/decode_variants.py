@@ -36,6 +36,7 @@ import numpy as np
 
 from ..split_k import partition_bounds
 from ..validate import LOG2E
+from .compare import one_of
 
 
 def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str) -> range:
@@ -98,6 +99,13 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
                      online_bug=None, base2=False, normalized=True, scaled_values=False,
                      paging="right", q_head="own", reduced=(16, 8, 4, 2, 1)):
     """(m, l, o) like `split_k.reference_partials`, with the chosen mistakes."""
+    for name, value, allowed in (
+            ("kv_map", kv_map, ("div", "mod", "same", "by_kv_heads")),
+            ("bounds", bounds, ("exact", "inclusive", "unclipped", "skip_first", "drop_last")),
+            ("online_bug", online_bug, (None, "acc", "sum", "max0")),
+            ("paging", paging, ("right", "unscaled", "first_table")),
+            ("q_head", q_head, ("own", "kv"))):
+        one_of(name, value, allowed)
     num_heads = prob.q.shape[1]
     num_kv_heads = prob.k_cache.shape[2]
     group = num_heads // num_kv_heads
@@ -138,8 +146,10 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
     no_rescale: weights l_p (maxima ignored); no_sum: weights exp(m_p - m) (sums ignored);
     mean: plain average; no_divide: sum of w_p o_p, never divided; divide_by_l: the sum of
     w_p o_p over the sum of l_p (maxima ignored there); o_unnormalized: weights
-    exp(m_p - m) over the divisor sum l_p exp(m_p - m); anything else: the right merge (to
-    model a wrong partition count, pass that count as num_parts)."""
+    exp(m_p - m) over the divisor sum l_p exp(m_p - m); none: the right merge (to model a
+    wrong partition count, pass that count as num_parts)."""
+    one_of("bug", bug, ("none", "no_rescale", "no_sum", "mean", "no_divide", "divide_by_l",
+                        "o_unnormalized"))
     m, l, o = (np.asarray(x, dtype=np.float64) for x in (m, l, o))
     used = np.arange(m.shape[-1]) < np.asarray(num_parts)[..., None]
     with np.errstate(all="ignore"):

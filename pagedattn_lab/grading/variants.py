@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compare import POW2_HINT, pow2_div, pow2_mod
+from .compare import POW2_HINT, one_of, pow2_div, pow2_mod
 
 
 def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_head, *,
@@ -73,6 +73,13 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
     running sum when the maximum grows; "max0": the running max starts at 0, not -inf;
     "old_max": a key's weight is taken against the max before it, exp(s - m_old); "no_div":
     the accumulator is never divided by the running sum."""
+    for name, value, allowed in (
+            ("mode", mode, ("prefill", "decode")),
+            ("mask", mask, ("causal", "none", "strict", "block", "whole_pages")),
+            ("kv_map", kv_map, ("div", "mod", "same", "zero", "shift", "by_kv_heads")),
+            ("online_bug", online_bug, (None, "acc", "sum", "max0", "old_max", "no_div")),
+            ("slot_bug", slot_bug, (None, "swap", "unscaled"))):
+        one_of(name, value, allowed)
     q = np.asarray(q, dtype=np.float64)
     kf = np.asarray(k_cache, dtype=np.float64).reshape(-1)
     vf = np.asarray(k_cache if values_from_keys else v_cache, dtype=np.float64).reshape(-1)
