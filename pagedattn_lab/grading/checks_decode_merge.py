@@ -1,7 +1,8 @@
-"""Check for lesson 06's merge kernel: one warp per (head, sequence) merges the partition
-states that `decode_partition` wrote.
+"""Checks for lesson 06's merges: task 1 in NumPy (`merge_partitions`: partition states of
+tokens cut at known places, scores near +-1000 and far apart), and the merge kernel: one warp
+per (head, sequence) merges the partition states that `decode_partition` wrote.
 
-The check feeds exact partition states (reference_partials), so it does not depend on the
+The kernel's check feeds exact partition states (reference_partials), so it does not depend on the
 learner's partition kernel. The slots of partitions that do not exist hold NaN, or in one
 case finite leftovers (what an earlier launch left in a reused buffer: a merge that reads
 every slot and skips the NaN ones shows there), their m far above the real ones (so a max
@@ -17,9 +18,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..split_k import merge_partials, reference_partials
+from ..split_k import merge_partials, partial_state, reference_partials
 from .checks_kernels import _Compiled
-from .compare import describe_difference, diagnose, fmt
+from .compare import changed_input, describe_difference, diagnose, fmt
 from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, decode_problem, dims_hint,
                             launch_warp)
 from .decode_variants import merge_variant
@@ -27,6 +28,90 @@ from .kernel_runner import poisoned
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases
 from .seeds import case_rng
 
+
+# -- task 1: the merge in NumPy ------------------------------------------------------------
+
+def _merge_case(fn, scores, values, cuts) -> None:
+    scores, values = np.asarray(scores, np.float64), np.asarray(values, np.float64)
+    edges = [0, *cuts, len(scores)]
+    states = [partial_state(scores[a:b], values[a:b]) for a, b in zip(edges, edges[1:])]
+    m = np.array([s[0] for s in states])
+    l = np.array([s[1] for s in states])
+    o = np.array([s[2] for s in states])
+    w = np.exp(scores - scores.max())
+    expected = w @ values / w.sum()
+    passed = {"m": m.copy(), "l": l.copy(), "o": o.copy()}
+    got = fn(*passed.values())
+    changed = changed_input("merge_partitions", {"m": m, "l": l, "o": o}, passed)
+    if changed is not None:
+        raise changed
+    if got is None:
+        raise Mismatch("returned None", "return the merged output, shape [head_dim].")
+    narrow = np.asarray(got).dtype
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != expected.shape:
+        raise Mismatch("wrong shape", "one merged value per dimension: [head_dim].",
+                       str(expected.shape), str(got.shape))
+    if narrow.kind == "f" and narrow.itemsize < 8:   # its rounding fails 1e-7 only at times
+        raise Mismatch(f"the merged output is {narrow}", "m, l and o are float64: keep the "
+                       f"merge in float64 (one {narrow} array or astype in it narrows the "
+                       f"result); {narrow} keeps about "
+                       f"{np.finfo(narrow).precision} digits, and the check compares to 1e-7.",
+                       expected="float64", got=str(narrow))
+    diff = describe_difference(got, expected, ("dim",), atol=1e-9, rtol=1e-7, unwritten=False)
+    if diff is None:
+        return
+    sizes = [b - a for a, b in zip(edges, edges[1:])]
+    where = (f"{len(sizes)} partitions of {sizes} tokens, m = "
+             f"[{', '.join(fmt(x) for x in m)}]: ")
+    if not np.isfinite(got).all():
+        if m.max() > 700:
+            hint = ("exp overflowed (m is near 1000 here, and exp(710) is already inf in "
+                    "float64): exponentiate m_p - max_p m_p, never m_p itself.")
+        elif m.max() < -700:
+            hint = ("exp underflowed to 0 (m is near -1000 here) and 0 / 0 made NaN: "
+                    "exponentiate m_p - max_p m_p, never m_p itself.")
+        elif m.max() - m.min() > 700:
+            hint = (f"the m_p here lie {fmt(m.max() - m.min())} apart, and exp of anything past "
+                    "709 overflows float64: exponentiate m_p - max_p m_p (every exponent is "
+                    "then at most 0), not m_p minus another partition's m (the first, the "
+                    "smallest).")
+        else:
+            hint = "a NaN or inf appeared: exp of a large positive number, or 0 / 0?"
+    else:
+        hint = diagnose(got, expected, [
+            (text, lambda bug=bug: merge_variant(m, l, o, len(m), bug=bug))
+            for bug, text in MERGE_HINTS.items()], atol=1e-9, rtol=1e-7) \
+            or "the merged output must equal softmax(all scores) @ values."
+    raise Mismatch(where + diff.message(), hint)
+
+
+def merge_partitions(fn) -> CheckResult:
+    """Check `fn(m, l, o)` -> merged output: m, l [P], o [P, head_dim]."""
+    rng = case_rng(6)
+    d = 6
+
+    def data(n, shift=0.0, spread=2.0):
+        return shift + spread * rng.standard_normal(n), rng.standard_normal((n, d))
+
+    rising = np.linspace(-4, 4, 20) + 0.3 * rng.standard_normal(20), rng.standard_normal((20, d))
+    cases = [
+        ("three partitions of different sizes", data(20), [8, 16]),
+        ("the max grows from partition to partition", rising, [5, 10, 15]),
+        ("one partition", data(7), []),
+        ("one-token partitions", data(4), [1, 2, 3]),
+        ("scores near +1000", data(12, shift=1000.0), [6]),
+        ("scores near -1000", data(12, shift=-1000.0), [3]),
+        ("one partition far below the rest", (np.r_[np.full(5, -800.0), rng.standard_normal(9)],
+                                               rng.standard_normal((14, d))), [5]),
+    ]
+    return run_cases("merge_partitions", "merge_partitions: split-K partition states, merged", [
+        Case(name, {"tokens": len(sc), "partitions": len(cuts) + 1},
+             lambda sc=sc, v=v, cuts=cuts: _merge_case(fn, sc, v, cuts))
+        for name, (sc, v), cuts in cases])
+
+
+# -- the merge kernel, in CUDA C ------------------------------------------------------------
 
 def _states(prob, part_len, seed, leftovers):
     """(part_ml, part_out, used) in float32: the exact states, NaN (or, with `leftovers`,
