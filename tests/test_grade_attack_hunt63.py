@@ -12,6 +12,8 @@ in the sandbox, or memorized per case) passed, in the notebook and under the jud
 now also looks at the cache: when a request is freed, the requests running beside it must
 be those of the spec's step that finishes it, with the tokens that step gives them.
 """
+import types
+
 import pytest
 
 from pagedattn_lab import check
@@ -21,10 +23,16 @@ from tests.test_check_mistakes_system import serve_factory, serve_variant
 from tests.test_grade_protocol import remotely
 
 
-# Through an object built before the check, which grading/own_work.py does not see (its
-# docstring says so; named plainly, finish_order fails as the grader's own helper): the order
-# stands for one memorized, and only the cache's evidence can tell.
-HIDDEN = {"order": finish_order}
+def _copy(fn):
+    """A function of `fn`'s code made before the check: own_work.Watch does not see its
+    calls (its docstring says so), so the order stands for one memorized or written out,
+    and only the cache's evidence can tell."""
+    copy = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__, fn.__defaults__)
+    copy.__kwdefaults__ = fn.__kwdefaults__
+    return copy
+
+
+HIDDEN = {"order": _copy(finish_order)}
 
 
 def one_at_a_time(cache, requests, kv_for):
@@ -63,6 +71,28 @@ def test_the_finish_order_worked_out_beforehand_fails_under_the_judge():
     verdict = remotely("serve", one_at_a_time, salt=63)["tasks"]["serve"]
     assert verdict["status"] == "failed", verdict
     assert "the cache held no other request" in verdict["summary"]
+
+
+ORIGINAL = {"order": finish_order}
+
+
+def through_a_dict(cache, requests, kv_for):
+    """The grader's own finish_order itself, reached through a dict built before the check
+    (no package name in the answer's source)."""
+    order = ORIGINAL["order"](list(requests), cache.allocator.num_free, cache.page_size)
+    for i in order:
+        seq_id = cache.add_sequence()
+        cache.append(seq_id, *kv_for(i, 0, sum(requests[i])))
+        cache.free_sequence(seq_id)
+    return order
+
+
+def test_the_graders_own_order_through_a_dict_is_refused_wherever_it_is_called():
+    wanted = ("called the grader's pagedattn_lab.grading.checks_serve.finish_order")
+    result = check.serve(through_a_dict)
+    assert result.status == "failed" and wanted in result.messages[-1], result.messages
+    verdict = remotely("serve", through_a_dict, salt=63)["tasks"]["serve"]
+    assert verdict["status"] == "failed" and wanted in verdict["summary"], verdict
 
 
 def decode_all_then_free(cache, requests, kv_for):

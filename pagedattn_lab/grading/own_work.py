@@ -14,15 +14,18 @@ string read from `prefill_naive.cu` passes every case. Before a task's check run
   names one outside a type hint and not shadowed by a name it binds, through any alias,
   `getattr(module, "name")`, `importlib.import_module("...")` or `__import__`, or calls a
   function or class of `pagedattn_lab.grading` (the grader's own expected values);
-- `Watch`: while the check runs, the task's answer functions are wrapped where the package
-  modules hold them; a call whose caller is not package code is the learner's (the
-  names built at run time, e.g. `getattr(ref, "reference_" + "decode")`).
+- `Watch`: while the check runs, the task's answer functions and the grader's own expected
+  values (every function at the top of a `checks_*` module or a mistake model) report each
+  call whose caller is not package code. Their code is switched, not the names that hold
+  them, so a call is seen however the function was reached: a name built at run time
+  (`getattr(ref, "reference_" + "decode")`), a dict or an object built before the check,
+  `exec` of a string.
 
-Not caught: an answer reached only through an object the source does not show as the
-package's (a container or an instance built before the check holding the function, `exec`
-of a string) and called through a binding made before the check; a kernel copied and then
-edited; the tasks with no entry in ANSWERS; code that patches the sandbox's runner (the
-judge trusts the sandbox's word on the learner's Python, the kernel text it reads itself).
+Not caught: a copy of such a function's code made before the check
+(`types.FunctionType(f.__code__, ...)`), or the task's answer when it is a class (its
+methods are not switched); a kernel copied and then edited; the tasks with no entry in
+ANSWERS; code that patches the sandbox's runner (the judge trusts the sandbox's word on the
+learner's Python, the kernel text it reads itself).
 """
 from __future__ import annotations
 
@@ -319,39 +322,84 @@ def _resolve(node, scope):
 
 # -- the calls made while the check runs -------------------------------------------------------
 class Watch(contextlib.AbstractContextManager):
-    """Wraps the task's answer functions where the package's modules hold them; `found`
-    lists the calls whose caller is not package code."""
+    """While the check runs, every call of the task's answer functions and of the grader's
+    expected values (`_expected_values`) whose caller is not package code: `found` lists them.
+
+    The functions themselves are switched, not the names that hold them: each one's code is
+    replaced by a trampoline that reports its caller and calls a copy of the original, so a
+    call arrives however the learner reached the function (an alias, a dict built before the
+    check, `exec`); a copy of its code made before the check does not."""
 
     def __init__(self, task: str):
-        self.wanted = {k: v for k, v in answers(task).items()
-                       if isinstance(v[1], types.FunctionType)}
+        self.functions = {id(fn): (dotted, fn) for dotted, fn in
+                          [*answers(task).values(), *_expected_values()]
+                          if isinstance(fn, types.FunctionType) and fn.__closure__ is None}
         self.found: list[str] = []
-        self.undo: list[tuple] = []
+        self.switched: list[tuple] = []   # (function, its own code)
 
     def __enter__(self):
-        for module in [m for n, m in list(sys.modules.items())
-                       if n.split(".")[0] == PACKAGE and m is not None]:
-            for attr, value in list(vars(module).items()):
-                if id(value) in self.wanted:
-                    self.undo.append((module, attr, value))
-                    setattr(module, attr, self._wrapped(value, self.wanted[id(value)][0]))
+        for key, (dotted, fn) in self.functions.items():
+            if key in _SWITCHED:   # a Watch around this one has it
+                continue
+            original = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__,
+                                          fn.__defaults__)
+            original.__kwdefaults__ = fn.__kwdefaults__
+            _SWITCHED[key] = (self, dotted)
+            _ORIGINALS[key] = original
+            fn.__globals__[_TRIPWIRE] = _called
+            self.switched.append((fn, fn.__code__))
+            code = fn.__code__
+            fn.__code__ = _TRAMPOLINE.replace(
+                co_consts=tuple(key if c == "key" else c for c in _TRAMPOLINE.co_consts),
+                co_name=code.co_name, co_qualname=code.co_qualname,
+                co_filename=code.co_filename, co_firstlineno=code.co_firstlineno)
         return self
 
     def __exit__(self, *exc):
-        for module, attr, value in reversed(self.undo):
-            setattr(module, attr, value)
-        self.undo.clear()
+        for fn, code in reversed(self.switched):   # (the modules keep _TRIPWIRE: a thread
+            fn.__code__ = code                        # may be in a trampoline still)
+            del _SWITCHED[id(fn)]
+        self.switched.clear()
         return False
 
-    def _wrapped(self, fn, dotted):
-        def call(*args, **kwargs):
-            caller = sys._getframe(1)
-            if not _in_package(caller.f_code.co_filename):
-                self.found.append(f"line {caller.f_lineno} of {caller.f_code.co_name} called "
-                                  f"{dotted}")
-            return fn(*args, **kwargs)
-        call.__wrapped__ = fn
-        return call
+
+_SWITCHED: dict[int, tuple] = {}   # id(function) -> (its Watch, dotted name)
+# id(function) -> a copy of it with its own code; kept, for a call that entered the
+# trampoline in another thread just before its Watch ended
+_ORIGINALS: dict[int, types.FunctionType] = {}
+_TRIPWIRE = "__pagedattn_lab_own_work_watch__"   # the modules' global the trampolines call
+
+
+def _called(key, args, kwargs):
+    watch, dotted = _SWITCHED.get(key, (None, ""))
+    caller = sys._getframe(2)   # (this, the trampoline, its caller)
+    if watch is not None and not _in_package(caller.f_code.co_filename):
+        watch.found.append(f"line {caller.f_lineno} of {caller.f_code.co_name} called {dotted}")
+    return _ORIGINALS[key](*args, **kwargs)
+
+
+__pagedattn_lab_own_work_watch__ = _called   # (here as in every module Watch switches)
+
+
+def _trampoline(*args, **kwargs):
+    return __pagedattn_lab_own_work_watch__("key", args, kwargs)
+
+
+_TRAMPOLINE = _trampoline.__code__
+# the grader's modules whose functions compute expected values (not its machinery: the
+# sandbox's audit hooks, the channel and the runner are called from the learner's frames)
+_EXPECTED_MODULES = ("cases", "variants", "decode_variants", "quant_variants")
+
+
+def _expected_values() -> list[tuple[str, object]]:
+    """(dotted name, function) of every function defined at the top of the grader's checks
+    and mistake models loaded now."""
+    prefix = f"{PACKAGE}.grading."
+    modules = [m for n, m in list(sys.modules.items()) if m is not None and n.startswith(prefix)
+               and (n[len(prefix):].startswith("checks_") or n[len(prefix):] in _EXPECTED_MODULES)]
+    return [(f"the grader's {m.__name__}.{name}", fn) for m in modules
+            for name, fn in vars(m).items()
+            if isinstance(fn, types.FunctionType) and fn.__module__ == m.__name__]
 
 
 @lru_cache(maxsize=256)

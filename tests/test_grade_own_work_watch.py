@@ -1,0 +1,82 @@
+"""own_work.Watch switches the code of the task's answer functions and of the grader's
+expected values while a check runs: a call reached through an object built before the check
+is seen, and the functions are what they were after the check, whatever happened in it."""
+import inspect
+import sys
+import threading
+
+import numpy as np
+
+from pagedattn_lab import check, reference
+from pagedattn_lab.grading import own_work
+
+
+def _codes(keys=None):
+    """The code of every function at the top of the package's modules (of `keys` only: the
+    check imports more)."""
+    codes = {(name, fn.__name__): fn.__code__ for name, module in list(sys.modules.items())
+            if name.startswith("pagedattn_lab") and module is not None
+            for fn in list(vars(module).values()) if callable(fn) and hasattr(fn, "__code__")}
+    return codes if keys is None else {k: v for k, v in codes.items() if k in keys}
+
+
+HIDDEN = {"attend": reference.reference_prefill}   # built before the check
+
+
+def attend_through_a_dict(q_vec, k_cache, v_cache, row, seq_len, t, kv_head, scale):
+    q = np.zeros((1, t + 1, k_cache.shape[2], k_cache.shape[3]))
+    q[0, t, kv_head] = q_vec
+    out = HIDDEN["attend"](q, k_cache, v_cache, np.asarray(row, np.int32)[None],
+                          np.array([t + 1], np.int32), scale)
+    return out[0, t, kv_head]
+
+
+def test_the_reference_through_a_dict_fails_and_every_function_is_put_back(monkeypatch):
+    with monkeypatch.context() as unwatched:   # a working answer: only the Watch fails it
+        unwatched.setattr(own_work, "answers", lambda task: {})
+        unwatched.setattr(own_work, "_expected_values", lambda: [])
+        assert check.attend_one(attend_through_a_dict).status == "passed"
+    before = _codes()
+    result = check.attend_one(attend_through_a_dict)
+    assert result.status == "failed"
+    lines, first = inspect.getsourcelines(attend_through_a_dict)
+    line = first + next(i for i, text in enumerate(lines) if 'HIDDEN["attend"]' in text)
+    assert f"line {line} of attend_through_a_dict called pagedattn_lab.reference." \
+        "reference_prefill" in result.messages[-1], result.messages
+    assert _codes(before) == before and own_work._SWITCHED == {}
+
+
+def test_an_answer_that_raises_leaves_every_function_as_it_was():
+    before = _codes()
+
+    def broken(*args):
+        raise RuntimeError("mine")
+    assert check.attend_one(broken).status == "failed"
+    assert _codes(before) == before and own_work._SWITCHED == {}
+
+
+def test_a_watch_inside_a_watch_reports_to_the_outer_and_does_not_loop():
+    with own_work.Watch("attend_one") as outer:
+        with own_work.Watch("attend_one") as inner:
+            HIDDEN["attend"](np.zeros((1, 1, 1, 2)), np.ones((1, 1, 1, 2)), np.ones((1, 1, 1, 2)),
+                             np.zeros((1, 1), np.int32), np.array([1], np.int32), 1.0)
+    assert inner.found == [] and len(outer.found) == 1
+    assert own_work._SWITCHED == {}
+
+
+def test_a_call_in_another_thread_as_the_watch_ends_still_runs():
+    results, stop = [], threading.Event()
+
+    def caller():
+        while not stop.is_set():
+            results.append(reference.reference_decode(
+                np.ones((1, 1, 2)), np.ones((1, 1, 1, 2)), np.ones((1, 1, 1, 2)),
+                np.zeros((1, 1), np.int32), np.array([1], np.int32), 1.0)[0, 0, 0])
+    thread = threading.Thread(target=caller)
+    thread.start()
+    for _ in range(200):
+        with own_work.Watch("attend_one"):
+            pass
+    stop.set()
+    thread.join()
+    assert results and all(r == 1.0 for r in results)
