@@ -22,7 +22,7 @@ import numpy as np
 from .attention_common import cache_dtypes, from_torch, is_torch_tensor, to_torch_as
 from .backend import is_cupy_array, to_numpy
 from .validate import (INT32_MAX, MAX_PAGES, check_array, check_block_tables, check_int,
-                       check_kv_cache, check_memory)
+                       check_kv_cache, check_memory, is_int)
 
 
 def virtual_page(token: int, page_size: int) -> int:
@@ -54,8 +54,35 @@ def physical_slot(block_table_row, token: int, page_size: int) -> int:
 
 
 def element_offset(slot: int, kv_head: int, dim: int, num_kv_heads: int, head_dim: int) -> int:
-    """Offset of element (slot, kv_head, dim) in the flattened NHD cache."""
+    """Offset of element (slot, kv_head, dim) in the flattened NHD cache. slot, kv_head and
+    dim: ints, or integer arrays broadcast together (every offset of a page at once). Computed
+    in Python ints or int64: a slot read from an int32 block table would wrap past 2^31."""
+    num_kv_heads = check_int(num_kv_heads, "num_kv_heads", minimum=1)
+    head_dim = check_int(head_dim, "head_dim", minimum=1)
+    slot, kv_head, dim = (_index(x, name, size) for x, name, size in (
+        (slot, "slot", None), (kv_head, "kv_head", num_kv_heads), (dim, "dim", head_dim)))
     return (slot * num_kv_heads + kv_head) * head_dim + dim
+
+
+def _index(x, name: str, size: int | None):
+    """x as a Python int or an int64 array, each value in 0..size-1 (size None: >= 0), else an
+    error naming the entry: kv_head == num_kv_heads would be the next token's head 0."""
+    one = is_int(x)
+    if one:
+        values = np.array(int(x), dtype=object)   # a Python int: no width to wrap at
+    elif isinstance(x, np.ndarray) and x.dtype.kind in "iu":
+        values = x
+    else:
+        got = f"an array of {x.dtype}" if isinstance(x, np.ndarray) else \
+            f"{x!r} ({type(x).__name__})"
+        raise TypeError(f"{name}: expected an int or an integer array, got {got}")
+    bad = np.argwhere((values < 0) if size is None else (values < 0) | (values >= size))
+    if len(bad):   # (of a 0-d array, argwhere's rows are empty: size would be 0)
+        i = tuple(int(j) for j in bad[0])
+        where = f"[{', '.join(map(str, i))}]" if i else ""
+        want = "a slot >= 0" if size is None else f"0..{size - 1}"
+        raise ValueError(f"{name}{where}: expected {want}, got {values[i]}")
+    return int(x) if one else x.astype(np.int64)
 
 
 class Translation(NamedTuple):

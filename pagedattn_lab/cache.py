@@ -199,6 +199,8 @@ class PagedKVCache:
         if twice:   # counted twice, its pages and its copy would be priced twice
             raise ValueError(f"seq_ids: sequence {twice[0]} appears twice in {seq_ids} (a step "
                              f"appends one token to each sequence)")
+        for i, s in enumerate(seq_ids):   # each named by its entry, before any is priced
+            self._get(s, f"seq_ids[{i}]")
         needed = sum(self.pages_needed(s, 1) for s in seq_ids)
         tails = Counter(seq.pages[-1] for seq in map(self._get, seq_ids)
                         if self._tail_is_shared(seq))
@@ -255,7 +257,7 @@ class PagedKVCache:
         """
         seq_ids = self.seq_ids if seq_ids is None else check_int_list(seq_ids, "seq_ids",
                                                                       "sequence id")
-        sequences = [self._get(s) for s in seq_ids]
+        sequences = [self._get(s, f"seq_ids[{i}]") for i, s in enumerate(seq_ids)]
         width = max([len(s.pages) for s in sequences] + [1])
         tables = np.full((len(sequences), width), PAD_PAGE, dtype=np.int32)
         for row, seq in enumerate(sequences):
@@ -280,11 +282,11 @@ class PagedKVCache:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _get(self, seq_id) -> _Sequence:
+    def _get(self, seq_id, name: str = "seq_id") -> _Sequence:
         # 1.0 == 1 and hashes alike: without this check a float id would find sequence 1.
-        check_int(seq_id, "seq_id")
+        check_int(seq_id, name)
         if seq_id not in self._sequences:
-            raise KeyError(f"seq_id: no live sequence {seq_id!r} (live: {self.seq_ids})")
+            raise KeyError(f"{name}: no live sequence {seq_id!r} (live: {self.seq_ids})")
         return self._sequences[seq_id]
 
     def _check_tokens(self, x, name: str):

@@ -89,10 +89,11 @@ def _host_ints(x, name: str, ndim: int) -> np.ndarray:
     if a.dtype.kind not in "iu":
         raise TypeError(f"{name}: expected an integer dtype, got {a.dtype.name}")
     info = np.iinfo(np.int32)
-    big = np.flatnonzero((a.ravel() < info.min) | (a.ravel() > info.max))
-    if big.size:
-        raise ValueError(f"{name}: value {a.ravel()[big[0]]} does not fit int32 (page ids and "
-                         f"lengths are int32)")
+    big = np.argwhere((a < info.min) | (a > info.max))
+    if len(big):
+        i = tuple(int(j) for j in big[0])
+        raise ValueError(f"{name}[{', '.join(map(str, i))}]: value {a[i]} does not fit int32 "
+                         f"(page ids and lengths are int32)")
     return np.ascontiguousarray(a, dtype=np.int32)
 
 

@@ -7,7 +7,8 @@ import numpy as np
 
 from .attention_common import from_torch, is_torch_tensor, to_torch_as
 from .backend import array_module, to_numpy
-from .validate import INT32_MAX, check_array, check_block_tables, check_int, check_memory
+from .validate import (INT32_MAX, check_array, check_block_tables, check_int, check_memory,
+                       check_offsets)
 
 __all__ = ["to_csr", "from_csr"]
 
@@ -56,10 +57,8 @@ def from_csr(indptr, indices, last_page_len, page_size):
     if negative.size:
         i = int(negative[0])
         raise ValueError(f"indices[{i}]: expected a page id >= 0, got {int(to_numpy(indices)[i])}")
-    if ptr.size == 0 or ptr[0] != 0 or (np.diff(ptr) < 0).any() or ptr[-1] != indices.shape[0]:
-        raise ValueError(f"indptr: expected [0, ..., {indices.shape[0]}] non-decreasing "
-                         f"(one more entry than sequences, ending at len(indices)), got "
-                         f"{ptr.tolist() if ptr.size <= 8 else ptr}")
+    check_offsets(ptr, "indptr", int(indices.shape[0]),
+                  "len(indices): the offset past the last sequence's pages")
     pages = np.diff(ptr)
     if last.shape[0] != pages.size:
         raise ValueError(f"last_page_len: expected {pages.size} entries (one per sequence), "

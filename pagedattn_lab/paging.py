@@ -62,6 +62,22 @@ def check_page_id(page: int, name: str, num_pages: int, holder: str) -> None:
                          f"0..{num_pages - 1})")
 
 
+def check_owners(ids: list[int], owners) -> None:
+    """Refuse a free of `ids` (a list named "pages") that drops an owner a page does not
+    have, naming the entry: a page already free, or listed more times than its owners
+    (`owners(page)`). The allocator's and the engine's BlockPool's one rule."""
+    for page, times in Counter(ids).items():
+        count = owners(page)
+        if count == 0:
+            raise ValueError(f"pages[{ids.index(page)}]: page {page} is already free "
+                             f"(double free?)")
+        if times > count:   # named: the first entry past its owners, and every entry of it
+            at = [i for i, p in enumerate(ids) if p == page]
+            raise ValueError(f"pages[{at[count]}]: page {page} is listed {times} times but "
+                             f"has only {count} owner(s) (entries "
+                             f"{', '.join(map(str, at[:-1]))} and {at[-1]})")
+
+
 class BlockAllocator:
     """Hands out physical page ids 0..num_pages-1 from a free list, with reference counts.
 
@@ -100,9 +116,11 @@ class BlockAllocator:
 
     def ref_count(self, page: int) -> int:
         """How many owners page `page` has (0 means it is free)."""
-        (page,) = _as_page_ids([page], "page")
-        self._check_ids([page], "page")
-        return self._owners.get(page, 0)
+        if not is_int(page):   # one id, named as such (not "page[0]" of a list never passed)
+            raise TypeError(f"page: expected an integer page id, got {page!r} "
+                            f"({type(page).__name__})")
+        check_page_id(int(page), "page", self.num_pages, "allocator")
+        return self._owners.get(int(page), 0)
 
     def allocate(self, n: int) -> list[int]:
         """Take `n` free pages, each with reference count 1. All or nothing."""
@@ -180,13 +198,7 @@ class BlockAllocator:
         """
         ids = _as_page_ids(pages, "pages")
         self._check_ids(ids, "pages")
-        for page, times in Counter(ids).items():
-            owners = self._owners.get(page, 0)
-            if owners == 0:
-                raise ValueError(f"pages: page {page} is already free (double free?)")
-            if times > owners:
-                raise ValueError(f"pages: page {page} is listed {times} times but has only "
-                                 f"{owners} owner(s)")
+        check_owners(ids, lambda page: self._owners.get(page, 0))
         for page in ids:
             self._owners[page] -= 1
             if self._owners[page] == 0:

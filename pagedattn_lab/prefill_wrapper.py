@@ -47,8 +47,8 @@ from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM,
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
-from .validate import (check_array, check_block_tables, check_bool, check_int, check_plan_sizes,
-                       resolve_scale)
+from .validate import (check_array, check_block_tables, check_bool, check_int, check_offsets,
+                       check_plan_sizes, resolve_scale)
 from .validate_out import check_out, check_plan_buffer
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
@@ -263,9 +263,7 @@ class BatchPrefillWrapper:
         check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         indptr = to_numpy(qo_indptr).astype(np.int64)
         batch = indptr.size - 1
-        if batch < 0 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
-            raise ValueError(f"qo_indptr: expected [batch + 1] non-decreasing offsets from 0, "
-                             f"got {indptr.tolist()[:8]}")
+        check_offsets(indptr, "qo_indptr")
         tables, lens = check_block_tables(block_tables, seq_lens, num_pages=None,
                                           page_size=page_size, batch=batch, min_len=0)
         q_lens = np.diff(indptr)

@@ -77,6 +77,10 @@ def kv_dtype_name(kv_dtype, name: str = "kv_dtype") -> str:
                                                                  KV_DTYPE_ALIASES.items()
                                                                  if m == n)))
                               for n in FORMATS)
+        if kv_dtype is None:   # only a call that needs a compressed format gets here with None
+            raise ValueError(f"{name}: expected one of {tuple(FORMATS)}, got None (this call "
+                             f"writes or reads compressed pages only); accepted spellings: "
+                             f"{spellings}")
         shown = repr(kv_dtype) if isinstance(kv_dtype, str) else \
             f"{kv_dtype!r} ({type(kv_dtype).__name__})"
         raise ValueError(f"{name}: expected one of {tuple(FORMATS)}, got {shown}; accepted "

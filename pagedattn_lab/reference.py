@@ -19,7 +19,7 @@ import numpy as np
 from .attention_common import bfloat16_dtype, from_torch_elements
 from .backend import to_numpy
 from .validate import (check_array, check_attention_inputs, check_block_tables, check_bool,
-                       check_kv_cache, check_query_heads, resolve_scale)
+                       check_kv_cache, check_offsets, check_query_heads, resolve_scale)
 
 
 def _any_float() -> list:
@@ -150,9 +150,7 @@ def reference_prefill_packed(q, k_cache, v_cache, qo_indptr, block_tables, seq_l
         raise TypeError(f"qo_indptr: expected integer offsets, got dtype {indptr.dtype}")
     indptr = indptr.astype(np.int64)
     batch = indptr.size - 1
-    if indptr.ndim != 1 or batch < 0 or indptr[0] != 0 or np.any(np.diff(indptr) < 0):
-        raise ValueError(f"qo_indptr: expected a non-decreasing [batch + 1] array from 0, got "
-                         f"{indptr.tolist()}")
+    check_offsets(indptr, "qo_indptr")
     check_array(q, "q", ndim=3, dtypes=_any_float())
     if q.shape[0] != indptr[-1]:
         raise ValueError(f"q: expected [total_q = qo_indptr[-1] = {indptr[-1]}, num_heads, "

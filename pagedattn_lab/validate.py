@@ -157,6 +157,27 @@ def check_int_list(values, name: str, what: str = "id") -> list[int]:
     return ids
 
 
+def check_offsets(ptr: np.ndarray, name: str, end: int | None = None, end_what: str = "") -> None:
+    """Offsets of a packed batch (qo_indptr, FlashInfer's indptr), a 1-D integer NumPy array:
+    from 0, never decreasing, the last `end` when given (`end_what` says why). An error names
+    the first entry that breaks the rule: printed whole, a batch of thousands hides it, and
+    its first few entries are fine."""
+    if ptr.ndim != 1 or ptr.size == 0:
+        got = "an empty array" if ptr.size == 0 else f"shape {ptr.shape}"
+        raise ValueError(f"{name}: expected [batch + 1] offsets from 0, got {got}")
+    if ptr[0] != 0:
+        raise ValueError(f"{name}[0]: expected 0 (offsets start at 0), got {int(ptr[0])}")
+    down = np.flatnonzero(np.diff(ptr) < 0)
+    if down.size:
+        i = int(down[0]) + 1
+        raise ValueError(f"{name}[{i}]: {int(ptr[i])} is less than {name}[{i - 1}] = "
+                         f"{int(ptr[i - 1])} (offsets never decrease: sequence {i - 1} would "
+                         f"have {int(ptr[i] - ptr[i - 1])} entries)")
+    if end is not None and ptr[-1] != end:
+        raise ValueError(f"{name}[{ptr.size - 1}]: expected {end} ({end_what}), got "
+                         f"{int(ptr[-1])}")
+
+
 def check_cache_memory(nbytes: int, device: str, name: str = "num_pages") -> None:
     """Refuse a cache larger than the memory of the device it would live on, before allocating.
 

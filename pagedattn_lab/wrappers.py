@@ -272,9 +272,10 @@ class BatchDecodeWrapper(DecodeRun):
 
     def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
         if max(grid[1:]) > MAX_GRID_YZ:   # the GPU would refuse the launch in run()
-            raise ValueError(f"block_tables, num_kv_heads: {self.batch} sequences and "
-                             f"{self.num_kv_heads} KV heads need a launch grid {grid}, past "
-                             f"CUDA's limit of {MAX_GRID_YZ} blocks in y and z; split the batch")
+            raise ValueError(f"block_tables, num_heads, num_kv_heads: {self.batch} sequences "
+                             f"and {self.num_heads} query heads over {self.num_kv_heads} KV "
+                             f"heads need a launch grid {grid}, past CUDA's limit of "
+                             f"{MAX_GRID_YZ} blocks in y and z; split the batch or the heads")
         allow_shared_memory(kern, shared)
         # On the GPU, run() launches the cupy.RawKernel inside the course's RawKernel, its
         # arguments packed here (rawkernel.PackedLaunch); the checks are the wrapper's own.

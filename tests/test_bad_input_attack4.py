@@ -141,9 +141,9 @@ def _pool_state(pool):
 
 
 @pytest.mark.parametrize("call, exc, match", [
-    (lambda p: p.free([0, 1, 0]), ValueError, r"^pages: page 0 is listed 2 times but has only "
-                                              r"1 owner"),
-    (lambda p: p.free([1, 3]), ValueError, r"^pages: page 3 is already free"),
+    (lambda p: p.free([0, 1, 0]), ValueError, r"^pages\[2\]: page 0 is listed 2 times but has "
+                                              r"only 1 owner\(s\) \(entries 0 and 2\)$"),
+    (lambda p: p.free([1, 3]), ValueError, r"^pages\[1\]: page 3 is already free"),
     (lambda p: p.free([-1]), ValueError, r"^pages\[0\]: page id -1 is not in this pool"),
     (lambda p: p.free([4]), ValueError, r"^pages\[0\]: page id 4 is not in this pool"),
     (lambda p: p.free([1.0]), TypeError, r"^pages\[0\]: expected an integer page id"),

@@ -105,7 +105,8 @@ def test_plan_refuses_a_grid_past_cudas_limits(batch, kv_heads):
     """The simt kernel's grid is (partitions, KV heads x head groups, sequences): CUDA takes
     at most 65535 in y and z, so the GPU would refuse run()'s launch."""
     tables, lens = np.zeros((batch, 1), np.int32), np.ones(batch, np.int32)
-    with pytest.raises(ValueError, match="block_tables, num_kv_heads: .* CUDA's limit of 65535"):
+    with pytest.raises(ValueError, match="^block_tables, num_heads, num_kv_heads: .* CUDA's "
+                                         "limit of 65535"):
         pl.BatchDecodeWrapper().plan(tables, lens, kv_heads, kv_heads, 64, 16, "float16",
                                      kernel="simt")
 

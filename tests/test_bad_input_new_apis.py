@@ -78,7 +78,7 @@ Q_LENS = np.array([2, 1], np.int32)
     (TABLES.astype(np.float64), LENS, Q_LENS, 4, TypeError,
      r"^block_tables: expected an integer dtype, got float64"),
     (TABLES.astype(np.int64) + 2**32, LENS, Q_LENS, 4, ValueError,
-     r"^block_tables: value 4294967296 does not fit int32"),
+     r"^block_tables\[0, 0\]: value 4294967296 does not fit int32"),
     (TABLES.tolist(), LENS, Q_LENS, 4, TypeError, r"^block_tables: expected a NumPy"),
     (np.array([[-1, 1], [2, -1]], np.int32), LENS, Q_LENS, 4, ValueError,
      r"^block_tables\[0, 0\]: page id -1 is out of range"),

@@ -29,13 +29,13 @@ the free queue), so the cost is in proportion to the pages a step touches, not t
 from __future__ import annotations
 
 import hashlib
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from contextlib import contextmanager
 from operator import itemgetter
 
 import numpy as np
 
-from ..paging import OutOfPagesError, check_page_id, check_page_ids
+from ..paging import OutOfPagesError, check_owners, check_page_id, check_page_ids
 from ..validate import MAX_PAGES, check_int, check_int_list
 
 
@@ -133,12 +133,7 @@ class BlockPool:
         least likely to be shared, are evicted first). All or nothing: a page already free,
         or listed more times than it has owners, raises before any count changes."""
         pages = self._page_ids(pages)
-        for page, times in Counter(pages).items():
-            if self.ref_cnt[page] == 0:
-                raise ValueError(f"pages: page {page} is already free (double free?)")
-            if times > self.ref_cnt[page]:
-                raise ValueError(f"pages: page {page} is listed {times} times but has only "
-                                 f"{self.ref_cnt[page]} owner(s)")
+        check_owners(pages, lambda page: self.ref_cnt[page])
         for page in pages:
             self._save(page)
             self.ref_cnt[page] -= 1
