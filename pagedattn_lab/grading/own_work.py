@@ -10,77 +10,42 @@ string read from `prefill_naive.cu` passes every case. Before a task's check run
   and spacing aside), or #includes one of those files, whatever way the text was read;
 - `python_findings` (run where the learner's objects live: the notebook, or the sandbox,
   whose forwarder sends them with the check request): the learner's function or class is
-  one of the task's answers (or a subclass), or its source (and what its decorators wrap)
-  names one outside a type hint and not shadowed by a name it binds, through any alias,
-  `getattr(module, "name")`, `importlib.import_module("...")` or `__import__`, or calls a
-  function or class of `pagedattn_lab.grading` (the grader's own expected values);
-- `Watch`: while the check runs, the task's answer functions and the grader's own expected
-  values (every function at the top of a `checks_*` module or a mistake model) report each
-  call whose caller is not package code. Their code is switched, not the names that hold
-  them, so a call is seen however the function was reached: a name built at run time
-  (`getattr(ref, "reference_" + "decode")`), a dict or an object built before the check,
-  `exec` of a string.
+  one of the task's answers (own_answers.py), a subclass, or a class keeping an answer
+  method unwritten, or its source (and what its decorators wrap) names one outside a type
+  hint and not shadowed by a name it binds, through any alias, `getattr(module, "name")`,
+  `importlib.import_module("...")` or `__import__`, or calls a function or class of
+  `pagedattn_lab.grading` (the grader's own expected values);
+- `Watch`: while the check runs, the task's answer functions and methods and the grader's
+  own expected values (every function at the top of a `checks_*` module or a mistake model)
+  report each call whose caller is not package code, or is the judge serving the sandbox a
+  call of an object the check lent it (`cache.pages_needed(...)` under the grader). Their
+  code is switched, not the names that hold them, so a call is seen however the function
+  was reached: a name built at run time (`getattr(ref, "reference_" + "decode")`), a dict,
+  an object or a bound method made before the check, `super().decode_step(...)`, `exec`.
 
 Not caught: a copy of such a function's code made before the check
-(`types.FunctionType(f.__code__, ...)`), or the task's answer when it is a class (its
-methods are not switched); a kernel copied and then edited; the tasks with no entry in
-ANSWERS; code that patches the sandbox's runner (the judge trusts the sandbox's word on the
-learner's Python, the kernel text it reads itself).
+(`types.FunctionType(f.__code__, ...)`); a kernel copied and then edited; the tasks with
+no entry in ANSWERS (own_answers.py lists them, and why); code that patches the sandbox's
+runner (the judge trusts the sandbox's word on the learner's Python, the kernel text it
+reads itself).
 """
 from __future__ import annotations
 
 import ast
-import contextlib
 import importlib
 import inspect
 import re
-import sys
 import textwrap
 import types
 from functools import lru_cache
 from pathlib import Path
 
-PACKAGE = "pagedattn_lab"
-_ROOT = Path(__file__).resolve().parent.parent
-_KERNELS = _ROOT / "kernels"
-_REFERENCES = tuple(f"reference:{n}" for n in ("reference_decode", "reference_prefill",
-                                               "reference_prefill_packed", "_softmax_attend"))
-_GATHER = ("addressing:gather_kv_reference", "gather:gather_kv")
+from .own_answers import PACKAGE, answers
+from .own_watch import Watch, in_package  # (Watch: runner.py uses it from here)
 
-# task -> the package's names that ARE that task's answer ("module:name", module under the
-# package). Helpers a workbook tells the learner to use (validation, hash_block, the
-# decode wrapper of lesson 07, plotting) are not listed.
-ANSWERS: dict[str, tuple[str, ...]] = {
-    "allocator": ("paging:BlockAllocator",),
-    "refcounts": ("paging:BlockAllocator",),
-    "slot_of": ("addressing:physical_slot", "addressing:translate", "addressing:token_slots"),
-    "kv_offset": ("addressing:element_offset", "addressing:translate"),
-    "gather_numpy": (*_GATHER, "addressing:token_slots", *_REFERENCES),
-    "online_softmax": _REFERENCES,
-    "attend_one": _REFERENCES,
-    "merge_partitions": ("split_k:merge_partials", "split_k:reference_partials",
-                         *_REFERENCES),
-    "choose_page_size": ("engine.adaptive:choose_page_size",),
-    "chunk_mask": ("prefill_masks:causal_mask", "prefill_masks:packed_masks"),
-    "tile_work": ("prefill_wrapper:work_list",),
-    "kv_scales": ("quant:per_token_scales", "quant:static_scales"),
-    "block_hashes": ("engine.prefix_cache:block_hashes",),
-    "gather_heads": ("distributed.shard:reassemble",),
-    "head_split": ("distributed.shard:head_range",),
-    "wire_bytes": ("distributed.shard:step_bytes",),
-}
+_KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 HINT = ("write the task's code yourself in the cell: the package's finished version is what "
         "your answer is compared with, so calling it shows nothing of yours.")
-
-
-def answers(task: str) -> dict[int, tuple[str, object]]:
-    """id -> (dotted name, object) of the task's answers."""
-    out = {}
-    for entry in ANSWERS.get(task, ()):
-        module, name = entry.split(":")
-        obj = getattr(importlib.import_module(f"{PACKAGE}.{module}"), name)
-        out[id(obj)] = (f"{PACKAGE}.{module}.{name}", obj)
-    return out
 
 
 def refusal(task: str, findings: list[str]) -> str:
@@ -146,12 +111,20 @@ def python_findings(task: str, args, kwargs) -> list[str]:
         elif isinstance(value, type):
             found += [f"{value.__name__} inherits from {wanted[id(b)][0]}"
                       for b in value.__mro__[1:] if id(b) in wanted]
+            found += _kept(value, wanted)
         for fn in _functions_of(value):
             found += [f"a default argument of {fn.__name__} is {wanted[id(d)][0]}"
                       for d in (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values())
                       if id(d) in wanted]
             found += _named_in(fn, wanted)
     return found
+
+
+def _kept(cls, wanted) -> list[str]:
+    """The answer methods `cls` keeps as the package's class wrote them (not its own)."""
+    return [f"{cls.__name__}.{fn.__name__} is {dotted}: your class does not write it"
+            for dotted, fn in wanted.values() if isinstance(fn, types.FunctionType) and
+            inspect.getattr_static(cls, fn.__name__, None) is fn]
 
 
 def _functions_of(value) -> list:
@@ -172,7 +145,7 @@ def _decorated(fn) -> list:
     while isinstance(fn, types.FunctionType) and all(fn is not f for f in chain):
         chain.append(fn)
         fn = getattr(fn, "__wrapped__", None)
-    return [f for f in chain if not _in_package(f.__code__.co_filename)]
+    return [f for f in chain if not in_package(f.__code__.co_filename)]
 
 
 def _ours(obj) -> bool:
@@ -305,14 +278,12 @@ def _resolve(node, scope):
         return value if _ours(value) or (isinstance(value, types.ModuleType) and
                                          value.__name__.split(".")[0] == PACKAGE) else None
     if isinstance(node, ast.Attribute):
-        base = _resolve(node.value, scope)
-        return getattr(base, node.attr, None) if isinstance(base, types.ModuleType) else None
+        return _member(_resolve(node.value, scope), node.attr)
     if isinstance(node, ast.Call) and node.args and isinstance(node.args[-1], ast.Constant):
         callee, const = node.func, node.args[-1].value
         name = callee.attr if isinstance(callee, ast.Attribute) else getattr(callee, "id", "")
         if name == "getattr" and len(node.args) >= 2 and isinstance(const, str):
-            base = _resolve(node.args[0], scope)
-            return getattr(base, const, None) if isinstance(base, types.ModuleType) else None
+            return _member(_resolve(node.args[0], scope), const)
         if name == "import_module" and isinstance(const, str):
             return _module(const)
         if name == "__import__" and isinstance(const, str):   # the top package, as Python's
@@ -320,94 +291,12 @@ def _resolve(node, scope):
     return None
 
 
-# -- the calls made while the check runs -------------------------------------------------------
-class Watch(contextlib.AbstractContextManager):
-    """While the check runs, every call of the task's answer functions and of the grader's
-    expected values (`_expected_values`) whose caller is not package code: `found` lists them.
-
-    The functions themselves are switched, not the names that hold them: each one's code is
-    replaced by a trampoline that reports its caller and calls a copy of the original, so a
-    call arrives however the learner reached the function (an alias, a dict built before the
-    check, `exec`); a copy of its code made before the check does not."""
-
-    def __init__(self, task: str):
-        self.functions = {id(fn): (dotted, fn) for dotted, fn in
-                          [*answers(task).values(), *_expected_values()]
-                          if isinstance(fn, types.FunctionType) and fn.__closure__ is None}
-        self.found: list[str] = []
-        self.switched: list[tuple] = []   # (function, its own code)
-
-    def __enter__(self):
-        for key, (dotted, fn) in self.functions.items():
-            if key in _SWITCHED:   # a Watch around this one has it
-                continue
-            original = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__,
-                                          fn.__defaults__)
-            original.__kwdefaults__ = fn.__kwdefaults__
-            _SWITCHED[key] = (self, dotted)
-            _ORIGINALS[key] = original
-            fn.__globals__[_TRIPWIRE] = _called
-            self.switched.append((fn, fn.__code__))
-            code = fn.__code__
-            fn.__code__ = _TRAMPOLINE.replace(
-                co_consts=tuple(key if c == "key" else c for c in _TRAMPOLINE.co_consts),
-                co_name=code.co_name, co_qualname=code.co_qualname,
-                co_filename=code.co_filename, co_firstlineno=code.co_firstlineno)
-        return self
-
-    def __exit__(self, *exc):
-        for fn, code in reversed(self.switched):   # (the modules keep _TRIPWIRE: a thread
-            fn.__code__ = code                        # may be in a trampoline still)
-            del _SWITCHED[id(fn)]
-        self.switched.clear()
-        return False
-
-
-_SWITCHED: dict[int, tuple] = {}   # id(function) -> (its Watch, dotted name)
-# id(function) -> a copy of it with its own code; kept, for a call that entered the
-# trampoline in another thread just before its Watch ended
-_ORIGINALS: dict[int, types.FunctionType] = {}
-_TRIPWIRE = "__pagedattn_lab_own_work_watch__"   # the modules' global the trampolines call
-
-
-def _called(key, args, kwargs):
-    watch, dotted = _SWITCHED.get(key, (None, ""))
-    caller = sys._getframe(2)   # (this, the trampoline, its caller)
-    if watch is not None and not _in_package(caller.f_code.co_filename):
-        watch.found.append(f"line {caller.f_lineno} of {caller.f_code.co_name} called {dotted}")
-    return _ORIGINALS[key](*args, **kwargs)
-
-
-__pagedattn_lab_own_work_watch__ = _called   # (here as in every module Watch switches)
-
-
-def _trampoline(*args, **kwargs):
-    return __pagedattn_lab_own_work_watch__("key", args, kwargs)
-
-
-_TRAMPOLINE = _trampoline.__code__
-# the grader's modules whose functions compute expected values (not its machinery: the
-# sandbox's audit hooks, the channel and the runner are called from the learner's frames)
-_EXPECTED_MODULES = ("cases", "variants", "decode_variants", "quant_variants")
-
-
-def _expected_values() -> list[tuple[str, object]]:
-    """(dotted name, function) of every function defined at the top of the grader's checks
-    and mistake models loaded now."""
-    prefix = f"{PACKAGE}.grading."
-    modules = [m for n, m in list(sys.modules.items()) if m is not None and n.startswith(prefix)
-               and (n[len(prefix):].startswith("checks_") or n[len(prefix):] in _EXPECTED_MODULES)]
-    return [(f"the grader's {m.__name__}.{name}", fn) for m in modules
-            for name, fn in vars(m).items()
-            if isinstance(fn, types.FunctionType) and fn.__module__ == m.__name__]
-
-
-@lru_cache(maxsize=256)
-def _in_package(filename: str) -> bool:
-    try:
-        return Path(filename).resolve().is_relative_to(_ROOT)
-    except (OSError, ValueError):
-        return False
+def _member(base, name: str):
+    """An attribute of a package module, or a member of a package class as the class holds
+    it (`pl.PagedAttentionManager.decode_step`), read without running a descriptor."""
+    if isinstance(base, types.ModuleType):
+        return getattr(base, name, None)
+    return inspect.getattr_static(base, name, None) if isinstance(base, type) else None
 
 
 # -- around a check ----------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""own_work.Watch switches the code of the task's answer functions and of the grader's
+"""own_watch.Watch switches the code of the task's answer functions and of the grader's
 expected values while a check runs: a call reached through an object built before the check
 is seen, and the functions are what they were after the check, whatever happened in it."""
 import inspect
@@ -8,7 +8,7 @@ import threading
 import numpy as np
 
 from pagedattn_lab import check, reference
-from pagedattn_lab.grading import own_work
+from pagedattn_lab.grading import own_watch
 
 
 def _codes(keys=None):
@@ -33,8 +33,8 @@ def attend_through_a_dict(q_vec, k_cache, v_cache, row, seq_len, t, kv_head, sca
 
 def test_the_reference_through_a_dict_fails_and_every_function_is_put_back(monkeypatch):
     with monkeypatch.context() as unwatched:   # a working answer: only the Watch fails it
-        unwatched.setattr(own_work, "answers", lambda task: {})
-        unwatched.setattr(own_work, "_expected_values", lambda: [])
+        unwatched.setattr(own_watch, "answers", lambda task: {})
+        unwatched.setattr(own_watch, "_expected_values", lambda: [])
         assert check.attend_one(attend_through_a_dict).status == "passed"
     before = _codes()
     result = check.attend_one(attend_through_a_dict)
@@ -43,7 +43,7 @@ def test_the_reference_through_a_dict_fails_and_every_function_is_put_back(monke
     line = first + next(i for i, text in enumerate(lines) if 'HIDDEN["attend"]' in text)
     assert f"line {line} of attend_through_a_dict called pagedattn_lab.reference." \
         "reference_prefill" in result.messages[-1], result.messages
-    assert _codes(before) == before and own_work._SWITCHED == {}
+    assert _codes(before) == before and own_watch._SWITCHED == {}
 
 
 def test_an_answer_that_raises_leaves_every_function_as_it_was():
@@ -52,16 +52,16 @@ def test_an_answer_that_raises_leaves_every_function_as_it_was():
     def broken(*args):
         raise RuntimeError("mine")
     assert check.attend_one(broken).status == "failed"
-    assert _codes(before) == before and own_work._SWITCHED == {}
+    assert _codes(before) == before and own_watch._SWITCHED == {}
 
 
 def test_a_watch_inside_a_watch_reports_to_the_outer_and_does_not_loop():
-    with own_work.Watch("attend_one") as outer:
-        with own_work.Watch("attend_one") as inner:
+    with own_watch.Watch("attend_one") as outer:
+        with own_watch.Watch("attend_one") as inner:
             HIDDEN["attend"](np.zeros((1, 1, 1, 2)), np.ones((1, 1, 1, 2)), np.ones((1, 1, 1, 2)),
                              np.zeros((1, 1), np.int32), np.array([1], np.int32), 1.0)
     assert inner.found == [] and len(outer.found) == 1
-    assert own_work._SWITCHED == {}
+    assert own_watch._SWITCHED == {}
 
 
 def test_a_call_in_another_thread_as_the_watch_ends_still_runs():
@@ -75,7 +75,7 @@ def test_a_call_in_another_thread_as_the_watch_ends_still_runs():
     thread = threading.Thread(target=caller)
     thread.start()
     for _ in range(200):
-        with own_work.Watch("attend_one"):
+        with own_watch.Watch("attend_one"):
             pass
     stop.set()
     thread.join()
