@@ -7,7 +7,7 @@ import threading
 
 import numpy as np
 
-from pagedattn_lab import check, reference
+from pagedattn_lab import PagedKVCache, check, reference
 from pagedattn_lab.grading import own_watch
 
 
@@ -80,3 +80,19 @@ def test_a_call_in_another_thread_as_the_watch_ends_still_runs():
     stop.set()
     thread.join()
     assert results and all(r == 1.0 for r in results)
+
+
+PAGES = {"needed": PagedKVCache.pages_needed}   # the package's method, held before the check
+
+
+def next_page_through_a_dict(cache, seq_id):
+    return PAGES["needed"](cache, seq_id, 1)
+
+
+def test_an_answer_method_held_in_a_dict_is_refused(monkeypatch):
+    with monkeypatch.context() as unwatched:   # a working answer: only the Watch fails it
+        unwatched.setattr(own_watch, "answers", lambda task: {})
+        assert check.pages_for_next_token(next_page_through_a_dict).status == "passed"
+    result = check.pages_for_next_token(next_page_through_a_dict)
+    assert result.status == "failed"
+    assert "called pagedattn_lab.cache.PagedKVCache.pages_needed" in result.messages[-1]
