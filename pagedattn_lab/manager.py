@@ -61,9 +61,10 @@ class MemoryStats(NamedTuple):
     pages_used: int
     pages_free: int
     sequences: int
-    tokens_stored: int       # sum of the live sequences' lengths
+    tokens_stored: int       # sum of the live sequences' lengths (forks: shared tokens twice)
     slots_allocated: int     # pages_used * page_size
-    internal_waste: int      # allocated slots that hold no token (unused tails of last pages)
+    internal_waste: int      # allocated slots that hold no token (unused tails of last pages;
+    #                          a page shared by forks counted once, as it is held once)
     bytes_per_token: int     # K and V of one token, all KV heads
     page_size: int
 
@@ -74,9 +75,9 @@ class MemoryStats(NamedTuple):
 
     @property
     def utilization(self) -> float:
-        """Share of the whole pool holding real tokens."""
+        """Share of the whole pool's slots holding a token (a shared page's once)."""
         total = self.slots_allocated + self.pages_free * self.page_size
-        return self.tokens_stored / total if total else 0.0
+        return (self.slots_allocated - self.internal_waste) / total if total else 0.0
 
 
 class PagedAttentionManager:
@@ -197,13 +198,21 @@ class PagedAttentionManager:
     # -- bookkeeping -----------------------------------------------------------------------
 
     def stats(self) -> MemoryStats:
-        alloc = self.cache.allocator
+        alloc, ps = self.cache.allocator, self.page_size
         lens = [self.cache.seq_len(s) for s in self.cache.seq_ids]
-        waste = sum(-(-n // self.page_size) * self.page_size - n for n in lens)
+        # Slots holding a token, each page once: a fork shares its parent's pages, so summing
+        # per sequence counted a shared tail's empty slots twice (and utilization passed 1).
+        full, partial = set(), {}
+        for seq_id, n in zip(self.cache.seq_ids, lens):
+            table, (pages, rest) = self.cache.block_table(seq_id), divmod(n, ps)
+            full.update(table[:pages])
+            if rest:
+                partial[table[pages]] = max(partial.get(table[pages], 0), rest)
+        filled = ps * len(full) + sum(n for page, n in partial.items() if page not in full)
         return MemoryStats(
             pages_total=alloc.num_pages, pages_used=alloc.num_used, pages_free=alloc.num_free,
             sequences=len(lens), tokens_stored=sum(lens),
-            slots_allocated=alloc.num_used * self.page_size, internal_waste=waste,
+            slots_allocated=alloc.num_used * ps, internal_waste=alloc.num_used * ps - filled,
             bytes_per_token=self.cache.bytes_per_token,
             page_size=self.page_size)
 

@@ -248,8 +248,8 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
     its pages are freed and it goes back to the front of the queue to be recomputed, as vLLM
     does); finished sequences release their memory; then waiting requests are admitted in
     arrival order while the one at the front fits (paged admission keeps `watermark` of the
-    pages free for growth). Then the memory is measured. Stops when every request is done or
-    after `max_steps` steps.
+    pages free for growth, unless nothing runs). Then the memory is measured. Stops when
+    every request is done or after `max_steps` steps.
     """
     workload, capacity_tokens, capacity_name, page_size, max_steps = _checked(
         policy, workload, capacity_tokens, page_size, max_steps, watermark, memory_bytes,
@@ -307,7 +307,9 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
             req = queue[0]
             if paged:
                 need = -(-req.prompt // page_size)
-                if need + reserve_pages > pool.num_free:
+                # with nothing running the watermark is not kept (the engine's rule): a
+                # preempted request, longer than any prompt, must not wait for ever
+                if need + (reserve_pages if running else 0) > pool.num_free:
                     break
                 req.pages = pool.allocate(need)
             else:

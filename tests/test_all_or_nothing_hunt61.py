@@ -81,11 +81,17 @@ def register(kv, reqs):
     return lambda: kv.register_computed(reqs["running"])
 
 
+def grow_over_shared(kv, reqs):
+    """3 tokens to write from token 3 on: page 7 (shared with the twin) copied, one more."""
+    reqs["running"].output_ids += [8, 9]   # (grow takes only tokens the request has)
+    return lambda: kv.grow(reqs["running"], 3)
+
+
 # Each sets up (on the scenario) and returns the call under test.
 CALLS = {
     "admit, whole prompt cached": whole_prompt_cached,
     "admit, prefix hit": prefix_hit,
-    "grow over a shared page": lambda kv, reqs: lambda: kv.grow(reqs["running"], 3),
+    "grow over a shared page": grow_over_shared,
     "swap_in": lambda kv, reqs: lambda: kv.swap_in(reqs["swapped"]),
     "swap_out": lambda kv, reqs: lambda: kv.swap_out(reqs["running"]),
     "register_computed": register,

@@ -21,7 +21,7 @@ from __future__ import annotations
 from contextlib import contextmanager
 
 from ..paging import BlockAllocator, check_page_ids
-from ..validate import check_int, check_int_list
+from ..validate import check_bool, check_int, check_int_list
 from .prefix_cache import BlockPool, hash_block
 from .request import Request
 
@@ -36,7 +36,11 @@ class KVCacheManager:
     def __init__(self, num_pages: int, page_size: int, *, enable_caching: bool = True,
                  num_host_pages: int = 0, store=None):
         self.pool = BlockPool(num_pages)
-        self.page_size, self.enable_caching = page_size, enable_caching
+        # (page_size 0 divided by zero at the first request; "no" turned caching on; a bad
+        # num_host_pages was refused as BlockAllocator's num_pages)
+        self.page_size = check_int(page_size, "page_size", minimum=1)
+        self.enable_caching = check_bool(enable_caching, "enable_caching")
+        num_host_pages = check_int(num_host_pages, "num_host_pages", minimum=0)
         self.host = BlockAllocator(num_host_pages) if num_host_pages else None
         self.store = store            # a KVStore; None for bookkeeping-only use (tests)
         self.query_tokens = 0         # tokens looked up in the prefix cache at admissions
@@ -142,6 +146,7 @@ class KVCacheManager:
         return grow + sum(self.pool.is_shared_or_cached(pages[i]) for i in touched)
 
     def growth_cost(self, req: Request, num_new: int) -> int:
+        num_new = _check_num_new(req, num_new, req.num_computed_tokens)
         return self._write_cost(req.pages, req.num_computed_tokens, num_new, 0)
 
     def admission_cost(self, hits: list[int], computed: int, num_new: int,
@@ -159,12 +164,9 @@ class KVCacheManager:
         tokens (and `lookahead` more); hits and computed as `cached_prefix` gave them. The
         caller checked `admission_cost`; a failure (a copy on write interrupted) leaves it
         waiting, holding nothing."""
-        _refuse_held(req, "admit", "a waiting request", device=True, host=True)
+        refuse_held(req, "admit", "a waiting request", device=True, host=True)
         hits = self._check_hits(req, hits, computed)
-        check_int(num_new, "num_new")
-        if not 0 <= num_new <= req.num_tokens - computed:
-            raise ValueError(f"num_new: expected 0..{req.num_tokens - computed} (the request's "
-                             f"{req.num_tokens} tokens less {computed} computed), got {num_new}")
+        _check_num_new(req, num_new, computed)
         check_int(lookahead, "lookahead", minimum=0)
         with self._atomic(req):
             self.pool.touch(hits)
@@ -196,7 +198,7 @@ class KVCacheManager:
     def grow(self, req: Request, num_new: int) -> bool:
         """Pages for the request's next `num_new` tokens; False (nothing changed) when the
         pool cannot give them."""
-        cost = self.growth_cost(req, num_new)
+        cost = self.growth_cost(req, num_new)   # (refuses a num_new the request has not)
         if cost > self.pool.num_free:
             return False
         if cost:   # (most decode steps write into a page they hold: nothing to do or undo)
@@ -241,7 +243,7 @@ class KVCacheManager:
         if self.host is None:
             raise ValueError(f"req: this manager has no host pages to swap request {req.rid} "
                              f"out to (num_host_pages=0)")
-        _refuse_held(req, "swap_out", "a running request", device=False, host=True)
+        refuse_held(req, "swap_out", "a running request", device=False, host=True)
         keep = req.pages[:_pages_for(req.num_computed_tokens, self.page_size)]
         self._save_host()
         never_used = self.host.num_never_used
@@ -266,13 +268,14 @@ class KVCacheManager:
     def swap_in_cost(self, req: Request, num_new: int = 0) -> int:
         """Free pages that bringing the request back takes, plus the pages its next `num_new`
         tokens grow into (its pages come back exactly as they left, none shared)."""
+        num_new = _check_num_new(req, num_new, req.num_computed_tokens)
         back = len(req.host_pages)
         return back + max(0, _pages_for(req.num_computed_tokens + num_new, self.page_size) - back)
 
     def swap_in(self, req: Request) -> None:
         """Bring a swapped request's pages back (the caller checked `swap_in_cost`); a
         failure (a copy interrupted) leaves it swapped out, its host pages held."""
-        _refuse_held(req, "swap_in", "a swapped-out request", device=True, host=False)
+        refuse_held(req, "swap_in", "a swapped-out request", device=True, host=False)
         with self._atomic(req):
             pages = self.pool.allocate(len(req.host_pages))
             if self.store is not None:
@@ -282,7 +285,17 @@ class KVCacheManager:
             req.num_registered_blocks = 0
 
 
-def _refuse_held(req: Request, call: str, takes: str, device: bool, host: bool) -> None:
+def _check_num_new(req: Request, num_new, computed: int) -> int:
+    """num_new as an int, refused unless the request has that many tokens past `computed`
+    (pages for tokens it does not have would be taken and never written)."""
+    num_new = check_int(num_new, "num_new")
+    if not 0 <= num_new <= req.num_tokens - computed:
+        raise ValueError(f"num_new: expected 0..{req.num_tokens - computed} (the request's "
+                         f"{req.num_tokens} tokens less {computed} computed), got {num_new}")
+    return num_new
+
+
+def refuse_held(req: Request, call: str, takes: str, device: bool, host: bool) -> None:
     """Refuse a request holding pages that `call` would replace in its tables: they would
     stay held for ever (leaked)."""
     if device and req.pages:

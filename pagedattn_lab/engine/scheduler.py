@@ -36,8 +36,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from ..validate import check_int
 from .config import EngineConfig
-from .kv_manager import KVCacheManager
+from .kv_manager import KVCacheManager, refuse_held
 from .request import Request, Status
 
 
@@ -66,11 +67,28 @@ class Scheduler:
     def __init__(self, config: EngineConfig, kv: KVCacheManager,
                  max_model_len: int | None = None):
         """max_model_len: no request grows past it (the model's context), so a predictive
-        reservation stops there too (None: no limit)."""
+        reservation stops there too (None: no limit). config and kv must describe the same
+        pool (the watermark is a share of config.num_pages)."""
+        if not isinstance(config, EngineConfig):
+            raise TypeError(f"config: expected an EngineConfig, got {type(config).__name__}")
+        if not isinstance(kv, KVCacheManager):
+            raise TypeError(f"kv: expected a KVCacheManager, got {type(kv).__name__}")
+        host = kv.host.num_pages if kv.host is not None else 0
+        for name, have, want in (("num_pages", kv.pool.num_pages, config.num_pages),
+                                 ("page_size", kv.page_size, config.page_size),
+                                 ("num_host_pages", host, config.num_host_pages),
+                                 ("enable_prefix_caching", kv.enable_caching,
+                                  config.enable_prefix_caching)):
+            if have != want:
+                raise ValueError(f"kv: its {name} is {have}, config.{name} is {want}; build "
+                                 f"both from one EngineConfig")
+        if max_model_len is not None:
+            max_model_len = check_int(max_model_len, "max_model_len", minimum=1)
         self.config, self.kv, self.max_model_len = config, kv, max_model_len
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.swapped: deque[Request] = deque()
+        self._queued: dict[int, Request] = {}   # rid -> request, for the three queues
         self.finished_output_lens: list[int] = []
         self.recomputed_tokens = 0    # cached tokens thrown away by preemption by recompute
         # Since `begin`: each request changed, as Request.save() had it before its first
@@ -107,6 +125,7 @@ class Scheduler:
                 req.restore(saved)
         waiting, running, swapped, finished, self.recomputed_tokens = self._queues
         self.waiting, self.running, self.swapped = deque(waiting), list(running), deque(swapped)
+        self._queued = {r.rid: r for queue in (waiting, running, swapped) for r in queue}
         del self.finished_output_lens[finished:]
         for req in victims:   # preempted again, as `_preempt` did, on the restored pool
             self.running.remove(req)
@@ -123,8 +142,22 @@ class Scheduler:
         return victims
 
     def add(self, req: Request) -> None:
+        """Queue a new request. Refused, changing nothing: an id already queued (served
+        twice, or two requests under one id, their outputs would be mixed up: an engine keys
+        them by id), a finished request, or one holding pages (they would leak)."""
+        if not isinstance(req, Request):
+            raise TypeError(f"req: expected a Request, got {type(req).__name__}")
+        same = self._queued.get(req.rid)
+        if same is not None:
+            what = "this request" if same is req else "another request"
+            raise ValueError(f"req: request id {req.rid!r} is already queued ({what}, "
+                             f"{same.status.value}); ids must be unique")
+        if req.status is Status.FINISHED:
+            raise ValueError(f"req: request {req.rid} is finished; queue a new Request")
+        refuse_held(req, "add", "a new request", device=True, host=True)
         req.status = Status.WAITING
         self.waiting.append(req)
+        self._queued[req.rid] = req
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
@@ -250,6 +283,7 @@ class Scheduler:
         for req in self.swapped:
             self.kv.free_host(req)
         dropped = [*self.waiting, *self.running, *self.swapped]
+        self._queued.clear()
         self.waiting.clear()
         self.running.clear()
         self.swapped.clear()
@@ -263,5 +297,6 @@ class Scheduler:
         req.finish_reason = reason
         req.status = Status.FINISHED
         self.running.remove(req)
+        self._queued.pop(req.rid, None)   # (None: put in `running` by hand, as tests do)
         self.kv.free(req)
         self.finished_output_lens.append(len(req.output_ids))
