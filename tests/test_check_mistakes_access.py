@@ -101,6 +101,9 @@ MISTAKES += [
      "in bytes"),
     ("tiled_launch", lambda b, h, n, tq, p, d: ((_ceil(n, tq), h, b), (tq,), 4 * p * d),
      "stage V"),
+    # hunt 66: K and V staged, 2 bytes a value: the hint named only a missing V tile
+    ("tiled_launch", lambda b, h, n, tq, p, d: ((_ceil(n, tq), h, b), (tq,), 2 * p * d * 2),
+     "4 bytes a value, not 2"),
     ("tiled_launch", lambda b, h, n, tq, p, d: ((b, h, _ceil(n, tq)), (tq,), 8 * p * d),
      "query tiles in x"),
     # a truth value where the batch is 1 (True == 1) is not a launch dimension
@@ -312,6 +315,36 @@ def attend_in_place(scale_what):
         return state.result()
     return attend
 
+
+class OnlineKeepsFirstValue(online_class(None)):
+    """Right numbers, but its acc IS the first value it was given (a view of v_cache in
+    attend_one), then updated in place: the cache's first value row changes (hunt 66)."""
+
+    def update(self, s, v):
+        if self.l == 0.0:
+            self.m, self.l, self.acc = s, 1.0, v
+            return
+        m_new = max(self.m, s)
+        alpha, w = np.exp(self.m - m_new), np.exp(s - m_new)
+        self.l = self.l * alpha + w
+        self.acc *= alpha
+        self.acc += w * v
+        self.m = m_new
+
+
+def attend_keeping_first_value(q, kc, vc, row, n, t, kvh, scale):
+    p = kc.shape[1]
+    state = OnlineKeepsFirstValue(kc.shape[-1])
+    for j in range(t + 1):
+        state.update(float(q @ kc[row[j // p], j % p, kvh]) * scale, vc[row[j // p], j % p, kvh])
+    return state.result()
+
+
+MISTAKES += [
+    # hunt 66: the hint said `value *= scale` wrote into the cache
+    ("attend_one", attend_keeping_first_value, "only the first key's changed",
+     ["value *= scale"]),
+]
 
 MISTAKES += [
     ("online_softmax", OnlineDividesInPlace, "result() changed the state"),

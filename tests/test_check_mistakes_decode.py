@@ -46,6 +46,11 @@ def _merge_in_float32(m, l, o):
 
 MERGE_MISTAKES += [("scales l in place", _merge_scaling_l_in_place, "changed its input l"),
                    ("merged in float32", _merge_in_float32, "keep the merge in float64")]
+# hunt 66: exp(m_p - m_last) is right while the last partition holds the largest max, as it
+# did in every case; a partition far below the ones before it overflows it
+MERGE_MISTAKES += [("rescaled by the last partition's max",
+                    lambda m, l, o: (l * np.exp(m - m[-1])) @ o / (l * np.exp(m - m[-1])).sum(),
+                    "exponentiate m_p - max_p m_p")]
 
 PARTITION_MISTAKES = [
     ("GQA as modulo", [("h / (num_heads / num_kv_heads)", "h % num_kv_heads")],
@@ -139,11 +144,30 @@ PARTITION_MISTAKES += [
      "softmax(scores of partition p)"),
 ]
 
+# hunt 66: the guide's head stride (no num_kv_heads) reads slots no sequence uses (NaN): the
+# hint named only a read past the partition's end or the online softmax
+PARTITION_MISTAKES += [
+    ("head stride without num_kv_heads",
+     [("long long row = (slot * num_kv_heads + kv_head) * head_dim;",
+       "long long row = slot * head_dim + kv_head * head_dim;")],
+     "the head stride is missing num_kv_heads"),
+    # hunt 66: right states at the wrong rows; the hint said part_out must be the softmax
+    ("states stored sequence-minor", [
+        ("long long slot_out = ((long long)b * num_heads + h) * max_parts + part;",
+         "long long slot_out = ((long long)h * gridDim.z + b) * max_parts + part;")],
+     "stored at another partition's slot", ["must be softmax(scores of partition p)"]),
+]
+
 # No early return for a partition that does not exist: (m, l) = (-inf, 0) and 0 / 0 land in a
 # slot the spec leaves alone, and the check read only the partitions that exist.
 PARTITION_MISTAKES += [
     ("writes partitions that do not exist", [("if (start >= seq_len) return;", "")],
      "partition 2 of sequence 1 does not exist"),
+    # hunt 66: `>` lets the partition starting at seq_len write; it passed, no case having a
+    # sequence whose length is a multiple of part_len and shorter than the longest
+    ("returns only past seq_len", [("if (start >= seq_len) return;",
+                                    "if (start > seq_len) return;")],
+     "would start at token 16, at or past seq_len 16"),
 ]
 
 MERGE_KERNEL_MISTAKES += [
@@ -165,6 +189,12 @@ MERGE_KERNEL_MISTAKES += [
     ("out row times max_parts", [("out[row * head_dim + d]",
                                   "out[(row * max_parts) * head_dim + d]")],
      "out is [batch, num_heads, head_dim]", ["max_len"]),
+    # hunt 66: the hint named only expf(m_p) with no max subtracted, which gives the same NaN
+    # in that case; now both, as several_fit words them
+    ("last partition's m as the max",
+     [("for (int p = 0; p < n_parts; ++p) m_all = fmaxf(m_all, ml[2 * p]);",
+       "m_all = ml[2 * (n_parts - 1)];")], "check each: (1) m must be the largest m_p of the "
+     "row, not the last partition's"),
 ]
 
 KERNELS = [("decode_partition", "SOURCE_PARTITION", m) for m in PARTITION_MISTAKES] + \

@@ -70,6 +70,11 @@ SHARED = [
     ("every thread loads all of q", [(_LOAD_Q, "    for (int d = 0; d < head_dim; ++d) "
                                                "q_shared[d] = q[d];\n")],
      "each element should have one writer"),
+    # hunt 66: the load guarded like the dot product; the hint said some threads must load
+    # more than one, with 32 threads for head_dim 16
+    ("only threads with a key load q",
+     [(_LOAD_Q, "    if (blockIdx.x * blockDim.x + threadIdx.x < n)\n" + _LOAD_Q)],
+     "must still help load q", ["must load more than one"]),
 ]
 
 WARP_SUM = [
@@ -122,6 +127,11 @@ BLOCK_SUM = [
     ("every lane stores its warp total", [("if (lane == 0) warp_totals[warp] = v;",
                                            "warp_totals[warp] = v;")],
      "each element should have one writer"),
+    # hunt 66: every block's total went to out[0]: the other totals are NaN because nobody
+    # wrote them, and the hint named a stale shared-memory read
+    ("every block writes out[0]", [("if (lane == 0) out[blockIdx.x] = v;",
+                                    "if (lane == 0) out[0] = v;")],
+     "several threads wrote the same element", ["no thread wrote"]),
 ]
 
 MISTAKES = ([("puzzle_map", "SOURCE_MAP", m) for m in MAP]

@@ -58,6 +58,20 @@ def test_a_transposed_view_of_the_table_fails():
                   not_phrases=["another order"])
 
 
+def tables_in_fortran_order(seq_lens, page_size, allocator):
+    tables = [allocator.allocate(-(-n // page_size)) for n in seq_lens]
+    block_tables = np.full((len(seq_lens), max([len(t) for t in tables] + [1])), -1,
+                           dtype=np.int32, order="F")
+    for row, pages in enumerate(tables):
+        block_tables[row, :len(pages)] = pages
+    return block_tables, np.asarray(seq_lens, dtype=np.int32)
+
+
+def test_a_table_made_in_fortran_order_is_named_so():
+    """Hunt 66: the hint named only a `.T` view, which this answer never made."""
+    assert_caught("block_tables", tables_in_fortran_order, "an array made with order='F'")
+
+
 def test_a_square_transposed_table_is_named_in_the_first_case():
     result, printed = assert_caught("block_tables", tables_transposed_copy, "transposed",
                                     not_phrases=["another order"])

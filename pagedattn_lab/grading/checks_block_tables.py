@@ -291,11 +291,14 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
                 "as a [batch, max_pages] array (np.ascontiguousarray makes a copy in that "
                 "order).")
         if tables.T.flags.c_contiguous:
-            hint = ("your table is a transposed view (`.T` of a [max_pages, batch] array): "
-                    "NumPy indexes it right, but its memory holds page p of sequence b at "
+            # (a view and an array made column after column look alike, the more so once
+            # the grader's channel has copied it)
+            hint = ("your table is stored column after column: a transposed view (`.T` of a "
+                    "[max_pages, batch] array), or an array made with order='F'. NumPy "
+                    "indexes it right, but its memory holds page p of sequence b at "
                     "p * batch + b, and a kernel reads block_tables[b * max_pages + p]. Build "
-                    "it as [batch, max_pages], row i for sequence i (np.ascontiguousarray "
-                    "makes a copy in that order).")
+                    "it as [batch, max_pages] in C order, row i for sequence i "
+                    "(np.ascontiguousarray makes a copy in that order).")
         raise Mismatch("block_tables' memory order", hint, "a C-contiguous [batch, max_pages] "
                        "array (row after row)", "Fortran order (column after column)"
                        if tables.T.flags.c_contiguous else "a strided view")

@@ -21,13 +21,15 @@ from .checks_decode_merge import decode_merge, merge_partitions  # noqa: F401 - 
 from .checks_kernels import _Compiled
 from .compare import ATOL, RTOL, describe_difference, diagnose, fmt
 from .faults import describe_kernel_exception
-from .decode_launch import NOTHING_WRITTEN, WARP, decode_problem, dims_hint, launch_warp
+from .decode_launch import (NOTHING_WRITTEN, WARP, decode_problem, dims_hint, launch_warp,
+                            misplaced_hint)
 from .decode_variants import LOG2E, partials_variant
 from .puzzle_runner import per_thread_max
 from .kernel_runner import poisoned, unwritten
-from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
+from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases, several_fit
 from .table_probe import PAGE_SIZE, full_table, transposed_hint
-from .variants import BY_KV_HEADS_HINT, SCALED_VALUES_HINT, UNSCALED_PAGES_HINT, twice_hint
+from .variants import (BY_KV_HEADS_HINT, HEAD_STRIDE_HINT, SCALED_VALUES_HINT,
+                       UNSCALED_PAGES_HINT, twice_hint)
 
 # -- task 2: one partition per warp, in CUDA C ----------------------------------------------
 
@@ -65,6 +67,7 @@ _PARTITION_MISTAKES = [
     ("part_out holds the partition's softmax average: divide the accumulator by l.",
      {"normalized": False}),
     (UNSCALED_PAGES_HINT, {"paging": "unscaled"}),
+    (HEAD_STRIDE_HINT, {"paging": "head_stride"}),
     ("sequence b reads its own block-table row, block_tables + b * max_pages: every "
      "sequence here read sequence 0's pages.", {"paging": "first_table"}),
     ("query head h reads its own q row, q + (b * num_heads + h) * head_dim, not the row of "
@@ -185,13 +188,16 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
     diff = describe_difference(o, o_ref, ("sequence", "head", "partition", "dim"),
                                mask=used[..., None])
     if diff is not None:
-        hint = _bound_hint(o, o_ref, prob, part_len, used) or _lane0_hint(o, o_ref, used) \
-            or diagnose(o, o_ref, [
+        named = diagnose(o, o_ref, [
             (text or twice_hint(prob.scale, head_dim),
              lambda bugs=bugs: partials_variant(prob, part_len, **_scaled(prob, bugs))[2])
-            for text, bugs in _PARTITION_MISTAKES], mask=used[..., None]) \
+            for text, bugs in _PARTITION_MISTAKES], mask=used[..., None])
+        bound = _bound_hint(o, o_ref, prob, part_len, used)
+        if bound == _NAN_ONLY and named:   # NaN everywhere: a mistake that reads NaN slots
+            bound = several_fit([_NAN_ONLY, named])   # (the head stride's) fits it as well
+        hint = bound or _lane0_hint(o, o_ref, used) or named \
             or _partition_transposed(comp) \
-            or dims_hint(o, used, head_dim, "lane")
+            or dims_hint(o, used, head_dim, "lane") or misplaced_hint(o, o_ref, used)
         raise Mismatch("part_out: " + diff.message() + "\n" + _written_by(prob, diff.first(),
                                                                           part_len),
                        hint or "part_out[b, h, p] must be softmax(scores of partition p) @ its "
@@ -312,6 +318,10 @@ def decode_partition(source: str, device: str = "auto") -> CheckResult:
         ("head_dim 48 (lanes 0-15 hold two dims), GQA 3/1, page_size 6, scale 0.3", 66, 10,
          dict(seq_lens=[23, 40, 6], num_heads=3, num_kv_heads=1, head_dim=48, page_size=6,
               scale=0.3)),
+        # sequence 1 (16 = 2 x 8) is not the longest: the partition starting at its seq_len
+        # is launched, and a return for start > seq_len (not >=) lets it write
+        ("a sequence whose length is a multiple of part_len, shorter than the longest", 67, 8,
+         dict(seq_lens=[19, 16], num_heads=4, num_kv_heads=2, head_dim=32, page_size=4)),
     ]
     cases = [Case(name, {"part_len": part_len, **sizes},
                   lambda seed=seed, part_len=part_len, sizes=sizes:

@@ -20,12 +20,12 @@ import numpy as np
 
 from ..split_k import merge_partials, partial_state, reference_partials
 from .checks_kernels import _Compiled
-from .compare import changed_input, describe_difference, diagnose, fmt
+from .compare import changed_input, describe_difference, diagnose, fmt, matches
 from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, decode_problem, dims_hint,
                             launch_warp)
 from .decode_variants import merge_variant
 from .kernel_runner import poisoned
-from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases
+from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -75,7 +75,7 @@ def _merge_case(fn, scores, values, cuts) -> None:
             hint = (f"the m_p here lie {fmt(m.max() - m.min())} apart, and exp of anything past "
                     "709 overflows float64: exponentiate m_p - max_p m_p (every exponent is "
                     "then at most 0), not m_p minus another partition's m (the first, the "
-                    "smallest).")
+                    "last, the smallest).")
         else:
             hint = "a NaN or inf appeared: exp of a large positive number, or 0 / 0?"
     else:
@@ -104,6 +104,11 @@ def merge_partitions(fn) -> CheckResult:
         ("scores near -1000", data(12, shift=-1000.0), [3]),
         ("one partition far below the rest", (np.r_[np.full(5, -800.0), rng.standard_normal(9)],
                                                rng.standard_normal((14, d))), [5]),
+        # the first partition holds the max: exp(m_p - m_last) overflows as exp(m_p - m_first)
+        # does above (the max is no partition's by position)
+        ("the partitions after the first far below it",
+         (np.r_[rng.standard_normal(4), np.full(8, -800.0)], rng.standard_normal((12, d))),
+         [4, 8]),
     ]
     return run_cases("merge_partitions", "merge_partitions: split-K partition states, merged", [
         Case(name, {"tokens": len(sc), "partitions": len(cuts) + 1},
@@ -141,13 +146,38 @@ def _max_over_all_slots(m, l, o, n_parts):
         return top / w.sum(axis=-1)[..., None]
 
 
-def _first_as_max(m, l, o, n_parts):
-    """The merge in float32 with the first partition's m taken as the max."""
-    used = np.arange(m.shape[-1]) < np.asarray(n_parts)[..., None]
+def _weighted_by(m, l, o, n_parts, top: str):
+    """The merge in float32 with the first ("first") or the last ("last") partition's m
+    taken as the max, or with none subtracted ("none")."""
+    n_parts = np.asarray(n_parts)
+    used = np.arange(m.shape[-1]) < n_parts[..., None]
+    pick = np.broadcast_to(n_parts - 1 if top == "last" else np.zeros_like(n_parts),
+                           m.shape[:-1])[..., None]
     with np.errstate(all="ignore"):
-        w = np.where(used, l * np.exp(m - m[..., :1]), 0).astype(np.float32)
-        top = (w[..., None] * np.where(used[..., None], o, 0)).sum(axis=-2)
-        return top / w.sum(axis=-1)[..., None]
+        shift = 0.0 if top == "none" else np.take_along_axis(m, pick, axis=-1)
+        w = np.where(used, l * np.exp(m - shift), 0).astype(np.float32)
+        top_sum = (w[..., None] * np.where(used[..., None], o, 0)).sum(axis=-2)
+        return top_sum / w.sum(axis=-1)[..., None]
+
+
+FIRST_AS_MAX_HINT = ("m must be the largest m_p of the row, not the first partition's: a later "
+                     "partition's m_p lies far above it here, and expf(m_p - m_0) overflowed "
+                     "float32 (inf / inf). Take the max over the partitions first (fmaxf from "
+                     "NEG_INF), then weight.")
+LAST_AS_MAX_HINT = ("m must be the largest m_p of the row, not the last partition's: an earlier "
+                    "partition's m_p lies far above it here, and expf(m_p - m_last) overflowed "
+                    "float32 (inf / inf). Take the max over the partitions first (fmaxf from "
+                    "NEG_INF), then weight.")
+NO_MAX_HINT = "expf(m_p) overflows float32 here: exponentiate m_p minus the largest m_p."
+
+
+def _last_as_max(states, n_parts):
+    """(hint, the merge weighted from the last partition's m): where every row's last m lies
+    far below its max and m is large, that is inf / inf everywhere, as expf(m_p) with no max
+    subtracted gives, and the hint names both."""
+    last = _weighted_by(*states, n_parts, "last")
+    alike = matches(last, _weighted_by(*states, n_parts, "none"))
+    return (several_fit([LAST_AS_MAX_HINT, NO_MAX_HINT]) if alike else LAST_AS_MAX_HINT), last
 
 
 def _with_states(args, part_ml, part_out):
@@ -231,10 +261,8 @@ def _variants(part_ml, part_out, lens, part_len, held):
          f"ceil(seq_len / part_len) that exist; the others hold {held}, whose m lies far above "
          "the real ones here, so every real weight expf(m_p - m) underflowed to 0 (0 / 0).",
          lambda: _max_over_all_slots(*states, n_parts)),
-        ("m must be the largest m_p of the row, not the first partition's: a later partition's "
-         "m_p lies far above it here, and expf(m_p - m_0) overflowed float32 (inf / inf). Take "
-         "the max over the partitions first (fmaxf from NEG_INF), then weight.",
-         lambda: _first_as_max(*states, n_parts)),
+        (FIRST_AS_MAX_HINT, lambda: _weighted_by(*states, n_parts, "first")),
+        _last_as_max(states, n_parts),
     ]
 
 

@@ -277,9 +277,20 @@ def _shared_case(kern, seed, n, head_dim):
         stored = counts.shared_writes.sum(axis=1)    # per block
         if not diff.unwritten.any() or stored.min() >= head_dim:
             return None
-        return (f"a block stored only {int(stored.min())} of q's {head_dim} values in shared "
-                f"memory (NaN is what the executor leaves in the rest): with {SHARED_THREADS} "
-                f"threads and head_dim {head_dim}, some threads must load more than one.")
+        short = int(np.argmin(stored))
+        said = (f"a block stored only {int(stored.min())} of q's {head_dim} values in shared "
+                "memory (NaN is what the executor leaves in the rest)")
+        keys = short * SHARED_THREADS + np.arange(SHARED_THREADS)
+        idle = counts.shared_writes[short] == 0
+        if idle[keys >= n].all() and (keys >= n).any() and not idle[keys < n].all():
+            # the threads with a key stored, those past the last key none: a guard on the load
+            return (f"{said}: its threads past the last key (key >= n = {n}) stored none of "
+                    "it. They have no key, but they must still help load q: guard the dot "
+                    "product and the store of scores, not the load.")
+        if head_dim > SHARED_THREADS:
+            return (f"{said}: with {SHARED_THREADS} threads and head_dim {head_dim}, some "
+                    "threads must load more than one.")
+        return f"{said}: every one of q's values must be stored before the barrier."
 
     _check_output(kern, got, PUZZLES["shared"].spec(q.astype(np.float64), k), ("key",),
                   counts, "scores", [q_not_all_staged])
@@ -346,7 +357,9 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
                      np.allclose(got, wrong, atol=1e-4, rtol=1e-5)), None)
 
     def stale_shared(diff):
-        if not diff.unwritten.any() or group == 32:
+        # a stale read makes its block's total NaN and leaves the other blocks right; a
+        # wrong total beside the NaN shows another mistake (totals stored on one element)
+        if not diff.unwritten.any() or group == 32 or (diff.bad & ~diff.unwritten).any():
             return None
         return ("NaN came out: a thread read a shared-memory slot that no thread wrote (the "
                 f"executor fills shared memory with NaN). A block of {threads} threads has "

@@ -286,7 +286,7 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
             raise
         changed = changed_input("attend_one", given, passed, _VIEWS)
         if changed is not None:
-            raise changed
+            raise _kept_first_value(changed, given, passed, t, kvh)
         if got is None:
             raise Mismatch("returned None", "return the [head_dim] output vector.")
         got = np.asarray(got, dtype=np.float64)
@@ -355,6 +355,25 @@ def _overflow_hint(got, prob, b, t, h) -> str | None:
     return (f"the scores reach {top:.4g} here, and exp of anything past 709 overflows float64 "
             "(past 88 in float32; inf / inf is NaN): exponentiate score - running_max "
             "(OnlineSoftmax does), never the raw score.")
+
+
+def _kept_first_value(changed: Mismatch, given: dict, passed: dict, t: int, kvh: int):
+    """changed_input's Mismatch; where only v_cache changed, and of the t + 1 value rows the
+    query read only the first key's, the hint of a state that kept that row as its
+    accumulator (acc = value, a view of the cache) and then updated it in place (a scaled
+    `value` would change every row read)."""
+    if t == 0 or not np.array_equal(passed["k_cache"], given["k_cache"], equal_nan=True):
+        return changed
+    v, was = np.asarray(passed["v_cache"]), given["v_cache"]
+    rows = {tuple(int(i) for i in at[:3])
+            for at in np.argwhere(~((v == was) | (np.isnan(v) & np.isnan(was))))}
+    if rows == {(int(given["block_table_row"][0]), 0, kvh)}:
+        changed.hint = (f"of the {t + 1} value rows this query read, only the first key's "
+                        "changed: your online softmax keeps the first value it is given as its "
+                        "accumulator (acc = value: a view of v_cache) and then updates acc in "
+                        "place (acc *= ..., acc += ...), writing into the cache. Start acc "
+                        "from np.zeros(head_dim), or from a copy (value * weight).")
+    return changed
 
 
 _VIEWS = {  # the inputs an index turns into a view: a write through it reaches the cache

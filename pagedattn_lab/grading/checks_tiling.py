@@ -10,7 +10,7 @@ import numpy as np
 
 from ..validate import is_int
 from .compare import POW2_HINT, pow2_div
-from .report import Case, CheckResult, Mismatch, probe, run_cases
+from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 
 
 def _rounds_up(fn) -> bool:
@@ -158,8 +158,10 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
         hint = "shared memory holds one page of K and one of V for this kv head, in float32."
         if s == smem // 4:
             hint = "shared_mem is in bytes: a float is 4 bytes."
-        elif s == smem // 2:
-            hint = "stage V as well as K: two page-sized tiles."
+        elif s == smem // 2:   # (K alone, or K and V counted in halves: the same bytes)
+            hint = several_fit(["stage V as well as K: two page-sized tiles.",
+                                "the tiles are float32, as the cache: 4 bytes a value, not 2 "
+                                "(a half)."])
         elif s == smem * num_heads:
             hint = "a block serves one head: stage only its kv head (page_size x head_dim)."
         elif s == 2 * tile_q * head_dim * 4 and tile_q != page_size:

@@ -1,5 +1,6 @@
 """What lesson 06's two kernel checks share: the warp launch, the NaN-tailed problems, the
-merge's mistakes, and the hint for dims no lane reaches.
+merge's mistakes, the hint for dims no lane reaches, and the partition check's for states
+stored at the wrong rows.
 
 Each kernel runs one warp per block. A fault, a lane missing from a shuffle, or an index past
 an output gets a message in the decode layouts (q [batch, num_heads, head_dim], out like q).
@@ -12,7 +13,7 @@ from .cases import nan_tails, paged_problem
 from .checks_kernels import _Compiled
 from .faults import describe_kernel_exception
 from .kernel_runner import KERNEL_TIMEOUT, unwritten
-from .compare import ranges
+from .compare import ATOL, RTOL, ranges
 from .report import Mismatch
 
 WARP = 32   # both kernels run one warp per block
@@ -98,3 +99,26 @@ def dims_hint(got, rows, head_dim: int, who: str) -> str | None:
 def decode_problem(seed, **sizes):
     sizes.setdefault("extra_pages", 2)
     return nan_tails(paged_problem(seed, mode="decode", **sizes))
+
+
+def misplaced_hint(o, o_ref, used) -> str | None:
+    """decode_partition's part_out `o` [batch, num_heads, max_parts, head_dim] against its
+    reference `o_ref` (`used`: the partitions that exist): every row written holds a
+    partition's right output, none more often than it is expected (one partition's output
+    everywhere is a wrong range of tokens, not a wrong slot), but some at another (sequence,
+    head, partition): the states are right, where they are stored is not."""
+    rows = o.reshape(-1, o.shape[-1])
+    right = o_ref[used]                                   # [partitions, head_dim]
+    written = ~unwritten(rows).all(axis=-1)
+    if not written.any():
+        return None
+    close = np.isclose(rows[written][:, None], right[None], rtol=RTOL, atol=ATOL).all(axis=-1)
+    # no output written more often than it is expected (heads of one kv head over a one-token
+    # sequence have the same output)
+    alike = np.isclose(right[:, None], right[None], rtol=RTOL, atol=ATOL).all(axis=-1)
+    if not close.any(axis=1).all() or (close.sum(axis=0) > alike.sum(axis=1)).any():
+        return None
+    return ("each partition's output is right, but stored at another partition's slot: "
+            "part_out is [batch, num_heads, max_parts, head_dim], so block (p, h, b) = "
+            "(partition, head, sequence) writes row (b * num_heads + h) * max_parts + p, and "
+            "its (m, l) at the same row of part_ml.")

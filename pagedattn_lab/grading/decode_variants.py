@@ -18,6 +18,8 @@ the tokens (through the block table, slot by slot), with optional bugs:
     paging="unscaled"         a slot is block_table[t / page_size] + t % page_size (the page
                               number not multiplied by page_size)
     paging="first_table"      every sequence reads sequence 0's block-table row
+    paging="head_stride"      a row is at slot * head_dim + kv_head * head_dim (the guide's
+                              bug: the head stride without num_kv_heads)
     q_head="kv"               query head h reads q's row of its kv head, not its own
     reduced=(8, 4, 2, 1)      the dot product's xor reduction over these offsets only: lanes
                               0-15 and 16-31 (or, (16, 8, 4, 2), the even and the odd lanes)
@@ -66,7 +68,8 @@ def _rows(prob, b: int, kv_head: int, tokens: range, paging: str = "right"):
         if vpage >= len(row) or row[vpage] < 0:
             continue
         slot = int(row[vpage]) * (1 if paging == "unscaled" else page_size) + t % page_size
-        base = (slot * num_kv_heads + kv_head) * head_dim
+        base = (slot + kv_head) * head_dim if paging == "head_stride" else \
+            (slot * num_kv_heads + kv_head) * head_dim
         if base + head_dim <= k_flat.size:
             keys[i], values[i] = k_flat[base:base + head_dim], v_flat[base:base + head_dim]
     return keys, values
@@ -103,7 +106,7 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
             ("kv_map", kv_map, ("div", "mod", "same", "by_kv_heads")),
             ("bounds", bounds, ("exact", "inclusive", "unclipped", "skip_first", "drop_last")),
             ("online_bug", online_bug, (None, "acc", "sum", "max0")),
-            ("paging", paging, ("right", "unscaled", "first_table")),
+            ("paging", paging, ("right", "unscaled", "first_table", "head_stride")),
             ("q_head", q_head, ("own", "kv"))):
         one_of(name, value, allowed)
     num_heads = prob.q.shape[1]

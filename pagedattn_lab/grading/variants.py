@@ -175,6 +175,8 @@ UNSCALED_PAGES_HINT = ("token t is at slot block_table[t / page_size] * page_siz
                        "page_size: yours adds the offset to the page number itself; a page "
                        "starts at its number times page_size, so multiply it by page_size "
                        "before adding the offset.")
+HEAD_STRIDE_HINT = ("the head stride is missing num_kv_heads (the guide's bug): element (slot, "
+                    "kv_head, d) is at (slot * num_kv_heads + kv_head) * head_dim + d.")
 SCALED_VALUES_HINT = ("the values are scaled too: `scale` multiplies the scores (q . k) only; "
                       "the weighted sum of v is not scaled.")
 
@@ -217,8 +219,7 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
          f"({case.scale:.4g} here), not by 1/head_dim ({1 / head_dim:.4g}).",
          v(scale=1.0 / head_dim)),
         (SCALED_VALUES_HINT, v(scaled_values=True)),
-        ("the head stride is missing num_kv_heads (the guide's bug): element (slot, kv_head, "
-         "d) is at (slot * num_kv_heads + kv_head) * head_dim + d.", v(head_stride_bug=True)),
+        (HEAD_STRIDE_HINT, v(head_stride_bug=True)),
         ("every sequence reads row 0 of block_tables: one page table for the whole batch (the "
          "guide's bug). Sequence b's row starts at block_tables + b * max_pages.",
          v(shared_table=True)),
