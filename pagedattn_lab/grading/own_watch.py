@@ -70,11 +70,9 @@ _TRIPWIRE = "__pagedattn_lab_own_work_watch__"   # the modules' global the tramp
 def _called(key, args, kwargs):
     watch, dotted = _SWITCHED.get(key, (None, ""))
     caller = sys._getframe(2)   # (this, the trampoline, its caller)
-    if watch is None:
-        pass
-    elif caller.f_code is watch.served:
+    if watch is not None and caller.f_code is watch.served:
         watch.found.append(f"your code called {dotted} through the grader's channel")
-    elif not in_package(caller.f_code.co_filename):
+    elif watch is not None and not in_package(caller.f_code.co_filename):
         watch.found.append(f"line {caller.f_lineno} of {caller.f_code.co_name} called {dotted}")
     return _ORIGINALS[key](*args, **kwargs)
 
