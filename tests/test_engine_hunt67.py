@@ -492,3 +492,17 @@ def test_manager_stats_count_a_page_shared_by_a_fork_once():
     mgr.add_sequence(k[:1], k[:1])   # its own page: 3 more empty slots
     s = mgr.stats()
     assert (s.internal_waste, s.utilization) == (5, pytest.approx(7 / 12))
+
+
+def test_scheduler_finish_refuses_an_unknown_reason_before_changing_anything():
+    sched = _scheduler()
+    req = Request(0, [1, 2], SamplingParams(max_tokens=1))
+    sched.add(req)
+    _run_one_step(sched)
+    before, state = _queues(sched), req.save()
+    with pytest.raises(ValueError, match=r"^reason: expected one of \('stop', 'length'\), "
+                                         r"got 'done'"):
+        sched.finish(req, "done")
+    assert _queues(sched) == before and req.save() == state
+    sched.finish(req, "stop")
+    assert req.status is Status.FINISHED and req.finish_reason == "stop"

@@ -63,6 +63,9 @@ class ScheduledStep:
             self.prefill_tokens += n
 
 
+FINISH_REASONS = ("stop", "length")
+
+
 class Scheduler:
     def __init__(self, config: EngineConfig, kv: KVCacheManager,
                  max_model_len: int | None = None):
@@ -290,6 +293,10 @@ class Scheduler:
         return dropped
 
     def finish(self, req: Request, reason: str) -> None:
+        """`reason`: "stop" (an end token) or "length" (max_tokens or the model's context),
+        vLLM's finish reasons; the request's output reports it."""
+        if reason not in FINISH_REASONS:   # (before anything changes)
+            raise ValueError(f"reason: expected one of {FINISH_REASONS}, got {reason!r}")
         if req not in self.running:   # (before it is marked finished)
             raise ValueError(f"req: request {req.rid} is {req.status.value}, not running; "
                              f"only a running request finishes")
