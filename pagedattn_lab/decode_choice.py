@@ -49,8 +49,8 @@ def supported_head_dim(kernel: str, dtype: str, head_dim: int) -> str | None:
     """None when `kernel` takes `head_dim` for `dtype` caches, else the reason it does not."""
     if kernel == "tensor_core":
         if dtype == "float32":
-            return ("the tensor-core kernel takes float16 or bfloat16 caches (WMMA has no fp32 "
-                    "inputs); float32 runs on the 'simt' kernel")
+            return ("the tensor-core kernel takes float16 or bfloat16 queries and caches (WMMA "
+                    "has no fp32 inputs); float32 runs on the 'simt' kernel")
         if head_dim % 16 or not 16 <= head_dim <= HEAD_DIM_MAX:
             return ("the tensor-core kernel takes head_dim a multiple of 16 from 16 to "
                     f"{HEAD_DIM_MAX}")

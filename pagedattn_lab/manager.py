@@ -45,7 +45,7 @@ from .paging import OutOfPagesError
 from .prefill_wrapper import HEAD_DIMS, BatchPrefillWrapper
 from .quant import kv_dtype_name
 from .validate import (check_array, check_gqa_heads, check_int, check_int_list, is_one_of,
-                       resolve_scale)
+                       refuse_repeats, resolve_scale)
 
 
 class AddedSequence(NamedTuple):
@@ -259,8 +259,7 @@ class PagedAttentionManager:
         for i, s in enumerate(ids):
             if s not in live:
                 raise KeyError(f"seq_ids[{i}]: no live sequence {s!r} (live: {sorted(live)})")
-        if len(set(ids)) != len(ids):
-            raise ValueError(f"seq_ids: a sequence appears twice in {ids}")
+        refuse_repeats(ids)
         return ids
 
 

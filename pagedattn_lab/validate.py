@@ -50,8 +50,13 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
     if dtypes is not None:
         allowed = [np.dtype(d) for d in dtypes]
         if x.dtype not in allowed:
-            names = " or ".join(_dtype_name(d) for d in allowed)
-            raise TypeError(f"{name}: expected dtype {names}, got {dtype_label(x.dtype)}")
+            names = [_dtype_name(d) for d in allowed]
+            bits = isinstance(x, np.ndarray) and x.dtype == np.uint16 and "bfloat16" in names
+            raise TypeError(f"{name}: expected dtype {' or '.join(names)}, got "
+                            f"{dtype_label(x.dtype)}" + (
+                                " (bfloat16 bits? uint16 holds them on CuPy only; on the CPU "
+                                "view them as bfloat16: x.view(ml_dtypes.bfloat16))"
+                                if bits else ""))
     if contiguous and not x.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array (kernels index it by "
                          f"strides of its shape); call .copy() or ascontiguousarray first")
@@ -155,6 +160,17 @@ def check_int_list(values, name: str, what: str = "id") -> list[int]:
                             f"({type(value).__name__})")
         ids.append(int(value))
     return ids
+
+
+def refuse_repeats(seq_ids: list[int], name: str = "seq_ids") -> None:
+    """Refuse a sequence listed twice in one decode step (it appends one token to each),
+    naming the second entry and the first."""
+    first: dict[int, int] = {}
+    for j, s in enumerate(seq_ids):
+        if s in first:
+            raise ValueError(f"{name}[{j}]: sequence {s} appears twice (entries {first[s]} "
+                             f"and {j}); a step appends one token to each")
+        first[s] = j
 
 
 def check_offsets(ptr: np.ndarray, name: str, end: int | None = None, end_what: str = "") -> None:

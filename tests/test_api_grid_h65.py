@@ -176,3 +176,19 @@ def test_write_kv_quant_refuses_kv_dtype_none_without_offering_it():
                        "static", scale, scale.copy())
     assert str(err.value).startswith("kv_dtype: expected one of ('int8', 'fp8_e4m3'), got None")
     assert "None: uncompressed" not in str(err.value)
+
+
+def test_a_sequence_twice_in_a_step_is_named_by_its_entry():
+    cache = pl.PagedKVCache(8, 4, 1, 8, dtype=np.float32, device="cpu")
+    a, b = cache.add_sequence(), cache.add_sequence()
+    with pytest.raises(ValueError, match=rf"^seq_ids\[2\]: sequence {a} appears twice "
+                                         rf"\(entries 0 and 2\)"):
+        cache.decode_pages_needed([a, b, a])
+
+
+def test_uint16_caches_on_the_cpu_get_the_bfloat16_view_hint():
+    k = np.zeros((2, 4, 1, 32), np.uint16)
+    with pytest.raises(TypeError, match=r"^k_cache: expected dtype .*got uint16 \(bfloat16 "
+                                        r"bits\? .*x\.view\(ml_dtypes\.bfloat16\)\)"):
+        pl.paged_attention_decode(np.zeros((1, 1, 32), np.float16), k, k,
+                                  np.zeros((1, 1), np.int32), np.array([3], np.int32))

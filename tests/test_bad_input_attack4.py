@@ -129,7 +129,8 @@ def test_decode_pages_needed_names_its_argument_and_refuses_a_sequence_twice():
     with pytest.raises(TypeError, match=r"^seq_ids: expected a list of sequence ids, got 0 "
                                         r"\(int\); for one sequence id write \[0\]"):
         cache.decode_pages_needed(seq)
-    with pytest.raises(ValueError, match=r"^seq_ids: sequence 0 appears twice in \[0, 0\]"):
+    with pytest.raises(ValueError,
+                       match=r"^seq_ids\[1\]: sequence 0 appears twice \(entries 0 and 1\)"):
         cache.decode_pages_needed([seq, seq])
     assert cache.decode_pages_needed([seq]) == 1
 
