@@ -6,74 +6,23 @@ fill the last blocks, fewer keys than threads, head_dim above the block size, wa
 blocks with no element at all. Outputs start as NaN, so an element nobody wrote shows. A
 case passes when the output equals the spec AND the counts keep to the puzzle's budget:
 most global reads and writes per thread, and every output element written exactly once.
-After the cases the check prints the counts of the last case, GPU-Puzzles style.
+After the cases the check prints the counts of the last case, GPU-Puzzles style. What a
+failing case says (the output against the spec, the counts against the budget):
+puzzle_hints.py.
 """
 from __future__ import annotations
 
 import numpy as np
 
 from ..puzzles import PUZZLES
-from .compare import describe_difference
-from .puzzle_runner import PuzzleKernel, count_line, per_thread_max
-from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
+from .puzzle_hints import check_budget, check_output
+from .puzzle_runner import PuzzleKernel, count_line
+from .report import Case, CheckResult, run_cases
 from .seeds import case_rng
-
-NOTHING_WRITTEN = ("the kernel wrote nothing (the output is still the NaN the check filled it "
-                   "with): write the kernel body where the // TODO is")
 
 
 def _f32(*arrays):
     return [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
-
-
-def _check_output(kern, got, expected, axes, counts, out_name, hints) -> None:
-    """Compare; on a difference raise a Mismatch whose hint is the first that applies:
-    `hints` are callables (diff) -> str | None, then the write counts' evidence."""
-    if np.isnan(got).all() and "TODO" in kern.source:
-        raise NotAttempted(NOTHING_WRITTEN)
-    diff = describe_difference(got, expected, axes, atol=1e-5, rtol=1e-5)
-    if diff is None:
-        return
-    hint = next((text for text in (rule(diff) for rule in hints) if text), None)
-    writes = counts.by_buffer[out_name].writes
-    written = int(np.count_nonzero(~np.isnan(got)))
-    if hint is None and writes > written:
-        hint = (f"{out_name} was written {writes} times, but only {written} of its "
-                f"{expected.size} elements hold a value: several threads wrote the same "
-                "element. Each element has one owner thread.")
-    raise Mismatch(diff.message(), hint or "compare your kernel with the spec above, element "
-                   "by element, for the thread the message names.")
-
-
-def _check_budget(counts, budget: dict, outputs: dict, read_advice: dict,
-                  advice: dict | None = None) -> None:
-    """Over the budget: name the thread, and the buffers whose totals show the extra reads
-    (or the puzzle's own `advice` for that kind of access)."""
-    for name, limit in budget.items():
-        most, who = per_thread_max(counts, name)
-        if most <= limit:
-            continue
-        what = name.replace("_", " ")
-        if advice and name in advice:
-            raise Mismatch(f"correct, but {who} made {most} {what}; the budget is {limit} per "
-                           "thread", advice[name])
-        extra = [(b, n, advice) for b, (n, advice) in read_advice.items()
-                 if name == "global_reads" and counts.by_buffer[b].reads > n]
-        hint = "; ".join(f"{b} was read {counts.by_buffer[b].reads} times, where {n} would "
-                         f"do: {advice}" for b, n, advice in extra) or \
-            (f"{what}: compute in a local variable and store the result once." if "write" in name
-             else f"{what}: keep a value you need twice in a register (a local variable) "
-                  "instead of going back to memory.")
-        raise Mismatch(f"correct, but {who} made {most} {what}; the budget is {limit} per "
-                       "thread", hint)
-    for name, size in outputs.items():
-        writes = counts.by_buffer[name].writes
-        if writes > size:
-            raise Mismatch(f"correct, but {name} was written {writes} times for its {size} "
-                           "elements; the budget is one write per element",
-                           "more than one thread stores the same element (the last store "
-                           "wins, so the result is right by luck of order): let one thread own "
-                           "each element.")
 
 
 def _run_check(task, title, kern, cases):
@@ -104,8 +53,8 @@ def _map_case(kern, seed, n):
     run = kern.run((1,), (n,), (a, out), outputs=(1,),
                    locate=lambda b, t: (f"element {t[0]}", t[0] >= n))
     counts, (got,) = run.counts, run.outputs
-    _check_output(kern, got, PUZZLES["map"].spec(a.astype(np.float64)), ("element",), counts,
-                  "out", [
+    check_output(kern, got, PUZZLES["map"].spec(a.astype(np.float64)), ("element",), counts,
+                 "out", [
                       lambda d: ("your kernel read out (NaN before the launch) and never read "
                                  "a: out[i] is computed from a[i]."
                                  if counts.by_buffer["a"].reads == 0 else None),
@@ -114,7 +63,7 @@ def _map_case(kern, seed, n):
                                      np.allclose(got[1:-1], np.roll(a, s)[1:-1] + 10)
                                      for s in (1, -1)) and n > 2 else None)])
     budget = {"global_reads": 1, "global_writes": 1}
-    _check_budget(counts, budget, {"out": n}, {"a": (n, "read a[i] once into a local variable.")})
+    check_budget(counts, budget, {"out": n}, {"a": (n, "read a[i] once into a local variable.")})
     return counts, budget
 
 
@@ -146,11 +95,11 @@ def _guard_case(kern, seed, n):
         return (f"only elements 0-{threads - 1} were written, by every block: a thread's "
                 "element is blockIdx.x * blockDim.x + threadIdx.x, not threadIdx.x alone.")
 
-    _check_output(kern, got, PUZZLES["guard"].spec(a.astype(np.float64), b), ("element",),
-                  counts, "out", [first_block_only])
+    check_output(kern, got, PUZZLES["guard"].spec(a.astype(np.float64), b), ("element",),
+                 counts, "out", [first_block_only])
     budget = {"global_reads": 2, "global_writes": 1}
-    _check_budget(counts, budget, {"out": n},
-                  {"a": (n, "read a[i] once."), "b": (n, "read b[i] once.")})
+    check_budget(counts, budget, {"out": n},
+                 {"a": (n, "read a[i] once."), "b": (n, "read b[i] once.")})
     return counts, budget
 
 
@@ -235,11 +184,11 @@ def _grid_case(kern, seed, rows, cols):
         return ("values landed on the wrong elements: element (r, c) of a row-major "
                 "[rows, cols] matrix is at r * cols + c, in x and in out.")
 
-    _check_output(kern, got, expected, ("row", "column"), counts, "out",
-                  [bias_by_row, swapped, bound_swapped, one_axis_only, misplaced])
+    check_output(kern, got, expected, ("row", "column"), counts, "out",
+                 [bias_by_row, swapped, bound_swapped, one_axis_only, misplaced])
     budget = {"global_reads": 2, "global_writes": 1}
-    _check_budget(counts, budget, {"out": rows * cols},
-                  {"x": (rows * cols, "read x once per element."),
+    check_budget(counts, budget, {"out": rows * cols},
+                 {"x": (rows * cols, "read x once per element."),
                    "bias": (rows * cols, "read bias[c] once per thread.")})
     return counts, budget
 
@@ -292,8 +241,8 @@ def _shared_case(kern, seed, n, head_dim):
                     "threads must load more than one.")
         return f"{said}: every one of q's values must be stored before the barrier."
 
-    _check_output(kern, got, PUZZLES["shared"].spec(q.astype(np.float64), k), ("key",),
-                  counts, "scores", [q_not_all_staged])
+    check_output(kern, got, PUZZLES["shared"].spec(q.astype(np.float64), k), ("key",),
+                 counts, "scores", [q_not_all_staged])
     budget = {"global_reads": head_dim + -(-head_dim // SHARED_THREADS), "global_writes": 1}
     # q read once per block in all, yet a thread over its budget: few threads loaded q for
     # the whole block
@@ -302,8 +251,8 @@ def _shared_case(kern, seed, n, head_dim):
                         "block, but by too few threads: the block's threads share the load. "
                         "Thread i loads q[i], q[i + blockDim.x], ... (a loop from threadIdx.x "
                         "in steps of blockDim.x), so no thread loads more than its share."}
-    _check_budget(counts, budget, {"scores": n},
-                  {"q": (blocks * head_dim, "every key's thread reads all of q from global "
+    check_budget(counts, budget, {"scores": n},
+                 {"q": (blocks * head_dim, "every key's thread reads all of q from global "
                                             "memory; load q into shared memory once per block "
                                             "(each thread a part), wait at a barrier, then "
                                             "read it from there."),
@@ -371,10 +320,10 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
                 "before the launch and is only to be written: add up in registers and store "
                 "each total once." if reads else None)
 
-    _check_output(kern, got, spec(a.astype(np.float64)), (locate_word,), counts, "out",
-                  [reads_out, partial, stale_shared])
+    check_output(kern, got, spec(a.astype(np.float64)), (locate_word,), counts, "out",
+                 [reads_out, partial, stale_shared])
     budget = {"global_reads": 1, "global_writes": 1, "shared_writes": 1 if group > 32 else 0}
-    _check_budget(counts, budget, {"out": out.size}, {"a": (n, "read a[i] once.")}, {
+    check_budget(counts, budget, {"out": out.size}, {"a": (n, "read a[i] once.")}, {
         "shared_writes": "this puzzle needs no shared memory: shuffles move values between "
                          "the lanes of a warp directly." if group == 32 else
                          "one value per warp goes through shared memory: only one lane of "

@@ -7,6 +7,7 @@ scores that rise (every step rescales), scores near +1000 (exp overflows unless 
 subtracted) and scores near -1000 (starting the max at 0 instead of -inf underflows to 0/0).
 A right final answer is then asked for after every key, twice (result() must not change the
 state); update(), like attend_one, must leave the arrays it is given as they were.
+The hints are in softmax_hints.py; the mistake models that pick one (`_simulate`) are here.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ from .cases import nan_tails, paged_problem
 from .compare import POW2_HINT, changed_input, describe_difference, diagnose, fmt, pow2_div
 from .report import Case, CheckResult, Mismatch, as_array, probe, run_cases
 from .seeds import case_rng
+from .softmax_hints import (CACHE_VIEWS, NON_FINITE_MISTAKES, SOFTMAX_MISTAKES, TAIL_HINT,
+                            kept_first_value, nomax_hint, overflow_hint)
 from .variants import SCALED_VALUES_HINT, attention_variant
 
 
@@ -53,33 +56,6 @@ def _simulate(scores, values, bug: str) -> np.ndarray:
         return acc / total
 
 
-_SOFTMAX_MISTAKES = [
-    ("the accumulator is not rescaled when the max grows: acc = acc * exp(m_old - m_new) + "
-     "exp(score - m_new) * value.", "no_rescale_acc"),
-    ("the running sum is not rescaled when the max grows: l = l * exp(m_old - m_new) + "
-     "exp(score - m_new).", "no_rescale_l"),
-    ("result() must divide by the running sum l: the weights have to add up to 1.",
-     "no_normalize"),
-    ("neither l nor acc is rescaled when the max grows: compute exp(m_old - m_new) before "
-     "m is overwritten (after `m = max(m, score)` it is exp(0) = 1).", "no_rescale"),
-    ("the rescale factor is exp(m_old - m_new), at most 1: the old terms shrink when the "
-     "max grows (yours is the inverse).", "inverted"),
-    ("l must sum the weights exp(score - m), not count the keys.", "count"),
-]
-_NON_FINITE_MISTAKES = [  # mistakes that are right on ordinary scores come first
-    ("exp(score) overflowed to inf: always exponentiate score - running_max, never the raw "
-     "score.", "nomax"),
-    ("exp(score - m) underflowed to 0 and you divided 0 by 0: start the running max at -inf "
-     "(not 0), so the first score becomes the max.", "max0"),
-    ("NaN from ordinary scores, from the first key on: with m = -inf, both exp(score - m) "
-     "and exp(m_new - m) are inf. Weigh each key with exp(score - m_new) and rescale with "
-     "exp(m_old - m_new), which is at most 1.", "old_max"),
-    ("exp(score - m) overflowed to inf: m stayed at the first score while later scores rose "
-     "far above it. m is the max so far: when a score raises it, set m to it and rescale l and "
-     "acc by exp(m_old - m_new) before adding the new key.", "first_max"),
-]
-
-
 def _same(got, candidate) -> bool:
     return bool(np.allclose(got, candidate, rtol=1e-6, atol=1e-9, equal_nan=True))
 
@@ -113,11 +89,11 @@ def _online_case(cls, scores, values) -> None:
            for want in (expected, rounded)):
         _result_keeps_state(cls, scores, values)
         return
-    mistakes = _SOFTMAX_MISTAKES
+    mistakes = SOFTMAX_MISTAKES
     cause = _non_finite_cause(cls) if not np.isfinite(got).all() else None
     if cause is not None:
-        hint = _nomax_hint(scores) if cause == "nomax" else dict(
-            (bug, text) for text, bug in _NON_FINITE_MISTAKES)[cause]
+        hint = nomax_hint(scores) if cause == "nomax" else dict(
+            (bug, text) for text, bug in NON_FINITE_MISTAKES)[cause]
         d = int(np.argmax(np.abs(np.nan_to_num(got - expected, nan=np.inf))))
         raise Mismatch(f"{len(scores)} scores from {fmt(scores.min())} to "
                        f"{fmt(scores.max())}; first wrong dim {d}", hint,
@@ -126,9 +102,9 @@ def _online_case(cls, scores, values) -> None:
         # on very negative scores a missing max and a max started at 0 give the same 0/0
         first = "max0" if scores.max() < 0 else "nomax" if scores[0] > scores.max() - 700 \
             else "first_max"
-        mistakes = sorted(_NON_FINITE_MISTAKES, key=lambda mistake: mistake[1] != first)
+        mistakes = sorted(NON_FINITE_MISTAKES, key=lambda mistake: mistake[1] != first)
     default = ("a NaN or inf appeared: is every exp taken of a score minus the running max, "
-               "and is the max updated before it is used?" if mistakes is _NON_FINITE_MISTAKES
+               "and is the max updated before it is used?" if mistakes is NON_FINITE_MISTAKES
                else "after each update, acc / l must equal softmax(scores so far) @ values "
                     "so far.")
     hint = next((text for text, bug in mistakes
@@ -166,18 +142,6 @@ def _non_finite_cause(cls) -> str | None:
     return next((bug for bug, scores in (("nomax", [800.0]), ("max0", [-800.0]),
                                          ("first_max", [0.0, 800.0])) if non_finite(scores)),
                 None)
-
-
-def _nomax_hint(scores) -> str:
-    """The missing max, as this case's scores show it: exp overflows high scores (past 709
-    in float64, 88 in float32) and underflows very negative ones to 0, then 0/0."""
-    if scores.max() < 0:
-        return (f"exp(score) underflowed to 0 (the scores are near {fmt(scores.max())} here) "
-                "and 0/0 is NaN: you exponentiate the raw score. Keep a running max m and "
-                "exponentiate score - m, never the raw score.")
-    return (f"exp(score) overflowed to inf (the scores reach {fmt(scores.max())} here; exp "
-            "overflows past 709 in float64, past 88 in float32): you exponentiate the raw "
-            "score. Keep a running max m and exponentiate score - m, never the raw score.")
 
 
 def _result_keeps_state(cls, scores, values) -> None:
@@ -284,9 +248,9 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
                 raise Mismatch(f"sequence {b}, token {t}: IndexError: {exc}", POW2_HINT.format(
                     name="page_size", n=page_size)) from exc
             raise
-        changed = changed_input("attend_one", given, passed, _VIEWS)
+        changed = changed_input("attend_one", given, passed, CACHE_VIEWS)
         if changed is not None:
-            raise _kept_first_value(changed, given, passed, t, kvh)
+            raise kept_first_value(changed, given, passed, t, kvh)
         if got is None:
             raise Mismatch("returned None", "return the [head_dim] output vector.")
         got = np.asarray(got, dtype=np.float64)
@@ -308,11 +272,11 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
                               finite.block_tables[b].copy(), n, t, kvh, finite.scale),
                            dtype=np.float64), expected, ("dim",), unwritten=False) is None):
             raise Mismatch(f"sequence {b} (seq_len {n}), token {t}, head {h}: "
-                           + diff.message(), _TAIL_HINT)
+                           + diff.message(), TAIL_HINT)
         no_key = t == 0 and (not got.any() or np.isnan(got).all())
         head_dim = prob.k_cache.shape[-1]
         hint = ("query 0 attended to no key at all (zeros or 0/0): query t attends to keys "
-                "0..t inclusive, its own token too.") if no_key else _overflow_hint(
+                "0..t inclusive, its own token too.") if no_key else overflow_hint(
             got, prob, b, t, h) or diagnose(got, expected, [
             ("scale the scores: score = (q . k) * scale.", variant(scale=1.0)),
             (f"use the scale you are given ({prob.scale:.4g} here), not 1/sqrt(head_dim) "
@@ -339,52 +303,6 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
               "q . k_cache[slot, kv_head] * scale; online softmax over the scores."
         raise Mismatch(f"sequence {b} (seq_len {n}), token {t}, head {h} (kv head {kvh}): "
                        + diff.message(), hint)
-
-
-def _overflow_hint(got, prob, b, t, h) -> str | None:
-    """inf or NaN where the scores reach past 709, where exp overflows float64."""
-    if np.isfinite(got).all():
-        return None
-    row, page_size = prob.block_tables[b], prob.shape["page_size"]
-    kvh = h // (prob.shape["num_heads"] // prob.shape["num_kv_heads"])
-    j = np.arange(t + 1)
-    keys = prob.k_cache[row[j // page_size], j % page_size, kvh].astype(np.float64)
-    top = float((keys @ prob.q[b, t, h].astype(np.float64)).max() * prob.scale)
-    if top < 709:
-        return None
-    return (f"the scores reach {top:.4g} here, and exp of anything past 709 overflows float64 "
-            "(past 88 in float32; inf / inf is NaN): exponentiate score - running_max "
-            "(OnlineSoftmax does), never the raw score.")
-
-
-def _kept_first_value(changed: Mismatch, given: dict, passed: dict, t: int, kvh: int):
-    """changed_input's Mismatch; where only v_cache changed, and of the t + 1 value rows the
-    query read only the first key's, the hint of a state that kept that row as its
-    accumulator (acc = value, a view of the cache) and then updated it in place (a scaled
-    `value` would change every row read)."""
-    if t == 0 or not np.array_equal(passed["k_cache"], given["k_cache"], equal_nan=True):
-        return changed
-    v, was = np.asarray(passed["v_cache"]), given["v_cache"]
-    rows = {tuple(int(i) for i in at[:3])
-            for at in np.argwhere(~((v == was) | (np.isnan(v) & np.isnan(was))))}
-    if rows == {(int(given["block_table_row"][0]), 0, kvh)}:
-        changed.hint = (f"of the {t + 1} value rows this query read, only the first key's "
-                        "changed: your online softmax keeps the first value it is given as its "
-                        "accumulator (acc = value: a view of v_cache) and then updates acc in "
-                        "place (acc *= ..., acc += ...), writing into the cache. Start acc "
-                        "from np.zeros(head_dim), or from a copy (value * weight).")
-    return changed
-
-
-_VIEWS = {  # the inputs an index turns into a view: a write through it reaches the cache
-    cache: f"an index like {cache}[page, offset, kv_head] is a view of the cache, so `{row} *= "
-           f"scale` (or {row}[...] = ...) writes into the cache; compute a new array ({row} * "
-           "scale)" for cache, row in (("k_cache", "key"), ("v_cache", "value"))}
-
-
-_TAIL_HINT = ("right when the unused cache slots hold numbers, NaN when they hold NaN (as "
-              "garbage may): you read keys past t (whole pages, or the tail of the last page) "
-              "and weigh them by 0, but 0 * NaN is NaN. Read only keys 0..t.")
 
 
 def attend_one(fn) -> CheckResult:

@@ -86,8 +86,8 @@ prefill_mma(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_
             int pack,                              // query heads per block
             float scale_log2)                      // softmax scale * log2(e)
 {
-    // Shared memory: STAGES K/V stages, the Q tile, the slot ring (see shared_bytes in the
-    // wrapper).
+    // Shared memory: STAGES K/V stages, the Q tile, the slot ring (see
+    // prefill_plan.shared_bytes).
     extern __shared__ __align__(16) unsigned char smem[];
     ELEM* const sh_kv = reinterpret_cast<ELEM*>(smem);
     ELEM* const sh_q = sh_kv + STAGES * STAGE_ELEMS;

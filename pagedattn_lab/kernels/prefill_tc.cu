@@ -131,7 +131,7 @@ prefill_tc(const ELEM* __restrict__ q,            // [total_q, num_heads, HEAD_D
         for (int s = 0; s < 2; ++s) lim[f][s] = job.key_limit(wk.first + f * 16 + L.row[s]);
 
     // The Q tile, then the K/V pipeline (prefill_tiles.cuh): the slot ring after the warps'
-    // P scratch (see shared_bytes in the wrapper).
+    // P scratch (see prefill_plan.shared_bytes).
     KvPipeline kv = kv_pipeline(sh.kv, reinterpret_cast<int*>(sh.p + WARPS * WARP_ROWS * LD_P),
                                 job, page_size, wk.kv_end, k_cache, v_cache, k_scale, v_scale,
                                 num_kv_heads);

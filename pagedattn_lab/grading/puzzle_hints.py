@@ -1,0 +1,64 @@
+"""What a puzzle case of workbook 03 (checks_onramp.py) says when it fails: the output
+compared with the spec, with the first of the case's own hints that applies or the write
+counts' evidence, and the access counts held to the puzzle's budget, naming the thread and
+the buffers whose totals show the extra accesses."""
+from __future__ import annotations
+
+import numpy as np
+
+from .compare import describe_difference
+from .puzzle_runner import per_thread_max
+from .report import Mismatch, NotAttempted
+
+NOTHING_WRITTEN = ("the kernel wrote nothing (the output is still the NaN the check filled it "
+                   "with): write the kernel body where the // TODO is")
+
+
+def check_output(kern, got, expected, axes, counts, out_name, hints) -> None:
+    """Compare; on a difference raise a Mismatch whose hint is the first that applies:
+    `hints` are callables (diff) -> str | None, then the write counts' evidence."""
+    if np.isnan(got).all() and "TODO" in kern.source:
+        raise NotAttempted(NOTHING_WRITTEN)
+    diff = describe_difference(got, expected, axes, atol=1e-5, rtol=1e-5)
+    if diff is None:
+        return
+    hint = next((text for text in (rule(diff) for rule in hints) if text), None)
+    writes = counts.by_buffer[out_name].writes
+    written = int(np.count_nonzero(~np.isnan(got)))
+    if hint is None and writes > written:
+        hint = (f"{out_name} was written {writes} times, but only {written} of its "
+                f"{expected.size} elements hold a value: several threads wrote the same "
+                "element. Each element has one owner thread.")
+    raise Mismatch(diff.message(), hint or "compare your kernel with the spec above, element "
+                   "by element, for the thread the message names.")
+
+
+def check_budget(counts, budget: dict, outputs: dict, read_advice: dict,
+                  advice: dict | None = None) -> None:
+    """Over the budget: name the thread, and the buffers whose totals show the extra reads
+    (or the puzzle's own `advice` for that kind of access)."""
+    for name, limit in budget.items():
+        most, who = per_thread_max(counts, name)
+        if most <= limit:
+            continue
+        what = name.replace("_", " ")
+        if advice and name in advice:
+            raise Mismatch(f"correct, but {who} made {most} {what}; the budget is {limit} per "
+                           "thread", advice[name])
+        extra = [(b, n, advice) for b, (n, advice) in read_advice.items()
+                 if name == "global_reads" and counts.by_buffer[b].reads > n]
+        hint = "; ".join(f"{b} was read {counts.by_buffer[b].reads} times, where {n} would "
+                         f"do: {advice}" for b, n, advice in extra) or \
+            (f"{what}: compute in a local variable and store the result once." if "write" in name
+             else f"{what}: keep a value you need twice in a register (a local variable) "
+                  "instead of going back to memory.")
+        raise Mismatch(f"correct, but {who} made {most} {what}; the budget is {limit} per "
+                       "thread", hint)
+    for name, size in outputs.items():
+        writes = counts.by_buffer[name].writes
+        if writes > size:
+            raise Mismatch(f"correct, but {name} was written {writes} times for its {size} "
+                           "elements; the budget is one write per element",
+                           "more than one thread stores the same element (the last store "
+                           "wins, so the result is right by luck of order): let one thread own "
+                           "each element.")
