@@ -4,8 +4,10 @@ is seen, and the functions are what they were after the check, whatever happened
 import inspect
 import sys
 import threading
+from pathlib import Path
 
 import numpy as np
+import pytest
 
 from pagedattn_lab import PagedKVCache, check, reference
 from pagedattn_lab.grading import own_watch
@@ -96,3 +98,46 @@ def test_an_answer_method_held_in_a_dict_is_refused(monkeypatch):
     result = check.pages_for_next_token(next_page_through_a_dict)
     assert result.status == "failed"
     assert "called pagedattn_lab.cache.PagedKVCache.pages_needed" in result.messages[-1]
+
+
+def test_a_watch_interrupted_as_it_starts_puts_back_what_it_switched(monkeypatch):
+    real, calls = own_watch._TRAMPOLINE, []
+
+    class Interrupted:   # the third function's switch meets a KeyboardInterrupt
+        co_consts = real.co_consts
+
+        def replace(self, **fields):
+            calls.append(fields)
+            if len(calls) == 3:
+                raise KeyboardInterrupt
+            return real.replace(**fields)
+    before = _codes()
+    with monkeypatch.context() as patched:
+        patched.setattr(own_watch, "_TRAMPOLINE", Interrupted())
+        with pytest.raises(KeyboardInterrupt):
+            with own_watch.Watch("attend_one"):
+                pass
+    assert _codes(before) == before and own_watch._SWITCHED == {}
+    with own_watch.Watch("attend_one") as watch:   # and the next check still watches them
+        HIDDEN["attend"](np.zeros((1, 1, 1, 2)), np.ones((1, 1, 1, 2)), np.ones((1, 1, 1, 2)),
+                         np.zeros((1, 1), np.int32), np.array([1], np.int32), 1.0)
+    assert len(watch.found) == 1
+
+
+def test_a_cell_run_from_inside_the_package_folder_is_the_learners_code(monkeypatch):
+    monkeypatch.chdir(Path(reference.__file__).parent)   # IPython started in the package
+    own_watch.in_package.cache_clear()
+    cell = {"HIDDEN": HIDDEN, "np": np}
+    exec(compile("def attend(q_vec, k_cache, v_cache, row, seq_len, t, kv_head, scale):\n"
+                 "    q = np.zeros((1, t + 1, k_cache.shape[2], k_cache.shape[3]))\n"
+                 "    q[0, t, kv_head] = q_vec\n"
+                 "    return HIDDEN['attend'](q, k_cache, v_cache, np.asarray(row, np.int32)"
+                 "[None], np.array([t + 1], np.int32), scale)[0, t, kv_head]\n",
+                 "<ipython-input-3-0123456789ab>", "exec"), cell)
+    try:
+        result = check.attend_one(cell["attend"])
+    finally:
+        own_watch.in_package.cache_clear()
+    assert result.status == "failed"
+    assert "line 4 of attend called pagedattn_lab.reference.reference_prefill" \
+        in result.messages[-1], result.messages

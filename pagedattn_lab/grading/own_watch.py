@@ -35,27 +35,31 @@ class Watch(contextlib.AbstractContextManager):
         self.switched: list[tuple] = []   # (function, its own code)
 
     def __enter__(self):
-        for key, (dotted, fn) in self.functions.items():
-            if key in _SWITCHED:   # a Watch around this one has it
-                continue
-            original = types.FunctionType(fn.__code__, fn.__globals__, fn.__name__,
-                                          fn.__defaults__)
-            original.__kwdefaults__ = fn.__kwdefaults__
-            _SWITCHED[key] = (self, dotted)
-            _ORIGINALS[key] = original
-            fn.__globals__[_TRIPWIRE] = _called
-            self.switched.append((fn, fn.__code__))
-            code = fn.__code__
-            fn.__code__ = _TRAMPOLINE.replace(
-                co_consts=tuple(key if c == "key" else c for c in _TRAMPOLINE.co_consts),
-                co_name=code.co_name, co_qualname=code.co_qualname,
-                co_filename=code.co_filename, co_firstlineno=code.co_firstlineno)
+        try:
+            for key, (dotted, fn) in self.functions.items():
+                if key in _SWITCHED:   # a Watch around this one has it
+                    continue
+                code = fn.__code__
+                self.switched.append((fn, code))   # first: __exit__ undoes what follows
+                original = types.FunctionType(code, fn.__globals__, fn.__name__,
+                                              fn.__defaults__)
+                original.__kwdefaults__ = fn.__kwdefaults__
+                _SWITCHED[key] = (self, dotted)
+                _ORIGINALS[key] = original
+                fn.__globals__[_TRIPWIRE] = _called
+                fn.__code__ = _TRAMPOLINE.replace(
+                    co_consts=tuple(key if c == "key" else c for c in _TRAMPOLINE.co_consts),
+                    co_name=code.co_name, co_qualname=code.co_qualname,
+                    co_filename=code.co_filename, co_firstlineno=code.co_firstlineno)
+        except BaseException:   # a KeyboardInterrupt, or the time limit of a case whose
+            self.__exit__()     # answer runs a check: else what was switched stays so
+            raise
         return self
 
     def __exit__(self, *exc):
         for fn, code in reversed(self.switched):   # (the modules keep _TRIPWIRE: a thread
             fn.__code__ = code                        # may be in a trampoline still)
-            del _SWITCHED[id(fn)]
+            _SWITCHED.pop(id(fn), None)
         self.switched.clear()
         return False
 
@@ -103,6 +107,8 @@ def _expected_values() -> list[tuple[str, object]]:
 
 @lru_cache(maxsize=256)
 def in_package(filename: str) -> bool:
+    if filename.startswith("<"):   # a cell, exec's "<string>": resolved, it would name a
+        return False                # file in whatever folder the learner runs from
     try:
         return Path(filename).resolve().is_relative_to(_ROOT)
     except (OSError, ValueError):

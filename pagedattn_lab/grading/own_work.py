@@ -10,11 +10,12 @@ string read from `prefill_naive.cu` passes every case. Before a task's check run
   and spacing aside), or #includes one of those files, whatever way the text was read;
 - `python_findings` (run where the learner's objects live: the notebook, or the sandbox,
   whose forwarder sends them with the check request): the learner's function or class is
-  one of the task's answers (own_answers.py), a subclass, or a class keeping an answer
-  method unwritten, or its source (and what its decorators wrap) names one outside a type
-  hint and not shadowed by a name it binds, through any alias, `getattr(module, "name")`,
-  `importlib.import_module("...")` or `__import__`, or calls a function or class of
-  `pagedattn_lab.grading` (the grader's own expected values);
+  one of the task's answers (own_answers.py), wraps one (a partial, staticmethod, lru_cache,
+  an instance's __call__: the check itself would call it), a subclass, or a class keeping
+  an answer method unwritten, or its source (and what its decorators wrap) names one
+  outside a type hint and not shadowed by a name it binds, through any alias,
+  `getattr(module, "name")`, `importlib.import_module("...")` or `__import__`, or calls a
+  function or class of `pagedattn_lab.grading` (the grader's own expected values);
 - `Watch`: while the check runs, the task's answer functions and methods and the grader's
   own expected values (every function at the top of a `checks_*` module or a mistake model)
   report each call whose caller is not package code, or is the judge serving the sandbox a
@@ -37,7 +38,7 @@ import inspect
 import re
 import textwrap
 import types
-from functools import lru_cache
+from functools import lru_cache, partial, partialmethod
 from pathlib import Path
 
 from .own_answers import PACKAGE, answers
@@ -106,8 +107,12 @@ def python_findings(task: str, args, kwargs) -> list[str]:
     wanted = answers(task)
     found = []
     for value in [*args, *kwargs.values()]:
+        inside = [v for v in _calls_through(value) if id(v) in wanted]
         if id(value) in wanted:
             found.append(f"you passed {wanted[id(value)][0]} itself")
+        elif inside:
+            found.append(f"you passed {wanted[id(inside[0])][0]} wrapped in a "
+                         f"{type(value).__name__}")
         elif isinstance(value, type):
             found += [f"{value.__name__} inherits from {wanted[id(b)][0]}"
                       for b in value.__mro__[1:] if id(b) in wanted]
@@ -120,11 +125,49 @@ def python_findings(task: str, args, kwargs) -> list[str]:
     return found
 
 
+def _calls_through(value) -> list:
+    """What calling `value` calls as it is, by C code that leaves no frame of its own: a
+    partial's or partialmethod's function, a bound, static or class method's function, a
+    wrapper's __wrapped__ (functools.lru_cache), an instance's __call__. The check calls
+    `value` from its own frame, so Watch cannot tell such a call of the package's answer
+    from the check's own."""
+    chain = []
+    while all(value is not v for v in chain) and len(chain) < 32:
+        chain.append(value)
+        if isinstance(value, (partial, partialmethod)):
+            value = value.func
+        elif isinstance(value, (types.MethodType, staticmethod, classmethod)):
+            value = value.__func__
+        elif inspect.getattr_static(value, "__wrapped__", None) is not None:
+            value = inspect.getattr_static(value, "__wrapped__")
+        elif not isinstance(value, (type, types.FunctionType)) and \
+                isinstance(call := _class_call(type(value)), _PYTHON_CALLABLES):
+            value = call
+        else:
+            break
+    return chain[1:]
+
+
+_PYTHON_CALLABLES = (types.FunctionType, partial, partialmethod, staticmethod, classmethod)
+
+
+def _class_call(cls):
+    """`cls.__call__` as its class body holds it (not the metaclass's, read without running
+    a descriptor)."""
+    return next((vars(k)["__call__"] for k in cls.__mro__ if "__call__" in vars(k)), None)
+
+
 def _kept(cls, wanted) -> list[str]:
-    """The answer methods `cls` keeps as the package's class wrote them (not its own)."""
-    return [f"{cls.__name__}.{fn.__name__} is {dotted}: your class does not write it"
-            for dotted, fn in wanted.values() if isinstance(fn, types.FunctionType) and
-            inspect.getattr_static(cls, fn.__name__, None) is fn]
+    """The answer methods `cls` keeps as the package's class wrote them (not its own), as
+    they are or wrapped (`decode_step = functools.partialmethod(...)`)."""
+    found = []
+    for dotted, fn in wanted.values():
+        kept = inspect.getattr_static(cls, getattr(fn, "__name__", ""), None)
+        if isinstance(fn, types.FunctionType) and \
+                any(held is fn for held in [kept, *_calls_through(kept)]):
+            found.append(f"{cls.__name__}.{fn.__name__} is {dotted}: your class does not "
+                         f"write it")
+    return found
 
 
 def _functions_of(value) -> list:

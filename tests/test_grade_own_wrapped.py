@@ -1,0 +1,62 @@
+"""The package's answer passed inside a C-level wrapper (a partial, a staticmethod, an
+lru_cache, an instance whose __call__ it is, a class's partialmethod): the check calls the
+wrapper from its own frame, so own_watch.Watch sees a package caller; own_work.python_findings
+unwraps it."""
+import contextlib
+import functools
+import io
+
+import pytest
+
+import pagedattn_lab as pl
+from pagedattn_lab import check
+from pagedattn_lab.engine.kv_manager import _pages_for
+from pagedattn_lab.grading import own_watch, own_work
+
+
+class Calls:
+    __call__ = staticmethod(_pages_for)
+
+
+WRAPPED = {"partial": functools.partial(_pages_for),
+           "partial of a partial": functools.partial(functools.partial(_pages_for)),
+           "staticmethod": staticmethod(_pages_for),
+           "lru_cache": functools.lru_cache(_pages_for),
+           "an instance whose __call__ it is": Calls()}
+
+
+@pytest.mark.parametrize("how", sorted(WRAPPED))
+def test_the_packages_answer_in_a_wrapper_is_refused(how, monkeypatch):
+    answer = WRAPPED[how]
+    with monkeypatch.context() as unwatched, contextlib.redirect_stdout(io.StringIO()):
+        for module in (own_work, own_watch):   # a working answer: only own_work fails it
+            unwatched.setattr(module, "answers", lambda task: {})
+        assert check.pages_needed(answer).status == "passed"
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = check.pages_needed(answer)
+    assert result.status == "failed", how
+    assert "you passed pagedattn_lab.engine.kv_manager._pages_for wrapped in a " \
+        f"{type(answer).__name__}" in result.messages[-1]
+
+
+def test_a_partial_of_the_learners_own_function_passes():
+    def mine(seq_len, page_size, extra=0):
+        return -(-seq_len // page_size) + extra
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert check.pages_needed(functools.partial(mine, extra=0)).status == "passed"
+
+
+class KeepsItInAPartialmethod(pl.PagedAttentionManager):
+    decode_step = functools.partialmethod(pl.PagedAttentionManager.decode_step)
+
+
+def test_a_class_keeping_the_packages_method_in_a_partialmethod_is_refused(monkeypatch):
+    with monkeypatch.context() as unwatched, contextlib.redirect_stdout(io.StringIO()):
+        for module in (own_work, own_watch):   # a working answer: only own_work fails it
+            unwatched.setattr(module, "answers", lambda task: {})
+        assert check.decode_step(KeepsItInAPartialmethod).status == "passed"
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = check.decode_step(KeepsItInAPartialmethod)
+    assert result.status == "failed"
+    assert "KeepsItInAPartialmethod.decode_step is pagedattn_lab.manager." \
+        "PagedAttentionManager.decode_step: your class does not write it" in result.messages[-1]
