@@ -141,3 +141,18 @@ def test_a_cell_run_from_inside_the_package_folder_is_the_learners_code(monkeypa
     assert result.status == "failed"
     assert "line 4 of attend called pagedattn_lab.reference.reference_prefill" \
         in result.messages[-1], result.messages
+
+
+def test_a_learner_file_in_a_folder_beside_the_package_is_named_in_messages():
+    """The learner's line was looked for by a prefix of the package's path: a file of
+    `pagedattn_lab_notes/` counted as the package's, and the message lost its location."""
+    from pagedattn_lab.grading import remote_errors, report
+    beside = own_watch._ROOT.parent / (own_watch._ROOT.name + "_notes") / "answer.py"
+    code = compile("def answer():\n    raise ValueError('mine')\n", str(beside), "exec")
+    scope = {}
+    exec(code, scope)
+    try:
+        scope["answer"]()
+    except ValueError as exc:
+        assert report._learner_frame(exc).startswith(" (in answer.py, line 2")
+        assert remote_errors._where(exc).startswith(" (in answer.py, line 2")

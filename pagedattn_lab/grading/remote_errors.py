@@ -115,9 +115,10 @@ def _where(exc: BaseException) -> str:
     """' (in your code, line N: text)' for the innermost frame outside this package."""
     import os  # noqa: PLC0415
     import traceback  # noqa: PLC0415
-    package = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+    from .own_watch import in_package  # noqa: PLC0415 - (a folder beside the package is not it)
     for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if not os.path.abspath(frame.filename).startswith(package):
+        if not in_package(frame.filename):
             where = "your code" if frame.filename.startswith("<") or \
                 "ipykernel" in frame.filename else os.path.basename(frame.filename)
             return f" (in {where}, line {frame.lineno}: {(frame.line or '').strip()[:200]})"

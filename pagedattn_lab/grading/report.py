@@ -234,10 +234,9 @@ def _learner_frame(exc: BaseException) -> str:
     remote = getattr(exc, "remote_frame", None)   # raised in the grader's sandbox (remote.py)
     if isinstance(remote, str):
         return remote
-    frames = traceback.extract_tb(exc.__traceback__)
-    package_dir = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for frame in reversed(frames):
-        if not os.path.abspath(frame.filename).startswith(package_dir):
+    from .own_watch import in_package  # noqa: PLC0415 - (a folder beside the package is not it)
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        if not in_package(frame.filename):
             where = "your code" if frame.filename.startswith("<") or "ipykernel" in frame.filename \
                 else os.path.basename(frame.filename)
             return f" (in {where}, line {frame.lineno}: {(frame.line or '').strip()})"
