@@ -27,7 +27,7 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
                     chunk=True, use_budget=True, fcfs=True, chunk_running=True,
                     partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
                     charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True,
-                    divide=True):
+                    divide=True, charge_growth=True, exact_ceil=True):
     """The engine's order with one rule switchable off (each switch is a known mistake)."""
     out, free = [], free_pages
 
@@ -56,7 +56,7 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
                 break
             out.append((req.rid, n))
             budget -= n
-            grow = pages(req.num_computed + n) - req.num_pages
+            grow = pages(req.num_computed + n) - req.num_pages if charge_growth else pages(n)
             if charge_running:
                 free -= max(0, grow) if clamp else grow
 
@@ -67,7 +67,12 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
             if n is None:
                 break
             priced = n if chunk_cost else req.num_tokens - req.num_computed
-            cost = pages(priced) if ceil_cost else priced // page_size
+            if not ceil_cost:          # rounded down
+                cost = priced // page_size
+            elif not exact_ceil:       # one too many on a whole number of pages
+                cost = priced // page_size + 1
+            else:
+                cost = pages(priced)
             need = cost + (watermark if use_watermark else 0)
             if need > free or (not at_most and need == free):
                 if fcfs:
@@ -176,6 +181,13 @@ _VARIANTS = [
     ("divide", "shifts and masks (>> log2(page_size), & (page_size - 1)) stand for // and % "
      "only when page_size is a power of two, and here it is not: pages = ceil(tokens / "
      "page_size) = -(-tokens // page_size).", lambda got, exp, a: a[5] & (a[5] - 1) != 0),
+    ("charge_growth", "a running request was charged ceil(n / page_size) pages, as if its n "
+     "new tokens started a page of their own: they go on filling its last page, so it needs "
+     "max(0, ceil((num_computed + n) / page_size) - num_pages) new pages (0 for most decodes).",
+     _admits_fewer),
+    ("exact_ceil", "n tokens take ceil(n / page_size) = -(-n // page_size) pages: "
+     "n // page_size + 1 is one page too many when n is a multiple of page_size.",
+     _admits_fewer),
 ]
 _RULES = tuple(rule for rule, _, _ in _VARIANTS)
 
@@ -337,7 +349,8 @@ def schedule_step(fn) -> CheckResult:
         (4, 30, 16, 1, "partial"), (4, 20, 20, 0, "stop_when_spent"), (4, 64, 24, 2, "at_most"),
         (8, 64, 20, 1, "ceil_cost"), (4, 80, 24, 1, "charge_waiting"),
         (4, 40, 16, 0, "budget_waiting"), (4, 64, 16, 1, "clamp"), (4, 64, 8, 1, "chunk_cost"),
-        (6, 64, 20, 1, "divide")]   # (every page_size above is a power of two)
+        (6, 64, 20, 1, "divide"),   # (every page_size but this one is a power of two)
+        (4, 64, 16, 1, "charge_growth"), (4, 64, 16, 1, "exact_ceil")]
     cases = [Case("random batch", {"page_size": p, "budget": b, "max_chunk": c,
                                    "watermark": w},
                   lambda i=i, p=p, b=b, c=c, w=w, e=e, r=r: _step_case(fn, 1220 + i, p, b, c,

@@ -19,7 +19,7 @@ import numpy as np
 
 from ..quant import per_token_scales
 from .checks_kernels import _Compiled
-from .compare import call_on_copies, describe_difference, diagnose, ranges
+from .compare import call_on_copies, describe_difference, diagnose, fmt, ranges
 from .faults import describe_kernel_exception
 from .kernel_runner import OutOfBoundsWrite, poisoned
 from .quant_variants import FILL, WARP, WRITE_MISTAKES, quantize_reference
@@ -231,6 +231,16 @@ def _unwritten_hint(got_cache, diff):
             f"at dims {ranges(dims)}: {fix}")
 
 
+def _slot0_hint(diff, never, slots):
+    """When every wrong entry is slot 0's and was never written (`never`: still the fill)."""
+    at0 = np.zeros(never.shape, bool)
+    at0[0, 0] = True                      # page 0, offset 0
+    if 0 not in slots or not (diff.bad <= at0).all() or not never[diff.bad].all():
+        return None
+    return ("slot 0 (page 0, offset 0) was never written: it is a slot like any other; only a "
+            "negative slot (-1) is a padding row to skip (slot < 0, not slot <= 0).")
+
+
 def _check_scales(got, want, k, slots, variants) -> None:
     """Per-token scales: a zero row may hold any finite positive scale (it stores zeros)."""
     live = slots >= 0
@@ -241,8 +251,9 @@ def _check_scales(got, want, k, slots, variants) -> None:
     if diff is None:
         return
     rows = slots[live]   # (the live rows only: the other slots hold the check's poison)
-    hint = diagnose(got, want, [(h, lambda f=f: f()[1]) for h, f in variants], atol=0,
-                    rtol=1e-6) or _small_rows_hint(
+    hint = _slot0_hint(diff, np.isnan(got), slots) or diagnose(
+        got, want, [(h, lambda f=f: f()[1]) for h, f in variants], atol=0, rtol=1e-6) \
+        or _small_rows_hint(
         got.reshape(-1, k.shape[1])[rows], want.reshape(-1, k.shape[1])[rows],
         np.fmax.reduce(np.abs(k[live]), -1), "127")
     raise Mismatch("k_scale: " + diff.message("scales"), hint or (
@@ -254,8 +265,8 @@ def _check_codes(got, want, k, slots, variants) -> None:
     diff = describe_difference(got, want, ("page", "offset", "head", "dim"), atol=0, rtol=0)
     if diff is None:
         return
-    hint = _nan_hint(k, slots, diff, want.shape) or diagnose(
-        got, want, [(h, lambda f=f: f()[0]) for h, f in variants], atol=0, rtol=0)
+    hint = _slot0_hint(diff, got == FILL, slots) or _nan_hint(k, slots, diff, want.shape) \
+        or diagnose(got, want, [(h, lambda f=f: f()[0]) for h, f in variants], atol=0, rtol=0)
     raise Mismatch("k_cache: " + diff.message("codes"), hint or _unwritten_hint(got, diff) or (
         "code = rintf(x / scale) clamped to [-127, 127], at k_cache[(slot * num_kv_heads + "
         "head) * head_dim + d]; a slot of -1 is skipped."))
@@ -284,6 +295,13 @@ def _write_case(comp, per_token, n, heads, dim, page_size, seed, ties=False, out
                 for bug, hint in WRITE_MISTAKES]
     if per_token:
         _check_scales(got_scale, want_scale, k, slots, variants)
+    elif not np.array_equal(got_scale, k_scale):   # (later blocks then read what it wrote)
+        head = int(np.flatnonzero(got_scale != k_scale)[0])
+        raise Mismatch(f"per_token = 0, yet k_scale[{head}] changed: the static scale "
+                       f"{fmt(k_scale[head])} is now {fmt(got_scale[head])}",
+                       "per_token = 0: k_scale holds the static scales, one per head, given: "
+                       "read k_scale[head] and write nothing there (only per-token scales are "
+                       "computed and stored).", fmt(k_scale[head]), fmt(got_scale[head]))
     _check_codes(got_cache, want_cache, k, slots, variants)
 
 

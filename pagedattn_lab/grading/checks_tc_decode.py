@@ -19,7 +19,8 @@ from .compare import describe_difference, diagnose, fmt, ranges
 from .faults import describe_kernel_exception
 from .kernel_hints import shift_hint
 from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
-from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases
+from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
+                     several_fit)
 from .seeds import case_rng
 from .source_barriers import barrier_before_loads
 from .tc_store_ldm import store_ldm_hint
@@ -132,11 +133,29 @@ def _tile_variants(prob):
          " * 256.", lambda: np.swapaxes(prob.expected(), 0, 1).reshape(
              num_kv_heads, prob.n_tiles, TILE, TILE)),
     ]
+
+    def dims(keep):   # the scores over the dimensions `keep` (bools over head_dim) only
+        return lambda: prob.expected(q_rows=lambda j: rows(np.arange(group) + j * group) * keep)
+
+    last = np.arange(head_dim) >= head_dim - TILE
     variants += _paging_variants(prob) + [
-        ("the k0 loop must step over all of head_dim (k0 = 0, 16, .., head_dim - 16): yours "
-         "stops 16 short, so the last 16 dimensions are left out of every score.",
-         lambda: prob.expected(q_rows=lambda j: rows(np.arange(group) + j * group) *
-                               (np.arange(head_dim) < head_dim - TILE)))]
+        # a loop 16 short and a store inside the loop before its mma_sync store the same sums
+        (several_fit(["the k0 loop must step over all of head_dim (k0 = 0, 16, .., "
+                      "head_dim - 16): a loop that stops 16 short leaves the last 16 "
+                      "dimensions out of every score.",
+                      "store the accumulator after the k0 loop, once: a store before the last "
+                      "mma_sync leaves the last 16 dimensions out of every score."], "scores"),
+         dims(~last)),
+        ("zero the accumulator once, before the k0 loop (fill_fragment(s, 0.0f)): zeroed "
+         "inside the loop, each step drops the sum so far and only the last 16 dimensions "
+         "are left in every score.", dims(last)),
+        # (the CPU executor runs the blocks one after another, tile fastest, and a fragment
+        # never filled holds what the last block's accumulator left: its sum so far)
+        ("zero the accumulator before the k0 loop (wmma::fill_fragment(s, 0.0f)): a fragment "
+         "starts with whatever its registers held, here the previous block's scores, so each "
+         "tile's scores carry the sum of the tiles before it.",
+         lambda: np.cumsum(prob.expected().reshape(-1, TILE, TILE), axis=0).reshape(
+             num_kv_heads, prob.n_tiles, TILE, TILE))]
     variants.append(("the scores are Q times Q^T: B must be the K tile (load matrix_b from "
                      "k_tile + k0, not from q_tile).",
                      lambda: prob.expected(k_tile=lambda j, t: rows(np.arange(group) +

@@ -80,6 +80,21 @@ def _finite_fill_hint(g64, past) -> str | None:
     return None
 
 
+def _product_mask_hint(g64, e64, past) -> str | None:
+    """A hint when -inf went through arithmetic, not assignment: -inf times a negative score
+    is +inf, 0 * -inf is NaN (the scores are finite, so nothing else makes these)."""
+    kept, fill = g64[:, ~past], g64[:, past]
+    fix = "Set the masked logits to -inf (assign them, or np.where)"
+    if np.isnan(kept).any():
+        return ("NaN in the columns before seq_len: 0 * -inf is NaN, so a mask mixed in by "
+                f"arithmetic (m * x + (1 - m) * -inf) spoils the kept logits too. {fix}.")
+    if not (np.isposinf(fill) | np.isnan(fill)).any() or \
+            not np.allclose(kept, e64[:, ~past], rtol=1e-6, atol=1e-6):
+        return None
+    return ("the tokens past seq_len hold +inf or NaN, not -inf: multiplying by an -inf mask "
+            f"gives +inf for a negative score (and NaN for 0). {fix}, do not multiply by it.")
+
+
 def _mask_case(fn, seed, tile, seq_len, scale) -> None:
     rng = case_rng(seed)
     s = (rng.standard_normal((TILE, TILE)) * 4).astype(np.float32)
@@ -128,7 +143,7 @@ def _mask_case(fn, seed, tile, seq_len, scale) -> None:
     # forgotten tile start both leave only column 15 unmasked): name every one that fits.
     hint = several_fit(fits, "tile") if fits else None
     past = (first + np.arange(TILE)) >= seq_len
-    hint = hint or _finite_fill_hint(g64, past)
+    hint = hint or _finite_fill_hint(g64, past) or _product_mask_hint(g64, e64, past)
     if hint is None and first >= seq_len and np.isfinite(g64).any():
         hint = (f"every token of this tile ({first}..{first + 15}) is at or past seq_len "
                 f"({seq_len}): all 16 columns are -inf, even in a tile that does not hold the "

@@ -223,8 +223,9 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("the table is padded: every row has as many entries as the LONGEST sequence has "
          "pages (batch * pages), not each sequence its own count.",
          (4 * (2 + batch + sum(-(-int(x) // ps) for x in lens)), share, kv_read)),
-        ("a table entry is an int32: 4 bytes, whatever itemsize is.", (tables * 2, share,
-                                                                        kv_read)),
+        ("a table entry is an int32: 4 bytes, whatever itemsize is.",
+         (tables // 4 * size, share, kv_read)),
+        ("a table entry is an int32: 4 bytes, not 8 (int64).", (tables * 2, share, kv_read)),
         ("the buffer also carries its header (batch, pages per row) and the seq_lens: "
          "2 + batch + batch * pages int32 values.", (4 * batch * pages, share, kv_read)),
         ("tables counts the buffer once, as rank 0 broadcasts it: not once per receiving "
@@ -239,6 +240,8 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          (tables, share * 2, kv_read)),
         ("every value is itemsize bytes, the itemsize given: not 2 (fp16) always.",
          (tables, share * 2 // size, kv_read * 2 // size)),
+        ("every value is itemsize bytes, the itemsize given: not 4 (fp32) always.",
+         (tables, share * 4 // size, kv_read * 4 // size)),
         ("K and V: a token's cache is two arrays of num_kv_heads * head_dim values.",
          (tables, share, kv_read // 2)),
         ("a rank reads only its own KV heads, num_kv_heads / world_size of them.",
@@ -284,6 +287,10 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
     # with the same numbers here cannot be told apart: all of them are named
     found = [(h, v) for h, v in _bytes_variants(lens, heads, kv, dim, ps, world, size)
              if v != expected and all(g == w for g, w, e in zip(got, v, expected) if w != e)]
+    # one mistake that explains more of the wrong fields beats one that leaves some to a
+    # second mistake (fp32 always doubles output_share and kv_read, not output_share alone)
+    explained = [sum(w != e for w, e in zip(v, expected)) for _, v in found]
+    found = [f for f, n in zip(found, explained) if n == max(explained)]
     same = [h for h, v in found if v == found[0][1]]
     hint = several_fit(same, "numbers") if same else (
         "tables: 4 * (2 + batch + batch * pages); output share: batch * H/R * head_dim"

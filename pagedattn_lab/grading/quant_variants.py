@@ -40,6 +40,8 @@ WRITE_MISTAKES = [
              "int8 conversion wraps (300 becomes 44) instead of stopping at 127."),
     ("clamp_128", "the int8 format is symmetric: clamp to [-127, 127]; -128 is never used "
                   "(its negation would not fit)."),
+    ("clamp_high_128", "clamp to [-127, 127]: 128 does not fit a signed char, so a code "
+                       "clamped at 128 comes out as -128 (a value past the range flips sign)."),
     ("unsigned", "the codes are signed: convert to signed char. A conversion to unsigned char "
                  "turns every negative code into 0 (it saturates at 0 on the GPU)."),
     ("multiply", "the code is x / scale (and the value comes back as code * scale), not "
@@ -112,6 +114,8 @@ def _codes(x, scale, bug):
         low = {"clamp_128": -128, "unsigned": 0}.get(bug, -127)
         codes = (r.astype(np.int64) + 128) % 256 - 128 if bug == "wrap" else \
             np.clip(r, low, 127)
+        if bug == "clamp_high_128":   # clamped at 128, whose conversion to int8 wraps
+            codes = np.where(r >= 128, -128, codes)
     return np.where(np.isnan(x), 0, codes).astype(np.int8)   # a NaN input is stored as 0
 
 
@@ -143,6 +147,10 @@ _HOW = {"none": "multiply each {X} code by its scale ({s}): a code alone is not 
         "divide": "a code's value is code * scale: multiply the {X} codes by {s}; do not "
                   "divide.",
         "twice": "apply {s} once: these {X} values were multiplied by the scale twice.",
+        "per_qmax": "a code's value is code * scale: the scale is already amax / 127, so "
+                    "dividing the {X} values by 127 again shrinks them 127 times.",
+        "times_qmax": "a code's value is code * scale ({s}), not code * scale * 127: the "
+                      "scale is already amax / 127.",
         # (K alone, V alone or both: a cast where one cache is read is as likely as in both)
         "unsigned": "the codes are signed (-127..127): read the {X} codes as signed char, not "
                     "unsigned."}
@@ -229,7 +237,8 @@ def _scales_at(scales, per_token, index, prob):
 def _values(codes, scales, how):
     c = (codes.view(np.uint8) if how == "unsigned" else codes).astype(np.float64)
     return {"none": c, "divide": c / scales[..., None],
-            "twice": c * scales[..., None] ** 2}.get(how, c * scales[..., None])
+            "twice": c * scales[..., None] ** 2, "per_qmax": c * scales[..., None] / 127,
+            "times_qmax": c * scales[..., None] * 127}.get(how, c * scales[..., None])
 
 
 def read_reference(prob, codes, scales, per_token, softmax_scale, bug=None):
