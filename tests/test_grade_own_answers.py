@@ -3,19 +3,13 @@ package's finished version of the task passed every case (shown here with the ch
 alone); the workbook's check now refuses it and names what it used. The solutions still
 pass (tests/test_exercises.py runs them through the same checks).
 """
-import socket
-import subprocess
-import sys
 import types
 
 import pytest
 
 from pagedattn_lab import check
-from pagedattn_lab.grading import remote
-from pagedattn_lab.grading.channel import Channel
-from pagedattn_lab.grading.judge import Judge
 from tests.check_helpers import run_check
-from tests.test_grade_own_work import EXPECTED, REPO, _cell
+from tests.test_grade_own_work import EXPECTED, _cell, judged
 
 IMPORTS = ("import numpy as np\n"
            "import pagedattn_lab as pl\n")
@@ -115,20 +109,7 @@ ANSWERS = {"lambda cache, s: cache.pages_needed(s, 1)": "failed",
 
 @pytest.mark.parametrize("answer", sorted(ANSWERS))
 def test_under_the_grader_a_method_of_the_lent_cache_is_refused(answer):
-    judge_end, learner_end = socket.socketpair()
-    learner = subprocess.Popen([sys.executable, "-c", LEARNER, str(learner_end.fileno()),
-                                answer], cwd=REPO, pass_fds=[learner_end.fileno()])
-    learner_end.close()
-    judge = Judge(remote.Peer(Channel(judge_end), strict=True, call_timeout=60), salt=None,
-                  tasks=["pages_for_next_token"])
-    try:
-        judge.serve(idle_timeout=60)
-        learner.wait(timeout=60)
-    finally:
-        if learner.poll() is None:
-            learner.kill()
-            learner.wait()
-    result = judge.report()["tasks"]["pages_for_next_token"]
+    result = judged(LEARNER, answer, ["pages_for_next_token"])["pages_for_next_token"]
     assert result["status"] == ANSWERS[answer], result
     if ANSWERS[answer] == "failed":
         assert "your code called pagedattn_lab.cache.PagedKVCache.pages_needed through the " \

@@ -357,14 +357,15 @@ def own(slot, kv_head, dim, num_kv_heads, head_dim):
 """
 
 
-def test_under_the_grader_each_form_fails_and_an_own_answer_passes(tmp_path):
-    (tmp_path / "cells.py").write_text(CELLS + f"KERNEL = {_naive_copied('open')!r}\n")
+def judged(learner_code: str, argument: str, tasks: list[str]) -> dict:
+    """The judge's verdicts on `tasks` for a learner process running `learner_code` (given
+    its end of the channel's descriptor and `argument`), as under the grader."""
     judge_end, learner_end = socket.socketpair()
-    learner = subprocess.Popen([sys.executable, "-c", LEARNER, str(learner_end.fileno()),
-                                str(tmp_path)], cwd=REPO, pass_fds=[learner_end.fileno()])
+    learner = subprocess.Popen([sys.executable, "-c", learner_code, str(learner_end.fileno()),
+                                argument], cwd=REPO, pass_fds=[learner_end.fileno()])
     learner_end.close()
     judge = Judge(remote.Peer(Channel(judge_end), strict=True, call_timeout=60), salt=None,
-                  tasks=["gather_numpy", "slot_of", "kv_offset", "naive_kernel"])
+                  tasks=tasks)
     try:
         judge.serve(idle_timeout=60)
         learner.wait(timeout=60)
@@ -372,7 +373,13 @@ def test_under_the_grader_each_form_fails_and_an_own_answer_passes(tmp_path):
         if learner.poll() is None:
             learner.kill()
             learner.wait()
-    tasks = judge.report()["tasks"]
+    return judge.report()["tasks"]
+
+
+def test_under_the_grader_each_form_fails_and_an_own_answer_passes(tmp_path):
+    (tmp_path / "cells.py").write_text(CELLS + f"KERNEL = {_naive_copied('open')!r}\n")
+    tasks = judged(LEARNER, str(tmp_path), ["gather_numpy", "slot_of", "kv_offset",
+                                            "naive_kernel"])
     assert "line 6 of plain uses pagedattn_lab.addressing.gather_kv_reference" in \
         tasks["gather_numpy"]["summary"]
     assert "line 9 of built called pagedattn_lab.addressing.physical_slot" in \
