@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 __all__ = ["Param", "parse_kernel_signature", "find_kernels", "check_launch_args",
-           "strip_comments", "collect_defines"]
+           "strip_comments", "collect_defines", "as_passed"]
 
 
 class Param(NamedTuple):
@@ -330,6 +330,27 @@ def _where(kernel_name: str, p: Param, n: int) -> str:
     return f"kernel {kernel_name!r}, argument {p.index} of {n} ({p.name!r}, {p.ctype})"
 
 
+def _cupy_passes(a) -> tuple[np.dtype | None, str]:
+    """The C type CuPy gives a Python scalar (cupy/_core/_scalar.pyx): bool a 1-byte bool, int
+    a 64-bit long long, float a double. (None, ...) for an int that long long cannot hold."""
+    if isinstance(a, bool):
+        return _D("bool"), "a 1-byte bool"
+    if isinstance(a, int):
+        fits = -2**63 <= a < 2**63
+        return (_D("int64") if fits else None), "a 64-bit long long"
+    if isinstance(a, float):
+        return _D("float64"), "a 64-bit double"
+    return None, "a 128-bit complex double"
+
+
+def as_passed(sig: list[Param], args) -> tuple:
+    """`args` (checked by check_launch_args) with each Python scalar as the NumPy scalar that
+    CuPy would pass for it, so that the CPU executor gets the same bytes."""
+    return tuple(_cupy_passes(a)[0].type(a) if isinstance(a, (bool, int, float)) and
+                 not isinstance(a, np.generic) and not p.is_pointer else a
+                 for p, a in zip(sig, args))
+
+
 def check_launch_args(sig: list[Param], args, kernel_name: str, array_types: tuple) -> None:
     """Refuse launch arguments that CuPy would pass but the kernel would misread.
 
@@ -369,10 +390,13 @@ def check_launch_args(sig: list[Param], args, kernel_name: str, array_types: tup
                                  f"an ascontiguousarray() copy")
             continue
         if isinstance(a, (bool, int, float, complex)) and not isinstance(a, np.generic):
+            dtype, passed = _cupy_passes(a)
+            if dtype is not None and dtype == p.dtype:
+                continue   # what CuPy passes is what the kernel reads: a float for a double
             want = f"np.{p.dtype.name}({a!r})" if p.dtype is not None else "a NumPy scalar"
             raise TypeError(
-                f"{where}: got {_describe(a)}. CuPy would pass a Python {type(a).__name__} as a "
-                f"64-bit value, which the kernel misreads; pass {want}")
+                f"{where}: got {_describe(a)}. CuPy would pass a Python {type(a).__name__} as "
+                f"{passed}, which the kernel misreads as {p.base}; pass {want}")
         if isinstance(a, np.ndarray) or isinstance(a, array_types):
             raise TypeError(f"{where}: expected a scalar ({p.dtype or p.base}), got "
                             f"{_describe(a)}" + (" (use .item() or np." + p.dtype.name + "(x))"

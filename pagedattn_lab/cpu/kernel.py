@@ -9,7 +9,8 @@ import threading
 import numpy as np
 
 from ..attention_common import MAX_SHARED_MEM
-from ..signature import check_launch_args, collect_defines, find_kernels, parse_kernel_signature
+from ..signature import (as_passed, check_launch_args, collect_defines, find_kernels,
+                         parse_kernel_signature)
 from . import abi, launch
 from .artifacts import loadable_path
 from .compiler import compile_source, parse_options
@@ -126,8 +127,8 @@ class RawKernel:
         self.workers = workers
         self.stack_kb = stack_kb
         self.racecheck = racecheck
-        # Kept for cupy.RawKernel compatibility; the CPU does not need the opt-in (GPUs do
-        # above 48 KiB), it only refuses more than any GPU has.
+        # As cupy.RawKernel's: a launch with more dynamic shared memory is refused, as on a
+        # GPU, where more than 48 KiB needs this opt-in.
         self.max_dynamic_shared_size_bytes = 48 * 1024
         self.signature = parse_kernel_signature(code, name, collect_defines(code, self.options))
         self.compile_seconds: float | None = None
@@ -172,17 +173,17 @@ class RawKernel:
         check_launch_args(self.signature, args, self.name, (np.ndarray,))
         g = _dims(grid, "grid")
         b = _dims(block, "block")
-        if any(v > m for v, m in zip(b, MAX_BLOCK)) or b[0] * b[1] * b[2] > 1024:
-            raise ValueError(f"block {b}: CUDA allows at most 1024 threads per block "
-                             f"(x, y <= 1024, z <= 64); got {b[0] * b[1] * b[2]}")
-        if any(v > m for v, m in zip(g, MAX_GRID)):
-            raise ValueError(f"grid {g}: CUDA allows at most {MAX_GRID}")
-        shared_mem = int(shared_mem)
-        if shared_mem < 0:
-            raise ValueError(f"shared_mem: must be >= 0, got {shared_mem}")
-        if shared_mem > MAX_SHARED_MEM:
-            raise ValueError(f"shared_mem={shared_mem} bytes: no CUDA GPU gives a block more than "
-                             f"{MAX_SHARED_MEM // 1024} KiB of shared memory")
+        for axis, v, m in zip("xyz", b, MAX_BLOCK):
+            if v > m:
+                raise ValueError(f"block {b}: block.{axis} = {v} is over CUDA's limit of {m} "
+                                 f"(x, y <= 1024, z <= 64)")
+        if b[0] * b[1] * b[2] > 1024:
+            raise ValueError(f"block {b}: CUDA allows at most 1024 threads per block; got "
+                             f"{b[0] * b[1] * b[2]}")
+        for axis, v, m in zip("xyz", g, MAX_GRID):
+            if v > m:
+                raise ValueError(f"grid {g}: grid.{axis} = {v} is over CUDA's limit of {m}")
+        shared_mem = self._check_shared_mem(shared_mem)
         checked = self.checked if checked is None else checked
         if timeout is None:
             timeout = self.timeout if self.timeout is not None else _env_timeout(
@@ -200,11 +201,33 @@ class RawKernel:
             nworkers = (workers or self.workers
                         or launch.default_workers(nblocks, b[0] * b[1] * b[2]))
         stack_kb = self.stack_kb or int(_env_float("PAGEDATTN_LAB_CPU_STACK_KB", DEFAULT_STACK_KB))
-        return launch.run(lib, entry, kernel=self.name, sig=self.signature, args=tuple(args),
+        return launch.run(lib, entry, kernel=self.name, sig=self.signature,
+                          args=as_passed(self.signature, args),
                           grid=g, block=b, shared_mem=shared_mem, checked=bool(checked),
                           timeout=timeout, workers=min(nworkers, nblocks),
                           stack_bytes=max(16, stack_kb) * 1024, instrument=instrument,
                           source=(path, self.filename, self.code), trusted=self.trusted)
+
+    def _check_shared_mem(self, shared_mem) -> int:
+        """shared_mem as an int the GPU would take (cupy.RawKernel's size_t: no float, no None)."""
+        if isinstance(shared_mem, bool) or not isinstance(shared_mem, (int, np.integer)):
+            raise TypeError(f"shared_mem: expected an int (bytes of dynamic shared memory per "
+                            f"block), got {shared_mem!r}")
+        shared_mem = int(shared_mem)
+        if shared_mem < 0:
+            raise ValueError(f"shared_mem: must be >= 0, got {shared_mem}")
+        if shared_mem > MAX_SHARED_MEM:
+            raise ValueError(f"shared_mem={shared_mem} bytes: no CUDA GPU gives a block more than "
+                             f"{MAX_SHARED_MEM // 1024} KiB of shared memory")
+        limit = int(self.max_dynamic_shared_size_bytes)
+        if shared_mem > limit:
+            # The GPU refuses such a launch (CUDA_ERROR_INVALID_VALUE) until the kernel opts in.
+            raise ValueError(
+                f"shared_mem={shared_mem} bytes is over the kernel's "
+                f"max_dynamic_shared_size_bytes ({limit}); a GPU refuses this launch with "
+                f"CUDA_ERROR_INVALID_VALUE. Set kern.max_dynamic_shared_size_bytes = "
+                f"{shared_mem} first (above 48 KiB a kernel must opt in)")
+        return shared_mem
 
     def __repr__(self) -> str:
         return f"<pagedattn_lab.cpu.RawKernel {self.name!r} ({self.filename})>"
