@@ -35,7 +35,8 @@ MD_STUB = "YOUR ANSWER HERE"
 
 
 class RegionError(ValueError):
-    """A BEGIN without an END (or the reverse) in a solution cell."""
+    """A solution notebook the generator cannot read: a BEGIN without an END (or the
+    reverse) in a cell, no regions at all, or a file that is not a notebook."""
 
 
 def strip_regions(source: str, cell_type: str = "code") -> tuple[str, int]:
@@ -120,18 +121,22 @@ def generate(solutions: Path, exercises: Path, *, check: bool = False) -> list[s
     paths = sorted(solutions.glob("*.ipynb"))
     if not paths:
         raise FileNotFoundError(f"no solution notebooks in {solutions}")
-    if not check:
-        exercises.mkdir(parents=True, exist_ok=True)
+    texts = {}   # every exercise made before any is written: one bad solution writes nothing
     for path in paths:
-        solution = nbformat.read(path, as_version=4)
-        exercise, n = make_exercise(solution)
+        try:
+            exercise, n = make_exercise(nbformat.read(path, as_version=4))
+        except (ValueError, nbformat.ValidationError) as exc:   # NotJSONError is one
+            raise RegionError(f"{path.name}: {exc}") from None
         if n == 0:
             raise RegionError(f"{path.name}: no ### BEGIN SOLUTION regions")
-        text = render(exercise)
-        target = exercises / path.name
+        texts[path.name] = render(exercise)
+    if not check:
+        exercises.mkdir(parents=True, exist_ok=True)
+    for name, text in texts.items():
+        target = exercises / name
         current = target.read_text(encoding="utf-8") if target.exists() else None
         if current != text:
-            differing.append(path.name)
+            differing.append(name)
             if not check:
                 target.write_text(text, encoding="utf-8")
     for stale in sorted(exercises.glob("*.ipynb")):
@@ -151,7 +156,10 @@ def main(argv=None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="write nothing; exit 1 if any exercise is out of date")
     args = parser.parse_args(argv)
-    differing = generate(args.solutions, args.out, check=args.check)
+    try:
+        differing = generate(args.solutions, args.out, check=args.check)
+    except (OSError, ValueError) as exc:   # RegionError is a ValueError
+        parser.error(str(exc))
     if args.check:
         if differing:
             print("out of date (run `make exercises`): " + ", ".join(differing))

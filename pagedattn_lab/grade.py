@@ -62,9 +62,11 @@ def find_notebooks(paths) -> list[tuple[Path, str]]:
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            for nb in sorted(path.rglob("*.ipynb")):
-                if ".ipynb_checkpoints" not in nb.parts:
-                    found.append((nb, str(nb.relative_to(path))))
+            inside = [nb for nb in sorted(path.rglob("*.ipynb"))
+                      if ".ipynb_checkpoints" not in nb.parts]
+            if not inside:   # else an empty table that reads as "graded, nothing failed"
+                raise FileNotFoundError(f"{raw}: no *.ipynb notebook in this folder")
+            found += [(nb, str(nb.relative_to(path))) for nb in inside]
         elif path.is_file():
             found.append((path, str(path)))
         else:
@@ -227,6 +229,17 @@ def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolatio
         _warn(level)
 
 
+def _unwritable(out: Path) -> str:
+    """Why the table cannot be written to `out` ("" if it can)."""
+    if out.is_dir():
+        return "is a folder; name a .csv or .md file"
+    if not out.parent.is_dir():
+        return f"the folder {out.parent} does not exist"
+    if not os.access(out if out.exists() else out.parent, os.W_OK):
+        return "not writable by this user"
+    return ""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pagedattn_lab.grade",
                                      description="Grade workbook notebooks; print a table.")
@@ -242,6 +255,10 @@ def main(argv=None) -> int:
     parser.add_argument("--memory-mb", type=int, default=isolation.Limits.memory_mb,
                         help="address-space limit per process of a submission (0: none)")
     args = parser.parse_args(argv)
+    for out in args.out:   # before grading: else hours of work end in a traceback
+        problem = _unwritable(out)
+        if problem:
+            parser.error(f"--out {out}: {problem}")
     try:
         table = grade(args.paths, timeout=args.timeout, jobs=args.jobs,
                       progress=lambda line: print(line, file=sys.stderr, flush=True),

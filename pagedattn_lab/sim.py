@@ -45,6 +45,7 @@ from .validate import MAX_PAGES, check_int, is_finite_number, is_one_of
 
 POLICIES = ("reserve_max", "reserve_pow2", "reserve_oracle", "paged")
 CATEGORIES = ("tokens", "reserved", "internal", "external", "free")
+MAX_REQUESTS = 1_000_000
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,8 @@ class Workload:
     seed: int = 0
 
     def __post_init__(self):
-        check_int(self.num_requests, "num_requests", minimum=1)
+        # sample() draws every request up front: 10**9 of them would take tens of GB
+        check_int(self.num_requests, "num_requests", minimum=1, maximum=MAX_REQUESTS)
         for name in ("prompt_median", "prompt_sigma", "output_median", "output_sigma"):
             value, positive = getattr(self, name), name.endswith("median")
             if not (is_finite_number(value) and (value > 0 if positive else value >= 0)):

@@ -88,8 +88,15 @@ def rows(name: str, tasks: list[str], outcome: dict, judge: dict | None, timeout
     for err in (judge or {}).get("cell_errors", []):
         if err.get("ename") in ("NotImplementedError", "KeyboardInterrupt"):
             continue   # an unfinished task (reported per task)
-        notes.append(f"cell {err.get('cell', -1) + 1} raised {err.get('ename')}: "
-                     f"{err.get('evalue')}")
+        if err.get("cell", -1) < 0:   # the runner could not read the file: no cell ran
+            notes.append(f"{err.get('evalue')} ({err.get('ename')}; expected a notebook's "
+                         f"JSON)")
+        else:
+            notes.append(f"cell {err.get('cell') + 1} raised {err.get('ename')}: "
+                         f"{err.get('evalue')}")
+    if not out and not notes:   # else the notebook would be missing from the table
+        notes.append("no task was checked: no cell called a check.* function and the file "
+                     "name is not a workbook's")
     if notes:
         out.append(Row(name, NOTEBOOK_ROW, "error", clean("; ".join(notes))))
     return out

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
+from ..validate import is_finite_number
 from .costs import workload_cost
 
 _TIME_KEYS = ("ms", "time_ms", "median_ms")
@@ -91,8 +92,12 @@ def load_bench_results(path=RESULTS_DIR) -> list[dict]:
     files = [path] if path.is_file() else sorted(path.glob("*.json")) if path.is_dir() else []
     out = []
     for f in files:
-        with open(f) as fh:
-            data = json.load(fh)
+        try:
+            with open(f) as fh:
+                data = json.load(fh)
+        except ValueError as exc:   # a run cut short leaves a truncated file: say which
+            raise ValueError(f"{f}: not a readable bench JSON ({exc}); delete or fix the "
+                             f"file") from exc
         if isinstance(data, dict) and isinstance(data.get("results"), list):
             data.setdefault("file", f.name)
             out.append(data)
@@ -110,12 +115,21 @@ def records(data, *, kind: str | None = None, workload: str | None = None) -> li
     {"label", "kernel", "workload", "kind", "shape", "time_ms", "bytes", "flops", "kernel_choice"}
     (shape, bytes, flops and kernel_choice, the package's "simt"/"tensor_core", may be None). Rows with an error or no time are left out; `kind` ("decode"/"prefill")
     and `workload` (e.g. "D64") filter."""
-    rows = data.get("results", []) if isinstance(data, dict) else list(data)
+    rows = data.get("results", []) if isinstance(data, dict) else data
+    if not isinstance(rows, (list, tuple)):
+        raise TypeError(f"data: expected a bench document ({{'results': [...]}}) or a list of "
+                        f"row dicts, got {type(data).__name__}")
     out = []
-    for row in rows:
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise TypeError(f"data: row {index}: expected a dict, got {type(row).__name__}")
         time = _first(row, _TIME_KEYS)
         if time is None or row.get("error"):
             continue
+        # a NaN or text time would otherwise end in matplotlib's "Axis limits cannot be NaN"
+        if not (is_finite_number(time) and time > 0):
+            raise ValueError(f"data: row {index} ({row.get('kernel', '?')}): expected a "
+                             f"positive finite time in ms, got {time!r}")
         time = float(time)
         if kind is not None and row.get("kind") != kind:
             continue

@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..sim import CATEGORIES, SimResult
+from ..validate import check_int, is_finite_number
 from .page_table import seq_color
 from .state import as_state
 
@@ -95,8 +96,15 @@ def plot_fragmentation(breakdowns: dict, *, title: str | None = None):
     {policy name: SimResult}. Categories are those of `pagedattn_lab.sim.CATEGORIES`; any
     missing one counts as 0. Returns the Figure; each bar segment has gid "<policy>:<category>".
     """
+    _check_results(breakdowns, "breakdowns", allow_dicts=True)
     rows = {name: (b.breakdown() if isinstance(b, SimResult) else dict(b))
             for name, b in breakdowns.items()}
+    for name, row in rows.items():   # a NaN bar is drawn as nothing, silently
+        for cat in CATEGORIES:
+            value = row.get(cat, 0.0)
+            if not (is_finite_number(value) and 0 <= value <= 1 + 1e-9):
+                raise ValueError(f"breakdowns[{name!r}][{cat!r}]: expected a share in [0, 1], "
+                                 f"got {value!r}")
     names = list(rows)
     fig, ax = plt.subplots(figsize=(8, 0.8 + 0.6 * len(names)))
     for i, name in enumerate(names):
@@ -122,6 +130,11 @@ def plot_fragmentation(breakdowns: dict, *, title: str | None = None):
 
 def plot_sim_timeline(result: SimResult, *, title: str | None = None, max_steps: int | None = None):
     """One simulated run: memory by category over the steps, and the batch size below."""
+    if not isinstance(result, SimResult):
+        raise TypeError(f"result: expected a SimResult (from sim.simulate), got "
+                        f"{type(result).__name__}")
+    if max_steps is not None:
+        check_int(max_steps, "max_steps", minimum=1)
     n = result.steps if max_steps is None else min(max_steps, result.steps)
     steps = np.arange(1, n + 1)
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(8, 4.2), sharex=True,
@@ -146,6 +159,7 @@ def plot_sim_timeline(result: SimResult, *, title: str | None = None, max_steps:
 
 def plot_policy_batches(results: dict, *, title: str | None = None):
     """Bar chart: mean number of sequences running at once under each policy."""
+    _check_results(results, "results", allow_dicts=False)
     names = list(results)
     values = [results[n].mean_running for n in names]
     fig, ax = plt.subplots(figsize=(6, 2.8))
@@ -158,3 +172,14 @@ def plot_policy_batches(results: dict, *, title: str | None = None):
     ax.set_ylim(0, max(values) * 1.18)
     fig.tight_layout()
     return fig
+
+
+def _check_results(results, name: str, *, allow_dicts: bool) -> None:
+    """A non-empty {policy: SimResult} (or, for breakdowns, {policy: {category: share}})."""
+    kinds = "SimResult or a {category: share} dict" if allow_dicts else "SimResult"
+    if not isinstance(results, dict) or not results:
+        raise ValueError(f"{name}: expected a non-empty {{policy name: {kinds}}} "
+                         f"(e.g. from sim.compare_policies), got {results!r:.80}")
+    for key, value in results.items():
+        if not (isinstance(value, SimResult) or (allow_dicts and isinstance(value, dict))):
+            raise TypeError(f"{name}[{key!r}]: expected a {kinds}, got {type(value).__name__}")

@@ -59,7 +59,22 @@ def color_map(state: PageMapState) -> dict:
     return {seq: seq_color(seq) for seq in state.tables}
 
 
+# One cell costs a few patches and a text: ~4 ms each, so 20 000 pages took over a minute
+# and most of a GB. A map this size is already past reading cell by cell.
+MAX_DRAWN_PAGES = 1024
+
+
 def grid_shape(num_pages: int, ncols: int | None = None) -> tuple[int, int]:
+    """(rows, columns) of the page grid; refuses what cannot be drawn, before any figure."""
+    if num_pages < 1:
+        raise ValueError(f"num_pages: a page map needs at least one page, got {num_pages}")
+    if num_pages > MAX_DRAWN_PAGES:
+        raise ValueError(f"num_pages: {num_pages} pages is too many to draw one cell each "
+                         f"(at most {MAX_DRAWN_PAGES}); draw a smaller cache, or summarise "
+                         f"this one with plot_memory_timeline / plot_fragmentation")
+    if ncols is not None and (isinstance(ncols, bool) or not isinstance(ncols, int)
+                              or ncols < 1):
+        raise ValueError(f"ncols: expected a positive int or None, got {ncols!r}")
     ncols = ncols or min(num_pages, 16 if num_pages > 64 else 8)
     return math.ceil(num_pages / ncols), ncols
 
@@ -152,6 +167,19 @@ def draw_block_tables(ax, state: PageMapState, *, colors=None, highlight=None) -
     return centres
 
 
+def _check_highlight(state: PageMapState, highlight) -> None:
+    """A highlight off the grid would be drawn in empty space, pointing at no page."""
+    if highlight is None:
+        return
+    page, offset = highlight if isinstance(highlight, tuple) else (highlight, 0)
+    if not (isinstance(page, numbers.Integral) and 0 <= page < state.num_pages):
+        raise ValueError(f"highlight: page {page!r} is not a page of this cache "
+                         f"(0..{state.num_pages - 1})")
+    if not (isinstance(offset, numbers.Integral) and 0 <= offset < state.page_size):
+        raise ValueError(f"highlight: offset {offset!r} is not a slot of a page "
+                         f"(0..{state.page_size - 1})")
+
+
 def plot_page_map(obj, *, arrows: bool = False, ncols: int | None = None, highlight=None,
                   title: str | None = None, labels: bool = True, figsize=None):
     """Draw the physical pages of a cache (or PageMapState); returns the matplotlib Figure.
@@ -162,6 +190,7 @@ def plot_page_map(obj, *, arrows: bool = False, ncols: int | None = None, highli
     state = as_state(obj)
     colors = color_map(state)
     rows, cols = grid_shape(state.num_pages, ncols)
+    _check_highlight(state, highlight)
     if arrows:
         width = max([len(p) for p in state.tables.values()] + [1])
         fig, (ax_v, ax_p) = plt.subplots(
@@ -208,6 +237,8 @@ def plot_states(states, indices=None, *, ncols: int | None = None, per_row: int 
     """
     states = list(states)
     indices = list(range(len(states))) if indices is None else list(indices)
+    if not indices:
+        raise ValueError("states: nothing to draw (no states, or an empty `indices`)")
     labels = []
     for i in indices:
         labels += [s for s in states[i].tables if s not in labels]

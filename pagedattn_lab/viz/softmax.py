@@ -29,6 +29,14 @@ def online_softmax_trace(scores, values=None) -> dict:
     values = np.ones_like(scores) if values is None else np.asarray(values, dtype=np.float64)
     if values.shape[0] != scores.size:
         raise ValueError(f"values: expected {scores.size} rows (one per score), got {values.shape[0]}")
+    # NaN or inf would flow through every running number (a leading -inf makes
+    # exp(-inf - -inf) = NaN) and draw an empty plot, not an error
+    bad = np.flatnonzero(~np.isfinite(scores))
+    if bad.size:
+        raise ValueError(f"scores: expected finite scores, but scores[{bad[0]}] is "
+                         f"{scores[bad[0]]}")
+    if not np.isfinite(values).all():
+        raise ValueError("values: expected finite values, got NaN or inf")
     m, total, acc = -np.inf, 0.0, np.zeros(values.shape[1:])
     trace = {"max": [], "sum": [], "rescale": [], "output": []}
     for s, v in zip(scores, values):

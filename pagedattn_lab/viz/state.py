@@ -7,11 +7,13 @@ a replay of recorded allocation events.
 """
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from ..cache import PagedKVCache
+from ..paging import OutOfPagesError
 
 
 @dataclass(frozen=True)
@@ -107,10 +109,19 @@ def replay(events, num_pages: int, page_size: int) -> list[PageMapState]:
         return np.zeros((n, 1, 1), np.float32)
 
     states = [snapshot("empty cache")]
-    for event in events:
+    refused = set()   # names whose "add" found the pool full: their later events are moot
+    for index, event in enumerate(events):
+        _check_event(index, event, ids.keys(), ids.keys() | refused)
         kind, name = event[0], event[1]
-        if kind not in EVENT_KINDS:
-            raise ValueError(f"events: unknown event kind {kind!r}; expected one of {EVENT_KINDS}")
+        gone = [n for n in (name, event[2] if kind == "fork" else None)
+                if n in refused and not (kind in ("add", "fork") and n == name)]
+        if gone:
+            if kind == "fork":
+                refused.add(name)
+            states.append(snapshot(f"{kind} {name} skipped: {gone[0]} was never added "
+                                   f"(the pool was full)"))
+            continue
+        refused.discard(name)   # an "add" or "fork" of it starts it afresh
         try:
             if kind == "add":
                 ids[name] = cache.add_sequence()
@@ -125,12 +136,39 @@ def replay(events, num_pages: int, page_size: int) -> list[PageMapState]:
             else:
                 cache.free_sequence(ids.pop(name))
                 note = f"free {name}: its pages return to the pool"
-        except Exception as exc:  # OutOfPagesError: nothing changed; show why
+        except OutOfPagesError as exc:  # nothing changed; show why
             if kind == "add" and name in ids and cache.seq_len(ids[name]) == 0:
                 cache.free_sequence(ids.pop(name))
+                refused.add(name)
             note = f"{kind} {name} failed: {type(exc).__name__}"
         states.append(snapshot(note))
     return states
+
+
+_ARITY = {"add": 3, "append": 3, "fork": 3, "free": 2}
+
+
+def _check_event(index: int, event, live, known) -> None:
+    """Refuse a malformed event by its index: only a full pool is a story worth drawing;
+    a typo in a name would otherwise show up as a quiet "failed" note."""
+    where = f"events[{index}]"
+    if not isinstance(event, (tuple, list)) or not event or event[0] not in EVENT_KINDS:
+        raise ValueError(f"{where}: expected a tuple starting with one of {EVENT_KINDS}, "
+                         f"got {event!r}")
+    kind = event[0]
+    if len(event) != _ARITY[kind]:
+        raise ValueError(f"{where}: a {kind!r} event has {_ARITY[kind]} items, got {event!r}")
+    name = event[1]
+    if kind in ("add", "fork") and name in live:
+        raise ValueError(f"{where}: {name!r} is already a live sequence; free it first")
+    if kind in ("append", "free") and name not in known:
+        raise ValueError(f"{where}: no live sequence {name!r} to {kind}")
+    if kind == "fork" and event[2] not in known:
+        raise ValueError(f"{where}: no live sequence {event[2]!r} to fork from")
+    if kind in ("add", "append") and (isinstance(event[2], bool)
+                                      or not isinstance(event[2], numbers.Integral)
+                                      or event[2] < 0):
+        raise ValueError(f"{where}: expected a token count (an int >= 0), got {event[2]!r}")
 
 
 def demo_events(seed: int = 0, num_sequences: int = 5, steps: int = 24, page_size: int = 4,
