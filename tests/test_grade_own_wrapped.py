@@ -25,12 +25,19 @@ WRAPPED = {"partial": functools.partial(_pages_for),
            "an instance whose __call__ it is": Calls()}
 
 
+@contextlib.contextmanager
+def _unwatched(monkeypatch):
+    """No task has a finished answer inside (own_work and its Watch see none), output muted."""
+    with monkeypatch.context() as patch, contextlib.redirect_stdout(io.StringIO()):
+        for module in (own_work, own_watch):
+            patch.setattr(module, "answers", lambda task: {})
+        yield
+
+
 @pytest.mark.parametrize("how", sorted(WRAPPED))
 def test_the_packages_answer_in_a_wrapper_is_refused(how, monkeypatch):
     answer = WRAPPED[how]
-    with monkeypatch.context() as unwatched, contextlib.redirect_stdout(io.StringIO()):
-        for module in (own_work, own_watch):   # a working answer: only own_work fails it
-            unwatched.setattr(module, "answers", lambda task: {})
+    with _unwatched(monkeypatch):   # a working answer: only own_work fails it
         assert check.pages_needed(answer).status == "passed"
     with contextlib.redirect_stdout(io.StringIO()):
         result = check.pages_needed(answer)
@@ -51,9 +58,7 @@ class KeepsItInAPartialmethod(pl.PagedAttentionManager):
 
 
 def test_a_class_keeping_the_packages_method_in_a_partialmethod_is_refused(monkeypatch):
-    with monkeypatch.context() as unwatched, contextlib.redirect_stdout(io.StringIO()):
-        for module in (own_work, own_watch):   # a working answer: only own_work fails it
-            unwatched.setattr(module, "answers", lambda task: {})
+    with _unwatched(monkeypatch):   # a working answer: only own_work fails it
         assert check.decode_step(KeepsItInAPartialmethod).status == "passed"
     with contextlib.redirect_stdout(io.StringIO()):
         result = check.decode_step(KeepsItInAPartialmethod)
