@@ -117,3 +117,41 @@ def test_bench_bars_refuse_bad_rows_by_index(no_new_figures, data, error, match)
 def test_online_softmax_refuses_nan_instead_of_drawing_nothing(scores, values, match):
     with pytest.raises(ValueError, match=match):
         viz.online_softmax_trace(scores, values)
+
+
+@pytest.mark.parametrize("states, indices, match", [
+    (lambda s: [s, PageMapState(6, 4)], None, r"states\[1\]: has 6 pages where states\[0\] has 4"),
+    (lambda s: [s, "not a state"], None, r"states\[1\]: expected a PagedKVCache"),
+    (lambda s: [s], [1], r"indices\[0\]: expected a state index in \[0, 1\), got 1"),
+    (lambda s: [s], [-1], r"indices\[0\]: .* got -1"),
+    (lambda s: [s], [True], r"indices\[0\]"),
+])
+def test_plot_states_names_the_state_or_index_it_cannot_draw(no_new_figures, states, indices,
+                                                            match):
+    state = replay([("add", "A", 5)], 4, 4)[-1]
+    error = TypeError if "PagedKVCache" in match else ValueError
+    with pytest.raises(error, match=match):
+        viz.plot_states(states(state), indices)
+
+
+def test_a_page_map_of_something_else_names_its_argument(no_new_figures):
+    with pytest.raises(TypeError, match="obj: expected a PagedKVCache, a PageMapState"):
+        viz.plot_page_map([[0, 1]])
+
+
+@pytest.mark.parametrize("record, error, match", [
+    ({}, ValueError, r"record: has no 'kernel' or 'time_ms'"),
+    ({"kernel": "k"}, ValueError, r"record: has no 'time_ms' \(keys: \['kernel'\]\)"),
+    ({"kernel": "k", "time_ms": 0.0}, ValueError, r"record\['time_ms'\]: expected a positive"),
+    ({"kernel": "k", "time_ms": "1"}, ValueError, r"record\['time_ms'\]"),
+    ("k: 1 ms", TypeError, "record: expected a dict"),
+])
+def test_record_line_names_what_a_record_lacks(record, error, match):
+    with pytest.raises(error, match=match):
+        viz.record_line(record)
+
+
+def test_record_line_reads_a_record_from_records():
+    data = [{"kernel": "k", "kind": "decode", "workload": "D64", "ms": 2.0, "gbps": 1000.0}]
+    (record,) = viz.bench_plots.records(data)
+    assert viz.record_line(record) == "k: D64: 2.000 ms, 1.00 TB/s"

@@ -148,9 +148,25 @@ def records(data, *, kind: str | None = None, workload: str | None = None) -> li
     return out
 
 
+def _check_record(record) -> None:
+    """A record as `records` makes them: a kernel name and a positive time."""
+    if not isinstance(record, dict):
+        raise TypeError(f"record: expected a dict from viz.bench_plots.records(...), got "
+                        f"{type(record).__name__}")
+    missing = [key for key in ("kernel", "time_ms") if key not in record]
+    if missing:
+        raise ValueError(f"record: has no {' or '.join(map(repr, missing))} (keys: "
+                         f"{sorted(record)}); pass a record from viz.bench_plots.records(...)")
+    time = record["time_ms"]
+    if not (is_finite_number(time) and time > 0):
+        raise ValueError(f"record['time_ms']: expected a positive finite time in ms, got "
+                         f"{time!r}")
+
+
 def record_line(record: dict) -> str:
     """One line for a record: kernel, workload shape, time, and the rate it reached (TFLOP/s,
     with FLOPs from the shape when the record has none; TB/s when it has bytes)."""
+    _check_record(record)
     line = f"{record['kernel']}: {record.get('shape') or record.get('workload')}: {record['time_ms']:.3f} ms"
     seconds = record["time_ms"] * 1e-3
     if record.get("bytes"):

@@ -230,15 +230,31 @@ def page_cells(fig) -> dict[int, str]:
     return cells
 
 
+def _check_panels(states: list[PageMapState], indices: list) -> None:
+    """Every index names a state, and every state drawn has the first one's pages (the panels
+    share one grid)."""
+    for k, i in enumerate(indices):
+        if isinstance(i, bool) or not isinstance(i, numbers.Integral) or not 0 <= i < len(states):
+            raise ValueError(f"indices[{k}]: expected a state index in [0, {len(states)}), "
+                             f"got {i!r}")
+    first = states[indices[0]].num_pages
+    for i in indices:
+        if states[i].num_pages != first:
+            raise ValueError(f"states[{i}]: has {states[i].num_pages} pages where states"
+                             f"[{indices[0]}] has {first}; the panels share one grid, so "
+                             f"draw states of one cache")
+
+
 def plot_states(states, indices=None, *, ncols: int | None = None, per_row: int = 3):
     """Several page maps side by side (e.g. states from `replay`), titled by their notes.
 
     Sequences keep one colour across the panels. Returns the Figure.
     """
-    states = list(states)
+    states = [as_state(state, f"states[{i}]") for i, state in enumerate(states)]
     indices = list(range(len(states))) if indices is None else list(indices)
     if not indices:
         raise ValueError("states: nothing to draw (no states, or an empty `indices`)")
+    _check_panels(states, indices)
     labels = []
     for i in indices:
         labels += [s for s in states[i].tables if s not in labels]

@@ -67,14 +67,16 @@ class PageMapState:
                    for p, c in enumerate(self.ref_counts) if c > 0)
 
 
-def as_state(obj) -> PageMapState:
-    """A PageMapState from a PageMapState, a PagedKVCache, or an object with `.cache`."""
+def as_state(obj, name: str = "obj") -> PageMapState:
+    """A PageMapState from a PageMapState, a PagedKVCache, or an object with `.cache`.
+
+    name: the caller's argument, for the error when obj is none of these."""
     if isinstance(obj, PageMapState):
         return obj
     cache = obj if isinstance(obj, PagedKVCache) else getattr(obj, "cache", None)
     if not isinstance(cache, PagedKVCache):
-        raise TypeError(f"expected a PagedKVCache, a PageMapState or an object with a .cache "
-                        f"attribute, got {type(obj).__name__}")
+        raise TypeError(f"{name}: expected a PagedKVCache, a PageMapState or an object with a "
+                        f".cache attribute, got {type(obj).__name__}")
     tables = {s: cache.block_table(s) for s in cache.seq_ids}
     lengths = {s: cache.seq_len(s) for s in cache.seq_ids}
     refs = tuple(cache.allocator.ref_count(p) for p in range(cache.num_pages))

@@ -82,7 +82,7 @@ class TranslationExplorer(_Displayable):
 
     def __init__(self, cache, *, kv_head: int = 0, dim: int = 0, ncols: int | None = None):
         self.cache, self.kv_head, self.dim, self.ncols = cache, kv_head, dim, ncols
-        state = as_state(cache)
+        state = as_state(cache, "cache")
         if not state.tables:
             raise ValueError("cache: has no live sequence to explore; add one first")
         seqs = list(state.tables)
