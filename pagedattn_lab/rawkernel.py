@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .attention_common import MAX_SHARED_MEM
 from .signature import check_launch_args, collect_defines, parse_kernel_signature
 
 __all__ = ["RawKernel", "PackedLaunch"]
@@ -39,6 +40,21 @@ def _as_tuple(dims, what: str) -> tuple:
             isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in dims):
         return tuple(int(d) for d in dims)
     raise TypeError(f"{what}: expected an int or a tuple of 1 to 3 ints, got {dims!r}")
+
+
+def shared_mem_bytes(shared_mem) -> int:
+    """shared_mem as the int a GPU launch takes (cupy.RawKernel's size_t: no float, no None,
+    nothing negative, nothing past what any GPU gives a block), checked on both devices."""
+    if isinstance(shared_mem, bool) or not isinstance(shared_mem, (int, np.integer)):
+        raise TypeError(f"shared_mem: expected an int (bytes of dynamic shared memory per "
+                        f"block), got {shared_mem!r}")
+    shared_mem = int(shared_mem)
+    if shared_mem < 0:
+        raise ValueError(f"shared_mem: must be >= 0, got {shared_mem}")
+    if shared_mem > MAX_SHARED_MEM:
+        raise ValueError(f"shared_mem={shared_mem} bytes: no CUDA GPU gives a block more than "
+                         f"{MAX_SHARED_MEM // 1024} KiB of shared memory")
+    return shared_mem
 
 
 _CUDA_HEADERS = re.compile(r'^[ \t]*#[ \t]*include[ \t]*[<"](mma|cuda_bf16|cuda_fp16|cuda_fp8)\.h[>"]',
@@ -186,7 +202,7 @@ class RawKernel:
         check_launch_args(self.signature, args, self.name, (cupy.ndarray,))
         # cupy.RawKernel wants tuples; an int is accepted here as in the course's examples.
         self.gpu(_as_tuple(grid, "grid"), _as_tuple(block, "block"), tuple(args),
-                 shared_mem=int(shared_mem))
+                 shared_mem=shared_mem_bytes(shared_mem))
 
     def __repr__(self) -> str:
         return f"<pagedattn_lab.RawKernel {self.name!r}>"

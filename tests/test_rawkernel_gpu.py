@@ -64,6 +64,11 @@ def test_shared_memory_reductions(cp, rng):
     kern("reduce_shared.cu", "block_sum_dynamic")(5, 64, (cp.asarray(x), partial, np.int32(n)),
                                                   shared_mem=64 * 4)
     assert float(partial.sum()) == pytest.approx(x.astype(np.float64).sum(), abs=1e-3)
+    # a float size was cut to an int on the GPU (255.9 -> 255 bytes); both devices refuse it
+    for bad, error in ((64 * 4 - 0.1, TypeError), (None, TypeError), (-4, ValueError)):
+        with pytest.raises(error, match="shared_mem"):
+            kern("reduce_shared.cu", "block_sum_dynamic")(
+                5, 64, (cp.asarray(x), partial, np.int32(n)), shared_mem=bad)
     counts = cp.zeros(nb, cp.int32)
     kern("reduce_shared.cu", "count_positive")(nb, 256, (cp.asarray(x), counts, np.int32(n)))
     expect_counts = [int((x[i * 256:(i + 1) * 256] > 0).sum()) for i in range(nb)]

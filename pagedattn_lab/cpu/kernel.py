@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from ..attention_common import MAX_SHARED_MEM
+from ..rawkernel import shared_mem_bytes
 from ..signature import (as_passed, check_launch_args, collect_defines, find_kernels,
                          parse_kernel_signature)
 from . import abi, launch
@@ -209,16 +209,8 @@ class RawKernel:
                           source=(path, self.filename, self.code), trusted=self.trusted)
 
     def _check_shared_mem(self, shared_mem) -> int:
-        """shared_mem as an int the GPU would take (cupy.RawKernel's size_t: no float, no None)."""
-        if isinstance(shared_mem, bool) or not isinstance(shared_mem, (int, np.integer)):
-            raise TypeError(f"shared_mem: expected an int (bytes of dynamic shared memory per "
-                            f"block), got {shared_mem!r}")
-        shared_mem = int(shared_mem)
-        if shared_mem < 0:
-            raise ValueError(f"shared_mem: must be >= 0, got {shared_mem}")
-        if shared_mem > MAX_SHARED_MEM:
-            raise ValueError(f"shared_mem={shared_mem} bytes: no CUDA GPU gives a block more than "
-                             f"{MAX_SHARED_MEM // 1024} KiB of shared memory")
+        """shared_mem as the GPU would take it, within the kernel's dynamic shared limit."""
+        shared_mem = shared_mem_bytes(shared_mem)
         limit = int(self.max_dynamic_shared_size_bytes)
         if shared_mem > limit:
             # The GPU refuses such a launch (CUDA_ERROR_INVALID_VALUE) until the kernel opts in.
