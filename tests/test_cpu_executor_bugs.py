@@ -187,6 +187,17 @@ def test_infinity_compile_error_has_hint_and_kernel_line():
     assert "__int_as_float(0xff800000)" in str(e)
 
 
+@pytest.mark.parametrize("name, hinted", [("div", True), ("rand", True), ("halve", False)])
+def test_a_kernel_named_like_a_c_library_function_gets_a_rename_hint(name, hinted):
+    source = (f'extern "C" __global__ void {name}(float *x, int n)\n'
+              '{ int i = threadIdx.x; if (i < n) x[i] = x[i] * 0.5f + undeclared; }\n')
+    with pytest.raises(KernelCompileError) as info:
+        RawKernel(source, name, filename=f"{name}.cu").compile()
+    hint = f"`{name}` is also a C library function"
+    assert (hint in str(info.value)) == hinted, str(info.value)
+    assert "undeclared" in str(info.value)
+
+
 def test_compile_error_reports_kernel_line():
     with pytest.raises(KernelCompileError) as info:
         kern("syntax_error.cu", "scale").compile()

@@ -43,6 +43,10 @@ _POISON = re.compile(r"attempt to use (a )?poisoned")
 _POISONED_HINT = ("a kernel may not leave the CPU executor's instrumented build (no_sanitize "
                   "attributes) nor name a library function through weakref: the access counts "
                   "and the race check see every load and store the kernel makes")
+# an extern "C" function named like one of the C library's: gcc's words, then clang's two
+_C_LIBRARY_CLASH = re.compile(r"conflicting declaration of C function '[^']*?\b(\w+)\(|"
+                              r"declaration of '(\w+)' has a different language linkage|"
+                              r"conflicting types for '(\w+)'")
 _MMA_PTX = re.compile(r"\b(mma|ldmatrix)\.sync\b")
 _MMA_PTX_HINT = ("for mma.sync and ldmatrix, call the functions of kernels/mma_ptx.cuh "
                  "(#include \"mma_ptx.cuh\": mma_m16n8k16, ldmatrix_x4, ...) instead of writing "
@@ -86,6 +90,11 @@ def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
         shown.append(f"({hidden} lines of the assembler's messages are not shown: they quote "
                      f"the assembly, which a kernel source does not write)")
     hints = [hint for pat_, hint in _HINTS if pat_.search(log)]
+    if clash := _C_LIBRARY_CLASH.search(log):
+        name = next(filter(None, clash.groups()))
+        hints.append(f"`{name}` is also a C library function, which the CPU "
+                     f"executor's C++ build declares (NVRTC has no C library, so the GPU takes "
+                     f"the name): give it another name")
     asm = inline_asm_lines(source)
     if _POISON.search(log):   # (the names of source.POISONED)
         hints.append(_POISONED_HINT)
