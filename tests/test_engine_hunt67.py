@@ -289,8 +289,8 @@ def test_scheduler_add_refuses_a_finished_request_or_one_holding_pages():
 
 class DuplicateIdMachine(RuleBasedStateMachine):
     """Requests under a handful of ids, often one already queued, through real steps (with
-    preemption by swap or recompute): a refused add changes nothing, and no id is ever in
-    two places."""
+    preemption by swap or recompute) and aborts: a refused add or abort changes nothing, and
+    no id is ever in two places."""
 
     def __init__(self):
         super().__init__()
@@ -322,6 +322,19 @@ class DuplicateIdMachine(RuleBasedStateMachine):
                     len(req.output_ids) >= req.params.max_tokens:
                 self.sched.finish(req, "length")
 
+    @rule(rid=st.integers(0, 4))
+    def abort(self, rid):
+        """abort() between steps: the id is free at once; an id not queued changes nothing."""
+        if rid in self.unfinished():
+            req = self.sched.abort(rid)
+            assert (req.status, req.finish_reason, req.pages, req.host_pages) == \
+                (Status.FINISHED, "abort", [], [])
+        else:
+            before = _queues(self.sched)
+            with pytest.raises(ValueError, match=rf"^rid: no queued request has id {rid}"):
+                self.sched.abort(rid)
+            assert _queues(self.sched) == before
+
     @precondition(lambda self: self.sched.has_unfinished())
     @rule()
     def failed_step(self):
@@ -345,6 +358,8 @@ class DuplicateIdMachine(RuleBasedStateMachine):
                 owners[page] = owners.get(page, 0) + 1
         assert {p: c for p, c in enumerate(sched.kv.pool.ref_cnt) if c} == owners
         sched.kv.pool.check_invariants()
+        host = sched.kv.host
+        assert host.num_pages - host.num_free == sum(len(r.host_pages) for r in sched.swapped)
 
 
 TestDuplicateIdMachine = DuplicateIdMachine.TestCase

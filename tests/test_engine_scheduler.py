@@ -272,3 +272,61 @@ def test_generate_refuses_while_add_request_requests_wait(model_and_prompts):
     assert [o.rid for o in done] == [rid] and len(done[0].output_ids) == 2
     out, = engine.generate([[4, 5]], SamplingParams(max_tokens=1))   # now it serves
     assert len(out.output_ids) == 1
+
+
+# -- abort_request: a client gone mid-stream ---------------------------------------------------
+
+@pytest.mark.parametrize("name, plan", [
+    ("small pool, swap", ("waiting", "swapped", "running", "waiting")),
+    ("small pool, recompute", ("running", "waiting", "running")),
+])
+def test_aborted_requests_give_their_pages_back_and_change_no_other_output(
+        model_and_prompts, baseline, name, plan):
+    """Requests aborted while waiting, running or swapped out (`plan`: one each, in that
+    order, the newest of its queue): each returns its tokens so far (a prefix of what it would
+    have made), holds nothing after, and every other request makes exactly its tokens of the
+    full run."""
+    _, _, model, prompts, params = model_and_prompts
+    engine = LLMEngine(model, EngineConfig(**(BASE | SCHEDULES[name])))
+    rids = [engine.add_request(p, sp) for p, sp in zip(prompts, params)]
+    outputs, aborted, plan = {}, {}, list(plan)
+    while engine.has_unfinished():
+        outputs.update((o.rid, o) for o in engine.step())
+        queue = getattr(engine.scheduler, plan[0]) if plan else None
+        if queue:
+            req = queue[-1]
+            out = engine.abort_request(req.rid)
+            assert (out.finish_reason, req.status, req.pages, req.host_pages) == \
+                ("abort", Status.FINISHED, [], [])
+            aborted[req.rid] = out
+            plan.pop(0)
+    assert not plan, f"never found a request {plan[0]} to abort"
+    host = engine.kv.host
+    assert engine.kv.pool.num_used == 0 and engine.stats.aborted == len(aborted)
+    assert host is None or host.num_free == host.num_pages
+    assert engine.summary()["requests_aborted"] == len(aborted)
+    for rid in rids:
+        if rid in aborted:
+            got = aborted[rid].output_ids
+            assert got == baseline[rid][:len(got)] and rid not in outputs
+        else:
+            assert outputs[rid].output_ids == baseline[rid]
+
+
+def test_abort_request_refuses_an_id_not_queued_and_changes_nothing(model_and_prompts):
+    engine = LLMEngine(model_and_prompts[2], EngineConfig(page_size=8, num_pages=16))
+    rid = engine.add_request([1, 2, 3], SamplingParams(max_tokens=2, return_logits=True))
+    for bad, error, match in ((rid + 1, ValueError, r"^rid: no queued request has id 1 "),
+                              (-1, ValueError, r"^rid: "), ("0", TypeError, r"^rid: ")):
+        with pytest.raises(error, match=match):
+            engine.abort_request(bad)
+    assert [r.rid for r in engine.scheduler.waiting] == [rid] and engine.stats.aborted == 0
+    out = engine.abort_request(rid)   # still waiting: no token, an empty logits array
+    assert out.output_ids == [] and out.logits.shape == (0, model_and_prompts[0].vocab_size)
+    with pytest.raises(ValueError, match=r"already finished or aborted"):
+        engine.abort_request(rid)
+    assert not engine.has_unfinished()
+    engine.scheduler.begin()
+    with pytest.raises(RuntimeError, match=r"^abort: a step is running"):
+        engine.scheduler.abort(rid)
+    engine.scheduler.commit()

@@ -14,6 +14,10 @@ Each `step()`:
 4. tokens are sampled and appended; requests that hit an end-of-sequence token (any of the
    model's `eos_token_ids`) or max_tokens finish, and their pages go back to the pool (cached
    ones stay reusable).
+
+Between steps, `abort_request(rid)` stops a request whose client has gone (vLLM's
+abort_request): its pages go back at once, and its output so far comes back with
+finish_reason "abort".
 """
 from __future__ import annotations
 
@@ -24,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import to_numpy
-from ..validate import check_bool, check_int_list
+from ..validate import check_bool, check_int, check_int_list
 from .attention import StepAttention
 from .config import EngineConfig
 from .kv_manager import KVCacheManager
@@ -113,6 +117,14 @@ class LLMEngine:
         self._next_rid += 1   # (once queued: a failure before takes no id)
         self.stats.prompt_tokens += len(prompt)
         return req.rid
+
+    def abort_request(self, rid: int) -> RequestOutput:
+        """Stop serving request `rid` between steps (vLLM's abort_request): its pages are
+        given back at once; returns its output so far, finish_reason "abort"."""
+        rid = check_int(rid, "rid", minimum=0)
+        req = self.scheduler.abort(rid)
+        self.stats.aborted += 1
+        return self._output(req)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_unfinished()
@@ -266,9 +278,11 @@ class LLMEngine:
             return "length"
         return None
 
-    @staticmethod
-    def _output(req: Request) -> RequestOutput:
-        logits = np.stack(req.logits) if req.params.return_logits else None
+    def _output(self, req: Request) -> RequestOutput:
+        logits = None
+        if req.params.return_logits:   # (none yet for a request aborted before its first token)
+            logits = (np.stack(req.logits) if req.logits else
+                      np.zeros((0, self.model.config.vocab_size), np.float32))
         return RequestOutput(req.rid, req.prompt_ids, list(req.output_ids), req.finish_reason,
                              req.num_preemptions, req.num_cached_tokens, logits)
 

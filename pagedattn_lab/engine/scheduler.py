@@ -292,6 +292,31 @@ class Scheduler:
         self.swapped.clear()
         return dropped
 
+    def abort(self, rid: int) -> Request:
+        """Take request `rid` out of its queue between steps (its client is gone: vLLM's
+        abort_request), its device or host pages given back (full computed pages stay in the
+        prefix cache, as a finished request's); it is finished with reason "abort". Returns
+        it. Refused, changing nothing: an id not queued, or a call inside a step."""
+        if self._journal is not None:
+            raise RuntimeError("abort: a step is running (between begin and commit); abort "
+                               "a request between steps")
+        req = self._queued.get(rid) if isinstance(rid, int) else None
+        if req is None:
+            raise ValueError(f"rid: no queued request has id {rid!r} (never added, already "
+                             f"finished or aborted)")
+        if req.status is Status.RUNNING:
+            self.kv.free(req)
+            self.running.remove(req)
+        elif req.status is Status.SWAPPED:
+            self.kv.free_host(req)
+            self.swapped.remove(req)
+        else:
+            self.waiting.remove(req)
+        del self._queued[rid]
+        req.finish_reason = "abort"
+        req.status = Status.FINISHED
+        return req
+
     def finish(self, req: Request, reason: str) -> None:
         """`reason`: "stop" (an end token) or "length" (max_tokens or the model's context),
         vLLM's finish reasons; the request's output reports it."""

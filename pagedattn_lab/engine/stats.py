@@ -11,7 +11,7 @@ SERIES = ("running", "waiting", "swapped", "pages_used", "pages_cached", "tokens
 
 
 COUNTERS = ("preempted_recompute", "preempted_swap", "prompt_tokens", "output_tokens",
-            "finished", "finished_prompt_tokens", "finished_cached_tokens")
+            "finished", "finished_prompt_tokens", "finished_cached_tokens", "aborted")
 
 
 @dataclass
@@ -25,6 +25,7 @@ class EngineStats:
     finished: int = 0
     finished_prompt_tokens: int = 0
     finished_cached_tokens: int = 0   # their prompt tokens served by the prefix cache
+    aborted: int = 0                  # requests taken out by abort_request
 
     def mark(self) -> tuple:
         """The counters and the series' lengths now, for `rewind`."""
@@ -66,6 +67,7 @@ class EngineStats:
             "steps": self.steps,
             "seconds": round(seconds, 4),
             "requests_finished": self.finished,
+            "requests_aborted": self.aborted,
             "prompt_tokens": self.prompt_tokens,
             "output_tokens": self.output_tokens,
             "output_tokens_per_s": round(self.output_tokens / seconds, 2) if seconds else 0.0,
