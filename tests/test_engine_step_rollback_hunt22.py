@@ -232,29 +232,44 @@ RECOMPUTE = dict(page_size=4, num_pages=7, max_num_batched_tokens=5, max_prefill
 ROOMY = dict(page_size=4, num_pages=64, max_num_batched_tokens=7, max_prefill_chunk=3)
 
 
-@pytest.mark.parametrize("config", [ROOMY, SWAP, RECOMPUTE], ids=["roomy", "swap", "recompute"])
-@pytest.mark.parametrize("k", [1, 2, 3, 5, 8, 13])
-def test_every_step_fails_once_then_serves_the_dense_tokens(model, config, k):
+CONFIGS = {"roomy": ROOMY, "swap": SWAP, "recompute": RECOMPUTE}
+FAIL_AT = (1, 2, 3, 5, 8, 13)
+_SEEN: dict = {}   # (config, k) -> the kinds of rollback a grid run saw (see the last test)
+
+
+def serve_failing(model, name, k):
+    """The grid's run: every step fails once at call k; notes what its rollbacks restored."""
+    seen = {}
+    engine = serve(model, CONFIGS[name], PROMPTS, PARAMS, ARRIVALS, lambda step: k, seen)
+    _SEEN[name, k] = seen
+    return engine, seen
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("k", FAIL_AT)
+def test_every_step_fails_once_then_serves_the_dense_tokens(model, name, k):
     """Failing before: a step that raised kept what it had admitted, grown and swapped in
     (state not restored); one that raised after the forward or halfway through its commit
     left requests with their tokens counted as computed but nothing sampled, and the retry
     scheduled them for 0 tokens (IndexError in the forward) or leaked their pages."""
-    seen = {}
-    engine = serve(model, config, PROMPTS, PARAMS, ARRIVALS, lambda step: k, seen)
+    engine, seen = serve_failing(model, name, k)
     assert sum(seen.values()) > 0
-    if config is not ROOMY:
+    if name != "roomy":
         summary = engine.summary()
-        assert summary["preempted_swap" if config is SWAP else "preempted_recompute"] > 0
+        assert summary["preempted_swap" if name == "swap" else "preempted_recompute"] > 0
 
 
 def test_the_failures_cover_restores_victims_and_forgotten_prefixes(model):
     """Not vacuous: over the grid, failed steps that preempted and steps that overwrote a
-    cached page both occur, besides exact restores."""
+    cached page both occur, besides exact restores. (The grid's runs, in this process, are
+    reused; a run not made yet, as under -k, is made here.)"""
     seen = {}
-    for config in (SWAP, RECOMPUTE):
-        for k in (2, 4, 6, 9):
-            serve(model, config, PROMPTS, PARAMS, ARRIVALS, lambda step: k, seen)
-    assert seen.get("victims", 0) > 0 and seen.get("forgot", 0) > 0 and seen["exact"] > 0
+    for name in ("swap", "recompute"):
+        for k in FAIL_AT:
+            runs = _SEEN[name, k] if (name, k) in _SEEN else serve_failing(model, name, k)[1]
+            for kind, count in runs.items():
+                seen[kind] = seen.get(kind, 0) + count
+    assert seen.get("victims", 0) > 0 and seen.get("forgot", 0) > 0 and seen["exact"] > 0, seen
 
 
 def fail_after_forward(engine, monkeypatch):
