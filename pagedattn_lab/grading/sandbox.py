@@ -42,8 +42,9 @@ KILL_EVENTS = {"os.kill", "os.killpg", "signal.pthread_kill", "signal.pidfd_send
 # own lists (cpu/compiler.py), so a flag it adds is allowed here too (its link's --wrap list
 # was refused, and no kernel could be built at level none)
 COMPILER_FLAGS = {*BASE_FLAGS, *OPTIONAL_FLAGS, *INSTRUMENT_FLAGS, PLAIN_OPT, INSTRUMENTED_OPT,
-                  WRAP_FLAG, "-Werror", "-c", "-o", "-I", "-shared", "-ldl", "-Wl,-z,defs", "-undefined", "dynamic_lookup",
-                  "--version", "-DPAL_FIBER_UCONTEXT", "-MD", "-MF", "-E", "-v", "-S"}
+                  WRAP_FLAG, "-Werror", "-c", "-o", "-I", "-shared", "-ldl", "-Wl,-z,defs",
+                  "-undefined", "dynamic_lookup", "--version", "-DPAL_FIBER_UCONTEXT", "-MD", "-MF",
+                  "-E", "-v", "-S"}
 
 _installed: dict = {}
 
