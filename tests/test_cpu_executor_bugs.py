@@ -198,6 +198,18 @@ def test_a_kernel_named_like_a_c_library_function_gets_a_rename_hint(name, hinte
     assert "undeclared" in str(info.value)
 
 
+def test_two_declarations_of_the_kernels_own_function_get_no_c_library_hint():
+    """gcc reports them in the C library clash's words; the previous declaration is the
+    kernel's own, so renaming is not the fix."""
+    source = ('extern "C" __device__ float scale_one(float x);\n'
+              'extern "C" __device__ int scale_one(int x) { return x; }\n'
+              'extern "C" __global__ void scale(float *x, int n)\n'
+              '{ int i = threadIdx.x; if (i < n) x[i] = scale_one(x[i]); }\n')
+    with pytest.raises(KernelCompileError) as info:
+        RawKernel(source, "scale", filename="scale.cu").compile()
+    assert "scale_one" in str(info.value) and "C library" not in str(info.value)
+
+
 def test_compile_error_reports_kernel_line():
     with pytest.raises(KernelCompileError) as info:
         kern("syntax_error.cu", "scale").compile()

@@ -287,6 +287,18 @@ def test_scheduler_add_refuses_a_finished_request_or_one_holding_pages():
     assert [r.rid for r in sched.waiting] == [0]
 
 
+def test_scheduler_abort_takes_a_numpy_id_and_refuses_a_bool():
+    """abort(np.int64(1)) was refused as no queued id 1, and abort(True) aborted request 1."""
+    sched = _scheduler()
+    for rid in (0, 1):
+        sched.add(Request(rid, [1, 2], SamplingParams(max_tokens=2)))
+    with pytest.raises(TypeError, match=r"^rid: expected an int, got True"):
+        sched.abort(True)
+    assert [r.rid for r in sched.waiting] == [0, 1]
+    assert sched.abort(np.int64(1)).finish_reason == "abort"
+    assert [r.rid for r in sched.waiting] == [0]
+
+
 class DuplicateIdMachine(RuleBasedStateMachine):
     """Requests under a handful of ids, often one already queued, through real steps (with
     preemption by swap or recompute) and aborts: a refused add or abort changes nothing, and

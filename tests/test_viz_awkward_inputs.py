@@ -3,9 +3,10 @@ argument, before any figure is made, instead of a crash, an endless draw or a qu
 import time
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pytest
 
-from pagedattn_lab import viz
+from pagedattn_lab import PagedKVCache, viz
 from pagedattn_lab.viz.state import PageMapState, replay
 
 
@@ -134,6 +135,37 @@ def test_plot_states_names_the_state_or_index_it_cannot_draw(no_new_figures, sta
         viz.plot_states(states(state), indices)
 
 
+@pytest.mark.parametrize("states, indices, error, match", [
+    (lambda s: s, None, TypeError, r"^states: expected a list of states .*plot_page_map.*got "
+                                   r"PageMapState"),
+    (lambda s: [s], 0, TypeError, r"^indices: expected a list of state indices, got int"),
+    (lambda s: [s], np.array(0), TypeError, r"^indices: .* got ndarray"),
+    (lambda s: [], [0], ValueError, r"^states: nothing to draw \(no states\)"),
+    (lambda s: [s], [], ValueError, r"^indices: nothing to draw"),
+])
+def test_plot_states_names_a_lone_state_or_index(no_new_figures, states, indices, error, match):
+    """One state or one index where a list goes raised "object is not iterable"."""
+    state = replay([("add", "A", 5)], 4, 4)[-1]
+    with pytest.raises(error, match=match):
+        viz.plot_states(states(state), indices)
+
+
+def test_plot_states_takes_numpy_indices_and_a_generator(no_new_figures):
+    states = replay([("add", "A", 5), ("add", "B", 2)], 4, 4)
+    fig = viz.plot_states(iter(states), np.array([0, 2]))
+    assert [ax.get_title().split(":")[0] for ax in fig.axes[:2]] == ["0", "2"]
+    plt.close(fig)
+
+
+def test_color_map_takes_a_cache_as_the_other_entry_points_do():
+    """A cache raised AttributeError ('PagedKVCache' object has no attribute 'tables')."""
+    cache = PagedKVCache(4, 4, num_kv_heads=1, head_dim=1, device="cpu")
+    seq = cache.add_sequence()
+    assert viz.color_map(cache) == {seq: viz.seq_color(seq)}
+    with pytest.raises(TypeError, match=r"^state: expected a PagedKVCache"):
+        viz.color_map({"A": [0]})
+
+
 def test_a_page_map_of_something_else_names_its_argument(no_new_figures):
     with pytest.raises(TypeError, match="obj: expected a PagedKVCache, a PageMapState"):
         viz.plot_page_map([[0, 1]])
@@ -145,6 +177,8 @@ def test_a_page_map_of_something_else_names_its_argument(no_new_figures):
     ({"kernel": "k", "time_ms": 0.0}, ValueError, r"record\['time_ms'\]: expected a positive"),
     ({"kernel": "k", "time_ms": "1"}, ValueError, r"record\['time_ms'\]"),
     ("k: 1 ms", TypeError, "record: expected a dict"),
+    ({"kernel": "k", "time_ms": 1.0, "bytes": "4096"}, ValueError, r"record\['bytes'\]: expected"),
+    ({"kernel": "k", "time_ms": 1.0, "flops": float("nan")}, ValueError, r"record\['flops'\]"),
 ])
 def test_record_line_names_what_a_record_lacks(record, error, match):
     with pytest.raises(error, match=match):

@@ -47,6 +47,7 @@ _POISONED_HINT = ("a kernel may not leave the CPU executor's instrumented build 
 _C_LIBRARY_CLASH = re.compile(r"conflicting declaration of C function '[^']*?\b(\w+)\(|"
                               r"declaration of '(\w+)' has a different language linkage|"
                               r"conflicting types for '(\w+)'")
+_PREVIOUS = re.compile(r"^(?P<file>.*?):\d+:(?:\d+:)? note: previous declaration")
 _MMA_PTX = re.compile(r"\b(mma|ldmatrix)\.sync\b")
 _MMA_PTX_HINT = ("for mma.sync and ldmatrix, call the functions of kernels/mma_ptx.cuh "
                  "(#include \"mma_ptx.cuh\": mma_m16n8k16, ldmatrix_x4, ...) instead of writing "
@@ -64,6 +65,21 @@ def _without_assembler_lines(log: str) -> tuple[str, int]:
         else:
             kept.append(line)
     return "\n".join(kept), hidden
+
+
+def _c_library_clash(log: str, filename: str) -> str | None:
+    """The name of an extern "C" clash whose previous declaration (the note after it) lies
+    outside the kernel's file: the C library's. One inside it is the kernel's own two
+    declarations of a function, which the same words report."""
+    lines = log.splitlines()
+    for k, line in enumerate(lines):
+        if clash := _C_LIBRARY_CLASH.search(line):
+            for later in lines[k + 1:]:
+                if previous := _PREVIOUS.match(later):
+                    if previous.group("file") != filename:
+                        return next(filter(None, clash.groups()))
+                    break
+    return None
 
 
 def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
@@ -90,8 +106,7 @@ def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
         shown.append(f"({hidden} lines of the assembler's messages are not shown: they quote "
                      f"the assembly, which a kernel source does not write)")
     hints = [hint for pat_, hint in _HINTS if pat_.search(log)]
-    if clash := _C_LIBRARY_CLASH.search(log):
-        name = next(filter(None, clash.groups()))
+    if name := _c_library_clash(log, filename):
         hints.append(f"`{name}` is also a C library function, which the CPU "
                      f"executor's C++ build declares (NVRTC has no C library, so the GPU takes "
                      f"the name): give it another name")

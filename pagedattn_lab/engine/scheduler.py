@@ -296,13 +296,15 @@ class Scheduler:
         """Take request `rid` out of its queue between steps (its client is gone: vLLM's
         abort_request), its device or host pages given back (full computed pages stay in the
         prefix cache, as a finished request's); it is finished with reason "abort". Returns
-        it. Refused, changing nothing: an id not queued, or a call inside a step."""
+        it. Refused, changing nothing: an id not an int or not queued, or a call inside a
+        step."""
         if self._journal is not None:
             raise RuntimeError("abort: a step is running (between begin and commit); abort "
                                "a request between steps")
-        req = self._queued.get(rid) if isinstance(rid, int) else None
+        rid = check_int(rid, "rid")   # (a NumPy int is an id too; True aborted request 1)
+        req = self._queued.get(rid)
         if req is None:
-            raise ValueError(f"rid: no queued request has id {rid!r} (never added, already "
+            raise ValueError(f"rid: no queued request has id {rid} (never added, already "
                              f"finished or aborted)")
         if req.status is Status.RUNNING:
             self.kv.free(req)

@@ -149,7 +149,8 @@ def records(data, *, kind: str | None = None, workload: str | None = None) -> li
 
 
 def _check_record(record) -> None:
-    """A record as `records` makes them: a kernel name and a positive time."""
+    """A record as `records` makes them: a kernel name, a positive time, and bytes and flops
+    None or counts."""
     if not isinstance(record, dict):
         raise TypeError(f"record: expected a dict from viz.bench_plots.records(...), got "
                         f"{type(record).__name__}")
@@ -161,6 +162,11 @@ def _check_record(record) -> None:
     if not (is_finite_number(time) and time > 0):
         raise ValueError(f"record['time_ms']: expected a positive finite time in ms, got "
                          f"{time!r}")
+    for key in ("bytes", "flops"):   # (rates are divided out of them)
+        value = record.get(key)
+        if value is not None and not (is_finite_number(value) and value >= 0):
+            raise ValueError(f"record[{key!r}]: expected None or a finite count >= 0, got "
+                             f"{value!r}")
 
 
 def record_line(record: dict) -> str:

@@ -54,9 +54,9 @@ def _color_index(label) -> int:
     return zlib.crc32(text.encode())
 
 
-def color_map(state: PageMapState) -> dict:
-    """{sequence label: colour} for the sequences in the state (see `seq_color`)."""
-    return {seq: seq_color(seq) for seq in state.tables}
+def color_map(state) -> dict:
+    """{sequence label: colour} for the sequences in the state, or cache (see `seq_color`)."""
+    return {seq: seq_color(seq) for seq in as_state(state, "state").tables}
 
 
 # One cell costs a few patches and a text: ~4 ms each, so 20 000 pages took over a minute
@@ -230,6 +230,14 @@ def page_cells(fig) -> dict[int, str]:
     return cells
 
 
+def _listed(values, name: str, what: str) -> list:
+    """values as a list; one item alone (a state, an int, a 0-d array) refused by name, where
+    iterating it raised naming nothing."""
+    if not hasattr(values, "__iter__") or getattr(values, "ndim", None) == 0:
+        raise TypeError(f"{name}: expected a list of {what}, got {type(values).__name__}")
+    return list(values)
+
+
 def _check_panels(states: list[PageMapState], indices: list) -> None:
     """Every index names a state, and every state drawn has the first one's pages (the panels
     share one grid)."""
@@ -250,10 +258,14 @@ def plot_states(states, indices=None, *, ncols: int | None = None, per_row: int 
 
     Sequences keep one colour across the panels. Returns the Figure.
     """
-    states = [as_state(state, f"states[{i}]") for i, state in enumerate(states)]
-    indices = list(range(len(states))) if indices is None else list(indices)
+    states = [as_state(state, f"states[{i}]") for i, state in
+              enumerate(_listed(states, "states", "states (for one, call plot_page_map)"))]
+    if not states:
+        raise ValueError("states: nothing to draw (no states)")
+    indices = list(range(len(states))) if indices is None else _listed(indices, "indices",
+                                                                       "state indices")
     if not indices:
-        raise ValueError("states: nothing to draw (no states, or an empty `indices`)")
+        raise ValueError("indices: nothing to draw (an empty list of state indices)")
     _check_panels(states, indices)
     labels = []
     for i in indices:
