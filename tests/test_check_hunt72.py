@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.check_helpers import assert_caught, mutate, solution_source
+from tests.test_check_mistakes_engine import step_model
 
 TC = ("09_tensor_core_decode.ipynb", "SOURCE_TILE")
 _MMA = "        wmma::mma_sync(s, a, b, s);\n    }\n"
@@ -43,41 +44,13 @@ def test_tc_tile_scores_hint_names_the_mistake(name, edits, phrase, not_phrases)
 
 # -- lesson 12: schedule_step --------------------------------------------------------------
 
-def _step(running_cost="growth", waiting_cost="ceil"):
-    def fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
-        def pages(tokens):
-            return -(-tokens // page_size)
-
-        batch, free = [], free_pages
-        for req in running:
-            if budget <= 0:
-                break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            free -= pages(n) if running_cost == "chunk" else \
-                max(0, pages(req.num_computed + n) - req.num_pages)
-            batch.append((req.rid, n))
-            budget -= n
-        for req in waiting:
-            if budget <= 0:
-                break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            cost = n // page_size + 1 if waiting_cost == "plus_one" else pages(n)
-            if cost + watermark > free:
-                break
-            free -= cost
-            batch.append((req.rid, n))
-            budget -= n
-        return batch
-    return fn
-
-
 STEP_MISTAKES = [
     # before: "a prompt that fits exactly ... was refused", the one named mistake, on a step
     # whose `<=` is right and whose running requests were charged ceil(n / page_size) pages
-    ("running request charged its chunk's pages", _step(running_cost="chunk"),
+    ("running request charged its chunk's pages", step_model(running_price="chunk"),
      "a running request was charged ceil(n / page_size) pages"),
     # before: the same hint, for a prompt priced n // page_size + 1 pages
-    ("prompt priced n // page_size + 1", _step(waiting_cost="plus_one"),
+    ("prompt priced n // page_size + 1", step_model(waiting_price="plus_one"),
      "n // page_size + 1 is one page too many"),
 ]
 

@@ -165,10 +165,14 @@ PREFIX_MISTAKES = [
 
 # -- task 3 -------------------------------------------------------------------------------------
 
-def _step(decodes_first=True, watermark_on=True, charge_running=True, chunk=True,
-          use_budget=True, fcfs=True, strict=False, floor_cost=False, charge_waiting=True,
+def step_model(decodes_first=True, watermark_on=True, charge_running=True, chunk=True,
+          use_budget=True, fcfs=True, strict=False, waiting_price="ceil", charge_waiting=True,
           budget_waiting=True, chunk_running=True, budget_running=True, stop_at=0, clamp=True,
-          shifted=False):
+          shifted=False, running_price="growth"):
+    """The spec's schedule_step with switches, each a mistake when changed. running_price:
+    "growth" (the pages this step's tokens add), "chunk" (ceil(n / page_size), as if it had
+    none) or "whole" (its whole rest's pages); waiting_price: "ceil", "floor", "plus_one"
+    (n // page_size + 1) or "whole" (the whole prompt's pages, the chunk forgotten)."""
     def fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
         batch, free = [], free_pages
 
@@ -183,8 +187,9 @@ def _step(decodes_first=True, watermark_on=True, charge_running=True, chunk=True
             chunk_on = chunk and (chunk_running or not is_running)
             return min(n, budget if budget_on else n, max_chunk if chunk_on else n)
 
-        def cost(n):
-            return n // page_size if floor_cost else pages(n)
+        def cost(req, n):
+            return {"ceil": pages(n), "floor": n // page_size, "plus_one": n // page_size + 1,
+                    "whole": pages(req.num_tokens)}[waiting_price]
 
         def run_running():
             nonlocal budget, free
@@ -192,7 +197,9 @@ def _step(decodes_first=True, watermark_on=True, charge_running=True, chunk=True
                 if budget <= stop_at:
                     break
                 n = size(req, is_running=True)
-                grow = pages(req.num_computed + n) - req.num_pages
+                grow = {"growth": pages(req.num_computed + n) - req.num_pages,
+                        "whole": pages(req.num_tokens) - req.num_pages,
+                        "chunk": pages(n)}[running_price]
                 if charge_running:
                     free -= max(0, grow) if clamp else grow
                 batch.append((req.rid, n))
@@ -204,12 +211,12 @@ def _step(decodes_first=True, watermark_on=True, charge_running=True, chunk=True
                 if budget <= stop_at:
                     break
                 n = size(req)
-                need = cost(n) + (watermark if watermark_on else 0)
+                need = cost(req, n) + (watermark if watermark_on else 0)
                 if need > free or (strict and need == free):
                     if fcfs:
                         break
                     continue
-                free -= cost(n) if charge_waiting else 0
+                free -= cost(req, n) if charge_waiting else 0
                 batch.append((req.rid, n))
                 budget -= n if budget_waiting else 0
 
@@ -235,71 +242,43 @@ def _whole_prompts(running, waiting, budget, free_pages, watermark, page_size, m
     return batch
 
 
-def priced_whole(which):
-    """The spec's step with a request priced at its whole remaining length: a waiting
-    prompt (the chunk forgotten) or a running one (its growth in this step forgotten)."""
-    def fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
-        def pages(t):
-            return -(-t // page_size)
-        batch, free = [], free_pages
-        for req in running:
-            if budget <= 0:
-                break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            upto = req.num_tokens if which == "running" else req.num_computed + n
-            free -= max(0, pages(upto) - req.num_pages)
-            batch.append((req.rid, n))
-            budget -= n
-        for req in waiting:
-            if budget <= 0:
-                break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            cost = pages(req.num_tokens if which == "waiting" else n)
-            if cost + watermark > free:
-                break
-            free -= cost
-            batch.append((req.rid, n))
-            budget -= n
-        return batch
-    return fn
-
 def _pops_admitted(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
-    out = _step()(running, waiting, budget, free_pages, watermark, page_size, max_chunk)
+    out = step_model()(running, waiting, budget, free_pages, watermark, page_size, max_chunk)
     admitted = {rid for rid, _ in out}
     waiting[:] = [r for r in waiting if r.rid not in admitted]   # "moved to running"
     return out
 
 
 def _mutates(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
-    out = _step()(running, waiting, budget, free_pages, watermark, page_size, max_chunk)
+    out = step_model()(running, waiting, budget, free_pages, watermark, page_size, max_chunk)
     for req in running:
         req.num_computed = req.num_tokens
     return out
 
 
 STEP_MISTAKES = [
-    ("prefill first", _step(decodes_first=False), "prefill before decodes", ()),
-    ("watermark ignored", _step(watermark_on=False), "watermark was ignored", ()),
-    ("running pages not charged", _step(charge_running=False), "were not counted", ()),
-    ("no chunking", _step(chunk=False), "chunked prefill", ()),
-    ("budget exceeded", _step(use_budget=False), "more tokens than the budget", ()),
-    ("overtaking", _step(fcfs=False), "first come, first served", ()),
+    ("prefill first", step_model(decodes_first=False), "prefill before decodes", ()),
+    ("watermark ignored", step_model(watermark_on=False), "watermark was ignored", ()),
+    ("running pages not charged", step_model(charge_running=False), "were not counted", ()),
+    ("no chunking", step_model(chunk=False), "chunked prefill", ()),
+    ("budget exceeded", step_model(use_budget=False), "more tokens than the budget", ()),
+    ("overtaking", step_model(fcfs=False), "first come, first served", ()),
     ("changes the requests", _mutates, "only plans", ()),
     ("admitted prompts popped", _pops_admitted, "changed its input waiting", ()),
-    ("refuses an exact fit", _step(strict=True), "fits exactly", ("watermark was ignored",)),
-    ("cost rounded down", _step(floor_cost=True), "rounded down", ("fits exactly",)),
-    ("admitted pages kept", _step(charge_waiting=False), "not taken from the pages left", ()),
-    ("admitted tokens kept", _step(budget_waiting=False), "not taken from the budget", ()),
-    ("running not chunked", _step(chunk_running=False), "running request got more than",
+    ("refuses an exact fit", step_model(strict=True), "fits exactly", ("watermark was ignored",)),
+    ("cost rounded down", step_model(waiting_price="floor"), "rounded down", ("fits exactly",)),
+    ("admitted pages kept", step_model(charge_waiting=False), "not taken from the pages left", ()),
+    ("admitted tokens kept", step_model(budget_waiting=False), "not taken from the budget", ()),
+    ("running not chunked", step_model(chunk_running=False), "running request got more than",
      ("watermark",)),
-    ("running over the budget", _step(budget_running=False), "more tokens than the budget",
+    ("running over the budget", step_model(budget_running=False), "more tokens than the budget",
      ("max_chunk",)),
-    ("(rid, 0) once the budget is spent", _step(stop_at=-1), "got 0 tokens", ()),
-    ("spare pages counted as free", _step(clamp=False), "max(0, ", ()),
-    ("stops with one token left", _step(stop_at=1), "the batch differs",
+    ("(rid, 0) once the budget is spent", step_model(stop_at=-1), "got 0 tokens", ()),
+    ("spare pages counted as free", step_model(clamp=False), "max(0, ", ()),
+    ("stops with one token left", step_model(stop_at=1), "the batch differs",
      ("more tokens than the budget", "0 tokens")),
     # No known mistake produces this one: the check fails it without naming one.
-    ("running charged for the whole rest", priced_whole("running"), "the batch differs",
+    ("running charged for the whole rest", step_model(running_price="whole"), "the batch differs",
      ("were not counted", "watermark was ignored", "longer than max_chunk",
       "more tokens than the budget")),
 ]
@@ -328,7 +307,7 @@ def test_whole_prompts_fail_without_a_false_hint():
 
 @pytest.mark.parametrize("task, impl", [("block_hashes", engine_block_hashes),
                                         ("cached_prefix", _prefix()),
-                                        ("schedule_step", _step())])
+                                        ("schedule_step", step_model())])
 def test_right_answer_passes(task, impl):
     result, printed = run_check(task, impl)
     assert result.status == "passed", printed
@@ -392,7 +371,7 @@ def test_schedule_step_reference_is_the_engines_scheduler(seed):
 def test_schedule_step_names_both_mistakes_that_give_the_batch_in_one_wording():
     # the first-come-first-served case: ignoring the watermark admits what leaving out the
     # running requests' new pages admits, here and on every probe
-    assert_several_fit("schedule_step", _step(watermark_on=False),
+    assert_several_fit("schedule_step", step_model(watermark_on=False),
                        {"page_size": 4, "budget": 200, "max_chunk": 200, "watermark": 4},
                        "batch", ["watermark was ignored", "were not counted"])
 

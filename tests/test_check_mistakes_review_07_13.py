@@ -13,7 +13,7 @@ import pytest
 import pagedattn_lab as pl
 from pagedattn_lab.grading.compare import describe_difference
 from tests.check_helpers import as_params, assert_caught, mutate, run_check, solution_source
-from tests.test_check_mistakes_engine import priced_whole
+from tests.test_check_mistakes_engine import step_model
 
 
 def _needed(cache, sid):
@@ -124,8 +124,8 @@ MISTAKES = [
     ("tile_work", tiles_longest_first, "in another order"),
     ("wire_bytes", wire("two"), "three ints", ["K and V"]),
     ("wire_bytes", wire("inf"), "three ints"),
-    ("schedule_step", priced_whole("waiting"), "priced at its whole length"),
-    ("schedule_step", priced_whole("running"), "the batch differs",
+    ("schedule_step", step_model(waiting_price="whole"), "priced at its whole length"),
+    ("schedule_step", step_model(running_price="whole"), "the batch differs",
      ["priced at its whole length"]),
 ]
 

@@ -16,7 +16,7 @@ import pytest
 import pagedattn_lab as pl
 from pagedattn_lab.engine.prefix_cache import hash_block
 from tests.check_helpers import assert_caught, mutate, run_check, solution_source
-from tests.test_check_mistakes_engine import _step
+from tests.test_check_mistakes_engine import step_model
 
 
 def _lg(n):
@@ -114,7 +114,7 @@ def wire_bytes_shifted(seq_lens, num_heads, num_kv_heads, head_dim, page_size, w
 
 
 # the spec's step with every page count a shift, as if page_size were a power of two
-schedule_step_shifted = _step(shifted=True)
+schedule_step_shifted = step_model(shifted=True)
 
 
 def serve_shifted(cache, requests, kv_for):
