@@ -103,6 +103,10 @@ def test_a_truncated_results_file_is_named(tmp_path):
     ("bench.json", TypeError, "data: expected a bench document"),
     (None, TypeError, "data: expected a bench document"),
     ([1, 2], TypeError, "data: row 0: expected a dict"),
+    ([{"kernel": "a", "ms": 1.0}, {"kernel": "b", "ms": 1.0, "gbps": "fast"}], ValueError,
+     r"data: row 1 \(b\): expected 'gbps' None or a finite number >= 0, got 'fast'"),
+    ([{"kernel": "a", "ms": 1.0, "bytes": -4096}], ValueError, r"data: row 0 \(a\): .*'bytes'"),
+    ([{"kernel": "a", "ms": 1.0, "tflops": float("nan")}], ValueError, r"row 0 \(a\): .*'tflops'"),
 ])
 def test_bench_bars_refuse_bad_rows_by_index(no_new_figures, data, error, match):
     with pytest.raises(error, match=match):

@@ -135,17 +135,29 @@ def records(data, *, kind: str | None = None, workload: str | None = None) -> li
             continue
         if workload is not None and row.get("workload") != workload:
             continue
-        nbytes = row.get("bytes")
-        if nbytes is None and row.get("gbps"):
-            nbytes = float(row["gbps"]) * 1e9 * time * 1e-3
-        flops = row.get("flops")
-        if flops is None and row.get("tflops"):
-            flops = float(row["tflops"]) * 1e12 * time * 1e-3
+        nbytes = _row_count(row, index, "bytes", "gbps", 1e9, time)
+        flops = _row_count(row, index, "flops", "tflops", 1e12, time)
         kernel = str(_first(row, _LABEL_KEYS) or "?")
         out.append({"label": kernel, "kernel": kernel, "workload": row.get("workload"),
                     "kind": row.get("kind"), "shape": row.get("shape"), "time_ms": time,
                     "bytes": nbytes, "flops": flops, "kernel_choice": row.get("kernel_choice")})
     return out
+
+
+def _row_count(row: dict, index: int, count_key: str, rate_key: str, unit: float,
+               time_ms: float):
+    """A row's byte or FLOP count: its own, else from its rate (GB/s, TFLOP/s) and time;
+    None when it has neither. A text or negative figure is named here, not left to fail
+    as a bare float() or a negative rate in a plot."""
+    for key in (count_key, rate_key):
+        value = row.get(key)
+        if value is not None and not (is_finite_number(value) and value >= 0):
+            raise ValueError(f"data: row {index} ({row.get('kernel', '?')}): expected "
+                             f"{key!r} None or a finite number >= 0, got {value!r}")
+    if row.get(count_key) is not None:
+        return row[count_key]
+    rate = row.get(rate_key)
+    return float(rate) * unit * time_ms * 1e-3 if rate else None
 
 
 def _check_record(record) -> None:
