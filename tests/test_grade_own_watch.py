@@ -155,4 +155,4 @@ def test_a_learner_file_in_a_folder_beside_the_package_is_named_in_messages():
         scope["answer"]()
     except ValueError as exc:
         assert report._learner_frame(exc).startswith(" (in answer.py, line 2")
-        assert remote_errors._where(exc).startswith(" (in answer.py, line 2")
+        assert remote_errors.learner_frame(exc).startswith(" (in answer.py, line 2")

@@ -63,7 +63,7 @@ class ErrorTranslation:
             self._raised[token] = exc
         return {"type": type(exc).__name__[:80],
                 "mro": [c.__name__[:80] for c in type(exc).__mro__][:24],
-                "message": _text(exc), "attrs": attrs, "where": _where(exc),
+                "message": _text(exc), "attrs": attrs, "where": learner_frame(exc),
                 "token": token if type(token) is int else None}
 
     def exception(self, info, blobs=()) -> BaseException:
@@ -111,8 +111,9 @@ def no_deref(marker):
     raise ProtocolError("no handles here")
 
 
-def _where(exc: BaseException) -> str:
-    """' (in your code, line N: text)' for the innermost frame outside this package."""
+def learner_frame(exc: BaseException) -> str:
+    """' (in your code, line N: text)' for the innermost frame outside this package (the
+    line cut to 200 characters: it crosses the channel, and a message quotes it)."""
     import os  # noqa: PLC0415
     import traceback  # noqa: PLC0415
 

@@ -19,7 +19,6 @@ import sys
 import textwrap
 import threading
 import time
-import traceback
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
@@ -234,13 +233,8 @@ def _learner_frame(exc: BaseException) -> str:
     remote = getattr(exc, "remote_frame", None)   # raised in the grader's sandbox (remote.py)
     if isinstance(remote, str):
         return remote
-    from .own_watch import in_package  # noqa: PLC0415 - (a folder beside the package is not it)
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if not in_package(frame.filename):
-            where = "your code" if frame.filename.startswith("<") or "ipykernel" in frame.filename \
-                else os.path.basename(frame.filename)
-            return f" (in {where}, line {frame.lineno}: {(frame.line or '').strip()})"
-    return ""
+    from .remote_errors import learner_frame  # noqa: PLC0415 - it imports this module
+    return learner_frame(exc)
 
 
 def _describe_exception(exc: BaseException) -> tuple[str, str]:
