@@ -5,6 +5,7 @@ unwraps it."""
 import contextlib
 import functools
 import io
+import types
 
 import pytest
 
@@ -65,3 +66,47 @@ def test_a_class_keeping_the_packages_method_in_a_partialmethod_is_refused(monke
     assert result.status == "failed"
     assert "KeepsItInAPartialmethod.decode_step is pagedattn_lab.manager." \
         "PagedAttentionManager.decode_step: your class does not write it" in result.messages[-1]
+
+
+def _copy(fn, **changes):
+    """`fn`'s code in a new function, as a learner can make it before the check runs."""
+    return types.FunctionType(fn.__code__.replace(**changes), {**fn.__globals__,
+                                                               "__name__": "__main__"})
+
+
+COPIED = _copy(_pages_for)
+
+
+def _uses_a_copy(seq_len, page_size):
+    return COPIED(seq_len, page_size)
+
+
+class KeepsACopy(pl.PagedAttentionManager):
+    decode_step = _copy(pl.PagedAttentionManager.decode_step)
+
+
+@pytest.mark.parametrize("task, answer, said", [
+    ("pages_needed", COPIED, "you passed a copy of pagedattn_lab.engine.kv_manager._pages_for's code"),
+    ("pages_needed", _copy(_pages_for, co_filename="<cell>", co_firstlineno=3),
+     "you passed a copy of pagedattn_lab.engine.kv_manager._pages_for's code"),
+    ("pages_needed", functools.partial(COPIED),
+     "you passed a copy of pagedattn_lab.engine.kv_manager._pages_for's code"),
+    ("pages_needed", _uses_a_copy, "of _uses_a_copy uses a copy of "
+     "pagedattn_lab.engine.kv_manager._pages_for's code"),
+    ("decode_step", KeepsACopy, "KeepsACopy.decode_step is pagedattn_lab.manager."
+     "PagedAttentionManager.decode_step: your class does not write it"),
+])
+def test_a_copy_of_the_packages_code_is_refused(task, answer, said, monkeypatch):
+    with _unwatched(monkeypatch):   # a working answer: only own_work fails it
+        assert getattr(check, task)(answer).status == "passed"
+    with contextlib.redirect_stdout(io.StringIO()):
+        result = getattr(check, task)(answer)
+    assert result.status == "failed"
+    assert said in result.messages[-1]
+
+
+def test_the_learners_own_function_of_the_same_arithmetic_passes():
+    def pages(seq_len, page_size):
+        return -(-seq_len // page_size)
+    with contextlib.redirect_stdout(io.StringIO()):
+        assert check.pages_needed(pages).status == "passed"

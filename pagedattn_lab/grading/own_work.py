@@ -24,8 +24,11 @@ string read from `prefill_naive.cu` passes every case. Before a task's check run
   was reached: a name built at run time (`getattr(ref, "reference_" + "decode")`), a dict,
   an object or a bound method made before the check, `super().decode_step(...)`, `exec`.
 
-Not caught: a copy of such a function's code made before the check
-(`types.FunctionType(f.__code__, ...)`); a kernel copied and then edited; the tasks with
+A copy of an answer's code (`types.FunctionType(f.__code__, ...)`, or its `__code__.replace`
+under another file name), passed, held by a class or named in the learner's source, is
+refused as the answer itself: the bytecode, its constants and names are compared, not the
+object. Not caught: a function wrapped by C code that does not say what it wraps
+(`numpy.frompyfunc`); a kernel copied and then edited; the tasks with
 no entry in ANSWERS (own_answers.py lists them, and why); code that patches the sandbox's
 runner (the judge trusts the sandbox's word on the learner's Python, the kernel text it
 reads itself).
@@ -105,24 +108,43 @@ def python_findings(task: str, args, kwargs) -> list[str]:
     """What of the task's answers the learner's functions and classes among the arguments
     are, inherit or name in their source."""
     wanted = answers(task)
+    copies = _copies(wanted)
     found = []
     for value in [*args, *kwargs.values()]:
         inside = [v for v in _calls_through(value) if id(v) in wanted]
+        copied = [copies[key] for v in [value, *_calls_through(value)]
+                  if (key := _code_key(v)) in copies]
         if id(value) in wanted:
             found.append(f"you passed {wanted[id(value)][0]} itself")
         elif inside:
             found.append(f"you passed {wanted[id(inside[0])][0]} wrapped in a "
                          f"{type(value).__name__}")
+        elif copied:
+            found.append(f"you passed a copy of {copied[0]}'s code")
         elif isinstance(value, type):
             found += [f"{value.__name__} inherits from {wanted[id(b)][0]}"
                       for b in value.__mro__[1:] if id(b) in wanted]
-            found += _kept(value, wanted)
+            found += _kept(value, wanted, copies)
         for fn in _functions_of(value):
             found += [f"a default argument of {fn.__name__} is {wanted[id(d)][0]}"
                       for d in (*(fn.__defaults__ or ()), *(fn.__kwdefaults__ or {}).values())
                       if id(d) in wanted]
-            found += _named_in(fn, wanted)
+            found += _named_in(fn, wanted, copies)
     return found
+
+
+def _code_key(fn):
+    """What makes a function's code the same code: its bytecode, constants and names, not
+    the code object (a copy may be `replace`d under another file name or first line)."""
+    code = getattr(fn, "__code__", None) if isinstance(fn, types.FunctionType) else None
+    return None if code is None else \
+        (code.co_code, code.co_consts, code.co_names, code.co_varnames, code.co_freevars)
+
+
+def _copies(wanted) -> dict:
+    """bytecode key -> dotted name of the task's answers that are Python functions."""
+    return {_code_key(fn): dotted for dotted, fn in wanted.values()
+            if isinstance(fn, types.FunctionType)}
 
 
 def _calls_through(value) -> list:
@@ -157,14 +179,15 @@ def _class_call(cls):
     return next((vars(k)["__call__"] for k in cls.__mro__ if "__call__" in vars(k)), None)
 
 
-def _kept(cls, wanted) -> list[str]:
+def _kept(cls, wanted, copies) -> list[str]:
     """The answer methods `cls` keeps as the package's class wrote them (not its own), as
-    they are or wrapped (`decode_step = functools.partialmethod(...)`)."""
+    they are, wrapped (`decode_step = functools.partialmethod(...)`) or copied."""
     found = []
     for dotted, fn in wanted.values():
         kept = inspect.getattr_static(cls, getattr(fn, "__name__", ""), None)
         if isinstance(fn, types.FunctionType) and \
-                any(held is fn for held in [kept, *_calls_through(kept)]):
+                any(held is fn or copies.get(_code_key(held)) == dotted
+                    for held in [kept, *_calls_through(kept)]):
             found.append(f"{cls.__name__}.{fn.__name__} is {dotted}: your class does not "
                          f"write it")
     return found
@@ -195,7 +218,7 @@ def _ours(obj) -> bool:
     return str(getattr(obj, "__module__", "") or "").split(".")[0] == PACKAGE
 
 
-def _named_in(fn, wanted) -> list[str]:
+def _named_in(fn, wanted, copies) -> list[str]:
     try:
         lines, first = inspect.getsourcelines(fn.__code__)   # the function's, not __wrapped__'s
         source = textwrap.dedent("".join(lines))
@@ -215,6 +238,12 @@ def _named_in(fn, wanted) -> list[str]:
     hints = _hints(tree)
     found = []
     for node in ast.walk(tree):
+        held = scope.get(node.id) if isinstance(node, ast.Name) and id(node) not in hints \
+            else None
+        copied = copies.get(_code_key(held)) if id(held) not in wanted else None
+        if copied is not None:
+            found.append(f"line {first + node.lineno - 1} of {fn.__name__} uses a copy of "
+                         f"{copied}'s code")
         obj = None if id(node) in hints else _resolve(node, scope)
         if obj is None:
             continue
