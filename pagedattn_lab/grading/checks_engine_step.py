@@ -27,7 +27,7 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
                     chunk=True, use_budget=True, fcfs=True, chunk_running=True,
                     partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
                     charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True,
-                    divide=True, charge_growth=True, exact_ceil=True):
+                    divide=True, charge_growth=True, exact_ceil=True, count_held=True):
     """The engine's order with one rule switchable off (each switch is a known mistake)."""
     out, free = [], free_pages
 
@@ -56,7 +56,8 @@ def _reference_step(running, waiting, budget, free_pages, watermark, page_size, 
                 break
             out.append((req.rid, n))
             budget -= n
-            grow = pages(req.num_computed + n) - req.num_pages if charge_growth else pages(n)
+            held = req.num_pages if count_held else pages(req.num_computed)
+            grow = pages(req.num_computed + n) - held if charge_growth else pages(n)
             if charge_running:
                 free -= max(0, grow) if clamp else grow
 
@@ -188,6 +189,9 @@ _VARIANTS = [
     ("exact_ceil", "n tokens take ceil(n / page_size) = -(-n // page_size) pages: "
      "n // page_size + 1 is one page too many when n is a multiple of page_size.",
      _admits_fewer),
+    ("count_held", "a running request's new pages were counted from the pages its computed "
+     "tokens fill, ceil(num_computed / page_size): it holds num_pages, some taken ahead, so "
+     "it needs max(0, ceil((num_computed + n) / page_size) - num_pages).", _admits_fewer),
 ]
 _RULES = tuple(rule for rule, _, _ in _VARIANTS)
 

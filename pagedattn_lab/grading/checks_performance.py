@@ -12,11 +12,18 @@ import numpy as np
 
 from .checks_sizing import _int_case, _lens, _scalar_case, paged_waste_fraction
 from .compare import on_copies
-from .report import Case, CheckResult, Mismatch, probe, run_cases
+from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 
 
 OVERFLOW_HINT = ("the product overflowed int32 (seq_lens is an int32 array, and this byte "
                  "count passes 2**31): convert to Python int or np.int64 before multiplying.")
+
+
+BOTH_HINT = "count both K and V: the factor 2."
+ALL_HEADS_HINT = ("the cache stores num_kv_heads heads, not num_heads: with GQA several query "
+                  "heads share one KV head.")
+GROUP_HINT = ("num_heads // num_kv_heads is the group (query heads per KV head), not the "
+              "number of KV heads: the cache stores num_kv_heads heads.")
 
 
 def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
@@ -44,12 +51,22 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
             return candidate if same else None
         return candidate
 
+    all_heads = tokens * 2 * num_heads * head_dim * itemsize
+    group = tokens * 2 * (num_heads // num_kv_heads) * head_dim * itemsize
+
+    def or_group(text: str, candidate: int):
+        """Both hints where the group gives the same number as the mistake of `text`."""
+        return several_fit([text, GROUP_HINT], "number"), \
+            group if group == candidate else None
+
     _int_case(fn, (*args, dtype), expected, [
         (f"use the dtype's size (np.dtype(dtype).itemsize): {size_text}, not 2 whatever the "
          "dtype.", lambda: size_ignored(2)),
-        ("count both K and V: the factor 2.", expected // 2),
-        ("the cache stores num_kv_heads heads, not num_heads: with GQA several query heads "
-         "share one KV head.", tokens * 2 * num_heads * head_dim * itemsize),
+        or_group(BOTH_HINT, expected // 2),
+        (BOTH_HINT, expected // 2),
+        or_group(ALL_HEADS_HINT, all_heads),
+        (ALL_HEADS_HINT, all_heads),
+        (GROUP_HINT, group),
         (f"use the dtype's size (np.dtype(dtype).itemsize): {size_text}, not 4.",
          lambda: size_ignored(4)),
         ("that is bits; count bytes.", expected * 8),
@@ -103,8 +120,8 @@ def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
          "read plus bytes written, so the yardstick is nbytes / rate.", expected / 2),
         *[("return the time unrounded: no int(), round() or // (a fraction of a millisecond "
            "is the answer here).", round(expected, digits)) for digits in (0, 1, 2, 3)],
-        ("return the time unrounded: int() drops the fraction of a millisecond.",
-         float(int(expected))),
+        ("return the time unrounded: int() or // drops the fraction (of a millisecond, or "
+         "of a second before the x 1000).", float(int(expected))),
     ], f"decode_floor_ms({nbytes:.4g} bytes, {bandwidth_gbs} GB/s)", rel=1e-4)
 
 

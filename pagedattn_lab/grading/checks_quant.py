@@ -110,14 +110,27 @@ def _scales_case(fn, x, qmax) -> None:
 
 
 def _small_rows_hint(got, expected, amax, qmax="qmax"):
-    """The hint when only the smallest nonzero rows are wrong, all with too large a scale."""
+    """The hint when nonzero rows' scales are too large: all by one epsilon added to every
+    amax, or only the smallest rows' (a threshold on amax, a floor on the scale)."""
     wrong = ~np.isclose(got, expected, atol=0, rtol=1e-6)
     right = ~wrong & (amax > 0)
-    if not (wrong & (amax > 0)).any() or not right.any() or \
-            amax[wrong].max() >= amax[right].min() or not (got[wrong] > expected[wrong]).all():
+    bad = wrong & (amax > 0)
+    if not bad.any() or not (got[wrong] > expected[wrong]).all():
+        return None
+    # got * qmax - amax, the same for every wrong row (to float32's rounding of two scales),
+    # and no scale of 1 (a threshold's); one row shows it only by being off by a hair
+    eps = amax[bad] * (got[bad] / expected[bad] - 1)
+    if (got[bad] != 1).all() and \
+            (np.abs(eps - np.median(eps)) <= 0.01 * np.median(eps) + 3e-7 * amax[bad]).all() \
+            and (eps.size > 1 or got[bad][0] / expected[bad][0] - 1 < 1e-3):
+        return (f"scale = amax / {qmax}: yours is (amax + {np.median(eps):.2g}) / {qmax}, an "
+                "epsilon added to every row's amax, which shifts every scale (the smallest "
+                "rows' most). Leave amax as it is: only an all-zero row needs a guard (scale "
+                "1 there, or a floor max(amax, eps), which changes no other row).")
+    if not right.any() or amax[bad].max() >= amax[right].min():
         return None
     return (f"only an all-zero row gets scale 1: a row of small values (amax "
-            f"{amax[wrong].min():.2g} here) needs amax / {qmax} too, however small (a "
+            f"{amax[bad].min():.2g} here) needs amax / {qmax} too, however small (a "
             f"threshold on amax or a floor on the scale shrinks its codes, down to all 0).")
 
 

@@ -123,6 +123,12 @@ def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed:
             "sequence that holds prompt_len + new_tokens tokens.")
 
 
+ADMIT_HINT = ("admit a request only when the pool has room for all its tokens: "
+              "ceil((prompt_len + new_tokens) / page_size) pages free, after the pages the "
+              "running sequences will still take (those admitted earlier in this same step "
+              "included).")
+
+
 def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                 first_id: int = 0) -> None:
     """`first_id`: the cache served that many sequences before (so seq ids start there)."""
@@ -207,10 +213,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         kept = complete_but_kept()
         hint = (f"requests {kept} were complete but still held their pages: free every "
                 "finished sequence, so the next ones fit." if kept else
-                "admit a request only when the pool has room for all its tokens: "
-                "ceil((prompt_len + new_tokens) / page_size) pages free, after the pages the "
-                "running sequences will still take (those admitted earlier in this same step "
-                "included).")
+                ADMIT_HINT)
         raise Mismatch(f"the cache ran out of pages: {exc}", hint) from None
     except KeyError as exc:
         gone = re.search(r"no live sequence (\d+)", str(exc))
@@ -273,7 +276,13 @@ def _unlike_spec(i: int, got: dict, spec, tokens) -> list[Mismatch]:
         return ", ".join(f"request {j} with {n} tokens" for j, n in sorted(running.items())) \
             or "no other request"
     ahead = [j for j, n in sorted(got.items()) if j in after and n > after[j]]
-    if ahead:   # no token when admitted lags a request behind those admitted before it only
+    # (requests are admitted in arrival order: one past every request the spec runs here,
+    # the spec has not admitted yet)
+    early = [j for j in sorted(got) if j > max([i, *before, *after])]
+    if early:
+        hint = (f"request {early[0]} was running already, though the pool has no room for it "
+                "yet: " + ADMIT_HINT)
+    elif ahead:   # no token when admitted lags a request behind those admitted before it only
         lagged = any(admitted[j] < admitted[i] for j in ahead)
         hint = (f"request {i} finished a step late (request {ahead[0]} had had its next token "
                 f"already); " + several_fit(_LATE if lagged else _LATE[:1], "steps"))

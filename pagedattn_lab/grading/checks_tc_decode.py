@@ -51,9 +51,9 @@ class _TileProblem:
         self.sizes = (num_heads, num_kv_heads, head_dim, page_size, seq_len)
         self.n_tiles = -(-seq_len // TILE)
 
-    def expected(self, q_rows=None, k_tile=None):
+    def expected(self, q_rows=None, k_tile=None, **how):
         """Scores [num_kv_heads, n_tiles, 16, 16] in float64; q_rows(kv) and k_tile(kv)
-        give the two 16-row operands (default: the spec's)."""
+        give the two 16-row operands (default: the spec's); `how` goes to product."""
         num_heads, num_kv_heads, head_dim, _, seq_len = self.sizes
         group = num_heads // num_kv_heads
         out = np.zeros((num_kv_heads, self.n_tiles, TILE, TILE))
@@ -64,20 +64,24 @@ class _TileProblem:
                 self.q.astype(np.float64), j, group)[0]
             for t in range(self.n_tiles):
                 kt = k_tile(j, t) if k_tile else keys[t * TILE:(t + 1) * TILE, j]
-                out[j, t] = self.product(qr, kt)
+                out[j, t] = self.product(qr, kt, **how)
         return out
 
     @staticmethod
-    def product(q_rows, k_rows, lda=None, ldb=None, b_row_major=False, a_col_major=False):
+    def product(q_rows, k_rows, lda=None, ldb=None, b_row_major=False, a_col_major=False,
+                step_past=False):
         """S = A B over 16-column steps the way load_matrix_sync reads the shared tiles:
         A from q_rows [16, d] with leading dimension lda read row-major (or column-major),
-        B from k_rows [16, d] (token rows) read column-major with ldb (or row-major)."""
+        B from k_rows [16, d] (token rows) read column-major with ldb (or row-major).
+        step_past: a step at k0 = d too, past the rows (NaN: the CPU executor's unwritten)."""
         d = q_rows.shape[1]
         lda, ldb = lda or d, ldb or d
         qa, ka = np.ravel(q_rows), np.ravel(k_rows)
+        if step_past:
+            qa, ka = (np.concatenate([x, np.full(TILE, np.nan)]) for x in (qa, ka))
         s = np.zeros((TILE, TILE))
         r, c = np.meshgrid(np.arange(TILE), np.arange(TILE), indexing="ij")
-        for k0 in range(0, d, TILE):
+        for k0 in range(0, d + TILE * step_past, TILE):
             a = qa[k0 + c * lda + r] if a_col_major else qa[k0 + r * lda + c]   # a[row, k]
             b = ka[k0 + r * ldb + c] if b_row_major else ka[k0 + c * ldb + r]  # b[k, token]
             s += a @ b
@@ -139,6 +143,7 @@ def _tile_variants(prob):
 
     last = np.arange(head_dim) >= head_dim - TILE
     variants += _paging_variants(prob) + [
+        (STEP_PAST_HINT, lambda: prob.expected(step_past=True)),
         # a loop 16 short and a store inside the loop before its mma_sync store the same sums
         (several_fit(["the k0 loop must step over all of head_dim (k0 = 0, 16, .., "
                       "head_dim - 16): a loop that stops 16 short leaves the last 16 "
@@ -252,6 +257,10 @@ def _pow2_shift_hint(comp, seed, sizes) -> str | None:
         else None
 
 
+STEP_PAST_HINT = ("the k0 loop runs one step too far: k0 < head_dim (k0 = 0, 16, .., "
+                  "head_dim - 16), not k0 <= head_dim. The step at k0 = head_dim reads 16 "
+                  "columns past every row of the tiles: the next row's first 16, and past the "
+                  "last row shared memory your copies never wrote.")
 _NAN_READ = ("a NaN among the scores was read, not computed: q and the cache slots of the "
              "sequence's tokens hold finite numbers, the check puts NaN in every other cache "
              "slot and in 16 rows after q, and on the CPU executor shared memory holds NaN until "
@@ -293,6 +302,9 @@ def _tile_case(comp, seed, *sizes) -> None:
     row_ok = np.arange(TILE) < group
     tok_ok = (np.arange(prob.n_tiles)[:, None] * TILE + np.arange(TILE)) < seq_len
     got64 = np.asarray(got, np.float64)
+    # right where it counts, NaN only from the tiles' unwritten tail: a k0 step too many
+    step_past = np.isnan(got64).any() and \
+        np.allclose(got64, prob.expected(step_past=True), equal_nan=True)
     if never.any():   # (only outside `valid` here: describe_difference saw the rest)
         _, t, r, c = bad = np.argwhere(never)[0]
         raise Mismatch(f"{int(never.sum())} scores were never written, the first at row {r}, "
@@ -310,6 +322,7 @@ def _tile_case(comp, seed, *sizes) -> None:
         raise Mismatch(f"row {bad[2]} (past the group's {group} heads) of tile ({bad[0]}, "
                        f"{bad[1]}), token {bad[1] * TILE + bad[3]}: expected 0, got "
                        f"{fmt(got64[tuple(bad)])}",
+                       STEP_PAST_HINT if step_past else
                        f"zero the Q rows past the group ({group}..15) in shared memory: "
                        "they are multiplied with the rest, and what is there (the next "
                        "group's heads, q's NaN tail, whatever shared memory held) becomes "
@@ -320,6 +333,7 @@ def _tile_case(comp, seed, *sizes) -> None:
         token = bad[1] * TILE + bad[3]
         raise Mismatch(f"the score of token {token} (seq_len is {seq_len}), row {bad[2]} of "
                        f"tile ({bad[0]}, {bad[1]}): expected 0, got {fmt(got64[tuple(bad)])}",
+                       STEP_PAST_HINT if step_past else
                        "tokens at or past seq_len are not in the cache (their slots and "
                        "table entries hold NaN or other data here): load zeros into their K "
                        "rows (and do not read block_table for them).")

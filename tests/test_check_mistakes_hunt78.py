@@ -1,0 +1,118 @@
+"""Wrong answers to workbooks 07-13 whose hint blamed a mistake the evidence does not show,
+or that a check accepted (a learner's plausible mistakes, fed to the checks).
+
+Each case asserts that the check fails (not "not attempted"), that a failed case's message or
+hint holds the phrase naming the mistake and, where the old hint blamed something else alone,
+that the hint says the evidence fits both.
+"""
+from collections import deque
+
+import numpy as np
+
+from tests.check_helpers import assert_caught, mutate, solution_source
+
+
+def test_kv_bytes_group_for_kv_heads_is_named_not_only_the_factor_2():
+    """The group (num_heads // num_kv_heads) used as the number of KV heads: on 32/8 heads it
+    gives half the bytes, as forgetting V does, and the hint named only the factor 2."""
+    def group_as_kv_heads(seq_lens, num_heads, num_kv_heads, head_dim, dtype):
+        return int(np.sum(seq_lens)) * 2 * (num_heads // num_kv_heads) * head_dim * \
+            np.dtype(dtype).itemsize
+
+    result, printed = assert_caught("kv_bytes", group_as_kv_heads, "is the group")
+    gqa = next(c for c in result.cases if c.params.get("heads") == 32)
+    assert "these mistakes give the same number here" in gqa.hint, printed
+    assert "the factor 2" in gqa.hint and "is the group" in gqa.hint, printed
+
+
+def test_decode_floor_ms_floor_division_is_named_with_int():
+    """Seconds floor-divided (nbytes // rate): 0 where 0.858 ms is right, which int() of the
+    milliseconds also gives; the hint named int() alone, not in the learner's code."""
+    assert_caught("decode_floor_ms", lambda nbytes, gbs: nbytes // (gbs * 1e9) * 1e3,
+                  "int() or // drops the fraction")
+
+
+def test_tc_tile_scores_k0_loop_one_step_too_far_is_named():
+    """`k0 <= head_dim`: the extra step reads past the tiles' rows. On group 1 every score
+    that counts was right and row 15 read unwritten shared memory: the hint blamed Q padding
+    left unzeroed; on the other cases it blamed ldm."""
+    source = mutate(solution_source("09_tensor_core_decode.ipynb", "SOURCE_TILE"),
+                    [("k0 < head_dim; k0 += 16", "k0 <= head_dim; k0 += 16")])
+    result, printed = assert_caught("tc_tile_scores", source, "runs one step too far",
+                                    not_phrases=["zero the Q rows", "ldm = head_dim"],
+                                    device="cpu")
+    assert not result.cases[0].passed and "k0 <= head_dim" in result.cases[0].hint, printed
+
+
+def _step_ignoring_pages_held(running, waiting, budget, free_pages, watermark, page_size,
+                              max_chunk):
+    """The lesson's step, with a running request's new pages counted from the pages its
+    computed tokens fill (ceil(num_computed / page_size)), not from num_pages."""
+    def pages(tokens):
+        return -(-tokens // page_size)
+
+    batch, free = [], free_pages
+    for req in running:
+        if budget <= 0:
+            break
+        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
+        free -= pages(req.num_computed + n) - pages(req.num_computed)
+        batch.append((req.rid, n))
+        budget -= n
+    for req in waiting:
+        if budget <= 0:
+            break
+        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
+        if pages(n) + watermark > free:
+            break
+        free -= pages(n)
+        batch.append((req.rid, n))
+        budget -= n
+    return batch
+
+
+def test_schedule_step_pages_held_ahead_ignored_is_named():
+    """Ignoring the pages a running request holds ahead gave the batch that charging
+    ceil(n / page_size) gives, and the hint named that alone."""
+    assert_caught("schedule_step", _step_ignoring_pages_held,
+                  "counted from the pages its computed tokens fill")
+
+
+def _serve_without_the_promise(cache, requests, kv_for):
+    """The lesson's loop, admitting on the free pages alone: the pages the running sequences
+    will still take are not set aside."""
+    def pages_for(n_tokens):
+        return -(-n_tokens // cache.page_size)
+
+    waiting, running, finished = deque(range(len(requests))), {}, []
+    while waiting or running:
+        while waiting and pages_for(sum(requests[waiting[0]])) <= cache.allocator.num_free:
+            i = waiting.popleft()
+            running[i] = cache.add_sequence()
+            cache.append(running[i], *kv_for(i, 0, requests[i][0]))
+        for i, seq_id in list(running.items()):
+            if cache.seq_len(seq_id) < sum(requests[i]):
+                cache.append(seq_id, *kv_for(i, cache.seq_len(seq_id), 1))
+            if cache.seq_len(seq_id) == sum(requests[i]):
+                cache.free_sequence(seq_id)
+                del running[i]
+                finished.append(i)
+    return finished
+
+
+def test_serve_admitting_without_the_promised_pages_is_named():
+    """The right order, but a request admitted before the pool had room for it: the hint
+    said the requests do not share the steps, which they did."""
+    result, printed = assert_caught("serve", _serve_without_the_promise,
+                                    "request 4 was running already",
+                                    not_phrases=["the requests share the steps"])
+    assert "after the pages the running sequences will still take" in result.cases[1].hint, \
+        printed
+
+
+def test_kv_scales_epsilon_added_to_every_amax_is_named():
+    """(amax + 1e-6) / qmax: the one wrong row was the smallest, and the hint blamed a
+    threshold on amax or a floor on the scale, neither in the learner's code."""
+    assert_caught("kv_scales", lambda x, qmax: (np.abs(x).max(-1) + 1e-6) / qmax,
+                  "an epsilon added to every row's amax",
+                  not_phrases=["threshold on amax"])
