@@ -5,11 +5,10 @@ Each case asserts that the check fails (not "not attempted"), that a failed case
 hint holds the phrase naming the mistake and, where the old hint blamed something else alone,
 that the hint says the evidence fits both.
 """
-from collections import deque
-
 import numpy as np
 
 from tests.check_helpers import assert_caught, mutate, solution_source
+from tests.test_check_mistakes_system import serve_factory
 
 
 def test_kv_bytes_group_for_kv_heads_is_named_not_only_the_factor_2():
@@ -78,32 +77,10 @@ def test_schedule_step_pages_held_ahead_ignored_is_named():
                   "counted from the pages its computed tokens fill")
 
 
-def _serve_without_the_promise(cache, requests, kv_for):
-    """The lesson's loop, admitting on the free pages alone: the pages the running sequences
-    will still take are not set aside."""
-    def pages_for(n_tokens):
-        return -(-n_tokens // cache.page_size)
-
-    waiting, running, finished = deque(range(len(requests))), {}, []
-    while waiting or running:
-        while waiting and pages_for(sum(requests[waiting[0]])) <= cache.allocator.num_free:
-            i = waiting.popleft()
-            running[i] = cache.add_sequence()
-            cache.append(running[i], *kv_for(i, 0, requests[i][0]))
-        for i, seq_id in list(running.items()):
-            if cache.seq_len(seq_id) < sum(requests[i]):
-                cache.append(seq_id, *kv_for(i, cache.seq_len(seq_id), 1))
-            if cache.seq_len(seq_id) == sum(requests[i]):
-                cache.free_sequence(seq_id)
-                del running[i]
-                finished.append(i)
-    return finished
-
-
 def test_serve_admitting_without_the_promised_pages_is_named():
     """The right order, but a request admitted before the pool had room for it: the hint
     said the requests do not share the steps, which they did."""
-    result, printed = assert_caught("serve", _serve_without_the_promise,
+    result, printed = assert_caught("serve", serve_factory(promises=False),
                                     "request 4 was running already",
                                     not_phrases=["the requests share the steps"])
     assert "after the pages the running sequences will still take" in result.cases[1].hint, \

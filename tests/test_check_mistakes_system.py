@@ -49,13 +49,15 @@ def manager(kind):
 
 
 def serve_factory(*, frees=True, admits_all=False, early=False, order="finish", fifo=True,
-                  ties="admitted", strict=False):
+                  ties="admitted", strict=False, promises=True):
+    """The lesson's serve loop, each switch a mistake; promises=False: admitting on the free
+    pages alone, not setting aside those the running sequences will still take."""
     def serve(cache, requests, kv_for):
         pages = lambda n: -(-n // cache.page_size)  # noqa: E731
         waiting, running, done = deque(range(len(requests))), {}, []
         while waiting or running:
             for i in list(waiting):
-                room = cache.allocator.num_free - sum(
+                room = cache.allocator.num_free - promises * sum(
                     pages(sum(requests[j])) - pages(cache.seq_len(s)) for j, s in running.items())
                 need = pages(sum(requests[i]))
                 if admits_all or need < room or (need == room and not strict):
