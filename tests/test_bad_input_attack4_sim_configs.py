@@ -123,7 +123,7 @@ CONFIG = EngineConfig(num_pages=16, page_size=4)
     (lambda: dry_run(CONFIG, [0], [3]), ValueError, r"^prompt_lens\[0\]: expected a length >= 1"),
     (lambda: dry_run(CONFIG, [3], [0]), ValueError, r"^output_lens\[0\]: expected a length >= 1"),
     (lambda: dry_run(CONFIG, [3, 100], [3, 3]), ValueError,
-     r"^prompt_lens\[1\], output_lens\[1\]: 100 \+ 3 tokens may need 27 pages, more than the "
+     r"^prompt_lens\[1\], output_lens\[1\]: 100 \+ 3 tokens may need 26 pages, more than the "
      r"pool of 16"),
     (lambda: dry_run(CONFIG, [3], [3], max_steps=0), ValueError, r"^max_steps: expected an "
                                                                  r"int >= 1"),

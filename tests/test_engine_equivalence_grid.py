@@ -187,7 +187,7 @@ def random_case(rng, models):
         extra["eos_token_id"] = int(tokens[int(rng.integers(len(tokens)))])
         key = models.key(name, **extra)
     longest = max(min(len(p) + sp.max_tokens, limit) for p, sp in zip(prompts, params))
-    need = -(-longest // ps) + 1          # the smallest pool add_request accepts
+    need = -(-longest // ps)          # the smallest pool add_request accepts
     widest = max(map(len, prompts))
     config = dict(
         page_size=ps, num_pages=int(need + rng.choice([0, 0, 1, 2, 5, 50])),
@@ -220,7 +220,7 @@ def pressure_case(rng, models):
     params = [SamplingParams(max_tokens=int(rng.integers(1, 16)), ignore_eos=True,
                              temperature=float(rng.choice([0.0, 0.0, 0.0, 0.7])),
                              return_logits=True) for _ in prompts]
-    need = -(-max(len(p) + sp.max_tokens for p, sp in zip(prompts, params)) // ps) + 1
+    need = -(-max(len(p) + sp.max_tokens for p, sp in zip(prompts, params)) // ps)
     config = dict(
         page_size=ps, num_pages=int(need + rng.integers(0, 3)),
         max_num_batched_tokens=int(rng.choice([4, 16, 64, 256])),

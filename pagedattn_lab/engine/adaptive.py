@@ -117,8 +117,8 @@ def dry_run(config: EngineConfig, prompt_lens, output_lens, max_steps: int = 100
     prompt_lens, outputs = _check_lengths(prompt_lens, output_lens, min_output=1)
     max_steps = check_int(max_steps, "max_steps", minimum=1)
     for i, (p, o) in enumerate(zip(prompt_lens, outputs)):
-        # as LLMEngine's admission check: + 1 for a copy-on-write page of a cached prefix
-        pages = -(-(p + o) // config.page_size) + int(config.enable_prefix_caching)
+        # as LLMEngine's admission check
+        pages = -(-(p + o) // config.page_size)
         if pages > config.num_pages:   # else it never fits, and every step runs nothing
             raise ValueError(f"prompt_lens[{i}], output_lens[{i}]: {p} + {o} tokens may need "
                              f"{pages} pages, more than the pool of {config.num_pages}")

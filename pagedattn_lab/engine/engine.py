@@ -103,8 +103,11 @@ class LLMEngine:
         if len(prompt) >= self.max_model_len:
             raise ValueError(f"{name}: {len(prompt)} tokens leave no room to generate within "
                              f"max_position_embeddings={self.max_model_len}")
+        # Its last token's K/V are never written; that slot's page is room enough for the one
+        # copy on write (a prompt of k whole cached pages, computing its last token, holds
+        # k + 1 pages for a moment): a request that needs the whole pool runs alone in it.
         longest = min(len(prompt) + params.max_tokens, self.max_model_len)
-        pages = -(-longest // self.config.page_size) + 1   # + 1: a copy-on-write page
+        pages = -(-longest // self.config.page_size)
         if pages > self.config.num_pages:
             raise ValueError(f"{name}: {len(prompt)} prompt tokens + max_tokens "
                              f"{params.max_tokens} may need {pages} pages, more than the whole "
@@ -137,15 +140,20 @@ class LLMEngine:
         before it, except requests it preempted, which stay preempted (Scheduler.rollback):
         step() can be called again."""
         mark = self.stats.mark()
+        swaps = self.store.swapped_out_pages, self.store.swapped_in_pages
         self.scheduler.begin()
         try:
             finished = self._step()
         except BaseException:
             victims = self.scheduler.rollback()
             self.stats.rewind(mark)
-            swapped = sum(r.status is Status.SWAPPED for r in victims)
-            self.stats.preempted_swap += swapped
-            self.stats.preempted_recompute += len(victims) - swapped
+            swapped = [r for r in victims if r.status is Status.SWAPPED]
+            self.stats.preempted_swap += len(swapped)
+            self.stats.preempted_recompute += len(victims) - len(swapped)
+            # The copies it undid are no swaps (the next step copies again): only its
+            # victims' swap-outs stand.
+            self.store.swapped_out_pages = swaps[0] + sum(len(r.host_pages) for r in swapped)
+            self.store.swapped_in_pages = swaps[1]
             raise
         self.scheduler.commit()
         return finished

@@ -62,6 +62,9 @@ class Request:
     # prompt + outputs. Chunks below it are prefill (the last too, even of one token: vLLM's
     # prefill stage lasts until the whole sequence is computed); a token past it is a decode.
     prefill_len: int = 0
+    # The most tokens it had computed before a preemption by recompute dropped them: running
+    # tokens below it again is recomputing them (those its prefix hits serve are not).
+    num_dropped_tokens: int = 0
     logits: list = field(default_factory=list)
     finish_reason: str | None = None
 
@@ -74,13 +77,13 @@ class Request:
         by their lengths)."""
         return (self.status, self.num_computed_tokens, list(self.pages),
                 self.num_registered_blocks, list(self.host_pages), self.num_preemptions,
-                self.num_cached_tokens, self.prefill_len, self.finish_reason,
-                len(self.output_ids), len(self.logits), len(self.block_hashes))
+                self.num_cached_tokens, self.prefill_len, self.num_dropped_tokens,
+                self.finish_reason, len(self.output_ids), len(self.logits), len(self.block_hashes))
 
     def restore(self, saved: tuple) -> None:
         (self.status, self.num_computed_tokens, pages, self.num_registered_blocks, host_pages,
-         self.num_preemptions, self.num_cached_tokens, self.prefill_len, self.finish_reason,
-         outputs, logits, hashes) = saved
+         self.num_preemptions, self.num_cached_tokens, self.prefill_len,
+         self.num_dropped_tokens, self.finish_reason, outputs, logits, hashes) = saved
         self.pages, self.host_pages = list(pages), list(host_pages)
         del self.output_ids[outputs:], self.logits[logits:], self.block_hashes[hashes:]
 

@@ -48,6 +48,7 @@ class ScheduledStep:
     requests: list[Request] = field(default_factory=list)
     num_new: list[int] = field(default_factory=list)
     prefill_tokens: int = 0   # of num_tokens: prompt chunks, re-prefills (Request.prefill_len)
+    recomputed_tokens: int = 0   # of num_tokens: dropped by a preemption by recompute before
     preempted: list[Request] = field(default_factory=list)   # by recompute, this step
     swapped_out: list[Request] = field(default_factory=list)
     swapped_in: list[Request] = field(default_factory=list)
@@ -59,7 +60,9 @@ class ScheduledStep:
     def add(self, req: Request, n: int) -> None:
         self.requests.append(req)
         self.num_new.append(n)
-        if req.num_computed_tokens < req.prefill_len:   # (else a decode: one token)
+        start = req.num_computed_tokens
+        self.recomputed_tokens += max(0, min(start + n, req.num_dropped_tokens) - start)
+        if start < req.prefill_len:   # (else a decode: one token)
             self.prefill_tokens += n
 
 
@@ -93,7 +96,9 @@ class Scheduler:
         self.swapped: deque[Request] = deque()
         self._queued: dict[int, Request] = {}   # rid -> request, for the three queues
         self.finished_output_lens: list[int] = []
-        self.recomputed_tokens = 0    # cached tokens thrown away by preemption by recompute
+        # tokens run again after a preemption by recompute dropped them (not those the
+        # prefix cache served again: a count of the compute that preemption cost)
+        self.recomputed_tokens = 0
         # Since `begin`: each request changed, as Request.save() had it before its first
         # change; the requests preempted; the queues and counters as they were.
         self._journal: dict[Request, tuple] | None = None
@@ -139,7 +144,6 @@ class Scheduler:
                 self.kv.host.allocate(len(req.host_pages))
                 self.swapped.appendleft(req)
             else:
-                self.recomputed_tokens += journal[req][1]
                 self.waiting.appendleft(req)
         self.kv.pool.forget(forget)
         return victims
@@ -176,13 +180,12 @@ class Scheduler:
 
     def schedule(self) -> ScheduledStep:
         step = ScheduledStep()
-        budget = self.config.max_num_batched_tokens
-        budget = self._schedule_running(step, budget)
-        if step.preempted or step.swapped_out:
-            return step
-        budget = self._schedule_swapped(step, budget)
-        if not self.swapped:   # swapped requests go first (the module docstring)
-            self._schedule_waiting(step, budget)
+        budget = self._schedule_running(step, self.config.max_num_batched_tokens)
+        if not (step.preempted or step.swapped_out):
+            budget = self._schedule_swapped(step, budget)
+            if not self.swapped:   # swapped requests go first (the module docstring)
+                self._schedule_waiting(step, budget)
+        self.recomputed_tokens += step.recomputed_tokens
         return step
 
     def _schedule_running(self, step: ScheduledStep, budget: int) -> int:
@@ -213,7 +216,7 @@ class Scheduler:
             self.swapped.appendleft(req)
             step.swapped_out.append(req)
         else:
-            self.recomputed_tokens += req.num_computed_tokens
+            req.num_dropped_tokens = max(req.num_dropped_tokens, req.num_computed_tokens)
             self.kv.free(req)
             req.num_computed_tokens = 0
             req.status = Status.WAITING
