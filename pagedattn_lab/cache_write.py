@@ -50,7 +50,7 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
     # and slot -1 means "skip this row" to write_kv (the token would silently vanish).
     tables, lens = check_block_tables(tables, _host_ints(seq_lens, "seq_lens", 1),
                                       num_pages=None, page_size=page_size, batch=batch,
-                                      min_len=0)
+                                      min_len=0, batch_of="block_tables row")
     new = _host_ints(q_lens, "q_lens", 1).astype(np.int64)
     lens = lens.astype(np.int64)
     if new.shape != lens.shape:

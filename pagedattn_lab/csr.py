@@ -28,7 +28,7 @@ def to_csr(block_tables, seq_lens, page_size):
     check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
     batch = int(block_tables.shape[0])
     check_block_tables(block_tables, seq_lens, num_pages=None, page_size=page_size, batch=batch,
-                       min_len=0)
+                       min_len=0, batch_of="block_tables row")
     xp = array_module(block_tables, seq_lens)
     lens = seq_lens.astype(np.int64)
     pages = -(-lens // page_size)

@@ -48,8 +48,8 @@ from .kernels import kernel as load_kernel
 from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Variant,
                            shared_bytes, variant_for, work_list)
 from .quant import check_run_scales, check_scheme, kv_format
-from .validate import (check_array, check_block_tables, check_bool, check_int, check_offsets,
-                       check_plan_sizes, resolve_scale)
+from .validate import (BF16_BITS_HINT, check_array, check_block_tables, check_bool, check_int,
+                       check_offsets, check_plan_sizes, dtype_label, resolve_scale)
 from .validate_out import check_out, check_plan_buffer
 
 
@@ -150,7 +150,8 @@ class BatchPrefillWrapper:
         batch = indptr.size - 1
         check_offsets(indptr, "qo_indptr")
         tables, lens = check_block_tables(block_tables, seq_lens, num_pages=None,
-                                          page_size=page_size, batch=batch, min_len=0)
+                                          page_size=page_size, batch=batch, min_len=0,
+                                          batch_of="sequence in qo_indptr")
         q_lens = np.diff(indptr)
         too_many = np.flatnonzero(q_lens > lens)
         if too_many.size:
@@ -228,7 +229,9 @@ class BatchPrefillWrapper:
                     raise TypeError(f"{name}: expected dtype {self.kv_format.storage} (the codes "
                                     f"of {self.kv_format.name}, as planned), got {x.dtype}")
             elif not _accepts(x.dtype, self.dtype, self.on_gpu):
-                raise TypeError(f"{name}: expected dtype {self.dtype} (as planned), got {x.dtype}")
+                bits = not self.on_gpu and x.dtype == np.uint16 and self.dtype != np.float16
+                raise TypeError(f"{name}: expected dtype {self.dtype} (as planned), got "
+                                f"{dtype_label(x.dtype)}" + (BF16_BITS_HINT if bits else ""))
         want_q = (self.total_q, self.num_heads, self.head_dim)
         if tuple(q.shape) != want_q:
             raise ValueError(f"q: expected shape {want_q} (total_q, num_heads, head_dim as "

@@ -162,7 +162,7 @@ def reference_prefill_packed(q, k_cache, v_cache, qo_indptr, block_tables, seq_l
         raise ValueError(f"q: expected [total_q, a multiple of {num_kv_heads} heads, "
                          f"{head_dim}], got {tuple(q.shape)}")
     check_block_tables(block_tables, seq_lens, num_pages=num_pages, page_size=page_size,
-                       batch=batch, min_len=0)
+                       batch=batch, min_len=0, batch_of="sequence in qo_indptr")
     scale = resolve_scale(scale, head_dim)
     q, k_cache, v_cache, tables, lens = _as_float64_inputs(q, k_cache, v_cache, block_tables,
                                                            seq_lens)

@@ -22,6 +22,9 @@ INT32_MAX = 2**31 - 1        # sizes the kernels take as int arguments
 MAX_PAGES = INT32_MAX        # block tables hold page ids as int32
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 LOG2E = 1.4426950408889634   # the kernels fold scale * log2(e) into one float32 (exp2 softmax)
+# Where bfloat16 is expected of a NumPy uint16 array: its integers are no bfloat16 on the CPU
+BF16_BITS_HINT = (" (bfloat16 bits? uint16 holds them on CuPy only; on the CPU view them as "
+                  "bfloat16: x.view(ml_dtypes.bfloat16))")
 
 
 def _dtype_name(dtype) -> str:
@@ -53,10 +56,7 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
             names = [_dtype_name(d) for d in allowed]
             bits = isinstance(x, np.ndarray) and x.dtype == np.uint16 and "bfloat16" in names
             raise TypeError(f"{name}: expected dtype {' or '.join(names)}, got "
-                            f"{dtype_label(x.dtype)}" + (
-                                " (bfloat16 bits? uint16 holds them on CuPy only; on the CPU "
-                                "view them as bfloat16: x.view(ml_dtypes.bfloat16))"
-                                if bits else ""))
+                            f"{dtype_label(x.dtype)}" + (BF16_BITS_HINT if bits else ""))
     if contiguous and not x.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array (kernels index it by "
                          f"strides of its shape); call .copy() or ascontiguousarray first")
@@ -267,7 +267,8 @@ def check_kv_cache(k_cache, v_cache, *, dtypes=CACHE_DTYPES):
 
 def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_size: int,
                        batch: int, min_len: int,
-                       names=("block_tables[{b}, {j}]", "seq_lens[{b}]")):
+                       names=("block_tables[{b}, {j}]", "seq_lens[{b}]"),
+                       batch_of: str = "sequence in q"):
     """Check the page table against the cache; return (block_tables, seq_lens) as NumPy.
 
     Only the entries a sequence actually uses (its first ceil(len / page_size)) must be
@@ -275,15 +276,18 @@ def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_si
     before any cache is at hand): ids must be >= 0; the caller checks the largest later.
     Vectorised: one pass over the table, whatever the batch. names: how errors name an entry
     and a length (templates of sequence b, entry j): gather's ("block_table_row[{j}]", "seq_len").
+    batch_of: what `batch` counts, as an error on a count names it: "sequence in q", or where
+    the call has no q of one row per sequence, "block_tables row" (the decode plan, to_csr) or
+    "sequence in qo_indptr" (a packed prefill).
     """
     entry, length = names
     check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
     check_array(seq_lens, "seq_lens", ndim=1, dtypes=[np.int32])
     if block_tables.shape[0] != batch:
-        raise ValueError(f"block_tables: expected {batch} rows (one per sequence in q), got "
+        raise ValueError(f"block_tables: expected {batch} rows (one per {batch_of}), got "
                          f"shape {tuple(block_tables.shape)}")
     if seq_lens.shape[0] != batch:
-        raise ValueError(f"seq_lens: expected {batch} entries (one per sequence in q), got "
+        raise ValueError(f"seq_lens: expected {batch} entries (one per {batch_of}), got "
                          f"shape {tuple(seq_lens.shape)}")
     tables, lens = to_numpy_together(block_tables, seq_lens)   # one wait for both copies
     capacity = tables.shape[1] * page_size

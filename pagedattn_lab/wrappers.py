@@ -46,7 +46,8 @@ from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
-from .validate import check_array, check_block_tables, check_int, check_plan_sizes, resolve_scale
+from .validate import (INT32_MAX, check_array, check_block_tables, check_int,
+                       check_plan_sizes, resolve_scale)
 from .validate_out import check_out, check_plan_buffer
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]   # the CSR forms: csr.py
@@ -95,7 +96,8 @@ class BatchDecodeWrapper(DecodeRun):
         check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
         batch = int(block_tables.shape[0])
         tables_h, lens_h = check_block_tables(block_tables, seq_lens, num_pages=None,
-                                              page_size=page_size, batch=batch, min_len=1)
+                                              page_size=page_size, batch=batch, min_len=1,
+                                              batch_of="block_tables row")
         if device is None:
             device = "gpu" if is_cupy_array(block_tables) else "cpu"
         on_gpu = resolve_device(device) == "gpu"
@@ -153,6 +155,15 @@ class BatchDecodeWrapper(DecodeRun):
         self._prepare_run()
 
     def _plan_simt(self, lens_h, num_splits):
+        page_elems = self.page_size * self.num_kv_heads * self.head_dim
+        if page_elems > INT32_MAX:   # decode.cu's offsets inside a page are 32-bit: past that
+            # they wrap and it reads outside the cache (the tensor-core kernels' are 64-bit)
+            other = "" if dp.supported_head_dim("tensor_core", self.dtype, self.head_dim) else \
+                ", or kernel='tensor_core' (64-bit offsets)"
+            raise ValueError(f"page_size: a page of {self.page_size} tokens x {self.num_kv_heads} "
+                             f"KV heads x head_dim {self.head_dim} holds {page_elems} elements, "
+                             f"past the simt kernel's 32-bit offsets within a page (2^31 - 1); "
+                             f"use smaller pages{other}")
         gmax = dp.group_kernel_size(self.num_heads // self.num_kv_heads)
         grid_y = self.num_kv_heads * -(-(self.num_heads // self.num_kv_heads) // gmax)
         self.part_len, self.max_parts = dp.choose_partitions(

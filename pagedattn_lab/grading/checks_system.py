@@ -66,7 +66,7 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
             got = mgr.decode_step(passed_ids, *passed)
         except ValueError as exc:
             text = str(exc)
-            if text.startswith(("block_tables", "seq_lens")) and "one per sequence" in text:
+            if text.startswith(("block_tables", "seq_lens")) and "(one per " in text:
                 raise Mismatch(f"step {step}: {text}", "build the block tables for exactly "
                                "this step's sequences, in the order of seq_ids: "
                                "self.cache.block_tables(seq_ids) (without arguments it lists "
