@@ -299,6 +299,20 @@ def test_scheduler_abort_takes_a_numpy_id_and_refuses_a_bool():
     assert [r.rid for r in sched.waiting] == [0]
 
 
+@pytest.mark.parametrize("rid", [True, 1.0, "1"])
+def test_scheduler_add_refuses_an_id_that_is_no_int(rid):
+    """Request(True, ...) was queued beside request 1 as the same key: two requests under one
+    id, their outputs mixed up."""
+    sched = _scheduler()
+    sched.add(Request(1, [1, 2], SamplingParams(max_tokens=2)))
+    before = _queues(sched)
+    with pytest.raises(TypeError, match=r"^req\.rid: expected an int, got "):
+        sched.add(Request(rid, [1, 2], SamplingParams(max_tokens=2)))
+    assert _queues(sched) == before
+    sched.add(Request(np.int64(2), [1, 2], SamplingParams(max_tokens=2)))   # kept as an int
+    assert [type(r.rid) for r in sched.waiting] == [int, int]
+
+
 class DuplicateIdMachine(RuleBasedStateMachine):
     """Requests under a handful of ids, often one already queued, through real steps (with
     preemption by swap or recompute) and aborts: a refused add or abort changes nothing, and

@@ -151,10 +151,12 @@ class Scheduler:
     def add(self, req: Request) -> None:
         """Queue a new request. Refused, changing nothing: an id already queued (served
         twice, or two requests under one id, their outputs would be mixed up: an engine keys
-        them by id), a finished request, or one holding pages (they would leak)."""
+        them by id), an id not an int (True or 1.0 would be request 1), a finished request,
+        or one holding pages (they would leak)."""
         if not isinstance(req, Request):
             raise TypeError(f"req: expected a Request, got {type(req).__name__}")
-        same = self._queued.get(req.rid)
+        rid = check_int(req.rid, "req.rid")
+        same = self._queued.get(rid)
         if same is not None:
             what = "this request" if same is req else "another request"
             raise ValueError(f"req: request id {req.rid!r} is already queued ({what}, "
@@ -162,9 +164,9 @@ class Scheduler:
         if req.status is Status.FINISHED:
             raise ValueError(f"req: request {req.rid} is finished; queue a new Request")
         refuse_held(req, "add", "a new request", device=True, host=True)
-        req.status = Status.WAITING
+        req.rid, req.status = rid, Status.WAITING
         self.waiting.append(req)
-        self._queued[req.rid] = req
+        self._queued[rid] = req
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running or self.swapped)
