@@ -156,3 +156,20 @@ def test_a_learner_file_in_a_folder_beside_the_package_is_named_in_messages():
     except ValueError as exc:
         assert report._learner_frame(exc).startswith(" (in answer.py, line 2")
         assert remote_errors.learner_frame(exc).startswith(" (in answer.py, line 2")
+
+
+@pytest.mark.parametrize("namespace", [{"__name__": "__main__"}, {}])
+def test_a_learner_function_compiled_under_a_package_files_name_is_the_learners(namespace):
+    """A cell compiled as if it were reference.py was package code to the Watch and to the
+    source scan: the reference called through a name built at run time passed."""
+    cell = {**namespace, "HIDDEN": HIDDEN, "np": np}
+    exec(compile("def attend(q_vec, k_cache, v_cache, row, seq_len, t, kv_head, scale):\n"
+                 "    q = np.zeros((1, t + 1, k_cache.shape[2], k_cache.shape[3]))\n"
+                 "    q[0, t, kv_head] = q_vec\n"
+                 "    return HIDDEN['attend'](q, k_cache, v_cache, np.asarray(row, np.int32)"
+                 "[None], np.array([t + 1], np.int32), scale)[0, t, kv_head]\n",
+                 reference.__file__, "exec"), cell)
+    result = check.attend_one(cell["attend"])
+    assert result.status == "failed"
+    assert "line 4 of attend called pagedattn_lab.reference.reference_prefill" \
+        in result.messages[-1], result.messages

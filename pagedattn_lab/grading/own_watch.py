@@ -76,7 +76,7 @@ def _called(key, args, kwargs):
     caller = sys._getframe(2)   # (this, the trampoline, its caller)
     if watch is not None and caller.f_code is watch.served:
         watch.found.append(f"your code called {dotted} through the grader's channel")
-    elif watch is not None and not in_package(caller.f_code.co_filename):
+    elif watch is not None and not package_code(caller.f_code, caller.f_globals):
         watch.found.append(f"line {caller.f_lineno} of {caller.f_code.co_name} called {dotted}")
     return _ORIGINALS[key](*args, **kwargs)
 
@@ -103,6 +103,16 @@ def _expected_values() -> list[tuple[str, object]]:
     return [(f"the grader's {m.__name__}.{name}", fn) for m in modules
             for name, fn in vars(m).items()
             if isinstance(fn, types.FunctionType) and fn.__module__ == m.__name__]
+
+
+def package_code(code: types.CodeType, namespace: dict) -> bool:
+    """Code of a package file running in that module's own namespace, as every function the
+    package defines does. Code compiled under a package file's name (`compile(src,
+    reference.__file__, "exec")`) and run in the learner's namespace is the learner's."""
+    if not in_package(code.co_filename):
+        return False
+    module = sys.modules.get(namespace.get("__name__", ""))
+    return getattr(module, "__dict__", None) is namespace
 
 
 @lru_cache(maxsize=256)

@@ -27,8 +27,10 @@ string read from `prefill_naive.cu` passes every case. Before a task's check run
 A copy of an answer's code (`types.FunctionType(f.__code__, ...)`, or its `__code__.replace`
 under another file name), passed, held by a class or named in the learner's source, is
 refused as the answer itself: the bytecode, its constants and names are compared, not the
-object. Not caught: a function wrapped by C code that does not say what it wraps
-(`numpy.frompyfunc`); a kernel copied and then edited; the tasks with
+object. Code compiled under a package file's name is the learner's unless it runs in that
+module's own namespace. Not caught: a function wrapped by C code that does not say what it
+wraps (`numpy.frompyfunc`); code the learner runs inside a package module's namespace
+(`exec(..., reference.__dict__)`); a kernel copied and then edited; the tasks with
 no entry in ANSWERS (own_answers.py lists them, and why); code that patches the sandbox's
 runner (the judge trusts the sandbox's word on the learner's Python, the kernel text it
 reads itself).
@@ -45,7 +47,7 @@ from functools import lru_cache, partial, partialmethod
 from pathlib import Path
 
 from .own_answers import PACKAGE, answers
-from .own_watch import Watch, in_package  # (Watch: runner.py uses it from here)
+from .own_watch import Watch, package_code  # (Watch: runner.py uses it from here)
 
 _KERNELS = Path(__file__).resolve().parent.parent / "kernels"
 HINT = ("write the task's code yourself in the cell: the package's finished version is what "
@@ -211,7 +213,7 @@ def _decorated(fn) -> list:
     while isinstance(fn, types.FunctionType) and all(fn is not f for f in chain):
         chain.append(fn)
         fn = getattr(fn, "__wrapped__", None)
-    return [f for f in chain if not in_package(f.__code__.co_filename)]
+    return [f for f in chain if not package_code(f.__code__, f.__globals__)]
 
 
 def _ours(obj) -> bool:
