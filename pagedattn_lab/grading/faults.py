@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 
 from ..cpu.errors import no_barrier_between
+from .report import text_of
 
 _BUFFER_HINTS = {
     "q": "the query index: q is [batch, max_len, num_heads, head_dim], so element (b, t, h, d) "
@@ -100,7 +101,7 @@ def _race_hint(exc, advice: str) -> str:
 def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
     """(message, hint) for the executor's and CuPy's kernel exceptions, else None."""
     kind = type(exc).__name__
-    text = str(exc).strip()
+    text = text_of(exc).strip()
     if kind == "SharedMemoryRace":
         missing = no_barrier_between(bool(getattr(exc, "same_warp", False)))
         fact, _, advice = text.partition(f"{missing}. ")

@@ -88,6 +88,16 @@ def as_int(got, what: str, expected: int, hint: str):
                    expected=str(expected), got=repr(got))
 
 
+def text_of(value) -> str:
+    """str(value), or what it is when its __str__ raises (a learner's exception class reading
+    a field it never set): a report, or the sandbox's answer to the grader, must not fail on
+    the learner's bug (under the grader the judge would wait for an answer never sent)."""
+    try:
+        return str(value)
+    except Exception as exc:   # noqa: BLE001 - whatever the learner's __str__ raises
+        return f"<{type(value).__name__} whose str() raised {type(exc).__name__}>"
+
+
 class NotAttempted(Exception):
     """The learner's code is still the stub (it raised NotImplementedError or wrote nothing)."""
 
@@ -243,7 +253,7 @@ def _describe_exception(exc: BaseException) -> tuple[str, str]:
     described = describe_kernel_exception(exc)
     if described is not None:
         return described
-    return (f"raised {type(exc).__name__}: {exc}{_learner_frame(exc)}",
+    return (f"raised {type(exc).__name__}: {text_of(exc)}{_learner_frame(exc)}",
             "read the error above; the spec in the task's prompt says what each input holds.")
 
 

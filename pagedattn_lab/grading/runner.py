@@ -22,7 +22,7 @@ import sys
 
 from . import own_work, remote
 from .channel import Channel
-from .report import CASE_TIME_LIMIT, CheckResult, time_limit
+from .report import CASE_TIME_LIMIT, CheckResult, text_of, time_limit
 
 SUBMITTED = "submitted"
 # The longest the submission waits without a word from the judge: the judge computes at most
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
         error = result.error_before_exec or result.error_in_exec
         if error is not None:
             peer.event("cell_error", cell=index, ename=type(error).__name__,
-                       evalue=str(error)[:300])
+                       evalue=text_of(error)[:300])
     peer.event("finished")
     return 0
 

@@ -54,7 +54,10 @@ class Unresponsive(ChannelClosed):
 
 
 def check_dtype(dtype) -> np.dtype:
-    dt = np.dtype(dtype)
+    try:   # (NumPy's TypeError for a name it does not know would escape the judge's loop)
+        dt = np.dtype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise ProtocolError(f"no dtype {str(dtype)[:40]!r}: {str(exc)[:80]}") from None
     if dt.kind not in SIMPLE_KINDS or dt.fields is not None or dt.hasobject or dt.subdtype:
         raise ProtocolError(f"dtype {dt} may not cross")
     return dt
@@ -179,8 +182,13 @@ class _Decoder:
                 not all(type(n) is int and 0 <= n <= MAX_FRAME for n in shape):
             raise ProtocolError(f"bad array shape {shape!r}")
         data = self.blob(tree.get("$nd", tree.get("$np")))
-        if math.prod(shape) * dt.itemsize != len(data):
+        if dt.itemsize == 0 or math.prod(shape) * dt.itemsize != len(data):
             raise ProtocolError("array size does not match its shape")
+        # text past Unicode's last code point: the array decodes, and then every str(),
+        # repr() or tolist() of it raises SystemError wherever the judge reads it
+        if dt.kind == "U" and data and int(np.frombuffer(
+                data, dtype=np.dtype(np.uint32).newbyteorder(dt.byteorder)).max()) > 0x10FFFF:
+            raise ProtocolError("text of no Unicode character")
         arr = np.frombuffer(data, dtype=dt).reshape(shape).copy()
         if "cls" in tree:
             return self.instrumented(arr, tree)
@@ -200,8 +208,12 @@ class _Decoder:
         if not isinstance(cls, type) or not _instrumented(cls):
             raise ProtocolError(f"{tree['cls']!r} is not an array class of the package")
         out = arr.view(cls)
-        for pair in tree.get("attrs", []):
-            if not isinstance(pair, list) or len(pair) != 2 or not _identifier(pair[0]):
+        attrs = tree.get("attrs", [])
+        for pair in attrs if isinstance(attrs, list) else [None]:
+            # an attribute of the instance's own (a counter); one of the class (shape,
+            # strides, T) would reshape the array or fail with NumPy's own error
+            if not isinstance(pair, list) or len(pair) != 2 or not _identifier(pair[0]) or \
+                    hasattr(cls, pair[0]):
                 raise ProtocolError("bad array attribute")
             setattr(out, pair[0], self.attr(pair[1]))
         return out
@@ -210,8 +222,10 @@ class _Decoder:
         if not (isinstance(tree, dict) and "$shared" in tree):
             return self(tree)
         key = tree["$shared"]
+        if type(key) is not int:
+            raise ProtocolError("bad shared attribute")
         if key not in self.shared:
-            if type(key) is not int or "value" not in tree:
+            if "value" not in tree:
                 raise ProtocolError("bad shared attribute")
             value = self(tree["value"])
             if not isinstance(value, list):
@@ -243,8 +257,12 @@ class _Decoder:
         inner = tree[key]
         if key == "$bytes":
             return self.blob(inner)
-        if key == "$complex" and isinstance(inner, list) and len(inner) == 2:
-            return complex(float(inner[0]), float(inner[1]))
+        if key == "$complex" and isinstance(inner, list) and len(inner) == 2 and \
+                all(type(v) in (int, float) for v in inner):
+            try:
+                return complex(float(inner[0]), float(inner[1]))
+            except OverflowError:   # an int of JSON's past any float
+                raise ProtocolError("bad $complex value") from None
         if key == "$range" and isinstance(inner, list) and len(inner) == 3 and \
                 all(type(v) is int for v in inner) and inner[2] != 0:
             return range(*inner)
