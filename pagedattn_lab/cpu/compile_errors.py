@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 from .errors import KernelCompileError
-from .source import inline_asm_lines
+from .source import inline_asm_lines, shared_initializer_lines
 
-__all__ = ["compile_error", "inline_asm_error"]
+__all__ = ["compile_error", "inline_asm_error", "shared_initializer_error"]
 
 HERE = Path(__file__).resolve().parent
 _HINTS = [
@@ -137,3 +137,16 @@ def inline_asm_error(kernel: str, filename: str, source: str) -> KernelCompileEr
         kernel, filename, f"holds inline assembly{where}, which the CPU executor refuses: on "
         f"the CPU it would be host code, not PTX", _ASM_HINT,
         *([_MMA_PTX_HINT] if _MMA_PTX.search(source) else []), lineno=lines[0] if lines else None)
+
+
+def shared_initializer_error(kernel: str, filename: str, source: str) -> KernelCompileError | None:
+    """A `__shared__` variable with an initializer, which the GPU's compiler refuses."""
+    lines = shared_initializer_lines(source)
+    if not lines:
+        return None
+    return KernelCompileError.refused(
+        kernel, filename, f"gives a __shared__ variable an initializer (line {lines[0]}), which "
+        f"the GPU's compiler refuses (\"initializer not allowed for __shared__ variables\"): "
+        f"shared memory holds garbage when a block starts",
+        "declare it without a value and let one thread set it (if (threadIdx.x == 0) s = 0;), "
+        "then __syncthreads() before any thread reads it", lineno=lines[0])

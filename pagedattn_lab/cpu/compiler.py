@@ -26,7 +26,7 @@ from pathlib import Path
 
 from .artifacts import remember, seal, sealed, trusted_cache, unchanged
 from .builtins import refuse_uncounted_builtins
-from .compile_errors import compile_error, inline_asm_error
+from .compile_errors import compile_error, inline_asm_error, shared_initializer_error
 from .errors import CompilerNotFoundError, KernelCompileError
 from .includes import dependency_flags, refuse_outside_includes
 from .kernel_object import count_library_copies, inline_assembly, refuse_load_time_code
@@ -65,6 +65,12 @@ INSTRUMENT_FLAGS = ["-fsanitize=thread", "-DPAL_INSTRUMENTED=1", "-U_FORTIFY_SOU
 BASE_FLAGS = ["-fPIC", "-fno-strict-aliasing", "-fno-threadsafe-statics",
               "-fno-exceptions", "-fno-math-errno", "-fvisibility=hidden", "-w",
               "-fdiagnostics-color=never"]
+# A kernel's shift by a negative amount or by at least its operand's width in bits (`1u << 32`)
+# stops the thread (a trap instruction, reported by report.py; no sanitizer library is linked):
+# the GPU's shift instructions clamp the amount (1u << 32 is 0 there), the CPU's wrap it
+# (1u << 0), so a mask `(1u << n) - 1` would silently differ. Undefined in CUDA C++ too. Not
+# in the runtime's build: its own shifts are its business, not the learner's.
+KERNEL_FLAGS = ["-fsanitize=shift-exponent", "-fsanitize-undefined-trap-on-error"]
 # A plain kernel build is compiled at -O1: lessons and tests build hundreds of kernels and run
 # each on small inputs, and -O1 takes ~25% less of the compile (most of a build's time) where
 # the runs measured no slower (tests/test_decode_tc_quant.py, 2026-12-05). Instrumented builds
@@ -295,6 +301,9 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
                    kernel: str, instrumented: bool = False) -> CompiledKernel:
     """Compile `source` into a shared library exporting __pal_entry_<name> for each name
     (`instrumented`: with the access hooks of counting and race checking)."""
+    refused = shared_initializer_error(kernel, filename, source)
+    if refused:
+        raise refused
     cmd, ident, is_clang = compiler()
     fibers = _fiber_mode()
     flags, _ignored = parse_options(options)
@@ -306,7 +315,8 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     std = ["-std=c++17"] if not std or std[-1] in old_std else std[-1:]
     tu = translation_unit(source, kernel_names, filename, str(HERE / "shim.h"))
     opt = INSTRUMENTED_OPT if instrumented else PLAIN_OPT
-    base = (*std, opt, *BASE_FLAGS, *_supported_flags(cmd, ident), "-I", str(INCLUDE_DIR))
+    base = (*std, opt, *BASE_FLAGS, *KERNEL_FLAGS, *_supported_flags(cmd, ident), "-I",
+            str(INCLUDE_DIR))
     instrument = tuple(INSTRUMENT_FLAGS) if instrumented else ()
     all_flags = [*base, *flags, *instrument]
     shim_flags = (*base, *instrument)   # the compile's flags but the kernel's own

@@ -1,6 +1,7 @@
 """Turn a failed launch's result record into an exception that names what went wrong."""
 from __future__ import annotations
 
+import re
 import signal as _signal
 
 from . import abi
@@ -125,8 +126,10 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
     if r.signo == _signal.SIGFPE:
         return KernelFault(f"kernel {k!r}: arithmetic exception (integer division by zero or "
                            f"overflow){who}.", region="unknown", **common)
-    why = (" (illegal instruction: code the compiler saw as unreachable?)"
-           if r.signo == _signal.SIGILL else "")
+    why = (" (illegal instruction: a shift by a negative amount or by at least the value's "
+           "width in bits, such as 1u << 32, which is undefined: the GPU clamps the amount "
+           "(1u << 32 gives 0), the CPU wraps it (1u << 0 gives 1), so the executor stops "
+           "here; or code the compiler saw as unreachable)" if r.signo == _signal.SIGILL else "")
     return KernelFault(f"kernel {k!r}: the thread crashed with {_signame(r.signo)}{why}{who}.",
                        region="unknown", **common)
 
@@ -171,6 +174,19 @@ def _find_buffer(addr: int, buffers):
     return None
 
 
+def _activemask_hint(info: LaunchInfo) -> str:
+    """The GPU's __activemask() gives the lanes that run this branch together; the CPU knows
+    no branches, so its mask names every lane that has not exited (runtime.cpp), and a
+    shuffle with it inside a branch waits for lanes that never come."""
+    code = info.source[2] if info.source else ""
+    if not re.search(r"\b__activemask\s*\(", code):
+        return ""
+    return (" The kernel calls __activemask(): on the CPU it names every lane of the warp "
+            "that has not exited, not only the lanes in the current branch as on a GPU (where "
+            "even that is not guaranteed); build the mask from the branch's condition instead, "
+            "e.g. `unsigned m = __ballot_sync(0xffffffff, cond);` before `if (cond)`.")
+
+
 def deadlock_error(r, info: LaunchInfo) -> KernelError:
     block, n = info.block, r.nthreads
     states = list(r.tstate[:n])
@@ -202,7 +218,7 @@ def deadlock_error(r, info: LaunchInfo) -> KernelError:
     lines = sorted({r.tline[i] for i in waiting})
     return KernelDeadlock(
         f"kernel {info.kernel!r} deadlocked in block {fmt3(r.block)}: {len(waiting)} of {n} "
-        f"threads wait and none can go on: {text}.{advice}",
+        f"threads wait and none can go on: {text}.{advice}{_activemask_hint(info)}",
         kernel=info.kernel, block=tuple(r.block), thread=tuple(r.thread),
         num_waiting=len(waiting), waiting_threads=[xyz(i, block) for i in waiting],
         exited_threads=[xyz(i, block) for i in exited], lines=lines)
@@ -234,7 +250,7 @@ def warp_error(r, info: LaunchInfo) -> KernelError:
                    f"that already exited (returned), so the intrinsic can never complete; all "
                    f"lanes {'of the warp' if warp_wide else 'in the mask'} must reach it")
     msg = r.msg.decode(errors="replace")
-    text = head + ": " + ("; ".join(why) if why else msg) + "."
+    text = head + ": " + ("; ".join(why) if why else msg) + "." + _activemask_hint(info)
     lanes = [lane for lane in range(32) if (bad >> lane) & 1]
     states = list(r.tstate[:r.nthreads])
     waiting = [i for i, s in enumerate(states) if s in (abi.T_BARRIER, abi.T_WARP)]

@@ -220,6 +220,10 @@ template <class U, class T, class F> PAL_DF T __pal_atomic_update(T *a, F next)
     return o;
 }
 
+// sm_70+ has a 16-bit atomicAdd on __half (cuda_fp16.h): the same loop on its bits
+PAL_DF __half atomicAdd(__half *a, __half v)
+{ return __pal_atomic_update<unsigned short>(a, [v](__half o) { return __hadd(o, v); }); }
+
 PAL_DF float atomicExch(float *a, float v)
 {
     PAL_NOTE_ATOMIC(a);
@@ -264,9 +268,18 @@ PAL_DF int __pal_thread_linear()
 { return (int)(threadIdx.x + blockDim.x * (threadIdx.y + blockDim.y * threadIdx.z)); }
 
 // ---- warp intrinsics: every lane named in the mask must arrive (checked) ----
+// CUDA's shuffles are overloads for the arithmetic types, __half(2) and __nv_bfloat16(2) only:
+// a float2, a struct or a pointer does not compile there, so it must not here either.
+template <class T> struct __pal_shfl_type { static const bool ok = !__is_class(T); };
+template <class T> struct __pal_shfl_type<T *> { static const bool ok = false; };
+template <> struct __pal_shfl_type<__half> { static const bool ok = true; };
+template <> struct __pal_shfl_type<__half2> { static const bool ok = true; };
 template <class T>
 PAL_DF T __pal_shfl(int line, int op, unsigned mask, T var, int arg, int width = 32)
 {
+    static_assert(__pal_shfl_type<T>::ok, "CUDA's __shfl_*_sync take an int, unsigned, long "
+                  "long, float, double, __half, __half2, __nv_bfloat16 or __nv_bfloat162 "
+                  "(not a vector type, struct or pointer): shuffle it member by member");
     static_assert(sizeof(T) <= 8, "warp shuffles move values of at most 8 bytes");
     unsigned long long raw = 0;
     memcpy(&raw, &var, sizeof(T));

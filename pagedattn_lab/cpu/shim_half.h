@@ -78,8 +78,30 @@ static inline __half __float2half_rn(float a) { return __float2half(a); }
 static inline __half __double2half(double a) { return __float2half((float)a); }
 static inline float __half2float(__half a) { return __pal_half_bits_to_float(a.__x); }
 static inline __half __int2half_rn(int i) { return __float2half((float)i); }
-static inline int __half2int_rz(__half h) { return (int)__half2float(h); }
-static inline int __half2int_rn(__half h) { return (int)rintf(__half2float(h)); }
+// cvt.rzi/rni.s32.f16 saturate and give 0 for NaN (a C cast gives INT_MIN for both on x86)
+static inline int __pal_half_int(float r)
+{ return r != r ? 0 : r >= 2147483647.0f ? 2147483647 : r <= -2147483648.0f ? -2147483647 - 1 : (int)r; }
+static inline int __half2int_rz(__half h) { return __pal_half_int(truncf(__half2float(h))); }
+static inline int __half2int_rn(__half h) { return __pal_half_int(rintf(__half2float(h))); }
+static inline int __half2int_rd(__half h) { return __pal_half_int(floorf(__half2float(h))); }
+static inline int __half2int_ru(__half h) { return __pal_half_int(ceilf(__half2float(h))); }
+static inline __half __short2half_rn(short i) { return __float2half((float)i); }
+static inline __half __ushort2half_rn(unsigned short i) { return __float2half((float)i); }
+static inline __half __uint2half_rn(unsigned i) { return __float2half((float)i); }
+static inline __half __ll2half_rn(long long i) { return __float2half((float)i); }
+// Directed roundings: the nearest half, stepped one unit back where it went the wrong way.
+static inline __half __pal_half_step(float f, int dir)   // dir: 0 toward zero, -1 down, +1 up
+{
+    __half r = __float2half(f);
+    const float v = __half2float(r);
+    const bool neg = r.__x & 0x8000u;
+    if (dir == 0 ? fabsf(v) > fabsf(f) : dir < 0 ? v > f : v < f)
+        r.__x = (unsigned short)(r.__x + ((dir == 0 || (dir < 0) != neg) ? -1 : 1));
+    return r;
+}
+static inline __half __float2half_rz(float f) { return __pal_half_step(f, 0); }
+static inline __half __float2half_rd(float f) { return __pal_half_step(f, -1); }
+static inline __half __float2half_ru(float f) { return __pal_half_step(f, 1); }
 static inline __half2 __float2half2_rn(float a) { __half h = __float2half(a); return __half2(h, h); }
 static inline __half2 __floats2half2_rn(float a, float b) { return __half2(__float2half(a), __float2half(b)); }
 static inline __half2 __float22half2_rn(float2 f) { return __floats2half2_rn(f.x, f.y); }
@@ -120,6 +142,11 @@ static inline bool __hge(__half a, __half b) { return PAL_F(a) >= PAL_F(b); }
 static inline bool __hisnan(__half a) { return (a.__x & 0x7fffu) > 0x7c00u; }
 static inline int __hisinf(__half a)
 { return (a.__x & 0x7fffu) == 0x7c00u ? ((a.__x & 0x8000u) ? -1 : 1) : 0; }
+// The _nan forms give NaN if either input is NaN (the plain ones return the other input).
+static inline __half __hmax_nan(__half a, __half b)
+{ return __hisnan(a) || __hisnan(b) ? __pal_hraw(0x7fffu) : __hmax(a, b); }
+static inline __half __hmin_nan(__half a, __half b)
+{ return __hisnan(a) || __hisnan(b) ? __pal_hraw(0x7fffu) : __hmin(a, b); }
 static inline __half hexp(__half a) { return PAL_H(expf(PAL_F(a))); }
 static inline __half hexp2(__half a) { return PAL_H(exp2f(PAL_F(a))); }
 static inline __half hlog(__half a) { return PAL_H(logf(PAL_F(a))); }
@@ -130,12 +157,50 @@ static inline __half hrsqrt(__half a) { return PAL_H(1.0f / sqrtf(PAL_F(a))); }
     static inline __half2 op##2(__half2 a, __half2 b) { return __half2(op(a.x, b.x), op(a.y, b.y)); }
 PAL_H2(__hadd) PAL_H2(__hsub) PAL_H2(__hmul) PAL_H2(__hmax) PAL_H2(__hmin)
 #undef PAL_H2
+static inline __half2 __hmax2_nan(__half2 a, __half2 b)
+{ return __half2(__hmax_nan(a.x, b.x), __hmax_nan(a.y, b.y)); }
+static inline __half2 __hmin2_nan(__half2 a, __half2 b)
+{ return __half2(__hmin_nan(a.x, b.x), __hmin_nan(a.y, b.y)); }
 static inline __half2 __h2div(__half2 a, __half2 b) { return __half2(__hdiv(a.x, b.x), __hdiv(a.y, b.y)); }
 static inline __half2 __hneg2(__half2 a) { return __half2(__hneg(a.x), __hneg(a.y)); }
 static inline __half2 __habs2(__half2 a) { return __half2(__habs(a.x), __habs(a.y)); }
 static inline __half2 __hfma2(__half2 a, __half2 b, __half2 c)
 { return __half2(__hfma(a.x, b.x, c.x), __hfma(a.y, b.y, c.y)); }
 static inline __half2 h2exp(__half2 a) { return __half2(hexp(a.x), hexp(a.y)); }
+
+// The rest of cuda_fp16.h's math (in float, rounded once; the GPU's approximations may differ
+// in the last bit), saturating forms (clamped to [0, 1], NaN to 0) and half2 comparisons.
+#define PAL_H1(name, expr)                                                                   \
+    static inline __half name(__half h) { const float x = PAL_F(h); return PAL_H(expr); }
+PAL_H1(hrcp, 1.0f / x) PAL_H1(hceil, ceilf(x)) PAL_H1(hfloor, floorf(x)) PAL_H1(htrunc, truncf(x))
+PAL_H1(hrint, rintf(x)) PAL_H1(hlog2, log2f(x)) PAL_H1(hlog10, log10f(x))
+PAL_H1(hexp10, powf(10.0f, x)) PAL_H1(hsin, sinf(x)) PAL_H1(hcos, cosf(x))
+#undef PAL_H1
+#define PAL_H2_1(name, one)                                                                  \
+    static inline __half2 name(__half2 a) { return __half2(one(a.x), one(a.y)); }
+PAL_H2_1(h2sqrt, hsqrt) PAL_H2_1(h2rsqrt, hrsqrt) PAL_H2_1(h2rcp, hrcp) PAL_H2_1(h2log, hlog)
+PAL_H2_1(h2log2, hlog2) PAL_H2_1(h2log10, hlog10) PAL_H2_1(h2exp2, hexp2)
+PAL_H2_1(h2exp10, hexp10) PAL_H2_1(h2sin, hsin) PAL_H2_1(h2cos, hcos) PAL_H2_1(h2ceil, hceil)
+PAL_H2_1(h2floor, hfloor) PAL_H2_1(h2trunc, htrunc) PAL_H2_1(h2rint, hrint)
+#undef PAL_H2_1
+static inline __half __pal_hsat(__half h)
+{ const float x = PAL_F(h); return PAL_H(x != x ? 0.0f : fminf(fmaxf(x, 0.0f), 1.0f)); }
+static inline __half __hadd_sat(__half a, __half b) { return __pal_hsat(__hadd(a, b)); }
+static inline __half __hsub_sat(__half a, __half b) { return __pal_hsat(__hsub(a, b)); }
+static inline __half __hmul_sat(__half a, __half b) { return __pal_hsat(__hmul(a, b)); }
+static inline __half __hfma_sat(__half a, __half b, __half c) { return __pal_hsat(__hfma(a, b, c)); }
+static inline __half __hfma_relu(__half a, __half b, __half c)
+{ const __half r = __hfma(a, b, c); return __hisnan(r) || !(r.__x & 0x8000u) ? r : __pal_hraw(0); }
+static inline __half2 __lowhigh2highlow(__half2 a) { return __half2(a.y, a.x); }
+static inline __half2 __hisnan2(__half2 a)
+{ return __half2(PAL_H(__hisnan(a.x) ? 1.0f : 0.0f), PAL_H(__hisnan(a.y) ? 1.0f : 0.0f)); }
+#define PAL_HCMP2(name, one)                                                                 \
+    static inline __half2 __h##name##2(__half2 a, __half2 b)                                  \
+    { return __half2(PAL_H(one(a.x, b.x) ? 1.0f : 0.0f), PAL_H(one(a.y, b.y) ? 1.0f : 0.0f)); } \
+    static inline bool __hb##name##2(__half2 a, __half2 b) { return one(a.x, b.x) && one(a.y, b.y); }
+PAL_HCMP2(eq, __heq) PAL_HCMP2(ne, __hne) PAL_HCMP2(lt, __hlt) PAL_HCMP2(le, __hle)
+PAL_HCMP2(gt, __hgt) PAL_HCMP2(ge, __hge)
+#undef PAL_HCMP2
 
 // Operators, as cuda_fp16.hpp defines them for device code.
 static inline __half operator+(const __half &a, const __half &b) { return __hadd(a, b); }

@@ -12,7 +12,7 @@ import re
 from ..signature import strip_comments
 
 __all__ = ["rewrite_extern_shared", "uses_printf", "has_device_variables", "inline_asm_lines",
-           "quoted_filename", "translation_unit"]
+           "shared_initializer_lines", "quoted_filename", "translation_unit"]
 
 _EXTERN_SHARED = re.compile(
     r"\bextern\s+__shared__\s+(?P<decl>[^;{}]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*"
@@ -84,6 +84,18 @@ def inline_asm_lines(source: str) -> list[int]:
     text = strip_comments(source)
     return [text.count("\n", 0, m.start()) + 1
             for m in re.finditer(r"\b(asm|__asm__|__asm)\s*(volatile\s*|__volatile__\s*)?\(", text)]
+
+
+# `__shared__ T name = value;` (or `[N] = {...}`): NVRTC refuses it ("initializer not allowed
+# for __shared__ variables"); here the variable is a static, initialized once and then
+# poisoned before every block, so the kernel would compile and read NaN or -1 instead.
+_SHARED_INIT = re.compile(r"\b__shared__\b[^;{}()]*?(?<![=!<>])=(?!=)")
+
+
+def shared_initializer_lines(source: str) -> list[int]:
+    """1-based lines of `__shared__` declarations with an initializer."""
+    text = strip_comments(source)
+    return [text.count("\n", 0, m.start()) + 1 for m in _SHARED_INIT.finditer(text)]
 
 
 # Identifiers the kernel source may not use (the shim, included before, may): the attributes
