@@ -93,3 +93,13 @@ def test_kv_scales_epsilon_added_to_every_amax_is_named():
     assert_caught("kv_scales", lambda x, qmax: (np.abs(x).max(-1) + 1e-6) / qmax,
                   "an epsilon added to every row's amax",
                   not_phrases=["threshold on amax"])
+
+
+def test_kv_scales_a_factor_on_every_amax_is_not_named_an_epsilon():
+    """amax / (qmax - 1), or amax * 1.001 / qmax: a case whose rows share one amax (every
+    largest magnitude -50) shows a factor as well as an added epsilon, and the hint named
+    "(amax + 0.4) / qmax", in nobody's code."""
+    for impl in (lambda x, qmax: np.abs(x).max(-1) / (qmax - 1),
+                 lambda x, qmax: np.abs(x).max(-1) * 1.001 / qmax):
+        assert_caught("kv_scales", impl, "scales differ",
+                      not_phrases=["an epsilon added to every row's amax"])

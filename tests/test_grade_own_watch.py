@@ -173,3 +173,23 @@ def test_a_learner_function_compiled_under_a_package_files_name_is_the_learners(
     assert result.status == "failed"
     assert "line 4 of attend called pagedattn_lab.reference.reference_prefill" \
         in result.messages[-1], result.messages
+
+
+def test_a_cell_compiled_under_a_package_files_name_in_an_ipython_like_main_is_the_learners(
+        monkeypatch):
+    """The grader's sandbox runs cells in IPython, whose namespace is sys.modules['__main__']
+    's own: such a cell ran "in its module's own namespace" and passed as package code."""
+    main = type(sys)("__main__")
+    monkeypatch.setitem(sys.modules, "__main__", main)   # as InteractiveShell does
+    main.__dict__.update(HIDDEN=HIDDEN, np=np)
+    exec(compile("def attend(q_vec, k_cache, v_cache, row, seq_len, t, kv_head, scale):\n"
+                 "    q = np.zeros((1, t + 1, k_cache.shape[2], k_cache.shape[3]))\n"
+                 "    q[0, t, kv_head] = q_vec\n"
+                 "    return HIDDEN['attend'](q, k_cache, v_cache, np.asarray(row, np.int32)"
+                 "[None], np.array([t + 1], np.int32), scale)[0, t, kv_head]\n",
+                 reference.__file__, "exec"), main.__dict__)
+    assert not own_watch.package_code(main.attend.__code__, main.__dict__)
+    result = check.attend_one(main.attend)
+    assert result.status == "failed"
+    assert "line 4 of attend called pagedattn_lab.reference.reference_prefill" \
+        in result.messages[-1], result.messages

@@ -12,7 +12,7 @@ import pytest
 import pagedattn_lab as pl
 from pagedattn_lab import check
 from pagedattn_lab.engine.kv_manager import _pages_for
-from pagedattn_lab.grading import own_watch, own_work
+from pagedattn_lab.grading import own_copies, own_watch, own_work
 
 
 class Calls:
@@ -86,7 +86,8 @@ class KeepsACopy(pl.PagedAttentionManager):
 
 
 @pytest.mark.parametrize("task, answer, said", [
-    ("pages_needed", COPIED, "you passed a copy of pagedattn_lab.engine.kv_manager._pages_for's code"),
+    ("pages_needed", COPIED,
+     "you passed a copy of pagedattn_lab.engine.kv_manager._pages_for's code"),
     ("pages_needed", _copy(_pages_for, co_filename="<cell>", co_firstlineno=3),
      "you passed a copy of pagedattn_lab.engine.kv_manager._pages_for's code"),
     ("pages_needed", functools.partial(COPIED),
@@ -110,3 +111,18 @@ def test_the_learners_own_function_of_the_same_arithmetic_passes():
         return -(-seq_len // page_size)
     with contextlib.redirect_stdout(io.StringIO()):
         assert check.pages_needed(pages).status == "passed"
+
+
+def test_the_learners_own_function_of_the_answers_very_code_passes():
+    """A learner who types the answer's one line under its parameter names writes the same
+    bytecode, constants and names: it was refused as "a copy of _pages_for's code"."""
+    def pages_needed(tokens, page_size):
+        return -(-tokens // page_size)
+
+    def calls_it(seq_len, page_size):
+        return pages_needed(seq_len, page_size)
+    assert own_copies.code_key(pages_needed) == own_copies.code_key(_pages_for)
+    for answer in (pages_needed, functools.partial(pages_needed), calls_it):
+        with contextlib.redirect_stdout(io.StringIO()):
+            result = check.pages_needed(answer)
+        assert result.status == "passed", result.messages

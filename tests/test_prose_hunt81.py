@@ -4,8 +4,9 @@
 A careful reader checks a sentence against the cell output under it, the code it describes and
 the results file it cites. Where that check is arithmetic on a stored output, a results file or
 the package's own formulas, it is done here, so that a rerun, a corrected count (lesson 12's
-recomputed tokens) or a new results file cannot leave the prose behind. Two sentences were
-wrong when this file was written; WRONG keeps them from coming back.
+recomputed tokens) or a new results file cannot leave the prose behind. Of the sentences that
+were wrong when this file was written, WRONG keeps the one no figure checks from coming back;
+the tests below hold the others to their sources.
 """
 from __future__ import annotations
 

@@ -118,11 +118,13 @@ def _small_rows_hint(got, expected, amax, qmax="qmax"):
     if not bad.any() or not (got[wrong] > expected[wrong]).all():
         return None
     # got * qmax - amax, the same for every wrong row (to float32's rounding of two scales),
-    # and no scale of 1 (a threshold's); one row shows it only by being off by a hair
-    eps = amax[bad] * (got[bad] / expected[bad] - 1)
+    # and no scale of 1 (a threshold's); one row shows it only by being off by a hair. Rows
+    # off by one ratio (of one amax, or a factor: / (qmax - 1)) show a factor as well.
+    ratio = got[bad] / expected[bad] - 1
+    eps = amax[bad] * ratio
     if (got[bad] != 1).all() and \
             (np.abs(eps - np.median(eps)) <= 0.01 * np.median(eps) + 3e-7 * amax[bad]).all() \
-            and (eps.size > 1 or got[bad][0] / expected[bad][0] - 1 < 1e-3):
+            and (np.ptp(ratio) > 0.01 * np.median(ratio) if eps.size > 1 else ratio[0] < 1e-3):
         return (f"scale = amax / {qmax}: yours is (amax + {np.median(eps):.2g}) / {qmax}, an "
                 "epsilon added to every row's amax, which shifts every scale (the smallest "
                 "rows' most). Leave amax as it is: only an all-zero row needs a guard (scale "

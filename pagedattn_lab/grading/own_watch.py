@@ -108,11 +108,13 @@ def _expected_values() -> list[tuple[str, object]]:
 def package_code(code: types.CodeType, namespace: dict) -> bool:
     """Code of a package file running in that module's own namespace, as every function the
     package defines does. Code compiled under a package file's name (`compile(src,
-    reference.__file__, "exec")`) and run in the learner's namespace is the learner's."""
-    if not in_package(code.co_filename):
+    reference.__file__, "exec")`) and run in the learner's namespace is the learner's: one
+    named "__main__" too, which IPython (the grader's sandbox) makes sys.modules' own."""
+    name = namespace.get("__name__")
+    if not in_package(code.co_filename) or not isinstance(name, str) or \
+            name.split(".")[0] != PACKAGE:
         return False
-    module = sys.modules.get(namespace.get("__name__", ""))
-    return getattr(module, "__dict__", None) is namespace
+    return getattr(sys.modules.get(name), "__dict__", None) is namespace
 
 
 @lru_cache(maxsize=256)

@@ -27,7 +27,8 @@ string read from `prefill_naive.cu` passes every case. Before a task's check run
 A copy of an answer's code (`types.FunctionType(f.__code__, ...)`, or its `__code__.replace`
 under another file name), passed, held by a class or named in the learner's source, is
 refused as the answer itself: the bytecode, its constants and names are compared, not the
-object. Code compiled under a package file's name is the learner's unless it runs in that
+object, unless the function's own source outside the package compiles to it (own_copies.py).
+Code compiled under a package file's name is the learner's unless it runs in that package
 module's own namespace. Not caught: a function wrapped by C code that does not say what it
 wraps (`numpy.frompyfunc`); code the learner runs inside a package module's namespace
 (`exec(..., reference.__dict__)`); a kernel copied and then edited; the tasks with
@@ -47,6 +48,7 @@ from functools import lru_cache, partial, partialmethod
 from pathlib import Path
 
 from .own_answers import PACKAGE, answers
+from .own_copies import copies as _copies, copy_of
 from .own_watch import Watch, package_code  # (Watch: runner.py uses it from here)
 
 _KERNELS = Path(__file__).resolve().parent.parent / "kernels"
@@ -114,8 +116,8 @@ def python_findings(task: str, args, kwargs) -> list[str]:
     found = []
     for value in [*args, *kwargs.values()]:
         inside = [v for v in _calls_through(value) if id(v) in wanted]
-        copied = [copies[key] for v in [value, *_calls_through(value)]
-                  if (key := _code_key(v)) in copies]
+        copied = [name for v in [value, *_calls_through(value)]
+                  if (name := copy_of(v, copies)) is not None]
         if id(value) in wanted:
             found.append(f"you passed {wanted[id(value)][0]} itself")
         elif inside:
@@ -133,20 +135,6 @@ def python_findings(task: str, args, kwargs) -> list[str]:
                       if id(d) in wanted]
             found += _named_in(fn, wanted, copies)
     return found
-
-
-def _code_key(fn):
-    """What makes a function's code the same code: its bytecode, constants and names, not
-    the code object (a copy may be `replace`d under another file name or first line)."""
-    code = getattr(fn, "__code__", None) if isinstance(fn, types.FunctionType) else None
-    return None if code is None else \
-        (code.co_code, code.co_consts, code.co_names, code.co_varnames, code.co_freevars)
-
-
-def _copies(wanted) -> dict:
-    """bytecode key -> dotted name of the task's answers that are Python functions."""
-    return {_code_key(fn): dotted for dotted, fn in wanted.values()
-            if isinstance(fn, types.FunctionType)}
 
 
 def _calls_through(value) -> list:
@@ -188,7 +176,7 @@ def _kept(cls, wanted, copies) -> list[str]:
     for dotted, fn in wanted.values():
         kept = inspect.getattr_static(cls, getattr(fn, "__name__", ""), None)
         if isinstance(fn, types.FunctionType) and \
-                any(held is fn or copies.get(_code_key(held)) == dotted
+                any(held is fn or copy_of(held, copies) == dotted
                     for held in [kept, *_calls_through(kept)]):
             found.append(f"{cls.__name__}.{fn.__name__} is {dotted}: your class does not "
                          f"write it")
@@ -242,7 +230,7 @@ def _named_in(fn, wanted, copies) -> list[str]:
     for node in ast.walk(tree):
         held = scope.get(node.id) if isinstance(node, ast.Name) and id(node) not in hints \
             else None
-        copied = copies.get(_code_key(held)) if id(held) not in wanted else None
+        copied = copy_of(held, copies) if id(held) not in wanted else None
         if copied is not None:
             found.append(f"line {first + node.lineno - 1} of {fn.__name__} uses a copy of "
                          f"{copied}'s code")

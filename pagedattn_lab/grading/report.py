@@ -239,11 +239,12 @@ def format_params(params: dict) -> str:
 
 
 def _learner_frame(exc: BaseException) -> str:
-    """'line N of your cell' for the innermost frame outside this package, if any."""
+    """' (in your code, line N: text)' for the innermost frame outside this package, if any
+    (the sandbox's, when the exception was raised there)."""
     remote = getattr(exc, "remote_frame", None)   # raised in the grader's sandbox (remote.py)
     if isinstance(remote, str):
         return remote
-    from .remote_errors import learner_frame  # noqa: PLC0415 - it imports this module
+    from .remote_errors import learner_frame  # noqa: PLC0415 (report.py stays light)
     return learner_frame(exc)
 
 
