@@ -1,7 +1,7 @@
 """Where the CPU executor and a GPU disagreed on a learner's kernel: intrinsics the GPU has that
-did not compile here (or, for __half2int_*, did not saturate); a shuffle of a float2, which the GPU has no overload for, and a
-`__shared__` initializer, which the GPU's compiler refuses, that ran here (the latter reading
-the poison); a shift past the operand's width that the two devices compute apart; and
+did not compile here (or, for __half2int_*, did not saturate); a shuffle of a float2, which
+the GPU has no overload for, and a `__shared__` initializer, which the GPU's compiler refuses,
+that ran here (the latter reading the poison); a shift past the operand's width that the two devices compute apart; and
 __activemask(), which cannot know a branch here.
 """
 import numpy as np
@@ -70,14 +70,19 @@ def test_the_rest_of_cuda_fp16s_intrinsics_compile_and_round_as_the_gpu_does():
     ulp_up = 1 + 2**-10
     assert out.tolist() == [1, 0, 1, ulp_up, -ulp_up, 65504, 0.25 + 4 + 2, 1 + 12, 0 + 1, -4 + 0]
 
-def test_a_shared_variable_with_an_initializer_is_refused_as_nvrtc_refuses_it():
-    src = ('extern "C" __global__ void count(float* out)\n{\n'
-           "    __shared__ float total = 0.0f;   // NVRTC: initializer not allowed\n"
-           "    atomicAdd(&total, 1.0f);\n    __syncthreads();\n"
-           "    out[threadIdx.x] = total;\n}\n")
+
+def _refused(src: str, name: str) -> KernelCompileError:
+    """The compile error of kernel `name` of `src`, launched on one warp's 32 floats."""
     with pytest.raises(KernelCompileError) as info:
-        RawKernel(src, "count")((1,), (32,), (np.zeros(32, np.float32),))
-    e = info.value
+        RawKernel(src, name)((1,), (32,), (np.zeros(32, np.float32),))
+    return info.value
+
+
+def test_a_shared_variable_with_an_initializer_is_refused_as_nvrtc_refuses_it():
+    e = _refused('extern "C" __global__ void count(float* out)\n{\n'
+                 "    __shared__ float total = 0.0f;   // NVRTC: initializer not allowed\n"
+                 "    atomicAdd(&total, 1.0f);\n    __syncthreads();\n"
+                 "    out[threadIdx.x] = total;\n}\n", "count")
     assert e.lineno == 3
     assert "initializer not allowed for __shared__" in str(e) and "line 3" in str(e)
     assert any("threadIdx.x == 0" in h and "__syncthreads()" in h for h in e.hints)
@@ -133,10 +138,8 @@ def test_a_shuffle_with_activemask_inside_a_branch_says_the_cpu_mask_is_every_la
 
 
 def test_shuffling_a_vector_type_does_not_compile_as_on_the_gpu():
-    src = ('extern "C" __global__ void pairs(float* out)\n{\n'
-           "    float2 v = make_float2(threadIdx.x, 1.0f);\n"
-           "    v = __shfl_down_sync(0xffffffffu, v, 1);   // CUDA: no overload for float2\n"
-           "    out[threadIdx.x] = v.x + v.y;\n}\n")
-    with pytest.raises(KernelCompileError) as info:
-        RawKernel(src, "pairs")((1,), (32,), (np.zeros(32, np.float32),))
-    assert "member by member" in str(info.value) and "pairs.cu:4" in str(info.value)
+    text = str(_refused('extern "C" __global__ void pairs(float* out)\n{\n'
+                        "    float2 v = make_float2(threadIdx.x, 1.0f);\n"
+                        "    v = __shfl_down_sync(0xffffffffu, v, 1);   // CUDA: no overload for "
+                        "float2\n    out[threadIdx.x] = v.x + v.y;\n}\n", "pairs"))
+    assert "member by member" in text and "pairs.cu:4" in text
