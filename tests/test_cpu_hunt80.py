@@ -143,3 +143,33 @@ def test_shuffling_a_vector_type_does_not_compile_as_on_the_gpu():
                         "    v = __shfl_down_sync(0xffffffffu, v, 1);   // CUDA: no overload for "
                         "float2\n    out[threadIdx.x] = v.x + v.y;\n}\n", "pairs"))
     assert "member by member" in text and "pairs.cu:4" in text
+
+
+_ROUND_ONCE = r"""
+#include <cuda_fp16.h>
+#include <cuda_bf16.h>
+extern "C" __global__ void round_once(const double* d, float* out)
+{
+    out[0] = __half2float(__double2half(d[0]));
+    out[1] = __half2float(__half(d[0]));
+    out[2] = __bfloat162float(__double2bfloat16(d[1]));
+    out[3] = __bfloat162float(__nv_bfloat16(d[1]));
+    out[4] = __bfloat162float(__int2bfloat16_rn(16842753));   // 2^24 + 2^16 + 1
+    // 1.75 * 0.859375 = 1 + 129 * 2^-8, a bfloat16 midpoint; + 2^-30 is past it
+    out[5] = __bfloat162float(__hfma(__float2bfloat16(1.75f), __float2bfloat16(0.859375f),
+                                     __float2bfloat16((float)d[2])));
+}
+"""
+
+
+def test_a_double_or_an_int_rounds_once_to_half_and_bfloat16():
+    """Each value lies just past the midpoint of two neighbours of the 16-bit format, by less
+    than a float's step: through a float it rounded twice, to the even neighbour below, where
+    the GPU's one rounding goes up (so does the fused multiply-add's)."""
+    past_half = 1 + 2**-11 + 2**-40     # half's step at 1 is 2^-10
+    past_bf16 = 1 + 2**-8 + 2**-40      # bfloat16's step at 1 is 2^-7
+    out = np.zeros(6, np.float32)
+    RawKernel(_ROUND_ONCE, "round_once")((1,), (1,), (
+        np.array([past_half, past_bf16, 2**-30]), out))
+    assert out.tolist() == [1 + 2**-10, 1 + 2**-10, 1 + 2**-7, 1 + 2**-7,
+                            2**24 + 2**17, 1 + 130 * 2**-8]

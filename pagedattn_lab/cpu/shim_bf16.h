@@ -27,10 +27,10 @@ struct __attribute__((aligned(2))) __nv_bfloat16 {
     __nv_bfloat16() = default;
     __nv_bfloat16(const __nv_bfloat16_raw &r) : __x(r.x) {}
     __nv_bfloat16(float f) : __x(__pal_float_to_bf16_bits(f)) {}
-    __nv_bfloat16(double d) : __x(__pal_float_to_bf16_bits((float)d)) {}
-    __nv_bfloat16(int i) : __x(__pal_float_to_bf16_bits((float)i)) {}
-    __nv_bfloat16(unsigned int i) : __x(__pal_float_to_bf16_bits((float)i)) {}
-    __nv_bfloat16(long long i) : __x(__pal_float_to_bf16_bits((float)i)) {}
+    __nv_bfloat16(double d) : __x(__pal_float_to_bf16_bits(__pal_double_to_float_odd(d))) {}
+    __nv_bfloat16(int i) : __x(__pal_float_to_bf16_bits(__pal_double_to_float_odd(i))) {}
+    __nv_bfloat16(unsigned int i) : __x(__pal_float_to_bf16_bits(__pal_double_to_float_odd(i))) {}
+    __nv_bfloat16(long long i) : __x(__pal_float_to_bf16_bits(__pal_double_to_float_odd((double)i))) {}
     __nv_bfloat16(short i) : __x(__pal_float_to_bf16_bits((float)i)) {}
     __nv_bfloat16(unsigned short i) : __x(__pal_float_to_bf16_bits((float)i)) {}
     operator float() const { return __pal_bf16_bits_to_float(__x); }
@@ -62,8 +62,8 @@ static inline __pal_bf __float2bfloat16_rz(float a)
     return __pal_bfraw((x & 0x7fffffffu) > 0x7f800000u ? 0x7fffu : (unsigned short)(x >> 16));
 }
 static inline float __bfloat162float(__pal_bf a) { return __pal_bf16_bits_to_float(a.__x); }
-static inline __pal_bf __double2bfloat16(double a) { return __float2bfloat16((float)a); }
-static inline __pal_bf __int2bfloat16_rn(int i) { return __float2bfloat16((float)i); }
+static inline __pal_bf __double2bfloat16(double a) { return __float2bfloat16(__pal_double_to_float_odd(a)); }
+static inline __pal_bf __int2bfloat16_rn(int i) { return __float2bfloat16(__pal_double_to_float_odd(i)); }
 static inline int __bfloat162int_rz(__pal_bf h) { return (int)__bfloat162float(h); }
 static inline int __bfloat162int_rn(__pal_bf h) { return (int)rintf(__bfloat162float(h)); }
 static inline __pal_bf2 __float2bfloat162_rn(float a)
@@ -94,8 +94,8 @@ static inline __pal_bf __hmul(__pal_bf a, __pal_bf b) { return PAL_B(PAL_F(a) * 
 static inline __pal_bf __hdiv(__pal_bf a, __pal_bf b) { return PAL_B(PAL_F(a) / PAL_F(b)); }
 static inline __pal_bf __hneg(__pal_bf a) { return __pal_bfraw((unsigned short)(a.__x ^ 0x8000u)); }
 static inline __pal_bf __habs(__pal_bf a) { return __pal_bfraw((unsigned short)(a.__x & 0x7fffu)); }
-static inline __pal_bf __hfma(__pal_bf a, __pal_bf b, __pal_bf c)
-{ return PAL_B(fmaf(PAL_F(a), PAL_F(b), PAL_F(c))); }
+static inline __pal_bf __hfma(__pal_bf a, __pal_bf b, __pal_bf c)   // (a * b is exact in double)
+{ return PAL_B(__pal_double_to_float_odd((double)PAL_F(a) * PAL_F(b) + PAL_F(c))); }
 static inline __pal_bf __hmax(__pal_bf a, __pal_bf b) { return PAL_B(fmaxf(PAL_F(a), PAL_F(b))); }
 static inline __pal_bf __hmin(__pal_bf a, __pal_bf b) { return PAL_B(fminf(PAL_F(a), PAL_F(b))); }
 static inline bool __heq(__pal_bf a, __pal_bf b) { return PAL_F(a) == PAL_F(b); }

@@ -10,6 +10,18 @@
 static inline unsigned int __pal_f2u(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
 static inline float __pal_u2f(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
 
+// double -> float rounded to odd (toward zero, its last bit set when inexact): rounding that
+// float to half or bfloat16 then gives what one rounding of the double gives, as the GPU's
+// conversions do (a float keeps more than two bits past either format's). A plain (float)d
+// rounds twice: 1 + 2^-11 + 2^-40 became half 1.0, not 1.0009765625.
+static inline float __pal_double_to_float_odd(double d)
+{
+    float f = (float)d;
+    if ((double)f == d || !(f - f == 0.0f)) return f;   // exact, NaN, or past float's range
+    if (fabs((double)f) > fabs(d)) f = nextafterf(f, 0.0f);
+    return __pal_u2f(__pal_f2u(f) | 1u);
+}
+
 static inline unsigned short __pal_float_to_half_bits(float f)
 {
     unsigned int x = __pal_f2u(f);
@@ -48,7 +60,7 @@ struct __attribute__((aligned(2))) __half {
     __half() = default;
     __half(const __half_raw &r) : __x(r.x) {}
     __half(float f) : __x(__pal_float_to_half_bits(f)) {}
-    __half(double d) : __x(__pal_float_to_half_bits((float)d)) {}
+    __half(double d) : __x(__pal_float_to_half_bits(__pal_double_to_float_odd(d))) {}
     __half(int i) : __x(__pal_float_to_half_bits((float)i)) {}
     __half(unsigned int i) : __x(__pal_float_to_half_bits((float)i)) {}
     __half(long long i) : __x(__pal_float_to_half_bits((float)i)) {}
@@ -75,7 +87,7 @@ static inline __half __pal_hraw(unsigned short b) { __half h; h.__x = b; return 
 // ---- conversions ----
 static inline __half __float2half(float a) { return __pal_hraw(__pal_float_to_half_bits(a)); }
 static inline __half __float2half_rn(float a) { return __float2half(a); }
-static inline __half __double2half(double a) { return __float2half((float)a); }
+static inline __half __double2half(double a) { return __float2half(__pal_double_to_float_odd(a)); }
 static inline float __half2float(__half a) { return __pal_half_bits_to_float(a.__x); }
 static inline __half __int2half_rn(int i) { return __float2half((float)i); }
 // cvt.rzi/rni.s32.f16 saturate and give 0 for NaN (a C cast gives INT_MIN for both on x86)
@@ -130,7 +142,7 @@ static inline __half __hdiv(__half a, __half b) { return PAL_H(PAL_F(a) / PAL_F(
 static inline __half __hneg(__half a) { return __pal_hraw((unsigned short)(a.__x ^ 0x8000u)); }
 static inline __half __habs(__half a) { return __pal_hraw((unsigned short)(a.__x & 0x7fffu)); }
 static inline __half __hfma(__half a, __half b, __half c)
-{ return __float2half((float)((double)PAL_F(a) * PAL_F(b) + PAL_F(c))); }
+{ return __float2half(__pal_double_to_float_odd((double)PAL_F(a) * PAL_F(b) + PAL_F(c))); }
 static inline __half __hmax(__half a, __half b) { return PAL_H(fmaxf(PAL_F(a), PAL_F(b))); }
 static inline __half __hmin(__half a, __half b) { return PAL_H(fminf(PAL_F(a), PAL_F(b))); }
 static inline bool __heq(__half a, __half b) { return PAL_F(a) == PAL_F(b); }
