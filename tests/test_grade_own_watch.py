@@ -193,3 +193,17 @@ def test_a_cell_compiled_under_a_package_files_name_in_an_ipython_like_main_is_t
     assert result.status == "failed"
     assert "line 4 of attend called pagedattn_lab.reference.reference_prefill" \
         in result.messages[-1], result.messages
+
+
+def test_an_error_in_a_cell_compiled_under_a_package_files_name_is_located_there():
+    """The message's location skipped such a frame by its file name and named an outer one."""
+    from pagedattn_lab.grading import remote_errors, report
+    cell = {"__name__": "__main__"}
+    exec(compile("def answer():\n    raise ValueError('mine')\n", reference.__file__, "exec"),
+         cell)
+    try:
+        cell["answer"]()
+    except ValueError as exc:
+        where = Path(reference.__file__).name
+        assert report._learner_frame(exc).startswith(f" (in {where}, line 2")
+        assert remote_errors.learner_frame(exc).startswith(f" (in {where}, line 2")

@@ -116,15 +116,19 @@ def no_deref(marker):
 
 
 def learner_frame(exc: BaseException) -> str:
-    """' (in your code, line N: text)' for the innermost frame outside this package (the
-    line cut to 200 characters: it crosses the channel, and a message quotes it)."""
+    """' (in your code, line N: text)' for the innermost frame that is not the package's code
+    (own_watch.package_code: a cell compiled under a package file's name is the learner's),
+    the line cut to 200 characters: it crosses the channel, and a message quotes it."""
+    import linecache  # noqa: PLC0415
     import os  # noqa: PLC0415
     import traceback  # noqa: PLC0415
 
-    from .own_watch import in_package  # noqa: PLC0415 - (a folder beside the package is not it)
-    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
-        if not in_package(frame.filename):
-            where = "your code" if frame.filename.startswith("<") or \
-                "ipykernel" in frame.filename else os.path.basename(frame.filename)
-            return f" (in {where}, line {frame.lineno}: {(frame.line or '').strip()[:200]})"
+    from .own_watch import package_code  # noqa: PLC0415 - own_watch imports the answers
+    for frame, lineno in reversed(list(traceback.walk_tb(exc.__traceback__))):
+        if not package_code(frame.f_code, frame.f_globals):
+            filename = frame.f_code.co_filename
+            where = "your code" if filename.startswith("<") or "ipykernel" in filename \
+                else os.path.basename(filename)
+            line = linecache.getline(filename, lineno, frame.f_globals).strip()
+            return f" (in {where}, line {lineno}: {line[:200]})"
     return ""
