@@ -107,11 +107,6 @@ static inline bool __hge(__pal_bf a, __pal_bf b) { return PAL_F(a) >= PAL_F(b); 
 static inline bool __hisnan(__pal_bf a) { return (a.__x & 0x7fffu) > 0x7f80u; }
 static inline int __hisinf(__pal_bf a)
 { return (a.__x & 0x7fffu) == 0x7f80u ? ((a.__x & 0x8000u) ? -1 : 1) : 0; }
-// The _nan forms give NaN if either input is NaN (the plain ones return the other input).
-static inline __pal_bf __hmax_nan(__pal_bf a, __pal_bf b)
-{ return __hisnan(a) || __hisnan(b) ? __pal_bfraw(0x7fffu) : __hmax(a, b); }
-static inline __pal_bf __hmin_nan(__pal_bf a, __pal_bf b)
-{ return __hisnan(a) || __hisnan(b) ? __pal_bfraw(0x7fffu) : __hmin(a, b); }
 static inline __pal_bf hexp(__pal_bf a) { return PAL_B(expf(PAL_F(a))); }
 static inline __pal_bf hexp2(__pal_bf a) { return PAL_B(exp2f(PAL_F(a))); }
 static inline __pal_bf hlog(__pal_bf a) { return PAL_B(logf(PAL_F(a))); }
@@ -123,10 +118,6 @@ static inline __pal_bf hrsqrt(__pal_bf a) { return PAL_B(1.0f / sqrtf(PAL_F(a)))
     { return __pal_bf2(op(a.x, b.x), op(a.y, b.y)); }
 PAL_B2(__hadd) PAL_B2(__hsub) PAL_B2(__hmul) PAL_B2(__hmax) PAL_B2(__hmin)
 #undef PAL_B2
-static inline __pal_bf2 __hmax2_nan(__pal_bf2 a, __pal_bf2 b)
-{ return __pal_bf2(__hmax_nan(a.x, b.x), __hmax_nan(a.y, b.y)); }
-static inline __pal_bf2 __hmin2_nan(__pal_bf2 a, __pal_bf2 b)
-{ return __pal_bf2(__hmin_nan(a.x, b.x), __hmin_nan(a.y, b.y)); }
 static inline __pal_bf2 __h2div(__pal_bf2 a, __pal_bf2 b)
 { return __pal_bf2(__hdiv(a.x, b.x), __hdiv(a.y, b.y)); }
 static inline __pal_bf2 __hneg2(__pal_bf2 a) { return __pal_bf2(__hneg(a.x), __hneg(a.y)); }

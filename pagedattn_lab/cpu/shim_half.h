@@ -154,11 +154,17 @@ static inline bool __hge(__half a, __half b) { return PAL_F(a) >= PAL_F(b); }
 static inline bool __hisnan(__half a) { return (a.__x & 0x7fffu) > 0x7c00u; }
 static inline int __hisinf(__half a)
 { return (a.__x & 0x7fffu) == 0x7c00u ? ((a.__x & 0x8000u) ? -1 : 1) : 0; }
-// The _nan forms give NaN if either input is NaN (the plain ones return the other input).
-static inline __half __hmax_nan(__half a, __half b)
-{ return __hisnan(a) || __hisnan(b) ? __pal_hraw(0x7fffu) : __hmax(a, b); }
-static inline __half __hmin_nan(__half a, __half b)
-{ return __hisnan(a) || __hisnan(b) ? __pal_hraw(0x7fffu) : __hmin(a, b); }
+// The _nan forms of __hmax/__hmin, for __half and (shim_bf16.h, found when instantiated)
+// __nv_bfloat16 and their pairs: NaN, the canonical 0x7fff of both, if either input is NaN
+// (the plain ones return the other input).
+template <class H> static inline H __pal_nan_or(H a, H b, H r)
+{ if (__hisnan(a) || __hisnan(b)) r.__x = 0x7fffu; return r; }
+template <class H> static inline H __hmax_nan(H a, H b) { return __pal_nan_or(a, b, __hmax(a, b)); }
+template <class H> static inline H __hmin_nan(H a, H b) { return __pal_nan_or(a, b, __hmin(a, b)); }
+template <class H2> static inline H2 __hmax2_nan(H2 a, H2 b)
+{ return H2(__hmax_nan(a.x, b.x), __hmax_nan(a.y, b.y)); }
+template <class H2> static inline H2 __hmin2_nan(H2 a, H2 b)
+{ return H2(__hmin_nan(a.x, b.x), __hmin_nan(a.y, b.y)); }
 static inline __half hexp(__half a) { return PAL_H(expf(PAL_F(a))); }
 static inline __half hexp2(__half a) { return PAL_H(exp2f(PAL_F(a))); }
 static inline __half hlog(__half a) { return PAL_H(logf(PAL_F(a))); }
@@ -169,10 +175,6 @@ static inline __half hrsqrt(__half a) { return PAL_H(1.0f / sqrtf(PAL_F(a))); }
     static inline __half2 op##2(__half2 a, __half2 b) { return __half2(op(a.x, b.x), op(a.y, b.y)); }
 PAL_H2(__hadd) PAL_H2(__hsub) PAL_H2(__hmul) PAL_H2(__hmax) PAL_H2(__hmin)
 #undef PAL_H2
-static inline __half2 __hmax2_nan(__half2 a, __half2 b)
-{ return __half2(__hmax_nan(a.x, b.x), __hmax_nan(a.y, b.y)); }
-static inline __half2 __hmin2_nan(__half2 a, __half2 b)
-{ return __half2(__hmin_nan(a.x, b.x), __hmin_nan(a.y, b.y)); }
 static inline __half2 __h2div(__half2 a, __half2 b) { return __half2(__hdiv(a.x, b.x), __hdiv(a.y, b.y)); }
 static inline __half2 __hneg2(__half2 a) { return __half2(__hneg(a.x), __hneg(a.y)); }
 static inline __half2 __habs2(__half2 a) { return __half2(__habs(a.x), __habs(a.y)); }

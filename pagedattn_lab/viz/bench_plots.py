@@ -144,6 +144,11 @@ def records(data, *, kind: str | None = None, workload: str | None = None) -> li
     return out
 
 
+def _none_or_count(value) -> bool:
+    """None, or a finite number >= 0 (a byte or FLOP count, a rate)."""
+    return value is None or (is_finite_number(value) and value >= 0)
+
+
 def _row_count(row: dict, index: int, count_key: str, rate_key: str, unit: float,
                time_ms: float):
     """A row's byte or FLOP count: its own, else from its rate (GB/s, TFLOP/s) and time;
@@ -151,7 +156,7 @@ def _row_count(row: dict, index: int, count_key: str, rate_key: str, unit: float
     as a bare float() or a negative rate in a plot."""
     for key in (count_key, rate_key):
         value = row.get(key)
-        if value is not None and not (is_finite_number(value) and value >= 0):
+        if not _none_or_count(value):
             raise ValueError(f"data: row {index} ({row.get('kernel', '?')}): expected "
                              f"{key!r} None or a finite number >= 0, got {value!r}")
     if row.get(count_key) is not None:
@@ -176,7 +181,7 @@ def _check_record(record) -> None:
                          f"{time!r}")
     for key in ("bytes", "flops"):   # (rates are divided out of them)
         value = record.get(key)
-        if value is not None and not (is_finite_number(value) and value >= 0):
+        if not _none_or_count(value):
             raise ValueError(f"record[{key!r}]: expected None or a finite count >= 0, got "
                              f"{value!r}")
 
