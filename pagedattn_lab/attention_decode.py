@@ -83,7 +83,8 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
         w._plan(block_tables, seq_lens, tables_h, lens_h, shapes.num_heads,
                 shapes.num_kv_heads, shapes.head_dim, shapes.page_size, dtype, kernel,
                 num_splits, on_gpu, copy=True,
-                max_page=-1)   # the pages were checked against this very cache above
+                max_page=-1,   # the pages were checked against this very cache above
+                page_size_arg="k_cache")   # whose shape[1] is page_size here
         if on_gpu:
             _keep_plan(key, tables_h, lens_h, w)
     return to_torch_as(w.run(q, k_cache, v_cache, out=out, scale=scale), like)

@@ -115,14 +115,17 @@ class BatchDecodeWrapper(DecodeRun):
 
     def _plan(self, block_tables, seq_lens, tables_h, lens_h, num_heads, num_kv_heads,
               head_dim, page_size, dtype, kernel, num_splits, on_gpu, *, copy, max_page=None,
-              kv_format=None, scale_scheme="static"):
+              kv_format=None, scale_scheme="static", page_size_arg="page_size"):
         """plan() after validation; tables_h/lens_h are host copies of the checked tables.
         max_page: the largest page id read, when the caller knows it (or knows that the
         pages were checked against the cache already: -1). kv_format: quant.KVFormat of a
-        compressed cache, or None."""
+        compressed cache, or None. page_size_arg: the caller's argument that gave page_size
+        (the one-shot call's is k_cache's shape), named when the pages are refused."""
         group = num_heads // num_kv_heads
         chosen = _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme,
                                 int(tables_h.shape[0]), int(lens_h.sum(dtype=np.int64)))
+        if chosen == "simt":
+            _check_simt_page(page_size, num_kv_heads, head_dim, dtype, page_size_arg)
         xp = cupy_module() if on_gpu else np
         self.kernel = chosen
         self.on_gpu, self.xp, self.dtype = on_gpu, xp, dtype
@@ -155,15 +158,6 @@ class BatchDecodeWrapper(DecodeRun):
         self._prepare_run()
 
     def _plan_simt(self, lens_h, num_splits):
-        page_elems = self.page_size * self.num_kv_heads * self.head_dim
-        if page_elems > INT32_MAX:   # decode.cu's offsets inside a page are 32-bit: past that
-            # they wrap and it reads outside the cache (the tensor-core kernels' are 64-bit)
-            other = "" if dp.supported_head_dim("tensor_core", self.dtype, self.head_dim) else \
-                ", or kernel='tensor_core' (64-bit offsets)"
-            raise ValueError(f"page_size: a page of {self.page_size} tokens x {self.num_kv_heads} "
-                             f"KV heads x head_dim {self.head_dim} holds {page_elems} elements, "
-                             f"past the simt kernel's 32-bit offsets within a page (2^31 - 1); "
-                             f"use smaller pages{other}")
         gmax = dp.group_kernel_size(self.num_heads // self.num_kv_heads)
         grid_y = self.num_kv_heads * -(-(self.num_heads // self.num_kv_heads) // gmax)
         self.part_len, self.max_parts = dp.choose_partitions(
@@ -394,3 +388,16 @@ def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_sche
         raise ValueError(f"head_dim: {head_dim} with {kv_format.name} pages: the simt kernel "
                          f"reads 16 codes at a time, so head_dim must be a multiple of 16")
     return chosen
+
+
+def _check_simt_page(page_size, num_kv_heads, head_dim, dtype, page_size_arg):
+    """decode.cu keeps offsets within a page in 32 bits: past 2^31 - 1 elements they wrap
+    and it reads outside the cache (the tensor-core kernels' offsets are 64-bit)."""
+    page_elems = page_size * num_kv_heads * head_dim
+    if page_elems > INT32_MAX:
+        other = "" if dp.supported_head_dim("tensor_core", dtype, head_dim) else \
+            ", or kernel='tensor_core' (64-bit offsets)"
+        raise ValueError(f"{page_size_arg}: a page of {page_size} tokens x {num_kv_heads} "
+                         f"KV heads x head_dim {head_dim} holds {page_elems} elements, "
+                         f"past the simt kernel's 32-bit offsets within a page (2^31 - 1); "
+                         f"use smaller pages{other}")

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 import pagedattn_lab as pl
+from pagedattn_lab import wrappers
 
 I32 = np.int32
 TABLES = np.zeros((2, 2), I32)          # two sequences' block tables
@@ -77,3 +78,15 @@ def test_prefill_run_names_bfloat16_bits_on_the_cpu_as_the_decode_run_does(which
                                         r"uint16 \(bfloat16 bits\? .*x\.view\(ml_dtypes\."
                                         r"bfloat16\)\)$"):
         w.run(arrays["q"], arrays["k_cache"], arrays["k_cache"])
+
+
+def test_one_shot_decode_names_k_cache_for_a_page_past_the_simt_offsets(monkeypatch):
+    # A real page of 2^31 elements takes gigabytes: lower the bound the plan checks instead.
+    monkeypatch.setattr(wrappers, "INT32_MAX", 63)
+    rng = np.random.default_rng(76)
+    q = rng.standard_normal((1, 2, 8)).astype(np.float32)
+    cache = rng.standard_normal((2, 16, 1, 8)).astype(np.float32)   # 128 elements a page
+    with pytest.raises(ValueError, match=r"^k_cache: a page of 16 tokens x 1 KV heads x "
+                                         r"head_dim 8 holds 128 elements, past the simt"):
+        pl.paged_attention_decode(q, cache, cache, np.array([[1]], I32), np.array([3], I32),
+                                  kernel="simt")
