@@ -7,7 +7,7 @@ asks `supported_head_dim` when it is built. Names re-exported by decode_plan.
 """
 from __future__ import annotations
 
-from .validate import is_one_of
+from .validate import INT32_MAX, is_one_of
 
 KERNELS = ("simt", "tensor_core")
 HEAD_DIM_MAX = 256
@@ -107,3 +107,16 @@ def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu:
     if reason:
         raise ValueError(f"head_dim: {head_dim} with {dtype} caches: {reason}")
     return requested
+
+
+def check_simt_page(page_size, num_kv_heads, head_dim, dtype, page_size_arg):
+    """decode.cu keeps offsets within a page in 32 bits: past 2^31 - 1 elements they wrap
+    and it reads outside the cache (the tensor-core kernels' offsets are 64-bit)."""
+    page_elems = page_size * num_kv_heads * head_dim
+    if page_elems > INT32_MAX:
+        other = "" if supported_head_dim("tensor_core", dtype, head_dim) else \
+            ", or kernel='tensor_core' (64-bit offsets)"
+        raise ValueError(f"{page_size_arg}: a page of {page_size} tokens x {num_kv_heads} "
+                         f"KV heads x head_dim {head_dim} holds {page_elems} elements, "
+                         f"past the simt kernel's 32-bit offsets within a page (2^31 - 1); "
+                         f"use smaller pages{other}")

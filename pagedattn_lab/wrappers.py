@@ -41,12 +41,13 @@ from .attention_common import (LOG2E, MAX_GRID_YZ, THREADS, allow_shared_memory,
                                is_torch_tensor, page_shift, sm_count, to_torch_like)
 from .backend import cupy_module, is_cupy_array, resolve_device
 from .csr import from_csr, to_csr  # noqa: F401 - re-exported (__all__)
+from .decode_choice import check_simt_page
 from .decode_run import DecodeRun
 from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
-from .validate import (INT32_MAX, check_array, check_block_tables, check_int,
+from .validate import (check_array, check_block_tables, check_int,
                        check_plan_sizes, resolve_scale)
 from .validate_out import check_out, check_plan_buffer
 
@@ -125,7 +126,7 @@ class BatchDecodeWrapper(DecodeRun):
         chosen = _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme,
                                 int(tables_h.shape[0]), int(lens_h.sum(dtype=np.int64)))
         if chosen == "simt":
-            _check_simt_page(page_size, num_kv_heads, head_dim, dtype, page_size_arg)
+            check_simt_page(page_size, num_kv_heads, head_dim, dtype, page_size_arg)
         xp = cupy_module() if on_gpu else np
         self.kernel = chosen
         self.on_gpu, self.xp, self.dtype = on_gpu, xp, dtype
@@ -389,15 +390,3 @@ def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_sche
                          f"reads 16 codes at a time, so head_dim must be a multiple of 16")
     return chosen
 
-
-def _check_simt_page(page_size, num_kv_heads, head_dim, dtype, page_size_arg):
-    """decode.cu keeps offsets within a page in 32 bits: past 2^31 - 1 elements they wrap
-    and it reads outside the cache (the tensor-core kernels' offsets are 64-bit)."""
-    page_elems = page_size * num_kv_heads * head_dim
-    if page_elems > INT32_MAX:
-        other = "" if dp.supported_head_dim("tensor_core", dtype, head_dim) else \
-            ", or kernel='tensor_core' (64-bit offsets)"
-        raise ValueError(f"{page_size_arg}: a page of {page_size} tokens x {num_kv_heads} "
-                         f"KV heads x head_dim {head_dim} holds {page_elems} elements, "
-                         f"past the simt kernel's 32-bit offsets within a page (2^31 - 1); "
-                         f"use smaller pages{other}")

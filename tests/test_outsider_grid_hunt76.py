@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import pagedattn_lab as pl
-from pagedattn_lab import wrappers
+from pagedattn_lab import decode_choice
 
 I32 = np.int32
 TABLES = np.zeros((2, 2), I32)          # two sequences' block tables
@@ -82,7 +82,7 @@ def test_prefill_run_names_bfloat16_bits_on_the_cpu_as_the_decode_run_does(which
 
 def test_one_shot_decode_names_k_cache_for_a_page_past_the_simt_offsets(monkeypatch):
     # A real page of 2^31 elements takes gigabytes: lower the bound the plan checks instead.
-    monkeypatch.setattr(wrappers, "INT32_MAX", 63)
+    monkeypatch.setattr(decode_choice, "INT32_MAX", 63)
     rng = np.random.default_rng(76)
     q = rng.standard_normal((1, 2, 8)).astype(np.float32)
     cache = rng.standard_normal((2, 16, 1, 8)).astype(np.float32)   # 128 elements a page
