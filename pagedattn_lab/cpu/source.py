@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from ..signature import strip_comments
+from ..cuda_text import strip_comments
 
 __all__ = ["rewrite_extern_shared", "uses_printf", "has_device_variables", "inline_asm_lines",
            "shared_initializer_lines", "quoted_filename", "translation_unit"]
