@@ -61,8 +61,9 @@ SCALE_MISTAKES = [
 SCALE_ALTERNATIVES = [
     ("times 1 / qmax", lambda x, q: _guard(np.abs(x).max(-1), 1 / np.float32(1 / q))),
     ("epsilon floor", lambda x, q: (np.maximum(np.abs(x).max(-1), 1e-8) / q).astype(np.float32)),
-    ("max(max, -min) in float64", lambda x, q: np.where(
-        np.abs(x).max(-1) > 0, np.maximum(x.max(-1), -x.min(-1)).astype(np.float64) / q, 1.0)),
+    ("max(max, -min) in float64", lambda x, q: np.where(   # (returned as the spec's float32)
+        np.abs(x).max(-1) > 0, np.maximum(x.max(-1), -x.min(-1)).astype(np.float64) / q,
+        1.0).astype(np.float32)),
 ]
 
 CLAMP = "(signed char)fminf(fmaxf(rintf(row[d] / scale), -127.0f), 127.0f)"

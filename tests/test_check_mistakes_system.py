@@ -49,9 +49,10 @@ def manager(kind):
 
 
 def serve_factory(*, frees=True, admits_all=False, early=False, order="finish", fifo=True,
-                  ties="admitted", strict=False, promises=True):
+                  ties="admitted", strict=False, promises=True, unguarded=False):
     """The lesson's serve loop, each switch a mistake; promises=False: admitting on the free
-    pages alone, not setting aside those the running sequences will still take."""
+    pages alone, not setting aside those the running sequences will still take; unguarded:
+    a token asked for every running sequence, whole ones included."""
     def serve(cache, requests, kv_for):
         pages = lambda n: -(-n // cache.page_size)  # noqa: E731
         waiting, running, done = deque(range(len(requests))), {}, []
@@ -70,7 +71,7 @@ def serve_factory(*, frees=True, admits_all=False, early=False, order="finish", 
             items = list(running.items())
             for i, s in items[::-1] if ties == "reversed" else items:
                 total = sum(requests[i]) - (1 if early else 0)
-                if cache.seq_len(s) < total:
+                if unguarded or cache.seq_len(s) < total:
                     cache.append(s, *kv_for(i, cache.seq_len(s), 1))
                 if cache.seq_len(s) == total:
                     if frees:

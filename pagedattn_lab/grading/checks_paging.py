@@ -18,6 +18,8 @@ from .seeds import case_rng
 
 # -- task: allocate / free -------------------------------------------------------------
 
+NEVER_ALLOCATED_HINT = ("every page of a new pool is free, and a free page has no owner: "
+                        "ref_count 0. Start every count at 0 (allocate sets 1).")
 LOST_PAGES_HINT = ("a refused allocate must leave the free list as it was: pages it took "
                    "before raising are lost to every later call (num_free still counts them). "
                    "Check n against num_free before taking any page.")
@@ -26,6 +28,10 @@ LOST_PAGES_HINT = ("a refused allocate must leave the free list as it was: pages
 def _alloc_fresh(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
     expect_free(alloc, num_pages, "of a new allocator", "every page starts free.")
+    counts = ref_counts(alloc, range(num_pages))
+    if counts != [0] * num_pages:
+        raise Mismatch("ref_count of the pages of a new allocator", NEVER_ALLOCATED_HINT,
+                       repr([0] * num_pages), repr(counts))
     zero = allocated(alloc, 0, "allocate(0)")
     if zero != []:
         raise Mismatch("allocate(0) should return []", ZERO_HINT, "[]", repr(zero))
@@ -118,6 +124,12 @@ def _alloc_bad_free(cls, num_pages: int) -> None:
                    "twice and two sequences get it.")
     expect_free(alloc, num_pages - 1, "after the refused double free",
                  "check before changing anything.")
+    never = next(p for p in range(num_pages - 1, -1, -1) if p not in pages)
+    expect_raises(lambda: alloc.free([never]), ValueError,
+                  f"freeing page {never}, which was never allocated",
+                  "a page never allocated is free (ref_count 0): freeing it is a double free, "
+                  "ValueError, or it enters the free list a second time and two sequences get "
+                  "it.")
     expect_raises(lambda: alloc.free([num_pages + 3]), ValueError,
                    f"freeing page {num_pages + 3} (not in the pool)",
                    f"refuse ids outside 0..{num_pages - 1} with ValueError.")

@@ -85,6 +85,7 @@ def _scales_case(fn, x, qmax) -> None:
     got = call_on_copies("kv_scales", fn, {"x": x}, qmax)
     if got is None:
         raise Mismatch("returned None", "return the scales, shape [n_tokens, num_kv_heads].")
+    returned = str(got.dtype) if isinstance(got, np.ndarray) else f"a {type(got).__name__}"
     got = np.asarray(got, dtype=np.float64)
     if got.shape != expected.shape:
         n, heads, dim = x.shape
@@ -101,6 +102,13 @@ def _scales_case(fn, x, qmax) -> None:
     expected = _any_scale_for_zeros(got, expected, np.abs(x).max(-1) == 0)
     diff = describe_difference(got, expected, ("token", "head"), atol=0, rtol=1e-6,
                                unwritten=False)   # a Python result: no poison to leave
+    if diff is None and returned != "float32":
+        # the right numbers, but the kernels read k_scale through a float*: float64 bytes
+        # there are read as pairs of wrong floats
+        raise Mismatch(f"the scales are right but {returned}", "return float32 scales, as "
+                       "the spec asks (an array, .astype(np.float32)): the kernels read them "
+                       "through a float*, where another dtype's bytes are other numbers.",
+                       "a float32 array", returned)
     if diff is None:
         return
     hint = diagnose(got, expected, _scale_variants(x, qmax), atol=0, rtol=1e-6) or \

@@ -142,11 +142,16 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     calls = {"n": 0}
     freed: list[int] = []  # request indices, in the order they were freed
     bulk: list[int] = []   # requests given several decode tokens by one kv_for call
+    past: list[tuple[int, int, int]] = []   # the first call for tokens a request does not have
 
     def kv_for(i: int, start: int, n: int):
         calls["n"] += 1
         if calls["n"] > 20 * sum(n_new for _, n_new in requests) + 100:
             raise _StepBudget()
+        # (answered, with the tokens there are, and told after the loop: an exception here
+        # would reach the learner's loop first, which may catch it)
+        if start + n > len(tokens[i]) and not past:
+            past.append((i, start, n))
         block = tokens[i][start:start + n]
         if start > 0 and n > 1 and i not in bulk:   # (a prompt comes whole, at start 0)
             bulk.append(i)
@@ -195,6 +200,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         with time_limit(2):  # a right loop takes milliseconds here
             finished = fn(cache, passed, kv_for)
     except (_StepBudget, CaseTimeout):
+        if past:
+            raise _past_end(past[0], tokens) from None
         kept = complete_but_kept()
         if kept:
             hint = (f"requests {kept} are complete but still hold their pages: free a "
@@ -222,6 +229,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         raise Mismatch(f"raised KeyError: {exc}", f"sequence {gone.group(1)} was freed "
                        "already: once cache.free_sequence(seq_id) has run, drop the sequence "
                        "from the running ones and never use or free it again.") from None
+    if past:
+        raise _past_end(past[0], tokens)
     changed = changed_input("serve", {"requests": list(requests)}, {"requests": passed}, {
         "requests": "serve reads requests[i] and keeps its own waiting and running "
                     "collections (a deque of indices); it does not pop, sort or overwrite the "
@@ -260,6 +269,24 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                        repr(expected), repr(finished))
     if unlike:   # the right order returned, by a loop that did not run the spec's steps
         raise unlike[0]
+
+
+def _past_end(call, tokens) -> Mismatch:
+    """The Mismatch for a kv_for call that asked for tokens past its request's end."""
+    i, start, n = call
+    total = len(tokens[i])
+    if start == total:
+        hint = (f"request {i} already held all its {total} tokens (prompt_len + new_tokens), "
+                "yet the loop asked for one more: the decode appends only to a sequence that "
+                "still needs a token (a request with no new tokens is whole once admitted). "
+                "kv_for gave back nothing here; a model would have made a token the request "
+                "never asked for.")
+    else:
+        hint = (f"kv_for(i, start, n) gives tokens start..start+n-1 of request i, and request "
+                f"{i} has prompt_len + new_tokens = {total}: ask only for tokens it has.")
+    return Mismatch(f"kv_for({i}, {start}, {n}) asked for tokens past the end of request {i} "
+                    f"({total} tokens)", hint, f"tokens below {total}",
+                    f"tokens {start}..{start + n - 1}")
 
 
 def _unlike_spec(i: int, got: dict, spec, tokens) -> list[Mismatch]:

@@ -101,13 +101,28 @@ def tile_pages(fn) -> CheckResult:
 
 
 def dim3(value) -> tuple[int, int, int]:
-    """A grid or block as CUDA's dim3: 16, (16,), [16, 1] and (16, 1, 1) are all (16, 1, 1)."""
-    if is_int(value):
-        value = (value,)
-    if not isinstance(value, (tuple, list)) or not 1 <= len(value) <= 3 or \
+    """A grid or block as CUDA's dim3: (16,), (16, 1) and (16, 1, 1) are all (16, 1, 1)."""
+    if not isinstance(value, tuple) or not 1 <= len(value) <= 3 or \
             not all(is_int(v) and v >= 0 for v in value):
         raise ValueError(f"not a dim3: {value!r}")
     return tuple(int(v) for v in value) + (1,) * (3 - len(value))
+
+
+def _not_a_tuple_hint(grid, block) -> str | None:
+    """The hint when the grid or the block is not a tuple: cupy.RawKernel's launch takes
+    tuples only (a list or an int raises TypeError there), whatever dim3 would make of it."""
+    name, value = next(((n, v) for n, v in (("block", block), ("grid", grid))
+                        if not isinstance(v, tuple)), (None, None))
+    if name is None:
+        return None
+    if is_int(value):
+        return (f"the {name} is the int {value!r}, not a tuple: cupy.RawKernel takes the grid "
+                f"and the block as tuples and raises TypeError for an int. A one-element "
+                f"tuple needs its comma: ({value},), since ({value}) is just {value}.")
+    if isinstance(value, list):
+        return (f"the {name} is a list: cupy.RawKernel takes the grid and the block as tuples "
+                "and raises TypeError for a list: write (x, y, z) or tuple(...).")
+    return None
 
 
 def expected_launch(batch, num_heads, max_len, tile_q, page_size, head_dim):
@@ -121,6 +136,10 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
     if not (isinstance(got, (tuple, list)) and len(got) == 3):
         raise Mismatch("expected a tuple (grid, block, shared_mem_bytes)",
                        "return all three: the kernel call takes them.", "", repr(got))
+    not_tuple = _not_a_tuple_hint(got[0], got[1])
+    if not_tuple:
+        raise Mismatch(f"grid and block must be tuples, got {got[0]!r} and {got[1]!r}",
+                       not_tuple, "tuples", repr(got))
     try:
         g, b = dim3(got[0]), dim3(got[1])
     except ValueError as exc:
