@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -47,6 +48,7 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
     """Refuse anything that is not a NumPy/CuPy array of the given rank and dtype."""
     if not (isinstance(x, np.ndarray) or is_cupy_array(x)):
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+    check_plain(x, name)
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)} "
                          f"({x.ndim} dimensions)")
@@ -67,6 +69,20 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
                          f"(a view at a byte offset: the GPU faults on a misaligned load); "
                          f"pass a copy")
     return x
+
+
+def check_plain(x, name: str) -> None:
+    """Refuse the NumPy subclasses whose memory is not the array they stand for (a memmap's
+    is): a masked array, whose mask no kernel or check sees, and np.matrix, 2-D under indexing
+    (to_csr gave page id -1 from one, indices of shape [1, n] from the other)."""
+    ma = sys.modules.get("numpy.ma")   # not imported: no masked array exists (nor its cost)
+    if ma is not None and isinstance(x, ma.MaskedArray):
+        raise TypeError(f"{name}: expected a plain NumPy array, got a masked array (its mask "
+                        f"would be ignored and the values under it read); pass "
+                        f"{name}.filled(value) to say what the masked entries hold")
+    if isinstance(x, np.matrix):
+        raise TypeError(f"{name}: expected a plain NumPy array, got a numpy.matrix (it stays "
+                        f"2-D under indexing); pass np.asarray({name})")
 
 
 def element_misalignment(x) -> int:

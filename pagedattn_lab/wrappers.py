@@ -47,7 +47,7 @@ from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
-from .validate import (check_array, check_block_tables, check_int,
+from .validate import (check_array, check_block_tables, check_int, check_plain,
                        check_plan_sizes, resolve_scale)
 from .validate_out import check_out, check_plan_buffer
 
@@ -329,6 +329,8 @@ class BatchDecodeWrapper(DecodeRun):
                 from_torch(x, n) for x, n in zip((q, k_cache, v_cache, out, k_scale, v_scale),
                                                  ("q", "k_cache", "v_cache", "out", "k_scale",
                                                   "v_scale")))
+        for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
+            check_plain(x, name)   # (the scales: check_run_scales)
         if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)
             # A q that is no array, or of a dtype the plan refuses, keeps the plan's buffer:
             # _check_run then names q (a view to it would fail with NumPy's own message).
