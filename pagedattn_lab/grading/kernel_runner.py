@@ -24,6 +24,9 @@ from ..cpu.includes import graded
 from .faults import describe_kernel_exception
 from .report import Mismatch
 
+# Characters of a kernel source the checks read (the course's kernels are a few thousand):
+# their scans run before any time limit, and a long source made them run for hours.
+MAX_SOURCE = 32 << 10
 KERNEL_TIMEOUT = 10.0  # seconds per launch on the CPU executor (checks launch small problems)
 # On the GPU every array argument lies between two bands of GUARD_BYTES bytes of GUARD_FILL:
 # the GPU does not fault on a write just outside an allocation (the CPU executor's guard pages
@@ -85,6 +88,12 @@ def lint(source: str, name: str) -> None:
     if not isinstance(source, str):
         raise Mismatch(f"expected the kernel source as a string, got {type(source).__name__}",
                        "pass the SOURCE string defined in the cell above.")
+    if len(source) > MAX_SOURCE:
+        raise Mismatch(f"the kernel source is {len(source)} characters long, more than the "
+                       f"{MAX_SOURCE} a check reads",
+                       "pass the kernel's own source (the SOURCE string of the cell above): a "
+                       "kernel of this course is a few thousand characters.",
+                       expected=f"at most {MAX_SOURCE} characters", got=str(len(source)))
     code = code_only(source)
     if re.search(r"\bINFINITY\b", code) and not re.search(r"#\s*define\s+INFINITY\b", code):
         raise Mismatch("the kernel uses INFINITY, which NVRTC does not define (there is no "
@@ -98,15 +107,30 @@ def lint(source: str, name: str) -> None:
         raise Mismatch(f"no kernel named {name!r} in the source",
                        f"keep the kernel's name and signature from the prompt: "
                        f"extern \"C\" __global__ void {name}(...).")
-    head = re.search(rf'extern\s+"C"[^;{{}}]*?__global__[^;{{}}]*?\b{re.escape(name)}\s*\(',
-                     code_only(source.replace('"C"', "EXTERN_C")).replace("EXTERN_C", '"C"'))
-    if not head:
+    if not _declared_extern_c(code_only(source.replace('"C"', "EXTERN_C"))
+                              .replace("EXTERN_C", '"C"'), name):
         raise Mismatch(f"{name} is not declared extern \"C\" __global__",
                        "without extern \"C\" the C++ compiler mangles the name and CuPy cannot "
                        "find the kernel: write extern \"C\" __global__ void "
                        f"{name}(...).")
 
 
+def _declared_extern_c(code: str, name: str) -> bool:
+    """Whether one declaration (the text between two of ; { }) holds extern "C", then
+    __global__, then `name(`. Each is searched from the first of the one before, so the time
+    is linear in the source (one pattern with two lazy gaps took minutes on a long run of
+    __global__ words, outside any time limit)."""
+    call = re.compile(rf"\b{re.escape(name)}\s*\(")
+    for part in re.finditer(r"[^;{}]+", code):
+        extern = _EXTERN_C.search(code, part.start(), part.end())
+        globl = extern and _GLOBAL.search(code, extern.end(), part.end())
+        if globl and call.search(code, globl.end(), part.end()):
+            return True
+    return False
+
+
+_EXTERN_C = re.compile(r'extern\s+"C"')
+_GLOBAL = re.compile(r"__global__")
 # The CUDA headers a graded kernel may include on the GPU: those the CPU executor provides too.
 GRADED_HEADERS = frozenset(p.name for p in (Path(__file__).parent.parent / "cpu" / "include")
                            .glob("*.h") if not p.name.startswith("pagedattn_lab"))

@@ -91,13 +91,17 @@ def _kernel_bodies() -> tuple[tuple[str, str], ...]:
 
 def kernel_findings(args, kwargs) -> list[str]:
     """What in the CUDA C strings among the arguments is a package kernel's own text."""
+    from .kernel_runner import MAX_SOURCE  # noqa: PLC0415 - (as above)
     found = []
     for value in [*args, *kwargs.values()]:
-        if not isinstance(value, str) or "__global__" not in value:
+        # (a longer source is refused by the check's lint before anything else reads it)
+        if not isinstance(value, str) or "__global__" not in value or len(value) > MAX_SOURCE:
             continue
-        # a directive, not one in a comment (`// #include "decode.cu"`: the line taken out)
+        # a directive, not one in a comment (`// #include "decode.cu"`: the line taken out);
+        # within its line (\s would run over every blank line from each line start: hours)
         directives = re.sub(r"//[^\n]*", " ", re.sub(r"/\*.*?\*/", " ", value, flags=re.S))
-        for m in re.finditer(r'^\s*#\s*include\s*[<"]([^>"]+)[>"]', directives, re.M):
+        for m in re.finditer(r'^[ \t]*#[ \t]*include[ \t]*[<"]([^>"\n]+)[>"]', directives,
+                             re.M):
             if (_KERNELS / Path(m.group(1)).name).is_file():
                 found.append(f"your source #includes the package's kernel file "
                              f"{m.group(1)!r}")

@@ -13,6 +13,9 @@ from __future__ import annotations
 import re
 
 from .kernel_runner import code_only
+from .report import Mismatch
+
+MAX_READ = 1 << 20   # characters of code, macros and helpers expanded (a kernel: thousands)
 
 _BARRIER = re.compile(r"\b(?:__syncwarp|__syncthreads(?:_count|_and|_or)?|__barrier_sync"
                       r"|__asm_barrier__)\s*\("
@@ -32,21 +35,36 @@ def _macros_expanded(code: str) -> str:
     code = re.sub(r"^[ \t]*#[ \t]*define[ \t]+(\w+)(?:\([^)\n]*\))?((?:\\\n|[^\n])*)", keep,
                   code, flags=re.M)
     for name, body in macros:
-        code = re.sub(rf"\b{name}\b", lambda _, b=body: f" {b} ", code)
+        code = _replaced(code, re.compile(rf"\b{name}\b"), f" {body} ")
     return code
+
+
+def _replaced(code: str, pattern: re.Pattern, text: str) -> str:
+    """`code` with each match of `pattern` replaced by `text`, or a Mismatch when that makes
+    more than MAX_READ characters: macros or helpers that expand into each other (each
+    #define naming the next one twice) doubled the text at each step, hours and gigabytes
+    from a few hundred characters, and no compiler would ever see that text."""
+    size = len(code) + sum(1 for _ in pattern.finditer(code)) * len(text)
+    if size > MAX_READ:
+        raise Mismatch(f"the kernel's macros and helper functions, each read where it is "
+                       f"used, make more than {MAX_READ} characters of code: the check "
+                       f"cannot look for the barrier in it",
+                       "write the kernel plainly: macros and helpers used where they are "
+                       "needed, none expanding into others over and over.")
+    return pattern.sub(lambda _: text, code)
 
 
 def _functions(code: str) -> dict:
     """name -> body of each function defined in `code` (braces matched)."""
-    out = {}
+    out, closing, opened = {}, {}, []
+    for brace in re.finditer(r"[{}]", code):   # each brace's match, in one pass: matching
+        if brace[0] == "{":                    # from each head again took minutes on
+            opened.append(brace.start())       # thousands of nested heads
+        elif opened:
+            closing[opened.pop()] = brace.start()
     for head in re.finditer(r"\b(\w+)\s*\([^;{}]*\)\s*(?:const\s*)?\{", code):
-        if head.group(1) in _NOT_CALLS:
-            continue
-        depth, i = 1, head.end()
-        while depth and i < len(code):
-            depth += {"{": 1, "}": -1}.get(code[i], 0)
-            i += 1
-        out.setdefault(head.group(1), code[head.end():i - 1])
+        if head.group(1) not in _NOT_CALLS and head.group(1) not in out:
+            out[head.group(1)] = code[head.end():closing.get(head.end() - 1, len(code))]
     return out
 
 
@@ -57,8 +75,8 @@ def _kernel_inlined(code: str, name: str) -> str:
     body = funcs.pop(name, code)
     for _ in range(2):
         for helper, text in funcs.items():
-            body = re.sub(rf"(?<![\w.:>])\b{helper}\s*(?=\()", lambda _, t=text: f" {{ {t} }} ",
-                          body)
+            body = _replaced(body, re.compile(rf"(?<![\w.:>])\b{helper}\s*(?=\()"),
+                             f" {{ {text} }} ")
     return body
 
 

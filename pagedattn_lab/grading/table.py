@@ -17,7 +17,10 @@ from dataclasses import dataclass
 RESULT_WORDS = {"passed": "pass", "failed": "fail", "not attempted": "not attempted"}
 NOTEBOOK_ROW = "(notebook)"
 MAX_MESSAGE = 1000
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+# C0 and C1 controls (U+009B is a terminal's one-character CSI: it moves the cursor and
+# erases lines like ESC [ does), and the Unicode controls that reorder or hide text
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e"
+                      r"\u2060-\u2069\ufeff]")
 
 
 @dataclass

@@ -63,6 +63,18 @@ def check_dtype(dtype) -> np.dtype:
     return dt
 
 
+def _sendable(dtype) -> np.dtype:
+    """check_dtype for a value of this side's: a TypeError, answered to the other side as
+    the value's fault (remote.py passes a ProtocolError on as a broken conversation: the
+    judge waited for an answer never sent, then every later check of the notebook failed)."""
+    try:
+        return check_dtype(dtype)
+    except ProtocolError as exc:
+        raise TypeError(f"{exc}: only arrays of numbers, booleans or text travel between the "
+                        f"notebook and the grader (not of Python objects, records or "
+                        f"dates)") from None
+
+
 class _Encoder:
     def __init__(self, ref):
         self.ref, self.blobs, self.size, self.items = ref, [], 0, 0
@@ -87,7 +99,7 @@ class _Encoder:
         if isinstance(value, np.ndarray) or hasattr(value, "__cuda_array_interface__"):
             arr = np.ascontiguousarray(value.get() if not isinstance(value, np.ndarray)
                                        else value)
-            check_dtype(arr.dtype)
+            _sendable(arr.dtype)
             tree = {"$nd": self.blob(arr.tobytes()), "dtype": arr.dtype.str,
                     "shape": list(arr.shape)}
             if is_cupy_array(value):
@@ -99,9 +111,9 @@ class _Encoder:
         if isinstance(value, np.generic) and value.dtype.kind in SIMPLE_KINDS:
             return {"$np": self.blob(value.tobytes()), "dtype": value.dtype.str}
         if isinstance(value, np.dtype):
-            return {"$dtype": check_dtype(value).str}
+            return {"$dtype": _sendable(value).str}
         if isinstance(value, type) and issubclass(value, np.generic):
-            return {"$nptype": check_dtype(value).str}
+            return {"$nptype": _sendable(value).str}
         if isinstance(value, bool):
             return bool(value)
         if isinstance(value, int):
