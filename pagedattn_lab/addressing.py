@@ -22,7 +22,8 @@ import numpy as np
 from .attention_common import cache_dtypes, from_torch, is_torch_tensor, to_torch_as
 from .backend import is_cupy_array, to_numpy
 from .validate import (INT32_MAX, MAX_PAGES, check_array, check_block_tables, check_int,
-                       check_kv_cache, check_memory, is_int)
+                       check_kv_cache, check_memory)
+from .validate_kinds import is_int
 
 
 def virtual_page(token: int, page_size: int) -> int:

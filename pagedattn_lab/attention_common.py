@@ -6,7 +6,8 @@ import functools
 import numpy as np
 
 from .backend import data_pointer, is_cupy_array, to_numpy
-from .validate import LOG2E, check_array, dtype_shown  # noqa: F401 - LOG2E re-exported
+from .validate import LOG2E, check_array  # noqa: F401 - LOG2E re-exported
+from .validate_kinds import dtype_shown
 
 THREADS = 128          # every kernel of this module runs 128-thread blocks
 MAX_GRID_YZ = 65535    # CUDA's limit on gridDim.y and gridDim.z

@@ -25,7 +25,8 @@ from .attention_common import (
 )
 from .backend import array_module
 from .kernels import kernel as load_kernel
-from .validate import check_attention_inputs, is_one_of, resolve_scale
+from .validate import check_attention_inputs, resolve_scale
+from .validate_kinds import is_one_of
 from .validate_out import check_out
 
 KERNELS = ("naive", "tiled")

@@ -10,6 +10,8 @@ import functools
 
 import numpy as np
 
+from .validate_kinds import is_one_of
+
 
 @functools.lru_cache(maxsize=None)
 def _probe_cupy() -> tuple[object | None, str]:
@@ -69,7 +71,6 @@ def array_module(*arrays):
 
 def resolve_device(device: str) -> str:
     """Map device="auto"|"cpu"|"gpu" to "cpu" or "gpu", refusing "gpu" without one."""
-    from .validate import is_one_of  # noqa: PLC0415 - validate imports this module
     if not is_one_of(device, ("auto", "cpu", "gpu")):
         raise ValueError(f"device: expected 'auto', 'cpu' or 'gpu', got {device!r}")
     if device == "auto":

@@ -7,7 +7,8 @@ asks `supported_head_dim` when it is built. Names re-exported by decode_plan.
 """
 from __future__ import annotations
 
-from .validate import INT32_MAX, is_one_of
+from .validate import INT32_MAX
+from .validate_kinds import is_one_of
 
 KERNELS = ("simt", "tensor_core")
 HEAD_DIM_MAX = 256

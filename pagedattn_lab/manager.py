@@ -44,8 +44,9 @@ from .cache import PagedKVCache
 from .paging import OutOfPagesError
 from .prefill_wrapper import HEAD_DIMS, BatchPrefillWrapper
 from .quant import kv_dtype_name
-from .validate import (check_array, check_gqa_heads, check_int, check_int_list, is_one_of,
-                       refuse_repeats, resolve_scale)
+from .validate import (check_array, check_gqa_heads, check_int, check_int_list, refuse_repeats,
+                       resolve_scale)
+from .validate_kinds import is_one_of
 
 
 class AddedSequence(NamedTuple):

@@ -49,7 +49,8 @@ from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Vari
                            shared_bytes, variant_for, work_list)
 from .quant import check_run_scales, check_scheme, kv_format
 from .validate import (BF16_BITS_HINT, check_array, check_block_tables, check_bool, check_int,
-                       check_offsets, check_plan_sizes, dtype_label, resolve_scale)
+                       check_offsets, check_plan_sizes, resolve_scale)
+from .validate_kinds import dtype_label
 from .validate_out import check_out, check_plan_buffer
 
 

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import is_cupy_array
-from .validate import check_array, dtype_label
+from .validate import check_array
+from .validate_kinds import dtype_label
 
 SCHEMES = ("static", "per_token")
 

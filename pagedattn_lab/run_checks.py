@@ -4,7 +4,7 @@ and says what was expected and what came."""
 from __future__ import annotations
 
 from .attention_common import data_pointer
-from .validate import dtype_label
+from .validate_kinds import dtype_label
 
 
 def explain_run(plan, q, k, v, out, qshape, dtypes):

@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .paging import BlockAllocator, OutOfPagesError
-from .validate import MAX_PAGES, check_int, is_finite_number, is_one_of
+from .validate import MAX_PAGES, check_int
+from .validate_kinds import is_finite_number, is_one_of
 
 POLICIES = ("reserve_max", "reserve_pow2", "reserve_oracle", "paged")
 CATEGORIES = ("tokens", "reserved", "internal", "external", "free")

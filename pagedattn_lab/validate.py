@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import data_pointer, is_cupy_array, to_numpy_together
+from .validate_kinds import dtype_label, is_int
 
 CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 INT32_MAX = 2**31 - 1        # sizes the kernels take as int arguments
@@ -26,21 +27,6 @@ LOG2E = 1.4426950408889634   # the kernels fold scale * log2(e) into one float32
 # Where bfloat16 is expected of a NumPy uint16 array: its integers are no bfloat16 on the CPU
 BF16_BITS_HINT = (" (bfloat16 bits? uint16 holds them on CuPy only; on the CPU view them as "
                   "bfloat16: x.view(ml_dtypes.bfloat16))")
-
-
-def _dtype_name(dtype) -> str:
-    return np.dtype(dtype).name
-
-
-def dtype_label(dtype) -> str:
-    """A dtype's name, with its byte order where it is not the machine's: an int32 array of
-    swapped bytes (">i4") is refused as int32 is expected, and "expected int32, got int32"
-    would not say why."""
-    dtype = np.dtype(dtype)
-    if dtype.isnative:
-        return dtype.name
-    return (f"{dtype.name} in non-native byte order ({dtype.str}; convert with "
-            f".astype({dtype.newbyteorder('=').str!r}))")
 
 
 def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
@@ -55,7 +41,7 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
     if dtypes is not None:
         allowed = [np.dtype(d) for d in dtypes]
         if x.dtype not in allowed:
-            names = [_dtype_name(d) for d in allowed]
+            names = [d.name for d in allowed]
             bits = isinstance(x, np.ndarray) and x.dtype == np.uint16 and "bfloat16" in names
             raise TypeError(f"{name}: expected dtype {' or '.join(names)}, got "
                             f"{dtype_label(x.dtype)}" + (BF16_BITS_HINT if bits else ""))
@@ -92,46 +78,6 @@ def element_misalignment(x) -> int:
     if x.size == 0 or (isinstance(x, np.ndarray) and x.flags.aligned):   # NumPy's own flag
         return 0
     return data_pointer(x) % x.dtype.itemsize
-
-
-def is_one_of(value, names) -> bool:
-    """value is one of the strings `names` (a name argument's test: an array of names would
-    compare element-wise, NumPy's "truth value is ambiguous", or pass as its one name)."""
-    return isinstance(value, str) and value in names
-
-
-def dtype_shown(dtype) -> str:
-    """A dtype argument as an error shows it: its `dtype_label` where NumPy reads it (float64,
-    not <class 'numpy.float64'>), else its repr; None as None (NumPy reads it as float64)."""
-    dt = _readable_dtype(dtype)
-    return repr(dtype) if dt is None else dtype_label(dt)
-
-
-def _readable_dtype(dtype) -> np.dtype | None:
-    """np.dtype(dtype), or None where NumPy cannot read it, and for None (float64 to NumPy)."""
-    try:
-        return None if dtype is None else np.dtype(dtype)
-    except (TypeError, ValueError):
-        return None
-
-
-def is_int(value) -> bool:
-    """A Python or NumPy integer, not a bool (True is an int in Python) and not a whole float."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-
-
-def is_number(value) -> bool:
-    """A Python or NumPy int or float (np.float32 too), not a bool."""
-    return isinstance(value, (int, float, np.integer, np.floating)) and \
-        not isinstance(value, (bool, np.bool_))
-
-
-def is_finite_number(value) -> bool:
-    """`is_number` and finite as a float (an int past float64, 10**400, is not)."""
-    try:
-        return is_number(value) and math.isfinite(value)
-    except OverflowError:   # math.isfinite(10**400) raises, naming no argument
-        return False
 
 
 def check_int(value, name: str, *, minimum: int | None = None,
@@ -246,6 +192,8 @@ def _gib(nbytes: int) -> str:
 
 
 @dataclass(frozen=True)
+
+
 class PagedShapes:
     """The sizes every paged-attention call agrees on, read off validated inputs."""
     batch: int

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import cupy_module, gpu_available
-from ..validate import is_one_of
+from ..validate_kinds import is_one_of
 
 L2_FLUSH_BYTES = 64 << 20    # more than the H100's and H200's 50-60 MB of L2
 L2_FLUSH_WHAT = {"write": "64 MB written", "read": "twice the L2 read"}

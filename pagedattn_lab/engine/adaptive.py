@@ -22,7 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..validate import check_int, check_int_list, is_number
+from ..validate import check_int, check_int_list
+from ..validate_kinds import is_number
 from .config import EngineConfig
 from .kv_manager import KVCacheManager
 from .request import Request, SamplingParams

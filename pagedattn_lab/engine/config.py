@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..quant import check_scheme, kv_format
-from ..validate import check_bool, check_int, is_finite_number, is_number, is_one_of
+from ..validate import check_bool, check_int
+from ..validate_kinds import is_finite_number, is_number, is_one_of
 
 ROPE_TYPES = ("default", "linear", "llama3")
 HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

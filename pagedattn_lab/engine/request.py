@@ -4,7 +4,8 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from ..validate import check_bool, check_int, is_finite_number, is_number
+from ..validate import check_bool, check_int
+from ..validate_kinds import is_finite_number, is_number
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 error, and demand that a refused call changed nothing."""
 from __future__ import annotations
 
-from ..validate import is_int
+from ..validate_kinds import is_int
 from .report import Mismatch
 
 FREE_LIST_HINT = ("freed pages must go back to the free list and be handed out again (the "

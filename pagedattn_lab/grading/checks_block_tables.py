@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..paging import BlockAllocator, OutOfPagesError
-from ..validate import is_int
+from ..validate_kinds import is_int
 from .compare import POW2_HINT, call_on_copies, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng

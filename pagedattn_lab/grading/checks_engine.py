@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..engine.prefix_cache import hash_block
-from ..validate import is_int
+from ..validate_kinds import is_int
 from .compare import POW2_HINT, call_on_copies, changed_input, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng

@@ -14,7 +14,7 @@ import math
 
 import numpy as np
 
-from ..validate import is_int
+from ..validate_kinds import is_int
 from .compare import POW2_HINT, fmt, on_copies, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng

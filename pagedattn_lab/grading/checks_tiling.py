@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..validate import is_int
+from ..validate_kinds import is_int
 from .compare import POW2_HINT, pow2_div
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 

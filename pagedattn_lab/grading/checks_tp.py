@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..distributed.shard import head_range
-from ..validate import is_int
+from ..validate_kinds import is_int
 from .compare import POW2_HINT, call_on_copies, pow2_div
 from .report import Case, CheckResult, Mismatch, as_array, run_cases, several_fit
 from .seeds import case_rng   # the grader salts the random cases

@@ -81,7 +81,7 @@ def as_array(got, what: str):
 def as_int(got, what: str, expected: int, hint: str):
     """`got` as an int when it is one (Python or NumPy; None stays None), else a Mismatch with
     `hint`: 12.5 or "12" would pass int(got) == expected, and a float cannot index an array."""
-    from ..validate import is_int   # noqa: PLC0415 (as above: report.py stays light)
+    from ..validate_kinds import is_int   # noqa: PLC0415 (as above: report.py stays light)
     if got is None or is_int(got):
         return None if got is None else int(got)
     raise Mismatch(f"{what}: expected an int, got {type(got).__name__} {got!r}", hint,

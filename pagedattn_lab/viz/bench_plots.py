@@ -21,7 +21,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from ..validate import is_finite_number
+from ..validate_kinds import is_finite_number
 from .costs import workload_cost
 
 _TIME_KEYS = ("ms", "time_ms", "median_ms")

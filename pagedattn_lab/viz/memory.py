@@ -7,7 +7,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from ..sim import CATEGORIES, SimResult
-from ..validate import check_int, is_finite_number
+from ..validate import check_int
+from ..validate_kinds import is_finite_number
 from .page_table import seq_color
 from .state import as_state
 
