@@ -366,12 +366,12 @@ SOURCE_ONLY_RIGHT_TILES = [   # barriers the CPU executor cannot run: the source
 @pytest.mark.parametrize("name, edits", SOURCE_ONLY_RIGHT_TILES,
                          ids=[m[0] for m in SOURCE_ONLY_RIGHT_TILES])
 def test_tile_barrier_check_takes_a_barrier_written_differently(name, edits):
-    from pagedattn_lab.grading.checks_tc_decode import missing_barrier_in_source
+    from pagedattn_lab.grading.source_barriers import missing_barrier_in_source
     missing_barrier_in_source(mutate(solution_source(NOTEBOOK, "SOURCE_TILE"), edits))   # no Mismatch
 
 
 def test_tile_barrier_check_reads_an_asm_barrier_in_a_comment_as_none():
-    from pagedattn_lab.grading.checks_tc_decode import missing_barrier_in_source
+    from pagedattn_lab.grading.source_barriers import missing_barrier_in_source
     from pagedattn_lab.grading.report import Mismatch
     with pytest.raises(Mismatch, match="no __syncwarp"):
         missing_barrier_in_source(mutate(solution_source(NOTEBOOK, "SOURCE_TILE"),

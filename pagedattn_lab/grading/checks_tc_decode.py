@@ -22,7 +22,7 @@ from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
 from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
                      several_fit)
 from .seeds import case_rng
-from .source_barriers import barrier_before_loads
+from .source_barriers import missing_barrier_in_source
 from .tc_store_ldm import store_ldm_hint
 from .variants import UNSCALED_PAGES_HINT
 
@@ -365,19 +365,6 @@ def _race_checked_on_the_cpu(kernel) -> bool:
                            f"cannot show it): {message}", hint) from None
         return False
     return True
-
-
-def missing_barrier_in_source(source: str) -> None:
-    """Mismatch unless source_barriers finds a barrier between the copies and the loads."""
-    if barrier_before_loads(source, "tc_tile_scores"):
-        return
-    raise Mismatch("no __syncwarp() between the copies into shared memory and the first "
-                   "wmma::load_matrix_sync",
-                   "the lanes load fragment elements that other lanes copied into q_tile and "
-                   "k_tile: call __syncwarp() after the copies, before the first "
-                   "load_matrix_sync. The scores can come out right without it (here, and "
-                   "often on a GPU), so the check reads the source.",
-                   "__syncwarp() after the copies", "none")
 
 
 _TILE_SEED = 95

@@ -104,3 +104,17 @@ def barrier_before_loads(source: str, kernel: str) -> bool:
                               code[:load.start()])) if loaded else []
     after = writes[-1].end() if writes else 0
     return _BARRIER.search(code[after:load.start()]) is not None
+
+
+def missing_barrier_in_source(source: str) -> None:
+    """tc_tile_scores' source check: a Mismatch unless a barrier stands between the
+    copies into shared memory and the first WMMA load."""
+    if barrier_before_loads(source, "tc_tile_scores"):
+        return
+    raise Mismatch("no __syncwarp() between the copies into shared memory and the first "
+                   "wmma::load_matrix_sync",
+                   "the lanes load fragment elements that other lanes copied into q_tile and "
+                   "k_tile: call __syncwarp() after the copies, before the first "
+                   "load_matrix_sync. The scores can come out right without it (here, and "
+                   "often on a GPU), so the check reads the source.",
+                   "__syncwarp() after the copies", "none")
