@@ -37,8 +37,8 @@ def test_planned_bf16_decode_refuses_numpy_uint16_like_the_one_shot(rng, which):
     w = pl.BatchDecodeWrapper().plan(tables, lens, 2, 1, 32, 4, "bfloat16")
     before = snapshot(w)
     with pytest.raises(TypeError, match=rf"^{which}: the plan is for bfloat16: expected dtype "
-                                        r"bfloat16, got uint16 \(a NumPy uint16 array holds "
-                                        r"integers"):
+                                        r"bfloat16, got uint16 \(bfloat16 bits\? uint16 holds "
+                                        r"them on CuPy only; .*x\.view\(ml_dtypes\.bfloat16\)\)$"):
         w.run(**args)
     assert_same(before, w)
     assert np.isnan(args["out"].view(b16).astype(np.float32)).all()
