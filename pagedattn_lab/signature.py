@@ -14,7 +14,7 @@ import numpy as np
 
 from .cuda_text import collect_defines, strip_comments
 
-__all__ = ["Param", "parse_kernel_signature", "find_kernels", "check_launch_args",
+__all__ = ["Param", "parse_kernel_signature", "find_kernels", "launch_bounds", "check_launch_args",
            "strip_comments", "collect_defines", "as_passed"]
 
 
@@ -111,12 +111,13 @@ def _is_template(text: str, pos: int) -> bool:
 
 
 def _kernel_heads(text: str, include_templates: bool = True):
-    """(name, index of its '(') for every __global__ function in comment-free text."""
+    """(name, index of its '(', its __launch_bounds__'s first argument or None) for every
+    __global__ function in comment-free text."""
     for m in re.finditer(r"\b__global__\b", text):
         if not include_templates and _is_template(text, m.start()):
             continue
         pos = m.end()
-        last_ident = None
+        last_ident = bounds = None
         while pos < len(text):
             t = _TOKEN.search(text, pos)
             if t is None:
@@ -125,10 +126,12 @@ def _kernel_heads(text: str, include_templates: bool = True):
             if tok == "(":
                 if last_ident in _ATTR_CALLS:
                     pos = _skip_group(text, t.start())
+                    if last_ident in ("__launch_bounds__", "__launch_bounds"):
+                        bounds = _split_params(text[t.start() + 1:pos - 1])[0].strip() or None
                     last_ident = None
                     continue
                 if last_ident:
-                    yield last_ident, t.start()
+                    yield last_ident, t.start(), bounds
                 break
             if tok in (";", "{"):
                 break
@@ -139,10 +142,19 @@ def _kernel_heads(text: str, include_templates: bool = True):
 def find_kernels(source: str, include_templates: bool = True) -> list[str]:
     """Names of the __global__ functions of a source, in order, without duplicates."""
     names = []
-    for name, _ in _kernel_heads(strip_comments(source), include_templates):
+    for name, _, _ in _kernel_heads(strip_comments(source), include_templates):
         if name not in names:
             names.append(name)
     return names
+
+
+def launch_bounds(source: str, name: str) -> str | None:
+    """The expression of kernel `name`'s __launch_bounds__ maximum of threads per block (its
+    first argument, as written), or None without the attribute."""
+    for kernel, _, bounds in _kernel_heads(strip_comments(source)):
+        if kernel == name and bounds:
+            return bounds
+    return None
 
 
 def _split_params(text: str) -> list[str]:
@@ -228,7 +240,7 @@ def parse_kernel_signature(source: str, name: str, defines: dict[str, str] | Non
     text = strip_comments(source)
     if defines is None:
         defines = collect_defines(source)
-    heads = [(n, i) for n, i in _kernel_heads(text) if n == name]
+    heads = [(n, i) for n, i, _ in _kernel_heads(text) if n == name]
     if not heads:
         found = find_kernels(source)
         raise ValueError(f"kernel {name!r} not found in the source: it has no __global__ function "

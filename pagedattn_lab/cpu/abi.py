@@ -21,7 +21,8 @@ OP_NAMES = {0: "__syncthreads()", 1: "__shfl_sync", 2: "__shfl_up_sync", 3: "__s
             11: "wmma::mma_sync", 12: "ldmatrix_x1", 13: "ldmatrix_x2", 14: "ldmatrix_x4",
             15: "ldmatrix_x1_trans", 16: "ldmatrix_x2_trans", 17: "ldmatrix_x4_trans",
             18: "mma_m16n8k16", 19: "mma_m16n8k16_bf16", 20: "movmatrix_trans",
-            21: "mma_m16n8k32_e4m3", 22: "mma_m16n8k32_s8"}
+            21: "mma_m16n8k32_e4m3", 22: "mma_m16n8k32_s8", 23: "__match_*_sync",
+            24: "__reduce_*_sync"}
 # Warp-wide collectives (WMMA, kernels/mma_ptx.cuh): no mask, all 32 lanes take part.
 WARP_WIDE_OPS = frozenset(range(9, 23))
 

@@ -53,7 +53,8 @@ WRAP_FLAG = "-Wl," + ",".join(f"--wrap={name}" for name in WRAPPED)   # the link
 REFUSING = ("compiler.py", "builtins.py", "compile_errors.py", "includes.py", "kernel_object.py",
             "library_calls.py", "source.py")
 SHIM_HEADERS = ("shim.h", "shim_types.h", "shim_half.h", "shim_device.h", "shim_bf16.h",
-                "shim_mma.h", "shim_mma_ptx.h", "shim_fp8.h", "shim_async.h")
+                "shim_mma.h", "shim_mma_ptx.h", "shim_fp8.h", "shim_async.h",
+                "shim_int.h", "shim_warp.h")
 # Instrumented builds (access counts, race check): the compiler calls a hook before every
 # memory access (-fsanitize=thread, hooks in tsan_hooks.cpp; libtsan is not linked). No
 # vectorization, so that the counts follow the source's loads and stores; line tables, so

@@ -79,9 +79,13 @@ extern "C" unsigned long long __pal_warp_op(int line, int op, unsigned mask, uns
     const int base = lane & ~(width - 1);
     int src = lane;
     switch (op) {
-    case PAL_OP_SHFL: src = base + (arg & (width - 1)); break;
-    case PAL_OP_SHFL_UP: src = (unsigned)(lane - base) >= (unsigned)arg ? lane - arg : lane; break;
-    case PAL_OP_SHFL_DOWN: src = (unsigned)(lane - base) + (unsigned)arg < (unsigned)width ? lane + arg : lane; break;
+    case PAL_OP_SHFL: case PAL_OP_MATCH: case PAL_OP_REDUCE:
+        src = base + (arg & (width - 1));
+        break;
+    // shfl.sync reads the lane or offset operand's low 5 bits only (PTX ISA: bval = b[4:0]):
+    // an offset of 33 shifts by 1, one of -1 (0xffffffff) by 31
+    case PAL_OP_SHFL_UP: src = lane - base >= (arg & 31) ? lane - (arg & 31) : lane; break;
+    case PAL_OP_SHFL_DOWN: src = lane - base + (arg & 31) < width ? lane + (arg & 31) : lane; break;
     case PAL_OP_SHFL_XOR: src = lane ^ (arg & 31); if (src >= base + width) src = lane; break;
     default: break;
     }

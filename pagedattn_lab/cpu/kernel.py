@@ -130,6 +130,8 @@ class RawKernel:
         # As cupy.RawKernel's: a launch with more dynamic shared memory is refused, as on a
         # GPU, where more than 48 KiB needs this opt-in.
         self.max_dynamic_shared_size_bytes = 48 * 1024
+        # As cupy.RawKernel's: 1024, or the kernel's __launch_bounds__ maximum once compiled.
+        self.max_threads_per_block = 1024
         self.signature = parse_kernel_signature(code, name, collect_defines(code, self.options))
         self.compile_seconds: float | None = None
         self.cached: bool | None = None
@@ -153,6 +155,9 @@ class RawKernel:
             lib = _load(result.path)
             entry = C.cast(getattr(lib, f"__pal_entry_{self.name}"), C.c_void_p).value
             self._builds[instrumented] = (lib, entry, result.path)
+            if hasattr(lib, f"__pal_max_threads_{self.name}"):
+                self.max_threads_per_block = min(1024, C.c_longlong.in_dll(
+                    lib, f"__pal_max_threads_{self.name}").value)
             if not instrumented:
                 self._lib, self._entry = lib, entry
         return self
@@ -194,6 +199,12 @@ class RawKernel:
                 "PAGEDATTN_LAB_CPU_RACECHECK")
         instrument = (abi.INSTR_COUNT if count else 0) | (abi.INSTR_RACE if racecheck else 0)
         lib, entry, path = self.compile(bool(instrument))._builds[bool(instrument)]
+        if b[0] * b[1] * b[2] > self.max_threads_per_block:
+            raise ValueError(
+                f"block {b}: {b[0] * b[1] * b[2]} threads per block is over the kernel's "
+                f"__launch_bounds__ maximum of {self.max_threads_per_block}; a GPU refuses this "
+                f"launch (CUDA_ERROR_INVALID_VALUE). Launch at most that many threads per block "
+                f"or raise the bound")
         nblocks = g[0] * g[1] * g[2]
         if self._single_worker:
             nworkers = 1   # printf output in block order; __device__ globals in one process

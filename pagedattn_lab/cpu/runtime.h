@@ -51,6 +51,8 @@ enum {
     PAL_OP_LDMATRIX_X1_TRANS = 15, PAL_OP_LDMATRIX_X2_TRANS = 16, PAL_OP_LDMATRIX_X4_TRANS = 17,
     PAL_OP_MMA_F16 = 18, PAL_OP_MMA_BF16 = 19, PAL_OP_MOVMATRIX_TRANS = 20,
     PAL_OP_MMA_E4M3 = 21, PAL_OP_MMA_S8 = 22,
+    // shim_warp.h's match and reduce: shuffles from a lane (as PAL_OP_SHFL), named as such
+    PAL_OP_MATCH = 23, PAL_OP_REDUCE = 24,
 };
 
 // Instrumented launches (pal_config.instrument; the kernel is compiled with

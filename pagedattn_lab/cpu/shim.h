@@ -59,6 +59,8 @@ static constexpr int warpSize = 32;
 
 #include "shim_half.h"
 #include "shim_device.h"
+#include "shim_int.h"
+#include "shim_warp.h"
 #include "shim_async.h"
 
 // ---- printf (captured and printed by Python) and assert ----

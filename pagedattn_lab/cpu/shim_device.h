@@ -54,7 +54,13 @@ PAL_DF float __pal_sinf(float x) { return sinf(x); }
 PAL_DF float __pal_cosf(float x) { return cosf(x); }
 PAL_DF float __pal_tanf(float x) { return tanf(x); }
 PAL_DF void __pal_sincosf(float x, float *s, float *c) { *s = sinf(x); *c = cosf(x); }
-PAL_DF float __fdividef(float a, float b) { return a / b; }
+// The GPU's __fdividef multiplies by an approximate reciprocal that flushes to zero: for
+// 2^126 < |b| < 2^128 it gives a signed 0 (NaN for an infinite or NaN a), as CUDA documents.
+PAL_DF float __fdividef(float a, float b)
+{
+    const float m = fabsf(b);
+    return m > 0x1p126f && m < __builtin_inff() ? a * copysignf(0.0f, b) : a / b;
+}
 PAL_DF float fdividef(float a, float b) { return a / b; }
 PAL_DF float rsqrtf(float x) { return 1.0f / sqrtf(x); }
 PAL_DF double rsqrt(double x) { return 1.0 / sqrt(x); }
@@ -82,14 +88,20 @@ PAL_DF unsigned pal_saturate_uint(double r)
 {
     return r != r || r <= 0.0 ? 0u : r >= 4294967295.0 ? 4294967295u : (unsigned)r;
 }
-PAL_DF int __float2int_rn(float x) { return pal_saturate_int(rintf(x)); }
-PAL_DF int __float2int_rz(float x) { return pal_saturate_int(truncf(x)); }
-PAL_DF int __float2int_rd(float x) { return pal_saturate_int(floorf(x)); }
-PAL_DF int __float2int_ru(float x) { return pal_saturate_int(ceilf(x)); }
-PAL_DF unsigned __float2uint_rn(float x) { return pal_saturate_uint(rintf(x)); }
+// CuPy compiles every kernel with -ftz=true: float operations, these conversions and
+// shim_int.h's rounding-mode arithmetic included, read and write a subnormal as a signed 0
+// (on an H100: __float2int_rd(-1e-40f) is 0). (The CPU's own float arithmetic does not.)
+PAL_DF float pal_ftz(float x) { return fabsf(x) < 0x1p-126f ? copysignf(0.0f, x) : x; }
+PAL_DF int __float2int_rn(float x) { return pal_saturate_int(rintf(pal_ftz(x))); }
+PAL_DF int __float2int_rz(float x) { return pal_saturate_int(truncf(pal_ftz(x))); }
+PAL_DF int __float2int_rd(float x) { return pal_saturate_int(floorf(pal_ftz(x))); }
+PAL_DF int __float2int_ru(float x) { return pal_saturate_int(ceilf(pal_ftz(x))); }
+PAL_DF unsigned __float2uint_rn(float x) { return pal_saturate_uint(rintf(pal_ftz(x))); }
 PAL_DF float __int2float_rn(int x) { return (float)x; }
 PAL_DF float __uint2float_rn(unsigned x) { return (float)x; }
-PAL_DF int __double2int_rn(double x) { return pal_saturate_int(rint(x)); }
+// a double's NaN becomes INT_MIN (0x80000000, on an H100), a float's 0
+PAL_DF int __double2int_rn(double x)
+{ return x != x ? -2147483647 - 1 : pal_saturate_int(rint(x)); }
 PAL_DF float __double2float_rn(double x) { return (float)x; }
 
 // ---- reinterpretation ----
@@ -146,19 +158,24 @@ template <class T> PAL_DF void __stwt(T *p, T v) { *p = v; }
 #define PAL_NOTE_ATOMIC(a) ((void)0)
 #endif
 #define PAL_SC __ATOMIC_SEQ_CST
+// CUDA's overload sets exactly (an atomicAdd on long long or an atomicSub on unsigned long
+// long does not compile there, so it must not here): add, bitwise and exchange on int,
+// unsigned and unsigned long long; sub on int and unsigned; min and max on long long too.
+#define PAL_ATOMIC_RMW(T, NAME, BUILTIN)                                                     \
+    PAL_DF T NAME(T *a, T v) { PAL_NOTE_ATOMIC(a); return BUILTIN(a, v, PAL_SC); }
 #define PAL_ATOMIC_INT(T)                                                                    \
-    PAL_DF T atomicAdd(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_fetch_add(a, v, PAL_SC); } \
-    PAL_DF T atomicSub(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_fetch_sub(a, v, PAL_SC); } \
-    PAL_DF T atomicAnd(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_fetch_and(a, v, PAL_SC); } \
-    PAL_DF T atomicOr(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_fetch_or(a, v, PAL_SC); }   \
-    PAL_DF T atomicXor(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_fetch_xor(a, v, PAL_SC); } \
-    PAL_DF T atomicExch(T *a, T v) { PAL_NOTE_ATOMIC(a); return __atomic_exchange_n(a, v, PAL_SC); } \
+    PAL_ATOMIC_RMW(T, atomicAdd, __atomic_fetch_add)                                         \
+    PAL_ATOMIC_RMW(T, atomicAnd, __atomic_fetch_and)                                         \
+    PAL_ATOMIC_RMW(T, atomicOr, __atomic_fetch_or)                                           \
+    PAL_ATOMIC_RMW(T, atomicXor, __atomic_fetch_xor)                                         \
+    PAL_ATOMIC_RMW(T, atomicExch, __atomic_exchange_n)                                       \
     PAL_DF T atomicCAS(T *a, T cmp, T v)                                                     \
     {                                                                                        \
         PAL_NOTE_ATOMIC(a);                                                                  \
         __atomic_compare_exchange_n(a, &cmp, v, false, PAL_SC, PAL_SC);                      \
         return cmp;                                                                          \
-    }                                                                                        \
+    }
+#define PAL_ATOMIC_MINMAX(T)                                                                 \
     PAL_DF T atomicMax(T *a, T v)                                                            \
     {                                                                                        \
         PAL_NOTE_ATOMIC(a);                                                                  \
@@ -176,8 +193,15 @@ template <class T> PAL_DF void __stwt(T *p, T v) { *p = v; }
 PAL_ATOMIC_INT(int)
 PAL_ATOMIC_INT(unsigned int)
 PAL_ATOMIC_INT(unsigned long long)
-PAL_ATOMIC_INT(long long)
+PAL_ATOMIC_RMW(int, atomicSub, __atomic_fetch_sub)
+PAL_ATOMIC_RMW(unsigned int, atomicSub, __atomic_fetch_sub)
+PAL_ATOMIC_MINMAX(int)
+PAL_ATOMIC_MINMAX(unsigned int)
+PAL_ATOMIC_MINMAX(unsigned long long)
+PAL_ATOMIC_MINMAX(long long)
 #undef PAL_ATOMIC_INT
+#undef PAL_ATOMIC_RMW
+#undef PAL_ATOMIC_MINMAX
 
 // Floating-point atomics: a compare-and-swap loop on the bit pattern.
 #define PAL_ATOMIC_FP(T, U, NAME, EXPR)                                                      \

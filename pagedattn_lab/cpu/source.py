@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from ..cuda_text import strip_comments
+from ..signature import launch_bounds
 
 __all__ = ["rewrite_extern_shared", "uses_printf", "has_device_variables", "inline_asm_lines",
            "shared_initializer_lines", "quoted_filename", "translation_unit"]
@@ -123,6 +124,13 @@ def translation_unit(source: str, kernel_names: list[str], filename: str, shim_p
     entries = "".join(
         f'extern "C" PAL_EXPORT void __pal_entry_{name}(void **a) {{ __pal_invoke({name}, a); }}\n'
         for name in kernel_names)
+    # A kernel's __launch_bounds__ maximum, evaluated by the compiler (it may be a macro or a
+    # constant expression): a GPU refuses a launch of more threads per block (kernel.py).
+    for name in kernel_names:
+        bound = launch_bounds(source, name)
+        if bound is not None:
+            entries += (f'extern "C" PAL_EXPORT const long long __pal_max_threads_{name} = '
+                        f"(long long)({bound});\n")
     quoted = quoted_filename(filename)
     return (f'#include "{shim_path}"\n'
             f"#pragma GCC poison {' '.join(POISONED)}\n"
