@@ -159,7 +159,8 @@ extern "C" void __pal_check_ldmatrix_row(int line, const char *func, const void 
     const uintptr_t dyn_len = (uintptr_t)S.cfg->shared_mem;
 #ifdef __ELF__
     const uintptr_t st = (uintptr_t)__start_pal_shared;
-    const uintptr_t st_len = st ? (uintptr_t)(__stop_pal_shared - __start_pal_shared) : 0u;
+    const uintptr_t st_len = st ? (uintptr_t)(__stop_pal_shared - __start_pal_shared)
+                                  - PAL_SHARED_GUARD : 0u;   // the kernel's own bytes
 #endif
     int region = 0;   // 1 dynamic (or just past its end), 2 static shared memory
     uintptr_t off = 0, len = 0;

@@ -101,6 +101,14 @@ int analyze_deadlock()
     return PAL_DEADLOCK;
 }
 
+#ifdef __ELF__
+// The last piece of the pal_shared section: this object is linked after the kernel's, so
+// these bytes follow its static __shared__ variables and are poisoned with them. A read past
+// the last array (warp_totals[lane] for every lane of a warp, with 8 totals) then gives NaN,
+// as an unwritten slot does, not the zeros of whatever memory follows the section.
+__attribute__((section("pal_shared"), used)) char pal_shared_guard[PAL_SHARED_GUARD];
+#endif
+
 void poison_shared()
 {
     if (__pal_dyn_smem && S.smem_end > (char *)__pal_dyn_smem)

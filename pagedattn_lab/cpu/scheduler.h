@@ -32,6 +32,8 @@ PAL_HIDDEN void pal_fiber_main(void);
 // defines these two symbols around it.
 extern "C" char __start_pal_shared[] __attribute__((weak, visibility("hidden")));
 extern "C" char __stop_pal_shared[] __attribute__((weak, visibility("hidden")));
+// runtime.cpp ends the section with this many bytes of its own (see there).
+#define PAL_SHARED_GUARD 256
 #endif
 
 namespace pal {

@@ -323,6 +323,11 @@ def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:
               max_len=21, scale=0.3)),
         (f"scores climbing by {_CLIMB:g} along the keys", 61,
          dict(_SHIFTED, score_rise=_RISE)),
+        # no padding entry after the last sequence's pages: a page count one too high reads
+        # past block_tables ((n + p) / p for the ceiling, where n is a multiple of p)
+        ("the last sequence fills its block-table row", 62,
+         dict(seq_lens=[9, 24], num_heads=2, num_kv_heads=1, head_dim=8, page_size=8,
+              extra_width=0)),
     ]
     if tiled:   # last: a wrong value is the first thing to fix, a load too many the next
         specs.append(("each block loads only the keys its queries read (counted)", 58,
@@ -330,7 +335,8 @@ def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:
                            page_size=8, max_len=40, count_loads=True)))
     cases = []
     for name, seed, sizes in specs:
-        params = {k: v for k, v in sizes.items() if k not in ("nan_fill", "count_loads")}
+        params = {k: v for k, v in sizes.items()
+                  if k not in ("nan_fill", "count_loads", "extra_width")}
         cases.append(Case(name, params, lambda seed=seed, sizes=sizes: _prefill_case(
             comp, seed, threads=threads, tiled=tiled, **sizes)))
     return cases

@@ -218,6 +218,8 @@ def _write_inputs(rng, n, heads, dim, ties, outliers, special):
     k = (rng.standard_normal((n, heads, dim)) * rng.uniform(0.2, 5, (n, heads, 1)))
     k = k.astype(np.float32)
     k[0, 0, 1] = -3 * np.abs(k[0, 0]).max()                      # negative largest magnitude
+    if dim > 2 * WARP:   # the largest magnitude where lane 0's second element starts (d = 32):
+        k[-1, -1, WARP] = 3 * np.abs(k[-1, -1]).max()   # a max loop that skips it is seen
     if ties:   # exact halves of the (power of two) scale: rounding decides
         k = ((rng.integers(-60, 60, k.shape) + 0.5) * 0.03125).astype(np.float32)
     if outliers:   # 40 / 0.03125 = 1280 > 127, on both sides

@@ -23,6 +23,7 @@ from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases
                      several_fit)
 from .seeds import case_rng
 from .source_barriers import missing_barrier_in_source
+from .tc_nan_hints import NAN_READ_HINT, STEP_PAST_HINT, nan_tail_hint
 from .tc_store_ldm import store_ldm_hint
 from .variants import UNSCALED_PAGES_HINT
 
@@ -51,9 +52,10 @@ class _TileProblem:
         self.sizes = (num_heads, num_kv_heads, head_dim, page_size, seq_len)
         self.n_tiles = -(-seq_len // TILE)
 
-    def expected(self, q_rows=None, k_tile=None, **how):
+    def expected(self, q_rows=None, k_tile=None, short_copy=False, **how):
         """Scores [num_kv_heads, n_tiles, 16, 16] in float64; q_rows(kv) and k_tile(kv)
-        give the two 16-row operands (default: the spec's); `how` goes to product."""
+        give the two 16-row operands (default: the spec's); `how` goes to product.
+        short_copy: row 15 of both operands never written (NaN: the CPU executor's)."""
         num_heads, num_kv_heads, head_dim, _, seq_len = self.sizes
         group = num_heads // num_kv_heads
         out = np.zeros((num_kv_heads, self.n_tiles, TILE, TILE))
@@ -64,7 +66,9 @@ class _TileProblem:
                 self.q.astype(np.float64), j, group)[0]
             for t in range(self.n_tiles):
                 kt = k_tile(j, t) if k_tile else keys[t * TILE:(t + 1) * TILE, j]
-                out[j, t] = self.product(qr, kt, **how)
+                a, b = (np.vstack([x[:TILE - 1], np.full((1, x.shape[1]), np.nan)])
+                        if short_copy else x for x in (qr, kt))
+                out[j, t] = self.product(a, b, **how)
         return out
 
     @staticmethod
@@ -257,18 +261,6 @@ def _pow2_shift_hint(comp, seed, sizes) -> str | None:
         else None
 
 
-STEP_PAST_HINT = ("the k0 loop runs one step too far: k0 < head_dim (k0 = 0, 16, .., "
-                  "head_dim - 16), not k0 <= head_dim. The step at k0 = head_dim reads 16 "
-                  "columns past every row of the tiles: the next row's first 16, and past the "
-                  "last row shared memory your copies never wrote.")
-_NAN_READ = ("a NaN among the scores was read, not computed: q and the cache slots of the "
-             "sequence's tokens hold finite numbers, the check puts NaN in every other cache "
-             "slot and in 16 rows after q, and on the CPU executor shared memory holds NaN until "
-             "your copies write it. Load each fragment with ldm = head_dim, the distance between "
-             "the rows your copies wrote (not MAX_D), and read only the group's rows and tokens "
-             "below seq_len.")
-
-
 def _tile_case(comp, seed, *sizes) -> None:
     prob = _TileProblem(seed, *sizes)
     num_heads, num_kv_heads, _, _, seq_len = sizes
@@ -293,7 +285,7 @@ def _tile_case(comp, seed, *sizes) -> None:
                         nan_is_evidence=False) or _pow2_shift_hint(comp, seed, sizes) \
             or store_ldm_hint(lambda out: _launch_tile(comp, prob, out), prob)
         if hint is None and (np.isnan(np.asarray(got, np.float64)) & ~never).any():
-            hint = _NAN_READ   # q and the used cache slots are finite: no product makes a NaN
+            hint = NAN_READ_HINT   # q and the used cache slots are finite: no product makes a NaN
         raise Mismatch(diff.message() + f"\nTile (kv head {j}, tokens {t * TILE}.."
                        f"{t * TILE + 15}) is block ({t}, {j}); its rows are query heads "
                        f"{j * group}..{j * group + group - 1}.",
@@ -302,9 +294,7 @@ def _tile_case(comp, seed, *sizes) -> None:
     row_ok = np.arange(TILE) < group
     tok_ok = (np.arange(prob.n_tiles)[:, None] * TILE + np.arange(TILE)) < seq_len
     got64 = np.asarray(got, np.float64)
-    # right where it counts, NaN only from the tiles' unwritten tail: a k0 step too many
-    step_past = np.isnan(got64).any() and \
-        np.allclose(got64, prob.expected(step_past=True), equal_nan=True)
+    nan_tail = nan_tail_hint(got64, prob)   # NaN only from the tiles' unwritten tail
     if never.any():   # (only outside `valid` here: describe_difference saw the rest)
         _, t, r, c = bad = np.argwhere(never)[0]
         raise Mismatch(f"{int(never.sum())} scores were never written, the first at row {r}, "
@@ -322,7 +312,7 @@ def _tile_case(comp, seed, *sizes) -> None:
         raise Mismatch(f"row {bad[2]} (past the group's {group} heads) of tile ({bad[0]}, "
                        f"{bad[1]}), token {bad[1] * TILE + bad[3]}: expected 0, got "
                        f"{fmt(got64[tuple(bad)])}",
-                       STEP_PAST_HINT if step_past else
+                       nan_tail or
                        f"zero the Q rows past the group ({group}..15) in shared memory: "
                        "they are multiplied with the rest, and what is there (the next "
                        "group's heads, q's NaN tail, whatever shared memory held) becomes "
@@ -333,7 +323,7 @@ def _tile_case(comp, seed, *sizes) -> None:
         token = bad[1] * TILE + bad[3]
         raise Mismatch(f"the score of token {token} (seq_len is {seq_len}), row {bad[2]} of "
                        f"tile ({bad[0]}, {bad[1]}): expected 0, got {fmt(got64[tuple(bad)])}",
-                       STEP_PAST_HINT if step_past else
+                       nan_tail or
                        "tokens at or past seq_len are not in the cache (their slots and "
                        "table entries hold NaN or other data here): load zeros into their K "
                        "rows (and do not read block_table for them).")

@@ -45,6 +45,16 @@ DECODE_BUFFER_HINTS = {
             "(b * num_heads + h) * head_dim, dims 0..head_dim - 1."),
 }
 DECODE_BUFFER_HINTS["part_ml"] = DECODE_BUFFER_HINTS["part_out"]
+# A store past the states (the partition kernel's): where a partition's values go, not how
+# many partitions there are to read.
+DECODE_WRITE_HINTS = {
+    "part_out": ("part_out is [batch, num_heads, max_parts, head_dim]: partition p of row "
+                 "(b, h) stores its values from ((b * num_heads + h) * max_parts + p) * "
+                 "head_dim on, one per dim d < head_dim."),
+    "part_ml": ("part_ml is [batch, num_heads, max_parts, 2]: partition p of row (b, h) stores "
+                "m at slot * 2 and l at slot * 2 + 1, slot = (b * num_heads + h) * max_parts "
+                "+ p."),
+}
 
 
 def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
@@ -65,7 +75,9 @@ def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
         kind = type(exc).__name__
         if kind == "KernelFault" and getattr(exc, "buffer", None) in DECODE_BUFFER_HINTS:
             message, _ = describe_kernel_exception(exc)
-            raise Mismatch(message, DECODE_BUFFER_HINTS[exc.buffer]) from exc
+            hint = DECODE_WRITE_HINTS.get(exc.buffer) if getattr(exc, "access", None) == \
+                "write" else None
+            raise Mismatch(message, hint or DECODE_BUFFER_HINTS[exc.buffer]) from exc
         if kind != "WarpSyncError":
             raise
         lanes = ranges(getattr(exc, "bad_lanes", None) or [])
