@@ -88,13 +88,13 @@ _ATTR_CALLS = {"__launch_bounds__", "__attribute__", "__declspec", "alignas", "_
                "__maxnreg__", "__cluster_dims__", "__launch_bounds"}
 
 
-def _skip_group(text: str, i: int) -> int:
-    """Index just past the parenthesized group starting at text[i] == '('."""
+def _skip_group(text: str, i: int, pair: str = "()") -> int:
+    """Index just past the group starting at text[i] == pair[0] (parenthesized by default)."""
     depth = 0
     for j in range(i, len(text)):
-        if text[j] == "(":
+        if text[j] == pair[0]:
             depth += 1
-        elif text[j] == ")":
+        elif text[j] == pair[1]:
             depth -= 1
             if depth == 0:
                 return j + 1
@@ -148,12 +148,20 @@ def find_kernels(source: str, include_templates: bool = True) -> list[str]:
     return names
 
 
-def launch_bounds(source: str, name: str) -> str | None:
-    """The expression of kernel `name`'s __launch_bounds__ maximum of threads per block (its
-    first argument, as written), or None without the attribute."""
-    for kernel, _, bounds in _kernel_heads(strip_comments(source)):
-        if kernel == name and bounds:
-            return bounds
+def launch_bounds(source: str, name: str) -> tuple[str, int] | None:
+    """Kernel `name`'s __launch_bounds__ maximum of threads per block (its first argument, as
+    written) and the index just past its definition's closing brace, where the expression
+    means what it meant to the kernel (a macro #undef'd or redefined later does not); None
+    without the attribute or a definition."""
+    text = strip_comments(source)
+    bounds = None
+    for kernel, paren, attr in _kernel_heads(text):
+        if kernel != name:
+            continue
+        bounds = attr or bounds   # on a declaration before the definition, or on it
+        body = re.compile(r"[;{]").search(text, _skip_group(text, paren))
+        if bounds and body is not None and body.group() == "{":
+            return bounds, _skip_group(text, body.start(), "{}")
     return None
 
 

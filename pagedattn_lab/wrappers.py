@@ -391,4 +391,3 @@ def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_sche
         raise ValueError(f"head_dim: {head_dim} with {kv_format.name} pages: the simt kernel "
                          f"reads 16 codes at a time, so head_dim must be a multiple of 16")
     return chosen
-

@@ -115,10 +115,16 @@ PAL_DF double pal_two_sum(double a, double b, double *lo)
     *lo = (a - av) + (b - bv);
     return s;
 }
+// An exact zero sum x + y (s == 0: a double sum of floats, or of a float and a float product,
+// rounds to 0 only when exactly 0): IEEE 754 makes it -0 when rounding down unless both are
+// +0, and otherwise +0 unless both are -0, which the nearest sum r already is.
+PAL_DF float pal_zero_sum(float r, double x, double y, int mode)
+{ return mode == PAL_RD && (x != 0.0 || y != 0.0 || signbit(x) || signbit(y)) ? -0.0f : r; }
 PAL_DF float pal_fadd(float a, float b, int mode)
 {
     double lo;
     const double s = pal_two_sum(a, b, &lo);
+    if (s == 0.0) return pal_zero_sum(a + b, a, b, mode);
     return pal_round_dir(a + b, pal_err_sign(a + b, s, lo, pal_fin(a) && pal_fin(b)), mode);
 }
 PAL_DF float pal_fmul(float a, float b, int mode)   // a * b is exact in double
@@ -143,6 +149,7 @@ PAL_DF float pal_fma(float a, float b, float c, int mode)
     double lo;
     const double s = pal_two_sum((double)a * b, c, &lo);   // a * b exact in double
     const float r = fmaf(a, b, c);
+    if (s == 0.0) return pal_zero_sum(r, (double)a * b, c, mode);
     return pal_round_dir(r, pal_err_sign(r, s, lo, pal_fin(a) && pal_fin(b) && pal_fin(c)), mode);
 }
 // Subnormal inputs and results are a signed zero, as under CuPy's -ftz=true (shim_device.h;

@@ -38,7 +38,9 @@ struct __pal_match_at {
 #define __match_any_sync(...) (__pal_match_at{__LINE__}.any(__VA_ARGS__))
 #define __match_all_sync(...) (__pal_match_at{__LINE__}.all(__VA_ARGS__))
 
-// __reduce_*_sync: every lane of the mask gets the reduction of the mask's values.
+// __reduce_*_sync: every lane of the mask gets the reduction of the mask's values. The
+// members are not named min and max: the macros expand in the kernel's text, where a
+// kernel's own `#define min(a, b)` would expand them too.
 template <class T, class F> PAL_DF T __pal_reduce(int line, unsigned mask, T v, F op)
 {
     T acc = v;
@@ -55,13 +57,13 @@ struct __pal_reduce_at {
     unsigned add(unsigned mask, unsigned v) const
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a + b; }); }
     int add(unsigned mask, int v) const { return (int)add(mask, (unsigned)v); }
-    unsigned min(unsigned mask, unsigned v) const
+    unsigned lowest(unsigned mask, unsigned v) const
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a < b ? a : b; }); }
-    int min(unsigned mask, int v) const
+    int lowest(unsigned mask, int v) const
     { return __pal_reduce(line, mask, v, [](int a, int b) { return a < b ? a : b; }); }
-    unsigned max(unsigned mask, unsigned v) const
+    unsigned highest(unsigned mask, unsigned v) const
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a > b ? a : b; }); }
-    int max(unsigned mask, int v) const
+    int highest(unsigned mask, int v) const
     { return __pal_reduce(line, mask, v, [](int a, int b) { return a > b ? a : b; }); }
     unsigned band(unsigned mask, unsigned v) const
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a & b; }); }
@@ -71,8 +73,8 @@ struct __pal_reduce_at {
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a ^ b; }); }
 };
 #define __reduce_add_sync(...) (__pal_reduce_at{__LINE__}.add(__VA_ARGS__))
-#define __reduce_min_sync(...) (__pal_reduce_at{__LINE__}.min(__VA_ARGS__))
-#define __reduce_max_sync(...) (__pal_reduce_at{__LINE__}.max(__VA_ARGS__))
+#define __reduce_min_sync(...) (__pal_reduce_at{__LINE__}.lowest(__VA_ARGS__))
+#define __reduce_max_sync(...) (__pal_reduce_at{__LINE__}.highest(__VA_ARGS__))
 #define __reduce_and_sync(...) (__pal_reduce_at{__LINE__}.band(__VA_ARGS__))
 #define __reduce_or_sync(...) (__pal_reduce_at{__LINE__}.bor(__VA_ARGS__))
 #define __reduce_xor_sync(...) (__pal_reduce_at{__LINE__}.bxor(__VA_ARGS__))

@@ -115,22 +115,29 @@ def quoted_filename(filename: str) -> str:
     return filename.replace("\\", "\\\\").replace('"', '\\"')
 
 
+def _with_launch_bounds(source: str, kernel_names: list[str]) -> str:
+    """`source` with each kernel's __launch_bounds__ maximum exported, evaluated by the compiler
+    (a macro or a constant expression) just past the kernel's closing brace, on its line: there
+    it names what the kernel's attribute named, in the kernel's namespace, though the source
+    #undef's the macro later; on one line, so the lines after keep their numbers. A GPU
+    refuses a launch of more threads per block (kernel.py)."""
+    found = sorted(((b[1], name, " ".join(b[0].split())) for name in kernel_names
+                    if (b := launch_bounds(source, name)) is not None), reverse=True)
+    for end, name, bound in found:
+        source = (f'{source[:end]} extern "C" PAL_EXPORT const long long '
+                  f"__pal_max_threads_{name} = (long long)({bound});{source[end:]}")
+    return source
+
+
 def translation_unit(source: str, kernel_names: list[str], filename: str, shim_path: str) -> str:
     """The C++ file to compile: the shim, the kernel source at its own line numbers, and one
     exported entry point per kernel that unpacks a void*[] argument list."""
-    body = rewrite_extern_shared(source)
+    body = rewrite_extern_shared(_with_launch_bounds(source, kernel_names))
     if not body.endswith("\n"):
         body += "\n"
     entries = "".join(
         f'extern "C" PAL_EXPORT void __pal_entry_{name}(void **a) {{ __pal_invoke({name}, a); }}\n'
         for name in kernel_names)
-    # A kernel's __launch_bounds__ maximum, evaluated by the compiler (it may be a macro or a
-    # constant expression): a GPU refuses a launch of more threads per block (kernel.py).
-    for name in kernel_names:
-        bound = launch_bounds(source, name)
-        if bound is not None:
-            entries += (f'extern "C" PAL_EXPORT const long long __pal_max_threads_{name} = '
-                        f"(long long)({bound});\n")
     quoted = quoted_filename(filename)
     return (f'#include "{shim_path}"\n'
             f"#pragma GCC poison {' '.join(POISONED)}\n"
