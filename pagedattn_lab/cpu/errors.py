@@ -62,7 +62,7 @@ class KernelDeadlock(KernelError):
 class WarpSyncError(KernelDeadlock):
     """A warp intrinsic (__shfl_*_sync, __ballot_sync, __syncwarp) named lanes in its mask
     that exited, do not exist, or never arrive. Attributes as KernelDeadlock, plus warp,
-    mask and bad_lanes (list of lane numbers)."""
+    mask, bad_lanes (list of lane numbers) and op (the intrinsic, e.g. "__syncwarp")."""
 
 
 class KernelTimeout(KernelError):

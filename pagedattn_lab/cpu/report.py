@@ -256,7 +256,7 @@ def warp_error(r, info: LaunchInfo) -> KernelError:
     waiting = [i for i, s in enumerate(states) if s in (abi.T_BARRIER, abi.T_WARP)]
     return WarpSyncError(
         text, kernel=info.kernel, block=tuple(r.block), thread=tuple(r.thread), warp=warp,
-        mask=mask, bad_lanes=lanes, lines=[r.line],
+        mask=mask, bad_lanes=lanes, op=op, lines=[r.line],
         num_waiting=len(waiting), waiting_threads=[xyz(i, block) for i in waiting],
         exited_threads=[xyz(i, block) for i, s in enumerate(states) if s == abi.T_EXITED])
 

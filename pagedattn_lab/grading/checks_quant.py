@@ -144,6 +144,14 @@ def _small_rows_hint(got, expected, amax, qmax="qmax"):
             f"threshold on amax or a floor on the scale shrinks its codes, down to all 0).")
 
 
+def small_rows(x):
+    """`x` [n, heads, dim] with its rows' amax set to 1e-5 .. 10, log-spaced, token 0's
+    smallest: the prompts' "rows down to 1e-5" hold for every seed, so a threshold on amax
+    anywhere above 1e-5 meets a row below it (token 0 is never the padding row)."""
+    amax = 10.0 ** np.linspace(-5, 1, x.shape[0] * x.shape[1]).reshape(*x.shape[:2], 1)
+    return (x / np.abs(x).max(-1, keepdims=True) * amax).astype(np.float32)
+
+
 def kv_scales(fn) -> CheckResult:
     """Check `fn(x, qmax)` -> per-token scales [n_tokens, num_kv_heads]."""
     rng = case_rng(11)
@@ -161,7 +169,7 @@ def kv_scales(fn) -> CheckResult:
              ("the largest magnitude is negative", negative, 127.0),
              ("an all-zero row", zero, 127.0),
              ("one KV head", rows(9, 1, 64), 127.0)]
-    small = rows(8, 3, 20) * (10.0 ** rng.uniform(-5, 1, (8, 3, 1))).astype(np.float32)
+    small = small_rows(rows(8, 3, 20, spread=False))
     cases.append(("rows from 1e-5 to 10 in magnitude", small, 448.0))
     return run_cases("kv_scales", "kv_scales: one scale per (token, KV head)", [
         Case(name, {"shape": x.shape, "qmax": q}, lambda x=x, q=q: _scales_case(fn, x, q))
@@ -170,12 +178,18 @@ def kv_scales(fn) -> CheckResult:
 
 # -- task 2: quantize on write, in CUDA C --------------------------------------------------
 
-def _padding_block(exc, slots):
-    """The padding row (slot -1) whose block made the fault `exc`, if it was one."""
-    block = getattr(exc, "block", None)
+def _write_fault_hint(slots, block, buffer, index) -> str | None:
+    """The hint for a write outside k_scale or k_cache, keyed on where it landed: in a
+    padding row's block, or before the array's start while padding rows exist (the executor
+    found the write only after the launch, so no block is known; slot -1 is the one negative
+    index this kernel computes), or elsewhere in k_scale (its layout)."""
     padding = np.flatnonzero(slots < 0).tolist()
-    return block[0] if isinstance(block, (tuple, list)) and block and block[0] in padding \
-        else None
+    if isinstance(block, (tuple, list)) and block and block[0] in padding:
+        return _padding_hint(int(block[0]))
+    if not block and padding and buffer in ("k_scale", "k_cache") and \
+            index is not None and index < 0:
+        return _padding_hint(padding[0])
+    return K_SCALE_LAYOUT if buffer == "k_scale" else None
 
 
 def _launch_write(comp, k, slots, heads, dim, per_token, k_scale, cache):
@@ -186,27 +200,25 @@ def _launch_write(comp, k, slots, heads, dim, per_token, k_scale, cache):
             k, slots, np.int32(heads), np.int32(dim), np.int32(per_token), k_scale.copy(),
             cache), outputs=(5, 6))
     except OutOfBoundsWrite as exc:   # (the GPU: a write into the bands around an argument)
-        padding = np.flatnonzero(slots < 0)
-        if exc.arg_index == 6 and exc.index < 0 and padding.size:
-            raise Mismatch(exc.message, _padding_hint(int(padding[0]))) from exc
-        if exc.arg_index == 5:
-            raise Mismatch(exc.message, K_SCALE_LAYOUT) from exc
-        raise
+        buffer = {5: "k_scale", 6: "k_cache"}.get(exc.arg_index)
+        hint = _write_fault_hint(slots, None, buffer, exc.index)
+        if hint is None:
+            raise
+        raise Mismatch(exc.message, hint) from exc
     except Exception as exc:
         if type(exc).__name__ != "KernelFault":
             raise
         message, _ = describe_kernel_exception(exc)
-        token = _padding_block(exc, slots)
-        if token is not None:
-            raise Mismatch(message, _padding_hint(token)) from exc
-        if getattr(exc, "buffer", None) == "k_scale":
-            raise Mismatch(message, K_SCALE_LAYOUT) from exc
-        raise
+        hint = _write_fault_hint(slots, getattr(exc, "block", None),
+                                 getattr(exc, "buffer", None), getattr(exc, "index", None))
+        if hint is None:
+            raise
+        raise Mismatch(message, hint) from exc
 
 
 def _padding_hint(token: int) -> str:
     return (f"slot_mapping[{token}] = -1 marks a padding row: return before writing anything "
-            f"for it (slot -1 indexes before the cache).")
+            f"for it (slot -1 indexes before the cache and its scales).")
 
 
 K_SCALE_LAYOUT = ("k_scale holds one static scale per head, [num_kv_heads], when per_token = 0 "
@@ -230,7 +242,7 @@ def _write_inputs(rng, n, heads, dim, ties, outliers, special):
     if special == "nan":
         k[1, 0, 5] = k[5, -1, 0] = np.nan
     if special == "small":   # rows from 1e-5 to 10: no threshold or floor on the scale
-        k *= (10.0 ** rng.uniform(-5, 1, (n, heads, 1))).astype(np.float32)
+        k = small_rows(k)
     return k
 
 

@@ -224,13 +224,24 @@ def _launch_tile(comp, prob, out):
     except Exception as exc:
         if type(exc).__name__ != "WarpSyncError":
             raise
-        lanes = ranges(getattr(exc, "bad_lanes", None) or [])
-        raise Mismatch(f"a WMMA call can never complete: {exc}",
-                       f"lanes {lanes} did not reach it: load_matrix_sync, mma_sync and "
-                       "store_matrix_sync are warp-wide, every lane of the warp must call "
-                       "them (the lanes share the tile's elements). A lane with no row to "
-                       "load still takes part: guard its loads with an if, not a return.") \
-            from exc
+        raise Mismatch(*_lanes_missed(exc)) from exc
+
+
+def _lanes_missed(exc) -> tuple[str, str]:
+    """(message, hint) for lanes that left before a warp-wide call, named by the call the
+    executor stopped at: a barrier before the WMMA calls (__syncwarp) or a WMMA call."""
+    lanes = ranges(getattr(exc, "bad_lanes", None) or [])
+    op = getattr(exc, "op", None)
+    if op is None or op.startswith("wmma::"):
+        what, why = "a WMMA call" + (f" ({op})" if op else ""), "did not reach it"
+    else:
+        what, why = f"a {op}()", (f"returned before the {op}(), which waits for them (its "
+                                  "mask names them), and the WMMA calls after it need them too")
+    return (f"{what} can never complete: {exc}",
+            f"lanes {lanes} {why}: load_matrix_sync, mma_sync and store_matrix_sync are "
+            "warp-wide, every lane of the warp must call them (the lanes share the tile's "
+            "elements). A lane with no row to load still takes part: guard its loads with an "
+            "if, not a return.")
 
 
 def _tile_diff(prob, got, never):
@@ -261,6 +272,12 @@ def _pow2_shift_hint(comp, seed, sizes) -> str | None:
         else None
 
 
+def _tile_name(j, t) -> str:
+    """Tile (kv head j, token tile t) spelled with its tokens and its block, (t, j): a bare
+    "(j, t)" reads as the block, whose axes are the other way round."""
+    return f"tile (kv head {j}, tokens {t * TILE}..{t * TILE + 15}), block ({t}, {j})"
+
+
 def _tile_case(comp, seed, *sizes) -> None:
     prob = _TileProblem(seed, *sizes)
     num_heads, num_kv_heads, _, _, seq_len = sizes
@@ -286,8 +303,7 @@ def _tile_case(comp, seed, *sizes) -> None:
             or store_ldm_hint(lambda out: _launch_tile(comp, prob, out), prob)
         if hint is None and (np.isnan(np.asarray(got, np.float64)) & ~never).any():
             hint = NAN_READ_HINT   # q and the used cache slots are finite: no product makes a NaN
-        raise Mismatch(diff.message() + f"\nTile (kv head {j}, tokens {t * TILE}.."
-                       f"{t * TILE + 15}) is block ({t}, {j}); its rows are query heads "
+        raise Mismatch(diff.message() + f"\nThe {_tile_name(j, t)}: its rows are query heads "
                        f"{j * group}..{j * group + group - 1}.",
                        hint or "S[r][c] = q[kv_head * group + r] . k(token 16 * tile + c, "
                                "kv_head), summed over all head_dim dimensions.")
@@ -298,7 +314,7 @@ def _tile_case(comp, seed, *sizes) -> None:
     if never.any():   # (only outside `valid` here: describe_difference saw the rest)
         _, t, r, c = bad = np.argwhere(never)[0]
         raise Mismatch(f"{int(never.sum())} scores were never written, the first at row {r}, "
-                       f"token {t * TILE + c} of tile ({bad[0]}, {t}) (seq_len {seq_len}, "
+                       f"token {t * TILE + c} of {_tile_name(bad[0], t)} (seq_len {seq_len}, "
                        f"group {group}): it still holds the NaN the check filled scores with",
                        "store the whole 16 x 16 tile (store_matrix_sync of the accumulator): "
                        "rows past the group and tokens past seq_len come out 0 from the zeroed "
@@ -309,9 +325,9 @@ def _tile_case(comp, seed, *sizes) -> None:
                                shape)
     if (got64[pad_rows] != 0).any():
         bad = np.argwhere(pad_rows & (got64 != 0))[0]
-        raise Mismatch(f"row {bad[2]} (past the group's {group} heads) of tile ({bad[0]}, "
-                       f"{bad[1]}), token {bad[1] * TILE + bad[3]}: expected 0, got "
-                       f"{fmt(got64[tuple(bad)])}",
+        raise Mismatch(f"row {bad[2]} (past the group's {group} heads) of "
+                       f"{_tile_name(bad[0], bad[1])}, token {bad[1] * TILE + bad[3]}: "
+                       f"expected 0, got {fmt(got64[tuple(bad)])}",
                        nan_tail or
                        f"zero the Q rows past the group ({group}..15) in shared memory: "
                        "they are multiplied with the rest, and what is there (the next "
@@ -322,7 +338,7 @@ def _tile_case(comp, seed, *sizes) -> None:
         bad = np.argwhere(past & (got64 != 0))[0]
         token = bad[1] * TILE + bad[3]
         raise Mismatch(f"the score of token {token} (seq_len is {seq_len}), row {bad[2]} of "
-                       f"tile ({bad[0]}, {bad[1]}): expected 0, got {fmt(got64[tuple(bad)])}",
+                       f"{_tile_name(bad[0], bad[1])}: expected 0, got {fmt(got64[tuple(bad)])}",
                        nan_tail or
                        "tokens at or past seq_len are not in the cache (their slots and "
                        "table entries hold NaN or other data here): load zeros into their K "

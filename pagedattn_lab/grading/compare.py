@@ -82,6 +82,7 @@ class Difference:
     got: np.ndarray
     expected: np.ndarray
     certain: bool = True     # False: `unwritten` is a guess from NaN (a plain-NaN poison)
+    compared: np.ndarray | None = None   # bool: the entries compared (None: all of them)
 
     @property
     def count(self) -> int:
@@ -93,12 +94,15 @@ class Difference:
     def where(self, index) -> str:
         return ", ".join(f"{a} {i}" for a, i in zip(self.axes, index))
 
+    def _along(self, axis: str, where: np.ndarray) -> list[int]:
+        """The indices along `axis` with some True entry of `where`."""
+        k = self.axes.index(axis)
+        other = tuple(i for i in range(where.ndim) if i != k)
+        return [int(i) for i in np.flatnonzero(where.any(axis=other) if other else where)]
+
     def affected(self, axis: str) -> tuple[list[int], int]:
         """(indices along `axis` holding a wrong value, the axis length)."""
-        k = self.axes.index(axis)
-        other = tuple(i for i in range(self.bad.ndim) if i != k)
-        hit = self.bad.any(axis=other) if other else self.bad
-        return [int(i) for i in np.flatnonzero(hit)], self.bad.shape[k]
+        return self._along(axis, self.bad), self.bad.shape[self.axes.index(axis)]
 
     def pattern(self) -> str:
         """'wrong in sequences 1-2 (right in 0); every head' style summary."""
@@ -109,10 +113,15 @@ class Difference:
             idx, n = self.affected(axis)
             if n <= 1:
                 continue
+            # an index the check never compared (past seq_len, a padding row) is not "right"
+            seen = range(n) if self.compared is None else self._along(axis, self.compared)
+            right = sorted(set(seen) - set(idx))
             if len(idx) == n:
                 parts.append(f"every {axis}")
+            elif not right:
+                parts.append(f"{_plural(axis)} {ranges(idx)} "
+                             f"(the only {_plural(axis)} compared)")
             else:
-                right = sorted(set(range(n)) - set(idx))
                 parts.append(f"{_plural(axis)} {ranges(idx)} (right: {ranges(right)})")
         return "; ".join(parts)
 
@@ -164,8 +173,9 @@ def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None,
         never = np.isnan(got) & ~np.isnan(expected)
     else:
         never = np.broadcast_to(np.asarray(unwritten, bool), got.shape)
+    compared = None if mask is None else np.broadcast_to(mask, got.shape)
     return Difference(~close, never & ~close, tuple(axes), got, expected,
-                      certain=unwritten is not None)
+                      certain=unwritten is not None, compared=compared)
 
 
 def matches(got, candidate, *, atol=ATOL, rtol=RTOL, mask=None) -> bool:

@@ -179,6 +179,11 @@ def _read_mistakes():
            ((_RIGHT, _RIGHT, False),
             "the score is q . k times the softmax scale (1 / sqrt(head_dim), the kernel's "
             "`scale`): it is still needed with dequantized keys.")]
+    static = ("with per-token scales (per_token = 1) {X}'s per-token scale is {s}[slot * "
+              "num_kv_heads + kv_head], laid out like the pages, not {s}[kv_head] ({Y}'s index "
+              "is right).")
+    out += [((("times", "own", "head"), _RIGHT, True), static.format(X="K", Y="V", s="k_scale")),
+            ((_RIGHT, ("times", "own", "head"), True), static.format(X="V", Y="K", s="v_scale"))]
     for how, text in _HOW.items():
         out += [(((how, "own", "slot"), _RIGHT, True), text.format(X="K", s="k_scale")),
                 ((_RIGHT, (how, "own", "slot"), True), text.format(X="V", s="v_scale")),

@@ -16,9 +16,9 @@ SHORT_COPY_HINT = ("the copies stop a row short: row 15 of the Q and K tiles was
 NAN_READ_HINT = ("a NaN among the scores was read, not computed: q and the cache slots of the "
                  "sequence's tokens hold finite numbers, the check puts NaN in every other "
                  "cache slot and in 16 rows after q, and on the CPU executor shared memory holds "
-                 "NaN until your copies write it. Load each fragment with ldm = head_dim, the "
-                 "distance between the rows your copies wrote (not MAX_D), and read only the "
-                 "group's rows and tokens below seq_len.")
+                 "NaN until your copies write it. Write row r of q_tile and k_tile at r * "
+                 "head_dim (not r * MAX_D), load each fragment with ldm = head_dim, the distance "
+                 "between those rows, and read only the group's rows and tokens below seq_len.")
 
 
 def nan_tail_hint(got64, prob) -> str | None:
