@@ -325,3 +325,45 @@ def test_a_reduce_whose_mask_leaves_out_the_caller_names_the_reduce():
               '    out[threadIdx.x] = __reduce_add_sync(0x0000ffffu, threadIdx.x);\n}\n')
     with pytest.raises(WarpSyncError, match=r"__reduce_\*_sync at line 3.*lane 16 is not in"):
         RawKernel(source, "k")((1,), (32,), (np.zeros(32, np.uint32),))
+
+
+_TO_DOUBLE = r"""
+extern "C" __global__ void to_double(const long long* in, double* out)
+{
+    const int l = threadIdx.x;
+    const long long x = in[l];
+    double* o = out + 6 * l;
+    o[0] = __ll2double_rz(x);
+    o[1] = __ll2double_rd(x);
+    o[2] = __ll2double_ru(x);
+    o[3] = __ull2double_rz((unsigned long long)x);
+    o[4] = __ull2double_rd((unsigned long long)x);
+    o[5] = __ull2double_ru((unsigned long long)x);
+}
+"""
+
+
+def _double_toward(v: int, mode: str) -> float:
+    """The double next to the integer v in the direction of `mode` (exact, by Fraction)."""
+    near = float(v)   # round to nearest
+    if Fraction(near) == v:
+        return near
+    below = near if Fraction(near) < v else math.nextafter(near, -math.inf)
+    above = near if Fraction(near) > v else math.nextafter(near, math.inf)
+    return {"rd": below, "ru": above, "rz": below if v > 0 else above}[mode]
+
+
+def test_64_bit_integers_to_double_round_in_each_named_direction():
+    """Failed before hunt 88 (no such intrinsics); the three directions now share
+    pal_round_dir with the float conversions."""
+    values = [0, 1, -1, 2**53 + 1, -(2**53 + 1), 2**63 - 1, -(2**63), 2**62 + 3, -(2**54 + 5),
+              12345678901234567, -98765432109876543]
+    x = np.array(values, np.int64)
+    out = np.full(6 * len(values), np.nan)
+    RawKernel(_TO_DOUBLE, "to_double")((1,), (len(values),), (x, out))
+    got = out.reshape(len(values), 6)
+    for i, v in enumerate(values):
+        u = v % 2**64
+        want = [_double_toward(v, m) for m in ("rz", "rd", "ru")] + \
+            [_double_toward(u, m) for m in ("rz", "rd", "ru")]
+        assert got[i].tolist() == want, (v, got[i].tolist(), want)

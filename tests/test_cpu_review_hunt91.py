@@ -116,3 +116,28 @@ def test_every_atomic_cuda_declares_compiles_and_computes_its_result():
     one, two = 0x3F80, 0x4000   # bfloat16 bits of 1.0 and 2.0
     assert (f, d, h, h2, u, l, us) == ([4.0], [2.0], [1.0], [1.0, 2.0], [8], [-7], [3])
     assert (ui, i, b, b2) == ([2 ** 32 - 1], [6], [one], [one, two])
+
+
+_WORD_MACROS = r"""
+#define any(x) ((x) != 0)
+#define all(x) ((x) != 0)
+#define add(a, b) ((a) + (b))
+#define any_line 7
+extern "C" __global__ void lane_words(int* out)
+{
+    const int v = (int)threadIdx.x % 2;
+    int pred = 0;
+    const unsigned same = __match_any_sync(0xffffffffu, v);
+    const unsigned whole = __match_all_sync(0xffffffffu, 5, &pred);
+    out[threadIdx.x] = add(__reduce_add_sync(0xffffffffu, v), any_line) + any(same == 0x55555555u
+        || same == 0xaaaaaaaau) * 100 + all(whole == 0xffffffffu && pred) * 1000;
+}
+"""
+
+
+def test_warp_match_and_reduce_compile_beside_a_kernels_own_word_macros():
+    """Failed before: a kernel's own `any`, `all` or `add` macro expanded the names the
+    executor's __match_*_sync and __reduce_*_sync macros bring into its text."""
+    out = np.zeros(32, np.int32)
+    RawKernel(_WORD_MACROS, "lane_words")((1,), (32,), (out,))
+    assert (out == 16 + 7 + 100 + 1000).all()

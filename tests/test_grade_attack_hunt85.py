@@ -106,7 +106,8 @@ def test_under_the_judge_it_fails_the_task_with_a_message():
     assert not report["learner_errors"], report
 
 
-@pytest.mark.parametrize("control", ["\x9b2K\x9b1A", "\u202e", "\u2066", "\u200b", "\x85"])
+@pytest.mark.parametrize("control", ["\x9b2K\x9b1A", "\u202e", "\u2066", "\u200b", "\x85",
+                                     "\u2028", "\u2029"])
 def test_the_table_drops_c1_and_unicode_format_controls(control):
     row = table.Row("nb.ipynb", "serve", "fail", f"wrong{control}PASS")
     assert control not in table.to_markdown([row]) + table.to_csv([row])

@@ -92,12 +92,15 @@ PAL_DF unsigned long long __double2ull_rn(double x) { return pal_saturate_ull(ri
 // ---- directed rounding: the nearest result r, moved one step when the exact value lies
 // past it (err: the sign of exact - r; an overflow to infinity of finite inputs lies beyond) ----
 enum { PAL_RZ, PAL_RD, PAL_RU };
-PAL_DF float pal_round_dir(float r, int err, int mode)
+PAL_DF float pal_next(float r, float toward) { return nextafterf(r, toward); }
+PAL_DF double pal_next(double r, double toward) { return nextafter(r, toward); }
+template <class T> PAL_DF T pal_round_dir(T r, int err, int mode)   // float or double
 {
     if (err == 0 || r != r) return r;
-    if (mode == PAL_RD) return err < 0 ? nextafterf(r, -__builtin_inff()) : r;
-    if (mode == PAL_RU) return err > 0 ? nextafterf(r, __builtin_inff()) : r;
-    return (err < 0) == (r > 0) ? nextafterf(r, 0.0f) : r;
+    const T inf = (T)__builtin_inf();
+    if (mode == PAL_RD) return err < 0 ? pal_next(r, -inf) : r;
+    if (mode == PAL_RU) return err > 0 ? pal_next(r, inf) : r;
+    return (err < 0) == (r > 0) ? pal_next(r, (T)0) : r;
 }
 PAL_DF int pal_sign(double d) { return (d > 0) - (d < 0); }
 // the sign of exact - r where r is the nearest float to an exact value e (given as a double
@@ -183,12 +186,8 @@ PAL_DF float pal_i128_to_float(__int128 v, int mode)
 PAL_DF double pal_i128_to_double(__int128 v, int mode)
 {
     const double r = (double)v;
-    const __int128 back = (__int128)r;
-    const int e = v > back ? 1 : v < back ? -1 : 0;
-    if (e == 0) return r;
-    if (mode == PAL_RD) return e < 0 ? nextafter(r, -__builtin_inf()) : r;
-    if (mode == PAL_RU) return e > 0 ? nextafter(r, __builtin_inf()) : r;
-    return (e < 0) == (r > 0) ? nextafter(r, 0.0) : r;
+    const __int128 back = (__int128)r;   // exact: |r| <= 2^64
+    return pal_round_dir(r, v > back ? 1 : v < back ? -1 : 0, mode);
 }
 PAL_DF float pal_double_to_float(double d, int mode)   // flushed like the arithmetic above
 {

@@ -21,13 +21,19 @@ template <class T> PAL_DF unsigned long long __pal_bits(T v)
     memcpy(&b, &v, sizeof(T));
     return b;
 }
+// The macros below expand in the kernel's own text, so every name they bring in is one of the
+// implementation's (__pal_*): a kernel's own `#define min(a, b)`, `any(...)` or `add(...)`
+// must not expand them.
 struct __pal_match_at {
     int line;
 #define PAL_MATCH(T)                                                                         \
-    unsigned any(unsigned mask, T v) const { return __pal_match_bits(line, mask, __pal_bits(v)); } \
-    unsigned all(unsigned mask, T v, int *pred) const                                       \
+    unsigned __pal_any(unsigned mask, T v) const                                             \
     {                                                                                        \
-        const bool same = any(mask, v) == mask;                                              \
+        return __pal_match_bits(line, mask, __pal_bits(v));                                  \
+    }                                                                                        \
+    unsigned __pal_all(unsigned mask, T v, int *pred) const                                  \
+    {                                                                                        \
+        const bool same = __pal_any(mask, v) == mask;                                        \
         *pred = same;                                                                        \
         return same ? mask : 0u;                                                             \
     }
@@ -35,12 +41,10 @@ struct __pal_match_at {
     PAL_MATCH(unsigned long long) PAL_MATCH(long long) PAL_MATCH(float) PAL_MATCH(double)
 #undef PAL_MATCH
 };
-#define __match_any_sync(...) (__pal_match_at{__LINE__}.any(__VA_ARGS__))
-#define __match_all_sync(...) (__pal_match_at{__LINE__}.all(__VA_ARGS__))
+#define __match_any_sync(...) (__pal_match_at{__LINE__}.__pal_any(__VA_ARGS__))
+#define __match_all_sync(...) (__pal_match_at{__LINE__}.__pal_all(__VA_ARGS__))
 
-// __reduce_*_sync: every lane of the mask gets the reduction of the mask's values. The
-// members are not named min and max: the macros expand in the kernel's text, where a
-// kernel's own `#define min(a, b)` would expand them too.
+// __reduce_*_sync: every lane of the mask gets the reduction of the mask's values.
 template <class T, class F> PAL_DF T __pal_reduce(int line, unsigned mask, T v, F op)
 {
     T acc = v;
@@ -54,29 +58,29 @@ template <class T, class F> PAL_DF T __pal_reduce(int line, unsigned mask, T v, 
 }
 struct __pal_reduce_at {
     int line;
-    unsigned add(unsigned mask, unsigned v) const
+    unsigned __pal_add(unsigned mask, unsigned v) const
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a + b; }); }
-    int add(unsigned mask, int v) const { return (int)add(mask, (unsigned)v); }
-    unsigned lowest(unsigned mask, unsigned v) const
+    int __pal_add(unsigned mask, int v) const { return (int)__pal_add(mask, (unsigned)v); }
+    unsigned __pal_min(unsigned mask, unsigned v) const
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a < b ? a : b; }); }
-    int lowest(unsigned mask, int v) const
+    int __pal_min(unsigned mask, int v) const
     { return __pal_reduce(line, mask, v, [](int a, int b) { return a < b ? a : b; }); }
-    unsigned highest(unsigned mask, unsigned v) const
+    unsigned __pal_max(unsigned mask, unsigned v) const
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a > b ? a : b; }); }
-    int highest(unsigned mask, int v) const
+    int __pal_max(unsigned mask, int v) const
     { return __pal_reduce(line, mask, v, [](int a, int b) { return a > b ? a : b; }); }
-    unsigned band(unsigned mask, unsigned v) const
+    unsigned __pal_and(unsigned mask, unsigned v) const
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a & b; }); }
-    unsigned bor(unsigned mask, unsigned v) const
+    unsigned __pal_or(unsigned mask, unsigned v) const
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a | b; }); }
-    unsigned bxor(unsigned mask, unsigned v) const
+    unsigned __pal_xor(unsigned mask, unsigned v) const
     { return __pal_reduce(line, mask, v, [](unsigned a, unsigned b) { return a ^ b; }); }
 };
-#define __reduce_add_sync(...) (__pal_reduce_at{__LINE__}.add(__VA_ARGS__))
-#define __reduce_min_sync(...) (__pal_reduce_at{__LINE__}.lowest(__VA_ARGS__))
-#define __reduce_max_sync(...) (__pal_reduce_at{__LINE__}.highest(__VA_ARGS__))
-#define __reduce_and_sync(...) (__pal_reduce_at{__LINE__}.band(__VA_ARGS__))
-#define __reduce_or_sync(...) (__pal_reduce_at{__LINE__}.bor(__VA_ARGS__))
-#define __reduce_xor_sync(...) (__pal_reduce_at{__LINE__}.bxor(__VA_ARGS__))
+#define __reduce_add_sync(...) (__pal_reduce_at{__LINE__}.__pal_add(__VA_ARGS__))
+#define __reduce_min_sync(...) (__pal_reduce_at{__LINE__}.__pal_min(__VA_ARGS__))
+#define __reduce_max_sync(...) (__pal_reduce_at{__LINE__}.__pal_max(__VA_ARGS__))
+#define __reduce_and_sync(...) (__pal_reduce_at{__LINE__}.__pal_and(__VA_ARGS__))
+#define __reduce_or_sync(...) (__pal_reduce_at{__LINE__}.__pal_or(__VA_ARGS__))
+#define __reduce_xor_sync(...) (__pal_reduce_at{__LINE__}.__pal_xor(__VA_ARGS__))
 
 #endif
