@@ -27,9 +27,9 @@ from pagedattn_lab.engine.request import Status
 from pagedattn_lab.quant import dequantize
 
 from .test_engine_quant import round_trip
-from .test_engine_step_rollback_hunt22 import (BASE, CONFIG, WEIGHTS, Boom, check_engine,
+from .test_engine_step_rollback_hunt22 import (BASE, CONFIG, WEIGHTS, check_engine,
                                                check_rolled_back, fail_after_forward, layer0_keys,
-                                               patch, state)
+                                               patch, state, step_failing)
 
 MAX_TOKENS = 5
 _DENSE: dict = {}
@@ -192,12 +192,7 @@ class EngineMachine(RuleBasedStateMachine):
                 restore = patched.undo
             else:
                 restore = patch(engine, fail_at)
-            try:
-                outs = engine.step()
-            except Boom:
-                outs = None
-            finally:
-                restore()
+            outs = step_failing(engine, restore)
             if outs is None:
                 assert engine.scheduler._journal is None, "still inside the failed step"
                 check_pages(engine, self.token_blocks)

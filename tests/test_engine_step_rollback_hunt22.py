@@ -170,6 +170,17 @@ def patch(engine, k_fail):
     return restore
 
 
+def step_failing(engine, restore):
+    """engine.step() under a planted failure, undone by `restore` either way: the step's
+    outputs, or None when it raised Boom."""
+    try:
+        return engine.step()
+    except Boom:
+        return None
+    finally:
+        restore()
+
+
 def serve(model, config, prompts, params, arrivals, fail_at=None, seen=None):
     """Serve by add_request/step; every step first fails at call `fail_at(step)` (None: it
     does not), is checked, then runs again. Checks the invariants after every step and the
@@ -193,13 +204,7 @@ def serve(model, config, prompts, params, arrivals, fail_at=None, seen=None):
         k = fail_at(step) if fail_at else None
         if k is not None:
             before = state(engine)
-            restore = patch(engine, k)
-            try:
-                outs = engine.step()
-            except Boom:
-                outs = None
-            finally:
-                restore()
+            outs = step_failing(engine, patch(engine, k))
             if outs is None:
                 check_engine(engine, token_blocks)
                 kind = check_rolled_back(engine, before)

@@ -6,6 +6,7 @@
   seq_len and padding rows are checked apart, and may be wrong too.
 """
 import numpy as np
+import pytest
 
 from pagedattn_lab.grading.compare import describe_difference
 from tests.check_helpers import mutate, run_check, solution_source
@@ -98,20 +99,18 @@ def _read_with(ks_index, vs_index):
                     f"float ks = k_scale[{ks_index}], vs = v_scale[{vs_index}];")])
 
 
-def test_only_k_read_at_the_static_index_is_named():
-    result, printed = run_check("dequant_decode", _read_with("kv_head", "at"), device="cpu")
+@pytest.mark.parametrize("ks_index, vs_index, named, not_named", [
+    ("kv_head", "at", "K's per-token scale is k_scale[slot * num_kv_heads + kv_head]",
+     "v_scale[kv_head]"),
+    ("at", "kv_head", "V's per-token scale is v_scale[slot * num_kv_heads + kv_head]",
+     "not k_scale[kv_head]"),
+], ids=["only K", "only V"])
+def test_one_scale_read_at_the_static_index_is_named(ks_index, vs_index, named, not_named):
+    result, printed = run_check("dequant_decode", _read_with(ks_index, vs_index), device="cpu")
     assert result.status == "failed", printed
     hints = " ".join(" ".join(c.hint.split()) for c in result.cases if not c.passed)
-    assert "K's per-token scale is k_scale[slot * num_kv_heads + kv_head]" in hints, printed
-    assert "v_scale[kv_head]" not in hints, printed
-
-
-def test_only_v_read_at_the_static_index_is_named():
-    result, printed = run_check("dequant_decode", _read_with("at", "kv_head"), device="cpu")
-    assert result.status == "failed", printed
-    hints = " ".join(" ".join(c.hint.split()) for c in result.cases if not c.passed)
-    assert "V's per-token scale is v_scale[slot * num_kv_heads + kv_head]" in hints, printed
-    assert "not k_scale[kv_head]" not in hints, printed
+    assert named in hints, printed
+    assert not_named not in hints, printed
 
 
 def test_quantize_write_catches_a_threshold_just_above_the_smallest_rows():
