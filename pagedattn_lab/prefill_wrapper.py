@@ -48,8 +48,8 @@ from .kernels import kernel as load_kernel
 from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Variant,
                            shared_bytes, variant_for, work_list)
 from .quant import check_run_scales, check_scheme, kv_format
-from .validate import (BF16_BITS_HINT, check_array, check_block_tables, check_bool, check_int,
-                       check_offsets, check_plan_sizes, resolve_scale)
+from .validate import (bf16_bits_hint, check_array, check_block_tables, check_bool,
+                       check_int, check_offsets, check_plan_sizes, resolve_scale)
 from .validate_kinds import dtype_label
 from .validate_out import check_out, check_plan_buffer
 
@@ -230,9 +230,9 @@ class BatchPrefillWrapper:
                     raise TypeError(f"{name}: expected dtype {self.kv_format.storage} (the codes "
                                     f"of {self.kv_format.name}, as planned), got {x.dtype}")
             elif not _accepts(x.dtype, self.dtype, self.on_gpu):
-                bits = not self.on_gpu and x.dtype == np.uint16 and self.dtype != np.float16
+                bits = bf16_bits_hint(x, self.dtype != np.float16)   # (bfloat16 planned)
                 raise TypeError(f"{name}: expected dtype {self.dtype} (as planned), got "
-                                f"{dtype_label(x.dtype)}" + (BF16_BITS_HINT if bits else ""))
+                                f"{dtype_label(x.dtype)}{bits}")
         want_q = (self.total_q, self.num_heads, self.head_dim)
         if tuple(q.shape) != want_q:
             raise ValueError(f"q: expected shape {want_q} (total_q, num_heads, head_dim as "

@@ -4,7 +4,7 @@ and says what was expected and what came."""
 from __future__ import annotations
 
 from .attention_common import data_pointer
-from .validate import BF16_BITS_HINT
+from .validate import bf16_bits_hint
 from .validate_kinds import dtype_label
 
 
@@ -23,7 +23,7 @@ def explain_run(plan, q, k, v, out, qshape, dtypes):
                 raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
                                 f"{fmt.storage.name} (the codes), got {dtype_label(x.dtype)}")
         elif x.dtype not in dtypes:
-            bits = BF16_BITS_HINT if x.dtype in plan._array_dtypes else ""
+            bits = bf16_bits_hint(x, plan.dtype == "bfloat16")
             raise TypeError(f"{name}: the plan is for {plan.dtype}: expected dtype {names}, "
                             f"got {dtype_label(x.dtype)}{bits}")
         if not x.flags.c_contiguous:

@@ -29,6 +29,13 @@ BF16_BITS_HINT = (" (bfloat16 bits? uint16 holds them on CuPy only; on the CPU v
                   "bfloat16: x.view(ml_dtypes.bfloat16))")
 
 
+def bf16_bits_hint(x, bfloat16_expected: bool) -> str:
+    """BF16_BITS_HINT where a NumPy uint16 array came for bfloat16, else "" (every entry
+    point's refusal of a dtype adds it the same way)."""
+    return BF16_BITS_HINT if bfloat16_expected and isinstance(x, np.ndarray) and \
+        x.dtype == np.uint16 else ""
+
+
 def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
                 contiguous: bool = True):
     """Refuse anything that is not a NumPy/CuPy array of the given rank and dtype."""
@@ -42,9 +49,8 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
         allowed = [np.dtype(d) for d in dtypes]
         if x.dtype not in allowed:
             names = [d.name for d in allowed]
-            bits = isinstance(x, np.ndarray) and x.dtype == np.uint16 and "bfloat16" in names
             raise TypeError(f"{name}: expected dtype {' or '.join(names)}, got "
-                            f"{dtype_label(x.dtype)}" + (BF16_BITS_HINT if bits else ""))
+                            f"{dtype_label(x.dtype)}{bf16_bits_hint(x, 'bfloat16' in names)}")
     if contiguous and not x.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array (kernels index it by "
                          f"strides of its shape); call .copy() or ascontiguousarray first")

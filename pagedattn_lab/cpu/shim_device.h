@@ -78,12 +78,8 @@ PAL_DF double __dmul_rn(double a, double b) { return a * b; }
 PAL_DF double __fma_rn(double a, double b, double c) { return fma(a, b, c); }
 // PTX's float-to-integer conversions (cvt.rni / rzi / rmi / rpi): NaN gives 0 and values past
 // the integer's range saturate, where a C cast is undefined (x86 gives INT_MIN for NaN, so a
-// kernel that leaves NaN to the conversion would read as wrong here and right on the GPU)
-PAL_DF int pal_saturate_int(double r)
-{
-    return r != r ? 0 : r >= 2147483647.0 ? 2147483647 : r <= -2147483648.0 ? -2147483647 - 1
-                                                                             : (int)r;
-}
+// kernel that leaves NaN to the conversion would read as wrong here and right on the GPU);
+// pal_saturate_int is in shim_half.h, whose conversions come first
 PAL_DF unsigned pal_saturate_uint(double r)
 {
     return r != r || r <= 0.0 ? 0u : r >= 4294967295.0 ? 4294967295u : (unsigned)r;
@@ -99,9 +95,12 @@ PAL_DF int __float2int_ru(float x) { return pal_saturate_int(ceilf(pal_ftz(x)));
 PAL_DF unsigned __float2uint_rn(float x) { return pal_saturate_uint(rintf(pal_ftz(x))); }
 PAL_DF float __int2float_rn(int x) { return (float)x; }
 PAL_DF float __uint2float_rn(unsigned x) { return (float)x; }
-// a double's NaN becomes INT_MIN (0x80000000, on an H100), a float's 0
-PAL_DF int __double2int_rn(double x)
-{ return x != x ? -2147483647 - 1 : pal_saturate_int(rint(x)); }
+// a double's NaN becomes 0x80000000 (on an H100), a float's 0 (pal_saturate_int's)
+PAL_DF int pal_double_to_int(double r)
+{ return r != r ? -2147483647 - 1 : pal_saturate_int(r); }
+PAL_DF unsigned pal_double_to_uint(double r)
+{ return r != r ? 0x80000000u : pal_saturate_uint(r); }
+PAL_DF int __double2int_rn(double x) { return pal_double_to_int(rint(x)); }
 PAL_DF float __double2float_rn(double x) { return (float)x; }
 
 // ---- reinterpretation ----

@@ -9,6 +9,14 @@
 
 static inline unsigned int __pal_f2u(float f) { unsigned int u; memcpy(&u, &f, 4); return u; }
 static inline float __pal_u2f(unsigned int u) { float f; memcpy(&f, &u, 4); return f; }
+// A value rounded to an integer, as a saturating conversion to int gives it (cvt.*.s32: past
+// int's range its end, NaN 0; a C cast gives INT_MIN for both on x86). Shared with
+// shim_device.h's conversions.
+static inline int pal_saturate_int(double r)
+{
+    return r != r ? 0 : r >= 2147483647.0 ? 2147483647 : r <= -2147483648.0 ? -2147483647 - 1
+                                                                             : (int)r;
+}
 
 // double -> float rounded to odd (toward zero, its last bit set when inexact): rounding that
 // float to half or bfloat16 then gives what one rounding of the double gives, as the GPU's
@@ -90,13 +98,10 @@ static inline __half __float2half_rn(float a) { return __float2half(a); }
 static inline __half __double2half(double a) { return __float2half(__pal_double_to_float_odd(a)); }
 static inline float __half2float(__half a) { return __pal_half_bits_to_float(a.__x); }
 static inline __half __int2half_rn(int i) { return __float2half((float)i); }
-// cvt.rzi/rni.s32.f16 saturate and give 0 for NaN (a C cast gives INT_MIN for both on x86)
-static inline int __pal_half_int(float r)
-{ return r != r ? 0 : r >= 2147483647.0f ? 2147483647 : r <= -2147483648.0f ? -2147483647 - 1 : (int)r; }
-static inline int __half2int_rz(__half h) { return __pal_half_int(truncf(__half2float(h))); }
-static inline int __half2int_rn(__half h) { return __pal_half_int(rintf(__half2float(h))); }
-static inline int __half2int_rd(__half h) { return __pal_half_int(floorf(__half2float(h))); }
-static inline int __half2int_ru(__half h) { return __pal_half_int(ceilf(__half2float(h))); }
+static inline int __half2int_rz(__half h) { return pal_saturate_int(truncf(__half2float(h))); }
+static inline int __half2int_rn(__half h) { return pal_saturate_int(rintf(__half2float(h))); }
+static inline int __half2int_rd(__half h) { return pal_saturate_int(floorf(__half2float(h))); }
+static inline int __half2int_ru(__half h) { return pal_saturate_int(ceilf(__half2float(h))); }
 static inline __half __short2half_rn(short i) { return __float2half((float)i); }
 static inline __half __ushort2half_rn(unsigned short i) { return __float2half((float)i); }
 static inline __half __uint2half_rn(unsigned i) { return __float2half((float)i); }

@@ -49,7 +49,7 @@ PAL_DF unsigned __dp4a(unsigned a, unsigned b, unsigned c)
 
 // ---- float/double to integer in the four rounding modes: saturating ----
 // NaN (on an H100): 0x8000000000000000 for a 64-bit result, 0x80000000 for a 32-bit one from
-// a double (shim_device.h's __double2int_rn), 0 for a 32-bit one from a float
+// a double (shim_device.h's pal_double_to_int and _to_uint), 0 for a 32-bit one from a float
 PAL_DF long long pal_saturate_ll(double r)
 {
     return r != r ? -0x7fffffffffffffffLL - 1 : r >= 9223372036854775808.0 ? 0x7fffffffffffffffLL
@@ -60,7 +60,6 @@ PAL_DF unsigned long long pal_saturate_ull(double r)
     return r != r ? 1ull << 63 : r <= 0.0 ? 0ull : r >= 18446744073709551616.0 ? ~0ull
                                                                    : (unsigned long long)r;
 }
-PAL_DF unsigned pal_double_to_uint(double r) { return r != r ? 0x80000000u : pal_saturate_uint(r); }
 #define PAL_TO_INT(SUF, ROUND)                                                               \
     PAL_DF unsigned __float2uint_##SUF(float x)                                              \
     { return pal_saturate_uint(ROUND((double)pal_ftz(x))); }                                 \
@@ -68,16 +67,10 @@ PAL_DF unsigned pal_double_to_uint(double r) { return r != r ? 0x80000000u : pal
     { return pal_saturate_ll(ROUND((double)pal_ftz(x))); }                                   \
     PAL_DF unsigned long long __float2ull_##SUF(float x)                                     \
     { return pal_saturate_ull(ROUND((double)pal_ftz(x))); }                                  \
+    PAL_DF int __double2int_##SUF(double x) { return pal_double_to_int(ROUND(x)); }          \
     PAL_DF unsigned __double2uint_##SUF(double x) { return pal_double_to_uint(ROUND(x)); }   \
     PAL_DF long long __double2ll_##SUF(double x) { return pal_saturate_ll(ROUND(x)); }       \
     PAL_DF unsigned long long __double2ull_##SUF(double x) { return pal_saturate_ull(ROUND(x)); }
-PAL_TO_INT(rz, trunc)
-PAL_TO_INT(rd, floor)
-PAL_TO_INT(ru, ceil)
-#undef PAL_TO_INT
-#define PAL_TO_INT(SUF, ROUND)                                                               \
-    PAL_DF int __double2int_##SUF(double x)                                                  \
-    { return x != x ? -2147483647 - 1 : pal_saturate_int(ROUND(x)); }
 PAL_TO_INT(rz, trunc)
 PAL_TO_INT(rd, floor)
 PAL_TO_INT(ru, ceil)
@@ -177,15 +170,9 @@ PAL_FDIR(ru, PAL_RU)
 
 // ---- integers and doubles to float, and int64 to double, in each rounding mode ----
 // The nearest float (the compiler's conversion), compared exactly with the value.
-PAL_DF float pal_i128_to_float(__int128 v, int mode)
+template <class T> PAL_DF T pal_i128_to(__int128 v, int mode)   // float or double
 {
-    const float r = (float)v;
-    const __int128 back = (__int128)r;   // exact: |r| <= 2^64
-    return pal_round_dir(r, v > back ? 1 : v < back ? -1 : 0, mode);
-}
-PAL_DF double pal_i128_to_double(__int128 v, int mode)
-{
-    const double r = (double)v;
+    const T r = (T)v;
     const __int128 back = (__int128)r;   // exact: |r| <= 2^64
     return pal_round_dir(r, v > back ? 1 : v < back ? -1 : 0, mode);
 }
@@ -195,12 +182,12 @@ PAL_DF float pal_double_to_float(double d, int mode)   // flushed like the arith
     return pal_ftz(pal_round_dir(r, pal_err_sign(r, d, 0.0, __builtin_isfinite(d)), mode));
 }
 #define PAL_CONV(SUF, MODE)                                                                  \
-    PAL_DF float __int2float_##SUF(int x) { return pal_i128_to_float(x, MODE); }             \
-    PAL_DF float __uint2float_##SUF(unsigned x) { return pal_i128_to_float(x, MODE); }       \
-    PAL_DF float __ll2float_##SUF(long long x) { return pal_i128_to_float(x, MODE); }        \
-    PAL_DF float __ull2float_##SUF(unsigned long long x) { return pal_i128_to_float(x, MODE); } \
-    PAL_DF double __ll2double_##SUF(long long x) { return pal_i128_to_double(x, MODE); }     \
-    PAL_DF double __ull2double_##SUF(unsigned long long x) { return pal_i128_to_double(x, MODE); } \
+    PAL_DF float __int2float_##SUF(int x) { return pal_i128_to<float>(x, MODE); }             \
+    PAL_DF float __uint2float_##SUF(unsigned x) { return pal_i128_to<float>(x, MODE); }       \
+    PAL_DF float __ll2float_##SUF(long long x) { return pal_i128_to<float>(x, MODE); }        \
+    PAL_DF float __ull2float_##SUF(unsigned long long x) { return pal_i128_to<float>(x, MODE); } \
+    PAL_DF double __ll2double_##SUF(long long x) { return pal_i128_to<double>(x, MODE); }     \
+    PAL_DF double __ull2double_##SUF(unsigned long long x) { return pal_i128_to<double>(x, MODE); } \
     PAL_DF float __double2float_##SUF(double x) { return pal_double_to_float(x, MODE); }
 PAL_CONV(rz, PAL_RZ)
 PAL_CONV(rd, PAL_RD)

@@ -25,8 +25,7 @@ import os
 import sys
 
 from ..cpu.compiler import (BASE_FLAGS, INSTRUMENT_FLAGS, INSTRUMENTED_OPT, KERNEL_FLAGS,
-                            OPTIONAL_FLAGS,
-                            PLAIN_OPT, WRAP_FLAG)
+                            OPTIONAL_FLAGS, PLAIN_OPT, WRAP_FLAG)
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 PATH_EVENTS = {  # event -> indices of the path arguments to check
@@ -43,9 +42,9 @@ KILL_EVENTS = {"os.kill", "os.killpg", "signal.pthread_kill", "signal.pidfd_send
 # own lists (cpu/compiler.py), so a flag it adds is allowed here too (its link's --wrap list
 # was refused, and no kernel could be built at level none)
 COMPILER_FLAGS = {*BASE_FLAGS, *KERNEL_FLAGS, *OPTIONAL_FLAGS, *INSTRUMENT_FLAGS, PLAIN_OPT,
-                  INSTRUMENTED_OPT, WRAP_FLAG, "-Werror", "-c", "-o", "-I", "-shared", "-ldl", "-Wl,-z,defs",
-                  "-undefined", "dynamic_lookup", "--version", "-DPAL_FIBER_UCONTEXT", "-MD", "-MF",
-                  "-E", "-v", "-S"}
+                  INSTRUMENTED_OPT, WRAP_FLAG, "-Werror", "-c", "-o", "-I", "-shared", "-ldl",
+                  "-Wl,-z,defs", "-undefined", "dynamic_lookup", "--version",
+                  "-DPAL_FIBER_UCONTEXT", "-MD", "-MF", "-E", "-v", "-S"}
 
 _installed: dict = {}
 
