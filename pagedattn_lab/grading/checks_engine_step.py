@@ -215,6 +215,23 @@ def _probes(args):
             (running, waiting, budget + 1, free, watermark, page_size, max_chunk)]
 
 
+def _one_short(got, expected, args) -> str | None:
+    """The hint when the first pair that differs gives its request one token less than
+    max_chunk or than the budget left, the limit the expected chunk reached."""
+    i = next((i for i, (g, e) in enumerate(zip(got, expected)) if g != e), None)
+    if i is None or got[i][0] != expected[i][0] or got[i][1] != expected[i][1] - 1:
+        return None
+    (rid, n), left = expected[i], args[2] - sum(n for _, n in expected[:i])
+    if n == args[6]:
+        limit = "max_chunk"
+    elif n == left:
+        limit = "the budget left"
+    else:
+        return None   # (it wanted n: another mistake's count)
+    return (f"request {rid} got {n - 1} tokens where {limit} allowed {n}: a chunk is "
+            "min(wanted, budget left, max_chunk), up to each limit itself (an off by one).")
+
+
 def _hint(fn, got, expected, args) -> str:
     """The hint of the mistakes that give `got` here AND on every probe (the same inputs a
     little changed; every one of them, when several do): a batch that a mistake gives by
@@ -235,6 +252,16 @@ def _hint(fn, got, expected, args) -> str:
     over = [rid for rid, n in got if n > args[6]]
     if over:
         return f"request {over[0]} got more than max_chunk = {args[6]} tokens."
+    short = _one_short(got, expected, args)
+    if short:
+        return short
+    wants = {r.rid: r.num_tokens - r.num_computed for r in args[0] + args[1]}
+    greedy = [(rid, n) for rid, n in got if n > wants.get(rid, n)]
+    if greedy:
+        rid, n = greedy[0]
+        return (f"request {rid} got {n} tokens but wants only num_tokens - num_computed = "
+                f"{wants[rid]} (a decode wants 1): its num_computed tokens are cached "
+                "already.")
     if any(n <= 0 for _, n in got):
         return ("a request got 0 tokens: stop when the budget is spent (budget left <= 0) "
                 "instead of adding (rid, 0).")

@@ -75,6 +75,9 @@ def _mask_variants(q_len, seq_len):
         ("causal: query i must not see keys after its own position.", np.ones_like(j <= i)),
         ("the mask is inverted: True means query i MAY attend to key j (visible), not that "
          "key j is masked out.", j > off + i),
+        ("each query sees one key too many, the one after its own: query i sits at position "
+         "seq_len - q_len + i (counting from 0, not 1), and sees keys up to it.",
+         j <= off + i + 1),
     ]
 
 
@@ -268,14 +271,15 @@ def _rounding_hint(fn, got, indptr, seq_lens, rows, kv_tile) -> str | None:
 
 
 def _tile_variants(indptr, seq_lens, rows, kv_tile):
-    def build(keys_of, tiles_of=lambda k: -(-k // kv_tile), empty=False):
+    def build(keys_of, tiles_of=lambda k: -(-k // kv_tile), empty=False, packed=False):
         out = []
         for b, (q_len, n) in enumerate(zip(np.diff(indptr), seq_lens)):
             q_len, n = int(q_len), int(n)
+            start = int(indptr[b]) if packed else 0   # (packed: the row in the packed q)
             if empty and q_len == 0:
-                out.append((b, 0, tiles_of(keys_of(q_len, n, 0))))
+                out.append((b, start, tiles_of(keys_of(q_len, n, 0))))
             for first in range(0, q_len, rows):
-                out.append((b, first, tiles_of(keys_of(q_len, n, first))))
+                out.append((b, start + first, tiles_of(keys_of(q_len, n, first))))
         return out
 
     def last(q, first):
@@ -306,6 +310,9 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
         ("the mask is aligned bottom-right: a tile's last row sits at position "
          "seq_len - q_len + its index, after the cached prefix.",
          build(lambda q, n, f: last(q, f) + 1)),
+        ("first counts from the sequence's own first row (0, rows, 2*rows, ...), not from "
+         "the start of the packed q: leave qo_indptr[b] out of it.",
+         build(lambda q, n, f: n - q + last(q, f) + 1, packed=True)),
     ]
 
 

@@ -278,6 +278,17 @@ def _slot0_hint(diff, never, slots):
             "negative slot (-1) is a padding row to skip (slot < 0, not slot <= 0).")
 
 
+def _slot_only_hint(got, want, heads, rows) -> str | None:
+    """When every live slot's k_scale[slot] holds the scale of one of that token's heads:
+    the heads wrote to k_scale[slot], overwriting each other there."""
+    flat, per_head = got.reshape(-1), want.reshape(-1, heads)
+    if heads == 1 or not all(np.isclose(flat[s], per_head[s], rtol=1e-6, atol=0).any()
+                             for s in rows):
+        return None
+    return ("one per-token scale per (slot, KV head): write k_scale[slot * num_kv_heads + "
+            "head], not k_scale[slot] (there the heads of a token overwrite each other).")
+
+
 def _check_scales(got, want, k, slots, variants) -> None:
     """Per-token scales: a zero row may hold any finite positive scale (it stores zeros)."""
     live = slots >= 0
@@ -290,7 +301,7 @@ def _check_scales(got, want, k, slots, variants) -> None:
     rows = slots[live]   # (the live rows only: the other slots hold the check's poison)
     hint = _slot0_hint(diff, np.isnan(got), slots) or diagnose(
         got, want, [(h, lambda f=f: f()[1]) for h, f in variants], atol=0, rtol=1e-6) \
-        or _small_rows_hint(
+        or _slot_only_hint(got, want, k.shape[1], rows) or _small_rows_hint(
         got.reshape(-1, k.shape[1])[rows], want.reshape(-1, k.shape[1])[rows],
         np.fmax.reduce(np.abs(k[live]), -1), "127")
     raise Mismatch("k_scale: " + diff.message("scales"), hint or (

@@ -14,83 +14,23 @@ from __future__ import annotations
 import numpy as np
 
 from .checks_kernels import _Compiled
-from .checks_tc_rows import TILE, reference_group_rows
+from .checks_tc_rows import TILE
 from .compare import describe_difference, diagnose, fmt, ranges
 from .faults import describe_kernel_exception
 from .kernel_hints import shift_hint
 from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
 from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
                      several_fit)
-from .seeds import case_rng
 from .source_barriers import missing_barrier_in_source
 from .tc_nan_hints import NAN_READ_HINT, STEP_PAST_HINT, nan_tail_hint
 from .tc_store_ldm import store_ldm_hint
+from .tc_tile_problem import TileProblem
 from .variants import UNSCALED_PAGES_HINT
 
 WARP = 32
 
 
 # -- task 2: the group-as-rows tile step (CUDA C, WMMA) ----------------------------------------
-
-class _TileProblem:
-    """One sequence of a paged fp16 cache; unused slots and pages hold NaN; q is followed by
-    16 NaN rows (a read past the last group shows as NaN, not a fault)."""
-
-    def __init__(self, seed, num_heads, num_kv_heads, head_dim, page_size, seq_len):
-        rng = case_rng(seed)
-        n_pages = -(-seq_len // page_size)
-        num_pages = n_pages + 3     # table entries past the sequence point at NaN pages
-        table = self.block_table = rng.permutation(num_pages)[:n_pages + 2].astype(np.int32)
-        self.k_cache = np.full((num_pages, page_size, num_kv_heads, head_dim), np.nan,
-                               np.float16)
-        keys = rng.standard_normal((seq_len, num_kv_heads, head_dim)).astype(np.float16)
-        t = np.arange(seq_len)
-        self.k_cache[table[t // page_size], t % page_size] = keys
-        self.q_buffer = np.full((num_heads + TILE, head_dim), np.nan, np.float16)
-        self.q_buffer[:num_heads] = rng.standard_normal((num_heads, head_dim))
-        self.q, self.keys = self.q_buffer[:num_heads], keys
-        self.sizes = (num_heads, num_kv_heads, head_dim, page_size, seq_len)
-        self.n_tiles = -(-seq_len // TILE)
-
-    def expected(self, q_rows=None, k_tile=None, short_copy=False, **how):
-        """Scores [num_kv_heads, n_tiles, 16, 16] in float64; q_rows(kv) and k_tile(kv)
-        give the two 16-row operands (default: the spec's); `how` goes to product.
-        short_copy: row 15 of both operands never written (NaN: the CPU executor's)."""
-        num_heads, num_kv_heads, head_dim, _, seq_len = self.sizes
-        group = num_heads // num_kv_heads
-        out = np.zeros((num_kv_heads, self.n_tiles, TILE, TILE))
-        keys = np.zeros((self.n_tiles * TILE, num_kv_heads, head_dim))
-        keys[:seq_len] = self.keys
-        for j in range(num_kv_heads):
-            qr = q_rows(j) if q_rows else reference_group_rows(
-                self.q.astype(np.float64), j, group)[0]
-            for t in range(self.n_tiles):
-                kt = k_tile(j, t) if k_tile else keys[t * TILE:(t + 1) * TILE, j]
-                a, b = (np.vstack([x[:TILE - 1], np.full((1, x.shape[1]), np.nan)])
-                        if short_copy else x for x in (qr, kt))
-                out[j, t] = self.product(a, b, **how)
-        return out
-
-    @staticmethod
-    def product(q_rows, k_rows, lda=None, ldb=None, b_row_major=False, a_col_major=False,
-                step_past=False):
-        """S = A B over 16-column steps the way load_matrix_sync reads the shared tiles:
-        A from q_rows [16, d] with leading dimension lda read row-major (or column-major),
-        B from k_rows [16, d] (token rows) read column-major with ldb (or row-major).
-        step_past: a step at k0 = d too, past the rows (NaN: the CPU executor's unwritten)."""
-        d = q_rows.shape[1]
-        lda, ldb = lda or d, ldb or d
-        qa, ka = np.ravel(q_rows), np.ravel(k_rows)
-        if step_past:
-            qa, ka = (np.concatenate([x, np.full(TILE, np.nan)]) for x in (qa, ka))
-        s = np.zeros((TILE, TILE))
-        r, c = np.meshgrid(np.arange(TILE), np.arange(TILE), indexing="ij")
-        for k0 in range(0, d + TILE * step_past, TILE):
-            a = qa[k0 + c * lda + r] if a_col_major else qa[k0 + r * lda + c]   # a[row, k]
-            b = ka[k0 + r * ldb + c] if b_row_major else ka[k0 + c * ldb + r]  # b[k, token]
-            s += a @ b
-        return s
-
 
 def _tile_variants(prob):
     num_heads, num_kv_heads, head_dim, page_size, seq_len = prob.sizes
@@ -180,23 +120,27 @@ def _tile_variants(prob):
 
 
 def _paging_variants(prob):
-    """Token t's K read from a wrong slot (the page arithmetic wrong, tokens past seq_len
-    still zero): each slot formula with the hint that names it."""
-    _, num_kv_heads, head_dim, page_size, seq_len = prob.sizes
-    flat = prob.k_cache.reshape(-1, num_kv_heads, head_dim).astype(np.float64)
+    """Token t's K read from a wrong slot or KV head (tokens past seq_len still zero): each
+    formula with the hint that names it."""
+    num_heads, num_kv_heads, head_dim, page_size, seq_len = prob.sizes
+    rows = prob.k_cache.reshape(-1, head_dim).astype(np.float64)   # row slot * num_kv + head
     table = prob.block_table.astype(np.int64)
 
-    def read(slot):
+    def read(slot=lambda t: table[t // page_size] * page_size + t % page_size,
+             head=lambda j: j):
         def k_tile(j, t):
             tokens = np.arange(t * TILE, (t + 1) * TILE)
             live = tokens < seq_len
-            out = np.zeros((TILE, head_dim))
-            out[live] = flat[slot(tokens[live]), j]   # (an IndexError: this slot cannot be)
+            out = np.zeros((TILE, head_dim))   # (an IndexError: this row cannot be)
+            out[live] = rows[slot(tokens[live]) * num_kv_heads + head(j)]
             return out
         return lambda: prob.expected(k_tile=k_tile)
 
     spec = "slot = block_table[t / page_size] * page_size + t % page_size"
     return [
+        ("the K tile's cache head is kv_head itself (blockIdx.y), not kv_head * group (the "
+         "group's first query head): a token's row holds num_kv_heads heads.",
+         read(head=lambda j: j * (num_heads // num_kv_heads))),
         (f"token t's K is at {spec}: yours reads slot t, as if the cache were not paged "
          "(look the page up in block_table).", read(lambda t: t)),
         (UNSCALED_PAGES_HINT, read(lambda t: table[t // page_size] + t % page_size)),
@@ -266,7 +210,7 @@ def _pow2_shift_hint(comp, seed, sizes) -> str | None:
         return None
     kv, group, head_dim, page_size = (1 << (n - 1).bit_length()
                                       for n in (num_kv_heads, group, head_dim, page_size))
-    prob = _TileProblem(seed, kv * group, kv, head_dim, page_size, seq_len)
+    prob = TileProblem(seed, kv * group, kv, head_dim, page_size, seq_len)
     got = probe(_launch_tile, comp, prob, poisoned(_tile_scores_shape(prob)))
     return hint if got is not None and _tile_diff(prob, got, unwritten(got))[0] is None \
         else None
@@ -279,7 +223,7 @@ def _tile_name(j, t) -> str:
 
 
 def _tile_case(comp, seed, *sizes) -> None:
-    prob = _TileProblem(seed, *sizes)
+    prob = TileProblem(seed, *sizes)
     num_heads, num_kv_heads, _, _, seq_len = sizes
     group = num_heads // num_kv_heads
     shape = _tile_scores_shape(prob)
@@ -360,7 +304,7 @@ def _barrier_case(comp: _Compiled, source: str) -> None:
 def _race_checked_on_the_cpu(kernel) -> bool:
     """True when the first case ran race-free on the CPU executor; a Mismatch naming the
     lanes when it raced; False when it could not run there."""
-    prob = _TileProblem(_TILE_SEED, *_TILE_SPECS[0][1])   # case 1's problem
+    prob = TileProblem(_TILE_SEED, *_TILE_SPECS[0][1])   # case 1's problem
     grid, args = _tile_launch(prob, poisoned(_tile_scores_shape(prob)))
     try:
         kernel.count(grid, (WARP,), args, racecheck=True, timeout=KERNEL_TIMEOUT)

@@ -50,6 +50,11 @@ def _mask_variants(s, tile, seq_len, scale):
     variants = [
         ("the scores are not scaled: multiply by scale.", lambda: masked(cols < seq_len,
                                                                          factor=1.0)),
+        ("the scores were scaled twice (s * scale * scale): multiply by scale once.",
+         lambda: masked(cols < seq_len, factor=scale * scale)),
+        ("the scores were divided by scale: scale is the factor itself (1 / sqrt(head_dim) "
+         "in the kernel), so multiply by it: s * scale.",
+         lambda: masked(cols < seq_len, factor=1.0 / scale)),
         ("masked with 0: exp(0 - m) is not 0, so a token past seq_len would still get weight. "
          "Use -inf (np.float32('-inf')): exp(-inf) = 0.", lambda: masked(cols < seq_len, 0.0)),
         ("token seq_len itself is not in the cache: mask columns where 16 * tile + c >= "

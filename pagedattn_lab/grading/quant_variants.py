@@ -11,10 +11,11 @@ d = L, L + 32, ... and then the shuffle tree runs, so a missing, one-way or part
 into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scale, the code
 alone, code / scale, code * scale * scale or its byte read unsigned, from its own or the
 other's scale array, at [slot][kv_head], [kv_head], [0], [slot] or [position in the
-sequence][kv_head]; or read
-right and the online softmax's update wrong (acc or l not rescaled, the max not kept), or
-with the scales of query head h read at KV head h / num_kv_heads or h % num_kv_heads, or with
-the softmax scale 1/sqrt(head_dim) worked out in the kernel instead of its argument.
+sequence][kv_head]; or read right and the online softmax's update wrong (acc or l not
+rescaled, the max not kept), or with the scales of query head h read at KV head
+h / num_kv_heads or h % num_kv_heads (or its codes too, at h % num_kv_heads), or with the
+softmax scale 1/sqrt(head_dim) worked out in the kernel instead of its argument, or applied
+twice.
 """
 from __future__ import annotations
 
@@ -34,6 +35,8 @@ WRITE_MISTAKES = [
               "(ties to even) before converting."),
     ("half_away", "roundf rounds halves away from zero (2.5 -> 3); the format rounds halves to "
                   "even like rintf (2.5 -> 2), as the NumPy reference and vLLM do."),
+    ("floor", "floorf rounds down (2.7 -> 2, -2.3 -> -3): round to nearest with rintf (ties "
+              "to even) before converting."),
     ("half_up", "floorf(x + 0.5f) rounds halves up (2.5 -> 3, -2.5 -> -2); the format rounds "
                 "them to even like rintf (2.5 -> 2, -2.5 -> -2)."),
     ("wrap", "saturate: clamp x / scale to [-127, 127] before the cast. Past the range the "
@@ -108,7 +111,8 @@ def _codes(x, scale, bug):
     with np.errstate(all="ignore"):
         v = {"multiply": x * scale, "twice": x / scale / scale, "no_scale": x}.get(
             bug, x / scale).astype(np.float32)
-        r = np.nan_to_num({"trunc": np.trunc(v), "half_up": np.floor(v + 0.5),
+        r = np.nan_to_num({"trunc": np.trunc(v), "floor": np.floor(v),
+                           "half_up": np.floor(v + 0.5),
                            "half_away": np.sign(v) * np.floor(np.abs(v) + 0.5)}.get(
                                bug, np.rint(v)), nan=0.0)
         low = {"clamp_128": -128, "unsigned": 0}.get(bug, -127)
@@ -178,7 +182,10 @@ def _read_mistakes():
             "k_scale[0] for every head (one scale for the whole tensor)."),
            ((_RIGHT, _RIGHT, False),
             "the score is q . k times the softmax scale (1 / sqrt(head_dim), the kernel's "
-            "`scale`): it is still needed with dequantized keys.")]
+            "`scale`): it is still needed with dequantized keys."),
+           ((_RIGHT, _RIGHT, "twice"),
+            "the softmax scale was applied twice (q . k * scale * scale): multiply the score "
+            "by `scale` once.")]
     static = ("with per-token scales (per_token = 1) {X}'s per-token scale is {s}[slot * "
               "num_kv_heads + kv_head], laid out like the pages, not {s}[kv_head] ({Y}'s index "
               "is right).")
@@ -211,7 +218,14 @@ _SCALE_HEAD_MISTAKES = [
                             "consecutive query heads): read k_scale and v_scale at kv_head, as "
                             "the codes are."),
 ]
-READ_MISTAKES = _read_mistakes() + _SOFTMAX_MISTAKES + _SCALE_HEAD_MISTAKES + [
+# The codes and the scales both read at another KV head (the stub's kv_head line changed).
+_CODES_HEAD_MISTAKES = [
+    (("kv_head", how), "query head h reads KV head kv_head = h / (num_heads / num_kv_heads), "
+                       f"h / group (a group is consecutive query heads), not {wrong}: the "
+                       "codes and the scales were read at another KV head.")
+    for how, wrong in (("div", "h / num_kv_heads"), ("mod", "h % num_kv_heads"))]
+READ_MISTAKES = _read_mistakes() + _SOFTMAX_MISTAKES + _SCALE_HEAD_MISTAKES + \
+    _CODES_HEAD_MISTAKES + [
     ((_RIGHT, _RIGHT, "own"), "multiply by the kernel's argument `scale`, not 1/sqrt(head_dim) "
                               "worked out in the kernel: the caller chooses the scale (this "
                               "case's is not 1/sqrt(head_dim)).")]
@@ -253,6 +267,8 @@ def read_reference(prob, codes, scales, per_token, softmax_scale, bug=None):
         return _online_softmax(prob, codes, scales, per_token, softmax_scale, bug)
     if bug and bug[0] == "scale_head":
         return _scales_of_another_head(prob, codes, scales, per_token, softmax_scale, bug[1])
+    if bug and bug[0] == "kv_head":
+        return _codes_of_another_head(prob, codes, scales, per_token, softmax_scale, bug[1])
     k_read, v_read, scaled = bug or (_RIGHT, _RIGHT, True)
     caches = []
     for i, (how, which, index) in enumerate((k_read, v_read)):
@@ -260,6 +276,8 @@ def read_reference(prob, codes, scales, per_token, softmax_scale, bug=None):
         caches.append(_values(codes[i], _scales_at(s, per_token, index, prob), how))
     if scaled == "own":     # a scale the kernel worked out itself, ignoring its argument
         softmax_scale = 1 / np.sqrt(prob.q.shape[-1])
+    elif scaled == "twice":
+        softmax_scale = softmax_scale ** 2
     return reference_decode(prob.q, caches[0], caches[1], prob.block_tables, prob.seq_lens,
                             softmax_scale if scaled else 1.0)
 
@@ -277,6 +295,18 @@ def _scales_of_another_head(prob, codes, scales, per_token, softmax_scale, how):
         moved = [s[..., [wrong] * kv_heads] for s in scales]   # every KV head reads `wrong`'s
         out[:, h] = read_reference(prob, codes, moved, per_token, softmax_scale)[:, h]
     return out
+
+
+def _codes_of_another_head(prob, codes, scales, per_token, softmax_scale, how):
+    """Query head h's output with its codes and scales read at KV head h // num_kv_heads
+    ("div") or h % num_kv_heads ("mod"); None when that head would be past the cache."""
+    heads, kv_heads = prob.q.shape[1], prob.k_cache.shape[2]
+    at = np.arange(heads) // kv_heads if how == "div" else np.arange(heads) % kv_heads
+    if at.max() >= kv_heads:
+        return None
+    k, v = (np.ascontiguousarray(_values(c, _scales_at(s, per_token, "slot", prob),
+                                         "times")[:, :, at]) for c, s in zip(codes, scales))
+    return reference_decode(prob.q, k, v, prob.block_tables, prob.seq_lens, softmax_scale)
 
 
 def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
