@@ -142,12 +142,12 @@ def test_lesson_12_section_7_quotes_the_recorded_dry_run():
             and max(demand) < 0.035
             and "waste ~9-11% instead of ~1-3% at pages of 8 to 32" in text):
         wrong.append(f"waste at pages 8-32: predictive {pred}, on demand {demand}")
-    # the waste choose_page_size predicted, as cell 22 printed it
+    # the waste choose_page_size predicted, as its cell printed it
     printed = _cell_printing(cells, "waste by page size:")
     waste = {int(k): float(v) for k, v in re.findall(r"(\d+): ([\d.]+)", printed.splitlines()[0])}
     quoted = ", ".join(f"{waste[p]:.1%}" for p in (8, 16, 32, 64, 128))
-    if f"cell 22: {quoted} for pages of 8 to 128" not in text:
-        wrong.append(f"cell 22's waste: it printed {quoted}")
+    if f"its cell above printed {quoted} for pages of 8 to 128" not in text:
+        wrong.append(f"choose_page_size's waste: its cell printed {quoted}")
     assert not wrong, (f"lesson 12 section 7 against {recorded['meta']['command']}:\n"
                        + "\n".join(wrong))
 

@@ -321,19 +321,32 @@ _LISTS_HINT = ("the step only plans: return the (rid, num_new) pairs; the engine
                "remove, sort or append)")
 
 
+def _changes(before, reqs) -> list[str]:
+    """Each field an answer changed in the requests: which request, which field, the value it
+    was given and the value it left."""
+    def value(fields, key):
+        return fields.get(key, "unset")
+    return [f"request {old['rid']}'s {key} went from {value(old, key)} to {value(vars(r), key)}"
+            for old, r in zip(before, reqs)
+            for key in list(old) + [k for k in vars(r) if k not in old]
+            if value(old, key) != value(vars(r), key)]
+
+
 def _compare(fn, args, expected, where: str = "") -> None:
     running, waiting, budget, free = args[:4]
     before = [vars(r).copy() for r in running + waiting]
     passed = {"running": list(running), "waiting": list(waiting)}
-    got = fn(*passed.values(), *args[2:])
-    desc = (f"{where}{len(running)} running "
-            f"{[(r.rid, r.num_tokens, r.num_computed) for r in running]}, {len(waiting)} "
-            f"waiting {[(r.rid, r.num_tokens) for r in waiting]} (rid, tokens[, computed]); "
+    # num_pages too: some running requests hold pages taken ahead, which their new pages count
+    desc = (f"{where}{len(running)} running (rid, tokens, computed, pages held) "
+            f"{[(r.rid, r.num_tokens, r.num_computed, r.num_pages) for r in running]}, "
+            f"{len(waiting)} waiting (rid, tokens) {[(r.rid, r.num_tokens) for r in waiting]}; "
             f"{free} free pages")
-    if [vars(r) for r in running + waiting] != before:
-        raise Mismatch(f"{desc}: the requests were changed", "the step only plans: return the "
-                       "(rid, num_new) pairs; the engine updates the requests after the forward "
-                       "pass.")
+    got = fn(*passed.values(), *args[2:])   # after `desc`: it shows the inputs as given
+    changes = _changes(before, running + waiting)
+    if changes:
+        raise Mismatch(f"{desc}: the requests were changed ({changes[0]})", "the step only "
+                       "plans: return the (rid, num_new) pairs; the engine updates the requests "
+                       "after the forward pass.")
     for name, given in (("running", running), ("waiting", waiting)):
         changed = changed_input("schedule_step", {name: given}, passed, {name: _LISTS_HINT})
         if changed:

@@ -226,6 +226,8 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("a table entry is an int32: 4 bytes, whatever itemsize is.",
          (tables // 4 * size, share, kv_read)),
         ("a table entry is an int32: 4 bytes, not 8 (int64).", (tables * 2, share, kv_read)),
+        ("tables is a byte count: 4 bytes per int32 value, not the number of values.",
+         (tables // 4, share, kv_read)),
         ("the buffer also carries its header (batch, pages per row) and the seq_lens: "
          "2 + batch + batch * pages int32 values.", (4 * batch * pages, share, kv_read)),
         ("tables counts the buffer once, as rank 0 broadcasts it: not once per receiving "
@@ -236,6 +238,9 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          "not per KV head.", (tables, batch * (kv // world) * dim * size, kv_read)),
         ("output_share counts the rank's output once, as it enters the all_gather: not once "
          "per other rank ((world_size - 1) * share).", (tables, share * (world - 1), kv_read)),
+        # (at world_size > 1 this one is the expected numbers, so it is never named there)
+        ("at world_size = 1 no other rank receives it, but output_share is still the rank's "
+         "whole output, as the task asks: not 0.", (tables, 0 if world == 1 else share, kv_read)),
         ("output_share is what the rank sends, once: not sent plus received (2 * share).",
          (tables, share * 2, kv_read)),
         ("every value is itemsize bytes, the itemsize given: not 2 (fp16) always.",
