@@ -6,8 +6,9 @@ hint. It returns a `CheckResult` (`.passed`, `.cases`, `.messages`) and, under t
 records it. Code still raising NotImplementedError (or a kernel that writes nothing) is
 reported as "not attempted".
 
-CUDA C tasks run on the GPU when CuPy has one, else on the CPU executor; pass
-`device="cpu"` to force the executor, which names the thread and block of a bad access.
+CUDA C tasks run on the GPU when CuPy has one, else on the CPU executor (`device="gpu"`
+too, and the report says so); pass `device="cpu"` to force the executor, which names the
+thread and block of a bad access.
 An answer that is the package's own (grading/own_work.py) fails before its cases run.
 
 The checks available here are the ones the lesson registry (`pagedattn_lab.lessons`) names.

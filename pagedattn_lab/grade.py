@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .grading import isolation
-from .grading.report import CASE_TIME_LIMIT
+from .grading.time_limits import CASE_TIME_LIMIT
 from .grading.runner import graded_tasks
 from .grading.table import NOTEBOOK_ROW, Row, rows, to_csv, to_markdown
 from .lessons import expected_tasks

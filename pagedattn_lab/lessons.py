@@ -54,7 +54,7 @@ LESSONS: tuple[Lesson, ...] = (
     Lesson("00", "why_paging", "Why paging", 1,
            _tasks("checks_sizing", "pages_needed", "reserved_waste", "paged_waste")),
     Lesson("01", "page_table", "The page table (guide step 1)", 1,
-           {**_tasks("checks_paging", "allocator", "refcounts"),
+           {**_tasks("checks_paging", "allocator"), **_tasks("checks_refcounts", "refcounts"),
             **_tasks("checks_block_tables", "append_tokens", "block_tables")}),
     Lesson("02", "page_access", "Page access (guide step 2)", 1,
            {**_tasks("checks_addressing", "slot_of", "kv_offset", "gather_numpy"),

@@ -333,7 +333,8 @@ def test_schedule_step_reference_is_the_engines_scheduler(seed):
     from pagedattn_lab.engine.kv_manager import KVCacheManager
     from pagedattn_lab.engine.request import Request, SamplingParams, Status
     from pagedattn_lab.engine.scheduler import Scheduler
-    from pagedattn_lab.grading.checks_engine_step import _reference_step, _requests
+    from pagedattn_lab.grading.checks_engine_step import _requests
+    from pagedattn_lab.grading.engine_step_rules import reference_step
 
     rng = np.random.default_rng(seed)
     page_size = int(rng.choice([2, 4, 8]))
@@ -364,7 +365,7 @@ def test_schedule_step_reference_is_the_engines_scheduler(seed):
     free = kv.pool.num_free
     step = sched.schedule()
     got = [(req.rid, n) for req, n in zip(step.requests, step.num_new)]
-    assert got == _reference_step(running, waiting, budget, free, config.watermark_pages,
+    assert got == reference_step(running, waiting, budget, free, config.watermark_pages,
                                   page_size, max_chunk)
 
 

@@ -69,7 +69,7 @@ def test_outside_the_grader_nothing_is_refused(monkeypatch):
 
 def test_the_gpu_kernel_is_refused_before_cupy_compiles(graded, monkeypatch):
     """Kernel (the checks' and the kernel host's) refuses on the GPU before building."""
-    monkeypatch.setattr(kernel_runner, "resolve_device", lambda device: "gpu")
+    monkeypatch.setattr(kernel_runner, "kernel_device", lambda device: "gpu")
 
     def no_build(*args, **kwargs):
         raise AssertionError("RawKernel was built for a refused kernel")

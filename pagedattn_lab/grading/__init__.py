@@ -3,7 +3,8 @@
 Learners call the checks through `pagedattn_lab.check` (e.g. `check.allocator(MyAllocator)`);
 instructors grade folders of notebooks with `python -m pagedattn_lab.grade`.
 
-    report.py            results and how they are printed
+    report.py            results and how they are printed (notes: where a kernel ran)
+    time_limits.py       a case's time limit (CaseTimeout), held off a channel's frames
     compare.py           where two arrays differ; matching known-wrong variants to hints
     faults.py            kernel faults / races / deadlocks / compile errors -> message, hint
     kernel_hints.py      hints read off a kernel's output (never written, computed NaN, ...)

@@ -15,7 +15,7 @@ import select
 import struct
 import time
 
-from .report import held
+from .time_limits import held
 from .wire import MAX_FRAME, MAX_HEADER, ChannelClosed, ProtocolError
 
 
@@ -24,7 +24,7 @@ class Channel:
 
     With `deadline`s and an `abort_fd` (readable or closed = stop waiting), as the judge
     uses it, a peer that stops reading or writing cannot block it; SIGALRM (a check's case
-    time limit) may interrupt a wait, but never the middle of a frame (report.held): bytes
+    time limit) may interrupt a wait, but never the middle of a frame (time_limits.held): bytes
     already read stay buffered, frames are handed over by `receive` (filed, or still in the
     buffer), and a frame is written by one sendall() (whole, or the channel is closed).
     """

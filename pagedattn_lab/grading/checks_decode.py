@@ -20,7 +20,7 @@ from ..split_k import reference_partials
 from .checks_decode_merge import decode_merge, merge_partitions  # noqa: F401 - the lesson registry finds them here
 from .checks_kernels import _Compiled
 from .compare import ATOL, RTOL, describe_difference, diagnose, fmt
-from .faults import describe_kernel_exception
+from .faults import kernel_message
 from .decode_launch import (NOTHING_WRITTEN, WARP, decode_problem, dims_hint, launch_warp,
                             misplaced_hint)
 from .decode_variants import LOG2E, partials_variant
@@ -178,7 +178,7 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
         hint = getattr(exc, "buffer", None) and _partition_transposed(comp)   # (an index out of bounds)
         if not hint:
             raise
-        raise Mismatch(describe_kernel_exception(exc)[0], hint) from exc
+        raise Mismatch(kernel_message(exc), hint) from exc
     if np.isnan(o).all() and np.isnan(ml).all() and "TODO" in comp.source:
         raise NotAttempted(NOTHING_WRITTEN)
     m_ref, l_ref, o_ref = reference_partials(prob.q, prob.k_cache, prob.v_cache,

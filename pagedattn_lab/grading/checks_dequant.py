@@ -16,7 +16,7 @@ from .checks_kernels import _Compiled
 from .checks_quant import NOTHING_WRITTEN
 from .compare import describe_difference, diagnose
 from .decode_launch import DECODE_BUFFER_HINTS
-from .faults import describe_kernel_exception
+from .faults import kernel_message
 from .kernel_runner import poisoned, unwritten
 from .quant_variants import READ_MISTAKES, read_logits, read_reference
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
@@ -35,7 +35,7 @@ def _launch_read(comp, grid, args, per_token: int, heads: int):
         if type(exc).__name__ != "KernelFault" or \
                 buffer not in ("k_scale", "v_scale", "q", "out"):
             raise
-        message, _ = describe_kernel_exception(exc)
+        message = kernel_message(exc)
         hint = DECODE_BUFFER_HINTS[buffer] if buffer in ("q", "out") else \
             _scale_fault_hint(buffer, exc.index, per_token, heads)
         raise Mismatch(message, hint) from exc

@@ -1,199 +1,24 @@
 """Check for lesson 12's Task 3: one step of continuous batching under a token budget.
 
-The reference is the engine's rule (`pagedattn_lab.engine.scheduler` without prefix hits,
-preemption or swapping) with each of its parts switchable off: every switch is a known
-mistake. Each case is drawn (seeded) until switching its rule off changes the batch in a way
-no other switch does, so an answer that forgets that rule fails there with the hint that
-names it; a final case compares many random batches, for the mistakes no switch names.
-A hint is given only when the learner's batch IS what the mistake produces, here and on
-the same inputs a little changed (more pages, no watermark, a budget one off), and shows its
-mark (a chunk over max_chunk, more tokens than the budget, a prompt that overtook...).
+The reference (engine_step_rules.py) is the engine's rule (`pagedattn_lab.engine.scheduler`
+without prefix hits, preemption or swapping) with each of its parts switchable off: every
+switch is a known mistake. Each case is drawn (seeded) until switching its rule off changes
+the batch in a way no other switch does, so an answer that forgets that rule fails there
+with the hint that names it; a final case compares many random batches, for the mistakes no
+switch names. A hint is given only when the learner's batch IS what the mistake produces,
+here and on the same inputs a little changed (more pages, no watermark, a budget one off),
+and shows its mark (a chunk over max_chunk, more tokens than the budget, a prompt that
+overtook...).
 """
 from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .compare import changed_input, pow2_div
+from .compare import changed_input
+from .engine_step_rules import (MISTAKES, RULES, pages_for, reference_step,
+                                running_over_budget)
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_rng
-
-
-def _pages(tokens: int, page_size: int) -> int:
-    return -(-tokens // page_size)
-
-
-def _reference_step(running, waiting, budget, free_pages, watermark, page_size, max_chunk,
-                    *, decodes_first=True, use_watermark=True, charge_running=True,
-                    chunk=True, use_budget=True, fcfs=True, chunk_running=True,
-                    partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
-                    charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True,
-                    divide=True, charge_growth=True, exact_ceil=True, count_held=True):
-    """The engine's order with one rule switchable off (each switch is a known mistake)."""
-    out, free = [], free_pages
-
-    def pages(tokens):   # (divide off: ceil by a shift, right for a power of two only)
-        return _pages(tokens, page_size) if divide else \
-            pow2_div(tokens + page_size - 1, page_size)
-
-    def size(req, is_running):
-        n = req.num_tokens - req.num_computed
-        if chunk and (chunk_running or not is_running):
-            n = min(n, max_chunk)
-        if use_budget:
-            if not partial and n > budget:
-                return None   # waits for a step with room for all of it
-            n = min(n, budget)
-        return n
-
-    def spent():
-        return budget <= 0 if stop_when_spent else budget < 0
-
-    def run_running():
-        nonlocal budget, free
-        for req in running:
-            n = None if spent() else size(req, True)
-            if n is None:
-                break
-            out.append((req.rid, n))
-            budget -= n
-            held = req.num_pages if count_held else pages(req.num_computed)
-            grow = pages(req.num_computed + n) - held if charge_growth else pages(n)
-            if charge_running:
-                free -= max(0, grow) if clamp else grow
-
-    def run_waiting():
-        nonlocal budget, free
-        for req in waiting:
-            n = None if spent() else size(req, False)
-            if n is None:
-                break
-            priced = n if chunk_cost else req.num_tokens - req.num_computed
-            if not ceil_cost:          # rounded down
-                cost = priced // page_size
-            elif not exact_ceil:       # one too many on a whole number of pages
-                cost = priced // page_size + 1
-            else:
-                cost = pages(priced)
-            need = cost + (watermark if use_watermark else 0)
-            if need > free or (not at_most and need == free):
-                if fcfs:
-                    break
-                continue
-            out.append((req.rid, n))
-            budget -= n if budget_waiting else 0
-            free -= cost if charge_waiting else 0
-
-    if decodes_first:
-        run_running()
-        run_waiting()
-    else:
-        run_waiting()
-        run_running()
-    return out
-
-
-def _admitted(batch, waiting):
-    rids = {r.rid for r in waiting}
-    return [rid for rid, _ in batch if rid in rids]
-
-
-def _over_chunk(batch, reqs, max_chunk):
-    rids = {r.rid for r in reqs}
-    return any(n > max_chunk for rid, n in batch if rid in rids)
-
-
-def _after_waiting(batch, running, waiting):
-    """A running request comes after a waiting one in `batch`."""
-    kinds = [rid in {r.rid for r in waiting} for rid, _ in batch
-             if rid in {r.rid for r in running + waiting}]
-    return any(kinds[i] and not kinds[j] for i in range(len(kinds))
-               for j in range(i + 1, len(kinds)))
-
-
-def _overtook(batch, waiting):
-    """The prompts admitted in `batch` are not the first ones in arrival order."""
-    admitted = _admitted(batch, waiting)
-    return admitted != [r.rid for r in waiting][:len(admitted)]
-
-
-def _running_over_budget(batch, running, budget):
-    rids = {r.rid for r in running}
-    return sum(n for rid, n in batch if rid in rids) > budget
-
-
-def _admits_more(got, expected, args):
-    """More waiting prompts admitted in `got` than in `expected` (args[1]: the waiting)."""
-    return len(_admitted(got, args[1])) > len(_admitted(expected, args[1]))
-
-
-def _strict_prefix(got, expected):
-    return len(got) < len(expected) and got == expected[:len(got)]
-
-
-def _admits_fewer(got, expected, args):
-    return len(_admitted(got, args[1])) < len(_admitted(expected, args[1]))
-
-
-# (the rule, the hint, the mark the learner's batch shows when it is that mistake)
-_VARIANTS = [
-    ("decodes_first", "prefill before decodes: the running requests come first (a decode is "
-     "one token and keeps its request's latency low); the waiting prompts get what is left.",
-     lambda got, exp, a: _after_waiting(got, a[0], a[1])),
-    ("use_budget", "the step took more tokens than the budget: each request gets at most what "
-     "is left of max_num_batched_tokens.", lambda got, exp, a: sum(n for _, n in got) > a[2]),
-    ("chunk", "a prompt chunk was longer than max_chunk: prefill a long prompt in chunks of at "
-     "most max_chunk tokens (chunked prefill).", lambda got, exp, a: _over_chunk(got, a[1], a[6])),
-    ("use_watermark", "the watermark was ignored: admit a prompt only if cost + watermark <= "
-     "the pages still free, to leave the running requests room to grow.",
-     _admits_more),
-    ("charge_running", "the running requests' new pages were not counted: they come out of the "
-     "free pages before any waiting prompt is priced.",
-     _admits_more),
-    ("fcfs", "a later prompt overtook one that did not fit: admission is first come, first "
-     "served; stop at the first waiting request that does not fit.",
-     lambda got, exp, a: _overtook(got, a[1])),
-    ("chunk_running", "a running request got more than max_chunk tokens: a prompt in the middle "
-     "of its prefill goes on in chunks of at most max_chunk, like a waiting one.",
-     lambda got, exp, a: _over_chunk(got, a[0], a[6])),
-    ("partial", "a request that did not fit the budget left was left out: it gets a partial "
-     "chunk, min(wanted, budget left, max_chunk) tokens, and the rest in later steps.",
-     lambda got, exp, a: _strict_prefix(got, exp)),
-    ("stop_when_spent", "a request got 0 tokens: stop when the budget is spent (budget left "
-     "<= 0) instead of adding (rid, 0).", lambda got, exp, a: any(n == 0 for _, n in got)),
-    ("at_most", "a prompt that fits exactly (cost + watermark == the pages left) was "
-     "refused: admit it when cost + watermark <= the pages left.",
-     lambda got, exp, a: _strict_prefix(got, exp)),
-    ("ceil_cost", "a prompt chunk was priced in whole pages rounded down: n tokens take "
-     "ceil(n / page_size) pages, a partly filled last page included.",
-     _admits_more),
-    ("charge_waiting", "an admitted prompt's pages were not taken from the pages left: the "
-     "next prompt is priced against what the earlier ones left.",
-     _admits_more),
-    ("budget_waiting", "an admitted prompt's tokens were not taken from the budget: every "
-     "request's tokens count against the step's one budget.",
-     lambda got, exp, a: sum(n for _, n in got) > a[2]),
-    ("clamp", "a running request that holds more pages than its tokens need (pages taken "
-     "ahead) needs no new page, and gives none back: its cost is max(0, ceil((num_computed "
-     "+ n) / page_size) - num_pages); without the max its spare pages were counted as free.",
-     _admits_more),
-    ("chunk_cost", "a prompt was priced at its whole length: this step writes only its chunk "
-     "of n tokens, so it takes ceil(n / page_size) pages now (the rest come with later "
-     "chunks).", _admits_fewer),
-    ("divide", "shifts and masks (>> log2(page_size), & (page_size - 1)) stand for // and % "
-     "only when page_size is a power of two, and here it is not: pages = ceil(tokens / "
-     "page_size) = -(-tokens // page_size).", lambda got, exp, a: a[5] & (a[5] - 1) != 0),
-    ("charge_growth", "a running request was charged ceil(n / page_size) pages, as if its n "
-     "new tokens started a page of their own: they go on filling its last page, so it needs "
-     "max(0, ceil((num_computed + n) / page_size) - num_pages) new pages (0 for most decodes).",
-     _admits_fewer),
-    ("exact_ceil", "n tokens take ceil(n / page_size) = -(-n // page_size) pages: "
-     "n // page_size + 1 is one page too many when n is a multiple of page_size.",
-     _admits_fewer),
-    ("count_held", "a running request's new pages were counted from the pages its computed "
-     "tokens fill, ceil(num_computed / page_size): it holds num_pages, some taken ahead, so "
-     "it needs max(0, ceil((num_computed + n) / page_size) - num_pages).", _admits_fewer),
-]
-_RULES = tuple(rule for rule, _, _ in _VARIANTS)
 
 
 def _batch(fn, args):
@@ -241,9 +66,9 @@ def _hint(fn, got, expected, args) -> str:
     # running request only the first does
     alone = ([], *args[1:])
     probes_of = {"chunk_cost": probes + [(alone, _batch(fn, alone))]}
-    matching = [hint for rule, hint, mark in _VARIANTS
-                if mark(got, expected, args) and _reference_step(*args, **{rule: False}) == got
-                and all(_reference_step(*p, **{rule: False}) == b
+    matching = [hint for rule, hint, mark in MISTAKES
+                if mark(got, expected, args) and reference_step(*args, **{rule: False}) == got
+                and all(reference_step(*p, **{rule: False}) == b
                         for p, b in probes_of.get(rule, probes))]
     if matching:
         return several_fit(matching, "batch")
@@ -282,7 +107,7 @@ def _requests(rng, page_size):
         # some hold pages taken ahead (the engine's lookahead): more than their tokens need
         ahead = int(rng.integers(1, 3)) if rng.random() < 0.3 else 0
         running.append(SimpleNamespace(rid=rid, num_tokens=tokens, num_computed=computed,
-                                       num_pages=_pages(computed, page_size) + ahead))
+                                       num_pages=pages_for(computed, page_size) + ahead))
     waiting = [SimpleNamespace(rid=10 + i, num_tokens=int(rng.integers(2, 60)), num_computed=0,
                                num_pages=0) for i in range(int(rng.integers(2, 6)))]
     return running, waiting
@@ -290,7 +115,7 @@ def _requests(rng, page_size):
 
 def _draw(rng, page_size, budget, max_chunk, watermark):
     running, waiting = _requests(rng, page_size)
-    need = sum(max(0, _pages(r.num_computed + min(r.num_tokens - r.num_computed, max_chunk),
+    need = sum(max(0, pages_for(r.num_computed + min(r.num_tokens - r.num_computed, max_chunk),
                              page_size) - r.num_pages) for r in running)
     free = need + watermark + int(rng.integers(0, 12))
     return running, waiting, budget, free, watermark, page_size, max_chunk
@@ -304,14 +129,14 @@ def _draw_step(seed: int, page_size: int, budget: int, max_chunk: int, watermark
     `running_only`: the running requests alone take more than the budget (the rule forgotten
     for them only gives the same batch)."""
     rng = case_rng(seed)
-    mark = next(m for rule, _, m in _VARIANTS if rule == exposes)
+    mark = next(m for rule, _, m in MISTAKES if rule == exposes)
     for _ in range(3000):
         args = _draw(rng, page_size, budget, max_chunk, watermark)
-        expected = _reference_step(*args)
-        wrong = _reference_step(*args, **{exposes: False})
-        others = [_reference_step(*args, **{rule: False}) for rule in _RULES if rule != exposes]
+        expected = reference_step(*args)
+        wrong = reference_step(*args, **{exposes: False})
+        others = [reference_step(*args, **{rule: False}) for rule in RULES if rule != exposes]
         if wrong != expected and wrong not in others and mark(wrong, expected, args) and \
-                (not running_only or _running_over_budget(wrong, args[0], budget)):
+                (not running_only or running_over_budget(wrong, args[0], budget)):
             return args, expected
     raise RuntimeError(f"no case exposes {exposes} (seed {seed})")   # a bug in this module
 
@@ -379,7 +204,7 @@ def _sweep_case(fn, seed: int, count: int) -> None:
         budget = int(rng.integers(4, 80))
         max_chunk, watermark = int(rng.integers(2, budget + 8)), int(rng.integers(0, 5))
         args = _draw(rng, page_size, budget, max_chunk, watermark)
-        _compare(fn, args, _reference_step(*args), f"page_size {page_size}, budget {budget}, "
+        _compare(fn, args, reference_step(*args), f"page_size {page_size}, budget {budget}, "
                  f"max_chunk {max_chunk}, watermark {watermark}: ")
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from .cases import paged_problem
 from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, ranges
-from .faults import describe_kernel_exception
+from .faults import kernel_message
 from .kernel_hints import nothing_written, padding_hint, row_stride_hint
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, poisoned, unwritten
 from .puzzle_runner import per_thread_max
@@ -39,7 +39,7 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
         hint = getattr(exc, "buffer", None) and _gather_transposed(kern)   # (an index out of bounds)
         if not hint:
             raise
-        raise Mismatch(describe_kernel_exception(exc)[0], hint) from exc
+        raise Mismatch(kernel_message(exc), hint) from exc
     if unwritten(k_out).all() and unwritten(v_out).all():
         nothing_written(comp.source)
     axes = ("sequence", "token", "kv_head", "dim")

@@ -18,14 +18,13 @@ import textwrap
 
 import numpy as np
 
-from ..backend import resolve_device
 from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose
-from .faults import describe_kernel_exception
+from .faults import kernel_message
 from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, padding_hint,
                            sequence_hint, shift_hint, tiled_hint,
                            unwritten_pattern_hint)
-from .kernel_runner import KERNEL_TIMEOUT, Kernel, poisoned, unwritten, where
+from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwritten, where
 from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
 from .table_probe import full_table, transposed_hint
 from .variants import attention_mistakes
@@ -38,7 +37,7 @@ def backend(device: str = "auto") -> None:
     """Say where the CUDA C checks of this workbook run."""
     from ..backend import gpu_status  # noqa: PLC0415
     text = f"CUDA C checks run on {where(device)}."
-    if resolve_device(device) == "cpu":
+    if kernel_device(device) == "cpu":
         text += f" ({gpu_status()})"
     else:
         text += (" A GPU forgives some mistakes by luck (races, a return before a barrier, "
@@ -242,7 +241,7 @@ def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool, probing: b
                             or _prefill_transposed(comp, threads, tiled))
         if not hint:
             raise
-        raise Mismatch((describe_kernel_exception(exc) or (str(exc),))[0], hint) from exc
+        raise Mismatch(kernel_message(exc), hint) from exc
     return got, unwritten(got)
 
 

@@ -20,7 +20,7 @@ import numpy as np
 from ..quant import per_token_scales
 from .checks_kernels import _Compiled
 from .compare import call_on_copies, describe_difference, diagnose, fmt, ranges
-from .faults import describe_kernel_exception
+from .faults import kernel_message
 from .kernel_runner import OutOfBoundsWrite, poisoned
 from .quant_variants import FILL, WARP, WRITE_MISTAKES, quantize_reference
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
@@ -208,7 +208,7 @@ def _launch_write(comp, k, slots, heads, dim, per_token, k_scale, cache):
     except Exception as exc:
         if type(exc).__name__ != "KernelFault":
             raise
-        message, _ = describe_kernel_exception(exc)
+        message = kernel_message(exc)
         hint = _write_fault_hint(slots, getattr(exc, "block", None),
                                  getattr(exc, "buffer", None), getattr(exc, "index", None))
         if hint is None:

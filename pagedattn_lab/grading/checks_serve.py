@@ -21,9 +21,10 @@ from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
 from ..validate import check_int_list
 from .compare import POW2_HINT, changed_input, pow2_div
-from .report import (Case, CaseTimeout, CheckResult, Mismatch, run_cases, several_fit,
-                     time_limit)
+from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
+from .time_limits import CaseTimeout, time_limit
+from .wire import ProtocolError
 
 
 class _StepBudget(Exception):
@@ -134,6 +135,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     """`first_id`: the cache served that many sequences before (so seq ids start there)."""
     num_kv_heads, head_dim = 2, 4
     cache = PagedKVCache(num_pages, page_size, num_kv_heads, head_dim, device="cpu")
+    cache.token_dtypes   # (its first call imports ml_dtypes: seconds, not the loop's time)
     for _ in range(first_id):
         cache.free_sequence(cache.add_sequence())
     rng = case_rng(seed)
@@ -197,11 +199,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     cache.free_sequence = free_sequence
     passed = list(requests)
     try:
-        with time_limit(2):  # a right loop takes milliseconds here
-            finished = fn(cache, passed, kv_for)
+        finished = _run_loop(fn, cache, passed, kv_for, past, tokens)
     except (_StepBudget, CaseTimeout):
-        if past:
-            raise _past_end(past[0], tokens) from None
         kept = complete_but_kept()
         if kept:
             hint = (f"requests {kept} are complete but still hold their pages: free a "
@@ -269,6 +268,20 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                        repr(expected), repr(finished))
     if unlike:   # the right order returned, by a loop that did not run the spec's steps
         raise unlike[0]
+
+
+def _run_loop(fn, cache, requests, kv_for, past: list, tokens):
+    """What the learner's loop returns. Where it stops early (raises, or runs past its time
+    or its calls) after a call for tokens past a request's end (`past`), that call is the
+    mistake named: it came first, and the loop went on from the empty block kv_for gave it
+    (ran out of pages, used a sequence it had freed) where a model would have made a token."""
+    try:
+        with time_limit(2):  # a right loop takes milliseconds here
+            return fn(cache, requests, kv_for)
+    except Exception as exc:
+        if past and not isinstance(exc, (Mismatch, ProtocolError)):   # (not the learner's)
+            raise _past_end(past[0], tokens) from None
+        raise
 
 
 def _past_end(call, tokens) -> Mismatch:

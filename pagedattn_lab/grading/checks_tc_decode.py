@@ -16,7 +16,7 @@ import numpy as np
 from .checks_kernels import _Compiled
 from .checks_tc_rows import TILE
 from .compare import describe_difference, diagnose, fmt, ranges
-from .faults import describe_kernel_exception
+from .faults import RACE_ADVICE, describe_kernel_exception, kernel_message
 from .kernel_hints import shift_hint
 from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
 from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
@@ -234,7 +234,7 @@ def _tile_case(comp, seed, *sizes) -> None:
             lambda out: _launch_tile(comp, prob, out), prob)
         if not hint:
             raise
-        raise Mismatch((describe_kernel_exception(exc) or (str(exc),))[0], hint) from exc
+        raise Mismatch(kernel_message(exc), hint) from exc
     never = unwritten(got)
     if never.all() and "TODO" in comp.source:
         raise NotAttempted("the kernel wrote nothing (scores still hold the NaN the check "
@@ -310,7 +310,7 @@ def _race_checked_on_the_cpu(kernel) -> bool:
         kernel.count(grid, (WARP,), args, racecheck=True, timeout=KERNEL_TIMEOUT)
     except Exception as exc:  # noqa: BLE001 - any failure but a race: the source decides
         if type(exc).__name__ == "SharedMemoryRace":
-            message, hint = describe_kernel_exception(exc)
+            message, hint = describe_kernel_exception(exc) or (kernel_message(exc), RACE_ADVICE)
             raise Mismatch(f"case 1 run on the CPU executor with its race check (a GPU run "
                            f"cannot show it): {message}", hint) from None
         return False

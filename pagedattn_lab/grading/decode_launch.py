@@ -11,7 +11,7 @@ import numpy as np
 
 from .cases import nan_tails, paged_problem
 from .checks_kernels import _Compiled
-from .faults import describe_kernel_exception
+from .faults import kernel_message
 from .kernel_runner import KERNEL_TIMEOUT, unwritten
 from .compare import ATOL, RTOL, ranges
 from .report import Mismatch
@@ -74,7 +74,7 @@ def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
     except Exception as exc:
         kind = type(exc).__name__
         if kind == "KernelFault" and getattr(exc, "buffer", None) in DECODE_BUFFER_HINTS:
-            message, _ = describe_kernel_exception(exc)
+            message = kernel_message(exc)
             hint = DECODE_WRITE_HINTS.get(exc.buffer) if getattr(exc, "access", None) == \
                 "write" else None
             raise Mismatch(message, hint or DECODE_BUFFER_HINTS[exc.buffer]) from exc

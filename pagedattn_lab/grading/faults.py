@@ -98,14 +98,26 @@ def _race_hint(exc, advice: str) -> str:
     return advice
 
 
+RACE_ADVICE = "separate the two accesses with __syncthreads()."
+
+
 def describe_kernel_exception(exc: BaseException) -> tuple[str, str] | None:
     """(message, hint) for the executor's and CuPy's kernel exceptions, else None: also for
     one only named like them (the learner's own class, or one that crossed the grader's
-    channel with attributes of the learner's choosing), whose fields cannot be described."""
+    channel with attributes of the learner's choosing), whose fields cannot be described.
+    So even a KernelFault may get None: a caller that wants its message whatever it is asks
+    `kernel_message`."""
     try:
         return _described(exc)
     except Exception:   # noqa: BLE001 - e.g. a thread of ("x",): reported as raised
         return None
+
+
+def kernel_message(exc: BaseException) -> str:
+    """describe_kernel_exception's message (for a caller with a hint of its own), or, where
+    that is None, the exception's own text (the GPU's OutOfBoundsWrite says what it is)."""
+    described = describe_kernel_exception(exc)
+    return described[0] if described is not None else text_of(exc) or type(exc).__name__
 
 
 def _described(exc: BaseException) -> tuple[str, str] | None:

@@ -19,7 +19,7 @@ import sys
 from ..cpu import compiler
 from . import remote, wire
 from .channel import Channel
-from .report import CASE_TIME_LIMIT, time_limit
+from .time_limits import CASE_TIME_LIMIT, time_limit
 from .runner import enter_guard, sandbox_arguments
 
 

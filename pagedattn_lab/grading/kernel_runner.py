@@ -1,9 +1,11 @@
 """Compile and launch a learner's CUDA C kernel where the course runs kernels.
 
 `device="auto"` uses the GPU when CuPy has one (`backend.gpu_available()`), else the CPU
-executor; `device="cpu"` forces the executor, whose checked mode names the thread and
-block of a bad access, and whose race check (on for every check launch) names two threads
-that touch one shared-memory byte between barriers, at least one writing, without atomics.
+executor; so does `device="gpu"`, noting it in the report (`kernel_device`): a kernel written
+for the GPU is still graded on a machine without one. `device="cpu"` forces the executor,
+whose checked mode names the thread and block of a bad access, and whose race check (on for
+every check launch) names two threads that touch one shared-memory byte between barriers,
+at least one writing, without atomics.
 
 Outputs are poisoned before the launch with a NaN of a bit pattern no arithmetic makes
 (`POISON_BITS`): an element still holding it was never written (`unwritten`), while a NaN
@@ -19,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..backend import resolve_device
+from ..backend import gpu_available, resolve_device
 from ..cpu.includes import graded
+from ..validate_kinds import is_one_of
 from .faults import describe_kernel_exception
-from .report import Mismatch
+from .report import Mismatch, note
 
 # Characters of a kernel source the checks read (the course's kernels are a few thousand):
 # their scans run before any time limit, and a long source made them run for hours.
@@ -71,8 +74,28 @@ def kernels_elsewhere(factory):
         _elsewhere.factory = previous
 
 
+NO_GPU_NOTE = "graded on the CPU executor: this machine has no GPU"
+
+
+def kernel_device(device: str) -> str:
+    """"cpu" or "gpu": where a check runs a learner's kernel for `device`, as
+    backend.resolve_device says, except that device="gpu" without a GPU is the CPU executor
+    (the same CUDA C) rather than an error, so that a kernel written for the GPU is still
+    graded where there is none; `note_device` puts that in the report."""
+    if is_one_of(device, ("gpu",)) and not gpu_available():
+        return "cpu"
+    return resolve_device(device)
+
+
+def note_device(asked, ran: str) -> None:
+    """Note in the running check's report a kernel asked to run on the GPU that ran on the
+    CPU executor (`ran`: where it ran)."""
+    if is_one_of(asked, ("gpu",)) and ran == "cpu":
+        note(NO_GPU_NOTE)
+
+
 def where(device: str) -> str:
-    return ("the GPU (CuPy)" if resolve_device(device) == "gpu"
+    return ("the GPU (CuPy)" if kernel_device(device) == "gpu"
             else "the CPU executor (checked mode: bad accesses name their thread and block)")
 
 
@@ -116,20 +139,36 @@ def lint(source: str, name: str) -> None:
 
 
 def _declared_extern_c(code: str, name: str) -> bool:
-    """Whether one declaration (the text between two of ; { }) holds extern "C", then
-    __global__, then `name(`. Each is searched from the first of the one before, so the time
-    is linear in the source (one pattern with two lazy gaps took minutes on a long run of
+    """Whether one declaration (the text between two of ; { }) holds __global__, then
+    `name(`, with C linkage: extern "C" before the __global__ in it, or an enclosing
+    `extern "C" { ... }` block (which NVRTC and the CPU executor accept too). Each word is
+    searched from the first of the one before, and the braces are read once, so the time is
+    linear in the source (one pattern with two lazy gaps took minutes on a long run of
     __global__ words, outside any time limit)."""
     call = re.compile(rf"\b{re.escape(name)}\s*\(")
-    for part in re.finditer(r"[^;{}]+", code):
-        extern = _EXTERN_C.search(code, part.start(), part.end())
-        globl = extern and _GLOBAL.search(code, extern.end(), part.end())
-        if globl and call.search(code, globl.end(), part.end()):
+    c_linkage = [False]   # per open brace: whether what it holds has C linkage
+    opens_block = False   # the text just read ends in extern "C": the { next opens a block
+    for piece in re.finditer(r"[^;{}]+|[;{}]", code):
+        start, end = piece.span()
+        if piece[0] == "{":
+            c_linkage.append(opens_block or c_linkage[-1])
+        elif piece[0] == "}" and len(c_linkage) > 1:
+            c_linkage.pop()
+        if piece[0] in ";{}":
+            opens_block = False
+            continue
+        opens_block = _EXTERN_C_BLOCK.search(code, start, end) is not None
+        extern = _EXTERN_C.search(code, start, end)
+        if extern is None and not c_linkage[-1]:
+            continue
+        globl = _GLOBAL.search(code, start if extern is None else extern.end(), end)
+        if globl and call.search(code, globl.end(), end):
             return True
     return False
 
 
 _EXTERN_C = re.compile(r'extern\s+"C"')
+_EXTERN_C_BLOCK = re.compile(r'extern\s+"C"\s*\Z')   # (\s* ends where a piece does)
 _GLOBAL = re.compile(r"__global__")
 # The CUDA headers a graded kernel may include on the GPU: those the CPU executor provides too.
 GRADED_HEADERS = frozenset(p.name for p in (Path(__file__).parent.parent / "cpu" / "include")
@@ -181,8 +220,10 @@ class Kernel:
         if factory is not None:
             self.remote = factory(source, name, device)
             self.device, self.racecheck = str(self.remote.device), bool(self.remote.racecheck)
+            note_device(device, self.device)
             return
-        self.device = resolve_device(device)
+        self.device = kernel_device(device)
+        note_device(device, self.device)
         self.racecheck = self.device == "cpu"
         if self.device == "gpu":   # the CPU build checks the files it read (cpu/includes.py)
             refuse_unlisted_headers(source)

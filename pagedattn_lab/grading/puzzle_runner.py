@@ -5,7 +5,8 @@ Every case runs once on the CPU executor through `pagedattn_lab.cpu.count_access
 shared-memory race check on: one instrumented launch gives the outputs, the per-thread
 counts of global and shared reads and writes, and a `SharedMemoryRace` for a missing
 barrier. With a GPU (`device="gpu"`, or "auto" when CuPy has one) the outputs come from the
-GPU and the counts from the CPU run. Kernel failures become a `Mismatch` that says which
+GPU and the counts from the CPU run; `device="gpu"` without one is the CPU run alone, noted in
+the report (kernel_runner.kernel_device). Kernel failures become a `Mismatch` that says which
 element the failing thread handles (`locate`), because that is the clue a puzzle needs.
 """
 from __future__ import annotations
@@ -15,10 +16,9 @@ from typing import Callable
 
 import numpy as np
 
-from ..backend import resolve_device
 from .compare import ranges
-from .faults import describe_kernel_exception
-from .kernel_runner import Kernel
+from .faults import RACE_ADVICE, describe_kernel_exception, kernel_message
+from .kernel_runner import Kernel, kernel_device, note_device
 from .report import Mismatch
 
 LAUNCH_TIMEOUT = 10.0   # seconds; the puzzles are tiny
@@ -42,7 +42,8 @@ class PuzzleKernel:
 
     def __init__(self, source: str, name: str, device: str, *,
                  past_end: str = "guard with an if: such a thread must not read or write"):
-        self.source, self.name, self.device = source, name, resolve_device(device)
+        self.source, self.name, self.asked = source, name, device
+        self.device = kernel_device(device)
         self.past_end = past_end
         self.locate: Callable[[tuple, tuple], tuple[str, bool]] = lambda b, t: ("", False)
         self._kernel = self._gpu = None
@@ -51,6 +52,7 @@ class PuzzleKernel:
         """The kernel compiled for the CPU executor (lint and compile errors raise here)."""
         if self._kernel is None:
             self._kernel = Kernel(self.source, self.name, "cpu")
+            note_device(self.asked, self.device)
         return self._kernel
 
     def run(self, grid, block, args, outputs, shared_mem: int = 0, *, locate=None) -> Run:
@@ -84,8 +86,7 @@ class PuzzleKernel:
         """A Mismatch for the executor's exceptions; anything else is returned as it came."""
         kind = type(exc).__name__
         if kind == "SharedMemoryRace":
-            hint = _RACE_HINTS.get(getattr(exc, "kind", ""),
-                                   "separate the two accesses with __syncthreads().")
+            hint = _RACE_HINTS.get(getattr(exc, "kind", ""), RACE_ADVICE)
             if getattr(exc, "same_warp", False) and exc.kind != "write after write":
                 hint += (" Both threads are lanes of one warp: if only that warp shares the "
                          "data, a __syncwarp() between them is enough; a shuffle or a vote "
@@ -97,7 +98,7 @@ class PuzzleKernel:
                 self.locate(tuple(block), tuple(thread))[1]
             access = getattr(exc, "access", None) or "access"
             if thread is None:   # a write before the array's start, found after the launch
-                return Mismatch(describe_kernel_exception(exc)[0],
+                return Mismatch(kernel_message(exc),
                                 f"index {exc.index} is before the array's start: some thread's "
                                 f"index into {exc.buffer} went below 0; work out thread 0's by "
                                 "hand.")

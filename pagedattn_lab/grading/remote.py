@@ -33,7 +33,7 @@ from ..backend import is_cupy_array
 from . import wire
 from .proxies import SPECIALS, Remote, RemoteCallable, copy_back, shareable
 from .remote_errors import ErrorTranslation
-from .report import CaseTimeout
+from .time_limits import CaseTimeout
 from .wire import ChannelClosed, ProtocolError
 
 MAX_HANDLES = 200_000
@@ -329,7 +329,7 @@ def _target_marker(header, own_key):
 
 
 def _time_left() -> float | None:
-    """Seconds before this thread's SIGALRM time limit (report.time_limit), if one runs."""
+    """Seconds before this thread's SIGALRM time limit (time_limits.time_limit), if one runs."""
     if threading.current_thread() is not threading.main_thread():
         return None
     left = signal.getitimer(signal.ITIMER_REAL)[0]

@@ -26,7 +26,8 @@ _BUILTIN_ERRORS = [c for c in vars(builtins).values()
 def _package_errors() -> list[type]:
     from ..cpu import errors  # noqa: PLC0415 - pure Python, no compiler involved
     from ..paging import OutOfPagesError  # noqa: PLC0415
-    from .report import CaseTimeout, Mismatch, NotAttempted  # noqa: PLC0415
+    from .report import Mismatch, NotAttempted  # noqa: PLC0415
+    from .time_limits import CaseTimeout  # noqa: PLC0415
     return [OutOfPagesError, CaseTimeout, Mismatch, NotAttempted,
             *(getattr(errors, name) for name in errors.__all__)]
 

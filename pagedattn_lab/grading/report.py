@@ -11,17 +11,16 @@ grader never does: it computes every verdict itself (judge.py).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import sys
 import textwrap
 import threading
-import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
+
+from .time_limits import CASE_TIME_LIMIT, CaseTimeout, time_limit
 
 RESULTS_ENV = "PAGEDATTN_LAB_RESULTS"
 
@@ -102,77 +101,6 @@ class NotAttempted(Exception):
     """The learner's code is still the stub (it raised NotImplementedError or wrote nothing)."""
 
 
-class CaseTimeout(Exception):
-    """A case ran past its time limit (an endless loop in the learner's code)."""
-
-
-CASE_TIME_LIMIT = 30.0  # seconds per case
-
-
-class _Held:
-    """`held()`: within the block, a time limit that expires waits for the block's end.
-
-    The grader's channel (channel.py) moves each frame from the socket to where its wait
-    finds it inside `held()`: a CaseTimeout raised in between would lose the frame and
-    leave the two sides waiting for each other. A signal mask cannot promise that: another
-    thread of the process (e.g. a BLAS worker) takes a signal the main thread blocks, and
-    Python still runs the handler in the main thread; so the handler itself defers."""
-
-    depth = 0
-    expired: CaseTimeout | None = None
-
-    def __enter__(self):
-        _Held.depth += 1
-
-    def __exit__(self, kind, exc, tb):
-        _Held.depth -= 1
-        if _Held.depth == 0 and _Held.expired is not None:
-            expired, _Held.expired = _Held.expired, None
-            if kind is None:   # (another exception already ends the case)
-                raise expired
-        return False
-
-
-def held() -> _Held:
-    return _Held()
-
-
-@contextlib.contextmanager
-def time_limit(seconds: float):
-    """Raise CaseTimeout in this thread after `seconds` (Unix main thread; else no limit).
-
-    Nested limits keep the outer one: it still ends when it would have (a check's own short
-    limit inside a case's, or a request the grader's judge nests inside another)."""
-    usable = (hasattr(signal, "setitimer") and seconds and
-              threading.current_thread() is threading.main_thread())
-    if not usable:
-        yield
-        return
-
-    def expire(signum, frame):
-        expired = CaseTimeout(f"the case ran longer than {seconds:g} s")
-        if _Held.depth:
-            _Held.expired = expired   # raised where the held block ends
-            return
-        raise expired
-
-    outer_left = signal.getitimer(signal.ITIMER_REAL)[0]
-    if outer_left and outer_left <= seconds:   # the outer limit ends first: it stays as is
-        yield
-        return
-    started = time.monotonic()
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
-    try:
-        yield
-    finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
-        if outer_left:   # the outer limit rings as planned (at once if its time has passed)
-            signal.setitimer(signal.ITIMER_REAL,
-                             max(1e-4, outer_left - (time.monotonic() - started)))
-
-
 @dataclass
 class CaseResult:
     name: str
@@ -195,6 +123,7 @@ class CheckResult:
     status: str
     cases: list[CaseResult] = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)   # (note(): how the verdict was reached)
 
     @property
     def passed(self) -> bool:
@@ -202,7 +131,11 @@ class CheckResult:
 
     @property
     def summary(self) -> str:
-        """One line for a grade table: the first failure and its hint, or 'all N cases passed'."""
+        """One line for a grade table: the first failure and its hint, or 'all N cases
+        passed'; the notes first, in parentheses (a long failure is cut at its end)."""
+        return "".join(f"({text}) " for text in self.notes) + self._outcome()
+
+    def _outcome(self) -> str:
         if self.status == PASSED:
             return f"all {len(self.cases)} cases passed"
         if self.status == NOT_ATTEMPTED:
@@ -267,6 +200,7 @@ class _Printer:
     def __init__(self, quiet: bool):
         self.quiet = quiet
         self.lines: list[str] = []
+        self.notes: list[str] = []
         self.hints: dict[str, str] = {}  # hint -> the case that printed it first
 
     def say(self, text: str = "", indent: str = "", hang: str = "") -> None:
@@ -306,6 +240,32 @@ def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failur
     """Run `cases` in order, print the outcome of each, record and return the CheckResult."""
     out = _Printer(quiet)
     out.say(f"Checking {title} [{task}]")
+    previous, _running.out = getattr(_running, "out", None), out
+    try:
+        status, results = _run(out, cases, stop_after_failures, lint)
+    finally:
+        _running.out = previous
+    result = CheckResult(task, status, results, out.lines, out.notes)
+    record(result)
+    return result
+
+
+_running = threading.local()   # the _Printer of the check running in this thread, if any
+
+
+def note(text: str) -> None:
+    """Say `text` in the report of the check running in this thread, once, and first in its
+    summary line (outside a check: nowhere): how its verdict was reached, where that is not
+    what the learner asked for (a kernel asked to run on the GPU, run on the CPU executor)."""
+    out = getattr(_running, "out", None)
+    if out is not None and text not in out.notes:
+        out.notes.append(text)
+        out.say(f"note: {text}", "  ", "      ")
+
+
+def _run(out: _Printer, cases: Iterable[Case], stop_after_failures: int,
+         lint: Callable[[], None] | None) -> tuple[str, list[CaseResult]]:
+    """run_cases' cases, printed by `out`: (the status, the case results)."""
     results: list[CaseResult] = []
     status = PASSED
     if lint is not None:
@@ -374,9 +334,7 @@ def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failur
         out.say(f"Not attempted: write your code in place of {stub}.")
     else:
         out.say(f"{n_pass} of {len(results)} cases passed. Fix the first failure first.")
-    result = CheckResult(task, status, results, out.lines)
-    record(result)
-    return result
+    return status, results
 
 
 def _not_attempted_text(exc: BaseException) -> str:

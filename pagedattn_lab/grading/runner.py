@@ -22,7 +22,8 @@ import sys
 
 from . import own_work, remote
 from .channel import Channel
-from .report import CASE_TIME_LIMIT, CheckResult, text_of, time_limit
+from .report import CheckResult, text_of
+from .time_limits import CASE_TIME_LIMIT, time_limit
 
 SUBMITTED = "submitted"
 # The longest the submission waits without a word from the judge: the judge computes at most

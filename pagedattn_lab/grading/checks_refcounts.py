@@ -1,0 +1,193 @@
+"""Check for lesson 01, part 1: the allocator's reference counts and fork.
+
+The check drives the learner's allocator (its allocate and free checked in checks_paging.py)
+through sharing: fork adds an owner to each page and returns the ids in order, and a page
+shared by two sequences goes back to the free list only when its last owner frees it, not
+while one of them still owns it.
+"""
+from __future__ import annotations
+
+from .allocator_probes import (NEGATIVE_ID_HINT, expect_free, expect_raises, ids, kept,
+                               num_free, ref_counts, refused)
+from .report import Case, CheckResult, Mismatch, run_cases
+from .seeds import case_rng
+
+
+# -- task: reference counts and fork ----------------------------------------------------
+
+SHARED_FREE_HINT = ("a page owned by two sequences went back to the free list after one free: "
+                    "free must decrement the count and return the page only when it reaches 0.")
+RETURN_AT_ZERO_HINT = ("a page whose count reached 0 has no owner left: it must go back to the "
+                       "free list.")
+ORDER_HINT = ("fork must return the ids in the order it was given: entry i of a block table "
+              "holds the sequence's tokens i * page_size onwards, so a reordered copy reads "
+              "the prompt's pages in the wrong order.")
+
+
+def _expect_free_shared(alloc, expected: int, when: str) -> None:
+    """num_free after frees of shared pages: too many free means a shared page was released."""
+    got = num_free(alloc)
+    if got != expected:
+        hint = SHARED_FREE_HINT if got > expected else RETURN_AT_ZERO_HINT
+        raise Mismatch(f"num_free {when}", hint, expected=str(expected), got=str(got))
+
+
+def _expect_fork_result(pages: list[int], shared: list[int], what: str) -> None:
+    if shared == pages:
+        return
+    if sorted(shared) == sorted(pages):
+        raise Mismatch(f"{what} returned the right ids in another order", ORDER_HINT,
+                       repr(pages), repr(shared))
+    raise Mismatch(f"{what} returned different pages", "fork shares, it does not copy: it "
+                   "returns the same ids, in the same order.", repr(pages), repr(shared))
+
+
+def _fork_basic(cls) -> None:
+    alloc = cls(4)
+    pages = ids(alloc.allocate(2), "allocate(2)")
+    raw = alloc.fork(pages)
+    _expect_fork_result(pages, ids(raw, "fork(pages)"), "fork(pages)")
+    if not isinstance(raw, list):
+        raise Mismatch(f"fork returned a {type(raw).__name__}", "return a list: it is the new "
+                       "sequence's block table, which grows in place as tokens arrive "
+                       "(table.extend), and a tuple or an array cannot.", "list",
+                       type(raw).__name__)
+    if raw is pages:
+        raise Mismatch("fork returned the very list it was given",
+                       "return a new list (list(pages)): the two sequences' tables must be "
+                       "separate lists even though they hold the same ids.")
+    counts = ref_counts(alloc, pages)
+    if counts != [2, 2]:
+        raise Mismatch("ref_count after fork", "fork adds one owner to every page.",
+                       "[2, 2]", repr(counts))
+    expect_free(alloc, 2, "after fork", "fork takes no new pages.")
+
+
+def _fork_free(cls) -> None:
+    alloc = cls(4)
+    pages = ids(alloc.allocate(2), "allocate(2)")
+    kept(alloc.fork, pages, f"fork({pages})")
+    kept(alloc.free, pages, f"free({pages})")
+    _expect_free_shared(alloc, 2, "after the first owner freed the shared pages")
+    counts = ref_counts(alloc, pages)
+    if counts != [1, 1]:
+        raise Mismatch("ref_count after one of two owners freed",
+                       SHARED_FREE_HINT if counts == [0, 0] else "free takes one owner away "
+                       "from each page: 2 owners become 1.", "[1, 1]", repr(counts))
+    kept(alloc.free, pages, f"free({pages}) by the second owner")
+    expect_free(alloc, 4, "after both owners freed", "the last free returns the page.")
+
+
+def _fork_free_both(cls) -> None:
+    """free(a + b) of a sequence and its fork: every shared page is listed once per owner."""
+    alloc = cls(5)
+    pages = ids(alloc.allocate(3), "allocate(3)")
+    both = pages + ids(kept(alloc.fork, pages, f"fork({pages})"), "fork(pages)")
+    try:
+        kept(alloc.free, both, f"free({both})")
+    except ValueError as exc:
+        raise Mismatch(f"free({both}) raised ValueError: {exc}", "each page has 2 owners and "
+                       "is listed twice: that is allowed. Compare how often a page is listed "
+                       "with its reference count.") from exc
+    counts = ref_counts(alloc, pages)
+    if counts != [0, 0, 0]:
+        raise Mismatch(f"ref_count after free({both}) of a sequence and its fork",
+                       "a page listed twice drops two owners: count every occurrence (a "
+                       "set() of the ids drops one).", "[0, 0, 0]", repr(counts))
+    _expect_free_shared(alloc, 5, f"after free({both})")
+
+
+def _fork_free_page(cls) -> None:
+    alloc = cls(4)
+    pages = ids(alloc.allocate(1), "allocate(1)")
+    kept(alloc.free, pages, f"free({pages})")
+    expect_raises(lambda: alloc.fork(pages), ValueError, "fork of a free page",
+                   "only pages in use can be shared: raise ValueError for a free page.")
+    expect_free(alloc, 4, "after the refused fork", "a refused call changes nothing.")
+
+
+def _fork_keeps_order(cls) -> None:
+    alloc = cls(8)
+    pages = ids(alloc.allocate(8), "allocate(8)")
+    table = [pages[7], pages[2], pages[5], pages[0]]   # a block table is in token order
+    forked = kept(alloc.fork, table, f"fork({table})")
+    _expect_fork_result(table, ids(forked, f"fork({table})"), f"fork({table})")
+
+
+def _fork_bad_lists(cls, num_pages: int = 6) -> None:
+    """fork and free given a list with one bad id: the call fails whole."""
+    alloc = cls(num_pages)
+    pages = ids(alloc.allocate(num_pages), f"allocate({num_pages})")
+    gone, a, b = pages[1], pages[0], pages[-1]
+    alloc.free([gone])
+    alloc.fork([a])
+    refused(alloc, num_pages, lambda: alloc.fork([a, b, gone]),
+             f"fork([{a}, {b}, {gone}]) with page {gone} free",
+             "only pages in use can be shared: a list holding a free page must raise "
+             "ValueError.")
+    refused(alloc, num_pages, lambda: alloc.fork([b, -1]), f"fork([{b}, -1])",
+             NEGATIVE_ID_HINT)
+    refused(alloc, num_pages, lambda: alloc.fork([b, num_pages]),
+             f"fork([{b}, {num_pages}]) ({num_pages} is past the pool)",
+             f"refuse ids outside 0..{num_pages - 1} with ValueError.")
+    refused(alloc, num_pages, lambda: alloc.free([a, gone]),
+             f"free([{a}, {gone}]) with page {a} shared and page {gone} free",
+             "a list holding a page that is already free must raise ValueError (a double "
+             "free), even when the ids before it are fine.")
+
+
+def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
+    rng = case_rng(seed)
+    alloc = cls(num_pages)
+    owners: list[list[int]] = []
+    counts = [0] * num_pages
+    for step in range(steps):
+        r = rng.random()
+        if owners and r < 0.35:
+            pages = owners.pop(int(rng.integers(len(owners))))
+            kept(alloc.free, pages, f"step {step}: free({pages})")
+            for p in pages:
+                counts[p] -= 1
+        elif owners and r < 0.6:
+            parent = owners[int(rng.integers(len(owners)))]
+            pages = ids(kept(alloc.fork, parent, f"step {step}: fork({parent})"), "fork")
+            owners.append(pages)
+            for p in pages:
+                counts[p] += 1
+        else:
+            n = int(rng.integers(1, 3))
+            if n > counts.count(0):
+                continue
+            pages = ids(alloc.allocate(n), f"step {step}: allocate({n})")
+            if any(counts[p] for p in pages):
+                raise Mismatch(f"step {step}: allocate({n}) returned {pages}, but "
+                               f"{[p for p in pages if counts[p]]} still have owners",
+                               SHARED_FREE_HINT)
+            owners.append(pages)
+            for p in pages:
+                counts[p] = 1
+        got = ref_counts(alloc, range(num_pages))
+        if got != counts:
+            page = next(p for p in range(num_pages) if got[p] != counts[p])
+            raise Mismatch(f"after step {step}: ref_count({page})",
+                           "allocate sets 1, fork adds 1, free subtracts 1.",
+                           str(counts[page]), str(got[page]))
+        _expect_free_shared(alloc, counts.count(0), f"after step {step}")
+
+
+def refcounts(cls) -> CheckResult:
+    """Check sharing: `fork(pages)` adds an owner; `free` releases a page at count 0."""
+    cases = [
+        Case("fork shares pages", {"num_pages": 4}, lambda: _fork_basic(cls)),
+        Case("a shared page outlives one free", {"num_pages": 4}, lambda: _fork_free(cls)),
+        Case("free of a sequence and its fork at once", {"num_pages": 5},
+             lambda: _fork_free_both(cls)),
+        Case("fork of a free page", {"num_pages": 4}, lambda: _fork_free_page(cls)),
+        Case("fork keeps the block table's order", {"table": "[7, 2, 5, 0]"},
+             lambda: _fork_keeps_order(cls)),
+        Case("a bad id among good ones changes nothing", {"num_pages": 6},
+             lambda: _fork_bad_lists(cls)),
+        Case("150 random allocate/fork/free", {"num_pages": 10, "seed": 2},
+             lambda: _fork_random(cls, 2)),
+    ]
+    return run_cases("refcounts", f"{getattr(cls, '__name__', cls)}: reference counts", cases)
