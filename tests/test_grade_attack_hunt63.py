@@ -52,7 +52,11 @@ def _serve_alone(order, cache, requests, kv_for):
 
 def one_token_at_a_time(cache, requests, kv_for):
     """Each request served alone, one token per call as the spec's decode appends them."""
-    order = HIDDEN["order"](list(requests), cache.allocator.num_free, cache.page_size)
+    return _one_token_each(HIDDEN["order"](list(requests), cache.allocator.num_free,
+                                           cache.page_size), cache, requests, kv_for)
+
+
+def _one_token_each(order, cache, requests, kv_for):
     for i in order:
         seq_id = cache.add_sequence()
         cache.append(seq_id, *kv_for(i, 0, requests[i][0]))
@@ -72,10 +76,28 @@ def test_the_finish_order_worked_out_beforehand_fails_in_the_notebook(impl):
     assert first.hint.startswith("request 4 ran alone: the requests share the steps")
 
 
+# A copy of finish_order whose page arithmetic is the learner's: it runs none of the grader's
+# functions, so in the sandbox too only the cache's evidence can tell (a copy that calls the
+# grader's _ceil_pages is refused there as the grader's code: hunt 94).
+OWN_ARITHMETIC = {"order": types.FunctionType(
+    finish_order.__code__, {**finish_order.__globals__, "_ceil_pages": lambda n, p: -(-n // p)},
+    finish_order.__name__, finish_order.__defaults__)}
+OWN_ARITHMETIC["order"].__kwdefaults__ = finish_order.__kwdefaults__
+
+
+def own_arithmetic_one_token_at_a_time(cache, requests, kv_for):
+    return _one_token_each(OWN_ARITHMETIC["order"](list(requests), cache.allocator.num_free,
+                                                   cache.page_size), cache, requests, kv_for)
+
+
 def test_the_finish_order_worked_out_beforehand_fails_under_the_judge():
-    verdict = remotely("serve", one_at_a_time, salt=63)["tasks"]["serve"]
+    verdict = remotely("serve", own_arithmetic_one_token_at_a_time, salt=63)["tasks"]["serve"]
     assert verdict["status"] == "failed", verdict
     assert "the cache held no other request" in verdict["summary"]
+    verdict = remotely("serve", one_at_a_time, salt=63)["tasks"]["serve"]
+    assert verdict["status"] == "failed", verdict
+    assert "had the package's _pages call the grader's pagedattn_lab.grading.checks_serve." \
+        "_ceil_pages" in verdict["summary"], verdict
 
 
 ORIGINAL = {"order": finish_order}

@@ -78,8 +78,8 @@ class Judge:
             raise TypeError("bad arguments")
         self.running, self.calls[task] = task, self.calls[task] + 1
         try:
-            salted = seeds.salted(self.salt) if self.salt is not None \
-                else contextlib.nullcontext()
+            salted = seeds.salted(seeds.call_salt(self.salt, task, self.calls[task])) \
+                if self.salt is not None else contextlib.nullcontext()
             with salted, kernels_elsewhere(self.kernel), \
                     contextlib.redirect_stdout(io.StringIO()):
                 try:

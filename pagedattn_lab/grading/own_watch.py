@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import sys
+import threading
 import types
 from functools import lru_cache
 from pathlib import Path
@@ -18,16 +19,26 @@ class Watch(contextlib.AbstractContextManager):
     """While the check runs, every call of the task's answer functions and methods and of the
     grader's expected values (`_expected_values`) whose caller is not package code, or is
     remote.Peer._run (the judge calling, for the sandbox, an object the check lent it):
-    `found` lists them.
+    `found` lists them. every_call (the sandbox's watch, runner.forwarder): every call,
+    whatever its caller. Nothing of the package answers a grader's request there with the
+    task's answer or a check's expected values, so a call by package code is one the
+    learner's object had it make: the channel calling a C wrapper that hides its function
+    (`numpy.frompyfunc(answer, 2, 1)`, `answer.__call__`), a package helper given the answer
+    as a callback (bench.timing.call_ms).
+
+    A call is reported to the outermost Watch of its own thread, else to an every_call one
+    (the sandbox's, whichever thread the learner's code started), else to the one that
+    switched the function.
 
     The functions themselves are switched, not the names that hold them: each one's code is
     replaced by a trampoline that reports its caller and calls a copy of the original, so a
     call arrives however the learner reached the function (an alias, a dict built before the
     check, `exec`); a copy of its code made before the check does not."""
 
-    def __init__(self, task: str):
+    def __init__(self, task: str, *, every_call: bool = False):
         from .remote import Peer  # noqa: PLC0415 - remote imports much
-        self.served = Peer._run.__code__
+        self.served, self.every_call = Peer._run.__code__, every_call
+        self.thread = threading.get_ident()
         self.functions = {id(fn): (dotted, fn) for dotted, fn in
                           [*answers(task).values(), *_expected_values()]
                           if isinstance(fn, types.FunctionType) and fn.__closure__ is None}
@@ -35,6 +46,7 @@ class Watch(contextlib.AbstractContextManager):
         self.switched: list[tuple] = []   # (function, its own code)
 
     def __enter__(self):
+        _WATCHES.append(self)
         try:
             for key, (dotted, fn) in self.functions.items():
                 if key in _SWITCHED:   # a Watch around this one has it
@@ -61,6 +73,8 @@ class Watch(contextlib.AbstractContextManager):
             fn.__code__ = code                        # may be in a trampoline still)
             _SWITCHED.pop(id(fn), None)
         self.switched.clear()
+        with contextlib.suppress(ValueError):
+            _WATCHES.remove(self)
         return False
 
 
@@ -69,16 +83,29 @@ _SWITCHED: dict[int, tuple] = {}   # id(function) -> (its Watch, dotted name)
 # trampoline in another thread just before its Watch ended
 _ORIGINALS: dict[int, types.FunctionType] = {}
 _TRIPWIRE = "__pagedattn_lab_own_work_watch__"   # the modules' global the trampolines call
+_WATCHES: list[Watch] = []   # the Watches entered and not ended, outermost first
 
 
 def _called(key, args, kwargs):
-    watch, dotted = _SWITCHED.get(key, (None, ""))
+    owner, dotted = _SWITCHED.get(key, (None, ""))
+    watch = _reporting(key, owner)
     caller = sys._getframe(2)   # (this, the trampoline, its caller)
     if watch is not None and caller.f_code is watch.served:
         watch.found.append(f"your code called {dotted} through the grader's channel")
     elif watch is not None and not package_code(caller.f_code, caller.f_globals):
         watch.found.append(f"line {caller.f_lineno} of {caller.f_code.co_name} called {dotted}")
+    elif watch is not None and watch.every_call:
+        watch.found.append(f"your code had the package's {caller.f_code.co_name} call "
+                           f"{dotted} for it")
     return _ORIGINALS[key](*args, **kwargs)
+
+
+def _reporting(key, owner):
+    """The Watch a call of the function `key` (switched by `owner`) reports to."""
+    watches = [w for w in tuple(_WATCHES) if key in w.functions]
+    here = threading.get_ident()
+    return next((w for w in watches if w.thread == here), None) or \
+        next((w for w in watches if w.every_call), None) or owner
 
 
 __pagedattn_lab_own_work_watch__ = _called   # (here as in every module Watch switches)
@@ -108,13 +135,38 @@ def _expected_values() -> list[tuple[str, object]]:
 def package_code(code: types.CodeType, namespace: dict) -> bool:
     """Code of a package file running in that module's own namespace, as every function the
     package defines does. Code compiled under a package file's name (`compile(src,
-    reference.__file__, "exec")`) and run in the learner's namespace is the learner's: one
-    named "__main__" too, which IPython (the grader's sandbox) makes sys.modules' own."""
+    reference.__file__, "exec")`) is the learner's, in the learner's namespace (one named
+    "__main__" too, which IPython, the grader's sandbox, makes sys.modules' own) or in the
+    package module's own (`exec(code, reference.__dict__)`): only code that the file itself
+    compiles to is the package's."""
     name = namespace.get("__name__")
     if not in_package(code.co_filename) or not isinstance(name, str) or \
-            name.split(".")[0] != PACKAGE:
+            name.split(".")[0] != PACKAGE or \
+            getattr(sys.modules.get(name), "__dict__", None) is not namespace:
         return False
-    return getattr(sys.modules.get(name), "__dict__", None) is namespace
+    return _genuine(code)
+
+
+@lru_cache(maxsize=4096)
+def _genuine(code: types.CodeType) -> bool:
+    """Whether `code` is one the source of its file compiles to (code objects compare equal
+    by their bytecode, constants, names, file, name and lines, not by identity)."""
+    return code in _compiled(code.co_filename)
+
+
+@lru_cache(maxsize=256)
+def _compiled(filename: str) -> frozenset:
+    """Every code object (nested ones too) of the package file `filename` as it compiles."""
+    try:
+        source = Path(filename).read_text(encoding="utf-8")
+        module = compile(source, filename, "exec", dont_inherit=True)
+    except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
+        return frozenset()
+    codes, todo = set(), [module]
+    while todo:
+        codes.add(code := todo.pop())
+        todo += [c for c in code.co_consts if isinstance(c, types.CodeType)]
+    return frozenset(codes)
 
 
 @lru_cache(maxsize=256)

@@ -11,7 +11,8 @@ string read from `prefill_naive.cu` passes every case. Before a task's check run
 - `python_findings` (run where the learner's objects live: the notebook, or the sandbox,
   whose forwarder sends them with the check request): the learner's function or class is
   one of the task's answers (own_answers.py), wraps one (a partial, staticmethod, lru_cache,
-  an instance's __call__: the check itself would call it), a subclass, or a class keeping
+  an instance's __call__, C code holding it, `numpy.frompyfunc`: the check itself would call
+  it), a subclass, or a class keeping
   an answer method unwritten, or its source (and what its decorators wrap) names one
   outside a type hint and not shadowed by a name it binds, through any alias,
   `getattr(module, "name")`, `importlib.import_module("...")` or `__import__`, or calls a
@@ -19,21 +20,25 @@ string read from `prefill_naive.cu` passes every case. Before a task's check run
 - `Watch`: while the check runs, the task's answer functions and methods and the grader's
   own expected values (every function at the top of a `checks_*` module or a mistake model)
   report each call whose caller is not package code, or is the judge serving the sandbox a
-  call of an object the check lent it (`cache.pages_needed(...)` under the grader). Their
-  code is switched, not the names that hold them, so a call is seen however the function
-  was reached: a name built at run time (`getattr(ref, "reference_" + "decode")`), a dict,
-  an object or a bound method made before the check, `super().decode_step(...)`, `exec`.
+  call of an object the check lent it (`cache.pages_needed(...)` under the grader); in the
+  sandbox, every call, whoever the caller (no package code answers the judge there with
+  them: a call by package code is one the learner's object had it make, through C code
+  that hides what it wraps, `numpy.frompyfunc`, or a package helper given a callback).
+  Their code is switched, not the names that hold them, so a call is seen however the
+  function was reached: a name built at run time (`getattr(ref, "reference_" + "decode")`),
+  a dict, an object or a bound method made before the check, `super().decode_step(...)`,
+  `exec`. Package code is code its file compiles to, run in its module's namespace: code
+  compiled under a package file's name is the learner's, wherever it runs.
 
 A copy of an answer's code (`types.FunctionType(f.__code__, ...)`, or its `__code__.replace`
 under another file name), passed, held by a class or named in the learner's source, is
 refused as the answer itself: the bytecode, its constants and names are compared, not the
 object, unless the function's own source outside the package compiles to it (own_copies.py).
-Code compiled under a package file's name is the learner's unless it runs in that package
-module's own namespace. Not caught: a function wrapped by C code that does not say what it
-wraps (`numpy.frompyfunc`); code the learner runs inside a package module's namespace
-(`exec(..., reference.__dict__)`); a kernel copied and then edited; the tasks with
-no entry in ANSWERS (own_answers.py lists them, and why); code that patches the sandbox's
-runner (the judge trusts the sandbox's word on the learner's Python, the kernel text it
+Not caught: in the notebook (not under the grader), the answer in C code that does not say
+what it wraps, called by the check or a package helper (the check's own calls of the answer
+look the same there); a kernel copied and then edited; the tasks with no entry in ANSWERS
+(own_answers.py lists them, and why); code that patches the sandbox's runner or this module
+there (the judge trusts the sandbox's word on the learner's Python, the kernel text it
 reads itself).
 """
 from __future__ import annotations
@@ -44,11 +49,12 @@ import inspect
 import re
 import textwrap
 import types
-from functools import lru_cache, partial, partialmethod
+from functools import lru_cache
 from pathlib import Path
 
 from .own_answers import PACKAGE, answers
 from .own_copies import copies as _copies, copy_of
+from .own_calls import calls_through as _calls_through
 from .own_watch import Watch, package_code  # (Watch: runner.py uses it from here)
 
 _KERNELS = Path(__file__).resolve().parent.parent / "kernels"
@@ -139,38 +145,6 @@ def python_findings(task: str, args, kwargs) -> list[str]:
                       if id(d) in wanted]
             found += _named_in(fn, wanted, copies)
     return found
-
-
-def _calls_through(value) -> list:
-    """What calling `value` calls as it is, by C code that leaves no frame of its own: a
-    partial's or partialmethod's function, a bound, static or class method's function, a
-    wrapper's __wrapped__ (functools.lru_cache), an instance's __call__. The check calls
-    `value` from its own frame, so Watch cannot tell such a call of the package's answer
-    from the check's own."""
-    chain = []
-    while all(value is not v for v in chain) and len(chain) < 32:
-        chain.append(value)
-        if isinstance(value, (partial, partialmethod)):
-            value = value.func
-        elif isinstance(value, (types.MethodType, staticmethod, classmethod)):
-            value = value.__func__
-        elif inspect.getattr_static(value, "__wrapped__", None) is not None:
-            value = inspect.getattr_static(value, "__wrapped__")
-        elif not isinstance(value, (type, types.FunctionType)) and \
-                isinstance(call := _class_call(type(value)), _PYTHON_CALLABLES):
-            value = call
-        else:
-            break
-    return chain[1:]
-
-
-_PYTHON_CALLABLES = (types.FunctionType, partial, partialmethod, staticmethod, classmethod)
-
-
-def _class_call(cls):
-    """`cls.__call__` as its class body holds it (not the metaclass's, read without running
-    a descriptor)."""
-    return next((vars(k)["__call__"] for k in cls.__mro__ if "__call__" in vars(k)), None)
 
 
 def _kept(cls, wanted, copies) -> list[str]:

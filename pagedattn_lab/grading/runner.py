@@ -52,7 +52,8 @@ def forwarder(peer: remote.Peer, task: str):
         # fails the task on it (own_work.py), before its cases and after them
         borrowed = own_work.python_findings(task, args, kwargs)
         try:
-            with own_work.Watch(task) as watch:
+            # every call: no code here answers the judge with the package's answer
+            with own_work.Watch(task, every_call=True) as watch:
                 peer.services["borrowed"] = lambda *_: list(watch.found)
                 peer.request("check", task=task, args=list(args), kwargs=kwargs,
                              borrowed=borrowed)

@@ -3,12 +3,14 @@
 In a learner's notebook every check is reproducible: a case always gets the same numbers.
 The instructor's grader draws a secret salt for each submission, in its own process (the
 submission never sees it), and mixes it into every seed, so answers memorized from the
-notebook's cases do not pass. Checks make their generators with `case_rng(seed)`, never
-with `np.random.default_rng` directly (tests/test_grade_protocol.py enforces it).
+notebook's cases do not pass; each call of a check gets a salt of its own (`call_salt`).
+Checks make their generators with `case_rng(seed)`, never with `np.random.default_rng`
+directly (tests/test_grade_protocol.py enforces it).
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import numpy as np
 
@@ -31,3 +33,12 @@ def salted(salt: int):
         yield
     finally:
         _salt = previous
+
+
+def call_salt(salt: int, task: str, call: int) -> int:
+    """The salt of the `call`-th check of `task` under the grader's `salt`: new for each call.
+    With one salt for every call, a learner's code that fails case i on purpose learns, from
+    whether the check goes on to case i+1, one bit of case i's answer, and calling the check
+    again meets the same case i: bit by bit, its answer. Each call's cases are new ones."""
+    digest = hashlib.blake2b(f"{int(salt)}/{task}/{int(call)}".encode(), digest_size=8)
+    return int.from_bytes(digest.digest(), "little")
