@@ -24,8 +24,12 @@ from pathlib import Path
 
 import nbformat
 
-BEGIN = re.compile(r"^(?P<indent>[ \t]*)(?P<comment>//[ \t]*|#[ \t]*)?### BEGIN SOLUTION[ \t]*$")
-END = re.compile(r"^[ \t]*(//[ \t]*|#[ \t]*)?### END SOLUTION[ \t]*$")
+# (\r: a cell saved with Windows line ends keeps it before each \n; unmatched, the
+# region went to the exercise whole)
+BEGIN = re.compile(r"^(?P<indent>[ \t]*)(?P<comment>//[ \t]*|#[ \t]*)?### BEGIN SOLUTION[ \t\r]*$")
+END = re.compile(r"^[ \t]*(//[ \t]*|#[ \t]*)?### END SOLUTION[ \t\r]*$")
+# a marker with anything else on its line matches neither: refused, not copied as code
+NEAR_MARKER = re.compile(r"### (BEGIN|END) SOLUTION")
 SOLUTION_ONLY_TAG = "solution-only"
 PY_STUB = ("{indent}# YOUR CODE HERE\n"
            "{indent}raise NotImplementedError(\"write this part, then run the check below\")")
@@ -63,6 +67,10 @@ def strip_regions(source: str, cell_type: str = "code") -> tuple[str, int]:
                 out.append(PY_STUB.format(indent=indent))
             inside, count = None, count + 1
             continue
+        if NEAR_MARKER.search(line):
+            raise RegionError(f"line {number}: {line.strip()!r} is not a marker line (a marker "
+                              f"stands alone on its line, after '#' or '//'), so its region "
+                              f"would reach the exercise with the answer in it")
         if inside is None:
             out.append(line)
     if inside is not None:

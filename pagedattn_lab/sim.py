@@ -42,11 +42,12 @@ import numpy as np
 
 from .paging import BlockAllocator, OutOfPagesError
 from .validate import MAX_PAGES, check_int
-from .validate_kinds import is_finite_number, is_one_of
+from .validate_kinds import is_finite_number, is_number, is_one_of
 
 POLICIES = ("reserve_max", "reserve_pow2", "reserve_oracle", "paged")
 CATEGORIES = ("tokens", "reserved", "internal", "external", "free")
 MAX_REQUESTS = 1_000_000
+MAX_SLOTS = int(np.iinfo(np.int64).max)
 
 
 @dataclass(frozen=True)
@@ -225,12 +226,16 @@ def _checked(policy, workload, capacity_tokens, page_size, max_steps, watermark,
         workload = Workload()
     elif not isinstance(workload, Workload):
         raise TypeError(f"workload: expected a Workload or None, got {type(workload).__name__}")
-    capacity_tokens = check_int(capacity_tokens, capacity_name)
+    # the series are int64 arrays of slot counts: a larger capacity overflowed them at the end
+    capacity_tokens = check_int(capacity_tokens, capacity_name, maximum=MAX_SLOTS)
     if capacity_tokens < workload.max_len:
         raise ValueError(f"{capacity_name}: expected at least max_len={workload.max_len}, "
                          f"got {capacity_tokens}")
     page_size = check_int(page_size, "page_size", minimum=1)
     max_steps = check_int(max_steps, "max_steps", minimum=1)
+    if not is_number(watermark):
+        raise TypeError(f"watermark: expected a share of the pages in [0, 1), got {watermark!r}"
+                        f" ({type(watermark).__name__})")
     if not (is_finite_number(watermark) and 0 <= watermark < 1):
         raise ValueError(f"watermark: expected a share of the pages in [0, 1), got {watermark!r}")
     if policy == "paged":   # else a request that can never be admitted stalls every step
@@ -355,6 +360,8 @@ def compare_policies(workload: Workload | None = None, policies=POLICIES,
     if isinstance(policies, str):   # its characters would be taken as policy names
         raise TypeError(f"policies: expected a list of policy names, got {policies!r}; for "
                         f"one policy write [{policies!r}]")
+    if not hasattr(policies, "__iter__"):   # (list() would say "not iterable", naming nothing)
+        raise TypeError(f"policies: expected a list of policy names, got {policies!r}")
     # every name before the first simulation (seconds each): a bad last one, or one given
     # twice (a dict keeps one result per name), is refused before any work is done
     policies = list(policies)

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..validate import check_array, check_gqa_heads, check_int
+from ..validate import check_array, check_gqa_heads, check_int, check_int_list, check_memory
 
 
 class HeadRange(NamedTuple):
@@ -51,7 +51,16 @@ def head_range(rank: int, world_size: int, num_heads: int, num_kv_heads: int) ->
 def shard_cache(cache, heads: HeadRange):
     """The rank's own cache: every page, only its KV heads (a contiguous copy, as the kernels
     read). cache: [num_pages, page_size, num_kv_heads, head_dim], NumPy or CuPy."""
-    return cache[:, :, heads.kv_start:heads.kv_stop].copy()
+    check_array(cache, "cache", ndim=4, contiguous=False)
+    if not isinstance(heads, tuple) or len(heads) != len(HeadRange._fields):
+        raise TypeError(f"heads: expected a HeadRange (head_range's answer), got {heads!r}")
+    heads = HeadRange(*heads)
+    start, stop = (check_int(heads[i], f"heads.{HeadRange._fields[i]}", minimum=0)
+                   for i in range(2))
+    if not start < stop <= cache.shape[2]:   # a slice past the heads would be cut short
+        raise ValueError(f"heads: KV heads {start}..{stop - 1} are not within the cache's "
+                         f"{cache.shape[2]} KV heads (shape {tuple(cache.shape)})")
+    return cache[:, :, start:stop].copy()
 
 
 def reassemble(gathered, world_size: int, batch: int, num_heads: int, head_dim: int):
@@ -59,6 +68,18 @@ def reassemble(gathered, world_size: int, batch: int, num_heads: int, head_dim: 
     leaves: rank after rank, each rank's [batch, num_heads/R, head_dim] block whole. The
     ranks' head ranges are consecutive, so rank r's block goes to heads r*H/R ... (a plain
     reshape would interleave the ranks' sequences)."""
+    world_size = check_int(world_size, "world_size", minimum=1)
+    batch = check_int(batch, "batch", minimum=0)
+    num_heads = check_int(num_heads, "num_heads", minimum=1)
+    head_dim = check_int(head_dim, "head_dim", minimum=1)
+    if num_heads % world_size:
+        raise ValueError(f"world_size: {world_size} ranks cannot each own num_heads/R of "
+                         f"num_heads={num_heads} query heads")
+    check_array(gathered, "gathered", contiguous=False)
+    if gathered.size != batch * num_heads * head_dim:
+        raise ValueError(f"gathered: expected {world_size} x {batch} x {num_heads // world_size}"
+                         f" x {head_dim} values (every rank's output block), got shape "
+                         f"{tuple(gathered.shape)}")
     blocks = gathered.reshape(world_size, batch, num_heads // world_size, head_dim)
     return blocks.transpose(1, 0, 2, 3).reshape(batch, num_heads, head_dim)
 
@@ -71,6 +92,10 @@ HEADER = 2   # batch, pages per row
 def table_capacity(max_batch: int, max_pages: int, prefill: bool = False) -> int:
     """int32 entries of the broadcast buffer: a header, the lengths, the padded table (and,
     for prefill, qo_indptr after it)."""
+    max_batch = check_int(max_batch, "max_batch", minimum=0)
+    max_pages = check_int(max_pages, "max_pages", minimum=0)
+    if not isinstance(prefill, (bool, np.bool_)):   # (a count would be multiplied in)
+        raise TypeError(f"prefill: expected True or False, got {prefill!r}")
     return HEADER + max_batch + max_batch * max_pages + (max_batch + 1) * prefill
 
 
@@ -82,6 +107,10 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
     The buffer has a fixed size so that the other ranks, which do not know this step's batch
     yet, can post their receive of the same size: one broadcast per step, no size exchange.
     """
+    prefill = qo_indptr is not None
+    capacity = table_capacity(max_batch, max_pages, prefill)   # (checks the two sizes)
+    check_memory(4 * capacity, "cpu", "max_batch, max_pages",
+                 f"the broadcast buffer ({max_batch} rows of {max_pages} pages)")
     check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
     batch, pages = (int(n) for n in block_tables.shape)
     if batch > max_batch or pages > max_pages:
@@ -92,8 +121,7 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
     check_array(seq_lens, "seq_lens", ndim=1, dtypes=[np.int32])
     if seq_lens.shape != (batch,):
         raise ValueError(f"seq_lens: expected shape ({batch},), got {seq_lens.shape}")
-    prefill = qo_indptr is not None
-    buf = np.zeros(table_capacity(max_batch, max_pages, prefill), np.int32)
+    buf = np.zeros(capacity, np.int32)
     buf[:HEADER] = batch, pages
     buf[HEADER:HEADER + batch] = seq_lens
     start = HEADER + max_batch
@@ -135,10 +163,22 @@ def step_bytes(seq_lens, num_heads: int, num_kv_heads: int, head_dim: int, page_
                max_pages: int | None = None) -> StepBytes:
     """What one decode step moves, for a batch of sequences of lengths `seq_lens`."""
     check_split(num_heads, num_kv_heads, world_size)
-    lens = np.asarray(seq_lens, dtype=np.int64)
+    # ints only: a cast would cut 16.9 to 16 and read "5" as 5, giving byte counts silently
+    lens = np.asarray(check_int_list(seq_lens, "seq_lens", "length"), dtype=np.int64)
+    short = np.flatnonzero(lens < 0)
+    if short.size:
+        i = int(short[0])
+        raise ValueError(f"seq_lens[{i}]: expected a length >= 0, got {int(lens[i])}")
+    head_dim = check_int(head_dim, "head_dim", minimum=1)
+    page_size = check_int(page_size, "page_size", minimum=1)
+    itemsize = check_int(itemsize, "itemsize", minimum=1)
     batch = lens.size
-    max_batch = batch if max_batch is None else max_batch
-    max_pages = int(-(-lens.max() // page_size)) if max_pages is None else max_pages
+    # the buffer must hold this batch: smaller sizes would count a table that cannot be sent
+    needed = int(-(-lens.max() // page_size)) if batch else 0
+    max_batch = batch if max_batch is None else check_int(max_batch, "max_batch",
+                                                          minimum=batch)
+    max_pages = needed if max_pages is None else check_int(max_pages, "max_pages",
+                                                           minimum=needed)
     out = batch * num_heads * head_dim * itemsize
     kv = int(lens.sum()) * 2 * (num_kv_heads // world_size) * head_dim * itemsize
     return StepBytes(4 * table_capacity(max_batch, max_pages), out // world_size, out, kv)

@@ -8,6 +8,9 @@ import math
 import matplotlib.pyplot as plt
 from matplotlib.patches import FancyArrowPatch, Rectangle
 
+from ..validate import check_int
+from .limits import check_cells, check_threads
+
 BLOCK_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
                 "#ff9da7", "#9c755f", "#bab0ac")
 
@@ -17,8 +20,11 @@ def plot_launch_1d(n: int, threads_per_block: int):
     cell is one thread, coloured by its block and labelled with threadIdx.x; the global index
     blockIdx.x * blockDim.x + threadIdx.x is the column. Threads past n are hatched (they
     must not touch the arrays). Cells carry gids "thread:<block>:<thread>:work|idle"."""
+    n = check_int(n, "n", minimum=1)
+    threads_per_block = check_threads(threads_per_block)
     blocks = math.ceil(n / threads_per_block)
     width = blocks * threads_per_block
+    check_cells(width, "n, threads_per_block", "threads")
     fig, ax = plt.subplots(figsize=(min(12.0, 1.5 + 0.38 * width), 2.1))
     for i in range(width):
         block, thread = divmod(i, threads_per_block)
@@ -54,9 +60,14 @@ def plot_launch_2d(rows: int, cols: int, block=(8, 4)):
     columns, y along the rows. Each cell is an element coloured by its block; threads of the
     rounded-up grid past the matrix are hatched. Cells carry gids "cell:<row>:<col>:<bx>:<by>"
     (or ":idle")."""
-    bx, by = block
+    rows, cols = check_int(rows, "rows", minimum=1), check_int(cols, "cols", minimum=1)
+    if not isinstance(block, (tuple, list)) or len(block) != 2:
+        raise TypeError(f"block: expected (x, y) threads, got {block!r}")
+    bx, by = (check_int(b, f"block[{i}]", minimum=1) for i, b in enumerate(block))
+    check_threads(bx * by, "block (x * y threads)")
     gx, gy = math.ceil(cols / bx), math.ceil(rows / by)
     width, height = gx * bx, gy * by
+    check_cells(width * height, "rows, cols, block", "threads")
     fig, ax = plt.subplots(figsize=(min(11.0, 1.6 + 0.33 * width), 1.2 + 0.33 * height))
     for r in range(height):
         for c in range(width):
@@ -88,6 +99,9 @@ def plot_xor_butterfly(lanes: int = 8):
     offset = lanes/2, ..., 2, 1: at each step lane i receives the value of lane i ^ offset.
     After log2(lanes) steps of v += received, every lane holds the total. Arrows carry gids
     "xor:<offset>:<src>-><dst>"."""
+    lanes = check_int(lanes, "lanes", minimum=2, maximum=32)
+    if lanes & (lanes - 1):   # the butterfly halves the offset: a sum needs a power of two
+        raise ValueError(f"lanes: expected a power of two 2..32 (a warp's lanes), got {lanes}")
     steps = []
     offset = lanes // 2
     while offset >= 1:

@@ -8,16 +8,30 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
+from ..validate import check_int, check_int_list
+from .limits import check_cells, check_threads
+
 
 def plot_query_mapping(seq_lens, threads_per_block: int, *, max_len: int | None = None):
     """One row per sequence, one cell per query position: which thread block (blockIdx.x)
     handles it. Positions at or past the sequence's length are padding (hatched): their
     threads write zeros and stop. Threads past max_len (the grid rounds up) are dark.
     Returns the Figure; cells carry gids "q:<b>:<t>:<block>|pad|idle"."""
-    seq_lens = [int(n) for n in seq_lens]
-    max_len = max_len or max(seq_lens)
+    # ints only: int(3.5) drew a sequence of 3 positions as if it were one of 3.5
+    seq_lens = check_int_list(seq_lens, "seq_lens", "length")
+    if not seq_lens:
+        raise ValueError("seq_lens: expected at least one sequence, got none")
+    short = [i for i, n in enumerate(seq_lens) if n < 0]
+    if short:
+        raise ValueError(f"seq_lens[{short[0]}]: expected a length >= 0, got "
+                         f"{seq_lens[short[0]]}")
+    threads_per_block = check_threads(threads_per_block)
+    longest = max(seq_lens)
+    max_len = max(longest, 1) if max_len is None else check_int(max_len, "max_len",
+                                                                minimum=max(longest, 1))
     blocks = math.ceil(max_len / threads_per_block)
     width = blocks * threads_per_block
+    check_cells(width * len(seq_lens), "seq_lens, threads_per_block", "query positions")
     fig, ax = plt.subplots(figsize=(min(12, max(7.0, 2.0 + 0.2 * width)), 1.3 + 0.45 * len(seq_lens)))
     for b, n in enumerate(seq_lens):
         y = -b - 1
@@ -50,7 +64,9 @@ def plot_causal_tiles(seq_len: int, *, tile_q: int = 64, tile_k: int = 32):
     """The causal score matrix of one sequence cut into (tile_q queries) x (tile_k keys)
     tiles: computed in full, masked on the diagonal, or skipped (all keys after all queries).
     Returns the Figure; tiles carry gids "tile:<qi>:<ki>:full|diag|skip"."""
+    seq_len, tile_q, tile_k = _tile_sizes(seq_len, tile_q, tile_k)
     nq, nk = math.ceil(seq_len / tile_q), math.ceil(seq_len / tile_k)
+    check_cells(nq * nk, "seq_len, tile_q, tile_k", "tiles")
     fig, ax = plt.subplots(figsize=(5.5, 5.3))
     colors = {"full": "#2f7ed8", "diag": "#f7a35c", "skip": "#eeeeee"}
     for qi in range(nq):
@@ -79,6 +95,7 @@ def plot_causal_tiles(seq_len: int, *, tile_q: int = 64, tile_k: int = 32):
 
 def tile_counts(seq_len: int, tile_q: int = 64, tile_k: int = 32) -> dict:
     """How many tiles of each kind `plot_causal_tiles` draws: {"full", "diag", "skip"}."""
+    seq_len, tile_q, tile_k = _tile_sizes(seq_len, tile_q, tile_k)
     counts = {"full": 0, "diag": 0, "skip": 0}
     for qi in range(math.ceil(seq_len / tile_q)):
         q_lo, q_hi = qi * tile_q, min(seq_len, (qi + 1) * tile_q) - 1
@@ -86,3 +103,10 @@ def tile_counts(seq_len: int, tile_q: int = 64, tile_k: int = 32) -> dict:
             k_lo, k_hi = ki * tile_k, min(seq_len, (ki + 1) * tile_k) - 1
             counts["skip" if k_lo > q_hi else "full" if k_hi <= q_lo else "diag"] += 1
     return counts
+
+
+def _tile_sizes(seq_len, tile_q, tile_k) -> tuple[int, int, int]:
+    """A causal matrix of at least one token cut into tiles of at least one row and column
+    (0 divided by zero; a negative length drew an empty picture)."""
+    return (check_int(seq_len, "seq_len", minimum=1), check_int(tile_q, "tile_q", minimum=1),
+            check_int(tile_k, "tile_k", minimum=1))

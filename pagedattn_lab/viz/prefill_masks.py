@@ -14,6 +14,8 @@ from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from ..prefill_masks import packed_masks
+from ..validate import check_int, check_int_list, check_offsets
+from .limits import check_cells
 from .page_table import seq_color
 
 
@@ -21,8 +23,10 @@ def plot_packed_masks(qo_indptr, seq_lens, labels=None):
     """One panel per sequence: rows are its packed query rows (numbered as in q), columns its
     keys; cached-prefix keys, new keys, visible and hidden cells in different shades. Cells
     carry gids "mask:<b>:<row>:<key>:<visible|hidden>" (for tests). Returns the Figure."""
-    indptr = np.asarray(qo_indptr, dtype=np.int64)
-    lens = np.asarray(seq_lens, dtype=np.int64)
+    indptr, lens = _packed_batch(qo_indptr, seq_lens)
+    if labels is not None and len(labels) != lens.size:
+        raise ValueError(f"labels: expected {lens.size} names (one per sequence), got "
+                         f"{len(labels)}")
     masks = packed_masks(indptr, lens)
     widths = [max(int(n), 1) for n in lens]
     fig, axes = plt.subplots(1, len(masks), figsize=(3.2 * len(masks) + 0.6, 3.6),
@@ -65,6 +69,11 @@ def plot_tile_work(q_len: int, seq_len: int, *, rows: int = 16, kv_tile: int = 6
     """One sequence's score matrix cut into query tiles of `rows` rows and K/V tiles of
     `kv_tile` keys: loaded in full, loaded and masked, or never loaded (every key past the
     tile's last query). Tiles carry gids "tile:<qi>:<ki>:full|diag|skip". Returns the Figure."""
+    q_len = check_int(q_len, "q_len", minimum=1)
+    seq_len = check_int(seq_len, "seq_len", minimum=q_len)   # the new tokens are its last
+    rows, kv_tile = check_int(rows, "rows", minimum=1), check_int(kv_tile, "kv_tile", minimum=1)
+    check_cells(-(-q_len // rows) * -(-seq_len // kv_tile), "q_len, seq_len, rows, kv_tile",
+                "tiles")
     prefix = seq_len - q_len
     colors = {"full": "#2f7ed8", "diag": "#f7a35c", "skip": "#eeeeee"}
     fig, ax = plt.subplots(figsize=(7, 3.6))
@@ -90,3 +99,23 @@ def plot_tile_work(q_len: int, seq_len: int, *, rows: int = 16, kv_tile: int = 6
                  f"tiles x {kv_tile}-key K/V tiles", fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def _packed_batch(qo_indptr, seq_lens) -> tuple[np.ndarray, np.ndarray]:
+    """(qo_indptr, seq_lens) as int64 arrays of a batch with at least one sequence, each
+    sequence's new tokens its last ones (q_len <= seq_len): else its mask has rows that see
+    no key, or none at all, and the picture draws them as if they were right."""
+    indptr = np.asarray(check_int_list(qo_indptr, "qo_indptr", "offset"), dtype=np.int64)
+    lens = np.asarray(check_int_list(seq_lens, "seq_lens", "length"), dtype=np.int64)
+    check_offsets(indptr, "qo_indptr")
+    if lens.size != indptr.size - 1 or not lens.size:
+        raise ValueError(f"seq_lens: expected {indptr.size - 1} lengths (one per sequence of "
+                         f"qo_indptr, at least one), got {lens.size}")
+    q_lens = np.diff(indptr)
+    bad = np.flatnonzero(q_lens > lens)
+    if bad.size:
+        b = int(bad[0])
+        raise ValueError(f"seq_lens[{b}]: expected at least q_len = {int(q_lens[b])} (the new "
+                         f"tokens are the sequence's last), got {int(lens[b])}")
+    check_cells(int((q_lens * lens).sum()), "qo_indptr, seq_lens", "mask cells")
+    return indptr, lens
