@@ -14,8 +14,9 @@ import numpy as np
 
 from .cuda_text import collect_defines, strip_comments
 
-__all__ = ["Param", "parse_kernel_signature", "find_kernels", "launch_bounds", "check_launch_args",
-           "strip_comments", "collect_defines", "as_passed"]
+__all__ = ["Param", "parse_kernel_signature", "find_kernels", "kernel_declarations",
+           "kernel_definitions", "check_launch_args", "strip_comments", "collect_defines",
+           "as_passed"]
 
 
 class Param(NamedTuple):
@@ -148,21 +149,27 @@ def find_kernels(source: str, include_templates: bool = True) -> list[str]:
     return names
 
 
-def launch_bounds(source: str, name: str) -> tuple[str, int] | None:
-    """Kernel `name`'s __launch_bounds__ maximum of threads per block (its first argument, as
-    written) and the index just past its definition's closing brace, where the expression
-    means what it meant to the kernel (a macro #undef'd or redefined later does not); None
-    without the attribute or a definition."""
+def kernel_declarations(source: str, name: str) -> list[int]:
+    """The index of the parameter list's '(' of every declaration and definition of kernel
+    `name`, in order."""
+    return [paren for kernel, paren, _ in _kernel_heads(strip_comments(source)) if kernel == name]
+
+
+def kernel_definitions(source: str, name: str) -> list[tuple[str | None, int, int]]:
+    """Kernel `name`'s definitions (one, or one per branch of an #if): for each, its
+    __launch_bounds__ maximum of threads per block (the first argument, as written, on the
+    definition or a declaration before it; None without), the index of its parameter list's
+    '(' and the index just past its closing brace."""
     text = strip_comments(source)
-    bounds = None
+    bounds, found = None, []
     for kernel, paren, attr in _kernel_heads(text):
         if kernel != name:
             continue
-        bounds = attr or bounds   # on a declaration before the definition, or on it
+        bounds = attr or bounds
         body = re.compile(r"[;{]").search(text, _skip_group(text, paren))
-        if bounds and body is not None and body.group() == "{":
-            return bounds, _skip_group(text, body.start(), "{}")
-    return None
+        if body is not None and body.group() == "{":
+            found.append((bounds, paren, _skip_group(text, body.start(), "{}")))
+    return found
 
 
 def _split_params(text: str) -> list[str]:

@@ -9,9 +9,9 @@ import re
 from pathlib import Path
 
 from .errors import KernelCompileError
-from .source import inline_asm_lines, shared_initializer_lines
+from .source import inline_asm_lines, mangled_kernel_name, shared_initializer_lines
 
-__all__ = ["compile_error", "inline_asm_error", "shared_initializer_error"]
+__all__ = ["compile_error", "inline_asm_error", "shared_initializer_error", "mangled_kernel_error"]
 
 HERE = Path(__file__).resolve().parent
 _HINTS = [
@@ -150,3 +150,16 @@ def shared_initializer_error(kernel: str, filename: str, source: str) -> KernelC
         f"shared memory holds garbage when a block starts",
         "declare it without a value and let one thread set it (if (threadIdx.x == 0) s = 0;), "
         "then __syncthreads() before any thread reads it", lineno=lines[0])
+
+
+def mangled_kernel_error(kernel: str, filename: str, source: str) -> KernelCompileError | None:
+    """A kernel in a namespace without extern "C", which cupy.RawKernel cannot find."""
+    qualified = mangled_kernel_name(source, kernel)
+    if qualified is None:
+        return None
+    return KernelCompileError.refused(
+        kernel, filename, f"defines the kernel inside a namespace without extern \"C\" "
+        f"({qualified}): the compiler mangles its name, and CuPy, which looks the kernel up by "
+        f"its plain name {kernel!r}, cannot find it on the GPU (named symbol not found)",
+        f"declare it extern \"C\" __global__ void {kernel}(...), or define it outside the "
+        f"namespace")

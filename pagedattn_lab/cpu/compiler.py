@@ -26,7 +26,8 @@ from pathlib import Path
 
 from .artifacts import remember, seal, sealed, trusted_cache, unchanged
 from .builtins import refuse_uncounted_builtins
-from .compile_errors import compile_error, inline_asm_error, shared_initializer_error
+from .compile_errors import (compile_error, inline_asm_error, mangled_kernel_error,
+                             shared_initializer_error)
 from .errors import CompilerNotFoundError, KernelCompileError
 from .includes import dependency_flags, refuse_outside_includes
 from .kernel_object import count_library_copies, inline_assembly, refuse_load_time_code
@@ -79,7 +80,13 @@ KERNEL_FLAGS = ["-fsanitize=shift-exponent", "-fsanitize-undefined-trap-on-error
 # loads once); the runtime, compiled once, too.
 PLAIN_OPT, INSTRUMENTED_OPT = "-O1", "-O2"
 GRADING_CXX = "PAGEDATTN_LAB_GRADING_CXX"
-OPTIONAL_FLAGS = ["-fno-diagnostics-show-caret", "-fstack-clash-protection"]
+# -ftrivial-auto-var-init=pattern (GCC 12+, Clang 8+; older compilers build without it): a local
+# variable or array the kernel reads before writing (`float acc[8];` then `acc[i] += x`) starts
+# as a pattern, not as whatever the CPU stack held (mostly zeros, so such a kernel passed): GCC
+# fills 0xfe bytes (a float -1.7e38, an int -16843009), Clang 0xaa bytes for an int, a NaN for
+# a float. On a GPU the register's garbage is as wrong; here it is wrong every time.
+OPTIONAL_FLAGS = ["-fno-diagnostics-show-caret", "-fstack-clash-protection",
+                  "-ftrivial-auto-var-init=pattern"]
 _IGNORED_OPTION_PREFIXES = (
     "-arch", "--gpu-architecture", "-use_fast_math", "--use_fast_math", "-lineinfo",
     "--generate-line-info", "-G", "--device-debug", "--fmad", "-fmad", "-maxrregcount",
@@ -171,7 +178,8 @@ def _fiber_mode() -> str:
 def _supported_flags(cmd: tuple[str, ...], ident: str) -> tuple[str, ...]:
     """The OPTIONAL_FLAGS this compiler accepts (probed once, remembered on disk)."""
     cache = _writable_cache_dir(cache_dir()) / "flags.json"
-    key = hashlib.sha256(ident.encode()).hexdigest()[:16]
+    # (the list in the key: a flag added to it is probed on a machine that probed the others)
+    key = hashlib.sha256("\0".join([ident, *OPTIONAL_FLAGS]).encode()).hexdigest()[:16]
     try:
         known = json.loads(cache.read_text())
     except (OSError, ValueError):
@@ -302,7 +310,8 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
                    kernel: str, instrumented: bool = False) -> CompiledKernel:
     """Compile `source` into a shared library exporting __pal_entry_<name> for each name
     (`instrumented`: with the access hooks of counting and race checking)."""
-    refused = shared_initializer_error(kernel, filename, source)
+    refused = (shared_initializer_error(kernel, filename, source)
+               or mangled_kernel_error(kernel, filename, source))
     if refused:
         raise refused
     cmd, ident, is_clang = compiler()

@@ -45,8 +45,12 @@ static void warp_release(Warp *w, int warp, unsigned mask)
         case PAL_OP_ALL: w->res[l] = (votes & mask) == mask; break;
         case PAL_OP_SYNCWARP: w->res[l] = 0; break;
         default: {
-            int s = w->want[l];   // a source lane outside the mask: the lane's own value
-            w->res[l] = (mask >> s) & 1u ? w->val[s] : w->val[l];
+            // A source lane outside the mask: CUDA leaves the result undefined (the lane may
+            // not have run the shuffle at all). All one bits, the shared-memory poison's
+            // (NaN for a float, double or half, -1 for an int), so that a kernel relying on it
+            // gets a visibly wrong result instead of the caller's own value.
+            int s = w->want[l];
+            w->res[l] = (mask >> s) & 1u ? w->val[s] : ~0ull;
         }
         }
         f->state = PAL_T_RUN;

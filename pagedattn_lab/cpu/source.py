@@ -10,15 +10,25 @@ from __future__ import annotations
 import re
 
 from ..cuda_text import strip_comments
-from ..signature import launch_bounds
+from ..signature import kernel_declarations, kernel_definitions
 
-__all__ = ["rewrite_extern_shared", "uses_printf", "has_device_variables", "inline_asm_lines",
-           "shared_initializer_lines", "quoted_filename", "translation_unit"]
+__all__ = ["rewrite_extern_shared", "mangled_kernel_name", "uses_printf", "has_device_variables",
+           "inline_asm_lines", "shared_initializer_lines", "quoted_filename", "translation_unit"]
 
 _EXTERN_SHARED = re.compile(
     r"\bextern\s+__shared__\s+(?P<decl>[^;{}]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*"
     r"(?P<attrs>(?:__attribute__\s*\(\(.*?\)\)\s*)*);", re.S)
 _ATTRS = re.compile(r"__align__\s*\([^)]*\)|alignas\s*\([^)]*\)|__attribute__\s*\(\(.*?\)\)", re.S)
+
+
+# What opens a namespace or extern "C" block, just before its '{' in comment-free text (where
+# a string is blanked: extern "C" reads extern " "); group 1: the namespace's name, if any.
+_BLOCK_HEAD = re.compile(r"(?:\bnamespace(?:\s+([\w:]+))?|\bextern\s+\"\s*\")\s*$")
+
+
+def _block_head(text: str, brace: int) -> re.Match | None:
+    """The namespace or extern "C" head of the block whose '{' is text[brace], or None."""
+    return _BLOCK_HEAD.search(text[max(0, brace - 200):brace].rstrip())
 
 
 def _function_depths(text: str) -> list[int]:
@@ -29,14 +39,45 @@ def _function_depths(text: str) -> list[int]:
     depth = 0
     for i, c in enumerate(text):
         if c == "{":
-            head = text[max(0, i - 200):i].rstrip()
-            ns = bool(re.search(r"(\bnamespace(\s+\w+)?|\bextern\s+\"\s*\")\s*$", head))
+            ns = _block_head(text, i) is not None
             stack.append(not ns)
             depth += 0 if ns else 1
         elif c == "}" and stack:
             depth -= 1 if stack.pop() else 0
         depths[i] = depth
     return depths
+
+
+def _enclosing_blocks(text: str, pos: int) -> list[re.Match]:
+    """The heads of the namespace and extern "C" blocks around text[pos], outermost first."""
+    stack: list[re.Match | None] = []
+    for m in re.finditer(r"[{}]", text[:pos]):
+        if m.group() == "{":
+            stack.append(_block_head(text, m.start()))
+        elif stack:
+            stack.pop()
+    return [head for head in stack if head is not None]
+
+
+def mangled_kernel_name(source: str, name: str) -> str | None:
+    """`lab::name` where kernel `name` is defined in a namespace with C++ linkage: no
+    extern "C" on a declaration of it nor around it. Its symbol is then mangled, and
+    cupy.RawKernel, which looks the kernel up by its plain name, does not find it (CUDA's
+    "named symbol not found"). None for a kernel outside any namespace: the course's lint
+    (grading/kernel_runner.py) asks extern "C" of those."""
+    text = strip_comments(source)
+    definitions = kernel_definitions(source, name)
+    if not definitions:
+        return None
+    blocks = _enclosing_blocks(text, definitions[0][1])
+    if not any(b.group().startswith("namespace") for b in blocks) or any(
+            b.group().startswith("extern") for b in blocks):
+        return None
+    for paren in kernel_declarations(source, name):
+        start = max(text.rfind(c, 0, paren) for c in ";{}") + 1
+        if re.search(r'\bextern\s+" "', text[start:paren]):   # extern "C", its string blanked
+            return None
+    return "::".join([b.group(1) or "(anonymous namespace)" for b in blocks] + [name])
 
 
 def rewrite_extern_shared(source: str) -> str:
@@ -115,29 +156,42 @@ def quoted_filename(filename: str) -> str:
     return filename.replace("\\", "\\\\").replace('"', '\\"')
 
 
-def _with_launch_bounds(source: str, kernel_names: list[str]) -> str:
-    """`source` with each kernel's __launch_bounds__ maximum exported, evaluated by the compiler
-    (a macro or a constant expression) just past the kernel's closing brace, on its line: there
-    it names what the kernel's attribute named, in the kernel's namespace, though the source
-    #undef's the macro later; on one line, so the lines after keep their numbers. A GPU
-    refuses a launch of more threads per block (kernel.py)."""
-    found = sorted(((b[1], name, " ".join(b[0].split())) for name in kernel_names
-                    if (b := launch_bounds(source, name)) is not None), reverse=True)
-    for end, name, bound in found:
-        source = (f'{source[:end]} extern "C" PAL_EXPORT const long long '
-                  f"__pal_max_threads_{name} = (long long)({bound});{source[end:]}")
-    return source
+def _with_entry_points(source: str, kernel_names: list[str]) -> tuple[str, str]:
+    """`source` with, just past each kernel's closing brace and on its line (the lines after
+    keep their numbers), its entry point: an exported function that unpacks a void*[]
+    argument list and calls the kernel. There the kernel's name means the kernel in its own
+    namespace (`namespace lab { extern "C" __global__ void k(...) }`, which CuPy finds by its
+    plain name, as its symbol is not mangled). And its __launch_bounds__ maximum, evaluated by
+    the compiler there (a macro or a constant expression), where it names what the kernel's
+    attribute named though the source #undef's the macro later: a GPU refuses a launch of
+    more threads per block (kernel.py). A kernel defined in each branch of an #if gets them
+    after each definition (the compiler keeps one); one without a definition, at the end (the
+    compiler then says what is missing)."""
+    tail = ""
+    found = []
+    for name in kernel_names:
+        entry = (f'extern "C" PAL_EXPORT void __pal_entry_{name}(void **a) '
+                 f"{{ __pal_invoke({name}, a); }}")
+        definitions = kernel_definitions(source, name)
+        if not definitions:
+            tail += entry + "\n"
+        for bound, _, end in definitions:
+            bounded = entry if bound is None else (
+                f'{entry} extern "C" PAL_EXPORT const long long __pal_max_threads_{name} = '
+                f"(long long)({' '.join(bound.split())});")
+            found.append((end, bounded))
+    for end, entry in sorted(found, reverse=True):
+        source = f"{source[:end]} {entry}{source[end:]}"
+    return source, tail
 
 
 def translation_unit(source: str, kernel_names: list[str], filename: str, shim_path: str) -> str:
     """The C++ file to compile: the shim, the kernel source at its own line numbers, and one
     exported entry point per kernel that unpacks a void*[] argument list."""
-    body = rewrite_extern_shared(_with_launch_bounds(source, kernel_names))
+    body, entries = _with_entry_points(source, kernel_names)
+    body = rewrite_extern_shared(body)
     if not body.endswith("\n"):
         body += "\n"
-    entries = "".join(
-        f'extern "C" PAL_EXPORT void __pal_entry_{name}(void **a) {{ __pal_invoke({name}, a); }}\n'
-        for name in kernel_names)
     quoted = quoted_filename(filename)
     return (f'#include "{shim_path}"\n'
             f"#pragma GCC poison {' '.join(POISONED)}\n"
