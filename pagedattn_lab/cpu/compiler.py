@@ -83,7 +83,7 @@ GRADING_CXX = "PAGEDATTN_LAB_GRADING_CXX"
 # -ftrivial-auto-var-init=pattern (GCC 12+, Clang 8+; older compilers build without it): a local
 # variable or array the kernel reads before writing (`float acc[8];` then `acc[i] += x`) starts
 # as a pattern, not as whatever the CPU stack held (mostly zeros, so such a kernel passed): GCC
-# fills 0xfe bytes (a float -1.7e38, an int -16843009), Clang 0xaa bytes for an int, a NaN for
+# fills 0xfe bytes (a float -1.7e38, an int -16843010), Clang 0xaa bytes for an int, a NaN for
 # a float. On a GPU the register's garbage is as wrong; here it is wrong every time.
 OPTIONAL_FLAGS = ["-fno-diagnostics-show-caret", "-fstack-clash-protection",
                   "-ftrivial-auto-var-init=pattern"]

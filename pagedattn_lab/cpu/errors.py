@@ -29,7 +29,8 @@ class KernelFault(KernelError):
     Attributes: buffer (the parameter name, or None when the address is in no argument),
     arg_index, index (element index into the NumPy array; may be negative), size (elements),
     access ("read", "write" or None when unknown), address, signal (e.g. "SIGSEGV"),
-    region ("argument", "stack", "dynamic shared memory" or "unknown").
+    region ("argument", "stack", "dynamic shared memory" or "unknown"); when the kernel
+    called a forbidden function (`fork`, `system`, ...: README.md), syscall, its name.
     """
 
 
