@@ -116,6 +116,9 @@ class RawKernel:
                  stack_kb: int | None = None, racecheck: bool | None = None,
                  trusted: bool = False, enable_cooperative_groups: bool = False,
                  **cupy_kwargs):
+        if timeout is not None:   # refused here, as cpu.RawKernel does, not at the first launch
+            from .cpu.kernel import check_timeout  # noqa: PLC0415 - the executor loads on demand
+            timeout = check_timeout(timeout)
         self.code = code
         self.name = name
         self.options = tuple(options or ())

@@ -341,3 +341,13 @@ def test_the_gcc_fill_pattern_is_quoted_as_the_executor_gives_it():
     if not (oi == four[0]).all():
         pytest.skip(f"this compiler does not fill locals with 0xfe bytes: {oi}")
     assert (of.view(np.int32) == four[0]).all()
+
+
+@pytest.mark.parametrize("timeout, error", [(0, ValueError), (float("nan"), ValueError),
+                                            (True, TypeError), ("5", TypeError)])
+def test_the_dual_raw_kernel_refuses_a_bad_timeout_when_built(timeout, error):
+    """As cpu.RawKernel does: a timeout of 0 used to be accepted until the first launch."""
+    from pagedattn_lab.rawkernel import RawKernel
+    source = 'extern "C" __global__ void k(float *x) { x[threadIdx.x] = 1.0f; }'
+    with pytest.raises(error, match="timeout"):
+        RawKernel(source, "k", timeout=timeout)
