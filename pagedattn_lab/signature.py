@@ -158,17 +158,19 @@ def kernel_declarations(source: str, name: str) -> list[int]:
 def kernel_definitions(source: str, name: str) -> list[tuple[str | None, int, int]]:
     """Kernel `name`'s definitions (one, or one per branch of an #if): for each, its
     __launch_bounds__ maximum of threads per block (the first argument, as written, on the
-    definition or a declaration before it; None without), the index of its parameter list's
-    '(' and the index just past its closing brace."""
+    definition or a declaration before it, not on another definition: that one is in another
+    #if branch; None without), the index of its parameter list's '(' and the index just past
+    its closing brace."""
     text = strip_comments(source)
-    bounds, found = None, []
+    declared, found = None, []
     for kernel, paren, attr in _kernel_heads(text):
         if kernel != name:
             continue
-        bounds = attr or bounds
         body = re.compile(r"[;{]").search(text, _skip_group(text, paren))
         if body is not None and body.group() == "{":
-            found.append((bounds, paren, _skip_group(text, body.start(), "{}")))
+            found.append((attr or declared, paren, _skip_group(text, body.start(), "{}")))
+        else:
+            declared = attr or declared
     return found
 
 

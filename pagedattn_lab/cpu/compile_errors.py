@@ -8,10 +8,12 @@ import os
 import re
 from pathlib import Path
 
+from ..signature import find_kernels
 from .errors import KernelCompileError
 from .source import inline_asm_lines, mangled_kernel_name, shared_initializer_lines
 
-__all__ = ["compile_error", "inline_asm_error", "shared_initializer_error", "mangled_kernel_error"]
+__all__ = ["compile_error", "inline_asm_error", "shared_initializer_error", "mangled_kernel_error",
+           "template_kernel_error"]
 
 HERE = Path(__file__).resolve().parent
 _HINTS = [
@@ -163,3 +165,18 @@ def mangled_kernel_error(kernel: str, filename: str, source: str) -> KernelCompi
         f"its plain name {kernel!r}, cannot find it on the GPU (named symbol not found)",
         f"declare it extern \"C\" __global__ void {kernel}(...), or define it outside the "
         f"namespace")
+
+
+def template_kernel_error(kernel: str, filename: str, source: str) -> KernelCompileError | None:
+    """A kernel defined only as a template, which cupy.RawKernel cannot find. Built, its
+    entry point (just past the kernel's closing brace, source.py) failed to convert it,
+    and the error stood at that brace's line of the learner's file, with no hint."""
+    if kernel not in find_kernels(source) or kernel in find_kernels(source, False):
+        return None
+    return KernelCompileError.refused(
+        kernel, filename, f"defines the kernel as a template (template <...> __global__ void "
+        f"{kernel}): a template has no symbol until it is instantiated, so CuPy, which looks "
+        f"the kernel up by its plain name {kernel!r}, cannot find it on the GPU (named "
+        f"symbol not found), and nothing here can launch it without its template arguments",
+        f"make the work a template __device__ function and launch an extern \"C\" __global__ "
+        f"void {kernel}(...) that calls it with its template arguments")

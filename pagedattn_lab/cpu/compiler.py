@@ -27,7 +27,7 @@ from pathlib import Path
 from .artifacts import remember, seal, sealed, trusted_cache, unchanged
 from .builtins import refuse_uncounted_builtins
 from .compile_errors import (compile_error, inline_asm_error, mangled_kernel_error,
-                             shared_initializer_error)
+                             shared_initializer_error, template_kernel_error)
 from .errors import CompilerNotFoundError, KernelCompileError
 from .includes import dependency_flags, refuse_outside_includes
 from .kernel_object import count_library_copies, inline_assembly, refuse_load_time_code
@@ -311,7 +311,8 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     """Compile `source` into a shared library exporting __pal_entry_<name> for each name
     (`instrumented`: with the access hooks of counting and race checking)."""
     refused = (shared_initializer_error(kernel, filename, source)
-               or mangled_kernel_error(kernel, filename, source))
+               or mangled_kernel_error(kernel, filename, source)
+               or template_kernel_error(kernel, filename, source))
     if refused:
         raise refused
     cmd, ident, is_clang = compiler()

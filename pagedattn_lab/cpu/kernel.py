@@ -14,7 +14,7 @@ from ..signature import (as_passed, check_launch_args, collect_defines, find_ker
 from . import abi, launch
 from .artifacts import loadable_path
 from .compiler import compile_source, parse_options
-from .errors import ExecutorUnavailableError
+from .errors import ExecutorUnavailableError, KernelCompileError
 from .source import has_device_variables, uses_printf
 
 DEFAULT_TIMEOUT = 30.0
@@ -82,6 +82,22 @@ def _load(path: str) -> C.CDLL:
                                   use_errno=True))
             _LIBS[path] = lib
         return lib
+
+
+def _entry_point(lib, name: str, filename: str) -> int:
+    """The address of kernel `name`'s entry point in `lib`. It stands just past each
+    definition of the kernel (source.py), so it is missing where the compiler kept none: one
+    defined only inside an #if branch that was not compiled (ctypes said "undefined symbol:
+    __pal_entry_k", naming no kernel; CuPy says "named symbol not found")."""
+    try:
+        symbol = getattr(lib, f"__pal_entry_{name}")
+    except AttributeError:
+        raise KernelCompileError.refused(
+            name, filename, f"has no definition of the kernel {name!r} in the code the "
+            f"compiler kept (is it only inside an #if branch that was not compiled, or only "
+            f"declared?)", f"define {name} outside the #if, or pass the -D option that "
+            f"selects its branch") from None
+    return C.cast(symbol, C.c_void_p).value
 
 
 class RawKernel:
@@ -153,7 +169,7 @@ class RawKernel:
                                     kernel=self.name, instrumented=instrumented)
             self.compile_seconds, self.cached = result.seconds, result.cached
             lib = _load(result.path)
-            entry = C.cast(getattr(lib, f"__pal_entry_{self.name}"), C.c_void_p).value
+            entry = _entry_point(lib, self.name, self.filename)
             self._builds[instrumented] = (lib, entry, result.path)
             if hasattr(lib, f"__pal_max_threads_{self.name}"):
                 self.max_threads_per_block = min(1024, C.c_longlong.in_dll(

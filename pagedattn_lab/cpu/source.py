@@ -70,14 +70,24 @@ def mangled_kernel_name(source: str, name: str) -> str | None:
     if not definitions:
         return None
     blocks = _enclosing_blocks(text, definitions[0][1])
-    if not any(b.group().startswith("namespace") for b in blocks) or any(
-            b.group().startswith("extern") for b in blocks):
+    where = _namespace_path(blocks)
+    if not where or any(b.group().startswith("extern") for b in blocks):
         return None
     for paren in kernel_declarations(source, name):
         start = max(text.rfind(c, 0, paren) for c in ";{}") + 1
-        if re.search(r'\bextern\s+" "', text[start:paren]):   # extern "C", its string blanked
+        # extern "C" (its string blanked) on a declaration of this function: one in another
+        # namespace (`extern "C" __global__ void k(...);` before `namespace lab {`) declares
+        # another k, which nothing defines
+        if re.search(r'\bextern\s+" "', text[start:paren]) and \
+                _namespace_path(_enclosing_blocks(text, paren)) == where:
             return None
-    return "::".join([b.group(1) or "(anonymous namespace)" for b in blocks] + [name])
+    return "::".join(where + [name])
+
+
+def _namespace_path(blocks: list[re.Match]) -> list[str]:
+    """The names of the namespaces among `blocks` (_enclosing_blocks), outermost first."""
+    return [b.group(1) or "(anonymous namespace)" for b in blocks
+            if b.group().startswith("namespace")]
 
 
 def rewrite_extern_shared(source: str) -> str:
@@ -186,8 +196,9 @@ def _with_entry_points(source: str, kernel_names: list[str]) -> tuple[str, str]:
 
 
 def translation_unit(source: str, kernel_names: list[str], filename: str, shim_path: str) -> str:
-    """The C++ file to compile: the shim, the kernel source at its own line numbers, and one
-    exported entry point per kernel that unpacks a void*[] argument list."""
+    """The C++ file to compile: the shim, then the kernel source at its own line numbers with
+    each kernel's exported entry point just past its definition (`_with_entry_points`; after
+    the source, for a kernel it does not define)."""
     body, entries = _with_entry_points(source, kernel_names)
     body = rewrite_extern_shared(body)
     if not body.endswith("\n"):

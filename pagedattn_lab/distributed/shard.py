@@ -12,7 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..validate import check_array, check_gqa_heads, check_int, check_int_list, check_memory
+from ..validate import (check_array, check_bool, check_gqa_heads, check_int, check_int_list,
+                        check_memory)
 
 
 class HeadRange(NamedTuple):
@@ -57,7 +58,10 @@ def shard_cache(cache, heads: HeadRange):
     heads = HeadRange(*heads)
     start, stop = (check_int(heads[i], f"heads.{HeadRange._fields[i]}", minimum=0)
                    for i in range(2))
-    if not start < stop <= cache.shape[2]:   # a slice past the heads would be cut short
+    if start >= stop:   # (else "KV heads 2..1 are not within" the cache's heads)
+        raise ValueError(f"heads: expected at least one KV head, got the empty range "
+                         f"kv_start={start}, kv_stop={stop}")
+    if stop > cache.shape[2]:   # a slice past the heads would be cut short
         raise ValueError(f"heads: KV heads {start}..{stop - 1} are not within the cache's "
                          f"{cache.shape[2]} KV heads (shape {tuple(cache.shape)})")
     return cache[:, :, start:stop].copy()
@@ -94,8 +98,7 @@ def table_capacity(max_batch: int, max_pages: int, prefill: bool = False) -> int
     for prefill, qo_indptr after it)."""
     max_batch = check_int(max_batch, "max_batch", minimum=0)
     max_pages = check_int(max_pages, "max_pages", minimum=0)
-    if not isinstance(prefill, (bool, np.bool_)):   # (a count would be multiplied in)
-        raise TypeError(f"prefill: expected True or False, got {prefill!r}")
+    prefill = check_bool(prefill, "prefill")   # (a count would be multiplied in)
     return HEADER + max_batch + max_batch * max_pages + (max_batch + 1) * prefill
 
 

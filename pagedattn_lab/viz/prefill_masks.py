@@ -108,9 +108,12 @@ def _packed_batch(qo_indptr, seq_lens) -> tuple[np.ndarray, np.ndarray]:
     indptr = np.asarray(check_int_list(qo_indptr, "qo_indptr", "offset"), dtype=np.int64)
     lens = np.asarray(check_int_list(seq_lens, "seq_lens", "length"), dtype=np.int64)
     check_offsets(indptr, "qo_indptr")
-    if lens.size != indptr.size - 1 or not lens.size:
+    if indptr.size < 2:   # (else "expected 0 lengths, at least one" named seq_lens)
+        raise ValueError(f"qo_indptr: expected the offsets of at least one sequence "
+                         f"([0, q_len, ...]), got {indptr.tolist()}")
+    if lens.size != indptr.size - 1:
         raise ValueError(f"seq_lens: expected {indptr.size - 1} lengths (one per sequence of "
-                         f"qo_indptr, at least one), got {lens.size}")
+                         f"qo_indptr), got {lens.size}")
     q_lens = np.diff(indptr)
     bad = np.flatnonzero(q_lens > lens)
     if bad.size:
