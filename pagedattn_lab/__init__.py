@@ -6,6 +6,10 @@ imports CuPy by itself.
 """
 import importlib
 
+from . import loaded_code as _loaded_code
+
+_loaded_code.install()   # first: the own-work check knows the package's code by it
+
 from .addressing import (Translation, element_offset, gather_kv_reference, page_offset,
                          physical_page, physical_slot, token_slots, translate, virtual_page)
 from .backend import gpu_available, gpu_status

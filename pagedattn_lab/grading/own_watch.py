@@ -10,6 +10,7 @@ import types
 from functools import lru_cache
 from pathlib import Path
 
+from ..loaded_code import imported_code
 from .own_answers import PACKAGE, answers
 
 _ROOT = Path(__file__).resolve().parent.parent
@@ -149,19 +150,27 @@ def package_code(code: types.CodeType, namespace: dict) -> bool:
 
 @lru_cache(maxsize=4096)
 def _genuine(code: types.CodeType) -> bool:
-    """Whether `code` is one the source of its file compiles to (code objects compare equal
-    by their bytecode, constants, names, file, name and lines, not by identity)."""
-    return code in _compiled(code.co_filename)
+    """Whether `code` is one of those its file's module was imported from (loaded_code.py),
+    or, for a module imported before the recording began, one the file compiles to (code
+    objects compare equal by their bytecode, constants, names, file, name and lines)."""
+    imported = imported_code(code.co_filename)
+    return code in (_nested(imported) if imported is not None
+                    else _compiled(code.co_filename))
 
 
 @lru_cache(maxsize=256)
 def _compiled(filename: str) -> frozenset:
-    """Every code object (nested ones too) of the package file `filename` as it compiles."""
+    """Every code object of the package file `filename` as it compiles."""
     try:
         source = Path(filename).read_text(encoding="utf-8")
-        module = compile(source, filename, "exec", dont_inherit=True)
+        return _nested(compile(source, filename, "exec", dont_inherit=True))
     except (OSError, SyntaxError, ValueError, UnicodeDecodeError):
         return frozenset()
+
+
+@lru_cache(maxsize=256)
+def _nested(module: types.CodeType) -> frozenset:
+    """`module` and every code object nested in it (functions, classes, comprehensions)."""
     codes, todo = set(), [module]
     while todo:
         codes.add(code := todo.pop())
