@@ -36,7 +36,7 @@ from .addressing import token_slots
 from .attention_common import array_dtypes, bfloat16_dtype, element_dtype, to_elements
 from .backend import device_module, resolve_device, to_numpy
 from .paging import BlockAllocator
-from .quant import check_scale, check_scheme, dequantize, kv_format, quantize_rows
+from .quant import check_scale, check_scheme, dequantize_written, kv_format, quantize_rows
 from .validate import (INT32_MAX, check_array, check_cache_memory, check_int, check_int_list,
                        refuse_repeats)
 
@@ -279,8 +279,8 @@ class PagedKVCache:
         per_token = self.scale_scheme == "per_token"
         k_scale, v_scale = (to_numpy(s.reshape(-1, self.num_kv_heads)[slots] if per_token else s)
                             for s in (self.k_scale, self.v_scale))
-        return (dequantize(k, self.kv_dtype, k_scale).astype(self.dtype),
-                dequantize(v, self.kv_dtype, v_scale).astype(self.dtype))
+        return (dequantize_written(k, self.kv_dtype, k_scale).astype(self.dtype),
+                dequantize_written(v, self.kv_dtype, v_scale).astype(self.dtype))
 
     # -- internals ---------------------------------------------------------------------
 

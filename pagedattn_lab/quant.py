@@ -102,8 +102,8 @@ def check_scheme(scale_scheme: str, name: str = "scale_scheme") -> str:
 
 # -- codes ---------------------------------------------------------------------------------
 
-def real_values(x, name: str) -> np.ndarray:
-    """x (an array, or nested lists, of real numbers) as float32. Refused by name: complex
+def real_values(x, name: str, dtype=np.float32) -> np.ndarray:
+    """x (an array, or nested lists, of real numbers) as `dtype`. Refused by name: complex
     (NumPy's cast drops the imaginary part with only a warning), bool (read as 0 and 1),
     strings and objects (NumPy's own errors name no argument), ragged lists."""
     try:
@@ -114,7 +114,7 @@ def real_values(x, name: str) -> np.ndarray:
     if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":
         raise TypeError(f"{name}: expected real numbers (a float or int dtype), got "
                         f"{dtype_label(arr.dtype)}")
-    return arr.astype(np.float32, copy=False)
+    return arr.astype(dtype, copy=False)
 
 
 def _e4m3():
@@ -207,15 +207,29 @@ def quantize(x, kv_dtype: str, scale) -> np.ndarray:
     """Codes of x [..., num_kv_heads, head_dim] with `scale` broadcast over head_dim:
     static [num_kv_heads] or per-token [..., num_kv_heads], each finite and > 0."""
     x = real_values(x, "x")
-    s = _scale_for(scale, x.shape)
-    _refuse_bad_scales(s, "scale")
-    return encode(x / s[..., None], kv_dtype)
+    return encode(x / _checked_scale(scale, x.shape)[..., None], kv_dtype)
 
 
 def dequantize(codes, kv_dtype: str, scale) -> np.ndarray:
-    """float32 code * scale, scale broadcast as in `quantize`."""
+    """float32 code * scale, scale broadcast and refused as in `quantize`: code * 0 reads
+    every value back as 0, a negative scale flips the signs, NaN and inf give NaN."""
+    _checked_scale(scale, np.shape(codes))
+    return dequantize_written(codes, kv_dtype, scale)
+
+
+def dequantize_written(codes, kv_dtype: str, scale) -> np.ndarray:
+    """`dequantize` of pages with the scales the cache holds, taken as they are, as a kernel
+    reads them: a row holding inf has the per-token scale inf (as the kernel computes it) and
+    reads back as NaN (PagedKVCache.gather); unused slots may hold any scale at all."""
     values = decode(codes, kv_dtype)
     return values * _scale_for(scale, values.shape)[..., None]
+
+
+def _checked_scale(scale, shape) -> np.ndarray:
+    """`scale` for values of `shape` as `_scale_for` takes it, each entry finite and > 0."""
+    s = _scale_for(scale, shape)
+    _refuse_bad_scales(s, "scale")
+    return s
 
 
 def _scale_for(scale, shape) -> np.ndarray:

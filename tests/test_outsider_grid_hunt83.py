@@ -184,9 +184,9 @@ def _compressed_pages(rng, lens, kv_heads, head_dim, page, kv_dtype, scheme):
     v_codes[unused] = 0xff if fmt.storage == np.uint8 else -128
     if scheme == "per_token":
         k_scale[unused], v_scale[unused] = np.nan, np.inf
-    with np.errstate(invalid="ignore"):
-        k_ref, v_ref = (quant.dequantize(c, kv_dtype, s) for c, s in ((k_codes, k_scale),
-                                                                       (v_codes, v_scale)))
+    with np.errstate(invalid="ignore"):   # (dequantize refuses the garbage scales)
+        k_ref, v_ref = (quant.dequantize_written(c, kv_dtype, s)
+                        for c, s in ((k_codes, k_scale), (v_codes, v_scale)))
     return tables, seq_lens, (k_codes, v_codes, k_scale, v_scale), (k_ref, v_ref)
 
 

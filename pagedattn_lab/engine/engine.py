@@ -194,10 +194,10 @@ class LLMEngine:
         self._record(step, time.perf_counter() - t0)
         return finished
 
-    def generate(self, prompts, params: SamplingParams | list | None = None,
+    def generate(self, prompts, params: SamplingParams | list | tuple | None = None,
                  progress: bool = False) -> list[RequestOutput]:
         """Serve every prompt to the end; outputs in the prompts' order. params: one
-        SamplingParams for all, or one per prompt. progress: a tqdm bar."""
+        SamplingParams for all, or a list (or tuple) of one per prompt. progress: a tqdm bar."""
         if self.has_unfinished():
             raise RuntimeError("generate: requests added with add_request are still unfinished; "
                                "serve them with step() first (their outputs come from step)")
@@ -208,13 +208,15 @@ class LLMEngine:
                             f"{type(prompts).__name__}")
         check_bool(progress, "progress")
         prompts = list(prompts)
-        per = params if isinstance(params, list) else [params] * len(prompts)
+        # one per prompt in a list or a tuple, as prompts themselves may come
+        per_prompt = isinstance(params, (list, tuple))
+        per = list(params) if per_prompt else [params] * len(prompts)
         if len(per) != len(prompts):
             raise ValueError(f"params: expected {len(prompts)} SamplingParams, got {len(per)}")
         # Every prompt is checked before any is queued: a bad third prompt must not leave the
         # first two waiting (the next generate() would then refuse to start).
         checked = [self._check_request(p, sp, f"prompts[{i}]",
-                                       f"params[{i}]" if isinstance(params, list) else "params")
+                                       f"params[{i}]" if per_prompt else "params")
                    for i, (p, sp) in enumerate(zip(prompts, per))]
         rids = [self._queue(p, sp) for p, sp in checked]
         done: dict[int, RequestOutput] = {}

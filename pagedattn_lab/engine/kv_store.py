@@ -8,6 +8,8 @@ Compressed caches (int8 / fp8 codes) keep their per-token scales beside the page
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from ..backend import to_numpy
@@ -54,10 +56,14 @@ class KVStore:
             self.v_scale = [xp.ones(shape[:3], np.float32) for _ in range(layers)]
             self._paged += [self.k_scale, self.v_scale]
         elif self.scale_scheme == "static":
-            if not hasattr(kv_scales, "__len__") or len(kv_scales) != 2:
-                raise ValueError("kv_scales: static scales need (k_scales, v_scales), each "
-                                 f"[{layers}, {heads}] (quant_accuracy.calibrate_kv_scales), "
-                                 f"got {type(kv_scales).__name__}")
+            # a dict's or a set's items are its keys (a dict {"k": ..., "v": ...} was read as
+            # the scales "k" and "v"); a string's are its characters
+            not_a_pair = isinstance(kv_scales, (Mapping, set, frozenset, str, bytes))
+            if not_a_pair or not hasattr(kv_scales, "__len__") or len(kv_scales) != 2:
+                raise ValueError("kv_scales: static scales need (k_scales, v_scales), a tuple "
+                                 f"or list of two float32 arrays [{layers}, {heads}] "
+                                 f"(quant_accuracy.calibrate_kv_scales), got "
+                                 f"{type(kv_scales).__name__}")
             k_s, v_s = (check_scale(s, name, (layers, heads), fmt.qmax)
                         for name, s in zip(("kv_scales[0]", "kv_scales[1]"), kv_scales))
             # copies: the caller's arrays may change after they were checked

@@ -8,7 +8,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-import numpy as np
+from ..attention_common import element_dtype
+from ..validate import check_gqa_heads, check_int
 
 _DECODE_SHAPE = re.compile(r"(?P<batch>\d+) seqs, (?P<tokens>\d+) tokens, (?P<heads>\d+)/"
                            r"(?P<kv_heads>\d+) heads, d(?P<head_dim>\d+), page \d+, (?P<dtype>\w+)")
@@ -34,21 +35,34 @@ def decode_cost(batch: int, tokens: int, num_heads: int, num_kv_heads: int, head
     multiply-adds) and adds its value (p.v, head_dim more): 4 x head_dim FLOPs per (token,
     query head). Bytes: every cached K and V element once, q read and out written once (the
     block table, a few KB, is left out)."""
-    item = np.dtype(dtype).itemsize
+    batch = check_int(batch, "batch", minimum=1)
+    tokens = check_int(tokens, "tokens")
+    if tokens < batch:   # a decode step reads at least the one token each sequence holds
+        raise ValueError(f"tokens: expected at least one cached token per sequence (>= batch "
+                         f"{batch}), got {tokens}")
+    num_heads, num_kv_heads = check_gqa_heads(num_heads, num_kv_heads)
+    head_dim = check_int(head_dim, "head_dim", minimum=1)
+    dtype = element_dtype(dtype)
+    item = dtype.itemsize
     flops = 4 * tokens * num_heads * head_dim
     nbytes = (2 * tokens * num_kv_heads + 2 * batch * num_heads) * head_dim * item
-    return Cost(float(flops), float(nbytes), np.dtype(dtype).name)
+    return Cost(float(flops), float(nbytes), dtype.name)
 
 
 def prefill_cost(batch: int, seq_len: int, num_heads: int, head_dim: int,
                  dtype: str = "float32") -> Cost:
     """Causal prefill: query t scores keys 0..t, so L(L+1)/2 (query, key) pairs per head, 4 x
     head_dim FLOPs each. Bytes: q, K and V read once and out written once."""
-    item = np.dtype(dtype).itemsize
+    batch = check_int(batch, "batch", minimum=1)
+    seq_len = check_int(seq_len, "seq_len", minimum=1)
+    num_heads = check_int(num_heads, "num_heads", minimum=1)
+    head_dim = check_int(head_dim, "head_dim", minimum=1)
+    dtype = element_dtype(dtype)
+    item = dtype.itemsize
     pairs = seq_len * (seq_len + 1) // 2
     flops = 4 * batch * num_heads * pairs * head_dim
     nbytes = 4 * batch * seq_len * num_heads * head_dim * item
-    return Cost(float(flops), float(nbytes), np.dtype(dtype).name)
+    return Cost(float(flops), float(nbytes), dtype.name)
 
 
 def workload_cost(record: dict) -> Cost | None:

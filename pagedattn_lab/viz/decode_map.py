@@ -16,10 +16,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
-from ..attention_common import THREADS
+from ..attention_common import THREADS, element_dtype
+from ..decode_choice import supported_head_dim
 from ..decode_plan import group_kernel_size
 from ..kernels import expanded_source
 from ..split_k import partition_bounds
+from ..validate import check_int
 
 WARP_COLORS = ("#4e79a7", "#f28e2b", "#59a14f", "#e15759", "#76b7b2", "#edc948", "#b07aa1",
                "#ff9da7")
@@ -60,8 +62,16 @@ class DecodeLayout:
 def decode_layout(head_dim: int, dtype, *, group_size: int = 1, part_len: int = 512
                   ) -> DecodeLayout:
     """The mapping decode.cu uses for this head_dim and cache dtype; `group_size` query heads
-    per KV head picks the kernel (GQA blocks of 4+ heads unroll less)."""
-    vec = 16 // np.dtype(dtype).itemsize
+    per KV head picks the kernel (GQA blocks of 4+ heads unroll less). Sizes the SIMT kernel
+    does not take are refused by name (head_dim 3 gave a group of 0 threads)."""
+    head_dim = check_int(head_dim, "head_dim", minimum=1)
+    dtype = element_dtype(dtype)
+    unsupported = supported_head_dim("simt", dtype.name, head_dim)
+    if unsupported:
+        raise ValueError(f"head_dim: {unsupported}, got {head_dim}")
+    group_size = check_int(group_size, "group_size", minimum=1)
+    part_len = check_int(part_len, "part_len", minimum=1)
+    vec = 16 // dtype.itemsize
     tg = head_dim // vec
     gmax = group_kernel_size(group_size)
     unroll = _kernel_define("DECODE_UNROLL_GQA" if gmax >= 4 else "DECODE_UNROLL")

@@ -13,6 +13,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch, Rectangle
 
+from ..validate import check_int
+from ..validate_kinds import is_finite_number, is_int
+
 SHARED, PRIVATE, EMPTY = "#f7a35c", "#2f7ed8", "#e6e6e6"
 ALLOCATION_COLORS = {"on_demand": "#2f7ed8", "predictive": "#f7a35c"}
 
@@ -85,6 +88,8 @@ def plot_engine_series(series: dict, num_pages: int, page_size: int, *,
     """Three panels over the engine's steps (`engine.stats.series`): KV memory (pages held,
     tokens in them, capacity), the batch (running / waiting requests, prefill and decode
     tokens), and the prefix-cache hit rate so far."""
+    num_pages = check_int(num_pages, "num_pages", minimum=1)   # the pool line
+    page_size = check_int(page_size, "page_size", minimum=1)   # tokens / page_size
     s = {k: np.asarray(v) for k, v in series.items()}
     steps = np.arange(len(s["running"]))
     fig, axes = plt.subplots(3, 1, figsize=(8, 7), sharex=True)
@@ -118,7 +123,7 @@ def plot_engine_series(series: dict, num_pages: int, page_size: int, *,
 
 def plot_page_size_waste(waste: dict, chosen: int, max_waste: float = 0.05):
     """Tail waste per page size (from `choose_page_size`), the target and the choice."""
-    sizes = sorted(int(p) for p in waste)
+    sizes = sorted(_check_waste(waste, chosen, max_waste))
     values = [100 * waste[p] for p in sizes]
     fig, ax = plt.subplots(figsize=(6.5, 3.2))
     ax.bar([str(p) for p in sizes], values,
@@ -131,6 +136,28 @@ def plot_page_size_waste(waste: dict, chosen: int, max_waste: float = 0.05):
     ax.set_title("Page size from the length distribution")
     fig.tight_layout()
     return fig
+
+
+def _check_waste(waste, chosen, max_waste) -> list[int]:
+    """The page sizes of `waste` ({page size: share of slots wasted}), refused by name unless
+    they are ints >= 1 with shares in [0, 1], `chosen` one of them, and the target a share
+    (a string size raised KeyError; a chosen size not among them drew no orange bar)."""
+    if not isinstance(waste, dict) or not waste:
+        raise ValueError(f"waste: expected {{page size: waste share}} (choose_page_size's "
+                         f"second answer) with at least one size, got {waste!r}")
+    for p, share in waste.items():
+        if not is_int(p) or p < 1:
+            raise ValueError(f"waste: expected page sizes (ints >= 1) as keys, got {p!r}")
+        if not is_finite_number(share) or not 0 <= share <= 1:
+            raise ValueError(f"waste[{p}]: expected a share of the slots in [0, 1], got "
+                             f"{share!r}")
+    if not is_int(chosen) or chosen not in waste:
+        raise ValueError(f"chosen: expected one of the page sizes {sorted(waste)}, got "
+                         f"{chosen!r}")
+    if not is_finite_number(max_waste) or not 0 <= max_waste <= 1:
+        raise ValueError(f"max_waste: expected a share of the slots in [0, 1], got "
+                         f"{max_waste!r}")
+    return [int(p) for p in waste]
 
 
 # per metric: the factor from the recorded value and the axis label (waste in %, as the

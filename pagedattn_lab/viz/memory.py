@@ -44,6 +44,7 @@ def take_snapshot(obj, step: int) -> MemorySnapshot:
     A shared page is counted once, for the first sequence that lists it.
     """
     state = as_state(obj)
+    step = check_int(step, "step", minimum=0)   # the timeline's x axis
     seen, slots = set(), {}
     for seq, pages in state.tables.items():
         own = [p for p in pages if p not in seen]
@@ -58,6 +59,7 @@ def plot_memory_timeline(snapshots, *, title: str | None = None, max_legend: int
 
     snapshots: a list of MemorySnapshot (see `take_snapshot`). Returns the Figure.
     """
+    max_legend = check_int(max_legend, "max_legend", minimum=0)   # -1 dropped the last label
     snapshots = list(snapshots)
     if not snapshots:
         raise ValueError("snapshots: expected at least one MemorySnapshot, got an empty list")

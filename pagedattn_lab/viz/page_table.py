@@ -21,6 +21,8 @@ import zlib
 import matplotlib.pyplot as plt
 from matplotlib.patches import ConnectionPatch, Rectangle
 
+from ..validate import check_int
+from ..validate_kinds import is_int
 from .state import PageMapState, as_state
 
 FREE_EDGE = "#9a9a9a"
@@ -72,10 +74,9 @@ def grid_shape(num_pages: int, ncols: int | None = None) -> tuple[int, int]:
         raise ValueError(f"num_pages: {num_pages} pages is too many to draw one cell each "
                          f"(at most {MAX_DRAWN_PAGES}); draw a smaller cache, or summarise "
                          f"this one with plot_memory_timeline / plot_fragmentation")
-    if ncols is not None and (isinstance(ncols, bool) or not isinstance(ncols, int)
-                              or ncols < 1):
+    if ncols is not None and (not is_int(ncols) or ncols < 1):   # a NumPy int will do
         raise ValueError(f"ncols: expected a positive int or None, got {ncols!r}")
-    ncols = ncols or min(num_pages, 16 if num_pages > 64 else 8)
+    ncols = int(ncols) if ncols else min(num_pages, 16 if num_pages > 64 else 8)
     return math.ceil(num_pages / ncols), ncols
 
 
@@ -258,6 +259,7 @@ def plot_states(states, indices=None, *, ncols: int | None = None, per_row: int 
 
     Sequences keep one colour across the panels. Returns the Figure.
     """
+    per_row = check_int(per_row, "per_row", minimum=1)   # 0 divided by zero, 2.5 in matplotlib
     states = [as_state(state, f"states[{i}]") for i, state in
               enumerate(_listed(states, "states", "states (for one, call plot_page_map)"))]
     if not states:

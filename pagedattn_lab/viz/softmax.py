@@ -15,6 +15,8 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
+from ..quant import real_values
+
 
 def online_softmax_trace(scores, values=None) -> dict:
     """Run the recurrence above over `scores` (1-D) and `values` ([n] or [n, d]; default: 1s).
@@ -23,12 +25,13 @@ def online_softmax_trace(scores, values=None) -> dict:
     exp(m_{j-1} - m_j) applied at step j), "output" (o_j / l_j, the answer if the sequence
     ended at j), and "exact" (softmax(scores) @ values, computed the ordinary way).
     """
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = real_values(scores, "scores", np.float64)   # not strings, complex, bool
     if scores.ndim != 1 or scores.size == 0:
         raise ValueError(f"scores: expected a non-empty 1-D array, got shape {scores.shape}")
-    values = np.ones_like(scores) if values is None else np.asarray(values, dtype=np.float64)
-    if values.shape[0] != scores.size:
-        raise ValueError(f"values: expected {scores.size} rows (one per score), got {values.shape[0]}")
+    values = np.ones_like(scores) if values is None else real_values(values, "values", np.float64)
+    if values.ndim not in (1, 2) or values.shape[0] != scores.size:
+        raise ValueError(f"values: expected [{scores.size}] or [{scores.size}, d] (one row per "
+                         f"score), got shape {values.shape}")
     # NaN or inf would flow through every running number (a leading -inf makes
     # exp(-inf - -inf) = NaN) and draw an empty plot, not an error
     bad = np.flatnonzero(~np.isfinite(scores))
@@ -60,8 +63,8 @@ def plot_online_softmax(scores, values=None, *, title: str | None = None):
     """Three panels over the key index: scores with the running max, the running sum (with
     rescaling steps marked), and the running output converging to the exact answer.
     `values` should be 1-D here (one number per key). Returns the Figure."""
+    tr = online_softmax_trace(scores, values)   # first: it refuses what is no scores
     scores = np.asarray(scores, dtype=np.float64)
-    tr = online_softmax_trace(scores, values)
     j = np.arange(scores.size)
     fig, axes = plt.subplots(3, 1, figsize=(8, 6), sharex=True)
     ax = axes[0]

@@ -14,6 +14,7 @@ import numpy as np
 
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
+from ..validate import check_int
 
 
 @dataclass(frozen=True)
@@ -175,8 +176,13 @@ def _check_event(index: int, event, live, known) -> None:
 
 def demo_events(seed: int = 0, num_sequences: int = 5, steps: int = 24, page_size: int = 4,
                 max_prompt: int = 10):
-    """A small, seeded serving story: sequences arrive, grow token by token, fork and finish."""
-    rng = np.random.default_rng(seed)
+    """A small, seeded serving story: sequences arrive, grow token by token, fork and finish.
+    Sequences are named "A", "B", ... (so at most 26); a prompt has 2..max_prompt tokens."""
+    rng = np.random.default_rng(check_int(seed, "seed", minimum=0))
+    num_sequences = check_int(num_sequences, "num_sequences", minimum=1, maximum=26)
+    steps = check_int(steps, "steps", minimum=0)
+    page_size = check_int(page_size, "page_size", minimum=1)
+    max_prompt = check_int(max_prompt, "max_prompt", minimum=2)
     names = [chr(ord("A") + i) for i in range(num_sequences)]
     events, live, waiting = [], [], list(names)
     for step in range(steps):

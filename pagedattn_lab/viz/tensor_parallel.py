@@ -11,7 +11,10 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 from matplotlib.patches import Rectangle
 
-from ..distributed.shard import head_range
+from ..distributed.shard import StepBytes, check_split, head_range
+from ..validate import check_int_list
+from ..validate_kinds import is_finite_number
+from .limits import check_cells
 
 _GREY = (0.88, 0.88, 0.88)
 
@@ -22,7 +25,16 @@ def _box(ax, x, y, w, h, color, text, text_color="black"):
 
 
 def plot_head_split(num_heads: int, num_kv_heads: int, world_size: int, pages):
-    """One panel per rank: its heads and its cache over the shared block-table row `pages`."""
+    """One panel per rank: its heads and its cache over the shared block-table row `pages`
+    (a list of page ids)."""
+    check_split(num_heads, num_kv_heads, world_size)
+    pages = check_int_list(pages, "pages", "page id")
+    negative = next((i for i, page in enumerate(pages) if page < 0), None)
+    if negative is not None:   # -1 pads a block-table row past the sequence's last page
+        raise ValueError(f"pages[{negative}]: expected a page id >= 0, got {pages[negative]} "
+                         f"(padding? pass only the pages the sequence holds)")
+    boxes = num_heads + num_kv_heads + len(pages) * (1 + num_kv_heads // world_size)
+    check_cells(world_size * boxes, "num_heads, num_kv_heads, world_size, pages", "boxes")
     group = num_heads // num_kv_heads
     colors = [plt.get_cmap("tab10")(r) for r in range(world_size)]
     width = max(num_heads, 1) + 2 + len(pages) + 1
@@ -64,6 +76,7 @@ def plot_step_bytes(rows):
     log-scale bar chart of the bytes of one step (for a whole model: pass totals over its
     layers). A row with one GPU (its share is the whole output) sends nothing: it gets no wire
     bars, and says so, rather than bars for bytes that never leave the GPU."""
+    _check_rows(rows)
     fig, ax = plt.subplots(figsize=(8, 3.2))   # (the size the stored lesson output names)
     kinds = [("tables", "block tables (broadcast)"), ("output", "outputs (all-gathered)"),
              ("kv_read", "K/V read locally, per GPU")]
@@ -84,3 +97,24 @@ def plot_step_bytes(rows):
     ax.set_title("What crosses the wire vs what stays on each GPU")
     fig.tight_layout()
     return fig
+
+
+def _check_rows(rows) -> None:
+    """Refuse, by name and index, what the log-scale chart cannot draw: no rows (matplotlib
+    failed on the empty axis), a row not (label, bytes), bytes not numbers >= 0, or no K/V
+    read (every row has that bar, and the log axis has no place for 0)."""
+    if not isinstance(rows, (list, tuple)):
+        raise TypeError(f"rows: expected a list of (label, StepBytes) pairs, got {rows!r}")
+    if not rows:
+        raise ValueError("rows: expected at least one (label, StepBytes) pair, got none")
+    for i, row in enumerate(rows):
+        if not isinstance(row, tuple) or len(row) != 2:
+            raise TypeError(f"rows[{i}]: expected a (label, StepBytes) pair, got {row!r}")
+        for field in StepBytes._fields:
+            value, least = getattr(row[1], field, None), 1 if field == "kv_read" else 0
+            if not is_finite_number(value):
+                raise TypeError(f"rows[{i}][1].{field}: expected a number of bytes, got "
+                                f"{value!r}")
+            if value < least:
+                raise ValueError(f"rows[{i}][1].{field}: expected a number of bytes >= {least} "
+                                 f"(drawn on a log scale), got {value!r}")

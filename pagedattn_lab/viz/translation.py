@@ -1,11 +1,18 @@
 """Address translation drawn: token position -> virtual page -> physical page -> slot -> element."""
 from __future__ import annotations
 
+from collections.abc import Hashable
+from numbers import Number
+
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.patches import Rectangle
 
-from ..addressing import Translation, translate
+from ..addressing import (Translation, element_offset, page_offset, translate,
+                          virtual_page)
 from ..cache import PagedKVCache
+from ..validate import check_int
+from ..validate_kinds import is_int
 from .page_table import color_map, draw_physical, grid_shape
 from .state import as_state
 
@@ -25,8 +32,10 @@ def translation_of(obj, seq, token: int, *, kv_head: int = 0, dim: int = 0,
     """`pagedattn_lab.translate` for sequence `seq` of a cache (or state)."""
     state = as_state(obj)
     num_kv_heads, head_dim = _head_shape(obj, num_kv_heads, head_dim)
+    _check_label(seq)
     if seq not in state.tables:
         raise KeyError(f"seq: no live sequence {seq!r} (live: {list(state.tables)})")
+    token = check_int(token, "token")
     if not 0 <= token < state.lengths[seq]:
         raise ValueError(f"token: sequence {seq!r} holds tokens 0..{state.lengths[seq] - 1}, "
                          f"got {token}")
@@ -34,9 +43,34 @@ def translation_of(obj, seq, token: int, *, kv_head: int = 0, dim: int = 0,
                      kv_head=kv_head, dim=dim)
 
 
+def _check_label(seq) -> None:
+    """Refuse a `seq` that is no sequence label before looking it up: True, 1.0 and 1 + 0j
+    equal 1 and hash alike (they found sequence 1, or a KeyError naming no type), and a list
+    cannot be looked up at all."""
+    number = isinstance(seq, (Number, np.bool_))
+    if (number and not is_int(seq)) or not isinstance(seq, Hashable):
+        raise TypeError(f"seq: expected a sequence id (an int; a replayed state's label), got "
+                        f"{seq!r} ({type(seq).__name__})")
+
+
 def describe_translation(t: Translation, page_size: int, num_kv_heads: int, head_dim: int,
                          kv_head: int = 0, dim: int = 0) -> str:
-    """The four steps of one translation as text, with the numbers filled in."""
+    """The four steps of one translation as text, with the numbers filled in. The sizes and
+    head must be those `t` was translated with: other ones (page_size -4) wrote arithmetic
+    that does not add up ("0 // -4 = 0"), so they are refused by name."""
+    if not isinstance(t, Translation):
+        raise TypeError(f"t: expected a Translation (translation_of's answer), got "
+                        f"{type(t).__name__}")
+    # t again from these sizes, by the steps of addressing (each checks its arguments by
+    # name): the same exactly when they are the sizes t was translated with
+    offset = page_offset(t.token, page_size)
+    slot = t.physical_page * page_size + offset
+    again = Translation(t.token, virtual_page(t.token, page_size), offset, t.physical_page,
+                        slot, element_offset(slot, kv_head, dim, num_kv_heads, head_dim))
+    if again != t:
+        raise ValueError(f"page_size, num_kv_heads, head_dim, kv_head, dim: {page_size}, "
+                         f"{num_kv_heads}, {head_dim}, {kv_head}, {dim} are not the sizes t was "
+                         f"translated with (they give {again}, t is {t})")
     return (f"token {t.token}: virtual page = {t.token} // {page_size} = {t.virtual_page}, "
             f"offset = {t.token} % {page_size} = {t.offset}\n"
             f"physical page = block_table[{t.virtual_page}] = {t.physical_page}\n"

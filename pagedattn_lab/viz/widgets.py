@@ -20,6 +20,7 @@ import io
 import ipywidgets as widgets
 import matplotlib.pyplot as plt
 
+from ..validate import check_int
 from .page_table import plot_page_map
 from .state import as_state, replay
 from .translation import describe_translation, plot_translation, translation_of
@@ -134,6 +135,7 @@ class AllocationStepper(_Displayable):
         self.events = list(events)
         self.states = replay(self.events, num_pages, page_size)
         self.arrows, self.ncols = arrows, ncols
+        start = check_int(start, "start")   # 2.5 passed the range check, then ipywidgets failed
         if not 0 <= start <= len(self.events):
             raise ValueError(f"start: expected an event number in 0..{len(self.events)}, got {start}")
         self.slider = widgets.IntSlider(value=start, min=0, max=len(self.events),
