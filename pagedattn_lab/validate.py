@@ -105,8 +105,9 @@ def check_bool(value, name: str) -> bool:
     return bool(value)
 
 
-def check_int_list(values, name: str, what: str = "id") -> list[int]:
-    """A list, tuple, range or 1-D integer array of ints, as Python ints.
+def check_int_list(values, name: str, what: str = "id", minimum: int | None = None) -> list[int]:
+    """A list, tuple, range or 1-D integer array of ints, as Python ints (each >= `minimum`,
+    when given).
 
     A bare int, a string, None or a 0-d array is refused by name (iterating them fails naming
     no argument, or walks a string's characters); so are a set (token ids in hash order: a
@@ -126,6 +127,8 @@ def check_int_list(values, name: str, what: str = "id") -> list[int]:
         if not is_int(value):
             raise TypeError(f"{name}[{i}]: expected an integer {what}, got {value!r} "
                             f"({type(value).__name__})")
+        if minimum is not None and value < minimum:
+            raise ValueError(f"{name}[{i}]: expected a {what} >= {minimum}, got {value}")
         ids.append(int(value))
     return ids
 

@@ -62,8 +62,10 @@ def no_new_figures():
     ([5, 3], dict(head_dim=-16), ValueError, r"^head_dim: expected an int >= 1, got -16"),
     ([5, 3], dict(itemsize=0), ValueError, r"^itemsize: expected an int >= 1, got 0"),
     ([5, 3], dict(itemsize=2.5), TypeError, r"^itemsize: expected an int, got 2\.5"),
-    ([5, 3], dict(max_batch=1), ValueError, r"^max_batch: expected an int >= 2, got 1"),
-    ([50, 3], dict(max_pages=1), ValueError, r"^max_pages: expected an int >= 13, got 1"),
+    ([5, 3], dict(max_batch=1), ValueError,
+     r"^max_batch: the buffer must hold the batch.s sequences, 2; got 1"),
+    ([50, 3], dict(max_pages=1), ValueError,
+     r"^max_pages: the buffer must hold the longest sequence.s pages, 13; got 1"),
 ])
 def test_step_bytes_refuses_what_it_would_miscount(lens, kwargs, error, match):
     with pytest.raises(error, match=match):

@@ -31,7 +31,7 @@ from pagedattn_lab.grading.report import Mismatch
 from tests.check_helpers import run_check, solution_source
 from tests.test_check_mistakes_system import serve_factory
 
-NO_GPU = "graded on the CPU executor: this machine has no GPU"
+NO_GPU = "graded on the CPU executor: no usable GPU (gpu_status() says why)"
 
 
 @pytest.fixture

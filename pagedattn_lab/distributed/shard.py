@@ -161,27 +161,31 @@ class StepBytes(NamedTuple):
     kv_read: int       # K and V one rank reads from its own memory: never on the wire
 
 
+def _holding(size, name: str, needed: int, what: str) -> int:
+    """A buffer size of at least `needed`: the buffer must hold this step's table."""
+    size = check_int(size, name, minimum=0)
+    if size < needed:
+        raise ValueError(f"{name}: the buffer must hold {what}, {needed}; got {size}")
+    return size
+
+
 def step_bytes(seq_lens, num_heads: int, num_kv_heads: int, head_dim: int, page_size: int,
                world_size: int, itemsize: int = 2, max_batch: int | None = None,
                max_pages: int | None = None) -> StepBytes:
     """What one decode step moves, for a batch of sequences of lengths `seq_lens`."""
     check_split(num_heads, num_kv_heads, world_size)
     # ints only: a cast would cut 16.9 to 16 and read "5" as 5, giving byte counts silently
-    lens = np.asarray(check_int_list(seq_lens, "seq_lens", "length"), dtype=np.int64)
-    short = np.flatnonzero(lens < 0)
-    if short.size:
-        i = int(short[0])
-        raise ValueError(f"seq_lens[{i}]: expected a length >= 0, got {int(lens[i])}")
+    lens = np.asarray(check_int_list(seq_lens, "seq_lens", "length", minimum=0), dtype=np.int64)
     head_dim = check_int(head_dim, "head_dim", minimum=1)
     page_size = check_int(page_size, "page_size", minimum=1)
     itemsize = check_int(itemsize, "itemsize", minimum=1)
     batch = lens.size
     # the buffer must hold this batch: smaller sizes would count a table that cannot be sent
     needed = int(-(-lens.max() // page_size)) if batch else 0
-    max_batch = batch if max_batch is None else check_int(max_batch, "max_batch",
-                                                          minimum=batch)
-    max_pages = needed if max_pages is None else check_int(max_pages, "max_pages",
-                                                           minimum=needed)
+    max_batch = batch if max_batch is None else _holding(max_batch, "max_batch", batch,
+                                                         "the batch's sequences")
+    max_pages = needed if max_pages is None else _holding(max_pages, "max_pages", needed,
+                                                          "the longest sequence's pages")
     out = batch * num_heads * head_dim * itemsize
     kv = int(lens.sum()) * 2 * (num_kv_heads // world_size) * head_dim * itemsize
     return StepBytes(4 * table_capacity(max_batch, max_pages), out // world_size, out, kv)

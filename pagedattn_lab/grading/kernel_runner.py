@@ -74,7 +74,8 @@ def kernels_elsewhere(factory):
         _elsewhere.factory = previous
 
 
-NO_GPU_NOTE = "graded on the CPU executor: this machine has no GPU"
+# (no GPU, no driver, or CuPy missing or broken: gpu_status() says which, at length)
+NO_GPU_NOTE = "graded on the CPU executor: no usable GPU (gpu_status() says why)"
 
 
 def kernel_device(device: str) -> str:

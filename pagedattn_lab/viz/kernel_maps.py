@@ -18,13 +18,9 @@ def plot_query_mapping(seq_lens, threads_per_block: int, *, max_len: int | None 
     threads write zeros and stop. Threads past max_len (the grid rounds up) are dark.
     Returns the Figure; cells carry gids "q:<b>:<t>:<block>|pad|idle"."""
     # ints only: int(3.5) drew a sequence of 3 positions as if it were one of 3.5
-    seq_lens = check_int_list(seq_lens, "seq_lens", "length")
+    seq_lens = check_int_list(seq_lens, "seq_lens", "length", minimum=0)
     if not seq_lens:
         raise ValueError("seq_lens: expected at least one sequence, got none")
-    short = [i for i, n in enumerate(seq_lens) if n < 0]
-    if short:
-        raise ValueError(f"seq_lens[{short[0]}]: expected a length >= 0, got "
-                         f"{seq_lens[short[0]]}")
     threads_per_block = check_threads(threads_per_block)
     longest = max(seq_lens)
     max_len = max(longest, 1) if max_len is None else check_int(max_len, "max_len",
