@@ -29,7 +29,8 @@ TC_MISTAKES = [
      [(_FILL, ""), (_LOOP, _LOOP + "    " + _FILL)], "zeroed inside the loop",
      ("stops 16 short",)),
     # before: the catch-all; on the CPU executor a fragment never filled holds the previous
-    # block's accumulator, so each tile's scores are the running sum of the tiles so far
+    # block's accumulator (each tile's scores the running sum of the tiles so far), or, where
+    # the compiler fills variables never set (GCC 12+), -1.7e38 everywhere
     ("accumulator never zeroed", [(_FILL, "")], "a fragment starts with whatever its registers "
      "held", ("zeroed inside the loop",)),
 ]

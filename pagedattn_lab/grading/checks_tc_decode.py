@@ -17,7 +17,7 @@ from .checks_kernels import _Compiled
 from .checks_tc_rows import TILE
 from .compare import describe_difference, diagnose, fmt, ranges
 from .faults import RACE_ADVICE, describe_kernel_exception, kernel_message
-from .kernel_hints import shift_hint
+from .kernel_hints import UNSET_FLOAT, shift_hint
 from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
 from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
                      several_fit)
@@ -104,7 +104,13 @@ def _tile_variants(prob):
          "starts with whatever its registers held, here the previous block's scores, so each "
          "tile's scores carry the sum of the tiles before it.",
          lambda: np.cumsum(prob.expected().reshape(-1, TILE, TILE), axis=0).reshape(
-             num_kv_heads, prob.n_tiles, TILE, TILE))]
+             num_kv_heads, prob.n_tiles, TILE, TILE)),
+        # (where the executor's compiler fills a variable never set with a pattern: no score
+        # moves a sum that starts at -1.7e38)
+        ("zero the accumulator before the k0 loop (wmma::fill_fragment(s, 0.0f)): a fragment "
+         "starts with whatever its registers held, here -1.7e38, the CPU executor's fill for "
+         "a variable never set, which every score comes out as.",
+         lambda: np.full_like(prob.expected(), UNSET_FLOAT))]
     variants.append(("the scores are Q times Q^T: B must be the K tile (load matrix_b from "
                      "k_tile + k0, not from q_tile).",
                      lambda: prob.expected(k_tile=lambda j, t: rows(np.arange(group) +

@@ -13,6 +13,11 @@ import numpy as np
 
 from .report import Mismatch, NotAttempted
 
+# What a float variable holds before its first write on the CPU executor built by GCC 12 or
+# later (-ftrivial-auto-var-init=pattern fills 0xfe bytes, cpu/compiler.py): -1.7e38. A sum
+# that starts there stays there, as a float32 cannot hold it plus a score.
+UNSET_FLOAT = float(np.uint32(0xFEFEFEFE).view(np.float32))
+
 NOTHING_WRITTEN = ("the kernel wrote nothing to its output (it still holds the NaN the check "
                    "filled it with): write the kernel body where the // TODO is")
 
