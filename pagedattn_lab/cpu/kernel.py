@@ -109,7 +109,8 @@ class RawKernel:
     Extra keywords: `filename` (used in compiler messages; default "<first kernel>.cu"), `timeout`
     (seconds, default $PAGEDATTN_LAB_CPU_TIMEOUT or 30), `trusted` (default False; True for the
     package's own kernels: without `timeout` or $PAGEDATTN_LAB_CPU_TIMEOUT their limit is an
-    hour, and a timeout blames the problem's size, not a loop), `checked` (default True: run in
+    hour, and a timeout blames the problem's size, not a loop; their build leaves out the
+    check of indices past an array, compiler.kernel_flags), `checked` (default True: run in
     worker processes, catch out-of-bounds accesses and crashes; False: in-process, faster,
     a crash kills the process), `workers` (processes for a checked launch), `stack_kb` (per
     CUDA thread, default $PAGEDATTN_LAB_CPU_STACK_KB or 256), `racecheck` (default
@@ -166,7 +167,8 @@ class RawKernel:
             if self.name not in names:
                 names.append(self.name)
             result = compile_source(self.code, names, self.options, filename=self.filename,
-                                    kernel=self.name, instrumented=instrumented)
+                                    kernel=self.name, instrumented=instrumented,
+                                    bounds=not self.trusted)
             self.compile_seconds, self.cached = result.seconds, result.cached
             lib = _load(result.path)
             entry = _entry_point(lib, self.name, self.filename)

@@ -33,6 +33,8 @@ __all__ = ["library_calls", "refuse_library_calls"]
 _ALLOWED_LIBRARIES = re.compile(r"^(libm|libmvec|libgcc_s|ld-linux[\w.-]*|ld64)\.so")
 _ALLOWED_NAMES = re.compile(
     r"^(__pal_\w+|__tsan_\w+|threadIdx|blockIdx|blockDim|gridDim"
+    # the handlers of the index and shift checks (ubsan.cpp)
+    r"|__ubsan_handle_(shift_)?out_of_bounds(_abort)?"
     # the stack protector; device new, malloc and free (memcpy, memmove and memset are the
     # hooks' by now: kernel_object.count_library_copies)
     r"|__stack_chk_fail|__stack_chk_guard|malloc|free|_Zn[wa]\w+"

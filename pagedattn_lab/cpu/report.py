@@ -126,10 +126,9 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
     if r.signo == _signal.SIGFPE:
         return KernelFault(f"kernel {k!r}: arithmetic exception (integer division by zero or "
                            f"overflow){who}.", region="unknown", **common)
-    why = (" (illegal instruction: a shift by a negative amount or by at least the value's "
-           "width in bits, such as 1u << 32, which is undefined: the GPU clamps the amount "
-           "(1u << 32 gives 0), the CPU wraps it (1u << 0 gives 1), so the executor stops "
-           "here; or code the compiler saw as unreachable)" if r.signo == _signal.SIGILL else "")
+    why = (" (illegal instruction: code the compiler saw as unreachable, such as the end of a "
+           "function that returns a value without a return statement)"
+           if r.signo == _signal.SIGILL else "")
     return KernelFault(f"kernel {k!r}: the thread crashed with {_signame(r.signo)}{why}{who}.",
                        region="unknown", **common)
 
@@ -271,6 +270,9 @@ def result_error(r, info: LaunchInfo) -> KernelError:
         return warp_error(r, info)
     if s == abi.SYSCALL:
         return syscall_error(r, info)
+    if s in (abi.BOUNDS, abi.SHIFT):
+        from .report_checks import bounds_error, shift_error  # noqa: PLC0415 - rare
+        return (bounds_error if s == abi.BOUNDS else shift_error)(r, info)
     if s == abi.RACE:
         from .race import race_error  # noqa: PLC0415 - only for the rare failed race check
         return race_error(r, info)

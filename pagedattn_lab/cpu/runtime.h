@@ -32,6 +32,10 @@ enum {
     PAL_STOPPED = 7,    // stopped by the parent at the time limit (records who was running)
     PAL_RACE = 8,       // racecheck: two threads touched one shared-memory byte unordered
     PAL_SYSCALL = 9,    // the kernel made a forbidden system call (fork, exit, kill...); msg
+    // ubsan.cpp: line and column (op) of the access, offset the index or shift amount (int64),
+    // msg the array's or shifted value's type name, a tab, the file of the line
+    PAL_BOUNDS = 10,    // an index past an array of known size (local, static __shared__)
+    PAL_SHIFT = 11,     // a shift by a negative amount or by at least the value's width
 };
 
 // Where a faulting address lies, when the worker can tell (pal_result.region).

@@ -229,8 +229,9 @@ def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool, probing: b
     grid, args, shared = _prefill_launch(prob, threads, tiled)
     try:
         (got,) = comp.get().launch(grid, (threads,), args, shared_mem=shared, outputs=(5,))
-    except Exception as exc:  # a thread's array too short for this head_dim overflows its stack
-        short = (getattr(exc, "region", None) == "stack"   # the CPU executor's KernelFault
+    except Exception as exc:  # a thread's array too short for this head_dim: the executor
+        # stops at the index past it, or (through a pointer) at the stack's end
+        short = (getattr(exc, "region", None) in ("stack", "local or shared array")
                  and array_size_hint(comp.source, s["head_dim"]))
         if short:
             raise Mismatch(f"{exc}", short) from exc

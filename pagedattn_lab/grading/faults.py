@@ -72,6 +72,17 @@ def buffer_hint(buffer: str, index) -> str:
     return "check how that buffer's index is computed from the thread and block ids."
 
 
+def _array_hint(exc) -> str:
+    """The hint for an index past a local or static __shared__ array: its valid range."""
+    index, size = _get(exc, "index"), _get(exc, "size")
+    where = f"{_get(exc, 'array') or 'the index'} at line {_get(exc, 'line')}"
+    if size is None:
+        return f"check {where}: the index is past the array."
+    side = "below 0" if int(index) < 0 else f"past the last element ({int(size) - 1})"
+    return (f"the array has {int(size)} elements, so its indices run 0..{int(size) - 1}; "
+            f"{where} gives {int(index)}, {side}: check the loop bound or the index expression.")
+
+
 def _race_hint(exc, advice: str) -> str:
     """The course's hint for a shared-memory race, from its kind, variable and lines."""
     kind = getattr(exc, "kind", "")
@@ -135,6 +146,13 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
         thread = _get(exc, "thread", "thread_idx", "threadIdx")
         block = _get(exc, "block", "block_idx", "blockIdx")
         access = _get(exc, "access", "op", "kind", default="access")
+        if _get(exc, "region") == "local or shared array":
+            return f"out-of-bounds index: {text.split(': ', 1)[-1]}", _array_hint(exc)
+        if _get(exc, "shift") is not None:
+            return (f"an undefined shift: {text.split(': ', 1)[-1]}",
+                    "a shift amount must be 0 to the value's width in bits minus 1 (0..31 for "
+                    "an int): compute the mask another way where it can be 32, e.g. "
+                    "`n >= 32 ? ~0u : (1u << n) - 1`.")
         if buffer is not None and thread is not None:
             message = (f"out-of-bounds {access} of {buffer}[{index}] (it has {size} elements) by "
                        f"thread {_xyz(thread)} of block {_xyz(block)}.")

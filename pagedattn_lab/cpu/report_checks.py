@@ -1,0 +1,94 @@
+"""Word the failures of the compiler's checks on kernel code (ubsan.cpp): an index past an
+array whose size the compiler knows (a local array, a static `__shared__` array), and a shift
+by a negative amount or by at least the value's width. The worker gives the line and column,
+the value, and the array's (or shifted value's) type; the array's name is read off the
+source at that column (GCC points it at the subscript's closing bracket; where a compiler
+points elsewhere, the message leaves the name out)."""
+from __future__ import annotations
+
+import re
+
+from .errors import KernelFault
+from .report import LaunchInfo
+
+_SIZE = re.compile(r"\[(\d+)\]$")
+_SHARED_DECL = r"\b__shared__\b[^;{{}}()]*\b{name}\s*\["
+
+
+def _checked(r) -> tuple[str, str, int]:
+    """(type name, file of the line, value) of a failed check's result record."""
+    type_name, _, file = r.msg.decode(errors="replace").partition("\t")
+    value = r.offset - (1 << 64) if r.offset >= 1 << 63 else r.offset
+    return type_name.strip("'"), file, value
+
+
+def _subscript(info: LaunchInfo, file: str, line: int, column: int) -> str | None:
+    """The indexing expression ending at `column` of `line` (`acc[i + 1]`, `s[0][j]`), when
+    the line is the kernel source's and a closing bracket is there."""
+    if not info.source or file != info.source[1]:
+        return None
+    lines = info.source[2].splitlines()
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    end = column - 1
+    if not (0 <= end < len(text) and text[end] == "]"):
+        return None
+    i = end
+    while 0 <= i and text[i] == "]":   # back over the subscripts: `[j]`, then `[0]`, ...
+        depth = 0
+        while i >= 0:
+            depth += {"]": 1, "[": -1}.get(text[i], 0)
+            i -= 1
+            if depth == 0:
+                break
+        while i >= 0 and text[i].isspace():
+            i -= 1
+    m = re.search(r"[A-Za-z_][\w.]*(?:->[\w.]+)*\s*$", text[:i + 1])
+    return text[m.start():end + 1].strip() if m else None
+
+
+def _where(info: LaunchInfo, file: str, line: int) -> str:
+    own = not file or (info.source and file == info.source[1])
+    return f"line {line}" if own else f"{file}:{line}"   # a header's line names its file
+
+
+def _array_kind(info: LaunchInfo, expr: str | None) -> str:
+    name = re.match(r"[A-Za-z_]\w*", expr or "")
+    if name and info.source and re.search(_SHARED_DECL.format(name=re.escape(name.group())),
+                                          info.source[2]):
+        return "__shared__ array"
+    return "array"
+
+
+def bounds_error(r, info: LaunchInfo) -> KernelFault:
+    type_name, file, index = _checked(r)
+    m = _SIZE.search(type_name)
+    size = int(m.group(1)) if m else None
+    expr = _subscript(info, file, r.line, r.op)
+    what = f"{_array_kind(info, expr)} `{expr}`" if expr else "an array"
+    at = _where(info, file, r.line)
+    valid = f"valid 0..{size - 1}" if size else "it has no elements"
+    # `s[0][40]` of a float s[4][32]: the check sees the row, the GPU reads the next one
+    row = expr is not None and re.search(r"\]\s*\[", expr) is not None
+    gpu = ("on a GPU it reaches into another row, or past the array; index a flat array "
+           "(`a[row * width + col]`) to cross rows on purpose" if row else
+           "on a GPU it overwrites or reads another variable, or faults")
+    return KernelFault(
+        f"kernel {info.kernel!r}: out-of-bounds index {index} of {what} at {at} "
+        f"({type_name}: {valid}){info.where(r)}. The CPU executor stops here; {gpu}.",
+        region="local or shared array",
+        kernel=info.kernel, block=tuple(r.block), thread=tuple(r.thread), address=None,
+        signal=None, access=None, buffer=None, arg_index=None, index=index, size=size,
+        array=expr, array_type=type_name, line=r.line)
+
+
+def shift_error(r, info: LaunchInfo) -> KernelFault:
+    type_name, file, amount = _checked(r)
+    return KernelFault(
+        f"kernel {info.kernel!r}: a shift by {amount} of a {type_name} at "
+        f"{_where(info, file, r.line)}"
+        f"{info.where(r)}: a shift by a negative amount or by at least the value's width in "
+        f"bits, such as 1u << 32, is undefined: the GPU clamps the amount (1u << 32 gives 0), "
+        f"the CPU wraps it (1u << 0 gives 1), so the executor stops here.", region="unknown",
+        kernel=info.kernel, block=tuple(r.block), thread=tuple(r.thread), address=None,
+        signal=None, access=None, buffer=None, arg_index=None, index=None, size=None,
+        shift=amount, line=r.line)
