@@ -30,6 +30,7 @@ from .compile_errors import (compile_error, inline_asm_error, mangled_kernel_err
                              shared_initializer_error, template_kernel_error)
 from .errors import CompilerNotFoundError, KernelCompileError
 from .includes import dependency_flags, refuse_outside_includes
+from .kernel_checks import kernel_flags
 from .kernel_object import count_library_copies, inline_assembly, refuse_load_time_code
 from .library_calls import refuse_library_calls
 from .pch import shim_pch_flags
@@ -68,30 +69,6 @@ INSTRUMENT_FLAGS = ["-fsanitize=thread", "-DPAL_INSTRUMENTED=1", "-U_FORTIFY_SOU
 BASE_FLAGS = ["-fPIC", "-fno-strict-aliasing", "-fno-threadsafe-statics",
               "-fno-exceptions", "-fno-math-errno", "-fvisibility=hidden", "-w",
               "-fdiagnostics-color=never"]
-# Checks on a kernel's code, each of which stops the thread in ubsan.cpp's handlers (no
-# sanitizer library is linked), reported by report.py with the thread, the line and the values.
-# Not in the runtime's build: its own code is its business, not the learner's.
-# - A shift by a negative amount or by at least its operand's width in bits (`1u << 32`): the
-#   GPU's shift instructions clamp the amount (1u << 32 is 0 there), the CPU's wrap it
-#   (1u << 0), so a mask `(1u << n) - 1` would silently differ. Undefined in CUDA C++ too.
-# - An index past an array whose size the compiler sees (`float acc[8]; acc[8] = x;`, a static
-#   `__shared__ float s[32]`): on the CPU it overwrote the thread's other locals or the next
-#   array unnoticed. Clang's `bounds` also traps on pointer accesses it can bound (`local-bounds`,
-#   a bare trap that says nothing), hence `array-bounds` there.
-#   Not on the package's own kernels (`bounds=False`: trusted, run on the GPU under
-#   compute-sanitizer): it cost their CPU runs up to 30% (the tiled prefill), in every lesson.
-# Not the trap mode (-fsanitize-undefined-trap-on-error): GCC 12 traps every check alike.
-def kernel_flags(is_clang: bool, bounds: bool = True) -> list[str]:
-    checks = "shift-exponent" + (f",{'array-bounds' if is_clang else 'bounds'}" if bounds
-                                 else "")
-    return [f"-fsanitize={checks}", f"-fno-sanitize-recover={checks}"]
-
-
-# every form of either compiler's (the grader's sandbox allows these)
-KERNEL_FLAGS = tuple(sorted({flag for is_clang in (False, True) for bounds in (False, True)
-                             for flag in kernel_flags(is_clang, bounds)}))
-
-
 # A plain kernel build is compiled at -O1: lessons and tests build hundreds of kernels and run
 # each on small inputs, and -O1 takes ~25% less of the compile (most of a build's time) where
 # the runs measured no slower (tests/test_decode_tc_quant.py, 2026-12-05). Instrumented builds
@@ -347,8 +324,8 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     std = ["-std=c++17"] if not std or std[-1] in old_std else std[-1:]
     tu = translation_unit(source, kernel_names, filename, str(HERE / "shim.h"))
     opt = INSTRUMENTED_OPT if instrumented else PLAIN_OPT
-    base = (*std, opt, *BASE_FLAGS, *kernel_flags(is_clang, bounds), *_supported_flags(cmd, ident), "-I",
-            str(INCLUDE_DIR))
+    base = (*std, opt, *BASE_FLAGS, *kernel_flags(is_clang, bounds),
+            *_supported_flags(cmd, ident), "-I", str(INCLUDE_DIR))
     instrument = tuple(INSTRUMENT_FLAGS) if instrumented else ()
     all_flags = [*base, *flags, *instrument]
     shim_flags = (*base, *instrument)   # the compile's flags but the kernel's own

@@ -110,7 +110,7 @@ class RawKernel:
     (seconds, default $PAGEDATTN_LAB_CPU_TIMEOUT or 30), `trusted` (default False; True for the
     package's own kernels: without `timeout` or $PAGEDATTN_LAB_CPU_TIMEOUT their limit is an
     hour, and a timeout blames the problem's size, not a loop; their build leaves out the
-    check of indices past an array, compiler.kernel_flags), `checked` (default True: run in
+    check of indices past an array, kernel_checks.py), `checked` (default True: run in
     worker processes, catch out-of-bounds accesses and crashes; False: in-process, faster,
     a crash kills the process), `workers` (processes for a checked launch), `stack_kb` (per
     CUDA thread, default $PAGEDATTN_LAB_CPU_STACK_KB or 256), `racecheck` (default

@@ -1,4 +1,4 @@
-// The handlers of the compiler's checks on kernel code (compiler.py's KERNEL_FLAGS, in the
+// The handlers of the compiler's checks on kernel code (kernel_checks.py's flags, in the
 // layout GCC and Clang share with their sanitizer library, which is not linked): an index
 // past an array whose size the compiler knows (a local `float acc[8]`, a static __shared__
 // `float s[32]`), and a shift by a negative amount or by at least the value's width. Each

@@ -24,8 +24,9 @@ from __future__ import annotations
 import os
 import sys
 
-from ..cpu.compiler import (BASE_FLAGS, INSTRUMENT_FLAGS, INSTRUMENTED_OPT, KERNEL_FLAGS,
-                            OPTIONAL_FLAGS, PLAIN_OPT, WRAP_FLAG)
+from ..cpu.compiler import (BASE_FLAGS, INSTRUMENT_FLAGS, INSTRUMENTED_OPT, OPTIONAL_FLAGS,
+                            PLAIN_OPT, WRAP_FLAG)
+from ..cpu.kernel_checks import KERNEL_FLAGS
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
 PATH_EVENTS = {  # event -> indices of the path arguments to check
