@@ -39,3 +39,13 @@ def _close_figures():
     pyplot = sys.modules.get("matplotlib.pyplot")   # (imported only where a test plots)
     if pyplot is not None:
         pyplot.close("all")
+
+
+@pytest.fixture
+def no_new_figures():
+    """For calls that must be refused before drawing: none may leave a figure open."""
+    import matplotlib.pyplot as plt  # noqa: PLC0415 - only the plotting tests need pyplot
+    before = set(plt.get_fignums())
+    yield
+    assert set(plt.get_fignums()) == before, "a refused call left a figure open"
+    plt.close("all")

@@ -47,13 +47,6 @@ from pagedattn_lab.viz import costs, decode_map  # noqa: E402
 from pagedattn_lab.viz.tensor_parallel import plot_head_split, plot_step_bytes  # noqa: E402
 
 
-@pytest.fixture
-def no_new_figures():
-    before = set(plt.get_fignums())
-    yield
-    assert set(plt.get_fignums()) == before, "a refused call left a figure open"
-    plt.close("all")
-
 
 # -- 1. quant.dequantize checks its scales as quantize does ---------------------------------
 

@@ -42,13 +42,6 @@ from pagedattn_lab.viz.prefill_masks import plot_packed_masks, plot_tile_work  #
 SB = dict(num_heads=8, num_kv_heads=2, head_dim=16, page_size=4, world_size=2)
 
 
-@pytest.fixture
-def no_new_figures():
-    before = set(plt.get_fignums())
-    yield
-    assert set(plt.get_fignums()) == before, "a refused call left a figure open"
-    plt.close("all")
-
 
 # -- distributed.step_bytes ----------------------------------------------------------------
 

@@ -10,12 +10,6 @@ from pagedattn_lab import PagedKVCache, viz
 from pagedattn_lab.viz.state import PageMapState, replay
 
 
-@pytest.fixture
-def no_new_figures():
-    before = set(plt.get_fignums())
-    yield
-    assert set(plt.get_fignums()) == before, "a refused call left a figure open"
-
 
 def test_a_huge_cache_is_refused_at_once(no_new_figures):
     started = time.monotonic()
