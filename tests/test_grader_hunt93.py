@@ -310,7 +310,7 @@ def test_dequant_gives_its_hint_for_an_undescribable_fault():
     from pagedattn_lab.grading import checks_dequant
     with pytest.raises(Mismatch) as caught:
         checks_dequant._launch_read(_Raising(KernelFault("k_scale", index=9)), (1,), (),
-                                    per_token=0, heads=2)
+                                    per_token=0, heads=2, kv_heads=1)
     assert caught.value.message == "bad access to k_scale" and "k_scale" in caught.value.hint
 
 

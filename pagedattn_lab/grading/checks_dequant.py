@@ -25,7 +25,7 @@ from .seeds import case_rng
 
 # -- task 3: dequantize on read, in CUDA C -------------------------------------------------
 
-def _launch_read(comp, grid, args, per_token: int, heads: int):
+def _launch_read(comp, grid, args, per_token: int, heads: int, kv_heads: int):
     """The output after the launch; a fault in a scale array gets a hint from the index read,
     one in q or out the decode layout's (faults.py's own hint for q is prefill's)."""
     try:
@@ -37,8 +37,29 @@ def _launch_read(comp, grid, args, per_token: int, heads: int):
             raise
         message = kernel_message(exc)
         hint = DECODE_BUFFER_HINTS[buffer] if buffer in ("q", "out") else \
+            _kv_head_fault_hint(exc, per_token, heads, kv_heads) or \
             _scale_fault_hint(buffer, exc.index, per_token, heads)
         raise Mismatch(message, hint) from exc
+
+
+def _kv_head_fault_hint(exc, per_token: int, heads: int, kv_heads: int) -> str | None:
+    """The hint when the scale read past the end is the one at KV head h / num_kv_heads of
+    the faulting block's query head h, past the cache's KV heads: index that head alone
+    (static scales), or slot * num_kv_heads + that head for a slot in the array (per token)."""
+    block, size = getattr(exc, "block", None), getattr(exc, "size", None)
+    if not block or exc.index is None:   # (a fault that names no thread or index)
+        return None
+    h = int(block[0])
+    wrong = h // kv_heads
+    row = exc.index - wrong   # slot * num_kv_heads per token, 0 static
+    fits = (size is not None and 0 <= row < size and row % kv_heads == 0) if per_token \
+        else row == 0
+    if wrong < kv_heads or not fits:
+        return None
+    return (f"query head {h} read KV head h / num_kv_heads = {wrong}, past the cache's last "
+            f"KV head, {kv_heads - 1} (element {exc.index} of {exc.buffer}): its KV head is "
+            f"kv_head = h / (num_heads / num_kv_heads) = {h // (heads // kv_heads)}, h / group "
+            "(a group is consecutive query heads).")
 
 
 def _scale_fault_hint(name: str, index: int, per_token: int, heads: int) -> str:
@@ -73,7 +94,7 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
         prob.q, codes[0], codes[1], scales[0], scales[1], prob.block_tables, prob.seq_lens,
         poisoned(prob.q.shape), np.int32(heads), np.int32(kv_heads), np.int32(dim),
         np.int32(page_size), np.int32(prob.block_tables.shape[1]), np.int32(per_token), scale),
-        per_token, heads)
+        per_token, heads, kv_heads)
 
     def ref(bug=None):
         return read_reference(prob, codes, scales, per_token, scale, bug)

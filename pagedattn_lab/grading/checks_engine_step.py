@@ -8,14 +8,14 @@ with the hint that names it; a final case compares many random batches, for the 
 switch names. A hint is given only when the learner's batch IS what the mistake produces,
 here and on the same inputs a little changed (more pages, no watermark, a budget one off),
 and shows its mark (a chunk over max_chunk, more tokens than the budget, a prompt that
-overtook...).
+overtook...); a known pair of mistakes made at once is named when no single one fits.
 """
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 from .compare import changed_input
-from .engine_step_rules import (MISTAKES, RULES, pages_for, reference_step,
+from .engine_step_rules import (COMBINED, MISTAKES, RULES, pages_for, reference_step,
                                 running_over_budget)
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_rng
@@ -38,6 +38,22 @@ def _probes(args):
             (running, waiting, budget, free, 0, page_size, max_chunk),
             (running, waiting, budget - 1, free, watermark, page_size, max_chunk),
             (running, waiting, budget + 1, free, watermark, page_size, max_chunk)]
+
+
+def _tight_probe(args):
+    """The case's inputs with free_pages one short of what the running requests' new pages,
+    the watermark and the first prompt's chunk need (it is refused): a prompt priced against
+    the original free_pages is admitted. Empty when the running requests need no new page or
+    the first prompt gets no tokens: then it tells nothing."""
+    running, waiting, budget, _, watermark, page_size, max_chunk = args
+    batch = dict(reference_step(running, waiting, budget, 10 ** 6, watermark, page_size,
+                                max_chunk))
+    need = sum(max(0, pages_for(r.num_computed + batch[r.rid], page_size) - r.num_pages)
+               for r in running if r.rid in batch)
+    if not need or not waiting or waiting[0].rid not in batch:
+        return []
+    free = need + watermark + pages_for(batch[waiting[0].rid], page_size) - 1
+    return [(running, waiting, budget, free, watermark, page_size, max_chunk)]
 
 
 def _one_short(got, expected, args) -> str | None:
@@ -65,11 +81,20 @@ def _hint(fn, got, expected, args) -> str:
     # a prompt priced whole admits fewer, as does a running request priced whole: with no
     # running request only the first does
     alone = ([], *args[1:])
-    probes_of = {"chunk_cost": probes + [(alone, _batch(fn, alone))]}
-    matching = [hint for rule, hint, mark in MISTAKES
-                if mark(got, expected, args) and reference_step(*args, **{rule: False}) == got
-                and all(reference_step(*p, **{rule: False}) == b
-                        for p, b in probes_of.get(rule, probes))]
+    # the admitted prompts' pages kept alone admit what keeping the running requests' too
+    # admits, where the running requests need few pages: free pages one short tell them apart
+    tight = [(p, _batch(fn, p)) for p in _tight_probe(args)]
+    probes_of = {("chunk_cost",): probes + [(alone, _batch(fn, alone))],
+                 ("charge_waiting",): probes + tight,
+                 **{rules: probes + tight for rules, _, _ in COMBINED}}
+
+    def gives_got(rules, mark):   # the learner's batch, here and on every probe
+        off = dict.fromkeys(rules, False)
+        return mark(got, expected, args) and reference_step(*args, **off) == got and \
+            all(reference_step(*p, **off) == b for p, b in probes_of.get(rules, probes))
+
+    matching = [hint for rule, hint, mark in MISTAKES if gives_got((rule,), mark)] or \
+        [hint for rules, hint, mark in COMBINED if gives_got(rules, mark)]
     if matching:
         return several_fit(matching, "batch")
     if sum(n for _, n in got) > args[2]:   # what the batch shows, whatever the cause

@@ -257,6 +257,10 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          "slots of its last page.",
          (tables, share, sum(-(-int(x) // ps) * ps for x in lens) * 2 * kv // world * dim
           * size)),
+        ("the kernel reads each sequence's own seq_len tokens, sum(seq_lens) in all: not "
+         "the padded table's batch * pages * page_size slots (a short sequence's padding "
+         "entries point at no page).",
+         (tables, share, batch * pages * ps * 2 * kv // world * dim * size)),
         ("every value is itemsize bytes (and a table entry 4: int32).",
          (tables // 4, share // size, kv_read // size)),
         ("the output is itemsize bytes per value too: batch * H/R * head_dim * itemsize.",

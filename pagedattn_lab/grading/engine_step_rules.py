@@ -184,3 +184,11 @@ MISTAKES = [
      "it needs max(0, ceil((num_computed + n) / page_size) - num_pages).", _admits_fewer),
 ]
 RULES = tuple(rule for rule, _, _ in MISTAKES)
+
+# Mistakes that switch several rules off at once, named only when no single one gives the
+# batch: (the rules, the hint, the mark), as in MISTAKES.
+COMBINED = [
+    (("charge_running", "charge_waiting"), "every waiting prompt was priced against the "
+     "original free_pages: take the running requests' new pages from it first, then each "
+     "admitted prompt's pages, and price the next prompt against what is left.", _admits_more),
+]
