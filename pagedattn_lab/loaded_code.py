@@ -5,7 +5,16 @@ by them: code compiled under a package file's name and run in that module's own 
 (`exec(code, reference.__dict__)`) is not among them. They are recorded by the import, not
 compiled again from the file when a check asks: a file edited since (a `git pull` while the
 notebook's kernel runs) compiles to other code objects, and the package's own calls would
-look like the learner's, failing every check.
+look like the learner's, failing every check. Every import's code is kept: after
+`importlib.reload` of an edited file, the objects made before it (an engine built in an
+earlier cell) still run the code of the first import.
+
+Recorded for the finder's source files only: a sourceless (.pyc-only) or zipped install is
+not recorded, and the check compiles the file again as before (where there is no source to
+compile, the package's code looks like the learner's). The record lives in the process that
+runs the learner's code, which could rewrite it (or own_watch itself) from a cell: like the
+rest of the own-work check, it guards against accidents, not against a student who means to
+cheat (README: "a submission that rewrites the sandbox's side of the grader").
 """
 from __future__ import annotations
 
@@ -14,14 +23,15 @@ import sys
 import types
 
 PACKAGE = __name__.split(".")[0]
-_LOADED: dict[str, types.CodeType] = {}   # a module's file -> the code it was imported from
+# a module's file -> the code of each time it was imported (more than one: reloaded)
+_LOADED: dict[str, list[types.CodeType]] = {}
 
 
 class _RecordingLoader(importlib.machinery.SourceFileLoader):
     def get_code(self, fullname):
         code = super().get_code(fullname)
         if code is not None:
-            _LOADED[self.path] = code
+            _LOADED.setdefault(self.path, []).append(code)
         return code
 
 
@@ -44,7 +54,9 @@ def install() -> None:
         sys.meta_path.insert(0, _Finder)
 
 
-def imported_code(filename: str) -> types.CodeType | None:
-    """The code module `filename` was imported from, None if it was not recorded (the
-    package's __init__ and this module, loaded before the recording began)."""
-    return _LOADED.get(filename)
+def imported_code(filename: str) -> tuple[types.CodeType, ...] | None:
+    """The code module `filename` was imported from (each import's, reloads too), None if it
+    was not recorded (the package's __init__ and this module, loaded before the recording
+    began)."""
+    codes = _LOADED.get(filename)
+    return tuple(codes) if codes else None

@@ -27,9 +27,9 @@ print(package_code(paging.BlockAllocator.allocate.__code__, paging.__dict__))
 """
 
 
-def _ask(root: Path, *python_flags: str, edit: bool = False, env_extra=None) -> str:
-    env = {**os.environ, "PYTHONPATH": str(root), **(env_extra or {})}
-    done = subprocess.run([sys.executable, *python_flags, "-c", _ASK, *(["edit"] if edit else [])],
+def _ask(root: Path, edit: bool = False) -> str:
+    env = {**os.environ, "PYTHONPATH": str(root)}
+    done = subprocess.run([sys.executable, "-c", _ASK, *(["edit"] if edit else [])],
                           cwd=root, env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     return done.stdout.strip()

@@ -34,7 +34,7 @@ class KernelFault(KernelError):
     README.md), syscall, its name. An index past a local or static __shared__ array (region
     "local or shared array") also sets array (the indexing expression as written, or None),
     array_type ("float [8]") and line; a shift by a negative amount or past the value's width
-    sets shift (the amount) and line.
+    sets shift (the amount), bits (the value's width: 32, or 64 for a long long) and line.
     """
 
 

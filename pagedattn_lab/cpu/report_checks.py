@@ -11,7 +11,10 @@ import re
 from .errors import KernelFault
 from .report import LaunchInfo
 
-_SIZE = re.compile(r"\[(\d+)\]$")
+# the size the index is checked against: the first dimension of the array's type (GCC's
+# "float [4][32]", Clang's "float[4][32]"): `s[5][0]` is checked against the 4 rows, where
+# the last dimension (32) called 5 valid
+_SIZE = re.compile(r"\[(\d+)\]")
 _SHARED_DECL = r"\b__shared__\b[^;{{}}()]*\b{name}\s*\["
 
 
@@ -29,7 +32,9 @@ def _subscript(info: LaunchInfo, file: str, line: int, column: int) -> str | Non
         return None
     lines = info.source[2].splitlines()
     text = lines[line - 1] if 0 < line <= len(lines) else ""
-    end = column - 1
+    # the compiler counts the column in bytes: a character before it may take several (a
+    # comment's `é`), and the name is read off the characters
+    end = len(text.encode()[:column].decode(errors="ignore")) - 1
     if not (0 <= end < len(text) and text[end] == "]"):
         return None
     i = end
@@ -66,7 +71,10 @@ def bounds_error(r, info: LaunchInfo) -> KernelFault:
     expr = _subscript(info, file, r.line, r.op)
     what = f"{_array_kind(info, expr)} `{expr}`" if expr else "an array"
     at = _where(info, file, r.line)
-    valid = f"valid 0..{size - 1}" if size else "it has no elements"
+    rows = "its first index " if type_name.count("[") > 1 else ""
+    valid = (f"{rows}valid 0..{size - 1}" if size else "it has no elements" if size == 0 else
+             # GCC's "float [*]": `float acc[n];`, a GNU extension, not C++'s (nor CUDA's)
+             "a variable-length array, whose size is set at run time: give it a constant one")
     # `s[0][40]` of a float s[4][32]: the check sees the row, the GPU reads the next one
     row = expr is not None and re.search(r"\]\s*\[", expr) is not None
     gpu = ("on a GPU it reaches into another row, or past the array; index a flat array "
@@ -81,14 +89,24 @@ def bounds_error(r, info: LaunchInfo) -> KernelFault:
         array=expr, array_type=type_name, line=r.line)
 
 
+def _bits(type_name: str) -> int:
+    """The width of a shifted value of type `type_name` (GCC's "long long unsigned int",
+    Clang's "unsigned long long" or "uint64_t"): 64 for a long (LP64, as on Linux and macOS),
+    else 32 (a narrower value is promoted to int before it is shifted)."""
+    if "128" in type_name:
+        return 128
+    return 64 if "long" in type_name or "64" in type_name else 32
+
+
 def shift_error(r, info: LaunchInfo) -> KernelFault:
     type_name, file, amount = _checked(r)
+    article = "an" if type_name[:1] in "aeiou" else "a"
     return KernelFault(
-        f"kernel {info.kernel!r}: a shift by {amount} of a {type_name} at "
+        f"kernel {info.kernel!r}: a shift by {amount} of {article} {type_name} at "
         f"{_where(info, file, r.line)}"
         f"{info.where(r)}: a shift by a negative amount or by at least the value's width in "
         f"bits, such as 1u << 32, is undefined: the GPU clamps the amount (1u << 32 gives 0), "
         f"the CPU wraps it (1u << 0 gives 1), so the executor stops here.", region="unknown",
         kernel=info.kernel, block=tuple(r.block), thread=tuple(r.thread), address=None,
         signal=None, access=None, buffer=None, arg_index=None, index=None, size=None,
-        shift=amount, line=r.line)
+        shift=amount, bits=_bits(type_name), line=r.line)

@@ -76,11 +76,30 @@ def _array_hint(exc) -> str:
     """The hint for an index past a local or static __shared__ array: its valid range."""
     index, size = _get(exc, "index"), _get(exc, "size")
     where = f"{_get(exc, 'array') or 'the index'} at line {_get(exc, 'line')}"
-    if size is None:
+    if not size:   # unknown (a variable-length array), or an array of none
         return f"check {where}: the index is past the array."
     side = "below 0" if int(index) < 0 else f"past the last element ({int(size) - 1})"
-    return (f"the array has {int(size)} elements, so its indices run 0..{int(size) - 1}; "
+    # `s[0][40]` of a float s[4][32] is checked against a row (32), `s[5][0]` against the
+    # rows (4): neither is the whole array's size
+    rows = "[" in (_get(exc, "array") or "").partition("]")[2] or \
+        str(_get(exc, "array_type")).count("[") > 1
+    what = "that index's dimension of the array has" if rows else "the array has"
+    return (f"{what} {int(size)} elements, so its indices run 0..{int(size) - 1}; "
             f"{where} gives {int(index)}, {side}: check the loop bound or the index expression.")
+
+
+def _shift_hint(exc) -> str:
+    """The hint for a shift by a negative amount or by at least the value's width (`bits`:
+    32 for an int, 64 for a long long)."""
+    amount, bits = int(_get(exc, "shift")), int(_get(exc, "bits", default=32))
+    valid = f"a shift amount must be 0..{bits - 1} (the value's width in bits minus 1)"
+    if amount < 0:
+        return f"{valid}; this one is negative ({amount}): check how the amount is computed."
+    if bits not in (32, 64):
+        return f"{valid}."
+    one, ones = ("1u", "~0u") if bits == 32 else ("1ull", "~0ull")
+    return (f"{valid}: compute the mask another way where the amount can be {bits}, e.g. "
+            f"`n >= {bits} ? {ones} : ({one} << n) - 1`.")
 
 
 def _race_hint(exc, advice: str) -> str:
@@ -147,12 +166,9 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
         block = _get(exc, "block", "block_idx", "blockIdx")
         access = _get(exc, "access", "op", "kind", default="access")
         if _get(exc, "region") == "local or shared array":
-            return f"out-of-bounds index: {text.split(': ', 1)[-1]}", _array_hint(exc)
+            return text.split(": ", 1)[-1], _array_hint(exc)   # ("out-of-bounds index 8 of ...")
         if _get(exc, "shift") is not None:
-            return (f"an undefined shift: {text.split(': ', 1)[-1]}",
-                    "a shift amount must be 0 to the value's width in bits minus 1 (0..31 for "
-                    "an int): compute the mask another way where it can be 32, e.g. "
-                    "`n >= 32 ? ~0u : (1u << n) - 1`.")
+            return f"an undefined shift: {text.split(': ', 1)[-1]}", _shift_hint(exc)
         if buffer is not None and thread is not None:
             message = (f"out-of-bounds {access} of {buffer}[{index}] (it has {size} elements) by "
                        f"thread {_xyz(thread)} of block {_xyz(block)}.")

@@ -150,12 +150,14 @@ def package_code(code: types.CodeType, namespace: dict) -> bool:
 
 @lru_cache(maxsize=4096)
 def _genuine(code: types.CodeType) -> bool:
-    """Whether `code` is one of those its file's module was imported from (loaded_code.py),
-    or, for a module imported before the recording began, one the file compiles to (code
-    objects compare equal by their bytecode, constants, names, file, name and lines)."""
+    """Whether `code` is one of those its file's module was imported from (loaded_code.py;
+    by any import of it: objects made before a reload still run the first one's), or, for a
+    module imported before the recording began, one the file compiles to (code objects
+    compare equal by their bytecode, constants, names, file, name and lines)."""
     imported = imported_code(code.co_filename)
-    return code in (_nested(imported) if imported is not None
-                    else _compiled(code.co_filename))
+    if imported is None:
+        return code in _compiled(code.co_filename)
+    return any(code in _nested(module) for module in imported)
 
 
 @lru_cache(maxsize=256)
