@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.cpu import RawKernel
+from pagedattn_lab.cpu.errors import KernelFault
 from tests.check_helpers import assert_caught, mutate, solution_source
 
 ONRAMP = "03_cuda_onramp.ipynb"
@@ -52,9 +53,21 @@ extern "C" __global__ void past_static(float* out)
 """
 
 
-def test_a_read_past_the_last_static_shared_array_gives_nan():
+def test_a_read_past_the_last_static_shared_array_is_named():
+    """Indexed on the array itself, the compiler's bounds check stops the thread (hunt 102)."""
     out = np.zeros(32, np.float32)
-    RawKernel(_PAST_STATIC, "past_static")((1,), (32,), (out,))
+    with pytest.raises(KernelFault,
+                       match=r"index \d+ of __shared__ array `totals\[threadIdx\.x\]`"):
+        RawKernel(_PAST_STATIC, "past_static")((1,), (32,), (out,))
+
+
+def test_a_read_through_a_pointer_past_the_last_static_shared_array_gives_nan():
+    """Through a pointer the bounds check cannot see the array's size: the poisoned guard
+    after the static section makes the read NaN."""
+    source = _PAST_STATIC.replace("out[threadIdx.x] = totals[threadIdx.x];",
+                                  "const float *p = totals; out[threadIdx.x] = p[threadIdx.x];")
+    out = np.zeros(32, np.float32)
+    RawKernel(source, "past_static")((1,), (32,), (out,))
     assert (out[:8] == 1).all() and np.isnan(out[8:]).all(), out
 
 
@@ -62,7 +75,7 @@ def test_a_read_past_the_last_static_shared_array_gives_nan():
 def test_block_sum_read_past_the_totals_is_caught(mistake):
     _, edits = mistake
     assert_caught("puzzle_block_sum", mutate(solution_source(ONRAMP, "SOURCE_BLOCK_SUM"), edits),
-                  "no thread wrote", device="cpu")
+                  "past the last element (7)", device="cpu")
 
 
 def test_quantize_write_amax_that_skips_a_dimension_is_caught():
