@@ -213,8 +213,8 @@ def quantize(x, kv_dtype: str, scale) -> np.ndarray:
 def dequantize(codes, kv_dtype: str, scale) -> np.ndarray:
     """float32 code * scale, scale broadcast and refused as in `quantize`: code * 0 reads
     every value back as 0, a negative scale flips the signs, NaN and inf give NaN."""
-    _checked_scale(scale, np.shape(codes))
-    return dequantize_written(codes, kv_dtype, scale)
+    s = _checked_scale(scale, np.shape(codes))   # (before the codes, as quantize's x)
+    return decode(codes, kv_dtype) * s[..., None]
 
 
 def dequantize_written(codes, kv_dtype: str, scale) -> np.ndarray:

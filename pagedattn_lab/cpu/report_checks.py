@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 
+from ..cuda_text import strip_comments
 from .errors import KernelFault
 from .report import LaunchInfo
 
@@ -59,7 +60,7 @@ def _where(info: LaunchInfo, file: str, line: int) -> str:
 def _array_kind(info: LaunchInfo, expr: str | None) -> str:
     name = re.match(r"[A-Za-z_]\w*", expr or "")
     if name and info.source and re.search(_SHARED_DECL.format(name=re.escape(name.group())),
-                                          info.source[2]):
+                                          strip_comments(info.source[2])):
         return "__shared__ array"
     return "array"
 

@@ -40,6 +40,12 @@ def _probes(args):
             (running, waiting, budget + 1, free, watermark, page_size, max_chunk)]
 
 
+def _new_pages(req, n: int, page_size: int) -> int:
+    """The pages a running request takes for n more tokens: none where those it holds (some
+    taken ahead) already have room."""
+    return max(0, pages_for(req.num_computed + n, page_size) - req.num_pages)
+
+
 def _tight_probe(args):
     """The case's inputs with free_pages one short of what the running requests' new pages,
     the watermark and the first prompt's chunk need (it is refused): a prompt priced against
@@ -48,8 +54,7 @@ def _tight_probe(args):
     running, waiting, budget, _, watermark, page_size, max_chunk = args
     batch = dict(reference_step(running, waiting, budget, 10 ** 6, watermark, page_size,
                                 max_chunk))
-    need = sum(max(0, pages_for(r.num_computed + batch[r.rid], page_size) - r.num_pages)
-               for r in running if r.rid in batch)
+    need = sum(_new_pages(r, batch[r.rid], page_size) for r in running if r.rid in batch)
     if not need or not waiting or waiting[0].rid not in batch:
         return []
     free = need + watermark + pages_for(batch[waiting[0].rid], page_size) - 1
@@ -140,8 +145,8 @@ def _requests(rng, page_size):
 
 def _draw(rng, page_size, budget, max_chunk, watermark):
     running, waiting = _requests(rng, page_size)
-    need = sum(max(0, pages_for(r.num_computed + min(r.num_tokens - r.num_computed, max_chunk),
-                             page_size) - r.num_pages) for r in running)
+    need = sum(_new_pages(r, min(r.num_tokens - r.num_computed, max_chunk), page_size)
+               for r in running)
     free = need + watermark + int(rng.integers(0, 12))
     return running, waiting, budget, free, watermark, page_size, max_chunk
 

@@ -23,6 +23,9 @@ import numpy as np
 
 from ..backend import gpu_available, resolve_device
 from ..cpu.includes import graded
+# the lint reads the source with comments and string and char literals blanked (extern "C"
+# reads extern " "), in one pass from the left
+from ..cuda_text import strip_comments as code_only
 from ..validate_kinds import is_one_of
 from .faults import describe_kernel_exception
 from .report import Mismatch, note
@@ -100,20 +103,6 @@ def where(device: str) -> str:
             else "the CPU executor (checked mode: bad accesses name their thread and block)")
 
 
-def code_only(source: str) -> str:
-    """The source without comments, string and char literals (for the lint): one pass from
-    the left, so that a '{' or '"' in a char literal, or a "//" in a string, is not read as a
-    brace, a string or a comment (the lint's brace stack counted return '{'; as a block)."""
-    return _LITERALS.sub(lambda m: " " if m[0][0] == "/" else m[0][0] * 2, source)
-
-
-# Each literal ends where the compiler would give up on it at the latest (a comment at the
-# end of the source, a string at its line's end, a char literal after a few characters), so
-# that one left open is read once: "/* " repeated over 32 KiB took 5 s before any time limit.
-_LITERALS = re.compile(r"/\*.*?(?:\*/|\Z)|//[^\n]*|\"(?:\\.|[^\"\\\n])*(?:\"|(?=\n)|\Z)"
-                       r"|'(?:\\.|[^'\\\n]){1,10}'", re.S)
-
-
 def lint(source: str, name: str) -> None:
     """Refuse, before compiling, what NVRTC would refuse or what would hide a kernel."""
     if not isinstance(source, str):
@@ -138,8 +127,7 @@ def lint(source: str, name: str) -> None:
         raise Mismatch(f"no kernel named {name!r} in the source",
                        f"keep the kernel's name and signature from the prompt: "
                        f"extern \"C\" __global__ void {name}(...).")
-    if not _declared_extern_c(code_only(source.replace('"C"', "EXTERN_C"))
-                              .replace("EXTERN_C", '"C"'), name):
+    if not _declared_extern_c(code, name):
         raise Mismatch(f"{name} is not declared extern \"C\" __global__",
                        "without extern \"C\" the C++ compiler mangles the name and CuPy cannot "
                        "find the kernel: write extern \"C\" __global__ void "
@@ -175,8 +163,8 @@ def _declared_extern_c(code: str, name: str) -> bool:
     return False
 
 
-_EXTERN_C = re.compile(r'extern\s+"C"')
-_EXTERN_C_BLOCK = re.compile(r'extern\s+"C"\s*\Z')   # (\s* ends where a piece does)
+_EXTERN_C = re.compile(r'extern\s+" "')   # extern "C" with its string blanked (code_only)
+_EXTERN_C_BLOCK = re.compile(r'extern\s+" "\s*\Z')   # (\s* ends where a piece does)
 _GLOBAL = re.compile(r"__global__")
 # The CUDA headers a graded kernel may include on the GPU: those the CPU executor provides too.
 GRADED_HEADERS = frozenset(p.name for p in (Path(__file__).parent.parent / "cpu" / "include")

@@ -52,6 +52,7 @@ import types
 from functools import lru_cache
 from pathlib import Path
 
+from ..cuda_text import strip_comments
 from .own_answers import PACKAGE, answers
 from .own_copies import copies as _copies, copy_of
 from .own_calls import calls_through as _calls_through
@@ -70,8 +71,7 @@ def refusal(task: str, findings: list[str]) -> str:
 
 # -- CUDA C: the text itself -------------------------------------------------------------------
 def _squeezed(code: str) -> str:
-    from .kernel_runner import code_only  # noqa: PLC0415 - kernel_runner imports much
-    return re.sub(r"\s+", "", code_only(code))
+    return re.sub(r"\s+", "", strip_comments(code))
 
 
 @lru_cache(maxsize=1)
@@ -79,10 +79,9 @@ def _kernel_bodies() -> tuple[tuple[str, str], ...]:
     """(where, squeezed text) of every long brace block, at depth 0 or 1, of the package's
     kernel files: the __global__ wrappers are a line each, the work is in the device
     templates they call (and a function's loop is enough to pass some checks)."""
-    from .kernel_runner import code_only  # noqa: PLC0415
     out = []
     for path in sorted([*_KERNELS.glob("*.cu"), *_KERNELS.glob("*.cuh")]):
-        code = code_only(path.read_text(encoding="utf-8"))
+        code = strip_comments(path.read_text(encoding="utf-8"))
         opened: list[int] = []
         for i, char in enumerate(code):
             if char == "{":

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from .kernel_runner import code_only
+from ..cuda_text import strip_comments
 from .report import Mismatch
 
 MAX_READ = 1 << 20   # characters of code, macros and helpers expanded (a kernel: thousands)
@@ -89,7 +89,7 @@ def barrier_before_loads(source: str, kernel: str) -> bool:
     # an inline-asm barrier (asm volatile("bar.sync 0;")) kept as a token: strings go next
     source = re.sub(r'"[^"\n]*\b(?:bar|barrier)(?:\.warp)?\.sync\b[^"\n]*"',
                     '"" __asm_barrier__()', source)
-    full = _macros_expanded(code_only(source))
+    full = _macros_expanded(strip_comments(source))
     full = re.sub(r"\b__launch_bounds__\s*\([^)]*\)", " ", full)
     code = _kernel_inlined(full, kernel)
     load = _LOAD.search(code)
