@@ -13,6 +13,7 @@ import numpy as np
 from .checks_sizing import _int_case, _lens, _scalar_case, paged_waste_fraction
 from .compare import on_copies
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
+from .seeds import case_ints
 
 
 OVERFLOW_HINT = ("the product overflowed int32 (seq_lens is an int32 array, and this byte "
@@ -127,11 +128,14 @@ def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
 
 def decode_floor_ms(fn) -> CheckResult:
     """Check `fn(nbytes, bandwidth_gbs) == nbytes / (bandwidth_gbs * 1e9) * 1e3` (milliseconds)."""
+    drawn = case_ints(3, nbytes=(1, 10**11), gbs=(10, 5000))
     cases = [
         Case("the D64 workload at the H100 run's copy rate", {"bytes": 2.454e9, "GB/s": 2859},
              lambda: _yardstick_case(fn, 2.454e9, 2859)),
         Case("a laptop", {"bytes": 3.0e8, "GB/s": 60}, lambda: _yardstick_case(fn, 3.0e8, 60)),
         Case("nothing to read", {"bytes": 0, "GB/s": 900}, lambda: _yardstick_case(fn, 0, 900)),
+        Case("drawn sizes", {"bytes": float(drawn["nbytes"]), "GB/s": drawn["gbs"]},
+             lambda: _yardstick_case(fn, float(drawn["nbytes"]), drawn["gbs"])),
     ]
     return run_cases("decode_floor_ms", "decode_floor_ms: the copy-rate yardstick", cases)
 

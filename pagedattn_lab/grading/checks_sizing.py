@@ -17,7 +17,7 @@ import numpy as np
 from ..validate_kinds import is_int
 from .compare import POW2_HINT, fmt, on_copies, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases
-from .seeds import case_rng
+from .seeds import case_ints, case_rng
 
 
 def _ceil_div(a, b):
@@ -123,6 +123,8 @@ def pages_needed(fn) -> CheckResult:
     """Check `fn(seq_len, page_size) == ceil(seq_len / page_size)`, in integers."""
     pairs = [(10, 4), (8, 4), (1, 16), (0, 16), (17, 1), (4095, 16), (4096, 16), (4097, 16),
              (2**53 + 1, 1), (2**60 + 1, 2**30), (3 * 2**55 + 7, 3)]
+    drawn = case_ints(11, seq_len=(0, 2**40), page_size=(1, 4096))
+    pairs.append((drawn["seq_len"], drawn["page_size"]))
     cases = [Case("pages for one sequence", {"seq_len": n, "page_size": p},
                   lambda n=n, p=p: _pages_needed_case(fn, n, p)) for n, p in pairs]
     return run_cases("pages_needed", "pages_needed(seq_len, page_size)", cases)

@@ -11,6 +11,7 @@ import numpy as np
 from ..validate_kinds import is_int
 from .compare import POW2_HINT, pow2_div
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
+from .seeds import case_ints
 
 
 def _rounds_up(fn) -> bool:
@@ -94,6 +95,9 @@ def tile_pages(fn) -> CheckResult:
               ("pages longer than the tile, a middle tile", 100, 32, 16, 32),
               ("the tile's last key opens a page", 40, 20, 5, 8),
               ("page_size 6, not a power of two", 37, 16, 16, 6)]
+    drawn = case_ints(1, seq_len=(1, 200), tile=(0, 4), tile_q=(1, 64), page_size=(1, 32))
+    params.append(("drawn sizes", drawn["seq_len"], drawn["tile"] * drawn["tile_q"],
+                   drawn["tile_q"], drawn["page_size"]))
     cases = [Case(name, {"seq_len": n, "q_start": s, "tile_q": t, "page_size": p},
                   lambda n=n, s=s, t=t, p=p: _tile_pages_case(fn, n, s, t, p))
              for name, n, s, t, p in params]
@@ -194,6 +198,8 @@ def tiled_launch(fn) -> CheckResult:
     (grid, block, shared_mem)."""
     params = [(2, 4, 37, 16, 8, 16), (1, 8, 64, 16, 16, 64), (3, 2, 5, 32, 4, 32),
               (1, 1, 1, 16, 16, 64), (4, 3, 128, 64, 16, 128), (2, 3, 37, 12, 6, 24)]
+    params.append(tuple(case_ints(2, batch=(1, 8), num_heads=(1, 16), max_len=(1, 300),
+                                  tile_q=(1, 64), page_size=(1, 32), head_dim=(1, 256)).values()))
     cases = [Case("launch", {"batch": b, "num_heads": h, "max_len": n, "tile_q": t,
                              "page_size": p, "head_dim": d},
                   lambda b=b, h=h, n=n, t=t, p=p, d=d: _launch_case(fn, b, h, n, t, p, d))

@@ -57,6 +57,7 @@ class Judge:
         self.finished = False
         self.broken: str | None = None
         peer.services["check"] = self.check
+        peer.refuse_verdicts()   # (the kernel host's runner raises them; the sandbox cannot)
         peer.on_event = self.event
 
     def check(self, peer, header, blobs):

@@ -32,6 +32,10 @@ def _package_errors() -> list[type]:
             *(getattr(errors, name) for name in errors.__all__)]
 
 
+# A check's verdicts on a case: the grader's code raises them (the kernel host's runner too)
+VERDICTS = ("Mismatch", "NotAttempted")
+
+
 class RemoteError(Exception):
     """Base of the same-named stand-ins for exception classes that only the sender knows."""
 
@@ -50,6 +54,14 @@ class ErrorTranslation:
         self._raised: dict[int, BaseException] = {}
         self._classes: dict[str, type] = {}
         self._registry = {c.__name__: c for c in _BUILTIN_ERRORS + _package_errors()}
+
+    def refuse_verdicts(self) -> None:
+        """For a peer running only the learner's code (the judge's end of the sandbox): an
+        exception it names like a check's verdict is the learner's own class, crossing as a
+        same-named stand-in, as it is no verdict in the notebook either. Rebuilt as the
+        check's, it lacked the fields the check reads: the check crashed ("could not run")."""
+        for name in VERDICTS:
+            self._registry.pop(name)
 
     def describe(self, exc: BaseException) -> dict:
         attrs = {}
