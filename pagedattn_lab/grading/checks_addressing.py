@@ -14,10 +14,11 @@ import time
 import numpy as np
 
 from ..addressing import element_offset, page_offset, physical_page, physical_slot, token_slots
+from ..validate_kinds import is_int
 from .cases import block_tables_for
 from .compare import (POW2_HINT, call_on_copies, changed_input, describe_difference, diagnose,
                       pow2_div, pow2_mod)
-from .report import Case, CheckResult, Mismatch, as_int, run_cases
+from .report import Case, CheckResult, Mismatch, as_int, probe, run_cases
 from .seeds import case_rng
 
 
@@ -101,42 +102,77 @@ def slot_of(fn) -> CheckResult:
 
 # -- task: (slot, kv_head, dim) -> element offset ----------------------------------------
 
+OFFSET_HINT = "offset = (slot * num_kv_heads + kv_head) * head_dim + dim."
+
+
+def _offset_variants(slot: int, h: int, d: int, num_kv_heads: int, head_dim: int):
+    """(hint, offset) of the usual mistakes at one element."""
+    expected = element_offset(slot, h, d, num_kv_heads, head_dim)
+    shift = head_dim.bit_length() - 1
+    return [
+        ("the head stride is missing num_kv_heads (the guide's bug): a slot holds "
+         "num_kv_heads * head_dim values, so offset = (slot * num_kv_heads + kv_head) * "
+         "head_dim + dim. Only kv_head 0 of the first slots comes out right.",
+         slot * head_dim + h * head_dim + d),
+        ("that is the HND order (heads outer); the cache is NHD [pages, page_size, "
+         "num_kv_heads, head_dim]: (slot * num_kv_heads + kv_head) * head_dim + dim.",
+         (slot * head_dim + d) * num_kv_heads + h),
+        ("add the dim.", (slot * num_kv_heads + h) * head_dim),
+        ("one off: offsets count from 0, so element (slot 0, kv_head 0, dim 0) is at 0.",
+         expected + 1),
+        ("one off: offsets count from 0, so element (slot 0, kv_head 0, dim 0) is at 0.",
+         expected - 1),
+        ("consecutive kv heads of a slot are head_dim values apart, not num_kv_heads.",
+         slot * num_kv_heads * head_dim + h * num_kv_heads + d),
+        ("a slot holds num_kv_heads * head_dim values: the slot stride needs both.",
+         slot * num_kv_heads + h * head_dim + d),
+        ("that is a byte offset (4 bytes a float32): kv_offset counts elements, the index "
+         "into the flat cache array, so drop the * 4.", 4 * expected),
+        ("that is a byte offset (2 bytes a float16): kv_offset counts elements, the index "
+         "into the flat cache array, so drop the * 2.", 2 * expected),
+        ("that is the offset for num_kv_heads 4 and head_dim 8, numbers written into the "
+         f"code: use the arguments ({num_kv_heads} and {head_dim} here).",
+         (slot * 4 + h) * 8 + d if (num_kv_heads, head_dim) != (4, 8) else None),
+        (POW2_HINT.format(name="head_dim", n=head_dim), ((slot * num_kv_heads + h) << shift) | d),
+        (POW2_HINT.format(name="head_dim", n=head_dim), ((slot * num_kv_heads + h) << shift) + d),
+    ]
+
+
+def _offset_hint(fn, points, num_kv_heads: int, head_dim: int, first_wrong) -> str:
+    """The hint of the first mistake that gives the learner's offset at every point the case
+    asked (one point alone can fit several: 4 * 7 is also the HND offset of dim 7), or the
+    formula where none does."""
+    answers = {first_wrong[0]: first_wrong[1]}
+    for point in points:
+        if point not in answers:
+            got = probe(fn, *point, num_kv_heads, head_dim)
+            answers[point] = int(got) if is_int(got) else None
+    fits = None
+    for point, got in answers.items():
+        here = {text for text, value in _offset_variants(*point, num_kv_heads, head_dim)
+                if got is not None and got == value}
+        fits = here if fits is None else fits & here
+    wrong_here = _offset_variants(*first_wrong[0], num_kv_heads, head_dim)
+    expected = element_offset(*first_wrong[0], num_kv_heads, head_dim)
+    return next((text for text, value in wrong_here
+                 if text in fits and value != expected), OFFSET_HINT)
+
+
 def _offset_case(fn, seed: int, num_kv_heads: int, head_dim: int, n: int = 40) -> None:
     rng = case_rng(seed)
     corners = [(0, 0, 0), (0, 0, head_dim - 1), (0, num_kv_heads - 1, 0),
                (199, num_kv_heads - 1, head_dim - 1)]
     randoms = [(int(rng.integers(0, 200)), int(rng.integers(0, num_kv_heads)),
                 int(rng.integers(0, head_dim))) for _ in range(n)]
-    for slot, h, d in corners + randoms:
+    points = corners + randoms
+    for slot, h, d in points:
         expected = element_offset(slot, h, d, num_kv_heads, head_dim)
         got = _whole(fn(slot, h, d, num_kv_heads, head_dim),
                      f"slot {slot}, kv_head {h}, dim {d}", expected)
         if got is not None and got == expected:
             continue
-        variants = [
-            ("the head stride is missing num_kv_heads (the guide's bug): a slot holds "
-             "num_kv_heads * head_dim values, so offset = (slot * num_kv_heads + kv_head) * "
-             "head_dim + dim. Only kv_head 0 of the first slots comes out right.",
-             slot * head_dim + h * head_dim + d),
-            ("that is the HND order (heads outer); the cache is NHD [pages, page_size, "
-             "num_kv_heads, head_dim]: (slot * num_kv_heads + kv_head) * head_dim + dim.",
-             (slot * head_dim + d) * num_kv_heads + h),
-            ("add the dim.", (slot * num_kv_heads + h) * head_dim),
-            ("one off: offsets count from 0, so element (slot 0, kv_head 0, dim 0) is at 0.",
-             expected + 1),
-            ("one off: offsets count from 0, so element (slot 0, kv_head 0, dim 0) is at 0.",
-             expected - 1),
-            ("consecutive kv heads of a slot are head_dim values apart, not num_kv_heads.",
-             slot * num_kv_heads * head_dim + h * num_kv_heads + d),
-            ("a slot holds num_kv_heads * head_dim values: the slot stride needs both.",
-             slot * num_kv_heads + h * head_dim + d),
-            (POW2_HINT.format(name="head_dim", n=head_dim),
-             ((slot * num_kv_heads + h) << (head_dim.bit_length() - 1)) | d),
-            (POW2_HINT.format(name="head_dim", n=head_dim),
-             ((slot * num_kv_heads + h) << (head_dim.bit_length() - 1)) + d),
-        ]
-        hint = next((t for t, v in variants if v != expected and got is not None and int(got) == v),
-                    "offset = (slot * num_kv_heads + kv_head) * head_dim + dim.")
+        hint = (OFFSET_HINT if got is None else
+                _offset_hint(fn, points, num_kv_heads, head_dim, ((slot, h, d), int(got))))
         raise Mismatch(f"slot {slot}, kv_head {h}, dim {d} (num_kv_heads {num_kv_heads}, "
                        f"head_dim {head_dim})", hint, expected=str(expected), got=repr(got))
 

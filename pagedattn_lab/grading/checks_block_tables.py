@@ -14,7 +14,7 @@ import numpy as np
 from ..paging import BlockAllocator, OutOfPagesError
 from ..validate_kinds import is_int
 from .compare import POW2_HINT, call_on_copies, pow2_div
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -78,6 +78,10 @@ def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 
                     "(new pages = ceil((seq_len + n_new) / page_size) - len(table)).")
         elif taken == (seq_len + n_new) // page_size - len(before):
             hint = "round up, not down: a partly filled last page is still a page (ceil)."
+            if (seq_len + n_new) % page_size == 1:   # ceil of one token less gives it too
+                hint = several_fit([hint, "count the new tokens' last one: the sequence will "
+                                    "hold seq_len + n_new tokens, not seq_len + n_new - 1, and "
+                                    "here that last token alone starts a new page."], "pages")
         elif taken == want - len(before) + 1:
             hint = "one page too many: take a new page only when the last one is full."
         elif taken == 1 and want - len(before) > 1:
@@ -207,10 +211,20 @@ def _width_hint(tables: np.ndarray, seq_lens: list[int], need: list[int], taken:
         return EMPTY_BATCH_HINT if not seq_lens else (
             "no sequence holds a page, but the table still needs one column: max_pages is at "
             "least 1 (kernels take a table with max_pages >= 1).")
-    if filled == need and cols == sum(need):
-        return ("each row holds its own pages, but the table is as wide as the whole batch's "
-                "page count: max_pages is the longest sequence's page count.")
-    return _count_hint(filled, seq_lens, page_size, taken) or hint
+    widths = [  # (a width several mistakes give alike names each: the shape cannot tell)
+        ("each row holds its own pages, but the table is as wide as the whole batch's "
+         "page count: max_pages is the longest sequence's page count.",
+         sum(need) if filled == need else None),
+        ("max_pages is ceil(longest / page_size): longest // page_size leaves out the longest "
+         "sequence's partly filled last page.", max(n // page_size for n in seq_lens)),
+        ("max_pages is ceil(longest / page_size): longest // page_size + 1 is one page too "
+         "many when the longest sequence fills its last page.",
+         max(n // page_size + 1 for n in seq_lens)),
+    ] if seq_lens and rows == len(seq_lens) else []
+    fits = [text for text, wrong in widths if wrong is not None and cols == wrong != width]
+    # (rows holding the wrong page counts say more than the width they make)
+    return (_count_hint(filled, seq_lens, page_size, taken)
+            or (several_fit(fits, "width") if fits else hint))
 
 
 def _expect_rows(tables: np.ndarray, seq_lens: list[int], page_size: int, taken: int,

@@ -241,8 +241,24 @@ def _shared_case(kern, seed, n, head_dim):
                     "threads must load more than one.")
         return f"{said}: every one of q's values must be stored before the barrier."
 
-    check_output(kern, got, PUZZLES["shared"].spec(q.astype(np.float64), k), ("key",),
-                 counts, "scores", [q_not_all_staged])
+    expected = PUZZLES["shared"].spec(q.astype(np.float64), k)
+
+    def gives(candidate):   # (1e-4: a float32 dot product of up to 48 terms)
+        return np.allclose(got, candidate, rtol=1e-4, atol=1e-4)
+
+    def k_by_columns(diff):
+        columns = k.reshape(-1).reshape(head_dim, n).T.astype(np.float64) @ q
+        return ("k was read column after column, k[d * n + t]: k is [n, head_dim] row-major, "
+                "so key t's element d is k[t * head_dim + d]." if n > 1 and gives(columns)
+                else None)
+
+    def scaled(diff):
+        return ("the scores are q . k[t] divided by sqrt(head_dim): this puzzle asks for the "
+                "plain dot product (the attention kernels scale it later, by their argument)."
+                if gives(expected / np.sqrt(head_dim)) else None)
+
+    check_output(kern, got, expected, ("key",), counts, "scores",
+                 [q_not_all_staged, k_by_columns, scaled])
     budget = {"global_reads": head_dim + -(-head_dim // SHARED_THREADS), "global_writes": 1}
     # q read once per block in all, yet a thread over its budget: few threads loaded q for
     # the whole block

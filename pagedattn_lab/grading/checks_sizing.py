@@ -16,7 +16,7 @@ import numpy as np
 
 from ..validate_kinds import is_int
 from .compare import POW2_HINT, fmt, on_copies, pow2_div
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .seeds import case_ints, case_rng
 
 
@@ -101,6 +101,28 @@ def _lens(seed: int, n: int, low: int, high: int) -> np.ndarray:
 
 # -- lesson 00 --------------------------------------------------------------------------
 
+FIXED_PAGE_HINT = ("that is the answer for pages of 16 tokens: use the page_size argument "
+                   "({n} here), not a page size written into the code.")
+PERCENT_HINT = "that is a percentage: return the fraction (between 0 and 1), not 100 times it."
+
+CONSTANT_HINT = ("your function gives this number whatever seq_len and page_size are (a value "
+                 "written into the code?): compute it from the arguments.")
+
+
+def _gives(fn, args: tuple, value: int) -> bool:
+    """`fn(*args)` asked again is the int `value` (a probe confirming a suspected mistake)."""
+    got = probe(fn, *args)
+    return is_int(got) and int(got) == value
+
+
+def _constant(fn, args_list):
+    """The one answer `fn` gives to every argument tuple asked, or None."""
+    answers = [probe(fn, *args) for args in args_list]
+    number = isinstance(answers[0], (int, float, np.number)) and not isinstance(
+        answers[0], (bool, np.bool_))
+    return answers[0] if number and len({repr(a) for a in answers}) == 1 else None
+
+
 FLOAT_HINT = ("{a} / {b} is a float, and a float holds integers exactly only up to 2**53: "
               "above that the division rounds before the ceil sees it. Stay in integers "
               "(//, %).")
@@ -109,6 +131,7 @@ FLOAT_HINT = ("{a} / {b} is a float, and a float holds integers exactly only up 
 def _pages_needed_case(fn, seq_len: int, page_size: int) -> None:
     expected = -(-seq_len // page_size)
     _int_case(fn, (seq_len, page_size), expected, [
+        (CONSTANT_HINT, lambda: _constant(fn, [(0, 16), (100, 7), (5, 1), (4096, 16)])),
         (FLOAT_HINT.format(a="seq_len", b="page_size"), math.ceil(seq_len / page_size)),
         ("round up: a partly filled last page is still a whole page.", seq_len // page_size),
         ("a sequence of 0 tokens owns no page: ceil(0 / page_size) is 0.",
@@ -116,6 +139,12 @@ def _pages_needed_case(fn, seq_len: int, page_size: int) -> None:
         ("seq_len // page_size + 1 is one page too many when seq_len is an exact multiple "
          "of page_size (and for seq_len 0).", seq_len // page_size + 1),
         ("that is one page per token: a page holds page_size tokens.", seq_len),
+        # (small counts fit several mistakes: each is confirmed at a second seq_len)
+        (FIXED_PAGE_HINT.format(n=page_size), lambda: -(-seq_len // 16) if page_size != 16
+         and _gives(fn, (33, page_size), 3) else None),
+        ("the arguments come as (seq_len, page_size): that is ceil(page_size / seq_len).",
+         lambda: -(-page_size // seq_len) if seq_len and page_size > 1
+         and _gives(fn, (1, page_size), page_size) else None),
     ], f"pages_needed({seq_len}, {page_size})")
 
 
@@ -169,6 +198,7 @@ def _reserved_case(fn, lens: np.ndarray, max_len: int) -> None:
          1 - used // reserved if reserved else None),
         ("divide by every slot reserved for the batch (one max_len per request), not by one "
          "max_len.", (reserved - used) / max_len),
+        (PERCENT_HINT, 100 * expected),
     ], f"reserved_waste(seq_lens, max_len={max_len})",
         empty=None if reserved else "reserved")
 
@@ -250,6 +280,9 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
          1 - used / masked if masked > 0 else None),
         (POW2_HINT.format(name="page_size", n=page_size),
          1 - used / shifted if shifted > 0 else None),
+        (PERCENT_HINT, 100 * expected),
+        (FIXED_PAGE_HINT.format(n=page_size),
+         paged_waste_fraction(lens, 16) if page_size != 16 else None),
     ], f"paged_waste(seq_lens, page_size={page_size})",
         empty=None if allocated else "allocated")
 

@@ -295,6 +295,8 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
              variant(mask="none")),
             ("query t must attend to keys 0..t inclusive (its own token too).",
              variant(mask="strict")),
+            ("one key too many, the one after the query's own: query t attends to keys "
+             "0..t (range(t + 1)), not 0..t + 1.", variant(mask="past")),
             ("the page offset is off by one: token j is at offset j % page_size.",
              variant(offset_shift=1)),
             ("translate each key position through block_table_row; the cache is not contiguous.",

@@ -5,6 +5,7 @@ way a kernel does it, element offsets and all, with optional bugs:
 
     scale=1.0                  the missing 1/sqrt(head_dim)
     mask="none" / "strict"     no causal mask / a mask that drops the query's own token
+    mask="past"                query t also sees key t + 1 (k <= t + 1, within the sequence)
     mask="block"               every query of a block of `block_queries` sees keys up to the
                                block's last
     mask="whole_pages"         causal, but a block of `block_queries` loads only the whole
@@ -75,7 +76,7 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
     the accumulator is never divided by the running sum."""
     for name, value, allowed in (
             ("mode", mode, ("prefill", "decode")),
-            ("mask", mask, ("causal", "none", "strict", "block", "whole_pages")),
+            ("mask", mask, ("causal", "none", "strict", "past", "block", "whole_pages")),
             ("kv_map", kv_map, ("div", "mod", "same", "zero", "shift", "by_kv_heads")),
             ("online_bug", online_bug, (None, "acc", "sum", "max0", "old_max", "no_div")),
             ("slot_bug", slot_bug, (None, "swap", "unscaled"))):
@@ -121,6 +122,7 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
                                             block_queries)
                         return (j <= t) & (j < needed // page_size * page_size)
                     return (j <= t if mask == "causal" else j < t if mask == "strict"
+                            else j <= t + 1 if mask == "past"
                             else j < (t // block_queries + 1) * block_queries)
                 logits = np.where(allowed(np.arange(n_ok)[None, :]), logits, -np.inf)
                 seen = allowed(n_ok)
@@ -271,6 +273,8 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
                           v(mask="whole_pages", block_queries=block_queries)))
         masks.append(("the causal loop stops one key early: query t attends to keys 0..t "
                       "inclusive (k <= t); it must see its own token.", v(mask="strict")))
+        masks.append(("the causal loop takes one key too many, the one after the query's own: "
+                      "query t attends to keys 0..t (k <= t), not k <= t + 1.", v(mask="past")))
         hints[1:1] = masks
     else:
         hints.append(("the last cached token is skipped: attend to keys 0..seq_len-1 "
