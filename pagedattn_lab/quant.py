@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import is_cupy_array
-from .validate import check_array
+from .validate import check_array, real_values
 from .validate_kinds import dtype_label
 
 SCHEMES = ("static", "per_token")
@@ -101,21 +101,6 @@ def check_scheme(scale_scheme: str, name: str = "scale_scheme") -> str:
 
 
 # -- codes ---------------------------------------------------------------------------------
-
-def real_values(x, name: str, dtype=np.float32) -> np.ndarray:
-    """x (an array, or nested lists, of real numbers) as `dtype`. Refused by name: complex
-    (NumPy's cast drops the imaginary part with only a warning), bool (read as 0 and 1),
-    strings and objects (NumPy's own errors name no argument), ragged lists."""
-    try:
-        arr = np.asarray(x)
-    except (ValueError, TypeError):   # ragged nested lists; a CuPy array (no implicit copy)
-        raise TypeError(f"{name}: expected a NumPy array (or nested lists) of real numbers, "
-                        f"got a {type(x).__name__} that NumPy cannot read as one") from None
-    if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":
-        raise TypeError(f"{name}: expected real numbers (a float or int dtype), got "
-                        f"{dtype_label(arr.dtype)}")
-    return arr.astype(dtype, copy=False)
-
 
 def _e4m3():
     import ml_dtypes  # noqa: PLC0415 - imported on first use: it slows every import and fork

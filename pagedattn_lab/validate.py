@@ -18,6 +18,7 @@ import numpy as np
 
 from .backend import data_pointer, is_cupy_array, to_numpy_together
 from .validate_kinds import dtype_label, is_int
+from .validate_values import real_values  # noqa: F401 - re-exported: a check, found here
 
 CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 INT32_MAX = 2**31 - 1        # sizes the kernels take as int arguments

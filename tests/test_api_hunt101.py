@@ -379,8 +379,8 @@ def test_describe_translation_refuses_sizes_t_was_not_translated_with(cache):
     assert viz.describe_translation(t, 4, 2, 8, 1, 3).endswith("(4 * 2 + 1) * 8 + 3 = 75")
     with pytest.raises(ValueError, match=r"^page_size: expected an int >= 1, got -4"):
         viz.describe_translation(t, -4, 2, 8, 1, 3)
-    with pytest.raises(ValueError, match=r"^page_size, num_kv_heads, head_dim, kv_head, dim: "
-                                         r"8, 2, 8, 1, 3 are not the sizes t was translated"):
+    with pytest.raises(ValueError, match=r"^page_size: expected 4, got 8, which puts token 4 "
+                                         r"at virtual page 0, offset 4"):
         viz.describe_translation(t, 8, 2, 8, 1, 3)
     with pytest.raises(ValueError, match=r"^kv_head: expected 0\.\.1, got 5"):
         viz.describe_translation(t, 4, 2, 8, 5, 3)

@@ -111,9 +111,11 @@ CONFIG = EngineConfig(num_pages=16, page_size=4)
     (lambda: tail_waste([1.7], [2], 4), TypeError, r"^prompt_lens\[0\]: expected an integer "
                                                    r"length"),
     (lambda: choose_page_size([10], [5], candidates=[0, 4]), ValueError,
-     r"^candidates: expected page sizes >= 1, got \[0, 4\]"),
+     r"^candidates\[0\]: expected a page size >= 1, got 0$"),
+    (lambda: choose_page_size([10], [5], candidates=[4, 8, -2]), ValueError,
+     r"^candidates\[2\]: expected a page size >= 1, got -2$"),
     (lambda: choose_page_size([10], [5], candidates=[]), ValueError,
-     r"^candidates: expected page sizes >= 1, got \[\]"),
+     r"^candidates: expected at least one page size, got \[\]$"),
     (lambda: choose_page_size([10], [5], candidates=4), TypeError,
      r"^candidates: expected a list of page sizes"),
     (lambda: choose_page_size([10], [5], max_waste=float("nan")), ValueError,

@@ -71,7 +71,7 @@ def test_dequant_decode_kv_head_past_the_cache_fault_names_the_formula():
     assert not case.passed and "out-of-bounds read of k_scale" in case.message, printed
     hint = _flat(case.hint)
     assert "read kv head h / num_kv_heads = 1, past the cache's last kv head, 0" in hint, printed
-    assert "kv_head = h / (num_heads / num_kv_heads) = 0" in hint, printed
+    assert "query head h reads kv head h / (num_heads / num_kv_heads) = 0 here" in hint, printed
     assert "laid out like the pages" not in hint, printed
 
 

@@ -47,9 +47,9 @@ def tail_waste(prompt_lens, output_lens, page_size: int) -> float:
 def choose_page_size(prompt_lens, output_lens, candidates=PAGE_SIZES,
                      max_waste: float = 0.05) -> tuple[int, dict[int, float]]:
     """(the largest page size whose `tail_waste` is at most max_waste, {page size: waste})."""
-    candidates = check_int_list(candidates, "candidates", "page size")
-    if not candidates or min(candidates) < 1:
-        raise ValueError(f"candidates: expected page sizes >= 1, got {candidates}")
+    candidates = check_int_list(candidates, "candidates", "page size", minimum=1)
+    if not candidates:
+        raise ValueError("candidates: expected at least one page size, got []")
     if not is_number(max_waste) or not 0 <= max_waste <= 1:
         raise ValueError(f"max_waste: expected a share of the slots in [0, 1], got {max_waste!r}")
     waste = {p: tail_waste(prompt_lens, output_lens, p) for p in sorted(candidates)}
@@ -59,16 +59,11 @@ def choose_page_size(prompt_lens, output_lens, candidates=PAGE_SIZES,
 
 def _check_lengths(prompt_lens, output_lens, *, min_output: int) -> tuple[list, list]:
     """Prompt (>= 1) and output (>= min_output) lengths, one of each per request, as ints."""
-    prompts = check_int_list(prompt_lens, "prompt_lens", "length")
-    outputs = check_int_list(output_lens, "output_lens", "length")
+    prompts = check_int_list(prompt_lens, "prompt_lens", "length", minimum=1)
+    outputs = check_int_list(output_lens, "output_lens", "length", minimum=min_output)
     if len(prompts) != len(outputs) or not prompts:
         raise ValueError(f"prompt_lens, output_lens: expected one of each per request (at "
                          f"least one), got {len(prompts)} and {len(outputs)}")
-    for name, lens, least in (("prompt_lens", prompts, 1), ("output_lens", outputs, min_output)):
-        short = [i for i, n in enumerate(lens) if n < least]
-        if short:
-            raise ValueError(f"{name}[{short[0]}]: expected a length >= {least}, got "
-                             f"{lens[short[0]]}")
     return prompts, outputs
 
 

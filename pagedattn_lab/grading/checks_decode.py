@@ -28,16 +28,14 @@ from .puzzle_runner import per_thread_max
 from .kernel_runner import poisoned, unwritten
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases, several_fit
 from .table_probe import PAGE_SIZE, full_table, transposed_hint
-from .variants import (BY_KV_HEADS_HINT, HEAD_STRIDE_HINT, SCALED_VALUES_HINT,
-                       UNSCALED_PAGES_HINT, twice_hint)
+from .variants import (BY_KV_HEADS_HINT, BY_MOD_HINT, HEAD_STRIDE_HINT, SAME_HEAD_HINT,
+                       SCALED_VALUES_HINT, UNSCALED_PAGES_HINT, twice_hint)
 
 # -- task 2: one partition per warp, in CUDA C ----------------------------------------------
 
 _PARTITION_MISTAKES = [
-    ("query head h reads kv head h / (num_heads / num_kv_heads) (GQA: a group of consecutive "
-     "query heads shares one kv head), not h % num_kv_heads.", {"kv_map": "mod"}),
-    ("query head h reads kv head h / (num_heads / num_kv_heads), not kv head h.",
-     {"kv_map": "same"}),
+    (BY_MOD_HINT, {"kv_map": "mod"}),
+    (SAME_HEAD_HINT, {"kv_map": "same"}),
     (BY_KV_HEADS_HINT, {"kv_map": "by_kv_heads"}),
     ("the scores are not scaled: multiply q . k by scale.", {"scale": 1.0}),
     ("multiply by the kernel's argument `scale`, not 1/sqrt(head_dim) worked out in the kernel: "

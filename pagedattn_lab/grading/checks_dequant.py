@@ -14,7 +14,7 @@ import numpy as np
 from .cases import paged_problem
 from .checks_kernels import _Compiled
 from .checks_quant import NOTHING_WRITTEN
-from .compare import describe_difference, diagnose
+from .compare import describe_difference, diagnose, kv_head_rule
 from .decode_launch import DECODE_BUFFER_HINTS
 from .faults import kernel_message
 from .kernel_runner import poisoned, unwritten
@@ -57,9 +57,9 @@ def _kv_head_fault_hint(exc, per_token: int, heads: int, kv_heads: int) -> str |
     if wrong < kv_heads or not fits:
         return None
     return (f"query head {h} read KV head h / num_kv_heads = {wrong}, past the cache's last "
-            f"KV head, {kv_heads - 1} (element {exc.index} of {exc.buffer}): its KV head is "
-            f"kv_head = h / (num_heads / num_kv_heads) = {h // (heads // kv_heads)}, h / group "
-            "(a group is consecutive query heads).")
+            f"KV head, {kv_heads - 1} (element {exc.index} of {exc.buffer}): "
+            f"{kv_head_rule()} = {h // (heads // kv_heads)} here, h / group (a group is "
+            "consecutive query heads).")
 
 
 def _scale_fault_hint(name: str, index: int, per_token: int, heads: int) -> str:

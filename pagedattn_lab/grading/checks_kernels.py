@@ -234,7 +234,7 @@ def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool, probing: b
         short = (getattr(exc, "region", None) in ("stack", "local or shared array")
                  and array_size_hint(comp.source, s["head_dim"]))
         if short:
-            raise Mismatch(f"{exc}", short) from exc
+            raise _array_too_short(exc, s["head_dim"], short) from exc
         # a fault where a size is not a power of two, from a kernel that shifts or masks; or
         # a table read transposed, which soon reaches the table's -1 padding
         faulted = getattr(exc, "buffer", None) and not probing
@@ -244,6 +244,20 @@ def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool, probing: b
             raise
         raise Mismatch(kernel_message(exc), hint) from exc
     return got, unwritten(got)
+
+
+def _array_too_short(exc: Exception, head_dim: int, hint: str) -> Mismatch:
+    """The fault of a thread's array shorter than head_dim, in a Mismatch's form: the
+    executor's account (index, array, line, thread, block) as the message; expected and got
+    the entries needed and the index that ran past them, where the fault names one."""
+    index, declared = getattr(exc, "index", None), getattr(exc, "array_type", None)
+    if index is None:   # (a fault through a pointer, past the stack, may name none)
+        return Mismatch(kernel_message(exc), hint)
+    array = getattr(exc, "array", None) or "an array"
+    return Mismatch(kernel_message(exc), hint,
+                    expected=f"indices 0..{head_dim - 1} (head_dim {head_dim}) of a thread's "
+                             "arrays over the head dimension",
+                    got=f"index {index} of `{array}`" + (f" ({declared})" if declared else ""))
 
 
 def _divisors(prob) -> dict:

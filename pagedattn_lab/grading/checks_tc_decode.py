@@ -15,7 +15,7 @@ import numpy as np
 
 from .checks_kernels import _Compiled
 from .checks_tc_rows import TILE
-from .compare import describe_difference, diagnose, fmt, ranges
+from .compare import describe_difference, fitting_hints, fmt, ranges
 from .faults import RACE_ADVICE, describe_kernel_exception, kernel_message
 from .kernel_hints import UNSET_FLOAT, shift_hint
 from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
@@ -152,6 +152,10 @@ def _paging_variants(prob):
         (UNSCALED_PAGES_HINT, read(lambda t: table[t // page_size] + t % page_size)),
         (f"{spec}: yours swaps / and % (the page is t / page_size, the offset in it "
          "t % page_size).", read(lambda t: table[t % page_size] * page_size + t // page_size)),
+        (f"{spec}: yours looks token t's page up as (t - 1) / page_size, so the first "
+         "token of every page after the first reads the page before it.",
+         # (C's -1 / page_size is 0: every case's pages hold more than one token)
+         read(lambda t: table[np.maximum(t - 1, 0) // page_size] * page_size + t % page_size)),
     ]
 
 
@@ -248,8 +252,13 @@ def _tile_case(comp, seed, *sizes) -> None:
     diff, valid = _tile_diff(prob, got, never)
     if diff is not None:
         j, t, _, _ = diff.first()
-        hint = diagnose(got, prob.expected(), _tile_variants(prob), mask=valid,
-                        nan_is_evidence=False) or _pow2_shift_hint(comp, seed, sizes) \
+        # every variant that fits: on case 3 (one token past the first tile, pages of 16)
+        # a page of (t - 1) / page_size reads token 0's K for token 16 as a tile start left
+        # out does, and naming one would blame a mistake the learner may not have made
+        fits = list(fitting_hints(got, prob.expected(), _tile_variants(prob), mask=valid,
+                                  nan_is_evidence=False))
+        hint = (several_fit(fits, "scores") if fits else None) \
+            or _pow2_shift_hint(comp, seed, sizes) \
             or store_ldm_hint(lambda out: _launch_tile(comp, prob, out), prob)
         if hint is None and (np.isnan(np.asarray(got, np.float64)) & ~never).any():
             hint = NAN_READ_HINT   # q and the used cache slots are finite: no product makes a NaN

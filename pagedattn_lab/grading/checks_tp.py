@@ -15,7 +15,7 @@ import numpy as np
 
 from ..distributed.shard import head_range
 from ..validate_kinds import is_int
-from .compare import POW2_HINT, call_on_copies, pow2_div
+from .compare import POW2_HINT, call_on_copies, kv_head_rule, pow2_div
 from .report import Case, CheckResult, Mismatch, as_array, run_cases, several_fit
 from .seeds import case_rng   # the grader salts the random cases
 
@@ -60,9 +60,9 @@ def _split_variants(rank, world, heads, kv):
          ((ks, ke), (rank * heads // kv, (rank + 1) * heads // kv))),
         ("a rank holds only the KV heads its own query heads read (num_kv_heads / world_size "
          "of them), not every KV head: the cache is split, not copied.", ((0, kv), (qs, qe))),
-        ("query head h reads KV head h // group (group = num_heads / num_kv_heads), not "
-         "h % num_kv_heads: the rank's query heads read KV heads q_start // group ... "
-         "q_stop // group - 1, which must be its own.", ((qs % kv, qs % kv + n_kv), (qs, qe))),
+        (kv_head_rule("//") + " = h // group, not h % num_kv_heads: the rank's query heads "
+         "read KV heads q_start // group ... q_stop // group - 1, which must be its own.",
+         ((qs % kv, qs % kv + n_kv), (qs, qe))),
         ("return the KV head range first, then the query head range: "
          "((kv_start, kv_stop), (q_start, q_stop)).", ((qs, qe), (ks, ke))),
         ("ranks count from 0: rank 0 owns the first heads.",

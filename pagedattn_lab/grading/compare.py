@@ -25,6 +25,12 @@ POW2_HINT = ("shifts and masks (<< or >> log2(n), & (n - 1)) stand for * n, // n
              "(ceil: -(-a // n)).")
 
 
+def kv_head_rule(div: str = "/") -> str:
+    """The GQA rule, worded alike by every hint that states it; `div`: the integer division
+    of the learner's language (CUDA C's /, Python's //)."""
+    return f"query head h reads KV head h {div} (num_heads {div} num_kv_heads)"
+
+
 def pow2_div(a, n):
     """a // n as a shift by log2(n) computes it: right only for a power of two n."""
     return a >> (int(n).bit_length() - 1)
@@ -198,6 +204,14 @@ def diagnose(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None,
     `nan_is_evidence=False` (a kernel whose NaN may also come from memory it read before
     anyone wrote it), a variant that is NaN wherever it is wrong proves nothing and is skipped.
     """
+    return next(fitting_hints(got, expected, variants, atol=atol, rtol=rtol, mask=mask,
+                              nan_is_evidence=nan_is_evidence), None)
+
+
+def fitting_hints(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None,
+                  nan_is_evidence: bool = True):
+    """The hints of every known-wrong variant that `got` reproduces, in order, each computed
+    only when asked for (as `diagnose`, which takes the first)."""
     for hint, candidate in variants:
         try:
             candidate = candidate() if callable(candidate) else candidate
@@ -208,8 +222,7 @@ def diagnose(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None,
         if not nan_is_evidence and _nan_where_wrong(candidate, expected, atol, rtol, mask):
             continue
         if matches(got, candidate, atol=atol, rtol=rtol, mask=mask):
-            return hint
-    return None
+            yield hint
 
 
 def _nan_where_wrong(candidate, expected, atol, rtol, mask) -> bool:

@@ -23,6 +23,8 @@ import numpy as np
 
 from ..addressing import token_slots
 from ..reference import reference_decode
+from .compare import kv_head_rule
+from .variants import attention_variant
 
 WARP = 32
 FILL = 85   # what the check writes into k_cache first: an unwritten code shows as 85
@@ -209,19 +211,18 @@ _SOFTMAX_MISTAKES = [
 ]
 # The scales read at another KV head than the codes' (a bug named by a ("scale_head", how)).
 _SCALE_HEAD_MISTAKES = [
-    (("scale_head", "div"), "the scales were read at KV head h / num_kv_heads; query head h's "
-                            "KV head is kv_head = h / (num_heads / num_kv_heads), h / group (a "
-                            "group is consecutive query heads): read k_scale and v_scale at "
-                            "kv_head, as the codes are."),
-    (("scale_head", "mod"), "the scales were read at KV head h % num_kv_heads; query head h's "
-                            "KV head is kv_head = h / (num_heads / num_kv_heads) (a group is "
-                            "consecutive query heads): read k_scale and v_scale at kv_head, as "
-                            "the codes are."),
+    (("scale_head", "div"), "the scales were read at KV head h / num_kv_heads; "
+                            + kv_head_rule() + ", h / group (a group is consecutive query "
+                            "heads): read k_scale and v_scale at that KV head, as the codes "
+                            "are."),
+    (("scale_head", "mod"), "the scales were read at KV head h % num_kv_heads; "
+                            + kv_head_rule() + " (a group is consecutive query heads): read "
+                            "k_scale and v_scale at that KV head, as the codes are."),
 ]
 # The codes and the scales both read at another KV head (the stub's kv_head line changed).
 _CODES_HEAD_MISTAKES = [
-    (("kv_head", how), "query head h reads KV head kv_head = h / (num_heads / num_kv_heads), "
-                       f"h / group (a group is consecutive query heads), not {wrong}: the "
+    (("kv_head", how), kv_head_rule() + ", h / group (a group is consecutive query "
+                       f"heads), not {wrong}: the "
                        "codes and the scales were read at another KV head.")
     for how, wrong in (("div", "h / num_kv_heads"), ("mod", "h % num_kv_heads"))]
 READ_MISTAKES = _read_mistakes() + _SOFTMAX_MISTAKES + _SCALE_HEAD_MISTAKES + \
@@ -299,14 +300,13 @@ def _scales_of_another_head(prob, codes, scales, per_token, softmax_scale, how):
 
 def _codes_of_another_head(prob, codes, scales, per_token, softmax_scale, how):
     """Query head h's output with its codes and scales read at KV head h // num_kv_heads
-    ("div") or h % num_kv_heads ("mod"); None when that head would be past the cache."""
-    heads, kv_heads = prob.q.shape[1], prob.k_cache.shape[2]
-    at = np.arange(heads) // kv_heads if how == "div" else np.arange(heads) % kv_heads
-    if at.max() >= kv_heads:
-        return None
-    k, v = (np.ascontiguousarray(_values(c, _scales_at(s, per_token, "slot", prob),
-                                         "times")[:, :, at]) for c, s in zip(codes, scales))
-    return reference_decode(prob.q, k, v, prob.block_tables, prob.seq_lens, softmax_scale)
+    ("div") or h % num_kv_heads ("mod"): attention_variant over the dequantized pages. A
+    head past the last reads the next slot's row, as the kernel does (its per-token scale
+    sits at the same index; a static one past k_scale faults, so no output is compared)."""
+    k, v = (_values(c, _scales_at(s, per_token, "slot", prob), "times")
+            for c, s in zip(codes, scales))
+    return attention_variant(prob.q, k, v, prob.block_tables, prob.seq_lens, softmax_scale,
+                             mode="decode", kv_map={"div": "by_kv_heads", "mod": "mod"}[how])
 
 
 def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compare import POW2_HINT, one_of, pow2_div, pow2_mod
+from .compare import POW2_HINT, kv_head_rule, one_of, pow2_div, pow2_mod
 
 
 def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_head, *,
@@ -170,9 +170,11 @@ def _online(logits, values, bug: str):
     return acc if bug == "no_div" else acc / total[:, None]
 
 
-BY_KV_HEADS_HINT = ("query head h must read kv head h / (num_heads / num_kv_heads), not "
-                    "h / num_kv_heads: divide by the group size, the query heads per kv head "
-                    "(the two agree only when the group size equals num_kv_heads).")
+BY_KV_HEADS_HINT = (kv_head_rule() + ", not h / num_kv_heads: divide by the group size, the "
+                    "query heads per KV head (the two agree only when the group size equals "
+                    "num_kv_heads).")
+BY_MOD_HINT = kv_head_rule() + " (GQA groups are consecutive query heads), not h % num_kv_heads."
+SAME_HEAD_HINT = kv_head_rule() + ", not KV head h."
 UNSCALED_PAGES_HINT = ("token t is at slot block_table[t / page_size] * page_size + t % "
                        "page_size: yours adds the offset to the page number itself; a page "
                        "starts at its number times page_size, so multiply it by page_size "
@@ -229,10 +231,8 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
          "block_table[t / page_size].", v(offset_shift=1)),
         ("the block table is ignored: the cache is not contiguous; translate each token "
          "through its sequence's row of block_tables.", v(identity_pages=True)),
-        ("query head h must read kv head h / (num_heads / num_kv_heads) (GQA groups are "
-         "consecutive query heads), not h % num_kv_heads.", v(kv_map="mod")),
-        ("query head h must read kv head h / (num_heads / num_kv_heads), not kv head h.",
-         v(kv_map="same")),
+        (BY_MOD_HINT, v(kv_map="mod")),
+        (SAME_HEAD_HINT, v(kv_map="same")),
         (BY_KV_HEADS_HINT, v(kv_map="by_kv_heads")),
         ("online softmax: when the max grows, rescale the accumulator too: acc[d] = acc[d] * "
          "expf(old_max - new_max) + weight * v[d].", v(online_bug="acc")),

@@ -15,7 +15,7 @@ from __future__ import annotations
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..quant import real_values
+from ..validate import real_values
 
 
 def online_softmax_trace(scores, values=None) -> dict:

@@ -68,15 +68,66 @@ def describe_translation(t: Translation, page_size: int, num_kv_heads: int, head
     again = Translation(t.token, virtual_page(t.token, page_size), offset, t.physical_page,
                         slot, element_offset(slot, kv_head, dim, num_kv_heads, head_dim))
     if again != t:
-        raise ValueError(f"page_size, num_kv_heads, head_dim, kv_head, dim: {page_size}, "
-                         f"{num_kv_heads}, {head_dim}, {kv_head}, {dim} are not the sizes t was "
-                         f"translated with (they give {again}, t is {t})")
+        raise ValueError(_not_the_sizes_of(t, again, page_size, {
+            "num_kv_heads": num_kv_heads, "head_dim": head_dim, "kv_head": kv_head, "dim": dim}))
     return (f"token {t.token}: virtual page = {t.token} // {page_size} = {t.virtual_page}, "
             f"offset = {t.token} % {page_size} = {t.offset}\n"
             f"physical page = block_table[{t.virtual_page}] = {t.physical_page}\n"
             f"slot = {t.physical_page} * {page_size} + {t.offset} = {t.slot}\n"
             f"element offset = ({t.slot} * {num_kv_heads} + {kv_head}) * {head_dim} + {dim} "
             f"= {t.element_offset}")
+
+
+def _not_the_sizes_of(t: Translation, again: Translation, page_size: int, sizes: dict) -> str:
+    """Why these sizes are not the ones t was translated with, naming the argument the
+    evidence shows: page_size when the page steps differ (they use nothing else), else each
+    head size whose change alone gives t's element offset (all four when none does)."""
+    if again[:5] != t[:5]:
+        return (f"page_size: expected {_page_size_of(t)}, got {page_size}, which puts token "
+                f"{t.token} at virtual page {again.virtual_page}, offset {again.offset}, slot "
+                f"{again.slot} (t has {t.virtual_page}, {t.offset}, {t.slot})")
+    fixes = _single_fixes(t.slot, t.element_offset, sizes)
+    given = (f"{', '.join(f'{k} {v}' for k, v in sizes.items())} give element offset "
+             f"{again.element_offset} for slot {t.slot}; t has {t.element_offset}")
+    if not fixes:
+        return f"{', '.join(sizes)}: {given}, which no one of them alone explains"
+    if len(fixes) == 1:
+        [(name, value)] = fixes.items()
+        return f"{name}: expected {value}, got {sizes[name]} ({given})"
+    return (f"{' or '.join(fixes)}: expected {' or '.join(f'{k} {v}' for k, v in fixes.items())}"
+            f" (either alone explains t), got {', '.join(f'{k} {sizes[k]}' for k in fixes)} "
+            f"({given})")
+
+
+def _page_size_of(t: Translation) -> str:
+    """The page size t's page steps were taken with, as far as t shows it."""
+    pages = [(t.token, t.virtual_page), (t.slot, t.physical_page)]
+    for size in {(at - t.offset) // page for at, page in pages if page > 0}:
+        if size > max(t.offset, 0) and all(at == page * size + t.offset for at, page in pages):
+            return str(size)
+    return (f"a page size > {t.token}" if t.virtual_page == 0 and t.token == t.offset
+            else "a page size that gives t's pages (none does: t is no translation)")
+
+
+def _single_fixes(slot: int, offset: int, sizes: dict) -> dict:
+    """{head size: value} for each of `sizes` whose change alone gives element `offset` of
+    `slot` = (slot * num_kv_heads + kv_head) * head_dim + dim, each value in its range."""
+    n, hd, kh, d = (sizes[k] for k in ("num_kv_heads", "head_dim", "kv_head", "dim"))
+    row = slot * n + kh
+    guesses = {"num_kv_heads": ((offset - d) // hd - kh) // slot if slot else None,
+               "head_dim": (offset - d) // row if row else None,
+               "kv_head": (offset - d) // hd - slot * n,
+               "dim": offset - row * hd}
+    fixes = {}
+    for name, guess in guesses.items():
+        trial = dict(sizes, **{name: guess})
+        try:
+            fits = guess is not None and element_offset(slot, **trial) == offset
+        except ValueError:   # the guess is out of its range (kv_head >= num_kv_heads, ...)
+            fits = False
+        if fits:
+            fixes[name] = guess
+    return fixes
 
 
 def plot_translation(obj, seq, token: int, *, kv_head: int = 0, dim: int = 0,

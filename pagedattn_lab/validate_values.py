@@ -1,0 +1,22 @@
+"""Checks of the values an array argument holds, apart from validate.py (which re-exports
+them) to keep that module small."""
+from __future__ import annotations
+
+import numpy as np
+
+from .validate_kinds import dtype_label
+
+
+def real_values(x, name: str, dtype=np.float32) -> np.ndarray:
+    """x (an array, or nested lists, of real numbers) as `dtype`. Refused by name: complex
+    (NumPy's cast drops the imaginary part with only a warning), bool (read as 0 and 1),
+    strings and objects (NumPy's own errors name no argument), ragged lists."""
+    try:
+        arr = np.asarray(x)
+    except (ValueError, TypeError):   # ragged nested lists; a CuPy array (no implicit copy)
+        raise TypeError(f"{name}: expected a NumPy array (or nested lists) of real numbers, "
+                        f"got a {type(x).__name__} that NumPy cannot read as one") from None
+    if arr.dtype.kind not in "fiu" and arr.dtype.name != "bfloat16":
+        raise TypeError(f"{name}: expected real numbers (a float or int dtype), got "
+                        f"{dtype_label(arr.dtype)}")
+    return arr.astype(dtype, copy=False)
