@@ -140,8 +140,25 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
 
 def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
     """(block_tables [batch, pages], seq_lens [batch]), views into `buf` (NumPy or CuPy);
-    with max_pages (a prefill buffer), qo_indptr [batch + 1] too."""
+    with max_pages (a prefill buffer), qo_indptr [batch + 1] too. Refused by name: sizes
+    the buffer was not packed with (a smaller max_batch read table entries as lengths)."""
+    max_batch = check_int(max_batch, "max_batch", minimum=0)
+    prefill = max_pages is not None
+    if prefill:
+        max_pages = check_int(max_pages, "max_pages", minimum=0)
+    if getattr(buf, "ndim", None) != 1 or buf.size < HEADER:
+        raise ValueError(f"buf: expected the 1-D buffer pack_tables fills, got shape "
+                         f"{getattr(buf, 'shape', None)}")
     batch, pages = (int(n) for n in buf[:HEADER].tolist())
+    if not (0 <= batch <= max_batch and 0 <= pages and (not prefill or pages <= max_pages)):
+        raise ValueError(f"max_batch, max_pages: buf holds {batch} rows of {pages} pages, more "
+                         f"than max_batch={max_batch}, max_pages={max_pages} (pack_tables and "
+                         f"unpack_tables must be given the same sizes)")
+    need = (table_capacity(max_batch, max_pages, True) if prefill
+            else HEADER + max_batch + batch * pages)
+    if buf.size < need:
+        raise ValueError(f"buf: {buf.size} entries, fewer than the {need} that max_batch="
+                         f"{max_batch}, max_pages={max_pages} and its header take")
     lens = buf[HEADER:HEADER + batch]
     start = HEADER + max_batch
     tables = buf[start:start + batch * pages].reshape(batch, pages)

@@ -108,6 +108,9 @@ class KVCacheManager:
         next token, even when the whole prompt is cached), and the cached pages holding them.
         With one-token pages the last token's own cached page is not among them: taking it
         would copy (on write) a page whose only slot is about to be overwritten."""
+        if not req.num_tokens:   # (computed would be -1, and its cost an IndexError)
+            raise ValueError(f"req: request {req.rid} has no token; expected a prompt of at "
+                             f"least one")
         pages = []
         if self.enable_caching:
             for i, block_hash in enumerate(self.hashes(req)):
@@ -153,6 +156,13 @@ class KVCacheManager:
                        lookahead: int = 0) -> int:
         """Free pages that admitting a request with these prefix hits takes: hits sitting in
         the free queue leave it, plus what writing its first chunk takes."""
+        # (unchecked, a lookahead of -5 priced nothing, a hit of -1 read the last page's
+        # count, a float computed failed inside range())
+        hits = check_int_list(hits, "hits", "page id")
+        check_page_ids(hits, "hits", self.pool.num_pages, "pool")
+        computed = check_int(computed, "computed", minimum=0)
+        num_new = check_int(num_new, "num_new", minimum=0)
+        lookahead = check_int(lookahead, "lookahead", minimum=0)
         free_hits = sum(self.pool.ref_cnt[p] == 0 for p in hits)
         return free_hits + self._write_cost(hits, computed, num_new, lookahead)
 
@@ -166,8 +176,9 @@ class KVCacheManager:
         waiting, holding nothing."""
         refuse_held(req, "admit", "a waiting request", device=True, host=True)
         hits = self._check_hits(req, hits, computed)
-        _check_num_new(req, num_new, computed)
-        check_int(lookahead, "lookahead", minimum=0)
+        computed = int(computed)   # (a NumPy int stayed in the request and the counters)
+        num_new = _check_num_new(req, num_new, computed)
+        lookahead = check_int(lookahead, "lookahead", minimum=0)
         with self._atomic(req):
             self.pool.touch(hits)
             req.pages = list(hits)
@@ -240,9 +251,7 @@ class KVCacheManager:
     def swap_out(self, req: Request) -> None:
         """Copy the pages holding the request's computed tokens to host memory, then free
         every page it holds on the device."""
-        if self.host is None:
-            raise ValueError(f"req: this manager has no host pages to swap request {req.rid} "
-                             f"out to (num_host_pages=0)")
+        self._need_host(req, "swap request {} out to")
         refuse_held(req, "swap_out", "a running request", device=False, host=True)
         keep = req.pages[:_pages_for(req.num_computed_tokens, self.page_size)]
         self._save_host()
@@ -259,8 +268,16 @@ class KVCacheManager:
             raise
         req.host_pages = host_pages
 
+    def _need_host(self, req: Request, what: str) -> None:
+        """Refuse, by name, a swap call on a manager without host pages (else an
+        AttributeError on None, halfway through)."""
+        if self.host is None:
+            raise ValueError(f"req: this manager has no host pages to {what.format(req.rid)} "
+                             f"(num_host_pages=0)")
+
     def free_host(self, req: Request) -> None:
         """Give back the host pages of a swapped-out request."""
+        self._need_host(req, "take request {}'s back from")
         self._save_host()
         self.host.free(req.host_pages)
         req.host_pages = []
@@ -275,6 +292,7 @@ class KVCacheManager:
     def swap_in(self, req: Request) -> None:
         """Bring a swapped request's pages back (the caller checked `swap_in_cost`); a
         failure (a copy interrupted) leaves it swapped out, its host pages held."""
+        self._need_host(req, "swap request {} in from")
         refuse_held(req, "swap_in", "a swapped-out request", device=True, host=False)
         with self._atomic(req):
             pages = self.pool.allocate(len(req.host_pages))

@@ -36,18 +36,33 @@ from operator import itemgetter
 import numpy as np
 
 from ..paging import OutOfPagesError, check_owners, check_page_id, check_page_ids
-from ..validate import MAX_PAGES, check_int, check_int_list
+from ..validate import MAX_PAGES, check_int, check_int_list, check_memory
+
+# A pool page costs ~144 bytes of Python objects from the start (its count, hash and tokens
+# entries, its free-queue entry; measured with tracemalloc over 2^20 pages): unlike the
+# allocator's, this pool is built whole, and 10^9 pages got the process killed, no error.
+POOL_BYTES_PER_PAGE = 150
 
 
 def hash_block(parent: bytes | None, token_ids) -> bytes:
-    """The chained hash of one full block: SHA-256 of the parent's hash and the token ids."""
+    """The chained hash of one full block: SHA-256 of the parent's hash and the token ids.
+    Refused by name: a parent not a hash, token ids not integers (1.5 was hashed as 1, a
+    prefix hit on another prompt's block)."""
+    if parent is not None and not isinstance(parent, bytes):
+        raise TypeError(f"parent: expected the bytes hash_block returns (or None for block "
+                        f"0), got {type(parent).__name__}")
+    ids = np.asarray(token_ids)
+    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+        raise TypeError(f"token_ids: expected a list of integer token ids, got "
+                        f"{ids.dtype.name} values of shape {ids.shape}")
     h = hashlib.sha256(parent or b"")
-    h.update(np.asarray(token_ids, dtype=np.int64).tobytes())
+    h.update(ids.astype(np.int64).tobytes())
     return h.digest()
 
 
 def block_hashes(token_ids, page_size: int, parent: bytes | None = None) -> list[bytes]:
     """The hashes of every full block of `token_ids` (a trailing partial block has none)."""
+    page_size = check_int(page_size, "page_size", minimum=1)   # (-1 gave [], 0 a range error)
     out = []
     for start in range(0, len(token_ids) - page_size + 1, page_size):
         parent = hash_block(parent, token_ids[start:start + page_size])
@@ -62,6 +77,8 @@ class BlockPool:
         # (a negative count made a pool with num_used < 0; a bool, a pool of one page)
         self.num_pages = num_pages = check_int(num_pages, "num_pages", minimum=1,
                                                maximum=MAX_PAGES)
+        check_memory(num_pages * POOL_BYTES_PER_PAGE, "cpu", "num_pages",
+                     f"the bookkeeping of a pool of {num_pages} pages")
         self.ref_cnt = [0] * num_pages
         self.page_hash: list[bytes | None] = [None] * num_pages
         self.page_tokens: list[tuple | None] = [None] * num_pages   # while it has a hash

@@ -36,10 +36,10 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from ..validate import check_int
+from ..validate import check_int, check_int_list
 from .config import EngineConfig
 from .kv_manager import KVCacheManager, refuse_held
-from .request import Request, Status
+from .request import Request, SamplingParams, Status
 
 
 @dataclass
@@ -67,6 +67,17 @@ class ScheduledStep:
 
 
 FINISH_REASONS = ("stop", "length")
+MAX_TOKEN_ID = 2**63 - 1   # the prefix cache hashes token ids as int64
+
+
+def _token_ids(req: Request, name: str) -> list[int]:
+    """req.<name> as Python ints in 0..MAX_TOKEN_ID, else an error naming the entry."""
+    ids = check_int_list(getattr(req, name), f"req.{name}", "token id", minimum=0)
+    big = [i for i, t in enumerate(ids) if t > MAX_TOKEN_ID]
+    if big:
+        raise ValueError(f"req.{name}[{big[0]}]: token id {ids[big[0]]} is past int64 "
+                         f"(at most {MAX_TOKEN_ID})")
+    return ids
 
 
 class Scheduler:
@@ -164,6 +175,16 @@ class Scheduler:
         if req.status is Status.FINISHED:
             raise ValueError(f"req: request {req.rid} is finished; queue a new Request")
         refuse_held(req, "add", "a new request", device=True, host=True)
+        # (an empty prompt, or a token id past int64, which the prefix cache hashes as, made
+        # every schedule() after raise; params were first read when it finished)
+        prompt, outputs = (_token_ids(req, name) for name in ("prompt_ids", "output_ids"))
+        if not prompt:
+            raise ValueError(f"req.prompt_ids: request {req.rid} has no prompt token; expected "
+                             f"at least one")
+        if not isinstance(req.params, SamplingParams):
+            raise TypeError(f"req.params: expected a SamplingParams, got "
+                            f"{type(req.params).__name__}")
+        req.prompt_ids, req.output_ids = prompt, outputs
         req.rid, req.status = rid, Status.WAITING
         self.waiting.append(req)
         self._queued[rid] = req
