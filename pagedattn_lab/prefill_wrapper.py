@@ -47,7 +47,7 @@ from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Variant,
                            shared_bytes, variant_for, work_list)
-from .quant import check_run_scales, check_scheme, kv_format
+from .quant import check_run_scales, check_scheme, kv_format, storage_hint
 from .validate import (bf16_bits_hint, check_array, check_block_tables, check_bool,
                        check_int, check_offsets, check_plan_sizes, resolve_scale)
 from .validate_kinds import dtype_label
@@ -114,7 +114,8 @@ class BatchPrefillWrapper:
         `decode_variant` replaces the packed launch's one-warp default (at most one of the
         three). dtype: "float16" or "half", "bfloat16", or a NumPy, ml_dtypes or torch dtype
         (spelled as BatchDecodeWrapper.plan's). Raises before changing the wrapper if
-        anything is off."""
+        anything is off. The plan keeps its own copy of qo_indptr, block_tables and
+        seq_lens: changing them afterwards changes no run until the next plan."""
         num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
             num_heads, num_kv_heads, head_dim, page_size)
         if head_dim not in HEAD_DIMS:
@@ -228,7 +229,8 @@ class BatchPrefillWrapper:
             if name != "q" and self.kv_format is not None:
                 if x.dtype != self.kv_format.storage:
                     raise TypeError(f"{name}: expected dtype {self.kv_format.storage} (the codes "
-                                    f"of {self.kv_format.name}, as planned), got {x.dtype}")
+                                    f"of {self.kv_format.name}, as planned), got {x.dtype}"
+                                    f"{storage_hint(x.dtype, self.kv_format, name)}")
             elif not _accepts(x.dtype, self.dtype, self.on_gpu):
                 bits = bf16_bits_hint(x, self.dtype != np.float16)   # (bfloat16 planned)
                 raise TypeError(f"{name}: expected dtype {self.dtype} (as planned), got "

@@ -56,6 +56,17 @@ FORMATS = {
 KV_DTYPE_ALIASES = {"fp8": "fp8_e4m3", "float8_e4m3fn": "fp8_e4m3"}
 
 
+def storage_hint(dtype, fmt: KVFormat, name: str) -> str:
+    """The fix for a cache of e4m3 codes held as ml_dtypes float8_e4m3fn (the CPU's natural
+    fp8 array, as ml_dtypes.bfloat16 is its bfloat16): the same bytes viewed as the storage.
+    "" for any other dtype: another one-byte type (float8_e5m2, uint8 beside int8) need not
+    hold this format's codes, and viewing it would read garbage without an error."""
+    if not (fmt.name == "fp8_e4m3" and isinstance(dtype, np.dtype)
+            and dtype.name == "float8_e4m3fn"):   # (a NumPy array's: torch's has its own)
+        return ""
+    return f"; those are the e4m3 codes' bytes: pass {name}.view(np.uint8)"
+
+
 def _kv_name(kv_dtype) -> str | None:
     if isinstance(kv_dtype, (bool, np.ndarray)) or kv_dtype is None:
         return None   # an array of names would read as its one name; True as "True"
@@ -123,7 +134,8 @@ def decode(codes, kv_dtype: str) -> np.ndarray:
     fmt = kv_format(kv_dtype)
     codes = np.asarray(codes)
     if codes.dtype != fmt.storage:
-        raise TypeError(f"codes: expected {fmt.storage} for {fmt.name}, got {codes.dtype}")
+        raise TypeError(f"codes: expected {fmt.storage} for {fmt.name}, got {codes.dtype}"
+                        f"{storage_hint(codes.dtype, fmt, 'codes')}")
     if fmt.name == "int8":
         return codes.astype(np.float32)
     return codes.view(_e4m3()).astype(np.float32)

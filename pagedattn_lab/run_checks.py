@@ -4,6 +4,7 @@ and says what was expected and what came."""
 from __future__ import annotations
 
 from .attention_common import data_pointer
+from .quant import storage_hint
 from .validate import bf16_bits_hint
 from .validate_kinds import dtype_label
 
@@ -21,7 +22,8 @@ def explain_run(plan, q, k, v, out, qshape, dtypes):
         if fmt is not None and name in ("k_cache", "v_cache"):
             if x.dtype != fmt.storage:
                 raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
-                                f"{fmt.storage.name} (the codes), got {dtype_label(x.dtype)}")
+                                f"{fmt.storage.name} (the codes), got {dtype_label(x.dtype)}"
+                                f"{storage_hint(x.dtype, fmt, name)}")
         elif x.dtype not in dtypes:
             bits = bf16_bits_hint(x, plan.dtype == "bfloat16")
             raise TypeError(f"{name}: the plan is for {plan.dtype}: expected dtype {names}, "

@@ -83,7 +83,9 @@ class BatchDecodeWrapper(DecodeRun):
         "gpu" (default: where block_tables live). kv_dtype: None (caches of `dtype`),
         "int8" or "fp8_e4m3" (also "fp8", see quant.KV_DTYPE_ALIASES; one-byte codes;
         `dtype` is then q's and out's), with
-        scale_scheme "static" or "per_token" (see the module docstring).
+        scale_scheme "static" or "per_token" (see the module docstring). The plan keeps its
+        own copy of block_tables and seq_lens: changing them afterwards changes no run
+        until the next plan (a step's new pages need a new plan).
         """
         num_heads, num_kv_heads, head_dim, page_size = check_plan_sizes(
             num_heads, num_kv_heads, head_dim, page_size)
@@ -152,7 +154,8 @@ class BatchDecodeWrapper(DecodeRun):
         self._out = xp.empty((self.batch, num_heads, head_dim),
                              dtype=self._array_dtypes[0])
         self._launches = []
-        self.scheme = None
+        # an empty batch launches nothing: no partitions, no grid (not the last plan's)
+        self.scheme, self.part_len, self.max_parts, self.grid = None, 0, 0, None
         if self.batch:
             build = self._plan_tensor_core if self.kernel == "tensor_core" else self._plan_simt
             build(lens_h, num_splits)
@@ -293,6 +296,8 @@ class BatchDecodeWrapper(DecodeRun):
         """One line: the kernel, its blocks and the split."""
         if self.kernel is None:
             return "BatchDecodeWrapper (not planned)"
+        if not self.batch:
+            return f"{self.kernel}: 0 sequences, nothing to launch"
         group = self.num_heads // self.num_kv_heads
         if self.kernel == "tensor_core":
             how = (f"{self.rows_per_block} query heads per block as the rows of Q "
