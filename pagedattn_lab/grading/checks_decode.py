@@ -49,6 +49,8 @@ _PARTITION_MISTAKES = [
     ("the last partition stops one token early: it ends at seq_len, exclusive (the loop "
      "reads token seq_len - 1 too); end = min(seq_len, start + part_len).",
      {"bounds": "drop_last"}),
+    ("partition p starts at token p * part_len, not p * page_size: a partition is part_len "
+     "tokens, whatever the pages (it may span several).", {"bounds": "page_start"}),
     ("online softmax: when the max grows, rescale the accumulator by exp(old_max - new_max).",
      {"online_bug": "acc"}),
     ("online softmax: when the max grows, rescale the running sum by exp(old_max - new_max).",
@@ -62,6 +64,9 @@ _PARTITION_MISTAKES = [
     ("the even and the odd lanes each summed only their own part of the dot product: the "
      "__shfl_xor_sync reduction stops at offset 2; it must run down to offset 1 (16, 8, 4, 2, "
      "1: offset > 0) to reach across all 32 lanes.", {"reduced": (16, 8, 4, 2)}),
+    ("each lane summed only its own dims of the dot product (no __shfl_xor_sync reduction), "
+     "so every lane weighed the keys by a different partial score: reduce over the warp "
+     "(offsets 16, 8, 4, 2, 1) so that every lane has the whole dot.", {"reduced": ()}),
     ("part_out holds the partition's softmax average: divide the accumulator by l.",
      {"normalized": False}),
     (UNSCALED_PAGES_HINT, {"paging": "unscaled"}),
@@ -212,6 +217,11 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
         if k == 0 and np.allclose(got_m, m_ref[used] * LOG2E, rtol=2e-4, atol=2e-4):
             hint = ("m is log2(e) times the expected: store the max of the natural-log scores "
                     "(q . k * scale), as the merge expects.")
+        elif k == 0 and np.allclose(got_m, (m_ref + np.log(l_ref))[used], rtol=2e-4,
+                                    atol=2e-4):
+            hint = ("m is m + log(l), the partition's log-sum-exp: store the max itself in "
+                    "part_ml[..., 0] and l in part_ml[..., 1] (the merge weighs partition p by "
+                    "l_p * exp(m_p - m)).")
         elif k == 0 and np.all(got_m[diff.bad[used]] == 0) and np.all(m_ref[diff.bad] < 0):
             hint = ("m is 0 where every score of the partition is negative: the running max "
                     "must start at -inf (NEG_INF), not 0, so that it becomes the first score.")

@@ -73,6 +73,8 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
         ("that is bits; count bytes.", expected * 8),
         ("sum the lengths: each sequence reads its own tokens, not as many as the longest.",
          int(lens.max()) * len(lens) * per_token if len(lens) else None),
+        ("count the tokens, sum(seq_lens), not len(seq_lens) (the number of sequences): "
+         "every cached token's key and value are read.", len(lens) * per_token),
         (OVERFLOW_HINT, wrapped),
         (OVERFLOW_HINT, wrapped_total),
     ], f"kv_bytes(num_heads={num_heads}, num_kv_heads={num_kv_heads}, head_dim={head_dim}, "

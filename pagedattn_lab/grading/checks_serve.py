@@ -37,11 +37,14 @@ def _ceil_pages(n_tokens: int, page_size: int) -> int:
 
 def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
                  ties: str = "admitted", finish_first: bool = False,
-                 divide: bool = True, beside: dict | None = None) -> list[int]:
+                 divide: bool = True, admit: str = "spec",
+                 beside: dict | None = None) -> list[int]:
     """The order the spec's loop finishes `requests` in; `fifo=False` admits any waiting
     request that fits (skipping the head), `ties="reversed"` records a step's finishers
     last-admitted first, `finish_first` records and frees before the decode, `divide=False`
-    counts pages with a shift, ceil by log2(page_size) (all mistakes the hints name).
+    counts pages with a shift, ceil by log2(page_size), `admit` "whole" promises the running
+    requests' whole totals (the pages they hold counted again), "strict" admits only with a
+    page to spare (<), "prompt" when the prompt's pages fit (all mistakes the hints name).
     `beside`: filled with request -> ({other: tokens before}, {other: tokens after}, {request:
     step admitted}) of the requests running in the step it finishes in (it included in the
     last), before and after that step's decode."""
@@ -62,16 +65,20 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
         return [i for i in running if i not in finished]
     while waiting or running:
         step += 1
-        promised = sum(_pages(sum(requests[i]), page_size) - _pages(lens[i], page_size)
-                       for i in running)
+        def still(i):   # the pages request i is promised beyond what it holds
+            held = 0 if admit == "whole" else _pages(lens[i], page_size)
+            return _pages(sum(requests[i]), page_size) - held
+        promised = sum(still(i) for i in running)
         used = sum(_pages(lens[i], page_size) for i in running)
         for i in list(waiting):
-            if _pages(sum(requests[i]), page_size) <= num_pages - used - promised:
+            need = _pages(requests[i][0] if admit == "prompt" else sum(requests[i]), page_size)
+            room = num_pages - used - promised
+            if need < room or need == room and admit != "strict":
                 waiting.remove(i)
                 running.append(i)
                 lens[i], admitted[i] = requests[i][0], step
                 used += _pages(lens[i], page_size)
-                promised += _pages(sum(requests[i]), page_size) - _pages(lens[i], page_size)
+                promised += still(i)
             elif fifo:
                 break
         if not running:   # (a request that never fits: only the shift's count makes one)
@@ -93,6 +100,18 @@ _LATE = ["finished sequences were looked for before appending: record and free a
          "running sequence, those just admitted included."]
 
 
+# Admission tests that give another order (finish_order's `admit`), with their hints.
+_ADMIT_MISTAKES = [
+    ("promised counts what the running sequences will still take, pages(total) - "
+     "pages(held) each: yours counts their whole totals, so the pages they hold (already "
+     "out of num_free) count twice.", "whole"),
+    ("a request that fits exactly is admitted: pages(prompt_len + new_tokens) <= num_free - "
+     "promised (yours refuses it with <).", "strict"),
+    ("admit only when the whole request fits, pages(prompt_len + new_tokens): the prompt's "
+     "pages alone leave its new tokens no room.", "prompt"),
+]
+
+
 def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed: list[int],
                 bulk: list[int]) -> str:
     """`freed`: the requests in the order the loop freed them; `bulk`: requests that got
@@ -101,9 +120,13 @@ def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed:
         return (f"request {bulk[0]} got several new tokens from one call to kv_for: each step "
                 "appends ONE token to every running sequence (kv_for(i, position, 1)), so "
                 "sequences share the steps and finish in the order their lengths dictate.")
+    admits = [hint for hint, admit in _ADMIT_MISTAKES
+               if got == finish_order(requests, num_pages, page_size, admit=admit)]
     if page_size & (page_size - 1) and got == finish_order(requests, num_pages, page_size,
                                                            divide=False):
-        return POW2_HINT.format(name="page_size", n=page_size)
+        admits.append(POW2_HINT.format(name="page_size", n=page_size))
+    if admits:   # (on a small pool, several give one order: the hint names each)
+        return several_fit(admits, "finish order")
     if got == list(range(len(requests))) and freed != got:
         return ("that is the arrival order; return the requests in the order they finished "
                 "(append i to the list when request i completes).")

@@ -200,10 +200,11 @@ def _decode_out_of_pages(cls) -> None:
                   "free: the step needs 2")
 
 
-def _error_counts(exc: OutOfPagesError, want: tuple, what: str) -> None:
+def _error_counts(exc: OutOfPagesError, want: tuple, what: str, sequences: int = 0) -> None:
     """The error says what the step needed and what the pool had (the engine reads them):
     `want`, (needed, num_free, num_pages) before the step, or what a failed append of a step
-    undone by the cache's transaction reports (no more free, as many needed as were missing)."""
+    undone by the cache's transaction reports (no more free, as many needed as were missing).
+    `sequences`: the step's sequences, a count of one page each gives."""
     got = tuple(getattr(exc, name, None) for name in ("requested", "free", "total"))
     needed, num_free, num_pages = want
     requested, free, total = got
@@ -213,6 +214,11 @@ def _error_counts(exc: OutOfPagesError, want: tuple, what: str) -> None:
     if (free, total) == (num_pages, num_free):
         hint = ("num_free and num_pages are swapped: raise pl.OutOfPagesError(needed, "
                 "num_free, num_pages), in that order.")
+    elif requested == sequences != needed and (free, total) == (num_free, num_pages):
+        hint = (f"needed is {requested}, one page for each of the step's {sequences} "
+                f"sequences, but only {needed} of them takes a page: sum pages_for_next_token "
+                "over seq_ids (a sequence whose last page has room, and is its own, takes "
+                "none).")
     else:
         hint = ("raise pl.OutOfPagesError(needed, num_free, num_pages): the pages the whole "
                 "step needs, the pages free, the pages in the pool.")
@@ -305,7 +311,7 @@ def _decode_fork(cls) -> None:
                        "and raise before appending anything.", "lengths [5, 6]",
                        f"lengths {lens}")
     _error_counts(raised, (1, 0, 5), "the fork's next token needs a copy of its shared last "
-                  "page and none of the 5 pages is free")
+                  "page and none of the 5 pages is free", sequences=len(step))
     mgr.finish(spare)
     passed = _step_inputs(mgr, q, k_new, v_new)
     try:

@@ -24,6 +24,18 @@ def _rounds_up(fn) -> bool:
         return False
 
 
+def _first_tile_count(fn) -> int | None:
+    """How many pages `fn` gives the first tile of 37 keys on pages of 8 (16 queries): 5 is
+    the whole sequence, 3 is one page past the tile's last (keys // page_size + 1). Where a
+    case's answer fits both mistakes (the middle tile, keys 0..31: 5 pages either way), this
+    tells them apart."""
+    got = probe(fn, 37, 0, 16, 8)
+    try:
+        return len(list(got))
+    except TypeError:
+        return None
+
+
 def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int) -> None:
     last_key = min(seq_len, q_start + tile_q)          # keys 0..last_key-1
     expected = list(range(-(-last_key // page_size))) if q_start < seq_len else []
@@ -50,14 +62,16 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
     variants = [
         ("the block's queries stop at q_start + tile_q - 1: keys after that are never needed "
          "(causal). Load pages up to the one holding key min(seq_len, q_start + tile_q) - 1.",
-         list(range(-(-seq_len // page_size))) if q_start < seq_len else None),
+         list(range(-(-seq_len // page_size)))
+         if q_start < seq_len and _first_tile_count(fn) != 3 else None),
         ("the tile runs past the sequence's end: queries at or past seq_len are padding and "
          "keys past seq_len do not exist, so the last key is min(seq_len, q_start + tile_q) "
          "- 1.", list(range(-(-(q_start + tile_q) // page_size)))
          if q_start < seq_len and past_end else None),
         ("one page too many: the last key, min(seq_len, q_start + tile_q) - 1, is on page "
          "(that key) // page_size; stop there.",
-         list(range(last_key // page_size + 1)) if q_start < seq_len else None),
+         list(range(last_key // page_size + 1))
+         if q_start < seq_len and _first_tile_count(fn) != 5 else None),
         ("causal attention needs every key from 0 up to the query: start at page 0, not at "
          "the page of q_start.",
          list(range(q_start // page_size, -(-last_key // page_size)))
@@ -167,6 +181,10 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
         elif g == dim3((-(-max_len // tile_q), batch, num_heads)):
             hint = ("y is the head and z the sequence (the kernels read the head from "
                     "blockIdx.y and the sequence from blockIdx.z).")
+        elif g == (max_len // tile_q + 1, num_heads, batch):
+            hint = ("one tile too many: max_len is a multiple of tile_q here, and "
+                    "max_len // tile_q + 1 (or (max_len + tile_q) // tile_q) adds a tile of "
+                    "padding; ceil is (max_len + tile_q - 1) // tile_q.")
         elif g == (pow2_div(max_len + tile_q - 1, tile_q), num_heads, batch):
             hint = POW2_HINT.format(name="tile_q", n=tile_q)
         elif g == dim3((batch, num_heads, -(-max_len // tile_q))):

@@ -33,6 +33,11 @@ MERGE_HINTS = {
                    "of the l_p: each l_p is measured against its own m_p.",
     "o_unnormalized": "o_p is already divided by l_p (it is the partition's softmax average): "
                       "weight it by l_p * exp(m_p - m) and divide by the sum of those weights.",
+    "exp2": "m_p and l_p come from exp (base e): weight by l_p * exp(m_p - m), not "
+            "l_p * 2^(m_p - m); exp2 needs its exponent times log2(e) = 1.4427.",
+    "log2_lse": "a partition's log-sum-exp is m_p + log(l_p) with the natural log, as its sum "
+                "is of exp: log2(l_p) mixes two bases. Weight by exp(m_p + log(l_p) - max), "
+                "that is l_p * exp(m_p - m).",
 }
 
 # The decode layouts, for a fault in these buffers (faults.py's own hints are prefill's).

@@ -10,6 +10,7 @@ the tokens (through the block table, slot by slot), with optional bugs:
     bounds="unclipped"        a partition reads part_len tokens even past seq_len
     bounds="skip_first"       a partition starts one token late
     bounds="drop_last"        the last partition stops one token early (at seq_len - 1)
+    bounds="page_start"       partition p starts at token p * page_size, not p * part_len
     online_bug="acc"/"sum"    the online softmax forgets to rescale acc / the running sum
     online_bug="max0"         the running max starts at 0 instead of -inf
     base2=True                m stored in base-2 units (scores times log2(e))
@@ -41,7 +42,11 @@ from ..validate import LOG2E
 from .compare import one_of
 
 
-def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str) -> range:
+def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str,
+                 page_size: int) -> range:
+    if bounds == "page_start":
+        first = start // part_len * page_size
+        return range(first, min(seq_len, first + part_len))
     if bounds == "inclusive":
         return range(start, end + 1)
     if bounds == "unclipped":
@@ -104,7 +109,8 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
     """(m, l, o) like `split_k.reference_partials`, with the chosen mistakes."""
     for name, value, allowed in (
             ("kv_map", kv_map, ("div", "mod", "same", "by_kv_heads")),
-            ("bounds", bounds, ("exact", "inclusive", "unclipped", "skip_first", "drop_last")),
+            ("bounds", bounds, ("exact", "inclusive", "unclipped", "skip_first", "drop_last",
+                                 "page_start")),
             ("online_bug", online_bug, (None, "acc", "sum", "max0")),
             ("paging", paging, ("right", "unscaled", "first_table", "head_stride")),
             ("q_head", q_head, ("own", "kv"))):
@@ -124,8 +130,11 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
                 kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h,
                        "by_kv_heads": h // num_kv_heads}[kv_map]
                 for p, (start, end) in enumerate(partition_bounds(n, part_len)):
-                    keys, values = _rows(prob, b, kvh, _token_range(start, end, n, part_len,
-                                                                     bounds), paging)
+                    tokens = _token_range(start, end, n, part_len, bounds,
+                                          prob.k_cache.shape[1])
+                    if bounds == "page_start" and not tokens:
+                        continue   # (its start is past seq_len: the kernel returns there)
+                    keys, values = _rows(prob, b, kvh, tokens, paging)
                     q_row = prob.q[b, kvh if q_head == "kv" else h].astype(np.float64)
                     if scaled_values:
                         values = values * scale
@@ -149,17 +158,21 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
     no_rescale: weights l_p (maxima ignored); no_sum: weights exp(m_p - m) (sums ignored);
     mean: plain average; no_divide: sum of w_p o_p, never divided; divide_by_l: the sum of
     w_p o_p over the sum of l_p (maxima ignored there); o_unnormalized: weights
-    exp(m_p - m) over the divisor sum l_p exp(m_p - m); none: the right merge (to model a
-    wrong partition count, pass that count as num_parts)."""
+    exp(m_p - m) over the divisor sum l_p exp(m_p - m); exp2: weights l_p 2^(m_p - m);
+    log2_lse: weights exp(m_p + log2(l_p) - max), the log-sum-exp in two bases; none: the
+    right merge (to model a wrong partition count, pass that count as num_parts)."""
     one_of("bug", bug, ("none", "no_rescale", "no_sum", "mean", "no_divide", "divide_by_l",
-                        "o_unnormalized"))
+                        "o_unnormalized", "exp2", "log2_lse"))
     m, l, o = (np.asarray(x, dtype=np.float64) for x in (m, l, o))
     used = np.arange(m.shape[-1]) < np.asarray(num_parts)[..., None]
     with np.errstate(all="ignore"):
         m_all = np.where(used, m, -np.inf).max(axis=-1, keepdims=True)
         scale = np.exp(m - m_all)
         weights = {"no_rescale": l, "no_sum": scale, "mean": np.ones_like(l),
-                   "no_divide": l * scale, "o_unnormalized": scale}.get(bug, l * scale)
+                   "no_divide": l * scale, "o_unnormalized": scale,
+                   "exp2": l * np.exp2(m - m_all),
+                   # exp(m_p + log2 l_p - c): a factor common to every p drops in the divide
+                   "log2_lse": scale * l ** (1 / np.log(2))}.get(bug, l * scale)
         w = np.where(used, weights, 0.0)
         top = (w[..., None] * np.where(used[..., None], o, 0.0)).sum(axis=-2)
         if bug == "no_divide":

@@ -10,6 +10,8 @@ way a kernel does it, element offsets and all, with optional bugs:
                                block's last
     mask="whole_pages"         causal, but a block of `block_queries` loads only the whole
                                pages of its keys (pages = keys_needed / page_size, rounded down)
+    mask="page_local"          a block of `block_queries` loads its keys by pages, and query t
+                               reads a page's key j while j <= t (first_key left out)
     shared_table=True          every sequence reads row 0 of block_tables (the guide)
     head_stride_bug=True       slot * head_dim + kv_head * head_dim (no num_kv_heads)
     kv_map="mod" / "same" / "zero"   query head h reads kv head h % num_kv_heads / h / 0
@@ -24,6 +26,8 @@ way a kernel does it, element offsets and all, with optional bugs:
     kv_map="shift"             h >> log2(num_heads / num_kv_heads) for the GQA division
     drop_last=True             decode ignores the sequence's last cached token
     online_bug="no_div"        the accumulator is never divided by the running sum
+    online_bug="new_term"      the rescale multiplies the new key's term, not the accumulator
+    online_bug="max_stuck"     the running max is never updated (it stays -inf)
 
 A read out of bounds makes the rows that read it NaN (a real kernel would fault or read
 garbage there, so such a variant can only match where it stays in bounds); a causal row
@@ -73,12 +77,15 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
     online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
     running sum when the maximum grows; "max0": the running max starts at 0, not -inf;
     "old_max": a key's weight is taken against the max before it, exp(s - m_old); "no_div":
-    the accumulator is never divided by the running sum."""
+    the accumulator is never divided by the running sum; "new_term": acc + rescale * weight
+    * v, the rescale on the new term; "max_stuck": the running max never set to the new one."""
     for name, value, allowed in (
             ("mode", mode, ("prefill", "decode")),
-            ("mask", mask, ("causal", "none", "strict", "past", "block", "whole_pages")),
+            ("mask", mask, ("causal", "none", "strict", "past", "block", "whole_pages",
+                            "page_local")),
             ("kv_map", kv_map, ("div", "mod", "same", "zero", "shift", "by_kv_heads")),
-            ("online_bug", online_bug, (None, "acc", "sum", "max0", "old_max", "no_div")),
+            ("online_bug", online_bug, (None, "acc", "sum", "max0", "old_max", "no_div",
+                                        "new_term", "max_stuck")),
             ("slot_bug", slot_bug, (None, "swap", "unscaled"))):
         one_of(name, value, allowed)
     q = np.asarray(q, dtype=np.float64)
@@ -121,6 +128,10 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
                         needed = np.minimum(int(lens[b]), (t // block_queries + 1) *
                                             block_queries)
                         return (j <= t) & (j < needed // page_size * page_size)
+                    if mask == "page_local":   # the block's keys, each page's from index 0
+                        needed = np.minimum(int(lens[b]), (t // block_queries + 1) *
+                                            block_queries)
+                        return (j < needed) & (j % page_size <= t)
                     return (j <= t if mask == "causal" else j < t if mask == "strict"
                             else j <= t + 1 if mask == "past"
                             else j < (t // block_queries + 1) * block_queries)
@@ -165,8 +176,12 @@ def _online(logits, values, bug: str):
         if bug == "max0":  # the kernel's expf: float32 underflows to 0 below about -104
             p = p.astype(np.float32).astype(np.float64)
         total = (total if bug == "sum" else total * alpha) + p
-        acc = (acc if bug == "acc" else acc * alpha[:, None]) + p[:, None] * values[j]
-        m = m_new
+        if bug == "new_term":
+            acc = acc + (alpha * p)[:, None] * values[j]
+        else:
+            acc = (acc if bug == "acc" else acc * alpha[:, None]) + p[:, None] * values[j]
+        if bug != "max_stuck":
+            m = m_new
     return acc if bug == "no_div" else acc / total[:, None]
 
 
@@ -244,6 +259,12 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
         ("weigh each key against the new max, expf(score - new_max): against the old one the "
          "first key gives expf(score + inf) = inf, and inf / inf is NaN.",
          v(online_bug="old_max")),
+        ("online softmax: the rescale expf(old_max - new_max) multiplies the accumulator, not "
+         "the new key's term: acc[d] = acc[d] * rescale + weight * v[d] (on the new term, the "
+         "first key's rescale, expf(-inf), drops it).", v(online_bug="new_term")),
+        ("the running max is never updated (running_max = new_max after each key): it stays "
+         "-inf, so every key's rescale expf(-inf - new_max) is 0 and each output is the value "
+         "of the last key it read.", v(online_bug="max_stuck")),
         # after the rest: none of these may pre-empt a hint a kernel already got
         (f"multiply q.k by `scale` ({case.scale:.4g} here), not divide by it.",
          v(scale=1 / case.scale)),
@@ -271,6 +292,11 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
                           "page_size - 1) / page_size: yours rounds down, so a block never "
                           "loads the keys of its last, partial page.",
                           v(mask="whole_pages", block_queries=block_queries)))
+            masks.append(("the causal test compares the tile's index j with t: tile key j is "
+                          "key first_key + j, so query t reads it while first_key + j <= t "
+                          "(last = min(n_keys, t - first_key + 1)); yours lets a query read "
+                          "keys after its own on every page but the first.",
+                          v(mask="page_local", block_queries=block_queries)))
         masks.append(("the causal loop stops one key early: query t attends to keys 0..t "
                       "inclusive (k <= t); it must see its own token.", v(mask="strict")))
         masks.append(("the causal loop takes one key too many, the one after the query's own: "
