@@ -29,12 +29,18 @@ _HINTS = [
     (re.compile(r"'__shfl(_up|_down|_xor)?' (was not declared|undeclared)|identifier '__shfl"),
      "the shuffles without _sync were removed for Volta and later GPUs; use "
      "__shfl_sync(0xffffffff, ...) / __shfl_down_sync / __shfl_xor_sync"),
+    (re.compile(r"variable length array|variable-length array"),
+     "NVRTC refuses a variable-length array (\"expression must have a constant value\"): give "
+     "the array a size the compiler knows, a number, a #define or a constexpr int (a -D "
+     "option sets one from Python)"),
     (re.compile(r"'std' has not been declared|is not a member of 'std'"),
      "NVRTC kernels have no C++ standard library; use the CUDA functions (fmaxf, min, ...)"),
     (re.compile(r"Assembler messages|no such instruction|invalid instruction mnemonic"),
      "inline PTX assembly (asm(...)) cannot run on the CPU executor; guard it with "
      "#ifndef __PAGEDATTN_LAB_CPU__ and give a plain C++ fallback"),
 ]
+# GCC's "cc1plus: some warnings being treated as errors" after a -Werror=vla error
+_WARNINGS_AS_ERRORS = re.compile(r"^\S+: some warnings being treated as errors$")
 # asm() operands the C++ compiler rejects before the assembler sees them ("f": x87 registers)
 _ASM_CONSTRAINT = re.compile(r"impossible constraint in .asm.|constraint \d+ must specify a single "
                              r"register|must use '&' constraint")
@@ -91,9 +97,14 @@ def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
     pat = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?:(?P<col>\d+):)? (?P<kind>fatal error|error|"
                      r"warning|note): (?P<msg>.*)$")
     log, hidden = _without_assembler_lines(log)
+    warning = False   # in a warning and its notes: the build's -w left out (compiler.py)
     for raw in log.splitlines():
         line = raw.replace(str(HERE) + os.sep, "pagedattn_lab/cpu/")
         m = pat.match(line)
+        if m and m.group("kind") != "note":
+            warning = m.group("kind") == "warning"
+        if warning or _WARNINGS_AS_ERRORS.match(line):
+            continue
         if m and m.group("kind") in ("error", "fatal error"):
             errors.append((m.group("file"), int(m.group("line")), int(m.group("col") or 0),
                            m.group("msg")))

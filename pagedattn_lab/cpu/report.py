@@ -262,6 +262,9 @@ def warp_error(r, info: LaunchInfo) -> KernelError:
 
 def result_error(r, info: LaunchInfo) -> KernelError:
     s = r.status
+    if s == abi.FAULT and r.region == abi.REGION_STATIC_SHARED:   # (no signal: runtime.cpp)
+        from .report_checks import shared_guard_error  # noqa: PLC0415 - rare
+        return shared_guard_error(r, info)
     if s == abi.FAULT:
         return fault_error(r, info)
     if s == abi.DEADLOCK:

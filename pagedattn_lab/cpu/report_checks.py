@@ -1,16 +1,17 @@
 """Word the failures of the compiler's checks on kernel code (ubsan.cpp): an index past an
 array whose size the compiler knows (a local array, a static `__shared__` array), and a shift
-by a negative amount or by at least the value's width. The worker gives the line and column,
-the value, and the array's (or shifted value's) type; the array's name is read off the
-source at that column (GCC points it at the subscript's closing bracket; where a compiler
-points elsewhere, the message leaves the name out)."""
+by a negative amount or by at least the value's width; and a write past the static
+`__shared__` variables, found after the block (runtime.cpp's guard check). The worker gives
+the line and column, the value, and the array's (or shifted value's) type; the array's name
+is read off the source at that column (GCC points it at the subscript's closing bracket;
+where a compiler points elsewhere, the message leaves the name out)."""
 from __future__ import annotations
 
 import re
 
 from ..cuda_text import strip_comments
 from .errors import KernelFault
-from .report import LaunchInfo
+from .report import LaunchInfo, fmt3
 
 # the size the index is checked against: the first dimension of the array's type (GCC's
 # "float [4][32]", Clang's "float[4][32]"): `s[5][0]` is checked against the 4 rows, where
@@ -111,3 +112,36 @@ def shift_error(r, info: LaunchInfo) -> KernelFault:
         kernel=info.kernel, block=tuple(r.block), thread=tuple(r.thread), address=None,
         signal=None, access=None, buffer=None, arg_index=None, index=None, size=None,
         shift=amount, bits=_bits(type_name), line=r.line)
+
+
+def _last_shared_variable(info: LaunchInfo, offset: int) -> tuple[str, int, int] | None:
+    """(name, size, bytes from its end to `offset`) of the static `__shared__` variable that
+    ends nearest before `offset` (library-relative) in the kernel library's symbol table, or
+    None (no `nm`)."""
+    from .race import _symbols  # noqa: PLC0415 - only for the rare failed guard check
+    best = None
+    for start, size, sym in _symbols(info.source[0]) if info.source else ():
+        if sym != "pal_shared_guard" and start + size <= offset and (
+                best is None or start + size > sum(best[:2])):
+            best = (start, size, sym)
+    return (best[2].rsplit("::", 1)[-1], best[1], offset - sum(best[:2])) if best else None
+
+
+def shared_guard_error(r, info: LaunchInfo) -> KernelFault:
+    """A write into the poisoned bytes after the static `__shared__` variables (runtime.cpp's
+    pal_shared_guard), found after the block: it went through a pointer, which the index
+    check (bounds_error) does not see."""
+    block = tuple(r.block)
+    last = _last_shared_variable(info, int(r.offset))
+    where = (f": byte {last[2]} past the end of `{last[0]}` ({last[1]} bytes, the last static "
+             f"__shared__ variable)" if last else "")
+    return KernelFault(
+        f"kernel {info.kernel!r}: out-of-bounds write past the end of static __shared__ "
+        f"memory{where}, by a thread of block {fmt3(block)} (found after the block, so the "
+        f"thread is not known; the results were discarded). It went through a pointer "
+        f"(`float *p = tile; p[i] = x`): an index on the array itself is checked where it "
+        f"happens. On a GPU it overwrites other shared data or faults (compute-sanitizer "
+        f"reports it).", region="static shared memory",
+        kernel=info.kernel, block=block, thread=None, address=r.addr, signal=None,
+        access="write", buffer=None, arg_index=None, index=None, size=None,
+        variable=last[0] if last else None, offset=last[2] if last else None)

@@ -8,6 +8,7 @@
 // When no fiber can run while some are still alive, the block is deadlocked: the state of
 // every thread is written to the result and the launch fails (no timeout needed).
 #include "scheduler.h"
+#include "instrument.h"
 #include "sandbox.h"
 
 extern "C" {
@@ -109,6 +110,32 @@ int analyze_deadlock()
 __attribute__((section("pal_shared"), used)) char pal_shared_guard[PAL_SHARED_GUARD];
 #endif
 
+#ifdef __ELF__
+// A write through a pointer past the last static __shared__ array (`float *p = tile;
+// p[32] = x`, which the index check does not see: kernel_checks.py) lands in
+// pal_shared_guard; the GPU's compute-sanitizer reports it. Found after the block (its poison
+// changed): the block is known, the thread not. A write of 0xff bytes goes unnoticed.
+int check_shared_guard(uint64_t b)
+{
+    if (!S.cfg->poison) return PAL_OK;
+    for (int i = 0; i < PAL_SHARED_GUARD; ++i) {
+        if ((unsigned char)pal_shared_guard[i] == 0xff) continue;
+        pal_result *r = S.res;
+        r->is_write = 1;
+        r->region = PAL_REGION_STATIC_SHARED;
+        r->addr = (uint64_t)(uintptr_t)(pal_shared_guard + i);
+        r->offset = pal::lib_offset((uintptr_t)(pal_shared_guard + i));   // for the symbol table
+        r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
+        r->block_linear = b;
+        r->has_thread = 0;
+        return PAL_FAULT;
+    }
+    return PAL_OK;
+}
+#else
+int check_shared_guard(uint64_t) { return PAL_OK; }
+#endif
+
 void poison_shared()
 {
     if (__pal_dyn_smem && S.smem_end > (char *)__pal_dyn_smem)
@@ -194,6 +221,38 @@ extern "C" PAL_HIDDEN void pal_fiber_main(void)
     __builtin_trap();
 }
 
+// CuPy compiles every kernel with -ftz=true (cupy/cuda/compiler.py appends it to the NVRTC
+// options): the GPU reads a float subnormal as 0 and flushes a subnormal result to 0, so
+// `1.0f / (1e-20f * 1e-20f)` is infinity there. The CPU's flush-to-zero and denormals-are-zero
+// modes do the same while blocks run (for doubles too, which the GPU keeps: a difference
+// below 2^-1022). Returns the mode to restore: checked=False runs in the caller's thread.
+static unsigned long long flush_subnormals()
+{
+#if defined(__x86_64__) || defined(__i386__)
+    const unsigned old = __builtin_ia32_stmxcsr();
+    __builtin_ia32_ldmxcsr(old | 0x8040u);   // FTZ (bit 15) | DAZ (bit 6)
+    return old;
+#elif defined(__aarch64__)
+    unsigned long long old;
+    __asm__ volatile("mrs %0, fpcr" : "=r"(old));
+    __asm__ volatile("msr fpcr, %0" : : "r"(old | (1ull << 24)));   // FZ
+    return old;
+#else
+    return 0;
+#endif
+}
+
+static void restore_float_mode(unsigned long long old)
+{
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_ldmxcsr((unsigned)old);
+#elif defined(__aarch64__)
+    __asm__ volatile("msr fpcr, %0" : : "r"(old));
+#else
+    (void)old;
+#endif
+}
+
 // Run blocks until the shared counter runs out or another worker failed.
 extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, int worker)
 {
@@ -230,11 +289,13 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
     if (S.instr) instr_worker_begin();
     const uint64_t nblocks = (uint64_t)cfg->grid[0] * cfg->grid[1] * cfg->grid[2];
     int status = PAL_OK;
+    const unsigned long long float_mode = flush_subnormals();
     while (!__atomic_load_n(&ctl->abort, __ATOMIC_SEQ_CST)) {
         uint64_t b = (uint64_t)__atomic_fetch_add(&ctl->next_block, 1, __ATOMIC_SEQ_CST);
         if (b >= nblocks) break;
         status = run_block(b);
         S.res->run_thread = -1;
+        if (status == PAL_OK) status = check_shared_guard(b);
         if (status == PAL_OK && S.instr) instr_block_end();
         if (status == PAL_OK) __atomic_fetch_add(&ctl->blocks_done, 1, __ATOMIC_SEQ_CST);
         if (status != PAL_OK) {
@@ -243,6 +304,7 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
             break;
         }
     }
+    restore_float_mode(float_mode);
     if (S.instr) instr_worker_end();
     S.instr = 0;
     munmap(S.stacks, S.stacks_len);

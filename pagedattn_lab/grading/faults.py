@@ -167,6 +167,12 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
         access = _get(exc, "access", "op", "kind", default="access")
         if _get(exc, "region") == "local or shared array":
             return text.split(": ", 1)[-1], _array_hint(exc)   # ("out-of-bounds index 8 of ...")
+        if _get(exc, "region") == "static shared memory":   # through a pointer, no thread
+            name = _get(exc, "variable")
+            return text.split(": ", 1)[-1], (
+                f"a pointer into {f'`{name}`' if name else 'a __shared__ array'} was indexed "
+                f"past the array's end: check the pointer's offset and the loop bound against "
+                f"the array's size.")
         if _get(exc, "shift") is not None:
             return f"an undefined shift: {text.split(': ', 1)[-1]}", _shift_hint(exc)
         if buffer is not None and thread is not None:

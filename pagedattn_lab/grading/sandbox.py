@@ -25,7 +25,7 @@ import os
 import sys
 
 from ..cpu.compiler import (BASE_FLAGS, INSTRUMENT_FLAGS, INSTRUMENTED_OPT, OPTIONAL_FLAGS,
-                            PLAIN_OPT, WRAP_FLAG)
+                            PLAIN_OPT, QUIET, WRAP_FLAG)
 from ..cpu.kernel_checks import KERNEL_FLAGS
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -42,9 +42,9 @@ KILL_EVENTS = {"os.kill", "os.killpg", "signal.pthread_kill", "signal.pidfd_send
 # what the CPU executor passes to the compiler besides -D/-U/-std= options and paths: its
 # own lists (cpu/compiler.py), so a flag it adds is allowed here too (its link's --wrap list
 # was refused, and no kernel could be built at level none)
-COMPILER_FLAGS = {*BASE_FLAGS, *KERNEL_FLAGS, *OPTIONAL_FLAGS, *INSTRUMENT_FLAGS, PLAIN_OPT,
-                  INSTRUMENTED_OPT, WRAP_FLAG, "-Werror", "-c", "-o", "-I", "-shared", "-ldl",
-                  "-Wl,-z,defs", "-undefined", "dynamic_lookup", "--version",
+COMPILER_FLAGS = {*BASE_FLAGS, QUIET, *KERNEL_FLAGS, *OPTIONAL_FLAGS, *INSTRUMENT_FLAGS,
+                  PLAIN_OPT, INSTRUMENTED_OPT, WRAP_FLAG, "-Werror", "-c", "-o", "-I", "-shared",
+                  "-ldl", "-Wl,-z,defs", "-undefined", "dynamic_lookup", "--version",
                   "-DPAL_FIBER_UCONTEXT", "-MD", "-MF", "-E", "-v", "-S"}
 
 _installed: dict = {}
