@@ -39,8 +39,14 @@ _HINTS = [
      "inline PTX assembly (asm(...)) cannot run on the CPU executor; guard it with "
      "#ifndef __PAGEDATTN_LAB_CPU__ and give a plain C++ fallback"),
 ]
-# GCC's "cc1plus: some warnings being treated as errors" after a -Werror=vla error
-_WARNINGS_AS_ERRORS = re.compile(r"^\S+: some warnings being treated as errors$")
+# Lines about warnings only: GCC's "cc1plus: some warnings being treated as errors" after a
+# -Werror=vla error, Clang's count ("1 warning and 1 error generated.")
+_WARNING_SUMMARY = re.compile(r"^(\S+: some warnings being treated as errors|"
+                              r"(\d+ warnings? and )?\d+ errors? generated\.)$")
+# The lines that place the next diagnostic ("FILE: In function 'void k(float*)':", "In file
+# included from FILE:3:", until it comes): shown with an error, left out with a warning
+_CONTEXT = re.compile(r"^(In file included from |\s+from |.*: In (member )?function |"
+                      r".*: In instantiation of |.*: At global scope:)")
 # asm() operands the C++ compiler rejects before the assembler sees them ("f": x87 registers)
 _ASM_CONSTRAINT = re.compile(r"impossible constraint in .asm.|constraint \d+ must specify a single "
                              r"register|must use '&' constraint")
@@ -98,12 +104,18 @@ def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
                      r"warning|note): (?P<msg>.*)$")
     log, hidden = _without_assembler_lines(log)
     warning = False   # in a warning and its notes: the build's -w left out (compiler.py)
+    context: list[str] = []   # the lines placing the next diagnostic, shown with an error
     for raw in log.splitlines():
         line = raw.replace(str(HERE) + os.sep, "pagedattn_lab/cpu/")
         m = pat.match(line)
-        if m and m.group("kind") != "note":
-            warning = m.group("kind") == "warning"
-        if warning or _WARNINGS_AS_ERRORS.match(line):
+        if not m and (context or _CONTEXT.match(line)):   # (and GCC's "required from")
+            context.append(line)
+            continue
+        if m:   # (a note belongs to the warning or error before it)
+            warning = warning if m.group("kind") == "note" else m.group("kind") == "warning"
+            shown += [] if warning else context
+            context = []
+        if warning or _WARNING_SUMMARY.match(line):
             continue
         if m and m.group("kind") in ("error", "fatal error"):
             errors.append((m.group("file"), int(m.group("line")), int(m.group("col") or 0),
@@ -115,6 +127,7 @@ def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
                 first = n
             if 1 <= n <= len(lines):
                 shown.append(f"{n:5d} | {lines[n - 1].rstrip()}")
+    shown += [] if warning else context   # (no diagnostic came after them)
     if hidden:
         shown.append(f"({hidden} lines of the assembler's messages are not shown: they quote "
                      f"the assembly, which a kernel source does not write)")

@@ -17,6 +17,8 @@ from .report import LaunchInfo, fmt3
 # "float [4][32]", Clang's "float[4][32]"): `s[5][0]` is checked against the 4 rows, where
 # the last dimension (32) called 5 valid
 _SIZE = re.compile(r"\[(\d+)\]")
+# where the section of the static __shared__ variables starts (the linker's symbol)
+_SECTION_START = re.compile(r"^([0-9a-fA-F]+) \w __start_pal_shared$", re.M)
 _SHARED_DECL = r"\b__shared__\b[^;{{}}()]*\b{name}\s*\["
 
 
@@ -117,11 +119,16 @@ def shift_error(r, info: LaunchInfo) -> KernelFault:
 def _last_shared_variable(info: LaunchInfo, offset: int) -> tuple[str, int, int] | None:
     """(name, size, bytes from its end to `offset`) of the static `__shared__` variable that
     ends nearest before `offset` (library-relative) in the kernel library's symbol table, or
-    None (no `nm`)."""
-    from .race import _symbols  # noqa: PLC0415 - only for the rare failed guard check
-    best = None
-    for start, size, sym in _symbols(info.source[0]) if info.source else ():
-        if sym != "pal_shared_guard" and start + size <= offset and (
+    None (no `nm`, or no sized variable in the pal_shared section: the nearest data symbol
+    before it would be one of the runtime's, such as pal_sandbox_level)."""
+    from .race import _symbols, _tool  # noqa: PLC0415 - only for the rare failed guard check
+    section = info.source and _SECTION_START.search(_tool("nm", "--defined-only",
+                                                               info.source[0]))
+    if not section:
+        return None
+    first, best = int(section.group(1), 16), None
+    for start, size, sym in _symbols(info.source[0]):
+        if first <= start and start + size <= offset and (
                 best is None or start + size > sum(best[:2])):
             best = (start, size, sym)
     return (best[2].rsplit("::", 1)[-1], best[1], offset - sum(best[:2])) if best else None

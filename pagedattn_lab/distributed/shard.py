@@ -138,10 +138,15 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
     return buf
 
 
+_SAME_SIZES = "pack_tables and unpack_tables must be given the same sizes"
+
+
 def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
     """(block_tables [batch, pages], seq_lens [batch]), views into `buf` (NumPy or CuPy);
     with max_pages (a prefill buffer), qo_indptr [batch + 1] too. Refused by name: sizes
-    the buffer was not packed with (a smaller max_batch read table entries as lengths)."""
+    the buffer was not packed with (a smaller max_batch read lengths as table entries), as
+    far as the buffer's size tells: a decode buffer's max_pages is not given, so a
+    max_batch that divides HEADER + max_batch' * (1 + max_pages') evenly is not caught."""
     max_batch = check_int(max_batch, "max_batch", minimum=0)
     prefill = max_pages is not None
     if prefill:
@@ -152,13 +157,18 @@ def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
     batch, pages = (int(n) for n in buf[:HEADER].tolist())
     if not (0 <= batch <= max_batch and 0 <= pages and (not prefill or pages <= max_pages)):
         raise ValueError(f"max_batch, max_pages: buf holds {batch} rows of {pages} pages, more "
-                         f"than max_batch={max_batch}, max_pages={max_pages} (pack_tables and "
-                         f"unpack_tables must be given the same sizes)")
-    need = (table_capacity(max_batch, max_pages, True) if prefill
-            else HEADER + max_batch + batch * pages)
-    if buf.size < need:
-        raise ValueError(f"buf: {buf.size} entries, fewer than the {need} that max_batch="
-                         f"{max_batch}, max_pages={max_pages} and its header take")
+                         f"than max_batch={max_batch}, max_pages={max_pages} ({_SAME_SIZES})")
+    # pack_tables fills table_capacity entries: a prefill buffer's size is known exactly; a
+    # decode one's is HEADER + max_batch * (1 + its max_pages), for some max_pages >= pages
+    body = int(buf.size) - HEADER
+    if prefill and body + HEADER != (need := table_capacity(max_batch, max_pages, True)):
+        raise ValueError(f"buf: {buf.size} entries, not the {need} that pack_tables fills for "
+                         f"max_batch={max_batch}, max_pages={max_pages} ({_SAME_SIZES})")
+    if not prefill and not (body % max_batch == 0 and body // max_batch - 1 >= pages
+                            if max_batch else body == 0):
+        raise ValueError(f"buf: {buf.size} entries, not a size pack_tables fills for max_batch="
+                         f"{max_batch} ({HEADER} + max_batch * (1 + max_pages), max_pages >= "
+                         f"{pages}; {_SAME_SIZES})")
     lens = buf[HEADER:HEADER + batch]
     start = HEADER + max_batch
     tables = buf[start:start + batch * pages].reshape(batch, pages)

@@ -61,7 +61,7 @@ class ErrorTranslation:
         same-named stand-in, as it is no verdict in the notebook either. Rebuilt as the
         check's, it lacked the fields the check reads: the check crashed ("could not run")."""
         for name in VERDICTS:
-            self._registry.pop(name)
+            self._registry.pop(name, None)   # (idempotent: a second call finds none)
 
     def describe(self, exc: BaseException) -> dict:
         attrs = {}
