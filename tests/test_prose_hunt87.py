@@ -170,7 +170,7 @@ def test_the_thirteenth_sessions_check_is_quoted_as_it_ran():
     assert 0.045 <= min(few) and max(few) < 0.065, few
     assert f"{long_gqa:.1%}" == "1.5%"
     assert "by 8-12% on the D64 GQA rows, 5-6% on one 32k sequence and MQA 16/1, and 1.5% on " \
-        "8 x 32k" in _markdown(L06)
+        "eight 32k sequences with GQA 32/8 (`8x32k-gqa4`" in _markdown(L06)
     ms = _ms(CHECK_13)
     mha = ms["8x32k", OURS] / ms["8x32k", FI_TC] - 1
     assert 0.015 <= mha < 0.035 and "FlashInfer's tensor-core decode is 2-3% ahead on 8x32k" \
@@ -216,8 +216,8 @@ def test_the_h200_bench_runs_copy_rates_are_the_range_quoted():
     assert len(rates) > 20
     quoted = f"{min(rates):.1f}-{max(rates):.1f} TB/s"
     assert quoted == "3.9-4.3 TB/s", quoted
-    assert f"copy rates differ between runs and lent machines, {quoted} in the bench's runs" \
-        in _markdown(L08)
+    assert f"copy rates differ between runs and lent machines, {quoted} in the bench's H200 " \
+        "runs" in _markdown(L08)
     assert f"copy rate measured in the same run ({quoted};" in _flat(
         (ROOT / "README.md").read_text(encoding="utf-8"))
 
@@ -335,7 +335,8 @@ def test_the_simt_block_takes_up_to_8_query_heads_of_a_kv_head():
     assert max(SIMT_GROUPS) == 8 and group_kernel_size(16) == 8
     assert "head_chunks" in pl.kernels.source("decode")
     assert ("for the query heads that share that KV head (up to 8 of them: a larger group, such "
-            "as MQA's 16, is cut over several blocks, the source's `head_chunks`)"
+            "as the 16 query heads of one KV head in MQA, multi-query attention, is cut over "
+            "several blocks, the source's `head_chunks`)"
             in _markdown(L06))
     assert "the query heads that share a KV head (GQA; up to 8 of them)" in _markdown(L08)
 
@@ -430,7 +431,8 @@ def test_workbook_08_quotes_the_runs_and_lesson_08s_yardstick():
                  "exercises/08_pitfalls_and_performance.ipynb"):
         assert not _missing(_markdown(path), [
             f"(2026-11-26, {copy_h100:,} GB/s)",
-            f"there the copy moved {tb} TB/s and D64 reads {float(gb):.2f} GB, a yardstick of "
+            f"there the copy moved {tb} TB/s ({float(tb) * 1000:,.0f} GB/s: pass GB/s to your "
+            f"function) and D64 reads {float(gb):.2f} GB, a yardstick of "
             f"{ys} ms, which the course's decode kernel, at {ms} ms, edges past ({pct}% of the "
             "copy rate)"]), path
 

@@ -14,6 +14,10 @@ from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_ints
 
 
+NO_WORK_HINT = ("a block whose first query is at or past seq_len has no work: return [] (it "
+                "only writes zeros).")
+
+
 def _rounds_up(fn) -> bool:
     """Whether `fn` rounds a partly needed page up where one key short and rounding down
     differ (37 keys of pages of 8: 5 pages): where the last key opens a page, they agree."""
@@ -83,14 +87,16 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
          if q_start < seq_len and _rounds_up(fn) else None),
         ("round up: a page that holds any needed key is needed (ceil).",
          list(range(last_key // page_size)) if q_start < seq_len else None),
-        ("a block whose first query is at or past seq_len has no work: return [] (it only "
-         "writes zeros).", list(range(-(-min(seq_len, q_start + tile_q) // page_size)))),
+        (NO_WORK_HINT, list(range(-(-min(seq_len, q_start + tile_q) // page_size)))),
         (POW2_HINT.format(name="page_size", n=page_size),
          list(range(pow2_div(last_key + page_size - 1, page_size)))
          if q_start < seq_len else None),
     ]
+    # with no real query the formula below would name pages: the answer is [] (no work)
+    fallback = ("pages 0 .. ceil(min(seq_len, q_start + tile_q) / page_size) - 1."
+                if q_start < seq_len else NO_WORK_HINT)
     hint = next((h for h, v in variants if v is not None and v != expected and got_list == v),
-                "pages 0 .. ceil(min(seq_len, q_start + tile_q) / page_size) - 1.")
+                fallback)
     raise Mismatch(f"tile_pages(seq_len={seq_len}, q_start={q_start}, tile_q={tile_q}, "
                    f"page_size={page_size})", hint, expected=repr(expected), got=repr(got))
 
