@@ -14,7 +14,7 @@ import numpy as np
 from ..paging import BlockAllocator, OutOfPagesError
 from ..validate_kinds import is_int
 from .compare import POW2_HINT, call_on_copies, pow2_div
-from .report import Case, CheckResult, Mismatch, run_cases, several_fit
+from .report import Case, CheckResult, Mismatch, counted, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -54,6 +54,12 @@ def _expect_new_entries(table: list, before: list, taken: set[int]) -> None:
 
 # -- task: grow one sequence's block table ----------------------------------------------
 
+def _room_hint(page_size: int, seq_len: int) -> str:
+    return (f"the sequence's last page still has room for "
+            f"{counted(page_size - seq_len % page_size, 'token')}: fill it before taking new pages "
+            "(new pages = ceil((seq_len + n_new) / page_size) - len(table)).")
+
+
 def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 16) -> None:
     alloc, _ = _busy_allocator(num_pages, 3, 7 + seq_len + n_new)
     table = alloc.allocate(-(-seq_len // page_size))
@@ -70,12 +76,13 @@ def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 
         if taken == want - len(before):
             hint = IN_PLACE_HINT
         elif taken == n_new and n_new != want - len(before):
-            hint = ("you took one page per token: a page holds page_size tokens, so take "
-                    "ceil((seq_len + n_new) / page_size) - len(table) new pages.")
+            per_token = ("one page per token: a page holds page_size tokens, so take "
+                         "ceil((seq_len + n_new) / page_size) - len(table) new pages.")
+            hint = "you took " + per_token
+            if n_new == 1 and seq_len % page_size:   # ceil(1 / page_size) is 1 page too
+                hint = several_fit([per_token, _room_hint(page_size, seq_len)], "pages")
         elif taken == -(-n_new // page_size) and seq_len % page_size:
-            hint = ("the sequence's last page still has room for "
-                    f"{page_size - seq_len % page_size} tokens: fill it before taking new pages "
-                    "(new pages = ceil((seq_len + n_new) / page_size) - len(table)).")
+            hint = _room_hint(page_size, seq_len)
         elif taken == (seq_len + n_new) // page_size - len(before):
             hint = "round up, not down: a partly filled last page is still a page (ceil)."
             if (seq_len + n_new) % page_size == 1:   # ceil of one token less gives it too
@@ -91,9 +98,11 @@ def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 
             hint = (f"the new tokens do not fit: the table's {len(before)} pages hold "
                     f"{len(before) * page_size} tokens, and the sequence will hold "
                     f"{seq_len + n_new}.")
-        raise Mismatch(f"table length after {n_new} new tokens on a sequence of {seq_len}",
-                       hint, expected=f"{want} pages ({want - len(before)} new)",
-                       got=f"{len(table)} pages ({taken} new taken from the allocator)")
+        raise Mismatch(f"table length after {counted(n_new, 'new token')} on a sequence of "
+                       f"{seq_len}",
+                       hint, expected=f"{counted(want, 'page')} ({want - len(before)} new)",
+                       got=f"{counted(len(table), 'page')} ({taken} new taken from the "
+                           "allocator)")
     if table[: len(before)] != before:
         raise Mismatch("the existing entries changed", "only append new pages at the end: the "
                        "tokens already cached stay where they are.", repr(before),

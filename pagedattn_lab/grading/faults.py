@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from ..cpu.errors import no_barrier_between
-from .report import text_of
+from .report import counted, text_of
 
 _BUFFER_HINTS = {
     "q": "the query index: q is [batch, max_len, num_heads, head_dim], so element (b, t, h, d) "
@@ -176,11 +176,13 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
         if _get(exc, "shift") is not None:
             return f"an undefined shift: {text.split(': ', 1)[-1]}", _shift_hint(exc)
         if buffer is not None and thread is not None:
-            message = (f"out-of-bounds {access} of {buffer}[{index}] (it has {size} elements) by "
-                       f"thread {_xyz(thread)} of block {_xyz(block)}.")
+            message = (f"out-of-bounds {access} of {buffer}[{index}] (it has "
+                       f"{counted(size, 'element')}) by thread {_xyz(thread)} of block "
+                       f"{_xyz(block)}.")
         elif buffer is not None and index is not None:   # seen after the launch: no thread
-            message = (f"out-of-bounds {access} of {buffer}[{index}] (it has {size} elements), "
-                       f"found after the launch (which thread wrote it is not known).")
+            message = (f"out-of-bounds {access} of {buffer}[{index}] (it has "
+                       f"{counted(size, 'element')}), found after the launch (which thread "
+                       f"wrote it is not known).")
         elif "arithmetic exception" in text:   # SIGFPE: no index was out of bounds
             return (f"the kernel crashed: {text}", "an integer division or modulo by 0: look "
                     "at every / and % between ints. A divisor computed from the arguments can "

@@ -19,7 +19,7 @@ import numpy as np
 from .compare import ranges
 from .faults import RACE_ADVICE, describe_kernel_exception, kernel_message
 from .kernel_runner import Kernel, kernel_device, note_device
-from .report import Mismatch
+from .report import Mismatch, counted
 
 LAUNCH_TIMEOUT = 10.0   # seconds; the puzzles are tiny
 
@@ -103,7 +103,7 @@ class PuzzleKernel:
                                 f"index into {exc.buffer} went below 0; work out thread 0's by "
                                 "hand.")
             message = (f"out-of-bounds {access} of {exc.buffer}[{exc.index}] (it has "
-                       f"{exc.size} elements) by {self._thread(exc)}.")
+                       f"{counted(exc.size, 'element')}) by {self._thread(exc)}.")
             hint = (f"that thread lies past the end of the data: {self.past_end}." if outside
                     else f"that thread has an element, but its index into {exc.buffer} is "
                          "wrong: work it out for this thread by hand.")

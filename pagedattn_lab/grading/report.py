@@ -37,6 +37,11 @@ class Mismatch(Exception):
         self.message, self.hint, self.expected, self.got = message, hint, expected, got
 
 
+def counted(n: int, noun: str) -> str:
+    """"1 page", "3 pages": a count and its noun, in the singular for one."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def several_fit(hints, what: str = "result") -> str:
     """One hint for a wrong answer that several known mistakes give alike (`what`: the kind
     of answer, "ranges", "batch"...): one hint as it is; two or more numbered in one
