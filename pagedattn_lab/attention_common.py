@@ -5,7 +5,7 @@ import functools
 
 import numpy as np
 
-from .backend import data_pointer, is_cupy_array, to_numpy
+from .backend import contiguous_fix, data_pointer, is_cupy_array, to_numpy
 from .validate import LOG2E, check_array  # noqa: F401 - LOG2E re-exported
 from .validate_kinds import dtype_shown
 
@@ -220,6 +220,17 @@ def from_torch(x, name: str = "tensor"):
     else:
         arr = bits.numpy()
     return arr.view(np.uint16) if x.dtype == torch.bfloat16 else arr
+
+
+def refuse_strided_tensors(named: dict) -> dict:
+    """`named` (argument name: value), once no torch tensor in it is a strided view: the
+    kernels index it as a flat buffer, and once shared as a NumPy or CuPy array its error
+    would name that library's copy, not torch's .contiguous()."""
+    for name, x in named.items():
+        if is_torch_tensor(x) and not x.is_contiguous():
+            raise ValueError(f"{name}: expected a contiguous tensor (the kernels index it by "
+                             f"strides of its shape); call {contiguous_fix(x, name)} first")
+    return named
 
 
 def to_torch_like(arr, like):

@@ -17,7 +17,7 @@ from collections import OrderedDict
 import numpy as np
 
 from .attention_common import (cache_dtypes, check_grid, from_torch_elements, is_torch_tensor,
-                               prepare_out, to_torch_as)
+                               prepare_out, refuse_strided_tensors, to_torch_as)
 from .backend import cupy_module, is_cupy_array, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
 from .validate import check_array, check_attention_inputs, check_int, resolve_scale
@@ -47,6 +47,7 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     decode_plan.TC_IMPL = "wmma"; fp16 and bf16).
     """
     like = q if is_torch_tensor(q) else None
+    refuse_strided_tensors({"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out})
     q, k_cache, v_cache, block_tables, seq_lens, out = (
         from_torch_elements(x, n) for x, n in zip((q, k_cache, v_cache, block_tables, seq_lens, out),
                                          ("q", "k_cache", "v_cache", "block_tables", "seq_lens",

@@ -19,6 +19,7 @@ from .attention_common import (
     from_torch,
     is_torch_tensor,
     page_shift,
+    refuse_strided_tensors,
     prepare_out,
     same_place,
     to_torch_as,
@@ -116,6 +117,7 @@ def paged_attention_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=N
         if is_torch_tensor(x) and str(x.dtype) == "torch.bfloat16":
             raise TypeError(f"{name}: expected dtype float32 or float16 (the one-shot prefill's "
                             f"kernels), got torch.bfloat16; BatchPrefillWrapper runs bfloat16")
+    refuse_strided_tensors(named)
     q, k_cache, v_cache, block_tables, seq_lens, out = (
         from_torch(x, n) for x, n in zip((q, k_cache, v_cache, block_tables, seq_lens, out),
                                          (*named, "block_tables", "seq_lens")))

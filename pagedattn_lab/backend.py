@@ -60,6 +60,14 @@ def is_cupy_array(x) -> bool:
     return type(x).__module__.startswith("cupy")
 
 
+def contiguous_fix(x, name: str) -> str:
+    """The call that gives a C-contiguous copy of `x` (named `name`) in x's own library: the
+    fix an error on a strided view names (torch has no ascontiguousarray)."""
+    if type(x).__module__.split(".")[0] == "torch":
+        return f"{name}.contiguous()"
+    return f"{'cupy' if is_cupy_array(x) else 'np'}.ascontiguousarray({name})"
+
+
 def array_module(*arrays):
     """numpy or cupy, from where the given arrays live (all must live in one place)."""
     on_gpu = [is_cupy_array(a) for a in arrays if a is not None]

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention_common import cache_dtypes, from_torch, is_torch_tensor, to_torch_as
+from .attention_common import (cache_dtypes, from_torch, is_torch_tensor, refuse_strided_tensors,
+                               to_torch_as)
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel
 from .validate import (INT32_MAX, check_array, check_block_tables, check_int,
@@ -137,6 +138,7 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     # uint16 holds bfloat16 bits where no bfloat16 dtype exists: CuPy, and a torch.bfloat16
     # tensor's view; a NumPy uint16 cache holds integers, refused as gather_kv and decode do
     bits = is_cupy_array(k_cache) or is_torch_tensor(k_cache)
+    refuse_strided_tensors({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache})
     k, v, k_cache, v_cache, slot_mapping = (
         from_torch(a, name) for a, name in zip((k, v, k_cache, v_cache, slot_mapping),
                                                ("k", "v", "k_cache", "v_cache", "slot_mapping")))

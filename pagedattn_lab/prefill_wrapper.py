@@ -42,7 +42,7 @@ import numpy as np
 from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM,
                                allow_shared_memory, check_aligned16, element_dtype, fast_path,
                                from_torch, from_torch_elements, is_torch_tensor, prepare_out,
-                               to_torch_as)
+                               refuse_strided_tensors, to_torch_as)
 from .backend import array_module, is_cupy_array, to_numpy
 from .kernels import kernel as load_kernel
 from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Variant,
@@ -268,6 +268,7 @@ class BatchPrefillWrapper:
                  "k_scale": k_scale, "v_scale": v_scale}
         if any(is_torch_tensor(x) for x in named.values()):
             like = q if is_torch_tensor(q) else None
+            refuse_strided_tensors(named)
             arrays = {n: from_torch_elements(x, n) for n, x in named.items()}
             return to_torch_as(self.run(**arrays, scale=scale), like)
         self._check_run(q, k_cache, v_cache)

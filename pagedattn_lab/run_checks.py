@@ -3,7 +3,7 @@ refuses its arguments in one expression; when it refuses, `explain_run` finds wh
 and says what was expected and what came."""
 from __future__ import annotations
 
-from .attention_common import data_pointer
+from .backend import contiguous_fix, data_pointer
 from .quant import storage_hint
 from .validate import bf16_bits_hint
 from .validate_kinds import dtype_label
@@ -30,7 +30,7 @@ def explain_run(plan, q, k, v, out, qshape, dtypes):
                             f"got {dtype_label(x.dtype)}{bits}")
         if not x.flags.c_contiguous:
             raise ValueError(f"{name}: expected a C-contiguous array (the kernels index it by "
-                             "strides of its shape); call .copy() or ascontiguousarray first")
+                             f"strides of its shape); call {contiguous_fix(x, name)} first")
         if data_pointer(x) % 16:
             raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
                              "kernels load 16 bytes at a time), not an offset view")

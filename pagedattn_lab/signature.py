@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .backend import contiguous_fix
 from .cuda_text import collect_defines, strip_comments
 
 __all__ = ["Param", "parse_kernel_signature", "find_kernels", "kernel_declarations",
@@ -362,7 +363,7 @@ def check_launch_args(sig: list[Param], args, kernel_name: str, array_types: tup
             if not a.flags.c_contiguous:
                 raise ValueError(f"{where}: the array is not C-contiguous (a transposed or "
                                  f"sliced view?); the kernel indexes it as a flat buffer. Pass "
-                                 f"an ascontiguousarray() copy")
+                                 f"a copy: {contiguous_fix(a, p.name)}")
             continue
         if isinstance(a, (bool, int, float, complex)) and not isinstance(a, np.generic):
             dtype, passed = _cupy_passes(a)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import data_pointer, is_cupy_array, to_numpy_together
+from .backend import contiguous_fix, data_pointer, is_cupy_array, to_numpy_together
 from .validate_kinds import dtype_label, is_int
 from .validate_values import real_values  # noqa: F401 - re-exported: a check, found here
 
@@ -24,7 +24,10 @@ CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 INT32_MAX = 2**31 - 1        # sizes the kernels take as int arguments
 MAX_PAGES = INT32_MAX        # block tables hold page ids as int32
 FLOAT32_MAX = float(np.finfo(np.float32).max)
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)   # smallest normal: -ftz flushes any below
 LOG2E = 1.4426950408889634   # the kernels fold scale * log2(e) into one float32 (exp2 softmax)
+# The least scale whose scale * log2(e) is a normal float32 (rounded up: itself accepted)
+MIN_SCALE = float(np.nextafter(np.float32(FLOAT32_TINY / LOG2E), np.float32(1)))
 # Where bfloat16 is expected of a NumPy uint16 array: its integers are no bfloat16 on the CPU
 BF16_BITS_HINT = (" (bfloat16 bits? uint16 holds them on CuPy only; on the CPU view them as "
                   "bfloat16: x.view(ml_dtypes.bfloat16))")
@@ -54,7 +57,7 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
                             f"{dtype_label(x.dtype)}{bf16_bits_hint(x, 'bfloat16' in names)}")
     if contiguous and not x.flags.c_contiguous:
         raise ValueError(f"{name}: expected a C-contiguous array (kernels index it by "
-                         f"strides of its shape); call .copy() or ascontiguousarray first")
+                         f"strides of its shape); call {contiguous_fix(x, name)} first")
     misaligned = element_misalignment(x)
     if misaligned:
         raise ValueError(f"{name}: expected data aligned to its {x.dtype.itemsize}-byte "
@@ -339,9 +342,13 @@ def resolve_scale(scale, head_dim: int) -> float:
     """`scale` or its default 1/sqrt(head_dim), as a positive float the kernels can use.
 
     The kernels multiply the scores by scale * log2(e) in float32, so a scale whose product
-    overflows float32 (1e39) would make every output NaN, and one that rounds to 0 would
-    silently give uniform attention: both are refused, as are NaN, inf and scale <= 0
-    (the scores are scaled up or down, never flipped or zeroed).
+    overflows float32 (1e39) would make every output NaN, and one whose product is below
+    float32's smallest normal number would be flushed to 0 (the GPU compiles with
+    -ftz=true, as does the CPU executor), silently giving uniform attention: both are
+    refused, as are NaN, inf and scale <= 0 (the scores are scaled up or down, never flipped
+    or zeroed). No bound on scale alone keeps the scaled scores finite (q . k is unbounded):
+    the caller keeps |q . k| * scale * log2(e) within float32's range (3.4e38), else the
+    softmax of that row is NaN.
     """
     if scale is None:
         return 1.0 / float(np.sqrt(head_dim))
@@ -362,9 +369,10 @@ def resolve_scale(scale, head_dim: int) -> float:
     if value * LOG2E > FLOAT32_MAX:
         raise ValueError(f"scale: expected at most {FLOAT32_MAX / LOG2E:.3g} (the kernels "
                          f"compute scale * log2(e) in float32), got {scale}")
-    if np.float32(value * LOG2E) == 0:
-        raise ValueError(f"scale: {scale} rounds to 0 in float32 (the kernels' precision); "
-                         f"expected at least {float(np.finfo(np.float32).smallest_subnormal):.3g}")
+    if np.float32(value * LOG2E) < FLOAT32_TINY:
+        raise ValueError(f"scale: {scale} times log2(e) is below float32's smallest normal "
+                         f"number {FLOAT32_TINY:.3g}, which the kernels flush to 0 (every "
+                         f"score would be 0); expected at least {MIN_SCALE:.4g}")
     return value
 
 

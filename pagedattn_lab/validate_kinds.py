@@ -53,6 +53,12 @@ def is_number(value) -> bool:
         not isinstance(value, (bool, np.bool_))
 
 
+def python_number(value):
+    """A checked number as Python stores it (a NumPy scalar's .item()): settings kept so go
+    into JSON (a summary, to_hf) and compare as the caller's plain number."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
 def is_finite_number(value) -> bool:
     """`is_number` and finite as a float (an int past float64, 10**400, is not)."""
     try:

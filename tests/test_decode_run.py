@@ -64,7 +64,7 @@ BAD_AFTER_GOOD = {
     "q shape": (lambda c: dict(q=c["q"][:1]), r"q: expected shape \(2, 4, 64\)"),
     "q offset view": (lambda c: dict(q=_offset(c["q"])), "q: expected data starting on a 16"),
     "q not contiguous": (lambda c: dict(q=c["q"][:, ::-1]),
-                         r"q: expected a C-contiguous .*call \.copy\(\)"),
+                         r"q: expected a C-contiguous .*call np\.ascontiguousarray\(q\) first"),
     "q list": (lambda c: dict(q=c["q"].tolist()), "q: the plan runs on the CPU"),
     "smaller cache": (lambda c: dict(k=np.ascontiguousarray(c["k"][:c["max_page"]]),
                                      v=np.ascontiguousarray(c["v"][:c["max_page"]])),

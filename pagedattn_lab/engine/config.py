@@ -10,11 +10,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import numpy as np
-
 from ..quant import check_scheme, kv_format
 from ..validate import check_bool, check_int
-from ..validate_kinds import is_finite_number, is_number, is_one_of
+from ..validate_kinds import is_finite_number, is_number, is_one_of, python_number
 
 ROPE_TYPES = ("default", "linear", "llama3")
 HF_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
@@ -80,8 +78,7 @@ class ModelConfig:
                                 f"({type(value).__name__})")
             if not _is_positive(value):
                 raise ValueError(f"{name}: expected a finite number > 0, got {value!r}")
-            if isinstance(value, np.generic):   # as a Python number: to_hf writes JSON
-                object.__setattr__(self, name, value.item())
+            object.__setattr__(self, name, python_number(value))   # to_hf writes JSON
         if self.rope_scaling is not None and not isinstance(self.rope_scaling, dict):
             raise TypeError(f"rope_scaling: expected a dict or None, got {self.rope_scaling!r}")
         rope_type = self.rope_type
@@ -264,8 +261,7 @@ class EngineConfig:
                             f"({type(self.watermark).__name__})")
         if not 0.0 <= self.watermark < 1.0:
             raise ValueError(f"watermark: expected a fraction in [0, 1), got {self.watermark}")
-        if isinstance(self.watermark, np.generic):
-            object.__setattr__(self, "watermark", self.watermark.item())
+        object.__setattr__(self, "watermark", python_number(self.watermark))
         # is_one_of: an array of names would pass `in` as its one name, or fail as ambiguous
         if not is_one_of(self.preemption_mode, PREEMPTION_MODES):
             raise ValueError(f"preemption_mode: expected one of {PREEMPTION_MODES}, got "

@@ -37,27 +37,42 @@ import numpy as np
 
 from ..paging import OutOfPagesError, check_owners, check_page_id, check_page_ids
 from ..validate import MAX_PAGES, check_int, check_int_list, check_memory
+from ..validate_kinds import is_int
 
 # A pool page costs ~144 bytes of Python objects from the start (its count, hash and tokens
 # entries, its free-queue entry; measured with tracemalloc over 2^20 pages): unlike the
 # allocator's, this pool is built whole, and 10^9 pages got the process killed, no error.
 POOL_BYTES_PER_PAGE = 150
+INT64_MIN, INT64_MAX = -2**63, 2**63 - 1   # the token ids a hash takes (8 bytes each)
 
 
 def hash_block(parent: bytes | None, token_ids) -> bytes:
     """The chained hash of one full block: SHA-256 of the parent's hash and the token ids.
     Refused by name: a parent not a hash, token ids not integers (1.5 was hashed as 1, a
-    prefix hit on another prompt's block)."""
+    prefix hit on another prompt's block) or past int64 (2**63 was hashed as -2**63)."""
     if parent is not None and not isinstance(parent, bytes):
         raise TypeError(f"parent: expected the bytes hash_block returns (or None for block "
                         f"0), got {type(parent).__name__}")
     ids = np.asarray(token_ids)
-    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu"):
+    # Python ints past int64 come as uint64, object or (with a negative one) float64 values
+    wide = ids.ndim == 1 and (ids.dtype == np.uint64 or (
+        ids.dtype.kind in "Of" and all(is_int(t) for t in token_ids)))
+    if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu" and not wide):
         raise TypeError(f"token_ids: expected a list of integer token ids, got "
                         f"{ids.dtype.name} values of shape {ids.shape}")
+    if wide:
+        ids = np.array([_int64_token(t, i) for i, t in enumerate(token_ids)], np.int64)
     h = hashlib.sha256(parent or b"")
     h.update(ids.astype(np.int64).tobytes())
     return h.digest()
+
+
+def _int64_token(token, index: int) -> int:
+    """token_ids[index] as an int, refused past int64 (the hash reads 8 bytes a token)."""
+    if not INT64_MIN <= token <= INT64_MAX:
+        raise ValueError(f"token_ids[{index}]: expected a token id that fits int64 (the hash "
+                         f"reads 8 bytes a token), got {int(token)}")
+    return int(token)
 
 
 def block_hashes(token_ids, page_size: int, parent: bytes | None = None) -> list[bytes]:

@@ -5,7 +5,7 @@ import enum
 from dataclasses import dataclass, field
 
 from ..validate import check_bool, check_int
-from ..validate_kinds import is_finite_number, is_number
+from ..validate_kinds import is_finite_number, is_number, python_number
 
 
 @dataclass(frozen=True)
@@ -26,16 +26,19 @@ class SamplingParams:
     return_logits: bool = False
 
     def __post_init__(self):
-        check_int(self.max_tokens, "max_tokens", minimum=1)
+        # each stored as a Python number, as EngineConfig stores its own (a summary's JSON)
+        set_ = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
+        set_("max_tokens", check_int(self.max_tokens, "max_tokens", minimum=1))
         t = self.temperature
         if not is_number(t):
             raise TypeError(f"temperature: expected a number >= 0, got {t!r} ({type(t).__name__})")
         if not (is_finite_number(t) and t >= 0):   # inf would flatten every distribution
             raise ValueError(f"temperature: expected a finite number >= 0, got {t!r}")
-        check_bool(self.ignore_eos, "ignore_eos")
-        check_bool(self.return_logits, "return_logits")
+        set_("temperature", python_number(t))
+        set_("ignore_eos", check_bool(self.ignore_eos, "ignore_eos"))
+        set_("return_logits", check_bool(self.return_logits, "return_logits"))
         if self.seed is not None:   # checked now, not when the first token is sampled
-            check_int(self.seed, "seed", minimum=0)
+            set_("seed", check_int(self.seed, "seed", minimum=0))
 
 
 class Status(enum.Enum):

@@ -23,6 +23,8 @@ from ..validate import check_int_list
 from .compare import POW2_HINT, changed_input, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
+from .serve_hints import (ADMIT_HINT, ADMIT_MISTAKES, LATE_HINTS, admission_hint, past_end,
+                          unlike_spec)
 from .time_limits import CaseTimeout, time_limit
 from .wire import ProtocolError
 
@@ -93,34 +95,16 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
     return done
 
 
-# The mistakes that finish a request a step late (both give the same order and steps).
-_LATE = ["finished sequences were looked for before appending: record and free after this "
-         "step's decode (admit, decode, finish).",
-         "the sequences admitted in this step got no token: the decode appends one to every "
-         "running sequence, those just admitted included."]
-
-
-# Admission tests that give another order (finish_order's `admit`), with their hints.
-_ADMIT_MISTAKES = [
-    ("promised counts what the running sequences will still take, pages(total) - "
-     "pages(held) each: yours counts their whole totals, so the pages they hold (already "
-     "out of num_free) count twice.", "whole"),
-    ("a request that fits exactly is admitted: pages(prompt_len + new_tokens) <= num_free - "
-     "promised (yours refuses it with <).", "strict"),
-    ("admit only when the whole request fits, pages(prompt_len + new_tokens): the prompt's "
-     "pages alone leave its new tokens no room.", "prompt"),
-]
-
-
 def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed: list[int],
-                bulk: list[int]) -> str:
+                bulk: list[int], admission: str = "") -> str:
     """`freed`: the requests in the order the loop freed them; `bulk`: requests that got
-    several new tokens from one kv_for call (not one per step)."""
+    several new tokens from one kv_for call (not one per step); `admission`: the hint of the
+    first admission the spec's loop makes otherwise (admission_hint), or ""."""
     if bulk:
         return (f"request {bulk[0]} got several new tokens from one call to kv_for: each step "
                 "appends ONE token to every running sequence (kv_for(i, position, 1)), so "
                 "sequences share the steps and finish in the order their lengths dictate.")
-    admits = [hint for hint, admit in _ADMIT_MISTAKES
+    admits = [hint for hint, admit in ADMIT_MISTAKES
                if got == finish_order(requests, num_pages, page_size, admit=admit)]
     if page_size & (page_size - 1) and got == finish_order(requests, num_pages, page_size,
                                                            divide=False):
@@ -140,17 +124,12 @@ def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed:
     if got == finish_order(requests, num_pages, page_size, finish_first=True):
         # (skipping the decode of the sequences just admitted gives this very order too)
         return ("every request finished a step late (a request with no new tokens is "
-                "recorded ahead of one admitted before it); " + several_fit(_LATE,
-                                                                            "finish order"))
-    return ("each step: admit (first come, first served, while the whole request fits), "
-            "append one token to every running sequence, then record and free every "
-            "sequence that holds prompt_len + new_tokens tokens.")
-
-
-ADMIT_HINT = ("admit a request only when the pool has room for all its tokens: "
-              "ceil((prompt_len + new_tokens) / page_size) pages free, after the pages the "
-              "running sequences will still take (those admitted earlier in this same step "
-              "included).")
+                "recorded ahead of one admitted before it); " +
+                several_fit(LATE_HINTS, "finish order"))
+    return admission or ("each step: admit (first come, first served, while the whole "
+                         "request fits), append one token to every running sequence, then "
+                         "record and free every sequence that holds prompt_len + new_tokens "
+                         "tokens.")
 
 
 def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
@@ -180,6 +159,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         block = tokens[i][start:start + n]
         if start > 0 and n > 1 and i not in bulk:   # (a prompt comes whole, at start 0)
             bulk.append(i)
+        if start > 0 and n == 1:
+            watch_step(i)
         return block.copy(), (-block).copy()
 
     def request_of(keys) -> int | None:
@@ -190,8 +171,11 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     spec: dict = {}   # request -> the others running in its last step (finish_order)
     expected = finish_order(requests, num_pages, page_size, beside=spec)
     unlike: list[Mismatch] = []   # the first free the spec's loop would not make so
-    original_free = cache.free_sequence
+    original_free, original_append = cache.free_sequence, cache.append
     freed_ids: set[int] = set()
+    admission: list[str] = []   # the hint of the first admission unlike the spec's
+    admitted: set[int] = set()
+    decoded: set[int] = set()   # the requests given a token in this step so far
 
     def running_beside(sid) -> dict[int, int]:
         found = {s: request_of(cache.gather(s)[0]) for s in cache.seq_ids if s != sid}
@@ -211,7 +195,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                                "kv_for(i, start, n) gives tokens start..start+n-1.")
             freed.append(i)
             if not unlike:
-                unlike.extend(_unlike_spec(i, running_beside(sid), spec[i], tokens))
+                unlike.extend(unlike_spec(i, running_beside(sid), spec[i], tokens,
+                                          admission[0] if admission else ""))
         original_free(sid)
         freed_ids.add(sid)
 
@@ -219,7 +204,32 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         held = [(s, request_of(cache.gather(s)[0])) for s in cache.seq_ids]
         return [i for s, i in held if i is not None and cache.seq_len(s) == len(tokens[i])]
 
-    cache.free_sequence = free_sequence
+    def judge_admission(i: int, sid, was_admitted: bool) -> None:
+        if not admission:
+            hint = admission_hint(i, requests, running_beside(sid), cache.allocator.num_free,
+                                  lambda n: _ceil_pages(n, page_size), was_admitted)
+            admission.extend([hint] if hint else [])
+
+    def append(sid, k, v):
+        i = request_of(k) if isinstance(k, np.ndarray) and sid in cache.seq_ids and \
+            cache.seq_len(sid) == 0 else None
+        if i is not None and i not in admitted:   # its prompt goes into a new sequence
+            judge_admission(i, sid, True)
+            admitted.add(i)
+        return original_append(sid, k, v)
+
+    def watch_step(i: int) -> None:
+        """At a step's first decode token (its admissions done), the head of the queue."""
+        if decoded and i not in decoded:
+            decoded.add(i)
+            return
+        decoded.clear()
+        decoded.add(i)
+        head = next((j for j in range(len(requests)) if j not in admitted), None)
+        if head is not None:
+            judge_admission(head, None, False)
+
+    cache.free_sequence, cache.append = free_sequence, append
     passed = list(requests)
     try:
         finished = _run_loop(fn, cache, passed, kv_for, past, tokens)
@@ -252,7 +262,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                        "already: once cache.free_sequence(seq_id) has run, drop the sequence "
                        "from the running ones and never use or free it again.") from None
     if past:
-        raise _past_end(past[0], tokens)
+        raise past_end(past[0], tokens)
     changed = changed_input("serve", {"requests": list(requests)}, {"requests": passed}, {
         "requests": "serve reads requests[i] and keeps its own waiting and running "
                     "collections (a deque of indices); it does not pop, sort or overwrite the "
@@ -287,7 +297,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                        "free each finished sequence once.", "each request once", repr(freed))
     if finished != expected:
         raise Mismatch("the order the requests finished in",
-                       _order_hint(finished, requests, num_pages, page_size, freed, bulk),
+                       _order_hint(finished, requests, num_pages, page_size, freed, bulk,
+                                   admission[0] if admission else ""),
                        repr(expected), repr(finished))
     if unlike:   # the right order returned, by a loop that did not run the spec's steps
         raise unlike[0]
@@ -303,60 +314,8 @@ def _run_loop(fn, cache, requests, kv_for, past: list, tokens):
             return fn(cache, requests, kv_for)
     except Exception as exc:
         if past and not isinstance(exc, (Mismatch, ProtocolError)):   # (not the learner's)
-            raise _past_end(past[0], tokens) from None
+            raise past_end(past[0], tokens) from None
         raise
-
-
-def _past_end(call, tokens) -> Mismatch:
-    """The Mismatch for a kv_for call that asked for tokens past its request's end."""
-    i, start, n = call
-    total = len(tokens[i])
-    if start == total:
-        hint = (f"request {i} already held all its {total} tokens (prompt_len + new_tokens), "
-                "yet the loop asked for one more: the decode appends only to a sequence that "
-                "still needs a token (a request with no new tokens is whole once admitted). "
-                "kv_for gave back nothing here; a model would have made a token the request "
-                "never asked for.")
-    else:
-        hint = (f"kv_for(i, start, n) gives tokens start..start+n-1 of request i, and request "
-                f"{i} has prompt_len + new_tokens = {total}: ask only for tokens it has.")
-    return Mismatch(f"kv_for({i}, {start}, {n}) asked for tokens past the end of request {i} "
-                    f"({total} tokens)", hint, f"tokens below {total}",
-                    f"tokens {start}..{start + n - 1}")
-
-
-def _unlike_spec(i: int, got: dict, spec, tokens) -> list[Mismatch]:
-    """[] if the requests running beside request `i` when it was freed (`got`: request ->
-    tokens held) are those of the spec's step that finishes it (`spec`: finish_order's
-    (before, after) its decode; one decoded this step already or not yet, one finishing in
-    the same step freed already or not yet), else [the Mismatch saying so]."""
-    before, after, admitted = spec
-    if all(j in before and before[j] <= n <= after[j] for j, n in got.items()) and \
-            all(j in got for j, n in after.items() if n < len(tokens[j])):
-        return []
-
-    def listed(running):
-        return ", ".join(f"request {j} with {n} tokens" for j, n in sorted(running.items())) \
-            or "no other request"
-    ahead = [j for j, n in sorted(got.items()) if j in after and n > after[j]]
-    # (requests are admitted in arrival order: one past every request the spec runs here,
-    # the spec has not admitted yet)
-    early = [j for j in sorted(got) if j > max([i, *before, *after])]
-    if early:
-        hint = (f"request {early[0]} was running already, though the pool has no room for it "
-                "yet: " + ADMIT_HINT)
-    elif ahead:   # no token when admitted lags a request behind those admitted before it only
-        lagged = any(admitted[j] < admitted[i] for j in ahead)
-        hint = (f"request {i} finished a step late (request {ahead[0]} had had its next token "
-                f"already); " + several_fit(_LATE if lagged else _LATE[:1], "steps"))
-    else:
-        hint = ((f"request {i} ran alone: " if not got and after else "") +
-                "the requests share the steps: each step admits what fits, appends one token "
-                "to every running sequence, then frees those complete, so the order comes "
-                "out of the loop (this is checked on the cache, not only on the list "
-                "returned).")
-    return [Mismatch(f"when request {i} was freed, the cache held {listed(got)} beside it",
-                     hint, listed(after), listed(got))]
 
 
 def serve(fn) -> CheckResult:

@@ -115,14 +115,37 @@ def _tile_variants(prob):
                      "k_tile + k0, not from q_tile).",
                      lambda: prob.expected(k_tile=lambda j, t: rows(np.arange(group) +
                                                                     j * group))))
-    for wrong in (n for n in (TILE, 2 * TILE, 4 * TILE) if n < head_dim):   # rows overlap
-        ld = (f"ldm is the distance between rows in elements: the shared tiles have rows of "
-              f"head_dim = {head_dim} elements here, so ldm = head_dim, not {wrong}" +
-              (" (16 is the tile width, not the row length)" if wrong == TILE else ""))
-        variants += [(ld + ".", reread(lda=wrong, ldb=wrong)),
-                     (ld + " (Q's load).", reread(lda=wrong)),
-                     (ld + " (K's load).", reread(ldb=wrong))]
+    for wrong in _wrong_ldms(head_dim):
+        variants += [(_ldm_hint(head_dim, wrong), reread(lda=wrong, ldb=wrong)),
+                     (_ldm_hint(head_dim, wrong, " (Q's load)"), reread(lda=wrong)),
+                     (_ldm_hint(head_dim, wrong, " (K's load)"), reread(ldb=wrong))]
     return variants
+
+
+def _wrong_ldms(head_dim: int):
+    """The ldm values a learner gives a shared tile instead of head_dim (rows overlap)."""
+    return (n for n in (TILE, 2 * TILE, 4 * TILE) if n < head_dim)
+
+
+def _ldm_hint(head_dim: int, wrong: int, where: str = "") -> str:
+    """The hint of ldm `wrong` in both loads (where "") or in the load(s) `where` names."""
+    return (f"ldm is the distance between rows in elements: the shared tiles have rows of "
+            f"head_dim = {head_dim} elements here, so ldm = head_dim, not {wrong}" +
+            (" (16 is the tile width, not the row length)" if wrong == TILE else "") +
+            where + ".")
+
+
+def _one_ldm_hint(fits: list[str], head_dim: int) -> list[str]:
+    """`fits` with the hints of a wrong ldm in both loads and in Q's alone made one where
+    both fit (one token: K's load gives the same scores whichever its ldm): two sentences
+    alike but for "(Q's load)" read as one said twice."""
+    for wrong in _wrong_ldms(head_dim):
+        both, q_only = _ldm_hint(head_dim, wrong), _ldm_hint(head_dim, wrong, " (Q's load)")
+        if both in fits and q_only in fits:
+            one = _ldm_hint(head_dim, wrong, ", in Q's load, and in K's if it has the same "
+                                             "ldm (K's load gives these scores either way)")
+            fits = [one if h == both else h for h in fits if h != q_only]
+    return fits
 
 
 def _paging_variants(prob):
@@ -255,8 +278,9 @@ def _tile_case(comp, seed, *sizes) -> None:
         # every variant that fits: on case 3 (one token past the first tile, pages of 16)
         # a page of (t - 1) / page_size reads token 0's K for token 16 as a tile start left
         # out does, and naming one would blame a mistake the learner may not have made
-        fits = list(fitting_hints(got, prob.expected(), _tile_variants(prob), mask=valid,
-                                  nan_is_evidence=False))
+        fits = _one_ldm_hint(list(fitting_hints(got, prob.expected(), _tile_variants(prob),
+                                                mask=valid, nan_is_evidence=False)),
+                             prob.sizes[2])
         hint = (several_fit(fits, "scores") if fits else None) \
             or _pow2_shift_hint(comp, seed, sizes) \
             or store_ldm_hint(lambda out: _launch_tile(comp, prob, out), prob)
