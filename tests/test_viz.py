@@ -66,7 +66,7 @@ def test_page_map_fill_shows_internal_waste(rng):
 def test_page_map_arrows_one_per_virtual_page(rng):
     cache = small_cache(rng)
     fig = viz.plot_page_map(cache, arrows=True)
-    arrows = [a for a in fig.artists if isinstance(a, ConnectionPatch)]
+    arrows = [a for a in fig.axes[1].get_children() if isinstance(a, ConnectionPatch)]
     assert len(arrows) == sum(len(cache.block_table(s)) for s in cache.seq_ids)
     render(fig)
 

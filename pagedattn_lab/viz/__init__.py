@@ -12,8 +12,8 @@ from .engine_plots import (PrefixSnapshot, plot_allocation_comparison, plot_engi
                            plot_page_size_waste, plot_shared_blocks, prefix_snapshot)
 from .kernel_maps import plot_causal_tiles, plot_query_mapping, tile_counts
 from .l2_flush import flush_rows, load_flush_modes, plot_flush_cost
-from .memory import (MemorySnapshot, plot_fragmentation, plot_memory_timeline,
-                     plot_policy_batches, plot_sim_timeline, take_snapshot)
+from .memory import (MemorySnapshot, plot_counter_allocator, plot_fragmentation,
+                     plot_memory_timeline, plot_policy_batches, plot_sim_timeline, take_snapshot)
 from .mha_choice import load_mha_choice, mha_choice_grid
 from .page_table import color_map, page_cells, plot_page_map, plot_states, seq_color
 from .quant_bench import load_quant_results, quant_rows
@@ -38,7 +38,8 @@ __all__ = [
     "flush_rows", "head_to_head", "latest_results", "load_bench_results", "load_flush_modes",
     "load_mha_choice", "load_quant_results", "MemorySnapshot", "mha_choice_grid",
     "online_softmax_trace", "page_cells", "PageMapState", "plot_allocation_comparison",
-    "plot_bench_bars", "plot_bench_file", "plot_causal_tiles", "plot_engine_series",
+    "plot_bench_bars", "plot_bench_file", "plot_causal_tiles", "plot_counter_allocator",
+    "plot_engine_series",
     "plot_flush_cost", "plot_fragmentation", "plot_memory_timeline", "plot_online_softmax",
     "plot_page_map", "plot_page_size_waste", "plot_policy_batches", "plot_query_mapping",
     "plot_roofline", "plot_shared_blocks", "plot_sim_timeline", "plot_states",

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 
 from ..validate_kinds import is_finite_number
 from .costs import workload_cost
+from .text_fit import widen_for_labels
 
 _TIME_KEYS = ("ms", "time_ms", "median_ms")
 _LABEL_KEYS = ("label", "name", "kernel", "impl", "method")
@@ -255,34 +256,47 @@ def plot_bench_bars(data, *, kind: str | None = None, workload: str | None = Non
     if not rows:
         raise ValueError(f"data: no timed results (kind={kind!r}, workload={workload!r})")
     bandwidth = bandwidth or copy_bandwidth(data)
+    sized = [r["bytes"] for r in rows if r["bytes"]]
+    one_size = bandwidth and sized and len({round(b, -6) for b in sized}) == 1
+    line_ms = sized[0] / bandwidth * 1e3 if one_size else None
     fig, ax = plt.subplots(figsize=(8, 1.3 + 0.42 * len(rows)))
     times = [r["time_ms"] for r in rows]
     ax.barh(range(len(rows)), times, color="#2f7ed8")
+    notes = []
     for i, r in enumerate(rows):
         if workload is None and r["workload"]:
             r["label"] = f"{r['label']} [{r['workload']}]"
-        note = f"{r['time_ms']:.3g} ms"
-        if r["bytes"] and bandwidth:
-            achieved = r["bytes"] / (r["time_ms"] * 1e-3)
-            note += f"  ({achieved / 1e12:.2f} TB/s, {achieved / bandwidth:.0%} of copy)"
-        elif cost := workload_cost(r):
-            note += f"  ({cost.flops / (r['time_ms'] * 1e-3) / 1e12:.2f} TFLOP/s)"
-        ax.text(r["time_ms"], i, " " + note, va="center", fontsize=8)
-    sized = [r["bytes"] for r in rows if r["bytes"]]
-    if bandwidth and sized and len({round(b, -6) for b in sized}) == 1:
-        ms = sized[0] / bandwidth * 1e3
-        ax.axvline(ms, color="black", ls="--", lw=1, gid="yardstick",
-                   label=f"yardstick: bytes / copy rate ({bandwidth / 1e12:.2f} TB/s) = {ms:.3g} ms")
+        # A label that began at a bar ending left of the yardstick would have the dashed
+        # line run through its digits: it begins a little right of the line instead.
+        notes.append(ax.annotate(_bar_note(r, bandwidth), (max(r["time_ms"], line_ms or 0.0), i),
+                                 xytext=(3, 0), textcoords="offset points", va="center",
+                                 fontsize=8, gid=f"value:{i}"))
+    if line_ms is not None:
+        ax.axvline(line_ms, color="black", ls="--", lw=1, gid="yardstick",
+                   label=f"yardstick: bytes / copy rate ({bandwidth / 1e12:.2f} TB/s) "
+                         f"= {line_ms:.3g} ms")
         ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(0.0, -0.3), frameon=False)
     ax.set_yticks(range(len(rows)), [r["label"] for r in rows], fontsize=8)
     ax.invert_yaxis()
-    ax.set_xlim(0, max(times) * 1.55)
+    ax.set_xlim(0, max(times + [line_ms or 0.0]) * 1.55)
     ax.set_xlabel("time per call (ms, lower is better)")
     shapes = {r["shape"] for r in rows}
     shape = f": {shapes.pop()}" if len(shapes) == 1 and None not in shapes else ""
     ax.set_title(title or f"{workload or kind or 'benchmark'}{shape}\non {describe(data)}", fontsize=10)
     fig.tight_layout()
+    widen_for_labels(ax, notes)
     return fig
+
+
+def _bar_note(r: dict, bandwidth: float | None) -> str:
+    """A bar's value label: its time, and its bandwidth (share of copy) or its FLOP rate."""
+    note = f"{r['time_ms']:.3g} ms"
+    if r["bytes"] and bandwidth:
+        achieved = r["bytes"] / (r["time_ms"] * 1e-3)
+        return note + f"  ({achieved / 1e12:.2f} TB/s, {achieved / bandwidth:.0%} of copy)"
+    if cost := workload_cost(r):
+        return note + f"  ({cost.flops / (r['time_ms'] * 1e-3) / 1e12:.2f} TFLOP/s)"
+    return note
 
 
 def _is_complete_run(doc) -> bool:

@@ -38,7 +38,8 @@ def plot_launch_1d(n: int, threads_per_block: int):
     for b in range(blocks):
         ax.text((b + 0.5) * threads_per_block, 1.12, f"blockIdx.x = {b}", ha="center",
                 fontsize=8)
-    ax.axvline(n - 0.04, color="black", lw=1.2, ls="--")
+    # The n line stops just above the cells: the block labels above them sit where n may fall.
+    ax.plot([n - 0.04] * 2, [-0.5, 1.0], color="black", lw=1.2, ls="--", gid="n-line")
     ax.text(n + 0.1, -0.32, f"n = {n}", fontsize=8)
     ax.set_xlim(-0.2, width + 0.2)
     ax.set_ylim(-0.5, 1.4)

@@ -1,14 +1,17 @@
-"""Memory pictures: KV memory over time, and where it goes (tokens vs the kinds of waste)."""
+"""Memory pictures: KV memory over time, where it goes (tokens vs the kinds of waste), and
+lesson 01's page counter that never frees."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from ..sim import CATEGORIES, SimResult
 from ..validate import check_int
 from ..validate_kinds import is_finite_number
+from .limits import check_cells
 from .page_table import seq_color
 from .state import as_state
 
@@ -19,6 +22,7 @@ CATEGORY_STYLE = {
     "external": ("#d9534f", "xx", "external fragmentation"),
     "free": ("#e6e6e6", None, "free"),
 }
+VALUE_BOX = dict(boxstyle="round,pad=0.15", fc="white", ec="none", alpha=0.85)
 
 
 @dataclass(frozen=True)
@@ -118,7 +122,9 @@ def plot_fragmentation(breakdowns: dict, *, title: str | None = None):
             ax.barh(i, value, left=left, color=color, hatch=hatch, edgecolor="white",
                     label=label if i == 0 else None, gid=f"{name}:{cat}")
             if value >= 0.06:
-                ax.text(left + value / 2, i, f"{value:.0%}", ha="center", va="center", fontsize=8)
+                # on a box: black on the hatched categories' crosshatching does not read
+                ax.text(left + value / 2, i, f"{value:.0%}", ha="center", va="center", fontsize=8,
+                        bbox=VALUE_BOX, gid=f"value:{name}:{cat}")
             left += value
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
@@ -173,6 +179,32 @@ def plot_policy_batches(results: dict, *, title: str | None = None):
     ax.set_ylabel("sequences decoding at once")
     ax.set_title(title or "Batch size the same memory sustains", fontsize=10)
     ax.set_ylim(0, max(values) * 1.18)
+    fig.tight_layout()
+    return fig
+
+
+def plot_counter_allocator(requests: int = 10, *, pages_per_request: int = 2, num_pages: int = 8):
+    """Lesson 01's leak: a page counter that never frees hands out `pages_per_request` new
+    pages per request and passes the cache's `num_pages` while only one request's pages are
+    ever in use. Requests served one at a time, 1..`requests`; lines have gids "handed out",
+    "in use" and "cache"."""
+    requests = check_int(requests, "requests", minimum=1)
+    check_cells(requests, "requests", "requests")
+    pages_per_request = check_int(pages_per_request, "pages_per_request", minimum=1)
+    num_pages = check_int(num_pages, "num_pages", minimum=1)
+    served = np.arange(1, requests + 1)
+    fig, ax = plt.subplots(figsize=(7, 3))
+    ax.plot(served, pages_per_request * served, "o-", color="C3", gid="handed out",
+            label="pages handed out by the counter")
+    ax.plot(served, np.full(requests, pages_per_request), "s-", color="C0", gid="in use",
+            label="pages actually in use")
+    ax.axhline(num_pages, color="black", ls="--", lw=1, gid="cache", label="pages in the cache")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))   # counts: no 2.5 requests or pages
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("requests served (one at a time)")
+    ax.set_ylabel("pages")
+    ax.set_title("A counter that never frees runs out while the cache is empty")
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig
 

@@ -19,6 +19,7 @@ import re
 import zlib
 
 import matplotlib.pyplot as plt
+from matplotlib import patheffects
 from matplotlib.patches import ConnectionPatch, Rectangle
 
 from ..validate import check_int
@@ -27,6 +28,10 @@ from .state import PageMapState, as_state
 
 FREE_EDGE = "#9a9a9a"
 PALE = 0.30  # alpha of the empty part of a page in use
+# A white halo keeps a page's label legible over its fill and over the block-table arrows
+# (drawn below the labels); a box would hide where the fill ends, which the cell shows.
+LABEL_HALO = [patheffects.withStroke(linewidth=1.5, foreground="white")]
+ARROW_ZORDER = 2.5  # above the page cells (patches: 1), below their labels (text: 3)
 
 
 # 20 colours: tab10, then tab20's light shades. Sequence k gets colour k % 20.
@@ -122,7 +127,7 @@ def draw_physical(ax, state: PageMapState, *, ncols: int | None = None, colors=N
         if labels:
             text = f"{page}\n{seq}:{vpage}" + (f"\nx{refs}" if shared else "")
             ax.text(x + 0.5, y + 0.5, text, ha="center", va="center", fontsize=6.5,
-                    color="black", linespacing=1.0,
+                    color="black", linespacing=1.0, path_effects=LABEL_HALO, gid=f"label:{page}",
                     bbox=dict(boxstyle="round,pad=0.1", fc="white", ec="none", alpha=0.7)
                     if shared else None)
     if highlight is not None:
@@ -205,9 +210,12 @@ def plot_page_map(obj, *, arrows: bool = False, ncols: int | None = None, highli
         for (seq, vpage), (x, y) in centres.items():
             page = state.tables[seq][vpage]
             px, py = cell_xy(page, cols)
-            fig.add_artist(ConnectionPatch((x, y), (px + 0.1, py + 0.5), coordsA="data",
-                                           coordsB="data", axesA=ax_v, axesB=ax_p,
-                                           arrowstyle="->", color=colors[seq], lw=0.9, alpha=0.8))
+            # In the pages' axes (not the figure's), so that zorder puts them below the labels.
+            arrow = ConnectionPatch((x, y), (px + 0.1, py + 0.5), coordsA="data", coordsB="data",
+                                    axesA=ax_v, axesB=ax_p, arrowstyle="->", color=colors[seq],
+                                    lw=0.9, alpha=0.8, zorder=ARROW_ZORDER, clip_on=False)
+            arrow.set_in_layout(False)
+            ax_p.add_artist(arrow)
     used, total = state.pages_in_use, state.num_pages
     ax_p.set_title(title or f"physical pages: {used} of {total} in use, "
                    f"{total - used} free (blank), page size {state.page_size}", fontsize=9)

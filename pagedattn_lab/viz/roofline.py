@@ -144,18 +144,20 @@ def plot_roofline(data, *, kind: str | None = None, workload=None,
         ridge = peaks[u] / bandwidth
         ax.loglog([ridge, hi], [peaks[u], peaks[u]], color=color, ls=ls, lw=1.5, gid=f"roof:{u}",
                   label=f"{UNITS[u]}: peak {peaks[u] / 1e12:.0f} TFLOP/s (datasheet)")
-    kernels = list(dict.fromkeys(p["kernel"] for p in points))
+    # One colour (and legend entry) per kernel and units: where the decode plan picks SIMT
+    # for one workload and tensor cores for another, its two picks read as two kernels.
+    series = list(dict.fromkeys((p["kernel"], p["units"]) for p in points))
     workloads = list(dict.fromkeys(p["workload"] for p in points))
     for i, p in enumerate(points):
         ax.loglog(p["intensity"], p["flops_per_s"], ls="none",
                   marker=_MARKERS[workloads.index(p["workload"]) % len(_MARKERS)],
-                  color=f"C{kernels.index(p['kernel']) % 10}", ms=7, alpha=0.85,
+                  color=f"C{series.index((p['kernel'], p['units'])) % 10}", ms=7, alpha=0.85,
                   markeredgecolor="black", markeredgewidth=0.5, gid=f"point:{i}")
     roofs = ax.legend(loc="upper left", fontsize=7, title="roofs", title_fontsize=7)
     ax.add_artist(roofs)
     handles = [Line2D([], [], ls="none", marker="o", color=f"C{i % 10}", markeredgecolor="black",
-                      markeredgewidth=0.5, label=k + _units_note(k, points))
-               for i, k in enumerate(kernels)]
+                      markeredgewidth=0.5, label=_series_label(k, u, points))
+               for i, (k, u) in enumerate(series)]
     handles += [Line2D([], [], ls="none", marker=_MARKERS[i % len(_MARKERS)], color="white",
                        markeredgecolor="black", label=f"workload {w}")
                 for i, w in enumerate(workloads)]
@@ -175,6 +177,12 @@ def plot_roofline(data, *, kind: str | None = None, workload=None,
     return fig
 
 
-def _units_note(kernel: str, points) -> str:
-    units = {p["units"] for p in points if p["kernel"] == kernel}
-    return " [" + ", ".join(UNITS.get(u, "units unknown") for u in units) + "]"
+def _series_label(kernel: str, units: str | None, points) -> str:
+    """`kernel [units]`; a kernel drawn with more than one kind of units also names the
+    workloads of this entry (the plan's pick differs between them)."""
+    label = f"{kernel} [{UNITS.get(units, 'units unknown')}]"
+    if len({p["units"] for p in points if p["kernel"] == kernel}) == 1:
+        return label
+    on = dict.fromkeys(p["workload"] for p in points
+                       if p["kernel"] == kernel and p["units"] == units)
+    return f"{label} on {', '.join(on)}"
