@@ -5,7 +5,8 @@ import functools
 
 import numpy as np
 
-from .backend import contiguous_fix, data_pointer, is_cupy_array, to_numpy
+from .backend import (contiguous_fix, data_pointer, is_cupy_array, is_torch_tensor,
+                      to_numpy)
 from .validate import LOG2E, check_array  # noqa: F401 - LOG2E re-exported
 from .validate_kinds import dtype_shown
 
@@ -197,10 +198,6 @@ def cache_dtypes(bits: bool) -> tuple:
     a torch.bfloat16 tensor's view), uint16 holding its bits."""
     bf16 = (bfloat16_dtype(),) + ((np.dtype(np.uint16),) if bits else ())
     return (np.dtype(np.float32), np.dtype(np.float16)) + bf16
-
-
-def is_torch_tensor(x) -> bool:
-    return type(x).__module__.split(".")[0] == "torch"
 
 
 def from_torch(x, name: str = "tensor"):

@@ -47,11 +47,11 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     decode_plan.TC_IMPL = "wmma"; fp16 and bf16).
     """
     like = q if is_torch_tensor(q) else None
-    refuse_strided_tensors({"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out})
-    q, k_cache, v_cache, block_tables, seq_lens, out = (
-        from_torch_elements(x, n) for x, n in zip((q, k_cache, v_cache, block_tables, seq_lens, out),
-                                         ("q", "k_cache", "v_cache", "block_tables", "seq_lens",
-                                          "out")))
+    named = refuse_strided_tensors({"q": q, "k_cache": k_cache, "v_cache": v_cache,
+                                    "block_tables": block_tables, "seq_lens": seq_lens,
+                                    "out": out})
+    q, k_cache, v_cache, block_tables, seq_lens, out = (from_torch_elements(x, n)
+                                                        for n, x in named.items())
     for name, x in (("block_tables", block_tables), ("seq_lens", seq_lens)):
         check_array(x, name, contiguous=False)   # a list: named here, not as int64 later
     on_gpu = is_cupy_array(k_cache)

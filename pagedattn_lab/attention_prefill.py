@@ -117,9 +117,10 @@ def paged_attention_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=N
         if is_torch_tensor(x) and str(x.dtype) == "torch.bfloat16":
             raise TypeError(f"{name}: expected dtype float32 or float16 (the one-shot prefill's "
                             f"kernels), got torch.bfloat16; BatchPrefillWrapper runs bfloat16")
-    refuse_strided_tensors(named)
+    refuse_strided_tensors({**named, "block_tables": block_tables, "seq_lens": seq_lens})
     q, k_cache, v_cache, block_tables, seq_lens, out = (
         from_torch(x, n) for x, n in zip((q, k_cache, v_cache, block_tables, seq_lens, out),
-                                         (*named, "block_tables", "seq_lens")))
+                                         ("q", "k_cache", "v_cache", "block_tables", "seq_lens",
+                                          "out")))
     return to_torch_as(plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale,
                                     kernel, out=out)(), like)

@@ -60,10 +60,14 @@ def is_cupy_array(x) -> bool:
     return type(x).__module__.startswith("cupy")
 
 
+def is_torch_tensor(x) -> bool:
+    return type(x).__module__.split(".")[0] == "torch"
+
+
 def contiguous_fix(x, name: str) -> str:
     """The call that gives a C-contiguous copy of `x` (named `name`) in x's own library: the
     fix an error on a strided view names (torch has no ascontiguousarray)."""
-    if type(x).__module__.split(".")[0] == "torch":
+    if is_torch_tensor(x):
         return f"{name}.contiguous()"
     return f"{'cupy' if is_cupy_array(x) else 'np'}.ascontiguousarray({name})"
 

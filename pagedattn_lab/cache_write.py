@@ -138,10 +138,9 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     # uint16 holds bfloat16 bits where no bfloat16 dtype exists: CuPy, and a torch.bfloat16
     # tensor's view; a NumPy uint16 cache holds integers, refused as gather_kv and decode do
     bits = is_cupy_array(k_cache) or is_torch_tensor(k_cache)
-    refuse_strided_tensors({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache})
-    k, v, k_cache, v_cache, slot_mapping = (
-        from_torch(a, name) for a, name in zip((k, v, k_cache, v_cache, slot_mapping),
-                                               ("k", "v", "k_cache", "v_cache", "slot_mapping")))
+    named = refuse_strided_tensors({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache,
+                                    "slot_mapping": slot_mapping})
+    k, v, k_cache, v_cache, slot_mapping = (from_torch(a, name) for name, a in named.items())
     check_kv_cache(k_cache, v_cache, dtypes=cache_dtypes(bits))
     num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
     for name, rows in (("k", k), ("v", v)):

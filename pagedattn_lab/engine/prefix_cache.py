@@ -54,9 +54,12 @@ def hash_block(parent: bytes | None, token_ids) -> bytes:
         raise TypeError(f"parent: expected the bytes hash_block returns (or None for block "
                         f"0), got {type(parent).__name__}")
     ids = np.asarray(token_ids)
-    # Python ints past int64 come as uint64, object or (with a negative one) float64 values
-    wide = ids.ndim == 1 and (ids.dtype == np.uint64 or (
-        ids.dtype.kind in "Of" and all(is_int(t) for t in token_ids)))
+    if ids.ndim == 1 and ids.dtype.kind == "u" and ids.dtype.itemsize == 8:
+        past = np.flatnonzero(ids > INT64_MAX)   # (at array speed: this runs for every block)
+        if past.size:
+            _int64_token(int(ids[past[0]]), int(past[0]))
+    # Python ints past int64 come as uint64 (above), object or (with a negative one) float64
+    wide = ids.ndim == 1 and ids.dtype.kind in "Of" and all(is_int(t) for t in token_ids)
     if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu" and not wide):
         raise TypeError(f"token_ids: expected a list of integer token ids, got "
                         f"{ids.dtype.name} values of shape {ids.shape}")

@@ -113,7 +113,8 @@ def _offset_variants(slot: int, h: int, d: int, num_kv_heads: int, head_dim: int
         ("the head stride is missing num_kv_heads (the guide's bug): a slot holds "
          "num_kv_heads * head_dim values, so offset = (slot * num_kv_heads + kv_head) * "
          "head_dim + dim. Only slot 0 comes out right (every head of it): from slot 1 on, "
-         "the offset lands in an earlier slot's values.",
+         "the offset falls short, in an earlier slot's values (slot 1's last head: in its "
+         "own head 0).",
          slot * head_dim + h * head_dim + d),
         ("that is the HND order (heads outer); the cache is NHD [pages, page_size, "
          "num_kv_heads, head_dim]: (slot * num_kv_heads + kv_head) * head_dim + dim.",

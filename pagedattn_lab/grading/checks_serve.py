@@ -181,8 +181,9 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         found = {s: request_of(cache.gather(s)[0]) for s in cache.seq_ids if s != sid}
         return {i: cache.seq_len(s) for s, i in found.items() if i is not None}
 
-    def free_sequence(sid):
-        k, _ = cache.gather(sid)
+    # the hooks take PagedKVCache's own parameter names: a loop may pass them by keyword
+    def free_sequence(seq_id):
+        k, _ = cache.gather(seq_id)
         i = request_of(k)
         if i is not None:
             if k.shape[0] != len(tokens[i]):
@@ -195,10 +196,10 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                                "kv_for(i, start, n) gives tokens start..start+n-1.")
             freed.append(i)
             if not unlike:
-                unlike.extend(unlike_spec(i, running_beside(sid), spec[i], tokens,
+                unlike.extend(unlike_spec(i, running_beside(seq_id), spec[i], tokens,
                                           admission[0] if admission else ""))
-        original_free(sid)
-        freed_ids.add(sid)
+        original_free(seq_id)
+        freed_ids.add(seq_id)
 
     def complete_but_kept() -> list[int]:
         held = [(s, request_of(cache.gather(s)[0])) for s in cache.seq_ids]
@@ -210,13 +211,17 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                                   lambda n: _ceil_pages(n, page_size), was_admitted)
             admission.extend([hint] if hint else [])
 
-    def append(sid, k, v):
-        i = request_of(k) if isinstance(k, np.ndarray) and sid in cache.seq_ids and \
-            cache.seq_len(sid) == 0 else None
-        if i is not None and i not in admitted:   # its prompt goes into a new sequence
-            judge_admission(i, sid, True)
+    def append(seq_id, k, v):
+        # (rows [n, heads, head_dim] only: anything else is the cache's to refuse, by name)
+        i = request_of(k) if isinstance(k, np.ndarray) and k.ndim == 3 and \
+            seq_id in cache.seq_ids and cache.seq_len(seq_id) == 0 else None
+        fresh = i is not None and i not in admitted   # its prompt goes into a new sequence
+        if fresh:
+            judge_admission(i, seq_id, True)   # (before the append: its pages not yet taken)
+        result = original_append(seq_id, k, v)
+        if fresh:   # (not where the append was refused: a loop may catch that, and wait)
             admitted.add(i)
-        return original_append(sid, k, v)
+        return result
 
     def watch_step(i: int) -> None:
         """At a step's first decode token (its admissions done), the head of the queue."""
