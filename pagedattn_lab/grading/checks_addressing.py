@@ -223,6 +223,12 @@ def _counted(array: np.ndarray, counter: list) -> np.ndarray:
 # as Python ints 127-130%, a loop that indexes per token 390% and more.
 TIMED_TOKENS, TIMED_PAGE_SIZE, TIMED_REPEATS = 1 << 17, 512, 3
 LOOP_LIMIT = 0.75   # fail past this share of the cheapest per-token loop's time
+# Repeats a time past the limit gets before it fails: on a machine whose cores other work
+# keeps busy, a right answer under the grader (each call a round trip to the sandbox, woken
+# by the scheduler) took 18.4 ms in its best of 3, past the limit (2026-12-06, CI beside six
+# other jobs on 2 cores). The best of more calls finds the quiet moments; a per-token loop
+# stays past the limit however often it is timed.
+TIMED_MAX_REPEATS = 12
 
 
 def _loop_seconds(row: np.ndarray, page_size: int, seq_len: int) -> float:
@@ -238,11 +244,14 @@ def _loop_seconds(row: np.ndarray, page_size: int, seq_len: int) -> float:
 def _call_gather(fn, cache, row, seq_len, counter, timed: bool):
     """(result, passed inputs, best seconds of the learner's calls, of the loop) for `fn`.
 
-    timed: the learner's function runs TIMED_REPEATS times, each after a timing of the
-    cheapest per-token loop, and the best of each counts (an access count cannot be trusted
+    timed: the learner's function runs TIMED_REPEATS times (up to TIMED_MAX_REPEATS while
+    its best is past the limit), each after a timing of the cheapest per-token loop, and the
+    best of each counts (an access count cannot be trusted
     alone: np.asarray(k_cache) or row.tolist() takes the counted array's place)."""
     best = loop = float("inf")
-    for _ in range(TIMED_REPEATS if timed else 1):
+    for repeat in range(TIMED_MAX_REPEATS if timed else 1):
+        if repeat >= TIMED_REPEATS and best <= LOOP_LIMIT * loop:
+            break
         if timed:
             loop = min(loop, _loop_seconds(row, cache.shape[1], seq_len))
         passed = {"k_cache": _counted(cache.copy(), counter),

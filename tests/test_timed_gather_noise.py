@@ -1,0 +1,55 @@
+"""The timed gather case under a busy machine: a right answer whose first calls are slowed by
+other work (as a call to the grader's sandbox is, when the scheduler is slow to wake it) still
+passes, since the case times it again while its best is past the limit; an answer with Python
+work per token still fails, however often it is timed."""
+import time
+
+import numpy as np
+
+from pagedattn_lab.grading import checks_addressing
+from tests.check_helpers import run_check
+
+
+def _fast_gather(k, row, n):
+    p = k.shape[1]
+    t = np.arange(n)
+    return k.reshape(-1, *k.shape[2:])[np.asarray(row)[t // p] * p + t % p]
+
+
+def test_a_right_gather_slowed_on_its_first_calls_passes():
+    calls = [0]
+
+    def slowed_at_first(k, row, n):
+        calls[0] += 1
+        if n == checks_addressing.TIMED_TOKENS and calls[0] <= checks_addressing.TIMED_REPEATS + 6:
+            time.sleep(0.25)   # far past the loop's time: what a busy machine added
+        return _fast_gather(k, row, n)
+
+    result, printed = run_check("gather_numpy", slowed_at_first)
+    assert result.passed, printed
+
+
+def test_a_gather_slowed_on_every_call_fails_after_the_most_repeats():
+    timed_calls = [0]
+
+    def always_slow(k, row, n):
+        if n == checks_addressing.TIMED_TOKENS:
+            timed_calls[0] += 1
+            time.sleep(0.25)
+        return _fast_gather(k, row, n)
+
+    result, printed = run_check("gather_numpy", always_slow)
+    assert not result.passed and "Python work per token" in printed, printed
+    assert timed_calls[0] == checks_addressing.TIMED_MAX_REPEATS
+
+
+def test_a_right_gather_that_is_fast_is_timed_only_the_usual_repeats():
+    timed_calls = [0]
+
+    def counted(k, row, n):
+        timed_calls[0] += n == checks_addressing.TIMED_TOKENS
+        return _fast_gather(k, row, n)
+
+    result, printed = run_check("gather_numpy", counted)
+    assert result.passed, printed
+    assert timed_calls[0] == checks_addressing.TIMED_REPEATS
