@@ -8,7 +8,6 @@ attend_one's scores stayed small, so exp(score) without the max passed. Each che
 case that is not so (page_size 6 or 12, kv_tile 20, group 3, 3 KV heads, scale 0.3) and a hint naming
 the shortcut; the right answers still pass (the solutions' own tests, and the ones here).
 """
-from collections import deque
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ import pytest
 import pagedattn_lab as pl
 from pagedattn_lab.engine.prefix_cache import hash_block
 from tests.check_helpers import assert_caught, mutate, run_check, solution_source
+from tests.serve_loops import serve_loop
 from tests.test_check_mistakes_engine import step_model
 
 
@@ -117,29 +117,9 @@ def wire_bytes_shifted(seq_lens, num_heads, num_kv_heads, head_dim, page_size, w
 schedule_step_shifted = step_model(shifted=True)
 
 
-def serve_shifted(cache, requests, kv_for):
-    def pages_for(n):
-        return (n + cache.page_size - 1) >> _lg(cache.page_size)
-
-    waiting, running, finished = deque(range(len(requests))), {}, []
-    while waiting or running:
-        while waiting:
-            i = waiting[0]
-            promised = sum(pages_for(sum(requests[j])) - pages_for(cache.seq_len(s))
-                           for j, s in running.items())
-            if pages_for(sum(requests[i])) > cache.allocator.num_free - promised:
-                break
-            waiting.popleft()
-            running[i] = cache.add_sequence()
-            cache.append(running[i], *kv_for(i, 0, requests[i][0]))
-        for i, seq_id in list(running.items()):
-            if cache.seq_len(seq_id) < sum(requests[i]):
-                cache.append(seq_id, *kv_for(i, cache.seq_len(seq_id), 1))
-            if cache.seq_len(seq_id) == sum(requests[i]):
-                cache.free_sequence(seq_id)
-                del running[i]
-                finished.append(i)
-    return finished
+# the spec's serve with its page count a shift, as if page_size were a power of two
+serve_shifted = serve_loop(lambda a: a.total <= a.free - a.left,
+                           pages_for=lambda n, page_size: (n + page_size - 1) >> _lg(page_size))
 
 
 PYTHON_MISTAKES = [

@@ -8,6 +8,7 @@ import pagedattn_lab as pal
 from pagedattn_lab.validate import LOG2E, resolve_scale
 
 from .test_bad_input import H, KVH, D, decode, no_launch, prefill, problem  # noqa: F401
+from .serve_loops import serve_loop
 from .test_reference import make_paged_problem
 
 
@@ -164,46 +165,15 @@ def test_tile_check_gives_one_ldm_hint_on_the_one_token_case(wrong):
 
 # -- 6. workbook 07's serve: the first failing case names an admission mistake ------------------
 
-def _serve(admit):
-    """The solution's serve loop with the admission test `admit(pages_total, pages_prompt,
-    num_free, n_running, promised)`."""
-    from collections import deque
-
-    def serve(cache, requests, kv_for):
-        def pages(n):
-            return -(-n // cache.page_size)
-        waiting, running, finished = deque(range(len(requests))), {}, []
-        while waiting or running:
-            while waiting:
-                i = waiting[0]
-                promised = sum(pages(sum(requests[j])) - pages(cache.seq_len(s))
-                               for j, s in running.items())
-                if not admit(pages(sum(requests[i])), pages(requests[i][0]),
-                             cache.allocator.num_free, len(running), promised):
-                    break
-                waiting.popleft()
-                running[i] = cache.add_sequence()
-                cache.append(running[i], *kv_for(i, 0, requests[i][0]))
-            for i, s in list(running.items()):
-                if cache.seq_len(s) < sum(requests[i]):
-                    cache.append(s, *kv_for(i, cache.seq_len(s), 1))
-                if cache.seq_len(s) == sum(requests[i]):
-                    cache.free_sequence(s)
-                    del running[i]
-                    finished.append(i)
-        return finished
-    return serve
-
-
 @pytest.mark.parametrize("admit, request_", [
     # one page promised per running sequence: request 3 (or 4) waits though it fits; the
     # first failing case's hint restated the spec (a step unlike it, or the order)
-    (lambda total, prompt, free, n, promised: total <= free - n, 3),
-    (lambda total, prompt, free, n, promised: prompt <= free - n, 4),
+    (lambda a: a.total <= a.free - a.running, 3),
+    (lambda a: a.prompt <= a.free - a.running, 4),
 ], ids=["whole request", "prompt only"])
 def test_serve_one_page_per_running_sequence_is_named_on_its_first_failing_case(admit, request_):
     from tests.check_helpers import run_check
-    result, printed = run_check("serve", _serve(admit))
+    result, printed = run_check("serve", serve_loop(admit))
     first = next(c for c in result.cases if not c.passed)
     hint = " ".join(first.hint.split())
     assert first.name == "a pool too small for all at once", printed

@@ -4,13 +4,13 @@ naming another mistake, restating the spec, or saying nothing.
 Each answer is the solution with one learner's mistake; the test asserts that the check fails
 it with a hint that names that mistake (kernels on the CPU executor).
 """
-from collections import deque
 
 import numpy as np
 import pytest
 
 import pagedattn_lab as pl
 from tests.check_helpers import assert_caught, mutate, run_check, solution_source
+from tests.serve_loops import serve_loop
 
 TILED = ("05_tiled_kernel.ipynb", "SOURCE_TILED")
 DECODE = "06_decode_kernel.ipynb"
@@ -157,53 +157,20 @@ def test_decode_step_one_page_per_sequence_is_named_on_the_fork():
         printed
 
 
-def _serve(admit):
-    """The solution's serve with the admission test `admit(need_total, need_prompt, free,
-    promised_left, promised_whole)`."""
-    def serve(cache, requests, kv_for):
-        def pages(n):
-            return -(-n // cache.page_size)
-        waiting, running, finished = deque(range(len(requests))), {}, []
-        while waiting or running:
-            while waiting:
-                i = waiting[0]
-                left = sum(pages(sum(requests[j])) - pages(cache.seq_len(s))
-                           for j, s in running.items())
-                whole = sum(pages(sum(requests[j])) for j in running)
-                if not admit(pages(sum(requests[i])), pages(requests[i][0]),
-                             cache.allocator.num_free, left, whole):
-                    break
-                waiting.popleft()
-                seq_id = cache.add_sequence()
-                cache.append(seq_id, *kv_for(i, 0, requests[i][0]))
-                running[i] = seq_id
-            for i, seq_id in list(running.items()):
-                if cache.seq_len(seq_id) < sum(requests[i]):
-                    cache.append(seq_id, *kv_for(i, cache.seq_len(seq_id), 1))
-                if cache.seq_len(seq_id) == sum(requests[i]):
-                    cache.free_sequence(seq_id)
-                    del running[i]
-                    finished.append(i)
-        return finished
-    return serve
-
-
 @pytest.mark.parametrize("admit, phrase", [
-    (lambda total, prompt, free, left, whole: total <= free - whole,
-     "yours counts their whole totals"),
-    (lambda total, prompt, free, left, whole: total < free - left, "yours refuses it with <"),
-    (lambda total, prompt, free, left, whole: prompt <= free - left,
+    (lambda a: a.total <= a.free - a.whole, "yours counts their whole totals"),
+    (lambda a: a.total < a.free - a.left, "yours refuses it with <"),
+    (lambda a: a.prompt <= a.free - a.left,
      "the prompt's pages alone leave its new tokens no room"),
 ], ids=["promised whole totals", "strict <", "prompt pages only"])
 def test_serve_admission_mistakes_are_named(admit, phrase):
-    assert_caught("serve", _serve(admit), phrase)
+    assert_caught("serve", serve_loop(admit), phrase)
 
 
 def test_serve_promised_whole_totals_is_not_blamed_on_shifts():
     """On pages of 6 the whole totals give the order a shift's ceil gives: the hint named
     shifts alone, which this loop never used."""
-    result, printed = run_check("serve", _serve(
-        lambda total, prompt, free, left, whole: total <= free - whole))
+    result, printed = run_check("serve", serve_loop(lambda a: a.total <= a.free - a.whole))
     case = next(c for c in result.cases if c.params.get("page_size") == 6)
     assert not case.passed and "yours counts their whole totals" in case.hint, printed
 

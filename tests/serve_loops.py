@@ -1,0 +1,51 @@
+"""Workbook 07's serve loop as a learner writes it, with the admission test (and the page
+count) swapped for a mistake's: the hint tests of several hunts submit it."""
+from collections import deque
+from dataclasses import dataclass
+
+
+@dataclass
+class Admission:
+    """What the loop knows when it decides on the head of the queue (all in pages): its whole
+    request's `total` and its prompt's `prompt`, the pool's `free` pages, the `running`
+    sequences, and what they still need (`left`) or need in all (`whole`)."""
+    total: int
+    prompt: int
+    free: int
+    running: int
+    left: int
+    whole: int
+
+
+def ceil_pages(n: int, page_size: int) -> int:
+    return -(-n // page_size)
+
+
+def serve_loop(admit, pages_for=ceil_pages):
+    """The solution's serve, admitting the head of the queue while `admit(Admission)` holds;
+    `pages_for(tokens, page_size)` counts pages (the spec's ceil by default)."""
+    def serve(cache, requests, kv_for):
+        def pages(n):
+            return pages_for(n, cache.page_size)
+        waiting, running, finished = deque(range(len(requests))), {}, []
+        while waiting or running:
+            while waiting:
+                i = waiting[0]
+                left = sum(pages(sum(requests[j])) - pages(cache.seq_len(s))
+                           for j, s in running.items())
+                whole = sum(pages(sum(requests[j])) for j in running)
+                if not admit(Admission(pages(sum(requests[i])), pages(requests[i][0]),
+                                       cache.allocator.num_free, len(running), left, whole)):
+                    break
+                waiting.popleft()
+                running[i] = cache.add_sequence()
+                cache.append(running[i], *kv_for(i, 0, requests[i][0]))
+            for i, seq_id in list(running.items()):
+                if cache.seq_len(seq_id) < sum(requests[i]):
+                    cache.append(seq_id, *kv_for(i, cache.seq_len(seq_id), 1))
+                if cache.seq_len(seq_id) == sum(requests[i]):
+                    cache.free_sequence(seq_id)
+                    del running[i]
+                    finished.append(i)
+        return finished
+    return serve
