@@ -3,7 +3,7 @@
 CuPy's RawKernel checks nothing: a float64 array passed to a `float*` parameter, or a
 page id past the end of the cache, silently produces garbage or corrupts memory. So every
 public entry point calls these checks first (validate_out.py holds those of the arrays a
-kernel writes). Each error names the argument, what was expected and what came, and is
+kernel writes, validate_values.py those of the values an array holds). Each error names the argument, what was expected and what came, and is
 raised before anything is launched or written.
 """
 from __future__ import annotations
@@ -26,7 +26,8 @@ MAX_PAGES = INT32_MAX        # block tables hold page ids as int32
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 FLOAT32_TINY = float(np.finfo(np.float32).tiny)   # smallest normal: -ftz flushes any below
 LOG2E = 1.4426950408889634   # the kernels fold scale * log2(e) into one float32 (exp2 softmax)
-# The least scale whose scale * log2(e) is a normal float32 (rounded up: itself accepted)
+# A scale whose scale * log2(e) is a normal float32 (that float32 quotient, one step up: it
+# and any larger scale are accepted; the float32 one step below it is too)
 MIN_SCALE = float(np.nextafter(np.float32(FLOAT32_TINY / LOG2E), np.float32(1)))
 # Where bfloat16 is expected of a NumPy uint16 array: its integers are no bfloat16 on the CPU
 BF16_BITS_HINT = (" (bfloat16 bits? uint16 holds them on CuPy only; on the CPU view them as "

@@ -70,7 +70,7 @@ def test_a_write_through_a_pointer_past_the_static_shared_memory_names_variable_
     assert out.tolist() == [-1.0] * 64   # a failed launch changes nothing
     message, hint = describe_kernel_exception(e)
     assert message.startswith("out-of-bounds write past the end of static __shared__ memory")
-    assert "`tile`" in hint and "past the array's end" in hint
+    assert "`tile`, the last static __shared__ variable" in hint and "ran past" in hint
 
 
 _VLA = r"""

@@ -371,7 +371,7 @@ def test_admit_keeps_numpy_ints_out_of_the_request_and_counters():
 
 @pytest.mark.parametrize("call, match", [
     ("swap_in", r"req: this manager has no host pages to swap request 3 in from"),
-    ("free_host", r"req: this manager has no host pages to take request 3's back from"),
+    ("free_host", r"req: this manager has no host pages to give request 3's host pages back to"),
     ("swap_out", r"req: this manager has no host pages to swap request 3 out to"),
 ])
 def test_swap_calls_without_host_pages_are_refused_by_name(call, match):

@@ -8,11 +8,13 @@ import os
 import re
 from pathlib import Path
 
+from ..cuda_text import strip_comments
 from ..signature import find_kernels
 from .errors import KernelCompileError
 from .source import inline_asm_lines, mangled_kernel_name, shared_initializer_lines
 
-__all__ = ["compile_error", "inline_asm_error", "shared_initializer_error", "mangled_kernel_error",
+__all__ = ["compile_error", "inline_asm_error", "shared_initializer_error",
+           "diagnostic_pragma_error", "mangled_kernel_error",
            "template_kernel_error"]
 
 HERE = Path(__file__).resolve().parent
@@ -39,7 +41,7 @@ _HINTS = [
      "inline PTX assembly (asm(...)) cannot run on the CPU executor; guard it with "
      "#ifndef __PAGEDATTN_LAB_CPU__ and give a plain C++ fallback"),
 ]
-# Lines about warnings only: GCC's "cc1plus: some warnings being treated as errors" after a
+# Summary lines, which the errors shown say better: GCC's "cc1plus: some warnings being treated as errors" after a
 # -Werror=vla error, Clang's count ("1 warning and 1 error generated.")
 _WARNING_SUMMARY = re.compile(r"^(\S+: some warnings being treated as errors|"
                               r"(\d+ warnings? and )?\d+ errors? generated\.)$")
@@ -176,6 +178,33 @@ def shared_initializer_error(kernel: str, filename: str, source: str) -> KernelC
         f"shared memory holds garbage when a block starts",
         "declare it without a value and let one thread set it (if (threadIdx.x == 0) s = 0;), "
         "then __syncthreads() before any thread reads it", lineno=lines[0])
+
+
+# A diagnostic pragma that lowers one (`#pragma GCC diagnostic ignored "-Wvla"`, or its
+# _Pragma form): it would switch off the build's -Werror=vla, and a variable-length array,
+# which NVRTC refuses, would run here (kernel_checks.py)
+_LOWERING_PRAGMA = re.compile(r"^[ \t]*#[ \t]*pragma[ \t]+(GCC|clang)[ \t]+diagnostic[ \t]+"
+                              r"(ignored|warning)\b", re.M)
+_PRAGMA_OPERATOR = re.compile(r"\b_Pragma\s*\(")
+
+
+def diagnostic_pragma_error(kernel: str, filename: str, source: str
+                            ) -> KernelCompileError | None:
+    """A pragma that silences or lowers a compiler diagnostic, which the CPU executor's checks
+    are (NVRTC ignores GCC's pragmas: the GPU build would not be changed by it)."""
+    code = strip_comments(source)   # (a _Pragma's text is a string literal: read it raw)
+    found = [m.start() for m in _LOWERING_PRAGMA.finditer(code)] + [
+        m.start() for m in _PRAGMA_OPERATOR.finditer(code)
+        if "diagnostic" in source[m.start():source.find(")", m.end()) + 1]]
+    if not found:
+        return None
+    line = code.count("\n", 0, min(found)) + 1
+    return KernelCompileError.refused(
+        kernel, filename, f"lowers a compiler diagnostic with a pragma (line {line}): the CPU "
+        f"executor's checks are diagnostics (a variable-length array, which NVRTC refuses, "
+        f"is an error here), and NVRTC ignores GCC's and Clang's pragmas",
+        "remove the pragma; give every array a size the compiler knows (a number, a #define "
+        "or a constexpr int)", lineno=line)
 
 
 def mangled_kernel_error(kernel: str, filename: str, source: str) -> KernelCompileError | None:

@@ -26,8 +26,9 @@ from pathlib import Path
 
 from .artifacts import remember, seal, sealed, trusted_cache, unchanged
 from .builtins import refuse_uncounted_builtins
-from .compile_errors import (compile_error, inline_asm_error, mangled_kernel_error,
-                             shared_initializer_error, template_kernel_error)
+from .compile_errors import (compile_error, diagnostic_pragma_error, inline_asm_error,
+                             mangled_kernel_error, shared_initializer_error,
+                             template_kernel_error)
 from .errors import CompilerNotFoundError, KernelCompileError
 from .includes import dependency_flags, refuse_outside_includes
 from .kernel_checks import kernel_flags
@@ -313,6 +314,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     (`instrumented`: with the access hooks of counting and race checking; `bounds`: with the
     check of indices past an array, kernel_flags)."""
     refused = (shared_initializer_error(kernel, filename, source)
+               or diagnostic_pragma_error(kernel, filename, source)
                or mangled_kernel_error(kernel, filename, source)
                or template_kernel_error(kernel, filename, source))
     if refused:

@@ -146,7 +146,8 @@ def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
     with max_pages (a prefill buffer), qo_indptr [batch + 1] too. Refused by name: sizes
     the buffer was not packed with (a smaller max_batch read lengths as table entries), as
     far as the buffer's size tells: a decode buffer's max_pages is not given, so a
-    max_batch that divides HEADER + max_batch' * (1 + max_pages') evenly is not caught."""
+    max_batch that divides the size less the header, max_batch' * (1 + max_pages'), evenly
+    is not caught."""
     max_batch = check_int(max_batch, "max_batch", minimum=0)
     prefill = max_pages is not None
     if prefill:

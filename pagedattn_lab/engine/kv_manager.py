@@ -251,7 +251,7 @@ class KVCacheManager:
     def swap_out(self, req: Request) -> None:
         """Copy the pages holding the request's computed tokens to host memory, then free
         every page it holds on the device."""
-        self._need_host(req, "swap request {} out to")
+        self._need_host(req, f"swap request {req.rid} out to")
         refuse_held(req, "swap_out", "a running request", device=False, host=True)
         keep = req.pages[:_pages_for(req.num_computed_tokens, self.page_size)]
         self._save_host()
@@ -272,12 +272,12 @@ class KVCacheManager:
         """Refuse, by name, a swap call on a manager without host pages (else an
         AttributeError on None, halfway through)."""
         if self.host is None:
-            raise ValueError(f"req: this manager has no host pages to {what.format(req.rid)} "
+            raise ValueError(f"req: this manager has no host pages to {what} "
                              f"(num_host_pages=0)")
 
     def free_host(self, req: Request) -> None:
         """Give back the host pages of a swapped-out request."""
-        self._need_host(req, "take request {}'s back from")
+        self._need_host(req, f"give request {req.rid}'s host pages back to")
         self._save_host()
         self.host.free(req.host_pages)
         req.host_pages = []
@@ -292,7 +292,7 @@ class KVCacheManager:
     def swap_in(self, req: Request) -> None:
         """Bring a swapped request's pages back (the caller checked `swap_in_cost`); a
         failure (a copy interrupted) leaves it swapped out, its host pages held."""
-        self._need_host(req, "swap request {} in from")
+        self._need_host(req, f"swap request {req.rid} in from")
         refuse_held(req, "swap_in", "a swapped-out request", device=True, host=False)
         with self._atomic(req):
             pages = self.pool.allocate(len(req.host_pages))

@@ -58,7 +58,7 @@ def hash_block(parent: bytes | None, token_ids) -> bytes:
         past = np.flatnonzero(ids > INT64_MAX)   # (at array speed: this runs for every block)
         if past.size:
             _int64_token(int(ids[past[0]]), int(past[0]))
-    # Python ints past int64 come as uint64 (above), object or (with a negative one) float64
+    # NumPy holds a list with an int past int64 as object or float64 (a uint64 array: above)
     wide = ids.ndim == 1 and ids.dtype.kind in "Of" and all(is_int(t) for t in token_ids)
     if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu" and not wide):
         raise TypeError(f"token_ids: expected a list of integer token ids, got "

@@ -175,8 +175,8 @@ class Scheduler:
         if req.status is Status.FINISHED:
             raise ValueError(f"req: request {req.rid} is finished; queue a new Request")
         refuse_held(req, "add", "a new request", device=True, host=True)
-        # (an empty prompt, or a token id past int64, which the prefix cache hashes as, made
-        # every schedule() after raise; params were first read when it finished)
+        # (an empty prompt, or a token id past int64 (the prefix cache hashes token ids as
+        # int64), made every schedule() after it raise; params were first read at its finish)
         prompt, outputs = (_token_ids(req, name) for name in ("prompt_ids", "output_ids"))
         if not prompt:
             raise ValueError(f"req.prompt_ids: request {req.rid} has no prompt token; expected "

@@ -141,7 +141,7 @@ def _pages_needed_case(fn, seq_len: int, page_size: int) -> None:
         ("that is one page per token: a page holds page_size tokens.", seq_len),
         # (small counts fit several mistakes: each is confirmed at a second seq_len)
         (FIXED_PAGE_HINT.format(n=page_size), lambda: -(-seq_len // 16) if page_size != 16
-         and _gives(fn, (33, page_size), 3) else None),
+         and _gives(fn, (272, page_size), 17) else None),   # (17 only with pages of 16)
         ("the arguments come as (seq_len, page_size): that is ceil(page_size / seq_len).",
          lambda: -(-page_size // seq_len) if seq_len and page_size > 1
          and _gives(fn, (1, page_size), page_size) else None),

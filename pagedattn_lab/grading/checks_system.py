@@ -200,7 +200,8 @@ def _decode_out_of_pages(cls) -> None:
                   "free: the step needs 2")
 
 
-def _error_counts(exc: OutOfPagesError, want: tuple, what: str, sequences: int = 0) -> None:
+def _error_counts(exc: OutOfPagesError, want: tuple, what: str,
+                  sequences: int | None = None) -> None:
     """The error says what the step needed and what the pool had (the engine reads them):
     `want`, (needed, num_free, num_pages) before the step, or what a failed append of a step
     undone by the cache's transaction reports (no more free, as many needed as were missing).
@@ -214,7 +215,8 @@ def _error_counts(exc: OutOfPagesError, want: tuple, what: str, sequences: int =
     if (free, total) == (num_pages, num_free):
         hint = ("num_free and num_pages are swapped: raise pl.OutOfPagesError(needed, "
                 "num_free, num_pages), in that order.")
-    elif requested == sequences != needed and (free, total) == (num_free, num_pages):
+    elif sequences is not None and requested == sequences != needed and \
+            (free, total) == (num_free, num_pages):
         hint = (f"needed is {requested}, one page for each of the step's {sequences} "
                 f"sequences, but only {needed} of them takes a page: sum pages_for_next_token "
                 "over seq_ids (a sequence whose last page has room, and is its own, takes "

@@ -170,9 +170,10 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
         if _get(exc, "region") == "static shared memory":   # through a pointer, no thread
             name = _get(exc, "variable")
             return text.split(": ", 1)[-1], (
-                f"a pointer into {f'`{name}`' if name else 'a __shared__ array'} was indexed "
-                f"past the array's end: check the pointer's offset and the loop bound against "
-                f"the array's size.")
+                "a write through a pointer ran past "
+                + (f"`{name}`, the last static __shared__ variable (the pointer may start in an "
+                   "array before it)" if name else "the static __shared__ variables")
+                + ": check the pointer's offset and the loop bound against the array's size.")
         if _get(exc, "shift") is not None:
             return f"an undefined shift: {text.split(': ', 1)[-1]}", _shift_hint(exc)
         if buffer is not None and thread is not None:
