@@ -158,8 +158,7 @@ class KVCacheManager:
         the free queue leave it, plus what writing its first chunk takes."""
         # (unchecked, a lookahead of -5 priced nothing, a hit of -1 read the last page's
         # count, a float computed failed inside range())
-        hits = check_int_list(hits, "hits", "page id")
-        check_page_ids(hits, "hits", self.pool.num_pages, "pool")
+        hits = self._hit_ids(hits)
         computed = check_int(computed, "computed", minimum=0)
         num_new = check_int(num_new, "num_new", minimum=0)
         lookahead = check_int(lookahead, "lookahead", minimum=0)
@@ -175,8 +174,8 @@ class KVCacheManager:
         caller checked `admission_cost`; a failure (a copy on write interrupted) leaves it
         waiting, holding nothing."""
         refuse_held(req, "admit", "a waiting request", device=True, host=True)
-        hits = self._check_hits(req, hits, computed)
-        computed = int(computed)   # (a NumPy int stayed in the request and the counters)
+        hits, computed = self._check_hits(req, hits, computed)   # (Python ints: a NumPy int
+        # stayed in the request and the counters)
         num_new = _check_num_new(req, num_new, computed)
         lookahead = check_int(lookahead, "lookahead", minimum=0)
         with self._atomic(req):
@@ -188,12 +187,17 @@ class KVCacheManager:
             self.hit_tokens += computed
             self._prepare_write(req, num_new, lookahead)
 
-    def _check_hits(self, req: Request, hits, computed) -> list[int]:
-        """hits as ints, refused unless they are what `cached_prefix` gives with `computed`:
-        a page caching nothing taken as a hit would serve its contents as the prompt's."""
+    def _hit_ids(self, hits) -> list[int]:
+        """hits as Python ints, each a page id of the pool."""
         hits = check_int_list(hits, "hits", "page id")
         check_page_ids(hits, "hits", self.pool.num_pages, "pool")
-        check_int(computed, "computed")
+        return hits
+
+    def _check_hits(self, req: Request, hits, computed) -> tuple[list[int], int]:
+        """(hits, computed) as ints, refused unless they are what `cached_prefix` gives: a
+        page caching nothing taken as a hit would serve its contents as the prompt's."""
+        hits = self._hit_ids(hits)
+        computed = check_int(computed, "computed")
         if not 0 <= computed < req.num_tokens:   # (the last token is always computed)
             raise ValueError(f"computed: expected 0..{req.num_tokens - 1} (request {req.rid} "
                              f"has {req.num_tokens} tokens, the last always computed), got "
@@ -204,7 +208,7 @@ class KVCacheManager:
             raise ValueError(f"hits: expected {_pages_for(computed, self.page_size)} page(s) "
                              f"holding the {computed} computed token(s), got {hits}{which} "
                              f"(pass what cached_prefix returns)")
-        return hits
+        return hits, computed
 
     def grow(self, req: Request, num_new: int) -> bool:
         """Pages for the request's next `num_new` tokens; False (nothing changed) when the
