@@ -112,8 +112,12 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
     if np.isnan(got).all():
         if "TODO" in comp.source:
             raise NotAttempted(NOTHING_WRITTEN)
+        # both of these make every output NaN: the evidence cannot tell them apart
         raise Mismatch("every output is NaN", "each token adds exp(s - m) times its dequantized "
-                       "V row to acc and exp(s - m) to l; out = acc / l.")
+                       "V row to acc and exp(s - m) to l; out = acc / l. NaN everywhere is "
+                       "what a NaN score gives, or a rescale of inf on the first token (m = "
+                       "-inf there, and 0 * inf = NaN): e^(m - m_new) must be 0 then, so check "
+                       "its sign (expf(m - m_new), not expf(m_new - m)).")
     diff = describe_difference(got, expected, ("sequence", "head", "dim"), atol=1e-4, rtol=1e-3)
     if diff is None:
         return

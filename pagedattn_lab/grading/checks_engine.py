@@ -67,6 +67,11 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
     elif got == _reference_hashes(tokens, page_size, chain=False, partial=True):
         hint = ("two mistakes: the trailing partial block is hashed, and blocks are not chained "
                 "(pass the previous block's hash as the parent).")
+    elif got == [hash_block(None, tokens[:end]) for end in
+                 range(page_size, num_tokens + 1, page_size)]:
+        hint = ("each block was hashed with all the tokens before it and no parent: the chain "
+                "carries the prefix, so block i is hash_block(block i-1's hash, its own "
+                "page_size tokens only), None for block 0.")
     elif page_size & (page_size - 1) and len(got) == pow2_div(num_tokens, page_size):
         hint = POW2_HINT.format(name="page_size", n=page_size)
     elif isinstance(got, list) and len(got) != len(expected):

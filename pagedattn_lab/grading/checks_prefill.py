@@ -78,6 +78,10 @@ def _mask_variants(q_len, seq_len):
         ("each query sees one key too many, the one after its own: query i sits at position "
          "seq_len - q_len + i (counting from 0, not 1), and sees keys up to it.",
          j <= off + i + 1),
+        ("the mask is the upper triangle (np.triu): it shows query i its own key and the ones "
+         "AFTER it; causal is the lower one, key j <= seq_len - q_len + i.", j >= off + i),
+        ("the offset has the wrong sign: query i sits at position seq_len - q_len + i (after "
+         "the cached prefix), not q_len - seq_len + i.", j <= i - off),
     ]
 
 
@@ -160,6 +164,8 @@ def _visible_variants(indptr, seq_lens):
          lens[shifted] - q_lens[nonempty][shifted] + i + 1 if nonempty.size else i),
         ("causal: a row sees its prefix and the new tokens up to itself, not the whole "
          "sequence.", lens[seq]),
+        ("i counts up from the sequence's first row, i = row - qo_indptr[b]: counted down from "
+         "its last, the first query sees the most keys.", lens[seq] - i),
     ]
 
 

@@ -62,6 +62,9 @@ def _mask_variants(s, tile, seq_len, scale):
         ("token seq_len - 1, the last one cached, was masked: mask where 16 * tile + c >= "
          "seq_len, not >= seq_len - 1.", lambda: masked(cols < seq_len - 1)),
         (offset_hint, lambda: masked(np.arange(TILE) < seq_len)),
+        ("the comparison is inverted: the cached tokens (16 * tile + c < seq_len) were masked "
+         "and the ones past seq_len kept: mask where 16 * tile + c >= seq_len.",
+         lambda: masked(cols >= seq_len)),
         ("the rows are query heads and the columns are tokens: mask columns (s[:, c]), not "
          "rows.", lambda: masked(cols < seq_len, rows=True)),
     ]
@@ -98,6 +101,21 @@ def _product_mask_hint(g64, e64, past) -> str | None:
         return None
     return ("the tokens past seq_len hold +inf or NaN, not -inf: multiplying by an -inf mask "
             f"gives +inf for a negative score (and NaN for 0). {fix}, do not multiply by it.")
+
+
+def _factor_hint(g64, s, past, scale) -> str | None:
+    """A hint when the mask is right and every kept logit is s times one factor, not scale
+    (a scale recomputed, as 1 / sqrt(16) from the tile, or sqrt(scale))."""
+    kept, raw = g64[:, ~past], np.asarray(s, np.float64)[:, ~past]
+    if not kept.size or not np.isneginf(g64[:, past]).all() or not np.isfinite(kept).all():
+        return None
+    factor = float(np.sum(kept * raw) / np.sum(raw * raw))
+    if not np.allclose(kept, raw * factor, rtol=1e-5, atol=1e-6) or \
+            np.isclose(factor, scale, rtol=1e-5):
+        return None
+    return (f"the mask is right, but every kept logit is s * {fmt(factor)}, not s * scale = "
+            f"s * {fmt(scale)}: multiply by the scale argument as given (do not compute a "
+            "scale of your own).")
 
 
 def _mask_case(fn, seed, tile, seq_len, scale) -> None:
@@ -148,7 +166,8 @@ def _mask_case(fn, seed, tile, seq_len, scale) -> None:
     # forgotten tile start both leave only column 15 unmasked): name every one that fits.
     hint = several_fit(fits, "tile") if fits else None
     past = (first + np.arange(TILE)) >= seq_len
-    hint = hint or _finite_fill_hint(g64, past) or _product_mask_hint(g64, e64, past)
+    hint = hint or _finite_fill_hint(g64, past) or _product_mask_hint(g64, e64, past) or \
+        _factor_hint(g64, s, past, scale)
     if hint is None and first >= seq_len and np.isfinite(g64).any():
         hint = (f"every token of this tile ({first}..{first + 15}) is at or past seq_len "
                 f"({seq_len}): all 16 columns are -inf, even in a tile that does not hold the "

@@ -74,10 +74,26 @@ def _group_variants(q, kv_head, group, num_kv_heads):
         ("tile t holds heads 16 t .. 16 t + 15 of the group, in order (row r of tile t is "
          "head 16 t + r of the group), not every n_tiles-th head.",
          lambda: striped.reshape(n_tiles, TILE, d)),
+        (f"the group's last head (query head {kv_head * group + group - 1}, row {group - 1}) "
+         "is missing: q[kv_head * group:(kv_head + 1) * group] already stops one past it, so "
+         "its stop needs no - 1 (nor the copy tiles[:group - 1]).",
+         lambda: laid_out(np.concatenate([mine[:-1], np.zeros((1, d))]))),
         ("the tiles are transposed (head_dim is 16 here, so the shape cannot show it): row r "
          "of a tile is query head r, its columns the head's dims: [tiles, 16, head_dim].",
          lambda: laid_out(mine).swapaxes(1, 2) if d == TILE else None),
     ]
+
+
+def _factor_hint(got, expected, rows) -> str | None:
+    """A hint when the group's rows are the right heads times one factor (q pre-scaled)."""
+    g, e = np.asarray(got, np.float64)[rows], np.asarray(expected, np.float64)[rows]
+    if not np.isfinite(g).all():
+        return None
+    factor = float(np.sum(g * e) / np.sum(e * e))
+    if np.isclose(factor, 1.0) or not np.allclose(g, e * factor, rtol=2e-3, atol=0):
+        return None
+    return (f"the rows are the right heads times {fmt(factor)}: copy q's rows as they are "
+            "(the softmax scale multiplies the scores later, in mask_tile).")
 
 
 def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head, dtype) -> None:
@@ -100,8 +116,9 @@ def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head, dtype) -> 
     if diff is not None:
         hint = diagnose(got, expected, _group_variants(q, kv_head, group, num_kv_heads),
                         atol=0, rtol=0, mask=rows[..., None])
-        raise Mismatch(diff.message(), hint or f"row r of tile t is query head kv_head * "
-                       f"group + 16 t + r = {kv_head * group} + 16 t + r.")
+        raise Mismatch(diff.message(), hint or _factor_hint(got, expected, rows) or
+                       f"row r of tile t is query head kv_head * group + 16 t + r = "
+                       f"{kv_head * group} + 16 t + r.")
     pad = ~rows
     if pad.any() and not np.all(np.asarray(got, np.float64)[pad] == 0):
         t, r = np.argwhere(pad & np.any(np.asarray(got, np.float64) != 0, axis=-1))[0]

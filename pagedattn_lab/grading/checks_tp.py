@@ -65,6 +65,8 @@ def _split_variants(rank, world, heads, kv):
          ((qs % kv, qs % kv + n_kv), (qs, qe))),
         ("return the KV head range first, then the query head range: "
          "((kv_start, kv_stop), (q_start, q_stop)).", ((qs, qe), (ks, ke))),
+        (f"a rank owns num_kv_heads / world_size = {n_kv} KV heads, not one: the KV range is "
+         "[rank * that, (rank + 1) * that).", ((rank, rank + 1), (qs, qe))),
         ("ranks count from 0: rank 0 owns the first heads.",
          (((rank + 1) * n_kv, (rank + 2) * n_kv), ((rank + 1) * n_q, (rank + 2) * n_q))),
     ]
@@ -220,6 +222,9 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("the buffer starts with a 2-value header (batch, pages per row), before the seq_lens "
          "and the table: 2 + batch + batch * pages int32 values.",
          (4 * (batch + batch * pages), share, kv_read)),
+        ("pages per row are the LONGEST sequence's, ceil(max(seq_lens) / page_size): not "
+         "the pages of the whole batch's tokens, ceil(sum(seq_lens) / page_size).",
+         (4 * (2 + batch + batch * -(-n // ps)), share, kv_read)),
         ("the table is padded: every row has as many entries as the LONGEST sequence has "
          "pages (batch * pages), not each sequence its own count.",
          (4 * (2 + batch + sum(-(-int(x) // ps) for x in lens)), share, kv_read)),
@@ -241,6 +246,9 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         # (at world_size > 1 this one is the expected numbers, so it is never named there)
         ("at world_size = 1 no other rank receives it, but output_share is still the rank's "
          "whole output, as the task asks: not 0.", (tables, 0 if world == 1 else share, kv_read)),
+        ("the heads are gathered, not summed: output_share is the rank's own heads' output, "
+         "once (batch * H/R * head_dim * itemsize), not the 2 (R - 1) / R of the whole output "
+         "a ring all-reduce moves.", (tables, 2 * (world - 1) * share, kv_read)),
         ("output_share is what the rank sends, once: not sent plus received (2 * share).",
          (tables, share * 2, kv_read)),
         ("every value is itemsize bytes, the itemsize given: not 2 (fp16) always.",

@@ -17,7 +17,8 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
                     chunk=True, use_budget=True, fcfs=True, chunk_running=True,
                     partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
                     charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True,
-                    divide=True, charge_growth=True, exact_ceil=True, count_held=True):
+                    divide=True, charge_growth=True, exact_ceil=True, count_held=True,
+                    subtract_held=True):
     """The engine's order with one rule switchable off (each switch is a known mistake)."""
     out, free = [], free_pages
 
@@ -47,7 +48,8 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
             out.append((req.rid, n))
             budget -= n
             held = req.num_pages if count_held else pages(req.num_computed)
-            grow = pages(req.num_computed + n) - held if charge_growth else pages(n)
+            grow = pages(req.num_computed + n) - (held if subtract_held else 0) \
+                if charge_growth else pages(n)
             if charge_running:
                 free -= max(0, grow) if clamp else grow
 
@@ -182,6 +184,9 @@ MISTAKES = [
     ("count_held", "a running request's new pages were counted from the pages its computed "
      "tokens fill, ceil(num_computed / page_size): it holds num_pages, some taken ahead, so "
      "it needs max(0, ceil((num_computed + n) / page_size) - num_pages).", _admits_fewer),
+    ("subtract_held", "a running request was charged every page its tokens fill, "
+     "ceil((num_computed + n) / page_size): it already holds num_pages of them, so it needs "
+     "only max(0, ceil((num_computed + n) / page_size) - num_pages) new ones.", _admits_fewer),
 ]
 RULES = tuple(rule for rule, _, _ in MISTAKES)
 

@@ -12,10 +12,10 @@ into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scal
 alone, code / scale, code * scale * scale or its byte read unsigned, from its own or the
 other's scale array, at [slot][kv_head], [kv_head], [0], [slot] or [position in the
 sequence][kv_head]; or read right and the online softmax's update wrong (acc or l not
-rescaled, the max not kept), or with the scales of query head h read at KV head
-h / num_kv_heads or h % num_kv_heads (or its codes too, at h % num_kv_heads), or with the
-softmax scale 1/sqrt(head_dim) worked out in the kernel instead of its argument, or applied
-twice.
+rescaled, the max not kept, exp2f for expf in the weight, the rescale or both), or with the
+scales of query head h read at KV head h / num_kv_heads or h % num_kv_heads (or its codes too,
+at h % num_kv_heads), or with the softmax scale 1/sqrt(head_dim) worked out in the kernel
+instead of its argument, or applied twice.
 """
 from __future__ import annotations
 
@@ -208,6 +208,14 @@ _SOFTMAX_MISTAKES = [
     ("l", "rescale l too: l = l * e^(m - m_new) + e^(s - m_new), like acc."),
     ("m", "keep the running max: m = m_new after each token (with m left at -inf every "
           "token's e^(m - m_new) is 0, so only the last token counts)."),
+    ("exp2_w", "the weight was exp2f(s - m_new) = 2^(s - m_new) while the rescale is "
+               "expf(m - m_new): use one base for both (expf, or exp2f of scores times "
+               "log2(e)), or old and new terms are weighed on different scales."),
+    ("exp2_rescale", "the rescale was exp2f(m - m_new) = 2^(m - m_new) while the weight is "
+                     "expf(s - m_new): use one base for both (expf, or exp2f of scores times "
+                     "log2(e)), or old and new terms are weighed on different scales."),
+    ("exp2", "exp2f(x) is 2^x, not e^x: with exp2f for both the weight and the rescale, "
+             "multiply the score by log2(e) = 1.4427 first (or use expf)."),
 ]
 # The scales read at another KV head than the codes' (a bug named by a ("scale_head", how)).
 _SCALE_HEAD_MISTAKES = [
@@ -311,7 +319,8 @@ def _codes_of_another_head(prob, codes, scales, per_token, softmax_scale, how):
 
 def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
     """The kernel's token-by-token loop over the right values, with the update `bug` wrong:
-    "acc" or "l" not rescaled, "m" never set to the new max."""
+    "acc" or "l" not rescaled, "m" never set to the new max, "exp2_w", "exp2_rescale" or
+    "exp2": 2^x for e^x in the weight, the rescale or both."""
     k, v = (_values(c, _scales_at(s, per_token, "slot", prob), "times").reshape(
         -1, *c.shape[2:]) for c, s in zip(codes, scales))
     q = prob.q.astype(np.float64)
@@ -324,7 +333,8 @@ def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
             for slot in slots:
                 s = float(q[b, h] @ k[slot, h // group]) * softmax_scale
                 m_new = max(m, s)
-                rescale, w = np.exp(m - m_new), np.exp(s - m_new)
+                rescale = (np.exp2 if bug in ("exp2_rescale", "exp2") else np.exp)(m - m_new)
+                w = (np.exp2 if bug in ("exp2_w", "exp2") else np.exp)(s - m_new)
                 acc = (acc if bug == "acc" else acc * rescale) + w * v[slot, h // group]
                 total = (total if bug == "l" else total * rescale) + w
                 m = m if bug == "m" else m_new
