@@ -19,8 +19,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .attention_common import cache_dtypes, from_torch, is_torch_tensor, to_torch_as
-from .backend import is_cupy_array, to_numpy
+from .attention_common import cache_dtypes, shared_arrays, to_torch_as
+from .backend import is_cupy_array, is_torch_tensor, to_numpy
 from .validate import (INT32_MAX, MAX_PAGES, check_array, check_block_tables, check_int,
                        check_kv_cache, check_memory)
 from .validate_kinds import is_int
@@ -196,8 +196,8 @@ def gather_inputs(k_cache, v_cache, block_table_row):
     """(k_cache, v_cache, block_table_row, like) with torch tensors as the arrays they share
     memory with (a torch.bfloat16 one as uint16 bits); like: k_cache if it was a tensor."""
     like = k_cache if is_torch_tensor(k_cache) else None
-    return tuple(from_torch(x, n) for x, n in ((k_cache, "k_cache"), (v_cache, "v_cache"),
-                                               (block_table_row, "block_table_row"))) + (like,)
+    return (*shared_arrays(dict(k_cache=k_cache, v_cache=v_cache,
+                                block_table_row=block_table_row)), like)
 
 
 def check_gather(k_cache, v_cache, block_table_row, seq_len, on_host: bool = False,

@@ -5,8 +5,8 @@ import functools
 
 import numpy as np
 
-from .backend import (contiguous_fix, data_pointer, is_cupy_array, is_torch_tensor,
-                      to_numpy)
+from .backend import check_contiguous, data_pointer, is_cupy_array, is_torch_tensor, to_numpy
+from .quant import check_storage
 from .validate import LOG2E, check_array  # noqa: F401 - LOG2E re-exported
 from .validate_kinds import dtype_shown
 
@@ -203,9 +203,13 @@ def cache_dtypes(bits: bool) -> tuple:
 def from_torch(x, name: str = "tensor"):
     """A torch tensor as a CuPy (CUDA tensor) or NumPy (CPU tensor) array sharing its memory;
     a torch.bfloat16 tensor becomes uint16 (its bits). Anything else is returned as it is.
-    name: the argument, for the error on a tensor that requires grad."""
+    name: the argument, for the errors on a tensor that requires grad and on a float8 one
+    (which neither library holds: shared_arrays tells e4m3 pages' tensors the view)."""
     if not is_torch_tensor(x):
         return x
+    if str(x.dtype).startswith("torch.float8"):   # torch itself refuses it naming nothing
+        raise TypeError(f"{name}: a {x.dtype} tensor, which NumPy and CuPy cannot share (they "
+                        f"have no fp8 type)")
     if x.requires_grad:   # .numpy() and DLPack refuse it with a RuntimeError naming nothing
         raise TypeError(f"{name}: a torch tensor that requires grad; the kernels compute no "
                         f"gradient: pass {name}.detach()")
@@ -219,15 +223,20 @@ def from_torch(x, name: str = "tensor"):
     return arr.view(np.uint16) if x.dtype == torch.bfloat16 else arr
 
 
-def refuse_strided_tensors(named: dict) -> dict:
-    """`named` (argument name: value), once no torch tensor in it is a strided view: the
-    kernels index it as a flat buffer, and once shared as a NumPy or CuPy array its error
-    would name that library's copy, not torch's .contiguous()."""
+def shared_arrays(named: dict, kv_format=None, elements: bool = False) -> list:
+    """The values of `named` (argument name: value) with each torch tensor as the NumPy or
+    CuPy array sharing its memory (`from_torch`, or `from_torch_elements` where `elements`),
+    for arguments the kernels read as they are. Every tensor is checked before any is
+    shared, as a tensor: once an array, its errors would name that library's fix, not torch's
+    (a strided view: .contiguous(); pages of torch.float8_e4m3fn codes where `kv_format`, a
+    quant.KVFormat, is the plan's: .view(torch.uint8))."""
     for name, x in named.items():
-        if is_torch_tensor(x) and not x.is_contiguous():
-            raise ValueError(f"{name}: expected a contiguous tensor (the kernels index it by "
-                             f"strides of its shape); call {contiguous_fix(x, name)} first")
-    return named
+        if is_torch_tensor(x):
+            check_contiguous(x, name)
+            if kv_format is not None and name in ("k_cache", "v_cache"):
+                check_storage(x, kv_format, name)
+    share = from_torch_elements if elements else from_torch
+    return [share(x, name) for name, x in named.items()]
 
 
 def to_torch_like(arr, like):

@@ -16,9 +16,8 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .attention_common import (cache_dtypes, check_grid, from_torch_elements, is_torch_tensor,
-                               prepare_out, refuse_strided_tensors, to_torch_as)
-from .backend import cupy_module, is_cupy_array, pinned_like, to_numpy_together
+from .attention_common import cache_dtypes, check_grid, prepare_out, shared_arrays, to_torch_as
+from .backend import cupy_module, is_cupy_array, is_torch_tensor, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
 from .validate import check_array, check_attention_inputs, check_int, resolve_scale
 from .validate_out import check_out
@@ -47,11 +46,9 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     decode_plan.TC_IMPL = "wmma"; fp16 and bf16).
     """
     like = q if is_torch_tensor(q) else None
-    named = refuse_strided_tensors({"q": q, "k_cache": k_cache, "v_cache": v_cache,
-                                    "block_tables": block_tables, "seq_lens": seq_lens,
-                                    "out": out})
-    q, k_cache, v_cache, block_tables, seq_lens, out = (from_torch_elements(x, n)
-                                                        for n, x in named.items())
+    q, k_cache, v_cache, block_tables, seq_lens, out = shared_arrays(
+        dict(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
+             seq_lens=seq_lens, out=out), elements=True)
     for name, x in (("block_tables", block_tables), ("seq_lens", seq_lens)):
         check_array(x, name, contiguous=False)   # a list: named here, not as int64 later
     on_gpu = is_cupy_array(k_cache)

@@ -16,15 +16,13 @@ from .attention_common import (
     check_aligned16,
     check_grid,
     fast_path,
-    from_torch,
-    is_torch_tensor,
     page_shift,
-    refuse_strided_tensors,
     prepare_out,
     same_place,
+    shared_arrays,
     to_torch_as,
 )
-from .backend import array_module
+from .backend import array_module, is_torch_tensor
 from .kernels import kernel as load_kernel
 from .validate import check_attention_inputs, resolve_scale
 from .validate_kinds import is_one_of
@@ -117,10 +115,8 @@ def paged_attention_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=N
         if is_torch_tensor(x) and str(x.dtype) == "torch.bfloat16":
             raise TypeError(f"{name}: expected dtype float32 or float16 (the one-shot prefill's "
                             f"kernels), got torch.bfloat16; BatchPrefillWrapper runs bfloat16")
-    refuse_strided_tensors({**named, "block_tables": block_tables, "seq_lens": seq_lens})
-    q, k_cache, v_cache, block_tables, seq_lens, out = (
-        from_torch(x, n) for x, n in zip((q, k_cache, v_cache, block_tables, seq_lens, out),
-                                         ("q", "k_cache", "v_cache", "block_tables", "seq_lens",
-                                          "out")))
+    q, k_cache, v_cache, block_tables, seq_lens, out = shared_arrays(
+        dict(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
+             seq_lens=seq_lens, out=out))
     return to_torch_as(plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale,
                                     kernel, out=out)(), like)

@@ -64,12 +64,23 @@ def is_torch_tensor(x) -> bool:
     return type(x).__module__.split(".")[0] == "torch"
 
 
-def contiguous_fix(x, name: str) -> str:
-    """The call that gives a C-contiguous copy of `x` (named `name`) in x's own library: the
-    fix an error on a strided view names (torch has no ascontiguousarray)."""
+def _contiguous_fix(x, name: str) -> str:
+    """The call that gives a C-contiguous copy of `x` (named `name`) in x's own library
+    (torch has no ascontiguousarray)."""
     if is_torch_tensor(x):
         return f"{name}.contiguous()"
     return f"{'cupy' if is_cupy_array(x) else 'np'}.ascontiguousarray({name})"
+
+
+def check_contiguous(x, name: str, where: str | None = None) -> None:
+    """Refuse a strided view (a transpose, a slice with a step) of a NumPy or CuPy array or a
+    torch tensor: the kernels index it by the strides of its shape. The one wording of every
+    path: `where` (default: `name`) and the copy in x's own library, made of `name`."""
+    if x.is_contiguous() if is_torch_tensor(x) else x.flags.c_contiguous:
+        return
+    kind = "a contiguous tensor" if is_torch_tensor(x) else "a C-contiguous array"
+    raise ValueError(f"{where or name}: expected {kind} (the kernels index it by strides of "
+                     f"its shape); call {_contiguous_fix(x, name)} first")
 
 
 def array_module(*arrays):

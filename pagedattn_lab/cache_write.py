@@ -17,9 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention_common import (cache_dtypes, from_torch, is_torch_tensor, refuse_strided_tensors,
-                               to_torch_as)
-from .backend import array_module, is_cupy_array, to_numpy
+from .attention_common import cache_dtypes, from_torch, shared_arrays, to_torch_as
+from .backend import array_module, is_cupy_array, is_torch_tensor, to_numpy
 from .kernels import kernel
 from .validate import (INT32_MAX, check_array, check_block_tables, check_int,
                        check_kv_cache, check_memory)
@@ -138,9 +137,8 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     # uint16 holds bfloat16 bits where no bfloat16 dtype exists: CuPy, and a torch.bfloat16
     # tensor's view; a NumPy uint16 cache holds integers, refused as gather_kv and decode do
     bits = is_cupy_array(k_cache) or is_torch_tensor(k_cache)
-    named = refuse_strided_tensors({"k": k, "v": v, "k_cache": k_cache, "v_cache": v_cache,
-                                    "slot_mapping": slot_mapping})
-    k, v, k_cache, v_cache, slot_mapping = (from_torch(a, name) for name, a in named.items())
+    k, v, k_cache, v_cache, slot_mapping = shared_arrays(
+        dict(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping))
     check_kv_cache(k_cache, v_cache, dtypes=cache_dtypes(bits))
     num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
     for name, rows in (("k", k), ("v", v)):

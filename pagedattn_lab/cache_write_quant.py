@@ -15,7 +15,7 @@ import numpy as np
 from .backend import array_module, is_cupy_array, to_numpy
 from .cache_write import _check_slots
 from .kernels import kernel
-from .quant import check_scale, kv_format, scale_shape, storage_hint
+from .quant import check_scale, check_storage, kv_format, scale_shape
 from .validate import check_array, check_kv_cache
 from .validate_out import check_disjoint, check_writeable
 
@@ -28,13 +28,9 @@ def check_quant_cache(k_cache, v_cache, kv_dtype: str, scale_scheme: str, k_scal
     dtype only (their entries are outputs of the write)."""
     fmt = kv_format(kv_dtype)
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
-        dtype = getattr(cache, "dtype", None)
-        if dtype != fmt.storage:   # the first wrong one: e4m3 as ml_dtypes gets its fix here
-            hint = storage_hint(dtype, fmt, name)   # (check_kv_cache would refuse it bare)
-            if hint:
-                raise TypeError(f"{name}: expected dtype {fmt.storage}, got {dtype}{hint}")
-            break
-    check_kv_cache(k_cache, v_cache, dtypes=[fmt.storage])
+        check_array(cache, name, ndim=4, dtypes=None)   # (an array first, then its dtype)
+        check_storage(cache, fmt, name)
+    check_kv_cache(k_cache, v_cache, dtypes=None)
     shape = scale_shape(scale_scheme, *(int(n) for n in k_cache.shape[:3]))
     for name, scale in (("k_scale", k_scale), ("v_scale", v_scale)):
         if scale_scheme == "static":

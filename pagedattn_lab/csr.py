@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention_common import from_torch, is_torch_tensor, to_torch_as
-from .backend import array_module, to_numpy
+from .attention_common import shared_arrays, to_torch_as
+from .backend import array_module, is_torch_tensor, to_numpy
 from .validate import (INT32_MAX, check_array, check_block_tables, check_int, check_memory,
                        check_offsets)
 
@@ -22,8 +22,7 @@ def to_csr(block_tables, seq_lens, page_size):
     tensors for torch tables, as paged_attention_decode takes and returns them).
     """
     like = block_tables if is_torch_tensor(block_tables) else None
-    block_tables, seq_lens = from_torch(block_tables, "block_tables"), from_torch(seq_lens,
-                                                                                "seq_lens")
+    block_tables, seq_lens = shared_arrays(dict(block_tables=block_tables, seq_lens=seq_lens))
     page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
     check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
     batch = int(block_tables.shape[0])
@@ -45,8 +44,8 @@ def from_csr(indptr, indices, last_page_len, page_size):
     longest sequence's page count. int32 arrays, where the inputs live (torch tensors for a
     torch indptr)."""
     like = indptr if is_torch_tensor(indptr) else None
-    indptr, indices, last_page_len = (from_torch(x, n) for x, n in zip(
-        (indptr, indices, last_page_len), ("indptr", "indices", "last_page_len")))
+    indptr, indices, last_page_len = shared_arrays(
+        dict(indptr=indptr, indices=indices, last_page_len=last_page_len))
     page_size = check_int(page_size, "page_size", minimum=1, maximum=INT32_MAX)
     check_array(indptr, "indptr", ndim=1, dtypes=[np.int32])
     check_array(indices, "indices", ndim=1, dtypes=[np.int32])

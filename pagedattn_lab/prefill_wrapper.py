@@ -41,13 +41,12 @@ import numpy as np
 
 from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM,
                                allow_shared_memory, check_aligned16, element_dtype, fast_path,
-                               from_torch, from_torch_elements, is_torch_tensor, prepare_out,
-                               refuse_strided_tensors, to_torch_as)
-from .backend import array_module, is_cupy_array, to_numpy
+                               prepare_out, shared_arrays, to_torch_as)
+from .backend import array_module, is_cupy_array, is_torch_tensor, to_numpy
 from .kernels import kernel as load_kernel
 from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Variant,
                            shared_bytes, variant_for, work_list)
-from .quant import check_run_scales, check_scheme, kv_format, storage_hint
+from .quant import check_run_scales, check_scheme, check_storage, kv_format
 from .validate import (bf16_bits_hint, check_array, check_block_tables, check_bool,
                        check_int, check_offsets, check_plan_sizes, resolve_scale)
 from .validate_kinds import dtype_label
@@ -145,8 +144,8 @@ class BatchPrefillWrapper:
                                  f"of shared memory per block at head_dim {head_dim}, more than "
                                  f"the {MAX_SHARED_MEM // 1024} KiB a block can have (fewer "
                                  f"warps, row fragments or stages, or a smaller K/V tile)")
-        qo_indptr, block_tables, seq_lens = (from_torch(x, n) for x, n in zip(
-            (qo_indptr, block_tables, seq_lens), ("qo_indptr", "block_tables", "seq_lens")))
+        qo_indptr, block_tables, seq_lens = shared_arrays(
+            dict(qo_indptr=qo_indptr, block_tables=block_tables, seq_lens=seq_lens))
         check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         indptr = to_numpy(qo_indptr).astype(np.int64)
         batch = indptr.size - 1
@@ -227,10 +226,7 @@ class BatchPrefillWrapper:
                 raise TypeError(f"{name}: expected a {'CuPy' if self.on_gpu else 'NumPy'} "
                                 f"array (the plan's tables live there), got another kind")
             if name != "q" and self.kv_format is not None:
-                if x.dtype != self.kv_format.storage:
-                    raise TypeError(f"{name}: expected dtype {self.kv_format.storage} (the codes "
-                                    f"of {self.kv_format.name}, as planned), got {x.dtype}"
-                                    f"{storage_hint(x.dtype, self.kv_format, name)}")
+                check_storage(x, self.kv_format, name)
             elif not _accepts(x.dtype, self.dtype, self.on_gpu):
                 bits = bf16_bits_hint(x, self.dtype != np.float16)   # (bfloat16 planned)
                 raise TypeError(f"{name}: expected dtype {self.dtype} (as planned), got "
@@ -268,8 +264,7 @@ class BatchPrefillWrapper:
                  "k_scale": k_scale, "v_scale": v_scale}
         if any(is_torch_tensor(x) for x in named.values()):
             like = q if is_torch_tensor(q) else None
-            refuse_strided_tensors(named)
-            arrays = {n: from_torch_elements(x, n) for n, x in named.items()}
+            arrays = dict(zip(named, shared_arrays(named, self.kv_format, elements=True)))
             return to_torch_as(self.run(**arrays, scale=scale), like)
         self._check_run(q, k_cache, v_cache)
         check_aligned16(q=q, k_cache=k_cache, v_cache=v_cache)

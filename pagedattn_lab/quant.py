@@ -56,15 +56,34 @@ FORMATS = {
 KV_DTYPE_ALIASES = {"fp8": "fp8_e4m3", "float8_e4m3fn": "fp8_e4m3"}
 
 
-def storage_hint(dtype, fmt: KVFormat, name: str) -> str:
-    """The fix for a cache of e4m3 codes held as ml_dtypes float8_e4m3fn (the CPU's natural
-    fp8 array, as ml_dtypes.bfloat16 is its bfloat16): the same bytes viewed as the storage.
-    "" for any other dtype: another one-byte type (float8_e5m2, uint8 beside int8) need not
-    hold this format's codes, and viewing it would read garbage without an error."""
-    if not (fmt.name == "fp8_e4m3" and isinstance(dtype, np.dtype)
-            and dtype.name == "float8_e4m3fn"):   # (a NumPy array's: torch's has its own)
+def _storage_hint(dtype, fmt: KVFormat, name: str) -> str:
+    """The fix for a cache of e4m3 codes held as float8_e4m3fn, ml_dtypes' (the CPU's natural
+    fp8 array, as ml_dtypes.bfloat16 is its bfloat16) or torch's: the same bytes viewed as
+    the storage, in the array's own library. "" for any other dtype: another one-byte type
+    (float8_e5m2, uint8 beside int8) need not hold this format's codes, and viewing it would
+    read garbage without an error."""
+    torch = str(dtype) == "torch.float8_e4m3fn"
+    if fmt.name != "fp8_e4m3" or not (torch or (isinstance(dtype, np.dtype)
+                                                and dtype.name == "float8_e4m3fn")):
         return ""
-    return f"; those are the e4m3 codes' bytes: pass {name}.view(np.uint8)"
+    library = "torch" if torch else "np"
+    return f"; those are the e4m3 codes' bytes: pass {name}.view({library}.uint8)"
+
+
+def check_storage(x, fmt: KVFormat, name: str) -> None:
+    """Refuse compressed pages `x` (a NumPy or CuPy array, or a torch tensor before it is
+    shared: torch's fp8 types have no NumPy twin) whose dtype is not fmt's storage: the one
+    wording of every path that reads or writes codes, with the e4m3 view where it applies."""
+    if str(x.dtype).startswith("torch."):
+        if str(x.dtype) == f"torch.{fmt.storage.name}":
+            return
+        label = str(x.dtype)
+    elif x.dtype == fmt.storage:
+        return
+    else:
+        label = dtype_label(x.dtype)
+    raise TypeError(f"{name}: expected dtype {fmt.storage.name} (the codes of {fmt.name} "
+                    f"pages), got {label}{_storage_hint(x.dtype, fmt, name)}")
 
 
 def _kv_name(kv_dtype) -> str | None:
@@ -133,9 +152,7 @@ def decode(codes, kv_dtype: str) -> np.ndarray:
     """float32 values of codes (without the scale)."""
     fmt = kv_format(kv_dtype)
     codes = np.asarray(codes)
-    if codes.dtype != fmt.storage:
-        raise TypeError(f"codes: expected {fmt.storage} for {fmt.name}, got {codes.dtype}"
-                        f"{storage_hint(codes.dtype, fmt, 'codes')}")
+    check_storage(codes, fmt, "codes")
     if fmt.name == "int8":
         return codes.astype(np.float32)
     return codes.view(_e4m3()).astype(np.float32)

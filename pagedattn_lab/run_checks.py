@@ -3,8 +3,8 @@ refuses its arguments in one expression; when it refuses, `explain_run` finds wh
 and says what was expected and what came."""
 from __future__ import annotations
 
-from .backend import contiguous_fix, data_pointer
-from .quant import storage_hint
+from .backend import check_contiguous, data_pointer
+from .quant import check_storage
 from .validate import bf16_bits_hint
 from .validate_kinds import dtype_label
 
@@ -20,17 +20,12 @@ def explain_run(plan, q, k, v, out, qshape, dtypes):
             raise TypeError(f"{name}: the plan runs on the {where} array or a torch tensor, "
                             f"got {type(x).__module__}.{type(x).__name__}")
         if fmt is not None and name in ("k_cache", "v_cache"):
-            if x.dtype != fmt.storage:
-                raise TypeError(f"{name}: the plan is for {fmt.name} pages: expected dtype "
-                                f"{fmt.storage.name} (the codes), got {dtype_label(x.dtype)}"
-                                f"{storage_hint(x.dtype, fmt, name)}")
+            check_storage(x, fmt, name)
         elif x.dtype not in dtypes:
             bits = bf16_bits_hint(x, plan.dtype == "bfloat16")
             raise TypeError(f"{name}: the plan is for {plan.dtype}: expected dtype {names}, "
                             f"got {dtype_label(x.dtype)}{bits}")
-        if not x.flags.c_contiguous:
-            raise ValueError(f"{name}: expected a C-contiguous array (the kernels index it by "
-                             f"strides of its shape); call {contiguous_fix(x, name)} first")
+        check_contiguous(x, name)
         if data_pointer(x) % 16:
             raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
                              "kernels load 16 bytes at a time), not an offset view")

@@ -12,7 +12,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .backend import contiguous_fix
+from .backend import check_contiguous
 from .cuda_text import collect_defines, strip_comments
 
 __all__ = ["Param", "parse_kernel_signature", "find_kernels", "kernel_declarations",
@@ -360,10 +360,7 @@ def check_launch_args(sig: list[Param], args, kernel_name: str, array_types: tup
                     f"{where}: expected a {_wanted(p)} array, got {_describe(a)}. CuPy would "
                     f"pass it unchecked and the kernel would read the bytes as {p.base}; convert "
                     f"it with .astype({_dtype_expr(p.dtype)})")
-            if not a.flags.c_contiguous:
-                raise ValueError(f"{where}: the array is not C-contiguous (a transposed or "
-                                 f"sliced view?); the kernel indexes it as a flat buffer. Pass "
-                                 f"a copy: {contiguous_fix(a, p.name)}")
+            check_contiguous(a, p.name, where)
             continue
         if isinstance(a, (bool, int, float, complex)) and not isinstance(a, np.generic):
             dtype, passed = _cupy_passes(a)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .backend import contiguous_fix, data_pointer, is_cupy_array, to_numpy_together
+from .backend import check_contiguous, data_pointer, is_cupy_array, to_numpy_together
 from .validate_kinds import dtype_label, is_int
 from .validate_values import real_values  # noqa: F401 - re-exported: a check, found here
 
@@ -56,9 +56,8 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
             names = [d.name for d in allowed]
             raise TypeError(f"{name}: expected dtype {' or '.join(names)}, got "
                             f"{dtype_label(x.dtype)}{bf16_bits_hint(x, 'bfloat16' in names)}")
-    if contiguous and not x.flags.c_contiguous:
-        raise ValueError(f"{name}: expected a C-contiguous array (kernels index it by "
-                         f"strides of its shape); call {contiguous_fix(x, name)} first")
+    if contiguous:
+        check_contiguous(x, name)
     misaligned = element_misalignment(x)
     if misaligned:
         raise ValueError(f"{name}: expected data aligned to its {x.dtype.itemsize}-byte "

@@ -37,10 +37,9 @@ from . import decode_plan as dp
 from . import decode_work as dw
 from .decode_tc_sizes import tc_max_parts, tc_resident_blocks
 from .attention_common import (LOG2E, MAX_GRID_YZ, THREADS, allow_shared_memory, array_dtypes,
-                               data_pointer, dtype_name, from_torch, gpu_resident_blocks,
-                               is_torch_tensor, page_shift, refuse_strided_tensors, sm_count,
-                               to_torch_like)
-from .backend import cupy_module, is_cupy_array, resolve_device
+                               data_pointer, dtype_name, gpu_resident_blocks, page_shift,
+                               shared_arrays, sm_count, to_torch_like)
+from .backend import cupy_module, is_cupy_array, is_torch_tensor, resolve_device
 from .csr import from_csr, to_csr  # noqa: F401 - re-exported (__all__)
 from .decode_choice import check_simt_page
 from .decode_run import DecodeRun
@@ -95,8 +94,7 @@ class BatchDecodeWrapper(DecodeRun):
         dtype = dtype_name(dtype)
         fmt = None if kv_dtype is None else kv_format(kv_dtype)
         check_scheme(scale_scheme)
-        block_tables = from_torch(block_tables, "block_tables")
-        seq_lens = from_torch(seq_lens, "seq_lens")
+        block_tables, seq_lens = shared_arrays(dict(block_tables=block_tables, seq_lens=seq_lens))
         check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
         batch = int(block_tables.shape[0])
         tables_h, lens_h = check_block_tables(block_tables, seq_lens, num_pages=None,
@@ -331,10 +329,9 @@ class BatchDecodeWrapper(DecodeRun):
         # uint16 array holds integers, refused as paged_attention_decode and write_kv do
         dtypes = self._array_dtypes if self.on_gpu or tensors else self._array_dtypes[:1]
         if tensors:
-            named = refuse_strided_tensors(dict(q=q, k_cache=k_cache, v_cache=v_cache, out=out,
-                                                k_scale=k_scale, v_scale=v_scale))
-            q, k_cache, v_cache, out, k_scale, v_scale = (from_torch(x, n)
-                                                          for n, x in named.items())
+            q, k_cache, v_cache, out, k_scale, v_scale = shared_arrays(
+                dict(q=q, k_cache=k_cache, v_cache=v_cache, out=out, k_scale=k_scale,
+                     v_scale=v_scale), self.kv_format)
         for name, x in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache), ("out", out)):
             check_plain(x, name)   # (the scales: check_run_scales)
         if out is None:   # the plan's buffer (a uint16 view of it for bfloat16 bits on the CPU)

@@ -60,7 +60,8 @@ def test_e4m3_pages_held_as_ml_dtypes_are_told_to_view_their_bytes():
                                    "float16", kv_dtype="fp8")
     with pytest.raises(TypeError, match=r"^k_cache: .*got float8_e4m3fn" + fix):
         p.run(q, e4m3, e4m3.copy(), k_scale=scales[0], v_scale=scales[1])
-    with pytest.raises(TypeError, match=r"^k_cache: expected dtype uint8, got float8_e4m3fn" + fix):
+    with pytest.raises(TypeError, match=r"^k_cache: expected dtype uint8 \(the codes of "
+                                        r"fp8_e4m3 pages\), got float8_e4m3fn" + fix):
         write_kv_quant(np.zeros((1, 2, 32), np.float32), np.zeros((1, 2, 32), np.float32),
                        e4m3, e4m3.copy(), np.array([0], np.int32), "fp8", "static", *scales)
     with pytest.raises(TypeError, match=r"pass codes\.view\(np\.uint8\)$"):

@@ -246,9 +246,11 @@ def test_decode_refuses_codes_of_another_storage_dtype():
     # mutant: decode's dtype check dropped: int8 codes of an fp8 cache read as e4m3 bits'
     # numbers (code 56 is e4m3 1.0, read as 56.0), float32 values decoded as if codes
     from pagedattn_lab import quant
-    with pytest.raises(TypeError, match=r"^codes: expected uint8 for fp8_e4m3, got int8"):
+    with pytest.raises(TypeError, match=r"^codes: expected dtype uint8 \(the codes of fp8_e4m3 "
+                                        r"pages\), got int8"):
         quant.decode(np.array([56], np.int8), "fp8_e4m3")
-    with pytest.raises(TypeError, match=r"^codes: expected int8 for int8, got float32"):
+    with pytest.raises(TypeError, match=r"^codes: expected dtype int8 \(the codes of int8 "
+                                        r"pages\), got float32"):
         quant.decode(np.array([1.0], np.float32), "int8")
 
 

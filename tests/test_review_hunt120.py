@@ -106,9 +106,9 @@ def test_hash_block_checks_a_uint64_array_at_array_speed(monkeypatch):
     ids = np.arange(1000, 1016, dtype=np.uint64)
     expected = prefix_cache.hash_block(None, ids.astype(np.int64))
     calls = []
-    original = prefix_cache._int64_token
-    monkeypatch.setattr(prefix_cache, "_int64_token",
-                        lambda t, i: calls.append(i) or original(t, i))
+    original = prefix_cache.int64_token
+    monkeypatch.setattr(prefix_cache, "int64_token",
+                        lambda t, where: calls.append(where) or original(t, where))
     assert prefix_cache.hash_block(None, ids) == expected
     assert calls == []
     ids[3] = 2**63

@@ -101,8 +101,8 @@ def test_refuses_wrong_array_dtype():
 
 def test_refuses_non_contiguous_array():
     a = np.zeros((4, 4), np.float32).T
-    with pytest.raises(ValueError, match=r"'x'.*not C-contiguous.*Pass a copy: "
-                                         r"np\.ascontiguousarray\(x\)$"):
+    with pytest.raises(ValueError, match=r"'x'.*expected a C-contiguous array .*; call "
+                                         r"np\.ascontiguousarray\(x\) first$"):
         check_launch_args(SIG, (a, np.int32(3)), "plain", (np.ndarray,))
 
 

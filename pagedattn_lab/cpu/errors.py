@@ -37,7 +37,9 @@ class KernelFault(KernelError):
     sets shift (the amount), bits (the value's width: 32, or 64 for a long long) and line.
     A write past the last static __shared__ variable through a pointer, found after the block
     (region "static shared memory", thread None), sets variable (that variable's name, or
-    None) and offset (the first changed byte, counted from its end).
+    None) and offset (the first changed byte, counted from the variable's start, as a
+    SharedMemoryRace counts it: at or past the variable's size, as the write was past its
+    end; the message says how far past).
     """
 
 
@@ -46,7 +48,9 @@ class SharedMemoryRace(KernelFault):
     least one of them writing, without atomics (found by the race check, `racecheck=True`).
 
     Attributes: kind ("write after write", "read after write", "write after read"),
-    variable (the shared variable's name, or None), offset (byte offset in it), block,
+    variable (the shared variable's name, or None), offset (the byte, counted from the
+    variable's start as KernelFault counts it, or from dynamic shared memory's; None where
+    a static variable is not known), index (the same as offset), block,
     thread (the second access), other_thread (the earlier one), line, other_line (kernel
     source lines, or None when unknown), access ("read"/"write"/"atomic" of the second),
     same_warp (both are lanes of one warp: a __syncwarp() between would order them).

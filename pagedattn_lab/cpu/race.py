@@ -25,7 +25,9 @@ _EXTERN_SHARED = re.compile(r"\bextern\s+__shared__\s+(?P<type>[^;{}]*?)\s*\b(?P
                             r"\s*\[\s*\]")
 
 
-def _tool(name: str, *args: str) -> str:
+def binutils_output(name: str, *args: str) -> str:
+    """The standard output of binutils' `name` (nm, addr2line) run on `args`; "" where the
+    tool is missing or fails (the reports then say less, never something wrong)."""
     exe = shutil.which(name)
     if not exe:
         return ""
@@ -36,10 +38,10 @@ def _tool(name: str, *args: str) -> str:
 
 
 @functools.lru_cache(maxsize=32)
-def _symbols(lib_path: str) -> tuple:
+def data_symbols(lib_path: str) -> tuple:
     """(start, size, demangled name) of the library's data symbols."""
     out = []
-    for line in _tool("nm", "-C", "-S", "--defined-only", lib_path).splitlines():
+    for line in binutils_output("nm", "-C", "-S", "--defined-only", lib_path).splitlines():
         parts = line.split(None, 3)
         if len(parts) == 4 and parts[2].lower() in ("b", "d", "s"):
             try:
@@ -54,7 +56,7 @@ def _line(lib_path: str, pc: int, filename: str) -> int | None:
     so that an access inside an inlined shim function names the kernel's call)."""
     if not pc:
         return None
-    out = _tool("addr2line", "-i", "-e", lib_path, f"{pc - 1:#x}")
+    out = binutils_output("addr2line", "-i", "-e", lib_path, f"{pc - 1:#x}")
     for text in out.splitlines():
         file, _, rest = text.rpartition(":")
         m = re.match(r"\d+", rest)
@@ -70,8 +72,9 @@ def _linear(thread, block) -> int:
     return x + bx * (y + by * z)
 
 
-def _variable(r, info, source) -> tuple[str | None, int, str]:
-    """(name, byte offset in it, description) of the shared byte."""
+def _variable(r, info, source) -> tuple[str | None, int | None, str]:
+    """(name, byte offset in it, description) of the shared byte; the offset is None where
+    the static variable is not known (no `nm`), as KernelFault's is."""
     if r.region == abi.REGION_DYN_SHARED:
         names = [m.group("name") for m in _EXTERN_SHARED.finditer(source)]
         decl = _EXTERN_SHARED.search(source)
@@ -79,12 +82,12 @@ def _variable(r, info, source) -> tuple[str | None, int, str]:
         what = (f"dynamic shared memory `{name}` (extern __shared__ {' '.join(decl.group('type').split())}[])"
                 if decl else "dynamic shared memory")
         return name, int(r.offset), f"{what} (byte {r.offset})"
-    for start, size, sym in _symbols(info.source[0]) if info.source else ():
+    for start, size, sym in data_symbols(info.source[0]) if info.source else ():
         if start <= r.offset < start + max(size, 1):
             name = sym.rsplit("::", 1)[-1]
             off = int(r.offset - start)
             return name, off, f"`{sym}` (static __shared__, byte {off})"
-    return None, 0, "a static __shared__ variable"
+    return None, None, "a static __shared__ variable"
 
 
 def _hint(kind: int, r, line, other_line, same_warp: bool) -> str:

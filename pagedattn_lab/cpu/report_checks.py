@@ -121,13 +121,13 @@ def _last_shared_variable(info: LaunchInfo, offset: int) -> tuple[str, int, int]
     ends nearest before `offset` (library-relative) in the kernel library's symbol table, or
     None (no `nm`, or no sized variable in the pal_shared section: the nearest data symbol
     before it would be one of the runtime's, such as pal_sandbox_level)."""
-    from .race import _symbols, _tool  # noqa: PLC0415 - only for the rare failed guard check
-    section = info.source and _SECTION_START.search(_tool("nm", "--defined-only",
-                                                               info.source[0]))
+    from .race import binutils_output, data_symbols  # noqa: PLC0415 - rare: a failed guard
+    section = info.source and _SECTION_START.search(
+        binutils_output("nm", "--defined-only", info.source[0]))
     if not section:
         return None
     first, best = int(section.group(1), 16), None
-    for start, size, sym in _symbols(info.source[0]):
+    for start, size, sym in data_symbols(info.source[0]):
         if first <= start and start + size <= offset and (
                 best is None or start + size > sum(best[:2])):
             best = (start, size, sym)
@@ -151,4 +151,4 @@ def shared_guard_error(r, info: LaunchInfo) -> KernelFault:
         f"reports it).", region="static shared memory",
         kernel=info.kernel, block=block, thread=None, address=r.addr, signal=None,
         access="write", buffer=None, arg_index=None, index=None, size=None,
-        variable=last[0] if last else None, offset=last[2] if last else None)
+        variable=last[0] if last else None, offset=sum(last[1:]) if last else None)

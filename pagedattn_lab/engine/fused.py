@@ -20,7 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..attention_common import fast_path
-from ..backend import is_cupy_array
+from ..backend import check_contiguous, is_cupy_array
 from ..kernels import kernel
 
 THREADS = 256   # OPS_THREADS in llama_ops.cu
@@ -54,8 +54,7 @@ class LlamaOps:
                             f"{getattr(x, 'shape', None)}")
         if shape is not None and tuple(x.shape) != tuple(shape):
             raise ValueError(f"{name}: expected shape {tuple(shape)}, got {tuple(x.shape)}")
-        if not x.flags.c_contiguous:
-            raise ValueError(f"{name}: expected a C-contiguous array")
+        check_contiguous(x, name)
 
     def rms_norm(self, x, weight, eps: float, delta=None):
         """(x, RMSNorm(x) * weight) of x [rows, hidden]; with `delta`, x is first replaced,

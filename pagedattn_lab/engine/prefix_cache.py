@@ -57,24 +57,26 @@ def hash_block(parent: bytes | None, token_ids) -> bytes:
     if ids.ndim == 1 and ids.dtype.kind == "u" and ids.dtype.itemsize == 8:
         past = np.flatnonzero(ids > INT64_MAX)   # (at array speed: this runs for every block)
         if past.size:
-            _int64_token(int(ids[past[0]]), int(past[0]))
+            int64_token(int(ids[past[0]]), f"token_ids[{int(past[0])}]")
     # NumPy holds a list with an int past int64 as object or float64 (a uint64 array: above)
     wide = ids.ndim == 1 and ids.dtype.kind in "Of" and all(is_int(t) for t in token_ids)
     if ids.ndim != 1 or (ids.size and ids.dtype.kind not in "iu" and not wide):
         raise TypeError(f"token_ids: expected a list of integer token ids, got "
                         f"{ids.dtype.name} values of shape {ids.shape}")
     if wide:
-        ids = np.array([_int64_token(t, i) for i, t in enumerate(token_ids)], np.int64)
+        ids = np.array([int64_token(t, f"token_ids[{i}]") for i, t in enumerate(token_ids)],
+                       np.int64)
     h = hashlib.sha256(parent or b"")
     h.update(ids.astype(np.int64).tobytes())
     return h.digest()
 
 
-def _int64_token(token, index: int) -> int:
-    """token_ids[index] as an int, refused past int64 (the hash reads 8 bytes a token)."""
+def int64_token(token, where: str) -> int:
+    """A token id as an int, refused past int64 naming `where` (its argument and index): the
+    one check of every id the prefix cache may hash (hash_block, Scheduler.add)."""
     if not INT64_MIN <= token <= INT64_MAX:
-        raise ValueError(f"token_ids[{index}]: expected a token id that fits int64 (the hash "
-                         f"reads 8 bytes a token), got {int(token)}")
+        raise ValueError(f"{where}: expected a token id that fits int64 (the hash reads 8 "
+                         f"bytes a token), got {int(token)}")
     return int(token)
 
 

@@ -39,6 +39,7 @@ from dataclasses import dataclass, field
 from ..validate import check_int, check_int_list
 from .config import EngineConfig
 from .kv_manager import KVCacheManager, refuse_held
+from .prefix_cache import int64_token
 from .request import Request, SamplingParams, Status
 
 
@@ -67,17 +68,11 @@ class ScheduledStep:
 
 
 FINISH_REASONS = ("stop", "length")
-MAX_TOKEN_ID = 2**63 - 1   # the prefix cache hashes token ids as int64
-
-
 def _token_ids(req: Request, name: str) -> list[int]:
-    """req.<name> as Python ints in 0..MAX_TOKEN_ID, else an error naming the entry."""
+    """req.<name> as Python ints >= 0 that the prefix cache can hash (int64), else an error
+    naming the entry."""
     ids = check_int_list(getattr(req, name), f"req.{name}", "token id", minimum=0)
-    big = [i for i, t in enumerate(ids) if t > MAX_TOKEN_ID]
-    if big:
-        raise ValueError(f"req.{name}[{big[0]}]: token id {ids[big[0]]} is past int64 "
-                         f"(at most {MAX_TOKEN_ID})")
-    return ids
+    return [int64_token(t, f"req.{name}[{i}]") for i, t in enumerate(ids)]
 
 
 class Scheduler:
