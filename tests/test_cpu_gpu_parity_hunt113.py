@@ -70,8 +70,9 @@ def test_a_write_through_a_pointer_past_the_static_shared_memory_names_variable_
         assert part in str(e), (part, str(e))
     assert out.tolist() == [-1.0] * 64   # a failed launch changes nothing
     message, hint = describe_kernel_exception(e)
-    assert message.startswith("out-of-bounds write past the end of static __shared__ memory")
-    assert "`tile`, the last static __shared__ variable" in hint and "ran past" in hint
+    assert message.startswith("out-of-bounds write past a static __shared__ array: byte 0 "
+                              "past the end of `tile`")
+    assert "the static __shared__ array `tile`" in hint and "ran past" in hint
 
 
 _VLA = r"""

@@ -59,10 +59,14 @@ _POISON = re.compile(r"attempt to use (a )?poisoned")
 _POISONED_HINT = ("a kernel may not leave the CPU executor's instrumented build (no_sanitize "
                   "attributes) nor name a library function through weakref: the access counts "
                   "and the race check see every load and store the kernel makes")
-# an extern "C" function named like one of the C library's: gcc's words, then clang's two
+# an extern "C" function named like one of the C library's: gcc's words, then clang's; the
+# last (clang, `void div(...)` against `div_t div(int, int)`) names no function: its name is
+# read off the kernel's line at the message's column
 _C_LIBRARY_CLASH = re.compile(r"conflicting declaration of C function '[^']*?\b(\w+)\(|"
                               r"declaration of '(\w+)' has a different language linkage|"
-                              r"conflicting types for '(\w+)'")
+                              r"conflicting types for '(\w+)'|"
+                              r":(\d+):(\d+): error: functions that differ only in their return "
+                              r"type cannot be overloaded")
 _PREVIOUS = re.compile(r"^(?P<file>.*?):\d+:(?:\d+:)? note: previous declaration")
 _MMA_PTX = re.compile(r"\b(mma|ldmatrix)\.sync\b")
 _MMA_PTX_HINT = ("for mma.sync and ldmatrix, call the functions of kernels/mma_ptx.cuh "
@@ -83,17 +87,28 @@ def _without_assembler_lines(log: str) -> tuple[str, int]:
     return "\n".join(kept), hidden
 
 
-def _c_library_clash(log: str, filename: str) -> str | None:
+def _clash_name(clash: re.Match, source_lines: list[str]) -> str | None:
+    """The function a _C_LIBRARY_CLASH match names, or the name at its line and column."""
+    *names, line, column = clash.groups()
+    if not line:
+        return next(filter(None, names))
+    text = source_lines[int(line) - 1] if 0 < int(line) <= len(source_lines) else ""
+    name = re.compile(r"[A-Za-z_]\w*").match(text, int(column) - 1)
+    return name.group() if name else None
+
+
+def _c_library_clash(log: str, filename: str, source_lines: list[str]) -> str | None:
     """The name of an extern "C" clash whose previous declaration (the note after it) lies
     outside the kernel's file: the C library's. One inside it is the kernel's own two
     declarations of a function, which the same words report."""
     lines = log.splitlines()
     for k, line in enumerate(lines):
-        if clash := _C_LIBRARY_CLASH.search(line):
+        if (clash := _C_LIBRARY_CLASH.search(line)) and (
+                not clash.group(4) or line.startswith(f"{filename}:")):
             for later in lines[k + 1:]:
                 if previous := _PREVIOUS.match(later):
                     if previous.group("file") != filename:
-                        return next(filter(None, clash.groups()))
+                        return _clash_name(clash, source_lines)
                     break
     return None
 
@@ -134,7 +149,7 @@ def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
         shown.append(f"({hidden} lines of the assembler's messages are not shown: they quote "
                      f"the assembly, which a kernel source does not write)")
     hints = [hint for pat_, hint in _HINTS if pat_.search(log)]
-    if name := _c_library_clash(log, filename):
+    if name := _c_library_clash(log, filename, lines):
         hints.append(f"`{name}` is also a C library function, which the CPU "
                      f"executor's C++ build declares (NVRTC has no C library, so the GPU takes "
                      f"the name): give it another name")

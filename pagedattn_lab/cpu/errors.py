@@ -35,11 +35,11 @@ class KernelFault(KernelError):
     "local or shared array") also sets array (the indexing expression as written, or None),
     array_type ("float [8]") and line; a shift by a negative amount or past the value's width
     sets shift (the amount), bits (the value's width: 32, or 64 for a long long) and line.
-    A write past the last static __shared__ variable through a pointer, found after the block
-    (region "static shared memory", thread None), sets variable (that variable's name, or
-    None) and offset (the first changed byte, counted from the variable's start, as a
-    SharedMemoryRace counts it: at or past the variable's size, as the write was past its
-    end; the message says how far past).
+    A write past a static __shared__ array through a pointer, found after the block (region
+    "static shared memory", thread None), sets variable (that array's name, or None) and
+    offset (the first changed byte, counted from the array's start, as a SharedMemoryRace
+    counts it: at or past the array's size, as the write was past its end; the message says
+    how far past).
     """
 
 

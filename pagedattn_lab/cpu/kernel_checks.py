@@ -20,8 +20,8 @@ from __future__ import annotations
 # acc; p[8] = x`), but it checks every access to an array of known size, which cost a learner
 # kernel's accumulator loop (`acc[k] += v` over a float acc[16]) 35 to 40% more CPU time
 # (GCC 12, -O1, hunt 113); in `acc[k] += x` it checks the load before the index, whose report
-# (index, array size) it would pre-empt. A write through a pointer past the last static
-# __shared__ array is found after the block instead (runtime.cpp's guard check).
+# (index, array size) it would pre-empt. A write through a pointer past a static __shared__
+# array is found after the block instead (the guards of shim.h and runtime.cpp).
 # And at compile time: a variable-length array (`float acc[n];`, n not a constant expression;
 # `const int N = 8; float acc[N];` is none) is a GNU extension that NVRTC refuses ("expression
 # must have a constant value"), so it is refused here too, at its line (-Werror=vla).

@@ -3,8 +3,8 @@ array whose size the compiler knows (a local array, a static `__shared__` array)
 by a negative amount or by at least the value's width; and a write past the static
 `__shared__` variables, found after the block (runtime.cpp's guard check). The worker gives
 the line and column, the value, and the array's (or shifted value's) type; the array's name
-is read off the source at that column (GCC points it at the subscript's closing bracket;
-where a compiler points elsewhere, the message leaves the name out)."""
+is read off the source at that column (GCC points it at the subscript's closing bracket,
+Clang at the start of the array's name; elsewhere the message leaves the name out)."""
 from __future__ import annotations
 
 import re
@@ -29,9 +29,10 @@ def _checked(r) -> tuple[str, str, int]:
     return type_name.strip("'"), file, value
 
 
-def _subscript(info: LaunchInfo, file: str, line: int, column: int) -> str | None:
-    """The indexing expression ending at `column` of `line` (`acc[i + 1]`, `s[0][j]`), when
-    the line is the kernel source's and a closing bracket is there."""
+def _subscript(info: LaunchInfo, file: str, line: int, column: int, dims: int) -> str | None:
+    """The indexing expression ending at `column` of `line` (GCC: `acc[i + 1]`, `s[0][j]`), or
+    starting there (Clang), when the line is the kernel source's. `dims`: the dimensions of
+    the type checked (1 for `s[0][j]` of a float s[4][32], 2 for `s[i]`)."""
     if not info.source or file != info.source[1]:
         return None
     lines = info.source[2].splitlines()
@@ -40,7 +41,7 @@ def _subscript(info: LaunchInfo, file: str, line: int, column: int) -> str | Non
     # comment's `é`), and the name is read off the characters
     end = len(text.encode()[:column].decode(errors="ignore")) - 1
     if not (0 <= end < len(text) and text[end] == "]"):
-        return None
+        return _subscript_from(text, end, info.source[2], dims)
     i = end
     while 0 <= i and text[i] == "]":   # back over the subscripts: `[j]`, then `[0]`, ...
         depth = 0
@@ -53,6 +54,37 @@ def _subscript(info: LaunchInfo, file: str, line: int, column: int) -> str | Non
             i -= 1
     m = re.search(r"[A-Za-z_][\w.]*(?:->[\w.]+)*\s*$", text[:i + 1])
     return text[m.start():end + 1].strip() if m else None
+
+
+def _closing(text: str, i: int) -> int:
+    """The index of the `]` that closes the `[` at text[i], or -1."""
+    depth = 0
+    for j in range(i, len(text)):
+        depth += {"[": 1, "]": -1}.get(text[j], 0)
+        if depth == 0:
+            return j
+    return -1
+
+
+def _subscript_from(text: str, start: int, source: str, dims: int) -> str | None:
+    """Clang's form: the expression whose name starts at text[start] (`s[0][j]`), with as
+    many subscripts as reach the checked dimension: the array has as many dimensions as its
+    most subscripted use in the source (its declaration's, `float s[4][32]`, at least)."""
+    m = re.compile(r"[A-Za-z_][\w.]*(?:->[\w.]+)*\s*").match(text, max(start, 0))
+    if start < 0 or not m or (start and (text[start - 1].isalnum() or text[start - 1] == "_")):
+        return None
+    name = re.escape(m.group().strip().rsplit(".", 1)[-1].rsplit(">", 1)[-1])
+    total = max((len(re.findall(r"\[", u.group(1))) for u in re.finditer(
+        rf"\b{name}\s*((?:\[[^\[\]]*\]\s*)+)", strip_comments(source))), default=dims)
+    end = m.end() - 1
+    for _ in range(max(total - dims + 1, 1)):
+        k = end + 1
+        while k < len(text) and text[k].isspace():
+            k += 1
+        if k >= len(text) or text[k] != "[" or (close := _closing(text, k)) < 0:
+            break
+        end = close
+    return text[start:end + 1].strip() if text[end] == "]" else None
 
 
 def _where(info: LaunchInfo, file: str, line: int) -> str:
@@ -70,9 +102,11 @@ def _array_kind(info: LaunchInfo, expr: str | None) -> str:
 
 def bounds_error(r, info: LaunchInfo) -> KernelFault:
     type_name, file, index = _checked(r)
+    # one spelling whatever the compiler: GCC's "float [4][32]" (Clang writes "float[4][32]")
+    type_name = re.sub(r"(?<=[^\s\[\]])\[", " [", type_name, count=1)
     m = _SIZE.search(type_name)
     size = int(m.group(1)) if m else None
-    expr = _subscript(info, file, r.line, r.op)
+    expr = _subscript(info, file, r.line, r.op, max(type_name.count("["), 1))
     what = f"{_array_kind(info, expr)} `{expr}`" if expr else "an array"
     at = _where(info, file, r.line)
     rows = "its first index " if type_name.count("[") > 1 else ""
@@ -116,7 +150,7 @@ def shift_error(r, info: LaunchInfo) -> KernelFault:
         shift=amount, bits=_bits(type_name), line=r.line)
 
 
-def _last_shared_variable(info: LaunchInfo, offset: int) -> tuple[str, int, int] | None:
+def _shared_variable_before(info: LaunchInfo, offset: int) -> tuple[str, int, int] | None:
     """(name, size, bytes from its end to `offset`) of the static `__shared__` variable that
     ends nearest before `offset` (library-relative) in the kernel library's symbol table, or
     None (no `nm`, or no sized variable in the pal_shared section: the nearest data symbol
@@ -135,16 +169,15 @@ def _last_shared_variable(info: LaunchInfo, offset: int) -> tuple[str, int, int]
 
 
 def shared_guard_error(r, info: LaunchInfo) -> KernelFault:
-    """A write into the poisoned bytes after the static `__shared__` variables (runtime.cpp's
-    pal_shared_guard), found after the block: it went through a pointer, which the index
-    check (bounds_error) does not see."""
+    """A write into the poisoned guard after a static `__shared__` array (shim.h's between
+    them, runtime.cpp's pal_shared_guard after the last), found after the block: it went
+    through a pointer, which the index check (bounds_error) does not see."""
     block = tuple(r.block)
-    last = _last_shared_variable(info, int(r.offset))
-    where = (f": byte {last[2]} past the end of `{last[0]}` ({last[1]} bytes, the last static "
-             f"__shared__ variable)" if last else "")
+    last = _shared_variable_before(info, int(r.offset))
+    where = (f": byte {last[2]} past the end of `{last[0]}` ({last[1]} bytes)" if last else "")
     return KernelFault(
-        f"kernel {info.kernel!r}: out-of-bounds write past the end of static __shared__ "
-        f"memory{where}, by a thread of block {fmt3(block)} (found after the block, so the "
+        f"kernel {info.kernel!r}: out-of-bounds write past a static __shared__ "
+        f"array{where}, by a thread of block {fmt3(block)} (found after the block, so the "
         f"thread is not known; the results were discarded). It went through a pointer "
         f"(`float *p = tile; p[i] = x`): an index on the array itself is checked where it "
         f"happens. On a GPU it overwrites other shared data or faults (compute-sanitizer "

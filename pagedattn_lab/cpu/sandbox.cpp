@@ -39,7 +39,7 @@ extern "C" PAL_HIDDEN void pal_sandbox_configure(void)
     pal_sandbox_level = !v ? 1 : strcmp(v, "0") == 0 ? 0 : strcmp(v, "seccomp") == 0 ? 2 : 1;
 }
 
-extern "C" PAL_HIDDEN [[noreturn]] void pal_worker_exit(int code)
+extern "C" [[noreturn]] PAL_HIDDEN void pal_worker_exit(int code)
 {
 #ifdef PAL_SECCOMP
     if (filtered)
@@ -78,6 +78,10 @@ const long always_denied[] = {
 // Signals: allowed when the first argument (pid or thread-group id) is the worker itself.
 const long signal_calls[] = {SYS_kill, SYS_tgkill, SYS_rt_sigqueueinfo, SYS_rt_tgsigqueueinfo};
 
+// A jump's offset from instruction `from` to `to`: BPF_JUMP puts it in a byte unconverted,
+// which Clang refuses as a narrowing in a braced initializer (the filter is under 64 long).
+unsigned char skip(unsigned to, unsigned from) { return (unsigned char)(to - from - 1); }
+
 }  // namespace
 
 // 0 when the filter is in place.
@@ -94,14 +98,14 @@ extern "C" PAL_HIDDEN int pal_sandbox_install(void)
     f[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);   // another ABI (x32, ia32)
     f[n++] = BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr));
     const unsigned allow = n + 1 + nd + ns + 1, trap = allow + 1, check = trap + 1;
-    f[n] = BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, trap - n - 1, 0);   // x32 calls
+    f[n] = BPF_JUMP(BPF_JMP | BPF_JGE | BPF_K, 0x40000000u, skip(trap, n), 0);   // x32 calls
     ++n;
     for (unsigned i = 0; i < nd; ++i, ++n)
-        f[n] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)always_denied[i], trap - n - 1, 0);
+        f[n] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)always_denied[i], skip(trap, n), 0);
     // SYS_tkill takes a thread id: ours equals our pid (one thread).
     for (unsigned i = 0; i < ns; ++i, ++n)
-        f[n] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)signal_calls[i], check - n - 1, 0);
-    f[n] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)SYS_tkill, check - n - 1, 0);
+        f[n] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)signal_calls[i], skip(check, n), 0);
+    f[n] = BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, (unsigned)SYS_tkill, skip(check, n), 0);
     ++n;
     f[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);   // == allow
     f[n++] = BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_TRAP);    // == trap

@@ -28,7 +28,7 @@ PAL_HIDDEN extern int pal_sandbox_level;
 PAL_HIDDEN void pal_sandbox_configure(void);
 PAL_HIDDEN int pal_sandbox_install(void);   // the seccomp filter; 0 when in place
 PAL_HIDDEN const char *pal_syscall_name(long nr);
-PAL_HIDDEN [[noreturn]] void pal_worker_exit(int code);
+[[noreturn]] PAL_HIDDEN void pal_worker_exit(int code);
 }
 
 #endif

@@ -32,8 +32,10 @@ PAL_HIDDEN void pal_fiber_main(void);
 // defines these two symbols around it.
 extern "C" char __start_pal_shared[] __attribute__((weak, visibility("hidden")));
 extern "C" char __stop_pal_shared[] __attribute__((weak, visibility("hidden")));
-// runtime.cpp ends the section with this many bytes of its own (see there).
-#define PAL_SHARED_GUARD 256
+// PAL_SHARED_GUARD (runtime.h): runtime.cpp ends the section with that many bytes of its own,
+// and shim.h puts a guard of that size before each of the kernel's declarations (see there).
+extern "C" char *__start_pal_sguards[] __attribute__((weak, visibility("hidden")));
+extern "C" char *__stop_pal_sguards[] __attribute__((weak, visibility("hidden")));
 #endif
 
 namespace pal {

@@ -1,9 +1,10 @@
 """Source-level preparation of a CUDA kernel for the C++ compiler.
 
-The only rewrite: `extern __shared__ T name[];` (dynamic shared memory, sized at launch)
-becomes a reference to the runtime's per-block buffer pointer,
-`static T*& name = reinterpret_cast<T*&>(__pal_dyn_smem);`, on the same line, so that line
-numbers do not move. Everything else is handled by macros in shim.h.
+Two rewrites, each on the same line, so that line numbers do not move: `extern __shared__ T
+name[];` (dynamic shared memory, sized at launch) becomes a reference to the runtime's
+per-block buffer pointer, `static T*& name = reinterpret_cast<T*&>(__pal_dyn_smem);`; and a
+statement that declares static `__shared__` variables gets shim.h's `PAL_SGUARD` before it (a
+guard of poison between the arrays). Everything else is handled by macros in shim.h.
 """
 from __future__ import annotations
 
@@ -117,6 +118,22 @@ def rewrite_extern_shared(source: str) -> str:
     return "".join(out)
 
 
+# A statement that declares static __shared__ variables: at a line's start or after ; { or },
+# its specifiers (`static`, `volatile`, `__align__(16)`, ...), then __shared__. Elsewhere (a
+# #define's body, a macro's argument) it is left alone: such arrays get no guard between them.
+_STATIC_SHARED = re.compile(
+    r"(?:^|[;{}])[ \t]*(?P<decl>(?:(?:static|volatile|const|__align__\s*\([^()]*\)|"
+    r"alignas\s*\([^()]*\))\s+)*)__shared__\b", re.M)
+
+
+def guard_static_shared(source: str) -> str:
+    """`source` with `PAL_SGUARD ` before each static __shared__ declaration (see above)."""
+    starts = [m.start("decl") for m in _STATIC_SHARED.finditer(strip_comments(source))]
+    for at in reversed(starts):
+        source = f"{source[:at]}PAL_SGUARD {source[at:]}"
+    return source
+
+
 def uses_printf(source: str) -> bool:
     return re.search(r"\bprintf\s*\(", strip_comments(source)) is not None
 
@@ -200,7 +217,7 @@ def translation_unit(source: str, kernel_names: list[str], filename: str, shim_p
     each kernel's exported entry point just past its definition (`_with_entry_points`; after
     the source, for a kernel it does not define)."""
     body, entries = _with_entry_points(source, kernel_names)
-    body = rewrite_extern_shared(body)
+    body = guard_static_shared(rewrite_extern_shared(body))
     if not body.endswith("\n"):
         body += "\n"
     quoted = quoted_filename(filename)

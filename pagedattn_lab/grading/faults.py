@@ -171,8 +171,8 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
             name = _get(exc, "variable")
             return text.split(": ", 1)[-1], (
                 "a write through a pointer ran past "
-                + (f"`{name}`, the last static __shared__ variable (the pointer may start in an "
-                   "array before it)" if name else "the static __shared__ variables")
+                + (f"the static __shared__ array `{name}` (the pointer may start in an "
+                   "array before it)" if name else "a static __shared__ array")
                 + ": check the pointer's offset and the loop bound against the array's size.")
         if _get(exc, "shift") is not None:
             return f"an undefined shift: {text.split(': ', 1)[-1]}", _shift_hint(exc)
