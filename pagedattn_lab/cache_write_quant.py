@@ -24,8 +24,8 @@ _SRC_TYPES = {np.dtype(np.float32): "float", np.dtype(np.float16): "__half"}
 
 def check_quant_cache(k_cache, v_cache, kv_dtype: str, scale_scheme: str, k_scale, v_scale):
     """Caches of the format's storage dtype and shape-matched scales; returns the format.
-    Static scales must be finite and > 0; per-token scale arrays are checked for shape and
-    dtype only (their entries are outputs of the write)."""
+    Static scales must be finite and normal (> 0, not subnormal); per-token scale arrays are
+    checked for shape and dtype only (their entries are outputs of the write)."""
     fmt = kv_format(kv_dtype)
     for name, cache in (("k_cache", k_cache), ("v_cache", v_cache)):
         check_array(cache, name, ndim=4, dtypes=None)   # (an array first, then its dtype)

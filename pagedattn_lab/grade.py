@@ -35,7 +35,8 @@ from pathlib import Path
 from .grading import isolation
 from .grading.time_limits import CASE_TIME_LIMIT
 from .grading.runner import graded_tasks
-from .grading.table import NOTEBOOK_ROW, Row, rows, to_csv, to_markdown
+from .grading.report import text_of
+from .grading.table import NOTEBOOK_ROW, Row, clean, rows, to_csv, to_markdown
 from .lessons import expected_tasks
 
 JUDGE_GRACE = 60.0   # seconds the judge may take after its sandbox is gone
@@ -167,7 +168,13 @@ def grade_notebook(path: Path, name: str, run: Run) -> list[Row]:
             end.close()
         outcome = box.wait(run.timeout)   # returns once every process of the sandbox is gone
         report, judge_error = _judge_report(judge, private)
-        return rows(name, expected_tasks(path), outcome, report, run.timeout, judge_error)
+        try:
+            return rows(name, expected_tasks(path), outcome, report, run.timeout, judge_error)
+        except Exception as exc:  # noqa: BLE001 - the report holds what the sandbox sent:
+            # raising here lost every notebook's rows (pool.map); this one's are "not run"
+            return rows(name, expected_tasks(path), outcome, None, run.timeout,
+                        f"its report could not be read ({type(exc).__name__}: "
+                        f"{text_of(exc)})")
     finally:
         for end in ends:
             end.close()
@@ -217,7 +224,8 @@ def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolatio
         if progress:
             passed = sum(r.result == "pass" for r in table)
             tasks = sum(r.task != NOTEBOOK_ROW for r in table)
-            progress(f"{name}: {passed}/{tasks} tasks passed "
+            # (the name is the submission's: no control character reaches a terminal)
+            progress(f"{clean(name)}: {passed}/{tasks} tasks passed "
                      f"({time.monotonic() - started:.0f} s)")
         return table
 

@@ -15,11 +15,16 @@ and two scale schemes:
     static     one scale per KV head, for K and for V (vLLM's k_scale / v_scale):
                shape [num_kv_heads]; chosen ahead (calibration), e.g. amax / qmax.
     per_token  one scale per (token, KV head), computed when the token is written:
-               scale = amax(|x| over head_dim) / qmax (1 when the row is all zeros), stored
-               in an array laid out like the pages: [num_pages, page_size, num_kv_heads].
+               scale = amax(|x| over head_dim) / qmax (1 when the row is all zeros), at
+               least the smallest normal float32, stored in an array laid out like the
+               pages: [num_pages, page_size, num_kv_heads].
 
 All arithmetic is float32 (x / scale, amax / qmax), exactly as the kernels do it, so the
-kernels' codes match these bit for bit.
+kernels' codes match these bit for bit. The kernels run with -ftz (CuPy's, and the CPU
+executor's model of it): a subnormal float32 is read as 0. So here subnormal rows are 0
+(`_flushed`), a scale is never below the smallest normal float32 (a smaller amax / qmax would
+be a scale of 0 to the kernel: x / 0 saturates every code, 0 / 0 is NaN), and scales given
+must be at least that (`check_scale`).
 """
 from __future__ import annotations
 
@@ -28,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import is_cupy_array
-from .validate import check_array, real_values
+from .validate import FLOAT32_TINY, check_array, real_values
 from .validate_kinds import dtype_label
 
 SCHEMES = ("static", "per_token")
@@ -163,11 +168,20 @@ def decode(codes, kv_dtype: str) -> np.ndarray:
 def per_token_scales(x, kv_dtype: str) -> np.ndarray:
     """float32 [..., num_kv_heads]: amax over the last axis (head_dim) / qmax, 1 for zero rows.
 
-    NaN is ignored in the amax (as fmaxf does in the kernel)."""
+    NaN is ignored in the amax (as fmaxf does in the kernel); subnormal values count as 0 and
+    the scale is at least the smallest normal float32 (see the module docstring: -ftz)."""
     qmax = np.float32(kv_format(kv_dtype).qmax)
-    amax = np.abs(real_values(x, "x"))
+    amax = np.abs(_flushed(real_values(x, "x")))
     amax = np.fmax.reduce(amax, axis=-1, initial=np.float32(0))
-    return np.where(amax > 0, amax / qmax, np.float32(1.0)).astype(np.float32)
+    scale = np.maximum(amax / qmax, np.float32(FLOAT32_TINY))
+    return np.where(amax > 0, scale, np.float32(1.0)).astype(np.float32)
+
+
+def _flushed(x: np.ndarray) -> np.ndarray:
+    """float32 x with subnormal values as signed zeros, as a kernel compiled with -ftz reads
+    them (so a row of them quantizes as the kernel quantizes it)."""
+    x = np.asarray(x, dtype=np.float32)
+    return np.where(np.abs(x) < np.float32(FLOAT32_TINY), np.copysign(np.float32(0), x), x)
 
 
 def static_scales(x, kv_dtype: str) -> np.ndarray:
@@ -180,17 +194,26 @@ def static_scales(x, kv_dtype: str) -> np.ndarray:
 
 def _refuse_bad_scales(scales: np.ndarray, name: str) -> None:
     """A ValueError naming the first scale that is not finite and > 0 (x / 0 saturates every
-    code, a negative scale flips the signs, NaN and inf give codes of 0)."""
+    code, a negative scale flips the signs, NaN and inf give codes of 0), or is subnormal
+    (a kernel's -ftz reads it as 0)."""
     bad = np.argwhere(~(np.isfinite(scales) & (scales > 0)))
     if bad.size:
         i = tuple(int(j) for j in bad[0])
         raise ValueError(f"{name}: every scale must be finite and > 0; {name}"
                          f"[{', '.join(map(str, i))}] is {float(scales[i])}")
+    tiny = np.argwhere(scales < FLOAT32_TINY)
+    if tiny.size:
+        i = tuple(int(j) for j in tiny[0])
+        raise ValueError(f"{name}: every scale must be at least {FLOAT32_TINY:.4g}, the "
+                         f"smallest normal float32 (the kernels, compiled with -ftz, read a "
+                         f"subnormal one as 0); {name}[{', '.join(map(str, i))}] is "
+                         f"{float(scales[i])}")
 
 
 def check_scale(scale, name: str, shape: tuple[int, ...],
                 qmax: float | None = None) -> np.ndarray:
-    """A float32 scale array of `shape`, finite and > 0; raises naming `name` otherwise.
+    """A float32 scale array of `shape`, finite, > 0 and not subnormal; raises naming `name`
+    otherwise.
     qmax: the format's largest code; then qmax * scale must be a finite float32 too (a larger
     scale turns the largest codes into inf when they are read back, and the output into NaN)."""
     if scale is None:
@@ -219,8 +242,8 @@ def check_scale(scale, name: str, shape: tuple[int, ...],
 
 def quantize(x, kv_dtype: str, scale) -> np.ndarray:
     """Codes of x [..., num_kv_heads, head_dim] with `scale` broadcast over head_dim:
-    static [num_kv_heads] or per-token [..., num_kv_heads], each finite and > 0."""
-    x = real_values(x, "x")
+    static [num_kv_heads] or per-token [..., num_kv_heads], each finite, > 0 and normal."""
+    x = _flushed(real_values(x, "x"))
     return encode(x / _checked_scale(scale, x.shape)[..., None], kv_dtype)
 
 
@@ -240,7 +263,8 @@ def dequantize_written(codes, kv_dtype: str, scale) -> np.ndarray:
 
 
 def _checked_scale(scale, shape) -> np.ndarray:
-    """`scale` for values of `shape` as `_scale_for` takes it, each entry finite and > 0."""
+    """`scale` for values of `shape` as `_scale_for` takes it, each entry finite, > 0 and
+    normal (`_refuse_bad_scales`)."""
     s = _scale_for(scale, shape)
     _refuse_bad_scales(s, "scale")
     return s
@@ -268,7 +292,7 @@ def quantize_rows(x, kv_dtype: str, scale_scheme: str, static_scale=None):
         scales = np.asarray(static_scale, dtype=np.float32)
     # not through quantize's check: a row holding inf has the per-token scale inf, as the
     # kernel computes it (static scales were checked when the cache was made)
-    x = np.asarray(x, dtype=np.float32)
+    x = _flushed(x)
     return encode(x / _scale_for(scales, x.shape)[..., None], kv_dtype), scales
 
 
@@ -290,7 +314,7 @@ def check_run_scales(fmt: KVFormat | None, scale_scheme: str | None, cache_shape
     ([num_pages, page_size, num_kv_heads, head_dim]), planned for `fmt` (None: an fp16 /
     bf16 / fp32 cache, which takes no scales) and `scale_scheme`. Raises naming the argument.
 
-    Static scales ([num_kv_heads]) must be finite, > 0 and small enough that code * scale
+    Static scales ([num_kv_heads]) must be finite, normal and small enough that code * scale
     stays finite: NumPy ones are checked on every call; a CuPy one is read back the first
     time its (id, address) is met, not on every run, which would stall the GPU at every
     layer (scales are set once, when a model is loaded). `seen` remembers it and holds the

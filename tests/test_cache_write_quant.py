@@ -162,3 +162,24 @@ def test_write_on_the_gpu_matches_the_reference(rng, kv_dtype, scheme):
     np.testing.assert_array_equal(got.view(np.uint8), codes.view(np.uint8))
     if scheme == "per_token":
         np.testing.assert_array_equal(dev[5].get().reshape(-1, 8)[slots], scales)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("kv_dtype", ["int8", "fp8_e4m3"])
+def test_tiny_rows_on_the_gpu_get_a_normal_scale_and_flushed_codes(kv_dtype):
+    """Rows whose amax / qmax is below the smallest normal float32 (1e-37 / 448), and rows of
+    subnormal values (flushed to 0 by -ftz): per-token scales and codes are the reference's
+    bit for bit, with no scale of 0 (x / 0 saturates, 0 / 0 is NaN)."""
+    import cupy
+    k = np.zeros((4, 1, 32), np.float32)
+    k[:, 0, :2] = [[1e-37, -3e-38], [1e-40, 2e-41], [2e-36, 1e-39], [5e-38, 0.0]]
+    fmt = quant.kv_format(kv_dtype)
+    k_cache = cupy.zeros((1, 4, 1, 32), fmt.storage)
+    scales = cupy.zeros((1, 4, 1), np.float32)
+    write_kv_quant(cupy.asarray(k), cupy.asarray(k), k_cache, k_cache.copy(),
+                   cupy.arange(4, dtype=np.int64), kv_dtype, "per_token", scales, scales.copy())
+    codes, want = quant.quantize_rows(k, kv_dtype, "per_token")
+    np.testing.assert_array_equal(scales.get().reshape(4, 1), want)
+    assert (want > 0).all()
+    np.testing.assert_array_equal(k_cache.get().reshape(4, 1, 32).view(np.uint8),
+                                  codes.view(np.uint8))

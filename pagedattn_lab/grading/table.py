@@ -121,7 +121,10 @@ def to_csv(table: list[Row]) -> str:
 
 def to_markdown(table: list[Row]) -> str:
     def cell(text: str) -> str:
-        return clean(text).replace("|", "\\|").replace("<", "&lt;").replace(">", "&gt;")
+        # backslashes first: "\\|" of the learner's became "\\\\|", an escaped backslash and
+        # a pipe that ends the cell (a message or a file name added columns to its row)
+        text = clean(text).replace("\\", "\\\\").replace("|", "\\|")
+        return text.replace("<", "&lt;").replace(">", "&gt;")
 
     lines = ["| notebook | task | result | message |", "|---|---|---|---|"]
     lines += [f"| {cell(r.notebook)} | {cell(r.task)} | {cell(r.result)} | {cell(r.message)} |"

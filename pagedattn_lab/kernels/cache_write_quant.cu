@@ -27,7 +27,9 @@ __device__ inline void quantize_row(const SRC* x, unsigned char* dst, float* sca
     for (int i = lane; i < head_dim; i += 32) amax = fmaxf(amax, fabsf(to_float(x[i])));
     for (int offset = 16; offset > 0; offset >>= 1)
         amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));
-    const float scale = amax > 0.0f ? amax / KV_QMAX : 1.0f;   // an all-zero row: any scale
+    // an all-zero row: any scale; a tiny one: at least the smallest normal float32, which
+    // -ftz would otherwise flush amax / KV_QMAX to (a scale of 0: x / 0 saturates, 0 / 0 NaN)
+    const float scale = amax > 0.0f ? fmaxf(amax / KV_QMAX, 1.17549435e-38f) : 1.0f;
     if (lane == 0) scales[scale_index] = scale;
 #else
     const float scale = scales[scale_index];
