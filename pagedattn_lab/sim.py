@@ -153,9 +153,15 @@ def _check_paged_fits(workload: Workload, capacity_name: str, capacity_tokens: i
         raise ValueError(f"page_size: {capacity_tokens} slots hold {pages} whole pages of "
                          f"{page_size} tokens, too few for a request of "
                          f"max_len={workload.max_len}")
-    if -(-workload.prompt_max // page_size) + max(1, int(watermark * pages)) > pages:
+    if -(-workload.prompt_max // page_size) + _watermark_pages(watermark, pages) > pages:
         raise ValueError(f"watermark: {watermark} of {pages} pages kept free leaves too few "
                          f"for a prompt of prompt_max={workload.prompt_max} tokens")
+
+
+def _watermark_pages(watermark: float, pages: int) -> int:
+    """The pages paged admission keeps free while requests run: rounded down, as the engine
+    and vLLM do (watermark 0 keeps none)."""
+    return int(watermark * pages)
 
 
 def _reservation(policy: str, req: _Request, max_len: int) -> int:
@@ -256,8 +262,8 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
     its pages are freed and it goes back to the front of the queue to be recomputed, as vLLM
     does); finished sequences release their memory; then waiting requests are admitted in
     arrival order while the one at the front fits (paged admission keeps `watermark` of the
-    pages free for growth, unless nothing runs). Then the memory is measured. Stops when
-    every request is done or after `max_steps` steps.
+    pages, rounded down, free for growth, unless nothing runs). Then the memory is measured.
+    Stops when every request is done or after `max_steps` steps.
     """
     workload, capacity_tokens, capacity_name, page_size, max_steps = _checked(
         policy, workload, capacity_tokens, page_size, max_steps, watermark, memory_bytes,
@@ -268,7 +274,7 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
     if paged:
         pool = BlockAllocator(capacity_tokens // page_size)
         capacity = pool.num_pages * page_size
-        reserve_pages = max(1, int(watermark * pool.num_pages))
+        reserve_pages = _watermark_pages(watermark, pool.num_pages)
     else:
         space = _FirstFit(capacity_tokens)
         capacity = capacity_tokens

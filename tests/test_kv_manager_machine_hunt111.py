@@ -310,7 +310,7 @@ def _scheduler(num_host_pages=0):
 
 
 @pytest.mark.parametrize("prompt, params, exc, match", [
-    ([], SamplingParams(), ValueError, r"req.prompt_ids: request 0 has no prompt token"),
+    ([], SamplingParams(), ValueError, r"req.prompt_ids: request 0 has no token; expected"),
     ([1, 2.0], SamplingParams(), TypeError, r"req.prompt_ids\[1\]: expected an integer"),
     ([1, True], SamplingParams(), TypeError, r"req.prompt_ids\[1\]: expected an integer"),
     ([3, -1], SamplingParams(), ValueError, r"req.prompt_ids\[1\]: expected a token id >= 0"),
@@ -341,7 +341,7 @@ def test_scheduler_add_keeps_numpy_prompts_as_python_ints():
 
 def test_cached_prefix_refuses_an_empty_request_by_name():
     kv = KVCacheManager(4, 2)
-    with pytest.raises(ValueError, match=r"req: request 7 has no token"):
+    with pytest.raises(ValueError, match=r"req\.prompt_ids: request 7 has no token"):
         kv.cached_prefix(Request(7, [], SamplingParams()))
 
 

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from ..paging import BlockAllocator, check_page_ids
 from ..validate import check_bool, check_int, check_int_list
 from .prefix_cache import BlockPool, hash_block
-from .request import Request
+from .request import Request, empty_prompt_error
 
 
 def _pages_for(tokens: int, page_size: int) -> int:
@@ -109,8 +109,7 @@ class KVCacheManager:
         With one-token pages the last token's own cached page is not among them: taking it
         would copy (on write) a page whose only slot is about to be overwritten."""
         if not req.num_tokens:   # (computed would be -1, and its cost an IndexError)
-            raise ValueError(f"req: request {req.rid} has no token; expected a prompt of at "
-                             f"least one")
+            raise empty_prompt_error(req.rid)
         pages = []
         if self.enable_caching:
             for i, block_hash in enumerate(self.hashes(req)):

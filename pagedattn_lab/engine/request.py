@@ -99,3 +99,11 @@ class Request:
         if start >= p:
             return self.output_ids[start - p:stop - p]
         return self.prompt_ids[start:] + self.output_ids[:stop - p]
+
+
+def empty_prompt_error(rid) -> ValueError:
+    """The one refusal of a request without a token, whoever meets it first (the scheduler's
+    add, the KV manager's prefix lookup): the last prompt token's logits pick the first
+    output token, so a request needs one."""
+    return ValueError(f"req.prompt_ids: request {rid} has no token; expected a prompt of at "
+                      f"least one token")

@@ -6,6 +6,8 @@ batched, chunked or preempted it.
 """
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from ..backend import to_numpy
@@ -13,8 +15,15 @@ from .request import Request
 
 
 def request_rng(req: Request, engine_seed: int) -> np.random.Generator:
-    seed = req.params.seed if req.params.seed is not None else (engine_seed, req.rid)
-    return np.random.default_rng(np.atleast_1d(seed).tolist() + [len(req.output_ids)])
+    """The stream of the request's next output position: its seed (or the engine's seed and
+    its id) hashed, the position as the spawn key. (A list [seed, position] made streams of
+    different requests one: NumPy pads short seeds with zeros, so seed 0 at position 3 drew
+    what request 3 without a seed drew at position 0, under the engine's seed 0.)"""
+    seed = req.params.seed
+    key = ("seed", int(seed)) if seed is not None else ("engine", int(engine_seed), int(req.rid))
+    entropy = int.from_bytes(hashlib.sha256(repr(key).encode()).digest(), "little")
+    return np.random.default_rng(np.random.SeedSequence(entropy,
+                                                        spawn_key=(len(req.output_ids),)))
 
 
 def sample(logits, requests: list[Request], engine_seed: int, xp) -> list[int]:

@@ -40,7 +40,7 @@ from ..validate import check_int, check_int_list
 from .config import EngineConfig
 from .kv_manager import KVCacheManager, refuse_held
 from .prefix_cache import int64_token
-from .request import Request, SamplingParams, Status
+from .request import Request, SamplingParams, Status, empty_prompt_error
 
 
 @dataclass
@@ -174,8 +174,7 @@ class Scheduler:
         # int64), made every schedule() after it raise; params were first read at its finish)
         prompt, outputs = (_token_ids(req, name) for name in ("prompt_ids", "output_ids"))
         if not prompt:
-            raise ValueError(f"req.prompt_ids: request {req.rid} has no prompt token; expected "
-                             f"at least one")
+            raise empty_prompt_error(req.rid)
         if not isinstance(req.params, SamplingParams):
             raise TypeError(f"req.params: expected a SamplingParams, got "
                             f"{type(req.params).__name__}")
