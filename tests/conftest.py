@@ -1,4 +1,6 @@
-"""Shared test set-up: headless plotting, the `gpu` marker, seeded randomness."""
+"""Shared test set-up: headless plotting, the `gpu` marker, seeded randomness, kernel caches
+of a test's own."""
+import shutil
 import sys
 
 import matplotlib
@@ -49,3 +51,38 @@ def no_new_figures():
     yield
     assert set(plt.get_fignums()) == before, "a refused call left a figure open"
     plt.close("all")
+
+
+SEED_KERNEL = 'extern "C" __global__ void k(float *x) { x[threadIdx.x] = 1.0f; }\n'
+
+
+@pytest.fixture(scope="session")
+def _seed_cache(tmp_path_factory):
+    """A CPU-executor cache holding what the first compile into an empty cache builds before
+    its kernel: the runtime's objects and the precompiled shim, plain and instrumented (~5-10 s
+    per empty cache on a 2-core CI machine), built once per test process."""
+    from pagedattn_lab.cpu import RawKernel, count_accesses  # noqa: PLC0415
+    from pagedattn_lab.cpu.errors import ExecutorUnavailableError  # noqa: PLC0415
+    root = tmp_path_factory.mktemp("seed-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PAGEDATTN_LAB_CACHE_DIR", str(root))
+        mp.delenv("PAGEDATTN_LAB_CPU_TRUST_CACHE", raising=False)
+        kernel, x = RawKernel(SEED_KERNEL, "k"), np.zeros(1, np.float32)
+        try:
+            kernel((1,), (1,), (x,))
+            count_accesses(kernel, (1,), (1,), (x,))
+        except ExecutorUnavailableError:   # no compiler: each test's cache starts empty and
+            pass                           # its own compiles say so, as before
+    return root / "cpu"
+
+
+@pytest.fixture
+def own_kernel_cache(tmp_path, monkeypatch, _seed_cache):
+    """A kernel cache of this test's own, as an empty one but for copies of the seed's runtime
+    and precompiled shim: no other test's kernel is served from it, and nothing a kernel of
+    this test writes there reaches another test (the seed is copied, never linked)."""
+    root = tmp_path / "cache"
+    if _seed_cache.is_dir():
+        shutil.copytree(_seed_cache, root / "cpu", ignore=shutil.ignore_patterns("k-*"))
+    monkeypatch.setenv("PAGEDATTN_LAB_CACHE_DIR", str(root))
+    return root

@@ -38,11 +38,10 @@ def _marker(path):
     return f'FILE *m = fopen("{path}", "w"); if (m) fclose(m);'
 
 
+@pytest.mark.usefixtures("own_kernel_cache")
 @pytest.mark.parametrize("instrumented", [False, True], ids=["plain", "instrumented"])
 @pytest.mark.parametrize("kind", sorted(LOAD_TIME))
-def test_code_that_runs_when_the_library_loads_is_refused(tmp_path, monkeypatch, kind,
-                                                          instrumented):
-    monkeypatch.setenv("PAGEDATTN_LAB_CACHE_DIR", str(tmp_path / "cache"))
+def test_code_that_runs_when_the_library_loads_is_refused(tmp_path, kind, instrumented):
     marker = tmp_path / "ran"
     source = LOAD_TIME[kind] % _marker(marker) + KERNEL
     refused = None
@@ -54,8 +53,8 @@ def test_code_that_runs_when_the_library_loads_is_refused(tmp_path, monkeypatch,
     assert refused is not None and "runs code when its library is loaded" in str(refused)
 
 
-def test_a_kernel_with_constant_globals_still_builds_both_ways(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAGEDATTN_LAB_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.mark.usefixtures("own_kernel_cache")
+def test_a_kernel_with_constant_globals_still_builds_both_ways():
     source = ("static const float SCALE = 0.5f; __device__ int table[4] = {1, 2, 3, 4};\n"
               'extern "C" __global__ void k(float *x) { x[threadIdx.x] = SCALE * '
               "table[threadIdx.x]; }\n")
@@ -70,8 +69,8 @@ def test_a_kernel_with_constant_globals_still_builds_both_ways(tmp_path, monkeyp
     ('extern "C" int __real_fork(void);', "__real_fork()"),   # --wrap's way to the real fork
     ("namespace pal { struct State; extern State S; }", "*(const unsigned *)&pal::S"),
 ])
-def test_a_kernel_may_not_name_the_runtime_internals(tmp_path, monkeypatch, declaration, use):
-    monkeypatch.setenv("PAGEDATTN_LAB_CACHE_DIR", str(tmp_path / "cache"))
+@pytest.mark.usefixtures("own_kernel_cache")
+def test_a_kernel_may_not_name_the_runtime_internals(declaration, use):
     source = declaration + '\nextern "C" __global__ void k(int *x) { x[0] = (int)(' + use + "); }\n"
     with pytest.raises(KernelCompileError, match="refers to the CPU executor's own runtime"):
         RawKernel(source, "k").compile()

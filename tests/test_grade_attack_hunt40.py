@@ -9,8 +9,8 @@ from pagedattn_lab.cpu.errors import KernelCompileError
 
 
 @pytest.fixture(autouse=True)
-def _own_cache(tmp_path, monkeypatch):
-    monkeypatch.setenv("PAGEDATTN_LAB_CACHE_DIR", str(tmp_path / "cache"))
+def _own_cache(own_kernel_cache):
+    """Each test a cache of its own (conftest.py: seeded with the runtime, nothing else)."""
 
 
 KERNEL = 'extern "C" __global__ void k(float *x) { x[threadIdx.x] = 1.0f; }\n'
