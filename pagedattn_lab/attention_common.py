@@ -6,9 +6,8 @@ import functools
 import numpy as np
 
 from .backend import check_contiguous, data_pointer, is_cupy_array, is_torch_tensor, to_numpy
-from .quant import check_storage
 from .validate import LOG2E, check_array  # noqa: F401 - LOG2E re-exported
-from .validate_kinds import dtype_shown
+from .validate_kinds import dtype_label, dtype_shown
 
 THREADS = 128          # every kernel of this module runs 128-thread blocks
 MAX_GRID_YZ = 65535    # CUDA's limit on gridDim.y and gridDim.z
@@ -237,6 +236,36 @@ def shared_arrays(named: dict, kv_format=None, elements: bool = False) -> list:
                 check_storage(x, kv_format, name)
     share = from_torch_elements if elements else from_torch
     return [share(x, name) for name, x in named.items()]
+
+
+def _storage_hint(dtype, fmt, name: str) -> str:
+    """The fix for a cache of e4m3 codes held as float8_e4m3fn, ml_dtypes' (the CPU's natural
+    fp8 array, as ml_dtypes.bfloat16 is its bfloat16) or torch's: the same bytes viewed as
+    the storage, in the array's own library. "" for any other dtype: another one-byte type
+    (float8_e5m2, uint8 beside int8) need not hold this format's codes, and viewing it would
+    read garbage without an error."""
+    torch = str(dtype) == "torch.float8_e4m3fn"
+    if fmt.name != "fp8_e4m3" or not (torch or (isinstance(dtype, np.dtype)
+                                                and dtype.name == "float8_e4m3fn")):
+        return ""
+    library = "torch" if torch else "np"
+    return f"; those are the e4m3 codes' bytes: pass {name}.view({library}.uint8)"
+
+
+def check_storage(x, fmt, name: str) -> None:
+    """Refuse compressed pages `x` (a NumPy or CuPy array, or a torch tensor before it is
+    shared: torch's fp8 types have no NumPy twin) whose dtype is not fmt's storage: the one
+    wording of every path that reads or writes codes, with the e4m3 view where it applies."""
+    if str(x.dtype).startswith("torch."):
+        if str(x.dtype) == f"torch.{fmt.storage.name}":
+            return
+        label = str(x.dtype)
+    elif x.dtype == fmt.storage:
+        return
+    else:
+        label = dtype_label(x.dtype)
+    raise TypeError(f"{name}: expected dtype {fmt.storage.name} (the codes of {fmt.name} "
+                    f"pages), got {label}{_storage_hint(x.dtype, fmt, name)}")
 
 
 def to_torch_like(arr, like):

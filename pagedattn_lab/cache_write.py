@@ -36,8 +36,10 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
     `seq_lens[b]` counts every token of sequence b including the new ones, so the new tokens
     are positions `seq_lens[b] - q_lens[b] .. seq_lens[b] - 1` (the prefill wrapper's
     bottom-right convention). Vectorised: no Python loop over tokens. Torch tensors are
-    taken as write_kv takes them; the slots then come back as a CPU torch int64 tensor (as
-    to_csr's arrays come back as tensors), ready for write_kv's slot_mapping.
+    taken too (a strided one as well, unlike write_kv's arguments: the slots are computed on
+    the host, where no kernel reads the tables); the slots then come back as a CPU torch
+    int64 tensor (as to_csr's arrays come back as tensors), ready for write_kv's
+    slot_mapping.
     """
     like = block_tables if is_torch_tensor(block_tables) else None
     block_tables, seq_lens, q_lens = (from_torch(x, n) for x, n in zip(

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from .attention_common import check_storage
 from .backend import array_module, is_cupy_array, to_numpy
 from .cache_write import _check_slots
 from .kernels import kernel
-from .quant import check_scale, check_storage, kv_format, scale_shape
+from .quant import check_scale, kv_format, scale_shape
 from .validate import check_array, check_kv_cache
 from .validate_out import check_disjoint, check_writeable
 

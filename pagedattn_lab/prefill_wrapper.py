@@ -40,13 +40,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM,
-                               allow_shared_memory, check_aligned16, element_dtype, fast_path,
-                               prepare_out, shared_arrays, to_torch_as)
+                               allow_shared_memory, check_aligned16, check_storage,
+                               element_dtype, fast_path, prepare_out, shared_arrays, to_torch_as)
 from .backend import array_module, is_cupy_array, is_torch_tensor, to_numpy
 from .kernels import kernel as load_kernel
 from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Variant,
                            shared_bytes, variant_for, work_list)
-from .quant import check_run_scales, check_scheme, check_storage, kv_format
+from .quant import check_run_scales, check_scheme, kv_format
 from .validate import (bf16_bits_hint, check_array, check_block_tables, check_bool,
                        check_int, check_offsets, check_plan_sizes, resolve_scale)
 from .validate_kinds import dtype_label

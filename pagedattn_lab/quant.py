@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .attention_common import check_storage
 from .backend import is_cupy_array
 from .validate import FLOAT32_TINY, check_array, real_values
 from .validate_kinds import dtype_label
@@ -59,36 +60,6 @@ FORMATS = {
 # torch / ml_dtypes names of the types, as a string or as the dtype itself ("float8_e4m3fn",
 # torch.float8_e4m3fn, torch.int8, np.int8).
 KV_DTYPE_ALIASES = {"fp8": "fp8_e4m3", "float8_e4m3fn": "fp8_e4m3"}
-
-
-def _storage_hint(dtype, fmt: KVFormat, name: str) -> str:
-    """The fix for a cache of e4m3 codes held as float8_e4m3fn, ml_dtypes' (the CPU's natural
-    fp8 array, as ml_dtypes.bfloat16 is its bfloat16) or torch's: the same bytes viewed as
-    the storage, in the array's own library. "" for any other dtype: another one-byte type
-    (float8_e5m2, uint8 beside int8) need not hold this format's codes, and viewing it would
-    read garbage without an error."""
-    torch = str(dtype) == "torch.float8_e4m3fn"
-    if fmt.name != "fp8_e4m3" or not (torch or (isinstance(dtype, np.dtype)
-                                                and dtype.name == "float8_e4m3fn")):
-        return ""
-    library = "torch" if torch else "np"
-    return f"; those are the e4m3 codes' bytes: pass {name}.view({library}.uint8)"
-
-
-def check_storage(x, fmt: KVFormat, name: str) -> None:
-    """Refuse compressed pages `x` (a NumPy or CuPy array, or a torch tensor before it is
-    shared: torch's fp8 types have no NumPy twin) whose dtype is not fmt's storage: the one
-    wording of every path that reads or writes codes, with the e4m3 view where it applies."""
-    if str(x.dtype).startswith("torch."):
-        if str(x.dtype) == f"torch.{fmt.storage.name}":
-            return
-        label = str(x.dtype)
-    elif x.dtype == fmt.storage:
-        return
-    else:
-        label = dtype_label(x.dtype)
-    raise TypeError(f"{name}: expected dtype {fmt.storage.name} (the codes of {fmt.name} "
-                    f"pages), got {label}{_storage_hint(x.dtype, fmt, name)}")
 
 
 def _kv_name(kv_dtype) -> str | None:

@@ -3,8 +3,8 @@ refuses its arguments in one expression; when it refuses, `explain_run` finds wh
 and says what was expected and what came."""
 from __future__ import annotations
 
+from .attention_common import check_storage
 from .backend import check_contiguous, data_pointer
-from .quant import check_storage
 from .validate import bf16_bits_hint
 from .validate_kinds import dtype_label
 

@@ -3,8 +3,9 @@
 CuPy's RawKernel checks nothing: a float64 array passed to a `float*` parameter, or a
 page id past the end of the cache, silently produces garbage or corrupts memory. So every
 public entry point calls these checks first (validate_out.py holds those of the arrays a
-kernel writes, validate_values.py those of the values an array holds). Each error names the argument, what was expected and what came, and is
-raised before anything is launched or written.
+kernel writes, validate_values.py those of the values an array holds, backend.py the refusal
+of a strided array, check_contiguous). Each error names the argument, what was expected and
+what came, and is raised before anything is launched or written.
 """
 from __future__ import annotations
 

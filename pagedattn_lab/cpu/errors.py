@@ -29,11 +29,12 @@ class KernelFault(KernelError):
     Attributes: buffer (the parameter name, or None when the address is in no argument),
     arg_index, index (element index into the NumPy array; may be negative), size (elements),
     access ("read", "write" or None when unknown), address, signal (e.g. "SIGSEGV"),
-    region ("argument", "stack", "dynamic shared memory", "local or shared array" or
-    "unknown"); when the kernel called a forbidden function (`fork`, `system`, ...:
-    README.md), syscall, its name. An index past a local or static __shared__ array (region
-    "local or shared array") also sets array (the indexing expression as written, or None),
-    array_type ("float [8]") and line; a shift by a negative amount or past the value's width
+    region ("argument", "stack", "dynamic shared memory", "static shared memory", "local or
+    shared array" or "unknown"; a SharedMemoryRace's is "shared memory"); when the kernel
+    called a forbidden function (`fork`, `system`, ...: README.md), syscall, its name. An
+    index past a local or static __shared__ array (region "local or shared array") also sets
+    array (the indexing expression as written, or None), array_type ("float [8]") and
+    line; a shift by a negative amount or past the value's width
     sets shift (the amount), bits (the value's width: 32, or 64 for a long long) and line.
     A write past a static __shared__ array through a pointer, found after the block (region
     "static shared memory", thread None), sets variable (that array's name, or None) and

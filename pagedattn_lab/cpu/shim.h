@@ -47,17 +47,18 @@
 // Static shared memory: one copy per worker process, reused by the blocks it runs one
 // after another. On ELF systems it lives in its own section so that the runtime can
 // poison it before each block (shared memory starts as garbage on a GPU too).
-// extern __shared__ declarations are rewritten by compiler.py (see there).
+// extern __shared__ declarations are rewritten by source.py (rewrite_extern_shared).
 // `used`: Clang reads an array that the kernel never writes (a tile it forgot to load) as
 // the zeros of its initial value, folded at compile time, where it must read the poison.
 #ifdef __ELF__
 #define __shared__ static __attribute__((section("pal_shared"), used))
-// A guard of poisoned bytes that compiler.py (source.py) puts before each static __shared__
-// declaration, in its section: GCC lays a function's statics out in reverse order, Clang in
-// order, so either way each array is followed by a guard (or by runtime.cpp's
-// pal_shared_guard). A read past it gives the poison, not the next array's values; a write
-// past it is found after the block. Each guard's address goes into section pal_sguards,
-// which the runtime walks (no code may run at load time to register it).
+// A guard of poisoned bytes that source.py (guard_static_shared) puts before each statement
+// declaring static __shared__ variables, in their section: GCC lays a function's statics out
+// in reverse order, Clang in order, so either way each such statement's arrays are followed
+// by a guard (or by runtime.cpp's pal_shared_guard; two arrays of one statement are not kept
+// apart). A read past it gives the poison, not the next array's values; a write past it is
+// found after the block. Each guard's address goes into section pal_sguards, which the
+// runtime walks (no code may run at load time to register it).
 #define PAL_SGUARD_CAT(a, b) a##b
 #define PAL_SGUARD_N(n)                                                                       \
     static char PAL_SGUARD_CAT(__pal_sguard_, n)[PAL_SHARED_GUARD]                            \

@@ -1,10 +1,12 @@
 """Source-level preparation of a CUDA kernel for the C++ compiler.
 
-Two rewrites, each on the same line, so that line numbers do not move: `extern __shared__ T
+Two rewrites, neither adding a line, so that line numbers do not move: `extern __shared__ T
 name[];` (dynamic shared memory, sized at launch) becomes a reference to the runtime's
-per-block buffer pointer, `static T*& name = reinterpret_cast<T*&>(__pal_dyn_smem);`; and a
-statement that declares static `__shared__` variables gets shim.h's `PAL_SGUARD` before it (a
-guard of poison between the arrays). Everything else is handled by macros in shim.h.
+per-block buffer pointer, `static T*& name = reinterpret_cast<T*&>(__pal_dyn_smem);`, on the
+same line; and a statement that declares static `__shared__` variables gets shim.h's
+`PAL_SGUARD` before it (a guard of poison between the arrays), at the end of the line before
+where it can go there, so that the declaration's columns do not move either. Everything else
+is handled by macros in shim.h.
 """
 from __future__ import annotations
 
@@ -119,19 +121,59 @@ def rewrite_extern_shared(source: str) -> str:
 
 
 # A statement that declares static __shared__ variables: at a line's start or after ; { or },
-# its specifiers (`static`, `volatile`, `__align__(16)`, ...), then __shared__. Elsewhere (a
-# #define's body, a macro's argument) it is left alone: such arrays get no guard between them.
+# its specifiers (`static`, `volatile`, `__align__(16)`, ...), then __shared__ (in a #define's
+# body too, where it starts a line or follows ; { or }: each use of the macro gets a guard).
+# Elsewhere (just after a #define's name, in a macro's argument) it is left alone: such
+# arrays get no guard between them.
 _STATIC_SHARED = re.compile(
     r"(?:^|[;{}])[ \t]*(?P<decl>(?:(?:static|volatile|const|__align__\s*\([^()]*\)|"
     r"alignas\s*\([^()]*\))\s+)*)__shared__\b", re.M)
 
 
 def guard_static_shared(source: str) -> str:
-    """`source` with `PAL_SGUARD ` before each static __shared__ declaration (see above)."""
-    starts = [m.start("decl") for m in _STATIC_SHARED.finditer(strip_comments(source))]
+    """`source` with `PAL_SGUARD` before each static __shared__ declaration (see above)."""
+    text = strip_comments(source)
+    starts = sorted({_statement_start(text, m.start("decl"))
+                     for m in _STATIC_SHARED.finditer(text)})
     for at in reversed(starts):
-        source = f"{source[:at]}PAL_SGUARD {source[at:]}"
+        end = _previous_line_end(text, at)
+        source = (f"{source[:at]}PAL_SGUARD {source[at:]}" if end is None else
+                  f"{source[:end]} PAL_SGUARD{source[end:]}")
     return source
+
+
+def _previous_line_end(text: str, at: int) -> int | None:
+    """Just past the `;`, `{` or `}` that ends the code of a line before text[at] (blank or
+    comment lines between), where a guard moves no column of the declaration's line: the
+    compiler's messages and the index check's report (report_checks) read columns off the
+    kernel's own lines. None where the declaration shares its line with code before it, or
+    what comes before is not a statement's end (a directive, a continued macro line)."""
+    end = len(text[:at].rstrip())
+    start = text.rfind("\n", 0, end) + 1
+    if not end or text[end - 1] not in ";{}" or "\n" not in text[end:at] or \
+            text[start:end].lstrip().startswith("#") or text[:start].rstrip().endswith("\\"):
+        return None   # (the last line of a #define continued over lines, too)
+    return end
+
+
+def _statement_start(text: str, at: int) -> int:
+    """Where the declaration whose `__shared__` specifiers start at text[at] begins: there,
+    or, after a class body (`struct Stat { float m, l; } __shared__ st[32];`, where a guard
+    between `}` and `__shared__` would end the struct's statement), at its `struct`."""
+    close = len(text[:at].rstrip()) - 1
+    if close < 0 or text[close] != "}":
+        return at
+    depth = 0
+    for open_ in range(close, -1, -1):
+        depth += {"}": 1, "{": -1}.get(text[open_], 0)
+        if depth == 0:
+            break
+    else:
+        return at
+    head = max(text.rfind(c, 0, open_) for c in ";{}") + 1
+    if not re.search(r"\b(?:struct|class|union|enum)\b", text[head:open_]):
+        return at
+    return head + len(text[head:open_]) - len(text[head:open_].lstrip())
 
 
 def uses_printf(source: str) -> bool:

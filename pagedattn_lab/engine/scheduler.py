@@ -68,6 +68,8 @@ class ScheduledStep:
 
 
 FINISH_REASONS = ("stop", "length")
+
+
 def _token_ids(req: Request, name: str) -> list[int]:
     """req.<name> as Python ints >= 0 that the prefix cache can hash (int64), else an error
     naming the entry."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks_tc_rows import TILE   # tokens (columns) of one score tile
-from .compare import changed_input, fmt
+from .compare import changed_input, fmt, positive_factor
 from .report import Case, CheckResult, Mismatch, as_array, run_cases, several_fit
 from .seeds import case_rng
 
@@ -106,12 +106,10 @@ def _product_mask_hint(g64, e64, past) -> str | None:
 def _factor_hint(g64, s, past, scale) -> str | None:
     """A hint when the mask is right and every kept logit is s times one factor, not scale
     (a scale recomputed, as 1 / sqrt(16) from the tile, or sqrt(scale))."""
-    kept, raw = g64[:, ~past], np.asarray(s, np.float64)[:, ~past]
-    if not kept.size or not np.isneginf(g64[:, past]).all() or not np.isfinite(kept).all():
+    if not np.isneginf(g64[:, past]).all():
         return None
-    factor = float(np.sum(kept * raw) / np.sum(raw * raw))
-    if not np.allclose(kept, raw * factor, rtol=1e-5, atol=1e-6) or \
-            np.isclose(factor, scale, rtol=1e-5):
+    factor = positive_factor(g64[:, ~past], np.asarray(s)[:, ~past], rtol=1e-5, atol=1e-6)
+    if factor is None or np.isclose(factor, scale, rtol=1e-5):
         return None
     return (f"the mask is right, but every kept logit is s * {fmt(factor)}, not s * scale = "
             f"s * {fmt(scale)}: multiply by the scale argument as given (do not compute a "

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compare import call_on_copies, describe_difference, diagnose, fmt
+from .compare import call_on_copies, describe_difference, diagnose, fmt, positive_factor
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -75,8 +75,10 @@ def _group_variants(q, kv_head, group, num_kv_heads):
          "head 16 t + r of the group), not every n_tiles-th head.",
          lambda: striped.reshape(n_tiles, TILE, d)),
         (f"the group's last head (query head {kv_head * group + group - 1}, row {group - 1}) "
-         "is missing: q[kv_head * group:(kv_head + 1) * group] already stops one past it, so "
-         "its stop needs no - 1 (nor the copy tiles[:group - 1]).",
+         # (a group of one without its head is tiles of zeros, as tiles never written are)
+         f"is missing{': the tiles are all zeros (were they written?)' if group == 1 else ''}"
+         ": q[kv_head * group:(kv_head + 1) * group] already stops one past it, so its stop "
+         "needs no - 1 (nor the copy tiles[:group - 1]).",
          lambda: laid_out(np.concatenate([mine[:-1], np.zeros((1, d))]))),
         ("the tiles are transposed (head_dim is 16 here, so the shape cannot show it): row r "
          "of a tile is query head r, its columns the head's dims: [tiles, 16, head_dim].",
@@ -86,11 +88,8 @@ def _group_variants(q, kv_head, group, num_kv_heads):
 
 def _factor_hint(got, expected, rows) -> str | None:
     """A hint when the group's rows are the right heads times one factor (q pre-scaled)."""
-    g, e = np.asarray(got, np.float64)[rows], np.asarray(expected, np.float64)[rows]
-    if not np.isfinite(g).all():
-        return None
-    factor = float(np.sum(g * e) / np.sum(e * e))
-    if np.isclose(factor, 1.0) or not np.allclose(g, e * factor, rtol=2e-3, atol=0):
+    factor = positive_factor(np.asarray(got)[rows], np.asarray(expected)[rows], rtol=2e-3)
+    if factor is None or np.isclose(factor, 1.0):
         return None
     return (f"the rows are the right heads times {fmt(factor)}: copy q's rows as they are "
             "(the softmax scale multiplies the scores later, in mask_tile).")

@@ -321,3 +321,16 @@ def on_copies(fn, what: str, *names: str):
     def call(*args):
         return call_on_copies(what, fn, dict(zip(names, args)), *args[len(names):])
     return call
+
+
+def positive_factor(got, ref, *, rtol: float, atol: float = 0.0) -> float | None:
+    """The factor f > 0 for which `got` is `ref` * f (least squares, then checked within
+    rtol / atol), or None: values of 0 fit f = 0 and a negated copy f < 0, which no scale
+    (pre-applied, or one of the learner's own) explains."""
+    g, r = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    if not g.size or not np.isfinite(g).all() or not np.any(r):
+        return None
+    factor = float(np.sum(g * r) / np.sum(r * r))
+    if factor <= 0 or not np.allclose(g, r * factor, rtol=rtol, atol=atol):
+        return None
+    return factor

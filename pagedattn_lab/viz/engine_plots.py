@@ -3,7 +3,8 @@ and the adaptive page-management results.
 
     snap = prefix_snapshot(engine)          # at any step of an LLMEngine
     plot_shared_blocks(snap); plt.show()
-    plot_engine_series(engine.stats.series, engine.config.num_pages); plt.show()
+    plot_engine_series(engine.stats.series, engine.config.num_pages,
+                       engine.config.page_size); plt.show()
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from ..validate_kinds import is_finite_number, is_int
 
 SHARED, PRIVATE, EMPTY = "#f7a35c", "#2f7ed8", "#e6e6e6"
 ALLOCATION_COLORS = {"on_demand": "#2f7ed8", "predictive": "#f7a35c"}
+# Series panels: the y range over the data's maximum, leaving the top for a one-row legend.
+HEADROOM = 1.35
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,8 @@ def plot_engine_series(series: dict, num_pages: int, page_size: int, *,
              label="tokens in them (in pages)")
     mem.axhline(num_pages, color="black", linestyle="--", linewidth=1, label="pool")
     mem.set_ylabel("pages")
-    mem.legend(loc="upper right", fontsize=8)
+    mem.set_ylim(0, num_pages * HEADROOM)
+    mem.legend(loc="upper center", ncols=3, fontsize=8)
     batch.bar(steps, s["decode_tokens"], color="#90ed7d", label="decode tokens")
     batch.bar(steps, s["prefill_tokens"], bottom=s["decode_tokens"], color="#7cb5ec",
               label="prefill tokens")
@@ -110,8 +114,12 @@ def plot_engine_series(series: dict, num_pages: int, page_size: int, *,
     twin.plot(steps, s["waiting"] + s["swapped"], color="#d9534f", drawstyle="steps-mid",
               label="waiting + swapped")
     twin.set_ylabel("requests")
-    handles = batch.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0]
-    batch.legend(handles=handles, loc="upper right", fontsize=8)
+    batch.set_ylim(0, _top(s["decode_tokens"] + s["prefill_tokens"]) * HEADROOM)
+    top = max(_top(s["running"]), _top(s["waiting"] + s["swapped"])) * HEADROOM
+    twin.set_ylim(-0.03 * top, top)   # a line at 0 requests stays clear of the axis
+    # On the twin: the axes drawn last, so that no request line is painted across the legend.
+    twin.legend(handles=batch.get_legend_handles_labels()[0] + twin.get_legend_handles_labels()[0],
+                loc="upper center", ncols=4, fontsize=8)
     hits.plot(steps, s["hit_rate"], color="#8085e9", drawstyle="steps-mid")
     hits.set_ylim(0, 1)
     hits.set_ylabel("prefix hit rate")
@@ -119,6 +127,11 @@ def plot_engine_series(series: dict, num_pages: int, page_size: int, *,
     mem.set_title(title or "The engine, step by step")
     fig.tight_layout()
     return fig
+
+
+def _top(values) -> float:
+    """The largest value of a series panel's data (1 for an empty or all-zero series)."""
+    return max(1.0, float(np.max(values, initial=0)))
 
 
 def plot_page_size_waste(waste: dict, chosen: int, max_waste: float = 0.05):
