@@ -269,7 +269,8 @@ class _Decoder:
         if type(tree) is int and not -_HASH_MODULUS < tree < _HASH_MODULUS:
             self.huge += 1
             if self.huge > MAX_HUGE_INTS:
-                raise ProtocolError(f"more than {MAX_HUGE_INTS} ints past 2**61 in one value")
+                raise ProtocolError(f"more than {MAX_HUGE_INTS} ints of magnitude 2**61 - 1 "
+                                    "or more in one value")
         if tree is None or type(tree) in (bool, int, float, str):
             return tree
         if type(tree) is list:
