@@ -1,7 +1,7 @@
 """Grade submitted workbook notebooks from the command line.
 
     python -m pagedattn_lab.grade submissions/ [more paths] --timeout 300 --jobs 2 \\
-        --out grades.csv --out grades.md
+        --out grades.csv --out grades.md [--seed N]
 
 Each notebook (a file, or every *.ipynb under a folder) runs in a sandbox of its own
 (grading/isolation.py: namespaces, a fresh uid, a private file system, resource limits,
@@ -12,7 +12,9 @@ seeds only it knows, asks the sandbox to run the learner's code on them and comp
 answers itself; a workbook's judge checks that workbook's tasks only (lessons.py, by the
 file name; a notebook of no known workbook, any task). Tasks the notebook never checked
 are "not run". The table (notebook, task, result, message) is printed as Markdown, and
-written as CSV or Markdown for each --out, by its suffix, after every sandbox is gone.
+written as CSV or Markdown for each --out, by its suffix, after every sandbox is gone
+(TABLE_HELP: what its columns hold). A file in a given folder that is not a notebook has
+a row saying it was not graded. The seed of the cases is printed first (seeds.py).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .grading import isolation
+from .grading import isolation, seeds
 from .grading.time_limits import CASE_TIME_LIMIT
 from .grading.runner import graded_tasks
 from .grading.report import text_of
@@ -41,6 +43,23 @@ from .lessons import expected_tasks
 
 JUDGE_GRACE = 60.0   # seconds the judge may take after its sandbox is gone
 BANNER = "#" * 78
+MAX_SEED = (1 << 63) - 1
+TABLE_HELP = f"""\
+The table, one row per (notebook, task), printed as Markdown and written by --out as CSV
+(columns notebook, task, result, message) or Markdown:
+  notebook  the file's path under the folder given, or the path given (full paths
+            when two files would share a name)
+  task      a task of the notebook's workbook (its file name's NN_name), or {NOTEBOOK_ROW}
+  result    pass | fail | not attempted (the stub untouched) | not run (its check never
+            ran: message says why) | error (only in the {NOTEBOOK_ROW} row, present when the
+            notebook had trouble: a cell raised, the time limit, not a notebook)
+  message   the first failing case (expected, got, hint), or why the task was not run
+Only "pass" earns a task. Seeds: the cases are drawn from the seed printed first; the same
+file graded again with --seed N meets the same cases (to reproduce a learner's result).
+Exit status: 0 when the table was made (whatever the learners' results), 2 when nothing
+was graded (no notebook found, an --out that cannot be written, an isolation level that
+is not possible here, a bad option).
+"""
 
 __all__ = ["Row", "find_notebooks", "grade", "main", "to_csv", "to_markdown"]
 
@@ -53,28 +72,52 @@ class Run:
     limits: isolation.Limits
     compiler: list[str] | None
     workdir: Path
+    seed: int
     seed_cache: str | None = None
     seed_ready: threading.Event | None = None
 
 
-def find_notebooks(paths) -> list[tuple[Path, str]]:
-    """(path, display name) for each notebook under `paths`, skipping checkpoints."""
-    found = []
+def _is_notebook(path: Path) -> bool:
+    return path.suffix.lower() == ".ipynb"   # "Work.IPYNB" from some systems included
+
+
+def _submitted(folder: Path) -> tuple[list[Path], list[Path]]:
+    """(notebooks, other files) under `folder`: no checkpoint of Jupyter's, no other file
+    that is hidden (.DS_Store, .git)."""
+    notebooks, others = [], []
+    for f in sorted(folder.rglob("*")):
+        parts = f.relative_to(folder).parts
+        if not f.is_file() or ".ipynb_checkpoints" in parts:
+            continue
+        if _is_notebook(f):
+            notebooks.append(f)
+        elif not any(part.startswith(".") for part in parts):
+            others.append(f)
+    return notebooks, others
+
+
+def find_notebooks(paths, others: list | None = None) -> list[tuple[Path, str]]:
+    """(path, display name) for each notebook under `paths`, skipping checkpoints; the
+    other files of the folders in `paths` are appended to `others` (when given) the same
+    way: a learner's workbook saved as .py or .txt is then not silently left out."""
+    found, skipped = [], []
     for raw in paths:
         path = Path(raw)
         if path.is_dir():
-            inside = [nb for nb in sorted(path.rglob("*.ipynb"))
-                      if ".ipynb_checkpoints" not in nb.parts]
+            inside, rest = _submitted(path)
             if not inside:   # else an empty table that reads as "graded, nothing failed"
                 raise FileNotFoundError(f"{raw}: no *.ipynb notebook in this folder")
             found += [(nb, str(nb.relative_to(path))) for nb in inside]
+            skipped += [(f, str(f.relative_to(path))) for f in rest]
         elif path.is_file():
             found.append((path, str(path)))
         else:
             raise FileNotFoundError(f"{raw}: no such file or folder")
-    names = [name for _, name in found]
+    names = [name for _, name in found + skipped]
     if len(set(names)) < len(names):  # e.g. two folders holding the same file names
-        found = [(nb, str(nb)) for nb, _ in found]
+        found, skipped = ([(f, str(f)) for f, _ in group] for group in (found, skipped))
+    if others is not None:
+        others += skipped
     return found
 
 
@@ -152,7 +195,8 @@ def grade_notebook(path: Path, name: str, run: Run) -> list[Row]:
         # A workbook's judge checks only that workbook's tasks: another lesson's task,
         # checked here, would be a row of this notebook's that its own workbook never had.
         judge = _start_judge(judge_end.fileno(), judge_kernel_end.fileno(), private,
-                             secrets.randbits(63), expected_tasks(path) or graded_tasks())
+                             seeds.submission_salt(run.seed, notebook.read_bytes()),
+                             expected_tasks(path) or graded_tasks())
         box_settings = dict(notebook=notebook, name=Path(name).name, timeout=run.timeout,
                             limits=run.limits, compiler=run.compiler, seed_cache=run.seed_cache)
         # The learner's CUDA C runs in a sandbox of its own (grading/kernel_host.py), which
@@ -202,10 +246,20 @@ def _warn(level: isolation.Level) -> None:
           f"work like this.\nWhy: {level.reason}\n{BANNER}", file=sys.stderr, flush=True)
 
 
+def _not_graded(name: str) -> Row:
+    return Row(name, NOTEBOOK_ROW, "error", "not graded: not a notebook (a .ipynb file); "
+               "ask for the workbook saved from Jupyter")
+
+
 def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolation_level="auto",
-          outputs=(), limits: isolation.Limits | None = None) -> list[Row]:
-    """Grade every notebook under `paths`; rows in the order of the notebooks found."""
-    notebooks = find_notebooks(paths)
+          outputs=(), limits: isolation.Limits | None = None, seed: int | None = None
+          ) -> list[Row]:
+    """Grade every notebook under `paths`; rows in the order of the notebooks found, then
+    a row for each other file of the folders. seed: of every submission's cases (see
+    seeds.submission_salt; None: a fresh one)."""
+    seed = secrets.randbits(63) if seed is None else _seed(seed)
+    others = []
+    notebooks = find_notebooks(paths, others)
     limits = limits or isolation.Limits()
     if limits.memory_mb and any(Path("/dev").glob("nvidia*")):
         limits.memory_mb = 0   # CUDA reserves far more address space than it uses
@@ -214,7 +268,7 @@ def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolatio
     level = isolation.choose(isolation_level, secrets=secret, limits=limits, compiler=compiler)
     _warn(level)
     workdir = Path(tempfile.mkdtemp(prefix="pagedattn-grade-"))
-    run = Run(level, timeout, limits, compiler, workdir, seed_ready=threading.Event())
+    run = Run(level, timeout, limits, compiler, workdir, seed, seed_ready=threading.Event())
     threading.Thread(target=_build_seed_cache, args=(run,), daemon=True).start()
 
     def one(item):
@@ -231,10 +285,25 @@ def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolatio
 
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
-            return [row for table in pool.map(one, notebooks) for row in table]
+            graded = [row for table in pool.map(one, notebooks) for row in table]
+        return graded + [_not_graded(name) for _, name in others]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         _warn(level)
+
+
+def _seed(value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
+        raise ValueError(f"seed: expected an int from 0 to 2**63 - 1, got {value!r}")
+    return value
+
+
+def _seed_arg(text: str) -> int:
+    try:
+        return _seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an int from 0 to {MAX_SEED}, got "
+                                         f"{text!r}") from None
 
 
 def _unwritable(out: Path) -> str:
@@ -250,7 +319,9 @@ def _unwritable(out: Path) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pagedattn_lab.grade",
-                                     description="Grade workbook notebooks; print a table.")
+                                     description="Grade workbook notebooks; print a table.",
+                                     epilog=TABLE_HELP,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="notebooks, or folders searched for *.ipynb")
     parser.add_argument("--timeout", type=float, default=300,
                         help="wall-clock seconds allowed for each notebook (default 300)")
@@ -262,13 +333,19 @@ def main(argv=None) -> int:
                              "when it is not root; see grading/isolation.py")
     parser.add_argument("--memory-mb", type=int, default=isolation.Limits.memory_mb,
                         help="address-space limit per process of a submission (0: none)")
+    parser.add_argument("--seed", type=_seed_arg, default=None,
+                        help="the seed of the random cases (default: a fresh one, printed); "
+                             "give the printed one to grade a file again on the same cases")
     args = parser.parse_args(argv)
     for out in args.out:   # before grading: else hours of work end in a traceback
         problem = _unwritable(out)
         if problem:
             parser.error(f"--out {out}: {problem}")
+    seed = secrets.randbits(63) if args.seed is None else args.seed
+    print(f"cases drawn with --seed {seed} (grade a file again with it to meet the same "
+          f"cases)", file=sys.stderr, flush=True)
     try:
-        table = grade(args.paths, timeout=args.timeout, jobs=args.jobs,
+        table = grade(args.paths, seed=seed, timeout=args.timeout, jobs=args.jobs,
                       progress=lambda line: print(line, file=sys.stderr, flush=True),
                       isolation_level=args.isolation, outputs=args.out,
                       limits=isolation.Limits(memory_mb=args.memory_mb))

@@ -9,7 +9,8 @@ BlockAllocator, a PagedKVCache, the `kv_for` callback), the learner gets a stand
 its calls come back to the judge, which shares only what `proxies.shareable` allows
 (`Peer(strict=True)`). Lists, dicts, records and arrays (NumPy or CuPy) passed to a learner's
 function are copied there and, if the learner changed them in place, copied back,
-so `table.extend(...)` works as in the notebook.
+so `table.extend(...)` works as in the notebook: also when the function then raises (a
+table grown before an OutOfPagesError is grown in the notebook too).
 Exceptions travel as data (remote_errors.py).
 
 Either side may be running a request of the other when a case's time limit (SIGALRM)
@@ -224,13 +225,27 @@ class Peer(ErrorTranslation):
 
     def _answer(self, header, blobs, args):
         if "exc" in header:
+            self._copy_back(header, blobs, args)
             raise self.exception(header["exc"], blobs)
         value = wire.decode(header.get("value"), blobs, self._deref(args))
+        self._copy_back(header, blobs, args)
+        return value
+
+    def _copy_back(self, header, blobs, args) -> None:
         for key, tree in (header.get("back") or {}).items():
             i = int(key) if str(key).isdigit() else -1
             if 0 <= i < len(args):
                 copy_back(args[i], wire.decode(tree, blobs, self._deref(args)))
-        return value
+
+    def _changed(self, reply: dict, back: dict, args, out: list) -> list:
+        """Put into `reply` the arguments of `back` (index -> their encoding before the
+        call) that the call changed; `out`, the reply's blobs, with theirs added."""
+        for i, before in back.items():
+            after, extra = wire.encode(args[i], self._ref())
+            if (after, extra) != before:   # only what the learner's code changed
+                reply.setdefault("back", {})[str(i)] = _shift_blobs(after, len(out))
+                out = out + extra
+        return out
 
     # -- serving ----------------------------------------------------------------------------
     def serve(self, header, blobs, queued=None) -> None:
@@ -240,34 +255,33 @@ class Peer(ErrorTranslation):
         (when a request of the judge is waiting)."""
         rid = header.get("id")
         depth = len(self.serving)
+        call = {}   # the arguments a call may change in place, set before it runs
         try:
             if queued is not None:   # inside the try: a signal now still gets an answer
                 self.inbox.remove(queued)
             self.serving.append(rid)
-            value, back, args = self._handle(header, blobs)
+            value, back, args = self._handle(header, blobs, call)
             reply = {"t": "rep", "id": rid}
             tree, out = wire.encode(value, self._ref(args))
             reply["value"] = tree
-            if back:
-                reply["back"] = {}
-                for i, before in back.items():
-                    after, extra = wire.encode(args[i], self._ref())
-                    if (after, extra) != before:   # only what the learner's code changed
-                        shift = len(out)
-                        out += extra
-                        reply["back"][str(i)] = _shift_blobs(after, shift)
-            self._send(reply, out)
+            self._send(reply, self._changed(reply, back, args, out))
         except (ChannelClosed, ProtocolError):
             raise
         except BaseException as exc:  # noqa: BLE001 - every failure is the answer
-            self._send({"t": "rep", "id": rid, "exc": self.describe(exc)})
+            reply = {"t": "rep", "id": rid, "exc": self.describe(exc)}
+            try:   # what the call changed before it raised, as the notebook sees it
+                out = self._changed(reply, call.get("back", {}), call.get("args", ()), [])
+            except Exception:  # noqa: BLE001 - arguments left unencodable: the error stands
+                reply.pop("back", None)
+                out = []
+            self._send(reply, out)
             if self.strict and (isinstance(exc, KeyboardInterrupt) or
                                 isinstance(exc, CaseTimeout) and self.pending):
                 raise   # the judge's own time limit: its case ends here, not in the sandbox
         finally:
             del self.serving[depth:]
 
-    def _handle(self, header, blobs):
+    def _handle(self, header, blobs, call: dict):
         op = header.get("op")
         limit = header.get("limit")
         limit = float(limit) if type(limit) in (int, float) and limit > 0 else None
@@ -280,9 +294,9 @@ class Peer(ErrorTranslation):
                              self._deref(allow_remote=not self.strict))
         obj, instance = self._own(_target_marker(header, self.own_key))
         with self.guard(limit):
-            return self._run(op, obj, instance, fields)
+            return self._run(op, obj, instance, fields, call)
 
-    def _run(self, op, obj, instance, fields):
+    def _run(self, op, obj, instance, fields, call: dict):
         if op == "getattr":
             name = fields.get("name")
             if not isinstance(name, str) or (self.strict and (name.startswith("_")
@@ -305,6 +319,7 @@ class Peer(ErrorTranslation):
                 if isinstance(arg, (list, dict, np.ndarray, types.SimpleNamespace)) or \
                         is_cupy_array(arg):
                     back[i] = wire.encode(arg, self._ref())
+        call.update(back=back, args=tuple(args))
         return obj(*args, **kwargs), back, tuple(args)
 
 

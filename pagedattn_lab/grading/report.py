@@ -121,6 +121,12 @@ class CaseResult:
         return self.status == PASSED
 
 
+def _short(text: str, most: int = 200) -> str:
+    """`text` cut to `most` characters: an array's values must not push the hint out of a
+    grade table's message (table.MAX_MESSAGE)."""
+    return text if len(text) <= most else text[:most - 6] + " [...]"
+
+
 @dataclass
 class CheckResult:
     """What one check call found: `passed`, the per-case results and the messages printed."""
@@ -136,8 +142,9 @@ class CheckResult:
 
     @property
     def summary(self) -> str:
-        """One line for a grade table: the first failure and its hint, or 'all N cases
-        passed'; the notes first, in parentheses (a long failure is cut at its end)."""
+        """One line for a grade table: the first failure (expected and got, as the notebook
+        prints them) and its hint, or 'all N cases passed'; the notes first, in parentheses
+        (a long failure is cut at its end)."""
         return "".join(f"({text}) " for text in self.notes) + self._outcome()
 
     def _outcome(self) -> str:
@@ -148,6 +155,8 @@ class CheckResult:
         for case in self.cases:
             if not case.passed:
                 text = f"{case.name}: {case.message}"
+                if case.expected or case.got:   # else the table says where, not what
+                    text += f" (expected: {_short(case.expected)}; got: {_short(case.got)})"
                 return f"{text} Hint: {case.hint}" if case.hint else text
         return self.messages[-1] if self.messages else self.status
 

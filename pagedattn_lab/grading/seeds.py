@@ -4,6 +4,9 @@ In a learner's notebook every check is reproducible: a case always gets the same
 The instructor's grader draws a secret salt for each submission, in its own process (the
 submission never sees it), and mixes it into every seed, so answers memorized from the
 notebook's cases do not pass; each call of a check gets a salt of its own (`call_salt`).
+The salt is `submission_salt(seed, the notebook's bytes)`: the grader prints the run's seed,
+so grading the same file again with `--seed` meets the same cases (an instructor reproduces
+a learner's result), while two different submissions never share their cases.
 Checks make their generators with `case_rng(seed)`, never with `np.random.default_rng`
 directly (tests/test_grade_protocol.py enforces it).
 """
@@ -51,3 +54,10 @@ def call_salt(salt: int, task: str, call: int) -> int:
     again meets the same case i: bit by bit, its answer. Each call's cases are new ones."""
     digest = hashlib.blake2b(f"{int(salt)}/{task}/{int(call)}".encode(), digest_size=8)
     return int.from_bytes(digest.digest(), "little")
+
+
+def submission_salt(seed: int, notebook: bytes) -> int:
+    """The salt of the submission whose file holds `notebook`, in a grading run of `seed`:
+    the same file graded with the same seed meets the same cases; any other file, others."""
+    digest = hashlib.blake2b(notebook, digest_size=8, key=int(seed).to_bytes(16, "little"))
+    return int.from_bytes(digest.digest(), "little") >> 1   # a non-negative 63-bit int
