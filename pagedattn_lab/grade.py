@@ -1,7 +1,7 @@
 """Grade submitted workbook notebooks from the command line.
 
     python -m pagedattn_lab.grade submissions/ [more paths] --timeout 300 --jobs 2 \\
-        --out grades.csv --out grades.md [--seed N]
+        --out grades.csv --out grades.md [--summary gradebook.csv] [--seed N]
 
 Each notebook (a file, or every *.ipynb under a folder) runs in a sandbox of its own
 (grading/isolation.py: namespaces, a fresh uid, a private file system, resource limits,
@@ -14,7 +14,8 @@ file name; a notebook of no known workbook, any task). Tasks the notebook never 
 are "not run". The table (notebook, task, result, message) is printed as Markdown, and
 written as CSV or Markdown for each --out, by its suffix, after every sandbox is gone
 (TABLE_HELP: what its columns hold). A file in a given folder that is not a notebook has
-a row saying it was not graded. The seed of the cases is printed first (seeds.py).
+a row saying it was not graded. --summary writes the gradebook, one line per file
+(grading/gradebook.py). The seed of the cases is printed first (seeds.py).
 """
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
-from .grading import isolation, seeds
+from .grading import gradebook, isolation, seeds
 from .grading.time_limits import CASE_TIME_LIMIT
 from .grading.runner import graded_tasks
 from .grading.report import text_of
@@ -44,6 +45,7 @@ from .lessons import expected_tasks
 JUDGE_GRACE = 60.0   # seconds the judge may take after its sandbox is gone
 BANNER = "#" * 78
 MAX_SEED = (1 << 63) - 1
+EXIT_GRADER_FAILED = 3   # 2 is argparse's and "nothing graded"; 1 an uncaught exception's
 TABLE_HELP = f"""\
 The table, one row per (notebook, task), printed as Markdown and written by --out as CSV
 (columns notebook, task, result, message) or Markdown:
@@ -57,8 +59,11 @@ The table, one row per (notebook, task), printed as Markdown and written by --ou
 Only "pass" earns a task. Seeds: the cases are drawn from the seed printed first; the same
 file graded again with --seed N meets the same cases (to reproduce a learner's result).
 Exit status: 0 when the table was made (whatever the learners' results), 2 when nothing
-was graded (no notebook found, an --out that cannot be written, an isolation level that
-is not possible here, a bad option).
+was graded (no notebook found, an --out or --summary that cannot be written, an
+isolation level that is not possible here, a bad option), {EXIT_GRADER_FAILED} when the table (and
+gradebook) was written but the grader itself failed on a notebook (its judge, or its
+sandbox could not be run: grader_failed 1 in the gradebook, its tasks "not run", its
+(notebook) row says why): grade that file again.
 """
 
 __all__ = ["Row", "find_notebooks", "grade", "main", "to_csv", "to_markdown"]
@@ -276,10 +281,10 @@ def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolatio
         started = time.monotonic()
         table = grade_notebook(path, name, run)
         if progress:
-            passed = sum(r.result == "pass" for r in table)
-            tasks = sum(r.task != NOTEBOOK_ROW for r in table)
+            entry, = gradebook.entries(table)
+            failed = " (the grader failed on it)" if entry.grader_failed else ""
             # (the name is the submission's: no control character reaches a terminal)
-            progress(f"{clean(name)}: {passed}/{tasks} tasks passed "
+            progress(f"{clean(name)}: {entry.passed}/{entry.tasks} tasks passed{failed} "
                      f"({time.monotonic() - started:.0f} s)")
         return table
 
@@ -317,10 +322,18 @@ def _unwritable(out: Path) -> str:
     return ""
 
 
+def _summary_problem(summary: Path, outs: list[Path]) -> str:
+    if summary.suffix.lower() != ".csv":
+        return "the gradebook is CSV; name a .csv file"
+    if any(summary.resolve() == out.resolve() for out in outs):
+        return "also an --out: the gradebook would overwrite the table"
+    return ""
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pagedattn_lab.grade",
                                      description="Grade workbook notebooks; print a table.",
-                                     epilog=TABLE_HELP,
+                                     epilog=TABLE_HELP + "\n" + gradebook.SUMMARY_HELP,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="notebooks, or folders searched for *.ipynb")
     parser.add_argument("--timeout", type=float, default=300,
@@ -328,6 +341,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="notebooks graded at once")
     parser.add_argument("--out", action="append", default=[], type=Path,
                         help="write the table to this .csv or .md file (repeatable)")
+    parser.add_argument("--summary", type=Path, default=None, metavar="PATH",
+                        help="write the gradebook, one line per file, to this .csv file")
     parser.add_argument("--isolation", default="auto", choices=("auto", *isolation.LEVELS),
                         help="auto (default): the best this machine allows, with a warning "
                              "when it is not root; see grading/isolation.py")
@@ -337,17 +352,21 @@ def main(argv=None) -> int:
                         help="the seed of the random cases (default: a fresh one, printed); "
                              "give the printed one to grade a file again on the same cases")
     args = parser.parse_args(argv)
-    for out in args.out:   # before grading: else hours of work end in a traceback
+    outputs = [*args.out, *([args.summary] if args.summary else [])]
+    for out in outputs:   # before grading: else hours of work end in a traceback
+        option = "--summary" if out is args.summary else "--out"
         problem = _unwritable(out)
+        if not problem and out is args.summary:
+            problem = _summary_problem(out, args.out)
         if problem:
-            parser.error(f"--out {out}: {problem}")
+            parser.error(f"{option} {out}: {problem}")
     seed = secrets.randbits(63) if args.seed is None else args.seed
     print(f"cases drawn with --seed {seed} (grade a file again with it to meet the same "
           f"cases)", file=sys.stderr, flush=True)
     try:
         table = grade(args.paths, seed=seed, timeout=args.timeout, jobs=args.jobs,
                       progress=lambda line: print(line, file=sys.stderr, flush=True),
-                      isolation_level=args.isolation, outputs=args.out,
+                      isolation_level=args.isolation, outputs=outputs,
                       limits=isolation.Limits(memory_mb=args.memory_mb))
     except (FileNotFoundError, RuntimeError) as exc:
         parser.error(str(exc))
@@ -357,6 +376,15 @@ def main(argv=None) -> int:
         text = to_csv(table) if out.suffix.lower() == ".csv" else to_markdown(table)
         out.write_text(text, encoding="utf-8")
         print(f"wrote {out}", file=sys.stderr)
+    book = gradebook.entries(table)
+    if args.summary:
+        args.summary.write_text(gradebook.to_summary_csv(book), encoding="utf-8")
+        print(f"wrote {args.summary}", file=sys.stderr)
+    failed = [entry.file for entry in book if entry.grader_failed]
+    if failed:
+        print(f"the grader itself failed on {len(failed)} file(s), grade again: "
+              f"{', '.join(clean(f) for f in failed)}", file=sys.stderr)
+        return EXIT_GRADER_FAILED
     return 0
 
 

@@ -23,4 +23,5 @@ The instructor's grader (`pagedattn_lab.grade`) keeps verdicts out of the submis
     remote.py, proxies.py  the conversation between the two: requests, stand-ins
     wire.py, channel.py  its values (JSON + raw array bytes) and frames
     table.py             the grade table; sandbox.py: the audit hook of the no-isolation level
+    gradebook.py         the gradebook (--summary): one line per file, counted from the table
 """

@@ -29,6 +29,9 @@ class Row:
     task: str
     result: str
     message: str
+    # True only on a (notebook) row, when the grader itself failed that notebook (its judge
+    # or its sandbox): for the gradebook and the exit status, which must not parse messages
+    grader_failed: bool = False
 
 
 def clean(text) -> str:
@@ -64,6 +67,7 @@ def rows(name: str, tasks: list[str], outcome: dict, judge: dict | None, timeout
     """The table's rows for one notebook: `tasks` expected, `outcome` of the sandbox
     (isolation.Sandbox.wait), the judge's report (judge.py) or None if it failed."""
     problem = problem_of(outcome, judge, timeout)
+    grader_failed = judge is None or bool(outcome.get("error"))
     results = (judge or {}).get("tasks", {})
     tasks = list(tasks) + [t for t in results if t not in tasks]
     out = []
@@ -101,11 +105,11 @@ def rows(name: str, tasks: list[str], outcome: dict, judge: dict | None, timeout
         notes.append("no task was checked: no cell called a check.* function and the file "
                      "name is not a workbook's")
     if notes:
-        out.append(Row(name, NOTEBOOK_ROW, "error", clean("; ".join(notes))))
+        out.append(Row(name, NOTEBOOK_ROW, "error", clean("; ".join(notes)), grader_failed))
     return out
 
 
-def _spreadsheet_safe(text: str) -> str:
+def spreadsheet_safe(text: str) -> str:
     return "'" + text if text[:1] in ("=", "+", "-", "@") else text
 
 
@@ -114,8 +118,8 @@ def to_csv(table: list[Row]) -> str:
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["notebook", "task", "result", "message"])
     for r in table:
-        writer.writerow([_spreadsheet_safe(clean(v)) for v in (r.notebook, r.task, r.result,
-                                                                r.message)])
+        writer.writerow([spreadsheet_safe(clean(v)) for v in (r.notebook, r.task, r.result,
+                                                               r.message)])
     return buf.getvalue()
 
 
