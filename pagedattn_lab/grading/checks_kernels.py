@@ -25,6 +25,7 @@ from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written,
                            sequence_hint, shift_hint, tiled_hint,
                            unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwritten, where
+from .puzzle_runner import same_work
 from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
 from .table_probe import full_table, transposed_hint
 from .variants import attention_mistakes
@@ -73,7 +74,7 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
                                unwritten=never)
     if diff is None:
         if count_loads:
-            _tile_loads(comp, prob)
+            _tile_loads(comp, prob, got)
         return
     valid = prob.valid_rows()
     kern = comp.get()
@@ -175,12 +176,15 @@ def _prefill_launch(prob, threads: int, tiled: bool):
     return grid, args, shared
 
 
-def _tile_loads(comp: _Compiled, prob) -> None:
-    """Right values; now the prompt's staging, which the values cannot show: block
+def _tile_loads(comp: _Compiled, prob, got) -> None:
+    """Right values (`got`); now the prompt's staging, which the values cannot show: block
     (x, h, b) loads keys 0..keys_needed - 1 of its kv head once each, keys_needed =
-    min(seq_len, x * TILE_Q + TILE_Q) (0 past seq_len), and nothing else of the cache."""
+    min(seq_len, x * TILE_Q + TILE_Q) (0 past seq_len), and nothing else of the cache. The
+    counted run must compute `got` too, or its counts say nothing of the kernel checked."""
     grid, args, shared = _prefill_launch(prob, TILE_Q, tiled=True)
-    counts = comp.get().count(grid, (TILE_Q,), list(args), shared, timeout=KERNEL_TIMEOUT)
+    kern, host = comp.get(), list(args)
+    counts = kern.count(grid, (TILE_Q,), host, shared, timeout=KERNEL_TIMEOUT)
+    same_work([got], [host[5]], "the GPU's" if kern.device == "gpu" else "the checked launch's")
     head_dim, page_size, heads = (prob.shape[k] for k in ("head_dim", "page_size", "num_heads"))
     firsts = np.arange(grid[0])[None, :] * TILE_Q
     lens = prob.seq_lens.astype(np.int64)[:, None]

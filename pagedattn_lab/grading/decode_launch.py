@@ -13,6 +13,7 @@ from .cases import nan_tails, paged_problem
 from .checks_kernels import _Compiled
 from .faults import kernel_message
 from .kernel_runner import KERNEL_TIMEOUT, unwritten
+from .puzzle_runner import same_work
 from .compare import ATOL, RTOL, ranges
 from .report import Mismatch
 
@@ -65,8 +66,8 @@ DECODE_WRITE_HINTS = {
 def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
     """Launch with one warp per block: (outputs, access counts or None). With `count`, the
     kernel first runs once on the CPU executor with its accesses counted (then on the GPU
-    too, where the check runs there). A lane missing from a shuffle, and an index past the
-    decode buffers, get messages of their own."""
+    too, where the check runs there, and its values must be the CPU run's). A lane missing
+    from a shuffle, and an index past the decode buffers, get messages of their own."""
     kern = comp.get()
     try:
         counts = None
@@ -75,7 +76,10 @@ def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
             counts = kern.count(grid, (WARP,), host, timeout=KERNEL_TIMEOUT)
             if kern.device == "cpu":
                 return [host[i] for i in outputs], counts
-        return kern.launch(grid, (WARP,), args, outputs=outputs), counts
+        got = kern.launch(grid, (WARP,), args, outputs=outputs)
+        if count:   # (the counts hold for these values only if the CPU run computed them)
+            same_work(got, [host[i] for i in outputs])
+        return got, counts
     except Exception as exc:
         kind = type(exc).__name__
         if kind == "KernelFault" and getattr(exc, "buffer", None) in DECODE_BUFFER_HINTS:

@@ -6,8 +6,9 @@ so an answer that returns `pagedattn_lab.reference.reference_decode(...)` or com
 string read from `prefill_naive.cu` passes every case. Before a task's check runs:
 
 - `kernel_findings` (run where the check runs, the judge under the grader): a CUDA C source
-  that holds the body of a function of the package's kernel files word for word (comments
-  and spacing aside), or #includes one of those files, whatever way the text was read;
+  that holds the body of a function of the package's kernel files word for word (comments,
+  spacing, line splices, preprocessor lines and the spelling of a token aside: digraphs,
+  `and` for `&&`), or #includes one of those files, whatever way the text was read;
 - `python_findings` (run where the learner's objects live: the notebook, or the sandbox,
   whose forwarder sends them with the check request): the learner's function or class is
   one of the task's answers (own_answers.py), wraps one (a partial, staticmethod, lru_cache,
@@ -70,8 +71,33 @@ def refusal(task: str, findings: list[str]) -> str:
 
 
 # -- CUDA C: the text itself -------------------------------------------------------------------
+# What the compiler reads as the same tokens, written the one way the package's files write
+# them: digraphs and C++'s alternative operator names (the longer first), so that the package's
+# text spelled `<% ... %>` or `not_eq` is still its text.
+_SPELLINGS = {"<%": "{", "%>": "}", "<:": "[", ":>": "]", "%:%:": "##", "%:": "#",
+              "and_eq": "&=", "or_eq": "|=", "xor_eq": "^=", "not_eq": "!=", "bitand": "&",
+              "bitor": "|", "compl": "~", "and": "&&", "or": "||", "xor": "^", "not": "!"}
+_SPELLING = re.compile(r"%:%:|<%|%>|<:(?!:(?![:>]))|:>|%:|"
+                       r"\b(?:and_eq|or_eq|xor_eq|not_eq|bitand|bitor|compl|and|or|xor|not)\b")
+# a backslash-newline and what it continues (translation phase 2): the lines joined, their
+# newlines kept after the joined line, so the line numbers below it stay
+_SPLICED = re.compile(r"(?:\\\r?\n(?:[^\\\n]|\\(?!\r?\n))*)+")
+# a preprocessor line, once comments are blanked: a null directive (`#` alone), a `#pragma`
+# or an `#if 1` inside a function changes no token of its code
+_DIRECTIVE_LINE = re.compile(r"^[ \t]*#[^\n]*", re.M)
+
+
+def _tokens_text(code: str) -> str:
+    """`code` as its tokens read: lines joined, comments, literals' contents and preprocessor
+    lines blanked, every token in the package's spelling (line numbers kept)."""
+    joined = _SPLICED.sub(lambda m: re.sub(r"\\\r?\n", "", m[0]) + "\n" * m[0].count("\n"),
+                          code)
+    spelled = _SPELLING.sub(lambda m: _SPELLINGS[m[0]], strip_comments(joined))
+    return _DIRECTIVE_LINE.sub("", spelled)
+
+
 def _squeezed(code: str) -> str:
-    return re.sub(r"\s+", "", strip_comments(code))
+    return re.sub(r"\s+", "", _tokens_text(code))
 
 
 @lru_cache(maxsize=1)
@@ -81,7 +107,7 @@ def _kernel_bodies() -> tuple[tuple[str, str], ...]:
     templates they call (and a function's loop is enough to pass some checks)."""
     out = []
     for path in sorted([*_KERNELS.glob("*.cu"), *_KERNELS.glob("*.cuh")]):
-        code = strip_comments(path.read_text(encoding="utf-8"))
+        code = _tokens_text(path.read_text(encoding="utf-8"))
         opened: list[int] = []
         for i, char in enumerate(code):
             if char == "{":

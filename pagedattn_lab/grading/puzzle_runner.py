@@ -70,7 +70,7 @@ class PuzzleKernel:
             if self._gpu is None:
                 self._gpu = Kernel(self.source, self.name, "gpu")
             got = self._gpu.launch(grid, block, args, shared_mem=shared_mem, outputs=outputs)
-            _same_work(got, [host[i] for i in outputs])
+            same_work(got, [host[i] for i in outputs])
         else:
             got = [host[i] for i in outputs]
         return Run(got, counts)
@@ -143,22 +143,24 @@ _RACE_HINTS = {
 }
 
 
-def _same_work(gpu: list, cpu: list) -> None:
-    """The counts describe the GPU's outputs only if the CPU run computed them too (within
-    rounding): a kernel that tells the two apart (`#ifdef __PAGEDATTN_LAB_CPU__`) could show
-    the counts one kernel and the values another."""
-    for i, (g, c) in enumerate(zip(gpu, cpu)):
+def same_work(checked: list, counted: list, where: str = "the GPU's") -> None:
+    """The counts describe the checked launch's outputs (`where`: whose, in words) only if
+    the CPU run that counted computed them too (within rounding): a kernel that tells the
+    two apart (`#ifdef __PAGEDATTN_LAB_CPU__`, the clock) could show the counts one kernel
+    and the values another."""
+    for i, (g, c) in enumerate(zip(checked, counted)):
         g, c = np.asarray(g), np.asarray(c)
         if g.shape == c.shape and np.allclose(g, c, rtol=1e-4, atol=1e-5, equal_nan=True):
             continue
         bad = np.flatnonzero(~np.isclose(g, c, rtol=1e-4, atol=1e-5, equal_nan=True)) \
             if g.shape == c.shape else np.array([0])
-        raise Mismatch(f"output {i}: the GPU's values differ from those of the CPU executor's "
+        raise Mismatch(f"output {i}: {where} values differ from those of the CPU executor's "
                        f"run, where the memory accesses were counted ({bad.size} elements, the "
                        f"first at flat index {int(bad[0])})",
-                       "the kernel must do the same work on either device: do not make what "
-                       "it computes depend on __PAGEDATTN_LAB_CPU__ or __CUDA_ARCH__.",
-                       expected="the CPU run's values", got="other values on the GPU")
+                       "the kernel must do the same work on either device and every time it "
+                       "runs: do not make what it computes depend on __PAGEDATTN_LAB_CPU__, "
+                       "__CUDA_ARCH__ or the clock.",
+                       expected="the CPU run's values", got=f"other values in {where} outputs")
 
 
 def per_thread_max(counts, name: str) -> tuple[int, str]:
