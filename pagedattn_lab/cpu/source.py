@@ -133,12 +133,24 @@ _STATIC_SHARED = re.compile(
 def guard_static_shared(source: str) -> str:
     """`source` with `PAL_SGUARD` before each static __shared__ declaration (see above)."""
     text = strip_comments(source)
-    starts = sorted({_statement_start(text, m.start("decl"))
-                     for m in _STATIC_SHARED.finditer(text)})
+    matches = list(_STATIC_SHARED.finditer(text))
+    source = _without_own_static(source, matches)
+    starts = sorted({_statement_start(text, m.start("decl")) for m in matches})
     for at in reversed(starts):
         end = _previous_line_end(text, at)
         source = (f"{source[:at]}PAL_SGUARD {source[at:]}" if end is None else
                   f"{source[:end]} PAL_SGUARD{source[end:]}")
+    return source
+
+
+def _without_own_static(source: str, matches) -> str:
+    """`source` with the `static` of `static __shared__` blanked out, column for column: nvcc
+    takes it (NVIDIA's own samples write it), and shim.h's `__shared__` is already static, so
+    the C++ compiler would read `static static` and refuse the declaration."""
+    for m in matches:
+        for word in re.finditer(r"\bstatic\b", m.group("decl")):
+            at = m.start("decl") + word.start()
+            source = f"{source[:at]}{' ' * 6}{source[at + 6:]}"
     return source
 
 
