@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .attention_common import bfloat16_dtype, from_torch_elements
+from .attention_common import bfloat16_dtype, shared_arrays
 from .backend import to_numpy
 from .validate import (check_array, check_attention_inputs, check_block_tables, check_bool,
                        check_kv_cache, check_offsets, check_query_heads, resolve_scale)
@@ -77,8 +77,9 @@ def _softmax_attend(q_rows, keys, values, scale: float, visible=None):
 def _arrays(**named) -> tuple:
     """The arguments with torch tensors as the arrays they share memory with, as
     paged_attention_decode reads them (a CPU torch.bfloat16 tensor as ml_dtypes.bfloat16), so
-    the oracle takes whatever the kernels take; its result stays float64 NumPy."""
-    return tuple(from_torch_elements(x, name) for name, x in named.items())
+    the oracle takes whatever the kernels take, and refuses what they refuse in their words (a
+    strided tensor is told torch's .contiguous()); its result stays float64 NumPy."""
+    return tuple(shared_arrays(named, elements=True))
 
 
 def _as_float64_inputs(q, k_cache, v_cache, block_tables, seq_lens):
