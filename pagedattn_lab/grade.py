@@ -63,7 +63,8 @@ was graded (no notebook found, an --out or --summary that cannot be written, an
 isolation level that is not possible here, a bad option), {EXIT_GRADER_FAILED} when the table (and
 gradebook) was written but the grader itself failed on a notebook (its judge, or its
 sandbox could not be run: grader_failed 1 in the gradebook, its tasks "not run", its
-(notebook) row says why): grade that file again.
+(notebook) row says why): grade that file again (a submission that ends its own sandbox can
+look the same: if it fails again, read the notebook).
 """
 
 __all__ = ["Row", "find_notebooks", "grade", "main", "to_csv", "to_markdown"]
@@ -87,17 +88,15 @@ def _is_notebook(path: Path) -> bool:
 
 
 def _submitted(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(notebooks, other files) under `folder`: no checkpoint of Jupyter's, no other file
-    that is hidden (.DS_Store, .git)."""
+    """(notebooks, other files) under `folder`: nothing hidden (Jupyter's checkpoints,
+    .DS_Store, .git, an editor's .~lock files) and nothing of a Mac zip's __MACOSX folder (its
+    `._name.ipynb` copies are no submissions)."""
     notebooks, others = [], []
     for f in sorted(folder.rglob("*")):
         parts = f.relative_to(folder).parts
-        if not f.is_file() or ".ipynb_checkpoints" in parts:
+        if not f.is_file() or "__MACOSX" in parts or any(p.startswith(".") for p in parts):
             continue
-        if _is_notebook(f):
-            notebooks.append(f)
-        elif not any(part.startswith(".") for part in parts):
-            others.append(f)
+        (notebooks if _is_notebook(f) else others).append(f)
     return notebooks, others
 
 
@@ -118,6 +117,12 @@ def find_notebooks(paths, others: list | None = None) -> list[tuple[Path, str]]:
             found.append((path, str(path)))
         else:
             raise FileNotFoundError(f"{raw}: no such file or folder")
+    # a file named twice (`grade a.ipynb a.ipynb`, or a folder and a file in it) once: the
+    # gradebook counts a submission's rows by its name
+    first = {}
+    for f, name in found:
+        first.setdefault(f.resolve(), (f, name))
+    found = list(first.values())
     names = [name for _, name in found + skipped]
     if len(set(names)) < len(names):  # e.g. two folders holding the same file names
         found, skipped = ([(f, str(f)) for f, _ in group] for group in (found, skipped))

@@ -140,8 +140,8 @@ def _append_out_of_pages(fn) -> None:
     if len(table) != 1 or alloc.num_used != 1:
         hint = ("ask the allocator for all new pages in one allocate(n) call: it is all or "
                 "nothing, so the table stays unchanged.") if alloc.num_used != 1 else (
-            "no page was taken, yet the table changed: add entries to the table only after "
-            "allocate(n) returned them.")
+            "the pages in use did not change, yet the table did: add entries to the table only "
+            "after allocate(n) returned them.")
         raise Mismatch("after the failed append", hint, "table of 1 page, 1 page in use",
                        f"table of {counted(len(table), 'page')}, {alloc.num_used} in use")
 

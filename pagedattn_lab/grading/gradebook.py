@@ -26,7 +26,8 @@ columns in this order (a new one is only ever appended):
   notebook_error  1 if the file has a (notebook) row (a cell raised, the time limit, not
                   a notebook, the grader failed), else 0
   grader_failed   1 if the grader itself failed on it (its judge, or its sandbox could not
-                  be run): grade it again; its tasks then read not run
+                  be run): grade it again (if it fails again, the submission may be ending
+                  its own sandbox: read it); its tasks then read not run
 """
 
 

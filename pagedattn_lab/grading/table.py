@@ -36,7 +36,7 @@ class Row:
 
 def clean(text) -> str:
     text = " ".join(_CONTROL.sub(" ", str(text)).split())
-    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 5] + " [...]"
+    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 6] + " [...]"
 
 
 def problem_of(outcome: dict, judge: dict | None, timeout: float) -> str | None:
