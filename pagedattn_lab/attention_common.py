@@ -207,8 +207,11 @@ def from_torch(x, name: str = "tensor"):
     if not is_torch_tensor(x):
         return x
     if str(x.dtype).startswith("torch.float8"):   # torch itself refuses it naming nothing
+        codes = (f"; if it holds e4m3 codes, pass {name}.view(torch.uint8) with "
+                 f"kv_dtype='fp8_e4m3' and its scales" if name in ("k_cache", "v_cache") and
+                 str(x.dtype) == "torch.float8_e4m3fn" else "")
         raise TypeError(f"{name}: a {x.dtype} tensor, which NumPy and CuPy cannot share (they "
-                        f"have no fp8 type)")
+                        f"have no fp8 type){codes}")
     if x.requires_grad:   # .numpy() and DLPack refuse it with a RuntimeError naming nothing
         raise TypeError(f"{name}: a torch tensor that requires grad; the kernels compute no "
                         f"gradient: pass {name}.detach()")

@@ -112,11 +112,14 @@ def test_torch_float8_cache_of_another_plan_is_refused_without_a_view(rng, which
 
 
 def test_torch_float8_where_no_codes_are_read_is_refused_by_name():
-    # an uncompressed path, and q of a compressed one: named, no view offered
+    # an uncompressed path, and q of a compressed one: named; the cache is told the codes'
+    # view with the kv_dtype that reads them (session 31's read-through), q no view
     fp8 = torch.zeros((4, 16, 2, 32), dtype=torch.float8_e4m3fn)
     q = torch.zeros((2, 4, 32), dtype=torch.float16)
     nothing_shared = r"tensor, which NumPy and CuPy cannot share \(they have no fp8 type\)$"
-    with pytest.raises(TypeError, match=r"^k_cache: a torch\.float8_e4m3fn " + nothing_shared):
+    with pytest.raises(TypeError, match=r"^k_cache: a torch\.float8_e4m3fn tensor, which NumPy "
+                       r"and CuPy cannot share \(they have no fp8 type\); if it holds e4m3 "
+                       r"codes, pass k_cache\.view\(torch\.uint8\) with kv_dtype='fp8_e4m3'"):
         paged_attention_decode(q, fp8, fp8.clone(), torch.from_numpy(TABLES),
                                torch.from_numpy(LENS))
     codes = torch.zeros((4, 16, 2, 32), dtype=torch.uint8)

@@ -47,3 +47,16 @@ def test_rows_off_by_rounding_are_not_told_a_pre_scale(factor):
 def test_a_real_pre_scale_is_still_named():
     from tests.check_helpers import assert_caught
     assert_caught("group_rows", _group_rows_times(np.float32(0.125)), "the right heads times")
+
+
+def test_an_e4m3_cache_tensor_of_an_uncompressed_call_is_told_the_codes_view():
+    """Before: a torch.float8_e4m3fn cache where no compressed plan was made got "which NumPy
+    and CuPy cannot share" and no fix; q, which never holds codes, gets no view hint."""
+    torch = pytest.importorskip("torch")
+    from pagedattn_lab.attention_common import from_torch
+    pages = torch.zeros((2, 4, 1, 16), dtype=torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match=r"pass k_cache\.view\(torch\.uint8\) with kv_dtype='fp8_e4m3'"):
+        from_torch(pages, "k_cache")
+    with pytest.raises(TypeError) as info:
+        from_torch(pages, "q")
+    assert "view" not in str(info.value)

@@ -19,7 +19,8 @@ from ..validate_kinds import is_finite_number, is_int
 
 SHARED, PRIVATE, EMPTY = "#f7a35c", "#2f7ed8", "#e6e6e6"
 ALLOCATION_COLORS = {"on_demand": "#2f7ed8", "predictive": "#f7a35c"}
-# Series panels: the y range over the data's maximum, leaving the top for a one-row legend.
+# Series panels: the y range over the panel's top (the pool's pages, or the data's maximum),
+# leaving room above it for a one-row legend.
 HEADROOM = 1.35
 
 
