@@ -24,7 +24,8 @@ kernels' codes match these bit for bit. The kernels run with -ftz (CuPy's, and t
 executor's model of it): a subnormal float32 is read as 0. So here subnormal rows are 0
 (`_flushed`), a scale is never below the smallest normal float32 (a smaller amax / qmax would
 be a scale of 0 to the kernel: x / 0 saturates every code, 0 / 0 is NaN), and scales given
-must be at least that (`check_scale`).
+must be at least that (`check_scale`). Read back (`dequantize`), a code times a scale near
+that floor can be subnormal: a kernel reads it as 0, NumPy keeps it (at most ~1e-38 apart).
 """
 from __future__ import annotations
 

@@ -44,3 +44,18 @@ def test_an_error_on_a_static_shared_line_keeps_its_column():
         RawKernel(src, "k")((1,), (1,), (np.zeros(1, np.float32),))
     column = src.splitlines()[2].index("undefined_name") + 1
     assert f":3:{column}" in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize("body", [
+    "l: static __shared__ float t[32]; t[threadIdx.x] = 1.0f; __syncthreads(); y[0] = t[0];",
+    "switch (1) { case 1: static __shared__ float t[32]; t[threadIdx.x] = 1.0f; "
+    "__syncthreads(); y[0] = t[0]; }",
+    "DECL t[threadIdx.x] = 1.0f; __syncthreads(); y[0] = t[0];"])
+def test_static_shared_after_a_label_a_case_or_in_a_macro_compiles(body):
+    """Read-through: the blanking followed the guard's pattern, which stops at `:` and macro
+    bodies, so these still read `static static`."""
+    src = ('#define DECL static __shared__ float t[32];\n'
+           'extern "C" __global__ void k(float* y)\n{\n    ' + body + "\n}\n")
+    y = np.zeros(1, np.float32)
+    RawKernel(src, "k")((1,), (32,), (y,))
+    assert y[0] == 1.0

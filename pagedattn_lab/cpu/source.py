@@ -123,8 +123,10 @@ def rewrite_extern_shared(source: str) -> str:
 # A statement that declares static __shared__ variables: at a line's start or after ; { or },
 # its specifiers (`static`, `volatile`, `__align__(16)`, ...), then __shared__ (in a #define's
 # body too, where it starts a line or follows ; { or }: each use of the macro gets a guard).
-# Elsewhere (just after a #define's name, in a macro's argument) it is left alone: such
-# arrays get no guard between them.
+# Elsewhere (just after a #define's name, in a macro's argument, after a label or `case x:`)
+# it is left alone: such arrays get no guard between them. In an un-braced body
+# (`for (...)` then the declaration on the next line) the guard takes the declaration's line,
+# moving its columns.
 _STATIC_SHARED = re.compile(
     r"(?:^|[;{}])[ \t]*(?P<decl>(?:(?:static|volatile|const|__align__\s*\([^()]*\)|"
     r"alignas\s*\([^()]*\))\s+)*)__shared__\b", re.M)
@@ -134,7 +136,7 @@ def guard_static_shared(source: str) -> str:
     """`source` with `PAL_SGUARD` before each static __shared__ declaration (see above)."""
     text = strip_comments(source)
     matches = list(_STATIC_SHARED.finditer(text))
-    source = _without_own_static(source, matches)
+    source = _without_own_static(source, text)
     starts = sorted({_statement_start(text, m.start("decl")) for m in matches})
     for at in reversed(starts):
         end = _previous_line_end(text, at)
@@ -143,14 +145,19 @@ def guard_static_shared(source: str) -> str:
     return source
 
 
-def _without_own_static(source: str, matches) -> str:
-    """`source` with the `static` of `static __shared__` blanked out, column for column: nvcc
-    takes it (NVIDIA's own samples write it), and shim.h's `__shared__` is already static, so
-    the C++ compiler would read `static static` and refuse the declaration."""
-    for m in matches:
-        for word in re.finditer(r"\bstatic\b", m.group("decl")):
-            at = m.start("decl") + word.start()
-            source = f"{source[:at]}{' ' * 6}{source[at + 6:]}"
+# `static` among a __shared__ declaration's specifiers, wherever the declaration stands (after
+# a label or `case x:`, in a #define's body), not only where a guard goes.
+_OWN_STATIC = re.compile(r"\bstatic\b(?=(?:\s+(?:volatile|const|__align__\s*\([^()]*\)|"
+                         r"alignas\s*\([^()]*\)))*\s+__shared__\b)")
+
+
+def _without_own_static(source: str, text: str) -> str:
+    """`source` (`text`: it with comments blanked) with the `static` of `static __shared__`
+    blanked out, column for column: nvcc takes it (NVIDIA's own samples write it), and
+    shim.h's `__shared__` is already static, so the C++ compiler would read `static static`
+    and refuse the declaration."""
+    for word in _OWN_STATIC.finditer(text):
+        source = f"{source[:word.start()]}{' ' * 6}{source[word.end():]}"
     return source
 
 
