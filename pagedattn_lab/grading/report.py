@@ -121,9 +121,9 @@ class CaseResult:
         return self.status == PASSED
 
 
-def _short(text: str, most: int = 200) -> str:
-    """`text` cut to `most` characters: an array's values must not push the hint out of a
-    grade table's message (table.MAX_MESSAGE)."""
+def shortened(text: str, most: int = 200) -> str:
+    """`text` cut to `most` characters, the cut marked " [...]": an expected or got value must
+    not push the hint out of a grade table's message (table.clean cuts that the same way)."""
     return text if len(text) <= most else text[:most - 6] + " [...]"
 
 
@@ -156,7 +156,7 @@ class CheckResult:
             if not case.passed:
                 text = f"{case.name}: {case.message}"
                 if case.expected or case.got:   # else the table says where, not what
-                    text += f" (expected: {_short(case.expected)}; got: {_short(case.got)})"
+                    text += f" (expected: {shortened(case.expected)}; got: {shortened(case.got)})"
                 return f"{text} Hint: {case.hint}" if case.hint else text
         return self.messages[-1] if self.messages else self.status
 

@@ -14,6 +14,8 @@ import re
 import signal
 from dataclasses import dataclass
 
+from .report import shortened
+
 RESULT_WORDS = {"passed": "pass", "failed": "fail", "not attempted": "not attempted"}
 NOTEBOOK_ROW = "(notebook)"
 MAX_MESSAGE = 1000
@@ -36,7 +38,7 @@ class Row:
 
 def clean(text) -> str:
     text = " ".join(_CONTROL.sub(" ", str(text)).split())
-    return text if len(text) <= MAX_MESSAGE else text[:MAX_MESSAGE - 6] + " [...]"
+    return shortened(text, MAX_MESSAGE)
 
 
 def problem_of(outcome: dict, judge: dict | None, timeout: float) -> str | None:
