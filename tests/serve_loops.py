@@ -21,9 +21,12 @@ def ceil_pages(n: int, page_size: int) -> int:
     return -(-n // page_size)
 
 
-def serve_loop(admit, pages_for=ceil_pages):
+def serve_loop(admit, pages_for=ceil_pages, admitted_tokens=None, piece=None):
     """The solution's serve, admitting the head of the queue while `admit(Admission)` holds;
-    `pages_for(tokens, page_size)` counts pages (the spec's ceil by default)."""
+    `pages_for(tokens, page_size)` counts pages (the spec's ceil by default);
+    `admitted_tokens`: how many of its prompt's tokens an admitted request appends (None:
+    all, the spec's prefill; the rest then come one a step, as decodes do), appended `piece`
+    tokens a call (None: in one call)."""
     def serve(cache, requests, kv_for):
         def pages(n):
             return pages_for(n, cache.page_size)
@@ -39,7 +42,9 @@ def serve_loop(admit, pages_for=ceil_pages):
                     break
                 waiting.popleft()
                 running[i] = cache.add_sequence()
-                cache.append(running[i], *kv_for(i, 0, requests[i][0]))
+                n = admitted_tokens or requests[i][0]
+                for start in range(0, n, piece or n):
+                    cache.append(running[i], *kv_for(i, start, min(piece or n, n - start)))
             for i, seq_id in list(running.items()):
                 if cache.seq_len(seq_id) < sum(requests[i]):
                     cache.append(seq_id, *kv_for(i, cache.seq_len(seq_id), 1))

@@ -12,8 +12,8 @@ Each `step()`:
    every request that is caught up with its tokens (prefill chunks before the last sample
    nothing);
 4. tokens are sampled and appended; requests that hit an end-of-sequence token (any of the
-   model's `eos_token_ids`) or max_tokens finish, and their pages go back to the pool (cached
-   ones stay reusable).
+   model's `eos_token_ids`), one of their `stop_token_ids` or max_tokens finish, and their
+   pages go back to the pool (cached ones stay reusable).
 
 Between steps, `abort_request(rid)` stops a request whose client has gone (vLLM's
 abort_request): its pages go back at once, and its output so far comes back with
@@ -93,13 +93,11 @@ class LLMEngine:
                             f"({type(params).__name__})")
         # ints only: int(1.7) or int("7") would silently serve another prompt
         prompt = check_int_list(prompt_ids, name, "token id")
-        vocab = self.model.config.vocab_size
         if not prompt:
             raise ValueError(f"{name}: expected at least one token, got none")
-        bad = [i for i, t in enumerate(prompt) if not 0 <= t < vocab]
-        if bad:
-            raise ValueError(f"{name}[{bad[0]}]: token id {prompt[bad[0]]} is outside the "
-                             f"vocabulary 0..{vocab - 1}")
+        self._refuse_outside_vocab(prompt, name)
+        # (one past the vocabulary could never be sampled: a stop that never comes)
+        self._refuse_outside_vocab(params.stop_token_ids, f"{params_name}.stop_token_ids")
         if len(prompt) >= self.max_model_len:
             raise ValueError(f"{name}: {len(prompt)} tokens leave no room to generate within "
                              f"max_position_embeddings={self.max_model_len}")
@@ -113,6 +111,13 @@ class LLMEngine:
                              f"{params.max_tokens} may need {pages} pages, more than the whole "
                              f"pool of {self.config.num_pages}: the request could never finish")
         return prompt, params
+
+    def _refuse_outside_vocab(self, ids, name: str) -> None:
+        vocab = self.model.config.vocab_size
+        bad = [i for i, t in enumerate(ids) if not 0 <= t < vocab]
+        if bad:
+            raise ValueError(f"{name}[{bad[0]}]: token id {ids[bad[0]]} is outside the "
+                             f"vocabulary 0..{vocab - 1}")
 
     def _queue(self, prompt: list[int], params: SamplingParams) -> int:
         req = Request(self._next_rid, prompt, params)
@@ -281,8 +286,10 @@ class LLMEngine:
                 np.asarray(sample_rows, np.int64))
 
     def _finish_reason(self, req: Request, token: int) -> str | None:
-        # Any of the end tokens stops (Llama 3.1 instruct has three), as in transformers' generate.
-        if not req.params.ignore_eos and token in self.model.config.eos_token_ids:
+        # Any of the end tokens stops (Llama 3.1 instruct has three), as in transformers'
+        # generate; a stop token id whatever ignore_eos says (vLLM's check_stop).
+        if token in req.params.stop_token_ids or (
+                not req.params.ignore_eos and token in self.model.config.eos_token_ids):
             return "stop"
         if len(req.output_ids) >= req.params.max_tokens or req.num_tokens >= self.max_model_len:
             return "length"

@@ -4,7 +4,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from ..validate import check_bool, check_int
+from ..validate import check_bool, check_int, check_int_list
 from ..validate_kinds import is_finite_number, is_number, python_number
 
 
@@ -13,17 +13,27 @@ class SamplingParams:
     """How to pick tokens, and when to stop.
 
     temperature 0 is greedy (argmax). max_tokens caps the output; the engine learns the real
-    length only when the request stops (any of the model's end-of-sequence tokens, or
-    max_tokens), never in advance. ignore_eos: run on past them to max_tokens. seed: the
-    sampling stream of this request (None: the engine's seed and the request id), so sampled
-    tokens do not depend on how requests were batched.
+    length only when the request stops (any of the model's end-of-sequence tokens, one of
+    stop_token_ids, or max_tokens), never in advance. ignore_eos: run on past the
+    end-of-sequence tokens (not stop_token_ids) to max_tokens. seed: the sampling stream of
+    this request (None: the engine's seed and the request id), so sampled tokens do not
+    depend on how requests were batched.
     return_logits: keep the float32 logits of every generated token (for checks).
+    top_k, top_p: vLLM's filters, applied after the temperature, top-k first: keep the k most
+    likely tokens (0 or -1: all), then the fewest most likely whose probability reaches top_p
+    (1.0: all; at least one). Tokens tied at either cut are all kept (the filters look at the
+    probabilities only, never at token ids). Greedy (temperature 0) ignores both, as vLLM.
+    stop_token_ids: a generated token among them ends the request ("stop"), ignore_eos or
+    not, and stays in the output (vLLM's default); stored as a tuple.
     """
     max_tokens: int = 16
     temperature: float = 0.0
     ignore_eos: bool = False
     seed: int | None = None
     return_logits: bool = False
+    top_k: int = 0
+    top_p: float = 1.0
+    stop_token_ids: tuple[int, ...] = ()
 
     def __post_init__(self):
         # each stored as a Python number, as EngineConfig stores its own (a summary's JSON)
@@ -39,6 +49,17 @@ class SamplingParams:
         set_("return_logits", check_bool(self.return_logits, "return_logits"))
         if self.seed is not None:   # checked now, not when the first token is sampled
             set_("seed", check_int(self.seed, "seed", minimum=0))
+        set_("top_k", check_int(self.top_k, "top_k", minimum=-1))   # (0 and -1: off)
+        p = self.top_p
+        if not is_number(p):
+            raise TypeError(f"top_p: expected a number in (0, 1], got {p!r} ({type(p).__name__})")
+        if not (is_finite_number(p) and 0 < p <= 1):   # 0 would keep no token
+            raise ValueError(f"top_p: expected a number in (0, 1], got {p!r}")
+        set_("top_p", python_number(p))
+        # (a tuple keeps the params hashable; the vocabulary is the engine's to check)
+        stop = () if self.stop_token_ids is None else self.stop_token_ids
+        set_("stop_token_ids", tuple(check_int_list(stop, "stop_token_ids", "token id",
+                                                    minimum=0)))
 
 
 class Status(enum.Enum):

@@ -24,7 +24,7 @@ from .compare import POW2_HINT, changed_input, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
 from .serve_hints import (ADMIT_HINT, ADMIT_MISTAKES, LATE_HINTS, admission_hint, past_end,
-                          unlike_spec)
+                          prefill_hint, unlike_spec)
 from .time_limits import CaseTimeout, time_limit
 from .wire import ProtocolError
 
@@ -39,14 +39,15 @@ def _ceil_pages(n_tokens: int, page_size: int) -> int:
 
 def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
                  ties: str = "admitted", finish_first: bool = False,
-                 divide: bool = True, admit: str = "spec",
+                 divide: bool = True, admit: str = "spec", prefill: bool = True,
                  beside: dict | None = None) -> list[int]:
     """The order the spec's loop finishes `requests` in; `fifo=False` admits any waiting
     request that fits (skipping the head), `ties="reversed"` records a step's finishers
     last-admitted first, `finish_first` records and frees before the decode, `divide=False`
     counts pages with a shift, ceil by log2(page_size), `admit` "whole" promises the running
     requests' whole totals (the pages they hold counted again), "strict" admits only with a
-    page to spare (<), "prompt" when the prompt's pages fit (all mistakes the hints name).
+    page to spare (<), "prompt" when the prompt's pages fit, `prefill=False` appends a
+    prompt's first token at admission and the rest one a step (all mistakes the hints name).
     `beside`: filled with request -> ({other: tokens before}, {other: tokens after}, {request:
     step admitted}) of the requests running in the step it finishes in (it included in the
     last), before and after that step's decode."""
@@ -78,7 +79,7 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
             if need < room or need == room and admit != "strict":
                 waiting.remove(i)
                 running.append(i)
-                lens[i], admitted[i] = requests[i][0], step
+                lens[i], admitted[i] = requests[i][0] if prefill else 1, step
                 used += _pages(lens[i], page_size)
                 promised += still(i)
             elif fifo:
@@ -96,14 +97,17 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
 
 
 def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed: list[int],
-                bulk: list[int], admission: str = "") -> str:
+                bulk: list[int], admission: str = "", short: str = "") -> str:
     """`freed`: the requests in the order the loop freed them; `bulk`: requests that got
     several new tokens from one kv_for call (not one per step); `admission`: the hint of the
-    first admission the spec's loop makes otherwise (admission_hint), or ""."""
+    first admission the spec's loop makes otherwise (admission_hint), or ""; `short`: the
+    prefill_hint of the first request admitted with part of its prompt, or ""."""
     if bulk:
         return (f"request {bulk[0]} got several new tokens from one call to kv_for: each step "
                 "appends ONE token to every running sequence (kv_for(i, position, 1)), so "
                 "sequences share the steps and finish in the order their lengths dictate.")
+    if short and got == finish_order(requests, num_pages, page_size, prefill=False):
+        return short
     admits = [hint for hint, admit in ADMIT_MISTAKES
                if got == finish_order(requests, num_pages, page_size, admit=admit)]
     if page_size & (page_size - 1) and got == finish_order(requests, num_pages, page_size,
@@ -170,6 +174,9 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
 
     spec: dict = {}   # request -> the others running in its last step (finish_order)
     expected = finish_order(requests, num_pages, page_size, beside=spec)
+    spec_short: dict = {}   # the same, of a loop that admits with the prompt's first token
+    finish_order(requests, num_pages, page_size, prefill=False, beside=spec_short)
+    short: list[str] = []   # the prefill_hint of the first request admitted so
     unlike: list[Mismatch] = []   # the first free the spec's loop would not make so
     original_free, original_append = cache.free_sequence, cache.append
     freed_ids: set[int] = set()
@@ -196,8 +203,12 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                                "kv_for(i, start, n) gives tokens start..start+n-1.")
             freed.append(i)
             if not unlike:
-                unlike.extend(unlike_spec(i, running_beside(seq_id), spec[i], tokens,
+                beside = running_beside(seq_id)
+                unlike.extend(unlike_spec(i, beside, spec[i], tokens,
                                           admission[0] if admission else ""))
+                if unlike and short and i in spec_short and \
+                        not unlike_spec(i, beside, spec_short[i], tokens):
+                    unlike[0].hint = short[0]   # (the company such a loop has here)
         original_free(seq_id)
         freed_ids.add(seq_id)
 
@@ -218,6 +229,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         fresh = i is not None and i not in admitted   # its prompt goes into a new sequence
         if fresh:
             judge_admission(i, seq_id, True)   # (before the append: its pages not yet taken)
+            if len(k) < requests[i][0] and not short:
+                short.append(prefill_hint(i, len(k), requests[i][0]))
         result = original_append(seq_id, k, v)
         if fresh:   # (not where the append was refused: a loop may catch that, and wait)
             admitted.add(i)
@@ -303,7 +316,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     if finished != expected:
         raise Mismatch("the order the requests finished in",
                        _order_hint(finished, requests, num_pages, page_size, freed, bulk,
-                                   admission[0] if admission else ""),
+                                   admission[0] if admission else "",
+                                   short[0] if short else ""),
                        repr(expected), repr(finished))
     if unlike:   # the right order returned, by a loop that did not run the spec's steps
         raise unlike[0]

@@ -57,6 +57,17 @@ def admission_hint(i: int, requests, running: dict, num_free: int, pages,
             f"{need}: " + several_fit(fits, "admission"))
 
 
+def prefill_hint(i: int, appended: int, prompt_len: int) -> str:
+    """The hint for a loop whose admission appended `appended` of request `i`'s prompt tokens,
+    the rest left to the decode (one a step), where the order or the company it shows is
+    what such a loop makes."""
+    return (f"request {i} was admitted with {appended} of its {prompt_len} prompt tokens, and "
+            "the decode appended the rest one token a step, as if the model were generating "
+            "its prompt (every request then runs prompt_len - 1 steps longer): admission "
+            "appends the whole prompt at once, cache.append(seq_id, *kv_for(i, 0, "
+            "prompt_len)), and each step then appends one new token to every running sequence.")
+
+
 ADMIT_HINT = ("admit a request only when the pool has room for all its tokens: "
               "ceil((prompt_len + new_tokens) / page_size) pages free, after the pages the "
               "running sequences will still take (those admitted earlier in this same step "
