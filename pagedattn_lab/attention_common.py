@@ -236,7 +236,7 @@ def shared_arrays(named: dict, kv_format=None, elements: bool = False) -> list:
         if is_torch_tensor(x):
             check_contiguous(x, name)
             if kv_format is not None and name in ("k_cache", "v_cache"):
-                check_storage(x, kv_format, name)
+                check_storage(x, kv_format, name, planned=True)
     share = from_torch_elements if elements else from_torch
     return [share(x, name) for name, x in named.items()]
 
@@ -255,10 +255,12 @@ def _storage_hint(dtype, fmt, name: str) -> str:
     return f"; those are the e4m3 codes' bytes: pass {name}.view({library}.uint8)"
 
 
-def check_storage(x, fmt, name: str) -> None:
+def check_storage(x, fmt, name: str, planned: bool = False) -> None:
     """Refuse compressed pages `x` (a NumPy or CuPy array, or a torch tensor before it is
     shared: torch's fp8 types have no NumPy twin) whose dtype is not fmt's storage: the one
-    wording of every path that reads or writes codes, with the e4m3 view where it applies."""
+    wording of every path that reads or writes codes, with the e4m3 view where it applies.
+    planned: fmt is a wrapper plan's kv_dtype (its run's caches), and the message says so:
+    the pages may be right and the plan's kv_dtype the mistake."""
     if str(x.dtype).startswith("torch."):
         if str(x.dtype) == f"torch.{fmt.storage.name}":
             return
@@ -268,7 +270,8 @@ def check_storage(x, fmt, name: str) -> None:
     else:
         label = dtype_label(x.dtype)
     raise TypeError(f"{name}: expected dtype {fmt.storage.name} (the codes of {fmt.name} "
-                    f"pages), got {label}{_storage_hint(x.dtype, fmt, name)}")
+                    f"pages{', as planned' if planned else ''}), got "
+                    f"{label}{_storage_hint(x.dtype, fmt, name)}")
 
 
 def to_torch_like(arr, like):

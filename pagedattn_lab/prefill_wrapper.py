@@ -226,7 +226,7 @@ class BatchPrefillWrapper:
                 raise TypeError(f"{name}: expected a {'CuPy' if self.on_gpu else 'NumPy'} "
                                 f"array (the plan's tables live there), got another kind")
             if name != "q" and self.kv_format is not None:
-                check_storage(x, self.kv_format, name)
+                check_storage(x, self.kv_format, name, planned=True)
             elif not _accepts(x.dtype, self.dtype, self.on_gpu):
                 bits = bf16_bits_hint(x, self.dtype != np.float16)   # (bfloat16 planned)
                 raise TypeError(f"{name}: expected dtype {self.dtype} (as planned), got "

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .attention_common import check_storage
-from .backend import is_cupy_array
+from .backend import is_cupy_array, is_torch_tensor, to_numpy
 from .validate import FLOAT32_TINY, check_array, real_values
 from .validate_kinds import dtype_label
 
@@ -128,6 +128,8 @@ def encode(x, kv_dtype: str) -> np.ndarray:
 def decode(codes, kv_dtype: str) -> np.ndarray:
     """float32 values of codes (without the scale)."""
     fmt = kv_format(kv_dtype)
+    if is_torch_tensor(codes):   # (NumPy cannot read torch's float8: told the view first)
+        check_storage(codes, fmt, "codes")
     codes = np.asarray(codes)
     check_storage(codes, fmt, "codes")
     if fmt.name == "int8":
@@ -142,9 +144,14 @@ def per_token_scales(x, kv_dtype: str) -> np.ndarray:
 
     NaN is ignored in the amax (as fmaxf does in the kernel); subnormal values count as 0 and
     the scale is at least the smallest normal float32 (see the module docstring: -ftz)."""
+    return _scales_of_flushed(_flushed(real_values(x, "x")), kv_dtype)
+
+
+def _scales_of_flushed(x: np.ndarray, kv_dtype: str) -> np.ndarray:
+    """`per_token_scales` of float32 x already `_flushed` (quantize_rows flushes its rows
+    once, for the scales and the codes)."""
     qmax = np.float32(kv_format(kv_dtype).qmax)
-    amax = np.abs(_flushed(real_values(x, "x")))
-    amax = np.fmax.reduce(amax, axis=-1, initial=np.float32(0))
+    amax = np.fmax.reduce(np.abs(x), axis=-1, initial=np.float32(0))
     scale = np.maximum(amax / qmax, np.float32(FLOAT32_TINY))
     return np.where(amax > 0, scale, np.float32(1.0)).astype(np.float32)
 
@@ -182,6 +189,21 @@ def _refuse_bad_scales(scales: np.ndarray, name: str) -> None:
                          f"{float(scales[i])}")
 
 
+def refuse_single_number(scale, name: str, shape, library: str = "np") -> None:
+    """A ValueError for one number where static scales [num_kv_heads] are due: vLLM's k_scale
+    is one float per layer, and a shape error ("got ()") would not say how to spread it.
+    library: the hint's array library ("cp" where the scales must be CuPy arrays)."""
+    if len(shape) != 1 or scale is None or np.ndim(scale) != 0:
+        return
+    value = np.asarray(to_numpy(scale))
+    if value.dtype.kind not in "fiu":   # (bool, a string: the dtype checks name those)
+        return
+    raise ValueError(f"{name}: expected one static scale per KV head, shape {tuple(shape)}, "
+                     f"got the single number {float(value)!r}; the same scale for every "
+                     f"head is {library}.full({tuple(shape)}, {float(value)!r}, "
+                     f"{library}.float32)")
+
+
 def check_scale(scale, name: str, shape: tuple[int, ...],
                 qmax: float | None = None) -> np.ndarray:
     """A float32 scale array of `shape`, finite, > 0 and not subnormal; raises naming `name`
@@ -190,8 +212,8 @@ def check_scale(scale, name: str, shape: tuple[int, ...],
     scale turns the largest codes into inf when they are read back, and the output into NaN)."""
     if scale is None:
         raise ValueError(f"{name}: a quantized cache needs scales of shape {shape}, got None")
-    from .backend import to_numpy  # noqa: PLC0415 - CuPy scales are checked on the host
-    arr = np.asarray(to_numpy(scale))
+    refuse_single_number(scale, name, shape)
+    arr = np.asarray(to_numpy(scale))   # (CuPy scales are checked on the host)
     if arr.dtype != np.float32:   # (a list or a float reads as float64: say what it was)
         got = dtype_label(arr.dtype) if hasattr(scale, "dtype") else \
             f"a {type(scale).__name__} ({arr.dtype}); pass np.array(..., np.float32)"
@@ -246,6 +268,7 @@ def _scale_for(scale, shape) -> np.ndarray:
     """`scale` as float32, refused by name unless it is static [num_kv_heads] or per token
     [..., num_kv_heads] for values of `shape` [..., num_kv_heads, head_dim] (another shape
     fails in NumPy's broadcasting, naming nothing, or broadcasts to the wrong heads)."""
+    refuse_single_number(scale, "scale", tuple(shape[-2:-1]))
     s = real_values(scale, "scale")
     if s.shape not in (tuple(shape[-2:-1]), tuple(shape[:-1])):
         raise ValueError(f"scale: expected shape {tuple(shape[-2:-1])} (static, one per KV "
@@ -256,16 +279,34 @@ def _scale_for(scale, shape) -> np.ndarray:
 
 def quantize_rows(x, kv_dtype: str, scale_scheme: str, static_scale=None):
     """(codes, scales) for new rows x [n_tokens, num_kv_heads, head_dim]: the static scale
-    as given, or per-token scales [n_tokens, num_kv_heads] computed from x."""
+    [num_kv_heads] as given (finite, > 0 and normal, as `quantize` takes it), or per-token
+    scales [n_tokens, num_kv_heads] computed from x."""
     check_scheme(scale_scheme)
+    x = _flushed(real_values(x, "x"))   # once, for the scales and the codes
     if scale_scheme == "per_token":
-        scales = per_token_scales(x, kv_dtype)
+        # not through quantize's check: a row holding inf has the per-token scale inf, as
+        # the kernel computes it
+        scales = _scales_of_flushed(x, kv_dtype)
     else:
-        scales = np.asarray(static_scale, dtype=np.float32)
-    # not through quantize's check: a row holding inf has the per-token scale inf, as the
-    # kernel computes it (static scales were checked when the cache was made)
-    x = _flushed(x)
-    return encode(x / _scale_for(scales, x.shape)[..., None], kv_dtype), scales
+        scales = _static_scale_for(static_scale, x.shape)
+    return encode(x / scales[..., None], kv_dtype), scales
+
+
+def _static_scale_for(scale, shape) -> np.ndarray:
+    """quantize_rows' `static_scale` as float32 [num_kv_heads] for rows of `shape`, refused
+    by name as `quantize` refuses its scale (0 saturated every code, a negative scale
+    flipped the signs, NaN stored every code as 0 or NaN, and None read as NaN)."""
+    heads = tuple(shape[-2:-1])
+    if scale is None:
+        raise ValueError(f"static_scale: static scales need one scale per KV head, shape "
+                         f"{heads}, got None")
+    refuse_single_number(scale, "static_scale", heads)
+    s = real_values(scale, "static_scale")
+    if s.shape != heads:
+        raise ValueError(f"static_scale: expected shape {heads} (one per KV head) for rows of "
+                         f"shape {tuple(shape)}, got {s.shape}")
+    _refuse_bad_scales(s, "static_scale")
+    return s
 
 
 # -- the scales a kernel reads ---------------------------------------------------------------
@@ -305,6 +346,8 @@ def check_run_scales(fmt: KVFormat | None, scale_scheme: str | None, cache_shape
         if s is None:
             raise ValueError(f"{name}: a quantized cache needs {scale_scheme} scales "
                              f"({fmt.name}), a float32 {where} array of shape {shape}; got None")
+        if scale_scheme == "static":
+            refuse_single_number(s, name, shape, "cp" if on_gpu else "np")
         check_array(s, name, dtypes=[np.float32])
         if tuple(s.shape) != shape or is_cupy_array(s) != on_gpu:
             raise ValueError(f"{name}: expected shape {shape} ({scale_scheme} scales, a float32 "

@@ -20,7 +20,7 @@ def explain_run(plan, q, k, v, out, qshape, dtypes):
             raise TypeError(f"{name}: the plan runs on the {where} array or a torch tensor, "
                             f"got {type(x).__module__}.{type(x).__name__}")
         if fmt is not None and name in ("k_cache", "v_cache"):
-            check_storage(x, fmt, name)
+            check_storage(x, fmt, name, planned=True)
         elif x.dtype not in dtypes:
             bits = bf16_bits_hint(x, plan.dtype == "bfloat16")
             raise TypeError(f"{name}: the plan is for {plan.dtype}: expected dtype {names}, "

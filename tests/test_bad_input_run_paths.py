@@ -184,7 +184,7 @@ def test_prefill_run_refuses_codes_of_another_format(rng):
                                    kv_dtype="int8")
     codes = np.zeros((5, 8, 2, 32), np.uint8)   # fp8's storage, not int8's
     with pytest.raises(TypeError, match=r"^k_cache: expected dtype int8 \(the codes of int8 "
-                                        r"pages\), got uint8$"):
+                                        r"pages, as planned\), got uint8$"):
         w.run(q, codes, codes.copy(), k_scale=np.ones(2, np.float32),
               v_scale=np.ones(2, np.float32))
 

@@ -83,8 +83,9 @@ def test_torch_e4m3_cache_is_told_to_view_its_bytes(rng, which):
         caches = {"k_cache": torch.from_numpy(codes), "v_cache": torch.from_numpy(codes.copy())}
         caches[arg] = fp8
         with pytest.raises(TypeError, match=rf"^{arg}: expected dtype uint8 \(the codes of "
-                                            rf"fp8_e4m3 pages\), got torch\.float8_e4m3fn; those "
-                                            rf"are the e4m3 codes' bytes: pass "
+                                            rf"fp8_e4m3 pages, as planned\), got "
+                                            rf"torch\.float8_e4m3fn; those are the e4m3 "
+                                            rf"codes' bytes: pass "
                                             rf"{arg}\.view\(torch\.uint8\)$"):
             w.run(q, caches["k_cache"], caches["v_cache"], k_scale=ks, v_scale=vs)
     # the view it names runs, and reads what the NumPy codes give
@@ -103,7 +104,7 @@ def test_torch_float8_cache_of_another_plan_is_refused_without_a_view(rng, which
     for dtype in (torch.float8_e4m3fn, torch.float8_e5m2):
         fp8 = torch.zeros((4, 16, 2, 32), dtype=dtype)
         with pytest.raises(TypeError, match=rf"^k_cache: expected dtype int8 \(the codes of int8 "
-                                            rf"pages\), got {dtype}$"):
+                                            rf"pages, as planned\), got {dtype}$"):
             w.run(q, fp8, fp8.clone(), k_scale=scales[0], v_scale=scales[1])
     w8 = wrappers("fp8")[which]
     e5m2 = torch.zeros((4, 16, 2, 32), dtype=torch.float8_e5m2)
