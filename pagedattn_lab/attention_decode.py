@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .attention_common import cache_dtypes, check_grid, prepare_out, shared_arrays, to_torch_as
+from .attention_common import cache_dtypes, prepare_out, shared_arrays, to_torch_as
 from .backend import cupy_module, is_cupy_array, is_torch_tensor, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
 from .validate import check_array, check_attention_inputs, check_int, resolve_scale
@@ -63,7 +63,6 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     if w is None:
         shapes = check_attention_inputs(q, k_cache, v_cache, tables_h, lens_h, mode="decode",
                                         cache_dtypes=cache_dtypes(bits))
-        check_grid(shapes.batch, shapes.num_heads)
         qshape = (shapes.batch, shapes.num_heads, shapes.head_dim)
     else:   # the same values were checked against a cache of the same shape; run checks
         qshape = (w.batch, w.num_heads, w.head_dim)   # the arrays themselves
@@ -82,7 +81,10 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
                 shapes.num_kv_heads, shapes.head_dim, shapes.page_size, dtype, kernel,
                 num_splits, on_gpu, copy=True,
                 max_page=-1,   # the pages were checked against this very cache above
-                page_size_arg="k_cache")   # whose shape[1] is page_size here
+                page_size_arg="k_cache",   # whose shape[1] is page_size here
+                # (the plan refuses a grid past CUDA's limits per kernel: the tensor-core
+                # kernels take a batch of more than 65535 sequences, which the simt one does not)
+                grid_args="q, k_cache")
         if on_gpu:
             _keep_plan(key, tables_h, lens_h, w)
     return to_torch_as(w.run(q, k_cache, v_cache, out=out, scale=scale), like)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .attention_common import THREADS
+from .validate import INT32_MAX
 
 
 def cut_longest(max_len: int, num_splits: int) -> int:
@@ -17,6 +18,10 @@ SIMT_GROUPS = (1, 2, 4, 8)   # query heads per block (GMAX): one compiled kernel
 PART_LEN = 512               # tokens per partition when splitting (a multiple of page sizes)
 MIN_PART_LEN = 128           # automatic splitting never goes below this
 BLOCKS_PER_SM = 4            # automatic splitting aims for this many blocks per SM
+# Tokens decode.cu may count past a sequence's last one, in int32: a step of its loads
+# beyond the partition's end (ngroups x U tokens: at most THREADS x 4 with the unrolls of
+# kernels/decode_params.cuh), with room to spare
+TOKEN_MARGIN = THREADS * 16
 
 
 def group_kernel_size(group: int) -> int:
@@ -44,7 +49,22 @@ def choose_partitions(seq_lens, blocks_per_partition: int, num_sms: int,
                int((-(-lens // part_len)).sum()) * blocks_per_partition < BLOCKS_PER_SM * num_sms):
             part_len //= 2
         part_len = min(part_len, max_len)
+    check_token_range(lens, part_len)
     return part_len, -(-max_len // part_len)
+
+
+def check_token_range(lens: np.ndarray, part_len: int) -> None:
+    """decode.cu counts a sequence's tokens in int32: a split one's partition ends (start +
+    part_len) and merge count (seq_len + part_len - 1), and the load step past the last
+    token. Refuse lengths that take them past 2^31 - 1, where they wrap (2^31 - 1 tokens in
+    two partitions merged to NaN: no partition counted)."""
+    b = int(lens.argmax())
+    reach = max(part_len if part_len < lens[b] else 0, TOKEN_MARGIN)
+    if int(lens[b]) - 1 + reach > INT32_MAX:
+        raise ValueError(f"seq_lens[{b}]: {int(lens[b])} tokens in partitions of {part_len}: "
+                         f"the simt kernel counts a sequence's tokens in int32, and a "
+                         f"partition's end passes 2^31 - 1 (at most {INT32_MAX + 1 - reach} "
+                         f"tokens with these partitions; num_splits cuts them shorter)")
 
 
 def simt_shared_bytes(gmax: int, head_dim: int) -> int:

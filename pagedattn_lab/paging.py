@@ -160,6 +160,9 @@ class BlockAllocator:
             if self._owners.get(page) != 1:
                 raise ValueError(f"pages[{i}]: page {page} has {self._owners.get(page, 0)} "
                                  f"owner(s), not the 1 that allocate() gives it")
+        # allocate() hands a page out once: a repeat would be dropped twice below, its
+        # second removal failing (KeyError) with the first already done
+        check_owners(ids, lambda page: 1)
         if never_used is None:
             fresh = self._next_fresh - ids[0] if ids and ids[0] < self._next_fresh else 0
             if not 0 < fresh <= len(ids) or ids[:fresh] != list(range(ids[0], self._next_fresh)):

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import check_contiguous, data_pointer, is_cupy_array, to_numpy_together
-from .validate_kinds import dtype_label, is_int
+from .validate_kinds import dtype_label, is_int, type_label
 from .validate_values import real_values  # noqa: F401 - re-exported: a check, found here
 
 CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
@@ -46,7 +46,7 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
                 contiguous: bool = True):
     """Refuse anything that is not a NumPy/CuPy array of the given rank and dtype."""
     if not (isinstance(x, np.ndarray) or is_cupy_array(x)):
-        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type(x).__name__}")
+        raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type_label(x)}")
     check_plain(x, name)
     if ndim is not None and x.ndim != ndim:
         raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)} "
@@ -286,8 +286,8 @@ def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_si
         b, j = (int(i) for i in np.argwhere(bad)[0])
         cache = "(ids must be >= 0)" if num_pages is None else f"for a cache of {num_pages} pages"
         raise ValueError(f"{entry.format(b=b, j=j)}: page id {int(tables[b, j])} is out of "
-                         f"range {cache} (sequence {b} has {lens[b]} tokens, so its first "
-                         f"{int(pages[b])} entries are read)")
+                         f"range {cache} ({length.format(b=b)} is {lens[b]} tokens, so the "
+                         f"first {int(pages[b])} entries of its row are read)")
     return tables, lens
 
 
@@ -303,7 +303,7 @@ def check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, *, mode:
               else "[batch, max_len, num_heads, head_dim]")
     if not (isinstance(q, np.ndarray) or is_cupy_array(q)):   # a TypeError, as for k_cache
         raise TypeError(f"q: expected a NumPy or CuPy array (a {mode} query of shape "
-                        f"{layout}), got {type(q).__name__}")
+                        f"{layout}), got {type_label(q)}")
     if q.ndim != ndim:
         raise ValueError(f"q: expected a {mode} query of shape {layout}, got {tuple(q.shape)}")
     check_array(q, "q", ndim=ndim, dtypes=q_dtypes if q_dtypes is not None else [k_cache.dtype])

@@ -21,6 +21,13 @@ def dtype_label(dtype) -> str:
             f".astype({dtype.newbyteorder('=').str!r}))")
 
 
+def type_label(x) -> str:
+    """What came where an array was expected: its type's name, a NumPy scalar's said to be one
+    (np.int32(5) named "int32" read as a dtype complaint: "expected an array, got int32")."""
+    name = type(x).__name__
+    return f"{name} (a NumPy scalar, not an array)" if isinstance(x, np.generic) else name
+
+
 def is_one_of(value, names) -> bool:
     """value is one of the strings `names` (a name argument's test: an array of names would
     compare element-wise, NumPy's "truth value is ambiguous", or pass as its one name)."""

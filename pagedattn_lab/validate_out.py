@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from .backend import data_pointer, is_cupy_array
+from .validate_kinds import type_label
 
 
 def check_out(out, **inputs) -> None:
@@ -22,7 +23,7 @@ def check_out(out, **inputs) -> None:
     if out is None:
         return
     if not (isinstance(out, np.ndarray) or is_cupy_array(out)):
-        raise TypeError(f"out: expected a NumPy or CuPy array, got {type(out).__name__}")
+        raise TypeError(f"out: expected a NumPy or CuPy array, got {type_label(out)}")
     if isinstance(out, np.ndarray) and not out.flags.writeable:
         raise ValueError("out: expected a writeable array, got a read-only one (pass a copy, "
                          "or out=None for a new array)")

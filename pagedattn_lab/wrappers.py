@@ -117,19 +117,21 @@ class BatchDecodeWrapper(DecodeRun):
 
     def _plan(self, block_tables, seq_lens, tables_h, lens_h, num_heads, num_kv_heads,
               head_dim, page_size, dtype, kernel, num_splits, on_gpu, *, copy, max_page=None,
-              kv_format=None, scale_scheme="static", page_size_arg="page_size"):
+              kv_format=None, scale_scheme="static", page_size_arg="page_size",
+              grid_args="block_tables, num_heads, num_kv_heads"):
         """plan() after validation; tables_h/lens_h are host copies of the checked tables.
         max_page: the largest page id read, when the caller knows it (or knows that the
         pages were checked against the cache already: -1). kv_format: quant.KVFormat of a
         compressed cache, or None. page_size_arg: the caller's argument that gave page_size
-        (the one-shot call's is k_cache's shape), named when the pages are refused."""
+        (the one-shot call's is k_cache's shape), named when the pages are refused; grid_args:
+        those that gave the batch and the heads, named when the launch grid is refused."""
         group = num_heads // num_kv_heads
         chosen = _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme,
                                 int(tables_h.shape[0]), int(lens_h.sum(dtype=np.int64)))
         if chosen == "simt":
             check_simt_page(page_size, num_kv_heads, head_dim, dtype, page_size_arg)
         xp = cupy_module() if on_gpu else np
-        self.kernel = chosen
+        self.kernel, self._grid_args = chosen, grid_args
         self.on_gpu, self.xp, self.dtype = on_gpu, xp, dtype
         self.kv_format = kv_format
         self.scale_scheme = scale_scheme if kv_format is not None else None
@@ -280,7 +282,7 @@ class BatchDecodeWrapper(DecodeRun):
 
     def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
         if max(grid[1:]) > MAX_GRID_YZ:   # the GPU would refuse the launch in run()
-            raise ValueError(f"block_tables, num_heads, num_kv_heads: {self.batch} sequences "
+            raise ValueError(f"{self._grid_args}: {self.batch} sequences "
                              f"and {self.num_heads} query heads over {self.num_kv_heads} KV "
                              f"heads need a launch grid {grid}, past CUDA's limit of "
                              f"{MAX_GRID_YZ} blocks in y and z; split the batch or the heads")

@@ -53,17 +53,20 @@ def test_decode_refuses_an_out_of_the_wrong_shape_or_alignment(rng, make_out, ex
 
 
 def test_grid_limits_name_q(rng):
-    """Batch and heads past CUDA's grid y/z limit are refused before any launch."""
+    """Batch and heads past CUDA's grid y/z limit on the simt kernel (a block per sequence in
+    z, per KV head in y) are refused before any launch, naming q and k_cache, which give them
+    (the plan's check, per kernel: test_outsider_grid_hunt145 has the tensor-core one's)."""
     k = np.zeros((1, 1, 1, 16), np.float32)
     lens = np.ones(MAX_GRID_YZ + 1, np.int32)
     tables = np.zeros((MAX_GRID_YZ + 1, 1), np.int32)
     q = np.zeros((MAX_GRID_YZ + 1, 1, 16), np.float32)
-    with pytest.raises(ValueError, match=rf"^q: batch {MAX_GRID_YZ + 1} exceeds {MAX_GRID_YZ} "
-                                         r"sequences per launch \(CUDA's grid limit\)"):
+    limit = rf"past CUDA's limit of {MAX_GRID_YZ} blocks in y and z"
+    with pytest.raises(ValueError, match=rf"^q, k_cache: {MAX_GRID_YZ + 1} sequences .*{limit}"):
         paged_attention_decode(q, k, k, tables, lens)
     q = np.zeros((1, MAX_GRID_YZ + 1, 16), np.float32)
-    with pytest.raises(ValueError, match=rf"^q: {MAX_GRID_YZ + 1} heads exceed {MAX_GRID_YZ} "
-                                         r"per launch"):
+    k = np.zeros((1, 1, MAX_GRID_YZ + 1, 16), np.float32)
+    with pytest.raises(ValueError, match=rf"^q, k_cache: 1 sequences and {MAX_GRID_YZ + 1} query "
+                                         rf"heads over {MAX_GRID_YZ + 1} KV heads .*{limit}"):
         paged_attention_decode(q, k, k, tables[:1], lens[:1])
 
 
