@@ -8,6 +8,7 @@ using namespace pal;
 static int barrier(int line, int pred, int kind)
 {
     Fiber *f = cur;
+    report_bad_read(f);
     const int g = S.gen & 1;
     if (S.arrived == 0) S.bar_acc[g] = kind == 1 ? 1 : 0;
     if (kind == 0) S.bar_acc[g] += pred;
@@ -66,6 +67,7 @@ extern "C" unsigned long long __pal_warp_op(int line, int op, unsigned mask, uns
                                             int arg, int width)
 {
     Fiber *f = cur;
+    report_bad_read(f);
     Warp *w = &S.warps[f->warp];
     const int lane = f->lane;
     f->line = line; f->op = op; f->mask = mask;
@@ -154,6 +156,29 @@ extern "C" long long __pal_clock64(void)
     return (long long)ts.tv_sec * 1000000000LL + ts.tv_nsec;
 }
 
+#ifdef __ELF__
+// Takes one guard of poison out of a row's offset and of the section's length, which then
+// count the kernel's own bytes only; true when the row's 16 bytes overlap it.
+static bool skip_guard(uintptr_t lo, uintptr_t a, uintptr_t *off, uintptr_t *len)
+{
+    *len -= PAL_SHARED_GUARD;
+    if (lo + PAL_SHARED_GUARD <= a) *off -= PAL_SHARED_GUARD;
+    return lo + PAL_SHARED_GUARD > a && lo < a + 16;
+}
+
+// The guards between static __shared__ arrays (shim.h's PAL_SGUARD) and after the last
+// (runtime.cpp's, the section's last bytes: its object is linked after the kernel's): true
+// when the row overlaps one, running past (or before) an array, where the GPU's
+// compute-sanitizer reports the access, though the poison is inside the section.
+static bool skip_static_guards(uintptr_t a, uintptr_t *off, uintptr_t *len)
+{
+    bool in_guard = skip_guard((uintptr_t)__stop_pal_shared - PAL_SHARED_GUARD, a, off, len);
+    for (char **g = __start_pal_sguards; g && g < __stop_pal_sguards; ++g)
+        in_guard |= skip_guard((uintptr_t)*g, a, off, len);
+    return in_guard;
+}
+#endif
+
 // ldmatrix reads 16 bytes of shared memory at each row address; on the GPU a misaligned or
 // non-shared address faults (misaligned address / illegal address). Here the lane that gave
 // it is named, with where the address points.
@@ -163,19 +188,24 @@ extern "C" void __pal_check_ldmatrix_row(int line, const char *func, const void 
     const uintptr_t dyn_len = (uintptr_t)S.cfg->shared_mem;
 #ifdef __ELF__
     const uintptr_t st = (uintptr_t)__start_pal_shared;
-    const uintptr_t st_len = st ? (uintptr_t)(__stop_pal_shared - __start_pal_shared)
-                                  - PAL_SHARED_GUARD : 0u;   // the kernel's own bytes
+    const uintptr_t st_len = st ? (uintptr_t)(__stop_pal_shared - __start_pal_shared) : 0u;
 #endif
     int region = 0;   // 1 dynamic (or just past its end), 2 static shared memory
     uintptr_t off = 0, len = 0;
+    bool in_guard = false;
     if (a - dyn < dyn_len + 4096) { region = 1; off = a - dyn; len = dyn_len; }
 #ifdef __ELF__
-    else if (a - st < st_len) { region = 2; off = a - st; len = st_len; }
+    else if (a - st < st_len) {
+        region = 2; off = a - st; len = st_len;
+        in_guard = skip_static_guards(a, &off, &len);
+    }
 #else
     else if (a % 16 == 0) return;   // static __shared__ has no section here: cannot tell
 #endif
     const char *problem = a % 16 ? "is not 16-byte aligned"
                           : !region ? "is not in this block's shared memory"
+                          : in_guard ? "runs past the end (or before the start) of a static "
+                                       "__shared__ array, into the guard between arrays"
                           : off + 16 > len ? "runs past the end of shared memory" : nullptr;
     if (!problem) return;
     char where[160];

@@ -15,20 +15,37 @@ from __future__ import annotations
 #   a bare trap that says nothing), hence `array-bounds` there.
 #   Not on the package's own kernels (`bounds=False`: trusted, run on the GPU under
 #   compute-sanitizer): it cost their CPU runs up to 30% (the tiled prefill), in every lesson.
+# - With GCC, an access through a pointer past such an array (`float *p = acc; p[i]`, i = 4..7
+#   of a float acc[4], which landed in the thread's other locals or saved registers): GCC's
+#   object-size check, wherever it traces the pointer to its array (in the function, or a
+#   __device__ function inlined into it; not through a call that stays a call). It checks
+#   every access to an array of known size: CPU time of learner-shaped kernels (hunt 140,
+#   GCC 12, -O1, one worker): an accumulator loop over a float acc[16] +12 to 18%, a tiled
+#   matmul and a decode loop over local q and acc arrays within the noise (+-4%); hunt 113
+#   measured 35 to 40% on a tighter accumulator loop. The CPU tests' own kernels (test_cpu_
+#   executor, _hunt80, _bounds_hunt102, _counts, _racecheck; compiled, cached): 8.16 s of
+#   CPU time with it, 8.10 s without. Worth it: such a write corrupted the thread's saved
+#   registers (a wild fault elsewhere, or none) where the GPU reports it. It recovers, so that in `acc[k] += x`,
+#   where GCC checks the load before the index, the index check's report (index, array size)
+#   still comes first (ubsan.cpp defers a read). Clang's counterpart (local-bounds) is a bare
+#   trap, so Clang builds go without it.
 # Not the trap mode (-fsanitize-undefined-trap-on-error): GCC 12 traps every check alike.
-# Not object-size: it also stops a store through a pointer past such an array (`float *p =
-# acc; p[8] = x`), but it checks every access to an array of known size, which cost a learner
-# kernel's accumulator loop (`acc[k] += v` over a float acc[16]) 35 to 40% more CPU time
-# (GCC 12, -O1, hunt 113); in `acc[k] += x` it checks the load before the index, whose report
-# (index, array size) it would pre-empt. A write through a pointer past a static __shared__
-# array is found after the block instead (the guards of shim.h and runtime.cpp).
 # And at compile time: a variable-length array (`float acc[n];`, n not a constant expression;
 # `const int N = 8; float acc[N];` is none) is a GNU extension that NVRTC refuses ("expression
 # must have a constant value"), so it is refused here too, at its line (-Werror=vla).
+# And with GCC, -fno-weak: an inline or __forceinline__ __device__ function's statics (its
+# `__shared__` arrays, their guards) otherwise go in a COMDAT group of their own, which GCC
+# will not put in the pal_shared section beside the kernel's own ("section type conflict").
+# The kernel is one translation unit, linked once with the runtime (whose inline functions
+# stay weak), so no second definition can clash. (A template function's statics still leave
+# the section: GCC drops the section attribute there, see the README.)
 def kernel_flags(is_clang: bool, bounds: bool = True) -> list[str]:
     checks = "shift-exponent" + (f",{'array-bounds' if is_clang else 'bounds'}" if bounds
                                  else "")
-    return [f"-fsanitize={checks}", f"-fno-sanitize-recover={checks}", "-Werror=vla"]
+    # (object-size recovers: its handler defers a read, see ubsan.cpp)
+    pointers = [] if is_clang or not bounds else ["-fsanitize=object-size"]
+    return [f"-fsanitize={checks}", f"-fno-sanitize-recover={checks}", *pointers,
+            "-Werror=vla", *([] if is_clang else ["-fno-weak"])]
 
 
 # every form of either compiler's (the grader's sandbox allows these)

@@ -34,7 +34,7 @@ _ALLOWED_LIBRARIES = re.compile(r"^(libm|libmvec|libgcc_s|ld-linux[\w.-]*|ld64)\
 _ALLOWED_NAMES = re.compile(
     r"^(__pal_\w+|__tsan_\w+|threadIdx|blockIdx|blockDim|gridDim"
     # the handlers of the index and shift checks (ubsan.cpp)
-    r"|__ubsan_handle_(shift_)?out_of_bounds(_abort)?"
+    r"|__ubsan_handle_(shift_)?out_of_bounds(_abort)?|__ubsan_handle_type_mismatch_v1(_abort)?"
     # the stack protector; device new, malloc and free (memcpy, memmove and memset are the
     # hooks' by now: kernel_object.count_library_copies)
     r"|__stack_chk_fail|__stack_chk_guard|malloc|free|_Zn[wa]\w+"

@@ -273,9 +273,10 @@ def result_error(r, info: LaunchInfo) -> KernelError:
         return warp_error(r, info)
     if s == abi.SYSCALL:
         return syscall_error(r, info)
-    if s in (abi.BOUNDS, abi.SHIFT):
-        from .report_checks import bounds_error, shift_error  # noqa: PLC0415 - rare
-        return (bounds_error if s == abi.BOUNDS else shift_error)(r, info)
+    if s in (abi.BOUNDS, abi.SHIFT, abi.OBJSIZE):
+        from .report_checks import bounds_error, pointer_error, shift_error  # noqa: PLC0415
+        return {abi.BOUNDS: bounds_error, abi.SHIFT: shift_error,
+                abi.OBJSIZE: pointer_error}[s](r, info)
     if s == abi.RACE:
         from .race import race_error  # noqa: PLC0415 - only for the rare failed race check
         return race_error(r, info)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 
 from ..cuda_text import strip_comments
+from . import abi
 from .errors import KernelFault
 from .report import LaunchInfo, fmt3
 
@@ -185,3 +186,56 @@ def shared_guard_error(r, info: LaunchInfo) -> KernelFault:
         kernel=info.kernel, block=block, thread=None, address=r.addr, signal=None,
         access="write", buffer=None, arg_index=None, index=None, size=None,
         variable=last[0] if last else None, offset=sum(last[1:]) if last else None)
+
+
+def _accessed(info: LaunchInfo, file: str, line: int, column: int) -> tuple[str | None, str]:
+    """(the indexing expression GCC's object-size check points at, or None; the line's code).
+    GCC points a load or store of `acc[k] += x` at the subscript's `]`, a store `p[i] = x`
+    at its `=`, a load `float v = p[i];` at the declared name: the expression is read where
+    it can be, and the line is quoted whole."""
+    if not info.source or file != info.source[1]:
+        return None, ""
+    lines = info.source[2].splitlines()
+    text = lines[line - 1] if 0 < line <= len(lines) else ""
+    at = len(text.encode()[:column].decode(errors="ignore")) - 1
+    # just past the expression's last `]`: at it, or (a store) before the `=` there
+    stop = at + 1 if 0 <= at < len(text) and text[at] == "]" else \
+        len(text[:at].rstrip()) if 0 <= at < len(text) and text[at] == "=" else 0
+    expr = _subscript(info, file, line, len(text[:stop].encode()), 1) \
+        if stop > 0 and text[stop - 1] == "]" else None
+    if expr is None:   # a load: the line's one indexing expression, if it has one
+        opens = [m.end() - 1 for m in re.finditer(r"[A-Za-z_]\w*\s*\[", text)
+                 if not text[:m.start()].rstrip().endswith("]")]
+        close = _closing(text, opens[0]) if len(opens) == 1 else -1
+        expr = _subscript(info, file, line, len(text[:close + 1].encode()), 1) \
+            if close > 0 else None
+    return expr, " ".join(text.split())
+
+
+def pointer_error(r, info: LaunchInfo) -> KernelFault:
+    """An access through a pointer past a local or static `__shared__` array (GCC's
+    object-size check, ubsan.cpp): the thread stops there; the array a static `__shared__`
+    pointer ran past is named from the symbol table (a local one has no symbol)."""
+    type_name, file, offset = _checked(r)
+    expr, code = _accessed(info, file, r.line, r.op)
+    shared = r.region == abi.REGION_STATIC_SHARED
+    last = _shared_variable_before(info, offset) if shared else None
+    access = {1: "write", 0: "read"}.get(r.is_write, "access")
+    what = (f"static __shared__ array `{last[0]}` ({last[1]} bytes; byte {last[2]} past its "
+            f"end)" if last else "a static __shared__ array" if shared else
+            "a local array" if r.region == abi.REGION_STACK else "an array")
+    through = f"`{expr}`" if expr else "a pointer"
+    article = "an" if type_name[:1] in tuple("aeiou") else "a"   # an int, an unsigned
+    return KernelFault(
+        f"kernel {info.kernel!r}: out-of-bounds {access} of {article} {type_name} through "
+        f"{through} past the end of {what} at {_where(info, file, r.line)}"
+        f"{f' (`{code}`)' if code and code != expr else ''}{info.where(r)}. The CPU executor "
+        f"stops here; on a GPU it {'overwrites' if r.is_write == 1 else 'reads'} another "
+        f"variable, or faults. A pointer into an array must stay inside it: check the "
+        f"index or offset added to it.",
+        region="static shared memory" if shared else "local or shared array",
+        kernel=info.kernel, block=tuple(r.block), thread=tuple(r.thread), address=r.addr,
+        signal=None, access=access if access != "access" else None, buffer=None,
+        arg_index=None, index=None, size=None, array=expr or (last[0] if last else None),
+        line=r.line, variable=last[0] if last else None,
+        offset=sum(last[1:]) if last else None)

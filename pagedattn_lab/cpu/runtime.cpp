@@ -177,6 +177,7 @@ int run_block(uint64_t b)
         f->tid.z = (unsigned)i / (bx * by);
         f->lane = i & 31; f->warp = i >> 5;
         f->state = PAL_T_RUN; f->line = 0; f->op = 0; f->mask = 0; f->gen = 0;
+        f->bad_read = nullptr;
         start_fiber(f, i);
     }
     for (int w = 0; w < S.nwarps; ++w) { S.warps[w].exited = 0; S.warps[w].waiting = 0; }
@@ -227,6 +228,7 @@ extern "C" PAL_HIDDEN void pal_fiber_main(void)
 {
     S.cfg->entry(S.cfg->args);
     Fiber *f = cur;
+    report_bad_read(f);
     f->state = PAL_T_EXITED;
     S.live--;
     S.warps[f->warp].exited |= 1u << f->lane;

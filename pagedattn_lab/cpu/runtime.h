@@ -37,6 +37,9 @@ enum {
     // msg the array's or shifted value's type name, a tab, the file of the line
     PAL_BOUNDS = 10,    // an index past an array of known size (local, static __shared__)
     PAL_SHIFT = 11,     // a shift by a negative amount or by at least the value's width
+    // and addr the pointer, offset it library-relative, is_write, region (static shared or
+    // stack), msg the accessed type's name, a tab, the file:
+    PAL_OBJSIZE = 12,   // an access through a pointer past a local or static __shared__ array
 };
 
 // Where a faulting address lies, when the worker can tell (pal_result.region).

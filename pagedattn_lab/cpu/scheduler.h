@@ -47,6 +47,10 @@ struct Fiber {
     int state, line, op;
     unsigned mask;
     int gen;
+    // a read past a local or static __shared__ array (ubsan.cpp), reported where the thread
+    // next meets the scheduler unless an index check of the same access comes first
+    const void *bad_read;
+    uintptr_t bad_read_at;
 #ifdef PAL_UC
     ucontext_t uc;
 #endif
@@ -104,6 +108,9 @@ inline void suspend(Fiber *f)
 
 // Record an error of the running fiber and never run this block again.
 [[noreturn]] void fail(int status);
+
+// Fail with the fiber's deferred read past an array, if it has one (ubsan.cpp).
+void report_bad_read(Fiber *f);
 
 // Instrumented launches (instrument.cpp): called by the scheduler when S.instr is set.
 void instr_worker_begin();

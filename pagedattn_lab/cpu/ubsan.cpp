@@ -1,11 +1,13 @@
 // The handlers of the compiler's checks on kernel code (kernel_checks.py's flags, in the
 // layout GCC and Clang share with their sanitizer library, which is not linked): an index
 // past an array whose size the compiler knows (a local `float acc[8]`, a static __shared__
-// `float s[32]`), and a shift by a negative amount or by at least the value's width. Each
-// fails the launch, naming the thread, the line and the values (report.py words it). This
-// file is compiled without the checks (the compiler declares these names itself there).
+// `float s[32]`), an access through a pointer past such an array (`float *p = acc; p[8]`,
+// GCC's object-size check), and a shift by a negative amount or by at least the value's
+// width. Each fails the launch, naming the thread, the line and the values (report.py and
+// report_checks.py word it). This file is compiled without the checks (the compiler
+// declares these names itself there).
 #include <stdio.h>
-#include "scheduler.h"
+#include "instrument.h"
 
 using namespace pal;
 
@@ -15,6 +17,9 @@ struct SourceLocation { const char *file; uint32_t line, column; };
 struct TypeDescriptor { uint16_t kind, info; char name[1]; };   // name: "'float [8]'"
 struct OutOfBoundsData { SourceLocation loc; const TypeDescriptor *array, *index; };
 struct ShiftData { SourceLocation loc; const TypeDescriptor *lhs, *rhs; };
+// type_check_kind: 0 a load, 1 a store, more: a member access, a reference bound, ...
+struct TypeMismatchData { SourceLocation loc; const TypeDescriptor *type;
+                          unsigned char log_alignment, type_check_kind; };
 
 // An integer operand's value: inline when it fits a pointer (kind 0: integer; info: log2 of
 // its width in bits << 1 | signed). A wider one is passed by address: read its low 64 bits.
@@ -39,18 +44,62 @@ int64_t int_value(const TypeDescriptor *t, uintptr_t handle)
     fail(status);
 }
 
+// An access of d's kind through ptr, past the object the compiler traced it to.
+[[noreturn]] void report_past_object(const TypeMismatchData *d, uintptr_t ptr)
+{
+    pal_result *r = S.res;
+    r->addr = ptr;
+    r->is_write = d->type_check_kind == 0 ? 0 : d->type_check_kind == 1 ? 1 : -1;
+#ifdef __ELF__
+    if (ptr - (uintptr_t)__start_pal_shared < (uintptr_t)(__stop_pal_shared - __start_pal_shared))
+        r->region = PAL_REGION_STATIC_SHARED;
+    else
+#endif
+        r->region = ptr - (uintptr_t)S.stacks < S.stacks_len ? PAL_REGION_STACK
+                                                              : PAL_REGION_UNKNOWN;
+    report(PAL_OBJSIZE, d->loc, d->type, (int64_t)lib_offset(ptr));
+}
+
 }  // namespace
+
+// A read past an array is reported only when the thread next meets the scheduler (or makes
+// another bad access): in `acc[k] += x` GCC checks the load before the index, whose report
+// (the index, the array's size) says more; the value read is the neighbouring variable's.
+void pal::report_bad_read(Fiber *f)
+{
+    if (f->bad_read) report_past_object((const TypeMismatchData *)f->bad_read, f->bad_read_at);
+}
 
 extern "C" {
 // (-fno-sanitize-recover: the compilers call only the _abort forms; both are here, so that
 // a kernel built with recovery on still links and reports)
 void __ubsan_handle_out_of_bounds_abort(OutOfBoundsData *d, uintptr_t index)
 {
+    const TypeMismatchData *read = (const TypeMismatchData *)cur->bad_read;
+    if (read && (read->loc.line != d->loc.line || read->loc.column != d->loc.column))
+        report_bad_read(cur);   // an earlier access's, not this index's load
     report(PAL_BOUNDS, d->loc, d->array, int_value(d->index, index));
 }
 void __ubsan_handle_out_of_bounds(OutOfBoundsData *d, uintptr_t index)
 {
     __ubsan_handle_out_of_bounds_abort(d, index);
+}
+// (object-size recovers, -fsanitize-recover: this one returns for a read, see above)
+void __ubsan_handle_type_mismatch_v1(TypeMismatchData *d, uintptr_t ptr)
+{
+    Fiber *f = cur;
+    if (d->type_check_kind == 0 && !f->bad_read) {
+        f->bad_read = d;
+        f->bad_read_at = ptr;
+        return;
+    }
+    report_bad_read(f);   // the first bad access
+    report_past_object(d, ptr);
+}
+void __ubsan_handle_type_mismatch_v1_abort(TypeMismatchData *d, uintptr_t ptr)
+{
+    report_bad_read(cur);
+    report_past_object(d, ptr);
 }
 void __ubsan_handle_shift_out_of_bounds_abort(ShiftData *d, uintptr_t, uintptr_t amount)
 {

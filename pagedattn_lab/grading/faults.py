@@ -76,6 +76,10 @@ def _array_hint(exc) -> str:
     """The hint for an index past a local or static __shared__ array: its valid range."""
     index, size = _get(exc, "index"), _get(exc, "size")
     where = f"{_get(exc, 'array') or 'the index'} at line {_get(exc, 'line')}"
+    if index is None:   # through a pointer (the executor's object-size check): no index
+        return (f"{where} reads or writes through a pointer past the end of the array it "
+                f"points into: check the pointer's offset and the loop bound against the "
+                f"array's size.")
     if not size:   # unknown (a variable-length array), or an array of none
         return f"check {where}: the index is past the array."
     side = "below 0" if int(index) < 0 else f"past the last element ({int(size) - 1})"
@@ -170,7 +174,7 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
         if _get(exc, "region") == "static shared memory":   # through a pointer, no thread
             name = _get(exc, "variable")
             return text.split(": ", 1)[-1], (
-                "a write through a pointer ran past "
+                f"a {_get(exc, 'access') or 'write'} through a pointer ran past "
                 + (f"the static __shared__ array `{name}` (the pointer may start in an "
                    "array before it)" if name else "a static __shared__ array")
                 + ": check the pointer's offset and the loop bound against the array's size.")
