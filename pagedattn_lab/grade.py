@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .grading import gradebook, isolation, seeds
+from .grading.submissions import find_notebooks, not_graded, not_read, too_large
 from .grading.time_limits import CASE_TIME_LIMIT
 from .grading.runner import graded_tasks
 from .grading.report import text_of
@@ -83,54 +84,6 @@ class Run:
     seed_ready: threading.Event | None = None
 
 
-def _is_notebook(path: Path) -> bool:
-    return path.suffix.lower() == ".ipynb"   # "Work.IPYNB" from some systems included
-
-
-def _submitted(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(notebooks, other files) under `folder`: nothing hidden (Jupyter's checkpoints,
-    .DS_Store, .git, an editor's .~lock files) and nothing of a Mac zip's __MACOSX folder (its
-    `._name.ipynb` copies are no submissions)."""
-    notebooks, others = [], []
-    for f in sorted(folder.rglob("*")):
-        parts = f.relative_to(folder).parts
-        if not f.is_file() or "__MACOSX" in parts or any(p.startswith(".") for p in parts):
-            continue
-        (notebooks if _is_notebook(f) else others).append(f)
-    return notebooks, others
-
-
-def find_notebooks(paths, others: list | None = None) -> list[tuple[Path, str]]:
-    """(path, display name) for each notebook under `paths`, skipping checkpoints; the
-    other files of the folders in `paths` are appended to `others` (when given) the same
-    way: a learner's workbook saved as .py or .txt is then not silently left out."""
-    found, skipped = [], []
-    for raw in paths:
-        path = Path(raw)
-        if path.is_dir():
-            inside, rest = _submitted(path)
-            if not inside:   # else an empty table that reads as "graded, nothing failed"
-                raise FileNotFoundError(f"{raw}: no *.ipynb notebook in this folder")
-            found += [(nb, str(nb.relative_to(path))) for nb in inside]
-            skipped += [(f, str(f.relative_to(path))) for f in rest]
-        elif path.is_file():
-            found.append((path, str(path)))
-        else:
-            raise FileNotFoundError(f"{raw}: no such file or folder")
-    # a file named twice (`grade a.ipynb a.ipynb`, or a folder and a file in it) once: the
-    # gradebook counts a submission's rows by its name
-    first = {}
-    for f, name in found:
-        first.setdefault(f.resolve(), (f, name))
-    found = list(first.values())
-    names = [name for _, name in found + skipped]
-    if len(set(names)) < len(names):  # e.g. two folders holding the same file names
-        found, skipped = ([(f, str(f)) for f, _ in group] for group in (found, skipped))
-    if others is not None:
-        others += skipped
-    return found
-
-
 def _compiler() -> list[str] | None:
     """The instructor's C++ compiler ($CXX or the first found): the only one graded
     kernels are built with."""
@@ -163,14 +116,15 @@ def _build_seed_cache(run: Run) -> None:
         run.seed_ready.set()
 
 
-def _start_judge(fd: int, kernel_fd: int, private: Path, salt: int, tasks: list[str]
-                 ) -> subprocess.Popen:
+def _start_judge(fd: int, kernel_fd: int, private: Path, salt: int, tasks: list[str],
+                 memory_mb: int = 0) -> subprocess.Popen:
     with open(private / "judge.log", "wb") as log:
         judge = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.judge", str(fd),
                                   str(kernel_fd)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
                                  pass_fds=[fd, kernel_fd], start_new_session=True)
-    settings = {"salt": salt, "tasks": tasks, "call_timeout": CASE_TIME_LIMIT + 30}
+    settings = {"salt": salt, "tasks": tasks, "call_timeout": CASE_TIME_LIMIT + 30,
+                "memory_mb": memory_mb}
     judge.stdin.write((json.dumps(settings) + "\n").encode())
     judge.stdin.flush()   # kept open: closing it tells the judge its sandbox is gone
     return judge
@@ -191,6 +145,16 @@ def _judge_report(judge: subprocess.Popen, private: Path) -> tuple[dict | None, 
         return None, (log[-1] if log else f"exit code {judge.returncode}")
 
 
+def _submission_bytes(path: Path, limit: int) -> bytes | None:
+    """The file's bytes, or None past `limit` (read no further): a notebook of gigabytes (a
+    sparse file in a learner's archive takes no room there) was copied whole to the grader's
+    temporary folder and read whole into its memory, and the MemoryError ended the run
+    without a table."""
+    with open(path, "rb") as fh:
+        data = fh.read(limit + 1)
+    return data if len(data) <= limit else None
+
+
 def grade_notebook(path: Path, name: str, run: Run) -> list[Row]:
     """Run one notebook in its sandbox with its judge; its rows for the table."""
     private = Path(tempfile.mkdtemp(prefix="nb-", dir=run.workdir))
@@ -198,15 +162,22 @@ def grade_notebook(path: Path, name: str, run: Run) -> list[Row]:
     ends = [*socket.socketpair(), *socket.socketpair()]
     judge = kernel_box = None
     try:
+        try:
+            data = _submission_bytes(path, run.limits.file_mb << 20)
+        except OSError as exc:   # e.g. mode 000 from a learner's archive (it ended the run)
+            return not_read(name, expected_tasks(path), clean(
+                f"not graded: the grader could not read the file ({exc})"), True)
+        if data is None:
+            return not_read(name, expected_tasks(path), too_large(run.limits.file_mb))
         notebook = private / "submission.ipynb"
-        shutil.copyfile(path, notebook)
+        notebook.write_bytes(data)
         run.seed_ready.wait()
         judge_end, box_end, judge_kernel_end, kernel_end = ends
         # A workbook's judge checks only that workbook's tasks: another lesson's task,
         # checked here, would be a row of this notebook's that its own workbook never had.
         judge = _start_judge(judge_end.fileno(), judge_kernel_end.fileno(), private,
-                             seeds.submission_salt(run.seed, notebook.read_bytes()),
-                             expected_tasks(path) or graded_tasks())
+                             seeds.submission_salt(run.seed, data),
+                             expected_tasks(path) or graded_tasks(), run.limits.judge_mb)
         box_settings = dict(notebook=notebook, name=Path(name).name, timeout=run.timeout,
                             limits=run.limits, compiler=run.compiler, seed_cache=run.seed_cache)
         # The learner's CUDA C runs in a sandbox of its own (grading/kernel_host.py), which
@@ -256,11 +227,6 @@ def _warn(level: isolation.Level) -> None:
           f"work like this.\nWhy: {level.reason}\n{BANNER}", file=sys.stderr, flush=True)
 
 
-def _not_graded(name: str) -> Row:
-    return Row(name, NOTEBOOK_ROW, "error", "not graded: not a notebook (a .ipynb file); "
-               "ask for the workbook saved from Jupyter")
-
-
 def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolation_level="auto",
           outputs=(), limits: isolation.Limits | None = None, seed: int | None = None
           ) -> list[Row]:
@@ -296,7 +262,7 @@ def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolatio
     try:
         with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             graded = [row for table in pool.map(one, notebooks) for row in table]
-        return graded + [_not_graded(name) for _, name in others]
+        return graded + [not_graded(path, name) for path, name in others]
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         _warn(level)

@@ -11,12 +11,14 @@ costs minutes; one small end-to-end run grades two tiny notebooks.
 import csv
 import io
 import re
+from pathlib import Path
 
 import nbformat
 import pytest
 
 from pagedattn_lab import grade
 from pagedattn_lab.grading import gradebook
+from pagedattn_lab.grading.submissions import not_graded
 from pagedattn_lab.grading.table import Row, rows, to_csv
 
 SIZING = ["pages_needed", "reserved_waste", "paged_waste"]   # workbook 00's tasks
@@ -73,7 +75,7 @@ def test_the_counts_add_up_by_result_in_the_tables_order():
     second = rows("a/00_why_paging.ipynb", SIZING, {"exit": 0},
                   _report(pages_needed="passed", reserved_waste="passed",
                           paged_waste="passed"), 60)
-    book = _book(first + second + [grade._not_graded("notes.txt")])
+    book = _book(first + second + [not_graded(Path("notes.txt"), "notes.txt")])
     assert [e["file"] for e in book] == ["z/01_page_table.ipynb", "a/00_why_paging.ipynb",
                                          "notes.txt"]
     assert [(e["passed"], e["failed"], e["not_attempted"], e["not_run"], e["tasks"])

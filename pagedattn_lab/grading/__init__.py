@@ -24,4 +24,5 @@ The instructor's grader (`pagedattn_lab.grade`) keeps verdicts out of the submis
     wire.py, channel.py  its values (JSON + raw array bytes) and frames
     table.py             the grade table; sandbox.py: the audit hook of the no-isolation level
     gradebook.py         the gradebook (--summary): one line per file, counted from the table
+    submissions.py       the files found in the folders graded: notebooks, and the rest
 """

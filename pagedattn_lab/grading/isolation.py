@@ -51,8 +51,10 @@ KEPT_ENV_PREFIXES = ("CUDA_", "NVIDIA_", "PAGEDATTN_LAB_CPU_")
 
 @dataclass
 class Limits:
-    """What one submission may use. memory_mb 0 = no address-space limit (CUDA needs that)."""
+    """What one submission may use. memory_mb 0 = no address-space limit (CUDA needs that);
+    judge_mb: the heap of its judge, the grader's process that reads its answers (0: none)."""
     memory_mb: int = 4096
+    judge_mb: int = 8192
     processes: int = 256
     open_files: int = 512
     file_mb: int = 256

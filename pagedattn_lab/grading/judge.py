@@ -29,6 +29,7 @@ import contextlib
 import io
 import json
 import os
+import resource
 import socket
 import sys
 from collections import Counter
@@ -36,7 +37,7 @@ from collections import Counter
 from . import own_work, remote, remote_errors, seeds, wire
 from .channel import Channel
 from .kernel_runner import kernels_elsewhere
-from .report import FAILED, PASSED
+from .report import FAILED, PASSED, text_of
 
 MAX_EVENTS = 50
 MAX_SUMMARY = 2000
@@ -182,11 +183,27 @@ class Judge:
             pass
         except wire.ProtocolError as exc:
             self.broken = f"the submission broke the grader's protocol: {exc}"[:300]
+        except MemoryError as exc:   # (limit_memory) what the sandbox sent, outside a check
+            self.broken = (f"the submission's messages took more memory than the grader's "
+                           f"judge may use: {text_of(exc)}")[:300]
 
     def report(self) -> dict:
         return {"tasks": self.results, "running": self.interrupted,
                 "cell_errors": self.cell_errors, "finished": self.finished,
                 "broken": self.broken}
+
+
+def limit_memory(mb: int) -> None:
+    """Bound this process's heap at `mb` MiB (0: no bound). The learner's answers are data,
+    but data a check turns into something larger (a list of empty strings and one long one,
+    made an array: every item as long as the longest) filled the grader's machine in one
+    NumPy call: now it is a MemoryError, a failed case of that submission. RLIMIT_DATA, not
+    the sandbox's RLIMIT_AS: it counts what is written (malloc, NumPy), not address space
+    reserved and never used (CUDA's)."""
+    if mb > 0:
+        _, hard = resource.getrlimit(resource.RLIMIT_DATA)
+        soft = mb << 20 if hard == resource.RLIM_INFINITY else min(mb << 20, hard)
+        resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
 
 
 def _read_line(fd: int) -> bytes:
@@ -203,6 +220,7 @@ def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     settings = json.loads(_read_line(0) or b"{}")
     call_timeout = float(settings.get("call_timeout", 60))
+    limit_memory(int(settings.get("memory_mb", 0)))
     channel = Channel(socket.socket(fileno=int(argv[0])), abort_fd=0)   # stdin closed: the
     kernels = Channel(socket.socket(fileno=int(argv[1])), abort_fd=0)   # sandbox is gone
     judge = Judge(remote.Peer(channel, strict=True, call_timeout=call_timeout),

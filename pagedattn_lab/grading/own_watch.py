@@ -117,6 +117,17 @@ def _trampoline(*args, **kwargs):
 
 
 _TRAMPOLINE = _trampoline.__code__
+
+
+def trampoline(code: types.CodeType, namespace: dict) -> bool:
+    """A Watch's trampoline standing in for a package function: its frame wears the
+    function's name, file and first line, and is no file's code (package_code), so an error
+    a check's own code raised during a check was put at the line after that function's `def`
+    (remote_errors.learner_frame)."""
+    return code.co_code == _TRAMPOLINE.co_code and code.co_names == _TRAMPOLINE.co_names \
+        and namespace.get(_TRIPWIRE) is _called
+
+
 # the grader's modules whose functions compute expected values (not its machinery: the
 # sandbox's audit hooks, the channel and the runner are called from the learner's frames)
 _EXPECTED_MODULES = ("cases", "variants", "decode_variants", "quant_variants")

@@ -201,6 +201,10 @@ def _describe_exception(exc: BaseException) -> tuple[str, str]:
     described = describe_kernel_exception(exc)
     if described is not None:
         return described
+    if isinstance(exc, MemoryError):   # (under the grader, also the judge's heap limit)
+        return (f"ran out of memory (MemoryError: {text_of(exc)}){_learner_frame(exc)}",
+                "the case needed far more memory than the task's sizes call for: your code "
+                "built, or returned, something much larger than the result the spec asks for.")
     return (f"raised {type(exc).__name__}: {text_of(exc)}{_learner_frame(exc)}",
             "read the error above; the spec in the task's prompt says what each input holds.")
 

@@ -84,14 +84,26 @@ def set_limits(limits: dict) -> None:
 
 
 def code_cells(path: str) -> list[tuple[int, str]]:
-    """(index among all cells, source) of every code cell."""
+    """(index among all cells, source) of every code cell; ValueError for JSON that is no
+    notebook's (a list, a cell that is no object, a source that is no text: they raised
+    AttributeError or TypeError here, and the table said only that the process died)."""
     with open(path, encoding="utf-8") as fh:
-        nb = json.load(fh)
+        try:
+            nb = json.load(fh)
+        except RecursionError:
+            raise ValueError("its JSON is nested too deeply") from None
+    found = nb.get("cells", []) if isinstance(nb, dict) else None
+    if not isinstance(found, list) or not all(isinstance(cell, dict) for cell in found):
+        raise ValueError('its JSON holds no list of cells ({"cells": [{...}, ...]})')
     cells = []
-    for index, cell in enumerate(nb.get("cells", [])):
+    for index, cell in enumerate(found):
         if cell.get("cell_type") == "code":
             source = cell.get("source", "")
-            cells.append((index, "".join(source) if isinstance(source, list) else str(source)))
+            if isinstance(source, list) and all(isinstance(line, str) for line in source):
+                source = "".join(source)
+            if not isinstance(source, str):
+                raise ValueError(f"the source of cell {index + 1} is not text")
+            cells.append((index, source))
     return cells
 
 

@@ -37,7 +37,11 @@ class Row:
 
 
 def clean(text) -> str:
-    text = " ".join(_CONTROL.sub(" ", str(text)).split())
+    # A lone surrogate (a learner's exception message "\ud800", a file name of bytes that are
+    # no UTF-8) is no character UTF-8 can write: printing the table raised, after every
+    # notebook was graded, and no table was written. It is shown escaped.
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    text = " ".join(_CONTROL.sub(" ", text).split())
     return shortened(text, MAX_MESSAGE)
 
 
