@@ -75,6 +75,9 @@ def test_lesson_11_tells_how_to_read_the_log_axis_of_the_levels_figure():
     assert "logarithmic" in before and "ratio" in before
 
 
-def test_lesson_11_warns_that_the_engine_comparison_takes_half_a_minute():
+def test_lesson_11_warns_how_long_the_engine_comparison_takes():
+    # (hunt 141: "about half a minute" read low on a busy machine; the cell now runs 12 tokens
+    # per request and the lesson gives its time idle and with the cores shared or compiling)
     before = _markdown_before_code("11", r"greedy_agreement")
-    assert "half a minute" in before
+    assert re.search(r"about \d+ s on an idle 2-core machine", before), before[-400:]
+    assert re.search(r"\d+-\d+ s in our runs the first time", before), before[-400:]

@@ -238,6 +238,30 @@ def _sweep_case(fn, seed: int, count: int) -> None:
                  f"max_chunk {max_chunk}, watermark {watermark}: ")
 
 
+# What each targeted case is drawn to expose (the rule an answer cannot do without there),
+# printed as the case's name: a learner who fails a case reads which rule it tests.
+TARGETS = {
+    "decodes_first": "running requests before waiting prompts",
+    "chunk": "a prompt chunk of at most max_chunk",
+    "use_watermark": "the watermark left free",
+    "use_budget": "the step's token budget",
+    "charge_running": "the running requests' new pages taken first",
+    "fcfs": "first come, first served",
+    "chunk_running": "a running prefill's chunk of at most max_chunk",
+    "partial": "a partial chunk where the budget runs out",
+    "stop_when_spent": "no request once the budget is spent",
+    "at_most": "a prompt that fits the pages left exactly",
+    "ceil_cost": "a chunk's pages rounded up",
+    "charge_waiting": "each admitted prompt's pages taken",
+    "budget_waiting": "each admitted prompt's tokens taken from the budget",
+    "clamp": "pages taken ahead, none given back",
+    "chunk_cost": "a prompt priced by its chunk",
+    "divide": "a page size that is not a power of two",
+    "charge_growth": "new tokens that fill a running request's last page",
+    "exact_ceil": "a chunk of a whole number of pages",
+}
+
+
 def schedule_step(fn) -> CheckResult:
     """Check `fn(running, waiting, budget, free_pages, watermark, page_size, max_chunk)`."""
     specs = [  # page_size, budget, max_chunk, watermark; the rule the case cannot do without
@@ -250,8 +274,8 @@ def schedule_step(fn) -> CheckResult:
         (4, 40, 16, 0, "budget_waiting"), (4, 64, 16, 1, "clamp"), (4, 64, 8, 1, "chunk_cost"),
         (6, 64, 20, 1, "divide"),   # (every page_size but this one is a power of two)
         (4, 64, 16, 1, "charge_growth"), (4, 64, 16, 1, "exact_ceil")]
-    cases = [Case("random batch", {"page_size": p, "budget": b, "max_chunk": c,
-                                   "watermark": w},
+    cases = [Case("targets " + TARGETS[e] + (", running requests alone over it" if r else ""),
+                  {"page_size": p, "budget": b, "max_chunk": c, "watermark": w},
                   lambda i=i, p=p, b=b, c=c, w=w, e=e, r=r: _step_case(fn, 1220 + i, p, b, c,
                                                                        w, e, *r))
              for i, (p, b, c, w, e, *r) in enumerate(specs)]

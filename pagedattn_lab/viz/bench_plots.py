@@ -16,6 +16,7 @@ taken on an H100 while the course was written (see the function for the source).
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
@@ -210,11 +211,20 @@ def copy_bandwidth(data) -> float | None:
 
 
 def describe(data) -> str:
-    """"<gpu> (<date>)" for a bench document, for titles and printouts."""
+    """"<gpu>, <date>" for a bench document, for titles and printouts: a run's timestamp
+    (ISO 8601 to the second, bench/run.py) to the minute, "2026-12-04 06:18 UTC"."""
     if not isinstance(data, dict):
         return "benchmark"
-    where = data.get("gpu") or data.get("device") or "?"
-    return f"{where} ({data.get('date', '?')})"
+    where, date = data.get("gpu") or data.get("device") or "?", str(data.get("date", "?"))
+    try:
+        when = dt.datetime.fromisoformat(date)
+    except ValueError:
+        return f"{where}, {date}"   # not ISO 8601: as recorded
+    if "T" not in date:             # a day alone
+        return f"{where}, {when:%Y-%m-%d}"
+    if when.tzinfo is None:         # no zone recorded: the clock as written
+        return f"{where}, {when:%Y-%m-%d %H:%M}"
+    return f"{where}, {when.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
 
 
 def yardstick(data, *, workload: str = "D64", kernel: str | None = None) -> dict:

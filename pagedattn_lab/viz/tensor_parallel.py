@@ -56,10 +56,11 @@ def plot_head_split(num_heads: int, num_kv_heads: int, world_size: int, pages):
         n_own = h.kv_stop - h.kv_start
         for i, page in enumerate(pages):
             _box(ax, x0 + i, 3.0, 1, 0.5, "white", str(page))
-            for j in range(n_own):
-                _box(ax, x0 + i, 2.2 - 1.6 * j / max(n_own, 1), 1, 1.6 / max(n_own, 1) * 0.95,
+            for j in range(n_own):   # its KV heads share [1.4, 3.0), under the page id
+                _box(ax, x0 + i, 3.0 - 1.6 * (j + 1) / n_own, 1, 1.6 / n_own * 0.95,
                      mine, f"kv{h.kv_start + j}", "white")
-        ax.text(x0, 3.75, "block table (the same on every rank)", fontsize=8)
+        ax.text(x0, 3.75, "page ids (the block table's row, the same on every rank)",
+                fontsize=8)
         ax.text(-0.2, 3.3, f"GPU {rank}: query heads {h.q_start}-{h.q_stop - 1}, KV heads "
                 f"{h.kv_start}-{h.kv_stop - 1}", fontsize=9, weight="bold")
         ax.set_xlim(-0.5, x0 + len(pages) + 0.5)
