@@ -13,8 +13,10 @@ answers itself; a workbook's judge checks that workbook's tasks only (lessons.py
 file name; a notebook of no known workbook, any task). Tasks the notebook never checked
 are "not run". The table (notebook, task, result, message) is printed as Markdown, and
 written as CSV or Markdown for each --out, by its suffix, after every sandbox is gone
-(TABLE_HELP: what its columns hold). A file in a given folder that is not a notebook has
-a row saying it was not graded. --summary writes the gradebook, one line per file
+(TABLE_HELP: what its columns hold). A file in a given folder that is not a notebook, or
+is a symbolic link, has a row saying it was not graded (grading/submissions.py); a notebook
+over Limits.file_mb, or one the grader cannot read, is not run. Each judge's heap is bounded
+(Limits.judge_mb). --summary writes the gradebook, one line per file
 (grading/gradebook.py). The seed of the cases is printed first (seeds.py).
 """
 from __future__ import annotations
@@ -55,17 +57,18 @@ The table, one row per (notebook, task), printed as Markdown and written by --ou
   task      a task of the notebook's workbook (its file name's NN_name), or {NOTEBOOK_ROW}
   result    pass | fail | not attempted (the stub untouched) | not run (its check never
             ran: message says why) | error (only in the {NOTEBOOK_ROW} row, present when the
-            notebook had trouble: a cell raised, the time limit, not a notebook)
+            notebook had trouble: a cell raised, the time limit, not a notebook, a link,
+            over the size a file may be, unreadable)
   message   the first failing case (expected, got, hint), or why the task was not run
 Only "pass" earns a task. Seeds: the cases are drawn from the seed printed first; the same
 file graded again with --seed N meets the same cases (to reproduce a learner's result).
 Exit status: 0 when the table was made (whatever the learners' results), 2 when nothing
 was graded (no notebook found, an --out or --summary that cannot be written, an
 isolation level that is not possible here, a bad option), {EXIT_GRADER_FAILED} when the table (and
-gradebook) was written but the grader itself failed on a notebook (its judge, or its
-sandbox could not be run: grader_failed 1 in the gradebook, its tasks "not run", its
-(notebook) row says why): grade that file again (a submission that ends its own sandbox can
-look the same: if it fails again, read the notebook).
+gradebook) was written but the grader itself failed on a notebook (its judge or its
+sandbox could not be run, or the file could not be read: grader_failed 1 in the gradebook,
+its tasks "not run", its (notebook) row says why): grade that file again (a submission
+that ends its own sandbox can look the same: if it fails again, read the notebook).
 """
 
 __all__ = ["Row", "find_notebooks", "grade", "main", "to_csv", "to_markdown"]

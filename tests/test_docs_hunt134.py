@@ -8,6 +8,10 @@ copy (a strided one is refused, naming `.contiguous()`), left out that fp8 pages
 float8_e4m3fn are refused (naming `.view(torch.uint8)` / `.view(np.uint8)`), and gave tensor-core
 decode every multiple of 16 as a head size (16 to 256); ARCHITECTURE's package table did not
 name where the one strided-array refusal, the torch sharing and the storage-dtype refusal live.
+
+Hunt 152 adds the classes of reference no test checked: every file the READMEs and
+docs/ENGINE.md name, every `Class.attr` of a package class, every bare function, option or
+environment variable name.
 """
 from __future__ import annotations
 
@@ -169,3 +173,126 @@ def test_slot_mapping_takes_a_strided_torch_table_as_its_docstring_says():
     assert slots.tolist() == [2 * 4, 3 * 4]                  # position 4: page index 1, slot 0
     with pytest.raises(ValueError, match=r"call block_tables\.contiguous\(\)"):
         pal.to_csr(tables, lens, 4)
+
+
+# -- classes of reference no test checked (hunt 152) ---------------------------------------------
+DOCS = ("README.md", "docs/ARCHITECTURE.md", "docs/ENGINE.md", "pagedattn_lab/cpu/README.md",
+        "benchmarks/STARTING_POINT.md")
+# where a doc's relative file name may be read from (ARCHITECTURE's own check: test_prose_hunt87)
+FOLDERS = (ROOT, PKG, *(p for p in PKG.iterdir() if (p / "__init__.py").exists()), PKG / "kernels",
+           ROOT / "benchmarks", ROOT / "docs")
+# files named that are not this repository's: CUDA's headers, CuPy's source, a cache's file
+OUTSIDE = {"cuda_bf16.h", "cuda_fp16.h", "cuda_fp8.h", "mma.h", "cupy/cuda/compiler.py",
+           "flags.json"}
+_FILE = r"[\w.-]+\.(?:py|cu|cuh|sh|md|cpp|h|S|ipynb|json|txt|png|toml|yml)"
+
+
+def test_every_file_the_readmes_and_the_engine_doc_name_exists():
+    """A path with a folder anywhere in the text, and a bare file name in backticks."""
+    bad = []
+    for doc in ("README.md", "docs/ENGINE.md", "pagedattn_lab/cpu/README.md"):
+        text = (ROOT / doc).read_text(encoding="utf-8")
+        names = set(re.findall(rf"(?<![\w/.-])([\w-]+(?:/[\w.-]+)*/{_FILE})(?![\w/])", text))
+        names |= set(re.findall(rf"`({_FILE})`", text))
+        for name in sorted(names - OUTSIDE):
+            if "..." not in name and not any((f / name).exists() for f in FOLDERS):
+                bad.append(f"{doc}: {name}")
+    assert not bad, f"named but not there: {bad}"
+
+
+def _class_attributes() -> dict[str, tuple[set[str], list[str]]]:
+    """Each class of the package -> (the names its body defines or assigns on self, its bases)."""
+    found: dict[str, tuple[set[str], list[str]]] = {}
+    for f in PKG.rglob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ClassDef):
+                names, bases = found.setdefault(node.name, (set(), []))
+                names |= _defined_in(node)
+                bases += [b.id for b in node.bases if isinstance(b, ast.Name)]
+    return found
+
+
+def _defined_in(node: ast.AST) -> set[str]:
+    names = set()
+    for sub in ast.walk(node):
+        if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(sub.name)
+        elif isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+            names.add(sub.id)
+        elif isinstance(sub, ast.Attribute) and isinstance(sub.ctx, ast.Store):
+            names.add(sub.attr)
+    return names
+
+
+def _has(classes, cls: str, attr: str) -> bool:
+    names, bases = classes[cls]
+    return attr in names or any(b in classes and _has(classes, b, attr) for b in bases)
+
+
+def test_every_class_attribute_the_docs_name_exists():
+    """`Class.attr` (or `Class.a/b/c`) of a package class: test_docs_hunt100 checks
+    `module.attr` only (lower case), so `Limits.judge_mb` or `RequestOutput.logits` could go
+    stale unseen."""
+    classes = _class_attributes()
+    bad, seen = [], 0
+    for doc in DOCS:
+        for code in re.findall(r"`([^`\n]+)`", (ROOT / doc).read_text(encoding="utf-8")):
+            for cls, attrs in re.findall(r"(?<![\w./])([A-Z]\w*)\.(\w+(?:/\w+)*)", code):
+                if cls not in classes:
+                    continue
+                for attr in attrs.split("/"):
+                    seen += 1
+                    if not _has(classes, cls, attr):
+                        bad.append(f"{doc}: `{code}`: {cls} has no {attr}")
+    assert seen > 10
+    assert not bad, "\n".join(bad)
+
+
+# Names a doc gives that are not this repository's: Triton's function, and vLLM's fields that
+# docs/ENGINE.md says the engine lacks.
+NOT_OURS = {"do_bench", "best_of", "min_p", "min_tokens"}
+
+
+def _python_words() -> set[str]:
+    """Every name the package's Python (and the benchmark scripts) defines, takes or assigns,
+    and every word of its string constants (environment variables, flags, keys)."""
+    words = set()
+    for f in (*PKG.rglob("*.py"), *ROOT.glob("benchmarks/*.py")):
+        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                words.add(node.name)
+            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
+                words.add(node.id)
+            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
+                words.add(node.attr)
+            elif isinstance(node, ast.arg) or (isinstance(node, ast.keyword) and node.arg):
+                words.add(node.arg)
+            elif isinstance(node, ast.Constant) and isinstance(node.value, str):
+                words |= set(re.findall(r"\w+", node.value))
+    return words
+
+
+def test_every_function_option_and_variable_the_readmes_name_exists():
+    """A bare name in backticks with an underscore or a capital inside (`gather_kv_reference`,
+    `PAGEDATTN_LAB_CPU_TIMEOUT`, `top_p`): defined by the package's Python, or a word of its
+    strings, its C/C++ sources or the GPU check script. A function renamed left the old name
+    in README.md and the CPU README, where no test looked. Not CUDA's intrinsics (`__hgt2`):
+    the shim makes many by pasting tokens, and the CPU tests compile them."""
+    import builtins
+    known = _python_words() | set(dir(builtins)) | NOT_OURS
+    sources = [*PKG.rglob("*.cu"), *PKG.rglob("*.cuh"), *PKG.rglob("*.h"), *PKG.rglob("*.cpp"),
+               ROOT / ".ci/gpu_check.sh"]
+    for f in sources:
+        known |= set(re.findall(r"\w+", f.read_text(encoding="utf-8", errors="replace")))
+    bad, seen = [], 0
+    for doc in ("README.md", "docs/ENGINE.md", "pagedattn_lab/cpu/README.md"):
+        for code in re.findall(r"`([^`\n]+)`", (ROOT / doc).read_text(encoding="utf-8")):
+            m = re.fullmatch(r"([A-Za-z_]\w*)(?:\(.*\))?", code)
+            if not m or not re.search(r"[^\W_]_[^\W_]|[a-z][A-Z]", m.group(1)) or \
+                    re.match(r"__[a-z]", m.group(1)):
+                continue
+            seen += 1
+            if m.group(1) not in known:
+                bad.append(f"{doc}: `{code}`")
+    assert seen > 50
+    assert not bad, f"named but defined nowhere: {bad}"

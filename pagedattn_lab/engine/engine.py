@@ -81,7 +81,9 @@ class LLMEngine:
     # -- requests ---------------------------------------------------------------------------
 
     def add_request(self, prompt_ids, params: SamplingParams | None = None) -> int:
-        """Queue a prompt (a sequence of token ids); returns its request id."""
+        """Queue a prompt (a sequence of token ids); returns its request id. The prompt and
+        params.stop_token_ids are checked against the vocabulary first (a ValueError naming
+        the entry, and nothing queued)."""
         return self._queue(*self._check_request(prompt_ids, params))
 
     def _check_request(self, prompt_ids, params, name: str = "prompt_ids",

@@ -28,7 +28,9 @@ def request_rng(req: Request, engine_seed: int) -> np.random.Generator:
 
 
 def sample(logits, requests: list[Request], engine_seed: int, xp) -> list[int]:
-    """One token per row of logits ([len(requests), vocab], float32, on the model's device)."""
+    """One token per row of logits ([len(requests), vocab], float32, on the model's device):
+    the argmax where a request's temperature is 0, else a draw after its temperature, top_k
+    and top_p (filtered_weights)."""
     tokens = [0] * len(requests)
     greedy = [i for i, r in enumerate(requests) if r.params.temperature == 0]
     if greedy:

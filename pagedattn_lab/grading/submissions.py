@@ -21,16 +21,22 @@ def _submitted(folder: Path) -> tuple[list[Path], list[Path]]:
     notebooks, others = [], []
     for f in sorted(folder.rglob("*")):
         parts = f.relative_to(folder).parts
-        if not f.is_file() or "__MACOSX" in parts or any(p.startswith(".") for p in parts):
+        if "__MACOSX" in parts or any(p.startswith(".") for p in parts):
             continue
-        (notebooks if _is_notebook(f) else others).append(f)
+        # A link to a folder (rglob does not enter it) or to nothing is no file, but it
+        # gets its row: a learner's notebooks in a linked folder were left out unseen.
+        if f.is_symlink() and not f.is_file():
+            others.append(f)
+        elif f.is_file():
+            (notebooks if _is_notebook(f) else others).append(f)
     return notebooks, others
 
 
 def find_notebooks(paths, others: list | None = None) -> list[tuple[Path, str]]:
     """(path, display name) for each notebook under `paths`, skipping checkpoints; the
-    other files of the folders in `paths` are appended to `others` (when given) the same
-    way: a learner's workbook saved as .py or .txt is then not silently left out."""
+    other files of the folders in `paths`, and their symbolic links (to a file, a folder or
+    nothing), are appended to `others` (when given) the same way: a learner's workbook saved
+    as .py or .txt is then not silently left out."""
     found, skipped = [], []
     for raw in paths:
         path = Path(raw)
@@ -60,8 +66,8 @@ def find_notebooks(paths, others: list | None = None) -> list[tuple[Path, str]]:
 
 def not_graded(path: Path, name: str) -> Row:
     """The row of a file of the folders that is not graded (`name` as the table shows it)."""
-    what = ("a link to another file (graded as yours, it would be that file's work); submit "
-            "the notebook itself") if path.is_symlink() else \
+    what = ("a link to another file or folder (graded as yours, it would be that file's "
+            "work); submit the notebook itself") if path.is_symlink() else \
         "not a notebook (a .ipynb file); ask for the workbook saved from Jupyter"
     return Row(name, NOTEBOOK_ROW, "error", f"not graded: {what}")
 
