@@ -14,7 +14,8 @@ import numpy as np
 from ..paging import BlockAllocator, OutOfPagesError
 from ..validate_kinds import is_int
 from .compare import POW2_HINT, call_on_copies, pow2_div
-from .report import Case, CheckResult, Mismatch, counted, run_cases, several_fit
+from .checks_sizing import FIXED_PAGE_HINT
+from .report import Case, CheckResult, Mismatch, counted, probe, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -60,6 +61,14 @@ def _room_hint(page_size: int, seq_len: int) -> str:
             "(new pages = ceil((seq_len + n_new) / page_size) - len(table)).")
 
 
+def _pages_taken(fn, n_new: int, page_size: int) -> int:
+    """The pages `fn` takes from a fresh pool for `n_new` tokens into an empty table (a
+    probe confirming a suspected mistake)."""
+    alloc = BlockAllocator(n_new)
+    probe(fn, [], 0, n_new, page_size, alloc)
+    return alloc.num_used
+
+
 def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 16) -> None:
     alloc, _ = _busy_allocator(num_pages, 3, 7 + seq_len + n_new)
     table = alloc.allocate(-(-seq_len // page_size))
@@ -83,6 +92,9 @@ def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 
                 hint = several_fit([per_token, _room_hint(page_size, seq_len)], "pages")
         elif taken == -(-n_new // page_size) and seq_len % page_size:
             hint = _room_hint(page_size, seq_len)
+        elif page_size != 16 and taken == max(0, -(-(seq_len + n_new) // 16) - len(before)) \
+                and _pages_taken(fn, 17, 4) == 2:   # (17 tokens: 5 pages of 4, 2 of 16)
+            hint = FIXED_PAGE_HINT.format(n=page_size)
         elif taken == (seq_len + n_new) // page_size - len(before):
             hint = "round up, not down: a partly filled last page is still a page (ceil)."
             if (seq_len + n_new) % page_size == 1:   # ceil of one token less gives it too

@@ -26,7 +26,8 @@ from .decode_launch import (NOTHING_WRITTEN, WARP, decode_problem, dims_hint, la
 from .decode_variants import LOG2E, partials_variant
 from .puzzle_runner import per_thread_max
 from .kernel_runner import poisoned, unwritten
-from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases, several_fit
+from .kernel_hints import fixed_page_asked, fixed_page_hint, mha_only_hint
+from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
 from .table_probe import PAGE_SIZE, full_table, transposed_hint
 from .variants import (BY_KV_HEADS_HINT, BY_MOD_HINT, HEAD_STRIDE_HINT, SAME_HEAD_HINT,
                        SCALED_VALUES_HINT, UNSCALED_PAGES_HINT, twice_hint)
@@ -171,6 +172,29 @@ def _partition_transposed(comp) -> str | None:
                            ("sequence", "head", "partition", "dim"))
 
 
+def _partition_one_size(comp, part_len: int, sizes: dict) -> str | None:
+    """fixed_page_hint or mha_only_hint where the kernel's partitions of this case's
+    sequences come out wrong with their sizes, and right with pages of 16 tokens, or with a
+    KV head per query head."""
+    def right_with(**changed):
+        prob = decode_problem(0, **{**sizes, **changed})
+        o = probe(lambda: launch_warp(comp, *_partition_launch(prob, part_len),
+                                      outputs=(5,))[0][0])
+        o_ref = reference_partials(prob.q, prob.k_cache, prob.v_cache, prob.block_tables,
+                                   prob.seq_lens, part_len, prob.scale)[2]
+        return o is not None and describe_difference(
+            o, o_ref, ("sequence", "head", "partition", "dim"),
+            mask=np.isfinite(o_ref).all(axis=-1, keepdims=True)) is None
+    if right_with():   # (wrong here for another reason)
+        return None
+    if fixed_page_asked(sizes["page_size"]) and right_with(page_size=16):
+        return fixed_page_hint(sizes["page_size"])
+    if sizes["num_kv_heads"] != sizes["num_heads"] and right_with(
+            num_kv_heads=sizes["num_heads"]):
+        return mha_only_hint(sizes["num_heads"], sizes["num_kv_heads"])
+    return None
+
+
 def _partition_case(comp, seed, part_len, **sizes) -> None:
     prob = decode_problem(seed, **sizes)
     head_dim = prob.q.shape[2]
@@ -178,7 +202,8 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
         (o, ml), counts = launch_warp(comp, *_partition_launch(prob, part_len),
                                       outputs=(5, 6), count=True)
     except Exception as exc:   # a fault: a transposed table read soon reaches its -1 padding
-        hint = getattr(exc, "buffer", None) and _partition_transposed(comp)   # (an index out of bounds)
+        hint = getattr(exc, "buffer", None) and (   # (an index out of bounds)
+            _partition_transposed(comp) or _partition_one_size(comp, part_len, sizes))
         if not hint:
             raise
         raise Mismatch(kernel_message(exc), hint) from exc
@@ -199,7 +224,7 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
         if bound == _NAN_ONLY and named:   # NaN everywhere: a mistake that reads NaN slots
             bound = several_fit([_NAN_ONLY, named])   # (the head stride's) fits it as well
         hint = bound or _lane0_hint(o, o_ref, used) or named \
-            or _partition_transposed(comp) \
+            or _partition_transposed(comp) or _partition_one_size(comp, part_len, sizes) \
             or dims_hint(o, used, head_dim, "lane") or misplaced_hint(o, o_ref, used)
         raise Mismatch("part_out: " + diff.message() + "\n" + _written_by(prob, diff.first(),
                                                                           part_len),

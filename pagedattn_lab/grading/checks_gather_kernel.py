@@ -16,12 +16,13 @@ from .cases import paged_problem
 from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, ranges
 from .faults import kernel_message
-from .kernel_hints import nothing_written, padding_hint, row_stride_hint
+from .kernel_hints import (fixed_page_asked, fixed_page_hint, nothing_written, padding_hint,
+                           row_stride_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, poisoned, unwritten
 from .puzzle_runner import per_thread_max
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .table_probe import full_table, transposed_hint
-from .variants import gather_variant
+from .variants import PAGE_ONLY_HINT, UNSCALED_PAGES_HINT, gather_variant
 
 GATHER_THREADS = 32
 
@@ -36,7 +37,8 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
     try:
         (k_out, v_out), args, shape = _launch_gather(kern, prob, max_len)
     except Exception as exc:   # a fault: a transposed table read soon reaches its -1 padding
-        hint = getattr(exc, "buffer", None) and _gather_transposed(kern)   # (an index out of bounds)
+        hint = getattr(exc, "buffer", None) and (   # (an index out of bounds)
+            _gather_transposed(kern) or _fixed_page(kern, prob, max_len))
         if not hint:
             raise
         raise Mismatch(kernel_message(exc), hint) from exc
@@ -65,8 +67,11 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
              lambda: gather_variant(*args_v, offset_shift=1)),
             ("the cache is not contiguous: translate token t through block_tables, do not "
              "read slot t.", lambda: gather_variant(*args_v, identity_pages=True)),
+            (PAGE_ONLY_HINT, lambda: gather_variant(*args_v, slot_bug="page_only")),
+            (UNSCALED_PAGES_HINT, lambda: gather_variant(*args_v, slot_bug="unscaled")),
         ], atol=0, rtol=0) or row_stride_hint(diff, head_dim, GATHER_THREADS) \
             or padding_hint(got, expected, valid, never, copies=True) \
+            or _fixed_page(kern, prob, max_len) \
             or ("slot = block_tables[b * max_pages + t / page_size] * page_size + t % page_size;"
                 " copy its num_kv_heads * head_dim values to row (b * max_len + t).")
         raise Mismatch(f"{name}: " + diff.message(), hint)
@@ -82,6 +87,23 @@ def _launch_gather(kern: Kernel, prob, max_len: int):
             np.int32(page_size), np.int32(num_kv_heads), np.int32(head_dim))
     outputs = kern.launch((max_len, batch), (GATHER_THREADS,), args, outputs=(4, 5))
     return outputs, args, shape
+
+
+def _fixed_page(kern: Kernel, prob, max_len: int) -> str | None:
+    """fixed_page_hint where the kernel gathers this case's sequences wrong with their pages
+    and right with pages of 16 tokens."""
+    _, page_size, num_kv_heads, head_dim = prob.k_cache.shape
+
+    def right_with(size):
+        other = paged_problem(0, mode="decode", seq_lens=prob.seq_lens, num_heads=num_kv_heads,
+                              num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=size)
+        got = probe(lambda: _launch_gather(kern, other, max_len)[0][0])
+        return got is not None and describe_difference(got, gather_variant(
+            other.k_cache, other.block_tables, other.seq_lens, max_len), (
+            "sequence", "token", "kv_head", "dim"), atol=0, rtol=0,
+            unwritten=unwritten(got)) is None
+    right = fixed_page_asked(page_size) and not right_with(page_size) and right_with(16)
+    return fixed_page_hint(page_size) if right else None
 
 
 def _gather_transposed(kern: Kernel) -> str | None:

@@ -21,9 +21,9 @@ import numpy as np
 from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose
 from .faults import kernel_message
-from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, padding_hint,
-                           sequence_hint, shift_hint, tiled_hint,
-                           unwritten_pattern_hint)
+from .kernel_hints import (array_size_hint, barriers, fixed_page_asked, fixed_page_hint,
+                           mha_only_hint, nan_hint, nothing_written, padding_hint, sequence_hint,
+                           shift_hint, tiled_hint, unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwritten, where
 from .puzzle_runner import same_work
 from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
@@ -98,6 +98,7 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
         or sequence_hint(got, expected, valid, never) \
         or array_size_hint(comp.source, prob.shape["head_dim"]) \
         or _pow2_shift_hint(comp, prob, threads, tiled) \
+        or _one_size_hint(comp, prob, threads, tiled) \
         or nan_hint(got, valid, never, shared_tile=tiled, source=comp.source) \
         or (tiled_hint(comp.source, racecheck=kern.racecheck) if tiled else None) \
         or ("follow the prompt's recipe: q row ((b * max_len + t) * num_heads + h) * head_dim, "
@@ -243,7 +244,8 @@ def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool, probing: b
         # a table read transposed, which soon reaches the table's -1 padding
         faulted = getattr(exc, "buffer", None) and not probing
         hint = faulted and (_pow2_shift_hint(comp, prob, threads, tiled)
-                            or _prefill_transposed(comp, threads, tiled))
+                            or _prefill_transposed(comp, threads, tiled)
+                            or _one_size_hint(comp, prob, threads, tiled))
         if not hint:
             raise
         raise Mismatch(kernel_message(exc), hint) from exc
@@ -285,14 +287,35 @@ def _pow2_shift_hint(comp: _Compiled, prob, threads: int, tiled: bool) -> str | 
         return 1 << (n - 1).bit_length()
 
     group = up(s["num_heads"] // s["num_kv_heads"])
-    pow2 = paged_problem(0, mode="prefill", seq_lens=prob.seq_lens,   # (any seed: the sizes
-                         num_heads=s["num_kv_heads"] * group,         # are the evidence)
-                         num_kv_heads=s["num_kv_heads"], head_dim=up(s["head_dim"]),
-                         page_size=up(s["page_size"]), max_len=s["max_len"], scale=prob.scale)
-    got = probe(_launch_prefill, comp, pow2, threads, tiled, True)
-    right = got is not None and describe_difference(
-        got[0], pow2.expected, ("sequence", "token", "head", "dim"), unwritten=got[1]) is None
-    return hint if right else None
+    return hint if _right_with(comp, prob, threads, tiled, num_heads=s["num_kv_heads"] * group,
+                               head_dim=up(s["head_dim"]), page_size=up(s["page_size"])) \
+        else None
+
+
+def _right_with(comp: _Compiled, prob, threads: int, tiled: bool, **sizes) -> bool:
+    """The kernel is right on `prob`'s sequences with `sizes` changed (any seed)."""
+    s = prob.shape
+    other = paged_problem(0, mode="prefill", **{
+        "seq_lens": prob.seq_lens, "num_heads": s["num_heads"],
+        "num_kv_heads": s["num_kv_heads"], "head_dim": s["head_dim"],
+        "page_size": s["page_size"], "max_len": s["max_len"], "scale": prob.scale, **sizes})
+    got = probe(_launch_prefill, comp, other, threads, tiled, True)
+    return got is not None and describe_difference(
+        got[0], other.expected, ("sequence", "token", "head", "dim"), unwritten=got[1]) is None
+
+
+def _one_size_hint(comp: _Compiled, prob, threads: int, tiled: bool) -> str | None:
+    """Wrong on this case's sequences and sizes, right with pages of 16 tokens (where this
+    case's are not), or with a KV head per query head (where this case shares them)."""
+    s = prob.shape
+    if _right_with(comp, prob, threads, tiled):   # (wrong here for another reason)
+        return None
+    if fixed_page_asked(s["page_size"]) and _right_with(comp, prob, threads, tiled, page_size=16):
+        return fixed_page_hint(s["page_size"])
+    if s["num_kv_heads"] != s["num_heads"] and _right_with(
+            comp, prob, threads, tiled, num_kv_heads=s["num_heads"]):
+        return mha_only_hint(s["num_heads"], s["num_kv_heads"])
+    return None
 
 
 def _tail_hint(comp: _Compiled, seed: int, sizes: dict, threads: int, tiled: bool):

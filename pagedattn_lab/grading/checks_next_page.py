@@ -4,7 +4,9 @@ A token takes a page when the sequence's last page is full (seq_len % page_size 
 empty sequence included), or when that last page is shared with a fork (copy on write);
 nothing else matters: not earlier shared pages, not how many pages the pool has free. The
 answer only counts: the check fails an answer that changes the cache. One page size is not
-a power of two, where `seq_len & (page_size - 1)` is not seq_len % page_size.
+a power of two, where `seq_len & (page_size - 1)` is not seq_len % page_size; either mask,
+or a 16 written in for page_size, is named once the answer is asked again about sequences of
+1..48 tokens.
 """
 from __future__ import annotations
 
@@ -12,7 +14,8 @@ import numpy as np
 
 from ..cache import PagedKVCache
 from .compare import POW2_HINT, pow2_mod
-from .report import Case, CheckResult, Mismatch, as_int, run_cases
+from .checks_sizing import FIXED_PAGE_HINT
+from .report import Case, CheckResult, Mismatch, as_int, probe, run_cases
 from .seeds import case_rng
 
 
@@ -96,8 +99,12 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
         or pow2_mod(n, page_size) == 0
     # (with the pool drained, the same state had its right answer with pages free: a
     # shifted answer does not depend on the pool)
-    if page_size & (page_size - 1) and not drained and got == int(masked):
+    rule = _fullness_rule(fn, page_size) if not drained and got == int(
+        masked if page_size & (page_size - 1) else (n % 16 == 0 or last_shared)) else None
+    if rule == "mask":
         hint = POW2_HINT.format(name="page_size", n=page_size)
+    elif rule == "16":
+        hint = FIXED_PAGE_HINT.format(n=page_size)
     elif drained and got == 0:
         hint = ("no page is free here, and the token still needs one: count the pages the "
                 "token takes, whatever the pool holds (the decode step compares that count "
@@ -123,6 +130,25 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
         hint = (f"the last page still has {room} free slot{'s' if room > 1 else ''}: no new "
                 "page (unless it is shared).")
     raise Mismatch(f"{what} (page_size {page_size})", hint, str(expected), repr(got))
+
+
+def _fullness_rule(fn, page_size: int) -> str | None:
+    """"mask" or "16" when `fn`, asked again about sequences of 1..48 tokens that share no
+    page, finds the last page full exactly where seq_len & (page_size - 1) == 0, or where
+    seq_len % 16 == 0 (a page size written into the code); else None."""
+    lengths = range(1, 49)
+    cache = PagedKVCache(sum(-(-n // page_size) for n in lengths), page_size, 1, 1,
+                         device="cpu")
+    answers = []
+    for n in lengths:
+        sid = cache.add_sequence()
+        cache.append(sid, np.zeros((n, 1, 1), np.float32), np.zeros((n, 1, 1), np.float32))
+        answers.append(probe(fn, cache, sid))
+    rules = {"mask": [int(pow2_mod(n, page_size) == 0) for n in lengths],
+             "16": [int(n % 16 == 0) for n in lengths]}
+    right = [int(n % page_size == 0) for n in lengths]
+    return next((name for name, want in rules.items() if want != right and answers == want),
+                None)
 
 
 def _cache_state(cache) -> tuple:

@@ -61,7 +61,15 @@ def _map_case(kern, seed, n):
                       lambda d: ("element i was given a[i + 1] + 10 or a[i - 1] + 10: thread i "
                                  "reads and writes element i." if any(
                                      np.allclose(got[1:-1], np.roll(a, s)[1:-1] + 10)
-                                     for s in (1, -1)) and n > 2 else None)])
+                                     for s in (1, -1)) and n > 2 else None),
+                      lambda d: ("every element is a[i] * 10: add 10, do not multiply."
+                                 if np.allclose(got, a * np.float32(10)) else None),
+                      lambda d: ("every element is a[i] with its fraction cut off, plus 10: an "
+                                 "(int) cast or an int variable truncates; keep the value a "
+                                 "float." if np.array_equal(got, np.trunc(a) + 10) else None),
+                      lambda d: ("only thread 0 wrote (out was written once, element 0): "
+                                 "thread i writes out[i], every thread, not only thread 0."
+                                 if n > 1 and counts.by_buffer["out"].writes == 1 else None)])
     budget = {"global_reads": 1, "global_writes": 1}
     check_budget(counts, budget, {"out": n}, {"a": (n, "read a[i] once into a local variable.")})
     return counts, budget
@@ -95,8 +103,14 @@ def _guard_case(kern, seed, n):
         return (f"only elements 0-{threads - 1} were written, by every block: a thread's "
                 "element is blockIdx.x * blockDim.x + threadIdx.x, not threadIdx.x alone.")
 
+    def last_one_short(diff):
+        if not diff.unwritten[-1] or diff.unwritten[:-1].any():
+            return None
+        return (f"only the last element, {n - 1}, was never written: it is the last one that "
+                f"exists, so the guard is i < n (yours stops one short, like i < n - 1).")
+
     check_output(kern, got, PUZZLES["guard"].spec(a.astype(np.float64), b), ("element",),
-                 counts, "out", [first_block_only])
+                 counts, "out", [first_block_only, last_one_short])
     budget = {"global_reads": 2, "global_writes": 1}
     check_budget(counts, budget, {"out": n},
                  {"a": (n, "read a[i] once."), "b": (n, "read b[i] once.")})

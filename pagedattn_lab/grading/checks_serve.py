@@ -20,6 +20,7 @@ import numpy as np
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
 from ..validate import check_int_list
+from .checks_sizing import FIXED_PAGE_HINT
 from .compare import POW2_HINT, changed_input, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
@@ -39,12 +40,13 @@ def _ceil_pages(n_tokens: int, page_size: int) -> int:
 
 def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
                  ties: str = "admitted", finish_first: bool = False,
-                 divide: bool = True, admit: str = "spec", prefill: bool = True,
+                 count: str = "ceil", admit: str = "spec", prefill: bool = True,
                  beside: dict | None = None) -> list[int]:
     """The order the spec's loop finishes `requests` in; `fifo=False` admits any waiting
     request that fits (skipping the head), `ties="reversed"` records a step's finishers
-    last-admitted first, `finish_first` records and frees before the decode, `divide=False`
-    counts pages with a shift, ceil by log2(page_size), `admit` "whole" promises the running
+    last-admitted first, `finish_first` records and frees before the decode, `count` "shift"
+    counts pages with a shift, ceil by log2(page_size), "floor" rounds them down, "16" counts
+    pages of 16 tokens whatever page_size is, `admit` "whole" promises the running
     requests' whole totals (the pages they hold counted again), "strict" admits only with a
     page to spare (<), "prompt" when the prompt's pages fit, `prefill=False` appends a
     prompt's first token at admission and the rest one a step (all mistakes the hints name).
@@ -54,9 +56,12 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
     waiting, running, lens, done = deque(range(len(requests))), [], {}, []
     before, admitted, step = {}, {}, 0
 
-    def _pages(n_tokens, page_size):   # (the module's, or the shift's)
-        return _ceil_pages(n_tokens, page_size) if divide else \
-            pow2_div(n_tokens + page_size - 1, page_size)
+    def _pages(n_tokens, page_size):   # (the module's, or a mistaken count's)
+        if count == "shift":
+            return pow2_div(n_tokens + page_size - 1, page_size)
+        if count == "floor":
+            return n_tokens // page_size
+        return _ceil_pages(n_tokens, 16 if count == "16" else page_size)
 
     def finish():
         finished = [i for i in running if lens[i] == sum(requests[i])]
@@ -72,7 +77,7 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
             held = 0 if admit == "whole" else _pages(lens[i], page_size)
             return _pages(sum(requests[i]), page_size) - held
         promised = sum(still(i) for i in running)
-        used = sum(_pages(lens[i], page_size) for i in running)
+        used = sum(_ceil_pages(lens[i], page_size) for i in running)   # (what num_free sees)
         for i in list(waiting):
             need = _pages(requests[i][0] if admit == "prompt" else sum(requests[i]), page_size)
             room = num_pages - used - promised
@@ -80,11 +85,11 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
                 waiting.remove(i)
                 running.append(i)
                 lens[i], admitted[i] = requests[i][0] if prefill else 1, step
-                used += _pages(lens[i], page_size)
+                used += _ceil_pages(lens[i], page_size)
                 promised += still(i)
             elif fifo:
                 break
-        if not running:   # (a request that never fits: only the shift's count makes one)
+        if not running:   # (a request that never fits: only a mistaken count makes one)
             return done + list(waiting)
         before = {i: lens[i] for i in running}
         if finish_first:
@@ -111,8 +116,13 @@ def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed:
     admits = [hint for hint, admit in ADMIT_MISTAKES
                if got == finish_order(requests, num_pages, page_size, admit=admit)]
     if page_size & (page_size - 1) and got == finish_order(requests, num_pages, page_size,
-                                                           divide=False):
+                                                           count="shift"):
         admits.append(POW2_HINT.format(name="page_size", n=page_size))
+    if got == finish_order(requests, num_pages, page_size, count="floor"):
+        admits.append("a request's pages are ceil(tokens / page_size): yours rounds down, so "
+                      "the last, partly filled page of each request goes uncounted.")
+    if page_size != 16 and got == finish_order(requests, num_pages, page_size, count="16"):
+        admits.append(FIXED_PAGE_HINT.format(n=page_size))
     if admits:   # (on a small pool, several give one order: the hint names each)
         return several_fit(admits, "finish order")
     if got == list(range(len(requests))) and freed != got:

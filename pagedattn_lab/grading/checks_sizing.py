@@ -133,7 +133,14 @@ def _pages_needed_case(fn, seq_len: int, page_size: int) -> None:
     _int_case(fn, (seq_len, page_size), expected, [
         (CONSTANT_HINT, lambda: _constant(fn, [(0, 16), (100, 7), (5, 1), (4096, 16)])),
         (FLOAT_HINT.format(a="seq_len", b="page_size"), math.ceil(seq_len / page_size)),
+        # (seq_len - 1) // page_size is the floor at most lengths: confirmed where it is not
+        ("(seq_len - 1) // page_size is the index of the last token's page, one less than the "
+         "count: ceil is (seq_len - 1) // page_size + 1 (0 for seq_len 0).",
+         lambda: (seq_len - 1) // page_size if _gives(fn, (8, 4), 1) else None),
         ("round up: a partly filled last page is still a whole page.", seq_len // page_size),
+        (POW2_HINT.format(name="page_size", n=page_size),
+         pow2_div(seq_len + page_size - 1, page_size) if page_size & (page_size - 1)
+         else None),
         ("a sequence of 0 tokens owns no page: ceil(0 / page_size) is 0.",
          1 if seq_len == 0 else None),
         ("seq_len // page_size + 1 is one page too many when seq_len is an exact multiple "
@@ -163,11 +170,21 @@ EMPTY_HINT = ("with nothing {what} there is nothing to waste: 0 / 0 is undefined
               "0.0 for that case (test for it before dividing).")
 
 
+ROUNDED_HINT = ("that is the fraction rounded to {k} decimal place{s}: return it unrounded "
+                "(round only where you print it).")
+
+
+def _rounded(expected: float) -> list[tuple[str, float]]:
+    """The fraction as round(x, k) gives it, k = 1..6 (k = 0 is //'s and int()'s 0 or 1)."""
+    return [(ROUNDED_HINT.format(k=k, s="s" if k > 1 else ""), round(expected, k))
+            for k in range(1, 7)]
+
+
 def _fraction_case(fn, args: tuple, expected: float, variants, what: str, *,
                    empty: str | None = None) -> None:
     """A waste fraction; `empty` names what is missing when the denominator is 0."""
     try:
-        _scalar_case(fn, args, expected, variants, what)
+        _scalar_case(fn, args, expected, variants + _rounded(expected), what)
     except (ZeroDivisionError, FloatingPointError) as exc:
         if empty is None:
             raise
@@ -264,6 +281,13 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
         (free_hint(shown[:1]), int(last_free[lens > 0].sum()) / allocated if allocated
          else None),
         (free_hint(shown), int(last_free.sum()) / allocated if allocated else None),
+        ("that rounds up the batch's tokens all together, ceil(sum(seq_lens) / page_size) "
+         "pages, as if one sequence: each sequence rounds up its own last page, so allocated "
+         "= sum of ceil(L / page_size) over the sequences, times page_size.",
+         1 - used / (-(-used // page_size) * page_size) if used else None),
+        ("that is the wasted slots per page: divide by the allocated slots (pages * "
+         "page_size), not by the number of pages.",
+         (allocated - used) / int(pages.sum()) if allocated else None),
         ("return a fraction of the allocated slots, not a count of slots.", allocated - used),
         ("divide by the allocated slots, not by the used ones.",
          (allocated - used) / used if used else None),

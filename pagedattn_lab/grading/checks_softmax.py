@@ -19,7 +19,8 @@ from .report import Case, CheckResult, Mismatch, as_array, probe, run_cases
 from .seeds import case_rng
 from .softmax_hints import (CACHE_VIEWS, NON_FINITE_MISTAKES, SOFTMAX_MISTAKES, TAIL_HINT,
                             kept_first_value, nomax_hint, overflow_hint)
-from .variants import SCALED_VALUES_HINT, attention_variant
+from .variants import (PAGE_ONLY_HINT, SCALED_VALUES_HINT, UNSCALED_PAGES_HINT,
+                       attention_variant, twice_hint)
 
 
 def _softmax_average(scores, values) -> np.ndarray:
@@ -41,16 +42,17 @@ def _simulate(scores, values, bug: str) -> np.ndarray:
             if bug == "nomax":
                 total, acc = total + np.exp(s), acc + np.exp(s) * v
                 continue
-            if bug == "inverted" and i == 0:  # the first key set apart, so the rest is finite
+            if bug in ("inverted", "old_max_first") and i == 0:
+                # the first key set apart (m = -inf there), so the rest is finite
                 m, total, acc = s, 1.0, v.astype(np.float64)
                 continue
             m_new = max(m, s)
             alpha = {"no_rescale": 1.0, "inverted": np.exp(m_new - m)}.get(bug, np.exp(m - m_new))
-            p = np.exp(s - (m if bug == "old_max" else m_new))
+            p = np.exp(s - (m if bug in ("old_max", "old_max_first") else m_new))
             total = total + 1 if bug == "count" else \
                 (total if bug == "no_rescale_l" else total * alpha) + p
             acc = (acc if bug == "no_rescale_acc" else acc * alpha) + p * v
-            m = m_new
+            m = m if bug == "max_stuck" else m_new
         if bug == "no_normalize":
             return acc
         return acc / total
@@ -284,8 +286,7 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
              variant(scale=float(1 / np.sqrt(head_dim)))),
             (POW2_HINT.format(name="page_size", n=prob.shape["page_size"]),
              variant(pow2_pages=True)),
-            ("the scores are scaled twice: multiply q . k by scale once.",
-             variant(scale=prob.scale ** 2)),
+            (twice_hint(prob.scale, head_dim), variant(scale=prob.scale ** 2)),
             ("read the kv head you were given: k_cache[page, offset, kv_head], not kv head 0.",
              variant(kv_map="zero")),
             ("the values come from v_cache: the weights multiply v, not k.",
@@ -301,6 +302,8 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
              variant(offset_shift=1)),
             ("translate each key position through block_table_row; the cache is not contiguous.",
              variant(identity_pages=True)),
+            (PAGE_ONLY_HINT, variant(slot_bug="page_only")),
+            (UNSCALED_PAGES_HINT, variant(slot_bug="unscaled")),
         ]) or "loop j = 0..t: slot = row[j // page_size] * page_size + j % page_size; score = " \
               "q . k_cache[slot, kv_head] * scale; online softmax over the scores."
         raise Mismatch(f"sequence {b} (seq_len {n}), token {t}, head {h} (kv head {kvh}): "

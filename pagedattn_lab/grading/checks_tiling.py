@@ -10,6 +10,7 @@ import numpy as np
 
 from ..validate_kinds import is_int
 from .compare import POW2_HINT, pow2_div
+from .checks_sizing import FIXED_PAGE_HINT
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_ints
 
@@ -87,6 +88,12 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
          if q_start < seq_len and _rounds_up(fn) else None),
         ("round up: a page that holds any needed key is needed (ceil).",
          list(range(last_key // page_size)) if q_start < seq_len else None),
+        ("those are the pages of the first tile's keys, min(seq_len, tile_q): this tile's "
+         "queries start at q_start, so its last key is min(seq_len, q_start + tile_q) - 1.",
+         list(range(-(-min(seq_len, tile_q) // page_size))) if 0 < q_start < seq_len
+         else None),
+        (FIXED_PAGE_HINT.format(n=page_size), list(range(-(-last_key // 16)))
+         if q_start < seq_len and page_size != 16 else None),
         (NO_WORK_HINT, list(range(-(-min(seq_len, q_start + tile_q) // page_size)))),
         (POW2_HINT.format(name="page_size", n=page_size),
          list(range(pow2_div(last_key + page_size - 1, page_size)))

@@ -39,6 +39,8 @@ MERGE_HINTS = {
     "log2_lse": "a partition's log-sum-exp is m_p + log(l_p) with the natural log, as its sum "
                 "is of exp: log2(l_p) mixes two bases. Weight by exp(m_p + log(l_p) - max), "
                 "that is l_p * exp(m_p - m).",
+    "inverted": "the exponent is reversed: weight w_p = l_p * exp(m_p - m), at most l_p; "
+                "exp(m - m_p) weighs most the partitions whose max is lowest.",
 }
 
 # The decode layouts, for a fault in these buffers (faults.py's own hints are prefill's).

@@ -159,10 +159,11 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
     mean: plain average; no_divide: sum of w_p o_p, never divided; divide_by_l: the sum of
     w_p o_p over the sum of l_p (maxima ignored there); o_unnormalized: weights
     exp(m_p - m) over the divisor sum l_p exp(m_p - m); exp2: weights l_p 2^(m_p - m);
-    log2_lse: weights exp(m_p + log2(l_p) - max), the log-sum-exp in two bases; none: the
+    log2_lse: weights exp(m_p + log2(l_p) - max), the log-sum-exp in two bases; inverted:
+    weights l_p exp(m - m_p), the exponent reversed; none: the
     right merge (to model a wrong partition count, pass that count as num_parts)."""
     one_of("bug", bug, ("none", "no_rescale", "no_sum", "mean", "no_divide", "divide_by_l",
-                        "o_unnormalized", "exp2", "log2_lse"))
+                        "o_unnormalized", "exp2", "log2_lse", "inverted"))
     m, l, o = (np.asarray(x, dtype=np.float64) for x in (m, l, o))
     used = np.arange(m.shape[-1]) < np.asarray(num_parts)[..., None]
     with np.errstate(all="ignore"):
@@ -170,7 +171,7 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
         scale = np.exp(m - m_all)
         weights = {"no_rescale": l, "no_sum": scale, "mean": np.ones_like(l),
                    "no_divide": l * scale, "o_unnormalized": scale,
-                   "exp2": l * np.exp2(m - m_all),
+                   "exp2": l * np.exp2(m - m_all), "inverted": l * np.exp(m_all - m),
                    # exp(m_p + log2 l_p - c): a factor common to every p drops in the divide
                    "log2_lse": scale * l ** (1 / np.log(2))}.get(bug, l * scale)
         w = np.where(used, weights, 0.0)

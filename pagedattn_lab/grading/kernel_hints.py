@@ -58,6 +58,29 @@ def shift_hint(source: str, sizes: dict) -> str | None:
             f"{'is' if len(odd) == 1 else 'are'} not: use *, / and %.")
 
 
+def fixed_page_asked(page_size: int) -> bool:
+    """Whether a kernel right with pages of 16 tokens, and wrong with `page_size`, shows a
+    16 written into the code: for a smaller power of two only (a shift or a mask is right at
+    any power of two, and a page longer than a block's threads asks for a loop, not a row
+    per thread)."""
+    return page_size < 16 and not page_size & (page_size - 1)
+
+
+def fixed_page_hint(page_size: int) -> str:
+    """A kernel right on a case's problem with pages of 16 tokens, wrong with its own."""
+    return (f"your kernel is right on this problem with pages of 16 tokens and wrong with "
+            f"page_size = {page_size}: is 16 written into the code where page_size belongs? "
+            "Use the page_size argument.")
+
+
+def mha_only_hint(num_heads: int, num_kv_heads: int) -> str:
+    """A kernel right on a case's problem with one KV head per query head, wrong with GQA."""
+    return (f"your kernel is right on this problem when every query head has its own KV head "
+            f"and wrong where {num_heads} query heads share {num_kv_heads} KV heads (GQA): "
+            "check what the head index selects: query head h reads its own q row and KV head "
+            "h / (num_heads / num_kv_heads).")
+
+
 def unwritten_pattern_hint(diff, *, threads: int, token_axis: str = "token") -> str | None:
     """Hints read off which entries were never written (prefill: a thread owns a token row)."""
     if not diff.unwritten.any():

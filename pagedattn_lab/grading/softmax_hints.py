@@ -21,6 +21,11 @@ SOFTMAX_MISTAKES = [
     ("the rescale factor is exp(m_old - m_new), at most 1: the old terms shrink when the "
      "max grows (yours is the inverse).", "inverted"),
     ("l must sum the weights exp(score - m), not count the keys.", "count"),
+    ("result() is the last value alone: the running max is never stored, so with m still "
+     "-inf, exp(m - m_new) is 0 at every update and each key wipes out the ones before. Set "
+     "m = m_new at the end of update().", "max_stuck"),
+    ("each key is weighed against the max before it, exp(score - m_old), while l and acc "
+     "are rescaled to the new one: weigh it with exp(score - m_new).", "old_max_first"),
 ]
 NON_FINITE_MISTAKES = [  # mistakes that are right on ordinary scores come first
     ("exp(score) overflowed to inf: always exponentiate score - running_max, never the raw "

@@ -17,11 +17,13 @@ way a kernel does it, element offsets and all, with optional bugs:
     kv_map="mod" / "same" / "zero"   query head h reads kv head h % num_kv_heads / h / 0
     kv_map="by_kv_heads"       query head h reads kv head h / num_kv_heads (not h / group)
     values_from_keys=True      the values are read from k_cache too
+    keys_from_values=True      the keys are read from v_cache too (a K tile the V tile overwrote)
     scaled_values=True         the values are multiplied by scale as well as the scores
     offset_shift=1             the token's offset inside its page is off by one
     identity_pages=True        the block table is ignored: token t read from slot t
     slot_bug="swap"            block_table[t % page_size] * page_size + t / page_size
     slot_bug="unscaled"        block_table[t / page_size] + t % page_size (no * page_size)
+    slot_bug="page_only"       block_table[t / page_size]: the page id taken as the slot
     pow2_pages=True            t >> log2(page_size) and t & (page_size - 1) for // and %
     kv_map="shift"             h >> log2(num_heads / num_kv_heads) for the GQA division
     drop_last=True             decode ignores the sequence's last cached token
@@ -58,8 +60,8 @@ def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_he
         pages = np.asarray(table_row, dtype=np.int64)[vpage]
         if (pages < 0).any():
             return None
-        slots = (pages if slot_bug == "unscaled" else pages * page_size) + offsets + \
-            offset_shift
+        slots = pages if slot_bug == "page_only" else \
+            (pages if slot_bug == "unscaled" else pages * page_size) + offsets + offset_shift
     if head_stride_bug:
         base = slots * head_dim + kv_head * head_dim
     else:
@@ -70,8 +72,8 @@ def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_he
 def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mode="prefill",
                       mask="causal", shared_table=False, head_stride_bug=False, kv_map="div",
                       offset_shift=0, identity_pages=False, drop_last=False, online_bug=None,
-                      values_from_keys=False, pow2_pages=False, scaled_values=False,
-                      block_queries=None, slot_bug=None):
+                      values_from_keys=False, keys_from_values=False, pow2_pages=False,
+                      scaled_values=False, block_queries=None, slot_bug=None):
     """Paged attention with the chosen mistakes; float64 NumPy, q's shape.
 
     online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
@@ -86,10 +88,10 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
             ("kv_map", kv_map, ("div", "mod", "same", "zero", "shift", "by_kv_heads")),
             ("online_bug", online_bug, (None, "acc", "sum", "max0", "old_max", "no_div",
                                         "new_term", "max_stuck")),
-            ("slot_bug", slot_bug, (None, "swap", "unscaled"))):
+            ("slot_bug", slot_bug, (None, "swap", "unscaled", "page_only"))):
         one_of(name, value, allowed)
     q = np.asarray(q, dtype=np.float64)
-    kf = np.asarray(k_cache, dtype=np.float64).reshape(-1)
+    kf = np.asarray(v_cache if keys_from_values else k_cache, dtype=np.float64).reshape(-1)
     vf = np.asarray(k_cache if values_from_keys else v_cache, dtype=np.float64).reshape(-1)
     if scaled_values:
         vf = vf * scale
@@ -194,6 +196,9 @@ UNSCALED_PAGES_HINT = ("token t is at slot block_table[t / page_size] * page_siz
                        "page_size: yours adds the offset to the page number itself; a page "
                        "starts at its number times page_size, so multiply it by page_size "
                        "before adding the offset.")
+PAGE_ONLY_HINT = ("every key of a page read the same row: block_table[t / page_size] is a page "
+                  "id, not a slot. Token t is at slot block_table[t / page_size] * page_size + "
+                  "t % page_size.")
 HEAD_STRIDE_HINT = ("the head stride is missing num_kv_heads (the guide's bug): element (slot, "
                     "kv_head, d) is at (slot * num_kv_heads + kv_head) * head_dim + d.")
 SCALED_VALUES_HINT = ("the values are scaled too: `scale` multiplies the scores (q . k) only; "
@@ -272,10 +277,15 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
          "swaps / and % (the page is t / page_size, the offset in it t % page_size).",
          v(slot_bug="swap")),
         (UNSCALED_PAGES_HINT, v(slot_bug="unscaled")),
+        (PAGE_ONLY_HINT, v(slot_bug="page_only")),
         ("the values come from v_cache: yours weighs the keys (read V at the same index as "
          "K, from v_cache; a tiled kernel loads v_tile from v_cache and weighs v_tile, not "
          "k_tile).",
          v(values_from_keys=True)),
+        ("the scores are q . v: the keys your kernel read hold the values. K comes from "
+         "k_cache, and in shared memory the V tile must not overlap the K tile (v_tile starts "
+         "page_size * head_dim floats after k_tile, and the launch gives both).",
+         v(keys_from_values=True)),
         ("divide the accumulator by the running sum at the end: out[d] = acc[d] / sum (the "
          "weights sum to 1 only then).", v(online_bug="no_div")),
     ]
@@ -309,7 +319,7 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
 
 
 def gather_variant(cache, block_tables, seq_lens, max_len, *, shared_table=False,
-                   head_stride_bug=False, offset_shift=0, identity_pages=False):
+                   head_stride_bug=False, offset_shift=0, identity_pages=False, slot_bug=None):
     """The batched gather [batch, max_len, num_kv_heads, head_dim] with the chosen mistakes;
     rows at or past seq_lens[b] are zero, rows reading out of bounds NaN."""
     flat = np.asarray(cache, dtype=np.float64).reshape(-1)
@@ -322,7 +332,7 @@ def gather_variant(cache, block_tables, seq_lens, max_len, *, shared_table=False
         for h in range(num_kv_heads):
             idx = _flat_indices(row, np.arange(n), page_size, num_kv_heads, head_dim, h,
                                 offset_shift=offset_shift, identity_pages=identity_pages,
-                                head_stride_bug=head_stride_bug)
+                                head_stride_bug=head_stride_bug, slot_bug=slot_bug)
             if idx is None or (idx.size and (idx.max() >= flat.size or idx.min() < 0)):
                 out[b, :n, h] = np.nan
             else:
