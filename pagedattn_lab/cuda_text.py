@@ -11,13 +11,29 @@ import re
 __all__ = ["strip_comments", "collect_defines"]
 
 
+# A raw string's prefix just before its quote (R, u8R, uR, UR, LR, as a token of its own),
+# and its opening: the delimiter up to the '(' (at most 16 characters, no space or backslash).
+_RAW_PREFIX = re.compile(r"(?<!\w)(?:u8|[uUL])?R\Z")
+_RAW_OPEN = re.compile(r'"([^ ()\\\t\v\f\n]{0,16})\(')
+# A quote inside a number is a digit separator (C++14: 1'000'000, 0x1'F'), not a character
+# literal's; a name's (u8'c', L'c') opens one. A number starts with a digit that no name
+# character goes before, and goes on over name characters and dots.
+_NAME_CHARS = frozenset("0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+
+
 @functools.lru_cache(maxsize=64)
-def strip_comments(source: str) -> str:
-    """`source` with comments and string/char literals blanked, same length and lines."""
+def strip_comments(source: str, comment_line_end: str = "\n") -> str:
+    """`source` with comments and string/char literals blanked, same length and lines; a line
+    end inside a /* */ comment becomes `comment_line_end` (the compilers read the comment as
+    one space: a directive goes on past it)."""
     out = []
     i, n = 0, len(source)
+    in_number = False
     while i < n:
         c = source[i]
+        # (a token ends where a comment or literal starts: no number goes on past one)
+        in_number = in_number and (c in _NAME_CHARS or c in ".'") or (
+            c.isdigit() and (i == 0 or source[i - 1] not in _NAME_CHARS))
         if c == "/" and source.startswith("//", i):
             j = source.find("\n", i)
             j = n if j < 0 else j
@@ -26,8 +42,18 @@ def strip_comments(source: str) -> str:
         elif c == "/" and source.startswith("/*", i):
             j = source.find("*/", i + 2)
             j = n if j < 0 else j + 2
+            out.append(re.sub(r"[^\n]", " ", source[i:j]).replace("\n", comment_line_end))
+            i = j
+        elif c == '"' and _RAW_PREFIX.search(source, max(0, i - 3), i) and \
+                (raw := _RAW_OPEN.match(source, i)):
+            # a raw string R"d(...)d": no escapes, may span lines and hold quotes and /*
+            end = source.find(f'){raw.group(1)}"', raw.end())
+            j = n if end < 0 else end + len(raw.group(1)) + 2
             out.append(re.sub(r"[^\n]", " ", source[i:j]))
             i = j
+        elif c == "'" and in_number:
+            out.append(c)   # a digit separator (1'000'000), no character literal
+            i += 1
         elif c in "\"'":
             j = i + 1
             while j < n and source[j] != c and source[j] != "\n":

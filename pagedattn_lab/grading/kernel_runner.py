@@ -29,6 +29,7 @@ from ..cuda_text import strip_comments as code_only
 from ..validate_kinds import is_one_of
 from .faults import describe_kernel_exception
 from .report import Mismatch, note
+from .source_builtins import device_types
 from .source_macros import device_conditional
 
 # Characters of a kernel source the checks read (the course's kernels are a few thousand):
@@ -133,7 +134,7 @@ def lint(source: str, name: str) -> None:
                        "without extern \"C\" the C++ compiler mangles the name and CuPy cannot "
                        "find the kernel: write extern \"C\" __global__ void "
                        f"{name}(...).")
-    refused = device_conditional(source)
+    refused = device_conditional(source) or device_types(source)
     if refused is not None:
         raise refused
 

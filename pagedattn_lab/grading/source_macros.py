@@ -5,55 +5,205 @@ __CUDA_ARCH__`, `#if defined(__GNUC__)`, or a macro of the source's own that nam
 keep a `__syncthreads()` on the CPU side only, where the race check would pass a kernel that
 races on the GPU. So each word a conditional tests must be a macro the source defines itself
 (its body, followed through the source's other macros, naming no other), or one both
-compilers define alike. No run could show it: the CPU build never sees the GPU's branch."""
+compilers define alike; and not one a compiler defines before the source does (`#ifndef EOF`
+/ `#define EOF 0` keeps <stdio.h>'s -1 on the CPU build only), nor a name pasted together
+with ##. The code may not use a value that differs between the two builds (__FILE__,
+__COUNTER__, __TIME__...). The source is read as the compilers read it: CR and CRLF line
+ends, line splices (a backslash, maybe spaces, a line end) and `%:` for `#`. No run could
+show it: the CPU build never sees the GPU's branch."""
 from __future__ import annotations
 
+import bisect
 import re
 
+from ..cpu.prelude import prelude_macros
 from ..cuda_text import strip_comments
 from .report import Mismatch
 
 # Defined alike by NVRTC and by the CPU executor's shim (shim.h), or an operator of #if.
 ALIKE = frozenset({"__CUDACC__", "__CUDACC_RTC__", "__cplusplus", "defined"})
-_CONDITIONAL = re.compile(r"^[ \t]*#[ \t]*(if|ifdef|ifndef|elif|elifdef|elifndef)\b(.*)$", re.M)
-_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)(.*)$", re.M)
+# What only NVRTC defines (the CPU build's own list comes from its compiler, prelude.py), and
+# the GNU modes' names without underscores.
+_NVRTC_NAME = re.compile(r"__(CUDA|NV|EDG)\w*|linux|unix|i386")
+_RESERVED = re.compile(r"__\w*|_[A-Z]\w*")
+# The value of each differs between the CPU build and NVRTC's (another file name, the shim's
+# own uses of __COUNTER__, another moment).
+BUILD_VALUES = ("__FILE__", "__BASE_FILE__", "__FILE_NAME__", "__COUNTER__", "__DATE__",
+                "__TIME__", "__TIMESTAMP__", "__INCLUDE_LEVEL__")
+_BUILD_VALUE = re.compile(r"\b(" + "|".join(BUILD_VALUES) + r")\b")
+_HASH = r"(?:#|%:)"   # %: is the digraph of #
+_CONDITIONAL = re.compile(rf"^[ \t\f\v]*{_HASH}[ \t\f\v]*(if|ifdef|ifndef|elif|elifdef|elifndef)"
+                          r"\b(.*)$", re.M)
+_DEFINE = re.compile(rf"^[ \t\f\v]*{_HASH}[ \t\f\v]*define[ \t\f\v]+([A-Za-z_]\w*)(.*)$", re.M)
+_PASTE = re.compile(r"##|%:%:")
+_STRINGIFY = re.compile(r"#|%:")   # in a function-like macro's body, ## taken out first
+_SPLICE = re.compile(r"\\[ \t\f\v]*\n")
 _WORD = re.compile(r"(?<![\w.'])[A-Za-z_]\w*")   # not a number's suffix (16u, 1e5f)
+ONE_PROGRAM_HINT = ("a graded kernel must be one program on both devices (the CPU run checks "
+                    "for races and bad indices that the GPU run would not show): ")
 
 
 def device_conditional(source: str) -> Mismatch | None:
-    """The grader's refusal of the first conditional that tests a word the source does not
-    define (see above), or None."""
-    code = strip_comments(source).replace("\\\n", " ")
+    """The grader's refusal of the first value of the build in the code, of a compiler's macro
+    made a string, or of a conditional that tests a word the source does not define or a
+    compiler may (see above); or None."""
+    code, line_of = logical_code(source)
+    bodies, pastes, strings = _macros(code)
+    return (_build_value(code, line_of) or _stringified(code, line_of, bodies, strings)
+            or _conditional(code, line_of, bodies, pastes))
+
+
+def _build_value(code: str, line_of) -> Mismatch | None:
+    value = _BUILD_VALUE.search(code)
+    if not value:
+        return None
+    return Mismatch(
+        f"the kernel was refused by the grader: line {line_of(value.start())} uses "
+        f"`{value.group()}`, whose value differs between the GPU compiler and the CPU "
+        f"executor: the two would run different kernels",
+        ONE_PROGRAM_HINT + f"take `{value.group()}` out of the kernel.",
+        expected="no value of the build in the code", got=value.group())
+
+
+def _conditional(code: str, line_of, bodies: dict[str, set[str]], pastes: set[str]
+                 ) -> Mismatch | None:
+    for m in _CONDITIONAL.finditer(code):
+        found = _foreign(_WORD.findall(m.group(2)), bodies, pastes)
+        if found:
+            word, why = found
+            return Mismatch(
+                f"the kernel was refused by the grader: #{m.group(1)} at line "
+                f"{line_of(m.start())} tests `{word}`, {why}: the GPU compiler and the CPU "
+                f"executor would compile different kernels",
+                ONE_PROGRAM_HINT + "take the #if out, or test only macros the kernel #defines "
+                "itself, under names of its own (not a compiler's or a C header's).",
+                expected="conditionals on the kernel's own macros only", got=word)
+    return None
+
+
+def _macros(code: str) -> tuple[dict[str, set[str]], set[str], set[str]]:
+    """The source's macros: name -> the words of its body (its parameters left out), those
+    that paste tokens (##), and those that make a string of a parameter (#x)."""
     bodies: dict[str, set[str]] = {}
+    pastes: set[str] = set()
+    strings: set[str] = set()
     for m in _DEFINE.finditer(code):
         params = set(re.findall(r"\w+", m.group(2).partition(")")[0])) \
             if m.group(2).startswith("(") else set()
         bodies.setdefault(m.group(1), set()).update(set(_WORD.findall(m.group(2))) - params)
-    for m in _CONDITIONAL.finditer(code):
-        foreign = _foreign(set(_WORD.findall(m.group(2))), bodies)
-        if foreign:
-            line = code.count("\n", 0, m.start()) + 1
-            return Mismatch(
-                f"the kernel was refused by the grader: #{m.group(1)} at line {line} tests "
-                f"`{foreign}`, which the source does not define: the GPU compiler and the "
-                f"CPU executor would compile different kernels",
-                "a graded kernel must be one program on both devices (the CPU run checks for "
-                "races and bad indices that the GPU run would not show): take the #if out, "
-                "or test only macros the kernel #defines itself.",
-                expected="conditionals on the kernel's own macros only", got=foreign)
+        if _PASTE.search(m.group(2)):
+            pastes.add(m.group(1))
+        if params and _STRINGIFY.search(_PASTE.sub(" ", m.group(2).partition(")")[2])):
+            strings.add(m.group(1))
+    return bodies, pastes, strings
+
+
+def _stringified(code: str, line_of, bodies: dict[str, set[str]], strings: set[str]
+                 ) -> Mismatch | None:
+    """The refusal of the first call of a macro that makes a string of its argument (directly
+    or through the source's other macros) with a compiler's macro among the words of the
+    argument, followed through the source's macros: XSTR(__CUDA_ARCH__) is "900" on the GPU,
+    "__CUDA_ARCH__" on the CPU, a string a kernel can test. None if there is none."""
+    callers, grown = set(strings), True
+    while grown:   # the macros whose bodies call one that does
+        grown = False
+        for name, words in bodies.items():
+            if name not in callers and words & callers:
+                callers.add(name)
+                grown = True
+    if not callers:
+        return None
+    closing, read_to = _closing_parens(code), 0
+    for call in re.finditer(r"\b(" + "|".join(map(re.escape, sorted(callers))) + r")\s*\(",
+                            code):
+        end = closing.get(call.end() - 1)
+        # (a call never closed does not compile; one inside another's arguments was read)
+        if end is None or call.start() < read_to:
+            continue
+        read_to = end
+        seen, todo = set(), sorted(set(_WORD.findall(code[call.end():end])))
+        while todo:
+            word = todo.pop()
+            if word in seen or _alike(word, bodies):
+                continue
+            seen.add(word)
+            if _predefined(word):
+                return _string_refusal(line_of(call.start()), word, call.group(1))
+            todo.extend(sorted(bodies.get(word, ())))
     return None
 
 
-def _foreign(words: set[str], bodies: dict[str, set[str]]) -> str | None:
-    """A word of `words`, or of the bodies of the source's macros they name, followed
-    through, that is neither one of the source's macros nor ALIKE; None if there is none."""
-    seen, todo = set(), sorted(words)
+def _closing_parens(code: str) -> dict[int, int]:
+    """Each '(' of `code`'s position -> its ')''s (one pass: a long source's many calls are
+    not each walked to its end)."""
+    opened, closing = [], {}
+    for m in re.finditer(r"[()]", code):
+        if m.group() == "(":
+            opened.append(m.start())
+        elif opened:
+            closing[opened.pop()] = m.start()
+    return closing
+
+
+def _string_refusal(line: int, word: str, macro: str) -> Mismatch:
+    return Mismatch(
+        f"the kernel was refused by the grader: line {line} makes a string of `{word}` "
+        f"(through `{macro}`), a macro a compiler defines: the GPU compiler and the CPU "
+        f"executor would compile different strings, and different kernels",
+        ONE_PROGRAM_HINT + f"take `{word}` out of `{macro}`'s arguments.",
+        expected="no compiler's macro made a string", got=word)
+
+
+def logical_code(source: str):
+    """The source as its conditionals read (CR and CRLF line ends made LF, line splices
+    joined, comments and literals blanked, a /* */ comment's line ends made \v, so that a
+    directive goes on past it as the compilers read it), and the function from a position in
+    it to the source's line number."""
+    # (a \v of the source's own is a space to the compilers, not a line end to count)
+    text = source.replace("\r\n", "\n").replace("\r", "\n").replace("\v", " ")
+    pieces, joins, last, length = [], [], 0, 0
+    for m in _SPLICE.finditer(text):
+        pieces.append(text[last:m.start()])
+        length += m.start() - last
+        joins.append(length)   # where the joined line end was
+        last = m.end()
+    pieces.append(text[last:])
+    code = strip_comments("".join(pieces), "\v")
+    return code, lambda pos: (code.count("\n", 0, pos) + code.count("\v", 0, pos)
+                              + bisect.bisect_right(joins, pos) + 1)
+
+
+def _foreign(words: list[str], bodies: dict[str, set[str]], pastes: set[str]
+             ) -> tuple[str, str] | None:
+    """A word of `words` (the first in their order), or of the bodies of the source's macros
+    they name, followed through, that is not one of the source's macros, or that a compiler
+    defines too, or a macro that pastes tokens; with why it is refused. None if none."""
+    seen, todo = set(), words[::-1]
     while todo:
         word = todo.pop()
-        if word in seen or word in ALIKE:
+        if word in seen or _alike(word, bodies):
             continue
         seen.add(word)
         if word not in bodies:
-            return word
+            return word, "which the source does not define"
+        if _predefined(word):
+            return word, "which a compiler defines before the source does"
+        if word in pastes:
+            return word, "a macro that pastes a name together with ## (it may name one a " \
+                         "compiler defines)"
         todo.extend(sorted(bodies[word]))
     return None
+
+
+def _alike(word: str, bodies: dict[str, set[str]]) -> bool:
+    """Whether `word` means the same on both builds: one of ALIKE the source does not
+    redefine (`#undef __CUDACC__` / `#define __CUDACC__ __x86_64__` is no longer alike)."""
+    return word in ALIKE and word not in bodies
+
+
+def _predefined(word: str) -> bool:
+    """Whether a compiler may define `word` before the kernel's first line: the CPU build
+    does (its compiler's list), NVRTC may; every reserved name where the list is missing."""
+    known = prelude_macros()
+    return bool(_NVRTC_NAME.fullmatch(word)) or (
+        word in known if known is not None else bool(_RESERVED.fullmatch(word)))
