@@ -125,7 +125,10 @@ def _start_judge(fd: int, kernel_fd: int, private: Path, salt: int, tasks: list[
         judge = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.judge", str(fd),
                                   str(kernel_fd)],
                                  stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
-                                 pass_fds=[fd, kernel_fd], start_new_session=True)
+                                 pass_fds=[fd, kernel_fd], start_new_session=True,
+                                 # (on a machine of 64 cores, 2.5 GiB of its heap bound
+                                 # went to OpenBLAS's idle threads: isolation.ONE_THREAD)
+                                 env={**os.environ, **isolation.ONE_THREAD})
     settings = {"salt": salt, "tasks": tasks, "call_timeout": CASE_TIME_LIMIT + 30,
                 "memory_mb": memory_mb}
     judge.stdin.write((json.dumps(settings) + "\n").encode())

@@ -39,7 +39,8 @@ _HINTS = [
      "NVRTC kernels have no C++ standard library; use the CUDA functions (fmaxf, min, ...)"),
     (re.compile(r"Assembler messages|no such instruction|invalid instruction mnemonic"),
      "inline PTX assembly (asm(...)) cannot run on the CPU executor; guard it with "
-     "#ifndef __PAGEDATTN_LAB_CPU__ and give a plain C++ fallback"),
+     "#ifndef __PAGEDATTN_LAB_CPU__ and give a plain C++ fallback (not in a graded kernel: the "
+     "grader refuses a kernel that is not one program on both devices; write it in CUDA C)"),
 ]
 # Summary lines, which the errors shown say better: GCC's "cc1plus: some warnings being treated as errors" after a
 # -Werror=vla error, Clang's count ("1 warning and 1 error generated.")

@@ -103,6 +103,7 @@ void __ubsan_handle_type_mismatch_v1_abort(TypeMismatchData *d, uintptr_t ptr)
 }
 void __ubsan_handle_shift_out_of_bounds_abort(ShiftData *d, uintptr_t, uintptr_t amount)
 {
+    report_bad_read(cur);   // the earlier bad access (the amount may be the value it read)
     report(PAL_SHIFT, d->loc, d->lhs, int_value(d->rhs, amount));
 }
 void __ubsan_handle_shift_out_of_bounds(ShiftData *d, uintptr_t lhs, uintptr_t amount)

@@ -137,14 +137,19 @@ def devices() -> list[str]:
         str(p) for p in Path("/dev").glob("nvidia*") if p.is_char_device())
 
 
+# BLAS and OpenMP on one thread: OpenBLAS starts a thread per core (up to 64) at NumPy's
+# import, each with its buffer and stack (40 MiB of private writable memory measured: what
+# RLIMIT_DATA counts), in every sandbox and judge of a run of `jobs` at once.
+ONE_THREAD = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+
+
 def runner_env(box: str, compiler: list[str] | None) -> dict:
     env = {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": box, "TMPDIR": f"{box}/tmp",
            "LANG": "C.UTF-8", "MPLBACKEND": "Agg", "PYTHONDONTWRITEBYTECODE": "1",
            "PYTHONNOUSERSITE": "1", "XDG_CACHE_HOME": f"{box}/.cache",
            "XDG_CONFIG_HOME": f"{box}/.config", "MPLCONFIGDIR": f"{box}/.config/matplotlib",
            "IPYTHONDIR": f"{box}/.config/ipython", "CUPY_CACHE_DIR": f"{box}/.cache/cupy",
-           "PAGEDATTN_LAB_CACHE_DIR": f"{box}/.cache/pagedattn_lab",
-           "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+           "PAGEDATTN_LAB_CACHE_DIR": f"{box}/.cache/pagedattn_lab", **ONE_THREAD}
     for key, value in os.environ.items():
         if key in KEPT_ENV or key.startswith(KEPT_ENV_PREFIXES):
             env[key] = value

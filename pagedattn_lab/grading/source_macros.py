@@ -22,6 +22,10 @@ from .report import Mismatch
 
 # Defined alike by NVRTC and by the CPU executor's shim (shim.h), or an operator of #if.
 ALIKE = frozenset({"__CUDACC__", "__CUDACC_RTC__", "__cplusplus", "defined"})
+# C++'s literals and alternative operators, which #if reads as such, not as macros (`#if
+# false`, `#if TILE > 8 and TILE < 64`; hunt 147: they were refused as undefined macros).
+_CPP_WORDS = frozenset({"true", "false", "and", "or", "not", "bitand", "bitor", "xor", "compl",
+                        "not_eq"})
 # What only NVRTC defines (the CPU build's own list comes from its compiler, prelude.py), and
 # the GNU modes' names without underscores.
 _NVRTC_NAME = re.compile(r"__(CUDA|NV|EDG)\w*|linux|unix|i386")
@@ -198,7 +202,7 @@ def _foreign(words: list[str], bodies: dict[str, set[str]], pastes: set[str]
 def _alike(word: str, bodies: dict[str, set[str]]) -> bool:
     """Whether `word` means the same on both builds: one of ALIKE the source does not
     redefine (`#undef __CUDACC__` / `#define __CUDACC__ __x86_64__` is no longer alike)."""
-    return word in ALIKE and word not in bodies
+    return (word in ALIKE or word in _CPP_WORDS) and word not in bodies
 
 
 def _predefined(word: str) -> bool:

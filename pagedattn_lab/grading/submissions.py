@@ -2,6 +2,7 @@
 for every other file (grade.py), so that no submission is silently left out."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from .table import NOTEBOOK_ROW, Row
@@ -11,25 +12,38 @@ def _is_notebook(path: Path) -> bool:
     # ("Work.IPYNB" from some systems included.) A link is no submission: to a classmate's
     # file or to the solutions, it was graded as the learner's work, and the file it names
     # (graded once: find_notebooks) lost its own rows.
-    return path.suffix.lower() == ".ipynb" and not path.is_symlink()
+    return path.suffix.lower() == ".ipynb" and not path.is_symlink() and path.is_file()
 
 
 def _submitted(folder: Path) -> tuple[list[Path], list[Path]]:
-    """(notebooks, other files) under `folder`: nothing hidden (Jupyter's checkpoints,
+    """(notebooks, other entries) under `folder`: nothing hidden (Jupyter's checkpoints,
     .DS_Store, .git, an editor's .~lock files) and nothing of a Mac zip's __MACOSX folder (its
     `._name.ipynb` copies are no submissions)."""
     notebooks, others = [], []
-    for f in sorted(folder.rglob("*")):
+    for f in _entries(folder):
         parts = f.relative_to(folder).parts
         if "__MACOSX" in parts or any(p.startswith(".") for p in parts):
             continue
-        # A link to a folder (rglob does not enter it) or to nothing is no file, but it
-        # gets its row: a learner's notebooks in a linked folder were left out unseen.
-        if f.is_symlink() and not f.is_file():
-            others.append(f)
-        elif f.is_file():
-            (notebooks if _is_notebook(f) else others).append(f)
+        (notebooks if _is_notebook(f) else others).append(f)
     return notebooks, others
+
+
+def _entries(folder: Path) -> list[Path]:
+    """Everything under `folder` but the folders it lists, sorted: files, symbolic links (to
+    a file, a folder or nothing: none is followed) and the folders it cannot open. (rglob
+    passes over a folder it cannot open, its permissions, without a word: the notebooks in
+    it had no row.)"""
+    found = []
+
+    def unlisted(exc: OSError) -> None:
+        if Path(exc.filename) == folder:
+            raise exc   # the folder given itself: the run's error, naming it
+        found.append(Path(exc.filename))
+
+    for top, dirs, files in os.walk(folder, onerror=unlisted):
+        found += [Path(top, d) for d in dirs if Path(top, d).is_symlink()]
+        found += [Path(top, f) for f in files]
+    return sorted(found)
 
 
 def find_notebooks(paths, others: list | None = None) -> list[tuple[Path, str]]:
@@ -68,6 +82,8 @@ def not_graded(path: Path, name: str) -> Row:
     """The row of a file of the folders that is not graded (`name` as the table shows it)."""
     what = ("a link to another file or folder (graded as yours, it would be that file's "
             "work); submit the notebook itself") if path.is_symlink() else \
+        ("a folder the grader could not open (its permissions): its notebooks were not "
+         "graded; make it readable and grade again") if path.is_dir() else \
         "not a notebook (a .ipynb file); ask for the workbook saved from Jupyter"
     return Row(name, NOTEBOOK_ROW, "error", f"not graded: {what}")
 
