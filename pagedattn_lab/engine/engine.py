@@ -289,7 +289,8 @@ class LLMEngine:
 
     def _finish_reason(self, req: Request, token: int) -> str | None:
         # Any of the end tokens stops (Llama 3.1 instruct has three), as in transformers'
-        # generate; a stop token id whatever ignore_eos says (vLLM's check_stop).
+        # generate; a stop token id whatever ignore_eos says (vLLM's). Stop before length, as
+        # vLLM V0's StopChecker (V1's check_stop tests the length first).
         if token in req.params.stop_token_ids or (
                 not req.params.ignore_eos and token in self.model.config.eos_token_ids):
             return "stop"
