@@ -18,10 +18,9 @@ SIMT_GROUPS = (1, 2, 4, 8)   # query heads per block (GMAX): one compiled kernel
 PART_LEN = 512               # tokens per partition when splitting (a multiple of page sizes)
 MIN_PART_LEN = 128           # automatic splitting never goes below this
 BLOCKS_PER_SM = 4            # automatic splitting aims for this many blocks per SM
-# Tokens a decode kernel may count past a sequence's last one, in int32: a step of decode.cu's
-# loads beyond the partition's end (ngroups x U tokens: at most THREADS x 4 with the unrolls
-# of kernels/decode_params.cuh), a K/V tile of the tensor-core kernels (TILE_T, 64 or 128:
-# decode_tc_tiles.cuh's `t0 + TILE_T >= end`), with room to spare
+# Tokens decode.cu may count past a sequence's last one, in int32: a step of its loads
+# beyond the partition's end (ngroups x U tokens: at most THREADS x 4 with the unrolls of
+# kernels/decode_params.cuh), with room to spare
 TOKEN_MARGIN = THREADS * 16
 
 
@@ -54,23 +53,21 @@ def choose_partitions(seq_lens, blocks_per_partition: int, num_sms: int,
     return part_len, -(-max_len // part_len)
 
 
-def check_token_range(lens: np.ndarray, part_len: int | None, kernel: str = "simt") -> None:
-    """decode.cu (and decode_tc.cu, the wmma tensor-core kernel) counts a sequence's tokens in
-    int32: a split one's partition ends (start + part_len) and merge count (seq_len + part_len
-    - 1), and the load step past the last token. Refuse lengths that take them past 2^31 - 1,
-    where they wrap (2^31 - 1 tokens in two partitions merged to NaN: no partition counted).
-    part_len None: the kernel counts no partitions (the PTX tensor-core kernels read the
-    host's segments), only its tiles' steps pass the last token."""
+def check_token_range(lens: np.ndarray, part_len: int) -> None:
+    """decode.cu counts a sequence's tokens in int32: a split one's partition ends (start +
+    part_len) and merge count (seq_len + part_len - 1), and the load step past the last
+    token. Refuse lengths that take them past 2^31 - 1, where they wrap (2^31 - 1 tokens in
+    two partitions merged to NaN: no partition counted). (The tensor-core kernels' own
+    bounds: decode_work.check_tc_int32.)"""
     b = int(lens.argmax())
     n = int(lens[b])
-    split = part_len is not None and part_len < n
+    split = part_len < n
     reach = max(part_len if split else 0, TOKEN_MARGIN)
     if n - 1 + reach > INT32_MAX:
         # (shorter partitions help only down to the margin of the loads' steps)
         hint = "; num_splits cuts them shorter" if split and part_len > TOKEN_MARGIN else ""
-        raise ValueError(f"seq_lens[{b}]: {n} tokens"
-                         f"{f' in partitions of {part_len}' if part_len is not None else ''}: "
-                         f"the {kernel} kernel counts a sequence's tokens in int32, and "
+        raise ValueError(f"seq_lens[{b}]: {n} tokens in partitions of {part_len}: the simt "
+                         f"kernel counts a sequence's tokens in int32, and "
                          f"{'a partition' if split else 'its last load step'}'s end passes "
                          f"2^31 - 1 (at most {INT32_MAX + 1 - reach} tokens"
                          f"{' with these partitions' if split else ''}{hint})")

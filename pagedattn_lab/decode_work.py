@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import decode_plan as dp   # its TC_* split constants (benchmarks set them)
+from .validate import INT32_MAX
 
 TC_SCHEMES = ("balanced", "items")
 TC_SCHEME = "balanced"    # what plans on the PTX kernels take (measured: NOTES.md)
@@ -252,3 +253,46 @@ def tc_work(lens: np.ndarray, cfg, grid_y: int, sms: int, resident: int, max_par
     return scheme, item_segments(lens, part_len,
                                  tile_t=cfg.tile_t if TC_ITEMS_EVEN and auto else None,
                                  sms=sms if TC_ITEMS_SNAKE and auto else None)
+
+
+def tc_token_reach(lens: np.ndarray, tile_t: int, segs: np.ndarray | None = None,
+                   part_len: int | None = None) -> np.ndarray:
+    """Per sequence, the largest token count (int64) a tensor-core kernel computes in int32.
+    segs (the PTX kernels' segments): a segment's tile cursor steps to the tile past its last
+    (kernels/decode_tc_tiles.cuh, advance_tile's t0 + TILE_T; last_of_segment's the same).
+    part_len (decode_tc.cu's items, tc_work_list): the last partition's last tile ends at
+    start + ntiles x TILE_T - 1, and every block counts its sequence's partitions as
+    seq_len + part_len - 1."""
+    lens = lens.astype(np.int64)
+    if segs is not None:
+        start, end = segs[:, 1].astype(np.int64), segs[:, 2].astype(np.int64)
+        reach = np.zeros(lens.size, np.int64)
+        np.maximum.at(reach, segs[:, 0], start + -(-(end - start) // tile_t) * tile_t)
+        return reach
+    last = (-(-lens // part_len) - 1) * part_len   # the last partition's first token
+    return np.maximum(last + -(-(lens - last) // tile_t) * tile_t - 1, lens + part_len - 1)
+
+
+def check_tc_int32(cfg, lens: np.ndarray, segments: Segments, max_page: int,
+                   page_size: int, compressed: bool) -> None:
+    """Refuse a plan on `cfg` (a decode_plan.TCConfig) whose int32 token counts wrap
+    (tc_token_reach: past 2^31 - 1 a cursor goes negative and keeps streaming tiles, reading
+    the block table before its row) or, over compressed pages, whose 32-bit unsigned cache
+    slots do (copy_tile's COPY_SLOTS: page id x page_size + place, up to 2^32 - 1)."""
+    wmma = cfg.impl == "wmma"
+    reach = tc_token_reach(lens, cfg.tile_t, None if wmma else segments.segs,
+                           segments.range_tokens if wmma else None)
+    b = int(reach.argmax())
+    if reach[b] > INT32_MAX:
+        parts = f" in partitions of {segments.range_tokens}" if wmma else ""
+        fits = 2**31 - max(cfg.tile_t - 1, segments.range_tokens) if wmma else 2**31 - cfg.tile_t
+        what = ("its last tile or its partitions' count reaches" if wmma
+                else "the tile past its last would start at")
+        raise ValueError(f"seq_lens[{b}]: {int(lens[b])} tokens{parts}: the tensor-core kernel "
+                         f"({cfg.source}.cu, tiles of {cfg.tile_t}) counts a sequence's tokens "
+                         f"in int32, and {what} {int(reach[b])}, past 2^31 - 1 (up to {fits} "
+                         f"tokens{' with these partitions' if wmma else ''} always fit)")
+    if compressed and (max_page + 1) * page_size > 2**32:
+        raise ValueError(f"block_tables: page {max_page} x page_size {page_size} is past the "
+                         f"tensor-core kernel's 32-bit cache slots over compressed pages "
+                         f"(page x page_size + place, at most 2^32 - 1)")

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .validate import INT32_MAX
+
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64        # keys per K/V tile of the default variants
 
@@ -124,3 +126,34 @@ def work_list(indptr: np.ndarray, lens: np.ndarray, rows: int, causal: bool,
     keys = lens[seq] - q_rows[seq] // pack + last_query + 1 if causal else lens[seq]
     order = np.argsort(-keys, kind="stable")
     return np.stack([seq[order], first[order]], axis=1).astype(np.int32)
+
+
+def check_int32_ranges(indptr: np.ndarray, lens: np.ndarray, chosen: np.ndarray,
+                       variant: Variant, pack: int) -> None:
+    """Refuse the `chosen` sequences of one launch on `variant` where the kernels' int32 counts
+    (kernels/prefill_tiles.cuh) wrap. Keys: a block's key loop steps k0 by kv_tile while
+    k0 < kv_end (at most seq_len), and a tile's slot lookup runs `stages` tiles ahead, up to
+    key k0 + (stages + 1) x kv_tile - 1 of the last tile (wrapped: a negative key passes
+    `key < kv_end` and reads the block table before its row). Packed rows: a block's rows end
+    at rho0 + rows (warp_keys), the last tile's at ceil(q_len x pack / rows) x rows."""
+    seqs = np.flatnonzero(chosen)
+    if not seqs.size:
+        return
+    tile, stages, rows = variant.kv_tile, variant.stages, variant.rows
+    keys = lens[seqs].astype(np.int64)
+    key_reach = (keys - 1) // tile * tile + (stages + 1) * tile - 1
+    i = int(key_reach.argmax())
+    if key_reach[i] > INT32_MAX:
+        raise ValueError(f"seq_lens[{seqs[i]}]: {int(keys[i])} keys: the prefill kernel "
+                         f"({variant.name}: tiles of {tile}, {stages} stages) counts keys in "
+                         f"int32, and its look-ahead reaches key {int(key_reach[i])}, past "
+                         f"2^31 - 1 (at most {(2**31 // tile - stages) * tile} keys)")
+    packed = np.diff(indptr)[seqs].astype(np.int64) * pack
+    row_reach = -(-packed // rows) * rows
+    i = int(row_reach.argmax())
+    if row_reach[i] > INT32_MAX:
+        raise ValueError(f"qo_indptr: sequence {seqs[i]} has {int(packed[i] // pack)} queries "
+                         f"({int(packed[i])} packed rows): the prefill kernel ({variant.name}) "
+                         f"counts them in int32 in tiles of {rows}, and its last tile ends at "
+                         f"row {int(row_reach[i])}, past 2^31 - 1 (at most "
+                         f"{INT32_MAX // rows * rows} rows)")

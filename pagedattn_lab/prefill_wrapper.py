@@ -45,7 +45,7 @@ from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM,
 from .backend import array_module, is_cupy_array, is_torch_tensor, to_numpy
 from .kernels import kernel as load_kernel
 from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Variant,
-                           shared_bytes, variant_for, work_list)
+                           check_int32_ranges, shared_bytes, variant_for, work_list)
 from .quant import check_run_scales, check_scheme, kv_format
 from .validate import (bf16_bits_hint, check_array, check_block_tables, check_bool,
                        check_int, check_offsets, check_plan_sizes, resolve_scale)
@@ -177,14 +177,16 @@ class BatchPrefillWrapper:
         pages_used = -(-lens64 // page_size)
         used = tables[np.arange(tables.shape[1])[None, :] < pages_used[:, None]]
         max_page = int(used.max(initial=-1))
-        if (max_page + 1) * page_size > 2**31 - 1:   # the kernel keeps slots in int32
+        if (max_page + 1) * page_size > 2**31:   # the kernel keeps slots in int32
             raise ValueError(f"block_tables: page {max_page} x page_size {page_size} is past "
-                             f"the kernel's int32 cache slots (2^31 - 1)")
+                             f"the kernel's int32 cache slots (page x page_size + place, at "
+                             f"most 2^31 - 1)")
         parts = []
         for var, pack, chosen in groups:
             if not chosen.any():
                 continue
             sub = np.concatenate([[0], np.cumsum(np.where(chosen, q_lens, 0))])
+            check_int32_ranges(indptr, lens64, chosen, var, pack)
             work = work_list(sub, lens64, var.rows, causal, pack)
             if num_heads // pack > MAX_GRID_YZ:   # the GPU would refuse run()'s launch
                 raise ValueError(f"num_heads: {num_heads} query heads ({pack} per block) need "

@@ -226,8 +226,8 @@ class BatchDecodeWrapper(DecodeRun):
             return self._plan_tensor_core(lens_h, num_splits, short, scheme, ranges)
         if cfg.heads_on_x and segments.seg_ptr.size - 1 > dp.GRID_Y_MAX:   # (grid y's limit)
             return self._plan_tensor_core(lens_h, num_splits, dp.work_on_x(cfg), scheme, ranges)
+        dw.check_tc_int32(cfg, lens_h, segments, self.max_page, self.page_size, bool(fmt))
         self.part_len, self.max_parts = segments.range_tokens, segments.max_parts
-        dp.check_token_range(lens_h, self.part_len if cfg.impl == "wmma" else None, "tensor-core")
         self.row_tiles, self.rows_per_block, self.tc_config = row_tiles, rows, cfg
         xp, i32 = self.xp, np.int32
         if cfg.impl != "wmma":   # the segments of each block (the PTX kernels)

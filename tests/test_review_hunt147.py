@@ -170,31 +170,8 @@ def test_a_judge_runs_blas_on_one_thread(tmp_path, monkeypatch):
         assert f"{key}=1".encode() in environ, key
 
 
-# -- decode plans: lengths near int32's limit on the tensor-core kernels ------------------------
-# Hunt 145's check_token_range refused them on the simt kernel only; the tensor-core kernels
-# count tokens in int32 too (decode_tc.cu: start + part_len and seq_len + part_len - 1, as
-# decode.cu; decode_tc_tiles.cuh: t0 + TILE_T >= end, which wraps for a last tile that starts
-# within 64 tokens of 2^31), and their plans took 2^31 - 1 tokens. A table listing page 0
-# 4096 times over pages of 2^19 tokens: lengths near 2^31 without a large cache.
-WIDE_ROW = np.zeros((1, 4096), np.int32)
-
-
-@pytest.mark.parametrize("num_splits", [None, 2])
-def test_a_tensor_core_plan_refuses_lengths_its_kernel_cannot_count(num_splits):
-    from pagedattn_lab import BatchDecodeWrapper
-    w = BatchDecodeWrapper()
-    with pytest.raises(ValueError, match=r"^seq_lens\[0\]: 2147483647 tokens.*: the "
-                                         r"tensor-core kernel counts a sequence's tokens in "
-                                         r"int32"):
-        w.plan(WIDE_ROW, np.array([2**31 - 1], np.int32), 8, 1, 128, 2**19, "float16",
-               kernel="tensor_core", num_splits=num_splits)
-    assert w.kernel is None   # nothing planned
-    # the longest its tiles' steps can count still plans
-    w.plan(WIDE_ROW, np.array([2**31 - 2048], np.int32), 8, 1, 128, 2**19, "float16",
-           kernel="tensor_core", num_splits=num_splits)
-    assert w.kernel == "tensor_core" and w.max_parts >= 1
-
-
+# -- the simt plan's int32 refusal: num_splits offered only where shorter partitions help ------
+# (the tensor-core kernels' own bounds: tests/test_int32_bounds_hunt150.py)
 def test_the_simt_refusal_offers_num_splits_only_where_shorter_partitions_help():
     from pagedattn_lab.decode_simt_plan import check_token_range
     with pytest.raises(ValueError) as info:   # not split: no num_splits brings it under
@@ -204,24 +181,6 @@ def test_the_simt_refusal_offers_num_splits_only_where_shorter_partitions_help()
     with pytest.raises(ValueError, match=r"a partition's end passes .* num_splits cuts them "
                                          r"shorter\)$"):
         check_token_range(np.array([1_500_000_000]), 750_000_000)
-
-
-def test_the_wmma_tensor_core_plan_counts_its_partition_ends():
-    """int8 pages at head_dim 64 take decode_tc.cu (wmma), whose partitions end at start +
-    part_len in int32, as decode.cu's."""
-    from pagedattn_lab import BatchDecodeWrapper
-    plan = dict(num_heads=8, num_kv_heads=1, head_dim=64, page_size=2**19, dtype="float16",
-                kernel="tensor_core", kv_dtype="int8")
-    with pytest.raises(ValueError, match=r"^seq_lens\[0\]: 2147481600 tokens in partitions of "
-                                         r"1073740800: the tensor-core kernel .* a partition's "
-                                         r"end passes 2\^31 - 1"):
-        BatchDecodeWrapper().plan(WIDE_ROW, np.array([2**31 - 2048], np.int32), num_splits=2,
-                                  **plan)
-    w = BatchDecodeWrapper().plan(WIDE_ROW, np.array([2**31 - 2048], np.int32), num_splits=1,
-                                  **plan)
-    assert (w.tc_config.impl, w.max_parts) == ("wmma", 1)
-    w.plan(WIDE_ROW, np.array([2**30], np.int32), num_splits=2, **plan)
-    assert (w.part_len, w.max_parts) == (2**29, 2)
 
 
 # -- the executor's asm hint against the grader's lint -------------------------------------------
