@@ -15,6 +15,7 @@ from .report import text_of
 from .wire import ProtocolError
 
 MAX_TEXT = 20_000
+MAX_KEY = (1 << 63) - 1   # the largest int key a KeyError crosses as (an int64 id, say)
 # (an exception group is built from its parts, and `exception` builds from no arguments: it
 # crosses as a same-named stand-in, as a class only the sender knows does)
 _BUILTIN_ERRORS = [c for c in vars(builtins).values()
@@ -45,13 +46,27 @@ def _text(value) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
 
 
-def _message_of(exc: BaseException):
-    """What the exception is rebuilt from: a KeyError's str() is its key's repr, which the
-    rebuilt KeyError quoted again (KeyError: "'seq 3'" under the grader, 'seq 3' in the
-    notebook)."""
-    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
-        return exc.args[0]
-    return exc
+def _message_of(exc: BaseException) -> str | int:
+    """What the exception is rebuilt from: its str(), but a KeyError's str() is its key's
+    repr, which the rebuilt KeyError quoted again (KeyError: "'seq 3'" under the grader,
+    'seq 3' in the notebook; '3' for 3): a KeyError of one str or int key (a dict keyed by
+    sequence id) sends the key itself, an int as an int (`_key_of` takes it back)."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1:
+        key = exc.args[0]
+        if isinstance(key, str):
+            return _text(key)
+        if type(key) is int and abs(key) <= MAX_KEY:
+            return key
+    return _text(exc)
+
+
+def _key_of(cls: type, message):
+    """The argument an exception of `cls` is rebuilt with from a reply's `message`: an int
+    only as a KeyError's key (`_message_of`), bounded (a sent int of a million digits would
+    not print); anything else as text."""
+    if issubclass(cls, KeyError) and type(message) is int and abs(message) <= MAX_KEY:
+        return message
+    return _text(message)
 
 
 class ErrorTranslation:
@@ -89,7 +104,7 @@ class ErrorTranslation:
             self._raised[token] = exc
         return {"type": type(exc).__name__[:80],
                 "mro": [c.__name__[:80] for c in type(exc).__mro__][:24],
-                "message": _text(_message_of(exc)), "attrs": attrs, "where": learner_frame(exc),
+                "message": _message_of(exc), "attrs": attrs, "where": learner_frame(exc),
                 "token": token if type(token) is int else None}
 
     def exception(self, info, blobs=()) -> BaseException:
@@ -102,7 +117,7 @@ class ErrorTranslation:
         names = [str(n) for n in info.get("mro", [])] if isinstance(info.get("mro"), list) else []
         cls = self._class(name, names)
         exc = cls.__new__(cls)
-        BaseException.__init__(exc, _text(info.get("message", "")))
+        BaseException.__init__(exc, _key_of(cls, info.get("message", "")))
         exc.remote_frame = str(info.get("where") or "")[:400]   # see report._learner_frame
         attrs = info.get("attrs") if isinstance(info.get("attrs"), dict) else {}
         for key, tree in list(attrs.items())[:40]:
