@@ -294,11 +294,10 @@ def _pow2_shift_hint(comp: _Compiled, prob, threads: int, tiled: bool) -> str | 
 
 def _right_with(comp: _Compiled, prob, threads: int, tiled: bool, **sizes) -> bool:
     """The kernel is right on `prob`'s sequences with `sizes` changed (any seed)."""
-    s = prob.shape
-    other = paged_problem(0, mode="prefill", **{
-        "seq_lens": prob.seq_lens, "num_heads": s["num_heads"],
-        "num_kv_heads": s["num_kv_heads"], "head_dim": s["head_dim"],
-        "page_size": s["page_size"], "max_len": s["max_len"], "scale": prob.scale, **sizes})
+    kept = {k: prob.shape[k] for k in ("num_heads", "num_kv_heads", "head_dim", "page_size",
+                                       "max_len")}
+    other = paged_problem(0, mode="prefill", seq_lens=prob.seq_lens, scale=prob.scale,
+                          **{**kept, **sizes})
     got = probe(_launch_prefill, comp, other, threads, tiled, True)
     return got is not None and describe_difference(
         got[0], other.expected, ("sequence", "token", "head", "dim"), unwritten=got[1]) is None
