@@ -7,6 +7,7 @@ import pytest
 
 from pagedattn_lab import grade
 from pagedattn_lab.grading.submissions import not_graded
+from tests.test_grade_macros_hunt140 import _CPU_ONLY_BARRIER
 
 
 # -- submissions: a folder the grader cannot open gets a row ---------------------------------
@@ -52,24 +53,9 @@ def test_the_folder_given_unreadable_is_the_runs_error_naming_it(tmp_path, monke
 # __PAGEDATTN_LAB_CPU__` / `#define __PAGEDATTN_LAB_CPU__ 0` (defined on the GPU only: the
 # executor's shim defines it 1), `#if __PAGEDATTN_LAB_CPU__` kept the barrier on the CPU side,
 # and the kernel passed the race check that the GPU would fail.
-_GUARDED_BARRIER = r"""
-#ifndef __PAGEDATTN_LAB_CPU__
-#define __PAGEDATTN_LAB_CPU__ 0
-#endif
-extern "C" __global__ void block_sum(const float* x, float* out)
-{
-    __shared__ float tile[64];
-    tile[threadIdx.x] = x[threadIdx.x];
-#if __PAGEDATTN_LAB_CPU__
-    __syncthreads();
-#endif
-    if (threadIdx.x == 0) {
-        float s = 0.0f;
-        for (int i = 0; i < 64; ++i) s += tile[i];
-        out[0] = s;
-    }
-}
-"""
+_GUARDED_BARRIER = ("#ifndef __PAGEDATTN_LAB_CPU__\n#define __PAGEDATTN_LAB_CPU__ 0\n#endif\n"
+                    + _CPU_ONLY_BARRIER.replace("#ifdef __PAGEDATTN_LAB_CPU__",
+                                                "#if __PAGEDATTN_LAB_CPU__"))
 
 
 @pytest.mark.parametrize("source, word", [
