@@ -62,15 +62,17 @@ def check_token_range(lens: np.ndarray, part_len: int) -> None:
     b = int(lens.argmax())
     n = int(lens[b])
     split = part_len < n
-    reach = max(part_len if split else 0, TOKEN_MARGIN)
+    by_partition = split and part_len > TOKEN_MARGIN   # (else the loads' step sets the reach)
+    reach = part_len if by_partition else TOKEN_MARGIN
     if n - 1 + reach > INT32_MAX:
-        # (shorter partitions help only down to the margin of the loads' steps)
-        hint = "; num_splits cuts them shorter" if split and part_len > TOKEN_MARGIN else ""
-        raise ValueError(f"seq_lens[{b}]: {n} tokens in partitions of {part_len}: the simt "
-                         f"kernel counts a sequence's tokens in int32, and "
-                         f"{'a partition' if split else 'its last load step'}'s end passes "
-                         f"2^31 - 1 (at most {INT32_MAX + 1 - reach} tokens"
-                         f"{' with these partitions' if split else ''}{hint})")
+        where = (f"in partitions of {part_len}: the simt kernel counts a sequence's tokens in "
+                 f"int32, and a partition's end passes 2^31 - 1 (at most "
+                 f"{INT32_MAX + 1 - reach} tokens with these partitions; num_splits cuts them "
+                 f"shorter)" if by_partition else
+                 f"{f'in partitions of {part_len}' if split else 'in one partition'}: the simt "
+                 f"kernel counts a sequence's tokens in int32, and its last load step's end "
+                 f"passes 2^31 - 1 (at most {INT32_MAX + 1 - reach} tokens)")
+        raise ValueError(f"seq_lens[{b}]: {n} tokens {where}")
 
 
 def simt_shared_bytes(gmax: int, head_dim: int) -> int:

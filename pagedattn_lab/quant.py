@@ -198,6 +198,10 @@ def refuse_single_number(scale, name: str, shape, library: str = "np") -> None:
     value = np.asarray(to_numpy(scale))
     if value.dtype.kind not in "fiu":   # (bool, a string: the dtype checks name those)
         return
+    if not (np.isfinite(value) and value >= FLOAT32_TINY):   # (no scale worth spreading)
+        raise ValueError(f"{name}: expected one static scale per KV head, shape "
+                         f"{tuple(shape)}, each finite, > 0 and not subnormal; got the single "
+                         f"number {float(value)!r}")
     raise ValueError(f"{name}: expected one static scale per KV head, shape {tuple(shape)}, "
                      f"got the single number {float(value)!r}; the same scale for every "
                      f"head is {library}.full({tuple(shape)}, {float(value)!r}, "

@@ -283,13 +283,13 @@ class BatchDecodeWrapper(DecodeRun):
 
     def _add_launch(self, kern, grid, shared, make_args, block=THREADS):
         if max(grid[1:]) > MAX_GRID_YZ:   # the GPU would refuse the launch in run()
+            tip = "" if self.kernel == "tensor_core" else ", or plan with kernel='tensor_core'"
             raise ValueError(f"{self._grid_args}: {self.batch} sequences "
                              f"and {self.num_heads} query heads over {self.num_kv_heads} KV "
                              f"heads need a launch grid {grid}, past CUDA's limit of "
-                             f"{MAX_GRID_YZ} blocks in y and z; split the batch or the heads")
+                             f"{MAX_GRID_YZ} blocks in y and z; split the batch or the heads{tip}")
         allow_shared_memory(kern, shared)
-        # On the GPU, run() launches the cupy.RawKernel inside the course's RawKernel, its
-        # arguments packed here (rawkernel.PackedLaunch); the checks are the wrapper's own.
+        # (on the GPU, run() launches it with the arguments packed here: rawkernel.PackedLaunch)
         if self.on_gpu:
             kern = PackedLaunch(kern.gpu, grid, (block,), shared, make_args, n_varying=7)
         self._launches.append((kern, grid, (block,), make_args, shared))

@@ -118,6 +118,6 @@ def test_lessons_10_and_12_define_a_term_where_they_first_use_it(lesson, term, d
     assert definition in " ".join(first.split()), (term, first[:300])
 
 
-def test_describe_keeps_a_timestamp_without_a_zone_as_written():
+def test_describe_shows_a_timestamp_without_a_zone_to_the_minute_adding_none():
     assert bench_plots.describe({"device": "cpu", "date": "2026-12-04T06:18:07"}) == \
         "cpu, 2026-12-04 06:18"

@@ -12,6 +12,7 @@ instructors grade folders of notebooks with `python -m pagedattn_lab.grade`.
     variants.py          paged attention with the classic mistakes switched on
     kernel_runner.py     compile and launch a learner's CUDA C (GPU or CPU executor)
     source_macros.py     its refusal of an #if on a macro the kernel does not define
+    source_builtins.py   its refusal of a type query whose answer differs between builds
     checks_*.py          the checks, by lesson topic (checks_serve.py: lesson 07's serve;
                          serve_hints.py: what its loop did unlike the spec's)
     (the tasks of each workbook are listed in pagedattn_lab/lessons.py, the lesson registry)

@@ -18,10 +18,15 @@ _QUERIES = (r"sizeof|decltype|typeid|typeof|__typeof__|__typeof|alignof|_Alignof
             r"|__alignof")
 # a built-in variable whole (no member read), and what goes before it where its type decides:
 # an operand of a type query, an argument (overloads, templates), a braced initializer, a
-# conditional operator's arm; `::` before the name read past
-_TYPED_USE = re.compile(rf"(?:[(,{{?]|(?<!:):|\b(?:{_QUERIES}))\s*(?:::\s*)?"
+# conditional operator's arm, a reference bound to it (`auto& t = threadIdx`: sizeof(t) is
+# the built-in's); `::` before the name read past
+_TYPED_USE = re.compile(rf"(?:[(,{{?]|(?<!:):|&\s*\w+\s*=|\b(?:{_QUERIES}))\s*(?:::\s*)?"
                         r"\b(threadIdx|blockIdx|blockDim|gridDim)\b(?!\s*\.)")
-_ALIGNOF = re.compile(r"\b(alignof|_Alignof|__alignof__|__alignof)\b")
+_ALIGNOF = re.compile(r"\b(alignof|_Alignof|__alignof__|__alignof)\b\s*(\(\s*([^()]*?)\s*\))?")
+# types whose alignment is the same on both builds (any other may be, or hold, a 16-byte vector)
+_SAME_ALIGNMENT = re.compile(r"(?:(?:const|volatile|signed|unsigned|short|long)\s+)*"
+                             r"(?:bool|char|short|int|long|float|double|half|__half|"
+                             r"__nv_bfloat16|size_t|int\d+_t|uint\d+_t)?")
 
 
 def device_types(source: str) -> Mismatch | None:
@@ -36,7 +41,8 @@ def device_types(source: str) -> Mismatch | None:
                         "built-in type of one byte, the executor's a uint3 or dim3)",
                         f"read its members ({m.group(1)}.x) or copy it first "
                         f"(uint3 t = {m.group(1)};).")
-    m = _ALIGNOF.search(code)
+    m = next((a for a in _ALIGNOF.finditer(code)
+              if a.group(3) is None or not _SAME_ALIGNMENT.fullmatch(a.group(3))), None)
     if m:
         return _refusal(line_of(m.start()), m.group(1),
                         ", whose answer differs between the builds (the executor aligns "

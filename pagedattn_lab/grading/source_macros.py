@@ -92,12 +92,13 @@ def _macros(code: str) -> tuple[dict[str, set[str]], set[str], set[str]]:
     pastes: set[str] = set()
     strings: set[str] = set()
     for m in _DEFINE.finditer(code):
-        params = set(re.findall(r"\w+", m.group(2).partition(")")[0])) \
-            if m.group(2).startswith("(") else set()
+        function_like = m.group(2).startswith("(")
+        head = m.group(2).partition(")")[0] if function_like else ""
+        params = set(re.findall(r"\w+", head)) | ({"__VA_ARGS__"} if "..." in head else set())
         bodies.setdefault(m.group(1), set()).update(set(_WORD.findall(m.group(2))) - params)
         if _PASTE.search(m.group(2)):
             pastes.add(m.group(1))
-        if params and _STRINGIFY.search(_PASTE.sub(" ", m.group(2).partition(")")[2])):
+        if function_like and _STRINGIFY.search(_PASTE.sub(" ", m.group(2).partition(")")[2])):
             strings.add(m.group(1))
     return bodies, pastes, strings
 

@@ -37,7 +37,9 @@ def _entries(folder: Path) -> list[Path]:
 
     def unlisted(exc: OSError) -> None:
         if Path(exc.filename) == folder:
-            raise exc   # the folder given itself: the run's error, naming it
+            # the folder given itself: the run's error (grade.main: exit 2), naming it
+            raise RuntimeError(f"{folder}: the grader could not open this folder "
+                               f"({exc.strerror})") from exc
         found.append(Path(exc.filename))
 
     for top, dirs, files in os.walk(folder, onerror=unlisted):
@@ -65,10 +67,12 @@ def find_notebooks(paths, others: list | None = None) -> list[tuple[Path, str]]:
         else:
             raise FileNotFoundError(f"{raw}: no such file or folder")
     # a file named twice (`grade a.ipynb a.ipynb`, or a folder and a file in it) once: the
-    # gradebook counts a submission's rows by its name
+    # gradebook counts a submission's rows by its name. A link named is its own submission,
+    # not its target's (which keeps its row where a folder given holds it).
     first = {}
     for f, name in found:
-        first.setdefault(f.resolve(), (f, name))
+        first.setdefault(f.parent.resolve() / f.name if f.is_symlink() else f.resolve(),
+                         (f, name))
     found = list(first.values())
     names = [name for _, name in found + skipped]
     if len(set(names)) < len(names):  # e.g. two folders holding the same file names

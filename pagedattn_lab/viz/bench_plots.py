@@ -12,7 +12,7 @@ and writing) can deliver a little more, so a good read-only kernel can edge past
 
 The charts take records from `python -m pagedattn_lab.bench` (JSON files under
 `benchmarks/results/`) or, with no GPU results at hand, `recorded_figures()`: measurements
-taken on an H100 while the course was written (see the function for the source).
+taken on an H100 while the course was written (`recorded.py`, with their source).
 """
 from __future__ import annotations
 
@@ -189,7 +189,8 @@ def describe(data) -> str:
         return f"{where}, {date}"   # not ISO 8601: as recorded
     if when.tzinfo is not None:
         return f"{where}, {when.astimezone(dt.timezone.utc):%Y-%m-%d %H:%M} UTC"
-    return f"{where}, {when:%Y-%m-%d %H:%M}" if "T" in date else f"{where}, {when:%Y-%m-%d}"
+    timed = date[10:11] in ("T", " ")   # (ISO 8601 takes either before the time)
+    return f"{where}, {when:%Y-%m-%d %H:%M}" if timed else f"{where}, {when:%Y-%m-%d}"
 
 
 def yardstick(data, *, workload: str = "D64", kernel: str | None = None) -> dict:
