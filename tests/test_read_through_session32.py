@@ -101,3 +101,32 @@ def test_a_batch_past_the_simt_grid_is_told_the_tensor_core_kernel_takes_it():
 def test_describe_shows_the_time_of_a_timestamp_written_with_a_space():
     assert bench_plots.describe({"gpu": "H100", "date": "2026-12-06 12:34"}) == \
         "H100, 2026-12-06 12:34"
+
+
+# -- the CPU executor: a deferred read, then an assert or a trap ------------------------------
+_READ_THEN = r"""
+extern "C" __global__ void read_then(const float* x, float* out, int i)
+{
+    float a[4];
+    for (int j = 0; j < 4; ++j) a[j] = x[j];
+    float *p = a;
+    const float r = p[i];
+    STOP;
+    out[threadIdx.x] = r;
+}
+"""
+
+
+@pytest.mark.parametrize("stop", ["__trap()", "assert(r < -1e30f)"])
+def test_a_read_past_an_array_is_reported_before_an_assert_or_trap_after_it(stop):
+    """The read was deferred to the next barrier; an assert on its value, or a trap, came
+    first and was reported instead of the read that caused it."""
+    from pagedattn_lab.cpu import RawKernel
+    from pagedattn_lab.cpu.compiler import compiler
+    from pagedattn_lab.cpu.errors import KernelFault
+    if compiler()[2]:
+        pytest.skip("GCC's object-size check (Clang builds go without it)")
+    x, out = np.arange(4, dtype=np.float32), np.zeros(1, np.float32)
+    with pytest.raises(KernelFault, match=r"out-of-bounds read .* through `p\[i\]`"):
+        RawKernel(_READ_THEN.replace("STOP", stop), "read_then")((1,), (1,),
+                                                                (x, out, np.int32(5)))

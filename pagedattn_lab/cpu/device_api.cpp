@@ -136,8 +136,11 @@ extern "C" int __pal_printf(const char *fmt, ...)
     return n;
 }
 
+// An assert or a trap after a read past an array (ubsan.cpp defers it) is likely its symptom:
+// the read is reported first.
 extern "C" void __pal_assert_fail(const char *expr, const char *file, int line, const char *func)
 {
+    if (cur) report_bad_read(cur);
     snprintf(S.res->msg, sizeof S.res->msg, "%s:%d: %s: Assertion `%s` failed.", file, line, func, expr);
     S.res->line = line;
     fail(PAL_ASSERT);
@@ -145,6 +148,7 @@ extern "C" void __pal_assert_fail(const char *expr, const char *file, int line, 
 
 extern "C" void __pal_trap(int line)
 {
+    if (cur) report_bad_read(cur);
     S.res->line = line;
     fail(PAL_TRAP);
 }
