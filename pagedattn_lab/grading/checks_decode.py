@@ -26,7 +26,7 @@ from .decode_launch import (NOTHING_WRITTEN, WARP, decode_problem, dims_hint, la
 from .decode_variants import LOG2E, partials_variant
 from .puzzle_runner import per_thread_max
 from .kernel_runner import poisoned, unwritten
-from .kernel_hints import fixed_page_asked, fixed_page_hint, mha_only_hint
+from .kernel_hints import one_size_hint
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
 from .table_probe import PAGE_SIZE, full_table, transposed_hint
 from .variants import (BY_KV_HEADS_HINT, BY_MOD_HINT, HEAD_STRIDE_HINT, SAME_HEAD_HINT,
@@ -185,14 +185,7 @@ def _partition_one_size(comp, part_len: int, sizes: dict) -> str | None:
         return o is not None and describe_difference(
             o, o_ref, ("sequence", "head", "partition", "dim"),
             mask=np.isfinite(o_ref).all(axis=-1, keepdims=True)) is None
-    if right_with():   # (wrong here for another reason)
-        return None
-    if fixed_page_asked(sizes["page_size"]) and right_with(page_size=16):
-        return fixed_page_hint(sizes["page_size"])
-    if sizes["num_kv_heads"] != sizes["num_heads"] and right_with(
-            num_kv_heads=sizes["num_heads"]):
-        return mha_only_hint(sizes["num_heads"], sizes["num_kv_heads"])
-    return None
+    return one_size_hint(right_with, sizes)
 
 
 def _partition_case(comp, seed, part_len, **sizes) -> None:

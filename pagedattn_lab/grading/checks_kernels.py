@@ -21,9 +21,9 @@ import numpy as np
 from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose
 from .faults import kernel_message
-from .kernel_hints import (array_size_hint, barriers, fixed_page_asked, fixed_page_hint,
-                           mha_only_hint, nan_hint, nothing_written, padding_hint, sequence_hint,
-                           shift_hint, tiled_hint, unwritten_pattern_hint)
+from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, one_size_hint,
+                           padding_hint, sequence_hint, shift_hint, tiled_hint,
+                           unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwritten, where
 from .puzzle_runner import same_work
 from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
@@ -306,15 +306,8 @@ def _right_with(comp: _Compiled, prob, threads: int, tiled: bool, **sizes) -> bo
 def _one_size_hint(comp: _Compiled, prob, threads: int, tiled: bool) -> str | None:
     """Wrong on this case's sequences and sizes, right with pages of 16 tokens (where this
     case's are not), or with a KV head per query head (where this case shares them)."""
-    s = prob.shape
-    if _right_with(comp, prob, threads, tiled):   # (wrong here for another reason)
-        return None
-    if fixed_page_asked(s["page_size"]) and _right_with(comp, prob, threads, tiled, page_size=16):
-        return fixed_page_hint(s["page_size"])
-    if s["num_kv_heads"] != s["num_heads"] and _right_with(
-            comp, prob, threads, tiled, num_kv_heads=s["num_heads"]):
-        return mha_only_hint(s["num_heads"], s["num_kv_heads"])
-    return None
+    return one_size_hint(lambda **changed: _right_with(comp, prob, threads, tiled, **changed),
+                         prob.shape)
 
 
 def _tail_hint(comp: _Compiled, seed: int, sizes: dict, threads: int, tiled: bool):

@@ -81,6 +81,20 @@ def mha_only_hint(num_heads: int, num_kv_heads: int) -> str:
             "h / (num_heads / num_kv_heads).")
 
 
+def one_size_hint(right_with, sizes: dict) -> str | None:
+    """fixed_page_hint or mha_only_hint for a kernel wrong at `sizes` (page_size, num_heads,
+    num_kv_heads) that `right_with(**changed)` finds right with pages of 16 tokens, or with a
+    KV head per query head; None where it is right as it is (wrong for another reason)."""
+    if right_with():
+        return None
+    if fixed_page_asked(sizes["page_size"]) and right_with(page_size=16):
+        return fixed_page_hint(sizes["page_size"])
+    if sizes["num_kv_heads"] != sizes["num_heads"] and right_with(
+            num_kv_heads=sizes["num_heads"]):
+        return mha_only_hint(sizes["num_heads"], sizes["num_kv_heads"])
+    return None
+
+
 def unwritten_pattern_hint(diff, *, threads: int, token_axis: str = "token") -> str | None:
     """Hints read off which entries were never written (prefill: a thread owns a token row)."""
     if not diff.unwritten.any():
