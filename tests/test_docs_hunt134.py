@@ -258,14 +258,10 @@ def _python_words() -> set[str]:
     and every word of its string constants (environment variables, flags, keys)."""
     words = set()
     for f in (*PKG.rglob("*.py"), *ROOT.glob("benchmarks/*.py")):
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-                words.add(node.name)
-            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                words.add(node.id)
-            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-                words.add(node.attr)
-            elif isinstance(node, ast.arg) or (isinstance(node, ast.keyword) and node.arg):
+        tree = ast.parse(f.read_text(encoding="utf-8"))
+        words |= _defined_in(tree)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.arg) or (isinstance(node, ast.keyword) and node.arg):
                 words.add(node.arg)
             elif isinstance(node, ast.Constant) and isinstance(node.value, str):
                 words |= set(re.findall(r"\w+", node.value))

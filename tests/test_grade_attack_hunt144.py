@@ -237,14 +237,18 @@ def test_an_error_the_learners_code_raised_still_names_its_line():
         'raise KeyError("the learner' in summary, summary
 
 
+def raised_in_notebook_and_judged(answer) -> tuple[str, str]:
+    """What online_softmax's failure says `answer` raised: in the notebook, under the judge."""
+    def raised(summary):
+        return summary.split("raised ", 1)[1].split(" (in ", 1)[0]
+    return (raised(check.online_softmax(answer).summary),
+            raised(remotely("online_softmax", answer)["tasks"]["online_softmax"]["summary"]))
+
+
 def test_a_key_error_reads_the_same_under_the_grader_as_in_the_notebook():
     """A KeyError's str() is its key's repr: rebuilt in the judge from that text, it was
     quoted twice (raised KeyError: "'seq 3'" where the notebook says 'seq 3')."""
-    def raised(summary):
-        return summary.split("raised ", 1)[1].split(" (in ", 1)[0]
-    notebook = raised(check.online_softmax(_RaisingSoftmax).summary)
-    judged = raised(remotely("online_softmax", _RaisingSoftmax)["tasks"]["online_softmax"][
-        "summary"])
+    notebook, judged = raised_in_notebook_and_judged(_RaisingSoftmax)
     assert notebook == judged == 'KeyError: "the learner\'s own"', (notebook, judged)
 
 

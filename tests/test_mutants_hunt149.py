@@ -255,14 +255,8 @@ class _RaisingIntKey:
 def test_a_key_error_of_an_int_key_reads_the_same_under_the_grader_as_in_the_notebook():
     """Found by the mutants of _message_of: `raise KeyError(3)` read "KeyError: 3" in the
     notebook and "KeyError: '3'" under the grader."""
-    from pagedattn_lab import check  # noqa: PLC0415
-    from tests.test_grade_protocol import remotely  # noqa: PLC0415
-
-    def raised(summary):
-        return summary.split("raised ", 1)[1].split(" (in ", 1)[0]
-    notebook = raised(check.online_softmax(_RaisingIntKey).summary)
-    judged = raised(remotely("online_softmax", _RaisingIntKey)["tasks"]["online_softmax"][
-        "summary"])
+    from tests.test_grade_attack_hunt144 import raised_in_notebook_and_judged  # noqa: PLC0415
+    notebook, judged = raised_in_notebook_and_judged(_RaisingIntKey)
     assert notebook == judged == "KeyError: 3", (notebook, judged)
 
 
