@@ -39,13 +39,7 @@ def _defined(path: Path) -> set[str]:
     module constants and attributes it assigns."""
     names = set()
     for f in [path] if path.suffix == ".py" else path.rglob("*.py"):
-        for node in ast.walk(ast.parse(f.read_text(encoding="utf-8"))):
-            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
-                names.add(node.name)
-            elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
-                names.add(node.id)
-            elif isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store):
-                names.add(node.attr)
+        names |= _defined_in(ast.parse(f.read_text(encoding="utf-8")))
     return names
 
 

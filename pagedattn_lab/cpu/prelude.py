@@ -10,7 +10,8 @@ import os
 import re
 import subprocess
 
-from .compiler import HERE, INCLUDE_DIR, INSTRUMENT_FLAGS, PLAIN_OPT, compiler
+from .compiler import (BASE_FLAGS, CLANG_INSTRUMENT_FLAGS, HERE, INCLUDE_DIR, INSTRUMENT_FLAGS,
+                       INSTRUMENTED_OPT, PLAIN_OPT, compiler)
 from .errors import CompilerNotFoundError
 from .kernel_checks import kernel_flags
 from .tool import run_tool
@@ -30,9 +31,13 @@ def prelude_macros() -> frozenset[str] | None:
                                   if "#error" not in h.read_text(errors="replace"))]
     try:
         cmd, _ident, is_clang = compiler()
-        for extra in ((), INSTRUMENT_FLAGS):
-            r = run_tool([*cmd, "-std=c++17", PLAIN_OPT, *kernel_flags(is_clang), *extra, "-I",
-                          str(INCLUDE_DIR), *[f for h in headers for f in ("-include", str(h))],
+        # (the builds' flags as compiler.compile_source puts them: -fno-exceptions, -fno-math-
+        # errno... each defines or drops macros)
+        instrument = (*INSTRUMENT_FLAGS, *(CLANG_INSTRUMENT_FLAGS if is_clang else ()))
+        for opt, extra in ((PLAIN_OPT, ()), (INSTRUMENTED_OPT, instrument)):
+            r = run_tool([*cmd, "-std=c++17", opt, *BASE_FLAGS, *kernel_flags(is_clang), *extra,
+                          "-I", str(INCLUDE_DIR),
+                          *[f for h in headers for f in ("-include", str(h))],
                           "-x", "c++", "-dM", "-E", os.devnull])
             if r.returncode != 0:
                 return None

@@ -137,11 +137,15 @@ def _bits(type_name: str) -> int:
     return 64 if "long" in type_name or "64" in type_name else 32
 
 
+def _article(word: str) -> str:
+    """"an" before a vowel (an int, an unsigned), else "a"."""
+    return "an" if word[:1] in tuple("aeiou") else "a"
+
+
 def shift_error(r, info: LaunchInfo) -> KernelFault:
     type_name, file, amount = _checked(r)
-    article = "an" if type_name[:1] in "aeiou" else "a"
     return KernelFault(
-        f"kernel {info.kernel!r}: a shift by {amount} of {article} {type_name} at "
+        f"kernel {info.kernel!r}: a shift by {amount} of {_article(type_name)} {type_name} at "
         f"{_where(info, file, r.line)}"
         f"{info.where(r)}: a shift by a negative amount or by at least the value's width in "
         f"bits, such as 1u << 32, is undefined: the GPU clamps the amount (1u << 32 gives 0), "
@@ -225,10 +229,9 @@ def pointer_error(r, info: LaunchInfo) -> KernelFault:
             f"end)" if last else "a static __shared__ array" if shared else
             "a local array" if r.region == abi.REGION_STACK else "an array")
     through = f"`{expr}`" if expr else "a pointer"
-    article = "an" if type_name[:1] in tuple("aeiou") else "a"   # an int, an unsigned
     return KernelFault(
-        f"kernel {info.kernel!r}: out-of-bounds {access} of {article} {type_name} through "
-        f"{through} past the end of {what} at {_where(info, file, r.line)}"
+        f"kernel {info.kernel!r}: out-of-bounds {access} of {_article(type_name)} {type_name} "
+        f"through {through} past the end of {what} at {_where(info, file, r.line)}"
         f"{f' (`{code}`)' if code and code != expr else ''}{info.where(r)}. The CPU executor "
         f"stops here; on a GPU it {'overwrites' if r.is_write == 1 else 'reads'} another "
         f"variable, or faults. A pointer into an array must stay inside it: check the "

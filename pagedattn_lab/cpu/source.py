@@ -127,9 +127,10 @@ def rewrite_extern_shared(source: str) -> str:
 # it is left alone: such arrays get no guard between them. In an un-braced body
 # (`for (...)` then the declaration on the next line) the guard takes the declaration's line,
 # moving its columns.
+# the specifiers that may stand between `static` and __shared__, or before it
+_SPECIFIER = r"volatile|const|__align__\s*\([^()]*\)|alignas\s*\([^()]*\)"
 _STATIC_SHARED = re.compile(
-    r"(?:^|[;{}])[ \t]*(?P<decl>(?:(?:static|volatile|const|__align__\s*\([^()]*\)|"
-    r"alignas\s*\([^()]*\))\s+)*)__shared__\b", re.M)
+    rf"(?:^|[;{{}}])[ \t]*(?P<decl>(?:(?:static|{_SPECIFIER})\s+)*)__shared__\b", re.M)
 
 
 def guard_static_shared(source: str) -> str:
@@ -147,8 +148,7 @@ def guard_static_shared(source: str) -> str:
 
 # `static` among a __shared__ declaration's specifiers, wherever the declaration stands (after
 # a label or `case x:`, in a #define's body), not only where a guard goes.
-_OWN_STATIC = re.compile(r"\bstatic\b(?=(?:\s+(?:volatile|const|__align__\s*\([^()]*\)|"
-                         r"alignas\s*\([^()]*\)))*\s+__shared__\b)")
+_OWN_STATIC = re.compile(rf"\bstatic\b(?=(?:\s+(?:{_SPECIFIER}))*\s+__shared__\b)")
 
 
 def _without_own_static(source: str, text: str) -> str:

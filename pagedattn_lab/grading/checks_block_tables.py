@@ -13,8 +13,7 @@ import numpy as np
 
 from ..paging import BlockAllocator, OutOfPagesError
 from ..validate_kinds import is_int
-from .compare import POW2_HINT, call_on_copies, pow2_div
-from .checks_sizing import FIXED_PAGE_HINT
+from .compare import FIXED_PAGE_HINT, POW2_HINT, call_on_copies, pow2_div
 from .report import Case, CheckResult, Mismatch, counted, probe, run_cases, several_fit
 from .seeds import case_rng
 

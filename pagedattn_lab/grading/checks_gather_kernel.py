@@ -16,8 +16,7 @@ from .cases import paged_problem
 from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, ranges
 from .faults import kernel_message
-from .kernel_hints import (fixed_page_asked, fixed_page_hint, nothing_written, padding_hint,
-                           row_stride_hint)
+from .kernel_hints import nothing_written, one_size_hint, padding_hint, row_stride_hint
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, poisoned, unwritten
 from .puzzle_runner import per_thread_max
 from .report import Case, CheckResult, Mismatch, probe, run_cases
@@ -94,16 +93,17 @@ def _fixed_page(kern: Kernel, prob, max_len: int) -> str | None:
     and right with pages of 16 tokens."""
     _, page_size, num_kv_heads, head_dim = prob.k_cache.shape
 
-    def right_with(size):
+    def right_with(page_size=page_size):
         other = paged_problem(0, mode="decode", seq_lens=prob.seq_lens, num_heads=num_kv_heads,
-                              num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=size)
+                              num_kv_heads=num_kv_heads, head_dim=head_dim, page_size=page_size)
         got = probe(lambda: _launch_gather(kern, other, max_len)[0][0])
         return got is not None and describe_difference(got, gather_variant(
             other.k_cache, other.block_tables, other.seq_lens, max_len), (
             "sequence", "token", "kv_head", "dim"), atol=0, rtol=0,
             unwritten=unwritten(got)) is None
-    right = fixed_page_asked(page_size) and not right_with(page_size) and right_with(16)
-    return fixed_page_hint(page_size) if right else None
+    # (one KV head per "query head": the gather has no GQA, so only the page hint can come)
+    return one_size_hint(right_with, {"page_size": page_size, "num_heads": num_kv_heads,
+                                      "num_kv_heads": num_kv_heads})
 
 
 def _gather_transposed(kern: Kernel) -> str | None:

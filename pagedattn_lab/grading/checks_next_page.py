@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cache import PagedKVCache
-from .compare import POW2_HINT, pow2_mod
-from .checks_sizing import FIXED_PAGE_HINT
+from .compare import FIXED_PAGE_HINT, POW2_HINT, pow2_mod
 from .report import Case, CheckResult, Mismatch, as_int, probe, run_cases
 from .seeds import case_rng
 

@@ -20,8 +20,7 @@ import numpy as np
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
 from ..validate import check_int_list
-from .checks_sizing import FIXED_PAGE_HINT
-from .compare import POW2_HINT, changed_input, pow2_div
+from .compare import FIXED_PAGE_HINT, POW2_HINT, changed_input, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
 from .serve_hints import (ADMIT_HINT, ADMIT_MISTAKES, LATE_HINTS, admission_hint, past_end,

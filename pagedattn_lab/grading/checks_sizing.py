@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ..validate_kinds import is_int
-from .compare import POW2_HINT, fmt, on_copies, pow2_div
+from .compare import FIXED_PAGE_HINT, POW2_HINT, fmt, on_copies, pow2_div
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .seeds import case_ints, case_rng
 
@@ -101,8 +101,6 @@ def _lens(seed: int, n: int, low: int, high: int) -> np.ndarray:
 
 # -- lesson 00 --------------------------------------------------------------------------
 
-FIXED_PAGE_HINT = ("that is the answer for pages of 16 tokens: use the page_size argument "
-                   "({n} here), not a page size written into the code.")
 PERCENT_HINT = "that is a percentage: return the fraction (between 0 and 1), not 100 times it."
 
 CONSTANT_HINT = ("your function gives this number whatever seq_len and page_size are (a value "

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..validate_kinds import is_int
-from .compare import POW2_HINT, pow2_div
-from .checks_sizing import FIXED_PAGE_HINT
+from .compare import FIXED_PAGE_HINT, POW2_HINT, pow2_div
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_ints
 

@@ -23,6 +23,8 @@ RTOL = 2e-4
 POW2_HINT = ("shifts and masks (<< or >> log2(n), & (n - 1)) stand for * n, // n and % n "
              "only when n is a power of two, and {name} = {n} here is not: use *, // and % "
              "(ceil: -(-a // n)).")
+FIXED_PAGE_HINT = ("that is the answer for pages of 16 tokens: use the page_size argument "
+                   "({n} here), not a page size written into the code.")
 
 
 def kv_head_rule(div: str = "/") -> str:

@@ -85,12 +85,13 @@ def one_size_hint(right_with, sizes: dict) -> str | None:
     """fixed_page_hint or mha_only_hint for a kernel wrong at `sizes` (page_size, num_heads,
     num_kv_heads) that `right_with(**changed)` finds right with pages of 16 tokens, or with a
     KV head per query head; None where it is right as it is (wrong for another reason)."""
-    if right_with():
+    fixed_page = fixed_page_asked(sizes["page_size"])
+    gqa = sizes["num_kv_heads"] != sizes["num_heads"]
+    if not (fixed_page or gqa) or right_with():   # (no probe where neither hint could come)
         return None
-    if fixed_page_asked(sizes["page_size"]) and right_with(page_size=16):
+    if fixed_page and right_with(page_size=16):
         return fixed_page_hint(sizes["page_size"])
-    if sizes["num_kv_heads"] != sizes["num_heads"] and right_with(
-            num_kv_heads=sizes["num_heads"]):
+    if gqa and right_with(num_kv_heads=sizes["num_heads"]):
         return mha_only_hint(sizes["num_heads"], sizes["num_kv_heads"])
     return None
 
