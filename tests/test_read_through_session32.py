@@ -130,3 +130,16 @@ def test_a_read_past_an_array_is_reported_before_an_assert_or_trap_after_it(stop
     with pytest.raises(KernelFault, match=r"out-of-bounds read .* through `p\[i\]`"):
         RawKernel(_READ_THEN.replace("STOP", stop), "read_then")((1,), (1,),
                                                                 (x, out, np.int32(5)))
+
+
+# -- the lint's list of predefined macros: the builds' own flags ------------------------------
+def test_the_predefined_macros_are_those_of_the_builds_flags():
+    """prelude.py built its own command without the builds' BASE_FLAGS: -fno-math-errno
+    defines __NO_MATH_ERRNO__ (missing from the list), -fno-exceptions drops __EXCEPTIONS
+    (listed), so the lint let a guard on the one through and refused a test of the other."""
+    from pagedattn_lab.cpu.compiler import compiler
+    from pagedattn_lab.cpu.prelude import prelude_macros
+    if compiler()[2]:
+        pytest.skip("GCC's macro names")
+    names = prelude_macros()
+    assert names is not None and "__NO_MATH_ERRNO__" in names and "__EXCEPTIONS" not in names
