@@ -153,6 +153,18 @@ extern "C" void __pal_trap(int line)
     fail(PAL_TRAP);
 }
 
+extern "C" void __pal_spoison(void *v, unsigned long long bytes, unsigned long long *serial)
+{
+    *serial = __pal_block_serial;
+    if (!S.cfg->poison) return;
+#ifdef __ELF__
+    if ((uintptr_t)v - (uintptr_t)__start_pal_shared <
+        (uintptr_t)(__stop_pal_shared - __start_pal_shared))
+        return;   // poisoned with the section before the block
+#endif
+    memset(v, 0xff, (size_t)bytes);
+}
+
 extern "C" long long __pal_clock64(void)
 {
     struct timespec ts;

@@ -35,6 +35,7 @@
 
 extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, int worker);
 extern "C" PAL_HIDDEN void pal_describe_fault(pal_result *r);
+extern "C" PAL_HIDDEN int pal_record_deferred_read(pal_result *r);
 #include "sandbox.h"
 
 namespace {
@@ -114,6 +115,7 @@ void on_fault(int sig, siginfo_t *si, void *uc)
     }
 #endif
     pal_describe_fault(r);
+    if (r->status == PAL_FAULT) pal_record_deferred_read(r);   // came first: maybe the cause
     __atomic_store_n(&g_ctl->abort, 1, __ATOMIC_SEQ_CST);
     pal_worker_exit(3);
 }
@@ -126,6 +128,7 @@ void on_stop(int, siginfo_t *, void *)
         r->status = PAL_STOPPED;
         r->addr = 0;
         pal_describe_fault(r);
+        pal_record_deferred_read(r);   // the thread read past an array before it hung
     }
     pal_worker_exit(4);
 }

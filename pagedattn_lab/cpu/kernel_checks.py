@@ -38,7 +38,8 @@ from __future__ import annotations
 # will not put in the pal_shared section beside the kernel's own ("section type conflict").
 # The kernel is one translation unit, linked once with the runtime (whose inline functions
 # stay weak), so no second definition can clash. (A template function's statics still leave
-# the section: GCC drops the section attribute there, see the README.)
+# the section: GCC drops the section attribute there; source.py poisons them at first use,
+# see the README.)
 def kernel_flags(is_clang: bool, bounds: bool = True) -> list[str]:
     checks = "shift-exponent" + (f",{'array-bounds' if is_clang else 'bounds'}" if bounds
                                  else "")

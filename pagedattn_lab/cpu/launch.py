@@ -4,9 +4,9 @@ Checked mode: every array argument is copied into its own shared mapping whose E
 a PROT_NONE guard region (max(1 MiB, its size)), with a guard before it too; worker
 processes run the blocks; a fault is decoded back to (argument, element index, thread,
 block). The bytes between the mapping's first page and the array's start (less than a page:
-no guard can sit there) hold SLACK_FILL, so a read just before the array gets NaN (floats)
-or -1 (integers), not a plausible 0, and a write there that changes those bytes is reported
-after the launch (one that writes 0xFF bytes, -1 or an all-ones NaN, is not). Arrays whose
+no guard can sit there) hold _slack_fill's elements, so a read just before the array gets NaN
+(floats) or -1 (integers), not a plausible 0, and a write there that changes those bytes is
+reported after the launch (one that writes them unchanged, such as -1, is not). Arrays whose
 memory overlaps (the same array passed twice, or views of one array) share one mapping, so
 writes through one are seen through the other as on a GPU. On success the mappings are copied
 back into the NumPy arrays of non-const parameters.
@@ -33,13 +33,28 @@ from .report import (LaunchInfo, result_error, slack_write_error, timeout_error,
 GUARD_BEFORE = 64 * 1024
 MIN_GUARD_AFTER = 1 << 20
 SLACK_FILL = 0xFF   # NaN in every float type, -1 in every signed integer
+# A float array's slack holds signalling NaNs (all bits one but the quiet bit), which any
+# arithmetic quiets: `x[i - 1] += v` or atomicAdd(x - 1, v) at i = 0 then changes the bytes
+# and is reported, where the all-ones NaN came back unchanged. (dtype kind or name, itemsize)
+_SIGNALLING_NAN = {("f", 2): 0xFDFF, ("f", 4): 0xFFBFFFFF, ("f", 8): 0xFFF7FFFFFFFFFFFF,
+                   ("bfloat16", 2): 0xFFBF}
+
+
+def _slack_fill(dtype: np.dtype, n: int) -> bytes:
+    """The n bytes before an array of dtype: whole elements, aligned to its start."""
+    nan = _SIGNALLING_NAN.get((dtype.kind, dtype.itemsize),
+                              _SIGNALLING_NAN.get((dtype.name, dtype.itemsize)))
+    if nan is None:
+        return bytes([SLACK_FILL]) * n
+    element = nan.to_bytes(dtype.itemsize, sys.byteorder)
+    return (element * (n // dtype.itemsize + 1))[-n:] if n else b""
 _UNCHECKED_LOCK = threading.Lock()   # a library's globals (static __shared__) are per process
 
 
 class _Buffer:
     """One guarded mapping holding the host range [lo, hi) of one or more arrays."""
 
-    def __init__(self, lib, lo: int, hi: int):
+    def __init__(self, lib, lo: int, hi: int, dtype: np.dtype = np.dtype(np.uint8)):
         self.lib, self.lo, self.hi = lib, lo, hi
         nbytes = hi - lo
         base, length = C.c_uint64(0), C.c_uint64(0)
@@ -54,9 +69,10 @@ class _Buffer:
         self.members: list = []   # (param, array, device address)
         # the data mapping's first byte: its page (the slack before the array is under a page)
         self.slack = self.data - self.data % mmap.PAGESIZE if ptr else 0
+        self.fill = _slack_fill(dtype, self.data - self.slack if self.slack else 0)
         if nbytes:
             C.memmove(self.data, lo, nbytes)
-            C.memset(self.slack, SLACK_FILL, self.data - self.slack)
+            C.memmove(self.slack, self.fill, len(self.fill))
 
     def slack_write(self):
         """(param, array, element index) of the write nearest before the array, or None."""
@@ -64,7 +80,7 @@ class _Buffer:
         if n <= 0:
             return None
         changed = np.flatnonzero(np.ctypeslib.as_array((C.c_uint8 * n).from_address(self.slack))
-                                 != SLACK_FILL)
+                                 != np.frombuffer(self.fill, np.uint8))
         if not changed.size:
             return None
         # the array at the start (a writable one where an array is passed twice: it wrote)
@@ -156,7 +172,7 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
         device = {}
         if checked:
             for lo, hi, members in _group_arrays(sig, args):
-                buf = _Buffer(lib, lo, hi)
+                buf = _Buffer(lib, lo, hi, members[0][1].dtype)   # the array at lo
                 buffers.append(buf)
                 for p, a in members:
                     start = a.__array_interface__["data"][0] - lo if a.nbytes else hi - lo
@@ -209,8 +225,11 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
                     lib.pal_launch_kill(handle)
                 ctl = lib.pal_launch_ctl(handle).contents
                 _print_output(ctl)
-                running = [ctl.res[w] for w in range(lib.pal_launch_nworkers(handle))
-                           if ctl.res[w].status == abi.STOPPED and ctl.res[w].has_thread]
+                stopped = [ctl.res[w] for w in range(lib.pal_launch_nworkers(handle))]
+                for r in stopped:   # host.cpp's on_stop: a read past an array came first
+                    if r.status == abi.OBJSIZE:
+                        raise result_error(r, info)
+                running = [r for r in stopped if r.status == abi.STOPPED and r.has_thread]
                 raise timeout_error(info, timeout, running)
         ctl = lib.pal_launch_ctl(handle).contents
         _print_output(ctl)

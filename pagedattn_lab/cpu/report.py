@@ -113,6 +113,16 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
             return KernelFault(f"kernel {k!r}: {what}{who}.", region="argument",
                                **{**common, "buffer": param.name, "arg_index": param.index,
                                   "index": index, "size": size})
+        wrapped = _find_wrapped(r.addr, info.buffers)
+        if wrapped is not None:
+            param, arr, index = wrapped
+            return KernelFault(
+                f"kernel {k!r}: out-of-bounds {acc} of {param.name!r} (argument {param.index}, "
+                f"{param.ctype}): element {index}, which is {index - (1 << 32)} wrapped around "
+                f"as an unsigned 32-bit index (such as `i - 1` with an unsigned i at 0){who}. "
+                f"Compute the index in a signed int, or test it before subtracting.", region="argument",
+                **{**common, "buffer": param.name, "arg_index": param.index, "index": index,
+                   "size": arr.size})
         if r.addr < 65536:
             nulls = [p.name for p, a in zip(info.sig, info.args) if p.is_pointer and a is None]
             why = (f" ({', '.join(repr(n) for n in nulls)} "
@@ -170,6 +180,17 @@ def _find_buffer(addr: int, buffers):
         if best is not None:
             _, param, arr, dev = best
             return param, arr, (addr - dev) // max(arr.itemsize, 1)
+    return None
+
+
+def _find_wrapped(addr: int, buffers):
+    """(param, array, element index) of the argument that `addr` is an unsigned 32-bit index
+    below 0 of (element 2^32 - k, k up to 2^16: `x[i - 1u]` at i = 0), or None."""
+    for buf in buffers:
+        for param, arr, dev in buf.members:
+            index, rest = divmod(addr - dev, max(arr.itemsize, 1))
+            if not rest and (1 << 32) - (1 << 16) <= index < 1 << 32:
+                return param, arr, index
     return None
 
 
@@ -265,6 +286,9 @@ def result_error(r, info: LaunchInfo) -> KernelError:
     if s == abi.FAULT and r.region == abi.REGION_STATIC_SHARED:   # (no signal: runtime.cpp)
         from .report_checks import shared_guard_error  # noqa: PLC0415 - rare
         return shared_guard_error(r, info)
+    if s == abi.FAULT and r.region == abi.REGION_DYN_SHARED and not r.signo:   # (runtime.cpp)
+        from .report_checks import dyn_guard_error  # noqa: PLC0415 - rare
+        return dyn_guard_error(r, info)
     if s == abi.FAULT:
         return fault_error(r, info)
     if s == abi.DEADLOCK:

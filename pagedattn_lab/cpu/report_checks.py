@@ -20,6 +20,7 @@ from .report import LaunchInfo, fmt3
 _SIZE = re.compile(r"\[(\d+)\]")
 # where the section of the static __shared__ variables starts (the linker's symbol)
 _SECTION_START = re.compile(r"^([0-9a-fA-F]+) \w __start_pal_shared$", re.M)
+_SECTION_STOP = re.compile(r"^([0-9a-fA-F]+) \w __stop_pal_shared$", re.M)
 _SHARED_DECL = r"\b__shared__\b[^;{{}}()]*\b{name}\s*\["
 
 
@@ -155,33 +156,67 @@ def shift_error(r, info: LaunchInfo) -> KernelFault:
         shift=amount, bits=_bits(type_name), line=r.line)
 
 
+def _shared_symbols(info: LaunchInfo) -> list[tuple[int, int, str]]:
+    """(start, size, name) of the kernel library's static `__shared__` variables, as far as
+    the symbol table tells (none without `nm`, or without the pal_shared section: the data
+    symbols around would be the runtime's, such as pal_sandbox_level)."""
+    from .race import binutils_output, data_symbols  # noqa: PLC0415 - rare: a failed guard
+    table = binutils_output("nm", "--defined-only", info.source[0]) if info.source else ""
+    first, stop = _SECTION_START.search(table), _SECTION_STOP.search(table)
+    if not first:
+        return []
+    first, stop = int(first.group(1), 16), int(stop.group(1), 16) if stop else 1 << 64
+    return [(start, size, sym.rsplit("::", 1)[-1])
+            for start, size, sym in data_symbols(info.source[0]) if first <= start < stop]
+
+
 def _shared_variable_before(info: LaunchInfo, offset: int) -> tuple[str, int, int] | None:
     """(name, size, bytes from its end to `offset`) of the static `__shared__` variable that
-    ends nearest before `offset` (library-relative) in the kernel library's symbol table, or
-    None (no `nm`, or no sized variable in the pal_shared section: the nearest data symbol
-    before it would be one of the runtime's, such as pal_sandbox_level)."""
-    from .race import binutils_output, data_symbols  # noqa: PLC0415 - rare: a failed guard
-    section = info.source and _SECTION_START.search(
-        binutils_output("nm", "--defined-only", info.source[0]))
-    if not section:
-        return None
-    first, best = int(section.group(1), 16), None
-    for start, size, sym in data_symbols(info.source[0]):
-        if first <= start and start + size <= offset and (
-                best is None or start + size > sum(best[:2])):
-            best = (start, size, sym)
-    return (best[2].rsplit("::", 1)[-1], best[1], offset - sum(best[:2])) if best else None
+    ends nearest before `offset` (library-relative), or None."""
+    ends = [v for v in _shared_symbols(info) if v[0] + v[1] <= offset]
+    best = max(ends, key=lambda v: v[0] + v[1], default=None)
+    return (best[2], best[1], offset - sum(best[:2])) if best else None
+
+
+def _shared_variable_after(info: LaunchInfo, offset: int) -> tuple[str, int] | None:
+    """(name, bytes from `offset` to its start) of the static `__shared__` variable that starts
+    nearest after `offset` (library-relative), or None."""
+    best = min((v for v in _shared_symbols(info) if v[0] > offset), default=None)
+    return (best[2], best[0] - offset) if best else None
+
+
+def dyn_guard_error(r, info: LaunchInfo) -> KernelFault:
+    """A write just before dynamic shared memory's start (runtime.cpp's guard of poison
+    there), found after the block: which thread wrote it is not known."""
+    block, off = tuple(r.block), r.region_thread
+    return KernelFault(
+        f"kernel {info.kernel!r}: out-of-bounds write of dynamic shared memory (extern "
+        f"__shared__) at byte offset {off}, before its start, by a thread of block "
+        f"{fmt3(block)} (found after the block, so the thread is not known; the results were "
+        f"discarded). Check an index such as `i - 1` at i = 0.", region="dynamic shared memory",
+        kernel=info.kernel, block=block, thread=None, address=r.addr, signal=None,
+        access="write", buffer=None, arg_index=None, index=off, size=info.shared_mem)
 
 
 def shared_guard_error(r, info: LaunchInfo) -> KernelFault:
     """A write into the poisoned guard after a static `__shared__` array (shim.h's between
-    them, runtime.cpp's pal_shared_guard after the last), found after the block: it went
-    through a pointer, which the index check (bounds_error) does not see."""
+    them, runtime.cpp's pal_shared_guard after the last) or before one (`p[-1]`: the guard
+    that precedes it, shim.h's or source.py's before the first), found after the block: it
+    went through a pointer, which the index check (bounds_error) does not see. A changed byte
+    nearer the next array's start than the previous one's end is taken as before the next."""
     block = tuple(r.block)
     last = _shared_variable_before(info, int(r.offset))
-    where = (f": byte {last[2]} past the end of `{last[0]}` ({last[1]} bytes)" if last else "")
+    after = _shared_variable_after(info, int(r.offset))
+    if after and (last is None or after[1] <= last[2]):
+        where, variable, offset = (f": byte {after[1]} before the start of `{after[0]}`",
+                                   after[0], -after[1])
+        what = "before the start of"
+    else:
+        where = f": byte {last[2]} past the end of `{last[0]}` ({last[1]} bytes)" if last else ""
+        variable, offset = (last[0], sum(last[1:])) if last else (None, None)
+        what = "past"
     return KernelFault(
-        f"kernel {info.kernel!r}: out-of-bounds write past a static __shared__ "
+        f"kernel {info.kernel!r}: out-of-bounds write {what} a static __shared__ "
         f"array{where}, by a thread of block {fmt3(block)} (found after the block, so the "
         f"thread is not known; the results were discarded). It went through a pointer "
         f"(`float *p = tile; p[i] = x`): an index on the array itself is checked where it "
@@ -189,7 +224,7 @@ def shared_guard_error(r, info: LaunchInfo) -> KernelFault:
         f"reports it).", region="static shared memory",
         kernel=info.kernel, block=block, thread=None, address=r.addr, signal=None,
         access="write", buffer=None, arg_index=None, index=None, size=None,
-        variable=last[0] if last else None, offset=sum(last[1:]) if last else None)
+        variable=variable, offset=offset)
 
 
 def _accessed(info: LaunchInfo, file: str, line: int, column: int) -> tuple[str | None, str]:

@@ -110,7 +110,6 @@ int analyze_deadlock()
 __attribute__((section("pal_shared"), used)) char pal_shared_guard[PAL_SHARED_GUARD];
 #endif
 
-#ifdef __ELF__
 // The first changed byte of one guard's poison, or null (memcmp first: it runs after every
 // block, for every guard).
 static const char *changed_byte(const char *guard)
@@ -122,6 +121,27 @@ static const char *changed_byte(const char *guard)
         if ((unsigned char)guard[i] != 0xff) return guard + i;
     return nullptr;
 }
+
+// A write before dynamic shared memory's start (`smem[i - 1]` at i = 0; past its end is a
+// fault in the guard pages there) lands in the poisoned guard before it: found after the
+// block, like a static array's. The region_thread field holds the (negative) byte offset.
+int check_dyn_guard(uint64_t b)
+{
+    const char *hit = S.cfg->poison ? changed_byte((char *)__pal_dyn_smem - PAL_SHARED_GUARD)
+                                    : nullptr;
+    if (!hit) return PAL_OK;
+    pal_result *r = S.res;
+    r->is_write = 1;
+    r->region = PAL_REGION_DYN_SHARED;
+    r->region_thread = (int32_t)(hit - (char *)__pal_dyn_smem);
+    r->addr = (uint64_t)(uintptr_t)hit;
+    r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
+    r->block_linear = b;
+    r->has_thread = 0;
+    return PAL_FAULT;
+}
+
+#ifdef __ELF__
 
 // A write through a pointer past a static __shared__ array (`float *p = tile; p[32] = x`,
 // which the index check does not see: kernel_checks.py) lands in the guard that follows it
@@ -151,8 +171,9 @@ int check_shared_guard(uint64_t) { return PAL_OK; }
 
 void poison_shared()
 {
-    if (__pal_dyn_smem && S.smem_end > (char *)__pal_dyn_smem)
-        memset(__pal_dyn_smem, 0xff, (size_t)(S.smem_end - (char *)__pal_dyn_smem));
+    // (with the guard before it: a read there gives NaN too, not the mapping's zeros)
+    char *lo = (char *)__pal_dyn_smem - PAL_SHARED_GUARD;
+    memset(lo, 0xff, (size_t)(S.smem_end - lo));
 #ifdef __ELF__
     if (__start_pal_shared && __stop_pal_shared > __start_pal_shared)
         memset(__start_pal_shared, 0xff, (size_t)(__stop_pal_shared - __start_pal_shared));
@@ -292,8 +313,9 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
     S.stacks = (char *)map_rw(S.stacks_len);
     if (!S.stacks) return internal_error("cannot map the fiber stacks (out of memory?)");
     for (int i = 0; i < S.n; ++i) mprotect(S.stacks + (size_t)i * S.stride, S.guard, PROT_NONE);
-    // Dynamic shared memory: end-aligned (to 16 bytes) against 64 guard pages.
-    size_t data = ((cfg->shared_mem + 16 + page - 1) / page) * page;
+    // Dynamic shared memory: end-aligned (to 16 bytes) against 64 guard pages, with a guard
+    // of poison before it (check_dyn_guard).
+    size_t data = ((cfg->shared_mem + 16 + PAL_SHARED_GUARD + page - 1) / page) * page;
     S.smem_len = data + 64 * page;
     S.smem_map = (char *)map_rw(S.smem_len);
     if (!S.smem_map) return internal_error("cannot map dynamic shared memory");
@@ -311,6 +333,7 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
         status = run_block(b);
         S.res->run_thread = -1;
         if (status == PAL_OK) status = check_shared_guard(b);
+        if (status == PAL_OK) status = check_dyn_guard(b);
         if (status == PAL_OK && S.instr) instr_block_end();
         if (status == PAL_OK) __atomic_fetch_add(&ctl->blocks_done, 1, __ATOMIC_SEQ_CST);
         if (status != PAL_OK) {

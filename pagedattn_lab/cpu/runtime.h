@@ -160,6 +160,10 @@ PAL_HIDDEN void __pal_check_ldmatrix_row(int line, const char *func, const void 
 // cp.async's issue (shim_async.h): for the race check, a write of `bytes` at `dst` by the
 // calling thread (nothing is written; the data lands at the wait). No-op unless race-checked.
 PAL_HIDDEN void __pal_race_note_write(const void *dst, unsigned bytes);
+// A static __shared__ variable outside the pal_shared section (a template function's, shim.h's
+// PAL_SPOISON): poisons its bytes unless *serial says this block did already. No-op unless
+// the launch poisons shared memory, and for a variable in the section (poisoned with it).
+PAL_HIDDEN void __pal_spoison(void *v, unsigned long long bytes, unsigned long long *serial);
 PAL_HIDDEN extern void *__pal_dyn_smem;
 // Counts the blocks a worker has run (so that per-thread state a kernel header keeps, like
 // shim_async.h's queues of copies, can tell an earlier block's from this one's).

@@ -66,10 +66,25 @@
     static char *PAL_SGUARD_CAT(__pal_sguard_at_, n)                                          \
         __attribute__((section("pal_sguards"), used)) = PAL_SGUARD_CAT(__pal_sguard_, n);
 #define PAL_SGUARD PAL_SGUARD_N(__COUNTER__)
+// A guard before the section's first array: Clang lays the translation unit's statics out in
+// order, so this one comes first (GCC, in reverse order, puts source.py's at the unit's end
+// first), and a read or write before the first array's start (`p[-1]`) meets poison, not the
+// runtime's variables that precede the section. (Named, not counted: shim.h is precompiled.)
+PAL_SGUARD_N(head)
 #else
 #define __shared__ static __attribute__((used))
+#define PAL_SGUARD_N(n)
 #define PAL_SGUARD
 #endif
+// What source.py (guard_static_shared) puts after a template function's statement declaring
+// `__shared__` variable v: GCC drops the section attribute of a template's statics, so the
+// section's poison misses v; the first of the block's threads to pass the declaration poisons
+// it (no thread can reach v before then), once per block (runtime's __pal_spoison).
+#define PAL_SPOISON_N(v, n)                                                                   \
+    static unsigned long long PAL_SGUARD_CAT(__pal_spoisoned_, n);                            \
+    if (PAL_SGUARD_CAT(__pal_spoisoned_, n) != __pal_block_serial)                            \
+        __pal_spoison(&(v), sizeof(v), &PAL_SGUARD_CAT(__pal_spoisoned_, n));
+#define PAL_SPOISON(v) PAL_SPOISON_N(v, __COUNTER__)
 
 #include "shim_types.h"  // also declares threadIdx, blockIdx, blockDim, gridDim
 static constexpr int warpSize = 32;

@@ -5,8 +5,9 @@ name[];` (dynamic shared memory, sized at launch) becomes a reference to the run
 per-block buffer pointer, `static T*& name = reinterpret_cast<T*&>(__pal_dyn_smem);`, on the
 same line; and a statement that declares static `__shared__` variables gets shim.h's
 `PAL_SGUARD` before it (a guard of poison between the arrays), at the end of the line before
-where it can go there, so that the declaration's columns do not move either. Everything else
-is handled by macros in shim.h.
+where it can go there, so that the declaration's columns do not move either, and, in a
+template, `PAL_SPOISON(name)` after it (GCC drops the section attribute of a template's
+statics: `_template_poison`). Everything else is handled by macros in shim.h.
 """
 from __future__ import annotations
 
@@ -51,15 +52,21 @@ def _function_depths(text: str) -> list[int]:
     return depths
 
 
-def _enclosing_blocks(text: str, pos: int) -> list[re.Match]:
-    """The heads of the namespace and extern "C" blocks around text[pos], outermost first."""
-    stack: list[re.Match | None] = []
+def _enclosing_braces(text: str, pos: int) -> list[int]:
+    """The positions of the '{' that are open at text[pos], outermost first."""
+    stack: list[int] = []
     for m in re.finditer(r"[{}]", text[:pos]):
         if m.group() == "{":
-            stack.append(_block_head(text, m.start()))
+            stack.append(m.start())
         elif stack:
             stack.pop()
-    return [head for head in stack if head is not None]
+    return stack
+
+
+def _enclosing_blocks(text: str, pos: int) -> list[re.Match]:
+    """The heads of the namespace and extern "C" blocks around text[pos], outermost first."""
+    return [head for brace in _enclosing_braces(text, pos)
+            if (head := _block_head(text, brace)) is not None]
 
 
 def mangled_kernel_name(source: str, name: str) -> str | None:
@@ -139,11 +146,51 @@ def guard_static_shared(source: str) -> str:
     matches = list(_STATIC_SHARED.finditer(text))
     source = _without_own_static(source, text)
     starts = sorted({_statement_start(text, m.start("decl")) for m in matches})
-    for at in reversed(starts):
+    inserts = []
+    for at in starts:
         end = _previous_line_end(text, at)
-        source = (f"{source[:at]}PAL_SGUARD {source[at:]}" if end is None else
-                  f"{source[:end]} PAL_SGUARD{source[end:]}")
+        inserts.append((at, "PAL_SGUARD ") if end is None else (end, " PAL_SGUARD"))
+    inserts += [poison for m in matches if (poison := _template_poison(text, m.end())) is not None]
+    for at, what in sorted(inserts, reverse=True):
+        source = f"{source[:at]}{what}{source[at:]}"
     return source
+
+
+_PAIRS = {"(": ")", "[": "]", "{": "}", "<": ">"}
+
+
+def _template_poison(text: str, after: int) -> tuple[int, str] | None:
+    """Where and what to insert after the declaration whose `__shared__` ends at text[after],
+    in a template (shim.h's PAL_SPOISON for each variable it declares: GCC drops the section
+    attribute of a template's statics, so the section's poison before each block misses
+    them): just past its `;`, where nothing but blanks follows on the line, so that no column
+    moves; None outside a template, or where the names cannot be read off with certainty."""
+    heads = (text[max(text.rfind(c, 0, brace) for c in ";{}") + 1:brace]
+             for brace in _enclosing_braces(text, after))
+    if not any(re.match(r"\s*template\b", re.sub(r"(?m)^[ \t]*#.*$", "", head))
+               for head in heads):   # (a directive's line before the head is not the head)
+        return None
+    parts, depth, start, semi = [], [], after, None
+    for i in range(after, len(text)):
+        c = text[i]
+        if c in _PAIRS and (c != "<" or not depth or depth[-1] == ">"):   # (`[N < 4 ? ..]`)
+            depth.append(_PAIRS[c])
+        elif depth and c == depth[-1]:
+            depth.pop()
+        elif not depth and c in ",;":
+            parts.append(_ATTRS.sub(" ", text[start:i]))
+            start = i + 1
+            if c == ";":
+                semi = i
+                break
+    line_end = text.find("\n", semi) if semi is not None else -1
+    if semi is None or text[semi + 1:line_end if line_end >= 0 else len(text)].strip():
+        return None
+    names = [re.fullmatch(r"[^\[(=]*?\b([A-Za-z_]\w*)\s*(?:\[.*)?", part.strip(), re.S)
+             for part in parts]
+    if not all(names):
+        return None
+    return semi + 1, "".join(f" PAL_SPOISON({n.group(1)})" for n in names)
 
 
 # `static` among a __shared__ declaration's specifiers, wherever the declaration stands (after
@@ -287,4 +334,5 @@ def translation_unit(source: str, kernel_names: list[str], filename: str, shim_p
             f'#line 1 "{quoted}"\n'
             f"{body}"
             f'#line 1 "<pagedattn_lab entry points>"\n'
-            f"{entries}")
+            f"{entries}"
+            f"PAL_SGUARD_N(tail)\n")   # GCC lays statics out in reverse: first in the section

@@ -33,21 +33,44 @@ int64_t int_value(const TypeDescriptor *t, uintptr_t handle)
     return (int64_t)(raw << pad) >> pad;
 }
 
+// Append src to dst[*at..cap) (async-signal-safe: the fault and time-out handlers record a
+// deferred read with it, where snprintf is not allowed).
+void append(char *dst, size_t cap, size_t *at, const char *src)
+{
+    for (; src && *src && *at + 1 < cap; ++src) dst[(*at)++] = *src;
+    dst[*at] = 0;
+}
+
+// Record a check's report in r: msg the type's name, a tab, the file the line belongs to (a
+// header's, or the kernel's); line, column (op) and value (offset).
+void record(pal_result *r, int status, const SourceLocation &loc, const TypeDescriptor *type,
+            int64_t value)
+{
+    size_t at = 0;
+    append(r->msg, sizeof r->msg, &at, type->name);
+    append(r->msg, sizeof r->msg, &at, "\t");
+    append(r->msg, sizeof r->msg, &at, loc.file);
+    r->status = status;
+    r->line = (int32_t)loc.line;
+    r->op = loc.column;
+    r->offset = (uint64_t)value;
+}
+
 [[noreturn]] void report(int status, const SourceLocation &loc, const TypeDescriptor *type,
                          int64_t value)
 {
-    // msg: the type's name, a tab, the file the line belongs to (a header's, or the kernel's)
-    snprintf(S.res->msg, sizeof S.res->msg, "%s\t%s", type->name, loc.file ? loc.file : "");
-    S.res->line = (int32_t)loc.line;
-    S.res->op = loc.column;
-    S.res->offset = (uint64_t)value;
+    record(S.res, status, loc, type, value);
     fail(status);
 }
 
-// An access of d's kind through ptr, past the object the compiler traced it to.
-[[noreturn]] void report_past_object(const TypeMismatchData *d, uintptr_t ptr)
+// The kernel library's base address, found (dladdr: not async-signal-safe) when a read is
+// deferred, for the fault and time-out handlers' record of it.
+uintptr_t lib_base;
+
+// Record an access of d's kind through ptr (lib_offset at ptr - base), past the object the
+// compiler traced it to.
+void record_past_object(pal_result *r, const TypeMismatchData *d, uintptr_t ptr, uintptr_t base)
 {
-    pal_result *r = S.res;
     r->addr = ptr;
     r->is_write = d->type_check_kind == 0 ? 0 : d->type_check_kind == 1 ? 1 : -1;
 #ifdef __ELF__
@@ -57,7 +80,13 @@ int64_t int_value(const TypeDescriptor *t, uintptr_t handle)
 #endif
         r->region = ptr - (uintptr_t)S.stacks < S.stacks_len ? PAL_REGION_STACK
                                                               : PAL_REGION_UNKNOWN;
-    report(PAL_OBJSIZE, d->loc, d->type, (int64_t)lib_offset(ptr));
+    record(r, PAL_OBJSIZE, d->loc, d->type, (int64_t)(ptr - base));
+}
+
+[[noreturn]] void report_past_object(const TypeMismatchData *d, uintptr_t ptr)
+{
+    record_past_object(S.res, d, ptr, ptr - lib_offset(ptr));
+    fail(PAL_OBJSIZE);
 }
 
 }  // namespace
@@ -68,6 +97,18 @@ int64_t int_value(const TypeDescriptor *t, uintptr_t handle)
 void pal::report_bad_read(Fiber *f)
 {
     if (f->bad_read) report_past_object((const TypeMismatchData *)f->bad_read, f->bad_read_at);
+}
+
+// The fault and time-out handlers (host.cpp): a deferred read of the running thread came
+// before the fault or the time-out (and may be its cause: the value it read): record it in r
+// in their place. Returns 1 if there was one. Async-signal-safe.
+extern "C" PAL_HIDDEN int pal_record_deferred_read(pal_result *r)
+{
+    if (!cur || !cur->bad_read) return 0;
+    record_past_object(r, (const TypeMismatchData *)cur->bad_read, cur->bad_read_at, lib_base);
+    r->signo = 0;
+    r->sicode = 0;
+    return 1;
 }
 
 extern "C" {
@@ -91,6 +132,7 @@ void __ubsan_handle_type_mismatch_v1(TypeMismatchData *d, uintptr_t ptr)
     if (d->type_check_kind == 0 && !f->bad_read) {
         f->bad_read = d;
         f->bad_read_at = ptr;
+        lib_base = ptr - lib_offset(ptr);
         return;
     }
     report_bad_read(f);   // the first bad access
