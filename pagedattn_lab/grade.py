@@ -44,6 +44,7 @@ from .grading.runner import graded_tasks
 from .grading.report import text_of
 from .grading.table import NOTEBOOK_ROW, Row, clean, rows, to_csv, to_markdown
 from .lessons import expected_tasks
+from .validate import check_int
 
 JUDGE_GRACE = 60.0   # seconds the judge may take after its sandbox is gone
 BANNER = "#" * 78
@@ -275,9 +276,7 @@ def grade(paths, *, timeout: float = 300, jobs: int = 1, progress=None, isolatio
 
 
 def _seed(value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_SEED:
-        raise ValueError(f"seed: expected an int from 0 to 2**63 - 1, got {value!r}")
-    return value
+    return check_int(value, "seed", minimum=0, maximum=MAX_SEED)
 
 
 def _seed_arg(text: str) -> int:

@@ -31,7 +31,7 @@ GUARD = [
 ]
 
 GUARD += [   # attack 0205: the "only elements 0-31" hint fired when the LAST elements were missing
-    ("guard stops one short", [("if (i < n)", "if (i < n - 1)")], "elements 99",
+    ("guard stops one short", [("if (i < n)", "if (i < n - 1)")], "element 99",
      ["not threadIdx.x alone"]),
     ("gridDim for blockDim", [("int i = blockIdx.x * blockDim.x + threadIdx.x;",
                                "int i = blockIdx.x * gridDim.x + threadIdx.x;")], "elements 44-99",

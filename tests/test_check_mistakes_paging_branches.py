@@ -147,7 +147,7 @@ class KeepsAReserve(GoodAllocator):
     (ZeroGivesOne, "150 random allocate/free", "step 9: allocate(0) returned [10]",
      "n distinct ids in 0..11", "", ""),
     (LosesPages, "150 random allocate/free", "step 27: allocate(1) raised OutOfPagesError "
-     "with 1 pages free", "an allocate was refused at step 23: a refused allocate must leave "
+     "with 1 page free", "an allocate was refused at step 23: a refused allocate must leave "
      "the free list as it was", "", ""),
 ], ids=lambda v: v.__name__ if isinstance(v, type) else None)
 def test_allocator_mistake_is_named(impl, case, message, hint, expected, got):
@@ -288,7 +288,7 @@ def append_catching(table, seq_len, n_new, page_size, alloc):
     (append_counted_ids, "prompt into an empty table", "are not the pages allocate returned",
      "page ids come from the allocator", None, "[0, 1]"),
     (append_returning_a_copy, "prompt into an empty table", "append_tokens returned a new list",
-     "extend `table` in place", "", ""),
+     "extend `table` in place", "None (`table` extended in place)", "[5, 1]"),
     (append_rebinding, "prompt into an empty table", "table length after 5 new tokens on a "
      "sequence of 0", "`table = table + pages` only rebinds your local name",
      "2 pages (2 new)", "0 pages (2 new taken from the allocator)"),
@@ -385,7 +385,7 @@ def tables_one_spare_page(seq_lens, page_size, alloc):
     (tables_max_of_nothing, "an empty batch", "an empty batch raised ValueError",
      "max() of an empty list raises", ""),
     (tables_only, "three sequences", "expected a tuple (block_tables, seq_lens)",
-     "return both arrays", ""),
+     "return both arrays", "a tuple of 2: (block_tables, seq_lens)"),
     (tables_past_the_pool, "three sequences", "out of range", "use ids the allocator returned",
      ""),
     (tables_one_spare_page, "three sequences", "pages taken from the allocator",

@@ -84,6 +84,9 @@ def test_an_answer_that_inflates_in_the_judge_fails_its_task_and_the_judge_repor
     assert entry["status"] == "failed", entry
     assert "ran out of memory" in entry["summary"] and "MemoryError" in entry["summary"], entry
     assert "checks_prefill.py" not in entry["summary"], entry
+    # (hunt 160: the judge's own work, named so, not laid on the learner's code)
+    assert "in the check's own code, not in yours: the grader's judge may use 1024 MiB" in \
+        entry["summary"] and "your code built" not in entry["summary"], entry["summary"]
     assert report["broken"] is None
 
 

@@ -223,9 +223,9 @@ def test_a_key_error_without_one_key_is_sent_as_its_str(exc, text):
 
 
 def test_keys_that_cannot_cross_as_themselves_cross_as_their_str():
-    """An int past 64 bits, or a tuple, is sent as the key's repr: the rebuilt KeyError shows it
-    quoted once more, as before, but the sandbox can send no int of a million digits (which
-    str() refuses) nor an int message for another exception."""
+    """An int past 64 bits, or a tuple, is sent as the key's repr (rebuilt to read as that
+    repr: test_grader_messages_hunt160), and the sandbox can send no int of a million digits
+    (which str() refuses) nor an int message for another exception."""
     for exc in (KeyError(2**70), KeyError((1, 2))):
         assert _peer().describe(exc)["message"] == str(exc)
     peer = _peer()

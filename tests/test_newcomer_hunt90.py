@@ -50,14 +50,14 @@ def test_right_lists_only_what_was_compared():
     text = diff.message()
     assert "rows 1-2 (right: 0)" in text, text
     assert "right: 1-15" not in text and "3-15" not in text, text
-    assert "tokens 0" in text, text
+    assert "token 0" in text, text
 
 
 def test_right_is_unchanged_without_a_mask():
     got, expected = np.zeros((4, 3)), np.zeros((4, 3))
     got[1:3, 0] = 1.0
     text = describe_difference(got, expected, ("row", "col")).message()
-    assert "rows 1-2 (right: 0, 3)" in text and "cols 0 (right: 1-2)" in text, text
+    assert "rows 1-2 (right: 0, 3)" in text and "col 0 (right: 1-2)" in text, text
 
 
 def test_kv_scales_catches_a_threshold_just_above_the_smallest_rows():

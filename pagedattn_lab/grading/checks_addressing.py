@@ -18,7 +18,7 @@ from ..validate_kinds import is_int
 from .cases import block_tables_for
 from .compare import (POW2_HINT, call_on_copies, changed_input, describe_difference, diagnose,
                       pow2_div, pow2_mod)
-from .report import Case, CheckResult, Mismatch, as_int, probe, run_cases
+from .report import Case, CheckResult, Mismatch, as_int, probe, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -68,9 +68,10 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
             *[(POW2_HINT.format(name="page_size", n=page_size), v)
               for v in _pow2_slots(row, t, page_size)],
         ]
-        hint = next((h for h, v in variants
-                     if v is not None and v != expected and got is not None and int(got) == v),
-                    "slot = row[token // page_size] * page_size + token % page_size.")
+        fits = dict.fromkeys(h for h, v in variants if v is not None and v != expected
+                             and got is not None and int(got) == v)   # (several at page_size 1)
+        hint = several_fit(list(fits), "slot") if fits else \
+            "slot = row[token // page_size] * page_size + token % page_size."
         raise Mismatch(f"token {t}: virtual page {t // page_size} -> physical page {page}, "
                        f"offset {off}", hint, expected=str(expected), got=repr(got))
 
@@ -120,10 +121,8 @@ def _offset_variants(slot: int, h: int, d: int, num_kv_heads: int, head_dim: int
          "num_kv_heads, head_dim]: (slot * num_kv_heads + kv_head) * head_dim + dim.",
          (slot * head_dim + d) * num_kv_heads + h),
         ("add the dim.", (slot * num_kv_heads + h) * head_dim),
-        ("one off: offsets count from 0, so element (slot 0, kv_head 0, dim 0) is at 0.",
-         expected + 1),
-        ("one off: offsets count from 0, so element (slot 0, kv_head 0, dim 0) is at 0.",
-         expected - 1),
+        *[("one off: offsets count from 0, so element (slot 0, kv_head 0, dim 0) is at 0.", v)
+          for v in (expected + 1, expected - 1)],
         ("consecutive kv heads of a slot are head_dim values apart, not num_kv_heads.",
          slot * num_kv_heads * head_dim + h * num_kv_heads + d),
         ("a slot holds num_kv_heads * head_dim values: the slot stride needs both.",

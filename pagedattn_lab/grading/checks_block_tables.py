@@ -14,7 +14,8 @@ import numpy as np
 from ..paging import BlockAllocator, OutOfPagesError
 from ..validate_kinds import is_int
 from .compare import FIXED_PAGE_HINT, POW2_HINT, call_on_copies, pow2_div
-from .report import Case, CheckResult, Mismatch, counted, probe, run_cases, several_fit
+from .report import (Case, CheckResult, Mismatch, counted, probe, run_cases, several_fit,
+                     shortened, text_of)
 from .seeds import case_rng
 
 
@@ -75,8 +76,11 @@ def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 
     used_before, in_use_before = alloc.num_used, _in_use(alloc)
     result = fn(table, seq_len, n_new, page_size, alloc)
     if result is not None and result is not table:
-        raise Mismatch("append_tokens returned a new list", "extend `table` in place (the "
-                       "caller keeps its reference) and return None.")
+        what = "a new list" if isinstance(result, list) else f"a value ({type(result).__name__})"
+        raise Mismatch(f"append_tokens returned {what}", "extend `table` in place (the "
+                       "caller keeps its reference) and return None.",
+                       expected="None (`table` extended in place)",
+                       got=shortened(text_of(result)))
     want = -(-(seq_len + n_new) // page_size)
     taken = alloc.num_used - used_before
     if len(table) != want or taken != want - len(before):
@@ -298,8 +302,11 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
         raise Mismatch(f"an empty batch raised {type(exc).__name__}: {exc}",
                        EMPTY_BATCH_HINT) from None
     if not (isinstance(result, tuple) and len(result) == 2):
+        got = f"a tuple of {len(result)}" if isinstance(result, tuple) else \
+            f"one {type(result).__name__}"
         raise Mismatch("expected a tuple (block_tables, seq_lens)",
-                       "return both arrays, as PagedKVCache.block_tables does.")
+                       "return both arrays, as PagedKVCache.block_tables does.",
+                       expected="a tuple of 2: (block_tables, seq_lens)", got=got)
     tables, lens = result
     if isinstance(tables, np.ndarray) and isinstance(lens, np.ndarray) and tables.ndim == 1 \
             and lens.ndim == 2 and list(tables) == seq_lens:
@@ -355,11 +362,14 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
     if not all(0 <= p < num_pages for p in flat):
         raise Mismatch(f"page ids {flat} out of range", "use ids the allocator returned.")
     _expect_own_pages(flat, held, _in_use(alloc) - held)
-    pad = np.concatenate([tables[i, need[i]:] for i in range(len(seq_lens))] + [[-1]])
-    if pad.size and not (pad == -1).all():
-        raise Mismatch("padding entries", "fill entries past a sequence's last page with -1 "
-                       "(as PagedKVCache does), so a stray read is easy to spot.",
-                       "-1", repr(sorted(set(pad.tolist()))))
+    pad = next(((i, j) for i in range(len(seq_lens)) for j in range(need[i], tables.shape[1])
+                if tables[i, j] != -1), None)
+    if pad is not None:
+        row, col = pad
+        raise Mismatch(f"padding entry block_tables[{row}, {col}] (past row {row}'s "
+                       f"{counted(need[row], 'page')})", "fill entries past a sequence's last "
+                       "page with -1 (as PagedKVCache does), so a stray read is easy to spot.",
+                       "-1", str(tables[row, col]))
     if taken != sum(need):
         raise Mismatch("pages taken from the allocator", "take exactly ceil(len / page_size) "
                        "pages per sequence, from the allocator you were given.",

@@ -64,6 +64,9 @@ def _map_case(kern, seed, n):
                                      for s in (1, -1)) and n > 2 else None),
                       lambda d: ("every element is a[i] * 10: add 10, do not multiply."
                                  if np.allclose(got, a * np.float32(10)) else None),
+                      lambda d: (f"every element is a[i] + {got[0] - a[0]:.4g}: the spec adds "
+                                 "10." if np.allclose(got - a, got[0] - a[0], atol=1e-5)
+                                 and not np.isclose(got[0] - a[0], 10, atol=1e-5) else None),
                       lambda d: ("every element is a[i] with its fraction cut off, plus 10: an "
                                  "(int) cast or an int variable truncates; keep the value a "
                                  "float." if np.array_equal(got, np.trunc(a) + 10) else None),

@@ -12,7 +12,7 @@ from .allocator_probes import (ALL_FREE_HINT, ALL_OR_NOTHING_IDS, FREE_LIST_HINT
                                NEGATIVE_ID_HINT, ZERO_HINT, allocated, expect_free,
                                expect_raises, expect_returned, ids, kept, num_free, ref_counts,
                                refused)
-from .report import Case, CheckResult, Mismatch, run_cases, several_fit
+from .report import Case, CheckResult, Mismatch, counted, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -23,6 +23,8 @@ NEVER_ALLOCATED_HINT = ("every page of a new pool is free, and a free page has n
 LOST_PAGES_HINT = ("a refused allocate must leave the free list as it was: pages it took "
                    "before raising are lost to every later call (num_free still counts them). "
                    "Check n against num_free before taking any page.")
+ALL_OR_NOTHING_HINT = ("all or nothing: check n against the free list before popping pages, so a "
+                       "failed call changes nothing.")
 
 
 def _alloc_fresh(cls, num_pages: int) -> None:
@@ -94,9 +96,7 @@ def _alloc_out_of_pages(cls, num_pages: int) -> None:
                         "allocate(3) with 2 pages free",
                         "raise pagedattn_lab.OutOfPagesError when n > num_free, before taking "
                         "any page.")
-    expect_free(alloc, 2, "after the failed allocate(3)",
-                 "all or nothing: check n against the free list before popping pages, so a "
-                 "failed call changes nothing.")
+    expect_free(alloc, 2, "after the failed allocate(3)", ALL_OR_NOTHING_HINT)
     told = tuple(getattr(exc, name, None) for name in ("requested", "free", "total"))
     if told != (3, 2, num_pages):
         raise Mismatch(f"the OutOfPagesError of allocate(3) with 2 of {num_pages} pages free "
@@ -169,9 +169,13 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
         else:
             n = int(rng.integers(0, 4))
             if n > num_pages - len(in_use):
+                before = num_free(alloc)
                 expect_raises(lambda: alloc.allocate(n), OutOfPagesError,
                                f"step {step}: allocate({n}) with {num_pages - len(in_use)} free",
                                "raise OutOfPagesError when the pool cannot satisfy the request.")
+                # (told here, where it happens: a later allocate's refusal named only that one)
+                expect_free(alloc, before, f"after the refused allocate({n}) of step {step}",
+                            ALL_OR_NOTHING_HINT)
                 refused_at = step if refused_at is None else refused_at
                 continue
             try:
@@ -188,7 +192,7 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
                 elif n == free == num_free(alloc):
                     hint = ALL_FREE_HINT
                 raise Mismatch(f"step {step}: allocate({n}) raised OutOfPagesError with "
-                               f"{free} pages free", hint) from exc
+                               f"{counted(free, 'page')} free", hint) from exc
             if len(set(pages)) != len(pages):
                 raise Mismatch(f"step {step}: allocate({n}) returned a page twice: {pages}",
                                "each page may have only one owner after allocate.")

@@ -131,10 +131,12 @@ def _pages_needed_case(fn, seq_len: int, page_size: int) -> None:
     _int_case(fn, (seq_len, page_size), expected, [
         (CONSTANT_HINT, lambda: _constant(fn, [(0, 16), (100, 7), (5, 1), (4096, 16)])),
         (FLOAT_HINT.format(a="seq_len", b="page_size"), math.ceil(seq_len / page_size)),
-        # (seq_len - 1) // page_size is the floor at most lengths: confirmed where it is not
+        # (seq_len - 1) // page_size is the floor at most lengths: confirmed where it is not,
+        # twice (at (8, 4) alone, ceil(page_size / seq_len) gives 1 too)
         ("(seq_len - 1) // page_size is the index of the last token's page, one less than the "
          "count: ceil is (seq_len - 1) // page_size + 1 (0 for seq_len 0).",
-         lambda: (seq_len - 1) // page_size if _gives(fn, (8, 4), 1) else None),
+         lambda: (seq_len - 1) // page_size if _gives(fn, (8, 4), 1)
+         and _gives(fn, (33, 16), 2) else None),
         ("round up: a partly filled last page is still a whole page.", seq_len // page_size),
         (POW2_HINT.format(name="page_size", n=page_size),
          pow2_div(seq_len + page_size - 1, page_size) if page_size & (page_size - 1)

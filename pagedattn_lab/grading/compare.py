@@ -124,13 +124,13 @@ class Difference:
             # an index the check never compared (past seq_len, a padding row) is not "right"
             seen = range(n) if self.compared is None else self._along(axis, self.compared)
             right = sorted(set(seen) - set(idx))
+            noun = axis if len(idx) == 1 else _plural(axis)   # "sequence 1", "sequences 1-2"
             if len(idx) == n:
                 parts.append(f"every {axis}")
             elif not right:
-                parts.append(f"{_plural(axis)} {ranges(idx)} "
-                             f"(the only {_plural(axis)} compared)")
+                parts.append(f"{noun} {ranges(idx)} (the only {noun} compared)")
             else:
-                parts.append(f"{_plural(axis)} {ranges(idx)} (right: {ranges(right)})")
+                parts.append(f"{noun} {ranges(idx)} (right: {ranges(right)})")
         return "; ".join(parts)
 
     def message(self, what: str = "values") -> str:
@@ -139,8 +139,9 @@ class Difference:
         want, got = fmt(self.expected[index]), fmt(self.got[index])
         if want == got:   # close, yet past the tolerance: show the digits where they differ
             want, got = f"{float(self.expected[index]):.7g}", f"{float(self.got[index]):.7g}"
-        lines = [f"{self.count} of {total} {what} differ; the first at {self.where(index)}: "
-                 f"expected {want}, got {got}."]
+        noun = what[:-1] if total == 1 and what.endswith("s") else what   # "1 of 1 value"
+        lines = [f"{self.count} of {total} {noun} differ{'s' if self.count == 1 else ''}; the "
+                 f"first at {self.where(index)}: expected {want}, got {got}."]
         n_unwritten = int(self.unwritten.sum())
         if n_unwritten and not self.certain:
             lines.append(f"{n_unwritten} of them are still NaN: the NaN the check filled the "

@@ -37,7 +37,7 @@ from collections import Counter
 from . import own_work, remote, remote_errors, seeds, wire
 from .channel import Channel
 from .kernel_runner import kernels_elsewhere
-from .report import FAILED, PASSED, text_of
+from .report import FAILED, JUDGE_HEAP, PASSED, text_of
 
 MAX_EVENTS = 50
 MAX_SUMMARY = 2000
@@ -204,6 +204,7 @@ def limit_memory(mb: int) -> None:
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
         soft = mb << 20 if hard == resource.RLIM_INFINITY else min(mb << 20, hard)
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
+        JUDGE_HEAP["mb"] = soft >> 20   # a MemoryError's message names it (report.py)
 
 
 def _read_line(fd: int) -> bytes:

@@ -156,11 +156,14 @@ def padding_hint(got, expected, valid, never, *, copies: bool = False) -> str | 
     if copies:
         return ("rows at or past seq_lens[b] must be zeros, but yours hold what a thread past "
                 "the sequence's end copied from the cache (its block-table entries there are "
-                "-1 padding). Test t >= seq_lens[b] first and store zeros.")
+                "-1 padding). Test t >= seq_lens[b] first, store zeros and return (a copy "
+                "after the zeros overwrites them).")
     if np.isnan(pad).any():
-        return ("rows at or past seq_lens[b] hold a NaN your kernel computed: a thread past "
-                "the sequence's end ran the softmax over no keys (0/0). Test t >= seq_lens[b] "
-                "first and store zeros.")
+        # (a causal loop past the end reads keys past it: NaN there is no 0/0 over no keys)
+        return ("rows at or past seq_lens[b] must be zeros, but yours hold NaN: a thread past "
+                "the sequence's end computed attention anyway, over keys past the end (unused "
+                "slots, -1 padding) or over none (0/0). Test t >= seq_lens[b] first and store "
+                "zeros.")
     return ("rows at or past seq_lens[b] must be zeros, but yours hold data: a thread past "
             "the sequence's end computed attention. Test t >= seq_lens[b] first and "
             "store zeros.")

@@ -27,10 +27,11 @@ def check_output(kern, got, expected, axes, counts, out_name, hints) -> None:
     written = int(np.count_nonzero(~np.isnan(got)))
     if hint is None and writes > written:
         hint = (f"{out_name} was written {writes} times, but only {written} of its "
-                f"{expected.size} elements hold a value: several threads wrote the same "
-                "element. Each element has one owner thread.")
-    raise Mismatch(diff.message(), hint or "compare your kernel with the spec above, element "
-                   "by element, for the thread the message names.")
+                f"{expected.size} elements {'holds' if written == 1 else 'hold'} a value: "
+                "several threads wrote the same element. Each element has one owner thread.")
+    # (the message names an element, not a thread: the thread is the one that writes it)
+    raise Mismatch(diff.message(), hint or "compare your kernel with the spec above for the "
+                   "first wrong element the message names, and the thread that writes it.")
 
 
 def check_budget(counts, budget: dict, outputs: dict, read_advice: dict,

@@ -46,26 +46,41 @@ def _text(value) -> str:
     return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
 
 
-def _message_of(exc: BaseException) -> str | int:
-    """What the exception is rebuilt from: its str(), but a KeyError's str() is its key's
-    repr, which the rebuilt KeyError quoted again (KeyError: "'seq 3'" under the grader,
-    'seq 3' in the notebook; '3' for 3): a KeyError of one str or int key (a dict keyed by
-    sequence id) sends the key itself, an int as an int (`_key_of` takes it back)."""
-    if isinstance(exc, KeyError) and len(exc.args) == 1:
+class _Shown(str):
+    """A KeyError's str() as the sender showed it, made the rebuilt KeyError's one argument:
+    KeyError's str() is its argument's repr, and this one's repr is the text itself."""
+
+    def __repr__(self) -> str:
+        return str.__str__(self)
+
+
+def _message_of(exc: BaseException) -> tuple[str | int, bool]:
+    """(what the exception is rebuilt from, whether that is a KeyError's str() as shown).
+    A KeyError's str() is its key's repr, which a KeyError rebuilt from it quoted again
+    (KeyError: "'seq 3'" under the grader, 'seq 3' in the notebook; '3' for 3, 'True' for
+    True): a KeyError of one str or int key (a dict keyed by sequence id) sends the key
+    itself, an int as an int; any other (None, True, a tuple, a float, bytes, no key, two, a
+    class's own __str__) sends its str(), which `_key_of` rebuilds to read the same."""
+    if not isinstance(exc, KeyError):
+        return _text(exc), False
+    if len(exc.args) == 1 and type(exc).__str__ is KeyError.__str__:
         key = exc.args[0]
-        if isinstance(key, str):
-            return _text(key)
+        if type(key) is str:
+            return _text(key), False
         if type(key) is int and abs(key) <= MAX_KEY:
-            return key
-    return _text(exc)
+            return key, False
+    return _text(exc), True
 
 
-def _key_of(cls: type, message):
-    """The argument an exception of `cls` is rebuilt with from a reply's `message`: an int
-    only as a KeyError's key (`_message_of`), bounded (a sent int of a million digits would
-    not print); anything else as text."""
-    if issubclass(cls, KeyError) and type(message) is int and abs(message) <= MAX_KEY:
-        return message
+def _key_of(cls: type, message, shown) -> str | int:
+    """The argument an exception of `cls` is rebuilt with from a reply's `message`: for a
+    KeyError, an int as the key (`_message_of`), bounded (a sent int of a million digits
+    would not print), or its str() as shown; anything else as text."""
+    if issubclass(cls, KeyError):
+        if shown is True:
+            return _Shown(_text(message))
+        if type(message) is int and abs(message) <= MAX_KEY:
+            return message
     return _text(message)
 
 
@@ -102,9 +117,10 @@ class ErrorTranslation:
         if self.strict:
             token = id(exc)
             self._raised[token] = exc
+        message, shown = _message_of(exc)
         return {"type": type(exc).__name__[:80],
                 "mro": [c.__name__[:80] for c in type(exc).__mro__][:24],
-                "message": _message_of(exc), "attrs": attrs, "where": learner_frame(exc),
+                "message": message, "shown": shown, "attrs": attrs, "where": learner_frame(exc),
                 "token": token if type(token) is int else None}
 
     def exception(self, info, blobs=()) -> BaseException:
@@ -117,7 +133,7 @@ class ErrorTranslation:
         names = [str(n) for n in info.get("mro", [])] if isinstance(info.get("mro"), list) else []
         cls = self._class(name, names)
         exc = cls.__new__(cls)
-        BaseException.__init__(exc, _key_of(cls, info.get("message", "")))
+        BaseException.__init__(exc, _key_of(cls, info.get("message", ""), info.get("shown")))
         exc.remote_frame = str(info.get("where") or "")[:400]   # see report._learner_frame
         attrs = info.get("attrs") if isinstance(info.get("attrs"), dict) else {}
         for key, tree in list(attrs.items())[:40]:

@@ -27,6 +27,7 @@ RESULTS_ENV = "PAGEDATTN_LAB_RESULTS"
 PASSED = "passed"
 FAILED = "failed"
 NOT_ATTEMPTED = "not attempted"
+JUDGE_HEAP = {"mb": 0}   # the bound judge.limit_memory set on this process (0: none, no judge)
 
 
 class Mismatch(Exception):
@@ -201,12 +202,29 @@ def _describe_exception(exc: BaseException) -> tuple[str, str]:
     described = describe_kernel_exception(exc)
     if described is not None:
         return described
-    if isinstance(exc, MemoryError):   # (under the grader, also the judge's heap limit)
-        return (f"ran out of memory (MemoryError: {text_of(exc)}){_learner_frame(exc)}",
-                "the case needed far more memory than the task's sizes call for: your code "
-                "built, or returned, something much larger than the result the spec asks for.")
+    if isinstance(exc, MemoryError):
+        return _describe_memory_error(exc)
     return (f"raised {type(exc).__name__}: {text_of(exc)}{_learner_frame(exc)}",
             "read the error above; the spec in the task's prompt says what each input holds.")
+
+
+def _describe_memory_error(exc: MemoryError) -> tuple[str, str]:
+    """(message, hint) for a MemoryError: the learner's code's when raised inside it (a
+    frame of theirs, or the sandbox's, under the grader), else the check's own work's, which
+    under the grader may be the judge's heap bound (judge.limit_memory): that hint blamed
+    the learner's code, which had returned, and maybe an answer of the size asked for."""
+    memory = f"ran out of memory (MemoryError: {text_of(exc)})"
+    if isinstance(getattr(exc, "remote_frame", None), str) or _learner_frame(exc):
+        return (memory + _learner_frame(exc),
+                "the case needed far more memory than the task's sizes call for: your code "
+                "built, or returned, something much larger than the result the spec asks for.")
+    bound = JUDGE_HEAP["mb"]
+    return (memory + " in the check's own code, not in yours" +
+            (f": the grader's judge may use {bound} MiB" if bound else ""),
+            "an answer much larger than the result the spec asks for (or one that grows when "
+            "made an array: strings of very different lengths) makes the check's work this "
+            "large; if yours is the size the spec asks for, the fault is not your code's: "
+            "tell your instructor.")
 
 
 WIDTH = 79  # printed lines are wrapped here, between words (a notebook breaks long lines anywhere)

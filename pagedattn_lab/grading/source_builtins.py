@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 
 from .report import Mismatch
-from .source_macros import ONE_PROGRAM_HINT, logical_code
+from .source_macros import logical_code, one_program_refusal
 
 _QUERIES = (r"sizeof|decltype|typeid|typeof|__typeof__|__typeof|alignof|_Alignof|__alignof__"
             r"|__alignof")
@@ -52,7 +52,6 @@ def device_types(source: str) -> Mismatch | None:
 
 
 def _refusal(line: int, word: str, why: str, fix: str) -> Mismatch:
-    return Mismatch(f"the kernel was refused by the grader: line {line} uses `{word}`"
-                    f"{'' if why.startswith(',') else ' '}{why}: the GPU compiler and the CPU "
-                    f"executor would compile different kernels", ONE_PROGRAM_HINT + fix,
-                    expected="member reads of the built-in variables, no type query", got=word)
+    return one_program_refusal(f"line {line} uses `{word}`{'' if why.startswith(',') else ' '}"
+                               f"{why}", fix, got=word,
+                               expected="member reads of the built-in variables, no type query")

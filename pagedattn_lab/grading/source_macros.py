@@ -45,6 +45,16 @@ _SPLICE = re.compile(r"\\[ \t\f\v]*\n")
 _WORD = re.compile(r"(?<![\w.'])[A-Za-z_]\w*")   # not a number's suffix (16u, 1e5f)
 ONE_PROGRAM_HINT = ("a graded kernel must be one program on both devices (the CPU run checks "
                     "for races and bad indices that the GPU run would not show): ")
+TWO_KERNELS = "the GPU compiler and the CPU executor would compile different kernels"
+
+
+def one_program_refusal(what: str, fix: str, *, expected: str, got: str,
+                        differs: str = TWO_KERNELS) -> Mismatch:
+    """The grader's refusal of a kernel that would be two programs (here and in
+    source_builtins.py): `what` the code does, where; how the two builds `differs` by it;
+    the `fix`."""
+    return Mismatch(f"the kernel was refused by the grader: {what}: {differs}",
+                    ONE_PROGRAM_HINT + fix, expected=expected, got=got)
 
 
 def device_conditional(source: str) -> Mismatch | None:
@@ -61,12 +71,11 @@ def _build_value(code: str, line_of) -> Mismatch | None:
     value = _BUILD_VALUE.search(code)
     if not value:
         return None
-    return Mismatch(
-        f"the kernel was refused by the grader: line {line_of(value.start())} uses "
-        f"`{value.group()}`, whose value differs between the GPU compiler and the CPU "
-        f"executor: the two would run different kernels",
-        ONE_PROGRAM_HINT + f"take `{value.group()}` out of the kernel.",
-        expected="no value of the build in the code", got=value.group())
+    return one_program_refusal(
+        f"line {line_of(value.start())} uses `{value.group()}`, whose value differs between "
+        f"the GPU compiler and the CPU executor", f"take `{value.group()}` out of the kernel.",
+        expected="no value of the build in the code", got=value.group(),
+        differs="the two would run different kernels")
 
 
 def _conditional(code: str, line_of, bodies: dict[str, set[str]], pastes: set[str]
@@ -75,12 +84,10 @@ def _conditional(code: str, line_of, bodies: dict[str, set[str]], pastes: set[st
         found = _foreign(_WORD.findall(m.group(2)), bodies, pastes)
         if found:
             word, why = found
-            return Mismatch(
-                f"the kernel was refused by the grader: #{m.group(1)} at line "
-                f"{line_of(m.start())} tests `{word}`, {why}: the GPU compiler and the CPU "
-                f"executor would compile different kernels",
-                ONE_PROGRAM_HINT + "take the #if out, or test only macros the kernel #defines "
-                "itself, under names of its own (not a compiler's or a C header's).",
+            return one_program_refusal(
+                f"#{m.group(1)} at line {line_of(m.start())} tests `{word}`, {why}",
+                "take the #if out, or test only macros the kernel #defines itself, under "
+                "names of its own (not a compiler's or a C header's).",
                 expected="conditionals on the kernel's own macros only", got=word)
     return None
 
@@ -151,12 +158,12 @@ def _closing_parens(code: str) -> dict[int, int]:
 
 
 def _string_refusal(line: int, word: str, macro: str) -> Mismatch:
-    return Mismatch(
-        f"the kernel was refused by the grader: line {line} makes a string of `{word}` "
-        f"(through `{macro}`), a macro a compiler defines: the GPU compiler and the CPU "
-        f"executor would compile different strings, and different kernels",
-        ONE_PROGRAM_HINT + f"take `{word}` out of `{macro}`'s arguments.",
-        expected="no compiler's macro made a string", got=word)
+    return one_program_refusal(
+        f"line {line} makes a string of `{word}` (through `{macro}`), a macro a compiler "
+        f"defines", f"take `{word}` out of `{macro}`'s arguments.",
+        expected="no compiler's macro made a string", got=word,
+        differs="the GPU compiler and the CPU executor would compile different strings, and "
+                "different kernels")
 
 
 def logical_code(source: str):
