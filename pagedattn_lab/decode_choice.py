@@ -110,6 +110,15 @@ def choose_kernel(requested: str, dtype: str, group: int, head_dim: int, on_gpu:
     return requested
 
 
+def check_codes_head_dim(kv_format, head_dim: int) -> None:
+    """Compressed pages (kv_format: a quant.KVFormat; None: 16-bit pages, no limit here): the
+    simt kernel reads 16 codes per 16-byte load, so head_dim a multiple of 16 (the
+    tensor-core kernel's limit too)."""
+    if kv_format is not None and head_dim % 16:
+        raise ValueError(f"head_dim: {head_dim} with {kv_format.name} pages: the simt kernel "
+                         f"reads 16 codes at a time, so head_dim must be a multiple of 16")
+
+
 def check_simt_page(page_size, num_kv_heads, head_dim, dtype, page_size_arg):
     """decode.cu keeps offsets within a page in 32 bits: past 2^31 - 1 elements they wrap
     and it reads outside the cache (the tensor-core kernels' offsets are 64-bit)."""

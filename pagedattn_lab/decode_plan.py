@@ -27,8 +27,8 @@ from .decode_choice import (COMPRESSED_SIMT_MAX_GROUP, HEAD_DIM_MAX,  # noqa: F4
                             KERNELS, MHA_KERNEL, TC_AUTO_MAX_HEAD_DIM, choose_kernel,
                             supported_head_dim)
 from .decode_simt_plan import (BLOCKS_PER_SM, MIN_PART_LEN, PART_LEN,  # noqa: F401 - re-exported
-                               SIMT_GROUPS, choose_partitions, cut_longest, group_kernel_size,
-                               simt_shared_bytes)
+                               SIMT_GROUPS, check_token_range, choose_partitions, cut_longest,
+                               group_kernel_size, simt_shared_bytes)
 from .decode_tc_sizes import TC_SMEM_PER_SM, mma_o_fits, mma_shared_bytes, tc_shared_bytes
 from .decode_tc_shapes import (MMA_SHAPES, ROWS_SHAPES, ROWS_SHORT_ITEMS,
                                ROWS_SHORT_ITEMS_SHAPE, TC_SHAPES)

@@ -13,11 +13,13 @@ benchmarks/NOTES.md, "Tensor-core decode v5" and "v6".
 """
 from __future__ import annotations
 
+import bisect
 from typing import NamedTuple
 
 import numpy as np
 
 from . import decode_plan as dp   # its TC_* split constants (benchmarks set them)
+from .decode_tc_sizes import tc_max_parts
 from .validate import INT32_MAX
 
 TC_SCHEMES = ("balanced", "items")
@@ -67,14 +69,10 @@ def choose_tc_part_len(lens: np.ndarray, blocks_per_item: int, num_sms: int, max
         part_len = dp.cut_longest(max_len, num_splits)
     elif waves:
         budget = dp.TC_WAVES * resident * num_sms
-        lo, hi = 1, -(-max_len // 64)   # in units of 64 tokens; hi always fits one item each
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if int((-(-lens // (64 * mid))).sum()) * blocks_per_item <= budget:
-                hi = mid
-            else:
-                lo = mid + 1
-        part_len = max(min(64 * lo, max_len), -(-max_len // dp.TC_AUTO_MAX_PARTS))
+        # the fewest units of 64 tokens that fit the budget (ceil(max_len / 64): one item each)
+        units = _least(lambda n: int((-(-lens // (64 * n))).sum()) * blocks_per_item <= budget,
+                       1, -(-max_len // 64))
+        part_len = max(min(64 * units, max_len), -(-max_len // dp.TC_AUTO_MAX_PARTS))
     else:
         target = (blocks_per_sm or dp.TC_BLOCKS_PER_SM) * num_sms
         part_len = next((p for p in dp.TC_PART_LENS
@@ -291,8 +289,32 @@ def check_tc_int32(cfg, lens: np.ndarray, segments: Segments, max_page: int,
         raise ValueError(f"seq_lens[{b}]: {int(lens[b])} tokens{parts}: the tensor-core kernel "
                          f"({cfg.source}.cu, tiles of {cfg.tile_t}) counts a sequence's tokens "
                          f"in int32, and {what} {int(reach[b])}, past 2^31 - 1 (up to {fits} "
-                         f"tokens{' with these partitions' if wmma else ''} always fit)")
+                         f"tokens{' with these partitions' if wmma else ''} always fit)"
+                         f"{_wmma_way_out(lens, cfg) if wmma else ''}")
     if compressed and (max_page + 1) * page_size > 2**32:
         raise ValueError(f"block_tables: page {max_page} x page_size {page_size} is past the "
                          f"tensor-core kernel's 32-bit cache slots over compressed pages "
                          f"(page x page_size + place, at most 2^32 - 1)")
+
+
+def _wmma_way_out(lens: np.ndarray, cfg) -> str:
+    """What a plan on decode_tc.cu refused by check_tc_int32 can do instead: the fewest
+    partitions of the longest sequence whose counts fit (num_splits: the automatic count is
+    set by the GPU's SMs, not by the int32 counts), or, where even the most its merge holds
+    (tc_max_parts) do not fit, the simt kernel."""
+    max_parts = tc_max_parts(cfg.rows, cfg.kv_bytes)
+
+    def fits(lens: np.ndarray, parts: int) -> bool:   # the longest cut in `parts` (num_splits)
+        part_len = dp.cut_longest(int(lens.max()), parts)
+        return int(tc_token_reach(lens, cfg.tile_t, part_len=part_len).max()) <= INT32_MAX
+    if fits(lens, max_parts):
+        least = _least(lambda k: fits(lens, k), 1, max_parts)
+        return f"; num_splits={least} cuts them short enough"
+    most = _least(lambda n: not fits(np.array([n]), max_parts), 1, INT32_MAX) - 1
+    return (f"; the kernel merges at most {max_parts} partitions of a sequence, so it counts at "
+            f"most {most} tokens: plan with kernel='simt' for longer sequences")
+
+
+def _least(ok, lo: int, hi: int) -> int:
+    """The least k in [lo, hi] with ok(k), ok false below it and true from it on."""
+    return lo + bisect.bisect_left(range(lo, hi + 1), True, key=ok)

@@ -128,10 +128,10 @@ def encode(x, kv_dtype: str) -> np.ndarray:
 def decode(codes, kv_dtype: str) -> np.ndarray:
     """float32 values of codes (without the scale)."""
     fmt = kv_format(kv_dtype)
-    if is_torch_tensor(codes):   # (NumPy cannot read torch's float8: told the view first)
-        check_storage(codes, fmt, "codes")
-    codes = np.asarray(codes)
+    if not is_torch_tensor(codes):   # (a torch tensor is checked as it is: NumPy cannot
+        codes = np.asarray(codes)    # read torch's float8, and is told the view first)
     check_storage(codes, fmt, "codes")
+    codes = np.asarray(codes)
     if fmt.name == "int8":
         return codes.astype(np.float32)
     return codes.view(_e4m3()).astype(np.float32)

@@ -41,7 +41,7 @@ from .attention_common import (LOG2E, MAX_GRID_YZ, THREADS, allow_shared_memory,
                                shared_arrays, sm_count, to_torch_like)
 from .backend import cupy_module, is_cupy_array, is_torch_tensor, resolve_device
 from .csr import from_csr, to_csr  # noqa: F401 - re-exported (__all__)
-from .decode_choice import check_simt_page
+from .decode_choice import check_codes_head_dim, check_simt_page
 from .decode_run import DecodeRun
 from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
@@ -126,8 +126,10 @@ class BatchDecodeWrapper(DecodeRun):
         (the one-shot call's is k_cache's shape), named when the pages are refused; grid_args:
         those that gave the batch and the heads, named when the launch grid is refused."""
         group = num_heads // num_kv_heads
-        chosen = _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme,
-                                int(tables_h.shape[0]), int(lens_h.sum(dtype=np.int64)))
+        chosen = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu,
+                                  scale_scheme if kv_format is not None else None,
+                                  int(tables_h.shape[0]), int(lens_h.sum(dtype=np.int64)))
+        check_codes_head_dim(kv_format, head_dim)
         if chosen == "simt":
             check_simt_page(page_size, num_kv_heads, head_dim, dtype, page_size_arg)
         xp = cupy_module() if on_gpu else np
@@ -168,6 +170,7 @@ class BatchDecodeWrapper(DecodeRun):
         self.part_len, self.max_parts = dp.choose_partitions(
             lens_h, grid_y, sm_count(self.on_gpu), num_splits,
             dp.COMPRESSED_SIMT_PART_LEN if self.kv_format and gmax >= 4 else dp.PART_LEN)
+        dp.check_token_range(lens_h, self.part_len)   # (the tensor cores': dw.check_tc_int32)
         xp, i32 = self.xp, np.int32
         rows = (self.batch, self.num_heads, self.max_parts)
         split = self.max_parts > 1
@@ -385,15 +388,3 @@ class BatchDecodeWrapper(DecodeRun):
                          | data_pointer(out)) % 16):
             return
         explain_run(self, q, k, v, out, qshape, dtypes)
-
-
-def _choose_kernel(kernel, dtype, group, head_dim, on_gpu, kv_format, scale_scheme, batch,
-                   tokens):
-    """decode_plan.choose_kernel, and for compressed pages the SIMT kernel's limit: 16 codes
-    per 16-byte load, so head_dim a multiple of 16 (the tensor-core kernel's limit too)."""
-    chosen = dp.choose_kernel(kernel, dtype, group, head_dim, on_gpu,
-                              scale_scheme if kv_format is not None else None, batch, tokens)
-    if kv_format is not None and head_dim % 16:
-        raise ValueError(f"head_dim: {head_dim} with {kv_format.name} pages: the simt kernel "
-                         f"reads 16 codes at a time, so head_dim must be a multiple of 16")
-    return chosen

@@ -25,7 +25,7 @@ from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written,
                            padding_hint, sequence_hint, shift_hint, tiled_hint,
                            unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwritten, where
-from .puzzle_runner import same_work
+from .puzzle_runner import count_then_check
 from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
 from .table_probe import full_table, transposed_hint
 from .variants import attention_mistakes
@@ -183,9 +183,10 @@ def _tile_loads(comp: _Compiled, prob, got) -> None:
     min(seq_len, x * TILE_Q + TILE_Q) (0 past seq_len), and nothing else of the cache. The
     counted run must compute `got` too, or its counts say nothing of the kernel checked."""
     grid, args, shared = _prefill_launch(prob, TILE_Q, tiled=True)
-    kern, host = comp.get(), list(args)
-    counts = kern.count(grid, (TILE_Q,), host, shared, timeout=KERNEL_TIMEOUT)
-    same_work([got], [host[5]], "the GPU's" if kern.device == "gpu" else "the checked launch's")
+    kern = comp.get()
+    _, counts = count_then_check(
+        lambda host: kern.count(grid, (TILE_Q,), host, shared, timeout=KERNEL_TIMEOUT), args,
+        [5], lambda: [got], "the GPU's" if kern.device == "gpu" else "the checked launch's")
     head_dim, page_size, heads = (prob.shape[k] for k in ("head_dim", "page_size", "num_heads"))
     firsts = np.arange(grid[0])[None, :] * TILE_Q
     lens = prob.seq_lens.astype(np.int64)[:, None]

@@ -13,7 +13,7 @@ from .cases import nan_tails, paged_problem
 from .checks_kernels import _Compiled
 from .faults import kernel_message
 from .kernel_runner import KERNEL_TIMEOUT, unwritten
-from .puzzle_runner import same_work
+from .puzzle_runner import count_then_check
 from .compare import ATOL, RTOL, ranges
 from .report import Mismatch
 
@@ -71,17 +71,15 @@ def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
     too, where the check runs there, and its values must be the CPU run's). A lane missing
     from a shuffle, and an index past the decode buffers, get messages of their own."""
     kern = comp.get()
+
+    def launch():
+        return kern.launch(grid, (WARP,), args, outputs=outputs)
     try:
-        counts = None
-        if count:
-            host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-            counts = kern.count(grid, (WARP,), host, timeout=KERNEL_TIMEOUT)
-            if kern.device == "cpu":
-                return [host[i] for i in outputs], counts
-        got = kern.launch(grid, (WARP,), args, outputs=outputs)
-        if count:   # (the counts hold for these values only if the CPU run computed them)
-            same_work(got, [host[i] for i in outputs])
-        return got, counts
+        if not count:
+            return launch(), None
+        return count_then_check(lambda host: kern.count(grid, (WARP,), host,
+                                                        timeout=KERNEL_TIMEOUT),
+                                args, outputs, None if kern.device == "cpu" else launch)
     except Exception as exc:
         kind = type(exc).__name__
         if kind == "KernelFault" and getattr(exc, "buffer", None) in DECODE_BUFFER_HINTS:

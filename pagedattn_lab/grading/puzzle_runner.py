@@ -60,20 +60,20 @@ class PuzzleKernel:
         if locate is not None:
             self.locate = locate
         kern = self.get()
-        host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
-        try:
-            counts = kern.count(grid, block, host, shared_mem, racecheck=True,
-                                timeout=LAUNCH_TIMEOUT)
-        except Exception as exc:
-            raise self.explain(exc) from exc
-        if self.device == "gpu":
+
+        def count(host):
+            try:
+                return kern.count(grid, block, host, shared_mem, racecheck=True,
+                                  timeout=LAUNCH_TIMEOUT)
+            except Exception as exc:
+                raise self.explain(exc) from exc
+
+        def on_gpu():
             if self._gpu is None:
                 self._gpu = Kernel(self.source, self.name, "gpu")
-            got = self._gpu.launch(grid, block, args, shared_mem=shared_mem, outputs=outputs)
-            same_work(got, [host[i] for i in outputs])
-        else:
-            got = [host[i] for i in outputs]
-        return Run(got, counts)
+            return self._gpu.launch(grid, block, args, shared_mem=shared_mem, outputs=outputs)
+        return Run(*count_then_check(count, args, outputs,
+                                     on_gpu if self.device == "gpu" else None))
 
     def _thread(self, exc) -> str:
         block, thread = getattr(exc, "block", None), getattr(exc, "thread", None)
@@ -141,6 +141,21 @@ _RACE_HINTS = {
                         "the stores and the loads; if the buffer is being reused, put one "
                         "before the overwrite.",
 }
+
+
+def count_then_check(count, args, outputs, launch=None, where: str = "the GPU's"):
+    """(outputs, counts): `count(host)` runs the kernel on the CPU executor with its accesses
+    counted, on copies of `args`; `launch()` gives the outputs checked (None: the counted
+    run's), which must be the counted run's values (same_work), else its counts say nothing
+    of the kernel checked."""
+    host = [a.copy() if isinstance(a, np.ndarray) else a for a in args]
+    counts = count(host)
+    counted_outputs = [host[i] for i in outputs]
+    if launch is None:
+        return counted_outputs, counts
+    got = launch()
+    same_work(got, counted_outputs, where)
+    return got, counts
 
 
 def same_work(checked: list, counted: list, where: str = "the GPU's") -> None:

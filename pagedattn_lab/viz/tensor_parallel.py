@@ -24,6 +24,11 @@ def _box(ax, x, y, w, h, color, text, text_color="black"):
     ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8, color=text_color)
 
 
+def _heads(kind: str, start: int, stop: int) -> str:
+    """'KV head 0' for one head, 'KV heads 0-1' for several (never 'KV heads 0-0')."""
+    return f"{kind} head {start}" if stop - start == 1 else f"{kind} heads {start}-{stop - 1}"
+
+
 def plot_head_split(num_heads: int, num_kv_heads: int, world_size: int, pages):
     """One panel per rank: its heads and its cache over the shared block-table row `pages`
     (a list of page ids)."""
@@ -61,8 +66,8 @@ def plot_head_split(num_heads: int, num_kv_heads: int, world_size: int, pages):
                      mine, f"kv{h.kv_start + j}", "white")
         ax.text(x0, 3.75, "page ids (the block table's row, the same on every rank)",
                 fontsize=8)
-        ax.text(-0.2, 3.3, f"GPU {rank}: query heads {h.q_start}-{h.q_stop - 1}, KV heads "
-                f"{h.kv_start}-{h.kv_stop - 1}", fontsize=9, weight="bold")
+        ax.text(-0.2, 3.3, f"GPU {rank}: {_heads('query', h.q_start, h.q_stop)}, "
+                f"{_heads('KV', h.kv_start, h.kv_stop)}", fontsize=9, weight="bold")
         ax.set_xlim(-0.5, x0 + len(pages) + 0.5)
         ax.set_ylim(0.4, 4.1)
         ax.set_axis_off()
