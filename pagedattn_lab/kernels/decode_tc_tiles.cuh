@@ -89,10 +89,13 @@ __device__ inline void tile_pages(int (&pg)[TILE_COPIES], const int* table, int 
 #pragma unroll
     for (int i = 0; i < TILE_COPIES; ++i) {
         const int c = i * CP_THREADS + cid;
-        const int t = t0 + c / CHUNKS;
         pg[i] = -1;   // a token past the end is never looked up
-        if (t < end && (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS))
-            pg[i] = table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)];
+        // the token only for a chunk of the tile: the plan bounds the tile's tokens within
+        // int32 (decode_work.tc_token_reach); a thread's chunks past it could pass 2^31 - 1
+        if (CP_TOKENS * CHUNKS % CP_THREADS == 0 || c < CP_TOKENS * CHUNKS) {
+            const int t = t0 + c / CHUNKS;
+            if (t < end) pg[i] = table[page_shift >= 0 ? (t >> page_shift) : (t / page_size)];
+        }
     }
 }
 

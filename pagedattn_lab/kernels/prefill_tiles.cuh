@@ -87,13 +87,19 @@ struct KvPipeline {
     int kv_head, num_kv_heads;
     int page_of[SLOTS_PER_THREAD];  // the one register kept across a tile's compute
 
+    // A key is formed only for a slot of the tile (r < KV_TILE): the plan bounds the tile's
+    // last key, k_first + KV_TILE - 1, within int32 (prefill_plan.check_int32_ranges); a
+    // thread's slots past the tile would pass it (signed overflow) near that bound. A slot,
+    // page x page_size + place, stays below (largest page read + 1) x page_size <= 2^31
+    // (BatchPrefillWrapper's plan refuses more).
     __device__ void lookup_begin(int k_first)
     {
 #pragma unroll
         for (int j = 0; j < SLOTS_PER_THREAD; ++j) {
-            const int r = threadIdx.x + j * THREADS, key = k_first + r;
+            const int r = threadIdx.x + j * THREADS;
             page_of[j] = -1;                  // past the keys this block reads: zeros
-            if (r < KV_TILE && key < kv_end) page_of[j] = table[key / page_size];
+            if (r < KV_TILE && k_first + r < kv_end)
+                page_of[j] = table[(k_first + r) / page_size];
         }
     }
     __device__ void lookup_end(int k_first, int stage)
@@ -101,9 +107,10 @@ struct KvPipeline {
         int* tile_slots = slots + stage * KV_TILE;
 #pragma unroll
         for (int j = 0; j < SLOTS_PER_THREAD; ++j) {
-            const int r = threadIdx.x + j * THREADS, key = k_first + r;
+            const int r = threadIdx.x + j * THREADS;
             if (r < KV_TILE)
-                tile_slots[r] = page_of[j] < 0 ? -1 : page_of[j] * page_size + key % page_size;
+                tile_slots[r] = page_of[j] < 0 ? -1
+                                               : page_of[j] * page_size + (k_first + r) % page_size;
         }
     }
     // The copies of the tile whose slots are in the ring's `stage`, into that stage: one group.
