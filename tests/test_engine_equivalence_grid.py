@@ -4,9 +4,9 @@ test_engine_scheduler.py compares a handful of named schedules on one workload. 
 case draws its own workload (prompts of 1 token, page multiples and their neighbours, shared
 prefixes, duplicates, max_tokens 1..12, an end-of-sequence token the model really emits, a
 context limit) and its own config (page sizes 1..32, pools down to the smallest that the
-engine accepts, host pages from none to plenty, chunks from 1 token, budgets from 1 token,
-max_num_seqs 1, prefix caching on/off, predictive allocation, watermarks up to 0.6), and
-checks, for each request:
+engine accepts with prefix caching, host pages from none to plenty, chunks from 1 token,
+budgets from 1 token, max_num_seqs 1, prefix caching on/off, predictive allocation,
+watermarks up to 0.6), and checks, for each request:
 
 - the tokens and the finish reason equal (a) the same engine with a huge pool, no chunking
   and no prefix caching, and (b) the dense float64 greedy decode (`engine.dense`);
@@ -187,7 +187,7 @@ def random_case(rng, models):
         extra["eos_token_id"] = int(tokens[int(rng.integers(len(tokens)))])
         key = models.key(name, **extra)
     longest = max(min(len(p) + sp.max_tokens, limit) for p, sp in zip(prompts, params))
-    need = -(-longest // ps)          # the smallest pool add_request accepts
+    need = -(-longest // ps)   # the smallest pool accepted with prefix caching (without: 1 less)
     widest = max(map(len, prompts))
     config = dict(
         page_size=ps, num_pages=int(need + rng.choice([0, 0, 1, 2, 5, 50])),
