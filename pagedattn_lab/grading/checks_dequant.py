@@ -19,7 +19,7 @@ from .decode_launch import DECODE_BUFFER_HINTS
 from .faults import kernel_message
 from .kernel_runner import poisoned, unwritten
 from .quant_variants import READ_MISTAKES, read_logits, read_reference
-from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
+from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -36,8 +36,10 @@ def _launch_read(comp, grid, args, per_token: int, heads: int, kv_heads: int):
                 buffer not in ("k_scale", "v_scale", "q", "out"):
             raise
         message = kernel_message(exc)
+        fits = [h for h in (_kv_head_fault_hint(exc, per_token, heads, kv_heads),
+                            _query_head_fault_hint(exc, per_token, kv_heads)) if h]
         hint = DECODE_BUFFER_HINTS[buffer] if buffer in ("q", "out") else \
-            _kv_head_fault_hint(exc, per_token, heads, kv_heads) or \
+            several_fit(fits, "index") if fits else \
             _scale_fault_hint(buffer, exc.index, per_token, heads)
         raise Mismatch(message, hint) from exc
 
@@ -60,6 +62,22 @@ def _kv_head_fault_hint(exc, per_token: int, heads: int, kv_heads: int) -> str |
             f"KV head, {kv_heads - 1} (element {exc.index} of {exc.buffer}): "
             f"{kv_head_rule()} = {h // (heads // kv_heads)} here, h / group (a group is "
             "consecutive query heads).")
+
+
+def _query_head_fault_hint(exc, per_token: int, kv_heads: int) -> str | None:
+    """The hint when the per-token scale read past the end is at slot * num_kv_heads + h,
+    h the faulting block's query head, for a slot in the array: the scale indexed with the
+    query head, not kv_head."""
+    block, size = getattr(exc, "block", None), getattr(exc, "size", None)
+    if not per_token or not block or exc.index is None or size is None:
+        return None
+    h = int(block[0])
+    row = exc.index - h   # slot * num_kv_heads
+    if h < kv_heads or not (0 <= row < size and row % kv_heads == 0):
+        return None
+    return (f"query head {h}'s scale was read at slot * num_kv_heads + h (element "
+            f"{exc.index} of {exc.buffer}, past its end): a per-token scale is indexed with "
+            "the KV head, slot * num_kv_heads + kv_head, like the codes.")
 
 
 def _scale_fault_hint(name: str, index: int, per_token: int, heads: int) -> str:
@@ -112,12 +130,13 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
     if np.isnan(got).all():
         if "TODO" in comp.source:
             raise NotAttempted(NOTHING_WRITTEN)
-        # both of these make every output NaN: the evidence cannot tell them apart
-        raise Mismatch("every output is NaN", "each token adds exp(s - m) times its dequantized "
-                       "V row to acc and exp(s - m) to l; out = acc / l. NaN everywhere is "
-                       "what a NaN score gives, or a rescale of inf on the first token (m = "
-                       "-inf there, and 0 * inf = NaN): e^(m - m_new) must be 0 then, so check "
-                       "its sign (expf(m - m_new), not expf(m_new - m)).")
+        # all of these make every output NaN: the evidence cannot tell them apart
+        raise Mismatch("every output is NaN", "each token adds e^(s - m_new) times its "
+                       "dequantized V row to acc and e^(s - m_new) to l; out = acc / l. NaN "
+                       "everywhere is what a NaN score gives, or an inf on the first token, "
+                       "where m = -inf (then 0 * inf or inf / inf = NaN): check the rescale's "
+                       "sign (expf(m - m_new), not expf(m_new - m)) and the weight's max "
+                       "(expf(s - m_new), the new one, not expf(s - m)).")
     diff = describe_difference(got, expected, ("sequence", "head", "dim"), atol=1e-4, rtol=1e-3)
     if diff is None:
         return

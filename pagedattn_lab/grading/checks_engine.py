@@ -38,6 +38,15 @@ def _reference_hashes(tokens, page_size, chain=True, partial=False):
     return out
 
 
+def _hashes_at_block_numbers(tokens, page_size):
+    """The chain with block i sliced from token i (its number), not from i * page_size."""
+    out, parent = [], None
+    for i in range(len(tokens) // page_size):
+        parent = hash_block(parent, tokens[i:i + page_size])
+        out.append(parent)
+    return out
+
+
 def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
     rng = case_rng(seed)
     tokens = [int(t) for t in rng.integers(0, 1000, num_tokens)]
@@ -72,6 +81,10 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
         hint = ("each block was hashed with all the tokens before it and no parent: the chain "
                 "carries the prefix, so block i is hash_block(block i-1's hash, its own "
                 "page_size tokens only), None for block 0.")
+    elif got == _hashes_at_block_numbers(tokens, page_size):
+        hint = ("block i starts at token i * page_size: the slice token_ids[i:i + page_size] "
+                "starts at the block's number, so the blocks overlap; take "
+                "token_ids[i * page_size:(i + 1) * page_size].")
     elif page_size & (page_size - 1) and len(got) == pow2_div(num_tokens, page_size):
         hint = POW2_HINT.format(name="page_size", n=page_size)
     elif isinstance(got, list) and len(got) != len(expected):
@@ -168,6 +181,11 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
     elif got[0] == expected[0] and page_size & (page_size - 1) and got[1] == min(
             len(got[0]) << (page_size.bit_length() - 1), num_tokens - 1):
         hint = POW2_HINT.format(name="page_size", n=page_size)
+    elif got[0] == expected[0] and expected[1] == num_tokens - 1 and \
+            got[1] == (len(got[0]) - 1) * page_size:
+        hint = ("on a full hit only the prompt's last token must be computed: num_computed = "
+                "num_tokens - 1, not a whole page less (the last page's other tokens are "
+                "cached too).")
     elif got[0] == expected[0] and got[1] == len(got[0]):
         hint = "num_computed counts tokens, not blocks: len(pages) * page_size (capped)."
     elif got[0] == expected[0]:

@@ -241,6 +241,8 @@ def _write_inputs(rng, n, heads, dim, ties, outliers, special):
         k[2, -1] = 0.0
     if special == "nan":
         k[1, 0, 5] = k[5, -1, 0] = np.nan
+        # lane 2: the row's largest magnitude, then a NaN that a comparison max keeps
+        k[4, 0, 2], k[4, 0, WARP + 2] = 3 * np.nanmax(np.abs(k[4, 0])), np.nan
     if special == "small":   # rows from 1e-5 to 10: no threshold or floor on the scale
         k = small_rows(k)
     return k
@@ -278,15 +280,30 @@ def _slot0_hint(diff, never, slots):
             "negative slot (-1) is a padding row to skip (slot < 0, not slot <= 0).")
 
 
-def _slot_only_hint(got, want, heads, rows) -> str | None:
-    """When every live slot's k_scale[slot] holds the scale of one of that token's heads:
-    the heads wrote to k_scale[slot], overwriting each other there."""
-    flat, per_head = got.reshape(-1), want.reshape(-1, heads)
-    if heads == 1 or not all(np.isclose(flat[s], per_head[s], rtol=1e-6, atol=0).any()
-                             for s in rows):
+def _slot_only_hint(got, want, heads, rows, dim=None) -> str | None:
+    """When every live slot's k_scale[slot] (`dim` given: codes k_cache[slot * head_dim:])
+    holds one of its token's heads': the head left out of the index, as they overwrote it."""
+    unit = dim or 1
+    flat, per_head = got.reshape(-1, unit), want.reshape(-1, heads, unit)
+    if heads == 1 or not all(any(np.allclose(flat[s], row, rtol=1e-6, atol=0)
+                                 for row in per_head[s]) for s in rows):
         return None
+    if dim:
+        return ("the codes of (slot, head) go to k_cache[(slot * num_kv_heads + head) * "
+                "head_dim + d], not k_cache[slot * head_dim + d] (there the heads of a token "
+                "overwrite each other).")
     return ("one per-token scale per (slot, KV head): write k_scale[slot * num_kv_heads + "
             "head], not k_scale[slot] (there the heads of a token overwrite each other).")
+
+
+def _nan_row_hint(diff, k, slots) -> str | None:   # (only NaN rows' scales are wrong)
+    nan_rows = np.zeros(diff.bad.shape, bool)
+    nan_rows.reshape(-1, k.shape[1])[slots[slots >= 0]] = np.isnan(k[slots >= 0]).any(-1)
+    if not (diff.bad <= nan_rows).all():
+        return None
+    return ("only the rows holding a NaN got a wrong scale: leave the NaN out of the amax "
+            "without losing what came before it: fmaxf(amax, fabsf(x)) skips a NaN operand, "
+            "while a comparison (amax > x ? amax : x) is false for a NaN and makes it the amax.")
 
 
 def _check_scales(got, want, k, slots, variants) -> None:
@@ -301,8 +318,8 @@ def _check_scales(got, want, k, slots, variants) -> None:
     rows = slots[live]   # (the live rows only: the other slots hold the check's poison)
     hint = _slot0_hint(diff, np.isnan(got), slots) or diagnose(
         got, want, [(h, lambda f=f: f()[1]) for h, f in variants], atol=0, rtol=1e-6) \
-        or _slot_only_hint(got, want, k.shape[1], rows) or _small_rows_hint(
-        got.reshape(-1, k.shape[1])[rows], want.reshape(-1, k.shape[1])[rows],
+        or _slot_only_hint(got, want, k.shape[1], rows) or _nan_row_hint(diff, k, slots) \
+        or _small_rows_hint(got.reshape(-1, k.shape[1])[rows], want.reshape(-1, k.shape[1])[rows],
         np.fmax.reduce(np.abs(k[live]), -1), "127")
     raise Mismatch("k_scale: " + diff.message("scales"), hint or (
         "scale = max |x| over the row's head_dim / 127 (1 for a zero row), written by one lane "
@@ -314,7 +331,8 @@ def _check_codes(got, want, k, slots, variants) -> None:
     if diff is None:
         return
     hint = _slot0_hint(diff, got == FILL, slots) or _nan_hint(k, slots, diff, want.shape) \
-        or diagnose(got, want, [(h, lambda f=f: f()[0]) for h, f in variants], atol=0, rtol=0)
+        or diagnose(got, want, [(h, lambda f=f: f()[0]) for h, f in variants], atol=0, rtol=0) \
+        or _slot_only_hint(got, want, k.shape[1], slots[slots >= 0], k.shape[2])
     raise Mismatch("k_cache: " + diff.message("codes"), hint or _unwritten_hint(got, diff) or (
         "code = rintf(x / scale) clamped to [-127, 127], at k_cache[(slot * num_kv_heads + "
         "head) * head_dim + d]; a slot of -1 is skipped."))

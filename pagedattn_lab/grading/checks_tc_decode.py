@@ -115,6 +115,12 @@ def _tile_variants(prob):
                      "k_tile + k0, not from q_tile).",
                      lambda: prob.expected(k_tile=lambda j, t: rows(np.arange(group) +
                                                                     j * group))))
+    # every score 0: a tile that was all zeros, Q's or K's (the evidence cannot tell which)
+    variants += [("the Q tile was all zeros: rows r < group hold query heads kv_head * group "
+                  "+ r, with group = num_heads / num_kv_heads.",
+                  lambda: np.zeros_like(prob.expected())),
+                 ("the K tile was all zeros: row c holds token 16 * tile + c's K wherever "
+                  "that token is below seq_len.", lambda: np.zeros_like(prob.expected()))]
     for wrong in _wrong_ldms(head_dim):
         variants += [(_ldm_hint(head_dim, wrong), reread(lda=wrong, ldb=wrong)),
                      (_ldm_hint(head_dim, wrong, " (Q's load)"), reread(lda=wrong)),
@@ -179,6 +185,10 @@ def _paging_variants(prob):
          "token of every page after the first reads the page before it.",
          # (C's -1 / page_size is 0: every case's pages hold more than one token)
          read(lambda t: table[np.maximum(t - 1, 0) // page_size] * page_size + t % page_size)),
+        (f"{spec}: yours looks the page up by the token tile, block_table[tile], as if a page "
+         f"held 16 tokens: a tile of 16 tokens spans pages of page_size ({page_size} here), "
+         "so token t's page is block_table[t / page_size].",
+         read(lambda t: table[t // TILE] * page_size + t % page_size)),
     ]
 
 

@@ -62,6 +62,10 @@ def _mask_variants(s, tile, seq_len, scale):
         ("token seq_len - 1, the last one cached, was masked: mask where 16 * tile + c >= "
          "seq_len, not >= seq_len - 1.", lambda: masked(cols < seq_len - 1)),
         (offset_hint, lambda: masked(np.arange(TILE) < seq_len)),
+        ("the columns from seq_len % 16 on were masked, as if every tile were the last: "
+         "seq_len % 16 counts the tokens of the sequence's last tile only (0 when seq_len "
+         "ends on a tile's end), while column c of tile `tile` is token 16 * tile + c: mask "
+         "where 16 * tile + c >= seq_len.", lambda: masked(np.arange(TILE) < seq_len % TILE)),
         ("the comparison is inverted: the cached tokens (16 * tile + c < seq_len) were masked "
          "and the ones past seq_len kept: mask where 16 * tile + c >= seq_len.",
          lambda: masked(cols >= seq_len)),

@@ -96,6 +96,34 @@ def _factor_hint(got, expected, rows) -> str | None:
             "(the softmax scale multiplies the scores later, in mask_tile).")
 
 
+def _next_heads_hint(g64, q, kv_head, group) -> str | None:
+    """A hint when the padding rows hold the query heads that follow the group (zeros past
+    q's last head): a slice of whole tiles from the group's first head."""
+    first = kv_head * group
+    pad = g64.reshape(-1, q.shape[1])[group:]
+    after = q[first + group:first + group + len(pad)].astype(np.float64)
+    if not len(after) or not np.array_equal(pad[:len(after)], after) or \
+            np.any(pad[len(after):]):
+        return None
+    return (f"the rows past the group hold the query heads after it (row {group} is query "
+            f"head {first + group}, the next group's): copy only the group's own heads, "
+            "q[kv_head * group:(kv_head + 1) * group], and leave the other rows 0.")
+
+
+def _check_padding(g64, q, kv_head, group, rows) -> None:
+    """The rows past the group are 0; else the first value that is not (NaN included: a
+    row may start with a 0 by chance)."""
+    if np.all(g64[~rows] == 0):
+        return
+    t, r, d = np.argwhere(~rows[..., None] & ~(g64 == 0))[0]
+    raise Mismatch(f"padding row {r} of tile {t} (past the group's {group} heads) holds "
+                   f"{fmt(g64[t, r, d])} at dim {d} instead of 0",
+                   _next_heads_hint(g64, q, kv_head, group) or
+                   "rows past the group must be zero: they go through the tensor core with "
+                   "the rest, and anything there (another head, a copy, NaN) becomes a row of "
+                   "scores the kernel must then ignore, or a NaN.")
+
+
 def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head, dtype) -> None:
     rng = case_rng(seed)
     group = num_heads // num_kv_heads
@@ -119,14 +147,7 @@ def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head, dtype) -> 
         raise Mismatch(diff.message(), hint or _factor_hint(got, expected, rows) or
                        f"row r of tile t is query head kv_head * group + 16 t + r = "
                        f"{kv_head * group} + 16 t + r.")
-    pad = ~rows
-    if pad.any() and not np.all(np.asarray(got, np.float64)[pad] == 0):
-        t, r = np.argwhere(pad & np.any(np.asarray(got, np.float64) != 0, axis=-1))[0]
-        raise Mismatch(f"padding row {r} of tile {t} (past the group's {group} heads) holds "
-                       f"{fmt(np.asarray(got, np.float64)[t, r, 0])}, ... instead of 0",
-                       "rows past the group must be zero: they go through the tensor core "
-                       "with the rest, and anything there (another head, a copy, NaN) becomes "
-                       "a row of scores the kernel must then ignore, or a NaN.")
+    _check_padding(np.asarray(got, np.float64), q, kv_head, group, rows)
     if got.dtype != q.dtype:
         raise Mismatch(f"the tiles are {got.dtype}; q is {q.dtype}",
                        "keep q's dtype (np.zeros(..., dtype=q.dtype)), whichever it is: the "

@@ -251,6 +251,9 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          "a ring all-reduce moves.", (tables, 2 * (world - 1) * share, kv_read)),
         ("output_share is what the rank sends, once: not sent plus received (2 * share).",
          (tables, share * 2, kv_read)),
+        ("output_share was divided by world_size twice: num_heads / world_size already is "
+         "the rank's own heads (batch * H/R * head_dim * itemsize).",
+         (tables, share // world, kv_read)),
         ("every value is itemsize bytes, the itemsize given: not 2 (fp16) always.",
          (tables, share * 2 // size, kv_read * 2 // size)),
         ("every value is itemsize bytes, the itemsize given: not 4 (fp32) always.",
@@ -269,6 +272,12 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          "the padded table's batch * pages * page_size slots (a short sequence's padding "
          "entries point at no page).",
          (tables, share, batch * pages * ps * 2 * kv // world * dim * size)),
+        ("the kernel reads each sequence's own seq_len tokens, sum(seq_lens) in all: not "
+         "batch * max(seq_lens), as if every sequence were as long as the longest.",
+         (tables, share, batch * max(lens) * 2 * kv // world * dim * size)),
+        ("kv_read was divided by world_size twice: num_kv_heads / world_size already is the "
+         "rank's own KV heads (tokens * 2 * Hkv/R * head_dim * itemsize).",
+         (tables, share, kv_read // world)),
         ("every value is itemsize bytes (and a table entry 4: int32).",
          (tables // 4, share // size, kv_read // size)),
         ("the output is itemsize bytes per value too: batch * H/R * head_dim * itemsize.",

@@ -18,7 +18,7 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
                     partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
                     charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True,
                     divide=True, charge_growth=True, exact_ceil=True, count_held=True,
-                    subtract_held=True):
+                    subtract_held=True, in_pages=True):
     """The engine's order with one rule switchable off (each switch is a known mistake)."""
     out, free = [], free_pages
 
@@ -60,7 +60,9 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
             if n is None:
                 break
             priced = n if chunk_cost else req.num_tokens - req.num_computed
-            if not ceil_cost:          # rounded down
+            if not in_pages:           # tokens taken for pages: one page per token
+                cost = priced
+            elif not ceil_cost:        # rounded down
                 cost = priced // page_size
             elif not exact_ceil:       # one too many on a whole number of pages
                 cost = priced // page_size + 1
@@ -187,6 +189,8 @@ MISTAKES = [
     ("subtract_held", "a running request was charged every page its tokens fill, "
      "ceil((num_computed + n) / page_size): it already holds num_pages of them, so it needs "
      "only max(0, ceil((num_computed + n) / page_size) - num_pages) new ones.", _admits_fewer),
+    ("in_pages", "a prompt chunk of n tokens was priced at n pages, one per token: a page "
+     "holds page_size tokens, so it takes ceil(n / page_size) pages.", _admits_fewer),
 ]
 RULES = tuple(rule for rule, _, _ in MISTAKES)
 

@@ -11,7 +11,7 @@ d = L, L + 32, ... and then the shuffle tree runs, so a missing, one-way or part
 into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scale, the code
 alone, code / scale, code * scale * scale or its byte read unsigned, from its own or the
 other's scale array, at [slot][kv_head], [kv_head], [0], [slot] or [position in the
-sequence][kv_head]; or read right and the online softmax's update wrong (acc or l not
+sequence][kv_head]; or read right and the online softmax's update wrong (acc, l or both not
 rescaled, the max not kept, exp2f for expf in the weight, the rescale or both), or with the
 scales of query head h read at KV head h / num_kv_heads or h % num_kv_heads (or its codes too,
 at h % num_kv_heads), or with the softmax scale 1/sqrt(head_dim) worked out in the kernel
@@ -206,6 +206,9 @@ _SOFTMAX_MISTAKES = [
     ("acc", "rescale acc too: acc[d] = acc[d] * e^(m - m_new) + e^(s - m_new) * v (its old "
             "terms were weighted against the old max)."),
     ("l", "rescale l too: l = l * e^(m - m_new) + e^(s - m_new), like acc."),
+    ("both", "neither acc nor l was rescaled (a rescale e^(m - m_new) of 1, as when m is set "
+             "to m_new before the rescale is worked out): compute e^(m - m_new) with the old "
+             "m, multiply acc and l by it, and only then set m = m_new."),
     ("m", "keep the running max: m = m_new after each token (with m left at -inf every "
           "token's e^(m - m_new) is 0, so only the last token counts)."),
     ("exp2_w", "the weight was exp2f(s - m_new) = 2^(s - m_new) while the rescale is "
@@ -319,7 +322,7 @@ def _codes_of_another_head(prob, codes, scales, per_token, softmax_scale, how):
 
 def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
     """The kernel's token-by-token loop over the right values, with the update `bug` wrong:
-    "acc" or "l" not rescaled, "m" never set to the new max, "exp2_w", "exp2_rescale" or
+    "acc", "l" or "both" not rescaled, "m" never set to the new max, "exp2_w", "exp2_rescale" or
     "exp2": 2^x for e^x in the weight, the rescale or both."""
     k, v = (_values(c, _scales_at(s, per_token, "slot", prob), "times").reshape(
         -1, *c.shape[2:]) for c, s in zip(codes, scales))
@@ -335,8 +338,8 @@ def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
                 m_new = max(m, s)
                 rescale = (np.exp2 if bug in ("exp2_rescale", "exp2") else np.exp)(m - m_new)
                 w = (np.exp2 if bug in ("exp2_w", "exp2") else np.exp)(s - m_new)
-                acc = (acc if bug == "acc" else acc * rescale) + w * v[slot, h // group]
-                total = (total if bug == "l" else total * rescale) + w
+                acc = (acc if bug in ("acc", "both") else acc * rescale) + w * v[slot, h // group]
+                total = (total if bug in ("l", "both") else total * rescale) + w
                 m = m if bug == "m" else m_new
             out[b, h] = acc / total
     return out
