@@ -147,10 +147,13 @@ _REFUSALS = {
         "own (not a compiler's or a C header's).", "conditionals on the kernel's own macros only",
         "__PAGEDATTN_LAB_CPU__"),
     "string": (
-        "#define STR(x) #x\n__global__ void k(char *s) {\n  s[0] = STR(__CUDA_ARCH__)[0];\n}\n",
-        "line 3 makes a string of `__CUDA_ARCH__` (through `STR`), a macro a compiler defines: "
+        # (through XSTR, which expands it first: STR(__CUDA_ARCH__) alone is "__CUDA_ARCH__"
+        # on both builds and passes, hunt 158)
+        "#define STR(x) #x\n#define XSTR(x) STR(x)\n__global__ void k(char *s) {\n"
+        "  s[0] = XSTR(__CUDA_ARCH__)[0];\n}\n",
+        "line 4 makes a string of `__CUDA_ARCH__` (through `XSTR`), a macro a compiler defines: "
         "the GPU compiler and the CPU executor would compile different strings, and different "
-        "kernels", "take `__CUDA_ARCH__` out of `STR`'s arguments.",
+        "kernels", "take `__CUDA_ARCH__` out of `XSTR`'s arguments.",
         "no compiler's macro made a string", "__CUDA_ARCH__"),
     "typed use": (
         "__global__ void k(int *x) {\n  x[0] = sizeof(threadIdx);\n}\n",

@@ -6,6 +6,8 @@
 // their element here, because the executor places buffers end-aligned against a guard page
 // (so that an access one past the end faults), and a 16-byte-aligned type would let the
 // compiler emit aligned SSE loads that fault on such addresses.
+// A struct holding one would then be laid out otherwise than on the GPU, so the grader
+// refuses that (grading/source_layout.py).
 #ifndef PAGEDATTN_LAB_SHIM_TYPES_H
 #define PAGEDATTN_LAB_SHIM_TYPES_H
 

@@ -13,6 +13,8 @@ instructors grade folders of notebooks with `python -m pagedattn_lab.grade`.
     kernel_runner.py     compile and launch a learner's CUDA C (GPU or CPU executor)
     source_macros.py     its refusal of an #if on a macro the kernel does not define
     source_builtins.py   its refusal of a type query whose answer differs between builds
+    source_layout.py     its refusal of a struct holding a float4 (laid out otherwise)
+    source_overloads.py  its refusal of SFINAE on a name one build lacks
     checks_*.py          the checks, by lesson topic (checks_serve.py: lesson 07's serve;
                          serve_hints.py: what its loop did unlike the spec's)
     (the tasks of each workbook are listed in pagedattn_lab/lessons.py, the lesson registry)

@@ -30,7 +30,9 @@ from ..validate_kinds import is_one_of
 from .faults import describe_kernel_exception
 from .report import Mismatch, note
 from .source_builtins import device_types
+from .source_layout import vector_layouts
 from .source_macros import device_conditional
+from .source_overloads import substitution_choices
 
 # Characters of a kernel source the checks read (the course's kernels are a few thousand):
 # their scans run before any time limit, and a long source made them run for hours.
@@ -134,7 +136,8 @@ def lint(source: str, name: str) -> None:
                        "without extern \"C\" the C++ compiler mangles the name and CuPy cannot "
                        "find the kernel: write extern \"C\" __global__ void "
                        f"{name}(...).")
-    refused = device_conditional(source) or device_types(source)
+    refused = (device_conditional(source) or device_types(source) or vector_layouts(source)
+               or substitution_choices(source))
     if refused is not None:
         raise refused
 

@@ -6,22 +6,43 @@ dim3 (shim_types.h); and the CPU build aligns float4, int4, double2... to their 
 decltype(blockIdx), an overload or a template given the variable whole, alignof(float4), can
 tell the builds apart in plain C++ (`if (sizeof(threadIdx) == 12) __syncthreads();` keeps the
 barrier on the CPU build only), which no preprocessor check sees. A member read
-(`threadIdx.x`) and a copy (`uint3 t = threadIdx;`) mean the same on both and pass."""
+(`threadIdx.x`, `(threadIdx).x`) and a copy (`uint3 t = threadIdx;`) mean the same on both
+and pass, but not where a member's value category decides: NVRTC's `threadIdx.x` is a
+property's prvalue, the executor's an lvalue, so `decltype((threadIdx.x))`, an overload on
+`unsigned&&` against `unsigned&`, or a template's `T&&` (T deduced `unsigned&` on the CPU only)
+tell them apart: the lint refuses a type query of a built-in's member and every rvalue
+reference (a kernel of this course needs none). And `long double` (a literal 1.0L too) is the x87's 80 bits on the CPU build, a
+double on the GPU: `if (1.0L + 1e-17L != 1.0L) __syncthreads();` is a barrier on one only."""
 from __future__ import annotations
 
 import re
 
 from .report import Mismatch
-from .source_macros import logical_code, one_program_refusal
+from .source_layout import type_aliases
+from .source_macros import closing_parens, logical_code, one_program_refusal
 
-_QUERIES = (r"sizeof|decltype|typeid|typeof|__typeof__|__typeof|alignof|_Alignof|__alignof__"
-            r"|__alignof")
-# a built-in variable whole (no member read), and what goes before it where its type decides:
-# an operand of a type query, an argument (overloads, templates), a braced initializer, a
-# conditional operator's arm, a reference bound to it (`auto& t = threadIdx`: sizeof(t) is
-# the built-in's); `::` before the name read past
-_TYPED_USE = re.compile(rf"(?:[(,{{?]|(?<!:):|&\s*\w+\s*=|\b(?:{_QUERIES}))\s*(?:::\s*)?"
-                        r"\b(threadIdx|blockIdx|blockDim|gridDim)\b(?!\s*\.)")
+_BUILTIN = re.compile(r"\b(threadIdx|blockIdx|blockDim|gridDim)\b")
+# the one whole use that means the same on both builds: the initializer of a copy declared
+# uint3 or dim3 (`uint3 t = threadIdx;`, `dim3 g(gridDim)`, `uint3 t{blockIdx}`); anywhere else
+# (an operand of sizeof or decltype, an argument of an overload or a template, a reference
+# bound to it however spelled, a `return` of an `auto&` function, an arm of ?:) its type decides
+_COPY = re.compile(r"\b(?:const\s+)?(?:uint3|dim3)\s+[A-Za-z_]\w*\s*(?:=|\(|\{)\s*(?:::\s*)?$")
+# keywords a grouping parenthesis may follow (after any other word it is a call's, or sizeof's)
+_EXPRESSION_KEYWORDS = frozenset({"return", "case", "throw", "else", "do", "co_return",
+                                  "co_yield"})
+_TYPE_QUERY = re.compile(r"\b(?:decltype|typeof|__typeof__|__typeof)\s*\(")
+# `&&` of a declarator: after a type's name (a built-in type, auto, one the source declares,
+# `>` of a template's), or before what no expression follows (`f(unsigned&&)`, `<int&&>`)
+_TYPE_WORDS = frozenset({"void", "bool", "char", "short", "int", "long", "float", "double",
+                         "signed", "unsigned", "auto", "size_t", "uint3", "dim3", "const",
+                         "volatile"})
+_DECLARED_TYPE = re.compile(r"\b(?:class|typename|struct|union|enum)\s+([A-Za-z_]\w*)")
+_RVALUE_REF = re.compile(r"(?:\b([A-Za-z_]\w*)|(>))\s*&&|&&\s*[),>]")
+_LONG_DOUBLE = re.compile(r"\blong\s+double\b|\bdouble\s+long\b|\b__float80\b"
+                          # (a number read from its start only, each part once: 1'1'1'...
+                          # is not tried at each digit, nor split two ways)
+                          r"|(?<![\w.'])(?:\d[\d']*(?:\.[\d']*)?|\.\d[\d']*)(?:[eE][+-]?\d+)?"
+                          r"[lL]\b")
 _ALIGNOF = re.compile(r"\b(alignof|_Alignof|__alignof__|__alignof)\b\s*(\(\s*([^()]*?)\s*\))?")
 # types whose alignment is the same on both builds (any other may be, or hold, a 16-byte vector)
 _SAME_ALIGNMENT = re.compile(r"(?:(?:const|volatile|signed|unsigned|short|long)\s+)*"
@@ -33,7 +54,8 @@ def device_types(source: str) -> Mismatch | None:
     """The grader's refusal of the first place the code asks for a type that differs between
     the GPU compiler and the CPU executor (see above), or None."""
     code, line_of = logical_code(source)   # (line splices joined: `sizeof(\` newline)
-    m = _TYPED_USE.search(code)
+    code = _ungrouped(code)
+    m = next((b for b in _BUILTIN.finditer(code) if not _member_read_or_copy(code, b)), None)
     if m:
         return _refusal(line_of(m.start(1)), m.group(1),
                         "whole where its type decides (a sizeof or decltype, an argument, an "
@@ -48,10 +70,107 @@ def device_types(source: str) -> Mismatch | None:
                         ", whose answer differs between the builds (the executor aligns "
                         "float4 and the other 16-byte types to their element)",
                         "take it out; write the alignment the kernel needs (16 for a float4).")
+    m = _type_query_of_a_builtin(code)
+    if m:
+        return _refusal(line_of(m.start()), m.group().rstrip("( \t"),
+                        "of a built-in variable's member, whose value category differs "
+                        "between the builds (NVRTC's threadIdx.x is a property's prvalue, the "
+                        "executor's an lvalue)", "take it out; the member is an unsigned int.")
+    m = _rvalue_reference(code)
+    if m:
+        return _refusal(line_of(m.start()), "&&",
+                        "as a reference: a built-in variable's member (threadIdx.x) binds to "
+                        "it on the GPU, where it is a prvalue, and not on the CPU executor, "
+                        "where it is an lvalue, so overloads and templates (T&&) choose "
+                        "differently", "take the rvalue reference out: pass by value (a "
+                        "kernel needs no &&).", expected="no rvalue reference")
+    m = next((d for d in _LONG_DOUBLE.finditer(code) if not _integer(d.group())), None)
+    if m:
+        return _refusal(line_of(m.start()), m.group(),
+                        ", a long double: 80 bits of x87 on the CPU executor, a double on the "
+                        "GPU, so their sums and comparisons differ",
+                        "use double (or float), and literals without the L suffix (1.0, "
+                        "1.0f).", expected="float or double, no long double")
     return None
 
 
-def _refusal(line: int, word: str, why: str, fix: str) -> Mismatch:
+def _type_query_of_a_builtin(code: str) -> re.Match | None:
+    """The first decltype (typeof) whose operand names a built-in variable, or None. (Each
+    operand read once: one inside another's was read with it; one never closed does not
+    compile.)"""
+    closing, read_to = closing_parens(code), 0
+    for query in _TYPE_QUERY.finditer(code):
+        end = closing.get(query.end() - 1)
+        if end is None or query.start() < read_to:
+            continue
+        read_to = end
+        if _BUILTIN.search(code, query.end(), end):
+            return query
+    return None
+
+
+def _rvalue_reference(code: str) -> re.Match | None:
+    """The first `&&` of a declarator (see _RVALUE_REF), or None; a logical and passes."""
+    types = (_TYPE_WORDS | set(_DECLARED_TYPE.findall(code))
+             | set(type_aliases(code)))   # (typedef, using, #define names too)
+    return next((m for m in _RVALUE_REF.finditer(code)
+                 if m.group(1) is None or m.group(1) in types), None)
+
+
+def _integer(literal: str) -> bool:
+    """Whether a literal with an L suffix is an integer's (16L is a long, the same on both)."""
+    return not re.search(r"[.eE]", literal.rstrip("lL"))
+
+
+def _member_read_or_copy(code: str, use: re.Match) -> bool:
+    # (the copy's declaration looked for in the 200 characters before: a long source's many
+    # uses are not each searched from its start)
+    return (re.match(r"\s*\.", code[use.end():use.end() + 64]) is not None
+            or _COPY.search(code[max(0, use.start() - 200):use.start()]) is not None)
+
+
+def _ungrouped(code: str) -> str:
+    """`code` with the grouping parentheses around a built-in variable whose member is read
+    blanked (`(threadIdx).x`, `((blockIdx)).y` read as `threadIdx.x`), same length; not a
+    call's (`f(threadIdx).x`, `f((threadIdx)).x`: an overload chooses on the type). (Each
+    use's parentheses walked out from it: a run of them is read once.)"""
+    text = list(code)
+    for use in _BUILTIN.finditer(code):
+        opens, closes = _parens(code, use.start(), -1, "("), _parens(code, use.end(), 1, ")")
+        after = closes[-1] + 1 if closes else use.end()
+        if not closes or not re.match(r"\s*\.", code[after:after + 64]) or \
+                len(opens) < len(closes) or (len(opens) == len(closes)
+                                             and not _grouping(code, opens[-1])):
+            continue
+        for at in opens[:len(closes)] + closes:
+            text[at] = " "
+    return "".join(text)
+
+
+def _parens(code: str, start: int, step: int, paren: str) -> list[int]:
+    """The positions of the run of `paren` (with spaces between) from `start` on, walking by
+    `step` (-1: back from before it), nearest first."""
+    found, at = [], start if step > 0 else start - 1
+    while 0 <= at < len(code) and (code[at] == paren or code[at].isspace()):
+        if code[at] == paren:
+            found.append(at)
+        at += step
+    return found
+
+
+def _grouping(code: str, paren: int) -> bool:
+    """Whether the parenthesis at `paren` groups (not a call's, a cast's, sizeof's)."""
+    before = paren
+    while before > 0 and code[before - 1].isspace():
+        before -= 1
+    word = re.search(r"\w+$", code[max(0, before - 16):before])
+    if word:
+        return word.group() in _EXPRESSION_KEYWORDS
+    return before == 0 or code[before - 1] not in ")]>"
+
+
+def _refusal(line: int, word: str, why: str, fix: str,
+             expected: str = "member reads of the built-in variables, no type query"
+             ) -> Mismatch:
     return one_program_refusal(f"line {line} uses `{word}`{'' if why.startswith(',') else ' '}"
-                               f"{why}", fix, got=word,
-                               expected="member reads of the built-in variables, no type query")
+                               f"{why}", fix, got=word, expected=expected)

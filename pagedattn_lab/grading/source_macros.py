@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import re
+from collections import Counter
 
 from ..cpu.prelude import prelude_macros
 from ..cuda_text import strip_comments
@@ -31,9 +32,13 @@ _CPP_WORDS = frozenset({"true", "false", "and", "or", "not", "bitand", "bitor", 
 _NVRTC_NAME = re.compile(r"__(CUDA|NV|EDG)\w*|linux|unix|i386")
 _RESERVED = re.compile(r"__\w*|_[A-Z]\w*")
 # The value of each differs between the CPU build and NVRTC's (another file name, the shim's
-# own uses of __COUNTER__, another moment).
+# own uses of __COUNTER__, another moment; __PRETTY_FUNCTION__ is GCC's "void k(float*)",
+# EDG's "void k(float *)"; a column moves where the executor puts a shared array's guard;
+# what GCC's optimizer proves at -O1 or -O2, NVRTC's front end does not).
 BUILD_VALUES = ("__FILE__", "__BASE_FILE__", "__FILE_NAME__", "__COUNTER__", "__DATE__",
-                "__TIME__", "__TIMESTAMP__", "__INCLUDE_LEVEL__")
+                "__TIME__", "__TIMESTAMP__", "__INCLUDE_LEVEL__", "__PRETTY_FUNCTION__",
+                "__builtin_FILE", "__builtin_COLUMN", "__builtin_source_location",
+                "__builtin_constant_p", "__builtin_object_size", "__builtin_dynamic_object_size")
 _BUILD_VALUE = re.compile(r"\b(" + "|".join(BUILD_VALUES) + r")\b")
 _HASH = r"(?:#|%:)"   # %: is the digraph of #
 _CONDITIONAL = re.compile(rf"^[ \t\f\v]*{_HASH}[ \t\f\v]*(if|ifdef|ifndef|elif|elifdef|elifndef)"
@@ -41,6 +46,7 @@ _CONDITIONAL = re.compile(rf"^[ \t\f\v]*{_HASH}[ \t\f\v]*(if|ifdef|ifndef|elif|e
 _DEFINE = re.compile(rf"^[ \t\f\v]*{_HASH}[ \t\f\v]*define[ \t\f\v]+([A-Za-z_]\w*)(.*)$", re.M)
 _PASTE = re.compile(r"##|%:%:")
 _STRINGIFY = re.compile(r"#|%:")   # in a function-like macro's body, ## taken out first
+_TOKEN = re.compile(r"##|%:%:|#|%:|[A-Za-z_]\w*|\S")
 _SPLICE = re.compile(r"\\[ \t\f\v]*\n")
 _WORD = re.compile(r"(?<![\w.'])[A-Za-z_]\w*")   # not a number's suffix (16u, 1e5f)
 ONE_PROGRAM_HINT = ("a graded kernel must be one program on both devices (the CPU run checks "
@@ -62,8 +68,9 @@ def device_conditional(source: str) -> Mismatch | None:
     made a string, or of a conditional that tests a word the source does not define or a
     compiler may (see above); or None."""
     code, line_of = logical_code(source)
-    bodies, pastes, strings = _macros(code)
-    return (_build_value(code, line_of) or _stringified(code, line_of, bodies, strings)
+    bodies, pastes, strings, raw = _macros(code)
+    return (_build_value(code, line_of)
+            or _stringified(code, line_of, bodies, pastes, strings, raw)
             or _conditional(code, line_of, bodies, pastes))
 
 
@@ -92,30 +99,50 @@ def _conditional(code: str, line_of, bodies: dict[str, set[str]], pastes: set[st
     return None
 
 
-def _macros(code: str) -> tuple[dict[str, set[str]], set[str], set[str]]:
+def _macros(code: str) -> tuple[dict[str, set[str]], set[str], set[str],
+                                dict[str, tuple[bool, ...]]]:
     """The source's macros: name -> the words of its body (its parameters left out), those
-    that paste tokens (##), and those that make a string of a parameter (#x)."""
+    that paste tokens (##), those that make a string of a parameter (#x), and for those, which
+    of their parameters the body uses only as an operand of # or ## (`#define STR(x) #x`: the
+    argument is not expanded, STR(__CUDA_ARCH__) is "__CUDA_ARCH__" on both builds)."""
     bodies: dict[str, set[str]] = {}
     pastes: set[str] = set()
     strings: set[str] = set()
+    raw: dict[str, tuple[bool, ...]] = {}
     for m in _DEFINE.finditer(code):
         function_like = m.group(2).startswith("(")
         head = m.group(2).partition(")")[0] if function_like else ""
-        params = set(re.findall(r"\w+", head)) | ({"__VA_ARGS__"} if "..." in head else set())
+        ordered = [p if p != "..." else "__VA_ARGS__" for p in re.findall(r"\w+|\.\.\.", head)]
+        params = set(ordered)
         bodies.setdefault(m.group(1), set()).update(set(_WORD.findall(m.group(2))) - params)
         if _PASTE.search(m.group(2)):
             pastes.add(m.group(1))
-        if function_like and _STRINGIFY.search(_PASTE.sub(" ", m.group(2).partition(")")[2])):
+        body = m.group(2).partition(")")[2]
+        if function_like and _STRINGIFY.search(_PASTE.sub(" ", body)):
             strings.add(m.group(1))
-    return bodies, pastes, strings
+            raw[m.group(1)] = tuple(not _expanded(body, {p}) for p in ordered)
+    # (a macro defined twice, #undef between, may expand its arguments in the other body)
+    twice = {n for n, c in Counter(m.group(1) for m in _DEFINE.finditer(code)).items() if c > 1}
+    return bodies, pastes, strings, {n: r for n, r in raw.items() if n not in twice}
 
 
-def _stringified(code: str, line_of, bodies: dict[str, set[str]], strings: set[str]
-                 ) -> Mismatch | None:
+def _expanded(body: str, params: set[str]) -> bool:
+    """Whether a macro's body uses a parameter other than as an operand of # or ## (there the
+    argument is put in as written; anywhere else, expanded first)."""
+    tokens = _TOKEN.findall(body)
+    return any(t in params and not (i and tokens[i - 1] in ("#", "%:", "##", "%:%:"))
+               and tokens[i + 1:i + 2] not in (["##"], ["%:%:"])
+               for i, t in enumerate(tokens))
+
+
+def _stringified(code: str, line_of, bodies: dict[str, set[str]], pastes: set[str],
+                 strings: set[str], raw: dict[str, tuple[bool, ...]]) -> Mismatch | None:
     """The refusal of the first call of a macro that makes a string of its argument (directly
     or through the source's other macros) with a compiler's macro among the words of the
-    argument, followed through the source's macros: XSTR(__CUDA_ARCH__) is "900" on the GPU,
-    "__CUDA_ARCH__" on the CPU, a string a kernel can test. None if there is none."""
+    argument, followed through the source's macros, or a macro that pastes a name together
+    (which may be a compiler's): XSTR(__CUDA_ARCH__) is "900" on the GPU, "__CUDA_ARCH__" on
+    the CPU, a string a kernel can test. A call of a macro that does not expand its argument
+    (STR(x) #x) makes the same string on both. None if there is none."""
     callers, grown = set(strings), True
     while grown:   # the macros whose bodies call one that does
         grown = False
@@ -125,27 +152,59 @@ def _stringified(code: str, line_of, bodies: dict[str, set[str]], strings: set[s
                 grown = True
     if not callers:
         return None
-    closing, read_to = _closing_parens(code), 0
-    for call in re.finditer(r"\b(" + "|".join(map(re.escape, sorted(callers))) + r")\s*\(",
-                            code):
+    closing, read_to = closing_parens(code), 0
+    # (any macro's call that names one among its arguments too: CALL(STR, __CUDA_ARCH__) of
+    # `#define CALL(m, a) m(a)` expands __CUDA_ARCH__ before STR makes it a string; where
+    # they are named, found once, not each call's arguments read)
+    named = [m.start() for m in re.finditer(_words(callers), code)]
+    for call in re.finditer(_words(bodies) + r"\s*\(", code):
         end = closing.get(call.end() - 1)
         # (a call never closed does not compile; one inside another's arguments was read)
-        if end is None or call.start() < read_to:
+        if end is None or call.start() < read_to or (
+                call.group(1) not in callers
+                and not _between(named, call.end(), end)):
             continue
         read_to = end
-        seen, todo = set(), sorted(set(_WORD.findall(code[call.end():end])))
+        seen, todo = set(), sorted(set(_WORD.findall(
+            _expanded_arguments(code[call.end():end], raw.get(call.group(1))))))
         while todo:
             word = todo.pop()
             if word in seen or _alike(word, bodies):
                 continue
             seen.add(word)
-            if _predefined(word):
-                return _string_refusal(line_of(call.start()), word, call.group(1))
+            if _predefined(word) or word in pastes:
+                return _string_refusal(line_of(call.start()), word, call.group(1),
+                                       word in pastes)
             todo.extend(sorted(bodies.get(word, ())))
     return None
 
 
-def _closing_parens(code: str) -> dict[int, int]:
+def _words(names) -> str:
+    return r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b"
+
+
+def _between(positions: list[int], start: int, end: int) -> bool:
+    """Whether a position of the sorted `positions` lies in [start, end)."""
+    i = bisect.bisect_left(positions, start)
+    return i < len(positions) and positions[i] < end
+
+
+def _expanded_arguments(text: str, raw: tuple[bool, ...] | None) -> str:
+    """The arguments of a call (`text`, between its parentheses) that its macro expands: all
+    but those `raw` (per parameter, the last one a variadic's) says it puts in as written."""
+    if not raw:
+        return text
+    args, depth, last = [], 0, 0
+    for m in re.finditer(r"[(),]", text):
+        depth += {"(": 1, ")": -1}.get(m.group(), 0)
+        if m.group() == "," and depth == 0:
+            args.append(text[last:m.start()])
+            last = m.end()
+    args.append(text[last:])
+    return " ".join(a for i, a in enumerate(args) if not raw[min(i, len(raw) - 1)])
+
+
+def closing_parens(code: str) -> dict[int, int]:
     """Each '(' of `code`'s position -> its ')''s (one pass: a long source's many calls are
     not each walked to its end)."""
     opened, closing = [], {}
@@ -157,10 +216,12 @@ def _closing_parens(code: str) -> dict[int, int]:
     return closing
 
 
-def _string_refusal(line: int, word: str, macro: str) -> Mismatch:
+def _string_refusal(line: int, word: str, macro: str, pasted: bool) -> Mismatch:
+    what = ("a macro that pastes a name together with ## (it may name one a compiler "
+            "defines)" if pasted else "a macro a compiler defines")
     return one_program_refusal(
-        f"line {line} makes a string of `{word}` (through `{macro}`), a macro a compiler "
-        f"defines", f"take `{word}` out of `{macro}`'s arguments.",
+        f"line {line} makes a string of `{word}` (through `{macro}`), {what}",
+        f"take `{word}` out of `{macro}`'s arguments.",
         expected="no compiler's macro made a string", got=word,
         differs="the GPU compiler and the CPU executor would compile different strings, and "
                 "different kernels")
