@@ -361,6 +361,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
             shared += ["-undefined", "dynamic_lookup"]
         elif sys.platform.startswith("linux"):
             libs = ["-ldl"]   # dladdr, for glibc before 2.34
+            shared.append("-Wl,-z,relro,-z,now")   # full RELRO: a write to the GOT faults
         if WRAP:
             shared.append(WRAP_FLAG)
         # Compile, assemble and link apart: the compiler's assembly is checked for inline

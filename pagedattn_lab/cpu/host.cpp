@@ -22,10 +22,8 @@
 #include <sys/wait.h>
 #include <fcntl.h>
 #include <unistd.h>
-#include <sys/resource.h>
 #if defined(__linux__)
 #include <sys/prctl.h>
-#include <sys/syscall.h>
 #endif
 #if defined(__APPLE__)
 #include <sys/ucontext.h>
@@ -43,6 +41,7 @@ namespace {
 struct Launch {
     pal_config cfg;
     pal_ctl *ctl;
+    uint64_t ctl_base, ctl_len;   // its mapping, guards included
     int nworkers;
     int fd;          // read end of the pipe; EOF when every worker has exited
     int done;
@@ -133,29 +132,9 @@ void on_stop(int, siginfo_t *, void *)
     pal_worker_exit(4);
 }
 
-// Close every descriptor inherited from the launching process but the standard streams and
-// `keep` (the pipe's write end): under the grader's kernel host one of them is its channel
-// to the judge, into which a kernel wrote an answer of its own to the judge's request.
-void close_inherited(int keep)
-{
-#if defined(__linux__)
-#ifndef SYS_close_range
-#define SYS_close_range 436
-#endif
-    if ((keep <= 3 || PAL_REAL(syscall)(SYS_close_range, 3u, (unsigned)keep - 1, 0u) == 0) &&
-        PAL_REAL(syscall)(SYS_close_range, (unsigned)(keep < 3 ? 3 : keep + 1), ~0u, 0u) == 0)
-        return;
-#endif
-    struct rlimit rl;   // no close_range (Linux before 5.9, macOS): each possible descriptor
-    long most = getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur != RLIM_INFINITY
-                    ? (long)rl.rlim_cur : 65536;
-    for (long fd = 3; fd < (most < 65536 ? most : 65536); ++fd)
-        if (fd != keep) close((int)fd);
-}
-
 [[noreturn]] void worker_main(Launch *h, int w, pid_t parent, pid_t pgid, int keep)
 {
-    close_inherited(keep);
+    pal_close_inherited(keep);
     g_ctl = h->ctl;
     g_worker = w;
     PAL_REAL(setpgid)(0, pgid);   // the parent does the same (whichever runs first)
@@ -193,7 +172,7 @@ void close_inherited(int keep)
     sigaddset(&set, SIGALRM);
     sigprocmask(SIG_UNBLOCK, &set, nullptr);
     pal_sandbox_configure();
-    if (pal_sandbox_level == 2) pal_sandbox_install();   // best effort
+    if (pal_sandbox_level() == 2) pal_sandbox_install();   // best effort
     pal_run_blocks(&h->cfg, h->ctl, w);
     pal_worker_exit(0);
 }
@@ -286,12 +265,14 @@ PAL_EXPORT void *pal_launch_begin(const pal_config *cfg)
     if (!h) return nullptr;
     h->cfg = *cfg;
     h->fd = -1;
-    void *c = mmap(nullptr, sizeof(pal_ctl), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (c == MAP_FAILED) {
+    // Guarded like an array argument (1 MiB each side): an index that jumps an array's own
+    // guard faults in this one, where it read or changed the results the parent trusts.
+    h->ctl = (pal_ctl *)pal_buffer_alloc(sizeof(pal_ctl), 1 << 20, 1 << 20, &h->ctl_base,
+                                         &h->ctl_len);
+    if (!h->ctl) {
         free(h);
         return nullptr;
     }
-    h->ctl = (pal_ctl *)c;
     int nw = cfg->nworkers < 1 ? 1 : (cfg->nworkers > PAL_MAX_WORKERS ? PAL_MAX_WORKERS : cfg->nworkers);
     if (!cfg->checked) {
         h->nworkers = 1;
@@ -302,7 +283,7 @@ PAL_EXPORT void *pal_launch_begin(const pal_config *cfg)
     }
     int fds[2];
     if (pipe(fds) != 0) {
-        munmap(c, sizeof(pal_ctl));
+        pal_buffer_free(h->ctl_base, h->ctl_len);
         free(h);
         return nullptr;
     }
@@ -327,7 +308,7 @@ PAL_EXPORT void *pal_launch_begin(const pal_config *cfg)
     if (h->nworkers == 0) {
         int e = errno;
         close(fds[0]);
-        munmap(c, sizeof(pal_ctl));
+        pal_buffer_free(h->ctl_base, h->ctl_len);
         free(h);
         errno = e;
         return nullptr;
@@ -392,7 +373,7 @@ PAL_EXPORT void pal_launch_end(void *hv)
     Launch *h = (Launch *)hv;
     if (!h) return;
     if (!h->done) pal_launch_kill(h);
-    munmap(h->ctl, sizeof(pal_ctl));
+    pal_buffer_free(h->ctl_base, h->ctl_len);
     free(h);
 }
 

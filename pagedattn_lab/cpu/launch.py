@@ -30,8 +30,11 @@ from .errors import ExecutorUnavailableError, KernelError
 from .report import (LaunchInfo, result_error, slack_write_error, timeout_error,
                      uncounted_write_error, worker_died)
 
-GUARD_BEFORE = 64 * 1024
-MIN_GUARD_AFTER = 1 << 20
+# Guard on each side of an array: max(1 MiB, its size), so that an index from -size to
+# 2 * size faults in the array's own guard (before: 64 KiB in front, and `k[-1 * stride]`
+# of a stride over 64 KiB, a block table's -1, read or changed the mapping below, such as the
+# launch's results, unseen).
+MIN_GUARD = 1 << 20
 SLACK_FILL = 0xFF   # NaN in every float type, -1 in every signed integer
 # A float array's slack holds signalling NaNs (all bits one but the quiet bit), which any
 # arithmetic quiets: `x[i - 1] += v` or atomicAdd(x - 1, v) at i = 0 then changes the bytes
@@ -58,14 +61,13 @@ class _Buffer:
         self.lib, self.lo, self.hi = lib, lo, hi
         nbytes = hi - lo
         base, length = C.c_uint64(0), C.c_uint64(0)
-        guard_after = max(MIN_GUARD_AFTER, nbytes)
-        ptr = lib.pal_buffer_alloc(nbytes, GUARD_BEFORE, guard_after, C.byref(base),
-                                   C.byref(length))
+        guard = max(MIN_GUARD, nbytes)
+        ptr = lib.pal_buffer_alloc(nbytes, guard, guard, C.byref(base), C.byref(length))
         if not ptr and nbytes:
             raise MemoryError(f"cannot map a guarded buffer of {nbytes} bytes for a kernel "
                               f"argument")
         self.base, self.length = base.value, length.value
-        self.data = ptr or (self.base + GUARD_BEFORE)
+        self.data = ptr or (self.base + guard)
         self.members: list = []   # (param, array, device address)
         # the data mapping's first byte: its page (the slack before the array is under a page)
         self.slack = self.data - self.data % mmap.PAGESIZE if ptr else 0

@@ -39,13 +39,14 @@ def binutils_output(name: str, *args: str) -> str:
 
 @functools.lru_cache(maxsize=32)
 def data_symbols(lib_path: str) -> tuple:
-    """(start, size, demangled name) of the library's data symbols, but shim.h's guards
-    between the static __shared__ arrays (a report names the array, not the guard)."""
+    """(start, size, demangled name) of the library's data symbols, but the guards between
+    the static __shared__ arrays, shim.h's and runtime.cpp's last (a report names the array,
+    not the guard, nor a name of the runtime's)."""
     out = []
     for line in binutils_output("nm", "-C", "-S", "--defined-only", lib_path).splitlines():
         parts = line.split(None, 3)
         if (len(parts) == 4 and parts[2].lower() in ("b", "d", "s")
-                and "__pal_sguard" not in parts[3]):
+                and "__pal_sguard" not in parts[3] and "pal_shared_guard" not in parts[3]):
             try:
                 out.append((int(parts[0], 16), int(parts[1], 16), parts[3]))
             except ValueError:

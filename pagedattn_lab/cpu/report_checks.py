@@ -159,7 +159,7 @@ def shift_error(r, info: LaunchInfo) -> KernelFault:
 def _shared_symbols(info: LaunchInfo) -> list[tuple[int, int, str]]:
     """(start, size, name) of the kernel library's static `__shared__` variables, as far as
     the symbol table tells (none without `nm`, or without the pal_shared section: the data
-    symbols around would be the runtime's, such as pal_sandbox_level)."""
+    symbols around would be the runtime's, such as gridDim)."""
     from .race import binutils_output, data_symbols  # noqa: PLC0415 - rare: a failed guard
     table = binutils_output("nm", "--defined-only", info.source[0]) if info.source else ""
     first, stop = _SECTION_START.search(table), _SECTION_STOP.search(table)

@@ -23,11 +23,15 @@ long __real_syscall(long, ...);
 
 extern "C" {
 // 0: calls pass through (for testing the process-group clean-up); 1: forbidden calls are
-// reported (the default); 2: also the seccomp filter. From $PAGEDATTN_LAB_CPU_SANDBOX.
-PAL_HIDDEN extern int pal_sandbox_level;
+// reported (the default); 2: also the seccomp filter. From $PAGEDATTN_LAB_CPU_SANDBOX, read
+// by pal_sandbox_configure (before each launch's kernel code runs: the settings are kept in
+// a page that is read-only in between, where a stray write of the kernel's faults).
+PAL_HIDDEN int pal_sandbox_level(void);
 PAL_HIDDEN void pal_sandbox_configure(void);
 PAL_HIDDEN int pal_sandbox_install(void);   // the seccomp filter; 0 when in place
 PAL_HIDDEN const char *pal_syscall_name(long nr);
+// Closes every descriptor the worker inherited but the standard streams and `keep`.
+PAL_HIDDEN void pal_close_inherited(int keep);
 [[noreturn]] PAL_HIDDEN void pal_worker_exit(int code);
 }
 

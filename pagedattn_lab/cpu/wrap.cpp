@@ -11,8 +11,6 @@
 
 #ifdef PAL_WRAP
 
-int pal_sandbox_level = 1;
-
 namespace {
 
 [[noreturn]] void forbidden(const char *name)
@@ -28,7 +26,7 @@ namespace {
     extern "C" R __real_##name PARAMS;                                                       \
     extern "C" PAL_HIDDEN R __wrap_##name PARAMS                                             \
     {                                                                                        \
-        if (pal_sandbox_level == 0) return __real_##name ARGS;                               \
+        if (pal_sandbox_level() == 0) return __real_##name ARGS;                             \
         forbidden(#name);                                                                    \
     }
 PAL_WRAP_FN(int, fork, (void), ())
@@ -70,9 +68,5 @@ PAL_WRAP_VA(int, clone, void *)
 PAL_WRAP_VA(long, ptrace, int)
 PAL_WRAP_VA(long, syscall, long)
 #undef PAL_WRAP_VA
-
-#else
-
-int pal_sandbox_level = 1;
 
 #endif
