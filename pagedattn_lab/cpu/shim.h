@@ -79,11 +79,13 @@ PAL_SGUARD_N(head)
 // What source.py (guard_static_shared) puts after a template function's statement declaring
 // `__shared__` variable v: GCC drops the section attribute of a template's statics, so the
 // section's poison misses v; the first of the block's threads to pass the declaration poisons
-// it (no thread can reach v before then), once per block (runtime's __pal_spoison).
+// it (a thread reaches v only past its declaration, but for a jump into its scope: `goto`,
+// a `case` after it), once per block (runtime's __pal_spoison). (The cast: v may be volatile.)
 #define PAL_SPOISON_N(v, n)                                                                   \
     static unsigned long long PAL_SGUARD_CAT(__pal_spoisoned_, n);                            \
     if (PAL_SGUARD_CAT(__pal_spoisoned_, n) != __pal_block_serial)                            \
-        __pal_spoison(&(v), sizeof(v), &PAL_SGUARD_CAT(__pal_spoisoned_, n));
+        __pal_spoison((void *)__builtin_addressof(v), sizeof(v),                              \
+                      &PAL_SGUARD_CAT(__pal_spoisoned_, n));
 #define PAL_SPOISON(v) PAL_SPOISON_N(v, __COUNTER__)
 
 #include "shim_types.h"  // also declares threadIdx, blockIdx, blockDim, gridDim

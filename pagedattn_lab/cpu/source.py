@@ -157,6 +157,10 @@ def guard_static_shared(source: str) -> str:
 
 
 _PAIRS = {"(": ")", "[": "]", "{": "}", "<": ">"}
+# What opens a template's body: a template's head, or a generic lambda's (an `auto`
+# parameter, or C++20's `[]<typename T>`), whose operator() is a template too.
+_TEMPLATE_HEAD = re.compile(
+    r"^\s*template\b|\[[^\[\]]*\]\s*(?:<\s*(?:typename|class)\b|\([^()]*\bauto\b)")
 
 
 def _template_poison(text: str, after: int) -> tuple[int, str] | None:
@@ -165,10 +169,10 @@ def _template_poison(text: str, after: int) -> tuple[int, str] | None:
     attribute of a template's statics, so the section's poison before each block misses
     them): just past its `;`, where nothing but blanks follows on the line, so that no column
     moves; None outside a template, or where the names cannot be read off with certainty."""
-    heads = (text[max(text.rfind(c, 0, brace) for c in ";{}") + 1:brace]
+    heads = (re.sub(r"(?m)^[ \t]*#.*$", "", text[max(text.rfind(c, 0, brace) for c in ";{}")
+                                                  + 1:brace])   # (not a directive's line)
              for brace in _enclosing_braces(text, after))
-    if not any(re.match(r"\s*template\b", re.sub(r"(?m)^[ \t]*#.*$", "", head))
-               for head in heads):   # (a directive's line before the head is not the head)
+    if not any(_TEMPLATE_HEAD.search(head) for head in heads):
         return None
     parts, depth, start, semi = [], [], after, None
     for i in range(after, len(text)):
@@ -186,8 +190,9 @@ def _template_poison(text: str, after: int) -> tuple[int, str] | None:
     line_end = text.find("\n", semi) if semi is not None else -1
     if semi is None or text[semi + 1:line_end if line_end >= 0 else len(text)].strip():
         return None
-    names = [re.fullmatch(r"[^\[(=]*?\b([A-Za-z_]\w*)\s*(?:\[.*)?", part.strip(), re.S)
-             for part in parts]
+    # (the declarator follows a class body's `}`: `union { float a[N]; int b[N]; } u`)
+    names = [re.fullmatch(r"[^\[(=]*?\b([A-Za-z_]\w*)\s*(?:\[.*)?",
+                          part.rpartition("}")[2].strip(), re.S) for part in parts]
     if not all(names):
         return None
     return semi + 1, "".join(f" PAL_SPOISON({n.group(1)})" for n in names)
