@@ -122,6 +122,20 @@ static const char *changed_byte(const char *guard)
     return nullptr;
 }
 
+// The result of a write found in a guard after block b (`hit`, in `region`): the block is
+// known, the thread not.
+static int guard_write(const char *hit, int32_t region, uint64_t b)
+{
+    pal_result *r = S.res;
+    r->is_write = 1;
+    r->region = region;
+    r->addr = (uint64_t)(uintptr_t)hit;
+    r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
+    r->block_linear = b;
+    r->has_thread = 0;
+    return PAL_FAULT;
+}
+
 // A write before dynamic shared memory's start (`smem[i - 1]` at i = 0; past its end is a
 // fault in the guard pages there) lands in the poisoned guard before it: found after the
 // block, like a static array's. The region_thread field holds the (negative) byte offset.
@@ -130,15 +144,8 @@ int check_dyn_guard(uint64_t b)
     const char *hit = S.cfg->poison ? changed_byte((char *)__pal_dyn_smem - PAL_SHARED_GUARD)
                                     : nullptr;
     if (!hit) return PAL_OK;
-    pal_result *r = S.res;
-    r->is_write = 1;
-    r->region = PAL_REGION_DYN_SHARED;
-    r->region_thread = (int32_t)(hit - (char *)__pal_dyn_smem);
-    r->addr = (uint64_t)(uintptr_t)hit;
-    r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
-    r->block_linear = b;
-    r->has_thread = 0;
-    return PAL_FAULT;
+    S.res->region_thread = (int32_t)(hit - (char *)__pal_dyn_smem);
+    return guard_write(hit, PAL_REGION_DYN_SHARED, b);
 }
 
 #ifdef __ELF__
@@ -155,15 +162,8 @@ int check_shared_guard(uint64_t b)
     for (char **g = __start_pal_sguards; !hit && g && g < __stop_pal_sguards; ++g)
         hit = changed_byte(*g);
     if (!hit) return PAL_OK;
-    pal_result *r = S.res;
-    r->is_write = 1;
-    r->region = PAL_REGION_STATIC_SHARED;
-    r->addr = (uint64_t)(uintptr_t)hit;
-    r->offset = pal::lib_offset((uintptr_t)hit);   // for the symbol table
-    r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
-    r->block_linear = b;
-    r->has_thread = 0;
-    return PAL_FAULT;
+    S.res->offset = pal::lib_offset((uintptr_t)hit);   // for the symbol table
+    return guard_write(hit, PAL_REGION_STATIC_SHARED, b);
 }
 #else
 int check_shared_guard(uint64_t) { return PAL_OK; }
