@@ -120,8 +120,7 @@ def dry_run(config: EngineConfig, prompt_lens, output_lens, max_steps: int = 100
     prompt_lens, outputs = _check_lengths(prompt_lens, output_lens, min_output=1)
     max_steps = check_int(max_steps, "max_steps", minimum=1)
     for i, (p, o) in enumerate(zip(prompt_lens, outputs)):
-        # as LLMEngine's admission check
-        pages = -(-(p + o) // config.page_size)
+        pages = config.pages_to_finish(p + o)   # as LLMEngine's admission check
         if pages > config.num_pages:   # else it never fits, and every step runs nothing
             raise ValueError(f"prompt_lens[{i}], output_lens[{i}]: {p} + {o} tokens may need "
                              f"{pages} pages, more than the pool of {config.num_pages}")

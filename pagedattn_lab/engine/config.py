@@ -280,3 +280,12 @@ class EngineConfig:
     @property
     def chunk_limit(self) -> int:
         return self.max_prefill_chunk or self.max_num_batched_tokens
+
+    def pages_to_finish(self, length: int) -> int:
+        """The most pages a request reaching `length` tokens (prompt + output) holds when
+        served alone. Its last token's K/V are never written. With prefix caching that slot's
+        page is room enough for the one copy on write (a prompt, or a resumed prompt +
+        output, of k whole cached pages, computing its last token, holds k + 1 pages for a
+        moment); without, nothing is ever copied: the written tokens are the whole need."""
+        held = length if self.enable_prefix_caching else length - 1
+        return -(-held // self.page_size)

@@ -103,14 +103,9 @@ class LLMEngine:
         if len(prompt) >= self.max_model_len:
             raise ValueError(f"{name}: {len(prompt)} tokens leave no room to generate within "
                              f"max_position_embeddings={self.max_model_len}")
-        # Its last token's K/V are never written. With prefix caching that slot's page is
-        # room enough for the one copy on write (a prompt, or a resumed prompt + output, of k
-        # whole cached pages, computing its last token, holds k + 1 pages for a moment);
-        # without, nothing is ever copied: the written tokens are the whole need. A request
-        # that needs the whole pool runs alone in it.
-        longest = min(len(prompt) + params.max_tokens, self.max_model_len)
-        held = longest if self.config.enable_prefix_caching else longest - 1
-        pages = -(-held // self.config.page_size)
+        # (a request that needs the whole pool runs alone in it)
+        pages = self.config.pages_to_finish(min(len(prompt) + params.max_tokens,
+                                                self.max_model_len))
         if pages > self.config.num_pages:
             raise ValueError(f"{name}: {len(prompt)} prompt tokens + max_tokens "
                              f"{params.max_tokens} may need {pages} pages, more than the whole "

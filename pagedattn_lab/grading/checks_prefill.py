@@ -1,6 +1,6 @@
 """Checks for lesson 10 in Python: the chunked-prefill mask and the keys each packed query row
 sees (task 3, the K/V tiles each query tile of the tensor-core kernel loads, is in
-checks_tile_work.py).
+checks_tile_work.py, which uses this module's mixed_batch, inputs_kept and named_mistake).
 
 Packed prefill: sequence b's new tokens are rows `qo_indptr[b]:qo_indptr[b+1]` of q, and they
 are its LAST q_len tokens (`seq_lens[b]` counts them too). New query i sits at position
@@ -22,7 +22,7 @@ from .report import Case, CheckResult, Mismatch, as_array, probe, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
 
-def _batch(rng, batch: int, max_len: int):
+def mixed_batch(rng, batch: int, max_len: int):
     """(qo_indptr int32, seq_lens int32): a mix of all-new, chunk, decode and q_len 0."""
     seq_lens = rng.integers(1, max_len + 1, size=batch)
     kinds = rng.permutation(np.resize(["new", "chunk", "decode", "none"], batch))
@@ -39,7 +39,7 @@ def _rows_of(indptr):
     return seq, np.arange(seq.size) - indptr[seq]
 
 
-def _inputs_kept(task: str, passed, given) -> None:
+def inputs_kept(task: str, passed, given) -> None:
     """The answer left qo_indptr and seq_lens as they were: the caller (the wrapper's plan,
     the next task) reads them again."""
     names = ("qo_indptr", "seq_lens")
@@ -51,7 +51,7 @@ def _inputs_kept(task: str, passed, given) -> None:
         raise changed
 
 
-def _named(variants, got, expected, same, confirmed, default: str) -> str:
+def named_mistake(variants, got, expected, same, confirmed, default: str) -> str:
     """The hint of the first classic mistake that `got` matches and that `confirmed(k)` (the
     learner's answer is mistake k on every fixed case too) confirms; else `default`."""
     for k, (hint, v) in enumerate(variants):
@@ -116,10 +116,11 @@ def _mask_case(fn, q_len: int, seq_len: int) -> None:
     if np.array_equal(got, expected):
         return
     i, j = (int(x[0]) for x in np.nonzero(got != expected))
-    hint = _named(_mask_variants(q_len, seq_len), got, expected, np.array_equal,
-                  lambda k: all(np.array_equal(probe(fn, q, n), _mask_variants(q, n)[k][1])
-                                for q, n in _MASK_FIXED),
-                  "query i sees key j exactly when j <= seq_len - q_len + i.")
+    hint = named_mistake(
+        _mask_variants(q_len, seq_len), got, expected, np.array_equal,
+        lambda k: all(np.array_equal(probe(fn, q, n), _mask_variants(q, n)[k][1])
+                      for q, n in _MASK_FIXED),
+        "query i sees key j exactly when j <= seq_len - q_len + i.")
     raise Mismatch(f"chunk_mask({q_len}, {seq_len}): first wrong cell: query {i}, key {j} "
                    f"(query {i} is at position {seq_len - q_len + i})", hint,
                    str(bool(expected[i, j])), str(bool(got[i, j])))
@@ -191,7 +192,7 @@ def _visible_case(fn, indptr, seq_lens) -> None:
     got = fn(*passed)
     if got is None:
         raise NotImplementedError("visible_keys returned None")
-    _inputs_kept("visible_keys", passed, (indptr, seq_lens))
+    inputs_kept("visible_keys", passed, (indptr, seq_lens))
     got = as_array(got, "visible_keys' result")
     if got.shape != expected.shape:
         raise Mismatch("wrong shape", "one count per packed row: [qo_indptr[-1]].",
@@ -205,11 +206,12 @@ def _visible_case(fn, indptr, seq_lens) -> None:
     r = int(np.flatnonzero(got != expected)[0])
     seq, i = _rows_of(np.asarray(indptr, np.int64))
     b = int(seq[r])
-    hint = _named(_visible_variants(indptr, seq_lens), got, expected, np.array_equal,
-                  lambda k: all(np.array_equal(_visible_of(fn, p, n), _visible_variants(p, n)[k][1])
-                                for p, n in _VISIBLE_FIXED),
-                  "row r of sequence b (i = r - qo_indptr[b]) sees seq_lens[b] - q_len + i + 1 "
-                  "keys.")
+    hint = named_mistake(
+        _visible_variants(indptr, seq_lens), got, expected, np.array_equal,
+        lambda k: all(np.array_equal(_visible_of(fn, p, n), _visible_variants(p, n)[k][1])
+                      for p, n in _VISIBLE_FIXED),
+        "row r of sequence b (i = r - qo_indptr[b]) sees seq_lens[b] - q_len + i + 1 "
+        "keys.")
     q_len = int(indptr[b + 1] - indptr[b])
     raise Mismatch(f"first wrong row {r}: sequence {b} (q_len {q_len}, seq_len "
                    f"{int(seq_lens[b])}), its query i = {int(i[r])}", hint,
@@ -224,7 +226,7 @@ def visible_keys(fn) -> CheckResult:
              for p, n in _VISIBLE_FIXED]
     rng = case_rng(1002)
     for batch in (5, 8):
-        indptr, lens = _batch(rng, batch, 70)
+        indptr, lens = mixed_batch(rng, batch, 70)
         cases.append(Case("random batch", {"qo_indptr": indptr.tolist(),
                                            "seq_lens": lens.tolist()},
                           lambda p=indptr, n=lens: _visible_case(fn, p, n)))

@@ -89,12 +89,12 @@ def _tile_variants(prob):
     variants += _paging_variants(prob) + [
         (STEP_PAST_HINT, lambda: prob.expected(step_past=True)),
         # a loop 16 short and a store inside the loop before its mma_sync store the same sums
-        (several_fit(["the k0 loop must step over all of head_dim (k0 = 0, 16, .., "
-                      "head_dim - 16): a loop that stops 16 short leaves the last 16 "
-                      "dimensions out of every score.",
-                      "store the accumulator after the k0 loop, once: a store before the last "
-                      "mma_sync leaves the last 16 dimensions out of every score."], "scores"),
-         dims(~last)),
+        # (two variants, not one several_fit: at head_dim 16 the zero tiles' fit too)
+        *[(hint, dims(~last)) for hint in (
+            "the k0 loop must step over all of head_dim (k0 = 0, 16, .., head_dim - 16): a "
+            "loop that stops 16 short leaves the last 16 dimensions out of every score.",
+            "store the accumulator after the k0 loop, once: a store before the last mma_sync "
+            "leaves the last 16 dimensions out of every score.")],
         ("zero the accumulator once, before the k0 loop (fill_fragment(s, 0.0f)): zeroed "
          "inside the loop, each step drops the sum so far and only the last 16 dimensions "
          "are left in every score.", dims(last)),
@@ -115,12 +115,16 @@ def _tile_variants(prob):
                      "k_tile + k0, not from q_tile).",
                      lambda: prob.expected(k_tile=lambda j, t: rows(np.arange(group) +
                                                                     j * group))))
-    # every score 0: a tile that was all zeros, Q's or K's (the evidence cannot tell which)
-    variants += [("the Q tile was all zeros: rows r < group hold query heads kv_head * group "
-                  "+ r, with group = num_heads / num_kv_heads.",
-                  lambda: np.zeros_like(prob.expected())),
-                 ("the K tile was all zeros: row c holds token 16 * tile + c's K wherever "
-                  "that token is below seq_len.", lambda: np.zeros_like(prob.expected()))]
+    # every score 0: a tile of zeros (Q's or K's), or no product in the fragment stored (the
+    # evidence cannot tell which)
+    variants += [(hint, lambda: np.zeros_like(prob.expected())) for hint in (
+        "the Q tile was all zeros: rows r < group hold query heads kv_head * group + r, with "
+        "group = num_heads / num_kv_heads.",
+        "the K tile was all zeros: row c holds token 16 * tile + c's K wherever that token is "
+        "below seq_len.",
+        "no product reached the scores stored: every k0 step adds A * B into the fragment "
+        "that is stored (mma_sync(s, a, b, s)); a k0 loop that never runs, or no mma_sync, "
+        "stores fill_fragment's zeros.")]
     for wrong in _wrong_ldms(head_dim):
         variants += [(_ldm_hint(head_dim, wrong), reread(lda=wrong, ldb=wrong)),
                      (_ldm_hint(head_dim, wrong, " (Q's load)"), reread(lda=wrong)),

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .checks_prefill import _batch, _inputs_kept, _named
+from .checks_prefill import inputs_kept, mixed_batch, named_mistake
 from .compare import POW2_HINT, pow2_div
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .seeds import case_rng   # the grader salts the random cases
+
 
 def _tile_keys(indptr, seq_lens, rows: int) -> list[tuple[int, int, int]]:
     """(b, first, keys seen by the query tile's last row) per query tile."""
@@ -151,14 +152,15 @@ def _tiles_case(fn, indptr, seq_lens, rows, kv_tile) -> None:
     got = fn(*passed, rows, kv_tile)
     if got is None:
         raise NotImplementedError("tile_work returned None")
-    _inputs_kept("tile_work", passed, (indptr, seq_lens))
+    inputs_kept("tile_work", passed, (indptr, seq_lens))
     got = _as_triples(got)
     if got == expected:
         return
-    hint = _named(_tile_variants(indptr, seq_lens, rows, kv_tile), got, expected,
-                  lambda a, b: a == b,
-                  lambda k: all(_tiles_of(fn, p, n, r, t) == _tile_variants(p, n, r, t)[k][1]
-                                for p, n, r, t in _TILES_FIXED), "") \
+    hint = named_mistake(
+        _tile_variants(indptr, seq_lens, rows, kv_tile), got, expected,
+        lambda a, b: a == b,
+        lambda k: all(_tiles_of(fn, p, n, r, t) == _tile_variants(p, n, r, t)[k][1]
+                      for p, n, r, t in _TILES_FIXED), "") \
         or _rounding_hint(fn, got, indptr, seq_lens, rows, kv_tile) \
         or ("one (b, first, kv_tiles) per query tile, first = 0, rows, 2*rows, ... < q_len; "
             "kv_tiles = ceil(keys seen by the tile's last row / kv_tile), that row being "
@@ -182,7 +184,7 @@ def tile_work(fn) -> CheckResult:
              for p, n, r, k in _TILES_FIXED]
     rng = case_rng(1003)
     for rows, kv_tile in ((16, 64), (64, 32)):
-        indptr, lens = _batch(rng, 6, 200)
+        indptr, lens = mixed_batch(rng, 6, 200)
         cases.append(Case("random batch", {"qo_indptr": indptr.tolist(),
                                            "seq_lens": lens.tolist(), "rows": rows,
                                            "kv_tile": kv_tile},

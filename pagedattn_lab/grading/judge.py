@@ -60,6 +60,8 @@ class Judge:
         self.broken: str | None = None
         peer.services["check"] = self.check
         peer.refuse_verdicts()   # (the kernel host's runner raises them; the sandbox cannot)
+        if kernels is not None:
+            kernels.learner_side = False   # (its errors are the check's or the kernel's)
         peer.on_event = self.event
 
     def check(self, peer, header, blobs):

@@ -9,6 +9,7 @@ across the round trip (a token only the judge can resolve).
 from __future__ import annotations
 
 import builtins
+import os
 
 from . import wire
 from .report import text_of
@@ -88,6 +89,10 @@ class ErrorTranslation:
     """The exception half of remote.Peer (which sets `strict`)."""
 
     strict: bool
+    # False for the judge's end of the kernel host's channel, where no code of the learner's
+    # runs: its exceptions carry no `remote_frame`, which says "raised in the learner's code"
+    # (report._describe_memory_error: a MemoryError mapping the check's arrays was theirs)
+    learner_side = True
 
     def init_errors(self) -> None:
         self._raised: dict[int, BaseException] = {}
@@ -134,7 +139,8 @@ class ErrorTranslation:
         cls = self._class(name, names)
         exc = cls.__new__(cls)
         BaseException.__init__(exc, _key_of(cls, info.get("message", ""), info.get("shown")))
-        exc.remote_frame = str(info.get("where") or "")[:400]   # see report._learner_frame
+        if self.learner_side:
+            exc.remote_frame = str(info.get("where") or "")[:400]   # report._learner_frame
         attrs = info.get("attrs") if isinstance(info.get("attrs"), dict) else {}
         for key, tree in list(attrs.items())[:40]:
             if isinstance(key, str) and key.isidentifier() and not key.startswith("_"):
@@ -168,18 +174,44 @@ def no_deref(marker):
     raise ProtocolError("no handles here")
 
 
+def _library_dirs() -> tuple[str, ...]:
+    """The folders of Python's own and installed modules (NumPy's among them), each ending in
+    a separator, as given and resolved (read once, before the sandbox closes anything)."""
+    import site  # noqa: PLC0415
+    import sysconfig  # noqa: PLC0415
+    paths = sysconfig.get_paths()
+    dirs = {paths.get(k) for k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    dirs.update(site.getsitepackages() + [site.getusersitepackages()])
+    return tuple(sorted({os.path.join(way(d), "") for d in dirs if d
+                         for way in (os.path.abspath, os.path.realpath)}))
+
+
+_LIBRARY_DIRS = _library_dirs()
+
+
+def _library(filename: str) -> bool:
+    """A frame of a library's code (NumPy's np.ones, the stdlib's): no one's line to blame. A
+    check's own call of np.ones that ran out of memory was put "in numeric.py" and laid on the
+    learner's code (report._describe_memory_error); the learner's call of it, on their line."""
+    if filename.startswith("<"):   # a cell, exec's "<string>" (the learner's), a frozen module
+        return filename.startswith("<frozen ")
+    return filename.startswith(_LIBRARY_DIRS) or \
+        os.path.realpath(filename).startswith(_LIBRARY_DIRS)   # (via a link: lib64 -> lib)
+
+
 def learner_frame(exc: BaseException) -> str:
-    """' (in your code, line N: text)' for the innermost frame that is not the package's code
-    (own_watch.package_code: a cell compiled under a package file's name is the learner's),
-    the line cut to 200 characters: it crosses the channel, and a message quotes it."""
+    """' (in your code, line N: text)' for the innermost frame that is neither the package's
+    code (own_watch.package_code: a cell compiled under a package file's name is the
+    learner's) nor a library's, the line cut to 200 characters: it crosses the channel, and
+    a message quotes it."""
     import linecache  # noqa: PLC0415
-    import os  # noqa: PLC0415
     import traceback  # noqa: PLC0415
 
     from .own_watch import package_code, trampoline  # noqa: PLC0415 - it imports the answers
     for frame, lineno in reversed(list(traceback.walk_tb(exc.__traceback__))):
         if not package_code(frame.f_code, frame.f_globals) and \
-                not trampoline(frame.f_code, frame.f_globals):
+                not trampoline(frame.f_code, frame.f_globals) and \
+                not _library(frame.f_code.co_filename):
             filename = frame.f_code.co_filename
             where = "your code" if filename.startswith("<") or "ipykernel" in filename \
                 else os.path.basename(filename)
