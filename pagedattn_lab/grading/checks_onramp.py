@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..puzzles import PUZZLES
-from .puzzle_hints import check_budget, check_output
+from .puzzle_hints import check_budget, check_output, not_ten
 from .puzzle_runner import PuzzleKernel, count_line
 from .report import Case, CheckResult, run_cases
 from .seeds import case_rng
@@ -64,8 +64,8 @@ def _map_case(kern, seed, n):
                                      for s in (1, -1)) and n > 2 else None),
                       lambda d: ("every element is a[i] * 10: add 10, do not multiply."
                                  if np.allclose(got, a * np.float32(10)) else None),
-                      lambda d: (f"every element is a[i] + {got[0] - a[0]:.4g}: the spec adds "
-                                 "10." if np.allclose(got - a, got[0] - a[0], atol=1e-5)
+                      lambda d: (f"every element is a[i] + {not_ten(got[0] - a[0])}: the spec "
+                                 "adds 10." if np.allclose(got - a, got[0] - a[0], atol=1e-5)
                                  and not np.isclose(got[0] - a[0], 10, atol=1e-5) else None),
                       lambda d: ("every element is a[i] with its fraction cut off, plus 10: an "
                                  "(int) cast or an int variable truncates; keep the value a "

@@ -63,3 +63,10 @@ def check_budget(counts, budget: dict, outputs: dict, read_advice: dict,
                            "more than one thread stores the same element (the last store "
                            "wins, so the result is right by luck of order): let one thread own "
                            "each element.")
+
+
+def not_ten(shift) -> str:
+    """The shift with the fewest significant digits (4 to 7) that do not read as 10: the
+    check failed it, so "a[i] + 10: the spec adds 10" (10.0002 at 4 digits) says nothing."""
+    return next((t for t in (f"{shift:.{n}g}" for n in range(4, 8)) if float(t) != 10),
+                f"{shift:.7g}")
