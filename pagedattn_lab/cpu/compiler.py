@@ -52,6 +52,7 @@ WRAPPED = ("fork", "vfork", "execv", "execve", "execvp", "execvpe", "fexecve", "
            "execl", "execlp", "execle", "clone", "ptrace", "syscall")
 WRAP = sys.platform.startswith("linux")
 WRAP_FLAG = "-Wl," + ",".join(f"--wrap={name}" for name in WRAPPED)   # the link's, on Linux
+RELRO_FLAG = "-Wl,-z,relro,-z,now"   # full RELRO on Linux: a stray write to the GOT faults
 # The checks that refuse a kernel before it is cached: a cached build skips them, so a change
 # to them makes new entries (a kernel that a fixed check refuses is not served from the cache).
 REFUSING = ("compiler.py", "builtins.py", "compile_errors.py", "includes.py", "kernel_object.py",
@@ -361,7 +362,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
             shared += ["-undefined", "dynamic_lookup"]
         elif sys.platform.startswith("linux"):
             libs = ["-ldl"]   # dladdr, for glibc before 2.34
-            shared.append("-Wl,-z,relro,-z,now")   # full RELRO: a write to the GOT faults
+            shared.append(RELRO_FLAG)
         if WRAP:
             shared.append(WRAP_FLAG)
         # Compile, assemble and link apart: the compiler's assembly is checked for inline

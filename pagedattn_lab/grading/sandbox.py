@@ -25,7 +25,8 @@ import os
 import sys
 
 from ..cpu.compiler import (BASE_FLAGS, CLANG_INSTRUMENT_FLAGS, INSTRUMENT_FLAGS,
-                            INSTRUMENTED_OPT, OPTIONAL_FLAGS, PLAIN_OPT, QUIET, WRAP_FLAG)
+                            INSTRUMENTED_OPT, OPTIONAL_FLAGS, PLAIN_OPT, QUIET, RELRO_FLAG,
+                            WRAP_FLAG)
 from ..cpu.kernel_checks import KERNEL_FLAGS
 
 WRITE_FLAGS = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
@@ -43,8 +44,8 @@ KILL_EVENTS = {"os.kill", "os.killpg", "signal.pthread_kill", "signal.pidfd_send
 # own lists (cpu/compiler.py), so a flag it adds is allowed here too (its link's --wrap list
 # was refused, and no kernel could be built at level none)
 COMPILER_FLAGS = {*BASE_FLAGS, QUIET, *KERNEL_FLAGS, *OPTIONAL_FLAGS, *INSTRUMENT_FLAGS,
-                  *CLANG_INSTRUMENT_FLAGS,
-                  PLAIN_OPT, INSTRUMENTED_OPT, WRAP_FLAG, "-Werror", "-c", "-o", "-I", "-shared",
+                  *CLANG_INSTRUMENT_FLAGS, PLAIN_OPT, INSTRUMENTED_OPT, WRAP_FLAG, RELRO_FLAG,
+                  "-Werror", "-c", "-o", "-I", "-shared",
                   "-ldl", "-Wl,-z,defs", "-undefined", "dynamic_lookup", "--version",
                   "-DPAL_FIBER_UCONTEXT", "-MD", "-MF", "-E", "-v", "-S"}
 
