@@ -77,8 +77,16 @@ def ranges(values) -> str:
 
 
 def _plural(axis: str) -> str:
-    return {"sequence": "sequences", "token": "tokens", "head": "heads", "dim": "dims",
-            "kv_head": "kv heads"}.get(axis, axis + "s")
+    return _singular_axis(axis) + "s"   # ("kv_head": "kv heads")
+
+
+def _singular_axis(axis: str) -> str:
+    return axis.replace("_", " ")   # "kv head 2", as the plural says "kv heads 1-2"
+
+
+def _singular(what: str) -> str:
+    """'values' -> 'value', 'entries' -> 'entry' (what a message counts, one of it)."""
+    return {"entries": "entry", "indices": "index"}.get(what, what.removesuffix("s"))
 
 
 @dataclass
@@ -124,9 +132,9 @@ class Difference:
             # an index the check never compared (past seq_len, a padding row) is not "right"
             seen = range(n) if self.compared is None else self._along(axis, self.compared)
             right = sorted(set(seen) - set(idx))
-            noun = axis if len(idx) == 1 else _plural(axis)   # "sequence 1", "sequences 1-2"
+            noun = _singular_axis(axis) if len(idx) == 1 else _plural(axis)   # "sequence 1"
             if len(idx) == n:
-                parts.append(f"every {axis}")
+                parts.append(f"every {_singular_axis(axis)}")
             elif not right:
                 parts.append(f"{noun} {ranges(idx)} (the only {noun} compared)")
             else:
@@ -139,7 +147,7 @@ class Difference:
         want, got = fmt(self.expected[index]), fmt(self.got[index])
         if want == got:   # close, yet past the tolerance: show the digits where they differ
             want, got = f"{float(self.expected[index]):.7g}", f"{float(self.got[index]):.7g}"
-        noun = what[:-1] if total == 1 and what.endswith("s") else what   # "1 of 1 value"
+        noun = _singular(what) if total == 1 else what   # "1 of 1 value"
         lines = [f"{self.count} of {total} {noun} differ{'s' if self.count == 1 else ''}; the "
                  f"first at {self.where(index)}: expected {want}, got {got}."]
         n_unwritten = int(self.unwritten.sum())

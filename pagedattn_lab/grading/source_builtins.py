@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 
 from .report import Mismatch
-from .source_layout import type_aliases
-from .source_macros import closing_parens, logical_code, one_program_refusal
+from .source_layout import declared_aliases
+from .source_macros import DEFINE, WORD, closing_parens, logical_code, one_program_refusal
 
 _BUILTIN = re.compile(r"\b(threadIdx|blockIdx|blockDim|gridDim)\b")
 # the one whole use that means the same on both builds: the initializer of a copy declared
@@ -30,19 +30,31 @@ _COPY = re.compile(r"\b(?:const\s+)?(?:uint3|dim3)\s+[A-Za-z_]\w*\s*(?:=|\(|\{)\
 # keywords a grouping parenthesis may follow (after any other word it is a call's, or sizeof's)
 _EXPRESSION_KEYWORDS = frozenset({"return", "case", "throw", "else", "do", "co_return",
                                   "co_yield"})
+_C_CAST = re.compile(r"\(\s*((?:[A-Za-z_]\w*\b\s*)+)[*&\s]*\)$")
 _TYPE_QUERY = re.compile(r"\b(?:decltype|typeof|__typeof__|__typeof)\s*\(")
 # `&&` of a declarator: after a type's name (a built-in type, auto, one the source declares,
 # `>` of a template's), or before what no expression follows (`f(unsigned&&)`, `<int&&>`)
 _TYPE_WORDS = frozenset({"void", "bool", "char", "short", "int", "long", "float", "double",
                          "signed", "unsigned", "auto", "size_t", "uint3", "dim3", "const",
                          "volatile"})
-_DECLARED_TYPE = re.compile(r"\b(?:class|typename|struct|union|enum)\s+([A-Za-z_]\w*)")
+# (CUDA's vector types, half, the fixed-width integers)
+_CUDA_TYPE = re.compile(r"(?:u?(?:char|short|int|long|longlong)|float|double)[1-4]|__half2?|"
+                        r"half2?|__nv_bfloat162?|u?int\d+_t")
+# (a pack's name too: `class... Ts`, `typename ...Ts`)
+_DECLARED_TYPE = re.compile(r"\b(?:class|typename|struct|union|enum)(?:\s+|\s*\.\.\.\s*)"
+                            r"([A-Za-z_]\w*)")
+# a #define's body that may be a type (words, `*`, `&`, `::`, a template's `<,>`), not a number
+# or an expression (`#define N 64`, `#define ON (A && !B)`)
+_TYPE_BODY = re.compile(r"[\w\s*&:<>,]*")
 _RVALUE_REF = re.compile(r"(?:\b([A-Za-z_]\w*)|(>))\s*&&|&&\s*[),>]")
 _LONG_DOUBLE = re.compile(r"\blong\s+double\b|\bdouble\s+long\b|\b__float80\b"
                           # (a number read from its start only, each part once: 1'1'1'...
                           # is not tried at each digit, nor split two ways)
                           r"|(?<![\w.'])(?:\d[\d']*(?:\.[\d']*)?|\.\d[\d']*)(?:[eE][+-]?\d+)?"
-                          r"[lL]\b")
+                          r"[lL]\b"
+                          # (a hex float: 0x1p0L, 0x1.8p1L; its exponent is not optional)
+                          r"|(?<![\w.'])0[xX](?:[\da-fA-F']+(?:\.[\da-fA-F']*)?|\.[\da-fA-F']+)"
+                          r"[pP][+-]?\d+[lL]\b")
 _ALIGNOF = re.compile(r"\b(alignof|_Alignof|__alignof__|__alignof)\b\s*(\(\s*([^()]*?)\s*\))?")
 # types whose alignment is the same on both builds (any other may be, or hold, a 16-byte vector)
 _SAME_ALIGNMENT = re.compile(r"(?:(?:const|volatile|signed|unsigned|short|long)\s+)*"
@@ -79,10 +91,11 @@ def device_types(source: str) -> Mismatch | None:
     m = _rvalue_reference(code)
     if m:
         return _refusal(line_of(m.start()), "&&",
-                        "as a reference: a built-in variable's member (threadIdx.x) binds to "
-                        "it on the GPU, where it is a prvalue, and not on the CPU executor, "
-                        "where it is an lvalue, so overloads and templates (T&&) choose "
-                        "differently", "take the rvalue reference out: pass by value (a "
+                        "as an rvalue reference, and the lint refuses every one (even `auto&& v` "
+                        "over a local array): a built-in variable's member (threadIdx.x) is a "
+                        "prvalue on the GPU and an lvalue on the CPU executor, so an overload "
+                        "or a template (T&&) given one chooses differently between the builds",
+                        "take the rvalue reference out: pass by value or by `&`/`const&` (a "
                         "kernel needs no &&).", expected="no rvalue reference")
     m = next((d for d in _LONG_DOUBLE.finditer(code) if not _integer(d.group())), None)
     if m:
@@ -111,15 +124,43 @@ def _type_query_of_a_builtin(code: str) -> re.Match | None:
 
 def _rvalue_reference(code: str) -> re.Match | None:
     """The first `&&` of a declarator (see _RVALUE_REF), or None; a logical and passes."""
-    types = (_TYPE_WORDS | set(_DECLARED_TYPE.findall(code))
-             | set(type_aliases(code)))   # (typedef, using, #define names too)
-    return next((m for m in _RVALUE_REF.finditer(code)
-                 if m.group(1) is None or m.group(1) in types), None)
+    types = _type_names(code)
+    return next((m for m in _RVALUE_REF.finditer(code) if m.group(1) is None
+                 or m.group(1) in types or _CUDA_TYPE.fullmatch(m.group(1))), None)
+
+
+def _type_names(code: str) -> set[str]:
+    """The type words, the types the source declares (typedef and `using` names too) and the
+    #define names whose body is a type (followed through each other: `#define T2 T1`); not
+    one whose body is a number or an expression (`N && ok` is a logical and). (Each macro
+    waits on its body's unknown words once: a chain of them is not read again per link.)"""
+    types = set(_TYPE_WORDS) | set(_DECLARED_TYPE.findall(code)) | set(declared_aliases(code))
+    waiting: dict[str, set[str]] = {}      # macro -> the words of its body not yet types
+    for m in DEFINE.finditer(code):
+        words = {w for w in WORD.findall(m.group(2)) if not _CUDA_TYPE.fullmatch(w)}
+        if m.group(1) not in types and WORD.search(m.group(2)) and \
+                _TYPE_BODY.fullmatch(m.group(2)):
+            waiting[m.group(1)] = words - types
+    waited_on: dict[str, list[str]] = {}
+    for name, words in waiting.items():
+        for word in words:
+            waited_on.setdefault(word, []).append(name)
+    ready = [name for name, words in waiting.items() if not words]
+    while ready:
+        name = ready.pop()
+        if name in types:
+            continue
+        types.add(name)
+        for macro in waited_on.get(name, ()):
+            waiting[macro].discard(name)
+            if not waiting[macro]:
+                ready.append(macro)
+    return types
 
 
 def _integer(literal: str) -> bool:
     """Whether a literal with an L suffix is an integer's (16L is a long, the same on both)."""
-    return not re.search(r"[.eE]", literal.rstrip("lL"))
+    return not re.search(r"[.eEpP]", literal.rstrip("lL"))
 
 
 def _member_read_or_copy(code: str, use: re.Match) -> bool:
@@ -166,7 +207,15 @@ def _grouping(code: str, paren: int) -> bool:
     word = re.search(r"\w+$", code[max(0, before - 16):before])
     if word:
         return word.group() in _EXPRESSION_KEYWORDS
-    return before == 0 or code[before - 1] not in ")]>"
+    return before == 0 or code[before - 1] not in ")]>" or _cast_before(code, before)
+
+
+def _cast_before(code: str, end: int) -> bool:
+    """Whether a C cast to a built-in type ends at `end` (`(int)(threadIdx).x`), not a call's
+    parentheses (`(f)(threadIdx).x`, `g()(threadIdx).x`: its overload chooses on the type)."""
+    cast = _C_CAST.search(code[max(0, end - 64):end])
+    return cast is not None and all(w in _TYPE_WORDS or _CUDA_TYPE.fullmatch(w)
+                                    for w in WORD.findall(cast.group(1)))
 
 
 def _refusal(line: int, word: str, why: str, fix: str,

@@ -16,21 +16,24 @@ from __future__ import annotations
 import re
 
 from .report import Mismatch
-from .source_macros import logical_code, one_program_refusal
+from .source_macros import DEFINE, WORD, logical_code, one_program_refusal
 
 # CUDA's vector types aligned to 16 bytes there, to their element in the executor
 # (shim_types.h: PAL_VEC_ALL's A4 of int, uint, float, and the 2- and 4-vectors of 8 bytes)
 WIDE_VECTORS = frozenset({"float4", "int4", "uint4", "double2", "double4", "longlong2",
                           "longlong4", "ulonglong2", "ulonglong4"})
-_DEFINE_ALIAS = re.compile(r"^[ \t]*(?:#|%:)[ \t]*define[ \t]+([A-Za-z_]\w*)(.*)$", re.M)
 _USING = re.compile(r"\busing\s+([A-Za-z_]\w*)\s*=")
 _AGGREGATE_KIND = re.compile(r"\b(struct|class|union)\b")
 _ALIGNAS = re.compile(r"\balignas\s*\(([^()]*)\)")
 # a template's argument list that holds only names (`Pair<char, float4>`), not a cast's
 _TEMPLATE_ARGS = re.compile(r"\b([A-Za-z_]\w*)\s*<([\w\s,*&:]*)>")
+# what a member declaration may start with that is not its type, and declarations that are no
+# data member of each object
+_ATTRIBUTES = re.compile(r"\b(?:public|private|protected)\s*:|"
+                         r"\b(?:alignas|__align__|__declspec)\s*\([^()]*\)")
+_NOT_DATA = re.compile(r"\s*(?:typedef|using|static|friend|template)\b")
 _CASTS = frozenset({"static_cast", "reinterpret_cast", "const_cast", "dynamic_cast",
                     "bit_cast", "template"})
-_WORD = re.compile(r"[A-Za-z_]\w*")
 
 
 def vector_layouts(source: str) -> Mismatch | None:
@@ -39,7 +42,7 @@ def vector_layouts(source: str) -> Mismatch | None:
     code, line_of = logical_code(source)
     wide = _wide_names(code)
     for start, kind, members in _aggregates(code):
-        word = _first_wide(members, wide)
+        word = next(filter(None, (_wide_member(d, wide) for d in members.split(";"))), None)
         if word:
             return _refusal(line_of(start), f"a {kind} with `{word}` among its members", word)
     for m in _ALIGNAS.finditer(code):
@@ -58,19 +61,26 @@ def type_aliases(code: str) -> dict[str, set[str]]:
     """The names the source gives types or text (typedef, using, #define) -> the words they
     stand for. (Each statement read once, from the `;` before: a long source of typedefs
     without one is not searched from each.)"""
+    aliases = declared_aliases(code)
+    for m in DEFINE.finditer(code):
+        aliases.setdefault(m.group(1), set()).update(WORD.findall(m.group(2)))
+    return aliases
+
+
+def declared_aliases(code: str) -> dict[str, set[str]]:
+    """The names the source's typedefs and `using` aliases give types -> the words they stand
+    for (see type_aliases)."""
     aliases: dict[str, set[str]] = {}
-    for m in _DEFINE_ALIAS.finditer(code):
-        aliases.setdefault(m.group(1), set()).update(_WORD.findall(m.group(2)))
     for statement in _statements(code):
         typedef = re.search(r"\btypedef\b", statement)
         using = _USING.search(statement)
         if typedef:   # the last name declares (`typedef float4 F4[2];`: F4)
-            words = _WORD.findall(re.sub(r"\[[^\]]*\]", " ", statement[typedef.end():]))
+            words = WORD.findall(re.sub(r"\[[^\]]*\]", " ", statement[typedef.end():]))
             if words:
                 aliases.setdefault(words[-1], set()).update(words[:-1])
         elif using:
             aliases.setdefault(using.group(1), set()).update(
-                _WORD.findall(statement[using.end():]))
+                WORD.findall(statement[using.end():]))
     return aliases
 
 
@@ -106,6 +116,8 @@ def _aggregates(code: str) -> list[tuple[int, str, str]]:
     found, opened, head_from = [], [], 0   # per open brace: its aggregate (or None) and text
     for m in re.finditer(r"[^;{}]+|[;{}]", code):
         if m.group() == "{":
+            if opened:   # (a member function's head ends here: not read with what follows)
+                opened[-1][1].append(";")
             kind = _AGGREGATE_KIND.search(_depth_zero(code[head_from:m.start()]))
             opened.append(((head_from + kind.start(), kind.group(1)) if kind else None, []))
         elif m.group() == "}" and opened:
@@ -130,8 +142,22 @@ def _depth_zero(text: str) -> str:
     return "".join(out)
 
 
+def _wide_member(declaration: str, wide: set[str]) -> str | None:
+    """The 16-byte vector type of a data member that `declaration` holds by value (arrays of
+    it too: `float4 v[2]`, `int n, *p; float4 *q, r`), or None: a pointer or reference to
+    one, a member function's signature, a typedef or a static member keep the layout."""
+    text = _ATTRIBUTES.sub(" ", re.sub(r"\[[^\]]*\]", "[]", declaration)).split("=")[0]
+    if "(" in text or _NOT_DATA.match(text) or re.search(r"\boperator\b", text):
+        return None
+    word = next((w for w in WORD.finditer(text) if w.group() in wide), None)
+    if word is None:
+        return None
+    declarators = text[word.end():].split(",")
+    return word.group() if any(not re.search(r"[*&]", d) for d in declarators) else None
+
+
 def _first_wide(text: str, wide: set[str]) -> str | None:
-    return next((w for w in _WORD.findall(text) if w in wide), None)
+    return next((w for w in WORD.findall(text) if w in wide), None)
 
 
 def _refusal(line: int, what: str, word: str) -> Mismatch:

@@ -43,12 +43,12 @@ _BUILD_VALUE = re.compile(r"\b(" + "|".join(BUILD_VALUES) + r")\b")
 _HASH = r"(?:#|%:)"   # %: is the digraph of #
 _CONDITIONAL = re.compile(rf"^[ \t\f\v]*{_HASH}[ \t\f\v]*(if|ifdef|ifndef|elif|elifdef|elifndef)"
                           r"\b(.*)$", re.M)
-_DEFINE = re.compile(rf"^[ \t\f\v]*{_HASH}[ \t\f\v]*define[ \t\f\v]+([A-Za-z_]\w*)(.*)$", re.M)
+DEFINE = re.compile(rf"^[ \t\f\v]*{_HASH}[ \t\f\v]*define[ \t\f\v]+([A-Za-z_]\w*)(.*)$", re.M)
 _PASTE = re.compile(r"##|%:%:")
 _STRINGIFY = re.compile(r"#|%:")   # in a function-like macro's body, ## taken out first
 _TOKEN = re.compile(r"##|%:%:|#|%:|[A-Za-z_]\w*|\S")
 _SPLICE = re.compile(r"\\[ \t\f\v]*\n")
-_WORD = re.compile(r"(?<![\w.'])[A-Za-z_]\w*")   # not a number's suffix (16u, 1e5f)
+WORD = re.compile(r"(?<![\w.'])[A-Za-z_]\w*")   # not a number's suffix (16u, 1e5f)
 ONE_PROGRAM_HINT = ("a graded kernel must be one program on both devices (the CPU run checks "
                     "for races and bad indices that the GPU run would not show): ")
 TWO_KERNELS = "the GPU compiler and the CPU executor would compile different kernels"
@@ -88,7 +88,7 @@ def _build_value(code: str, line_of) -> Mismatch | None:
 def _conditional(code: str, line_of, bodies: dict[str, set[str]], pastes: set[str]
                  ) -> Mismatch | None:
     for m in _CONDITIONAL.finditer(code):
-        found = _foreign(_WORD.findall(m.group(2)), bodies, pastes)
+        found = _foreign(WORD.findall(m.group(2)), bodies, pastes)
         if found:
             word, why = found
             return one_program_refusal(
@@ -109,12 +109,12 @@ def _macros(code: str) -> tuple[dict[str, set[str]], set[str], set[str],
     pastes: set[str] = set()
     strings: set[str] = set()
     raw: dict[str, tuple[bool, ...]] = {}
-    for m in _DEFINE.finditer(code):
+    for m in DEFINE.finditer(code):
         function_like = m.group(2).startswith("(")
         head = m.group(2).partition(")")[0] if function_like else ""
         ordered = [p if p != "..." else "__VA_ARGS__" for p in re.findall(r"\w+|\.\.\.", head)]
         params = set(ordered)
-        bodies.setdefault(m.group(1), set()).update(set(_WORD.findall(m.group(2))) - params)
+        bodies.setdefault(m.group(1), set()).update(set(WORD.findall(m.group(2))) - params)
         if _PASTE.search(m.group(2)):
             pastes.add(m.group(1))
         body = m.group(2).partition(")")[2]
@@ -122,7 +122,7 @@ def _macros(code: str) -> tuple[dict[str, set[str]], set[str], set[str],
             strings.add(m.group(1))
             raw[m.group(1)] = tuple(not _expanded(body, {p}) for p in ordered)
     # (a macro defined twice, #undef between, may expand its arguments in the other body)
-    twice = {n for n, c in Counter(m.group(1) for m in _DEFINE.finditer(code)).items() if c > 1}
+    twice = {n for n, c in Counter(m.group(1) for m in DEFINE.finditer(code)).items() if c > 1}
     return bodies, pastes, strings, {n: r for n, r in raw.items() if n not in twice}
 
 
@@ -165,7 +165,7 @@ def _stringified(code: str, line_of, bodies: dict[str, set[str]], pastes: set[st
                 and not _between(named, call.end(), end)):
             continue
         read_to = end
-        seen, todo = set(), sorted(set(_WORD.findall(
+        seen, todo = set(), sorted(set(WORD.findall(
             _expanded_arguments(code[call.end():end], raw.get(call.group(1))))))
         while todo:
             word = todo.pop()
