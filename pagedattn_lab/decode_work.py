@@ -19,6 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import decode_plan as dp   # its TC_* split constants (benchmarks set them)
+from .decode_simt_plan import TOKEN_MARGIN
 from .decode_tc_sizes import tc_max_parts
 from .validate import INT32_MAX
 
@@ -311,10 +312,14 @@ def _wmma_way_out(lens: np.ndarray, cfg) -> str:
         least = _least(lambda k: fits(lens, k), 1, max_parts)
         return f"; num_splits={least} cuts them short enough"
     most = _least(lambda n: not fits(np.array([n]), max_parts), 1, INT32_MAX) - 1
+    simt_most = INT32_MAX + 1 - TOKEN_MARGIN   # decode.cu's bound (check_token_range)
+    way = ("plan with kernel='simt' for longer sequences" if int(lens.max()) <= simt_most else
+           f"no kernel counts that many tokens (the simt kernel at most {simt_most})")
     return (f"; the kernel merges at most {max_parts} partitions of a sequence, so it counts at "
-            f"most {most} tokens: plan with kernel='simt' for longer sequences")
+            f"most {most} tokens: {way}")
 
 
 def _least(ok, lo: int, hi: int) -> int:
-    """The least k in [lo, hi] with ok(k), ok false below it and true from it on."""
+    """The least k in [lo, hi] with ok(k), ok false below it and true from it on; hi + 1
+    where ok holds nowhere in [lo, hi]."""
     return lo + bisect.bisect_left(range(lo, hi + 1), True, key=ok)

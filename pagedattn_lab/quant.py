@@ -128,8 +128,10 @@ def encode(x, kv_dtype: str) -> np.ndarray:
 def decode(codes, kv_dtype: str) -> np.ndarray:
     """float32 values of codes (without the scale)."""
     fmt = kv_format(kv_dtype)
-    if not is_torch_tensor(codes):   # (a torch tensor is checked as it is: NumPy cannot
-        codes = np.asarray(codes)    # read torch's float8, and is told the view first)
+    # a torch tensor is checked as it is (NumPy cannot read torch's float8): check_storage
+    # tells the caller to pass codes.view(torch.uint8)
+    if not is_torch_tensor(codes):
+        codes = np.asarray(codes)
     check_storage(codes, fmt, "codes")
     codes = np.asarray(codes)
     if fmt.name == "int8":

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab import paged_attention_decode
-from pagedattn_lab.grading.checks_dequant import _kv_head_fault_hint
+from pagedattn_lab.grading.checks_dequant import _head_fault_hints
 from tests.check_helpers import _flat, mutate, run_check, solution_source
 from tests.decode_cases import TOL, decode_problem, poisoned, reference
 from tests.test_check_mistakes_engine import step_model
@@ -73,6 +73,12 @@ def test_dequant_decode_kv_head_past_the_cache_fault_names_the_formula():
     assert "read kv head h / num_kv_heads = 1, past the cache's last kv head, 0" in hint, printed
     assert "query head h reads kv head h / (num_heads / num_kv_heads) = 0 here" in hint, printed
     assert "laid out like the pages" not in hint, printed
+
+
+def _kv_head_fault_hint(exc, per_token, heads, kv_heads):
+    """_head_fault_hints' h / num_kv_heads hint, or None."""
+    return next((h for h in _head_fault_hints(exc, per_token, heads, kv_heads)
+                 if "h / num_kv_heads" in h), None)
 
 
 def test_dequant_decode_kv_head_fault_hint_only_where_the_index_fits_the_formula():

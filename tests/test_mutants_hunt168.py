@@ -199,15 +199,15 @@ def test_only_a_shown_of_true_makes_the_message_a_shown_str(shown):
                                                      (0, 13, False)])
 def test_query_head_scale_hint_only_where_the_index_is_slot_times_kv_heads_plus_h(
         per_token, index, named):
-    """Mutants: checks_dequant._query_head_fault_hint without `row % kv_heads == 0` (an
+    """Mutants: checks_dequant's query-head hint without `row % kv_heads == 0` (an
     index that is no slot * num_kv_heads + h was told as one), or without `not per_token`
     (static scales have no slots). Query head 5 of 2 KV heads, 5 slots' scales."""
     from types import SimpleNamespace
 
-    from pagedattn_lab.grading.checks_dequant import _query_head_fault_hint
+    from pagedattn_lab.grading.checks_dequant import _head_fault_hints
     exc = SimpleNamespace(block=(5, 0, 0), index=index, size=10, buffer="k_scale")
-    hint = _query_head_fault_hint(exc, per_token, 2)
-    assert (hint is not None and "query head 5's scale" in hint) == named, hint
+    hints = _head_fault_hints(exc, per_token, 6, 2)
+    assert any("query head 5's scale" in hint for hint in hints) == named, hints
 
 
 def test_nan_row_hint_only_when_every_wrong_scale_is_a_nan_rows():

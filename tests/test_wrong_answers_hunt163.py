@@ -230,8 +230,9 @@ _UPDATE = """        float m_new = fmaxf(m, s);
       ("l = l * rescale + w;\n        m = m_new;", "l = l * rescale + w;")],
      "neither acc nor l was rescaled", ("k element d of a token is",)),
     # the weight against the old max: e^(s - (-inf)) = inf on the first token
+    # (not the fallback's "adds its weight": the NaN everywhere names the weight's max)
     ([("w = expf(s - m_new);", "w = expf(s - m);")], "not expf(s - m)",
-     ("adds exp(s - m) times",)),
+     ("adds its weight e^(s - m_new)",)),
     # the per-token scale at the query head h: past k_scale's end (MQA: also h / num_kv_heads)
     ([("slot * num_kv_heads + kv_head : kv_head", "slot * num_kv_heads + h : kv_head")],
      "read at slot * num_kv_heads + h", ()),

@@ -35,49 +35,45 @@ def _launch_read(comp, grid, args, per_token: int, heads: int, kv_heads: int):
         if type(exc).__name__ != "KernelFault" or \
                 buffer not in ("k_scale", "v_scale", "q", "out"):
             raise
-        message = kernel_message(exc)
-        fits = [h for h in (_kv_head_fault_hint(exc, per_token, heads, kv_heads),
-                            _query_head_fault_hint(exc, per_token, kv_heads)) if h]
-        hint = DECODE_BUFFER_HINTS[buffer] if buffer in ("q", "out") else \
-            several_fit(fits, "index") if fits else \
-            _scale_fault_hint(buffer, exc.index, per_token, heads)
-        raise Mismatch(message, hint) from exc
+        if buffer in ("q", "out"):
+            hint = DECODE_BUFFER_HINTS[buffer]
+        else:
+            fits = _head_fault_hints(exc, per_token, heads, kv_heads)
+            hint = several_fit(fits, "index") if fits else \
+                _scale_fault_hint(buffer, exc.index, per_token, heads)
+        raise Mismatch(kernel_message(exc), hint) from exc
 
 
-def _kv_head_fault_hint(exc, per_token: int, heads: int, kv_heads: int) -> str | None:
-    """The hint when the scale read past the end is the one at KV head h / num_kv_heads of
-    the faulting block's query head h, past the cache's KV heads: index that head alone
-    (static scales), or slot * num_kv_heads + that head for a slot in the array (per token)."""
-    block, size = getattr(exc, "block", None), getattr(exc, "size", None)
-    if not block or exc.index is None:   # (a fault that names no thread or index)
-        return None
-    h = int(block[0])
-    wrong = h // kv_heads
+def _read_at(exc, per_token: int, kv_heads: int, wrong: int) -> bool:
+    """Whether the scale read past the end is the one at KV index `wrong`, past the cache's
+    KV heads: element slot * num_kv_heads + wrong for a slot in the array (per token), or
+    `wrong` alone (static scales)."""
+    size = getattr(exc, "size", None)
     row = exc.index - wrong   # slot * num_kv_heads per token, 0 static
     fits = (size is not None and 0 <= row < size and row % kv_heads == 0) if per_token \
         else row == 0
-    if wrong < kv_heads or not fits:
-        return None
-    return (f"query head {h} read KV head h / num_kv_heads = {wrong}, past the cache's last "
-            f"KV head, {kv_heads - 1} (element {exc.index} of {exc.buffer}): "
-            f"{kv_head_rule()} = {h // (heads // kv_heads)} here, h / group (a group is "
-            "consecutive query heads).")
+    return wrong >= kv_heads and fits
 
 
-def _query_head_fault_hint(exc, per_token: int, kv_heads: int) -> str | None:
-    """The hint when the per-token scale read past the end is at slot * num_kv_heads + h,
-    h the faulting block's query head, for a slot in the array: the scale indexed with the
-    query head, not kv_head."""
-    block, size = getattr(exc, "block", None), getattr(exc, "size", None)
-    if not per_token or not block or exc.index is None or size is None:
-        return None
+def _head_fault_hints(exc, per_token: int, heads: int, kv_heads: int) -> list[str]:
+    """The hints for a scale read past the end at a wrong KV index made from the faulting
+    block's query head h: h / num_kv_heads (not h / group), or h itself for a per-token
+    scale (the query head, not kv_head). Both may fit one fault."""
+    block = getattr(exc, "block", None)
+    if not block or exc.index is None:   # (a fault that names no thread or index)
+        return []
     h = int(block[0])
-    row = exc.index - h   # slot * num_kv_heads
-    if h < kv_heads or not (0 <= row < size and row % kv_heads == 0):
-        return None
-    return (f"query head {h}'s scale was read at slot * num_kv_heads + h (element "
-            f"{exc.index} of {exc.buffer}, past its end): a per-token scale is indexed with "
-            "the KV head, slot * num_kv_heads + kv_head, like the codes.")
+    hints = []
+    if _read_at(exc, per_token, kv_heads, h // kv_heads):
+        hints.append(f"query head {h} read KV head h / num_kv_heads = {h // kv_heads}, past "
+                     f"the cache's last KV head, {kv_heads - 1} (element {exc.index} of "
+                     f"{exc.buffer}): {kv_head_rule()} = {h // (heads // kv_heads)} here, "
+                     "h / group (a group is consecutive query heads).")
+    if per_token and _read_at(exc, per_token, kv_heads, h):
+        hints.append(f"query head {h}'s scale was read at slot * num_kv_heads + h (element "
+                     f"{exc.index} of {exc.buffer}, past its end): a per-token scale is "
+                     "indexed with the KV head, slot * num_kv_heads + kv_head, like the codes.")
+    return hints
 
 
 def _scale_fault_hint(name: str, index: int, per_token: int, heads: int) -> str:

@@ -28,22 +28,16 @@ def _show(hashes) -> str:
 
 # -- task 1: block hashes ------------------------------------------------------------------
 
-def _reference_hashes(tokens, page_size, chain=True, partial=False):
+def _reference_hashes(tokens, page_size, chain=True, partial=False, at_numbers=False):
+    """The chain of block hashes, or a mistake's: unchained, with the partial last block, or
+    (at_numbers) block i sliced from token i, its number, not from i * page_size."""
     out, parent = [], None
-    stop = len(tokens) if partial else len(tokens) - page_size + 1
-    for start in range(0, max(stop, 0), page_size):
+    count = -(-len(tokens) // page_size) if partial else len(tokens) // page_size
+    for i in range(count):
+        start = i if at_numbers else i * page_size
         h = hash_block(parent if chain else None, tokens[start:start + page_size])
         out.append(h)
         parent = h
-    return out
-
-
-def _hashes_at_block_numbers(tokens, page_size):
-    """The chain with block i sliced from token i (its number), not from i * page_size."""
-    out, parent = [], None
-    for i in range(len(tokens) // page_size):
-        parent = hash_block(parent, tokens[i:i + page_size])
-        out.append(parent)
     return out
 
 
@@ -81,7 +75,7 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
         hint = ("each block was hashed with all the tokens before it and no parent: the chain "
                 "carries the prefix, so block i is hash_block(block i-1's hash, its own "
                 "page_size tokens only), None for block 0.")
-    elif got == _hashes_at_block_numbers(tokens, page_size):
+    elif got == _reference_hashes(tokens, page_size, at_numbers=True):
         hint = ("block i starts at token i * page_size: the slice token_ids[i:i + page_size] "
                 "starts at the block's number, so the blocks overlap; take "
                 "token_ids[i * page_size:(i + 1) * page_size].")

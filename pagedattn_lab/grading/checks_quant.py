@@ -22,7 +22,7 @@ from .checks_kernels import _Compiled
 from .compare import call_on_copies, describe_difference, diagnose, fmt, ranges
 from .faults import kernel_message
 from .kernel_runner import OutOfBoundsWrite, poisoned
-from .quant_variants import FILL, WARP, WRITE_MISTAKES, quantize_reference
+from .quant_variants import FILL, WARP, WRITE_MISTAKES, nan_at, quantize_reference
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 
@@ -250,9 +250,7 @@ def _write_inputs(rng, n, heads, dim, ties, outliers, special):
 
 def _nan_hint(k, slots, diff, cache_shape):
     """The hint when the only wrong codes are those of NaN inputs."""
-    live = np.flatnonzero(slots >= 0)
-    nan = np.zeros(cache_shape, bool)
-    nan.reshape(-1, *k.shape[1:])[slots[live]] = np.isnan(k[live])
+    nan = nan_at(k, slots, cache_shape)
     if not nan.any() or not (diff.bad <= nan).all():
         return None
     return ("a NaN input is stored as code 0, as quant.encode does: test x != x before the "
@@ -297,9 +295,7 @@ def _slot_only_hint(got, want, heads, rows, dim=None) -> str | None:
 
 
 def _nan_row_hint(diff, k, slots) -> str | None:   # (only NaN rows' scales are wrong)
-    nan_rows = np.zeros(diff.bad.shape, bool)
-    nan_rows.reshape(-1, k.shape[1])[slots[slots >= 0]] = np.isnan(k[slots >= 0]).any(-1)
-    if not (diff.bad <= nan_rows).all():
+    if not (diff.bad <= nan_at(k, slots, diff.bad.shape, rows=True)).all():
         return None
     return ("only the rows holding a NaN got a wrong scale: leave the NaN out of the amax "
             "without losing what came before it: fmaxf(amax, fabsf(x)) skips a NaN operand, "

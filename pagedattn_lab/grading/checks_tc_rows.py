@@ -111,8 +111,8 @@ def _next_heads_hint(g64, q, kv_head, group) -> str | None:
 
 
 def _check_padding(g64, q, kv_head, group, rows) -> None:
-    """The rows past the group are 0; else the first value that is not (NaN included: a
-    row may start with a 0 by chance)."""
+    """The rows past the group are 0; else the first value that is not, a NaN counting as
+    not 0. Every value is searched, not each row's first: a row may start with a 0 by chance."""
     if np.all(g64[~rows] == 0):
         return
     t, r, d = np.argwhere(~rows[..., None] & ~(g64 == 0))[0]

@@ -208,6 +208,10 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
     tables = 4 * (2 + batch + batch * pages)
     share = batch * heads // world * dim * size
     kv_read = n * 2 * kv // world * dim * size
+    twice_out = ("output_share was divided by world_size twice: num_heads / world_size already "
+                 "is the rank's own heads (batch * H/R * head_dim * itemsize).")
+    twice_kv = ("kv_read was divided by world_size twice: num_kv_heads / world_size already is "
+                "the rank's own KV heads (tokens * 2 * Hkv/R * head_dim * itemsize).")
     return [
         ("round up: a sequence's partial last page is still a page of its table (pages per "
          "row = ceil(max(seq_lens) / page_size)).",
@@ -251,9 +255,9 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          "a ring all-reduce moves.", (tables, 2 * (world - 1) * share, kv_read)),
         ("output_share is what the rank sends, once: not sent plus received (2 * share).",
          (tables, share * 2, kv_read)),
-        ("output_share was divided by world_size twice: num_heads / world_size already is "
-         "the rank's own heads (batch * H/R * head_dim * itemsize).",
-         (tables, share // world, kv_read)),
+        # twice: the product divided again, or the head count (which rounds apart from it)
+        (twice_out, (tables, share // world, kv_read)),
+        (twice_out, (tables, batch * (heads // world // world) * dim * size, kv_read)),
         ("every value is itemsize bytes, the itemsize given: not 2 (fp16) always.",
          (tables, share * 2 // size, kv_read * 2 // size)),
         ("every value is itemsize bytes, the itemsize given: not 4 (fp32) always.",
@@ -275,9 +279,8 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("the kernel reads each sequence's own seq_len tokens, sum(seq_lens) in all: not "
          "batch * max(seq_lens), as if every sequence were as long as the longest.",
          (tables, share, batch * max(lens) * 2 * kv // world * dim * size)),
-        ("kv_read was divided by world_size twice: num_kv_heads / world_size already is the "
-         "rank's own KV heads (tokens * 2 * Hkv/R * head_dim * itemsize).",
-         (tables, share, kv_read // world)),
+        (twice_kv, (tables, share, kv_read // world)),
+        (twice_kv, (tables, share, n * 2 * (kv // world // world) * dim * size)),
         ("every value is itemsize bytes (and a table entry 4: int32).",
          (tables // 4, share // size, kv_read // size)),
         ("the output is itemsize bytes per value too: batch * H/R * head_dim * itemsize.",
@@ -317,7 +320,8 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
     # second mistake (fp32 always doubles output_share and kv_read, not output_share alone)
     explained = [sum(w != e for w, e in zip(v, expected)) for _, v in found]
     found = [f for f, n in zip(found, explained) if n == max(explained)]
-    same = [h for h, v in found if v == found[0][1]]
+    # (one hint once: both ways of dividing twice can give the same numbers)
+    same = list(dict.fromkeys(h for h, v in found if v == found[0][1]))
     hint = several_fit(same, "numbers") if same else (
         "tables: 4 * (2 + batch + batch * pages); output share: batch * H/R * head_dim"
         " * itemsize; K/V read: tokens * 2 * Hkv/R * head_dim * itemsize.")

@@ -146,6 +146,16 @@ def quantize_reference(k, slots, cache_shape, per_token, k_scale, bug=None):
     return cache, scales
 
 
+def nan_at(k, slots, shape, rows=False):
+    """Where a cache laid out as `shape` holds the live slots' NaN inputs of `k` (rows: the
+    heads' rows, one scale each, that hold a NaN)."""
+    nan = np.isnan(k[slots >= 0])
+    nan = nan.any(-1) if rows else nan
+    mask = np.zeros(shape, bool)
+    mask.reshape(-1, *nan.shape[1:])[slots[slots >= 0]] = nan
+    return mask
+
+
 # -- dequantize on read --------------------------------------------------------------------
 
 _RIGHT = ("times", "own", "slot")   # code * its own scale array at [slot][kv_head]
