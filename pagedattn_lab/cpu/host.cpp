@@ -265,10 +265,12 @@ PAL_EXPORT void *pal_launch_begin(const pal_config *cfg)
     if (!h) return nullptr;
     h->cfg = *cfg;
     h->fd = -1;
-    // Guarded like an array argument (1 MiB each side): an index that jumps an array's own
-    // guard faults in this one, where it read or changed the results the parent trusts.
-    h->ctl = (pal_ctl *)pal_buffer_alloc(sizeof(pal_ctl), 1 << 20, 1 << 20, &h->ctl_base,
-                                         &h->ctl_len);
+    // 256 MiB of guard each side (address space only): an index that jumps an array's own
+    // guard faults in this one, where it read or changed the results the parent trusts. 1 MiB
+    // where that much cannot be reserved (the grader's RLIMIT_AS). README.md: what remains.
+    for (uint64_t guard = (uint64_t)1 << 28; !h->ctl && guard >= (1 << 20); guard >>= 8)
+        h->ctl = (pal_ctl *)pal_buffer_alloc(sizeof(pal_ctl), guard, guard, &h->ctl_base,
+                                             &h->ctl_len);
     if (!h->ctl) {
         free(h);
         return nullptr;

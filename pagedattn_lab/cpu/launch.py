@@ -292,8 +292,12 @@ def _raise_failure(lib, handle, ctl, info: LaunchInfo, timeout, checked: bool) -
         if value.value != 0:
             raise KernelError(f"kernel {info.kernel!r}: a worker process exited with status "
                               f"{value.value} without reporting why", kernel=info.kernel)
+    # Every worker ended cleanly: each took blocks until its last take came past the grid, so
+    # counters that say otherwise were written by kernel code (runtime.cpp's block loop).
     nblocks = info.grid[0] * info.grid[1] * info.grid[2]
-    if ctl.blocks_done != nblocks:
-        raise KernelError(f"kernel {info.kernel!r}: only {ctl.blocks_done} of {nblocks} blocks "
-                          f"ran (a worker process vanished?); the results were discarded",
-                          kernel=info.kernel)
+    if ctl.blocks_done != nblocks or ctl.next_block != nblocks + n:
+        raise KernelError(f"kernel {info.kernel!r}: the launch's block counters were "
+                          f"overwritten ({ctl.blocks_done} of {nblocks} blocks reported done): "
+                          f"kernel code wrote far outside its arrays, past their guards (an "
+                          f"index of many MiB, such as x[-k] with a huge k, or a wild "
+                          f"pointer); the results were discarded", kernel=info.kernel)

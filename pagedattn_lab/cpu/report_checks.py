@@ -170,18 +170,18 @@ def _shared_symbols(info: LaunchInfo) -> list[tuple[int, int, str]]:
             for start, size, sym in data_symbols(info.source[0]) if first <= start < stop]
 
 
-def _shared_variable_before(info: LaunchInfo, offset: int) -> tuple[str, int, int] | None:
-    """(name, size, bytes from its end to `offset`) of the static `__shared__` variable that
-    ends nearest before `offset` (library-relative), or None."""
-    ends = [v for v in _shared_symbols(info) if v[0] + v[1] <= offset]
+def _shared_variable_before(symbols: list, offset: int) -> tuple[str, int, int] | None:
+    """(name, size, bytes from its end to `offset`) of the static `__shared__` variable of
+    `symbols` (_shared_symbols') that ends nearest before `offset` (library-relative), or None."""
+    ends = [v for v in symbols if v[0] + v[1] <= offset]
     best = max(ends, key=lambda v: v[0] + v[1], default=None)
     return (best[2], best[1], offset - sum(best[:2])) if best else None
 
 
-def _shared_variable_after(info: LaunchInfo, offset: int) -> tuple[str, int] | None:
-    """(name, bytes from `offset` to its start) of the static `__shared__` variable that starts
-    nearest after `offset` (library-relative), or None."""
-    best = min((v for v in _shared_symbols(info) if v[0] > offset), default=None)
+def _shared_variable_after(symbols: list, offset: int) -> tuple[str, int] | None:
+    """(name, bytes from `offset` to its start) of the static `__shared__` variable of
+    `symbols` that starts nearest after `offset` (library-relative), or None."""
+    best = min((v for v in symbols if v[0] > offset), default=None)
     return (best[2], best[0] - offset) if best else None
 
 
@@ -205,8 +205,9 @@ def shared_guard_error(r, info: LaunchInfo) -> KernelFault:
     went through a pointer, which the index check (bounds_error) does not see. A changed byte
     nearer the next array's start than the previous one's end is taken as before the next."""
     block = tuple(r.block)
-    last = _shared_variable_before(info, int(r.offset))
-    after = _shared_variable_after(info, int(r.offset))
+    symbols = _shared_symbols(info)   # one `nm` run for both
+    last = _shared_variable_before(symbols, int(r.offset))
+    after = _shared_variable_after(symbols, int(r.offset))
     if after and (last is None or after[1] <= last[2]):
         where, variable, offset = (f": byte {after[1]} before the start of `{after[0]}`",
                                    after[0], -after[1])
@@ -258,7 +259,7 @@ def pointer_error(r, info: LaunchInfo) -> KernelFault:
     type_name, file, offset = _checked(r)
     expr, code = _accessed(info, file, r.line, r.op)
     shared = r.region == abi.REGION_STATIC_SHARED
-    last = _shared_variable_before(info, offset) if shared else None
+    last = _shared_variable_before(_shared_symbols(info), offset) if shared else None
     access = {1: "write", 0: "read"}.get(r.is_write, "access")
     what = (f"static __shared__ array `{last[0]}` ({last[1]} bytes; byte {last[2]} past its "
             f"end)" if last else "a static __shared__ array" if shared else

@@ -25,6 +25,15 @@ namespace pal {
 State S;
 Fiber *cur;
 
+void fill_thread(pal_result *r, const Fiber *f)
+{
+    r->has_thread = 1;
+    r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
+    r->block_linear = (uint64_t)blockIdx.x +
+        (uint64_t)gridDim.x * (blockIdx.y + (uint64_t)gridDim.y * blockIdx.z);
+    r->thread[0] = f->tid.x; r->thread[1] = f->tid.y; r->thread[2] = f->tid.z;
+}
+
 }  // namespace pal
 
 using namespace pal;
@@ -56,15 +65,6 @@ void start_fiber(Fiber *f, int i)
     sp[11] = (void *)pal_tramp;        // x30: where pal_switch returns to
     f->sp = sp;
 #endif
-}
-
-void fill_thread(pal_result *r, const Fiber *f)
-{
-    r->has_thread = 1;
-    r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
-    r->block_linear = (uint64_t)blockIdx.x +
-        (uint64_t)gridDim.x * (blockIdx.y + (uint64_t)gridDim.y * blockIdx.z);
-    r->thread[0] = f->tid.x; r->thread[1] = f->tid.y; r->thread[2] = f->tid.z;
 }
 
 // Record every thread's state (for deadlock and warp reports).

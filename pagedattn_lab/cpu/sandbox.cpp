@@ -40,7 +40,10 @@
 // shell). Such a write now faults, reported with the thread like any wild write. All zero
 // is the default (forbidden calls refused), so the page needs no set-up before the first
 // launch; a fork keeps its protection. The page is the first whole one inside an area of two
-// of the largest page size (AArch64's 64 KiB); a larger page is left unprotected.
+// of the largest page size (AArch64's 64 KiB); a larger page is left unprotected. It starts
+// at the area's first multiple of that largest size, which is a page's start whatever the
+// page size: finding it needs no sysconf (pal_worker_exit runs in signal handlers, where
+// sysconf is not async-signal-safe) and no pointer kept in writable memory.
 enum { PAL_MAX_PAGE = 1 << 16 };
 extern "C" {
 PAL_HIDDEN char pal_sandbox_settings[2 * PAL_MAX_PAGE];   // named for the tests
@@ -61,10 +64,11 @@ size_t settings_page()
     return p <= PAL_MAX_PAGE ? p : 0;
 }
 
+// Async-signal-safe.
 Settings *settings()
 {
-    const uintptr_t p = settings_page(), a = (uintptr_t)pal_sandbox_settings;
-    return (Settings *)(p ? (a + p - 1) & ~(p - 1) : a);
+    const uintptr_t a = (uintptr_t)pal_sandbox_settings;
+    return (Settings *)((a + PAL_MAX_PAGE - 1) & ~(uintptr_t)(PAL_MAX_PAGE - 1));
 }
 
 // Writes the settings and makes their page read-only again.

@@ -51,6 +51,7 @@ struct Fiber {
     // next meets the scheduler unless an index check of the same access comes first
     const void *bad_read;
     uintptr_t bad_read_at;
+    uintptr_t bad_read_base;   // its library's base (dladdr, not allowed in the handlers)
 #ifdef PAL_UC
     ucontext_t uc;
 #endif
@@ -111,6 +112,9 @@ inline void suspend(Fiber *f)
 
 // Fail with the fiber's deferred read past an array, if it has one (ubsan.cpp).
 void report_bad_read(Fiber *f);
+
+// Name f's thread and its block in r (runtime.cpp). Async-signal-safe.
+void fill_thread(pal_result *r, const Fiber *f);
 
 // Instrumented launches (instrument.cpp): called by the scheduler when S.instr is set.
 void instr_worker_begin();

@@ -157,10 +157,27 @@ def guard_static_shared(source: str) -> str:
 
 
 _PAIRS = {"(": ")", "[": "]", "{": "}", "<": ">"}
-# What opens a template's body: a template's head, or a generic lambda's (an `auto`
-# parameter, or C++20's `[]<typename T>`), whose operator() is a template too.
+# What opens a template's body: a template's head (after `public:` too), a generic lambda's
+# (C++20's `[]<typename T>`), or an `auto` parameter's (a generic lambda's, or C++20's
+# abbreviated template), whose operator() or function is a template too. A false match costs
+# nothing: the poison leaves an array in the pal_shared section alone.
 _TEMPLATE_HEAD = re.compile(
-    r"^\s*template\b|\[[^\[\]]*\]\s*(?:<\s*(?:typename|class)\b|\([^()]*\bauto\b)")
+    r"\btemplate\s*<|\[[^\[\]]*\]\s*<\s*(?:typename|class)\b|\([^()]*\bauto\b")
+
+
+def _head_start(text: str, brace: int) -> int:
+    """Where the head of the block whose '{' is text[brace] starts: past the last ';', '{' or
+    '}' before it outside parentheses (a default argument's `int{4}` is inside them)."""
+    depth = 0
+    for i in range(brace - 1, -1, -1):
+        c = text[i]
+        if c in ")]":
+            depth += 1
+        elif c in "([":
+            depth -= 1
+        elif depth <= 0 and c in ";{}":
+            return i + 1
+    return 0
 
 
 def _template_poison(text: str, after: int) -> tuple[int, str] | None:
@@ -169,9 +186,8 @@ def _template_poison(text: str, after: int) -> tuple[int, str] | None:
     attribute of a template's statics, so the section's poison before each block misses
     them): just past its `;`, where nothing but blanks follows on the line, so that no column
     moves; None outside a template, or where the names cannot be read off with certainty."""
-    heads = (re.sub(r"(?m)^[ \t]*#.*$", "", text[max(text.rfind(c, 0, brace) for c in ";{}")
-                                                  + 1:brace])   # (not a directive's line)
-             for brace in _enclosing_braces(text, after))
+    heads = (re.sub(r"(?m)^[ \t]*#.*$", "", text[_head_start(text, brace):brace])
+             for brace in _enclosing_braces(text, after))   # (not a directive's line)
     if not any(_TEMPLATE_HEAD.search(head) for head in heads):
         return None
     parts, depth, start, semi = [], [], after, None

@@ -63,10 +63,6 @@ void record(pal_result *r, int status, const SourceLocation &loc, const TypeDesc
     fail(status);
 }
 
-// The kernel library's base address, found (dladdr: not async-signal-safe) when a read is
-// deferred, for the fault and time-out handlers' record of it.
-uintptr_t lib_base;
-
 // Record an access of d's kind through ptr (lib_offset at ptr - base), past the object the
 // compiler traced it to.
 void record_past_object(pal_result *r, const TypeMismatchData *d, uintptr_t ptr, uintptr_t base)
@@ -99,13 +95,20 @@ void pal::report_bad_read(Fiber *f)
     if (f->bad_read) report_past_object((const TypeMismatchData *)f->bad_read, f->bad_read_at);
 }
 
-// The fault and time-out handlers (host.cpp): a deferred read of the running thread came
+// The fault and time-out handlers (host.cpp): a deferred read of a thread of the block came
 // before the fault or the time-out (and may be its cause: the value it read): record it in r
-// in their place. Returns 1 if there was one. Async-signal-safe.
+// in their place, with that thread. Returns 1 if there was one. Async-signal-safe.
 extern "C" PAL_HIDDEN int pal_record_deferred_read(pal_result *r)
 {
-    if (!cur || !cur->bad_read) return 0;
-    record_past_object(r, (const TypeMismatchData *)cur->bad_read, cur->bad_read_at, lib_base);
+    // the running thread's, else the first other thread's: one that read past an array and
+    // then waits in __nanosleep or spins did not meet the scheduler's report since
+    const Fiber *f = cur && cur->bad_read ? cur : nullptr;
+    for (int i = 0; !f && i < S.n; ++i)
+        if (S.fib[i].bad_read) f = &S.fib[i];   // (an exiting thread reports its own)
+    if (!f) return 0;
+    record_past_object(r, (const TypeMismatchData *)f->bad_read, f->bad_read_at,
+                       f->bad_read_base);
+    fill_thread(r, f);
     r->signo = 0;
     r->sicode = 0;
     return 1;
@@ -132,7 +135,7 @@ void __ubsan_handle_type_mismatch_v1(TypeMismatchData *d, uintptr_t ptr)
     if (d->type_check_kind == 0 && !f->bad_read) {
         f->bad_read = d;
         f->bad_read_at = ptr;
-        lib_base = ptr - lib_offset(ptr);
+        f->bad_read_base = ptr - lib_offset(ptr);
         return;
     }
     report_bad_read(f);   // the first bad access
