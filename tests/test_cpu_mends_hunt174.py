@@ -106,38 +106,40 @@ import json, sys
 import numpy as np
 from pagedattn_lab.cpu import KernelFault, RawKernel
 kernel = RawKernel(sys.argv[1], "before")
-for kib in (2052, 2100, 3430, 200 * 1024):
+for kib, write in ((1300, 0), (1300, 1), (2052, 1), (2100, 1), (3430, 1), (200 * 1024, 1)):
     x, y = np.zeros(16384, np.float32), np.zeros(1, np.float32)
     try:
-        kernel((1,), (32,), (x, y, np.int64(-kib * 1024 // 4), np.int32(1)))
-        print(json.dumps([kib, None]))
+        kernel((1,), (32,), (x, y, np.int64(-kib * 1024 // 4), np.int32(write)))
+        print(json.dumps([kib, write, None]))
     except KernelFault as fault:
-        print(json.dumps([kib, [fault.access, fault.thread, fault.buffer, str(fault)]]))
+        print(json.dumps([kib, write, [fault.access, fault.thread, fault.buffer, str(fault)]]))
 """
 
 
 @pytest.fixture(scope="module")
 def far_writes():
-    """{KiB before x: (access, thread, buffer, message) of the fault, or None}, launched in a
-    process of their own: where a far write lands depends on the process's mappings, and a
+    """{(KiB before x, write): (access, thread, buffer, message) of the fault, or None}, in a
+    process of their own: where a far access lands depends on the process's mappings, and a
     test worker that ran other tests has holes below x that a fresh process has not (the
     launch's own mappings are then placed one below the other)."""
     out = subprocess.run([sys.executable, "-c", _FAR_WRITES, _BEFORE], capture_output=True,
                          text=True, timeout=300, check=True).stdout
-    return {kib: fault for kib, fault in map(json.loads, out.splitlines())}
+    return {(kib, write): fault for kib, write, fault in map(json.loads, out.splitlines())}
 
 
-@pytest.mark.parametrize("kib", [2052, 2100, 3430, 200 * 1024])
-def test_a_write_past_an_arrays_guard_and_the_results_guard_faults(kib, far_writes):
+@pytest.mark.parametrize("kib, write", [(1300, 0), (1300, 1), (2052, 1), (2100, 1), (3430, 1),
+                                        (200 * 1024, 1)])
+def test_a_write_past_an_arrays_guard_and_the_results_guard_faults(kib, write, far_writes):
     """x (64 KiB) has 1 MiB of guard in front; the launch's results (pal_ctl) were mapped just
     below it with 1 MiB of guard of their own. Before: x[-(2 MiB + 4 KiB) / 4] = 0 and
     x[-2100 KiB / 4] = 0 changed the results silently, and the launch passed (at -3.35 MiB, a
     write of the block counters made a launch pass with 1 of 64 blocks run). Now the results
-    have 256 MiB of guard each side: the write is a wild one, with the thread."""
-    fault = far_writes[kib]
-    assert fault is not None, f"x[-{kib} KiB] = 0 passed unseen"
+    have 256 MiB of guard each side: the write is a wild one, with the thread. (And a read
+    1300 KiB before x, past x's own guard: hunt 165's case.)"""
+    fault = far_writes[kib, write]
+    assert fault is not None, f"x[-{kib} KiB] passed unseen"
     access, thread, _, message = fault
-    assert (tuple(thread or ()), access) == ((2, 0, 0), "write"), message
+    assert (tuple(thread or ()), access) == ((2, 0, 0), "write" if write else "read"), message
 
 
 class _OneWorker:

@@ -151,19 +151,18 @@ extern "C" __global__ void before(float* x, float* y, long long off, int write)
 
 
 @pytest.mark.parametrize("write", [0, 1])
-@pytest.mark.parametrize("kib", [65, 80, 1000, 1300])
+@pytest.mark.parametrize("kib", [65, 80, 1000])   # (1300, past x's guard: hunt 174's test)
 def test_an_index_far_before_an_array_faults(kib, write):
     """Before: 64 KiB of guard preceded an array, and the launch's results (pal_ctl, ~1.4 MB,
     mapped just below) lay past it: `x[-1 * stride]` with a stride over 64 KiB (a block
     table's -1 times a KV block's size) read 0 or changed the results the parent trusts, and
     the launch passed. Now the guard before is as large as the one after (max(1 MiB, size):
-    the access is named as x's) and the results have 1 MiB of guard on each side of their
-    own (past x's guard: a wild access, with the thread)."""
+    the access is named as x's; past x's guard the results have guards of their own:
+    test_cpu_mends_hunt174)."""
     x, y = np.zeros(16384, np.float32), np.zeros(1, np.float32)
     off = -kib * 1024 // 4
     with pytest.raises(KernelFault) as info:
         RawKernel(_BEFORE, "before")((1,), (32,), (x, y, np.int64(off), np.int32(write)))
     e = info.value
     assert (e.thread, e.access) == ((2, 0, 0), "write" if write else "read"), str(e)
-    if kib <= 1024:
-        assert (e.buffer, e.index) == ("x", off), str(e)
+    assert (e.buffer, e.index) == ("x", off), str(e)
