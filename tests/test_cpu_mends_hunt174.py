@@ -11,6 +11,7 @@ import pytest
 from pagedattn_lab.cpu import KernelFault, RawKernel
 from pagedattn_lab.cpu import race
 from pagedattn_lab.cpu.source import guard_static_shared
+from tests.test_cpu_guards_hunt166 import _PAST_SHARED
 
 CPU = Path(__file__).resolve().parents[1] / "pagedattn_lab" / "cpu"
 
@@ -49,21 +50,6 @@ def test_a_missed_template_heads_shared_array_is_poisoned_before_each_block(case
     for b in range(3):
         assert rows[b, :b].tolist() == [1.0 + t for t in range(b)]
         assert np.isnan(rows[b, b:]).all(), (b, rows[b].tolist())
-
-
-_PAST_SHARED = r"""
-__device__ __noinline__ void put(float* p, int i, float v) { p[i] = v; }
-
-extern "C" __global__ void past_shared(float* y, int off)
-{
-    __shared__ float a[32];
-    a[threadIdx.x] = 1.0f;
-    __syncthreads();
-    if (threadIdx.x == 0) put(a, off, 2.0f);
-    __syncthreads();
-    y[threadIdx.x] = a[threadIdx.x];
-}
-"""
 
 
 def test_a_shared_guard_report_runs_nm_once(monkeypatch):
