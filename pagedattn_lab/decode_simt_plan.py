@@ -22,6 +22,7 @@ BLOCKS_PER_SM = 4            # automatic splitting aims for this many blocks per
 # beyond the partition's end (ngroups x U tokens: at most THREADS x 4 with the unrolls of
 # kernels/decode_params.cuh), with room to spare
 TOKEN_MARGIN = THREADS * 16
+SIMT_MAX_TOKENS = INT32_MAX + 1 - TOKEN_MARGIN   # the longest sequence decode.cu counts
 
 
 def group_kernel_size(group: int) -> int:
@@ -71,7 +72,7 @@ def check_token_range(lens: np.ndarray, part_len: int) -> None:
                  f"shorter)" if by_partition else
                  f"{f'in partitions of {part_len}' if split else 'in one partition'}: the simt "
                  f"kernel counts a sequence's tokens in int32, and its last load step's end "
-                 f"passes 2^31 - 1 (at most {INT32_MAX + 1 - reach} tokens)")
+                 f"passes 2^31 - 1 (at most {SIMT_MAX_TOKENS} tokens)")
         raise ValueError(f"seq_lens[{b}]: {n} tokens {where}")
 
 

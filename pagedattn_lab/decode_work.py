@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import decode_plan as dp   # its TC_* split constants (benchmarks set them)
-from .decode_simt_plan import TOKEN_MARGIN
+from .decode_simt_plan import SIMT_MAX_TOKENS
 from .decode_tc_sizes import tc_max_parts
 from .validate import INT32_MAX
 
@@ -312,9 +312,8 @@ def _wmma_way_out(lens: np.ndarray, cfg) -> str:
         least = _least(lambda k: fits(lens, k), 1, max_parts)
         return f"; num_splits={least} cuts them short enough"
     most = _least(lambda n: not fits(np.array([n]), max_parts), 1, INT32_MAX) - 1
-    simt_most = INT32_MAX + 1 - TOKEN_MARGIN   # decode.cu's bound (check_token_range)
-    way = ("plan with kernel='simt' for longer sequences" if int(lens.max()) <= simt_most else
-           f"no kernel counts that many tokens (the simt kernel at most {simt_most})")
+    way = ("plan with kernel='simt' for longer sequences" if int(lens.max()) <= SIMT_MAX_TOKENS
+           else f"no kernel counts that many tokens (the simt kernel at most {SIMT_MAX_TOKENS})")
     return (f"; the kernel merges at most {max_parts} partitions of a sequence, so it counts at "
             f"most {most} tokens: {way}")
 

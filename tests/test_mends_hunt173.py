@@ -5,12 +5,11 @@ import numpy as np
 import pytest
 
 from pagedattn_lab import BatchDecodeWrapper
-from pagedattn_lab.decode_simt_plan import TOKEN_MARGIN
 from pagedattn_lab.validate import INT32_MAX
 
 WIDE_ROW = np.zeros((1, 4096), np.int32)
 PAGE = 2**19
-SIMT_MOST = INT32_MAX + 1 - TOKEN_MARGIN   # 2147481600
+SIMT_MOST = 2**31 - 2048   # decode.cu counts 2048 tokens past the last in int32 (TOKEN_MARGIN)
 
 
 def plan_codes(length, w=None, kernel="tensor_core", **kw):

@@ -68,9 +68,9 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
             *[(POW2_HINT.format(name="page_size", n=page_size), v)
               for v in _pow2_slots(row, t, page_size)],
         ]
-        fits = dict.fromkeys(h for h, v in variants if v is not None and v != expected
-                             and got is not None and int(got) == v)   # (several at page_size 1)
-        hint = several_fit(list(fits), "slot") if fits else \
+        fits = [h for h, v in variants if v is not None and v != expected
+                and got is not None and int(got) == v]   # (several at page_size 1)
+        hint = several_fit(fits, "slot") if fits else \
             "slot = row[token // page_size] * page_size + token % page_size."
         raise Mismatch(f"token {t}: virtual page {t // page_size} -> physical page {page}, "
                        f"offset {off}", hint, expected=str(expected), got=repr(got))

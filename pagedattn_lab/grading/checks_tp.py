@@ -320,8 +320,8 @@ def _bytes_case(fn, lens, heads, kv, dim, ps, world, size) -> None:
     # second mistake (fp32 always doubles output_share and kv_read, not output_share alone)
     explained = [sum(w != e for w, e in zip(v, expected)) for _, v in found]
     found = [f for f, n in zip(found, explained) if n == max(explained)]
-    # (one hint once: both ways of dividing twice can give the same numbers)
-    same = list(dict.fromkeys(h for h, v in found if v == found[0][1]))
+    # (both ways of dividing twice can give the same numbers: several_fit names a hint once)
+    same = [h for h, v in found if v == found[0][1]]
     hint = several_fit(same, "numbers") if same else (
         "tables: 4 * (2 + batch + batch * pages); output share: batch * H/R * head_dim"
         " * itemsize; K/V read: tokens * 2 * Hkv/R * head_dim * itemsize.")

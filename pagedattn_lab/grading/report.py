@@ -47,8 +47,9 @@ def several_fit(hints, what: str = "result") -> str:
     """One hint for a wrong answer that several known mistakes give alike (`what`: the kind
     of answer, "ranges", "batch"...): one hint as it is; two or more numbered in one
     sentence, since the evidence cannot tell them apart and naming one alone could blame a
-    mistake the learner did not make."""
-    hints = list(hints)
+    mistake the learner did not make. A hint given twice (two mistakes worded alike) is
+    named once."""
+    hints = list(dict.fromkeys(hints))
     if not hints:
         raise ValueError("several_fit: hints is empty; pass the hint of at least one mistake "
                          "that fits (a check with none has a hint of its own)")
@@ -187,8 +188,9 @@ def format_params(params: dict) -> str:
 
 
 def _learner_frame(exc: BaseException) -> str:
-    """' (in your code, line N: text)' for the innermost frame outside this package, if any
-    (the sandbox's, when the exception was raised there)."""
+    """' (in your code, line N: text)' for the innermost frame neither this package's nor a
+    library's (remote_errors.learner_frame), if any (the sandbox's, when the exception was
+    raised there; none for the kernel host's, where no code of the learner's runs)."""
     remote = getattr(exc, "remote_frame", None)   # raised in the grader's sandbox (remote.py)
     if isinstance(remote, str):
         return remote
@@ -214,8 +216,9 @@ def _describe_memory_error(exc: MemoryError) -> tuple[str, str]:
     under the grader may be the judge's heap bound (judge.limit_memory): that hint blamed
     the learner's code, which had returned, and maybe an answer of the size asked for."""
     memory = f"ran out of memory (MemoryError: {text_of(exc)})"
-    if isinstance(getattr(exc, "remote_frame", None), str) or _learner_frame(exc):
-        return (memory + _learner_frame(exc),
+    where = _learner_frame(exc)
+    if where or isinstance(getattr(exc, "remote_frame", None), str):
+        return (memory + where,
                 "the case needed far more memory than the task's sizes call for: your code "
                 "built, or returned, something much larger than the result the spec asks for.")
     bound = JUDGE_HEAP["mb"]
