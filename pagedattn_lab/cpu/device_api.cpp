@@ -182,7 +182,8 @@ static bool skip_guard(uintptr_t lo, uintptr_t a, uintptr_t *off, uintptr_t *len
     return lo + PAL_SHARED_GUARD > a && lo < a + 16;
 }
 
-// The guards between static __shared__ arrays (shim.h's PAL_SGUARD) and after the last
+// The guards between static __shared__ arrays (shim.h's PAL_SGUARD), before the first and
+// after the last
 // (runtime.cpp's, the section's last bytes: its object is linked after the kernel's): true
 // when the row overlaps one, running past (or before) an array, where the GPU's
 // compute-sanitizer reports the access, though the poison is inside the section.

@@ -268,9 +268,11 @@ PAL_EXPORT void *pal_launch_begin(const pal_config *cfg)
     // 256 MiB of guard each side (address space only): an index that jumps an array's own
     // guard faults in this one, where it read or changed the results the parent trusts. 1 MiB
     // where that much cannot be reserved (the grader's RLIMIT_AS). README.md: what remains.
-    for (uint64_t guard = (uint64_t)1 << 28; !h->ctl && guard >= (1 << 20); guard >>= 8)
-        h->ctl = (pal_ctl *)pal_buffer_alloc(sizeof(pal_ctl), guard, guard, &h->ctl_base,
-                                             &h->ctl_len);
+    static const uint64_t guards[] = {(uint64_t)1 << 28, (uint64_t)1 << 20};
+    for (uint64_t guard : guards)
+        if (!h->ctl)
+            h->ctl = (pal_ctl *)pal_buffer_alloc(sizeof(pal_ctl), guard, guard, &h->ctl_base,
+                                                 &h->ctl_len);
     if (!h->ctl) {
         free(h);
         return nullptr;

@@ -227,11 +227,12 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
                     lib.pal_launch_kill(handle)
                 ctl = lib.pal_launch_ctl(handle).contents
                 _print_output(ctl)
-                stopped = [ctl.res[w] for w in range(lib.pal_launch_nworkers(handle))]
-                for r in stopped:   # host.cpp's on_stop: a read past an array came first
-                    if r.status == abi.OBJSIZE:
-                        raise result_error(r, info)
-                running = [r for r in stopped if r.status == abi.STOPPED and r.has_thread]
+                results = [ctl.res[w] for w in range(lib.pal_launch_nworkers(handle))]
+                # host.cpp's on_stop: a read past an array, which came first
+                read = next((r for r in results if r.status == abi.OBJSIZE), None)
+                if read is not None:
+                    raise result_error(read, info)
+                running = [r for r in results if r.status == abi.STOPPED and r.has_thread]
                 raise timeout_error(info, timeout, running)
         ctl = lib.pal_launch_ctl(handle).contents
         _print_output(ctl)

@@ -205,7 +205,7 @@ def shared_guard_error(r, info: LaunchInfo) -> KernelFault:
     went through a pointer, which the index check (bounds_error) does not see. A changed byte
     nearer the next array's start than the previous one's end is taken as before the next."""
     block = tuple(r.block)
-    symbols = _shared_symbols(info)   # one `nm` run for both
+    symbols = _shared_symbols(info)   # one symbol read for both look-ups
     last = _shared_variable_before(symbols, int(r.offset))
     after = _shared_variable_after(symbols, int(r.offset))
     if after and (last is None or after[1] <= last[2]):

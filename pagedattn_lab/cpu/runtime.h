@@ -16,7 +16,8 @@
 #define PAL_MAX_WORKERS 32    // worker processes of one launch
 #define PAL_OUT_CAP (1 << 20) // bytes of printf output kept per launch
 #define PAL_MSG_CAP 1024
-#define PAL_SHARED_GUARD 256   // bytes of poison after static __shared__ arrays (shim.h)
+#define PAL_SHARED_GUARD 256   // bytes of each guard of poison around static __shared__ arrays
+                               // (shim.h) and before dynamic shared memory (runtime.cpp)
 
 #define PAL_HIDDEN __attribute__((visibility("hidden")))
 #define PAL_EXPORT __attribute__((visibility("default")))

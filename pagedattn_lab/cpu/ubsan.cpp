@@ -6,7 +6,6 @@
 // width. Each fails the launch, naming the thread, the line and the values (report.py and
 // report_checks.py word it). This file is compiled without the checks (the compiler
 // declares these names itself there).
-#include <stdio.h>
 #include "instrument.h"
 
 using namespace pal;

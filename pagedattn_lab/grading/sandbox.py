@@ -41,8 +41,9 @@ SHELL_EVENTS = {"os.system", "os.exec", "os.posix_spawn", "os.spawn", "os.startf
                 "pty.spawn", "os.fork", "os.forkpty"}
 KILL_EVENTS = {"os.kill", "os.killpg", "signal.pthread_kill", "signal.pidfd_send_signal"}
 # what the CPU executor passes to the compiler besides -D/-U/-std= options and paths: its
-# own lists (cpu/compiler.py), so a flag it adds is allowed here too (its link's --wrap list
-# was refused, and no kernel could be built at level none)
+# own lists and flags (cpu/compiler.py), and the link's literal flags, which must be added
+# here when compile_source adds one (its --wrap list, then its RELRO flag, were refused, and
+# no kernel could be built at level none: test_grade_kernel_host)
 COMPILER_FLAGS = {*BASE_FLAGS, QUIET, *KERNEL_FLAGS, *OPTIONAL_FLAGS, *INSTRUMENT_FLAGS,
                   *CLANG_INSTRUMENT_FLAGS, PLAIN_OPT, INSTRUMENTED_OPT, WRAP_FLAG, RELRO_FLAG,
                   "-Werror", "-c", "-o", "-I", "-shared",
