@@ -157,11 +157,7 @@ extern "C" void __pal_spoison(void *v, unsigned long long bytes, unsigned long l
 {
     *serial = __pal_block_serial;
     if (!S.cfg->poison) return;
-#ifdef __ELF__
-    if ((uintptr_t)v - (uintptr_t)__start_pal_shared <
-        (uintptr_t)(__stop_pal_shared - __start_pal_shared))
-        return;   // poisoned with the section before the block
-#endif
+    if (in_pal_shared((uintptr_t)v)) return;   // poisoned with the section before the block
     memset(v, 0xff, (size_t)bytes);
 }
 

@@ -107,10 +107,8 @@ void on_fault(int sig, siginfo_t *si, void *uc)
     if (sig == SIGSYS && si) {   // the sandbox refused a system call (sandbox.cpp)
         r->status = PAL_SYSCALL;
         r->sicode = si->si_syscall;
-        const char *name = pal_syscall_name(si->si_syscall);
-        size_t i = 0;
-        for (; name[i] && i + 1 < sizeof r->msg; ++i) r->msg[i] = name[i];
-        r->msg[i] = 0;
+        size_t at = 0;
+        pal_append(r->msg, sizeof r->msg, &at, pal_syscall_name(si->si_syscall));
     }
 #endif
     pal_describe_fault(r);

@@ -9,6 +9,7 @@
 #ifndef PAGEDATTN_LAB_RUNTIME_H
 #define PAGEDATTN_LAB_RUNTIME_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define PAL_ABI_VERSION 7
@@ -165,6 +166,8 @@ PAL_HIDDEN void __pal_race_note_write(const void *dst, unsigned bytes);
 // PAL_SPOISON): poisons its bytes unless *serial says this block did already. No-op unless
 // the launch poisons shared memory, and for a variable in the section (poisoned with it).
 PAL_HIDDEN void __pal_spoison(void *v, unsigned long long bytes, unsigned long long *serial);
+// (ubsan.cpp) src appended to dst[*at..cap), async-signal-safe
+PAL_HIDDEN void pal_append(char *dst, size_t cap, size_t *at, const char *src);
 PAL_HIDDEN extern void *__pal_dyn_smem;
 // Counts the blocks a worker has run (so that per-thread state a kernel header keeps, like
 // shim_async.h's queues of copies, can tell an earlier block's from this one's).

@@ -37,6 +37,15 @@ extern "C" char __stop_pal_shared[] __attribute__((weak, visibility("hidden")));
 extern "C" char *__start_pal_sguards[] __attribute__((weak, visibility("hidden")));
 extern "C" char *__stop_pal_sguards[] __attribute__((weak, visibility("hidden")));
 #endif
+// Whether address a is in the static __shared__ section (never without ELF sections).
+inline bool in_pal_shared(uintptr_t a)
+{
+#ifdef __ELF__
+    return a - (uintptr_t)__start_pal_shared < (uintptr_t)(__stop_pal_shared - __start_pal_shared);
+#else
+    return (void)a, false;
+#endif
+}
 
 namespace pal {
 

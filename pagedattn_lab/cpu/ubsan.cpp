@@ -10,6 +10,14 @@
 
 using namespace pal;
 
+// Append src to dst[*at..cap) (async-signal-safe: the fault and time-out handlers record a
+// deferred read, and host.cpp's a refused system call's name, with it: no snprintf there).
+extern "C" void pal_append(char *dst, size_t cap, size_t *at, const char *src)
+{
+    for (; src && *src && *at + 1 < cap; ++src) dst[(*at)++] = *src;
+    dst[*at] = 0;
+}
+
 namespace {
 
 struct SourceLocation { const char *file; uint32_t line, column; };
@@ -32,13 +40,6 @@ int64_t int_value(const TypeDescriptor *t, uintptr_t handle)
     return (int64_t)(raw << pad) >> pad;
 }
 
-// Append src to dst[*at..cap) (async-signal-safe: the fault and time-out handlers record a
-// deferred read with it, where snprintf is not allowed).
-void append(char *dst, size_t cap, size_t *at, const char *src)
-{
-    for (; src && *src && *at + 1 < cap; ++src) dst[(*at)++] = *src;
-    dst[*at] = 0;
-}
 
 // Record a check's report in r: msg the type's name, a tab, the file the line belongs to (a
 // header's, or the kernel's); line, column (op) and value (offset).
@@ -46,9 +47,9 @@ void record(pal_result *r, int status, const SourceLocation &loc, const TypeDesc
             int64_t value)
 {
     size_t at = 0;
-    append(r->msg, sizeof r->msg, &at, type->name);
-    append(r->msg, sizeof r->msg, &at, "\t");
-    append(r->msg, sizeof r->msg, &at, loc.file);
+    pal_append(r->msg, sizeof r->msg, &at, type->name);
+    pal_append(r->msg, sizeof r->msg, &at, "\t");
+    pal_append(r->msg, sizeof r->msg, &at, loc.file);
     r->status = status;
     r->line = (int32_t)loc.line;
     r->op = loc.column;
@@ -68,13 +69,9 @@ void record_past_object(pal_result *r, const TypeMismatchData *d, uintptr_t ptr,
 {
     r->addr = ptr;
     r->is_write = d->type_check_kind == 0 ? 0 : d->type_check_kind == 1 ? 1 : -1;
-#ifdef __ELF__
-    if (ptr - (uintptr_t)__start_pal_shared < (uintptr_t)(__stop_pal_shared - __start_pal_shared))
-        r->region = PAL_REGION_STATIC_SHARED;
-    else
-#endif
-        r->region = ptr - (uintptr_t)S.stacks < S.stacks_len ? PAL_REGION_STACK
-                                                              : PAL_REGION_UNKNOWN;
+    r->region = in_pal_shared(ptr)                      ? PAL_REGION_STATIC_SHARED
+                : ptr - (uintptr_t)S.stacks < S.stacks_len ? PAL_REGION_STACK
+                                                             : PAL_REGION_UNKNOWN;
     record(r, PAL_OBJSIZE, d->loc, d->type, (int64_t)(ptr - base));
 }
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from .report import Mismatch
-from .source_macros import DEFINE, WORD, logical_code, one_program_refusal
+from .source_macros import DEFINE, WORD, logical_code, one_program_refusal, reaching
 
 # CUDA's vector types aligned to 16 bytes there, to their element in the executor
 # (shim_types.h: PAL_VEC_ALL's A4 of int, uint, float, and the 2- and 4-vectors of 8 bytes)
@@ -96,15 +96,7 @@ def _statements(code: str):
 def _wide_names(code: str) -> set[str]:
     """The 16-byte vector types and the names the source gives one, followed through each
     other."""
-    aliases = type_aliases(code)
-    wide, grown = set(WIDE_VECTORS), True
-    while grown:
-        grown = False
-        for name, words in aliases.items():
-            if name not in wide and words & wide:
-                wide.add(name)
-                grown = True
-    return wide
+    return reaching(set(WIDE_VECTORS), type_aliases(code))
 
 
 def _aggregates(code: str) -> list[tuple[int, str, str]]:

@@ -143,13 +143,7 @@ def _stringified(code: str, line_of, bodies: dict[str, set[str]], pastes: set[st
     (which may be a compiler's): XSTR(__CUDA_ARCH__) is "900" on the GPU, "__CUDA_ARCH__" on
     the CPU, a string a kernel can test. A call of a macro that does not expand its argument
     (STR(x) #x) makes the same string on both. None if there is none."""
-    callers, grown = set(strings), True
-    while grown:   # the macros whose bodies call one that does
-        grown = False
-        for name, words in bodies.items():
-            if name not in callers and words & callers:
-                callers.add(name)
-                grown = True
+    callers = reaching(set(strings), bodies)   # and the macros whose bodies call one that does
     if not callers:
         return None
     closing, read_to = closing_parens(code), 0
@@ -202,6 +196,22 @@ def _expanded_arguments(text: str, raw: tuple[bool, ...] | None) -> str:
             last = m.end()
     args.append(text[last:])
     return " ".join(a for i, a in enumerate(args) if not raw[min(i, len(raw) - 1)])
+
+
+def reaching(seed: set[str], graph: dict[str, set[str]]) -> set[str]:
+    """seed and every name of graph whose words hold one of them, followed through each other
+    (a worklist over each word's users: a chain of names is read once, not once per link)."""
+    users: dict[str, list[str]] = {}
+    for name, words in graph.items():
+        for word in words:
+            users.setdefault(word, []).append(name)
+    found, todo = set(seed), list(seed)
+    while todo:
+        for name in users.get(todo.pop(), ()):
+            if name not in found:
+                found.add(name)
+                todo.append(name)
+    return found
 
 
 def closing_parens(code: str) -> dict[int, int]:
