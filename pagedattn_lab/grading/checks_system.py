@@ -16,7 +16,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..paging import OutOfPagesError
 from .compare import changed_input, describe_difference, diagnose
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, counted, run_cases
 from .seeds import case_rng
 
 
@@ -169,6 +169,12 @@ def _values_from_keys(q, keys, values, step_ids, scale):
                                    scale) for i, s in enumerate(step_ids)])
 
 
+def _lengths(seq_ids, lens) -> str:
+    """"sequence 0: 8 tokens, sequence 1: 9 tokens": a step's lengths, each named by its
+    sequence (a bare list leaves the learner to guess which sequences it holds)."""
+    return ", ".join(f"sequence {s}: {counted(n, 'token')}" for s, n in zip(seq_ids, lens))
+
+
 def _decode_out_of_pages(cls) -> None:
     """Two sequences end exactly on a page boundary, one page is free: the step needs two."""
     rng = case_rng(23)
@@ -190,12 +196,13 @@ def _decode_out_of_pages(cls) -> None:
                        "2 pages", "raise OutOfPagesError when the step cannot fit.",
                        "OutOfPagesError", "no error")
     lens = [mgr.seq_len(s) for s in ids]
-    if lens != [8, 8] or mgr.cache.allocator.num_free != 1:
+    free = mgr.cache.allocator.num_free
+    if lens != [8, 8] or free != 1:
         raise Mismatch("a failed step changed the cache", "all or nothing: count the new pages "
-                       "the step needs (one per sequence whose length is a multiple of "
-                       "page_size) and raise OutOfPagesError before appending anything.",
-                       "lengths [8, 8], 1 page free",
-                       f"lengths {lens}, {mgr.cache.allocator.num_free} free")
+                       "the step needs (pages_for_next_token of Task 1, summed over seq_ids: "
+                       "here both last pages are full, so 2) and raise OutOfPagesError before "
+                       "appending anything.", f"{_lengths(ids, [8, 8])}; 1 page free",
+                       f"{_lengths(ids, lens)}; {counted(free, 'page')} free")
     _error_counts(raised, (2, 1, 5), "both sequences' last pages are full and 1 of 5 pages is "
                   "free: the step needs 2")
 
@@ -304,14 +311,17 @@ def _decode_fork(cls) -> None:
                        "OutOfPagesError", "no error")
     lens = [mgr.seq_len(s) for s in (other, fork)]
     if lens != [5, 6]:
-        raise Mismatch("a failed step changed the cache: sequence " + str(other) + " got its "
-                       "token before the fork's append ran out of pages",
+        first = (f"sequence {other} got its token before the fork's append ran out of pages"
+                 if lens[0] == 6 else "the step's sequences changed length")
+        raise Mismatch(f"a failed step changed the cache: the step was seq_ids [{other}, "
+                       f"{fork}], sequence {fork} a fork of sequence {parent}; {first}",
                        f"sequence {fork} is a fork: its last page (2 of 4 slots used) is shared "
                        f"with sequence {parent}, so its token needs a private copy of that page "
                        "(copy on write), and no page is free. Count the step's pages with "
                        "pages_for_next_token (it sees the copy), not seq_len % page_size alone, "
-                       "and raise before appending anything.", "lengths [5, 6]",
-                       f"lengths {lens}")
+                       "and raise before appending anything.",
+                       _lengths((other, fork), [5, 6]) + " (both unchanged)",
+                       _lengths((other, fork), lens))
     _error_counts(raised, (1, 0, 5), "the fork's next token needs a copy of its shared last "
                   "page and none of the 5 pages is free", sequences=len(step))
     mgr.finish(spare)

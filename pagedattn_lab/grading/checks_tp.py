@@ -16,7 +16,8 @@ import numpy as np
 from ..distributed.shard import head_range
 from ..validate_kinds import is_int
 from .compare import POW2_HINT, call_on_copies, kv_head_rule, pow2_div
-from .report import Case, CheckResult, Mismatch, as_array, run_cases, several_fit
+from .report import (Case, CheckResult, Mismatch, as_array, counted, run_cases,
+                     several_fit)
 from .seeds import case_rng   # the grader salts the random cases
 
 
@@ -111,8 +112,8 @@ def _refuse_case(fn, world, heads, kv) -> None:
         hint = (f"fewer KV heads than ranks ({kv} < {world}): each rank owns whole KV heads "
                 "of its own, and this split does not copy a KV head to several ranks (as "
                 "vLLM does): raise a ValueError.")
-    raise Mismatch(f"{world} ranks cannot share {kv} KV heads evenly, yet head_split returned "
-                   "ranges", hint, "ValueError", repr(got))
+    raise Mismatch(f"{world} ranks cannot share {counted(kv, 'KV head')} evenly, yet "
+                   "head_split returned ranges", hint, "ValueError", repr(got))
 
 
 def head_split(fn) -> CheckResult:
