@@ -50,6 +50,7 @@ from .run_checks import explain_run
 from .validate import (check_array, check_block_tables, check_int, check_plain,
                        check_plan_sizes, resolve_scale)
 from .validate_out import check_out, check_plan_buffer
+from .words import counted
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]   # the CSR forms: csr.py
 
@@ -305,25 +306,25 @@ class BatchDecodeWrapper(DecodeRun):
             return f"{self.kernel}: 0 sequences, nothing to launch"
         group = self.num_heads // self.num_kv_heads
         if self.kernel == "tensor_core":
-            how = (f"{self.rows_per_block} query heads per block as the rows of Q "
-                   f"({self.row_tiles} tile{'s' * (self.row_tiles > 1)} of 16, "
-                   f"kernels/{self.tc_config.source}.cu)")
+            how = (f"{counted(self.rows_per_block, 'query head')} per block as the rows of Q "
+                   f"({counted(self.row_tiles, 'tile')} of 16, kernels/{self.tc_config.source}.cu)")
             if self.tc_config.impl == "rows":
-                how = (f"{self.rows_per_block} query heads per block as the columns of K Q^T, "
-                       f"16 tokens as its rows (kernels/{self.tc_config.source}.cu)")
+                how = (f"{counted(self.rows_per_block, 'query head')} per block as the columns of "
+                       f"K Q^T, 16 tokens as its rows (kernels/{self.tc_config.source}.cu)")
         else:
-            how = f"up to {self._gmax} query head{'s' * (self._gmax > 1)} per block"
+            how = f"up to {counted(self._gmax, 'query head')} per block"
         pages = "" if self.kv_format is None else \
             f" over {self.kv_format.name} pages ({self.scale_scheme} scales)"
         if self.kernel == "tensor_core" and self.scheme == "balanced":
-            work = (f"balanced ranges: each block streams up to {self.part_len} tokens across "
-                    f"sequences (a sequence in at most {self.max_parts} "
-                    f"part{'s' * (self.max_parts > 1)})")
+            work = (f"balanced ranges: each block streams up to {counted(self.part_len, 'token')} "
+                    f"across sequences (a sequence in at most {counted(self.max_parts, 'part')})")
         else:
-            work = (f"partitions of {self.part_len} tokens (at most {self.max_parts} per "
-                    f"sequence)")
-        return (f"{self.kernel}{pages}: {self.batch} sequences, {self.num_heads} query heads over "
-                f"{self.num_kv_heads} KV heads (group {group}), {how}; {work}; grid {self.grid}")
+            work = (f"partitions of {counted(self.part_len, 'token')} (at most {self.max_parts} "
+                    f"per sequence)")
+        return (f"{self.kernel}{pages}: {counted(self.batch, 'sequence')}, "
+                f"{counted(self.num_heads, 'query head')} over "
+                f"{counted(self.num_kv_heads, 'KV head')} (group {group}), {how}; {work}; "
+                f"grid {self.grid}")
 
     # ---- run: the general path (decode_run.DecodeRun has run() and its fast path) ---------
     def _run_general(self, q, k_cache, v_cache, out, scale, k_scale, v_scale):

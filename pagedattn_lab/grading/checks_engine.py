@@ -13,7 +13,7 @@ import numpy as np
 from ..engine.prefix_cache import hash_block
 from ..validate_kinds import is_int
 from .compare import POW2_HINT, call_on_copies, changed_input, pow2_div
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, counted, run_cases
 from .seeds import case_rng
 
 
@@ -83,7 +83,7 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
         hint = POW2_HINT.format(name="page_size", n=page_size)
     elif isinstance(got, list) and len(got) != len(expected):
         full = num_tokens // page_size
-        hint = (f"{num_tokens} tokens hold {full} full block{'s' * (full != 1)} of "
+        hint = (f"{num_tokens} tokens hold {counted(full, 'full block')} of "
                 f"{page_size}: one hash per full block.")
     else:   # no known mistake gives this: restate the spec
         hint = ("block i's hash is hash_block(parent, token_ids[i*page_size:(i+1)*page_size]) "
@@ -134,9 +134,8 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
     snapshot = dict(cached)
     passed = list(hashes)
     got = fn(passed, cached, num_tokens, page_size)
-    what = (f"a {num_tokens}-token prompt ({len(hashes)} full block"
-            f"{'s' * (len(hashes) != 1)} of {page_size}), "
-            f"{pattern} cached")
+    what = (f"a {num_tokens}-token prompt ({counted(len(hashes), 'full block')} of "
+            f"{page_size}), {pattern} cached")
     if cached != snapshot:
         raise Mismatch(f"{what}: the cache was changed", "a lookup only reads `cached`; the "
                        "engine takes the pages (touch) after it decides to admit.")

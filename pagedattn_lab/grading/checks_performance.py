@@ -12,7 +12,8 @@ import numpy as np
 
 from .checks_sizing import _int_case, _lens, _scalar_case, paged_waste_fraction
 from .compare import on_copies
-from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
+from .report import (Case, CheckResult, Mismatch, counted, probe, run_cases,
+                     several_fit)
 from .seeds import case_ints
 
 
@@ -30,7 +31,7 @@ GROUP_HINT = ("num_heads // num_kv_heads is the group (query heads per KV head),
 def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
     itemsize = np.dtype(dtype).itemsize
     name = np.dtype(dtype).name
-    size_text = f"{name} is {itemsize} byte{'s' * (itemsize > 1)}"
+    size_text = f"{name} is {counted(itemsize, 'byte')}"
     lens = np.asarray(lens, dtype=np.int32)
     tokens = int(lens.sum(dtype=np.int64))
     per_token = 2 * num_kv_heads * head_dim * itemsize

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compare import call_on_copies, describe_difference, diagnose, fmt, positive_factor
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, counted, run_cases
 from .seeds import case_rng
 
 TILE = 16    # rows, tokens and head_dim step of one WMMA 16x16x16 tile
@@ -41,8 +41,8 @@ def _shape_hint(shape, expected, group) -> str:
     if shape[0] > n_tiles and shape[1:] == (TILE, head_dim):
         why = (": group // 16 + 1 is one too many when the group is a multiple of 16."
                if group % TILE == 0 and shape[0] == group // TILE + 1 else ".")
-        return (f"a group of {group} heads needs ceil({group} / 16) = {n_tiles} "
-                f"tile{'s' * (n_tiles > 1)}, not {shape[0]}{why}")
+        return (f"a group of {group} heads needs ceil({group} / 16) = "
+                f"{counted(n_tiles, 'tile')}, not {shape[0]}{why}")
     if shape[1] != TILE:
         return (f"every tile has 16 rows, whatever the group size: pad the {group} heads with "
                 "zero rows (the tensor core multiplies whole 16 x 16 tiles).")
