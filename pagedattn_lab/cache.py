@@ -35,6 +35,7 @@ import numpy as np
 from .addressing import token_slots
 from .attention_common import array_dtypes, bfloat16_dtype, element_dtype, to_elements
 from .backend import device_module, resolve_device, to_numpy
+from .page_bytes import page_bytes, pages_in  # noqa: F401 - public as cache.page_bytes
 from .paging import BlockAllocator
 from .quant import check_scale, check_scheme, dequantize_written, kv_format, quantize_rows
 from .validate import (INT32_MAX, check_array, check_cache_memory, check_int, check_int_list,
@@ -379,21 +380,3 @@ class PagedKVCache:
                 f"kv_heads={self.num_kv_heads}, head_dim={self.head_dim}, {kind}, "
                 f"{self.device}, sequences={len(self._sequences)}, free={self.allocator.num_free})")
 
-
-def page_bytes(page_size: int, num_kv_heads: int, head_dim: int, dtype=np.float16,
-               kv_dtype: str | None = None, scale_scheme: str = "static") -> int:
-    """Bytes of one page (K and V): `page_size * num_kv_heads * 2 * head_dim` elements of
-    `dtype`, or one byte each for a quantized cache plus 2 float32 per-token scales per
-    (token, KV head) with `scale_scheme="per_token"` (static scales are a few bytes per
-    layer, not per page). dtype: float32, float16 or bfloat16, as `PagedKVCache` takes it."""
-    tokens_heads = page_size * num_kv_heads
-    if kv_dtype is None:
-        return tokens_heads * 2 * head_dim * element_dtype(dtype).itemsize
-    kv_format(kv_dtype)
-    per_token = 2 * 4 if check_scheme(scale_scheme) == "per_token" else 0
-    return tokens_heads * (2 * head_dim + per_token)
-
-
-def pages_in(memory_bytes: int, **page) -> int:
-    """How many pages of `page_bytes(**page)` fit in `memory_bytes`."""
-    return int(memory_bytes) // page_bytes(**page)

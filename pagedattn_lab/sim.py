@@ -48,6 +48,7 @@ POLICIES = ("reserve_max", "reserve_pow2", "reserve_oracle", "paged")
 CATEGORIES = ("tokens", "reserved", "internal", "external", "free")
 MAX_REQUESTS = 1_000_000
 MAX_SLOTS = int(np.iinfo(np.int64).max)
+CAPACITY_TOKENS = 32768   # simulate's capacity when neither it nor the memory is given
 
 
 @dataclass(frozen=True)
@@ -223,7 +224,13 @@ def _checked(policy, workload, capacity_tokens, page_size, max_steps, watermark,
     if (memory_bytes is None) != (bytes_per_token is None):
         raise ValueError(f"memory_bytes, bytes_per_token: give both or neither, got "
                          f"{memory_bytes!r} and {bytes_per_token!r}")
+    if memory_bytes is not None and capacity_tokens is not None:   # (else one was dropped)
+        raise ValueError(f"capacity_tokens, memory_bytes: give the capacity in tokens or the "
+                         f"memory with bytes_per_token, not both; got capacity_tokens="
+                         f"{capacity_tokens!r} and memory_bytes={memory_bytes!r}")
     capacity_name = "capacity_tokens"
+    if capacity_tokens is None and memory_bytes is None:
+        capacity_tokens = CAPACITY_TOKENS
     if memory_bytes is not None:
         bytes_per_token = check_int(bytes_per_token, "bytes_per_token", minimum=1)
         capacity_tokens = check_int(memory_bytes, "memory_bytes", minimum=0) // bytes_per_token
@@ -249,13 +256,15 @@ def _checked(policy, workload, capacity_tokens, page_size, max_steps, watermark,
     return workload, capacity_tokens, capacity_name, page_size, max_steps
 
 
-def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: int = 32768,
+def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: int | None = None,
              page_size: int = 16, max_steps: int = 4000, watermark: float = 0.01,
              memory_bytes: int | None = None, bytes_per_token: int | None = None) -> SimResult:
-    """Run `workload` on a KV cache of `capacity_tokens` slots under `policy`.
+    """Run `workload` on a KV cache of `capacity_tokens` slots (None: CAPACITY_TOKENS) under
+    `policy`.
 
     Or give the memory and what a token takes (`cache.page_bytes(1, ...)`: compressed pages
-    take half of fp16's): then `capacity_tokens = memory_bytes // bytes_per_token`.
+    take half of fp16's), and no capacity_tokens: then `capacity_tokens = memory_bytes //
+    bytes_per_token`.
 
     Each step: every running sequence produces one token (a paged sequence takes a new page
     when its last is full; if none is free, the most recently admitted sequence is preempted:

@@ -72,8 +72,25 @@ def merge_partials(m, l, o, num_parts=None) -> np.ndarray:
 
     m, l [..., P]; o [..., P, head_dim] -> [..., head_dim]. With `num_parts` (an int array
     of the leading shape, or an int), only the first num_parts partitions of each row are
-    read; the rest may hold anything (NaN included)."""
+    read; the rest may hold anything (NaN included). Refused by name: states whose shapes
+    disagree (NumPy's broadcast error named none of them) and a num_parts that is no integer
+    (1.5 read two partitions)."""
     m, l, o = (np.asarray(x, dtype=np.float64) for x in (m, l, o))
+    if m.ndim == 0 or l.shape != m.shape or o.shape[:-1] != m.shape or o.ndim != m.ndim + 1:
+        raise ValueError(f"m, l, o: expected m and l of one shape [..., P] and o of that shape "
+                         f"plus head_dim, got {m.shape}, {l.shape} and {o.shape}")
+    if num_parts is not None:
+        counts = np.asarray(num_parts)
+        if counts.dtype.kind not in "iu":
+            raise TypeError(f"num_parts: expected an int or an int array (partitions per "
+                            f"row), got {counts.dtype.name} values")
+        try:
+            fits = np.broadcast_shapes(counts.shape, m.shape[:-1]) == m.shape[:-1]
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ValueError(f"num_parts: expected a shape that broadcasts to m's rows "
+                             f"{m.shape[:-1]}, got {counts.shape}")
     used = np.arange(m.shape[-1]) < (m.shape[-1] if num_parts is None
                                      else np.asarray(num_parts)[..., None])
     with np.errstate(invalid="ignore"):   # NaN in unused partitions is dropped below

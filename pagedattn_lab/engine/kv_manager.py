@@ -194,7 +194,8 @@ class KVCacheManager:
 
     def _check_hits(self, req: Request, hits, computed) -> tuple[list[int], int]:
         """(hits, computed) as ints, refused unless they are what `cached_prefix` gives: a
-        page caching nothing taken as a hit would serve its contents as the prompt's."""
+        page caching nothing, or another block (another prompt's, or this prompt's in another
+        place), taken as a hit would serve its contents as the prompt's."""
         hits = self._hit_ids(hits)
         computed = check_int(computed, "computed")
         if not 0 <= computed < req.num_tokens:   # (the last token is always computed)
@@ -207,6 +208,16 @@ class KVCacheManager:
             raise ValueError(f"hits: expected {_pages_for(computed, self.page_size)} page(s) "
                              f"holding the {computed} computed token(s), got {hits}{which} "
                              f"(pass what cached_prefix returns)")
+        block_hash = None   # (hashed here, not kept: a refused call changes no request)
+        for i, page in enumerate(hits):   # each the page that caches the request's block i
+            tokens = self.block_tokens(req, i)
+            block_hash = (req.block_hashes[i] if i < len(req.block_hashes)
+                          else hash_block(block_hash, tokens))
+            if len(tokens) < self.page_size or self.pool.lookup(block_hash, tokens) != page:
+                raise ValueError(f"hits[{i}]: page {page} does not cache request {req.rid}'s "
+                                 f"block {i} (its tokens {i * self.page_size}.."
+                                 f"{(i + 1) * self.page_size - 1}); pass what cached_prefix "
+                                 f"returns")
         return hits, computed
 
     def grow(self, req: Request, num_new: int) -> bool:
