@@ -57,9 +57,11 @@ _ASM_HINT = _HINTS[-1][1]
 # The assembler's (GNU as): "FILE: Assembler messages:", "FILE:LINE: Error: TEXT"
 _ASSEMBLER_LINE = re.compile(r".*(: Assembler messages:$|:\d+: (Error|Warning|Info|Fatal error): )")
 _POISON = re.compile(r"attempt to use (a )?poisoned")
-_POISONED_HINT = ("a kernel may not leave the CPU executor's instrumented build (no_sanitize "
-                  "attributes) nor name a library function through weakref: the access counts "
-                  "and the race check see every load and store the kernel makes")
+_POISONED_HINT = ("a kernel may not leave the CPU executor's instrumented build or its index and "
+                  "shift checks (no_sanitize, no_sanitize_undefined or "
+                  "disable_sanitizer_instrumentation attributes) nor name a library function "
+                  "through weakref: the access counts and the race check see every load and "
+                  "store the kernel makes, and the checks stop what a GPU computes otherwise")
 # an extern "C" function named like one of the C library's: gcc's words, then clang's; the
 # last (clang, `void div(...)` against `div_t div(int, int)`) names no function: its name is
 # read off the kernel's line at the message's column

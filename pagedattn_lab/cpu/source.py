@@ -299,12 +299,16 @@ def shared_initializer_lines(source: str) -> list[int]:
 # Identifiers the kernel source may not use (the shim, included before, may): the attributes
 # that leave a function out of the instrumented build, whose loads and stores the access
 # counts and the race check then never see (a one-thread copy passed the gather kernel's
-# store count), and `weakref`, which names a library function (memcpy's symbol, past the
+# store count; Clang's disable_sanitizer_instrumentation, hunt 177: a helper's reads counted
+# none, and only its writes were caught, after the launch), GCC's no_sanitize_undefined, which
+# switches off the index and shift checks (`1u << 32` gave the CPU's 1 where a GPU gives 0,
+# hunt 177), and `weakref`, which names a library function (memcpy's symbol, past the
 # shim's counted memcpy) without writing its name. A poisoned name cannot be #undef'd,
 # pasted together or hidden in a macro of the source. (Inline assembly is refused in the
 # compiled code instead, kernel_object.py: the C library's headers use it.)
 POISONED = ("no_sanitize", "__no_sanitize__", "no_sanitize_thread", "__no_sanitize_thread__",
-            "weakref", "__weakref__")
+            "disable_sanitizer_instrumentation", "__disable_sanitizer_instrumentation__",
+            "no_sanitize_undefined", "__no_sanitize_undefined__", "weakref", "__weakref__")
 
 
 def quoted_filename(filename: str) -> str:
