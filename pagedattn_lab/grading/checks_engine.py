@@ -28,14 +28,16 @@ def _show(hashes) -> str:
 
 # -- task 1: block hashes ------------------------------------------------------------------
 
-def _reference_hashes(tokens, page_size, chain=True, partial=False, at_numbers=False):
-    """The chain of block hashes, or a mistake's: unchained, with the partial last block, or
-    (at_numbers) block i sliced from token i, its number, not from i * page_size."""
+def _reference_hashes(tokens, page_size, chain=True, partial=False, at_numbers=False,
+                      width=0):
+    """The chain of block hashes, or a mistake's: unchained, with the partial last block,
+    (at_numbers) block i sliced from token i, its number, not from i * page_size, or each
+    block sliced `width` tokens longer (-1: the slice's end taken as inclusive)."""
     out, parent = [], None
     count = -(-len(tokens) // page_size) if partial else len(tokens) // page_size
     for i in range(count):
         start = i if at_numbers else i * page_size
-        h = hash_block(parent if chain else None, tokens[start:start + page_size])
+        h = hash_block(parent if chain else None, tokens[start:start + page_size + width])
         out.append(h)
         parent = h
     return out
@@ -79,6 +81,10 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
         hint = ("block i starts at token i * page_size: the slice token_ids[i:i + page_size] "
                 "starts at the block's number, so the blocks overlap; take "
                 "token_ids[i * page_size:(i + 1) * page_size].")
+    elif page_size > 1 and got == _reference_hashes(tokens, page_size, width=-1):
+        hint = (f"each block was hashed from its first {page_size - 1} tokens: a slice's end "
+                "is not included, so token_ids[start:start + page_size] already holds the "
+                "block's page_size tokens (no - 1).")
     elif page_size & (page_size - 1) and len(got) == pow2_div(num_tokens, page_size):
         hint = POW2_HINT.format(name="page_size", n=page_size)
     elif isinstance(got, list) and len(got) != len(expected):

@@ -28,6 +28,24 @@ GROUP_HINT = ("num_heads // num_kv_heads is the group (query heads per KV head),
               "number of KV heads: the cache stores num_kv_heads heads.")
 
 
+ITEMSIZE_HINT = ("dtype comes as a type, such as np.float16: read on the type, .itemsize is "
+                 "an attribute descriptor, not a number. Ask numpy for the size: "
+                 "np.dtype(dtype).itemsize.")
+
+
+def _itemsize_named(fn):
+    """`fn`, with the TypeError that dtype.itemsize on a type (np.float16) raises when used
+    as a number turned into a Mismatch that names it."""
+    def call(*args):
+        try:
+            return fn(*args)
+        except TypeError as exc:
+            if "getset_descriptor" not in str(exc):
+                raise
+            raise Mismatch(f"raised TypeError: {exc}", ITEMSIZE_HINT) from None
+    return call
+
+
 def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
     itemsize = np.dtype(dtype).itemsize
     name = np.dtype(dtype).name
@@ -40,7 +58,7 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
         wrapped = int((lens * np.int32(per_token)).sum(dtype=np.int32))
         wrapped_total = int((lens * np.int32(per_token)).sum())
     args = (lens, num_heads, num_kv_heads, head_dim)
-    fn = on_copies(fn, "kv_bytes", "seq_lens")   # (the probe below gets fresh copies too)
+    fn = _itemsize_named(on_copies(fn, "kv_bytes", "seq_lens"))   # (the probe's: copies too)
 
     def size_ignored(size: int):
         """What `size` bytes a number, whatever the dtype, gives. Half the fp32 bytes is also
@@ -104,6 +122,10 @@ def kv_bytes(fn) -> CheckResult:
     return run_cases("kv_bytes", "kv_bytes: what one decode step must read", cases)
 
 
+TRUNCATED_HINT = ("return the time unrounded: int() or // drops the fraction (of a millisecond, "
+                  "or of a second before the x 1000).")
+
+
 def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
     expected = nbytes / (bandwidth_gbs * 1e9) * 1e3
     _scalar_case(fn, (nbytes, bandwidth_gbs), expected, [
@@ -124,8 +146,8 @@ def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
          "read plus bytes written, so the yardstick is nbytes / rate.", expected / 2),
         *[("return the time unrounded: no int(), round() or // (a fraction of a millisecond "
            "is the answer here).", round(expected, digits)) for digits in (0, 1, 2, 3)],
-        ("return the time unrounded: int() or // drops the fraction (of a millisecond, or "
-         "of a second before the x 1000).", float(int(expected))),
+        (TRUNCATED_HINT, float(int(expected))),
+        (TRUNCATED_HINT, nbytes // (bandwidth_gbs * 1e9) * 1e3),   # whole seconds, then ms
     ], f"decode_floor_ms({nbytes:.4g} bytes, {bandwidth_gbs} GB/s)", rel=1e-4)
 
 

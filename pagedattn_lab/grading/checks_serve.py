@@ -23,8 +23,8 @@ from ..validate import check_int_list
 from .compare import FIXED_PAGE_HINT, POW2_HINT, changed_input, pow2_div
 from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
-from .serve_hints import (ADMIT_HINT, ADMIT_MISTAKES, LATE_HINTS, admission_hint, past_end,
-                          prefill_hint, unlike_spec)
+from .serve_hints import (ADMIT_HINT, ADMIT_MISTAKES, LATE_HINTS, admission_hint,
+                          misplaced_tokens, past_end, prefill_hint, unlike_spec)
 from .time_limits import CaseTimeout, time_limit
 from .wire import ProtocolError
 
@@ -160,6 +160,8 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     freed: list[int] = []  # request indices, in the order they were freed
     bulk: list[int] = []   # requests given several decode tokens by one kv_for call
     past: list[tuple[int, int, int]] = []   # the first call for tokens a request does not have
+    misplaced: list[Mismatch] = []   # the first block appended where its tokens do not go
+    last: dict = {}   # the latest kv_for call and the keys it gave
 
     def kv_for(i: int, start: int, n: int):
         calls["n"] += 1
@@ -174,6 +176,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
             bulk.append(i)
         if start > 0 and n == 1:
             watch_step(i)
+        last["call"], last["keys"] = (i, start, n), block
         return block.copy(), (-block).copy()
 
     def request_of(keys) -> int | None:
@@ -207,9 +210,10 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                                "free a sequence once it holds prompt_len + new_tokens tokens.",
                                str(len(tokens[i])), str(k.shape[0]))
             if not np.array_equal(k, tokens[i]):
-                raise Mismatch(f"request {i} holds the wrong keys when it is freed",
-                               "append each request's tokens to its own sequence, in order: "
-                               "kv_for(i, start, n) gives tokens start..start+n-1.")
+                raise misplaced[0] if misplaced else Mismatch(
+                    f"request {i} holds the wrong keys when it is freed", "append each "
+                    "request's tokens to its own sequence, in order: kv_for(i, start, n) "
+                    "gives tokens start..start+n-1.")
             freed.append(i)
             if not unlike:
                 beside = running_beside(seq_id)
@@ -232,6 +236,13 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
             admission.extend([hint] if hint else [])
 
     def append(seq_id, k, v):
+        # the block kv_for gave last, appended to its own request's sequence (or a new one)
+        # at another position (by value: under the grader k comes back as a copy)
+        if not misplaced and last and np.array_equal(k, last["keys"]) and \
+                seq_id in cache.seq_ids and last["call"][1] != cache.seq_len(seq_id) and \
+                (cache.seq_len(seq_id) == 0 or
+                 request_of(cache.gather(seq_id)[0]) == last["call"][0]):
+            misplaced.append(misplaced_tokens(last["call"], cache.seq_len(seq_id)))
         # (rows [n, heads, head_dim] only: anything else is the cache's to refuse, by name)
         i = request_of(k) if isinstance(k, np.ndarray) and k.ndim == 3 and \
             seq_id in cache.seq_ids and cache.seq_len(seq_id) == 0 else None
@@ -259,7 +270,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     cache.free_sequence, cache.append = free_sequence, append
     passed = list(requests)
     try:
-        finished = _run_loop(fn, cache, passed, kv_for, past, tokens)
+        finished = _run_loop(fn, cache, passed, kv_for, past, tokens, misplaced)
     except (_StepBudget, CaseTimeout):
         kept = complete_but_kept()
         if kept:
@@ -289,7 +300,7 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                        "already: once cache.free_sequence(seq_id) has run, drop the sequence "
                        "from the running ones and never use or free it again.") from None
     if past:
-        raise past_end(past[0], tokens)
+        raise misplaced[0] if misplaced else past_end(past[0], tokens)
     changed = changed_input("serve", {"requests": list(requests)}, {"requests": passed}, {
         "requests": "serve reads requests[i] and keeps its own waiting and running "
                     "collections (a deque of indices); it does not pop, sort or overwrite the "
@@ -320,8 +331,9 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
                        "returns its pages (forgetting it leaks memory until the server stalls).",
                        f"{num_pages} free", f"{cache.allocator.num_free} free")
     if sorted(freed) != list(range(len(requests))):
-        raise Mismatch("not every request's sequence was freed exactly once",
-                       "free each finished sequence once.", "each request once", repr(freed))
+        raise misplaced[0] if misplaced else Mismatch(
+            "not every request's sequence was freed exactly once",
+            "free each finished sequence once.", "each request once", repr(freed))
     if finished != expected:
         raise Mismatch("the order the requests finished in",
                        _order_hint(finished, requests, num_pages, page_size, freed, bulk,
@@ -332,17 +344,18 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         raise unlike[0]
 
 
-def _run_loop(fn, cache, requests, kv_for, past: list, tokens):
+def _run_loop(fn, cache, requests, kv_for, past: list, tokens, misplaced: list):
     """What the learner's loop returns. Where it stops early (raises, or runs past its time
     or its calls) after a call for tokens past a request's end (`past`), that call is the
-    mistake named: it came first, and the loop went on from the empty block kv_for gave it
-    (ran out of pages, used a sequence it had freed) where a model would have made a token."""
+    mistake named (or, before it, a block appended at the wrong position, `misplaced`): it
+    came first, and the loop went on from the empty block kv_for gave it (ran out of pages,
+    used a sequence it had freed) where a model would have made a token."""
     try:
         with time_limit(2):  # a right loop takes milliseconds here
             return fn(cache, requests, kv_for)
     except Exception as exc:
         if past and not isinstance(exc, (Mismatch, ProtocolError)):   # (not the learner's)
-            raise past_end(past[0], tokens) from None
+            raise (misplaced or [past_end(past[0], tokens)])[0] from None
         raise
 
 

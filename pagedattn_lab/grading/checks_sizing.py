@@ -207,6 +207,9 @@ def _reserved_case(fn, lens: np.ndarray, max_len: int) -> None:
          "request because it cannot know the final length in advance.", longest),
         ("return a fraction of the reserved slots (between 0 and 1), not a count.",
          reserved - used),
+        ("that is the empty slots per request, a count: divide the wasted slots by every "
+         "reserved slot, len(seq_lens) * max_len, for a fraction between 0 and 1.",
+         (reserved - used) / len(lens) if len(lens) else None),
         ("divide the wasted slots by the reserved slots, not by the used ones.",
          (reserved - used) / used if used else None),
         ("that is the used fraction; the question asks for the wasted one.",
@@ -289,6 +292,9 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
          "page_size), not by the number of pages.",
          (allocated - used) / int(pages.sum()) if allocated else None),
         ("return a fraction of the allocated slots, not a count of slots.", allocated - used),
+        ("that is the empty slots per request, a count: divide the batch's empty slots by its "
+         "allocated slots, for a fraction between 0 and 1.",
+         (allocated - used) / len(lens) if len(lens) else None),
         ("divide by the allocated slots, not by the used ones.",
          (allocated - used) / used if used else None),
         ("that is the used fraction; return the wasted one.",

@@ -67,13 +67,17 @@ def _online_case(cls, scores, values) -> None:
     values = np.asarray(values, dtype=np.float64)
     expected = _softmax_average(scores, values)
     state = cls(values.shape[1])
-    for i, (s, v) in enumerate(zip(scores, values)):
-        passed = v.copy()
-        state.update(float(s), passed)
+    passed = [v.copy() for v in values]
+    for i, s in enumerate(scores):
+        state.update(float(s), passed[i])
         # (checked as the call returns: the grader copies a changed argument back only then)
-        changed = changed_input(f"update() of key {i}", {"value": v}, {"value": passed})
+        changed = changed_input(f"update() of key {i}", {"value": values[i]},
+                                {"value": passed[i]})
         if changed is not None:
             raise changed
+        kept = _kept_value(values, passed, i)
+        if kept is not None:
+            raise kept
     got = state.result()
     if got is None:
         raise Mismatch("result() returned None", "return acc / l.")
@@ -115,6 +119,25 @@ def _online_case(cls, scores, values) -> None:
     d = int(np.argmax(np.abs(np.nan_to_num(got - expected, nan=np.inf))))
     raise Mismatch(f"{len(scores)} scores from {fmt(scores.min())} to {fmt(scores.max())}; "
                    f"first wrong dim {d}", hint, expected=fmt(expected[d]), got=fmt(got[d]))
+
+
+def _kept_value(values, passed, i: int) -> Mismatch | None:
+    """A Mismatch where update() of key i wrote into a value given at an earlier key: the
+    state kept that array itself (acc = value) and now updates it in place, which in
+    attend_one writes into v_cache (each value there is a view of the cache). Seen in the
+    notebook; under the grader the sandbox's copy of an earlier value is never copied back
+    (attend_one's check still catches it there, as the cache comes back)."""
+    for j in range(i):
+        changed = changed_input(f"update() of key {i}", {f"the value of key {j}": values[j]},
+                                {f"the value of key {j}": passed[j]})
+        if changed is not None:
+            changed.hint = (f"update() of key {i} wrote into the value array given at key "
+                            f"{j}: your state kept that array itself (acc = value) and then "
+                            "changed it in place (acc *= ..., acc += ...). The caller still "
+                            "owns it (in attend_one it is a view of v_cache): start acc from "
+                            "np.zeros(head_dim), or from a copy (value * weight).")
+            return changed
+    return None
 
 
 def _non_finite_cause(cls) -> str | None:
@@ -287,6 +310,8 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
             (POW2_HINT.format(name="page_size", n=prob.shape["page_size"]),
              variant(pow2_pages=True)),
             (twice_hint(prob.scale, head_dim), variant(scale=prob.scale ** 2)),
+            (f"multiply q . k by `scale` ({prob.scale:.4g} here), not divide by it: it is "
+             "the factor itself (1/sqrt(head_dim) by default).", variant(scale=1 / prob.scale)),
             ("read the kv head you were given: k_cache[page, offset, kv_head], not kv head 0.",
              variant(kv_map="zero")),
             ("the values come from v_cache: the weights multiply v, not k.",

@@ -124,6 +124,9 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
                                for i, s in enumerate(sorted(step_ids))])),
             ("the new token's value went in as its key: append (k[i:i+1], v[i:i+1]), the "
              "value second.", lambda: _values_from_keys(q, keys, values, step_ids, scale)),
+            ("the new token's key and value were swapped: append (k[i:i+1], v[i:i+1]), the "
+             "key first.", lambda: _values_from_keys(q, keys, values, step_ids, scale,
+                                                     swapped=True)),
             *[(text, lambda s=s: np.stack([_dense_decode(q[i], keys[sid], values[sid], s)
                                            for i, sid in enumerate(step_ids)]))
               for text, s in ((f"the scores are not scaled: pass self.scale ({scale:.4g} "
@@ -163,10 +166,14 @@ def _inputs_kept(where: str, passed, given, scale: float) -> None:
         raise changed
 
 
-def _values_from_keys(q, keys, values, step_ids, scale):
-    """The output had the step's key been appended as its value too."""
-    return np.stack([_dense_decode(q[i], keys[s], np.concatenate([values[s][:-1], keys[s][-1:]]),
-                                   scale) for i, s in enumerate(step_ids)])
+def _values_from_keys(q, keys, values, step_ids, scale, swapped=False):
+    """The output had the step's key been appended as its value too (swapped: and its value
+    as its key, cache.append(seq_id, v, k))."""
+    def cached(s):
+        new_key = values[s][-1:] if swapped else keys[s][-1:]
+        return (np.concatenate([keys[s][:-1], new_key]),
+                np.concatenate([values[s][:-1], keys[s][-1:]]))
+    return np.stack([_dense_decode(q[i], *cached(s), scale) for i, s in enumerate(step_ids)])
 
 
 def _lengths(seq_ids, lens) -> str:

@@ -230,6 +230,9 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("pages per row are the LONGEST sequence's, ceil(max(seq_lens) / page_size): not "
          "the pages of the whole batch's tokens, ceil(sum(seq_lens) / page_size).",
          (4 * (2 + batch + batch * -(-n // ps)), share, kv_read)),
+        ("the table has a row per sequence: batch * pages entries, not one row of pages "
+         "(2 + batch + batch * pages int32 values).",
+         (4 * (2 + batch + pages), share, kv_read)),
         ("the table is padded: every row has as many entries as the LONGEST sequence has "
          "pages (batch * pages), not each sequence its own count.",
          (4 * (2 + batch + sum(-(-int(x) // ps) for x in lens)), share, kv_read)),

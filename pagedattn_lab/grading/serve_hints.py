@@ -92,6 +92,20 @@ def past_end(call, tokens) -> Mismatch:
                     f"tokens {start}..{start + n - 1}")
 
 
+def misplaced_tokens(call, held: int) -> Mismatch:
+    """The Mismatch for the block of kv_for `call` appended to a sequence of `held` tokens
+    where it does not go: tokens count from 0, so the next one is token `held`."""
+    i, start, n = call
+    where = (f"the prompt is tokens 0..prompt_len-1: kv_for(i, 0, prompt_len), from token 0, "
+             f"not {start}." if held == 0 else
+             f"a sequence of {held} tokens holds tokens 0..{held - 1} (they count from 0), so "
+             f"its next token is token {held}: kv_for(i, cache.seq_len(seq_id), 1), not "
+             f"token {start}.")
+    return Mismatch(f"kv_for({i}, {start}, {n}) was appended to request {i}'s sequence of "
+                    f"{held} tokens", where, f"kv_for({i}, {held}, {n})",
+                    f"kv_for({i}, {start}, {n})")
+
+
 def unlike_spec(i: int, got: dict, spec, tokens, admission: str = "") -> list[Mismatch]:
     """[] if the requests running beside request `i` when it was freed (`got`: request ->
     tokens held) are those of the spec's step that finishes it (`spec`: finish_order's
