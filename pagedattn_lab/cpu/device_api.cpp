@@ -197,7 +197,7 @@ static bool skip_static_guards(uintptr_t a, uintptr_t *off, uintptr_t *len)
 // it is named, with where the address points.
 extern "C" void __pal_check_ldmatrix_row(int line, const char *func, const void *row)
 {
-    const uintptr_t a = (uintptr_t)row, dyn = (uintptr_t)__pal_dyn_smem;
+    const uintptr_t a = (uintptr_t)row, dyn = (uintptr_t)S.dyn_smem;
     const uintptr_t dyn_len = (uintptr_t)S.cfg->shared_mem;
 #ifdef __ELF__
     const uintptr_t st = (uintptr_t)__start_pal_shared;

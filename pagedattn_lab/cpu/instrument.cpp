@@ -162,7 +162,7 @@ extern "C" void __pal_race_note_write(const void *dst, unsigned bytes)
 
 void pal::instr_worker_begin()
 {
-    dyn_lo = (uintptr_t)__pal_dyn_smem;
+    dyn_lo = (uintptr_t)S.dyn_smem;
     dyn_len = S.cfg->shared_mem;
 #ifdef __ELF__
     if (__start_pal_shared && __stop_pal_shared > __start_pal_shared) {

@@ -185,6 +185,26 @@ def _shared_variable_after(symbols: list, offset: int) -> tuple[str, int] | None
     return (best[2], best[0] - offset) if best else None
 
 
+# The runtime's variables that kernel code reads but may not write (runtime.cpp compares them
+# after each block): read-only built-ins on a GPU, where NVRTC refuses an assignment to them.
+_READ_ONLY = {"gridDim": "`gridDim`", "blockDim": "`blockDim`",
+              "__pal_dyn_smem": "the address of `extern __shared__` memory"}
+
+
+def _read_only_changed(info: LaunchInfo, offset: int) -> str:
+    """The message's words for a changed read-only variable at `offset` (library-relative):
+    the kernel assigned to it (which compiles here), or a stray write landed there; "" where
+    no such variable lies there (a guard's, or the table of the guards)."""
+    from .race import data_symbols  # noqa: PLC0415 - rare: a failed guard
+    for start, size, name in data_symbols(info.source[0]) if info.source else ():
+        if name in _READ_ONLY and start <= offset < start + size:
+            return (f" It changed {_READ_ONLY[name]}, which kernel code can only read (on a "
+                    f"GPU it is read-only: NVRTC refuses an assignment to it); an assignment "
+                    f"compiles here, so either the kernel assigns to it or a write through a "
+                    f"pointer past static __shared__ memory landed there.")
+    return ""
+
+
 def dyn_guard_error(r, info: LaunchInfo) -> KernelFault:
     """A write just before dynamic shared memory's start (runtime.cpp's guard of poison
     there), found after the block: which thread wrote it is not known."""
@@ -222,7 +242,7 @@ def shared_guard_error(r, info: LaunchInfo) -> KernelFault:
         f"thread is not known; the results were discarded). It went through a pointer "
         f"(`float *p = tile; p[i] = x`): an index on the array itself is checked where it "
         f"happens. On a GPU it overwrites other shared data or faults (compute-sanitizer "
-        f"reports it).", region="static shared memory",
+        f"reports it).{_read_only_changed(info, int(r.offset))}", region="static shared memory",
         kernel=info.kernel, block=block, thread=None, address=r.addr, signal=None,
         access="write", buffer=None, arg_index=None, index=None, size=None,
         variable=variable, offset=offset)

@@ -22,15 +22,15 @@ PAL_HIDDEN unsigned long long __pal_block_serial;
 
 namespace pal {
 
-State S;
-Fiber *cur;
+StateArea state_area;
 
 void fill_thread(pal_result *r, const Fiber *f)
 {
     r->has_thread = 1;
     r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
+    const uint32_t *grid = S.cfg->grid;   // (not gridDim, which the kernel can write)
     r->block_linear = (uint64_t)blockIdx.x +
-        (uint64_t)gridDim.x * (blockIdx.y + (uint64_t)gridDim.y * blockIdx.z);
+        (uint64_t)grid[0] * (blockIdx.y + (uint64_t)grid[1] * blockIdx.z);
     r->thread[0] = f->tid.x; r->thread[1] = f->tid.y; r->thread[2] = f->tid.z;
 }
 
@@ -141,14 +141,45 @@ static int guard_write(const char *hit, int32_t region, uint64_t b)
 // block, like a static array's. The region_thread field holds the (negative) byte offset.
 int check_dyn_guard(uint64_t b)
 {
-    const char *hit = S.cfg->poison ? changed_byte((char *)__pal_dyn_smem - PAL_SHARED_GUARD)
+    const char *hit = S.cfg->poison ? changed_byte((char *)S.dyn_smem - PAL_SHARED_GUARD)
                                     : nullptr;
     if (!hit) return PAL_OK;
-    S.res->region_thread = (int32_t)(hit - (char *)__pal_dyn_smem);
+    S.res->region_thread = (int32_t)(hit - (char *)S.dyn_smem);
     return guard_write(hit, PAL_REGION_DYN_SHARED, b);
 }
 
 #ifdef __ELF__
+
+static bool same(const dim3 &d, const uint32_t *v)
+{
+    return d.x == v[0] && d.y == v[1] && d.z == v[2];
+}
+
+// The first of the runtime's variables that the kernel reads but may not write, and that
+// it changed, or null: they lie next to the static __shared__ section (gridDim, blockDim and
+// the table of its guards before it, __pal_dyn_smem after it), where a write through a
+// pointer past the guards lands. The scheduler keeps its own copies (a changed gridDim set
+// the next block's index; a guard's pointer, followed by check_shared_guard, crashed there).
+static const void *changed_runtime_variable()
+{
+    if (!same(gridDim, S.cfg->grid)) return &gridDim;
+    if (!same(blockDim, S.cfg->block)) return &blockDim;
+    if (__pal_dyn_smem != S.dyn_smem) return &__pal_dyn_smem;
+    for (char **g = __start_pal_sguards; g && g < __stop_pal_sguards; ++g)
+        if (!in_pal_shared((uintptr_t)*g) || !in_pal_shared((uintptr_t)*g + PAL_SHARED_GUARD - 1))
+            return g;
+    return nullptr;
+}
+
+// Such a write is reported as one before or past a static __shared__ array (it came through
+// a pointer past one: nothing else of the kernel's lies in the library), found after block b.
+int check_runtime_variables(uint64_t b)
+{
+    const char *hit = (const char *)changed_runtime_variable();
+    if (!hit) return PAL_OK;
+    S.res->offset = pal::lib_offset((uintptr_t)hit);
+    return guard_write(hit, PAL_REGION_STATIC_SHARED, b);
+}
 
 // A write through a pointer past a static __shared__ array (`float *p = tile; p[32] = x`,
 // which the index check does not see: kernel_checks.py) lands in the guard that follows it
@@ -166,13 +197,14 @@ int check_shared_guard(uint64_t b)
     return guard_write(hit, PAL_REGION_STATIC_SHARED, b);
 }
 #else
+int check_runtime_variables(uint64_t) { return PAL_OK; }
 int check_shared_guard(uint64_t) { return PAL_OK; }
 #endif
 
 void poison_shared()
 {
     // (with the guard before it: a read there gives NaN too, not the mapping's zeros)
-    char *lo = (char *)__pal_dyn_smem - PAL_SHARED_GUARD;
+    char *lo = (char *)S.dyn_smem - PAL_SHARED_GUARD;
     memset(lo, 0xff, (size_t)(S.smem_end - lo));
 #ifdef __ELF__
     if (__start_pal_shared && __stop_pal_shared > __start_pal_shared)
@@ -182,7 +214,7 @@ void poison_shared()
 
 int run_block(uint64_t b)
 {
-    const unsigned gx = gridDim.x, gy = gridDim.y;
+    const unsigned gx = S.cfg->grid[0], gy = S.cfg->grid[1];   // (the kernel can write gridDim)
     blockIdx.x = (unsigned)(b % gx);
     blockIdx.y = (unsigned)((b / gx) % gy);
     blockIdx.z = (unsigned)(b / ((uint64_t)gx * gy));
@@ -190,7 +222,7 @@ int run_block(uint64_t b)
     ++__pal_block_serial;
     if (S.cfg->poison) poison_shared();
     if (S.instr) instr_block_begin(b);
-    const unsigned bx = blockDim.x, by = blockDim.y;
+    const unsigned bx = S.cfg->block[0], by = S.cfg->block[1];
     for (int i = 0; i < S.n; ++i) {
         Fiber *f = &S.fib[i];
         f->tid.x = (unsigned)i % bx;
@@ -304,6 +336,10 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
         S.warps[w].exists = lanes == 32 ? 0xffffffffu : ((1u << lanes) - 1u);
     }
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    if (page <= PAL_MAX_PAGE) {   // (scheduler.h)
+        mprotect(state_area.before, sizeof state_area.before, PROT_NONE);
+        mprotect(state_area.after, sizeof state_area.after, PROT_NONE);
+    }
     // 64 KiB of guard below each stack: GCC's stack-clash probes step 4 KiB (x86-64) or
     // 64 KiB (AArch64) at a time, so a huge local array faults in the guard, not in the
     // stack of the neighbouring fiber.
@@ -321,7 +357,8 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
     if (!S.smem_map) return internal_error("cannot map dynamic shared memory");
     S.smem_end = S.smem_map + data;
     mprotect(S.smem_end, 64 * page, PROT_NONE);
-    __pal_dyn_smem = (void *)((uintptr_t)(S.smem_end - cfg->shared_mem) & ~(uintptr_t)15);
+    S.dyn_smem = __pal_dyn_smem =
+        (void *)((uintptr_t)(S.smem_end - cfg->shared_mem) & ~(uintptr_t)15);
     S.instr = cfg->instrument;
     if (S.instr) instr_worker_begin();
     const uint64_t nblocks = (uint64_t)cfg->grid[0] * cfg->grid[1] * cfg->grid[2];
@@ -332,6 +369,7 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
         if (b >= nblocks) break;
         status = run_block(b);
         S.res->run_thread = -1;
+        if (status == PAL_OK) status = check_runtime_variables(b);   // (first: the guards' table)
         if (status == PAL_OK) status = check_shared_guard(b);
         if (status == PAL_OK) status = check_dyn_guard(b);
         if (status == PAL_OK && S.instr) instr_block_end();
@@ -347,7 +385,7 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
     S.instr = 0;
     munmap(S.stacks, S.stacks_len);
     munmap(S.smem_map, S.smem_len);
-    S.stacks = nullptr; S.smem_map = nullptr; __pal_dyn_smem = nullptr;
+    S.stacks = nullptr; S.smem_map = nullptr; S.dyn_smem = __pal_dyn_smem = nullptr;
     return status;
 }
 
@@ -365,7 +403,7 @@ extern "C" PAL_HIDDEN void pal_describe_fault(pal_result *r)
         }
     } else if (S.smem_map && a >= (uintptr_t)S.smem_map && a < (uintptr_t)S.smem_map + S.smem_len) {
         r->region = PAL_REGION_DYN_SHARED;
-        r->region_thread = (int32_t)(a - (uintptr_t)__pal_dyn_smem);  // byte offset
+        r->region_thread = (int32_t)(a - (uintptr_t)S.dyn_smem);  // byte offset
     }
 }
 

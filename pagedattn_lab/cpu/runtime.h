@@ -20,6 +20,11 @@
 #define PAL_SHARED_GUARD 256   // bytes of each guard of poison around static __shared__ arrays
                                // (shim.h) and before dynamic shared memory (runtime.cpp)
 
+// The largest page size the runtime's protected areas allow for (AArch64's 64 KiB): they
+// start at a multiple of it, which is a page's start whatever the page size (sandbox.cpp,
+// scheduler.h). A larger page leaves them unprotected.
+#define PAL_MAX_PAGE (1 << 16)
+
 #define PAL_HIDDEN __attribute__((visibility("hidden")))
 #define PAL_EXPORT __attribute__((visibility("default")))
 

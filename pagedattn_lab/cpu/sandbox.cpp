@@ -44,7 +44,6 @@
 // at the area's first multiple of that largest size, which is a page's start whatever the
 // page size: finding it needs no sysconf (pal_worker_exit runs in signal handlers, where
 // sysconf is not async-signal-safe) and no pointer kept in writable memory.
-enum { PAL_MAX_PAGE = 1 << 16 };
 extern "C" {
 PAL_HIDDEN char pal_sandbox_settings[2 * PAL_MAX_PAGE];   // named for the tests
 }

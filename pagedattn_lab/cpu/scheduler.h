@@ -84,6 +84,7 @@ struct State {
     size_t stride, guard, stacks_len;
     char *smem_map, *smem_end;
     size_t smem_len;
+    void *dyn_smem;          // __pal_dyn_smem as set (the kernel can write that one)
     void *sched_sp;
 #ifdef PAL_UC
     ucontext_t sched_uc;
@@ -92,8 +93,25 @@ struct State {
     Warp warps[PAL_MAX_THREADS / 32];
 };
 
-extern State S;
-extern Fiber *cur;
+// The state and the running fiber, away from the kernel's data: the library's variables lie
+// next to the static __shared__ section, and a write through a pointer past its guards of
+// poison changed a fiber's saved stack pointer or the pointer to the launch's results (the
+// next switch jumped through it). Here a guard of PAL_STATE_GUARD bytes on each side, address
+// space only, is made inaccessible before blocks run (pal_run_blocks): such a write has to
+// jump it, and one that lands in it faults where it happens, with the thread. The area's
+// start is a page's whatever the page size up to PAL_MAX_PAGE (the linker aligns it so, and
+// the loader keeps an address's offset in its page); S and cur name its members, so a use
+// costs no more than a plain variable's (no pointer to follow, nor to overwrite).
+enum { PAL_STATE_GUARD = 1 << 20 };
+struct alignas(PAL_MAX_PAGE) StateArea {
+    char before[PAL_STATE_GUARD];
+    State state;
+    Fiber *cur;
+    alignas(PAL_MAX_PAGE) char after[PAL_STATE_GUARD];
+};
+extern StateArea state_area;
+inline constexpr State &S = state_area.state;
+inline constexpr Fiber *&cur = state_area.cur;
 
 inline void resume(Fiber *f)
 {
