@@ -21,8 +21,9 @@ def page_bytes(page_size: int, num_kv_heads: int, head_dim: int, dtype=np.float1
     tokens_heads = page_size * check_int(num_kv_heads, "num_kv_heads", minimum=1)
     head_dim = check_int(head_dim, "head_dim", minimum=1)
     scheme = check_scheme(scale_scheme)
+    itemsize = element_dtype(dtype).itemsize   # (refused with a compressed cache too, as there)
     if kv_dtype is None:
-        return tokens_heads * 2 * head_dim * element_dtype(dtype).itemsize
+        return tokens_heads * 2 * head_dim * itemsize
     kv_format(kv_dtype)
     per_token = 2 * 4 if scheme == "per_token" else 0
     return tokens_heads * (2 * head_dim + per_token)

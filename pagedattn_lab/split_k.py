@@ -76,7 +76,7 @@ def merge_partials(m, l, o, num_parts=None) -> np.ndarray:
     disagree (NumPy's broadcast error named none of them) and a num_parts that is no integer
     (1.5 read two partitions)."""
     m, l, o = (np.asarray(x, dtype=np.float64) for x in (m, l, o))
-    if m.ndim == 0 or l.shape != m.shape or o.shape[:-1] != m.shape or o.ndim != m.ndim + 1:
+    if m.ndim == 0 or l.shape != m.shape or o.shape[:-1] != m.shape:
         raise ValueError(f"m, l, o: expected m and l of one shape [..., P] and o of that shape "
                          f"plus head_dim, got {m.shape}, {l.shape} and {o.shape}")
     if num_parts is not None:
