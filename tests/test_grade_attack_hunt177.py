@@ -11,8 +11,8 @@ machine decides ("gpu" and "auto" reach the check as given). No kernel is compil
 the check is a stand-in that records what the judge gave it. (b) Clang's
 disable_sanitizer_instrumentation and (c) GCC's no_sanitize_undefined left a kernel's function
 out of the counts and the race check, or of the index and shift checks: both are poisoned now,
-like no_sanitize (hunt 36). Strict xfail, left: (d) a `__device__` array's accesses are
-counted nowhere.
+like no_sanitize (hunt 36). (d) A `__device__` array's accesses were counted nowhere: they
+count as global accesses now (hunt 184, tests/test_cpu_device_data_hunt184.py).
 """
 import inspect
 import shutil
@@ -157,14 +157,13 @@ def test_under_clang_too_the_sanitizer_stays_on(tmp_path, monkeypatch):
                                                            np.zeros(4, np.float32)))
 
 
-# -- left: memory of static storage is counted nowhere -----------------------------------------
-# The access counts know the arguments' arrays and shared memory; a `__device__` array (global
-# memory on a GPU) or a namespace-scope static is neither, and its loads and stores are counted
-# nowhere (instrument.cpp's on_access drops an address outside both) nor race-checked. Warp
-# sum's point is the shuffle, with a budget of one global read and no shared write per thread:
-# a scratch `__device__` array that lane 0 sums passes every case and the budget. Not fixed
-# here: counting that memory needs the kernel library's data sections as a buffer of the
-# counts, or a refusal of writable data in the kernel object (kernel_object.py).
+# -- memory of static storage ------------------------------------------------------------------
+# The access counts knew the arguments' arrays and shared memory; a `__device__` array (global
+# memory on a GPU) or a namespace-scope static is neither, and its loads and stores were
+# counted nowhere (instrument.cpp's on_access dropped an address outside both). Warp sum's
+# point is the shuffle, with a budget of one global read and no shared write per thread: a
+# scratch `__device__` array that lane 0 sums passed every case and the budget. Now its
+# accesses are global ones (hunt 184: device_data.py), and the hint names the array.
 DEVICE_SCRATCH = """
 __device__ float scratch[1 << 16];
 extern "C" __global__ void warp_sum(const float* a, float* out, int n) {
@@ -180,9 +179,10 @@ extern "C" __global__ void warp_sum(const float* a, float* out, int n) {
 """
 
 
-@pytest.mark.xfail(strict=True, reason="hunt 177, left: a __device__ array's accesses are "
-                                       "not counted")
 def test_a_warp_sum_through_a_device_array_fails_its_budget():
     from tests.check_helpers import run_check
     result, _ = run_check("puzzle_warp_sum", DEVICE_SCRATCH)
     assert result.status == "failed"
+    case = result.cases[0]
+    assert "made 33 global reads; the budget is 1" in case.message, case
+    assert case.hint.startswith("scratch was read 32 times in all: a __device__"), case

@@ -46,6 +46,9 @@ class Config(C.Structure):
         ("counts", C.c_void_p),
         ("bufstats", C.c_void_p),
         ("written", C.c_void_p),
+        ("nvars", C.c_uint32),
+        ("vars", C.c_void_p),
+        ("last_first", C.c_int32),
     ]
 
 

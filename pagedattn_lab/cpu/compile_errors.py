@@ -35,6 +35,10 @@ _HINTS = [
      "NVRTC refuses a variable-length array (\"expression must have a constant value\"): give "
      "the array a size the compiler knows, a number, a #define or a constexpr int (a -D "
      "option sets one from Python)"),
+    (re.compile(r"member 'dim3::[xyz]' in read-only object|'const dim3'"),
+     "gridDim and blockDim are read-only built-ins; NVRTC refuses a write to them too "
+     "(\"expression must be a modifiable lvalue\"): copy the value into a local variable "
+     "(unsigned blocks = gridDim.x;) and change that"),
     (re.compile(r"'std' has not been declared|is not a member of 'std'"),
      "NVRTC kernels have no C++ standard library; use the CUDA functions (fmaxf, min, ...)"),
     (re.compile(r"Assembler messages|no such instruction|invalid instruction mnemonic"),

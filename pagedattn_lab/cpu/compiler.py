@@ -42,7 +42,7 @@ HERE = Path(__file__).resolve().parent
 INCLUDE_DIR = HERE / "include"
 RUNTIME_SOURCES = ("runtime.cpp", "device_api.cpp", "host.cpp", "sandbox.cpp", "wrap.cpp",
                    "instrument.cpp", "racecheck.cpp", "tsan_hooks.cpp", "ubsan.cpp",
-                   "fiber_switch.S")
+                   "shared_guards.cpp", "fiber_switch.S")
 RUNTIME_HEADERS = ("runtime.h", "scheduler.h", "shim_types.h", "instrument.h", "sandbox.h")
 # Functions a kernel may not call (wrap.cpp): on Linux every reference to them in the kernel
 # library goes to a __wrap_ function that reports the call (-Wl,--wrap).

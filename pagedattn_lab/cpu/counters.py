@@ -30,10 +30,14 @@ class _Mapping:
 
 class Counters:
     """The instrumentation of one launch: the array arguments' address ranges and, when
-    counting, per-thread and per-buffer counters (see runtime.h, PAL_C_* and PAL_B_*)."""
+    counting, per-thread and per-buffer counters (see runtime.h, PAL_C_* and PAL_B_*), and
+    the kernel's own variables' (name, lo, hi), counted as global memory (device_data.py)."""
 
-    def __init__(self, lib, ranges, grid, block, count: bool):
+    def __init__(self, lib, ranges, grid, block, count: bool, variables=()):
         self.count = count
+        self.variables = [(name, shared) for name, _lo, _hi, shared in variables]
+        self._vars = (C.c_uint64 * max(1, 3 * len(variables)))(
+            *[v for _name, lo, hi, shared in variables for v in (lo, hi, shared)])
         self.params = [p for p, _a, _addr in ranges]
         self.arrays = [a for _p, a, _addr in ranges]
         self.sizes = [a.nbytes for a in self.arrays]
@@ -45,7 +49,7 @@ class Counters:
         if count:
             self.counts = _Mapping(lib, self.nblocks * self.nthreads * abi.NCOUNT * 4, np.uint32)
             self._maps.append(self.counts)
-            self.bufstats = _Mapping(lib, (len(ranges) + 1) * abi.NBUFSTAT * 8, np.uint64)
+            self.bufstats = _Mapping(lib, self._rows() * abi.NBUFSTAT * 8, np.uint64)
             self._maps.append(self.bufstats)
             self.written = _Mapping(lib, sum(self.sizes), np.uint8)
             self._maps.append(self.written)
@@ -54,19 +58,25 @@ class Counters:
         cfg.instrument = instrument
         cfg.nranges = len(self.params)
         cfg.ranges = C.addressof(self._ranges)
+        cfg.nvars = len(self.variables)
+        cfg.vars = C.addressof(self._vars)
         if self.count:
             cfg.counts = self.counts.ptr
             cfg.bufstats = self.bufstats.ptr
             cfg.written = self.written.ptr
 
+    def _rows(self) -> int:
+        return len(self.params) + 1 + len(self.variables)
+
     def read(self):
         """(per-thread counts [blocks, threads, NCOUNT] int64, per-buffer counts
-        [buffers + 1, NBUFSTAT] int64 (the last row: shared memory), params, arrays)."""
+        [buffers + 1 + variables, NBUFSTAT] int64 (a row per array argument, shared
+        memory's, a row per variable), params, arrays, variables' (name, shared?))."""
         per_thread = self.counts.array[:self.nblocks * self.nthreads * abi.NCOUNT]
         per_thread = per_thread.astype(np.int64).reshape(self.nblocks, self.nthreads, abi.NCOUNT)
-        per_buffer = self.bufstats.array[:(len(self.params) + 1) * abi.NBUFSTAT]
-        per_buffer = per_buffer.astype(np.int64).reshape(len(self.params) + 1, abi.NBUFSTAT)
-        return per_thread, per_buffer, self.params, self.arrays
+        per_buffer = self.bufstats.array[:self._rows() * abi.NBUFSTAT]
+        per_buffer = per_buffer.astype(np.int64).reshape(self._rows(), abi.NBUFSTAT)
+        return per_thread, per_buffer, self.params, self.arrays, self.variables
 
     def uncounted_write(self, buffers):
         """(param, array, element index) of the first element that the launch changed in one

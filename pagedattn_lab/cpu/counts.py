@@ -8,6 +8,9 @@ by a normal launch. What is counted:
   accesses (one per load or store instruction of up to 16 bytes: a `float` is 1, a `float4`
   is 1) and as bytes. An atomic counts as one read and one write.
 - per array argument: the same totals, elements (bytes / the array's itemsize) and bytes.
+- the kernel's own `__device__` and `static` variables: global memory on a GPU, so counted
+  as global reads and writes, and each in `by_buffer` as "__device__ <name>" (its element
+  type is not known: `reads`/`writes` there are accesses, `itemsize` 0).
 - per warp request: the distinct 32-byte sectors that the lanes of a warp touch with one
   load or store instruction, summed over requests. On the CPU a "warp request" is the
   threads of one warp executing the same load or store (same place in the compiled code)
@@ -79,13 +82,19 @@ class BufferCounts:
         return self.read_sectors + self.write_sectors
 
 
+def _buffer_counts(name: str, itemsize: int, row, reads: int, writes: int) -> BufferCounts:
+    return BufferCounts(name, itemsize, reads, writes, int(row[1]), int(row[3]), int(row[0]),
+                        int(row[2]), int(row[4]), int(row[5]), int(row[6]), int(row[7]))
+
+
 class AccessCounts:
     """The counts of one launch. Per-thread arrays have shape [num_blocks, threads_per_block]:
     row = linear block id (x fastest: bx + gx * (by + gy * bz)), column = linear thread id
     in the block (tx + bx_dim * (ty + by_dim * tz)); `thread_counts(block, thread)` takes
     (x, y, z) tuples. See the module docstring for what each number means."""
 
-    def __init__(self, kernel, grid, block, per_thread, per_buffer, params, arrays):
+    def __init__(self, kernel, grid, block, per_thread, per_buffer, params, arrays,
+                 variables=()):
         self.kernel, self.grid, self.block = kernel, grid, block
         c = per_thread
         self.global_reads, self.global_read_bytes = c[..., 0], c[..., 1]
@@ -93,13 +102,18 @@ class AccessCounts:
         self.shared_reads, self.shared_read_bytes = c[..., 4], c[..., 5]
         self.shared_writes, self.shared_write_bytes = c[..., 6], c[..., 7]
         self.by_buffer: dict[str, BufferCounts] = {}
-        for p, a, row in zip(params, arrays, per_buffer[:-1]):
+        for p, a, row in zip(params, arrays, per_buffer):
             size = max(a.itemsize, 1)
-            self.by_buffer[p.name] = BufferCounts(
-                p.name, a.itemsize, int(row[1]) // size, int(row[3]) // size, int(row[1]),
-                int(row[3]), int(row[0]), int(row[2]), int(row[4]), int(row[5]), int(row[6]),
-                int(row[7]))
-        sh = per_buffer[-1]
+            self.by_buffer[p.name] = _buffer_counts(p.name, a.itemsize, row, int(row[1]) // size,
+                                                    int(row[3]) // size)
+        for (name, shared), row in zip(variables, per_buffer[len(params) + 1:]):
+            if shared:   # (a template's __shared__ array: counted as shared memory)
+                continue
+            key = f"__device__ {name}"
+            key += f" ({sum(k.startswith(key) for k in self.by_buffer) + 1})" \
+                if key in self.by_buffer else ""   # two functions' `static int n`
+            self.by_buffer[key] = _buffer_counts(key, 0, row, int(row[0]), int(row[2]))
+        sh = per_buffer[len(params)]
         self.shared_requests = int(sh[4] + sh[6])
         self.shared_wavefronts = int(sh[5] + sh[7])
         bufs = self.by_buffer.values()

@@ -136,6 +136,20 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
         return;
     }
     if (!(f & PAL_INSTR_COUNT)) return;
+    // The kernel's own __device__ and static variables: global memory on a GPU, so counted
+    // as global accesses (rows after shared memory's; sectors as from 256-byte alignment);
+    // a template's __shared__ array (outside the section under GCC) as shared memory.
+    const uint64_t *v = S.cfg->vars;
+    for (uint32_t j = 0; j < S.cfg->nvars; ++j, v += 3)
+        if (a >= v[0] && a < v[1]) {
+            const uint32_t row = S.cfg->nranges + 1 + j;
+            if (v[2])
+                count(S.cfg->nranges, (a - v[0]) + ((uint64_t)(j + 2) << 32), size, kind, pc,
+                      true);
+            else
+                count(row, (a - v[0]) + ((uint64_t)row << 48), size, kind, pc, false);
+            return;
+        }
     const uint64_t *r = S.cfg->ranges;
     uint64_t at = 0;   // the range's first byte in cfg->written
     for (uint32_t i = 0; i < S.cfg->nranges; at += r[2 * i + 1] - r[2 * i], ++i)
@@ -170,7 +184,8 @@ void pal::instr_worker_begin()
         st_len = (uintptr_t)(__stop_pal_shared - __start_pal_shared);
     }
 #endif
-    if (S.instr & PAL_INSTR_COUNT) local.assign((size_t)(S.cfg->nranges + 1) * PAL_NBUFSTAT, 0);
+    if (S.instr & PAL_INSTR_COUNT)
+        local.assign((size_t)(S.cfg->nranges + 1 + S.cfg->nvars) * PAL_NBUFSTAT, 0);
     if (S.instr & PAL_INSTR_RACE) race_worker_begin();
 }
 

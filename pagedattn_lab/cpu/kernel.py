@@ -155,7 +155,8 @@ class RawKernel:
         self._lib = None
         self._entry = None
         self._builds: dict[bool, tuple] = {}   # instrumented? -> (library, entry, path)
-        self._single_worker = uses_printf(code) or has_device_variables(code)
+        self._prints = uses_printf(code)
+        self._single_worker = self._prints or has_device_variables(code)
         _flags, ignored = parse_options(self.options)
         self.ignored_options = tuple(ignored)
 
@@ -235,6 +236,7 @@ class RawKernel:
                           grid=g, block=b, shared_mem=shared_mem, checked=bool(checked),
                           timeout=timeout, workers=min(nworkers, nblocks),
                           stack_bytes=max(16, stack_kb) * 1024, instrument=instrument,
+                          last_first=bool(checked) and not self._prints,
                           source=(path, self.filename, self.code), trusted=self.trusted)
 
     def _check_shared_mem(self, shared_mem) -> int:

@@ -43,13 +43,14 @@ _SHT_SYMTAB, _STT_GNU_IFUNC = 2, 10
 _INTERNAL = ("pal_", "_ZN3pal", "_ZNK3pal", "__real_", "__wrap_")
 
 
-def _string(data: bytes, at: int) -> str:
+def string_at(data: bytes, at: int) -> str:
     return data[at:data.index(b"\0", at)].decode("latin-1")
 
 
-def _sections(data: bytes):
-    """(name, type, offset, size, entsize, link's offset) of every section of an ELF64
-    little-endian file."""
+def section_headers(data: bytes) -> tuple[list[tuple], int]:
+    """The raw headers (name offset, type, flags, address, offset, size, link, info,
+    alignment, entsize) of every section of an ELF64 little-endian file, in index order,
+    and the offset of the section names' table."""
     shoff, = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
     first = struct.unpack_from("<IIQQQQIIQQ", data, shoff) if shoff else None
@@ -58,31 +59,48 @@ def _sections(data: bytes):
     shnum = shnum or (first[5] if first else 0)
     shstrndx = first[6] if shstrndx == 0xFFFF and first else shstrndx
     heads = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize) for i in range(shnum)]
-    if not heads:
-        return
-    names_at = heads[shstrndx][4]
+    return heads, heads[shstrndx][4] if heads else 0
+
+
+def _sections(data: bytes):
+    """(name, type, offset, size, entsize, link's offset) of every section of an ELF64
+    little-endian file."""
+    heads, names_at = section_headers(data)
+    shnum = len(heads)
     for h in heads:
         link = heads[h[6]][4] if h[6] < shnum else 0
-        yield _string(data, names_at + h[0]), h[1], h[4], h[5], h[9], link
+        yield string_at(data, names_at + h[0]), h[1], h[4], h[5], h[9], link
 
 
-def _elf(path: str) -> bytes | None:
+def elf_bytes(path: str) -> bytes | None:
     with open(path, "rb") as fh:
         data = fh.read()
     return data if data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1 else None
 
 
-def undefined_symbols(path: str) -> list[str]:
-    """The names the object at `path` refers to and does not define (empty: not ELF)."""
-    data = _elf(path)
+def _symbol_names(path: str, defined: bool) -> list[str]:
+    """The global names the object at `path` defines, or refers to and does not define
+    (empty: not ELF)."""
+    data = elf_bytes(path)
     found = []
     for _, typ, offset, size, entsize, names in _sections(data) if data else ():
         if typ == _SHT_SYMTAB:
             for at in range(offset + (entsize or 24), offset + size, entsize or 24):
-                name = _string(data, names + struct.unpack_from("<I", data, at)[0])
-                if name and struct.unpack_from("<H", data, at + 6)[0] == 0:
+                name = string_at(data, names + struct.unpack_from("<I", data, at)[0])
+                here = struct.unpack_from("<H", data, at + 6)[0] != 0
+                if name and here == defined and (not defined or data[at + 4] >> 4):
                     found.append(name)
     return found
+
+
+def undefined_symbols(path: str) -> list[str]:
+    """The names the object at `path` refers to and does not define (empty: not ELF)."""
+    return _symbol_names(path, defined=False)
+
+
+def defined_symbols(path: str) -> list[str]:
+    """The global (or weak) names the object at `path` defines (empty: not ELF)."""
+    return _symbol_names(path, defined=True)
 
 
 def runtime_internals(path: str) -> list[str]:
@@ -94,7 +112,7 @@ def load_time_code(path: str, instrumented: bool) -> list[str]:
     """What in the object at `path` would run at load time (empty: nothing). An instrumented
     object (-fsanitize=thread) has one constructor of the compiler's own, which calls the
     runtime's no-op __tsan_init: one pointer in its init sections is allowed there."""
-    data = _elf(path)
+    data = elf_bytes(path)
     if data is None:
         return []
     found, init_bytes = [], 0
@@ -155,7 +173,7 @@ def count_library_copies(path: str) -> None:
     (`void *c(void *, const void *, size_t) __asm__("memcpy")`), which read the kernel's
     arrays where the counts did not see it. The symbol's name is pointed at the hook's name,
     in place."""
-    data = _elf(path)
+    data = elf_bytes(path)
     if data is None:
         return
     sections = list(_sections(data))
@@ -165,7 +183,7 @@ def count_library_copies(path: str) -> None:
         if typ != _SHT_SYMTAB:
             continue
         for at in range(offset + (entsize or 24), offset + size, entsize or 24):
-            name = _string(data, names + struct.unpack_from("<I", data, at)[0])
+            name = string_at(data, names + struct.unpack_from("<I", data, at)[0])
             if name in _COPIES and struct.unpack_from("<H", data, at + 6)[0] == 0:
                 hook = data.find(b"\0__tsan_" + name.encode() + b"\0", names,
                                  names + sizes.get(names, 0))

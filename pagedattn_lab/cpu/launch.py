@@ -26,6 +26,7 @@ import numpy as np
 
 from . import abi
 from .counters import Counters
+from .device_data import variable_ranges
 from .errors import ExecutorUnavailableError, KernelError
 from .report import (LaunchInfo, result_error, slack_write_error, timeout_error,
                      uncounted_write_error, worker_died)
@@ -162,10 +163,11 @@ def default_workers(nblocks: int, threads_per_block: int = 1) -> int:
 
 def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int, checked: bool,
         timeout: float | None, workers: int, stack_bytes: int, poison: bool = True,
-        instrument: int = 0, source=None, trusted: bool = False):
+        instrument: int = 0, source=None, trusted: bool = False, last_first: bool = False):
     """Launch and wait; print the kernel's printf output; raise on any failure. With
     instrument & INSTR_COUNT, returns the raw counts (see counters.Counters.read). `trusted`:
-    the package's own kernel (a timeout then blames the problem's size)."""
+    the package's own kernel (a timeout then blames the problem's size). `last_first`: run
+    block 0, then the others from the last down (exposes blocks that wait for each other)."""
     buffers: list[_Buffer] = []
     storage = []
     handle = None
@@ -201,11 +203,15 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
         cfg.nworkers = workers if checked else 1
         cfg.checked = 1 if checked else 0
         cfg.poison = 1 if poison else 0
+        cfg.last_first = 1 if last_first else 0
         cfg.timeout_s = int(timeout + 10) if (checked and timeout) else 0
         ranges = [(p, a, device[p.index] if checked else a.__array_interface__["data"][0])
                   for p, a in zip(sig, args) if p.is_pointer and a is not None]
         if instrument:
-            counters = Counters(lib, ranges, grid, block, count=bool(instrument & abi.INSTR_COUNT))
+            count = bool(instrument & abi.INSTR_COUNT)
+            counters = Counters(lib, ranges, grid, block, count=count,
+                                variables=variable_ranges(lib, source[0], source[2])
+                                if count and source else ())
             counters.configure(cfg, instrument)
         info = LaunchInfo(kernel, sig, tuple(grid), tuple(block), shared_mem, stack_bytes,
                           buffers, args, source, trusted)

@@ -1,12 +1,14 @@
 // The block scheduler of the CPU executor: CUDA threads as cooperative fibers.
 //
-// A worker runs the blocks it takes from a shared counter one after another. Inside a
+// A worker runs the blocks it takes from a shared counter one after another (a checked
+// launch: block 0, then the others from the last down). Inside a
 // block, every CUDA thread is a fiber with its own stack (below it a PROT_NONE guard).
 // The scheduler runs fiber 0 until it blocks (at __syncthreads, a warp intrinsic) or
 // returns, then fiber 1, and so on round-robin. A barrier opens when all threads of the
 // block have arrived; a warp intrinsic completes when every lane of its mask has arrived.
 // When no fiber can run while some are still alive, the block is deadlocked: the state of
 // every thread is written to the result and the launch fails (no timeout needed).
+#define PAL_SETS_DIMS   // (shim_types.h: gridDim and blockDim are const elsewhere)
 #include "scheduler.h"
 #include "instrument.h"
 #include "sandbox.h"
@@ -23,6 +25,14 @@ PAL_HIDDEN unsigned long long __pal_block_serial;
 namespace pal {
 
 StateArea state_area;
+
+#ifdef __ELF__
+// The last piece of the pal_shared section: this object is linked after the kernel's, so
+// these bytes follow its static __shared__ variables and are poisoned with them. A read past
+// the last array (warp_totals[lane] for every lane of a warp, with 8 totals) then gives NaN,
+// as an unwritten slot does, not the zeros of whatever memory follows the section.
+__attribute__((section("pal_shared"), used)) char pal_shared_guard[PAL_SHARED_GUARD];
+#endif
 
 void fill_thread(pal_result *r, const Fiber *f)
 {
@@ -102,105 +112,6 @@ int analyze_deadlock()
     return PAL_DEADLOCK;
 }
 
-#ifdef __ELF__
-// The last piece of the pal_shared section: this object is linked after the kernel's, so
-// these bytes follow its static __shared__ variables and are poisoned with them. A read past
-// the last array (warp_totals[lane] for every lane of a warp, with 8 totals) then gives NaN,
-// as an unwritten slot does, not the zeros of whatever memory follows the section.
-__attribute__((section("pal_shared"), used)) char pal_shared_guard[PAL_SHARED_GUARD];
-#endif
-
-// The first changed byte of one guard's poison, or null (memcmp first: it runs after every
-// block, for every guard).
-static const char *changed_byte(const char *guard)
-{
-    static char poison[PAL_SHARED_GUARD];
-    if (poison[0] != (char)0xff) memset(poison, 0xff, sizeof poison);
-    if (memcmp(guard, poison, sizeof poison) == 0) return nullptr;
-    for (int i = 0; i < PAL_SHARED_GUARD; ++i)
-        if ((unsigned char)guard[i] != 0xff) return guard + i;
-    return nullptr;
-}
-
-// The result of a write found in a guard after block b (`hit`, in `region`): the block is
-// known, the thread not.
-static int guard_write(const char *hit, int32_t region, uint64_t b)
-{
-    pal_result *r = S.res;
-    r->is_write = 1;
-    r->region = region;
-    r->addr = (uint64_t)(uintptr_t)hit;
-    r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
-    r->block_linear = b;
-    r->has_thread = 0;
-    return PAL_FAULT;
-}
-
-// A write before dynamic shared memory's start (`smem[i - 1]` at i = 0; past its end is a
-// fault in the guard pages there) lands in the poisoned guard before it: found after the
-// block, like a static array's. The region_thread field holds the (negative) byte offset.
-int check_dyn_guard(uint64_t b)
-{
-    const char *hit = S.cfg->poison ? changed_byte((char *)S.dyn_smem - PAL_SHARED_GUARD)
-                                    : nullptr;
-    if (!hit) return PAL_OK;
-    S.res->region_thread = (int32_t)(hit - (char *)S.dyn_smem);
-    return guard_write(hit, PAL_REGION_DYN_SHARED, b);
-}
-
-#ifdef __ELF__
-
-static bool same(const dim3 &d, const uint32_t *v)
-{
-    return d.x == v[0] && d.y == v[1] && d.z == v[2];
-}
-
-// The first of the runtime's variables that the kernel reads but may not write, and that
-// it changed, or null: they lie next to the static __shared__ section (gridDim, blockDim and
-// the table of its guards before it, __pal_dyn_smem after it), where a write through a
-// pointer past the guards lands. The scheduler keeps its own copies (a changed gridDim set
-// the next block's index; a guard's pointer, followed by check_shared_guard, crashed there).
-static const void *changed_runtime_variable()
-{
-    if (!same(gridDim, S.cfg->grid)) return &gridDim;
-    if (!same(blockDim, S.cfg->block)) return &blockDim;
-    if (__pal_dyn_smem != S.dyn_smem) return &__pal_dyn_smem;
-    for (char **g = __start_pal_sguards; g && g < __stop_pal_sguards; ++g)
-        if (!in_pal_shared((uintptr_t)*g) || !in_pal_shared((uintptr_t)*g + PAL_SHARED_GUARD - 1))
-            return g;
-    return nullptr;
-}
-
-// Such a write is reported as one before or past a static __shared__ array (it came through
-// a pointer past one: nothing else of the kernel's lies in the library), found after block b.
-int check_runtime_variables(uint64_t b)
-{
-    const char *hit = (const char *)changed_runtime_variable();
-    if (!hit) return PAL_OK;
-    S.res->offset = pal::lib_offset((uintptr_t)hit);
-    return guard_write(hit, PAL_REGION_STATIC_SHARED, b);
-}
-
-// A write through a pointer past a static __shared__ array (`float *p = tile; p[32] = x`,
-// which the index check does not see: kernel_checks.py) lands in the guard that follows it
-// (shim.h's, or pal_shared_guard after the last); the GPU's compute-sanitizer reports it.
-// Found after the block (its poison changed): the block is known, the thread not. A write of
-// 0xff bytes goes unnoticed.
-int check_shared_guard(uint64_t b)
-{
-    if (!S.cfg->poison) return PAL_OK;
-    const char *hit = changed_byte(pal_shared_guard);
-    for (char **g = __start_pal_sguards; !hit && g && g < __stop_pal_sguards; ++g)
-        hit = changed_byte(*g);
-    if (!hit) return PAL_OK;
-    S.res->offset = pal::lib_offset((uintptr_t)hit);   // for the symbol table
-    return guard_write(hit, PAL_REGION_STATIC_SHARED, b);
-}
-#else
-int check_runtime_variables(uint64_t) { return PAL_OK; }
-int check_shared_guard(uint64_t) { return PAL_OK; }
-#endif
-
 void poison_shared()
 {
     // (with the guard before it: a read there gives NaN too, not the mapping's zeros)
@@ -275,7 +186,6 @@ int internal_error(const char *what)
     suspend(cur);
     __builtin_trap();
 }
-
 
 extern "C" PAL_HIDDEN void pal_fiber_main(void)
 {
@@ -367,6 +277,10 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
     while (!__atomic_load_n(&ctl->abort, __ATOMIC_SEQ_CST)) {
         uint64_t b = (uint64_t)__atomic_fetch_add(&ctl->next_block, 1, __ATOMIC_SEQ_CST);
         if (b >= nblocks) break;
+        // A GPU runs blocks in no set order: a kernel whose block b reads what block b - 1
+        // wrote passed here in ascending order. Block 0 still runs first (a fault in every
+        // block is reported in block 0, as before); block 2 then runs before block 1.
+        if (cfg->last_first && b) b = nblocks - b;
         status = run_block(b);
         S.res->run_thread = -1;
         if (status == PAL_OK) status = check_runtime_variables(b);   // (first: the guards' table)

@@ -76,8 +76,9 @@ enum { PAL_INSTR_COUNT = 1, PAL_INSTR_RACE = 2 };
 // Per-thread counters (pal_config.counts), PAL_NCOUNT uint32 per thread.
 enum { PAL_C_GREAD, PAL_C_GREAD_B, PAL_C_GWRITE, PAL_C_GWRITE_B,
        PAL_C_SREAD, PAL_C_SREAD_B, PAL_C_SWRITE, PAL_C_SWRITE_B, PAL_NCOUNT };
-// Per-buffer counters (pal_config.bufstats), PAL_NBUFSTAT uint64 per array argument and one
-// more for shared memory. Units: 32-byte sectors (global), wavefronts (shared).
+// Per-buffer counters (pal_config.bufstats), PAL_NBUFSTAT uint64 per array argument, one
+// more for shared memory, then one per variable of the kernel's (pal_config.vars).
+// Units: 32-byte sectors (global), wavefronts (shared).
 enum { PAL_B_READ, PAL_B_READ_B, PAL_B_WRITE, PAL_B_WRITE_B,
        PAL_B_READ_REQ, PAL_B_READ_UNITS, PAL_B_WRITE_REQ, PAL_B_WRITE_UNITS, PAL_NBUFSTAT };
 // Kinds of shared-memory hazard (pal_result.race_kind).
@@ -98,9 +99,14 @@ typedef struct pal_config {
     uint32_t nranges;        // array arguments, for counting
     const uint64_t *ranges;  // nranges [lo, hi) address pairs
     uint32_t *counts;        // shared mapping: PAL_NCOUNT per thread of the grid, or NULL
-    uint64_t *bufstats;      // shared mapping: PAL_NBUFSTAT x (nranges + 1), or NULL
+    uint64_t *bufstats;      // shared mapping: PAL_NBUFSTAT x (nranges + 1 + nvars), or NULL
     uint8_t *written;        // shared mapping: 1 per byte of the ranges, one after another,
                              // that a counted store wrote; or NULL
+    uint32_t nvars;          // the kernel's own writable variables (__device__, static),
+    const uint64_t *vars;    // counted as global memory: nvars (lo, hi, shared) triples,
+                             // their bufstats rows after shared memory's; shared: a
+                             // template's __shared__ array, counted as such (device_data.py)
+    int32_t last_first;      // 1: run block 0, then the others from the last down (runtime.cpp)
 } pal_config;
 
 typedef struct pal_result {

@@ -143,6 +143,11 @@ void report_bad_read(Fiber *f);
 // Name f's thread and its block in r (runtime.cpp). Async-signal-safe.
 void fill_thread(pal_result *r, const Fiber *f);
 
+// After each block (shared_guards.cpp): PAL_OK, or the write found, in S.res.
+int check_runtime_variables(uint64_t b);   // gridDim, blockDim, the guards' table...
+int check_shared_guard(uint64_t b);        // the guards around static __shared__ arrays
+int check_dyn_guard(uint64_t b);           // the guard before dynamic shared memory
+
 // Instrumented launches (instrument.cpp): called by the scheduler when S.instr is set.
 void instr_worker_begin();
 void instr_block_begin(uint64_t block_linear);

@@ -43,6 +43,10 @@ def check_budget(counts, budget: dict, outputs: dict, read_advice: dict,
         if most <= limit:
             continue
         what = name.replace("_", " ")
+        staged = _device_variables(counts, name)
+        if staged:
+            raise Mismatch(f"correct, but {who} made {most} {what}; the budget is {limit} per "
+                           "thread", staged)
         if advice and name in advice:
             raise Mismatch(f"correct, but {who} made {most} {what}; the budget is {limit} per "
                            "thread", advice[name])
@@ -63,6 +67,24 @@ def check_budget(counts, budget: dict, outputs: dict, read_advice: dict,
                            "more than one thread stores the same element (the last store "
                            "wins, so the result is right by luck of order): let one thread own "
                            "each element.")
+
+
+def _device_variables(counts, name: str) -> str | None:
+    """The hint when the kernel's own __device__ (or static) variables made accesses of the
+    kind `name` (global reads or writes): they are global memory, counted as such."""
+    if not name.startswith("global_"):
+        return None
+    write = "write" in name
+    used = [(b.name.split(" ", 1)[1], b.writes if write else b.reads)
+            for b in counts.by_buffer.values() if b.name.startswith("__device__ ")]
+    used = [(var, n) for var, n in used if n]
+    if not used:
+        return None
+    done = "written" if write else "read"
+    return ("; ".join(f"{var} was {done} {n} times in all" for var, n in used)
+            + ": a __device__ (or static) array is global memory on a GPU, so its accesses "
+            f"count as {name.replace('_', ' ')}, like the arguments'. Keep values in "
+            "registers and pass them between threads as the puzzle asks instead.")
 
 
 def not_ten(shift) -> str:

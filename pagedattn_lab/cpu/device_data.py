@@ -1,0 +1,125 @@
+"""The kernel's own writable data: `__device__` variables and namespace-scope or function
+`static` ones, found in the kernel library's symbol table, so that a counted launch counts
+their loads and stores (instrument.cpp) as global memory, which they are on a GPU.
+
+Without this, such memory was counted nowhere (the counts knew the array arguments and
+shared memory only): a warp sum that staged its values in a `__device__ float scratch[]`
+passed the budget of one global read per thread (hunt 184).
+
+The library links the kernel's object with the runtime's, so its writable sections hold
+both. The kernel's are the data symbols of the kernel's own file (`kernel.cpp`, the
+translation unit compiler.py writes) and the hidden or global ones that the runtime's
+objects (the built-in variables, `pal::S`, ...) and the C runtime's do not define; the
+shim's own state (cp.async queues, the mma lanes' fragments: names with `__pal`) is the
+runtime's too. ELF only (Linux); another format counts none, as before.
+
+A template function's `__shared__` array is such a variable too under GCC, which drops its
+section attribute (cpu/README.md, "Known gap"): a function's static whose name a `__shared__`
+declaration of the source declares is counted as shared memory instead.
+"""
+from __future__ import annotations
+
+import ctypes as C
+import re
+import struct
+from functools import lru_cache
+
+from ..cuda_text import strip_comments
+from .artifacts import loadable_path
+from .kernel_object import defined_symbols, elf_bytes, section_headers, string_at
+
+__all__ = ["kernel_variables", "variable_ranges"]
+
+_TU = "kernel.cpp"
+_SHF_WRITE, _SHF_ALLOC, _SHF_TLS = 0x1, 0x2, 0x400
+_PROGBITS, _NOBITS, _SYMTAB = 1, 8, 2
+_STT_OBJECT, _STT_FILE = 1, 4
+# Writable sections that hold no variable of the kernel's (relocated at load, read-only
+# after it: -z relro; the shared-memory sections, which the counts know apart)
+_NOT_DATA = {".got", ".got.plt", ".data.rel.ro", "pal_shared", "pal_sguards"}
+_C_RUNTIME = {"__dso_handle", "__TMC_END__"}   # crtbeginS.o's (and DW.ref.* of any object)
+_ANCHOR = "pal_launch_begin"   # an exported function: where the library was loaded
+
+
+@lru_cache(maxsize=1)
+def _runtime_names() -> frozenset[str]:
+    """The global names the runtime's objects define (the same with every compiler): a
+    kernel's global of such a name would not link."""
+    from . import compiler as c   # noqa: PLC0415 - compiler.py imports kernel_object.py
+    cmd, ident, _ = c.compiler()
+    return frozenset(name for obj in c.runtime_objects(cmd, ident, c._fiber_mode())
+                     for name in defined_symbols(obj))
+
+
+def _runtimes(name: str) -> bool:
+    return name in _C_RUNTIME or name.startswith("DW.ref.") or name in _runtime_names()
+
+
+def readable(name: str) -> str:
+    """A C++ symbol's name as written (`_ZL7scratch` -> scratch, `_ZN3lab5tableE` ->
+    lab::table, a function's static `_ZZ1kPfE5count` -> count); else the name itself."""
+    m = re.fullmatch(r"_Z(?:Z.*E)?L?(N?)((?:[LK]?\d+\w+?)+)E?", name)
+    if not m:
+        return name
+    parts, rest = [], m.group(2)
+    while rest:
+        step = re.match(r"[LK]?(\d+)", rest)
+        if not step:
+            return name
+        n = int(step.group(1))
+        parts.append(rest[step.end():step.end() + n])
+        rest = rest[step.end() + n:]
+    return "::".join("(anonymous namespace)" if p == "_GLOBAL__N_1" else p for p in parts)
+
+
+@lru_cache(maxsize=64)
+def kernel_variables(path: str) -> tuple[tuple[tuple[str, int, int, bool], ...], int | None]:
+    """((name as written, address in the library, size, a function's static?), ...) of the
+    kernel's writable variables in the library at `path`, and the library address of
+    `_ANCHOR` (None: not an ELF library, or no symbol table)."""
+    data = elf_bytes(path)
+    if data is None:
+        return (), None
+    heads, names_at = section_headers(data)
+    writable = {i for i, h in enumerate(heads)
+                if h[1] in (_PROGBITS, _NOBITS) and h[2] & (_SHF_WRITE | _SHF_ALLOC) ==
+                (_SHF_WRITE | _SHF_ALLOC) and not h[2] & _SHF_TLS
+                and string_at(data, names_at + h[0]) not in _NOT_DATA}
+    found, anchor = [], None
+    for h in heads:
+        if h[1] != _SYMTAB:
+            continue
+        names, entsize, where = heads[h[6]][4], h[9] or 24, ""
+        for at in range(h[4] + entsize, h[4] + h[5], entsize):
+            name_at, info, _other, shndx, value, size = struct.unpack_from("<IBBHQQ", data, at)
+            name = string_at(data, names + name_at)
+            if info & 0xF == _STT_FILE:
+                where = name
+            elif name == _ANCHOR:
+                anchor = value
+            elif (info & 0xF == _STT_OBJECT and size and shndx in writable
+                  and "__pal" not in name   # the shim's state
+                  and (where == _TU if where and info >> 4 == 0 else not _runtimes(name))):
+                found.append((readable(name), value, size, name.startswith("_ZZ")))
+    return tuple(sorted(found, key=lambda v: v[1])), anchor
+
+
+def shared_names(source: str) -> set[str]:
+    """Every identifier of the source's `__shared__` declarations (a superset of the names
+    they declare: a function's static of another name is never taken for one)."""
+    text = strip_comments(source)
+    return {word for m in re.finditer(r"\b__shared__\b([^;{}]*)", text)
+            for word in re.findall(r"[A-Za-z_]\w*", m.group(1))}
+
+
+def variable_ranges(lib, path: str, source: str) -> list[tuple[str, int, int, bool]]:
+    """(name, lo, hi, shared) of the kernel's writable variables in the loaded library `lib`,
+    built at `path` (read where it was loaded from: the sealed copy where the cache is not
+    trusted) from `source`; `shared`: a template function's `__shared__` array."""
+    found, anchor = kernel_variables(loadable_path(path))
+    if not found or anchor is None:
+        return []
+    base = C.cast(getattr(lib, _ANCHOR), C.c_void_p).value - anchor
+    shared = shared_names(source)
+    return [(name, base + value, base + value + size, local and name in shared)
+            for name, value, size, local in found]
