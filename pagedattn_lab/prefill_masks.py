@@ -11,9 +11,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from .validate import check_int, check_memory
+
 
 def causal_mask(q_len: int, seq_len: int) -> np.ndarray:
     """bool [q_len, seq_len]: True where new query i may see key j (j <= seq_len - q_len + i)."""
+    # by name, before the array is made: a float made float ranges, a q_len past seq_len rows
+    # that see no key, and 2**31 rows took 16 GB of indices: the process was killed, no error
+    seq_len = check_int(seq_len, "seq_len", minimum=0)
+    q_len = check_int(q_len, "q_len", minimum=0, maximum=seq_len)
+    check_memory(q_len * seq_len, "cpu", "q_len, seq_len", f"the {q_len} x {seq_len} mask")
     i = np.arange(q_len)[:, None]
     j = np.arange(seq_len)[None, :]
     return j <= seq_len - q_len + i

@@ -209,7 +209,8 @@ def step_bytes(seq_lens, num_heads: int, num_kv_heads: int, head_dim: int, page_
     itemsize = check_int(itemsize, "itemsize", minimum=1)
     batch = lens.size
     # the buffer must hold this batch: smaller sizes would count a table that cannot be sent
-    needed = int(-(-lens.max() // page_size)) if batch else 0
+    # (in Python ints: NumPy's int64 max // a page_size past int64 raised an OverflowError)
+    needed = -(-int(lens.max()) // page_size) if batch else 0
     max_batch = batch if max_batch is None else _holding(max_batch, "max_batch", batch,
                                                          "the batch's sequences")
     max_pages = needed if max_pages is None else _holding(max_pages, "max_pages", needed,

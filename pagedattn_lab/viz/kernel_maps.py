@@ -92,13 +92,32 @@ def plot_causal_tiles(seq_len: int, *, tile_q: int = 64, tile_k: int = 32):
 def tile_counts(seq_len: int, tile_q: int = 64, tile_k: int = 32) -> dict:
     """How many tiles of each kind `plot_causal_tiles` draws: {"full", "diag", "skip"}."""
     seq_len, tile_q, tile_k = _tile_sizes(seq_len, tile_q, tile_k)
-    counts = {"full": 0, "diag": 0, "skip": 0}
-    for qi in range(math.ceil(seq_len / tile_q)):
-        q_lo, q_hi = qi * tile_q, min(seq_len, (qi + 1) * tile_q) - 1
-        for ki in range(math.ceil(seq_len / tile_k)):
-            k_lo, k_hi = ki * tile_k, min(seq_len, (ki + 1) * tile_k) - 1
-            counts["skip" if k_lo > q_hi else "full" if k_hi <= q_lo else "diag"] += 1
-    return counts
+    nq, nk = -(-seq_len // tile_q), -(-seq_len // tile_k)
+    # Query tile qi holds queries q_lo = qi * tile_q .. q_hi = min(seq_len, q_lo + tile_q) - 1.
+    # Key tile ki is skipped when ki * tile_k > q_hi (nk - 1 - q_hi // tile_k of them), full
+    # when its last key is <= q_lo: (q_lo + 1) // tile_k of the first nk - 1 (more only for
+    # the last query tile, capped), and the last key tile when q_lo = seq_len - 1. Summed in
+    # closed form: counting tile by tile never returned for a length of 2**31.
+    last_lo = (nq - 1) * tile_q
+    skip = (nq * (nk - 1) - _floor_sum(nq - 1, tile_k, tile_q, tile_q - 1)
+            - (seq_len - 1) // tile_k)
+    full = (_floor_sum(nq - 1, tile_k, tile_q, 1) + min(nk - 1, (last_lo + 1) // tile_k)
+            + (last_lo == seq_len - 1))
+    return {"full": full, "diag": nq * nk - full - skip, "skip": skip}
+
+
+def _floor_sum(n: int, m: int, a: int, b: int) -> int:
+    """sum of (a * i + b) // m for i in 0..n-1 (a, b >= 0, m >= 1), in O(log) steps: the
+    Euclid-like reduction of AtCoder Library's floor_sum."""
+    total = 0
+    while n:
+        total += n * (n - 1) // 2 * (a // m) + n * (b // m)
+        a, b = a % m, b % m
+        y_max = a * n + b
+        if y_max < m:
+            break
+        n, b, m, a = y_max // m, y_max % m, a, m
+    return total
 
 
 def _tile_sizes(seq_len, tile_q, tile_k) -> tuple[int, int, int]:
