@@ -35,11 +35,11 @@ import numpy as np
 from .addressing import token_slots
 from .attention_common import array_dtypes, bfloat16_dtype, element_dtype, to_elements
 from .backend import device_module, resolve_device, to_numpy
+from .page_bytes import check_cache_memory
 from .page_bytes import page_bytes, pages_in  # noqa: F401 - public as cache.page_bytes
 from .paging import BlockAllocator
 from .quant import check_scale, check_scheme, dequantize_written, kv_format, quantize_rows
-from .validate import (INT32_MAX, check_array, check_cache_memory, check_int, check_int_list,
-                       refuse_repeats)
+from .validate import INT32_MAX, check_array, check_int, check_int_list, refuse_repeats
 
 PAD_PAGE = -1  # what block_tables() writes past a sequence's last page
 
@@ -97,7 +97,7 @@ class PagedKVCache:
         self.device = resolve_device(device)
         self.xp = device_module(self.device)
         shape = (self.allocator.num_pages, page_size, num_kv_heads, head_dim)
-        check_cache_memory(self.page_bytes * self.allocator.num_pages, self.device)
+        check_cache_memory(self.page_bytes, self.allocator.num_pages, self.device)
         storage = fmt.storage if fmt else array_dtypes(dtype.name, self.device == "gpu")[0]
         self.k_cache = self.xp.zeros(shape, dtype=storage)
         self.v_cache = self.xp.zeros(shape, dtype=storage)

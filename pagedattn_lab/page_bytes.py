@@ -7,7 +7,7 @@ import numpy as np
 
 from .attention_common import element_dtype
 from .quant import check_scheme, kv_format
-from .validate import INT32_MAX, check_int
+from .validate import INT32_MAX, check_int, check_memory
 
 
 def page_bytes(page_size: int, num_kv_heads: int, head_dim: int, dtype=np.float16,
@@ -33,3 +33,16 @@ def pages_in(memory_bytes: int, **page) -> int:
     """How many pages of `page_bytes(**page)` fit in `memory_bytes` (an int >= 0)."""
     memory_bytes = check_int(memory_bytes, "memory_bytes", minimum=0)
     return memory_bytes // page_bytes(**page)
+
+
+def check_cache_memory(page_nbytes: int, num_pages: int, device: str) -> None:
+    """Refuse a cache larger than the memory of the device it would live on, before allocating.
+
+    NumPy's zeros() of a few terabytes can succeed lazily and then kill the process when the
+    pages are touched; a clear error up front is better. Where even one page is past the
+    memory, fewer pages cannot help: the error names the sizes that make the page absurd.
+    """
+    check_memory(page_nbytes, device, "num_kv_heads x head_dim x page_size",
+                 "one page (K and V)", "; no number of pages fits: use smaller sizes")
+    check_memory(page_nbytes * num_pages, device, "num_pages", "the K and V caches",
+                 "; use fewer pages")

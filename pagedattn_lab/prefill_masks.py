@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .validate import check_int, check_memory
+from .validate import check_int, check_int_list, check_memory, check_offsets
 
 
 def causal_mask(q_len: int, seq_len: int) -> np.ndarray:
@@ -28,5 +28,29 @@ def causal_mask(q_len: int, seq_len: int) -> np.ndarray:
 
 def packed_masks(qo_indptr, seq_lens) -> list[np.ndarray]:
     """The mask of every sequence of a packed batch, in batch order."""
-    q_lens = np.diff(np.asarray(qo_indptr, dtype=np.int64))
-    return [causal_mask(int(q), int(n)) for q, n in zip(q_lens, np.asarray(seq_lens))]
+    indptr, lens = packed_batch(qo_indptr, seq_lens)
+    q_lens = np.diff(indptr)
+    # each mask alone may fit (causal_mask checks it) and all of them together not
+    cells = sum(int(q) * int(n) for q, n in zip(q_lens, lens))
+    check_memory(cells, "cpu", "qo_indptr, seq_lens", f"the masks' {cells} cells")
+    return [causal_mask(int(q), int(n)) for q, n in zip(q_lens, lens)]
+
+
+def packed_batch(qo_indptr, seq_lens) -> tuple[np.ndarray, np.ndarray]:
+    """(qo_indptr, seq_lens) as int64 arrays, refused by name (the entry, and why) unless
+    offsets from 0 that never decrease, one length per sequence, and each sequence's new
+    tokens its last ones (q_len <= seq_len): else a mask has rows that see no key, or a
+    negative q_len is blamed on an argument the caller never passed."""
+    indptr = np.asarray(check_int_list(qo_indptr, "qo_indptr", "offset"), dtype=np.int64)
+    lens = np.asarray(check_int_list(seq_lens, "seq_lens", "length", minimum=0), dtype=np.int64)
+    check_offsets(indptr, "qo_indptr")
+    if lens.size != indptr.size - 1:   # (zip() kept the shorter of the two, without a word)
+        raise ValueError(f"seq_lens: expected {indptr.size - 1} lengths (one per sequence of "
+                         f"qo_indptr), got {lens.size}")
+    q_lens = np.diff(indptr)
+    bad = np.flatnonzero(q_lens > lens)
+    if bad.size:
+        b = int(bad[0])
+        raise ValueError(f"seq_lens[{b}]: expected at least q_len = {int(q_lens[b])} (the new "
+                         f"tokens are the sequence's last), got {int(lens[b])}")
+    return indptr, lens

@@ -37,6 +37,7 @@ from .attention_common import check_storage
 from .backend import is_cupy_array, is_torch_tensor, to_numpy
 from .validate import FLOAT32_TINY, check_array, real_values
 from .validate_kinds import dtype_label
+from .validate_values import float32_values
 
 SCHEMES = ("static", "per_token")
 
@@ -145,8 +146,10 @@ def per_token_scales(x, kv_dtype: str) -> np.ndarray:
     """float32 [..., num_kv_heads]: amax over the last axis (head_dim) / qmax, 1 for zero rows.
 
     NaN is ignored in the amax (as fmaxf does in the kernel); subnormal values count as 0 and
-    the scale is at least the smallest normal float32 (see the module docstring: -ftz)."""
-    return _scales_of_flushed(_flushed(real_values(x, "x")), kv_dtype)
+    the scale is at least the smallest normal float32 (see the module docstring: -ftz). An
+    infinite x (or one past float32's range) is refused by name: its scale would be inf,
+    which every cache refuses (and its row reads back as NaN)."""
+    return _scales_of_flushed(_flushed(float32_values(x, "x")), kv_dtype)
 
 
 def _scales_of_flushed(x: np.ndarray, kv_dtype: str) -> np.ndarray:
@@ -166,11 +169,13 @@ def _flushed(x: np.ndarray) -> np.ndarray:
 
 
 def static_scales(x, kv_dtype: str) -> np.ndarray:
-    """Calibrated per-KV-head scales [num_kv_heads] from sample rows [n, num_kv_heads, dim]."""
-    x = real_values(x, "x")
+    """Calibrated per-KV-head scales [num_kv_heads] from sample rows [n, num_kv_heads, dim]
+    (finite, as `per_token_scales` takes them: an inf sample is named where it lies in x)."""
+    x = float32_values(x, "x")
     if x.ndim != 3:
         raise ValueError(f"x: expected [n_tokens, num_kv_heads, head_dim], got {x.shape}")
-    return per_token_scales(np.moveaxis(x, 1, 0).reshape(x.shape[1], -1), kv_dtype)
+    rows = np.moveaxis(x, 1, 0).reshape(x.shape[1], -1)
+    return _scales_of_flushed(_flushed(rows), kv_dtype)
 
 
 def _refuse_bad_scales(scales: np.ndarray, name: str) -> None:

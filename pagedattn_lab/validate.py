@@ -170,15 +170,6 @@ def check_offsets(ptr: np.ndarray, name: str, end: int | None = None, end_what: 
                          f"{int(ptr[-1])}")
 
 
-def check_cache_memory(nbytes: int, device: str, name: str = "num_pages") -> None:
-    """Refuse a cache larger than the memory of the device it would live on, before allocating.
-
-    NumPy's zeros() of a few terabytes can succeed lazily and then kill the process when the
-    pages are touched; a clear error up front is better.
-    """
-    check_memory(nbytes, device, name, "the K and V caches", "; use fewer pages")
-
-
 def check_memory(nbytes: int, device: str, name: str, what: str, advice: str = "") -> None:
     """Refuse, naming `name`, work whose arrays (`what`, nbytes in all) exceed the device's
     memory. Arrays each smaller than the memory are allocated lazily and together get the

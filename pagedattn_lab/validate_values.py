@@ -20,3 +20,19 @@ def real_values(x, name: str, dtype=np.float32) -> np.ndarray:
         raise TypeError(f"{name}: expected real numbers (a float or int dtype), got "
                         f"{dtype_label(arr.dtype)}")
     return arr.astype(dtype, copy=False)
+
+
+def float32_values(x, name: str) -> np.ndarray:
+    """`real_values(x, name)` as float32, refused by name, with the first entry, where a value
+    is infinite or past float32's range (a float64 1e39 is inf once cast): whatever is worked
+    out from it in float32 (a scale, an amax) would be inf. NaN passes: callers say what it
+    means to them."""
+    with np.errstate(over="ignore"):   # (the overflow is refused below, by name)
+        values = real_values(x, name)
+    inf = np.isinf(values)
+    if inf.any():
+        i = tuple(int(j) for j in np.argwhere(inf)[0]) if inf.ndim else ()
+        where = f"{name}[{', '.join(map(str, i))}]" if i else name
+        raise ValueError(f"{name}: expected finite values within float32's range (+-3.4e38), "
+                         f"got {where} = {float(np.asarray(x)[i]):g}")
+    return values

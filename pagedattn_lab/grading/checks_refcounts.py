@@ -1,9 +1,10 @@
 """Check for lesson 01, part 1: the allocator's reference counts and fork.
 
 The check drives the learner's allocator (its allocate and free checked in checks_paging.py)
-through sharing: fork adds an owner to each page and returns the ids in order, and a page
-shared by two sequences goes back to the free list only when its last owner frees it, not
-while one of them still owns it.
+through sharing: fork adds an owner to each page (one per occurrence: a page listed twice
+gains two, as free takes two away) and returns the ids in order, and a page shared by two
+sequences goes back to the free list only when its last owner frees it, not while one of
+them still owns it.
 """
 from __future__ import annotations
 
@@ -104,6 +105,40 @@ def _fork_free_both(cls) -> None:
     _expect_free_shared(alloc, 5, f"after free({both})")
 
 
+REPEAT_HINT = ("an id listed twice gains two owners, as free([p, p]) takes two away: count "
+               "every occurrence (a set() of the ids counts one), else freeing the list fork "
+               "returned releases a page its other owner still holds.")
+
+
+def _fork_repeats(cls) -> None:
+    """fork of a list holding a page twice: one owner per occurrence, undone by its free."""
+    alloc = cls(3)
+    pages = ids(alloc.allocate(2), "allocate(2)")
+    table = [pages[0], pages[1], pages[0]]
+    try:
+        forked = ids(kept(alloc.fork, table, f"fork({table})"), f"fork({table})")
+    except ValueError as exc:
+        raise Mismatch(f"fork({table}) raised ValueError: {exc}", "every page listed is in "
+                       "use, so the call is valid: " + REPEAT_HINT) from exc
+    if len(forked) < len(table) and set(forked) == set(table):
+        raise Mismatch(f"fork({table}) dropped the repeated id", "return every id as given, "
+                       "a repeated one too: the new block table lists it twice, as the one "
+                       "forked does (a set() of the ids drops it).", repr(table), repr(forked))
+    _expect_fork_result(table, forked, f"fork({table})")
+    counts = ref_counts(alloc, pages)
+    if counts != [3, 2]:
+        raise Mismatch(f"ref_count of pages {pages} after fork({table})",
+                       REPEAT_HINT if counts == [2, 2] else "fork adds one owner per "
+                       "occurrence of a page in the list.", "[3, 2]", repr(counts))
+    kept(alloc.free, forked, f"free({forked})")
+    counts = ref_counts(alloc, pages)
+    if counts != [1, 1]:
+        raise Mismatch(f"ref_count of pages {pages} after free({forked}) of the fork",
+                       "free takes one owner away per occurrence, as fork added them.",
+                       "[1, 1]", repr(counts))
+    expect_free(alloc, 1, f"after free({forked})", "the pages still have their first owner.")
+
+
 def _fork_free_page(cls) -> None:
     alloc = cls(4)
     pages = ids(alloc.allocate(1), "allocate(1)")
@@ -190,6 +225,8 @@ def refcounts(cls) -> CheckResult:
         Case("free of a sequence and its fork at once", {"num_pages": 5},
              lambda: _fork_free_both(cls)),
         Case("fork of a free page", {"num_pages": 4}, lambda: _fork_free_page(cls)),
+        Case("fork of a table listing a page twice", {"table": "[a, b, a]"},
+             lambda: _fork_repeats(cls)),
         Case("fork keeps the block table's order", {"table": "[7, 2, 5, 0]"},
              lambda: _fork_keeps_order(cls)),
         Case("a bad id among good ones changes nothing", {"num_pages": 6},

@@ -13,8 +13,8 @@ import numpy as np
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from ..prefill_masks import packed_masks
-from ..validate import check_int, check_int_list, check_offsets
+from ..prefill_masks import packed_batch, packed_masks
+from ..validate import check_int
 from .limits import check_cells
 from .page_table import seq_color
 
@@ -102,23 +102,11 @@ def plot_tile_work(q_len: int, seq_len: int, *, rows: int = 16, kv_tile: int = 6
 
 
 def _packed_batch(qo_indptr, seq_lens) -> tuple[np.ndarray, np.ndarray]:
-    """(qo_indptr, seq_lens) as int64 arrays of a batch with at least one sequence, each
-    sequence's new tokens its last ones (q_len <= seq_len): else its mask has rows that see
-    no key, or none at all, and the picture draws them as if they were right."""
-    indptr = np.asarray(check_int_list(qo_indptr, "qo_indptr", "offset"), dtype=np.int64)
-    lens = np.asarray(check_int_list(seq_lens, "seq_lens", "length"), dtype=np.int64)
-    check_offsets(indptr, "qo_indptr")
-    if indptr.size < 2:   # (else "expected 0 lengths, at least one" named seq_lens)
+    """`packed_batch` of a batch with at least one sequence (a panel to draw) and cells few
+    enough to draw."""
+    indptr, lens = packed_batch(qo_indptr, seq_lens)
+    if indptr.size < 2:
         raise ValueError(f"qo_indptr: expected the offsets of at least one sequence "
                          f"([0, q_len, ...]), got {indptr.tolist()}")
-    if lens.size != indptr.size - 1:
-        raise ValueError(f"seq_lens: expected {indptr.size - 1} lengths (one per sequence of "
-                         f"qo_indptr), got {lens.size}")
-    q_lens = np.diff(indptr)
-    bad = np.flatnonzero(q_lens > lens)
-    if bad.size:
-        b = int(bad[0])
-        raise ValueError(f"seq_lens[{b}]: expected at least q_len = {int(q_lens[b])} (the new "
-                         f"tokens are the sequence's last), got {int(lens[b])}")
-    check_cells(int((q_lens * lens).sum()), "qo_indptr, seq_lens", "mask cells")
+    check_cells(int((np.diff(indptr) * lens).sum()), "qo_indptr, seq_lens", "mask cells")
     return indptr, lens
