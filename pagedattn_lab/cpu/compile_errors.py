@@ -75,6 +75,34 @@ _C_LIBRARY_CLASH = re.compile(r"conflicting declaration of C function '[^']*?\b(
                               r":(\d+):(\d+): error: functions that differ only in their return "
                               r"type cannot be overloaded")
 _PREVIOUS = re.compile(r"^(?P<file>.*?):\d+:(?:\d+:)? note: previous declaration")
+# A write to a read-only variable (GCC's words, then Clang's), its name in group 1 or 2;
+# a write to a member of a read-only object (the object unnamed: its line tells); and a const
+# left uninitialized (GCC names it; Clang's words name its type only)
+_READ_ONLY_WRITE = re.compile(r"(?:assignment|increment|decrement) of read-only "
+                              r"(?:location|variable) '\**\(?([A-Za-z_]\w*)|cannot assign to "
+                              r"variable '(\w+)' with const-qualified type")
+_READ_ONLY_MEMBER = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?:\d+:)? error: (?:(?:assignment|"
+                               r"increment|decrement) of member .* in read-only object|cannot "
+                               r"assign to non-static data member within const)", re.M)
+_UNINITIALIZED_CONST = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?:\d+:)? error: "
+                                  r"(?:uninitialized 'const|default initialization of an object "
+                                  r"of const type)", re.M)
+# a const pointer passed where a pointer to writable memory is taken (GCC's, Clang's words)
+_CONST_CONVERSION = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?:\d+:)? error: (?:invalid "
+                               r"conversion from 'const|cannot initialize .* of type 'const)",
+                               re.M)
+_CONST_ARGUMENT = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?:\d+:)? error: no matching function "
+                             r"for call .*\n(?:.*note: .*\n)*?.*note: candidate function not "
+                             r"viable: no known conversion from 'const", re.M)   # (Clang's)
+_CONSTANT_WRITE_HINT = ("a __constant__ variable is read-only to kernel code (NVRTC refuses the "
+                        "write too): write the values into a local array or a __device__ "
+                        "one instead")
+_CONSTANT_UNSET_HINT = ("the CPU executor cannot set __constant__ memory from the host "
+                        "(cudaMemcpyToSymbol, RawModule.get_global): give the variable its "
+                        "values where it is declared (= {...}), or pass them as an argument")
+_CONSTANT_POINTER_HINT = ("a __constant__ variable is read-only to kernel code: a pointer to "
+                          "it, a variable or a function's parameter, is a pointer to const "
+                          "(const float *p)")
 _MMA_PTX = re.compile(r"\b(mma|ldmatrix)\.sync\b")
 _MMA_PTX_HINT = ("for mma.sync and ldmatrix, call the functions of kernels/mma_ptx.cuh "
                  "(#include \"mma_ptx.cuh\": mma_m16n8k16, ldmatrix_x4, ...) instead of writing "
@@ -120,6 +148,37 @@ def _c_library_clash(log: str, filename: str, source_lines: list[str]) -> str | 
     return None
 
 
+def _constant_hints(log: str, filename: str, source_lines: list[str]) -> list[str]:
+    """Hints for a write to a __constant__ variable (shim.h makes it const) and for one left
+    without its values, only where the error's name or line is such a variable's."""
+    text = strip_comments("\n".join(source_lines))
+    if "__constant__" not in text:
+        return []
+    lines = text.splitlines()
+    declared = {m.group(1) for m in re.finditer(
+        r"\b__constant__\b[^;={(\[]*?\b([A-Za-z_]\w*)\s*[;={(\[]", text)}
+    hints = []
+    written = [re.split(r"[^=!<>]=[^=]|\+\+|--", at)[0] for at in _error_lines(
+        _READ_ONLY_MEMBER, log, filename, lines)]   # (each line's part before its write)
+    if (any((m.group(1) or m.group(2)) in declared for m in _READ_ONLY_WRITE.finditer(log))
+            or any(declared & set(re.findall(r"[A-Za-z_]\w*", at)) for at in written)):
+        hints.append(_CONSTANT_WRITE_HINT)
+    if any(re.search(r"\b__constant__\b", at) for at in _error_lines(
+            _UNINITIALIZED_CONST, log, filename, lines)):
+        hints.append(_CONSTANT_UNSET_HINT)
+    if any(declared & set(re.findall(r"[A-Za-z_]\w*", at)) for pattern in (
+            _CONST_CONVERSION, _CONST_ARGUMENT) for at in _error_lines(pattern, log, filename,
+                                                                        lines)):
+        hints.append(_CONSTANT_POINTER_HINT)
+    return hints
+
+
+def _error_lines(pattern: re.Pattern, log: str, filename: str, lines: list[str]) -> list[str]:
+    """The kernel's lines (comment-free) at which `pattern` (groups file, line) matched."""
+    return [lines[int(m.group("line")) - 1] for m in pattern.finditer(log)
+            if m.group("file") == filename and 0 < int(m.group("line")) <= len(lines)]
+
+
 def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
                    ) -> KernelCompileError:
     lines = source.splitlines()
@@ -160,6 +219,7 @@ def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
         hints.append(f"`{name}` is also a C library function, which the CPU "
                      f"executor's C++ build declares (NVRTC has no C library, so the GPU takes "
                      f"the name): give it another name")
+    hints += _constant_hints(log, filename, lines)
     asm = inline_asm_lines(source)
     if _POISON.search(log):   # (the names of source.POISONED)
         hints.append(_POISONED_HINT)

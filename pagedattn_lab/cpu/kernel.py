@@ -226,7 +226,7 @@ class RawKernel:
                 f"or raise the bound")
         nblocks = g[0] * g[1] * g[2]
         if self._single_worker:
-            nworkers = 1   # printf output in block order; __device__ globals in one process
+            nworkers = 1   # printf output in block order; writable globals in one process
         else:
             nworkers = (workers or self.workers
                         or launch.default_workers(nblocks, b[0] * b[1] * b[2]))

@@ -34,7 +34,12 @@
 #define __global__
 #define __device__
 #define __host__
-#define __constant__
+// const: constant memory is read-only to kernel code (NVRTC refuses a write), and a const
+// variable lies in read-only data, which the access counts leave out (device_data.py):
+// a GPU reads it through the constant cache, not as global loads. A declaration that
+// says const or constexpr itself has the keyword blanked (source.py: `const const`
+// does not compile).
+#define __constant__ const
 #define __managed__
 #define __grid_constant__
 #define __forceinline__ inline __attribute__((always_inline))

@@ -7,7 +7,9 @@ same line; and a statement that declares static `__shared__` variables gets shim
 `PAL_SGUARD` before it (a guard of poison between the arrays), at the end of the line before
 where it can go there, so that the declaration's columns do not move either, and, in a
 template, `PAL_SPOISON(name)` after it (GCC drops the section attribute of a template's
-statics: `_template_poison`). Everything else is handled by macros in shim.h.
+statics: `_template_poison`). And `__constant__`, which shim.h makes `const`, is blanked in
+a declaration that says `const` or `constexpr` itself (`const const` does not compile).
+Everything else is handled by macros in shim.h.
 """
 from __future__ import annotations
 
@@ -16,8 +18,9 @@ import re
 from ..cuda_text import strip_comments
 from ..signature import kernel_declarations, kernel_definitions
 
-__all__ = ["rewrite_extern_shared", "mangled_kernel_name", "uses_printf", "has_device_variables",
-           "inline_asm_lines", "shared_initializer_lines", "quoted_filename", "translation_unit"]
+__all__ = ["rewrite_extern_shared", "constant_once", "mangled_kernel_name", "uses_printf",
+           "has_device_variables", "inline_asm_lines", "shared_initializer_lines",
+           "quoted_filename", "translation_unit"]
 
 _EXTERN_SHARED = re.compile(
     r"\bextern\s+__shared__\s+(?P<decl>[^;{}]*?)\s*\b(?P<name>[A-Za-z_]\w*)\s*\[\s*\]\s*"
@@ -125,6 +128,27 @@ def rewrite_extern_shared(source: str) -> str:
         last = m.end()
     out.append(source[last:])
     return "".join(out)
+
+
+_CONSTANT = re.compile(r"\b__constant__\b")
+_DECLARATOR_END = re.compile(r"[;={(\[]")
+_DIRECTIVE = re.compile(r"^[ \t]*#.*$", re.M)
+
+
+def constant_once(source: str) -> str:
+    """`source` with `__constant__` replaced by a comment of its width where its declaration
+    (from the statement's start, or a directive's line, to its declarator's `=`, `[`, `(`,
+    `{` or `;`) says `const` or `constexpr` itself: shim.h's `const` would make it `const
+    const`, which GCC refuses ("duplicate 'const'") and NVRTC accepts."""
+    text = strip_comments(source)
+    for m in reversed(list(_CONSTANT.finditer(text))):
+        start = max([text.rfind(c, 0, m.start()) + 1 for c in ";{}"]
+                    + [d.end() for d in _DIRECTIVE.finditer(text, 0, m.start())])
+        end = _DECLARATOR_END.search(text, m.end())
+        declaration = text[start:end.start() if end else len(text)]
+        if re.search(r"\bconst(expr)?\b", declaration):
+            source = f"{source[:m.start()]}/*constant*/{source[m.end():]}"
+    return source
 
 
 # A statement that declares static __shared__ variables: at a line's start or after ; { or },
@@ -268,11 +292,16 @@ def uses_printf(source: str) -> bool:
 
 
 def has_device_variables(source: str) -> bool:
-    """True when the source declares __device__ variables (globals a kernel may write)."""
+    """True when the source declares global memory a kernel may write: __device__ or
+    __managed__ variables, or a function's static one (not __shared__, const or constexpr).
+    Each worker process has its own copy, so such a launch runs in one (kernel.py): a
+    `__managed__` ticket that picks the last block to finish counted per worker, and no
+    block was ever last (hunt 187)."""
     text = strip_comments(source)
-    for m in re.finditer(r"\b__device__\b", text):
+    for m in re.finditer(r"\b(__device__|__managed__|static)\b", text):
         rest = re.search(r"[(;={\[]", text[m.end():])
-        if rest and rest.group(0) != "(":
+        if rest and rest.group(0) != "(" and not (m.group(1) == "static" and re.search(
+                r"\b(__shared__|const|constexpr)\b", text[m.end():m.end() + rest.start()])):
             return True
     return False
 
@@ -350,7 +379,7 @@ def translation_unit(source: str, kernel_names: list[str], filename: str, shim_p
     each kernel's exported entry point just past its definition (`_with_entry_points`; after
     the source, for a kernel it does not define)."""
     body, entries = _with_entry_points(source, kernel_names)
-    body = guard_static_shared(rewrite_extern_shared(body))
+    body = guard_static_shared(rewrite_extern_shared(constant_once(body)))
     if not body.endswith("\n"):
         body += "\n"
     quoted = quoted_filename(filename)
