@@ -8,7 +8,7 @@ from __future__ import annotations
 import functools
 import re
 
-__all__ = ["strip_comments", "collect_defines"]
+__all__ = ["strip_comments", "collect_defines", "reaching", "macro_aliases"]
 
 
 # A raw string's prefix just before its quote (R, u8R, uR, UR, LR, as a token of its own),
@@ -90,3 +90,29 @@ def collect_defines(source: str, options=()) -> dict[str, str]:
             name, _, value = d.partition("=")
             found[name.strip()] = value.strip() if value else "1"
     return found
+
+
+def reaching(seed: set[str], graph: dict[str, set[str]]) -> set[str]:
+    """seed and every name of graph whose words hold one of them, followed through each other
+    (a worklist over each word's users: a chain of names is read once, not once per link)."""
+    users: dict[str, list[str]] = {}
+    for name, words in graph.items():
+        for word in words:
+            users.setdefault(word, []).append(name)
+    found, todo = set(seed), list(seed)
+    while todo:
+        for name in users.get(todo.pop(), ()):
+            if name not in found:
+                found.add(name)
+                todo.append(name)
+    return found
+
+
+def macro_aliases(source: str, words: set[str], *, whole: bool = False) -> set[str]:
+    """`words` and the names of the source's object-like macros (and typedefs) whose body
+    names one of them, followed through each other (`#define LOG printf`, `#define CMEM
+    __constant__`); with `whole`, only those whose body is that one word."""
+    graph = {name: set(re.findall(r"[A-Za-z_]\w*", body))
+             for name, body in collect_defines(source).items()
+             if not whole or re.fullmatch(r"[A-Za-z_]\w*", body)}
+    return reaching(set(words), graph)

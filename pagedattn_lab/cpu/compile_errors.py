@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from ..cuda_text import strip_comments
+from ..cuda_text import macro_aliases, strip_comments
 from ..signature import find_kernels
 from .errors import KernelCompileError
 from .source import inline_asm_lines, mangled_kernel_name, shared_initializer_lines
@@ -35,10 +35,6 @@ _HINTS = [
      "NVRTC refuses a variable-length array (\"expression must have a constant value\"): give "
      "the array a size the compiler knows, a number, a #define or a constexpr int (a -D "
      "option sets one from Python)"),
-    (re.compile(r"member 'dim3::[xyz]' in read-only object|'const dim3'"),
-     "gridDim and blockDim are read-only built-ins; NVRTC refuses a write to them too "
-     "(\"expression must be a modifiable lvalue\"): copy the value into a local variable "
-     "(unsigned blocks = gridDim.x;) and change that"),
     (re.compile(r"'std' has not been declared|is not a member of 'std'"),
      "NVRTC kernels have no C++ standard library; use the CUDA functions (fmaxf, min, ...)"),
     (re.compile(r"Assembler messages|no such instruction|invalid instruction mnemonic"),
@@ -103,6 +99,19 @@ _CONSTANT_UNSET_HINT = ("the CPU executor cannot set __constant__ memory from th
 _CONSTANT_POINTER_HINT = ("a __constant__ variable is read-only to kernel code: a pointer to "
                           "it, a variable or a function's parameter, is a pointer to const "
                           "(const float *p)")
+# A write to a built-in variable, or a reference to one that would let it be written (the
+# errors' words name only the type, dim3 or uint3, as they do for a __constant__ dim3's: the
+# hint goes by what the error's line writes)
+_BUILTIN = r"\b(?:threadIdx|blockIdx|gridDim|blockDim)\b"
+_BUILTIN_WRITE = re.compile(rf"{_BUILTIN}(?:\s*\.\s*[xyz])?\s*(?:(?:[-+*/%&|^]|<<|>>)?=(?!=)|"
+                            rf"\+\+|--)|(?:\+\+|--)\s*{_BUILTIN}|"
+                            rf"(?<!const )\b(?:dim3|uint3)\s*&\s*\w+\s*=\s*{_BUILTIN}")
+_CONST_ERROR = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?:\d+:)? error: .*(?:read-only|"
+                          r"const|discards qualifiers|overloaded '=')", re.M)
+_BUILTIN_WRITE_HINT = ("threadIdx, blockIdx, gridDim and blockDim are read-only built-ins; "
+                       "NVRTC refuses a write to them too (\"expression must be a modifiable "
+                       "lvalue\"): copy the value into a local variable (unsigned blocks = "
+                       "gridDim.x;) and change that")
 _MMA_PTX = re.compile(r"\b(mma|ldmatrix)\.sync\b")
 _MMA_PTX_HINT = ("for mma.sync and ldmatrix, call the functions of kernels/mma_ptx.cuh "
                  "(#include \"mma_ptx.cuh\": mma_m16n8k16, ldmatrix_x4, ...) instead of writing "
@@ -155,15 +164,17 @@ def _constant_hints(log: str, filename: str, source_lines: list[str]) -> list[st
     if "__constant__" not in text:
         return []
     lines = text.splitlines()
+    aliases = macro_aliases(text, {"__constant__"}, whole=True)   # (#define CMEM __constant__)
+    keyword = r"\b(?:" + "|".join(sorted(aliases)) + r")\b"
     declared = {m.group(1) for m in re.finditer(
-        r"\b__constant__\b[^;={(\[]*?\b([A-Za-z_]\w*)\s*[;={(\[]", text)}
+        keyword + r"[^;={(\[]*?\b([A-Za-z_]\w*)\s*[;={(\[]", text)}
     hints = []
     written = [re.split(r"[^=!<>]=[^=]|\+\+|--", at)[0] for at in _error_lines(
         _READ_ONLY_MEMBER, log, filename, lines)]   # (each line's part before its write)
     if (any((m.group(1) or m.group(2)) in declared for m in _READ_ONLY_WRITE.finditer(log))
             or any(declared & set(re.findall(r"[A-Za-z_]\w*", at)) for at in written)):
         hints.append(_CONSTANT_WRITE_HINT)
-    if any(re.search(r"\b__constant__\b", at) for at in _error_lines(
+    if any(re.search(keyword, at) for at in _error_lines(
             _UNINITIALIZED_CONST, log, filename, lines)):
         hints.append(_CONSTANT_UNSET_HINT)
     if any(declared & set(re.findall(r"[A-Za-z_]\w*", at)) for pattern in (
@@ -220,6 +231,10 @@ def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
                      f"executor's C++ build declares (NVRTC has no C library, so the GPU takes "
                      f"the name): give it another name")
     hints += _constant_hints(log, filename, lines)
+    code_lines = strip_comments(source).splitlines()
+    if any(_BUILTIN_WRITE.search(at) for at in _error_lines(_CONST_ERROR, log, filename,
+                                                            code_lines)):
+        hints.append(_BUILTIN_WRITE_HINT)
     asm = inline_asm_lines(source)
     if _POISON.search(log):   # (the names of source.POISONED)
         hints.append(_POISONED_HINT)

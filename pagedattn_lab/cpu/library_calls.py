@@ -32,7 +32,7 @@ __all__ = ["library_calls", "refuse_library_calls"]
 # loader's (__tls_get_addr).
 _ALLOWED_LIBRARIES = re.compile(r"^(libm|libmvec|libgcc_s|ld-linux[\w.-]*|ld64)\.so")
 _ALLOWED_NAMES = re.compile(
-    r"^(__pal_\w+|__tsan_\w+|threadIdx|blockIdx|blockDim|gridDim"
+    r"^(__pal_\w+|__tsan_\w+|blockDim|gridDim"
     # the handlers of the index and shift checks (ubsan.cpp)
     r"|__ubsan_handle_(shift_)?out_of_bounds(_abort)?|__ubsan_handle_type_mismatch_v1(_abort)?"
     # the stack protector; device new, malloc and free (memcpy, memmove and memset are the

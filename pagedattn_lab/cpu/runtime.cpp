@@ -14,8 +14,8 @@
 #include "sandbox.h"
 
 extern "C" {
-PAL_HIDDEN uint3 threadIdx;
-PAL_HIDDEN uint3 blockIdx;
+PAL_HIDDEN uint3 __pal_thread_idx;
+PAL_HIDDEN uint3 __pal_block_idx;
 PAL_HIDDEN dim3 blockDim;
 PAL_HIDDEN dim3 gridDim;
 PAL_HIDDEN void *__pal_dyn_smem;
@@ -126,9 +126,9 @@ void poison_shared()
 int run_block(uint64_t b)
 {
     const unsigned gx = S.cfg->grid[0], gy = S.cfg->grid[1];   // (the kernel can write gridDim)
-    blockIdx.x = (unsigned)(b % gx);
-    blockIdx.y = (unsigned)((b / gx) % gy);
-    blockIdx.z = (unsigned)(b / ((uint64_t)gx * gy));
+    __pal_block_idx.x = (unsigned)(b % gx);
+    __pal_block_idx.y = (unsigned)((b / gx) % gy);
+    __pal_block_idx.z = (unsigned)(b / ((uint64_t)gx * gy));
     S.res->run_block = b;
     ++__pal_block_serial;
     if (S.cfg->poison) poison_shared();

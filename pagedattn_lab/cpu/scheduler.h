@@ -116,7 +116,7 @@ inline constexpr Fiber *&cur = state_area.cur;
 inline void resume(Fiber *f)
 {
     cur = f;
-    threadIdx = f->tid;
+    __pal_thread_idx = f->tid;
     S.res->run_thread = (int32_t)(f - S.fib);   // for a report if the worker dies
 #ifdef PAL_UC
     swapcontext(&S.sched_uc, &f->uc);

@@ -58,19 +58,22 @@ struct dim3 {
 // The built-in variables, set by the runtime for the fiber that runs. gridDim and blockDim
 // are const but where runtime.cpp sets them (PAL_SETS_DIMS): NVRTC refuses `gridDim.x = 1`
 // ("expression must be a modifiable lvalue"), and so does the kernel's build. They hold for
-// a whole launch, so a load the compiler keeps across a barrier is right. (threadIdx and
-// blockIdx change at each switch of fibers: a const object's load may be kept across the
-// call that switches, so they stay as they are.)
+// a whole launch, so a load the compiler keeps across a barrier is right. threadIdx and
+// blockIdx change at each switch of fibers, so their objects are not const (a const
+// object's load may be kept across the call that switches): the runtime writes
+// __pal_thread_idx and __pal_block_idx, and kernel code reads them through a reference to
+// const, which refuses `threadIdx.x = 0` as NVRTC does and reloads after every call.
 #ifdef PAL_SETS_DIMS
 #define PAL_DIMS_CONST
 #else
 #define PAL_DIMS_CONST const
 #endif
 extern "C" {
-PAL_HIDDEN extern uint3 threadIdx;
-PAL_HIDDEN extern uint3 blockIdx;
+PAL_HIDDEN extern uint3 __pal_thread_idx;
+PAL_HIDDEN extern uint3 __pal_block_idx;
 PAL_HIDDEN extern PAL_DIMS_CONST dim3 blockDim;
 PAL_HIDDEN extern PAL_DIMS_CONST dim3 gridDim;
 }
+static const uint3 &threadIdx = __pal_thread_idx, &blockIdx = __pal_block_idx;
 
 #endif

@@ -8,15 +8,16 @@ same line; and a statement that declares static `__shared__` variables gets shim
 where it can go there, so that the declaration's columns do not move either, and, in a
 template, `PAL_SPOISON(name)` after it (GCC drops the section attribute of a template's
 statics: `_template_poison`). And `__constant__`, which shim.h makes `const`, is blanked in
-a declaration that says `const` or `constexpr` itself (`const const` does not compile).
-Everything else is handled by macros in shim.h.
+a declaration that says `const` or `constexpr` itself (constant_decl.py). Everything else
+is handled by macros in shim.h.
 """
 from __future__ import annotations
 
 import re
 
-from ..cuda_text import strip_comments
+from ..cuda_text import macro_aliases, strip_comments
 from ..signature import kernel_declarations, kernel_definitions
+from .constant_decl import constant_once
 
 __all__ = ["rewrite_extern_shared", "constant_once", "mangled_kernel_name", "uses_printf",
            "has_device_variables", "inline_asm_lines", "shared_initializer_lines",
@@ -128,27 +129,6 @@ def rewrite_extern_shared(source: str) -> str:
         last = m.end()
     out.append(source[last:])
     return "".join(out)
-
-
-_CONSTANT = re.compile(r"\b__constant__\b")
-_DECLARATOR_END = re.compile(r"[;={(\[]")
-_DIRECTIVE = re.compile(r"^[ \t]*#.*$", re.M)
-
-
-def constant_once(source: str) -> str:
-    """`source` with `__constant__` replaced by a comment of its width where its declaration
-    (from the statement's start, or a directive's line, to its declarator's `=`, `[`, `(`,
-    `{` or `;`) says `const` or `constexpr` itself: shim.h's `const` would make it `const
-    const`, which GCC refuses ("duplicate 'const'") and NVRTC accepts."""
-    text = strip_comments(source)
-    for m in reversed(list(_CONSTANT.finditer(text))):
-        start = max([text.rfind(c, 0, m.start()) + 1 for c in ";{}"]
-                    + [d.end() for d in _DIRECTIVE.finditer(text, 0, m.start())])
-        end = _DECLARATOR_END.search(text, m.end())
-        declaration = text[start:end.start() if end else len(text)]
-        if re.search(r"\bconst(expr)?\b", declaration):
-            source = f"{source[:m.start()]}/*constant*/{source[m.end():]}"
-    return source
 
 
 # A statement that declares static __shared__ variables: at a line's start or after ; { or },
@@ -288,7 +268,12 @@ def _statement_start(text: str, at: int) -> int:
 
 
 def uses_printf(source: str) -> bool:
-    return re.search(r"\bprintf\s*\(", strip_comments(source)) is not None
+    """Whether the source calls printf, itself or through a macro that names it (`#define
+    LOG printf`): such a launch runs its blocks in order, in one worker (kernel.py)."""
+    text = strip_comments(source)
+    names = macro_aliases(text, {"printf"})
+    return re.search(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\s*\(",
+                     text) is not None
 
 
 def has_device_variables(source: str) -> bool:

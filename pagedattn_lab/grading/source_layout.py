@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import re
 
+from ..cuda_text import reaching
 from .report import Mismatch
-from .source_macros import DEFINE, WORD, logical_code, one_program_refusal, reaching
+from .source_macros import DEFINE, WORD, logical_code, one_program_refusal
 
 # CUDA's vector types aligned to 16 bytes there, to their element in the executor
 # (shim_types.h: PAL_VEC_ALL's A4 of int, uint, float, and the 2- and 4-vectors of 8 bytes)

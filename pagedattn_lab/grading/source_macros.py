@@ -18,7 +18,7 @@ import re
 from collections import Counter
 
 from ..cpu.prelude import prelude_macros
-from ..cuda_text import strip_comments
+from ..cuda_text import reaching, strip_comments
 from .report import Mismatch
 
 # Defined alike by NVRTC and by the CPU executor's shim (shim.h), or an operator of #if.
@@ -196,22 +196,6 @@ def _expanded_arguments(text: str, raw: tuple[bool, ...] | None) -> str:
             last = m.end()
     args.append(text[last:])
     return " ".join(a for i, a in enumerate(args) if not raw[min(i, len(raw) - 1)])
-
-
-def reaching(seed: set[str], graph: dict[str, set[str]]) -> set[str]:
-    """seed and every name of graph whose words hold one of them, followed through each other
-    (a worklist over each word's users: a chain of names is read once, not once per link)."""
-    users: dict[str, list[str]] = {}
-    for name, words in graph.items():
-        for word in words:
-            users.setdefault(word, []).append(name)
-    found, todo = set(seed), list(seed)
-    while todo:
-        for name in users.get(todo.pop(), ()):
-            if name not in found:
-                found.add(name)
-                todo.append(name)
-    return found
 
 
 def closing_parens(code: str) -> dict[int, int]:
