@@ -72,6 +72,21 @@ def readable(name: str) -> str:
     return "::".join("(anonymous namespace)" if p == "_GLOBAL__N_1" else p for p in parts)
 
 
+_RESERVED = re.compile(r"(?:^|::)(?:__|_[A-Z])")
+
+
+def _kernel_could_name(name: str) -> bool:
+    """Whether kernel code could have defined a global of this symbol: a plain name or one
+    readable() reads, with no reserved part (`__x`, `_X`) and not std's. Some toolchains link
+    parts of libstdc++ into the library (the H200 machine's put `__cxxabiv1::
+    __terminate_handler` and std::string's `_ZNSs4_Rep20_S_empty_rep_storageE` there), which
+    the runtime's objects do not define either."""
+    shown = readable(name)
+    if shown == name and name.startswith("_Z"):
+        return False   # a mangling readable() does not read: no kernel variable's
+    return not _RESERVED.search(shown) and not shown.startswith("std::")
+
+
 @lru_cache(maxsize=64)
 def kernel_variables(path: str) -> tuple[tuple[tuple[str, int, int, bool], ...], int | None]:
     """((name as written, address in the library, size, a function's static?), ...) of the
@@ -99,7 +114,8 @@ def kernel_variables(path: str) -> tuple[tuple[tuple[str, int, int, bool], ...],
                 anchor = value
             elif (info & 0xF == _STT_OBJECT and size and shndx in writable
                   and "__pal" not in name   # the shim's state
-                  and (where == _TU if where and info >> 4 == 0 else not _runtimes(name))):
+                  and (where == _TU if where and info >> 4 == 0
+                       else not _runtimes(name) and _kernel_could_name(name))):
                 found.append((readable(name), value, size, name.startswith("_ZZ")))
     return tuple(sorted(found, key=lambda v: v[1])), anchor
 
