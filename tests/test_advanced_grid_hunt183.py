@@ -357,8 +357,8 @@ def test_admit_refuses_cached_pages_that_hold_other_blocks(which):
     req = Request(1, prompt, SamplingParams())
     assert kv.cached_prefix(req)[1] == (0 if which == "another prompt's" else 4)
     before = pool_state(kv), req.save()
-    with pytest.raises(ValueError, match=r"^hits\[0\]: page 1 does not cache request 1's "
-                                         r"block 0 \(its tokens 0\.\.1\); pass what "
+    with pytest.raises(ValueError, match=rf"^hits\[0\]: page {pages[1]} does not cache "
+                                         r"request 1's block 0 \(its tokens 0\.\.1\); pass what "
                                          r"cached_prefix returns"):
         kv.admit(req, [pages[1], pages[0]], 4, 1)
     assert (pool_state(kv), req.save()) == before

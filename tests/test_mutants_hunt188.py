@@ -131,7 +131,7 @@ def test_constant_hints_read_the_written_part_of_the_kernels_own_lines():
     member = "k.cu:2:53: error: assignment of member 'dim3::x' in read-only object\n"
     assert _constant_hints(member, "k.cu", CONSTANT_SOURCE) == []
     assert "read-only to kernel code" in _constant_hints(
-        member.replace("gridDim", "c"), "k.cu", [CONSTANT_SOURCE[0], "{ c.x = 1; }"])[0]
+        member, "k.cu", [CONSTANT_SOURCE[0], "{ c.x = 1; }"])[0]   # (the line is the point)
     unset = "shim.h:1:20: error: uninitialized 'const c'\n"
     assert _constant_hints(unset, "k.cu", CONSTANT_SOURCE) == []
     assert "cannot set __constant__" in _constant_hints(unset.replace("shim.h", "k.cu"),
@@ -150,7 +150,6 @@ def test_a_write_to_a_constant_variable_gets_its_hint_in_either_compilers_words(
     assert _constant_hints(log.replace("'c'", "'o'"), "k.cu", CONSTANT_SOURCE) == []
 
 
-
 def test_two_functions_statics_of_one_name_keep_a_row_each():
     """`static int n` in two functions: "__device__ n" and "__device__ n (2)", each with its
     own row (reads, writes: the row's accesses), both in the totals."""
@@ -164,6 +163,16 @@ def test_two_functions_statics_of_one_name_keep_a_row_each():
     assert [(b.reads, b.writes, b.read_bytes, b.write_bytes, b.read_accesses)
             for b in counts.by_buffer.values()] == [(3, 1, 12, 4, 3), (5, 2, 20, 8, 5)]
     assert counts.read_requests == 8 and counts.write_sectors == 3
+
+
+def test_a_name_that_starts_another_does_not_count_toward_its_number():
+    """`n`, `nx`, `n`: the second `n` is "(2)"; counting the keys that start with
+    "__device__ n" made it "(3)" (reader 190)."""
+    from pagedattn_lab.cpu.counts import AccessCounts   # noqa: PLC0415
+    counts = AccessCounts("k", (1, 1, 1), (1, 1, 1), np.zeros((1, 1, 8), np.int64),
+                          np.zeros((4, 8), np.int64), [], [],
+                          [("n", False), ("nx", False), ("n", False)])
+    assert list(counts.by_buffer) == ["__device__ n", "__device__ nx", "__device__ n (2)"]
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"),

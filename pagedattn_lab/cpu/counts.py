@@ -25,6 +25,7 @@ register is not re-read. Nothing here says whether a sector came from L2 or DRAM
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 import numpy as np
@@ -106,12 +107,13 @@ class AccessCounts:
             size = max(a.itemsize, 1)
             self.by_buffer[p.name] = _buffer_counts(p.name, a.itemsize, row, int(row[1]) // size,
                                                     int(row[3]) // size)
+        seen: Counter = Counter()
         for (name, shared), row in zip(variables, per_buffer[len(params) + 1:]):
             if shared:   # (a template's __shared__ array: counted as shared memory)
                 continue
             key = f"__device__ {name}"
-            key += f" ({sum(k.startswith(key) for k in self.by_buffer) + 1})" \
-                if key in self.by_buffer else ""   # two functions' `static int n`
+            seen[key] += 1   # two functions' `static int n`: the second is "(2)"
+            key += f" ({seen[key]})" if seen[key] > 1 else ""
             self.by_buffer[key] = _buffer_counts(key, 0, row, int(row[0]), int(row[2]))
         sh = per_buffer[len(params)]
         self.shared_requests = int(sh[4] + sh[6])

@@ -138,16 +138,18 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
     if (!(f & PAL_INSTR_COUNT)) return;
     // The kernel's own __device__ and static variables: global memory on a GPU, so counted
     // as global accesses (rows after shared memory's; sectors as from 256-byte alignment);
-    // a template's __shared__ array (outside the section under GCC) as shared memory.
+    // a template's __shared__ array (outside the section under GCC) as shared memory, its
+    // region j + 2 (after dynamic shared memory's 0 and the static section's 1).
     const uint64_t *v = S.cfg->vars;
     for (uint32_t j = 0; j < S.cfg->nvars; ++j, v += 3)
         if (a >= v[0] && a < v[1]) {
-            const uint32_t row = S.cfg->nranges + 1 + j;
-            if (v[2])
+            if (v[2]) {
                 count(S.cfg->nranges, (a - v[0]) + ((uint64_t)(j + 2) << 32), size, kind, pc,
                       true);
-            else
+            } else {
+                const uint32_t row = S.cfg->nranges + 1 + j;
                 count(row, (a - v[0]) + ((uint64_t)row << 48), size, kind, pc, false);
+            }
             return;
         }
     const uint64_t *r = S.cfg->ranges;

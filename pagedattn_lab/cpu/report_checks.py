@@ -1,7 +1,7 @@
 """Word the failures of the compiler's checks on kernel code (ubsan.cpp): an index past an
 array whose size the compiler knows (a local array, a static `__shared__` array), and a shift
 by a negative amount or by at least the value's width; and a write past the static
-`__shared__` variables, found after the block (runtime.cpp's guard check). The worker gives
+`__shared__` variables, found after the block (shared_guards.cpp's checks). The worker gives
 the line and column, the value, and the array's (or shifted value's) type; the array's name
 is read off the source at that column (GCC points it at the subscript's closing bracket,
 Clang at the start of the array's name; elsewhere the message leaves the name out)."""
@@ -185,23 +185,21 @@ def _shared_variable_after(symbols: list, offset: int) -> tuple[str, int] | None
     return (best[2], best[0] - offset) if best else None
 
 
-# The runtime's variables that kernel code reads but may not write (runtime.cpp compares them
-# after each block): read-only built-ins on a GPU, where NVRTC refuses an assignment to them.
+# The runtime's variables that kernel code reads but may not write (shared_guards.cpp compares
+# them after each block): read-only built-ins on a GPU, where NVRTC refuses an assignment to them.
 _READ_ONLY = {"gridDim": "`gridDim`", "blockDim": "`blockDim`",
               "__pal_dyn_smem": "the address of `extern __shared__` memory"}
 
 
 def _read_only_changed(info: LaunchInfo, offset: int) -> str:
-    """The message's words for a changed read-only variable at `offset` (library-relative):
-    the kernel assigned to it (which compiles here), or a stray write landed there; "" where
-    no such variable lies there (a guard's, or the table of the guards)."""
+    """The message's words for a changed read-only variable at `offset` (library-relative),
+    which only a stray write reaches (an assignment to gridDim or blockDim does not compile,
+    as under NVRTC); "" where no such variable lies there (a guard's, or the guards' table)."""
     from .race import data_symbols  # noqa: PLC0415 - rare: a failed guard
     for start, size, name in data_symbols(info.source[0]) if info.source else ():
         if name in _READ_ONLY and start <= offset < start + size:
-            return (f" It changed {_READ_ONLY[name]}, which kernel code can only read (on a "
-                    f"GPU it is read-only: NVRTC refuses an assignment to it); an assignment "
-                    f"compiles here, so either the kernel assigns to it or a write through a "
-                    f"pointer past static __shared__ memory landed there.")
+            return (f" It changed {_READ_ONLY[name]}, which kernel code can only read: a write "
+                    f"through a pointer past static __shared__ memory landed there.")
     return ""
 
 

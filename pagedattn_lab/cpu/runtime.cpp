@@ -277,9 +277,9 @@ extern "C" PAL_HIDDEN int pal_run_blocks(const pal_config *cfg, pal_ctl *ctl, in
     while (!__atomic_load_n(&ctl->abort, __ATOMIC_SEQ_CST)) {
         uint64_t b = (uint64_t)__atomic_fetch_add(&ctl->next_block, 1, __ATOMIC_SEQ_CST);
         if (b >= nblocks) break;
-        // A GPU runs blocks in no set order: a kernel whose block b reads what block b - 1
-        // wrote passed here in ascending order. Block 0 still runs first (a fault in every
-        // block is reported in block 0, as before); block 2 then runs before block 1.
+        // A GPU runs blocks in no set order, so a checked launch runs them from the last down
+        // (a kernel whose block b reads what block b - 1 wrote then reads what is not there
+        // yet), but block 0 first: a fault in every block is named in block 0.
         if (cfg->last_first && b) b = nblocks - b;
         status = run_block(b);
         S.res->run_thread = -1;

@@ -2,7 +2,7 @@
 // guards of poison around static and dynamic shared memory, and the runtime's variables
 // next to the static section (gridDim, blockDim, the guards' table, __pal_dyn_smem).
 // Found after the block: the block is known, the thread not.
-#define PAL_SETS_DIMS   // (compares gridDim and blockDim with the scheduler's copies)
+#define PAL_SETS_DIMS   // (declared as runtime.cpp defines them, not const: shim_types.h)
 #include <string.h>
 
 #include "scheduler.h"
@@ -73,14 +73,20 @@ static const void *changed_runtime_variable()
     return nullptr;
 }
 
-// Such a write is reported as one before or past a static __shared__ array (it came through
-// a pointer past one: nothing else of the kernel's lies in the library), found after block b.
+// A write at `hit`, reported as one before or past a static __shared__ array, found after
+// block b; its offset in the library names the variable or guard (the symbol table).
+static int static_shared_write(const char *hit, uint64_t b)
+{
+    S.res->offset = pal::lib_offset((uintptr_t)hit);
+    return guard_write(hit, PAL_REGION_STATIC_SHARED, b);
+}
+
+// Such a write came through a pointer past a static __shared__ array: nothing else of the
+// kernel's lies in the library.
 int check_runtime_variables(uint64_t b)
 {
     const char *hit = (const char *)changed_runtime_variable();
-    if (!hit) return PAL_OK;
-    S.res->offset = pal::lib_offset((uintptr_t)hit);
-    return guard_write(hit, PAL_REGION_STATIC_SHARED, b);
+    return hit ? static_shared_write(hit, b) : PAL_OK;
 }
 
 // A write through a pointer past a static __shared__ array (`float *p = tile; p[32] = x`,
@@ -94,9 +100,7 @@ int check_shared_guard(uint64_t b)
     const char *hit = changed_byte(pal_shared_guard);
     for (char **g = __start_pal_sguards; !hit && g && g < __stop_pal_sguards; ++g)
         hit = changed_byte(*g);
-    if (!hit) return PAL_OK;
-    S.res->offset = pal::lib_offset((uintptr_t)hit);   // for the symbol table
-    return guard_write(hit, PAL_REGION_STATIC_SHARED, b);
+    return hit ? static_shared_write(hit, b) : PAL_OK;
 }
 #else
 int check_runtime_variables(uint64_t) { return PAL_OK; }

@@ -37,8 +37,8 @@
 // const: constant memory is read-only to kernel code (NVRTC refuses a write), and a const
 // variable lies in read-only data, which the access counts leave out (device_data.py):
 // a GPU reads it through the constant cache, not as global loads. A declaration that
-// says const or constexpr itself has the keyword blanked (source.py: `const const`
-// does not compile).
+// says const or constexpr itself has the keyword blanked (`const const` does not
+// compile), and a pointer's moves behind its `*` (constant_decl.py).
 #define __constant__ const
 #define __managed__
 #define __grid_constant__

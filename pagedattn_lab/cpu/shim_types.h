@@ -56,7 +56,7 @@ struct dim3 {
 };
 
 // The built-in variables, set by the runtime for the fiber that runs. gridDim and blockDim
-// are const but where runtime.cpp sets them (PAL_SETS_DIMS): NVRTC refuses `gridDim.x = 1`
+// are const but in the runtime's files that define or compare them (PAL_SETS_DIMS): NVRTC refuses `gridDim.x = 1`
 // ("expression must be a modifiable lvalue"), and so does the kernel's build. They hold for
 // a whole launch, so a load the compiler keeps across a barrier is right. threadIdx and
 // blockIdx change at each switch of fibers, so their objects are not const (a const

@@ -1,6 +1,6 @@
 """Source-level preparation of a CUDA kernel for the C++ compiler.
 
-Two rewrites, neither adding a line, so that line numbers do not move: `extern __shared__ T
+Rewrites that add no line, so that line numbers do not move: `extern __shared__ T
 name[];` (dynamic shared memory, sized at launch) becomes a reference to the runtime's
 per-block buffer pointer, `static T*& name = reinterpret_cast<T*&>(__pal_dyn_smem);`, on the
 same line; and a statement that declares static `__shared__` variables gets shim.h's
@@ -8,7 +8,9 @@ same line; and a statement that declares static `__shared__` variables gets shim
 where it can go there, so that the declaration's columns do not move either, and, in a
 template, `PAL_SPOISON(name)` after it (GCC drops the section attribute of a template's
 statics: `_template_poison`). And `__constant__`, which shim.h makes `const`, is blanked in
-a declaration that says `const` or `constexpr` itself (constant_decl.py). Everything else
+a declaration that says `const` or `constexpr` itself, or moved behind a pointer's `*` (the
+pointer is what constant memory holds; the line's later columns move there:
+constant_decl.py). Everything else
 is handled by macros in shim.h.
 """
 from __future__ import annotations
