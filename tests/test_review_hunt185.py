@@ -12,7 +12,6 @@ import pagedattn_lab as pl
 from pagedattn_lab import check, sim
 from pagedattn_lab.attention_common import DtypeError
 from pagedattn_lab.engine.kv_manager import KVCacheManager
-from pagedattn_lab.engine.prefix_cache import hash_block
 from pagedattn_lab.engine.request import Request, SamplingParams
 from pagedattn_lab.grading import checks_engine, checks_serve, checks_softmax, checks_system, judge
 from pagedattn_lab.grading.report import Mismatch
@@ -21,22 +20,17 @@ from pagedattn_lab.cpu import KernelFault
 from pagedattn_lab.page_bytes import page_bytes
 from pagedattn_lab.split_k import merge_partials
 from tests.check_helpers import assert_caught
+from tests.test_advanced_grid_hunt183 import admitted
 from tests.test_cpu_state_hunt182 import _write, past_shared  # noqa: F401 - the fixture
+from tests.test_wrong_answers_hunt180 import _block_hashes_one_short
 
 # -- grading: the hints hunt 180 added -------------------------------------------------------
 
 
 def test_the_one_short_hint_counts_the_tokens_each_block_was_hashed_from():
     """(mutant: "its first {page_size} tokens")"""
-    def one_short(token_ids, page_size):
-        hashes, parent = [], None
-        for start in range(0, len(token_ids) - page_size + 1, page_size):
-            parent = hash_block(parent, token_ids[start:start + page_size - 1])
-            hashes.append(parent)
-        return hashes
-
     with pytest.raises(Mismatch) as caught:
-        checks_engine._hash_case(one_short, 185, 4, 13)
+        checks_engine._hash_case(_block_hashes_one_short, 185, 4, 13)
     assert "hashed from its first 3 tokens" in caught.value.hint
 
 
@@ -163,20 +157,11 @@ def test_arguments_that_fit_no_call_are_passed_on_as_they_came():
 
 # -- the engine's admit ------------------------------------------------------------------------
 
-def _admitted(kv, rid, prompt):
-    req = Request(rid, prompt, SamplingParams())
-    hits, computed = kv.cached_prefix(req)
-    kv.admit(req, hits, computed, len(prompt) - computed)
-    req.num_computed_tokens = len(prompt)
-    kv.register_computed(req)
-    return req
-
-
 def test_admit_takes_a_twins_hits_for_a_request_whose_hashes_are_not_computed_yet():
     """admit hashes the blocks itself, chained (mutants: `i <= len(block_hashes)`, an
     unchained hash)."""
     kv = KVCacheManager(8, 2)
-    first = _admitted(kv, 0, [1, 2, 3, 4, 5, 6, 7])
+    first = admitted(kv, 0, [1, 2, 3, 4, 5, 6, 7])
     kv.free(first)
     hits, computed = kv.cached_prefix(Request(1, [1, 2, 3, 4, 5, 6, 7], SamplingParams()))
     assert len(hits) == 3 and computed == 6
@@ -188,7 +173,7 @@ def test_admit_takes_a_twins_hits_for_a_request_whose_hashes_are_not_computed_ye
 def test_admit_refuses_a_last_hit_that_caches_another_block():
     """(mutant: every hit but the last compared)"""
     kv = KVCacheManager(8, 2)
-    a, b = _admitted(kv, 0, [1, 2, 3, 4, 5]), _admitted(kv, 1, [7, 8, 9, 9, 5])
+    a, b = admitted(kv, 0, [1, 2, 3, 4, 5]), admitted(kv, 1, [7, 8, 9, 9, 5])
     pages_a, pages_b = a.pages[:2], b.pages[:2]
     kv.free(a)
     kv.free(b)
