@@ -108,11 +108,17 @@ def reaching(seed: set[str], graph: dict[str, set[str]]) -> set[str]:
     return found
 
 
-def macro_aliases(source: str, words: set[str], *, whole: bool = False) -> set[str]:
-    """`words` and the names of the source's object-like macros (and typedefs) whose body
-    names one of them, followed through each other (`#define LOG printf`, `#define CMEM
-    __constant__`); with `whole`, only those whose body is that one word."""
-    graph = {name: set(re.findall(r"[A-Za-z_]\w*", body))
-             for name, body in collect_defines(source).items()
-             if not whole or re.fullmatch(r"[A-Za-z_]\w*", body)}
+def macro_aliases(source: str, words: set[str], *, whole: bool = False,
+                  options=()) -> set[str]:
+    """`words` and the names of the source's object-like macros (and typedefs) and of the
+    `-D` options' macros (`options`, the compile's: `-DLOG=printf` defines LOG for the
+    compiler as a #define would) whose body names one of them, followed through each other
+    (`#define LOG printf`, `#define CMEM __constant__`); with `whole`, only object-like ones
+    whose body is that one word. A `-D` function-like macro (`-DLOG(...)=printf(...)`) is
+    known by its name."""
+    graph: dict[str, set[str]] = {}
+    for name, body in collect_defines(source, options).items():
+        name, params, _ = name.partition("(")
+        if not whole or not params and re.fullmatch(r"[A-Za-z_]\w*", body):
+            graph[name.strip()] = set(re.findall(r"[A-Za-z_]\w*", body))
     return reaching(set(words), graph)

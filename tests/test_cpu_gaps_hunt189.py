@@ -43,24 +43,34 @@ def test_a_constant_pointer_is_const_itself_not_its_pointee():
         "/*constant*/ float * const c = buf; __constant__ float d[2] = {1, 2};"]
 
 
+# (hunt 194's test launches `take` of this build: a -D macro for __constant__ and two
+# __device__ variables that the source check missed, one spelled through a -D macro)
 CONSTANTS = r"""
 #define CMEM __constant__
-__device__ float buf[64];
+__device__ __align__(16) float buf[64];
 CMEM const float t[2] = {1, 2};
 __constant__ float* p = buf;
+LAB_CONSTANT const float one_half = 0.5f;
+LAB_DEVICE unsigned int tickets;
 extern "C" __global__ void k(const float* a, float* out)
 {
     int i = threadIdx.x;
     p[i] = a[i] * 2;
     out[i] = p[i] + t[i % 2];
 }
+extern "C" __global__ void take(float* taken)
+{
+    for (int r = 0; r < 64; ++r) __syncthreads();   // (slow blocks: every worker takes some)
+    if (threadIdx.x == 0) taken[blockIdx.x] = one_half * atomicAdd(&tickets, 1u);
+}
 """
+CONSTANT_OPTIONS = ("-DLAB_CONSTANT=__constant__", "-DLAB_DEVICE=__device__")
 
 
 def test_a_macro_for_constant_and_a_constant_pointer_compile_and_run():
     """Before: "duplicate 'const'" at line 4, and `p[i] = ...` assigned a read-only location."""
     a, out = np.arange(40, dtype=np.float32), np.zeros(40, np.float32)
-    RawKernel(CONSTANTS, "k")((1,), (40,), (a, out))
+    RawKernel(CONSTANTS, "k", CONSTANT_OPTIONS)((1,), (40,), (a, out))
     np.testing.assert_array_equal(out, a.astype(np.float64) * 2 + 1 + np.arange(40) % 2)
 
 

@@ -337,7 +337,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     flags = [f for f in flags if not f.startswith("-std=")]
     old_std = ("-std=c++11", "-std=c++14", "-std=c++03")
     std = ["-std=c++17"] if not std or std[-1] in old_std else std[-1:]
-    tu = translation_unit(source, kernel_names, filename, str(HERE / "shim.h"))
+    tu = translation_unit(source, kernel_names, filename, str(HERE / "shim.h"), flags)
     opt = INSTRUMENTED_OPT if instrumented else PLAIN_OPT
     base = (*std, opt, *BASE_FLAGS, *kernel_flags(is_clang, bounds),
             *_supported_flags(cmd, ident), "-I", str(INCLUDE_DIR))

@@ -15,9 +15,10 @@ _DECLARATOR_END = re.compile(r"[;={(\[]")
 _DIRECTIVE = re.compile(r"^[ \t]*#.*$", re.M)
 
 
-def constant_once(source: str) -> str:
+def constant_once(source: str, options=()) -> str:
     """`source` with `__constant__`, or a macro that stands for it alone (`#define CMEM
-    __constant__`, followed through others), replaced by a comment or blanks of its width
+    __constant__`, followed through others, or the compile's `options`' `-DCMEM=__constant__`,
+    whose use shim.h's `const` reaches as well), replaced by a comment or blanks of its width
     where its declaration (from the statement's start, or a directive's line, to its
     declarator's `=`, `[`, `(`, `{` or `;`) says `const` or `constexpr` itself: shim.h's
     `const` would make it `const const`, which GCC refuses ("duplicate 'const'") and NVRTC
@@ -25,7 +26,7 @@ def constant_once(source: str) -> str:
     macro's uses are judged where they stand. A pointer declared without `const` gets its
     `const` after the `*` instead (`_const_pointers`)."""
     text = strip_comments(source)
-    names = macro_aliases(text, {"__constant__"}, whole=True)
+    names = macro_aliases(text, {"__constant__"}, whole=True, options=options)
     directives = [(d.start(), d.end()) for d in _DIRECTIVE.finditer(text)]
     uses = re.finditer(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b", text)
     for m in reversed(list(uses)):

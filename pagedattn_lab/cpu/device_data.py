@@ -1,6 +1,7 @@
 """The kernel's own writable data: `__device__` variables and namespace-scope or function
 `static` ones, found in the kernel library's symbol table, so that a counted launch counts
-their loads and stores (instrument.cpp) as global memory, which they are on a GPU.
+their loads and stores (instrument.cpp) as global memory, which they are on a GPU, and a
+launch of a kernel that has one runs in one worker process (each would have its own copy).
 
 Without this, such memory was counted nowhere (the counts knew the array arguments and
 shared memory only): a warp sum that staged its values in a `__device__ float scratch[]`
@@ -28,7 +29,7 @@ from ..cuda_text import strip_comments
 from .artifacts import loadable_path
 from .kernel_object import defined_symbols, elf_bytes, section_headers, string_at
 
-__all__ = ["kernel_variables", "variable_ranges"]
+__all__ = ["kernel_variables", "variable_ranges", "holds_writable_globals"]
 
 _TU = "kernel.cpp"
 _SHF_WRITE, _SHF_ALLOC, _SHF_TLS = 0x1, 0x2, 0x400
@@ -118,6 +119,18 @@ def kernel_variables(path: str) -> tuple[tuple[tuple[str, int, int, bool], ...],
                        else not _runtimes(name) and _kernel_could_name(name))):
                 found.append((readable(name), value, size, name.startswith("_ZZ")))
     return tuple(sorted(found, key=lambda v: v[1])), anchor
+
+
+def holds_writable_globals(path: str, source: str) -> bool:
+    """Whether the library at `path`, built from `source`, holds a writable variable of the
+    kernel's: a `__device__`, `__managed__` or `static` one wherever it was declared (a
+    header the source includes, a macro or `-D` option that stands for `__device__`, after
+    `__align__(16)`), which the source check (source.has_device_variables) can miss. Each
+    worker process has its own copy of one, so such a launch runs in one (kernel.py). A
+    template function's `__shared__` array (GCC) is per block, not one of them."""
+    found, _ = kernel_variables(loadable_path(path))
+    shared = shared_names(source)
+    return any(not (local and name in shared) for name, _, _, local in found)
 
 
 def shared_names(source: str) -> set[str]:

@@ -14,6 +14,7 @@ from ..signature import (as_passed, check_launch_args, collect_defines, find_ker
 from . import abi, launch
 from .artifacts import loadable_path
 from .compiler import compile_source, parse_options
+from .device_data import holds_writable_globals
 from .errors import ExecutorUnavailableError, KernelCompileError
 from .source import has_device_variables, uses_printf
 
@@ -155,10 +156,10 @@ class RawKernel:
         self._lib = None
         self._entry = None
         self._builds: dict[bool, tuple] = {}   # instrumented? -> (library, entry, path)
-        self._prints = uses_printf(code)
-        self._single_worker = self._prints or has_device_variables(code)
-        _flags, ignored = parse_options(self.options)
+        flags, ignored = parse_options(self.options)
         self.ignored_options = tuple(ignored)
+        self._prints = uses_printf(code, flags)
+        self._single_worker = self._prints or has_device_variables(code)
 
     def compile(self, instrumented: bool = False) -> "RawKernel":
         """Compile now (otherwise the first call does). Sets compile_seconds and cached.
@@ -225,7 +226,7 @@ class RawKernel:
                 f"launch (CUDA_ERROR_INVALID_VALUE). Launch at most that many threads per block "
                 f"or raise the bound")
         nblocks = g[0] * g[1] * g[2]
-        if self._single_worker:
+        if self._single_worker or holds_writable_globals(path, self.code):
             nworkers = 1   # printf output in block order; writable globals in one process
         else:
             nworkers = (workers or self.workers

@@ -269,11 +269,12 @@ def _statement_start(text: str, at: int) -> int:
     return head + len(text[head:open_]) - len(text[head:open_].lstrip())
 
 
-def uses_printf(source: str) -> bool:
+def uses_printf(source: str, options=()) -> bool:
     """Whether the source calls printf, itself or through a macro that names it (`#define
-    LOG printf`): such a launch runs its blocks in order, in one worker (kernel.py)."""
+    LOG printf`, or the compile's `options`' `-DLOG=printf`): such a launch runs its blocks
+    in order, in one worker (kernel.py)."""
     text = strip_comments(source)
-    names = macro_aliases(text, {"printf"})
+    names = macro_aliases(text, {"printf"}, options=options)
     return re.search(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\s*\(",
                      text) is not None
 
@@ -361,12 +362,14 @@ def _with_entry_points(source: str, kernel_names: list[str]) -> tuple[str, str]:
     return source, tail
 
 
-def translation_unit(source: str, kernel_names: list[str], filename: str, shim_path: str) -> str:
+def translation_unit(source: str, kernel_names: list[str], filename: str, shim_path: str,
+                     options=()) -> str:
     """The C++ file to compile: the shim, then the kernel source at its own line numbers with
     each kernel's exported entry point just past its definition (`_with_entry_points`; after
-    the source, for a kernel it does not define)."""
+    the source, for a kernel it does not define). `options`: the compile's, whose `-D`
+    macros constant_once follows as the source's own."""
     body, entries = _with_entry_points(source, kernel_names)
-    body = guard_static_shared(rewrite_extern_shared(constant_once(body)))
+    body = guard_static_shared(rewrite_extern_shared(constant_once(body, options)))
     if not body.endswith("\n"):
         body += "\n"
     quoted = quoted_filename(filename)
