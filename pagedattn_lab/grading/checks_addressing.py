@@ -17,7 +17,7 @@ from ..addressing import element_offset, page_offset, physical_page, physical_sl
 from ..validate_kinds import is_int
 from .cases import block_tables_for
 from .compare import (POW2_HINT, call_on_copies, changed_input, describe_difference, diagnose,
-                      pow2_div, pow2_mod)
+                      pow2_mixes)
 from .report import Case, CheckResult, Mismatch, as_int, probe, run_cases, several_fit
 from .seeds import case_rng
 
@@ -77,13 +77,10 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
 
 
 def _pow2_slots(row, t: int, page_size: int) -> list[int]:
-    """Token t's slot computed with shifts and masks (| or + to join them), as if page_size
-    were a power of two (the virtual page t >> log2(page_size) may land on the padding)."""
-    page = pow2_div(t, page_size)
-    if page >= len(row):
-        return []
-    base = int(row[page]) << (page_size.bit_length() - 1)
-    return [base | pow2_mod(t, page_size), base + pow2_mod(t, page_size)]
+    """Token t's slot with shifts and masks for some or all of //, *, % and + (as if
+    page_size were a power of two; a virtual page past the row is left out)."""
+    return [join(mul(int(row[div(t)])), mod(t)) for div, mul, mod, join in
+            pow2_mixes(page_size) if div(t) < len(row)]
 
 
 def slot_of(fn) -> CheckResult:
@@ -109,7 +106,6 @@ OFFSET_HINT = "offset = (slot * num_kv_heads + kv_head) * head_dim + dim."
 def _offset_variants(slot: int, h: int, d: int, num_kv_heads: int, head_dim: int):
     """(hint, offset) of the usual mistakes at one element."""
     expected = element_offset(slot, h, d, num_kv_heads, head_dim)
-    shift = head_dim.bit_length() - 1
     return [
         ("the head stride is missing num_kv_heads (the guide's bug): a slot holds "
          "num_kv_heads * head_dim values, so offset = (slot * num_kv_heads + kv_head) * "
@@ -134,8 +130,9 @@ def _offset_variants(slot: int, h: int, d: int, num_kv_heads: int, head_dim: int
         ("that is the offset for num_kv_heads 4 and head_dim 8, numbers written into the "
          f"code: use the arguments ({num_kv_heads} and {head_dim} here).",
          (slot * 4 + h) * 8 + d if (num_kv_heads, head_dim) != (4, 8) else None),
-        (POW2_HINT.format(name="head_dim", n=head_dim), ((slot * num_kv_heads + h) << shift) | d),
-        (POW2_HINT.format(name="head_dim", n=head_dim), ((slot * num_kv_heads + h) << shift) + d),
+        *[(POW2_HINT.format(name="head_dim", n=head_dim), join(mul(slot * num_kv_heads + h),
+                                                                mod(d)))
+          for _, mul, mod, join in pow2_mixes(head_dim)],
     ]
 
 
@@ -352,21 +349,21 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
         (f"a gather copies exactly: keep the cache's dtype ({expected.dtype}); yours, "
          f"{got.dtype}, rounded the values.",
          lambda: expected.astype(got.dtype) if got.dtype.kind in "fiu" else None),
-        (POW2_HINT.format(name="page_size", n=page_size),
-         lambda: _pow2_gather(flat, row, t, page_size)),
+        *[(POW2_HINT.format(name="page_size", n=page_size),
+           lambda mix=mix: _pow2_gather(flat, row, t, page_size, *mix))
+          for mix in pow2_mixes(page_size)],
     ], atol=0, rtol=0) or ("slot = row[t // page_size] * page_size + t % page_size, for "
                            "t = arange(seq_len).")
     raise Mismatch(diff.message(), hint)
 
 
-def _pow2_gather(flat, row, t, page_size: int):
-    """The gather with shifts and masks, as if page_size were a power of two (None where
-    NumPy would refuse the indices)."""
-    pages = pow2_div(t, page_size)
+def _pow2_gather(flat, row, t, page_size: int, div, mul, mod, join):
+    """The gather with shifts and masks for some or all of //, *, % and + (pow2_mixes), as
+    if page_size were a power of two (None where NumPy would refuse the indices)."""
+    pages = div(t)
     if pages.size and pages.max() >= len(row):
         return None
-    slots = (row[pages].astype(np.int64) << (page_size.bit_length() - 1)) | \
-        pow2_mod(t, page_size)
+    slots = join(mul(row[pages].astype(np.int64)), mod(t))
     inside = not slots.size or (-len(flat) <= slots.min() and slots.max() < len(flat))
     return flat[slots] if inside else None
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks_prefill import inputs_kept, mixed_batch, named_mistake
-from .compare import POW2_HINT, pow2_div
+from .compare import POW2_HINT, pow2_ceil_forms
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
@@ -99,9 +99,9 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
         (_ROUND_UP, build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile)),
         (_ONE_TOO_MANY,
          build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile + 1)),
-        (POW2_HINT.format(name="kv_tile", n=kv_tile),
-         build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: pow2_div(k + kv_tile - 1,
-                                                                           kv_tile))),
+        *[(POW2_HINT.format(name="kv_tile", n=kv_tile),
+           build(lambda q, n, f: n - q + last(q, f) + 1, lambda k, ceil=ceil: int(ceil(k))))
+          for ceil, _ in pow2_ceil_forms(kv_tile)],
         ("a sequence with q_len 0 has no new tokens: it gets no query tile.",
          build(lambda q, n, f: n - q + last(q, f) + 1, empty=True)),
         ("the mask is aligned bottom-right: a tile's last row sits at position "

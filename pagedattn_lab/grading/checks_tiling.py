@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..validate_kinds import is_int
-from .compare import FIXED_PAGE_HINT, POW2_HINT, pow2_div
+from .compare import FIXED_PAGE_HINT, POW2_HINT, pow2_ceils
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_ints
 
@@ -25,6 +25,17 @@ def _rounds_up(fn) -> bool:
     try:
         return [int(p) for p in got] == [0, 1, 2, 3, 4]
     except (TypeError, ValueError):
+        return False
+
+
+def _rounds_down(fn) -> bool:
+    """Whether `fn` rounds a partly needed page down where page_size is a power of two (25
+    keys of pages of 8: 3 pages, not 4): one that rounds up there, and down only where
+    page_size is not, rounds up with a shift or a mask."""
+    got = probe(fn, 40, 20, 5, 8)
+    try:
+        return len(list(got)) == 3
+    except TypeError:
         return False
 
 
@@ -86,7 +97,8 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
          list(range(-(-min(seq_len, q_start + tile_q - 1) // page_size)))
          if q_start < seq_len and _rounds_up(fn) else None),
         ("round up: a page that holds any needed key is needed (ceil).",
-         list(range(last_key // page_size)) if q_start < seq_len else None),
+         list(range(last_key // page_size)) if q_start < seq_len and _rounds_down(fn)
+         else None),
         ("those are the pages of the first tile's keys, min(seq_len, tile_q): this tile's "
          "queries start at q_start, so its last key is min(seq_len, q_start + tile_q) - 1.",
          list(range(-(-min(seq_len, tile_q) // page_size))) if 0 < q_start < seq_len
@@ -94,9 +106,9 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
         (FIXED_PAGE_HINT.format(n=page_size), list(range(-(-last_key // 16)))
          if q_start < seq_len and page_size != 16 else None),
         (NO_WORK_HINT, list(range(-(-min(seq_len, q_start + tile_q) // page_size)))),
-        (POW2_HINT.format(name="page_size", n=page_size),
-         list(range(pow2_div(last_key + page_size - 1, page_size)))
-         if q_start < seq_len else None),
+        *[(POW2_HINT.format(name="page_size", n=page_size),
+           list(range(int(pages))) if q_start < seq_len else None)
+          for pages, _ in pow2_ceils(last_key, page_size)],
     ]
     # with no real query the formula below would name pages: the answer is [] (no work)
     fallback = ("pages 0 .. ceil(min(seq_len, q_start + tile_q) / page_size) - 1."
@@ -160,6 +172,17 @@ def expected_launch(batch, num_heads, max_len, tile_q, page_size, head_dim):
     return grid, (tile_q,), 2 * page_size * head_dim * 4
 
 
+def _launch_rounds_down(fn) -> bool:
+    """Whether `fn` rounds the query tiles down where tile_q is a power of two (37 queries
+    in tiles of 16: 2 tiles, not 3): one that rounds up there, and down only where tile_q is
+    not, rounds up with a shift or a mask."""
+    got = probe(fn, 2, 4, 37, 16, 8, 16)
+    try:
+        return dim3(got[0])[0] == 2
+    except (TypeError, ValueError, IndexError, KeyError):
+        return False
+
+
 def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> None:
     grid, block, smem = expected_launch(batch, num_heads, max_len, tile_q, page_size, head_dim)
     got = fn(batch, num_heads, max_len, tile_q, page_size, head_dim)
@@ -184,7 +207,7 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
     grid, block = dim3(grid), dim3(block)
     if g != grid:
         hint = "grid = (ceil(max_len / tile_q), num_heads, batch)."
-        if g == (max_len // tile_q, num_heads, batch):
+        if g == (max_len // tile_q, num_heads, batch) and _launch_rounds_down(fn):
             hint = ("round the number of query tiles up: the last tile is partly filled but "
                     "its queries still need a block.")
         elif g == dim3((num_heads, -(-max_len // tile_q), batch)):
@@ -197,7 +220,8 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
             hint = ("one tile too many: max_len is a multiple of tile_q here, and "
                     "max_len // tile_q + 1 (or (max_len + tile_q) // tile_q) adds a tile of "
                     "padding; ceil is (max_len + tile_q - 1) // tile_q.")
-        elif g == (pow2_div(max_len + tile_q - 1, tile_q), num_heads, batch):
+        elif g[1:] == (num_heads, batch) and \
+                g[0] in {int(tiles) for tiles, _ in pow2_ceils(max_len, tile_q)}:
             hint = POW2_HINT.format(name="tile_q", n=tile_q)
         elif g == dim3((batch, num_heads, -(-max_len // tile_q))):
             hint = ("this course puts the query tiles in x and the sequence in z (as the "
@@ -227,7 +251,7 @@ def tiled_launch(fn) -> CheckResult:
     """Check `fn(batch, num_heads, max_len, tile_q, page_size, head_dim)`:
     (grid, block, shared_mem)."""
     params = [(2, 4, 37, 16, 8, 16), (1, 8, 64, 16, 16, 64), (3, 2, 5, 32, 4, 32),
-              (1, 1, 1, 16, 16, 64), (4, 3, 128, 64, 16, 128), (2, 3, 37, 12, 6, 24)]
+              (1, 1, 1, 16, 16, 64), (4, 3, 128, 64, 16, 128), (2, 3, 52, 12, 6, 24)]
     params.append(tuple(case_ints(2, batch=(1, 8), num_heads=(1, 16), max_len=(1, 300),
                                   tile_q=(1, 64), page_size=(1, 32), head_dim=(1, 256)).values()))
     cases = [Case("launch", {"batch": b, "num_heads": h, "max_len": n, "tile_q": t,

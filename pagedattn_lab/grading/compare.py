@@ -11,6 +11,8 @@ first one that matches.
 """
 from __future__ import annotations
 
+import itertools
+import operator
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,6 +43,31 @@ def pow2_div(a, n):
 def pow2_mod(a, n):
     """a % n as a mask with n - 1 computes it: right only for a power of two n."""
     return a & (int(n) - 1)
+
+
+def pow2_mixes(n) -> list[tuple]:
+    """(div, mul, mod, join) for a // n, a * n, a % n and a + b with some of them written as
+    >> log2(n), << log2(n), & (n - 1) and |, every mix but the all-right one: an answer that
+    shifts in one place and divides in another is right only for a power-of-two n as well."""
+    shift = int(n).bit_length() - 1
+    forms = ((lambda a: a // n, lambda a: a >> shift), (lambda a: a * n, lambda a: a << shift),
+             (lambda a: a % n, lambda a: a & (int(n) - 1)), (operator.add, operator.or_))
+    return list(itertools.product(*forms))[1:]
+
+
+def pow2_ceil_forms(n) -> list[tuple]:
+    """(ceil, mul): ceil(a / n) as the mixes of pow2_mixes write it (a + n - 1 divided, a
+    divided plus 1 where a % n is not 0, or -(-a divided)) and the product by n the same mix
+    writes; right only for a power-of-two n, for an int or an array `a`."""
+    return [(ceil, mul) for div, mul, mod, _ in pow2_mixes(n)
+            for ceil in (lambda a, div=div: div(a + n - 1),
+                         lambda a, div=div, mod=mod: div(a) + (mod(a) != 0),
+                         lambda a, div=div: -div(-a))]
+
+
+def pow2_ceils(a, n) -> list:
+    """(pages, pages times n) for every form of pow2_ceil_forms."""
+    return [(ceil(a), mul(ceil(a))) for ceil, mul in pow2_ceil_forms(n)]
 
 
 def one_of(name: str, value, allowed: tuple) -> None:
