@@ -39,10 +39,16 @@ def check_cache_memory(page_nbytes: int, num_pages: int, device: str) -> None:
     """Refuse a cache larger than the memory of the device it would live on, before allocating.
 
     NumPy's zeros() of a few terabytes can succeed lazily and then kill the process when the
-    pages are touched; a clear error up front is better. Where even one page is past the
-    memory, fewer pages cannot help: the error names the sizes that make the page absurd.
+    pages are touched; a clear error up front is better.
     """
-    check_memory(page_nbytes, device, "num_kv_heads x head_dim x page_size",
-                 "one page (K and V)", "; no number of pages fits: use smaller sizes")
+    check_page_memory(page_nbytes, device)
     check_memory(page_nbytes * num_pages, device, "num_pages", "the K and V caches",
                  "; use fewer pages")
+
+
+def check_page_memory(page_nbytes: int, device: str,
+                      sizes: str = "num_kv_heads x head_dim x page_size",
+                      what: str = "one page (K and V)") -> None:
+    """Refuse one page past the device's memory: fewer pages cannot help, so the error names
+    the `sizes` that make the page absurd, not num_pages."""
+    check_memory(page_nbytes, device, sizes, what, "; no number of pages fits: use smaller sizes")

@@ -9,6 +9,8 @@ token (q_len 1: every key).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 
 from .validate import check_int, check_int_list, check_memory, check_offsets
@@ -28,18 +30,28 @@ def causal_mask(q_len: int, seq_len: int) -> np.ndarray:
 
 def packed_masks(qo_indptr, seq_lens) -> list[np.ndarray]:
     """The mask of every sequence of a packed batch, in batch order."""
-    indptr, lens = packed_batch(qo_indptr, seq_lens)
-    q_lens = np.diff(indptr)
+    batch = packed_batch(qo_indptr, seq_lens)
     # each mask alone may fit (causal_mask checks it) and all of them together not
-    cells = sum(int(q) * int(n) for q, n in zip(q_lens, lens))
-    check_memory(cells, "cpu", "qo_indptr, seq_lens", f"the masks' {cells} cells")
-    return [causal_mask(int(q), int(n)) for q, n in zip(q_lens, lens)]
+    check_memory(batch.cells, "cpu", "qo_indptr, seq_lens", f"the masks' {batch.cells} cells")
+    return [causal_mask(int(q), int(n)) for q, n in zip(batch.q_lens, batch.seq_lens)]
 
 
-def packed_batch(qo_indptr, seq_lens) -> tuple[np.ndarray, np.ndarray]:
-    """(qo_indptr, seq_lens) as int64 arrays, refused by name (the entry, and why) unless
-    offsets from 0 that never decrease, one length per sequence, and each sequence's new
-    tokens its last ones (q_len <= seq_len): else a mask has rows that see no key, or a
+class PackedBatch(NamedTuple):
+    """A checked packed batch: int64 offsets, lengths, and each sequence's new tokens."""
+    indptr: np.ndarray
+    seq_lens: np.ndarray
+    q_lens: np.ndarray
+
+    @property
+    def cells(self) -> int:
+        """Cells of all the masks together (q_len x seq_len per sequence), a Python int."""
+        return sum(int(q) * int(n) for q, n in zip(self.q_lens, self.seq_lens))
+
+
+def packed_batch(qo_indptr, seq_lens) -> PackedBatch:
+    """(qo_indptr, seq_lens, q_lens) as int64 arrays, refused by name (the entry, and why)
+    unless offsets from 0 that never decrease, one length per sequence, and each sequence's
+    new tokens its last ones (q_len <= seq_len): else a mask has rows that see no key, or a
     negative q_len is blamed on an argument the caller never passed."""
     indptr = np.asarray(check_int_list(qo_indptr, "qo_indptr", "offset"), dtype=np.int64)
     lens = np.asarray(check_int_list(seq_lens, "seq_lens", "length", minimum=0), dtype=np.int64)
@@ -53,4 +65,4 @@ def packed_batch(qo_indptr, seq_lens) -> tuple[np.ndarray, np.ndarray]:
         b = int(bad[0])
         raise ValueError(f"seq_lens[{b}]: expected at least q_len = {int(q_lens[b])} (the new "
                          f"tokens are the sequence's last), got {int(lens[b])}")
-    return indptr, lens
+    return PackedBatch(indptr, lens, q_lens)

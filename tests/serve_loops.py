@@ -21,12 +21,15 @@ def ceil_pages(n: int, page_size: int) -> int:
     return -(-n // page_size)
 
 
-def serve_loop(admit, pages_for=ceil_pages, admitted_tokens=None, piece=None):
+def serve_loop(admit, pages_for=ceil_pages, admitted_tokens=None, piece=None,
+               decode_at=lambda held: held, prompt_at=0):
     """The solution's serve, admitting the head of the queue while `admit(Admission)` holds;
     `pages_for(tokens, page_size)` counts pages (the spec's ceil by default);
     `admitted_tokens`: how many of its prompt's tokens an admitted request appends (None:
     all, the spec's prefill; the rest then come one a step, as decodes do), appended `piece`
-    tokens a call (None: in one call)."""
+    tokens a call (None: in one call); each decode asks kv_for for token
+    `decode_at(seq_len)` and the prompt is read from token `prompt_at` (the spec's: the
+    next token, from token 0)."""
     def serve(cache, requests, kv_for):
         def pages(n):
             return pages_for(n, cache.page_size)
@@ -44,10 +47,11 @@ def serve_loop(admit, pages_for=ceil_pages, admitted_tokens=None, piece=None):
                 running[i] = cache.add_sequence()
                 n = admitted_tokens or requests[i][0]
                 for start in range(0, n, piece or n):
-                    cache.append(running[i], *kv_for(i, start, min(piece or n, n - start)))
+                    cache.append(running[i], *kv_for(i, prompt_at + start,
+                                                     min(piece or n, n - start)))
             for i, seq_id in list(running.items()):
                 if cache.seq_len(seq_id) < sum(requests[i]):
-                    cache.append(seq_id, *kv_for(i, cache.seq_len(seq_id), 1))
+                    cache.append(seq_id, *kv_for(i, decode_at(cache.seq_len(seq_id)), 1))
                 if cache.seq_len(seq_id) == sum(requests[i]):
                     cache.free_sequence(seq_id)
                     del running[i]

@@ -45,6 +45,7 @@ from pagedattn_lab.engine.prefix_cache import BlockPool, block_hashes
 from pagedattn_lab.engine.request import Request, SamplingParams
 from pagedattn_lab.paging import OutOfPagesError
 from pagedattn_lab.split_k import merge_partials, partial_state
+from tests.test_engine_hunt67 import RefPool
 
 # ---- compressed capacity -----------------------------------------------------------------
 
@@ -149,56 +150,28 @@ def test_simulate_refuses_a_capacity_and_a_memory_together(call):
 
 # ---- prefix caching: the pool against a plain model --------------------------------------
 
-class ModelPool:
-    """vLLM's block pool in plain lists: counts, hash -> page, a free queue (front: evicted
-    first), and a whole copy of itself for begin/rollback."""
+class ModelPool(RefPool):
+    """vLLM's block pool in plain lists (hunt 67's) under BlockPool's names, with its
+    refusals: no more pages than are free, no page freed past its owners; a whole copy of
+    itself serves begin/rollback."""
 
     def __init__(self, n):
-        self.n, self.ref, self.hash, self.tokens = n, [0] * n, [None] * n, [None] * n
-        self.cached, self.queue, self.evictions = {}, list(range(n)), 0
-
-    def _drop_hash(self, p):
-        if self.hash[p] is not None:
-            del self.cached[self.hash[p]]
-            self.hash[p] = self.tokens[p] = None
-            self.evictions += 1
+        super().__init__(n)
+        self.n = n
 
     def allocate(self, k):
         if k > len(self.queue):
             raise OutOfPagesError(k, len(self.queue), self.n)
-        pages, self.queue = self.queue[:k], self.queue[k:]
-        for p in pages:
-            self._drop_hash(p)
-            self.ref[p] = 1
-        return pages
-
-    def touch(self, pages):
-        for p in pages:
-            if self.ref[p] == 0:
-                self.queue.remove(p)
-            self.ref[p] += 1
+        return super().allocate(k)
 
     def free(self, pages):
         if any(pages.count(p) > self.ref[p] for p in pages):
             raise ValueError("a page freed more times than it has owners")
-        for p in pages:
-            self.ref[p] -= 1
-            if self.ref[p] == 0:
-                self.queue.append(p)
-
-    def register(self, p, block_hash, tokens):
-        if block_hash in self.cached or self.hash[p] is not None:
-            return False
-        self.cached[block_hash], self.hash[p], self.tokens[p] = p, block_hash, tuple(tokens)
-        return True
-
-    def lookup(self, block_hash, tokens):
-        p = self.cached.get(block_hash)
-        return p if p is not None and self.tokens[p] == tuple(tokens) else None
+        self.release(pages)
 
     def forget(self, pages):
         for p in pages:
-            self._drop_hash(p)
+            self.drop_hash(p)
 
 
 HASHES = [bytes([i]) * 32 for i in range(5)]

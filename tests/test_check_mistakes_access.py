@@ -332,12 +332,19 @@ class OnlineKeepsFirstValue(online_class(None)):
         self.m = m_new
 
 
-def attend_keeping_first_value(q, kc, vc, row, n, t, kvh, scale):
-    p = kc.shape[1]
-    state = OnlineKeepsFirstValue(kc.shape[-1])
-    for j in range(t + 1):
-        state.update(float(q @ kc[row[j // p], j % p, kvh]) * scale, vc[row[j // p], j % p, kvh])
-    return state.result()
+def attend_with(state_cls):
+    """attend_one over the keys 0..t with an online softmax state of `state_cls`."""
+    def attend(q, kc, vc, row, n, t, kvh, scale):
+        p = kc.shape[1]
+        state = state_cls(kc.shape[-1])
+        for j in range(t + 1):
+            state.update(float(q @ kc[row[j // p], j % p, kvh]) * scale,
+                         vc[row[j // p], j % p, kvh])
+        return state.result()
+    return attend
+
+
+attend_keeping_first_value = attend_with(OnlineKeepsFirstValue)
 
 
 MISTAKES += [

@@ -51,17 +51,17 @@ class RefPool:
         self.hash = [None] * n
         self.tokens = [None] * n
         self.cached = {}
-        self.free = list(range(n))   # front: evicted first
+        self.queue = list(range(n))   # the free pages; front: evicted first
         self.evictions = 0
 
     def state(self):
         return (list(self.ref), list(self.hash), list(self.tokens), dict(self.cached),
-                list(self.free), self.evictions)
+                list(self.queue), self.evictions)
 
     def restore(self, state):
-        ref, hashes, tokens, cached, free, self.evictions = state
+        ref, hashes, tokens, cached, queue, self.evictions = state
         self.ref, self.hash, self.tokens = list(ref), list(hashes), list(tokens)
-        self.cached, self.free = dict(cached), list(free)
+        self.cached, self.queue = dict(cached), list(queue)
 
     def drop_hash(self, page):
         if self.hash[page] is not None:
@@ -70,7 +70,7 @@ class RefPool:
             self.evictions += 1
 
     def allocate(self, n):
-        pages, self.free = self.free[:n], self.free[n:]
+        pages, self.queue = self.queue[:n], self.queue[n:]
         for page in pages:
             self.drop_hash(page)
             self.ref[page] = 1
@@ -79,14 +79,14 @@ class RefPool:
     def touch(self, pages):
         for page in pages:
             if self.ref[page] == 0:
-                self.free.remove(page)
+                self.queue.remove(page)
             self.ref[page] += 1
 
     def release(self, pages):
         for page in pages:
             self.ref[page] -= 1
             if self.ref[page] == 0:
-                self.free.append(page)
+                self.queue.append(page)
 
     def register(self, page, block_hash, tokens):
         if block_hash in self.cached or self.hash[page] is not None:
@@ -124,7 +124,7 @@ class PoolMachine(RuleBasedStateMachine):
 
     @rule(n=st.integers(0, NUM_PAGES + 1))
     def allocate(self, n):
-        if n > len(self.ref.free):
+        if n > len(self.ref.queue):
             with pytest.raises(OutOfPagesError):
                 self.pool.allocate(n)
             return   # (the invariant: nothing changed)

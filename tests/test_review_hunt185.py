@@ -20,6 +20,7 @@ from pagedattn_lab.cpu import KernelFault
 from pagedattn_lab.page_bytes import page_bytes
 from pagedattn_lab.split_k import merge_partials
 from tests.check_helpers import assert_caught
+from tests.test_check_mistakes_access import OnlineKeepsFirstValue
 from tests.test_advanced_grid_hunt183 import admitted
 from tests.test_cpu_state_hunt182 import _write, past_shared  # noqa: F401 - the fixture
 from tests.test_wrong_answers_hunt180 import _block_hashes_one_short
@@ -43,28 +44,17 @@ def test_another_type_error_in_kv_bytes_is_not_told_about_itemsize():
     assert_caught("kv_bytes", uses_len, "TypeError", not_phrases=["np.dtype(dtype).itemsize"])
 
 
-class _ResetsOnALargeJump:
+class _ResetsOnALargeJump(OnlineKeepsFirstValue):
     """Drops a state that a far larger score makes vanish, and keeps the new value array
     itself as acc: the next update writes into the value given at that key (not key 0's)."""
 
-    def __init__(self, head_dim):
-        self.acc = None
-
     def update(self, score, value):
-        if self.acc is None:
-            self.m, self.l, self.acc = score, 1.0, value.copy()
+        if self.l == 0.0:
+            super().update(score, value.copy())
         elif score - self.m > 20:
             self.m, self.l, self.acc = score, 1.0, value
         else:
-            m_new = max(self.m, score)
-            rescale, weight = np.exp(self.m - m_new), np.exp(score - m_new)
-            self.l = self.l * rescale + weight
-            self.acc *= rescale
-            self.acc += weight * value
-            self.m = m_new
-
-    def result(self):
-        return self.acc / self.l
+            super().update(score, value)
 
 
 def test_a_state_that_keeps_a_later_value_is_told_which_key_it_wrote_into():

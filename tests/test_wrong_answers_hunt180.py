@@ -5,14 +5,15 @@ Each wrong answer must fail with a hint naming its mistake; each right one must 
 kernel of its own: only decode_step's check runs one, the decode kernel the suite's other
 decode_step tests compile already.
 """
-from collections import deque
-
 import numpy as np
 import pytest
 
-import pagedattn_lab as pl
 from pagedattn_lab.engine.prefix_cache import hash_block
 from tests.check_helpers import as_params, assert_caught, run_check
+from tests.serve_loops import serve_loop
+from tests.test_check_mistakes_access import (OnlineKeepsFirstValue, attend_keeping_first_value,
+                                              attend_with)
+from tests.test_check_overfit_hunt25 import _manager
 
 
 def _ceil(a, b):
@@ -21,33 +22,11 @@ def _ceil(a, b):
 
 # -- lesson 04 ----------------------------------------------------------------------------------
 
-class _KeepsFirstValue:
-    """Keeps the first value array itself as acc, then updates acc in place: every later
-    update writes into the caller's first array (in attend_one, a view of v_cache)."""
-
-    def __init__(self, head_dim):
-        self.acc = None
-
-    def update(self, score, value):
-        if self.acc is None:
-            self.m, self.l, self.acc = score, 1.0, value
-            return
-        m_new = max(self.m, score)
-        rescale, weight = np.exp(self.m - m_new), np.exp(score - m_new)
-        self.l = self.l * rescale + weight
-        self.acc *= rescale
-        self.acc += weight * value
-        self.m = m_new
-
-    def result(self):
-        return self.acc / self.l
-
-
-class _CopiesFirstValue(_KeepsFirstValue):
+class _CopiesFirstValue(OnlineKeepsFirstValue):
     """Right: the same in-place updates, on a copy of the first value."""
 
     def update(self, score, value):
-        super().update(score, value.copy() if self.acc is None else value)
+        super().update(score, value.copy() if self.l == 0.0 else value)
 
 
 def _attend(scale_of):
@@ -62,54 +41,17 @@ def _attend(scale_of):
 
 # -- lesson 07 ----------------------------------------------------------------------------------
 
-class _SwapsKeyAndValue(pl.PagedAttentionManager):
-    """Appends each new token as cache.append(seq_id, v, k)."""
+class _SwapsKeyAndValue(_manager(lambda manager: manager.scale)):
+    """The right step, handed (v, k): it appends each new token as cache.append(seq_id, v, k)."""
 
     def decode_step(self, seq_ids, q, k, v):
-        seq_ids, alloc = list(seq_ids), self.cache.allocator
-        needed = sum(_pages_for_next_token(self.cache, s) for s in seq_ids)
-        if needed > alloc.num_free:
-            raise pl.OutOfPagesError(needed, alloc.num_free, alloc.num_pages)
-        for i, seq_id in enumerate(seq_ids):
-            self.cache.append(seq_id, v[i:i + 1], k[i:i + 1])
-        tables, lens = self.cache.block_tables(seq_ids)
-        return pl.paged_attention_decode(self.xp.asarray(q, dtype=self.cache.dtype),
-                                         self.cache.k_cache, self.cache.v_cache, tables, lens,
-                                         self.scale)
+        return super().decode_step(seq_ids, q, v, k)
 
 
-def _pages_for_next_token(cache, seq_id):
-    if cache.seq_len(seq_id) % cache.page_size == 0:
-        return 1
-    return int(cache.allocator.ref_count(cache.block_table(seq_id)[-1]) > 1)
-
-
-def _serve(decode_at=lambda held: held, prompt_at=0):
-    """The solution's loop, each decode asking kv_for for token `decode_at(seq_len)` and each
-    prompt read from token `prompt_at`."""
-    def serve(cache, requests, kv_for):
-        waiting, running, finished = deque(range(len(requests))), {}, []
-        while waiting or running:
-            while waiting:
-                i = waiting[0]
-                promised = sum(_ceil(sum(requests[j]), cache.page_size)
-                               - _ceil(cache.seq_len(s), cache.page_size)
-                               for j, s in running.items())
-                if _ceil(sum(requests[i]), cache.page_size) > \
-                        cache.allocator.num_free - promised:
-                    break
-                waiting.popleft()
-                running[i] = cache.add_sequence()
-                cache.append(running[i], *kv_for(i, prompt_at, requests[i][0]))
-            for i, seq_id in list(running.items()):
-                if cache.seq_len(seq_id) < sum(requests[i]):
-                    cache.append(seq_id, *kv_for(i, decode_at(cache.seq_len(seq_id)), 1))
-                if cache.seq_len(seq_id) >= sum(requests[i]):
-                    cache.free_sequence(seq_id)
-                    del running[i]
-                    finished.append(i)
-        return finished
-    return serve
+def _serve(**mistake):
+    """The solution's loop (the spec's admission: the request fits beside what the running
+    ones still need), with `mistake`'s decode_at or prompt_at."""
+    return serve_loop(lambda a: a.total <= a.free - a.left, **mistake)
 
 
 # -- lessons 00, 08 -----------------------------------------------------------------------------
@@ -149,7 +91,7 @@ def _wire_bytes_one_row(seq_lens, num_heads, num_kv_heads, head_dim, page_size, 
 
 
 MISTAKES = [
-    ("online_softmax", _KeepsFirstValue, "kept that array itself (acc = value)"),
+    ("online_softmax", OnlineKeepsFirstValue, "kept that array itself (acc = value)"),
     ("attend_one", _attend(lambda scale: 1 / scale), "not divide by it"),
     ("decode_step", _SwapsKeyAndValue, "key and value were swapped"),
     # each said "request i already held all its tokens" (it held one less), "holds the wrong
@@ -183,24 +125,13 @@ def test_attend_one_with_that_state_is_told_it_writes_into_v_cache():
     """The same state in attend_one writes into v_cache (each value is a view of it): told
     there too, also under the grader, where the online softmax check cannot see it (the
     sandbox's copy of an earlier value is never copied back)."""
-    assert_caught("attend_one", _attend_with(_KeepsFirstValue), "acc = value: a view of v_cache")
-
-
-def _attend_with(state_cls):
-    def attend_one(q_vec, k_cache, v_cache, row, seq_len, t, kv_head, scale):
-        p, state = k_cache.shape[1], state_cls(k_cache.shape[-1])
-        for j in range(t + 1):
-            page, offset = row[j // p], j % p
-            score = float(q_vec @ k_cache[page, offset, kv_head].astype(np.float64)) * scale
-            state.update(score, v_cache[page, offset, kv_head])
-        return state.result()
-    return attend_one
+    assert_caught("attend_one", attend_keeping_first_value, "acc = value: a view of v_cache")
 
 
 @pytest.mark.parametrize("task, impl", [
     ("online_softmax", _CopiesFirstValue),
     ("attend_one", _attend(lambda scale: scale)),
-    ("attend_one", _attend_with(_CopiesFirstValue)),
+    ("attend_one", attend_with(_CopiesFirstValue)),
     ("kv_bytes", lambda L, H, K, D, dt: int(np.sum(L)) * 2 * K * D * np.dtype(dt).itemsize),
     ("serve", _serve()),
 ], ids=["online-copy", "attend", "attend-copy", "kv_bytes", "serve"])

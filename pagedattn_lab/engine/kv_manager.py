@@ -96,11 +96,17 @@ class KVCacheManager:
 
     def hashes(self, req: Request) -> list[bytes]:
         """The chained hashes of the request's full blocks (computed once, as it grows)."""
-        while len(req.block_hashes) < req.num_tokens // self.page_size:
-            i = len(req.block_hashes)
-            parent = req.block_hashes[-1] if i else None
-            req.block_hashes.append(hash_block(parent, self.block_tokens(req, i)))
+        req.block_hashes.extend(self._hashes_past_kept(req, req.num_tokens // self.page_size))
         return req.block_hashes
+
+    def _hashes_past_kept(self, req: Request, count: int) -> list[bytes]:
+        """The chained hashes of the request's blocks past those it keeps, up to block
+        `count` - 1 (each full), chained on to the kept ones; returned, not kept."""
+        new, parent = [], req.block_hashes[-1] if req.block_hashes else None
+        for i in range(len(req.block_hashes), count):
+            parent = hash_block(parent, self.block_tokens(req, i))
+            new.append(parent)
+        return new
 
     def cached_prefix(self, req: Request) -> tuple[list[int], int]:
         """(pages, computed): how many of the request's first tokens need no computing (its
@@ -208,12 +214,12 @@ class KVCacheManager:
             raise ValueError(f"hits: expected {_pages_for(computed, self.page_size)} page(s) "
                              f"holding the {computed} computed token(s), got {hits}{which} "
                              f"(pass what cached_prefix returns)")
-        block_hash = None   # (hashed here, not kept: a refused call changes no request)
+        # the full blocks' hashes, not kept (a refused call changes no request); a hit past
+        # them would cache a partial block, which is never cached
+        count = min(len(hits), req.num_tokens // self.page_size)
+        chain = req.block_hashes[:count] + self._hashes_past_kept(req, count)
         for i, page in enumerate(hits):   # each the page that caches the request's block i
-            tokens = self.block_tokens(req, i)
-            block_hash = (req.block_hashes[i] if i < len(req.block_hashes)
-                          else hash_block(block_hash, tokens))
-            if len(tokens) < self.page_size or self.pool.lookup(block_hash, tokens) != page:
+            if i >= count or self.pool.lookup(chain[i], self.block_tokens(req, i)) != page:
                 raise ValueError(f"hits[{i}]: page {page} does not cache request {req.rid}'s "
                                  f"block {i} (its tokens {i * self.page_size}.."
                                  f"{(i + 1) * self.page_size - 1}); pass what cached_prefix "

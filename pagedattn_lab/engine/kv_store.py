@@ -13,7 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..backend import to_numpy
-from ..cache import page_bytes
+from ..page_bytes import check_page_memory, page_bytes
 from ..quant import check_scale, check_scheme, kv_dtype_name, kv_format
 from ..validate import check_memory
 from .config import ModelConfig
@@ -82,6 +82,10 @@ class KVStore:
         arrays may fit alone and be allocated lazily, and together get the process killed
         when their pages are written (the host pages: at the first swap, halfway through a
         step)."""
+        check_page_memory(self.bytes_per_page, "cpu" if on_cpu else "gpu",
+                          "page_size x num_key_value_heads x head_dim x num_hidden_layers",
+                          f"one page of the {layers} layers (K and V, "
+                          f"{self.kv_dtype or self.dtype.name})")
         pages, host = self.bytes_per_page * num_pages, self.bytes_per_page * num_host_pages
         what = f"the KV pages of {layers} layers"
         if on_cpu:   # the device pages are host memory too

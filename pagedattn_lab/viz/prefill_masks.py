@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.patches import Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from ..prefill_masks import packed_batch, packed_masks
+from ..prefill_masks import PackedBatch, packed_batch, packed_masks
 from ..validate import check_int
 from .limits import check_cells
 from .page_table import seq_color
@@ -23,7 +23,7 @@ def plot_packed_masks(qo_indptr, seq_lens, labels=None):
     """One panel per sequence: rows are its packed query rows (numbered as in q), columns its
     keys; cached-prefix keys, new keys, visible and hidden cells in different shades. Cells
     carry gids "mask:<b>:<row>:<key>:<visible|hidden>" (for tests). Returns the Figure."""
-    indptr, lens = _packed_batch(qo_indptr, seq_lens)
+    indptr, lens, _ = _packed_batch(qo_indptr, seq_lens)
     if labels is not None and len(labels) != lens.size:
         raise ValueError(f"labels: expected {lens.size} names (one per sequence), got "
                          f"{len(labels)}")
@@ -101,12 +101,12 @@ def plot_tile_work(q_len: int, seq_len: int, *, rows: int = 16, kv_tile: int = 6
     return fig
 
 
-def _packed_batch(qo_indptr, seq_lens) -> tuple[np.ndarray, np.ndarray]:
+def _packed_batch(qo_indptr, seq_lens) -> PackedBatch:
     """`packed_batch` of a batch with at least one sequence (a panel to draw) and cells few
     enough to draw."""
-    indptr, lens = packed_batch(qo_indptr, seq_lens)
-    if indptr.size < 2:
+    batch = packed_batch(qo_indptr, seq_lens)
+    if batch.indptr.size < 2:
         raise ValueError(f"qo_indptr: expected the offsets of at least one sequence "
-                         f"([0, q_len, ...]), got {indptr.tolist()}")
-    check_cells(int((np.diff(indptr) * lens).sum()), "qo_indptr, seq_lens", "mask cells")
-    return indptr, lens
+                         f"([0, q_len, ...]), got {batch.indptr.tolist()}")
+    check_cells(batch.cells, "qo_indptr, seq_lens", "mask cells")
+    return batch
