@@ -1,14 +1,16 @@
-"""CUDA C source as text: comments and literals blanked, simple macros and typedefs read.
+"""CUDA C source as text: comments and literals blanked, simple macros and typedefs read,
+a set of names found as whole words.
 
-What the launch-argument check (signature.py) and the CPU executor's source checks
-(cpu/source.py) read of a kernel before anything compiles it.
+What the launch-argument check (signature.py), the CPU executor's source checks
+(cpu/source.py) and the grader's (grading/source_*.py) read of a kernel before anything
+compiles it.
 """
 from __future__ import annotations
 
 import functools
 import re
 
-__all__ = ["strip_comments", "collect_defines", "reaching", "macro_aliases"]
+__all__ = ["strip_comments", "collect_defines", "reaching", "macro_aliases", "any_word"]
 
 
 # A raw string's prefix just before its quote (R, u8R, uR, UR, LR, as a token of its own),
@@ -90,6 +92,14 @@ def collect_defines(source: str, options=()) -> dict[str, str]:
             name, _, value = d.partition("=")
             found[name.strip()] = value.strip() if value else "1"
     return found
+
+
+def any_word(names, *, capture: bool = True) -> str:
+    """A pattern that matches any one of `names` as a whole word (escaped, tried in sorted
+    order); with `capture`, the name is group 1, else the group captures nothing (a caller
+    that adds groups of its own numbers them from 1)."""
+    group = "(" if capture else "(?:"
+    return r"\b" + group + "|".join(map(re.escape, sorted(names))) + r")\b"
 
 
 def reaching(seed: set[str], graph: dict[str, set[str]]) -> set[str]:

@@ -20,7 +20,8 @@ import pytest
 
 from pagedattn_lab.cpu import KernelCompileError, RawKernel
 from pagedattn_lab.cpu.compile_errors import compile_error
-from pagedattn_lab.cpu.source import constant_once, uses_printf
+from pagedattn_lab.cpu.constant_decl import constant_once
+from pagedattn_lab.cpu.source import uses_printf
 
 
 def test_constant_once_sees_a_macro_that_stands_for_constant():

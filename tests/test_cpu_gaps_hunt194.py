@@ -21,8 +21,9 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.cpu import RawKernel
+from pagedattn_lab.cpu.constant_decl import constant_once
 from pagedattn_lab.cpu.device_data import holds_writable_globals, kernel_variables
-from pagedattn_lab.cpu.source import constant_once, uses_printf
+from pagedattn_lab.cpu.source import uses_printf
 from tests.test_cpu_gaps_hunt189 import CONSTANT_OPTIONS, CONSTANTS
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"),

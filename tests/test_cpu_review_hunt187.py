@@ -107,7 +107,7 @@ def test_constant_hints_name_only_constant_variables():
 
 
 def test_constant_once_blanks_only_where_the_declaration_says_const():
-    from pagedattn_lab.cpu.source import constant_once   # noqa: PLC0415 - new in hunt 187
+    from pagedattn_lab.cpu.constant_decl import constant_once   # noqa: PLC0415 - new in hunt 187
     source = ("__constant__ float a[2] = {1, 2};  // __constant__ const in a comment\n"
               "__constant__ const float b = 1; const __constant__ int c[1] = {2};\n"
               "__constant__ constexpr float d = 3; __constant__ float *const e = nullptr;\n"

@@ -118,6 +118,25 @@ def test_a_write_to_a_runtime_variable_the_kernel_may_only_read_is_reported(past
         str(e)
 
 
+def test_the_symbol_table_walk_reads_what_nm_read_for_the_guard_reports(past_shared):
+    """report_checks reads the section's bounds and the read-only runtime variables off the
+    library's symbol table itself (kernel_object.elf_symbols), where it ran `nm`: the same
+    addresses and sizes as nm's on a built kernel."""
+    from pagedattn_lab.cpu import race, report_checks   # noqa: PLC0415
+    from pagedattn_lab.cpu.report import LaunchInfo   # noqa: PLC0415
+    kern, symbols, _ = past_shared
+    path = kern.compile()._builds[False][2]
+    info = LaunchInfo("past_shared", (), (1, 1, 1), (1, 1, 1), 0, 0, [], [],
+                      source=(path, "k.cu", ""))
+    walked = report_checks._library_symbols(info)
+    for bound in ("__start_pal_shared", "__stop_pal_shared"):
+        assert walked[bound][0] == symbols[bound], bound
+    read_only = {name: (start, size) for start, size, name in race.data_symbols(path)
+                 if name in report_checks._READ_ONLY}
+    assert len(read_only) == 3, read_only
+    assert {name: walked[name] for name in read_only} == read_only
+
+
 def test_a_read_just_before_a_global_array_gets_nan_and_is_not_stopped():
     """Known gap (README, "Not supported, or not caught"): an array argument ends against its
     guard page, so its start lies inside a page whose bytes before it hold signalling NaNs:

@@ -80,10 +80,10 @@ def test_a_changed_read_only_variable_is_named_by_the_bytes_it_holds(monkeypatch
                                                                      named):
     """gridDim's 12 bytes, then blockDim's, then a variable of the kernel's: the byte just
     past one belongs to the next, and a variable the kernel may write is named by no note."""
-    from pagedattn_lab.cpu import race, report_checks   # noqa: PLC0415
+    from pagedattn_lab.cpu import report_checks   # noqa: PLC0415
     from pagedattn_lab.cpu.report import LaunchInfo   # noqa: PLC0415
-    monkeypatch.setattr(race, "data_symbols", lambda path: [
-        (100, 12, "gridDim"), (112, 12, "blockDim"), (124, 8, "scratch"), (99, 1, "pal_x")])
+    monkeypatch.setattr(report_checks, "_library_symbols", lambda info: {
+        "gridDim": (100, 12), "blockDim": (112, 12), "scratch": (124, 8), "pal_x": (99, 1)})
     info = LaunchInfo("k", (), (1, 1, 1), (1, 1, 1), 0, 0, [], [],
                       source=("lib.so", "k.cu", ""))
     words = report_checks._read_only_changed(info, offset)
@@ -93,7 +93,7 @@ def test_a_changed_read_only_variable_is_named_by_the_bytes_it_holds(monkeypatch
 def test_constant_once_reads_the_declaration_up_to_its_declarator_only():
     """A `const` inside the brackets, parentheses or braces after the name is no part of
     the declaration's specifiers: the variable stays __constant__ (shim.h's const)."""
-    from pagedattn_lab.cpu.source import constant_once   # noqa: PLC0415
+    from pagedattn_lab.cpu.constant_decl import constant_once   # noqa: PLC0415
     for source in ("__constant__ float t[(const int)2] = {1, 2};",
                    "__constant__ float u((const float)1);",
                    "__constant__ float3 v{(const float)1, 2, 3};"):

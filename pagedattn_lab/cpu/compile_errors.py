@@ -8,7 +8,7 @@ import os
 import re
 from pathlib import Path
 
-from ..cuda_text import macro_aliases, strip_comments
+from ..cuda_text import any_word, macro_aliases, strip_comments
 from ..signature import find_kernels
 from .errors import KernelCompileError
 from .source import inline_asm_lines, mangled_kernel_name, shared_initializer_lines
@@ -165,7 +165,7 @@ def _constant_hints(log: str, filename: str, source_lines: list[str]) -> list[st
         return []
     lines = text.splitlines()
     aliases = macro_aliases(text, {"__constant__"}, whole=True)   # (#define CMEM __constant__)
-    keyword = r"\b(?:" + "|".join(sorted(aliases)) + r")\b"
+    keyword = any_word(aliases, capture=False)
     declared = {m.group(1) for m in re.finditer(
         keyword + r"[^;={(\[]*?\b([A-Za-z_]\w*)\s*[;={(\[]", text)}
     hints = []

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 
-from ..cuda_text import macro_aliases, strip_comments
+from ..cuda_text import any_word, macro_aliases, strip_comments
 
 __all__ = ["constant_once"]
 
@@ -28,7 +28,7 @@ def constant_once(source: str, options=()) -> str:
     text = strip_comments(source)
     names = macro_aliases(text, {"__constant__"}, whole=True, options=options)
     directives = [(d.start(), d.end()) for d in _DIRECTIVE.finditer(text)]
-    uses = re.finditer(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b", text)
+    uses = re.finditer(any_word(names), text)
     for m in reversed(list(uses)):
         directive = next(((a, b) for a, b in directives if a <= m.start() < b), None)
         if directive is not None:

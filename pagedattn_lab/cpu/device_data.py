@@ -3,9 +3,9 @@
 their loads and stores (instrument.cpp) as global memory, which they are on a GPU, and a
 launch of a kernel that has one runs in one worker process (each would have its own copy).
 
-Without this, such memory was counted nowhere (the counts knew the array arguments and
-shared memory only): a warp sum that staged its values in a `__device__ float scratch[]`
-passed the budget of one global read per thread (hunt 184).
+Without this, such memory would be counted nowhere (the counts know the array arguments
+and shared memory only): a warp sum that stages its values in a `__device__ float
+scratch[]` would pass the budget of one global read per thread.
 
 The library links the kernel's object with the runtime's, so its writable sections hold
 both. The kernel's are the data symbols of the kernel's own file (`kernel.cpp`, the
@@ -22,18 +22,17 @@ from __future__ import annotations
 
 import ctypes as C
 import re
-import struct
 from functools import lru_cache
 
 from ..cuda_text import strip_comments
 from .artifacts import loadable_path
-from .kernel_object import defined_symbols, elf_bytes, section_headers, string_at
+from .kernel_object import defined_symbols, elf_bytes, elf_symbols, section_headers, string_at
 
 __all__ = ["kernel_variables", "variable_ranges", "holds_writable_globals"]
 
 _TU = "kernel.cpp"
 _SHF_WRITE, _SHF_ALLOC, _SHF_TLS = 0x1, 0x2, 0x400
-_PROGBITS, _NOBITS, _SYMTAB = 1, 8, 2
+_PROGBITS, _NOBITS = 1, 8
 _STT_OBJECT, _STT_FILE = 1, 4
 # Writable sections that hold no variable of the kernel's (relocated at load, read-only
 # after it: -z relro; the shared-memory sections, which the counts know apart)
@@ -101,23 +100,17 @@ def kernel_variables(path: str) -> tuple[tuple[tuple[str, int, int, bool], ...],
                 if h[1] in (_PROGBITS, _NOBITS) and h[2] & (_SHF_WRITE | _SHF_ALLOC) ==
                 (_SHF_WRITE | _SHF_ALLOC) and not h[2] & _SHF_TLS
                 and string_at(data, names_at + h[0]) not in _NOT_DATA}
-    found, anchor = [], None
-    for h in heads:
-        if h[1] != _SYMTAB:
-            continue
-        names, entsize, where = heads[h[6]][4], h[9] or 24, ""
-        for at in range(h[4] + entsize, h[4] + h[5], entsize):
-            name_at, info, _other, shndx, value, size = struct.unpack_from("<IBBHQQ", data, at)
-            name = string_at(data, names + name_at)
-            if info & 0xF == _STT_FILE:
-                where = name
-            elif name == _ANCHOR:
-                anchor = value
-            elif (info & 0xF == _STT_OBJECT and size and shndx in writable
-                  and "__pal" not in name   # the shim's state
-                  and (where == _TU if where and info >> 4 == 0
-                       else not _runtimes(name) and _kernel_could_name(name))):
-                found.append((readable(name), value, size, name.startswith("_ZZ")))
+    found, anchor, where = [], None, ""
+    for s in elf_symbols(data):
+        if s.kind == _STT_FILE:
+            where = s.name
+        elif s.name == _ANCHOR:
+            anchor = s.value
+        elif (s.kind == _STT_OBJECT and s.size and s.section in writable
+              and "__pal" not in s.name   # the shim's state
+              and (where == _TU if where and s.binding == 0
+                   else not _runtimes(s.name) and _kernel_could_name(s.name))):
+            found.append((readable(s.name), s.value, s.size, s.name.startswith("_ZZ")))
     return tuple(sorted(found, key=lambda v: v[1])), anchor
 
 

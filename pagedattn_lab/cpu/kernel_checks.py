@@ -19,10 +19,10 @@ from __future__ import annotations
 #   of a float acc[4], which landed in the thread's other locals or saved registers): GCC's
 #   object-size check, wherever it traces the pointer to its array (in the function, or a
 #   __device__ function inlined into it; not through a call that stays a call). It checks
-#   every access to an array of known size: CPU time of learner-shaped kernels (hunt 140,
-#   GCC 12, -O1, one worker): an accumulator loop over a float acc[16] +12 to 18%, a tiled
-#   matmul and a decode loop over local q and acc arrays within the noise (+-4%); hunt 113
-#   measured 35 to 40% on a tighter accumulator loop. The CPU tests' own kernels (test_cpu_
+#   every access to an array of known size: CPU time of learner-shaped kernels (GCC 12,
+#   -O1, one worker): an accumulator loop over a float acc[16] +12 to 18%, a tiled matmul
+#   and a decode loop over local q and acc arrays within the noise (+-4%), a tighter
+#   accumulator loop 35 to 40%. The CPU tests' own kernels (test_cpu_
 #   executor, _hunt80, _bounds_hunt102, _counts, _racecheck; compiled, cached): 8.16 s of
 #   CPU time with it, 8.10 s without. Worth it: such a write corrupted the thread's saved
 #   registers (a wild fault elsewhere, or none) where the GPU reports it. It recovers, so that in `acc[k] += x`,

@@ -28,11 +28,13 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Iterator
+from typing import NamedTuple
 
 from .errors import KernelCompileError
 
 __all__ = ["load_time_code", "runtime_internals", "refuse_load_time_code",
-           "inline_assembly", "count_library_copies"]
+           "inline_assembly", "count_library_copies", "Symbol", "elf_symbols"]
 
 # Sections the dynamic loader runs (or whose entries it calls), by name and by type: the
 # linker merges .init_array.N / .ctors.N into .init_array, and a section's type can be set
@@ -78,19 +80,41 @@ def elf_bytes(path: str) -> bytes | None:
     return data if data[:4] == b"\x7fELF" and data[4] == 2 and data[5] == 1 else None
 
 
+class Symbol(NamedTuple):
+    """One entry of an ELF symbol table. `kind` is its type (STT_*: 1 object, 4 file, 10
+    ifunc), `binding` 0 for a local, `section` its section's index (0: undefined); `entry`
+    is where the entry lies in the file and `names` where its string table starts (what
+    renaming it in place needs)."""
+    name: str
+    kind: int
+    binding: int
+    section: int
+    value: int
+    size: int
+    entry: int
+    names: int
+
+
+def elf_symbols(data: bytes) -> Iterator[Symbol]:
+    """Every entry of the symbol tables (.symtab) of an ELF64 little-endian file, in the
+    table's order (a local's STT_FILE entry goes before that file's locals), but each table's
+    first, the null symbol, which names nothing."""
+    for _, typ, offset, size, entsize, names in _sections(data):
+        if typ != _SHT_SYMTAB:
+            continue
+        for at in range(offset + (entsize or 24), offset + size, entsize or 24):
+            name_at, info, _other, section, value, length = struct.unpack_from(
+                "<IBBHQQ", data, at)
+            yield Symbol(string_at(data, names + name_at), info & 0xF, info >> 4, section,
+                         value, length, at, names)
+
+
 def _symbol_names(path: str, defined: bool) -> list[str]:
     """The global names the object at `path` defines, or refers to and does not define
     (empty: not ELF)."""
     data = elf_bytes(path)
-    found = []
-    for _, typ, offset, size, entsize, names in _sections(data) if data else ():
-        if typ == _SHT_SYMTAB:
-            for at in range(offset + (entsize or 24), offset + size, entsize or 24):
-                name = string_at(data, names + struct.unpack_from("<I", data, at)[0])
-                here = struct.unpack_from("<H", data, at + 6)[0] != 0
-                if name and here == defined and (not defined or data[at + 4] >> 4):
-                    found.append(name)
-    return found
+    return [s.name for s in (elf_symbols(data) if data else ())
+            if s.name and (s.section != 0) == defined and (not defined or s.binding)]
 
 
 def undefined_symbols(path: str) -> list[str]:
@@ -116,16 +140,14 @@ def load_time_code(path: str, instrumented: bool) -> list[str]:
     if data is None:
         return []
     found, init_bytes = [], 0
-    for name, typ, offset, size, entsize, _ in _sections(data):
-        if typ == _SHT_SYMTAB:
-            for at in range(offset, offset + size, entsize or 24):
-                if data[at + 4] & 0xF == _STT_GNU_IFUNC:
-                    found.append("an ifunc symbol (its resolver runs at load)")
+    for name, typ, _, size, _, _ in _sections(data):
         if (name.startswith(_NAMES) or typ in _TYPES) and size and not name.startswith(".rela"):
             if name.startswith(".init_array") and typ == 14:
                 init_bytes += size
             else:
                 found.append(f"a {name} section")
+    found += ["an ifunc symbol (its resolver runs at load)"
+              for s in elf_symbols(data) if s.kind == _STT_GNU_IFUNC]
     if init_bytes > (8 if instrumented else 0):
         found.append("a constructor (__attribute__((constructor)), or a global whose "
                      "initializer is computed at run time)")
@@ -176,18 +198,13 @@ def count_library_copies(path: str) -> None:
     data = elf_bytes(path)
     if data is None:
         return
-    sections = list(_sections(data))
-    sizes = {offset: size for _, _, offset, size, _, _ in sections}
+    sizes = {offset: size for _, _, offset, size, _, _ in _sections(data)}
+    copies = [s for s in elf_symbols(data) if s.name in _COPIES and s.section == 0]
     data = bytearray(data)
-    for _, typ, offset, size, entsize, names in sections:
-        if typ != _SHT_SYMTAB:
-            continue
-        for at in range(offset + (entsize or 24), offset + size, entsize or 24):
-            name = string_at(data, names + struct.unpack_from("<I", data, at)[0])
-            if name in _COPIES and struct.unpack_from("<H", data, at + 6)[0] == 0:
-                hook = data.find(b"\0__tsan_" + name.encode() + b"\0", names,
-                                 names + sizes.get(names, 0))
-                if hook >= 0:   # (else it stays, and library_calls.py refuses it)
-                    struct.pack_into("<I", data, at, hook + 1 - names)
+    for s in copies:
+        hook = data.find(b"\0__tsan_" + s.name.encode() + b"\0", s.names,
+                         s.names + sizes.get(s.names, 0))
+        if hook >= 0:   # (else it stays, and library_calls.py refuses it)
+            struct.pack_into("<I", data, s.entry, hook + 1 - s.names)
     with open(path, "wb") as fh:
         fh.write(data)

@@ -7,20 +7,21 @@ is read off the source at that column (GCC points it at the subscript's closing 
 Clang at the start of the array's name; elsewhere the message leaves the name out)."""
 from __future__ import annotations
 
+import functools
 import re
+from collections.abc import Mapping
+from types import MappingProxyType
 
 from ..cuda_text import strip_comments
 from . import abi
 from .errors import KernelFault
+from .kernel_object import elf_bytes, elf_symbols
 from .report import LaunchInfo, fmt3
 
 # the size the index is checked against: the first dimension of the array's type (GCC's
 # "float [4][32]", Clang's "float[4][32]"): `s[5][0]` is checked against the 4 rows, where
 # the last dimension (32) called 5 valid
 _SIZE = re.compile(r"\[(\d+)\]")
-# where the section of the static __shared__ variables starts (the linker's symbol)
-_SECTION_START = re.compile(r"^([0-9a-fA-F]+) \w __start_pal_shared$", re.M)
-_SECTION_STOP = re.compile(r"^([0-9a-fA-F]+) \w __stop_pal_shared$", re.M)
 _SHARED_DECL = r"\b__shared__\b[^;{{}}()]*\b{name}\s*\["
 
 
@@ -156,16 +157,36 @@ def shift_error(r, info: LaunchInfo) -> KernelFault:
         shift=amount, bits=_bits(type_name), line=r.line)
 
 
+def _library_symbols(info: LaunchInfo) -> Mapping[str, tuple[int, int]]:
+    """name (as the symbol table spells it) -> (address, size) of what the kernel's library
+    defines; empty where it is not an ELF file or cannot be read (the report then says less,
+    never something wrong)."""
+    try:
+        return _symbols_at(info.source[0]) if info.source else {}
+    except OSError:
+        return {}
+
+
+@functools.lru_cache(maxsize=32)
+def _symbols_at(path: str) -> Mapping[str, tuple[int, int]]:
+    """_library_symbols' table of the library at `path`, read once: a guard's report looks
+    in it for the shared section's bounds and for the read-only variables."""
+    data = elf_bytes(path)
+    return MappingProxyType({s.name: (s.value, s.size) for s in elf_symbols(data) if s.section}
+                            if data else {})
+
+
 def _shared_symbols(info: LaunchInfo) -> list[tuple[int, int, str]]:
     """(start, size, name) of the kernel library's static `__shared__` variables, as far as
     the symbol table tells (none without `nm`, or without the pal_shared section: the data
     symbols around would be the runtime's, such as gridDim)."""
-    from .race import binutils_output, data_symbols  # noqa: PLC0415 - rare: a failed guard
-    table = binutils_output("nm", "--defined-only", info.source[0]) if info.source else ""
-    first, stop = _SECTION_START.search(table), _SECTION_STOP.search(table)
-    if not first:
+    from .race import data_symbols  # noqa: PLC0415 - rare: a failed guard
+    # where the section of the static __shared__ variables starts and stops (the linker's)
+    section = _library_symbols(info)
+    if "__start_pal_shared" not in section:
         return []
-    first, stop = int(first.group(1), 16), int(stop.group(1), 16) if stop else 1 << 64
+    first = section["__start_pal_shared"][0]
+    stop = section.get("__stop_pal_shared", (1 << 64, 0))[0]
     return [(start, size, sym.rsplit("::", 1)[-1])
             for start, size, sym in data_symbols(info.source[0]) if first <= start < stop]
 
@@ -195,10 +216,11 @@ def _read_only_changed(info: LaunchInfo, offset: int) -> str:
     """The message's words for a changed read-only variable at `offset` (library-relative),
     which only a stray write reaches (an assignment to gridDim or blockDim does not compile,
     as under NVRTC); "" where no such variable lies there (a guard's, or the guards' table)."""
-    from .race import data_symbols  # noqa: PLC0415 - rare: a failed guard
-    for start, size, name in data_symbols(info.source[0]) if info.source else ():
-        if name in _READ_ONLY and start <= offset < start + size:
-            return (f" It changed {_READ_ONLY[name]}, which kernel code can only read: a write "
+    defined = _library_symbols(info)
+    for name, words in _READ_ONLY.items():
+        start, size = defined.get(name, (0, 0))
+        if start <= offset < start + size:
+            return (f" It changed {words}, which kernel code can only read: a write "
                     f"through a pointer past static __shared__ memory landed there.")
     return ""
 

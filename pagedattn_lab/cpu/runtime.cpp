@@ -34,13 +34,18 @@ StateArea state_area;
 __attribute__((section("pal_shared"), used)) char pal_shared_guard[PAL_SHARED_GUARD];
 #endif
 
+void fill_block(pal_result *r, uint64_t block_linear)
+{
+    r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
+    r->block_linear = block_linear;
+}
+
 void fill_thread(pal_result *r, const Fiber *f)
 {
     r->has_thread = 1;
-    r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
     const uint32_t *grid = S.cfg->grid;   // (not gridDim, which the kernel can write)
-    r->block_linear = (uint64_t)blockIdx.x +
-        (uint64_t)grid[0] * (blockIdx.y + (uint64_t)grid[1] * blockIdx.z);
+    fill_block(r, (uint64_t)blockIdx.x +
+               (uint64_t)grid[0] * (blockIdx.y + (uint64_t)grid[1] * blockIdx.z));
     r->thread[0] = f->tid.x; r->thread[1] = f->tid.y; r->thread[2] = f->tid.z;
 }
 

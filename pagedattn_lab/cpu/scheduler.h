@@ -140,6 +140,10 @@ inline void suspend(Fiber *f)
 // Fail with the fiber's deferred read past an array, if it has one (ubsan.cpp).
 void report_bad_read(Fiber *f);
 
+// Name the running block in r: its index, and `block_linear`, its number with x fastest
+// (runtime.cpp). Async-signal-safe.
+void fill_block(pal_result *r, uint64_t block_linear);
+
 // Name f's thread and its block in r (runtime.cpp). Async-signal-safe.
 void fill_thread(pal_result *r, const Fiber *f);
 

@@ -30,8 +30,7 @@ static int guard_write(const char *hit, int32_t region, uint64_t b)
     r->is_write = 1;
     r->region = region;
     r->addr = (uint64_t)(uintptr_t)hit;
-    r->block[0] = blockIdx.x; r->block[1] = blockIdx.y; r->block[2] = blockIdx.z;
-    r->block_linear = b;
+    fill_block(r, b);
     r->has_thread = 0;
     return PAL_FAULT;
 }

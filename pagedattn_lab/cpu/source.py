@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import re
 
-from ..cuda_text import macro_aliases, strip_comments
+from ..cuda_text import any_word, macro_aliases, strip_comments
 from ..signature import kernel_declarations, kernel_definitions
 from .constant_decl import constant_once
 
-__all__ = ["rewrite_extern_shared", "constant_once", "mangled_kernel_name", "uses_printf",
+__all__ = ["rewrite_extern_shared", "mangled_kernel_name", "uses_printf",
            "has_device_variables", "inline_asm_lines", "shared_initializer_lines",
            "quoted_filename", "translation_unit"]
 
@@ -275,16 +275,15 @@ def uses_printf(source: str, options=()) -> bool:
     in order, in one worker (kernel.py)."""
     text = strip_comments(source)
     names = macro_aliases(text, {"printf"}, options=options)
-    return re.search(r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\s*\(",
-                     text) is not None
+    return re.search(any_word(names) + r"\s*\(", text) is not None
 
 
 def has_device_variables(source: str) -> bool:
     """True when the source declares global memory a kernel may write: __device__ or
     __managed__ variables, or a function's static one (not __shared__, const or constexpr).
-    Each worker process has its own copy, so such a launch runs in one (kernel.py): a
-    `__managed__` ticket that picks the last block to finish counted per worker, and no
-    block was ever last (hunt 187)."""
+    Each worker process has its own copy, so such a launch runs in one (kernel.py): spread
+    over workers, a `__managed__` ticket that picks the last block to finish would count
+    per worker, and no block would ever be last."""
     text = strip_comments(source)
     for m in re.finditer(r"\b(__device__|__managed__|static)\b", text):
         rest = re.search(r"[(;={\[]", text[m.end():])
@@ -315,11 +314,11 @@ def shared_initializer_lines(source: str) -> list[int]:
 
 # Identifiers the kernel source may not use (the shim, included before, may): the attributes
 # that leave a function out of the instrumented build, whose loads and stores the access
-# counts and the race check then never see (a one-thread copy passed the gather kernel's
-# store count; Clang's disable_sanitizer_instrumentation, hunt 177: a helper's reads counted
-# none, and only its writes were caught, after the launch), GCC's no_sanitize_undefined, which
-# switches off the index and shift checks (`1u << 32` gave the CPU's 1 where a GPU gives 0,
-# hunt 177), and `weakref`, which names a library function (memcpy's symbol, past the
+# counts and the race check then never see (a one-thread copy would pass the gather kernel's
+# store count; under Clang's disable_sanitizer_instrumentation a helper's reads count none,
+# and only its writes are caught, after the launch), GCC's no_sanitize_undefined, which
+# switches off the index and shift checks (`1u << 32` would give the CPU's 1 where a GPU
+# gives 0), and `weakref`, which names a library function (memcpy's symbol, past the
 # shim's counted memcpy) without writing its name. A poisoned name cannot be #undef'd,
 # pasted together or hidden in a macro of the source. (Inline assembly is refused in the
 # compiled code instead, kernel_object.py: the C library's headers use it.)

@@ -13,9 +13,9 @@ import numpy as np
 
 from ..paging import BlockAllocator, OutOfPagesError
 from ..validate_kinds import is_int
+from ..words import counted
 from .compare import FIXED_PAGE_HINT, POW2_HINT, call_on_copies, pow2_div
-from .report import (Case, CheckResult, Mismatch, counted, probe, run_cases, several_fit,
-                     shortened, text_of)
+from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit, shortened, text_of
 from .seeds import case_rng
 
 

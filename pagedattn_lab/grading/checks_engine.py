@@ -12,8 +12,9 @@ import numpy as np
 
 from ..engine.prefix_cache import hash_block
 from ..validate_kinds import is_int
+from ..words import counted
 from .compare import POW2_HINT, call_on_copies, changed_input, pow2_div
-from .report import Case, CheckResult, Mismatch, counted, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 

@@ -8,11 +8,12 @@ in checks_refcounts.py, block tables in checks_block_tables.py.
 from __future__ import annotations
 
 from ..paging import OutOfPagesError
+from ..words import counted
 from .allocator_probes import (ALL_FREE_HINT, ALL_OR_NOTHING_IDS, FREE_LIST_HINT,
                                NEGATIVE_ID_HINT, ZERO_HINT, allocated, expect_free,
                                expect_raises, expect_returned, ids, kept, num_free, ref_counts,
                                refused)
-from .report import Case, CheckResult, Mismatch, counted, run_cases, several_fit
+from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
 
 

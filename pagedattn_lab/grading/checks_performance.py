@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..words import counted
 from .checks_sizing import _int_case, _lens, _scalar_case, paged_waste_fraction
 from .compare import on_copies
-from .report import (Case, CheckResult, Mismatch, counted, probe, run_cases,
-                     several_fit)
+from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_ints
 
 

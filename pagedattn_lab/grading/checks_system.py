@@ -15,8 +15,9 @@ import numpy as np
 
 from ..backend import to_numpy
 from ..paging import OutOfPagesError
+from ..words import counted
 from .compare import changed_input, describe_difference, diagnose
-from .report import Case, CheckResult, Mismatch, counted, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 

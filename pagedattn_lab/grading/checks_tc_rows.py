@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..words import counted
 from .compare import call_on_copies, describe_difference, diagnose, fmt, positive_factor
-from .report import Case, CheckResult, Mismatch, counted, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 TILE = 16    # rows, tokens and head_dim step of one WMMA 16x16x16 tile

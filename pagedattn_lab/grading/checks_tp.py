@@ -15,9 +15,9 @@ import numpy as np
 
 from ..distributed.shard import head_range
 from ..validate_kinds import is_int
+from ..words import counted
 from .compare import POW2_HINT, call_on_copies, kv_head_rule, pow2_div
-from .report import (Case, CheckResult, Mismatch, as_array, counted, run_cases,
-                     several_fit)
+from .report import Case, CheckResult, Mismatch, as_array, run_cases, several_fit
 from .seeds import case_rng   # the grader salts the random cases
 
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 
 from ..cpu.errors import no_barrier_between
-from .report import counted, text_of
+from ..words import counted
+from .report import text_of
 
 _BUFFER_HINTS = {
     "q": "the query index: q is [batch, max_len, num_heads, head_dim], so element (b, t, h, d) "

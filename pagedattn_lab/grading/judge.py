@@ -201,10 +201,10 @@ class Judge:
 def graders_device(check, args: list, kwargs: dict) -> tuple[list, dict]:
     """The arguments of a kernel task's check with `device="cpu"` made "auto", however the
     learner gave it: under the grader, the grader's machine decides whether a kernel also runs
-    on a GPU, not the submission. `check.naive_kernel(src, device="cpu")` skipped the GPU's
-    run on a GPU grader, and with it NVRTC's compile and every comparison of the GPU's values
-    with the CPU executor's (hunt 136). "gpu" and "auto" are kept (without a GPU, "gpu" is
-    the CPU executor with a note: hunt 93), and so are arguments that do not fit the check's
+    on a GPU, not the submission: else `check.naive_kernel(src, device="cpu")` would skip
+    the GPU's run on a GPU grader, and with it NVRTC's compile and every comparison of the
+    GPU's values with the CPU executor's. "gpu" and "auto" are kept (without a GPU, "gpu" is
+    the CPU executor with a note), and so are arguments that do not fit the check's
     signature or a device it refuses: the call raises as it did."""
     try:
         signature = inspect.signature(check)

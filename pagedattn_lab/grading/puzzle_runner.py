@@ -16,10 +16,11 @@ from typing import Callable
 
 import numpy as np
 
+from ..words import counted
 from .compare import ranges
 from .faults import RACE_ADVICE, describe_kernel_exception, kernel_message
 from .kernel_runner import Kernel, kernel_device, note_device
-from .report import Mismatch, counted
+from .report import Mismatch
 
 LAUNCH_TIMEOUT = 10.0   # seconds; the puzzles are tiny
 

@@ -20,7 +20,6 @@ import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
-from ..words import counted  # noqa: F401 - the checks import it from here
 from .time_limits import CASE_TIME_LIMIT, CaseTimeout, time_limit
 
 RESULTS_ENV = "PAGEDATTN_LAB_RESULTS"

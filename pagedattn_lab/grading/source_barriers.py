@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import re
 
-from ..cuda_text import strip_comments
+from ..cuda_text import any_word, strip_comments
 from .report import Mismatch
 
 MAX_READ = 1 << 20   # characters of code, macros and helpers expanded (a kernel: thousands)
@@ -100,7 +100,7 @@ def barrier_before_loads(source: str, kernel: str) -> bool:
     # staging buffer for the scores, needs no barrier before the loads); all if none is named
     loaded = {n for n in shared for call in re.findall(r"\bload_matrix_sync\s*\([^;]*", code)
               if re.search(rf"\b{n}\b", call)} or shared
-    writes = list(re.finditer(rf"\b(?:{'|'.join(sorted(loaded))})\s*\[[^;]*?\]\s*=(?!=)",
+    writes = list(re.finditer(any_word(loaded, capture=False) + r"\s*\[[^;]*?\]\s*=(?!=)",
                               code[:load.start()])) if loaded else []
     after = writes[-1].end() if writes else 0
     return _BARRIER.search(code[after:load.start()]) is not None

@@ -18,13 +18,13 @@ import re
 from collections import Counter
 
 from ..cpu.prelude import prelude_macros
-from ..cuda_text import reaching, strip_comments
+from ..cuda_text import any_word, reaching, strip_comments
 from .report import Mismatch
 
 # Defined alike by NVRTC and by the CPU executor's shim (shim.h), or an operator of #if.
 ALIKE = frozenset({"__CUDACC__", "__CUDACC_RTC__", "__cplusplus", "defined"})
 # C++'s literals and alternative operators, which #if reads as such, not as macros (`#if
-# false`, `#if TILE > 8 and TILE < 64`; hunt 147: they were refused as undefined macros).
+# false`, `#if TILE > 8 and TILE < 64` would otherwise be refused as undefined macros).
 _CPP_WORDS = frozenset({"true", "false", "and", "or", "not", "bitand", "bitor", "xor", "compl",
                         "not_eq"})
 # What only NVRTC defines (the CPU build's own list comes from its compiler, prelude.py), and
@@ -39,7 +39,7 @@ BUILD_VALUES = ("__FILE__", "__BASE_FILE__", "__FILE_NAME__", "__COUNTER__", "__
                 "__TIME__", "__TIMESTAMP__", "__INCLUDE_LEVEL__", "__PRETTY_FUNCTION__",
                 "__builtin_FILE", "__builtin_COLUMN", "__builtin_source_location",
                 "__builtin_constant_p", "__builtin_object_size", "__builtin_dynamic_object_size")
-_BUILD_VALUE = re.compile(r"\b(" + "|".join(BUILD_VALUES) + r")\b")
+_BUILD_VALUE = re.compile(any_word(BUILD_VALUES))
 _HASH = r"(?:#|%:)"   # %: is the digraph of #
 _CONDITIONAL = re.compile(rf"^[ \t\f\v]*{_HASH}[ \t\f\v]*(if|ifdef|ifndef|elif|elifdef|elifndef)"
                           r"\b(.*)$", re.M)
@@ -150,8 +150,8 @@ def _stringified(code: str, line_of, bodies: dict[str, set[str]], pastes: set[st
     # (any macro's call that names one among its arguments too: CALL(STR, __CUDA_ARCH__) of
     # `#define CALL(m, a) m(a)` expands __CUDA_ARCH__ before STR makes it a string; where
     # they are named, found once, not each call's arguments read)
-    named = [m.start() for m in re.finditer(_words(callers), code)]
-    for call in re.finditer(_words(bodies) + r"\s*\(", code):
+    named = [m.start() for m in re.finditer(any_word(callers), code)]
+    for call in re.finditer(any_word(bodies) + r"\s*\(", code):
         end = closing.get(call.end() - 1)
         # (a call never closed does not compile; one inside another's arguments was read)
         if end is None or call.start() < read_to or (
@@ -171,10 +171,6 @@ def _stringified(code: str, line_of, bodies: dict[str, set[str]], pastes: set[st
                                        word in pastes)
             todo.extend(sorted(bodies.get(word, ())))
     return None
-
-
-def _words(names) -> str:
-    return r"\b(" + "|".join(map(re.escape, sorted(names))) + r")\b"
 
 
 def _between(positions: list[int], start: int, end: int) -> bool:
