@@ -15,6 +15,7 @@ import numpy as np
 
 from ..addressing import element_offset, page_offset, physical_page, physical_slot, token_slots
 from ..validate_kinds import is_int
+from .address_hints import NEXT_ENTRY_HINT, gather_shape_hint
 from .cases import block_tables_for
 from .compare import (POW2_HINT, call_on_copies, changed_input, describe_difference, diagnose,
                       pow2_mixes)
@@ -52,6 +53,7 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
              "(an off-by-one here reads the next token).", page * page_size + off + 1),
             ("the virtual page is token // page_size; (token + 1) // page_size is off by one.",
              int(row[min((t + 1) // page_size, n_used - 1)]) * page_size + off),
+            (NEXT_ENTRY_HINT, int(row[t // page_size + 1]) * page_size + off),
             ("you used the token position itself: the cache is not contiguous, look the page "
              "up in the block table (row[token // page_size]).", t),
             ("add the offset inside the page: slot = page * page_size + token % page_size.",
@@ -304,19 +306,7 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
                        "return the [seq_len, num_kv_heads, head_dim] array.")
     got = np.asarray(got)
     if got.shape != expected.shape:
-        hint = "return exactly seq_len tokens: [seq_len, num_kv_heads, head_dim]."
-        if got.ndim and got.shape[0] > seq_len and got.shape[0] % page_size == 0 and \
-                got.shape[1:] == expected.shape[1:]:
-            hint = ("you returned whole pages: the last page is only partly filled (and "
-                    "entries past it are padding); keep the first seq_len tokens.")
-        elif got.shape == (num_kv_heads, seq_len, head_dim) and num_kv_heads != seq_len:
-            hint = ("keep the cache's axis order: tokens first, [seq_len, num_kv_heads, "
-                    "head_dim] (you returned the heads first).")
-        elif got.ndim > 1 and got.shape[0] == seq_len:
-            hint = (f"the token axis is right ({seq_len} tokens), but each token must keep its "
-                    "whole [num_kv_heads, head_dim] block, every kv head, as the cache holds "
-                    "it: return exactly seq_len tokens of [num_kv_heads, head_dim] each, not "
-                    "reshaped.")
+        hint = gather_shape_hint(got.shape, expected.shape, page_size, num_kv_heads)
         raise Mismatch("shape of the gathered keys", hint, str(expected.shape), str(got.shape))
     diff = describe_difference(got, expected, ("token", "kv_head", "dim"), atol=0, rtol=0,
                                unwritten=False)
@@ -346,6 +336,9 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
          lambda: flat[np.minimum(slots + 1, flat.shape[0] - 1)]),
         ("the cache is not contiguous: follow the block table instead of reading slot t.",
          lambda: flat[t]),
+        (NEXT_ENTRY_HINT + " (NumPy takes the padding's negative slots from the end of "
+         "the cache without a word.)",
+         lambda: flat[row[t // page_size + 1] * page_size + t % page_size]),
         (f"a gather copies exactly: keep the cache's dtype ({expected.dtype}); yours, "
          f"{got.dtype}, rounded the values.",
          lambda: expected.astype(got.dtype) if got.dtype.kind in "fiu" else None),

@@ -29,8 +29,9 @@ from .kernel_runner import poisoned, unwritten
 from .kernel_hints import one_size_hint
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
 from .table_probe import PAGE_SIZE, full_table, transposed_hint
-from .variants import (BY_KV_HEADS_HINT, BY_MOD_HINT, HEAD_STRIDE_HINT, SAME_HEAD_HINT,
-                       SCALED_VALUES_HINT, UNSCALED_PAGES_HINT, twice_hint)
+from .variants import (BY_KV_HEADS_HINT, BY_MOD_HINT, HEAD_STRIDE_HINT, NEXT_PAGE_HINT,
+                       SAME_HEAD_HINT, SCALED_VALUES_HINT, UNSCALED_PAGES_HINT,
+                       twice_hint)
 
 # -- task 2: one partition per warp, in CUDA C ----------------------------------------------
 
@@ -76,6 +77,11 @@ _PARTITION_MISTAKES = [
      "sequence here read sequence 0's pages.", {"paging": "first_table"}),
     ("query head h reads its own q row, q + (b * num_heads + h) * head_dim, not the row of "
      "its kv head (kv_head is only for the cache).", {"q_head": "kv"}),
+    (NEXT_PAGE_HINT, {"paging": "next_page"}),
+    ("the scores are q . v: the keys your kernel read hold the values. K comes from k_cache "
+     "(score = q . k; the weighted sum is of v).", {"swap": "keys_from_values"}),
+    ("the values come from v_cache: yours weighs the keys (read V at the same offset as K, "
+     "from v_cache).", {"swap": "values_from_keys"}),
 ]
 
 

@@ -19,13 +19,15 @@ from __future__ import annotations
 import numpy as np
 
 from ..split_k import merge_partials, partial_state, reference_partials
+from ..words import counted
 from .checks_kernels import _Compiled
 from .compare import changed_input, describe_difference, diagnose, fmt, matches
 from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, decode_problem, dims_hint,
                             launch_warp)
 from .decode_variants import merge_variant
 from .kernel_runner import poisoned
-from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
+from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
+                     several_fit)
 from .seeds import case_rng
 
 
@@ -62,7 +64,7 @@ def _merge_case(fn, scores, values, cuts) -> None:
     if diff is None:
         return
     sizes = [b - a for a, b in zip(edges, edges[1:])]
-    where = (f"{len(sizes)} partitions of {sizes} tokens, m = "
+    where = (f"{counted(len(sizes), 'partition')} of {sizes} tokens, m = "
              f"[{', '.join(fmt(x) for x in m)}]: ")
     if not np.isfinite(got).all():
         if m.max() > 700:
@@ -321,7 +323,7 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
                 "(NEG_INF), not 0, and weight by expf(m_p - m) with m the largest m_p.")
     b, h, _ = diff.first()
     raise Mismatch(diff.message() + f"\nRow (sequence {b}, head {h}) is written by block "
-                   f"({h}, {b}); it merges {int(n_parts[b, 0])} partitions.",
+                   f"({h}, {b}); it merges {counted(int(n_parts[b, 0]), 'partition')}.",
                    hint or past_end(held)
                    or "out[b, h] = sum_p w_p o_p / sum_p w_p, w_p = l_p exp(m_p - m).")
 

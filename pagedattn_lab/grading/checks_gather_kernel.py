@@ -21,7 +21,7 @@ from .kernel_runner import KERNEL_TIMEOUT, Kernel, poisoned, unwritten
 from .puzzle_runner import per_thread_max
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .table_probe import full_table, transposed_hint
-from .variants import PAGE_ONLY_HINT, UNSCALED_PAGES_HINT, gather_variant
+from .variants import NEXT_PAGE_HINT, PAGE_ONLY_HINT, UNSCALED_PAGES_HINT, gather_variant
 
 GATHER_THREADS = 32
 
@@ -64,6 +64,7 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
              "block_tables + b * max_pages.", lambda: gather_variant(*args_v, shared_table=True)),
             ("the page offset is off by one: token t sits at offset t % page_size.",
              lambda: gather_variant(*args_v, offset_shift=1)),
+            (NEXT_PAGE_HINT, lambda: gather_variant(*args_v, page_shift=1)),
             ("the cache is not contiguous: translate token t through block_tables, do not "
              "read slot t.", lambda: gather_variant(*args_v, identity_pages=True)),
             (PAGE_ONLY_HINT, lambda: gather_variant(*args_v, slot_bug="page_only")),

@@ -90,7 +90,8 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
             "score_rise" in sizes else None) \
         or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
         or diagnose(got, expected,
-                    attention_mistakes(prob, mode="prefill", block_queries=threads),
+                    attention_mistakes(prob, mode="prefill", block_queries=threads,
+                                       shared_tile=tiled),
                     nan_is_evidence=not tiled) \
         or _prefill_transposed(comp, threads, tiled) \
         or unwritten_pattern_hint(diff, threads=threads) \

@@ -99,6 +99,8 @@ def _tile_pages_case(fn, seq_len: int, q_start: int, tile_q: int, page_size: int
         ("round up: a page that holds any needed key is needed (ceil).",
          list(range(last_key // page_size)) if q_start < seq_len and _rounds_down(fn)
          else None),
+        ("virtual pages count from 0 (entry 0 of the block-table row): yours are each one "
+         "too high, 1 .. n instead of 0 .. n - 1.", [p + 1 for p in expected] or None),
         ("those are the pages of the first tile's keys, min(seq_len, tile_q): this tile's "
          "queries start at q_start, so its last key is min(seq_len, q_start + tile_q) - 1.",
          list(range(-(-min(seq_len, tile_q) // page_size))) if 0 < q_start < seq_len

@@ -19,9 +19,12 @@ the tokens (through the block table, slot by slot), with optional bugs:
     paging="unscaled"         a slot is block_table[t / page_size] + t % page_size (the page
                               number not multiplied by page_size)
     paging="first_table"      every sequence reads sequence 0's block-table row
+    paging="next_page"        a token's page is block_table[t / page_size + 1], the next one
     paging="head_stride"      a row is at slot * head_dim + kv_head * head_dim (the guide's
                               bug: the head stride without num_kv_heads)
     q_head="kv"               query head h reads q's row of its kv head, not its own
+    swap="keys_from_values"   the keys are read from v_cache too ("values_from_keys": the
+                              values from k_cache)
     reduced=(8, 4, 2, 1)      the dot product's xor reduction over these offsets only: lanes
                               0-15 and 16-31 (or, (16, 8, 4, 2), the even and the odd lanes)
                               each sum, and weigh the keys by, their own lanes' dims
@@ -69,7 +72,7 @@ def _rows(prob, b: int, kv_head: int, tokens: range, paging: str = "right"):
     keys = np.full((len(tokens), head_dim), np.nan)
     values = np.full((len(tokens), head_dim), np.nan)
     for i, t in enumerate(tokens):
-        vpage = t // page_size
+        vpage = t // page_size + (paging == "next_page")
         if vpage >= len(row) or row[vpage] < 0:
             continue
         slot = int(row[vpage]) * (1 if paging == "unscaled" else page_size) + t % page_size
@@ -105,15 +108,17 @@ def _state(scores, values, online_bug):
 
 def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="exact",
                      online_bug=None, base2=False, normalized=True, scaled_values=False,
-                     paging="right", q_head="own", reduced=(16, 8, 4, 2, 1)):
+                     paging="right", q_head="own", reduced=(16, 8, 4, 2, 1), swap=None):
     """(m, l, o) like `split_k.reference_partials`, with the chosen mistakes."""
     for name, value, allowed in (
             ("kv_map", kv_map, ("div", "mod", "same", "by_kv_heads")),
             ("bounds", bounds, ("exact", "inclusive", "unclipped", "skip_first", "drop_last",
                                  "page_start")),
             ("online_bug", online_bug, (None, "acc", "sum", "max0")),
-            ("paging", paging, ("right", "unscaled", "first_table", "head_stride")),
-            ("q_head", q_head, ("own", "kv"))):
+            ("paging", paging, ("right", "unscaled", "first_table", "head_stride",
+                                "next_page")),
+            ("q_head", q_head, ("own", "kv")),
+            ("swap", swap, (None, "keys_from_values", "values_from_keys"))):
         one_of(name, value, allowed)
     num_heads = prob.q.shape[1]
     num_kv_heads = prob.k_cache.shape[2]
@@ -135,6 +140,9 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
                     if bounds == "page_start" and not tokens:
                         continue   # (its start is past seq_len: the kernel returns there)
                     keys, values = _rows(prob, b, kvh, tokens, paging)
+                    if swap:
+                        keys, values = (values, values) if swap == "keys_from_values" else \
+                            (keys, keys)
                     q_row = prob.q[b, kvh if q_head == "kv" else h].astype(np.float64)
                     if scaled_values:
                         values = values * scale

@@ -20,6 +20,7 @@ way a kernel does it, element offsets and all, with optional bugs:
     keys_from_values=True      the keys are read from v_cache too (a K tile the V tile overwrote)
     scaled_values=True         the values are multiplied by scale as well as the scores
     offset_shift=1             the token's offset inside its page is off by one
+    page_shift=1               the token's virtual page is off by one (t / page_size + 1)
     identity_pages=True        the block table is ignored: token t read from slot t
     slot_bug="swap"            block_table[t % page_size] * page_size + t / page_size
     slot_bug="unscaled"        block_table[t / page_size] + t % page_size (no * page_size)
@@ -44,7 +45,7 @@ from .compare import POW2_HINT, kv_head_rule, one_of, pow2_div, pow2_mod
 
 def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_head, *,
                   offset_shift=0, identity_pages=False, head_stride_bug=False,
-                  pow2_pages=False, slot_bug=None):
+                  pow2_pages=False, slot_bug=None, page_shift=0):
     """Flat element indices [len(positions), head_dim] of one kv head's rows, or None if any
     page id is padding (negative)."""
     positions = np.asarray(positions, dtype=np.int64)
@@ -55,6 +56,7 @@ def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_he
         offsets = pow2_mod(positions, page_size) if pow2_pages else positions % page_size
         if slot_bug == "swap":
             vpage, offsets = offsets, vpage
+        vpage = vpage + page_shift
         if vpage.size and vpage.max() >= len(table_row):
             return None
         pages = np.asarray(table_row, dtype=np.int64)[vpage]
@@ -73,7 +75,7 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
                       mask="causal", shared_table=False, head_stride_bug=False, kv_map="div",
                       offset_shift=0, identity_pages=False, drop_last=False, online_bug=None,
                       values_from_keys=False, keys_from_values=False, pow2_pages=False,
-                      scaled_values=False, block_queries=None, slot_bug=None):
+                      scaled_values=False, block_queries=None, slot_bug=None, page_shift=0):
     """Paged attention with the chosen mistakes; float64 NumPy, q's shape.
 
     online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
@@ -117,7 +119,7 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
                 return _flat_indices(row, keys, page_size, num_kv_heads, head_dim, kvh,
                                      offset_shift=offset_shift, identity_pages=identity_pages,
                                      head_stride_bug=head_stride_bug, pow2_pages=pow2_pages,
-                                     slot_bug=slot_bug)
+                                     slot_bug=slot_bug, page_shift=page_shift)
             n_ok = _keys_in_bounds(flat, n, kf.size)
             idx = flat(np.arange(n_ok))
             keys, values = kf[idx], vf[idx]
@@ -201,6 +203,9 @@ PAGE_ONLY_HINT = ("every key of a page read the same row: block_table[t / page_s
                   "t % page_size.")
 HEAD_STRIDE_HINT = ("the head stride is missing num_kv_heads (the guide's bug): element (slot, "
                     "kv_head, d) is at (slot * num_kv_heads + kv_head) * head_dim + d.")
+NEXT_PAGE_HINT = ("token t's page is entry t / page_size of its block-table row (entry 0 holds "
+                  "the first page): yours reads entry t / page_size + 1, the next page's id, "
+                  "and past the last page the row's -1 padding.")
 SCALED_VALUES_HINT = ("the values are scaled too: `scale` multiplies the scores (q . k) only; "
                       "the weighted sum of v is not scaled.")
 
@@ -217,9 +222,10 @@ def twice_hint(scale: float, head_dim: int) -> str:
             "by 1/head_dim.")
 
 
-def attention_mistakes(case, *, mode="prefill", block_queries=None):
+def attention_mistakes(case, *, mode="prefill", block_queries=None, shared_tile=False):
     """(hint, thunk) pairs for `compare.diagnose`, most specific first (block_queries: the
-    prefill kernel's queries per block, for the mask taken per block)."""
+    prefill kernel's queries per block, for the mask taken per block; shared_tile: the kernel
+    stages K and V in shared memory, so a hint about them may name its tiles)."""
     args = (case.q, case.k_cache, case.v_cache, case.block_tables, case.seq_lens)
 
     def v(**bugs):
@@ -229,6 +235,12 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
 
     _, page_size, num_kv_heads, head_dim = case.k_cache.shape
     group = case.q.shape[-2] // num_kv_heads
+    # where K and V are read: the naive kernel reads the cache; only a tiled one has tiles
+    v_where = ("; a tiled kernel loads v_tile from v_cache and weighs v_tile, not k_tile)."
+               if shared_tile else ").")
+    k_where = (", and in shared memory the V tile must not overlap the K tile (v_tile starts "
+               "page_size * head_dim floats after k_tile, and the launch gives both)."
+               if shared_tile else " (score = q . k; the weighted sum is of v).")
     hints = [
         (f"the scores are not scaled: multiply q.k by `scale` ({case.scale:.4g} here) before "
          "the softmax.", v(scale=1.0)),
@@ -249,6 +261,7 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
          v(shared_table=True)),
         ("the page offset is off by one: token t sits at offset t % page_size of page "
          "block_table[t / page_size].", v(offset_shift=1)),
+        (NEXT_PAGE_HINT, v(page_shift=1)),
         ("the block table is ignored: the cache is not contiguous; translate each token "
          "through its sequence's row of block_tables.", v(identity_pages=True)),
         (BY_MOD_HINT, v(kv_map="mod")),
@@ -279,13 +292,9 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
         (UNSCALED_PAGES_HINT, v(slot_bug="unscaled")),
         (PAGE_ONLY_HINT, v(slot_bug="page_only")),
         ("the values come from v_cache: yours weighs the keys (read V at the same index as "
-         "K, from v_cache; a tiled kernel loads v_tile from v_cache and weighs v_tile, not "
-         "k_tile).",
-         v(values_from_keys=True)),
+         "K, from v_cache" + v_where, v(values_from_keys=True)),
         ("the scores are q . v: the keys your kernel read hold the values. K comes from "
-         "k_cache, and in shared memory the V tile must not overlap the K tile (v_tile starts "
-         "page_size * head_dim floats after k_tile, and the launch gives both).",
-         v(keys_from_values=True)),
+         "k_cache" + k_where, v(keys_from_values=True)),
         ("divide the accumulator by the running sum at the end: out[d] = acc[d] / sum (the "
          "weights sum to 1 only then).", v(online_bug="no_div")),
     ]
@@ -319,9 +328,11 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None):
 
 
 def gather_variant(cache, block_tables, seq_lens, max_len, *, shared_table=False,
-                   head_stride_bug=False, offset_shift=0, identity_pages=False, slot_bug=None):
+                   head_stride_bug=False, offset_shift=0, identity_pages=False, slot_bug=None,
+                   page_shift=0):
     """The batched gather [batch, max_len, num_kv_heads, head_dim] with the chosen mistakes;
-    rows at or past seq_lens[b] are zero, rows reading out of bounds NaN."""
+    rows at or past seq_lens[b] are zero, a row reading out of bounds NaN (each token is
+    copied on its own, so the tokens before one that reads the padding keep their values)."""
     flat = np.asarray(cache, dtype=np.float64).reshape(-1)
     _, page_size, num_kv_heads, head_dim = cache.shape
     tables, lens = np.asarray(block_tables), np.asarray(seq_lens)
@@ -330,11 +341,21 @@ def gather_variant(cache, block_tables, seq_lens, max_len, *, shared_table=False
         n = int(lens[b])
         row = tables[0 if shared_table else b]
         for h in range(num_kv_heads):
-            idx = _flat_indices(row, np.arange(n), page_size, num_kv_heads, head_dim, h,
-                                offset_shift=offset_shift, identity_pages=identity_pages,
-                                head_stride_bug=head_stride_bug, slot_bug=slot_bug)
-            if idx is None or (idx.size and (idx.max() >= flat.size or idx.min() < 0)):
-                out[b, :n, h] = np.nan
-            else:
+            def indices(tokens, h=h):
+                return _flat_indices(row, tokens, page_size, num_kv_heads, head_dim, h,
+                                     offset_shift=offset_shift, identity_pages=identity_pages,
+                                     head_stride_bug=head_stride_bug, slot_bug=slot_bug,
+                                     page_shift=page_shift)
+            idx = indices(np.arange(n))
+            if _in_bounds(idx, flat.size):
                 out[b, :n, h] = flat[idx]
+                continue
+            for t in range(n):
+                idx = indices(np.arange(t, t + 1))
+                out[b, t, h] = flat[idx[0]] if _in_bounds(idx, flat.size) else np.nan
     return out
+
+
+def _in_bounds(idx, size: int) -> bool:
+    """Whether element indices (None: a padding page) all lie in an array of `size`."""
+    return idx is not None and (not idx.size or (idx.max() < size and idx.min() >= 0))
