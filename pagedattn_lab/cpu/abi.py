@@ -13,6 +13,7 @@ MSG_CAP = 1024
  SHIFT, OBJSIZE) = range(13)
 REGION_UNKNOWN, REGION_STACK, REGION_DYN_SHARED, REGION_STATIC_SHARED = range(4)
 INSTR_COUNT, INSTR_RACE = 1, 2
+VAR_SHIM = 2   # pal_config.vars: the shim's state, writable, not counted (runtime.h)
 NCOUNT, NBUFSTAT = 8, 8   # uint32 counters per thread, uint64 counters per buffer
 RACE_WAW, RACE_RAW, RACE_WAR = 1, 2, 3
 T_RUN, T_BARRIER, T_WARP, T_EXITED = range(4)

@@ -6,7 +6,10 @@ The access counts and the race check see the loads and stores the compiler instr
 no target attribute needed for the SSE ones) and the compiler's own atomics (__atomic_*,
 __sync_*, and <atomic>, which is made of them; the shim's atomicAdd & co. count themselves)
 are calls the instrumentation passes by: one thread read a whole row with them and counted
-no read. CUDA device code has neither, so the kernel's share of the preprocessed source
+no read. So are the instrumentation's atomic hooks called by name (__tsan_atomic32_store
+stores anywhere, uncounted: a kernel set its own store count back with it; the shim's
+memcpy is __tsan_memcpy, whose pieces are counted and checked). CUDA device code has
+none of them, so the kernel's share of the preprocessed source
 (what follows its `#line 1`: its own lines and the headers it includes; token pasting and
 macros undone) may name none of them.
 
@@ -28,7 +31,7 @@ __all__ = ["uncounted_builtins", "refuse_uncounted_builtins"]
 
 _UNCOUNTED = re.compile(
     r"\b(__builtin_(?:ia32|aarch64|neon|arm|sve|mve|riscv|s390|altivec|vsx|ppc|mips|msa|"
-    r"loongarch|lsx|lasx)_\w+|__atomic_\w+|__sync_\w+|__c11_atomic_\w+)")
+    r"loongarch|lsx|lasx)_\w+|__atomic_\w+|__sync_\w+|__c11_atomic_\w+|__tsan_atomic\w+)")
 # atomics that touch no memory
 _HARMLESS = re.compile(r"__atomic_(thread_fence|signal_fence|always_lock_free|is_lock_free)$")
 _MARKER = re.compile(r'^#\s*\d+\s+"((?:\\.|[^"\\])*)"', re.M)
@@ -69,8 +72,9 @@ def refuse_uncounted_builtins(cmd: tuple[str, ...], flags: list[str], tu_path: P
     if found:
         names = ", ".join(f"{name} (in {where})" for name, where in found[:3])
         raise KernelCompileError.refused(
-            kernel, filename, f"uses {names}: a CPU vector builtin or a compiler atomic reads "
-            f"memory where the CPU executor's access counts and race check do not see it, and "
-            f"CUDA device code has neither",
+            kernel, filename, f"uses {names}: a CPU vector builtin, a compiler atomic or an "
+            f"instrumentation hook (__tsan_atomic*) touches memory where the CPU executor's "
+            f"access counts and race check do not see it, and CUDA device code has none of "
+            f"them",
             "read the arrays with plain loads (float4 v = *(const float4 *)p; x[i]); for an "
             "atomic, call CUDA's atomicAdd, atomicCAS, ... (no <immintrin.h>, no <atomic>)")

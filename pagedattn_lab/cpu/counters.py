@@ -33,11 +33,15 @@ class Counters:
     counting, per-thread and per-buffer counters (see runtime.h, PAL_C_* and PAL_B_*), and
     the kernel's own variables' (name, lo, hi), counted as global memory (device_data.py)."""
 
-    def __init__(self, lib, ranges, grid, block, count: bool, variables=()):
+    def __init__(self, lib, ranges, grid, block, count: bool, variables=(), shim_state=()):
         self.count = count
         self.variables = [(name, shared) for name, _lo, _hi, shared in variables]
-        self._vars = (C.c_uint64 * max(1, 3 * len(variables)))(
-            *[v for _name, lo, hi, shared in variables for v in (lo, hi, shared)])
+        # (the shim's state after the counted variables, whose bufstats rows keep their
+        # order: kernel code may write it, uncounted; instrument.cpp's PAL_VAR_SHIM)
+        triples = [(lo, hi, int(shared)) for _name, lo, hi, shared in variables]
+        triples += [(lo, hi, abi.VAR_SHIM) for lo, hi in shim_state]
+        self._nvars = len(triples)
+        self._vars = (C.c_uint64 * max(1, 3 * len(triples)))(*[v for t in triples for v in t])
         self.params = [p for p, _a, _addr in ranges]
         self.arrays = [a for _p, a, _addr in ranges]
         self.sizes = [a.nbytes for a in self.arrays]
@@ -58,7 +62,7 @@ class Counters:
         cfg.instrument = instrument
         cfg.nranges = len(self.params)
         cfg.ranges = C.addressof(self._ranges)
-        cfg.nvars = len(self.variables)
+        cfg.nvars = self._nvars
         cfg.vars = C.addressof(self._vars)
         if self.count:
             cfg.counts = self.counts.ptr

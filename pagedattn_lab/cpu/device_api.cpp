@@ -115,8 +115,27 @@ extern "C" unsigned __pal_activemask(void)
 
 extern "C" void __pal_yield(void) { suspend(cur); }
 
+// Whether fmt has a %n conversion, which stores the count of characters printed so far
+// through its argument: a store that no check sees, wherever the pointer points (a kernel
+// set its own access count back that way).
+static bool has_n_conversion(const char *f)
+{
+    for (; *f; ++f) {
+        if (*f != '%') continue;
+        if (*++f == '%') continue;
+        while (*f && strchr("#0- +'123456789.*$hlLqjzt", *f)) ++f;
+        if (*f == 'n') return true;
+        if (!*f) return false;
+    }
+    return false;
+}
+
 extern "C" int __pal_printf(const char *fmt, ...)
 {
+    if (has_n_conversion(fmt)) {
+        snprintf(S.res->msg, sizeof S.res->msg, "printf");
+        fail(PAL_SYSCALL);
+    }
     char buf[2048];
     va_list ap;
     va_start(ap, fmt);
@@ -155,9 +174,11 @@ extern "C" void __pal_trap(int line)
 
 extern "C" void __pal_spoison(void *v, unsigned long long bytes, unsigned long long *serial)
 {
+    check_runtime_store(serial, sizeof *serial);
     *serial = __pal_block_serial;
     if (!S.cfg->poison) return;
     if (in_pal_shared((uintptr_t)v)) return;   // poisoned with the section before the block
+    check_runtime_store(v, (size_t)bytes);
     memset(v, 0xff, (size_t)bytes);
 }
 

@@ -11,8 +11,10 @@ The library links the kernel's object with the runtime's, so its writable sectio
 both. The kernel's are the data symbols of the kernel's own file (`kernel.cpp`, the
 translation unit compiler.py writes) and the hidden or global ones that the runtime's
 objects (the built-in variables, `pal::S`, ...) and the C runtime's do not define; the
-shim's own state (cp.async queues, the mma lanes' fragments: names with `__pal`) is the
-runtime's too. ELF only (Linux); another format counts none, as before.
+shim's own state (cp.async queues, the mma lanes' fragments: names with `__pal`) is counted
+nowhere, but kernel code may write it: a counted launch refuses a store outside the kernel's
+arrays, shared memory, variables, the shim's state and its own stack (instrument.cpp). ELF
+only (Linux); another format counts none, as before, and refuses no such store.
 
 A template function's `__shared__` array is such a variable too under GCC, which drops its
 section attribute (cpu/README.md, "Known gap"): a function's static whose name a `__shared__`
@@ -28,7 +30,7 @@ from ..cuda_text import strip_comments
 from .artifacts import loadable_path
 from .kernel_object import defined_symbols, elf_bytes, elf_symbols, section_headers, string_at
 
-__all__ = ["kernel_variables", "variable_ranges", "holds_writable_globals"]
+__all__ = ["kernel_variables", "variable_ranges", "holds_writable_globals", "shim_state_ranges"]
 
 _TU = "kernel.cpp"
 _SHF_WRITE, _SHF_ALLOC, _SHF_TLS = 0x1, 0x2, 0x400
@@ -88,30 +90,41 @@ def _kernel_could_name(name: str) -> bool:
 
 
 @lru_cache(maxsize=64)
-def kernel_variables(path: str) -> tuple[tuple[tuple[str, int, int, bool], ...], int | None]:
-    """((name as written, address in the library, size, a function's static?), ...) of the
-    kernel's writable variables in the library at `path`, and the library address of
-    `_ANCHOR` (None: not an ELF library, or no symbol table)."""
+def _writable_symbols(path: str):
+    """(the kernel's variables, as kernel_variables gives them; the shim's state: (address,
+    size) of each writable variable of the shim's code in the kernel's build, `__pal` in its
+    name; the library address of `_ANCHOR` or None) of the library at `path`."""
     data = elf_bytes(path)
     if data is None:
-        return (), None
+        return (), (), None
     heads, names_at = section_headers(data)
     writable = {i for i, h in enumerate(heads)
                 if h[1] in (_PROGBITS, _NOBITS) and h[2] & (_SHF_WRITE | _SHF_ALLOC) ==
                 (_SHF_WRITE | _SHF_ALLOC) and not h[2] & _SHF_TLS
                 and string_at(data, names_at + h[0]) not in _NOT_DATA}
-    found, anchor, where = [], None, ""
+    found, shim, anchor, where = [], [], None, ""
     for s in elf_symbols(data):
         if s.kind == _STT_FILE:
             where = s.name
         elif s.name == _ANCHOR:
             anchor = s.value
-        elif (s.kind == _STT_OBJECT and s.size and s.section in writable
-              and "__pal" not in s.name   # the shim's state
-              and (where == _TU if where and s.binding == 0
-                   else not _runtimes(s.name) and _kernel_could_name(s.name))):
+        elif not (s.kind == _STT_OBJECT and s.size and s.section in writable):
+            continue
+        elif "__pal" in s.name:   # the shim's state (the runtime's own __pal names not)
+            if (where == _TU) if where and s.binding == 0 else not _runtimes(s.name):
+                shim.append((s.value, s.size))
+        elif (where == _TU if where and s.binding == 0
+              else not _runtimes(s.name) and _kernel_could_name(s.name)):
             found.append((readable(s.name), s.value, s.size, s.name.startswith("_ZZ")))
-    return tuple(sorted(found, key=lambda v: v[1])), anchor
+    return tuple(sorted(found, key=lambda v: v[1])), tuple(sorted(shim)), anchor
+
+
+def kernel_variables(path: str) -> tuple[tuple[tuple[str, int, int, bool], ...], int | None]:
+    """((name as written, address in the library, size, a function's static?), ...) of the
+    kernel's writable variables in the library at `path`, and the library address of
+    `_ANCHOR` (None: not an ELF library, or no symbol table)."""
+    found, _shim, anchor = _writable_symbols(path)
+    return found, anchor
 
 
 def holds_writable_globals(path: str, source: str) -> bool:
@@ -145,3 +158,15 @@ def variable_ranges(lib, path: str, source: str) -> list[tuple[str, int, int, bo
     shared = shared_names(source)
     return [(name, base + value, base + value + size, local and name in shared)
             for name, value, size, local in found]
+
+
+def shim_state_ranges(lib, path: str) -> list[tuple[int, int]]:
+    """(lo, hi) of the shim's writable state in the loaded library `lib` (see
+    variable_ranges): the cp.async queues, the mma lanes' fragments, the template poison's
+    serials, which the shim's code compiled into the kernel's build writes. A counted launch
+    lets kernel code write there, uncounted (instrument.cpp)."""
+    _found, shim, anchor = _writable_symbols(loadable_path(path))
+    if anchor is None:
+        return []
+    base = C.cast(getattr(lib, _ANCHOR), C.c_void_p).value - anchor
+    return [(base + value, base + value + size) for value, size in shim]

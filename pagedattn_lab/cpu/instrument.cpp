@@ -10,6 +10,7 @@
 #include "instrument.h"
 
 #include <dlfcn.h>
+#include <signal.h>
 #include <string.h>
 
 #include <algorithm>
@@ -104,21 +105,63 @@ void count(uint32_t buf, uintptr_t unit_addr, unsigned size, int kind, uintptr_t
         r.units.push_back(u);
 }
 
+// The shared-memory region holding address a (0: none) and a's offset in it.
+int shared_region(uintptr_t a, uintptr_t *off)
+{
+    if (a - dyn_lo < dyn_len) { *off = a - dyn_lo; return PAL_REGION_DYN_SHARED; }
+    if (a - st_lo < st_len) { *off = a - st_lo; return PAL_REGION_STATIC_SHARED; }
+    return 0;
+}
+
+// An instrumented launch's store outside the kernel's arrays, shared memory, variables (the
+// shim's state among them) and the running thread's own stack fails the thread as a wild
+// write would: the runtime's state, the counters' mappings and this file's tallies are in
+// the same process, and a kernel that wrote its own count there through a pointer computed
+// from a runtime variable's address (one thread copying a whole row, its store count set
+// back to 1) passed a check of who stores what; one that cleared S.instr in the
+// race-checked launch ran with no race check. Stores are seen before they happen.
+void refuse_foreign_write(uintptr_t a, unsigned size)
+{
+#ifdef __ELF__   // (elsewhere the kernel's variables are not known: device_data.py)
+    const uintptr_t lo = (uintptr_t)S.stacks + (uintptr_t)(cur - S.fib) * S.stride + S.guard;
+    if (a >= lo && a + size <= lo + (S.stride - S.guard)) return;
+    S.res->signo = SIGSEGV;
+    S.res->sicode = SEGV_ACCERR;
+    S.res->is_write = 1;
+    S.res->addr = a;
+    S.res->region = PAL_REGION_UNKNOWN;
+    fail(PAL_FAULT);
+#else
+    (void)a, (void)size;
+#endif
+}
+
+// Whether a lies in an array argument or one of the kernel's variables (the shim's state too).
+bool owned(uintptr_t a)
+{
+    const uint64_t *v = S.cfg->vars;
+    for (uint32_t j = 0; j < S.cfg->nvars; ++j, v += 3)
+        if (a >= v[0] && a < v[1]) return true;
+    const uint64_t *r = S.cfg->ranges;
+    for (uint32_t i = 0; i < S.cfg->nranges; ++i)
+        if (a >= r[2 * i] && a < r[2 * i + 1]) return true;
+    return false;
+}
+
 }  // namespace
+
+void pal::check_runtime_store(const void *p, size_t size)
+{
+    uintptr_t a = (uintptr_t)p, off = 0;
+    if (!S.instr || !size || shared_region(a, &off) || owned(a)) return;
+    refuse_foreign_write(a, (unsigned)size);
+}
 
 uint64_t pal::lib_offset(uintptr_t addr)
 {
     Dl_info info;
     if (dladdr((void *)addr, &info) && info.dli_fbase) return addr - (uintptr_t)info.dli_fbase;
     return addr;
-}
-
-// The shared-memory region holding address a (0: none) and a's offset in it.
-static int shared_region(uintptr_t a, uintptr_t *off)
-{
-    if (a - dyn_lo < dyn_len) { *off = a - dyn_lo; return PAL_REGION_DYN_SHARED; }
-    if (a - st_lo < st_len) { *off = a - st_lo; return PAL_REGION_STATIC_SHARED; }
-    return 0;
 }
 
 void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
@@ -135,7 +178,10 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
                   size, kind, pc, true);
         return;
     }
-    if (!(f & PAL_INSTR_COUNT)) return;
+    if (!(f & PAL_INSTR_COUNT)) {   // (race-checked only: S.instr = 0 turned the check off)
+        if (kind != ACC_READ && !owned(a)) refuse_foreign_write(a, size);
+        return;
+    }
     // The kernel's own __device__ and static variables: global memory on a GPU, so counted
     // as global accesses (rows after shared memory's; sectors as from 256-byte alignment);
     // a template's __shared__ array (outside the section under GCC) as shared memory, its
@@ -143,7 +189,8 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
     const uint64_t *v = S.cfg->vars;
     for (uint32_t j = 0; j < S.cfg->nvars; ++j, v += 3)
         if (a >= v[0] && a < v[1]) {
-            if (v[2]) {
+            if (v[2] == PAL_VAR_SHIM) return;
+            if (v[2] == PAL_VAR_SHARED) {
                 count(S.cfg->nranges, (a - v[0]) + ((uint64_t)(j + 2) << 32), size, kind, pc,
                       true);
             } else {
@@ -165,6 +212,7 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
             }
             return;
         }
+    if (kind != ACC_READ) refuse_foreign_write(a, size);
 }
 
 extern "C" void __pal_race_note_write(const void *dst, unsigned bytes)

@@ -329,6 +329,8 @@ _SYSCALL_HINTS = [
       "popen", "execv", "execve", "execvp", "execvpe", "fexecve", "execl", "execlp", "execle",
       "execveat"), "a kernel cannot start processes or run programs"),
     (("pthread_create",), "a kernel cannot start threads: CUDA threads are the launch's"),
+    (("printf",), "its format has a %n, which stores through a pointer past every check of "
+     "the CPU executor; print values only (%d, %f, ...), never %n"),
     (("kill", "killpg", "raise", "sigqueue", "tkill", "tgkill", "rt_tgsigqueueinfo",
       "pidfd_send_signal"), "a kernel cannot send signals"),
 ]

@@ -81,6 +81,10 @@ enum { PAL_C_GREAD, PAL_C_GREAD_B, PAL_C_GWRITE, PAL_C_GWRITE_B,
 // Units: 32-byte sectors (global), wavefronts (shared).
 enum { PAL_B_READ, PAL_B_READ_B, PAL_B_WRITE, PAL_B_WRITE_B,
        PAL_B_READ_REQ, PAL_B_READ_UNITS, PAL_B_WRITE_REQ, PAL_B_WRITE_UNITS, PAL_NBUFSTAT };
+// The third word of a pal_config.vars triple: a variable counted as global memory (0), a
+// template's __shared__ array counted as shared memory (1), or the shim's own state (cp.async
+// queues...), which kernel code may write, counted nowhere (2; after the counted ones).
+enum { PAL_VAR_GLOBAL = 0, PAL_VAR_SHARED = 1, PAL_VAR_SHIM = 2 };
 // Kinds of shared-memory hazard (pal_result.race_kind).
 enum { PAL_RACE_WAW = 1, PAL_RACE_RAW = 2, PAL_RACE_WAR = 3 };
 

@@ -159,6 +159,9 @@ void instr_barrier();                            // a __syncthreads() opened
 void instr_syncwarp(int warp, unsigned mask);  // the lanes in mask passed a __syncwarp
 void instr_block_end();
 void instr_worker_end();
+// A runtime function that stores where kernel code says (__pal_spoison) asks first: in a
+// instrumented launch, a store outside the kernel's own memory fails the thread.
+void check_runtime_store(const void *p, size_t size);
 
 }  // namespace pal
 

@@ -1,0 +1,116 @@
+"""The grader attacked through a kernel's pointers into the CPU executor's runtime (hunt 195).
+
+A counted launch keeps its counters in the kernel's own process: the runtime's state
+(`pal::S`, whose `cfg->counts` points at the per-thread counters) lies at a fixed offset from
+a runtime variable a kernel may name (`__pal_dyn_smem`). A one-thread gather that set its own
+store count back to 1 through that pointer passed check.gather_kernel, where its store count
+fails it. Refused now, each in a counted launch: a plain store outside the kernel's arrays,
+shared memory, variables and its own stack (a wild write, instrument.cpp; in a race-checked
+launch too, where clearing `S.instr` switched the race check off); printf's `%n`,
+which stores through its argument (device_api.cpp); the template poison's `__pal_spoison`
+given another serial (device_api.cpp); an instrumentation hook called by name
+(`__tsan_atomic32_store`, builtins.py). One kernel build serves the launches.
+"""
+import struct
+
+import numpy as np
+import pytest
+
+from pagedattn_lab.cpu import RawKernel, count_accesses
+from pagedattn_lab.cpu.builtins import uncounted_builtins
+from pagedattn_lab.cpu.errors import KernelFault
+from pagedattn_lab.cpu.kernel_object import elf_bytes, section_headers, string_at
+
+# The counters, found from __pal_dyn_smem's address (`to_state`: pal::S's offset from it, read
+# off the library's symbol table); thread 0's global store count set back to 0 three ways,
+# and (how 4) S.instr cleared.
+TAMPER = r"""
+struct Cfg { void *entry, **args; unsigned grid[3], block[3];
+             unsigned long long shared_mem, stack_bytes;
+             int nworkers, checked, poison, timeout_s; unsigned instrument, nranges;
+             const unsigned long long *ranges; unsigned *counts; };
+extern "C" __global__ void k(float *x, long long to_state, int how) {
+    x[0] = 1.0f;
+    unsigned *c = (*(const Cfg **)((char *)&__pal_dyn_smem + to_state))->counts;
+    if (how == 4) *(unsigned *)((char *)&__pal_dyn_smem + to_state + 8) = 0;   // S.instr
+    if (!c) return;
+    if (how == 0) c[2] = 0;
+    if (how == 1) printf("%n", (int *)&c[2]);
+    static unsigned long long unused;
+    if (how == 2) __pal_spoison(&unused, 0, (unsigned long long *)&c[1]);
+}
+"""
+STATE_GUARD = 1 << 20   # scheduler.h's PAL_STATE_GUARD, before pal::S in pal::state_area
+
+
+def _symbol_values(path: str, names: set[str]) -> dict[str, int]:
+    data = elf_bytes(path)
+    heads, _ = section_headers(data)
+    found = {}
+    for h in heads:
+        if h[1] == 2:   # SHT_SYMTAB
+            for at in range(h[4] + 24, h[4] + h[5], 24):
+                name_at, _info, _other, _shndx, value, _size = struct.unpack_from(
+                    "<IBBHQQ", data, at)
+                name = string_at(data, heads[h[6]][4] + name_at)
+                if name in names:
+                    found[name] = value
+    return found
+
+
+@pytest.fixture(scope="module")
+def tamper():
+    kern = RawKernel(TAMPER, "k").compile(instrumented=True)
+    where = _symbol_values(kern._builds[True][2], {"_ZN3pal10state_areaE", "__pal_dyn_smem"})
+    if len(where) < 2:
+        pytest.skip("the library's symbol table names no pal::state_area (not ELF?)")
+    return kern, where["_ZN3pal10state_areaE"] + STATE_GUARD - where["__pal_dyn_smem"]
+
+
+@pytest.mark.parametrize("how, said", [(0, "invalid write at address"),
+                                       (1, "its format has a %n"),
+                                       (2, "invalid write at address")])
+def test_a_counted_kernel_cannot_set_its_own_count_back(tamper, how, said):
+    """Before: the launch passed with thread 0's store count 0 (how 0, 1) or the block's
+    serial's high half (2), where it made one store."""
+    kern, to_state = tamper
+    with pytest.raises(KernelFault, match=said) as caught:
+        counts = count_accesses(kern, (1,), (1,), [np.zeros(1, np.float32),
+                                                   np.int64(to_state), np.int32(how)])
+        assert counts.global_writes[0, 0] == 1   # (reached before the fix only: it fails)
+    assert caught.value.thread == (0, 0, 0)
+
+
+def test_a_race_checked_kernel_cannot_switch_the_race_check_off(tamper):
+    """Before: S.instr = 0 in the race-checked launch (no counts: c is NULL) turned the race
+    check off for the rest of the launch, and the launch passed."""
+    kern, to_state = tamper
+    with pytest.raises(KernelFault, match="invalid write at address"):
+        kern((1,), (1,), (np.zeros(1, np.float32), np.int64(to_state), np.int32(4)),
+             racecheck=True)
+
+
+def test_the_same_kernel_counts_its_store_when_it_touches_nothing_else(tamper):
+    kern, to_state = tamper
+    x = np.zeros(1, np.float32)
+    counts = count_accesses(kern, (1,), (1,), [x, np.int64(to_state), np.int32(3)])
+    assert counts.global_writes[0, 0] == 1 and x[0] == 1.0
+
+
+def _hooks_named(hook: str):
+    preprocessed = (f'# 1 "shim.h"\nvoid f();\n'
+                    f'# 1 "k.cu"\nvoid g(unsigned *c) {{ {hook}(c); }}\n')
+    return uncounted_builtins(preprocessed, "k.cu")
+
+
+@pytest.mark.parametrize("hook", ["__tsan_atomic32_store", "__tsan_atomic64_fetch_add",
+                                  "__tsan_atomic8_exchange"])
+def test_an_atomic_instrumentation_hook_called_by_name_is_refused(hook):
+    """__tsan_atomic32_store(counter, 0, 5) stored anywhere, uncounted and unchecked."""
+    assert _hooks_named(hook) == [(hook, "k.cu")]
+
+
+@pytest.mark.parametrize("hook", ["__tsan_memcpy", "__tsan_memset", "__tsan_write4"])
+def test_the_hooks_that_count_and_check_pass(hook):
+    """(shim.h makes a kernel's memcpy __tsan_memcpy: its pieces go through the counts.)"""
+    assert _hooks_named(hook) == []
