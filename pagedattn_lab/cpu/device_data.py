@@ -26,7 +26,7 @@ import ctypes as C
 import re
 from functools import lru_cache
 
-from ..cuda_text import strip_comments
+from ..cuda_text import any_word, macro_aliases, strip_comments
 from .artifacts import loadable_path
 from .kernel_object import defined_symbols, elf_bytes, elf_symbols, section_headers, string_at
 
@@ -140,10 +140,13 @@ def holds_writable_globals(path: str, source: str) -> bool:
 
 
 def shared_names(source: str) -> set[str]:
-    """Every identifier of the source's `__shared__` declarations (a superset of the names
-    they declare: a function's static of another name is never taken for one)."""
+    """Every identifier of the source's `__shared__` declarations, the keyword spelled
+    directly or through a macro that stands for it alone (`#define SMEM __shared__`): a
+    superset of the names they declare (a function's static of another name is never
+    taken for one)."""
     text = strip_comments(source)
-    return {word for m in re.finditer(r"\b__shared__\b([^;{}]*)", text)
+    keyword = any_word(macro_aliases(text, {"__shared__"}, whole=True), capture=False)
+    return {word for m in re.finditer(keyword + r"([^;{}]*)", text)
             for word in re.findall(r"[A-Za-z_]\w*", m.group(1))}
 
 
