@@ -29,15 +29,23 @@ struct Cfg { void *entry, **args; unsigned grid[3], block[3];
              unsigned long long shared_mem, stack_bytes;
              int nworkers, checked, poison, timeout_s; unsigned instrument, nranges;
              const unsigned long long *ranges; unsigned *counts; };
+// A kernel's globals that device_data.readable cannot name: its stores are its own.
+__device__ float _Scratch[1];
+template <int N> struct Keep { static float v[N]; };
+template <int N> __device__ float Keep<N>::v[N];
 extern "C" __global__ void k(float *x, long long to_state, int how) {
     x[0] = 1.0f;
+    if (how == 8) { _Scratch[0] = 2.0f; Keep<1>::v[0] = 3.0f; }
     unsigned *c = (*(const Cfg **)((char *)&__pal_dyn_smem + to_state))->counts;
     if (how == 4) *(unsigned *)((char *)&__pal_dyn_smem + to_state + 8) = 0;   // S.instr
     if (!c) return;
     if (how == 0) c[2] = 0;
     if (how == 1) printf("%n", (int *)&c[2]);
-    static unsigned long long unused;
+    static unsigned long long unused, serial;
     if (how == 2) __pal_spoison(&unused, 0, (unsigned long long *)&c[1]);
+    if (how == 5) printf("%Zn", (unsigned long long *)&c[2]);   // (glibc's size_t length)
+    if (how == 6) printf("%In", (int *)&c[2]);                  // (glibc's locale-digits flag)
+    if (how == 7) __pal_spoison(&unused, 64, &serial);          // 56 bytes past unused
 }
 """
 STATE_GUARD = 1 << 20   # scheduler.h's PAL_STATE_GUARD, before pal::S in pal::state_area
@@ -69,10 +77,14 @@ def tamper():
 
 @pytest.mark.parametrize("how, said", [(0, "invalid write at address"),
                                        (1, "its format has a %n"),
-                                       (2, "invalid write at address")])
+                                       (2, "invalid write at address"),
+                                       (5, "its format has a %n"),
+                                       (6, "its format has a %n"),
+                                       (7, "invalid write at address")])
 def test_a_counted_kernel_cannot_set_its_own_count_back(tamper, how, said):
-    """Before: the launch passed with thread 0's store count 0 (how 0, 1) or the block's
-    serial's high half (2), where it made one store."""
+    """Before: the launch passed with thread 0's store count 0 (how 0, 1, 5, 6) or the
+    block's serial's high half (2), where it made one store; __pal_spoison's memset wrote 56
+    bytes past the variable it was given, unchecked (7: only its first byte was asked)."""
     kern, to_state = tamper
     with pytest.raises(KernelFault, match=said) as caught:
         counts = count_accesses(kern, (1,), (1,), [np.zeros(1, np.float32),
@@ -90,11 +102,16 @@ def test_a_race_checked_kernel_cannot_switch_the_race_check_off(tamper):
              racecheck=True)
 
 
-def test_the_same_kernel_counts_its_store_when_it_touches_nothing_else(tamper):
+@pytest.mark.parametrize("how", [3, 8])
+def test_the_same_kernel_counts_its_store_when_it_touches_nothing_else(tamper, how):
+    """Before (8): a store to a global of the kernel's that device_data.readable cannot name
+    (`_Scratch`, a class template's static member) failed as a wild write, in a counted and
+    a race-checked launch."""
     kern, to_state = tamper
     x = np.zeros(1, np.float32)
-    counts = count_accesses(kern, (1,), (1,), [x, np.int64(to_state), np.int32(3)])
+    counts = count_accesses(kern, (1,), (1,), [x, np.int64(to_state), np.int32(how)])
     assert counts.global_writes[0, 0] == 1 and x[0] == 1.0
+    kern((1,), (1,), (x, np.int64(to_state), np.int32(how)), racecheck=True)
 
 
 def _hooks_named(hook: str):

@@ -123,7 +123,7 @@ static bool has_n_conversion(const char *f)
     for (; *f; ++f) {
         if (*f != '%') continue;
         if (*++f == '%') continue;
-        while (*f && strchr("#0- +'123456789.*$hlLqjzt", *f)) ++f;
+        while (*f && strchr("#0- +'I123456789.*$hlLqjzZt", *f)) ++f;   // (glibc's I and Z too)
         if (*f == 'n') return true;
         if (!*f) return false;
     }

@@ -12,8 +12,10 @@ both. The kernel's are the data symbols of the kernel's own file (`kernel.cpp`, 
 translation unit compiler.py writes) and the hidden or global ones that the runtime's
 objects (the built-in variables, `pal::S`, ...) and the C runtime's do not define; the
 shim's own state (cp.async queues, the mma lanes' fragments: names with `__pal`) is counted
-nowhere, but kernel code may write it: a counted launch refuses a store outside the kernel's
-arrays, shared memory, variables, the shim's state and its own stack (instrument.cpp). ELF
+nowhere, but kernel code may write it, and so may it a global of its own whose symbol
+readable() does not read (a class template's static member, a reserved name as `_Scratch`),
+counted nowhere too: a counted launch refuses a store outside the kernel's arrays, shared
+memory, variables, that state and its own stack (instrument.cpp). ELF
 only (Linux); another format counts none, as before, and refuses no such store.
 
 A template function's `__shared__` array is such a variable too under GCC, which drops its
@@ -91,9 +93,10 @@ def _kernel_could_name(name: str) -> bool:
 
 @lru_cache(maxsize=64)
 def _writable_symbols(path: str):
-    """(the kernel's variables, as kernel_variables gives them; the shim's state: (address,
-    size) of each writable variable of the shim's code in the kernel's build, `__pal` in its
-    name; the library address of `_ANCHOR` or None) of the library at `path`."""
+    """(the kernel's variables, as kernel_variables gives them; the build's other writable
+    state, counted nowhere: (address, size) of the shim's variables (`__pal` in the name) and
+    of the kernel's globals that readable() cannot name; the library address of `_ANCHOR` or
+    None) of the library at `path`."""
     data = elf_bytes(path)
     if data is None:
         return (), (), None
@@ -108,14 +111,16 @@ def _writable_symbols(path: str):
             where = s.name
         elif s.name == _ANCHOR:
             anchor = s.value
-        elif not (s.kind == _STT_OBJECT and s.size and s.section in writable):
+        if not (s.kind == _STT_OBJECT and s.size and s.section in writable):
             continue
-        elif "__pal" in s.name:   # the shim's state (the runtime's own __pal names not)
-            if (where == _TU) if where and s.binding == 0 else not _runtimes(s.name):
-                shim.append((s.value, s.size))
-        elif (where == _TU if where and s.binding == 0
-              else not _runtimes(s.name) and _kernel_could_name(s.name)):
+        local = bool(where) and s.binding == 0
+        if where != _TU if local else _runtimes(s.name):
+            continue   # the runtime's: another file's local, or a name its objects define
+        if "__pal" not in s.name and (local or _kernel_could_name(s.name)):
             found.append((readable(s.name), s.value, s.size, s.name.startswith("_ZZ")))
+        else:   # the shim's state (`__pal`), or a global readable() cannot name (a class
+            # template's static member, `_Scratch`): the kernel's build writes it, uncounted
+            shim.append((s.value, s.size))
     return tuple(sorted(found, key=lambda v: v[1])), tuple(sorted(shim)), anchor
 
 
@@ -164,10 +169,10 @@ def variable_ranges(lib, path: str, source: str) -> list[tuple[str, int, int, bo
 
 
 def shim_state_ranges(lib, path: str) -> list[tuple[int, int]]:
-    """(lo, hi) of the shim's writable state in the loaded library `lib` (see
-    variable_ranges): the cp.async queues, the mma lanes' fragments, the template poison's
-    serials, which the shim's code compiled into the kernel's build writes. A counted launch
-    lets kernel code write there, uncounted (instrument.cpp)."""
+    """(lo, hi) of the writable state of the kernel's build that is counted nowhere, in the
+    loaded library `lib` (see variable_ranges): the shim's (the cp.async queues, the mma
+    lanes' fragments, the template poison's serials) and the kernel's globals that readable()
+    cannot name. A counted launch lets kernel code write there, uncounted (instrument.cpp)."""
     _found, shim, anchor = _writable_symbols(loadable_path(path))
     if anchor is None:
         return []

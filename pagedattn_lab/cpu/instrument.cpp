@@ -120,11 +120,12 @@ int shared_region(uintptr_t a, uintptr_t *off)
 // from a runtime variable's address (one thread copying a whole row, its store count set
 // back to 1) passed a check of who stores what; one that cleared S.instr in the
 // race-checked launch ran with no race check. Stores are seen before they happen.
-void refuse_foreign_write(uintptr_t a, unsigned size)
+void refuse_foreign_write(uintptr_t a, size_t size)
 {
 #ifdef __ELF__   // (elsewhere the kernel's variables are not known: device_data.py)
     const uintptr_t lo = (uintptr_t)S.stacks + (uintptr_t)(cur - S.fib) * S.stride + S.guard;
-    if (a >= lo && a + size <= lo + (S.stride - S.guard)) return;
+    const uintptr_t hi = lo + (S.stride - S.guard);
+    if (a >= lo && a < hi && size <= hi - a) return;
     S.res->signo = SIGSEGV;
     S.res->sicode = SEGV_ACCERR;
     S.res->is_write = 1;
@@ -136,15 +137,16 @@ void refuse_foreign_write(uintptr_t a, unsigned size)
 #endif
 }
 
-// Whether a lies in an array argument or one of the kernel's variables (the shim's state too).
-bool owned(uintptr_t a)
+// Whether [a, a + size) lies in one array argument or one of the kernel's variables (the
+// shim's state too).
+bool owned(uintptr_t a, size_t size = 1)
 {
     const uint64_t *v = S.cfg->vars;
     for (uint32_t j = 0; j < S.cfg->nvars; ++j, v += 3)
-        if (a >= v[0] && a < v[1]) return true;
+        if (a >= v[0] && a < v[1]) return size <= v[1] - a;
     const uint64_t *r = S.cfg->ranges;
     for (uint32_t i = 0; i < S.cfg->nranges; ++i)
-        if (a >= r[2 * i] && a < r[2 * i + 1]) return true;
+        if (a >= r[2 * i] && a < r[2 * i + 1]) return size <= r[2 * i + 1] - a;
     return false;
 }
 
@@ -153,8 +155,12 @@ bool owned(uintptr_t a)
 void pal::check_runtime_store(const void *p, size_t size)
 {
     uintptr_t a = (uintptr_t)p, off = 0;
-    if (!S.instr || !size || shared_region(a, &off) || owned(a)) return;
-    refuse_foreign_write(a, (unsigned)size);
+    // (all of it in one region: __pal_spoison's size is the caller's, and its memset from a
+    // variable's last byte on wrote past the variable, unchecked)
+    if (!S.instr || !size || owned(a, size)) return;
+    const int region = shared_region(a, &off);
+    if (region && region == shared_region(a + size - 1, &off)) return;
+    refuse_foreign_write(a, size);
 }
 
 uint64_t pal::lib_offset(uintptr_t addr)
