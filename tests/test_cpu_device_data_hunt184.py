@@ -20,6 +20,7 @@ import pytest
 
 from pagedattn_lab.cpu import KernelCompileError, RawKernel, count_accesses
 from pagedattn_lab.cpu.device_data import kernel_variables, readable, shared_names
+from pagedattn_lab.cpu.kernel_object import Symbol
 
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"),
                            reason="the kernel's variables are read off an ELF symbol table")
@@ -154,3 +155,35 @@ def test_a_write_to_griddim_or_blockdim_does_not_compile(write):
 def test_only_names_a_kernel_could_define_count_as_its_variables(symbol, counted):
     from pagedattn_lab.cpu.device_data import _kernel_could_name
     assert _kernel_could_name(symbol) is counted
+
+
+# A symbol table that a monkeypatch stands in for: one writable section (1), a local of the
+# kernel's file and the globals after it, as a linker lays them out.
+_TABLE_HEAD = [Symbol("kernel.cpp", 4, 0, 0xFFF1, 0, 0, 0, 0)]
+
+
+@pytest.mark.parametrize("symbol, local, one_worker", [
+    ("_Scratch", False, True),                          # a reserved name
+    ("_ZN4KeepILi1EE1vE", False, True),                 # Keep<1>::v, a template's static
+    ("_ZN11__pal_asyncL6queuesE", True, False),         # the shim's cp.async queues
+    ("_ZN10__cxxabiv119__terminate_handlerE", False, False),   # the C++ library's
+    ("_ZNSs4_Rep20_S_empty_rep_storageE", False, False),
+])
+def test_globals_readable_cannot_name_run_in_one_worker(monkeypatch, symbol, local, one_worker):
+    """Before: a kernel's global that readable() cannot name (`_Scratch`, a class template's
+    static member), declared where the source check does not see it (a header, a macro),
+    had one copy per worker. The shim's state is per block (restarted by each block's
+    serial): a copy per worker is right for it."""
+    from pagedattn_lab.cpu import device_data   # noqa: PLC0415
+    table = _TABLE_HEAD + [Symbol(symbol, 1, 0 if local else 1, 1, 0x4000, 64, 0, 0),
+                           Symbol("pal_launch_begin", 2, 1, 2, 0x1000, 8, 0, 0)]
+    monkeypatch.setattr(device_data, "loadable_path", lambda path: path)
+    monkeypatch.setattr(device_data, "elf_bytes", lambda path: b"ELF")
+    monkeypatch.setattr(device_data, "section_headers",
+                        lambda data: ([(0, 0, 0), (0, 1, 3), (0, 1, 6)], 0))
+    monkeypatch.setattr(device_data, "string_at", lambda data, at: ".data")
+    monkeypatch.setattr(device_data, "elf_symbols", lambda data: iter(table))
+    monkeypatch.setattr(device_data, "_runtime_names", lambda: frozenset())
+    path = f"fake-{symbol}.so"   # (the table is cached by path)
+    assert device_data.holds_writable_globals(path, "") is one_worker
+    assert not device_data.kernel_variables(path)[0]   # (counted as none of its variables)

@@ -16,7 +16,7 @@ import struct
 import numpy as np
 import pytest
 
-from pagedattn_lab.cpu import RawKernel, count_accesses
+from pagedattn_lab.cpu import RawKernel, count_accesses, device_data
 from pagedattn_lab.cpu.builtins import uncounted_builtins
 from pagedattn_lab.cpu.errors import KernelFault
 from pagedattn_lab.cpu.kernel_object import elf_bytes, section_headers, string_at
@@ -112,6 +112,33 @@ def test_the_same_kernel_counts_its_store_when_it_touches_nothing_else(tamper, h
     counts = count_accesses(kern, (1,), (1,), [x, np.int64(to_state), np.int32(how)])
     assert counts.global_writes[0, 0] == 1 and x[0] == 1.0
     kern((1,), (1,), (x, np.int64(to_state), np.int32(how)), racecheck=True)
+
+
+@pytest.fixture
+def no_anchor(monkeypatch):
+    """The library's symbol table as if it had no `pal_launch_begin` (a stripped library, a
+    symbol table not read): the kernel's variables and the shim's state are not known."""
+    device_data._writable_symbols.cache_clear()
+    monkeypatch.setattr(device_data, "_ANCHOR", "no_such_anchor")
+    yield
+    device_data._writable_symbols.cache_clear()
+
+
+def test_a_build_whose_variables_are_not_known_may_write_them(tamper, no_anchor):
+    """Before: no variable was passed, yet every ELF build refused a store outside the
+    arrays, shared memory and the stack: the store to `_Scratch` failed as a wild write in a
+    counted and a race-checked launch (pal_config.vars_known now)."""
+    kern, to_state = tamper
+    x = np.zeros(1, np.float32)
+    counts = count_accesses(kern, (1,), (1,), [x, np.int64(to_state), np.int32(8)])
+    assert counts.global_writes[0, 0] == 1 and x[0] == 1.0
+    kern((1,), (1,), (x, np.int64(to_state), np.int32(8)), racecheck=True)
+    assert not device_data.variables_known(kern._builds[True][2])
+
+
+def test_a_build_whose_variables_are_known_says_so(tamper):
+    """(what lets the launches above refuse the wild writes)"""
+    assert device_data.variables_known(tamper[0]._builds[True][2])
 
 
 def _hooks_named(hook: str):

@@ -56,6 +56,7 @@ def test_holds_writable_globals_leaves_out_only_a_functions_shared_array(monkeyp
     from pagedattn_lab.cpu import device_data   # noqa: PLC0415
     monkeypatch.setattr(device_data, "loadable_path", lambda path: path)
     monkeypatch.setattr(device_data, "kernel_variables", lambda path: (found, 0x8))
+    monkeypatch.setattr(device_data, "unnamed_globals", lambda path: [])
     assert device_data.holds_writable_globals("lib.so", TEMPLATE) is writable
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import ctypes as C
 
-ABI_VERSION = 7
+ABI_VERSION = 8
 MAX_THREADS = 1024
 MAX_WORKERS = 32
 OUT_CAP = 1 << 20
@@ -50,6 +50,7 @@ class Config(C.Structure):
         ("nvars", C.c_uint32),
         ("vars", C.c_void_p),
         ("last_first", C.c_int32),
+        ("vars_known", C.c_int32),
     ]
 
 

@@ -33,8 +33,12 @@ class Counters:
     counting, per-thread and per-buffer counters (see runtime.h, PAL_C_* and PAL_B_*), and
     the kernel's own variables' (name, lo, hi), counted as global memory (device_data.py)."""
 
-    def __init__(self, lib, ranges, grid, block, count: bool, variables=(), shim_state=()):
+    def __init__(self, lib, ranges, grid, block, count: bool, variables=(), shim_state=(),
+                 variables_known: bool = False):
         self.count = count
+        # (whether `variables` and `shim_state` are all of the build's writable state: only
+        # then does the launch refuse a store outside them, instrument.cpp)
+        self.variables_known = variables_known
         self.variables = [(name, shared) for name, _lo, _hi, shared in variables]
         # (the shim's state after the counted variables, whose bufstats rows keep their
         # order: kernel code may write it, uncounted; instrument.cpp's PAL_VAR_SHIM)
@@ -64,6 +68,7 @@ class Counters:
         cfg.ranges = C.addressof(self._ranges)
         cfg.nvars = self._nvars
         cfg.vars = C.addressof(self._vars)
+        cfg.vars_known = 1 if self.variables_known else 0
         if self.count:
             cfg.counts = self.counts.ptr
             cfg.bufstats = self.bufstats.ptr

@@ -15,8 +15,10 @@ shim's own state (cp.async queues, the mma lanes' fragments: names with `__pal`)
 nowhere, but kernel code may write it, and so may it a global of its own whose symbol
 readable() does not read (a class template's static member, a reserved name as `_Scratch`),
 counted nowhere too: a counted launch refuses a store outside the kernel's arrays, shared
-memory, variables, that state and its own stack (instrument.cpp). ELF
-only (Linux); another format counts none, as before, and refuses no such store.
+memory, variables, that state and its own stack (instrument.cpp), where these are known
+(variables_known: the library's symbol table was read and the anchor found in it). ELF only
+(Linux); another format, or a library without its symbol table, counts none, as before, and
+refuses no such store.
 
 A template function's `__shared__` array is such a variable too under GCC, which drops its
 section attribute (cpu/README.md, "Known gap"): a function's static whose name a `__shared__`
@@ -32,7 +34,8 @@ from ..cuda_text import any_word, macro_aliases, strip_comments
 from .artifacts import loadable_path
 from .kernel_object import defined_symbols, elf_bytes, elf_symbols, section_headers, string_at
 
-__all__ = ["kernel_variables", "variable_ranges", "holds_writable_globals", "shim_state_ranges"]
+__all__ = ["kernel_variables", "variable_ranges", "holds_writable_globals", "shim_state_ranges",
+           "unnamed_globals", "variables_known"]
 
 _TU = "kernel.cpp"
 _SHF_WRITE, _SHF_ALLOC, _SHF_TLS = 0x1, 0x2, 0x400
@@ -77,6 +80,10 @@ def readable(name: str) -> str:
 
 
 _RESERVED = re.compile(r"(?:^|::)(?:__|_[A-Z])")
+# The C++ library's namespaces (std's substitutions St, Ss, Sa, Sb, Si, So, Sd; the ABI's and
+# GNU's), some of which a toolchain may link into the library: their globals are not the
+# kernel's, and one worker per launch for them would only slow every launch down.
+_CXX_LIBRARY = re.compile(r"_Z(?:GVZ?|TH|TW)?N?K?(?:S[tsabiod]|9__gnu_cxx|10__cxxabiv1)")
 
 
 def _kernel_could_name(name: str) -> bool:
@@ -91,21 +98,25 @@ def _kernel_could_name(name: str) -> bool:
     return not _RESERVED.search(shown) and not shown.startswith("std::")
 
 
+def _cxx_librarys(name: str) -> bool:
+    return bool(_CXX_LIBRARY.match(name)) or readable(name).startswith("std::")
+
+
 @lru_cache(maxsize=64)
 def _writable_symbols(path: str):
     """(the kernel's variables, as kernel_variables gives them; the build's other writable
-    state, counted nowhere: (address, size) of the shim's variables (`__pal` in the name) and
-    of the kernel's globals that readable() cannot name; the library address of `_ANCHOR` or
-    None) of the library at `path`."""
+    state, counted nowhere: (address, size) of the kernel's globals that readable() cannot
+    name (C++ library ones among them), and of the shim's variables (`__pal` in the name); the
+    library address of `_ANCHOR` or None) of the library at `path`."""
     data = elf_bytes(path)
     if data is None:
-        return (), (), None
+        return (), (), (), None
     heads, names_at = section_headers(data)
     writable = {i for i, h in enumerate(heads)
                 if h[1] in (_PROGBITS, _NOBITS) and h[2] & (_SHF_WRITE | _SHF_ALLOC) ==
                 (_SHF_WRITE | _SHF_ALLOC) and not h[2] & _SHF_TLS
                 and string_at(data, names_at + h[0]) not in _NOT_DATA}
-    found, shim, anchor, where = [], [], None, ""
+    found, unnamed, shim, anchor, where = [], [], [], None, ""
     for s in elf_symbols(data):
         if s.kind == _STT_FILE:
             where = s.name
@@ -116,32 +127,59 @@ def _writable_symbols(path: str):
         local = bool(where) and s.binding == 0
         if where != _TU if local else _runtimes(s.name):
             continue   # the runtime's: another file's local, or a name its objects define
-        if "__pal" not in s.name and (local or _kernel_could_name(s.name)):
-            found.append((readable(s.name), s.value, s.size, s.name.startswith("_ZZ")))
-        else:   # the shim's state (`__pal`), or a global readable() cannot name (a class
-            # template's static member, `_Scratch`): the kernel's build writes it, uncounted
+        if "__pal" in s.name:   # the shim's state: its build writes it, uncounted
             shim.append((s.value, s.size))
-    return tuple(sorted(found, key=lambda v: v[1])), tuple(sorted(shim)), anchor
+        elif local or _kernel_could_name(s.name):
+            found.append((readable(s.name), s.value, s.size, s.name.startswith("_ZZ")))
+        else:   # a global readable() cannot name (a class template's static member,
+            # `_Scratch`; the C++ library's): the kernel's build writes it, uncounted
+            unnamed.append((s.name, s.value, s.size))
+    return (tuple(sorted(found, key=lambda v: v[1])), tuple(sorted(unnamed, key=lambda v: v[1])),
+            tuple(sorted(shim)), anchor)
 
 
 def kernel_variables(path: str) -> tuple[tuple[tuple[str, int, int, bool], ...], int | None]:
     """((name as written, address in the library, size, a function's static?), ...) of the
     kernel's writable variables in the library at `path`, and the library address of
     `_ANCHOR` (None: not an ELF library, or no symbol table)."""
-    found, _shim, anchor = _writable_symbols(path)
+    found, _unnamed, _shim, anchor = _writable_symbols(path)
     return found, anchor
+
+
+def variables_known(path: str) -> bool:
+    """Whether the writable variables of the library built at `path` are known (its symbol
+    table read, `_ANCHOR` found in it): only then may an instrumented launch refuse a store
+    outside them as a wild write (pal_config.vars_known); else kernel_variables and
+    shim_state_ranges give none, and every store to a `__device__` variable, a cp.async
+    queue or the mma lanes' state would be refused."""
+    return _writable_symbols(loadable_path(path))[3] is not None
 
 
 def holds_writable_globals(path: str, source: str) -> bool:
     """Whether the library at `path`, built from `source`, holds a writable variable of the
     kernel's: a `__device__`, `__managed__` or `static` one wherever it was declared (a
     header the source includes, a macro or `-D` option that stands for `__device__`, after
-    `__align__(16)`), which the source check (source.has_device_variables) can miss. Each
-    worker process has its own copy of one, so such a launch runs in one (kernel.py). A
-    template function's `__shared__` array (GCC) is per block, not one of them."""
-    found, _ = kernel_variables(loadable_path(path))
+    `__align__(16)`), which the source check (source.has_device_variables) can miss, one
+    that readable() cannot name (`_Scratch`, a class template's static member) among them.
+    Each worker process has its own copy of one, so such a launch runs in one (kernel.py).
+    Not one of them: a template function's `__shared__` array (GCC), per block; the shim's
+    state (`__pal`: the cp.async queues, the mma lanes' published fragments, the template
+    poison's serials), which holds what one block's threads pass each other and is
+    restarted by each block (its serial), so a copy per worker is what it needs; the C++
+    library's globals."""
+    path = loadable_path(path)
+    found, _ = kernel_variables(path)
     shared = shared_names(source)
-    return any(not (local and name in shared) for name, _, _, local in found)
+    return (any(not (local and name in shared) for name, _, _, local in found)
+            or bool(unnamed_globals(path)))
+
+
+def unnamed_globals(path: str) -> list[str]:
+    """The symbols of the kernel's writable globals that readable() cannot name (`_Scratch`,
+    `_ZN4KeepILi1EE1vE`: a class template's static member) in the library at `path`: the
+    build's writable globals that are neither the runtime's, the shim's nor the C++
+    library's."""
+    return [name for name, _, _ in _writable_symbols(path)[1] if not _cxx_librarys(name)]
 
 
 def shared_names(source: str) -> set[str]:
@@ -173,8 +211,9 @@ def shim_state_ranges(lib, path: str) -> list[tuple[int, int]]:
     loaded library `lib` (see variable_ranges): the shim's (the cp.async queues, the mma
     lanes' fragments, the template poison's serials) and the kernel's globals that readable()
     cannot name. A counted launch lets kernel code write there, uncounted (instrument.cpp)."""
-    _found, shim, anchor = _writable_symbols(loadable_path(path))
+    _found, unnamed, shim, anchor = _writable_symbols(loadable_path(path))
     if anchor is None:
         return []
     base = C.cast(getattr(lib, _ANCHOR), C.c_void_p).value - anchor
-    return [(base + value, base + value + size) for value, size in shim]
+    where = sorted([(value, size) for _name, value, size in unnamed] + list(shim))
+    return [(base + value, base + value + size) for value, size in where]

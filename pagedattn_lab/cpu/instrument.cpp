@@ -119,10 +119,13 @@ int shared_region(uintptr_t a, uintptr_t *off)
 // the same process, and a kernel that wrote its own count there through a pointer computed
 // from a runtime variable's address (one thread copying a whole row, its store count set
 // back to 1) passed a check of who stores what; one that cleared S.instr in the
-// race-checked launch ran with no race check. Stores are seen before they happen.
+// race-checked launch ran with no race check. Stores are seen before they happen. Only where
+// the kernel's variables and the shim's state are known (vars_known: read off the library's
+// symbol table, device_data.py): else a store to a `__device__` variable, a cp.async queue or
+// the mma lanes' state would be taken for a wild write.
 void refuse_foreign_write(uintptr_t a, size_t size)
 {
-#ifdef __ELF__   // (elsewhere the kernel's variables are not known: device_data.py)
+    if (!S.cfg->vars_known) return;
     const uintptr_t lo = (uintptr_t)S.stacks + (uintptr_t)(cur - S.fib) * S.stride + S.guard;
     const uintptr_t hi = lo + (S.stride - S.guard);
     if (a >= lo && a < hi && size <= hi - a) return;
@@ -132,9 +135,6 @@ void refuse_foreign_write(uintptr_t a, size_t size)
     S.res->addr = a;
     S.res->region = PAL_REGION_UNKNOWN;
     fail(PAL_FAULT);
-#else
-    (void)a, (void)size;
-#endif
 }
 
 // Whether [a, a + size) lies in one array argument or one of the kernel's variables (the
@@ -148,6 +148,16 @@ bool owned(uintptr_t a, size_t size = 1)
     for (uint32_t i = 0; i < S.cfg->nranges; ++i)
         if (a >= r[2 * i] && a < r[2 * i + 1]) return size <= r[2 * i + 1] - a;
     return false;
+}
+
+// The variables with a bufstats row: the vars before the shim's state (PAL_VAR_SHIM entries
+// come last, runtime.h), so that this worker's table is as long as cfg->bufstats, into which
+// instr_worker_end adds it.
+uint32_t counted_vars()
+{
+    uint32_t n = 0;
+    while (n < S.cfg->nvars && S.cfg->vars[3 * n + 2] != PAL_VAR_SHIM) ++n;
+    return n;
 }
 
 }  // namespace
@@ -241,7 +251,7 @@ void pal::instr_worker_begin()
     }
 #endif
     if (S.instr & PAL_INSTR_COUNT)
-        local.assign((size_t)(S.cfg->nranges + 1 + S.cfg->nvars) * PAL_NBUFSTAT, 0);
+        local.assign((size_t)(S.cfg->nranges + 1 + counted_vars()) * PAL_NBUFSTAT, 0);
     if (S.instr & PAL_INSTR_RACE) race_worker_begin();
 }
 

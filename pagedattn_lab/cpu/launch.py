@@ -26,7 +26,7 @@ import numpy as np
 
 from . import abi
 from .counters import Counters
-from .device_data import shim_state_ranges, variable_ranges
+from .device_data import shim_state_ranges, variable_ranges, variables_known
 from .errors import ExecutorUnavailableError, KernelError
 from .report import (LaunchInfo, result_error, slack_write_error, timeout_error,
                      uncounted_write_error, worker_died)
@@ -212,7 +212,8 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
             counters = Counters(lib, ranges, grid, block, count=count,
                                 variables=variable_ranges(lib, source[0], source[2])
                                 if source else (),
-                                shim_state=shim_state_ranges(lib, source[0]) if source else ())
+                                shim_state=shim_state_ranges(lib, source[0]) if source else (),
+                                variables_known=bool(source) and variables_known(source[0]))
             counters.configure(cfg, instrument)
         info = LaunchInfo(kernel, sig, tuple(grid), tuple(block), shared_mem, stack_bytes,
                           buffers, args, source, trusted)

@@ -12,7 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define PAL_ABI_VERSION 7
+#define PAL_ABI_VERSION 8
 #define PAL_MAX_THREADS 1024  // threads per block, as on every CUDA GPU
 #define PAL_MAX_WORKERS 32    // worker processes of one launch
 #define PAL_OUT_CAP (1 << 20) // bytes of printf output kept per launch
@@ -103,7 +103,8 @@ typedef struct pal_config {
     uint32_t nranges;        // array arguments, for counting
     const uint64_t *ranges;  // nranges [lo, hi) address pairs
     uint32_t *counts;        // shared mapping: PAL_NCOUNT per thread of the grid, or NULL
-    uint64_t *bufstats;      // shared mapping: PAL_NBUFSTAT x (nranges + 1 + nvars), or NULL
+    uint64_t *bufstats;      // shared mapping: PAL_NBUFSTAT x (nranges + 1 + the counted
+                             // vars: those not PAL_VAR_SHIM), or NULL
     uint8_t *written;        // shared mapping: 1 per byte of the ranges, one after another,
                              // that a counted store wrote; or NULL
     uint32_t nvars;          // the kernel's own writable variables (__device__, static),
@@ -111,6 +112,9 @@ typedef struct pal_config {
                              // their bufstats rows after shared memory's; shared: a
                              // template's __shared__ array, counted as such (device_data.py)
     int32_t last_first;      // 1: run block 0, then the others from the last down (runtime.cpp)
+    int32_t vars_known;      // 1: vars holds all of the build's writable variables (read off
+                             // its symbol table), so an instrumented launch may refuse a
+                             // store outside them, the arrays, shared memory and the stack
 } pal_config;
 
 typedef struct pal_result {
