@@ -45,19 +45,25 @@ def test_a_constant_pointer_is_const_itself_not_its_pointee():
 
 
 # (hunt 194's test launches `take` of this build: a -D macro for __constant__ and two
-# __device__ variables that the source check missed, one spelled through a -D macro)
+# __device__ variables that the source check missed, one spelled through a -D macro; hunt
+# 203's forms of __constant__ through macros: a #define that says const, a function-like -D
+# macro for it, a -D option that says const)
 CONSTANTS = r"""
 #define CMEM __constant__
+#define TABLE CMEM const float table[2]
 __device__ __align__(16) float buf[64];
 CMEM const float t[2] = {1, 2};
 __constant__ float* p = buf;
 LAB_CONSTANT const float one_half = 0.5f;
 LAB_DEVICE unsigned int tickets;
+TABLE = {3, 4};
+LAB_CM(1) const float quarter = 0.25f;
+LAB_CC float eighth = 0.125f;
 extern "C" __global__ void k(const float* a, float* out)
 {
     int i = threadIdx.x;
     p[i] = a[i] * 2;
-    out[i] = p[i] + t[i % 2];
+    out[i] = p[i] + t[i % 2] + table[i % 2] * quarter + eighth;
 }
 extern "C" __global__ void take(float* taken)
 {
@@ -65,14 +71,18 @@ extern "C" __global__ void take(float* taken)
     if (threadIdx.x == 0) taken[blockIdx.x] = one_half * atomicAdd(&tickets, 1u);
 }
 """
-CONSTANT_OPTIONS = ("-DLAB_CONSTANT=__constant__", "-DLAB_DEVICE=__device__")
+CONSTANT_OPTIONS = ("-DLAB_CONSTANT=__constant__", "-DLAB_DEVICE=__device__",
+                    "-DLAB_CM(x)=__constant__", "-DLAB_CC=__constant__ const")
 
 
 def test_a_macro_for_constant_and_a_constant_pointer_compile_and_run():
-    """Before: "duplicate 'const'" at line 4, and `p[i] = ...` assigned a read-only location."""
+    """Before: "duplicate 'const'" at line 5, and `p[i] = ...` assigned a read-only location
+    (hunt 203's: "duplicate 'const'" at line 3, TABLE's #define, at line 10, and for
+    -DLAB_CC)."""
     a, out = np.arange(40, dtype=np.float32), np.zeros(40, np.float32)
     RawKernel(CONSTANTS, "k", CONSTANT_OPTIONS)((1,), (40,), (a, out))
-    np.testing.assert_array_equal(out, a.astype(np.float64) * 2 + 1 + np.arange(40) % 2)
+    i = np.arange(40) % 2
+    np.testing.assert_array_equal(out, a.astype(np.float64) * 2 + 1 + i + (3 + i) / 4 + 0.125)
 
 
 def test_uses_printf_sees_a_macro_that_names_printf():

@@ -157,15 +157,17 @@ def _c_library_clash(log: str, filename: str, source_lines: list[str]) -> str | 
     return None
 
 
-def _constant_hints(log: str, filename: str, source_lines: list[str]) -> list[str]:
+def _constant_hints(log: str, filename: str, source_lines: list[str], options=()
+                    ) -> list[str]:
     """Hints for a write to a __constant__ variable (shim.h makes it const) and for one left
-    without its values, only where the error's name or line is such a variable's."""
+    without its values, only where the error's name or line is such a variable's. `options`:
+    the compile's, whose `-DCMEM=__constant__` declares such variables as a #define would."""
     text = strip_comments("\n".join(source_lines))
-    if "__constant__" not in text:
+    aliases = macro_aliases(text, {"__constant__"}, whole=True, options=options)
+    keyword = any_word(aliases, capture=False)
+    if not re.search(keyword, text):
         return []
     lines = text.splitlines()
-    aliases = macro_aliases(text, {"__constant__"}, whole=True)   # (#define CMEM __constant__)
-    keyword = any_word(aliases, capture=False)
     declared = {m.group(1) for m in re.finditer(
         keyword + r"[^;={(\[]*?\b([A-Za-z_]\w*)\s*[;={(\[]", text)}
     hints = []
@@ -190,8 +192,10 @@ def _error_lines(pattern: re.Pattern, log: str, filename: str, lines: list[str])
             if m.group("file") == filename and 0 < int(m.group("line")) <= len(lines)]
 
 
-def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
-                   ) -> KernelCompileError:
+def compile_error(kernel: str, filename: str, source: str, log: str, ident: str,
+                  options=()) -> KernelCompileError:
+    """The error of a failed build: the compiler's `log` with the kernel's lines, and hints
+    (`options`: the compile's flags, whose -D macros the hints read as the source's)."""
     lines = source.splitlines()
     errors, shown, first = [], [], None
     pat = re.compile(r"^(?P<file>.*?):(?P<line>\d+):(?:(?P<col>\d+):)? (?P<kind>fatal error|error|"
@@ -230,7 +234,7 @@ def compile_error(kernel: str, filename: str, source: str, log: str, ident: str
         hints.append(f"`{name}` is also a C library function, which the CPU "
                      f"executor's C++ build declares (NVRTC has no C library, so the GPU takes "
                      f"the name): give it another name")
-    hints += _constant_hints(log, filename, lines)
+    hints += _constant_hints(log, filename, lines, options)
     code_lines = strip_comments(source).splitlines()
     if any(_BUILTIN_WRITE.search(at) for at in _error_lines(_CONST_ERROR, log, filename,
                                                             code_lines)):

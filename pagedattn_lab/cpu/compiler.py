@@ -29,6 +29,7 @@ from .builtins import refuse_uncounted_builtins
 from .compile_errors import (compile_error, diagnostic_pragma_error, inline_asm_error,
                              mangled_kernel_error, shared_initializer_error,
                              template_kernel_error)
+from .constant_decl import constant_options
 from .errors import CompilerNotFoundError, KernelCompileError
 from .includes import dependency_flags, refuse_outside_includes
 from .kernel_checks import kernel_flags
@@ -97,13 +98,8 @@ GRADING_CXX = "PAGEDATTN_LAB_GRADING_CXX"
 OPTIONAL_FLAGS = ["-fno-diagnostics-show-caret", "-fno-caret-diagnostics",
                   "-fstack-clash-protection",
                   "-ftrivial-auto-var-init=pattern"]
-_IGNORED_OPTION_PREFIXES = (
-    "-arch", "--gpu-architecture", "-use_fast_math", "--use_fast_math", "-lineinfo",
-    "--generate-line-info", "-G", "--device-debug", "--fmad", "-fmad", "-maxrregcount",
-    "--maxrregcount", "-rdc", "--relocatable-device-code", "-dopt", "--dopt", "-ftz", "--ftz",
-    "-prec-div", "--prec-div", "-prec-sqrt", "--prec-sqrt", "--extra-device-vectorization",
-    "-default-device", "--device-as-default-execution-space", "-ewp", "--extensible-whole-program",
-    "-dlto", "--dlink-time-opt", "-ptx", "--ptx", "-lto", "--std=c++", "-std=c++")
+
+
 def cache_dir() -> Path:
     """Where compiled kernels are cached (see the module docstring)."""
     root = os.environ.get("PAGEDATTN_LAB_CACHE_DIR")
@@ -334,7 +330,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     if os.environ.get(GRADING_CXX):   # graded: -D, -U and -std= only (what the kernels need)
         flags = [f for f in flags if not f.startswith("-I")]
     std = [f for f in flags if f.startswith("-std=")]
-    flags = [f for f in flags if not f.startswith("-std=")]
+    flags = constant_options([f for f in flags if not f.startswith("-std=")], source)
     old_std = ("-std=c++11", "-std=c++14", "-std=c++03")
     std = ["-std=c++17"] if not std or std[-1] in old_std else std[-1:]
     tu = translation_unit(source, kernel_names, filename, str(HERE / "shim.h"), flags)
@@ -393,7 +389,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
             r = run_tool([*cmd, *shared, *defs, str(obj), *objs, *libs, "-o", str(out)])
         if r.returncode != 0:
             out.unlink(missing_ok=True)
-            raise compile_error(kernel, filename, source, r.stderr + r.stdout, ident)
+            raise compile_error(kernel, filename, source, r.stderr + r.stdout, ident, flags)
         seal(str(final), out.read_bytes())
         os.replace(out, final)
     return CompiledKernel(str(final), False, time.perf_counter() - t0)
