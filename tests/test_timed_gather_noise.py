@@ -8,11 +8,13 @@ loaded machine, it made the fast answer's best of 3 miss the limit now and then 
 call, and the exact count failed). The learner's calls are still timed for real; the sleeps
 below are past the fixed limit, a fast gather's call far below it."""
 import time
+import types
 
 import numpy as np
 import pytest
 
 from pagedattn_lab.grading import checks_addressing
+from pagedattn_lab.grading.time_limits import CASE_TIME_LIMIT
 from tests.check_helpers import run_check
 
 LOOP_SECONDS = 0.2   # the yardstick: the limit is LOOP_LIMIT (0.75) of it, 0.15 s
@@ -66,3 +68,25 @@ def test_a_right_gather_that_is_fast_is_timed_only_the_usual_repeats():
     result, printed = run_check("gather_numpy", counted)
     assert result.passed, printed
     assert timed_calls[0] == checks_addressing.TIMED_REPEATS
+
+
+def test_a_per_token_loop_on_a_busy_machine_fails_on_the_clock_within_the_case_limit(
+        monkeypatch):
+    """Measured on 2 cores beside two busy processes: a per-token loop on the counted arrays
+    took 3.4-4.6 s a call, and its 12 repeats ran past the case's 30 s limit, which failed it
+    as an endless loop. The clock is faked here (4 s a call, no real wait); timing stops once
+    the evidence is in, well within the limit, and the failure names the per-token work."""
+    clock, timed_calls = [0.0], [0]
+    monkeypatch.setattr(checks_addressing, "time",
+                        types.SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def loop_on_a_busy_machine(k, row, n):
+        if n == checks_addressing.TIMED_TOKENS:
+            timed_calls[0] += 1
+            clock[0] += 4.0
+        return _fast_gather(k, row, n)
+
+    result, printed = run_check("gather_numpy", loop_on_a_busy_machine)
+    assert not result.passed and "Python work per token" in printed, printed
+    assert "4000.0 ms for 131072 tokens" in printed, printed
+    assert timed_calls[0] * 4.0 <= CASE_TIME_LIMIT / 2, timed_calls

@@ -21,6 +21,7 @@ from .compare import (POW2_HINT, call_on_copies, changed_input, describe_differe
                       pow2_mixes)
 from .report import Case, CheckResult, Mismatch, as_int, probe, run_cases, several_fit
 from .seeds import case_rng
+from .time_limits import CASE_TIME_LIMIT
 
 
 def scattered_row(rng, seq_len: int, page_size: int, num_pages: int, width: int) -> np.ndarray:
@@ -227,6 +228,10 @@ LOOP_LIMIT = 0.75   # fail past this share of the cheapest per-token loop's time
 # other jobs on 2 cores). The best of more calls finds the quiet moments; a per-token loop
 # stays past the limit however often it is timed.
 TIMED_MAX_REPEATS = 12
+# ...while the timing has taken less than this, so that a per-token loop fails on the clock,
+# not on the case's time limit with an endless loop's hint: on 2 busy cores one took 3.4-4.6
+# s a call (the loop yardstick 57-127 ms), past CASE_TIME_LIMIT in 12 repeats.
+TIMED_BUDGET_SECONDS = CASE_TIME_LIMIT / 4
 
 
 def _loop_seconds(row: np.ndarray, page_size: int, seq_len: int) -> float:
@@ -244,14 +249,18 @@ def _call_gather(fn, cache, row, seq_len, counter, timed: bool, rng=None):
     the row of the last call) for `fn`.
 
     timed: the learner's function runs TIMED_REPEATS times (up to TIMED_MAX_REPEATS while
-    its best is past the limit), each after a timing of the cheapest per-token loop, and the
+    its best is past the limit), none after TIMED_BUDGET_SECONDS of timing (the first call
+    always runs), each after a timing of the cheapest per-token loop, and the
     best of each counts (an access count cannot be trusted alone: np.asarray(k_cache) or
     row.tolist() takes the counted array's place). Each call after the first gets new values
     and a new row (`rng`), and its time counts only when its result is their gather: with
     the same inputs, a per-token loop that kept its first result (or slots) took no time."""
     best = loop = float("inf")
+    started = time.perf_counter()
     for repeat in range(TIMED_MAX_REPEATS if timed else 1):
         if repeat >= TIMED_REPEATS and best <= LOOP_LIMIT * loop:
+            break
+        if repeat and time.perf_counter() - started >= TIMED_BUDGET_SECONDS:
             break
         if timed:
             loop = min(loop, _loop_seconds(row, cache.shape[1], seq_len))
