@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.cpu import KernelFault, RawKernel
-from pagedattn_lab.cpu import report_checks
+from pagedattn_lab.cpu import race, report_checks
 from pagedattn_lab.cpu.source import guard_static_shared
 from tests.test_cpu_guards_hunt166 import _PAST_SHARED
 
@@ -54,19 +54,25 @@ def test_a_missed_template_heads_shared_array_is_poisoned_before_each_block(case
 
 def test_a_shared_guard_report_reads_the_symbol_table_once(monkeypatch):
     """Before: shared_guard_error ran `nm --defined-only` on the library twice (once for the
-    array before the write, once for the one after). The report reads the library's symbol
-    table itself now (report_checks), once for all its look-ups."""
+    array before the write, once for the one after). The report reads the section's bounds
+    off the library's symbol table itself now (report_checks), once for all its look-ups,
+    and runs `nm` once, for the static `__shared__` arrays' names (race.data_symbols)."""
     kern = RawKernel(_PAST_SHARED, "past_shared")
     kern.compile()
-    calls = []
-    real = report_checks.elf_bytes
+    reads, tools = [], []
+    real_read, real_tool = report_checks.elf_bytes, race.binutils_output
     monkeypatch.setattr(report_checks, "elf_bytes",
-                        lambda path: calls.append(path) or real(path))
-    report_checks._symbols_at.cache_clear()   # (another test may have read this library)
+                        lambda path: reads.append(path) or real_read(path))
+    monkeypatch.setattr(race, "binutils_output",
+                        lambda *args: tools.append(args) or real_tool(*args))
+    # (another test may have read this library)
+    report_checks._symbols_at.cache_clear()
+    race.data_symbols.cache_clear()
     with pytest.raises(KernelFault) as info:
         kern((1,), (32,), (np.zeros(32, np.float32), np.int32(32)))
     assert info.value.variable == "a", str(info.value)
-    assert len(calls) == 1, calls
+    assert len(reads) == 1, reads
+    assert sum(args[:2] == ("nm", "-C") for args in tools) == 1, tools
 
 
 def test_the_sandbox_settings_are_found_without_sysconf():

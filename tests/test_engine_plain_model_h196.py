@@ -24,8 +24,6 @@ engine instead (their draws are their own stream, whatever else runs).
 `test_prefix_hits_exactly_...` counts the hits themselves, which the machine cannot (a cache
 that never hits gives the plain model's tokens too).
 """
-from collections import Counter
-
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, settings
@@ -36,6 +34,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant, p
 from pagedattn_lab.engine import (EngineConfig, LLMEngine, LlamaModel, SamplingParams,
                                   random_weights, tiny_config)
 from pagedattn_lab.engine.request import Status
+from tests.test_engine_grid_hunt162 import check_books as check_page_books
 
 VOCAB, EOS, MAX_LEN = 16, 3, 24
 CONFIG = tiny_config(vocab_size=VOCAB, num_hidden_layers=1, eos_token_id=EOS,
@@ -126,24 +125,18 @@ def read_back(engine: LLMEngine, req) -> list[int]:
 
 
 def check_books(engine: LLMEngine) -> None:
-    """Ref counts = holders; pages only where they belong; what the pages hold is right."""
-    pool, sched, ps = engine.kv.pool, engine.scheduler, engine.config.page_size
-    pool.check_invariants()
-    holders = Counter(p for req in sched.running for p in req.pages)
-    assert {p: c for p, c in enumerate(pool.ref_cnt) if c} == dict(holders), \
-        "ref counts != holders"
-    for req in sched.running:
+    """Hunt 162's books (ref counts = holders, held + free = total, device and host; pages
+    only where they belong), and what the pages hold: each running request its own tokens,
+    each cached page its hash entry's."""
+    check_page_books(engine)
+    pool, ps = engine.kv.pool, engine.config.page_size
+    for req in engine.scheduler.running:
         assert read_back(engine, req) == req.tokens(0, req.num_computed_tokens), \
             f"request {req.rid} reads back other tokens than its own"
-    for req in sched.waiting:
-        assert not req.pages and not req.host_pages, f"waiting request {req.rid} holds pages"
-    for req in sched.swapped:
-        assert not req.pages and len(req.host_pages) == -(-req.num_computed_tokens // ps)
     flat = engine.store.k[0].reshape(pool.num_pages * ps, -1)
-    for page in pool.cached.values():   # a full block, holding the tokens it is found by
-        tokens = pool.page_tokens[page]
-        assert len(tokens) == ps, f"cached page {page} holds a partial block"
-        assert [int(t) for t in flat[page * ps:(page + 1) * ps, 0]] == list(tokens), \
+    for page in pool.cached.values():   # (a full block: hunt 162's books)
+        held = [int(t) for t in flat[page * ps:(page + 1) * ps, 0]]
+        assert held == list(pool.page_tokens[page]), \
             f"cached page {page} holds other tokens than its hash entry's"
 
 

@@ -11,15 +11,14 @@ which stores through its argument (device_api.cpp); the template poison's `__pal
 given another serial (device_api.cpp); an instrumentation hook called by name
 (`__tsan_atomic32_store`, builtins.py). One kernel build serves the launches.
 """
-import struct
-
 import numpy as np
 import pytest
 
 from pagedattn_lab.cpu import RawKernel, count_accesses, device_data
 from pagedattn_lab.cpu.builtins import uncounted_builtins
 from pagedattn_lab.cpu.errors import KernelFault
-from pagedattn_lab.cpu.kernel_object import elf_bytes, section_headers, string_at
+from pagedattn_lab.cpu.kernel_object import elf_bytes, elf_symbols
+from tests.test_cpu_state_hunt182 import _STATE_GUARD   # (before pal::S in pal::state_area)
 
 # The counters, found from __pal_dyn_smem's address (`to_state`: pal::S's offset from it, read
 # off the library's symbol table); thread 0's global store count set back to 0 three ways,
@@ -48,22 +47,11 @@ extern "C" __global__ void k(float *x, long long to_state, int how) {
     if (how == 7) __pal_spoison(&unused, 64, &serial);          // 56 bytes past unused
 }
 """
-STATE_GUARD = 1 << 20   # scheduler.h's PAL_STATE_GUARD, before pal::S in pal::state_area
 
 
 def _symbol_values(path: str, names: set[str]) -> dict[str, int]:
     data = elf_bytes(path)
-    heads, _ = section_headers(data)
-    found = {}
-    for h in heads:
-        if h[1] == 2:   # SHT_SYMTAB
-            for at in range(h[4] + 24, h[4] + h[5], 24):
-                name_at, _info, _other, _shndx, value, _size = struct.unpack_from(
-                    "<IBBHQQ", data, at)
-                name = string_at(data, heads[h[6]][4] + name_at)
-                if name in names:
-                    found[name] = value
-    return found
+    return {sym.name: sym.value for sym in elf_symbols(data) if sym.name in names} if data else {}
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +60,7 @@ def tamper():
     where = _symbol_values(kern._builds[True][2], {"_ZN3pal10state_areaE", "__pal_dyn_smem"})
     if len(where) < 2:
         pytest.skip("the library's symbol table names no pal::state_area (not ELF?)")
-    return kern, where["_ZN3pal10state_areaE"] + STATE_GUARD - where["__pal_dyn_smem"]
+    return kern, where["_ZN3pal10state_areaE"] + _STATE_GUARD - where["__pal_dyn_smem"]
 
 
 @pytest.mark.parametrize("how, said", [(0, "invalid write at address"),

@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 
 from tests.check_helpers import assert_caught, assert_several_fit, run_check
+from tests.test_check_overfit_hunt25 import _lg
+from tests.test_check_overfit_hunt25 import _tile_work as tile_work_by
 
 POW2 = "only when n is a power of two"
-
-
-def _lg(n):
-    return n.bit_length() - 1
 
 
 def _gather(k_cache, row, seq_len, slot_of):
@@ -81,14 +79,9 @@ def _tile_pages(ceil):
 
 
 def _tile_work(ceil):
-    def tile_work(qo_indptr, seq_lens, rows, kv_tile):
-        work = []
-        for b, (q_len, seq_len) in enumerate(zip(np.diff(qo_indptr), seq_lens)):
-            for first in range(0, int(q_len), rows):
-                keys = int(seq_len) - int(q_len) + min(first + rows, int(q_len))
-                work.append((b, first, ceil(keys, kv_tile)))
-        return work
-    return tile_work
+    """tile_work (hunt 25's loop) counting each tile's key tiles with `ceil`."""
+    return lambda qo_indptr, seq_lens, rows, kv_tile: tile_work_by(qo_indptr, seq_lens, rows,
+                                                                   kv_tile, ceil)
 
 
 def _launch(ceil):

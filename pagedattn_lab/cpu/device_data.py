@@ -12,13 +12,13 @@ both. The kernel's are the data symbols of the kernel's own file (`kernel.cpp`, 
 translation unit compiler.py writes) and the hidden or global ones that the runtime's
 objects (the built-in variables, `pal::S`, ...) and the C runtime's do not define; the
 shim's own state (cp.async queues, the mma lanes' fragments: names with `__pal`) is counted
-nowhere, but kernel code may write it, and so may it a global of its own whose symbol
+nowhere, though kernel code may write it, and so is a global of the kernel's whose symbol
 readable() does not read (a class template's static member, a reserved name as `_Scratch`),
-counted nowhere too: a counted launch refuses a store outside the kernel's arrays, shared
-memory, variables, that state and its own stack (instrument.cpp), where these are known
-(variables_known: the library's symbol table was read and the anchor found in it). ELF only
-(Linux); another format, or a library without its symbol table, counts none, as before, and
-refuses no such store.
+which it may write too: an instrumented launch (counted or race-checked) refuses a store
+outside the kernel's arrays, shared memory, variables, that state and its own stack
+(instrument.cpp), where these are known (variables_known: the library's symbol table was
+read and the anchor found in it). ELF only (Linux); another format, or a library without
+its symbol table, counts none and refuses no such store.
 
 A template function's `__shared__` array is such a variable too under GCC, which drops its
 section attribute (cpu/README.md, "Known gap"): a function's static whose name a `__shared__`
@@ -169,9 +169,11 @@ def holds_writable_globals(path: str, source: str) -> bool:
     library's globals."""
     path = loadable_path(path)
     found, _ = kernel_variables(path)
-    shared = shared_names(source)
-    return (any(not (local and name in shared) for name, _, _, local in found)
-            or bool(unnamed_globals(path)))
+    if any(not local for _, _, _, local in found) or unnamed_globals(path):
+        return True
+    # (every launch asks: the source is read only where a function's static might be a
+    # template's __shared__ array)
+    return bool(found) and not {name for name, _, _, _ in found} <= shared_names(source)
 
 
 def unnamed_globals(path: str) -> list[str]:
@@ -182,15 +184,16 @@ def unnamed_globals(path: str) -> list[str]:
     return [name for name, _, _ in _writable_symbols(path)[1] if not _cxx_librarys(name)]
 
 
-def shared_names(source: str) -> set[str]:
+@lru_cache(maxsize=64)
+def shared_names(source: str) -> frozenset[str]:
     """Every identifier of the source's `__shared__` declarations, the keyword spelled
     directly or through a macro that stands for it alone (`#define SMEM __shared__`): a
     superset of the names they declare (a function's static of another name is never
-    taken for one)."""
+    taken for one). Read once per source: every instrumented launch asks (variable_ranges)."""
     text = strip_comments(source)
     keyword = any_word(macro_aliases(text, {"__shared__"}, whole=True), capture=False)
-    return {word for m in re.finditer(keyword + r"([^;{}]*)", text)
-            for word in re.findall(r"[A-Za-z_]\w*", m.group(1))}
+    return frozenset(word for m in re.finditer(keyword + r"([^;{}]*)", text)
+                     for word in re.findall(r"[A-Za-z_]\w*", m.group(1)))
 
 
 def variable_ranges(lib, path: str, source: str) -> list[tuple[str, int, int, bool]]:

@@ -14,7 +14,9 @@ hidden internals (`pal::S`, whose `instr` tells a counted launch from the checke
 functions wrap.cpp forbids (a process that outlived its launch). The shim's interface is
 `__pal_*` and the built-in variables; a kernel object may name nothing else of the runtime.
 
-ELF only (Linux, where the grader runs); another format is not inspected.
+ELF only (Linux, where the grader runs); another format is not inspected. The symbol-table
+reader these checks use (`elf_symbols`) is the executor's one: device_data.py finds the
+kernel's variables with it, report_checks.py the shared section's bounds.
 
 Nor may the kernel carry inline assembly (asm(...), also top-level or behind a macro): on
 the CPU it is host code that nothing above sees (a raw system call past the wrapped

@@ -3,9 +3,9 @@
 The mistakes these catch: a page per token instead of per `page_size` tokens, a new page
 although the last one still has room, rounding down, several allocate calls that leave a
 table half grown when the pool runs out, one block table shared by the whole batch
-(the guide's bug; in Python, `[[]] * n`), and a table built [max_pages, batch]: returned as
-is, or as its `.T` view, whose values NumPy indexes right but whose memory a kernel reads
-transposed.
+(the guide's bug; in Python, `[[]] * n`), a ceil right only for powers of two, and a table
+built [max_pages, batch]: returned as is, or as its `.T` view (NumPy indexes it right; a
+kernel reads its memory transposed).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import numpy as np
 from ..paging import BlockAllocator, OutOfPagesError
 from ..validate_kinds import is_int
 from ..words import counted
-from .compare import FIXED_PAGE_HINT, POW2_HINT, call_on_copies, pow2_div
+from .compare import FIXED_PAGE_HINT, POW2_HINT, call_on_copies, pow2_ceil_forms
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit, shortened, text_of
 from .seeds import case_rng
 
@@ -198,7 +198,7 @@ EMPTY_BATCH_HINT = ("an empty batch is still a batch: block_tables of shape (0, 
 
 
 def _count_hint(filled: list[int], seq_lens: list[int], page_size: int, taken: int) -> str:
-    """The rule that gives these page counts per row (and took that many pages), if known."""
+    """The rules (all that fit) that give these page counts per row and took that many pages."""
     rules = [
         ("round up: a sequence of L tokens owns ceil(L / page_size) pages, its last page "
          "partly filled.", [n // page_size for n in seq_lens]),
@@ -207,12 +207,12 @@ def _count_hint(filled: list[int], seq_lens: list[int], page_size: int, taken: i
         ("L // page_size + 1 pages is one too many when L is a multiple of page_size (and for "
          "0 tokens).", [n // page_size + 1 for n in seq_lens]),
         ("one page per token? A row needs ceil(seq_len / page_size) entries.", list(seq_lens)),
-        (POW2_HINT.format(name="page_size", n=page_size),
-         [pow2_div(n + page_size - 1, page_size) for n in seq_lens]),
+        *[(POW2_HINT.format(name="page_size", n=page_size), [int(ceil(n)) for n in seq_lens])
+          for ceil, _ in pow2_ceil_forms(page_size)],
     ]
     need = [-(-n // page_size) for n in seq_lens]
-    return next((hint for hint, counts in rules
-                 if counts != need and filled == counts and taken == sum(counts)), "")
+    fits = [h for h, counts in rules if need != counts == filled and taken == sum(counts)]
+    return several_fit(fits, "page counts") if fits else ""
 
 
 def _width_hint(tables: np.ndarray, seq_lens: list[int], need: list[int], taken: int,

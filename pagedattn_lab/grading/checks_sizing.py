@@ -315,10 +315,12 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
          1 - used / (len(lens) * page_size) if len(lens) else None),
         (POW2_HINT.format(name="page_size", n=page_size),
          1 - used / masked if masked > 0 else None),
-        # (confirmed at one request of 17 tokens, pages of 24: a shift's or a mask's pages
-        # can give pages of 16's fraction on a batch, as [100, 300, 20, 2048] at 24)
+        # (confirmed at one request of 33 tokens, pages of 40: pages of 16 hold it in 48
+        # slots, which no shift or mask of 40 gives (they make pages of 32); at 24 one of
+        # them is pages of 16 exactly, and on a batch, as [100, 300, 20, 2048] at 24, more
+        # of them give pages of 16's fraction)
         (FIXED_PAGE_HINT.format(n=page_size), lambda: paged_waste_fraction(lens, 16)
-         if page_size != 16 and _gives_fraction(fn, (np.array([17]), 24), 1 - 17 / 32)
+         if page_size != 16 and _gives_fraction(fn, (np.array([33]), 40), 1 - 33 / 48)
          else None),
         *[(POW2_HINT.format(name="page_size", n=page_size), 1 - used / slots)
           for slots in pow2_allocated if slots > 0],
