@@ -98,7 +98,9 @@ def _kernel_could_name(name: str) -> bool:
     return not _RESERVED.search(shown) and not shown.startswith("std::")
 
 
-def _cxx_librarys(name: str) -> bool:
+def _from_cxx_library(name: str) -> bool:
+    """Whether the symbol is the C++ library's (std, __gnu_cxx, __cxxabiv1), which some
+    toolchains link into the library: not kernel code's, so no reason for one worker."""
     return bool(_CXX_LIBRARY.match(name)) or readable(name).startswith("std::")
 
 
@@ -125,8 +127,9 @@ def _writable_symbols(path: str):
         if not (s.kind == _STT_OBJECT and s.size and s.section in writable):
             continue
         local = bool(where) and s.binding == 0
-        if where != _TU if local else _runtimes(s.name):
-            continue   # the runtime's: another file's local, or a name its objects define
+        runtimes = where != _TU if local else _runtimes(s.name)
+        if runtimes:
+            continue   # another file's local, or a name the runtime's objects define
         if "__pal" in s.name:   # the shim's state: its build writes it, uncounted
             shim.append((s.value, s.size))
         elif local or _kernel_could_name(s.name):
@@ -181,7 +184,7 @@ def unnamed_globals(path: str) -> list[str]:
     `_ZN4KeepILi1EE1vE`: a class template's static member) in the library at `path`: the
     build's writable globals that are neither the runtime's, the shim's nor the C++
     library's."""
-    return [name for name, _, _ in _writable_symbols(path)[1] if not _cxx_librarys(name)]
+    return [name for name, _, _ in _writable_symbols(path)[1] if not _from_cxx_library(name)]
 
 
 @lru_cache(maxsize=64)

@@ -155,7 +155,8 @@ class RawKernel:
         self.cached: bool | None = None
         self._lib = None
         self._entry = None
-        self._builds: dict[bool, tuple] = {}   # instrumented? -> (library, entry, path)
+        # instrumented? -> (library, entry, path, one worker?)
+        self._builds: dict[bool, tuple] = {}
         flags, ignored = parse_options(self.options)
         self.ignored_options = tuple(ignored)
         self._prints = uses_printf(code, flags)
@@ -174,7 +175,10 @@ class RawKernel:
             self.compile_seconds, self.cached = result.seconds, result.cached
             lib = _load(result.path)
             entry = _entry_point(lib, self.name, self.filename)
-            self._builds[instrumented] = (lib, entry, result.path)
+            # writable globals the source shows, or only the library's symbol table does (a
+            # header's, a -D macro's): each worker would have its own copy
+            one_worker = self._single_worker or holds_writable_globals(result.path, self.code)
+            self._builds[instrumented] = (lib, entry, result.path, one_worker)
             if hasattr(lib, f"__pal_max_threads_{self.name}"):
                 self.max_threads_per_block = min(1024, C.c_longlong.in_dll(
                     lib, f"__pal_max_threads_{self.name}").value)
@@ -218,7 +222,7 @@ class RawKernel:
             racecheck = self.racecheck if self.racecheck is not None else _env_flag(
                 "PAGEDATTN_LAB_CPU_RACECHECK")
         instrument = (abi.INSTR_COUNT if count else 0) | (abi.INSTR_RACE if racecheck else 0)
-        lib, entry, path = self.compile(bool(instrument))._builds[bool(instrument)]
+        lib, entry, path, one_worker = self.compile(bool(instrument))._builds[bool(instrument)]
         if b[0] * b[1] * b[2] > self.max_threads_per_block:
             raise ValueError(
                 f"block {b}: {b[0] * b[1] * b[2]} threads per block is over the kernel's "
@@ -226,7 +230,7 @@ class RawKernel:
                 f"launch (CUDA_ERROR_INVALID_VALUE). Launch at most that many threads per block "
                 f"or raise the bound")
         nblocks = g[0] * g[1] * g[2]
-        if self._single_worker or holds_writable_globals(path, self.code):
+        if one_worker:
             nworkers = 1   # printf output in block order; writable globals in one process
         else:
             nworkers = (workers or self.workers
