@@ -8,6 +8,7 @@ end is part of the proof.
 import ctypes
 import errno
 import functools
+import mmap
 import os
 import subprocess
 import sys
@@ -202,6 +203,37 @@ class _NoMemory:
 
     def pal_launch_begin(self, cfg):
         return 0
+
+
+class _AddressSpaceLimit:
+    """A stand-in executor library that refuses a reservation over `limit` bytes and maps
+    the rest as one page, the data at its end (as pal_buffer_alloc places it)."""
+    def __init__(self, limit):
+        self.limit, self.asked = limit, []
+        self.page = mmap.mmap(-1, mmap.PAGESIZE)
+
+    def pal_buffer_alloc(self, nbytes, guard_before, guard_after, base, length):
+        self.asked.append(guard_after)
+        if nbytes + guard_before + guard_after > self.limit:
+            return 0
+        start = ctypes.addressof(ctypes.c_char.from_buffer(self.page))
+        base._obj.value, length._obj.value = 0, 0   # (nothing for _Buffer to unmap)
+        return start + mmap.PAGESIZE - nbytes
+
+
+@pytest.mark.parametrize("limit, guards", [(1 << 40, [(1 << 20) + launch.WRAP_GUARD]),
+                                           (1 << 30, [(1 << 20) + launch.WRAP_GUARD, 1 << 20])])
+def test_an_array_is_followed_by_room_for_a_wrapped_index_where_it_can_be(limit, guards):
+    """`x[threadIdx.x - 1]` at thread 0 lands 2^32 elements past x: the guard after an array
+    covers that for elements of up to 16 bytes (a float4), and under an address-space limit
+    the array still gets a guard of its own."""
+    assert launch.WRAP_GUARD >= (1 << 32) * 16
+    x = np.arange(16, dtype=np.float32)
+    lo = x.__array_interface__["data"][0]
+    lib = _AddressSpaceLimit(limit)
+    launch._Buffer(lib, lo, lo + x.nbytes, x.dtype)
+    assert lib.asked == guards
+    assert bytes(lib.page[-x.nbytes:]) == x.tobytes()
 
 
 def test_failed_mappings_and_launches_are_named():

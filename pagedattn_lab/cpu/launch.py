@@ -36,6 +36,12 @@ from .report import (LaunchInfo, result_error, slack_write_error, timeout_error,
 # of a stride over 64 KiB, a block table's -1, read or changed the mapping below, such as the
 # launch's results, unseen).
 MIN_GUARD = 1 << 20
+# Guard after an array, address space only, where it can be reserved (not under an address-space
+# limit such as the grader's RLIMIT_AS): `x[threadIdx.x - 1]` at thread 0 is element 2^32 - 1,
+# 2^32 elements of up to 16 bytes (a float4) past the array. With the 1 MiB guard alone it
+# faulted only where nothing was mapped there, and in a process that had mapped much (a long
+# test run) a byte array's wrapped store landed in another mapping, unseen.
+WRAP_GUARD = (1 << 36) + MIN_GUARD
 SLACK_FILL = 0xFF   # NaN in every float type, -1 in every signed integer
 # A float array's slack holds signalling NaNs (all bits one but the quiet bit), which any
 # arithmetic quiets: `x[i - 1] += v` or atomicAdd(x - 1, v) at i = 0 then changes the bytes
@@ -63,7 +69,10 @@ class _Buffer:
         nbytes = hi - lo
         base, length = C.c_uint64(0), C.c_uint64(0)
         guard = max(MIN_GUARD, nbytes)
-        ptr = lib.pal_buffer_alloc(nbytes, guard, guard, C.byref(base), C.byref(length))
+        ptr = lib.pal_buffer_alloc(nbytes, guard, guard + WRAP_GUARD, C.byref(base),
+                                   C.byref(length))
+        if not ptr and nbytes:   # (an address-space limit: the array's own guard only)
+            ptr = lib.pal_buffer_alloc(nbytes, guard, guard, C.byref(base), C.byref(length))
         if not ptr and nbytes:
             raise MemoryError(f"cannot map a guarded buffer of {nbytes} bytes for a kernel "
                               f"argument")

@@ -99,7 +99,10 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
                 f"at byte offset {off}; the launch gave shared_mem={info.shared_mem} bytes"
                 f"{who}.{extra}", region="dynamic shared memory",
                 **{**common, "index": off, "size": info.shared_mem})
-        hit = _find_buffer(r.addr, info.buffers)
+        # (a wrapped index first: it faults in the reservation after its array, which
+        # _find_buffer would name as an element 4 billion past the end)
+        wrapped = _find_wrapped(r.addr, info.buffers)
+        hit = None if wrapped else _find_buffer(r.addr, info.buffers)
         if hit is not None:
             param, arr, index = hit
             size = arr.size
@@ -113,7 +116,6 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
             return KernelFault(f"kernel {k!r}: {what}{who}.", region="argument",
                                **{**common, "buffer": param.name, "arg_index": param.index,
                                   "index": index, "size": size})
-        wrapped = _find_wrapped(r.addr, info.buffers)
         if wrapped is not None:
             param, arr, index = wrapped
             return KernelFault(
