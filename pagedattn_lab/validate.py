@@ -177,8 +177,8 @@ def check_memory(nbytes: int, device: str, name: str, what: str, advice: str = "
     total = device_memory_bytes(device)
     if total is not None and nbytes > total:
         where = "GPU" if device == "gpu" else "machine"
-        raise ValueError(f"{name}: {what} would take {_gib(nbytes)}, more than the "
-                         f"{_gib(total)} of memory this {where} has{advice}")
+        raise ValueError(f"{name}: {what} would take {_bytes_text(nbytes)}, more than the "
+                         f"{_bytes_text(total)} of memory this {where} has{advice}")
 
 
 def device_memory_bytes(device: str) -> int | None:
@@ -192,8 +192,13 @@ def device_memory_bytes(device: str) -> int | None:
         return None
 
 
-def _gib(nbytes: int) -> str:
-    return f"{nbytes / 2**30:,.1f} GiB"
+def _bytes_text(nbytes: int) -> str:
+    """nbytes in the largest unit that shows it as at least 1 (GiB, MiB, KiB, bytes), to one
+    decimal: a small memory is "1.0 MiB", not "0.0 GiB"."""
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if nbytes >= 1 << shift:
+            return f"{nbytes / (1 << shift):,.1f} {unit}"
+    return f"{nbytes:,} byte{'' if nbytes == 1 else 's'}"
 
 
 @dataclass(frozen=True)

@@ -235,7 +235,7 @@ def test_nested_transactions_are_savepoints():
 
 @pytest.mark.parametrize("kwargs, match", [
     (dict(num_pages=300), r"^num_pages: the KV pages of 2 layers \(device and host pages\) "
-                          r"would take 0\.0 GiB, more than the 0\.0 GiB of memory this machine "
+                          r"would take 1\.2 MiB, more than the 1\.0 MiB of memory this machine "
                           r"has; use fewer pages"),
     (dict(num_pages=64, num_host_pages=256, preemption_mode="swap"),
      r"^num_pages, num_host_pages: the KV pages of 2 layers \(device and host pages\)"),

@@ -33,7 +33,7 @@ def one_mib(monkeypatch):
 # -- 1. a page past the memory names the page's sizes, not num_pages ---------------------
 
 PAGE_TOO_BIG = (r"^num_kv_heads x head_dim x page_size: one page \(K and V\) would take "
-                r"2\.0 GiB, more than the 0\.0 GiB of memory this machine has; no number of "
+                r"2\.0 GiB, more than the 1\.0 MiB of memory this machine has; no number of "
                 r"pages fits")
 
 

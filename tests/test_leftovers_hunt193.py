@@ -30,8 +30,8 @@ def test_an_engine_store_whose_one_page_is_past_the_memory_names_the_page_sizes(
     # tiny_config: 2 layers, 2 KV heads of 16; 2**22 float32 tokens a page take 2 GiB
     with pytest.raises(ValueError, match=(
             r"^page_size x num_key_value_heads x head_dim x num_hidden_layers: one page of the "
-            rf"2 layers \(K and V, {dtype_named}\) would take \d+\.\d GiB, more than the 0\.0 "
-            r"GiB of memory this machine has; no number of pages fits: use smaller sizes$")):
+            rf"2 layers \(K and V, {dtype_named}\) would take \d+\.\d GiB, more than the 1\.0 "
+            r"MiB of memory this machine has; no number of pages fits: use smaller sizes$")):
         KVStore(tiny_config(), 1, page_size, np.float32, np, kv_dtype=kv_dtype)
 
 
