@@ -12,6 +12,8 @@
 The kernel checks are fed a kernel that returns a known-wrong variant's output (no kernel is
 compiled): what is tested is how the check reads the evidence.
 """
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 
@@ -123,16 +125,31 @@ def test_gather_variant_keeps_the_tokens_read_before_the_padding():
     assert np.isnan(got[0, 4:7]).all()                      # page 1's read the -1 padding
 
 
+class _CountedPartials:
+    """Stands in for a compiled decode_partition kernel on the CPU executor: its counted
+    launch writes `partials_variant`'s partials with `bugs` into part_out and part_ml."""
+    device, racecheck = "cpu", False
+
+    def __init__(self, **bugs):
+        self.bugs = bugs
+
+    def count(self, grid, block, args, timeout=None):
+        q, k_cache, v_cache, tables, lens = args[:5]
+        prob = SimpleNamespace(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=tables,
+                               seq_lens=lens, scale=float(args[-1]))
+        m, l, o = partials_variant(prob, int(args[-3]), **self.bugs)
+        args[5][...] = o
+        args[6][...] = np.stack([m, l], axis=-1)
+        return None
+
+
 def test_decode_partition_keys_from_v_cache_is_named():
-    prob = checks_decode.decode_problem(1, seq_lens=[13], num_heads=2, num_kv_heads=2,
-                                        head_dim=32, page_size=4)
-    got = partials_variant(prob, 16, swap="keys_from_values")[2]
-    right = partials_variant(prob, 16)[2]
-    assert not np.allclose(got, right)
-    named = [h for h, bugs in checks_decode._PARTITION_MISTAKES
-             if h and np.allclose(partials_variant(prob, 16, **checks_decode._scaled(
-                 prob, bugs))[2], got, equal_nan=True)]
-    assert named and named[0].startswith("the scores are q . v"), named
+    comp = _Compiled(None)
+    comp.kernel = _CountedPartials(swap="keys_from_values")
+    with pytest.raises(Mismatch) as caught:
+        checks_decode._partition_case(comp, 1, 16, seq_lens=[13], num_heads=2, num_kv_heads=2,
+                                      head_dim=32, page_size=4)
+    assert caught.value.hint.startswith("the scores are q . v"), caught.value.hint
 
 
 def test_decode_merge_message_counts_one_partition_in_the_singular():
