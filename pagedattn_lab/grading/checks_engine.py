@@ -13,7 +13,7 @@ import numpy as np
 from ..engine.prefix_cache import hash_block
 from ..validate_kinds import is_int
 from ..words import counted
-from .compare import POW2_HINT, call_on_copies, changed_input, pow2_div
+from .compare import POW2_HINT, call_on_copies, changed_input, pow2_mixes
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -41,6 +41,45 @@ def _reference_hashes(tokens, page_size, chain=True, partial=False, at_numbers=F
         h = hash_block(parent if chain else None, tokens[start:start + page_size + width])
         out.append(h)
         parent = h
+    return out
+
+
+def _pow2_floors(num_tokens: int, page_size: int) -> set[int]:
+    """The full blocks counted with shifts and masks (compare.pow2_mixes): div(n), or
+    div(n - mod(n)). Right only for a power-of-two page_size."""
+    return {int(count) for div, _, mod, _ in pow2_mixes(page_size)
+            for count in (div(num_tokens), div(num_tokens - mod(num_tokens)))}
+
+
+def _pow2_block_starts(num_tokens: int, page_size: int) -> set[tuple]:
+    """The first tokens of the blocks that shifts and masks place: block i at mul(i) for
+    each floor of _pow2_floors, or range(0, end, page_size) to end = mul(div(n)) or
+    n - mod(n)."""
+    mixes, floors = pow2_mixes(page_size), _pow2_floors(num_tokens, page_size)
+    numbered = {tuple(mul(i) for i in range(count)) for _, mul, _, _ in mixes
+                for count in floors}
+    return numbered | {tuple(range(0, end, page_size)) for div, mul, mod, _ in mixes
+                       for end in (mul(div(num_tokens)), num_tokens - mod(num_tokens))}
+
+
+def _pow2_blocks_fit(got: list, tokens, page_size: int) -> bool:
+    """`got` has as many hashes as a floor with shifts and masks counts, where that is not
+    the number of full blocks (its blocks may hold a second mistake), or is the chain of
+    the blocks shifts and masks place."""
+    if len(got) != len(tokens) // page_size and \
+            len(got) in _pow2_floors(len(tokens), page_size):
+        return True
+    return any(got == _chain(tokens, page_size, starts)
+               for starts in _pow2_block_starts(len(tokens), page_size)
+               if len(starts) == len(got))
+
+
+def _chain(tokens, page_size: int, starts) -> list:
+    """The chained hashes of the blocks of page_size tokens from each of `starts`."""
+    out, parent = [], None
+    for start in starts:
+        parent = hash_block(parent, tokens[start:start + page_size])
+        out.append(parent)
     return out
 
 
@@ -86,7 +125,7 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
         hint = (f"each block was hashed from its first {page_size - 1} tokens: a slice's end "
                 "is not included, so token_ids[start:start + page_size] already holds the "
                 "block's page_size tokens (no - 1).")
-    elif page_size & (page_size - 1) and len(got) == pow2_div(num_tokens, page_size):
+    elif page_size & (page_size - 1) and _pow2_blocks_fit(got, tokens, page_size):
         hint = POW2_HINT.format(name="page_size", n=page_size)
     elif isinstance(got, list) and len(got) != len(expected):
         full = num_tokens // page_size

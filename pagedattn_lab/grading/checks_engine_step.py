@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from .compare import changed_input
+from .compare import changed_input, pow2_ceil_forms
 from .engine_step_rules import (COMBINED, MISTAKES, RULES, pages_for, reference_step,
                                 running_over_budget)
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
@@ -78,6 +78,15 @@ def _one_short(got, expected, args) -> str | None:
             "min(wanted, budget left, max_chunk), up to each limit itself (an off by one).")
 
 
+def _forms(rule: str, page_size: int) -> list[dict]:
+    """The ways a learner makes the mistake `rule` names, as reference_step's keywords: a
+    page count with shifts and masks in any mix (divide; the shift alone first, the form
+    the cases are drawn for), every other rule in its one way."""
+    if rule != "divide" or not page_size & (page_size - 1):
+        return [{}]
+    return [{}] + [{"pow2_ceil": ceil} for ceil, _ in pow2_ceil_forms(page_size)]
+
+
 def _hint(fn, got, expected, args) -> str:
     """The hint of the mistakes that give `got` here AND on every probe (the same inputs a
     little changed; every one of them, when several do): a batch that a mistake gives by
@@ -93,12 +102,13 @@ def _hint(fn, got, expected, args) -> str:
                  ("charge_waiting",): probes + tight,
                  **{rules: probes + tight for rules, _, _ in COMBINED}}
 
-    def gives_got(rules, mark):   # the learner's batch, here and on every probe
-        off = dict.fromkeys(rules, False)
+    def gives_got(rules, mark, **form):   # the learner's batch, here and on every probe
+        off = dict.fromkeys(rules, False) | form
         return mark(got, expected, args) and reference_step(*args, **off) == got and \
             all(reference_step(*p, **off) == b for p, b in probes_of.get(rules, probes))
 
-    matching = [hint for rule, hint, mark in MISTAKES if gives_got((rule,), mark)] or \
+    matching = [hint for rule, hint, mark in MISTAKES
+                if any(gives_got((rule,), mark, **form) for form in _forms(rule, args[5]))] or \
         [hint for rules, hint, mark in COMBINED if gives_got(rules, mark)]
     if matching:
         return several_fit(matching, "batch")

@@ -20,7 +20,7 @@ import numpy as np
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
 from ..validate import check_int_list
-from .compare import FIXED_PAGE_HINT, POW2_HINT, changed_input, pow2_div
+from .compare import FIXED_PAGE_HINT, POW2_HINT, changed_input, pow2_ceil_forms
 from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
 from .serve_hints import (ADMIT_HINT, ADMIT_MISTAKES, LATE_HINTS, admission_hint,
@@ -39,16 +39,17 @@ def _ceil_pages(n_tokens: int, page_size: int) -> int:
 
 def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
                  ties: str = "admitted", finish_first: bool = False,
-                 count: str = "ceil", admit: str = "spec", prefill: bool = True,
+                 count="ceil", admit: str = "spec", prefill: bool = True,
                  beside: dict | None = None) -> list[int]:
     """The order the spec's loop finishes `requests` in; `fifo=False` admits any waiting
     request that fits (skipping the head), `ties="reversed"` records a step's finishers
-    last-admitted first, `finish_first` records and frees before the decode, `count` "shift"
-    counts pages with a shift, ceil by log2(page_size), "floor" rounds them down, "16" counts
-    pages of 16 tokens whatever page_size is, `admit` "whole" promises the running
-    requests' whole totals (the pages they hold counted again), "strict" admits only with a
-    page to spare (<), "prompt" when the prompt's pages fit, `prefill=False` appends a
-    prompt's first token at admission and the rest one a step (all mistakes the hints name).
+    last-admitted first, `finish_first` records and frees before the decode, `count` "floor"
+    rounds pages down, "16" counts pages of 16 tokens whatever page_size is, a function of
+    the tokens counts them with it (a ceil by shifts and masks, compare.pow2_ceil_forms),
+    `admit` "whole" promises the running requests' whole totals (the pages they hold
+    counted again), "strict" admits only with a page to spare (<), "prompt" when the
+    prompt's pages fit, `prefill=False` appends a prompt's first token at admission and
+    the rest one a step (all mistakes the hints name).
     `beside`: filled with request -> ({other: tokens before}, {other: tokens after}, {request:
     step admitted}) of the requests running in the step it finishes in (it included in the
     last), before and after that step's decode."""
@@ -56,8 +57,8 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
     before, admitted, step = {}, {}, 0
 
     def _pages(n_tokens, page_size):   # (the module's, or a mistaken count's)
-        if count == "shift":
-            return pow2_div(n_tokens + page_size - 1, page_size)
+        if callable(count):
+            return int(count(n_tokens))
         if count == "floor":
             return n_tokens // page_size
         return _ceil_pages(n_tokens, 16 if count == "16" else page_size)
@@ -114,8 +115,8 @@ def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed:
         return short
     admits = [hint for hint, admit in ADMIT_MISTAKES
                if got == finish_order(requests, num_pages, page_size, admit=admit)]
-    if page_size & (page_size - 1) and got == finish_order(requests, num_pages, page_size,
-                                                           count="shift"):
+    if page_size & (page_size - 1) and any(got == finish_order(
+            requests, num_pages, page_size, count=c) for c, _ in pow2_ceil_forms(page_size)):
         admits.append(POW2_HINT.format(name="page_size", n=page_size))
     if got == finish_order(requests, num_pages, page_size, count="floor"):
         admits.append("a request's pages are ceil(tokens / page_size): yours rounds down, so "
@@ -365,6 +366,8 @@ def serve(fn) -> CheckResult:
     blocked = [(6, 2), (10, 3), (3, 1)]
     after_one = [(3, 1), (2, 1), (4, 0), (8, 4)]
     odd = [(5, 3), (9, 4), (4, 2), (7, 5)]
+    # (but for (n + 5) >> 2, each mix of shifts and masks gives an order no other mistake does)
+    mixes = [(13, 10), (10, 1), (7, 1), (10, 7), (5, 1)]
     cases = [
         Case("room for everyone", {"requests": small, "num_pages": 32, "page_size": 4},
              lambda: _serve_case(fn, 31, small, 32, 4)),
@@ -389,6 +392,8 @@ def serve(fn) -> CheckResult:
         Case("page_size 6, not a power of two", {"requests": odd, "num_pages": 4,
                                                   "page_size": 6},
              lambda: _serve_case(fn, 38, odd, 4, 6)),
+        Case("page_size 6, 8 pages", {"requests": mixes, "num_pages": 8, "page_size": 6},
+             lambda: _serve_case(fn, 39, mixes, 8, 6)),
     ]
     return run_cases("serve", "serve: admit, decode, finish and free", cases)
 

@@ -16,7 +16,7 @@ import numpy as np
 from ..distributed.shard import head_range
 from ..validate_kinds import is_int
 from ..words import counted
-from .compare import POW2_HINT, call_on_copies, kv_head_rule, pow2_div
+from .compare import POW2_HINT, call_on_copies, kv_head_rule, pow2_ceil_forms
 from .report import Case, CheckResult, Mismatch, as_array, run_cases, several_fit
 from .seeds import case_rng   # the grader salts the random cases
 
@@ -220,8 +220,9 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("pages per row = ceil(max(seq_lens) / page_size): a longest sequence that fills its "
          "last page exactly needs no extra page (max // page_size + 1 is one too many).",
          (4 * (2 + batch + batch * (max(lens) // ps + 1)), share, kv_read)),
-        (POW2_HINT.format(name="page_size", n=ps),
-         (4 * (2 + batch + batch * pow2_div(max(lens) + ps - 1, ps)), share, kv_read)),
+        *[(POW2_HINT.format(name="page_size", n=ps),
+           (4 * (2 + batch + batch * int(ceil(max(lens)))), share, kv_read))
+          for ceil, _ in pow2_ceil_forms(ps)],
         ("the buffer carries the batch's seq_lens too (batch int32 values), between the "
          "2-value header and the table.", (4 * (2 + batch * pages), share, kv_read)),
         ("the buffer starts with a 2-value header (batch, pages per row), before the seq_lens "
@@ -340,7 +341,8 @@ def wire_bytes(fn) -> CheckResult:
     fixed = [((48, 13, 33), 12, 6, 64, 16, 3, 4),     # the longest fills its last page
              ((37, 1, 16, 70), 8, 4, 64, 16, 2, 4), ((17,), 32, 8, 128, 16, 4, 2),
              ((100, 3, 64, 65, 9), 16, 2, 64, 8, 2, 2), ((5, 6), 4, 4, 32, 4, 1, 4),
-             ((50, 7, 24), 12, 4, 64, 12, 2, 2)]   # a page_size that is not a power of two
+             # a page_size that is not a power of two; 52 & 11 is 0, 52 % 12 is not
+             ((52, 7, 24), 12, 4, 64, 12, 2, 2)]
     rng = case_rng(1303)
     lens = tuple(int(n) for n in rng.integers(1, 300, size=6))
     fixed.append((lens, 32, 8, 128, 16, 8, 2))

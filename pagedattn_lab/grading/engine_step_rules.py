@@ -18,12 +18,16 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
                     partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
                     charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True,
                     divide=True, charge_growth=True, exact_ceil=True, count_held=True,
-                    subtract_held=True, in_pages=True):
-    """The engine's order with one rule switchable off (each switch is a known mistake)."""
+                    subtract_held=True, in_pages=True, pow2_ceil=None):
+    """The engine's order with one rule switchable off (each switch is a known mistake).
+    `pow2_ceil`: the page count of divide=False, a ceil with shifts and masks (one of
+    compare.pow2_ceil_forms; None: (tokens + page_size - 1) >> log2(page_size))."""
     out, free = [], free_pages
 
-    def pages(tokens):   # (divide off: ceil by a shift, right for a power of two only)
-        return pages_for(tokens, page_size) if divide else \
+    def pages(tokens):   # (divide off: right for a power-of-two page_size only)
+        if divide:
+            return pages_for(tokens, page_size)
+        return int(pow2_ceil(tokens)) if pow2_ceil else \
             pow2_div(tokens + page_size - 1, page_size)
 
     def size(req, is_running):
