@@ -6,7 +6,8 @@ a runtime variable a kernel may name (`__pal_dyn_smem`). A one-thread gather tha
 store count back to 1 through that pointer passed check.gather_kernel, where its store count
 fails it. Refused now, each in a counted launch: a plain store outside the kernel's arrays,
 shared memory, variables and its own stack (a wild write, instrument.cpp; in a race-checked
-launch too, where clearing `S.instr` switched the race check off); printf's `%n`,
+launch too, where clearing `S.instr` switched the race check off), and one that starts in a
+`__device__` variable and runs past its end (only its first byte was checked); printf's `%n`,
 which stores through its argument (device_api.cpp); the template poison's `__pal_spoison`
 given another serial (device_api.cpp); an instrumentation hook called by name
 (`__tsan_atomic32_store`, builtins.py). One kernel build serves the launches.
@@ -32,9 +33,14 @@ struct Cfg { void *entry, **args; unsigned grid[3], block[3];
 __device__ float _Scratch[1];
 template <int N> struct Keep { static float v[N]; };
 template <int N> __device__ float Keep<N>::v[N];
+__device__ long long eight_bytes;   // (how 9: an 8-byte store at its byte 4 runs 4 bytes past)
 extern "C" __global__ void k(float *x, long long to_state, int how) {
     x[0] = 1.0f;
     if (how == 8) { _Scratch[0] = 2.0f; Keep<1>::v[0] = 3.0f; }
+    if (how == 9 || how == 10) {   // (volatile: the compiler's object-size check cannot see it)
+        char *volatile at = (char *)&eight_bytes + (how == 9 ? 4 : 0);
+        *(long long *)at = -1;
+    }
     unsigned *c = (*(const Cfg **)((char *)&__pal_dyn_smem + to_state))->counts;
     if (how == 4) *(unsigned *)((char *)&__pal_dyn_smem + to_state + 8) = 0;   // S.instr
     if (!c) return;
@@ -63,11 +69,14 @@ def tamper():
     return kern, where["_ZN3pal10state_areaE"] + _STATE_GUARD - where["__pal_dyn_smem"]
 
 
+_PERCENT_N = "a printf format with a %n conversion"
+
+
 @pytest.mark.parametrize("how, said", [(0, "invalid write at address"),
-                                       (1, "its format has a %n"),
+                                       (1, _PERCENT_N),
                                        (2, "invalid write at address"),
-                                       (5, "its format has a %n"),
-                                       (6, "its format has a %n"),
+                                       (5, _PERCENT_N),
+                                       (6, _PERCENT_N),
                                        (7, "invalid write at address")])
 def test_a_counted_kernel_cannot_set_its_own_count_back(tamper, how, said):
     """Before: the launch passed with thread 0's store count 0 (how 0, 1, 5, 6) or the
@@ -79,6 +88,45 @@ def test_a_counted_kernel_cannot_set_its_own_count_back(tamper, how, said):
                                                    np.int64(to_state), np.int32(how)])
         assert counts.global_writes[0, 0] == 1   # (reached before the fix only: it fails)
     assert caught.value.thread == (0, 0, 0)
+
+
+@pytest.mark.parametrize("how", [1, 5, 6])
+def test_printf_with_n_says_that_n_is_refused_not_printf(tamper, how):
+    """Before: "kernel 'k' called printf() by thread ...", worded as a refused system call,
+    which told a learner that printf itself was not allowed."""
+    kern, to_state = tamper
+    with pytest.raises(KernelFault) as caught:
+        count_accesses(kern, (1,), (1,), [np.zeros(1, np.float32), np.int64(to_state),
+                                         np.int32(how)])
+    said = str(caught.value)
+    assert "%n, which stores the count of characters printed" in said
+    assert "printf without %n works" in said and "called printf()" not in said
+    assert "by thread (0,0,0) of block (0,0,0)" in said and caught.value.thread == (0, 0, 0)
+
+
+@pytest.mark.parametrize("counted", [False, True])
+def test_a_store_running_past_a_device_variable_is_refused(tamper, counted):
+    """Before: the race-checked launch (not counted) checked a store's first byte only, and
+    the counted launch counted the store as the variable's: an 8-byte store at byte 4 of the
+    8-byte `eight_bytes` wrote 4 bytes past it (into the next variable or the runtime's
+    state) and both launches passed."""
+    kern, to_state = tamper
+    args = [np.zeros(1, np.float32), np.int64(to_state), np.int32(9)]
+    with pytest.raises(KernelFault, match="invalid write at address") as caught:
+        if counted:
+            count_accesses(kern, (1,), (1,), args)
+        else:
+            kern((1,), (1,), tuple(args), racecheck=True)
+    assert caught.value.thread == (0, 0, 0) and caught.value.access == "write"
+
+
+def test_a_whole_store_to_a_device_variable_passes(tamper):
+    """(the same 8-byte store at the variable's start)"""
+    kern, to_state = tamper
+    x = np.zeros(1, np.float32)
+    counts = count_accesses(kern, (1,), (1,), [x, np.int64(to_state), np.int32(10)])
+    assert counts.global_writes[0, 0] == 2 and x[0] == 1.0
+    kern((1,), (1,), (x, np.int64(to_state), np.int32(10)), racecheck=True)
 
 
 def test_a_race_checked_kernel_cannot_switch_the_race_check_off(tamper):

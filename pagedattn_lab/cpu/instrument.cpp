@@ -44,6 +44,7 @@ struct Req {
 };
 std::unordered_map<Key, Req, KeyHash> reqs;
 std::vector<uint64_t> local;       // per-buffer counters of this worker, added at the end
+std::vector<uint64_t> written_at;  // per array argument: its first byte's offset in cfg->written
 
 uint32_t next_occurrence(int t, uintptr_t site)
 {
@@ -137,17 +138,43 @@ void refuse_foreign_write(uintptr_t a, size_t size)
     fail(PAL_FAULT);
 }
 
-// Whether [a, a + size) lies in one array argument or one of the kernel's variables (the
-// shim's state too).
-bool owned(uintptr_t a, size_t size = 1)
+// Where an address lies: in the kernel's variables (the shim's state too: table VAR, row
+// index of cfg->vars), in an array argument (RANGE, index of cfg->ranges) or in neither
+// (NONE), with that row's bounds [lo, hi).
+enum OwnerTable { OWNER_NONE, OWNER_VAR, OWNER_RANGE };
+struct Owner {
+    OwnerTable table;
+    uint32_t index;
+    uintptr_t lo, hi;
+};
+
+Owner find_owner(uintptr_t a)
 {
     const uint64_t *v = S.cfg->vars;
     for (uint32_t j = 0; j < S.cfg->nvars; ++j, v += 3)
-        if (a >= v[0] && a < v[1]) return size <= v[1] - a;
+        if (a >= v[0] && a < v[1]) return Owner{OWNER_VAR, j, v[0], v[1]};
     const uint64_t *r = S.cfg->ranges;
-    for (uint32_t i = 0; i < S.cfg->nranges; ++i)
-        if (a >= r[2 * i] && a < r[2 * i + 1]) return size <= r[2 * i + 1] - a;
-    return false;
+    for (uint32_t i = 0; i < S.cfg->nranges; ++i, r += 2)
+        if (a >= r[0] && a < r[1]) return Owner{OWNER_RANGE, i, r[0], r[1]};
+    return Owner{OWNER_NONE, 0, 0, 0};
+}
+
+// Whether [a, a + size) lies whole in one array argument or one of the kernel's variables.
+bool owned(uintptr_t a, size_t size)
+{
+    const Owner o = find_owner(a);
+    return o.table != OWNER_NONE && size <= o.hi - a;
+}
+
+// Whether a kernel's store of size bytes at a is refused as a wild write, and from which
+// byte on (*from): it starts outside every array and variable (from a), or runs past the end
+// of the variable it starts in (from that end: the next variable or the runtime's state may
+// follow, where nothing faults). One that runs past an array's end is left to the guard page
+// after the array, whose fault names the argument and the element.
+bool wild_store(const Owner &o, uintptr_t a, unsigned size, uintptr_t *from)
+{
+    *from = o.table == OWNER_VAR ? o.hi : a;
+    return o.table == OWNER_NONE || (o.table == OWNER_VAR && size > o.hi - a);
 }
 
 // The variables with a bufstats row: the vars before the shim's state (PAL_VAR_SHIM entries
@@ -158,6 +185,37 @@ uint32_t counted_vars()
     uint32_t n = 0;
     while (n < S.cfg->nvars && S.cfg->vars[3 * n + 2] != PAL_VAR_SHIM) ++n;
     return n;
+}
+
+// The kernel's own __device__ and static variables: global memory on a GPU, so counted as
+// global accesses (rows after shared memory's; sectors as from 256-byte alignment); a
+// template's __shared__ array (outside the section under GCC) as shared memory, its region
+// j + 2 (after dynamic shared memory's 0 and the static section's 1).
+void count_variable(const Owner &o, uintptr_t a, unsigned size, int kind, uintptr_t pc)
+{
+    const uint32_t j = o.index;
+    const uint64_t what = S.cfg->vars[3 * j + 2];
+    if (what == PAL_VAR_SHIM) return;
+    if (what == PAL_VAR_SHARED) {
+        count(S.cfg->nranges, (a - o.lo) + ((uint64_t)(j + 2) << 32), size, kind, pc, true);
+    } else {
+        const uint32_t row = S.cfg->nranges + 1 + j;
+        count(row, (a - o.lo) + ((uint64_t)row << 48), size, kind, pc, false);
+    }
+}
+
+// An array argument's access; a store also marks its bytes in cfg->written (the part inside
+// the array: the rest faults on the guard page).
+void count_array(const Owner &o, uintptr_t a, unsigned size, int kind, uintptr_t pc)
+{
+    const uint32_t i = o.index;
+    // Sectors as if the array started on a 256-byte boundary, as cudaMalloc's do (the
+    // executor places arrays end-aligned against a guard page instead).
+    count(i, (a - o.lo) + ((uint64_t)i << 48), size, kind, pc, false);
+    if (kind != ACC_READ && S.cfg->written) {
+        const uint64_t n = o.hi - a < size ? o.hi - a : size;
+        memset(S.cfg->written + written_at[i] + (a - o.lo), 1, n);
+    }
 }
 
 }  // namespace
@@ -194,41 +252,16 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
                   size, kind, pc, true);
         return;
     }
-    if (!(f & PAL_INSTR_COUNT)) {   // (race-checked only: S.instr = 0 turned the check off)
-        if (kind != ACC_READ && !owned(a)) refuse_foreign_write(a, size);
-        return;
-    }
-    // The kernel's own __device__ and static variables: global memory on a GPU, so counted
-    // as global accesses (rows after shared memory's; sectors as from 256-byte alignment);
-    // a template's __shared__ array (outside the section under GCC) as shared memory, its
-    // region j + 2 (after dynamic shared memory's 0 and the static section's 1).
-    const uint64_t *v = S.cfg->vars;
-    for (uint32_t j = 0; j < S.cfg->nvars; ++j, v += 3)
-        if (a >= v[0] && a < v[1]) {
-            if (v[2] == PAL_VAR_SHIM) return;
-            if (v[2] == PAL_VAR_SHARED) {
-                count(S.cfg->nranges, (a - v[0]) + ((uint64_t)(j + 2) << 32), size, kind, pc,
-                      true);
-            } else {
-                const uint32_t row = S.cfg->nranges + 1 + j;
-                count(row, (a - v[0]) + ((uint64_t)row << 48), size, kind, pc, false);
-            }
-            return;
-        }
-    const uint64_t *r = S.cfg->ranges;
-    uint64_t at = 0;   // the range's first byte in cfg->written
-    for (uint32_t i = 0; i < S.cfg->nranges; at += r[2 * i + 1] - r[2 * i], ++i)
-        if (a >= r[2 * i] && a < r[2 * i + 1]) {
-            // Sectors as if the array started on a 256-byte boundary, as cudaMalloc's do (the
-            // executor places arrays end-aligned against a guard page instead).
-            count(i, (a - r[2 * i]) + ((uint64_t)i << 48), size, kind, pc, false);
-            if (kind != ACC_READ && S.cfg->written) {
-                const uint64_t n = r[2 * i + 1] - a < size ? r[2 * i + 1] - a : size;
-                memset(S.cfg->written + at + (a - r[2 * i]), 1, n);
-            }
-            return;
-        }
-    if (kind != ACC_READ) refuse_foreign_write(a, size);
+    // (in a race-checked launch too: a kernel that cleared S.instr ran with no race check)
+    const Owner o = find_owner(a);
+    uintptr_t from = a;
+    if (kind != ACC_READ && wild_store(o, a, size, &from))
+        refuse_foreign_write(from, a + size - from);
+    if (!(f & PAL_INSTR_COUNT) || o.table == OWNER_NONE) return;
+    if (o.table == OWNER_VAR)
+        count_variable(o, a, size, kind, pc);
+    else
+        count_array(o, a, size, kind, pc);
 }
 
 extern "C" void __pal_race_note_write(const void *dst, unsigned bytes)
@@ -250,8 +283,13 @@ void pal::instr_worker_begin()
         st_len = (uintptr_t)(__stop_pal_shared - __start_pal_shared);
     }
 #endif
-    if (S.instr & PAL_INSTR_COUNT)
+    if (S.instr & PAL_INSTR_COUNT) {
         local.assign((size_t)(S.cfg->nranges + 1 + counted_vars()) * PAL_NBUFSTAT, 0);
+        const uint64_t *r = S.cfg->ranges;
+        written_at.assign(S.cfg->nranges, 0);
+        for (uint32_t i = 1; i < S.cfg->nranges; ++i)
+            written_at[i] = written_at[i - 1] + (r[2 * i - 1] - r[2 * i - 2]);
+    }
     if (S.instr & PAL_INSTR_RACE) race_worker_begin();
 }
 
