@@ -181,7 +181,8 @@ def test_quantized_prefill_against_float64_of_dequantized_pages(fmt, scheme):
     """Codes written by write_kv_quant, read by the prefill kernel: the output matches the
     float64 attention over the pages dequantized here (code x scale); the slots no sequence
     holds carry NaN codes and scales, which must not be read."""
-    rng = np.random.default_rng(hash((fmt, scheme)) % 2**32)
+    # seeded from the names' bytes: hash() of a str differs from one process to the next
+    rng = np.random.default_rng(list(f"{fmt}/{scheme}".encode()))
     pool, page, kv_heads, dim, heads = 6, 16, 2, 64, 8
     tables, lens = np.array([[4, 1, 0], [2, 4, -1]], np.int32), np.array([40, 17], np.int32)
     indptr = np.array([0, 12, 13], np.int32)

@@ -2,8 +2,11 @@
 batches the median over them (one busy moment of the host moves one batch, not the figure);
 Timer's two L2 flushes (a write, or a read of twice the L2 that leaves no dirty lines);
 warm_timer's order (the copy rate timed on warm clocks); call_ms, the lessons' timer, on the
-CPU (the wall clock, the median: a warm-up call and one slow call do not count)."""
-import time
+CPU (the wall clock, the median: a warm-up call and one slow call do not count).
+
+The timed calls advance a fake clock rather than sleep: a sleep of 1-5 ms on a loaded 2-core
+machine wakes late by as much (10 ms a call beside four busy processes), and the bounds here
+are about the arithmetic (per call, median, warm-up left out), not the host's scheduler."""
 from types import SimpleNamespace
 
 import pytest
@@ -15,21 +18,43 @@ FAKE_CP = SimpleNamespace(cuda=SimpleNamespace(
     Device=lambda: SimpleNamespace(synchronize=lambda: None)))
 
 
-def test_per_call_time_of_a_steady_call():
-    per_call = host_time(FAKE_CP, lambda: time.sleep(0.002), calls=5, warmup=1)
-    assert 0.002 <= per_call < 0.02
+class FakeClock:
+    """bench.timing's perf_counter, moved on only by the calls it times."""
+
+    def __init__(self):
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def spend(self, seconds: float) -> None:
+        self.now += seconds
 
 
-def test_one_slow_batch_does_not_move_the_median():
+@pytest.fixture
+def clock(monkeypatch):
+    fake = FakeClock()
+    monkeypatch.setattr(timing, "time", fake)
+    return fake
+
+
+def test_per_call_time_of_a_steady_call(clock):
+    spent = iter([0.5] + [0.002] * 5)   # a slow warm-up call (a build), then steady ones
+    per_call = host_time(FAKE_CP, lambda: clock.spend(next(spent)), calls=5, warmup=1)
+    assert per_call == pytest.approx(0.002)
+
+
+def test_one_slow_batch_does_not_move_the_median(clock):
     calls = {"n": 0}
 
     def fn():   # the 3rd of 5 batches (after 1 warm-up call) is 50x slower
         calls["n"] += 1
-        time.sleep(0.05 if 1 + 2 * 4 < calls["n"] <= 1 + 3 * 4 else 0.001)
+        clock.spend(0.05 if 1 + 2 * 4 < calls["n"] <= 1 + 3 * 4 else 0.001)
 
     per_call = host_time(FAKE_CP, fn, calls=4, warmup=1, batches=5)
     assert calls["n"] == 1 + 5 * 4
-    assert per_call < 0.01, f"median {per_call * 1e3:.1f} ms per call: the slow batch counted"
+    assert per_call == pytest.approx(0.001), \
+        f"median {per_call * 1e3:.1f} ms per call: the slow batch counted"
 
 
 class _FakeArray:
@@ -83,12 +108,12 @@ def test_warm_timer_times_the_copy_after_the_warm_up(monkeypatch):
     assert isinstance(timer, Timer) and timer.l2_flush == "read" and rate == 4.2e12
 
 
-def test_call_ms_on_the_cpu_is_the_median_of_the_wall_clock(monkeypatch):
+def test_call_ms_on_the_cpu_is_the_median_of_the_wall_clock(monkeypatch, clock):
     monkeypatch.setattr(timing, "gpu_available", lambda: False)
-    sleeps = iter([0.2, 0.005, 0.2, 0.005])   # a slow first call (a build), then one slow call
+    spent = iter([0.2, 0.005, 0.2, 0.005])   # a slow first call (a build), then one slow call
 
-    ms = call_ms(lambda: time.sleep(next(sleeps)), reps=3, warmup=1)
-    assert 5 <= ms < 50, f"{ms:.1f} ms: the warm-up or the slow call counted (a mean: 70)"
+    ms = call_ms(lambda: clock.spend(next(spent)), reps=3, warmup=1)
+    assert ms == pytest.approx(5), f"{ms:.1f} ms: the warm-up or the slow call counted (a mean: 70)"
 
 
 def test_call_ms_on_a_gpu_is_the_timers_median(monkeypatch):
