@@ -193,11 +193,13 @@ def device_memory_bytes(device: str) -> int | None:
 
 
 def _bytes_text(nbytes: int) -> str:
-    """nbytes in the largest unit that shows it as at least 1 (GiB, MiB, KiB, bytes), to one
-    decimal: a small memory is "1.0 MiB", not "0.0 GiB"."""
+    """nbytes in the largest unit that shows it as at least 1.0 (GiB, MiB, KiB, bytes), to one
+    decimal: a small memory is "1.0 MiB", not "0.0 GiB", and 2^30 - 1 bytes "1.0 GiB", not
+    "1,024.0 MiB"."""
     for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        if nbytes >= 1 << shift:
-            return f"{nbytes / (1 << shift):,.1f} {unit}"
+        shown = f"{nbytes / (1 << shift):,.1f}"
+        if not shown.startswith("0."):
+            return f"{shown} {unit}"
     return f"{nbytes:,} byte{'' if nbytes == 1 else 's'}"
 
 

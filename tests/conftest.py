@@ -6,7 +6,7 @@ import sys
 import matplotlib
 import numpy as np
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from pagedattn_lab.backend import gpu_available, gpu_status
 
@@ -14,14 +14,17 @@ from pagedattn_lab.backend import gpu_available, gpu_status
 # kernels nbval starts, and their figures would then never reach the cell outputs.
 matplotlib.use("Agg")
 
-# Property tests run on a 2-core CI machine: no wall-clock deadline, a modest example count,
-# and the same examples on every run (derandomize: drawn from each test's own source), so a
-# run passes or fails for the code alone. Named "ci", this profile replaces Hypothesis's own,
-# which derandomizes only where a CI variable is set. `pytest --hypothesis-profile explore`
-# draws fresh examples each run, to search further.
-settings.register_profile("ci", deadline=None, max_examples=60, derandomize=True,
-                          print_blob=True)
-settings.register_profile("explore", deadline=None, max_examples=60, derandomize=False)
+# Property tests run on a 2-core CI machine: no wall-clock deadline and no too_slow health
+# check (both time the host, not the code), a modest example count, and the same examples on
+# every run (derandomize: drawn from each test's own source), so a run passes or fails for the
+# code alone. Named "ci", this profile replaces Hypothesis's own, which derandomizes only where
+# a CI variable is set; both profiles start from Hypothesis's defaults, not from whichever
+# profile a CI variable loaded. `pytest --hypothesis-profile explore` draws fresh examples each
+# run, to search further.
+_TIMING_FREE = dict(parent=settings.get_profile("default"), deadline=None, max_examples=60,
+                    suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("ci", derandomize=True, print_blob=True, **_TIMING_FREE)
+settings.register_profile("explore", derandomize=False, **_TIMING_FREE)
 settings.load_profile("ci")
 
 

@@ -200,7 +200,8 @@ __device__ void h() {
 
 
 def test_an_unsigned_index_below_zero_is_named_as_a_wrapped_element_of_its_argument():
-    """`y[i - 1u]` at i = 0 is element 2^32 - 1, 16 GiB past the array and past its guard.
+    """`y[i - 1u]` at i = 0 is element 2^32 - 1, 16 GiB past the array (in launch.WRAP_GUARD,
+    or past the array's own guard where that is not reserved).
     Before: "invalid write ... outside every array argument (a wild pointer ...)", naming no
     array; now the argument, the element and the negative index it came from."""
     src = r"""

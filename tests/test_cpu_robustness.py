@@ -10,6 +10,7 @@ import errno
 import functools
 import mmap
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -205,35 +206,52 @@ class _NoMemory:
         return 0
 
 
-class _AddressSpaceLimit:
-    """A stand-in executor library that refuses a reservation over `limit` bytes and maps
-    the rest as one page, the data at its end (as pal_buffer_alloc places it)."""
-    def __init__(self, limit):
-        self.limit, self.asked = limit, []
+class _AddressSpaceLeft:
+    """A stand-in executor library that refuses a reservation over `room` bytes (the address
+    space left) and maps the rest as one page, the data at its end (as pal_buffer_alloc
+    places it)."""
+    def __init__(self, room):
+        self.room, self.asked = room, []
         self.page = mmap.mmap(-1, mmap.PAGESIZE)
 
     def pal_buffer_alloc(self, nbytes, guard_before, guard_after, base, length):
         self.asked.append(guard_after)
-        if nbytes + guard_before + guard_after > self.limit:
+        if nbytes + guard_before + guard_after > self.room:
             return 0
         start = ctypes.addressof(ctypes.c_char.from_buffer(self.page))
         base._obj.value, length._obj.value = 0, 0   # (nothing for _Buffer to unmap)
         return start + mmap.PAGESIZE - nbytes
 
 
-@pytest.mark.parametrize("limit, guards", [(1 << 40, [(1 << 20) + launch.WRAP_GUARD]),
-                                           (1 << 30, [(1 << 20) + launch.WRAP_GUARD, 1 << 20])])
-def test_an_array_is_followed_by_room_for_a_wrapped_index_where_it_can_be(limit, guards):
-    """`x[threadIdx.x - 1]` at thread 0 lands 2^32 elements past x: the guard after an array
-    covers that for elements of up to 16 bytes (a float4), and under an address-space limit
-    the array still gets a guard of its own."""
-    assert launch.WRAP_GUARD >= (1 << 32) * 16
+def _guards_asked(monkeypatch, room, address_space_limit):
+    """The guards after a float32 array that _Buffer asked for, where `room` bytes of
+    address space are left and RLIMIT_AS is `address_space_limit`; its data checked."""
+    monkeypatch.setattr(resource, "getrlimit", lambda which: (
+        address_space_limit, address_space_limit) if which == resource.RLIMIT_AS
+        else pytest.fail(f"getrlimit({which}): only RLIMIT_AS was expected"))
     x = np.arange(16, dtype=np.float32)
     lo = x.__array_interface__["data"][0]
-    lib = _AddressSpaceLimit(limit)
+    lib = _AddressSpaceLeft(room)
     launch._Buffer(lib, lo, lo + x.nbytes, x.dtype)
-    assert lib.asked == guards
     assert bytes(lib.page[-x.nbytes:]) == x.tobytes()
+    return lib.asked
+
+
+@pytest.mark.parametrize("room, guards", [(1 << 40, [(1 << 20) + launch.WRAP_GUARD]),
+                                          (1 << 30, [(1 << 20) + launch.WRAP_GUARD, 1 << 20])])
+def test_an_array_is_followed_by_room_for_a_wrapped_index_where_it_can_be(monkeypatch, room,
+                                                                          guards):
+    """`x[threadIdx.x - 1]` at thread 0 lands 2^32 elements past x: the guard after an array
+    covers that for elements of up to 16 bytes (a float4), and where the address space is
+    used up the array still gets a guard of its own."""
+    assert launch.WRAP_GUARD >= (1 << 32) * 16
+    assert _guards_asked(monkeypatch, room, resource.RLIM_INFINITY) == guards
+
+
+def test_under_an_address_space_limit_an_array_has_its_own_guard_only(monkeypatch):
+    """Before: under an RLIMIT_AS of 1 TiB each array of a launch reserved 64 GiB more while it
+    fit, and what the limit left the rest of the launch could be a few pages."""
+    assert _guards_asked(monkeypatch, 1 << 40, 1 << 40) == [1 << 20]
 
 
 def test_failed_mappings_and_launches_are_named():

@@ -112,7 +112,9 @@ def test_a_store_running_past_a_device_variable_is_refused(tamper, counted):
     state) and both launches passed."""
     kern, to_state = tamper
     args = [np.zeros(1, np.float32), np.int64(to_state), np.int32(9)]
-    with pytest.raises(KernelFault, match="invalid write at address") as caught:
+    with pytest.raises(KernelFault, match=r"^kernel 'k': invalid write at address 0x[0-9a-f]+ "
+                       r"by thread \(0,0,0\) .*: just past the end of the kernel's variable "
+                       r"'eight_bytes' \(8 bytes\); a store that runs past") as caught:
         if counted:
             count_accesses(kern, (1,), (1,), args)
         else:

@@ -11,6 +11,7 @@
   past float32's range), refused later, by another name (k_scale), by the cache.
 """
 import json
+import re
 import warnings
 from collections import deque
 
@@ -21,6 +22,7 @@ import pagedattn_lab as pl
 from pagedattn_lab import quant
 from pagedattn_lab.cache import PagedKVCache
 from pagedattn_lab.prefill_masks import causal_mask, packed_masks
+from pagedattn_lab.validate import check_memory
 from tests.check_helpers import REPO, GoodAllocator, assert_caught, run_check
 
 
@@ -35,6 +37,21 @@ def one_mib(monkeypatch):
 PAGE_TOO_BIG = (r"^num_kv_heads x head_dim x page_size: one page \(K and V\) would take "
                 r"2\.0 GiB, more than the 1\.0 MiB of memory this machine has; no number of "
                 r"pages fits")
+
+
+
+@pytest.mark.parametrize("memory, needed, said", [
+    (900, 1001, "1.0 KiB, more than the 900 bytes"),
+    (1, 2, "2 bytes, more than the 1 byte"),
+    (3 << 9, 2**20 - 1, "1.0 MiB, more than the 1.5 KiB"),   # (before: 1,024.0 KiB)
+    (2**30 - 1, 2**30, "1.0 GiB, more than the 1.0 GiB"),    # (before: 1,024.0 MiB)
+])
+def test_a_size_is_shown_in_the_largest_unit_it_rounds_to_one_in(monkeypatch, memory, needed,
+                                                                  said):
+    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: memory)
+    with pytest.raises(ValueError, match=rf"^n: the pages would take {re.escape(said)} of "
+                                         r"memory this machine has$"):
+        check_memory(needed, "cpu", "n", "the pages")
 
 
 @pytest.mark.parametrize("sizes", [

@@ -133,7 +133,7 @@ static bool has_n_conversion(const char *f)
 extern "C" int __pal_printf(const char *fmt, ...)
 {
     if (has_n_conversion(fmt)) {
-        snprintf(S.res->msg, sizeof S.res->msg, "printf");   // (report.py: "%n is refused")
+        snprintf(S.res->msg, sizeof S.res->msg, "printf");   // (report_calls.py: %n refused)
         fail(PAL_SYSCALL);
     }
     char buf[2048];

@@ -36,11 +36,11 @@ from .report import (LaunchInfo, result_error, slack_write_error, timeout_error,
 # of a stride over 64 KiB, a block table's -1, read or changed the mapping below, such as the
 # launch's results, unseen).
 MIN_GUARD = 1 << 20
-# Guard after an array, address space only, where it can be reserved (not under an address-space
-# limit such as the grader's RLIMIT_AS): `x[threadIdx.x - 1]` at thread 0 is element 2^32 - 1,
-# 2^32 elements of up to 16 bytes (a float4) past the array. With the 1 MiB guard alone it
-# faulted only where nothing was mapped there, and in a process that had mapped much (a long
-# test run) a byte array's wrapped store landed in another mapping, unseen.
+# Guard after an array, address space only: `x[threadIdx.x - 1]` at thread 0 is element
+# 2^32 - 1, 2^32 elements of up to 16 bytes (a float4) past the array; with the 1 MiB guard
+# alone it faulted only where nothing else was mapped there. Reserved only where the address
+# space has no limit (RLIMIT_AS): under one, each array's 64 GiB would be taken while it fit,
+# leaving the rest of the launch (the workers' stacks, the results' guard) too little.
 WRAP_GUARD = (1 << 36) + MIN_GUARD
 SLACK_FILL = 0xFF   # NaN in every float type, -1 in every signed integer
 # A float array's slack holds signalling NaNs (all bits one but the quiet bit), which any
@@ -61,6 +61,13 @@ def _slack_fill(dtype: np.dtype, n: int) -> bytes:
 _UNCHECKED_LOCK = threading.Lock()   # a library's globals (static __shared__) are per process
 
 
+def _wrap_guard() -> int:
+    """WRAP_GUARD where the address space is unlimited, else 0."""
+    import resource  # noqa: PLC0415 - POSIX only, and this module is imported on Windows too
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    return WRAP_GUARD if soft == resource.RLIM_INFINITY else 0
+
+
 class _Buffer:
     """One guarded mapping holding the host range [lo, hi) of one or more arrays."""
 
@@ -69,9 +76,9 @@ class _Buffer:
         nbytes = hi - lo
         base, length = C.c_uint64(0), C.c_uint64(0)
         guard = max(MIN_GUARD, nbytes)
-        ptr = lib.pal_buffer_alloc(nbytes, guard, guard + WRAP_GUARD, C.byref(base),
-                                   C.byref(length))
-        if not ptr and nbytes:   # (an address-space limit: the array's own guard only)
+        wrap = _wrap_guard()
+        ptr = lib.pal_buffer_alloc(nbytes, guard, guard + wrap, C.byref(base), C.byref(length))
+        if not ptr and nbytes and wrap:   # (address space used up: the array's own guard only)
             ptr = lib.pal_buffer_alloc(nbytes, guard, guard, C.byref(base), C.byref(length))
         if not ptr and nbytes:
             raise MemoryError(f"cannot map a guarded buffer of {nbytes} bytes for a kernel "
@@ -216,16 +223,15 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
         cfg.timeout_s = int(timeout + 10) if (checked and timeout) else 0
         ranges = [(p, a, device[p.index] if checked else a.__array_interface__["data"][0])
                   for p, a in zip(sig, args) if p.is_pointer and a is not None]
+        variables = variable_ranges(lib, source[0], source[2]) if instrument and source else ()
         if instrument:
             count = bool(instrument & abi.INSTR_COUNT)
-            counters = Counters(lib, ranges, grid, block, count=count,
-                                variables=variable_ranges(lib, source[0], source[2])
-                                if source else (),
+            counters = Counters(lib, ranges, grid, block, count=count, variables=variables,
                                 shim_state=shim_state_ranges(lib, source[0]) if source else (),
                                 variables_known=bool(source) and variables_known(source[0]))
             counters.configure(cfg, instrument)
         info = LaunchInfo(kernel, sig, tuple(grid), tuple(block), shared_mem, stack_bytes,
-                          buffers, args, source, trusted)
+                          buffers, args, source, trusted, variables)
         if checked:
             handle = lib.pal_launch_begin(C.byref(cfg))
             if not handle:

@@ -45,12 +45,14 @@ class LaunchInfo:
     """What report needs to know about a launch."""
 
     def __init__(self, kernel, sig, grid, block, shared_mem, stack_bytes, buffers, args,
-                 source=None, trusted=False):
+                 source=None, trusted=False, variables=()):
         self.kernel, self.sig, self.grid, self.block = kernel, sig, grid, block
         self.shared_mem, self.stack_bytes, self.buffers, self.args = (
             shared_mem, stack_bytes, buffers, args)
         self.source = source   # (library path, file name, source text) for race reports
         self.trusted = trusted   # the package's own kernel: a timeout is the problem's size
+        # the kernel's own variables' (name, lo, hi, shared), known in an instrumented launch
+        self.variables = variables
 
     def where(self, r) -> str:
         if not r.has_thread:
@@ -125,6 +127,15 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
                 f"Compute the index in a signed int, or test it before subtracting.", region="argument",
                 **{**common, "buffer": param.name, "arg_index": param.index, "index": index,
                    "size": arr.size})
+        ended = [(name, hi - lo) for name, lo, hi, _ in info.variables if hi == r.addr]
+        if ended and r.is_write == 1:   # (instrument.cpp names the first byte past it)
+            name, size = ended[0]
+            return KernelFault(
+                f"kernel {k!r}: invalid write at address {r.addr:#x}{who}: just past the end "
+                f"of the kernel's variable {name!r} ({size} byte{'s' if size != 1 else ''}); "
+                f"a store that runs past a variable changes whatever follows it. Store within "
+                f"the variable (its type's size, at an offset that leaves room).",
+                region="unknown", **common)
         if r.addr < 65536:
             nulls = [p.name for p, a in zip(info.sig, info.args) if p.is_pointer and a is None]
             why = (f" ({', '.join(repr(n) for n in nulls)} "
@@ -298,6 +309,7 @@ def result_error(r, info: LaunchInfo) -> KernelError:
     if s == abi.WARP:
         return warp_error(r, info)
     if s == abi.SYSCALL:
+        from .report_calls import syscall_error  # noqa: PLC0415 - rare
         return syscall_error(r, info)
     if s in (abi.BOUNDS, abi.SHIFT, abi.OBJSIZE):
         from .report_checks import bounds_error, pointer_error, shift_error  # noqa: PLC0415
@@ -320,44 +332,6 @@ def result_error(r, info: LaunchInfo) -> KernelError:
                            access=None, address=None)
     return KernelError(f"kernel {info.kernel!r}: the CPU executor failed: "
                        f"{r.msg.decode(errors='replace')}", kernel=info.kernel)
-
-
-_SYSCALL_HINTS = [
-    (("exit", "_exit", "_Exit", "quick_exit"), "a kernel cannot end the program; return from "
-     "the kernel instead (or call __trap() to fail the launch)"),
-    (("abort",), "a kernel cannot abort the program; use assert() or __trap() to fail the "
-     "launch"),
-    (("fork", "vfork", "clone", "clone3", "daemon", "posix_spawn", "posix_spawnp", "system",
-      "popen", "execv", "execve", "execvp", "execvpe", "fexecve", "execl", "execlp", "execle",
-      "execveat"), "a kernel cannot start processes or run programs"),
-    (("pthread_create",), "a kernel cannot start threads: CUDA threads are the launch's"),
-    (("kill", "killpg", "raise", "sigqueue", "tkill", "tgkill", "rt_tgsigqueueinfo",
-      "pidfd_send_signal"), "a kernel cannot send signals"),
-]
-
-
-def _refused_call_text(call: str, name: str, r, info: LaunchInfo) -> str:
-    if name == "printf":   # (device_api.cpp stops printf only for a format with %n)
-        return (f"kernel {info.kernel!r}: a printf format with a %n conversion{info.where(r)}: "
-                f"%n, which stores the count of characters printed so far through its "
-                f"argument, is refused (no check of the CPU executor sees that store); printf "
-                f"without %n works: print values only (%d, %f, %s, ...). The CPU executor "
-                f"stopped the launch.")
-    hint = next((h for names, h in _SYSCALL_HINTS if name in names),
-                "a kernel may only compute and touch its arguments")
-    return (f"kernel {info.kernel!r} called {call}(){info.where(r)}: {hint}. The CPU executor "
-            f"stopped the launch; nothing it started is left running.")
-
-
-def syscall_error(r, info: LaunchInfo) -> KernelFault:
-    call = r.msg.decode(errors="replace")
-    name = call.split(" ")[0]
-    return KernelFault(
-        _refused_call_text(call, name, r, info), kernel=info.kernel,
-        block=tuple(r.block) if r.has_thread else None,
-        thread=tuple(r.thread) if r.has_thread else None,
-        signal="SIGSYS" if r.signo else None, region="unknown", buffer=None, arg_index=None,
-        index=None, size=None, access=None, address=None, syscall=name)
 
 
 def worker_died(info: LaunchInfo, signo: int, timeout, r=None) -> KernelError:
