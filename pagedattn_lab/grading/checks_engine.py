@@ -29,19 +29,25 @@ def _show(hashes) -> str:
 
 # -- task 1: block hashes ------------------------------------------------------------------
 
+def _hashes_from(tokens, starts, length: int, chain: bool = True) -> list:
+    """The hashes of the blocks of `length` tokens from each of `starts`, each block's parent
+    the hash before it (chain) or None."""
+    out, parent = [], None
+    for start in starts:
+        h = hash_block(parent if chain else None, tokens[start:start + length])
+        out.append(h)
+        parent = h
+    return out
+
+
 def _reference_hashes(tokens, page_size, chain=True, partial=False, at_numbers=False,
                       width=0):
     """The chain of block hashes, or a mistake's: unchained, with the partial last block,
     (at_numbers) block i sliced from token i, its number, not from i * page_size, or each
     block sliced `width` tokens longer (-1: the slice's end taken as inclusive)."""
-    out, parent = [], None
     count = -(-len(tokens) // page_size) if partial else len(tokens) // page_size
-    for i in range(count):
-        start = i if at_numbers else i * page_size
-        h = hash_block(parent if chain else None, tokens[start:start + page_size + width])
-        out.append(h)
-        parent = h
-    return out
+    starts = [i if at_numbers else i * page_size for i in range(count)]
+    return _hashes_from(tokens, starts, page_size + width, chain)
 
 
 def _pow2_floors(num_tokens: int, page_size: int) -> set[int]:
@@ -69,18 +75,9 @@ def _pow2_blocks_fit(got: list, tokens, page_size: int) -> bool:
     if len(got) != len(tokens) // page_size and \
             len(got) in _pow2_floors(len(tokens), page_size):
         return True
-    return any(got == _chain(tokens, page_size, starts)
+    return any(got == _hashes_from(tokens, starts, page_size)
                for starts in _pow2_block_starts(len(tokens), page_size)
                if len(starts) == len(got))
-
-
-def _chain(tokens, page_size: int, starts) -> list:
-    """The chained hashes of the blocks of page_size tokens from each of `starts`."""
-    out, parent = [], None
-    for start in starts:
-        parent = hash_block(parent, tokens[start:start + page_size])
-        out.append(parent)
-    return out
 
 
 def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
