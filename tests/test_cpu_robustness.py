@@ -249,8 +249,8 @@ def test_an_array_is_followed_by_room_for_a_wrapped_index_where_it_can_be(monkey
 
 
 def test_under_an_address_space_limit_an_array_has_its_own_guard_only(monkeypatch):
-    """Before: under an RLIMIT_AS of 1 TiB each array of a launch reserved 64 GiB more while it
-    fit, and what the limit left the rest of the launch could be a few pages."""
+    """Under an RLIMIT_AS (here 1 TiB) no array reserves the 64 GiB: each would take it while
+    it fit, and leave the rest of the launch (stacks, the results' guard) a few pages."""
     assert _guards_asked(monkeypatch, 1 << 40, 1 << 40) == [1 << 20]
 
 

@@ -1,6 +1,6 @@
-"""Word a launch stopped for a call a kernel may not make: a function that would leave the
-kernel (exit, fork, exec, threads, signals; wrap.cpp and the seccomp filter) or printf with a
-%n conversion (device_api.cpp)."""
+"""The message of a launch stopped for a call a kernel may not make: a function that would
+leave the kernel (exit, fork, exec, threads, signals; wrap.cpp and the seccomp filter) or
+printf with a %n conversion (device_api.cpp)."""
 from __future__ import annotations
 
 from .errors import KernelFault
