@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.engine.prefix_cache import hash_block
-from tests.check_helpers import run_check
+from tests.check_helpers import run_check, schedule_step_answer
 from tests.serve_loops import serve_loop
 
 POW2 = "only when n is a power of two"
@@ -52,26 +52,8 @@ def _serve(ceil):
 # -- schedule_step (workbook 12, task 3) -----------------------------------------------------
 
 def _schedule_step(ceil):
-    def schedule_step(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
-        batch, free = [], free_pages
-        for req in running:
-            if budget <= 0:
-                break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            free -= max(0, ceil(req.num_computed + n, page_size) - req.num_pages)
-            batch.append((req.rid, n))
-            budget -= n
-        for req in waiting:
-            if budget <= 0:
-                break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            if ceil(n, page_size) + watermark > free:
-                break
-            free -= ceil(n, page_size)
-            batch.append((req.rid, n))
-            budget -= n
-        return batch
-    return schedule_step
+    """schedule_step with every page count by `ceil`."""
+    return schedule_step_answer(ceil, ceil)
 
 
 # -- wire_bytes (workbook 13, task 3) --------------------------------------------------------

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.engine.prefix_cache import hash_block
-from tests.check_helpers import as_params, assert_caught, mutate, run_check, solution_source
+from tests.check_helpers import (as_params, assert_caught, mutate, run_check,
+                                 schedule_step_answer, solution_source)
 
 
 def _ceil(a, b):
@@ -80,31 +81,6 @@ def _cached_prefix_page_less(hashes, cached, num_tokens, page_size):
     return pages, computed - page_size if computed >= num_tokens else computed
 
 
-def _schedule_step(prompt_cost):
-    """The solution's step with a waiting prompt's chunk of n tokens priced
-    `prompt_cost(n, page_size)` pages."""
-    def schedule_step(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
-        batch, free = [], free_pages
-        for req in running:
-            if budget <= 0:
-                break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            free -= max(0, _ceil(req.num_computed + n, page_size) - req.num_pages)
-            batch.append((req.rid, n))
-            budget -= n
-        for req in waiting:
-            if budget <= 0:
-                break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            if prompt_cost(n, page_size) + watermark > free:
-                break
-            free -= prompt_cost(n, page_size)
-            batch.append((req.rid, n))
-            budget -= n
-        return batch
-    return schedule_step
-
-
 # -- lesson 13 ----------------------------------------------------------------------------------
 
 def _wire_bytes(output_share=None, kv_read=None):
@@ -140,7 +116,7 @@ MISTAKES = [
      "the block's number", ["as returned (bytes), parent none for block 0"]),
     ("cached_prefix", _cached_prefix_page_less, "not a whole page less",
      ["the pages are right; num_computed = min("]),
-    ("schedule_step", _schedule_step(lambda n, page_size: n),
+    ("schedule_step", schedule_step_answer(_ceil, lambda n, page_size: n),
      "priced at n pages, one per token", ["compare with the expected batch above"]),
     ("wire_bytes", _wire_bytes(output_share=lambda share, world: share // world),
      "output_share was divided by world_size twice"),
@@ -173,7 +149,8 @@ def test_group_rows_padding_message_shows_the_value_that_is_not_zero():
 def test_schedule_step_prompt_priced_per_token_is_named_beside_the_running_charge():
     """Where charging the running requests every page they fill gives the same batch, both
     mistakes are named, not the running requests' charge alone."""
-    result, printed = run_check("schedule_step", _schedule_step(lambda n, page_size: n))
+    result, printed = run_check("schedule_step",
+                                schedule_step_answer(_ceil, lambda n, page_size: n))
     case = next(c for c in result.cases if "running requests before waiting" in c.name)
     assert not case.passed and "these mistakes give the same batch" in case.hint, printed
     assert "one per token" in case.hint and "it already holds num_pages" in case.hint, printed
