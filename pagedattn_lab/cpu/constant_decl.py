@@ -20,6 +20,7 @@ _DEFINE_HEAD = re.compile(r"[ \t]*#[ \t]*define[ \t]+\w+(?:\([^)\n]*\))?")
 _FUNCTION_DEFINE = re.compile(r"^[ \t]*#[ \t]*define[ \t]+([A-Za-z_]\w*)\([^)\n]*\)[ \t]*"
                               r"([^\n]*?)[ \t]*$", re.M)
 _SAYS_CONST = re.compile(r"\bconst(expr)?\b")
+_CALL_OPENING = re.compile(r"\s*\(")
 
 
 def constant_once(source: str, options=()) -> str:
@@ -47,14 +48,14 @@ def constant_once(source: str, options=()) -> str:
             begin = max([text.rfind(c, 0, start) + 1 for c in ";{}"]
                         + [b for a, b in directives if b <= start])
             found = _DECLARATOR_END.search(text, end)
-            declaration = text[begin:found.start() if found else len(text)]
+            stop = found.start() if found else len(text)
+            declaration = text[begin:stop]
         used = text[start:end]
         blank = "/*constant*/" if used == "__constant__" else re.sub(r"[^\n]", " ", used)
         if _SAYS_CONST.search(declaration):
             source = f"{source[:start]}{blank}{source[end:]}"
-        elif directive is None and _POINTER_DECLARATOR.search(text, end, begin + len(
-                declaration)):
-            source = _const_pointers(source, start, end, begin + len(declaration), blank)
+        elif directive is None and _POINTER_DECLARATOR.search(text, end, stop):
+            source = _const_pointers(source, start, end, stop, blank)
     return source
 
 
@@ -104,7 +105,7 @@ def _function_aliases(text: str, names: set[str], options) -> set[str]:
 def _call_end(text: str, at: int) -> int | None:
     """Where the parenthesized arguments that follow `at` (after blanks) end, or None where
     no `(` follows or it is not closed."""
-    opening = re.compile(r"\s*\(").match(text, at)
+    opening = _CALL_OPENING.match(text, at)
     if not opening:
         return None
     depth = 0

@@ -68,7 +68,7 @@ class Counters:
         cfg.ranges = C.addressof(self._ranges)
         cfg.nvars = self._nvars
         cfg.vars = C.addressof(self._vars)
-        cfg.vars_known = 1 if self.variables_known else 0
+        cfg.vars_known = int(self.variables_known)
         if self.count:
             cfg.counts = self.counts.ptr
             cfg.bufstats = self.bufstats.ptr

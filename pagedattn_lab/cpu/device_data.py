@@ -174,8 +174,8 @@ def holds_writable_globals(path: str, source: str) -> bool:
     found, _ = kernel_variables(path)
     if any(not local for _, _, _, local in found) or unnamed_globals(path):
         return True
-    # (every launch asks: the source is read only where a function's static might be a
-    # template's __shared__ array)
+    # (the source is read only where a function's static might be a template's __shared__
+    # array)
     return bool(found) and not {name for name, _, _, _ in found} <= shared_names(source)
 
 
