@@ -8,15 +8,13 @@ chromium as root with apt). Without them the test is skipped and says what is mi
 import json
 import os
 import shutil
-import signal
-import socket
-import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests.lab_server import start_lab, stop_lab
 
 ROOT = Path(__file__).resolve().parents[1]
 # Flags that let Chromium start here: as root (no sandbox), without a GPU, and without its
@@ -54,12 +52,6 @@ def playwright_api():
         yield api
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """`make lab` with a port, a token and no browser; yields (base URL, token)."""
@@ -67,45 +59,22 @@ def lab(tmp_path_factory):
         pytest.skip("JupyterLab is not installed in this environment (run `make test`)")
     if not shutil.which("make"):
         pytest.skip("no `make`: the test starts JupyterLab the README's way, `make lab`")
-    port, token = _free_port(), "browser-test-token"
     tmp = tmp_path_factory.mktemp("lab")
     # Autosave off: running the lesson must not rewrite the committed notebook. Settings,
     # workspaces and runtime files go to a temporary folder, not the user's home.
     settings = tmp / "settings" / "@jupyterlab" / "docmanager-extension"
     settings.mkdir(parents=True)
     (settings / "plugin.jupyterlab-settings").write_text(json.dumps({"autosave": False}))
-    args = (f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 "
-            f"--IdentityProvider.token={token} --LabApp.news_url=None "
-            f"--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
-    env = dict(os.environ, VENV=str(Path(sys.prefix)), LAB_ARGS=args,
-               JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"),
+    args = ("--no-browser --LabApp.news_url=None "
+            "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate")
+    env = dict(JUPYTERLAB_SETTINGS_DIR=str(tmp / "settings"),
                JUPYTERLAB_WORKSPACES_DIR=str(tmp / "workspaces"),
                JUPYTER_RUNTIME_DIR=str(tmp / "runtime"))
-    # -o: the environment running this test is set up already (by make or by pip); make
-    # must not try to build its .venv stamp, only run the lab command.
-    log = tmp / "lab.log"   # a file, not a pipe nobody reads: a full pipe would stall the server
-    with log.open("wb") as sink:
-        proc = subprocess.Popen(["make", "--no-print-directory", "-o",
-                                 f"{sys.prefix}/.installed", "lab"], cwd=ROOT, env=env,
-                                stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    server = start_lab(args, env, tmp / "lab.log", STARTUP_S)
     try:
-        deadline = time.time() + STARTUP_S
-        while True:
-            assert proc.poll() is None, log.read_text(errors="replace")[-3000:]
-            try:
-                with urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=5):
-                    break
-            except OSError:
-                assert time.time() < deadline, f"JupyterLab did not answer within {STARTUP_S} s"
-                time.sleep(0.5)
-        yield base, token
+        yield server.base, server.token
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_lab(server.process)
 
 
 def _menu(page, menu: str, command: str) -> None:

@@ -5,7 +5,9 @@ one process and the float64 reference.
 `make test` installs torch (the `dist` extra) so these run in CI; where torch is missing they
 skip and say so. Each launch starts two Pythons that import torch: about 3 s.
 """
+import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -76,11 +78,37 @@ def test_prefill_two_ranks_bitwise_equal_one_process():
     np.testing.assert_allclose(ranks[0]["out"], ref, rtol=0, atol=4e-3)
 
 
+@pytest.fixture
+def taken_port():
+    """A port another process could have taken after free_port found it free: one this test
+    listens on."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        yield s.getsockname()[1]
+
+
+def hand_out_ports(monkeypatch, *first):
+    """launch's free_port gives the ports `first`, then free ones; returns every port given."""
+    launch_module = sys.modules["pagedattn_lab.distributed.launch"]
+    free, queue, given = launch_module.free_port, list(first), []
+
+    def next_port():
+        given.append(queue.pop(0) if queue else free())
+        return given[-1]
+    monkeypatch.setattr(launch_module, "free_port", next_port)
+    return given
+
+
 @needs_torch
-def test_row_parallel_layer_all_reduce_equals_one_process():
-    """Column-parallel Wq, each rank's heads, row-parallel Wo, one all_reduce."""
+def test_row_parallel_layer_all_reduce_equals_one_process(monkeypatch, taken_port):
+    """Column-parallel Wq, each rank's heads, row-parallel Wo, one all_reduce. The first
+    MASTER_PORT handed out is taken, as another process may take it before rank 0 listens:
+    every rank starts again on a new port."""
     from pagedattn_lab.distributed.layer import single_process_layer, tp_layer_rank
+    given = hand_out_ports(monkeypatch, taken_port)
     ranks = launch(tp_layer_rank, 2)
+    assert given[0] == taken_port and len(given) == 2
     one = single_process_layer()
     for r in ranks:
         assert r["reduce_bytes"] == one.nbytes
@@ -119,10 +147,22 @@ def test_a_function_the_ranks_cannot_import_is_refused():
 
 
 @needs_torch
-def test_a_failing_rank_is_reported_with_its_traceback():
-    # One rank (one process start): the wrapper refuses float64 inside it.
+def test_a_failing_rank_is_reported_with_its_traceback(monkeypatch):
+    # One rank (one process start): the wrapper refuses float64 inside it; no second start.
+    given = hand_out_ports(monkeypatch)
     with pytest.raises(RuntimeError, match=r"(?s)rank 0 of 1 failed.*float64"):
         launch(tp_decode_rank, 1, dict(dtype="float64"))
+    assert len(given) == 1
+
+
+@needs_torch
+def test_every_port_taken_is_reported_with_the_count(monkeypatch, taken_port):
+    monkeypatch.setattr(sys.modules["pagedattn_lab.distributed.launch"], "PORT_TRIES", 2)
+    given = hand_out_ports(monkeypatch, taken_port, taken_port)
+    with pytest.raises(RuntimeError, match=r"(?s)^2 ports tried for MASTER_PORT.*rank 0 of 1 "
+                                           r"failed.*address already in use"):
+        launch(tp_decode_rank, 1)
+    assert given == [taken_port, taken_port]
 
 
 # ---- the bookkeeping, no processes ----------------------------------------------------------

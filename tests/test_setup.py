@@ -1,15 +1,13 @@
 """The set-up promises of the README: two commands, consistent dependency lists, a lab that serves."""
-import os
 import re
-import signal
 import socket
-import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 
 import pytest
+
+from tests import lab_server
 
 try:
     import tomllib
@@ -48,39 +46,30 @@ def test_readme_commands_are_the_ones_ci_and_make_run():
     assert re.search(r"^lab:", makefile, re.M) and re.search(r"^test:", makefile, re.M)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.skipif(not (Path(sys.prefix) / "bin" / "jupyter").exists(),
                     reason="JupyterLab is not installed in this environment (run `make test`)")
-def test_lab_command_serves_the_course():
-    """`make lab` brings up JupyterLab on the course: /lab answers HTTP 200."""
-    port = _free_port()
-    args = f"--no-browser --port={port} --ServerApp.ip=127.0.0.1 --IdentityProvider.token="
-    env = dict(os.environ, VENV=str(Path(sys.prefix)), LAB_ARGS=args, JUPYTER_RUNTIME_DIR=
-               str(ROOT / ".pytest_cache" / f"jupyter-runtime-{port}"))
-    proc = subprocess.Popen(["make", "--no-print-directory", "lab"], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+def test_lab_command_serves_the_course(monkeypatch, tmp_path):
+    """`make lab` brings up JupyterLab on the course: /lab answers HTTP 200. The first port it
+    is given is taken (as another process may take it): it starts again on another."""
+    given = []
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        free = lab_server.free_port
+
+        def taken_then_free():
+            given.append(free() if given else taken.getsockname()[1])
+            return given[-1]
+        monkeypatch.setattr(lab_server, "free_port", taken_then_free)
+        lab = lab_server.start_lab("--no-browser", {"JUPYTER_RUNTIME_DIR": str(tmp_path)},
+                                   tmp_path / "lab.log")
     try:
-        deadline, status = time.time() + 90, None
-        while time.time() < deadline and status != 200:
-            time.sleep(1)
-            assert proc.poll() is None, proc.stdout.read().decode(errors="replace")[-3000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/lab", timeout=5) as reply:
-                    status = reply.status
-                    page = reply.read().decode(errors="replace")
-            except OSError:
-                continue
-        assert status == 200, "JupyterLab did not answer on /lab within 90 s"
-        assert "JupyterLab" in page
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/contents/notebooks",
+        assert len(given) == 2 and lab.base.endswith(f":{given[1]}")
+        with urllib.request.urlopen(f"{lab.base}/lab?token={lab.token}", timeout=5) as reply:
+            assert reply.status == 200
+            assert "JupyterLab" in reply.read().decode(errors="replace")
+        with urllib.request.urlopen(f"{lab.base}/api/contents/notebooks?token={lab.token}",
                                     timeout=5) as reply:
             assert b"00_why_paging.ipynb" in reply.read()
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            proc.wait(timeout=30)
+        lab_server.stop_lab(lab.process)

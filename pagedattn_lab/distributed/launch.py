@@ -5,7 +5,8 @@ what each returns, from a script, a test or a notebook cell:
     results = launch(my_module.rank_fn, 2, arg1, backend="gloo")   # [rank 0's, rank 1's]
 
 Each rank is a fresh Python (`python -m pagedattn_lab.distributed.worker`) that finds the
-others through MASTER_ADDR/MASTER_PORT (a free port on this host), calls
+others through MASTER_ADDR/MASTER_PORT (a free port on this host; a new one, and a new start
+of every rank, when another process takes it before rank 0 listens on it), calls
 `rank_fn(rank, world_size, *args, **kwargs)` and sends its result back pickled. The function
 must live in a module (or in the script run as __main__), not in a notebook cell: the rank
 processes import it by name. A rank that fails stops the others; its traceback is raised
@@ -29,6 +30,11 @@ from ..validate import check_int
 INSTALL_HINT = ("pip install 'pagedattn-lab[dist]'  (from a clone: pip install -e '.[dist]'; "
                 "on a GPU machine any torch with NCCL will do)")
 BACKENDS = ("gloo", "nccl")
+# Ports launch tries when rank 0 finds MASTER_PORT taken (torch's own launcher tries 3).
+PORT_TRIES = 3
+# What rank 0's traceback says when torch's TCPStore cannot listen on MASTER_PORT: the errno's
+# name in torch 2.x, the OS's words (lower-cased) in every version.
+_PORT_TAKEN_MARKS = ("eaddrinuse", "address already in use")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
 
@@ -81,7 +87,8 @@ def launch(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 3
     """Run `fn(rank, world_size, *args, **kwargs)` in `world_size` new processes; return the
     results in rank order. Raises before any process starts on a bad argument or when torch
     is missing; RuntimeError with the failing rank's traceback; TimeoutError after
-    `timeout` seconds (every rank stopped)."""
+    `timeout` seconds (every rank stopped). When another process takes MASTER_PORT before
+    rank 0 listens on it, every rank starts again on a new port (PORT_TRIES ports in all)."""
     world_size = check_int(world_size, "world_size", minimum=1)
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
@@ -92,16 +99,35 @@ def launch(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 3
     with tempfile.TemporaryDirectory(prefix="pagedattn_tp_") as tmp:
         job = Path(tmp, "job.pkl")
         job.write_bytes(pickle.dumps((name, args, kwargs, backend)))
-        env = _rank_env(free_port(), world_size)
-        procs = [_start(r, env, job, Path(tmp)) for r in range(world_size)]
-        try:
-            _wait(procs, timeout, Path(tmp))
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
+        deadline = time.monotonic() + timeout
+        for tried in range(1, PORT_TRIES + 1):
+            try:
+                _run_ranks(free_port(), world_size, job, Path(tmp), deadline, timeout)
+                break
+            except _PortTaken as taken:
+                if tried == PORT_TRIES:
+                    raise RuntimeError(f"{PORT_TRIES} ports tried for MASTER_PORT, each taken "
+                                       "by another process before rank 0 listened on it; on "
+                                       f"the last, {taken}") from None
         return [pickle.loads(Path(tmp, f"result{r}.pkl").read_bytes()) for r in range(world_size)]
+
+
+class _PortTaken(RuntimeError):
+    """Rank 0 could not listen on MASTER_PORT: free_port found it free, then another process
+    bound it before rank 0 did."""
+
+
+def _run_ranks(port: int, world_size: int, job: Path, tmp: Path, deadline: float,
+               timeout: float) -> None:
+    env = _rank_env(port, world_size)
+    procs = [_start(r, env, job, tmp) for r in range(world_size)]
+    try:
+        _wait(procs, deadline, timeout, tmp)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
 
 def _rank_env(port: int, world_size: int) -> dict:
@@ -124,15 +150,16 @@ def _start(rank: int, env: dict, job: Path, tmp: Path) -> subprocess.Popen:
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait(procs, timeout: float, tmp: Path) -> None:
-    deadline = time.monotonic() + timeout
+def _wait(procs, deadline: float, timeout: float, tmp: Path) -> None:
     while True:
         codes = [p.poll() for p in procs]
         failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
         if failed:
             r = failed[0]
-            raise RuntimeError(f"rank {r} of {len(procs)} failed (exit code {codes[r]}); its "
-                               f"output:\n{_tail(tmp / f'log{r}.txt')}")
+            log = _tail(tmp / f"log{r}.txt")
+            error = _PortTaken if r == 0 and _names_port_taken(log) else RuntimeError
+            raise error(f"rank {r} of {len(procs)} failed (exit code {codes[r]}); its "
+                        f"output:\n{log}")
         if all(c == 0 for c in codes):
             return
         if time.monotonic() > deadline:
@@ -140,6 +167,12 @@ def _wait(procs, timeout: float, tmp: Path) -> None:
             raise TimeoutError(f"ranks {late} still running after {timeout:.0f} s (stopped); "
                                f"rank {late[0]}'s output:\n{_tail(tmp / f'log{late[0]}.txt')}")
         time.sleep(0.02)
+
+
+def _names_port_taken(log: str) -> bool:
+    """Whether rank 0's output says that MASTER_PORT was taken (only rank 0 listens on it)."""
+    text = log.lower()
+    return any(mark in text for mark in _PORT_TAKEN_MARKS)
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
