@@ -11,9 +11,10 @@ has its own copy of it), but the source check (source.has_device_variables) miss
 through a macro or a -D option, one in a header the source includes. Such a ticket counter
 was counted per worker: two blocks took the same ticket. The launch now asks the compiled
 library's symbol table (device_data.py) as well.
-(3) Not changed: a read just before an array argument (`a[-1]`) gets the slack's NaN or -1
-and is not stopped (cpu/README.md, "Not supported, or not caught"): the array's end, not its
-start, touches the guard page, and no page boundary falls between a[-1] and a[0].
+(3) Not changed: in a plain launch a read just before an array argument (`a[-1]`) gets the
+slack's NaN or -1 and is not stopped (cpu/README.md, "Not supported, or not caught"): the
+array's end, not its start, touches the guard page, and no page boundary falls between a[-1]
+and a[0]. (An instrumented launch stops it: test_cpu_slack_read_h212.py.)
 """
 import sys
 

@@ -214,7 +214,7 @@ __attribute__((constructor)) static void replace_the_kernel_runner() {
         "def launch(self, grid, block, args, shared_mem=0, outputs=()):\n"
         "    return [gv(args[0], args[2], args[3], int(args[6])),\n"
         "            gv(args[1], args[2], args[3], int(args[6]))]\n"
-        "kr.Kernel.launch = launch\n");
+        "kr.Kernel.launch = kr.Kernel.launch_once = launch\n");
     release(gil);
 }
 """

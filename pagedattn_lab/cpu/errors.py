@@ -40,7 +40,10 @@ class KernelFault(KernelError):
     "static shared memory", thread None), sets variable (that array's name, or None) and
     offset (the first changed byte, counted from the array's start, as a SharedMemoryRace
     counts it: at or past the array's size, as the write was past its end; the message says
-    how far past).
+    how far past). A fault of region "argument" sets slack: True for an access to the bytes
+    just before the array, in its first page (launch.py's slack: a write there found after a
+    plain launch, or any access an instrumented launch stopped there, where a plain launch's
+    read gets the fill's NaN or -1 unstopped), False for one that reached a guard page.
     """
 
 

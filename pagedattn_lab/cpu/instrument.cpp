@@ -12,6 +12,7 @@
 #include <dlfcn.h>
 #include <signal.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <unordered_map>
@@ -24,6 +25,8 @@ namespace {
 uintptr_t dyn_lo, dyn_len;   // dynamic shared memory of this launch
 uintptr_t st_lo, st_len;     // static __shared__ variables (the pal_shared section)
 uint64_t block_base;         // index of this block's first thread in cfg->counts
+uintptr_t page_mask;         // page size - 1 in a checked launch (its arrays' slack), else 0
+uintptr_t slack_lo, slack_len;   // from the lowest array's page to the highest array's start
 
 struct Occ { uintptr_t site; uint32_t n; };
 std::vector<Occ> occ[PAL_MAX_THREADS];   // per thread: executions of each site this epoch
@@ -114,6 +117,18 @@ int shared_region(uintptr_t a, uintptr_t *off)
     return 0;
 }
 
+// The thread fails as a fault on a guard page would fail it (host.cpp's on_fault): the
+// parent names the argument and the element from the address (report.py).
+[[noreturn]] void fail_as_fault(uintptr_t a, int is_write)
+{
+    S.res->signo = SIGSEGV;
+    S.res->sicode = SEGV_ACCERR;
+    S.res->is_write = is_write;
+    S.res->addr = a;
+    S.res->region = PAL_REGION_UNKNOWN;
+    fail(PAL_FAULT);
+}
+
 // An instrumented launch's store outside the kernel's arrays, shared memory, variables (the
 // shim's state among them) and the running thread's own stack fails the thread as a wild
 // write would: the runtime's state, the counters' mappings and this file's tallies are in
@@ -130,12 +145,20 @@ void refuse_foreign_write(uintptr_t a, size_t size)
     const uintptr_t lo = (uintptr_t)S.stacks + (uintptr_t)(cur - S.fib) * S.stride + S.guard;
     const uintptr_t hi = lo + (S.stride - S.guard);
     if (a >= lo && a < hi && size <= hi - a) return;
-    S.res->signo = SIGSEGV;
-    S.res->sicode = SEGV_ACCERR;
-    S.res->is_write = 1;
-    S.res->addr = a;
-    S.res->region = PAL_REGION_UNKNOWN;
-    fail(PAL_FAULT);
+    fail_as_fault(a, 1);
+}
+
+// Whether a, in no array or variable, lies before an array argument's first byte in that
+// byte's page: a checked launch's slack (launch.py), where no guard page can sit, so that
+// `x[i - 1]` at i = 0 would read the fill's NaN or -1 unstopped. Most accesses that get here
+// are to the thread's stack, which one comparison with the arrays' span rules out.
+bool in_slack(uintptr_t a)
+{
+    if (a - slack_lo >= slack_len) return false;
+    const uint64_t *r = S.cfg->ranges;
+    for (uint32_t i = 0; i < S.cfg->nranges; ++i, r += 2)
+        if (r[0] - a - 1 < (r[0] & page_mask)) return true;
+    return false;
 }
 
 // Where an address lies: in the kernel's variables (the shim's state too: table VAR, row
@@ -164,6 +187,21 @@ bool owned(uintptr_t a, size_t size)
 {
     const Owner o = find_owner(a);
     return o.table != OWNER_NONE && size <= o.hi - a;
+}
+
+// The span in_slack looks in: none in an unchecked launch, whose arrays are NumPy's own
+// memory (what precedes one there is other data, not a fill).
+void slack_span()
+{
+    page_mask = S.cfg->checked ? (uintptr_t)sysconf(_SC_PAGESIZE) - 1 : 0;
+    uintptr_t lo = UINTPTR_MAX, hi = 0;
+    const uint64_t *r = S.cfg->ranges;
+    for (uint32_t i = 0; i < S.cfg->nranges && page_mask; ++i, r += 2) {
+        lo = std::min<uintptr_t>(lo, r[0] & ~page_mask);
+        hi = std::max<uintptr_t>(hi, r[0]);
+    }
+    slack_lo = lo;
+    slack_len = hi > lo ? hi - lo : 0;
 }
 
 // Whether a kernel's store of size bytes at a is refused as a wild write, and from which
@@ -254,6 +292,9 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
     }
     // (in a race-checked launch too: a kernel that cleared S.instr ran with no race check)
     const Owner o = find_owner(a);
+    // An access that starts in the slack (a 16-byte load at a[-2] of floats ends inside a):
+    // stopped where it happens, with its thread, as one past the array's end is.
+    if (o.table == OWNER_NONE && in_slack(a)) fail_as_fault(a, kind != ACC_READ);
     uintptr_t from = a;
     if (kind != ACC_READ && wild_store(o, a, size, &from))
         refuse_foreign_write(from, a + size - from);
@@ -275,6 +316,7 @@ extern "C" void __pal_race_note_write(const void *dst, unsigned bytes)
 
 void pal::instr_worker_begin()
 {
+    slack_span();
     dyn_lo = (uintptr_t)S.dyn_smem;
     dyn_len = S.cfg->shared_mem;
 #ifdef __ELF__

@@ -5,8 +5,9 @@
 // (__tsan_read4(addr), __tsan_write8(addr), ...) before every memory access that is not
 // provably private (tsan_hooks.cpp). Libtsan itself is never linked: our hooks replace it.
 // The hooks pass the address, size, kind and call site here; everything outside shared
-// memory, the array arguments and the kernel's own variables (pal_config.vars) is ignored:
-// the stack, the built-in variables.
+// memory, the array arguments and the kernel's own variables (pal_config.vars) is ignored
+// (the stack, the built-in variables) but for the bytes just before an array in its first
+// page (a checked launch's slack), where an access fails the thread as a fault would.
 #ifndef PAGEDATTN_LAB_INSTRUMENT_H
 #define PAGEDATTN_LAB_INSTRUMENT_H
 

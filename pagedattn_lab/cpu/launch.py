@@ -6,7 +6,8 @@ processes run the blocks; a fault is decoded back to (argument, element index, t
 block). The bytes between the mapping's first page and the array's start (less than a page:
 no guard can sit there) hold _slack_fill's elements, so a read just before the array gets NaN
 (floats) or -1 (integers), not a plausible 0, and a write there that changes those bytes is
-reported after the launch (one that writes them unchanged, such as -1, is not). Arrays whose
+reported after the launch (one that writes them unchanged, such as -1, is not); an
+instrumented launch stops a read or write there with its thread (instrument.cpp). Arrays whose
 memory overlaps (the same array passed twice, or views of one array) share one mapping, so
 writes through one are seen through the other as on a GPU. On success the mappings are copied
 back into the NumPy arrays of non-const parameters.

@@ -116,6 +116,7 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
                 what = (f"out-of-bounds {acc} of {where_arg}: element {index}, but the array "
                         f"has {size} element{'s' if size != 1 else ''} ({valid})")
             return KernelFault(f"kernel {k!r}: {what}{who}.", region="argument",
+                               slack=_in_slack(r.addr, info.buffers),
                                **{**common, "buffer": param.name, "arg_index": param.index,
                                   "index": index, "size": size})
         if wrapped is not None:
@@ -124,7 +125,8 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
                 f"kernel {k!r}: out-of-bounds {acc} of {param.name!r} (argument {param.index}, "
                 f"{param.ctype}): element {index}, which is {index - (1 << 32)} wrapped around "
                 f"as an unsigned 32-bit index (such as `i - 1` with an unsigned i at 0){who}. "
-                f"Compute the index in a signed int, or test it before subtracting.", region="argument",
+                f"Compute the index in a signed int, or test it before subtracting.",
+                region="argument", slack=False,
                 **{**common, "buffer": param.name, "arg_index": param.index, "index": index,
                    "size": arr.size})
         ended = [(name, hi - lo) for name, lo, hi, _ in info.variables if hi == r.addr]
@@ -164,7 +166,7 @@ def slack_write_error(info: LaunchInfo, param, arr, index: int) -> KernelFault:
         f"{param.ctype}): element {index}, before the array's start (found after the launch, "
         f"so the thread is not known; the results were discarded).", region="argument",
         kernel=info.kernel, block=None, thread=None, address=None, signal=None, access="write",
-        buffer=param.name, arg_index=param.index, index=index, size=arr.size)
+        buffer=param.name, arg_index=param.index, index=index, size=arr.size, slack=True)
 
 
 def uncounted_write_error(info: LaunchInfo, param, arr, index: int) -> UncountedWrite:
@@ -194,6 +196,13 @@ def _find_buffer(addr: int, buffers):
             _, param, arr, dev = best
             return param, arr, (addr - dev) // max(arr.itemsize, 1)
     return None
+
+
+def _in_slack(addr: int, buffers) -> bool:
+    """Whether `addr` lies in the slack before an array (launch.py): mapped and filled, so no
+    signal comes from there; only an instrumented launch's check stops an access to it
+    (instrument.cpp's in_slack), where a plain launch reads the fill."""
+    return any(buf.slack <= addr < buf.data for buf in buffers if buf.slack)
 
 
 def _find_wrapped(addr: int, buffers):

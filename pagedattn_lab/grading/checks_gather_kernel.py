@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import slack_reads
 from .cases import paged_problem
 from .checks_kernels import _Compiled
 from .compare import describe_difference, diagnose, ranges
@@ -53,7 +54,7 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
         valid = (np.arange(max_len)[None, :] < prob.seq_lens[:, None])[:, :, None, None]
         args_v = (cache, prob.block_tables, prob.seq_lens, max_len)
         other = prob.v_cache if name == "k_out" else prob.k_cache
-        hint = _gather_transposed(kern) or diagnose(got, expected, [
+        mistake = _gather_transposed(kern) or diagnose(got, expected, [
             (f"{name} holds the {'values' if name == 'k_out' else 'keys'}: copy "
              f"{'k_cache into k_out' if name == 'k_out' else 'v_cache into v_out'}.",
              lambda: gather_variant(other, prob.block_tables, prob.seq_lens, max_len)),
@@ -69,12 +70,14 @@ def _gather_case(comp: _Compiled, seed: int, seq_lens, page_size, num_kv_heads, 
              "read slot t.", lambda: gather_variant(*args_v, identity_pages=True)),
             (PAGE_ONLY_HINT, lambda: gather_variant(*args_v, slot_bug="page_only")),
             (UNSCALED_PAGES_HINT, lambda: gather_variant(*args_v, slot_bug="unscaled")),
-        ], atol=0, rtol=0) or row_stride_hint(diff, head_dim, GATHER_THREADS) \
+        ], atol=0, rtol=0, nan_is_evidence=not slack_reads.pending()) \
+            or row_stride_hint(diff, head_dim, GATHER_THREADS) \
             or padding_hint(got, expected, valid, never, copies=True) \
-            or _fixed_page(kern, prob, max_len) \
-            or ("slot = block_tables[b * max_pages + t / page_size] * page_size + t % page_size;"
-                " copy its num_kv_heads * head_dim values to row (b * max_len + t).")
-        raise Mismatch(f"{name}: " + diff.message(), hint)
+            or _fixed_page(kern, prob, max_len)
+        hint = mistake or ("slot = block_tables[b * max_pages + t / page_size] * page_size + "
+                           "t % page_size; copy its num_kv_heads * head_dim values to row "
+                           "(b * max_len + t).")
+        raise Mismatch(f"{name}: " + diff.message(), hint, names_mistake=mistake is not None)
     _gather_writes(kern, (max_len, len(seq_lens)), args, shape, (k_out, v_out))
 
 

@@ -29,6 +29,20 @@ _BUFFER_HINTS = {
            "out, but threads past max_len do not.",
 }
 
+# An index below 0 of the buffers above whose hints tell of an index past their end: read
+# just before the array's start, which the CPU executor's instrumented launches stop.
+_ROW_LAYOUT = ("[batch, max_len, num_heads, head_dim]: the offset ((b * max_len + t) * "
+               "num_heads + h) * head_dim + d of a thread's own token t, head h and dims d is "
+               "never below 0; work out that thread's index by hand.")
+_BEFORE_START_HINTS = {
+    "q": "an index before q's start: q is " + _ROW_LAYOUT,
+    "out": "an index before out's start: out has q's layout " + _ROW_LAYOUT,
+    "block_tables": "an entry before the table's start: sequence b's row starts at b * "
+                    "max_pages and token t lives in its entry t / page_size, so token 0 of "
+                    "sequence 0 reads entry 0; the index went below 0: work it out by hand for "
+                    "that thread.",
+}
+
 _CACHE_HINT = ("element offset in the NHD cache [num_pages, page_size, num_kv_heads, head_dim] "
                "is ((page * page_size + offset) * num_kv_heads + kv_head) * head_dim + d, with "
                "offset = token % page_size and kv_head = h / (num_heads / num_kv_heads).")
@@ -54,16 +68,21 @@ def _xyz(value) -> str:
     return str(value)
 
 
+def _below_zero(index) -> bool:
+    try:
+        return int(index) < 0
+    except (TypeError, ValueError):
+        return False
+
+
 def buffer_hint(buffer: str, index) -> str:
     name = (buffer or "").lower()
+    if name in _BEFORE_START_HINTS and _below_zero(index):
+        return _BEFORE_START_HINTS[name]
     if name in _BUFFER_HINTS:
         return _BUFFER_HINTS[name]
     if "cache" in name:
-        try:
-            negative = int(index) < 0
-        except (TypeError, ValueError):
-            negative = False
-        return _PADDING_HINT if negative else "the offset is too big: " + _CACHE_HINT
+        return _PADDING_HINT if _below_zero(index) else "the offset is too big: " + _CACHE_HINT
     if "out" in name:
         return ("the output index: out_row = (sequence * max_len + token), then times the row "
                 "length (num_kv_heads * head_dim) plus the element.")

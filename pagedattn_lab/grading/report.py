@@ -31,11 +31,16 @@ JUDGE_HEAP = {"mb": 0}   # the bound judge.limit_memory set on this process (0: 
 
 
 class Mismatch(Exception):
-    """A case's result differs from the spec: what went wrong, and a hint at why."""
+    """A case's result differs from the spec: what went wrong, and a hint at why.
+    `names_mistake`: the hint names a mistake the outputs show, not a generic recipe (it
+    then outranks a read before an array's start that a launch was stopped at:
+    slack_reads.py)."""
 
-    def __init__(self, message: str, hint: str = "", expected: str = "", got: str = ""):
+    def __init__(self, message: str, hint: str = "", expected: str = "", got: str = "", *,
+                 names_mistake: bool = False):
         super().__init__(message)
         self.message, self.hint, self.expected, self.got = message, hint, expected, got
+        self.names_mistake = names_mistake
 
 
 def several_fit(hints, what: str = "result") -> str:
@@ -58,9 +63,11 @@ def probe(fn, *args):
     """`fn(*args)` asked again by a check to confirm a suspected mistake, or None if it
     raises: a probe that crashes proves nothing. The case's time limit and a broken grader
     channel still end the case."""
+    from .slack_reads import probing  # noqa: PLC0415 - it imports this module
     from .wire import ProtocolError   # (wire imports nothing of the grader's)
     try:
-        return fn(*args)
+        with probing():   # (a read its launch made before an array is not the case's)
+            return fn(*args)
     except (CaseTimeout, ProtocolError):
         raise
     except Exception:   # noqa: BLE001 - see above
@@ -300,6 +307,7 @@ def note(text: str) -> None:
 def _run(out: _Printer, cases: Iterable[Case], stop_after_failures: int,
          lint: Callable[[], None] | None) -> tuple[str, list[CaseResult]]:
     """run_cases' cases, printed by `out`: (the status, the case results)."""
+    from .slack_reads import run_case  # noqa: PLC0415 - it imports this module
     results: list[CaseResult] = []
     status = PASSED
     if lint is not None:
@@ -317,7 +325,7 @@ def _run(out: _Printer, cases: Iterable[Case], stop_after_failures: int,
             with time_limit(CASE_TIME_LIMIT), warnings.catch_warnings():
                 # NaN and overflow are diagnosed by the cases themselves, not as warnings
                 warnings.simplefilter("ignore", RuntimeWarning)
-                case.run()
+                run_case(case.run)
         except (NotImplementedError, NotAttempted) as exc:
             if results:  # earlier cases ran: the task is begun but not finished
                 message = f"part of the task is not written yet: {_not_attempted_text(exc)}"
