@@ -26,12 +26,18 @@ from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, decode_problem, dims_h
                             launch_warp)
 from .decode_variants import merge_variant
 from .kernel_runner import poisoned
+from .merge_rows import reads_other_rows, rows_elsewhere, with_states
 from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
                      several_fit)
 from .seeds import case_rng
 
 
 # -- task 1: the merge in NumPy ------------------------------------------------------------
+
+FLOAT32_STEP_HINT = ("every value is within about 1e-6 of the expected, not within 1e-7: one "
+                     "step of your merge rounds to float32 (a float32 array, an astype, a "
+                     "np.float32 scalar); keep every step in float64.")
+
 
 def _merge_case(fn, scores, values, cuts) -> None:
     scores, values = np.asarray(scores, np.float64), np.asarray(values, np.float64)
@@ -77,13 +83,14 @@ def _merge_case(fn, scores, values, cuts) -> None:
             hint = (f"the m_p here lie {fmt(m.max() - m.min())} apart, and exp of anything past "
                     "709 overflows float64: exponentiate m_p - max_p m_p (every exponent is "
                     "then at most 0), not m_p minus another partition's m (the first, the "
-                    "last, the smallest).")
+                    "last, the smallest) or their mean.")
         else:
             hint = "a NaN or inf appeared: exp of a large positive number, or 0 / 0?"
     else:
         hint = diagnose(got, expected, [
             (text, lambda bug=bug: merge_variant(m, l, o, len(m), bug=bug))
             for bug, text in MERGE_HINTS.items()], atol=1e-9, rtol=1e-7) \
+            or (np.allclose(got, expected, rtol=1e-5, atol=1e-7) and FLOAT32_STEP_HINT) \
             or "the merged output must equal softmax(all scores) @ values."
     raise Mismatch(where + diff.message(), hint)
 
@@ -111,6 +118,11 @@ def merge_partitions(fn) -> CheckResult:
         ("the partitions after the first far below it",
          (np.r_[rng.standard_normal(4), np.full(8, -800.0)], rng.standard_normal((12, d))),
          [4, 8]),
+        # the largest m_p lies 750 above their mean: exp(m_p - mean) overflows float64, where
+        # the spreads above (two partitions 800 apart) keep every exponent under 709
+        ("three partitions far below the last",
+         (np.r_[np.full(6, -1000.0), rng.standard_normal(3)], rng.standard_normal((9, d))),
+         [2, 4, 6]),
     ]
     return run_cases("merge_partitions", "merge_partitions: split-K partition states, merged", [
         Case(name, {"tokens": len(sc), "partitions": len(cuts) + 1},
@@ -182,12 +194,6 @@ def _last_as_max(states, n_parts):
     return (several_fit([LAST_AS_MAX_HINT, NO_MAX_HINT]) if alike else LAST_AS_MAX_HINT), last
 
 
-def _with_states(args, part_ml, part_out):
-    """The merge's launch arguments with other states and a fresh poisoned output (the
-    executor writes the caller's arrays in place)."""
-    return (part_out, part_ml, args[2], poisoned(args[3].shape)) + args[4:]
-
-
 def _slot_past_end(comp, args, part_ml, part_out, n_parts, seed, slot):
     """[(sequence, head)] of the rows whose output depends on partition slot `slot` [batch,
     1] (past n_parts: a slot that does not exist; -1 for none): two launches with different
@@ -207,7 +213,7 @@ def _slot_past_end(comp, args, part_ml, part_out, n_parts, seed, slot):
         ml[..., 1] = np.where(past, rng.uniform(1, 5, ml.shape[:3]), ml[..., 1])
         o[:] = np.where(past[..., None], rng.standard_normal(o.shape), o)
         launched = probe(launch_warp, comp, (part_ml.shape[1], part_ml.shape[0]),
-                         _with_states(args, ml, o), (3,))
+                         with_states(args, ml, o), (3,))
         if launched is None:
             return None
         outs.append(launched[0][0])
@@ -303,7 +309,7 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
         lo = None
         if _slot_past_end(comp, args, part_ml, part_out, n_parts, seed, last):
             lo_ml, lo_out, _ = _states(prob, part_len, seed, leftovers=True)
-            lo = probe(launch_warp, comp, (num_heads, batch), _with_states(args, lo_ml, lo_out),
+            lo = probe(launch_warp, comp, (num_heads, batch), with_states(args, lo_ml, lo_out),
                        (3,))
         hint = (lo is not None and diagnose(lo[0][0], expected,
                                             _variants(lo_ml, lo_out, lens, part_len,
@@ -324,7 +330,9 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
     b, h, _ = diff.first()
     raise Mismatch(diff.message() + f"\nRow (sequence {b}, head {h}) is written by block "
                    f"({h}, {b}); it merges {counted(int(n_parts[b, 0]), 'partition')}.",
-                   hint or past_end(held)
+                   hint or rows_elsewhere(got, expected)
+                   or reads_other_rows(comp, args, part_ml, part_out, n_parts)
+                   or past_end(held)
                    or "out[b, h] = sum_p w_p o_p / sum_p w_p, w_p = l_p exp(m_p - m).")
 
 

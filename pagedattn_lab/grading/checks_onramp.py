@@ -8,16 +8,19 @@ case passes when the output equals the spec AND the counts keep to the puzzle's 
 most global reads and writes per thread, and every output element written exactly once.
 After the cases the check prints the counts of the last case, GPU-Puzzles style. What a
 failing case says (the output against the spec, the counts against the budget):
-puzzle_hints.py.
+puzzle_hints.py (and puzzle 3's hints read off its output, puzzle_grid_hints.py).
 """
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
 from ..puzzles import PUZZLES
+from .puzzle_grid_hints import grid_hints
 from .puzzle_hints import check_budget, check_output, not_ten
 from .puzzle_runner import PuzzleKernel, count_line
-from .report import Case, CheckResult, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
 
@@ -112,8 +115,19 @@ def _guard_case(kern, seed, n):
         return (f"only the last element, {n - 1}, was never written: it is the last one that "
                 f"exists, so the guard is i < n (yours stops one short, like i < n - 1).")
 
+    def unwritten_only(mask, text):   # (the hint where exactly `mask` was never written)
+        return lambda diff: text if mask.any() and np.array_equal(diff.unwritten, mask) and \
+            np.array_equal(diff.bad, mask) else None
+
+    i, whole = np.arange(n), n // threads * threads
     check_output(kern, got, PUZZLES["guard"].spec(a.astype(np.float64), b), ("element",),
-                 counts, "out", [first_block_only, last_one_short])
+                 counts, "out", [first_block_only, last_one_short, unwritten_only(
+                     i == 0, "only element 0 was never written: elements count from 0, so "
+                             "thread 0 of block 0 writes element 0 (no + 1 in the index, no "
+                             "i > 0 in the guard)."), unwritten_only(
+                     i >= whole, f"elements {whole}-{n - 1}, in the last, partly filled block, "
+                                 "were never written: the guard is i < n, not the end of the "
+                                 "last whole block.")])
     budget = {"global_reads": 2, "global_writes": 1}
     check_budget(counts, budget, {"out": n},
                  {"a": (n, "read a[i] once."), "b": (n, "read b[i] once.")})
@@ -154,55 +168,8 @@ def _grid_case(kern, seed, rows, cols):
     counts, (got,) = run.counts, run.outputs
     expected = PUZZLES["grid_2d"].spec(x.astype(np.float64), bias)
 
-    def bias_by_row(diff):
-        if rows > cols:
-            return None
-        wrong = x.astype(np.float64) + bias[:rows, None]
-        return ("bias is indexed by the row: out[r, c] adds bias[c], the column's bias."
-                if np.allclose(got, wrong, atol=1e-5) else None)
-
-    def one_axis_only(diff):
-        rows_bad, _ = diff.affected("row")
-        cols_bad, _ = diff.affected("column")
-        if diff.unwritten.all() or not diff.unwritten.any():
-            return None
-        if min(rows_bad) == by:     # (exactly: a guard's wrong bound leaves others)
-            return (f"only rows 0-{by - 1} were written: row = blockIdx.y * blockDim.y + "
-                    "threadIdx.y.")
-        if min(cols_bad) == bx:
-            return (f"only columns 0-{bx - 1} were written: column = blockIdx.x * blockDim.x "
-                    "+ threadIdx.x.")
-        return None
-
-    r, c = np.indices((rows, cols))
-    written = ~np.isnan(got)
-    # written by x and y exchanged: (gx * bx) rows, (gy * by) columns; by a guard with the
-    # other side's (smaller) bound: col < rows, row < cols. Each is named only if it alone fits.
-    exchanged = (r < grid[0] * bx) & (c < grid[1] * by)
-    bounds = {("column", "cols", "rows", rows): c < rows, ("row", "rows", "cols", cols): r < cols}
-
-    def only(mask, others):
-        return not mask.all() and np.array_equal(written, mask) and \
-            not any(np.array_equal(written, m) for m in others)
-
-    def swapped(diff):
-        return ("x and y are exchanged: the grid is (columns, rows), so blockIdx.x / "
-                "threadIdx.x give the column and blockIdx.y / threadIdx.y the row."
-                if only(exchanged, bounds.values()) else None)
-
-    def bound_swapped(diff):
-        return next((f"the {name} guard uses {wrong}: only {name}s 0-{n - 1} were written; "
-                     f"guard it with {name} < {right}." for (name, right, wrong, n), mask
-                     in bounds.items() if only(mask, [exchanged])), None)
-
-    def misplaced(diff):
-        if not (diff.bad & ~diff.unwritten).any():
-            return None
-        return ("values landed on the wrong elements: element (r, c) of a row-major "
-                "[rows, cols] matrix is at r * cols + c, in x and in out.")
-
     check_output(kern, got, expected, ("row", "column"), counts, "out",
-                 [bias_by_row, swapped, bound_swapped, one_axis_only, misplaced])
+                 grid_hints(got, x, bias, expected, grid, BLOCK_2D))
     budget = {"global_reads": 2, "global_writes": 1}
     check_budget(counts, budget, {"out": rows * cols},
                  {"x": (rows * cols, "read x once per element."),
@@ -227,16 +194,33 @@ def puzzle_2d(source: str, device: str = "auto") -> CheckResult:
 SHARED_THREADS = 32
 
 
+def _fixed_size_array(fault, head_dim) -> str | None:
+    """The hint for an index past a fixed-size array (a local or static __shared__ one) that
+    holds fewer floats than head_dim: its size, not the loop, is the mistake."""
+    size = re.search(r"\[(\d+)\]", getattr(fault, "array_type", None) or "")
+    if getattr(fault, "region", None) != "local or shared array" or not size or \
+            int(size.group(1)) >= head_dim:
+        return None
+    return (f"that array holds {size.group(1)} floats, fewer than head_dim = {head_dim} here: "
+            "a fixed size fits only the head sizes it was written for. Stage q in the "
+            "`extern __shared__ float q_shared[];` array, which the launch sizes to "
+            "head_dim * 4 bytes.")
+
+
 def _shared_case(kern, seed, n, head_dim):
     rng = case_rng(seed)
     q, k = _f32(rng.standard_normal(head_dim), rng.standard_normal((n, head_dim)))
     scores = np.full(n, np.nan, np.float32)
     blocks = -(-n // SHARED_THREADS)
-    run = kern.run((blocks,), (SHARED_THREADS,),
-                   (q, k, scores, np.int32(n), np.int32(head_dim)), outputs=(2,),
-                   shared_mem=head_dim * 4,
-                   locate=lambda blk, t: (f"key {blk[0] * SHARED_THREADS + t[0]}",
-                                          blk[0] * SHARED_THREADS + t[0] >= n))
+    try:
+        run = kern.run((blocks,), (SHARED_THREADS,),
+                       (q, k, scores, np.int32(n), np.int32(head_dim)), outputs=(2,),
+                       shared_mem=head_dim * 4,
+                       locate=lambda blk, t: (f"key {blk[0] * SHARED_THREADS + t[0]}",
+                                              blk[0] * SHARED_THREADS + t[0] >= n))
+    except Mismatch as exc:
+        exc.hint = _fixed_size_array(exc.__cause__, head_dim) or exc.hint
+        raise
     counts, (got,) = run.counts, run.outputs
 
     def q_not_all_staged(diff):
@@ -274,8 +258,25 @@ def _shared_case(kern, seed, n, head_dim):
                 "plain dot product (the attention kernels scale it later, by their argument)."
                 if gives(expected / np.sqrt(head_dim)) else None)
 
+    def score_mistake(diff):
+        t = np.arange(n)
+        forms = [(f"keys {SHARED_THREADS} and up got the score of key t % {SHARED_THREADS}: a "
+                  "thread's key is t = blockIdx.x * blockDim.x + threadIdx.x, in k too, not "
+                  "threadIdx.x alone.", k[t % SHARED_THREADS].astype(np.float64) @ q),
+                 ("the dot product skips d = head_dim - 1: its loop runs d < head_dim.",
+                  k[:, :-1].astype(np.float64) @ q[:-1]),
+                 ("the dot product skips d = 0: its loop starts at 0.",
+                  k[:, 1:].astype(np.float64) @ q[1:])]
+        if n > 1 and np.array_equal(diff.unwritten, t == n - 1) and \
+                np.array_equal(diff.bad, diff.unwritten):
+            return (f"only the last key, {n - 1}, got no score: it is the last one that "
+                    "exists, so the guard is t < n (yours stops one short).")
+        return next((text for text, wrong in forms
+                     if not np.allclose(wrong, expected, rtol=1e-4, atol=1e-4) and gives(wrong)),
+                    None)
+
     check_output(kern, got, expected, ("key",), counts, "scores",
-                 [q_not_all_staged, k_by_columns, scaled])
+                 [q_not_all_staged, k_by_columns, scaled, score_mistake])
     budget = {"global_reads": head_dim + -(-head_dim // SHARED_THREADS), "global_writes": 1}
     # q read once per block in all, yet a thread over its budget: few threads loaded q for
     # the whole block
@@ -302,7 +303,9 @@ def puzzle_shared(source: str, device: str = "auto") -> CheckResult:
                                  "scores, but it must still help load q and reach the barrier")
     cases = [(f"n = {n}, head_dim = {d}", {"n": n, "head_dim": d},
               lambda seed=seed, n=n, d=d: _shared_case(kern, seed, n, d))
-             for seed, n, d in ((20, 45, 16), (21, 20, 48), (22, 100, 8), (23, 64, 32))]
+             # head_dim 160: past the 64 or 128 floats of a fixed-size __shared__ array
+             for seed, n, d in ((20, 45, 16), (21, 20, 48), (22, 100, 8), (23, 64, 32),
+                                (24, 3, 160))]
     return _run_check("puzzle_shared", "dot_scores: q staged in shared memory", kern, cases)
 
 

@@ -70,6 +70,10 @@ def _split_variants(rank, world, heads, kv):
          "[rank * that, (rank + 1) * that).", ((rank, rank + 1), (qs, qe))),
         ("ranks count from 0: rank 0 owns the first heads.",
          (((rank + 1) * n_kv, (rank + 2) * n_kv), ((rank + 1) * n_q, (rank + 2) * n_q))),
+        *[(POW2_HINT.format(name="world_size", n=world),
+           ((rank * (kv >> s), (rank + 1) * (kv >> s)), (rank * (heads >> s),
+                                                        (rank + 1) * (heads >> s))))
+          for s in [world.bit_length() - 1] if world & (world - 1)],
     ]
 
 

@@ -26,6 +26,9 @@ ADMIT_MISTAKES = [
 _ADMIT_HINTS = {admit: hint for hint, admit in ADMIT_MISTAKES}
 _PER_SEQUENCE_HINT = ("promised counts what each running sequence will still take, "
                       "pages(total) - pages(held), not one page per running sequence.")
+_ONE_PER_STEP_HINT = ("admission goes on within a step while the request at the head of the "
+                      "queue fits: yours admitted one in this step and stopped (keep admitting "
+                      "until one does not fit, or nothing waits).")
 
 
 def admission_hint(i: int, requests, running: dict, num_free: int, pages,
@@ -47,6 +50,12 @@ def admission_hint(i: int, requests, running: dict, num_free: int, pages,
         whole = sum(pages(sum(requests[j])) for j in running)
         fits = [_ADMIT_HINTS["whole"]] * (need > num_free - whole) + \
             [_ADMIT_HINTS["strict"]] * (need == room) + [_PER_SEQUENCE_HINT] * (not per_sequence)
+        # admitted in this step: those holding just their prompt (before the step's decode).
+        # One such beside some admitted before, or among the mistakes that give this
+        # admission too (a loop that serves requests one at a time, whole, never runs two:
+        # unlike_spec names that mistake)
+        now = sum(n == requests[j][0] for j, n in running.items())
+        fits += [_ONE_PER_STEP_HINT] * (0 < now and (now < len(running) or bool(fits)))
         what = "waited at the head of the queue through a step"
     else:
         return ""

@@ -1,0 +1,78 @@
+"""Which rows a wrong merge kernel (lesson 06, checks_decode_merge.py) read or wrote, seen
+by launching it again on changed partition states: a row's merge stored in another row of
+out, a row merged from another row's states."""
+from __future__ import annotations
+
+import numpy as np
+
+from .decode_launch import DECODE_BUFFER_HINTS, launch_warp
+from .kernel_runner import poisoned
+from .report import probe
+from .seeds import case_rng
+
+
+def with_states(args, part_ml, part_out):
+    """The merge's launch arguments with other states and a fresh poisoned output (the
+    executor writes the caller's arrays in place)."""
+    return (part_out, part_ml, args[2], poisoned(args[3].shape)) + args[4:]
+
+
+def rows_elsewhere(got, expected) -> str | None:
+    """The hint where a wrong row of `got` holds another row's expected values: the merge was
+    right, its store went to the wrong row of out."""
+    batch, heads, _ = expected.shape
+    flat_got, flat_expected = got.reshape(batch * heads, -1), expected.reshape(batch * heads, -1)
+    for r in range(batch * heads):
+        if np.allclose(flat_got[r], flat_expected[r], rtol=1e-4, atol=1e-5):
+            continue
+        found = [s for s in range(batch * heads)
+                 if np.allclose(flat_got[r], flat_expected[s], rtol=1e-4, atol=1e-5)]
+        if found:
+            (b, h), (ob, oh) = divmod(r, heads), divmod(found[0], heads)
+            return (f"out's row (sequence {b}, head {h}) holds the merge of (sequence {ob}, "
+                    f"head {oh}): the merge is right, its store is in the wrong row. "
+                    + DECODE_BUFFER_HINTS["out"])
+    return None
+
+
+def reads_other_rows(comp, args, part_ml, part_out, n_parts) -> str | None:
+    """The hint where a row's output moves when only OTHER rows' partition states change.
+    The slots that do not exist hold finite numbers (a NaN read there would hide any other
+    read); then, for each half of the rows (a checkerboard of (sequence, head)), new states
+    in that half's partitions 1 .. n_parts - 1, the other half's outputs compared. (Slot 0
+    is left alone: a row reading one slot past its last reaches the next row's slot 0,
+    which the over-read's own hint names.)"""
+    batch, heads, max_parts = part_ml.shape[:3]
+    slots = np.arange(max_parts)
+    rng = case_rng(int(n_parts.sum()) + 3000)
+    # (n_parts is [batch, 1])
+    missing = np.broadcast_to(slots >= n_parts[..., None], part_ml.shape[:3])
+    ml, o = part_ml.copy(), part_out.copy()
+    ml[..., 0] = np.where(missing, np.nanmax(part_ml[..., 0]) - rng.uniform(0, 2, missing.shape),
+                          ml[..., 0])
+    ml[..., 1] = np.where(missing, rng.uniform(1, 2, missing.shape), ml[..., 1])
+    o[missing] = rng.standard_normal(o[missing].shape)
+    half = np.add.outer(np.arange(batch), np.arange(heads)) % 2
+    outs = []
+    for side in (None, 0, 1):
+        if side is not None:
+            change = (half == side)[..., None] & (slots >= 1) & ~missing
+            ml[..., 1] = np.where(change, ml[..., 1] * rng.uniform(2, 4, change.shape),
+                                  ml[..., 1])
+            o[change] = rng.standard_normal(o[change].shape)
+        launched = probe(launch_warp, comp, (heads, batch), with_states(args, ml, o), (3,))
+        if launched is None:
+            return None
+        outs.append(launched[0][0])
+    with np.errstate(invalid="ignore"):
+        moved = [~((a == b) | (np.isnan(a) & np.isnan(b))).all(axis=-1) & (half != side)
+                 for a, b, side in ((outs[0], outs[1], 0), (outs[1], outs[2], 1))]
+    rows = np.argwhere(moved[0] | moved[1])
+    if not rows.size:
+        return None
+    b, h = (int(i) for i in rows[0])
+    return (f"row (sequence {b}, head {h}) changed when only other rows' partition states "
+            "did: it reads another row's states. Row (b, h) has max_parts slots of its own, "
+            "whatever its partition count: its m and l start at part_ml[(b * num_heads + h) "
+            "* max_parts * 2], its values at part_out[(b * num_heads + h) * max_parts * "
+            "head_dim].")
