@@ -249,14 +249,24 @@ def quantize(x, kv_dtype: str, scale) -> np.ndarray:
     """Codes of x [..., num_kv_heads, head_dim] with `scale` broadcast over head_dim:
     static [num_kv_heads] or per-token [..., num_kv_heads], each finite, > 0 and normal."""
     x = _flushed(real_values(x, "x"))
+    _refuse_one_value(x, "x")
     return encode(x / _checked_scale(scale, x.shape)[..., None], kv_dtype)
 
 
 def dequantize(codes, kv_dtype: str, scale) -> np.ndarray:
     """float32 code * scale, scale broadcast and refused as in `quantize`: code * 0 reads
     every value back as 0, a negative scale flips the signs, NaN and inf give NaN."""
+    _refuse_one_value(codes, "codes")
     s = _checked_scale(scale, np.shape(codes))   # (before the codes, as quantize's x)
     return decode(codes, kv_dtype) * s[..., None]
+
+
+def _refuse_one_value(x, name: str) -> None:
+    """A 0-d x has no head_dim axis for the scale to broadcast over: it came back as an
+    array of shape (1,)."""
+    if np.ndim(x) == 0:
+        raise ValueError(f"{name}: expected values [..., num_kv_heads, head_dim], got a single "
+                         f"number (a 0-d array)")
 
 
 def dequantize_written(codes, kv_dtype: str, scale) -> np.ndarray:

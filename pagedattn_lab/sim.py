@@ -75,18 +75,24 @@ class Workload:
     seed: int = 0
 
     def __post_init__(self):
+        # Each size kept as a Python int: NumPy ones wrapped in the sums below (int8 100 +
+        # int8 100 is -56), and a max_len past int64 failed in sample() naming nothing.
+        keep = lambda name, value: object.__setattr__(self, name, value)  # noqa: E731 - frozen
         # sample() draws every request up front: 10**9 of them would take tens of GB
-        check_int(self.num_requests, "num_requests", minimum=1, maximum=MAX_REQUESTS)
+        keep("num_requests", check_int(self.num_requests, "num_requests", minimum=1,
+                                       maximum=MAX_REQUESTS))
         for name in ("prompt_median", "prompt_sigma", "output_median", "output_sigma"):
             value, positive = getattr(self, name), name.endswith("median")
             if not (is_finite_number(value) and (value > 0 if positive else value >= 0)):
                 raise ValueError(f"{name}: expected a finite number "
                                  f"{'> 0' if positive else '>= 0'}, got {value!r}")
-        check_int(self.min_len, "min_len", minimum=1)
-        check_int(self.prompt_max, "prompt_max", minimum=self.min_len)
-        # every request must fit in max_len: the longest prompt and the shortest output
-        check_int(self.max_len, "max_len", minimum=self.prompt_max + self.min_len)
-        check_int(self.seed, "seed", minimum=0)
+        keep("min_len", check_int(self.min_len, "min_len", minimum=1))
+        keep("prompt_max", check_int(self.prompt_max, "prompt_max", minimum=self.min_len))
+        # every request must fit in max_len: the longest prompt and the shortest output (and
+        # int64, in which sample() clips the outputs)
+        keep("max_len", check_int(self.max_len, "max_len", minimum=self.prompt_max + self.min_len,
+                                  maximum=MAX_SLOTS))
+        keep("seed", check_int(self.seed, "seed", minimum=0))
 
     def sample(self) -> tuple[np.ndarray, np.ndarray]:
         """(prompt_lens, output_lens) as int64 arrays, reproducible from `seed`."""

@@ -12,8 +12,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..validate import (check_array, check_bool, check_gqa_heads, check_int, check_int_list,
-                        check_memory)
+from ..validate import (INT32_MAX, check_array, check_bool, check_gqa_heads, check_int,
+                        check_int_list, check_memory)
 
 
 class HeadRange(NamedTuple):
@@ -155,6 +155,9 @@ def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
     if getattr(buf, "ndim", None) != 1 or buf.size < HEADER:
         raise ValueError(f"buf: expected the 1-D buffer pack_tables fills, got shape "
                          f"{getattr(buf, 'shape', None)}")
+    if buf.dtype != np.int32:   # (a float64 one gave float64 tables and lengths)
+        raise TypeError(f"buf: expected the int32 buffer pack_tables fills, got dtype "
+                        f"{buf.dtype}")
     batch, pages = (int(n) for n in buf[:HEADER].tolist())
     if not (0 <= batch <= max_batch and 0 <= pages and (not prefill or pages <= max_pages)):
         raise ValueError(f"max_batch, max_pages: buf holds {batch} rows of {pages} pages, more "
@@ -203,18 +206,24 @@ def step_bytes(seq_lens, num_heads: int, num_kv_heads: int, head_dim: int, page_
     """What one decode step moves, for a batch of sequences of lengths `seq_lens`."""
     check_split(num_heads, num_kv_heads, world_size)
     # ints only: a cast would cut 16.9 to 16 and read "5" as 5, giving byte counts silently
-    lens = np.asarray(check_int_list(seq_lens, "seq_lens", "length", minimum=0), dtype=np.int64)
+    lens = check_int_list(seq_lens, "seq_lens", "length", minimum=0)
+    # int32, as the buffer carries them (two lengths of 2**62 summed past int64: a negative
+    # kv_read); the sums below are Python ints
+    for i, n in enumerate(lens):
+        if n > INT32_MAX:
+            raise ValueError(f"seq_lens[{i}]: expected a length <= {INT32_MAX} (the broadcast "
+                             f"buffer carries int32 lengths, as the wrapper's plan takes "
+                             f"them), got {n}")
     head_dim = check_int(head_dim, "head_dim", minimum=1)
     page_size = check_int(page_size, "page_size", minimum=1)
     itemsize = check_int(itemsize, "itemsize", minimum=1)
-    batch = lens.size
+    batch = len(lens)
     # the buffer must hold this batch: smaller sizes would count a table that cannot be sent
-    # (in Python ints: NumPy's int64 max // a page_size past int64 raised an OverflowError)
-    needed = -(-int(lens.max()) // page_size) if batch else 0
+    needed = -(-max(lens) // page_size) if batch else 0
     max_batch = batch if max_batch is None else _holding(max_batch, "max_batch", batch,
                                                          "the batch's sequences")
     max_pages = needed if max_pages is None else _holding(max_pages, "max_pages", needed,
                                                           "the longest sequence's pages")
     out = batch * num_heads * head_dim * itemsize
-    kv = int(lens.sum()) * 2 * (num_kv_heads // world_size) * head_dim * itemsize
+    kv = sum(lens) * 2 * (num_kv_heads // world_size) * head_dim * itemsize
     return StepBytes(4 * table_capacity(max_batch, max_pages), out // world_size, out, kv)

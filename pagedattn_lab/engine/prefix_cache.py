@@ -49,11 +49,14 @@ INT64_MIN, INT64_MAX = -2**63, 2**63 - 1   # the token ids a hash takes (8 bytes
 def hash_block(parent: bytes | None, token_ids) -> bytes:
     """The chained hash of one full block: SHA-256 of the parent's hash and the token ids.
     Refused by name: a parent not a hash, token ids not integers (1.5 was hashed as 1, a
-    prefix hit on another prompt's block) or past int64 (2**63 was hashed as -2**63)."""
+    prefix hit on another prompt's block; so was True among ints) or past int64 (2**63 was
+    hashed as -2**63)."""
     if parent is not None and not isinstance(parent, bytes):
         raise TypeError(f"parent: expected the bytes hash_block returns (or None for block "
                         f"0), got {type(parent).__name__}")
     ids = np.asarray(token_ids)
+    if ids.dtype.kind in "iu":
+        _refuse_bools(token_ids)
     if ids.ndim == 1 and ids.dtype.kind == "u" and ids.dtype.itemsize == 8:
         past = np.flatnonzero(ids > INT64_MAX)   # (at array speed: this runs for every block)
         if past.size:
@@ -71,6 +74,16 @@ def hash_block(parent: bytes | None, token_ids) -> bytes:
     return h.digest()
 
 
+def _refuse_bools(token_ids) -> None:
+    """A bool among the ints of a list: NumPy makes [3, True] the int64 array [3, 1] (bools
+    alone make a bool array, refused by its dtype)."""
+    if isinstance(token_ids, (list, tuple)):
+        for i, token in enumerate(token_ids):
+            if isinstance(token, (bool, np.bool_)):
+                raise TypeError(f"token_ids[{i}]: expected an integer token id, got "
+                                f"{token!r} (bool)")
+
+
 def int64_token(token, where: str) -> int:
     """A token id as an int, refused past int64 naming `where` (its argument and index): the
     one check of every id the prefix cache may hash (hash_block, Scheduler.add)."""
@@ -83,11 +96,21 @@ def int64_token(token, where: str) -> int:
 def block_hashes(token_ids, page_size: int, parent: bytes | None = None) -> list[bytes]:
     """The hashes of every full block of `token_ids` (a trailing partial block has none)."""
     page_size = check_int(page_size, "page_size", minimum=1)   # (-1 gave [], 0 a range error)
+    # every id checked here, named by its index in token_ids (hash_block names its index in
+    # the block); a set or a NumPy scalar failed in slicing, naming nothing
+    ids = [int64_token(t, f"token_ids[{i}]")
+           for i, t in enumerate(check_int_list(token_ids, "token_ids", "token id"))]
     out = []
-    for start in range(0, len(token_ids) - page_size + 1, page_size):
-        parent = hash_block(parent, token_ids[start:start + page_size])
+    for start in range(0, len(ids) - page_size + 1, page_size):
+        parent = hash_block(parent, ids[start:start + page_size])
         out.append(parent)
     return out
+
+
+def _check_hash(block_hash) -> None:
+    if not isinstance(block_hash, bytes):
+        raise TypeError(f"block_hash: expected the bytes hash_block returns, got "
+                        f"{type(block_hash).__name__}")
 
 
 class BlockPool:
@@ -128,9 +151,13 @@ class BlockPool:
         return sum(1 for p in self.free_queue if self.page_hash[p] is not None)
 
     def lookup(self, block_hash: bytes, token_ids) -> int | None:
-        """The cached page of this block, if it holds exactly these tokens (else None)."""
+        """The cached page of this block, if it holds exactly these tokens (else None).
+        Refused by name, as `register` refuses them: a hash not bytes (a str missed
+        silently), token ids not ints (2.0 and True equal 2 and 1: a hit)."""
+        _check_hash(block_hash)
+        tokens = tuple(check_int_list(token_ids, "token_ids", "token id"))
         page = self.cached.get(block_hash)
-        if page is None or self.page_tokens[page] != tuple(token_ids):
+        if page is None or self.page_tokens[page] != tokens:
             return None
         return page
 
@@ -195,9 +222,7 @@ class BlockPool:
         A hash already cached (another request computed the same block at the same time)
         keeps its page; this one stays private. Returns whether the page is now cached."""
         page = self._page_id(page)   # -1 would cache the last page under -1, an id handed out
-        if not isinstance(block_hash, bytes):
-            raise TypeError(f"block_hash: expected the bytes hash_block returns, got "
-                            f"{type(block_hash).__name__}")
+        _check_hash(block_hash)
         tokens = tuple(check_int_list(token_ids, "token_ids", "token id"))
         if block_hash in self.cached or self.page_hash[page] is not None:
             return False

@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 from ..validate import check_int, check_int_list
 from .config import EngineConfig
 from .kv_manager import KVCacheManager, refuse_held
-from .prefix_cache import int64_token
+from .prefix_cache import block_hashes, int64_token
 from .request import Request, SamplingParams, Status, empty_prompt_error
 
 
@@ -75,6 +75,24 @@ def _token_ids(req: Request, name: str) -> list[int]:
     naming the entry."""
     ids = check_int_list(getattr(req, name), f"req.{name}", "token id", minimum=0)
     return [int64_token(t, f"req.{name}[{i}]") for i, t in enumerate(ids)]
+
+
+def _refuse_stale_hashes(req: Request, tokens: list[int], page_size: int) -> None:
+    """Refuse block hashes kept by a request that are not its own blocks' (a Request made
+    with another prompt's): the blocks hashed after them would be cached under that other
+    prefix, and served to a prompt that has it as K/V computed after this one's."""
+    kept = req.block_hashes
+    if not isinstance(kept, list) or len(kept) > len(tokens) // page_size:
+        raise ValueError(f"req.block_hashes: expected at most the hashes of request "
+                         f"{req.rid}'s {len(tokens) // page_size} full block(s) of {page_size} "
+                         f"tokens, got {kept!r:.80}")
+    own = block_hashes(tokens[:len(kept) * page_size], page_size)
+    stale = next((i for i, (h, o) in enumerate(zip(kept, own)) if h != o), None)
+    if stale is not None:
+        raise ValueError(f"req.block_hashes[{stale}]: not the hash of request {req.rid}'s "
+                         f"block {stale} (tokens {stale * page_size}.."
+                         f"{(stale + 1) * page_size - 1}, chained on the blocks before); leave "
+                         f"block_hashes empty: the cache manager computes them")
 
 
 class Scheduler:
@@ -160,7 +178,7 @@ class Scheduler:
         """Queue a new request. Refused, changing nothing: an id already queued (served
         twice, or two requests under one id, their outputs would be mixed up: an engine keys
         them by id), an id not an int (True or 1.0 would be request 1), a finished request,
-        or one holding pages (they would leak)."""
+        one holding pages (they would leak), or one keeping block hashes of other tokens."""
         if not isinstance(req, Request):
             raise TypeError(f"req: expected a Request, got {type(req).__name__}")
         rid = check_int(req.rid, "req.rid")
@@ -180,6 +198,7 @@ class Scheduler:
         if not isinstance(req.params, SamplingParams):
             raise TypeError(f"req.params: expected a SamplingParams, got "
                             f"{type(req.params).__name__}")
+        _refuse_stale_hashes(req, prompt + outputs, self.kv.page_size)
         req.prompt_ids, req.output_ids = prompt, outputs
         req.rid, req.status = rid, Status.WAITING
         self.waiting.append(req)
