@@ -86,6 +86,9 @@ def _mask_variants(q_len, seq_len):
         ("query i sees the new tokens before it too (keys seq_len - q_len .. its own), not "
          "only the cached prefix and its own key: key j <= seq_len - q_len + i.",
          (j < off) | (j == off + i)),
+        ("the rows are upside down: row i is the i-th new token counted from the FIRST one "
+         "(at position seq_len - q_len), so row 0 sees the fewest keys and the last row all "
+         "of them: key j <= seq_len - q_len + i, not seq_len - 1 - i.", j <= seq_len - 1 - i),
     ]
 
 
@@ -174,7 +177,28 @@ def _visible_variants(indptr, seq_lens):
         ("row i sees the new tokens before it too, not only the cached prefix and its own "
          "key: seq_lens[b] - q_len + i + 1 keys, not seq_lens[b] - q_len + 1.",
          lens[seq] - q_lens[seq] + 1),
+        *[(_SEARCHSORTED_LEFT, _keys_seen(indptr, lens, b))
+          for b in _searchsorted_left_sequences(indptr)],
     ]
+
+
+_SEARCHSORTED_LEFT = (
+    "row r belongs to the b with qo_indptr[b] <= r < qo_indptr[b + 1]: "
+    "np.searchsorted(qo_indptr, r, side='right') - 1. With side='left' a sequence's first row "
+    "(r == qo_indptr[b]) goes to the sequence before it.")
+
+
+def _searchsorted_left_sequences(indptr):
+    """The sequence each row gets from searchsorted(side='left') - 1: as computed (row 0 at
+    -1, which NumPy reads as the last sequence), and with -1 clipped to 0."""
+    b = np.searchsorted(indptr, np.arange(indptr[-1]), side="left") - 1
+    return b, np.maximum(b, 0)
+
+
+def _keys_seen(indptr, lens, b):
+    """What rows r = 0, 1, ... count when row r is taken as sequence b[r]'s."""
+    q_lens = np.diff(indptr)
+    return lens[b] - q_lens[b] + np.arange(b.size) - indptr[b] + 1
 
 
 _VISIBLE_FIXED = [([0, 4, 9, 10], [4, 20, 7]),          # new prompt, chunk, decode

@@ -69,6 +69,10 @@ def _scale_variants(x, qmax):
             ("scale = amax / qmax: the largest magnitude becomes code qmax (the codes run from "
              "-qmax to qmax), not the number of levels 2 * qmax + 1.",
              per_row(amax, 2 * qmax + 1)),
+            *[("scale = max |x| / qmax, not the range (max - min) over the levels: that is an "
+               "asymmetric format's scale, which needs a zero point; these codes are "
+               "symmetric around 0 (x = code * scale).", per_row(x.max(-1) - x.min(-1), n))
+              for n in (2 * qmax, 2 * qmax + 1)],
             ("one scale per (token, KV head): the amax over the whole token (all heads) mixes "
              "heads whose ranges differ.", per_row(ax.max((-1, -2))[:, None])),
             ("one scale per (token, KV head): these are one amax per head over every token (a "

@@ -67,14 +67,15 @@ def _rounding_hint(fn, got, indptr, seq_lens, rows, kv_tile) -> str | None:
 
 def _tile_variants(indptr, seq_lens, rows, kv_tile):
     def build(keys_of, tiles_of=lambda k: -(-k // kv_tile), empty=False, packed=False,
-              numbered=False):
+              numbered=False, whole_only=False):
         out = []
         for b, (q_len, n) in enumerate(zip(np.diff(indptr), seq_lens)):
             q_len, n = int(q_len), int(n)
             start = int(indptr[b]) if packed else 0   # (packed: the row in the packed q)
             if empty and q_len == 0:
                 out.append((b, start, tiles_of(keys_of(q_len, n, 0))))
-            for first in range(0, q_len, rows):   # (numbered: the tile's number for first)
+            # (numbered: the tile's number for first; whole_only: q_len // rows tiles)
+            for first in range(0, q_len // rows * rows if whole_only else q_len, rows):
                 out.append((b, start + (first // rows if numbered else first),
                             tiles_of(keys_of(q_len, n, first))))
         return out
@@ -102,6 +103,14 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
         *[(POW2_HINT.format(name="kv_tile", n=kv_tile),
            build(lambda q, n, f: n - q + last(q, f) + 1, lambda k, ceil=ceil: int(ceil(k))))
           for ceil, _ in pow2_ceil_forms(kv_tile)],
+        ("(keys - 1) // kv_tile is the index of the last K/V tile the tile loads (counting "
+         "from 0); the number of K/V tiles is one more: (keys - 1) // kv_tile + 1 = "
+         "-(-keys // kv_tile).",
+         build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: (k - 1) // kv_tile)),
+        ("a sequence's last query tile may be partial (q_len not a multiple of rows) and is "
+         "still a tile: first runs over range(0, q_len, rows), -(-q_len // rows) tiles, not "
+         "q_len // rows (a decode token alone would get none).",
+         build(lambda q, n, f: n - q + last(q, f) + 1, whole_only=True)),
         ("a sequence with q_len 0 has no new tokens: it gets no query tile.",
          build(lambda q, n, f: n - q + last(q, f) + 1, empty=True)),
         ("the mask is aligned bottom-right: a tile's last row sits at position "

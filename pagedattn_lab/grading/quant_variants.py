@@ -4,8 +4,9 @@ checks_dequant).
 `quantize_reference(..., bug)` is what the quantize-on-write kernel leaves in k_cache and
 k_scale: the spec's codes for `bug` None, else a known-wrong variant; `WRITE_MISTAKES` pairs
 each bug with its hint. The warp's lanes are modelled: lane L reduces the amax of elements
-d = L, L + 32, ... and then the shuffle tree runs, so a missing, one-way or partial reduction
-(from offset 8, or down to 2) gives the scales each lane really divides by.
+d = L, L + 32, ... (or of d = L alone) and then the shuffle tree runs, so a missing, one-way
+or partial reduction (from offset 8, or down to 2) gives the scales each lane really divides
+by.
 
 `read_reference(..., bug)` is the decode output over int8 pages read with the codes turned
 into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scale, the code
@@ -43,6 +44,10 @@ WRITE_MISTAKES = [
                 "them to even like rintf (2.5 -> 2, -2.5 -> -2)."),
     ("wrap", "saturate: clamp x / scale to [-127, 127] before the cast. Past the range the "
              "int8 conversion wraps (300 becomes 44) instead of stopping at 127."),
+    ("wrap_clamp", "clamp before the conversion, not after it: converted to signed char "
+                   "first, a code past the range has already wrapped (300 becomes 44), and "
+                   "44 passes the clamp. Clamp rintf(x / scale) to [-127, 127], then "
+                   "convert."),
     ("clamp_128", "the int8 format is symmetric: clamp to [-127, 127]; -128 is never used "
                   "(its negation would not fit)."),
     ("clamp_high_128", "clamp to [-127, 127]: 128 does not fit a signed char, so a code "
@@ -55,6 +60,11 @@ WRITE_MISTAKES = [
     ("no_scale", "divide by the scale: these codes are rintf(x) itself."),
     ("no_abs", "the scale comes from the largest magnitude: fmaxf of fabsf(x) (a row whose "
                "biggest value is negative needs the abs)."),
+    ("amax_no_stride", "each lane's amax came from its first element only (d = lane): stride "
+                       "the amax loop over head_dim like the stores (d += 32), or a largest "
+                       "magnitude at d >= 32 is missed."),
+    ("row_head0", "every head read head 0's row of k: row (token, head) starts at (token * "
+                  "num_kv_heads + head) * head_dim, the head term included."),
     ("div128", "scale = amax / 127 (the largest code of the symmetric range), not / 128."),
     ("no_zero_guard", "a row of zeros has amax 0, so scale 0 and 0 / 0 = NaN codes: give it "
                       "scale 1 (any positive scale stores zeros exactly)."),
@@ -88,7 +98,10 @@ def _lane_amax(x, bug):
     mags = x if bug == "no_abs" else np.abs(x)
     padded = np.zeros((rows, heads, -(-dim // WARP) * WARP), np.float32)
     padded[..., :dim] = mags
-    lanes = np.fmax.reduce(padded.reshape(rows, heads, -1, WARP), axis=2)  # fmaxf skips NaN
+    per_lane = padded.reshape(rows, heads, -1, WARP)
+    if bug == "amax_no_stride":   # (lane L read d = L alone)
+        per_lane = per_lane[:, :, :1]
+    lanes = np.fmax.reduce(per_lane, axis=2)  # fmaxf skips NaN
     lane = np.arange(WARP)
     offsets = {"no_reduce": (), "half_warp": (8, 4, 2, 1), "stop_at_2": (16, 8, 4, 2)}.get(
         bug, (16, 8, 4, 2, 1))
@@ -118,8 +131,10 @@ def _codes(x, scale, bug):
                            "half_away": np.sign(v) * np.floor(np.abs(v) + 0.5)}.get(
                                bug, np.rint(v)), nan=0.0)
         low = {"clamp_128": -128, "unsigned": 0}.get(bug, -127)
-        codes = (r.astype(np.int64) + 128) % 256 - 128 if bug == "wrap" else \
-            np.clip(r, low, 127)
+        codes = (r.astype(np.int64) + 128) % 256 - 128 if bug in ("wrap", "wrap_clamp") \
+            else np.clip(r, low, 127)
+        if bug == "wrap_clamp":   # (the wrapped code clamped: -128 becomes -127)
+            codes = np.maximum(codes, -127)
         if bug == "clamp_high_128":   # clamped at 128, whose conversion to int8 wraps
             codes = np.where(r >= 128, -128, codes)
     return np.where(np.isnan(x), 0, codes).astype(np.int8)   # a NaN input is stored as 0
@@ -131,7 +146,7 @@ def quantize_reference(k, slots, cache_shape, per_token, k_scale, bug=None):
     scales = k_scale.copy()
     heads, dim = k.shape[1:]
     live = np.flatnonzero(slots >= 0)
-    x = k[live]
+    x = k[live][:, [0] * heads] if bug == "row_head0" else k[live]
     if per_token:
         lane_scale = _scale_of(_lane_amax(x, bug), bug)
         where = live if bug == "token_index" else slots[live]
