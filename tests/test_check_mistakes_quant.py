@@ -52,7 +52,7 @@ SCALE_MISTAKES = [
                                                    np.abs(x).max(-1) / q, 1.0),
      "only an all-zero row gets scale 1"),
     ("a floor on the scale", lambda x, q: np.maximum(_guard(np.abs(x).max(-1), q), 1e-4),
-     "only an all-zero row gets scale 1"),
+     "scales stop at"),
     ("abs in place (right scales)", lambda x, q: _guard(np.abs(x, out=x).max(-1), q),
      "changed its input x"),
 ]

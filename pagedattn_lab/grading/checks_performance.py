@@ -123,7 +123,7 @@ def kv_bytes(fn) -> CheckResult:
 
 
 TRUNCATED_HINT = ("return the time unrounded: int() or // drops the fraction (of a millisecond, "
-                  "or of a second before the x 1000).")
+                  "or of a second before the x 1000), as round() does.")
 
 
 def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
@@ -144,10 +144,12 @@ def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
          expected * 2),
         ("no factor 1/2: nbytes is what the kernel reads, and the copy rate counts bytes "
          "read plus bytes written, so the yardstick is nbytes / rate.", expected / 2),
-        *[("return the time unrounded: no int(), round() or // (a fraction of a millisecond "
-           "is the answer here).", round(expected, digits)) for digits in (0, 1, 2, 3)],
+        # (where a time below 1 ms comes out 0, int(), // and round() all fit: the first
+        # names them all)
         (TRUNCATED_HINT, float(int(expected))),
         (TRUNCATED_HINT, nbytes // (bandwidth_gbs * 1e9) * 1e3),   # whole seconds, then ms
+        *[("return the time unrounded: no int(), round() or // (a fraction of a millisecond "
+           "is the answer here).", round(expected, digits)) for digits in range(7)],
     ], f"decode_floor_ms({nbytes:.4g} bytes, {bandwidth_gbs} GB/s)", rel=1e-4)
 
 
@@ -159,6 +161,9 @@ def decode_floor_ms(fn) -> CheckResult:
              lambda: _yardstick_case(fn, 2.454e9, 2859)),
         Case("a laptop", {"bytes": 3.0e8, "GB/s": 60}, lambda: _yardstick_case(fn, 3.0e8, 60)),
         Case("nothing to read", {"bytes": 0, "GB/s": 900}, lambda: _yardstick_case(fn, 0, 900)),
+        # (2e-5 ms: a time rounded to any fixed number of decimals loses it)
+        Case("one short sequence", {"bytes": 65536, "GB/s": 3350},
+             lambda: _yardstick_case(fn, 65536, 3350)),
         Case("drawn sizes", {"bytes": float(drawn["nbytes"]), "GB/s": drawn["gbs"]},
              lambda: _yardstick_case(fn, float(drawn["nbytes"]), drawn["gbs"])),
     ]

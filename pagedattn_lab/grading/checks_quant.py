@@ -8,7 +8,7 @@ k_scale[slot][kv_head], static ones read from k_scale[kv_head].
 
 The cases hold values that tell the classic mistakes apart: exact halves (rounding),
 values far past 127 scales of either sign (saturation, symmetric range), rows whose largest
-magnitude is negative (abs), all-zero rows, rows down to 1e-5 (no threshold or floor on the
+magnitude is negative (abs), all-zero rows, rows down to 6e-8 (no threshold or floor on the
 scale, in both tasks), NaN inputs, scattered slots and a -1 padding row. A row of zeros is
 stored exactly whatever its scale, so any finite positive scale passes there (1, or an epsilon
 floor as vLLM's).
@@ -25,6 +25,7 @@ from .kernel_runner import OutOfBoundsWrite, poisoned
 from .quant_variants import FILL, WARP, WRITE_MISTAKES, nan_at, quantize_reference
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
+from .small_rows import small_rows, small_rows_hint
 
 NOTHING_WRITTEN = ("the kernel wrote nothing (its outputs still hold what the check filled "
                    "them with): write the kernel body where the // TODO is")
@@ -116,44 +117,9 @@ def _scales_case(fn, x, qmax) -> None:
     if diff is None:
         return
     hint = diagnose(got, expected, _scale_variants(x, qmax), atol=0, rtol=1e-6) or \
-        _small_rows_hint(got, expected, np.abs(x).max(-1)) or \
+        small_rows_hint(got, expected, np.abs(x).max(-1)) or \
         "scale[t, h] = max over d of |x[t, h, d]| / qmax, and 1 when that max is 0."
     raise Mismatch(diff.message("scales"), hint)
-
-
-def _small_rows_hint(got, expected, amax, qmax="qmax"):
-    """The hint when nonzero rows' scales are too large: all by one epsilon added to every
-    amax, or only the smallest rows' (a threshold on amax, a floor on the scale)."""
-    wrong = ~np.isclose(got, expected, atol=0, rtol=1e-6)
-    right = ~wrong & (amax > 0)
-    bad = wrong & (amax > 0)
-    if not bad.any() or not (got[wrong] > expected[wrong]).all():
-        return None
-    # got * qmax - amax, the same for every wrong row (to float32's rounding of two scales),
-    # and no scale of 1 (a threshold's); one row shows it only by being off by a hair. Rows
-    # off by one ratio (of one amax, or a factor: / (qmax - 1)) show a factor as well.
-    ratio = got[bad] / expected[bad] - 1
-    eps = amax[bad] * ratio
-    if (got[bad] != 1).all() and \
-            (np.abs(eps - np.median(eps)) <= 0.01 * np.median(eps) + 3e-7 * amax[bad]).all() \
-            and (np.ptp(ratio) > 0.01 * np.median(ratio) if eps.size > 1 else ratio[0] < 1e-3):
-        return (f"scale = amax / {qmax}: yours is (amax + {np.median(eps):.2g}) / {qmax}, an "
-                "epsilon added to every row's amax, which shifts every scale (the smallest "
-                "rows' most). Leave amax as it is: only an all-zero row needs a guard (scale "
-                "1 there, or a floor max(amax, eps), which changes no other row).")
-    if not right.any() or amax[bad].max() >= amax[right].min():
-        return None
-    return (f"only an all-zero row gets scale 1: a row of small values (amax "
-            f"{amax[bad].min():.2g} here) needs amax / {qmax} too, however small (a "
-            f"threshold on amax or a floor on the scale shrinks its codes, down to all 0).")
-
-
-def small_rows(x):
-    """`x` [n, heads, dim] with its rows' amax set to 1e-5 .. 10, log-spaced, token 0's
-    smallest: the prompts' "rows down to 1e-5" hold for every seed, so a threshold on amax
-    anywhere above 1e-5 meets a row below it (token 0 is never the padding row)."""
-    amax = 10.0 ** np.linspace(-5, 1, x.shape[0] * x.shape[1]).reshape(*x.shape[:2], 1)
-    return (x / np.abs(x).max(-1, keepdims=True) * amax).astype(np.float32)
 
 
 def kv_scales(fn) -> CheckResult:
@@ -174,7 +140,7 @@ def kv_scales(fn) -> CheckResult:
              ("an all-zero row", zero, 127.0),
              ("one KV head", rows(9, 1, 64), 127.0)]
     small = small_rows(rows(8, 3, 20, spread=False))
-    cases.append(("rows from 1e-5 to 10 in magnitude", small, 448.0))
+    cases.append(("rows from 6e-8 to 10 in magnitude", small, 448.0))
     return run_cases("kv_scales", "kv_scales: one scale per (token, KV head)", [
         Case(name, {"shape": x.shape, "qmax": q}, lambda x=x, q=q: _scales_case(fn, x, q))
         for name, x, q in cases])
@@ -214,10 +180,25 @@ def _launch_write(comp, k, slots, heads, dim, per_token, k_scale, cache):
             raise
         message = kernel_message(exc)
         hint = _write_fault_hint(slots, getattr(exc, "block", None),
-                                 getattr(exc, "buffer", None), getattr(exc, "index", None))
+                                 getattr(exc, "buffer", None), getattr(exc, "index", None)) \
+            or _row_end_hint(exc, heads, dim)
         if hint is None:
             raise
         raise Mismatch(message, hint) from exc
+
+
+def _row_end_hint(exc, heads: int, dim: int) -> str | None:
+    """The hint for a read of k past the end of the faulting block's own row: element d >=
+    head_dim of row (token, head), a loop over d that runs to d <= head_dim."""
+    block, index = getattr(exc, "block", None), getattr(exc, "index", None)
+    if getattr(exc, "buffer", None) != "k" or not block or index is None:
+        return None
+    d = index - (int(block[0]) * heads + int(block[1])) * dim
+    if not dim <= d < dim + WARP:
+        return None
+    return (f"the block of token {block[0]}, head {block[1]} read element d = {d} of its row "
+            f"of k, past its last, d = {dim - 1}: the loops over d stop at d < head_dim "
+            "(d <= head_dim reads one element past the row).")
 
 
 def _padding_hint(token: int) -> str:
@@ -247,7 +228,7 @@ def _write_inputs(rng, n, heads, dim, ties, outliers, special):
         k[1, 0, 5] = k[5, -1, 0] = np.nan
         # lane 2: the row's largest magnitude, then a NaN that a comparison max keeps
         k[4, 0, 2], k[4, 0, WARP + 2] = 3 * np.nanmax(np.abs(k[4, 0])), np.nan
-    if special == "small":   # rows from 1e-5 to 10: no threshold or floor on the scale
+    if special == "small":   # rows from 6e-8 to 10: no threshold or floor on the scale
         k = small_rows(k)
     return k
 
@@ -319,7 +300,7 @@ def _check_scales(got, want, k, slots, variants) -> None:
     hint = _slot0_hint(diff, np.isnan(got), slots) or diagnose(
         got, want, [(h, lambda f=f: f()[1]) for h, f in variants], atol=0, rtol=1e-6) \
         or _slot_only_hint(got, want, k.shape[1], rows) or _nan_row_hint(diff, k, slots) \
-        or _small_rows_hint(got.reshape(-1, k.shape[1])[rows], want.reshape(-1, k.shape[1])[rows],
+        or small_rows_hint(got.reshape(-1, k.shape[1])[rows], want.reshape(-1, k.shape[1])[rows],
         np.fmax.reduce(np.abs(k[live]), -1), "127")
     raise Mismatch("k_scale: " + diff.message("scales"), hint or (
         "scale = max |x| over the row's head_dim / 127 (1 for a zero row), written by one lane "
@@ -389,7 +370,7 @@ def quantize_write(source: str, device: str = "auto") -> CheckResult:
                                                                   dim=80, page_size=2, seed=4)),
         ("per-token scales, NaN inputs (stored as 0)", dict(per_token=1, n=7, heads=2, dim=36,
                                                              page_size=4, seed=8, special="nan")),
-        ("per-token scales, rows from 1e-5 to 10 in magnitude",
+        ("per-token scales, rows from 6e-8 to 10 in magnitude",
          dict(per_token=1, n=10, heads=3, dim=24, page_size=4, seed=10, special="small")),
     ]
     hidden = ("seed", "ties", "outliers", "special", "num_pages")

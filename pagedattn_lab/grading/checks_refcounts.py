@@ -2,14 +2,14 @@
 
 The check drives the learner's allocator (its allocate and free checked in checks_paging.py)
 through sharing: fork adds an owner to each page (one per occurrence: a page listed twice
-gains two, as free takes two away) and returns the ids in order, and a page shared by two
-sequences goes back to the free list only when its last owner frees it, not while one of
-them still owns it.
+gains two, as free takes two away) and returns the ids in order (fork([]) gives []), and a
+page shared by two sequences goes back to the free list only when its last owner frees it,
+not while one of them still owns it.
 """
 from __future__ import annotations
 
 from .allocator_probes import (NEGATIVE_ID_HINT, expect_free, expect_raises, ids, kept,
-                               num_free, ref_counts, refused)
+                               num_free, ref_counts, refused, state)
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -139,6 +139,36 @@ def _fork_repeats(cls) -> None:
     expect_free(alloc, 1, f"after free({forked})", "the pages still have their first owner.")
 
 
+EMPTY_FORK_HINT = ("fork([]) is a valid call: a sequence with no tokens yet has an empty "
+                   "block table, and its fork shares no page. Return a new empty list and "
+                   "change no count.")
+
+
+def _fork_empty(cls) -> None:
+    """fork([]): the fork of a sequence with no pages yet shares nothing and returns []."""
+    alloc = cls(3)
+    ids(alloc.allocate(1), "allocate(1)")
+    before = state(alloc, 3)
+    try:
+        forked = alloc.fork([])
+    except NotImplementedError:
+        raise
+    except Exception as exc:
+        # (min() and max() name themselves in the error: a range test on them is the cause)
+        by_extremes = any(f"{name}()" in str(exc) for name in ("min", "max"))
+        extremes = (" min() and max() of an empty list raise ValueError: test each id in a "
+                    "loop, which an empty list skips.") if by_extremes else ""
+        raise Mismatch(f"fork([]) raised {type(exc).__name__}: {exc}",
+                       EMPTY_FORK_HINT + extremes, expected="[]",
+                       got=f"{type(exc).__name__} raised") from exc
+    if not isinstance(forked, list) or forked != []:
+        raise Mismatch(f"fork([]) returned {forked!r:.60}", EMPTY_FORK_HINT, expected="[]",
+                       got=repr(forked)[:60])
+    if state(alloc, 3) != before:
+        raise Mismatch("fork([]) changed num_free or a reference count", EMPTY_FORK_HINT,
+                       expected=repr(before), got=repr(state(alloc, 3)))
+
+
 def _fork_free_page(cls) -> None:
     alloc = cls(4)
     pages = ids(alloc.allocate(1), "allocate(1)")
@@ -225,6 +255,7 @@ def refcounts(cls) -> CheckResult:
         Case("free of a sequence and its fork at once", {"num_pages": 5},
              lambda: _fork_free_both(cls)),
         Case("fork of a free page", {"num_pages": 4}, lambda: _fork_free_page(cls)),
+        Case("fork of an empty table", {"table": "[]"}, lambda: _fork_empty(cls)),
         Case("fork of a table listing a page twice", {"table": "[a, b, a]"},
              lambda: _fork_repeats(cls)),
         Case("fork keeps the block table's order", {"table": "[7, 2, 5, 0]"},

@@ -169,6 +169,19 @@ def _not_a_tuple_hint(grid, block) -> str | None:
     return None
 
 
+def _not_a_dim3_hint(grid, block) -> str:
+    """The hint for a grid or block that dim3 refuses: by its length, else by its entries."""
+    sized = [(name, value) for name, value in (("grid", grid), ("block", block))
+             if isinstance(value, tuple) and not 1 <= len(value) <= 3]
+    if sized:
+        name, value = sized[0]
+        return (f"the {name} has {len(value)} entries: a launch has 1 to 3 dimensions (x, "
+                "y, z), here grid = (query tiles, heads, sequences) and block = (tile_q,).")
+    if any(is_int(v) and v < 0 for value in (grid, block) for v in value):
+        return "a launch's sizes are counts of blocks and threads: none is negative."
+    return "a launch takes whole numbers: math.ceil and // give ints, np.ceil gives floats."
+
+
 def expected_launch(batch, num_heads, max_len, tile_q, page_size, head_dim):
     grid = (-(-max_len // tile_q), num_heads, batch)
     return grid, (tile_q,), 2 * page_size * head_dim * 4
@@ -199,8 +212,8 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
         g, b = dim3(got[0]), dim3(got[1])
     except ValueError as exc:
         raise Mismatch(f"grid and block must be tuples of 1 to 3 ints, got {got[0]!r} and "
-                       f"{got[1]!r}", "a launch takes whole numbers: math.ceil and // give "
-                       "ints, np.ceil gives floats.", "", repr(got)) from exc
+                       f"{got[1]!r}", _not_a_dim3_hint(got[0], got[1]), "",
+                       repr(got)) from exc
     if not is_int(got[2]):
         raise Mismatch(f"shared_mem must be an int number of bytes, got {got[2]!r}",
                        "a launch takes whole numbers of bytes (np.dtype(...).itemsize is an "

@@ -213,11 +213,16 @@ def _read_mistakes():
            ((_RIGHT, _RIGHT, "twice"),
             "the softmax scale was applied twice (q . k * scale * scale): multiply the score "
             "by `scale` once.")]
-    static = ("with per-token scales (per_token = 1) {X}'s per-token scale is {s}[slot * "
-              "num_kv_heads + kv_head], laid out like the pages, not {s}[kv_head] ({Y}'s index "
-              "is right).")
-    out += [((("times", "own", "head"), _RIGHT, True), static.format(X="K", Y="V", s="k_scale")),
-            ((_RIGHT, ("times", "own", "head"), True), static.format(X="V", Y="K", s="v_scale"))]
+    one_half = ("with per-token scales (per_token = 1) {X}'s per-token scale is {s}[slot * "
+                "num_kv_heads + kv_head], laid out like the pages, not {wrong} ({Y}'s index "
+                "is right).")
+    for index, wrong in (("head", "{s}[kv_head]"), ("no_head", "{s}[slot]"),
+                         ("position", "{s}[t * num_kv_heads + kv_head] (t is the token's "
+                                      "position in the sequence, not its slot)")):
+        out += [((("times", "own", index), _RIGHT, True),
+                 one_half.format(X="K", Y="V", s="k_scale", wrong=wrong.format(s="k_scale"))),
+                ((_RIGHT, ("times", "own", index), True),
+                 one_half.format(X="V", Y="K", s="v_scale", wrong=wrong.format(s="v_scale")))]
     for how, text in _HOW.items():
         out += [(((how, "own", "slot"), _RIGHT, True), text.format(X="K", s="k_scale")),
                 ((_RIGHT, (how, "own", "slot"), True), text.format(X="V", s="v_scale")),
