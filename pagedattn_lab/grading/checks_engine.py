@@ -50,6 +50,14 @@ def _reference_hashes(tokens, page_size, chain=True, partial=False, at_numbers=F
     return _hashes_from(tokens, starts, page_size + width, chain)
 
 
+def _hashes_from_first(tokens, page_size: int) -> list:
+    """A chain whose parent is set once, from block 0: block i > 0 is hashed on block 0's
+    hash."""
+    first = hash_block(None, tokens[:page_size])
+    return [first] + [hash_block(first, tokens[start:start + page_size])
+                      for start in range(page_size, len(tokens) - page_size + 1, page_size)]
+
+
 def _pow2_floors(num_tokens: int, page_size: int) -> set[int]:
     """The full blocks counted with shifts and masks (compare.pow2_mixes): div(n), or
     div(n - mod(n)). Right only for a power-of-two page_size."""
@@ -114,6 +122,10 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
         hint = ("each block was hashed with all the tokens before it and no parent: the chain "
                 "carries the prefix, so block i is hash_block(block i-1's hash, its own "
                 "page_size tokens only), None for block 0.")
+    elif len(got) > 2 and got == _hashes_from_first(tokens, page_size):
+        hint = ("every block after block 1 was chained on block 0's hash: the parent is the "
+                "hash of the block just before, so update it after each block (parent = the "
+                "hash just made).")
     elif got == _reference_hashes(tokens, page_size, at_numbers=True):
         hint = ("block i starts at token i * page_size: the slice token_ids[i:i + page_size] "
                 "starts at the block's number, so the blocks overlap; take "
@@ -222,6 +234,10 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
         hint = ("on a full hit only the prompt's last token must be computed: num_computed = "
                 "num_tokens - 1, not a whole page less (the last page's other tokens are "
                 "cached too).")
+    elif got[0] == expected[0] and got[1] == min(len(got[0]) * page_size, num_tokens) - 1:
+        hint = ("the pages are right, but num_computed is one short: the cap num_tokens - 1 "
+                "bites only when every token is in a cached block; min(len(pages) * "
+                "page_size, num_tokens - 1), not min(len(pages) * page_size, num_tokens) - 1.")
     elif got[0] == expected[0] and got[1] == len(got[0]):
         hint = "num_computed counts tokens, not blocks: len(pages) * page_size (capped)."
     elif got[0] == expected[0]:

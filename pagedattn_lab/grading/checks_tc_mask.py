@@ -40,9 +40,16 @@ def _mask_variants(s, tile, seq_len, scale):
         out[:, seq_len - TILE * tile:] = -np.inf
         return out
 
+    wholly_past = seq_len <= TILE * tile
     if seq_len < TILE:   # c < seq_len then masks some columns: the offset's own evidence
         offset_hint = ("column c of tile `tile` is token 16 * tile + c, not c: add the tile's "
                        "start before comparing with seq_len.")
+    elif wholly_past:    # no mask at all here: a mask made for the last tile only does this
+        offset_hint = (f"no column is masked, yet every token of this tile ({TILE * tile}.."
+                       f"{TILE * tile + 15}) is at or past seq_len ({seq_len}): all 16 columns "
+                       "are -inf, even in a tile that does not hold the sequence's last "
+                       "token; compare 16 * tile + c (the tile's start added) with seq_len, "
+                       "in every tile.")
     else:                # it masks nothing, as does no mask at all: say what shows
         offset_hint = (f"no column is masked, yet tokens {max(seq_len, TILE * tile)}.."
                        f"{TILE * tile + 15} are at or past seq_len: mask the columns where "
@@ -66,9 +73,10 @@ def _mask_variants(s, tile, seq_len, scale):
          "seq_len % 16 counts the tokens of the sequence's last tile only (0 when seq_len "
          "ends on a tile's end), while column c of tile `tile` is token 16 * tile + c: mask "
          "where 16 * tile + c >= seq_len.", lambda: masked(np.arange(TILE) < seq_len % TILE)),
+        # (in a tile wholly past seq_len an inverted comparison masks nothing: no evidence)
         ("the comparison is inverted: the cached tokens (16 * tile + c < seq_len) were masked "
          "and the ones past seq_len kept: mask where 16 * tile + c >= seq_len.",
-         lambda: masked(cols >= seq_len)),
+         lambda: None if wholly_past else masked(cols >= seq_len)),
         ("the rows are query heads and the columns are tokens: mask columns (s[:, c]), not "
          "rows.", lambda: masked(cols < seq_len, rows=True)),
     ]
@@ -160,7 +168,7 @@ def _mask_case(fn, seed, tile, seq_len, scale) -> None:
     fits = []
     for text, variant in _mask_variants(s, tile, seq_len, scale):
         v = variant()   # the same -inf, the same finite values, and not the right answer
-        if np.array_equal(np.isneginf(v), np.isneginf(g64)) and np.allclose(
+        if v is not None and np.array_equal(np.isneginf(v), np.isneginf(g64)) and np.allclose(
                 np.where(np.isneginf(v), 0, v), np.where(np.isneginf(g64), 0, g64),
                 rtol=1e-6, atol=1e-6) and not np.array_equal(v, e64):
             fits.append(text)

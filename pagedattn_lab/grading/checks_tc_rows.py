@@ -64,6 +64,9 @@ def _group_variants(q, kv_head, group, num_kv_heads):
     for i in range(group):
         striped[(i % n_tiles) * TILE + i // n_tiles] = mine[i]
     return [
+        ("the group's heads are in reverse order: row r of tile t is query head "
+         f"kv_head * group + 16 t + r, so row 0 is head {kv_head * group}, the group's "
+         "first, not its last.", lambda: laid_out(mine[::-1])),
         ("a GQA group is consecutive query heads: kv head j serves query heads j * group .. "
          "j * group + group - 1, not j, j + num_kv_heads, ...",
          lambda: laid_out(q[kv_head::num_kv_heads][:group])),
@@ -111,6 +114,21 @@ def _next_heads_hint(g64, q, kv_head, group) -> str | None:
             "q[kv_head * group:(kv_head + 1) * group], and leave the other rows 0.")
 
 
+def _front_padded_hint(got, q, kv_head, group) -> str | None:
+    """A hint when the group's heads fill the last rows and the zeros come first (the
+    padding put before the heads, not after)."""
+    n_rows = -(-group // TILE) * TILE
+    front = np.zeros((n_rows, q.shape[1]))
+    front[n_rows - group:] = q[kv_head * group:(kv_head + 1) * group]
+    if n_rows == group or not np.array_equal(np.asarray(got, np.float64).reshape(front.shape),
+                                             front):
+        return None
+    return (f"the zero rows come first and the group's heads last (row {n_rows - group} "
+            f"holds query head {kv_head * group}): row r of tile t is query head kv_head * "
+            "group + 16 t + r, so row 0 holds the group's first head, and the padding goes "
+            f"after the heads, in rows {group}..{n_rows - 1}.")
+
+
 def _check_padding(g64, q, kv_head, group, rows) -> None:
     """The rows past the group are 0; else the first value that is not, a NaN counting as
     not 0. Every value is searched, not each row's first: a row may start with a 0 by chance."""
@@ -143,8 +161,9 @@ def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head, dtype) -> 
     diff = describe_difference(got, expected, ("tile", "row", "dim"), atol=0, rtol=0,
                                mask=rows[..., None], unwritten=False)
     if diff is not None:
-        hint = diagnose(got, expected, _group_variants(q, kv_head, group, num_kv_heads),
-                        atol=0, rtol=0, mask=rows[..., None])
+        hint = _front_padded_hint(got, q, kv_head, group) or diagnose(
+            got, expected, _group_variants(q, kv_head, group, num_kv_heads), atol=0, rtol=0,
+            mask=rows[..., None])
         raise Mismatch(diff.message(), hint or _factor_hint(got, expected, rows) or
                        f"row r of tile t is query head kv_head * group + 16 t + r = "
                        f"{kv_head * group} + 16 t + r.")

@@ -18,8 +18,10 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
                     partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
                     charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True,
                     divide=True, charge_growth=True, exact_ceil=True, count_held=True,
-                    subtract_held=True, in_pages=True, pow2_ceil=None):
-    """The engine's order with one rule switchable off (each switch is a known mistake).
+                    subtract_held=True, in_pages=True, ceil_growth=True, pow2_ceil=None):
+    """The engine's order with one rule switchable off (each switch is a known mistake;
+    ceil_growth, a running request's new pages rounded down, only with ceil_cost, in
+    COMBINED).
     `pow2_ceil`: the page count of divide=False, a ceil with shifts and masks (one of
     compare.pow2_ceil_forms; None: (tokens + page_size - 1) >> log2(page_size))."""
     out, free = [], free_pages
@@ -52,8 +54,9 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
             out.append((req.rid, n))
             budget -= n
             held = req.num_pages if count_held else pages(req.num_computed)
-            grow = pages(req.num_computed + n) - (held if subtract_held else 0) \
-                if charge_growth else pages(n)
+            filled = pages(req.num_computed + n) if ceil_growth else \
+                (req.num_computed + n) // page_size
+            grow = filled - (held if subtract_held else 0) if charge_growth else pages(n)
             if charge_running:
                 free -= max(0, grow) if clamp else grow
 
@@ -204,4 +207,7 @@ COMBINED = [
     (("charge_running", "charge_waiting"), "every waiting prompt was priced against the "
      "original free_pages: take the running requests' new pages from it first, then each "
      "admitted prompt's pages, and price the next prompt against what is left.", _admits_more),
+    (("ceil_cost", "ceil_growth"), "pages were counted rounded down (tokens // page_size), for "
+     "the running requests and the prompts alike: a partly filled page is still a page, so "
+     "tokens take ceil(tokens / page_size) = -(-tokens // page_size) pages.", _admits_more),
 ]

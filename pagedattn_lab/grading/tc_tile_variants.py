@@ -1,0 +1,192 @@
+"""Lesson 09 task 2's known-wrong answers: the scores each classic mistake of the
+group-as-rows tile step gives on a TileProblem (operand layouts, the group's rows, the K
+tile's cache slot and head, the k0 loop, the accumulator, the leading dimensions), each with
+the hint that names it; checks_tc_decode.py names every one a learner's scores reproduce.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from .checks_tc_rows import TILE
+from .kernel_hints import UNSET_FLOAT
+from .tc_nan_hints import STEP_PAST_HINT
+from .variants import UNSCALED_PAGES_HINT
+
+
+def tile_variants(prob):
+    """(hint, scores or a callable giving them) of each known mistake on `prob`."""
+    num_heads, num_kv_heads, head_dim, page_size, seq_len = prob.sizes
+    group = num_heads // num_kv_heads
+    q64 = np.zeros((num_heads + TILE, head_dim))
+    q64[:num_heads] = prob.q
+    keys = np.zeros((prob.n_tiles * TILE, num_kv_heads, head_dim))
+    keys[:seq_len] = prob.keys
+
+    def rows(heads):
+        out = np.zeros((TILE, head_dim))
+        out[:group] = q64[heads]
+        return out
+
+    def reread(**how):
+        return lambda: np.stack([np.stack([
+            prob.product(rows(np.arange(group) + j * group), keys[t * TILE:(t + 1) * TILE, j],
+                         **how) for t in range(prob.n_tiles)]) for j in range(num_kv_heads)])
+
+    variants = [
+        ("K^T is the B operand: a shared K tile of token rows [16][ldm] read as B (head_dim x "
+         "tokens) is column-major: fragment<matrix_b, 16, 16, 16, __half, wmma::col_major> "
+         "(row_major reads it as K, not K^T).", reread(b_row_major=True)),
+        ("Q's tile (row r = query head, column = dimension) is the A operand read "
+         "row-major: fragment<matrix_a, 16, 16, 16, __half, wmma::row_major> (col_major reads "
+         "its transpose).", reread(a_col_major=True)),
+        ("the scores are stored transposed: store_matrix_sync(..., wmma::mem_row_major) puts "
+         "row r (query head) at r * 16 and column c (token) at c.",
+         lambda: np.swapaxes(prob.expected(), -1, -2)),
+        ("query heads j * group .. j * group + group - 1 are the rows of kv head j's tile (a "
+         "GQA group is consecutive heads), not j, j + num_kv_heads, ...",
+         lambda: prob.expected(q_rows=lambda j: rows(j + num_kv_heads * np.arange(group)))),
+        ("the group's query heads are the tile's rows in reverse order: row r is query head "
+         "kv_head * group + r (row 0 the group's first head), not kv_head * group + group - 1 "
+         "- r.", lambda: prob.expected(q_rows=lambda j: rows(j * group + group - 1 -
+                                                             np.arange(group)))),
+        ("the Q rows of kv head j are query heads j * group + r: every block used the first "
+         "group's heads.", lambda: prob.expected(q_rows=lambda j: rows(np.arange(group)))),
+        ("the Q rows of kv head j are query heads j * group + r, not j * num_kv_heads + r "
+         "(group = num_heads / num_kv_heads is the step between kv heads' rows).",
+         lambda: prob.expected(q_rows=lambda j: rows(j * num_kv_heads + np.arange(group)))),
+        ("the Q rows of kv head j are query heads j * group + r, not j + r.",
+         lambda: prob.expected(q_rows=lambda j: rows(j + np.arange(group)))),
+        ("the K tile of kv head j is read from kv head 0 (every block): offset the cache by "
+         "kv_head * head_dim within a token's row.",
+         lambda: prob.expected(k_tile=lambda j, t: keys[t * TILE:(t + 1) * TILE, 0])),
+        ("row c of tile `tile`'s K tile is token 16 * tile + c: every tile read tokens 0..15 "
+         "(add 16 * tile to the token index).",
+         lambda: prob.expected(k_tile=lambda j, t: keys[:TILE, j])),
+        ("the tile of kv head j and tokens 16 * tile .. goes to scores + (kv_head * gridDim.x"
+         " + tile) * 256 (gridDim.x is the number of tiles), not (tile * gridDim.y + kv_head)"
+         " * 256.", lambda: np.swapaxes(prob.expected(), 0, 1).reshape(
+             num_kv_heads, prob.n_tiles, TILE, TILE)),
+    ]
+
+    def dims(keep):   # the scores over the dimensions `keep` (bools over head_dim) only
+        return lambda: prob.expected(q_rows=lambda j: rows(np.arange(group) + j * group) * keep)
+
+    last = np.arange(head_dim) >= head_dim - TILE
+    variants += _paging_variants(prob) + [
+        (STEP_PAST_HINT, lambda: prob.expected(step_past=True)),
+        # a loop 16 short and a store inside the loop before its mma_sync store the same sums
+        # (two variants, not one several_fit: at head_dim 16 the zero tiles' fit too)
+        *[(hint, dims(~last)) for hint in (
+            "the k0 loop must step over all of head_dim (k0 = 0, 16, .., head_dim - 16): a "
+            "loop that stops 16 short leaves the last 16 dimensions out of every score.",
+            "store the accumulator after the k0 loop, once: a store before the last mma_sync "
+            "leaves the last 16 dimensions out of every score.")],
+        ("zero the accumulator once, before the k0 loop (fill_fragment(s, 0.0f)): zeroed "
+         "inside the loop, each step drops the sum so far and only the last 16 dimensions "
+         "are left in every score.", dims(last)),
+        # (the CPU executor runs the blocks one after another, tile fastest, and a fragment
+        # never filled holds what the last block's accumulator left: its sum so far)
+        ("zero the accumulator before the k0 loop (wmma::fill_fragment(s, 0.0f)): a fragment "
+         "starts with whatever its registers held, here the previous block's scores, so each "
+         "tile's scores carry the sum of the tiles before it.",
+         lambda: np.cumsum(prob.expected().reshape(-1, TILE, TILE), axis=0).reshape(
+             num_kv_heads, prob.n_tiles, TILE, TILE)),
+        # (where the executor's compiler fills a variable never set with a pattern: no score
+        # moves a sum that starts at -1.7e38)
+        ("zero the accumulator before the k0 loop (wmma::fill_fragment(s, 0.0f)): a fragment "
+         "starts with whatever its registers held, here -1.7e38, the CPU executor's fill for "
+         "a variable never set, which every score comes out as.",
+         lambda: np.full_like(prob.expected(), UNSET_FLOAT))]
+    variants.append(("the scores are Q times Q^T: B must be the K tile (load matrix_b from "
+                     "k_tile + k0, not from q_tile).",
+                     lambda: prob.expected(k_tile=lambda j, t: rows(np.arange(group) +
+                                                                    j * group))))
+    # every score 0: a tile of zeros (Q's or K's), or no product in the fragment stored (the
+    # evidence cannot tell which)
+    variants += [(hint, lambda: np.zeros_like(prob.expected())) for hint in (
+        "the Q tile was all zeros: rows r < group hold query heads kv_head * group + r, with "
+        "group = num_heads / num_kv_heads.",
+        "the K tile was all zeros: row c holds token 16 * tile + c's K wherever that token is "
+        "below seq_len.",
+        "no product reached the scores stored: every k0 step adds A * B into the fragment "
+        "that is stored (mma_sync(s, a, b, s)); a k0 loop that never runs, or no mma_sync, "
+        "stores fill_fragment's zeros.")]
+    for wrong in _wrong_ldms(head_dim):
+        variants += [(_ldm_hint(head_dim, wrong), reread(lda=wrong, ldb=wrong)),
+                     (_ldm_hint(head_dim, wrong, " (Q's load)"), reread(lda=wrong)),
+                     (_ldm_hint(head_dim, wrong, " (K's load)"), reread(ldb=wrong))]
+    return variants
+
+
+def _wrong_ldms(head_dim: int):
+    """The ldm values a learner gives a shared tile instead of head_dim (rows overlap)."""
+    return (n for n in (TILE, 2 * TILE, 4 * TILE) if n < head_dim)
+
+
+def _ldm_hint(head_dim: int, wrong: int, where: str = "") -> str:
+    """The hint of ldm `wrong` in both loads (where "") or in the load(s) `where` names."""
+    return (f"ldm is the distance between rows in elements: the shared tiles have rows of "
+            f"head_dim = {head_dim} elements here, so ldm = head_dim, not {wrong}" +
+            (" (16 is the tile width, not the row length)" if wrong == TILE else "") +
+            where + ".")
+
+
+def one_ldm_hint(fits: list[str], head_dim: int) -> list[str]:
+    """`fits` with the hints of a wrong ldm in both loads and in Q's alone made one where
+    both fit (one token: K's load gives the same scores whichever its ldm): two sentences
+    alike but for "(Q's load)" read as one said twice."""
+    for wrong in _wrong_ldms(head_dim):
+        both, q_only = _ldm_hint(head_dim, wrong), _ldm_hint(head_dim, wrong, " (Q's load)")
+        if both in fits and q_only in fits:
+            one = _ldm_hint(head_dim, wrong, ", in Q's load, and in K's if it has the same "
+                                             "ldm (K's load gives these scores either way)")
+            fits = [one if h == both else h for h in fits if h != q_only]
+    return fits
+
+
+def _paging_variants(prob):
+    """Token t's K read from a wrong slot or KV head (tokens past seq_len still zero): each
+    formula with the hint that names it."""
+    num_heads, num_kv_heads, head_dim, page_size, seq_len = prob.sizes
+    rows = prob.k_cache.reshape(-1, head_dim).astype(np.float64)   # row slot * num_kv + head
+    table = prob.block_table.astype(np.int64)
+
+    def read(slot=lambda t: table[t // page_size] * page_size + t % page_size,
+             head=lambda j: j, row=lambda slot, head: slot * num_kv_heads + head):
+        def k_tile(j, t):
+            tokens = np.arange(t * TILE, (t + 1) * TILE)
+            live = tokens < seq_len
+            out = np.zeros((TILE, head_dim))   # (an IndexError: this row cannot be)
+            out[live] = rows[row(slot(tokens[live]), head(j))]
+            return out
+        return lambda: prob.expected(k_tile=k_tile)
+
+    element = "((slot * num_kv_heads + kv_head) * head_dim + d)"
+
+    spec = "slot = block_table[t / page_size] * page_size + t % page_size"
+    return [
+        ("the K tile's cache head is kv_head itself (blockIdx.y), not kv_head * group (the "
+         "group's first query head): a token's row holds num_kv_heads heads.",
+         read(head=lambda j: j * (num_heads // num_kv_heads))),
+        (f"token t's K is at {spec}: yours reads slot t, as if the cache were not paged "
+         "(look the page up in block_table).", read(lambda t: t)),
+        (UNSCALED_PAGES_HINT, read(lambda t: table[t // page_size] + t % page_size)),
+        (f"a slot of the cache holds num_kv_heads heads of head_dim each: token t's K for "
+         f"kv_head is element {element}; yours reads (slot * head_dim + d), kv head 0's row "
+         "of a cache with one head (num_kv_heads and kv_head are left out).",
+         read(row=lambda slot, head: slot)),
+        (f"a slot of the cache holds num_kv_heads heads of head_dim each: token t's K for "
+         f"kv_head is element {element}; yours reads ((slot + kv_head) * head_dim + d), "
+         "leaving num_kv_heads out of the slot's stride.",
+         read(row=lambda slot, head: slot + head)),
+        (f"{spec}: yours swaps / and % (the page is t / page_size, the offset in it "
+         "t % page_size).", read(lambda t: table[t % page_size] * page_size + t // page_size)),
+        (f"{spec}: yours looks token t's page up as (t - 1) / page_size, so the first "
+         "token of every page after the first reads the page before it.",
+         # (C's -1 / page_size is 0: every case's pages hold more than one token)
+         read(lambda t: table[np.maximum(t - 1, 0) // page_size] * page_size + t % page_size)),
+        (f"{spec}: yours looks the page up by the token tile, block_table[tile], as if a page "
+         f"held 16 tokens: a tile of 16 tokens spans pages of page_size ({page_size} here), "
+         "so token t's page is block_table[t / page_size].",
+         read(lambda t: table[t // TILE] * page_size + t % page_size)),
+    ]
