@@ -81,7 +81,8 @@ def test_serve_admitting_without_the_promised_pages_is_named():
     """The right order, but a request admitted before the pool had room for it: the hint
     said the requests do not share the steps, which they did."""
     result, printed = assert_caught("serve", serve_factory(promises=False),
-                                    "request 4 was running already",
+                                    "request 4 was admitted with 2 pages free and 2 "
+                                    "promised",
                                     not_phrases=["the requests share the steps"])
     assert "after the pages the running sequences will still take" in result.cases[1].hint, \
         printed

@@ -96,7 +96,7 @@ def test_the_finish_order_worked_out_beforehand_fails_under_the_judge():
     assert "the cache held no other request" in verdict["summary"]
     verdict = remotely("serve", one_at_a_time, salt=63)["tasks"]["serve"]
     assert verdict["status"] == "failed", verdict
-    assert "had the package's _pages call the grader's pagedattn_lab.grading.checks_serve." \
+    assert "had the package's _pages call the grader's pagedattn_lab.grading.serve_order." \
         "_ceil_pages" in verdict["summary"], verdict
 
 
@@ -111,7 +111,7 @@ def through_a_dict(cache, requests, kv_for):
 
 
 def test_the_graders_own_order_through_a_dict_is_refused_wherever_it_is_called():
-    wanted = ("called the grader's pagedattn_lab.grading.checks_serve.finish_order")
+    wanted = ("called the grader's pagedattn_lab.grading.serve_order.finish_order")
     result = check.serve(through_a_dict)
     assert result.status == "failed" and wanted in result.messages[-1], result.messages
     verdict = remotely("serve", through_a_dict, salt=63)["tasks"]["serve"]

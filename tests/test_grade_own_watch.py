@@ -154,7 +154,7 @@ def test_a_learner_file_in_a_folder_beside_the_package_is_named_in_messages():
     try:
         scope["answer"]()
     except ValueError as exc:
-        assert report._learner_frame(exc).startswith(" (in answer.py, line 2")
+        assert report.where_raised(exc).startswith(" (in answer.py, line 2")
         assert remote_errors.learner_frame(exc).startswith(" (in answer.py, line 2")
 
 
@@ -205,5 +205,5 @@ def test_an_error_in_a_cell_compiled_under_a_package_files_name_is_located_there
         cell["answer"]()
     except ValueError as exc:
         where = Path(reference.__file__).name
-        assert report._learner_frame(exc).startswith(f" (in {where}, line 2")
+        assert report.where_raised(exc).startswith(f" (in {where}, line 2")
         assert remote_errors.learner_frame(exc).startswith(f" (in {where}, line 2")

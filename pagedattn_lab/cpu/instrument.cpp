@@ -117,8 +117,12 @@ int shared_region(uintptr_t a, uintptr_t *off)
     return 0;
 }
 
+extern "C" PAL_HIDDEN void pal_describe_fault(pal_result *r);   // (runtime.cpp)
+
 // The thread fails as a fault on a guard page would fail it (host.cpp's on_fault): the
-// parent names the argument and the element from the address (report.py).
+// parent names the argument and the element from the address (report.py), or, for an
+// address in dynamic shared memory's guard pages or a stack's guard, that region, as the
+// fault itself would have been described.
 [[noreturn]] void fail_as_fault(uintptr_t a, int is_write)
 {
     S.res->signo = SIGSEGV;
@@ -126,6 +130,7 @@ int shared_region(uintptr_t a, uintptr_t *off)
     S.res->is_write = is_write;
     S.res->addr = a;
     S.res->region = PAL_REGION_UNKNOWN;
+    pal_describe_fault(S.res);
     fail(PAL_FAULT);
 }
 

@@ -16,7 +16,9 @@ instructors grade folders of notebooks with `python -m pagedattn_lab.grade`.
     source_layout.py     its refusal of a struct holding a float4 (laid out otherwise)
     source_overloads.py  its refusal of SFINAE on a name one build lacks
     checks_*.py          the checks, by lesson topic (checks_serve.py: lesson 07's serve;
-                         serve_hints.py: what its loop did unlike the spec's)
+                         serve_hints.py: what its loop did unlike the spec's;
+                         serve_order.py: the order the spec's loop, and each known
+                         mistake's, finishes requests in)
     (the tasks of each workbook are listed in pagedattn_lab/lessons.py, the lesson registry)
     seeds.py             the cases' seeds (salted by the grader)
 

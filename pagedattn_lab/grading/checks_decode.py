@@ -53,6 +53,9 @@ _PARTITION_MISTAKES = [
      {"bounds": "drop_last"}),
     ("partition p starts at token p * part_len, not p * page_size: a partition is part_len "
      "tokens, whatever the pages (it may span several).", {"bounds": "page_start"}),
+    ("every partition here runs on to the sequence's end: partition p ends at min(seq_len, "
+     "(p + 1) * part_len), exclusive, not at seq_len (each token belongs to one partition).",
+     {"bounds": "to_seq_len"}),
     ("online softmax: when the max grows, rescale the accumulator by exp(old_max - new_max).",
      {"online_bug": "acc"}),
     ("online softmax: when the max grows, rescale the running sum by exp(old_max - new_max).",
@@ -238,7 +241,11 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
         with np.errstate(over="ignore"):   # (sum of exp(score): what l is with no max taken)
             no_max = np.allclose(ml[..., 1][used], (l_ref * np.exp(m_ref))[used], rtol=2e-4,
                                  atol=2e-4)
-        if k == 0 and np.allclose(got_m, m_ref[used] * LOG2E, rtol=2e-4, atol=2e-4):
+        if k == 0 and np.allclose(got_m, l_ref[used], rtol=2e-4, atol=2e-4) and \
+                np.allclose(ml[..., 1][used], m_ref[used], rtol=2e-4, atol=2e-4):
+            hint = ("m and l are swapped: part_ml[b, h, p, 0] is m, the partition's max score, "
+                    "and part_ml[b, h, p, 1] is l, its sum of exp(score - m).")
+        elif k == 0 and np.allclose(got_m, m_ref[used] * LOG2E, rtol=2e-4, atol=2e-4):
             hint = ("m is log2(e) times the expected: store the max of the natural-log scores "
                     "(q . k * scale), as the merge expects.")
         elif k == 0 and np.allclose(got_m, (m_ref + np.log(l_ref))[used], rtol=2e-4,

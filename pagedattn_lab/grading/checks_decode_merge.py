@@ -21,7 +21,8 @@ import numpy as np
 from ..split_k import merge_partials, partial_state, reference_partials
 from ..words import counted
 from .checks_kernels import _Compiled
-from .compare import changed_input, describe_difference, diagnose, fmt, matches
+from .compare import (changed_input, describe_difference, diagnose, fitting_hints, fmt,
+                      matches)
 from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, decode_problem, dims_hint,
                             launch_warp)
 from .decode_variants import merge_variant
@@ -87,9 +88,10 @@ def _merge_case(fn, scores, values, cuts) -> None:
         else:
             hint = "a NaN or inf appeared: exp of a large positive number, or 0 / 0?"
     else:
-        hint = diagnose(got, expected, [
+        fitting = list(fitting_hints(got, expected, [
             (text, lambda bug=bug: merge_variant(m, l, o, len(m), bug=bug))
-            for bug, text in MERGE_HINTS.items()], atol=1e-9, rtol=1e-7) \
+            for bug, text in MERGE_HINTS.items()], atol=1e-9, rtol=1e-7))
+        hint = (fitting and several_fit(fitting)) \
             or (np.allclose(got, expected, rtol=1e-5, atol=1e-7) and FLOAT32_STEP_HINT) \
             or "the merged output must equal softmax(all scores) @ values."
     raise Mismatch(where + diff.message(), hint)

@@ -23,8 +23,8 @@ from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose
 from .faults import kernel_message
 from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, one_size_hint,
-                           padding_hint, sequence_hint, shift_hint, tiled_hint,
-                           unwritten_pattern_hint)
+                           padding_hint, sequence_hint, shift_hint, tile_load_hint,
+                           tiled_hint, unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwritten, where
 from .puzzle_runner import count_then_check
 from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
@@ -203,23 +203,7 @@ def _tile_loads(comp: _Compiled, prob, got) -> None:
         reads = counts.by_buffer[name].reads
         if reads <= values(needed):
             continue
-        whole = np.broadcast_to(lens, needed.shape)
-        if reads in (values(whole), values(np.where(firsts < lens, lens, 0))):
-            b, x = (int(i) for i in np.argwhere(needed < whole)[0])
-            hint = (f"every block loads its whole sequence: the blocks ({x}, h, {b}) hold "
-                    f"queries {x * TILE_Q}..{x * TILE_Q + TILE_Q - 1} of sequence {b} and need "
-                    f"keys 0..{needed[b, x] - 1} only (causal), not all {lens[b, 0]}; a block "
-                    "past seq_len needs none. Load Task 1's pages: keys_needed = min(seq_len, "
-                    "first_query + blockDim.x).")
-        elif reads == values(-(-needed // page_size) * page_size):
-            hint = ("as many values as whole pages hold: the last page's slots from "
-                    "keys_needed on were loaded too, and no query of the block reads them (they "
-                    "may hold garbage). keys_needed = min(seq_len, first_query + blockDim.x), "
-                    "and the last page loads n_keys = min(page_size, keys_needed - first_key).")
-        else:
-            hint = ("each block loads the keys and values 0..keys_needed - 1 of its kv head "
-                    "into the tiles once, keys_needed = min(seq_len, first_query + blockDim.x), "
-                    "and reads them from the tiles after that.")
+        hint = tile_load_hint(reads, values, needed, lens, TILE_Q, page_size)
         raise Mismatch(f"right values, but {name} was read {reads} times where the blocks "
                        f"need {values(needed)} values (keys_needed x head_dim {head_dim}, summed "
                        "over the blocks)", hint, expected=str(values(needed)), got=str(reads))
@@ -368,9 +352,11 @@ def _prefill_cases(comp: _Compiled, threads: int, tiled: bool) -> list[Case]:
               extra_width=0)),
     ]
     if tiled:   # last: a wrong value is the first thing to fix, a load too many the next
+        # pages of 12 tokens: a tile's last query (15, 31) ends mid-page, where a last page
+        # bounded by seq_len, not keys_needed, loads keys no query of the block reads
         specs.append(("each block loads only the keys its queries read (counted)", 58,
                       dict(seq_lens=[37, 21, 9], num_heads=2, num_kv_heads=1, head_dim=8,
-                           page_size=8, max_len=40, count_loads=True)))
+                           page_size=12, max_len=40, count_loads=True)))
     cases = []
     for name, seed, sizes in specs:
         params = {k: v for k, v in sizes.items()

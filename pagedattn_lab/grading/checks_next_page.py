@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..cache import PagedKVCache
+from ..words import counted
 from .compare import FIXED_PAGE_HINT, POW2_HINT, pow2_mod
 from .report import Case, CheckResult, Mismatch, as_int, probe, run_cases
 from .seeds import case_rng
@@ -24,7 +25,7 @@ def _next_page_story(cache, page_size: int, tokens) -> list[tuple[int, str]]:
     for n in (1, page_size - 1, page_size, page_size + 1, 2 * page_size, 3 * page_size - 1):
         sid = cache.add_sequence()
         cache.append(sid, tokens(n), tokens(n))
-        story.append((sid, f"a sequence of {n} tokens"))
+        story.append((sid, f"a sequence of {counted(n, 'token')}"))
     parent = cache.add_sequence()
     cache.append(parent, tokens(page_size + 2), tokens(page_size + 2))
     child = cache.fork_sequence(parent)
@@ -124,10 +125,12 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
         hint = ("only the page the token is written into matters: the last one. Here "
                 "earlier pages are shared but the last page has one owner, so the token "
                 "goes there: no new page.")
-    else:
-        room = page_size - n % page_size
-        hint = (f"the last page still has {room} free slot{'s' if room > 1 else ''}: no new "
-                "page (unless it is shared).")
+    elif page_size - n % page_size == 1:
+        hint = "the last page still has 1 free slot: no new page (unless it is shared)."
+    else:   # (not the slot before a page boundary: more than off by one)
+        hint = (f"the last page still has {page_size - n % page_size} free slots, and its "
+                "ref_count is 1: this sequence alone holds it (a page is shared when "
+                "ref_count > 1), so the token goes there: no new page.")
     raise Mismatch(f"{what} (page_size {page_size})", hint, str(expected), repr(got))
 
 

@@ -13,137 +13,24 @@ spec's step that finishes it, holding the tokens that step gives them.
 from __future__ import annotations
 
 import re
-from collections import deque
 
 import numpy as np
 
 from ..cache import PagedKVCache
 from ..paging import OutOfPagesError
 from ..validate import check_int_list
-from .compare import FIXED_PAGE_HINT, POW2_HINT, changed_input, pow2_ceil_forms
-from .report import Case, CheckResult, Mismatch, run_cases, several_fit
+from .compare import changed_input
+from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
-from .serve_hints import (ADMIT_HINT, ADMIT_MISTAKES, LATE_HINTS, admission_hint,
-                          misplaced_tokens, past_end, prefill_hint, unlike_spec)
+from .serve_hints import (ADMIT_HINT, admission_hint, misplaced_tokens, past_end, prefill_hint,
+                          unlike_spec)
+from .serve_order import finish_order, order_hint, short_prefills
 from .time_limits import CaseTimeout, time_limit
 from .wire import ProtocolError
 
 
 class _StepBudget(Exception):
     pass
-
-
-def _ceil_pages(n_tokens: int, page_size: int) -> int:
-    return -(-n_tokens // page_size)
-
-
-def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
-                 ties: str = "admitted", finish_first: bool = False,
-                 count="ceil", admit: str = "spec", prefill: bool = True,
-                 beside: dict | None = None) -> list[int]:
-    """The order the spec's loop finishes `requests` in; `fifo=False` admits any waiting
-    request that fits (skipping the head), `ties="reversed"` records a step's finishers
-    last-admitted first, `finish_first` records and frees before the decode, `count` "floor"
-    rounds pages down, "16" counts pages of 16 tokens whatever page_size is, a function of
-    the tokens counts them with it (a ceil by shifts and masks, compare.pow2_ceil_forms),
-    `admit` "whole" promises the running requests' whole totals (the pages they hold
-    counted again), "strict" admits only with a page to spare (<), "prompt" when the
-    prompt's pages fit, `prefill=False` appends a prompt's first token at admission and
-    the rest one a step (all mistakes the hints name).
-    `beside`: filled with request -> ({other: tokens before}, {other: tokens after}, {request:
-    step admitted}) of the requests running in the step it finishes in (it included in the
-    last), before and after that step's decode."""
-    waiting, running, lens, done = deque(range(len(requests))), [], {}, []
-    before, admitted, step = {}, {}, 0
-
-    def _pages(n_tokens, page_size):   # (the module's, or a mistaken count's)
-        if callable(count):
-            return int(count(n_tokens))
-        if count == "floor":
-            return n_tokens // page_size
-        return _ceil_pages(n_tokens, 16 if count == "16" else page_size)
-
-    def finish():
-        finished = [i for i in running if lens[i] == sum(requests[i])]
-        for i in finished if beside is not None else ():
-            beside[i] = ({j: n for j, n in before.items() if j != i},
-                         {j: lens[j] for j in running if j != i},
-                         {j: admitted[j] for j in before})
-        done.extend(finished[::-1] if ties == "reversed" else finished)
-        return [i for i in running if i not in finished]
-    while waiting or running:
-        step += 1
-        def still(i):   # the pages request i is promised beyond what it holds
-            held = 0 if admit == "whole" else _pages(lens[i], page_size)
-            return _pages(sum(requests[i]), page_size) - held
-        promised = sum(still(i) for i in running)
-        used = sum(_ceil_pages(lens[i], page_size) for i in running)   # (what num_free sees)
-        for i in list(waiting):
-            need = _pages(requests[i][0] if admit == "prompt" else sum(requests[i]), page_size)
-            room = num_pages - used - promised
-            if need < room or need == room and admit != "strict":
-                waiting.remove(i)
-                running.append(i)
-                lens[i], admitted[i] = requests[i][0] if prefill else 1, step
-                used += _ceil_pages(lens[i], page_size)
-                promised += still(i)
-            elif fifo:
-                break
-        if not running:   # (a request that never fits: only a mistaken count makes one)
-            return done + list(waiting)
-        before = {i: lens[i] for i in running}
-        if finish_first:
-            running = finish()
-        for i in running:
-            lens[i] = min(lens[i] + 1, sum(requests[i]))
-        if not finish_first:
-            running = finish()
-    return done
-
-
-def _order_hint(got: list[int], requests, num_pages: int, page_size: int, freed: list[int],
-                bulk: list[int], admission: str = "", short: str = "") -> str:
-    """`freed`: the requests in the order the loop freed them; `bulk`: requests that got
-    several new tokens from one kv_for call (not one per step); `admission`: the hint of the
-    first admission the spec's loop makes otherwise (admission_hint), or ""; `short`: the
-    prefill_hint of the first request admitted with part of its prompt, or ""."""
-    if bulk:
-        return (f"request {bulk[0]} got several new tokens from one call to kv_for: each step "
-                "appends ONE token to every running sequence (kv_for(i, position, 1)), so "
-                "sequences share the steps and finish in the order their lengths dictate.")
-    if short and got == finish_order(requests, num_pages, page_size, prefill=False):
-        return short
-    admits = [hint for hint, admit in ADMIT_MISTAKES
-               if got == finish_order(requests, num_pages, page_size, admit=admit)]
-    if page_size & (page_size - 1) and any(got == finish_order(
-            requests, num_pages, page_size, count=c) for c, _ in pow2_ceil_forms(page_size)):
-        admits.append(POW2_HINT.format(name="page_size", n=page_size))
-    if got == finish_order(requests, num_pages, page_size, count="floor"):
-        admits.append("a request's pages are ceil(tokens / page_size): yours rounds down, so "
-                      "the last, partly filled page of each request goes uncounted.")
-    if page_size != 16 and got == finish_order(requests, num_pages, page_size, count="16"):
-        admits.append(FIXED_PAGE_HINT.format(n=page_size))
-    if admits:   # (on a small pool, several give one order: the hint names each)
-        return several_fit(admits, "finish order")
-    if got == list(range(len(requests))) and freed != got:
-        return ("that is the arrival order; return the requests in the order they finished "
-                "(append i to the list when request i completes).")
-    if got == finish_order(requests, num_pages, page_size, fifo=False):
-        return ("admit first come, first served: when the request at the head of the queue "
-                "does not fit, the ones behind it wait too (letting a small one pass can "
-                "starve a big one).")
-    if got == finish_order(requests, num_pages, page_size, ties="reversed"):
-        return ("requests that finish in the same step are recorded in the order they were "
-                "admitted.")
-    if got == finish_order(requests, num_pages, page_size, finish_first=True):
-        # (skipping the decode of the sequences just admitted gives this very order too)
-        return ("every request finished a step late (a request with no new tokens is "
-                "recorded ahead of one admitted before it); " +
-                several_fit(LATE_HINTS, "finish order"))
-    return admission or ("each step: admit (first come, first served, while the whole "
-                         "request fits), append one token to every running sequence, then "
-                         "record and free every sequence that holds prompt_len + new_tokens "
-                         "tokens.")
 
 
 def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
@@ -187,13 +74,16 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
 
     spec: dict = {}   # request -> the others running in its last step (finish_order)
     expected = finish_order(requests, num_pages, page_size, beside=spec)
-    spec_short: dict = {}   # the same, of a loop that admits with the prompt's first token
-    finish_order(requests, num_pages, page_size, prefill=False, beside=spec_short)
-    short: list[str] = []   # the prefill_hint of the first request admitted so
+    # the prefill_hint of the first request admitted with part of its prompt, and how many
+    # of its tokens it held back
+    short: list[tuple[str, int]] = []
+    short_specs: list[dict] = []   # spec's company, of the loops that admit so (finish_order)
     unlike: list[Mismatch] = []   # the first free the spec's loop would not make so
     original_free, original_append = cache.free_sequence, cache.append
     freed_ids: set[int] = set()
     admission: list[str] = []   # the hint of the first admission unlike the spec's
+    overfull: list[str] = []    # the same, where that admission took a request that did not fit
+    dry: list[bool] = []   # whether the latest append the cache refused was an admission's
     admitted: set[int] = set()
     decoded: set[int] = set()   # the requests given a token in this step so far
 
@@ -219,12 +109,20 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
             if not unlike:
                 beside = running_beside(seq_id)
                 unlike.extend(unlike_spec(i, beside, spec[i], tokens,
-                                          admission[0] if admission else ""))
-                if unlike and short and i in spec_short and \
-                        not unlike_spec(i, beside, spec_short[i], tokens):
-                    unlike[0].hint = short[0]   # (the company such a loop has here)
+                                          admission[0] if admission else "",
+                                          overfull[0] if overfull else ""))
+                if unlike and short and any(i in company and not unlike_spec(
+                        i, beside, company[i], tokens) for company in short_company()):
+                    unlike[0].hint = short[0][0]   # (the company such a loop has here)
         original_free(seq_id)
         freed_ids.add(seq_id)
+
+    def short_company() -> list[dict]:
+        if not short_specs:
+            for model in short_prefills(short[0][1]):
+                short_specs.append({})
+                finish_order(requests, num_pages, page_size, beside=short_specs[-1], **model)
+        return short_specs
 
     def complete_but_kept() -> list[int]:
         held = [(s, request_of(cache.gather(s)[0])) for s in cache.seq_ids]
@@ -233,8 +131,9 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     def judge_admission(i: int, sid, was_admitted: bool) -> None:
         if not admission:
             hint = admission_hint(i, requests, running_beside(sid), cache.allocator.num_free,
-                                  lambda n: _ceil_pages(n, page_size), was_admitted)
+                                  lambda n: -(-n // page_size), was_admitted)
             admission.extend([hint] if hint else [])
+            overfull.extend([hint] if hint and was_admitted else [])
 
     def append(seq_id, k, v):
         # the block kv_for gave last, appended to its own request's sequence (or a new one)
@@ -251,8 +150,13 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         if fresh:
             judge_admission(i, seq_id, True)   # (before the append: its pages not yet taken)
             if len(k) < requests[i][0] and not short:
-                short.append(prefill_hint(i, len(k), requests[i][0]))
-        result = original_append(seq_id, k, v)
+                short.append((prefill_hint(i, len(k), requests[i][0]),
+                              requests[i][0] - len(k)))
+        try:
+            result = original_append(seq_id, k, v)
+        except OutOfPagesError:
+            dry[:] = [fresh]
+            raise
         if fresh:   # (not where the append was refused: a loop may catch that, and wait)
             admitted.add(i)
         return result
@@ -275,9 +179,10 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
     except (_StepBudget, CaseTimeout):
         kept = complete_but_kept()
         if kept:
-            hint = (f"requests {kept} are complete but still hold their pages: free a "
-                    "finished sequence (cache.free_sequence) so that waiting requests can be "
-                    "admitted (the guide's page counter never frees).")
+            hint = (f"requests {kept} hold all their tokens (prompt_len + new_tokens) but "
+                    "still hold their pages: such a sequence is finished, so record it and "
+                    "free it (cache.free_sequence) in the step that completes it, so that "
+                    "waiting requests can be admitted (the guide's page counter never frees).")
         elif not cache.seq_ids and len(freed) < len(requests):
             hint = ("the pool is empty and requests still wait: your admission test refuses "
                     "a request that fits (it needs ceil((prompt_len + new_tokens) / "
@@ -288,10 +193,13 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
         raise Mismatch(f"serve did not finish: {calls['n']} calls to kv_for and "
                        f"{cache.allocator.num_free} of {num_pages} pages free", hint) from None
     except OutOfPagesError as exc:
+        # a decode that ran dry after an admission of a request that did not fit: that
+        # admission took the pages the running sequences were promised (and one of them may
+        # have just completed, in this very decode, before the loop's finish could free it)
         kept = complete_but_kept()
-        hint = (f"requests {kept} were complete but still held their pages: free every "
-                "finished sequence, so the next ones fit." if kept else
-                ADMIT_HINT)
+        hint = overfull[0] if overfull and dry == [False] else (
+            f"requests {kept} were complete but still held their pages: free every finished "
+            "sequence, so the next ones fit." if kept else ADMIT_HINT)
         raise Mismatch(f"the cache ran out of pages: {exc}", hint) from None
     except KeyError as exc:
         gone = re.search(r"no live sequence (\d+)", str(exc))
@@ -337,9 +245,9 @@ def _serve_case(fn, seed: int, requests, num_pages: int, page_size: int,
             "free each finished sequence once.", "each request once", repr(freed))
     if finished != expected:
         raise Mismatch("the order the requests finished in",
-                       _order_hint(finished, requests, num_pages, page_size, freed, bulk,
+                       order_hint(finished, requests, num_pages, page_size, freed, bulk,
                                    admission[0] if admission else "",
-                                   short[0] if short else ""),
+                                   *(short[0] if short else ())),
                        repr(expected), repr(finished))
     if unlike:   # the right order returned, by a loop that did not run the spec's steps
         raise unlike[0]

@@ -6,7 +6,8 @@ raises the max, both l and acc must be rescaled by exp(m_old - m_new). The cases
 scores that rise (every step rescales), scores near +1000 (exp overflows unless the max is
 subtracted) and scores near -1000 (starting the max at 0 instead of -inf underflows to 0/0).
 A right final answer is then asked for after every key, twice (result() must not change the
-state); update(), like attend_one, must leave the arrays it is given as they were.
+state); update(), like attend_one, must leave the arrays it is given as they were. An
+OverflowError (math.exp's inf) is read as the overflow it is, not as a crash.
 The hints are in softmax_hints.py; the mistake models that pick one (`_simulate`) are here.
 """
 from __future__ import annotations
@@ -15,12 +16,14 @@ import numpy as np
 
 from .cases import nan_tails, paged_problem
 from .compare import POW2_HINT, changed_input, describe_difference, diagnose, fmt, pow2_div
-from .report import Case, CheckResult, Mismatch, as_array, probe, run_cases
+from .report import (Case, CheckResult, Mismatch, as_array, probe, run_cases, several_fit,
+                     where_raised)
 from .seeds import case_rng
-from .softmax_hints import (CACHE_VIEWS, NON_FINITE_MISTAKES, SOFTMAX_MISTAKES, TAIL_HINT,
-                            kept_first_value, nomax_hint, overflow_hint)
-from .variants import (PAGE_ONLY_HINT, SCALED_VALUES_HINT, UNSCALED_PAGES_HINT,
-                       attention_variant, twice_hint)
+from .softmax_hints import (CACHE_VIEWS, EXPONENT_ABOVE_0_HINT, NON_FINITE_MISTAKES,
+                            SOFTMAX_MISTAKES, TAIL_HINT, kept_first_value, nomax_hint,
+                            overflow_hint)
+from .variants import (HEAD_STRIDE_HINT, PAGE_ONLY_HINT, SCALED_VALUES_HINT, SWAPPED_SLOT_HINT,
+                       UNSCALED_PAGES_HINT, attention_variant, twice_hint)
 
 
 def _softmax_average(scores, values) -> np.ndarray:
@@ -42,6 +45,9 @@ def _simulate(scores, values, bug: str) -> np.ndarray:
             if bug == "nomax":
                 total, acc = total + np.exp(s), acc + np.exp(s) * v
                 continue
+            if bug == "reset" and s > m:   # a new max restarts the sums: the keys before lost
+                m, total, acc = s, 1.0, v.astype(np.float64)
+                continue
             if bug in ("inverted", "old_max_first") and i == 0:
                 # the first key set apart (m = -inf there), so the rest is finite
                 m, total, acc = s, 1.0, v.astype(np.float64)
@@ -51,7 +57,8 @@ def _simulate(scores, values, bug: str) -> np.ndarray:
             p = np.exp(s - (m if bug in ("old_max", "old_max_first") else m_new))
             total = total + 1 if bug == "count" else \
                 (total if bug == "no_rescale_l" else total * alpha) + p
-            acc = (acc if bug == "no_rescale_acc" else acc * alpha) + p * v
+            acc = p * v if bug == "acc_assigned" else \
+                (acc if bug == "no_rescale_acc" else acc * alpha) + p * v
             m = m if bug == "max_stuck" else m_new
         if bug == "no_normalize":
             return acc
@@ -69,7 +76,10 @@ def _online_case(cls, scores, values) -> None:
     state = cls(values.shape[1])
     passed = [v.copy() for v in values]
     for i, s in enumerate(scores):
-        state.update(float(s), passed[i])
+        try:
+            state.update(float(s), passed[i])
+        except OverflowError as exc:   # math.exp's way of saying inf
+            raise _overflow_mismatch(cls, scores, i, exc) from None
         # (checked as the call returns: the grader copies a changed argument back only then)
         changed = changed_input(f"update() of key {i}", {"value": values[i]},
                                 {"value": passed[i]})
@@ -78,7 +88,10 @@ def _online_case(cls, scores, values) -> None:
         kept = _kept_value(values, passed, i)
         if kept is not None:
             raise kept
-    got = state.result()
+    try:
+        got = state.result()
+    except OverflowError as exc:
+        raise _overflow_mismatch(cls, scores, len(scores), exc) from None
     if got is None:
         raise Mismatch("result() returned None", "return acc / l.")
     got = as_array(got, "result()")
@@ -113,12 +126,25 @@ def _online_case(cls, scores, values) -> None:
                "and is the max updated before it is used?" if mistakes is NON_FINITE_MISTAKES
                else "after each update, acc / l must equal softmax(scores so far) @ values "
                     "so far.")
-    hint = next((text for text, bug in mistakes
-                 if _same(got, _simulate(scores, values, bug))
-                 and not _same(expected, _simulate(scores, values, bug))), default)
+    fitting = [text for text, bug in mistakes if _same(got, _simulate(scores, values, bug))
+               and not _same(expected, _simulate(scores, values, bug))]
+    hint = several_fit(fitting) if fitting else default
     d = int(np.argmax(np.abs(np.nan_to_num(got - expected, nan=np.inf))))
     raise Mismatch(f"{len(scores)} scores from {fmt(scores.min())} to {fmt(scores.max())}; "
                    f"first wrong dim {d}", hint, expected=fmt(expected[d]), got=fmt(got[d]))
+
+
+def _overflow_mismatch(cls, scores, i: int, exc: OverflowError) -> Mismatch:
+    """The Mismatch of an OverflowError (math.exp raises one where np.exp gives inf) from
+    update() of key i (i == len(scores): from result()): the raw score's exp when a single
+    key of 800 overflows too, else an exponent that the running max did not keep at or
+    below 0 (a min, a stale or reversed difference)."""
+    call = "result()" if i == len(scores) else f"update() of key {i} (score {fmt(scores[i])})"
+    message = (f"{len(scores)} scores from {fmt(scores.min())} to {fmt(scores.max())}; "
+               f"{call} raised OverflowError: {exc}{where_raised(exc)}")
+    if _non_finite_cause(cls) == "nomax":
+        return Mismatch(message, nomax_hint(scores))
+    return Mismatch(message, EXPONENT_ABOVE_0_HINT)
 
 
 def _kept_value(values, passed, i: int) -> Mismatch | None:
@@ -153,7 +179,13 @@ def _non_finite_cause(cls) -> str | None:
                 for i, s in enumerate(scores):
                     state.update(float(s), np.array([float(i + 1)]))
                 return float(np.asarray(state.result(), dtype=np.float64).reshape(-1)[0])
-        return probe(run)
+
+        def run_or_inf():   # (math.exp raises where np.exp gives inf)
+            try:
+                return run()
+            except OverflowError:
+                return np.inf
+        return probe(run_or_inf)
 
     def non_finite(scores):
         got = answer(scores)
@@ -329,8 +361,11 @@ def _attend_case(fn, seed: int, nan_fill: bool = False, **sizes) -> None:
              variant(identity_pages=True)),
             (PAGE_ONLY_HINT, variant(slot_bug="page_only")),
             (UNSCALED_PAGES_HINT, variant(slot_bug="unscaled")),
-        ]) or "loop j = 0..t: slot = row[j // page_size] * page_size + j % page_size; score = " \
-              "q . k_cache[slot, kv_head] * scale; online softmax over the scores."
+            (SWAPPED_SLOT_HINT, variant(slot_bug="swap")),
+            (HEAD_STRIDE_HINT, variant(head_stride_bug=True)),
+        ], nan_is_evidence=finite is None) \
+            or "loop j = 0..t: slot = row[j // page_size] * page_size + j % page_size; score " \
+               "= q . k_cache[slot, kv_head] * scale; online softmax over the scores."
         raise Mismatch(f"sequence {b} (seq_len {n}), token {t}, head {h} (kv head {kvh}): "
                        + diff.message(), hint)
 

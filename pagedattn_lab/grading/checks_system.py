@@ -66,17 +66,7 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
         try:
             got = mgr.decode_step(passed_ids, *passed)
         except ValueError as exc:
-            text = str(exc)
-            if text.startswith(("block_tables", "seq_lens")) and "(one per " in text:
-                raise Mismatch(f"step {step}: {text}", "build the block tables for exactly "
-                               "this step's sequences, in the order of seq_ids: "
-                               "self.cache.block_tables(seq_ids) (without arguments it lists "
-                               "every live sequence).") from exc
-            if text.startswith(("k:", "v:")) and "expected 3 dimensions" in text:
-                raise Mismatch(f"step {step}: {text}", "cache.append takes [n_tokens, "
-                               "num_kv_heads, head_dim]: pass k[i:i+1] (one token, still 3-D), "
-                               "not k[i].") from exc
-            raise
+            raise _refused_step(exc, f"step {step}") from exc
         _inputs_kept(f"step {step}", passed, (q, k_new, v_new), scale)
         changed = changed_input(f"step {step}: decode_step", {"seq_ids": step_ids},
                                 {"seq_ids": passed_ids}, {"seq_ids": IDS_HINT})
@@ -140,6 +130,20 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
         ]) or "append, then attend with paged_attention_decode(q, self.cache.k_cache, " \
               "self.cache.v_cache, *self.cache.block_tables(seq_ids))."
         raise Mismatch(f"step {step} (seq_ids {step_ids}): " + diff.message(), hint)
+
+
+def _refused_step(exc: ValueError, where: str) -> Exception:
+    """The Mismatch naming the mistake a step's ValueError shows (tables of every live
+    sequence, one token's k[i] passed to append), else `exc` itself, to be raised."""
+    text = str(exc)
+    if text.startswith(("block_tables", "seq_lens")) and "(one per " in text:
+        return Mismatch(f"{where}: {text}", "build the block tables for exactly this step's "
+                        "sequences, in the order of seq_ids: self.cache.block_tables(seq_ids) "
+                        "(without arguments it lists every live sequence).")
+    if text.startswith(("k:", "v:")) and "expected 3 dimensions" in text:
+        return Mismatch(f"{where}: {text}", "cache.append takes [n_tokens, num_kv_heads, "
+                        "head_dim]: pass k[i:i+1] (one token, still 3-D), not k[i].")
+    return exc
 
 
 IDS_HINT = ("the caller (the engine) reads its batch's seq_ids again after the step: loop over "
@@ -230,6 +234,11 @@ def _error_counts(exc: OutOfPagesError, want: tuple, what: str,
     if (free, total) == (num_pages, num_free):
         hint = ("num_free and num_pages are swapped: raise pl.OutOfPagesError(needed, "
                 "num_free, num_pages), in that order.")
+    elif (free, total) == (num_pages - num_free, num_pages):
+        # (with no page free, the pages in use are the whole pool: either was passed)
+        what = "the pages in use (num_used)" + (" or in the pool" if not num_free else "")
+        hint = (f"free says {free}: {what}, not the free ones: raise pl.OutOfPagesError("
+                "needed, allocator.num_free, num_pages).")
     elif sequences is not None and requested == sequences != needed and \
             (free, total) == (num_free, num_pages):
         hint = (f"needed is {requested}, one page for each of the step's {sequences} "
@@ -340,6 +349,8 @@ def _decode_fork(cls) -> None:
         raise Mismatch(f"with one page free, the step raised OutOfPagesError: {exc}", "the step "
                        "needs one page (the fork's copy) and one is free: it fits (raise only "
                        "when needed > num_free).", "the step runs", "OutOfPagesError") from None
+    except ValueError as exc:
+        raise _refused_step(exc, f"with one page free, seq_ids {step}") from exc
     _inputs_kept("with one page free", passed, (q, k_new, v_new), 1 / np.sqrt(8))
     keys = [np.concatenate([kv[n][0], k_new[i:i + 1]]) for i, n in enumerate((5, 6))]
     values = [np.concatenate([kv[n][1], v_new[i:i + 1]]) for i, n in enumerate((5, 6))]

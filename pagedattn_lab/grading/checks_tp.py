@@ -70,6 +70,19 @@ def _split_variants(rank, world, heads, kv):
          "[rank * that, (rank + 1) * that).", ((rank, rank + 1), (qs, qe))),
         ("ranks count from 0: rank 0 owns the first heads.",
          (((rank + 1) * n_kv, (rank + 2) * n_kv), ((rank + 1) * n_q, (rank + 2) * n_q))),
+        ("rank 0 owns the first heads and rank world_size - 1 the last: the ranges go up "
+         "with rank, not with world_size - 1 - rank.",
+         (((world - 1 - rank) * n_kv, (world - rank) * n_kv),
+          ((world - 1 - rank) * n_q, (world - rank) * n_q))),
+        ("each pair is (start, stop), stop = start + count: yours has the count as its "
+         "second number.", ((ks, n_kv), (qs, n_q))),
+        ("the KV range's stop is one past the rank's last KV head, as in Python ranges "
+         "(kv_start + num_kv_heads / world_size, or q_stop // group): yours is that last KV "
+         "head itself.",
+         ((ks, ke - 1), (qs, qe))),
+        ("group = num_heads // num_kv_heads, the query heads that read one KV head: not "
+         "num_heads // world_size (the query heads of a rank).",
+         ((ks, ke), (ks * (heads // world), ke * (heads // world)))),
         *[(POW2_HINT.format(name="world_size", n=world),
            ((rank * (kv >> s), (rank + 1) * (kv >> s)), (rank * (heads >> s),
                                                         (rank + 1) * (heads >> s))))
@@ -102,7 +115,8 @@ def _refuse_case(fn, world, heads, kv) -> None:
     except NotImplementedError:
         raise
     except Exception as exc:   # noqa: BLE001 - any other error is the wrong kind
-        raise Mismatch(f"{world} ranks over {kv} KV heads raised {type(exc).__name__}",
+        raise Mismatch(f"{world} ranks over {counted(kv, 'KV head')} raised "
+                       f"{type(exc).__name__}",
                        "raise ValueError (a bad argument value), naming world_size.",
                        "ValueError", type(exc).__name__) from exc
     if got is None:   # (the valid splits returned ranges: this is no stub)
@@ -172,7 +186,15 @@ def _gather_case(fn, world, full) -> None:
     got = as_array(got, "gather_heads' result")
     if got.shape != full.shape:
         hint = "one output row per sequence, every head: [batch, num_heads, head_dim]."
-        if got.shape == (batch, n, dim) and world > 1:
+        blocks = gathered.reshape(world, batch, n, dim)
+        reduced = next((how for how, reduce in (("summed", np.sum), ("averaged", np.mean))
+                        if got.shape == (batch, n, dim) and world > 1 and
+                        np.allclose(got, reduce(blocks, axis=0))), None)
+        if reduced:
+            hint = (f"the ranks' blocks were {reduced}, as an all-reduce would: they hold "
+                    "different heads, not parts of the same ones, so each block goes to its "
+                    "own heads, r*H/R ... (r+1)*H/R - 1, side by side.")
+        elif got.shape == (batch, n, dim) and world > 1:
             hint = ("that is one rank's share [batch, H/R, head_dim]: the buffer holds every "
                     "rank's block; put all of them back.")
         raise Mismatch("wrong shape", hint, str(full.shape), str(got.shape))
@@ -206,6 +228,12 @@ def gather_heads(fn) -> CheckResult:
 
 
 # -- task 3: the bytes of a step -------------------------------------------------------------
+
+_ONE_HEAD_OUT = ("output_share counts one head's output: the rank sends all its query heads, "
+                 "num_heads / world_size of them (batch * H/R * head_dim * itemsize).")
+_ONE_HEAD_KV = ("kv_read counts one KV head: the rank reads all its KV heads, num_kv_heads / "
+                "world_size of them (tokens * 2 * Hkv/R * head_dim * itemsize).")
+
 
 def _bytes_variants(lens, heads, kv, dim, ps, world, size):
     batch, n = len(lens), int(np.sum(lens))
@@ -273,6 +301,13 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          (tables, share * 4 // size, kv_read * 4 // size)),
         ("K and V: a token's cache is two arrays of num_kv_heads * head_dim values.",
          (tables, share, kv_read // 2)),
+        (_ONE_HEAD_OUT, (tables, batch * dim * size, kv_read)),
+        (_ONE_HEAD_KV, (tables, share, n * 2 * dim * size)),
+        (f"{_ONE_HEAD_OUT} And {_ONE_HEAD_KV[0].lower()}{_ONE_HEAD_KV[1:]}",
+         (tables, batch * dim * size, n * 2 * dim * size)),
+        ("seq_lens already counts the step's new token (it is appended before the "
+         "attention): the kernel reads sum(seq_lens) tokens, not one more per sequence.",
+         (tables, share, (n + batch) * 2 * kv // world * dim * size)),
         ("a rank reads only its own KV heads, num_kv_heads / world_size of them.",
          (tables, share, kv_read * world)),
         ("the cache holds KV heads, not query heads: with GQA, num_kv_heads per token.",

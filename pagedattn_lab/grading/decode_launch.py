@@ -41,6 +41,11 @@ MERGE_HINTS = {
                 "that is l_p * exp(m_p - m).",
     "inverted": "the exponent is reversed: weight w_p = l_p * exp(m_p - m), at most l_p; "
                 "exp(m - m_p) weighs most the partitions whose max is lowest.",
+    "stale_rescale": "your running merge sets the max before it takes the rescale factor, so "
+                     "exp(m_old - m_new) is exp(0) = 1 and the partitions merged before a "
+                     "larger m_p keep their old, too large scale: take the factor from the old "
+                     "max first, then update the max (or take the max over every partition "
+                     "before weighting).",
 }
 
 # The decode layouts, for a fault in these buffers (faults.py's own hints are prefill's).

@@ -11,6 +11,7 @@ the tokens (through the block table, slot by slot), with optional bugs:
     bounds="skip_first"       a partition starts one token late
     bounds="drop_last"        the last partition stops one token early (at seq_len - 1)
     bounds="page_start"       partition p starts at token p * page_size, not p * part_len
+    bounds="to_seq_len"       every partition runs on to seq_len (end = seq_len)
     online_bug="acc"/"sum"    the online softmax forgets to rescale acc / the running sum
     online_bug="max0"         the running max starts at 0 instead of -inf
     base2=True                m stored in base-2 units (scores times log2(e))
@@ -58,6 +59,8 @@ def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str,
         return range(start + 1, end)
     if bounds == "drop_last" and end == seq_len:
         return range(start, end - 1)
+    if bounds == "to_seq_len":
+        return range(start, seq_len)
     return range(start, end)
 
 
@@ -113,7 +116,7 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
     for name, value, allowed in (
             ("kv_map", kv_map, ("div", "mod", "same", "by_kv_heads")),
             ("bounds", bounds, ("exact", "inclusive", "unclipped", "skip_first", "drop_last",
-                                 "page_start")),
+                                 "page_start", "to_seq_len")),
             ("online_bug", online_bug, (None, "acc", "sum", "max0")),
             ("paging", paging, ("right", "unscaled", "first_table", "head_stride",
                                 "next_page")),
@@ -168,18 +171,22 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
     w_p o_p over the sum of l_p (maxima ignored there); o_unnormalized: weights
     exp(m_p - m) over the divisor sum l_p exp(m_p - m); exp2: weights l_p 2^(m_p - m);
     log2_lse: weights exp(m_p + log2(l_p) - max), the log-sum-exp in two bases; inverted:
-    weights l_p exp(m - m_p), the exponent reversed; none: the
+    weights l_p exp(m - m_p), the exponent reversed; stale_rescale: a running merge over the
+    partitions in order that sets its max before taking the rescale factor (exp(0) = 1), so
+    each partition keeps the scale of the running max when it was added; none: the
     right merge (to model a wrong partition count, pass that count as num_parts)."""
     one_of("bug", bug, ("none", "no_rescale", "no_sum", "mean", "no_divide", "divide_by_l",
-                        "o_unnormalized", "exp2", "log2_lse", "inverted"))
+                        "o_unnormalized", "exp2", "log2_lse", "inverted", "stale_rescale"))
     m, l, o = (np.asarray(x, dtype=np.float64) for x in (m, l, o))
     used = np.arange(m.shape[-1]) < np.asarray(num_parts)[..., None]
     with np.errstate(all="ignore"):
         m_all = np.where(used, m, -np.inf).max(axis=-1, keepdims=True)
         scale = np.exp(m - m_all)
+        running = np.maximum.accumulate(np.where(used, m, -np.inf), axis=-1)
         weights = {"no_rescale": l, "no_sum": scale, "mean": np.ones_like(l),
                    "no_divide": l * scale, "o_unnormalized": scale,
                    "exp2": l * np.exp2(m - m_all), "inverted": l * np.exp(m_all - m),
+                   "stale_rescale": l * np.exp(m - running),
                    # exp(m_p + log2 l_p - c): a factor common to every p drops in the divide
                    "log2_lse": scale * l ** (1 / np.log(2))}.get(bug, l * scale)
         w = np.where(used, weights, 0.0)

@@ -112,6 +112,22 @@ def _array_hint(exc) -> str:
             f"{where} gives {int(index)}, {side}: check the loop bound or the index expression.")
 
 
+def _dynamic_shared_hint(offset, size) -> str:
+    """The hint for an access outside the extern __shared__ buffer: its bytes, where the
+    access fell, and that a pointer into part of it (a V tile after a K tile) counts."""
+    if not size:
+        return ("the launch gave no dynamic shared memory (shared_mem=0): an extern __shared__ "
+                "array holds the bytes the launch passes as shared_mem=<bytes>.")
+    if _below_zero(offset):
+        where = f"byte {int(offset)}, before its start"
+    else:
+        where = f"byte {offset}, past its end"
+    return (f"the launch gave {size} bytes of dynamic shared memory (shared_mem) and this "
+            f"access is at {where}: an index into the extern __shared__ array, or into a "
+            "pointer to a part of it (a tile after another), runs outside it. Check each "
+            "index against the size of the part it points into, in elements, not bytes.")
+
+
 def _shift_hint(exc) -> str:
     """The hint for a shift by a negative amount or by at least the value's width (`bits`:
     32 for an int, 64 for a long long)."""
@@ -198,6 +214,8 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
                 + (f"the static __shared__ array `{name}` (the pointer may start in an "
                    "array before it)" if name else "a static __shared__ array")
                 + ": check the pointer's offset and the loop bound against the array's size.")
+        if _get(exc, "region") == "dynamic shared memory":
+            return text.split(": ", 1)[-1], _dynamic_shared_hint(index, size)
         if _get(exc, "shift") is not None:
             return f"an undefined shift: {text.split(': ', 1)[-1]}", _shift_hint(exc)
         if buffer is not None and thread is not None:

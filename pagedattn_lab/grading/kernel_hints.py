@@ -260,3 +260,33 @@ def tiled_hint(source: str, racecheck: bool = False) -> str:
             "written by one thread and read by another without a __syncthreads() between "
             "(the guide stages every thread's query in ONE shared buffer: keep your query in "
             "registers)?")
+
+
+def tile_load_hint(reads: int, values, needed: np.ndarray, lens: np.ndarray, tile: int,
+                   page_size: int) -> str:
+    """The tiled kernel's mistake behind `reads` loads of a cache array where its blocks need
+    `values(needed)`: `values(keys)` counts the values read for `keys` per (sequence, block);
+    `needed` [batch, blocks] the keys each block of `tile` queries needs, `lens` [batch, 1]
+    the sequences' lengths."""
+    whole = np.broadcast_to(lens, needed.shape)
+    firsts = np.arange(needed.shape[1])[None, :] * tile
+    if reads in (values(whole), values(np.where(firsts < lens, lens, 0))):
+        b, x = (int(i) for i in np.argwhere(needed < whole)[0])
+        return (f"every block loads its whole sequence: the blocks ({x}, h, {b}) hold "
+                f"queries {x * tile}..{x * tile + tile - 1} of sequence {b} and need "
+                f"keys 0..{needed[b, x] - 1} only (causal), not all {lens[b, 0]}; a block "
+                "past seq_len needs none. Load Task 1's pages: keys_needed = min(seq_len, "
+                "first_query + blockDim.x).")
+    if reads == values(-(-needed // page_size) * page_size):
+        return ("as many values as whole pages hold: the last page's slots from "
+                "keys_needed on were loaded too, and no query of the block reads them (they "
+                "may hold garbage). keys_needed = min(seq_len, first_query + blockDim.x), "
+                "and the last page loads n_keys = min(page_size, keys_needed - first_key).")
+    if reads == values(np.minimum(-(-needed // page_size) * page_size, lens)):
+        return ("the last page a block loads stops at seq_len, not at keys_needed: its keys "
+                "after the block's last query are real, but no query of the block reads "
+                "them (causal). n_keys = min(page_size, keys_needed - first_key), "
+                "keys_needed = min(seq_len, first_query + blockDim.x).")
+    return ("each block loads the keys and values 0..keys_needed - 1 of its kv head into the "
+            "tiles once, keys_needed = min(seq_len, first_query + blockDim.x), and reads them "
+            "from the tiles after that.")

@@ -130,7 +130,7 @@ def trampoline(code: types.CodeType, namespace: dict) -> bool:
 
 # the grader's modules whose functions compute expected values (not its machinery: the
 # sandbox's audit hooks, the channel and the runner are called from the learner's frames)
-_EXPECTED_MODULES = ("cases", "variants", "decode_variants", "quant_variants")
+_EXPECTED_MODULES = ("cases", "variants", "decode_variants", "quant_variants", "serve_order")
 
 
 def _expected_values() -> list[tuple[str, object]]:

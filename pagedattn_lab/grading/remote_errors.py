@@ -140,7 +140,7 @@ class ErrorTranslation:
         exc = cls.__new__(cls)
         BaseException.__init__(exc, _key_of(cls, info.get("message", ""), info.get("shown")))
         if self.learner_side:
-            exc.remote_frame = str(info.get("where") or "")[:400]   # report._learner_frame
+            exc.remote_frame = str(info.get("where") or "")[:400]   # report.where_raised
         attrs = info.get("attrs") if isinstance(info.get("attrs"), dict) else {}
         for key, tree in list(attrs.items())[:40]:
             if isinstance(key, str) and key.isidentifier() and not key.startswith("_"):

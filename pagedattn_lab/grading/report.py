@@ -189,7 +189,7 @@ def format_params(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def _learner_frame(exc: BaseException) -> str:
+def where_raised(exc: BaseException) -> str:
     """' (in your code, line N: text)' for the innermost frame neither this package's nor a
     library's (remote_errors.learner_frame), if any (the sandbox's, when the exception was
     raised there; none for the kernel host's, where no code of the learner's runs)."""
@@ -208,7 +208,7 @@ def _describe_exception(exc: BaseException) -> tuple[str, str]:
         return described
     if isinstance(exc, MemoryError):
         return _describe_memory_error(exc)
-    return (f"raised {type(exc).__name__}: {text_of(exc)}{_learner_frame(exc)}",
+    return (f"raised {type(exc).__name__}: {text_of(exc)}{where_raised(exc)}",
             "read the error above; the spec in the task's prompt says what each input holds.")
 
 
@@ -218,7 +218,7 @@ def _describe_memory_error(exc: MemoryError) -> tuple[str, str]:
     under the grader may be the judge's heap bound (judge.limit_memory): that hint blamed
     the learner's code, which had returned, and maybe an answer of the size asked for."""
     memory = f"ran out of memory (MemoryError: {text_of(exc)})"
-    where = _learner_frame(exc)
+    where = where_raised(exc)
     if where or isinstance(getattr(exc, "remote_frame", None), str):
         return (memory + where,
                 "the case needed far more memory than the task's sizes call for: your code "

@@ -26,6 +26,12 @@ ADMIT_MISTAKES = [
 _ADMIT_HINTS = {admit: hint for hint, admit in ADMIT_MISTAKES}
 _PER_SEQUENCE_HINT = ("promised counts what each running sequence will still take, "
                       "pages(total) - pages(held), not one page per running sequence.")
+_NO_PROMISE_HINT = ("admit when the request fits in the pages left free after the pages the "
+                    "running sequences will still take: pages(prompt_len + new_tokens) <= "
+                    "num_free - promised, not <= num_free alone (the running sequences then "
+                    "run out of pages mid-generation).")
+_STALE_PROMISE_HINT = ("promised counts the requests admitted earlier in this same step too: "
+                       "work it out again after each admission, not once per step.")
 _ONE_PER_STEP_HINT = ("admission goes on within a step while the request at the head of the "
                       "queue fits: yours admitted one in this step and stopped (keep admitting "
                       "until one does not fit, or nothing waits).")
@@ -43,8 +49,15 @@ def admission_hint(i: int, requests, running: dict, num_free: int, pages,
     room, need = num_free - promised, pages(sum(requests[i]))
     per_sequence = need <= num_free - len(running)
     if admitted and need > room:
+        # (those admitted in this step hold just their prompt: none has had a decode yet)
+        earlier = sum(pages(sum(requests[j])) - pages(n) for j, n in running.items()
+                      if n != requests[j][0])
         fits = [PROMPT_ONLY_HINT] * (pages(requests[i][0]) <= room) + \
-            [_PER_SEQUENCE_HINT] * per_sequence
+            [_PER_SEQUENCE_HINT] * per_sequence + \
+            [_STALE_PROMISE_HINT] * (earlier < promised and need <= num_free - earlier) + \
+            [_NO_PROMISE_HINT] * (need <= num_free)
+        # (no known mistake admits so: the admission is still the spec's first departure)
+        fits = fits or [ADMIT_HINT]
         what = "was admitted"
     elif not admitted and need <= room:
         whole = sum(pages(sum(requests[j])) for j in running)
@@ -70,9 +83,11 @@ def prefill_hint(i: int, appended: int, prompt_len: int) -> str:
     """The hint for a loop whose admission appended `appended` of request `i`'s prompt tokens,
     the rest left to the decode (one a step), where the order or the company it shows is
     what such a loop makes."""
+    longer = "prompt_len - 1 steps longer" if appended == 1 else \
+        "one step longer per prompt token held back"
     return (f"request {i} was admitted with {appended} of its {prompt_len} prompt tokens, and "
             "the decode appended the rest one token a step, as if the model were generating "
-            "its prompt (every request then runs prompt_len - 1 steps longer): admission "
+            f"its prompt (every request then runs {longer}): admission "
             "appends the whole prompt at once, cache.append(seq_id, *kv_for(i, 0, "
             "prompt_len)), and each step then appends one new token to every running sequence.")
 
@@ -115,12 +130,15 @@ def misplaced_tokens(call, held: int) -> Mismatch:
                     f"kv_for({i}, {start}, {n})")
 
 
-def unlike_spec(i: int, got: dict, spec, tokens, admission: str = "") -> list[Mismatch]:
+def unlike_spec(i: int, got: dict, spec, tokens, admission: str = "",
+                overfull: str = "") -> list[Mismatch]:
     """[] if the requests running beside request `i` when it was freed (`got`: request ->
     tokens held) are those of the spec's step that finishes it (`spec`: finish_order's
     (before, after) its decode; one decoded this step already or not yet, one finishing in
     the same step freed already or not yet), else [the Mismatch saying so]. `admission`:
-    the hint of an admission seen unlike the spec's, where no other names the mistake."""
+    the hint of an admission seen unlike the spec's, where no other names the mistake;
+    `overfull`: that hint where the admission took a request that did not fit (what every
+    request running ahead of the spec's steps then follows from)."""
     before, after, admitted = spec
     if all(j in before and before[j] <= n <= after[j] for j, n in got.items()) and \
             all(j in got for j, n in after.items() if n < len(tokens[j])):
@@ -133,7 +151,9 @@ def unlike_spec(i: int, got: dict, spec, tokens, admission: str = "") -> list[Mi
     # (requests are admitted in arrival order: one past every request the spec runs here,
     # the spec has not admitted yet)
     early = [j for j in sorted(got) if j > max([i, *before, *after])]
-    if early:
+    if overfull:
+        hint = overfull
+    elif early:
         hint = (f"request {early[0]} was running already, though the pool has no room for it "
                 "yet: " + ADMIT_HINT)
     elif ahead:   # no token when admitted lags a request behind those admitted before it only

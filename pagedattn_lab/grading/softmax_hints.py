@@ -26,6 +26,12 @@ SOFTMAX_MISTAKES = [
      "m = m_new at the end of update().", "max_stuck"),
     ("each key is weighed against the max before it, exp(score - m_old), while l and acc "
      "are rescaled to the new one: weigh it with exp(score - m_new).", "old_max_first"),
+    ("a score that raises the max restarts l and acc from that key alone, so the keys "
+     "before it are lost: keep them, scaled down by exp(m_old - m_new) (l = l * "
+     "exp(m_old - m_new) + exp(score - m_new), and acc likewise).", "reset"),
+    ("acc holds only the last key's term: each update must add exp(score - m_new) * value "
+     "to the rescaled acc (acc = acc * exp(m_old - m_new) + ...), not assign it.",
+     "acc_assigned"),
 ]
 NON_FINITE_MISTAKES = [  # mistakes that are right on ordinary scores come first
     ("exp(score) overflowed to inf: always exponentiate score - running_max, never the raw "
@@ -39,6 +45,12 @@ NON_FINITE_MISTAKES = [  # mistakes that are right on ordinary scores come first
      "far above it. m is the max so far: when a score raises it, set m to it and rescale l and "
      "acc by exp(m_old - m_new) before adding the new key.", "first_max"),
 ]
+
+EXPONENT_ABOVE_0_HINT = (
+    "exp overflowed (math.exp raises OverflowError past 709.78): one of your exponents was far "
+    "above 0. With m the running max, the largest score so far, both exponents, score - m_new "
+    "and m_old - m_new, are at most 0: exponentiate only those (a max, not a min; the old max "
+    "minus the new, not the reverse).")
 
 
 def nomax_hint(scores) -> str:

@@ -201,6 +201,9 @@ UNSCALED_PAGES_HINT = ("token t is at slot block_table[t / page_size] * page_siz
 PAGE_ONLY_HINT = ("every key of a page read the same row: block_table[t / page_size] is a page "
                   "id, not a slot. Token t is at slot block_table[t / page_size] * page_size + "
                   "t % page_size.")
+SWAPPED_SLOT_HINT = ("token t is at slot block_table[t / page_size] * page_size + t % "
+                     "page_size: yours swaps / and % (the page is t / page_size, the offset in "
+                     "it t % page_size).")
 HEAD_STRIDE_HINT = ("the head stride is missing num_kv_heads (the guide's bug): element (slot, "
                     "kv_head, d) is at (slot * num_kv_heads + kv_head) * head_dim + d.")
 NEXT_PAGE_HINT = ("token t's page is entry t / page_size of its block-table row (entry 0 holds "
@@ -286,9 +289,7 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None, shared_tile=
         # after the rest: none of these may pre-empt a hint a kernel already got
         (f"multiply q.k by `scale` ({case.scale:.4g} here), not divide by it.",
          v(scale=1 / case.scale)),
-        ("token t is at slot block_table[t / page_size] * page_size + t % page_size: yours "
-         "swaps / and % (the page is t / page_size, the offset in it t % page_size).",
-         v(slot_bug="swap")),
+        (SWAPPED_SLOT_HINT, v(slot_bug="swap")),
         (UNSCALED_PAGES_HINT, v(slot_bug="unscaled")),
         (PAGE_ONLY_HINT, v(slot_bug="page_only")),
         ("the values come from v_cache: yours weighs the keys (read V at the same index as "
