@@ -13,6 +13,8 @@ import pytest
 
 from pagedattn_lab.cpu import KernelFault, RawKernel
 from pagedattn_lab.grading import slack_reads
+from pagedattn_lab.grading.report import NotAttempted
+from pagedattn_lab.grading.time_limits import CaseTimeout
 from tests.check_helpers import mutate, run_check, solution_source
 from tests.test_cpu_executor_bugs import _SHIFTED
 from tests.test_grader_hunt93 import _judged
@@ -121,3 +123,21 @@ def test_a_probes_stopped_read_is_not_the_cases():
     slack_reads.run_case(probed)
     with pytest.raises(KernelFault):
         slack_reads.run_case(lambda: slack_reads.seen(fault))
+
+
+@pytest.mark.parametrize("ending", [CaseTimeout, NotImplementedError, NotAttempted])
+def test_a_case_ended_early_leaves_no_stopped_read_behind(ending):
+    """A case that ends in its time limit or an unwritten part, after a launch read before an
+    array, takes its stopped read with it: a later question outside a case (`pending`) would
+    otherwise see it and take fill NaN for no evidence."""
+    fault = KernelFault("kernel 'k': out-of-bounds read", kernel="k", thread=(0, 0, 0),
+                        block=(0, 0, 0), access="read", slack=True, region="argument",
+                        buffer="a", arg_index=0, index=-1, size=4)
+
+    def read_then_end():
+        slack_reads.seen(fault)
+        raise ending("ended")
+
+    with pytest.raises(ending):
+        slack_reads.run_case(read_then_end)
+    assert not slack_reads.pending()

@@ -91,11 +91,12 @@ def run_case(run) -> None:
         if fault is None:
             raise
         raise fault from exc   # (the read before the start came first)
-    finally:
-        _state.in_case = False
-    fault = _take()
-    if fault is not None:   # right outputs from a kernel that read before an array
-        raise fault
+    else:
+        fault = _take()
+        if fault is not None:   # right outputs from a kernel that read before an array
+            raise fault
+    finally:   # (a case ended by its time limit leaves no fault for the next question)
+        _state.in_case, _state.fault = False, None
 
 
 def _take():
