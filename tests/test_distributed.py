@@ -165,6 +165,22 @@ def test_every_port_taken_is_reported_with_the_count(monkeypatch, taken_port):
     assert given == [taken_port, taken_port]
 
 
+def bind_a_taken_port(rank, world_size, port):
+    """A rank function whose own socket finds its port taken."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+@needs_torch
+def test_a_rank_function_failing_on_its_own_port_is_not_retried(monkeypatch, taken_port):
+    """Only MASTER_PORT taken starts the ranks again: the rank function's own "address
+    already in use" is its failure, reported at once (a retry would run its work again)."""
+    given = hand_out_ports(monkeypatch)
+    with pytest.raises(RuntimeError, match=r"(?s)^rank 0 of 1 failed.*already in use"):
+        launch(bind_a_taken_port, 1, taken_port)
+    assert len(given) == 1
+
+
 # ---- the bookkeeping, no processes ----------------------------------------------------------
 
 def test_tp_prefill_refuses_the_decode_only_num_splits():

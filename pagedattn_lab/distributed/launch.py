@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -33,7 +34,8 @@ BACKENDS = ("gloo", "nccl")
 # Ports launch tries when rank 0 finds MASTER_PORT taken (torch's own launcher tries 3).
 PORT_TRIES = 3
 # What rank 0's traceback says when torch's TCPStore cannot listen on MASTER_PORT: the errno's
-# name in torch 2.x, the OS's words (lower-cased) in every version.
+# name in torch 2.x, the OS's words (lower-cased) in every version; with the port's number,
+# so that a rank function's own socket failing the same way is not taken for it.
 _PORT_TAKEN_MARKS = ("eaddrinuse", "address already in use")
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[2])
 
@@ -122,7 +124,7 @@ def _run_ranks(port: int, world_size: int, job: Path, tmp: Path, deadline: float
     env = _rank_env(port, world_size)
     procs = [_start(r, env, job, tmp) for r in range(world_size)]
     try:
-        _wait(procs, deadline, timeout, tmp)
+        _wait(procs, deadline, timeout, tmp, port)
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -150,14 +152,14 @@ def _start(rank: int, env: dict, job: Path, tmp: Path) -> subprocess.Popen:
                                 env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
-def _wait(procs, deadline: float, timeout: float, tmp: Path) -> None:
+def _wait(procs, deadline: float, timeout: float, tmp: Path, port: int) -> None:
     while True:
         codes = [p.poll() for p in procs]
         failed = [r for r, c in enumerate(codes) if c not in (None, 0)]
         if failed:
             r = failed[0]
             log = _tail(tmp / f"log{r}.txt")
-            error = _PortTaken if r == 0 and _names_port_taken(log) else RuntimeError
+            error = _PortTaken if r == 0 and _names_port_taken(log, port) else RuntimeError
             raise error(f"rank {r} of {len(procs)} failed (exit code {codes[r]}); its "
                         f"output:\n{log}")
         if all(c == 0 for c in codes):
@@ -169,10 +171,12 @@ def _wait(procs, deadline: float, timeout: float, tmp: Path) -> None:
         time.sleep(0.02)
 
 
-def _names_port_taken(log: str) -> bool:
-    """Whether rank 0's output says that MASTER_PORT was taken (only rank 0 listens on it)."""
+def _names_port_taken(log: str, port: int) -> bool:
+    """Whether rank 0's output says that MASTER_PORT (`port`) was taken (only rank 0 listens
+    on it)."""
     text = log.lower()
-    return any(mark in text for mark in _PORT_TAKEN_MARKS)
+    return any(mark in text for mark in _PORT_TAKEN_MARKS) and re.search(
+        rf"(?<!\d){port}(?!\d)", text) is not None
 
 
 def _tail(path: Path, chars: int = 4000) -> str:
