@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from tests.check_helpers import assert_caught, mutate, run_check, solution_source
+from tests.serve_loops import serve_loop, spec_admission
 
 ONRAMP, DECODE = "03_cuda_onramp.ipynb", "06_decode_kernel.ipynb"
 MISPLACED = "values landed on the wrong elements"
@@ -159,31 +160,8 @@ def test_merge_kernel_storing_to_another_row_is_named():
 
 
 def _serve(admit_one_per_step):
-    def serve(cache, requests, kv_for):
-        def pages(n):
-            return -(-n // cache.page_size)
-        waiting, running, finished = list(range(len(requests))), {}, []
-        while waiting or running:
-            while waiting:
-                i = waiting[0]
-                promised = sum(pages(sum(requests[j])) - pages(cache.seq_len(s))
-                               for j, s in running.items())
-                if pages(sum(requests[i])) > cache.allocator.num_free - promised:
-                    break
-                seq = cache.add_sequence()
-                cache.append(seq, *kv_for(waiting.pop(0), 0, requests[i][0]))
-                running[i] = seq
-                if admit_one_per_step:
-                    break
-            for i, seq in list(running.items()):
-                if cache.seq_len(seq) < sum(requests[i]):
-                    cache.append(seq, *kv_for(i, cache.seq_len(seq), 1))
-                if cache.seq_len(seq) == sum(requests[i]):
-                    cache.free_sequence(seq)
-                    del running[i]
-                    finished.append(i)
-        return finished
-    return serve
+    """Workbook 07's loop, admitting at most one request a step when `admit_one_per_step`."""
+    return serve_loop(lambda a: spec_admission(a) and not (admit_one_per_step and a.admitted))
 
 
 def test_serve_admitting_one_request_a_step_is_named():

@@ -9,15 +9,11 @@ or the company at each free is the one such a loop makes.
 import pytest
 
 from tests.check_helpers import run_check
-from tests.serve_loops import serve_loop
-
-
-def _spec_admission(a):
-    return a.total <= a.free - a.left
+from tests.serve_loops import serve_loop, spec_admission
 
 
 def test_a_one_token_a_step_prefill_is_named_on_every_failing_case():
-    result, printed = run_check("serve", serve_loop(_spec_admission, admitted_tokens=1))
+    result, printed = run_check("serve", serve_loop(spec_admission, admitted_tokens=1))
     failed = [c for c in result.cases if not c.passed]
     assert result.status == "failed" and failed, printed
     for case in failed:
@@ -32,5 +28,5 @@ def test_a_prompt_appended_whole_at_admission_passes(piece):
     """The spec's loop, and ones that append the prompt in pieces inside the admission (the
     same cache after every step; the first append holds part of the prompt): no mistake to
     name, the check passes them."""
-    result, printed = run_check("serve", serve_loop(_spec_admission, piece=piece))
+    result, printed = run_check("serve", serve_loop(spec_admission, piece=piece))
     assert result.status == "passed", printed

@@ -15,7 +15,7 @@ import pytest
 
 import pagedattn_lab as pl
 from tests.check_helpers import assert_caught, run_check
-from tests.serve_loops import serve_loop
+from tests.serve_loops import serve_loop, spec_admission
 
 # -- workbook 07, task 1 --------------------------------------------------------------------
 
@@ -82,29 +82,8 @@ def test_admission_without_promised_pages_is_named_where_the_pool_runs_dry():
     assert "still held their pages" not in hint, printed
 
 
-def serve_prompt_one_short(cache, requests, kv_for):
-    """The spec's loop, but admission appends prompt_len - 1 tokens (the decode the last)."""
-    def pages(n):
-        return -(-n // cache.page_size)
-    waiting, running, finished = deque(range(len(requests))), {}, []
-    while waiting or running:
-        while waiting:
-            i = waiting[0]
-            promised = sum(pages(sum(requests[j])) - pages(cache.seq_len(s))
-                           for j, s in running.items())
-            if pages(sum(requests[i])) > cache.allocator.num_free - promised:
-                break
-            waiting.popleft()
-            running[i] = cache.add_sequence()
-            cache.append(running[i], *kv_for(i, 0, max(1, requests[i][0] - 1)))
-        for i, s in list(running.items()):
-            if cache.seq_len(s) < sum(requests[i]):
-                cache.append(s, *kv_for(i, cache.seq_len(s), 1))
-            if cache.seq_len(s) == sum(requests[i]):
-                cache.free_sequence(s)
-                del running[i]
-                finished.append(i)
-    return finished
+# The spec's loop, but admission appends prompt_len - 1 tokens (the decode the last).
+serve_prompt_one_short = serve_loop(spec_admission, admitted_tokens=lambda n: max(1, n - 1))
 
 
 def test_a_prompt_admitted_one_token_short_is_named_not_a_late_finish():
