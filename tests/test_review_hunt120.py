@@ -120,12 +120,12 @@ def test_offset_hint_says_where_the_missing_head_stride_lands():
     # hunt 115's hint said every slot from 1 on lands in an earlier slot's values: slot 1's
     # last head lands in slot 1 itself (its head 0), the one exception
     from pagedattn_lab.addressing import element_offset
-    from pagedattn_lab.grading.checks_addressing import _offset_variants
+    from pagedattn_lab.grading.offset_hints import offset_variants
     for heads in (2, 3, 4):
-        hint, _ = _offset_variants(1, heads - 1, 0, heads, 8)[0]
+        hint, _ = offset_variants(1, heads - 1, 0, heads, 8)[0]
         for slot in range(1, 6):
             for h in range(heads):
-                wrong = _offset_variants(slot, h, 0, heads, 8)[0][1]
+                wrong = offset_variants(slot, h, 0, heads, 8)[0][1]
                 assert wrong < element_offset(slot, h, 0, heads, 8)   # "falls short"
                 lands = wrong // (heads * 8)
                 assert lands < slot or (slot, h, wrong % (heads * 8)) == (1, heads - 1, 0)

@@ -14,7 +14,8 @@ import numpy as np
 from ..paging import BlockAllocator, OutOfPagesError
 from ..validate_kinds import is_int
 from ..words import counted
-from .compare import FIXED_PAGE_HINT, POW2_HINT, call_on_copies, pow2_ceil_forms
+from .block_table_hints import EMPTY_BATCH_HINT, count_hint, width_hint
+from .compare import FIXED_PAGE_HINT, call_on_copies
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit, shortened, text_of
 from .seeds import case_rng
 
@@ -93,6 +94,10 @@ def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 
             hint = "you took " + per_token
             if n_new == 1 and seq_len % page_size:   # ceil(1 / page_size) is 1 page too
                 hint = several_fit([per_token, _room_hint(page_size, seq_len)], "pages")
+        elif (seq_len + n_new) % page_size == 0 and taken == want - len(before) + 1 \
+                and _pages_taken(fn, 4, 4) == 2:   # (4 tokens in pages of 4: 1 page, not 2)
+            hint = (f"one page too many: ceil is not floor + 1, {seq_len + n_new} tokens fill "
+                    f"exactly {counted(want, 'page')}; use -(-(seq_len + n_new) // page_size).")
         elif taken == -(-n_new // page_size) and seq_len % page_size:
             hint = _room_hint(page_size, seq_len)
         elif page_size != 16 and taken == max(0, -(-(seq_len + n_new) // 16) - len(before)) \
@@ -192,72 +197,11 @@ def append_tokens(fn) -> CheckResult:
 
 # -- task: the batch's block tables -----------------------------------------------------
 
-EMPTY_BATCH_HINT = ("an empty batch is still a batch: block_tables of shape (0, 1) (int32) "
-                    "and seq_lens of shape (0,); max() of an empty list raises, so give it a "
-                    "default (at least 1).")
-
-
-def _count_hint(filled: list[int], seq_lens: list[int], page_size: int, taken: int) -> str:
-    """The rules (all that fit) that give these page counts per row and took that many pages."""
-    rules = [
-        ("round up: a sequence of L tokens owns ceil(L / page_size) pages, its last page "
-         "partly filled.", [n // page_size for n in seq_lens]),
-        ("a sequence with no tokens yet owns no page (ceil(0 / page_size) is 0): its row is "
-         "all -1.", [max(1, -(-n // page_size)) for n in seq_lens]),
-        ("L // page_size + 1 pages is one too many when L is a multiple of page_size (and for "
-         "0 tokens).", [n // page_size + 1 for n in seq_lens]),
-        ("one page per token? A row needs ceil(seq_len / page_size) entries.", list(seq_lens)),
-        *[(POW2_HINT.format(name="page_size", n=page_size), [int(ceil(n)) for n in seq_lens])
-          for ceil, _ in pow2_ceil_forms(page_size)],
-    ]
-    need = [-(-n // page_size) for n in seq_lens]
-    fits = [h for h, counts in rules if need != counts == filled and taken == sum(counts)]
-    return several_fit(fits, "page counts") if fits else ""
-
-
-def _width_hint(tables: np.ndarray, seq_lens: list[int], need: list[int], taken: int,
-                width: int, page_size: int) -> str:
-    """What the wrong shape shows: a shared table, a page per token, a transposed table..."""
-    hint = "one row per sequence, as wide as the longest sequence's page count (at least 1)."
-    if tables.ndim != 2:
-        return hint
-    rows, cols = tables.shape
-    filled = [int((tables[i] >= 0).sum()) for i in range(rows)] if rows == len(seq_lens) else []
-    if (rows, cols) == (width, len(seq_lens)) and rows != cols:
-        return ("the table is transposed: row i must be sequence i, [batch, max_pages], not "
-                "[max_pages, batch].")
-    if filled and len(seq_lens) > 1 and all(f == sum(need) for f in filled) and sum(need) > \
-            max(need):
-        return ("every row holds every page: one block table for the whole batch (the "
-                "guide's bug; `[[]] * n` makes n references to one list). Give each "
-                "sequence its own list.")
-    if taken == sum(seq_lens) != sum(need):
-        return "one page per token? A row needs ceil(seq_len / page_size) entries."
-    if cols == 0 and rows == len(seq_lens):
-        return EMPTY_BATCH_HINT if not seq_lens else (
-            "no sequence holds a page, but the table still needs one column: max_pages is at "
-            "least 1 (kernels take a table with max_pages >= 1).")
-    widths = [  # (a width several mistakes give alike names each: the shape cannot tell)
-        ("each row holds its own pages, but the table is as wide as the whole batch's "
-         "page count: max_pages is the longest sequence's page count.",
-         sum(need) if filled == need else None),
-        ("max_pages is ceil(longest / page_size): longest // page_size leaves out the longest "
-         "sequence's partly filled last page.", max(n // page_size for n in seq_lens)),
-        ("max_pages is ceil(longest / page_size): longest // page_size + 1 is one page too "
-         "many when the longest sequence fills its last page.",
-         max(n // page_size + 1 for n in seq_lens)),
-    ] if seq_lens and rows == len(seq_lens) else []
-    fits = [text for text, wrong in widths if wrong is not None and cols == wrong != width]
-    # (rows holding the wrong page counts say more than the width they make)
-    return (_count_hint(filled, seq_lens, page_size, taken)
-            or (several_fit(fits, "width") if fits else hint))
-
-
 def _expect_rows(tables: np.ndarray, seq_lens: list[int], page_size: int, taken: int,
                  need: list[int]) -> None:
     """Each row holds its sequence's page count before its -1 padding."""
     filled = [int((row >= 0).sum()) for row in tables]
-    hint = _count_hint(filled, seq_lens, page_size, taken)
+    hint = count_hint(filled, seq_lens, page_size, taken)
     short = [i for i in range(len(seq_lens)) if (tables[i, :need[i]] < 0).any()]
     # a square table (batch == max_pages) cannot show a transposition by its shape: its
     # columns hold the sequences' pages, each before its -1 padding
@@ -272,7 +216,8 @@ def _expect_rows(tables: np.ndarray, seq_lens: list[int], page_size: int, taken:
                 "in the order of seq_lens.")
     if hint or short:
         i = short[0] if short else next(i for i, f in enumerate(filled) if f != need[i])
-        raise Mismatch(f"row {i} (a sequence of {seq_lens[i]} tokens) holds {filled[i]} pages",
+        raise Mismatch(f"row {i} (a sequence of {counted(seq_lens[i], 'token')}) holds "
+                       f"{counted(filled[i], 'page')}",
                        hint or "a sequence of L tokens owns ceil(L / page_size) pages, listed "
                        "before the row's -1 padding.", str(need[i]), str(filled[i]))
 
@@ -347,7 +292,7 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
                        if tables.T.flags.c_contiguous else "a strided view")
     if tables.shape != (len(seq_lens), width):
         raise Mismatch("block_tables shape",
-                       _width_hint(tables, seq_lens, need, taken, width, page_size),
+                       width_hint(tables, seq_lens, need, taken, width, page_size),
                        f"{(len(seq_lens), width)}", f"{tables.shape}")
     _expect_rows(tables, seq_lens, page_size, taken, need)
     rows = [tables[i, : need[i]].tolist() for i in range(len(seq_lens))]

@@ -71,6 +71,15 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
             return candidate if same else None
         return candidate
 
+    def dtype_ignored():
+        """The count of numbers, not bytes, when another dtype gives the same answer (in
+        fp16 it is also half the bytes, as forgetting K or V gives: the probe tells)."""
+        numbers = tokens * 2 * num_kv_heads * head_dim
+        if numbers == expected:
+            return None
+        other = np.float32 if itemsize == 2 else np.float16
+        return numbers if probe(lambda: int(fn(*args, other)) == numbers) else None
+
     all_heads = tokens * 2 * num_heads * head_dim * itemsize
     group = tokens * 2 * (num_heads // num_kv_heads) * head_dim * itemsize
 
@@ -80,6 +89,8 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
             group if group == candidate else None
 
     _int_case(fn, (*args, dtype), expected, [
+        (f"multiply by the dtype's size: your answer is the same for every dtype, a count of "
+         f"numbers, not of bytes ({size_text}: np.dtype(dtype).itemsize).", dtype_ignored),
         (f"use the dtype's size (np.dtype(dtype).itemsize): {size_text}, not 2 whatever the "
          "dtype.", lambda: size_ignored(2)),
         or_group(BOTH_HINT, expected // 2),
@@ -94,6 +105,9 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
          int(lens.max()) * len(lens) * per_token if len(lens) else None),
         ("count the tokens, sum(seq_lens), not len(seq_lens) (the number of sequences): "
          "every cached token's key and value are read.", len(lens) * per_token),
+        ("read seq_lens tokens a sequence, not one more: seq_lens already counts every "
+         "cached token, the newest included.",
+         (tokens + len(lens)) * per_token if len(lens) else None),
         (OVERFLOW_HINT, wrapped),
         (OVERFLOW_HINT, wrapped_total),
     ], f"kv_bytes(num_heads={num_heads}, num_kv_heads={num_kv_heads}, head_dim={head_dim}, "
