@@ -18,7 +18,7 @@ import numpy as np
 
 from ..puzzles import PUZZLES
 from .puzzle_grid_hints import grid_hints
-from .puzzle_hints import check_budget, check_output, not_ten
+from .puzzle_hints import check_budget, check_output, not_ten, own_value_doubled, unstored_hint
 from .puzzle_runner import PuzzleKernel, count_line
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
@@ -346,9 +346,10 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
         # wrong total beside the NaN shows another mistake (totals stored on one element)
         if not diff.unwritten.any() or group == 32 or (diff.bad & ~diff.unwritten).any():
             return None
-        return ("NaN came out: a thread read a shared-memory slot that no thread wrote (the "
-                f"executor fills shared memory with NaN). A block of {threads} threads has "
-                f"{threads // 32} warps, so there are {threads // 32} warp totals.")
+        return unstored_hint(diff, counts.by_buffer["out"].writes, locate_word) or (
+            "NaN came out: a thread read a shared-memory slot that no thread wrote (the "
+            f"executor fills shared memory with NaN). A block of {threads} threads has "
+            f"{threads // 32} warps, so there are {threads // 32} warp totals.")
 
     def reads_out(diff):
         reads = counts.by_buffer["out"].reads
@@ -357,7 +358,7 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
                 "each total once." if reads else None)
 
     check_output(kern, got, spec(a.astype(np.float64)), (locate_word,), counts, "out",
-                 [reads_out, partial, stale_shared])
+                 [reads_out, partial, stale_shared, own_value_doubled(got, lanes)])
     budget = {"global_reads": 1, "global_writes": 1, "shared_writes": 1 if group > 32 else 0}
     check_budget(counts, budget, {"out": out.size}, {"a": (n, "read a[i] once.")}, {
         "shared_writes": "this puzzle needs no shared memory: shuffles move values between "

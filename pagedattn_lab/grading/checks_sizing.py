@@ -177,6 +177,13 @@ EMPTY_HINT = ("with nothing {what} there is nothing to waste: 0 / 0 is undefined
               "0.0 for that case (test for it before dividing).")
 
 
+FLOOR_HINT = "// rounds the fraction down to a whole number: use true division (/)."
+
+# (slots / used is at least 1, so 1 minus it is never a fraction between 0 and 1)
+UPSIDE_DOWN_HINT = ("the division is upside down: the empty share is 1 - used / {slots} "
+                    "(tokens over slots), not 1 - {slots} / used, which is negative.")
+
+
 ROUNDED_HINT = ("that is the fraction rounded to {k} decimal place{s}: return it unrounded "
                 "(round only where you print it).")
 
@@ -221,8 +228,9 @@ def _reserved_case(fn, lens: np.ndarray, max_len: int) -> None:
          (reserved - used) / used if used else None),
         ("that is the used fraction; the question asks for the wasted one.",
          used / reserved if reserved else None),
-        ("// rounds the fraction down to a whole number: use true division (/).",
-         1 - used // reserved if reserved else None),
+        (FLOOR_HINT, 1 - used // reserved if reserved else None),
+        (FLOOR_HINT, (reserved - used) // reserved if reserved else None),
+        (UPSIDE_DOWN_HINT.format(slots="reserved"), 1 - reserved / used if used else None),
         ("divide by every slot reserved for the batch (one max_len per request), not by one "
          "max_len.", (reserved - used) / max_len),
         (PERCENT_HINT, 100 * expected),
@@ -309,8 +317,9 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
         ("that is the mean of the sequences' own waste fractions, which weighs a 3-token "
          "request like a 2048-token one: divide the batch's wasted slots by its allocated "
          "slots.", per_sequence),
-        ("// rounds the fraction down to a whole number: use true division (/).",
-         1 - used // allocated if allocated else None),
+        (FLOOR_HINT, 1 - used // allocated if allocated else None),
+        (FLOOR_HINT, (allocated - used) // allocated if allocated else None),
+        (UPSIDE_DOWN_HINT.format(slots="allocated"), 1 - allocated / used if used else None),
         ("a sequence of L tokens holds ceil(L / page_size) pages, not one.",
          1 - used / (len(lens) * page_size) if len(lens) else None),
         (POW2_HINT.format(name="page_size", n=page_size),

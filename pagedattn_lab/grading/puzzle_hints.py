@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compare import describe_difference
+from ..words import counted
+from .compare import describe_difference, ranges
 from .puzzle_runner import per_thread_max
 from .report import Mismatch, NotAttempted
 
@@ -92,3 +93,33 @@ def not_ten(shift) -> str:
     check failed it, so "a[i] + 10: the spec adds 10" (10.0002 at 4 digits) says nothing."""
     return next((t for t in (f"{shift:.{n}g}" for n in range(4, 8)) if float(t) != 10),
                 f"{shift:.7g}")
+
+
+def unstored_hint(diff, writes: int, word: str) -> str | None:
+    """The hint for totals still NaN because their owner stored nothing (fewer writes to out
+    than its elements), not because a stale shared-memory slot was added in."""
+    unstored = np.flatnonzero(diff.unwritten)
+    if writes >= diff.unwritten.size:
+        return None
+    return (f"{word} {ranges(unstored)} never stored a total (out was written "
+            f"{counted(writes, 'time')} for {counted(diff.unwritten.size, word)}): every "
+            f"{word} writes its total, a partly filled one too (its elements past n count as "
+            "0).")
+
+
+def own_value_doubled(got, lanes):
+    """A hint rule for a warp sum whose writing lane never received the total: with
+    __shfl_up/down_sync a lane whose partner is outside the warp gets its own value back, so
+    after the 5 steps it holds 32 times its own element. `lanes` is [warps, 1, 32]."""
+    def rule(diff):
+        if lanes.shape[1] != 1:
+            return None
+        lane = next((j for j in range(32) if np.allclose(got, 32 * lanes[:, 0, j], rtol=1e-5,
+                                                          atol=1e-4)), None)
+        if lane is None:
+            return None
+        return (f"out[w] is 32 times lane {lane}'s own element: at every step lane {lane}'s "
+                "partner lay outside the warp, so the shuffle handed it back its own value and "
+                "it doubled 5 times. Write from the lane that ends with the sum: lane 0 with "
+                "__shfl_down_sync, lane 31 with __shfl_up_sync, any lane with __shfl_xor_sync.")
+    return rule
