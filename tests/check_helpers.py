@@ -21,17 +21,26 @@ def run_check(task, impl, **kwargs):
     return result, out.getvalue()
 
 
-def schedule_step_answer(running_pages, prompt_pages):
+def beyond_held(running_pages):
+    """A running request's new pages as the solution counts them: what it holds after its
+    chunk by `running_pages(tokens, page_size)`, less the num_pages it holds."""
+    def new_pages(req, n, page_size):
+        return max(0, running_pages(req.num_computed + n, page_size) - req.num_pages)
+    return new_pages
+
+
+def schedule_step_answer(new_pages, prompt_pages):
     """Workbook 12's schedule_step written as the solution writes it, with a learner's page
-    counts: `running_pages(tokens, page_size)` for what a running request holds after its
-    chunk, `prompt_pages(n, page_size)` for a waiting prompt's chunk of n tokens."""
+    counts: `new_pages(req, n, page_size)` for the pages a running request's chunk of n
+    tokens takes (the solution's: beyond_held(ceil)), `prompt_pages(n, page_size)` for a
+    waiting prompt's chunk of n tokens."""
     def schedule_step(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
         batch, free = [], free_pages
         for req in running:
             if budget <= 0:
                 break
             n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-            free -= max(0, running_pages(req.num_computed + n, page_size) - req.num_pages)
+            free -= new_pages(req, n, page_size)
             batch.append((req.rid, n))
             budget -= n
         for req in waiting:

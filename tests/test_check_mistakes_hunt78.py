@@ -7,7 +7,7 @@ that the hint says the evidence fits both.
 """
 import numpy as np
 
-from tests.check_helpers import assert_caught, mutate, solution_source
+from tests.check_helpers import assert_caught, mutate, schedule_step_answer, solution_source
 from tests.test_check_mistakes_system import serve_factory
 
 
@@ -43,31 +43,15 @@ def test_tc_tile_scores_k0_loop_one_step_too_far_is_named():
     assert not result.cases[0].passed and "k0 <= head_dim" in result.cases[0].hint, printed
 
 
-def _step_ignoring_pages_held(running, waiting, budget, free_pages, watermark, page_size,
-                              max_chunk):
-    """The lesson's step, with a running request's new pages counted from the pages its
-    computed tokens fill (ceil(num_computed / page_size)), not from num_pages."""
-    def pages(tokens):
-        return -(-tokens // page_size)
+def _ceil(tokens, page_size):
+    return -(-tokens // page_size)
 
-    batch, free = [], free_pages
-    for req in running:
-        if budget <= 0:
-            break
-        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-        free -= pages(req.num_computed + n) - pages(req.num_computed)
-        batch.append((req.rid, n))
-        budget -= n
-    for req in waiting:
-        if budget <= 0:
-            break
-        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-        if pages(n) + watermark > free:
-            break
-        free -= pages(n)
-        batch.append((req.rid, n))
-        budget -= n
-    return batch
+
+# The lesson's step, with a running request's new pages counted from the pages its computed
+# tokens fill (ceil(num_computed / page_size)), not from num_pages.
+_step_ignoring_pages_held = schedule_step_answer(
+    lambda req, n, page_size: _ceil(req.num_computed + n, page_size)
+    - _ceil(req.num_computed, page_size), _ceil)
 
 
 def test_schedule_step_pages_held_ahead_ignored_is_named():

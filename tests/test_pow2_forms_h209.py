@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.engine.prefix_cache import hash_block
-from tests.check_helpers import run_check, schedule_step_answer
+from tests.check_helpers import beyond_held, run_check, schedule_step_answer
 from tests.serve_loops import serve_loop
 
 POW2 = "only when n is a power of two"
@@ -53,7 +53,7 @@ def _serve(ceil):
 
 def _schedule_step(ceil):
     """schedule_step with every page count by `ceil`."""
-    return schedule_step_answer(ceil, ceil)
+    return schedule_step_answer(beyond_held(ceil), ceil)
 
 
 # -- wire_bytes (workbook 13, task 3) --------------------------------------------------------

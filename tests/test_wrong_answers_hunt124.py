@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.engine.prefix_cache import hash_block
-from tests.check_helpers import as_params, assert_caught, mutate, run_check, solution_source
+from tests.check_helpers import (as_params, assert_caught, mutate, run_check,
+                                 schedule_step_answer, solution_source)
 
 
 def _group_rows_one_short(q, kv_head, group):
@@ -89,29 +90,13 @@ def _wire_bytes_ring_all_reduce(seq_lens, num_heads, num_kv_heads, head_dim, pag
             int(np.sum(seq_lens)) * 2 * (num_kv_heads // world_size) * head_dim * itemsize)
 
 
-def _schedule_step_charging_held_pages(running, waiting, budget, free_pages, watermark,
-                                       page_size, max_chunk):
-    """A running request charged every page its tokens fill (num_pages not subtracted)."""
-    def pages(tokens):
-        return -(-tokens // page_size)
-    batch, free = [], free_pages
-    for req in running:
-        if budget <= 0:
-            break
-        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-        free -= pages(req.num_computed + n)
-        batch.append((req.rid, n))
-        budget -= n
-    for req in waiting:
-        if budget <= 0:
-            break
-        n = min(req.num_tokens - req.num_computed, budget, max_chunk)
-        if pages(n) + watermark > free:
-            break
-        free -= pages(n)
-        batch.append((req.rid, n))
-        budget -= n
-    return batch
+def _ceil(tokens, page_size):
+    return -(-tokens // page_size)
+
+
+# A running request charged every page its tokens fill (num_pages not subtracted).
+_schedule_step_charging_held_pages = schedule_step_answer(
+    lambda req, n, page_size: _ceil(req.num_computed + n, page_size), _ceil)
 
 
 MISTAKES = [

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.engine.prefix_cache import hash_block
-from tests.check_helpers import (as_params, assert_caught, mutate, run_check,
+from tests.check_helpers import (as_params, assert_caught, beyond_held, mutate, run_check,
                                  schedule_step_answer, solution_source)
 
 
@@ -116,7 +116,7 @@ MISTAKES = [
      "the block's number", ["as returned (bytes), parent none for block 0"]),
     ("cached_prefix", _cached_prefix_page_less, "not a whole page less",
      ["the pages are right; num_computed = min("]),
-    ("schedule_step", schedule_step_answer(_ceil, lambda n, page_size: n),
+    ("schedule_step", schedule_step_answer(beyond_held(_ceil), lambda n, page_size: n),
      "priced at n pages, one per token", ["compare with the expected batch above"]),
     ("wire_bytes", _wire_bytes(output_share=lambda share, world: share // world),
      "output_share was divided by world_size twice"),
@@ -150,7 +150,7 @@ def test_schedule_step_prompt_priced_per_token_is_named_beside_the_running_charg
     """Where charging the running requests every page they fill gives the same batch, both
     mistakes are named, not the running requests' charge alone."""
     result, printed = run_check("schedule_step",
-                                schedule_step_answer(_ceil, lambda n, page_size: n))
+                                schedule_step_answer(beyond_held(_ceil), lambda n, page_size: n))
     case = next(c for c in result.cases if "running requests before waiting" in c.name)
     assert not case.passed and "these mistakes give the same batch" in case.hint, printed
     assert "one per token" in case.hint and "it already holds num_pages" in case.hint, printed
