@@ -16,7 +16,7 @@ import numpy as np
 from ..distributed.shard import head_range
 from ..validate_kinds import is_int
 from ..words import counted
-from .compare import POW2_HINT, call_on_copies, kv_head_rule, pow2_ceil_forms
+from .compare import POW2_HINT, call_on_copies, kv_head_rule, pow2_ceil_forms, pow2_div
 from .report import Case, CheckResult, Mismatch, as_array, run_cases, several_fit
 from .seeds import case_rng   # the grader salts the random cases
 
@@ -84,9 +84,9 @@ def _split_variants(rank, world, heads, kv):
          "num_heads // world_size (the query heads of a rank).",
          ((ks, ke), (ks * (heads // world), ke * (heads // world)))),
         *[(POW2_HINT.format(name="world_size", n=world),
-           ((rank * (kv >> s), (rank + 1) * (kv >> s)), (rank * (heads >> s),
-                                                        (rank + 1) * (heads >> s))))
-          for s in [world.bit_length() - 1] if world & (world - 1)],
+           ((rank * pow2_div(kv, world), (rank + 1) * pow2_div(kv, world)),
+            (rank * pow2_div(heads, world), (rank + 1) * pow2_div(heads, world))))]
+        * bool(world & (world - 1)),
     ]
 
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import threading
 
-from .faults import describe_kernel_exception
+from .faults import kernel_message
 from .report import Mismatch, NotAttempted
 from .time_limits import CaseTimeout
 
@@ -106,8 +106,6 @@ def _take():
 
 def _account(fault: BaseException) -> str:
     """The fault's evidence, for a message whose hint comes from the outputs."""
-    described = describe_kernel_exception(fault)
-    what = described[0] if described else str(fault)
-    return (f"The checked launch stopped at an {what} The values above come from a plain "
-            "rerun, in which that read got what lies before an array on the CPU executor "
-            "(NaN, or -1 in an integer array).")
+    return (f"The checked launch stopped at an {kernel_message(fault)} The values above "
+            "come from a plain rerun, in which that read got what lies before an array on "
+            "the CPU executor (NaN, or -1 in an integer array).")
