@@ -20,6 +20,7 @@ import numpy as np
 from .backend import check_contiguous, data_pointer, is_cupy_array, to_numpy_together
 from .validate_kinds import dtype_label, is_int, type_label
 from .validate_values import real_values  # noqa: F401 - re-exported: a check, found here
+from .words import counted
 
 CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 INT32_MAX = 2**31 - 1        # sizes the kernels take as int arguments
@@ -200,7 +201,7 @@ def _bytes_text(nbytes: int) -> str:
         shown = f"{nbytes / (1 << shift):,.1f}"
         if not shown.startswith("0."):
             return f"{shown} {unit}"
-    return f"{nbytes:,} byte{'' if nbytes == 1 else 's'}"
+    return counted(nbytes, "byte")
 
 
 @dataclass(frozen=True)

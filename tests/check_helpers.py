@@ -29,24 +29,29 @@ def beyond_held(running_pages):
     return new_pages
 
 
-def schedule_step_answer(new_pages, prompt_pages):
+def _tokens_wanted(req):
+    return req.num_tokens - req.num_computed
+
+
+def schedule_step_answer(new_pages, prompt_pages, chunk_of=min, wanted_of=_tokens_wanted):
     """Workbook 12's schedule_step written as the solution writes it, with a learner's page
     counts: `new_pages(req, n, page_size)` for the pages a running request's chunk of n
     tokens takes (the solution's: beyond_held(ceil)), `prompt_pages(n, page_size)` for a
-    waiting prompt's chunk of n tokens."""
+    waiting prompt's chunk of n tokens; and the chunk size `chunk_of(wanted, budget left,
+    max_chunk)` of the tokens a request wants, `wanted_of(req)`."""
     def schedule_step(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
         batch, free = [], free_pages
         for req in running:
             if budget <= 0:
                 break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
+            n = chunk_of(wanted_of(req), budget, max_chunk)
             free -= new_pages(req, n, page_size)
             batch.append((req.rid, n))
             budget -= n
         for req in waiting:
             if budget <= 0:
                 break
-            n = min(req.num_tokens - req.num_computed, budget, max_chunk)
+            n = chunk_of(wanted_of(req), budget, max_chunk)
             if prompt_pages(n, page_size) + watermark > free:
                 break
             free -= prompt_pages(n, page_size)

@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 from typing import NamedTuple
+
+from pagedattn_lab.distributed.launch import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PORT_TRIES = 3
@@ -30,12 +31,6 @@ class Lab(NamedTuple):
     process: subprocess.Popen
     base: str    # http://127.0.0.1:PORT
     token: str
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_lab(lab_args: str, env: dict, log: Path, startup_s: float = 90) -> Lab:

@@ -15,7 +15,7 @@ import pytest
 import pagedattn_lab as pl
 from pagedattn_lab.engine.prefix_cache import hash_block
 from tests.check_helpers import assert_caught, mutate, run_check, solution_source
-from tests.serve_loops import serve_loop
+from tests.serve_loops import serve_loop, spec_admission
 from tests.test_check_mistakes_engine import step_model
 
 
@@ -118,7 +118,7 @@ schedule_step_shifted = step_model(shifted=True)
 
 
 # the spec's serve with its page count a shift, as if page_size were a power of two
-serve_shifted = serve_loop(lambda a: a.total <= a.free - a.left,
+serve_shifted = serve_loop(spec_admission,
                            pages_for=lambda n, page_size: (n + page_size - 1) >> _lg(page_size))
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from pagedattn_lab.engine.prefix_cache import hash_block
 from tests.check_helpers import beyond_held, run_check, schedule_step_answer
-from tests.serve_loops import serve_loop
+from tests.serve_loops import serve_loop, spec_admission
 
 POW2 = "only when n is a power of two"
 STEP_POW2 = "only when page_size is a power of two"
@@ -46,7 +46,7 @@ def _ceil_shifting_at_powers_of_two(n, p):   # right: a shift only where it stan
 # -- serve (workbook 07) ---------------------------------------------------------------------
 
 def _serve(ceil):
-    return serve_loop(lambda a: a.total <= a.free - a.left, pages_for=ceil)
+    return serve_loop(spec_admission, pages_for=ceil)
 
 
 # -- schedule_step (workbook 12, task 3) -----------------------------------------------------

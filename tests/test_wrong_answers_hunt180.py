@@ -10,7 +10,7 @@ import pytest
 
 from pagedattn_lab.engine.prefix_cache import hash_block
 from tests.check_helpers import as_params, assert_caught, run_check
-from tests.serve_loops import serve_loop
+from tests.serve_loops import serve_loop, spec_admission
 from tests.test_check_mistakes_access import (OnlineKeepsFirstValue, attend_keeping_first_value,
                                               attend_with)
 from tests.test_check_overfit_hunt25 import _manager
@@ -51,7 +51,7 @@ class _SwapsKeyAndValue(_manager(lambda manager: manager.scale)):
 def _serve(**mistake):
     """The solution's loop (the spec's admission: the request fits beside what the running
     ones still need), with `mistake`'s decode_at or prompt_at."""
-    return serve_loop(lambda a: a.total <= a.free - a.left, **mistake)
+    return serve_loop(spec_admission, **mistake)
 
 
 # -- lessons 00, 08 -----------------------------------------------------------------------------

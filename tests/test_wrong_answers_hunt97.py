@@ -4,10 +4,14 @@ naming another mistake, or only restating the spec.
 Each answer is the solution with one learner's mistake; the test asserts that the check fails
 it with a hint that names that mistake (kernels on the CPU executor).
 """
+from functools import partial
+
 import numpy as np
 import pytest
 
-from tests.check_helpers import assert_caught, mutate, solution_source
+from tests.check_helpers import (assert_caught, beyond_held, mutate, schedule_step_answer,
+                                 solution_source)
+from tests.serve_loops import ceil_pages
 
 
 def _mask_tile(factor):
@@ -82,31 +86,9 @@ def test_dequant_decode_interleaved_groups_are_named():
                   device="cpu")
 
 
-def _schedule_step(chunk_of=min, wanted_of=lambda req: req.num_tokens - req.num_computed):
-    """The solution's step with the chunk size `chunk_of(wanted, budget left, max_chunk)` and
-    the tokens a request wants `wanted_of(req)`."""
-    def schedule_step(running, waiting, budget, free_pages, watermark, page_size, max_chunk):
-        def pages(tokens):
-            return -(-tokens // page_size)
-        batch, free = [], free_pages
-        for req in running:
-            if budget <= 0:
-                break
-            n = chunk_of(wanted_of(req), budget, max_chunk)
-            free -= max(0, pages(req.num_computed + n) - req.num_pages)
-            batch.append((req.rid, n))
-            budget -= n
-        for req in waiting:
-            if budget <= 0:
-                break
-            n = chunk_of(wanted_of(req), budget, max_chunk)
-            if pages(n) + watermark > free:
-                break
-            free -= pages(n)
-            batch.append((req.rid, n))
-            budget -= n
-        return batch
-    return schedule_step
+# The solution's step with the chunk size `chunk_of(wanted, budget left, max_chunk)` and the
+# tokens a request wants `wanted_of(req)`.
+_schedule_step = partial(schedule_step_answer, beyond_held(ceil_pages), ceil_pages)
 
 
 @pytest.mark.parametrize("chunk_of, phrase", [

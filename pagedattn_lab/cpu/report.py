@@ -7,6 +7,7 @@ import signal as _signal
 from . import abi
 from .errors import (KernelAssertionError, KernelDeadlock, KernelError, KernelFault,
                      KernelTimeout, UncountedWrite, WarpSyncError)
+from ..words import counted
 
 
 def xyz(linear: int, block) -> tuple[int, int, int]:
@@ -134,7 +135,7 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
             name, size = ended[0]
             return KernelFault(
                 f"kernel {k!r}: invalid write at address {r.addr:#x}{who}: just past the end "
-                f"of the kernel's variable {name!r} ({size} byte{'s' if size != 1 else ''}); "
+                f"of the kernel's variable {name!r} ({counted(size, 'byte')}); "
                 f"a store that runs past a variable changes whatever follows it. Store within "
                 f"the variable (its type's size, at an offset that leaves room).",
                 region="unknown", **common)
