@@ -246,9 +246,10 @@ def _batch_case(fn, seq_lens: list[int], page_size: int, num_pages: int = 64) ->
             raise
         raise Mismatch(f"an empty batch raised {type(exc).__name__}: {exc}",
                        EMPTY_BATCH_HINT) from None
-    if not (isinstance(result, tuple) and len(result) == 2):
-        got = f"a tuple of {len(result)}" if isinstance(result, tuple) else \
-            f"one {type(result).__name__}"
+    # a list of the two unpacks as the tuple does: `tables, lens = ...` works the same
+    if not (isinstance(result, (tuple, list)) and len(result) == 2):
+        got = f"a {type(result).__name__} of {len(result)}" \
+            if isinstance(result, (tuple, list)) else f"one {type(result).__name__}"
         raise Mismatch("expected a tuple (block_tables, seq_lens)",
                        "return both arrays, as PagedKVCache.block_tables does.",
                        expected="a tuple of 2: (block_tables, seq_lens)", got=got)

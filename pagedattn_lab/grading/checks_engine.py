@@ -197,8 +197,9 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
     changed = changed_input("cached_prefix", {"hashes": hashes}, {"hashes": passed})
     if changed:
         raise changed
-    if not (isinstance(got, tuple) and len(got) == 2 and isinstance(got[0], (list, tuple))
-            and is_int(got[1])):
+    # a list of the two unpacks as the tuple does: `pages, num_computed = ...` works the same
+    if not (isinstance(got, (tuple, list)) and len(got) == 2
+            and isinstance(got[0], (list, tuple)) and is_int(got[1])):
         raise Mismatch(f"{what}: expected a pair (pages, num_computed)", "return pages, "
                        "num_computed: a list of pages and an int.", "(list, int)", repr(got))
     pages = list(got[0])

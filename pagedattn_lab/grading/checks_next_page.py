@@ -87,6 +87,8 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
                        "appending or freeing there changes the cache for good (a page taken "
                        "to look at it is never given back).", _state_shown(before),
                        _state_shown(after))
+    if isinstance(got, (bool, np.bool_)):   # a yes/no is the count here: 0 or 1 page
+        got = int(got)
     got = as_int(got, what, expected,
                  "return the number of new pages the token needs, 0 or 1, as an int.")
     if got is None:   # (no count to compare: a hint about the count would blame a guess)
