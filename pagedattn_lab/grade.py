@@ -91,7 +91,7 @@ class Run:
 def _compiler() -> list[str] | None:
     """The instructor's C++ compiler ($CXX or the first found): the only one graded
     kernels are built with."""
-    from .cpu.compiler import find_compiler  # noqa: PLC0415
+    from .cpu.toolchain import find_compiler  # noqa: PLC0415
 
     try:
         return list(find_compiler(os.environ.get("CXX") or None)[0])

@@ -32,15 +32,15 @@ from log-normal distributions, rounded, and clipped; see `Workload` for the exac
 """
 from __future__ import annotations
 
-import bisect
 import inspect
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 
 from .paging import BlockAllocator, OutOfPagesError
+from .sim_memory import FirstFit, Request, reservation, watermark_pages
 from .validate import MAX_PAGES, check_int
 from .validate_kinds import is_finite_number, is_number, is_one_of
 
@@ -104,50 +104,6 @@ class Workload:
         return prompt, output
 
 
-@dataclass(eq=False)   # a request is itself, not its fields: `in running` compares identity
-class _Request:
-    rid: int
-    prompt: int        # tokens present when admitted (grows if the request is preempted)
-    final: int         # prompt + output: the length at which the request finishes
-    length: int = 0    # tokens cached now
-    start: int = -1    # contiguous policies: first slot of the run
-    size: int = 0      # contiguous policies: slots in the run
-    pages: list = field(default_factory=list)  # paged policy: physical pages
-
-
-class _FirstFit:
-    """Contiguous runs in [0, capacity), placed at the lowest hole that fits."""
-
-    def __init__(self, capacity: int):
-        self.capacity = capacity
-        self.holes = [(0, capacity)]  # sorted (start, size), merged
-
-    def allocate(self, size: int) -> int | None:
-        for i, (start, hole) in enumerate(self.holes):
-            if hole >= size:
-                if hole == size:
-                    self.holes.pop(i)
-                else:
-                    self.holes[i] = (start + size, hole - size)
-                return start
-        return None
-
-    def free(self, start: int, size: int) -> None:
-        i = bisect.bisect(self.holes, (start, size))
-        self.holes.insert(i, (start, size))
-        merged = []
-        for s, n in self.holes:
-            if merged and merged[-1][0] + merged[-1][1] == s:
-                merged[-1] = (merged[-1][0], merged[-1][1] + n)
-            else:
-                merged.append((s, n))
-        self.holes = merged
-
-    @property
-    def free_slots(self) -> int:
-        return sum(n for _, n in self.holes)
-
-
 def _check_paged_fits(workload: Workload, capacity_name: str, capacity_tokens: int,
                       page_size: int, watermark: float) -> None:
     """The pool can be made, the longest request fits in its whole pages, and the longest
@@ -160,24 +116,9 @@ def _check_paged_fits(workload: Workload, capacity_name: str, capacity_tokens: i
         raise ValueError(f"page_size: {capacity_tokens} slots hold {pages} whole pages of "
                          f"{page_size} tokens, too few for a request of "
                          f"max_len={workload.max_len}")
-    if -(-workload.prompt_max // page_size) + _watermark_pages(watermark, pages) > pages:
+    if -(-workload.prompt_max // page_size) + watermark_pages(watermark, pages) > pages:
         raise ValueError(f"watermark: {watermark} of {pages} pages kept free leaves too few "
                          f"for a prompt of prompt_max={workload.prompt_max} tokens")
-
-
-def _watermark_pages(watermark: float, pages: int) -> int:
-    """The pages paged admission keeps free while requests run: rounded down, as the engine
-    and vLLM do (watermark 0 keeps none)."""
-    return int(watermark * pages)
-
-
-def _reservation(policy: str, req: _Request, max_len: int) -> int:
-    if policy == "reserve_max":
-        return max_len
-    if policy == "reserve_pow2":
-        output = req.final - req.prompt
-        return min(max_len, req.prompt + (1 << max(0, output - 1).bit_length()))
-    return req.final  # reserve_oracle
 
 
 @dataclass
@@ -284,20 +225,20 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
         policy, workload, capacity_tokens, page_size, max_steps, watermark, memory_bytes,
         bytes_per_token)
     prompts, outputs = workload.sample()
-    queue = deque(_Request(i, int(p), int(p + o)) for i, (p, o) in enumerate(zip(prompts, outputs)))
+    queue = deque(Request(i, int(p), int(p + o)) for i, (p, o) in enumerate(zip(prompts, outputs)))
     paged = policy == "paged"
     if paged:
         pool = BlockAllocator(capacity_tokens // page_size)
         capacity = pool.num_pages * page_size
-        reserve_pages = _watermark_pages(watermark, pool.num_pages)
+        reserve_pages = watermark_pages(watermark, pool.num_pages)
     else:
-        space = _FirstFit(capacity_tokens)
+        space = FirstFit(capacity_tokens)
         capacity = capacity_tokens
-    running: list[_Request] = []
+    running: list[Request] = []
     series = {k: [] for k in CATEGORIES + ("running", "waiting")}
     finished = preemptions = 0
 
-    def release(req: _Request) -> None:
+    def release(req: Request) -> None:
         if paged:
             pool.free(req.pages)
             req.pages = []
@@ -320,7 +261,7 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
                         victim = running.pop()
                         release(victim)
                         preemptions += 1
-                        queue.appendleft(_Request(victim.rid, victim.length, victim.final))
+                        queue.appendleft(Request(victim.rid, victim.length, victim.final))
                         if victim is req:
                             break
                 if req not in running:
@@ -342,7 +283,7 @@ def simulate(policy: str, workload: Workload | None = None, *, capacity_tokens: 
                     break
                 req.pages = pool.allocate(need)
             else:
-                req.size = _reservation(policy, req, workload.max_len)
+                req.size = reservation(policy, req, workload.max_len)
                 start = space.allocate(req.size)
                 if start is None:
                     break

@@ -7,7 +7,8 @@ import pytest
 
 from pagedattn_lab import check
 from pagedattn_lab.grading.compare import changed_input
-from pagedattn_lab.grading.report import WIDTH, Case, Mismatch, run_cases, several_fit
+from pagedattn_lab.grading.printer import WIDTH
+from pagedattn_lab.grading.report import Case, Mismatch, run_cases, several_fit
 
 LONG_HINT = ("a hint long enough to need wrapping: " + "several plain words " * 12).strip()
 

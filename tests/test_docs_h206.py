@@ -7,7 +7,7 @@ grader's source checks read CUDA C through the same module), `page_bytes.check_p
 and `check_cache_memory` (the refusals the cache and the engine's store size their pools
 by), `prefill_masks.PackedBatch`, and the CPU executor's one ELF walk,
 `kernel_object.elf_symbols`. The row said the executor compiles with g++; it takes `$CXX`,
-else c++, g++ or clang++ (cpu/compiler.py).
+else c++, g++ or clang++ (cpu/toolchain.py).
 """
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from pagedattn_lab.cpu import compiler
+from pagedattn_lab.cpu import toolchain
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,8 +44,8 @@ def test_a_shared_helper_is_named_in_its_modules_row(layer, module, names):
 
 def test_the_cpu_row_names_the_compilers_the_executor_tries():
     row = _row("CPU executor")
-    tried = re.search(r"candidates = .*", Path(compiler.__file__).read_text()).group(0)
+    tried = re.search(r"candidates = .*", Path(toolchain.__file__).read_text()).group(0)
     for name in ("c++", "g++", "clang++"):
-        assert f'["{name}"]' in tried   # what compiler.py tries, as the row says
+        assert f'["{name}"]' in tried   # what toolchain.py tries, as the row says
         assert f"`{name}`" in row, name
     assert "`$CXX`" in row

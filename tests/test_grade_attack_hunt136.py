@@ -117,10 +117,10 @@ SKIPPERS = {"prefill_tiled": ("05_tiled_kernel.ipynb", "SOURCE_TILED", _tiled_ca
 def test_a_kernel_that_skips_its_work_on_the_cpu_fails_with_a_gpu(name, monkeypatch):
     """(The lint refuses the #ifdef itself since hunt 140, test_grade_macros_hunt140.py; the
     comparison of the two runs is the second line, for what no source check sees.)"""
-    from pagedattn_lab.grading import kernel_runner
+    from pagedattn_lab.grading import kernel_lint
     from pagedattn_lab.grading.report import Mismatch
     from tests.check_helpers import solution_source
-    monkeypatch.setattr(kernel_runner, "device_conditional", lambda source: None)
+    monkeypatch.setattr(kernel_lint, "device_conditional", lambda source: None)
     notebook, variable, case = SKIPPERS[name]
     honest = solution_source(notebook, variable)
     comp = _on_a_stand_in_gpu(_skipping_on_the_cpu(honest, name), name, honest)

@@ -21,7 +21,7 @@ import pytest
 from pagedattn_lab import check, grade
 from pagedattn_lab.grading import gradebook, isolation, remote, runner
 from pagedattn_lab.grading.channel import Channel
-from pagedattn_lab.grading.report import _describe_exception
+from pagedattn_lab.grading.escaped_errors import describe_exception
 from pagedattn_lab.grading.submissions import not_graded
 from pagedattn_lab.grading.table import rows, to_csv, to_markdown
 from tests.test_grade_protocol import remotely
@@ -98,7 +98,7 @@ def test_the_readme_gives_the_judges_limit_and_the_notebooks():
 
 
 def test_a_memory_error_has_a_hint_of_its_own():
-    message, hint = _describe_exception(MemoryError("Unable to allocate 1.49 GiB"))
+    message, hint = describe_exception(MemoryError("Unable to allocate 1.49 GiB"))
     assert message.startswith("ran out of memory (MemoryError: Unable to allocate 1.49 GiB")
     assert "larger than the result the spec asks for" in hint
 

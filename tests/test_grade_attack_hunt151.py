@@ -15,7 +15,7 @@ import pytest
 
 from pagedattn_lab.cpu.prelude import prelude_macros
 from pagedattn_lab.cuda_text import strip_comments
-from pagedattn_lab.grading.kernel_runner import MAX_SOURCE, lint
+from pagedattn_lab.grading.kernel_lint import MAX_SOURCE, lint
 from pagedattn_lab.grading.report import Mismatch
 from pagedattn_lab.grading.source_builtins import device_types
 from pagedattn_lab.grading.source_macros import device_conditional

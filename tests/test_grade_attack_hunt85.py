@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab import check
-from pagedattn_lab.grading import kernel_runner, own_work, table
+from pagedattn_lab.grading import kernel_lint, own_work, table
 from pagedattn_lab.grading.report import Mismatch
 from pagedattn_lab.grading.source_barriers import barrier_before_loads
 from tests.test_grade_protocol import remotely
@@ -46,12 +46,12 @@ def test_blank_lines_and_open_includes_are_read_in_linear_time():
 def test_the_lint_reads_repeated_declarations_in_linear_time():
     """Two lazy gaps in one pattern: 21 s for 8.8 KiB of `extern "C" __global__`, cubic."""
     source = 'extern "C" __global__ ' * 400 + ";k("
-    assert _seconds(kernel_runner.lint, source, "k") < 1.0
+    assert _seconds(kernel_lint.lint, source, "k") < 1.0
     with pytest.raises(Mismatch, match="not declared extern"):
-        kernel_runner.lint(source, "k")
-    kernel_runner.lint('extern "C"\n__global__ void k(float *x) {}', "k")   # no Mismatch
+        kernel_lint.lint(source, "k")
+    kernel_lint.lint('extern "C"\n__global__ void k(float *x) {}', "k")   # no Mismatch
     with pytest.raises(Mismatch, match="not declared extern"):
-        kernel_runner.lint('extern "C" __global__ void g(); void k() {}', "k")
+        kernel_lint.lint('extern "C" __global__ void g(); void k() {}', "k")
 
 
 def test_a_source_longer_than_a_check_reads_fails_under_the_judge_at_once():

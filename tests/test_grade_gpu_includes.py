@@ -8,7 +8,8 @@ before CuPy is asked for anything."""
 import pytest
 
 from pagedattn_lab.grading import kernel_runner
-from pagedattn_lab.grading.kernel_runner import Kernel, refuse_unlisted_headers
+from pagedattn_lab.grading.kernel_lint import refuse_unlisted_headers
+from pagedattn_lab.grading.kernel_runner import Kernel
 from pagedattn_lab.grading.report import Mismatch
 
 KERNEL = 'extern "C" __global__ void k(float* x) { x[threadIdx.x] = 1.0f; }\n'

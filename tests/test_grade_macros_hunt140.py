@@ -5,7 +5,8 @@ would run the kernel without it. Before, such a kernel passed the race check."""
 import numpy as np
 import pytest
 
-from pagedattn_lab.grading.kernel_runner import Kernel, lint
+from pagedattn_lab.grading.kernel_lint import lint
+from pagedattn_lab.grading.kernel_runner import Kernel
 from pagedattn_lab.grading.report import Mismatch
 from pagedattn_lab.grading.source_macros import device_conditional
 

@@ -146,7 +146,7 @@ def test_a_cell_run_from_inside_the_package_folder_is_the_learners_code(monkeypa
 def test_a_learner_file_in_a_folder_beside_the_package_is_named_in_messages():
     """The learner's line was looked for by a prefix of the package's path: a file of
     `pagedattn_lab_notes/` counted as the package's, and the message lost its location."""
-    from pagedattn_lab.grading import remote_errors, report
+    from pagedattn_lab.grading import escaped_errors, remote_errors
     beside = own_watch._ROOT.parent / (own_watch._ROOT.name + "_notes") / "answer.py"
     code = compile("def answer():\n    raise ValueError('mine')\n", str(beside), "exec")
     scope = {}
@@ -154,7 +154,7 @@ def test_a_learner_file_in_a_folder_beside_the_package_is_named_in_messages():
     try:
         scope["answer"]()
     except ValueError as exc:
-        assert report.where_raised(exc).startswith(" (in answer.py, line 2")
+        assert escaped_errors.where_raised(exc).startswith(" (in answer.py, line 2")
         assert remote_errors.learner_frame(exc).startswith(" (in answer.py, line 2")
 
 
@@ -197,7 +197,7 @@ def test_a_cell_compiled_under_a_package_files_name_in_an_ipython_like_main_is_t
 
 def test_an_error_in_a_cell_compiled_under_a_package_files_name_is_located_there():
     """The message's location skipped such a frame by its file name and named an outer one."""
-    from pagedattn_lab.grading import remote_errors, report
+    from pagedattn_lab.grading import escaped_errors, remote_errors
     cell = {"__name__": "__main__"}
     exec(compile("def answer():\n    raise ValueError('mine')\n", reference.__file__, "exec"),
          cell)
@@ -205,5 +205,5 @@ def test_an_error_in_a_cell_compiled_under_a_package_files_name_is_located_there
         cell["answer"]()
     except ValueError as exc:
         where = Path(reference.__file__).name
-        assert report.where_raised(exc).startswith(f" (in {where}, line 2")
+        assert escaped_errors.where_raised(exc).startswith(f" (in {where}, line 2")
         assert remote_errors.learner_frame(exc).startswith(f" (in {where}, line 2")

@@ -24,7 +24,7 @@ import pytest
 
 from pagedattn_lab import backend
 from pagedattn_lab.grading import (checks_serve, decode_launch, faults, kernel_host,
-                                   kernel_runner, remote, runner)
+                                   kernel_lint, kernel_runner, remote, runner)
 from pagedattn_lab.grading.channel import Channel
 from pagedattn_lab.grading.judge import Judge
 from pagedattn_lab.grading.report import Mismatch
@@ -141,7 +141,7 @@ def test_under_the_grader_a_kernel_asked_for_the_gpu_passes_on_the_cpu_executor(
     'extern "C" __global__ void k(float* x) {}',
 ])
 def test_a_kernel_with_c_linkage_passes_the_lint(source):
-    kernel_runner.lint(source, "k")
+    kernel_lint.lint(source, "k")
 
 
 @pytest.mark.parametrize("source", [
@@ -154,7 +154,7 @@ def test_a_kernel_with_c_linkage_passes_the_lint(source):
 ])
 def test_a_kernel_without_c_linkage_is_still_refused(source):
     with pytest.raises(Mismatch, match='not declared extern "C"'):
-        kernel_runner.lint(source, "k")
+        kernel_lint.lint(source, "k")
 
 
 def test_a_puzzle_in_an_extern_c_block_is_graded():
@@ -174,7 +174,7 @@ def test_a_puzzle_in_an_extern_c_block_is_graded():
 def test_the_linkage_scan_stays_linear(source):
     started = time.perf_counter()
     with contextlib.suppress(Mismatch):
-        kernel_runner.lint(source[:kernel_runner.MAX_SOURCE], "k")
+        kernel_lint.lint(source[:kernel_lint.MAX_SOURCE], "k")
     assert time.perf_counter() - started < 1.0
 
 

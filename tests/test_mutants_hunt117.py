@@ -259,8 +259,8 @@ def test_decode_refuses_codes_of_another_storage_dtype():
 def test_first_fit_takes_a_hole_of_exactly_the_size():
     # mutant: `hole >= size` -> `hole > size`: an exact fit was refused, so a pool with room
     # for exactly one more request admitted none
-    from pagedattn_lab.sim import _FirstFit
-    ff = _FirstFit(10)
+    from pagedattn_lab.sim_memory import FirstFit
+    ff = FirstFit(10)
     assert ff.allocate(4) == 0 and ff.allocate(6) == 4 and ff.holes == []
     ff.free(0, 4)
     assert ff.allocate(4) == 0
@@ -270,8 +270,8 @@ def test_first_fit_takes_a_hole_of_exactly_the_size():
 def test_reserve_pow2_rounds_the_output_up_to_a_power_of_two(output, reserved):
     # mutant: `max(0, output - 1).bit_length()` -> `max(0, output).bit_length()`: a power of
     # two was doubled (4 tokens reserved 8)
-    from pagedattn_lab.sim import _Request, _reservation
-    assert _reservation("reserve_pow2", _Request(0, 10, 10 + output), 100) == 10 + reserved
+    from pagedattn_lab.sim_memory import Request, reservation
+    assert reservation("reserve_pow2", Request(0, 10, 10 + output), 100) == 10 + reserved
 
 
 def test_free_slots_count_as_external_fragmentation_only_while_requests_wait():

@@ -140,7 +140,7 @@ def test_the_charged_whole_rule_charges_every_page_the_tokens_fill():
     assert reference_step(*args, subtract_held=False) == [(0, 1)]
 
 
-# -- sim._watermark_pages --------------------------------------------------------------------------
+# -- sim_memory.watermark_pages --------------------------------------------------------------------
 
 def _fixed(prompts, outputs, **fields):
     from pagedattn_lab.sim import Workload

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.cpu.kernel import RawKernel
-from pagedattn_lab.grading.kernel_runner import MAX_SOURCE, lint
+from pagedattn_lab.grading.kernel_lint import MAX_SOURCE, lint
 from pagedattn_lab.grading.report import Mismatch
 from pagedattn_lab.grading.source_macros import device_conditional
 

@@ -3,7 +3,7 @@ import pytest
 
 import pagedattn_lab as pl
 from pagedattn_lab.grading.checks_sizing import _pages_needed_case
-from pagedattn_lab.grading.checks_system import _error_counts
+from pagedattn_lab.grading.checks_system_errors import error_counts
 from pagedattn_lab.grading.report import Mismatch
 
 
@@ -11,7 +11,7 @@ def test_an_error_count_of_zero_is_not_called_one_page_per_sequence():
     # the first check of decode_step's error counts names no sequences: a learner raising
     # OutOfPagesError(0, 1, 5) was told "one page for each of the step's 0 sequences"
     with pytest.raises(Mismatch) as caught:
-        _error_counts(pl.OutOfPagesError(0, 1, 5), (2, 1, 5), "the step needs 2")
+        error_counts(pl.OutOfPagesError(0, 1, 5), (2, 1, 5), "the step needs 2")
     assert "0 sequences" not in caught.value.hint
 
 

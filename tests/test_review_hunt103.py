@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pagedattn_lab.grading.kernel_runner import code_only, lint
+from pagedattn_lab.grading.kernel_lint import code_only, lint
 from pagedattn_lab.grading.report import Mismatch
 
 KERNEL = '__global__ void k(float *x) { x[0] = 1.0f; }\n'

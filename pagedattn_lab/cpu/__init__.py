@@ -7,12 +7,12 @@ By default a launch is checked: it runs in worker processes, and an out-of-bound
 barrier deadlock, a crash or an endless loop becomes a Python exception naming the kernel,
 the argument, the index and the thread/block. See README.md in this folder.
 """
-from .compiler import cache_dir
 from .errors import (CompilerNotFoundError, ExecutorUnavailableError, KernelAssertionError,
                      KernelCompileError, KernelDeadlock, KernelError, KernelFault, KernelTimeout,
                      SharedMemoryRace, UncountedWrite, WarpSyncError)
 from .counts import AccessCounts, count_accesses
 from .kernel import RawKernel
+from .toolchain import cache_dir
 
 __all__ = ["RawKernel", "cache_dir", "count_accesses", "AccessCounts", "KernelError",
            "KernelFault", "SharedMemoryRace", "KernelDeadlock",

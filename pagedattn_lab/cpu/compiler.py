@@ -4,10 +4,11 @@ A kernel source becomes a shared library: shim.h + the source (at its own line n
 through #line) + one entry point per kernel, linked with the runtime objects (runtime.cpp,
 device_api.cpp, host.cpp, fiber_switch.S), which are compiled once per compiler and cached too.
 
-Cache: `cache_dir()` = $PAGEDATTN_LAB_CACHE_DIR/cpu, else $XDG_CACHE_HOME/pagedattn_lab/cpu,
-else ~/.cache/pagedattn_lab/cpu. Entries are named by a hash of (source, kernel names,
-options, shim and runtime files, compiler identity); they are written to a temporary name and
-renamed into place, so concurrent processes compiling the same kernel are safe.
+Cache: `cache_dir()` (toolchain.py, which also finds the compiler) = $PAGEDATTN_LAB_CACHE_DIR/cpu,
+else $XDG_CACHE_HOME/pagedattn_lab/cpu, else ~/.cache/pagedattn_lab/cpu. Entries are named by
+a hash of (source, kernel names, options, shim and runtime files, compiler identity); they are
+written to a temporary name and renamed into place, so concurrent processes compiling the same
+kernel are safe.
 """
 from __future__ import annotations
 
@@ -15,13 +16,10 @@ import functools
 import hashlib
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 from .artifacts import remember, seal, sealed, trusted_cache, unchanged
@@ -30,7 +28,7 @@ from .compile_errors import (compile_error, diagnostic_pragma_error, inline_asm_
                              mangled_kernel_error, shared_initializer_error,
                              template_kernel_error)
 from .constant_decl import constant_options
-from .errors import CompilerNotFoundError, KernelCompileError
+from .errors import KernelCompileError
 from .includes import dependency_flags, refuse_outside_includes
 from .kernel_checks import kernel_flags
 from .kernel_object import count_library_copies, inline_assembly, refuse_load_time_code
@@ -38,6 +36,7 @@ from .library_calls import refuse_library_calls
 from .pch import shim_pch_flags
 from .source import quoted_filename, translation_unit
 from .tool import run_tool
+from .toolchain import GRADING_CXX, cache_dir, compiler, writable_cache_dir
 
 HERE = Path(__file__).resolve().parent
 INCLUDE_DIR = HERE / "include"
@@ -86,7 +85,6 @@ QUIET = "-w"
 # keep -O2, the level their access counts were set against (-O1 may load a value twice that -O2
 # loads once); the runtime, compiled once, too.
 PLAIN_OPT, INSTRUMENTED_OPT = "-O1", "-O2"
-GRADING_CXX = "PAGEDATTN_LAB_GRADING_CXX"
 # -ftrivial-auto-var-init=pattern (GCC 12+, Clang 8+; older compilers build without it): a local
 # variable or array the kernel reads before writing (`float acc[8];` then `acc[i] += x`) starts
 # as a pattern, not as whatever the CPU stack held (mostly zeros, so such a kernel passed): GCC
@@ -98,70 +96,6 @@ GRADING_CXX = "PAGEDATTN_LAB_GRADING_CXX"
 OPTIONAL_FLAGS = ["-fno-diagnostics-show-caret", "-fno-caret-diagnostics",
                   "-fstack-clash-protection",
                   "-ftrivial-auto-var-init=pattern"]
-
-
-def cache_dir() -> Path:
-    """Where compiled kernels are cached (see the module docstring)."""
-    root = os.environ.get("PAGEDATTN_LAB_CACHE_DIR")
-    if root:
-        return Path(root).expanduser() / "cpu"
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
-    return base / "pagedattn_lab" / "cpu"
-
-
-@functools.lru_cache(maxsize=None)
-def _writable_cache_dir(path: Path) -> Path:
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = tempfile.NamedTemporaryFile(dir=path, prefix=".probe-", delete=True)
-        probe.close()
-        return path
-    except OSError as exc:
-        fallback = Path(tempfile.gettempdir()) / f"pagedattn_lab-{os.getuid()}" / "cpu"
-        fallback.mkdir(parents=True, exist_ok=True)
-        warnings.warn(f"kernel cache {path} is not writable ({exc}); using {fallback}. Set "
-                      f"PAGEDATTN_LAB_CACHE_DIR to choose another place.", stacklevel=3)
-        return fallback
-
-
-def _not_found_message(tried: list[str]) -> str:
-    if sys.platform == "darwin":
-        how = "install the Xcode command line tools: xcode-select --install"
-    elif sys.platform.startswith("linux"):
-        how = ("install one: apt install g++ (Debian/Ubuntu), dnf install gcc-c++ (Fedora), "
-               "or in a conda environment: conda install -c conda-forge cxx-compiler")
-    else:
-        how = "install g++ or clang++ (conda: conda install -c conda-forge cxx-compiler)"
-    return (f"no C++ compiler found (tried {', '.join(tried)}); the CPU executor compiles "
-            f"CUDA kernels with the system C++ compiler. To run kernels without a GPU, {how}. "
-            f"Set $CXX to use a specific compiler.")
-
-
-@functools.lru_cache(maxsize=None)
-def find_compiler(cxx_env: str | None = None) -> tuple[tuple[str, ...], str, bool]:
-    """(command, identity, is_clang) of the C++ compiler: $CXX, else c++, g++, clang++."""
-    candidates = [shlex.split(cxx_env)] if cxx_env else [["c++"], ["g++"], ["clang++"]]
-    tried = []
-    for cmd in candidates:
-        tried.append(" ".join(cmd))
-        exe = shutil.which(cmd[0]) if cmd else None
-        if not exe:
-            continue
-        try:
-            out = subprocess.run([exe, *cmd[1:], "--version"], capture_output=True, text=True,
-                                 timeout=30)
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if out.returncode == 0:
-            ident = f"{exe} :: {out.stdout.strip().splitlines()[0] if out.stdout else ''}"
-            return (exe, *cmd[1:]), ident, "clang" in out.stdout.lower()
-    raise CompilerNotFoundError(_not_found_message(tried))
-
-
-def compiler() -> tuple[tuple[str, ...], str, bool]:
-    # under the instructor's grader the compiler is the grader's choice, never $CXX
-    return find_compiler(os.environ.get(GRADING_CXX) or os.environ.get("CXX") or None)
 
 
 def _files_hash(names) -> str:
@@ -183,7 +117,7 @@ def _fiber_mode() -> str:
 @functools.lru_cache(maxsize=None)
 def _supported_flags(cmd: tuple[str, ...], ident: str) -> tuple[str, ...]:
     """The OPTIONAL_FLAGS this compiler accepts (probed once, remembered on disk)."""
-    cache = _writable_cache_dir(cache_dir()) / "flags.json"
+    cache = writable_cache_dir(cache_dir()) / "flags.json"
     # (the list in the key: a flag added to it is probed on a machine that probed the others)
     key = hashlib.sha256("\0".join([ident, *OPTIONAL_FLAGS]).encode()).hexdigest()[:16]
     try:
@@ -217,7 +151,7 @@ def runtime_objects(cmd: tuple[str, ...], ident: str, fibers: str) -> tuple[str,
         return _cached_runtime_objects(cmd, ident, fibers)
     objs = _OWN_RUNTIME.get((cmd, ident, fibers))
     if objs is None or not unchanged(objs):
-        root = _writable_cache_dir(cache_dir())
+        root = writable_cache_dir(cache_dir())
         objs = _build_runtime(cmd, ident, fibers, Path(tempfile.mkdtemp(prefix=".own-", dir=root)))
         remember(objs)
         _OWN_RUNTIME[(cmd, ident, fibers)] = objs
@@ -228,7 +162,7 @@ def _runtime_dir(ident: str, fibers: str) -> tuple[Path, tuple[str, ...]]:
     """The cache's folder for the runtime built by `ident` and its objects' paths there."""
     files = _files_hash(RUNTIME_SOURCES + RUNTIME_HEADERS)
     key = hashlib.sha256(f"{ident}|{fibers}|{files}".encode()).hexdigest()[:24]
-    final = _writable_cache_dir(cache_dir()) / f"runtime-{key}"
+    final = writable_cache_dir(cache_dir()) / f"runtime-{key}"
     return final, tuple(str(final / (Path(s).stem + ".o")) for s in RUNTIME_SOURCES)
 
 
@@ -343,7 +277,7 @@ def compile_source(source: str, kernel_names: list[str], options=(), *, filename
     shim_flags = (*base, *instrument)   # the compile's flags but the kernel's own
     shim_hash = _files_hash(SHIM_HEADERS + RUNTIME_HEADERS + RUNTIME_SOURCES + REFUSING)
     key = hashlib.sha256("\0".join([tu, ident, fibers, shim_hash, *all_flags]).encode()).hexdigest()
-    root = _writable_cache_dir(cache_dir())
+    root = writable_cache_dir(cache_dir())
     final = root / f"k-{key[:32]}.so"
     if final.exists() and (trusted_cache() or sealed(str(final)) or unchanged([final])):
         return CompiledKernel(str(final), True, 0.0)

@@ -11,10 +11,11 @@ import re
 import subprocess
 
 from .compiler import (BASE_FLAGS, CLANG_INSTRUMENT_FLAGS, HERE, INCLUDE_DIR, INSTRUMENT_FLAGS,
-                       INSTRUMENTED_OPT, PLAIN_OPT, compiler)
+                       INSTRUMENTED_OPT, PLAIN_OPT)
 from .errors import CompilerNotFoundError
 from .kernel_checks import kernel_flags
 from .tool import run_tool
+from .toolchain import compiler
 
 __all__ = ["prelude_macros"]
 

@@ -80,7 +80,7 @@ def mangled_kernel_name(source: str, name: str) -> str | None:
     extern "C" on a declaration of it nor around it. Its symbol is then mangled, and
     cupy.RawKernel, which looks the kernel up by its plain name, does not find it (CUDA's
     "named symbol not found"). None for a kernel outside any namespace: the course's lint
-    (grading/kernel_runner.py) asks extern "C" of those."""
+    (grading/kernel_lint.py) asks extern "C" of those."""
     text = strip_comments(source)
     definitions = kernel_definitions(source, name)
     if not definitions:

@@ -27,7 +27,8 @@ from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written,
                            tiled_hint, unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwritten, where
 from .puzzle_runner import count_then_check
-from .report import WIDTH, Case, CheckResult, Mismatch, probe, run_cases
+from .printer import WIDTH
+from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .table_probe import full_table, transposed_hint
 from .variants import attention_mistakes
 

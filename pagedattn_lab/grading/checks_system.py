@@ -6,16 +6,16 @@ attending (the new token attends to itself), build the block tables for exactly 
 sequences of this step in their order, and leave the other sequences alone. The serving
 loop (checked in checks_serve.py) must free every finished sequence: a cache that never
 gives pages back (the guide's page counter) stalls as soon as the pool is used up.
+The errors a step raises are read as the mistakes they show in checks_system_errors.py.
 """
 from __future__ import annotations
-
-from numbers import Integral
 
 import numpy as np
 
 from ..backend import to_numpy
 from ..paging import OutOfPagesError
 from ..words import counted
+from .checks_system_errors import error_counts, other_error, refused_step
 from .compare import changed_input, describe_difference, diagnose
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
@@ -66,7 +66,7 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
         try:
             got = mgr.decode_step(passed_ids, *passed)
         except ValueError as exc:
-            raise _refused_step(exc, f"step {step}") from exc
+            raise refused_step(exc, f"step {step}") from exc
         _inputs_kept(f"step {step}", passed, (q, k_new, v_new), scale)
         changed = changed_input(f"step {step}: decode_step", {"seq_ids": step_ids},
                                 {"seq_ids": passed_ids}, {"seq_ids": IDS_HINT})
@@ -132,20 +132,6 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
         raise Mismatch(f"step {step} (seq_ids {step_ids}): " + diff.message(), hint)
 
 
-def _refused_step(exc: ValueError, where: str) -> Exception:
-    """The Mismatch naming the mistake a step's ValueError shows (tables of every live
-    sequence, one token's k[i] passed to append), else `exc` itself, to be raised."""
-    text = str(exc)
-    if text.startswith(("block_tables", "seq_lens")) and "(one per " in text:
-        return Mismatch(f"{where}: {text}", "build the block tables for exactly this step's "
-                        "sequences, in the order of seq_ids: self.cache.block_tables(seq_ids) "
-                        "(without arguments it lists every live sequence).")
-    if text.startswith(("k:", "v:")) and "expected 3 dimensions" in text:
-        return Mismatch(f"{where}: {text}", "cache.append takes [n_tokens, num_kv_heads, "
-                        "head_dim]: pass k[i:i+1] (one token, still 3-D), not k[i].")
-    return exc
-
-
 IDS_HINT = ("the caller (the engine) reads its batch's seq_ids again after the step: loop over "
             "them, do not pop, remove, sort or clear them")
 
@@ -201,8 +187,8 @@ def _decode_out_of_pages(cls) -> None:
     except OutOfPagesError as exc:
         raised = exc
     except (RuntimeError, MemoryError) as exc:
-        raise _other_error(exc, "both sequences' last pages are full and 1 page is free: the "
-                           "step needs 2 pages") from None
+        raise other_error(exc, "both sequences' last pages are full and 1 page is free: the "
+                          "step needs 2 pages") from None
     else:
         raise Mismatch("both sequences' last pages are full and 1 page is free: the step needs "
                        "2 pages", "raise OutOfPagesError when the step cannot fit.",
@@ -215,52 +201,8 @@ def _decode_out_of_pages(cls) -> None:
                        "here both last pages are full, so 2) and raise OutOfPagesError before "
                        "appending anything.", f"{_lengths(ids, [8, 8])}; 1 page free",
                        f"{_lengths(ids, lens)}; {counted(free, 'page')} free")
-    _error_counts(raised, (2, 1, 5), "both sequences' last pages are full and 1 of 5 pages is "
-                  "free: the step needs 2")
-
-
-def _error_counts(exc: OutOfPagesError, want: tuple, what: str,
-                  sequences: int | None = None) -> None:
-    """The error says what the step needed and what the pool had (the engine reads them):
-    `want`, (needed, num_free, num_pages) before the step, or what a failed append of a step
-    undone by the cache's transaction reports (no more free, as many needed as were missing).
-    `sequences`: the step's sequences, a count of one page each gives."""
-    got = tuple(getattr(exc, name, None) for name in ("requested", "free", "total"))
-    needed, num_free, num_pages = want
-    requested, free, total = got
-    if all(isinstance(n, Integral) for n in got) and total == num_pages and \
-            0 <= free <= num_free and free < requested <= needed:
-        return
-    if (free, total) == (num_pages, num_free):
-        hint = ("num_free and num_pages are swapped: raise pl.OutOfPagesError(needed, "
-                "num_free, num_pages), in that order.")
-    elif (free, total) == (num_pages - num_free, num_pages):
-        # (with no page free, the pages in use are the whole pool: either was passed)
-        what = "the pages in use (num_used)" + (" or in the pool" if not num_free else "")
-        hint = (f"free says {free}: {what}, not the free ones: raise pl.OutOfPagesError("
-                "needed, allocator.num_free, num_pages).")
-    elif sequences is not None and requested == sequences != needed and \
-            (free, total) == (num_free, num_pages):
-        hint = (f"needed is {requested}, one page for each of the step's {sequences} "
-                f"sequences, but only {needed} of them takes a page: sum pages_for_next_token "
-                "over seq_ids (a sequence whose last page has room, and is its own, takes "
-                "none).")
-    else:
-        hint = ("raise pl.OutOfPagesError(needed, num_free, num_pages): the pages the whole "
-                "step needs, the pages free, the pages in the pool.")
-    raise Mismatch(f"{what}; the OutOfPagesError says: {exc}", hint,
-                   "requested %d, free %d, total %d" % want,
-                   "requested %s, free %s, total %s" % got)
-
-
-def _other_error(exc: Exception, what: str) -> Exception:
-    """A step that cannot fit raised an error of its own (RuntimeError("out of pages")...);
-    any other error (a NotImplementedError, a kernel's) is returned as it is, to be raised."""
-    if type(exc) not in (RuntimeError, MemoryError):
-        return exc
-    return Mismatch(f"{what}: raised {type(exc).__name__}: {exc}", "raise pl.OutOfPagesError("
-                    "needed, num_free, num_pages): the engine catches that type (to preempt or "
-                    "wait), not any error.", "OutOfPagesError", type(exc).__name__)
+    error_counts(raised, (2, 1, 5), "both sequences' last pages are full and 1 of 5 pages is "
+                 "free: the step needs 2")
 
 
 def _decode_exact_fit(cls) -> None:
@@ -320,8 +262,8 @@ def _decode_fork(cls) -> None:
     except OutOfPagesError as exc:
         raised = exc
     except (RuntimeError, MemoryError) as exc:
-        raise _other_error(exc, "the fork's next token needs a copy of its shared last page "
-                           "and no page is free") from None
+        raise other_error(exc, "the fork's next token needs a copy of its shared last page "
+                          "and no page is free") from None
     else:
         raise Mismatch("the fork's next token needs a copy of its shared last page and no page "
                        "is free", "raise OutOfPagesError when the step cannot fit.",
@@ -339,8 +281,8 @@ def _decode_fork(cls) -> None:
                        "and raise before appending anything.",
                        _lengths((other, fork), [5, 6]) + " (both unchanged)",
                        _lengths((other, fork), lens))
-    _error_counts(raised, (1, 0, 5), "the fork's next token needs a copy of its shared last "
-                  "page and none of the 5 pages is free", sequences=len(step))
+    error_counts(raised, (1, 0, 5), "the fork's next token needs a copy of its shared last "
+                 "page and none of the 5 pages is free", sequences=len(step))
     mgr.finish(spare)
     passed = _step_inputs(mgr, q, k_new, v_new)
     try:
@@ -350,7 +292,7 @@ def _decode_fork(cls) -> None:
                        "needs one page (the fork's copy) and one is free: it fits (raise only "
                        "when needed > num_free).", "the step runs", "OutOfPagesError") from None
     except ValueError as exc:
-        raise _refused_step(exc, f"with one page free, seq_ids {step}") from exc
+        raise refused_step(exc, f"with one page free, seq_ids {step}") from exc
     _inputs_kept("with one page free", passed, (q, k_new, v_new), 1 / np.sqrt(8))
     keys = [np.concatenate([kv[n][0], k_new[i:i + 1]]) for i, n in enumerate((5, 6))]
     values = [np.concatenate([kv[n][1], v_new[i:i + 1]]) for i, n in enumerate((5, 6))]

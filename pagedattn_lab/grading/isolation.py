@@ -153,7 +153,7 @@ def runner_env(box: str, compiler: list[str] | None) -> dict:
     for key, value in os.environ.items():
         if key in KEPT_ENV or key.startswith(KEPT_ENV_PREFIXES):
             env[key] = value
-    if compiler:   # the only compiler the executor may use (see cpu/compiler.py)
+    if compiler:   # the only compiler the executor may use (see cpu/toolchain.py)
         env["PAGEDATTN_LAB_GRADING_CXX"] = shlex.join(compiler)
     return env
 

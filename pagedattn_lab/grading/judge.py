@@ -229,7 +229,7 @@ def limit_memory(mb: int) -> None:
         _, hard = resource.getrlimit(resource.RLIMIT_DATA)
         soft = mb << 20 if hard == resource.RLIM_INFINITY else min(mb << 20, hard)
         resource.setrlimit(resource.RLIMIT_DATA, (soft, hard))
-        JUDGE_HEAP["mb"] = soft >> 20   # a MemoryError's message names it (report.py)
+        JUDGE_HEAP["mb"] = soft >> 20   # a MemoryError's message names it (escaped_errors.py)
 
 
 def _read_line(fd: int) -> bytes:

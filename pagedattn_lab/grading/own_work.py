@@ -122,7 +122,7 @@ def _kernel_bodies() -> tuple[tuple[str, str], ...]:
 
 def kernel_findings(args, kwargs) -> list[str]:
     """What in the CUDA C strings among the arguments is a package kernel's own text."""
-    from .kernel_runner import MAX_SOURCE  # noqa: PLC0415 - (as above)
+    from .kernel_lint import MAX_SOURCE  # noqa: PLC0415 - its report imports numpy
     found = []
     for value in [*args, *kwargs.values()]:
         # (a longer source is refused by the check's lint before anything else reads it)

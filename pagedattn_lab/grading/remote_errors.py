@@ -91,7 +91,7 @@ class ErrorTranslation:
     strict: bool
     # False for the judge's end of the kernel host's channel, where no code of the learner's
     # runs: its exceptions carry no `remote_frame`, which says "raised in the learner's code"
-    # (report._describe_memory_error: a MemoryError mapping the check's arrays was theirs)
+    # (escaped_errors.describe_memory_error: a MemoryError mapping the check's arrays was theirs)
     learner_side = True
 
     def init_errors(self) -> None:
@@ -140,7 +140,7 @@ class ErrorTranslation:
         exc = cls.__new__(cls)
         BaseException.__init__(exc, _key_of(cls, info.get("message", ""), info.get("shown")))
         if self.learner_side:
-            exc.remote_frame = str(info.get("where") or "")[:400]   # report.where_raised
+            exc.remote_frame = str(info.get("where") or "")[:400]   # escaped_errors.where_raised
         attrs = info.get("attrs") if isinstance(info.get("attrs"), dict) else {}
         for key, tree in list(attrs.items())[:40]:
             if isinstance(key, str) and key.isidentifier() and not key.startswith("_"):
@@ -192,7 +192,8 @@ _LIBRARY_DIRS = _library_dirs()
 def _library(filename: str) -> bool:
     """A frame of a library's code (NumPy's np.ones, the stdlib's): no one's line to blame. A
     check's own call of np.ones that ran out of memory was put "in numeric.py" and laid on the
-    learner's code (report._describe_memory_error); the learner's call of it, on their line."""
+    learner's code (escaped_errors.describe_memory_error); the learner's call of it, on their
+    line."""
     if filename.startswith("<"):   # a cell, exec's "<string>" (the learner's), a frozen module
         return filename.startswith("<frozen ")
     return filename.startswith(_LIBRARY_DIRS) or \

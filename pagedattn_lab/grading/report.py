@@ -3,7 +3,8 @@
 Every learner-facing check runs a list of cases. A case either passes or raises
 `Mismatch(message, hint)`; the harness in `run_cases` turns that, a `NotImplementedError`
 (task not attempted), a kernel fault from the CPU executor, or any other exception into a
-`CaseResult`, prints it GPU-Puzzles style, and returns a `CheckResult`.
+`CaseResult`, prints it GPU-Puzzles style, and returns a `CheckResult` (the lines printed by
+printer.py; an exception's message and hint worded by escaped_errors.py).
 
 When the environment variable named by `RESULTS_ENV` is set, every check also appends one
 JSON line with its result to that file (tests/test_exercises.py reads it). The instructor's
@@ -14,12 +15,12 @@ from __future__ import annotations
 import json
 import os
 import sys
-import textwrap
 import threading
 import warnings
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Iterable
 
+from .printer import Printer
 from .time_limits import CASE_TIME_LIMIT, CaseTimeout, time_limit
 
 RESULTS_ENV = "PAGEDATTN_LAB_RESULTS"
@@ -189,97 +190,10 @@ def format_params(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items())
 
 
-def where_raised(exc: BaseException) -> str:
-    """' (in your code, line N: text)' for the innermost frame neither this package's nor a
-    library's (remote_errors.learner_frame), if any (the sandbox's, when the exception was
-    raised there; none for the kernel host's, where no code of the learner's runs)."""
-    remote = getattr(exc, "remote_frame", None)   # raised in the grader's sandbox (remote.py)
-    if isinstance(remote, str):
-        return remote
-    from .remote_errors import learner_frame  # noqa: PLC0415 (report.py stays light)
-    return learner_frame(exc)
-
-
-def _describe_exception(exc: BaseException) -> tuple[str, str]:
-    """(message, hint) for an exception that escaped the learner's code."""
-    from .faults import describe_kernel_exception  # noqa: PLC0415 - avoid an import cycle
-    described = describe_kernel_exception(exc)
-    if described is not None:
-        return described
-    if isinstance(exc, MemoryError):
-        return _describe_memory_error(exc)
-    return (f"raised {type(exc).__name__}: {text_of(exc)}{where_raised(exc)}",
-            "read the error above; the spec in the task's prompt says what each input holds.")
-
-
-def _describe_memory_error(exc: MemoryError) -> tuple[str, str]:
-    """(message, hint) for a MemoryError: the learner's code's when raised inside it (a
-    frame of theirs, or the sandbox's, under the grader), else the check's own work's, which
-    under the grader may be the judge's heap bound (judge.limit_memory): that hint blamed
-    the learner's code, which had returned, and maybe an answer of the size asked for."""
-    memory = f"ran out of memory (MemoryError: {text_of(exc)})"
-    where = where_raised(exc)
-    if where or isinstance(getattr(exc, "remote_frame", None), str):
-        return (memory + where,
-                "the case needed far more memory than the task's sizes call for: your code "
-                "built, or returned, something much larger than the result the spec asks for.")
-    bound = JUDGE_HEAP["mb"]
-    return (memory + " in the check's own code, not in yours" +
-            (f": the grader's judge may use {bound} MiB" if bound else ""),
-            "an answer much larger than the result the spec asks for (or one that grows when "
-            "made an array: strings of very different lengths) makes the check's work this "
-            "large; if yours is the size the spec asks for, the fault is not your code's: "
-            "tell your instructor.")
-
-
-WIDTH = 79  # printed lines are wrapped here, between words (a notebook breaks long lines anywhere)
-
-
-class _Printer:
-    """Collects and prints the report: lines wrapped between words, each distinct hint once."""
-
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-        self.lines: list[str] = []
-        self.notes: list[str] = []
-        self.hints: dict[str, str] = {}  # hint -> the case that printed it first
-
-    def say(self, text: str = "", indent: str = "", hang: str = "") -> None:
-        """Print `text` after `indent`, wrapped; continuation lines get `indent` + `hang`.
-        A line of `text` that starts with whitespace (quoted code) is printed as it is."""
-        for paragraph in text.split("\n") or [""]:
-            if paragraph[:1].isspace():  # quoted source or compiler output: keep it whole
-                wrapped = [indent + paragraph]
-            else:
-                wrapped = textwrap.wrap(paragraph, WIDTH, initial_indent=indent,
-                                        subsequent_indent=indent + hang,
-                                        break_long_words=False,
-                                        break_on_hyphens=False) or [indent.rstrip()]
-            for line in wrapped:
-                self.lines.append(line)
-                if not self.quiet:
-                    print(line)
-
-    def failure(self, label: str, message: str, hint: str, expected: str = "",
-                got: str = "") -> None:
-        self.say(f"FAIL  {label}", "  ", "      ")
-        self.say(message, " " * 8)
-        if expected or got:
-            self.say(f"expected: {expected}", " " * 8, " " * 10)
-            self.say(f"got:      {got}", " " * 8, " " * 10)
-        if not hint:
-            return
-        if hint in self.hints:
-            self.say(f"hint: as for {self.hints[hint]} above", " " * 8)
-        else:
-            self.hints[hint] = " ".join(label.split()[:2])  # "case 3"
-            self.say(f"hint: {hint}", " " * 8, " " * 6)
-
-
 def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failures: int = 3,
               quiet: bool = False, lint: Callable[[], None] | None = None) -> CheckResult:
     """Run `cases` in order, print the outcome of each, record and return the CheckResult."""
-    out = _Printer(quiet)
+    out = Printer(quiet)
     out.say(f"Checking {title} [{task}]")
     previous, _running.out = getattr(_running, "out", None), out
     try:
@@ -291,7 +205,7 @@ def run_cases(task: str, title: str, cases: Iterable[Case], *, stop_after_failur
     return result
 
 
-_running = threading.local()   # the _Printer of the check running in this thread, if any
+_running = threading.local()   # the Printer of the check running in this thread, if any
 
 
 def note(text: str) -> None:
@@ -304,9 +218,10 @@ def note(text: str) -> None:
         out.say(f"note: {text}", "  ", "      ")
 
 
-def _run(out: _Printer, cases: Iterable[Case], stop_after_failures: int,
+def _run(out: Printer, cases: Iterable[Case], stop_after_failures: int,
          lint: Callable[[], None] | None) -> tuple[str, list[CaseResult]]:
     """run_cases' cases, printed by `out`: (the status, the case results)."""
+    from .escaped_errors import describe_exception  # noqa: PLC0415 - it imports this module
     from .slack_reads import run_case  # noqa: PLC0415 - it imports this module
     results: list[CaseResult] = []
     status = PASSED
@@ -356,7 +271,7 @@ def _run(out: _Printer, cases: Iterable[Case], stop_after_failures: int,
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # the learner's code crashed: report, do not propagate
-            message, hint = _describe_exception(exc)
+            message, hint = describe_exception(exc)
             results.append(CaseResult(case.name, case.params, FAILED, message, hint))
             out.failure(label, message, hint)
             status, failures = FAILED, failures + 1
