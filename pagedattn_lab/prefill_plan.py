@@ -1,6 +1,7 @@
 """The prefill wrapper's planning tables: the tensor-core kernels' compiled shapes (`Variant`),
 the one each batch gets (`variant_for`, measured), a block's shared memory (`shared_bytes`) and
-the query tiles' work lists (`work_list`). `BatchPrefillWrapper.plan` (prefill_wrapper.py)
+the query tiles' work lists (`work_list`), and the checks of a batch's tables
+(`check_prefill_tables`) and int32 counts. `BatchPrefillWrapper.plan` (prefill_wrapper.py)
 reads them; lesson 10 compares its own work list with `work_list`."""
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .validate import INT32_MAX
+from .validate import INT32_MAX, check_block_tables, check_offsets
 
 HEAD_DIMS = (32, 64, 80, 96, 112, 128, 192, 256)
 KV_TILE = 64        # keys per K/V tile of the default variants
@@ -126,6 +127,26 @@ def work_list(indptr: np.ndarray, lens: np.ndarray, rows: int, causal: bool,
     keys = lens[seq] - q_rows[seq] // pack + last_query + 1 if causal else lens[seq]
     order = np.argsort(-keys, kind="stable")
     return np.stack([seq[order], first[order]], axis=1).astype(np.int32)
+
+
+def check_prefill_tables(indptr: np.ndarray, block_tables, seq_lens, page_size: int):
+    """(tables, lens, q_lens) as NumPy, once indptr (qo_indptr as a NumPy int64 array),
+    block_tables and seq_lens pass `BatchPrefillWrapper.plan`'s checks of their values:
+    offsets from 0 that never decrease, a valid page id wherever a sequence reads one, no
+    sequence with more queries than tokens. (pack_tables runs them too, on rank 0, before a
+    tensor-parallel step's tables are sent.)"""
+    check_offsets(indptr, "qo_indptr")
+    tables, lens = check_block_tables(block_tables, seq_lens, num_pages=None,
+                                      page_size=page_size, batch=indptr.size - 1, min_len=0,
+                                      batch_of="sequence in qo_indptr")
+    q_lens = np.diff(indptr)
+    too_many = np.flatnonzero(q_lens > lens)
+    if too_many.size:
+        b = int(too_many[0])
+        raise ValueError(f"qo_indptr: sequence {b} has {int(q_lens[b])} queries but "
+                         f"seq_lens[{b}] is {int(lens[b])} (its new tokens are counted "
+                         f"in seq_lens, their K/V already in the cache)")
+    return tables, lens, q_lens
 
 
 def check_int32_ranges(indptr: np.ndarray, lens: np.ndarray, chosen: np.ndarray,

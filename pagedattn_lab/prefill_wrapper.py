@@ -45,10 +45,11 @@ from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM,
 from .backend import array_module, is_cupy_array, is_torch_tensor, to_numpy
 from .kernels import kernel as load_kernel
 from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Variant,
-                           check_int32_ranges, shared_bytes, variant_for, work_list)
+                           check_int32_ranges, check_prefill_tables, shared_bytes,
+                           variant_for, work_list)
 from .quant import check_run_scales, check_scheme, kv_format
-from .validate import (bf16_bits_hint, check_array, check_block_tables, check_bool,
-                       check_int, check_offsets, check_plan_sizes, resolve_scale)
+from .validate import (bf16_bits_hint, check_array, check_bool, check_int, check_plan_sizes,
+                       resolve_scale)
 from .validate_kinds import dtype_label
 from .validate_out import check_out, check_plan_buffer
 
@@ -149,17 +150,7 @@ class BatchPrefillWrapper:
         check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         indptr = to_numpy(qo_indptr).astype(np.int64)
         batch = indptr.size - 1
-        check_offsets(indptr, "qo_indptr")
-        tables, lens = check_block_tables(block_tables, seq_lens, num_pages=None,
-                                          page_size=page_size, batch=batch, min_len=0,
-                                          batch_of="sequence in qo_indptr")
-        q_lens = np.diff(indptr)
-        too_many = np.flatnonzero(q_lens > lens)
-        if too_many.size:
-            b = int(too_many[0])
-            raise ValueError(f"qo_indptr: sequence {b} has {int(q_lens[b])} queries but "
-                             f"seq_lens[{b}] is {int(lens[b])} (its new tokens are counted "
-                             f"in seq_lens, their K/V already in the cache)")
+        tables, lens, q_lens = check_prefill_tables(indptr, block_tables, seq_lens, page_size)
         on_gpu = is_cupy_array(block_tables)
         xp = array_module(block_tables)
         group = num_heads // num_kv_heads

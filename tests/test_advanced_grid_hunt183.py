@@ -205,19 +205,22 @@ class PoolAgainstModel(RuleBasedStateMachine):
         self.handed_out += self.both("allocate", k) or []
 
     @rule(data=st.data())
-    def touch(self, data):   # (a prefix hit takes a held or a cached page)
-        takeable = [p for p in range(self.model.n)
-                    if self.model.ref[p] or self.model.hash[p] is not None]
-        if takeable:
-            self.both("touch", data.draw(st.lists(st.sampled_from(takeable), max_size=3)))
+    def touch(self, data):   # (a prefix hit takes a held or a cached page; any other refused)
+        takeable = [p for p in range(self.model.n) if self.model.takeable(p)]
+        anything = st.lists(st.integers(0, self.model.n - 1), max_size=3)
+        self.both("touch", data.draw(st.one_of(st.lists(st.sampled_from(takeable), max_size=3),
+                                               anything) if takeable else anything))
 
     @rule(data=st.data())
     def free(self, data):
         self.both("free", data.draw(st.lists(st.integers(0, self.model.n - 1), max_size=3)))
 
     @rule(data=st.data(), block_hash=st.sampled_from(HASHES), tokens=TOKENS)
-    def register(self, data, block_hash, tokens):
-        self.both("register", data.draw(st.integers(0, self.model.n - 1)), block_hash, tokens)
+    def register(self, data, block_hash, tokens):   # (mostly a held or cached page)
+        takeable = [p for p in range(self.model.n) if self.model.takeable(p)]
+        anyone = st.integers(0, self.model.n - 1)
+        page = data.draw(st.one_of(st.sampled_from(takeable), anyone) if takeable else anyone)
+        self.both("register", page, block_hash, tokens)
 
     @rule(block_hash=st.sampled_from(HASHES), tokens=TOKENS)
     def lookup(self, block_hash, tokens):

@@ -269,7 +269,9 @@ def test_forget_refuses_a_page_outside_the_pool_before_forgetting_any(pages, mat
     raised IndexError naming nothing."""
     kv, req = holding()
     kv.free(req)
+    rest = kv.pool.allocate(6)   # pages 2..7: the last page, held, can cache a block
     kv.pool.register(7, b"h" * 32, [4, 4])
+    kv.pool.free(rest)
     before = state(kv)
     with pytest.raises((ValueError, TypeError), match=match):
         kv.pool.forget(pages)

@@ -1,15 +1,14 @@
 """Tensor-parallel decode and prefill, hunted: a grid against the one-device step and the float64
 reference, ranks built with different sizes, bad tables, workbook 13's hints, lesson 13's prose.
 
-The ranks here are threads of this process: `ThreadGroup` stands in for torch.distributed
-(broadcast, all_gather_into_tensor, all_reduce, as TPDecode calls them) and records each
-collective, so a test also sees that a refusal came before any step's collective. Starting real
-processes costs seconds each (tests/test_distributed.py does, with gloo); these take
-milliseconds.
+The ranks here are threads of this process: `ThreadGroup` (tests/thread_ranks.py) stands in
+for torch.distributed (broadcast, all_gather_into_tensor, all_reduce, as TPDecode calls them)
+and records each collective, so a test also sees that a refusal came before any step's
+collective. Starting real processes costs seconds each (tests/test_distributed.py does, with
+gloo); these take milliseconds.
 """
 import json
 import re
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -17,87 +16,16 @@ import pytest
 
 from pagedattn_lab.distributed import (TPDecode, TPPrefill, head_range, pack_tables, shard_cache,
                                        torch_missing)
-from pagedattn_lab.distributed import decode as decode_module
 from pagedattn_lab.distributed.demo import (make_q, make_tables, single_process_decode,
                                             single_process_prefill, tp_decode_rank,
                                             tp_prefill_rank, kv_pool)
 from pagedattn_lab.reference import reference_decode, reference_prefill_packed
 from tests.check_helpers import assert_caught
+from tests.thread_ranks import run_ranks
 
 needs_torch = pytest.mark.skipif(torch_missing() is not None,
                                  reason=f"torch.distributed: {torch_missing()}")
 REPO = Path(__file__).resolve().parents[1]
-
-
-class ThreadGroup:
-    """torch.distributed's calls for `world` ranks that are threads of this process."""
-
-    def __init__(self, world: int):
-        self.world, self.local = world, threading.local()
-        self.arrived = threading.Condition()
-        self.posted = {}  # (collective's number, rank): its tensor
-        self.failed = False    # a rank raised: the others stop waiting, as launch stops them
-        self.log = []     # (collective, bytes rank 0 posted)
-
-    def get_rank(self):
-        return self.local.rank
-
-    def get_world_size(self):
-        return self.world
-
-    def fail(self):
-        with self.arrived:
-            self.failed = True
-            self.arrived.notify_all()
-
-    def _exchange(self, name, tensor):
-        rank, n = self.local.rank, self.local.count
-        self.local.count += 1
-        with self.arrived:
-            self.posted[n, rank] = tensor.clone()
-            self.arrived.notify_all()
-            here = lambda: all((n, r) in self.posted for r in range(self.world))  # noqa: E731
-            if not self.arrived.wait_for(lambda: here() or self.failed, timeout=60) or not here():
-                raise ConnectionAbortedError(f"{name}: another rank stopped")
-        every = [self.posted[n, r] for r in range(self.world)]
-        if rank == 0:
-            self.log.append((name, tensor.numel() * tensor.element_size()))
-        if len({tuple(t.shape) for t in every}) > 1:   # gloo aborts here, NCCL may hang
-            raise RuntimeError(f"{name}: the ranks posted {[tuple(t.shape) for t in every]}")
-        return every
-
-    def broadcast(self, tensor, src=0):
-        tensor.copy_(self._exchange("broadcast", tensor)[src])
-
-    def all_gather_into_tensor(self, out, tensor):
-        import torch
-        out.copy_(torch.cat([t.reshape(-1) for t in self._exchange("all_gather", tensor)]))
-
-    def all_reduce(self, tensor):
-        every = self._exchange("all_reduce", tensor)
-        tensor.copy_(sum(every[1:], every[0].clone()))
-
-
-def run_ranks(monkeypatch, fn, world, *args, **kwargs):
-    """fn(rank, world, *args, **kwargs) on `world` threads: (results, errors, group)."""
-    import torch
-    group = ThreadGroup(world)
-    monkeypatch.setattr(decode_module, "require_torch", lambda: (torch, group))
-    results, errors = [None] * world, [None] * world
-
-    def rank_body(rank):
-        group.local.rank, group.local.count = rank, 0
-        try:
-            results[rank] = fn(rank, world, *args, **kwargs)
-        except Exception as exc:   # noqa: BLE001 - handed to the test
-            errors[rank] = exc
-            group.fail()
-    threads = [threading.Thread(target=rank_body, args=(r,)) for r in range(world)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return results, errors, group
 
 
 def run_ok(monkeypatch, fn, world, *args, **kwargs):

@@ -76,7 +76,14 @@ class RefPool:
             self.ref[page] = 1
         return pages
 
+    def takeable(self, page):
+        """Held, or free with a cached block: what touch and register take (a free page
+        caching nothing is refused)."""
+        return self.ref[page] > 0 or self.hash[page] is not None
+
     def touch(self, pages):
+        if not all(map(self.takeable, pages)):
+            raise ValueError("a free page that caches no block")
         for page in pages:
             if self.ref[page] == 0:
                 self.queue.remove(page)
@@ -89,6 +96,8 @@ class RefPool:
                 self.queue.append(page)
 
     def register(self, page, block_hash, tokens):
+        if not self.takeable(page):
+            raise ValueError("a free page that caches no block")
         if block_hash in self.cached or self.hash[page] is not None:
             return False
         self.cached[block_hash] = page
@@ -102,6 +111,19 @@ class RefPool:
 
 BLOCKS = [(1, 1), (1, 2), (2, 1), (2, 2)]   # few blocks: hashes meet again and again
 PAGE_LISTS = st.lists(st.integers(0, NUM_PAGES - 1), max_size=4)
+
+
+def takeable_lists(ref):
+    """Lists of pages that touch takes (held or cached), when there are any."""
+    takeable = [p for p in range(NUM_PAGES) if ref.takeable(p)]
+    return st.lists(st.sampled_from(takeable), max_size=4) if takeable else st.just([])
+
+
+def mostly_takeable(ref):
+    """A page that register takes (held or cached) when there is one, now and then any."""
+    takeable = [p for p in range(NUM_PAGES) if ref.takeable(p)]
+    anyone = st.integers(0, NUM_PAGES - 1)
+    return st.one_of(st.sampled_from(takeable), anyone) if takeable else anyone
 
 
 class PoolMachine(RuleBasedStateMachine):
@@ -132,9 +154,13 @@ class PoolMachine(RuleBasedStateMachine):
         if self.step is not None:
             self.step[1].extend(pages)
 
-    @rule(pages=PAGE_LISTS)
-    def touch(self, pages):
-        self.call(lambda: self.ref.touch(pages), lambda: self.pool.touch(pages))
+    @rule(data=st.data())
+    def touch(self, data):   # (mostly a legal hit; any pages now and then, to be refused)
+        pages = data.draw(st.one_of(takeable_lists(self.ref), PAGE_LISTS))
+        legal = all(map(self.ref.takeable, pages))
+        got = self.call(lambda: self.ref.touch(pages) or True,
+                        lambda: self.pool.touch(pages) or True)
+        assert (got is True) == legal, f"touch({pages}) with counts {self.ref.ref}"
 
     @rule(pages=PAGE_LISTS)
     def free(self, pages):
@@ -143,14 +169,16 @@ class PoolMachine(RuleBasedStateMachine):
                         lambda: self.pool.free(pages) or True)
         assert (got is True) == ok, f"free({pages}) with counts {self.ref.ref}"
 
-    @rule(page=st.integers(0, NUM_PAGES - 1), chain=st.lists(st.sampled_from(BLOCKS),
-                                                              min_size=1, max_size=3))
-    def register(self, page, chain):
+    @rule(data=st.data(), chain=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=3))
+    def register(self, data, chain):
+        page = data.draw(mostly_takeable(self.ref))
         parent = None
         for block in chain:
             parent = hash_block(parent, block)
-        self.call(lambda: self.ref.register(page, parent, chain[-1]),
-                  lambda: self.pool.register(page, parent, chain[-1]))
+        legal = self.ref.takeable(page)
+        got = self.call(lambda: self.ref.register(page, parent, chain[-1]),
+                        lambda: self.pool.register(page, parent, chain[-1]))
+        assert (got is not None) == legal, f"register({page}) with counts {self.ref.ref}"
 
     @rule(chain=st.lists(st.sampled_from(BLOCKS), min_size=1, max_size=3),
           tokens=st.sampled_from(BLOCKS))
@@ -187,10 +215,12 @@ class PoolMachine(RuleBasedStateMachine):
         for page in taken:
             self.ref.drop_hash(page)
 
-    @rule(n=st.integers(0, 3), pages=PAGE_LISTS)
-    def failed_atomic_call(self, n, pages):
-        """A call that takes pages, touches others, then fails: all undone, but the pages it
-        took forget their prefix; inside a step, the step's rollback still sees them."""
+    @rule(n=st.integers(0, 3), data=st.data())
+    def failed_atomic_call(self, n, data):
+        """A call that takes pages, touches others (held or cached: still so after the
+        allocation), then fails: all undone, but the pages it took forget their prefix;
+        inside a step, the step's rollback still sees them."""
+        pages = data.draw(takeable_lists(self.ref))
         state = self.ref.state()
         taken = []
         with pytest.raises(Abort):

@@ -8,6 +8,8 @@
 Per step, exactly two things cross the wire: the block tables and lengths (one broadcast of
 one fixed-size int32 buffer from rank 0) and the attention output (one all_gather of each
 rank's heads). The K/V pages never do: each rank reads its own heads from its own memory.
+Tables rank 0 refuses (as the wrapper's plan would) still cross, as a refusal, with its
+message in one more broadcast: every rank raises rank 0's error, none is left waiting.
 Once, when the ranks build their `TPDecode`, they compare the sizes each was given (`SIZES`):
 every rank refuses a split whose ranks disagree, before any step.
 Arrays stay NumPy (CPU, gloo) or CuPy (GPU, NCCL); torch sees them through zero-copy views
@@ -24,7 +26,9 @@ from ..backend import cupy_module
 from ..validate import check_int, check_plan_sizes
 from ..wrappers import BatchDecodeWrapper
 from .launch import require_torch
-from .shard import head_range, pack_tables, reassemble, table_capacity, unpack_tables
+from .shard import (HEADER, REFUSAL_BYTES, REFUSAL_KINDS, head_range, is_refusal, pack_tables,
+                    reassemble, refusal_error, refusal_header, refusal_message, table_capacity,
+                    unpack_tables)
 
 PHASES = ("broadcast", "plan", "attend", "gather")
 # What every rank must be given alike, compared once when the ranks build their TPDecode.
@@ -130,12 +134,41 @@ class TPDecode:
         rank returns them (views into the received buffer, where this rank computes)."""
         return self._timed("broadcast", self._broadcast, block_tables, seq_lens)
 
-    def _broadcast(self, block_tables, seq_lens):
+    def _broadcast(self, *given):
+        """Rank 0 packs `given` (its arguments to share_tables), or its refusal of them; every
+        rank receives the one buffer and returns the tables, or raises rank 0's error."""
+        error = None
         if self.rank == 0:
-            packed = pack_tables(block_tables, seq_lens, self.max_batch, self.max_pages)
+            try:
+                packed = self._pack(*given)
+            except REFUSAL_KINDS as refused:
+                # raised here, before the broadcast, it would leave the other ranks waiting
+                error, packed = refused, refusal_header(self._buf.size, refused)
             self._buf[...] = self.xp.asarray(packed)
         self.dist.broadcast(self._buf_t, src=0)
+        if is_refusal(self._buf):
+            self._raise_refusal(error)
+        return self._unpack()
+
+    def _pack(self, block_tables, seq_lens):
+        return pack_tables(block_tables, seq_lens, self.max_batch, self.max_pages,
+                           page_size=self.page_size)
+
+    def _unpack(self):
         return unpack_tables(self._buf, self.max_batch)
+
+    def _raise_refusal(self, error):
+        """Every rank: one more broadcast, of rank 0's message, then rank 0's error (its own
+        on rank 0, rebuilt on the others)."""
+        message = (self.xp.zeros(REFUSAL_BYTES, np.uint8) if error is None else
+                   self.xp.asarray(refusal_message(error)))
+        self.dist.broadcast(self.as_torch(message), src=0)
+        if error is not None:
+            raise error
+        header = self._buf[:HEADER]
+        if self.on_gpu:
+            header, message = header.get(), message.get()
+        raise refusal_error(header, message)
 
     def plan(self, block_tables, seq_lens):
         """Plan the wrapper for this rank's heads (host work, once per step)."""

@@ -36,15 +36,14 @@ class TPPrefill(TPDecode):
         """Rank 0 gives (block_tables, seq_lens, qo_indptr); every rank returns them."""
         return self._timed("broadcast", self._broadcast, block_tables, seq_lens, qo_indptr)
 
-    def _broadcast(self, block_tables, seq_lens, qo_indptr=None):
-        if self.rank == 0:
-            if qo_indptr is None:   # (pack_tables would make a decode step's smaller buffer)
-                raise ValueError("qo_indptr: rank 0 gives a prefill step's qo_indptr [batch "
-                                 "+ 1] with its block_tables and seq_lens; got None")
-            packed = pack_tables(block_tables, seq_lens, self.max_batch, self.max_pages,
-                                 qo_indptr)
-            self._buf[...] = self.xp.asarray(packed)
-        self.dist.broadcast(self._buf_t, src=0)
+    def _pack(self, block_tables, seq_lens, qo_indptr=None):
+        if qo_indptr is None:   # (pack_tables would make a decode step's smaller buffer)
+            raise ValueError("qo_indptr: rank 0 gives a prefill step's qo_indptr [batch + 1] "
+                             "with its block_tables and seq_lens; got None")
+        return pack_tables(block_tables, seq_lens, self.max_batch, self.max_pages, qo_indptr,
+                           page_size=self.page_size)
+
+    def _unpack(self):
         return unpack_tables(self._buf, self.max_batch, self.max_pages)
 
     def plan(self, block_tables, seq_lens, qo_indptr):

@@ -12,8 +12,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..validate import (INT32_MAX, check_array, check_bool, check_gqa_heads, check_int,
-                        check_int_list, check_memory)
+from ..prefill_plan import check_prefill_tables
+from ..validate import (INT32_MAX, check_array, check_block_tables, check_bool, check_gqa_heads,
+                        check_int, check_int_list, check_memory)
 
 
 class HeadRange(NamedTuple):
@@ -103,12 +104,16 @@ def table_capacity(max_batch: int, max_pages: int, prefill: bool = False) -> int
 
 
 def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
-                qo_indptr=None) -> np.ndarray:
+                qo_indptr=None, *, page_size: int | None = None) -> np.ndarray:
     """One int32 buffer of `table_capacity` entries: [batch, pages, seq_lens..., table...]
     (then qo_indptr, for a prefill step).
 
     The buffer has a fixed size so that the other ranks, which do not know this step's batch
     yet, can post their receive of the same size: one broadcast per step, no size exchange.
+    With page_size, the tables' values are refused as the wrappers' plan refuses them (a
+    page id below 0 where a sequence reads one, a sequence longer than its row, and for a
+    prefill step offsets that go down or more queries than tokens): sent, every rank would
+    plan them only to refuse them.
     """
     prefill = qo_indptr is not None
     capacity = table_capacity(max_batch, max_pages, prefill)   # (checks the two sizes)
@@ -124,18 +129,34 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
     check_array(seq_lens, "seq_lens", ndim=1, dtypes=[np.int32])
     if seq_lens.shape != (batch,):
         raise ValueError(f"seq_lens: expected shape ({batch},), got {seq_lens.shape}")
+    if prefill:
+        check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
+        if qo_indptr.shape != (batch + 1,):
+            raise ValueError(f"qo_indptr: expected shape ({batch + 1},), got {qo_indptr.shape}")
+    if page_size is not None:
+        _check_values(block_tables, seq_lens, qo_indptr, page_size)
     buf = np.zeros(capacity, np.int32)
     buf[:HEADER] = batch, pages
     buf[HEADER:HEADER + batch] = seq_lens
     start = HEADER + max_batch
     buf[start:start + batch * pages] = np.asarray(block_tables).ravel()
     if prefill:
-        check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
-        if qo_indptr.shape != (batch + 1,):
-            raise ValueError(f"qo_indptr: expected shape ({batch + 1},), got {qo_indptr.shape}")
         start += max_batch * max_pages
         buf[start:start + batch + 1] = qo_indptr
     return buf
+
+
+def _check_values(block_tables, seq_lens, qo_indptr, page_size) -> None:
+    """The checks of the tables' values that BatchDecodeWrapper.plan (qo_indptr None) or
+    BatchPrefillWrapper.plan runs, with their errors."""
+    page_size = check_int(page_size, "page_size", minimum=1)
+    if qo_indptr is None:
+        check_block_tables(block_tables, seq_lens, num_pages=None, page_size=page_size,
+                           batch=int(block_tables.shape[0]), min_len=1,
+                           batch_of="block_tables row")
+    else:
+        check_prefill_tables(np.asarray(qo_indptr, np.int64), block_tables, seq_lens,
+                             page_size)
 
 
 _SAME_SIZES = "pack_tables and unpack_tables must be given the same sizes"
@@ -159,6 +180,10 @@ def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
         raise TypeError(f"buf: expected the int32 buffer pack_tables fills, got dtype "
                         f"{buf.dtype}")
     batch, pages = (int(n) for n in buf[:HEADER].tolist())
+    if batch == REFUSED:
+        raise ValueError(f"buf: it holds rank 0's refusal of this step, not tables (its error "
+                         f"follows in a second broadcast: {REFUSAL_BYTES} bytes of message, "
+                         f"read by refusal_error)")
     if not (0 <= batch <= max_batch and 0 <= pages and (not prefill or pages <= max_pages)):
         raise ValueError(f"max_batch, max_pages: buf holds {batch} rows of {pages} pages, more "
                          f"than max_batch={max_batch}, max_pages={max_pages} ({_SAME_SIZES})")
@@ -180,6 +205,53 @@ def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
         return tables, lens
     start += max_batch * max_pages
     return tables, lens, buf[start:start + batch + 1]
+
+
+# ---- a step rank 0 refuses ------------------------------------------------------------------
+# The other ranks are waiting in the broadcast when rank 0 refuses the tables it was given: so
+# the buffer goes out all the same, its header (REFUSED, the error's kind) in place of (batch,
+# pages), then one more broadcast carries the message, and every rank raises the same error.
+# A step that is not refused sends nothing more.
+
+REFUSED = -1            # in place of the batch, which is never negative
+REFUSAL_BYTES = 1024    # the message's broadcast: UTF-8, padded with zero bytes
+REFUSAL_KINDS = (ValueError, TypeError)   # what pack_tables raises, by their index here
+
+
+def refusal_header(capacity: int, error: Exception) -> np.ndarray:
+    """The int32 buffer of `capacity` entries that says rank 0 refused its step with
+    `error` (a ValueError or TypeError: its kind, sent as its index in REFUSAL_KINDS)."""
+    kind = next(i for i, cls in enumerate(REFUSAL_KINDS) if isinstance(error, cls))
+    buf = np.zeros(check_int(capacity, "capacity", minimum=HEADER), np.int32)
+    buf[:HEADER] = REFUSED, kind
+    return buf
+
+
+def is_refusal(buf) -> bool:
+    """Whether a received buffer holds a refusal (reads one entry: 4 bytes off a GPU)."""
+    return int(buf[0]) == REFUSED
+
+
+def refusal_message(error: Exception) -> np.ndarray:
+    """`error`'s message as REFUSAL_BYTES uint8 (a longer one cut, on a character, to end
+    in "...")."""
+    text = str(error).encode()
+    if len(text) > REFUSAL_BYTES:
+        text = text[:REFUSAL_BYTES - 3].decode(errors="ignore").encode() + b"..."
+    out = np.zeros(REFUSAL_BYTES, np.uint8)
+    out[:len(text)] = np.frombuffer(text, np.uint8)
+    return out
+
+
+def refusal_error(header, message) -> Exception:
+    """The error rank 0 refused its step with, rebuilt from the header and the message it
+    sent (NumPy arrays)."""
+    kind = int(header[1])
+    if not (int(header[0]) == REFUSED and 0 <= kind < len(REFUSAL_KINDS)):
+        raise ValueError(f"header: expected ({REFUSED}, 0..{len(REFUSAL_KINDS) - 1}), what "
+                         f"refusal_header writes, got {tuple(int(n) for n in header[:HEADER])}")
+    text = bytes(np.asarray(message, np.uint8)).rstrip(b"\0").decode(errors="replace")
+    return REFUSAL_KINDS[kind](text)
 
 
 # ---- what crosses the wire -----------------------------------------------------------------

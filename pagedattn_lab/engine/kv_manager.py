@@ -164,6 +164,10 @@ class KVCacheManager:
         # (unchecked, a lookahead of -5 priced nothing, a hit of -1 read the last page's
         # count, a float computed failed inside range())
         hits = self._hit_ids(hits)
+        for i, page in enumerate(hits):   # (admit refuses them: a price of no admission)
+            if self.pool.page_hash[page] is None:
+                raise ValueError(f"hits[{i}]: page {page} caches no prefix; pass what "
+                                 f"cached_prefix returns")
         computed = check_int(computed, "computed", minimum=0)
         num_new = check_int(num_new, "num_new", minimum=0)
         lookahead = check_int(lookahead, "lookahead", minimum=0)

@@ -114,7 +114,11 @@ def _check_hash(block_hash) -> None:
 
 
 class BlockPool:
-    """Pages with reference counts, a hash -> page table, and an LRU free queue."""
+    """Pages with reference counts, a hash -> page table, and an LRU free queue.
+
+    A page is held (count >= 1), free with a cached block, or free and empty; a call that
+    takes or offers a page (`touch`, `register`, `is_shared_or_cached`) refuses an empty free
+    one, which holds nothing a request computed."""
 
     def __init__(self, num_pages: int):
         # (a negative count made a pool with num_used < 0; a bool, a pool of one page)
@@ -184,8 +188,14 @@ class BlockPool:
 
     def touch(self, pages) -> None:
         """A request takes cached pages (a prefix hit): one more owner each; a free one
-        leaves the free queue, so it cannot be evicted while held."""
-        for page in self._page_ids(pages):
+        leaves the free queue, so it cannot be evicted while held. All or nothing: a free
+        page that caches no block holds nothing to reuse, and is refused before any count
+        changes."""
+        pages = self._page_ids(pages)
+        for i, page in enumerate(pages):
+            self._refuse_free_uncached(page, f"pages[{i}]", "a prefix hit takes a page a "
+                                       "request holds or a cached one (what lookup returns)")
+        for page in pages:
             self._save(page)
             if self.ref_cnt[page] == 0:
                 del self.free_queue[page]
@@ -211,6 +221,12 @@ class BlockPool:
         check_page_ids(ids, "pages", self.num_pages, "pool")
         return ids
 
+    def _refuse_free_uncached(self, page: int, name: str, advice: str) -> None:
+        """Refuse, naming `name`, a page nobody holds that caches no block: no request
+        computed what it holds, and `allocate` may hand it out at any time."""
+        if self.ref_cnt[page] == 0 and self.page_hash[page] is None:
+            raise ValueError(f"{name}: page {page} is free and caches no block; {advice}")
+
     def _page_id(self, page) -> int:
         """One page id in 0..num_pages-1 (a negative one would index from the end)."""
         page = check_int(page, "page")
@@ -220,10 +236,14 @@ class BlockPool:
     def register(self, page: int, block_hash: bytes, token_ids) -> bool:
         """Offer a full, computed page holding `token_ids` to the cache under `block_hash`.
         A hash already cached (another request computed the same block at the same time)
-        keeps its page; this one stays private. Returns whether the page is now cached."""
+        keeps its page; this one stays private. Returns whether the page is now cached.
+        A free page that caches nothing is refused: it holds no computed block, yet a lookup
+        would hand it out as this one."""
         page = self._page_id(page)   # -1 would cache the last page under -1, an id handed out
         _check_hash(block_hash)
         tokens = tuple(check_int_list(token_ids, "token_ids", "token id"))
+        self._refuse_free_uncached(page, "page", "only a page a request holds, its block "
+                                   "computed, is offered to the cache")
         if block_hash in self.cached or self.page_hash[page] is not None:
             return False
         self._save(page)
@@ -313,8 +333,11 @@ class BlockPool:
 
     def is_shared_or_cached(self, page: int) -> bool:
         """Writing into such a page would change what another request, or a future prefix
-        hit, reads: it must be copied first (copy on write)."""
+        hit, reads: it must be copied first (copy on write). A free page that caches nothing
+        is refused: no request writes into a page it does not hold."""
         page = self._page_id(page)
+        self._refuse_free_uncached(page, "page", "a request writes only into its own pages "
+                                   "(or copies a cached one first)")
         return self.ref_cnt[page] > 1 or self.page_hash[page] is not None
 
     def check_invariants(self) -> None:
