@@ -149,13 +149,6 @@ class _AppendFromSeqLen:
             table.extend(allocator.allocate(needed))
 
 
-def _gather_padded_then_cut(k, row, n):
-    """Every entry of the padded row gathered (page -1 reads the last page), then cut."""
-    p = k.shape[1]
-    t = np.arange(len(row) * p)
-    return k.reshape(-1, *k.shape[2:])[np.asarray(row)[t // p] * p + t % p][:n]
-
-
 def _attend_backwards(q, kc, vc, row, n, t, kv_head, scale):
     """The online softmax over keys t..0: any order gives the same softmax."""
     p = kc.shape[1]
@@ -180,10 +173,9 @@ def _attend_backwards(q, kc, vc, row, n, t, kv_head, scale):
     ("append_tokens", _AppendFromSeqLen.append_tokens),
     ("kv_offset", lambda s, h, d, H, D: s * H * D + h * D + d),
     ("slot_of", lambda row, t, p: row[t // p] * p + t % p),   # a NumPy int: an int too
-    ("gather_numpy", _gather_padded_then_cut),
     ("attend_one", _attend_backwards),
 ], ids=["pages (n + p - 1) // p", "reserved 1 - mean / max_len", "paged (-L) % p",
-        "append from seq_len", "kv offset expanded", "slot numpy int", "gather padded, cut",
+        "append from seq_len", "kv offset expanded", "slot numpy int",
         "attend keys backwards"])
 def test_right_answers_written_another_way_pass(task, impl):
     result, printed = run_check(task, impl)

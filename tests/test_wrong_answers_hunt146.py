@@ -372,7 +372,6 @@ RIGHT_02 = [
                                        np.arange(L) % k.shape[1]]),
     ("gather_numpy", lambda k, r, L: np.concatenate(
         [k[p] for p in r[:_ceil(L, k.shape[1])]] or [k[:0, 0]])[:L]),
-    ("gather_numpy", lambda k, r, L: np.concatenate([k[p] for p in r])[:L]),
 ]
 
 

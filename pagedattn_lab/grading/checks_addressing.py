@@ -5,7 +5,10 @@ skipping the block table (treating the cache as contiguous), and the head stride
 `num_kv_heads` (`slot * head_dim + kv_head * head_dim`), which is right for head 0 only;
 sizes that are not powers of two catch shifts and masks standing for // and %. The gather's
 "no loop over the tokens" is judged by the clock of the process running the check (under
-the grader, the judge's), which the learner's side cannot reset as it can a count.
+the grader, the judge's), which the learner's side cannot reset as it can a count. A gather
+that indexes the cache through the row's -1 padding (NumPy wraps it to the last page) and
+then cuts the result to seq_len has the right values: the cache keeps the negative ids it is
+indexed with.
 """
 from __future__ import annotations
 
@@ -144,20 +147,48 @@ def kv_offset(fn) -> CheckResult:
 
 class _Counted(np.ndarray):
     """An array that counts how often it (or a view of it) is indexed: a Python loop over
-    tokens indexes once per token, a vectorized gather a few times in all."""
+    tokens indexes once per token, a vectorized gather a few times in all. The cache's also
+    keeps the first negative id it (or a view of it) was indexed with along its first axis:
+    no page or slot is negative, so the row's -1 padding was used as a page id, which NumPy
+    wraps to the end of the cache without a word (a GPU reads out of bounds)."""
 
     def __array_finalize__(self, obj):
         self.counter = getattr(obj, "counter", None)
+        # a view's reads are the cache's; a gather's result is a copy, the learner's own
+        ids = getattr(obj, "negative_ids", None)
+        self.negative_ids = ids if ids is not None and np.may_share_memory(self, obj) else None
 
     def __getitem__(self, key):
         if self.counter is not None:
             self.counter[0] += 1
+        self._note_negative(key[0] if isinstance(key, tuple) and key else key)
         return super().__getitem__(key)
 
+    def take(self, indices, axis=None, *args, **kwargs):
+        if axis in (None, 0):   # (np.take calls this method)
+            self._note_negative(indices)
+        return super().take(indices, axis, *args, **kwargs)
 
-def _counted(array: np.ndarray, counter: list) -> np.ndarray:
+    def _note_negative(self, first) -> None:
+        """Keep the smallest id of `first`, an index along the first axis, if negative."""
+        if self.negative_ids is None or self.negative_ids or first is None or \
+                first is Ellipsis or isinstance(first, slice):
+            return
+        if isinstance(first, (int, np.integer)):   # (a loop over pages: kept cheap)
+            lowest = int(first)
+        else:
+            try:
+                ids = np.asarray(first)
+            except (TypeError, ValueError):
+                return   # (NumPy's own indexing refuses it next)
+            lowest = int(ids.min()) if ids.dtype.kind in "iu" and ids.size else 0
+        if lowest < 0:
+            self.negative_ids.append(lowest)
+
+
+def _counted(array: np.ndarray, counter: list, negative_ids: list | None = None) -> np.ndarray:
     out = array.view(_Counted)
-    out.counter = counter
+    out.counter, out.negative_ids = counter, negative_ids
     return out
 
 
@@ -214,7 +245,7 @@ def _call_gather(fn, cache, row, seq_len, counter, timed: bool, rng=None):
             if repeat:
                 cache = rng.standard_normal(cache.shape).astype(cache.dtype)
                 row = scattered_row(rng, seq_len, cache.shape[1], cache.shape[0], len(row))
-        passed = {"k_cache": _counted(cache.copy(), counter),
+        passed = {"k_cache": _counted(cache.copy(), counter, []),
                   "block_table_row": _counted(row.copy(), counter)}
         start = time.perf_counter()
         got = _materialized(fn(*passed.values(), seq_len))
@@ -242,11 +273,11 @@ def _gathered(got, cache, slots) -> bool:
 
 def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads: int,
                     head_dim: int, seq_len: int, count_indexing: bool = False,
-                    timed: bool = False, dtype=np.float32) -> None:
+                    timed: bool = False, dtype=np.float32, padding: int = 1) -> None:
     rng = case_rng(seed)
     cache = rng.standard_normal((num_pages, page_size, num_kv_heads, head_dim)).astype(dtype)
     n_used = -(-seq_len // page_size)
-    row = scattered_row(rng, seq_len, page_size, num_pages, n_used + 1)
+    row = scattered_row(rng, seq_len, page_size, num_pages, n_used + padding)
     counter = [0]
     got, passed, seconds, loop_seconds, cache, row = _call_gather(fn, cache, row, seq_len,
                                                                   counter, timed, rng)
@@ -271,6 +302,8 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
                        f"keep the cache's dtype ({expected.dtype}): index the cache, with no "
                        "astype and no np.zeros (float64 by default) to fill.",
                        str(expected.dtype), str(got.dtype))
+    if diff is None and passed["k_cache"].negative_ids:
+        _padding_read(passed["k_cache"].negative_ids[0], n_used, len(row))
     if diff is None and count_indexing and counter[0] > 2 * n_used + 6:
         raise Mismatch(f"right values, but k_cache and the row were indexed {counter[0]} times "
                        f"for {seq_len} tokens in {n_used} pages: a Python loop over the tokens",
@@ -306,6 +339,20 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     raise Mismatch(diff.message(), hint)
 
 
+def _padding_read(index: int, n_used: int, width: int) -> None:
+    """Fail a right gather that indexed the cache with `index` < 0: through the padding."""
+    padding = f"entry {n_used}" if width == n_used + 1 else f"entries {n_used}-{width - 1}"
+    raise Mismatch(f"right values, but k_cache was indexed with {index}: no page or slot is "
+                   f"negative, so the row's padding ({padding}, -1) was followed, and NumPy "
+                   f"took {index} from the end of the cache", "the row's padding (-1) was "
+                   "used as a page id: take only the row's first ceil(seq_len / page_size) "
+                   "entries (row[:n_pages]), or compute each token's slot from "
+                   "row[t // page_size], before indexing the cache; NumPy wraps -1 to the "
+                   "last page without a word, a GPU kernel reads out of bounds.",
+                   expected=f"no negative index (pages from the row's first {n_used} "
+                   "entries only)", got=str(index))
+
+
 def _pow2_gather(flat, row, t, page_size: int, div, mul, mod, join):
     """The gather with shifts and masks for some or all of //, *, % and + (pow2_mixes), as
     if page_size were a power of two (None where NumPy would refuse the indices)."""
@@ -318,10 +365,12 @@ def _pow2_gather(flat, row, t, page_size: int, div, mul, mod, join):
 
 
 def gather_numpy(fn) -> CheckResult:
-    """Check `fn(k_cache, block_table_row, seq_len)` returns that sequence's keys, contiguous."""
+    """Check `fn(k_cache, block_table_row, seq_len)` returns that sequence's keys, contiguous.
+    The rows end in 3 padding entries or 1: no fixed count of them can be cut off."""
     cases = [
         Case("2 kv heads", {"pages": 12, "page_size": 4, "kv_heads": 2, "head_dim": 8,
-                            "seq_len": 14}, lambda: _gather_np_case(fn, 0, 12, 4, 2, 8, 14)),
+                            "seq_len": 14},
+             lambda: _gather_np_case(fn, 0, 12, 4, 2, 8, 14, padding=3)),
         Case("full pages", {"pages": 8, "page_size": 8, "kv_heads": 3, "head_dim": 4,
                             "seq_len": 24}, lambda: _gather_np_case(fn, 1, 8, 8, 3, 4, 24)),
         Case("page_size 6, not a power of two", {"pages": 10, "page_size": 6, "kv_heads": 2,

@@ -8,11 +8,10 @@ case passes when the output equals the spec AND the counts keep to the puzzle's 
 most global reads and writes per thread, and every output element written exactly once.
 After the cases the check prints the counts of the last case, GPU-Puzzles style. What a
 failing case says (the output against the spec, the counts against the budget):
-puzzle_hints.py (and puzzle 3's hints read off its output, puzzle_grid_hints.py).
+puzzle_hints.py (and the hints read off puzzle 3's output, puzzle_grid_hints.py, and off
+puzzle 4's, puzzle_shared_hints.py).
 """
 from __future__ import annotations
-
-import re
 
 import numpy as np
 
@@ -20,6 +19,7 @@ from ..puzzles import PUZZLES
 from .puzzle_grid_hints import grid_hints
 from .puzzle_hints import check_budget, check_output, not_ten, own_value_doubled, unstored_hint
 from .puzzle_runner import PuzzleKernel, count_line
+from .puzzle_shared_hints import fixed_size_array, shared_hints
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -119,9 +119,24 @@ def _guard_case(kern, seed, n):
         return lambda diff: text if mask.any() and np.array_equal(diff.unwritten, mask) and \
             np.array_equal(diff.bad, mask) else None
 
+    expected = PUZZLES["guard"].spec(a.astype(np.float64), b)
+
+    def wrong_terms(diff):   # (every element written: the index is right, the sum is not)
+        a64, b64 = a.astype(np.float64), b.astype(np.float64)
+        forms = [("every element is a[i] + a[i]: the second term is b[i].", a64 + a64),
+                 ("every element is b[i] + b[i]: the first term is a[i].", b64 + b64),
+                 ("every element is a[i] - b[i]: the spec adds, a[i] + b[i].", a64 - b64),
+                 ("every element is b[i] - a[i]: the spec adds, a[i] + b[i].", b64 - a64),
+                 ("every element is a[i] * b[i]: the spec adds, a[i] + b[i].", a64 * b64),
+                 ("every element is a[i] alone: add b[i] to it.", a64),
+                 ("every element is b[i] alone: add a[i] to it.", b64)]
+        return next((text for text, wrong in forms if not diff.unwritten.any()
+                     and not np.allclose(wrong, expected, atol=1e-5)
+                     and np.allclose(got, wrong, atol=1e-5)), None)
+
     i, whole = np.arange(n), n // threads * threads
-    check_output(kern, got, PUZZLES["guard"].spec(a.astype(np.float64), b), ("element",),
-                 counts, "out", [first_block_only, last_one_short, unwritten_only(
+    check_output(kern, got, expected, ("element",),
+                 counts, "out", [wrong_terms, first_block_only, last_one_short, unwritten_only(
                      i == 0, "only element 0 was never written: elements count from 0, so "
                              "thread 0 of block 0 writes element 0 (no + 1 in the index, no "
                              "i > 0 in the guard)."), unwritten_only(
@@ -194,19 +209,6 @@ def puzzle_2d(source: str, device: str = "auto") -> CheckResult:
 SHARED_THREADS = 32
 
 
-def _fixed_size_array(fault, head_dim) -> str | None:
-    """The hint for an index past a fixed-size array (a local or static __shared__ one) that
-    holds fewer floats than head_dim: its size, not the loop, is the mistake."""
-    size = re.search(r"\[(\d+)\]", getattr(fault, "array_type", None) or "")
-    if getattr(fault, "region", None) != "local or shared array" or not size or \
-            int(size.group(1)) >= head_dim:
-        return None
-    return (f"that array holds {size.group(1)} floats, fewer than head_dim = {head_dim} here: "
-            "a fixed size fits only the head sizes it was written for. Stage q in the "
-            "`extern __shared__ float q_shared[];` array, which the launch sizes to "
-            "head_dim * 4 bytes.")
-
-
 def _shared_case(kern, seed, n, head_dim):
     rng = case_rng(seed)
     q, k = _f32(rng.standard_normal(head_dim), rng.standard_normal((n, head_dim)))
@@ -219,64 +221,12 @@ def _shared_case(kern, seed, n, head_dim):
                        locate=lambda blk, t: (f"key {blk[0] * SHARED_THREADS + t[0]}",
                                               blk[0] * SHARED_THREADS + t[0] >= n))
     except Mismatch as exc:
-        exc.hint = _fixed_size_array(exc.__cause__, head_dim) or exc.hint
+        exc.hint = fixed_size_array(exc.__cause__, head_dim) or exc.hint
         raise
     counts, (got,) = run.counts, run.outputs
-
-    def q_not_all_staged(diff):
-        stored = counts.shared_writes.sum(axis=1)    # per block
-        if not diff.unwritten.any() or stored.min() >= head_dim:
-            return None
-        short = int(np.argmin(stored))
-        said = (f"a block stored only {int(stored.min())} of q's {head_dim} values in shared "
-                "memory (NaN is what the executor leaves in the rest)")
-        keys = short * SHARED_THREADS + np.arange(SHARED_THREADS)
-        idle = counts.shared_writes[short] == 0
-        if idle[keys >= n].all() and (keys >= n).any() and not idle[keys < n].all():
-            # the threads with a key stored, those past the last key none: a guard on the load
-            return (f"{said}: its threads past the last key (key >= n = {n}) stored none of "
-                    "it. They have no key, but they must still help load q: guard the dot "
-                    "product and the store of scores, not the load.")
-        if head_dim > SHARED_THREADS:
-            return (f"{said}: with {SHARED_THREADS} threads and head_dim {head_dim}, some "
-                    "threads must load more than one.")
-        return f"{said}: every one of q's values must be stored before the barrier."
-
     expected = PUZZLES["shared"].spec(q.astype(np.float64), k)
-
-    def gives(candidate):   # (1e-4: a float32 dot product of up to 48 terms)
-        return np.allclose(got, candidate, rtol=1e-4, atol=1e-4)
-
-    def k_by_columns(diff):
-        columns = k.reshape(-1).reshape(head_dim, n).T.astype(np.float64) @ q
-        return ("k was read column after column, k[d * n + t]: k is [n, head_dim] row-major, "
-                "so key t's element d is k[t * head_dim + d]." if n > 1 and gives(columns)
-                else None)
-
-    def scaled(diff):
-        return ("the scores are q . k[t] divided by sqrt(head_dim): this puzzle asks for the "
-                "plain dot product (the attention kernels scale it later, by their argument)."
-                if gives(expected / np.sqrt(head_dim)) else None)
-
-    def score_mistake(diff):
-        t = np.arange(n)
-        forms = [(f"keys {SHARED_THREADS} and up got the score of key t % {SHARED_THREADS}: a "
-                  "thread's key is t = blockIdx.x * blockDim.x + threadIdx.x, in k too, not "
-                  "threadIdx.x alone.", k[t % SHARED_THREADS].astype(np.float64) @ q),
-                 ("the dot product skips d = head_dim - 1: its loop runs d < head_dim.",
-                  k[:, :-1].astype(np.float64) @ q[:-1]),
-                 ("the dot product skips d = 0: its loop starts at 0.",
-                  k[:, 1:].astype(np.float64) @ q[1:])]
-        if n > 1 and np.array_equal(diff.unwritten, t == n - 1) and \
-                np.array_equal(diff.bad, diff.unwritten):
-            return (f"only the last key, {n - 1}, got no score: it is the last one that "
-                    "exists, so the guard is t < n (yours stops one short).")
-        return next((text for text, wrong in forms
-                     if not np.allclose(wrong, expected, rtol=1e-4, atol=1e-4) and gives(wrong)),
-                    None)
-
     check_output(kern, got, expected, ("key",), counts, "scores",
-                 [q_not_all_staged, k_by_columns, scaled, score_mistake])
+                 shared_hints(got, q, k, expected, counts, SHARED_THREADS))
     budget = {"global_reads": head_dim + -(-head_dim // SHARED_THREADS), "global_writes": 1}
     # q read once per block in all, yet a thread over its budget: few threads loaded q for
     # the whole block

@@ -83,6 +83,9 @@ def _mask_variants(q_len, seq_len):
          "AFTER it; causal is the lower one, key j <= seq_len - q_len + i.", j >= off + i),
         ("the offset has the wrong sign: query i sits at position seq_len - q_len + i (after "
          "the cached prefix), not q_len - seq_len + i.", j <= i - off),
+        *[(f"the offset is the cached prefix's length, seq_len - q_len, not {name}: query i "
+           "sits at position seq_len - q_len + i.", j <= offset + i)
+          for name, offset in (("q_len", q_len), ("q_len - 1", q_len - 1))],
         ("query i sees the new tokens before it too (keys seq_len - q_len .. its own), not "
          "only the cached prefix and its own key: key j <= seq_len - q_len + i.",
          (j < off) | (j == off + i)),

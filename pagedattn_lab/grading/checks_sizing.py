@@ -228,11 +228,20 @@ def _reserved_case(fn, lens: np.ndarray, max_len: int) -> None:
          (reserved - used) / used if used else None),
         ("that is the used fraction; the question asks for the wasted one.",
          used / reserved if reserved else None),
+        # (the longest request filling max_len gives 0, as a floor does: asked again with
+        # one shorter than max_len to tell them apart)
+        ("that is the waste of the longest request alone: every request reserves max_len, "
+         "so divide all the tokens by all the reserved slots.",
+         lambda: 1 - lens.max() / max_len if len(lens) and _gives_fraction(
+             fn, (np.array([1, 3]), 4), 0.25) else None),
         (FLOOR_HINT, 1 - used // reserved if reserved else None),
         (FLOOR_HINT, (reserved - used) // reserved if reserved else None),
         (UPSIDE_DOWN_HINT.format(slots="reserved"), 1 - reserved / used if used else None),
-        ("divide by every slot reserved for the batch (one max_len per request), not by one "
-         "max_len.", (reserved - used) / max_len),
+        *[("divide by every slot reserved for the batch (one max_len per request), not by "
+           "one max_len.", v) for v in ((reserved - used) / max_len, 1 - used / max_len)],
+        ("that is 1 - max_len / sum(seq_lens): the used share is the tokens over every "
+         "reserved slot, sum(seq_lens) / (len(seq_lens) * max_len), so the waste is 1 minus "
+         "that.", 1 - max_len / used if used else None),
         (PERCENT_HINT, 100 * expected),
     ], f"reserved_waste(seq_lens, max_len={max_len})",
         empty=None if reserved else "reserved")

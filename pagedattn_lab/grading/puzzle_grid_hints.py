@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import numpy as np
 
+from .compare import ranges
+
 
 def grid_hints(got, x, bias, expected, grid, block) -> list:
     """The hints, first to last, for `got` [rows, cols] against `expected`, from x [rows,
     cols] and bias [cols], launched on `grid` blocks of `block` (x, y) threads."""
     rows, cols = got.shape
     bx, by = block
+    r, c = np.indices((rows, cols))
 
     def bias_by_row(diff):
         if rows > cols:
@@ -20,19 +23,28 @@ def grid_hints(got, x, bias, expected, grid, block) -> list:
                 if np.allclose(got, wrong, atol=1e-5) else None)
 
     def one_axis_only(diff):
-        rows_bad, _ = diff.affected("row")
-        cols_bad, _ = diff.affected("column")
-        if diff.unwritten.all() or not diff.unwritten.any():
-            return None
-        if min(rows_bad) == by:     # (exactly: a guard's wrong bound leaves others)
-            return (f"only rows 0-{by - 1} were written: row = blockIdx.y * blockDim.y + "
-                    "threadIdx.y.")
-        if min(cols_bad) == bx:
-            return (f"only columns 0-{bx - 1} were written: column = blockIdx.x * blockDim.x "
-                    "+ threadIdx.x.")
-        return None
+        # the rows (or columns, or both) past the first block's never written, and only
+        # those: a block index left out of that side's coordinate
+        row, col = ("row = blockIdx.y * blockDim.y + threadIdx.y",
+                    "column = blockIdx.x * blockDim.x + threadIdx.x")
+        forms = [(r >= by, f"only rows 0-{by - 1} were written: {row}."),
+                 (c >= bx, f"only columns 0-{bx - 1} were written: {col}."),
+                 ((r >= by) | (c >= bx), f"only rows 0-{by - 1} and columns 0-{bx - 1} were "
+                                         f"written: {row} and {col}.")]
+        return next((text for mask, text in forms
+                     if mask.any() and np.array_equal(diff.unwritten, mask)), None)
 
-    r, c = np.indices((rows, cols))
+    def row_step_swapped(diff):
+        # row = blockIdx.y * blockDim.x + threadIdx.y: each block's rows start bx apart, so
+        # the last bx - by rows of every step of bx are never written, the others are right
+        stepped = (r % bx < by) & (r // bx < grid[1])
+        if stepped.all() or not np.array_equal(diff.unwritten, ~stepped) or \
+                not np.array_equal(diff.bad, diff.unwritten):
+            return None
+        return (f"rows {ranges(np.flatnonzero(~stepped[:, 0]))} were never written: a "
+                f"block's first row is blockIdx.y * blockDim.y ({by} rows a block), not "
+                f"blockIdx.y * blockDim.x ({bx}).")
+
     written = ~np.isnan(got)
     # written by x and y exchanged: (gx * bx) rows, (gy * by) columns; by a guard with the
     # other side's (smaller) bound: col < rows, row < cols. Each is named only if it alone fits.
@@ -63,9 +75,15 @@ def grid_hints(got, x, bias, expected, grid, block) -> list:
                   "alone; the column is blockIdx.x * blockDim.x + threadIdx.x.",
                   x64 + bias[np.arange(cols) % bx]),
                  ("the bias is subtracted: out[r, c] = x[r, c] + bias[c].", x64 - bias)]
-        return next((text for text, wrong in forms
-                     if not np.allclose(wrong, expected, atol=1e-5)
-                     and np.allclose(got, wrong, atol=1e-5)), None)
+        named = next((text for text, wrong in forms
+                      if not np.allclose(wrong, expected, atol=1e-5)
+                      and np.allclose(got, wrong, atol=1e-5)), None)
+        added = got - x64   # (one row cannot show that the same is added down a column)
+        if named or rows < 2 or diff.unwritten.any() or \
+                not np.allclose(added, added[:1], atol=1e-5):
+            return named
+        return ("x is in its place everywhere, but what column c adds is not bias[c]: "
+                "out[r, c] = x[r, c] + bias[c].")
 
     def guard_one_short(diff):
         if (diff.bad != diff.unwritten).any():
@@ -83,4 +101,4 @@ def grid_hints(got, x, bias, expected, grid, block) -> list:
                 "[rows, cols] matrix is at r * cols + c, in x and in out.")
 
     return [bias_by_row, bias_misread, swapped, bound_swapped, guard_one_short, one_axis_only,
-            misplaced]
+            row_step_swapped, misplaced]
