@@ -20,11 +20,11 @@ from ..split_k import reference_partials
 from .checks_decode_merge import decode_merge, merge_partitions  # noqa: F401 - the lesson registry finds them here
 from .checks_kernels import _Compiled
 from .compare import ATOL, RTOL, describe_difference, diagnose, fmt
+from .decode_budget import partition_budget
 from .faults import kernel_message
 from .decode_launch import (NOTHING_WRITTEN, WARP, decode_problem, dims_hint, launch_warp,
                             misplaced_hint)
 from .decode_variants import LOG2E, partials_variant
-from .puzzle_runner import per_thread_max
 from .kernel_runner import poisoned, unwritten
 from .kernel_hints import one_size_hint
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
@@ -267,7 +267,7 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
                     "l = sum of exp(score - m).")
         raise Mismatch(f"part_ml[..., {k}] ({name}): " + diff.message(), hint)
     _no_such_partition(o, ml, prob, part_len, used)
-    _partition_budget(counts, prob, part_len)
+    partition_budget(counts, prob, part_len)
 
 
 def _no_such_partition(o, ml, prob, part_len, used) -> None:
@@ -305,35 +305,6 @@ def _no_such_partition(o, ml, prob, part_len, used) -> None:
         f"nothing is written for it{empty}. Return before any store when part * part_len >= "
         "seq_len; the whole warp leaves, so no shuffle waits for it.",
         expected="the slot unchanged (nothing written)", got="; ".join(got))
-
-
-def _partition_budget(counts, prob, part_len) -> None:
-    """Right answer; now the prompt's condition that the lanes share each token's row: per
-    token of its partition, a lane may read 2 * ceil(head_dim / 32) cache values plus one
-    block-table entry, and once its slice of q and its sequence's length."""
-    head_dim = prob.q.shape[2]
-    per_lane = -(-head_dim // WARP)
-    budget = part_len * (2 * per_lane + 1) + per_lane + 1
-    most, who = per_thread_max(counts, "global_reads")
-    if most <= budget:
-        return
-    k_reads = counts.by_buffer["k_cache"].reads
-    needed = int(sum(min(part_len, int(n) - p * part_len)
-                     for n in prob.seq_lens for p in range(-(-int(n) // part_len)))
-                 ) * prob.q.shape[1] * head_dim
-    split = ("Split each token's K and V rows between the lanes (lane i takes dims i, "
-             "i + 32, ...) and combine their partial dot products")
-    if k_reads >= WARP * needed:
-        hint = (f"k_cache was read {k_reads} times, {k_reads // needed} times the {needed} "
-                f"values the partitions hold: every lane reads whole rows. {split}.")
-    elif k_reads > needed:
-        hint = (f"k_cache was read {k_reads} times where {needed} would do: a block reads "
-                "each K value of its partition once.")
-    else:
-        hint = f"the reads are not shared out: some lanes read whole rows. {split}."
-    raise Mismatch(f"correct, but {who} made {most} global reads for a partition of at most "
-                   f"{part_len} tokens; the budget is {budget} (per token 2 x ceil(head_dim / "
-                   "32) cache values and a block-table entry, plus q and seq_len)", hint)
 
 
 def decode_partition(source: str, device: str = "auto") -> CheckResult:

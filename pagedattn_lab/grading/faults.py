@@ -267,6 +267,10 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
                     "constants such as -3.0e38f, or __int_as_float(0xff800000) for -inf.")
         elif "math.h" in text or "cmath" in text:
             hint = "NVRTC has no <math.h>: drop the #include; expf, fmaxf, sqrtf are built in."
+        elif "cooperative groups are not supported" in text:
+            hint = ("cooperative groups compile on a GPU, but the CPU executor, which runs "
+                    "the check and counts its accesses, has none: write the kernel with "
+                    "__syncthreads(), __syncwarp() and the __shfl_*_sync intrinsics.")
         return f"the kernel does not compile:\n{text}", hint
     if kind in ("CUDADriverError", "CUDARuntimeError") and "ILLEGAL_ADDRESS" in text.upper():
         return (f"the GPU reported an illegal memory access: {text}",
