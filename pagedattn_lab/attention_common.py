@@ -225,16 +225,33 @@ def from_torch(x, name: str = "tensor"):
     return arr.view(np.uint16) if x.dtype == torch.bfloat16 else arr
 
 
+# The arguments that hold attention values (never page ids, lengths or scales). Shared, a
+# torch.bfloat16 tensor becomes uint16 bits: a torch.uint16 tensor there, which holds integers,
+# would come out the same and be read as bfloat16 values.
+VALUE_ARGUMENTS = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})
+
+
+def check_not_uint16_values(x, name: str) -> None:
+    """Refuse a torch.uint16 tensor `x` in value argument `name` (VALUE_ARGUMENTS)."""
+    if name in VALUE_ARGUMENTS and str(x.dtype) == "torch.uint16":
+        raise TypeError(f"{name}: expected a float32, float16 or bfloat16 tensor, got "
+                        f"torch.uint16, which holds integers; bfloat16 values go in a "
+                        f"torch.bfloat16 tensor ({name}.view(torch.bfloat16) if these are "
+                        f"their bits)")
+
+
 def shared_arrays(named: dict, kv_format=None, elements: bool = False) -> list:
     """The values of `named` (argument name: value) with each torch tensor as the NumPy or
     CuPy array sharing its memory (`from_torch`, or `from_torch_elements` where `elements`),
     for arguments the kernels read as they are. Every tensor is checked before any is
     shared, as a tensor: once an array, its errors would name that library's fix, not torch's
     (a strided view: .contiguous(); pages of torch.float8_e4m3fn codes where `kv_format`, a
-    quant.KVFormat, is the plan's: .view(torch.uint8))."""
+    quant.KVFormat, is the plan's: .view(torch.uint8); integers in torch.uint16 values, which
+    would pass for bfloat16 bits once shared)."""
     for name, x in named.items():
         if is_torch_tensor(x):
             check_contiguous(x, name)
+            check_not_uint16_values(x, name)
             if kv_format is not None and name in ("k_cache", "v_cache"):
                 check_storage(x, kv_format, name, planned=True)
     share = from_torch_elements if elements else from_torch
@@ -299,6 +316,13 @@ def to_torch_as(arr, like):
     if not is_cupy_array(arr) and arr.dtype == bfloat16_dtype():
         arr = arr.view(np.uint16)
     return to_torch_like(arr, like)
+
+
+def result_for(arr, like, out):
+    """What a call that wrote `arr` returns: the caller's own `out` where it is a torch tensor
+    (arr shares its memory; "returns out" means that very tensor), else `arr` as like's kind
+    (`to_torch_as`)."""
+    return out if is_torch_tensor(out) else to_torch_as(arr, like)
 
 
 def sm_count(on_gpu: bool, cpu_count: int = 4) -> int:

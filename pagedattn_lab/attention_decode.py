@@ -16,7 +16,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .attention_common import cache_dtypes, prepare_out, shared_arrays, to_torch_as
+from .attention_common import cache_dtypes, prepare_out, result_for, shared_arrays
 from .backend import cupy_module, is_cupy_array, is_torch_tensor, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
 from .validate import check_array, check_attention_inputs, check_int, resolve_scale
@@ -45,7 +45,7 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     kernel: "auto", "simt" (CUDA cores) or "tensor_core" (PTX mma.sync, or WMMA with
     decode_plan.TC_IMPL = "wmma"; fp16 and bf16).
     """
-    like = q if is_torch_tensor(q) else None
+    like, given_out = (q if is_torch_tensor(q) else None), out
     q, k_cache, v_cache, block_tables, seq_lens, out = shared_arrays(
         dict(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
              seq_lens=seq_lens, out=out), elements=True)
@@ -87,7 +87,7 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
                 grid_args="q, k_cache")
         if on_gpu:
             _keep_plan(key, tables_h, lens_h, w)
-    return to_torch_as(w.run(q, k_cache, v_cache, out=out, scale=scale), like)
+    return result_for(w.run(q, k_cache, v_cache, out=out, scale=scale), like, given_out)
 
 
 def _plan_key(q, k, v, tables, lens, kernel, num_splits, on_gpu):

@@ -18,9 +18,9 @@ from .attention_common import (
     fast_path,
     page_shift,
     prepare_out,
+    result_for,
     same_place,
     shared_arrays,
-    to_torch_as,
 )
 from .backend import array_module, is_torch_tensor
 from .kernels import kernel as load_kernel
@@ -111,12 +111,13 @@ def paged_attention_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=N
     """
     like = q if is_torch_tensor(q) else None
     named = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out}
-    for name, x in named.items():
-        if is_torch_tensor(x) and str(x.dtype) == "torch.bfloat16":
+    for name, x in named.items():   # bfloat16, torch's or ml_dtypes': the hint to the wrapper
+        if str(getattr(x, "dtype", "")) in ("torch.bfloat16", "bfloat16"):
             raise TypeError(f"{name}: expected dtype float32 or float16 (the one-shot prefill's "
-                            f"kernels), got torch.bfloat16; BatchPrefillWrapper runs bfloat16")
+                            f"kernels), got {x.dtype}; BatchPrefillWrapper runs bfloat16")
+    given_out = out
     q, k_cache, v_cache, block_tables, seq_lens, out = shared_arrays(
         dict(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
              seq_lens=seq_lens, out=out))
-    return to_torch_as(plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale,
-                                    kernel, out=out)(), like)
+    return result_for(plan_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale,
+                                   kernel, out=out)(), like, given_out)

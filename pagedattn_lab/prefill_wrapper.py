@@ -41,7 +41,8 @@ import numpy as np
 
 from .attention_common import (KV_C_TYPES, LOG2E, MAX_GRID_YZ, MAX_SHARED_MEM,
                                allow_shared_memory, check_aligned16, check_storage,
-                               element_dtype, fast_path, prepare_out, shared_arrays, to_torch_as)
+                               element_dtype, fast_path, prepare_out, result_for,
+                               shared_arrays)
 from .backend import array_module, is_cupy_array, is_torch_tensor, to_numpy
 from .kernels import kernel as load_kernel
 from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Variant,
@@ -258,7 +259,7 @@ class BatchPrefillWrapper:
         if any(is_torch_tensor(x) for x in named.values()):
             like = q if is_torch_tensor(q) else None
             arrays = dict(zip(named, shared_arrays(named, self.kv_format, elements=True)))
-            return to_torch_as(self.run(**arrays, scale=scale), like)
+            return result_for(self.run(**arrays, scale=scale), like, out)
         self._check_run(q, k_cache, v_cache)
         check_aligned16(q=q, k_cache=k_cache, v_cache=v_cache)
         k_scale, v_scale = self._check_scales(k_cache, k_scale, v_scale)

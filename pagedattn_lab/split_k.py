@@ -72,9 +72,10 @@ def merge_partials(m, l, o, num_parts=None) -> np.ndarray:
 
     m, l [..., P]; o [..., P, head_dim] -> [..., head_dim]. With `num_parts` (an int array
     of the leading shape, or an int), only the first num_parts partitions of each row are
-    read; the rest may hold anything (NaN included). Refused by name: states whose shapes
-    disagree (NumPy's broadcast error named none of them) and a num_parts that is no integer
-    (1.5 read two partitions)."""
+    read; the rest may hold anything (NaN included); a row of 0 partitions is NaN (there is no
+    softmax over no score). Refused by name: states whose shapes disagree (NumPy's broadcast
+    error named none of them), a num_parts that is no integer (1.5 read two partitions) and
+    counts below 0 or past the P partitions held."""
     m, l, o = (np.asarray(x, dtype=np.float64) for x in (m, l, o))
     if m.ndim == 0 or l.shape != m.shape or o.shape[:-1] != m.shape:
         raise ValueError(f"m, l, o: expected m and l of one shape [..., P] and o of that shape "
@@ -91,10 +92,16 @@ def merge_partials(m, l, o, num_parts=None) -> np.ndarray:
         if not fits:
             raise ValueError(f"num_parts: expected a shape that broadcasts to m's rows "
                              f"{m.shape[:-1]}, got {counts.shape}")
+        outside = (counts < 0) | (counts > m.shape[-1])
+        if outside.any():   # a count past P read only P partitions, a negative one none
+            at = tuple(int(i) for i in np.argwhere(outside)[0])
+            raise ValueError(f"num_parts{list(at) if at else ''}: expected a count from 0 to "
+                             f"{m.shape[-1]} (the partitions m holds), got {int(counts[at])}")
     used = np.arange(m.shape[-1]) < (m.shape[-1] if num_parts is None
                                      else np.asarray(num_parts)[..., None])
-    with np.errstate(invalid="ignore"):   # NaN in unused partitions is dropped below
+    # NaN in unused partitions is dropped below; a row of none is 0 / 0
+    with np.errstate(invalid="ignore"):
         m_all = np.where(used, m, -np.inf).max(axis=-1, keepdims=True)
         w = np.where(used, l * np.exp(m - m_all), 0.0)
-    o = np.where(used[..., None], o, 0.0)
-    return (w[..., None] * o).sum(axis=-2) / w.sum(axis=-1)[..., None]
+        o = np.where(used[..., None], o, 0.0)
+        return (w[..., None] * o).sum(axis=-2) / w.sum(axis=-1)[..., None]

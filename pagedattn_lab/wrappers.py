@@ -38,7 +38,7 @@ from . import decode_work as dw
 from .decode_tc_sizes import tc_max_parts, tc_resident_blocks
 from .attention_common import (LOG2E, MAX_GRID_YZ, THREADS, allow_shared_memory, array_dtypes,
                                data_pointer, dtype_name, gpu_resident_blocks, page_shift,
-                               shared_arrays, sm_count, to_torch_like)
+                               result_for, shared_arrays, sm_count)
 from .backend import cupy_module, is_cupy_array, is_torch_tensor, resolve_device
 from .csr import from_csr, to_csr  # noqa: F401 - re-exported (__all__)
 from .decode_choice import check_codes_head_dim, check_simt_page
@@ -329,7 +329,7 @@ class BatchDecodeWrapper(DecodeRun):
     # ---- run: the general path (decode_run.DecodeRun has run() and its fast path) ---------
     def _run_general(self, q, k_cache, v_cache, out, scale, k_scale, v_scale):
         """run() of torch tensors, bfloat16 bits, and every call the fast check refused."""
-        like = q if is_torch_tensor(q) else None
+        like, given_out = (q if is_torch_tensor(q) else None), out
         tensors = like is not None or any(is_torch_tensor(x) for x in (k_cache, v_cache, out,
                                                                        k_scale, v_scale))
         # uint16 holds bfloat16 bits on CuPy and in a torch.bfloat16 tensor's view; a NumPy
@@ -359,7 +359,7 @@ class BatchDecodeWrapper(DecodeRun):
         scales = (k_scale, v_scale) if self.kv_format is not None else (self._no_scale,) * 2
         pointers = tuple(data_pointer(x) for x in (q, k_cache, v_cache, out, *scales))
         self._launch(q, k_cache, v_cache, out, scale, k_scale, v_scale, pointers)
-        return out if like is None else to_torch_like(out, like)
+        return result_for(out, like, given_out)
 
     def _scale(self, scale):
         """(scale * log2(e) as a float32, its bits): the default's, or the last scale's,
