@@ -32,6 +32,7 @@ from .decode_simt_plan import (BLOCKS_PER_SM, MIN_PART_LEN, PART_LEN,  # noqa: F
 from .decode_tc_sizes import TC_SMEM_PER_SM, mma_o_fits, mma_shared_bytes, tc_shared_bytes
 from .decode_tc_shapes import (MMA_SHAPES, ROWS_SHAPES, ROWS_SHORT_ITEMS,
                                ROWS_SHORT_ITEMS_SHAPE, TC_SHAPES)
+from .validate import check_block_tables
 
 # Compressed pages on the SIMT kernel (decode_choice.COMPRESSED_SIMT_MAX_GROUP) run in
 # partitions of this many tokens when 4+ query heads share a block (the SIMT kernel's
@@ -41,6 +42,16 @@ COMPRESSED_SIMT_PART_LEN = 1024
 # ... launched as a work list of partitions, longest first (tc_work_list; kernels/decode.cu
 # -DWORK_LIST): the sequences' short last partitions fill the last wave's gaps (r7: 0-2%).
 COMPRESSED_SIMT_LONGEST_FIRST = True
+
+
+def check_decode_tables(block_tables, seq_lens, page_size: int):
+    """(tables, lens) as NumPy, once block_tables (an int32 [batch, pages] array) and seq_lens
+    pass `BatchDecodeWrapper.plan`'s checks of their values: a valid page id wherever a
+    sequence reads one, every sequence at least one token and within its row. (pack_tables
+    runs them too, on rank 0, before a tensor-parallel step's tables are sent.)"""
+    return check_block_tables(block_tables, seq_lens, num_pages=None, page_size=page_size,
+                              batch=int(block_tables.shape[0]), min_len=1,
+                              batch_of="block_tables row")
 
 
 # ---- the SIMT kernel (its partitions and sizes: decode_simt_plan.py) ----------------------

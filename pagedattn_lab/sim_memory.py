@@ -22,7 +22,6 @@ class FirstFit:
     """Contiguous runs in [0, capacity), placed at the lowest hole that fits."""
 
     def __init__(self, capacity: int):
-        self.capacity = capacity
         self.holes = [(0, capacity)]  # sorted (start, size), merged
 
     def allocate(self, size: int) -> int | None:

@@ -47,8 +47,7 @@ from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
-from .validate import (check_array, check_block_tables, check_int, check_plain,
-                       check_plan_sizes, resolve_scale)
+from .validate import check_array, check_int, check_plain, check_plan_sizes, resolve_scale
 from .validate_out import check_out, check_plan_buffer
 from .words import counted
 
@@ -97,10 +96,7 @@ class BatchDecodeWrapper(DecodeRun):
         check_scheme(scale_scheme)
         block_tables, seq_lens = shared_arrays(dict(block_tables=block_tables, seq_lens=seq_lens))
         check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
-        batch = int(block_tables.shape[0])
-        tables_h, lens_h = check_block_tables(block_tables, seq_lens, num_pages=None,
-                                              page_size=page_size, batch=batch, min_len=1,
-                                              batch_of="block_tables row")
+        tables_h, lens_h = dp.check_decode_tables(block_tables, seq_lens, page_size)
         if device is None:
             device = "gpu" if is_cupy_array(block_tables) else "cpu"
         on_gpu = resolve_device(device) == "gpu"

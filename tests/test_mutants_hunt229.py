@@ -58,6 +58,12 @@ def _whole_row_taken(k_cache, block_table_row, seq_len):
         :seq_len]
 
 
+def _whole_row_taken_from_the_end(k_cache, block_table_row, seq_len):
+    num_kv_heads, head_dim = k_cache.shape[2:]
+    return np.take(k_cache, block_table_row, axis=-k_cache.ndim).reshape(
+        -1, num_kv_heads, head_dim)[:seq_len]
+
+
 def _every_entry_looped(k_cache, block_table_row, seq_len):
     num_kv_heads, head_dim = k_cache.shape[2:]
     pages = [k_cache[p] for p in block_table_row.tolist()]
@@ -69,6 +75,7 @@ READS_PADDING = [
     ("whole row", WHOLE_ROW, "was indexed with -1"),
     ("whole row as slots", _whole_row_slots, "was indexed with -4"),
     ("whole row, np.take", _whole_row_taken, "was indexed with -1"),
+    ("whole row, np.take on axis -4", _whole_row_taken_from_the_end, "was indexed with -1"),
     ("loop over every entry", _every_entry_looped, "was indexed with -1"),
     ("one padding entry cut off", _pages_gather(lambda seq_len, page_size, row: len(row) - 1),
      "entries 4-6, -1"),

@@ -1,5 +1,6 @@
 """A tensor-parallel step rank 0 refuses, on GPUs through NCCL: the refusal and its message cross
-as CuPy buffers, every rank raises rank 0's error, and the next step's tables still arrive.
+as CuPy buffers, every rank raises rank 0's error, and the next step's tables still arrive
+(rank 0's tables CuPy arrays, as a GPU engine keeps them).
 
 tests/test_pack_refusal_h230.py tests the same on the CPU (NumPy buffers, ranks as threads);
 here the ranks are processes, one per GPU, as many as this machine has up to two (one rank
@@ -19,12 +20,13 @@ GOOD_LENS = [16, 9]
 
 def refused_then_good_rank(rank: int, world_size: int) -> dict:
     """Rank 0 gives a table with page id -3 where sequence 1 reads, then a good step."""
+    import cupy  # noqa: PLC0415 - a GPU rank
     from pagedattn_lab.distributed.decode import TPDecode  # noqa: PLC0415 - ranks import torch
     tp = TPDecode(8, 4, 32, 8, "float16", 2, 2, device="gpu")
     bad = good = (None, None)
     if rank == 0:
-        bad = np.array([[0, 1], [2, -3]], np.int32), np.array(GOOD_LENS, np.int32)
-        good = np.array([[0, 1], [2, 3]], np.int32), np.array(GOOD_LENS, np.int32)
+        bad = cupy.array([[0, 1], [2, -3]], np.int32), cupy.array(GOOD_LENS, np.int32)
+        good = cupy.array([[0, 1], [2, 3]], np.int32), cupy.array(GOOD_LENS, np.int32)
     try:
         tp.share_tables(*bad)
         refused = None

@@ -135,3 +135,26 @@ def test_every_rank_raises_rank_0s_refusal_and_the_next_step_runs(monkeypatch, s
     for _, tables in results:   # the next step: rank 0's good tables on every rank
         np.testing.assert_array_equal(tables[0], GOOD[0])
         np.testing.assert_array_equal(tables[1], GOOD[1])
+
+
+def test_refusal_header_refuses_an_error_of_another_kind_by_name():
+    """Only a ValueError or TypeError crosses as a refusal; another kind was a StopIteration
+    naming nothing."""
+    with pytest.raises(TypeError, match=r"^error: expected a ValueError or TypeError \(what "
+                                        r"pack_tables raises\), got RuntimeError$"):
+        refusal_header(4, RuntimeError("the GPU fell off the bus"))
+
+
+@needs_torch
+@pytest.mark.parametrize("indptr", [None, GOOD_INDPTR], ids=["decode", "prefill"])
+def test_pack_tables_takes_torch_tensors_as_the_plan_does(indptr):
+    """The wrappers' plan takes int32 torch tensors (as the arrays sharing their memory);
+    pack_tables refused them as no NumPy or CuPy array."""
+    import torch
+    as_tensors = [torch.from_numpy(a.copy()) for a in (*GOOD, *([] if indptr is None
+                                                                else [indptr]))]
+    packed = pack_tables(*as_tensors[:2], 4, 4, *as_tensors[2:], page_size=PAGE)
+    np.testing.assert_array_equal(packed, pack_tables(*GOOD, 4, 4, indptr, page_size=PAGE))
+    bad = torch.from_numpy(i32([[0, 1], [2, -3]]))
+    with pytest.raises(ValueError, match=r"^block_tables\[1, 1\]: page id -3 is out"):
+        pack_tables(bad, *as_tensors[1:2], 4, 4, *as_tensors[2:], page_size=PAGE)

@@ -1,10 +1,10 @@
 """Right answers written otherwise than the solutions, for workbooks 01, 02, 04, 05, 07, 08,
 11 and 12: each passes its check with no hint.
 
-Two were refused before: block_tables_for_batch and cached_prefix returning their pair as a
+Three were refused before: block_tables_for_batch and cached_prefix returning their pair as a
 list, `[block_tables, seq_lens]` and `[pages, num_computed]`, which unpacks as the tuple does
-(the prompts ask for the two values, not for a tuple type). And pages_for_next_token's prompt
-now says what its check insists on: the count as an int, not a comparison's bool.
+(the prompts ask for the two values, not for a tuple type), and pages_for_next_token's count
+as a comparison's bool (the count is 0 or 1: True is one page).
 """
 import math
 from collections import Counter

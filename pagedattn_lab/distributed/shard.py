@@ -12,9 +12,12 @@ from typing import NamedTuple
 
 import numpy as np
 
+from ..attention_common import shared_arrays
+from ..backend import to_numpy_together
+from ..decode_plan import check_decode_tables
 from ..prefill_plan import check_prefill_tables
-from ..validate import (INT32_MAX, check_array, check_block_tables, check_bool, check_gqa_heads,
-                        check_int, check_int_list, check_memory)
+from ..validate import (INT32_MAX, check_array, check_bool, check_gqa_heads, check_int,
+                        check_int_list, check_memory)
 
 
 class HeadRange(NamedTuple):
@@ -106,7 +109,8 @@ def table_capacity(max_batch: int, max_pages: int, prefill: bool = False) -> int
 def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
                 qo_indptr=None, *, page_size: int | None = None) -> np.ndarray:
     """One int32 buffer of `table_capacity` entries: [batch, pages, seq_lens..., table...]
-    (then qo_indptr, for a prefill step).
+    (then qo_indptr, for a prefill step). The arrays are int32, NumPy, CuPy or torch, as the
+    wrappers' plan takes them.
 
     The buffer has a fixed size so that the other ranks, which do not know this step's batch
     yet, can post their receive of the same size: one broadcast per step, no size exchange.
@@ -119,6 +123,9 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
     capacity = table_capacity(max_batch, max_pages, prefill)   # (checks the two sizes)
     check_memory(4 * capacity, "cpu", "max_batch, max_pages",
                  f"the broadcast buffer ({max_batch} rows of {max_pages} pages)")
+    # torch tensors as the arrays that share their memory, as the wrappers' plan takes them
+    block_tables, seq_lens, qo_indptr = shared_arrays(
+        dict(block_tables=block_tables, seq_lens=seq_lens, qo_indptr=qo_indptr))
     check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
     batch, pages = (int(n) for n in block_tables.shape)
     if batch > max_batch or pages > max_pages:
@@ -133,30 +140,31 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
         check_array(qo_indptr, "qo_indptr", ndim=1, dtypes=[np.int32])
         if qo_indptr.shape != (batch + 1,):
             raise ValueError(f"qo_indptr: expected shape ({batch + 1},), got {qo_indptr.shape}")
+    # host copies (a GPU's arrays too), with one wait for all of them
+    tables, lens, *indptr = to_numpy_together(block_tables, seq_lens,
+                                              *([qo_indptr] if prefill else []))
+    indptr = indptr[0] if prefill else None
     if page_size is not None:
-        _check_values(block_tables, seq_lens, qo_indptr, page_size)
+        _check_values(tables, lens, indptr, page_size)
     buf = np.zeros(capacity, np.int32)
     buf[:HEADER] = batch, pages
-    buf[HEADER:HEADER + batch] = seq_lens
+    buf[HEADER:HEADER + batch] = lens
     start = HEADER + max_batch
-    buf[start:start + batch * pages] = np.asarray(block_tables).ravel()
+    buf[start:start + batch * pages] = tables.ravel()
     if prefill:
         start += max_batch * max_pages
-        buf[start:start + batch + 1] = qo_indptr
+        buf[start:start + batch + 1] = indptr
     return buf
 
 
 def _check_values(block_tables, seq_lens, qo_indptr, page_size) -> None:
-    """The checks of the tables' values that BatchDecodeWrapper.plan (qo_indptr None) or
-    BatchPrefillWrapper.plan runs, with their errors."""
+    """The checks of the tables' values (host copies) that BatchDecodeWrapper.plan (qo_indptr
+    None) or BatchPrefillWrapper.plan runs, with their errors."""
     page_size = check_int(page_size, "page_size", minimum=1)
     if qo_indptr is None:
-        check_block_tables(block_tables, seq_lens, num_pages=None, page_size=page_size,
-                           batch=int(block_tables.shape[0]), min_len=1,
-                           batch_of="block_tables row")
+        check_decode_tables(block_tables, seq_lens, page_size)
     else:
-        check_prefill_tables(np.asarray(qo_indptr, np.int64), block_tables, seq_lens,
-                             page_size)
+        check_prefill_tables(qo_indptr.astype(np.int64), block_tables, seq_lens, page_size)
 
 
 _SAME_SIZES = "pack_tables and unpack_tables must be given the same sizes"
@@ -221,7 +229,11 @@ REFUSAL_KINDS = (ValueError, TypeError)   # what pack_tables raises, by their in
 def refusal_header(capacity: int, error: Exception) -> np.ndarray:
     """The int32 buffer of `capacity` entries that says rank 0 refused its step with
     `error` (a ValueError or TypeError: its kind, sent as its index in REFUSAL_KINDS)."""
-    kind = next(i for i, cls in enumerate(REFUSAL_KINDS) if isinstance(error, cls))
+    kind = next((i for i, cls in enumerate(REFUSAL_KINDS) if isinstance(error, cls)), None)
+    if kind is None:
+        kinds = " or ".join(cls.__name__ for cls in REFUSAL_KINDS)
+        raise TypeError(f"error: expected a {kinds} (what pack_tables raises), got "
+                        f"{type(error).__name__}")
     buf = np.zeros(check_int(capacity, "capacity", minimum=HEADER), np.int32)
     buf[:HEADER] = REFUSED, kind
     return buf

@@ -165,7 +165,9 @@ class _Counted(np.ndarray):
         return super().__getitem__(key)
 
     def take(self, indices, axis=None, *args, **kwargs):
-        if axis in (None, 0):   # (np.take calls this method)
+        # (np.take calls this method; axis -ndim is the first axis too)
+        if axis is None or (isinstance(axis, (int, np.integer)) and self.ndim
+                            and int(axis) % self.ndim == 0):
             self._note_negative(indices)
         return super().take(indices, axis, *args, **kwargs)
 
