@@ -88,11 +88,12 @@ class Counters:
         return per_thread, per_buffer, self.params, self.arrays, self.variables
 
     def uncounted_write(self, buffers):
-        """(param, array, element index) of the first element that the launch changed in one
-        of `buffers` (launch._Buffer) though no counted store wrote it, or None. Something
-        the instrumented build does not see wrote it (a C library function, a compiler
-        builtin, a system call; a function out of the build): its counts would miss those
-        stores, and a one-thread copy made that way passed a check of who stores what."""
+        """(buffer, offsets from its data of its bytes) that the launch changed in the first
+        of `buffers` (launch._Buffer) where it changed bytes though no counted store wrote
+        them, or None. Something the instrumented build does not see wrote them (a C library
+        function, a compiler builtin, a system call; a function out of the build): its counts
+        would miss those stores, and a one-thread copy made that way passed a check of who
+        stores what (report_overrun.py names the bytes)."""
         if not self.count:
             return None
         starts = np.cumsum([0] + self.sizes)
@@ -106,12 +107,9 @@ class Counters:
             changed = new != np.ctypeslib.as_array((C.c_uint8 * n).from_address(buf.lo))
             for p, a, addr in buf.members:   # (arrays passed twice share the buffer)
                 changed[addr - buf.data:addr - buf.data + a.nbytes] &= ~written[p.index]
-            hit = np.flatnonzero(changed)
-            if hit.size:
-                byte = int(hit[0])
-                p, a, addr = next(m for m in buf.members
-                                  if 0 <= byte - (m[2] - buf.data) < m[1].nbytes)
-                return p, a, (byte - (addr - buf.data)) // a.itemsize
+            hits = np.flatnonzero(changed)
+            if hits.size:
+                return buf, hits
         return None
 
     def free(self):

@@ -44,6 +44,9 @@ class KernelFault(KernelError):
     just before the array, in its first page (launch.py's slack: a write there found after a
     plain launch, or any access an instrumented launch stopped there, where a plain launch's
     read gets the fill's NaN or -1 unstopped), False for one that reached a guard page.
+    An access that ran past an argument's end into another argument whose memory overlaps it
+    (views of one buffer: no guard page between them) also sets into (that argument's
+    name) and into_index (its element there); index is then past the end of buffer.
     """
 
 

@@ -122,14 +122,17 @@ extern "C" PAL_HIDDEN void pal_describe_fault(pal_result *r);   // (runtime.cpp)
 // The thread fails as a fault on a guard page would fail it (host.cpp's on_fault): the
 // parent names the argument and the element from the address (report.py), or, for an
 // address in dynamic shared memory's guard pages or a stack's guard, that region, as the
-// fault itself would have been described.
-[[noreturn]] void fail_as_fault(uintptr_t a, int is_write)
+// fault itself would have been described; or, with PAL_REGION_PAST_ARRAY, as an access past
+// the end of array argument `range` (a, that end, lies in another argument).
+[[noreturn]] void fail_as_fault(uintptr_t a, int is_write, int region = PAL_REGION_UNKNOWN,
+                                uint32_t range = 0)
 {
     S.res->signo = SIGSEGV;
     S.res->sicode = SEGV_ACCERR;
     S.res->is_write = is_write;
     S.res->addr = a;
-    S.res->region = PAL_REGION_UNKNOWN;
+    S.res->region = region;
+    S.res->region_thread = (int32_t)range;
     pal_describe_fault(S.res);
     fail(PAL_FAULT);
 }
@@ -187,6 +190,22 @@ Owner find_owner(uintptr_t a)
     return Owner{OWNER_NONE, 0, 0, 0};
 }
 
+// An access that starts in array argument o and runs past its end: counted in the first
+// argument that holds it whole (arguments whose memory overlaps, such as a buffer and a view
+// of part of it, share one mapping, launch.py: a store through the whole buffer may start in
+// the view). Held by none, it is out of bounds whatever pointer it went through; where
+// another argument's bytes follow o's end (that mapping: no guard page between them), it
+// fails the thread as an access past o's end; elsewhere the guard page after o faults.
+Owner past_array_end(const Owner &o, uintptr_t a, unsigned size, int kind)
+{
+    const uint64_t *r = S.cfg->ranges;
+    for (uint32_t i = 0; i < S.cfg->nranges; ++i, r += 2)
+        if (a - r[0] < r[1] - r[0] && size <= r[1] - a) return Owner{OWNER_RANGE, i, r[0], r[1]};
+    if (find_owner(o.hi).table == OWNER_RANGE)
+        fail_as_fault(o.hi, kind != ACC_READ, PAL_REGION_PAST_ARRAY, o.index);
+    return o;
+}
+
 // Whether [a, a + size) lies whole in one array argument or one of the kernel's variables.
 bool owned(uintptr_t a, size_t size)
 {
@@ -212,8 +231,7 @@ void slack_span()
 // Whether a kernel's store of size bytes at a is refused as a wild write, and from which
 // byte on (*from): it starts outside every array and variable (from a), or runs past the end
 // of the variable it starts in (from that end: the next variable or the runtime's state may
-// follow, where nothing faults). One that runs past an array's end is left to the guard page
-// after the array, whose fault names the argument and the element.
+// follow, where nothing faults). One that runs past an array's end is past_array_end's.
 bool wild_store(const Owner &o, uintptr_t a, unsigned size, uintptr_t *from)
 {
     *from = o.table == OWNER_VAR ? o.hi : a;
@@ -296,7 +314,8 @@ void pal::on_access(uintptr_t a, unsigned size, int kind, uintptr_t pc)
         return;
     }
     // (in a race-checked launch too: a kernel that cleared S.instr ran with no race check)
-    const Owner o = find_owner(a);
+    Owner o = find_owner(a);
+    if (o.table == OWNER_RANGE && size > o.hi - a) o = past_array_end(o, a, size, kind);
     // An access that starts in the slack (a 16-byte load at a[-2] of floats ends inside a):
     // stopped where it happens, with its thread, as one past the array's end is.
     if (o.table == OWNER_NONE && in_slack(a)) fail_as_fault(a, kind != ACC_READ);

@@ -9,8 +9,10 @@ no guard can sit there) hold _slack_fill's elements, so a read just before the a
 reported after the launch (one that writes them unchanged, such as -1, is not); an
 instrumented launch stops a read or write there with its thread (instrument.cpp). Arrays whose
 memory overlaps (the same array passed twice, or views of one array) share one mapping, so
-writes through one are seen through the other as on a GPU. On success the mappings are copied
-back into the NumPy arrays of non-const parameters.
+writes through one are seen through the other as on a GPU; no guard sits between them, so an
+instrumented launch stops an access that runs past one's end into another
+(report_overrun.py). On success the mappings are copied back into the NumPy arrays of
+non-const parameters.
 
 Unchecked mode: the NumPy memory is used directly and the blocks run on the calling thread.
 """
@@ -29,8 +31,8 @@ from . import abi
 from .counters import Counters
 from .device_data import shim_state_ranges, variable_ranges, variables_known
 from .errors import ExecutorUnavailableError, KernelError
-from .report import (LaunchInfo, result_error, slack_write_error, timeout_error,
-                     uncounted_write_error, worker_died)
+from .report import LaunchInfo, result_error, slack_write_error, timeout_error, worker_died
+from .report_overrun import unseen_change_error
 
 # Guard on each side of an array: max(1 MiB, its size), so that an index from -size to
 # 2 * size faults in the array's own guard (before: 64 KiB in front, and `k[-1 * stride]`
@@ -269,7 +271,7 @@ def run(lib, entry: int, *, kernel: str, sig, args, grid, block, shared_mem: int
             buf.check_read_only()
         hit = counters.uncounted_write(buffers) if counters is not None else None
         if hit is not None:
-            raise uncounted_write_error(info, *hit)
+            raise unseen_change_error(info, *hit)
         for buf in buffers:
             buf.copy_back()
         return counters.read() if counters is not None and counters.count else None

@@ -102,6 +102,9 @@ def fault_error(r, info: LaunchInfo) -> KernelError:
                 f"at byte offset {off}; the launch gave shared_mem={info.shared_mem} bytes"
                 f"{who}.{extra}", region="dynamic shared memory",
                 **{**common, "index": off, "size": info.shared_mem})
+        if r.region == abi.REGION_PAST_ARRAY:   # (instrument.cpp: into another argument)
+            from .report_overrun import past_array_error  # noqa: PLC0415 - rare
+            return past_array_error(r, info)
         # (a wrapped index first: it faults in the reservation after its array, which
         # _find_buffer would name as an element 4 billion past the end)
         wrapped = _find_wrapped(r.addr, info.buffers)

@@ -49,9 +49,11 @@ enum {
     PAL_OBJSIZE = 12,   // an access through a pointer past a local or static __shared__ array
 };
 
-// Where a faulting address lies, when the worker can tell (pal_result.region).
+// Where a faulting address lies, when the worker can tell (pal_result.region). PAST_ARRAY:
+// an instrumented access ran past the end of array argument region_thread (its index in
+// pal_config.ranges) into another argument's bytes, addr being that end (instrument.cpp).
 enum { PAL_REGION_UNKNOWN = 0, PAL_REGION_STACK = 1, PAL_REGION_DYN_SHARED = 2,
-       PAL_REGION_STATIC_SHARED = 3 };
+       PAL_REGION_STATIC_SHARED = 3, PAL_REGION_PAST_ARRAY = 4 };
 
 // What a thread is doing (pal_result.tstate).
 enum { PAL_T_RUN = 0, PAL_T_BARRIER = 1, PAL_T_WARP = 2, PAL_T_EXITED = 3 };
@@ -123,7 +125,8 @@ typedef struct pal_result {
     int32_t is_write;        // 1 write, 0 read, -1 unknown
     uint64_t addr;           // faulting address
     int32_t region;          // PAL_REGION_*
-    int32_t region_thread;   // whose stack (linear thread id) for PAL_REGION_STACK
+    int32_t region_thread;   // whose stack (linear thread id) for PAL_REGION_STACK;
+                             // the array argument for PAL_REGION_PAST_ARRAY
     int32_t has_thread;      // 1 when block/thread below are known
     int32_t line;            // kernel source line (asserts, warp errors)
     uint32_t block[3];
