@@ -24,7 +24,7 @@ import cupy as cp  # noqa: E402
 from pagedattn_lab import decode_plan as dp  # noqa: E402
 from pagedattn_lab import quant  # noqa: E402
 from pagedattn_lab.reference import reference_decode  # noqa: E402
-from pagedattn_lab.validate import LOG2E  # noqa: E402
+from pagedattn_lab.validate_scale import LOG2E  # noqa: E402
 from pagedattn_lab.wrappers import BatchDecodeWrapper  # noqa: E402
 from sanitize import problem as sanitize_problem  # noqa: E402 - benchmarks/ is the script's folder
 

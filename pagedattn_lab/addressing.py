@@ -22,8 +22,9 @@ import numpy as np
 from .attention_common import cache_dtypes, shared_arrays, to_torch_as
 from .backend import is_cupy_array, is_torch_tensor, to_numpy
 from .validate import (INT32_MAX, MAX_PAGES, check_array, check_block_tables, check_int,
-                       check_kv_cache, check_memory)
+                       check_kv_cache)
 from .validate_kinds import is_int
+from .validate_memory import check_memory
 
 
 def virtual_page(token: int, page_size: int) -> int:
@@ -197,7 +198,7 @@ def gather_inputs(k_cache, v_cache, block_table_row):
     memory with (a torch.bfloat16 one as uint16 bits); like: k_cache if it was a tensor."""
     like = k_cache if is_torch_tensor(k_cache) else None
     return (*shared_arrays(dict(k_cache=k_cache, v_cache=v_cache,
-                                block_table_row=block_table_row)), like)
+                                block_table_row=block_table_row), float_caches=True), like)
 
 
 def check_gather(k_cache, v_cache, block_table_row, seq_len, on_host: bool = False,

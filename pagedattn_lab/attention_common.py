@@ -6,8 +6,9 @@ import functools
 import numpy as np
 
 from .backend import check_contiguous, data_pointer, is_cupy_array, is_torch_tensor, to_numpy
-from .validate import LOG2E, check_array  # noqa: F401 - LOG2E re-exported
-from .validate_kinds import dtype_label, dtype_shown
+from .validate import check_array
+from .validate_kinds import dtype_label, dtype_shown, integer_conversion
+from .validate_scale import LOG2E  # noqa: F401 - re-exported
 
 THREADS = 128          # every kernel of this module runs 128-thread blocks
 MAX_GRID_YZ = 65535    # CUDA's limit on gridDim.y and gridDim.z
@@ -240,18 +241,51 @@ def check_not_uint16_values(x, name: str) -> None:
                         f"their bits)")
 
 
-def shared_arrays(named: dict, kv_format=None, elements: bool = False) -> list:
+# The integer arguments' dtypes: page ids, lengths and offsets int32, vLLM's slots int64
+INDEX_DTYPES = {"block_tables": "int32", "block_table_row": "int32", "seq_lens": "int32",
+                "qo_indptr": "int32", "indptr": "int32", "indices": "int32",
+                "last_page_len": "int32", "slot_mapping": "int64"}
+
+
+def check_index_width(x, name: str) -> None:
+    """Refuse a torch integer tensor `x` of another width than index argument `name` takes
+    (INDEX_DTYPES), naming torch's conversion: shared, it is a NumPy or CuPy array, whose
+    refusal would name that library's."""
+    got, want = str(x.dtype).replace("torch.", ""), INDEX_DTYPES.get(name)
+    hint = integer_conversion(got, [want], name, "torch") if want and \
+        got.startswith(("int", "uint")) else ""
+    if hint:
+        raise TypeError(f"{name}: expected dtype {want}, got {got}{hint}")
+
+
+def check_cache_tensor(x, name: str) -> None:
+    """Refuse a torch cache `x` of no element type the caches' readers take (decode, gather,
+    write_kv: DTYPE_NAMES), as a tensor: shared, a torch.bfloat16 cache is uint16 bits, and
+    the array's refusal would offer uint16, which torch callers may not pass
+    (check_not_uint16_values). An fp8 tensor is left to from_torch, which names the view to
+    its codes."""
+    got = str(x.dtype).replace("torch.", "")
+    if got not in DTYPE_NAMES and not got.startswith("float8"):
+        raise TypeError(f"{name}: expected dtype {' or '.join(DTYPE_NAMES)}, got {got}")
+
+
+def shared_arrays(named: dict, kv_format=None, elements: bool = False,
+                  float_caches: bool = False) -> list:
     """The values of `named` (argument name: value) with each torch tensor as the NumPy or
     CuPy array sharing its memory (`from_torch`, or `from_torch_elements` where `elements`),
     for arguments the kernels read as they are. Every tensor is checked before any is
     shared, as a tensor: once an array, its errors would name that library's fix, not torch's
     (a strided view: .contiguous(); pages of torch.float8_e4m3fn codes where `kv_format`, a
     quant.KVFormat, is the plan's: .view(torch.uint8); integers in torch.uint16 values, which
-    would pass for bfloat16 bits once shared)."""
+    would pass for bfloat16 bits once shared; an index of another integer width:
+    .to(torch.int32); where `float_caches`, caches of no float type a cache holds)."""
     for name, x in named.items():
         if is_torch_tensor(x):
             check_contiguous(x, name)
             check_not_uint16_values(x, name)
+            check_index_width(x, name)
+            if float_caches and name in ("k_cache", "v_cache"):
+                check_cache_tensor(x, name)
             if kv_format is not None and name in ("k_cache", "v_cache"):
                 check_storage(x, kv_format, name, planned=True)
     share = from_torch_elements if elements else from_torch

@@ -19,8 +19,9 @@ import numpy as np
 from .attention_common import cache_dtypes, prepare_out, result_for, shared_arrays
 from .backend import cupy_module, is_cupy_array, is_torch_tensor, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
-from .validate import check_array, check_attention_inputs, check_int, resolve_scale
+from .validate import check_array, check_attention_inputs, check_int
 from .validate_out import check_out
+from .validate_scale import resolve_scale
 from .wrappers import BatchDecodeWrapper
 
 __all__ = ["paged_attention_decode", "choose_partitions"]
@@ -48,7 +49,7 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     like, given_out = (q if is_torch_tensor(q) else None), out
     q, k_cache, v_cache, block_tables, seq_lens, out = shared_arrays(
         dict(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
-             seq_lens=seq_lens, out=out), elements=True)
+             seq_lens=seq_lens, out=out), elements=True, float_caches=True)
     for name, x in (("block_tables", block_tables), ("seq_lens", seq_lens)):
         check_array(x, name, contiguous=False)   # a list: named here, not as int64 later
     on_gpu = is_cupy_array(k_cache)

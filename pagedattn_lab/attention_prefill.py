@@ -24,9 +24,10 @@ from .attention_common import (
 )
 from .backend import array_module, is_torch_tensor
 from .kernels import kernel as load_kernel
-from .validate import check_attention_inputs, resolve_scale
+from .validate import check_attention_inputs
 from .validate_kinds import is_one_of
 from .validate_out import check_out
+from .validate_scale import resolve_scale
 
 KERNELS = ("naive", "tiled")
 NAIVE_MAX_HEAD_DIM = 128        # the naive kernel's per-thread accumulator array

@@ -20,9 +20,10 @@ import numpy as np
 from .attention_common import cache_dtypes, from_torch, shared_arrays, to_torch_as
 from .backend import array_module, is_cupy_array, is_torch_tensor, to_numpy
 from .kernels import kernel
-from .validate import (INT32_MAX, check_array, check_block_tables, check_int,
-                       check_kv_cache, check_memory)
+from .validate import INT32_MAX, check_array, check_block_tables, check_int, check_kv_cache
+from .validate_memory import check_memory
 from .validate_out import check_disjoint, check_writeable
+from .words import counted
 
 THREADS_PER_BLOCK = 128
 SLOT_MAPPING_PEAK = 7   # int64 arrays of the new tokens' count slot_mapping holds at once
@@ -56,8 +57,8 @@ def slot_mapping(block_tables, seq_lens, q_lens, page_size: int) -> np.ndarray:
     new = _host_ints(q_lens, "q_lens", 1).astype(np.int64)
     lens = lens.astype(np.int64)
     if new.shape != lens.shape:
-        raise ValueError(f"q_lens: expected {batch} entries (one per block table row), got "
-                         f"shape {new.shape}")
+        raise ValueError(f"q_lens: expected {counted(batch, 'entry', 'entries')} (one per "
+                         f"block table row), got shape {new.shape}")
     if np.any(new < 0) or np.any(new > lens):
         b = int(np.flatnonzero((new < 0) | (new > lens))[0])
         raise ValueError(f"q_lens[{b}]: expected 0 <= q_len <= seq_lens[{b}] = {lens[b]}, "
@@ -140,7 +141,8 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     # tensor's view; a NumPy uint16 cache holds integers, refused as gather_kv and decode do
     bits = is_cupy_array(k_cache) or is_torch_tensor(k_cache)
     k, v, k_cache, v_cache, slot_mapping = shared_arrays(
-        dict(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping))
+        dict(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping),
+        float_caches=True)
     check_kv_cache(k_cache, v_cache, dtypes=cache_dtypes(bits))
     num_pages, page_size, num_kv_heads, head_dim = (int(n) for n in k_cache.shape)
     for name, rows in (("k", k), ("v", v)):

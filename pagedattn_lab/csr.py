@@ -7,8 +7,8 @@ import numpy as np
 
 from .attention_common import shared_arrays, to_torch_as
 from .backend import array_module, is_torch_tensor, to_numpy
-from .validate import (INT32_MAX, check_array, check_block_tables, check_int, check_memory,
-                       check_offsets)
+from .validate import INT32_MAX, check_array, check_block_tables, check_int, check_offsets
+from .validate_memory import check_memory
 
 __all__ = ["to_csr", "from_csr"]
 

@@ -44,9 +44,9 @@ from .cache import PagedKVCache
 from .paging import OutOfPagesError
 from .prefill_wrapper import HEAD_DIMS, BatchPrefillWrapper
 from .quant import kv_dtype_name
-from .validate import (check_array, check_gqa_heads, check_int, check_int_list, refuse_repeats,
-                       resolve_scale)
+from .validate import check_array, check_gqa_heads, check_int, check_int_list, refuse_repeats
 from .validate_kinds import is_one_of
+from .validate_scale import resolve_scale
 
 
 class AddedSequence(NamedTuple):

@@ -7,7 +7,8 @@ import numpy as np
 
 from .attention_common import element_dtype
 from .quant import check_scheme, kv_format
-from .validate import INT32_MAX, check_int, check_memory
+from .validate import INT32_MAX, check_int
+from .validate_memory import check_memory
 
 
 def page_bytes(page_size: int, num_kv_heads: int, head_dim: int, dtype=np.float16,

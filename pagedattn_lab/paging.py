@@ -16,8 +16,9 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .validate import MAX_PAGES, check_int, check_int_list, check_memory
+from .validate import MAX_PAGES, check_int, check_int_list
 from .validate_kinds import is_int
+from .validate_memory import check_memory
 
 
 # A page handed out costs ~200 bytes of Python objects (its id in the list returned, its

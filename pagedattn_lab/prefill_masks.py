@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 import numpy as np
 
-from .validate import check_int, check_int_list, check_memory, check_offsets
+from .validate import check_int, check_int_list, check_offsets
+from .validate_memory import check_memory
 
 
 def causal_mask(q_len: int, seq_len: int) -> np.ndarray:

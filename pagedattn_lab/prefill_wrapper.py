@@ -49,10 +49,10 @@ from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Vari
                            check_int32_ranges, check_prefill_tables, shared_bytes,
                            variant_for, work_list)
 from .quant import check_run_scales, check_scheme, kv_format
-from .validate import (bf16_bits_hint, check_array, check_bool, check_int, check_plan_sizes,
-                       resolve_scale)
+from .validate import bf16_bits_hint, check_array, check_bool, check_int, check_plan_sizes
 from .validate_kinds import dtype_label
 from .validate_out import check_out, check_plan_buffer
+from .validate_scale import resolve_scale
 
 
 def element_type(dtype) -> tuple[str, np.dtype]:

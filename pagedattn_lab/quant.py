@@ -35,8 +35,9 @@ import numpy as np
 
 from .attention_common import check_storage
 from .backend import is_cupy_array, is_torch_tensor, to_numpy
-from .validate import FLOAT32_TINY, check_array, real_values
+from .validate import check_array, real_values
 from .validate_kinds import dtype_label
+from .validate_scale import FLOAT32_TINY
 from .validate_values import float32_values
 
 SCHEMES = ("static", "per_token")

@@ -19,7 +19,8 @@ import numpy as np
 from .attention_common import bfloat16_dtype, shared_arrays
 from .backend import to_numpy
 from .validate import (check_array, check_attention_inputs, check_block_tables, check_bool,
-                       check_kv_cache, check_offsets, check_query_heads, resolve_scale)
+                       check_kv_cache, check_offsets, check_query_heads)
+from .validate_scale import resolve_scale
 
 
 def _any_float() -> list:

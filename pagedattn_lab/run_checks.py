@@ -3,10 +3,11 @@ refuses its arguments in one expression; when it refuses, `explain_run` finds wh
 and says what was expected and what came."""
 from __future__ import annotations
 
-from .attention_common import check_storage
-from .backend import check_contiguous, data_pointer
+from .attention_common import check_aligned16, check_storage
+from .backend import check_contiguous
 from .validate import bf16_bits_hint
 from .validate_kinds import dtype_label
+from .words import counted
 
 
 def explain_run(plan, q, k, v, out, qshape, dtypes):
@@ -26,9 +27,7 @@ def explain_run(plan, q, k, v, out, qshape, dtypes):
             raise TypeError(f"{name}: the plan is for {plan.dtype}: expected dtype {names}, "
                             f"got {dtype_label(x.dtype)}{bits}")
         check_contiguous(x, name)
-        if data_pointer(x) % 16:
-            raise ValueError(f"{name}: expected data starting on a 16-byte boundary (the "
-                             "kernels load 16 bytes at a time), not an offset view")
+        check_aligned16(**{name: x})
     for name, x in (("q", q), ("out", out)):
         if tuple(x.shape) != qshape:
             raise ValueError(f"{name}: expected shape {qshape} (the plan's batch, num_heads, "
@@ -42,7 +41,7 @@ def explain_run(plan, q, k, v, out, qshape, dtypes):
                          f"{tuple(v.shape)}")
     if not k.shape[0] > plan.max_page:
         raise ValueError(f"k_cache: the plan reads page {plan.max_page}, but the cache has "
-                         f"only {k.shape[0]} pages")
+                         f"only {counted(k.shape[0], 'page')}")
     if not (q.dtype == out.dtype and (fmt is not None or q.dtype == k.dtype == v.dtype)):
         raise TypeError(f"q, k_cache, v_cache, out: expected one dtype, got {q.dtype.name}, "
                         f"{k.dtype.name}, {v.dtype.name}, {out.dtype.name}")

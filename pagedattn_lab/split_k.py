@@ -20,7 +20,8 @@ import numpy as np
 
 from .addressing import gather_kv_reference
 from .backend import to_numpy
-from .validate import check_attention_inputs, check_int, resolve_scale
+from .validate import check_attention_inputs, check_int
+from .validate_scale import resolve_scale
 
 
 def partition_bounds(seq_len: int, part_len: int) -> list[tuple[int, int]]:

@@ -3,14 +3,13 @@
 CuPy's RawKernel checks nothing: a float64 array passed to a `float*` parameter, or a
 page id past the end of the cache, silently produces garbage or corrupts memory. So every
 public entry point calls these checks first (validate_out.py holds those of the arrays a
-kernel writes, validate_values.py those of the values an array holds, backend.py the refusal
-of a strided array, check_contiguous). Each error names the argument, what was expected and
-what came, and is raised before anything is launched or written.
+kernel writes, validate_values.py those of the values an array holds, validate_scale.py that
+of the softmax scale, validate_memory.py the refusal of work past the device's memory,
+backend.py the refusal of a strided array, check_contiguous). Each error names the argument,
+what was expected and what came, and is raised before anything is launched or written.
 """
 from __future__ import annotations
 
-import math
-import os
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,19 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .backend import check_contiguous, data_pointer, is_cupy_array, to_numpy_together
-from .validate_kinds import dtype_label, is_int, type_label
+from .validate_kinds import dtype_label, integer_conversion, is_int, type_label
 from .validate_values import real_values  # noqa: F401 - re-exported: a check, found here
 from .words import counted
 
 CACHE_DTYPES = (np.dtype(np.float32), np.dtype(np.float16))
 INT32_MAX = 2**31 - 1        # sizes the kernels take as int arguments
 MAX_PAGES = INT32_MAX        # block tables hold page ids as int32
-FLOAT32_MAX = float(np.finfo(np.float32).max)
-FLOAT32_TINY = float(np.finfo(np.float32).tiny)   # smallest normal: -ftz flushes any below
-LOG2E = 1.4426950408889634   # the kernels fold scale * log2(e) into one float32 (exp2 softmax)
-# A scale whose scale * log2(e) is a normal float32 (that float32 quotient, one step up: it
-# and any larger scale are accepted; the float32 one step below it is too)
-MIN_SCALE = float(np.nextafter(np.float32(FLOAT32_TINY / LOG2E), np.float32(1)))
 # Where bfloat16 is expected of a NumPy uint16 array: its integers are no bfloat16 on the CPU
 BF16_BITS_HINT = (" (bfloat16 bits? uint16 holds them on CuPy only; on the CPU view them as "
                   "bfloat16: x.view(ml_dtypes.bfloat16))")
@@ -50,22 +43,24 @@ def check_array(x, name: str, *, ndim: int | None = None, dtypes=None,
         raise TypeError(f"{name}: expected a NumPy or CuPy array, got {type_label(x)}")
     check_plain(x, name)
     if ndim is not None and x.ndim != ndim:
-        raise ValueError(f"{name}: expected {ndim} dimensions, got shape {tuple(x.shape)} "
-                         f"({x.ndim} dimensions)")
+        raise ValueError(f"{name}: expected {counted(ndim, 'dimension')}, got shape "
+                         f"{tuple(x.shape)} ({counted(x.ndim, 'dimension')})")
     if dtypes is not None:
         allowed = [np.dtype(d) for d in dtypes]
         if x.dtype not in allowed:
             names = [d.name for d in allowed]
+            library = "cupy" if is_cupy_array(x) else "np"
             raise TypeError(f"{name}: expected dtype {' or '.join(names)}, got "
-                            f"{dtype_label(x.dtype)}{bf16_bits_hint(x, 'bfloat16' in names)}")
+                            f"{dtype_label(x.dtype)}{bf16_bits_hint(x, 'bfloat16' in names)}"
+                            f"{integer_conversion(x.dtype, allowed, name, library)}")
     if contiguous:
         check_contiguous(x, name)
     misaligned = element_misalignment(x)
     if misaligned:
         raise ValueError(f"{name}: expected data aligned to its {x.dtype.itemsize}-byte "
-                         f"elements, got an address {misaligned} bytes past such a boundary "
-                         f"(a view at a byte offset: the GPU faults on a misaligned load); "
-                         f"pass a copy")
+                         f"elements, got an address {counted(misaligned, 'byte')} past such a "
+                         f"boundary (a view at a byte offset: the GPU faults on a misaligned "
+                         f"load); pass a copy")
     return x
 
 
@@ -171,42 +166,7 @@ def check_offsets(ptr: np.ndarray, name: str, end: int | None = None, end_what: 
                          f"{int(ptr[-1])}")
 
 
-def check_memory(nbytes: int, device: str, name: str, what: str, advice: str = "") -> None:
-    """Refuse, naming `name`, work whose arrays (`what`, nbytes in all) exceed the device's
-    memory. Arrays each smaller than the memory are allocated lazily and together get the
-    process killed (Linux's out-of-memory killer) when they are written, with no error at all."""
-    total = device_memory_bytes(device)
-    if total is not None and nbytes > total:
-        where = "GPU" if device == "gpu" else "machine"
-        raise ValueError(f"{name}: {what} would take {_bytes_text(nbytes)}, more than the "
-                         f"{_bytes_text(total)} of memory this {where} has{advice}")
-
-
-def device_memory_bytes(device: str) -> int | None:
-    """Total memory of the CPU (physical RAM) or of the current GPU; None when unknown."""
-    if device == "gpu":
-        from .backend import cupy_module  # noqa: PLC0415 - CuPy only when a GPU is asked for
-        return int(cupy_module().cuda.runtime.memGetInfo()[1])
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):   # not every OS has these names
-        return None
-
-
-def _bytes_text(nbytes: int) -> str:
-    """nbytes in the largest unit that shows it as at least 1.0 (GiB, MiB, KiB, bytes), to one
-    decimal: a small memory is "1.0 MiB", not "0.0 GiB", and 2^30 - 1 bytes "1.0 GiB", not
-    "1,024.0 MiB"."""
-    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
-        shown = f"{nbytes / (1 << shift):,.1f}"
-        if not shown.startswith("0."):
-            return f"{shown} {unit}"
-    return counted(nbytes, "byte")
-
-
 @dataclass(frozen=True)
-
-
 class PagedShapes:
     """The sizes every paged-attention call agrees on, read off validated inputs."""
     batch: int
@@ -261,11 +221,11 @@ def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_si
     check_array(block_tables, "block_tables", ndim=2, dtypes=[np.int32])
     check_array(seq_lens, "seq_lens", ndim=1, dtypes=[np.int32])
     if block_tables.shape[0] != batch:
-        raise ValueError(f"block_tables: expected {batch} rows (one per {batch_of}), got "
-                         f"shape {tuple(block_tables.shape)}")
+        raise ValueError(f"block_tables: expected {counted(batch, 'row')} (one per "
+                         f"{batch_of}), got shape {tuple(block_tables.shape)}")
     if seq_lens.shape[0] != batch:
-        raise ValueError(f"seq_lens: expected {batch} entries (one per {batch_of}), got "
-                         f"shape {tuple(seq_lens.shape)}")
+        raise ValueError(f"seq_lens: expected {counted(batch, 'entry', 'entries')} (one per "
+                         f"{batch_of}), got shape {tuple(seq_lens.shape)}")
     tables, lens = to_numpy_together(block_tables, seq_lens)   # one wait for both copies
     capacity = tables.shape[1] * page_size
     short = np.flatnonzero(lens < min_len)
@@ -275,18 +235,23 @@ def check_block_tables(block_tables, seq_lens, *, num_pages: int | None, page_si
     over = np.flatnonzero(lens > capacity)
     if over.size:
         b = int(over[0])
-        raise ValueError(f"{length.format(b=b)}: {lens[b]} tokens do not fit in a block table "
-                         f"row of {tables.shape[1]} pages x {page_size} tokens = {capacity}")
+        fit = "does not fit" if lens[b] == 1 else "do not fit"
+        raise ValueError(f"{length.format(b=b)}: {counted(lens[b], 'token')} {fit} in a block "
+                         f"table row of {counted(tables.shape[1], 'page')} x "
+                         f"{counted(page_size, 'token')} = {capacity}")
     pages = -(-lens.astype(np.int64) // page_size)
     used = np.arange(tables.shape[1])[None, :] < pages[:, None]
     out_of_range = tables < 0 if num_pages is None else (tables < 0) | (tables >= num_pages)
     bad = used & out_of_range
     if bad.any():
         b, j = (int(i) for i in np.argwhere(bad)[0])
-        cache = "(ids must be >= 0)" if num_pages is None else f"for a cache of {num_pages} pages"
+        cache = ("(ids must be >= 0)" if num_pages is None
+                 else f"for a cache of {counted(num_pages, 'page')}")
+        read = f"{counted(int(pages[b]), 'entry', 'entries')} of its row " + \
+            ("is" if pages[b] == 1 else "are")
         raise ValueError(f"{entry.format(b=b, j=j)}: page id {int(tables[b, j])} is out of "
-                         f"range {cache} ({length.format(b=b)} is {lens[b]} tokens, so the "
-                         f"first {int(pages[b])} entries of its row are read)")
+                         f"range {cache} ({length.format(b=b)} is {counted(lens[b], 'token')}, "
+                         f"so the first {read} read)")
     return tables, lens
 
 
@@ -323,8 +288,8 @@ def check_attention_inputs(q, k_cache, v_cache, block_tables, seq_lens, *, mode:
                                       min_len=1 if mode == "decode" else 0)
     if mode == "prefill" and lens.size and int(lens.max()) > max_len:
         b = int(lens.argmax())
-        raise ValueError(f"seq_lens[{b}]: {int(lens[b])} tokens but q holds only {max_len} "
-                         f"query rows per sequence (q.shape[1])")
+        raise ValueError(f"seq_lens[{b}]: {counted(int(lens[b]), 'token')} but q holds only "
+                         f"{counted(max_len, 'query row')} per sequence (q.shape[1])")
     return PagedShapes(batch, num_heads, num_kv_heads, head_dim, num_pages, page_size,
                        int(tables.shape[1]), max_len)
 
@@ -336,44 +301,6 @@ def check_query_heads(q) -> int:
     if num_heads == 0:
         raise ValueError(f"q: expected at least one query head, got shape {tuple(q.shape)}")
     return num_heads
-
-
-def resolve_scale(scale, head_dim: int) -> float:
-    """`scale` or its default 1/sqrt(head_dim), as a positive float the kernels can use.
-
-    The kernels multiply the scores by scale * log2(e) in float32, so a scale whose product
-    overflows float32 (1e39) would make every output NaN, and one whose product is below
-    float32's smallest normal number would be flushed to 0 (the GPU compiles with
-    -ftz=true, as does the CPU executor), silently giving uniform attention: both are
-    refused, as are NaN, inf and scale <= 0 (the scores are scaled up or down, never flipped
-    or zeroed). No bound on scale alone keeps the scaled scores finite (q . k is unbounded):
-    the caller keeps |q . k| * scale * log2(e) within float32's range (3.4e38), else the
-    softmax of that row is NaN.
-    """
-    if scale is None:
-        return 1.0 / float(np.sqrt(head_dim))
-    if isinstance(scale, (bool, np.bool_)) or not isinstance(scale, (int, float, np.floating,
-                                                                      np.integer)):
-        raise TypeError(f"scale: expected a float or None, got {scale!r} "
-                        f"({type(scale).__name__})")
-    try:
-        value = float(scale)
-    except OverflowError:   # an int past float64's range (10**400)
-        raise ValueError(f"scale: expected a finite number, got an int of "
-                         f"{int(scale).bit_length()} bits") from None
-    if not math.isfinite(value):
-        raise ValueError(f"scale: expected a finite number, got {scale}")
-    if value <= 0:
-        raise ValueError(f"scale: expected a positive number (the factor on q . k before the "
-                         f"softmax; 1/sqrt(head_dim) by default), got {scale}")
-    if value * LOG2E > FLOAT32_MAX:
-        raise ValueError(f"scale: expected at most {FLOAT32_MAX / LOG2E:.3g} (the kernels "
-                         f"compute scale * log2(e) in float32), got {scale}")
-    if np.float32(value * LOG2E) < FLOAT32_TINY:
-        raise ValueError(f"scale: {scale} times log2(e) is below float32's smallest normal "
-                         f"number {FLOAT32_TINY:.3g}, which the kernels flush to 0 (every "
-                         f"score would be 0); expected at least {MIN_SCALE:.4g}")
-    return value
 
 
 def check_gqa_heads(num_heads, num_kv_heads) -> tuple[int, int]:

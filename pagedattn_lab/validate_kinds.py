@@ -21,6 +21,20 @@ def dtype_label(dtype) -> str:
             f".astype({dtype.newbyteorder('=').str!r}))")
 
 
+def integer_conversion(got, allowed, name: str, library: str = "np") -> str:
+    """"; convert with block_tables.astype(np.int32)" where an integer dtype `got` came for the
+    one integer dtype `allowed` holds (int64 ids, NumPy's and torch's default, for int32 ones),
+    in `library`: "np", "cupy" or "torch" (.to(torch.int32)). "" otherwise: a float's fraction
+    would be cut, and a swapped byte order is told its own fix (`dtype_label`)."""
+    got, allowed = np.dtype(got), [np.dtype(d) for d in allowed]
+    if len(allowed) != 1 or allowed[0].kind not in "iu" or got.kind not in "iu" or \
+            not got.isnative or got.name == allowed[0].name:
+        return ""
+    want = allowed[0].name
+    fix = f".to(torch.{want})" if library == "torch" else f".astype({library}.{want})"
+    return f"; convert with {name}{fix}"
+
+
 def type_label(x) -> str:
     """What came where an array was expected: its type's name, a NumPy scalar's said to be one
     (np.int32(5) named "int32" read as a dtype complaint: "expected an array, got int32")."""

@@ -47,8 +47,9 @@ from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
-from .validate import check_array, check_int, check_plain, check_plan_sizes, resolve_scale
+from .validate import check_array, check_int, check_plain, check_plan_sizes
 from .validate_out import check_out, check_plan_buffer
+from .validate_scale import resolve_scale
 from .words import counted
 
 __all__ = ["BatchDecodeWrapper", "to_csr", "from_csr"]   # the CSR forms: csr.py

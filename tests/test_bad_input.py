@@ -267,7 +267,7 @@ def test_a_pool_of_the_most_pages_costs_nothing_until_used():
 def test_allocating_more_pages_than_the_memory_holds_is_refused(monkeypatch):
     """allocate(2**31 - 1) of the largest pool took ~400 GB of bookkeeping and got the
     process killed; now a ValueError names n (machine memory capped at 1 GiB here)."""
-    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 2**30)
+    monkeypatch.setattr("pagedattn_lab.validate_memory.device_memory_bytes", lambda device: 2**30)
     alloc = pal.BlockAllocator(2**31 - 1)
     alloc.free(alloc.allocate(3)[1:2])
     before = alloc.state()

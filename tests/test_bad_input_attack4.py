@@ -245,7 +245,7 @@ def test_an_engine_pool_past_the_memory_is_refused(model, monkeypatch, kwargs, m
     allocated one array per layer, each fitting alone (lazily, as NumPy's zeros do) and all
     of them past the memory: built without a word, then killed by the out-of-memory killer
     as the pages fill, or at the first swap (host pages are allocated then, mid-step)."""
-    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 2**20)
+    monkeypatch.setattr("pagedattn_lab.validate_memory.device_memory_bytes", lambda device: 2**20)
     with pytest.raises(ValueError, match=match):
         LLMEngine(model, EngineConfig(page_size=8, **kwargs))
     LLMEngine(model, EngineConfig(page_size=8, num_pages=200))   # 800 KiB: fits

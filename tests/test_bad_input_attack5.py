@@ -15,7 +15,7 @@ def test_from_csr_refuses_a_padded_table_past_the_memory(monkeypatch):
     """One long sequence among many empty ones: the CSR arrays are small, the padded table
     [batch, longest] is not (2^17 x 2^17 pages: 64 GiB, NumPy's MemoryError naming nothing;
     just under the memory, the process was killed as the table was filled with -1)."""
-    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 2**20)
+    monkeypatch.setattr("pagedattn_lab.validate_memory.device_memory_bytes", lambda device: 2**20)
     n = 1024   # 1024 x 1024 int32 entries: 4 MiB, past the 1 MiB said to be there
     indptr = np.zeros(n + 1, np.int32)
     indptr[-1] = n

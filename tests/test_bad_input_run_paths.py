@@ -4,13 +4,14 @@ the plan as they were. Runs on the CPU executor (NumPy)."""
 import numpy as np
 import pytest
 
-from pagedattn_lab import validate
+from pagedattn_lab import validate_memory
 from pagedattn_lab.attention_common import MAX_GRID_YZ, dtype_name, element_dtype
 from pagedattn_lab.attention_decode import paged_attention_decode
 from pagedattn_lab.attention_prefill import paged_attention_prefill
 from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper
 from pagedattn_lab.reference import reference_decode, reference_prefill
-from pagedattn_lab.validate import check_attention_inputs, check_memory, device_memory_bytes
+from pagedattn_lab.validate import check_attention_inputs
+from pagedattn_lab.validate_memory import check_memory, device_memory_bytes
 
 from .test_bad_input_new_apis import assert_same, snapshot
 from .test_prefill_wrapper import packed_problem
@@ -109,7 +110,7 @@ def test_unknown_machine_memory_refuses_nothing(monkeypatch):
     """Where the OS does not tell its memory, the memory check lets the call through."""
     def no_sysconf(name):
         raise ValueError(f"unrecognized configuration name {name!r}")
-    monkeypatch.setattr(validate.os, "sysconf", no_sysconf)
+    monkeypatch.setattr(validate_memory.os, "sysconf", no_sysconf)
     assert device_memory_bytes("cpu") is None
     check_memory(2**62, "cpu", "num_pages", "the K and V caches")
 

@@ -78,7 +78,7 @@ def test_slot_mapping_refuses_more_new_tokens_than_it_can_hold(monkeypatch, lens
     """Two pages of 2**30 tokens cover an int32 length: 2**31 - 1 new tokens made NumPy
     arrays of 16 GiB each, which got the process killed, no error raised (the machine's
     memory is set to 1 GiB here, so the refusal does not depend on the machine's)."""
-    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 2**30)
+    monkeypatch.setattr("pagedattn_lab.validate_memory.device_memory_bytes", lambda device: 2**30)
     tables = np.array([[0, 1]] * len(lens), np.int32)
     lens = np.array(lens, np.int32)
     with pytest.raises(ValueError, match=match):

@@ -58,7 +58,7 @@ def test_gather_refuses_lengths_past_int32_and_outputs_past_the_memory(rng, monk
     k_cache, v_cache, tables, _, _, _ = make_paged_problem(rng, [9], 4, 2, 2, 8)
     with pytest.raises(ValueError, match="^seq_len: expected an int <= 2147483647, got 2147483648"):
         gather(k_cache, v_cache, tables[0], 2**31)
-    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 2**20)
+    monkeypatch.setattr("pagedattn_lab.validate_memory.device_memory_bytes", lambda device: 2**20)
     row = np.full(2**14, tables[0, 0], np.int32)   # one page, 2**14 times: 2**16 tokens
     with pytest.raises(ValueError, match=r"^seq_len: the K and V of 65536 tokens would take"):
         gather(k_cache, v_cache, row, 2**16)

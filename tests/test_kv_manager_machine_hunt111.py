@@ -420,7 +420,7 @@ def test_block_hashes_refuses_a_page_size_by_name(page_size, exc):
 def test_a_pool_larger_than_memory_is_refused_by_name_not_killed(monkeypatch):
     """(KVCacheManager(10**9, 16), or dry_run with such a config, built 10^9 entries of
     Python bookkeeping, ~150 GB, and the out-of-memory killer ended the process)"""
-    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 2**20)
+    monkeypatch.setattr("pagedattn_lab.validate_memory.device_memory_bytes", lambda device: 2**20)
     with pytest.raises(ValueError, match=r"^num_pages: the bookkeeping of a pool of 100000 "
                                          r"pages would take"):
         KVCacheManager(100_000, 16)

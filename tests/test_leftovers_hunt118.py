@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import pagedattn_lab as pal
-from pagedattn_lab.validate import LOG2E, resolve_scale
+from pagedattn_lab.validate_scale import LOG2E, resolve_scale
 
 from .test_bad_input import H, KVH, D, decode, no_launch, prefill, problem  # noqa: F401
 from .serve_loops import serve_loop

@@ -22,14 +22,14 @@ import pagedattn_lab as pl
 from pagedattn_lab import quant
 from pagedattn_lab.cache import PagedKVCache
 from pagedattn_lab.prefill_masks import causal_mask, packed_masks
-from pagedattn_lab.validate import check_memory
+from pagedattn_lab.validate_memory import check_memory
 from tests.check_helpers import REPO, GoodAllocator, assert_caught, run_check
 
 
 @pytest.fixture
 def one_mib(monkeypatch):
     """A machine of 1 MiB: the refusals below do not depend on this one's memory."""
-    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 2**20)
+    monkeypatch.setattr("pagedattn_lab.validate_memory.device_memory_bytes", lambda device: 2**20)
 
 
 # -- 1. a page past the memory names the page's sizes, not num_pages ---------------------
@@ -48,7 +48,7 @@ PAGE_TOO_BIG = (r"^num_kv_heads x head_dim x page_size: one page \(K and V\) wou
 ])
 def test_a_size_is_shown_in_the_largest_unit_it_rounds_to_one_in(monkeypatch, memory, needed,
                                                                   said):
-    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: memory)
+    monkeypatch.setattr("pagedattn_lab.validate_memory.device_memory_bytes", lambda device: memory)
     with pytest.raises(ValueError, match=rf"^n: the pages would take {re.escape(said)} of "
                                          r"memory this machine has$"):
         check_memory(needed, "cpu", "n", "the pages")
@@ -91,7 +91,7 @@ def test_packed_masks_names_the_entry_of_its_own_arguments(qo_indptr, seq_lens, 
 
 
 def test_packed_masks_refuses_masks_that_fit_one_by_one_but_not_together(monkeypatch):
-    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 100)
+    monkeypatch.setattr("pagedattn_lab.validate_memory.device_memory_bytes", lambda device: 100)
     with pytest.raises(ValueError, match=r"^qo_indptr, seq_lens: the masks' 128 cells would "
                                          r"take"):
         packed_masks([0, 8, 16], [8, 8])          # 64 cells each: each fits alone

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab import quant
-from pagedattn_lab.validate import FLOAT32_TINY
+from pagedattn_lab.validate_scale import FLOAT32_TINY
 
 TINY = np.float32(FLOAT32_TINY)
 

@@ -15,7 +15,7 @@ from tests.test_cpu_state_hunt182 import _write, past_shared  # noqa: F401 - a f
 
 def test_causal_mask_checks_the_cells_of_the_mask_not_its_sides(monkeypatch):
     """10 x 11 = 110 cells past a memory of 100 (the sides' sum, 21, is not)."""
-    monkeypatch.setattr("pagedattn_lab.validate.device_memory_bytes", lambda device: 100)
+    monkeypatch.setattr("pagedattn_lab.validate_memory.device_memory_bytes", lambda device: 100)
     with pytest.raises(ValueError, match=r"^q_len, seq_len: the 10 x 11 mask would take"):
         causal_mask(10, 11)
     assert causal_mask(9, 11).shape == (9, 11)   # 99 cells fit

@@ -17,7 +17,8 @@ from ..backend import to_numpy_together
 from ..decode_plan import check_decode_tables
 from ..prefill_plan import check_prefill_tables
 from ..validate import (INT32_MAX, check_array, check_bool, check_gqa_heads, check_int,
-                        check_int_list, check_memory)
+                        check_int_list)
+from ..validate_memory import check_memory
 
 
 class HeadRange(NamedTuple):

@@ -38,7 +38,7 @@ from ..cache_write_quant import write_kv_quant
 from ..prefill_wrapper import HEAD_DIMS as PACKED_HEAD_DIMS
 from ..prefill_wrapper import BatchPrefillWrapper
 from ..quant import check_scheme, kv_dtype_name
-from ..validate import resolve_scale
+from ..validate_scale import resolve_scale
 from ..wrappers import BatchDecodeWrapper
 
 SKIP_SLOT = -1   # a token whose K/V is already cached: nothing to write

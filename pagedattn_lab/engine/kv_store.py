@@ -15,7 +15,7 @@ import numpy as np
 from ..backend import to_numpy
 from ..page_bytes import check_page_memory, page_bytes
 from ..quant import check_scale, check_scheme, kv_dtype_name, kv_format
-from ..validate import check_memory
+from ..validate_memory import check_memory
 from .config import ModelConfig
 
 

@@ -36,8 +36,9 @@ from operator import itemgetter
 import numpy as np
 
 from ..paging import OutOfPagesError, check_owners, check_page_id, check_page_ids
-from ..validate import MAX_PAGES, check_int, check_int_list, check_memory
+from ..validate import MAX_PAGES, check_int, check_int_list
 from ..validate_kinds import is_int
+from ..validate_memory import check_memory
 
 # A pool page costs ~144 bytes of Python objects from the start (its count, hash and tokens
 # entries, its free-queue entry; measured with tracemalloc over 2^20 pages): unlike the

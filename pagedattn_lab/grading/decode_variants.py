@@ -42,7 +42,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..split_k import partition_bounds
-from ..validate import LOG2E
+from ..validate_scale import LOG2E
 from .compare import one_of
 
 
