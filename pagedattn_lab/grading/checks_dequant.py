@@ -16,6 +16,7 @@ from .checks_kernels import _Compiled
 from .checks_quant import NOTHING_WRITTEN
 from .compare import describe_difference, diagnose, kv_head_rule
 from .decode_launch import DECODE_BUFFER_HINTS
+from .stub_params import stub_buffer
 from .faults import kernel_message
 from .kernel_runner import poisoned, unwritten
 from .quant_variants import READ_MISTAKES, read_logits, read_reference
@@ -31,7 +32,7 @@ def _launch_read(comp, grid, args, per_token: int, heads: int, kv_heads: int):
     try:
         return comp.get().launch(grid, (1,), args, outputs=(7,))[0]
     except Exception as exc:
-        buffer = getattr(exc, "buffer", None)
+        buffer = stub_buffer(exc)
         if type(exc).__name__ != "KernelFault" or \
                 buffer not in ("k_scale", "v_scale", "q", "out"):
             raise

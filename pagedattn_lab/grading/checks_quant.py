@@ -26,6 +26,7 @@ from .quant_variants import FILL, WARP, WRITE_MISTAKES, nan_at, quantize_referen
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 from .small_rows import small_rows, small_rows_hint
+from .stub_params import stub_buffer
 
 NOTHING_WRITTEN = ("the kernel wrote nothing (its outputs still hold what the check filled "
                    "them with): write the kernel body where the // TODO is")
@@ -179,8 +180,8 @@ def _launch_write(comp, k, slots, heads, dim, per_token, k_scale, cache):
         if type(exc).__name__ != "KernelFault":
             raise
         message = kernel_message(exc)
-        hint = _write_fault_hint(slots, getattr(exc, "block", None),
-                                 getattr(exc, "buffer", None), getattr(exc, "index", None)) \
+        hint = _write_fault_hint(slots, getattr(exc, "block", None), stub_buffer(exc),
+                                 getattr(exc, "index", None)) \
             or _row_end_hint(exc, heads, dim)
         if hint is None:
             raise
@@ -191,7 +192,7 @@ def _row_end_hint(exc, heads: int, dim: int) -> str | None:
     """The hint for a read of k past the end of the faulting block's own row: element d >=
     head_dim of row (token, head), a loop over d that runs to d <= head_dim."""
     block, index = getattr(exc, "block", None), getattr(exc, "index", None)
-    if getattr(exc, "buffer", None) != "k" or not block or index is None:
+    if stub_buffer(exc) != "k" or not block or index is None:
         return None
     d = index - (int(block[0]) * heads + int(block[1])) * dim
     if not dim <= d < dim + WARP:

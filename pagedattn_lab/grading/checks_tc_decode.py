@@ -23,6 +23,7 @@ from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten
 from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
                      several_fit)
 from .source_barriers import missing_barrier_in_source
+from .stub_params import stub_buffer
 from .tc_nan_hints import NAN_READ_HINT, nan_tail_hint
 from .tc_store_ldm import store_ldm_hint
 from .tc_tile_problem import TileProblem
@@ -125,7 +126,7 @@ def _tile_case(comp, seed, *sizes) -> None:
     try:
         got = _launch_tile(comp, prob, poisoned(shape))
     except Exception as exc:   # a write past the scores: rows stored too far apart?
-        hint = getattr(exc, "buffer", None) == "scores" and store_ldm_hint(
+        hint = stub_buffer(exc) == "scores" and store_ldm_hint(
             lambda out: _launch_tile(comp, prob, out), prob)
         if not hint:
             raise

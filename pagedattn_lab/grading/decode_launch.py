@@ -16,6 +16,7 @@ from .kernel_runner import KERNEL_TIMEOUT, unwritten
 from .puzzle_runner import count_then_check
 from .compare import ATOL, RTOL, ranges
 from .report import Mismatch
+from .stub_params import stub_buffer
 
 WARP = 32   # both kernels run one warp per block
 NOTHING_WRITTEN = ("the kernel wrote nothing (its outputs are still the NaN the check filled "
@@ -87,11 +88,12 @@ def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
                                 args, outputs, None if kern.device == "cpu" else launch)
     except Exception as exc:
         kind = type(exc).__name__
-        if kind == "KernelFault" and getattr(exc, "buffer", None) in DECODE_BUFFER_HINTS:
+        buffer = stub_buffer(exc)
+        if kind == "KernelFault" and buffer in DECODE_BUFFER_HINTS:
             message = kernel_message(exc)
-            hint = DECODE_WRITE_HINTS.get(exc.buffer) if getattr(exc, "access", None) == \
+            hint = DECODE_WRITE_HINTS.get(buffer) if getattr(exc, "access", None) == \
                 "write" else None
-            raise Mismatch(message, hint or DECODE_BUFFER_HINTS[exc.buffer]) from exc
+            raise Mismatch(message, hint or DECODE_BUFFER_HINTS[buffer]) from exc
         if kind != "WarpSyncError":
             raise
         lanes = ranges(getattr(exc, "bad_lanes", None) or [])

@@ -16,6 +16,7 @@ import re
 from ..cpu.errors import no_barrier_between
 from ..words import counted
 from .report import text_of
+from .stub_params import stub_buffer
 
 _BUFFER_HINTS = {
     "q": "the query index: q is [batch, max_len, num_heads, head_dim], so element (b, t, h, d) "
@@ -58,6 +59,12 @@ def _get(exc, *names, default=None):
         if value is not None:
             return value
     return default
+
+
+def _stub_also(buffer, stub) -> str:
+    """'the stub's k_cache; ' where the kernel named the parameter otherwise, else ''."""
+    same = not isinstance(buffer, str) or stub in (None, buffer)
+    return "" if same else f"the stub's {stub}; "
 
 
 def _xyz(value) -> str:
@@ -218,12 +225,14 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
             return text.split(": ", 1)[-1], _dynamic_shared_hint(index, size)
         if _get(exc, "shift") is not None:
             return f"an undefined shift: {text.split(': ', 1)[-1]}", _shift_hint(exc)
+        stub = stub_buffer(exc) or buffer
+        also = _stub_also(buffer, stub)
         if buffer is not None and thread is not None:
-            message = (f"out-of-bounds {access} of {buffer}[{index}] (it has "
+            message = (f"out-of-bounds {access} of {buffer}[{index}] ({also}it has "
                        f"{counted(size, 'element')}) by thread {_xyz(thread)} of block "
                        f"{_xyz(block)}.")
         elif buffer is not None and index is not None:   # seen after the launch: no thread
-            message = (f"out-of-bounds {access} of {buffer}[{index}] (it has "
+            message = (f"out-of-bounds {access} of {buffer}[{index}] ({also}it has "
                        f"{counted(size, 'element')}), found after the launch (which thread "
                        f"wrote it is not known).")
         elif "arithmetic exception" in text:   # SIGFPE: no index was out of bounds
@@ -233,7 +242,7 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
                     "are more query heads than KV heads).")
         else:
             message = f"out-of-bounds access: {text}"
-        return message, buffer_hint(buffer, index)
+        return message, buffer_hint(stub, index)
     if kind == "WarpSyncError":
         return (f"a warp intrinsic waits for lanes that never come: {text}",
                 "the mask of a __shfl_*_sync / __syncwarp names every lane that takes part: "

@@ -25,6 +25,7 @@ from . import slack_reads
 from .faults import describe_kernel_exception
 from .kernel_lint import lint, refuse_unlisted_headers
 from .report import Mismatch, note
+from .stub_params import name_as_stub
 from .time_limits import CaseTimeout
 from .wire import ProtocolError
 
@@ -148,12 +149,23 @@ class Kernel:
               timeout=None):
         """One launch on the CPU executor with its memory accesses counted (AccessCounts);
         `args` (a list) is written in place, as by `pagedattn_lab.cpu.count_accesses`."""
-        if self.remote is not None:   # the counts and the outputs come from the sandbox
-            return self.remote.count(grid, block, args, shared_mem, racecheck=racecheck,
-                                     timeout=timeout)
-        from ..cpu import count_accesses  # noqa: PLC0415 - the executor on demand
-        return count_accesses(self.kernel, grid, block, args, shared_mem, racecheck=racecheck,
-                              timeout=timeout)
+        with self._stub_names():
+            if self.remote is not None:   # the counts and the outputs come from the sandbox
+                return self.remote.count(grid, block, args, shared_mem, racecheck=racecheck,
+                                         timeout=timeout)
+            from ..cpu import count_accesses  # noqa: PLC0415 - the executor on demand
+            return count_accesses(self.kernel, grid, block, args, shared_mem,
+                                  racecheck=racecheck, timeout=timeout)
+
+    @contextlib.contextmanager
+    def _stub_names(self):
+        """A fault raised within names its argument as the stub does too (`stub_buffer`):
+        the hints go by the stub's names, whatever the kernel calls its parameters."""
+        try:
+            yield
+        except Exception as exc:
+            name_as_stub(exc, self.name)
+            raise
 
     def launch(self, grid, block, args, shared_mem: int = 0, outputs=()) -> list[np.ndarray]:
         """Launch with NumPy args; return NumPy copies of the arguments at `outputs`. In a
@@ -179,6 +191,10 @@ class Kernel:
     def launch_once(self, grid, block, args, shared_mem: int = 0, outputs=(),
                     plain: bool = False) -> list[np.ndarray]:
         """One launch (`plain`: without the race check, on the CPU); see `launch`."""
+        with self._stub_names():
+            return self._launch_once(grid, block, args, shared_mem, outputs, plain)
+
+    def _launch_once(self, grid, block, args, shared_mem, outputs, plain) -> list[np.ndarray]:
         if self.remote is not None:
             return [np.asarray(a) for a in self.remote.launch_once(grid, block, args,
                                                                    shared_mem, outputs, plain)]

@@ -16,13 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from ..puzzles import PUZZLES
-from ..signature import parse_kernel_signature
 from ..words import counted
 from .compare import ranges
 from .faults import RACE_ADVICE, describe_kernel_exception, kernel_message
 from .kernel_runner import Kernel, kernel_device, note_device
 from .report import Mismatch
+from .stub_params import by_stub_names, stub_arrays
 
 LAUNCH_TIMEOUT = 10.0   # seconds; the puzzles are tiny
 
@@ -135,39 +134,6 @@ class PuzzleKernel:
                             "the same __syncthreads() calls in the same order.")
         described = describe_kernel_exception(exc)
         return Mismatch(*described) if described else exc
-
-
-def stub_arrays(kernel: str) -> list[str]:
-    """The array parameters of puzzle `kernel`'s stub, by name, in order ([] for a kernel
-    that is no puzzle)."""
-    for puzzle in PUZZLES.values():
-        if puzzle.kernel == kernel:
-            head = f'extern "C" __global__ void {puzzle.signature} {{}}'
-            return [p.name for p in parse_kernel_signature(head, kernel) if p.is_pointer]
-    return []
-
-
-def by_stub_names(counts, names: list[str]):
-    """`counts` with its arrays' counts filed under the stub's parameter names: the launch
-    passes the arrays by position, so a kernel may call them what it likes, and the checks
-    ask for the counts of `a`, `q` or `out` by the names the prompts use."""
-    arrays = [k for k in counts.by_buffer if not k.startswith("__device__ ")]
-    if len(arrays) != len(names) or arrays == names:
-        return counts
-    renamed = {stub: counts.by_buffer[own] for stub, own in zip(names, arrays)}
-    renamed.update((k, v) for k, v in counts.by_buffer.items() if k not in arrays)
-    return _Renamed(counts, renamed)
-
-
-class _Renamed:
-    """The counts of a launch with `by_buffer` keyed otherwise; the rest is the launch's (the
-    counts may live in the grader's kernel host, where nothing can be set on them)."""
-
-    def __init__(self, counts, by_buffer: dict):
-        self._counts, self.by_buffer = counts, by_buffer
-
-    def __getattr__(self, name: str):
-        return getattr(self._counts, name)
 
 
 _RACE_HINTS = {
