@@ -7,7 +7,9 @@ import numpy as np
 
 from .backend import check_contiguous, data_pointer, is_cupy_array, is_torch_tensor, to_numpy
 from .validate import check_array
-from .validate_kinds import dtype_label, dtype_shown, integer_conversion
+from .tensor_checks import (DTYPE_NAMES, check_cache_tensor, check_index_width,
+                            check_not_uint16_values, check_one_kind)
+from .validate_kinds import dtype_label, dtype_shown
 from .validate_scale import LOG2E  # noqa: F401 - re-exported
 
 THREADS = 128          # every kernel of this module runs 128-thread blocks
@@ -103,8 +105,8 @@ def _gpu_resident_blocks(kern, threads: int, nbytes: int, device: int) -> int:
 # A cache holds float32, float16 or bfloat16. NumPy holds bfloat16 through the ml_dtypes
 # package; CuPy has no bfloat16 dtype (cupy issue 7527), so on the GPU bfloat16 data comes as
 # torch.bfloat16 tensors (through DLPack, no copy) or as CuPy uint16 arrays holding the bits.
+# DTYPE_NAMES (tensor_checks.py): those three names.
 
-DTYPE_NAMES = ("float32", "float16", "bfloat16")
 KV_C_TYPES = {"float32": "float", "float16": "__half", "bfloat16": "__nv_bfloat16"}
 # The spellings of an element type, one rule for every function that takes a `dtype`
 # (PagedKVCache, PagedAttentionManager, both wrappers' plan, LlamaModel, which allow a subset):
@@ -226,49 +228,6 @@ def from_torch(x, name: str = "tensor"):
     return arr.view(np.uint16) if x.dtype == torch.bfloat16 else arr
 
 
-# The arguments that hold attention values (never page ids, lengths or scales). Shared, a
-# torch.bfloat16 tensor becomes uint16 bits: a torch.uint16 tensor there, which holds integers,
-# would come out the same and be read as bfloat16 values.
-VALUE_ARGUMENTS = frozenset({"q", "k", "v", "k_cache", "v_cache", "out"})
-
-
-def check_not_uint16_values(x, name: str) -> None:
-    """Refuse a torch.uint16 tensor `x` in value argument `name` (VALUE_ARGUMENTS)."""
-    if name in VALUE_ARGUMENTS and str(x.dtype) == "torch.uint16":
-        raise TypeError(f"{name}: expected a float32, float16 or bfloat16 tensor, got "
-                        f"torch.uint16, which holds integers; bfloat16 values go in a "
-                        f"torch.bfloat16 tensor ({name}.view(torch.bfloat16) if these are "
-                        f"their bits)")
-
-
-# The integer arguments' dtypes: page ids, lengths and offsets int32, vLLM's slots int64
-INDEX_DTYPES = {"block_tables": "int32", "block_table_row": "int32", "seq_lens": "int32",
-                "qo_indptr": "int32", "indptr": "int32", "indices": "int32",
-                "last_page_len": "int32", "slot_mapping": "int64"}
-
-
-def check_index_width(x, name: str) -> None:
-    """Refuse a torch integer tensor `x` of another width than index argument `name` takes
-    (INDEX_DTYPES), naming torch's conversion: shared, it is a NumPy or CuPy array, whose
-    refusal would name that library's."""
-    got, want = str(x.dtype).replace("torch.", ""), INDEX_DTYPES.get(name)
-    hint = integer_conversion(got, [want], name, "torch") if want and \
-        got.startswith(("int", "uint")) else ""
-    if hint:
-        raise TypeError(f"{name}: expected dtype {want}, got {got}{hint}")
-
-
-def check_cache_tensor(x, name: str) -> None:
-    """Refuse a torch cache `x` of no element type the caches' readers take (decode, gather,
-    write_kv: DTYPE_NAMES), as a tensor: shared, a torch.bfloat16 cache is uint16 bits, and
-    the array's refusal would offer uint16, which torch callers may not pass
-    (check_not_uint16_values). An fp8 tensor is left to from_torch, which names the view to
-    its codes."""
-    got = str(x.dtype).replace("torch.", "")
-    if got not in DTYPE_NAMES and not got.startswith("float8"):
-        raise TypeError(f"{name}: expected dtype {' or '.join(DTYPE_NAMES)}, got {got}")
-
-
 def shared_arrays(named: dict, kv_format=None, elements: bool = False,
                   float_caches: bool = False) -> list:
     """The values of `named` (argument name: value) with each torch tensor as the NumPy or
@@ -278,7 +237,9 @@ def shared_arrays(named: dict, kv_format=None, elements: bool = False,
     (a strided view: .contiguous(); pages of torch.float8_e4m3fn codes where `kv_format`, a
     quant.KVFormat, is the plan's: .view(torch.uint8); integers in torch.uint16 values, which
     would pass for bfloat16 bits once shared; an index of another integer width:
-    .to(torch.int32); where `float_caches`, caches of no float type a cache holds)."""
+    .to(torch.int32); where `float_caches`, caches of no float type a cache holds). Values (q,
+    K, V, out) with bfloat16 among them are all tensors or all arrays (check_one_kind)."""
+    check_one_kind(named)
     for name, x in named.items():
         if is_torch_tensor(x):
             check_contiguous(x, name)

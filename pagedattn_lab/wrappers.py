@@ -16,7 +16,10 @@ GPU are read back once, the first time a run meets that array, quant.check_run_s
 `out=` to keep one result per layer. bfloat16 data: ml_dtypes.bfloat16 NumPy arrays on the
 CPU; torch.bfloat16 tensors (any torch tensor, through DLPack, no copy) or CuPy uint16 arrays
 holding the bits on the GPU (CuPy has no bfloat16); a NumPy uint16 array is refused (on the
-CPU uint16 is integers, as paged_attention_decode and write_kv read it).
+CPU uint16 is integers, as paged_attention_decode and write_kv read it). A call with bfloat16
+among its values (q, the caches, out) takes them all as torch tensors or all as arrays: beside
+a torch.bfloat16 tensor, shared as its uint16 bits, a NumPy uint16 array of integers would pass
+for bfloat16 too (float32 and float16 values, the tables and the scales may mix).
 
 Compressed pages (`quant.py`): `plan(..., kv_dtype="int8" | "fp8_e4m3",
 scale_scheme="static" | "per_token")`, then `run(q, k_cache, v_cache, k_scale=, v_scale=)`
@@ -47,6 +50,7 @@ from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
+from .tensor_checks import check_tensor_dtypes
 from .validate import check_array, check_int, check_plain, check_plan_sizes
 from .validate_out import check_out, check_plan_buffer
 from .validate_scale import resolve_scale
@@ -329,10 +333,15 @@ class BatchDecodeWrapper(DecodeRun):
         like, given_out = (q if is_torch_tensor(q) else None), out
         tensors = like is not None or any(is_torch_tensor(x) for x in (k_cache, v_cache, out,
                                                                        k_scale, v_scale))
-        # uint16 holds bfloat16 bits on CuPy and in a torch.bfloat16 tensor's view; a NumPy
-        # uint16 array holds integers, refused as paged_attention_decode and write_kv do
-        dtypes = self._array_dtypes if self.on_gpu or tensors else self._array_dtypes[:1]
+        # uint16 holds bfloat16 bits on CuPy and in a torch.bfloat16 q's view (beside which
+        # every bfloat16 value is a tensor: check_one_kind); a NumPy uint16 array holds
+        # integers, refused as paged_attention_decode and write_kv do (torch scales beside
+        # NumPy values change nothing there)
+        dtypes = self._array_dtypes if self.on_gpu or like is not None else self._array_dtypes[:1]
         if tensors:
+            values = dict(q=q, out=out) if self.kv_format is not None else \
+                dict(q=q, k_cache=k_cache, v_cache=v_cache, out=out)
+            check_tensor_dtypes(values, self.dtype, "as planned")
             q, k_cache, v_cache, out, k_scale, v_scale = shared_arrays(
                 dict(q=q, k_cache=k_cache, v_cache=v_cache, out=out, k_scale=k_scale,
                      v_scale=v_scale), self.kv_format)

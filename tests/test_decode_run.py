@@ -125,7 +125,8 @@ def test_torch_tensors_after_numpy_arrays(rng):
     out = w.run(*(torch.from_numpy(a) for a in (q, k, v)))
     assert isinstance(out, torch.Tensor)
     check_close(out.numpy(), reference(args), "float32")
-    with pytest.raises(TypeError, match="q: the plan is for float32"):
+    with pytest.raises(TypeError, match=r"q: expected dtype torch\.float32 \(as planned\), got "
+                                        r"torch\.float64"):
         w.run(torch.from_numpy(q).double(), k, v)
 
 

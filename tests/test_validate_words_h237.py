@@ -145,9 +145,9 @@ def test_a_torch_float64_cache_is_not_offered_uint16():
     assert refusal(gather_kv, tk, tv, tt[0], 5) == want
     rows = torch.zeros((1, KV_HEADS, DIM), dtype=torch.float64)
     assert refusal(write_kv, rows, rows, tk, tv, torch.tensor([0])) == want
-    # the v_cache alone, and the NumPy caller's words, are as they were
+    # the v_cache alone is told k_cache's torch dtype; the NumPy caller's words are as they were
     assert refusal(paged_attention_decode, tq.float(), tk.float(), tv, tt, tl) == \
-        "v_cache: expected dtype float32 or float16 or bfloat16, got float64"
+        "v_cache: expected dtype torch.float32 (k_cache's), got torch.float64"
     assert refusal(paged_attention_decode, q, k, v, tables, lens) == want
 
 
