@@ -14,7 +14,7 @@ from ..engine.prefix_cache import hash_block
 from ..validate_kinds import is_int
 from ..words import counted
 from .compare import POW2_HINT, call_on_copies, changed_input, pow2_mixes
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .seeds import case_rng
 
 
@@ -169,6 +169,30 @@ def _reference_prefix(hashes, cached, num_tokens, page_size, stop_at_miss=True, 
     return pages, (min(computed, num_tokens - 1) if cap else computed)
 
 
+def _trailing_run(hashes, cached) -> list:
+    """The pages of the longest run of cached blocks that ends at the prompt's last block."""
+    run = []
+    for h in reversed(hashes):
+        if h not in cached:
+            break
+        run.append(cached[h])
+    return run[::-1]
+
+
+def _right_without_page_0(fn, hashes, cached, num_tokens, page_size) -> bool:
+    """The learner's lookup is right once page 0 is renumbered to a page no other block
+    holds: then page 0 alone (its number's truth value) emptied its result; a lookup that
+    found nothing for another reason finds nothing here too."""
+    spare = max(cached.values()) + 1
+    renumbered = {h: spare if page == 0 else page for h, page in cached.items()}
+    got = probe(fn, list(hashes), dict(renumbered), num_tokens, page_size)
+    expected = _reference_prefix(hashes, renumbered, num_tokens, page_size)
+    try:
+        return got is not None and (list(got[0]), int(got[1])) == expected
+    except (TypeError, ValueError, IndexError, KeyError):   # a probe's odd return proves nothing
+        return False
+
+
 def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -> None:
     rng = case_rng(seed)
     hashes = [bytes(rng.integers(0, 256, 32, dtype=np.uint8)) for _ in
@@ -219,10 +243,14 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
                                              page0_is_page=False):
         hint = ("the lookup stopped at page 0 as if it were a miss: page 0 is a page like any "
                 "other. Test `h in cached` (or `is None`), not the page number's truth value.")
-    elif not got[0] and expected[0][:1] == [0]:   # (an empty result: say what the evidence is)
+    elif not got[0] and expected[0][:1] == [0] and \
+            _right_without_page_0(fn, hashes, snapshot, num_tokens, page_size):
         hint = ("no pages, though block 0 is cached, at page 0: a lookup that tests the page "
                 "number's truth value stops there as if it were a miss. Test `h in cached` (or "
                 "`is None`).")
+    elif not got[0] and expected[0]:
+        hint = ("no pages, though block 0 is cached: the run starts at hashes[0] and goes "
+                "forward, block by block, to the first hash not in `cached`.")
     elif got == _reference_prefix(hashes, cached, num_tokens, page_size, cap=False):
         hint = ("every token of this prompt is cached, but the last one must still be computed: "
                 "its logits give the first output token. num_computed is at most "
@@ -243,6 +271,10 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
         hint = "num_computed counts tokens, not blocks: len(pages) * page_size (capped)."
     elif got[0] == expected[0]:
         hint = "the pages are right; num_computed = min(len(pages) * page_size, num_tokens - 1)."
+    elif got[0] and got[0] == _trailing_run(hashes, snapshot):
+        hint = ("these are the pages of the cached run at the END of the prompt: a block's K/V "
+                "are only valid on top of every block before it, so the run starts at "
+                "hashes[0] and stops at the first miss.")
     elif got[0] == [snapshot.get(h) for h in hashes]:
         hint = "a block not in the cache has no page: stop at the first miss."
     else:   # no known mistake gives this: restate the spec

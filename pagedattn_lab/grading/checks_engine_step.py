@@ -153,11 +153,14 @@ def _requests(rng, page_size):
     return running, waiting
 
 
-def _draw(rng, page_size, budget, max_chunk, watermark):
+def _draw(rng, page_size, budget, max_chunk, watermark, under_watermark=False):
+    """`under_watermark`: fewer free pages than the running requests' new pages and the
+    watermark need together (they still fit: the watermark only prices waiting prompts)."""
     running, waiting = _requests(rng, page_size)
     need = sum(_new_pages(r, min(r.num_tokens - r.num_computed, max_chunk), page_size)
                for r in running)
-    free = need + watermark + int(rng.integers(0, 12))
+    free = need + (int(rng.integers(0, watermark)) if under_watermark else
+                   watermark + int(rng.integers(0, 12)))
     return running, waiting, budget, free, watermark, page_size, max_chunk
 
 
@@ -171,7 +174,8 @@ def _draw_step(seed: int, page_size: int, budget: int, max_chunk: int, watermark
     rng = case_rng(seed)
     mark = next(m for rule, _, m in MISTAKES if rule == exposes)
     for _ in range(3000):
-        args = _draw(rng, page_size, budget, max_chunk, watermark)
+        args = _draw(rng, page_size, budget, max_chunk, watermark,
+                     exposes == "watermark_for_waiting_only")
         expected = reference_step(*args)
         wrong = reference_step(*args, **{exposes: False})
         others = [reference_step(*args, **{rule: False}) for rule in RULES if rule != exposes]
@@ -269,6 +273,7 @@ TARGETS = {
     "divide": "a page size that is not a power of two",
     "charge_growth": "new tokens that fill a running request's last page",
     "exact_ceil": "a chunk of a whole number of pages",
+    "watermark_for_waiting_only": "running requests' new pages below the watermark",
 }
 
 
@@ -283,7 +288,8 @@ def schedule_step(fn) -> CheckResult:
         (8, 64, 20, 1, "ceil_cost"), (4, 80, 24, 1, "charge_waiting"),
         (4, 40, 16, 0, "budget_waiting"), (4, 64, 16, 1, "clamp"), (4, 64, 8, 1, "chunk_cost"),
         (6, 64, 20, 1, "divide"),   # (every page_size but this one is a power of two)
-        (4, 64, 16, 1, "charge_growth"), (4, 64, 16, 1, "exact_ceil")]
+        (4, 64, 16, 1, "charge_growth"), (4, 64, 16, 1, "exact_ceil"),
+        (4, 64, 16, 3, "watermark_for_waiting_only")]
     cases = [Case("targets " + TARGETS[e] + (", running requests alone over it" if r else ""),
                   {"page_size": p, "budget": b, "max_chunk": c, "watermark": w},
                   lambda i=i, p=p, b=b, c=c, w=w, e=e, r=r: _step_case(fn, 1220 + i, p, b, c,

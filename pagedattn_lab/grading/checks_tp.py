@@ -17,6 +17,7 @@ from ..distributed.shard import head_range
 from ..validate_kinds import is_int
 from ..words import counted
 from .compare import POW2_HINT, call_on_copies, kv_head_rule, pow2_ceil_forms, pow2_div
+from .gather_variants import wrong_orders, wrong_shape_hint
 from .report import Case, CheckResult, Mismatch, as_array, run_cases, several_fit
 from .seeds import case_rng   # the grader salts the random cases
 
@@ -159,23 +160,6 @@ def head_split(fn) -> CheckResult:
 
 # -- task 2: the gathered output -------------------------------------------------------------
 
-def _gather_variants(gathered, world, batch, heads, dim):
-    blocks = gathered.reshape(world, batch, heads // world, dim)
-    return [
-        ("the buffer is rank after rank (rank 0's whole [batch, H/R, D] block first), so a "
-         "plain reshape to [batch, H, D] mixes the ranks' sequences: reshape to [R, batch, "
-         "H/R, D] and move the rank axis next to the heads.", gathered.reshape(batch, heads, dim)),
-        ("rank r's block holds heads r*H/R ... (r+1)*H/R - 1: rank 0's heads come first.",
-         blocks[::-1].transpose(1, 0, 2, 3).reshape(batch, heads, dim)),
-        ("rank r's local head j is global head r*H/R + j (consecutive ranges), not j*R + r: "
-         "the rank axis goes before the local-head axis.",
-         blocks.transpose(1, 2, 0, 3).reshape(batch, heads, dim)),
-        ("each rank's block is its output [batch, H/R, head_dim]: sequences first, then its "
-         "heads.", gathered.reshape(world, heads // world, batch, dim).transpose(2, 0, 1, 3)
-         .reshape(batch, heads, dim)),
-    ]
-
-
 def _gather_case(fn, world, full) -> None:
     batch, heads, dim = full.shape
     n = heads // world
@@ -190,7 +174,10 @@ def _gather_case(fn, world, full) -> None:
         reduced = next((how for how, reduce in (("summed", np.sum), ("averaged", np.mean))
                         if got.shape == (batch, n, dim) and world > 1 and
                         np.allclose(got, reduce(blocks, axis=0))), None)
-        if reduced:
+        laid_out = wrong_shape_hint(got, gathered, world, batch, heads, dim)
+        if laid_out:
+            hint = laid_out
+        elif reduced:
             hint = (f"the ranks' blocks were {reduced}, as an all-reduce would: they hold "
                     "different heads, not parts of the same ones, so each block goes to its "
                     "own heads, r*H/R ... (r+1)*H/R - 1, side by side.")
@@ -201,7 +188,7 @@ def _gather_case(fn, world, full) -> None:
     if np.array_equal(got, full):
         return
     b, h = (int(x[0]) for x in np.nonzero((got != full).any(axis=2)))
-    hint = next((t for t, v in _gather_variants(gathered, world, batch, heads, dim)
+    hint = next((t for t, v in wrong_orders(gathered, world, batch, heads, dim)
                  if not np.array_equal(v, full) and np.array_equal(got, v)), None)
     if hint is None and np.allclose(got, full, rtol=1e-2, atol=1e-3):
         hint = ("every value is in its place but not bit for bit the one its rank computed "

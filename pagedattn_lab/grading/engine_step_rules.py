@@ -18,7 +18,9 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
                     partial=True, stop_when_spent=True, at_most=True, ceil_cost=True,
                     charge_waiting=True, budget_waiting=True, clamp=True, chunk_cost=True,
                     divide=True, charge_growth=True, exact_ceil=True, count_held=True,
-                    subtract_held=True, in_pages=True, ceil_growth=True, pow2_ceil=None):
+                    subtract_held=True, in_pages=True, ceil_growth=True,
+                    watermark_for_waiting_only=True, chunk_long=True, budget_in_tokens=True,
+                    pow2_ceil=None):
     """The engine's order with one rule switchable off (each switch is a known mistake;
     ceil_growth, a running request's new pages rounded down, only with ceil_cost, in
     COMBINED).
@@ -34,6 +36,8 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
 
     def size(req, is_running):
         n = req.num_tokens - req.num_computed
+        if not chunk_long and not is_running and n > max_chunk:
+            return None   # max_chunk taken for a limit on the prompt: a long one never runs
         if chunk and (chunk_running or not is_running):
             n = min(n, max_chunk)
         if use_budget:
@@ -51,12 +55,14 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
             n = None if spent() else size(req, True)
             if n is None:
                 break
-            out.append((req.rid, n))
-            budget -= n
             held = req.num_pages if count_held else pages(req.num_computed)
             filled = pages(req.num_computed + n) if ceil_growth else \
                 (req.num_computed + n) // page_size
             grow = filled - (held if subtract_held else 0) if charge_growth else pages(n)
+            if not watermark_for_waiting_only and max(0, grow) + watermark > free:
+                break
+            out.append((req.rid, n))
+            budget -= n if budget_in_tokens else 1
             if charge_running:
                 free -= max(0, grow) if clamp else grow
 
@@ -81,7 +87,7 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
                     break
                 continue
             out.append((req.rid, n))
-            budget -= n if budget_waiting else 0
+            budget -= (n if budget_in_tokens else 1) if budget_waiting else 0
             free -= cost if charge_waiting else 0
 
     if decodes_first:
@@ -122,6 +128,11 @@ def running_over_budget(batch, running, budget):
     return sum(n for rid, n in batch if rid in rids) > budget
 
 
+def _running_in(batch, running) -> int:
+    rids = {r.rid for r in running}
+    return sum(rid in rids for rid, _ in batch)
+
+
 def _admits_more(got, expected, args):
     """More waiting prompts admitted in `got` than in `expected` (args[1]: the waiting)."""
     return len(_admitted(got, args[1])) > len(_admitted(expected, args[1]))
@@ -144,6 +155,10 @@ MISTAKES = [
      "is left of max_num_batched_tokens.", lambda got, exp, a: sum(n for _, n in got) > a[2]),
     ("chunk", "a prompt chunk was longer than max_chunk: prefill a long prompt in chunks of at "
      "most max_chunk tokens (chunked prefill).", lambda got, exp, a: _over_chunk(got, a[1], a[6])),
+    ("chunk", "a prompt was sized without max_chunk: at min(wanted, budget left) tokens it "
+     "cost more pages than are left and was refused, where a chunk of at most max_chunk "
+     "tokens fits: prefill a long prompt in chunks (chunked prefill).",
+     lambda got, exp, a: _admits_fewer(got, exp, a) and not _over_chunk(got, a[1], a[6])),
     ("use_watermark", "the watermark was ignored: admit a prompt only if cost + watermark <= "
      "the pages still free, to leave the running requests room to grow.",
      _admits_more),
@@ -196,10 +211,21 @@ MISTAKES = [
     ("subtract_held", "a running request was charged every page its tokens fill, "
      "ceil((num_computed + n) / page_size): it already holds num_pages of them, so it needs "
      "only max(0, ceil((num_computed + n) / page_size) - num_pages) new ones.", _admits_fewer),
+    ("watermark_for_waiting_only", "a running request was held to the watermark: it keeps "
+     "pages free for the running requests, so it prices only the waiting prompts; a running "
+     "request's new pages come out of the free pages as they are (the caller guarantees them).",
+     lambda got, exp, a: _running_in(got, a[0]) < _running_in(exp, a[0])),
+    ("chunk_long", "a prompt longer than max_chunk was left waiting: max_chunk is the size "
+     "of a chunk, not a limit on the prompt (a longer prompt would never run); it gets "
+     "min(wanted, budget left, max_chunk) tokens now and the rest in later steps.",
+     _admits_fewer),
+    ("budget_in_tokens", "the budget was counted in requests, one per pair: it is a number "
+     "of tokens, so each request's n new tokens come out of it (a prefill chunk spends many).",
+     lambda got, exp, a: sum(n for _, n in got) > a[2]),
     ("in_pages", "a prompt chunk of n tokens was priced at n pages, one per token: a page "
      "holds page_size tokens, so it takes ceil(n / page_size) pages.", _admits_fewer),
 ]
-RULES = tuple(rule for rule, _, _ in MISTAKES)
+RULES = tuple(dict.fromkeys(rule for rule, _, _ in MISTAKES))   # (a rule may show two marks)
 
 # Mistakes that switch several rules off at once, named only when no single one gives the
 # batch: (the rules, the hint, the mark), as in MISTAKES.
@@ -207,6 +233,10 @@ COMBINED = [
     (("charge_running", "charge_waiting"), "every waiting prompt was priced against the "
      "original free_pages: take the running requests' new pages from it first, then each "
      "admitted prompt's pages, and price the next prompt against what is left.", _admits_more),
+    (("chunk_long", "partial"), "a prompt was admitted only whole: one longer than "
+     "max_chunk or than the budget left waited (a long prompt would wait forever); it gets "
+     "a chunk of min(wanted, budget left, max_chunk) tokens now and the rest in later steps.",
+     _admits_fewer),
     (("ceil_cost", "ceil_growth"), "pages were counted rounded down (tokens // page_size), for "
      "the running requests and the prompts alike: a partly filled page is still a page, so "
      "tokens take ceil(tokens / page_size) = -(-tokens // page_size) pages.", _admits_more),
