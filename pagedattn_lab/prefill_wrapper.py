@@ -49,7 +49,7 @@ from .prefill_plan import (DECODE_ROWS, DECODE_VARIANT, HEAD_DIMS, KV_TILE, Vari
                            check_int32_ranges, check_prefill_tables, shared_bytes,
                            variant_for, work_list)
 from .quant import check_run_scales, check_scheme, kv_format
-from .tensor_checks import check_tensor_dtypes
+from .tensor_checks import check_planned_tensors
 from .validate import bf16_bits_hint, check_array, check_bool, check_int, check_plan_sizes
 from .validate_kinds import dtype_label
 from .validate_out import check_out, check_plan_buffer
@@ -258,9 +258,7 @@ class BatchPrefillWrapper:
         named = {"q": q, "k_cache": k_cache, "v_cache": v_cache, "out": out,
                  "k_scale": k_scale, "v_scale": v_scale}
         if any(is_torch_tensor(x) for x in named.values()):
-            values = dict(q=q, out=out) if self.kv_format is not None else \
-                dict(q=q, k_cache=k_cache, v_cache=v_cache, out=out)
-            check_tensor_dtypes(values, self.dtype.name, "as planned")
+            check_planned_tensors(self.dtype.name, self.kv_format, q, k_cache, v_cache, out)
             like = q if is_torch_tensor(q) else None
             arrays = dict(zip(named, shared_arrays(named, self.kv_format, elements=True)))
             return result_for(self.run(**arrays, scale=scale), like, out)

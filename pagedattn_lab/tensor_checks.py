@@ -72,6 +72,15 @@ def check_tensor_dtypes(named: dict, want: str | None, source: str) -> None:
         raise TypeError(f"{name}: expected dtype torch.{want} ({source}), got {got}")
 
 
+def check_planned_tensors(dtype: str, kv_format, q, k_cache, v_cache, out) -> None:
+    """check_tensor_dtypes of a wrapper run's values against its plan's `dtype`: q and out
+    alone where the plan reads compressed pages (`kv_format` not None), whose caches hold codes
+    of the format's own dtype."""
+    values = dict(q=q, out=out) if kv_format is not None else \
+        dict(q=q, k_cache=k_cache, v_cache=v_cache, out=out)
+    check_tensor_dtypes(values, dtype, "as planned")
+
+
 def check_one_kind(named: dict) -> None:
     """Refuse values (VALUE_ARGUMENTS) with bfloat16 among them of which some are torch tensors
     and some NumPy or CuPy arrays: bfloat16 has no dtype the libraries share. Shared, a

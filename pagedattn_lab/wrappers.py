@@ -50,7 +50,7 @@ from .rawkernel import PackedLaunch
 from .kernels import kernel as load_kernel
 from .quant import check_run_scales, check_scheme, kv_format
 from .run_checks import explain_run
-from .tensor_checks import check_tensor_dtypes
+from .tensor_checks import check_planned_tensors
 from .validate import check_array, check_int, check_plain, check_plan_sizes
 from .validate_out import check_out, check_plan_buffer
 from .validate_scale import resolve_scale
@@ -339,9 +339,7 @@ class BatchDecodeWrapper(DecodeRun):
         # NumPy values change nothing there)
         dtypes = self._array_dtypes if self.on_gpu or like is not None else self._array_dtypes[:1]
         if tensors:
-            values = dict(q=q, out=out) if self.kv_format is not None else \
-                dict(q=q, k_cache=k_cache, v_cache=v_cache, out=out)
-            check_tensor_dtypes(values, self.dtype, "as planned")
+            check_planned_tensors(self.dtype, self.kv_format, q, k_cache, v_cache, out)
             q, k_cache, v_cache, out, k_scale, v_scale = shared_arrays(
                 dict(q=q, k_cache=k_cache, v_cache=v_cache, out=out, k_scale=k_scale,
                      v_scale=v_scale), self.kv_format)
