@@ -29,7 +29,7 @@ from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwr
 from .puzzle_runner import count_then_check
 from .printer import WIDTH
 from .report import Case, CheckResult, Mismatch, probe, run_cases
-from .stub_params import as_named, by_stub_names, stub_arrays
+from .stub_params import as_named
 from .table_probe import full_table, transposed_hint
 from .variants import attention_mistakes
 
@@ -193,7 +193,6 @@ def _tile_loads(comp: _Compiled, prob, got) -> None:
     _, counts = count_then_check(
         lambda host: kern.count(grid, (TILE_Q,), host, shared, timeout=KERNEL_TIMEOUT), args,
         [5], lambda: [got], "the GPU's" if kern.device == "gpu" else "the checked launch's")
-    counts = by_stub_names(counts, stub_arrays(comp.name))   # (the kernel's own names may differ)
     head_dim, page_size, heads = (prob.shape[k] for k in ("head_dim", "page_size", "num_heads"))
     firsts = np.arange(grid[0])[None, :] * TILE_Q
     lens = prob.seq_lens.astype(np.int64)[:, None]

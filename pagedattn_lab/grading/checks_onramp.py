@@ -16,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..puzzles import PUZZLES
+from .compare import diagnose
 from .puzzle_grid_hints import grid_hints
 from .puzzle_hints import check_budget, check_output, not_ten, own_value_doubled, unstored_hint
 from .puzzle_runner import PuzzleKernel, count_line
@@ -122,6 +123,8 @@ def _guard_case(kern, seed, n):
     expected = PUZZLES["guard"].spec(a.astype(np.float64), b)
 
     def wrong_terms(diff):   # (every element written: the index is right, the sum is not)
+        if diff.unwritten.any():
+            return None
         a64, b64 = a.astype(np.float64), b.astype(np.float64)
         forms = [("every element is a[i] + a[i]: the second term is b[i].", a64 + a64),
                  ("every element is b[i] + b[i]: the first term is a[i].", b64 + b64),
@@ -130,9 +133,7 @@ def _guard_case(kern, seed, n):
                  ("every element is a[i] * b[i]: the spec adds, a[i] + b[i].", a64 * b64),
                  ("every element is a[i] alone: add b[i] to it.", a64),
                  ("every element is b[i] alone: add a[i] to it.", b64)]
-        return next((text for text, wrong in forms if not diff.unwritten.any()
-                     and not np.allclose(wrong, expected, atol=1e-5)
-                     and np.allclose(got, wrong, atol=1e-5)), None)
+        return diagnose(got, expected, forms, atol=1e-5, rtol=1e-5)
 
     i, whole = np.arange(n), n // threads * threads
     check_output(kern, got, expected, ("element",),

@@ -25,7 +25,7 @@ from . import slack_reads
 from .faults import describe_kernel_exception
 from .kernel_lint import lint, refuse_unlisted_headers
 from .report import Mismatch, note
-from .stub_params import name_as_stub
+from .stub_params import by_stub_names, name_as_stub, stub_arrays
 from .time_limits import CaseTimeout
 from .wire import ProtocolError
 
@@ -147,15 +147,18 @@ class Kernel:
 
     def count(self, grid, block, args: list, shared_mem: int = 0, *, racecheck: bool = False,
               timeout=None):
-        """One launch on the CPU executor with its memory accesses counted (AccessCounts);
-        `args` (a list) is written in place, as by `pagedattn_lab.cpu.count_accesses`."""
+        """One launch on the CPU executor with its memory accesses counted (AccessCounts,
+        its arrays filed under the stub's names: stub_params.by_stub_names); `args` (a list)
+        is written in place, as by `pagedattn_lab.cpu.count_accesses`."""
         with self._stub_names():
             if self.remote is not None:   # the counts and the outputs come from the sandbox
-                return self.remote.count(grid, block, args, shared_mem, racecheck=racecheck,
-                                         timeout=timeout)
-            from ..cpu import count_accesses  # noqa: PLC0415 - the executor on demand
-            return count_accesses(self.kernel, grid, block, args, shared_mem,
-                                  racecheck=racecheck, timeout=timeout)
+                counts = self.remote.count(grid, block, args, shared_mem,
+                                           racecheck=racecheck, timeout=timeout)
+            else:
+                from ..cpu import count_accesses  # noqa: PLC0415 - the executor on demand
+                counts = count_accesses(self.kernel, grid, block, args, shared_mem,
+                                        racecheck=racecheck, timeout=timeout)
+        return by_stub_names(counts, stub_arrays(self.name))
 
     @contextlib.contextmanager
     def _stub_names(self):

@@ -3,8 +3,8 @@
 The launch passes arguments by position, so a learner may rename the stub's parameters
 (`k_cache` -> `kc`) and the kernel still works. The hints and the access counts that go by a
 parameter's name take the stub's name at the same position: `stub_arrays` and
-`by_stub_names` for the counts, `name_as_stub` (set where a launch fails) and
-`stub_buffer` for a fault. Messages that quote the learner's code keep the learner's names.
+`by_stub_names` for the counts (filed so where they are made, kernel_runner.Kernel.count),
+`name_as_stub` (set where a launch fails) and `stub_buffer` for a fault. Messages that quote the learner's code keep the learner's names.
 """
 from __future__ import annotations
 
