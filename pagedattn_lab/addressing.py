@@ -21,7 +21,7 @@ import numpy as np
 
 from .attention_common import cache_dtypes, shared_arrays, to_torch_as
 from .backend import is_cupy_array, is_torch_tensor, to_numpy
-from .tensor_checks import check_tensor_dtypes, tensor_element
+from .tensor_checks import check_like_k_cache
 from .validate import (INT32_MAX, MAX_PAGES, check_array, check_block_tables, check_int,
                        check_kv_cache)
 from .validate_kinds import is_int
@@ -198,7 +198,7 @@ def gather_inputs(k_cache, v_cache, block_table_row):
     """(k_cache, v_cache, block_table_row, like) with torch tensors as the arrays they share
     memory with (a torch.bfloat16 one as uint16 bits); like: k_cache if it was a tensor."""
     like = k_cache if is_torch_tensor(k_cache) else None
-    check_tensor_dtypes(dict(v_cache=v_cache), tensor_element(k_cache), "k_cache's")
+    check_like_k_cache(k_cache, v_cache=v_cache)
     return (*shared_arrays(dict(k_cache=k_cache, v_cache=v_cache,
                                 block_table_row=block_table_row), float_caches=True), like)
 

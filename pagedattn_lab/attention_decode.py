@@ -19,7 +19,7 @@ import numpy as np
 from .attention_common import cache_dtypes, prepare_out, result_for, shared_arrays
 from .backend import cupy_module, is_cupy_array, is_torch_tensor, pinned_like, to_numpy_together
 from .decode_plan import choose_partitions
-from .tensor_checks import check_tensor_dtypes, tensor_element
+from .tensor_checks import check_like_k_cache
 from .validate import check_array, check_attention_inputs, check_int
 from .validate_out import check_out
 from .validate_scale import resolve_scale
@@ -48,8 +48,7 @@ def paged_attention_decode(q, k_cache, v_cache, block_tables, seq_lens, scale=No
     decode_plan.TC_IMPL = "wmma"; fp16 and bf16).
     """
     like, given_out = (q if is_torch_tensor(q) else None), out
-    check_tensor_dtypes(dict(q=q, v_cache=v_cache, out=out), tensor_element(k_cache),
-                        "k_cache's")
+    check_like_k_cache(k_cache, q=q, v_cache=v_cache, out=out)
     q, k_cache, v_cache, block_tables, seq_lens, out = shared_arrays(
         dict(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,
              seq_lens=seq_lens, out=out), elements=True, float_caches=True)

@@ -24,7 +24,7 @@ from .attention_common import (
 )
 from .backend import array_module, is_torch_tensor
 from .kernels import kernel as load_kernel
-from .tensor_checks import check_tensor_dtypes, tensor_element
+from .tensor_checks import check_like_k_cache
 from .validate import check_attention_inputs
 from .validate_kinds import is_one_of
 from .validate_out import check_out
@@ -117,8 +117,7 @@ def paged_attention_prefill(q, k_cache, v_cache, block_tables, seq_lens, scale=N
         if str(getattr(x, "dtype", "")) in ("torch.bfloat16", "bfloat16"):
             raise TypeError(f"{name}: expected dtype float32 or float16 (the one-shot prefill's "
                             f"kernels), got {x.dtype}; BatchPrefillWrapper runs bfloat16")
-    check_tensor_dtypes(dict(q=q, v_cache=v_cache, out=out), tensor_element(k_cache),
-                        "k_cache's")
+    check_like_k_cache(k_cache, q=q, v_cache=v_cache, out=out)
     given_out = out
     q, k_cache, v_cache, block_tables, seq_lens, out = shared_arrays(
         dict(q=q, k_cache=k_cache, v_cache=v_cache, block_tables=block_tables,

@@ -20,7 +20,7 @@ import numpy as np
 from .attention_common import cache_dtypes, from_torch, shared_arrays, to_torch_as
 from .backend import array_module, is_cupy_array, is_torch_tensor, to_numpy
 from .kernels import kernel
-from .tensor_checks import check_tensor_dtypes, tensor_element
+from .tensor_checks import check_like_k_cache
 from .validate import INT32_MAX, check_array, check_block_tables, check_int, check_kv_cache
 from .validate_memory import check_memory
 from .validate_out import check_disjoint, check_writeable
@@ -141,7 +141,7 @@ def write_kv(k, v, k_cache, v_cache, slot_mapping) -> None:
     # uint16 holds bfloat16 bits where no bfloat16 dtype exists: CuPy, and a torch.bfloat16
     # tensor's view; a NumPy uint16 cache holds integers, refused as gather_kv and decode do
     bits = is_cupy_array(k_cache) or is_torch_tensor(k_cache)
-    check_tensor_dtypes(dict(k=k, v=v, v_cache=v_cache), tensor_element(k_cache), "k_cache's")
+    check_like_k_cache(k_cache, k=k, v=v, v_cache=v_cache)
     k, v, k_cache, v_cache, slot_mapping = shared_arrays(
         dict(k=k, v=v, k_cache=k_cache, v_cache=v_cache, slot_mapping=slot_mapping),
         float_caches=True)

@@ -72,6 +72,12 @@ def check_tensor_dtypes(named: dict, want: str | None, source: str) -> None:
         raise TypeError(f"{name}: expected dtype torch.{want} ({source}), got {got}")
 
 
+def check_like_k_cache(k_cache, **named) -> None:
+    """check_tensor_dtypes of a one-shot call's values against k_cache's torch dtype (when
+    k_cache is a tensor: the call's dtype is the cache's)."""
+    check_tensor_dtypes(named, tensor_element(k_cache), "k_cache's")
+
+
 def check_planned_tensors(dtype: str, kv_format, q, k_cache, v_cache, out) -> None:
     """check_tensor_dtypes of a wrapper run's values against its plan's `dtype`: q and out
     alone where the plan reads compressed pages (`kv_format` not None), whose caches hold codes
