@@ -163,11 +163,7 @@ class KVCacheManager:
         the free queue leave it, plus what writing its first chunk takes."""
         # (unchecked, a lookahead of -5 priced nothing, a hit of -1 read the last page's
         # count, a float computed failed inside range())
-        hits = self._hit_ids(hits)
-        for i, page in enumerate(hits):   # (admit refuses them: a price of no admission)
-            if self.pool.page_hash[page] is None:
-                raise ValueError(f"hits[{i}]: page {page} caches no prefix; pass what "
-                                 f"cached_prefix returns")
+        hits = self._cached_hit_ids(hits)   # (admit refuses them: a price of no admission)
         computed = check_int(computed, "computed", minimum=0)
         num_new = check_int(num_new, "num_new", minimum=0)
         lookahead = check_int(lookahead, "lookahead", minimum=0)
@@ -196,27 +192,30 @@ class KVCacheManager:
             self.hit_tokens += computed
             self._prepare_write(req, num_new, lookahead)
 
-    def _hit_ids(self, hits) -> list[int]:
-        """hits as Python ints, each a page id of the pool."""
+    def _cached_hit_ids(self, hits) -> list[int]:
+        """hits as Python ints, each a page id of the pool that caches a prefix: the one
+        refusal of a hit caching nothing, for pricing an admission and for admitting."""
         hits = check_int_list(hits, "hits", "page id")
         check_page_ids(hits, "hits", self.pool.num_pages, "pool")
+        for i, page in enumerate(hits):
+            if self.pool.page_hash[page] is None:
+                raise ValueError(f"hits[{i}]: page {page} caches no prefix; pass what "
+                                 f"cached_prefix returns")
         return hits
 
     def _check_hits(self, req: Request, hits, computed) -> tuple[list[int], int]:
         """(hits, computed) as ints, refused unless they are what `cached_prefix` gives: a
         page caching nothing, or another block (another prompt's, or this prompt's in another
         place), taken as a hit would serve its contents as the prompt's."""
-        hits = self._hit_ids(hits)
+        hits = self._cached_hit_ids(hits)
         computed = check_int(computed, "computed")
         if not 0 <= computed < req.num_tokens:   # (the last token is always computed)
             raise ValueError(f"computed: expected 0..{req.num_tokens - 1} (request {req.rid} "
                              f"has {req.num_tokens} tokens, the last always computed), got "
                              f"{computed}")
-        uncached = [p for p in hits if self.pool.page_hash[p] is None]
-        if len(hits) != _pages_for(computed, self.page_size) or uncached:
-            which = f", of which page {uncached[0]} caches no prefix" if uncached else ""
+        if len(hits) != _pages_for(computed, self.page_size):
             raise ValueError(f"hits: expected {_pages_for(computed, self.page_size)} page(s) "
-                             f"holding the {computed} computed token(s), got {hits}{which} "
+                             f"holding the {computed} computed token(s), got {hits} "
                              f"(pass what cached_prefix returns)")
         # the full blocks' hashes, not kept (a refused call changes no request); a hit past
         # them would cache a partial block, which is never cached

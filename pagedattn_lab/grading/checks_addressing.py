@@ -7,8 +7,7 @@ sizes that are not powers of two catch shifts and masks standing for // and %. T
 "no loop over the tokens" is judged by the clock of the process running the check (under
 the grader, the judge's), which the learner's side cannot reset as it can a count. A gather
 that indexes the cache through the row's -1 padding (NumPy wraps it to the last page) and
-then cuts the result to seq_len has the right values: the cache keeps the negative ids it is
-indexed with.
+then cuts the result to seq_len has the right values: `padding_reads` tells it.
 """
 from __future__ import annotations
 
@@ -22,6 +21,7 @@ from .cases import block_tables_for
 from .compare import (POW2_HINT, call_on_copies, changed_input, describe_difference, diagnose,
                       pow2_mixes)
 from .offset_hints import OFFSET_HINT, offset_hint
+from .padding_reads import PaddingWatch, refuse_padding_read
 from .report import Case, CheckResult, Mismatch, as_int, run_cases, several_fit
 from .seeds import case_rng
 from .time_limits import CASE_TIME_LIMIT
@@ -145,52 +145,26 @@ def kv_offset(fn) -> CheckResult:
 
 # -- task: gather one sequence with NumPy ------------------------------------------------
 
-class _Counted(np.ndarray):
+class _Counted(PaddingWatch, np.ndarray):
     """An array that counts how often it (or a view of it) is indexed: a Python loop over
-    tokens indexes once per token, a vectorized gather a few times in all. The cache's also
-    keeps the first negative id it (or a view of it) was indexed with along its first axis:
-    no page or slot is negative, so the row's -1 padding was used as a page id, which NumPy
-    wraps to the end of the cache without a word (a GPU reads out of bounds)."""
+    tokens indexes once per token, a vectorized gather a few times in all. The cache's is
+    also watched for the row's padding used as a page id (padding_reads.PaddingWatch)."""
 
     def __array_finalize__(self, obj):
         self.counter = getattr(obj, "counter", None)
-        # a view's reads are the cache's; a gather's result is a copy, the learner's own
-        ids = getattr(obj, "negative_ids", None)
-        self.negative_ids = ids if ids is not None and np.may_share_memory(self, obj) else None
+        super().__array_finalize__(obj)
 
     def __getitem__(self, key):
         if self.counter is not None:
             self.counter[0] += 1
-        self._note_negative(key[0] if isinstance(key, tuple) and key else key)
         return super().__getitem__(key)
-
-    def take(self, indices, axis=None, *args, **kwargs):
-        # (np.take calls this method; axis -ndim is the first axis too)
-        if axis is None or (isinstance(axis, (int, np.integer)) and self.ndim
-                            and int(axis) % self.ndim == 0):
-            self._note_negative(indices)
-        return super().take(indices, axis, *args, **kwargs)
-
-    def _note_negative(self, first) -> None:
-        """Keep the smallest id of `first`, an index along the first axis, if negative."""
-        if self.negative_ids is None or self.negative_ids or first is None or \
-                first is Ellipsis or isinstance(first, slice):
-            return
-        if isinstance(first, (int, np.integer)):   # (a loop over pages: kept cheap)
-            lowest = int(first)
-        else:
-            try:
-                ids = np.asarray(first)
-            except (TypeError, ValueError):
-                return   # (NumPy's own indexing refuses it next)
-            lowest = int(ids.min()) if ids.dtype.kind in "iu" and ids.size else 0
-        if lowest < 0:
-            self.negative_ids.append(lowest)
 
 
 def _counted(array: np.ndarray, counter: list, negative_ids: list | None = None) -> np.ndarray:
     out = array.view(_Counted)
-    out.counter, out.negative_ids = counter, negative_ids
+    out.counter = counter
+    if negative_ids is not None:
+        out.watch(negative_ids)
     return out
 
 
@@ -250,7 +224,8 @@ def _call_gather(fn, cache, row, seq_len, counter, timed: bool, rng=None):
         passed = {"k_cache": _counted(cache.copy(), counter, []),
                   "block_table_row": _counted(row.copy(), counter)}
         start = time.perf_counter()
-        got = _materialized(fn(*passed.values(), seq_len))
+        with _Counted.during_call():   # (np.asarray(k_cache) keeps the watch)
+            got = _materialized(fn(*passed.values(), seq_len))
         seconds = time.perf_counter() - start
         if not timed or _gathered(got, cache, token_slots(row, seq_len, cache.shape[1])):
             best = min(best, seconds)
@@ -304,8 +279,8 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
                        f"keep the cache's dtype ({expected.dtype}): index the cache, with no "
                        "astype and no np.zeros (float64 by default) to fill.",
                        str(expected.dtype), str(got.dtype))
-    if diff is None and passed["k_cache"].negative_ids:
-        _padding_read(passed["k_cache"].negative_ids[0], n_used, len(row))
+    if diff is None:
+        refuse_padding_read(passed["k_cache"].negative_ids, n_used, len(row))
     if diff is None and count_indexing and counter[0] > 2 * n_used + 6:
         raise Mismatch(f"right values, but k_cache and the row were indexed {counter[0]} times "
                        f"for {seq_len} tokens in {n_used} pages: a Python loop over the tokens",
@@ -330,6 +305,8 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
         (NEXT_ENTRY_HINT + " (NumPy takes the padding's negative slots from the end of "
          "the cache without a word.)",
          lambda: flat[row[t // page_size + 1] * page_size + t % page_size]),
+        (NEXT_ENTRY_HINT, lambda: flat[np.maximum(row[t // page_size + 1], 0) * page_size
+                                       + t % page_size]),   # (the padding read as page 0)
         (f"a gather copies exactly: keep the cache's dtype ({expected.dtype}); yours, "
          f"{got.dtype}, rounded the values.",
          lambda: expected.astype(got.dtype) if got.dtype.kind in "fiu" else None),
@@ -339,20 +316,6 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     ], atol=0, rtol=0) or ("slot = row[t // page_size] * page_size + t % page_size, for "
                            "t = arange(seq_len).")
     raise Mismatch(diff.message(), hint)
-
-
-def _padding_read(index: int, n_used: int, width: int) -> None:
-    """Fail a right gather that indexed the cache with `index` < 0: through the padding."""
-    padding = f"entry {n_used}" if width == n_used + 1 else f"entries {n_used}-{width - 1}"
-    raise Mismatch(f"right values, but k_cache was indexed with {index}: no page or slot is "
-                   f"negative, so the row's padding ({padding}, -1) was followed, and NumPy "
-                   f"took {index} from the end of the cache", "the row's padding (-1) was "
-                   "used as a page id: take only the row's first ceil(seq_len / page_size) "
-                   "entries (row[:n_pages]), or compute each token's slot from "
-                   "row[t // page_size], before indexing the cache; NumPy wraps -1 to the "
-                   "last page without a word, a GPU kernel reads out of bounds.",
-                   expected=f"no negative index (pages from the row's first {n_used} "
-                   "entries only)", got=str(index))
 
 
 def _pow2_gather(flat, row, t, page_size: int, div, mul, mod, join):
