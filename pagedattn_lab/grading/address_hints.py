@@ -3,11 +3,20 @@ too far in the block-table row, and a gather of the wrong shape."""
 from __future__ import annotations
 
 from ..words import counted
+from .report import probe
 
 # The checks' rows are longer than the sequence's pages, so the next entry always exists.
 NEXT_ENTRY_HINT = ("the first page is entry 0 of the row: token t's page is entry t // "
                    "page_size, not t // page_size + 1 (that is the next page's id, and past "
                    "the last page the row's -1 padding).")
+
+
+def adds_page_size(fn, row, seq_len: int, page_size: int) -> bool:
+    """slot_of `fn` gives row[t // page_size] + page_size + t % page_size for every token of
+    the case, the page added to page_size where it is multiplied (one token alone may give
+    that sum by coincidence)."""
+    got = probe(lambda: [int(fn(row.copy(), t, page_size)) for t in range(seq_len)])
+    return got == [int(row[t // page_size]) + page_size + t % page_size for t in range(seq_len)]
 
 
 def gather_shape_hint(got: tuple, expected: tuple, page_size: int, num_kv_heads: int) -> str:

@@ -69,6 +69,18 @@ def kept(method, pages: list, what: str):
     return result
 
 
+def legal_free(alloc, pages: list, what: str) -> None:
+    """`alloc.free(pages)` of pages each allocated once and not freed since: a ValueError
+    refuses a valid call (an id check that leaves page 0 out, say)."""
+    try:
+        kept(alloc.free, pages, what)
+    except ValueError as exc:
+        raise Mismatch(f"{what} raised ValueError: {exc}", f"pages {pages} are in use "
+                       "(allocated, not freed since), so freeing them is valid: raise only for "
+                       "an id outside 0..num_pages-1 or a page already free (ref_count 0).",
+                       expected="no error", got="ValueError raised") from exc
+
+
 def expect_free(alloc, expected: int, when: str, hint: str) -> None:
     got = num_free(alloc)
     if got != expected:

@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from ..addressing import element_offset, page_offset, physical_page, physical_slot, token_slots
-from .address_hints import NEXT_ENTRY_HINT, gather_shape_hint
+from .address_hints import NEXT_ENTRY_HINT, adds_page_size, gather_shape_hint
 from .cases import block_tables_for
 from .compare import (POW2_HINT, call_on_copies, changed_input, describe_difference, diagnose,
                       pow2_mixes)
@@ -64,6 +64,9 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
              page * page_size),
             ("a page holds page_size slots: multiply the physical page by page_size.",
              page + off),
+            ("a page holds page_size slots: multiply the physical page by page_size, do not "
+             "add it.", page + page_size + off if adds_page_size(fn, row, seq_len, page_size)
+             else None),
             ("t // page_size is the virtual page and t % page_size the offset inside it, not "
              "the other way round.",
              int(row[off]) * page_size + t // page_size if off < len(row) else None),

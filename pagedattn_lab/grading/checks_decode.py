@@ -194,7 +194,7 @@ def _partition_one_size(comp, part_len: int, sizes: dict) -> str | None:
         return o is not None and describe_difference(
             o, o_ref, ("sequence", "head", "partition", "dim"),
             mask=np.isfinite(o_ref).all(axis=-1, keepdims=True)) is None
-    return one_size_hint(right_with, sizes)
+    return one_size_hint(right_with, sizes, longest=max(sizes["seq_lens"]))
 
 
 def _partition_case(comp, seed, part_len, **sizes) -> None:

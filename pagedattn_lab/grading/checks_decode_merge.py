@@ -327,8 +327,9 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
                 "float32; exponentiate m_p minus the largest m_p.")
     if hint is None and m.max() < -88 and not np.isfinite(got).all():
         hint = (f"every m_p is far below -88 here (the largest is {fmt(m.max())}), where expf "
-                "underflows to 0 in float32, and 0 / 0 made NaN: start the max at -inf "
-                "(NEG_INF), not 0, and weight by expf(m_p - m) with m the largest m_p.")
+                "underflows to 0 in float32, and 0 / 0 made NaN: weight by expf(m_p - m) with "
+                "m the largest m_p, its max started at -inf (NEG_INF): a max started at 0, or "
+                "no m subtracted at all, weighs by expf(m_p) here.")
     b, h, _ = diff.first()
     raise Mismatch(diff.message() + f"\nRow (sequence {b}, head {h}) is written by block "
                    f"({h}, {b}); it merges {counted(int(n_parts[b, 0]), 'partition')}.",

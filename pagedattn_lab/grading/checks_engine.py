@@ -88,6 +88,10 @@ def _pow2_blocks_fit(got: list, tokens, page_size: int) -> bool:
                if len(starts) == len(got))
 
 
+_NONE_HASHES_HINT = ("a hash is None, the parent of block 0: keep what hash_block returns "
+                     "(parent = hash_block(parent, block)) and append that to the list.")
+
+
 def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
     rng = case_rng(seed)
     tokens = [int(t) for t in rng.integers(0, 1000, num_tokens)]
@@ -100,8 +104,9 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
                        type(got).__name__)
     got = list(got)
     if not all(type(h) is bytes for h in got):   # (a bytes subclass may lie with its ==)
-        raise Mismatch(f"{what}: the block hashes differ: they are not bytes", "return the "
-                       "bytes hash_block returns, as they are (no str(), hex() or wrapper).",
+        raise Mismatch(f"{what}: the block hashes differ: they are not bytes",
+                       _NONE_HASHES_HINT if None in got else "return the bytes hash_block "
+                       "returns, as they are (no str(), hex() or wrapper).",
                        "bytes",
                        repr(sorted({type(h).__name__ for h in got}))[:80])
     if got == expected:

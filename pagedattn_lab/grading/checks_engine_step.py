@@ -15,8 +15,8 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from .compare import changed_input, pow2_ceil_forms
-from .engine_step_rules import (COMBINED, MISTAKES, RULES, pages_for, reference_step,
-                                running_over_budget)
+from .engine_step_rules import (COMBINED, MISTAKES, RULES, UNTARGETED, pages_for,
+                                reference_step, running_over_budget)
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_rng
 
@@ -107,9 +107,10 @@ def _hint(fn, got, expected, args) -> str:
         return mark(got, expected, args) and reference_step(*args, **off) == got and \
             all(reference_step(*p, **off) == b for p, b in probes_of.get(rules, probes))
 
-    matching = [hint for rule, hint, mark in MISTAKES
-                if any(gives_got((rule,), mark, **form) for form in _forms(rule, args[5]))] or \
-        [hint for rules, hint, mark in COMBINED if gives_got(rules, mark)]
+    matching = ([hint for rule, hint, mark in MISTAKES
+                 if any(gives_got((rule,), mark, **form) for form in _forms(rule, args[5]))] or
+                [hint for rules, hint, mark in COMBINED if gives_got(rules, mark)]) + \
+        [hint for rule, hint, mark in UNTARGETED if gives_got((rule,), mark)]
     if matching:
         return several_fit(matching, "batch")
     if sum(n for _, n in got) > args[2]:   # what the batch shows, whatever the cause

@@ -107,7 +107,8 @@ def _fixed_page(kern: Kernel, prob, max_len: int) -> str | None:
             unwritten=unwritten(got)) is None
     # (one KV head per "query head": the gather has no GQA, so only the page hint can come)
     return one_size_hint(right_with, {"page_size": page_size, "num_heads": num_kv_heads,
-                                      "num_kv_heads": num_kv_heads})
+                                      "num_kv_heads": num_kv_heads},
+                         longest=int(prob.seq_lens.max()))
 
 
 def _gather_transposed(kern: Kernel) -> str | None:

@@ -299,7 +299,7 @@ def _one_size_hint(comp: _Compiled, prob, threads: int, tiled: bool) -> str | No
     """Wrong on this case's sequences and sizes, right with pages of 16 tokens (where this
     case's are not), or with a KV head per query head (where this case shares them)."""
     return one_size_hint(lambda **changed: _right_with(comp, prob, threads, tiled, **changed),
-                         prob.shape)
+                         prob.shape, longest=int(prob.seq_lens.max()))
 
 
 def _tail_hint(comp: _Compiled, seed: int, sizes: dict, threads: int, tiled: bool):

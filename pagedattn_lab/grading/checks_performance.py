@@ -209,6 +209,14 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
     elif got is None:
         hint = ("return a page size; when no candidate is under the limit, the smallest, "
                 "min(candidates).") if not ok else "return the page size you chose."
+    elif got == max(candidates) and waste[got] > max_waste and \
+            _largest_at(fn, lens, candidates, _least_waste_limit(lens, candidates)):
+        hint = (f"page size {got} wastes more than max_waste ({waste[got]:.4g}), yet your "
+                "code picks the largest candidate even where max_waste is the least waste of "
+                "any candidate, as if no page size wasted anything: compare each candidate's "
+                "waste with max_waste, and count allocated = sum(ceil(L / page_size)) * "
+                "page_size (rounded down, or not rounded at all, it is at most sum(seq_lens), "
+                "and the waste comes out 0 or below).")
     elif not ok and got == min(candidates, key=waste.get) and waste[got] < waste[expected]:
         hint = (f"no candidate wastes at most max_waste here: return the smallest, "
                 f"min(candidates) = {expected}, not the one that wastes least ({got}: the "
@@ -231,6 +239,20 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
                 "else the smallest.")
     raise Mismatch(f"choose_page_size with max_waste={max_waste} (waste per page size: "
                    f"{wastes})", hint, expected=str(expected), got=repr(got))
+
+
+def _largest_at(fn, lens, candidates, limit) -> bool:
+    """`fn` picks the largest candidate at max_waste=`limit` (False where limit is None)."""
+    return limit is not None and \
+        probe(fn, np.array(lens, dtype=np.int64), list(candidates), limit) == max(candidates)
+
+
+def _least_waste_limit(lens, candidates) -> float | None:
+    """The least waste of any candidate, where the largest candidate wastes more: at that
+    max_waste something qualifies (so the fallback is not asked) but not the largest."""
+    wastes = [paged_waste_fraction(lens, p) for p in candidates]
+    least = min(wastes)
+    return least if paged_waste_fraction(lens, max(candidates)) > least else None
 
 
 def _passed_over_hint(fn, lens, candidates, max_waste, got, expected, waste) -> str:

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..validate_kinds import is_int
 from .compare import FIXED_PAGE_HINT, POW2_HINT, fmt, on_copies, pow2_ceils
-from .report import Case, CheckResult, Mismatch, probe, run_cases
+from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_ints, case_rng
 
 
@@ -178,6 +178,15 @@ EMPTY_HINT = ("with nothing {what} there is nothing to waste: 0 / 0 is undefined
 
 
 FLOOR_HINT = "// rounds the fraction down to a whole number: use true division (/)."
+EMPTY_ANSWER_HINT = ("the 0.0 of a batch with nothing {what} came back for one with {what} "
+                     "slots: return 0.0 only when nothing is {what} (== 0, not != 0).")
+
+
+def _zero_hint(used: int, what: str) -> str:
+    """The hint of (slots - used) // slots: 0 wherever a token is used, as the empty batch's
+    0.0 returned for every batch is."""
+    return FLOOR_HINT if not used else several_fit([FLOOR_HINT,
+                                                    EMPTY_ANSWER_HINT.format(what=what)])
 
 # (slots / used is at least 1, so 1 minus it is never a fraction between 0 and 1)
 UPSIDE_DOWN_HINT = ("the division is upside down: the empty share is 1 - used / {slots} "
@@ -235,7 +244,7 @@ def _reserved_case(fn, lens: np.ndarray, max_len: int) -> None:
          lambda: 1 - lens.max() / max_len if len(lens) and _gives_fraction(
              fn, (np.array([1, 3]), 4), 0.25) else None),
         (FLOOR_HINT, 1 - used // reserved if reserved else None),
-        (FLOOR_HINT, (reserved - used) // reserved if reserved else None),
+        (_zero_hint(used, "reserved"), (reserved - used) // reserved if reserved else None),
         (UPSIDE_DOWN_HINT.format(slots="reserved"), 1 - reserved / used if used else None),
         *[("divide by every slot reserved for the batch (one max_len per request), not by "
            "one max_len.", v) for v in ((reserved - used) / max_len, 1 - used / max_len)],
@@ -327,7 +336,7 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
          "request like a 2048-token one: divide the batch's wasted slots by its allocated "
          "slots.", per_sequence),
         (FLOOR_HINT, 1 - used // allocated if allocated else None),
-        (FLOOR_HINT, (allocated - used) // allocated if allocated else None),
+        (_zero_hint(used, "allocated"), (allocated - used) // allocated if allocated else None),
         (UPSIDE_DOWN_HINT.format(slots="allocated"), 1 - allocated / used if used else None),
         ("a sequence of L tokens holds ceil(L / page_size) pages, not one.",
          1 - used / (len(lens) * page_size) if len(lens) else None),

@@ -20,7 +20,7 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
                     divide=True, charge_growth=True, exact_ceil=True, count_held=True,
                     subtract_held=True, in_pages=True, ceil_growth=True,
                     watermark_for_waiting_only=True, chunk_long=True, budget_in_tokens=True,
-                    pow2_ceil=None):
+                    check_pages=True, whole_pages=True, pow2_ceil=None):
     """The engine's order with one rule switchable off (each switch is a known mistake;
     ceil_growth, a running request's new pages rounded down, only with ceil_cost, in
     COMBINED).
@@ -29,6 +29,8 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
     out, free = [], free_pages
 
     def pages(tokens):   # (divide off: right for a power-of-two page_size only)
+        if not whole_pages:
+            return tokens / page_size
         if divide:
             return pages_for(tokens, page_size)
         return int(pow2_ceil(tokens)) if pow2_ceil else \
@@ -82,7 +84,7 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
             else:
                 cost = pages(priced)
             need = cost + (watermark if use_watermark else 0)
-            if need > free or (not at_most and need == free):
+            if check_pages and (need > free or (not at_most and need == free)):
                 if fcfs:
                     break
                 continue
@@ -226,6 +228,16 @@ MISTAKES = [
      "holds page_size tokens, so it takes ceil(n / page_size) pages.", _admits_fewer),
 ]
 RULES = tuple(dict.fromkeys(rule for rule, _, _ in MISTAKES))   # (a rule may show two marks)
+
+# Mistakes no case is drawn for (the random batches find them), named only when no rule of
+# MISTAKES gives the batch: (the rule, the hint, the mark), as in MISTAKES.
+UNTARGETED = [
+    ("check_pages", "a prompt was admitted without pricing its pages: admit a waiting prompt "
+     "only if ceil(n / page_size) + watermark <= the pages left, and stop at the first that "
+     "does not fit.", _admits_more),
+    ("whole_pages", "pages were counted as fractions (tokens / page_size): a page is whole, "
+     "so tokens take ceil(tokens / page_size) = -(-tokens // page_size) pages.", _admits_more),
+]
 
 # Mistakes that switch several rules off at once, named only when no single one gives the
 # batch: (the rules, the hint, the mark), as in MISTAKES.

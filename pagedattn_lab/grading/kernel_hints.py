@@ -11,7 +11,7 @@ import re
 
 import numpy as np
 
-from .report import Mismatch, NotAttempted
+from .report import Mismatch, NotAttempted, several_fit
 
 # What a float variable holds before its first write on the CPU executor built by GCC 12 or
 # later (-ftrivial-auto-var-init=pattern fills 0xfe bytes, cpu/compiler.py): -1.7e38. A sum
@@ -81,15 +81,23 @@ def mha_only_hint(num_heads: int, num_kv_heads: int) -> str:
             "h / (num_heads / num_kv_heads).")
 
 
-def one_size_hint(right_with, sizes: dict) -> str | None:
+WHOLE_TOKEN_OFFSET_HINT = ("the offset inside the page is t % page_size: the token's "
+                           "position t itself is right only in the first page.")
+
+
+def one_size_hint(right_with, sizes: dict, longest: int | None = None) -> str | None:
     """fixed_page_hint or mha_only_hint for a kernel wrong at `sizes` (page_size, num_heads,
     num_kv_heads) that `right_with(**changed)` finds right with pages of 16 tokens, or with a
-    KV head per query head; None where it is right as it is (wrong for another reason)."""
+    KV head per query head; None where it is right as it is (wrong for another reason).
+    `longest`: the case's longest sequence; where it fits one page of 16 tokens, a kernel
+    that takes the position t for the offset is right there too, and both are named."""
     fixed_page = fixed_page_asked(sizes["page_size"])
     gqa = sizes["num_kv_heads"] != sizes["num_heads"]
     if not (fixed_page or gqa) or right_with():   # (no probe where neither hint could come)
         return None
     if fixed_page and right_with(page_size=16):
+        if longest is not None and longest <= 16:
+            return several_fit([fixed_page_hint(sizes["page_size"]), WHOLE_TOKEN_OFFSET_HINT])
         return fixed_page_hint(sizes["page_size"])
     if gqa and right_with(num_kv_heads=sizes["num_heads"]):
         return mha_only_hint(sizes["num_heads"], sizes["num_kv_heads"])

@@ -41,6 +41,8 @@ NON_FINITE_MISTAKES = [  # mistakes that are right on ordinary scores come first
     ("NaN from ordinary scores, from the first key on: with m = -inf, both exp(score - m) "
      "and exp(m_new - m) are inf. Weigh each key with exp(score - m_new) and rescale with "
      "exp(m_old - m_new), which is at most 1.", "old_max"),
+    ("the running max is max(m, score), not min: a min stays at its start, -inf, and "
+     "exp(m_old - m_new) = exp(-inf - (-inf)) is NaN.", "min_max"),
     ("exp(score - m) overflowed to inf: m stayed at the first score while later scores rose "
      "far above it. m is the max so far: when a score raises it, set m to it and rescale l and "
      "acc by exp(m_old - m_new) before adding the new key.", "first_max"),
