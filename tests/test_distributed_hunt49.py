@@ -19,6 +19,7 @@ from pagedattn_lab.distributed import (TPDecode, TPPrefill, head_range, pack_tab
 from pagedattn_lab.distributed.demo import (make_q, make_tables, single_process_decode,
                                             single_process_prefill, tp_decode_rank,
                                             tp_prefill_rank, kv_pool)
+from pagedattn_lab.distributed.shard import REFUSAL_WORDS
 from pagedattn_lab.reference import reference_decode, reference_prefill_packed
 from tests.check_helpers import assert_caught
 from tests.thread_ranks import run_ranks
@@ -66,8 +67,9 @@ def test_decode_grid_equals_one_device_and_the_reference(monkeypatch, world, hea
     share = len(case["seq_lens"]) * heads // world * case["head_dim"] * \
         np.dtype(ranks[0]["out"].dtype).itemsize
     # once: the sizes agreed; per step: one broadcast of the tables, one gather of the output
+    # (each rank's, then its status words)
     assert [n for n, _ in group.log] == ["all_gather", "broadcast", "broadcast", "all_gather"]
-    assert group.log[-1] == ("all_gather", share)
+    assert group.log[-1] == ("all_gather", share + 4 * REFUSAL_WORDS)
 
 
 @needs_torch

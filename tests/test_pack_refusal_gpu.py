@@ -45,3 +45,17 @@ def test_every_gpu_rank_raises_rank_0s_refusal_and_takes_the_next_step():
             "block_tables[1, 1]: page id -3 is out"), r
         assert r["refused"] == ranks[0]["refused"]
         assert r["tables"] == [[0, 1], [2, 3]] and r["lens"] == GOOD_LENS
+
+
+def test_every_gpu_rank_raises_a_rank_s_refusal_of_its_own_inputs_then_steps():
+    """tests/test_tp_refusal_h245.py's gloo test through NCCL: rank 1 passes q with every head;
+    every rank raises its error (none waits in the gather), then the good step's output."""
+    import cupy  # noqa: PLC0415 - a GPU test
+    from tests.test_tp_refusal_h245 import (  # noqa: PLC0415 - its rank function and checks
+        check_every_rank_refused_then_stepped, refuse_then_step_rank)
+    if cupy.cuda.runtime.getDeviceCount() < 2:
+        pytest.skip("two GPUs: rank 1 refuses while rank 0 waits in the gather")
+    ranks = launch(refuse_then_step_rank, 2, "q_shape", device="gpu", backend="nccl",
+                   timeout=120)
+    # the GPU's float32 kernels round their exponentials otherwise than the CPU executor
+    check_every_rank_refused_then_stepped(ranks, "q_shape", prefill=False, atol=1e-4)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.distributed import TPDecode, TPPrefill, pack_tables, torch_missing, unpack_tables
-from pagedattn_lab.distributed.shard import (REFUSAL_BYTES, is_refusal, refusal_error,
-                                             refusal_header, refusal_message, table_capacity)
+from pagedattn_lab.distributed.shard import (is_refusal, refusal_error, refusal_header,
+                                             refusal_message, table_capacity)
 from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper
 from pagedattn_lab.wrappers import BatchDecodeWrapper
 from tests.thread_ranks import run_ranks
@@ -77,20 +77,21 @@ def test_a_refusal_comes_back_as_the_same_error(error):
         unpack_tables(header, 2)
 
 
-def test_a_long_message_is_cut_on_a_character():
-    error = ValueError("seq_lens: " + "é" * REFUSAL_BYTES)   # 2 bytes each in UTF-8
+def test_a_long_message_crosses_whole():
+    """A message of any length crosses whole: the refusal's words carry its size."""
+    error = ValueError("seq_lens: " + "é…𝄞" * 400)   # 2, 3 and 4 bytes each in UTF-8
     message = refusal_message(error)
-    assert message.shape == (REFUSAL_BYTES,) and message.dtype == np.uint8
-    text = str(refusal_error(refusal_header(4, error), message))
-    assert text.endswith("é...") and str(error).startswith(text[:-3])
-    assert len(text.encode()) <= REFUSAL_BYTES
+    header = refusal_header(4, error)
+    assert message.dtype == np.uint8 and message.size == int(header[2]) == 3610
+    assert str(refusal_error(header, message)) == str(error)
 
 
 def test_refusal_error_refuses_a_header_that_is_no_refusal():
     buf = pack_tables(i32([[0]]), i32([1]), 1, 1)
-    with pytest.raises(ValueError, match=r"^header: expected \(-1, 0\.\.1\), what "
-                                         r"refusal_header writes, got \(1, 1\)"):
-        refusal_error(buf, np.zeros(REFUSAL_BYTES, np.uint8))
+    with pytest.raises(ValueError, match=r"^header: expected \(-1, 0\.\.2, 3, 0\), what "
+                                         r"refusal_header writes for this 3-byte message, "
+                                         r"got \(1, 1, 1, 0\)$"):
+        refusal_error(buf, np.zeros(3, np.uint8))
 
 
 # ---- the ranks as threads: rank 0 refuses, every rank raises its error, the next step runs ----
@@ -130,19 +131,22 @@ def test_every_rank_raises_rank_0s_refusal_and_the_next_step_runs(monkeypatch, s
     assert refusals[0] is not None and re.match(match, str(refusals[0])), refusals[0]
     assert {(type(e), str(e)) for e in refusals} == {(type(refusals[0]), str(refusals[0]))}
     capacity = 4 * table_capacity(4, 4, step is TPPrefill)
-    assert group.log[1:] == [("broadcast", capacity), ("broadcast", REFUSAL_BYTES),
+    message = len(str(refusals[0]).encode())   # the message crosses whole, no padding
+    assert group.log[1:] == [("broadcast", capacity), ("broadcast", message),
                              ("broadcast", capacity)]
     for _, tables in results:   # the next step: rank 0's good tables on every rank
         np.testing.assert_array_equal(tables[0], GOOD[0])
         np.testing.assert_array_equal(tables[1], GOOD[1])
 
 
-def test_refusal_header_refuses_an_error_of_another_kind_by_name():
-    """Only a ValueError or TypeError crosses as a refusal; another kind was a StopIteration
-    naming nothing."""
-    with pytest.raises(TypeError, match=r"^error: expected a ValueError or TypeError \(what "
-                                        r"pack_tables raises\), got RuntimeError$"):
-        refusal_header(4, RuntimeError("the GPU fell off the bus"))
+def test_an_error_of_another_kind_crosses_as_a_runtime_error_naming_it():
+    """A ValueError or TypeError crosses as itself; another kind (a rank's step can fail with
+    any) as a RuntimeError whose message names it. What is no exception is refused by name."""
+    error = KeyError("the GPU fell off the bus")
+    rebuilt = refusal_error(refusal_header(4, error), refusal_message(error))
+    assert type(rebuilt) is RuntimeError and str(rebuilt) == "KeyError: 'the GPU fell off the bus'"
+    with pytest.raises(TypeError, match=r"^error: expected an exception, got str$"):
+        refusal_header(4, "the GPU fell off the bus")
 
 
 @needs_torch

@@ -7,9 +7,15 @@
 
 Per step, exactly two things cross the wire: the block tables and lengths (one broadcast of
 one fixed-size int32 buffer from rank 0) and the attention output (one all_gather of each
-rank's heads). The K/V pages never do: each rank reads its own heads from its own memory.
-Tables rank 0 refuses (as the wrapper's plan would) still cross, as a refusal, with its
-message in one more broadcast: every rank raises rank 0's error, none is left waiting.
+rank's heads, each followed by its 16-byte status). The K/V pages never do: each rank reads
+its own heads from its own memory.
+A step refused on any rank still takes its collectives, so that no rank is left waiting in
+one: tables rank 0 refuses (as the wrapper's plan would) cross in place of the tables; a rank
+whose plan or attend fails (its own q/k/v refused) joins the gather with zeros and a refusal
+as its status. Then one more broadcast carries the lowest refusing rank's message, whole, and
+every rank raises that error. What a step costs for this: the status words in the gather, a
+copy of the rank's output beside them, and one read of every rank's status off the GPU after
+the gather (world x 16 bytes), which waits for the gather to finish.
 Once, when the ranks build their `TPDecode`, they compare the sizes each was given (`SIZES`):
 every rank refuses a split whose ranks disagree, before any step.
 Arrays stay NumPy (CPU, gloo) or CuPy (GPU, NCCL); torch sees them through zero-copy views
@@ -21,13 +27,13 @@ import time
 
 import numpy as np
 
-from ..attention_common import DTYPE_NAMES, dtype_name
+from ..attention_common import DTYPE_NAMES, array_dtypes, dtype_name
 from ..backend import cupy_module
 from ..validate import check_int, check_plan_sizes
 from ..wrappers import BatchDecodeWrapper
 from .launch import require_torch
-from .shard import (HEADER, REFUSAL_BYTES, REFUSAL_KINDS, head_range, is_refusal, pack_tables,
-                    reassemble, refusal_error, refusal_header, refusal_message, table_capacity,
+from .shard import (REFUSAL_WORDS, REFUSED, head_range, is_refusal, pack_tables, reassemble,
+                    refusal_error, refusal_header, refusal_message, table_capacity,
                     unpack_tables)
 
 PHASES = ("broadcast", "plan", "attend", "gather")
@@ -47,6 +53,14 @@ class TPDecode:
     timed: after each phase, `timings[phase]` holds its seconds, the device synchronised
     around each (so they add up to a step's time, not to a pipelined one); timed=False runs
     the phases back to back, as serving does.
+
+    `step` never leaves a rank waiting: whatever a rank's step raises, every rank raises the
+    lowest failing rank's error (its message whole; a ValueError or TypeError as such, another
+    kind as a RuntimeError naming it) and the next step runs. Called one by one, the phases
+    guarantee as much only where every rank calls each collective phase: share_tables and
+    gather are collectives (share_tables raises rank 0's refusal on every rank); plan and
+    attend are this rank's alone, and a rank whose plan or attend raised must still call
+    `gather(refused=its error)`, as step does.
     """
 
     WRAPPER = BatchDecodeWrapper
@@ -76,6 +90,8 @@ class TPDecode:
         self._agree()
         self._buf = self.xp.zeros(table_capacity(max_batch, max_pages, self.PREFILL), np.int32)
         self._buf_t = self.as_torch(self._buf)
+        self._itemsize = array_dtypes(self.dtype, self.on_gpu)[0].itemsize   # the output's
+        self._shared = None    # this step's tables, as share_tables returned them
         self.wrapper = self.WRAPPER()
         self.timed = timed
         self.timings = dict.fromkeys(PHASES, 0.0)
@@ -141,14 +157,15 @@ class TPDecode:
         if self.rank == 0:
             try:
                 packed = self._pack(*given)
-            except REFUSAL_KINDS as refused:
+            except Exception as refused:   # noqa: BLE001 - every kind crosses as a refusal:
                 # raised here, before the broadcast, it would leave the other ranks waiting
                 error, packed = refused, refusal_header(self._buf.size, refused)
             self._buf[...] = self.xp.asarray(packed)
         self.dist.broadcast(self._buf_t, src=0)
         if is_refusal(self._buf):
-            self._raise_refusal(error)
-        return self._unpack()
+            self._raise_refusal(0, self._host(self._buf[:REFUSAL_WORDS]), error)
+        self._shared = self._unpack()
+        return self._shared
 
     def _pack(self, block_tables, seq_lens):
         return pack_tables(block_tables, seq_lens, self.max_batch, self.max_pages,
@@ -157,18 +174,25 @@ class TPDecode:
     def _unpack(self):
         return unpack_tables(self._buf, self.max_batch)
 
-    def _raise_refusal(self, error):
-        """Every rank: one more broadcast, of rank 0's message, then rank 0's error (its own
-        on rank 0, rebuilt on the others)."""
-        message = (self.xp.zeros(REFUSAL_BYTES, np.uint8) if error is None else
-                   self.xp.asarray(refusal_message(error)))
-        self.dist.broadcast(self.as_torch(message), src=0)
-        if error is not None:
+    def _rows(self) -> int:
+        """Rows of this step's output: its sequences (prefill: its packed queries)."""
+        return int(self._shared[1].shape[0])
+
+    def _host(self, a):
+        return a.get() if self.on_gpu else a
+
+    def _raise_refusal(self, src: int, words, error):
+        """Every rank: one more broadcast, of rank `src`'s message (as many bytes as its
+        refusal's `words` say), then rank `src`'s error: its own on rank `src`, rebuilt on
+        the others (from their own `error`, if they refused too)."""
+        size = int(words[2])
+        message = (self.xp.asarray(refusal_message(error)) if self.rank == src else
+                   self.xp.empty(size, np.uint8))
+        if size:   # (an empty message crosses as its size alone)
+            self.dist.broadcast(self.as_torch(message), src=src)
+        if self.rank == src:
             raise error
-        header = self._buf[:HEADER]
-        if self.on_gpu:
-            header, message = header.get(), message.get()
-        raise refusal_error(header, message)
+        raise refusal_error(words, self._host(message)) from error
 
     def plan(self, block_tables, seq_lens):
         """Plan the wrapper for this rank's heads (host work, once per step)."""
@@ -200,21 +224,47 @@ class TPDecode:
                                  f" ({stop - start} of {total}), so axis {axis} holds "
                                  f"{stop - start}; got shape {tuple(got)}: pass {fix}")
 
-    def gather(self, out_local):
-        """[batch, H, D] on every rank, from every rank's [batch, H/R, D]."""
-        return self._timed("gather", self._gather, out_local)
+    def gather(self, out_local=None, *, refused=None):
+        """[batch, H, D] on every rank, from every rank's [batch, H/R, D] (out_local). A rank
+        whose plan or attend raised passes its error as `refused` instead: it sends zeros and
+        the refusal, and every rank raises the lowest refusing rank's error."""
+        if (out_local is None) == (refused is None):
+            raise TypeError("gather: expected out_local (this rank's output) or refused (the "
+                            "error its step raised), one of the two")
+        return self._timed("gather", self._gather, out_local, refused)
 
-    def _gather(self, out_local):
-        batch = out_local.shape[0]   # sequences (decode) or packed query rows (prefill)
-        mine = out_local.reshape(-1).view(np.uint8)
+    def _gather(self, out_local, refused):
+        rows = self._rows() if out_local is None else out_local.shape[0]
+        size = rows * (self.heads.q_stop - self.heads.q_start) * self.head_dim * self._itemsize
+        mine = self.xp.empty(size + 4 * REFUSAL_WORDS, np.uint8)   # the output, then status
+        if refused is None:
+            mine[:size] = out_local.reshape(-1).view(np.uint8)
+            mine[size:] = 0
+        else:
+            mine[:size] = 0
+            mine[size:] = self.xp.asarray(refusal_header(REFUSAL_WORDS, refused).view(np.uint8))
         every = self.xp.empty(mine.size * self.world, np.uint8)
         self.dist.all_gather_into_tensor(self.as_torch(every), self.as_torch(mine))
-        return reassemble(every.view(out_local.dtype), self.world, batch, self.num_heads,
-                          self.head_dim)
+        blocks = every.reshape(self.world, mine.size)
+        # every rank's status: the step's second read off the GPU (after is_refusal's)
+        words = np.ascontiguousarray(self._host(blocks[:, size:])).view(np.int32)
+        refusing = np.flatnonzero(words[:, 0] == REFUSED)
+        if refusing.size:
+            self._raise_refusal(int(refusing[0]), words[refusing[0]], refused)
+        outputs = every.view(out_local.dtype).reshape(self.world, -1)[:, :size // self._itemsize]
+        return reassemble(outputs, self.world, rows, self.num_heads, self.head_dim)
 
     def step(self, q_local, k_shard, v_shard, block_tables=None, seq_lens=None, out=None):
         """A whole decode step: tables shared, planned, attended (into `out`, this rank's
-        [batch, H/R, D], when given), gathered."""
-        tables, lens = self.share_tables(block_tables, seq_lens)
-        self.plan(tables, lens)
-        return self.gather(self.attend(q_local, k_shard, v_shard, out))
+        [batch, H/R, D], when given), gathered; refused on any rank, raised on every rank."""
+        shared = self.share_tables(block_tables, seq_lens)
+        return self._plan_attend_gather(shared, q_local, k_shard, v_shard, out)
+
+    def _plan_attend_gather(self, shared, q_local, k_shard, v_shard, out):
+        try:
+            self.plan(*shared)
+            out_local = self.attend(q_local, k_shard, v_shard, out)
+        except Exception as refused:   # noqa: BLE001 - every kind crosses as a refusal: raised
+            # here, it would leave the other ranks waiting in the gather
+            return self.gather(refused=refused)
+        return self.gather(out_local)

@@ -46,6 +46,9 @@ class TPPrefill(TPDecode):
     def _unpack(self):
         return unpack_tables(self._buf, self.max_batch, self.max_pages)
 
+    def _rows(self) -> int:
+        return int(self._shared[2][-1])   # qo_indptr's last offset: the packed queries
+
     def plan(self, block_tables, seq_lens, qo_indptr):
         h = self.heads
         return self._timed("plan", self.wrapper.plan, qo_indptr, block_tables, seq_lens,
@@ -54,7 +57,7 @@ class TPPrefill(TPDecode):
 
     def step(self, q_local, k_shard, v_shard, block_tables=None, seq_lens=None,
              qo_indptr=None, out=None):
-        """A whole prefill step: tables shared, planned, attended, gathered."""
-        tables, lens, indptr = self.share_tables(block_tables, seq_lens, qo_indptr)
-        self.plan(tables, lens, indptr)
-        return self.gather(self.attend(q_local, k_shard, v_shard, out))
+        """A whole prefill step: tables shared, planned, attended, gathered; refused on any
+        rank, raised on every rank (see `TPDecode`)."""
+        shared = self.share_tables(block_tables, seq_lens, qo_indptr)
+        return self._plan_attend_gather(shared, q_local, k_shard, v_shard, out)

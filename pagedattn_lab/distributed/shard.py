@@ -190,9 +190,9 @@ def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
                         f"{buf.dtype}")
     batch, pages = (int(n) for n in buf[:HEADER].tolist())
     if batch == REFUSED:
-        raise ValueError(f"buf: it holds rank 0's refusal of this step, not tables (its error "
-                         f"follows in a second broadcast: {REFUSAL_BYTES} bytes of message, "
-                         f"read by refusal_error)")
+        raise ValueError("buf: it holds rank 0's refusal of this step, not tables (its error "
+                         "follows in a second broadcast: as many bytes of message as the "
+                         "refusal's words say, read by refusal_error)")
     if not (0 <= batch <= max_batch and 0 <= pages and (not prefill or pages <= max_pages)):
         raise ValueError(f"max_batch, max_pages: buf holds {batch} rows of {pages} pages, more "
                          f"than max_batch={max_batch}, max_pages={max_pages} ({_SAME_SIZES})")
@@ -216,27 +216,47 @@ def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
     return tables, lens, buf[start:start + batch + 1]
 
 
-# ---- a step rank 0 refuses ------------------------------------------------------------------
+# ---- a step a rank refuses -----------------------------------------------------------------
 # The other ranks are waiting in the broadcast when rank 0 refuses the tables it was given: so
-# the buffer goes out all the same, its header (REFUSED, the error's kind) in place of (batch,
-# pages), then one more broadcast carries the message, and every rank raises the same error.
-# A step that is not refused sends nothing more.
+# the buffer goes out all the same, a refusal's words (REFUSED, the error's kind, its message's
+# bytes) in place of (batch, pages, ...), then one more broadcast carries the message, whole, and
+# every rank raises the same error. A rank that refuses its own inputs sends the same words after
+# its share of the output's gather (TPDecode.gather). A step that is not refused sends nothing
+# more.
 
 REFUSED = -1            # in place of the batch, which is never negative
-REFUSAL_BYTES = 1024    # the message's broadcast: UTF-8, padded with zero bytes
-REFUSAL_KINDS = (ValueError, TypeError)   # what pack_tables raises, by their index here
+# int32 words of a refusal: REFUSED, kind, message bytes, 0 (16 bytes, a whole number of any
+# element, so that the outputs gathered after a rank's words stay aligned)
+REFUSAL_WORDS = 4
+# an error of one of these kinds (the first it is) is rebuilt as that kind, sent as its index
+REFUSAL_KINDS = (ValueError, TypeError)
+OTHER_KIND = len(REFUSAL_KINDS)           # any other exception: a RuntimeError naming its type
+
+
+def refusal_kind(error: Exception) -> int:
+    """`error`'s kind as sent: its index in REFUSAL_KINDS, or OTHER_KIND."""
+    if not isinstance(error, Exception):
+        raise TypeError(f"error: expected an exception, got {type(error).__name__}")
+    return next((i for i, cls in enumerate(REFUSAL_KINDS) if isinstance(error, cls)),
+                OTHER_KIND)
+
+
+def refusal_message(error: Exception) -> np.ndarray:
+    """`error`'s message, whole, as UTF-8 bytes (uint8); one of another kind than
+    REFUSAL_KINDS starts with its type's name, which the rebuilt RuntimeError would lose.
+    (A lone surrogate, which UTF-8 cannot carry, goes as its escape.)"""
+    text = str(error)
+    if refusal_kind(error) == OTHER_KIND:
+        text = f"{type(error).__name__}: {text}"
+    return np.frombuffer(text.encode("utf-8", "backslashreplace"), np.uint8).copy()
 
 
 def refusal_header(capacity: int, error: Exception) -> np.ndarray:
-    """The int32 buffer of `capacity` entries that says rank 0 refused its step with
-    `error` (a ValueError or TypeError: its kind, sent as its index in REFUSAL_KINDS)."""
-    kind = next((i for i, cls in enumerate(REFUSAL_KINDS) if isinstance(error, cls)), None)
-    if kind is None:
-        kinds = " or ".join(cls.__name__ for cls in REFUSAL_KINDS)
-        raise TypeError(f"error: expected a {kinds} (what pack_tables raises), got "
-                        f"{type(error).__name__}")
-    buf = np.zeros(check_int(capacity, "capacity", minimum=HEADER), np.int32)
-    buf[:HEADER] = REFUSED, kind
+    """The int32 buffer of `capacity` entries (at least REFUSAL_WORDS) that says its rank
+    refused the step with `error`: its REFUSAL_WORDS, then zeros."""
+    kind = refusal_kind(error)
+    buf = np.zeros(check_int(capacity, "capacity", minimum=REFUSAL_WORDS), np.int32)
+    buf[:REFUSAL_WORDS] = REFUSED, kind, refusal_message(error).size, 0
     return buf
 
 
@@ -245,26 +265,18 @@ def is_refusal(buf) -> bool:
     return int(buf[0]) == REFUSED
 
 
-def refusal_message(error: Exception) -> np.ndarray:
-    """`error`'s message as REFUSAL_BYTES uint8 (a longer one cut, on a character, to end
-    in "...")."""
-    text = str(error).encode()
-    if len(text) > REFUSAL_BYTES:
-        text = text[:REFUSAL_BYTES - 3].decode(errors="ignore").encode() + b"..."
-    out = np.zeros(REFUSAL_BYTES, np.uint8)
-    out[:len(text)] = np.frombuffer(text, np.uint8)
-    return out
-
-
 def refusal_error(header, message) -> Exception:
-    """The error rank 0 refused its step with, rebuilt from the header and the message it
-    sent (NumPy arrays)."""
-    kind = int(header[1])
-    if not (int(header[0]) == REFUSED and 0 <= kind < len(REFUSAL_KINDS)):
-        raise ValueError(f"header: expected ({REFUSED}, 0..{len(REFUSAL_KINDS) - 1}), what "
-                         f"refusal_header writes, got {tuple(int(n) for n in header[:HEADER])}")
-    text = bytes(np.asarray(message, np.uint8)).rstrip(b"\0").decode(errors="replace")
-    return REFUSAL_KINDS[kind](text)
+    """The error a rank refused its step with, rebuilt from the REFUSAL_WORDS it sent and its
+    message (NumPy arrays; the message as many bytes as the header says)."""
+    words = tuple(int(n) for n in header[:REFUSAL_WORDS])
+    message = np.asarray(message, np.uint8)
+    if not (len(words) == REFUSAL_WORDS and words[0] == REFUSED
+            and 0 <= words[1] <= OTHER_KIND and words[2] == message.size and words[3] == 0):
+        raise ValueError(f"header: expected ({REFUSED}, 0..{OTHER_KIND}, {message.size}, 0), "
+                         f"what refusal_header writes for this {message.size}-byte message, "
+                         f"got {words}")
+    text = bytes(message).decode("utf-8", errors="replace")
+    return (*REFUSAL_KINDS, RuntimeError)[words[1]](text)
 
 
 # ---- what crosses the wire -----------------------------------------------------------------
@@ -272,7 +284,8 @@ def refusal_error(header, message) -> Exception:
 class StepBytes(NamedTuple):
     """Bytes of one decode step of one attention layer (`step_bytes`)."""
     tables: int        # the broadcast buffer, once per step (all layers share it)
-    output_share: int  # one rank's part of the output, sent to every other rank
+    output_share: int  # one rank's part of the output, sent to every other rank (with its
+                       # 16-byte status, REFUSAL_WORDS int32, not counted here)
     output: int        # the whole gathered output every rank ends with
     kv_read: int       # K and V one rank reads from its own memory: never on the wire
 
