@@ -21,7 +21,7 @@ from tests.thread_ranks import run_ranks
 
 needs_torch = pytest.mark.skipif(torch_missing() is not None,
                                  reason=f"torch.distributed: {torch_missing()}")
-HANG = 40   # seconds a launch may take (two ranks start in ~3 s): past it, the ranks hung
+HANG = 120   # seconds a launch may take (~5 s idle; a loaded 2-core CI is slower): then hung
 # Over 1024 bytes (the cap that cut refusal messages before), with 2-, 3- and 4-byte characters
 LONG = "seq_lens: é…𝄞 " * 130
 BAD = {   # the refusing rank, its inputs made from the good ones (q with every head too)
@@ -209,16 +209,16 @@ def attend_fails_rank(rank: int, world_size: int, failure: str, phases: bool) ->
     if rank == 1:
         tp.wrapper.run = fail
     try:
-        if not phases:
+        if phases:
+            tp.plan(*tp.share_tables(*shared))
+            try:
+                out_local = tp.attend(q, k, v)
+            except Exception as error:   # noqa: BLE001 - gathered, as step does
+                tp.gather(refused=error)
+            else:
+                tp.gather(out_local)
+        else:   # (step alone: were it to return, the phases must not raise in its place)
             tp.step(q, k, v, *shared)
-        tables = tp.share_tables(*shared)
-        tp.plan(*tables)
-        try:
-            out_local = tp.attend(q, k, v)
-        except Exception as error:   # noqa: BLE001 - gathered, as step does
-            tp.gather(refused=error)
-        else:
-            tp.gather(out_local)
     except Exception as error:   # noqa: BLE001 - handed to the test
         return {"refused": (type(error), str(error))}
     return {"refused": None}

@@ -11,11 +11,13 @@ rank's heads, each followed by its 16-byte status). The K/V pages never do: each
 its own heads from its own memory.
 A step refused on any rank still takes its collectives, so that no rank is left waiting in
 one: tables rank 0 refuses (as the wrapper's plan would) cross in place of the tables; a rank
-whose plan or attend fails (its own q/k/v refused) joins the gather with zeros and a refusal
-as its status. Then one more broadcast carries the lowest refusing rank's message, whole, and
-every rank raises that error. What a step costs for this: the status words in the gather, a
-copy of the rank's output beside them, and one read of every rank's status off the GPU after
-the gather (world x 16 bytes), which waits for the gather to finish.
+whose plan or attend fails (its own q/k/v refused), or whose output is not its share of the
+step, joins the gather with zeros and a refusal as its status (the gather's size comes from
+the shared tables, so every rank posts the same). Then one more broadcast carries the lowest
+refusing rank's message, whole, and every rank raises that error. What a step costs for
+this: the status words in the gather, a copy of the rank's output beside them, and one read
+of every rank's status off the GPU after the gather (world x 16 bytes), which waits for the
+gather to finish (prefill: and one read of qo_indptr's last offset, the gather's rows).
 Once, when the ranks build their `TPDecode`, they compare the sizes each was given (`SIZES`):
 every rank refuses a split whose ranks disagree, before any step.
 Arrays stay NumPy (CPU, gloo) or CuPy (GPU, NCCL); torch sees them through zero-copy views
@@ -174,9 +176,16 @@ class TPDecode:
     def _unpack(self):
         return unpack_tables(self._buf, self.max_batch)
 
+    def _step_tables(self):
+        """This step's tables, as share_tables returned them on every rank."""
+        if self._shared is None:   # (on every rank alike: share_tables is a collective)
+            raise RuntimeError("gather: no step's tables yet; call share_tables first (the "
+                               "gathered rows are its sequences)")
+        return self._shared
+
     def _rows(self) -> int:
         """Rows of this step's output: its sequences (prefill: its packed queries)."""
-        return int(self._shared[1].shape[0])
+        return int(self._step_tables()[1].shape[0])
 
     def _host(self, a):
         return a.get() if self.on_gpu else a
@@ -186,8 +195,10 @@ class TPDecode:
         refusal's `words` say), then rank `src`'s error: its own on rank `src`, rebuilt on
         the others (from their own `error`, if they refused too)."""
         size = int(words[2])
-        message = (self.xp.asarray(refusal_message(error)) if self.rank == src else
-                   self.xp.empty(size, np.uint8))
+        message = self.xp.zeros(size, np.uint8)
+        if self.rank == src:   # the bytes its words announced, were str(error) to say more now
+            text = refusal_message(error)[:size]
+            message[:text.size] = self.xp.asarray(text)
         if size:   # (an empty message crosses as its size alone)
             self.dist.broadcast(self.as_torch(message), src=src)
         if self.rank == src:
@@ -227,20 +238,30 @@ class TPDecode:
     def gather(self, out_local=None, *, refused=None):
         """[batch, H, D] on every rank, from every rank's [batch, H/R, D] (out_local). A rank
         whose plan or attend raised passes its error as `refused` instead: it sends zeros and
-        the refusal, and every rank raises the lowest refusing rank's error."""
+        the refusal, and every rank raises the lowest refusing rank's error. An out_local
+        that is not this step's share (its rows, heads, head_dim, dtype), or a call with
+        neither or both, is this rank's refusal too: raised alone, it would leave the others
+        waiting."""
         if (out_local is None) == (refused is None):
-            raise TypeError("gather: expected out_local (this rank's output) or refused (the "
-                            "error its step raised), one of the two")
+            out_local, refused = None, TypeError(
+                "gather: expected out_local (this rank's output) or refused (the error its "
+                "step raised), one of the two")
+        elif refused is not None and not isinstance(refused, Exception):
+            refused = TypeError(f"refused: expected the exception this rank's step raised, "
+                                f"got {type(refused).__name__}")
         return self._timed("gather", self._gather, out_local, refused)
 
     def _gather(self, out_local, refused):
-        rows = self._rows() if out_local is None else out_local.shape[0]
+        rows = self._rows()
         size = rows * (self.heads.q_stop - self.heads.q_start) * self.head_dim * self._itemsize
         mine = self.xp.empty(size + 4 * REFUSAL_WORDS, np.uint8)   # the output, then status
         if refused is None:
-            mine[:size] = out_local.reshape(-1).view(np.uint8)
-            mine[size:] = 0
-        else:
+            try:
+                mine[:size] = self._share_bytes(out_local, rows)
+                mine[size:] = 0
+            except Exception as error:   # noqa: BLE001 - crosses as this rank's refusal
+                refused = error
+        if refused is not None:
             mine[:size] = 0
             mine[size:] = self.xp.asarray(refusal_header(REFUSAL_WORDS, refused).view(np.uint8))
         every = self.xp.empty(mine.size * self.world, np.uint8)
@@ -253,6 +274,21 @@ class TPDecode:
             self._raise_refusal(int(refusing[0]), words[refusing[0]], refused)
         outputs = every.view(out_local.dtype).reshape(self.world, -1)[:, :size // self._itemsize]
         return reassemble(outputs, self.world, rows, self.num_heads, self.head_dim)
+
+    def _share_bytes(self, out_local, rows: int):
+        """out_local's bytes, once it is this step's share: [rows, H/R, D] of the step's
+        dtype, in this rank's memory (NumPy or CuPy)."""
+        expected = (rows, self.heads.q_stop - self.heads.q_start, self.head_dim)
+        dtypes = array_dtypes(self.dtype, self.on_gpu)
+        if not isinstance(out_local, self.xp.ndarray) or out_local.dtype not in dtypes or \
+                tuple(out_local.shape) != expected:
+            where = "CuPy" if self.on_gpu else "NumPy"
+            raise ValueError(
+                f"out_local: rank {self.rank}'s share of this step is a {where} array of shape "
+                f"{expected} and dtype {' or '.join(str(d) for d in dtypes)}; got "
+                f"{type(out_local).__name__} of shape {tuple(getattr(out_local, 'shape', ()))} "
+                f"and dtype {getattr(out_local, 'dtype', None)}")
+        return out_local.reshape(-1).view(np.uint8)
 
     def step(self, q_local, k_shard, v_shard, block_tables=None, seq_lens=None, out=None):
         """A whole decode step: tables shared, planned, attended (into `out`, this rank's

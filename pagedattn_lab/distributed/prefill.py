@@ -47,7 +47,7 @@ class TPPrefill(TPDecode):
         return unpack_tables(self._buf, self.max_batch, self.max_pages)
 
     def _rows(self) -> int:
-        return int(self._shared[2][-1])   # qo_indptr's last offset: the packed queries
+        return int(self._step_tables()[2][-1])   # qo_indptr's last offset: the packed queries
 
     def plan(self, block_tables, seq_lens, qo_indptr):
         h = self.heads

@@ -244,8 +244,12 @@ def refusal_kind(error: Exception) -> int:
 def refusal_message(error: Exception) -> np.ndarray:
     """`error`'s message, whole, as UTF-8 bytes (uint8); one of another kind than
     REFUSAL_KINDS starts with its type's name, which the rebuilt RuntimeError would lose.
-    (A lone surrogate, which UTF-8 cannot carry, goes as its escape.)"""
-    text = str(error)
+    (A lone surrogate, which UTF-8 cannot carry, goes as its escape; a message that cannot
+    be read, as saying so: raised here, it would leave the other ranks waiting.)"""
+    try:
+        text = str(error)
+    except Exception:   # noqa: BLE001 - any error of the error's own __str__
+        text = f"({type(error).__name__}: its message could not be read)"
     if refusal_kind(error) == OTHER_KIND:
         text = f"{type(error).__name__}: {text}"
     return np.frombuffer(text.encode("utf-8", "backslashreplace"), np.uint8).copy()

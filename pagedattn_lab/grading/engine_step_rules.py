@@ -229,8 +229,9 @@ MISTAKES = [
 ]
 RULES = tuple(dict.fromkeys(rule for rule, _, _ in MISTAKES))   # (a rule may show two marks)
 
-# Mistakes no case is drawn for (the random batches find them), named only when no rule of
-# MISTAKES gives the batch: (the rule, the hint, the mark), as in MISTAKES.
+# Mistakes no case is drawn for (the random batches find them), named wherever they give the
+# batch, beside any hint of MISTAKES or COMBINED that gives it too (checks_engine_step._hint):
+# (the rule, the hint, the mark), as in MISTAKES.
 UNTARGETED = [
     ("check_pages", "a prompt was admitted without pricing its pages: admit a waiting prompt "
      "only if ceil(n / page_size) + watermark <= the pages left, and stop at the first that "

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import threading
 
 import numpy as np
 
@@ -197,25 +198,38 @@ def refuse_padding_read(negative_ids: list, n_used: int, width: int) -> None:
                    "entries only)", got=str(index))
 
 
+_conversions_lock = threading.Lock()
+_conversions_depth = [0]   # conversions_watched contexts open now, in any thread
+_conversions_plain = {}    # NumPy's own conversions, while they are replaced
+
+
+def _watching(convert):
+    @functools.wraps(convert)
+    def converted(*args, **kwargs):
+        source = args[0] if args else kwargs.get("a", kwargs.get("object"))
+        return keep_watch(source, convert(*args, **kwargs))
+    return converted
+
+
 @contextlib.contextmanager
 def conversions_watched():
     """While the learner's gather runs (here, and in the grader's sandbox: remote.Peer),
     NumPy's conversions (np.asarray(k_cache), np.array, np.ascontiguousarray,
     np.asfortranarray) keep a watched cache's watch on their result (`keep_watch`). Only
-    calls made through the numpy module's names in the meantime see it."""
-    originals = {name: getattr(np, name) for name in CONVERSIONS}
-
-    def watching(convert):
-        @functools.wraps(convert)
-        def converted(*args, **kwargs):
-            source = args[0] if args else kwargs.get("a", kwargs.get("object"))
-            return keep_watch(source, convert(*args, **kwargs))
-        return converted
-
+    calls made through the numpy module's names in the meantime see it. The contexts may
+    overlap (nested, or in threads, closed in any order): NumPy's own come back when the
+    last one closes."""
+    with _conversions_lock:
+        if not _conversions_depth[0]:
+            for name in CONVERSIONS:
+                _conversions_plain[name] = getattr(np, name)
+                setattr(np, name, _watching(_conversions_plain[name]))
+        _conversions_depth[0] += 1
     try:
-        for name, convert in originals.items():
-            setattr(np, name, watching(convert))
         yield
     finally:
-        for name, convert in originals.items():
-            setattr(np, name, convert)
+        with _conversions_lock:
+            _conversions_depth[0] -= 1
+            if not _conversions_depth[0]:
+                for name in CONVERSIONS:
+                    setattr(np, name, _conversions_plain.pop(name))
