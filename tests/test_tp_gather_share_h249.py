@@ -15,8 +15,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.distributed import torch_missing
-from pagedattn_lab.distributed.demo import DEFAULT_CASE
-from tests.test_tp_refusal_h245 import _reference, _rank_inputs
+from tests.test_tp_refusal_h245 import _rank_inputs, _reference, default_decode
 from tests.thread_ranks import run_ranks
 
 needs_torch = pytest.mark.skipif(torch_missing() is not None,
@@ -34,10 +33,7 @@ BAD_SHARES = {   # what rank 1 gathers in place of its output: (it, what every r
 
 def gather_bad_share_rank(rank: int, world_size: int, bad: str) -> dict:
     """A step in phases whose rank 1 gathers BAD_SHARES[bad]; then a good step."""
-    from pagedattn_lab.distributed import TPDecode  # noqa: PLC0415 - ranks' torch
-    c = DEFAULT_CASE
-    tp = TPDecode(c["num_heads"], c["num_kv_heads"], c["head_dim"], c["page_size"], c["dtype"],
-                  len(c["seq_lens"]), -(-max(c["seq_lens"]) // c["page_size"]))
+    tp = default_decode()
     shared, q, k, v, _ = _rank_inputs(tp, rank, prefill=False)
     tp.plan(*tp.share_tables(*shared))
     out_local = tp.attend(q, k, v)
@@ -67,10 +63,7 @@ def test_a_share_that_is_not_the_steps_is_raised_on_every_rank_then_the_next_ste
 
 
 def gather_before_tables_rank(rank: int, world_size: int) -> dict:
-    from pagedattn_lab.distributed import TPDecode  # noqa: PLC0415 - ranks' torch
-    c = DEFAULT_CASE
-    tp = TPDecode(c["num_heads"], c["num_kv_heads"], c["head_dim"], c["page_size"], c["dtype"],
-                  len(c["seq_lens"]), -(-max(c["seq_lens"]) // c["page_size"]))
+    tp = default_decode()
     try:
         tp.gather(refused=ValueError("no tables"))
     except Exception as error:   # noqa: BLE001 - handed to the test
@@ -111,10 +104,7 @@ def attend_raises_rank(rank: int, world_size: int, error_class) -> dict:
     def fail(*args, **kwargs):
         raise error_class()
 
-    from pagedattn_lab.distributed import TPDecode  # noqa: PLC0415 - ranks' torch
-    c = DEFAULT_CASE
-    tp = TPDecode(c["num_heads"], c["num_kv_heads"], c["head_dim"], c["page_size"], c["dtype"],
-                  len(c["seq_lens"]), -(-max(c["seq_lens"]) // c["page_size"]))
+    tp = default_decode()
     shared, q, k, v, _ = _rank_inputs(tp, rank, prefill=False)
     if rank == 1:
         tp.wrapper.run = fail

@@ -48,6 +48,14 @@ def _raise_long(*args, **kwargs):
     raise ValueError(LONG)
 
 
+def default_decode():
+    """Rank `dist.get_rank()`'s TPDecode of the demo's decode case (inside a rank)."""
+    from pagedattn_lab.distributed import TPDecode  # noqa: PLC0415 - ranks' torch
+    c = DEFAULT_CASE
+    return TPDecode(c["num_heads"], c["num_kv_heads"], c["head_dim"], c["page_size"], c["dtype"],
+                    len(c["seq_lens"]), -(-max(c["seq_lens"]) // c["page_size"]))
+
+
 def _rank_inputs(tp, rank, prefill):
     """(rank 0's step arguments, this rank's q, k, v, and q with every head)."""
     c = PREFILL_CASE if prefill else DEFAULT_CASE
@@ -201,10 +209,7 @@ def attend_fails_rank(rank: int, world_size: int, failure: str, phases: bool) ->
     def fail(*args, **kwargs):
         raise FAILURES[failure][0]
 
-    from pagedattn_lab.distributed import TPDecode  # noqa: PLC0415 - ranks' torch
-    c = DEFAULT_CASE
-    tp = TPDecode(c["num_heads"], c["num_kv_heads"], c["head_dim"], c["page_size"], c["dtype"],
-                  len(c["seq_lens"]), -(-max(c["seq_lens"]) // c["page_size"]))
+    tp = default_decode()
     shared, q, k, v, _ = _rank_inputs(tp, rank, prefill=False)
     if rank == 1:
         tp.wrapper.run = fail
