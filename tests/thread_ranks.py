@@ -6,6 +6,11 @@ import threading
 
 from pagedattn_lab.distributed import decode as decode_module
 
+# How long a rank waits for the others to post a collective before it gives up: a rank that
+# raised wakes them at once (ThreadGroup.fail), so only a hang waits this long; a cold kernel
+# compile on a loaded 2-core machine, inside another rank's step, must fit in it.
+WAIT_SECONDS = 300
+
 
 class ThreadGroup:
     """torch.distributed's calls for `world` ranks that are threads of this process."""
@@ -35,7 +40,8 @@ class ThreadGroup:
             self.posted[n, rank] = tensor.clone()
             self.arrived.notify_all()
             here = lambda: all((n, r) in self.posted for r in range(self.world))  # noqa: E731
-            if not self.arrived.wait_for(lambda: here() or self.failed, timeout=60) or not here():
+            if not self.arrived.wait_for(lambda: here() or self.failed, timeout=WAIT_SECONDS) \
+                    or not here():
                 raise ConnectionAbortedError(f"{name}: another rank stopped")
         every = [self.posted[n, r] for r in range(self.world)]
         if rank == 0:

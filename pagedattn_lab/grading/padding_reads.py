@@ -5,10 +5,13 @@ NumPy takes it from the end of the cache without a word (a GPU kernel reads out 
 and a result cut to seq_len afterwards shows nothing of it. The cache's watch
 (`checks_addressing._Counted`) keeps the lowest negative index along an axis whose steps
 cross pages (`lowest_page_index`), in the cache, any view of it (its page axis, transposed
-or not, its slots or elements flattened) or any copy of it all; an axis inside a page (a
-page's tokens, the heads, the dims) is not one. NumPy's conversions to a plain array
-(np.asarray(k_cache)...) would drop the watch: while the learner's gather runs, they keep
-it (`conversions_watched`), in the notebook and in the grader's sandbox alike.
+or not, its slots or elements flattened), any copy of a view of it in the view's order or
+its memory's (.copy(), .astype, .flatten(), a reshape or ravel that copies, an elementwise
+ufunc's result such as k_cache + 0, np.concatenate(k_cache)) and its .tolist() (a list's -1
+is its last page too); an axis inside a page (a page's tokens, the heads, the dims) is not
+one. NumPy's conversions to a plain array (np.asarray(k_cache)...) would drop the watch:
+while the learner's gather runs, they keep it (`conversions_watched`), in the notebook and
+in the grader's sandbox alike.
 Reading a real page in a padding entry's place (page 0 for -1) follows no padding; a
 result that keeps those rows fails on its values.
 """
@@ -25,6 +28,9 @@ from .report import Mismatch
 # NumPy's conversions that give an ndarray subclass back as a plain array (np.asanyarray and
 # np.copy's dispatch keep it): see conversions_watched
 CONVERSIONS = ("asarray", "array", "ascontiguousarray", "asfortranarray")
+# NumPy's functions that join the pages of an array passed alone (or alone in a list): their
+# result holds its elements in its C order, so a copy of it all (see joined_in_order)
+JOINS = (np.concatenate, np.stack, np.vstack)
 _asarray = np.asarray   # (NumPy's own, for the watch's reading of an index)
 
 
@@ -65,10 +71,39 @@ class PaddingWatch:
     def astype(self, *args, **kwargs):
         return self._watched_copy(super().astype(*args, **kwargs))
 
+    def flatten(self, order="C"):
+        return self._watched_copy(super().flatten(order), in_c_order=self._c_order(order))
+
+    def ravel(self, order="C"):
+        return self._watched_copy(super().ravel(order), in_c_order=self._c_order(order))
+
+    def reshape(self, *shape, **kwargs):
+        # (a view keeps the watch by itself: __array_finalize__; one that copies is a copy)
+        out = super().reshape(*shape, **kwargs)
+        return self._watched_copy(out, in_c_order=self._c_order(kwargs.get("order", "C")))
+
+    def tolist(self):
+        if self.negative_ids is None or not self.ndim:
+            return super().tolist()
+        crossing = [_crosses_pages(n, s, self.page_bytes)
+                    for n, s in zip(self.shape, self.strides)]
+        return watched_levels(super().tolist(), crossing, self.negative_ids)
+
+    def __array_wrap__(self, array, context=None, return_scalar=False):
+        # an elementwise ufunc's result over a watched input (k_cache + 0) copies it
+        out = super().__array_wrap__(array, context, return_scalar)
+        inputs = context[1] if context is not None else ()
+        source = next((x for x in inputs if isinstance(x, PaddingWatch) and
+                       x.negative_ids is not None and x.shape == getattr(out, "shape", None)),
+                      None)
+        return source._watched_copy(out) if source is not None else out
+
     def __array_function__(self, func, types, args, kwargs):
         out = super().__array_function__(func, types, args, kwargs)
-        return self._watched_copy(out) if func is np.copy and args and args[0] is self \
-            else out
+        if func is np.copy and args and args[0] is self:
+            return self._watched_copy(out)
+        joined = joined_in_order(func, args, kwargs) if func in JOINS else None
+        return joined._watched_copy(out, in_c_order=True) if joined is not None else out
 
     @staticmethod
     def during_call():
@@ -84,18 +119,102 @@ class PaddingWatch:
         if lowest is not None:
             self.negative_ids.append(lowest)
 
-    def _watched_copy(self, out):
-        """`out`, a copy of this whole watched array in its own layout, watched as it is (a
-        copy reads every page; indexing it through the padding is following it still). A
-        copy in another order (np.asfortranarray's) is left unwatched."""
+    def _c_order(self, order) -> bool:
+        """Whether NumPy's `order` lays this array's elements out in its C order."""
+        return order in ("C", None) or (order in ("A", "K") and self.flags.c_contiguous)
+
+    def _watched_copy(self, out, in_c_order: bool = False):
+        """`out`, a copy of every element of this watched array, watched (a copy reads every
+        page; indexing it through the padding is following it still): one of this array's
+        shape in any layout, or of another shape holding the elements in this array's C
+        order (`in_c_order`). Left as it is where an axis inside a page would pass for one
+        crossing pages in it (copy_page_bytes), and where it shares this array's memory (a
+        view: __array_finalize__ watches it)."""
         if self.negative_ids is None or not isinstance(out, np.ndarray) or \
-                out.shape != self.shape or not out.ndim or not out.flags.c_contiguous or \
-                not self.flags.c_contiguous:
+                out.size != self.size or np.may_share_memory(out, self):
             return out
-        watched = out.view(type(self))
-        watched.negative_ids = self.negative_ids
-        watched.page_bytes = self.page_bytes // self.itemsize * out.itemsize
+        if out.shape == self.shape:
+            strides = out.strides
+        elif in_c_order and out.flags.c_contiguous:
+            strides = c_strides(self.shape, out.itemsize)
+        else:
+            return out
+        page_bytes = copy_page_bytes(self.shape, self.strides, self.page_bytes, strides)
+        if page_bytes is None:
+            return out
+        watched = out if isinstance(out, PaddingWatch) else out.view(type(self))
+        watched.negative_ids, watched.page_bytes = self.negative_ids, page_bytes
         return watched
+
+
+def joined_in_order(func, args, kwargs) -> PaddingWatch | None:
+    """The watched array whose elements func(*args, **kwargs), a JOINS function, joins in
+    its C order, or None: one alone in a list (any axis), or one passed itself (its pages
+    joined on axis 0, or flattened: axis None). (NumPy calls __array_function__ on the
+    first array it meets, here a page of the cache passed itself.)"""
+    arrays = args[0] if args else kwargs.get("arrays", kwargs.get("tup"))
+    if isinstance(arrays, (list, tuple)) and len(arrays) == 1:
+        whole = arrays[0]
+    else:
+        axis = args[1] if len(args) > 1 else kwargs.get("axis", 0)
+        in_order = (axis is None and func is np.concatenate) or \
+            (isinstance(axis, (int, np.integer)) and int(axis) == 0)
+        whole = arrays if in_order else None
+    watched = isinstance(whole, PaddingWatch) and whole.negative_ids is not None
+    return whole if watched else None
+
+
+class WatchedList(list):
+    """One level of a watched array's .tolist() whose entries lie on pages apart: indexing
+    it with a negative number takes it from the end (the last page), as the array would."""
+
+    def __init__(self, items, negative_ids: list):
+        super().__init__(items)
+        self.negative_ids = negative_ids
+
+    def __getitem__(self, index):
+        if not self.negative_ids and not isinstance(index, slice):
+            lowest = _lowest_int(index)
+            if lowest is not None:
+                self.negative_ids.append(lowest)
+        return super().__getitem__(index)
+
+
+def watched_levels(items, crossing: list, negative_ids: list):
+    """The nested lists `items` of an array's .tolist(), with each level whose axis crosses
+    pages (`crossing`, one flag an axis) a WatchedList."""
+    if not any(crossing[1:]):
+        return WatchedList(items, negative_ids) if crossing[0] else items
+    inner = [watched_levels(item, crossing[1:], negative_ids) for item in items]
+    return WatchedList(inner, negative_ids) if crossing[0] else inner
+
+
+def c_strides(shape: tuple, itemsize: int) -> tuple:
+    """The byte strides of a C-contiguous array of `shape`."""
+    strides, step = [], itemsize
+    for n in reversed(shape):
+        strides.append(step)
+        step *= max(int(n), 1)
+    return tuple(reversed(strides))
+
+
+def copy_page_bytes(shape: tuple, strides: tuple, page_bytes: int,
+                    copy_strides: tuple) -> int | None:
+    """How far apart pages lie in a compact copy of an array of `shape` and byte `strides`
+    (inside the cache's memory, pages `page_bytes` apart) whose axes have `copy_strides`:
+    the copy's steps along the innermost axis that crosses pages, times its steps a page.
+    None where no axis crosses pages, or where an axis inside a page steps as far as that
+    axis in the copy (a tokens-first copy: its token axis would pass for one crossing
+    pages)."""
+    axes = [a for a, n in enumerate(shape) if n > 1]
+    crossing = [a for a in axes if _crosses_pages(shape[a], strides[a], page_bytes)]
+    if not crossing:
+        return None
+    inner = min(crossing, key=lambda a: abs(copy_strides[a]))
+    step = abs(int(copy_strides[inner]))
+    if any(abs(int(copy_strides[a])) >= step for a in axes if a not in crossing):
+        return None
+    return max(int(page_bytes) // abs(int(strides[inner])), 1) * step
 
 
 def keep_watch(source, out):
@@ -187,15 +306,17 @@ def refuse_padding_read(negative_ids: list, n_used: int, width: int) -> None:
         return
     index = negative_ids[0]
     padding = f"entry {n_used}" if width == n_used + 1 else f"entries {n_used}-{width - 1}"
-    raise Mismatch(f"right values, but k_cache was indexed with {index}: no page or slot is "
-                   f"negative, so the row's padding ({padding}, -1) was followed, and NumPy "
-                   f"took {index} from the end of the cache", "the row's padding (-1) was "
-                   "used as a page id: take only the row's first ceil(seq_len / page_size) "
-                   "entries (row[:n_pages]), or compute each token's slot from "
-                   "row[t // page_size], before indexing the cache; NumPy wraps -1 to the "
+    raise Mismatch(f"right values, but k_cache (or a view or copy of it) was indexed with "
+                   f"{index}: no page or slot is negative, so the row's padding ({padding}, "
+                   f"-1) was followed: NumPy took {index} from the end of the cache, and "
+                   "what it read there was cut off", "the row's padding (-1) was used as a "
+                   "page id: take only the row's first ceil(seq_len / page_size) entries "
+                   "(row[:n_pages]), or compute each token's slot from row[t // page_size], "
+                   "before indexing the cache; or read a real page in each padding entry's "
+                   "place (np.maximum(row, 0)) and cut its rows off. NumPy wraps -1 to the "
                    "last page without a word, a GPU kernel reads out of bounds.",
-                   expected=f"no negative index (pages from the row's first {n_used} "
-                   "entries only)", got=str(index))
+                   expected=f"no negative index (the row's first {n_used} entries are "
+                   "the sequence's pages)", got=str(index))
 
 
 _conversions_lock = threading.Lock()
