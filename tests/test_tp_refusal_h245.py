@@ -12,6 +12,7 @@ import re
 import numpy as np
 import pytest
 
+from pagedattn_lab.backend import to_numpy
 from pagedattn_lab.distributed import launch, torch_missing
 from pagedattn_lab.distributed.demo import (DEFAULT_CASE, PREFILL_CASE, _prefill_inputs, kv_pool,
                                             make_q, make_tables)
@@ -38,10 +39,6 @@ MATCH = {
     "long_message": re.escape(LONG) + "$",
     "long_table_message": re.escape(LONG) + "$"}
 REPLACED = {"long_message": "run", "long_table_message": "_pack"}   # by _raise_long
-
-
-def _host(a):
-    return a.get() if hasattr(a, "get") else np.asarray(a)
 
 
 def _raise_long(*args, **kwargs):
@@ -105,7 +102,7 @@ def refuse_then_step_rank(rank: int, world_size: int, bad: str, prefill: bool = 
         delattr(tp.wrapper if bad == "long_message" else tp, REPLACED[bad])
     out = tp.step(q, k, v, *shared, out=tp.xp.full_like(q, np.nan))
     return {"refused": refused, "cause": None if cause is None else str(cause),
-            "out": _host(out)}
+            "out": to_numpy(out)}
 
 
 def _reference(prefill):

@@ -30,7 +30,7 @@ import time
 import numpy as np
 
 from ..attention_common import DTYPE_NAMES, array_dtypes, dtype_name
-from ..backend import cupy_module
+from ..backend import cupy_module, to_numpy
 from ..validate import check_int, check_plan_sizes
 from ..wrappers import BatchDecodeWrapper
 from .launch import require_torch
@@ -92,7 +92,8 @@ class TPDecode:
         self._agree()
         self._buf = self.xp.zeros(table_capacity(max_batch, max_pages, self.PREFILL), np.int32)
         self._buf_t = self.as_torch(self._buf)
-        self._itemsize = array_dtypes(self.dtype, self.on_gpu)[0].itemsize   # the output's
+        self._out_dtypes = array_dtypes(self.dtype, self.on_gpu)   # the output's
+        self._itemsize = self._out_dtypes[0].itemsize
         self._shared = None    # this step's tables, as share_tables returned them
         self.wrapper = self.WRAPPER()
         self.timed = timed
@@ -117,7 +118,7 @@ class TPDecode:
         every = self.xp.zeros(mine.size * self.world, np.int64)
         self.dist.all_gather_into_tensor(self.as_torch(every),
                                          self.as_torch(self.xp.asarray(mine)))
-        every = (every.get() if self.on_gpu else every).reshape(self.world, mine.size)
+        every = to_numpy(every).reshape(self.world, mine.size)
         differ = np.argwhere(every != every[0])    # the lowest rank, then the first size
         if differ.size:
             r, i = (int(x) for x in differ[0])
@@ -164,8 +165,9 @@ class TPDecode:
                 error, packed = refused, refusal_header(self._buf.size, refused)
             self._buf[...] = self.xp.asarray(packed)
         self.dist.broadcast(self._buf_t, src=0)
-        if is_refusal(self._buf):
-            self._raise_refusal(0, self._host(self._buf[:REFUSAL_WORDS]), error)
+        words = to_numpy(self._buf[:REFUSAL_WORDS])   # one read off the GPU, refused or not
+        if is_refusal(words):
+            self._raise_refusal(0, words, error)
         self._shared = self._unpack()
         return self._shared
 
@@ -187,9 +189,6 @@ class TPDecode:
         """Rows of this step's output: its sequences (prefill: its packed queries)."""
         return int(self._step_tables()[1].shape[0])
 
-    def _host(self, a):
-        return a.get() if self.on_gpu else a
-
     def _raise_refusal(self, src: int, words, error):
         """Every rank: one more broadcast, of rank `src`'s message (as many bytes as its
         refusal's `words` say), then rank `src`'s error: its own on rank `src`, rebuilt on
@@ -203,7 +202,7 @@ class TPDecode:
             self.dist.broadcast(self.as_torch(message), src=src)
         if self.rank == src:
             raise error
-        raise refusal_error(words, self._host(message)) from error
+        raise refusal_error(words, to_numpy(message)) from error
 
     def plan(self, block_tables, seq_lens):
         """Plan the wrapper for this rank's heads (host work, once per step)."""
@@ -253,11 +252,12 @@ class TPDecode:
 
     def _gather(self, out_local, refused):
         rows = self._rows()
-        size = rows * (self.heads.q_stop - self.heads.q_start) * self.head_dim * self._itemsize
+        share = (rows, self.heads.q_stop - self.heads.q_start, self.head_dim)
+        size = int(np.prod(share)) * self._itemsize
         mine = self.xp.empty(size + 4 * REFUSAL_WORDS, np.uint8)   # the output, then status
         if refused is None:
             try:
-                mine[:size] = self._share_bytes(out_local, rows)
+                mine[:size] = self._share_bytes(out_local, share)
                 mine[size:] = 0
             except Exception as error:   # noqa: BLE001 - crosses as this rank's refusal
                 refused = error
@@ -268,18 +268,17 @@ class TPDecode:
         self.dist.all_gather_into_tensor(self.as_torch(every), self.as_torch(mine))
         blocks = every.reshape(self.world, mine.size)
         # every rank's status: the step's second read off the GPU (after is_refusal's)
-        words = np.ascontiguousarray(self._host(blocks[:, size:])).view(np.int32)
+        words = np.ascontiguousarray(to_numpy(blocks[:, size:])).view(np.int32)
         refusing = np.flatnonzero(words[:, 0] == REFUSED)
         if refusing.size:
             self._raise_refusal(int(refusing[0]), words[refusing[0]], refused)
         outputs = every.view(out_local.dtype).reshape(self.world, -1)[:, :size // self._itemsize]
         return reassemble(outputs, self.world, rows, self.num_heads, self.head_dim)
 
-    def _share_bytes(self, out_local, rows: int):
-        """out_local's bytes, once it is this step's share: [rows, H/R, D] of the step's
-        dtype, in this rank's memory (NumPy or CuPy)."""
-        expected = (rows, self.heads.q_stop - self.heads.q_start, self.head_dim)
-        dtypes = array_dtypes(self.dtype, self.on_gpu)
+    def _share_bytes(self, out_local, expected: tuple):
+        """out_local's bytes, once it is this step's share: `expected`, [rows, H/R, D], of the
+        step's dtype, in this rank's memory (NumPy or CuPy)."""
+        dtypes = self._out_dtypes
         if not isinstance(out_local, self.xp.ndarray) or out_local.dtype not in dtypes or \
                 tuple(out_local.shape) != expected:
             where = "CuPy" if self.on_gpu else "NumPy"
