@@ -69,16 +69,21 @@ def kept(method, pages: list, what: str):
     return result
 
 
-def legal_free(alloc, pages: list, what: str) -> None:
-    """`alloc.free(pages)` of pages each allocated once and not freed since: a ValueError
-    refuses a valid call (an id check that leaves page 0 out, say)."""
+def valid_call(call, what: str, hint: str):
+    """`call()`, a call the allocator must accept: a ValueError refuses a valid call (an id
+    check that leaves page 0 out, say), named with `hint`."""
     try:
-        kept(alloc.free, pages, what)
+        return call()
     except ValueError as exc:
-        raise Mismatch(f"{what} raised ValueError: {exc}", f"pages {pages} are in use "
-                       "(allocated, not freed since), so freeing them is valid: raise only for "
-                       "an id outside 0..num_pages-1 or a page already free (ref_count 0).",
-                       expected="no error", got="ValueError raised") from exc
+        raise Mismatch(f"{what} raised ValueError: {exc}", hint, expected="no error",
+                       got="ValueError raised") from exc
+
+
+def legal_free(alloc, pages: list, what: str) -> None:
+    """`alloc.free(pages)` of pages each allocated once and not freed since (valid_call)."""
+    valid_call(lambda: kept(alloc.free, pages, what), what, f"pages {pages} are in use "
+               "(allocated, not freed since), so freeing them is valid: raise only for an id "
+               "outside 0..num_pages-1 or a page already free (ref_count 0).")
 
 
 def expect_free(alloc, expected: int, when: str, hint: str) -> None:

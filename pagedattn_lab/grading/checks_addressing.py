@@ -65,8 +65,8 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
             ("a page holds page_size slots: multiply the physical page by page_size.",
              page + off),
             ("a page holds page_size slots: multiply the physical page by page_size, do not "
-             "add it.", page + page_size + off if adds_page_size(fn, row, seq_len, page_size)
-             else None),
+             "add it.", page + page_size + off if got == page + page_size + off and
+             adds_page_size(fn, row, seq_len, page_size) else None),
             ("t // page_size is the virtual page and t % page_size the offset inside it, not "
              "the other way round.",
              int(row[off]) * page_size + t // page_size if off < len(row) else None),

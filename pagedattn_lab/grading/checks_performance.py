@@ -210,7 +210,7 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
         hint = ("return a page size; when no candidate is under the limit, the smallest, "
                 "min(candidates).") if not ok else "return the page size you chose."
     elif got == max(candidates) and waste[got] > max_waste and \
-            _largest_at(fn, lens, candidates, _least_waste_limit(lens, candidates)):
+            _largest_at(fn, lens, candidates, _least_waste_limit(waste)):
         hint = (f"page size {got} wastes more than max_waste ({waste[got]:.4g}), yet your "
                 "code picks the largest candidate even where max_waste is the least waste of "
                 "any candidate, as if no page size wasted anything: compare each candidate's "
@@ -241,37 +241,39 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
                    f"{wastes})", hint, expected=str(expected), got=repr(got))
 
 
+def _choice(fn, lens, candidates, limit):
+    """`fn`'s page size asked again (a probe) of these candidates at max_waste=`limit`."""
+    return probe(fn, np.array(lens, dtype=np.int64), list(candidates), limit)
+
+
 def _largest_at(fn, lens, candidates, limit) -> bool:
     """`fn` picks the largest candidate at max_waste=`limit` (False where limit is None)."""
-    return limit is not None and \
-        probe(fn, np.array(lens, dtype=np.int64), list(candidates), limit) == max(candidates)
+    return limit is not None and _choice(fn, lens, candidates, limit) == max(candidates)
 
 
-def _least_waste_limit(lens, candidates) -> float | None:
-    """The least waste of any candidate, where the largest candidate wastes more: at that
-    max_waste something qualifies (so the fallback is not asked) but not the largest."""
-    wastes = [paged_waste_fraction(lens, p) for p in candidates]
-    least = min(wastes)
-    return least if paged_waste_fraction(lens, max(candidates)) > least else None
+def _least_waste_limit(waste: dict) -> float | None:
+    """The least waste of any candidate (`waste`: each candidate's), where the largest
+    candidate wastes more: at that max_waste something qualifies (so the fallback is not
+    asked) but not the largest."""
+    least = min(waste.values())
+    return least if waste[max(waste)] > least else None
 
 
 def _passed_over_hint(fn, lens, candidates, max_waste, got, expected, waste) -> str:
     """`got` qualifies, the larger `expected` was passed over. A wrong waste formula gives
     the same answer as a wrong choice, so the choice's mistake is named only when asking
     again shows it; otherwise the learner's waste for `expected` is what the evidence shows."""
-    def choice(cands, limit):
-        return probe(fn, np.array(lens, dtype=np.int64), list(cands), limit)
-
     between = [p for p in candidates if got < p < expected and waste[p] > max_waste]
     if waste[expected] == max_waste and \
-            choice(candidates, float(np.nextafter(max_waste, 1.0))) == expected:
+            _choice(fn, lens, candidates, float(np.nextafter(max_waste, 1.0))) == expected:
         return ("a waste exactly equal to max_waste is allowed: the limit is 'at most' (<=), "
                 "not 'below' (<).")
-    if between and choice([p for p in candidates if p not in between], max_waste) == expected:
+    if between and _choice(fn, lens, [p for p in candidates if p not in between],
+                           max_waste) == expected:
         return ("the waste does not always grow with the page size (here a bigger page "
                 "qualifies after a smaller one failed): test every candidate, do not stop at "
                 "the first that fails.")
-    unlimited = choice(candidates, float("inf"))   # every candidate qualifies
+    unlimited = _choice(fn, lens, candidates, float("inf"))   # every candidate qualifies
     if unlimited is None:   # (a probe that crashed proves nothing)
         return ("return the largest candidate whose waste is at most max_waste "
                 f"(here {expected}).")

@@ -9,7 +9,7 @@ not while one of them still owns it.
 from __future__ import annotations
 
 from .allocator_probes import (NEGATIVE_ID_HINT, expect_free, expect_raises, ids, kept,
-                               num_free, ref_counts, refused, state)
+                               num_free, ref_counts, refused, state, valid_call)
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -44,14 +44,10 @@ def _expect_fork_result(pages: list[int], shared: list[int], what: str) -> None:
 
 
 def _valid_fork(fork, pages: list[int], what: str):
-    """`fork(pages)` of pages each owned once: a ValueError refuses a valid call."""
-    try:
-        return fork(pages)
-    except ValueError as exc:
-        raise Mismatch(f"{what} raised ValueError: {exc}", f"pages {pages} are in use "
-                       "(ref_count 1 each), so forking them is valid: raise only for an id "
-                       "outside 0..num_pages-1 or a free page (ref_count 0).",
-                       expected="no error", got="ValueError raised") from exc
+    """`fork(pages)` of pages each owned once (valid_call)."""
+    return valid_call(lambda: fork(pages), what, f"pages {pages} are in use (ref_count 1 "
+                      "each), so forking them is valid: raise only for an id outside "
+                      "0..num_pages-1 or a free page (ref_count 0).")
 
 
 def _legal_fork(alloc, pages: list[int], what: str):
