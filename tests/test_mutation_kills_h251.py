@@ -15,8 +15,8 @@ import pytest
 from pagedattn_lab.grading import remote
 from pagedattn_lab.grading.channel import Channel
 from pagedattn_lab.grading.checks_addressing import _counted
-from pagedattn_lab.grading.padding_reads import (CONVERSIONS, copy_page_bytes, joined_in_order,
-                                                 lowest_page_index, lowest_taken)
+from pagedattn_lab.grading.padding_reads import CONVERSIONS, joined_in_order
+from pagedattn_lab.grading.page_indices import copy_page_bytes, lowest_page_index, lowest_taken
 from tests.check_helpers import assert_caught, run_check
 
 PADDING = "the row's padding (-1) was used as a page id"

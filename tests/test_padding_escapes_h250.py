@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pagedattn_lab.grading.padding_reads import copy_page_bytes, c_strides, watched_levels
+from pagedattn_lab.grading.page_indices import copy_page_bytes, c_strides, watched_levels
 from tests.check_helpers import assert_caught, run_check
 from tests.test_grade_protocol import remotely
 

@@ -227,7 +227,7 @@ def _call_gather(fn, cache, row, seq_len, counter, timed: bool, rng=None):
         passed = {"k_cache": _counted(cache.copy(), counter, []),
                   "block_table_row": _counted(row.copy(), counter)}
         start = time.perf_counter()
-        with _Counted.during_call():   # (np.asarray(k_cache) keeps the watch)
+        with _Counted.during_call(fn):   # (np.asarray keeps the watch, fn's module's names too)
             got = _materialized(fn(*passed.values(), seq_len))
         seconds = time.perf_counter() - start
         if not timed or _gathered(got, cache, token_slots(row, seq_len, cache.shape[1])):

@@ -7,11 +7,13 @@ and a result cut to seq_len afterwards shows nothing of it. The cache's watch
 cross pages (`lowest_page_index`), in the cache, any view of it (its page axis, transposed
 or not, its slots or elements flattened), any copy of a view of it in the view's order or
 its memory's (.copy(), .astype, .flatten(), a reshape or ravel that copies, an elementwise
-ufunc's result such as k_cache + 0, np.concatenate(k_cache)) and its .tolist() (a list's -1
-is its last page too); an axis inside a page (a page's tokens, the heads, the dims) is not
-one. NumPy's conversions to a plain array (np.asarray(k_cache)...) would drop the watch:
-while the learner's gather runs, they keep it (`conversions_watched`), in the notebook and
-in the grader's sandbox alike.
+ufunc's result such as k_cache + 0, np.concatenate(k_cache), a Fortran-order copy: its pages
+innermost), its .tolist() (a list's -1 is its last page too) and its .base; an axis inside
+a page (a page's tokens, the heads, the dims) is not one (page_indices reads which axes cross
+pages). NumPy's conversions to a plain array (np.asarray(k_cache), np.frombuffer of it, of
+a memoryview of it or of its .tobytes()...) would drop the watch: while the learner's gather
+runs, they keep it (`conversions_watched`), through the numpy module's names and those the
+learner's module imported from it, in the notebook and in the grader's sandbox alike.
 Reading a real page in a padding entry's place (page 0 for -1) follows no padding; a
 result that keeps those rows fails on its values.
 """
@@ -23,43 +25,49 @@ import threading
 
 import numpy as np
 
+from .page_indices import (c_strides, copy_pages, crosses_pages, lowest_page_index,
+                           lowest_taken, watched_levels)
 from .report import Mismatch
 
-# NumPy's conversions that give an ndarray subclass back as a plain array (np.asanyarray and
-# np.copy's dispatch keep it): see conversions_watched
-CONVERSIONS = ("asarray", "array", "ascontiguousarray", "asfortranarray")
+# NumPy's conversions that give an ndarray subclass (or its memory) back as a plain array
+# (np.asanyarray and np.copy's dispatch keep it): see conversions_watched
+CONVERSIONS = ("asarray", "array", "ascontiguousarray", "asfortranarray", "frombuffer")
 # NumPy's functions that join the pages of an array passed alone (or alone in a list): their
 # result holds its elements in its C order, so a copy of it all (see joined_in_order)
 JOINS = (np.concatenate, np.stack, np.vstack)
-_asarray = np.asarray   # (NumPy's own, for the watch's reading of an index)
 
 
 class PaddingWatch:
     """An ndarray subclass's share (listed before np.ndarray among its bases) that keeps, in
     `negative_ids` (a list the cache, its views and its copies share), the first negative
     index the cache was indexed with across pages; `page_bytes`: how far apart the pages of
-    its memory lie. A gather's result is a copy the learner made, not watched."""
+    its memory lie; `page_period`: after how many bytes they come round again (a copy whose
+    pages are its innermost axis; None: never, see page_indices). A gather's result is a
+    copy the learner made, not watched."""
 
     def watch(self, negative_ids: list) -> None:
         """Watch this array, the cache as the learner gets it (pages on its first axis)."""
-        self.negative_ids, self.page_bytes = negative_ids, self.strides[0]
+        self._share_watch(negative_ids, self.strides[0], None)
 
     def __array_finalize__(self, obj):
         # a view's reads are the cache's
         ids = getattr(obj, "negative_ids", None)
-        shared = ids is not None and np.may_share_memory(self, obj)
-        self.negative_ids = ids if shared else None
-        self.page_bytes = getattr(obj, "page_bytes", None) if shared else None
+        if ids is not None and np.may_share_memory(self, obj):
+            self._share_watch(ids, obj.page_bytes, obj.page_period)
+        else:
+            self._share_watch(None, None, None)
 
     def __getitem__(self, key):
         if self._watching():
-            self._note(lowest_page_index(key, self.shape, self.strides, self.page_bytes))
+            self._note(lowest_page_index(key, self.shape, self.strides, self.page_bytes,
+                                         self.page_period))
         return super().__getitem__(key)
 
     def take(self, indices, axis=None, out=None, mode="raise"):
         # (np.take calls this method; mode "clip" reads page 0 for -1, following nothing)
         if self._watching() and mode != "clip":
-            self._note(lowest_taken(indices, axis, self.shape, self.strides, self.page_bytes))
+            self._note(lowest_taken(indices, axis, self.shape, self.strides, self.page_bytes,
+                                    self.page_period))
         return super().take(indices, axis, out, mode)
 
     def view(self, *args, **kwargs):
@@ -85,9 +93,21 @@ class PaddingWatch:
     def tolist(self):
         if self.negative_ids is None or not self.ndim:
             return super().tolist()
-        crossing = [_crosses_pages(n, s, self.page_bytes)
+        crossing = [crosses_pages(n, s, self.page_bytes, self.page_period)
                     for n, s in zip(self.shape, self.strides)]
         return watched_levels(super().tolist(), crossing, self.negative_ids)
+
+    @property
+    def base(self):
+        # (the array this one views: the cache's memory, so the cache's watch)
+        return keep_watch(self, super().base)
+
+    def tobytes(self, order="C"):
+        # (np.frombuffer of them is a copy of this array: see keep_watch)
+        return CacheBytes(super().tobytes(order), self, self._c_order(order))
+
+    def __bytes__(self):
+        return self.tobytes()
 
     def __array_wrap__(self, array, context=None, return_scalar=False):
         # an elementwise ufunc's result over a watched input (k_cache + 0) copies it
@@ -106,10 +126,10 @@ class PaddingWatch:
         return joined._watched_copy(out, in_c_order=True) if joined is not None else out
 
     @staticmethod
-    def during_call():
-        """The context the learner's function runs in, in the notebook and in the grader's
+    def during_call(learner=None):
+        """The context the function `learner` runs in, in the notebook and in the grader's
         sandbox (remote.Peer enters it for an argument of a class that has it)."""
-        return conversions_watched()
+        return conversions_watched(learner)
 
     def _watching(self) -> bool:
         # (the first negative index is enough; a loop over pages stays cheap)
@@ -128,7 +148,7 @@ class PaddingWatch:
         page; indexing it through the padding is following it still): one of this array's
         shape in any layout, or of another shape holding the elements in this array's C
         order (`in_c_order`). Left as it is where an axis inside a page would pass for one
-        crossing pages in it (copy_page_bytes), and where it shares this array's memory (a
+        crossing pages in it (copy_pages), and where it shares this array's memory (a
         view: __array_finalize__ watches it)."""
         if self.negative_ids is None or not isinstance(out, np.ndarray) or \
                 out.size != self.size or np.may_share_memory(out, self):
@@ -139,12 +159,16 @@ class PaddingWatch:
             strides = c_strides(self.shape, out.itemsize)
         else:
             return out
-        page_bytes = copy_page_bytes(self.shape, self.strides, self.page_bytes, strides)
-        if page_bytes is None:
+        pages = copy_pages(self.shape, self.strides, self.page_bytes, self.page_period, strides)
+        if pages is None:
             return out
         watched = out if isinstance(out, PaddingWatch) else out.view(type(self))
-        watched.negative_ids, watched.page_bytes = self.negative_ids, page_bytes
+        watched._share_watch(self.negative_ids, *pages)
         return watched
+
+    def _share_watch(self, negative_ids: list | None, page_bytes, page_period) -> None:
+        self.negative_ids, self.page_bytes, self.page_period = \
+            negative_ids, page_bytes, page_period
 
 
 def joined_in_order(func, args, kwargs) -> PaddingWatch | None:
@@ -164,139 +188,33 @@ def joined_in_order(func, args, kwargs) -> PaddingWatch | None:
     return whole if watched else None
 
 
-class WatchedList(list):
-    """One level of a watched array's .tolist() whose entries lie on pages apart: indexing
-    it with a negative number takes it from the end (the last page), as the array would."""
-
-    def __init__(self, items, negative_ids: list):
-        super().__init__(items)
-        self.negative_ids = negative_ids
-
-    def __getitem__(self, index):
-        if not self.negative_ids and not isinstance(index, slice):
-            lowest = _lowest_int(index)
-            if lowest is not None:
-                self.negative_ids.append(lowest)
-        return super().__getitem__(index)
-
-
-def watched_levels(items, crossing: list, negative_ids: list):
-    """The nested lists `items` of an array's .tolist(), with each level whose axis crosses
-    pages (`crossing`, one flag an axis) a WatchedList."""
-    if not any(crossing[1:]):
-        return WatchedList(items, negative_ids) if crossing[0] else items
-    inner = [watched_levels(item, crossing[1:], negative_ids) for item in items]
-    return WatchedList(inner, negative_ids) if crossing[0] else inner
-
-
-def c_strides(shape: tuple, itemsize: int) -> tuple:
-    """The byte strides of a C-contiguous array of `shape`."""
-    strides, step = [], itemsize
-    for n in reversed(shape):
-        strides.append(step)
-        step *= max(int(n), 1)
-    return tuple(reversed(strides))
-
-
-def copy_page_bytes(shape: tuple, strides: tuple, page_bytes: int,
-                    copy_strides: tuple) -> int | None:
-    """How far apart pages lie in a compact copy of an array of `shape` and byte `strides`
-    (inside the cache's memory, pages `page_bytes` apart) whose axes have `copy_strides`:
-    the copy's steps along the innermost axis that crosses pages, times its steps a page.
-    None where no axis crosses pages, or where an axis inside a page steps as far as that
-    axis in the copy (a tokens-first copy: its token axis would pass for one crossing
-    pages)."""
-    axes = [a for a, n in enumerate(shape) if n > 1]
-    crossing = [a for a in axes if _crosses_pages(shape[a], strides[a], page_bytes)]
-    if not crossing:
-        return None
-    inner = min(crossing, key=lambda a: abs(copy_strides[a]))
-    step = abs(int(copy_strides[inner]))
-    if any(abs(int(copy_strides[a])) >= step for a in axes if a not in crossing):
-        return None
-    return max(int(page_bytes) // abs(int(strides[inner])), 1) * step
-
-
 def keep_watch(source, out):
-    """`out`, a plain array a conversion made of `source`: if `source` is a watched cache,
-    watched as it is when it is a view of it or a copy of it all."""
+    """`out`, a plain array a conversion made of `source` (an array, a memoryview of one or
+    the bytes of one's .tobytes()): if that array is a watched cache, watched as it is when
+    it is a view of it or a copy of it all."""
+    in_c_order = False
+    if isinstance(source, memoryview):
+        source = source.obj
+    if isinstance(source, CacheBytes):
+        source, in_c_order = source.source, source.in_c_order
     if not isinstance(source, PaddingWatch) or source.negative_ids is None or \
             type(out) is not np.ndarray:
         return out
     if not np.may_share_memory(out, source):
-        return source._watched_copy(out)
+        return source._watched_copy(out, in_c_order)
     view = out.view(type(source))   # (the watch only: a subclass's other records stay its own)
-    view.negative_ids, view.page_bytes = source.negative_ids, source.page_bytes
+    view._share_watch(source.negative_ids, source.page_bytes, source.page_period)
     return view
 
 
-def lowest_page_index(key, shape: tuple, strides: tuple, page_bytes: int) -> int | None:
-    """The lowest negative index that `array[key]` takes along an axis crossing pages (an
-    array of `shape` and byte `strides` inside the cache's memory, whose pages are
-    `page_bytes` apart), or None."""
-    parts = key if isinstance(key, tuple) else (key,)
-    widths = [_axes_taken(part) for part in parts]
-    known = sum(w for w in widths if w is not None)
-    axis, lowest = 0, None
-    for part, width in zip(parts, widths):
-        if width is None:                            # Ellipsis: the axes no part names
-            axis += max(len(shape) - known, 0)
-            continue
-        if width == 1 and not isinstance(part, slice) and axis < len(shape) and \
-                _crosses_pages(shape[axis], strides[axis], page_bytes):
-            lowest = _lower(lowest, _lowest_int(part))
-        axis += width
-    return lowest
+class CacheBytes(bytes):
+    """A watched array's .tobytes() (`source`), its elements in its C order where
+    `in_c_order`: np.frombuffer of them is a copy of it."""
 
-
-def lowest_taken(indices, axis, shape: tuple, strides: tuple, page_bytes: int) -> int | None:
-    """The lowest negative index `array.take(indices, axis)` takes across pages, or None
-    (axis None takes from the array flattened, which crosses pages where it holds two)."""
-    if axis is None:
-        crosses = sum(abs(s) * (n - 1) for n, s in zip(shape, strides)) >= page_bytes
-    elif isinstance(axis, (int, np.integer)) and shape:
-        axis = int(axis) % len(shape)
-        crosses = _crosses_pages(shape[axis], strides[axis], page_bytes)
-    else:
-        return None                                  # (NumPy refuses the axis next)
-    return _lowest_int(indices) if crosses else None
-
-
-def _axes_taken(part) -> int | None:
-    """How many axes an index part takes: None for Ellipsis, 0 for np.newaxis, a boolean
-    mask's dimensions, else 1."""
-    if part is Ellipsis:
-        return None
-    if part is None:
-        return 0
-    if isinstance(part, (bool, np.bool_)):
-        return 0
-    if isinstance(part, (np.ndarray, list)):
-        arr = _asarray(part) if isinstance(part, list) else part
-        return arr.ndim if arr.dtype == bool else 1
-    return 1
-
-
-def _crosses_pages(length: int, stride: int, page_bytes: int) -> bool:
-    """Whether an axis's first and last steps lie a page or more apart."""
-    return abs(int(stride)) * (int(length) - 1) >= page_bytes
-
-
-def _lowest_int(part) -> int | None:
-    """The lowest value of an integer index part, if negative."""
-    if isinstance(part, (int, np.integer)) and not isinstance(part, (bool, np.bool_)):
-        lowest = int(part)
-    else:
-        try:
-            ids = _asarray(part)
-        except (TypeError, ValueError):
-            return None                              # (NumPy's own indexing refuses it next)
-        lowest = int(ids.min()) if ids.dtype.kind in "iu" and ids.size else 0
-    return lowest if lowest < 0 else None
-
-
-def _lower(a: int | None, b: int | None) -> int | None:
-    return b if a is None else a if b is None else min(a, b)
+    def __new__(cls, data: bytes, source: PaddingWatch, in_c_order: bool):
+        made = super().__new__(cls, data)
+        made.source, made.in_c_order = source, in_c_order
+        return made
 
 
 def refuse_padding_read(negative_ids: list, n_used: int, width: int) -> None:
@@ -319,38 +237,68 @@ def refuse_padding_read(negative_ids: list, n_used: int, width: int) -> None:
                    "the sequence's pages)", got=str(index))
 
 
-_conversions_lock = threading.Lock()
-_conversions_depth = [0]   # conversions_watched contexts open now, in any thread
-_conversions_plain = {}    # NumPy's own conversions, while they are replaced
-
-
 def _watching(convert):
     @functools.wraps(convert)
     def converted(*args, **kwargs):
-        source = args[0] if args else kwargs.get("a", kwargs.get("object"))
+        source = args[0] if args else \
+            kwargs.get("a", kwargs.get("object", kwargs.get("buffer")))
         return keep_watch(source, convert(*args, **kwargs))
     return converted
 
 
+NUMPYS_OWN = {name: getattr(np, name) for name in CONVERSIONS}
+WATCHING = {name: _watching(convert) for name, convert in NUMPYS_OWN.items()}
+_OWN_BY_ID = {id(convert): name for name, convert in NUMPYS_OWN.items()}
+_swap_lock = threading.Lock()
+# (id(namespace), name) -> [namespace, the conversion's name, contexts open over it]
+_swapped = {}
+
+
 @contextlib.contextmanager
-def conversions_watched():
+def conversions_watched(learner=None):
     """While the learner's gather runs (here, and in the grader's sandbox: remote.Peer),
     NumPy's conversions (np.asarray(k_cache), np.array, np.ascontiguousarray,
-    np.asfortranarray) keep a watched cache's watch on their result (`keep_watch`). Only
-    calls made through the numpy module's names in the meantime see it. The contexts may
-    overlap (nested, or in threads, closed in any order): NumPy's own come back when the
-    last one closes."""
-    with _conversions_lock:
-        if not _conversions_depth[0]:
-            for name in CONVERSIONS:
-                _conversions_plain[name] = getattr(np, name)
-                setattr(np, name, _watching(_conversions_plain[name]))
-        _conversions_depth[0] += 1
+    np.asfortranarray, np.frombuffer) keep a watched cache's watch on their result
+    (`keep_watch`): in the numpy module, and in the module of the function `learner`
+    (`from numpy import asarray` at the top of a notebook cell binds NumPy's own before
+    the call). Calls through names bound elsewhere do not see it. The contexts may overlap
+    (nested, or in threads, closed in any order): NumPy's own come back when the last one
+    over a name closes, unless the learner bound the name to something else meanwhile."""
+    namespaces = [vars(np)]
+    learners = getattr(learner, "__globals__", None)
+    if isinstance(learners, dict) and learners is not namespaces[0]:
+        namespaces.append(learners)
+    with _swap_lock:
+        keys = [_swap_in(namespace, name, value) for namespace in namespaces
+                for name, value in list(namespace.items())]
     try:
         yield
     finally:
-        with _conversions_lock:
-            _conversions_depth[0] -= 1
-            if not _conversions_depth[0]:
-                for name in CONVERSIONS:
-                    setattr(np, name, _conversions_plain.pop(name))
+        with _swap_lock:
+            for key in filter(None, keys):
+                _swap_out(key)
+
+
+def _swap_in(namespace: dict, name: str, value):
+    """The key of `namespace[name]` in _swapped if it is (now) a watching conversion."""
+    key = (id(namespace), name)
+    if key in _swapped:
+        _swapped[key][2] += 1
+        return key
+    own = _OWN_BY_ID.get(id(value))
+    if own is None or value is not NUMPYS_OWN[own]:
+        return None
+    namespace[name] = WATCHING[own]
+    _swapped[key] = [namespace, own, 1]
+    return key
+
+
+def _swap_out(key) -> None:
+    entry = _swapped[key]
+    entry[2] -= 1
+    if entry[2]:
+        return
+    del _swapped[key]
+    namespace, own, _ = entry
+    if namespace.get(key[1]) is WATCHING[own]:
+        namespace[key[1]] = NUMPYS_OWN[own]

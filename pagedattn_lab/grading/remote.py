@@ -320,20 +320,20 @@ class Peer(ErrorTranslation):
                         is_cupy_array(arg):
                     back[i] = wire.encode(arg, self._ref())
         call.update(back=back, args=tuple(args))
-        with _call_context(args) if not self.strict else contextlib.nullcontext():
+        with _call_context(obj, args) if not self.strict else contextlib.nullcontext():
             return obj(*args, **kwargs), back, tuple(args)
 
 
 @contextlib.contextmanager
-def _call_context(args):
-    """The context a learner's function runs in here as in the notebook: that of each class
-    of the check's instrumented arrays among its arguments that has one (`during_call`: the
-    gather's cache keeps its watch through np.asarray)."""
+def _call_context(fn, args):
+    """The context a learner's function `fn` runs in here as in the notebook: that of each
+    class of the check's instrumented arrays among its arguments that has one (`during_call`:
+    the gather's cache keeps its watch through np.asarray)."""
     with contextlib.ExitStack() as stack:
         for cls in dict.fromkeys(type(arg) for arg in args if isinstance(arg, np.ndarray)):
             during_call = getattr(cls, "during_call", None)
             if during_call is not None:
-                stack.enter_context(during_call())
+                stack.enter_context(during_call(fn))
         yield
 
 
