@@ -1,6 +1,9 @@
 """What a case reports of an exception that escaped the learner's code (report.run_cases):
-its message and hint, where in the learner's code it was raised, and whose a MemoryError is."""
+its message and hint, where in the learner's code it was raised, whose a MemoryError is, and
+whether a NotImplementedError is the workbook's stub."""
 from __future__ import annotations
+
+import re
 
 from .faults import describe_kernel_exception
 from .remote_errors import learner_frame
@@ -15,6 +18,39 @@ def where_raised(exc: BaseException) -> str:
     if isinstance(remote, str):
         return remote
     return learner_frame(exc)
+
+
+# where_raised's text: " (in your code, line N: the line)"
+_RAISING_LINE = re.compile(r" \(in .*?, line \d+: (.*)\)$", re.DOTALL)
+
+
+def raised_by_stub(exc: NotImplementedError) -> bool:
+    """Whether `exc` is the workbook's stub (or the learner's own "not yet"): raised on a line
+    of the learner's code that names NotImplementedError. One raised by a library the
+    learner called (memoryview of float16, a torch op with no kernel for its dtype) or by
+    this package (the CPU executor's cooperative groups) is an error like any other: "not
+    attempted" would blame an answer that was written."""
+    where = getattr(exc, "remote_frame", None)   # the sandbox's line, under the grader
+    if not isinstance(where, str):
+        if exc.__traceback__ is None:
+            return True   # (never raised: nothing tells)
+        if _raised_by_the_checks(exc):
+            return True   # their own "not attempted": an answer that returned None
+        where = learner_frame(exc)
+    if not where:
+        return False   # no line of the learner's on the way: a library's or ours
+    line = _RAISING_LINE.match(where)
+    if line is None or not line.group(1).strip():
+        return True    # (the learner's line, its text unknown: the stub, as before)
+    return "NotImplementedError" in line.group(1)
+
+
+def _raised_by_the_checks(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and \
+        str(tb.tb_frame.f_globals.get("__name__", "")).startswith(__package__ + ".")
 
 
 def describe_exception(exc: BaseException) -> tuple[str, str]:

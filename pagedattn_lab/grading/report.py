@@ -221,7 +221,8 @@ def note(text: str) -> None:
 def _run(out: Printer, cases: Iterable[Case], stop_after_failures: int,
          lint: Callable[[], None] | None) -> tuple[str, list[CaseResult]]:
     """run_cases' cases, printed by `out`: (the status, the case results)."""
-    from .escaped_errors import describe_exception  # noqa: PLC0415 - it imports this module
+    from .escaped_errors import (describe_exception,  # noqa: PLC0415 - it imports this module
+                                 raised_by_stub)
     from .slack_reads import run_case  # noqa: PLC0415 - it imports this module
     results: list[CaseResult] = []
     status = PASSED
@@ -242,20 +243,13 @@ def _run(out: Printer, cases: Iterable[Case], stop_after_failures: int,
                 warnings.simplefilter("ignore", RuntimeWarning)
                 run_case(case.run)
         except (NotImplementedError, NotAttempted) as exc:
-            if results:  # earlier cases ran: the task is begun but not finished
-                message = f"part of the task is not written yet: {_not_attempted_text(exc)}"
-                hint = "a method or branch still raises NotImplementedError; finish it."
-                results.append(CaseResult(case.name, case.params, FAILED, message, hint))
-                out.failure(label, message, hint)
-                status = FAILED
+            if isinstance(exc, NotAttempted) or raised_by_stub(exc):
+                status, stub = _stub_reached(out, results, case, label, exc)
                 break
-            results.append(CaseResult(case.name, case.params, NOT_ATTEMPTED,
-                                      _not_attempted_text(exc)))
-            status = NOT_ATTEMPTED
-            stub = "the `// TODO`" if isinstance(exc, NotAttempted) else \
-                "the `raise NotImplementedError`"
-            out.say(f"----  not attempted yet: {_not_attempted_text(exc)}", "  ", "      ")
-            break
+            message, hint = describe_exception(exc)   # a library's: see raised_by_stub
+            results.append(CaseResult(case.name, case.params, FAILED, message, hint))
+            out.failure(label, message, hint)
+            status, failures = FAILED, failures + 1
         except Mismatch as mm:
             results.append(CaseResult(case.name, case.params, FAILED, mm.message, mm.hint,
                                       mm.expected, mm.got))
@@ -292,6 +286,22 @@ def _run(out: Printer, cases: Iterable[Case], stop_after_failures: int,
     else:
         out.say(f"{n_pass} of {len(results)} cases passed. Fix the first failure first.")
     return status, results
+
+
+def _stub_reached(out: Printer, results: list, case: Case, label: str,
+                  exc: BaseException) -> tuple[str, str]:
+    """A case reached the workbook's stub: (the status, the stub's name). After cases that
+    ran, the task is begun but not finished; at the first, not attempted."""
+    if results:
+        message = f"part of the task is not written yet: {_not_attempted_text(exc)}"
+        hint = "a method or branch still raises NotImplementedError; finish it."
+        results.append(CaseResult(case.name, case.params, FAILED, message, hint))
+        out.failure(label, message, hint)
+        return FAILED, ""
+    results.append(CaseResult(case.name, case.params, NOT_ATTEMPTED, _not_attempted_text(exc)))
+    out.say(f"----  not attempted yet: {_not_attempted_text(exc)}", "  ", "      ")
+    return NOT_ATTEMPTED, ("the `// TODO`" if isinstance(exc, NotAttempted) else
+                           "the `raise NotImplementedError`")
 
 
 def _not_attempted_text(exc: BaseException) -> str:
