@@ -368,7 +368,7 @@ def test_unpack_refuses_a_header_of_negative_pages():
     # mutant: pages < 0 let through to a reshape that fails naming nothing
     buf = pack_tables(np.array([[5, 6]], np.int32), np.array([7], np.int32), 2, 2)
     buf[1] = -1
-    with pytest.raises(ValueError, match=r"^max_batch, max_pages: buf holds 1 rows of -1 pages"):
+    with pytest.raises(ValueError, match=r"^buf: its header says 1 rows of -1 pages, a negative"):
         unpack_tables(buf, 2)
 
 

@@ -73,9 +73,9 @@ def run_ranks(monkeypatch, fn, world, *args, **kwargs):
         group.local.rank, group.local.count = rank, 0
         try:
             results[rank] = fn(rank, world, *args, **kwargs)
-        except Exception as exc:   # noqa: BLE001 - handed to the test
-            errors[rank] = exc
-            group.fail()
+        except BaseException as exc:   # noqa: BLE001 - handed to the test (an interrupt too:
+            errors[rank] = exc         # uncaught, it would end the thread and leave the others
+            group.fail()               # waiting, where launch stops every rank)
     threads = [threading.Thread(target=rank_body, args=(r,)) for r in range(world)]
     for t in threads:
         t.start()

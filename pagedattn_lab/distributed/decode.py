@@ -31,11 +31,12 @@ import numpy as np
 
 from ..attention_common import DTYPE_NAMES, array_dtypes, dtype_name
 from ..backend import cupy_module, to_numpy
-from ..validate import check_int, check_plan_sizes
+from ..validate import check_bool, check_int, check_plan_sizes
+from ..validate_memory import check_memory
 from ..wrappers import BatchDecodeWrapper
 from .launch import require_torch
-from .shard import (REFUSAL_WORDS, REFUSED, head_range, is_refusal, pack_tables, reassemble,
-                    refusal_error, refusal_header, refusal_message, table_capacity,
+from .shard import (REFUSAL_WORDS, REFUSED, error_text, head_range, is_refusal, pack_tables,
+                    reassemble, refusal_error, refusal_header, refusal_message, table_capacity,
                     unpack_tables)
 
 PHASES = ("broadcast", "plan", "attend", "gather")
@@ -58,8 +59,10 @@ class TPDecode:
 
     `step` never leaves a rank waiting: whatever a rank's step raises, every rank raises the
     lowest failing rank's error (its message whole; a ValueError or TypeError as such, another
-    kind as a RuntimeError naming it) and the next step runs. Called one by one, the phases
-    guarantee as much only where every rank calls each collective phase: share_tables and
+    kind as a RuntimeError naming it) and the next step runs. A rank stopped by an interrupt
+    (a KeyboardInterrupt, a SystemExit) takes the step's collectives all the same, then raises
+    it; the other ranks raise a RuntimeError naming it and that rank. Called one by one, the
+    phases guarantee as much only where every rank calls each collective phase: share_tables and
     gather are collectives (share_tables raises rank 0's refusal on every rank); plan and
     attend are this rank's alone, and a rank whose plan or attend raised must still call
     `gather(refused=its error)`, as step does.
@@ -84,13 +87,18 @@ class TPDecode:
         max_pages = check_int(max_pages, "max_pages", minimum=1)
         if num_splits is not None:
             num_splits = check_int(num_splits, "num_splits", minimum=1)
+        timed = check_bool(timed, "timed")
         self.on_gpu = device == "gpu"
         self.xp = cupy_module() if self.on_gpu else np
         self.num_heads, self.num_kv_heads = num_heads, num_kv_heads
         self.head_dim, self.page_size, self.dtype = head_dim, page_size, self._dtype_of(dtype)
         self.max_batch, self.max_pages, self.num_splits = max_batch, max_pages, num_splits
         self._agree()
-        self._buf = self.xp.zeros(table_capacity(max_batch, max_pages, self.PREFILL), np.int32)
+        capacity = table_capacity(max_batch, max_pages, self.PREFILL)
+        # after _agree: every rank has these sizes, so every rank refuses them alike
+        check_memory(4 * capacity, device, "max_batch, max_pages",
+                     f"the broadcast buffer ({max_batch} rows of {max_pages} pages)")
+        self._buf = self.xp.zeros(capacity, np.int32)
         self._buf_t = self.as_torch(self._buf)
         self._out_dtypes = array_dtypes(self.dtype, self.on_gpu)   # the output's
         self._itemsize = self._out_dtypes[0].itemsize
@@ -160,9 +168,11 @@ class TPDecode:
         if self.rank == 0:
             try:
                 packed = self._pack(*given)
-            except Exception as refused:   # noqa: BLE001 - every kind crosses as a refusal:
-                # raised here, before the broadcast, it would leave the other ranks waiting
-                error, packed = refused, refusal_header(self._buf.size, refused)
+            except BaseException as refused:   # noqa: BLE001 - every kind crosses as a
+                # refusal (an interrupt too, re-raised after it): raised here, before the
+                # broadcast, it would leave the other ranks waiting
+                error = refused
+                packed = refusal_header(self._buf.size, self._crossing(refused))
             self._buf[...] = self.xp.asarray(packed)
         self.dist.broadcast(self._buf_t, src=0)
         words = to_numpy(self._buf[:REFUSAL_WORDS])   # one read off the GPU, refused or not
@@ -192,17 +202,29 @@ class TPDecode:
     def _raise_refusal(self, src: int, words, error):
         """Every rank: one more broadcast, of rank `src`'s message (as many bytes as its
         refusal's `words` say), then rank `src`'s error: its own on rank `src`, rebuilt on
-        the others (from their own `error`, if they refused too)."""
+        the others (from their own `error`, if they refused too). A rank stopped by an
+        interrupt raises that interrupt, whichever rank's error the others raise."""
         size = int(words[2])
         message = self.xp.zeros(size, np.uint8)
         if self.rank == src:   # the bytes its words announced, were str(error) to say more now
-            text = refusal_message(error)[:size]
+            text = refusal_message(self._crossing(error))[:size]
             message[:text.size] = self.xp.asarray(text)
         if size:   # (an empty message crosses as its size alone)
             self.dist.broadcast(self.as_torch(message), src=src)
-        if self.rank == src:
+        interrupted = error is not None and not isinstance(error, Exception)
+        if self.rank == src or interrupted:
             raise error
         raise refusal_error(words, to_numpy(message)) from error
+
+    def _crossing(self, error: BaseException) -> Exception:
+        """What crosses as this rank's refusal for `error`: itself, or, for a BaseException
+        that is no Exception (a KeyboardInterrupt, a SystemExit, which this rank re-raises
+        after the step's collectives), a RuntimeError naming it and this rank."""
+        if isinstance(error, Exception):
+            return error
+        text = error_text(error)
+        return RuntimeError(f"{type(error).__name__} on rank {self.rank} stopped this step on "
+                            f"every rank" + (f": {text}" if text else ""))
 
     def plan(self, block_tables, seq_lens):
         """Plan the wrapper for this rank's heads (host work, once per step)."""
@@ -245,7 +267,7 @@ class TPDecode:
             out_local, refused = None, TypeError(
                 "gather: expected out_local (this rank's output) or refused (the error its "
                 "step raised), one of the two")
-        elif refused is not None and not isinstance(refused, Exception):
+        elif refused is not None and not isinstance(refused, BaseException):
             refused = TypeError(f"refused: expected the exception this rank's step raised, "
                                 f"got {type(refused).__name__}")
         return self._timed("gather", self._gather, out_local, refused)
@@ -259,11 +281,12 @@ class TPDecode:
             try:
                 mine[:size] = self._share_bytes(out_local, share)
                 mine[size:] = 0
-            except Exception as error:   # noqa: BLE001 - crosses as this rank's refusal
+            except BaseException as error:   # noqa: BLE001 - crosses as this rank's refusal
                 refused = error
         if refused is not None:
             mine[:size] = 0
-            mine[size:] = self.xp.asarray(refusal_header(REFUSAL_WORDS, refused).view(np.uint8))
+            mine[size:] = self.xp.asarray(
+                refusal_header(REFUSAL_WORDS, self._crossing(refused)).view(np.uint8))
         every = self.xp.empty(mine.size * self.world, np.uint8)
         self.dist.all_gather_into_tensor(self.as_torch(every), self.as_torch(mine))
         blocks = every.reshape(self.world, mine.size)
@@ -299,7 +322,8 @@ class TPDecode:
         try:
             self.plan(*shared)
             out_local = self.attend(q_local, k_shard, v_shard, out)
-        except Exception as refused:   # noqa: BLE001 - every kind crosses as a refusal: raised
-            # here, it would leave the other ranks waiting in the gather
+        except BaseException as refused:   # noqa: BLE001 - every kind crosses as a refusal
+            # (an interrupt too, re-raised after it): raised here, it would leave the other
+            # ranks waiting in the gather
             return self.gather(refused=refused)
         return self.gather(out_local)

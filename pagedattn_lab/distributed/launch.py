@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from ..validate import check_int
+from ..validate_kinds import is_finite_number, is_number
 
 INSTALL_HINT = ("pip install 'pagedattn-lab[dist]'  (from a clone: pip install -e '.[dist]'; "
                 "on a GPU machine any torch with NCCL will do)")
@@ -92,6 +93,10 @@ def launch(fn, world_size: int, *args, backend: str = "gloo", timeout: float = 3
     `timeout` seconds (every rank stopped). When another process takes MASTER_PORT before
     rank 0 listens on it, every rank starts again on a new port (PORT_TRIES ports in all)."""
     world_size = check_int(world_size, "world_size", minimum=1)
+    if not (is_finite_number(timeout) and timeout > 0):
+        # (NaN would never time out, 0 stop the ranks as they start, True be one second)
+        raise (ValueError if is_number(timeout) else TypeError)(
+            f"timeout: expected seconds, a finite number > 0, got {timeout!r}")
     if backend not in BACKENDS:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     name = target_name(fn)

@@ -29,8 +29,10 @@ class HeadRange(NamedTuple):
     q_stop: int
 
 
-def check_split(num_heads: int, num_kv_heads: int, world_size: int) -> None:
-    """Refuse a split that does not give every rank whole KV heads with their query heads."""
+def check_split(num_heads: int, num_kv_heads: int, world_size: int) -> tuple[int, int, int]:
+    """Refuse a split that does not give every rank whole KV heads with their query heads;
+    returns the three as Python ints (NumPy ones would wrap, or turn to floats, in the
+    arithmetic done with them: int8 heads times a length, an int64 over a uint64)."""
     num_heads, num_kv_heads = check_gqa_heads(num_heads, num_kv_heads)
     world_size = check_int(world_size, "world_size", minimum=1)
     if num_kv_heads % world_size:
@@ -38,6 +40,7 @@ def check_split(num_heads: int, num_kv_heads: int, world_size: int) -> None:
                          f"evenly (each rank owns whole KV heads and their query heads); use a "
                          f"world_size that divides num_kv_heads "
                          f"({', '.join(str(d) for d in _divisors(num_kv_heads))})")
+    return num_heads, num_kv_heads, world_size
 
 
 def _divisors(n: int) -> list[int]:
@@ -46,7 +49,7 @@ def _divisors(n: int) -> list[int]:
 
 def head_range(rank: int, world_size: int, num_heads: int, num_kv_heads: int) -> HeadRange:
     """The heads rank `rank` of `world_size` owns (see the module's docstring)."""
-    check_split(num_heads, num_kv_heads, world_size)
+    num_heads, num_kv_heads, world_size = check_split(num_heads, num_kv_heads, world_size)
     rank = check_int(rank, "rank", minimum=0, maximum=world_size - 1)
     kv_per_rank = num_kv_heads // world_size
     q_per_rank = num_heads // world_size     # = kv_per_rank * group: whole groups
@@ -193,7 +196,10 @@ def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
         raise ValueError("buf: it holds rank 0's refusal of this step, not tables (its error "
                          "follows in a second broadcast: as many bytes of message as the "
                          "refusal's words say, read by refusal_error)")
-    if not (0 <= batch <= max_batch and 0 <= pages and (not prefill or pages <= max_pages)):
+    if batch < 0 or pages < 0:   # (not "more than" the sizes: no sizes would read it)
+        raise ValueError(f"buf: its header says {batch} rows of {pages} pages, a negative count "
+                         f"that pack_tables never writes: not a buffer it filled")
+    if not (batch <= max_batch and (not prefill or pages <= max_pages)):
         raise ValueError(f"max_batch, max_pages: buf holds {batch} rows of {pages} pages, more "
                          f"than max_batch={max_batch}, max_pages={max_pages} ({_SAME_SIZES})")
     # pack_tables fills table_capacity entries: a prefill buffer's size is known exactly; a
@@ -233,29 +239,36 @@ REFUSAL_KINDS = (ValueError, TypeError)
 OTHER_KIND = len(REFUSAL_KINDS)           # any other exception: a RuntimeError naming its type
 
 
-def refusal_kind(error: Exception) -> int:
-    """`error`'s kind as sent: its index in REFUSAL_KINDS, or OTHER_KIND."""
-    if not isinstance(error, Exception):
+def refusal_kind(error: BaseException) -> int:
+    """`error`'s kind as sent: its index in REFUSAL_KINDS, or OTHER_KIND (a KeyboardInterrupt
+    too: an exception, if no Exception)."""
+    if not isinstance(error, BaseException):
         raise TypeError(f"error: expected an exception, got {type(error).__name__}")
     return next((i for i, cls in enumerate(REFUSAL_KINDS) if isinstance(error, cls)),
                 OTHER_KIND)
 
 
-def refusal_message(error: Exception) -> np.ndarray:
-    """`error`'s message, whole, as UTF-8 bytes (uint8); one of another kind than
-    REFUSAL_KINDS starts with its type's name, which the rebuilt RuntimeError would lose.
-    (A lone surrogate, which UTF-8 cannot carry, goes as its escape; a message that cannot
-    be read, as saying so: raised here, it would leave the other ranks waiting.)"""
+def error_text(error: BaseException) -> str:
+    """str(error), or, where that raises, a text saying so: raised while a rank refuses its
+    step, it would leave the other ranks waiting."""
     try:
-        text = str(error)
+        return str(error)
     except Exception:   # noqa: BLE001 - any error of the error's own __str__
-        text = f"({type(error).__name__}: its message could not be read)"
-    if refusal_kind(error) == OTHER_KIND:
+        return f"({type(error).__name__}: its message could not be read)"
+
+
+def refusal_message(error: BaseException) -> np.ndarray:
+    """`error`'s message, whole, as UTF-8 bytes (uint8); one of another kind than
+    REFUSAL_KINDS starts with its type's name, which the rebuilt RuntimeError would lose (a
+    RuntimeError's own name would only repeat it). (A lone surrogate, which UTF-8 cannot
+    carry, goes as its escape; a message that cannot be read, as saying so.)"""
+    text = error_text(error)
+    if refusal_kind(error) == OTHER_KIND and type(error) is not RuntimeError:
         text = f"{type(error).__name__}: {text}"
     return np.frombuffer(text.encode("utf-8", "backslashreplace"), np.uint8).copy()
 
 
-def refusal_header(capacity: int, error: Exception) -> np.ndarray:
+def refusal_header(capacity: int, error: BaseException) -> np.ndarray:
     """The int32 buffer of `capacity` entries (at least REFUSAL_WORDS) that says its rank
     refused the step with `error`: its REFUSAL_WORDS, then zeros."""
     kind = refusal_kind(error)
@@ -306,7 +319,7 @@ def step_bytes(seq_lens, num_heads: int, num_kv_heads: int, head_dim: int, page_
                world_size: int, itemsize: int = 2, max_batch: int | None = None,
                max_pages: int | None = None) -> StepBytes:
     """What one decode step moves, for a batch of sequences of lengths `seq_lens`."""
-    check_split(num_heads, num_kv_heads, world_size)
+    num_heads, num_kv_heads, world_size = check_split(num_heads, num_kv_heads, world_size)
     # ints only: a cast would cut 16.9 to 16 and read "5" as 5, giving byte counts silently
     lens = check_int_list(seq_lens, "seq_lens", "length", minimum=0)
     # int32, as the buffer carries them (two lengths of 2**62 summed past int64: a negative

@@ -223,10 +223,12 @@ class LLMEngine:
         checked = [self._check_request(p, sp, f"prompts[{i}]",
                                        f"params[{i}]" if per_prompt else "params")
                    for i, (p, sp) in enumerate(zip(prompts, per))]
-        rids = [self._queue(p, sp) for p, sp in checked]
+        rids: list[int] = []
         done: dict[int, RequestOutput] = {}
         bar = None
         try:
+            for p, sp in checked:   # (inside: a failure queueing one drops those queued)
+                rids.append(self._queue(p, sp))
             if progress:
                 from tqdm.auto import tqdm  # noqa: PLC0415 - only when a bar is asked for
                 bar = tqdm(total=len(rids), desc="requests", unit="req", mininterval=1.0)

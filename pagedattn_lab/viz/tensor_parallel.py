@@ -32,7 +32,7 @@ def _heads(kind: str, start: int, stop: int) -> str:
 def plot_head_split(num_heads: int, num_kv_heads: int, world_size: int, pages):
     """One panel per rank: its heads and its cache over the shared block-table row `pages`
     (a list of page ids)."""
-    check_split(num_heads, num_kv_heads, world_size)
+    num_heads, num_kv_heads, world_size = check_split(num_heads, num_kv_heads, world_size)
     pages = check_int_list(pages, "pages", "page id")
     negative = next((i for i, page in enumerate(pages) if page < 0), None)
     if negative is not None:   # -1 pads a block-table row past the sequence's last page
