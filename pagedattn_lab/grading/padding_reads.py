@@ -15,7 +15,8 @@ a memoryview of it or of its .tobytes()...) would drop the watch: while the lear
 runs, they keep it (`conversions_watched`), through the numpy module's names and those the
 learner's module imported from it, in the notebook and in the grader's sandbox alike.
 Reading a real page in a padding entry's place (page 0 for -1) follows no padding; a
-result that keeps those rows fails on its values.
+result that keeps those rows fails on its values. NumPy's printing of the cache (print,
+repr, np.array2string), which indexes each row counted from the end, reads a plain view.
 """
 from __future__ import annotations
 
@@ -35,6 +36,9 @@ CONVERSIONS = ("asarray", "array", "ascontiguousarray", "asfortranarray", "fromb
 # NumPy's functions that join the pages of an array passed alone (or alone in a list): their
 # result holds its elements in its C order, so a copy of it all (see joined_in_order)
 JOINS = (np.concatenate, np.stack, np.vstack)
+# NumPy's printing of an array: it indexes each row counted from the end (-1 among them),
+# no read of the learner's (see PaddingWatch.__repr__)
+PRINTS = (np.array2string, np.array_repr, np.array_str)
 
 
 class PaddingWatch:
@@ -99,8 +103,11 @@ class PaddingWatch:
 
     @property
     def base(self):
-        # (the array this one views: the cache's memory, so the cache's watch)
-        return keep_watch(self, super().base)
+        # (the array this one views: the cache's memory, so the cache's watch; a stand-in
+        # for a plain array has that array's base, so that a walk down .base ends where
+        # NumPy's does, at the array owning the memory)
+        stands_for = vars(self).get("_stands_for")
+        return keep_watch(self, super().base if stands_for is None else stands_for.base)
 
     def tobytes(self, order="C"):
         # (np.frombuffer of them is a copy of this array: see keep_watch)
@@ -111,14 +118,25 @@ class PaddingWatch:
 
     def __array_wrap__(self, array, context=None, return_scalar=False):
         # an elementwise ufunc's result over a watched input (k_cache + 0) copies it
-        out = super().__array_wrap__(array, context, return_scalar)
+        # (NumPy 1.x passes, and its ndarray takes, no return_scalar)
+        out = super().__array_wrap__(array, context, return_scalar) if return_scalar else \
+            super().__array_wrap__(array, context)
         inputs = context[1] if context is not None else ()
         source = next((x for x in inputs if isinstance(x, PaddingWatch) and
                        x.negative_ids is not None and x.shape == getattr(out, "shape", None)),
                       None)
         return source._watched_copy(out) if source is not None else out
 
+    def __repr__(self):
+        # (a print of the cache in the learner's gather is no read through the padding)
+        return repr(self._printable())
+
+    def __str__(self):
+        return str(self._printable())
+
     def __array_function__(self, func, types, args, kwargs):
+        if func in PRINTS and args and args[0] is self:
+            return func(self._printable(), *args[1:], **kwargs)
         out = super().__array_function__(func, types, args, kwargs)
         if func is np.copy and args and args[0] is self:
             return self._watched_copy(out)
@@ -130,6 +148,11 @@ class PaddingWatch:
         """The context the function `learner` runs in, in the notebook and in the grader's
         sandbox (remote.Peer enters it for an argument of a class that has it)."""
         return conversions_watched(learner)
+
+    def _printable(self) -> np.ndarray:
+        """This array's elements as a plain array, neither watched nor counted (the base
+        class's own view: this class's .view() would watch it)."""
+        return np.ndarray.view(self, np.ndarray)
 
     def _watching(self) -> bool:
         # (the first negative index is enough; a loop over pages stays cheap)
@@ -162,7 +185,7 @@ class PaddingWatch:
         pages = copy_pages(self.shape, self.strides, self.page_bytes, self.page_period, strides)
         if pages is None:
             return out
-        watched = out if isinstance(out, PaddingWatch) else out.view(type(self))
+        watched = out if isinstance(out, PaddingWatch) else stand_in(out, type(self))
         watched._share_watch(self.negative_ids, *pages)
         return watched
 
@@ -202,8 +225,15 @@ def keep_watch(source, out):
         return out
     if not np.may_share_memory(out, source):
         return source._watched_copy(out, in_c_order)
-    view = out.view(type(source))   # (the watch only: a subclass's other records stay its own)
+    view = stand_in(out, type(source))  # (the watch only: a subclass's other records stay its own)
     view._share_watch(source.negative_ids, source.page_bytes, source.page_period)
+    return view
+
+
+def stand_in(out: np.ndarray, watched_class: type) -> PaddingWatch:
+    """The plain array `out` viewed as `watched_class`, standing for it: its .base is out's."""
+    view = out.view(watched_class)
+    view._stands_for = out
     return view
 
 
