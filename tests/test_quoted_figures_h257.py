@@ -14,6 +14,8 @@ import json
 import re
 from pathlib import Path
 
+from tests.readme_figures import agree, readme_table
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DECODE = "2026-12-04_H200_session13_bench.json"
@@ -43,15 +45,10 @@ def _quoted(pattern: str, text: str) -> tuple[str, ...]:
     return found.groups()
 
 
-def _agree(written: str, value: float) -> bool:
-    places = len(written.split(".")[1]) if "." in written else 0
-    return written == f"{value:.{places}f}"
-
-
 def _disagreements(pairs: list[tuple[str, str, float]]) -> list[str]:
     """(what, written, the file's value) for each figure whose rounding differs."""
     return [f"{what}: {written} written, {value} in the file"
-            for what, written, value in pairs if not _agree(written, value)]
+            for what, written, value in pairs if not agree(written, value)]
 
 
 def _span(what: str, low: str, high: str, values: list[float]) -> list[tuple[str, str, float]]:
@@ -144,27 +141,46 @@ def test_the_flush_sentence_spans_the_runs_of_sessions_12_and_13():
     assert not _disagreements(pairs)
 
 
-def _best_static_code_ratios() -> dict[str, list[float]]:
-    """GPU -> the best static-scale GQA 32/8 x fp16 of each write-flushed check since session 9."""
-    ratios: dict[str, list[float]] = {}
-    for path in sorted(RESULTS.glob("*_session*_quant.json")):
+def _best_static_code_ratios(results: Path, gpu: str, first: int, last: int) -> list[float]:
+    """The best static-scale GQA 32/8 x fp16 of each write-flushed check on `gpu` in sessions
+    `first`-`last` (a later session's file is not among the figures the README cites)."""
+    ratios = []
+    for path in sorted(results.glob(f"*_{gpu}_session*_quant.json")):
         session = re.search(r"_session(\d+)(?:_final)?_quant\.json$", path.name)
-        if not session or int(session[1]) < 9:
+        if not session or not first <= int(session[1]) <= last:
             continue
         data = json.loads(path.read_text(encoding="utf-8"))
-        best = min(r["results"]["ours"]["vs_fp16"] for r in data["rows"]
-                   if r["name"] == "D64 GQA 32/8" and r["scheme"] == "static")
-        ratios.setdefault("H200" if "H200" in data["meta"]["gpu"] else "H100", []).append(best)
+        ratios.append(min(r["results"]["ours"]["vs_fp16"] for r in data["rows"]
+                          if r["name"] == "D64 GQA 32/8" and r["scheme"] == "static"))
     return ratios
 
 
-def test_grouped_codes_over_fp16_span_every_check_since_the_ninth_session():
-    h200_low, h200_high, h100_low, h100_high = _quoted(
-        r"x([\d.]+)-([\d.]+) in every H200 check since the ninth session, x([\d.]+)-([\d.]+) on "
-        r"the H100s of sessions 32-39", _readme())
-    ratios = _best_static_code_ratios()
-    assert not _disagreements(_span("H200 checks", h200_low, h200_high, ratios["H200"])
-                              + _span("H100 checks", h100_low, h100_high, ratios["H100"]))
+def _code_ratio_disagreements(results: Path) -> list[str]:
+    figures = _quoted(
+        r"x([\d.]+)-([\d.]+) in every H200 check of sessions (\d+)-(\d+), x([\d.]+)-([\d.]+) "
+        r"on the H100s of sessions (\d+)-(\d+)", _readme())
+    pairs = []
+    for gpu, (low, high, first, last) in (("H200", figures[:4]), ("H100", figures[4:])):
+        ratios = _best_static_code_ratios(results, gpu, int(first), int(last))
+        assert ratios, f"no {gpu} quant check of sessions {first}-{last} in {results}"
+        pairs += _span(f"{gpu} checks of sessions {first}-{last}", low, high, ratios)
+    return _disagreements(pairs)
+
+
+def test_grouped_codes_over_fp16_span_the_checks_of_the_sessions_named():
+    assert not _code_ratio_disagreements(RESULTS)
+
+
+def test_a_later_sessions_quant_file_leaves_the_cited_span_alone(tmp_path):
+    # a new session's check, outside the span, is not among the sessions the README names
+    for path in RESULTS.glob("*_session*_quant.json"):
+        (tmp_path / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    later = json.loads((RESULTS / "2026-12-07_H100_session40_quant.json").read_text())
+    for row in later["rows"]:
+        row["results"]["ours"]["vs_fp16"] = 0.5
+    for gpu in ("H100", "H200"):
+        (tmp_path / f"2026-12-08_{gpu}_session99_quant.json").write_text(json.dumps(later))
+    assert not _code_ratio_disagreements(tmp_path)
 
 
 def test_the_fp8_read_ceilings_are_the_tenth_sessions_readers():
@@ -214,17 +230,6 @@ def test_lesson_10_quotes_v4_over_v3s_plan_from_the_two_files():
     assert not _disagreements(_span("v4 / v3", low, high, [v4[n] / v3[n] for n in v3]))
 
 
-def _table(header: str) -> list[list[str]]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    lines = text[text.index(header):].splitlines()[2:]
-    rows = []
-    for line in lines:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip().strip("*") for c in line.strip("|").split("|")])
-    return rows
-
-
 def test_the_serving_table_is_the_fused_runs_file():
     data = _json("serve/2026-12-02_H200_serve_bench_fused.json")
     gib = 2 ** 30
@@ -237,7 +242,7 @@ def test_the_serving_table_is_the_fused_runs_file():
                                                             "total_tokens_per_s", "batch"]),
     }
     pairs = []
-    for cells in _table("| system | requests | output tok/s"):
+    for cells in readme_table("| system | requests | output tok/s"):
         run, keys = expected[cells[0], cells[1]]
         written = re.findall(r"\d+(?:\.\d+)?", " ".join(cells[2:5]))
         pairs += [(f"{cells[0]}, {cells[1]}: {k}", w, data[run][k]) for w, k in zip(written, keys)]
@@ -254,7 +259,7 @@ def test_the_serving_table_is_the_fused_runs_file():
 
 def test_the_prefill_table_is_the_second_sessions_final_file():
     rows = _json("2026-12-02_H200_prefill_session2_final.json")["rows"]
-    table = _table("| workload | WMMA kernel")
+    table = readme_table("| workload | WMMA kernel")
     assert len(table) == len(rows), "one table row per workload of the file, in its order"
     pairs = []
     for cells, row in zip(table, rows):

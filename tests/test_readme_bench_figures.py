@@ -7,6 +7,8 @@ import json
 import re
 from pathlib import Path
 
+from tests.readme_figures import agree, readme_table
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 DECODE = "2026-12-04_H200_session13_bench.json"      # the decode table's check
@@ -23,34 +25,18 @@ DECODE_ROWS = {
 NUMBER = re.compile(r"\d+(?:\.\d+)?")
 
 
-def _table(header: str) -> list[list[str]]:
-    text = (ROOT / "README.md").read_text(encoding="utf-8")
-    lines = text[text.index(header):].splitlines()[2:]
-    rows = []
-    for line in lines:
-        if not line.startswith("|"):
-            break
-        rows.append([c.strip() for c in line.strip("|").split("|")])
-    return rows
-
-
-def _agree(written: str, value: float) -> bool:
-    places = len(written.split(".")[1]) if "." in written else 0
-    return written == f"{value:.{places}f}"
-
-
 def _check(where: str, cell: str, values: list[float], bad: list[str]):
     found = NUMBER.findall(cell)
     assert len(found) <= len(values), f"{where}: {cell!r} has more figures than {values}"
     bad += [f"{where}: {w} written, {v} in the JSON" for w, v in zip(found, values)
-            if not _agree(w, v)]
+            if not agree(w, v)]
 
 
 def test_the_decode_table_matches_its_json():
     data = json.loads((RESULTS / DECODE).read_text())
     copy = data["copy_bandwidth_GBps"] * 1e9
     by = {(r["workload"], r["kernel"]): r for r in data["results"] if "ms" in r}
-    rows = _table("| workload (fp16, page 16, head_dim 128 unless noted)")
+    rows = readme_table("| workload (fp16, page 16, head_dim 128 unless noted)")
     bad: list[str] = []
     seen = set()
     for cells in rows:
@@ -82,7 +68,7 @@ def test_the_compressed_table_matches_its_json():
              "int8, per token": ("int8", "per_token"), "fp8, static": ("fp8_e4m3", "static"),
              "fp8, per token": ("fp8_e4m3", "per_token")}
     bad: list[str] = []
-    for cells in _table("| pages | D64 32/32: ms, % copy, x fp16"):
+    for cells in readme_table("| pages | D64 32/32: ms, % copy, x fp16"):
         if cells[0] not in kinds:
             continue
         for col, name in ((1, "D64 MHA 32/32"), (2, "D64 GQA 32/8")):

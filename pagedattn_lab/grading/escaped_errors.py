@@ -3,10 +3,12 @@ its message and hint, where in the learner's code it was raised, whose a MemoryE
 whether a NotImplementedError is the workbook's stub."""
 from __future__ import annotations
 
+import itertools
+import linecache
 import re
 
 from .faults import describe_kernel_exception
-from .remote_errors import learner_frame
+from .remote_errors import learner_frame, learner_traceback
 from .report import JUDGE_HEAP, text_of
 
 
@@ -36,13 +38,34 @@ def raised_by_stub(exc: NotImplementedError) -> bool:
             return True   # (never raised: nothing tells)
         if _raised_by_the_checks(exc):
             return True   # their own "not attempted": an answer that returned None
-        where = learner_frame(exc)
+        tb = learner_traceback(exc)
+        if tb is None:
+            return False   # no line of the learner's on the way: a library's or ours
+        return _names_the_error(_statement(tb))
     if not where:
-        return False   # no line of the learner's on the way: a library's or ours
+        return False
     line = _RAISING_LINE.match(where)
-    if line is None or not line.group(1).strip():
-        return True    # (the learner's line, its text unknown: the stub, as before)
-    return "NotImplementedError" in line.group(1)
+    return _names_the_error(line.group(1) if line is not None else "")
+
+
+def _names_the_error(text: str) -> bool:
+    # (a learner's line whose text is unknown is taken for the stub)
+    return not text.strip() or "NotImplementedError" in text
+
+
+def _statement(tb) -> str:
+    """The text of the statement traceback entry `tb` was running, every line of it: a raise
+    written over several lines (`raise \\` then the error) names it on a later one."""
+    frame, first = tb.tb_frame, tb.tb_lineno
+    positions = getattr(frame.f_code, "co_positions", None)   # (Python 3.11+)
+    last = first
+    if positions is not None and tb.tb_lasti >= 0:
+        start, end = next(itertools.islice(positions(), tb.tb_lasti // 2, None), (None, None))[:2]
+        if start is not None and end is not None and start <= first <= end:
+            first, last = start, end
+    name = frame.f_code.co_filename
+    return " ".join(linecache.getline(name, n, frame.f_globals).strip()
+                    for n in range(first, last + 1))
 
 
 def _raised_by_the_checks(exc: BaseException) -> bool:

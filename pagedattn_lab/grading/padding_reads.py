@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import threading
 
 import numpy as np
@@ -289,24 +290,42 @@ def conversions_watched(learner=None):
     """While the learner's gather runs (here, and in the grader's sandbox: remote.Peer),
     NumPy's conversions (np.asarray(k_cache), np.array, np.ascontiguousarray,
     np.asfortranarray, np.frombuffer) keep a watched cache's watch on their result
-    (`keep_watch`): in the numpy module, and in the module of the function `learner`
-    (`from numpy import asarray` at the top of a notebook cell binds NumPy's own before
-    the call). Calls through names bound elsewhere do not see it. The contexts may overlap
+    (`keep_watch`): in the numpy module, and in the module of the function `learner` runs
+    (_module_names: `from numpy import asarray` at the top of a notebook cell binds NumPy's
+    own before the call). Calls through names bound elsewhere do not see it. The contexts may overlap
     (nested, or in threads, closed in any order): NumPy's own come back when the last one
     over a name closes, unless the learner bound the name to something else meanwhile."""
     namespaces = [vars(np)]
-    learners = getattr(learner, "__globals__", None)
+    learners = _module_names(learner)
     if isinstance(learners, dict) and learners is not namespaces[0]:
         namespaces.append(learners)
-    with _swap_lock:
-        keys = [_swap_in(namespace, name, value) for namespace in namespaces
-                for name, value in list(namespace.items())]
+    keys = []   # each swapped in, kept as it is: an interrupt halfway undoes those before it
     try:
+        with _swap_lock:
+            for namespace in namespaces:
+                for name, value in list(namespace.items()):
+                    key = _swap_in(namespace, name, value)
+                    if key is not None:
+                        keys.append(key)
         yield
     finally:
         with _swap_lock:
-            for key in filter(None, keys):
+            for key in keys:
                 _swap_out(key)
+
+
+def _module_names(learner):
+    """The globals of the function `learner` runs: its own, that of the function a
+    functools.partial or a decorator (functools.wraps) wraps, or its class's __call__'s."""
+    while isinstance(learner, functools.partial):
+        learner = learner.func
+    try:
+        learner = inspect.unwrap(learner)
+    except ValueError:   # (a cycle of __wrapped__)
+        pass
+    names = getattr(learner, "__globals__", None)
+    return names if names is not None else \
+        getattr(getattr(learner, "__call__", None), "__globals__", None)
 
 
 def _swap_in(namespace: dict, name: str, value):

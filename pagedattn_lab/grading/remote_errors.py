@@ -206,16 +206,30 @@ def learner_frame(exc: BaseException) -> str:
     learner's) nor a library's, the line cut to 200 characters: it crosses the channel, and
     a message quotes it."""
     import linecache  # noqa: PLC0415
-    import traceback  # noqa: PLC0415
 
+    tb = learner_traceback(exc)
+    if tb is None:
+        return ""
+    frame, lineno = tb.tb_frame, tb.tb_lineno
+    filename = frame.f_code.co_filename
+    where = "your code" if filename.startswith("<") or "ipykernel" in filename \
+        else os.path.basename(filename)
+    line = linecache.getline(filename, lineno, frame.f_globals).strip()
+    return f" (in {where}, line {lineno}: {line[:200]})"
+
+
+def learner_traceback(exc: BaseException):
+    """The traceback entry of `exc`'s innermost frame of the learner's code (see
+    learner_frame), or None."""
     from .own_watch import package_code, trampoline  # noqa: PLC0415 - it imports the answers
-    for frame, lineno in reversed(list(traceback.walk_tb(exc.__traceback__))):
-        if not package_code(frame.f_code, frame.f_globals) and \
-                not trampoline(frame.f_code, frame.f_globals) and \
-                not _library(frame.f_code.co_filename):
-            filename = frame.f_code.co_filename
-            where = "your code" if filename.startswith("<") or "ipykernel" in filename \
-                else os.path.basename(filename)
-            line = linecache.getline(filename, lineno, frame.f_globals).strip()
-            return f" (in {where}, line {lineno}: {line[:200]})"
-    return ""
+    entries = []
+    tb = exc.__traceback__
+    while tb is not None:
+        entries.append(tb)
+        tb = tb.tb_next
+    for tb in reversed(entries):
+        code, names = tb.tb_frame.f_code, tb.tb_frame.f_globals
+        if not package_code(code, names) and not trampoline(code, names) and \
+                not _library(code.co_filename):
+            return tb
+    return None
