@@ -65,7 +65,9 @@ class TPDecode:
     phases guarantee as much only where every rank calls each collective phase: share_tables and
     gather are collectives (share_tables raises rank 0's refusal on every rank); plan and
     attend are this rank's alone, and a rank whose plan or attend raised must still call
-    `gather(refused=its error)`, as step does.
+    `gather(refused=its error)`, as step does. What no status can carry still ends one rank
+    alone, the others waiting until the launcher's timeout: an interrupt inside a collective
+    itself (or between the handler and it), a rank lost, a CUDA error that also breaks NCCL.
     """
 
     WRAPPER = BatchDecodeWrapper
