@@ -16,10 +16,7 @@ way is the answer's error, and counts toward stopping the cases. Tensor-parallel
 own interrupt; one interrupted sharing its output in the gather still takes it; a
 RuntimeError's subclass crosses with its name.
 """
-import contextlib
-import fractions
 import functools
-import io
 import numbers
 
 import numpy as np
@@ -28,9 +25,10 @@ from pagedattn_lab.distributed.shard import refusal_error, refusal_header, refus
 from pagedattn_lab.grading.checks_addressing import _counted
 from pagedattn_lab.grading.escaped_errors import raised_by_stub
 from pagedattn_lab.grading.padding_reads import conversions_watched
-from pagedattn_lab.grading.report import FAILED, NOT_ATTEMPTED, Case, run_cases
+from pagedattn_lab.grading.report import FAILED, NOT_ATTEMPTED
 from tests.check_helpers import run_check
 from tests.test_bad_input_attack8 import _Interrupt, needs_torch
+from tests.test_library_not_implemented import _Fraction, _library_python_raise, _run
 from tests.test_tp_refusal_h245 import _rank_inputs, _reference, default_decode
 from tests.thread_ranks import run_ranks
 
@@ -114,22 +112,6 @@ def test_a_fortran_copy_of_paired_pages_comes_round_after_both_page_axes():
 
 # ---- which NotImplementedError is the workbook's stub ----------------------------------------
 
-def _run(*answers, stop_after_failures=3):
-    cases = [Case(f"c{i}", {}, answer) for i, answer in enumerate(answers)]
-    with contextlib.redirect_stdout(io.StringIO()) as out:
-        result = run_cases("demo", "a demo check", cases,
-                           stop_after_failures=stop_after_failures)
-    return result, out.getvalue()
-
-
-class _Fraction(fractions.Fraction):   # numbers.Complex's abstract members raise it
-    pass
-
-
-def _library_not_implemented():
-    numbers.Complex.real.fget(_Fraction(1))
-
-
 def test_a_not_implemented_never_raised_is_the_stub():
     assert raised_by_stub(NotImplementedError("write this part"))
 
@@ -153,7 +135,7 @@ def test_a_library_not_implemented_with_no_learners_line_is_the_answers_error():
 
 
 def test_library_not_implemented_failures_count_toward_stopping():
-    result, printed = _run(_library_not_implemented, lambda: None, stop_after_failures=1)
+    result, printed = _run(_library_python_raise, lambda: None, stop_after_failures=1)
     assert [c.status for c in result.cases] == [FAILED], printed
     assert "(stopping after 1 failed cases)" in printed
 

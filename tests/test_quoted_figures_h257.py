@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from tests.readme_figures import agree, readme_table
+from tests.readme_figures import README, agree, readme_table
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -27,7 +27,7 @@ def _flat(text: str) -> str:
 
 
 def _readme() -> str:
-    return _flat((ROOT / "README.md").read_text(encoding="utf-8"))
+    return _flat(README.read_text(encoding="utf-8"))
 
 
 def _lesson(name: str) -> str:

@@ -10,9 +10,7 @@ import pytest
 
 from pagedattn_lab.grading import padding_reads
 from pagedattn_lab.grading.escaped_errors import raised_by_stub
-from pagedattn_lab.grading.padding_reads import CONVERSIONS, conversions_watched
-
-NUMPYS_OWN = {name: getattr(np, name) for name in CONVERSIONS}
+from pagedattn_lab.grading.padding_reads import CONVERSIONS, NUMPYS_OWN, conversions_watched
 
 
 def test_an_interrupt_while_swapping_in_puts_numpys_own_names_back(monkeypatch):
