@@ -295,16 +295,18 @@ def conversions_watched(learner=None):
     own before the call). Calls through names bound elsewhere do not see it. The contexts may overlap
     (nested, or in threads, closed in any order): NumPy's own come back when the last one
     over a name closes, unless the learner bound the name to something else meanwhile."""
-    namespaces = [vars(np)]
+    # (numpy's module holds its conversions under their own names only; the learner's may
+    # hold them under any: `from numpy import asarray as as_array`)
+    scans = [(vars(np), CONVERSIONS)]
     learners = _module_names(learner)
-    if isinstance(learners, dict) and learners is not namespaces[0]:
-        namespaces.append(learners)
+    if isinstance(learners, dict) and learners is not scans[0][0]:
+        scans.append((learners, list(learners)))
     keys = []   # each swapped in, kept as it is: an interrupt halfway undoes those before it
     try:
         with _swap_lock:
-            for namespace in namespaces:
-                for name, value in list(namespace.items()):
-                    key = _swap_in(namespace, name, value)
+            for namespace, names in scans:
+                for name in names:
+                    key = _swap_in(namespace, name, namespace.get(name))
                     if key is not None:
                         keys.append(key)
         yield

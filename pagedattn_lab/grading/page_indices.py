@@ -57,14 +57,8 @@ def copy_page_bytes(shape: tuple, strides: tuple, page_bytes: int, copy_strides:
     None where no axis crosses pages, or where an axis inside a page steps as far as that
     axis in the copy (a tokens-first copy: its token axis would pass for one crossing
     pages)."""
-    inner = _innermost_crossing(shape, strides, page_bytes, period, copy_strides)
-    if inner is None:
-        return None
-    step = abs(int(copy_strides[inner]))
-    if any(abs(int(copy_strides[a])) >= step for a in _inside_page(shape, strides, page_bytes,
-                                                                   period)):
-        return None
-    return max(int(page_bytes) // abs(int(strides[inner])), 1) * step
+    pages = copy_pages(shape, strides, page_bytes, period, copy_strides)
+    return pages[0] if pages is not None and pages[1] is None else None
 
 
 def copy_pages(shape: tuple, strides: tuple, page_bytes: int, period: int | None,
@@ -73,32 +67,27 @@ def copy_pages(shape: tuple, strides: tuple, page_bytes: int, period: int | None
     its pages outermost, or innermost (every axis inside a page stepping a whole number of
     the pages' span in the copy, its period: a Fortran-order copy). None where the axes
     inside a page lie between those crossing pages."""
-    outermost = copy_page_bytes(shape, strides, page_bytes, copy_strides, period)
-    if outermost is not None:
-        return outermost, None
-    inner = _innermost_crossing(shape, strides, page_bytes, period, copy_strides)
-    if inner is None:
+    crossing, inside = _axes_by_page(shape, strides, page_bytes, period)
+    if not crossing:
         return None
-    span = max(abs(int(copy_strides[a])) * int(n) for a, n in enumerate(shape)
-               if n > 1 and crosses_pages(n, strides[a], page_bytes, period))
-    if any(abs(int(copy_strides[a])) % span for a in _inside_page(shape, strides, page_bytes,
-                                                                  period)):
-        return None
+    inner = min(crossing, key=lambda a: abs(copy_strides[a]))
     step = abs(int(copy_strides[inner]))
-    return max(int(page_bytes) // abs(int(strides[inner])), 1) * step, span
+    page_step = max(int(page_bytes) // abs(int(strides[inner])), 1) * step
+    if all(abs(int(copy_strides[a])) < step for a in inside):
+        return page_step, None
+    span = max(abs(int(copy_strides[a])) * int(shape[a]) for a in crossing)
+    if any(abs(int(copy_strides[a])) % span for a in inside):
+        return None
+    return page_step, span
 
 
-def _innermost_crossing(shape, strides, page_bytes, period, copy_strides) -> int | None:
-    """The axis crossing pages whose step in the copy is the shortest, or None."""
-    crossing = [a for a, n in enumerate(shape)
-                if n > 1 and crosses_pages(n, strides[a], page_bytes, period)]
-    return min(crossing, key=lambda a: abs(copy_strides[a])) if crossing else None
-
-
-def _inside_page(shape, strides, page_bytes, period) -> list:
-    """The axes (longer than one) that stay inside a page."""
-    return [a for a, n in enumerate(shape)
-            if n > 1 and not crosses_pages(n, strides[a], page_bytes, period)]
+def _axes_by_page(shape, strides, page_bytes, period) -> tuple[list, list]:
+    """(the axes crossing pages, those staying inside a page), each longer than one."""
+    crossing, inside = [], []
+    for a, n in enumerate(shape):
+        if n > 1:
+            (crossing if crosses_pages(n, strides[a], page_bytes, period) else inside).append(a)
+    return crossing, inside
 
 
 def lowest_page_index(key, shape: tuple, strides: tuple, page_bytes: int,

@@ -242,14 +242,6 @@ def _run(out: Printer, cases: Iterable[Case], stop_after_failures: int,
                 # NaN and overflow are diagnosed by the cases themselves, not as warnings
                 warnings.simplefilter("ignore", RuntimeWarning)
                 run_case(case.run)
-        except (NotImplementedError, NotAttempted) as exc:
-            if isinstance(exc, NotAttempted) or raised_by_stub(exc):
-                status, stub = _stub_reached(out, results, case, label, exc)
-                break
-            message, hint = describe_exception(exc)   # a library's: see raised_by_stub
-            results.append(CaseResult(case.name, case.params, FAILED, message, hint))
-            out.failure(label, message, hint)
-            status, failures = FAILED, failures + 1
         except Mismatch as mm:
             results.append(CaseResult(case.name, case.params, FAILED, mm.message, mm.hint,
                                       mm.expected, mm.got))
@@ -265,6 +257,10 @@ def _run(out: Printer, cases: Iterable[Case], stop_after_failures: int,
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # the learner's code crashed: report, do not propagate
+            if isinstance(exc, NotAttempted) or \
+                    (isinstance(exc, NotImplementedError) and raised_by_stub(exc)):
+                status, stub = _stub_reached(out, results, case, label, exc)
+                break
             message, hint = describe_exception(exc)
             results.append(CaseResult(case.name, case.params, FAILED, message, hint))
             out.failure(label, message, hint)
