@@ -25,7 +25,7 @@ from pagedattn_lab.distributed import (head_range, pack_tables, step_bytes, torc
 from pagedattn_lab.distributed.shard import refusal_error, refusal_header, refusal_message
 from pagedattn_lab.engine import (EngineConfig, LLMEngine, LlamaModel, SamplingParams,
                                   random_weights, tiny_config)
-from tests.test_tp_refusal_h245 import _rank_inputs, _reference, default_decode
+from tests.test_tp_refusal_h245 import _rank_inputs, _reference, default_decode, step_with_fault
 from tests.thread_ranks import run_ranks
 
 needs_torch = pytest.mark.skipif(torch_missing() is not None,
@@ -55,24 +55,8 @@ def interrupted_rank(rank: int, world_size: int, stop: str) -> dict:
     shared, q, k, v, _ = _rank_inputs(tp, rank, prefill=False)
     stopper, name, phases = STOPS[stop]
     owner = tp if name == "_pack" else tp.wrapper
-    if rank == stopper:
-        setattr(owner, name, interrupt)
-    try:
-        if phases:
-            tp.plan(*tp.share_tables(*shared))
-            try:
-                out_local = tp.attend(q, k, v)
-            except BaseException as error:   # noqa: BLE001 - gathered, as step does
-                tp.gather(refused=error)
-            else:
-                tp.gather(out_local)
-        else:
-            tp.step(q, k, v, *shared)
-        stopped = None
-    except BaseException as error:   # noqa: BLE001 - handed to the test
-        stopped = (type(error), str(error))
-    if rank == stopper:
-        delattr(owner, name)
+    error = step_with_fault(tp, rank, stopper, owner, name, interrupt, shared, q, k, v, phases)
+    stopped = None if error is None else (type(error), str(error))
     return {"stopped": stopped, "out": tp.step(q, k, v, *shared)}
 
 

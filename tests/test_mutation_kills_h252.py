@@ -7,7 +7,8 @@ import pytest
 from pagedattn_lab.distributed import torch_missing
 from pagedattn_lab.distributed.shard import (REFUSAL_WORDS, REFUSED, refusal_error,
                                              refusal_header, refusal_message, table_capacity)
-from tests.test_tp_refusal_h245 import OUT_SHARE, _rank_inputs, _reference, default_decode
+from tests.test_tp_refusal_h245 import (OUT_SHARE, _rank_inputs, _reference, default_decode,
+                                         step_with_fault)
 from tests.thread_ranks import run_ranks
 
 needs_torch = pytest.mark.skipif(torch_missing() is not None,
@@ -58,19 +59,12 @@ def _pack_fails_rank(rank: int, world_size: int) -> dict:
 
     tp = default_decode()
     shared, q, k, v, _ = _rank_inputs(tp, rank, prefill=False)
-    if rank == 0:
-        tp._pack = fail
-    try:
-        tp.step(q, k, v, *shared)
-        refused = None
-    except Exception as error:   # noqa: BLE001 - handed to the test
-        refused = (type(error), str(error))
+    error = step_with_fault(tp, rank, 0, tp, "_pack", fail, shared, q, k, v)
+    refused = None if error is None else (type(error), str(error))
     # the sizes' all_gather, the refusal's broadcast, the message's: else rank 1 still waits
     # (raised, this stops it at once, not after thread_ranks' wait)
     if tp.dist.local.count != 3:
         raise AssertionError(f"rank {rank} posted {tp.dist.local.count} collectives, not 3")
-    if rank == 0:
-        del tp._pack
     return {"refused": refused, "out": tp.step(q, k, v, *shared)}
 
 

@@ -29,7 +29,7 @@ from pagedattn_lab.grading.report import FAILED, NOT_ATTEMPTED
 from tests.check_helpers import run_check
 from tests.test_bad_input_attack8 import _Interrupt, needs_torch
 from tests.test_library_not_implemented import _Fraction, _library_python_raise, _run
-from tests.test_tp_refusal_h245 import _rank_inputs, _reference, default_decode
+from tests.test_tp_refusal_h245 import _rank_inputs, _reference, default_decode, step_with_fault
 from tests.thread_ranks import run_ranks
 
 SHAPE = (6, 4, 2, 3)   # pages, tokens a page, KV heads, head dim (float32: pages 96 bytes apart)
@@ -150,13 +150,8 @@ def interrupted_while_rank_0_refuses(rank: int, world_size: int) -> dict:
 
     tp = default_decode()
     shared, q, k, v, _ = _rank_inputs(tp, rank, prefill=False)
-    tp.wrapper.run = stop
-    try:
-        tp.step(q, k, v, *shared)
-        stopped = None
-    except BaseException as error:   # noqa: BLE001 - handed to the test
-        stopped = (type(error).__name__, str(error))
-    del tp.wrapper.run
+    error = step_with_fault(tp, rank, rank, tp.wrapper, "run", stop, shared, q, k, v)
+    stopped = None if error is None else (type(error).__name__, str(error))
     return {"stopped": stopped, "out": tp.step(q, k, v, *shared)}
 
 
@@ -187,15 +182,8 @@ def interrupted_sharing_its_output(rank: int, world_size: int) -> dict:
 
     tp = default_decode()
     shared, q, k, v, _ = _rank_inputs(tp, rank, prefill=False)
-    if rank == 1:
-        tp._share_bytes = interrupt
-    try:
-        tp.step(q, k, v, *shared)
-        stopped = None
-    except BaseException as error:   # noqa: BLE001 - handed to the test
-        stopped = (type(error).__name__, str(error))
-    if rank == 1:
-        del tp._share_bytes
+    error = step_with_fault(tp, rank, 1, tp, "_share_bytes", interrupt, shared, q, k, v)
+    stopped = None if error is None else (type(error).__name__, str(error))
     return {"stopped": stopped, "out": tp.step(q, k, v, *shared)}
 
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.distributed import torch_missing
-from tests.test_tp_refusal_h245 import _rank_inputs, _reference, default_decode
+from tests.test_tp_refusal_h245 import _rank_inputs, _reference, default_decode, step_with_fault
 from tests.thread_ranks import run_ranks
 
 needs_torch = pytest.mark.skipif(torch_missing() is not None,
@@ -106,15 +106,9 @@ def attend_raises_rank(rank: int, world_size: int, error_class) -> dict:
 
     tp = default_decode()
     shared, q, k, v, _ = _rank_inputs(tp, rank, prefill=False)
-    if rank == 1:
-        tp.wrapper.run = fail
-    try:
-        tp.step(q, k, v, *shared)
-        refused = None
-    except Exception as error:   # noqa: BLE001 - handed to the test
-        refused = (type(error), None if isinstance(error, error_class) else str(error))
-    if rank == 1:
-        del tp.wrapper.run
+    error = step_with_fault(tp, rank, 1, tp.wrapper, "run", fail, shared, q, k, v)
+    refused = None if error is None else \
+        (type(error), None if isinstance(error, error_class) else str(error))
     return {"refused": refused, "out": tp.step(q, k, v, *shared)}
 
 

@@ -53,6 +53,32 @@ def default_decode():
                     len(c["seq_lens"]), -(-max(c["seq_lens"]) // c["page_size"]))
 
 
+def step_with_fault(tp, rank, faulty, owner, name, fault, shared, q, k, v, phases=False):
+    """One decode step in which rank `faulty`'s `owner.<name>` is `fault` (a function that
+    raises), in `step` or, with `phases`, in the phases called one by one (a failing attend's
+    error gathered, as step does); the replacement is removed after. Returns the error this
+    rank raised, or None."""
+    if rank == faulty:
+        setattr(owner, name, fault)
+    try:
+        if phases:
+            tp.plan(*tp.share_tables(*shared))
+            try:
+                out_local = tp.attend(q, k, v)
+            except BaseException as error:   # noqa: BLE001 - gathered, as step does
+                tp.gather(refused=error)
+            else:
+                tp.gather(out_local)
+        else:
+            tp.step(q, k, v, *shared)
+    except BaseException as error:   # noqa: BLE001 - handed to the test
+        return error
+    finally:
+        if rank == faulty:
+            delattr(owner, name)
+    return None
+
+
 def _rank_inputs(tp, rank, prefill):
     """(rank 0's step arguments, this rank's q, k, v, and q with every head)."""
     c = PREFILL_CASE if prefill else DEFAULT_CASE
@@ -208,22 +234,8 @@ def attend_fails_rank(rank: int, world_size: int, failure: str, phases: bool) ->
 
     tp = default_decode()
     shared, q, k, v, _ = _rank_inputs(tp, rank, prefill=False)
-    if rank == 1:
-        tp.wrapper.run = fail
-    try:
-        if phases:
-            tp.plan(*tp.share_tables(*shared))
-            try:
-                out_local = tp.attend(q, k, v)
-            except Exception as error:   # noqa: BLE001 - gathered, as step does
-                tp.gather(refused=error)
-            else:
-                tp.gather(out_local)
-        else:   # (step alone: were it to return, the phases must not raise in its place)
-            tp.step(q, k, v, *shared)
-    except Exception as error:   # noqa: BLE001 - handed to the test
-        return {"refused": (type(error), str(error))}
-    return {"refused": None}
+    error = step_with_fault(tp, rank, 1, tp.wrapper, "run", fail, shared, q, k, v, phases)
+    return {"refused": None if error is None else (type(error), str(error))}
 
 
 @needs_torch
