@@ -172,18 +172,20 @@ def element_dtype(dtype, allowed=DTYPE_NAMES, why: str = "") -> np.dtype:
 
 def to_elements(x, dtype: np.dtype, xp):
     """A float array (NumPy or CuPy; ml_dtypes.bfloat16 too) as a C-contiguous array of
-    element type `dtype` (from `element_dtype`) on xp's device, rounded to nearest even;
-    bfloat16 on CuPy as uint16 bits.
+    element type `dtype` (from `element_dtype`) on xp's device, rounded to nearest even (a
+    value past dtype's range is inf, as a GPU's conversion gives it, without NumPy's overflow
+    warning, which names no argument); bfloat16 on CuPy as uint16 bits.
     bfloat16 is rounded on the host, by ml_dtypes: its cast from float64 rounds once, where a
     device cast through float32 (CuPy has no bfloat16) would round twice."""
-    if dtype.name == "bfloat16":
-        rounded = np.ascontiguousarray(to_numpy(x), dtype=dtype)
-        return rounded if xp is np else xp.asarray(rounded.view(np.uint16))
-    if x.dtype.name == "bfloat16":   # ml_dtypes' rows, which CuPy cannot read: widened
-        x = to_numpy(x).astype(np.float32)   # on the host, exactly, so rounded only once
-    if xp is np:   # a CuPy x is copied to the host first
-        x = to_numpy(x)
-    return xp.ascontiguousarray(xp.asarray(x, dtype=dtype))
+    with np.errstate(over="ignore"):
+        if dtype.name == "bfloat16":
+            rounded = np.ascontiguousarray(to_numpy(x), dtype=dtype)
+            return rounded if xp is np else xp.asarray(rounded.view(np.uint16))
+        if x.dtype.name == "bfloat16":   # ml_dtypes' rows, which CuPy cannot read: widened
+            x = to_numpy(x).astype(np.float32)   # on the host, exactly, so rounded only once
+        if xp is np:   # a CuPy x is copied to the host first
+            x = to_numpy(x)
+        return xp.ascontiguousarray(xp.asarray(x, dtype=dtype))
 
 
 def array_dtypes(name: str, on_gpu: bool) -> tuple:

@@ -64,7 +64,8 @@ class PagedKVCache:
     `token_dtypes`: what `append` takes, into any cache: float16, float32, float64 or
     bfloat16 (ml_dtypes') rows, each value rounded to the cache's dtype to nearest even
     (exact where that dtype holds it: float16 or bfloat16 rows into float32, as vLLM's
-    reshape_and_cache casts a key to the cache's type). uint16 bits are integers, not rows."""
+    reshape_and_cache casts a key to the cache's type); a value past that dtype's range is
+    stored as inf, silently, as an inf is. uint16 bits are integers, not rows."""
 
     @property
     def token_dtypes(self) -> tuple:
@@ -158,8 +159,8 @@ class PagedKVCache:
         if k.shape != v.shape:
             raise ValueError(f"v: expected the shape of k {tuple(k.shape)}, got {tuple(v.shape)}")
         n_tokens = int(k.shape[0])
-        # Converted (or quantized) before any page is taken: a conversion that raises (an
-        # overflow under np.errstate(over="raise") or -W error) then changes nothing.
+        # Converted (or quantized) before any page is taken: a conversion that raises (out of
+        # memory, an interrupt) then changes nothing.
         rows = self._encode(k, v)
         copy_tail = n_tokens > 0 and self._tail_is_shared(seq)
         never_used = self.allocator.num_never_used
@@ -280,8 +281,9 @@ class PagedKVCache:
         per_token = self.scale_scheme == "per_token"
         k_scale, v_scale = (to_numpy(s.reshape(-1, self.num_kv_heads)[slots] if per_token else s)
                             for s in (self.k_scale, self.v_scale))
-        return (dequantize_written(k, self.kv_dtype, k_scale).astype(self.dtype),
-                dequantize_written(v, self.kv_dtype, v_scale).astype(self.dtype))
+        # rounded to dtype as `append` rounds rows: code * scale past its range reads as inf
+        return tuple(to_elements(dequantize_written(c, self.kv_dtype, s), self.dtype, np)
+                     for c, s in ((k, k_scale), (v, v_scale)))
 
     # -- internals ---------------------------------------------------------------------
 
@@ -324,8 +326,9 @@ class PagedKVCache:
         cache (the NumPy reference, `quant.py`; the kernel is cache_write_quant)."""
         if self.kv_dtype is None:
             return [to_elements(x, self.dtype, self.xp) for x in (k, v)]
-        return [quantize_rows(to_numpy(x).astype(self.dtype),   # as an unquantized cache stores
-                              self.kv_dtype, self.scale_scheme, to_numpy(scale))
+        # rounded to dtype as an unquantized cache stores them (past its range: inf)
+        return [quantize_rows(to_elements(to_numpy(x), self.dtype, np), self.kv_dtype,
+                              self.scale_scheme, to_numpy(scale))
                 for x, scale in ((k, self.k_scale), (v, self.v_scale))]
 
     def _write(self, pages: list[int], start: int, n_tokens: int, rows) -> None:

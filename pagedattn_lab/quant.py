@@ -117,7 +117,8 @@ def _e4m3():
 
 
 def encode(x, kv_dtype: str) -> np.ndarray:
-    """Codes of already-scaled float32 values (x / scale): int8 or uint8 e4m3 bits."""
+    """Codes of already-scaled float32 values (x / scale): int8 or uint8 e4m3 bits. A value
+    past float32's range (a float64 1e39) saturates as inf does, to the largest code."""
     fmt = kv_format(kv_dtype)
     x = real_values(x, "x")
     if fmt.name == "int8":
@@ -179,15 +180,20 @@ def static_scales(x, kv_dtype: str) -> np.ndarray:
     return _scales_of_flushed(_flushed(rows), kv_dtype)
 
 
-def _refuse_bad_scales(scales: np.ndarray, name: str) -> None:
+def _refuse_bad_scales(scales: np.ndarray, name: str, given=None) -> None:
     """A ValueError naming the first scale that is not finite and > 0 (x / 0 saturates every
     code, a negative scale flips the signs, NaN and inf give codes of 0), or is subnormal
-    (a kernel's -ftz reads it as 0)."""
+    (a kernel's -ftz reads it as 0).
+    given: the values `scales` (float32) were rounded from, to show one past float32's range
+    (inf once rounded) as it was given."""
     bad = np.argwhere(~(np.isfinite(scales) & (scales > 0)))
     if bad.size:
         i = tuple(int(j) for j in bad[0])
+        shown = float(scales[i])
+        if given is not None and np.isinf(shown) and np.isfinite(np.asarray(given)[i]):
+            shown = f"{float(np.asarray(given)[i]):g}, past float32's range (+-3.4e38)"
         raise ValueError(f"{name}: every scale must be finite and > 0; {name}"
-                         f"[{', '.join(map(str, i))}] is {float(scales[i])}")
+                         f"[{', '.join(map(str, i))}] is {shown}")
     tiny = np.argwhere(scales < FLOAT32_TINY)
     if tiny.size:
         i = tuple(int(j) for j in tiny[0])
@@ -248,7 +254,9 @@ def check_scale(scale, name: str, shape: tuple[int, ...],
 
 def quantize(x, kv_dtype: str, scale) -> np.ndarray:
     """Codes of x [..., num_kv_heads, head_dim] with `scale` broadcast over head_dim:
-    static [num_kv_heads] or per-token [..., num_kv_heads], each finite, > 0 and normal."""
+    static [num_kv_heads] or per-token [..., num_kv_heads], each finite, > 0 and normal
+    (one past float32's range, a float64 1e39, is refused by name as inf is). An x past
+    float32's range saturates to the largest code, silently, as inf does."""
     x = _flushed(real_values(x, "x"))
     _refuse_one_value(x, "x")
     return encode(x / _checked_scale(scale, x.shape)[..., None], kv_dtype)
@@ -256,7 +264,8 @@ def quantize(x, kv_dtype: str, scale) -> np.ndarray:
 
 def dequantize(codes, kv_dtype: str, scale) -> np.ndarray:
     """float32 code * scale, scale broadcast and refused as in `quantize`: code * 0 reads
-    every value back as 0, a negative scale flips the signs, NaN and inf give NaN."""
+    every value back as 0, a negative scale flips the signs, NaN and inf (or a value past
+    float32's range) give NaN."""
     _refuse_one_value(codes, "codes")
     s = _checked_scale(scale, np.shape(codes))   # (before the codes, as quantize's x)
     return decode(codes, kv_dtype) * s[..., None]
@@ -273,7 +282,8 @@ def _refuse_one_value(x, name: str) -> None:
 def dequantize_written(codes, kv_dtype: str, scale) -> np.ndarray:
     """`dequantize` of pages with the scales the cache holds, taken as they are, as a kernel
     reads them: a row holding inf has the per-token scale inf (as the kernel computes it) and
-    reads back as NaN (PagedKVCache.gather); unused slots may hold any scale at all."""
+    reads back as NaN (PagedKVCache.gather); unused slots may hold any scale at all (one past
+    float32's range is inf, silently)."""
     values = decode(codes, kv_dtype)
     return values * _scale_for(scale, values.shape)[..., None]
 
@@ -282,7 +292,7 @@ def _checked_scale(scale, shape) -> np.ndarray:
     """`scale` for values of `shape` as `_scale_for` takes it, each entry finite, > 0 and
     normal (`_refuse_bad_scales`)."""
     s = _scale_for(scale, shape)
-    _refuse_bad_scales(s, "scale")
+    _refuse_bad_scales(s, "scale", scale)
     return s
 
 
@@ -302,7 +312,8 @@ def _scale_for(scale, shape) -> np.ndarray:
 def quantize_rows(x, kv_dtype: str, scale_scheme: str, static_scale=None):
     """(codes, scales) for new rows x [n_tokens, num_kv_heads, head_dim]: the static scale
     [num_kv_heads] as given (finite, > 0 and normal, as `quantize` takes it), or per-token
-    scales [n_tokens, num_kv_heads] computed from x."""
+    scales [n_tokens, num_kv_heads] computed from x. An x past float32's range is inf, as
+    `quantize` takes it: a static code saturates, a per-token scale is inf."""
     check_scheme(scale_scheme)
     x = _flushed(real_values(x, "x"))   # once, for the scales and the codes
     if scale_scheme == "per_token":
@@ -311,7 +322,8 @@ def quantize_rows(x, kv_dtype: str, scale_scheme: str, static_scale=None):
         scales = _scales_of_flushed(x, kv_dtype)
     else:
         scales = _static_scale_for(static_scale, x.shape)
-    return encode(x / scales[..., None], kv_dtype), scales
+    with np.errstate(invalid="ignore"):   # a row holding inf: inf / inf, a NaN code (int8: 0)
+        return encode(x / scales[..., None], kv_dtype), scales
 
 
 def _static_scale_for(scale, shape) -> np.ndarray:
@@ -327,7 +339,7 @@ def _static_scale_for(scale, shape) -> np.ndarray:
     if s.shape != heads:
         raise ValueError(f"static_scale: expected shape {heads} (one per KV head) for rows of "
                          f"shape {tuple(shape)}, got {s.shape}")
-    _refuse_bad_scales(s, "static_scale")
+    _refuse_bad_scales(s, "static_scale", scale)
     return s
 
 

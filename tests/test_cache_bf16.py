@@ -11,10 +11,12 @@ import numpy as np
 import pytest
 
 import pagedattn_lab as pl
+from pagedattn_lab import cache as cache_module
 from pagedattn_lab import manager as manager_module
 from pagedattn_lab.backend import to_numpy
 from pagedattn_lab.cache import page_bytes
 from pagedattn_lab.manager import PagedAttentionManager
+from tests.test_bad_input_attack3 import no_memory
 from tests.test_paging import assert_same_state, cache_state
 from tests.test_reference import dense_attention
 
@@ -115,17 +117,23 @@ def test_fork_shares_pages_and_copies_the_tail_exactly(rng):
         np.testing.assert_array_equal(bits(got_v), bits(rounded(-np.concatenate([prompt, k]))))
 
 
-def test_append_that_overflows_in_the_rounding_changes_nothing():
-    """float64 rows past bfloat16's range, with overflow raised: the rounding comes before
-    any page is taken, so the sequence and the pages are as they were."""
+def test_append_whose_rounding_raises_changes_nothing(monkeypatch):
+    """A rounding to bfloat16 that raises (out of memory): it comes before any page is
+    taken, so the sequence and the pages are as they were."""
     cache = pl.PagedKVCache(4, 4, 2, 8, dtype="bfloat16", device="cpu")
     seq = cache.add_sequence()
     cache.append(seq, np.ones((3, 2, 8)), np.ones((3, 2, 8)))
     before = cache_state(cache)
-    rows = np.full((3, 2, 8), 1e300)
-    with np.errstate(over="raise"), pytest.raises(FloatingPointError):
-        cache.append(seq, rows, rows)
+    with monkeypatch.context() as patched:
+        patched.setattr(cache_module, "to_elements", no_memory)
+        with pytest.raises(MemoryError):
+            cache.append(seq, np.ones((3, 2, 8)), np.ones((3, 2, 8)))
     assert_same_state(before, cache_state(cache))
+
+    rows = np.full((3, 2, 8), 1e300)   # past bfloat16's range: stored as inf, silently
+    cache.append(seq, rows, -rows)
+    k, v = cache.gather(seq)
+    assert np.isposinf(as_float(k[3:])).all() and np.isneginf(as_float(v[3:])).all()
 
 
 # ---- the manager: attention on bfloat16 pages ---------------------------------------------

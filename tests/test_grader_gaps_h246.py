@@ -17,11 +17,10 @@ import pytest
 
 from pagedattn_lab.engine.kv_manager import KVCacheManager
 from pagedattn_lab.engine.request import Request, SamplingParams
-from tests.check_helpers import assert_caught, run_check
+from tests.check_helpers import PADDING, assert_caught, run_check
 from tests.test_grade_protocol import remotely
 from tests.test_pool_states_h230 import pages_in_every_state
 
-PADDING = "the row's padding (-1) was used as a page id"
 NEXT_ENTRY = "token t's page is entry t // page_size, not t // page_size + 1"
 
 

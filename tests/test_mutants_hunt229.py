@@ -21,12 +21,11 @@ Kernels are the solution notebook's sources with one edit (tests/check_helpers.m
 import numpy as np
 import pytest
 
-from tests.check_helpers import assert_caught, mutate, run_check, solution_source
+from tests.check_helpers import PADDING, assert_caught, mutate, run_check, solution_source
 from tests.test_grade_protocol import remotely
 
 ONRAMP = "03_cuda_onramp.ipynb"
 GENERIC_PUZZLE = "compare your kernel with the spec above"
-PADDING = "the row's padding (-1) was used as a page id"
 
 
 def _passes(task, impl, **kwargs):

@@ -17,9 +17,7 @@ from pagedattn_lab.grading.channel import Channel
 from pagedattn_lab.grading.checks_addressing import _counted
 from pagedattn_lab.grading.padding_reads import CONVERSIONS, joined_in_order
 from pagedattn_lab.grading.page_indices import copy_page_bytes, lowest_page_index, lowest_taken
-from tests.check_helpers import assert_caught, run_check
-
-PADDING = "the row's padding (-1) was used as a page id"
+from tests.check_helpers import PADDING, assert_caught, run_check
 
 
 def _whole_row(k_cache, block_table_row, seq_len):

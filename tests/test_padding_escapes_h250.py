@@ -12,10 +12,8 @@ import pytest
 import torch
 
 from pagedattn_lab.grading.page_indices import copy_page_bytes, c_strides, watched_levels
-from tests.check_helpers import assert_caught, run_check
+from tests.check_helpers import PADDING, assert_caught, run_check
 from tests.test_grade_protocol import remotely
-
-PADDING = "the row's padding (-1) was used as a page id"
 
 
 def _every_entrys_slots(k_cache, block_table_row):

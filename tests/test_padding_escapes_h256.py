@@ -15,10 +15,8 @@ from numpy import array, asarray, ascontiguousarray, frombuffer
 
 from pagedattn_lab.grading.padding_reads import NUMPYS_OWN, WATCHING, conversions_watched
 from pagedattn_lab.grading.page_indices import c_strides, copy_pages
-from tests.check_helpers import assert_caught, run_check
+from tests.check_helpers import PADDING, assert_caught, run_check
 from tests.test_grade_protocol import remotely
-
-PADDING = "the row's padding (-1) was used as a page id"
 
 
 def _pages_of(copy_of, clamp=lambda row: row):

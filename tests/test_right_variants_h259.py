@@ -20,10 +20,8 @@ import pytest
 import pagedattn_lab as pl
 from pagedattn_lab.grading.checks_addressing import _counted
 from pagedattn_lab.grading.padding_reads import NUMPYS_OWN
-from tests.check_helpers import run_check
+from tests.check_helpers import PADDING, run_check
 from tests.test_grade_protocol import remotely
-
-PADDING = "the row's padding (-1) was used as a page id"
 
 
 def _owner(array):

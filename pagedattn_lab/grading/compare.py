@@ -195,6 +195,15 @@ class Difference:
         return "\n".join(lines)
 
 
+def as_float64(x) -> np.ndarray:
+    """x as a float64 array, without NumPy's "invalid value encountered in cast": a kernel's
+    output holds the check's poison, a signalling NaN (kernel_runner.POISON_BITS), wherever
+    it wrote nothing (rightly so outside the mask), and its cast is a quiet NaN, which every
+    comparison here reads as a NaN and reports where it is compared."""
+    with np.errstate(invalid="ignore"):
+        return np.asarray(x, dtype=np.float64)
+
+
 def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None,
                         unwritten=None):
     """None when `got` matches `expected` (within tolerance, on `mask`), else a Difference.
@@ -204,8 +213,8 @@ def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None,
     has no poison. None: taken to be the NaN where a number was expected, for outputs
     poisoned with a plain NaN (a NaN the code computed looks the same there, and the message
     says so)."""
-    got = np.asarray(got, dtype=np.float64)
-    expected = np.asarray(expected, dtype=np.float64)
+    got = as_float64(got)
+    expected = as_float64(expected)
     if got.shape != expected.shape:
         raise ValueError(f"shape {got.shape} differs from the expected {expected.shape}")
     close = np.isclose(got, expected, atol=atol, rtol=rtol, equal_nan=True)
@@ -223,8 +232,8 @@ def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None,
 
 
 def matches(got, candidate, *, atol=ATOL, rtol=RTOL, mask=None) -> bool:
-    got = np.asarray(got, dtype=np.float64)
-    candidate = np.asarray(candidate, dtype=np.float64)
+    got = as_float64(got)
+    candidate = as_float64(candidate)
     if got.shape != candidate.shape:
         return False
     close = np.isclose(got, candidate, atol=atol, rtol=rtol, equal_nan=True)
@@ -265,9 +274,8 @@ def fitting_hints(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None,
 
 def _nan_where_wrong(candidate, expected, atol, rtol, mask) -> bool:
     """True when every element where `candidate` differs from `expected` is NaN."""
-    candidate = np.asarray(candidate, dtype=np.float64)
-    wrong = ~np.isclose(candidate, np.asarray(expected, dtype=np.float64), atol=atol,
-                        rtol=rtol, equal_nan=True)
+    candidate = as_float64(candidate)
+    wrong = ~np.isclose(candidate, as_float64(expected), atol=atol, rtol=rtol, equal_nan=True)
     if mask is not None:
         wrong &= np.broadcast_to(mask, wrong.shape)
     return bool(np.isnan(candidate[wrong]).all())
@@ -365,7 +373,7 @@ def positive_factor(got, ref, *, rtol: float, atol: float = 0.0) -> float | None
     """The factor f > 0 for which `got` is `ref` * f (least squares, then checked within
     rtol / atol), or None: values of 0 fit f = 0 and a negated copy f < 0, which no scale
     (pre-applied, or one of the learner's own) explains."""
-    g, r = np.asarray(got, np.float64), np.asarray(ref, np.float64)
+    g, r = as_float64(got), as_float64(ref)
     if not g.size or not np.isfinite(g).all() or not np.any(r):
         return None
     factor = float(np.sum(g * r) / np.sum(r * r))
