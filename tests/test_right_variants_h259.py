@@ -160,12 +160,18 @@ def _in_a_thread(k_cache, block_table_row, seq_len):
 
 
 def _page_by_page(k_cache, block_table_row, seq_len):
-    """Recursion over the used pages; the padding is never read."""
+    """Recursion over the used pages, joined once; the padding is never read. (Joined at
+    every level, the copies grow with the square of the pages: 256 in the timed case, slow
+    enough to fail the clock on a busy machine, as any quadratic gather may.)"""
+    return np.concatenate(_pages(k_cache, block_table_row, seq_len))
+
+
+def _pages(k_cache, block_table_row, seq_len):
     page_size = k_cache.shape[1]
     if seq_len <= page_size:
-        return np.array(k_cache[max(int(block_table_row[0]), 0), :seq_len])
-    rest = _page_by_page(k_cache, block_table_row[1:], seq_len - page_size)
-    return np.concatenate([np.array(k_cache[block_table_row[0]]), rest])
+        return [np.array(k_cache[max(int(block_table_row[0]), 0), :seq_len])]
+    return [np.array(k_cache[block_table_row[0]])] + \
+        _pages(k_cache, block_table_row[1:], seq_len - page_size)
 
 
 def _clamped_fortran_copy(k_cache, block_table_row, seq_len):
