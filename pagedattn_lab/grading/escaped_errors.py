@@ -3,12 +3,10 @@ its message and hint, where in the learner's code it was raised, whose a MemoryE
 whether a NotImplementedError is the workbook's stub."""
 from __future__ import annotations
 
-import itertools
-import linecache
 import re
 
 from .faults import describe_kernel_exception
-from .remote_errors import learner_frame, learner_traceback
+from .remote_errors import learner_frame, learner_stub, names_not_implemented
 from .report import JUDGE_HEAP, text_of
 
 
@@ -27,8 +25,9 @@ _RAISING_LINE = re.compile(r" \(in .*?, line \d+: (.*)\)$", re.DOTALL)
 
 
 def raised_by_stub(exc: NotImplementedError) -> bool:
-    """Whether `exc` is the workbook's stub (or the learner's own "not yet"): raised on a line
-    of the learner's code that names NotImplementedError. One raised by a library the
+    """Whether `exc` is the workbook's stub (or the learner's own "not yet"): raised by a
+    statement of the learner's code that names NotImplementedError (remote_errors.learner_stub,
+    under the grader as the sandbox read it). One raised by a library the
     learner called (memoryview of float16, a torch op with no kernel for its dtype) or by
     this package (the CPU executor's cooperative groups) is an error like any other: "not
     attempted" would blame an answer that was written."""
@@ -38,34 +37,15 @@ def raised_by_stub(exc: NotImplementedError) -> bool:
             return True   # (never raised: nothing tells)
         if _raised_by_the_checks(exc):
             return True   # their own "not attempted": an answer that returned None
-        tb = learner_traceback(exc)
-        if tb is None:
-            return False   # no line of the learner's on the way: a library's or ours
-        return _names_the_error(_statement(tb))
+        return learner_stub(exc)
+    stub = getattr(exc, "remote_stub", None)   # the sandbox's reading of the whole statement
+    if isinstance(stub, bool):
+        return stub
+    # (a sandbox that sent no reading: the first line of the statement is all there is)
     if not where:
         return False
     line = _RAISING_LINE.match(where)
-    return _names_the_error(line.group(1) if line is not None else "")
-
-
-def _names_the_error(text: str) -> bool:
-    # (a learner's line whose text is unknown is taken for the stub)
-    return not text.strip() or "NotImplementedError" in text
-
-
-def _statement(tb) -> str:
-    """The text of the statement traceback entry `tb` was running, every line of it: a raise
-    written over several lines (`raise \\` then the error) names it on a later one."""
-    frame, first = tb.tb_frame, tb.tb_lineno
-    positions = getattr(frame.f_code, "co_positions", None)   # (Python 3.11+)
-    last = first
-    if positions is not None and tb.tb_lasti >= 0:
-        start, end = next(itertools.islice(positions(), tb.tb_lasti // 2, None), (None, None))[:2]
-        if start is not None and end is not None and start <= first <= end:
-            first, last = start, end
-    name = frame.f_code.co_filename
-    return " ".join(linecache.getline(name, n, frame.f_globals).strip()
-                    for n in range(first, last + 1))
+    return names_not_implemented(line.group(1) if line is not None else "")
 
 
 def _raised_by_the_checks(exc: BaseException) -> bool:

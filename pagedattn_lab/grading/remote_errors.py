@@ -1,14 +1,17 @@
 """How exceptions cross the grader's channel (remote.py): as data, never as objects.
 
 An exception travels as its type name, its classes' names, its message, its plain-data
-attributes and where in the learner's code it was raised. It comes back as the same class
-when that is a builtin or one of the package's, else as a same-named subclass of the
-nearest known one (of RemoteError); an exception the judge raised keeps its identity
-across the round trip (a token only the judge can resolve).
+attributes, where in the learner's code it was raised and, for a NotImplementedError,
+whether that statement of the learner's names it (the workbook's stub). It comes back as
+the same class when that is a builtin or one of the package's, else as a same-named
+subclass of the nearest known one (of RemoteError); an exception the judge raised keeps
+its identity across the round trip (a token only the judge can resolve).
 """
 from __future__ import annotations
 
 import builtins
+import itertools
+import linecache
 import os
 
 from . import wire
@@ -126,6 +129,7 @@ class ErrorTranslation:
         return {"type": type(exc).__name__[:80],
                 "mro": [c.__name__[:80] for c in type(exc).__mro__][:24],
                 "message": message, "shown": shown, "attrs": attrs, "where": learner_frame(exc),
+                "stub": learner_stub(exc) if isinstance(exc, NotImplementedError) else None,
                 "token": token if type(token) is int else None}
 
     def exception(self, info, blobs=()) -> BaseException:
@@ -139,8 +143,6 @@ class ErrorTranslation:
         cls = self._class(name, names)
         exc = cls.__new__(cls)
         BaseException.__init__(exc, _key_of(cls, info.get("message", ""), info.get("shown")))
-        if self.learner_side:
-            exc.remote_frame = str(info.get("where") or "")[:400]   # escaped_errors.where_raised
         attrs = info.get("attrs") if isinstance(info.get("attrs"), dict) else {}
         for key, tree in list(attrs.items())[:40]:
             if isinstance(key, str) and key.isidentifier() and not key.startswith("_"):
@@ -148,6 +150,11 @@ class ErrorTranslation:
                     setattr(exc, key, wire.decode(tree, [], no_deref))
                 except (ProtocolError, AttributeError, TypeError):
                     pass
+        # (set after the attributes, so that none of the learner's replaces them)
+        if self.learner_side:
+            exc.remote_frame = str(info.get("where") or "")[:400]   # escaped_errors.where_raised
+            if type(info.get("stub")) is bool:
+                exc.remote_stub = info["stub"]   # escaped_errors.raised_by_stub
         if not self.strict and type(info.get("token")) is int:
             exc._grader_token = info["token"]
         return exc
@@ -205,8 +212,6 @@ def learner_frame(exc: BaseException) -> str:
     code (own_watch.package_code: a cell compiled under a package file's name is the
     learner's) nor a library's, the line cut to 200 characters: it crosses the channel, and
     a message quotes it."""
-    import linecache  # noqa: PLC0415
-
     tb = learner_traceback(exc)
     if tb is None:
         return ""
@@ -216,6 +221,36 @@ def learner_frame(exc: BaseException) -> str:
         else os.path.basename(filename)
     line = linecache.getline(filename, lineno, frame.f_globals).strip()
     return f" (in {where}, line {lineno}: {line[:200]})"
+
+
+def learner_stub(exc: BaseException) -> bool:
+    """Whether the learner's code raised `exc` on a statement that names NotImplementedError
+    (the workbook's stub, or the learner's own "not yet"); False where no frame of theirs is
+    on the way (a library's or this package's error). Read where the traceback is: the
+    notebook's process, or the grader's sandbox, which sends it (`describe`), as the judge
+    has only learner_frame's first line, cut, of a raise written over several."""
+    tb = learner_traceback(exc)
+    return tb is not None and names_not_implemented(_statement(tb))
+
+
+def names_not_implemented(text: str) -> bool:
+    # (a learner's line whose text is unknown is taken for the stub)
+    return not text.strip() or "NotImplementedError" in text
+
+
+def _statement(tb) -> str:
+    """The text of the statement traceback entry `tb` was running, every line of it: a raise
+    written over several lines (`raise \\` then the error) names it on a later one."""
+    frame, first = tb.tb_frame, tb.tb_lineno
+    positions = getattr(frame.f_code, "co_positions", None)   # (Python 3.11+)
+    last = first
+    if positions is not None and tb.tb_lasti >= 0:
+        start, end = next(itertools.islice(positions(), tb.tb_lasti // 2, None), (None, None))[:2]
+        if start is not None and end is not None and start <= first <= end:
+            first, last = start, end
+    name = frame.f_code.co_filename
+    return " ".join(linecache.getline(name, n, frame.f_globals).strip()
+                    for n in range(first, last + 1))
 
 
 def learner_traceback(exc: BaseException):
