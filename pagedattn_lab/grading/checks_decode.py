@@ -29,9 +29,9 @@ from .kernel_runner import poisoned, unwritten
 from .kernel_hints import one_size_hint
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
 from .table_probe import PAGE_SIZE, full_table, transposed_hint
-from .variants import (BY_KV_HEADS_HINT, BY_MOD_HINT, HEAD_STRIDE_HINT, NEXT_PAGE_HINT,
-                       SAME_HEAD_HINT, SCALED_VALUES_HINT, UNSCALED_PAGES_HINT,
-                       twice_hint)
+from .variants import (BY_KV_HEADS_HINT, BY_MOD_HINT, HEAD_STRIDE_HINT, MOD_GROUP_HINT,
+                       NEXT_PAGE_HINT, SAME_HEAD_HINT, SCALED_VALUES_HINT, UNSCALED_PAGES_HINT,
+                       kv_map_hint, twice_hint)
 
 # -- task 2: one partition per warp, in CUDA C ----------------------------------------------
 
@@ -39,6 +39,7 @@ _PARTITION_MISTAKES = [
     (BY_MOD_HINT, {"kv_map": "mod"}),
     (SAME_HEAD_HINT, {"kv_map": "same"}),
     (BY_KV_HEADS_HINT, {"kv_map": "by_kv_heads"}),
+    (MOD_GROUP_HINT, {"kv_map": "mod_group"}),
     ("the scores are not scaled: multiply q . k by scale.", {"scale": 1.0}),
     ("multiply by the kernel's argument `scale`, not 1/sqrt(head_dim) worked out in the kernel: "
      "the caller chooses the scale (this case's is not 1/sqrt(head_dim)).", {"scale": "sqrt"}),
@@ -103,7 +104,9 @@ _NAN_ONLY = ("these partitions are all NaN your code computed. The cache slots p
              "hold NaN in this check, so a read past a partition's end (it ends at min(seq_len, "
              "start + part_len), exclusive) makes one; with the bounds right, look for inf * 0 "
              "or inf - inf in the online softmax (the running max starts at -inf: rescale by "
-             "expf(m - m_new), never expf(m_new - m)).")
+             "expf(m - m_new), never expf(m_new - m), and weigh each token by expf(dot - "
+             "m_new), never by expf(dot - m): against the old max the first token's weight is "
+             "expf(dot + inf) = inf).")
 
 
 def _bound_hint(o, o_ref, prob, part_len, used) -> str | None:
@@ -121,6 +124,14 @@ def _bound_hint(o, o_ref, prob, part_len, used) -> str | None:
     if len(hits) > 1:
         return _PAST_SEQ_LEN
     return _BOUND_MISTAKES[hits[0]] if hits else _NAN_ONLY if nan_only else None
+
+
+def _partition_hint(text: str | None, bugs: dict, prob) -> str:
+    """A partition mistake's hint on `prob`: a head mapping's names the mappings that read
+    the same KV heads here too."""
+    if "kv_map" in bugs:
+        return kv_map_hint(bugs["kv_map"], prob.q.shape[1], prob.k_cache.shape[2])
+    return text or twice_hint(prob.scale, prob.q.shape[2])
 
 
 def _scaled(prob, bugs: dict) -> dict:
@@ -186,7 +197,7 @@ def _partition_one_size(comp, part_len: int, sizes: dict) -> str | None:
     sequences come out wrong with their sizes, and right with pages of 16 tokens, or with a
     KV head per query head."""
     def right_with(**changed):
-        prob = decode_problem(0, **{**sizes, **changed})
+        prob = _wider_than_parts(decode_problem(0, **{**sizes, **changed}), part_len)
         o = probe(lambda: launch_warp(comp, *_partition_launch(prob, part_len),
                                       outputs=(5,))[0][0])
         o_ref = reference_partials(prob.q, prob.k_cache, prob.v_cache, prob.block_tables,
@@ -195,6 +206,14 @@ def _partition_one_size(comp, part_len: int, sizes: dict) -> str | None:
             o, o_ref, ("sequence", "head", "partition", "dim"),
             mask=np.isfinite(o_ref).all(axis=-1, keepdims=True)) is None
     return one_size_hint(right_with, sizes, longest=max(sizes["seq_lens"]))
+
+
+def _wider_than_parts(prob, part_len: int):
+    """`prob` with a -1 column added to its block table where the table is exactly max_parts
+    wide: there a row stride of max_parts for max_pages would pass for right."""
+    if prob.block_tables.shape[1] == -(-int(prob.seq_lens.max()) // part_len):
+        prob.block_tables = np.pad(prob.block_tables, ((0, 0), (0, 1)), constant_values=-1)
+    return prob
 
 
 def _partition_case(comp, seed, part_len, **sizes) -> None:
@@ -218,13 +237,16 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
     diff = describe_difference(o, o_ref, ("sequence", "head", "partition", "dim"),
                                mask=used[..., None])
     if diff is not None:
+        # NaN that the kernel computed in every partition: the online softmax's own 0 / 0
+        # or inf / inf fits it as well as any variant that reads a NaN slot
+        all_nan = bool((np.isnan(o) & ~unwritten(o))[used].all())
         named = diagnose(o, o_ref, [
-            (text or twice_hint(prob.scale, head_dim),
+            (_partition_hint(text, bugs, prob),
              lambda bugs=bugs: partials_variant(prob, part_len, **_scaled(prob, bugs))[2])
             for text, bugs in _PARTITION_MISTAKES], mask=used[..., None])
-        bound = _bound_hint(o, o_ref, prob, part_len, used)
-        if bound == _NAN_ONLY and named:   # NaN everywhere: a mistake that reads NaN slots
-            bound = several_fit([_NAN_ONLY, named])   # (the head stride's) fits it as well
+        bound = _bound_hint(o, o_ref, prob, part_len, used) or (_NAN_ONLY if all_nan else None)
+        if bound == _NAN_ONLY and named:   # NaN everywhere, and a mistake that fits it
+            bound = several_fit([_NAN_ONLY, named])
         hint = bound or _lane0_hint(o, o_ref, used) or named \
             or _partition_transposed(comp) or _partition_one_size(comp, part_len, sizes) \
             or dims_hint(o, used, head_dim, "lane") or misplaced_hint(o, o_ref, used)

@@ -25,7 +25,7 @@ from .compare import (changed_input, describe_difference, diagnose, fitting_hint
                       matches)
 from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, decode_problem, dims_hint,
                             launch_warp)
-from .decode_variants import merge_variant
+from .decode_variants import merge_by_tokens, merge_variant, pairs_by_p
 from .kernel_runner import poisoned
 from .merge_rows import reads_other_rows, rows_elsewhere, with_states
 from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
@@ -164,18 +164,28 @@ def _max_over_all_slots(m, l, o, n_parts):
 
 def _weighted_by(m, l, o, n_parts, top: str):
     """The merge in float32 with the first ("first") or the last ("last") partition's m
-    taken as the max, or with none subtracted ("none")."""
+    taken as the max, the max of all but the first ("after_first": its loop from p = 1), or
+    with none subtracted ("none")."""
     n_parts = np.asarray(n_parts)
     used = np.arange(m.shape[-1]) < n_parts[..., None]
     pick = np.broadcast_to(n_parts - 1 if top == "last" else np.zeros_like(n_parts),
                            m.shape[:-1])[..., None]
     with np.errstate(all="ignore"):
-        shift = 0.0 if top == "none" else np.take_along_axis(m, pick, axis=-1)
+        if top == "none":
+            shift = 0.0
+        elif top == "after_first":
+            shift = np.where(used & (np.arange(m.shape[-1]) > 0), m, -np.inf).max(
+                axis=-1, keepdims=True)
+        else:
+            shift = np.take_along_axis(m, pick, axis=-1)
         w = np.where(used, l * np.exp(m - shift), 0).astype(np.float32)
         top_sum = (w[..., None] * np.where(used[..., None], o, 0)).sum(axis=-2)
         return top_sum / w.sum(axis=-1)[..., None]
 
 
+BY_TOKENS_HINT = ("each partition was weighted by its token count: o_p is the softmax average "
+                  "of its own tokens, and its share of the whole is its share of the softmax "
+                  "sum, w_p = l_p * exp(m_p - m), whatever the number of tokens it holds.")
 FIRST_AS_MAX_HINT = ("m must be the largest m_p of the row, not the first partition's: a later "
                      "partition's m_p lies far above it here, and expf(m_p - m_0) overflowed "
                      "float32 (inf / inf). Take the max over the partitions first (fmaxf from "
@@ -272,6 +282,17 @@ def _variants(part_ml, part_out, lens, part_len, held):
          "the real ones here, so every real weight expf(m_p - m) underflowed to 0 (0 / 0).",
          lambda: _max_over_all_slots(*states, n_parts)),
         (FIRST_AS_MAX_HINT, lambda: _weighted_by(*states, n_parts, "first")),
+        ("the max skips partition 0: take m over every partition, p = 0 .. n_parts - 1 "
+         "(fmaxf from NEG_INF); without partition 0's m_p, a row whose largest m_p is "
+         "partition 0's overflows expf(m_p - m), and a row of one partition has m = -inf.",
+         lambda: _weighted_by(*states, n_parts, "after_first")),
+        (BY_TOKENS_HINT, lambda: merge_by_tokens(*states, lens, part_len, n_parts)),
+        ("part_ml holds one (m, l) pair per slot: m_p is ml[2 * p] and l_p ml[2 * p + 1]; "
+         "yours reads ml[p] and ml[p + 1], which mixes the halves of different pairs.",
+         lambda: merge_variant(*pairs_by_p(part_ml), part_out, n_parts, bug="none")),
+        ("divide by the sum of the weights, sum_p l_p * exp(m_p - m), not by the number of "
+         "partitions: the weights do not sum to 1.",
+         lambda: merge_variant(*states, n_parts, bug="no_divide") / n_parts[..., None]),
         _last_as_max(states, n_parts),
     ]
 

@@ -41,7 +41,7 @@ def _launch_read(comp, grid, args, per_token: int, heads: int, kv_heads: int):
         else:
             fits = _head_fault_hints(exc, per_token, heads, kv_heads)
             hint = several_fit(fits, "index") if fits else \
-                _scale_fault_hint(buffer, exc.index, per_token, heads)
+                _scale_fault_hint(buffer, exc, per_token, kv_heads)
         raise Mismatch(kernel_message(exc), hint) from exc
 
 
@@ -77,16 +77,21 @@ def _head_fault_hints(exc, per_token: int, heads: int, kv_heads: int) -> list[st
     return hints
 
 
-def _scale_fault_hint(name: str, index: int, per_token: int, heads: int) -> str:
+def _scale_fault_hint(name: str, exc, per_token: int, kv_heads: int) -> str:
+    """The hint for a scale read past the end of `name` that no head mapping explains: the
+    query head is named only where the faulting block's own query head is the index read."""
+    index = exc.index
     if per_token:
         return (f"per_token = 1: {name} is laid out like the pages, one scale per (slot, KV "
                 f"head): index slot * num_kv_heads + kv_head, with the slot the block table "
                 f"gives (element {index} is past the end).")
-    if 0 <= index < heads:
+    block = getattr(exc, "block", None)
+    if block and index == int(block[0]):
         return (f"per_token = 0: {name} holds one scale per KV head: index kv_head = h / "
                 f"(num_heads / num_kv_heads), not the query head h (element {index} read).")
-    return (f"per_token = 0: {name} holds one scale per KV head, index kv_head alone (the "
-            f"slot term belongs to per-token scales; element {index} read).")
+    return (f"per_token = 0: {name} holds one scale per KV head, {kv_heads} of them: index "
+            f"kv_head alone, the same for every token whatever its slot or page (element "
+            f"{index} read).")
 
 
 def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,

@@ -23,8 +23,8 @@ from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose
 from .faults import kernel_message
 from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, one_size_hint,
-                           padding_hint, sequence_hint, shift_hint, tile_load_hint,
-                           tiled_hint, unwritten_pattern_hint)
+                           padding_hint, rounding_hint, sequence_hint, shift_hint,
+                           tile_load_hint, tiled_hint, unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwritten, where
 from .puzzle_runner import count_then_check
 from .printer import WIDTH
@@ -103,7 +103,8 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
         or sequence_hint(got, expected, valid, never) \
         or array_size_hint(comp.source, prob.shape["head_dim"]) \
         or _pow2_shift_hint(comp, prob, threads, tiled) \
-        or _one_size_hint(comp, prob, threads, tiled)
+        or _one_size_hint(comp, prob, threads, tiled) \
+        or rounding_hint(got, expected, valid)
     hint = mistake \
         or nan_hint(got, valid, never, shared_tile=tiled, source=comp.source) \
         or (tiled_hint(comp.source, racecheck=kern.racecheck) if tiled else None) \

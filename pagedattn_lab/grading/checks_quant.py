@@ -280,6 +280,22 @@ def _slot_only_hint(got, want, heads, rows, dim=None) -> str | None:
             "head], not k_scale[slot] (there the heads of a token overwrite each other).")
 
 
+def _other_row_hint(got, want, k, rows) -> str | None:
+    """When every wrong per-token scale is the scale of another row of k: a row read, or a
+    scale stored, at a wrong offset."""
+    heads = k.shape[1]
+    got, want = got.reshape(-1, heads)[rows], want.reshape(-1, heads)[rows]
+    amax = np.fmax.reduce(np.abs(k), -1).ravel()
+    scales = np.where(amax > 0, amax / np.float32(127), 1).astype(np.float32)
+    wrong = ~np.isclose(got, want, rtol=1e-6, atol=0)
+    if not wrong.any() or not np.isclose(got[wrong][:, None], scales, rtol=1e-6, atol=0) \
+            .any(axis=1).all():
+        return None
+    return ("each wrong scale is that of another (token, head) row of k: the row of (token, "
+            "head) starts at k + (token * num_kv_heads + head) * head_dim, and its scale goes to "
+            "k_scale[slot * num_kv_heads + head]; check the offset of each.")
+
+
 def _nan_row_hint(diff, k, slots) -> str | None:   # (only NaN rows' scales are wrong)
     if not (diff.bad <= nan_at(k, slots, diff.bad.shape, rows=True)).all():
         return None
@@ -301,6 +317,7 @@ def _check_scales(got, want, k, slots, variants) -> None:
     hint = _slot0_hint(diff, np.isnan(got), slots) or diagnose(
         got, want, [(h, lambda f=f: f()[1]) for h, f in variants], atol=0, rtol=1e-6) \
         or _slot_only_hint(got, want, k.shape[1], rows) or _nan_row_hint(diff, k, slots) \
+        or _other_row_hint(got, want, k, rows) \
         or small_rows_hint(got.reshape(-1, k.shape[1])[rows], want.reshape(-1, k.shape[1])[rows],
         np.fmax.reduce(np.abs(k[live]), -1), "127")
     raise Mismatch("k_scale: " + diff.message("scales"), hint or (

@@ -5,6 +5,7 @@ the tokens (through the block table, slot by slot), with optional bugs:
 
     kv_map="mod" / "same"     query head h reads kv head h % num_kv_heads / h (GQA)
     kv_map="by_kv_heads"      query head h reads kv head h / num_kv_heads (not h / group)
+    kv_map="mod_group"        query head h reads kv head h % group (its place in its group)
     scale=1.0                 the missing 1/sqrt(head_dim)
     bounds="inclusive"        a partition reads tokens start..end (one past its end)
     bounds="unclipped"        a partition reads part_len tokens even past seq_len
@@ -35,7 +36,8 @@ A token whose page is block-table padding (or past the row) makes its partition 
 kernel would fault there, so such a variant only matches where it stays in bounds. Tokens
 in unused slots read whatever the cache holds there (the checks put NaN in them).
 
-`merge_variant` is the merge with its classic mistakes.
+`merge_variant` is the merge with its classic mistakes; `merge_by_tokens` and `pairs_by_p`
+give two more, which need the lengths or the raw (m, l) pairs.
 """
 from __future__ import annotations
 
@@ -44,6 +46,7 @@ import numpy as np
 from ..split_k import partition_bounds
 from ..validate_scale import LOG2E
 from .compare import one_of
+from .variants import kv_head_of
 
 
 def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str,
@@ -114,7 +117,7 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
                      paging="right", q_head="own", reduced=(16, 8, 4, 2, 1), swap=None):
     """(m, l, o) like `split_k.reference_partials`, with the chosen mistakes."""
     for name, value, allowed in (
-            ("kv_map", kv_map, ("div", "mod", "same", "by_kv_heads")),
+            ("kv_map", kv_map, ("div", "mod", "same", "by_kv_heads", "mod_group")),
             ("bounds", bounds, ("exact", "inclusive", "unclipped", "skip_first", "drop_last",
                                  "page_start", "to_seq_len")),
             ("online_bug", online_bug, (None, "acc", "sum", "max0")),
@@ -125,7 +128,6 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
         one_of(name, value, allowed)
     num_heads = prob.q.shape[1]
     num_kv_heads = prob.k_cache.shape[2]
-    group = num_heads // num_kv_heads
     scale = prob.scale if scale is None else scale
     lens = [int(n) for n in prob.seq_lens]
     max_parts = -(-max(lens) // part_len)
@@ -135,8 +137,7 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
     with np.errstate(all="ignore"):
         for b, n in enumerate(lens):
             for h in range(num_heads):
-                kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h,
-                       "by_kv_heads": h // num_kv_heads}[kv_map]
+                kvh = kv_head_of(kv_map, h, num_heads, num_kv_heads)
                 for p, (start, end) in enumerate(partition_bounds(n, part_len)):
                     tokens = _token_range(start, end, n, part_len, bounds,
                                           prob.k_cache.shape[1])
@@ -196,3 +197,20 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
         divisor = np.where(used, l * scale, 0.0) if bug == "o_unnormalized" else \
             np.where(used, l, 0.0) if bug == "divide_by_l" else w
         return top / divisor.sum(axis=-1)[..., None]
+
+
+def merge_by_tokens(m, l, o, lens, part_len: int, n_parts):
+    """The merge with partition p weighted by the tokens it holds, not by l_p exp(m_p - m)."""
+    p = np.arange(m.shape[-1])
+    tokens = np.clip(lens[:, None, None] - p * part_len, 0, part_len)   # [batch, 1, parts]
+    w = np.where(p < np.asarray(n_parts)[..., None], tokens, 0).astype(np.float64)
+    top_sum = (w[..., None] * np.where(w[..., None] > 0, o, 0)).sum(axis=-2)
+    return top_sum / w.sum(axis=-1)[..., None]
+
+
+def pairs_by_p(part_ml):
+    """(m, l) of part_ml [batch, heads, parts, 2] read as ml[p] and ml[p + 1] of each row's
+    flat pairs, not ml[2 * p] and ml[2 * p + 1]."""
+    flat = part_ml.reshape(*part_ml.shape[:2], -1)
+    parts = part_ml.shape[2]
+    return flat[..., :parts], flat[..., 1:parts + 1]

@@ -11,6 +11,7 @@ import re
 
 import numpy as np
 
+from .compare import ATOL
 from .report import Mismatch, NotAttempted, several_fit
 
 # What a float variable holds before its first write on the CPU executor built by GCC 12 or
@@ -77,8 +78,10 @@ def mha_only_hint(num_heads: int, num_kv_heads: int) -> str:
     """A kernel right on a case's problem with one KV head per query head, wrong with GQA."""
     return (f"your kernel is right on this problem when every query head has its own KV head "
             f"and wrong where {num_heads} query heads share {num_kv_heads} KV heads (GQA): "
-            "check what the head index selects: query head h reads its own q row and KV head "
-            "h / (num_heads / num_kv_heads).")
+            "check what each head index selects: query head h reads its own q row and KV head "
+            "h / (num_heads / num_kv_heads), and a slot of the cache holds num_kv_heads heads, "
+            "not num_heads: KV head kv_head's row is (slot * num_kv_heads + kv_head) * "
+            "head_dim.")
 
 
 WHOLE_TOKEN_OFFSET_HINT = ("the offset inside the page is t % page_size: the token's "
@@ -233,6 +236,19 @@ def nan_hint(got, valid, never, *, shared_tile: bool, source: str) -> str | None
             "in the online softmax. Start the running max at -inf, compute the rescale "
             "exp(old_max - new_max) before overwriting the max, and weigh each key with "
             "exp(score - new_max).")
+
+
+def rounding_hint(got, expected, valid) -> str | None:
+    """When every real row is finite and within float16's precision of the expected, yet not
+    within the check's tolerance: a step of the kernel rounds to a narrower type."""
+    rows = np.broadcast_to(valid, got.shape)
+    if not np.isfinite(got[rows]).all() or \
+            not np.allclose(got[rows], expected[rows], rtol=1e-2, atol=1e-2):
+        return None
+    return (f"every output is within about 1e-2 of the expected, not within {ATOL:g}: a "
+            "step of your kernel rounds to a narrower type (a __half score, sum or "
+            "accumulator, a __float2half on the way): keep the dot products, the softmax and "
+            "the accumulator in float.")
 
 
 def array_size_hint(source: str, head_dim: int) -> str | None:

@@ -10,12 +10,15 @@ way a kernel does it, element offsets and all, with optional bugs:
                                block's last
     mask="whole_pages"         causal, but a block of `block_queries` loads only the whole
                                pages of its keys (pages = keys_needed / page_size, rounded down)
+    mask="block_short"         causal, but a block of `block_queries` loads one key fewer than
+                               its last query needs (keys_needed = first_query + blockDim.x - 1)
     mask="page_local"          a block of `block_queries` loads its keys by pages, and query t
                                reads a page's key j while j <= t (first_key left out)
     shared_table=True          every sequence reads row 0 of block_tables (the guide)
     head_stride_bug=True       slot * head_dim + kv_head * head_dim (no num_kv_heads)
     kv_map="mod" / "same" / "zero"   query head h reads kv head h % num_kv_heads / h / 0
     kv_map="by_kv_heads"       query head h reads kv head h / num_kv_heads (not h / group)
+    kv_map="mod_group"         query head h reads kv head h % group (its place in its group)
     values_from_keys=True      the values are read from k_cache too
     keys_from_values=True      the keys are read from v_cache too (a K tile the V tile overwrote)
     scaled_values=True         the values are multiplied by scale as well as the scores
@@ -41,6 +44,17 @@ from __future__ import annotations
 import numpy as np
 
 from .compare import POW2_HINT, kv_head_rule, one_of, pow2_div, pow2_mod
+from .report import several_fit
+
+KV_MAPS = ("div", "mod", "same", "zero", "shift", "by_kv_heads", "mod_group")
+
+
+def kv_head_of(kv_map: str, h: int, num_heads: int, num_kv_heads: int) -> int:
+    """The KV head query head h reads under `kv_map` (KV_MAPS; "div" is the right one)."""
+    group = num_heads // num_kv_heads
+    return {"div": h // group, "mod": h % num_kv_heads, "same": h, "zero": 0,
+            "shift": int(pow2_div(h, group)), "by_kv_heads": h // num_kv_heads,
+            "mod_group": h % group}[kv_map]
 
 
 def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_head, *,
@@ -86,8 +100,8 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
     for name, value, allowed in (
             ("mode", mode, ("prefill", "decode")),
             ("mask", mask, ("causal", "none", "strict", "past", "block", "whole_pages",
-                            "page_local")),
-            ("kv_map", kv_map, ("div", "mod", "same", "zero", "shift", "by_kv_heads")),
+                            "block_short", "page_local")),
+            ("kv_map", kv_map, KV_MAPS),
             ("online_bug", online_bug, (None, "acc", "sum", "max0", "old_max", "no_div",
                                         "new_term", "max_stuck")),
             ("slot_bug", slot_bug, (None, "swap", "unscaled", "page_only"))):
@@ -102,7 +116,6 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
     if mode == "decode":
         q = q[:, None]  # [batch, 1, heads, dim]
     batch, max_len, num_heads, _ = q.shape
-    group = num_heads // num_kv_heads
     out = np.zeros(q.shape)
     for b in range(batch):
         n = int(lens[b]) - (1 if drop_last else 0)
@@ -113,8 +126,7 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
             queries = list(range(int(lens[b])))
             n = int(lens[b]) if mask == "none" else min(n, max_len)
         for h in range(num_heads):
-            kvh = {"div": h // group, "mod": h % num_kv_heads, "same": h, "zero": 0,
-                   "shift": int(pow2_div(h, group)), "by_kv_heads": h // num_kv_heads}[kv_map]
+            kvh = kv_head_of(kv_map, h, num_heads, num_kv_heads)
             def flat(keys, kvh=kvh):
                 return _flat_indices(row, keys, page_size, num_kv_heads, head_dim, kvh,
                                      offset_shift=offset_shift, identity_pages=identity_pages,
@@ -132,6 +144,9 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
                         needed = np.minimum(int(lens[b]), (t // block_queries + 1) *
                                             block_queries)
                         return (j <= t) & (j < needed // page_size * page_size)
+                    if mask == "block_short":   # a block's keys but its last query's own
+                        return (j <= t) & (j < np.minimum(int(lens[b]), (t // block_queries + 1)
+                                                          * block_queries - 1))
                     if mask == "page_local":   # the block's keys, each page's from index 0
                         needed = np.minimum(int(lens[b]), (t // block_queries + 1) *
                                             block_queries)
@@ -194,6 +209,22 @@ BY_KV_HEADS_HINT = (kv_head_rule() + ", not h / num_kv_heads: divide by the grou
                     "num_kv_heads).")
 BY_MOD_HINT = kv_head_rule() + " (GQA groups are consecutive query heads), not h % num_kv_heads."
 SAME_HEAD_HINT = kv_head_rule() + ", not KV head h."
+MOD_GROUP_HINT = (kv_head_rule() + ", not h % (num_heads / num_kv_heads): the remainder is h's "
+                  "place inside its group, the quotient is the group, its KV head.")
+_KV_MAP_HINTS = {"mod": BY_MOD_HINT, "same": SAME_HEAD_HINT, "by_kv_heads": BY_KV_HEADS_HINT,
+                 "mod_group": MOD_GROUP_HINT}
+
+
+def kv_map_hint(kv_map: str, num_heads: int, num_kv_heads: int) -> str:
+    """The hint for query heads read through `kv_map`, naming too each other known mapping
+    that sends every query head to the same KV head with these head counts (their results
+    are the same, so the evidence cannot tell them apart)."""
+    def heads(name):
+        return [kv_head_of(name, h, num_heads, num_kv_heads) for h in range(num_heads)]
+    return several_fit([hint for name, hint in _KV_MAP_HINTS.items()
+                        if heads(name) == heads(kv_map)])
+
+
 UNSCALED_PAGES_HINT = ("token t is at slot block_table[t / page_size] * page_size + t % "
                        "page_size: yours adds the offset to the page number itself; a page "
                        "starts at its number times page_size, so multiply it by page_size "
@@ -267,9 +298,8 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None, shared_tile=
         (NEXT_PAGE_HINT, v(page_shift=1)),
         ("the block table is ignored: the cache is not contiguous; translate each token "
          "through its sequence's row of block_tables.", v(identity_pages=True)),
-        (BY_MOD_HINT, v(kv_map="mod")),
-        (SAME_HEAD_HINT, v(kv_map="same")),
-        (BY_KV_HEADS_HINT, v(kv_map="by_kv_heads")),
+        *[(kv_map_hint(name, case.q.shape[-2], num_kv_heads), v(kv_map=name))
+          for name in _KV_MAP_HINTS],
         ("online softmax: when the max grows, rescale the accumulator too: acc[d] = acc[d] * "
          "expf(old_max - new_max) + weight * v[d].", v(online_bug="acc")),
         ("online softmax: when the max grows, rescale the running sum too: sum = sum * "
@@ -312,6 +342,11 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None, shared_tile=
                           "page_size - 1) / page_size: yours rounds down, so a block never "
                           "loads the keys of its last, partial page.",
                           v(mask="whole_pages", block_queries=block_queries)))
+            masks.append(("a block loads one key too few: its last query, first_query + "
+                          "blockDim.x - 1, attends to keys up to its own, so keys_needed = "
+                          "min(seq_len, first_query + blockDim.x); only the last query of each "
+                          "full block is wrong, missing its own key.",
+                          v(mask="block_short", block_queries=block_queries)))
             masks.append(("the causal test compares the tile's index j with t: tile key j is "
                           "key first_key + j, so query t reads it while first_key + j <= t "
                           "(last = min(n_keys, t - first_key + 1)); yours lets a query read "
