@@ -90,3 +90,17 @@ def test_a_per_token_loop_on_a_busy_machine_fails_on_the_clock_within_the_case_l
     assert not result.passed and "Python work per token" in printed, printed
     assert "4000.0 ms for 131072 tokens" in printed, printed
     assert timed_calls[0] * 4.0 <= CASE_TIME_LIMIT / 2, timed_calls
+
+
+def test_a_gather_that_joins_at_every_page_is_told_so():
+    """Joined again at every page, a gather's copies grow with the square of the pages: the
+    timed case's hint names that, beside the per-token loop (either may be what was slow)."""
+    def joined_at_every_page(k, row, n):
+        if n == checks_addressing.TIMED_TOKENS:
+            time.sleep(0.25)   # slow, as such a gather is on a busy machine
+        return _fast_gather(k, row, n)
+
+    result, printed = run_check("gather_numpy", joined_at_every_page)
+    words = " ".join(printed.split())   # (the report wraps its lines)
+    assert not result.passed and "again at every page" in words, printed
+    assert "joins them once" in words, printed

@@ -296,10 +296,13 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
                        f"{n_used} pages: more than {LOOP_LIMIT:.0%} of the "
                        f"{loop_seconds * 1e3:.1f} ms a Python loop takes only to compute each "
                        "token's slot, so your function does Python work per token (a loop or "
-                       "comprehension over the tokens, or a list with one entry per token)",
+                       "comprehension over the tokens, or a list with one entry per token), "
+                       "or copies all it has gathered again at every page",
                        "compute every token's slot at once with array arithmetic "
                        "(np.arange(seq_len) // page_size, ...), then index the reshaped cache "
-                       "with that array; a loop over the pages is fine.")
+                       "with that array; a loop over the pages is fine if it joins them once "
+                       "(np.concatenate of a list), not at every page (np.concatenate or "
+                       "np.append in the loop copies the result so far each time).")
     if diff is None:
         return
     hint = diagnose(got, expected, [
