@@ -115,6 +115,10 @@ def _next_page_answer(fn, cache, sid, what: str, page_size: int, drained: bool) 
         hint = ("the last page is shared with another sequence (ref_count > 1): writing into "
                 "it would change the other sequence's tokens, so the next token needs a "
                 "private copy of that page (copy on write): one new page.")
+    elif last_shared and got > 1:
+        hint = ("the last page is shared, so the token takes one page: the private copy of "
+                "that page (copy on write), which still has room for the token; not a copy "
+                "and a new page besides.")
     elif n == 0:
         hint = "a sequence with no tokens has no page yet: its first token takes one."
     elif n % page_size == 0 and got == 2:

@@ -145,6 +145,8 @@ def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
     _scalar_case(fn, (nbytes, bandwidth_gbs), expected, [
         ("return milliseconds: seconds x 1000.", expected / 1e3),
         ("that is microseconds: seconds x 1000 is milliseconds.", expected * 1e3),
+        ("a millisecond is a thousandth of a second: seconds x 1000, not seconds / 1000.",
+         expected / 1e6),
         ("GB/s here means 1e9 bytes per second, not 2**30.",
          nbytes / (bandwidth_gbs * 2**30) * 1e3),
         ("time = bytes / bandwidth, not bandwidth / bytes.",
@@ -209,6 +211,10 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
     elif got is None:
         hint = ("return a page size; when no candidate is under the limit, the smallest, "
                 "min(candidates).") if not ok else "return the page size you chose."
+    elif _rounds_the_batch(fn, lens, candidates, max_waste, got):
+        hint = ("each sequence's last page is rounded up on its own: allocated = "
+                "sum(ceil(L / page_size)) * page_size, not ceil(sum(seq_lens) / page_size) "
+                "* page_size (the batch's tokens packed into pages as if one sequence).")
     elif got == max(candidates) and waste[got] > max_waste and \
             _largest_at(fn, lens, candidates, _least_waste_limit(waste)):
         hint = (f"page size {got} wastes more than max_waste ({waste[got]:.4g}), yet your "
@@ -244,6 +250,29 @@ def _choose_case(fn, lens, candidates, max_waste: float) -> None:
 def _choice(fn, lens, candidates, limit):
     """`fn`'s page size asked again (a probe) of these candidates at max_waste=`limit`."""
     return probe(fn, np.array(lens, dtype=np.int64), list(candidates), limit)
+
+
+def _batch_rounded_waste(lens, page_size: int) -> float:
+    """The waste of a batch whose total is rounded up to whole pages once."""
+    total = int(np.sum(lens))
+    return 1 - total / (-(-total // page_size) * page_size) if total else 0.0
+
+
+def _batch_rounded_choice(lens, candidates, limit):
+    """The choice at max_waste=`limit` of a waste that rounds the batch's total up once."""
+    ok = [p for p in candidates if _batch_rounded_waste(lens, p) <= limit]
+    return max(ok) if ok else min(candidates)
+
+
+def _rounds_the_batch(fn, lens, candidates, max_waste, got) -> bool:
+    """`got` is the choice of a waste that rounds the batch's total up once, and so is
+    `fn`'s at max_waste 0 and at each candidate's such waste, where at 0 that choice is not
+    the largest candidate (a waste of 0 or below, from pages rounded down, picks that one)."""
+    limits = [0.0] + sorted({_batch_rounded_waste(lens, p) for p in candidates})
+    return got == _batch_rounded_choice(lens, candidates, max_waste) and \
+        _batch_rounded_choice(lens, candidates, 0.0) != max(candidates) and \
+        all(_choice(fn, lens, candidates, limit) ==
+            _batch_rounded_choice(lens, candidates, limit) for limit in limits)
 
 
 def _largest_at(fn, lens, candidates, limit) -> bool:

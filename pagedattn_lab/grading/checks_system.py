@@ -15,7 +15,8 @@ import numpy as np
 from ..backend import to_numpy
 from ..paging import OutOfPagesError
 from ..words import counted
-from .checks_system_errors import error_counts, other_error, refused_step
+from .checks_system_errors import (error_counts, other_error, raised_by_the_pool,
+                                   refused_step)
 from .compare import changed_input, describe_difference, diagnose
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
@@ -227,6 +228,11 @@ def _decode_exact_fit(cls) -> None:
             hint = ("the sequence of 7 tokens has one free slot left (7 % 4 = 3): its token "
                     "fills that slot and takes no page. A token takes a new page when "
                     "seq_len % page_size == 0, not when it is page_size - 1.")
+        elif asked == 1 and getattr(exc, "free", None) == 0:
+            # (the free page was gone when it raised: appends ran before the comparison)
+            hint = ("your count is right (1 page needed) and 1 page was free before the "
+                    "step, but the error says 0 free: the step appended before it compared. "
+                    "Compare needed with num_free once, before appending anything.")
         elif asked == 1:   # the count is right: the comparison is not
             hint = ("your count is right (1 page needed) and 1 page is free: the step fits. "
                     "Raise only when needed > num_free, not needed >= num_free.")
@@ -270,15 +276,20 @@ def _decode_fork(cls) -> None:
                        "OutOfPagesError", "no error")
     lens = [mgr.seq_len(s) for s in (other, fork)]
     if lens != [5, 6]:
-        first = (f"sequence {other} got its token before the fork's append ran out of pages"
-                 if lens[0] == 6 else "the step's sequences changed length")
+        own = raised_by_the_pool(raised) is False and lens[0] == 6
+        first = (f"sequence {other} got its token before the step raised for the fork" if own
+                 else f"sequence {other} got its token before the fork's append ran out of "
+                 "pages" if lens[0] == 6 else "the step's sequences changed length")
+        hint = (f"your step saw that the fork needs a page, but only after sequence {other} "
+                "had its token: all or nothing, compare the whole step's count with "
+                "num_free once, before appending anything." if own else
+                f"sequence {fork} is a fork: its last page (2 of 4 slots used) is shared "
+                f"with sequence {parent}, so its token needs a private copy of that page "
+                "(copy on write), and no page is free. Count the step's pages with "
+                "pages_for_next_token (it sees the copy), not seq_len % page_size alone, "
+                "and raise before appending anything.")
         raise Mismatch(f"a failed step changed the cache: the step was seq_ids [{other}, "
-                       f"{fork}], sequence {fork} a fork of sequence {parent}; {first}",
-                       f"sequence {fork} is a fork: its last page (2 of 4 slots used) is shared "
-                       f"with sequence {parent}, so its token needs a private copy of that page "
-                       "(copy on write), and no page is free. Count the step's pages with "
-                       "pages_for_next_token (it sees the copy), not seq_len % page_size alone, "
-                       "and raise before appending anything.",
+                       f"{fork}], sequence {fork} a fork of sequence {parent}; {first}", hint,
                        _lengths((other, fork), [5, 6]) + " (both unchanged)",
                        _lengths((other, fork), lens))
     error_counts(raised, (1, 0, 5), "the fork's next token needs a copy of its shared last "

@@ -4,8 +4,12 @@ token's k[i] appended), an OutOfPagesError's counts (needed, free, total), and a
 learner's own where the step cannot fit (the engine catches OutOfPagesError only)."""
 from __future__ import annotations
 
+import re
+import traceback
 from numbers import Integral
+from pathlib import Path
 
+from .. import paging
 from ..paging import OutOfPagesError
 from .report import Mismatch
 
@@ -66,3 +70,18 @@ def other_error(exc: Exception, what: str) -> Exception:
     return Mismatch(f"{what}: raised {type(exc).__name__}: {exc}", "raise pl.OutOfPagesError("
                     "needed, num_free, num_pages): the engine catches that type (to preempt or "
                     "wait), not any error.", "OutOfPagesError", type(exc).__name__)
+
+
+def raised_by_the_pool(exc: OutOfPagesError) -> bool | None:
+    """Whether the pool itself raised `exc` (an append that ran out of pages), not the
+    learner's own test; None where nothing tells. An error sent back by the grader's sandbox
+    has the channel's traceback, but names the learner's line it came through
+    (remote_errors.learner_frame): their own raise statement, or the call that led to the
+    pool's."""
+    where = getattr(exc, "remote_frame", None)
+    if isinstance(where, str):
+        return None if not where else re.search(r", line \d+: raise\b", where) is None
+    frames = traceback.extract_tb(exc.__traceback__)
+    if not frames:
+        return None
+    return Path(frames[-1].filename).resolve() == Path(paging.__file__).resolve()

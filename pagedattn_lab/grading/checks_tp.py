@@ -250,6 +250,9 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("pages per row are the LONGEST sequence's, ceil(max(seq_lens) / page_size): not "
          "the pages of the whole batch's tokens, ceil(sum(seq_lens) / page_size).",
          (4 * (2 + batch + batch * -(-n // ps)), share, kv_read)),
+        ("pages per row are the LONGEST sequence's, ceil(max(seq_lens) / page_size): every "
+         "row is padded to it, not cut to the shortest sequence's pages.",
+         (4 * (2 + batch + batch * -(-min(lens) // ps)), share, kv_read)),
         ("the table has a row per sequence: batch * pages entries, not one row of pages "
          "(2 + batch + batch * pages int32 values).",
          (4 * (2 + batch + pages), share, kv_read)),
@@ -265,6 +268,8 @@ def _bytes_variants(lens, heads, kv, dim, ps, world, size):
          "2 + batch + batch * pages int32 values.", (4 * batch * pages, share, kv_read)),
         ("tables counts the buffer once, as rank 0 broadcasts it: not once per receiving "
          "rank ((world_size - 1) * buffer).", (tables * (world - 1), share, kv_read)),
+        ("tables counts the buffer once, as rank 0 broadcasts it: not once per rank "
+         "(world_size * buffer).", (tables * world, share, kv_read)),
         ("a rank sends only its own heads' output, num_heads / world_size of them.",
          (tables, share * world, kv_read)),
         ("the output has a row per query head (num_heads / world_size of them on a rank), "

@@ -20,7 +20,8 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
                     divide=True, charge_growth=True, exact_ceil=True, count_held=True,
                     subtract_held=True, in_pages=True, ceil_growth=True,
                     watermark_for_waiting_only=True, chunk_long=True, budget_in_tokens=True,
-                    check_pages=True, whole_pages=True, pow2_ceil=None):
+                    check_pages=True, whole_pages=True, charge_budget_once=True,
+                    pow2_ceil=None):
     """The engine's order with one rule switchable off (each switch is a known mistake;
     ceil_growth, a running request's new pages rounded down, only with ceil_cost, in
     COMBINED).
@@ -64,7 +65,7 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
             if not watermark_for_waiting_only and max(0, grow) + watermark > free:
                 break
             out.append((req.rid, n))
-            budget -= n if budget_in_tokens else 1
+            budget -= (n if budget_in_tokens else 1) * (1 if charge_budget_once else 2)
             if charge_running:
                 free -= max(0, grow) if clamp else grow
 
@@ -238,6 +239,10 @@ UNTARGETED = [
      "does not fit.", _admits_more),
     ("whole_pages", "pages were counted as fractions (tokens / page_size): a page is whole, "
      "so tokens take ceil(tokens / page_size) = -(-tokens // page_size) pages.", _admits_more),
+    ("charge_budget_once", "the running requests' tokens were taken from the budget twice: "
+     "each request's n tokens come out of it once, as its pair joins the batch, so the "
+     "prompts after them get what is left of max_num_batched_tokens.",
+     lambda got, exp, a: sum(n for _, n in got) < sum(n for _, n in exp)),
 ]
 
 # Mistakes that switch several rules off at once, named only when no single one gives the

@@ -22,6 +22,9 @@ ADMIT_MISTAKES = [
     ("a request that fits exactly is admitted: pages(prompt_len + new_tokens) <= num_free - "
      "promised (yours refuses it with <).", "strict"),
     (PROMPT_ONLY_HINT, "prompt"),
+    ("promised counts pages(total) - pages(held) for each running sequence: yours counts "
+     "pages(total - held), as if its tokens still to come started a page of their own; they "
+     "fill the free slots of the last page it holds first.", "left"),
 ]
 _ADMIT_HINTS = {admit: hint for hint, admit in ADMIT_MISTAKES}
 _PER_SEQUENCE_HINT = ("promised counts what each running sequence will still take, "
@@ -61,7 +64,9 @@ def admission_hint(i: int, requests, running: dict, num_free: int, pages,
         what = "was admitted"
     elif not admitted and need <= room:
         whole = sum(pages(sum(requests[j])) for j in running)
+        left = sum(pages(sum(requests[j]) - n) for j, n in running.items())
         fits = [_ADMIT_HINTS["whole"]] * (need > num_free - whole) + \
+            [_ADMIT_HINTS["left"]] * (need > num_free - left) + \
             [_ADMIT_HINTS["strict"]] * (need == room) + [_PER_SEQUENCE_HINT] * (not per_sequence)
         # admitted in this step: those holding just their prompt (before the step's decode).
         # One such beside some admitted before, or among the mistakes that give this
@@ -136,7 +141,8 @@ def unlike_spec(i: int, got: dict, spec, tokens, admission: str = "",
     tokens held) are those of the spec's step that finishes it (`spec`: finish_order's
     (before, after) its decode; one decoded this step already or not yet, one finishing in
     the same step freed already or not yet), else [the Mismatch saying so]. `admission`:
-    the hint of an admission seen unlike the spec's, where no other names the mistake;
+    the hint of an admission seen unlike the spec's (the loop's first departure: named before
+    the late finishes it leads to);
     `overfull`: that hint where the admission took a request that did not fit (what every
     request running ahead of the spec's steps then follows from)."""
     before, after, admitted = spec
@@ -153,6 +159,8 @@ def unlike_spec(i: int, got: dict, spec, tokens, admission: str = "",
     early = [j for j in sorted(got) if j > max([i, *before, *after])]
     if overfull:
         hint = overfull
+    elif admission:   # (the loop left waiting a request the spec admits: the first departure)
+        hint = admission
     elif early:
         hint = (f"request {early[0]} was running already, though the pool has no room for it "
                 "yet: " + ADMIT_HINT)
@@ -161,7 +169,7 @@ def unlike_spec(i: int, got: dict, spec, tokens, admission: str = "",
         hint = (f"request {i} finished a step late (request {ahead[0]} had had its next token "
                 f"already); " + several_fit(LATE_HINTS if lagged else LATE_HINTS[:1], "steps"))
     else:
-        hint = admission or ((f"request {i} ran alone: " if not got and after else "") +
+        hint = ((f"request {i} ran alone: " if not got and after else "") +
                 "the requests share the steps: each step admits what fits, appends one token "
                 "to every running sequence, then frees those complete, so the order comes "
                 "out of the loop (this is checked on the cache, not only on the list "

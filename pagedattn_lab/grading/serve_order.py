@@ -27,10 +27,12 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
     rounds pages down, "16" counts pages of 16 tokens whatever page_size is, a function of
     the tokens counts them with it (a ceil by shifts and masks, compare.pow2_ceil_forms),
     `admit` "whole" promises the running requests' whole totals (the pages they hold
-    counted again), "strict" admits only with a page to spare (<), "prompt" when the
-    prompt's pages fit, `prefill=False` appends a prompt's first token at admission and
-    the rest one a step, `short_by` holds that many of each prompt's tokens back (one at
-    least is appended) for the decode to append one a step (all mistakes the hints name).
+    counted again), "left" promises the pages of the tokens still to come (the free slots
+    of the last page held left out), "strict" admits only with a page to spare (<),
+    "prompt" when the prompt's pages fit, `prefill=False` appends a prompt's first token at
+    admission and the rest one a step, `short_by` holds that many of each prompt's tokens
+    back (one at least is appended) for the decode to append one a step (all mistakes the
+    hints name).
     `beside`: filled with request -> ({other: tokens before}, {other: tokens after}, {request:
     step admitted}) of the requests running in the step it finishes in (it included in the
     last), before and after that step's decode."""
@@ -55,6 +57,8 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
     while waiting or running:
         step += 1
         def still(i):   # the pages request i is promised beyond what it holds
+            if admit == "left":
+                return _pages(sum(requests[i]) - lens[i], page_size)
             held = 0 if admit == "whole" else _pages(lens[i], page_size)
             return _pages(sum(requests[i]), page_size) - held
         promised = sum(still(i) for i in running)
