@@ -24,7 +24,7 @@ from .decode_budget import partition_budget
 from .faults import kernel_message
 from .decode_launch import (NOTHING_WRITTEN, WARP, decode_problem, dims_hint, launch_warp,
                             misplaced_hint)
-from .decode_variants import LOG2E, partials_variant
+from .decode_variants import LOG2E, partials_variant, parts_stride_reads_padding
 from .kernel_runner import poisoned, unwritten
 from .kernel_hints import one_size_hint
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
@@ -35,6 +35,10 @@ from .variants import (BY_KV_HEADS_HINT, BY_MOD_HINT, HEAD_STRIDE_HINT, MOD_GROU
 
 # -- task 2: one partition per warp, in CUDA C ----------------------------------------------
 
+PARTS_STRIDE_HINT = ("sequence b must use its own row of block_tables, at block_tables + b * "
+                     "max_pages (max_pages, the table's width): yours reads rows max_parts "
+                     "apart (the partition count), so a sequence after the first reads the "
+                     "pages, or the -1 padding, of another part of the table.")
 _PARTITION_MISTAKES = [
     (BY_MOD_HINT, {"kv_map": "mod"}),
     (SAME_HEAD_HINT, {"kv_map": "same"}),
@@ -82,6 +86,7 @@ _PARTITION_MISTAKES = [
     ("query head h reads its own q row, q + (b * num_heads + h) * head_dim, not the row of "
      "its kv head (kv_head is only for the cache).", {"q_head": "kv"}),
     (NEXT_PAGE_HINT, {"paging": "next_page"}),
+    (PARTS_STRIDE_HINT, {"paging": "parts_stride"}),
     ("the scores are q . v: the keys your kernel read hold the values. K comes from k_cache "
      "(score = q . k; the weighted sum is of v).", {"swap": "keys_from_values"}),
     ("the values come from v_cache: yours weighs the keys (read V at the same offset as K, "
@@ -208,6 +213,16 @@ def _partition_one_size(comp, part_len: int, sizes: dict) -> str | None:
     return one_size_hint(right_with, sizes, longest=max(sizes["seq_lens"]))
 
 
+def _parts_stride_fault(exc, prob, part_len: int) -> str | None:
+    """PARTS_STRIDE_HINT where the faulting block's partition, its table row read from
+    b * max_parts on, reads a -1 entry or one past the table (and from b * max_pages none)."""
+    block = getattr(exc, "block", None)
+    if not block or not parts_stride_reads_padding(prob, part_len, int(block[0]),
+                                                   int(block[2])):
+        return None
+    return PARTS_STRIDE_HINT
+
+
 def _wider_than_parts(prob, part_len: int):
     """`prob` with a -1 column added to its block table where the table is exactly max_parts
     wide: there a row stride of max_parts for max_pages would pass for right."""
@@ -224,7 +239,8 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
                                       outputs=(5, 6), count=True)
     except Exception as exc:   # a fault: a transposed table read soon reaches its -1 padding
         hint = getattr(exc, "buffer", None) and (   # (an index out of bounds)
-            _partition_transposed(comp) or _partition_one_size(comp, part_len, sizes))
+            _parts_stride_fault(exc, prob, part_len) or _partition_transposed(comp)
+            or _partition_one_size(comp, part_len, sizes))
         if not hint:
             raise
         raise Mismatch(kernel_message(exc), hint) from exc

@@ -126,8 +126,8 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
         raise Mismatch(f"{int(overflowed.sum())} of {got.size} outputs are inf or NaN, "
                        f"the first at sequence {b}, head {h}, dim {d} (the logits here reach "
                        f"{max_logit:g})", "e^s overflows float32 for "
-                       "s > 88 (inf / inf = NaN): weigh each token by e^(s - m_new), m_new the "
-                       "running max, and rescale acc and l by e^(m - m_new) when it grows.",
+                       "s > 88 (inf / inf = NaN): subtract the running max, weigh each token by "
+                       "e^(s - m_new), and rescale acc and l by e^(m - m_new) when it grows.",
                        "finite outputs", f"{got[b, h, d]}")
     if np.isnan(got).all():
         if "TODO" in comp.source:

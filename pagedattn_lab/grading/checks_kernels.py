@@ -22,6 +22,8 @@ from . import slack_reads
 from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose
 from .faults import kernel_message
+from .page_count_hints import page_count_fault_hint
+from .tile_page_variants import tile_page_mistakes
 from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, one_size_hint,
                            padding_hint, rounding_hint, sequence_hint, shift_hint,
                            tile_load_hint, tiled_hint, unwritten_pattern_hint)
@@ -95,7 +97,8 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
         or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
         or diagnose(got, expected,
                     attention_mistakes(prob, mode="prefill", block_queries=threads,
-                                       shared_tile=tiled),
+                                       shared_tile=tiled)
+                    + (tile_page_mistakes(prob, threads) if tiled else []),
                     nan_is_evidence=not tiled and not slack_reads.pending()) \
         or _prefill_transposed(comp, threads, tiled) \
         or unwritten_pattern_hint(diff, threads=threads) \
@@ -236,7 +239,8 @@ def _launch_prefill(comp: _Compiled, prob, threads: int, tiled: bool, probing: b
         # a fault where a size is not a power of two, from a kernel that shifts or masks; or
         # a table read transposed, which soon reaches the table's -1 padding
         faulted = getattr(exc, "buffer", None) and not probing
-        hint = faulted and (_pow2_shift_hint(comp, prob, threads, tiled)
+        hint = faulted and ((tiled and page_count_fault_hint(exc, prob, threads))
+                            or _pow2_shift_hint(comp, prob, threads, tiled)
                             or _prefill_transposed(comp, threads, tiled)
                             or _one_size_hint(comp, prob, threads, tiled))
         if not hint:

@@ -27,6 +27,7 @@ from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 from .small_rows import small_rows, small_rows_hint
 from .stub_params import stub_buffer
+from .write_layout_hints import codes_by_head_offset_hint, scale_at_head_hint, slot_only_hint
 
 NOTHING_WRITTEN = ("the kernel wrote nothing (its outputs still hold what the check filled "
                    "them with): write the kernel body where the // TODO is")
@@ -264,22 +265,6 @@ def _slot0_hint(diff, never, slots):
             "negative slot (-1) is a padding row to skip (slot < 0, not slot <= 0).")
 
 
-def _slot_only_hint(got, want, heads, rows, dim=None) -> str | None:
-    """When every live slot's k_scale[slot] (`dim` given: codes k_cache[slot * head_dim:])
-    holds one of its token's heads': the head left out of the index, as they overwrote it."""
-    unit = dim or 1
-    flat, per_head = got.reshape(-1, unit), want.reshape(-1, heads, unit)
-    if heads == 1 or not all(any(np.allclose(flat[s], row, rtol=1e-6, atol=0)
-                                 for row in per_head[s]) for s in rows):
-        return None
-    if dim:
-        return ("the codes of (slot, head) go to k_cache[(slot * num_kv_heads + head) * "
-                "head_dim + d], not k_cache[slot * head_dim + d] (there the heads of a token "
-                "overwrite each other).")
-    return ("one per-token scale per (slot, KV head): write k_scale[slot * num_kv_heads + "
-            "head], not k_scale[slot] (there the heads of a token overwrite each other).")
-
-
 def _other_row_hint(got, want, k, rows) -> str | None:
     """When every wrong per-token scale is the scale of another row of k: a row read, or a
     scale stored, at a wrong offset."""
@@ -316,7 +301,8 @@ def _check_scales(got, want, k, slots, variants) -> None:
     rows = slots[live]   # (the live rows only: the other slots hold the check's poison)
     hint = _slot0_hint(diff, np.isnan(got), slots) or diagnose(
         got, want, [(h, lambda f=f: f()[1]) for h, f in variants], atol=0, rtol=1e-6) \
-        or _slot_only_hint(got, want, k.shape[1], rows) or _nan_row_hint(diff, k, slots) \
+        or slot_only_hint(got, want, k.shape[1], rows) or _nan_row_hint(diff, k, slots) \
+        or scale_at_head_hint(got, want, rows) \
         or _other_row_hint(got, want, k, rows) \
         or small_rows_hint(got.reshape(-1, k.shape[1])[rows], want.reshape(-1, k.shape[1])[rows],
         np.fmax.reduce(np.abs(k[live]), -1), "127")
@@ -331,7 +317,8 @@ def _check_codes(got, want, k, slots, variants) -> None:
         return
     hint = _slot0_hint(diff, got == FILL, slots) or _nan_hint(k, slots, diff, want.shape) \
         or diagnose(got, want, [(h, lambda f=f: f()[0]) for h, f in variants], atol=0, rtol=0) \
-        or _slot_only_hint(got, want, k.shape[1], slots[slots >= 0], k.shape[2])
+        or slot_only_hint(got, want, k.shape[1], slots[slots >= 0], k.shape[2]) \
+        or codes_by_head_offset_hint(got, want, slots[slots >= 0])
     raise Mismatch("k_cache: " + diff.message("codes"), hint or _unwritten_hint(got, diff) or (
         "code = rintf(x / scale) clamped to [-127, 127], at k_cache[(slot * num_kv_heads + "
         "head) * head_dim + d]; a slot of -1 is skipped."))

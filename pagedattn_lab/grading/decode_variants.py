@@ -22,6 +22,8 @@ the tokens (through the block table, slot by slot), with optional bugs:
                               number not multiplied by page_size)
     paging="first_table"      every sequence reads sequence 0's block-table row
     paging="next_page"        a token's page is block_table[t / page_size + 1], the next one
+    paging="parts_stride"     sequence b's block-table row read from b * max_parts on (the
+                              partition count for the table's width max_pages)
     paging="head_stride"      a row is at slot * head_dim + kv_head * head_dim (the guide's
                               bug: the head stride without num_kv_heads)
     q_head="kv"               query head h reads q's row of its kv head, not its own
@@ -67,14 +69,34 @@ def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str,
     return range(start, end)
 
 
-def _rows(prob, b: int, kv_head: int, tokens: range, paging: str = "right"):
+def _table_row(prob, b: int, paging: str, max_parts: int):
+    """The block-table entries sequence b reads as its row (to the table's end for
+    "parts_stride": a kernel reads on past its row there)."""
+    if paging == "parts_stride":
+        return prob.block_tables.reshape(-1)[b * max_parts:]
+    return prob.block_tables[0 if paging == "first_table" else b]
+
+
+def parts_stride_reads_padding(prob, part_len: int, part: int, b: int) -> bool:
+    """Whether partition `part` of sequence b, its row read from b * max_parts on, reads a
+    -1 entry or one past the table: where a kernel with that stride faults."""
+    start, end = part * part_len, min(int(prob.seq_lens[b]), (part + 1) * part_len)
+    max_parts = -(-int(prob.seq_lens.max()) // part_len)
+    if max_parts == prob.block_tables.shape[1] or start >= end:
+        return False
+    row = _table_row(prob, b, "parts_stride", max_parts)
+    pages = np.arange(start, end) // prob.k_cache.shape[1]
+    return bool(pages.max() >= len(row) or (row[pages] < 0).any())
+
+
+def _rows(prob, b: int, kv_head: int, tokens: range, paging: str = "right", max_parts=0):
     """K and V rows [n, head_dim] of `tokens` of sequence b, read at the flat offsets a kernel
     computes (so a kv head past the cache's heads reads the next token's row); NaN rows for a
     token whose page is padding or past the table, or whose row is past the buffer."""
     _, page_size, num_kv_heads, head_dim = prob.k_cache.shape
     k_flat = prob.k_cache.reshape(-1).astype(np.float64)
     v_flat = prob.v_cache.reshape(-1).astype(np.float64)
-    row = prob.block_tables[0 if paging == "first_table" else b]
+    row = _table_row(prob, b, paging, max_parts)
     keys = np.full((len(tokens), head_dim), np.nan)
     values = np.full((len(tokens), head_dim), np.nan)
     for i, t in enumerate(tokens):
@@ -122,7 +144,7 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
                                  "page_start", "to_seq_len")),
             ("online_bug", online_bug, (None, "acc", "sum", "max0")),
             ("paging", paging, ("right", "unscaled", "first_table", "head_stride",
-                                "next_page")),
+                                "next_page", "parts_stride")),
             ("q_head", q_head, ("own", "kv")),
             ("swap", swap, (None, "keys_from_values", "values_from_keys"))):
         one_of(name, value, allowed)
@@ -143,7 +165,7 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
                                           prob.k_cache.shape[1])
                     if bounds == "page_start" and not tokens:
                         continue   # (its start is past seq_len: the kernel returns there)
-                    keys, values = _rows(prob, b, kvh, tokens, paging)
+                    keys, values = _rows(prob, b, kvh, tokens, paging, max_parts)
                     if swap:
                         keys, values = (values, values) if swap == "keys_from_values" else \
                             (keys, keys)

@@ -1,5 +1,6 @@
 """Hints for lesson 02's kv_offset (checks_addressing.kv_offset): the usual mistakes'
-offsets at one element, and the one that gives a learner's offset at every point asked."""
+offsets at one element, and the one that gives a learner's offset at every point asked; and
+the hints for a kernel's token slot worked out wrong, which the kernels' checks share."""
 from __future__ import annotations
 
 from ..addressing import element_offset
@@ -9,6 +10,23 @@ from .report import probe
 
 
 OFFSET_HINT = "offset = (slot * num_kv_heads + kv_head) * head_dim + dim."
+# A kernel's token slot worked out wrong (variants.attention_variant and the gather's)
+UNSCALED_PAGES_HINT = ("token t is at slot block_table[t / page_size] * page_size + t % "
+                       "page_size: yours adds the offset to the page number itself; a page "
+                       "starts at its number times page_size, so multiply it by page_size "
+                       "before adding the offset.")
+PAGE_ONLY_HINT = ("every key of a page read the same row: block_table[t / page_size] is a page "
+                  "id, not a slot. Token t is at slot block_table[t / page_size] * page_size + "
+                  "t % page_size.")
+SWAPPED_SLOT_HINT = ("token t is at slot block_table[t / page_size] * page_size + t % "
+                     "page_size: yours swaps / and % (the page is t / page_size, the offset in "
+                     "it t % page_size).")
+NEXT_PAGE_HINT = ("token t's page is entry t / page_size of its block-table row (entry 0 holds "
+                  "the first page): yours reads entry t / page_size + 1, the next page's id, "
+                  "and past the last page the row's -1 padding.")
+OFFSET_DIV_HINT = ("the offset inside the page is t % page_size, not t / page_size: yours "
+                   "reads every key of a page at the offset of the page's index in the row. "
+                   "Token t is at slot block_table[t / page_size] * page_size + t % page_size.")
 
 
 def offset_variants(slot: int, h: int, d: int, num_kv_heads: int, head_dim: int):

@@ -247,6 +247,9 @@ _SOFTMAX_MISTAKES = [
     ("exp2_rescale", "the rescale was exp2f(m - m_new) = 2^(m - m_new) while the weight is "
                      "expf(s - m_new): use one base for both (expf, or exp2f of scores times "
                      "log2(e)), or old and new terms are weighed on different scales."),
+    ("w_no_max", "subtract the running max in the weight too: e^(s - m_new), not e^s (the "
+                 "old terms are rescaled to the new max, so e^s is weighed on another "
+                 "scale)."),
     ("exp2", "exp2f(x) is 2^x, not e^x: with exp2f for both the weight and the rescale, "
              "multiply the score by log2(e) = 1.4427 first (or use expf)."),
 ]
@@ -353,7 +356,7 @@ def _codes_of_another_head(prob, codes, scales, per_token, softmax_scale, how):
 def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
     """The kernel's token-by-token loop over the right values, with the update `bug` wrong:
     "acc", "l" or "both" not rescaled, "m" never set to the new max, "exp2_w", "exp2_rescale" or
-    "exp2": 2^x for e^x in the weight, the rescale or both."""
+    "exp2": 2^x for e^x in the weight, the rescale or both; "w_no_max": the weight e^s."""
     k, v = (_values(c, _scales_at(s, per_token, "slot", prob), "times").reshape(
         -1, *c.shape[2:]) for c, s in zip(codes, scales))
     q = prob.q.astype(np.float64)
@@ -367,7 +370,8 @@ def _online_softmax(prob, codes, scales, per_token, softmax_scale, bug):
                 s = float(q[b, h] @ k[slot, h // group]) * softmax_scale
                 m_new = max(m, s)
                 rescale = (np.exp2 if bug in ("exp2_rescale", "exp2") else np.exp)(m - m_new)
-                w = (np.exp2 if bug in ("exp2_w", "exp2") else np.exp)(s - m_new)
+                w = (np.exp2 if bug in ("exp2_w", "exp2") else np.exp)(
+                    s - (0.0 if bug == "w_no_max" else m_new))
                 acc = (acc if bug in ("acc", "both") else acc * rescale) + w * v[slot, h // group]
                 total = (total if bug in ("l", "both") else total * rescale) + w
                 m = m if bug == "m" else m_new

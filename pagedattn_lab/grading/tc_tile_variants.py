@@ -72,7 +72,7 @@ def tile_variants(prob):
         return lambda: prob.expected(q_rows=lambda j: rows(np.arange(group) + j * group) * keep)
 
     last = np.arange(head_dim) >= head_dim - TILE
-    variants += _paging_variants(prob) + [
+    variants += _paging_variants(prob) + _copy_split_variants(prob) + [
         (STEP_PAST_HINT, lambda: prob.expected(step_past=True)),
         # a loop 16 short and a store inside the loop before its mma_sync store the same sums
         # (two variants, not one several_fit: at head_dim 16 the zero tiles' fit too)
@@ -81,6 +81,9 @@ def tile_variants(prob):
             "loop that stops 16 short leaves the last 16 dimensions out of every score.",
             "store the accumulator after the k0 loop, once: a store before the last mma_sync "
             "leaves the last 16 dimensions out of every score.")],
+        ("the k0 loop must step over all of head_dim (k0 = 0, 16, .., head_dim - 16): yours "
+         "made one step, k0 = 0, so every score holds the first 16 dimensions only.",
+         dims(np.arange(head_dim) < TILE)),
         ("zero the accumulator once, before the k0 loop (fill_fragment(s, 0.0f)): zeroed "
          "inside the loop, each step drops the sum so far and only the last 16 dimensions "
          "are left in every score.", dims(last)),
@@ -142,6 +145,34 @@ def one_ldm_hint(fits: list[str], head_dim: int) -> list[str]:
                                              "ldm (K's load gives these scores either way)")
             fits = [one if h == both else h for h in fits if h != q_only]
     return fits
+
+
+def _copy_split_variants(prob):
+    """The tiles' copy loop splitting its index i into (row, dimension) by 16, the tile's
+    width, where a row holds head_dim elements: i / 16 and i % 16, or i % 16 and i / 16."""
+    num_heads, num_kv_heads, head_dim, _, seq_len = prob.sizes
+    group = num_heads // num_kv_heads
+    q, keys = prob.q.astype(np.float64), prob.keys.astype(np.float64)
+    i = np.arange(TILE * head_dim)
+
+    def copied(r, d):   # what q_tile and k_tile hold when element i is row r, dimension d
+        def q_rows(j):
+            head = np.minimum(j * group + r, num_heads - 1)
+            return np.where(r < group, q[head, d], 0.0).reshape(TILE, head_dim)
+
+        def k_tile(j, t):
+            token = t * TILE + r
+            return np.where(token < seq_len, keys[np.minimum(token, seq_len - 1), j, d],
+                            0.0).reshape(TILE, head_dim)
+        return lambda: prob.expected(q_rows=q_rows, k_tile=k_tile)
+
+    rule = ("element i of the tiles' copy is row r = i / head_dim, dimension d = i % head_dim "
+            "(a row holds head_dim elements)")
+    return [(f"{rule}: yours splits i by 16, the tile's width (r = i / 16, d = i % 16), so "
+             "the values land in the wrong rows and columns.", copied(i // TILE, i % TILE)),
+            (f"{rule}: yours takes r = i % 16, d = i / 16, which stores the tiles "
+             "transposed while load_matrix_sync reads them row by row.",
+             copied(i % TILE, i // TILE))]
 
 
 def _paging_variants(prob):

@@ -28,6 +28,7 @@ way a kernel does it, element offsets and all, with optional bugs:
     slot_bug="swap"            block_table[t % page_size] * page_size + t / page_size
     slot_bug="unscaled"        block_table[t / page_size] + t % page_size (no * page_size)
     slot_bug="page_only"       block_table[t / page_size]: the page id taken as the slot
+    slot_bug="offset_div"      block_table[t / page_size] * page_size + t / page_size
     pow2_pages=True            t >> log2(page_size) and t & (page_size - 1) for // and %
     kv_map="shift"             h >> log2(num_heads / num_kv_heads) for the GQA division
     drop_last=True             decode ignores the sequence's last cached token
@@ -44,6 +45,8 @@ from __future__ import annotations
 import numpy as np
 
 from .compare import POW2_HINT, kv_head_rule, one_of, pow2_div, pow2_mod
+from .offset_hints import (NEXT_PAGE_HINT, OFFSET_DIV_HINT, PAGE_ONLY_HINT, SWAPPED_SLOT_HINT,
+                           UNSCALED_PAGES_HINT)
 from .report import several_fit
 
 KV_MAPS = ("div", "mod", "same", "zero", "shift", "by_kv_heads", "mod_group")
@@ -70,6 +73,8 @@ def _flat_indices(table_row, positions, page_size, num_kv_heads, head_dim, kv_he
         offsets = pow2_mod(positions, page_size) if pow2_pages else positions % page_size
         if slot_bug == "swap":
             vpage, offsets = offsets, vpage
+        elif slot_bug == "offset_div":
+            offsets = vpage
         vpage = vpage + page_shift
         if vpage.size and vpage.max() >= len(table_row):
             return None
@@ -104,7 +109,7 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
             ("kv_map", kv_map, KV_MAPS),
             ("online_bug", online_bug, (None, "acc", "sum", "max0", "old_max", "no_div",
                                         "new_term", "max_stuck")),
-            ("slot_bug", slot_bug, (None, "swap", "unscaled", "page_only"))):
+            ("slot_bug", slot_bug, (None, "swap", "unscaled", "page_only", "offset_div"))):
         one_of(name, value, allowed)
     q = np.asarray(q, dtype=np.float64)
     kf = np.asarray(v_cache if keys_from_values else k_cache, dtype=np.float64).reshape(-1)
@@ -225,21 +230,8 @@ def kv_map_hint(kv_map: str, num_heads: int, num_kv_heads: int) -> str:
                         if heads(name) == heads(kv_map)])
 
 
-UNSCALED_PAGES_HINT = ("token t is at slot block_table[t / page_size] * page_size + t % "
-                       "page_size: yours adds the offset to the page number itself; a page "
-                       "starts at its number times page_size, so multiply it by page_size "
-                       "before adding the offset.")
-PAGE_ONLY_HINT = ("every key of a page read the same row: block_table[t / page_size] is a page "
-                  "id, not a slot. Token t is at slot block_table[t / page_size] * page_size + "
-                  "t % page_size.")
-SWAPPED_SLOT_HINT = ("token t is at slot block_table[t / page_size] * page_size + t % "
-                     "page_size: yours swaps / and % (the page is t / page_size, the offset in "
-                     "it t % page_size).")
 HEAD_STRIDE_HINT = ("the head stride is missing num_kv_heads (the guide's bug): element (slot, "
                     "kv_head, d) is at (slot * num_kv_heads + kv_head) * head_dim + d.")
-NEXT_PAGE_HINT = ("token t's page is entry t / page_size of its block-table row (entry 0 holds "
-                  "the first page): yours reads entry t / page_size + 1, the next page's id, "
-                  "and past the last page the row's -1 padding.")
 SCALED_VALUES_HINT = ("the values are scaled too: `scale` multiplies the scores (q . k) only; "
                       "the weighted sum of v is not scaled.")
 
@@ -322,6 +314,7 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None, shared_tile=
         (SWAPPED_SLOT_HINT, v(slot_bug="swap")),
         (UNSCALED_PAGES_HINT, v(slot_bug="unscaled")),
         (PAGE_ONLY_HINT, v(slot_bug="page_only")),
+        (OFFSET_DIV_HINT, v(slot_bug="offset_div")),
         ("the values come from v_cache: yours weighs the keys (read V at the same index as "
          "K, from v_cache" + v_where, v(values_from_keys=True)),
         ("the scores are q . v: the keys your kernel read hold the values. K comes from "
