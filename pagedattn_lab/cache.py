@@ -327,7 +327,7 @@ class PagedKVCache:
         if self.kv_dtype is None:
             return [to_elements(x, self.dtype, self.xp) for x in (k, v)]
         # rounded to dtype as an unquantized cache stores them (past its range: inf)
-        return [quantize_rows(to_elements(to_numpy(x), self.dtype, np), self.kv_dtype,
+        return [quantize_rows(to_elements(x, self.dtype, np), self.kv_dtype,
                               self.scale_scheme, to_numpy(scale))
                 for x, scale in ((k, self.k_scale), (v, self.v_scale))]
 

@@ -285,7 +285,8 @@ def dequantize_written(codes, kv_dtype: str, scale) -> np.ndarray:
     reads back as NaN (PagedKVCache.gather); unused slots may hold any scale at all (one past
     float32's range is inf, silently)."""
     values = decode(codes, kv_dtype)
-    return values * _scale_for(scale, values.shape)[..., None]
+    with np.errstate(invalid="ignore"):   # a row's scale inf: code 0 x inf, a NaN
+        return values * _scale_for(scale, values.shape)[..., None]
 
 
 def _checked_scale(scale, shape) -> np.ndarray:

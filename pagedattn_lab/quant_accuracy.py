@@ -15,6 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from .attention_common import to_elements
 from .quant import FORMATS, SCHEMES, dequantize, per_token_scales, quantize, static_scales
 
 DATA = ("normal", "outliers")
@@ -47,8 +48,7 @@ def round_trip(x, kv_dtype: str, scheme: str):
     """x as the cache would give it back: fp16 (past its range: inf, as the cache stores
     it), or codes * scales."""
     if kv_dtype == "float16":
-        with np.errstate(over="ignore"):
-            return x.astype(np.float16).astype(np.float32)
+        return to_elements(x, np.dtype(np.float16), np).astype(np.float32)
     if scheme == "static":
         scale = static_scales(x, kv_dtype)
     else:

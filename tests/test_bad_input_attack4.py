@@ -270,7 +270,6 @@ def test_quantize_refuses_a_scale_that_is_not_finite_and_positive(kv_dtype, scal
         quant.quantize(x, kv_dtype, scale)
 
 
-@pytest.mark.filterwarnings("ignore:invalid value encountered:RuntimeWarning")
 def test_a_per_token_cache_still_takes_a_row_holding_inf():
     """Its per-token scale is inf, as the kernel computes it: stored, read back as NaN."""
     cache = pl.PagedKVCache(2, 2, 2, 16, dtype=np.float16, device="cpu", kv_dtype="int8",

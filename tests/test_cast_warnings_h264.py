@@ -109,3 +109,17 @@ def test_gather_reads_a_float16_value_past_its_range_back_as_inf():
     cache.append(seq, x, x)
     for got in cache.gather(seq):
         same(got, np.array([[[np.inf, -np.inf, 1000.0, 0.0]]], np.float16))
+
+
+@pytest.mark.parametrize("kv_dtype", FORMATS)
+@pytest.mark.parametrize("value", [np.inf, BIG])
+def test_gather_reads_a_per_token_row_past_float32_back_as_nan(kv_dtype, value):
+    """Its per-token scale is inf: every code x inf (0 x inf among them) reads back as NaN."""
+    cache = pl.PagedKVCache(2, 4, 2, 4, device="cpu", kv_dtype=kv_dtype,
+                            scale_scheme="per_token")
+    seq = cache.add_sequence()
+    x = rows(value)
+    cache.append(seq, x, x)
+    for got in cache.gather(seq):
+        assert np.isnan(got[0, 0]).all() and np.isnan(got[1, 1]).all()
+        assert np.isfinite(got[0, 1]).all() and np.isfinite(got[1, 0]).all()

@@ -138,6 +138,9 @@ def test_the_solution_passes(task, workbook, name):
 @pytest.mark.parametrize("where, pool", [
     (" (in your code, line 9: raise pl.OutOfPagesError(needed, alloc.num_free,)", False),
     (" (in your code, line 12: self.cache.append(seq_id, k[i:i + 1], v[i:i + 1]))", True),
+    (" (in your code, line 9: if needed > free: raise pl.OutOfPagesError(needed, free, 5))",
+     False),
+    (" (in your code, line 11: raise)", True),   # the pool's error, caught and passed on
     ("", None),
 ])
 def test_an_error_from_the_sandbox_is_read_by_the_line_it_came_through(where, pool):

@@ -253,9 +253,9 @@ def _choice(fn, lens, candidates, limit):
 
 
 def _batch_rounded_waste(lens, page_size: int) -> float:
-    """The waste of a batch whose total is rounded up to whole pages once."""
-    total = int(np.sum(lens))
-    return 1 - total / (-(-total // page_size) * page_size) if total else 0.0
+    """The waste of a batch whose total is rounded up to whole pages once (as if one
+    sequence)."""
+    return paged_waste_fraction([int(np.sum(lens))], page_size)
 
 
 def _batch_rounded_choice(lens, candidates, limit):

@@ -5,12 +5,11 @@ learner's own where the step cannot fit (the engine catches OutOfPagesError only
 from __future__ import annotations
 
 import re
-import traceback
 from numbers import Integral
-from pathlib import Path
 
 from .. import paging
 from ..paging import OutOfPagesError
+from .escaped_errors import raising_line, raising_module
 from .report import Mismatch
 
 
@@ -72,6 +71,11 @@ def other_error(exc: Exception, what: str) -> Exception:
                     "wait), not any error.", "OutOfPagesError", type(exc).__name__)
 
 
+# a raise statement of the learner's own (after an `if ...:` on the same line too); a bare
+# `raise` passes on the pool's error it caught
+_OWN_RAISE = re.compile(r"\braise\s+[^\s#]")
+
+
 def raised_by_the_pool(exc: OutOfPagesError) -> bool | None:
     """Whether the pool itself raised `exc` (an append that ran out of pages), not the
     learner's own test; None where nothing tells. An error sent back by the grader's sandbox
@@ -80,8 +84,7 @@ def raised_by_the_pool(exc: OutOfPagesError) -> bool | None:
     pool's."""
     where = getattr(exc, "remote_frame", None)
     if isinstance(where, str):
-        return None if not where else re.search(r", line \d+: raise\b", where) is None
-    frames = traceback.extract_tb(exc.__traceback__)
-    if not frames:
+        return None if not where else _OWN_RAISE.search(raising_line(where)) is None
+    if exc.__traceback__ is None:
         return None
-    return Path(frames[-1].filename).resolve() == Path(paging.__file__).resolve()
+    return raising_module(exc) == paging.__name__

@@ -24,6 +24,12 @@ def where_raised(exc: BaseException) -> str:
 _RAISING_LINE = re.compile(r" \(in .*?, line \d+: (.*)\)$", re.DOTALL)
 
 
+def raising_line(where: str) -> str:
+    """The learner's line quoted in where_raised's text `where` ("" where it quotes none)."""
+    line = _RAISING_LINE.match(where)
+    return line.group(1) if line is not None else ""
+
+
 def raised_by_stub(exc: NotImplementedError) -> bool:
     """Whether `exc` is the workbook's stub (or the learner's own "not yet"): raised by a
     statement of the learner's code that names NotImplementedError (remote_errors.learner_stub,
@@ -44,16 +50,20 @@ def raised_by_stub(exc: NotImplementedError) -> bool:
     # (a sandbox that sent no reading: the first line of the statement is all there is)
     if not where:
         return False
-    line = _RAISING_LINE.match(where)
-    return names_not_implemented(line.group(1) if line is not None else "")
+    return names_not_implemented(raising_line(where))
 
 
 def _raised_by_the_checks(exc: BaseException) -> bool:
+    return str(raising_module(exc)).startswith(__package__ + ".")
+
+
+def raising_module(exc: BaseException) -> str | None:
+    """The name of the module whose code raised `exc` (its innermost frame's), or None
+    where it was never raised (or its frame has no name)."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next
-    return tb is not None and \
-        str(tb.tb_frame.f_globals.get("__name__", "")).startswith(__package__ + ".")
+    return None if tb is None else tb.tb_frame.f_globals.get("__name__")
 
 
 def describe_exception(exc: BaseException) -> tuple[str, str]:
