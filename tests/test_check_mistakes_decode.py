@@ -59,7 +59,8 @@ PARTITION_MISTAKES = [
      "not kv head h"),
     ("no scale", [("q_row[d] * scale", "q_row[d]")], "not scaled"),
     ("reads past seq_len", [("int end = min(seq_len, start + part_len);",
-                             "int end = start + part_len;")], "past seq_len"),
+                             "int end = start + part_len;")], "past seq_len",
+     ["max_parts apart"]),   # its fault reaches the padding a row read max_parts apart does
     ("inclusive end", [("t < end; ++t", "t <= end; ++t")], "one token past its end"),
     ("starts one late", [("int start = part * part_len;", "int start = part * part_len + 1;")],
      "skips its first token"),

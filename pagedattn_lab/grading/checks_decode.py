@@ -24,10 +24,11 @@ from .decode_budget import partition_budget
 from .faults import kernel_message
 from .decode_launch import (NOTHING_WRITTEN, WARP, decode_problem, dims_hint, launch_warp,
                             misplaced_hint)
-from .decode_variants import LOG2E, partials_variant, parts_stride_reads_padding
+from .decode_variants import LOG2E, partials_variant, spare_page_padding
 from .kernel_runner import poisoned, unwritten
 from .kernel_hints import one_size_hint
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
+from .seeds import case_rng
 from .table_probe import PAGE_SIZE, full_table, transposed_hint
 from .variants import (BY_KV_HEADS_HINT, BY_MOD_HINT, HEAD_STRIDE_HINT, MOD_GROUP_HINT,
                        NEXT_PAGE_HINT, SAME_HEAD_HINT, SCALED_VALUES_HINT, UNSCALED_PAGES_HINT,
@@ -213,14 +214,19 @@ def _partition_one_size(comp, part_len: int, sizes: dict) -> str | None:
     return one_size_hint(right_with, sizes, longest=max(sizes["seq_lens"]))
 
 
-def _parts_stride_fault(exc, prob, part_len: int) -> str | None:
-    """PARTS_STRIDE_HINT where the faulting block's partition, its table row read from
-    b * max_parts on, reads a -1 entry or one past the table (and from b * max_pages none)."""
-    block = getattr(exc, "block", None)
-    if not block or not parts_stride_reads_padding(prob, part_len, int(block[0]),
-                                                   int(block[2])):
+def _parts_stride_fault(comp, seed: int, part_len: int, sizes: dict) -> str | None:
+    """PARTS_STRIDE_HINT where the kernel, relaunched on the case with its table's padding
+    pointing at a page of finite values, gives what rows read max_parts apart give there: the
+    fault alone does not show it (a read past a partition's end reaches the same padding)."""
+    prob = spare_page_padding(decode_problem(seed, **sizes), case_rng(seed + 3000))
+    o = prob and probe(lambda: launch_warp(comp, *_partition_launch(prob, part_len),
+                                           outputs=(5,))[0][0])
+    if o is None:
         return None
-    return PARTS_STRIDE_HINT
+    m_ref, _, o_ref = reference_partials(prob.q, prob.k_cache, prob.v_cache, prob.block_tables,
+                                         prob.seq_lens, part_len, prob.scale)
+    return diagnose(o, o_ref, [(PARTS_STRIDE_HINT, lambda: partials_variant(
+        prob, part_len, paging="parts_stride")[2])], mask=np.isfinite(m_ref)[..., None])
 
 
 def _wider_than_parts(prob, part_len: int):
@@ -239,7 +245,7 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
                                       outputs=(5, 6), count=True)
     except Exception as exc:   # a fault: a transposed table read soon reaches its -1 padding
         hint = getattr(exc, "buffer", None) and (   # (an index out of bounds)
-            _parts_stride_fault(exc, prob, part_len) or _partition_transposed(comp)
+            _parts_stride_fault(comp, seed, part_len, sizes) or _partition_transposed(comp)
             or _partition_one_size(comp, part_len, sizes))
         if not hint:
             raise

@@ -77,16 +77,18 @@ def _table_row(prob, b: int, paging: str, max_parts: int):
     return prob.block_tables[0 if paging == "first_table" else b]
 
 
-def parts_stride_reads_padding(prob, part_len: int, part: int, b: int) -> bool:
-    """Whether partition `part` of sequence b, its row read from b * max_parts on, reads a
-    -1 entry or one past the table: where a kernel with that stride faults."""
-    start, end = part * part_len, min(int(prob.seq_lens[b]), (part + 1) * part_len)
-    max_parts = -(-int(prob.seq_lens.max()) // part_len)
-    if max_parts == prob.block_tables.shape[1] or start >= end:
-        return False
-    row = _table_row(prob, b, "parts_stride", max_parts)
-    pages = np.arange(start, end) // prob.k_cache.shape[1]
-    return bool(pages.max() >= len(row) or (row[pages] < 0).any())
+def spare_page_padding(prob, rng):
+    """`prob` with every -1 of its block table pointing at a page no sequence holds, which
+    `rng` fills with finite values: a kernel that faulted reading rows max_parts apart
+    ("parts_stride") reads that page instead of the padding. None without such a page."""
+    spare = np.setdiff1d(np.arange(prob.k_cache.shape[0]), prob.block_tables)
+    if not spare.size:
+        return None
+    for cache in (prob.k_cache, prob.v_cache):
+        cache[spare[0]] = rng.standard_normal(cache.shape[1:])
+    prob.block_tables = np.where(prob.block_tables < 0, spare[0], prob.block_tables).astype(
+        prob.block_tables.dtype)
+    return prob
 
 
 def _rows(prob, b: int, kv_head: int, tokens: range, paging: str = "right", max_parts=0):

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..addressing import token_slots
+
 LAST_PAGE_KEYS_HINT = ("on each block's last page (p == pages - 1) the keys were summed as "
                        "the values: every page, the last too, loads v_tile from v_cache and "
                        "weighs v_tile (weight * v_tile[j * head_dim + d]), never k_cache or "
@@ -25,8 +27,7 @@ def last_page_keys(case, block_queries: int) -> np.ndarray:
         if n == 0:
             continue   # (an empty sequence's rows are all padding: zeros)
         t = np.arange(n)
-        slots = case.block_tables[b][t // page_size].astype(np.int64) * page_size + \
-            t % page_size
+        slots = token_slots(case.block_tables[b], n, page_size)
         needed = np.minimum(n, (t // block_queries + 1) * block_queries)
         on_last = (t[None, :] // page_size) == ((needed - 1) // page_size)[:, None]
         for h in range(q.shape[2]):
