@@ -18,7 +18,7 @@ from ..words import counted
 from .checks_system_errors import (error_counts, other_error, raised_by_the_pool,
                                    refused_step)
 from .compare import changed_input, describe_difference, diagnose
-from .report import Case, CheckResult, Mismatch, run_cases
+from .report import Case, CheckResult, Mismatch, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -105,8 +105,7 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
                            f"{kind} rounds every value.", str(np.dtype(mgr.cache.dtype)),
                            str(kind))
         hint = diagnose(got, expected, [
-            ("the new token must attend to itself: append k / v to the cache first, then "
-             "build the block tables and attend.",
+            (LEFT_OUT_TOKEN_HINT,
              lambda: np.stack([_dense_decode(q[i], keys[s][:-1], values[s][:-1], scale)
                                for i, s in enumerate(step_ids)])),
             ("build the block tables for this step's sequences in the order of seq_ids: "
@@ -132,6 +131,16 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
               "self.cache.v_cache, *self.cache.block_tables(seq_ids))."
         raise Mismatch(f"step {step} (seq_ids {step_ids}): " + diff.message(), hint)
 
+
+# attending before the append and passing lens - 1 after it both leave out the step's own
+# token: the outputs and the cache after the step are the same, so both are named
+LEFT_OUT_TOKEN_HINT = several_fit([
+    "the new token must attend to itself: append k / v to the cache first, then build the "
+    "block tables and attend.",
+    "the lengths given to the attention leave out the step's token: pass lens as "
+    "self.cache.block_tables(seq_ids) returns them (they count the token just appended), "
+    "not lens - 1.",
+], "output")
 
 IDS_HINT = ("the caller (the engine) reads its batch's seq_ids again after the step: loop over "
             "them, do not pop, remove, sort or clear them")

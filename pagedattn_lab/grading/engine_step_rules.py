@@ -21,7 +21,7 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
                     subtract_held=True, in_pages=True, ceil_growth=True,
                     watermark_for_waiting_only=True, chunk_long=True, budget_in_tokens=True,
                     check_pages=True, whole_pages=True, charge_budget_once=True,
-                    pow2_ceil=None):
+                    watermark_reserved_once=True, pow2_ceil=None):
     """The engine's order with one rule switchable off (each switch is a known mistake;
     ceil_growth, a running request's new pages rounded down, only with ceil_cost, in
     COMBINED).
@@ -68,6 +68,8 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
             budget -= (n if budget_in_tokens else 1) * (1 if charge_budget_once else 2)
             if charge_running:
                 free -= max(0, grow) if clamp else grow
+            if not watermark_reserved_once:
+                free -= watermark
 
     def run_waiting():
         nonlocal budget, free
@@ -243,6 +245,10 @@ UNTARGETED = [
      "each request's n tokens come out of it once, as its pair joins the batch, so the "
      "prompts after them get what is left of max_num_batched_tokens.",
      lambda got, exp, a: sum(n for _, n in got) < sum(n for _, n in exp)),
+    ("watermark_reserved_once", "the watermark was taken from the free pages for every "
+     "running request: it is held back once, as a waiting prompt is priced (cost + "
+     "watermark <= the pages left), and a running request's charge is only its new pages, "
+     "max(0, ceil((num_computed + n) / page_size) - num_pages).", _admits_fewer),
 ]
 
 # Mistakes that switch several rules off at once, named only when no single one gives the
