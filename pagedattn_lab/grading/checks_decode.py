@@ -257,7 +257,7 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
                                              prob.scale)
     used = np.isfinite(m_ref)
     diff = describe_difference(o, o_ref, ("sequence", "head", "partition", "dim"),
-                               mask=used[..., None])
+                               mask=used[..., None], unwritten=unwritten(o))
     if diff is not None:
         # NaN that the kernel computed in every partition: the online softmax's own 0 / 0
         # or inf / inf fits it as well as any variant that reads a NaN slot

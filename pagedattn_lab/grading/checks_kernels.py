@@ -107,7 +107,7 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
         or array_size_hint(comp.source, prob.shape["head_dim"]) \
         or _pow2_shift_hint(comp, prob, threads, tiled) \
         or _one_size_hint(comp, prob, threads, tiled) \
-        or rounding_hint(got, expected, valid)
+        or rounding_hint(got, expected, valid, prob)
     hint = mistake \
         or nan_hint(got, valid, never, shared_tile=tiled, source=comp.source) \
         or (tiled_hint(comp.source, racecheck=kern.racecheck) if tiled else None) \

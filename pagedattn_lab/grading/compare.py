@@ -7,7 +7,9 @@ because the pattern is usually the clue: "only head 0 is right" points at the he
 
 `diagnose` compares the learner's output with the outputs of known-wrong variants of the
 reference ("what you would get if the scale were missing") and returns the hint of the
-first one that matches.
+first one that matches. A variant shows only where it is wrong on elements the learner
+wrote: one wrong only where a kernel left the check's poison (a NaN variant there "matches"
+the check's own fill) is skipped; `describe_difference` names those as never written.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .kernel_runner import unwritten
 from .report import Mismatch
 
 ATOL = 2e-4
@@ -259,26 +262,30 @@ def fitting_hints(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None,
                   nan_is_evidence: bool = True):
     """The hints of every known-wrong variant that `got` reproduces, in order, each computed
     only when asked for (as `diagnose`, which takes the first)."""
+    got = np.asarray(got)
+    never = unwritten(got) if got.dtype == np.float32 else np.zeros(got.shape, bool)
     for hint, candidate in variants:
         try:
             candidate = candidate() if callable(candidate) else candidate
         except (IndexError, ValueError, FloatingPointError):
             continue  # this mistake would have read out of bounds here: it cannot match
-        if candidate is None or matches(expected, candidate, atol=atol, rtol=rtol, mask=mask):
+        if candidate is None or np.shape(candidate) != got.shape:
             continue
-        if not nan_is_evidence and _nan_where_wrong(candidate, expected, atol, rtol, mask):
-            continue
+        if np.shape(candidate) == np.shape(expected):   # (else wrong wherever it is)
+            wrong = _wrong(candidate, expected, atol, rtol, mask)
+            if not (wrong & ~never).any():
+                continue   # right wherever the learner wrote: nothing it computed shows it
+            if not nan_is_evidence and np.isnan(as_float64(candidate)[wrong]).all():
+                continue
         if matches(got, candidate, atol=atol, rtol=rtol, mask=mask):
             yield hint
 
 
-def _nan_where_wrong(candidate, expected, atol, rtol, mask) -> bool:
-    """True when every element where `candidate` differs from `expected` is NaN."""
-    candidate = as_float64(candidate)
-    wrong = ~np.isclose(candidate, as_float64(expected), atol=atol, rtol=rtol, equal_nan=True)
-    if mask is not None:
-        wrong &= np.broadcast_to(mask, wrong.shape)
-    return bool(np.isnan(candidate[wrong]).all())
+def _wrong(candidate, expected, atol, rtol, mask) -> np.ndarray:
+    """Where `candidate` differs from `expected` (among the compared elements)."""
+    wrong = ~np.isclose(as_float64(candidate), as_float64(expected), atol=atol, rtol=rtol,
+                        equal_nan=True)
+    return wrong if mask is None else wrong & np.broadcast_to(mask, wrong.shape)
 
 
 def changed_input(what: str, given: dict, passed: dict, hints: dict | None = None):

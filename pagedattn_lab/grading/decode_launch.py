@@ -115,7 +115,9 @@ def dims_hint(got, rows, head_dim: int, who: str) -> str | None:
     early (head_dim / 32 rounds down). `who`: 'lane' or 'thread'."""
     never = unwritten(got)[np.broadcast_to(rows, got.shape[:-1])].all(axis=0)
     first = int(np.argmax(never)) if never.any() else head_dim
-    if first % WARP or first == head_dim or not never[first:].all():
+    # (no dim at all is a rounded-down count only where head_dim is below a warp's lanes)
+    if first % WARP or first == head_dim or not never[first:].all() or \
+            first == 0 < head_dim // WARP:
         return None
     per = -(-head_dim // WARP)
     which = "no dim was written" if first == 0 else f"dims {first} and up were never written"
@@ -134,11 +136,13 @@ def misplaced_hint(o, o_ref, used) -> str | None:
     reference `o_ref` (`used`: the partitions that exist): every row written holds a
     partition's right output, none more often than it is expected (one partition's output
     everywhere is a wrong range of tokens, not a wrong slot), but some at another (sequence,
-    head, partition): the states are right, where they are stored is not."""
+    head, partition): the states are right, where they are stored is not. A row never
+    written shows no slot: some row written must be wrong where it is."""
     rows = o.reshape(-1, o.shape[-1])
     right = o_ref[used]                                   # [partitions, head_dim]
     written = ~unwritten(rows).all(axis=-1)
-    if not written.any():
+    in_place = np.isclose(rows, o_ref.reshape(rows.shape), rtol=RTOL, atol=ATOL).all(axis=-1)
+    if not (written & ~in_place).any():
         return None
     close = np.isclose(rows[written][:, None], right[None], rtol=RTOL, atol=ATOL).all(axis=-1)
     # no output written more often than it is expected (heads of one kv head over a one-token

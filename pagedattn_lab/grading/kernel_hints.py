@@ -11,8 +11,9 @@ import re
 
 import numpy as np
 
-from .compare import ATOL
+from .compare import ATOL, diagnose
 from .report import Mismatch, NotAttempted, several_fit
+from .variants import attention_variant
 
 # What a float variable holds before its first write on the CPU executor built by GCC 12 or
 # later (-ftrivial-auto-var-init=pattern fills 0xfe bytes, cpu/compiler.py): -1.7e38. A sum
@@ -238,17 +239,40 @@ def nan_hint(got, valid, never, *, shared_tile: bool, source: str) -> str | None
             "exp(score - new_max).")
 
 
-def rounding_hint(got, expected, valid) -> str | None:
-    """When every real row is finite and within float16's precision of the expected, yet not
-    within the check's tolerance: a step of the kernel rounds to a narrower type."""
-    rows = np.broadcast_to(valid, got.shape)
-    if not np.isfinite(got[rows]).all() or \
-            not np.allclose(got[rows], expected[rows], rtol=1e-2, atol=1e-2):
-        return None
-    return (f"every output is within about 1e-2 of the expected, not within {ATOL:g}: a "
-            "step of your kernel rounds to a narrower type (a __half score, sum or "
-            "accumulator, a __float2half on the way): keep the dot products, the softmax and "
-            "the accumulator in float.")
+def _half_sum(q_rows, keys) -> np.ndarray:
+    """q . k as a __half running sum (in d order) of float products, each rounded to __half."""
+    products = (q_rows.astype(np.float32)[:, None] * keys.astype(np.float32)[None])
+    total = np.zeros(products.shape[:2], np.float16)
+    for d in range(products.shape[-1]):
+        total = total + products[..., d].astype(np.float16)   # (float16 + float16: float16)
+    return total.astype(np.float64)
+
+
+# The dot products a kernel that rounds to __half computes: summed in __half, the float sum
+# rounded once (a __half score), and q and k rounded before they are multiplied.
+NARROW_DOTS = (
+    _half_sum,
+    lambda q_rows, keys: (q_rows.astype(np.float32) @ keys.T.astype(np.float32))
+    .astype(np.float16).astype(np.float64),
+    lambda q_rows, keys: (q_rows.astype(np.float16).astype(np.float64)
+                          @ keys.T.astype(np.float16).astype(np.float64)),
+)
+
+
+ROUNDING_HINT = (f"your outputs are what q . k computed in __half gives, off the expected by "
+                 f"more than {ATOL:g}: a step of your kernel rounds to a narrower type (a "
+                 "__half score or sum, a __float2half on the way): keep the dot products, the "
+                 "softmax and the accumulator in float.")
+
+
+def rounding_hint(got, expected, valid, prob) -> str | None:
+    """ROUNDING_HINT when the real rows (`valid`) are what one of NARROW_DOTS gives on the
+    prefill problem `prob`, within the check's tolerance. An answer merely near the expected
+    (a scale off by 1%) is no evidence of rounding."""
+    return diagnose(got, expected, [
+        (ROUNDING_HINT, lambda dot=dot: attention_variant(
+            prob.q, prob.k_cache, prob.v_cache, prob.block_tables, prob.seq_lens, prob.scale,
+            dot=dot)) for dot in NARROW_DOTS], mask=valid)
 
 
 def array_size_hint(source: str, head_dim: int) -> str | None:

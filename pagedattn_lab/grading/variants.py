@@ -94,8 +94,10 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
                       mask="causal", shared_table=False, head_stride_bug=False, kv_map="div",
                       offset_shift=0, identity_pages=False, drop_last=False, online_bug=None,
                       values_from_keys=False, keys_from_values=False, pow2_pages=False,
-                      scaled_values=False, block_queries=None, slot_bug=None, page_shift=0):
-    """Paged attention with the chosen mistakes; float64 NumPy, q's shape.
+                      scaled_values=False, block_queries=None, slot_bug=None, page_shift=0,
+                      dot=None):
+    """Paged attention with the chosen mistakes; float64 NumPy, q's shape. dot(q_rows, keys):
+    the scores before the scale, where a mistake computes them another way (q_rows @ keys.T).
 
     online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
     running sum when the maximum grows; "max0": the running max starts at 0, not -inf;
@@ -140,7 +142,8 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
             n_ok = _keys_in_bounds(flat, n, kf.size)
             idx = flat(np.arange(n_ok))
             keys, values = kf[idx], vf[idx]
-            logits = q[b, queries, h] @ keys.T * scale  # [queries, n_ok]
+            logits = (q[b, queries, h] @ keys.T if dot is None else
+                      dot(q[b, queries, h], keys)) * scale  # [queries, n_ok]
             t = np.arange(len(queries))[:, None]
             seen = np.ones((len(queries), 1), bool)   # the rows that read key n_ok (if any)
             if mode == "prefill" and mask != "none":
