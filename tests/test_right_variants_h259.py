@@ -12,15 +12,13 @@ learner's restored after each, also after a gather that raised. A stub's NotImpl
 learner's class method or helper raises it, in the notebook and under the grader.
 """
 import threading
-from collections import deque
 
 import numpy as np
 import pytest
 
-import pagedattn_lab as pl
 from pagedattn_lab.grading.checks_addressing import _counted
 from pagedattn_lab.grading.padding_reads import NUMPYS_OWN
-from tests.check_helpers import PADDING, run_check
+from tests.check_helpers import PADDING, GoodAllocator, run_check
 from tests.test_grade_protocol import remotely
 
 
@@ -199,30 +197,8 @@ def test_a_right_gather_passes_twice_and_numpy_is_its_own_again(gather):
 
 # -- the stub, in a class method reached through the learner's own helper ---------------
 
-class _Allocator:
+class _Allocator(GoodAllocator):
     """A right allocator whose free() calls a helper that is still the stub."""
-
-    def __init__(self, num_pages: int):
-        self.num_pages, self._free, self._refs = num_pages, deque(range(num_pages)), \
-            [0] * num_pages
-
-    @property
-    def num_free(self) -> int:
-        return len(self._free)
-
-    def ref_count(self, page: int) -> int:
-        return self._refs[page]
-
-    def allocate(self, n: int) -> list[int]:
-        if n > len(self._free):
-            raise pl.OutOfPagesError(n, len(self._free), self.num_pages)
-        pages = [self._free.popleft() for _ in range(n)]
-        for page in pages:
-            self._refs[page] = 1
-        return pages
-
-    def free(self, pages) -> None:
-        self._release(list(pages))
 
     def _release(self, pages) -> None:
         raise NotImplementedError("write this part, then run the check below")

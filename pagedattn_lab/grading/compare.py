@@ -235,14 +235,9 @@ def describe_difference(got, expected, axes, *, atol=ATOL, rtol=RTOL, mask=None,
 
 
 def matches(got, candidate, *, atol=ATOL, rtol=RTOL, mask=None) -> bool:
-    got = as_float64(got)
-    candidate = as_float64(candidate)
-    if got.shape != candidate.shape:
+    if np.shape(got) != np.shape(candidate):
         return False
-    close = np.isclose(got, candidate, atol=atol, rtol=rtol, equal_nan=True)
-    if mask is not None:
-        close |= ~np.broadcast_to(mask, close.shape)
-    return bool(close.all())
+    return not _wrong(got, candidate, atol, rtol, mask).any()
 
 
 def diagnose(got, expected, variants, *, atol=ATOL, rtol=RTOL, mask=None,
