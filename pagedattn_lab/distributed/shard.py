@@ -103,7 +103,7 @@ HEADER = 2   # batch, pages per row
 
 def table_capacity(max_batch: int, max_pages: int, prefill: bool = False) -> int:
     """int32 entries of the broadcast buffer: a header, the lengths, the padded table (and,
-    for prefill, qo_indptr after it)."""
+    for prefill, qo_indptr after it), each as large as max_batch and max_pages allow."""
     max_batch = check_int(max_batch, "max_batch", minimum=0)
     max_pages = check_int(max_pages, "max_pages", minimum=0)
     prefill = check_bool(prefill, "prefill")   # (a count would be multiplied in)
@@ -113,8 +113,9 @@ def table_capacity(max_batch: int, max_pages: int, prefill: bool = False) -> int
 def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
                 qo_indptr=None, *, page_size: int | None = None) -> np.ndarray:
     """One int32 buffer of `table_capacity` entries: [batch, pages, seq_lens..., table...]
-    (then qo_indptr, for a prefill step). The arrays are int32, NumPy, CuPy or torch, as the
-    wrappers' plan takes them.
+    (then qo_indptr, for a prefill step), then zeros. The arrays are int32, NumPy, CuPy or
+    torch, as the wrappers' plan takes them. Each part starts where the one before it ends,
+    so where it is follows from the header alone (`unpack_tables` reads it exactly).
 
     The buffer has a fixed size so that the other ranks, which do not know this step's batch
     yet, can post their receive of the same size: one broadcast per step, no size exchange.
@@ -152,12 +153,12 @@ def pack_tables(block_tables, seq_lens, max_batch: int, max_pages: int,
         _check_values(tables, lens, indptr, page_size)
     buf = np.zeros(capacity, np.int32)
     buf[:HEADER] = batch, pages
-    buf[HEADER:HEADER + batch] = lens
-    start = HEADER + max_batch
-    buf[start:start + batch * pages] = tables.ravel()
-    if prefill:
-        start += max_batch * max_pages
-        buf[start:start + batch + 1] = indptr
+    # back to back, not at offsets of max_batch and max_pages: a reader given other sizes
+    # than these (the buffer's size cannot tell every pair apart) still finds every part
+    start = HEADER
+    for part in (lens, tables.ravel(), *([indptr] if prefill else [])):
+        buf[start:start + part.size] = part
+        start += part.size
     return buf
 
 
@@ -175,16 +176,19 @@ _SAME_SIZES = "pack_tables and unpack_tables must be given the same sizes"
 
 
 def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
-    """(block_tables [batch, pages], seq_lens [batch]), views into `buf` (NumPy or CuPy);
-    with max_pages (a prefill buffer), qo_indptr [batch + 1] too. Refused by name: sizes
-    the buffer was not packed with (a smaller max_batch read lengths as table entries), as
-    far as the buffer's size tells: a decode buffer's max_pages is not given, so a
-    max_batch that divides the size less the header, max_batch' * (1 + max_pages'), evenly
-    is not caught."""
+    """(block_tables [batch, pages], seq_lens [batch]), views into `buf` (NumPy or CuPy; a
+    torch tensor as the array sharing its memory, as pack_tables takes its arrays); with
+    max_pages (a prefill buffer), qo_indptr [batch + 1] too. Where they are follows
+    from the buffer's header alone (pack_tables writes them back to back), so the read is
+    exact whatever sizes are given; sizes the buffer's header or size shows it was not
+    packed with are refused by name (sizes whose buffer has the same size, 2 rows of 5
+    pages for 3 rows of 3, cannot be told apart, and need not be)."""
     max_batch = check_int(max_batch, "max_batch", minimum=0)
     prefill = max_pages is not None
     if prefill:
         max_pages = check_int(max_pages, "max_pages", minimum=0)
+    # (a tensor's .size is a method: compared with HEADER, a TypeError naming nothing)
+    (buf,) = shared_arrays(dict(buf=buf))
     if getattr(buf, "ndim", None) != 1 or buf.size < HEADER:
         raise ValueError(f"buf: expected the 1-D buffer pack_tables fills, got shape "
                          f"{getattr(buf, 'shape', None)}")
@@ -214,11 +218,11 @@ def unpack_tables(buf, max_batch: int, max_pages: int | None = None):
                          f"{max_batch} ({HEADER} + max_batch * (1 + max_pages), max_pages >= "
                          f"{pages}; {_SAME_SIZES})")
     lens = buf[HEADER:HEADER + batch]
-    start = HEADER + max_batch
+    start = HEADER + batch
     tables = buf[start:start + batch * pages].reshape(batch, pages)
-    if max_pages is None:
+    if not prefill:
         return tables, lens
-    start += max_batch * max_pages
+    start += batch * pages
     return tables, lens, buf[start:start + batch + 1]
 
 
