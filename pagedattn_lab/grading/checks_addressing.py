@@ -70,6 +70,9 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
             ("t // page_size is the virtual page and t % page_size the offset inside it, not "
              "the other way round.",
              int(row[off]) * page_size + t // page_size if off < len(row) else None),
+            ("the page is entry t // page_size of the row, not entry t % page_size (that is "
+             "the offset inside the page).",
+             int(row[off]) * page_size + off if off < len(row) else None),
             ("add the offset inside the page (t % page_size), not the token's position t.",
              page * page_size + t),
             ("the offset inside the page counts slots, one a token: add token % page_size "
@@ -315,6 +318,13 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
          lambda: flat[row[t // page_size + 1] * page_size + t % page_size]),
         (NEXT_ENTRY_HINT, lambda: flat[np.maximum(row[t // page_size + 1], 0) * page_size
                                        + t % page_size]),   # (the padding read as page 0)
+        ("a page holds page_size slots: multiply the page id by page_size (yours adds the "
+         "offset to the page id itself): slot = row[t // page_size] * page_size + "
+         "t % page_size.", lambda: _rows_of(flat, row[t // page_size] + t % page_size)),
+        ("t // page_size is the virtual page and t % page_size the offset inside it, not "
+         "the other way round.", lambda: _rows_of(flat, row[t % page_size] * page_size
+                                                  + t // page_size)
+         if page_size <= len(row) else None),
         (f"a gather copies exactly: keep the cache's dtype ({expected.dtype}); yours, "
          f"{got.dtype}, rounded the values.",
          lambda: expected.astype(got.dtype) if got.dtype.kind in "fiu" else None),
@@ -326,15 +336,20 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
     raise Mismatch(diff.message(), hint)
 
 
+def _rows_of(flat, slots):
+    """flat[slots] as NumPy reads it (a negative slot from the end), or None where NumPy
+    would refuse the indices."""
+    inside = not slots.size or (-len(flat) <= slots.min() and slots.max() < len(flat))
+    return flat[slots] if inside else None
+
+
 def _pow2_gather(flat, row, t, page_size: int, div, mul, mod, join):
     """The gather with shifts and masks for some or all of //, *, % and + (pow2_mixes), as
     if page_size were a power of two (None where NumPy would refuse the indices)."""
     pages = div(t)
     if pages.size and pages.max() >= len(row):
         return None
-    slots = join(mul(row[pages].astype(np.int64)), mod(t))
-    inside = not slots.size or (-len(flat) <= slots.min() and slots.max() < len(flat))
-    return flat[slots] if inside else None
+    return _rows_of(flat, join(mul(row[pages].astype(np.int64)), mod(t)))
 
 
 def gather_numpy(fn) -> CheckResult:

@@ -1,7 +1,8 @@
 """Checks for lesson 01, part 2: block tables, one per sequence.
 
 The mistakes these catch: a page per token instead of per `page_size` tokens, a new page
-although the last one still has room, rounding down, several allocate calls that leave a
+although the last one still has room, all the sequence's pages taken again (the ones the
+table holds not subtracted), rounding down, several allocate calls that leave a
 table half grown when the pool runs out, one block table shared by the whole batch
 (the guide's bug; in Python, `[[]] * n`), a ceil right only for powers of two, and a table
 built [max_pages, batch]: returned as is, or as its `.T` view (NumPy indexes it right; a
@@ -62,12 +63,18 @@ def _room_hint(page_size: int, seq_len: int) -> str:
             "(new pages = ceil((seq_len + n_new) / page_size) - len(table)).")
 
 
-def _pages_taken(fn, n_new: int, page_size: int) -> int:
-    """The pages `fn` takes from a fresh pool for `n_new` tokens into an empty table (a
-    probe confirming a suspected mistake)."""
-    alloc = BlockAllocator(n_new)
-    probe(fn, [], 0, n_new, page_size, alloc)
-    return alloc.num_used
+def _pages_taken(fn, n_new: int, page_size: int, seq_len: int = 0) -> int:
+    """The pages `fn` takes from a fresh pool for `n_new` tokens into the table of a
+    sequence of `seq_len` (a probe confirming a suspected mistake)."""
+    held = -(-seq_len // page_size)
+    alloc = BlockAllocator(held + n_new + -(-(seq_len + n_new) // page_size))
+    probe(fn, alloc.allocate(held), seq_len, n_new, page_size, alloc)
+    return alloc.num_used - held
+
+
+ALL_AGAIN_HINT = ("you took all ceil((seq_len + n_new) / page_size) pages the sequence needs, "
+                  "but the table already holds len(table) of them: take only the missing ones, "
+                  "ceil((seq_len + n_new) / page_size) - len(table).")
 
 
 def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 16) -> None:
@@ -86,7 +93,10 @@ def _append_case(fn, page_size: int, seq_len: int, n_new: int, num_pages: int = 
     taken = alloc.num_used - used_before
     if len(table) != want or taken != want - len(before):
         hint = "a sequence of L tokens owns ceil(L / page_size) pages."
-        if taken == want - len(before):
+        # (confirmed at a table of 3 full pages and 1 token more: 4 pages taken, not 1)
+        if before and taken == want and _pages_taken(fn, 1, 4, seq_len=12) == 4:
+            hint = ALL_AGAIN_HINT
+        elif taken == want - len(before):
             hint = IN_PLACE_HINT
         elif taken == n_new and n_new != want - len(before):
             per_token = ("one page per token: a page holds page_size tokens, so take "

@@ -137,6 +137,9 @@ def _pages_needed_case(fn, seq_len: int, page_size: int) -> None:
     _int_case(fn, (seq_len, page_size), expected, [
         (CONSTANT_HINT, lambda: _constant(fn, [(0, 16), (100, 7), (5, 1), (4096, 16)])),
         (FLOAT_HINT.format(a="seq_len", b="page_size"), math.ceil(seq_len / page_size)),
+        ("/ is true division: seq_len / page_size is a fraction of a page, not a count; a "
+         "partly filled last page is still a whole page, so round up, in integers: "
+         "-(-seq_len // page_size).", seq_len / page_size),
         # (seq_len - 1) // page_size is the floor at most lengths: confirmed where it is not,
         # twice (at (8, 4) alone, ceil(page_size / seq_len) gives 1 too)
         ("(seq_len - 1) // page_size is the index of the last token's page, one less than the "
@@ -173,6 +176,8 @@ def pages_needed(fn) -> CheckResult:
     return run_cases("pages_needed", "pages_needed(seq_len, page_size)", cases)
 
 
+EMPTY_VALUE_HINT = ("with nothing {what} there is nothing to waste: return 0.0 for that "
+                    "case, not {got}.")
 EMPTY_HINT = ("with nothing {what} there is nothing to waste: 0 / 0 is undefined, so return "
               "0.0 for that case (test for it before dividing).")
 
@@ -217,6 +222,11 @@ def _fraction_case(fn, args: tuple, expected: float, variants, what: str, *,
     except Mismatch as mm:
         if empty is not None and mm.got == "nan":
             mm.hint = EMPTY_HINT.format(what=empty)
+        elif empty is not None and mm.message == what:   # (a number, where 0.0 is the answer)
+            # a guard returning another number gives it, as may a mistake that divides by
+            # something else: both named where both fit
+            mm.hint = several_fit([h for h in (mm.hint, EMPTY_VALUE_HINT.format(
+                what=empty, got=mm.got)) if h])
         raise
 
 
@@ -321,6 +331,12 @@ def _paged_case(fn, lens: np.ndarray, page_size: int) -> None:
          "pages, as if one sequence: each sequence rounds up its own last page, so allocated "
          "= sum of ceil(L / page_size) over the sequences, times page_size.",
          1 - used / (-(-used // page_size) * page_size) if used else None),
+        ("the allocated slots are pages * page_size: that divides the tokens by the number "
+         "of pages, not by the slots the pages hold.",
+         1 - used / int(pages.sum()) if allocated else None),
+        ("that gives every request the longest one's pages, as a reservation does: paging "
+         "allocates each sequence its own ceil(L / page_size) pages.",
+         1 - used / (len(lens) * int(pages.max()) * page_size) if allocated else None),
         ("that is the wasted slots per page: divide by the allocated slots (pages * "
          "page_size), not by the number of pages.",
          (allocated - used) / int(pages.sum()) if allocated else None),

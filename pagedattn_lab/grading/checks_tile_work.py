@@ -100,6 +100,12 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
         (_ROUND_UP, build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile)),
         (_ONE_TOO_MANY,
          build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k // kv_tile + 1)),
+        ("that is the keys the tile's last row sees, not K/V tiles: divide them into tiles "
+         "of kv_tile keys, -(-keys // kv_tile).",
+         build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: k)),
+        ("a K/V tile holds kv_tile keys: divide the keys by kv_tile, not by rows (the query "
+         "tile's height).",
+         build(lambda q, n, f: n - q + last(q, f) + 1, lambda k: -(-k // rows))),
         *[(POW2_HINT.format(name="kv_tile", n=kv_tile),
            build(lambda q, n, f: n - q + last(q, f) + 1, lambda k, ceil=ceil: int(ceil(k))))
           for ceil, _ in pow2_ceil_forms(kv_tile)],

@@ -50,6 +50,9 @@ def offset_variants(slot: int, h: int, d: int, num_kv_heads: int, head_dim: int)
           for v in (expected + 1, expected - 1)],
         ("consecutive kv heads of a slot are head_dim values apart, not num_kv_heads.",
          slot * num_kv_heads * head_dim + h * num_kv_heads + d),
+        ("consecutive kv heads of a slot are head_dim values apart, not 1: multiply kv_head "
+         "by head_dim, (slot * num_kv_heads + kv_head) * head_dim + dim.",
+         slot * num_kv_heads * head_dim + h + d),
         ("a slot holds num_kv_heads * head_dim values: the slot stride needs both.",
          slot * num_kv_heads + h * head_dim + d),
         ("that is a byte offset (4 bytes a float32): kv_offset counts elements, the index "
