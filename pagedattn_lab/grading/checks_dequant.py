@@ -4,7 +4,8 @@ Tasks 1 and 2, the scales and quantize on write, are in checks_quant.py).
 dequant_decode: one thread per (query head, sequence) attends over int8 pages, reading
 code * scale for K and for V, with static scales (one per KV head) or per-token ones (laid out
 like the pages). The cases mix GQA and MQA, V scales unlike K's, one token per page, a softmax
-scale that is not 1/sqrt(head_dim) and logits past float32's e^s range; the static case's
+scale that is not 1/sqrt(head_dim), logits past float32's e^s range and logits all far below 0
+(where e^s underflows, so a running max started at 0 divides 0 by 0); the static case's
 group (2) is unlike its number of KV heads (3), so h / num_kv_heads for the KV head shows.
 """
 from __future__ import annotations
@@ -95,8 +96,10 @@ def _scale_fault_hint(name: str, exc, per_token: int, kv_heads: int) -> str:
 
 
 def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
-               max_logit=None, scale=None):
-    """`max_logit`: q scaled to make that the largest logit (past 88 e^s overflows float32)."""
+               max_logit=None, scale=None, top_logit=None):
+    """`max_logit`: q scaled to make that the largest logit (past 88 e^s overflows float32);
+    `top_logit` (< 0): K's codes positive and q negative, scaled so that every logit is at
+    most that (below about -104 e^s underflows float32 to 0)."""
     prob = paged_problem(seed, mode="decode", seq_lens=seq_lens, num_heads=heads,
                          num_kv_heads=kv_heads, head_dim=dim, page_size=page_size)
     rng = case_rng(seed)
@@ -110,6 +113,11 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
         logits = read_logits(prob, codes[0], scales[0], per_token, scale)
         top = logits.max() if logits.max() > 0 else logits.min()   # (< 0: q -> -q flips them)
         prob.q = (prob.q * np.float32(max_logit / top)).astype(np.float32)
+    if top_logit:
+        codes[0] = np.maximum(np.abs(codes[0]), 1).astype(np.int8)
+        prob.q = -(np.abs(prob.q) + 1).astype(np.float32)
+        top = read_logits(prob, codes[0], scales[0], per_token, scale).max()
+        prob.q = (prob.q * np.float32(top_logit / top)).astype(np.float32)
     got = _launch_read(comp, (heads, len(seq_lens)), (
         prob.q, codes[0], codes[1], scales[0], scales[1], prob.block_tables, prob.seq_lens,
         poisoned(prob.q.shape), np.int32(heads), np.int32(kv_heads), np.int32(dim),
@@ -133,12 +141,12 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
         if "TODO" in comp.source:
             raise NotAttempted(NOTHING_WRITTEN)
         # all of these make every output NaN: the evidence cannot tell them apart
-        raise Mismatch("every output is NaN", "each token adds e^(s - m_new) times its "
-                       "dequantized V row to acc and e^(s - m_new) to l; out = acc / l. NaN "
-                       "everywhere is what a NaN score gives, or an inf on the first token, "
-                       "where m = -inf (then 0 * inf or inf / inf = NaN): check the rescale's "
-                       "sign (expf(m - m_new), not expf(m_new - m)) and the weight's max "
-                       "(expf(s - m_new), the new one, not expf(s - m)).")
+        raise Mismatch("every output is NaN", _underflow(top_logit) + "each token adds "
+                       "e^(s - m_new) times its dequantized V row to acc and e^(s - m_new) to l; "
+                       "out = acc / l. NaN everywhere is what a NaN score gives, or an inf on "
+                       "the first token, where m = -inf (then 0 * inf or inf / inf = NaN): check "
+                       "the rescale's sign (expf(m - m_new), not expf(m_new - m)) and the "
+                       "weight's max (expf(s - m_new), the new one, not expf(s - m)).")
     diff = describe_difference(got, expected, ("sequence", "head", "dim"), atol=1e-4, rtol=1e-3)
     if diff is None:
         return
@@ -148,6 +156,18 @@ def _read_case(comp, per_token, seq_lens, heads, kv_heads, dim, page_size, seed,
         "K element d of a token is k_cache[row + d] * its scale, V likewise with v_scale (at "
         "k_scale[kv_head] static, k_scale[slot * num_kv_heads + kv_head] per token); each token "
         "rescales acc and l by e^(m - m_new), adds its weight e^(s - m_new), then m = m_new."))
+
+
+def _underflow(top_logit) -> str:
+    """Where every logit is far below 0, the all-NaN hint's first suspects: a running max
+    started at 0, or no max in the weight, weighs every token by e^s, which underflows to 0
+    there (out = 0 / 0)."""
+    if not top_logit:
+        return ""
+    return (f"every logit here is at most {top_logit:g}, where e^s underflows to 0 in float32: "
+            "a running max started at 0 (not -inf), or a weight e^s with no max subtracted, "
+            "weighs every token by e^s = 0, and out = 0 / 0 is NaN: start m at NEG_INF and "
+            "subtract the running max in the weight, e^(s - m_new). With those right: ")
 
 
 def dequant_decode(source: str, device: str = "auto") -> CheckResult:
@@ -164,6 +184,9 @@ def dequant_decode(source: str, device: str = "auto") -> CheckResult:
         ("logits up to 120 (e^s past float32's range)",
          dict(per_token=1, seq_lens=[11, 4], heads=4, kv_heads=2, dim=16, page_size=4, seed=9,
               max_logit=120.0)),
+        ("logits all below -150 (e^s underflows float32)",
+         dict(per_token=0, seq_lens=[7, 12], heads=4, kv_heads=2, dim=16, page_size=4, seed=10,
+              top_logit=-150.0)),
     ]
     return run_cases("dequant_decode", "dequant_decode: attention over int8 pages", [
         Case(name, {k: v for k, v in p.items() if k != "seed"}, lambda p=p: _read_case(comp, **p))

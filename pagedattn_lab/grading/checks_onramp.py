@@ -285,6 +285,16 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
         candidates += [(f"only warp {w}'s total reached out: the {warps} warps' totals must be "
                         "combined (through shared memory, after a barrier).",
                         lanes[:, w].sum(axis=-1)) for w in range(warps)]
+        candidates.append((f"warp 0's total was added {warps} times: in the second step lane "
+                           "L reads warp_totals[L], not warp_totals[warp] (warp is 0 in every "
+                           "lane of the warp that adds them).", lanes[:, 0].sum(axis=-1) * warps))
+        # every block summing block 0's elements (i = threadIdx.x): total w is block 0's
+        # total w % (its totals per block)
+        per_block = threads // group
+        candidates.append(("the totals repeat block 0's: every block summed block 0's "
+                           "elements. A thread's element is blockIdx.x * blockDim.x + "
+                           "threadIdx.x, not threadIdx.x alone.",
+                           lanes.sum(axis=(1, 2))[np.arange(out.size) % per_block]))
         candidates.append((f"every warp total was added {32 // warps} times: only lanes "
                            f"0-{warps - 1} of the warp that adds them hold one; the other "
                            "lanes must add 0.", lanes.sum(axis=(1, 2)) * (32 // warps)))

@@ -1,6 +1,6 @@
 """What lesson 06's two kernel checks share: the warp launch, the NaN-tailed problems, the
-merge's mistakes, the hint for dims no lane reaches, and the partition check's for states
-stored at the wrong rows.
+merge's mistakes, the hints for dims no lane reaches or no lane stores, and the partition
+check's for states stored at the wrong rows.
 
 Each kernel runs one warp per block. A fault, a lane missing from a shuffle, or an index past
 an output gets a message in the decode layouts (q [batch, num_heads, head_dim], out like q).
@@ -124,6 +124,23 @@ def dims_hint(got, rows, head_dim: int, who: str) -> str | None:
     return (f"{which}: a warp has {WARP} {who}s, so {who} i handles dims i, i + {WARP}, ... "
             f"while they are below head_dim ({head_dim} here: up to ceil({head_dim} / {WARP}) = "
             f"{per} per {who}; head_dim / {WARP} rounds down).")
+
+
+def unstored_lanes_hint(got, ref, rows) -> str | None:
+    """When some lanes stored none of their dims (d % 32 = lane) in any row that exists
+    (`rows`: bool over got's leading axes) and every dim the other lanes stored is right: the
+    lanes all had the result, only some stored it (a store kept to lane 0, like part_ml's)."""
+    lane_of = np.arange(got.shape[-1]) % WARP
+    never = unwritten(got)[np.broadcast_to(rows, got.shape[:-1])]    # [rows, head_dim]
+    silent = np.isin(lane_of, lane_of[never.any(axis=0)])
+    right = np.isclose(got, ref, rtol=RTOL, atol=ATOL)[np.broadcast_to(rows, got.shape[:-1])]
+    if not silent.any() or silent.all() or not never[:, silent].all() or \
+            not right[:, ~silent].all():
+        return None
+    return (f"lanes {ranges(np.unique(lane_of[silent]))} stored none of their dims, and every "
+            "dim the other lanes stored is right: after the __shfl_xor_sync reduction every "
+            "lane holds the whole dot product and the same weights, so each lane stores its own "
+            "dims d = lane, lane + 32, ... (only part_ml's two values are stored by one lane).")
 
 
 def decode_problem(seed, **sizes):

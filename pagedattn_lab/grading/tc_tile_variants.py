@@ -8,6 +8,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks_tc_rows import TILE
+from .compare import ATOL, RTOL
 from .kernel_hints import UNSET_FLOAT
 from .tc_nan_hints import STEP_PAST_HINT
 from .variants import UNSCALED_PAGES_HINT
@@ -119,6 +120,28 @@ def tile_variants(prob):
                      (_ldm_hint(head_dim, wrong, " (Q's load)"), reread(lda=wrong)),
                      (_ldm_hint(head_dim, wrong, " (K's load)"), reread(ldb=wrong))]
     return variants
+
+
+TILES_OVERLAP_HINT = (
+    "each tile of scores is 16 x 16 = 256 floats: tile (kv_head, tile) starts at scores + "
+    "(kv_head * gridDim.x + tile) * 256, not * 16 (there the tiles overlap, and each "
+    "overwrites part of the others).")
+
+
+def tiles_overlap(got, expected, never) -> bool:
+    """Whether `got` is what the tiles leave when each is stored 16 floats after the one
+    before, not 256: every element holds the score of one of the tiles whose 256 floats cover
+    it (which one depends on the order the blocks ran in), and an element no tile covers still
+    holds the poison (`never`)."""
+    flat, poison = np.asarray(got, np.float64).reshape(-1), never.reshape(-1)
+    tiles = expected.reshape(-1, TILE * TILE)
+    covered, fits = np.zeros(flat.size, bool), np.zeros(flat.size, bool)
+    for i, tile in enumerate(tiles):
+        span = slice(i * TILE, min(i * TILE + tile.size, flat.size))
+        n = span.stop - span.start
+        covered[span] = True
+        fits[span] |= np.isclose(flat[span], tile[:n], rtol=RTOL, atol=ATOL)
+    return len(tiles) > 1 and bool((fits | (~covered & poison)).all())
 
 
 def _wrong_ldms(head_dim: int):

@@ -99,8 +99,8 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
     """Paged attention with the chosen mistakes; float64 NumPy, q's shape. dot(q_rows, keys):
     the scores before the scale, where a mistake computes them another way (q_rows @ keys.T).
 
-    online_bug="acc" / "sum": the online softmax forgets to rescale the accumulator / the
-    running sum when the maximum grows; "max0": the running max starts at 0, not -inf;
+    online_bug="acc" / "sum" / "both": the online softmax forgets to rescale the accumulator /
+    the running sum / both when the maximum grows; "max0": the running max starts at 0, not -inf;
     "old_max": a key's weight is taken against the max before it, exp(s - m_old); "no_div":
     the accumulator is never divided by the running sum; "new_term": acc + rescale * weight
     * v, the rescale on the new term; "max_stuck": the running max never set to the new one."""
@@ -109,7 +109,7 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
             ("mask", mask, ("causal", "none", "strict", "past", "block", "whole_pages",
                             "block_short", "page_local")),
             ("kv_map", kv_map, KV_MAPS),
-            ("online_bug", online_bug, (None, "acc", "sum", "max0", "old_max", "no_div",
+            ("online_bug", online_bug, (None, "acc", "sum", "both", "max0", "old_max", "no_div",
                                         "new_term", "max_stuck")),
             ("slot_bug", slot_bug, (None, "swap", "unscaled", "page_only", "offset_div"))):
         one_of(name, value, allowed)
@@ -202,11 +202,12 @@ def _online(logits, values, bug: str):
         p = np.where(live, np.exp(s - (m if bug == "old_max" else m_new)), 0.0)
         if bug == "max0":  # the kernel's expf: float32 underflows to 0 below about -104
             p = p.astype(np.float32).astype(np.float64)
-        total = (total if bug == "sum" else total * alpha) + p
+        total = (total if bug in ("sum", "both") else total * alpha) + p
         if bug == "new_term":
             acc = acc + (alpha * p)[:, None] * values[j]
         else:
-            acc = (acc if bug == "acc" else acc * alpha[:, None]) + p[:, None] * values[j]
+            acc = (acc if bug in ("acc", "both") else acc * alpha[:, None]) + \
+                p[:, None] * values[j]
         if bug != "max_stuck":
             m = m_new
     return acc if bug == "no_div" else acc / total[:, None]
@@ -299,6 +300,10 @@ def attention_mistakes(case, *, mode="prefill", block_queries=None, shared_tile=
          "expf(old_max - new_max) + weight * v[d].", v(online_bug="acc")),
         ("online softmax: when the max grows, rescale the running sum too: sum = sum * "
          "expf(old_max - new_max) + weight.", v(online_bug="sum")),
+        ("neither the accumulator nor the running sum was rescaled (a rescale of 1, as when "
+         "running_max is set to new_max before expf(running_max - new_max) is worked out): "
+         "compute the rescale from the old max, multiply acc and sum by it, and only then set "
+         "running_max = new_max.", v(online_bug="both")),
         ("the running max starts at 0: when every score is below about -88, expf(score - 0) "
          "underflows to 0 in float32 and the output is 0/0. Start it at -inf.",
          v(online_bug="max0")),
