@@ -324,8 +324,10 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
     check_budget(counts, budget, {"out": out.size}, {"a": (n, "read a[i] once.")}, {
         "shared_writes": "this puzzle needs no shared memory: shuffles move values between "
                          "the lanes of a warp directly." if group == 32 else
-                         "one value per warp goes through shared memory: only one lane of "
-                         "each warp stores."})
+                         "the puzzle lets a thread write shared memory once: add each "
+                         "warp's values with shuffles and let one lane of each warp store "
+                         "the warp's total (a reduction tree in shared memory, or a shared "
+                         "total zeroed and then added to, writes more than once)."})
     return counts, budget
 
 

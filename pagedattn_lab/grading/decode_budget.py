@@ -62,4 +62,11 @@ def _over_budget_hint(counts, prob, part_len) -> str:
     if reads.get("seq_lens", 0) > WARP * launched:
         return (f"seq_lens was read {reads['seq_lens']} times, more than once by each lane of "
                 f"the {launched} blocks: read seq_lens[b] once into a variable.")
-    return f"the reads are not shared out: some lanes read whole rows. {_SPLIT}."
+    # every array's total is what a right kernel reads: the lanes shared the rows unevenly
+    per_lane = -(-head_dim // WARP)
+    return (f"the block's reads add up, but some lane read more than its share: per token a "
+            f"lane may read ceil(head_dim / 32) = {per_lane} value{'s' * (per_lane > 1)} of "
+            "the K row, as many of the V row, and one block-table entry, so that all 32 lanes "
+            "share every row. Some lanes read whole rows, or several consecutive dims each (a "
+            "float4 load of 4 dims per lane leaves lanes idle when head_dim is below 128), "
+            f"while others read less. {_SPLIT}.")
