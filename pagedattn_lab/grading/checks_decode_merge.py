@@ -286,7 +286,7 @@ def _variants(part_ml, part_out, lens, part_len, held):
          "(fmaxf from NEG_INF); without partition 0's m_p, a row whose largest m_p is "
          "partition 0's overflows expf(m_p - m), and a row of one partition has m = -inf.",
          lambda: _weighted_by(*states, n_parts, "after_first")),
-        (BY_TOKENS_HINT, lambda: merge_by_tokens(*states, lens, part_len, n_parts)),
+        (BY_TOKENS_HINT, lambda: merge_by_tokens(*states, lens, part_len)),
         ("part_ml holds one (m, l) pair per slot: m_p is ml[2 * p] and l_p ml[2 * p + 1]; "
          "yours reads ml[p] and ml[p + 1], which mixes the halves of different pairs.",
          lambda: merge_variant(*pairs_by_p(part_ml), part_out, n_parts, bug="none")),

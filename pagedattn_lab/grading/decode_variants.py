@@ -223,11 +223,11 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
         return top / divisor.sum(axis=-1)[..., None]
 
 
-def merge_by_tokens(m, l, o, lens, part_len: int, n_parts):
-    """The merge with partition p weighted by the tokens it holds, not by l_p exp(m_p - m)."""
+def merge_by_tokens(m, l, o, lens, part_len: int):
+    """The merge with partition p weighted by the tokens it holds, not by l_p exp(m_p - m)
+    (0 for a slot past the sequence's ceil(lens / part_len) partitions)."""
     p = np.arange(m.shape[-1])
-    tokens = np.clip(lens[:, None, None] - p * part_len, 0, part_len)   # [batch, 1, parts]
-    w = np.where(p < np.asarray(n_parts)[..., None], tokens, 0).astype(np.float64)
+    w = np.clip(lens[:, None, None] - p * part_len, 0, part_len).astype(np.float64)  # [b, 1, p]
     top_sum = (w[..., None] * np.where(w[..., None] > 0, o, 0)).sum(axis=-2)
     return top_sum / w.sum(axis=-1)[..., None]
 

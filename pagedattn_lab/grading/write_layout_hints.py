@@ -11,11 +11,11 @@ from .quant_variants import FILL
 
 def _fits(got, starts, values, unwritten) -> bool:
     """Whether flat `got` holds, at each index start + i, one of the `values` [rows, n] stored
-    there (start [rows]: where each row's first value went), and `unwritten` elsewhere."""
+    there (start [rows]: where each row's first value went), and `unwritten` elsewhere.
+    Every index is inside `got`: each row a caller places ends no later than its live
+    slot's own entries do."""
     flat = got.reshape(-1)
     at = (starts[:, None] + np.arange(values.shape[1])).ravel()
-    if at.size and (at.min() < 0 or at.max() >= flat.size):
-        return False
     held = np.zeros(flat.size, bool)
     held[at[np.isclose(flat[at], values.ravel(), rtol=1e-6, atol=0)]] = True
     stored = np.zeros(flat.size, bool)
