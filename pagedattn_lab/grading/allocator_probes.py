@@ -3,6 +3,7 @@ error, and demand that a refused call changed nothing."""
 from __future__ import annotations
 
 from ..validate_kinds import is_int
+from .escaped_errors import where_raised
 from .report import Mismatch
 
 FREE_LIST_HINT = ("freed pages must go back to the free list and be handed out again (the "
@@ -29,15 +30,39 @@ ZERO_HINT = ("zero pages is a valid request: allocate(0) returns [] (a sequence 
              "tokens fit in its last page asks for none); raise only when n > num_free.")
 
 
-def allocated(alloc, n: int, what: str) -> list[int]:
+def past_last_id_hint(num_pages: int) -> str:
+    """The hint for an IndexError (KeyError) from allocate with enough pages free: an id it
+    took indexed a per-page list (dict) past its end."""
+    return (f"allocate raised it with enough pages free: a page id it took indexed past the "
+            f"end of a list indexed by page id (num_pages = {num_pages} entries). Page ids are "
+            f"0..num_pages-1 = 0..{num_pages - 1} (range(num_pages)); 1..num_pages runs one "
+            "past the end.")
+
+
+def _free_or_none(alloc) -> int | None:
+    """num_free, or None where reading it fails (its own failure is told where it is read)."""
+    try:
+        return num_free(alloc)
+    except Exception:   # noqa: BLE001 - the learner's property, any error
+        return None
+
+
+def allocated(alloc, n: int, what: str, num_pages: int | None = None) -> list[int]:
     """`alloc.allocate(n)` as ids; an error raised for n == 0 names the call (the spec's
-    allocate(0) returns [])."""
+    allocate(0) returns []), and, given the pool's `num_pages`, an IndexError or KeyError
+    with at least n pages free names a page id past the pool's last."""
+    free = _free_or_none(alloc) if num_pages is not None else None
     try:
         pages = alloc.allocate(n)
     except (ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
+        message = f"{what} raised {type(exc).__name__}: {exc}"
+        # (a pop from an empty free list is another mistake: num_free counted pages it lacks)
+        if n and isinstance(exc, (IndexError, KeyError)) and free is not None and free >= n \
+                and not str(exc).startswith("pop from"):
+            raise Mismatch(message + where_raised(exc), past_last_id_hint(num_pages)) from exc
         if n:
             raise
-        raise Mismatch(f"{what} raised {type(exc).__name__}: {exc}", ZERO_HINT, expected="[]",
+        raise Mismatch(message, ZERO_HINT, expected="[]",
                        got=f"{type(exc).__name__} raised") from exc
     return ids(pages, what)
 

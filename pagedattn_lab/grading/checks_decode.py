@@ -62,6 +62,15 @@ _PARTITION_MISTAKES = [
     ("every partition here runs on to the sequence's end: partition p ends at min(seq_len, "
      "(p + 1) * part_len), exclusive, not at seq_len (each token belongs to one partition).",
      {"bounds": "to_seq_len"}),
+    ("partition p starts at token p * part_len (start = part * part_len), not at token p: "
+     "each partition here read the part_len tokens from its own index on, overlapping the "
+     "next.", {"bounds": "part_start"}),
+    ("the accumulator is set to 0 at every token (inside the token loop): only the last "
+     "token's weighted value is left in it. Zero acc once, before the loop over the "
+     "partition's tokens, and rescale it at each token.", {"online_bug": "acc_reset"}),
+    ("the running sum l is set to 0 at every token (inside the token loop): only the last "
+     "token's weight is left in it. Zero l once, before the loop over the partition's tokens, "
+     "and rescale it at each token.", {"online_bug": "sum_reset"}),
     ("online softmax: when the max grows, rescale the accumulator by exp(old_max - new_max).",
      {"online_bug": "acc"}),
     ("online softmax: when the max grows, rescale the running sum by exp(old_max - new_max).",

@@ -23,9 +23,10 @@ from ..words import counted
 from .checks_kernels import _Compiled
 from .compare import (changed_input, describe_difference, diagnose, fitting_hints, fmt,
                       matches)
-from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, decode_problem, dims_hint,
+from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, WARP, decode_problem, dims_hint,
                             launch_warp)
-from .decode_variants import merge_by_tokens, merge_variant, pairs_by_p
+from .decode_variants import (CARRIED_HINTS, merge_by_tokens, merge_carried, merge_variant,
+                              pairs_by_p)
 from .kernel_runner import poisoned
 from .merge_rows import reads_other_rows, rows_elsewhere, with_states
 from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
@@ -294,7 +295,10 @@ def _variants(part_ml, part_out, lens, part_len, held):
          "partitions: the weights do not sum to 1.",
          lambda: merge_variant(*states, n_parts, bug="no_divide") / n_parts[..., None]),
         _last_as_max(states, n_parts),
+        *[(text, lambda carried=carried: merge_carried(*states, n_parts, WARP, carried))
+          for carried, text in CARRIED_HINTS.items()],
     ]
+
 
 
 _LEFTOVERS = ("whatever an earlier launch left there (finite numbers here, so a test for NaN or "

@@ -23,10 +23,12 @@ from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose
 from .faults import kernel_message
 from .page_count_hints import page_count_fault_hint
+from .prefill_rows import out_rows_hint, row_mistakes
 from .tile_page_variants import tile_page_mistakes
-from .kernel_hints import (array_size_hint, barriers, nan_hint, nothing_written, one_size_hint,
-                           padding_hint, rounding_hint, sequence_hint, shift_hint,
-                           tile_load_hint, tiled_hint, unwritten_pattern_hint)
+from .kernel_hints import (array_size_hint, barriers, max0_tile_hint, nan_hint,
+                           nothing_written, one_size_hint, padding_hint, rounding_hint,
+                           sequence_hint, shift_hint, tile_load_hint, tiled_hint,
+                           unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwritten, where
 from .puzzle_runner import count_then_check
 from .printer import WIDTH
@@ -88,17 +90,23 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
     # (unwritten, padding, one sequence) speaks before the shift's hint, which needs the
     # case rerun with its sizes raised to powers of two. NaN from a read before an array's
     # start is the fill's (slack_reads.py): a variant NaN wherever it is wrong proves nothing.
+    # So a tiled kernel's NaN just where a max started at 0 gives it is tested on its own (all
+    # scores far below 0); out rows without the head leave the right rows unwritten.
     mistake = (nan_hint(got, valid, never, shared_tile=True, source=comp.source)
                if tiled and barriers(comp.source) < 2 else None) \
+        or out_rows_hint(never, valid) \
         or (_no_max_hint(comp, threads, tiled, sizes) if _overflowed(got, never) and (
             "score_shift" in sizes or "negative_scores" in sizes) else None) \
         or (_stale_max_hint(comp, threads, tiled) if _overflowed(got, never) and
             "score_rise" in sizes else None) \
+        or (max0_tile_hint(prob, got, expected) if tiled and "negative_scores" in sizes
+            and _overflowed(got, never) else None) \
         or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
         or diagnose(got, expected,
                     attention_mistakes(prob, mode="prefill", block_queries=threads,
                                        shared_tile=tiled)
-                    + (tile_page_mistakes(prob, threads) if tiled else []),
+                    + (tile_page_mistakes(prob, threads) if tiled else [])
+                    + row_mistakes(prob, tiled=tiled),
                     nan_is_evidence=not tiled and not slack_reads.pending()) \
         or _prefill_transposed(comp, threads, tiled) \
         or unwritten_pattern_hint(diff, threads=threads) \

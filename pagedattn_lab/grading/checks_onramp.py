@@ -18,7 +18,8 @@ import numpy as np
 from ..puzzles import PUZZLES
 from .compare import diagnose
 from .puzzle_grid_hints import grid_hints
-from .puzzle_hints import check_budget, check_output, not_ten, own_value_doubled, unstored_hint
+from .puzzle_hints import (check_budget, check_output, index_roles_rule, not_ten,
+                           own_value_doubled, unstored_hint)
 from .puzzle_runner import PuzzleKernel, count_line
 from .puzzle_shared_hints import fixed_size_array, shared_hints
 from .report import Case, CheckResult, Mismatch, run_cases
@@ -137,7 +138,8 @@ def _guard_case(kern, seed, n):
 
     i, whole = np.arange(n), n // threads * threads
     check_output(kern, got, expected, ("element",),
-                 counts, "out", [wrong_terms, first_block_only, last_one_short, unwritten_only(
+                 counts, "out", [wrong_terms, first_block_only, index_roles_rule(n, threads),
+                                  last_one_short, unwritten_only(
                      i == 0, "only element 0 was never written: elements count from 0, so "
                              "thread 0 of block 0 writes element 0 (no + 1 in the index, no "
                              "i > 0 in the guard)."), unwritten_only(

@@ -8,8 +8,8 @@ not while one of them still owns it.
 """
 from __future__ import annotations
 
-from .allocator_probes import (NEGATIVE_ID_HINT, expect_free, expect_raises, ids, kept,
-                               num_free, ref_counts, refused, state, valid_call)
+from .allocator_probes import (NEGATIVE_ID_HINT, allocated, expect_free, expect_raises, ids,
+                               kept, num_free, ref_counts, refused, state, valid_call)
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
 
@@ -192,7 +192,7 @@ def _fork_free_page(cls) -> None:
 
 def _fork_keeps_order(cls) -> None:
     alloc = cls(8)
-    pages = ids(alloc.allocate(8), "allocate(8)")
+    pages = allocated(alloc, 8, "allocate(8)", 8)
     table = [pages[7], pages[2], pages[5], pages[0]]   # a block table is in token order
     forked = kept(alloc.fork, table, f"fork({table})")
     _expect_fork_result(table, ids(forked, f"fork({table})"), f"fork({table})")
@@ -201,7 +201,7 @@ def _fork_keeps_order(cls) -> None:
 def _fork_bad_lists(cls, num_pages: int = 6) -> None:
     """fork and free given a list with one bad id: the call fails whole."""
     alloc = cls(num_pages)
-    pages = ids(alloc.allocate(num_pages), f"allocate({num_pages})")
+    pages = allocated(alloc, num_pages, f"allocate({num_pages})", num_pages)
     gone, a, b = pages[1], pages[0], pages[-1]
     alloc.free([gone])
     alloc.fork([a])
@@ -242,7 +242,7 @@ def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
             n = int(rng.integers(1, 3))
             if n > counts.count(0):
                 continue
-            pages = ids(alloc.allocate(n), f"step {step}: allocate({n})")
+            pages = allocated(alloc, n, f"step {step}: allocate({n})", num_pages)
             if any(counts[p] for p in pages):
                 raise Mismatch(f"step {step}: allocate({n}) returned {pages}, but "
                                f"{[p for p in pages if counts[p]]} still have owners",

@@ -13,8 +13,12 @@ the tokens (through the block table, slot by slot), with optional bugs:
     bounds="drop_last"        the last partition stops one token early (at seq_len - 1)
     bounds="page_start"       partition p starts at token p * page_size, not p * part_len
     bounds="to_seq_len"       every partition runs on to seq_len (end = seq_len)
+    bounds="part_start"       partition p starts at token p, not p * part_len (start = part)
     online_bug="acc"/"sum"    the online softmax forgets to rescale acc / the running sum
     online_bug="max0"         the running max starts at 0 instead of -inf
+    online_bug="acc_reset"    acc set to 0 at every token (inside the token loop): only the
+                              last token's weighted value is left, over the whole sum l
+    online_bug="sum_reset"    l set to 0 at every token: the last token's weight alone
     base2=True                m stored in base-2 units (scores times log2(e))
     normalized=False          o stored as the weighted sum, not divided by l
     scaled_values=True        the values multiplied by scale as well as the scores
@@ -39,7 +43,8 @@ kernel would fault there, so such a variant only matches where it stays in bound
 in unused slots read whatever the cache holds there (the checks put NaN in them).
 
 `merge_variant` is the merge with its classic mistakes; `merge_by_tokens` and `pairs_by_p`
-give two more, which need the lengths or the raw (m, l) pairs.
+give two more, which need the lengths or the raw (m, l) pairs, and `merge_carried` the sums
+declared outside the loop over d (CARRIED_HINTS).
 """
 from __future__ import annotations
 
@@ -55,6 +60,9 @@ def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str,
                  page_size: int) -> range:
     if bounds == "page_start":
         first = start // part_len * page_size
+        return range(first, min(seq_len, first + part_len))
+    if bounds == "part_start":
+        first = start // part_len
         return range(first, min(seq_len, first + part_len))
     if bounds == "inclusive":
         return range(start, end + 1)
@@ -121,8 +129,8 @@ def _online(scores, values, bug):
         p = np.exp(s - m_new)
         if bug == "max0":   # the kernel's expf: float32 underflows to 0 below about -104
             p = float(np.float32(p))
-        total = (total if bug == "sum" else total * alpha) + p
-        acc = (acc if bug == "acc" else acc * alpha) + p * v
+        total = (0.0 if bug == "sum_reset" else total if bug == "sum" else total * alpha) + p
+        acc = (0.0 if bug == "acc_reset" else acc if bug == "acc" else acc * alpha) + p * v
         m = m_new
     return m, total, acc / total
 
@@ -143,8 +151,9 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
     for name, value, allowed in (
             ("kv_map", kv_map, ("div", "mod", "same", "by_kv_heads", "mod_group")),
             ("bounds", bounds, ("exact", "inclusive", "unclipped", "skip_first", "drop_last",
-                                 "page_start", "to_seq_len")),
-            ("online_bug", online_bug, (None, "acc", "sum", "max0")),
+                                 "page_start", "to_seq_len", "part_start")),
+            ("online_bug", online_bug, (None, "acc", "sum", "max0", "acc_reset",
+                                        "sum_reset")),
             ("paging", paging, ("right", "unscaled", "first_table", "head_stride",
                                 "next_page", "parts_stride")),
             ("q_head", q_head, ("own", "kv")),
@@ -221,6 +230,36 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
         divisor = np.where(used, l * scale, 0.0) if bug == "o_unnormalized" else \
             np.where(used, l, 0.0) if bug == "divide_by_l" else w
         return top / divisor.sum(axis=-1)[..., None]
+
+
+# A sum declared before the loop over d (float total = 0.0f outside it) keeps adding: a
+# thread's dims past its first hold the sums of all its dims so far.
+CARRIED_HINTS = {
+    "total": "total is not reset for each dim: a thread's dims d >= blockDim.x are divided by "
+             "2, 3, ... times the weights' sum (d / blockDim.x + 1 of them). Declare `float "
+             "total = 0.0f` inside the loop over d (or sum the weights once, before it).",
+    "o": "o is not reset for each dim: a thread's dims d >= blockDim.x add the weighted values "
+         "of its dims before them. Declare `float o = 0.0f` inside the loop over d.",
+    "both": "total and o are not reset for each dim: a thread's dims d >= blockDim.x carry "
+            "the sums of its dims before them. Declare both inside the loop over d.",
+}
+
+
+def merge_carried(m, l, o, num_parts, threads: int, carried: str):
+    """The merge by `threads` threads, each over dims d = threadIdx.x, + threads, ..., with
+    `carried` ("total", "o" or "both") declared outside its loop over d: a thread's k-th dim
+    holds the sums of its k dims so far (the total k times over, o the sum of its dims')."""
+    weighted = merge_variant(m, l, o, num_parts, bug="no_divide")
+    m, l = np.asarray(m, dtype=np.float64), np.asarray(l, dtype=np.float64)
+    used = np.arange(m.shape[-1]) < np.asarray(num_parts)[..., None]
+    with np.errstate(all="ignore"):
+        m_all = np.where(used, m, -np.inf).max(axis=-1, keepdims=True)
+        total = np.where(used, l * np.exp(m - m_all), 0.0).sum(axis=-1)[..., None]
+    rank = np.arange(weighted.shape[-1]) // threads + 1    # the thread's k-th dim, from 1
+    if carried != "total":
+        for d in range(threads, weighted.shape[-1]):
+            weighted[..., d] += weighted[..., d - threads]
+    return weighted / (total * rank if carried != "o" else total)
 
 
 def merge_by_tokens(m, l, o, lens, part_len: int):

@@ -239,6 +239,24 @@ def nan_hint(got, valid, never, *, shared_tile: bool, source: str) -> str | None
             "exp(score - new_max).")
 
 
+MAX0_HINT = ("every score here is far below 0: a running max started at 0, not -inf, makes "
+             "expf(score - 0) underflow to 0 in float32 for every key, and the output 0/0 = "
+             "NaN. Start the running max at -inf (NEG_INF).")
+UNLOADED_TILE_HINT = ("a tile element read before it was loaded (shared memory starts as NaN "
+                      "on the CPU executor): the load loop must cover all n_keys * head_dim "
+                      "elements of K and of V, whatever the block size.")
+
+
+def max0_tile_hint(case, got, expected) -> str | None:
+    """A tiled kernel's NaN just where a running max started at 0 gives it (every score far
+    below 0): that mistake first, then the unloaded tile, whose NaN can fall anywhere."""
+    max0 = attention_variant(case.q, case.k_cache, case.v_cache, case.block_tables,
+                             case.seq_lens, case.scale, online_bug="max0")
+    if diagnose(got, expected, [("", max0)], nan_is_evidence=True) is None:
+        return None
+    return several_fit([MAX0_HINT, UNLOADED_TILE_HINT])
+
+
 def _half_sum(q_rows, keys) -> np.ndarray:
     """q . k as a __half running sum (in d order) of float products, each rounded to __half."""
     products = (q_rows.astype(np.float32)[:, None] * keys.astype(np.float32)[None])

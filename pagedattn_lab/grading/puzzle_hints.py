@@ -9,7 +9,7 @@ import numpy as np
 from ..words import counted
 from .compare import describe_difference, ranges
 from .puzzle_runner import per_thread_max
-from .report import Mismatch, NotAttempted
+from .report import Mismatch, NotAttempted, several_fit
 
 NOTHING_WRITTEN = ("the kernel wrote nothing (the output is still the NaN the check filled it "
                    "with): write the kernel body where the // TODO is")
@@ -122,4 +122,27 @@ def own_value_doubled(got, lanes):
                 "partner lay outside the warp, so the shuffle handed it back its own value and "
                 "it doubled 5 times. Write from the lane that ends with the sum: lane 0 with "
                 "__shfl_down_sync, lane 31 with __shfl_up_sync, any lane with __shfl_xor_sync.")
+    return rule
+
+
+def index_roles_rule(n: int, threads: int):
+    """A hint rule for an element index built from blockIdx.x and threadIdx.x in the wrong
+    roles: the elements written (each right) are exactly those one such index reaches, and
+    every index that reaches just these is named (with one block, several reach element 0
+    alone)."""
+    i, blocks = np.arange(n), -(-n // threads)
+    forms = [(f"only the elements with i % {threads} < {blocks} (the number of blocks) were "
+              "written: blockIdx.x and threadIdx.x swapped roles (threadIdx.x * blockDim.x + "
+              "blockIdx.x); the element is blockIdx.x * blockDim.x + threadIdx.x.",
+              i % threads < blocks),
+             (f"only {counted(blocks, 'element')} ({ranges(np.arange(blocks))}) "
+              f"{'was' if blocks == 1 else 'were'} written, one per block: the element is "
+              "blockIdx.x * blockDim.x + threadIdx.x, not blockIdx.x alone.", i < blocks)]
+
+    def rule(diff):
+        written = ~diff.unwritten
+        if not diff.unwritten.any() or not np.array_equal(diff.bad, diff.unwritten):
+            return None
+        fits = [text for text, mask in forms if np.array_equal(written, mask)]
+        return several_fit(fits, "elements") if fits else None
     return rule

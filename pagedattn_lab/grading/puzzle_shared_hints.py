@@ -49,6 +49,19 @@ def shared_hints(got, q, k, expected, counts, threads: int) -> list:
                     "must load more than one.")
         return f"{said}: every one of q's values must be stored before the barrier."
 
+    def q_stored_over_itself(diff):
+        # every score stored once and every value of q stored, yet the scores are NaN: the
+        # stores shared slots of q_shared, and the others kept the NaN it starts with
+        stored = counts.shared_writes.sum(axis=1)
+        if counts.by_buffer["scores"].writes != n or not np.isnan(got).all() or \
+                stored.min() < head_dim:
+            return None
+        return (f"every block stored q's {head_dim} values in shared memory and every score "
+                "was stored once, yet the scores are NaN: the stores went to too few slots of "
+                "q_shared (one written again and again, as q_shared[threadIdx.x] = q[d] does), "
+                "so the rest still hold the NaN shared memory starts with on the CPU executor. "
+                "Store q[d] at q_shared[d].")
+
     def k_by_columns(diff):
         columns = k.reshape(-1).reshape(head_dim, n).T.astype(np.float64) @ q
         return ("k was read column after column, k[d * n + t]: k is [n, head_dim] row-major, "
@@ -65,6 +78,10 @@ def shared_hints(got, q, k, expected, counts, threads: int) -> list:
         forms = [(f"keys {threads} and up got the score of key t % {threads}: a thread's key "
                   "is t = blockIdx.x * blockDim.x + threadIdx.x, in k too, not threadIdx.x "
                   "alone.", k[t % threads].astype(np.float64) @ q),
+                 (f"q_shared[d] holds q[d % {threads}]: each thread stored its own q[threadIdx.x] "
+                  "at every d it loaded, so the dims from blockDim.x on hold the wrong values. "
+                  "Store q_shared[d] = q[d].",
+                  k.astype(np.float64) @ q[np.arange(head_dim) % threads]),
                  ("the dot product skips d = head_dim - 1: its loop runs d < head_dim.",
                   k[:, :-1].astype(np.float64) @ q[:-1]),
                  ("the dot product skips d = 0: its loop starts at 0.",
@@ -109,4 +126,5 @@ def shared_hints(got, q, k, expected, counts, threads: int) -> list:
         return (f"every score is q . k[t] + {shift[0]:.4g}: the dot product's sum starts "
                 "at 0.0f.")
 
-    return [q_not_all_staged, k_by_columns, scaled, score_mistake, whole_numbers, shifted]
+    return [q_not_all_staged, q_stored_over_itself, k_by_columns, scaled, score_mistake,
+            whole_numbers, shifted]
