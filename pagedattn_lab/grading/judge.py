@@ -113,6 +113,9 @@ class Judge:
         except wire.ChannelClosed:
             if not self._kernel_host_gone():
                 self.interrupted = task   # the sandbox ended (time limit, crash) in the check
+                # the last check counts, and this one never ended: an earlier check's pass
+                # was the task's row (with no word of this one), whatever this answer was
+                self.results.pop(task, None)
                 raise
             self.record(task, FAILED, "the grader's kernel host ended during the check (a "
                         "kernel of this submission crashed the process that ran it): no "

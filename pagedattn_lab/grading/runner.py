@@ -7,7 +7,9 @@ kernel: nothing listens on a port, and the sandbox has no network). Before the f
 every graded `check.<task>` is replaced by a forwarder: it hands the learner's objects to
 the grader's judge (as handles) and answers the judge's requests (remote.py) until the
 judge has run the check; the notebook gets a placeholder, never the verdict. A cell that
-raises is reported to the judge (for the table's notes) and the next cell runs.
+raises is reported to the judge (for the table's notes) and the next cell runs; `exit()`
+ends the notebook there, as it ends Jupyter's kernel. After the last cell the process ends,
+whatever threads the notebook left running.
 
 Nothing here is trusted: the submission can patch any of it. What the judge believes is
 only what it computes itself from the learner's answers to its own requests. The learner's
@@ -16,7 +18,9 @@ CUDA C is built and launched elsewhere, by kernel_host.py in a sandbox of its ow
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import os
 import socket
 import sys
 
@@ -26,6 +30,8 @@ from .report import CheckResult, text_of
 from .time_limits import CASE_TIME_LIMIT, time_limit
 
 SUBMITTED = "submitted"
+EXITED = ("exit() or quit() ends the notebook's kernel, in Jupyter as here: the cells after "
+          "it did not run")
 # The longest the submission waits without a word from the judge: the judge computes at most
 # a case's time limit between two messages, so this only ends a wait on a judge that is gone.
 GRADER_SILENCE = 10 * CASE_TIME_LIMIT
@@ -92,19 +98,35 @@ def code_cells(path: str) -> list[tuple[int, str]]:
             nb = json.load(fh)
         except RecursionError:
             raise ValueError("its JSON is nested too deeply") from None
-    found = nb.get("cells", []) if isinstance(nb, dict) else None
+    found, source_key = _all_cells(nb)
     if not isinstance(found, list) or not all(isinstance(cell, dict) for cell in found):
         raise ValueError('its JSON holds no list of cells ({"cells": [{...}, ...]})')
     cells = []
     for index, cell in enumerate(found):
         if cell.get("cell_type") == "code":
-            source = cell.get("source", "")
+            source = cell.get(source_key, "")
             if isinstance(source, list) and all(isinstance(line, str) for line in source):
                 source = "".join(source)
             if not isinstance(source, str):
                 raise ValueError(f"the source of cell {index + 1} is not text")
             cells.append((index, source))
     return cells
+
+
+def _all_cells(nb) -> tuple[object, str]:
+    """(the notebook's cells, the key of a cell's source). A notebook of format 3 (Jupyter
+    opens it: its cells are in "worksheets", a code cell's source is its "input") was read as
+    a notebook of no cells, and so was JSON with no cells at all: every task "not run", as if
+    the learner had deleted their checks, and no row said the file was not read."""
+    if not isinstance(nb, dict):
+        return None, "source"
+    if "cells" not in nb and isinstance(nb.get("worksheets"), list):
+        sheets = nb["worksheets"]
+        if all(isinstance(sheet, dict) and isinstance(sheet.get("cells"), list)
+               for sheet in sheets):
+            return [cell for sheet in sheets for cell in sheet["cells"]], "input"
+        return None, "input"
+    return nb.get("cells"), "source"
 
 
 def sandbox_arguments(notebook: str | None) -> argparse.ArgumentParser:
@@ -131,6 +153,21 @@ def enter_guard(args) -> None:
         install(args.audit, compiler=json.loads(args.compiler) if args.compiler else None)
 
 
+def _shell_class():
+    """IPython's shell, with the `exit()` and `quit()` of Jupyter's kernel: they end the
+    notebook after their cell. (IPython's plain shell has no `ask_exit`, which both call:
+    the learner's cell "raised AttributeError: 'InteractiveShell' object has no attribute
+    'ask_exit'", naming the grader's shell, and the cells after it ran, which Jupyter's
+    kernel, ended, never runs.)"""
+    from IPython.core.interactiveshell import InteractiveShell  # noqa: PLC0415
+
+    class Shell(InteractiveShell):
+        def ask_exit(self) -> None:
+            self.exit_now = True
+
+    return Shell
+
+
 def main(argv=None) -> int:
     args = sandbox_arguments("the notebook to run").parse_args(argv)
     enter_guard(args)
@@ -144,19 +181,36 @@ def main(argv=None) -> int:
         return 0
     install_forwarders(peer)
 
-    from IPython.core.interactiveshell import InteractiveShell  # noqa: PLC0415
     from traitlets.config import Config  # noqa: PLC0415
     config = Config()
     config.HistoryManager.enabled = False   # no history thread, no sqlite file
-    shell = InteractiveShell.instance(config=config)
+    shell = _shell_class().instance(config=config)
     for index, source in cells:
         result = shell.run_cell(source, store_history=True)
         error = result.error_before_exec or result.error_in_exec
         if error is not None:
             peer.event("cell_error", cell=index, ename=type(error).__name__,
                        evalue=text_of(error)[:300])
+        if shell.exit_now:
+            peer.event("cell_error", cell=index, ename="SystemExit", evalue=EXITED)
+            break
     peer.event("finished")
-    return 0
+    _end_now()
+
+
+def _end_now() -> None:
+    """End this process once the notebook has run, whatever threads of the learner's are
+    still running. A thread the notebook started and never ended (not a daemon: a loop, a
+    server, a sleep) kept Python's exit waiting for it: a notebook that had run to the end
+    was stopped at the time limit, its (notebook) row said it ran past it, and the grader
+    waited out that limit. Exit handlers still run (multiprocessing ends its workers)."""
+    atexit._run_exitfuncs()   # noqa: SLF001 - what Python's exit runs, after its thread wait
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        try:
+            stream.flush()
+        except (AttributeError, OSError, ValueError):   # closed or replaced by the learner
+            pass
+    os._exit(0)
 
 
 if __name__ == "__main__":
