@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from ..validate_kinds import is_int
 from .escaped_errors import where_raised
-from .report import Mismatch
+from .report import Mismatch, probe
 
 FREE_LIST_HINT = ("freed pages must go back to the free list and be handed out again (the "
                   "guide's `next_page++` counter never frees, so a long-running server runs out).")
@@ -47,19 +47,42 @@ def _free_or_none(alloc) -> int | None:
         return None
 
 
-def allocated(alloc, n: int, what: str, num_pages: int | None = None) -> list[int]:
+def _one_page_at_a_time(cls, num_pages: int) -> tuple[list[int], bool]:
+    """The ids a fresh pool of `cls` hands out to allocate(1) after allocate(1), and whether
+    an IndexError or KeyError stopped it before its num_pages-th page."""
+    alloc, taken = cls(num_pages), []
+    for _ in range(num_pages):
+        try:
+            taken += [int(p) for p in alloc.allocate(1)]
+        except (IndexError, KeyError):
+            return taken, True
+    return taken, False
+
+
+def _ids_from_one(pool) -> bool:
+    """Whether the allocator class of `pool` (cls, num_pages) numbers its pages
+    1..num_pages, as a fresh pool shows it: page 0 never handed out, and an IndexError
+    (KeyError) before the pool runs dry, where page num_pages is taken. (A free list emptied
+    by taking more pages than asked, a pop from an empty heap or list, raises the same
+    errors, but hands out page 0 first.)"""
+    seen = probe(_one_page_at_a_time, *pool)
+    return seen is not None and seen[1] and 0 not in seen[0]
+
+
+def allocated(alloc, n: int, what: str, pool: tuple | None = None) -> list[int]:
     """`alloc.allocate(n)` as ids; an error raised for n == 0 names the call (the spec's
-    allocate(0) returns []), and, given the pool's `num_pages`, an IndexError or KeyError
-    with at least n pages free names a page id past the pool's last."""
-    free = _free_or_none(alloc) if num_pages is not None else None
+    allocate(0) returns []), and, given `pool`, the (cls, num_pages) that made `alloc`, an
+    IndexError or KeyError with at least n pages free, from a class whose fresh pool shows
+    ids 1..num_pages, names a page id past the pool's last. (The class, not type(alloc):
+    under the grader `alloc` is a stand-in for the learner's instance.)"""
+    free = _free_or_none(alloc) if pool is not None else None
     try:
         pages = alloc.allocate(n)
     except (ValueError, TypeError, IndexError, KeyError, AssertionError) as exc:
         message = f"{what} raised {type(exc).__name__}: {exc}"
-        # (a pop from an empty free list is another mistake: num_free counted pages it lacks)
         if n and isinstance(exc, (IndexError, KeyError)) and free is not None and free >= n \
-                and not str(exc).startswith("pop from"):
-            raise Mismatch(message + where_raised(exc), past_last_id_hint(num_pages)) from exc
+                and _ids_from_one(pool):
+            raise Mismatch(message + where_raised(exc), past_last_id_hint(pool[1])) from exc
         if n:
             raise
         raise Mismatch(message, ZERO_HINT, expected="[]",

@@ -40,6 +40,11 @@ def _whole(got, what: str, expected: int):
 
 # -- task: token -> slot ----------------------------------------------------------------
 
+# (slot_of's and the gather's: the same mistake in one token's slot or in all of them)
+SWAPPED_HINT = ("t // page_size is the virtual page and t % page_size the offset inside it, not "
+                "the other way round.")
+
+
 def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> None:
     rng = case_rng(seed)
     n_used = -(-seq_len // page_size)
@@ -67,9 +72,7 @@ def _slot_case(fn, seed: int, page_size: int, seq_len: int, num_pages: int) -> N
             ("a page holds page_size slots: multiply the physical page by page_size, do not "
              "add it.", page + page_size + off if got == page + page_size + off and
              adds_page_size(fn, row, seq_len, page_size) else None),
-            ("t // page_size is the virtual page and t % page_size the offset inside it, not "
-             "the other way round.",
-             int(row[off]) * page_size + t // page_size if off < len(row) else None),
+            (SWAPPED_HINT, int(row[off]) * page_size + t // page_size if off < len(row) else None),
             ("the page is entry t // page_size of the row, not entry t % page_size (that is "
              "the offset inside the page).",
              int(row[off]) * page_size + off if off < len(row) else None),
@@ -321,9 +324,7 @@ def _gather_np_case(fn, seed: int, num_pages: int, page_size: int, num_kv_heads:
         ("a page holds page_size slots: multiply the page id by page_size (yours adds the "
          "offset to the page id itself): slot = row[t // page_size] * page_size + "
          "t % page_size.", lambda: _rows_of(flat, row[t // page_size] + t % page_size)),
-        ("t // page_size is the virtual page and t % page_size the offset inside it, not "
-         "the other way round.", lambda: _rows_of(flat, row[t % page_size] * page_size
-                                                  + t // page_size)
+        (SWAPPED_HINT, lambda: _rows_of(flat, row[t % page_size] * page_size + t // page_size)
          if page_size <= len(row) else None),
         (f"a gather copies exactly: keep the cache's dtype ({expected.dtype}); yours, "
          f"{got.dtype}, rounded the values.",

@@ -67,6 +67,8 @@ def _pages_taken(fn, n_new: int, page_size: int, seq_len: int = 0) -> int:
     """The pages `fn` takes from a fresh pool for `n_new` tokens into the table of a
     sequence of `seq_len` (a probe confirming a suspected mistake)."""
     held = -(-seq_len // page_size)
+    # room beside the held pages for a page per token and for all the pages again: the
+    # mistakes probed take that many, and a pool too small would refuse them, not show them
     alloc = BlockAllocator(held + n_new + -(-(seq_len + n_new) // page_size))
     probe(fn, alloc.allocate(held), seq_len, n_new, page_size, alloc)
     return alloc.num_used - held

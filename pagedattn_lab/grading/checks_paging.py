@@ -2,8 +2,9 @@
 
 The check drives the learner's class through small scenarios that the classic mistakes
 fail: a page counter that never frees (the guide's `next_page++`), a partial allocation
-when the pool runs out, a double free let through. Its reference counts and fork are checked
-in checks_refcounts.py, block tables in checks_block_tables.py.
+when the pool runs out, a double free let through, page ids 1..num_pages (the last one past
+a list indexed by page id: allocator_probes.allocated names it). Its reference counts and
+fork are checked in checks_refcounts.py, block tables in checks_block_tables.py.
 """
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def _alloc_fresh(cls, num_pages: int) -> None:
     zero = allocated(alloc, 0, "allocate(0)")
     if zero != []:
         raise Mismatch("allocate(0) should return []", ZERO_HINT, "[]", repr(zero))
-    pages = allocated(alloc, 3, "allocate(3)", num_pages)
+    pages = allocated(alloc, 3, "allocate(3)", (cls, num_pages))
     if len(pages) != 3:
         raise Mismatch("allocate(3) returned the wrong number of pages",
                        "allocate(n) returns exactly n page ids.", "3 ids", repr(pages))
@@ -54,7 +55,7 @@ def _alloc_fresh(cls, num_pages: int) -> None:
         raise Mismatch("ref_count of freshly allocated pages", "allocate sets each count to 1.",
                        "[1, 1, 1]", repr(counts))
     try:
-        rest = allocated(alloc, num_pages - 3, f"allocate({num_pages - 3})", num_pages)
+        rest = allocated(alloc, num_pages - 3, f"allocate({num_pages - 3})", (cls, num_pages))
     except OutOfPagesError as exc:
         raise Mismatch(f"allocate({num_pages - 3}) with {num_pages - 3} pages free raised "
                        "OutOfPagesError", ALL_FREE_HINT) from exc
@@ -69,7 +70,7 @@ def _alloc_fresh(cls, num_pages: int) -> None:
 def _alloc_reuse(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
     try:
-        pages = allocated(alloc, num_pages, f"allocate({num_pages})", num_pages)
+        pages = allocated(alloc, num_pages, f"allocate({num_pages})", (cls, num_pages))
     except OutOfPagesError as exc:
         raise Mismatch(f"allocate({num_pages}) of a new pool of {num_pages} pages raised "
                        "OutOfPagesError", ALL_FREE_HINT) from exc
@@ -81,7 +82,7 @@ def _alloc_reuse(cls, num_pages: int) -> None:
         raise Mismatch(f"ref_count of freed pages {giving_back}", "free drops the count to 0.",
                        "[0, 0, 0]", repr(counts))
     try:
-        again = allocated(alloc, 3, "allocate(3) after freeing 3 pages", num_pages)
+        again = allocated(alloc, 3, "allocate(3) after freeing 3 pages", (cls, num_pages))
     except OutOfPagesError as exc:
         raise Mismatch("allocate(3) raised OutOfPagesError although 3 pages were freed",
                        FREE_LIST_HINT) from exc
@@ -92,7 +93,7 @@ def _alloc_reuse(cls, num_pages: int) -> None:
 
 def _alloc_out_of_pages(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
-    allocated(alloc, num_pages - 2, f"allocate({num_pages - 2})", num_pages)
+    allocated(alloc, num_pages - 2, f"allocate({num_pages - 2})", (cls, num_pages))
     exc = expect_raises(lambda: alloc.allocate(3), OutOfPagesError,
                         "allocate(3) with 2 pages free",
                         "raise pagedattn_lab.OutOfPagesError when n > num_free, before taking "
@@ -106,7 +107,7 @@ def _alloc_out_of_pages(cls, num_pages: int) -> None:
                        "left.", expected=f"requested, free, total = {(3, 2, num_pages)}",
                        got=f"{told}")
     try:
-        last = allocated(alloc, 2, "allocate(2)", num_pages)
+        last = allocated(alloc, 2, "allocate(2)", (cls, num_pages))
     except OutOfPagesError as exc:
         raise Mismatch("allocate(2) with 2 pages free (num_free says 2) raised "
                        "OutOfPagesError after the refused allocate(3)",
@@ -118,7 +119,7 @@ def _alloc_out_of_pages(cls, num_pages: int) -> None:
 
 def _alloc_bad_free(cls, num_pages: int) -> None:
     alloc = cls(num_pages)
-    pages = allocated(alloc, 2, "allocate(2)", num_pages)
+    pages = allocated(alloc, 2, "allocate(2)", (cls, num_pages))
     legal_free(alloc, [pages[0]], f"free([{pages[0]}])")
     # (a page that never came back would make the refused double free below look lossy)
     expect_returned(alloc, num_pages - 1, f"after free([{pages[0]}])")
@@ -141,7 +142,7 @@ def _alloc_bad_free(cls, num_pages: int) -> None:
 def _alloc_bad_lists(cls, num_pages: int) -> None:
     """Lists mixing good ids with a bad one: each call fails as a whole."""
     alloc = cls(num_pages)
-    pages = allocated(alloc, num_pages, f"allocate({num_pages})", num_pages)
+    pages = allocated(alloc, num_pages, f"allocate({num_pages})", (cls, num_pages))
     gone, a, b = pages[2], pages[0], pages[-1]
     legal_free(alloc, [gone], f"free([{gone}])")
     expect_returned(alloc, 1, f"after free([{gone}])")
@@ -183,7 +184,7 @@ def _alloc_random(cls, num_pages: int, seed: int, *, steps: int = 150) -> None:
                 refused_at = step if refused_at is None else refused_at
                 continue
             try:
-                pages = allocated(alloc, n, f"step {step}: allocate({n})", num_pages)
+                pages = allocated(alloc, n, f"step {step}: allocate({n})", (cls, num_pages))
             except OutOfPagesError as exc:
                 free = num_pages - len(in_use)
                 hint = FREE_LIST_HINT

@@ -192,7 +192,7 @@ def _fork_free_page(cls) -> None:
 
 def _fork_keeps_order(cls) -> None:
     alloc = cls(8)
-    pages = allocated(alloc, 8, "allocate(8)", 8)
+    pages = allocated(alloc, 8, "allocate(8)", (cls, 8))
     table = [pages[7], pages[2], pages[5], pages[0]]   # a block table is in token order
     forked = kept(alloc.fork, table, f"fork({table})")
     _expect_fork_result(table, ids(forked, f"fork({table})"), f"fork({table})")
@@ -201,7 +201,7 @@ def _fork_keeps_order(cls) -> None:
 def _fork_bad_lists(cls, num_pages: int = 6) -> None:
     """fork and free given a list with one bad id: the call fails whole."""
     alloc = cls(num_pages)
-    pages = allocated(alloc, num_pages, f"allocate({num_pages})", num_pages)
+    pages = allocated(alloc, num_pages, f"allocate({num_pages})", (cls, num_pages))
     gone, a, b = pages[1], pages[0], pages[-1]
     alloc.free([gone])
     alloc.fork([a])
@@ -242,7 +242,7 @@ def _fork_random(cls, seed: int, num_pages: int = 10, steps: int = 150) -> None:
             n = int(rng.integers(1, 3))
             if n > counts.count(0):
                 continue
-            pages = allocated(alloc, n, f"step {step}: allocate({n})", num_pages)
+            pages = allocated(alloc, n, f"step {step}: allocate({n})", (cls, num_pages))
             if any(counts[p] for p in pages):
                 raise Mismatch(f"step {step}: allocate({n}) returned {pages}, but "
                                f"{[p for p in pages if counts[p]]} still have owners",
