@@ -300,7 +300,6 @@ def _variants(part_ml, part_out, lens, part_len, held):
     ]
 
 
-
 _LEFTOVERS = ("whatever an earlier launch left there (finite numbers here, so a test for NaN or "
               "for l > 0 cannot tell them apart)")
 

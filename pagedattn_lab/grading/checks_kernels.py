@@ -1,13 +1,13 @@
-"""Checks for the prefill CUDA C tasks: the naive (03) and tiled (04) kernels; the gather
+"""Checks for the prefill CUDA C tasks: the naive (04) and tiled (05) kernels; the gather
 kernel (02) is checked in checks_gather_kernel.py.
 
-Each check lints the source (NVRTC has no INFINITY and no <math.h>), compiles it once, and
-runs seeded paged problems (see cases.py) on the GPU or the CPU executor. Outputs start as
-a NaN poison: a kernel that writes nothing is "not attempted", an element nobody wrote keeps
-the poison's bits. A wrong result is compared with the known-wrong variants of the reference
-(variants.py) to name the mistake, then read for the patterns in kernel_hints.py; a fault, a
-deadlock or a timeout from the executor names the thread and block (faults.py). The tiled
-kernel's last case counts its cache loads on the CPU executor: right values from more pages
+Each check lints the source (NVRTC has no INFINITY and no <math.h>), compiles it once, and runs
+seeded paged problems (cases.py) on the GPU or the CPU executor. Outputs start as a NaN poison: a
+kernel that writes nothing is "not attempted", an element nobody wrote keeps the poison's bits. A
+wrong result is compared with the known-wrong variants of the reference (variants.py,
+tile_page_variants.py, prefill_rows.py) to name the mistake, then read for the patterns in
+kernel_hints.py; a fault, a deadlock or a timeout names the thread and block (faults.py). The
+tiled kernel's last case counts its cache loads on the CPU executor: right values from more pages
 than its queries read (or whole last pages) are the causal skipping the lesson is about, missed.
 A kernel that fails is launched once more on a full square table (table_probe.py), where a
 block table read transposed shows as itself rather than as garbage from its -1 padding.
@@ -99,7 +99,7 @@ def _prefill_case(comp: _Compiled, seed: int, *, threads: int, tiled: bool,
             "score_shift" in sizes or "negative_scores" in sizes) else None) \
         or (_stale_max_hint(comp, threads, tiled) if _overflowed(got, never) and
             "score_rise" in sizes else None) \
-        or (max0_tile_hint(prob, got, expected) if tiled and "negative_scores" in sizes
+        or (max0_tile_hint(prob, got) if tiled and "negative_scores" in sizes
             and _overflowed(got, never) else None) \
         or (_tail_hint(comp, seed, sizes, threads, tiled) if nan_fill else None) \
         or diagnose(got, expected,

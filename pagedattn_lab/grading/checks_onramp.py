@@ -19,7 +19,7 @@ from ..puzzles import PUZZLES
 from .compare import diagnose
 from .puzzle_grid_hints import grid_hints
 from .puzzle_hints import (check_budget, check_output, index_roles_rule, not_ten,
-                           own_value_doubled, unstored_hint)
+                           own_value_doubled, unstored_hint, unwritten_only)
 from .puzzle_runner import PuzzleKernel, count_line
 from .puzzle_shared_hints import fixed_size_array, shared_hints
 from .report import Case, CheckResult, Mismatch, run_cases
@@ -116,10 +116,6 @@ def _guard_case(kern, seed, n):
             return None
         return (f"only the last element, {n - 1}, was never written: it is the last one that "
                 f"exists, so the guard is i < n (yours stops one short, like i < n - 1).")
-
-    def unwritten_only(mask, text):   # (the hint where exactly `mask` was never written)
-        return lambda diff: text if mask.any() and np.array_equal(diff.unwritten, mask) and \
-            np.array_equal(diff.bad, mask) else None
 
     expected = PUZZLES["guard"].spec(a.astype(np.float64), b)
 

@@ -27,7 +27,7 @@ from .stub_params import stub_buffer
 from .tc_nan_hints import NAN_READ_HINT, nan_tail_hint
 from .tc_store_ldm import store_ldm_hint
 from .tc_tile_problem import TileProblem
-from .tc_tile_variants import TILES_OVERLAP_HINT, one_ldm_hint, tile_variants, tiles_overlap
+from .tc_tile_variants import one_ldm_hint, tile_variants, tiles_overlap_hint
 
 WARP = 32
 
@@ -144,8 +144,9 @@ def _tile_case(comp, seed, *sizes) -> None:
         fits = one_ldm_hint(list(fitting_hints(got, prob.expected(), tile_variants(prob),
                                                 mask=valid, nan_is_evidence=False)),
                              prob.sizes[2])
-        if tiles_overlap(got, prob.expected(), never):
-            fits.append(TILES_OVERLAP_HINT)
+        overlap = tiles_overlap_hint(got, prob.expected(), never)
+        if overlap:
+            fits.append(overlap)
         hint = (several_fit(fits, "scores") if fits else None) \
             or _scaled_hint(got, prob.expected(), valid) \
             or _pow2_shift_hint(comp, seed, sizes) \

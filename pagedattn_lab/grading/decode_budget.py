@@ -30,10 +30,11 @@ def partition_budget(counts, prob, part_len) -> None:
     raise Mismatch(f"correct, but {who} made {most} global reads for a partition of at most "
                    f"{part_len} tokens; the budget is {budget} (per token 2 x ceil(head_dim / "
                    "32) cache values and a block-table entry, plus q and seq_len)",
-                   _over_budget_hint(counts, prob, part_len))
+                   _over_budget_hint(counts, prob, part_len, per_lane))
 
 
-def _over_budget_hint(counts, prob, part_len) -> str:
+def _over_budget_hint(counts, prob, part_len, per_lane: int) -> str:
+    """`per_lane`: the dims of a K or V row a lane reads, ceil(head_dim / 32)."""
     batch, num_heads, head_dim = prob.q.shape
     lens = [int(n) for n in prob.seq_lens]
     rows = sum(lens) * num_heads        # (token, query head): a K and a V row each
@@ -62,8 +63,7 @@ def _over_budget_hint(counts, prob, part_len) -> str:
     if reads.get("seq_lens", 0) > WARP * launched:
         return (f"seq_lens was read {reads['seq_lens']} times, more than once by each lane of "
                 f"the {launched} blocks: read seq_lens[b] once into a variable.")
-    # every array's total is what a right kernel reads: the lanes shared the rows unevenly
-    per_lane = -(-head_dim // WARP)
+    # no array's total is past what a right kernel reads: the lanes shared the rows unevenly
     return (f"the block's reads add up, but some lane read more than its share: per token a "
             f"lane may read ceil(head_dim / 32) = {per_lane} value{'s' * (per_lane > 1)} of "
             "the K row, as many of the V row, and one block-table entry, so that all 32 lanes "

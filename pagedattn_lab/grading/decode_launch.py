@@ -130,10 +130,10 @@ def unstored_lanes_hint(got, ref, rows) -> str | None:
     """When some lanes stored none of their dims (d % 32 = lane) in any row that exists
     (`rows`: bool over got's leading axes) and every dim the other lanes stored is right: the
     lanes all had the result, only some stored it (a store kept to lane 0, like part_ml's)."""
-    lane_of = np.arange(got.shape[-1]) % WARP
-    never = unwritten(got)[np.broadcast_to(rows, got.shape[:-1])]    # [rows, head_dim]
+    lane_of, rows = np.arange(got.shape[-1]) % WARP, np.broadcast_to(rows, got.shape[:-1])
+    never = unwritten(got)[rows]    # [rows, head_dim]
     silent = np.isin(lane_of, lane_of[never.any(axis=0)])
-    right = np.isclose(got, ref, rtol=RTOL, atol=ATOL)[np.broadcast_to(rows, got.shape[:-1])]
+    right = np.isclose(got, ref, rtol=RTOL, atol=ATOL)[rows]
     if not silent.any() or silent.all() or not never[:, silent].all() or \
             not right[:, ~silent].all():
         return None

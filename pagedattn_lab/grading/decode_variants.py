@@ -250,11 +250,8 @@ def merge_carried(m, l, o, num_parts, threads: int, carried: str):
     `carried` ("total", "o" or "both") declared outside its loop over d: a thread's k-th dim
     holds the sums of its k dims so far (the total k times over, o the sum of its dims')."""
     weighted = merge_variant(m, l, o, num_parts, bug="no_divide")
-    m, l = np.asarray(m, dtype=np.float64), np.asarray(l, dtype=np.float64)
-    used = np.arange(m.shape[-1]) < np.asarray(num_parts)[..., None]
-    with np.errstate(all="ignore"):
-        m_all = np.where(used, m, -np.inf).max(axis=-1, keepdims=True)
-        total = np.where(used, l * np.exp(m - m_all), 0.0).sum(axis=-1)[..., None]
+    # the weights' sum in every dim: the undivided merge of partitions whose o is all 1
+    total = merge_variant(m, l, np.ones_like(o), num_parts, bug="no_divide")
     rank = np.arange(weighted.shape[-1]) // threads + 1    # the thread's k-th dim, from 1
     if carried != "total":
         for d in range(threads, weighted.shape[-1]):

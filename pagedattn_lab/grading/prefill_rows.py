@@ -1,11 +1,12 @@
-"""Prefill kernel mistakes (workbooks 04 and 05) in a thread's own rows and its score: q or
-out at a row that leaves the head out, and a score carried from key to key. The prompt's
-`row` (given code in both workbooks) is right; these are a learner's own index written in its
-place, or a score declared outside the loop over the keys.
+"""Prefill kernel mistakes (workbooks 04 and 05) in a thread's own rows and its state: q or
+out at a row that leaves the head or the sequence out, a score carried from key to key, and
+acc or the running sum reset at every key. The prompt's `row` (given code in both workbooks)
+is right; these are a learner's own index written in its place, a score declared outside the
+loop over the keys, or the softmax state zeroed inside it.
 
-`row_mistakes` gives (hint, thunk) pairs for `compare.diagnose` (the wrong q row and the
-carried score change the values); `out_rows_hint` reads the rows out was written at, since a
-wrong out row leaves the right rows unwritten.
+`row_mistakes` gives (hint, thunk) pairs for `compare.diagnose` (the wrong q row, the carried
+score and the reset state change the values); `out_rows_hint` reads the rows out was written
+at, since a wrong out row leaves the right rows unwritten.
 """
 from __future__ import annotations
 
@@ -22,18 +23,31 @@ _ROW_FORMS = {
               "(b * max_len + t) * num_heads * head_dim, head 0's row: + h is missing"),
     "no_heads": (lambda b, t, h, max_len, heads: b * max_len + t,
                  "(b * max_len + t) * head_dim, which leaves out num_heads and h"),
+    "no_batch": (lambda b, t, h, max_len, heads: t * heads + h,
+                 "(t * num_heads + h) * head_dim, sequence 0's row: b * max_len is missing"),
 }
 CARRIED_SCORE_HINT = ("the score is not reset for each key: declare `float score = 0.0f;` "
                       "inside the loop over the keys (yours carries the previous key's score "
                       "into the next key's dot product).")
+_RESET_HINTS = {
+    "acc_reset": "the accumulator is set to 0 at every key (inside the loop over the keys): "
+                 "only the last key's weighted value is left in it. Zero acc once, before the "
+                 "loop, and rescale it at each key.",
+    "sum_reset": "the running sum is set to 0 at every key (inside the loop over the keys): "
+                 "only the last key's weight is left in it. Zero it once, before the loop, and "
+                 "rescale it at each key.",
+}
+
+
+def _threads(batch: int, max_len: int, heads: int):
+    """(b, t, h) of every thread, each [batch, max_len, heads]."""
+    return np.meshgrid(np.arange(batch), np.arange(max_len), np.arange(heads), indexing="ij")
 
 
 def _q_read_at(q, form: str):
     """q [batch, max_len, heads, dim] as each thread (b, t, h) reads it at row `form`."""
     batch, max_len, heads, dim = q.shape
-    b, t, h = np.meshgrid(np.arange(batch), np.arange(max_len), np.arange(heads),
-                          indexing="ij")
-    rows = _ROW_FORMS[form][0](b, t, h, max_len, heads)
+    rows = _ROW_FORMS[form][0](*_threads(batch, max_len, heads), max_len, heads)
     return q.reshape(-1, dim)[rows]
 
 
@@ -50,8 +64,9 @@ def _carried(qr, keys, scale: float, *, rescaled: bool, page: int | None):
 
 
 def row_mistakes(case, *, tiled: bool):
-    """(hint, thunk) pairs: q read at a row without the head, and a score carried from key to
-    key (tiled: also reset per page, a score declared in the page loop)."""
+    """(hint, thunk) pairs: q read at a row without the head or the sequence, a score
+    carried from key to key (tiled: also reset per page, a score declared in the page loop),
+    and acc or the running sum set to 0 at every key."""
     args = (case.k_cache, case.v_cache, case.block_tables, case.seq_lens, case.scale)
     page_size = case.k_cache.shape[1]
 
@@ -68,16 +83,16 @@ def row_mistakes(case, *, tiled: bool):
               (CARRIED_SCORE_HINT, carried(rescaled=False, page=None))]
     if tiled:
         hints.append((CARRIED_SCORE_HINT, carried(rescaled=False, page=page_size)))
-    return hints
+    return hints + [(text, lambda bug=bug: attention_variant(case.q, *args, online_bug=bug))
+                    for bug, text in _RESET_HINTS.items()]
 
 
 def out_rows_hint(never, valid) -> str | None:
-    """The rows of out a real token's thread wrote are those of an index without the head,
-    and its own rows (`row`) were never written: name every such index that fits."""
+    """The rows of out a real token's thread wrote are those of an index without the head or
+    the sequence, and its own rows (`row`) were never written: name every index that fits."""
     batch, max_len, heads, dim = never.shape
     written = ~never.reshape(-1, dim).all(axis=1)
-    b, t, h = np.meshgrid(np.arange(batch), np.arange(max_len), np.arange(heads),
-                          indexing="ij")
+    b, t, h = _threads(batch, max_len, heads)
     real = np.broadcast_to(valid[..., 0], b.shape)
     right = ((b * max_len + t) * heads + h)[real]
     fits = []

@@ -125,6 +125,13 @@ def own_value_doubled(got, lanes):
     return rule
 
 
+def unwritten_only(mask, text: str):
+    """A hint rule giving `text` where exactly the elements of `mask` were never written and
+    every element written is right."""
+    return lambda diff: text if mask.any() and np.array_equal(diff.unwritten, mask) and \
+        np.array_equal(diff.bad, mask) else None
+
+
 def index_roles_rule(n: int, threads: int):
     """A hint rule for an element index built from blockIdx.x and threadIdx.x in the wrong
     roles: the elements written (each right) are exactly those one such index reaches, and
@@ -138,11 +145,9 @@ def index_roles_rule(n: int, threads: int):
              (f"only {counted(blocks, 'element')} ({ranges(np.arange(blocks))}) "
               f"{'was' if blocks == 1 else 'were'} written, one per block: the element is "
               "blockIdx.x * blockDim.x + threadIdx.x, not blockIdx.x alone.", i < blocks)]
+    rules = [unwritten_only(~written, text) for text, written in forms]
 
     def rule(diff):
-        written = ~diff.unwritten
-        if not diff.unwritten.any() or not np.array_equal(diff.bad, diff.unwritten):
-            return None
-        fits = [text for text, mask in forms if np.array_equal(written, mask)]
+        fits = [hint for hint in (each(diff) for each in rules) if hint]
         return several_fit(fits, "elements") if fits else None
     return rule

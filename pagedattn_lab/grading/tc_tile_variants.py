@@ -122,26 +122,34 @@ def tile_variants(prob):
     return variants
 
 
-TILES_OVERLAP_HINT = (
-    "each tile of scores is 16 x 16 = 256 floats: tile (kv_head, tile) starts at scores + "
-    "(kv_head * gridDim.x + tile) * 256, not * 16 (there the tiles overlap, and each "
-    "overwrites part of the others).")
-
-
-def tiles_overlap(got, expected, never) -> bool:
-    """Whether `got` is what the tiles leave when each is stored 16 floats after the one
-    before, not 256: every element holds the score of one of the tiles whose 256 floats cover
-    it (which one depends on the order the blocks ran in), and an element no tile covers still
-    holds the poison (`never`)."""
+def tiles_overlap_hint(got, expected, never) -> str | None:
+    """The hint for tiles each stored `stride` floats after the one before, not 256 (16, a
+    tile's width, or any other stride below a tile's size: the tiles overlap), where `got` is
+    what that leaves: every element holds the score of one of the tiles whose 256 floats
+    cover it (which one depends on the order the blocks ran in), and an element no tile
+    covers still holds the poison (`never`)."""
     flat, poison = np.asarray(got, np.float64).reshape(-1), never.reshape(-1)
     tiles = expected.reshape(-1, TILE * TILE)
+    if len(tiles) < 2:   # one tile overlaps nothing
+        return None
+    stride = next((s for s in range(1, TILE * TILE) if _overlapped(flat, poison, tiles, s)),
+                  None)
+    if stride is None:
+        return None
+    return (f"each tile of scores is 16 x 16 = 256 floats: tile (kv_head, tile) starts at "
+            f"scores + (kv_head * gridDim.x + tile) * 256, not * {stride} (there the tiles "
+            "overlap, and each overwrites part of the others).")
+
+
+def _overlapped(flat, poison, tiles, stride: int) -> bool:
+    """Whether each element of `flat` is one covering tile's score or, uncovered, poison."""
     covered, fits = np.zeros(flat.size, bool), np.zeros(flat.size, bool)
     for i, tile in enumerate(tiles):
-        span = slice(i * TILE, min(i * TILE + tile.size, flat.size))
+        span = slice(i * stride, min(i * stride + tile.size, flat.size))
         n = span.stop - span.start
         covered[span] = True
         fits[span] |= np.isclose(flat[span], tile[:n], rtol=RTOL, atol=ATOL)
-    return len(tiles) > 1 and bool((fits | (~covered & poison)).all())
+    return bool((fits | (~covered & poison)).all())
 
 
 def _wrong_ldms(head_dim: int):

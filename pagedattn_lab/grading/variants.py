@@ -103,14 +103,15 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
     the running sum / both when the maximum grows; "max0": the running max starts at 0, not -inf;
     "old_max": a key's weight is taken against the max before it, exp(s - m_old); "no_div":
     the accumulator is never divided by the running sum; "new_term": acc + rescale * weight
-    * v, the rescale on the new term; "max_stuck": the running max never set to the new one."""
+    * v, the rescale on the new term; "max_stuck": the running max never set to the new one;
+    "acc_reset" / "sum_reset": acc / the running sum set to 0 at every key the row reads."""
     for name, value, allowed in (
             ("mode", mode, ("prefill", "decode")),
             ("mask", mask, ("causal", "none", "strict", "past", "block", "whole_pages",
                             "block_short", "page_local")),
             ("kv_map", kv_map, KV_MAPS),
             ("online_bug", online_bug, (None, "acc", "sum", "both", "max0", "old_max", "no_div",
-                                        "new_term", "max_stuck")),
+                                        "new_term", "max_stuck", "acc_reset", "sum_reset")),
             ("slot_bug", slot_bug, (None, "swap", "unscaled", "page_only", "offset_div"))):
         one_of(name, value, allowed)
     q = np.asarray(q, dtype=np.float64)
@@ -181,11 +182,9 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
 def _keys_in_bounds(flat, n: int, size: int) -> int:
     """How many of keys 0..n-1 read in bounds before the first that does not (`flat(keys)`:
     their element indices, or None for a padding page or one past the table's row)."""
-    def ok(idx):
-        return idx is not None and (not idx.size or (idx.max() < size and idx.min() >= 0))
-    if ok(flat(np.arange(n))):
+    if _in_bounds(flat(np.arange(n)), size):
         return n
-    return next(j for j in range(n) if not ok(flat(np.arange(j, j + 1))))
+    return next(j for j in range(n) if not _in_bounds(flat(np.arange(j, j + 1)), size))
 
 
 def _online(logits, values, bug: str):
@@ -202,6 +201,8 @@ def _online(logits, values, bug: str):
         p = np.where(live, np.exp(s - (m if bug == "old_max" else m_new)), 0.0)
         if bug == "max0":  # the kernel's expf: float32 underflows to 0 below about -104
             p = p.astype(np.float32).astype(np.float64)
+        total, acc = (np.where(live, 0.0, total) if bug == "sum_reset" else total,
+                      np.where(live[:, None], 0.0, acc) if bug == "acc_reset" else acc)
         total = (total if bug in ("sum", "both") else total * alpha) + p
         if bug == "new_term":
             acc = acc + (alpha * p)[:, None] * values[j]
