@@ -233,8 +233,11 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
                        "num_computed: a list of pages and an int.", "(list, int)", repr(got))
     pages = list(got[0])
     if not all(p is None or is_int(p) for p in pages):
-        raise Mismatch(f"{what}: expected a list of page ids (ints)", "return pages, "
-                       "num_computed: a list of pages and an int.", "(list, int)", repr(got))
+        hashed = pages and all(isinstance(p, bytes) and p in hashes for p in pages)
+        raise Mismatch(f"{what}: expected a list of page ids (ints)", "those are the blocks' "
+                       "hashes, the keys of `cached`: append the page each one maps to, "
+                       "cached[h]." if hashed else "return pages, num_computed: a list of "
+                       "pages and an int.", "(list, int)", repr(got)[:200])
     # plain ints: an int subclass (or an object) may lie with its ==
     got = ([None if p is None else int(p) for p in pages], int(got[1]))
     if got[0] == expected[0] and got[1] == expected[1]:
@@ -268,6 +271,11 @@ def _prefix_case(fn, seed: int, page_size: int, num_tokens: int, pattern: str) -
         hint = ("on a full hit only the prompt's last token must be computed: num_computed = "
                 "num_tokens - 1, not a whole page less (the last page's other tokens are "
                 "cached too).")
+    elif got[0] == expected[0] and \
+            got[1] == min(len(got[0]) * page_size, num_tokens - page_size):
+        hint = ("the cap is num_tokens - 1: only the prompt's last token must still be "
+                "computed (its logits give the first output token), not its last page: "
+                "min(len(pages) * page_size, num_tokens - 1), not num_tokens - page_size.")
     elif got[0] == expected[0] and got[1] == min(len(got[0]) * page_size, num_tokens) - 1:
         hint = ("the pages are right, but num_computed is one short: the cap num_tokens - 1 "
                 "bites only when every token is in a cached block; min(len(pages) * "

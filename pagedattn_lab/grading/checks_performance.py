@@ -149,6 +149,8 @@ def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
          expected / 1e6),
         ("GB/s here means 1e9 bytes per second, not 2**30.",
          nbytes / (bandwidth_gbs * 2**30) * 1e3),
+        ("a GB/s is 1e9 bytes per second (giga = 10**9): bandwidth_gbs * 1e9, not * 1e-9 "
+         "(nor bytes / GB/s * 1e9).", nbytes / (bandwidth_gbs * 1e-9) * 1e3),
         ("time = bytes / bandwidth, not bandwidth / bytes.",
          bandwidth_gbs * 1e9 / nbytes * 1e3 if nbytes else None),
         ("a GB/s is 1e9 bytes per second: bytes / GB/s is not yet seconds.",

@@ -104,7 +104,7 @@ def _decode_case(cls, seed: int, prompt_lens, page_size: int, num_heads: int,
                            "attention's output as it comes (in the cache's dtype): a cast to "
                            f"{kind} rounds every value.", str(np.dtype(mgr.cache.dtype)),
                            str(kind))
-        hint = diagnose(got, expected, [
+        hint = _other_row(mgr, step_ids, k_new) or diagnose(got, expected, [
             (LEFT_OUT_TOKEN_HINT,
              lambda: np.stack([_dense_decode(q[i], keys[s][:-1], values[s][:-1], scale)
                                for i, s in enumerate(step_ids)])),
@@ -165,6 +165,19 @@ def _inputs_kept(where: str, passed, given, scale: float) -> None:
     changed = changed_input(f"{where}: decode_step", given, passed, hints)
     if changed:
         raise changed
+
+
+def _other_row(mgr, step_ids, k_new) -> str:
+    """The hint for a step that appended to some sequence another row of k than its own
+    (k[0] to every one, or the row of its seq id), seen in the cache itself; else ""."""
+    for i, sid in enumerate(step_ids):
+        last = mgr.cache.gather(sid)[0][-1].astype(np.float32)
+        rows = [j for j in range(len(k_new)) if np.allclose(last, k_new[j], atol=1e-3)]
+        if rows and i not in rows:
+            return (f"sequence {sid}, seq_ids[{i}], got row {rows[0]} of k as its new token: "
+                    "append row i of k and v to seq_ids[i], k[i:i+1] and v[i:i+1], with i the "
+                    "sequence's position in seq_ids, as enumerate(seq_ids) gives it.")
+    return ""
 
 
 def _values_from_keys(q, keys, values, step_ids, scale, swapped=False):

@@ -21,7 +21,8 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
                     subtract_held=True, in_pages=True, ceil_growth=True,
                     watermark_for_waiting_only=True, chunk_long=True, budget_in_tokens=True,
                     check_pages=True, whole_pages=True, charge_budget_once=True,
-                    watermark_reserved_once=True, pow2_ceil=None):
+                    watermark_reserved_once=True, running_in_order=True,
+                    waiting_in_order=True, pow2_ceil=None):
     """The engine's order with one rule switchable off (each switch is a known mistake;
     ceil_growth, a running request's new pages rounded down, only with ceil_cost, in
     COMBINED).
@@ -54,7 +55,7 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
 
     def run_running():
         nonlocal budget, free
-        for req in running:
+        for req in running if running_in_order else running[::-1]:
             n = None if spent() else size(req, True)
             if n is None:
                 break
@@ -73,7 +74,7 @@ def reference_step(running, waiting, budget, free_pages, watermark, page_size, m
 
     def run_waiting():
         nonlocal budget, free
-        for req in waiting:
+        for req in waiting if waiting_in_order else waiting[::-1]:
             n = None if spent() else size(req, False)
             if n is None:
                 break
@@ -126,6 +127,13 @@ def _overtook(batch, waiting):
     """The prompts admitted in `batch` are not the first ones in arrival order."""
     admitted = _admitted(batch, waiting)
     return admitted != [r.rid for r in waiting][:len(admitted)]
+
+
+def _out_of_order(batch, reqs):
+    """`reqs`' pairs in `batch` are not in the order `reqs` lists them."""
+    place = {r.rid: i for i, r in enumerate(reqs)}
+    order = [place[rid] for rid, _ in batch if rid in place]
+    return order != sorted(order)
 
 
 def running_over_budget(batch, running, budget):
@@ -239,6 +247,12 @@ UNTARGETED = [
     ("check_pages", "a prompt was admitted without pricing its pages: admit a waiting prompt "
      "only if ceil(n / page_size) + watermark <= the pages left, and stop at the first that "
      "does not fit.", _admits_more),
+    ("running_in_order", "the running requests were served last to first: serve them in the "
+     "order given (the oldest first), so when the budget runs out the newest wait, not the "
+     "oldest.", lambda got, exp, a: _out_of_order(got, a[0])),
+    ("waiting_in_order", "the waiting prompts were taken last to first (as from the back of a "
+     "stack, waiting.pop()): admit them in arrival order, the oldest first (first come, "
+     "first served).", lambda got, exp, a: _overtook(got, a[1])),
     ("whole_pages", "pages were counted as fractions (tokens / page_size): a page is whole, "
      "so tokens take ceil(tokens / page_size) = -(-tokens // page_size) pages.", _admits_more),
     ("charge_budget_once", "the running requests' tokens were taken from the budget twice: "

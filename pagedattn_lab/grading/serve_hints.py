@@ -26,7 +26,15 @@ ADMIT_MISTAKES = [
      "pages(total - held), as if its tokens still to come started a page of their own; they "
      "fill the free slots of the last page it holds first.", "left"),
 ]
+LIFO_HINT = ("the queue was served from its back, the latest request first (waiting.pop(), or "
+             "waiting[-1]): admit first come, first served, the head waiting[0] first "
+             "(waiting.popleft()), while it fits.")
 _ADMIT_HINTS = {admit: hint for hint, admit in ADMIT_MISTAKES}
+# (its order is that of other mistakes no finish_order models: only an admission names it)
+_PROMPT_HELD_HINT = ("promised counts pages(total) - pages(held), held what the sequence holds "
+                     "now, pages(cache.seq_len(seq_id)): yours takes the prompt's pages, as if "
+                     "the sequence had not grown since its admission, so its tokens decoded "
+                     "since count twice.")
 _PER_SEQUENCE_HINT = ("promised counts what each running sequence will still take, "
                       "pages(total) - pages(held), not one page per running sequence.")
 _NO_PROMISE_HINT = ("admit when the request fits in the pages left free after the pages the "
@@ -65,8 +73,10 @@ def admission_hint(i: int, requests, running: dict, num_free: int, pages,
     elif not admitted and need <= room:
         whole = sum(pages(sum(requests[j])) for j in running)
         left = sum(pages(sum(requests[j]) - n) for j, n in running.items())
+        from_prompt = sum(pages(sum(requests[j])) - pages(requests[j][0]) for j in running)
         fits = [_ADMIT_HINTS["whole"]] * (need > num_free - whole) + \
             [_ADMIT_HINTS["left"]] * (need > num_free - left) + \
+            [_PROMPT_HELD_HINT] * (need > num_free - from_prompt) + \
             [_ADMIT_HINTS["strict"]] * (need == room) + [_PER_SEQUENCE_HINT] * (not per_sequence)
         # admitted in this step: those holding just their prompt (before the step's decode).
         # One such beside some admitted before, or among the mistakes that give this

@@ -10,7 +10,7 @@ from collections import deque
 
 from .compare import FIXED_PAGE_HINT, POW2_HINT, pow2_ceil_forms
 from .report import several_fit
-from .serve_hints import ADMIT_MISTAKES, LATE_HINTS
+from .serve_hints import ADMIT_MISTAKES, LATE_HINTS, LIFO_HINT
 
 
 def _ceil_pages(n_tokens: int, page_size: int) -> int:
@@ -18,21 +18,22 @@ def _ceil_pages(n_tokens: int, page_size: int) -> int:
 
 
 def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
-                 ties: str = "admitted", finish_first: bool = False,
+                 lifo: bool = False, ties: str = "admitted", finish_first: bool = False,
                  count="ceil", admit: str = "spec", prefill: bool = True,
                  short_by: int = 0, beside: dict | None = None) -> list[int]:
     """The order the spec's loop finishes `requests` in; `fifo=False` admits any waiting
-    request that fits (skipping the head), `ties="reversed"` records a step's finishers
-    last-admitted first, `finish_first` records and frees before the decode, `count` "floor"
-    rounds pages down, "16" counts pages of 16 tokens whatever page_size is, a function of
-    the tokens counts them with it (a ceil by shifts and masks, compare.pow2_ceil_forms),
-    `admit` "whole" promises the running requests' whole totals (the pages they hold
-    counted again), "left" promises the pages of the tokens still to come (the free slots
-    of the last page held left out), "strict" admits only with a page to spare (<),
-    "prompt" when the prompt's pages fit, `prefill=False` appends a prompt's first token at
-    admission and the rest one a step, `short_by` holds that many of each prompt's tokens
-    back (one at least is appended) for the decode to append one a step (all mistakes the
-    hints name).
+    request that fits (skipping the head), `lifo` admits from the back of the queue (the
+    latest request first, as waiting.pop() takes it), `ties="reversed"` records a step's
+    finishers last-admitted first, `finish_first` records and frees before the decode,
+    `count` "floor" rounds pages down, "16" counts pages of 16 tokens whatever page_size is,
+    a function of the tokens counts them with it (a ceil by shifts and masks,
+    compare.pow2_ceil_forms), `admit` "whole" promises the running requests' whole totals
+    (the pages they hold counted again), "left" promises the pages of the tokens still to
+    come (the free slots of the last page held left out), "strict" admits only with a page
+    to spare (<), "prompt" when the prompt's pages fit, `prefill=False` appends a prompt's
+    first token at admission and the rest one a step, `short_by` holds that many of each
+    prompt's tokens back (one at least is appended) for the decode to append one a step (all
+    mistakes the hints name).
     `beside`: filled with request -> ({other: tokens before}, {other: tokens after}, {request:
     step admitted}) of the requests running in the step it finishes in (it included in the
     last), before and after that step's decode."""
@@ -63,7 +64,7 @@ def finish_order(requests, num_pages: int, page_size: int, *, fifo: bool = True,
             return _pages(sum(requests[i]), page_size) - held
         promised = sum(still(i) for i in running)
         used = sum(_ceil_pages(lens[i], page_size) for i in running)   # (what num_free sees)
-        for i in list(waiting):
+        for i in list(waiting)[::-1] if lifo else list(waiting):
             need = _pages(requests[i][0] if admit == "prompt" else sum(requests[i]), page_size)
             room = num_pages - used - promised
             if need < room or need == room and admit != "strict":
@@ -114,6 +115,8 @@ def order_hint(got: list[int], requests, num_pages: int, page_size: int, freed: 
     if page_size & (page_size - 1) and any(got == finish_order(
             requests, num_pages, page_size, count=c) for c, _ in pow2_ceil_forms(page_size)):
         admits.append(POW2_HINT.format(name="page_size", n=page_size))
+    if got == finish_order(requests, num_pages, page_size, lifo=True):
+        admits.append(LIFO_HINT)
     if got == finish_order(requests, num_pages, page_size, count="floor"):
         admits.append("a request's pages are ceil(tokens / page_size): yours rounds down, so "
                       "the last, partly filled page of each request goes uncounted.")

@@ -40,6 +40,8 @@ def bytes_variants(lens, heads, kv, dim, ps, world, size):
         ("the buffer starts with a 2-value header (batch, pages per row), before the seq_lens "
          "and the table: 2 + batch + batch * pages int32 values.",
          (4 * (batch + batch * pages), share, kv_read)),
+        ("the header is 2 values (batch, pages per row), not 1: 2 + batch + batch * pages "
+         "int32 values.", (4 * (1 + batch + batch * pages), share, kv_read)),
         ("pages per row are the LONGEST sequence's, ceil(max(seq_lens) / page_size): not "
          "the pages of the whole batch's tokens, ceil(sum(seq_lens) / page_size).",
          (4 * (2 + batch + batch * -(-n // ps)), share, kv_read)),
