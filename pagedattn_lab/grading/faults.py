@@ -15,7 +15,7 @@ import re
 
 from ..cpu.errors import no_barrier_between
 from ..words import counted
-from .report import text_of
+from .report import several_fit, text_of
 from .stub_params import stub_buffer
 
 _BUFFER_HINTS = {
@@ -161,6 +161,18 @@ def _race_hint(exc, advice: str) -> str:
                 "and its compute (no thread reads a part before it is stored) and another "
                 "between the compute and the next page's load (no thread overwrites a part "
                 "another still reads); every thread must reach both.")
+    line, other_line = getattr(exc, "line", None), getattr(exc, "other_line", None)
+    if dynamic and kind == "write after write" and None not in (line, other_line) \
+            and line != other_line:
+        # two stores of different lines met: parts of the buffer overlap, or two stores
+        # into one part give an element to both (the race alone cannot tell which)
+        return several_fit([
+            f"the parts of the extern __shared__ array overlap (lines {other_line} and {line} "
+            "stored into the same element): a part after another starts past all of it (the "
+            "tiled kernel's v_tile = smem + page_size * head_dim, after K's page_size * "
+            "head_dim floats).",
+            f"the stores of lines {other_line} and {line} go into the same part: give each "
+            "element of a tile to one store, and one thread."], "race")
     if dynamic:
         return ("two threads store the same element of the shared tile: the load loop must "
                 "give each element to one thread (start at threadIdx.x, step blockDim.x).")

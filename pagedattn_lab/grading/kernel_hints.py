@@ -89,10 +89,18 @@ WHOLE_TOKEN_OFFSET_HINT = ("the offset inside the page is t % page_size: the tok
                            "position t itself is right only in the first page.")
 
 
+PAGE_FOR_HEAD_DIM_HINT = ("page_size is written where head_dim belongs: a row of K or V "
+                          "(in the cache or in a shared tile) is head_dim floats, so key j's "
+                          "element d is at j * head_dim + d; with head_dim = 16 here, pages "
+                          "of 16 tokens hide the difference.")
+
+
 def one_size_hint(right_with, sizes: dict, longest: int | None = None) -> str | None:
     """fixed_page_hint or mha_only_hint for a kernel wrong at `sizes` (page_size, num_heads,
     num_kv_heads) that `right_with(**changed)` finds right with pages of 16 tokens, or with a
     KV head per query head; None where it is right as it is (wrong for another reason).
+    Where `sizes` has head_dim 16, page_size written where head_dim belongs is right with
+    pages of 16 tokens too, and both are named.
     `longest`: the case's longest sequence; where it fits one page of 16 tokens, a kernel
     that takes the position t for the offset is right there too, and both are named."""
     fixed_page = fixed_page_asked(sizes["page_size"])
@@ -100,9 +108,12 @@ def one_size_hint(right_with, sizes: dict, longest: int | None = None) -> str | 
     if not (fixed_page or gqa) or right_with():   # (no probe where neither hint could come)
         return None
     if fixed_page and right_with(page_size=16):
+        fits = [fixed_page_hint(sizes["page_size"])]
         if longest is not None and longest <= 16:
-            return several_fit([fixed_page_hint(sizes["page_size"]), WHOLE_TOKEN_OFFSET_HINT])
-        return fixed_page_hint(sizes["page_size"])
+            fits.append(WHOLE_TOKEN_OFFSET_HINT)
+        if sizes.get("head_dim") == 16:   # (pages of 16 are then as long as a row)
+            fits.append(PAGE_FOR_HEAD_DIM_HINT)
+        return several_fit(fits) if len(fits) > 1 else fits[0]
     if gqa and right_with(num_kv_heads=sizes["num_heads"]):
         return mha_only_hint(sizes["num_heads"], sizes["num_kv_heads"])
     return None

@@ -66,6 +66,7 @@ WRITE_MISTAKES = [
     ("row_head0", "every head read head 0's row of k: row (token, head) starts at (token * "
                   "num_kv_heads + head) * head_dim, the head term included."),
     ("div128", "scale = amax / 127 (the largest code of the symmetric range), not / 128."),
+    ("times127", "scale = amax / 127 (a code times it gives the value back), not amax * 127."),
     ("no_zero_guard", "a row of zeros has amax 0, so scale 0 and 0 / 0 = NaN codes: give it "
                       "scale 1 (any positive scale stores zeros exactly)."),
     ("no_reduce", "each lane kept the amax of its own elements: reduce it over the warp (a "
@@ -118,7 +119,8 @@ def _scale_of(amax, bug):
         if bug == "no_zero_guard":
             return (amax / np.float32(127)).astype(np.float32)
         qmax = np.float32(128 if bug == "div128" else 127)
-        return np.where(amax > 0, amax / qmax, np.float32(1)).astype(np.float32)
+        scale = amax * qmax if bug == "times127" else amax / qmax
+        return np.where(amax > 0, scale, np.float32(1)).astype(np.float32)
 
 
 def _codes(x, scale, bug):

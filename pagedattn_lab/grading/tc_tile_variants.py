@@ -152,6 +152,24 @@ def _overlapped(flat, poison, tiles, stride: int) -> bool:
     return bool((fits | (~covered & poison)).all())
 
 
+HEADS_SHARE_TILES_HINT = (
+    "the kv head is left out of where the tile goes: tile (kv_head, tile) starts at scores "
+    "+ (kv_head * gridDim.x + tile) * 256, not tile * 256 (there every kv head's blocks write "
+    "the first kv head's tiles, and the others' are never written).")
+
+
+def heads_share_tiles(got, expected, never) -> bool:
+    """Whether `got` is what the blocks leave when each stores its tile at tile * 256, with
+    no kv head in the offset: the tiles of kv heads past 0 are never written, and each of kv
+    head 0's holds that tile of one of the kv heads (which one depends on the order the
+    blocks ran in)."""
+    got = np.asarray(got, np.float64)
+    if got.shape[0] < 2 or not never[1:].all():
+        return False
+    return all(any(np.allclose(got[0, t], expected[j, t], rtol=RTOL, atol=ATOL)
+                   for j in range(got.shape[0])) for t in range(got.shape[1]))
+
+
 def _wrong_ldms(head_dim: int):
     """The ldm values a learner gives a shared tile instead of head_dim (rows overlap)."""
     return (n for n in (TILE, 2 * TILE, 4 * TILE) if n < head_dim)
@@ -251,4 +269,8 @@ def _paging_variants(prob):
          f"held 16 tokens: a tile of 16 tokens spans pages of page_size ({page_size} here), "
          "so token t's page is block_table[t / page_size].",
          read(lambda t: table[t // TILE] * page_size + t % page_size)),
+        (f"{spec}: yours looks every token of a tile up in the page of the tile's first "
+         "token, block_table[16 * tile / page_size]: a tile of 16 tokens spans pages of "
+         f"page_size ({page_size} here), so token t's page is block_table[t / page_size].",
+         read(lambda t: table[t // TILE * TILE // page_size] * page_size + t % page_size)),
     ]
