@@ -119,6 +119,33 @@ def mutate(source: str, edits) -> str:
     return source
 
 
+def with_solution_body(notebook: str, variable: str, body: str) -> str:
+    """The kernel of `variable` with the code between its BEGIN and END SOLUTION markers
+    replaced by `body` (a right answer written another way)."""
+    source = solution_source(notebook, variable)
+    start, end = source.index("// ### BEGIN SOLUTION"), source.index("// ### END SOLUTION")
+    return source[:start] + body + source[end:]
+
+
+def assert_passes_without_hint(task, impl, **kwargs):
+    result, printed = run_check(task, impl, **kwargs)
+    assert result.passed, printed
+    assert not any(c.hint for c in result.cases), printed
+
+
+def solution_allocator(edits, **scope):
+    """Workbook 01's MyAllocator class with `edits` made to its solution (names the edited
+    code uses besides deque and pl, such as heapq, given in `scope`)."""
+    cells = json.loads((REPO / "solutions" / "01_page_table.ipynb").read_text(
+        encoding="utf-8"))["cells"]
+    source = next("".join(c["source"]) for c in cells
+                  if c["cell_type"] == "code" and "".join(c["source"]).startswith(
+                      "class MyAllocator:"))
+    scope = {"deque": deque, "pl": pl, **scope}
+    exec(mutate(source, edits), scope)  # noqa: S102 - our notebook
+    return scope["MyAllocator"]
+
+
 def assert_kernel_checks_on_the_gpu(task, notebook, variable, mistakes, *, rights=(),
                                     other_evidence=(), stub=True):
     """A kernel task's check on the GPU: the solution passes, the exercise's stub is "not

@@ -9,28 +9,14 @@
    the pool runs dry.
 """
 import heapq
-import json
-from collections import deque
 
 import pytest
 
-import pagedattn_lab as pl
-from tests.check_helpers import REPO, mutate, run_check
+from tests.check_helpers import run_check, solution_allocator
 from tests.test_grade_protocol import remotely
 
 FROM_ONE = "1..num_pages runs one past the end"
 AS_LIST = ("self._free = deque(range(num_pages))", "self._free = list(range(num_pages))")
-
-
-def _allocator(edits):
-    cells = json.loads((REPO / "solutions" / "01_page_table.ipynb").read_text(
-        encoding="utf-8"))["cells"]
-    source = next("".join(c["source"]) for c in cells
-                  if c["cell_type"] == "code" and "".join(c["source"]).startswith(
-                      "class MyAllocator:"))
-    scope = {"deque": deque, "heapq": heapq, "pl": pl}
-    exec(mutate(source, edits), scope)  # noqa: S102 - our notebook
-    return scope["MyAllocator"]
 
 
 @pytest.mark.parametrize("edits", [
@@ -41,7 +27,7 @@ def _allocator(edits):
                "pages = [self._free[i] for i in range(n + 1)]; del self._free[:n + 1]")],
 ], ids=["heap", "indexed_list"])
 def test_a_free_list_run_dry_by_n_plus_1_pages_is_not_told_ids_from_1(edits):
-    result, printed = run_check("allocator", _allocator(edits))
+    result, printed = run_check("allocator", solution_allocator(edits, heapq=heapq))
     assert not result.passed and "IndexError" in printed, printed
     assert FROM_ONE not in printed, printed
 
@@ -54,7 +40,7 @@ def test_a_free_list_run_dry_by_n_plus_1_pages_is_not_told_ids_from_1(edits):
      ("self._free.append(page)", "heapq.heappush(self._free, page)")],
 ], ids=["queue", "heap"])
 def test_page_ids_from_1_are_still_named(edits):
-    result, printed = run_check("allocator", _allocator(edits))
+    result, printed = run_check("allocator", solution_allocator(edits, heapq=heapq))
     failed = [c for c in result.cases if not c.passed]
     assert failed and FROM_ONE in failed[0].hint, printed
 
@@ -62,6 +48,6 @@ def test_page_ids_from_1_are_still_named(edits):
 def test_page_ids_from_1_are_named_under_the_grader_too():
     """The fresh pool that confirms the hint is made from the checked class, not from
     type(alloc): under the judge alloc is a stand-in for the learner's instance."""
-    impl = _allocator([("deque(range(num_pages))", "deque(range(1, num_pages + 1))")])
+    impl = solution_allocator([("deque(range(num_pages))", "deque(range(1, num_pages + 1))")])
     summary = remotely("allocator", impl)["tasks"]["allocator"]["summary"]
     assert FROM_ONE in summary, summary

@@ -14,13 +14,8 @@ import pytest
 
 import pagedattn_lab as pl
 from pagedattn_lab.engine.prefix_cache import hash_block
-from tests.check_helpers import mutate, run_check, solution_source
-
-
-def assert_passes_without_hint(task, impl, **kwargs):
-    result, printed = run_check(task, impl, **kwargs)
-    assert result.passed, printed
-    assert not any(c.hint for c in result.cases), printed
+from tests.check_helpers import (assert_passes_without_hint, mutate, run_check, solution_source,
+                                 with_solution_body)
 
 
 # --- refused before: a pair returned as a list ---------------------------------------------
@@ -220,12 +215,6 @@ def test_workbook_02_variants_pass(task, impl):
     assert_passes_without_hint(task, impl)
 
 
-def _with_body(notebook, variable, body):
-    source = solution_source(notebook, variable)
-    start, end = source.index("// ### BEGIN SOLUTION"), source.index("// ### END SOLUTION")
-    return source[:start] + body + source[end:]
-
-
 # each thread copies one contiguous chunk of the row, values and zeros by one select
 GATHER_CHUNKED = """
     int n = num_kv_heads * head_dim;
@@ -279,7 +268,7 @@ def _naive_with_helper():
 
 def _quantize_with_shared_amax():
     # amax gathered in shared memory and reduced by lane 0, codes by __float2int_rn
-    return _with_body("11_kv_compression.ipynb", "SOURCE_WRITE", """
+    return with_solution_body("11_kv_compression.ipynb", "SOURCE_WRITE", """
     long long slot = slot_mapping[token];
     if (slot < 0) return;
     const float* x = k + ((long long)token * num_kv_heads + head) * head_dim;
@@ -325,13 +314,13 @@ DEQUANT_FACTORED = """
 
 
 @pytest.mark.parametrize("task, source", [
-    ("gather_kernel", lambda: _with_body("02_page_access.ipynb", "SOURCE_GATHER",
+    ("gather_kernel", lambda: with_solution_body("02_page_access.ipynb", "SOURCE_GATHER",
                                          GATHER_CHUNKED)),
     ("naive_kernel", _naive_with_helper),
     ("tiled_kernel", lambda: mutate(solution_source("05_tiled_kernel.ipynb", "SOURCE_TILED"),
                                     [("bool active = t < seq_len;", TILED_BLOCK_RETURN)])),
     ("quantize_write", _quantize_with_shared_amax),
-    ("dequant_decode", lambda: _with_body("11_kv_compression.ipynb", "SOURCE_READ",
+    ("dequant_decode", lambda: with_solution_body("11_kv_compression.ipynb", "SOURCE_READ",
                                           DEQUANT_FACTORED)),
 ], ids=["gather chunked", "naive helper", "tiled block-wide return", "quantize shared amax",
         "dequant factored scales"])

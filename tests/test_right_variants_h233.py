@@ -14,19 +14,8 @@ import math
 import numpy as np
 import pytest
 
-from tests.check_helpers import REPO, assert_caught, mutate, run_check, solution_source
-
-
-def assert_passes_without_hint(task, impl, **kwargs):
-    result, printed = run_check(task, impl, **kwargs)
-    assert result.passed, printed
-    assert not any(c.hint for c in result.cases), printed
-
-
-def _with_body(notebook, variable, body):
-    source = solution_source(notebook, variable)
-    start, end = source.index("// ### BEGIN SOLUTION"), source.index("// ### END SOLUTION")
-    return source[:start] + body + source[end:]
+from tests.check_helpers import (REPO, assert_caught, assert_passes_without_hint, mutate,
+                                 solution_source, with_solution_body)
 
 
 def _puzzle(variable, edits):
@@ -105,7 +94,7 @@ def test_kernel_workbooks_say_the_executor_has_no_cooperative_groups(notebook):
 
 
 def test_cooperative_groups_are_told_the_executor_has_none():
-    kernel = _with_body("03_cuda_onramp.ipynb", "SOURCE_WARP_SUM", """
+    kernel = with_solution_body("03_cuda_onramp.ipynb", "SOURCE_WARP_SUM", """
     auto warp = cooperative_groups::tiled_partition<32>(cooperative_groups::this_thread_block());
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     float v = i < n ? a[i] : 0.0f;
@@ -231,7 +220,7 @@ TILE_LANE_PER_ROW = """
 ], ids=["guard strided", "block sum serial", "partition chunked dims", "merge online",
         "tile lane per row"])
 def test_kernel_variants_pass(task, notebook, variable, body):
-    assert_passes_without_hint(task, _with_body(notebook, variable, body), device="cpu")
+    assert_passes_without_hint(task, with_solution_body(notebook, variable, body), device="cpu")
 
 
 # --- workbooks 06 and 09 in NumPy -----------------------------------------------------------

@@ -14,19 +14,8 @@ named another mistake):
 import numpy as np
 import pytest
 
-from tests.check_helpers import mutate, run_check, solution_source
-
-
-def assert_passes_without_hint(task, impl, **kwargs):
-    result, printed = run_check(task, impl, **kwargs)
-    assert result.passed, printed
-    assert not any(c.hint for c in result.cases), printed
-
-
-def _with_body(notebook, variable, body):
-    source = solution_source(notebook, variable)
-    start, end = source.index("// ### BEGIN SOLUTION"), source.index("// ### END SOLUTION")
-    return source[:start] + body + source[end:]
+from tests.check_helpers import (assert_passes_without_hint, mutate, run_check, solution_source,
+                                 with_solution_body)
 
 
 def _hints(result):
@@ -76,7 +65,7 @@ PARTITION_FLOAT4 = """
 
 
 def test_float4_loads_are_told_the_per_lane_share_not_whole_rows():
-    source = _with_body("06_decode_kernel.ipynb", "SOURCE_PARTITION", PARTITION_FLOAT4)
+    source = with_solution_body("06_decode_kernel.ipynb", "SOURCE_PARTITION", PARTITION_FLOAT4)
     result, printed = run_check("decode_partition", source, device="cpu")
     assert result.status == "failed", printed
     first = next(c for c in result.cases if not c.passed)
@@ -116,7 +105,7 @@ BLOCK_SUM_ATOMIC = """
 
 @pytest.mark.parametrize("body", [BLOCK_SUM_TREE, BLOCK_SUM_ATOMIC], ids=["tree", "atomic"])
 def test_block_sums_writing_shared_twice_are_told_the_rule(body):
-    source = _with_body("03_cuda_onramp.ipynb", "SOURCE_BLOCK_SUM", body)
+    source = with_solution_body("03_cuda_onramp.ipynb", "SOURCE_BLOCK_SUM", body)
     result, printed = run_check("puzzle_block_sum", source, device="cpu")
     assert result.status == "failed", printed
     assert "the puzzle lets a thread write shared memory once" in _hints(result), printed
@@ -347,27 +336,27 @@ NAIVE_RESTRICT_PRINTF = [
 ]
 
 KERNELS = [
-    ("gather_kernel", lambda: _with_body("02_page_access.ipynb", "SOURCE_GATHER",
+    ("gather_kernel", lambda: with_solution_body("02_page_access.ipynb", "SOURCE_GATHER",
                                          GATHER_HEAD_LOOP)),
-    ("puzzle_shared", lambda: _with_body("03_cuda_onramp.ipynb", "SOURCE_SHARED",
+    ("puzzle_shared", lambda: with_solution_body("03_cuda_onramp.ipynb", "SOURCE_SHARED",
                                          SHARED_WARPSIZE_STRIDE)),
-    ("puzzle_warp_sum", lambda: _with_body("03_cuda_onramp.ipynb", "SOURCE_WARP_SUM",
+    ("puzzle_warp_sum", lambda: with_solution_body("03_cuda_onramp.ipynb", "SOURCE_WARP_SUM",
                                            WARP_SUM_LAST_LANE)),
-    ("naive_kernel", lambda: _with_body("04_naive_kernel.ipynb", "SOURCE_NAIVE",
+    ("naive_kernel", lambda: with_solution_body("04_naive_kernel.ipynb", "SOURCE_NAIVE",
                                         NAIVE_TWO_PASS)),
     ("naive_kernel", lambda: mutate(solution_source("04_naive_kernel.ipynb", "SOURCE_NAIVE"),
                                     NAIVE_RESTRICT_PRINTF)),
-    ("tiled_kernel", lambda: _with_body("05_tiled_kernel.ipynb", "SOURCE_TILED",
+    ("tiled_kernel", lambda: with_solution_body("05_tiled_kernel.ipynb", "SOURCE_TILED",
                                         TILED_ROW_PER_THREAD)),
     ("decode_partition", lambda: mutate(solution_source("06_decode_kernel.ipynb",
                                                         "SOURCE_PARTITION"), PARTITION_HELPER)),
-    ("decode_merge", lambda: _with_body("06_decode_kernel.ipynb", "SOURCE_MERGE",
+    ("decode_merge", lambda: with_solution_body("06_decode_kernel.ipynb", "SOURCE_MERGE",
                                         MERGE_ONE_PASS)),
-    ("tc_tile_scores", lambda: _with_body("09_tensor_core_decode.ipynb", "SOURCE_TILE",
+    ("tc_tile_scores", lambda: with_solution_body("09_tensor_core_decode.ipynb", "SOURCE_TILE",
                                           TC_K_TRANSPOSED)),
-    ("quantize_write", lambda: _with_body("11_kv_compression.ipynb", "SOURCE_WRITE",
+    ("quantize_write", lambda: with_solution_body("11_kv_compression.ipynb", "SOURCE_WRITE",
                                           QUANT_LANE0_SCALE)),
-    ("dequant_decode", lambda: _with_body("11_kv_compression.ipynb", "SOURCE_READ",
+    ("dequant_decode", lambda: with_solution_body("11_kv_compression.ipynb", "SOURCE_READ",
                                           DEQUANT_BRANCH)),
 ]
 

@@ -18,12 +18,11 @@ another suspect:
    is far below 0 and the NaN is just where that mistake gives it, it leads.
 """
 import json
-from collections import deque
 
 import pytest
 
-import pagedattn_lab as pl
-from tests.check_helpers import REPO, _flat, assert_caught, mutate, run_check, solution_source
+from tests.check_helpers import (REPO, _flat, assert_caught, mutate, run_check, solution_allocator,
+                                 solution_source)
 
 _NOTEBOOKS = {"naive_kernel": ("04_naive_kernel.ipynb", "SOURCE_NAIVE"),
               "tiled_kernel": ("05_tiled_kernel.ipynb", "SOURCE_TILED"),
@@ -143,17 +142,6 @@ def test_a_tile_left_unloaded_is_not_told_its_max_started_at_0():
                   not_phrases=(_MAX0,), device="cpu")
 
 
-def _allocator(edits):
-    cells = json.loads((REPO / "solutions" / "01_page_table.ipynb").read_text(
-        encoding="utf-8"))["cells"]
-    source = next("".join(c["source"]) for c in cells
-                  if c["cell_type"] == "code" and "".join(c["source"]).startswith(
-                      "class MyAllocator:"))
-    scope = {"deque": deque, "pl": pl}
-    exec(mutate(source, edits), scope)  # noqa: S102 - our notebook
-    return scope["MyAllocator"]
-
-
 @pytest.mark.parametrize("edits", [
     [("deque(range(num_pages))", "deque(range(1, num_pages + 1))")],
     # a stack: page num_pages is the first taken
@@ -161,7 +149,7 @@ def _allocator(edits):
      ("self._free.popleft()", "self._free.pop()")],
 ], ids=["queue", "stack"])
 def test_page_ids_from_1_are_named(edits):
-    result, printed = run_check("allocator", _allocator(edits))
+    result, printed = run_check("allocator", solution_allocator(edits))
     failed = [c for c in result.cases if not c.passed]
     assert failed and "IndexError" in failed[0].message, printed
     assert "1..num_pages runs one past the end" in failed[0].hint, printed
@@ -173,7 +161,7 @@ def test_page_ids_from_1_are_named_by_the_refcounts_check():
         encoding="utf-8"))["cells"]
     sharing = next("".join(c["source"]) for c in cells if c["cell_type"] == "code" and
                    "".join(c["source"]).startswith("class MySharingAllocator("))
-    scope = {"MyAllocator": _allocator([("deque(range(num_pages))",
+    scope = {"MyAllocator": solution_allocator([("deque(range(num_pages))",
                                          "deque(range(1, num_pages + 1))")])}
     exec(sharing, scope)  # noqa: S102 - our notebook
     result, printed = run_check("refcounts", scope["MySharingAllocator"])
@@ -185,14 +173,14 @@ def test_page_ids_from_1_are_named_by_the_refcounts_check():
 def test_a_pop_from_an_empty_free_list_is_not_told_ids_from_1():
     """allocate(n) taking n + 1 pages: with n free the deque runs dry, a mistake of its own,
     with no page id past the pool's last."""
-    impl = _allocator([("popleft() for _ in range(n)]", "popleft() for _ in range(n + 1)]")])
+    impl = solution_allocator([("popleft() for _ in range(n)]", "popleft() for _ in range(n + 1)]")])
     result, printed = run_check("allocator", impl)
     assert "pop from an empty deque" in printed, printed
     assert "1..num_pages runs one past the end" not in printed, printed
 
 
 def test_the_allocator_solution_still_passes():
-    result, printed = run_check("allocator", _allocator([]))
+    result, printed = run_check("allocator", solution_allocator([]))
     assert result.passed, printed
 
 
