@@ -27,8 +27,8 @@ from .stub_params import stub_buffer
 from .tc_nan_hints import NAN_READ_HINT, nan_tail_hint
 from .tc_store_ldm import store_ldm_hint
 from .tc_tile_problem import TileProblem
-from .tc_tile_variants import (HEADS_SHARE_TILES_HINT, heads_share_tiles, one_ldm_hint,
-                               tile_variants, tiles_overlap_hint)
+from .tc_tile_variants import (one_ldm_hint, shared_tile_hints, tile_variants,
+                               tiles_overlap_hint)
 
 WARP = 32
 
@@ -148,8 +148,7 @@ def _tile_case(comp, seed, *sizes) -> None:
         overlap = tiles_overlap_hint(got, prob.expected(), never)
         if overlap:
             fits.append(overlap)
-        if heads_share_tiles(got, prob.expected(), never):
-            fits.append(HEADS_SHARE_TILES_HINT)
+        fits += shared_tile_hints(got, prob.expected(), never)
         hint = (several_fit(fits, "scores") if fits else None) \
             or _scaled_hint(got, prob.expected(), valid) \
             or _pow2_shift_hint(comp, seed, sizes) \

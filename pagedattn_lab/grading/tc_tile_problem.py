@@ -51,20 +51,25 @@ class TileProblem:
 
     @staticmethod
     def product(q_rows, k_rows, lda=None, ldb=None, b_row_major=False, a_col_major=False,
-                step_past=False):
+                step_past=False, a_step=1):
         """S = A B over 16-column steps the way load_matrix_sync reads the shared tiles:
         A from q_rows [16, d] with leading dimension lda read row-major (or column-major),
         B from k_rows [16, d] (token rows) read column-major with ldb (or row-major).
-        step_past: a step at k0 = d too, past the rows (NaN: the CPU executor's unwritten)."""
+        step_past: a step at k0 = d too, past the rows (NaN: the CPU executor's unwritten).
+        a_step: A loaded from q_rows + k0 * a_step (what it reads past the tile is NaN:
+        unknown, it lies after q_tile in shared memory)."""
         d = q_rows.shape[1]
         lda, ldb = lda or d, ldb or d
         qa, ka = np.ravel(q_rows), np.ravel(k_rows)
+        if a_step != 1:
+            qa = np.concatenate([qa, np.full((d - TILE) * (a_step - 1), np.nan)])
         if step_past:
             qa, ka = (np.concatenate([x, np.full(TILE, np.nan)]) for x in (qa, ka))
         s = np.zeros((TILE, TILE))
         r, c = np.meshgrid(np.arange(TILE), np.arange(TILE), indexing="ij")
         for k0 in range(0, d + TILE * step_past, TILE):
-            a = qa[k0 + c * lda + r] if a_col_major else qa[k0 + r * lda + c]   # a[row, k]
+            base = k0 * a_step
+            a = qa[base + c * lda + r] if a_col_major else qa[base + r * lda + c]   # a[row, k]
             b = ka[k0 + r * ldb + c] if b_row_major else ka[k0 + c * ldb + r]  # b[k, token]
             s += a @ b
         return s

@@ -1,7 +1,8 @@
 """Lesson 09 task 2's known-wrong answers: the scores each classic mistake of the
-group-as-rows tile step gives on a TileProblem (operand layouts, the group's rows, the K
-tile's cache slot and head, the k0 loop, the accumulator, the leading dimensions), each with
-the hint that names it; checks_tc_decode.py names every one a learner's scores reproduce.
+group-as-rows tile step gives on a TileProblem (operand layouts and A's base, the group's
+rows, the K tile's cache slot and head, the k0 loop, the accumulator, the leading dimensions,
+the store's kv head), each with the hint that names it; checks_tc_decode.py names every one a
+learner's scores reproduce.
 """
 from __future__ import annotations
 
@@ -85,6 +86,11 @@ def tile_variants(prob):
         ("the k0 loop must step over all of head_dim (k0 = 0, 16, .., head_dim - 16): yours "
          "made one step, k0 = 0, so every score holds the first 16 dimensions only.",
          dims(np.arange(head_dim) < TILE)),
+        # (where the rows it reads past the group are the tile's zeroed rows, this gives
+        # the one-step sums above: both are named)
+        ("A's tile at step k0 starts at q_tile + k0 (column k0 of row 0), not q_tile + k0 * "
+         "16: that reads rows k0 * 16 / head_dim onwards, not the group's rows' dimensions "
+         "k0 .. k0 + 15.", reread(a_step=TILE)),
         ("zero the accumulator once, before the k0 loop (fill_fragment(s, 0.0f)): zeroed "
          "inside the loop, each step drops the sum so far and only the last 16 dimensions "
          "are left in every score.", dims(last)),
@@ -168,6 +174,22 @@ def heads_share_tiles(got, expected, never) -> bool:
         return False
     return all(any(np.allclose(got[0, t], expected[j, t], rtol=RTOL, atol=ATOL)
                    for j in range(got.shape[0])) for t in range(got.shape[1]))
+
+
+ONE_KV_HEAD_HINT = (
+    "every block took kv head 0 (its Q rows, its K tile, its place in scores): kv_head is "
+    "blockIdx.y, the grid's second dimension, which runs over the kv heads.")
+
+
+def shared_tile_hints(got, expected, never) -> list[str]:
+    """The hints for scores whose kv heads past 0 were never written (heads_share_tiles):
+    where kv head 0's tiles hold its own scores, blocks that all took kv head 0 leave them
+    too (and the offset without the kv head does where kv head 0's blocks stored last), so
+    both are named."""
+    if not heads_share_tiles(got, expected, never):
+        return []
+    own = np.allclose(np.asarray(got, np.float64)[0], expected[0], rtol=RTOL, atol=ATOL)
+    return [HEADS_SHARE_TILES_HINT] + [ONE_KV_HEAD_HINT] * own
 
 
 def _wrong_ldms(head_dim: int):
