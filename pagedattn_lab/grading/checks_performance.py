@@ -144,7 +144,10 @@ def _yardstick_case(fn, nbytes: float, bandwidth_gbs: float) -> None:
     expected = nbytes / (bandwidth_gbs * 1e9) * 1e3
     _scalar_case(fn, (nbytes, bandwidth_gbs), expected, [
         ("return milliseconds: seconds x 1000.", expected / 1e3),
-        ("that is microseconds: seconds x 1000 is milliseconds.", expected * 1e3),
+        # (bandwidth_gbs * 1e6, the rate as MB/s, gives microseconds' number for every input)
+        (several_fit(["that is microseconds: seconds x 1000 is milliseconds.",
+                      "a GB/s is 1e9 bytes per second (giga = 10**9): bandwidth_gbs * 1e9, "
+                      "not * 1e6 (that is MB/s)."], "time"), expected * 1e3),
         ("a millisecond is a thousandth of a second: seconds x 1000, not seconds / 1000.",
          expected / 1e6),
         ("GB/s here means 1e9 bytes per second, not 2**30.",

@@ -334,8 +334,9 @@ def _decode_fork(cls) -> None:
     diff = describe_difference(np.asarray(got, np.float64), expected, ("sequence", "head", "dim"),
                                unwritten=False)
     if diff is not None:
-        raise Mismatch("with one page free: " + diff.message(), "append (the cache copies the "
-                       "fork's shared page itself), then attend as in the other cases.")
+        raise Mismatch("with one page free: " + diff.message(), _other_row(mgr, step, k_new)
+                       or "append (the cache copies the fork's shared page itself), then "
+                       "attend as in the other cases.")
     if not np.array_equal(mgr.cache.gather(parent)[0], kv[6][0]):
         raise Mismatch(f"the fork's token changed sequence {parent}'s keys", "append through "
                        "self.cache.append, which copies a shared page before writing.")

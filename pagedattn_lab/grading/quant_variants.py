@@ -65,6 +65,8 @@ WRITE_MISTAKES = [
                        "magnitude at d >= 32 is missed."),
     ("row_head0", "every head read head 0's row of k: row (token, head) starts at (token * "
                   "num_kv_heads + head) * head_dim, the head term included."),
+    ("row_token_only", "every head read k + token * head_dim: row (token, head) starts at "
+                       "(token * num_kv_heads + head) * head_dim, both head terms included."),
     ("div128", "scale = amax / 127 (the largest code of the symmetric range), not / 128."),
     ("times127", "scale = amax / 127 (a code times it gives the value back), not amax * 127."),
     ("no_zero_guard", "a row of zeros has amax 0, so scale 0 and 0 / 0 = NaN codes: give it "
@@ -90,6 +92,8 @@ WRITE_MISTAKES = [
                           "head) * head_dim + d], not to its row in k (token)."),
     ("static_head0", "per_token = 0: each KV head has its own static scale, k_scale[head], not "
                      "k_scale[0] for every head (one scale for the whole tensor)."),
+    ("static_div127", "per_token = 0: the static scale k_scale[head] is already amax / 127: "
+                      "divide x by it as it is, not by k_scale[head] / 127 again."),
 ]
 
 
@@ -148,7 +152,8 @@ def quantize_reference(k, slots, cache_shape, per_token, k_scale, bug=None):
     scales = k_scale.copy()
     heads, dim = k.shape[1:]
     live = np.flatnonzero(slots >= 0)
-    x = k[live][:, [0] * heads] if bug == "row_head0" else k[live]
+    x = k[live][:, [0] * heads] if bug == "row_head0" else \
+        np.repeat(k.reshape(-1, 1, dim)[live], heads, 1) if bug == "row_token_only" else k[live]
     if per_token:
         lane_scale = _scale_of(_lane_amax(x, bug), bug)
         where = live if bug == "token_index" else slots[live]
@@ -156,7 +161,8 @@ def quantize_reference(k, slots, cache_shape, per_token, k_scale, bug=None):
         scales.reshape(-1, heads)[where] = written                # lane 0 writes it
         divisor = lane_scale[..., np.arange(dim) % WARP]           # lane d % 32 divides
     else:
-        static = k_scale[:1] if bug == "static_head0" else k_scale
+        static = k_scale[:1] if bug == "static_head0" else \
+            k_scale / np.float32(127) if bug == "static_div127" else k_scale
         divisor = np.broadcast_to(static[:, None], x.shape)
     rows = live if bug == "codes_token_index" else slots[live]
     cache.reshape(-1, heads, dim)[rows] = _codes(x, divisor, bug)

@@ -1,12 +1,15 @@
 """The tiled prefill kernel's K/V confusion on a block's last page only (checks_kernels.py):
 a branch for the last tile (p == pages - 1) that loads v_tile from k_cache, or weighs k_tile,
 so the keys of that page are summed as its values. Pages before it are right, which the
-whole-cache swaps of variants.attention_variant do not model."""
+whole-cache swaps of variants.attention_variant do not model. And the tile's load loop with
+the key taken as i % page_size (i the element's index in the tile, not the key's), which
+fills each tile element from another key of the same page."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..addressing import token_slots
+from .variants import attention_variant
 
 LAST_PAGE_KEYS_HINT = ("on each block's last page (p == pages - 1) the keys were summed as "
                        "the values: every page, the last too, loads v_tile from v_cache and "
@@ -40,6 +43,25 @@ def last_page_keys(case, block_queries: int) -> np.ndarray:
     return out
 
 
+TILE_KEY_HINT = ("the tile's key was taken as i % page_size, i the element's index in the "
+                 "tile: element i is key i / head_dim (dim i % head_dim), so its slot is page "
+                 "* page_size + i / head_dim.")
+
+
+def _tile_key_cache(cache) -> np.ndarray:
+    """The cache as tiles loaded at slot page * page_size + i % page_size read it: element
+    (key j, dim d) of a page, i = j * head_dim + d, holds key i % page_size's dim d of that
+    same page (a page's position only: it holds whatever count of keys is live)."""
+    cache = np.asarray(cache, np.float64)
+    _, page_size, _, head_dim = cache.shape
+    j, d = np.ogrid[:page_size, :head_dim]
+    key = np.broadcast_to(((j * head_dim + d) % page_size)[None, :, None, :], cache.shape)
+    return np.take_along_axis(cache, key, axis=1)
+
+
 def tile_page_mistakes(case, block_queries: int):
     """(hint, thunk) pairs for compare.diagnose."""
-    return [(LAST_PAGE_KEYS_HINT, lambda: last_page_keys(case, block_queries))]
+    return [(LAST_PAGE_KEYS_HINT, lambda: last_page_keys(case, block_queries)),
+            (TILE_KEY_HINT, lambda: attention_variant(
+                case.q, _tile_key_cache(case.k_cache), _tile_key_cache(case.v_cache),
+                case.block_tables, case.seq_lens, case.scale))]
