@@ -315,13 +315,13 @@ DEQUANT_FACTORED = """
 
 @pytest.mark.parametrize("task, source", [
     ("gather_kernel", lambda: with_solution_body("02_page_access.ipynb", "SOURCE_GATHER",
-                                         GATHER_CHUNKED)),
+                                                 GATHER_CHUNKED)),
     ("naive_kernel", _naive_with_helper),
     ("tiled_kernel", lambda: mutate(solution_source("05_tiled_kernel.ipynb", "SOURCE_TILED"),
                                     [("bool active = t < seq_len;", TILED_BLOCK_RETURN)])),
     ("quantize_write", _quantize_with_shared_amax),
     ("dequant_decode", lambda: with_solution_body("11_kv_compression.ipynb", "SOURCE_READ",
-                                          DEQUANT_FACTORED)),
+                                                  DEQUANT_FACTORED)),
 ], ids=["gather chunked", "naive helper", "tiled block-wide return", "quantize shared amax",
         "dequant factored scales"])
 def test_kernel_variants_pass(task, source):
