@@ -19,10 +19,11 @@ from .compare import describe_difference, diagnose, ranges
 from .faults import kernel_message
 from .kernel_hints import nothing_written, one_size_hint, padding_hint, row_stride_hint
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, poisoned, unwritten
+from .offset_hints import NEXT_PAGE_HINT, PAGE_ONLY_HINT, UNSCALED_PAGES_HINT
 from .puzzle_runner import per_thread_max
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .table_probe import full_table, transposed_hint
-from .variants import NEXT_PAGE_HINT, PAGE_ONLY_HINT, UNSCALED_PAGES_HINT, gather_variant
+from .variants import gather_variant
 
 GATHER_THREADS = 32
 

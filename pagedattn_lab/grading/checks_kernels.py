@@ -22,19 +22,19 @@ from . import slack_reads
 from .cases import nan_tails, paged_problem
 from .compare import describe_difference, diagnose
 from .faults import kernel_message
-from .page_count_hints import page_count_fault_hint
-from .prefill_rows import out_rows_hint, row_mistakes
-from .tile_page_variants import tile_page_mistakes
 from .kernel_hints import (array_size_hint, barriers, max0_tile_hint, nan_hint,
                            nothing_written, one_size_hint, padding_hint, rounding_hint,
                            sequence_hint, shift_hint, tile_load_hint, tiled_hint,
                            unwritten_pattern_hint)
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, kernel_device, poisoned, unwritten, where
+from .page_count_hints import page_count_fault_hint
+from .prefill_rows import out_rows_hint, row_mistakes
 from .puzzle_runner import count_then_check
 from .printer import WIDTH
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .stub_params import as_named
 from .table_probe import full_table, transposed_hint
+from .tile_page_variants import tile_page_mistakes
 from .variants import attention_mistakes
 
 NAIVE_THREADS = 16

@@ -142,15 +142,16 @@ def _tile_case(comp, seed, *sizes) -> None:
         # every variant that fits: on case 3 (one token past the first tile, pages of 16)
         # a page of (t - 1) / page_size reads token 0's K for token 16 as a tile start left
         # out does, and naming one would blame a mistake the learner may not have made
-        fits = one_ldm_hint(list(fitting_hints(got, prob.expected(), tile_variants(prob),
+        expected = prob.expected()
+        fits = one_ldm_hint(list(fitting_hints(got, expected, tile_variants(prob),
                                                 mask=valid, nan_is_evidence=False)),
                              prob.sizes[2])
-        overlap = tiles_overlap_hint(got, prob.expected(), never)
+        overlap = tiles_overlap_hint(got, expected, never)
         if overlap:
             fits.append(overlap)
-        fits += shared_tile_hints(got, prob.expected(), never)
+        fits += shared_tile_hints(got, expected, never)
         hint = (several_fit(fits, "scores") if fits else None) \
-            or _scaled_hint(got, prob.expected(), valid) \
+            or _scaled_hint(got, expected, valid) \
             or _pow2_shift_hint(comp, seed, sizes) \
             or store_ldm_hint(lambda out: _launch_tile(comp, prob, out), prob)
         if hint is None and (np.isnan(np.asarray(got, np.float64)) & ~never).any():

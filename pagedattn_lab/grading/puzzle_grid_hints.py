@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compare import ranges
+from .puzzle_hints import unwritten_only
 
 
 def grid_hints(got, x, bias, expected, grid, block) -> list:
@@ -34,16 +35,13 @@ def grid_hints(got, x, bias, expected, grid, block) -> list:
         return next((text for mask, text in forms
                      if mask.any() and np.array_equal(diff.unwritten, mask)), None)
 
-    def row_step_swapped(diff):
-        # row = blockIdx.y * blockDim.x + threadIdx.y: each block's rows start bx apart, so
-        # the last bx - by rows of every step of bx are never written, the others are right
-        stepped = (r % bx < by) & (r // bx < grid[1])
-        if stepped.all() or not np.array_equal(diff.unwritten, ~stepped) or \
-                not np.array_equal(diff.bad, diff.unwritten):
-            return None
-        return (f"rows {ranges(np.flatnonzero(~stepped[:, 0]))} were never written: a "
-                f"block's first row is blockIdx.y * blockDim.y ({by} rows a block), not "
-                f"blockIdx.y * blockDim.x ({bx}).")
+    # row = blockIdx.y * blockDim.x + threadIdx.y: each block's rows start bx apart, so
+    # the last bx - by rows of every step of bx are never written, the others are right
+    stepped = (r % bx < by) & (r // bx < grid[1])
+    row_step_swapped = unwritten_only(
+        ~stepped, f"rows {ranges(np.flatnonzero(~stepped[:, 0]))} were never written: a "
+                  f"block's first row is blockIdx.y * blockDim.y ({by} rows a block), not "
+                  f"blockIdx.y * blockDim.x ({bx}).")
 
     written = ~np.isnan(got)
     # written by x and y exchanged: (gx * bx) rows, (gy * by) columns; by a guard with the

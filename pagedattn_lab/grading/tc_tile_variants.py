@@ -11,8 +11,8 @@ import numpy as np
 from .checks_tc_rows import TILE
 from .compare import ATOL, RTOL
 from .kernel_hints import UNSET_FLOAT
+from .offset_hints import UNSCALED_PAGES_HINT
 from .tc_nan_hints import STEP_PAST_HINT
-from .variants import UNSCALED_PAGES_HINT
 
 
 def tile_variants(prob):
