@@ -7,6 +7,8 @@ import re
 from collections import deque
 from pathlib import Path
 
+import numpy as np
+
 import pagedattn_lab as pl
 from pagedattn_lab import check
 
@@ -133,17 +135,39 @@ def assert_passes_without_hint(task, impl, **kwargs):
     assert not any(c.hint for c in result.cases), printed
 
 
+def solution_cell(notebook: str, start) -> str:
+    """The source of the code cell of solutions/`notebook` that begins with `start` (a
+    string, or a tuple of them)."""
+    cells = json.loads((REPO / "solutions" / notebook).read_text(encoding="utf-8"))["cells"]
+    for cell in cells:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code" and source.startswith(start):
+            return source
+    raise LookupError(start)
+
+
+def solution_object(notebook: str, name: str, edits=(), **scope):
+    """The function or class `name` that a code cell of solutions/`notebook` defines, with
+    `edits` made to its source (np, pl and deque in its scope, and whatever `scope` adds)."""
+    scope = {"np": np, "pl": pl, "deque": deque, **scope}
+    source = solution_cell(notebook, (f"def {name}(", f"class {name}(", f"class {name}:"))
+    exec(mutate(source, edits), scope)  # noqa: S102 - our notebook
+    return scope[name]
+
+
+def solution_of(workbook: str, name: str, edits=()):
+    """solution_object of workbook `workbook` ("07": solutions/07_*.ipynb)."""
+    notebook = next((REPO / "solutions").glob(f"{workbook}_*.ipynb")).name
+    # (workbook 07's MyManager calls its Task 1, defined in a cell of its own)
+    scope = {"pages_for_next_token": solution_of("07", "pages_for_next_token")} \
+        if name == "MyManager" else {}
+    return solution_object(notebook, name, edits, **scope)
+
+
 def solution_allocator(edits, **scope):
     """Workbook 01's MyAllocator class with `edits` made to its solution (names the edited
     code uses besides deque and pl, such as heapq, given in `scope`)."""
-    cells = json.loads((REPO / "solutions" / "01_page_table.ipynb").read_text(
-        encoding="utf-8"))["cells"]
-    source = next("".join(c["source"]) for c in cells
-                  if c["cell_type"] == "code" and "".join(c["source"]).startswith(
-                      "class MyAllocator:"))
-    scope = {"deque": deque, "pl": pl, **scope}
-    exec(mutate(source, edits), scope)  # noqa: S102 - our notebook
-    return scope["MyAllocator"]
+    return solution_object("01_page_table.ipynb", "MyAllocator", edits, **scope)
 
 
 def assert_kernel_checks_on_the_gpu(task, notebook, variable, mistakes, *, rights=(),

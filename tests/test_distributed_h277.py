@@ -22,15 +22,12 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.distributed import (TPDecode, TPPrefill, launch, pack_tables, shard_cache,
-                                       table_capacity, torch_missing, unpack_tables)
+                                       table_capacity, unpack_tables)
 from pagedattn_lab.distributed.shard import REFUSAL_WORDS, is_refusal, refusal_header
 from pagedattn_lab.prefill_wrapper import BatchPrefillWrapper
 from pagedattn_lab.wrappers import BatchDecodeWrapper
+from tests.test_tp_refusal_h245 import HANG, needs_torch
 from tests.thread_ranks import run_ranks
-
-needs_torch = pytest.mark.skipif(torch_missing() is not None,
-                                 reason=f"torch.distributed: {torch_missing()}")
-HANG = 120   # seconds a launch may take (as tests/test_tp_refusal_h245.py): then hung
 
 
 def _tables(rng, batch, pages, prefill):

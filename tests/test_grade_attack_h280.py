@@ -28,14 +28,12 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from pagedattn_lab.grading import runner, table
+from tests.check_helpers import REPO
 from tests.test_grade_protocol import remotely
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def _write(tmp_path, nb) -> str:

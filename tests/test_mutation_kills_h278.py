@@ -47,8 +47,7 @@ from pagedattn_lab.grading.tile_page_variants import last_page_keys
 from pagedattn_lab.grading.variants import attention_variant
 from pagedattn_lab.grading.write_layout_hints import (codes_by_head_offset_hint, scale_at_head_hint,
                                                       slot_only_hint)
-from tests.check_helpers import _flat, run_check
-from tests.test_wrong_answers_h268 import _solution
+from tests.check_helpers import _flat, run_check, solution_of
 
 _ROUNDS = "the page count rounds up wrongly"
 
@@ -321,7 +320,7 @@ def test_each_narrow_dot_product_is_told_it_rounds_beside_padding_never_written(
 def test_kv_read_divided_by_world_size_again_is_named_in_every_failed_case():
     """The rank's KV heads (num_kv_heads / world_size) already counted, the product divided by
     world_size once more: with 6 KV heads on 3 ranks that is 2/3 of a head, not 6 / 3 / 3 = 0."""
-    impl = _solution("13", "wire_bytes", [(" * head_dim * itemsize\n    return",
+    impl = solution_of("13", "wire_bytes", [(" * head_dim * itemsize\n    return",
                                            " * head_dim * itemsize // world_size\n    return")])
     result, printed = run_check("wire_bytes", impl)
     failed = [case for case in result.cases if not case.passed]

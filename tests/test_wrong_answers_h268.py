@@ -15,39 +15,11 @@ checks failed with a hint naming another mistake (or with no hint at all).
 7. wire_bytes: the table buffer counted once per rank was told int64 entries alone; rows of
    the shortest sequence's pages were told "a row per sequence" or given no hint.
 """
-import json
-from collections import deque
-
-import numpy as np
 import pytest
 
 import pagedattn_lab as pl
 from pagedattn_lab.grading.checks_system_errors import raised_by_the_pool
-from tests.check_helpers import REPO, as_params, assert_caught, mutate, run_check
-
-_NOTEBOOKS = {"07": "07_complete_system", "08": "08_pitfalls_and_performance",
-              "12": "12_serving_engine", "13": "13_multi_gpu"}
-
-
-def _solution_cell(workbook: str, name: str) -> str:
-    cells = json.loads((REPO / "solutions" / f"{_NOTEBOOKS[workbook]}.ipynb").read_text(
-        encoding="utf-8"))["cells"]
-    for cell in cells:
-        source = "".join(cell["source"])
-        if cell["cell_type"] == "code" and source.startswith((f"def {name}(",
-                                                               f"class {name}(")):
-            return source
-    raise LookupError(name)
-
-
-def _solution(workbook: str, name: str, edits=()):
-    """The solution's function (or class) `name`, with `edits` applied to its source."""
-    scope = {"np": np, "pl": pl, "deque": deque}
-    if name == "MyManager":   # (its decode step calls Task 1)
-        exec(_solution_cell("07", "pages_for_next_token"), scope)  # noqa: S102 - our notebook
-    exec(mutate(_solution_cell(workbook, name), edits), scope)  # noqa: S102 - our notebook
-    return scope[name]
-
+from tests.check_helpers import as_params, assert_caught, run_check, solution_of
 
 _CHECK_BEFORE_EACH_APPEND = [(
     "        if needed > alloc.num_free:\n"
@@ -66,38 +38,38 @@ _EACH_SEQUENCE_TESTED_ALONE = [(
 
 MISTAKES = [
     ("pages_for_next_token",
-     _solution("07", "pages_for_next_token", [("return 1 if cache.allocator",
+     solution_of("07", "pages_for_next_token", [("return 1 if cache.allocator",
                                                "return 2 if cache.allocator")]),
      "not a copy and a new page besides", ["its ref_count is 1"]),
-    ("decode_step", _solution("07", "MyManager", _CHECK_BEFORE_EACH_APPEND),
+    ("decode_step", solution_of("07", "MyManager", _CHECK_BEFORE_EACH_APPEND),
      "the step appended before it compared", ["not needed >= num_free"]),
-    ("decode_step", _solution("07", "MyManager", _EACH_SEQUENCE_TESTED_ALONE),
+    ("decode_step", solution_of("07", "MyManager", _EACH_SEQUENCE_TESTED_ALONE),
      "your step saw that the fork needs a page, but only after sequence",
      ["not seq_len % page_size alone"]),
-    ("serve", _solution("07", "serve", [(
+    ("serve", solution_of("07", "serve", [(
         "pages_for(sum(requests[j])) - pages_for(cache.seq_len(s))",
         "pages_for(sum(requests[j]) - cache.seq_len(s))")]),
      "yours counts pages(total - held)", ["finished a step late"]),
-    ("decode_floor_ms", _solution("08", "decode_floor_ms", [(" * 1e3", " / 1e3")]),
+    ("decode_floor_ms", solution_of("08", "decode_floor_ms", [(" * 1e3", " / 1e3")]),
      "seconds x 1000, not seconds / 1000"),
-    ("choose_page_size", _solution("08", "choose_page_size", [(
+    ("choose_page_size", solution_of("08", "choose_page_size", [(
         "(-(-seq_lens // page_size)).sum() * page_size",
         "-(-seq_lens.sum() // page_size) * page_size")]),
      "not ceil(sum(seq_lens) / page_size) * page_size", ["the waste comes out 0 or below"]),
-    ("schedule_step", _solution("12", "schedule_step", [(
+    ("schedule_step", solution_of("12", "schedule_step", [(
         "        batch.append((req.rid, n))\n        budget -= n\n    for req in waiting:",
         "        batch.append((req.rid, n))\n        budget -= n\n"
         "    budget -= sum(n for _, n in batch)\n    for req in waiting:")]),
      "the running requests' tokens were taken from the budget twice", ["an off by one"]),
-    ("schedule_step", _solution("12", "schedule_step", [(
+    ("schedule_step", solution_of("12", "schedule_step", [(
         "    batch, free = [], free_pages\n",
         "    batch, free = [], free_pages\n    budget -= len(running)\n")]),
      "the running requests' tokens were taken from the budget twice", ["an off by one"]),
-    ("wire_bytes", _solution("13", "wire_bytes", [(
+    ("wire_bytes", solution_of("13", "wire_bytes", [(
         "tables = 4 * (2 + batch + batch * pages)",
         "tables = world_size * 4 * (2 + batch + batch * pages)")]),
      "not once per rank (world_size * buffer)"),
-    ("wire_bytes", _solution("13", "wire_bytes", [(
+    ("wire_bytes", solution_of("13", "wire_bytes", [(
         "pages = -(-int(max(seq_lens)) // page_size)",
         "pages = -(-int(min(seq_lens)) // page_size)")]),
      "not cut to the shortest sequence's pages"),
@@ -111,12 +83,12 @@ def test_mistake_is_named(task, impl, phrase, not_phrases):
 
 def test_wire_bytes_in_int64_is_still_named_beside_the_buffer_per_rank():
     """At world_size 2 the buffer counted per rank is the int64 table's number: both named."""
-    impl = _solution("13", "wire_bytes", [("tables = 4 * (2 + batch", "tables = 8 * (2 + batch")])
+    impl = solution_of("13", "wire_bytes", [("tables = 4 * (2 + batch", "tables = 8 * (2 + batch")])
     assert_caught("wire_bytes", impl, "a table entry is an int32: 4 bytes, not 8 (int64)")
 
 
 def test_choose_page_size_rounded_down_is_not_told_the_batch_was_rounded_up():
-    impl = _solution("08", "choose_page_size", [(
+    impl = solution_of("08", "choose_page_size", [(
         "(-(-seq_lens // page_size)).sum()", "(seq_lens // page_size).sum()")])
     assert_caught("choose_page_size", impl, "the waste comes out 0 or below",
                   not_phrases=["not ceil(sum(seq_lens) / page_size)"])
@@ -131,7 +103,7 @@ def test_choose_page_size_rounded_down_is_not_told_the_batch_was_rounded_up():
     ("wire_bytes", "13", "wire_bytes"),
 ])
 def test_the_solution_passes(task, workbook, name):
-    result, printed = run_check(task, _solution(workbook, name))
+    result, printed = run_check(task, solution_of(workbook, name))
     assert result.passed, printed
 
 

@@ -11,29 +11,28 @@ machinery is test_wrong_answers_h268's).
 """
 import pytest
 
-from tests.check_helpers import _flat, as_params, assert_caught, run_check
-from tests.test_wrong_answers_h268 import _solution
+from tests.check_helpers import _flat, as_params, assert_caught, run_check, solution_of
 
 _MEAN_PAGES = "not to the pages of the mean sequence length"
 _ONE_MORE_IN_ALL = "the kernel reads sum(seq_lens) tokens, not one more in all"
 _RESTATED = "tables: 4 * (2 + batch + batch * pages)"
 
 MISTAKES = [
-    ("wire_bytes", _solution("13", "wire_bytes", [(
+    ("wire_bytes", solution_of("13", "wire_bytes", [(
         "pages = -(-int(max(seq_lens)) // page_size)",
         "pages = -(-int(np.mean(seq_lens)) // page_size)")]), _MEAN_PAGES, [_RESTATED]),
-    ("wire_bytes", _solution("13", "wire_bytes", [(
+    ("wire_bytes", solution_of("13", "wire_bytes", [(
         "pages = -(-int(max(seq_lens)) // page_size)",
         "pages = int(np.ceil(np.mean(seq_lens) / page_size))")]), _MEAN_PAGES, [_RESTATED]),
-    ("wire_bytes", _solution("13", "wire_bytes", [(
+    ("wire_bytes", solution_of("13", "wire_bytes", [(
         "int(np.sum(seq_lens)) * 2", "(int(np.sum(seq_lens)) + 1) * 2")]),
      _ONE_MORE_IN_ALL, [_RESTATED]),
-    ("schedule_step", _solution("12", "schedule_step", [(
+    ("schedule_step", solution_of("12", "schedule_step", [(
         "free -= max(0, pages(req.num_computed + n) - req.num_pages)\n",
         "free -= max(0, pages(req.num_computed + n) - req.num_pages) + watermark\n")]),
      "the watermark was taken from the free pages for every running request",
      ["running requests first, each min(wanted"]),
-    ("decode_step", _solution("07", "MyManager", [(
+    ("decode_step", solution_of("07", "MyManager", [(
         "tables, lens, self.scale)", "tables, lens - 1, self.scale)")]),
      "not lens - 1", []),
 ]
@@ -48,7 +47,7 @@ def test_mistake_is_named_in_every_failed_case(task, impl, phrase, not_phrases):
 
 def test_one_more_token_of_a_single_sequence_names_both_ways_of_counting_it():
     """With one sequence, one token more in all is one more per sequence: both are named."""
-    impl = _solution("13", "wire_bytes", [("int(np.sum(seq_lens)) * 2",
+    impl = solution_of("13", "wire_bytes", [("int(np.sum(seq_lens)) * 2",
                                            "(int(np.sum(seq_lens)) + 1) * 2")])
     result, printed = run_check("wire_bytes", impl)
     single = next(c for c in result.cases if c.params["seq_lens"] == [17])
@@ -57,7 +56,7 @@ def test_one_more_token_of_a_single_sequence_names_both_ways_of_counting_it():
 
 
 def test_attending_before_the_append_is_still_named():
-    impl = _solution("07", "MyManager", [
+    impl = solution_of("07", "MyManager", [
         ("        for i, seq_id in enumerate(seq_ids):\n"
          "            self.cache.append(seq_id, k[i:i + 1], v[i:i + 1])\n", ""),
         ("        return pl.paged_attention_decode(", "        out = pl.paged_attention_decode("),

@@ -17,12 +17,10 @@ another suspect:
 5. tiled_kernel: a running max started at 0 was told shared memory first; where every score
    is far below 0 and the NaN is just where that mistake gives it, it leads.
 """
-import json
-
 import pytest
 
-from tests.check_helpers import (REPO, _flat, assert_caught, mutate, run_check, solution_allocator,
-                                 solution_source)
+from tests.check_helpers import (_flat, assert_caught, mutate, run_check, solution_allocator,
+                                 solution_object, solution_source)
 
 _NOTEBOOKS = {"naive_kernel": ("04_naive_kernel.ipynb", "SOURCE_NAIVE"),
               "tiled_kernel": ("05_tiled_kernel.ipynb", "SOURCE_TILED"),
@@ -157,14 +155,9 @@ def test_page_ids_from_1_are_named(edits):
 
 
 def test_page_ids_from_1_are_named_by_the_refcounts_check():
-    cells = json.loads((REPO / "solutions" / "01_page_table.ipynb").read_text(
-        encoding="utf-8"))["cells"]
-    sharing = next("".join(c["source"]) for c in cells if c["cell_type"] == "code" and
-                   "".join(c["source"]).startswith("class MySharingAllocator("))
-    scope = {"MyAllocator": solution_allocator([("deque(range(num_pages))",
-                                         "deque(range(1, num_pages + 1))")])}
-    exec(sharing, scope)  # noqa: S102 - our notebook
-    result, printed = run_check("refcounts", scope["MySharingAllocator"])
+    sharing = solution_object("01_page_table.ipynb", "MySharingAllocator", MyAllocator=(
+        solution_allocator([("deque(range(num_pages))", "deque(range(1, num_pages + 1))")])))
+    result, printed = run_check("refcounts", sharing)
     failed = [c for c in result.cases if not c.passed]
     assert failed and all("1..num_pages runs one past the end" in c.hint or
                           c.hint.startswith("as for case") for c in failed), printed

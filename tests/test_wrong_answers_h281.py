@@ -18,47 +18,46 @@ with no hint at all (the machinery is test_wrong_answers_h268's).
 """
 import pytest
 
-from tests.check_helpers import as_params, assert_caught, run_check
-from tests.test_wrong_answers_h268 import _solution
+from tests.check_helpers import as_params, assert_caught, run_check, solution_of
 
 _APPEND = "self.cache.append(seq_id, k[i:i + 1], v[i:i + 1])"
 _RESTATED_STEP = "compare with the expected batch above"
 
 MISTAKES = [
-    ("serve", _solution("07", "serve", [("i = waiting[0]", "i = waiting[-1]"),
+    ("serve", solution_of("07", "serve", [("i = waiting[0]", "i = waiting[-1]"),
                                         ("waiting.popleft()", "waiting.pop()")]),
      "the queue was served from its back", ["yours counts their whole totals",
                                             "each step: admit (first come"]),
-    ("serve", _solution("07", "serve", [(
+    ("serve", solution_of("07", "serve", [(
         "pages_for(sum(requests[j])) - pages_for(cache.seq_len(s))",
         "pages_for(sum(requests[j])) - pages_for(requests[j][0])")]),
      "yours takes the prompt's pages"),
-    ("schedule_step", _solution("12", "schedule_step", [("for req in running:",
+    ("schedule_step", solution_of("12", "schedule_step", [("for req in running:",
                                                          "for req in reversed(running):")]),
      "the running requests were served last to first", [_RESTATED_STEP]),
-    ("schedule_step", _solution("12", "schedule_step", [("for req in waiting:",
+    ("schedule_step", solution_of("12", "schedule_step", [("for req in waiting:",
                                                          "for req in reversed(waiting):")]),
      "the waiting prompts were taken last to first", [_RESTATED_STEP]),
-    ("decode_floor_ms", _solution("08", "decode_floor_ms", [("bandwidth_gbs * 1e9",
+    ("decode_floor_ms", solution_of("08", "decode_floor_ms", [("bandwidth_gbs * 1e9",
                                                              "bandwidth_gbs * 1e-9")]),
      "bandwidth_gbs * 1e9, not * 1e-9"),
-    ("decode_floor_ms", _solution("08", "decode_floor_ms", [(
+    ("decode_floor_ms", solution_of("08", "decode_floor_ms", [(
         "nbytes / (bandwidth_gbs * 1e9) * 1e3", "nbytes / bandwidth_gbs * 1e9 * 1e3")]),
      "bandwidth_gbs * 1e9, not * 1e-9"),
-    ("wire_bytes", _solution("13", "wire_bytes", [("(2 + batch", "(1 + batch")]),
+    ("wire_bytes", solution_of("13", "wire_bytes", [("(2 + batch", "(1 + batch")]),
      "the header is 2 values (batch, pages per row), not 1",
      ["tables: 4 * (2 + batch + batch * pages)"]),
-    ("decode_step", _solution("07", "MyManager", [(_APPEND, _APPEND.replace("i:i + 1", "0:1"))]),
+    ("decode_step", solution_of("07", "MyManager", [(_APPEND, _APPEND.replace("i:i + 1", "0:1"))]),
      "got row 0 of k as its new token", ["append, then attend with"]),
-    ("decode_step", _solution("07", "MyManager", [(_APPEND, _APPEND.replace("i:i + 1", "-1:"))]),
+    ("decode_step", solution_of("07", "MyManager", [(_APPEND, _APPEND.replace("i:i + 1", "-1:"))]),
      "got row 2 of k as its new token", ["append, then attend with"]),
-    ("decode_step", _solution("07", "MyManager", [(
+    ("decode_step", solution_of("07", "MyManager", [(
         "for i, seq_id in enumerate(seq_ids):", "for i, seq_id in enumerate(sorted(seq_ids)):")]),
      "got row 1 of k as its new token", ["append, then attend with"]),
-    ("cached_prefix", _solution("12", "cached_prefix", [("num_tokens - 1)",
+    ("cached_prefix", solution_of("12", "cached_prefix", [("num_tokens - 1)",
                                                          "num_tokens - page_size)")]),
      "not num_tokens - page_size", ["the pages are right; num_computed = min"]),
-    ("cached_prefix", _solution("12", "cached_prefix", [("pages.append(cached[h])",
+    ("cached_prefix", solution_of("12", "cached_prefix", [("pages.append(cached[h])",
                                                          "pages.append(h)")]),
      "those are the blocks' hashes", ["a list of pages and an int"]),
 ]
@@ -72,7 +71,7 @@ def test_mistake_is_named(task, impl, phrase, not_phrases):
 def test_a_waiting_prompt_taken_from_the_back_is_named_where_it_alone_was_admitted():
     """The first targeted case admits one prompt, the last: an order of one shows nothing,
     the prompts it overtook do."""
-    impl = _solution("12", "schedule_step", [("for req in waiting:",
+    impl = solution_of("12", "schedule_step", [("for req in waiting:",
                                               "for req in reversed(waiting):")])
     result, printed = run_check("schedule_step", impl)
     first = result.cases[0]
@@ -85,5 +84,5 @@ def test_a_waiting_prompt_taken_from_the_back_is_named_where_it_alone_was_admitt
     ("decode_step", "07", "MyManager"), ("cached_prefix", "12", "cached_prefix"),
 ])
 def test_the_solution_passes(task, workbook, name):
-    result, printed = run_check(task, _solution(workbook, name))
+    result, printed = run_check(task, solution_of(workbook, name))
     assert result.passed, printed

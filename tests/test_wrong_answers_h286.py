@@ -12,8 +12,8 @@ general hint, each the solution with one learner's mistake:
 """
 import pytest
 
-from tests.check_helpers import _flat, assert_caught, mutate, run_check, solution_source
-from tests.test_wrong_answers_h268 import _solution
+from tests.check_helpers import (_flat, assert_caught, mutate, run_check, solution_of,
+                                 solution_source)
 
 _KERNELS = {"tiled_kernel": ("05_tiled_kernel.ipynb", "SOURCE_TILED"),
             "quantize_write": ("11_kv_compression.ipynb", "SOURCE_WRITE")}
@@ -51,7 +51,7 @@ def test_kernel_mistake_is_named(task, edits, phrase, not_phrases):
 def test_the_fork_case_names_the_row_of_the_seq_id():
     """The fork case's step is seq_ids [1, 3]: sequence 1 got row 1 of k, which the cache
     shows as in the earlier cases."""
-    impl = _solution("07", "MyManager", [(_APPEND, _APPEND.replace("i:i + 1",
+    impl = solution_of("07", "MyManager", [(_APPEND, _APPEND.replace("i:i + 1",
                                                                    "seq_id:seq_id + 1"))])
     result, printed = run_check("decode_step", impl)
     fork = next(c for c in result.cases if "fork" in c.name)
@@ -64,7 +64,7 @@ def test_the_fork_case_names_the_row_of_the_seq_id():
                                       (") * 1e3", ") * 1e6")], ids=["MB/s", "microseconds"])
 def test_mb_per_s_and_microseconds_are_both_named(old, new):
     """Either edit gives seconds * 1e6 for every input: the hint names both."""
-    impl = _solution("08", "decode_floor_ms", [(old, new)])
+    impl = solution_of("08", "decode_floor_ms", [(old, new)])
     result, _ = assert_caught("decode_floor_ms", impl, "that is microseconds")
     hint = _flat(next(c for c in result.cases if not c.passed).hint)
     assert "not * 1e6 (that is mb/s)" in hint and "that is microseconds" in hint
@@ -79,5 +79,5 @@ def test_the_kernel_solution_still_passes(task):
 @pytest.mark.parametrize("task, workbook, name", [("decode_step", "07", "MyManager"),
                                                   ("decode_floor_ms", "08", "decode_floor_ms")])
 def test_the_solution_still_passes(task, workbook, name):
-    result, printed = run_check(task, _solution(workbook, name))
+    result, printed = run_check(task, solution_of(workbook, name))
     assert result.passed, printed
