@@ -379,6 +379,10 @@ def decode_merge(source: str, device: str = "auto") -> CheckResult:
         ("very negative scores (every m_p far below -88)", 74, 8,
          dict(seq_lens=[19, 30], num_heads=2, num_kv_heads=1, head_dim=32, page_size=4,
               negative_scores=True)),
+        # head_dim 128 (the most common one): a lane that handles a fixed 2 dims (i, i + 32)
+        # leaves dims 64 and up unwritten, which head_dim 64 and below never show
+        ("head_dim 128, four dims per lane", 77, 16,
+         dict(seq_lens=[33, 16, 5], num_heads=4, num_kv_heads=2, head_dim=128, page_size=8)),
         ("head_dim 48, leftovers in the slots of partitions that do not exist", 75, 10,
          dict(seq_lens=[45, 7, 26], num_heads=3, num_kv_heads=1, head_dim=48, page_size=6,
               leftovers=True)),

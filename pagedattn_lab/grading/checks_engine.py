@@ -13,7 +13,7 @@ import numpy as np
 from ..engine.prefix_cache import hash_block
 from ..validate_kinds import is_int
 from ..words import counted
-from .compare import POW2_HINT, call_on_copies, changed_input, pow2_mixes
+from .compare import FIXED_PAGE_HINT, POW2_HINT, call_on_copies, changed_input, pow2_mixes
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .seeds import case_rng
 
@@ -139,6 +139,8 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
         hint = (f"each block was hashed from its first {page_size - 1} tokens: a slice's end "
                 "is not included, so token_ids[start:start + page_size] already holds the "
                 "block's page_size tokens (no - 1).")
+    elif got and page_size != 16 and got == _reference_hashes(tokens, 16):
+        hint = FIXED_PAGE_HINT.format(n=page_size)
     elif page_size & (page_size - 1) and _pow2_blocks_fit(got, tokens, page_size):
         hint = POW2_HINT.format(name="page_size", n=page_size)
     elif isinstance(got, list) and len(got) != len(expected):

@@ -80,6 +80,15 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
         other = np.float32 if itemsize == 2 else np.float16
         return numbers if probe(lambda: int(fn(*args, other)) == numbers) else None
 
+    def dim_written(dim: int):
+        """What head_dim `dim` written into the code gives, when the answer for another
+        head_dim is that too (half of head_dim 128's is also what forgetting K or V gives)."""
+        if dim == head_dim:
+            return None
+        candidate = tokens * 2 * num_kv_heads * dim * itemsize
+        other = (lens, num_heads, num_kv_heads, head_dim + 16, dtype)
+        return candidate if probe(lambda: int(fn(*other)) == candidate) else None
+
     all_heads = tokens * 2 * num_heads * head_dim * itemsize
     group = tokens * 2 * (num_heads // num_kv_heads) * head_dim * itemsize
 
@@ -89,6 +98,8 @@ def _kv_bytes_case(fn, lens, num_heads, num_kv_heads, head_dim, dtype) -> None:
             group if group == candidate else None
 
     _int_case(fn, (*args, dtype), expected, [
+        *[(f"use the head_dim argument ({head_dim} here), not {dim} written into the code.",
+           lambda dim=dim: dim_written(dim)) for dim in (64, 128)],
         (f"multiply by the dtype's size: your answer is the same for every dtype, a count of "
          f"numbers, not of bytes ({size_text}: np.dtype(dtype).itemsize).", dtype_ignored),
         (f"use the dtype's size (np.dtype(dtype).itemsize): {size_text}, not 2 whatever the "

@@ -65,6 +65,10 @@ def _rounding_hint(fn, got, indptr, seq_lens, rows, kv_tile) -> str | None:
     return None
 
 
+# the tile sizes a kernel's own constants would have (a tensor-core tile is 16 rows high)
+_WRITTEN_SIZES = (16, 32, 64, 128)
+
+
 def _tile_variants(indptr, seq_lens, rows, kv_tile):
     def build(keys_of, tiles_of=lambda k: -(-k // kv_tile), empty=False, packed=False,
               numbered=False, whole_only=False):
@@ -128,6 +132,12 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
         ("first is the index of the tile's first query among the sequence's new tokens "
          "(0, rows, 2*rows, ...), not the tile's number (0, 1, 2, ...).",
          build(lambda q, n, f: n - q + last(q, f) + 1, numbered=True)),
+        *[(f"that is the answer for query tiles of {size} rows: use the rows argument "
+           f"({rows} here), not a tile height written into the code.",
+           expected_tiles(indptr, seq_lens, size, kv_tile)) for size in _WRITTEN_SIZES],
+        *[(f"that is the answer for K/V tiles of {size} keys: use the kv_tile argument "
+           f"({kv_tile} here), not a tile size written into the code.",
+           expected_tiles(indptr, seq_lens, rows, size)) for size in _WRITTEN_SIZES],
     ]
 
 

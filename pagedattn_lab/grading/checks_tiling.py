@@ -198,6 +198,25 @@ def _launch_rounds_down(fn) -> bool:
         return False
 
 
+# the query tile sizes a kernel's own constants would have
+_WRITTEN_TILE_Q = (16, 32, 64, 128)
+
+
+def _tile_count_hints(tiles: int, max_len: int, tile_q: int) -> list[str]:
+    """The hints of the mistakes that count `tiles` query tiles: a shift or a mask for a
+    tile_q that is not a power of two, or a tile_q written into the code. Both can give the
+    same count (max_len 52 in tiles of 12: 52 // 12 + (52 & 11 != 0) and ceil(52 / 16) are
+    both 4), and then both are named."""
+    hints = [POW2_HINT.format(name="tile_q", n=tile_q)] \
+        if tiles in {int(t) for t, _ in pow2_ceils(max_len, tile_q)} else []
+    sizes = [str(n) for n in _WRITTEN_TILE_Q if n != tile_q and tiles == -(-max_len // n)]
+    if sizes:
+        hints.append(f"that is the grid for query tiles of {' or '.join(sizes)} queries: use "
+                     f"the tile_q argument ({tile_q} here), not a tile size written into the "
+                     "code.")
+    return hints
+
+
 def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> None:
     grid, block, smem = expected_launch(batch, num_heads, max_len, tile_q, page_size, head_dim)
     got = fn(batch, num_heads, max_len, tile_q, page_size, head_dim)
@@ -235,9 +254,8 @@ def _launch_case(fn, batch, num_heads, max_len, tile_q, page_size, head_dim) -> 
             hint = ("one tile too many: max_len is a multiple of tile_q here, and "
                     "max_len // tile_q + 1 (or (max_len + tile_q) // tile_q) adds a tile of "
                     "padding; ceil is (max_len + tile_q - 1) // tile_q.")
-        elif g[1:] == (num_heads, batch) and \
-                g[0] in {int(tiles) for tiles, _ in pow2_ceils(max_len, tile_q)}:
-            hint = POW2_HINT.format(name="tile_q", n=tile_q)
+        elif g[1:] == (num_heads, batch) and (fits := _tile_count_hints(g[0], max_len, tile_q)):
+            hint = several_fit(fits, "grid")
         elif g == dim3((batch, num_heads, -(-max_len // tile_q))):
             hint = ("this course puts the query tiles in x and the sequence in z (as the "
                     "kernels read blockIdx.x for the tile and blockIdx.z for the sequence; "

@@ -89,6 +89,13 @@ def _split_variants(rank, world, heads, kv):
            ((rank * pow2_div(kv, world), (rank + 1) * pow2_div(kv, world)),
             (rank * pow2_div(heads, world), (rank + 1) * pow2_div(heads, world))))]
         * bool(world & (world - 1)),
+        # (a shift by log2 of a world_size that is not a power of two divides by a power of
+        # two, as a rank count written into the code does: where both fit, both are named)
+        *[(f"that is the split for world_size {size}: use the world_size argument ({world} "
+           "here), not a rank count written into the code.",
+           ((rank * (kv // size), (rank + 1) * (kv // size)),
+            (rank * (heads // size), (rank + 1) * (heads // size))))
+          for size in (2, 4, 8) if size != world],
     ]
 
 
