@@ -63,6 +63,26 @@ static void warp_release(Warp *w, int warp, unsigned mask)
         instr_syncwarp(warp, mask);
 }
 
+// A warp-wide call (WMMA, ldmatrix, mma) that some lanes reached while the others wait at
+// another (one of them skipped inside an if): the lanes would read fragments the others never
+// published. Stops the launch with those lanes as bad_lanes (report.py names their call).
+static void wide_call_apart(const Fiber *f, int op, unsigned mask, int line)
+{
+    if (op < PAL_OP_WMMA_LOAD || op > PAL_OP_MMA_S8) return;
+    unsigned apart = 0;
+    int other = 0;
+    for (unsigned m = mask; m; m &= m - 1) {
+        const Fiber *g = &S.fib[f->warp * 32 + __builtin_ctz(m)];
+        if (g->op != op || g->line != line) { apart |= 1u << __builtin_ctz(m); other = g->line; }
+    }
+    if (!apart) return;
+    pal_result *r = S.res;
+    r->warp = (unsigned)f->warp; r->mask = mask; r->op = (unsigned)op; r->line = line;
+    r->bad_lanes = apart;
+    snprintf(r->msg, sizeof r->msg, "lanes wait at another warp-wide call (line %d)", other);
+    fail(PAL_WARP);
+}
+
 extern "C" unsigned long long __pal_warp_op(int line, int op, unsigned mask, unsigned long long val,
                                             int arg, int width)
 {
@@ -99,6 +119,7 @@ extern "C" unsigned long long __pal_warp_op(int line, int op, unsigned mask, uns
     w->want[lane] = (signed char)src;
     w->waiting |= 1u << lane;
     if ((w->waiting & mask) == mask) {
+        wide_call_apart(f, op, mask, line);
         warp_release(w, f->warp, mask);
         return w->res[lane];
     }

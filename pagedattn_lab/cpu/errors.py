@@ -81,7 +81,8 @@ class KernelDeadlock(KernelError):
 class WarpSyncError(KernelDeadlock):
     """A warp intrinsic (__shfl_*_sync, __ballot_sync, __syncwarp) named lanes in its mask
     that exited, do not exist, or never arrive. Attributes as KernelDeadlock, plus warp,
-    mask, bad_lanes (list of lane numbers) and op (the intrinsic, e.g. "__syncwarp")."""
+    mask, bad_lanes (list of lane numbers), apart_lanes (those of bad_lanes that wait at
+    another warp-wide call) and op (the intrinsic, e.g. "__syncwarp")."""
 
 
 class KernelTimeout(KernelError):

@@ -180,8 +180,7 @@ def uncounted_write_error(info: LaunchInfo, param, arr, index: int) -> Uncounted
         f"changed, but no store the access counts see wrote it (a compiler builtin such as "
         f"__builtin_ia32_movntps did, or another library's code): the counts would miss it, "
         f"so the launch is refused. Write array elements with assignments (x[i] = v) or "
-        f"memcpy.", kernel=info.kernel, buffer=param.name,
-        arg_index=param.index, index=index)
+        f"memcpy.", kernel=info.kernel, buffer=param.name, arg_index=param.index, index=index)
 
 
 def _find_buffer(addr: int, buffers):
@@ -276,7 +275,9 @@ def warp_error(r, info: LaunchInfo) -> KernelError:
     op = abi.OP_NAMES.get(r.op, "a warp intrinsic")
     in_warp = min(32, n - 32 * warp)
     missing = [lane for lane in range(32) if (bad >> lane) & 1 and lane >= in_warp]
-    exited = [lane for lane in range(32) if (bad >> lane) & 1 and lane < in_warp]
+    present = [lane for lane in range(32) if (bad >> lane) & 1 and lane < in_warp]
+    exited = [lane for lane in present if r.tstate[32 * warp + lane] == abi.T_EXITED]
+    apart = [lane for lane in present if lane not in exited]   # at another warp-wide call
     head = (f"kernel {info.kernel!r}: {op} at line {r.line} in warp {warp} of block "
             f"{fmt3(r.block)} (thread {fmt3(r.thread)}) with mask {mask:#010x}")
     why = []
@@ -295,6 +296,13 @@ def warp_error(r, info: LaunchInfo) -> KernelError:
                    f"{lanes_text(sum(1 << i for i in exited))} "
                    f"that already exited (returned), so the intrinsic can never complete; all "
                    f"lanes {'of the warp' if warp_wide else 'in the mask'} must reach it")
+    if apart:   # (device_api.cpp's wide_call_apart)
+        at, several = 32 * warp + apart[0], len(apart) > 1
+        other = abi.OP_NAMES.get(r.top[at], "another warp-wide call")
+        why.append(f"lane{'s' if several else ''} {lanes_text(sum(1 << i for i in apart))} "
+                   f"wait{'' if several else 's'} at {other} (line {r.tline[at]}) instead, so "
+                   "each call has only part of the warp: all 32 lanes must make every "
+                   "warp-wide call together (none skips one inside an if)")
     msg = r.msg.decode(errors="replace")
     text = head + ": " + ("; ".join(why) if why else msg) + "." + _activemask_hint(info)
     lanes = [lane for lane in range(32) if (bad >> lane) & 1]
@@ -302,7 +310,7 @@ def warp_error(r, info: LaunchInfo) -> KernelError:
     waiting = [i for i, s in enumerate(states) if s in (abi.T_BARRIER, abi.T_WARP)]
     return WarpSyncError(
         text, kernel=info.kernel, block=tuple(r.block), thread=tuple(r.thread), warp=warp,
-        mask=mask, bad_lanes=lanes, op=op, lines=[r.line],
+        mask=mask, bad_lanes=lanes, apart_lanes=apart, op=op, lines=[r.line],
         num_waiting=len(waiting), waiting_threads=[xyz(i, block) for i in waiting],
         exited_threads=[xyz(i, block) for i, s in enumerate(states) if s == abi.T_EXITED])
 

@@ -25,6 +25,7 @@ from .faults import kernel_message
 from .decode_launch import (NOTHING_WRITTEN, WARP, decode_problem, dims_hint, launch_warp,
                             misplaced_hint, unstored_lanes_hint)
 from .decode_variants import LOG2E, partials_variant, spare_page_padding
+from .warp_trees import PARTITION_TREES
 from .kernel_runner import poisoned, unwritten
 from .kernel_hints import one_size_hint
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
@@ -275,7 +276,7 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
         named = diagnose(o, o_ref, [
             (_partition_hint(text, bugs, prob),
              lambda bugs=bugs: partials_variant(prob, part_len, **_scaled(prob, bugs))[2])
-            for text, bugs in _PARTITION_MISTAKES], mask=used[..., None])
+            for text, bugs in _PARTITION_MISTAKES + PARTITION_TREES], mask=used[..., None])
         bound = _bound_hint(o, o_ref, prob, part_len, used) or (_NAN_ONLY if all_nan else None)
         if bound == _NAN_ONLY and named:   # NaN everywhere, and a mistake that fits it
             bound = several_fit([_NAN_ONLY, named])

@@ -7,12 +7,13 @@ learner's partition kernel. The slots of partitions that do not exist hold NaN, 
 case finite leftovers (what an earlier launch left in a reused buffer: a merge that reads
 every slot and skips the NaN ones shows there), their m far above the real ones (so a max
 taken over every slot, which fmaxf's NaN skipping hides elsewhere, shows too). Other cases:
-more dims than lanes (48, not a multiple of 32), partition maxima near +1000 and far below
--88 (expf overflows / underflows in float32), and a sequence whose length is a multiple of
-part_len while a longer one sets max_parts (a count of seq_len / part_len + 1 reads inside
-the buffer there). A merge that comes out right is launched twice more with different finite
-leftovers in the first slot past each row's partitions: a row whose output moves read that
-slot (the NaN there was skipped, by fmaxf or a test), and its hint names the rows.
+more dims than lanes (48, not a multiple of 32; 128 in 40 heads, more blocks in x than a warp
+has lanes), partition maxima near +1000 and far below -88 (expf overflows / underflows in
+float32), and a sequence whose length is a multiple of part_len while a longer one sets
+max_parts (a count of seq_len / part_len + 1 reads inside the buffer there). A merge that
+comes out right is launched twice more with different finite leftovers in the first slot past
+each row's partitions: a row whose output moves read that slot (the NaN there was skipped, by
+fmaxf or a test), and its hint names the rows.
 """
 from __future__ import annotations
 
@@ -24,13 +25,12 @@ from .checks_kernels import _Compiled
 from .compare import (changed_input, describe_difference, diagnose, fitting_hints, fmt,
                       matches)
 from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, WARP, decode_problem, dims_hint,
-                            launch_warp)
+                            dims_step_hint, launch_warp)
 from .decode_variants import (CARRIED_HINTS, merge_by_tokens, merge_carried, merge_variant,
                               pairs_by_p)
 from .kernel_runner import poisoned
 from .merge_rows import reads_other_rows, rows_elsewhere, with_states
-from .report import (Case, CheckResult, Mismatch, NotAttempted, probe, run_cases,
-                     several_fit)
+from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
 from .seeds import case_rng
 
 
@@ -345,7 +345,8 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
                        "does)", hint)
     m = part_ml[..., 0][used]
     hint = diagnose(got, expected, _variants(part_ml, part_out, lens, part_len, held)) \
-        or dims_hint(got, True, head_dim, "thread")
+        or dims_hint(got, True, head_dim, "thread") or dims_step_hint(got, True, head_dim,
+                                                                      num_heads)
     if hint is None and m.max() > 80 and not np.isfinite(got).all():
         hint = ("m is large here (up to " + fmt(m.max()) + "): expf(m_p) overflows "
                 "float32; exponentiate m_p minus the largest m_p.")
@@ -379,10 +380,9 @@ def decode_merge(source: str, device: str = "auto") -> CheckResult:
         ("very negative scores (every m_p far below -88)", 74, 8,
          dict(seq_lens=[19, 30], num_heads=2, num_kv_heads=1, head_dim=32, page_size=4,
               negative_scores=True)),
-        # head_dim 128 (the most common one): a lane that handles a fixed 2 dims (i, i + 32)
-        # leaves dims 64 and up unwritten, which head_dim 64 and below never show
-        ("head_dim 128, four dims per lane", 77, 16,
-         dict(seq_lens=[33, 16, 5], num_heads=4, num_kv_heads=2, head_dim=128, page_size=8)),
+        # (a lane's fixed 2 dims leave 64 and up unwritten; a step of gridDim.x skips dims)
+        ("head_dim 128, four dims per lane, 40 heads", 77, 16,
+         dict(seq_lens=[33, 16, 5], num_heads=40, num_kv_heads=2, head_dim=128, page_size=8)),
         ("head_dim 48, leftovers in the slots of partitions that do not exist", 75, 10,
          dict(seq_lens=[45, 7, 26], num_heads=3, num_kv_heads=1, head_dim=48, page_size=6,
               leftovers=True)),

@@ -24,6 +24,7 @@ from .puzzle_runner import PuzzleKernel, count_line
 from .puzzle_shared_hints import fixed_size_array, shared_hints
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
+from .warp_trees import lane0_mistakes
 
 
 def _f32(*arrays):
@@ -280,12 +281,22 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
              lanes[..., ::2].sum(axis=(1, 2))),
         ]
         warps = group // 32
+        candidates += [(text, lane0.sum(axis=1)) for text, lane0 in lane0_mistakes(lanes)]
         candidates += [(f"only warp {w}'s total reached out: the {warps} warps' totals must be "
                         "combined (through shared memory, after a barrier).",
                         lanes[:, w].sum(axis=-1)) for w in range(warps)]
         candidates.append((f"warp 0's total was added {warps} times: in the second step lane "
                            "L reads warp_totals[L], not warp_totals[warp] (warp is 0 in every "
                            "lane of the warp that adds them).", lanes[:, 0].sum(axis=-1) * warps))
+        if warps > 1:
+            candidates.append(("warp 0's total was left out of the block's: lane L of the "
+                               "warp that adds them reads warp_totals[L] for every L below "
+                               "the number of warps, lane 0 too.",
+                               lanes[:, 1:].sum(axis=(1, 2))))
+            candidates.append(("the block's total is 32 times warp 0's: the second step "
+                               "reduced warp 0's own sum again (after the first tree every "
+                               "lane holds it); lane L must first load warp_totals[L] (0 past "
+                               "the number of warps).", 32 * lanes[:, 0].sum(axis=-1)))
         # every block summing block 0's elements (i = threadIdx.x): total w is block 0's
         # total w % (its totals per block)
         per_block = threads // group
@@ -317,7 +328,11 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
                 "each total once." if reads else None)
 
     check_output(kern, got, spec(a.astype(np.float64)), (locate_word,), counts, "out",
-                 [reads_out, partial, stale_shared, own_value_doubled(got, lanes)])
+                 [reads_out, partial, stale_shared, own_value_doubled(got, lanes),
+                  unwritten_only((np.arange(out.size) % (threads // 32) != 0) & (group == 32),
+                                 f"only each block's first warp stored its total (warps "
+                                 f"0, {threads // 32}, ...): every warp's lane 0 writes "
+                                 "(i % 32 == 0), not only thread 0 of the block.")])
     budget = {"global_reads": 1, "global_writes": 1, "shared_writes": 1 if group > 32 else 0}
     check_budget(counts, budget, {"out": out.size}, {"a": (n, "read a[i] once.")}, {
         "shared_writes": "this puzzle needs no shared memory: shuffles move values between "

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..validate_kinds import is_int
 from .compare import FIXED_PAGE_HINT, POW2_HINT, fmt, on_copies, pow2_ceils
-from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
+from .report import Case, CheckResult, Mismatch, WrongNumber, probe, run_cases, several_fit
 from .seeds import case_ints, case_rng
 
 
@@ -58,7 +58,7 @@ def _scalar_case(fn, args: tuple, expected: float, variants: list[tuple[str, flo
     if same(value, expected):
         return
     hint = _first_variant(value, expected, variants, same) or _unknown(value, default_hint)
-    raise Mismatch(what, hint, expected=fmt(expected), got=fmt(value))
+    raise WrongNumber(what, hint, expected=fmt(expected), got=fmt(value))
 
 
 NON_FINITE_HINT = ("a count, a fraction or a time is a finite number: NaN comes from 0 / 0 or "
@@ -92,7 +92,7 @@ def _int_case(fn, args: tuple, expected: int, variants: list[tuple[str, float]],
     hint = (_first_variant(exact, expected, variants, lambda a, b: a == b)
             or _unknown(value, default_hint))
     shown = str(exact) if isinstance(exact, int) else repr(value)
-    raise Mismatch(what, hint, expected=str(expected), got=shown)
+    raise WrongNumber(what, hint, expected=str(expected), got=shown)
 
 
 def _lens(seed: int, n: int, low: int, high: int) -> np.ndarray:
@@ -222,7 +222,7 @@ def _fraction_case(fn, args: tuple, expected: float, variants, what: str, *,
     except Mismatch as mm:
         if empty is not None and mm.got == "nan":
             mm.hint = EMPTY_HINT.format(what=empty)
-        elif empty is not None and mm.message == what:   # (a number, where 0.0 is the answer)
+        elif empty is not None and isinstance(mm, WrongNumber):   # (where 0.0 is the answer)
             # a guard returning another number gives it, as may a mistake that divides by
             # something else: both named where both fit
             mm.hint = several_fit([h for h in (mm.hint, EMPTY_VALUE_HINT.format(

@@ -11,7 +11,7 @@ import numpy as np
 
 from .cases import nan_tails, paged_problem
 from .checks_kernels import _Compiled
-from .faults import kernel_message
+from .faults import kernel_message, left_out_of_mask_hint
 from .kernel_runner import KERNEL_TIMEOUT, unwritten
 from .puzzle_runner import count_then_check
 from .compare import ATOL, RTOL, ranges
@@ -99,13 +99,14 @@ def launch_warp(comp: _Compiled, grid, args, outputs, *, count: bool = False):
         lanes = ranges(getattr(exc, "bad_lanes", None) or [])
         exited = bool(getattr(exc, "exited_threads", None))
         message = f"a warp shuffle can never complete: {exc}"
-        hint = (f"lanes {lanes} had left the kernel when the others reached a shuffle whose "
-                "mask (0xffffffff) names them: every lane must reach every __shfl_*_sync. A lane "
-                "with nothing to load (head_dim < 32) takes part with 0; guard the load with "
-                "an if, not a return." if exited else
-                f"lanes {lanes} wait at a different shuffle than the others: every lane of the "
-                "mask must run the same shuffles in the same order (no shuffle inside a branch "
-                "some lanes skip).")
+        hint = left_out_of_mask_hint(exc) or (
+            f"lanes {lanes} had left the kernel when the others reached a shuffle whose mask "
+            "(0xffffffff) names them: every lane must reach every __shfl_*_sync. A lane with "
+            "nothing to load (head_dim < 32) takes part with 0; guard the load with an if, not "
+            "a return." if exited else
+            f"lanes {lanes} wait at a different shuffle than the others: every lane of the "
+            "mask must run the same shuffles in the same order (no shuffle inside a branch "
+            "some lanes skip).")
         raise Mismatch(message, hint) from exc
 
 
@@ -124,6 +125,21 @@ def dims_hint(got, rows, head_dim: int, who: str) -> str | None:
     return (f"{which}: a warp has {WARP} {who}s, so {who} i handles dims i, i + {WARP}, ... "
             f"while they are below head_dim ({head_dim} here: up to ceil({head_dim} / {WARP}) = "
             f"{per} per {who}; head_dim / {WARP} rounds down).")
+
+
+def dims_step_hint(got, rows, head_dim: int, grid_x: int) -> str | None:
+    """When the dims never written, in every row that exists (`rows`: bool over got's leading
+    axes), are exactly those with d % step >= 32 for one step above 32: the lanes' loop over
+    their dims steps by that instead of blockDim.x (gridDim.x, where it equals `grid_x`)."""
+    never = unwritten(got)[np.broadcast_to(rows, got.shape[:-1])]
+    dims = np.arange(head_dim)
+    for step in range(WARP + 1, head_dim):
+        if (never == (dims % step >= WARP)).all():
+            what = f"gridDim.x ({step} here)" if step == grid_x else str(step)
+            return (f"dims {ranges(np.flatnonzero(never[0]))} were never written in any row: "
+                    f"the lanes' loop over dims steps by {what}, so it skips the dims between "
+                    f"lane 31's and the next step; step by blockDim.x ({WARP}).")
+    return None
 
 
 def unstored_lanes_hint(got, ref, rows) -> str | None:

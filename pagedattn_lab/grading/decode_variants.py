@@ -53,7 +53,9 @@ import numpy as np
 from ..split_k import partition_bounds
 from ..validate_scale import LOG2E
 from .compare import one_of
+from .online_variants import online_state
 from .variants import kv_head_of
+from .warp_trees import tree
 
 
 def _token_range(start: int, end: int, seq_len: int, part_len: int, bounds: str,
@@ -121,33 +123,49 @@ def _rows(prob, b: int, kv_head: int, tokens: range, paging: str = "right", max_
     return keys, values
 
 
-def _online(scores, values, bug):
-    m, total, acc = (0.0 if bug == "max0" else -np.inf), 0.0, np.zeros(values.shape[1])
-    for s, v in zip(scores, values):
-        m_new = max(m, s)
-        alpha = np.exp(m - m_new)
-        p = np.exp(s - m_new)
-        if bug == "max0":   # the kernel's expf: float32 underflows to 0 below about -104
-            p = float(np.float32(p))
-        total = (0.0 if bug == "sum_reset" else total if bug == "sum" else total * alpha) + p
-        acc = (0.0 if bug == "acc_reset" else acc if bug == "acc" else acc * alpha) + p * v
-        m = m_new
-    return m, total, acc / total
-
-
 def _state(scores, values, online_bug):
     """(m, l, o) of one partition's scores, through the online softmax with `online_bug`."""
     if online_bug:
-        return _online(scores, values, online_bug)
+        m, total, acc = online_state(scores[None], values, online_bug)
+        return m[0], total[0], acc[0] / total[0]
     m_p = scores.max()
     w = np.exp(scores - m_p)
     return m_p, w.sum(), w @ values / w.sum()
 
 
+def _by_lane_groups(keys, values, q_row, scale, online_bug, reduced):
+    """(m, l of lane 0, o) where the xor offsets `reduced` join the lanes into groups: lanes
+    that the offsets never connect keep their partial dots apart."""
+    group_of = np.arange(len(q_row)) % 32 & ~sum(reduced)
+    o_p = np.empty(len(q_row))
+    for g in sorted(set(group_of), reverse=True):   # lane 0's group last
+        dims = group_of == g
+        m_p, l_p, o_g = _state(keys[:, dims] @ q_row[dims] * scale, values, online_bug)
+        o_p[dims] = o_g[dims]
+    return m_p, l_p, o_p
+
+
+def _by_lane_dots(keys, values, q_row, scale, online_bug, shuffle):
+    """(m, l of lane 0, o) where lane L weighs the keys by its own dot after the shuffle tree
+    `shuffle` = (op, width, add) over the lanes' partial dots (lane L's: its dims d % 32 =
+    L), and stores its dims of o."""
+    lane_of = np.arange(len(q_row)) % 32
+    partial = np.zeros((32, len(keys)))
+    np.add.at(partial, lane_of, (keys * q_row).T)
+    dots = tree(partial.T, *shuffle)                 # [tokens, 32]
+    o_p = np.empty(len(q_row))
+    for lane in sorted(set(lane_of), reverse=True):   # lane 0 last: it stores m and l
+        m_p, l_p, o_g = _state(dots[:, lane] * scale, values, online_bug)
+        o_p[lane_of == lane] = o_g[lane_of == lane]
+    return m_p, l_p, o_p
+
+
 def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="exact",
                      online_bug=None, base2=False, normalized=True, scaled_values=False,
-                     paging="right", q_head="own", reduced=(16, 8, 4, 2, 1), swap=None):
-    """(m, l, o) like `split_k.reference_partials`, with the chosen mistakes."""
+                     paging="right", q_head="own", reduced=(16, 8, 4, 2, 1), swap=None,
+                     shuffle=None):
+    """(m, l, o) like `split_k.reference_partials`, with the chosen mistakes (`shuffle`:
+    (op, width, add) of warp_trees.tree, the lanes' dot products reduced by that tree)."""
     for name, value, allowed in (
             ("kv_map", kv_map, ("div", "mod", "same", "by_kv_heads", "mod_group")),
             ("bounds", bounds, ("exact", "inclusive", "unclipped", "skip_first", "drop_last",
@@ -183,14 +201,12 @@ def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="e
                     q_row = prob.q[b, kvh if q_head == "kv" else h].astype(np.float64)
                     if scaled_values:
                         values = values * scale
-                    # lanes that the offsets never connect keep their partial dots apart
-                    group_of = np.arange(len(q_row)) % 32 & ~sum(reduced)
-                    o_p = np.empty(len(q_row))
-                    for g in sorted(set(group_of), reverse=True):   # lane 0's group last
-                        dims = group_of == g
-                        m_p, l_p, o_g = _state(keys[:, dims] @ q_row[dims] * scale, values,
-                                               online_bug)
-                        o_p[dims] = o_g[dims]
+                    if shuffle:
+                        m_p, l_p, o_p = _by_lane_dots(keys, values, q_row, scale, online_bug,
+                                                      shuffle)
+                    else:
+                        m_p, l_p, o_p = _by_lane_groups(keys, values, q_row, scale,
+                                                        online_bug, reduced)
                     m[b, h, p] = m_p * (LOG2E if base2 else 1.0)
                     l[b, h, p] = l_p
                     o[b, h, p] = o_p if normalized else o_p * l_p

@@ -257,6 +257,7 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
         return message, buffer_hint(stub, index)
     if kind == "WarpSyncError":
         return (f"a warp intrinsic waits for lanes that never come: {text}",
+                left_out_of_mask_hint(exc) or
                 "the mask of a __shfl_*_sync / __syncwarp names every lane that takes part: "
                 "all of them must reach the call (none returned early, the block size a "
                 "multiple of 32 for a full mask).")
@@ -299,3 +300,23 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
                 "names the buffer, the index, the thread and the block. (Restart the Jupyter "
                 "kernel afterwards: the CUDA context is unusable after this error.)")
     return None
+
+
+def mask_missing_callers_hint(mask: int) -> str | None:
+    """The hint for a shuffle called by a lane its own mask leaves out (None for a full
+    mask)."""
+    # (compare imports kernel_runner, which imports this module)
+    from .compare import ranges  # noqa: PLC0415
+    left_out = [lane for lane in range(32) if not (mask >> lane) & 1]
+    return None if not left_out else (
+        f"the mask {mask:#010x} leaves out lane{'s' if len(left_out) > 1 else ''} "
+        f"{ranges(left_out)}, and one of them called this shuffle (the message names it): "
+        "the mask names every lane that calls a __shfl_*_sync (0xffffffff when the whole "
+        "warp does).")
+
+
+def left_out_of_mask_hint(exc) -> str | None:
+    """mask_missing_callers_hint for a WarpSyncError whose lanes all came (none exited or
+    waits elsewhere): then the lane that stopped it called with a mask that leaves it out."""
+    return None if getattr(exc, "bad_lanes", None) else \
+        mask_missing_callers_hint(getattr(exc, "mask", 0xffffffff))

@@ -27,9 +27,11 @@ def check_output(kern, got, expected, axes, counts, out_name, hints) -> None:
     writes = counts.by_buffer[out_name].writes
     written = int(np.count_nonzero(~np.isnan(got)))
     if hint is None and writes > written:
-        hint = (f"{out_name} was written {writes} times, but only {written} of its "
-                f"{expected.size} elements {'holds' if written == 1 else 'hold'} a value: "
-                "several threads wrote the same element. Each element has one owner thread.")
+        held = (f", but only {written} of its {expected.size} elements "
+                f"{'holds' if written == 1 else 'hold'} a value" if written < expected.size
+                else f" for its {counted(expected.size, 'element')}")
+        hint = (f"{out_name} was written {writes} times{held}: several threads wrote the "
+                "same element (the last store wins). Each element has one owner thread.")
     # (the message names an element, not a thread: the thread is the one that writes it)
     raise Mismatch(diff.message(), hint or "compare your kernel with the spec above for the "
                    "first wrong element the message names, and the thread that writes it.")
@@ -60,14 +62,19 @@ def check_budget(counts, budget: dict, outputs: dict, read_advice: dict,
                   "instead of going back to memory.")
         raise Mismatch(f"correct, but {who} made {most} {what}; the budget is {limit} per "
                        "thread", hint)
+    one_write_each(counts, outputs)
+
+
+def one_write_each(counts, outputs: dict, hint: str = (
+        "more than one thread stores the same element (the last store wins, so the result is "
+        "right by luck of order): let one thread own each element.")) -> None:
+    """Fails a right answer that wrote an output {name: elements} more times than it has
+    elements: several threads stored the same ones."""
     for name, size in outputs.items():
         writes = counts.by_buffer[name].writes
         if writes > size:
             raise Mismatch(f"correct, but {name} was written {writes} times for its {size} "
-                           "elements; the budget is one write per element",
-                           "more than one thread stores the same element (the last store "
-                           "wins, so the result is right by luck of order): let one thread own "
-                           "each element.")
+                           "elements; the budget is one write per element", hint)
 
 
 def _device_variables(counts, name: str) -> str | None:

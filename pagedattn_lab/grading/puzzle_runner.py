@@ -18,7 +18,8 @@ import numpy as np
 
 from ..words import counted
 from .compare import ranges
-from .faults import RACE_ADVICE, describe_kernel_exception, kernel_message
+from .faults import (RACE_ADVICE, describe_kernel_exception, kernel_message,
+                     left_out_of_mask_hint)
 from .kernel_runner import Kernel, kernel_device, note_device
 from .report import Mismatch
 
@@ -110,9 +111,7 @@ class PuzzleKernel:
                          "wrong: work it out for this thread by hand.")
             return Mismatch(message, hint)
         if kind == "WarpSyncError":
-            # no lane exited or missing: a lane called with a mask that leaves it out
-            left_out = None if getattr(exc, "bad_lanes", None) else \
-                mask_missing_callers_hint(getattr(exc, "mask", 0xffffffff))
+            left_out = left_out_of_mask_hint(exc)
             if left_out:
                 return Mismatch(f"a warp shuffle can never complete: {exc}", left_out)
             lanes = ranges(getattr(exc, "bad_lanes", None) or [])
@@ -210,13 +209,3 @@ def count_line(counts, budget: dict) -> str:
         line += ("\nSectors (32 bytes) per warp request, by array (4 = 32 threads reading 32 "
                  "consecutive floats, 1 = all reading one): " + ", ".join(per_array) + ".")
     return line
-
-
-def mask_missing_callers_hint(mask: int) -> str | None:
-    """The hint for a shuffle called by a lane its own mask leaves out (None for a full
-    mask)."""
-    left_out = [lane for lane in range(32) if not (mask >> lane) & 1]
-    return None if not left_out else (f"the mask {mask:#010x} leaves out lane{'s' if len(left_out) > 1 else ''} "
-            f"{ranges(left_out)}, and one of them called this shuffle (the message names it): "
-            "the mask names every lane that calls a __shfl_*_sync (0xffffffff when the whole "
-            "warp does).")

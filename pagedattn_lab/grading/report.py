@@ -44,6 +44,11 @@ class Mismatch(Exception):
         self.names_mistake = names_mistake
 
 
+class WrongNumber(Mismatch):
+    """A number came back, not the answer (where a Mismatch may also be None, text or no
+    number at all came back): a check adds a hint of its own to it (checks_sizing.py)."""
+
+
 def several_fit(hints, what: str = "result") -> str:
     """One hint for a wrong answer that several known mistakes give alike (`what`: the kind
     of answer, "ranges", "batch"...): one hint as it is; two or more numbered in one

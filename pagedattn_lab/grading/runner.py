@@ -8,8 +8,9 @@ every graded `check.<task>` is replaced by a forwarder: it hands the learner's o
 the grader's judge (as handles) and answers the judge's requests (remote.py) until the
 judge has run the check; the notebook gets a placeholder, never the verdict. A cell that
 raises is reported to the judge (for the table's notes) and the next cell runs; `exit()`
-ends the notebook there, as it ends Jupyter's kernel. After the last cell the process ends,
-whatever threads the notebook left running.
+ends the notebook there, as it ends Jupyter's kernel (`exit(keep_kernel=True)` keeps it, as
+Jupyter's does). After the last cell, or once the judge is gone, the process ends, whatever
+threads the notebook left running.
 
 Nothing here is trusted: the submission can patch any of it. What the judge believes is
 only what it computes itself from the learner's answers to its own requests. The learner's
@@ -23,6 +24,8 @@ import json
 import os
 import socket
 import sys
+import traceback
+from typing import NoReturn
 
 from . import own_work, remote
 from .channel import Channel
@@ -154,31 +157,60 @@ def enter_guard(args) -> None:
 
 
 def _shell_class():
-    """IPython's shell, with the `exit()` and `quit()` of Jupyter's kernel: they end the
-    notebook after their cell. (IPython's plain shell has no `ask_exit`, which both call:
-    the learner's cell "raised AttributeError: 'InteractiveShell' object has no attribute
-    'ask_exit'", naming the grader's shell, and the cells after it ran, which Jupyter's
-    kernel, ended, never runs.)"""
+    """IPython's shell, with the `exit()` and `quit()` of Jupyter's kernel (ipykernel's
+    shell and its ZMQExitAutocall): they end the notebook after their cell, unless called
+    with keep_kernel=True, which in Jupyter leaves the kernel running, so the cells after it
+    run. (IPython's plain shell has no `ask_exit`, which both call: the learner's cell
+    "raised AttributeError: 'InteractiveShell' object has no attribute 'ask_exit'", naming the
+    grader's shell; and its exit() takes no keep_kernel: "TypeError: ExitAutocall.__call__()
+    got an unexpected keyword argument 'keep_kernel'".)"""
+    from IPython.core.autocall import ZMQExitAutocall  # noqa: PLC0415
     from IPython.core.interactiveshell import InteractiveShell  # noqa: PLC0415
+    from traitlets import Instance, default  # noqa: PLC0415
 
     class Shell(InteractiveShell):
+        exiter = Instance(ZMQExitAutocall)
+        keepkernel_on_exit = None   # (what ZMQExitAutocall sets from keep_kernel)
+
+        @default("exiter")
+        def _default_exiter(self):
+            return ZMQExitAutocall(self)
+
         def ask_exit(self) -> None:
-            self.exit_now = True
+            self.exit_now = not self.keepkernel_on_exit
 
     return Shell
 
 
-def main(argv=None) -> int:
+def main(argv=None) -> NoReturn:
+    """Run the notebook of the command line `argv` and end the process (never returns):
+    status 0 once the judge has been told the notebook finished (or could not be read), 1
+    where an error ended the run, the judge gone included (printed on stderr first); a bad
+    command line exits with argparse's status 2."""
     args = sandbox_arguments("the notebook to run").parse_args(argv)
-    enter_guard(args)
+    try:
+        _run(args)
+    except BaseException:   # noqa: BLE001 - any end, a learner's threads still left behind
+        # (the judge gone: a cell's check, or the event after a cell, raised ChannelClosed;
+        # Python's own exit would wait for those threads, past the judge's time limit)
+        try:
+            traceback.print_exc(file=sys.__stderr__)
+        except (AttributeError, OSError, ValueError):   # closed or replaced by the learner
+            pass
+        _end_now(1)
+    _end_now(0)
 
+
+def _run(args) -> None:
+    """The notebook's cells, run in order, each one's error and the end told to the judge."""
+    enter_guard(args)
     peer = learner_peer(args.channel_fd)
     try:
         cells = code_cells(args.notebook)
     except (OSError, ValueError) as exc:
         peer.event("cell_error", cell=-1, ename=type(exc).__name__,
                    evalue=f"could not read the notebook: {exc}")
-        return 0
+        return
     install_forwarders(peer)
 
     from traitlets.config import Config  # noqa: PLC0415
@@ -195,23 +227,22 @@ def main(argv=None) -> int:
             peer.event("cell_error", cell=index, ename="SystemExit", evalue=EXITED)
             break
     peer.event("finished")
-    _end_now()
 
 
-def _end_now() -> None:
-    """End this process once the notebook has run, whatever threads of the learner's are
-    still running. A thread the notebook started and never ended (not a daemon: a loop, a
-    server, a sleep) kept Python's exit waiting for it: a notebook that had run to the end
-    was stopped at the time limit, its (notebook) row said it ran past it, and the grader
-    waited out that limit. Exit handlers still run (multiprocessing ends its workers)."""
+def _end_now(status: int) -> NoReturn:
+    """End this process with `status` once the notebook has run, whatever threads of the
+    learner's are still running. A thread the notebook started and never ended (not a daemon:
+    a loop, a server, a sleep) kept Python's exit waiting for it: a notebook that had run to
+    the end was stopped at the time limit, its (notebook) row said it ran past it, and the
+    grader waited out that limit. Exit handlers still run (multiprocessing ends its workers)."""
     atexit._run_exitfuncs()   # noqa: SLF001 - what Python's exit runs, after its thread wait
     for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
         try:
             stream.flush()
         except (AttributeError, OSError, ValueError):   # closed or replaced by the learner
             pass
-    os._exit(0)
+    os._exit(status)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

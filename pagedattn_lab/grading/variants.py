@@ -45,6 +45,7 @@ from __future__ import annotations
 import numpy as np
 
 from .compare import POW2_HINT, kv_head_rule, one_of, pow2_div, pow2_mod
+from .online_variants import online_state
 from .offset_hints import (NEXT_PAGE_HINT, OFFSET_DIV_HINT, PAGE_ONLY_HINT, SWAPPED_SLOT_HINT,
                            UNSCALED_PAGES_HINT)
 from .report import several_fit
@@ -167,7 +168,8 @@ def attention_variant(q, k_cache, v_cache, block_tables, seq_lens, scale, *, mod
                 seen = allowed(n_ok)
             with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
                 if online_bug:
-                    rows = _online(logits, values, online_bug)
+                    _, total, acc = online_state(logits, values, online_bug)
+                    rows = acc if online_bug == "no_div" else acc / total[:, None]
                 else:
                     m = logits.max(axis=1, keepdims=True) if n_ok else \
                         np.full((len(queries), 1), -np.inf)
@@ -185,33 +187,6 @@ def _keys_in_bounds(flat, n: int, size: int) -> int:
     if _in_bounds(flat(np.arange(n)), size):
         return n
     return next(j for j in range(n) if not _in_bounds(flat(np.arange(j, j + 1)), size))
-
-
-def _online(logits, values, bug: str):
-    """Online softmax over the keys in order, for every query row at once, with a bug."""
-    rows = logits.shape[0]
-    m = np.full(rows, 0.0 if bug == "max0" else -np.inf)
-    total = np.zeros(rows)
-    acc = np.zeros((rows, values.shape[1]))
-    for j in range(logits.shape[1]):
-        s = logits[:, j]
-        live = np.isfinite(s)
-        m_new = np.where(live, np.maximum(m, s), m)
-        alpha = np.where(live, np.exp(m - m_new), 1.0)
-        p = np.where(live, np.exp(s - (m if bug == "old_max" else m_new)), 0.0)
-        if bug == "max0":  # the kernel's expf: float32 underflows to 0 below about -104
-            p = p.astype(np.float32).astype(np.float64)
-        total, acc = (np.where(live, 0.0, total) if bug == "sum_reset" else total,
-                      np.where(live[:, None], 0.0, acc) if bug == "acc_reset" else acc)
-        total = (total if bug in ("sum", "both") else total * alpha) + p
-        if bug == "new_term":
-            acc = acc + (alpha * p)[:, None] * values[j]
-        else:
-            acc = (acc if bug in ("acc", "both") else acc * alpha[:, None]) + \
-                p[:, None] * values[j]
-        if bug != "max_stuck":
-            m = m_new
-    return acc if bug == "no_div" else acc / total[:, None]
 
 
 BY_KV_HEADS_HINT = (kv_head_rule() + ", not h / num_kv_heads: divide by the group size, the "
