@@ -345,8 +345,8 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
                        "does)", hint)
     m = part_ml[..., 0][used]
     hint = diagnose(got, expected, _variants(part_ml, part_out, lens, part_len, held)) \
-        or dims_hint(got, True, head_dim, "thread") or dims_step_hint(got, True, head_dim,
-                                                                      num_heads)
+        or dims_hint(got, True, head_dim, "thread") \
+        or dims_step_hint(got, True, head_dim, num_heads)
     if hint is None and m.max() > 80 and not np.isfinite(got).all():
         hint = ("m is large here (up to " + fmt(m.max()) + "): expf(m_p) overflows "
                 "float32; exponentiate m_p minus the largest m_p.")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from .checks_prefill import inputs_kept, mixed_batch, named_mistake
-from .compare import POW2_HINT, pow2_ceil_forms
+from .compare import POW2_HINT, WRITTEN_TILE_SIZES, pow2_ceil_forms
 from .report import Case, CheckResult, Mismatch, probe, run_cases
 from .seeds import case_rng   # the grader salts the random cases
 
@@ -63,10 +63,6 @@ def _rounding_hint(fn, got, indptr, seq_lens, rows, kv_tile) -> str | None:
     if wrong and all(k % t == 0 and c == k // t + 1 for k, c, t in wrong):
         return _ONE_TOO_MANY
     return None
-
-
-# the tile sizes a kernel's own constants would have (a tensor-core tile is 16 rows high)
-_WRITTEN_SIZES = (16, 32, 64, 128)
 
 
 def _tile_variants(indptr, seq_lens, rows, kv_tile):
@@ -134,10 +130,10 @@ def _tile_variants(indptr, seq_lens, rows, kv_tile):
          build(lambda q, n, f: n - q + last(q, f) + 1, numbered=True)),
         *[(f"that is the answer for query tiles of {size} rows: use the rows argument "
            f"({rows} here), not a tile height written into the code.",
-           expected_tiles(indptr, seq_lens, size, kv_tile)) for size in _WRITTEN_SIZES],
+           expected_tiles(indptr, seq_lens, size, kv_tile)) for size in WRITTEN_TILE_SIZES],
         *[(f"that is the answer for K/V tiles of {size} keys: use the kv_tile argument "
            f"({kv_tile} here), not a tile size written into the code.",
-           expected_tiles(indptr, seq_lens, rows, size)) for size in _WRITTEN_SIZES],
+           expected_tiles(indptr, seq_lens, rows, size)) for size in WRITTEN_TILE_SIZES],
     ]
 
 

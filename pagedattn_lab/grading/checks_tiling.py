@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..validate_kinds import is_int
-from .compare import FIXED_PAGE_HINT, POW2_HINT, pow2_ceils
+from .compare import FIXED_PAGE_HINT, POW2_HINT, WRITTEN_TILE_SIZES, pow2_ceils
 from .report import Case, CheckResult, Mismatch, probe, run_cases, several_fit
 from .seeds import case_ints
 
@@ -198,10 +198,6 @@ def _launch_rounds_down(fn) -> bool:
         return False
 
 
-# the query tile sizes a kernel's own constants would have
-_WRITTEN_TILE_Q = (16, 32, 64, 128)
-
-
 def _tile_count_hints(tiles: int, max_len: int, tile_q: int) -> list[str]:
     """The hints of the mistakes that count `tiles` query tiles: a shift or a mask for a
     tile_q that is not a power of two, or a tile_q written into the code. Both can give the
@@ -209,7 +205,7 @@ def _tile_count_hints(tiles: int, max_len: int, tile_q: int) -> list[str]:
     both 4), and then both are named."""
     hints = [POW2_HINT.format(name="tile_q", n=tile_q)] \
         if tiles in {int(t) for t, _ in pow2_ceils(max_len, tile_q)} else []
-    sizes = [str(n) for n in _WRITTEN_TILE_Q if n != tile_q and tiles == -(-max_len // n)]
+    sizes = [str(n) for n in WRITTEN_TILE_SIZES if n != tile_q and tiles == -(-max_len // n)]
     if sizes:
         hints.append(f"that is the grid for query tiles of {' or '.join(sizes)} queries: use "
                      f"the tile_q argument ({tile_q} here), not a tile size written into the "

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..words import ranges
 from .kernel_runner import unwritten
 from .report import Mismatch
 
@@ -30,6 +31,8 @@ POW2_HINT = ("shifts and masks (<< or >> log2(n), & (n - 1)) stand for * n, // n
              "(ceil: -(-a // n)).")
 FIXED_PAGE_HINT = ("that is the answer for pages of 16 tokens: use the page_size argument "
                    "({n} here), not a page size written into the code.")
+# the tile sizes a kernel's own constants would have (a tensor-core tile is 16 rows high)
+WRITTEN_TILE_SIZES = (16, 32, 64, 128)
 
 
 def kv_head_rule(div: str = "/") -> str:
@@ -88,22 +91,6 @@ def fmt(x) -> str:
     if np.isinf(x):
         return "inf" if x > 0 else "-inf"
     return f"{x:.4g}"
-
-
-def ranges(values) -> str:
-    """[0, 1, 2, 5, 7, 8] -> '0-2, 5, 7-8'."""
-    values = sorted(int(v) for v in values)
-    if not values:
-        return "none"
-    parts, start, prev = [], values[0], values[0]
-    for v in values[1:] + [None]:
-        if v is not None and v == prev + 1:
-            prev = v
-            continue
-        parts.append(str(start) if start == prev else f"{start}-{prev}")
-        if v is not None:
-            start = prev = v
-    return ", ".join(parts)
 
 
 def _plural(axis: str) -> str:

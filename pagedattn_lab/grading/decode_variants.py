@@ -37,6 +37,9 @@ the tokens (through the block table, slot by slot), with optional bugs:
                               0-15 and 16-31 (or, (16, 8, 4, 2), the even and the odd lanes)
                               each sum, and weigh the keys by, their own lanes' dims
                               (lane d % 32); lane 0's group stores m and l
+    shuffle=("up", 32, True)  the dot product reduced by the tree warp_trees.tree(op, width,
+                              add) runs: each lane weighs the keys by the dot it ends with
+                              and stores its own dims; lane 0 stores m and l
 
 A token whose page is block-table padding (or past the row) makes its partition NaN: a
 kernel would fault there, so such a variant only matches where it stays in bounds. Tokens
@@ -133,16 +136,22 @@ def _state(scores, values, online_bug):
     return m_p, w.sum(), w @ values / w.sum()
 
 
+def _weighed(owner, dot_of, values, scale, online_bug):
+    """(m, l of lane 0, o) where the dims of each owner (`owner`: a dim's lane, or lane
+    group, d % 32) hold o weighed by that owner's dot over the keys (`dot_of(owner)`)."""
+    o_p = np.empty(len(owner))
+    for g in sorted(set(owner), reverse=True):   # lane 0's last: it stores m and l
+        m_p, l_p, o_g = _state(dot_of(g) * scale, values, online_bug)
+        o_p[owner == g] = o_g[owner == g]
+    return m_p, l_p, o_p
+
+
 def _by_lane_groups(keys, values, q_row, scale, online_bug, reduced):
     """(m, l of lane 0, o) where the xor offsets `reduced` join the lanes into groups: lanes
     that the offsets never connect keep their partial dots apart."""
     group_of = np.arange(len(q_row)) % 32 & ~sum(reduced)
-    o_p = np.empty(len(q_row))
-    for g in sorted(set(group_of), reverse=True):   # lane 0's group last
-        dims = group_of == g
-        m_p, l_p, o_g = _state(keys[:, dims] @ q_row[dims] * scale, values, online_bug)
-        o_p[dims] = o_g[dims]
-    return m_p, l_p, o_p
+    return _weighed(group_of, lambda g: keys[:, group_of == g] @ q_row[group_of == g],
+                    values, scale, online_bug)
 
 
 def _by_lane_dots(keys, values, q_row, scale, online_bug, shuffle):
@@ -153,11 +162,7 @@ def _by_lane_dots(keys, values, q_row, scale, online_bug, shuffle):
     partial = np.zeros((32, len(keys)))
     np.add.at(partial, lane_of, (keys * q_row).T)
     dots = tree(partial.T, *shuffle)                 # [tokens, 32]
-    o_p = np.empty(len(q_row))
-    for lane in sorted(set(lane_of), reverse=True):   # lane 0 last: it stores m and l
-        m_p, l_p, o_g = _state(dots[:, lane] * scale, values, online_bug)
-        o_p[lane_of == lane] = o_g[lane_of == lane]
-    return m_p, l_p, o_p
+    return _weighed(lane_of, lambda lane: dots[:, lane], values, scale, online_bug)
 
 
 def partials_variant(prob, part_len: int, *, kv_map="div", scale=None, bounds="exact",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 
 from ..cpu.errors import no_barrier_between
-from ..words import counted
+from ..words import counted, ranges
 from .report import several_fit, text_of
 from .stub_params import stub_buffer
 
@@ -302,21 +302,15 @@ def _described(exc: BaseException) -> tuple[str, str] | None:
     return None
 
 
-def mask_missing_callers_hint(mask: int) -> str | None:
-    """The hint for a shuffle called by a lane its own mask leaves out (None for a full
-    mask)."""
-    # (compare imports kernel_runner, which imports this module)
-    from .compare import ranges  # noqa: PLC0415
+def left_out_of_mask_hint(exc) -> str | None:
+    """For a WarpSyncError whose lanes all came (none exited or waits elsewhere): the lane
+    that stopped it called with a mask that leaves it out (None for a full mask)."""
+    if getattr(exc, "bad_lanes", None):
+        return None
+    mask = getattr(exc, "mask", 0xffffffff)
     left_out = [lane for lane in range(32) if not (mask >> lane) & 1]
     return None if not left_out else (
         f"the mask {mask:#010x} leaves out lane{'s' if len(left_out) > 1 else ''} "
         f"{ranges(left_out)}, and one of them called this shuffle (the message names it): "
         "the mask names every lane that calls a __shfl_*_sync (0xffffffff when the whole "
         "warp does).")
-
-
-def left_out_of_mask_hint(exc) -> str | None:
-    """mask_missing_callers_hint for a WarpSyncError whose lanes all came (none exited or
-    waits elsewhere): then the lane that stopped it called with a mask that leaves it out."""
-    return None if getattr(exc, "bad_lanes", None) else \
-        mask_missing_callers_hint(getattr(exc, "mask", 0xffffffff))

@@ -62,19 +62,14 @@ def check_budget(counts, budget: dict, outputs: dict, read_advice: dict,
                   "instead of going back to memory.")
         raise Mismatch(f"correct, but {who} made {most} {what}; the budget is {limit} per "
                        "thread", hint)
-    one_write_each(counts, outputs)
-
-
-def one_write_each(counts, outputs: dict, hint: str = (
-        "more than one thread stores the same element (the last store wins, so the result is "
-        "right by luck of order): let one thread own each element.")) -> None:
-    """Fails a right answer that wrote an output {name: elements} more times than it has
-    elements: several threads stored the same ones."""
     for name, size in outputs.items():
         writes = counts.by_buffer[name].writes
         if writes > size:
             raise Mismatch(f"correct, but {name} was written {writes} times for its {size} "
-                           "elements; the budget is one write per element", hint)
+                           "elements; the budget is one write per element",
+                           "more than one thread stores the same element (the last store "
+                           "wins, so the result is right by luck of order): let one thread own "
+                           "each element.")
 
 
 def _device_variables(counts, name: str) -> str | None:

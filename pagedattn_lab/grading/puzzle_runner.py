@@ -111,12 +111,10 @@ class PuzzleKernel:
                          "wrong: work it out for this thread by hand.")
             return Mismatch(message, hint)
         if kind == "WarpSyncError":
-            left_out = left_out_of_mask_hint(exc)
-            if left_out:
-                return Mismatch(f"a warp shuffle can never complete: {exc}", left_out)
             lanes = ranges(getattr(exc, "bad_lanes", None) or [])
             exited = bool(getattr(exc, "exited_threads", None))
             return Mismatch(f"a warp shuffle can never complete: {exc}",
+                            left_out_of_mask_hint(exc) or
                             f"lanes {lanes} {'had returned' if exited else 'wait elsewhere'} "
                             "when the others reached a shuffle whose mask names them: every "
                             "lane in the mask must reach every __shfl_*_sync. A lane with no "
