@@ -58,20 +58,31 @@ def test_json_with_no_cells_is_no_notebook(tmp_path, nb):
         runner.code_cells(_write(tmp_path, nb))
 
 
-def _events_of_runner(tmp_path, *sources) -> bytes:
-    """What the runner sends the judge for a notebook of code cells `sources` (the bytes of
-    its frames, up to its end); it must end within a minute of its start."""
-    nb = {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
+def _code_notebook(tmp_path, *sources) -> str:
+    """The path of a notebook of code cells `sources`, written in tmp_path."""
+    return _write(tmp_path, {"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
         {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-         "source": source} for source in sources]}
-    path = _write(tmp_path, nb)
+         "source": source} for source in sources]})
+
+
+def _start_runner(tmp_path, path, channel, env=None, **streams) -> subprocess.Popen:
+    """The runner of the notebook at `path`, in tmp_path, with `env` (os.environ if None) and
+    the package on its path, talking to the judge over socket `channel` (closed here, the
+    runner's end alone holding it); `streams` as Popen's (stdout=..., stderr=...)."""
+    proc = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.runner", str(path),
+                             "--channel-fd", str(channel.fileno())], pass_fds=[channel.fileno()],
+                            cwd=tmp_path, env={**(os.environ if env is None else env),
+                                               "PYTHONPATH": str(REPO)}, **streams)
+    channel.close()
+    return proc
+
+
+def _events_of_runner(tmp_path, *sources, env=None, stdout=subprocess.DEVNULL) -> bytes:
+    """What the runner sends the judge for a notebook of code cells `sources` (the bytes of
+    its frames, up to its end); it must end within a minute of its start, with status 0."""
     ours, theirs = socket.socketpair()
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.runner", path,
-                             "--channel-fd", str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    theirs.close()
+    proc = _start_runner(tmp_path, _code_notebook(tmp_path, *sources), theirs, env,
+                         stdout=stdout, stderr=subprocess.DEVNULL)
     started = time.monotonic()
     try:
         received = b""

@@ -47,11 +47,7 @@ last cell the notebook's exit handlers run (the mutant that dropped
 flushed nothing lost it to os._exit), and the notebook's shell is IPython's instance, as
 get_ipython() finds it (the mutant that built one outside the singleton left it None).
 """
-import json
 import os
-import socket
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -65,8 +61,8 @@ from pagedattn_lab.grading.kernel_runner import poisoned
 from pagedattn_lab.grading.prefill_rows import out_rows_hint
 from pagedattn_lab.grading.report import Mismatch
 from pagedattn_lab.grading.tc_tile_variants import shared_tile_hints, tiles_overlap_hint
-from tests.check_helpers import REPO, mutate, run_check, solution_source
-from tests.test_grade_attack_h280 import _events_of_runner
+from tests.check_helpers import mutate, run_check, solution_source
+from tests.test_grade_attack_h280 import _events_of_runner, _write
 
 _HEAD0 = "head 0's row: + h is missing"
 
@@ -300,18 +296,15 @@ def test_an_empty_batchs_waste_of_none_is_not_told_to_return_0():
 # ---- the notebook's cells ----------------------------------------------------------------------
 
 def test_a_notebooks_cells_are_read_whatever_worksheets_it_holds(tmp_path):
-    path = tmp_path / "00_why_paging.ipynb"
-    path.write_text(json.dumps({"nbformat": 4, "worksheets": [], "cells": [
-        {"cell_type": "code", "source": "x = 1"}]}))
-    assert runner.code_cells(str(path)) == [(0, "x = 1")]
+    path = _write(tmp_path, {"nbformat": 4, "worksheets": [], "cells": [
+        {"cell_type": "code", "source": "x = 1"}]})
+    assert runner.code_cells(path) == [(0, "x = 1")]
 
 
-@pytest.mark.parametrize("text", ["[]", "3", '"cells"'])
-def test_json_that_is_no_object_is_no_notebook(tmp_path, text):
-    path = tmp_path / "00_why_paging.ipynb"
-    path.write_text(text)
+@pytest.mark.parametrize("nb", [[], 3, "cells"])
+def test_json_that_is_no_object_is_no_notebook(tmp_path, nb):
     with pytest.raises(ValueError, match="no list of cells"):
-        runner.code_cells(str(path))
+        runner.code_cells(_write(tmp_path, nb))
 
 
 # ---- the runner's end --------------------------------------------------------------------------
@@ -325,27 +318,10 @@ def test_the_notebooks_exit_handlers_run_after_its_last_cell(tmp_path):
 def test_what_the_notebook_printed_reaches_the_runners_stdout(tmp_path):
     """Printed by an exit handler: after the cells (IPython flushes after each cell), into a
     buffered stdout (a file, PYTHONUNBUFFERED unset)."""
-    path = tmp_path / "00_why_paging.ipynb"
-    path.write_text(json.dumps({"nbformat": 4, "metadata": {}, "cells": [
-        {"cell_type": "code", "source": "import atexit\n"
-                                        "atexit.register(print, 'printed by the notebook')"}]}))
-    ours, theirs = socket.socketpair()
     with open(tmp_path / "stdout", "w") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.runner", str(path),
-                                 "--channel-fd", str(theirs.fileno())],
-                                pass_fds=[theirs.fileno()], cwd=tmp_path, stdout=out,
-                                env={**{k: v for k, v in os.environ.items()
-                                        if k != "PYTHONUNBUFFERED"}, "PYTHONPATH": str(REPO)})
-    theirs.close()
-    try:
-        ours.settimeout(60)
-        while ours.recv(1 << 16):   # EOF once the runner is gone
-            pass
-        assert proc.wait(timeout=30) == 0
-    finally:
-        proc.kill()
-        proc.wait()
-        ours.close()
+        _events_of_runner(tmp_path, "import atexit\natexit.register(print, 'printed by the "
+                          "notebook')", stdout=out, env={k: v for k, v in os.environ.items()
+                                                         if k != "PYTHONUNBUFFERED"})
     assert "printed by the notebook" in (tmp_path / "stdout").read_text()
 
 

@@ -8,18 +8,14 @@
    it raised ChannelClosed out of main(), and Python's exit waited for the thread, so the
    runner outlived its judge by as long as the thread ran. Now it ends at once, status 1.
 """
-import json
-import os
 import socket
 import subprocess
-import sys
 import time
 
 import pytest
 
 from pagedattn_lab.grading import runner
-from tests.check_helpers import REPO
-from tests.test_grade_attack_h280 import _events_of_runner
+from tests.test_grade_attack_h280 import _code_notebook, _events_of_runner, _start_runner
 
 SLEEPER = "import threading, time\nthreading.Thread(target=time.sleep, args=(300,)).start()"
 
@@ -45,18 +41,12 @@ def test_a_runner_whose_judge_is_gone_ends_whatever_threads_remain(tmp_path, aft
     """The judge's end of the channel closed before the runner's first word (a check's
     request, or "finished"): the runner ends within seconds, not after the learner's
     thread's 300 s."""
-    path = tmp_path / "00_why_paging.ipynb"
-    path.write_text(json.dumps({"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [
-        {"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None,
-         "source": source} for source in ("from pagedattn_lab import check", SLEEPER, after)]}))
+    path = _code_notebook(tmp_path, "from pagedattn_lab import check", SLEEPER, after)
     ours, theirs = socket.socketpair()
     ours.close()   # the judge, killed
     started = time.monotonic()
-    proc = subprocess.Popen([sys.executable, "-m", "pagedattn_lab.grading.runner", str(path),
-                             "--channel-fd", str(theirs.fileno())], pass_fds=[theirs.fileno()],
-                            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    theirs.close()
+    proc = _start_runner(tmp_path, path, theirs, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.PIPE)
     try:
         _, err = proc.communicate(timeout=20)
     finally:

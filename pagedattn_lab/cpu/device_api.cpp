@@ -64,22 +64,27 @@ static void warp_release(Warp *w, int warp, unsigned mask)
 }
 
 // A warp-wide call (WMMA, ldmatrix, mma) that some lanes reached while the others wait at
-// another (one of them skipped inside an if): the lanes would read fragments the others never
-// published. Stops the launch with those lanes as bad_lanes (report.py names their call).
+// another call (one of them skipped inside an if): the lanes would read fragments the others
+// never published. Stops the launch with the lanes not at the last arriver's call as
+// bad_lanes, whichever side the warp-wide call is on (report.py names their call from the
+// threads' dump, so no message is written here).
+static bool warp_wide(int op) { return op >= PAL_OP_WMMA_LOAD && op <= PAL_OP_MMA_S8; }
+
 static void wide_call_apart(const Fiber *f, int op, unsigned mask, int line)
 {
-    if (op < PAL_OP_WMMA_LOAD || op > PAL_OP_MMA_S8) return;
     unsigned apart = 0;
-    int other = 0;
+    bool wide = warp_wide(op);
     for (unsigned m = mask; m; m &= m - 1) {
         const Fiber *g = &S.fib[f->warp * 32 + __builtin_ctz(m)];
-        if (g->op != op || g->line != line) { apart |= 1u << __builtin_ctz(m); other = g->line; }
+        if (g->op != op || g->line != line) {
+            apart |= 1u << __builtin_ctz(m);
+            wide |= warp_wide(g->op);
+        }
     }
-    if (!apart) return;
+    if (!apart || !wide) return;
     pal_result *r = S.res;
     r->warp = (unsigned)f->warp; r->mask = mask; r->op = (unsigned)op; r->line = line;
     r->bad_lanes = apart;
-    snprintf(r->msg, sizeof r->msg, "lanes wait at another warp-wide call (line %d)", other);
     fail(PAL_WARP);
 }
 

@@ -12,11 +12,11 @@
 // lane of the warp must reach them (a lane that exited or does not exist is reported like a
 // shuffle with a bad mask, and lanes waiting at another warp-wide call, one that some lanes
 // skipped inside an if, are reported by name: device_api.cpp's wide_call_apart). Each lane
-// loads and stores its own elements, so out-of-bounds
-// accesses name the lane that made them. mma_sync multiplies exactly (products of two halves
-// or bf16 are exact in float) and accumulates in float in k order; a tensor core may round
-// differently in the last bits. satf is ignored. ldm must be a multiple of 16 bytes, as CUDA
-// requires (checked); pointer alignment (256 bits on the GPU) is not checked here.
+// loads and stores its own elements, so out-of-bounds accesses name the lane that made them.
+// mma_sync multiplies exactly (products of two halves or bf16 are exact in float) and
+// accumulates in float in k order; a tensor core may round differently in the last bits.
+// satf is ignored. ldm must be a multiple of 16 bytes, as CUDA requires (checked); pointer
+// alignment (256 bits on the GPU) is not checked here.
 #ifndef PAGEDATTN_LAB_SHIM_MMA_H
 #define PAGEDATTN_LAB_SHIM_MMA_H
 

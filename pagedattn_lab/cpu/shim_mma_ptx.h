@@ -8,7 +8,8 @@
 //
 // Like WMMA (shim_mma.h), ldmatrix and mma are warp-collective: every lane of the warp must
 // reach the call (a lane that exited or does not exist is reported like a shuffle with a bad
-// mask, naming the function and its line). Each lane publishes what it brings (ldmatrix: the
+// mask, naming the function and its line; lanes waiting at another warp-wide call are named
+// too: device_api.cpp's wide_call_apart). Each lane publishes what it brings (ldmatrix: the
 // 16-byte row it read; mma: its A and B registers) on its own stack, all lanes meet, each
 // lane takes its result from the others', and all meet again before any lane's stack frame
 // goes away.

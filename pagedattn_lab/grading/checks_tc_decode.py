@@ -60,13 +60,14 @@ def _lanes_missed(exc) -> tuple[str, str]:
     executor stopped at: a barrier before the WMMA calls (__syncwarp) or a WMMA call."""
     lanes = ranges(getattr(exc, "bad_lanes", None) or [])
     op = getattr(exc, "op", None)
-    if getattr(exc, "apart_lanes", None):
-        return (f"a WMMA call ({op}) has only part of the warp: {exc}",
-                f"lanes {ranges(exc.apart_lanes)} were at another WMMA call (the message "
-                "names it) when the others reached this one: load_matrix_sync, mma_sync and "
-                "store_matrix_sync are warp-wide, every lane of the warp makes each call, "
-                "together (the lanes share the tile's elements): call them outside any if that "
-                "only some lanes take.")
+    if getattr(exc, "apart_lanes", None):   # (either side of the split may be the WMMA call)
+        what, at, this = (f"a WMMA call ({op})", "another WMMA call", "this one") \
+            if op.startswith("wmma::") else (f"a {op}()", "a WMMA call", f"this {op}()")
+        return (f"{what} has only part of the warp: {exc}",
+                f"lanes {ranges(exc.apart_lanes)} were at {at} (the message names it) when the "
+                f"others reached {this}: load_matrix_sync, mma_sync and store_matrix_sync are "
+                "warp-wide, every lane of the warp makes each call, together (the lanes share "
+                "the tile's elements): call them outside any if that only some lanes take.")
     if op is None or op.startswith("wmma::"):
         what, why = "a WMMA call" + (f" ({op})" if op else ""), "did not reach it"
     else:
