@@ -23,7 +23,7 @@ from .compare import ATOL, RTOL, describe_difference, diagnose, fmt
 from .decode_budget import partition_budget
 from .faults import kernel_message
 from .decode_launch import (NOTHING_WRITTEN, WARP, decode_problem, dims_hint, launch_warp,
-                            misplaced_hint, unstored_lanes_hint)
+                            misplaced_hint, never_stored_hint)
 from .decode_variants import LOG2E, partials_variant, spare_page_padding
 from .warp_trees import PARTITION_TREES
 from .kernel_runner import poisoned, unwritten
@@ -280,7 +280,7 @@ def _partition_case(comp, seed, part_len, **sizes) -> None:
         bound = _bound_hint(o, o_ref, prob, part_len, used) or (_NAN_ONLY if all_nan else None)
         if bound == _NAN_ONLY and named:   # NaN everywhere, and a mistake that fits it
             bound = several_fit([_NAN_ONLY, named])
-        hint = bound or unstored_lanes_hint(o, o_ref, used) or _lane0_hint(o, o_ref, used) \
+        hint = bound or never_stored_hint(o, o_ref, used) or _lane0_hint(o, o_ref, used) \
             or named or _partition_transposed(comp) or _partition_one_size(comp, part_len, sizes) \
             or dims_hint(o, used, head_dim, "lane") or misplaced_hint(o, o_ref, used)
         raise Mismatch("part_out: " + diff.message() + "\n" + _written_by(prob, diff.first(),

@@ -29,7 +29,7 @@ from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, WARP, decode_problem, 
 from .decode_variants import (CARRIED_HINTS, merge_by_tokens, merge_carried, merge_variant,
                               pairs_by_p)
 from .kernel_runner import poisoned
-from .merge_rows import reads_other_rows, rows_elsewhere, with_states
+from .merge_rows import reads_other_rows, rows_elsewhere, swapped_rows_hint, with_states
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
 from .seeds import case_rng
 
@@ -358,9 +358,9 @@ def _merge_kernel_case(comp, seed, part_len, leftovers=False, **sizes) -> None:
     b, h, _ = diff.first()
     raise Mismatch(diff.message() + f"\nRow (sequence {b}, head {h}) is written by block "
                    f"({h}, {b}); it merges {counted(int(n_parts[b, 0]), 'partition')}.",
-                   hint or rows_elsewhere(got, expected)
-                   or reads_other_rows(comp, args, part_ml, part_out, n_parts)
-                   or past_end(held)
+                   hint or swapped_rows_hint(got, part_ml, part_out, n_parts)
+                   or rows_elsewhere(got, expected)
+                   or reads_other_rows(comp, args, part_ml, part_out, n_parts) or past_end(held)
                    or "out[b, h] = sum_p w_p o_p / sum_p w_p, w_p = l_p exp(m_p - m).")
 
 

@@ -53,6 +53,20 @@ def _run_check(task, title, kern, cases):
 
 # -- puzzle 1: map --------------------------------------------------------------------------
 
+def _one_element_read(got, a) -> str | None:
+    """The hint where every element is a[k] + 10 for one k: every thread read the same
+    element (with one block, blockIdx.x is 0 for all of them: a[blockIdx.x] reads a[0])."""
+    if a.size < 2:
+        return None
+    same = np.flatnonzero(np.isclose(a + np.float32(10), got[0], atol=1e-5))
+    if not same.size or not np.allclose(got, got[0], atol=1e-5):
+        return None
+    k = int(same[0])
+    return (f"every element is a[{k}] + 10: every thread read the same element a[{k}]"
+            + (" (a[blockIdx.x] is a[0] for all of them: the grid has one block)" if k == 0
+               else "") + ": thread i reads its own a[i], i = threadIdx.x.")
+
+
 def _map_case(kern, seed, n):
     (a,) = _f32(case_rng(seed).standard_normal(n))
     out = np.full(n, np.nan, np.float32)
@@ -68,6 +82,7 @@ def _map_case(kern, seed, n):
                                  "reads and writes element i." if any(
                                      np.allclose(got[1:-1], np.roll(a, s)[1:-1] + 10)
                                      for s in (1, -1)) and n > 2 else None),
+                      lambda d: _one_element_read(got, a),
                       lambda d: ("every element is a[i] * 10: add 10, do not multiply."
                                  if np.allclose(got, a * np.float32(10)) else None),
                       lambda d: (f"every element is a[i] + {not_ten(got[0] - a[0])}: the spec "

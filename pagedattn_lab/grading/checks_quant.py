@@ -22,7 +22,8 @@ from .checks_kernels import _Compiled
 from .compare import call_on_copies, describe_difference, diagnose, fmt, ranges
 from .faults import kernel_message
 from .kernel_runner import OutOfBoundsWrite, poisoned
-from .quant_variants import FILL, WARP, WRITE_MISTAKES, nan_at, quantize_reference
+from .quant_variants import FILL, WARP, nan_at, quantize_reference
+from .quant_write_hints import WRITE_MISTAKES
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 from .small_rows import small_rows, small_rows_hint
@@ -373,6 +374,11 @@ def quantize_write(source: str, device: str = "auto") -> CheckResult:
                                                                    outliers=True)),
         ("per-token scales, head_dim 80 (more than a warp)", dict(per_token=1, n=5, heads=3,
                                                                   dim=80, page_size=2, seed=4)),
+        # the largest head_dim models use: a loop of a fixed number of dims per lane (3 covers
+        # head_dim 96, 4 covers 128) leaves the row's last dims unwritten
+        ("per-token scales, head_dim 256 (8 dims per lane)", dict(per_token=1, n=3, heads=2,
+                                                                  dim=256, page_size=2,
+                                                                  seed=5)),
         ("per-token scales, NaN inputs (stored as 0)", dict(per_token=1, n=7, heads=2, dim=36,
                                                              page_size=4, seed=8, special="nan")),
         ("per-token scales, rows from 6e-8 to 10 in magnitude",

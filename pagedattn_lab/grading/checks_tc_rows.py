@@ -8,9 +8,12 @@ in checks_tc_decode.py, task 3 (mask_tile) in checks_tc_mask.py.
 """
 from __future__ import annotations
 
+import re
+
 import numpy as np
 
 from ..words import counted
+from .escaped_errors import describe_exception
 from .compare import call_on_copies, describe_difference, diagnose, fmt, positive_factor
 from .report import Case, CheckResult, Mismatch, run_cases
 from .seeds import case_rng
@@ -28,6 +31,32 @@ def reference_group_rows(q, kv_head, group):
 
 
 # -- task 1: the group as the rows of Q tiles (NumPy) ----------------------------------------
+
+# NumPy's words for an assignment of `group` rows into a slice that holds fewer
+_NO_BROADCAST = re.compile(r"could not broadcast input array from shape \((\d+),\s*(\d+)\)"
+                           r" into shape \((\d+),\s*(\d+)\)")
+
+
+def _too_few_rows_hint(exc: ValueError, group: int, head_dim: int) -> str | None:
+    """The hint where the group's rows were copied into an array of fewer rows (NumPy's
+    broadcast error names both shapes): one tile of 16 for a group above 16, or a count of
+    tiles rounded down."""
+    shapes = _NO_BROADCAST.search(str(exc))
+    if shapes is None:
+        return None
+    rows, dim, room, room_dim = (int(n) for n in shapes.groups())
+    if (rows, dim, room_dim) != (group, head_dim, head_dim) or room >= group:
+        return None
+    need = -(-group // TILE)
+    # (both where the group is 17 to 31: one tile is then group // 16 tiles too)
+    why = [text for text, fits in (("one tile", room == TILE),
+                                   ("group // 16 tiles, rounded down",
+                                    room == group // TILE * TILE)) if fits]
+    return (f"the {group} heads of the group were copied into an array of {room} rows"
+            + (f" ({' or '.join(why)})" if why else "") + f": a group of {group} needs "
+            f"ceil({group} / 16) = {counted(need, 'tile')}, {need * TILE} rows (-(-group // "
+            "16) * 16), the rows past the group left zero.")
+
 
 def _shape_hint(shape, expected, group) -> str:
     n_tiles, _, head_dim = expected
@@ -149,7 +178,13 @@ def _group_case(fn, seed, num_heads, num_kv_heads, head_dim, kv_head, dtype) -> 
     # No zero rows; fp16 values in any dtype, so tiles of another dtype differ only in dtype.
     q = (rng.standard_normal((num_heads, head_dim)) + 3.0).astype(np.float16).astype(dtype)
     expected = reference_group_rows(q, kv_head, group)
-    got = call_on_copies("group_rows", fn, {"q": q}, kv_head, group)
+    try:
+        got = call_on_copies("group_rows", fn, {"q": q}, kv_head, group)
+    except ValueError as exc:
+        hint = _too_few_rows_hint(exc, group, head_dim)
+        if hint is None:
+            raise
+        raise Mismatch(describe_exception(exc)[0], hint) from exc
     if got is None:
         raise Mismatch("returned None", "return the tiles: [ceil(group / 16), 16, head_dim].")
     got = np.asarray(got)

@@ -187,3 +187,31 @@ def misplaced_hint(o, o_ref, used) -> str | None:
             "part_out is [batch, num_heads, max_parts, head_dim], so block (p, h, b) = "
             "(partition, head, sequence) writes row (b * num_heads + h) * max_parts + p, and "
             "its (m, l) at the same row of part_ml.")
+
+
+def _head_from_x_hint(o, o_ref, used) -> str | None:
+    """The hint where part_out [batch, heads, max_parts, dim] was written, and right, for the
+    heads below max_parts (gridDim.x) only, and never for the others: the head came from
+    blockIdx.x, the partition's axis (what block (x, y) then computes, whether the partition
+    came from blockIdx.y or also from x, is right where it lands)."""
+    heads, max_parts = o.shape[1], o.shape[2]
+    if max_parts >= heads:
+        return None
+    never = unwritten(o).all(axis=-1)
+    low = np.broadcast_to(np.arange(heads)[None, :, None] < max_parts, used.shape)
+    with np.errstate(invalid="ignore"):
+        close = np.isclose(o, o_ref, atol=ATOL, rtol=RTOL).all(axis=-1)
+    if not (never[used & ~low].all() and (close | ~used)[low].all()):
+        return None
+    written = "head 0 was" if max_parts == 1 else f"heads 0..{max_parts - 1} were"
+    return (f"only {written} written (each right), heads {max_parts} and up never: "
+            f"{max_parts} is gridDim.x, the number of partition slots. The grid is "
+            "(max_parts, num_heads, batch): the partition is blockIdx.x and the head "
+            "blockIdx.y; yours took the head from blockIdx.x.")
+
+
+def never_stored_hint(o, o_ref, used) -> str | None:
+    """The hints read off the part_out entries never stored, where every stored one is right:
+    the heads from gridDim.x on (the head read from blockIdx.x), or the lanes that stored
+    none of their dims."""
+    return _head_from_x_hint(o, o_ref, used) or unstored_lanes_hint(o, o_ref, used)

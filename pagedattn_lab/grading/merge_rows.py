@@ -76,3 +76,40 @@ def reads_other_rows(comp, args, part_ml, part_out, n_parts) -> str | None:
             "whatever its partition count: its m and l start at part_ml[(b * num_heads + h) "
             "* max_parts * 2], its values at part_out[(b * num_heads + h) * max_parts * "
             "head_dim].")
+
+
+def _merged(part_ml, part_out, n):
+    """A row's merge as the kernel computes it from its first n slots: the max over them
+    skipping NaN (fmaxf), a NaN weight making the row NaN."""
+    m, l = part_ml[:n, 0].astype(np.float64), part_ml[:n, 1].astype(np.float64)
+    with np.errstate(all="ignore"):
+        w = l * np.exp(m - np.fmax.reduce(m))
+        return (w[:, None] * part_out[:n]).sum(axis=0) / w.sum()
+
+
+def swapped_rows_hint(got, part_ml, part_out, n_parts) -> str | None:
+    """The hint where every row of out is what a kernel with its row index h * stride + b
+    (stride num_heads or batch: b and h swapped) reads and writes: the merge of that row's
+    states over the partition count of one of the blocks that store there (whichever wrote
+    last), NaN where none does. Fits only where every index stays inside the buffers."""
+    batch, heads = got.shape[:2]
+    flat_got = got.reshape(batch * heads, -1)
+    for stride, name in ((heads, "num_heads"), (batch, "batch")):
+        writers = {}
+        for b in range(batch):
+            for h in range(heads):
+                writers.setdefault(h * stride + b, []).append(b)
+        if max(writers) >= batch * heads:
+            continue   # (an index past the rows faults before anything is compared)
+        states = part_ml.reshape(batch * heads, -1, 2), part_out.reshape(
+            batch * heads, -1, got.shape[-1])
+        if all(np.isnan(flat_got[r]).all() if r not in writers else any(
+                np.allclose(flat_got[r], _merged(states[0][r], states[1][r], int(n_parts[b, 0])),
+                            rtol=1e-4, atol=1e-5, equal_nan=True) for b in writers[r])
+               for r in range(batch * heads)):
+            return (f"the row index is h * {name} + b: b and h are swapped. Row (b, h) of "
+                    "part_ml, part_out and out is b * num_heads + h (out is [batch, "
+                    "num_heads, head_dim]); yours merged another row's states and stored them "
+                    "there" + (", and left some rows unwritten." if len(writers) < batch * heads
+                               else "."))
+    return None

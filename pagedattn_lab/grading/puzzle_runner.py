@@ -17,6 +17,7 @@ from typing import Callable
 import numpy as np
 
 from ..words import counted
+from .branch_barriers import barrier_in_branch, branch_barrier_hint
 from .compare import ranges
 from .faults import (RACE_ADVICE, describe_kernel_exception, kernel_message,
                      left_out_of_mask_hint)
@@ -93,6 +94,10 @@ class PuzzleKernel:
                 hint += (" Both threads are lanes of one warp: if only that warp shares the "
                          "data, a __syncwarp() between them is enough; a shuffle or a vote "
                          "does not order shared memory.")
+            branch = barrier_in_branch(self.source, getattr(exc, "line", None),
+                                       getattr(exc, "other_line", None))
+            if branch is not None:
+                hint = branch_barrier_hint(branch)
             return Mismatch(f"a race on shared memory: {exc}", hint)
         if kind == "KernelFault" and getattr(exc, "buffer", None):
             block, thread = getattr(exc, "block", None), getattr(exc, "thread", None)

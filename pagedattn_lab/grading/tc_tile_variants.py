@@ -64,10 +64,16 @@ def tile_variants(prob):
         ("row c of tile `tile`'s K tile is token 16 * tile + c: every tile read tokens 0..15 "
          "(add 16 * tile to the token index).",
          lambda: prob.expected(k_tile=lambda j, t: keys[:TILE, j])),
+        ("row c of tile `tile`'s K tile is token 16 * tile + c, not tile + c: the tiles "
+         "overlapped, each starting one token after the last (multiply the tile by 16).",
+         lambda: prob.expected(k_tile=lambda j, t: keys[t:t + TILE, j])),
         ("the tile of kv head j and tokens 16 * tile .. goes to scores + (kv_head * gridDim.x"
          " + tile) * 256 (gridDim.x is the number of tiles), not (tile * gridDim.y + kv_head)"
          " * 256.", lambda: np.swapaxes(prob.expected(), 0, 1).reshape(
              num_kv_heads, prob.n_tiles, TILE, TILE)),
+        ("tile = blockIdx.x and kv_head = blockIdx.y (the grid is (tiles, kv heads)): with "
+         "the two block axes swapped, each block computes another kv head's tile and stores it "
+         "at another tile's place.", lambda: _swapped_axes(prob, rows, keys)),
     ]
 
     def dims(keep):   # the scores over the dimensions `keep` (bools over head_dim) only
@@ -295,3 +301,22 @@ def _paging_variants(prob):
          f"page_size ({page_size} here), so token t's page is block_table[t / page_size].",
          read(lambda t: table[t // TILE * TILE // page_size] * page_size + t % page_size)),
     ]
+
+
+def _swapped_axes(prob, rows, keys):
+    """The scores of a kernel that reads tile from blockIdx.y and kv_head from blockIdx.x:
+    block (x, y) multiplies kv head x's rows by tile y's K and stores it at tile x * gridDim.x
+    + y (NaN where no block stores); None where a block's kv head x reads past q or the cache
+    (the kernel then faults, or reads what no reference holds)."""
+    num_heads, num_kv_heads, head_dim, _, _ = prob.sizes
+    group, n_tiles = num_heads // num_kv_heads, prob.n_tiles
+    if n_tiles > num_kv_heads:
+        return None
+    out = np.full((num_kv_heads * n_tiles, TILE, TILE), np.nan)
+    padded = np.zeros((num_kv_heads * TILE, num_kv_heads, head_dim))
+    padded[:len(keys)] = keys
+    for x in range(n_tiles):
+        for y in range(num_kv_heads):
+            out[x * n_tiles + y] = prob.product(rows(np.arange(group) + x * group),
+                                                padded[y * TILE:(y + 1) * TILE, x])
+    return out.reshape(num_kv_heads, n_tiles, TILE, TILE)

@@ -1,0 +1,73 @@
+"""The hints of the quantize-on-write kernel's known mistakes (workbook 11, checks_quant): each
+bug that quant_variants.quantize_reference models, with the words that name it."""
+
+WRITE_MISTAKES = [
+    ("trunc", "a cast (int)(x / scale) truncates toward zero: round to nearest with rintf "
+              "(ties to even) before converting."),
+    ("half_away", "roundf rounds halves away from zero (2.5 -> 3); the format rounds halves to "
+                  "even like rintf (2.5 -> 2), as the NumPy reference and vLLM do."),
+    ("floor", "floorf rounds down (2.7 -> 2, -2.3 -> -3): round to nearest with rintf (ties "
+              "to even) before converting."),
+    ("half_up", "floorf(x + 0.5f) rounds halves up (2.5 -> 3, -2.5 -> -2); the format rounds "
+                "them to even like rintf (2.5 -> 2, -2.5 -> -2)."),
+    ("wrap", "saturate: clamp x / scale to [-127, 127] before the cast. Past the range the "
+             "int8 conversion wraps (300 becomes 44) instead of stopping at 127."),
+    ("wrap_clamp", "clamp before the conversion, not after it: converted to signed char "
+                   "first, a code past the range has already wrapped (300 becomes 44), and "
+                   "44 passes the clamp. Clamp rintf(x / scale) to [-127, 127], then "
+                   "convert."),
+    ("clamp_128", "the int8 format is symmetric: clamp to [-127, 127]; -128 is never used "
+                  "(its negation would not fit)."),
+    ("clamp_high_128", "clamp to [-127, 127]: 128 does not fit a signed char, so a code "
+                       "clamped at 128 comes out as -128 (a value past the range flips sign)."),
+    ("unsigned", "the codes are signed: convert to signed char. A conversion to unsigned char "
+                 "turns every negative code into 0 (it saturates at 0 on the GPU)."),
+    ("multiply", "the code is x / scale (and the value comes back as code * scale), not "
+                 "x * scale."),
+    ("twice", "divide by the scale once: these codes are x / scale / scale."),
+    ("no_scale", "divide by the scale: these codes are rintf(x) itself."),
+    ("no_abs", "the scale comes from the largest magnitude: fmaxf of fabsf(x) (a row whose "
+               "biggest value is negative needs the abs)."),
+    ("amax_no_stride", "each lane's amax came from its first element only (d = lane): stride "
+                       "the amax loop over head_dim like the stores (d += 32), or a largest "
+                       "magnitude at d >= 32 is missed."),
+    ("amax_last", "each lane's amax is its last element's magnitude: the loop assigned amax "
+                  "= fabsf(x) instead of amax = fmaxf(amax, fabsf(x)), so each step dropped "
+                  "what the lane had found before."),
+    ("shfl_assigned", "the shuffle replaced amax with the partner lane's (amax = __shfl_xor_"
+                      "sync(...)) instead of keeping the larger, amax = fmaxf(amax, "
+                      "__shfl_xor_sync(...)): lane L ends with lane L ^ 31's own amax."),
+    ("row_head0", "every head read head 0's row of k: row (token, head) starts at (token * "
+                  "num_kv_heads + head) * head_dim, the head term included."),
+    ("row_token_only", "every head read k + token * head_dim: row (token, head) starts at "
+                       "(token * num_kv_heads + head) * head_dim, both head terms included."),
+    ("div128", "scale = amax / 127 (the largest code of the symmetric range), not / 128."),
+    ("times127", "scale = amax / 127 (a code times it gives the value back), not amax * 127."),
+    ("no_zero_guard", "a row of zeros has amax 0, so scale 0 and 0 / 0 = NaN codes: give it "
+                      "scale 1 (any positive scale stores zeros exactly)."),
+    ("no_reduce", "each lane kept the amax of its own elements: reduce it over the warp (a "
+                  "__shfl_xor_sync tree) so that lane 0 writes, and every lane divides by, the "
+                  "row's amax."),
+    ("reduce_down", "after a __shfl_down_sync tree only lane 0 holds the row's amax (lane L "
+                    "holds that of lanes L..31): broadcast it with __shfl_sync(mask, amax, 0), "
+                    "or reduce with __shfl_xor_sync, before the other lanes divide by it."),
+    ("half_warp", "lanes 0-15 and lanes 16-31 each reduced only their own half of the warp "
+                  "(the scale written is the amax of the dims lanes 0-15 read, d % 32 < 16): "
+                  "the __shfl_xor_sync tree's first offset must be 16 (16, 8, 4, 2, 1) to reach "
+                  "across all 32 lanes; starting at 8 leaves the two halves apart."),
+    ("stop_at_2", "the even and the odd lanes each reduced only their own part of the warp: "
+                  "the __shfl_xor_sync tree stops at offset 2; it must run down to offset 1 "
+                  "(16, 8, 4, 2, 1: offset > 0) to reach across all 32 lanes."),
+    ("inverse", "store the scale, amax / 127 (a code times it gives the value back), not its "
+                "inverse 127 / amax."),
+    ("stored_amax", "store the scale, amax / 127, not the amax itself: the codes were divided "
+                    "by the scale, but k_scale holds amax, 127 times it."),
+    ("token_index", "per-token scales are laid out like the pages: write k_scale[slot * "
+                    "num_kv_heads + head] (the token's slot), not its row in k."),
+    ("codes_token_index", "the codes go to the token's slot: k_cache[(slot * num_kv_heads + "
+                          "head) * head_dim + d], not to its row in k (token)."),
+    ("static_head0", "per_token = 0: each KV head has its own static scale, k_scale[head], not "
+                     "k_scale[0] for every head (one scale for the whole tensor)."),
+    ("static_div127", "per_token = 0: the static scale k_scale[head] is already amax / 127: "
+                      "divide x by it as it is, not by k_scale[head] / 127 again."),
+]
