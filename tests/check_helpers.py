@@ -121,6 +121,30 @@ def mutate(source: str, edits) -> str:
     return source
 
 
+# Each CUDA task's finished kernel: (its solutions notebook, the cell's variable).
+KERNEL_CELLS = {
+    "gather_kernel": ("02_page_access.ipynb", "SOURCE_GATHER"),
+    "puzzle_map": ("03_cuda_onramp.ipynb", "SOURCE_MAP"),
+    "puzzle_guard": ("03_cuda_onramp.ipynb", "SOURCE_GUARD"),
+    "puzzle_2d": ("03_cuda_onramp.ipynb", "SOURCE_2D"),
+    "puzzle_shared": ("03_cuda_onramp.ipynb", "SOURCE_SHARED"),
+    "puzzle_warp_sum": ("03_cuda_onramp.ipynb", "SOURCE_WARP_SUM"),
+    "puzzle_block_sum": ("03_cuda_onramp.ipynb", "SOURCE_BLOCK_SUM"),
+    "naive_kernel": ("04_naive_kernel.ipynb", "SOURCE_NAIVE"),
+    "tiled_kernel": ("05_tiled_kernel.ipynb", "SOURCE_TILED"),
+    "decode_partition": ("06_decode_kernel.ipynb", "SOURCE_PARTITION"),
+    "decode_merge": ("06_decode_kernel.ipynb", "SOURCE_MERGE"),
+    "tc_tile_scores": ("09_tensor_core_decode.ipynb", "SOURCE_TILE"),
+    "quantize_write": ("11_kv_compression.ipynb", "SOURCE_WRITE"),
+    "dequant_decode": ("11_kv_compression.ipynb", "SOURCE_READ"),
+}
+
+
+def kernel_mutant(task: str, edits) -> str:
+    """The finished kernel of CUDA task `task` with `edits` (old, new) applied."""
+    return mutate(solution_source(*KERNEL_CELLS[task]), edits)
+
+
 def with_solution_body(notebook: str, variable: str, body: str) -> str:
     """The kernel of `variable` with the code between its BEGIN and END SOLUTION markers
     replaced by `body` (a right answer written another way)."""

@@ -24,21 +24,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.grading.warp_trees import tree
-from tests.check_helpers import as_params, assert_caught, mutate, run_check, solution_source
-
-_NOTEBOOKS = {
-    "decode_partition": ("06_decode_kernel.ipynb", "SOURCE_PARTITION"),
-    "decode_merge": ("06_decode_kernel.ipynb", "SOURCE_MERGE"),
-    "quantize_write": ("11_kv_compression.ipynb", "SOURCE_WRITE"),
-    "tc_tile_scores": ("09_tensor_core_decode.ipynb", "SOURCE_TILE"),
-    "puzzle_warp_sum": ("03_cuda_onramp.ipynb", "SOURCE_WARP_SUM"),
-    "puzzle_block_sum": ("03_cuda_onramp.ipynb", "SOURCE_BLOCK_SUM"),
-}
-
-
-def _wrong(task, edits):
-    return mutate(solution_source(*_NOTEBOOKS[task]), edits)
-
+from tests.check_helpers import as_params, assert_caught, kernel_mutant, run_check
 
 _SECOND_TREE = ("        for (int offset = 16; offset > 0; offset /= 2)\n"
                 "            v += __shfl_xor_sync(0xffffffffu, v, offset);\n"
@@ -47,59 +33,59 @@ _MASK_LEFT_OUT = "the mask 0x0000ffff leaves out lanes 16-31"
 _STEP = "the lanes' loop over dims steps by gridDim.x (40 here)"
 
 MISTAKES = [
-    ("decode_partition", _wrong("decode_partition", [("0xffffffffu", "0x0000ffffu")]),
+    ("decode_partition", kernel_mutant("decode_partition", [("0xffffffffu", "0x0000ffffu")]),
      _MASK_LEFT_OUT, ["lanes none"]),
-    ("decode_partition", _wrong("decode_partition", [("__shfl_xor_sync", "__shfl_up_sync")]),
+    ("decode_partition", kernel_mutant("decode_partition", [("__shfl_xor_sync", "__shfl_up_sync")]),
      "with __shfl_up_sync only lane 31 ends with the whole dot product",
      ["must be softmax(scores of partition p)"]),
-    ("decode_partition", _wrong("decode_partition", [("dot, offset)", "dot, offset, 16)")]),
+    ("decode_partition", kernel_mutant("decode_partition", [("dot, offset)", "dot, offset, 16)")]),
      "the shuffle's width argument (16) splits the warp", ["must be softmax(scores"]),
-    ("decode_partition", _wrong("decode_partition", [("dot += __shfl_xor_sync",
-                                                      "dot = __shfl_xor_sync")]),
+    ("decode_partition", kernel_mutant("decode_partition", [("dot += __shfl_xor_sync",
+                                                             "dot = __shfl_xor_sync")]),
      "replaced the dot with the partner lane's", ["must be softmax(scores"]),
-    ("decode_partition", _wrong("decode_partition", [("dot += __shfl_xor_sync",
-                                                      "dot = __shfl_down_sync")]),
+    ("decode_partition", kernel_mutant("decode_partition", [("dot += __shfl_xor_sync",
+                                                             "dot = __shfl_down_sync")]),
      "replaced the dot with the partner lane's", ["must be softmax(scores"]),
-    ("quantize_write", _wrong("quantize_write", [("0xffffffffu", "0x0000ffffu")]),
+    ("quantize_write", kernel_mutant("quantize_write", [("0xffffffffu", "0x0000ffffu")]),
      _MASK_LEFT_OUT),
-    ("decode_merge", _wrong("decode_merge", [("d += blockDim.x)", "d += gridDim.x)")]),
+    ("decode_merge", kernel_mutant("decode_merge", [("d += blockDim.x)", "d += gridDim.x)")]),
      _STEP, ["out[b, h] = sum_p"]),
-    ("tc_tile_scores", _wrong("tc_tile_scores", [(
+    ("tc_tile_scores", kernel_mutant("tc_tile_scores", [(
         "        wmma::mma_sync(s, a, b, s);",
         "        if (lane < 16) wmma::mma_sync(s, a, b, s);")]),
      "lanes 0-15 were at another WMMA call", ["check how that buffer's index"]),
-    ("tc_tile_scores", _wrong("tc_tile_scores", [(
+    ("tc_tile_scores", kernel_mutant("tc_tile_scores", [(
         "        wmma::load_matrix_sync(b, k_tile + k0, head_dim);",
         "        if (lane % 2 == 0) wmma::load_matrix_sync(b, k_tile + k0, head_dim);")]),
      "were at another WMMA call", ["check how that buffer's index"]),
-    ("puzzle_warp_sum", _wrong("puzzle_warp_sum", [("v, offset)", "v, offset, 16)")]),
+    ("puzzle_warp_sum", kernel_mutant("puzzle_warp_sum", [("v, offset)", "v, offset, 16)")]),
      "the shuffle's width argument (16) splits the warp"),
-    ("puzzle_warp_sum", _wrong("puzzle_warp_sum", [("__shfl_xor_sync", "__shfl_down_sync"),
-                                                   ("v, offset)", "v, offset, 16)")]),
+    ("puzzle_warp_sum", kernel_mutant("puzzle_warp_sum", [("__shfl_xor_sync", "__shfl_down_sync"),
+                                                          ("v, offset)", "v, offset, 16)")]),
      "the shuffle's width argument (16) splits the warp"),
-    ("puzzle_warp_sum", _wrong("puzzle_warp_sum", [("v += __shfl_xor_sync",
-                                                    "v = __shfl_xor_sync")]),
+    ("puzzle_warp_sum", kernel_mutant("puzzle_warp_sum", [("v += __shfl_xor_sync",
+                                                           "v = __shfl_xor_sync")]),
      "replaced v with the partner's value instead of adding it"),
-    ("puzzle_warp_sum", _wrong("puzzle_warp_sum", [("v += __shfl_xor_sync",
-                                                    "v = __shfl_down_sync")]),
+    ("puzzle_warp_sum", kernel_mutant("puzzle_warp_sum", [("v += __shfl_xor_sync",
+                                                           "v = __shfl_down_sync")]),
      "replaced v with the partner's value instead of adding it"),
-    ("puzzle_warp_sum", _wrong("puzzle_warp_sum", [("__shfl_xor_sync", "__shfl_sync")]),
+    ("puzzle_warp_sum", kernel_mutant("puzzle_warp_sum", [("__shfl_xor_sync", "__shfl_sync")]),
      "__shfl_sync(mask, v, offset) reads lane `offset` itself"),
-    ("puzzle_warp_sum", _wrong("puzzle_warp_sum", [("if (i % 32 == 0 && warp * 32 < n)",
-                                                    "if (threadIdx.x == 0 && warp * 32 < n)")]),
+    ("puzzle_warp_sum", kernel_mutant("puzzle_warp_sum", [
+        ("if (i % 32 == 0 && warp * 32 < n)", "if (threadIdx.x == 0 && warp * 32 < n)")]),
      "only each block's first warp stored its total"),
-    ("puzzle_warp_sum", _wrong("puzzle_warp_sum", [
+    ("puzzle_warp_sum", kernel_mutant("puzzle_warp_sum", [
         ("__shfl_xor_sync", "__shfl_down_sync"),
         ("if (i % 32 == 0 && warp * 32 < n)", "if (warp * 32 < n)")]),
      "out was written 32 times for its 1 element", ["but only 1 of its 1"]),
-    ("puzzle_block_sum", _wrong("puzzle_block_sum", [(
+    ("puzzle_block_sum", kernel_mutant("puzzle_block_sum", [(
         "v = lane < blockDim.x / 32 ? warp_totals[lane]",
         "v = lane < blockDim.x / 32 && lane > 0 ? warp_totals[lane]")]),
      "warp 0's total was left out of the block's"),
-    ("puzzle_block_sum", _wrong("puzzle_block_sum", [(
+    ("puzzle_block_sum", kernel_mutant("puzzle_block_sum", [(
         "        v = lane < blockDim.x / 32 ? warp_totals[lane] : 0.0f;\n", "")]),
      "the block's total is 32 times warp 0's"),
-    ("puzzle_block_sum", _wrong("puzzle_block_sum", [(
+    ("puzzle_block_sum", kernel_mutant("puzzle_block_sum", [(
         "    for (int offset = 16; offset > 0; offset /= 2)\n"
         "        v += __shfl_xor_sync(0xffffffffu, v, offset);\n    if (lane == 0) warp",
         "    for (int offset = 16; offset > 0; offset /= 2)\n"
@@ -141,7 +127,7 @@ RIGHTS = [
 
 @pytest.mark.parametrize("task, edits", RIGHTS)
 def test_right_answer_passes(task, edits):
-    result, printed = run_check(task, _wrong(task, edits))
+    result, printed = run_check(task, kernel_mutant(task, edits))
     assert result.passed, printed
 
 

@@ -21,21 +21,7 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.grading.branch_barriers import barrier_in_branch
-from tests.check_helpers import as_params, assert_caught, mutate, run_check, solution_source
-
-_NOTEBOOKS = {
-    "decode_partition": ("06_decode_kernel.ipynb", "SOURCE_PARTITION"),
-    "decode_merge": ("06_decode_kernel.ipynb", "SOURCE_MERGE"),
-    "quantize_write": ("11_kv_compression.ipynb", "SOURCE_WRITE"),
-    "tc_tile_scores": ("09_tensor_core_decode.ipynb", "SOURCE_TILE"),
-    "puzzle_block_sum": ("03_cuda_onramp.ipynb", "SOURCE_BLOCK_SUM"),
-    "puzzle_map": ("03_cuda_onramp.ipynb", "SOURCE_MAP"),
-}
-
-
-def _wrong(task, edits):
-    return mutate(solution_source(*_NOTEBOOKS[task]), edits)
-
+from tests.check_helpers import as_params, assert_caught, kernel_mutant, run_check
 
 def _fixed_dims(n):
     """quantize_write's store loop over n dims per lane, whatever head_dim is."""
@@ -65,45 +51,45 @@ _SWAPPED_TC = [("int tile = blockIdx.x;", "int tile = blockIdx.y;"),
                ("int kv_head = blockIdx.y;", "int kv_head = blockIdx.x;")]
 
 MISTAKES = [
-    ("quantize_write", _wrong("quantize_write", _fixed_dims(3)), _UNWRITTEN),
-    ("quantize_write", _wrong("quantize_write", _fixed_dims(4)), _UNWRITTEN),
+    ("quantize_write", kernel_mutant("quantize_write", _fixed_dims(3)), _UNWRITTEN),
+    ("quantize_write", kernel_mutant("quantize_write", _fixed_dims(4)), _UNWRITTEN),
     ("group_rows", _one_tile, "copied into an array of 16 rows (one tile",
      ["read the error above"]),
     ("group_rows", _rounded_down, "rounded down", ["read the error above"]),
-    ("puzzle_block_sum", _wrong("puzzle_block_sum", [(_STORE, (
+    ("puzzle_block_sum", kernel_mutant("puzzle_block_sum", [(_STORE, (
         "    if (lane == 0) { warp_totals[warp] = v;\n    __syncthreads(); }"))]),
      _BRANCH, ["put a barrier between the stores and the loads"]),
-    ("puzzle_block_sum", _wrong("puzzle_block_sum", [(_STORE, (
+    ("puzzle_block_sum", kernel_mutant("puzzle_block_sum", [(_STORE, (
         "    if (lane == 0) warp_totals[warp] = v;\n    if (lane == 0) __syncthreads();"))]),
      _BRANCH, ["put a barrier between the stores and the loads"]),
-    ("tc_tile_scores", _wrong("tc_tile_scores", _SWAPPED_TC),
+    ("tc_tile_scores", kernel_mutant("tc_tile_scores", _SWAPPED_TC),
      "with the two block axes swapped"),
-    ("decode_merge", _wrong("decode_merge", [("(long long)b * num_heads + h;",
-                                              "(long long)h * num_heads + b;")]),
+    ("decode_merge", kernel_mutant("decode_merge", [("(long long)b * num_heads + h;",
+                                                     "(long long)h * num_heads + b;")]),
      "the row index is h * num_heads + b: b and h are swapped",
      ["one partition past its last"]),
-    ("quantize_write", _wrong("quantize_write", [(
+    ("quantize_write", kernel_mutant("quantize_write", [(
         "d += 32) amax = fmaxf(amax, fabsf(row[d]));", "d += 32) amax = fabsf(row[d]);")]),
      "each lane's amax is its last element's magnitude", ["scale = max |x| over the row's"]),
-    ("quantize_write", _wrong("quantize_write", [(
+    ("quantize_write", kernel_mutant("quantize_write", [(
         "amax = fmaxf(amax, __shfl_xor_sync(0xffffffffu, amax, offset));",
         "amax = __shfl_xor_sync(0xffffffffu, amax, offset);")]),
      "lane L ends with lane L ^ 31's own amax", ["scale = max |x| over the row's"]),
-    ("decode_partition", _wrong("decode_partition", [
+    ("decode_partition", kernel_mutant("decode_partition", [
         ("int part = blockIdx.x;", "int part = blockIdx.y;"),
         ("int h = blockIdx.y;", "int h = blockIdx.x;")]),
      "yours took the head from blockIdx.x", ["must be softmax(scores of partition p)"]),
-    ("puzzle_map", _wrong("puzzle_map", [("a[i] + 10.0f", "a[blockIdx.x] + 10.0f")]),
+    ("puzzle_map", kernel_mutant("puzzle_map", [("a[i] + 10.0f", "a[blockIdx.x] + 10.0f")]),
      "every thread read the same element a[0]", ["compare your kernel with the spec"]),
-    ("puzzle_map", _wrong("puzzle_map", [("a[i] + 10.0f", "a[3] + 10.0f")]),
+    ("puzzle_map", kernel_mutant("puzzle_map", [("a[i] + 10.0f", "a[3] + 10.0f")]),
      "every element is a[3] + 10", ["compare your kernel with the spec"]),
     # found on the way (7, 8)
-    ("quantize_write", _wrong("quantize_write", [(
+    ("quantize_write", kernel_mutant("quantize_write", [(
         "k_scale[slot * num_kv_heads + head] = scale", "k_scale[slot * num_kv_heads + head] "
-                                                       "= amax")]),
+                                                              "= amax")]),
      "store the scale, amax / 127, not the amax itself", ["scale = max |x| over the row's"]),
-    ("tc_tile_scores", _wrong("tc_tile_scores", [("int t = 16 * tile + r;",
-                                                  "int t = tile + r;")]),
+    ("tc_tile_scores", kernel_mutant("tc_tile_scores", [("int t = 16 * tile + r;",
+                                                         "int t = tile + r;")]),
      "is token 16 * tile + c, not tile + c", ["S[r][c] = q[kv_head * group + r]"]),
 ]
 
@@ -116,7 +102,7 @@ def test_mistake_is_named(task, impl, phrase, not_phrases):
 def test_both_fits_of_the_swapped_tc_axes_are_named():
     """On case 1 (2 kv heads, one tile) the Q rows j * num_kv_heads + r give the same scores
     as the swapped axes: the hint names both."""
-    assert_caught("tc_tile_scores", _wrong("tc_tile_scores", _SWAPPED_TC),
+    assert_caught("tc_tile_scores", kernel_mutant("tc_tile_scores", _SWAPPED_TC),
                   "these mistakes give the same scores here")
 
 
@@ -128,16 +114,16 @@ def _group_rows(q, kv_head, group):
 
 
 RIGHTS = [
-    ("quantize_write", _wrong("quantize_write", [])),
-    ("quantize_write", _wrong("quantize_write", _fixed_dims(8))),   # head_dim up to 256
+    ("quantize_write", kernel_mutant("quantize_write", [])),
+    ("quantize_write", kernel_mutant("quantize_write", _fixed_dims(8))),   # head_dim up to 256
     ("group_rows", _group_rows),
-    ("puzzle_block_sum", _wrong("puzzle_block_sum", [])),
-    ("puzzle_block_sum", _wrong("puzzle_block_sum", [(_STORE, (
+    ("puzzle_block_sum", kernel_mutant("puzzle_block_sum", [])),
+    ("puzzle_block_sum", kernel_mutant("puzzle_block_sum", [(_STORE, (
         "    if (lane == 0) {\n        warp_totals[warp] = v;\n    }\n    __syncthreads();"))])),
-    ("tc_tile_scores", _wrong("tc_tile_scores", [])),
-    ("decode_merge", _wrong("decode_merge", [])),
-    ("decode_partition", _wrong("decode_partition", [])),
-    ("puzzle_map", _wrong("puzzle_map", [])),
+    ("tc_tile_scores", kernel_mutant("tc_tile_scores", [])),
+    ("decode_merge", kernel_mutant("decode_merge", [])),
+    ("decode_partition", kernel_mutant("decode_partition", [])),
+    ("puzzle_map", kernel_mutant("puzzle_map", [])),
 ]
 
 
