@@ -73,7 +73,7 @@ def _map_case(kern, seed, n):
     run = kern.run((1,), (n,), (a, out), outputs=(1,),
                    locate=lambda b, t: (f"element {t[0]}", t[0] >= n))
     counts, (got,) = run.counts, run.outputs
-    check_output(kern, got, PUZZLES["map"].spec(a.astype(np.float64)), ("element",), counts,
+    check_output(kern, got, PUZZLES["map"].spec(a.astype(np.float64)), ("element",), run,
                  "out", [
                       lambda d: ("your kernel read out (NaN before the launch) and never read "
                                  "a: out[i] is computed from a[i]."
@@ -150,7 +150,7 @@ def _guard_case(kern, seed, n):
 
     i, whole = np.arange(n), n // threads * threads
     check_output(kern, got, expected, ("element",),
-                 counts, "out", [wrong_terms, first_block_only, index_roles_rule(n, threads),
+                 run, "out", [wrong_terms, first_block_only, index_roles_rule(n, threads),
                                   last_one_short, unwritten_only(
                      i == 0, "only element 0 was never written: elements count from 0, so "
                              "thread 0 of block 0 writes element 0 (no + 1 in the index, no "
@@ -198,7 +198,7 @@ def _grid_case(kern, seed, rows, cols):
     counts, (got,) = run.counts, run.outputs
     expected = PUZZLES["grid_2d"].spec(x.astype(np.float64), bias)
 
-    check_output(kern, got, expected, ("row", "column"), counts, "out",
+    check_output(kern, got, expected, ("row", "column"), run, "out",
                  grid_hints(got, x, bias, expected, grid, BLOCK_2D))
     budget = {"global_reads": 2, "global_writes": 1}
     check_budget(counts, budget, {"out": rows * cols},
@@ -240,7 +240,7 @@ def _shared_case(kern, seed, n, head_dim):
         raise
     counts, (got,) = run.counts, run.outputs
     expected = PUZZLES["shared"].spec(q.astype(np.float64), k)
-    check_output(kern, got, expected, ("key",), counts, "scores",
+    check_output(kern, got, expected, ("key",), run, "scores",
                  shared_hints(got, q, k, expected, counts, SHARED_THREADS))
     budget = {"global_reads": head_dim + -(-head_dim // SHARED_THREADS), "global_writes": 1}
     # q read once per block in all, yet a thread over its budget: few threads loaded q for
@@ -342,7 +342,7 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
                 "before the launch and is only to be written: add up in registers and store "
                 "each total once." if reads else None)
 
-    check_output(kern, got, spec(a.astype(np.float64)), (locate_word,), counts, "out",
+    check_output(kern, got, spec(a.astype(np.float64)), (locate_word,), run, "out",
                  [reads_out, partial, stale_shared, own_value_doubled(got, lanes),
                   unwritten_only((np.arange(out.size) % (threads // 32) != 0) & (group == 32),
                                  f"only each block's first warp stored its total (warps "

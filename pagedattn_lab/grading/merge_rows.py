@@ -94,6 +94,8 @@ def swapped_rows_hint(got, part_ml, part_out, n_parts) -> str | None:
     last), NaN where none does. Fits only where every index stays inside the buffers."""
     batch, heads = got.shape[:2]
     flat_got = got.reshape(batch * heads, -1)
+    states = part_ml.reshape(batch * heads, -1, 2), part_out.reshape(
+        batch * heads, -1, got.shape[-1])
     for stride, name in ((heads, "num_heads"), (batch, "batch")):
         writers = {}
         for b in range(batch):
@@ -101,8 +103,6 @@ def swapped_rows_hint(got, part_ml, part_out, n_parts) -> str | None:
                 writers.setdefault(h * stride + b, []).append(b)
         if max(writers) >= batch * heads:
             continue   # (an index past the rows faults before anything is compared)
-        states = part_ml.reshape(batch * heads, -1, 2), part_out.reshape(
-            batch * heads, -1, got.shape[-1])
         if all(np.isnan(flat_got[r]).all() if r not in writers else any(
                 np.allclose(flat_got[r], _merged(states[0][r], states[1][r], int(n_parts[b, 0])),
                             rtol=1e-4, atol=1e-5, equal_nan=True) for b in writers[r])

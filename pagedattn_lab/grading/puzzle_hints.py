@@ -15,17 +15,19 @@ NOTHING_WRITTEN = ("the kernel wrote nothing (the output is still the NaN the ch
                    "with): write the kernel body where the // TODO is")
 
 
-def check_output(kern, got, expected, axes, counts, out_name, hints) -> None:
-    """Compare; on a difference raise a Mismatch whose hint is the first that applies:
-    `hints` are callables (diff) -> str | None, then the write counts' evidence."""
+def check_output(kern, got, expected, axes, run, out_name, hints) -> None:
+    """Compare `got` (run's one output) with `expected`; on a difference raise a Mismatch
+    whose hint is the first that applies: `hints` are callables (diff) -> str | None, then
+    the write counts' evidence (more writes than elements written: some element was written
+    twice; a NaN the kernel stored counts as written, run.written)."""
     if np.isnan(got).all() and "TODO" in kern.source:
         raise NotAttempted(NOTHING_WRITTEN)
     diff = describe_difference(got, expected, axes, atol=1e-5, rtol=1e-5)
     if diff is None:
         return
     hint = next((text for text in (rule(diff) for rule in hints) if text), None)
-    writes = counts.by_buffer[out_name].writes
-    written = int(np.count_nonzero(~np.isnan(got)))
+    writes = run.counts.by_buffer[out_name].writes
+    written = int(np.count_nonzero(run.written[0]))
     if hint is None and writes > written:
         held = (f", but only {written} of its {expected.size} elements "
                 f"{'holds' if written == 1 else 'hold'} a value" if written < expected.size

@@ -21,7 +21,7 @@ from .branch_barriers import barrier_in_branch, branch_barrier_hint
 from .compare import ranges
 from .faults import (RACE_ADVICE, describe_kernel_exception, kernel_message,
                      left_out_of_mask_hint)
-from .kernel_runner import Kernel, kernel_device, note_device
+from .kernel_runner import Kernel, kernel_device, note_device, poisoned, unwritten
 from .report import Mismatch
 
 LAUNCH_TIMEOUT = 10.0   # seconds; the puzzles are tiny
@@ -29,8 +29,9 @@ LAUNCH_TIMEOUT = 10.0   # seconds; the puzzles are tiny
 
 @dataclass
 class Run:
-    outputs: list
+    outputs: list    # the NaN where the kernel stored nothing
     counts: object   # pagedattn_lab.cpu.AccessCounts
+    written: list    # bool per output: the elements the kernel stored (a NaN stored included)
 
 
 def _xyz(v) -> str:
@@ -59,10 +60,15 @@ class PuzzleKernel:
         return self._kernel
 
     def run(self, grid, block, args, outputs, shared_mem: int = 0, *, locate=None) -> Run:
-        """Launch; `locate` describes a thread's element for this case's messages."""
+        """Launch with the float32 outputs filled with the poison (what they held is
+        replaced), so that a NaN the kernel stores is told from an element it never wrote;
+        the poison left comes back as a plain NaN (the hints do arithmetic on the outputs).
+        `locate` describes a thread's element for this case's messages."""
         if locate is not None:
             self.locate = locate
         kern = self.get()
+        args = [poisoned(a.shape) if i in outputs and a.dtype == np.float32 else a
+                for i, a in enumerate(args)]
 
         def count(host):
             try:
@@ -75,8 +81,11 @@ class PuzzleKernel:
             if self._gpu is None:
                 self._gpu = Kernel(self.source, self.name, "gpu")
             return self._gpu.launch(grid, block, args, shared_mem=shared_mem, outputs=outputs)
-        return Run(*count_then_check(count, args, outputs,
-                                     on_gpu if self.device == "gpu" else None))
+        got, counts = count_then_check(count, args, outputs,
+                                       on_gpu if self.device == "gpu" else None)
+        written = [~unwritten(out) for out in got]
+        return Run([np.where(w, out, np.float32(np.nan)) for out, w in zip(got, written)],
+                   counts, written)
 
     def _thread(self, exc) -> str:
         block, thread = getattr(exc, "block", None), getattr(exc, "thread", None)

@@ -3,10 +3,10 @@ checks_dequant).
 
 `quantize_reference(..., bug)` is what the quantize-on-write kernel leaves in k_cache and
 k_scale: the spec's codes for `bug` None, else a known-wrong variant (quant_write_hints.py
-pairs each bug with its hint). The warp's lanes are modelled: lane L reduces the amax of elements
-d = L, L + 32, ... (or of d = L alone) and then the shuffle tree runs, so a missing, one-way
-or partial reduction (from offset 8, or down to 2) gives the scales each lane really divides
-by.
+pairs each bug with its hint). The warp's lanes are modelled: lane L reduces the amax of
+elements d = L, L + 32, ... (or of d = L alone) and then the shuffle tree runs, so a missing,
+one-way or partial reduction (from offset 8, or down to 2) gives the scales each lane really
+divides by.
 
 `read_reference(..., bug)` is the decode output over int8 pages read with the codes turned
 into values as the kernel does (`READ_MISTAKES`): each of K and V as code * scale, the code
@@ -42,10 +42,11 @@ def _lane_amax(x, bug):
     per_lane = padded.reshape(rows, heads, -1, WARP)
     if bug == "amax_no_stride":   # (lane L read d = L alone)
         per_lane = per_lane[:, :, :1]
-    lanes = np.fmax.reduce(per_lane, axis=2)  # fmaxf skips NaN
     if bug == "amax_last":   # (lane L's last d = L + 32 k below dim)
         last = (dim - 1 - np.arange(WARP)) // WARP
         lanes = np.where(last >= 0, per_lane[:, :, np.maximum(last, 0), np.arange(WARP)], 0)
+    else:
+        lanes = np.fmax.reduce(per_lane, axis=2)  # fmaxf skips NaN
     lane = np.arange(WARP)
     offsets = {"no_reduce": (), "half_warp": (8, 4, 2, 1), "stop_at_2": (16, 8, 4, 2)}.get(
         bug, (16, 8, 4, 2, 1))
@@ -95,10 +96,11 @@ def quantize_reference(k, slots, cache_shape, per_token, k_scale, bug=None):
     x = k[live][:, [0] * heads] if bug == "row_head0" else \
         np.repeat(k.reshape(-1, 1, dim)[live], heads, 1) if bug == "row_token_only" else k[live]
     if per_token:
-        lane_scale = _scale_of(_lane_amax(x, bug), bug)
+        amax = _lane_amax(x, bug)
+        lane_scale = _scale_of(amax, bug)
         where = live if bug == "token_index" else slots[live]
         written = 1 / lane_scale[..., 0] if bug == "inverse" else \
-            _lane_amax(x, bug)[..., 0] if bug == "stored_amax" else lane_scale[..., 0]
+            amax[..., 0] if bug == "stored_amax" else lane_scale[..., 0]
         scales.reshape(-1, heads)[where] = written                # lane 0 writes it
         divisor = lane_scale[..., np.arange(dim) % WARP]           # lane d % 32 divides
     else:
