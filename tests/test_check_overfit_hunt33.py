@@ -28,7 +28,7 @@ another mistake.
 import numpy as np
 import pytest
 
-from tests.check_helpers import assert_caught, mutate, run_check, solution_source
+from tests.check_helpers import assert_caught, kernel_mutant, run_check
 
 
 # -- 1. block_tables ------------------------------------------------------------------------
@@ -207,14 +207,8 @@ def test_page_size_minus_remainder_for_every_length_names_what_each_case_shows()
 # -- 4. kernels, on the CPU executor ----------------------------------------------------------
 
 TRANSPOSED = "block_tables is read transposed"
-KERNELS = {
-    "gather_kernel": ("02_page_access.ipynb", "SOURCE_GATHER"),
-    "naive_kernel": ("04_naive_kernel.ipynb", "SOURCE_NAIVE"),
-    "tiled_kernel": ("05_tiled_kernel.ipynb", "SOURCE_TILED"),
-    "decode_partition": ("06_decode_kernel.ipynb", "SOURCE_PARTITION"),
-    "decode_merge": ("06_decode_kernel.ipynb", "SOURCE_MERGE"),
-    "puzzle_shared": ("03_cuda_onramp.ipynb", "SOURCE_SHARED"),
-}
+KERNELS = ("gather_kernel", "naive_kernel", "tiled_kernel", "decode_partition", "decode_merge",
+           "puzzle_shared")
 KERNEL_MISTAKES = [
     ("gather_kernel", "transposed, by batch",
      [("block_tables[b * max_pages + t / page_size]",
@@ -274,7 +268,7 @@ NOT_SAID = {TRANSPOSED: ["online softmax", "running max"],
 @pytest.mark.parametrize("task, name, edits, phrase", KERNEL_MISTAKES,
                          ids=[f"{t}-{n}" for t, n, _, _ in KERNEL_MISTAKES])
 def test_a_kernel_mistake_gets_its_own_hint_first(task, name, edits, phrase):
-    source = mutate(solution_source(*KERNELS[task]), edits)
+    source = kernel_mutant(task, edits)
     result, printed = assert_caught(task, source, phrase, not_phrases=NOT_SAID.get(phrase, ()),
                                     device="cpu")
     first = next(c for c in result.cases if not c.passed)
@@ -283,7 +277,7 @@ def test_a_kernel_mistake_gets_its_own_hint_first(task, name, edits, phrase):
 
 @pytest.mark.parametrize("task", sorted(KERNELS))
 def test_the_solution_kernels_pass_on_the_cpu_executor(task):
-    result, printed = run_check(task, solution_source(*KERNELS[task]), device="cpu")
+    result, printed = run_check(task, kernel_mutant(task, []), device="cpu")
     assert result.passed, printed
 
 
