@@ -22,14 +22,9 @@ import pytest
 
 from pagedattn_lab.engine.prefix_cache import hash_block
 
-from tests.check_helpers import assert_caught, mutate, run_check, solution_of, solution_source
+from tests.check_helpers import assert_caught, kernel_mutant, run_check, solution_of
 
-DECODE = "06_decode_kernel.ipynb"
 _DIMS_LOOP = "for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {"
-
-
-def _merge(*edits):
-    return mutate(solution_source(DECODE, "SOURCE_MERGE"), list(edits))
 
 
 def _lanes_of(dims_per_lane: int):
@@ -39,14 +34,15 @@ def _lanes_of(dims_per_lane: int):
 
 @pytest.mark.parametrize("dims_per_lane", [2, 3])
 def test_a_merge_with_a_fixed_count_of_dims_per_lane_is_caught(dims_per_lane):
-    assert_caught("decode_merge", _merge(_lanes_of(dims_per_lane)),
+    assert_caught("decode_merge", kernel_mutant("decode_merge", [_lanes_of(dims_per_lane)]),
                   f"dims {32 * dims_per_lane} and up were never written", device="cpu")
 
 
 @pytest.mark.parametrize("edit", [None, _lanes_of(4)], ids=["solution", "four dims per lane"])
 def test_right_merges_pass(edit):
     # four dims a lane reach head_dim 128, the partition kernel's own limit
-    result, printed = run_check("decode_merge", _merge(*([edit] if edit else [])), device="cpu")
+    source = kernel_mutant("decode_merge", [edit] if edit else [])
+    result, printed = run_check("decode_merge", source, device="cpu")
     assert result.passed, printed
 
 

@@ -52,7 +52,8 @@ def test_a_format_3_notebooks_code_cells_are_read(tmp_path):
 
 
 @pytest.mark.parametrize("nb", [
-    {"metadata": {}}, {"nbformat": 4}, {"worksheets": [{"cells": 3}]}, {"worksheets": [7]}])
+    {"metadata": {}}, {"nbformat": 4}, {"worksheets": [{"cells": 3}]}, {"worksheets": [7]},
+    [], 3, "cells"])   # (JSON that is no object: helper 292's mutant took it as no cells)
 def test_json_with_no_cells_is_no_notebook(tmp_path, nb):
     with pytest.raises(ValueError, match="no list of cells"):
         runner.code_cells(_write(tmp_path, nb))

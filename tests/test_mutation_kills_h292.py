@@ -41,7 +41,8 @@ checks_sizing: an empty batch's waste answered with None is not told "return 0.0
 
 runner.code_cells: a notebook with "cells" is read from them, whatever "worksheets" it also
 holds (the mutant that read worksheets first found no code); JSON that is not an object is no
-notebook (the mutant that took it as one of no cells said nothing). runner.main: after the
+notebook (the mutant that took it as one of no cells said nothing: its inputs are among
+test_grade_attack_h280's test_json_with_no_cells_is_no_notebook's). runner.main: after the
 last cell the notebook's exit handlers run (the mutant that dropped
 `atexit._run_exitfuncs()`), what one printed reaches a buffered stdout (the mutant that
 flushed nothing lost it to os._exit), and the notebook's shell is IPython's instance, as
@@ -61,8 +62,9 @@ from pagedattn_lab.grading.kernel_runner import poisoned
 from pagedattn_lab.grading.prefill_rows import out_rows_hint
 from pagedattn_lab.grading.report import Mismatch
 from pagedattn_lab.grading.tc_tile_variants import shared_tile_hints, tiles_overlap_hint
-from tests.check_helpers import mutate, run_check, solution_source
+from tests.check_helpers import kernel_mutant, run_check
 from tests.test_grade_attack_h280 import _events_of_runner, _write
+from tests.test_sizing_empty_hint_h291 import _reserved_waste
 
 _HEAD0 = "head 0's row: + h is missing"
 
@@ -177,7 +179,7 @@ def test_a_short_sequence_right_with_pages_of_16_also_names_the_position_as_offs
 # ---- the naive kernel's running max started at 0 -----------------------------------------------
 
 def test_the_naive_kernels_max_at_0_is_not_told_of_a_shared_tile():
-    source = mutate(solution_source("04_naive_kernel.ipynb", "SOURCE_NAIVE"), [(
+    source = kernel_mutant("naive_kernel", [(
         "float running_max = NEG_INF,", "float running_max = 0.0f,")])
     result, printed = run_check("naive_kernel", source, device="cpu")
     assert not result.passed and "running max starts at 0" in printed, printed
@@ -284,11 +286,7 @@ def test_an_index_error_of_another_cause_is_the_learners_own(cls, n):
 # ---- an empty batch's waste --------------------------------------------------------------------
 
 def test_an_empty_batchs_waste_of_none_is_not_told_to_return_0():
-    def waste(seq_lens, max_len):
-        reserved = len(seq_lens) * max_len
-        return None if not reserved else 1 - sum(seq_lens) / reserved
-
-    result, printed = run_check("reserved_waste", waste)
+    result, printed = run_check("reserved_waste", _reserved_waste(None))
     assert not result.passed and "returned None" in " ".join(printed.split()), printed
     assert "nothing to waste" not in printed, printed
 
@@ -299,12 +297,6 @@ def test_a_notebooks_cells_are_read_whatever_worksheets_it_holds(tmp_path):
     path = _write(tmp_path, {"nbformat": 4, "worksheets": [], "cells": [
         {"cell_type": "code", "source": "x = 1"}]})
     assert runner.code_cells(path) == [(0, "x = 1")]
-
-
-@pytest.mark.parametrize("nb", [[], 3, "cells"])
-def test_json_that_is_no_object_is_no_notebook(tmp_path, nb):
-    with pytest.raises(ValueError, match="no list of cells"):
-        runner.code_cells(_write(tmp_path, nb))
 
 
 # ---- the runner's end --------------------------------------------------------------------------

@@ -27,6 +27,7 @@ and` dropped). checks_tc_decode: tiles stored 16 floats apart are named by the c
 import numpy as np
 import pytest
 
+from pagedattn_lab.cpu.errors import SharedMemoryRace
 from pagedattn_lab.grading import checks_paging, checks_refcounts
 from pagedattn_lab.grading.checks_addressing import SWAPPED_HINT, _gather_np_case, _rows_of
 from pagedattn_lab.grading.checks_block_tables import ALL_AGAIN_HINT, _append_case
@@ -35,8 +36,7 @@ from pagedattn_lab.grading.checks_system import _decode_fork
 from pagedattn_lab.grading.faults import _race_hint
 from pagedattn_lab.grading.report import Mismatch
 from pagedattn_lab.grading.serve_hints import _ADMIT_HINTS, _PROMPT_HELD_HINT, admission_hint
-from tests.check_helpers import mutate, run_check, solution_allocator, solution_of, \
-    solution_source
+from tests.check_helpers import kernel_mutant, run_check, solution_allocator, solution_of
 
 
 # ---- the gather's rows ---------------------------------------------------------------------
@@ -169,17 +169,14 @@ def test_the_forks_step_names_another_row_of_k():
 
 # ---- faults._race_hint: two stores of a dynamic shared array ---------------------------------
 
-class _Race(Exception):
-    def __init__(self, where, kind, line, other_line, variable=None):
-        super().__init__(f"race on {where}")
-        self.kind, self.line, self.other_line, self.variable = kind, line, other_line, variable
-
-
 _OVERLAP = "the parts of the extern __shared__ array overlap"
 
 
-def _race(*args, **kwargs):
-    return _race_hint(_Race(*args, **kwargs), "")
+def _race(where, kind, line, other_line, variable=None):
+    """The hint for a race of `kind` on `where`, between lines `other_line` and `line`."""
+    race = SharedMemoryRace(f"race on {where}", kind=kind, line=line, other_line=other_line,
+                            variable=variable)
+    return _race_hint(race, "")
 
 
 def test_two_stores_of_different_lines_name_an_overlap_or_one_part():
@@ -203,7 +200,6 @@ def test_a_static_shared_variable_written_by_every_thread_is_not_an_extern_overl
     assert _OVERLAP not in hint and "every thread writes `total`" in hint
 
 
-
 # ---- serve: a request left waiting, the running one's pages priced ---------------------------
 
 def test_a_wait_that_the_prompts_pages_do_not_explain_is_not_named_so():
@@ -220,9 +216,8 @@ def test_a_wait_that_the_prompts_pages_do_not_explain_is_not_named_so():
 def test_tiles_stored_a_row_apart_are_named_by_the_check():
     """Each tile stored at (kv_head * gridDim.x + tile) * 16: the tiles overlap, and the
     check (not only tiles_overlap_hint) names the stride."""
-    source = mutate(solution_source("09_tensor_core_decode.ipynb", "SOURCE_TILE"),
-                    [("((long long)kv_head * gridDim.x + tile) * 256",
-                      "((long long)kv_head * gridDim.x + tile) * 16")])
+    source = kernel_mutant("tc_tile_scores", [("((long long)kv_head * gridDim.x + tile) * 256",
+                                               "((long long)kv_head * gridDim.x + tile) * 16")])
     result, printed = run_check("tc_tile_scores", source)
     assert not result.passed and "not * 16 (there the tiles overlap" in " ".join(
         printed.split()), printed

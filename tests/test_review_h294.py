@@ -10,7 +10,7 @@ import pytest
 
 from pagedattn_lab.cpu import RawKernel
 from pagedattn_lab.cpu.errors import WarpSyncError
-from tests.check_helpers import assert_caught, mutate, solution_source
+from tests.check_helpers import assert_caught, kernel_mutant
 
 SOURCE = r'''
 #include <mma.h>
@@ -66,10 +66,9 @@ def test_wmma_skipped_by_half_the_warp_before_another_call_is_stopped(mode, call
 
 
 def test_the_tile_checks_hint_names_the_wmma_call_half_the_warp_skipped():
-    source = mutate(solution_source("09_tensor_core_decode.ipynb", "SOURCE_TILE"),
-                    [("        wmma::mma_sync(s, a, b, s);\n    }",
-                      "        if (lane < 16) wmma::mma_sync(s, a, b, s);\n"
-                      "        __syncwarp();\n    }")])
+    source = kernel_mutant("tc_tile_scores", [(
+        "        wmma::mma_sync(s, a, b, s);\n    }",
+        "        if (lane < 16) wmma::mma_sync(s, a, b, s);\n        __syncwarp();\n    }")])
     assert_caught("tc_tile_scores", source,
                   "lanes 0-15 were at a WMMA call (the message names it) when the others "
                   "reached this __syncwarp()", not_phrases=["null pointer"])

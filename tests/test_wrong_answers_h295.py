@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 
 from pagedattn_lab.grading.branch_barriers import barrier_in_branch
-from tests.check_helpers import as_params, assert_caught, kernel_mutant, run_check
+from tests.check_helpers import as_params, assert_caught, kernel_mutant, run_check, \
+    solution_of
+
 
 def _fixed_dims(n):
     """quantize_write's store loop over n dims per lane, whatever head_dim is."""
@@ -31,17 +33,15 @@ def _fixed_dims(n):
             ("127.0f);\n    // ###", "127.0f); }\n    // ###")]
 
 
-def _one_tile(q, kv_head, group):
-    tiles = np.zeros((16, q.shape[1]), dtype=q.dtype)
-    tiles[:group] = q[kv_head * group:(kv_head + 1) * group]
-    return tiles.reshape(1, 16, q.shape[1])
-
-
-def _rounded_down(q, kv_head, group):
-    n_tiles = group // 16
-    tiles = np.zeros((n_tiles * 16, q.shape[1]), dtype=q.dtype)
-    tiles[:group] = q[kv_head * group:(kv_head + 1) * group]
-    return tiles.reshape(n_tiles, 16, q.shape[1])
+def _group_in_tiles(n_tiles_of):
+    """group_rows with the group copied into n_tiles_of(group) tiles of 16 rows (the
+    solution's count is ceil(group / 16))."""
+    def group_rows(q, kv_head, group):
+        n_tiles = n_tiles_of(group)
+        tiles = np.zeros((n_tiles * 16, q.shape[1]), dtype=q.dtype)
+        tiles[:group] = q[kv_head * group:(kv_head + 1) * group]
+        return tiles.reshape(n_tiles, 16, q.shape[1])
+    return group_rows
 
 
 _UNWRITTEN = "some codes were never written"
@@ -53,9 +53,10 @@ _SWAPPED_TC = [("int tile = blockIdx.x;", "int tile = blockIdx.y;"),
 MISTAKES = [
     ("quantize_write", kernel_mutant("quantize_write", _fixed_dims(3)), _UNWRITTEN),
     ("quantize_write", kernel_mutant("quantize_write", _fixed_dims(4)), _UNWRITTEN),
-    ("group_rows", _one_tile, "copied into an array of 16 rows (one tile",
+    ("group_rows", _group_in_tiles(lambda group: 1),
+     "copied into an array of 16 rows (one tile", ["read the error above"]),
+    ("group_rows", _group_in_tiles(lambda group: group // 16), "rounded down",
      ["read the error above"]),
-    ("group_rows", _rounded_down, "rounded down", ["read the error above"]),
     ("puzzle_block_sum", kernel_mutant("puzzle_block_sum", [(_STORE, (
         "    if (lane == 0) { warp_totals[warp] = v;\n    __syncthreads(); }"))]),
      _BRANCH, ["put a barrier between the stores and the loads"]),
@@ -106,17 +107,10 @@ def test_both_fits_of_the_swapped_tc_axes_are_named():
                   "these mistakes give the same scores here")
 
 
-def _group_rows(q, kv_head, group):
-    n_tiles = -(-group // 16)
-    tiles = np.zeros((n_tiles * 16, q.shape[1]), dtype=q.dtype)
-    tiles[:group] = q[kv_head * group:(kv_head + 1) * group]
-    return tiles.reshape(n_tiles, 16, q.shape[1])
-
-
 RIGHTS = [
     ("quantize_write", kernel_mutant("quantize_write", [])),
     ("quantize_write", kernel_mutant("quantize_write", _fixed_dims(8))),   # head_dim up to 256
-    ("group_rows", _group_rows),
+    ("group_rows", solution_of("09", "group_rows")),
     ("puzzle_block_sum", kernel_mutant("puzzle_block_sum", [])),
     ("puzzle_block_sum", kernel_mutant("puzzle_block_sum", [(_STORE, (
         "    if (lane == 0) {\n        warp_totals[warp] = v;\n    }\n    __syncthreads();"))])),
