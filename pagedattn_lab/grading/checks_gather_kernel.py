@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..words import ranges
 from . import slack_reads
 from .cases import paged_problem
 from .checks_kernels import _Compiled
-from .compare import describe_difference, diagnose, ranges
+from .compare import describe_difference, diagnose
 from .faults import kernel_message
 from .kernel_hints import nothing_written, one_size_hint, padding_hint, row_stride_hint
 from .kernel_runner import KERNEL_TIMEOUT, Kernel, poisoned, unwritten

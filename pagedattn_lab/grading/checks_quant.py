@@ -18,8 +18,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..quant import per_token_scales
+from ..words import ranges
 from .checks_kernels import _Compiled
-from .compare import call_on_copies, describe_difference, diagnose, fmt, ranges
+from .compare import call_on_copies, describe_difference, diagnose, fmt
 from .faults import kernel_message
 from .kernel_runner import OutOfBoundsWrite, poisoned
 from .quant_variants import FILL, WARP, nan_at, quantize_reference

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..words import ranges
 from .checks_kernels import _Compiled
 from .checks_tc_rows import TILE
-from .compare import describe_difference, fitting_hints, fmt, positive_factor, ranges
+from .compare import describe_difference, fitting_hints, fmt, positive_factor
 from .faults import RACE_ADVICE, describe_kernel_exception, kernel_message
 from .kernel_hints import shift_hint
 from .kernel_runner import KERNEL_TIMEOUT, poisoned, unwritten

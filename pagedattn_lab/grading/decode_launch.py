@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..words import ranges
 from .cases import nan_tails, paged_problem
 from .checks_kernels import _Compiled
 from .faults import kernel_message, left_out_of_mask_hint
 from .kernel_runner import KERNEL_TIMEOUT, unwritten
 from .puzzle_runner import count_then_check
-from .compare import ATOL, RTOL, ranges
+from .compare import ATOL, RTOL
 from .report import Mismatch
 from .stub_params import stub_buffer
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .compare import ranges
+from ..words import ranges
 from .puzzle_hints import unwritten_only
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..words import counted
-from .compare import describe_difference, ranges
+from ..words import counted, ranges
+from .compare import describe_difference
 from .puzzle_runner import per_thread_max
 from .report import Mismatch, NotAttempted, several_fit
 

@@ -16,9 +16,8 @@ from typing import Callable
 
 import numpy as np
 
-from ..words import counted
+from ..words import counted, ranges
 from .branch_barriers import barrier_in_branch, branch_barrier_hint
-from .compare import ranges
 from .faults import (RACE_ADVICE, describe_kernel_exception, kernel_message,
                      left_out_of_mask_hint)
 from .kernel_runner import Kernel, kernel_device, note_device, poisoned, unwritten

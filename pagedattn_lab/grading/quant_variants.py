@@ -26,6 +26,7 @@ from ..addressing import token_slots
 from ..reference import reference_decode
 from .compare import kv_head_rule
 from .variants import attention_variant
+from .warp_trees import sources
 
 WARP = 32
 FILL = 85   # what the check writes into k_cache first: an unwritten code shows as 85
@@ -47,15 +48,11 @@ def _lane_amax(x, bug):
         lanes = np.where(last >= 0, per_lane[:, :, np.maximum(last, 0), np.arange(WARP)], 0)
     else:
         lanes = np.fmax.reduce(per_lane, axis=2)  # fmaxf skips NaN
-    lane = np.arange(WARP)
     offsets = {"no_reduce": (), "half_warp": (8, 4, 2, 1), "stop_at_2": (16, 8, 4, 2)}.get(
         bug, (16, 8, 4, 2, 1))
     for offset in offsets:
-        # __shfl_down_sync reads lane L + offset, or its own value past lane 31
-        source = np.where(lane + offset < WARP, lane + offset, lane) if bug == "reduce_down" \
-            else lane ^ offset
-        lanes = lanes[..., source] if bug == "shfl_assigned" else np.fmax(lanes,
-                                                                          lanes[..., source])
+        got = lanes[..., sources("down" if bug == "reduce_down" else "xor", offset)]
+        lanes = got if bug == "shfl_assigned" else np.fmax(lanes, got)
     return lanes
 
 

@@ -1,6 +1,7 @@
 """Shuffle-tree mistakes of the reduction puzzles (workbook 03's warp_sum and block_sum),
 simulated in NumPy with the shuffles' own rules, so that a wrong total can be told apart by
-what the writing lane (lane 0) would hold after each mistaken tree.
+what the writing lane (lane 0) would hold after each mistaken tree. (`sources`, the lane
+each lane reads, also drives quant_variants' amax tree of workbook 11.)
 
 The rules (CUDA's): __shfl_xor_sync(m, v, k, w) reads lane ^ k, and a lane whose source lies
 in a later group of w lanes gets its own v back; __shfl_down_sync reads lane + k and
@@ -15,8 +16,9 @@ WARP = 32
 OFFSETS = (16, 8, 4, 2, 1)
 
 
-def _sources(op: str, arg: int, width: int) -> np.ndarray:
-    """The lane each lane reads from (its own where the shuffle hands its value back)."""
+def sources(op: str, arg: int, width: int = WARP) -> np.ndarray:
+    """The lane each lane reads from (its own where the shuffle hands its value back): op
+    "xor", "down", "up" or "idx" (__shfl_sync), arg the offset or the source lane."""
     lane = np.arange(WARP)
     group, pos = lane // width * width, lane % width
     if op == "xor":
@@ -35,7 +37,7 @@ def tree(values, op: str = "xor", width: int = WARP, add: bool = True,
     `values` is [..., 32] (a warp's elements on its last axis)."""
     v = np.asarray(values, np.float64)
     for k in offsets:
-        got = v[..., _sources(op, k, width)]
+        got = v[..., sources(op, k, width)]
         v = v + got if add else got
     return v
 
