@@ -14,8 +14,8 @@ named another mistake):
 import numpy as np
 import pytest
 
-from tests.check_helpers import (assert_passes_without_hint, mutate, run_check, solution_source,
-                                 with_solution_body)
+from tests.check_helpers import (KERNEL_CELLS, assert_passes_without_hint, kernel_mutant,
+                                 run_check, with_solution_body)
 
 
 def _hints(result):
@@ -335,40 +335,32 @@ NAIVE_RESTRICT_PRINTF = [
      "float rescale = exp2f((running_max - new_max) * 1.4426950408889634f);"),
 ]
 
+# (task, a right body between the solution markers, or edits (old, new) of the solution)
 KERNELS = [
-    ("gather_kernel", lambda: with_solution_body("02_page_access.ipynb", "SOURCE_GATHER",
-                                                 GATHER_HEAD_LOOP)),
-    ("puzzle_shared", lambda: with_solution_body("03_cuda_onramp.ipynb", "SOURCE_SHARED",
-                                                 SHARED_WARPSIZE_STRIDE)),
-    ("puzzle_warp_sum", lambda: with_solution_body("03_cuda_onramp.ipynb", "SOURCE_WARP_SUM",
-                                                   WARP_SUM_LAST_LANE)),
-    ("naive_kernel", lambda: with_solution_body("04_naive_kernel.ipynb", "SOURCE_NAIVE",
-                                                NAIVE_TWO_PASS)),
-    ("naive_kernel", lambda: mutate(solution_source("04_naive_kernel.ipynb", "SOURCE_NAIVE"),
-                                    NAIVE_RESTRICT_PRINTF)),
-    ("tiled_kernel", lambda: with_solution_body("05_tiled_kernel.ipynb", "SOURCE_TILED",
-                                                TILED_ROW_PER_THREAD)),
-    ("decode_partition", lambda: mutate(solution_source("06_decode_kernel.ipynb",
-                                                        "SOURCE_PARTITION"), PARTITION_HELPER)),
-    ("decode_merge", lambda: with_solution_body("06_decode_kernel.ipynb", "SOURCE_MERGE",
-                                                MERGE_ONE_PASS)),
-    ("tc_tile_scores", lambda: with_solution_body("09_tensor_core_decode.ipynb", "SOURCE_TILE",
-                                                  TC_K_TRANSPOSED)),
-    ("quantize_write", lambda: with_solution_body("11_kv_compression.ipynb", "SOURCE_WRITE",
-                                                  QUANT_LANE0_SCALE)),
-    ("dequant_decode", lambda: with_solution_body("11_kv_compression.ipynb", "SOURCE_READ",
-                                                  DEQUANT_BRANCH)),
+    ("gather_kernel", GATHER_HEAD_LOOP),
+    ("puzzle_shared", SHARED_WARPSIZE_STRIDE),
+    ("puzzle_warp_sum", WARP_SUM_LAST_LANE),
+    ("naive_kernel", NAIVE_TWO_PASS),
+    ("naive_kernel", NAIVE_RESTRICT_PRINTF),
+    ("tiled_kernel", TILED_ROW_PER_THREAD),
+    ("decode_partition", PARTITION_HELPER),
+    ("decode_merge", MERGE_ONE_PASS),
+    ("tc_tile_scores", TC_K_TRANSPOSED),
+    ("quantize_write", QUANT_LANE0_SCALE),
+    ("dequant_decode", DEQUANT_BRANCH),
 ]
 
 
-@pytest.mark.parametrize("task, source", KERNELS,
+@pytest.mark.parametrize("task, change", KERNELS,
                          ids=["gather head loop", "shared warpSize stride", "warp sum lane 31",
                               "naive two pass", "naive restrict printf exp2f",
                               "tiled row per thread", "partition helper ldg",
                               "merge one pass", "tc K transposed", "quantize lane 0 scale",
                               "dequant branch"])
-def test_kernel_variants_pass(task, source):
-    assert_passes_without_hint(task, source(), device="cpu")
+def test_kernel_variants_pass(task, change):
+    source = kernel_mutant(task, change) if isinstance(change, list) else \
+        with_solution_body(*KERNEL_CELLS[task], change)
+    assert_passes_without_hint(task, source, device="cpu")
 
 
 # --- Python answers that already pass --------------------------------------------------------

@@ -86,8 +86,8 @@ MISTAKES = [
      "every element is a[3] + 10", ["compare your kernel with the spec"]),
     # found on the way (7, 8)
     ("quantize_write", kernel_mutant("quantize_write", [(
-        "k_scale[slot * num_kv_heads + head] = scale", "k_scale[slot * num_kv_heads + head] "
-                                                              "= amax")]),
+        "k_scale[slot * num_kv_heads + head] = scale",
+        "k_scale[slot * num_kv_heads + head] = amax")]),
      "store the scale, amax / 127, not the amax itself", ["scale = max |x| over the row's"]),
     ("tc_tile_scores", kernel_mutant("tc_tile_scores", [("int t = 16 * tile + r;",
                                                          "int t = tile + r;")]),
