@@ -11,6 +11,8 @@ for a `float*` or a Python int for an `int` is an error here, not silent garbage
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import functools
 import glob
@@ -25,7 +27,31 @@ import numpy as np
 from .attention_common import MAX_SHARED_MEM
 from .signature import check_launch_args, collect_defines, parse_kernel_signature
 
-__all__ = ["RawKernel", "PackedLaunch"]
+__all__ = ["RawKernel", "PackedLaunch", "in_process"]
+
+# Set within `in_process()`.
+_IN_PROCESS = contextvars.ContextVar("pagedattn_lab_in_process", default=False)
+
+
+@contextlib.contextmanager
+def in_process():
+    """Within it, a CPU-executor launch of one of the package's own kernels (made with
+    `trusted=True`) that passes no `checked=` and counts or race-checks nothing runs in this
+    process, as with `checked=False`: no worker fork, no copies. The serving engine steps
+    inside it: its many tiny launches then take about a third of the time (forking a large
+    Python process is most of a small launch's cost). Those kernels are tested checked, where a
+    bad access is caught; a learner's kernel (not trusted) stays checked here too. No effect
+    on the GPU."""
+    token = _IN_PROCESS.set(True)
+    try:
+        yield
+    finally:
+        _IN_PROCESS.reset(token)
+
+
+def in_process_on_cpu() -> bool:
+    """Whether the caller is within `in_process()`."""
+    return _IN_PROCESS.get()
 
 
 def _is_cupy(x) -> bool:

@@ -8,7 +8,7 @@ import threading
 
 import numpy as np
 
-from ..rawkernel import shared_mem_bytes
+from ..rawkernel import in_process_on_cpu, shared_mem_bytes
 from ..signature import (as_passed, check_launch_args, collect_defines, find_kernels,
                          parse_kernel_signature)
 from . import abi, launch
@@ -213,7 +213,6 @@ class RawKernel:
             if v > m:
                 raise ValueError(f"grid {g}: grid.{axis} = {v} is over CUDA's limit of {m}")
         shared_mem = self._check_shared_mem(shared_mem)
-        checked = self.checked if checked is None else checked
         if timeout is None:
             timeout = self.timeout if self.timeout is not None else _env_timeout(
                 TRUSTED_TIMEOUT if self.trusted else DEFAULT_TIMEOUT)
@@ -222,6 +221,9 @@ class RawKernel:
             racecheck = self.racecheck if self.racecheck is not None else _env_flag(
                 "PAGEDATTN_LAB_CPU_RACECHECK")
         instrument = (abi.INSTR_COUNT if count else 0) | (abi.INSTR_RACE if racecheck else 0)
+        if checked is None:
+            checked = self.checked and not (self.trusted and not instrument
+                                            and in_process_on_cpu())
         lib, entry, path, one_worker = self.compile(bool(instrument))._builds[bool(instrument)]
         if b[0] * b[1] * b[2] > self.max_threads_per_block:
             raise ValueError(

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..backend import to_numpy
+from ..rawkernel import in_process
 from ..validate import check_bool, check_int, check_int_list
 from .attention import StepAttention
 from .config import EngineConfig
@@ -177,8 +178,9 @@ class LLMEngine:
         # One upload for the three index arrays (the forward gets views of it).
         ints = self.model.xp.asarray(np.concatenate([token_ids, positions, sample_rows]))
         n = token_ids.size
-        logits = self.model.forward(ints[:n], ints[n:2 * n], self.attention, self.store,
-                                    ints[2 * n:])
+        with in_process():   # the package's kernels on the CPU: no fork per launch
+            logits = self.model.forward(ints[:n], ints[n:2 * n], self.attention, self.store,
+                                        ints[2 * n:])
         tokens = sample(logits, samplers, self.config.seed, self.model.xp)
         for req, n in zip(step.requests, step.num_new):
             req.num_computed_tokens += n
