@@ -61,9 +61,9 @@ HASH_MISTAKES = [
     ("both", _hashes(chain=False, partial=True), "two mistakes", ()),
     ("last full block dropped", _one_short, "one hash per full block", ()),
     ("range one short", _range_short, "one hash per full block", ("chain",)),
+    ("every token so far", _hash_then_join, "hashed with all the tokens before it",
+     ("full blocks only", "two mistakes")),
     # No known mistake produces these: the check fails them without naming one.
-    ("every token so far", _hash_then_join, "the block hashes differ",
-     ("chain", "full blocks only", "two mistakes")),
     ("hex strings", _hex, "the block hashes differ", ("chain", "full blocks only")),
     ("a numpy array", _array, "expected a list of hashes", ("read the error above",)),
     ("partial block cut off the caller's list", _truncating,

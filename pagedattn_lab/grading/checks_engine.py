@@ -50,6 +50,16 @@ def _reference_hashes(tokens, page_size, chain=True, partial=False, at_numbers=F
     return _hashes_from(tokens, starts, page_size + width, chain)
 
 
+def _prefix_hashes(tokens, page_size: int, chain: bool) -> list:
+    """Each full block hashed with every token up to its end, on the block before's hash
+    (chain) or on None."""
+    out, parent = [], None
+    for end in range(page_size, len(tokens) + 1, page_size):
+        parent = hash_block(parent if chain else None, tokens[:end])
+        out.append(parent)
+    return out
+
+
 def _hashes_from_first(tokens, page_size: int) -> list:
     """A chain whose parent is set once, from block 0: block i > 0 is hashed on block 0's
     hash."""
@@ -122,11 +132,10 @@ def _hash_case(fn, seed: int, page_size: int, num_tokens: int) -> None:
     elif got == _reference_hashes(tokens, page_size, chain=False, partial=True):
         hint = ("two mistakes: the trailing partial block is hashed, and blocks are not chained "
                 "(pass the previous block's hash as the parent).")
-    elif got == [hash_block(None, tokens[:end]) for end in
-                 range(page_size, num_tokens + 1, page_size)]:
-        hint = ("each block was hashed with all the tokens before it and no parent: the chain "
-                "carries the prefix, so block i is hash_block(block i-1's hash, its own "
-                "page_size tokens only), None for block 0.")
+    elif got in (_prefix_hashes(tokens, page_size, chain) for chain in (False, True)):
+        hint = ("each block was hashed with all the tokens before it: the chain carries the "
+                "prefix, so block i is hash_block(block i-1's hash, its own page_size tokens "
+                "only), None for block 0.")
     elif len(got) > 2 and got == _hashes_from_first(tokens, page_size):
         hint = ("every block after block 1 was chained on block 0's hash: the parent is the "
                 "hash of the block just before, so update it after each block (parent = the "

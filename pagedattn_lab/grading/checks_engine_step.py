@@ -78,6 +78,19 @@ def _one_short(got, expected, args) -> str | None:
             "min(wanted, budget left, max_chunk), up to each limit itself (an off by one).")
 
 
+def _decode_sized(got, expected, running) -> str | None:
+    """The hint when every running request got 1 token, as a decode does, and one of them,
+    mid-prefill, is given more in the expected batch (a single 1 may be a budget's end)."""
+    wanted = {r.rid: r.num_tokens - r.num_computed for r in running}
+    given, ran = dict(expected), [(rid, n) for rid, n in got if rid in wanted]
+    rid = next((rid for rid, _ in ran if given.get(rid, 1) > 1), None)
+    if rid is None or any(n != 1 for _, n in ran):
+        return None
+    return (f"running request {rid} is mid-prefill: it wants num_tokens - num_computed = "
+            f"{wanted[rid]} tokens, not 1 as a decode does; each running request gets "
+            "min(wanted, budget left, max_chunk).")
+
+
 def _forms(rule: str, page_size: int) -> list[dict]:
     """The ways a learner makes the mistake `rule` names, as reference_step's keywords: a
     page count with shifts and masks in any mix (divide; the shift alone first, the form
@@ -118,7 +131,7 @@ def _hint(fn, got, expected, args) -> str:
     over = [rid for rid, n in got if n > args[6]]
     if over:
         return f"request {over[0]} got more than max_chunk = {args[6]} tokens."
-    short = _one_short(got, expected, args)
+    short = _one_short(got, expected, args) or _decode_sized(got, expected, args[0])
     if short:
         return short
     wants = {r.rid: r.num_tokens - r.num_computed for r in args[0] + args[1]}

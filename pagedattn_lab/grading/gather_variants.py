@@ -31,7 +31,20 @@ def wrong_orders(gathered, world, batch, heads, dim) -> list[tuple[str, np.ndarr
          "swap of the last two axes.",
          gathered.reshape(world, batch, dim, heads // world).transpose(1, 0, 3, 2)
          .reshape(batch, heads, dim)),
+        ("rank r's block starts at r * batch * H/R * head_dim: each block holds every "
+         "sequence's heads of that rank, not one sequence's (an offset r * H/R * head_dim "
+         "reads the blocks overlapped).", _one_sequence_strides(gathered, world, batch, heads,
+                                                                 dim)),
     ]
+
+
+def _one_sequence_strides(gathered, world, batch, heads, dim):
+    """The output read with rank r's block taken from offset r * H/R * head_dim, the stride
+    of one sequence's share, not of a rank's whole block (right only for batch 1)."""
+    share = heads // world * dim
+    reads = [gathered[r * share:r * share + batch * share] for r in range(world)]
+    return np.stack(reads).reshape(world, batch, heads // world, dim) \
+        .transpose(1, 0, 2, 3).reshape(batch, heads, dim)
 
 
 def wrong_shape_hint(got, gathered, world, batch, heads, dim) -> str | None:

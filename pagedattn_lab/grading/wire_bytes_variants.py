@@ -90,6 +90,11 @@ def bytes_variants(lens, heads, kv, dim, ps, world, size):
          (tables, share * 2 // size, kv_read * 2 // size)),
         ("every value is itemsize bytes, the itemsize given: not 4 (fp32) always.",
          (tables, share * 4 // size, kv_read * 4 // size)),
+        # one field with a fixed itemsize, the other right (each written on its own line)
+        *[(f"output_share's values are itemsize bytes, the itemsize given: not {fixed} "
+           "always.", (tables, share * fixed // size, kv_read)) for fixed in (2, 4)],
+        *[(f"kv_read's values are itemsize bytes, the itemsize given: not {fixed} always.",
+           (tables, share, kv_read * fixed // size)) for fixed in (2, 4)],
         ("K and V: a token's cache is two arrays of num_kv_heads * head_dim values.",
          (tables, share, kv_read // 2)),
         (_ONE_HEAD_OUT, (tables, batch * dim * size, kv_read)),
