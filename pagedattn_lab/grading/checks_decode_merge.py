@@ -29,7 +29,8 @@ from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, WARP, decode_problem, 
 from .decode_variants import (CARRIED_HINTS, merge_by_tokens, merge_carried, merge_variant,
                               pairs_by_p)
 from .kernel_runner import poisoned
-from .merge_rows import reads_other_rows, rows_elsewhere, swapped_rows_hint, with_states
+from .merge_rows import (first_counts_and_slots, reads_other_rows, rows_elsewhere,
+                         swapped_rows_hint, with_states)
 from .report import Case, CheckResult, Mismatch, NotAttempted, probe, run_cases, several_fit
 from .seeds import case_rng
 
@@ -266,12 +267,7 @@ def _variants(part_ml, part_out, lens, part_len, held):
     return variants + [
         ("the last, shorter partition is missing: a sequence has ceil(seq_len / part_len) "
          "partitions.", lambda: merge_partials(*states, (lens // part_len)[:, None])),
-        # (only where sequence 0 is not the longest: else this is the max_parts read below)
-        (f"every row merged sequence 0's {int(n_parts[0, 0])} partition"
-         f"{'s' if n_parts[0, 0] != 1 else ''}: the count is "
-         "ceil(seq_lens[b] / part_len), from the row's own sequence b, not seq_lens[0].",
-         lambda: merge_variant(*states, np.full_like(n_parts, n_parts[0, 0]), bug="none")
-         if n_parts[0, 0] < max_parts else None),
+        *first_counts_and_slots(states, n_parts, max_parts),
         ("one partition too many is read: a sequence has ceil(seq_len / part_len) partitions; "
          f"the slots after them hold {held}.",
          lambda: merge_variant(*states, np.minimum(n_parts + 1, max_parts), bug="none")),

@@ -18,7 +18,7 @@ import numpy as np
 from ..puzzles import PUZZLES
 from .compare import diagnose
 from .puzzle_grid_hints import grid_hints
-from .puzzle_hints import (check_budget, check_output, index_roles_rule, not_ten,
+from .puzzle_hints import (all_in_first, check_budget, check_output, index_roles_rule, not_ten,
                            own_value_doubled, unstored_hint, unwritten_only)
 from .puzzle_runner import PuzzleKernel, count_line
 from .puzzle_shared_hints import fixed_size_array, shared_hints
@@ -343,7 +343,9 @@ def _sum_case(kern, seed, n, threads, group, spec, locate_word):
                 "each total once." if reads else None)
 
     check_output(kern, got, spec(a.astype(np.float64)), (locate_word,), run, "out",
-                 [reads_out, partial, stale_shared, own_value_doubled(got, lanes),
+                 [reads_out, all_in_first(got, lanes.sum(axis=(1, 2)),
+                                          counts.by_buffer["out"].writes, locate_word),
+                  partial, stale_shared, own_value_doubled(got, lanes),
                   unwritten_only((np.arange(out.size) % (threads // 32) != 0) & (group == 32),
                                  f"only each block's first warp stored its total (warps "
                                  f"0, {threads // 32}, ...): every warp's lane 0 writes "

@@ -24,7 +24,7 @@ from .compare import call_on_copies, describe_difference, diagnose, fmt
 from .faults import kernel_message
 from .kernel_runner import OutOfBoundsWrite, poisoned
 from .quant_variants import FILL, WARP, nan_at, quantize_reference
-from .quant_write_hints import WRITE_MISTAKES
+from .quant_write_hints import WRITE_MISTAKES, with_constant_factor
 from .report import Case, CheckResult, Mismatch, NotAttempted, run_cases
 from .seeds import case_rng
 from .small_rows import small_rows, small_rows_hint
@@ -318,7 +318,9 @@ def _check_codes(got, want, k, slots, variants) -> None:
     if diff is None:
         return
     hint = _slot0_hint(diff, got == FILL, slots) or _nan_hint(k, slots, diff, want.shape) \
-        or diagnose(got, want, [(h, lambda f=f: f()[0]) for h, f in variants], atol=0, rtol=0) \
+        or with_constant_factor(diagnose(got, want, [(h, lambda f=f: f()[0])
+                                                     for h, f in variants], atol=0, rtol=0),
+                                got, k, slots) \
         or slot_only_hint(got, want, k.shape[1], slots[slots >= 0], k.shape[2]) \
         or codes_by_head_offset_hint(got, want, slots[slots >= 0])
     raise Mismatch("k_cache: " + diff.message("codes"), hint or _unwritten_hint(got, diff) or (

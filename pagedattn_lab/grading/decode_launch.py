@@ -43,6 +43,11 @@ MERGE_HINTS = {
                 "that is l_p * exp(m_p - m).",
     "inverted": "the exponent is reversed: weight w_p = l_p * exp(m_p - m), at most l_p; "
                 "exp(m - m_p) weighs most the partitions whose max is lowest.",
+    "m_for_l": "the weight's factor is the partition's max m_p where its sum l_p belongs: w_p = "
+               "l_p * exp(m_p - m) (in the kernel l_p is ml[2 * p + 1], m_p ml[2 * p]); m_p enters "
+               "only through the exponent.",
+    "times_m": "the partition's max m_p is multiplied into its weight: w_p = l_p * exp(m_p - m); "
+               "m_p enters only through the exponent.",
     "stale_rescale": "your running merge sets the max before it takes the rescale factor, so "
                      "exp(m_old - m_new) is exp(0) = 1 and the partitions merged before a "
                      "larger m_p keep their old, too large scale: take the factor from the old "

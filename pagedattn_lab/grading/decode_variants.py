@@ -226,12 +226,15 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
     w_p o_p over the sum of l_p (maxima ignored there); o_unnormalized: weights
     exp(m_p - m) over the divisor sum l_p exp(m_p - m); exp2: weights l_p 2^(m_p - m);
     log2_lse: weights exp(m_p + log2(l_p) - max), the log-sum-exp in two bases; inverted:
-    weights l_p exp(m - m_p), the exponent reversed; stale_rescale: a running merge over the
-    partitions in order that sets its max before taking the rescale factor (exp(0) = 1), so
-    each partition keeps the scale of the running max when it was added; none: the
-    right merge (to model a wrong partition count, pass that count as num_parts)."""
+    weights l_p exp(m - m_p), the exponent reversed; m_for_l: weights m_p exp(m_p - m), the
+    pair's m read where its l belongs; times_m: weights l_p m_p exp(m_p - m); stale_rescale:
+    a running merge over the partitions in order that sets its max before taking the rescale
+    factor (exp(0) = 1), so each partition keeps the scale of the running max when it was
+    added; none: the right merge (to model a wrong partition count, pass that count as
+    num_parts)."""
     one_of("bug", bug, ("none", "no_rescale", "no_sum", "mean", "no_divide", "divide_by_l",
-                        "o_unnormalized", "exp2", "log2_lse", "inverted", "stale_rescale"))
+                        "o_unnormalized", "exp2", "log2_lse", "inverted", "stale_rescale",
+                        "m_for_l", "times_m"))
     m, l, o = (np.asarray(x, dtype=np.float64) for x in (m, l, o))
     used = np.arange(m.shape[-1]) < np.asarray(num_parts)[..., None]
     with np.errstate(all="ignore"):
@@ -242,6 +245,7 @@ def merge_variant(m, l, o, num_parts, *, bug: str):
                    "no_divide": l * scale, "o_unnormalized": scale,
                    "exp2": l * np.exp2(m - m_all), "inverted": l * np.exp(m_all - m),
                    "stale_rescale": l * np.exp(m - running),
+                   "m_for_l": m * scale, "times_m": l * m * scale,
                    # exp(m_p + log2 l_p - c): a factor common to every p drops in the divide
                    "log2_lse": scale * l ** (1 / np.log(2))}.get(bug, l * scale)
         w = np.where(used, weights, 0.0)

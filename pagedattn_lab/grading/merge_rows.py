@@ -6,9 +6,34 @@ from __future__ import annotations
 import numpy as np
 
 from .decode_launch import DECODE_BUFFER_HINTS, launch_warp
+from .decode_variants import merge_variant
 from .kernel_runner import poisoned
-from .report import probe
+from .report import probe, several_fit
 from .seeds import case_rng
+
+
+SLOT_0_HINT = ("every partition's values were read from partition 0's slot (the + p missing): "
+               "row (b, h)'s partition p starts at part_out[((b * num_heads + h) * max_parts + "
+               "p) * head_dim], so the merge came out as partition 0's o_p.")
+
+
+def first_counts_and_slots(states, n_parts, max_parts):
+    """(hint, the merge with that mistake) of two merges of a row's first slot only: every
+    row counting sequence 0's partitions (only where sequence 0 is not the longest: else
+    that is a read of all max_parts slots) and every partition reading slot 0's values.
+    Where sequence 0 has one partition the two give the same rows, and its hint names both."""
+    m, l, o = states
+    count = int(n_parts[0, 0])
+    seq0 = (f"every row merged sequence 0's {count} partition{'s' if count != 1 else ''}: the "
+            "count is ceil(seq_lens[b] / part_len), from the row's own sequence b, not "
+            "seq_lens[0].")
+    return [
+        (several_fit([seq0, SLOT_0_HINT]) if count == 1 else seq0,
+         lambda: merge_variant(*states, np.full_like(n_parts, count), bug="none")
+         if count < max_parts else None),
+        (SLOT_0_HINT, lambda: merge_variant(m, l, np.broadcast_to(o[..., :1, :], o.shape),
+                                            n_parts, bug="none")),
+    ]
 
 
 def with_states(args, part_ml, part_out):

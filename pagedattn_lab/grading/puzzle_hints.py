@@ -39,6 +39,24 @@ def check_output(kern, got, expected, axes, run, out_name, hints) -> None:
                    "first wrong element the message names, and the thread that writes it.")
 
 
+def all_in_first(got, totals, writes: int, word: str):
+    """The rule (diff) -> hint where every total was stored in out[0]: more than one store,
+    out[0] holding one of the totals (the last store's), every other element unwritten."""
+    def rule(diff):
+        with np.errstate(invalid="ignore"):
+            held = np.flatnonzero(np.isclose(got[0], totals, atol=1e-4, rtol=1e-5))
+        if got.size < 2 or writes < 2 or not held.size or not np.isnan(got[1:]).all():
+            return None
+        index, zero = ("blockIdx.x", "threadIdx.x], out[warp") if word == "block" else \
+            ("i / 32", "lane")
+        return (f"out was written {writes} times, but only 1 of its {got.size} elements holds "
+                f"a value: several threads wrote the same element, every {word}'s total to "
+                f"out[0] (it holds {word} {held[0]}'s, the last store; the others are still "
+                f"NaN). {word.capitalize()} w's total goes to out[w], out[{index}], not out[0] "
+                f"or out[{zero}], which is 0 in every thread that stores.")
+    return rule
+
+
 def check_budget(counts, budget: dict, outputs: dict, read_advice: dict,
                   advice: dict | None = None) -> None:
     """Over the budget: name the thread, and the buffers whose totals show the extra reads

@@ -1,5 +1,12 @@
 """The hints of the quantize-on-write kernel's known mistakes (workbook 11, checks_quant): each
-bug that quant_variants.quantize_reference models, with the words that name it."""
+bug that quant_variants.quantize_reference models, with the words that name it; and codes
+scaled by one constant for every row (x * 32), found from the codes themselves."""
+from __future__ import annotations
+
+import numpy as np
+
+from .compare import fmt
+from .report import several_fit
 
 WRITE_MISTAKES = [
     ("trunc", "a cast (int)(x / scale) truncates toward zero: round to nearest with rintf "
@@ -71,3 +78,42 @@ WRITE_MISTAKES = [
     ("static_div127", "per_token = 0: the static scale k_scale[head] is already amax / 127: "
                       "divide x by it as it is, not by k_scale[head] / 127 again."),
 ]
+
+
+def _constant_factor(got, k, slots):
+    """The constant c with every live code equal to rintf(x * c) clamped to [-127, 127] (NaN
+    stored as 0), or None, also where rintf(x) gives the same codes (no_scale's mistake). c is
+    guessed from the codes clear of the clamp and of rounding's largest errors, then tried as
+    the integers nearest it, as it is, and as 1 / an integer (a constant in the source)."""
+    live = slots >= 0
+    heads, dim = k.shape[1:]
+    x = k[live].astype(np.float32)
+    codes = got.reshape(-1, heads, dim)[slots[live]].astype(np.float32)
+    usable = np.isfinite(x) & (x != 0) & (np.abs(codes) >= 2) & (np.abs(codes) <= 126)
+    if not usable.any():
+        return None
+    guess = float(np.median(codes[usable] / x[usable]))
+    tries = [round(guess) + step for step in (0, -1, 1)] + [guess] + (
+        [1 / round(1 / guess)] if 0 < abs(guess) < 0.67 else [])
+
+    def made(c):
+        with np.errstate(all="ignore"):
+            return np.where(np.isnan(x), 0, np.clip(np.rint(x * np.float32(c)), -127, 127))
+
+    fits = (c for c in tries if c != 0 and np.array_equal(made(c), codes))
+    c = next(fits, None)
+    return None if c is None or np.array_equal(made(1), codes) else np.float32(c)
+
+
+def with_constant_factor(named: str | None, got, k, slots) -> str | None:
+    """`named` (a known mistake's hint, or None), or the hint of codes scaled by one constant
+    for every row and head, or both where both fit (a constant can equal 1 / a static
+    scale)."""
+    c = _constant_factor(got, k, slots)
+    if c is None:
+        return named
+    constant = (f"every code is rintf(x * {fmt(c)}): one factor for every row and head, where "
+                "each row has its own scale. Divide by the row's scale, rintf(x / scale) "
+                "clamped to [-127, 127]: amax / 127 per token, k_scale[head] when per_token = "
+                "0.")
+    return several_fit([named, constant]) if named else constant
