@@ -40,7 +40,9 @@ def in_process():
     process, as with `checked=False`: no worker fork, no copies. The serving engine steps
     inside it: its many tiny launches then take about a third of the time (forking a large
     Python process is most of a small launch's cost). Those kernels are tested checked, where a
-    bad access is caught; a learner's kernel (not trusted) stays checked here too. No effect
+    bad access is caught; a learner's kernel (not trusted) stays checked here too. A notebook
+    that passes `trusted=True` itself gives up the checks for its own launches only: the
+    grader builds learners' kernels itself, untrusted (grading/kernel_runner.py). No effect
     on the GPU."""
     token = _IN_PROCESS.set(True)
     try:
