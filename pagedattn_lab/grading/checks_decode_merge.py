@@ -24,8 +24,8 @@ from ..words import counted
 from .checks_kernels import _Compiled
 from .compare import (changed_input, describe_difference, diagnose, fitting_hints, fmt,
                       matches)
-from .decode_launch import (MERGE_HINTS, NOTHING_WRITTEN, WARP, decode_problem, dims_hint,
-                            dims_step_hint, launch_warp)
+from .decode_launch import (KERNEL_MERGE_HINTS, MERGE_HINTS, NOTHING_WRITTEN, WARP,
+                            decode_problem, dims_hint, dims_step_hint, launch_warp)
 from .decode_variants import (CARRIED_HINTS, merge_by_tokens, merge_carried, merge_variant,
                               pairs_by_p)
 from .kernel_runner import poisoned
@@ -263,7 +263,7 @@ def _variants(part_ml, part_out, lens, part_len, held):
     n_parts = -(-lens // part_len)[:, None]
     max_parts = part_ml.shape[2]
     variants = [(text, lambda bug=bug: merge_variant(*states, n_parts, bug=bug))
-                for bug, text in MERGE_HINTS.items()]
+                for bug, text in KERNEL_MERGE_HINTS.items()]
     return variants + [
         ("the last, shorter partition is missing: a sequence has ceil(seq_len / part_len) "
          "partitions.", lambda: merge_partials(*states, (lens // part_len)[:, None])),

@@ -23,6 +23,8 @@ WARP = 32   # both kernels run one warp per block
 NOTHING_WRITTEN = ("the kernel wrote nothing (its outputs are still the NaN the check filled "
                    "them with): write the kernel body where the // TODO is")
 
+_M_FOR_L = ("the weight's factor is the partition's max m_p where its sum l_p belongs: w_p = "
+            "l_p * exp(m_p - m){where}; m_p enters only through the exponent.")
 MERGE_HINTS = {
     "no_rescale": "each l_p is a sum measured against its own partition's max m_p: bring them "
                   "to one scale, weight w_p = l_p * exp(m_p - m) with m = max of the m_p.",
@@ -43,9 +45,7 @@ MERGE_HINTS = {
                 "that is l_p * exp(m_p - m).",
     "inverted": "the exponent is reversed: weight w_p = l_p * exp(m_p - m), at most l_p; "
                 "exp(m - m_p) weighs most the partitions whose max is lowest.",
-    "m_for_l": "the weight's factor is the partition's max m_p where its sum l_p belongs: w_p = "
-               "l_p * exp(m_p - m) (in the kernel l_p is ml[2 * p + 1], m_p ml[2 * p]); m_p enters "
-               "only through the exponent.",
+    "m_for_l": _M_FOR_L.format(where=""),
     "times_m": "the partition's max m_p is multiplied into its weight: w_p = l_p * exp(m_p - m); "
                "m_p enters only through the exponent.",
     "stale_rescale": "your running merge sets the max before it takes the rescale factor, so "
@@ -54,6 +54,10 @@ MERGE_HINTS = {
                      "max first, then update the max (or take the max over every partition "
                      "before weighting).",
 }
+# the merge hints of decode_merge's kernel, whose pairs are read from part_ml (merge_partitions,
+# in NumPy, is given m and l apart)
+KERNEL_MERGE_HINTS = {**MERGE_HINTS, "m_for_l": _M_FOR_L.format(
+    where=" (in the kernel l_p is ml[2 * p + 1], m_p ml[2 * p])")}
 
 # The decode layouts, for a fault in these buffers (faults.py's own hints are prefill's).
 DECODE_BUFFER_HINTS = {

@@ -47,13 +47,13 @@ def all_in_first(got, totals, writes: int, word: str):
             held = np.flatnonzero(np.isclose(got[0], totals, atol=1e-4, rtol=1e-5))
         if got.size < 2 or writes < 2 or not held.size or not np.isnan(got[1:]).all():
             return None
-        index, zero = ("blockIdx.x", "threadIdx.x], out[warp") if word == "block" else \
-            ("i / 32", "lane")
+        index, zero = ("blockIdx.x", "out[threadIdx.x] or out[warp]") if word == "block" \
+            else ("i / 32", "out[lane]")
         return (f"out was written {writes} times, but only 1 of its {got.size} elements holds "
                 f"a value: several threads wrote the same element, every {word}'s total to "
                 f"out[0] (it holds {word} {held[0]}'s, the last store; the others are still "
-                f"NaN). {word.capitalize()} w's total goes to out[w], out[{index}], not out[0] "
-                f"or out[{zero}], which is 0 in every thread that stores.")
+                f"NaN). {word.capitalize()} w's total goes to out[w], out[{index}], not out[0], "
+                f"nor {zero}, whose index is 0 in every thread that stores.")
     return rule
 
 

@@ -112,8 +112,9 @@ def with_constant_factor(named: str | None, got, k, slots) -> str | None:
     c = _constant_factor(got, k, slots)
     if c is None:
         return named
+    # (the case may be either mode: name the scale of both)
     constant = (f"every code is rintf(x * {fmt(c)}): one factor for every row and head, where "
-                "each row has its own scale. Divide by the row's scale, rintf(x / scale) "
-                "clamped to [-127, 127]: amax / 127 per token, k_scale[head] when per_token = "
-                "0.")
+                "the scale is each row's own (amax / 127) when per_token = 1 and each head has "
+                "its own scale when per_token = 0 (k_scale[head]). Divide by it: "
+                "rintf(x / scale) clamped to [-127, 127].")
     return several_fit([named, constant]) if named else constant
