@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..quant import encode
 from .compare import fmt
 from .report import several_fit
 
@@ -96,9 +97,9 @@ def _constant_factor(got, k, slots):
     tries = [round(guess) + step for step in (0, -1, 1)] + [guess] + (
         [1 / round(1 / guess)] if 0 < abs(guess) < 0.67 else [])
 
-    def made(c):
+    def made(c):   # (the spec's int8 rounding, clamp and NaN-as-0, of x * c in float32)
         with np.errstate(all="ignore"):
-            return np.where(np.isnan(x), 0, np.clip(np.rint(x * np.float32(c)), -127, 127))
+            return encode(x * np.float32(c), "int8")
 
     fits = (c for c in tries if c != 0 and np.array_equal(made(c), codes))
     c = next(fits, None)
