@@ -71,6 +71,16 @@ def strip_comments(source: str, comment_line_end: str = "\n") -> str:
 
 def collect_defines(source: str, options=()) -> dict[str, str]:
     """Simple object-like macros and typedefs of the source, plus -D options: name -> text."""
+    options = tuple(options or ())
+    try:
+        return dict(_defines(source, options))
+    except TypeError:   # an unhashable option: read without the memory
+        return dict(_defines.__wrapped__(source, options))
+
+
+@functools.lru_cache(maxsize=128)
+def _defines(source: str, options: tuple) -> tuple[tuple[str, str], ...]:
+    """collect_defines's pairs, remembered: every plan's kernels read the same sources again."""
     text = strip_comments(source)
     found: dict[str, str] = {}
     for m in re.finditer(r"^[ \t]*#[ \t]*define[ \t]+(\w+)[ \t]+([^\n]*?)[ \t]*$", text, re.M):
@@ -91,7 +101,7 @@ def collect_defines(source: str, options=()) -> dict[str, str]:
         if d:
             name, _, value = d.partition("=")
             found[name.strip()] = value.strip() if value else "1"
-    return found
+    return tuple(found.items())
 
 
 def any_word(names, *, capture: bool = True) -> str:

@@ -7,6 +7,7 @@ CPU executor alike, naming the kernel, the argument, what was expected and what 
 """
 from __future__ import annotations
 
+import functools
 import re
 from typing import NamedTuple
 
@@ -112,9 +113,15 @@ def _is_template(text: str, pos: int) -> bool:
     return re.search(r"\btemplate\b", text[start + 1:pos]) is not None
 
 
-def _kernel_heads(text: str, include_templates: bool = True):
+@functools.lru_cache(maxsize=128)
+def _kernel_heads(text: str, include_templates: bool = True) -> tuple:
     """(name, index of its '(', its __launch_bounds__'s first argument or None) for every
-    __global__ function in comment-free text."""
+    __global__ function in comment-free text (remembered: every plan's kernels read the same
+    sources again)."""
+    return tuple(_scan_kernel_heads(text, include_templates))
+
+
+def _scan_kernel_heads(text: str, include_templates: bool):
     for m in re.finditer(r"\b__global__\b", text):
         if not include_templates and _is_template(text, m.start()):
             continue

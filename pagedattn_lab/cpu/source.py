@@ -15,6 +15,7 @@ is handled by macros in shim.h.
 """
 from __future__ import annotations
 
+import functools
 import re
 
 from ..cuda_text import any_word, macro_aliases, strip_comments
@@ -367,6 +368,14 @@ def translation_unit(source: str, kernel_names: list[str], filename: str, shim_p
     each kernel's exported entry point just past its definition (`_with_entry_points`; after
     the source, for a kernel it does not define). `options`: the compile's, whose `-D`
     macros constant_once follows as the source's own."""
+    return _translation_unit(source, tuple(kernel_names), filename, shim_path, tuple(options))
+
+
+# Remembered: every plan builds its kernels again from the same sources, and the rewriting
+# (~40 ms a source) comes before the compile cache's lookup, whose key is this text.
+@functools.lru_cache(maxsize=64)
+def _translation_unit(source: str, kernel_names: tuple, filename: str, shim_path: str,
+                      options: tuple) -> str:
     body, entries = _with_entry_points(source, kernel_names)
     body = guard_static_shared(rewrite_extern_shared(constant_once(body, options)))
     if not body.endswith("\n"):
