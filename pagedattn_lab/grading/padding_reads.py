@@ -42,6 +42,16 @@ JOINS = (np.concatenate, np.stack, np.vstack)
 PRINTS = (np.array2string, np.array_repr, np.array_str)
 
 
+def _whole_non_negative(key) -> bool:
+    """Whether an index is integers only, none negative (`k_cache[page, slot, h, d]` in a
+    learner's loop): no padding among them, so lowest_page_index, ~20x this check's time, would
+    find none (the grader's gather checks index the cache millions of times)."""
+    for part in key if type(key) is tuple else (key,):
+        if not (type(part) is int or isinstance(part, np.integer)) or part < 0:
+            return False
+    return True
+
+
 class PaddingWatch:
     """An ndarray subclass's share (listed before np.ndarray among its bases) that keeps, in
     `negative_ids` (a list the cache, its views and its copies share), the first negative
@@ -63,7 +73,7 @@ class PaddingWatch:
             self._share_watch(None, None, None)
 
     def __getitem__(self, key):
-        if self._watching():
+        if self._watching() and not _whole_non_negative(key):
             self._note(lowest_page_index(key, self.shape, self.strides, self.page_bytes,
                                          self.page_period))
         return super().__getitem__(key)
