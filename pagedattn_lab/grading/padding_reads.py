@@ -42,12 +42,16 @@ JOINS = (np.concatenate, np.stack, np.vstack)
 PRINTS = (np.array2string, np.array_repr, np.array_str)
 
 
+# Python's and NumPy's own integer types: a subclass may answer `< 0` as it likes
+_PLAIN_INTEGERS = frozenset([int] + [np.dtype(c).type for c in np.typecodes["AllInteger"]])
+
+
 def _whole_non_negative(key) -> bool:
     """Whether an index is integers only, none negative (`k_cache[page, slot, h, d]` in a
     learner's loop): no padding among them, so lowest_page_index, ~20x this check's time, would
     find none (the grader's gather checks index the cache millions of times)."""
     for part in key if type(key) is tuple else (key,):
-        if not (type(part) is int or isinstance(part, np.integer)) or part < 0:
+        if type(part) not in _PLAIN_INTEGERS or part < 0:
             return False
     return True
 
